@@ -1,0 +1,40 @@
+"""protrans: protein language models from FASTA to predictions.
+
+The Python API comes first; the `protrans` command only resolves inputs, calls these functions
+and formats their output. Heavy modules (torch, transformers) load on first use of the names
+that need them, so `import protrans_cli` stays cheap.
+
+    from protrans_cli import read_fasta, build_corpus, embed, load_model, train, fit, predict
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from protrans_cli._version import __version__
+from protrans_cli.errors import InputError, ModelError, ProtransError, UsageError
+
+# public name -> module that defines it (imported lazily on first access)
+_LAZY = {
+    "read_fasta": "protrans_cli.io.fasta",
+    "normalise": "protrans_cli.residues",
+    "build_corpus": "protrans_cli.corpus",
+    "CorpusOptions": "protrans_cli.corpus",
+    "load_model": "protrans_cli.models",
+    "get_family": "protrans_cli.models",
+    "FAMILIES": "protrans_cli.models",
+    "embed": "protrans_cli.embed",
+    "EmbedOptions": "protrans_cli.embed",
+    "train": "protrans_cli.training.loop",
+    "TrainConfig": "protrans_cli.training.config",
+    "fit": "protrans_cli.heads.fit",
+    "predict": "protrans_cli.heads.predict",
+}
+
+__all__ = ["__version__", "ProtransError", "UsageError", "InputError", "ModelError", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'protrans_cli' has no attribute {name!r}")

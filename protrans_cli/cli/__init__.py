@@ -1,0 +1,141 @@
+"""The `protrans` command: a click group whose subcommands are imported only when invoked.
+
+`protrans --help`, `--version` and `protrans prep` never import torch or transformers; each
+command module imports its heavy dependencies inside the command function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from protrans_cli._version import __version__
+from protrans_cli.errors import EXIT_INTERRUPTED, ProtransError
+
+# name -> (module, one-line help). The help is repeated here so that `protrans --help`
+# lists every command without importing any command module.
+COMMANDS = {
+    "prep": ("protrans_cli.cli.prep", "FASTA to the ProtTrans pretraining corpus (one spaced protein per line)."),
+    "train": ("protrans_cli.cli.train", "Pretrain a protein language model (one GPU, many GPUs or nodes via torchrun)."),
+    "embed": ("protrans_cli.cli.embed", "FASTA to per-residue and per-protein embeddings in HDF5."),
+    "models": ("protrans_cli.cli.models", "List model families, presets and published checkpoints."),
+    "fit": ("protrans_cli.cli.fit", "Train a prediction head (ss3/ss8/loc/...) on embeddings."),
+    "predict": ("protrans_cli.cli.predict", "Apply a trained head to embeddings."),
+    "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, FLIP, DeepLoc, CSV) to FASTA for embed."),
+    "quickstart": ("protrans_cli.cli.quickstart", "Run the whole pipeline on the bundled example data (offline, CPU)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command runs."""
+
+    def list_commands(self, ctx):
+        return [name for name, (module, _) in COMMANDS.items() if _module_exists(module)]
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module_name, _ = COMMANDS[name]
+        if not _module_exists(module_name):
+            return None
+        if ctx is not None and ctx.resilient_parsing is False and _listing_help(ctx):
+            return _HelpStub(name, help=COMMANDS[name][1])
+        module = importlib.import_module(module_name)
+        return getattr(module, "command")
+
+
+class _HelpStub(click.Command):
+    """Stands in for a command while the group's own --help lists it (no import needed)."""
+
+    def __init__(self, name, help):
+        super().__init__(name, help=help, short_help=help)
+
+
+def _listing_help(ctx) -> bool:
+    # True while click formats the group's own help page: it calls get_command for every
+    # command only to read its short help.
+    return getattr(ctx, "_protrans_listing", False)
+
+
+def _module_exists(module_name: str) -> bool:
+    return importlib.util.find_spec(module_name) is not None
+
+
+class _Group(LazyGroup):
+    def format_commands(self, ctx, formatter):
+        ctx._protrans_listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            ctx._protrans_listing = False
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="protrans")
+@click.option("-v", "--verbose", count=True, help="More messages; -vv also shows tracebacks (same as --debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress bars or summaries.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx, verbose, quiet, debug):
+    """protrans: protein language models from FASTA to predictions.
+
+    \b
+    protrans prep uniref50.fasta.gz -o corpus.txt.gz
+    protrans train --family bert --preset tiny --corpus corpus.txt.gz -o runs/bert
+    protrans embed proteome.fa -m prot_t5_xl_half -o proteome.h5
+    protrans fit ss3 --embeddings train.h5 --labels Train_HHblits.csv -o heads/ss3
+    protrans predict heads/ss3 --embeddings query.h5 -o query.ss3.fa
+    """
+    from protrans_cli import console
+
+    console.configure(verbosity=-1 if quiet else verbose, debug=debug or verbose >= 2)
+
+
+def main(argv=None):
+    """Entry point: runs the click group and maps every failure to one line and an exit code."""
+    from protrans_cli import console
+
+    try:
+        rc = cli.main(args=argv, prog_name="protrans", standalone_mode=False)
+    except click.exceptions.Abort:
+        console.error("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except ProtransError as exc:
+        if console.state.debug:
+            raise
+        console.error(exc.format())
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except OSError as exc:
+        if getattr(exc, "errno", None) == 32:  # EPIPE surfacing as a plain OSError
+            _quiet_broken_pipe()
+        if console.state.debug:
+            raise
+        name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        console.error(f"{name}{exc.strerror or exc}")
+        sys.exit(1)
+    # click returns the exit code of --help/--version (and of ctx.exit) in this mode.
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _quiet_broken_pipe():
+    # The reader went away (`protrans prep x.fa | head`): exit quietly, and point stdout at
+    # /dev/null so the interpreter's final flush does not raise again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    sys.exit(141 if os.name != "nt" else 1)

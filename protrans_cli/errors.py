@@ -1,0 +1,52 @@
+"""The error family every command shares, and the exit code each maps to.
+
+Library code raises these; the CLI turns them into one line on stderr and an exit code:
+2 usage, 1 bad input or runtime failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INPUT = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class ProtransError(Exception):
+    """Base class: a failure the user can act on, reported as one line without a traceback."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, message: str, *, path: str | None = None, record: str | None = None,
+                 line: int | None = None):
+        self.message = message
+        self.path = path
+        self.record = record
+        self.line = line
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(str(self.path) + (f":{self.line}" if self.line is not None else ""))
+        if self.record is not None:
+            where.append(f"record {self.record!r}")
+        return (", ".join(where) + ": " if where else "") + self.message
+
+
+class UsageError(ProtransError):
+    """Options that contradict each other or cannot be satisfied (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(ProtransError):
+    """Bad input data: unreadable file, malformed record, mismatched labels (exit 1)."""
+
+
+class ModelError(ProtransError):
+    """A model that cannot be found, loaded or used as asked (exit 1)."""
+
+
+class RuntimeFailure(ProtransError):
+    """A job that failed while running (exit 1)."""

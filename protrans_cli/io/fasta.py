@@ -1,0 +1,77 @@
+"""A streaming FASTA reader: any line width, CRLF, blank lines, `>` inside headers, stdin, compression.
+
+`read_fasta(path)` yields `FastaRecord`s one at a time and never holds the file in memory.
+The id is the header up to the first whitespace; `description` is the whole header line.
+Sequences are returned as found (stripped of line breaks only); normalisation is the
+caller's choice (see `protrans_cli.residues`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from protrans_cli.errors import InputError
+from protrans_cli.io.files import display_name, open_input
+
+
+@dataclass(frozen=True)
+class FastaRecord:
+    id: str
+    description: str
+    sequence: str
+    line: int  # 1-based line number of the header, for error messages
+
+
+def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[FastaRecord]:
+    header: bytes | None = None
+    header_line = 0
+    chunks: list[bytes] = []
+    lineno = 0
+    for lineno, line in enumerate(lines, 1):
+        if line.startswith(b">"):
+            if header is not None:
+                yield _record(header, chunks, header_line, name)
+            header = line[1:].rstrip(b"\r\n")
+            header_line = lineno
+            chunks = []
+        elif header is not None:
+            chunks.append(line)
+        elif line.strip():
+            if lineno == 1 and line.startswith(b"\xef\xbb\xbf>"):  # UTF-8 byte-order mark
+                header = line[4:].rstrip(b"\r\n")
+                header_line = lineno
+                continue
+            raise InputError("not FASTA: expected a '>' header line before sequence data",
+                             path=name, line=lineno)
+    if header is not None:
+        yield _record(header, chunks, header_line, name)
+
+
+def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRecord:
+    try:
+        description = header.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        description = header.decode("latin-1").strip()
+    ident = description.split(None, 1)[0] if description else ""
+    if not ident:
+        raise InputError("header has no id", path=name, line=line)
+    seq = b"".join(chunks).translate(None, b" \t\r\n")
+    return FastaRecord(ident, description, seq.decode("latin-1"), line)
+
+
+def read_fasta(path) -> Iterator[FastaRecord]:
+    """Yield the records of a FASTA file (`-` is stdin; gzip/bz2/xz/zstd detected)."""
+    name = display_name(path)
+    with open_input(path) as stream:
+        yield from parse_fasta(stream, name)
+
+
+def write_fasta(stream, ident: str, sequence: str, description: str | None = None, width: int = 0) -> None:
+    """Write one record to a binary stream (`width` 0 = one line)."""
+    stream.write(b">" + (description or ident).encode() + b"\n")
+    if width and width > 0:
+        for i in range(0, len(sequence), width):
+            stream.write(sequence[i:i + width].encode() + b"\n")
+    else:
+        stream.write(sequence.encode() + b"\n")

@@ -1,0 +1,62 @@
+"""The residue alphabet and the normalisation rules every command applies to sequences.
+
+Rules (documented in docs/prep.md):
+- upper-case; whitespace, gap characters (`-`, `.`) and one terminal stop `*` are removed;
+- the 20 standard residues and X are kept; the rare residues U (selenocysteine),
+  O (pyrrolysine), B (D/N) and Z (E/Q) become X by default, as ProtTrans did (`rare="keep"`
+  keeps them);
+- anything else (J, digits, an internal `*`, punctuation) rejects the record with a reason.
+"""
+
+from __future__ import annotations
+
+STANDARD = "ACDEFGHIKLMNPQRSTVWY"
+RARE = "UZOB"
+UNKNOWN = "X"
+ALPHABET = STANDARD + RARE + UNKNOWN  # every letter a sequence may hold after normalisation
+
+RARE_POLICIES = ("x", "keep")
+
+# Rejection reasons: stable keys used in summaries, --rejects files and JSON stats.
+REASON_EMPTY = "empty"
+REASON_INTERNAL_STOP = "internal_stop"
+REASON_INVALID = "invalid_character"
+
+_DELETE = b" \t\r\n\v\f-."
+_UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_RARE_TO_X = bytes.maketrans(b"UZOB", b"XXXX")
+_IDENTITY = bytes(range(256))
+_VALID = set(ALPHABET.encode())
+
+
+class SequenceRejected(ValueError):
+    """A sequence that cannot be normalised; `reason` is one of the REASON_* keys."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(detail)
+
+
+def normalise(seq: bytes | str, rare: str = "x") -> str:
+    """Return the normalised sequence, or raise SequenceRejected with the reason."""
+    raw = seq.encode() if isinstance(seq, str) else bytes(seq)
+    data = raw.translate(_UPPER, _DELETE)
+    if data.endswith(b"*"):
+        data = data[:-1]
+    if not data:
+        raise SequenceRejected(REASON_EMPTY, "empty sequence")
+    if rare == "x":
+        data = data.translate(_RARE_TO_X)
+    elif rare != "keep":
+        raise ValueError(f"rare must be one of {RARE_POLICIES}, got {rare!r}")
+    bad = set(data) - _VALID
+    if bad:
+        if b"*"[0] in bad:
+            pos = data.index(b"*") + 1
+            raise SequenceRejected(REASON_INTERNAL_STOP, f"internal stop '*' at residue {pos}")
+        char = min(bad)
+        pos = data.index(bytes([char])) + 1
+        shown = chr(char) if 32 < char < 127 else f"\\x{char:02x}"
+        raise SequenceRejected(REASON_INVALID, f"invalid character {shown!r} at residue {pos}")
+    return data.decode("ascii")

@@ -1,0 +1,78 @@
+"""Shared fixtures: an offline, isolated environment for every test, and the CLI runner.
+
+Every test runs with the Hugging Face hub offline and its cache in a temporary directory, so a
+test can never download weights or read the user's cache. `run_cli` runs the real `protrans`
+entry point in-process (error mapping and exit codes included).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("PROTRANS_NO_PROGRESS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("PROTRANS_THREADS", raising=False)
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    from protrans_cli import console
+
+    console.configure()
+    yield
+
+
+class _Entry(click.Command):
+    """Lets CliRunner drive `protrans_cli.cli.main`, so errors map to exit codes as in a shell."""
+
+    def main(self, args=None, prog_name=None, **extra):  # noqa: D102
+        from protrans_cli.cli import main
+
+        main(list(args or ()))
+
+
+@pytest.fixture
+def run_cli():
+    """run_cli("prep", "x.fa", input=b"...") -> click Result (exit_code, stdout, stderr)."""
+
+    def run(*args, input=None):
+        runner = CliRunner()
+        return runner.invoke(_Entry("protrans"), [str(a) for a in args], input=input, catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def shared_data():
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    has_cuda = False
+    if importlib.util.find_spec("torch") is not None and any("gpu" in i.keywords for i in items):
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
