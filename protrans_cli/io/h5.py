@@ -14,23 +14,35 @@ command line, `failed` as JSON {id: reason}).
 
 Keys are FASTA ids with `%`, `/`, control characters and a lone `.` percent-escaped, so two
 ids never collapse into one key and `unescape_key(escape_key(x)) == x`.
+
+`EmbeddingsWriter` streams into `<output>.partial` (a valid HDF5 file after every `flush()`), and
+renames it to `<output>` only when the run completes; `resume=True` reopens the partial file (or
+the finished output) and reports which ids are already present so that a rerun skips them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from protrans_cli.errors import InputError
+from protrans_cli.errors import InputError, UsageError
 
 PER_RESIDUE = "per_residue"
 PER_PROTEIN = "per_protein"
 KINDS = (PER_RESIDUE, PER_PROTEIN)
+LAYOUTS = ("grouped", "flat")
+STORAGE_DTYPES = ("float32", "float16")
+COMPRESSIONS = ("none", "gzip", "lzf")
+
+# File attributes that must agree between a partial file and the run that resumes it.
+RESUME_ATTRS = ("model", "revision", "family", "layers", "pooling", "layout", "kinds", "storage_dtype")
 
 _UNSAFE = re.compile(r"[%/\x00-\x1f\x7f]")
 
@@ -158,3 +170,207 @@ def existing_keys(path, kind: str) -> set[str]:
         return set()
     with EmbeddingsReader(path) as reader:
         return set(reader.keys(kind)) if kind in reader.kinds else set()
+
+
+def partial_path(path) -> Path:
+    """Where a run writes until it completes (`out.h5` -> `out.h5.partial`)."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+class EmbeddingsWriter:
+    """Stream embeddings into an HDF5 file, one protein at a time, readable after every flush.
+
+        with EmbeddingsWriter("out.h5", kinds=(PER_RESIDUE, PER_PROTEIN), attrs={...}) as w:
+            done = w.done_ids()                     # non-empty only with resume=True
+            w.write(ident, header, sequence, per_residue=arr_LD, per_protein=arr_D)
+            w.record_failure(ident, "longer than --max-length 1000")
+            w.flush()                               # after each batch
+        # leaving the block normally renames out.h5.partial to out.h5; an exception leaves
+        # out.h5.partial in place (readable, resumable) and re-raises.
+
+    Arrays are cast to `storage_dtype`. A protein whose datasets are not all present (a run
+    killed between two writes) is not counted as done and is overwritten on resume.
+    """
+
+    def __init__(self, path, *, kinds: Iterable[str] = (PER_RESIDUE,), layout: str = "grouped",
+                 storage_dtype: str = "float32", compression: str | None = None,
+                 attrs: dict | None = None, resume: bool = False, finalize: bool = True):
+        import h5py
+
+        self.kinds = tuple(kinds)
+        if not self.kinds or any(k not in KINDS for k in self.kinds):
+            raise UsageError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
+        if layout not in LAYOUTS:
+            raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == "flat" and len(self.kinds) != 1:
+            raise UsageError("the flat layout holds one kind only: choose --per-residue or --per-protein")
+        if storage_dtype not in STORAGE_DTYPES:
+            raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
+        if compression not in (None, *COMPRESSIONS):
+            raise UsageError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.layout = layout
+        self.storage_dtype = np.dtype(storage_dtype)
+        self.compression = None if compression in (None, "none") else compression
+        self.finalize = finalize
+        self.failed: dict[str, str] = {}
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        if not directory.is_dir():
+            raise InputError("output directory does not exist", path=str(directory))
+
+        run_attrs = dict(attrs or {})
+        run_attrs.update(layout=layout, kinds=",".join(self.kinds), storage_dtype=storage_dtype)
+        if layout == "flat":
+            run_attrs["kind"] = self.kinds[0]
+        resumed = False
+        if resume and not self.partial.exists() and self.path.exists():
+            # A finished file extended by a resumed run: it becomes partial again until done.
+            _check_resumable(self.path, run_attrs)
+            os.replace(self.path, self.partial)
+        if resume and self.partial.exists():
+            _check_resumable(self.partial, run_attrs)
+            self.file = h5py.File(self.partial, "a")
+            self.failed = json.loads(_plain(self.file.attrs.get("failed", "{}")) or "{}")
+            resumed = True
+        else:
+            self.file = h5py.File(self.partial, "w")
+        self.resumed = resumed
+        for key, value in run_attrs.items():
+            if value is None:
+                continue
+            self.file.attrs[key] = _attr_value(value)
+        self._groups = {}
+        for kind in self.kinds:
+            self._groups[kind] = self.file if layout == "flat" else self.file.require_group(kind)
+        self._write_failed()
+        self.file.flush()
+
+    # --- state ------------------------------------------------------------------------
+    def done_ids(self) -> set[str]:
+        """Ids with a dataset in every requested kind (what --resume skips)."""
+        per_kind = []
+        for kind in self.kinds:
+            group = self._groups[kind]
+            per_kind.append({_plain(group[k].attrs.get("id", unescape_key(k))) for k in group.keys()
+                             if _is_dataset(group[k])})
+        return set.intersection(*per_kind) if per_kind else set()
+
+    # --- writing ----------------------------------------------------------------------
+    def write(self, ident: str, header: str, sequence: str, *, per_residue=None, per_protein=None,
+              extra_attrs: dict | None = None) -> None:
+        """Write one protein's arrays (`per_residue` (L, D) or (n_layers, L, D); `per_protein`
+        (D,) or (n_layers, D)); every requested kind must be given."""
+        arrays = {PER_RESIDUE: per_residue, PER_PROTEIN: per_protein}
+        key = escape_key(ident)
+        attrs = {"id": ident, "header": header, "length": len(sequence),
+                 "checksum": sequence_checksum(sequence), **(extra_attrs or {})}
+        for kind in self.kinds:
+            data = arrays[kind]
+            if data is None:
+                raise ValueError(f"{kind} array missing for {ident!r}")
+            data = np.asarray(data).astype(self.storage_dtype, copy=False)
+            group = self._groups[kind]
+            if key in group:  # left by a run killed half-way through this protein
+                del group[key]
+            kwargs = {}
+            if self.compression is not None and data.size:
+                kwargs = {"compression": self.compression, "chunks": True}
+                if self.compression == "gzip":
+                    kwargs["compression_opts"] = 4
+            ds = group.create_dataset(key, data=data, **kwargs)
+            for name, value in attrs.items():
+                ds.attrs[name] = _attr_value(value)
+        self.failed.pop(ident, None)
+
+    def record_failure(self, ident: str, reason: str) -> None:
+        """A protein with no embedding: listed in the file's `failed` attribute, never dropped silently."""
+        self.failed[ident] = reason
+
+    def copy_from(self, other_path) -> int:
+        """Merge another file of the same layout (a torchrun shard) into this one; returns proteins copied."""
+        import h5py
+
+        copied = set()
+        with h5py.File(other_path, "r") as src:
+            for kind in self.kinds:
+                source = src if self.layout == "flat" else src.get(kind)
+                if source is None:
+                    continue
+                for key in source.keys():
+                    if not _is_dataset(source[key]):
+                        continue
+                    group = self._groups[kind]
+                    if key in group:
+                        del group[key]
+                    src.copy(source[key], group, name=key)
+                    copied.add(key)
+            other_failed = json.loads(_plain(src.attrs.get("failed", "{}")) or "{}")
+        done = self.done_ids()
+        for ident, reason in other_failed.items():
+            if ident not in done:
+                self.failed[ident] = reason
+        for ident in done:
+            self.failed.pop(ident, None)
+        return len(copied)
+
+    def flush(self) -> None:
+        self._write_failed()
+        self.file.flush()
+
+    def _write_failed(self) -> None:
+        self.file.attrs["failed"] = json.dumps(self.failed, sort_keys=True)
+
+    # --- closing ----------------------------------------------------------------------
+    def close(self, complete: bool = False) -> None:
+        """Close the file; with `complete`, move it to its final name (when `finalize`)."""
+        if self.file is None:
+            return
+        self.flush()
+        self.file.close()
+        self.file = None
+        if complete and self.finalize:
+            os.replace(self.partial, self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        with contextlib.suppress(Exception) if exc_type else contextlib.nullcontext():
+            self.close(complete=exc_type is None)
+
+
+def _attr_value(value):
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _comparable(value):
+    value = _plain(value)
+    if isinstance(value, np.ndarray):
+        return [(_plain(v)) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return value
+
+
+def _check_resumable(path, run_attrs: dict) -> None:
+    """Refuse to resume into a file written with other settings (its rows would not match)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            old = {k: f.attrs[k] for k in f.attrs.keys()}
+    except OSError as exc:
+        raise InputError(f"cannot resume: not a readable HDF5 file ({exc}); delete it to start again",
+                         path=str(path)) from None
+    for key in RESUME_ATTRS:
+        if key in old and key in run_attrs and run_attrs[key] is not None:
+            before, now = _comparable(old[key]), _comparable(_attr_value(run_attrs[key]))
+            if before != now:
+                raise UsageError(f"cannot resume: the file was written with {key}={before!r}, "
+                                 f"this run uses {key}={now!r}", path=str(path))

@@ -1,0 +1,96 @@
+"""`protrans embed`: FASTA to per-residue and per-protein embeddings in HDF5.
+
+    protrans embed proteome.fa -m prot_t5_xl_half -o proteome.h5
+    protrans embed proteome.fa -m onehot --per-protein -o composition.h5
+    torchrun --nproc-per-node 4 -m protrans_cli embed uniref50.fa.gz -m esm2_t33_650M -o u50.h5
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from protrans_cli.embed import DEVICES, DTYPES, LONG_POLICIES
+
+
+@click.command("embed", context_settings={"show_default": True})
+@click.argument("fasta", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="HDF5 file to write (written to OUTPUT.partial until the run completes).")
+@click.option("-m", "--model", default="prot_t5_xl_half",
+              help="Short name (see `protrans models`), model directory, hub id, or 'onehot'.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
+@click.option("--per-residue", "per_residue", is_flag=True, help="Write (L, D) per-residue arrays.")
+@click.option("--per-protein", "per_protein", is_flag=True,
+              help="Write (D,) per-protein arrays (mean over residues). Neither flag: both.")
+@click.option("--layer", "layers", type=int, multiple=True,
+              help="Hidden state to keep: -1 last layer, 0 embedding layer; repeat for several.  [default: -1]")
+@click.option("--layout", type=click.Choice(["grouped", "flat"]), default="grouped",
+              help="grouped: /per_residue/<id>, /per_protein/<id>; flat: /<id> (ProtTrans, bio_embeddings).")
+@click.option("--storage-dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              help="dtype of the arrays in the file.")
+@click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none",
+              help="HDF5 dataset compression.")
+@click.option("--device", default="auto", help=f"One of {', '.join(DEVICES)}, or cuda:N.")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto",
+              help="Compute dtype; auto = bfloat16 (or float16) on a GPU, float32 on the CPU.")
+@click.option("--max-tokens", type=int, default=4000,
+              help="Padded tokens per batch (longest sequence x sequences).")
+@click.option("--max-batch-size", type=int, default=100, help="Sequences per batch at most.")
+@click.option("--max-length", type=int, default=None, help="Residues; longer proteins follow --long-policy.")
+@click.option("--long-policy", type=click.Choice(list(LONG_POLICIES)), default="error",
+              help="Proteins over --max-length: fail, skip (recorded as failed), truncate, or chunk into "
+                   "overlapping windows stitched back together.")
+@click.option("--chunk-overlap", type=int, default=64, help="Residues shared by neighbouring windows.")
+@click.option("--cpu-fallback", is_flag=True,
+              help="Retry on the CPU a protein that alone does not fit in GPU memory.")
+@click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); embed the rest.")
+@click.option("-j", "--threads", type=int, default=None,
+              help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
+def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
+            compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
+            cpu_fallback, resume, threads):
+    """FASTA to per-residue and per-protein embeddings in HDF5.
+
+    \b
+    protrans embed proteome.fa -m prot_t5_xl_half -o proteome.h5
+    protrans embed proteome.fa -m onehot --per-protein --layout flat -o composition.h5
+    torchrun --nproc-per-node 4 -m protrans_cli embed proteome.fa -o proteome.h5
+    """
+    from protrans_cli import console
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.io.h5 import partial_path
+    from protrans_cli.threads import resolve_threads
+
+    if not per_residue and not per_protein:
+        per_residue = per_protein = True
+    options = EmbedOptions(
+        model=model, revision=revision, per_residue=per_residue, per_protein=per_protein,
+        layers=tuple(layers) or (-1,), layout=layout, storage_dtype=storage_dtype,
+        compression=None if compression == "none" else compression, device=device, dtype=dtype,
+        max_tokens=max_tokens, max_batch_size=max_batch_size, max_length=max_length,
+        long_policy=long_policy, chunk_overlap=chunk_overlap, cpu_fallback=cpu_fallback, resume=resume,
+        threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]),
+    )
+    try:
+        summary = embed(fasta, output, options)
+    except KeyboardInterrupt:
+        if partial_path(output).exists():
+            console.error(f"interrupted: what was computed is in {partial_path(output)}; "
+                          "run the same command with --resume to finish")
+        raise
+    if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    rate = summary.residues_per_second
+    console.info(f"embedded {summary.num_embedded} proteins ({summary.num_residues} residues, "
+                 f"{rate:,.0f} residues/s) into {output}"
+                 + (f"; {summary.num_resumed} already there" if summary.num_resumed else "")
+                 + (f"; {summary.num_duplicates} identical sequences computed once" if summary.num_duplicates else ""))
+    if summary.failed:
+        console.warn(f"{len(summary.failed)} protein(s) have no embedding (listed in the file's 'failed' attribute):")
+        for ident, reason in list(summary.failed.items())[:20]:
+            console.warn(f"  {ident}: {reason}")
+        if len(summary.failed) > 20:
+            console.warn(f"  ... and {len(summary.failed) - 20} more")

@@ -1,0 +1,272 @@
+"""`protrans embed` with the built-in onehot embedder: the pipeline (batching, dedup, resume,
+long-sequence policies, OOM handling, failures) and the CLI, without any model weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+from protrans_cli.embed import (ONEHOT_ALPHABET, EmbedOptions, OneHotEmbedder, _Piece, _Unit, chunk_windows,
+                                embed, embed_with_retry, make_batches, stitch_windows)
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.io.fasta import read_fasta
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, partial_path
+
+SMALL = DATA / "embed" / "small.fa"
+
+
+def onehot_reference(seq: str) -> np.ndarray:
+    """Independent reference: row i has a 1 at the residue's alphabet position (X for U/Z/O/B)."""
+    seq = seq.upper().replace("-", "").replace(".", "")
+    out = np.zeros((len(seq), 21), dtype=np.float32)
+    for i, c in enumerate(seq):
+        out[i, ONEHOT_ALPHABET.index(c if c in ONEHOT_ALPHABET else "X")] = 1
+    return out
+
+
+def read_all(path, kind=PER_RESIDUE):
+    with EmbeddingsReader(path) as r:
+        return {i: a for i, a, _ in r.items(kind)}
+
+
+def test_onehot_matches_reference_for_every_record(tmp_path):
+    out = tmp_path / "o.h5"
+    summary = embed(SMALL, out, EmbedOptions(model="onehot"))
+    records = list(read_fasta(SMALL))
+    res, prot = read_all(out), read_all(out, PER_PROTEIN)
+    assert sorted(res) == sorted(r.id for r in records)
+    for rec in records:
+        ref = onehot_reference(rec.sequence)
+        assert res[rec.id].shape == ref.shape  # one row per residue, X and U/Z/O/B included
+        np.testing.assert_array_equal(res[rec.id], ref)
+        np.testing.assert_allclose(prot[rec.id], ref.mean(0), atol=1e-7)
+    assert summary.num_embedded == len(records) and summary.num_duplicates == 1
+    assert res["one"].shape == (1, 21)
+    with EmbeddingsReader(out) as r:
+        assert r.dataset("sp|Q9/slash").attrs["header"] == "sp|Q9/slash id with slash"
+        assert r.dataset("rare").attrs["length"] == 8
+        assert r.attrs["family"] == "onehot" and r.failed() == {}
+
+
+@pytest.mark.parametrize("max_tokens,max_batch_size", [(1, 1), (30, 2), (100000, 100)])
+def test_results_do_not_depend_on_batching(tmp_path, max_tokens, max_batch_size):
+    ref = read_all(_run(tmp_path / "ref.h5"))
+    got = read_all(_run(tmp_path / "b.h5", max_tokens=max_tokens, max_batch_size=max_batch_size))
+    assert ref.keys() == got.keys()
+    for k in ref:
+        np.testing.assert_array_equal(ref[k], got[k])
+
+
+def _run(out, fasta=SMALL, **kw):
+    embed(fasta, out, EmbedOptions(model="onehot", **kw))
+    return out
+
+
+def test_batches_respect_token_budget_and_size():
+    pieces = [_Piece(_Unit("A" * n, []), 0, "A" * n) for n in (5, 50, 7, 30, 1, 12, 12)]
+    batches = make_batches(pieces, max_tokens=64, max_batch_size=3, special_tokens=2)
+    assert sorted(len(p.sequence) for b in batches for p in b) == sorted(len(p.sequence) for p in pieces)
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or max(len(p.sequence) + 2 for p in b) * len(b) <= 64
+    assert [len(p.sequence) for p in batches[0]] == [50]  # longest first, alone when over half the budget
+
+
+def test_chunk_windows_cover_and_stitch_exactly():
+    windows = chunk_windows(100, 30, 10)
+    assert windows[0] == (0, 30) and windows[-1][1] == 100
+    assert all(b[0] < a[1] for a, b in zip(windows, windows[1:]))  # neighbours overlap
+    truth = np.arange(100, dtype=np.float32)[None, :, None]
+    stitched = stitch_windows(windows, [truth[:, s:e] for s, e in windows], 100)
+    np.testing.assert_array_equal(stitched, truth)
+
+
+def test_chunk_policy_gives_full_length_rows(tmp_path):
+    out = _run(tmp_path / "c.h5", max_length=5, long_policy="chunk", chunk_overlap=2)
+    res = read_all(out)
+    for rec in read_fasta(SMALL):
+        np.testing.assert_array_equal(res[rec.id], onehot_reference(rec.sequence))
+    with EmbeddingsReader(out) as r:
+        assert r.dataset("P1").attrs["chunks"] > 1
+
+
+def test_skip_and_truncate_policies(tmp_path):
+    skipped = _run(tmp_path / "s.h5", max_length=10, long_policy="skip")
+    with EmbeddingsReader(skipped) as r:
+        assert sorted(r.failed()) == ["P1", "P1copy", "sp|Q9/slash"]
+        assert "P1" not in r.ids() and "rare" in r.ids()
+    truncated = read_all(_run(tmp_path / "t.h5", max_length=10, long_policy="truncate"))
+    np.testing.assert_array_equal(truncated["P1"], onehot_reference("MKTAYIAKQRQISFVKSHFSRQ"[:10]))
+
+
+def test_long_policy_error_names_the_record(tmp_path):
+    with pytest.raises(InputError, match="P1.*--max-length"):
+        _run(tmp_path / "e.h5", max_length=10)
+    assert not (tmp_path / "e.h5").exists()
+
+
+def test_duplicate_ids_fail_before_compute(tmp_path, monkeypatch):
+    def boom(self, seqs):
+        raise AssertionError("computed before the duplicate check")
+
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", boom)
+    with pytest.raises(InputError, match="duplicate id"):
+        _run(tmp_path / "d.h5", fasta=DATA / "embed" / "duplicate_ids.fa")
+    assert not (tmp_path / "d.h5").exists() and not partial_path(tmp_path / "d.h5").exists()
+
+
+def test_identical_sequences_are_computed_once(tmp_path, monkeypatch):
+    seen = []
+    original = OneHotEmbedder.embed_batch
+
+    def spy(self, seqs):
+        seen.extend(seqs)
+        return original(self, seqs)
+
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", spy)
+    _run(tmp_path / "u.h5")
+    assert len(seen) == len(set(seen)) == 5
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
+    full = read_all(_run(tmp_path / "full.h5", max_batch_size=1))
+    out = tmp_path / "resumed.h5"
+    original = OneHotEmbedder.embed_batch
+    calls = []
+
+    def interrupted(self, seqs):
+        calls.append(seqs)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, seqs)
+
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, max_batch_size=1)
+    assert not out.exists()
+    partial = read_all(partial_path(out))
+    assert 0 < len(partial) < len(full)  # readable, with what was done before the interruption
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    calls.clear()
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", max_batch_size=1, resume=True))
+    assert summary.num_resumed == len(partial)
+    resumed = read_all(out)
+    assert resumed.keys() == full.keys()
+    for k in full:
+        np.testing.assert_array_equal(resumed[k], full[k])
+    assert not partial_path(out).exists()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    out = _run(tmp_path / "r.h5")
+    with pytest.raises(UsageError, match="kinds"):
+        embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False, resume=True))
+
+
+class _FakeOOM(OneHotEmbedder):
+    """Runs out of memory above a residue budget, like a GPU would."""
+
+    device = "cuda"
+
+    def __init__(self, budget, cpu_ok=True):
+        super().__init__()
+        self.budget, self.cpu_ok = budget, cpu_ok
+
+    def embed_batch(self, seqs):
+        import torch
+
+        if sum(map(len, seqs)) > self.budget:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().embed_batch(seqs)
+
+    def on_cpu(self):
+        return OneHotEmbedder() if self.cpu_ok else None
+
+
+def test_oom_splits_batches_then_falls_back_to_cpu():
+    seqs = ["MKV" * 3, "ACD" * 2, "W" * 20, "K"]
+    splits = []
+    got = embed_with_retry(_FakeOOM(budget=10), seqs, cpu_fallback=True, on_split=splits.append)
+    assert splits  # it had to split
+    for s, g in zip(seqs, got):
+        np.testing.assert_array_equal(g[0], onehot_reference(s))  # "W"*20 came from the CPU twin
+    got = embed_with_retry(_FakeOOM(budget=10), seqs, cpu_fallback=False)
+    assert isinstance(got[2], str) and "out of memory" in got[2]
+    assert not isinstance(got[0], str)
+
+
+def test_protein_that_never_fits_is_recorded_not_dropped(tmp_path):
+    out = tmp_path / "oom.h5"
+    summary = embed(SMALL, out, EmbedOptions(model="onehot"), embedder=_FakeOOM(budget=15))
+    assert sorted(summary.failed) == ["P1", "P1copy", "sp|Q9/slash"]
+    with EmbeddingsReader(out) as r:
+        assert sorted(r.failed()) == sorted(summary.failed)
+        assert sorted(r.ids()) == ["lower", "one", "rare"]
+
+
+def test_other_errors_are_not_swallowed():
+    class Broken(OneHotEmbedder):
+        def embed_batch(self, seqs):
+            raise ValueError("a real bug")
+
+    with pytest.raises(ValueError):
+        embed_with_retry(Broken(), ["MK", "MK"])
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+def test_cli_onehot_flat_per_protein(run_cli, tmp_path):
+    out = tmp_path / "flat.h5"
+    result = run_cli("embed", SMALL, "-m", "onehot", "--per-protein", "--layout", "flat", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "embedded 6 proteins" in result.stderr
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        assert f["one"].shape == (21,) and f.attrs["kind"] == PER_PROTEIN
+        assert "sp|Q9%2Fslash" in f
+
+
+def test_cli_reads_stdin(run_cli, tmp_path):
+    out = tmp_path / "s.h5"
+    result = run_cli("embed", "-", "-m", "onehot", "-o", out, input=b">s\nMKV\n")
+    assert result.exit_code == 0, result.stderr
+    np.testing.assert_array_equal(read_all(out)["s"], onehot_reference("MKV"))
+
+
+@pytest.mark.parametrize("fixture,code,message", [
+    ("empty.fa", 1, "no FASTA records"),
+    ("duplicate_ids.fa", 1, "duplicate id"),
+    ("invalid_residue.fa", 1, "record 'bad': invalid character 'J'"),
+])
+def test_cli_bad_input_is_one_line_error(run_cli, tmp_path, fixture, code, message):
+    out = tmp_path / "x.h5"
+    result = run_cli("embed", DATA / "embed" / fixture, "-m", "onehot", "-o", out)
+    assert result.exit_code == code
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_usage_errors(run_cli, tmp_path):
+    out = tmp_path / "x.h5"
+    r = run_cli("embed", SMALL, "-m", "onehot", "--layout", "flat", "-o", out)
+    assert r.exit_code == 2 and "flat layout" in r.stderr
+    r = run_cli("embed", SMALL, "-m", "onehot", "--long-policy", "chunk", "-o", out)
+    assert r.exit_code == 2 and "--max-length" in r.stderr
+    r = run_cli("embed", SMALL, "-m", "onehot", "--layer", "-3", "-o", out)
+    assert r.exit_code == 2 and "single layer" in r.stderr
+
+
+@pytest.mark.shared
+def test_ecoli_proteome_onehot(shared_data, tmp_path):
+    fasta = shared_data / "proteomes" / "UP000000625_83333.fasta"
+    out = tmp_path / "ecoli.h5"
+    summary = embed(fasta, out, EmbedOptions(model="onehot", per_residue=False))
+    records = list(read_fasta(fasta))
+    assert summary.num_records == len(records) > 4000
+    prot = read_all(out, PER_PROTEIN)
+    assert len(prot) == len(records)
+    for rec in records[:: len(records) // 50]:  # a spread of proteins, compared with the reference
+        np.testing.assert_allclose(prot[rec.id], onehot_reference(rec.sequence).mean(0), atol=1e-6)

@@ -1,0 +1,136 @@
+"""The HDF5 embeddings file: key escaping, the streaming writer (layouts, attributes, failures,
+partial files, resume) and the reader others rely on."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from protrans_cli.errors import UsageError
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, EmbeddingsWriter, escape_key,
+                                partial_path, sequence_checksum, unescape_key)
+
+
+@pytest.mark.parametrize("ident", ["sp|P12345|X_HUMAN", "a/b", "a%2Fb", ".", "..", "tab\there", "100%", "é/ü"])
+def test_escape_is_reversible_and_hdf5_safe(ident, tmp_path):
+    key = escape_key(ident)
+    assert unescape_key(key) == ident
+    assert "/" not in key and key not in (".", "..")
+    with h5py.File(tmp_path / "k.h5", "w") as f:
+        f.create_dataset(key, data=[1])
+        assert list(f.keys()) == [key]
+
+
+def test_escaping_never_collapses_two_ids():
+    ids = ["a/b", "a%2Fb", "a_b", "a%b", "a%25b"]
+    assert len({escape_key(i) for i in ids}) == len(ids)
+
+
+def _write(path, ids, kinds=(PER_RESIDUE, PER_PROTEIN), layout="grouped", **kw):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    with EmbeddingsWriter(path, kinds=kinds, layout=layout, attrs={"model": "m", "layers": [-1]}, **kw) as w:
+        for ident in ids:
+            res = rng.standard_normal((3, 4)).astype(np.float32)
+            arrays[ident] = res
+            w.write(ident, f"{ident} some header", "MKV", per_residue=res, per_protein=res.mean(0))
+            w.flush()
+        w.record_failure("lost", "out of memory")
+    return arrays
+
+
+def test_grouped_layout_round_trip(tmp_path):
+    out = tmp_path / "e.h5"
+    arrays = _write(out, ["a/1", "b"])
+    assert out.exists() and not partial_path(out).exists()
+    with EmbeddingsReader(out) as r:
+        assert r.layout == "grouped" and r.kinds == (PER_RESIDUE, PER_PROTEIN)
+        assert sorted(r.ids()) == ["a/1", "b"]
+        np.testing.assert_array_equal(r.get("a/1"), arrays["a/1"])
+        np.testing.assert_allclose(r.get("a/1", PER_PROTEIN), arrays["a/1"].mean(0), rtol=1e-6)
+        ds = r.dataset("a/1")
+        assert ds.attrs["length"] == 3 and ds.attrs["header"] == "a/1 some header"
+        assert ds.attrs["checksum"] == sequence_checksum("MKV")
+        assert r.failed() == {"lost": "out of memory"}
+        assert r.attrs["model"] == "m" and r.attrs["layout"] == "grouped"
+        assert r.checksums()[sequence_checksum("mkv")] in {"a/1", "b"}
+        assert r.dim() == 4
+
+
+def test_flat_layout_is_what_prottrans_tools_read(tmp_path):
+    out = tmp_path / "flat.h5"
+    arrays = _write(out, ["x", "y"], kinds=(PER_PROTEIN,), layout="flat", storage_dtype="float16")
+    with h5py.File(out, "r") as f:  # a plain reader, as bio_embeddings users have
+        assert sorted(f.keys()) == ["x", "y"]
+        assert f["x"].shape == (4,) and f["x"].dtype == np.float16
+    with EmbeddingsReader(out) as r:
+        assert r.layout == "flat" and r.kinds == (PER_PROTEIN,)
+        np.testing.assert_allclose(r.get("x", PER_PROTEIN), arrays["x"].mean(0), atol=1e-3)
+
+
+def test_flat_layout_refuses_two_kinds(tmp_path):
+    with pytest.raises(UsageError):
+        EmbeddingsWriter(tmp_path / "f.h5", kinds=(PER_RESIDUE, PER_PROTEIN), layout="flat")
+
+
+def test_compression_keeps_values(tmp_path):
+    out = tmp_path / "c.h5"
+    arrays = _write(out, ["a"], compression="gzip")
+    with h5py.File(out, "r") as f:
+        assert f["per_residue/a"].compression == "gzip"
+        np.testing.assert_array_equal(f["per_residue/a"][()], arrays["a"])
+
+
+def test_interrupted_writer_leaves_readable_partial_and_resume_completes(tmp_path):
+    out = tmp_path / "r.h5"
+    with pytest.raises(KeyboardInterrupt):
+        with EmbeddingsWriter(out, kinds=(PER_RESIDUE,), attrs={"model": "m"}) as w:
+            w.write("a", "a", "MK", per_residue=np.ones((2, 3)))
+            w.flush()
+            raise KeyboardInterrupt
+    assert not out.exists()
+    with EmbeddingsReader(partial_path(out)) as r:
+        assert r.ids() == ["a"]
+    with EmbeddingsWriter(out, kinds=(PER_RESIDUE,), attrs={"model": "m"}, resume=True) as w:
+        assert w.done_ids() == {"a"}
+        w.write("b", "b", "MKV", per_residue=np.zeros((3, 3)))
+    with EmbeddingsReader(out) as r:
+        assert sorted(r.ids()) == ["a", "b"]
+    assert not partial_path(out).exists()
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    out = tmp_path / "r.h5"
+    _write(out, ["a"])
+    with pytest.raises(UsageError, match="model"):
+        EmbeddingsWriter(out, kinds=(PER_RESIDUE, PER_PROTEIN), attrs={"model": "other", "layers": [-1]},
+                         resume=True)
+
+
+def test_protein_missing_a_kind_is_not_done(tmp_path):
+    out = tmp_path / "half.h5"
+    w = EmbeddingsWriter(out, kinds=(PER_RESIDUE, PER_PROTEIN))
+    w.file[PER_RESIDUE].create_dataset("a", data=np.ones((2, 2)))  # killed before per_protein
+    w.close()
+    w = EmbeddingsWriter(out, kinds=(PER_RESIDUE, PER_PROTEIN), resume=True)
+    assert w.done_ids() == set()
+    w.write("a", "a", "MK", per_residue=np.zeros((2, 2)), per_protein=np.zeros(2))  # overwrites
+    w.close(complete=True)
+    with EmbeddingsReader(out) as r:
+        np.testing.assert_array_equal(r.get("a"), np.zeros((2, 2)))
+
+
+def test_merge_copies_datasets_and_failures(tmp_path):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    _write(a, ["x"])
+    _write(b, ["y"])
+    with EmbeddingsWriter(tmp_path / "m.h5", kinds=(PER_RESIDUE, PER_PROTEIN)) as m:
+        m.copy_from(str(a))
+        m.copy_from(str(b))
+    with EmbeddingsReader(tmp_path / "m.h5") as r:
+        assert sorted(r.ids()) == ["x", "y"]
+        assert r.dataset("y").attrs["id"] == "y"
+        assert json.loads(r.attrs["failed"]) == {"lost": "out of memory"}
