@@ -1,7 +1,200 @@
 """The registry of model families (one module per family) and the published checkpoints.
 
     from protrans_cli.models import FAMILIES, get_family, load_model
+
+    loaded = load_model("prot_t5_xl_half", device="cuda", dtype="bfloat16")
+    inputs, residue_mask = loaded.family.encode(loaded.tokenizer, ["MKTAYIAK"])
+    (hidden,) = loaded.family.hidden_states(loaded.model, inputs, [-1])   # (B, T, D)
+
+The registry is a plain dict built from explicit imports; nothing registers itself on import,
+except that importing this package tells transformers' Auto classes about the project's
+Transformer-XL (transformers 5 removed its own), so `AutoModel.from_pretrained(dir)` loads a
+ProtTXL directory without `trust_remote_code`.
 """
-# The models helper fills this module: FAMILIES (explicit imports, no import-time side effects),
-# get_family(name), family_for_config(config), CHECKPOINTS, resolve_model(name_or_path),
-# load_model(name_or_path, ...).
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protrans_cli.errors import ModelError
+from protrans_cli.models import bert, t5
+from protrans_cli.models.base import Checkpoint, Family, Preset
+from protrans_cli.models.checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (bert.FAMILY, t5.FAMILY)
+}
+
+
+__all__ = [
+    "FAMILIES", "CHECKPOINTS", "DEFAULT_CHECKPOINT", "Checkpoint", "Family", "Preset", "LoadedModel",
+    "get_family", "family_for_config", "resolve_model", "load_model", "list_presets",
+]
+
+
+def get_family(name: str) -> Family:
+    """The family registered as `name`; ModelError listing the known names otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ModelError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})") from None
+
+
+def family_for_config(config) -> Family:
+    """The family that loads a checkpoint with this HF config (by model_type, then architectures)."""
+    model_type = getattr(config, "model_type", None)
+    for family in FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    # A config without a known model_type may still name its architecture ("BertForMaskedLM").
+    for arch in getattr(config, "architectures", None) or []:
+        for family in FAMILIES.values():
+            if any(arch.lower().startswith(t.replace("-", "").replace("_", "")) for t in family.model_types):
+                return family
+    known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
+    raise ModelError(f"unsupported model type {model_type!r} (supported: {known})")
+
+
+def list_presets(family: str | None = None) -> list[Preset]:
+    """Every preset (of one family or all) with its parameter count, built on the meta device."""
+    families = [get_family(family)] if family else list(FAMILIES.values())
+    rows = []
+    for fam in families:
+        for name in fam.presets:
+            config = fam.build_config(name)
+            rows.append(Preset(family=fam.name, name=name, num_params=fam.num_params(name),
+                               config=fam.preset_config(name), embedding_dim=fam.embedding_dim(config),
+                               num_layers=fam.num_layers(config)))
+    return rows
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for embedding: its family, tokenizer and encoder (eval mode, on device)."""
+
+    name: str               # what the user asked for (short name, directory or hub id)
+    path_or_hub_id: str     # what from_pretrained read
+    revision: str | None
+    family: Family
+    tokenizer: Any
+    model: Any
+    embedding_dim: int
+    num_layers: int
+    checkpoint: Checkpoint | None = None  # set when `name` was a short name
+
+    @property
+    def dtype(self):
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "owner/name"; anything else with a separator, or starting like a path, is a path.
+    return (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+            or name in (".", ".."))
+
+
+def resolve_model(name_or_path: str) -> tuple[str, Checkpoint | None, bool]:
+    """(path or hub id, the Checkpoint when a short name was given, whether it is a local dir)."""
+    name = str(name_or_path)
+    if name in CHECKPOINTS:
+        return CHECKPOINTS[name].hub_id, CHECKPOINTS[name], False
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{name}: directory has no config.json, so it is not a model directory "
+                             "(give the directory that `protrans train` or save_pretrained wrote)")
+        return str(path), None, True
+    if path.exists():
+        raise ModelError(f"{name}: not a directory; a model is a directory with config.json, a hub id "
+                         f"or a short name ({', '.join(CHECKPOINTS)})")
+    if _looks_like_path(name):
+        raise ModelError(f"{name}: no such model directory")
+    return name, None, False
+
+
+def _parse_dtype(dtype):
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    try:
+        return names[str(dtype)]
+    except KeyError:
+        raise ModelError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)") from None
+
+
+def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_remote_code=False,
+               local_files_only=None) -> LoadedModel:
+    """Load a short name, a local model directory or a hub id for embedding.
+
+    The family comes from the checkpoint's config (model_type), the tokenizer and encoder
+    through the real `from_pretrained` code paths. `dtype=None` loads float32 (never the
+    checkpoint's half precision by surprise); the caller picks bf16/fp16 for a GPU.
+    A model that cannot be found (offline, not cached, no such repo) is a one-line ModelError.
+    """
+    from transformers import AutoConfig
+
+    name = str(name_or_path)
+    target, checkpoint, is_dir = resolve_model(name)
+    torch_dtype = _parse_dtype(dtype)
+    hub_kwargs: dict[str, Any] = {}
+    if not is_dir:
+        if revision is not None:
+            hub_kwargs["revision"] = revision
+        if local_files_only is not None:
+            hub_kwargs["local_files_only"] = local_files_only
+    try:
+        config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code, **hub_kwargs)
+    except ValueError as exc:
+        # An unknown model_type, or a malformed hub id
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "model type" in text or "model_type" in text:
+            raise ModelError(f"{name}: unsupported model ({text})") from None
+        raise ModelError(_not_found_message(name, target, is_dir, text)) from None
+    except (OSError, KeyError) as exc:
+        raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
+    family = family_for_config(config)
+    try:
+        tokenizer = family.load_tokenizer(target, **hub_kwargs)
+        model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ModelError(f"{name}: cannot move the model to device {device!r}: {_first_line(exc)}") from None
+    model.eval()
+    return LoadedModel(name=name, path_or_hub_id=target, revision=revision, family=family,
+                       tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(model.config),
+                       num_layers=family.num_layers(model.config), checkpoint=checkpoint)
+
+
+def _default_dtype():
+    import torch
+
+    return torch.float32
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _not_found_message(name: str, target: str, is_dir: bool, reason: str) -> str:
+    if is_dir:
+        return f"{name}: cannot load the model directory: {reason}"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it could not be downloaded"
+    return (f"cannot load model {name!r}: {target} is not in the local Hugging Face cache and {why}; "
+            f"download it where there is network (`hf download {target} --local-dir DIR`) "
+            f"and pass the directory: -m DIR")

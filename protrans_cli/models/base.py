@@ -6,12 +6,18 @@ ProtTrans sizes), an offline tokenizer built from the residue alphabet, the pret
 the encoder used for embedding, and the input conventions (spaces, rare residues, special
 tokens). The quirks of a family (T5's trailing `</s>`, XLNet's left padding and trailing
 special tokens, ELECTRA's generator/discriminator pair) stay inside its module.
+
+The base class implements everything that is the same across families (encode, hidden
+states, parameter counts on the meta device, loading through `from_pretrained`), so a family
+module mostly declares its vocabulary, its special-token layout, its HF classes and presets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from protrans_cli.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,9 @@ class Checkpoint:
     embedding_dim: int
     description: str
     torch_dtype: str | None = None  # dtype the weights are published in, if not float32
+    num_layers: int | None = None   # layers of the part that embed uses
+    total_params: int | None = None  # whole published model (e.g. T5 encoder + decoder)
+    preset: str | None = None       # the preset of the same architecture, if any
 
 
 class Family:
@@ -38,8 +47,10 @@ class Family:
                    ("mlm", "electra", "t5", "t5_span", "plm", "clm")
       presets      preset name -> HF config kwargs; every family has "tiny"
       spaced       the tokenizer expects residues separated by single spaces
-      rare_to      what U/Z/O/B become before tokenizing ("X", "<unk>" handled by the
-                   tokenizer, or None to keep them)
+      rare_to      what U/Z/O/B become before tokenizing ("X", or None to keep them: the
+                   tokenizer then maps them itself, to their own token or to `<unk>`)
+      description  one line for `protrans models`
+      padding_side "right" for every family but XLNet ("left")
     """
 
     name: ClassVar[str]
@@ -48,18 +59,53 @@ class Family:
     presets: ClassVar[dict[str, dict[str, Any]]]
     spaced: ClassVar[bool] = True
     rare_to: ClassVar[str | None] = "X"
+    description: ClassVar[str] = ""
+    padding_side: ClassVar[str] = "right"
+    # inputs the encoder takes; tokenizers may return more (token_type_ids) that are dropped
+    input_names: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
 
     # --- building (train) -------------------------------------------------------------
     def build_tokenizer(self):
         """A tokenizer made offline from the residue alphabet (saved with every checkpoint)."""
         raise NotImplementedError
 
+    def preset_config(self, preset: str) -> dict[str, Any]:
+        """The config kwargs of `preset`; ModelError naming the known presets otherwise."""
+        if preset not in self.presets:
+            known = ", ".join(self.presets)
+            raise ModelError(f"unknown preset {preset!r} for family {self.name!r} (known: {known})")
+        return dict(self.presets[preset])
+
     def build_config(self, preset: str = "tiny", tokenizer=None, **overrides):
         """An HF config for `preset`, vocabulary and special-token ids taken from `tokenizer`."""
+        tokenizer = tokenizer if tokenizer is not None else self.build_tokenizer()
+        kwargs = self.preset_config(preset)
+        kwargs.update(self.token_config(tokenizer))
+        kwargs.update(overrides)
+        try:
+            return self.config_class(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"invalid {self.name} config: {exc}") from None
+
+    def token_config(self, tokenizer) -> dict[str, Any]:
+        """Config kwargs that come from the tokenizer (vocabulary size, special-token ids)."""
+        return {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+
+    @property
+    def config_class(self):
         raise NotImplementedError
 
     def pretraining_model(self, config):
         """A freshly initialised model with the heads the family's objective needs."""
+        raise NotImplementedError
+
+    def encoder_model(self, config):
+        """A freshly initialised encoder (the model `load_encoder` returns), e.g. for counts."""
+        return self.encoder_class(config)
+
+    @property
+    def encoder_class(self):
+        """The HF class whose hidden states are the embeddings."""
         raise NotImplementedError
 
     def save_pretrained(self, model, tokenizer, directory) -> None:
@@ -69,11 +115,18 @@ class Family:
 
     # --- embedding (embed) ------------------------------------------------------------
     def load_tokenizer(self, name_or_path, **hub_kwargs):
-        raise NotImplementedError
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **hub_kwargs)
+        # The special-token layout of a family depends on the padding side (XLNet pads left);
+        # a hub tokenizer may not say so in its config.
+        tokenizer.padding_side = self.padding_side
+        return tokenizer
 
     def load_encoder(self, name_or_path, *, dtype=None, **hub_kwargs):
         """The model whose hidden states are the embeddings (T5 encoder, ELECTRA discriminator...)."""
-        raise NotImplementedError
+        model = self.encoder_class.from_pretrained(str(name_or_path), dtype=dtype, **hub_kwargs)
+        return model.eval()
 
     def prepare(self, sequence: str) -> str:
         """Tokenizer input for one normalised sequence (upper-case, spacing, rare residues)."""
@@ -84,17 +137,66 @@ class Family:
 
     def encode(self, tokenizer, sequences: list[str]):
         """Tokenize a batch. Returns (inputs: dict of tensors for the model,
-        residue_mask: bool tensor (B, T) that is True at exactly one position per residue)."""
-        raise NotImplementedError
+        residue_mask: bool tensor (B, T) that is True at exactly one position per residue).
+
+        Special tokens and padding are False in the mask; the tokenizer's own special-tokens
+        mask says which positions its template added, so this works for hub tokenizers too.
+        A tokenizer that splits or merges residues raises ModelError instead of shifting rows.
+        """
+        import torch
+
+        texts = [self.prepare(s) for s in sequences]
+        enc = tokenizer(texts, padding=True, truncation=False, return_special_tokens_mask=True,
+                        return_attention_mask=True, return_tensors="pt", add_special_tokens=True)
+        special = enc["special_tokens_mask"].bool()  # (B, T)
+        attention = enc["attention_mask"].bool()      # (B, T)
+        residue_mask = attention & ~special           # (B, T)
+        counts = residue_mask.sum(dim=1)              # (B,)
+        for i, seq in enumerate(sequences):
+            if int(counts[i]) != len(seq):
+                raise ModelError(
+                    f"the {self.name} tokenizer made {int(counts[i])} residue tokens of a sequence of "
+                    f"{len(seq)} residues ({seq[:20]}{'...' if len(seq) > 20 else ''}); "
+                    "it does not map one token per residue")
+        inputs = {k: torch.as_tensor(enc[k]) for k in self.input_names if k in enc}
+        return inputs, residue_mask
 
     def hidden_states(self, model, inputs, layers: list[int]):
         """Hidden states at `layers` (python indexing over embeddings + every layer,
         so -1 is the last layer): a list of (B, T, D) tensors."""
-        raise NotImplementedError
+        if list(layers) == [-1]:
+            # The common case needs no per-layer outputs kept in memory.
+            return [model(**inputs).last_hidden_state]
+        out = model(**inputs, output_hidden_states=True)
+        states = out.hidden_states  # tuple of num_layers + 1 tensors (B, T, D)
+        try:
+            return [states[i] for i in layers]
+        except IndexError:
+            raise ModelError(f"layer index out of range: {list(layers)} for a model with "
+                             f"{len(states) - 1} layers (valid: {-len(states)}..{len(states) - 1})") from None
+
+    def embedding_dim(self, config) -> int:
+        return int(config.hidden_size)
+
+    def num_layers(self, config) -> int:
+        return int(config.num_hidden_layers)
 
     def num_params(self, preset: str) -> int:
         """Parameters of the preset's pretraining model (built on the meta device)."""
-        raise NotImplementedError
+        return _count_on_meta(lambda: self.pretraining_model(self.build_config(preset)))
+
+    def encoder_num_params(self, preset: str) -> int:
+        """Parameters of the preset's encoder, the part embed uses (built on the meta device)."""
+        return _count_on_meta(lambda: self.encoder_model(self.build_config(preset)))
+
+
+def _count_on_meta(build) -> int:
+    import torch
+
+    with torch.device("meta"):
+        model = build()
+    # parameters() yields a tied tensor once, so shared embeddings are counted once.
+    return sum(p.numel() for p in model.parameters())
 
 
 _RARE_TO_X = str.maketrans("UZOB", "XXXX")
@@ -108,3 +210,5 @@ class Preset:
     name: str
     num_params: int
     config: dict = field(default_factory=dict)
+    embedding_dim: int | None = None
+    num_layers: int | None = None

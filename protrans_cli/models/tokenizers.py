@@ -1,0 +1,56 @@
+"""Offline tokenizers built from the residue alphabet: one token per residue, family special tokens.
+
+Every family's `build_tokenizer` calls `residue_tokenizer` with its vocabulary and
+special-token template. The result is a `PreTrainedTokenizerFast` (transformers 5 names it
+`TokenizersBackend`) over a `tokenizers` WordLevel model, which `save_pretrained` writes as
+tokenizer.json and `AutoTokenizer.from_pretrained(dir)` reads back with no network and no
+sentencepiece model. Residues are split on whitespace (spaced families) or one character at a
+time (unspaced families), so a residue can never become two tokens or merge with a neighbour.
+"""
+
+from __future__ import annotations
+
+# ProtBert's residue order (vocab.txt of Rostlab/prot_bert); the other families reuse it so
+# that residue ids differ between families only by their number of leading special tokens.
+RESIDUES = tuple("LAGVESIKRDTPNQFYMHCWXUBZO")
+STANDARD_AND_X = tuple(r for r in RESIDUES if r not in "UBZO")
+
+# Longest sequence a tokenizer accepts without warning; embed enforces its own --max-length.
+MODEL_MAX_LENGTH = 1_000_000
+
+
+def residue_tokenizer(vocab: list[str], *, unk_token: str, single: str, pair: str | None = None,
+                      spaced: bool = True, padding_side: str = "right", **special_tokens):
+    """A fast tokenizer with `vocab` (ids in list order) and the post-processor template
+    `single` (e.g. "[CLS] $A [SEP]"). `special_tokens` are the named roles
+    (pad_token="[PAD]", cls_token=..., additional_special_tokens=[...])."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    ids = {tok: i for i, tok in enumerate(vocab)}
+    if len(ids) != len(vocab):
+        raise ValueError("duplicate token in vocabulary")
+    tok = Tokenizer(models.WordLevel(ids, unk_token=unk_token))
+    if spaced:
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    else:
+        # Each character is its own word; whitespace characters are dropped.
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex("."), behavior="isolated"),
+        ])
+    template_tokens = [t for t in (single + " " + (pair or "")).split()
+                       if not t.startswith("$")]
+    names = sorted({t.split(":")[0] for t in template_tokens})
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair or single.replace("$A", "$A $B:1"),
+        special_tokens=[(n, ids[n]) for n in names])
+    extra = special_tokens.pop("additional_special_tokens", None)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=unk_token, padding_side=padding_side,
+        model_max_length=MODEL_MAX_LENGTH, clean_up_tokenization_spaces=False, **special_tokens)
+    if extra:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra)})
+    if len(tokenizer) != len(vocab):
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, vocabulary {len(vocab)}")
+    return tokenizer

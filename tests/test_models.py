@@ -1,0 +1,199 @@
+"""The model-family registry: every family builds, tokenizes one token per residue, saves and
+loads back to the same hidden states; published presets have the published sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from protrans_cli.errors import ModelError
+from protrans_cli.models import CHECKPOINTS, FAMILIES, family_for_config, get_family, load_model
+
+torch.set_num_threads(1)
+
+NAMES = list(FAMILIES)
+# unequal lengths (padding), X and every rare residue, a single residue
+SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "ACDXUZOB", "W", "mkvLAGUE"]
+
+
+def _tiny(family, seed=0):
+    torch.manual_seed(seed)
+    tokenizer = family.build_tokenizer()
+    config = family.build_config("tiny", tokenizer)
+    model = family.pretraining_model(config).eval()
+    return tokenizer, config, model
+
+
+def test_registry_order_and_lookup():
+    assert NAMES[:len(NAMES)] == [n for n in ["bert", "roberta", "albert", "electra", "t5", "xlnet",
+                                               "transfo_xl", "esm"] if n in FAMILIES]
+    assert get_family("bert") is FAMILIES["bert"]
+    with pytest.raises(ModelError, match="known: bert"):
+        get_family("gpt7")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tiny_preset_builds_and_runs(name):
+    family = FAMILIES[name]
+    tokenizer, config, model = _tiny(family)
+    assert "tiny" in family.presets
+    assert family.num_params("tiny") == sum(p.numel() for p in model.parameters())
+    assert family.num_params("tiny") < 2_000_000
+    assert family_for_config(config) is family
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tokenizer_round_trip(name, tmp_path):
+    from transformers import AutoTokenizer
+
+    family = FAMILIES[name]
+    tokenizer = family.build_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    texts = [family.prepare(s) for s in SEQS]
+    for text in texts:
+        assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert reloaded.get_vocab() == tokenizer.get_vocab()
+    assert reloaded.mask_token_id == tokenizer.mask_token_id
+    assert reloaded.pad_token_id == tokenizer.pad_token_id
+    a, mask_a = family.encode(tokenizer, SEQS)
+    b, mask_b = family.encode(reloaded, SEQS)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(mask_a, mask_b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_token_per_residue(name):
+    family = FAMILIES[name]
+    tokenizer = family.build_tokenizer()
+    inputs, mask = family.encode(tokenizer, SEQS)
+    assert mask.dtype == torch.bool and mask.shape == inputs["input_ids"].shape
+    assert mask.sum(dim=1).tolist() == [len(s) for s in SEQS]
+    ids = inputs["input_ids"]
+    special_ids = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    # residue positions hold residue tokens, never a special token or padding
+    assert not any(int(t) in special_ids for t in ids[mask])
+    # padding and special tokens are outside the mask
+    assert not mask[inputs["attention_mask"] == 0].any()
+    # standard residues keep their identity: each maps to a distinct, non-unk token
+    row = family.encode(tokenizer, ["ACDEFGHIKLMNPQRSTVWY"])[0]["input_ids"][0]
+    residue_ids = row[family.encode(tokenizer, ["ACDEFGHIKLMNPQRSTVWY"])[1][0]].tolist()
+    assert len(set(residue_ids)) == 20 and tokenizer.unk_token_id not in residue_ids
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_then_load_model_gives_same_hidden_states(name, tmp_path):
+    family = FAMILIES[name]
+    tokenizer, config, model = _tiny(family, seed=1)
+    family.save_pretrained(model, tokenizer, tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.family is family
+    assert loaded.embedding_dim == family.embedding_dim(config)
+    assert not loaded.model.training
+    inputs, mask = family.encode(loaded.tokenizer, SEQS)
+    with torch.no_grad():
+        (ours,) = family.hidden_states(loaded.model, inputs, [-1])
+        reference = _reference_forward(family, model, inputs)
+        every = family.hidden_states(loaded.model, inputs, list(range(-loaded.num_layers - 1, 0)))
+    assert ours.shape == (len(SEQS), inputs["input_ids"].shape[1], loaded.embedding_dim)
+    torch.testing.assert_close(ours[mask], reference[mask], rtol=0, atol=1e-5)
+    assert len(every) == loaded.num_layers + 1
+    torch.testing.assert_close(every[-1], ours, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batching_does_not_change_residue_rows(name, tmp_path):
+    family = FAMILIES[name]
+    tokenizer, config, model = _tiny(family, seed=2)
+    family.save_pretrained(model, tokenizer, tmp_path)
+    loaded = load_model(tmp_path)
+    with torch.no_grad():
+        inputs, mask = family.encode(loaded.tokenizer, SEQS)
+        (batch,) = family.hidden_states(loaded.model, inputs, [-1])
+        for i, seq in enumerate(SEQS):
+            one_inputs, one_mask = family.encode(loaded.tokenizer, [seq])
+            (one,) = family.hidden_states(loaded.model, one_inputs, [-1])
+            torch.testing.assert_close(batch[i][mask[i]], one[0][one_mask[0]], rtol=0, atol=1e-5)
+
+
+def _reference_forward(family, pretraining_model, inputs):
+    """Last hidden state from a plain transformers forward of the pretraining model's encoder."""
+    with torch.no_grad():
+        if family.name == "t5":
+            out = pretraining_model.encoder(input_ids=inputs["input_ids"],
+                                            attention_mask=inputs["attention_mask"])
+            return out.last_hidden_state
+        if family.name == "electra":
+            return pretraining_model.discriminator.electra(**inputs).last_hidden_state
+        if family.name == "transfo_xl":
+            return pretraining_model(**inputs, output_hidden_states=True).hidden_states[-1]
+        base = getattr(pretraining_model, pretraining_model.base_model_prefix)
+        return base(**inputs).last_hidden_state
+
+
+def test_offline_missing_hub_model_is_one_line_model_error():
+    with pytest.raises(ModelError) as info:
+        load_model("prot_bert")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "Rostlab/prot_bert" in message and "-m DIR" in message and "offline" in message
+    with pytest.raises(ModelError, match="-m DIR"):
+        load_model("someone/not_a_model_xyz")
+
+
+def test_offline_missing_model_via_cli_has_no_traceback(run_cli, tmp_path):
+    pytest.importorskip("protrans_cli.cli.embed")
+    result = run_cli("embed", "-", "-m", "prot_bert", "-o", tmp_path / "o.h5", input=">a\nMK\n")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr and "-m DIR" in result.stderr
+
+
+def test_local_path_errors(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        load_model(tmp_path)
+    with pytest.raises(ModelError, match="no such model directory"):
+        load_model(str(tmp_path / "missing" / "model"))
+
+
+# Published sizes (papers / model cards) of the part embed loads, and of the whole model.
+PUBLISHED = [
+    ("bert", "prot_bert", "num_params", 420e6),
+    ("t5", "prot_t5_xl", "num_params", 3e9),
+    ("t5", "prot_t5_xl", "encoder_num_params", 1.2e9),
+    ("t5", "prot_t5_xxl", "num_params", 11e9),
+    ("albert", "prot_albert", "num_params", 224e6),
+    ("electra", "prot_electra", "encoder_num_params", 420e6),
+    ("xlnet", "prot_xlnet", "num_params", 409e6),
+    ("transfo_xl", "prot_txl", "num_params", 562e6),
+    ("esm", "esm2_t6_8M", "num_params", 8e6),
+    ("esm", "esm2_t12_35M", "num_params", 35e6),
+    ("esm", "esm2_t30_150M", "num_params", 150e6),
+    ("esm", "esm2_t33_650M", "num_params", 650e6),
+    ("esm", "esm2_t36_3B", "num_params", 3e9),
+    ("esm", "esm2_t48_15B", "num_params", 15e9),
+]
+
+
+@pytest.mark.parametrize("family_name,preset,count,published", PUBLISHED)
+def test_published_presets_have_published_sizes(family_name, preset, count, published):
+    if family_name not in FAMILIES:
+        pytest.skip(f"{family_name} not registered")
+    family = FAMILIES[family_name]
+    n = getattr(family, count)(preset)
+    assert abs(n - published) / published < 0.08, (preset, n)
+
+
+def test_checkpoints_match_their_presets():
+    assert CHECKPOINTS["prot_t5_xl_half"].hub_id == "Rostlab/prot_t5_xl_half_uniref50-enc"
+    checked = 0
+    for ckpt in CHECKPOINTS.values():
+        if ckpt.family not in FAMILIES or ckpt.preset is None:
+            continue
+        family = FAMILIES[ckpt.family]
+        assert family.encoder_num_params(ckpt.preset) == ckpt.num_params, ckpt.name
+        config = family.build_config(ckpt.preset)
+        assert family.embedding_dim(config) == ckpt.embedding_dim, ckpt.name
+        assert family.num_layers(config) == ckpt.num_layers, ckpt.name
+        checked += 1
+    assert checked >= 7
