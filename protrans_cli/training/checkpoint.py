@@ -1,0 +1,152 @@
+"""Checkpoints: written atomically every N steps, the last K kept, restored exactly on resume.
+
+A checkpoint `RUN/checkpoints/step_00001000/` is an HF model directory (the family's
+save_pretrained: config.json, model.safetensors, tokenizer files; `protrans embed -m` and
+`AutoModel.from_pretrained` read it) plus what resuming needs:
+  pretraining_model.safetensors  every weight of the pretraining model (heads, ELECTRA's
+                                 generator), so training continues from exactly these weights
+  training_state.pt              step, optimizer, scheduler, data position, RNG states
+                                 (read back with torch.load(weights_only=True))
+  train_config.json              the resolved config of the run
+It is written into a hidden temporary directory and renamed into place, so a crash never
+leaves a half-written checkpoint under a step name.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protrans_cli.errors import InputError
+
+STATE_FILE = "training_state.pt"
+WEIGHTS_FILE = "pretraining_model.safetensors"
+CONFIG_FILE = "train_config.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_dir(run_dir, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path) -> Path:
+    """A checkpoint directory itself, or the latest checkpoint of a run directory."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise InputError("no checkpoint to resume from (expected checkpoints/step_*/)", path=str(path))
+    return found[-1]
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+def _quiet_transformers() -> None:
+    # save_pretrained draws a "Writing model shards" bar on every checkpoint; the loop has its own.
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict, config,
+                    keep_last: int | None = None) -> Path:
+    """Write one checkpoint atomically (call on rank 0 with full, unsharded weights)."""
+    from safetensors.torch import save_model
+
+    _quiet_transformers()
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        family.save_pretrained(model, tokenizer, tmp)
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        torch.save(training_state, tmp / STATE_FILE)
+        config.save(tmp / CONFIG_FILE)
+        if directory.exists():  # the same step written again after a resume
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep_last:
+        for old in list_checkpoints(directory.parent.parent)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def load_training_state(directory) -> dict:
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def load_weights(directory, model) -> None:
+    """Every weight of the pretraining model, as saved (strict: the architecture must match)."""
+    from safetensors.torch import load_model
+
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError(f"checkpoint has no {WEIGHTS_FILE}", path=str(directory))
+    try:
+        load_model(model, str(path), strict=True, device="cpu")
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint does not match the model being trained ({str(exc).splitlines()[0]})",
+                         path=str(directory)) from None
+
+
+def export_model(run_dir, *, family, model, tokenizer) -> None:
+    """The final model as an HF directory at the root of the run (file by file, atomically)."""
+    _quiet_transformers()
+    run_dir = Path(run_dir)
+    tmp = run_dir / f".final.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        family.save_pretrained(model, tokenizer, tmp)
+        for item in sorted(tmp.iterdir()):
+            target = run_dir / item.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

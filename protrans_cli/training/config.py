@@ -1,0 +1,236 @@
+"""The training configuration: one dataclass, read from a JSON/TOML file, overridden by flags.
+
+Precedence: dataclass defaults < config file < command-line flags. The resolved config is
+written as `train_config.json` into the run directory and into every checkpoint, so a run can
+always be reproduced or resumed from what it actually used.
+
+Defaults follow ESM-2's pretraining recipe where one exists (AdamW, betas 0.9/0.98, eps 1e-8,
+weight decay 0.01, lr 4e-4, 2,000 warmup steps, linear decay to a tenth of the peak).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protrans_cli.errors import InputError, UsageError
+
+OBJECTIVES = ("mlm", "electra", "t5", "t5_span", "plm", "clm")
+OPTIMIZERS = ("adamw", "lamb", "adafactor")
+SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+STRATEGIES = ("auto", "none", "ddp", "fsdp")
+
+
+@dataclass
+class Phase:
+    """A stretch of training at one maximum length (ProtTrans: 512 tokens, then 2,048)."""
+
+    max_length: int
+    num_steps: int
+    global_batch_size: int | None = None  # None: the config's global_batch_size
+    micro_batch_size: int | None = None   # None: the config's micro_batch_size
+
+    @classmethod
+    def parse(cls, text: str) -> "Phase":
+        """`LEN:STEPS[:GLOBAL_BATCH[:MICRO_BATCH]]`, e.g. `512:150000` or `2048:150000:256:4`."""
+        parts = text.split(":")
+        if not 2 <= len(parts) <= 4:
+            raise UsageError(f"--phase {text!r}: expected LEN:STEPS[:GLOBAL_BATCH[:MICRO_BATCH]]")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            raise UsageError(f"--phase {text!r}: every field must be a whole number") from None
+        return cls(*nums)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Field names are the config-file keys and the flags."""
+
+    # model
+    family: str = "bert"
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # HF config kwargs
+    objective: str | None = None  # None: the family's objective
+    # data
+    corpus: list[str] = field(default_factory=list)
+    val_corpus: list[str] = field(default_factory=list)
+    output_dir: str = "runs/protrans"
+    max_length: int = 512          # tokens, special tokens included
+    num_steps: int = 1000          # optimizer steps when no phases are given
+    phases: list[Phase] = field(default_factory=list)
+    global_batch_size: int = 32    # proteins per optimizer step, all ranks together
+    micro_batch_size: int = 8      # proteins per forward pass on one device
+    bucket_batches: int = 16       # global batches sorted together by length to limit padding
+    num_workers: int = 0           # DataLoader workers per rank
+    # objective
+    mask_prob: float = 0.15
+    noise_density: float = 0.15    # t5_span
+    mean_span_length: float = 3.0  # t5_span
+    plm_prob: float = 0.15         # fraction of residues XLNet predicts
+    electra_disc_weight: float = 50.0
+    segment_length: int = 128      # Transformer-XL: tokens per segment (memory carries the rest)
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-8
+    warmup_steps: int = 2000
+    schedule: str = "linear"
+    min_lr_ratio: float = 0.1      # the decay ends at lr * min_lr_ratio
+    grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
+    # engine
+    seed: int = 0
+    precision: str = "auto"        # auto: bf16 autocast on GPU, fp32 on CPU
+    strategy: str = "auto"         # auto: FSDP above fsdp_min_params, else DDP (with >1 rank)
+    fsdp_min_params: int = 1_000_000_000
+    compile: bool = False
+    threads: int | None = None     # CPU threads per process
+    # logging / checkpoints
+    log_every: int = 10
+    eval_every: int = 0            # 0: evaluate only at the end (when a val corpus is given)
+    num_eval_batches: int = 20
+    save_every: int = 1000
+    keep_last: int = 3
+    stop_after: int | None = None  # stop (with a checkpoint) after this many steps; for interrupt/resume tests
+
+    # ------------------------------------------------------------------------------------
+    def resolved_phases(self) -> list[Phase]:
+        """The phases with batch sizes filled in (one phase when none were given)."""
+        phases = self.phases or [Phase(self.max_length, self.num_steps)]
+        return [Phase(p.max_length, p.num_steps,
+                      p.global_batch_size or self.global_batch_size,
+                      p.micro_batch_size or self.micro_batch_size) for p in phases]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.num_steps for p in self.resolved_phases())
+
+    def validate(self, world_size: int = 1) -> None:
+        """Refuse contradictory settings up front, before any model is built."""
+        if not self.corpus:
+            raise UsageError("no training corpus: give --corpus (or 'corpus' in the config file)")
+        for name, allowed in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
+                              ("schedule", SCHEDULES), ("precision", PRECISIONS),
+                              ("strategy", STRATEGIES)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0 < self.mask_prob < 1:
+            raise UsageError(f"mask_prob must be between 0 and 1, got {self.mask_prob}")
+        if self.lr <= 0:
+            raise UsageError(f"lr must be positive, got {self.lr}")
+        for i, phase in enumerate(self.resolved_phases(), 1):
+            where = f"phase {i} ({phase.max_length}:{phase.num_steps})" if self.phases else "training"
+            if phase.max_length < 8:
+                raise UsageError(f"{where}: max_length must be at least 8, got {phase.max_length}")
+            if phase.num_steps < 1:
+                raise UsageError(f"{where}: num_steps must be at least 1")
+            grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, world_size, where=where)
+
+    # ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path) -> None:
+        from protrans_cli.io.files import atomic_output
+
+        with atomic_output(path) as out:
+            out.write((json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        data = dict(data)
+        for key in ("corpus", "val_corpus"):
+            if isinstance(data.get(key), str):
+                data[key] = [data[key]]
+        if "phases" in data:
+            data["phases"] = [_phase_from(p, source) for p in data["phases"]]
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path) -> "TrainConfig":
+        """Read a `.json` or `.toml` file (TOML: top-level keys, `[[phases]]` tables)."""
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError("no such config file", path=str(path)) from None
+        try:
+            if path.suffix.lower() == ".toml":
+                import tomllib
+
+                data = tomllib.loads(raw.decode())
+            else:
+                data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot parse config ({exc})", path=str(path)) from None
+        if not isinstance(data, dict):
+            raise InputError("config must be a table/object of settings", path=str(path))
+        return cls.from_dict(data, source=str(path))
+
+    def override(self, **flags) -> "TrainConfig":
+        """A copy with every flag that was given (not None, not empty) replacing the file's value."""
+        changes = {k: v for k, v in flags.items() if v is not None and v != () and v != []}
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise UsageError(f"unknown setting(s) {', '.join(unknown)}")
+        if "model_overrides" in changes:
+            changes["model_overrides"] = {**self.model_overrides, **changes["model_overrides"]}
+        for key in ("corpus", "val_corpus"):
+            if key in changes:
+                changes[key] = list(changes[key])
+        if "phases" in changes:
+            changes["phases"] = [p if isinstance(p, Phase) else Phase.parse(p) for p in changes["phases"]]
+        return dataclasses.replace(self, **changes)
+
+
+def _phase_from(value, source: str) -> Phase:
+    if isinstance(value, Phase):
+        return value
+    if isinstance(value, str):
+        return Phase.parse(value)
+    if isinstance(value, dict):
+        try:
+            return Phase(**value)
+        except TypeError as exc:
+            raise UsageError(f"{source}: bad phase {value!r} ({exc})") from None
+    raise UsageError(f"{source}: bad phase {value!r}")
+
+
+def grad_accum_steps(global_batch_size: int, micro_batch_size: int, world_size: int,
+                     *, where: str = "training") -> int:
+    """global / (micro x world); an error naming all three when it does not divide."""
+    if global_batch_size < 1 or micro_batch_size < 1:
+        raise UsageError(f"{where}: batch sizes must be at least 1")
+    per_step = micro_batch_size * world_size
+    if global_batch_size % per_step:
+        raise UsageError(
+            f"{where}: global batch size {global_batch_size} is not divisible by micro batch size "
+            f"{micro_batch_size} x {world_size} process(es) = {per_step}")
+    return global_batch_size // per_step
+
+
+def parse_set(items) -> dict[str, Any]:
+    """`--set num_hidden_layers=4 --set hidden_dropout_prob=0.0` -> typed dict (JSON values)."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out

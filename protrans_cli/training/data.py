@@ -1,0 +1,268 @@
+"""The pretraining corpus as a stream of length-bucketed, rank-sharded batches.
+
+Reads `protrans prep`'s format (one protein per line, residues separated by spaces, a blank line
+between proteins; plain or compressed; any number of shards read in order) with bounded memory:
+only `bucket_batches` global batches are held at a time.
+
+How a global batch is formed, identically on every rank:
+  1. the stream is cut into buffers of `global_batch_size * bucket_batches` proteins;
+  2. a protein longer than the maximum is cropped at a random window (not at the N-terminus);
+  3. the buffer is sorted by length and cut into global batches (little padding), whose order
+     is then shuffled;
+  4. a global batch is cut into `world_size * grad_accum` micro-batches; micro-batch j goes to
+     rank j % world_size, so ranks get similar lengths and never the same protein.
+Crops and masks come from a random generator seeded by (seed, epoch, protein index), so a
+protein gets the same crop and mask whichever rank, worker or resume reads it, and fresh ones
+every epoch. Every rank scans the text of the whole stream (cheap) and tokenizes only its own
+proteins; DataLoader workers split the global batches of a rank between them.
+
+The position in the stream (epoch, first protein of the current buffer, batches done in it) is
+part of every checkpoint, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from protrans_cli.errors import InputError
+from protrans_cli.residues import ALPHABET, STANDARD
+
+
+@dataclass
+class TokenLayout:
+    """How residues become token ids for one tokenizer, read from the tokenizer itself."""
+
+    residue_table: np.ndarray   # (256,) int64: byte of a residue letter -> token id, -1 if none
+    prefix: list[int]           # special tokens before the residues ([CLS], <cls>...)
+    suffix: list[int]           # special tokens after them ([SEP], </s>, <sep> <cls>...)
+    pad_id: int
+    mask_id: int | None
+    vocab_size: int
+    standard_ids: np.ndarray    # ids of the 20 standard residues (random replacements)
+    residue_ids: np.ndarray     # ids any residue letter maps to
+    sentinel_ids: list[int] = field(default_factory=list)  # T5 <extra_id_N>, in order
+
+    @property
+    def num_special(self) -> int:
+        return len(self.prefix) + len(self.suffix)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, prepare: Callable[[str], str] | None = None) -> "TokenLayout":
+        prepare = prepare or (lambda s: " ".join(s))
+        letters = ALPHABET
+        ids = tokenizer(prepare(letters), add_special_tokens=False)["input_ids"]
+        if len(ids) != len(letters):
+            # A family may map rare residues to X in prepare(); tokenize letter by letter.
+            ids = [tokenizer(prepare(c), add_special_tokens=False)["input_ids"] for c in letters]
+            if any(len(i) != 1 for i in ids):
+                raise InputError("the tokenizer does not map each residue to exactly one token")
+            ids = [i[0] for i in ids]
+        table = np.full(256, -1, dtype=np.int64)
+        for letter, token in zip(letters, ids):
+            table[ord(letter)] = token
+            table[ord(letter.lower())] = token
+        probe_letter = "A"
+        probe = tokenizer(prepare(probe_letter), add_special_tokens=True)["input_ids"]
+        at = probe.index(int(table[ord(probe_letter)]))
+        mask_id = tokenizer.mask_token_id
+        sentinels = []
+        vocab = tokenizer.get_vocab()
+        for n in range(1000):
+            tok = vocab.get(f"<extra_id_{n}>")
+            if tok is None:
+                break
+            sentinels.append(tok)
+        if mask_id is None and sentinels:
+            mask_id = sentinels[0]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls(
+            residue_table=table, prefix=list(probe[:at]), suffix=list(probe[at + 1:]),
+            pad_id=int(pad_id), mask_id=None if mask_id is None else int(mask_id),
+            vocab_size=len(tokenizer),
+            standard_ids=np.array(sorted({int(table[ord(c)]) for c in STANDARD}), dtype=np.int64),
+            residue_ids=np.array(sorted({int(t) for t in ids}), dtype=np.int64),
+            sentinel_ids=sentinels)
+
+    def encode(self, residues: str, *, where: str = "") -> np.ndarray:
+        """Residue letters (no spaces) -> (L,) token ids, without special tokens."""
+        ids = self.residue_table[np.frombuffer(residues.encode("latin-1"), dtype=np.uint8)]
+        if (ids < 0).any():
+            bad = residues[int(np.argmax(ids < 0))]
+            raise InputError(f"invalid residue {bad!r} in the corpus" + (f" ({where})" if where else ""))
+        return ids
+
+
+@dataclass
+class Sample:
+    """One protein of a batch: its place in the stream and its (cropped) residue token ids."""
+
+    index: int          # position in the corpus stream (0-based, counting proteins)
+    epoch: int
+    residues: np.ndarray  # (L,) token ids, L <= max_length - layout.num_special
+    seed: int
+
+    def rng(self, purpose: int) -> np.random.Generator:
+        """The generator for this protein, this epoch and one purpose (0 crop, 1 mask, ...)."""
+        return np.random.default_rng((self.seed, self.epoch, self.index, purpose))
+
+
+def iter_proteins(paths) -> Iterator[tuple[str, int, str]]:
+    """(path, line number, residues without spaces) for every protein of every shard in order."""
+    from protrans_cli.io.files import open_input
+
+    for path in paths:
+        with open_input(path) as stream:
+            for lineno, raw in enumerate(stream, 1):
+                text = raw.decode("latin-1").replace(" ", "").strip()
+                if text:
+                    yield str(path), lineno, text
+
+
+def count_proteins(paths) -> int:
+    return sum(1 for _ in iter_proteins(paths))
+
+
+@dataclass
+class StreamState:
+    """Where the stream is: the epoch, the first protein of the current buffer, batches done in it."""
+
+    epoch: int = 0
+    buffer_start: int = 0
+    batches_done: int = 0
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "buffer_start": self.buffer_start, "batches_done": self.batches_done}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "StreamState":
+        return cls(**d) if d else cls()
+
+
+@dataclass
+class StepBatch:
+    """What one optimizer step consumes on this rank: its micro-batches, collated."""
+
+    micro_batches: list           # each whatever `collate` returned
+    state_after: StreamState      # resume here to continue after this step
+    num_proteins: int             # proteins in this rank's micro-batches
+
+
+class CorpusStream:
+    """An iterable of StepBatch for one rank (and, inside a DataLoader, one worker)."""
+
+    def __init__(self, paths, layout: TokenLayout, *, max_length: int, global_batch_size: int,
+                 micro_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 bucket_batches: int = 16, shuffle: bool = True, collate=None,
+                 state: StreamState | None = None, max_epochs: int | None = None):
+        self.paths = list(paths)
+        self.layout = layout
+        self.max_residues = max_length - layout.num_special
+        self.global_batch_size = global_batch_size
+        self.micro_batch_size = micro_batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.bucket_batches = max(1, bucket_batches)
+        self.shuffle = shuffle
+        self.collate = collate or (lambda samples: samples)
+        self.state = state or StreamState()
+        self.max_epochs = max_epochs
+        self.num_micro = global_batch_size // micro_batch_size  # micro-batches per global batch
+
+    # ---------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[StepBatch]:
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        state = StreamState(**self.state.to_dict())
+        counter = 0  # global batches seen by this rank, to split them between workers
+        buffer_size = self.global_batch_size * self.bucket_batches
+        while self.max_epochs is None or state.epoch < self.max_epochs:
+            produced = 0
+            stream = iter_proteins(self.paths)
+            skipped = 0
+            while skipped < state.buffer_start and next(stream, None) is not None:
+                skipped += 1
+            while True:
+                buffer = []
+                for item in stream:
+                    buffer.append(item)
+                    if len(buffer) == buffer_size:
+                        break
+                batches = self._plan_buffer(buffer, state)
+                for b in range(state.batches_done, len(batches)):
+                    produced += 1
+                    after = StreamState(state.epoch, state.buffer_start, b + 1)
+                    if b + 1 == len(batches):
+                        after = StreamState(state.epoch, state.buffer_start + len(buffer), 0)
+                    if counter % num_workers == worker:
+                        yield self._step_batch(batches[b], buffer, state, after)
+                    counter += 1
+                state = StreamState(state.epoch, state.buffer_start + len(buffer), 0)
+                if len(buffer) < buffer_size:
+                    break
+            if produced == 0 and state.buffer_start < self.global_batch_size:
+                raise InputError(f"the corpus holds {state.buffer_start} protein(s), fewer than one "
+                                 f"global batch ({self.global_batch_size})", path=", ".join(self.paths))
+            state = StreamState(state.epoch + 1, 0, 0)
+
+    def _plan_buffer(self, buffer, state: StreamState) -> list[np.ndarray]:
+        """Global batches of a buffer as arrays of buffer positions, sorted by length, shuffled."""
+        n_full = len(buffer) // self.global_batch_size * self.global_batch_size
+        if n_full == 0:
+            return []
+        lengths = np.array([min(len(text), self.max_residues) for _, _, text in buffer])
+        # Ties broken by position, so every rank computes the same order.
+        order = np.lexsort((np.arange(len(buffer)), lengths))
+        if len(buffer) > n_full:
+            # Drop a random remainder rather than always the longest proteins.
+            rng = np.random.default_rng((self.seed, state.epoch, state.buffer_start, 7))
+            keep = np.zeros(len(buffer), dtype=bool)
+            keep[rng.choice(len(buffer), n_full, replace=False)] = True
+            order = order[keep[order]]
+        batches = order.reshape(-1, self.global_batch_size)
+        if self.shuffle:
+            rng = np.random.default_rng((self.seed, state.epoch, state.buffer_start, 3))
+            batches = batches[rng.permutation(len(batches))]
+        return list(batches)
+
+    def _step_batch(self, batch: np.ndarray, buffer, state: StreamState, after: StreamState) -> StepBatch:
+        # batch: (G,) buffer positions sorted by length; micro-batch j -> rank j % world_size
+        micro = batch.reshape(self.num_micro, self.micro_batch_size)
+        mine = micro[self.rank::self.world_size]
+        out = []
+        for positions in mine:
+            samples = [self._sample(buffer, int(p), state) for p in positions]
+            out.append(self.collate(samples))
+        return StepBatch(out, after, int(mine.size))
+
+    def _sample(self, buffer, pos: int, state: StreamState) -> Sample:
+        path, lineno, text = buffer[pos]
+        sample = Sample(state.buffer_start + pos, state.epoch, np.empty(0, dtype=np.int64), self.seed)
+        if len(text) > self.max_residues:
+            start = int(sample.rng(0).integers(0, len(text) - self.max_residues + 1))
+            text = text[start:start + self.max_residues]
+        sample.residues = self.layout.encode(text, where=f"{path}:{lineno}")
+        return sample
+
+
+def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBatch]:
+    """Iterate a stream, through a DataLoader with `num_workers` processes when asked."""
+    if num_workers <= 0:
+        yield from stream
+        return
+    import torch.utils.data
+
+    class _Iterable(torch.utils.data.IterableDataset):
+        def __iter__(self_inner):
+            return iter(stream)
+
+    # batch_size=None: the stream already yields whole steps. A DataLoader takes items from
+    # its workers in turn, which matches the round-robin split in CorpusStream.__iter__.
+    loader = torch.utils.data.DataLoader(_Iterable(), batch_size=None, num_workers=num_workers,
+                                         persistent_workers=False)
+    yield from loader

@@ -1,0 +1,143 @@
+"""Distributed setup: torchrun detection, process group, DDP or FSDP2 wrapping, rank-0 helpers.
+
+Without torchrun (no RANK in the environment) this is one process on one device and nothing is
+initialised. Under `torchrun` the backend is NCCL on GPUs and gloo on CPU. Multi-node runs use
+torchrun's own rendezvous flags (see docs/train.md); nothing here is a launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from protrans_cli.errors import UsageError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialised: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_info = DistInfo()
+
+
+def setup() -> DistInfo:
+    """Read torchrun's environment, pick the device, start the process group when needed."""
+    global _info
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    initialised = False
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            kwargs = {"device_id": device} if device.type == "cuda" else {}
+            dist.init_process_group(backend=backend, **kwargs)
+        initialised = True
+    _info = DistInfo(rank, world_size, local_rank, device, initialised)
+    return _info
+
+
+def info() -> DistInfo:
+    return _info
+
+
+def is_main() -> bool:
+    return _info.is_main
+
+
+def print0(*args, **kwargs) -> None:
+    """print on rank 0 only, to stderr (stdout is for data)."""
+    if _info.is_main:
+        print(*args, file=sys.stderr, flush=True, **kwargs)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (a no-op in one process)."""
+    if _info.initialised:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if _info.initialised:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    if not _info.initialised:
+        return obj
+    import torch.distributed as dist
+
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def cleanup() -> None:
+    global _info
+    if _info.initialised:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _info = DistInfo()
+
+
+def choose_strategy(requested: str, num_params: int, world_size: int, fsdp_min_params: int) -> str:
+    """'none' in one process; else DDP up to fsdp_min_params parameters, FSDP2 above."""
+    if requested in ("ddp", "fsdp") and world_size == 1:
+        return "none"
+    if requested == "auto":
+        if world_size == 1:
+            return "none"
+        return "fsdp" if num_params >= fsdp_min_params else "ddp"
+    return requested
+
+
+def wrap(module: torch.nn.Module, strategy: str, dist_info: DistInfo) -> torch.nn.Module:
+    """DDP or FSDP2 around the module (the loss module holding the model); as is for 'none'."""
+    if strategy == "none":
+        return module
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+        return DDP(module, device_ids=ids)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = None
+        if dist_info.device.type == "cuda":
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        kwargs = {"mp_policy": mp} if mp is not None else {}
+        # Shard every transformer block on its own (a module list of layers), then the root.
+        for sub in module.modules():
+            if isinstance(sub, torch.nn.ModuleList) and len(sub) > 1:
+                for block in sub:
+                    fully_shard(block, **kwargs)
+        fully_shard(module, **kwargs)
+        return module
+    raise UsageError(f"unknown strategy {strategy!r}")

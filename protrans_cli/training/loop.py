@@ -1,0 +1,533 @@
+"""The training loop, top to bottom in run order: config -> distributed -> model -> data -> optimizer -> loop.
+
+One process (a laptop smoke test):
+    protrans train --family bert --preset tiny --corpus corpus.txt.gz -o runs/bert --num-steps 200
+One node, 8 GPUs:
+    torchrun --nproc-per-node 8 -m protrans_cli train --config prot_bert.toml -o runs/prot_bert
+Python:
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.loop import train
+    result = train(TrainConfig(family="bert", corpus=["corpus.txt"], output_dir="runs/x", num_steps=50))
+
+A step takes `global_batch_size` proteins: each of the `world_size` ranks runs
+`grad_accum` micro-batches of `micro_batch_size`. The loss of a step is the sum over every
+predicted token of every micro-batch and rank divided by their total count (counted before the
+forward passes and summed over ranks), so the gradient does not depend on how the batch is split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from protrans_cli import console
+from protrans_cli.errors import RuntimeFailure
+from protrans_cli.training import checkpoint as ckpt
+from protrans_cli.training import dist
+from protrans_cli.training.config import TrainConfig, grad_accum_steps
+from protrans_cli.training.data import CorpusStream, StreamState, TokenLayout, step_batches
+from protrans_cli.training.objectives import make_objective
+from protrans_cli.training.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int                     # optimizer steps done
+    completed: bool               # False when stopped early by stop_after
+    losses: list[float] = field(default_factory=list)  # per logged step, in order
+    last_checkpoint: Path | None = None
+    lr_suggestion: float | None = None
+
+
+class LossModule(torch.nn.Module):
+    """The model plus its objective as one module, so DDP/FSDP see the whole loss computation
+    in one forward (ELECTRA calls its generator and discriminator separately)."""
+
+    def __init__(self, model, objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch):
+        return self.objective.loss(self.model, batch)
+
+
+@dataclass
+class _Run:
+    """Everything built once before the loop."""
+
+    config: TrainConfig
+    info: dist.DistInfo
+    family: object
+    tokenizer: object
+    model: torch.nn.Module        # the bare pretraining model (what gets saved)
+    wrapped: torch.nn.Module      # LossModule, possibly inside DDP or sharded by FSDP
+    strategy: str
+    objective: object
+    layout: TokenLayout
+    run_dir: Path
+    autocast: object
+
+
+def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
+    """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path)."""
+    info = dist.setup()
+    try:
+        run = _build(config, info, family)
+        return _loop(run, resume)
+    finally:
+        dist.cleanup()
+
+
+def _build(config: TrainConfig, info: dist.DistInfo, family=None) -> _Run:
+    config.validate(info.world_size)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if family is None:
+        from protrans_cli.models import get_family
+
+        family = get_family(config.family)
+    # The same seed on every rank: identical initial weights (DDP also broadcasts them).
+    torch.manual_seed(config.seed)
+    tokenizer = family.build_tokenizer()
+    model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
+    model = family.pretraining_model(model_config)
+    objective = make_objective(config.objective or family.objective, TokenLayout.from_tokenizer(
+        tokenizer, family.prepare), config)
+    num_params = sum(p.numel() for p in model.parameters())
+    strategy = dist.choose_strategy(config.strategy, num_params, info.world_size, config.fsdp_min_params)
+    run_dir = Path(config.output_dir)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and info.device.type == "cuda")
+    autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if use_bf16 \
+        else contextlib.nullcontext
+    dist.print0(f"train: {family.name}/{config.preset}, {num_params / 1e6:.2f}M parameters, "
+                f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
+                f"strategy {strategy}, {'bf16 autocast' if use_bf16 else 'fp32'}")
+    return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
+                run_dir, autocast)
+
+
+def _loop(run: _Run, resume) -> TrainResult:
+    config, info = run.config, run.info
+    phases = config.resolved_phases()
+    total_steps = config.total_steps
+
+    # --- resume: weights before wrapping, optimizer state after --------------------------
+    state = None
+    if resume:
+        where = ckpt.find_checkpoint(run.run_dir if resume is True else resume)
+        ckpt.load_weights(where, run.model)
+        state = ckpt.load_training_state(where)
+        dist.print0(f"train: resuming from {where} (step {state['step']})")
+
+    run.model.to(info.device)
+    if config.compile:
+        run.model.forward = torch.compile(run.model.forward, dynamic=True)
+    run.wrapped = dist.wrap(LossModule(run.model, run.objective), run.strategy, info)
+    optimizer = build_optimizer(run.wrapped, config)
+    scheduler = build_scheduler(optimizer, config, total_steps)
+    step, data_phase, data_state = 0, 0, StreamState()
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
+        step, data_phase = state["step"], state["data_phase"]
+        data_state = StreamState.from_dict(state["data_state"])
+
+    metrics_path = run.run_dir / "metrics.jsonl"
+    if info.is_main:
+        config.save(run.run_dir / ckpt.CONFIG_FILE)
+        _truncate_metrics(metrics_path, step)
+    result = TrainResult(run.run_dir, step, False)
+    bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
+    log = _Accumulator()
+    t_log = time.perf_counter()
+
+    phase_start = 0
+    for phase_index, phase in enumerate(phases):
+        phase_end = phase_start + phase.num_steps
+        if step >= phase_end:
+            phase_start = phase_end
+            continue
+        accum = grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, info.world_size)
+        if phase_index != data_phase:
+            # A new phase continues the stream at the next buffer of the previous phase.
+            if data_state.batches_done:
+                prev = phases[data_phase]
+                data_state = StreamState(data_state.epoch,
+                                         data_state.buffer_start + prev.global_batch_size * config.bucket_batches, 0)
+            data_phase = phase_index
+        stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
+                              global_batch_size=phase.global_batch_size,
+                              micro_batch_size=phase.micro_batch_size, rank=info.rank,
+                              world_size=info.world_size, seed=config.seed,
+                              bucket_batches=config.bucket_batches, collate=run.objective.collate,
+                              state=data_state)
+        dist.print0(f"train: phase {phase_index + 1}/{len(phases)}: max length {phase.max_length}, "
+                    f"steps {phase_start + 1}-{phase_end}, global batch {phase.global_batch_size} = "
+                    f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation")
+        batches = step_batches(stream, config.num_workers)
+        while step < phase_end:
+            batch = next(batches)
+            data_state = batch.state_after
+            stats = _train_step(run, optimizer, batch.micro_batches)
+            scheduler.step()
+            step += 1
+            log.add(stats)
+            if bar is not None:
+                bar.update(1)
+            last = step == total_steps or step == config.stop_after
+            if step % config.log_every == 0 or last:
+                record = log.reduce()
+                now = time.perf_counter()
+                record = {"step": step, "phase": phase_index + 1, **record,
+                          "lr": optimizer.param_groups[0]["lr"],
+                          "tokens_per_s": record.pop("tokens") / max(now - t_log, 1e-9)}
+                if config.val_corpus and config.eval_every and step % config.eval_every == 0:
+                    record["eval_loss"] = evaluate(run, phase)
+                t_log = now
+                result.losses.append(record["loss"])
+                if info.is_main:
+                    _append_metrics(metrics_path, record)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    elif config.log_every and (step // config.log_every) % 10 == 1:
+                        console.info(f"step {step}/{total_steps} loss {record['loss']:.4f} "
+                                     f"lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tokens/s")
+            if step % config.save_every == 0 or last:
+                result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state)
+            if config.stop_after is not None and step >= config.stop_after:
+                break
+        phase_start = phase_end
+        if config.stop_after is not None and step >= config.stop_after and step < total_steps:
+            if bar is not None:
+                bar.close()
+            result.step = step
+            return result
+
+    if bar is not None:
+        bar.close()
+    if config.val_corpus:
+        eval_loss = evaluate(run, phases[-1])
+        if info.is_main:
+            _append_metrics(metrics_path, {"step": step, "eval_loss": eval_loss})
+            console.info(f"train: eval loss {eval_loss:.4f}")
+    if info.is_main:
+        ckpt.export_model(run.run_dir, family=run.family, model=_full_model(run), tokenizer=run.tokenizer)
+        plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
+    else:
+        _full_model(run)  # FSDP gathers collectively: every rank takes part
+    dist.barrier()
+    result.step = step
+    result.completed = True
+    dist.print0(f"train: done, {step} steps; model in {run.run_dir}")
+    return result
+
+
+def _train_step(run: _Run, optimizer, micro_batches) -> dict:
+    """One optimizer step over this rank's micro-batches; returns summed statistics."""
+    config, info = run.config, run.info
+    device = info.device
+    micro_batches = [_to_device(b, device) for b in micro_batches]
+    # Predicted tokens of the whole step on every rank: the loss denominator.
+    counts = torch.tensor([sum(b["num_predicted"] for b in micro_batches)], dtype=torch.float64, device=device)
+    total_predicted = dist.all_reduce_sum(counts).item()
+    # DDP and FSDP average gradients over ranks; undo that so the result is sum / total_predicted.
+    scale = info.world_size / max(total_predicted, 1.0)
+    run.wrapped.train()
+    sums: dict[str, list[float]] = {}
+    loss_sum = 0.0
+    tokens = 0
+    for i, batch in enumerate(micro_batches):
+        sync = i == len(micro_batches) - 1
+        with _no_sync(run, sync), run.autocast():
+            sum_loss, _, metrics = run.wrapped(batch)
+        (sum_loss * scale).backward()
+        loss_sum += float(sum_loss.detach())
+        tokens += int((batch["input_ids"] != run.layout.pad_id).sum())
+        for name, (num, den) in metrics.items():
+            acc = sums.setdefault(name, [0.0, 0.0])
+            acc[0] += float(num)
+            acc[1] += float(den)
+    if config.grad_clip and config.grad_clip > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), config.grad_clip))
+    else:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), float("inf")))
+    if not math.isfinite(grad_norm):
+        raise RuntimeFailure("the gradient is not finite (lower --lr or check the data)")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": (loss_sum, total_predicted / info.world_size), "grad_norm": grad_norm,
+            "tokens": tokens, **{k: tuple(v) for k, v in sums.items()}}
+
+
+def _no_sync(run: _Run, sync: bool):
+    if sync:
+        return contextlib.nullcontext()
+    if run.strategy == "ddp":
+        return run.wrapped.no_sync()
+    if run.strategy == "fsdp":
+        run.wrapped.set_requires_gradient_sync(False)
+
+        @contextlib.contextmanager
+        def restore():
+            try:
+                yield
+            finally:
+                run.wrapped.set_requires_gradient_sync(True)
+
+        return restore()
+    return contextlib.nullcontext()
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+class _Accumulator:
+    """Sums (numerator, denominator) statistics between logging steps, then reduces over ranks."""
+
+    def __init__(self):
+        self.sums: dict[str, list[float]] = {}
+        self.grad_norm = 0.0
+        self.steps = 0
+        self.tokens = 0
+
+    def add(self, stats: dict) -> None:
+        for name, value in stats.items():
+            if name == "grad_norm":
+                self.grad_norm += value
+            elif name == "tokens":
+                self.tokens += value
+            else:
+                acc = self.sums.setdefault(name, [0.0, 0.0])
+                acc[0] += value[0]
+                acc[1] += value[1]
+        self.steps += 1
+
+    def reduce(self) -> dict:
+        names = sorted(self.sums)
+        flat = [x for n in names for x in self.sums[n]] + [float(self.tokens)]
+        t = dist.all_reduce_sum(torch.tensor(flat, dtype=torch.float64, device=dist.info().device)).tolist()
+        out = {n: t[2 * i] / max(t[2 * i + 1], 1.0) for i, n in enumerate(names)}
+        out["grad_norm"] = self.grad_norm / max(self.steps, 1)
+        out["tokens"] = t[-1]
+        self.__init__()
+        return out
+
+
+@torch.no_grad()
+def evaluate(run: _Run, phase) -> float:
+    """Loss per predicted token on the first num_eval_batches global batches of the val corpus."""
+    config, info = run.config, run.info
+    stream = CorpusStream(config.val_corpus, run.layout, max_length=phase.max_length,
+                          global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
+                          rank=info.rank, world_size=info.world_size, seed=config.seed,
+                          bucket_batches=config.bucket_batches, shuffle=False,
+                          collate=run.objective.collate, max_epochs=1)
+    run.wrapped.eval()
+    # Evaluation must not consume the training RNG (dropout is off, but ELECTRA samples).
+    rng = torch.get_rng_state()
+    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
+    for i, step_batch in enumerate(stream):
+        if i >= config.num_eval_batches:
+            break
+        for batch in step_batch.micro_batches:
+            batch = _to_device(batch, info.device)
+            with run.autocast():
+                sum_loss, n, _ = run.wrapped(batch)
+            totals += torch.stack([sum_loss.detach().double(), torch.as_tensor(n, device=info.device).double()])
+    torch.set_rng_state(rng)
+    dist.all_reduce_sum(totals)
+    run.wrapped.train()
+    return float(totals[0] / totals[1].clamp(min=1))
+
+
+def _full_model(run: _Run):
+    """The bare model with full weights (FSDP: gathered into a CPU copy on every rank)."""
+    if run.strategy != "fsdp":
+        return run.model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(run.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not run.info.is_main:
+        return None
+    copy = run.family.pretraining_model(run.model.config)
+    copy.load_state_dict({k.removeprefix("model."): v for k, v in full.items()})
+    return copy
+
+
+def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state) -> Path | None:
+    info = run.info
+    model = _full_model(run)
+    if run.strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        optim_state = get_optimizer_state_dict(run.wrapped, optimizer,
+                                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        optim_state = optimizer.state_dict()
+    # Each rank's RNG (dropout differs per rank only through the data; keep them all).
+    rng_states = _gather_objects(ckpt.rng_state())
+    directory = None
+    if info.is_main:
+        state = {"step": step, "data_phase": data_phase, "data_state": data_state.to_dict(),
+                 "optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_states,
+                 "world_size": info.world_size}
+        directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
+                                         model=model, tokenizer=run.tokenizer, training_state=state,
+                                         config=run.config, keep_last=run.config.keep_last)
+    dist.barrier()
+    return directory
+
+
+def _gather_objects(obj) -> list:
+    if not dist.info().initialised:
+        return [obj]
+    import torch.distributed as tdist
+
+    out = [None] * dist.info().world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget what was logged after the checkpoint (it will be logged again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    from protrans_cli.io.files import atomic_output
+
+    with atomic_output(path) as out:
+        out.write("".join(line + "\n" for line in keep).encode())
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(metrics_path: Path, png: Path) -> None:
+    """Loss (and eval loss) against step, as a PNG."""
+    if not Path(metrics_path).exists():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per predicted token")
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name("." + png.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png)
+
+
+# --- learning-rate range test ----------------------------------------------------------------
+
+def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, num_steps: int = 100,
+            family=None) -> TrainResult:
+    """Leslie Smith's range test: raise the lr exponentially each step, record the loss,
+    stop when it diverges; plot loss against lr (lr_find.png) and suggest the lr where the
+    smoothed loss falls fastest. Writes no checkpoint."""
+    info = dist.setup()
+    try:
+        run = _build(config, info, family)
+        run.model.to(info.device)
+        run.wrapped = dist.wrap(LossModule(run.model, run.objective), run.strategy, info)
+        optimizer = build_optimizer(run.wrapped, config)
+        phase = config.resolved_phases()[0]
+        stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
+                              global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
+                              rank=info.rank, world_size=info.world_size, seed=config.seed,
+                              bucket_batches=config.bucket_batches, collate=run.objective.collate)
+        batches = iter(stream)
+        lrs, losses, smoothed = [], [], []
+        best = float("inf")
+        avg = 0.0
+        for i in range(num_steps):
+            lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            stats = _train_step(run, optimizer, next(batches).micro_batches)
+            num, den = stats["loss"]
+            t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
+            loss = float(t[0] / t[1].clamp(min=1))
+            avg = 0.9 * avg + 0.1 * loss
+            value = avg / (1 - 0.9 ** (i + 1))  # bias-corrected running mean
+            lrs.append(lr)
+            losses.append(loss)
+            smoothed.append(value)
+            best = min(best, value)
+            if not math.isfinite(loss) or value > 4 * best:
+                break
+        suggestion = suggest_lr(lrs, smoothed)
+        if info.is_main:
+            _plot_lr(run.run_dir / "lr_find.png", lrs, losses, smoothed, suggestion)
+            (run.run_dir / "lr_find.json").write_text(json.dumps(
+                {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggestion}, indent=1))
+        dist.print0(f"train: suggested learning rate {suggestion:.2e} (plot: {run.run_dir / 'lr_find.png'})")
+        return TrainResult(run.run_dir, len(lrs), True, losses, None, suggestion)
+    except RuntimeFailure:
+        raise
+    finally:
+        dist.cleanup()
+
+
+def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
+    """The lr at the steepest descent of the smoothed loss against log(lr), ignoring the
+    first and last tenth of the curve (start-up noise and divergence)."""
+    n = len(lrs)
+    if n < 3:
+        return lrs[0] if lrs else float("nan")
+    lo, hi = max(1, n // 10), max(2, n - n // 10)
+    slopes = [(smoothed[i + 1] - smoothed[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
+              for i in range(lo, min(hi, n - 1))]
+    if not slopes:
+        return lrs[n // 2]
+    best = min(range(len(slopes)), key=slopes.__getitem__)
+    return lrs[lo + best]
+
+
+def _plot_lr(png: Path, lrs, losses, smoothed, suggestion) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses, alpha=0.3, label="loss")
+    ax.plot(lrs, smoothed, label="smoothed loss")
+    ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss per predicted token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,375 @@
+"""Pretraining objectives: how a batch of proteins becomes model inputs, and the loss on them.
+
+Every objective has the same two methods:
+  collate(samples) -> dict of tensors (with "num_predicted", the tokens the loss is taken over)
+  loss(model, batch) -> (sum_loss, num_predicted, metrics)
+The loss is a SUM over predicted tokens: the training loop divides by the number of predicted
+tokens of the whole step (all micro-batches, all ranks), so a step's loss is a true per-token
+mean rather than a mean of micro-batch means. `metrics` maps a name to (numerator, denominator)
+tensors that the loop sums the same way (accuracy = correct / predicted).
+
+Masks come from each protein's own generator (Sample.rng), so they are fresh every epoch
+(dynamic masking) and the same whichever rank or worker collates the protein.
+
+Objectives: "mlm" (BERT/ALBERT/ESM), "electra", "t5" (ProtT5), "t5_span", "plm" (XLNet),
+"clm" (Transformer-XL with segment memory).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from protrans_cli.errors import ModelError
+from protrans_cli.training.data import Sample, TokenLayout
+
+IGNORE = -100
+
+
+def _pad(rows: list[np.ndarray], value: int, multiple: int = 8) -> torch.Tensor:
+    """(B, T) tensor of right-padded rows; T rounded up to a multiple of 8 for tensor cores."""
+    width = max((len(r) for r in rows), default=1)
+    width = max(multiple, -(-width // multiple) * multiple)
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return torch.from_numpy(out)
+
+
+def _logits(output) -> torch.Tensor:
+    for name in ("logits", "prediction_logits"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    raise ModelError(f"the model's output has no logits ({type(output).__name__})")
+
+
+def _ce_sum(logits: torch.Tensor, labels: torch.Tensor):
+    """Summed cross entropy and correct predictions over positions whose label is not IGNORE."""
+    sel = labels != IGNORE
+    picked = logits[sel].float()  # (N, V)
+    target = labels[sel]
+    loss = F.cross_entropy(picked, target, reduction="sum")
+    correct = (picked.argmax(-1) == target).sum()
+    return loss, correct, sel.sum()
+
+
+class Objective:
+    """Base class; `layout` says where residues and special tokens are, `config` the rates."""
+
+    name = ""
+
+    def __init__(self, layout: TokenLayout, config):
+        self.layout = layout
+        self.config = config
+
+    def collate(self, samples: list[Sample]) -> dict:
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict):
+        raise NotImplementedError
+
+    # helpers ----------------------------------------------------------------------------
+    def _with_specials(self, residues: np.ndarray) -> np.ndarray:
+        lay = self.layout
+        return np.concatenate([np.array(lay.prefix, dtype=np.int64), residues,
+                               np.array(lay.suffix, dtype=np.int64)])
+
+    def _bert_mask(self, sample: Sample):
+        """BERT masking of one protein: (inputs, labels) over its residues only.
+
+        mask_prob of the residues are chosen; of those 80% become the mask token, 10% a random
+        standard residue (never a special token), 10% stay; labels are IGNORE elsewhere.
+        """
+        lay = self.layout
+        res = sample.residues
+        rng = sample.rng(1)
+        chosen = rng.random(len(res)) < self.config.mask_prob
+        action = rng.random(len(res))
+        inputs = res.copy()
+        inputs[chosen & (action < 0.8)] = lay.mask_id
+        random_pos = chosen & (action >= 0.8) & (action < 0.9)
+        inputs[random_pos] = rng.choice(lay.standard_ids, size=int(random_pos.sum()))
+        labels = np.where(chosen, res, IGNORE)
+        return inputs, labels
+
+
+class MaskedLM(Objective):
+    """BERT/RoBERTa/ALBERT/ESM masked language modelling (dynamic, 15%, 80/10/10)."""
+
+    name = "mlm"
+
+    def __init__(self, layout, config):
+        super().__init__(layout, config)
+        if layout.mask_id is None:
+            raise ModelError("masked LM needs a tokenizer with a mask token")
+
+    def collate(self, samples):
+        inputs, labels, residue = [], [], []
+        fill = np.full(len(self.layout.prefix), IGNORE), np.full(len(self.layout.suffix), IGNORE)
+        for s in samples:
+            x, y = self._bert_mask(s)
+            inputs.append(self._with_specials(x))
+            labels.append(np.concatenate([fill[0], y, fill[1]]))
+            residue.append(np.concatenate([np.zeros(len(fill[0]), bool), np.ones(len(x), bool),
+                                           np.zeros(len(fill[1]), bool)]))
+        input_ids = _pad(inputs, self.layout.pad_id)
+        labels_t = _pad(labels, IGNORE)
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :]
+                          < torch.tensor([len(r) for r in inputs])[:, None]).long()
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels_t,
+                "residue_mask": _pad([r.astype(np.int64) for r in residue], 0).bool(),
+                "num_predicted": int((labels_t != IGNORE).sum())}
+
+    def loss(self, model, batch):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss, correct, n = _ce_sum(_logits(out), batch["labels"])  # logits (B, T, V)
+        return loss, n, {"accuracy": (correct, n)}
+
+
+class Electra(MaskedLM):
+    """ELECTRA: generator MLM + replaced-token detection on the discriminator (weight 50).
+
+    The detection loss is a mean over real tokens, the generator's over masked ones; to fit the
+    per-predicted-token normalisation the detection sum is scaled by masked/real tokens of the
+    micro-batch, so sum_loss / num_masked = gen_mean + weight * disc_mean.
+    """
+
+    name = "electra"
+
+    def loss(self, model, batch):
+        for part in ("generator", "discriminator"):
+            if not hasattr(_unwrap(model), part):
+                raise ModelError(f"the electra objective needs a model with .{part}")
+        inner = _unwrap(model)
+        input_ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        gen_logits = _logits(inner.generator(input_ids=input_ids, attention_mask=attn))  # (B, T, V)
+        gen_loss, gen_correct, n_masked = _ce_sum(gen_logits, labels)
+        sel = labels != IGNORE
+        original = torch.where(sel, labels, input_ids)
+        with torch.no_grad():
+            # Sample replacements from the generator, restricted to residue tokens.
+            picked = gen_logits[sel].float()  # (N, V)
+            allowed = torch.full((picked.shape[-1],), float("-inf"), device=picked.device)
+            allowed[torch.as_tensor(self.layout.residue_ids, device=picked.device)] = 0.0
+            sampled = torch.multinomial(torch.softmax(picked + allowed, -1), 1).squeeze(-1)
+            corrupted = original.clone()
+            corrupted[sel] = sampled
+        replaced = (corrupted != original).float()  # (B, T)
+        real = batch["residue_mask"]
+        disc_logits = _logits(inner.discriminator(input_ids=corrupted, attention_mask=attn))  # (B, T)
+        disc_loss = F.binary_cross_entropy_with_logits(disc_logits[real].float(), replaced[real],
+                                                       reduction="sum")
+        n_real = real.sum()
+        disc_correct = ((disc_logits[real] > 0).float() == replaced[real]).sum()
+        scale = n_masked.float() / n_real.clamp(min=1).float()
+        total = gen_loss + self.config.electra_disc_weight * disc_loss * scale
+        return total, n_masked, {"accuracy": (gen_correct, n_masked),
+                                 "disc_accuracy": (disc_correct, n_real),
+                                 "gen_loss": (gen_loss.detach(), n_masked),
+                                 "disc_loss": (disc_loss.detach(), n_real)}
+
+
+class _Seq2Seq(Objective):
+    """Shared by the T5 objectives: the decoder input is the label sequence shifted right."""
+
+    def _finish(self, inputs, labels, masked=None):
+        input_ids = _pad(inputs, self.layout.pad_id)
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :]
+                          < torch.tensor([len(r) for r in inputs])[:, None]).long()
+        labels_t = _pad(labels, IGNORE)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels_t,
+                 "num_predicted": int((labels_t != IGNORE).sum())}
+        if masked is not None:
+            batch["masked"] = _pad([m.astype(np.int64) for m in masked], 0).bool()
+        return batch
+
+    def loss(self, model, batch):
+        labels = batch["labels"]  # (B, S)
+        config = _unwrap(model).config
+        start = config.decoder_start_token_id
+        start = self.layout.pad_id if start is None else start
+        decoder_input_ids = torch.full_like(labels, self.layout.pad_id)
+        decoder_input_ids[:, 0] = start
+        decoder_input_ids[:, 1:] = labels[:, :-1].clamp(min=0)
+        decoder_input_ids[:, 1:][labels[:, :-1] == IGNORE] = self.layout.pad_id
+        decoder_attention_mask = torch.ones_like(labels)
+        decoder_attention_mask[:, 1:] = (labels[:, :-1] != IGNORE).long()
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+        logits = _logits(out)  # (B, S, V)
+        loss, correct, n = _ce_sum(logits, labels)
+        metrics = {"accuracy": (correct, n)}
+        if "masked" in batch:
+            m = batch["masked"]
+            metrics["masked_accuracy"] = ((logits.argmax(-1) == labels)[m].sum(), m.sum())
+        return loss, n, metrics
+
+
+class T5Denoise(_Seq2Seq):
+    """ProtT5: 15% of residues replaced by a mask token; the decoder rebuilds the whole protein."""
+
+    name = "t5"
+
+    def __init__(self, layout, config):
+        super().__init__(layout, config)
+        if layout.mask_id is None:
+            raise ModelError("the t5 objective needs a mask token or <extra_id_0> in the tokenizer")
+
+    def collate(self, samples):
+        inputs, labels, masked = [], [], []
+        suffix = np.array(self.layout.suffix, dtype=np.int64)
+        for s in samples:
+            res = s.residues
+            chosen = s.rng(1).random(len(res)) < self.config.mask_prob
+            x = np.where(chosen, self.layout.mask_id, res)
+            inputs.append(np.concatenate([self.layout.prefix, x, suffix]).astype(np.int64))
+            labels.append(np.concatenate([res, suffix]))
+            masked.append(np.concatenate([chosen, np.zeros(len(suffix), bool)]))
+        return self._finish(inputs, labels, masked)
+
+
+class T5Span(_Seq2Seq):
+    """T5 span corruption: noise density 0.15, mean span length 3, one sentinel per span."""
+
+    name = "t5_span"
+
+    def __init__(self, layout, config):
+        super().__init__(layout, config)
+        if not layout.sentinel_ids:
+            raise ModelError("the t5_span objective needs <extra_id_N> sentinel tokens")
+
+    def spans(self, length: int, rng: np.random.Generator):
+        """Alternating (keep, noise) span lengths covering `length` residues, keep first."""
+        num_noise = int(round(length * self.config.noise_density))
+        num_noise = min(max(num_noise, 1), length - 1)
+        num_spans = int(round(num_noise / self.config.mean_span_length))
+        num_spans = max(1, min(num_spans, num_noise, length - num_noise, len(self.layout.sentinel_ids)))
+
+        def split(total, parts):  # random composition of `total` into `parts` positive parts
+            cuts = np.sort(rng.choice(np.arange(1, total), parts - 1, replace=False)) if parts > 1 else []
+            return np.diff(np.concatenate([[0], cuts, [total]])).astype(int)
+
+        return split(length - num_noise, num_spans), split(num_noise, num_spans)
+
+    def collate(self, samples):
+        inputs, labels = [], []
+        suffix = list(self.layout.suffix)
+        sentinels = self.layout.sentinel_ids
+        for s in samples:
+            res = s.residues
+            if len(res) < 2:  # nothing to corrupt: reconstruct the protein after one sentinel
+                inputs.append(np.array(self.layout.prefix + [sentinels[0]] + suffix, dtype=np.int64))
+                labels.append(np.array([sentinels[0], *res.tolist(), *suffix], dtype=np.int64))
+                continue
+            keep, noise = self.spans(len(res), s.rng(1))
+            x, y, pos = list(self.layout.prefix), [], 0
+            for i, (k, n) in enumerate(zip(keep, noise)):
+                x.extend(res[pos:pos + k].tolist())
+                pos += k
+                x.append(sentinels[i])
+                y.append(sentinels[i])
+                y.extend(res[pos:pos + n].tolist())
+                pos += n
+            inputs.append(np.array(x + suffix, dtype=np.int64))
+            labels.append(np.array(y + suffix, dtype=np.int64))
+        return self._finish(inputs, labels)
+
+
+class PermutationLM(Objective):
+    """XLNet permutation LM: predict plm_prob of the residues in a random factorisation order.
+
+    Non-target tokens come first in the order (every token sees them); targets follow in a
+    random order and see only targets earlier than themselves (perm_mask), and the query
+    stream of a target never sees its own content. Inputs are left unchanged.
+    """
+
+    name = "plm"
+
+    def collate(self, samples):
+        inputs, targets = [], []
+        offset = len(self.layout.prefix)
+        for s in samples:
+            res = s.residues
+            rng = s.rng(1)
+            chosen = np.flatnonzero(rng.random(len(res)) < self.config.plm_prob)
+            if len(chosen) == 0 and len(res):
+                chosen = np.array([int(rng.integers(len(res)))])
+            order = rng.permutation(len(chosen))
+            inputs.append(self._with_specials(res))
+            targets.append((chosen[order] + offset, res[chosen[order]]))  # in factorisation order
+        input_ids = _pad(inputs, self.layout.pad_id)
+        B, T = input_ids.shape
+        P = max(1, max(len(t[0]) for t in targets))
+        perm_mask = torch.zeros(B, T, T)
+        target_mapping = torch.zeros(B, P, T)
+        labels = torch.full((B, P), IGNORE, dtype=torch.long)
+        for b, (pos, lab) in enumerate(targets):
+            pos_t = torch.as_tensor(pos, dtype=torch.long)
+            rank = torch.full((T,), -1, dtype=torch.long)  # -1: not a target (seen by all)
+            rank[pos_t] = torch.arange(len(pos))
+            is_target = rank >= 0
+            # perm_mask[i, j] = 1: token i may not see token j (j a target not before i)
+            blocked = is_target[None, :] & ((~is_target[:, None]) | (rank[None, :] >= rank[:, None]))
+            perm_mask[b] = blocked.float()
+            target_mapping[b, torch.arange(len(pos)), pos_t] = 1.0
+            labels[b, :len(pos)] = torch.as_tensor(lab)
+        attention_mask = (torch.arange(T)[None, :] < torch.tensor([len(r) for r in inputs])[:, None]).long()
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "perm_mask": perm_mask,
+                "target_mapping": target_mapping, "labels": labels,
+                "num_predicted": int((labels != IGNORE).sum())}
+
+    def loss(self, model, batch):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"])
+        loss, correct, n = _ce_sum(_logits(out), batch["labels"])  # logits (B, P, V)
+        return loss, n, {"accuracy": (correct, n)}
+
+
+class CausalLM(Objective):
+    """Transformer-XL: next-token prediction over segments, carrying memory between them."""
+
+    name = "clm"
+
+    def collate(self, samples):
+        ids = [self._with_specials(s.residues) for s in samples]
+        labels = [np.concatenate([r[1:], [IGNORE]]) for r in ids]  # next token; none after the last
+        input_ids = _pad(ids, self.layout.pad_id)
+        labels_t = _pad(labels, IGNORE)
+        return {"input_ids": input_ids, "labels": labels_t,
+                "num_predicted": int((labels_t != IGNORE).sum())}
+
+    def loss(self, model, batch):
+        input_ids, labels = batch["input_ids"], batch["labels"]  # (B, T)
+        seg = max(1, int(self.config.segment_length))
+        mems = None
+        total = correct = n = 0
+        # Right padding keeps padding after every real token, so causal attention (and the
+        # memory of earlier segments) never lets a real token see padding.
+        for start in range(0, input_ids.shape[1], seg):
+            out = model(input_ids=input_ids[:, start:start + seg], mems=mems)
+            mems = getattr(out, "mems", None)
+            if mems is not None:
+                mems = [m.detach() for m in mems]
+            part_loss, part_correct, part_n = _ce_sum(_logits(out), labels[:, start:start + seg])
+            total, correct, n = total + part_loss, correct + part_correct, n + part_n
+        return total, n, {"accuracy": (correct, n)}
+
+
+OBJECTIVE_CLASSES = {cls.name: cls for cls in (MaskedLM, Electra, T5Denoise, T5Span, PermutationLM, CausalLM)}
+
+
+def make_objective(name: str, layout: TokenLayout, config) -> Objective:
+    try:
+        cls = OBJECTIVE_CLASSES[name]
+    except KeyError:
+        raise ModelError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVE_CLASSES)})") from None
+    return cls(layout, config)
+
+
+def _unwrap(model):
+    """The module inside DDP (FSDP2 shards in place, so it needs no unwrapping)."""
+    return getattr(model, "module", model)

@@ -1,0 +1,121 @@
+"""Optimizers (AdamW, LAMB, Adafactor) and the learning-rate schedule (warmup, then decay).
+
+AdamW is the default with ESM-2's settings (betas 0.9/0.98, eps 1e-8, weight decay 0.01).
+LAMB (You et al. 2019) is what ProtBert/ProtAlbert used for their very large batches; it is
+written here (small) because torch has none. Adafactor comes from transformers (ProtT5).
+Biases and normalisation weights (1-D parameters) get no weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from protrans_cli.errors import UsageError
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB: Adam's update rescaled per parameter tensor by ||w|| / ||update|| (the trust ratio)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.float()
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                state["step"] += 1
+                step = state["step"].item()
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                m_hat = m / (1 - beta1 ** step)
+                v_hat = v / (1 - beta2 ** step)
+                update = m_hat / (v_hat.sqrt() + group["eps"])
+                if group["weight_decay"]:
+                    update.add_(p.float(), alpha=group["weight_decay"])
+                w_norm = p.float().norm()
+                u_norm = update.norm()
+                # A layer whose weights or update are zero takes a plain Adam step.
+                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                p.add_((update * trust).to(p.dtype), alpha=-group["lr"])
+        return loss
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    seen = set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
+    groups = param_groups(model, config.weight_decay)
+    betas = (config.adam_beta1, config.adam_beta2)
+    if config.optimizer == "adamw":
+        fused = all(p.is_cuda for g in groups for p in g["params"]) and torch.cuda.is_available()
+        return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.adam_eps,
+                                 **({"fused": True} if fused else {}))
+    if config.optimizer == "lamb":
+        return Lamb(groups, lr=config.lr, betas=betas, eps=config.adam_eps)
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # An external learning rate (our schedule), not Adafactor's relative step size.
+        return Adafactor(groups, lr=config.lr, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
+    raise UsageError(f"unknown optimizer {config.optimizer!r}")
+
+
+class LRLambda:
+    """Multiplier of the peak lr at a step: linear warmup, then linear/cosine/inverse-sqrt decay.
+
+    A class (not a closure) so that the scheduler's state_dict can be saved and restored.
+    """
+
+    def __init__(self, schedule: str, warmup_steps: int, total_steps: int, min_ratio: float):
+        self.schedule = schedule
+        self.warmup_steps = max(0, warmup_steps)
+        self.total_steps = max(1, total_steps)
+        self.min_ratio = min_ratio
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule == "inverse_sqrt":
+            return math.sqrt(max(1, self.warmup_steps)) / math.sqrt(max(step + 1, 1))
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        if self.schedule == "linear":
+            return 1.0 - (1.0 - self.min_ratio) * progress
+        if self.schedule == "cosine":
+            return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        raise UsageError(f"unknown schedule {self.schedule!r}")
+
+
+def build_scheduler(optimizer, config, total_steps: int):
+    fn = LRLambda(config.schedule, config.warmup_steps, total_steps, config.min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
