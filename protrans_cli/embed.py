@@ -270,7 +270,9 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
         from protrans_cli.models import load_model
     except ImportError as exc:  # pragma: no cover - the registry ships with the package
         raise ModelError(f"the model registry is unavailable ({exc})") from None
-    loaded = load_model(options.model, revision=options.revision)
+    # Loaded straight into the compute dtype and device: a 3B-parameter checkpoint is never
+    # materialised in float32 on the way to a bf16 GPU.
+    loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
     return TransformerEmbedder(loaded, options.layers, device_name, dtype)
 
 

@@ -1,0 +1,171 @@
+"""`protrans embed` with every family in the registry: tiny random models built and saved locally,
+compared row by row with a plain transformers forward pass over each protein alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+from protrans_cli.io.fasta import read_fasta
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
+
+torch = pytest.importorskip("torch")
+from protrans_cli.models import FAMILIES  # noqa: E402
+
+SMALL = DATA / "embed" / "small.fa"
+# Where the residue rows sit in a single unpadded sequence, per the published conventions
+# ([CLS] x [SEP]; T5's trailing </s>; ESM's <cls> x <eos>; XLNet's trailing <sep> <cls>):
+# (tokens before, tokens after). A family not listed is checked by token matching only.
+KNOWN_LAYOUT = {"bert": (1, 1), "albert": (1, 1), "electra": (1, 1), "t5": (0, 1), "esm": (1, 1),
+                "xlnet": (0, 2)}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """One tiny random model directory per family (what `protrans train` would write)."""
+    torch.manual_seed(0)
+    dirs = {}
+    for name, family in FAMILIES.items():
+        tokenizer = family.build_tokenizer()
+        config = family.build_config("tiny", tokenizer)
+        model = family.pretraining_model(config).eval()
+        path = tmp_path_factory.mktemp(f"tiny_{name}")
+        family.save_pretrained(model, tokenizer, path)
+        dirs[name] = path
+    return dirs
+
+
+def reference_rows(family, model_dir, sequence: str, layers=(-1,)) -> np.ndarray:
+    """Plain transformers: the tokenizer and encoder from the directory, one protein, no padding;
+    the residue rows are found by matching the residue token ids in the input ids."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    letters = sequence.upper()
+    if family.rare_to == "X":
+        letters = letters.translate(str.maketrans("UZOB", "XXXX"))
+    text = " ".join(letters) if family.spaced else letters
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]  # (1, T)
+    residue_ids = tokenizer.convert_tokens_to_ids(list(letters))
+    row = ids[0].tolist()
+    starts = [i for i in range(len(row) - len(residue_ids) + 1) if row[i:i + len(residue_ids)] == residue_ids]
+    assert len(starts) == 1, f"residue tokens not found once in {row}"
+    start = starts[0]
+    if family.name in KNOWN_LAYOUT:
+        before, after = KNOWN_LAYOUT[family.name]
+        assert (start, len(row) - start - len(residue_ids)) == (before, after), row
+    with torch.no_grad():
+        out = encoder(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+    states = [out.hidden_states[i] if i != -1 else out.last_hidden_state for i in layers]
+    rows = torch.stack([s[0, start:start + len(residue_ids)] for s in states])  # (n_layers, L, D)
+    return rows.numpy()
+
+
+def _read(path, kind=PER_RESIDUE):
+    with EmbeddingsReader(path) as r:
+        return {i: a for i, a, _ in r.items(kind)}
+
+
+FAMILY_NAMES = sorted(FAMILIES)
+
+
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_embed_equals_plain_forward_of_each_protein(run_cli, tmp_path, tiny_models, family_name):
+    family = FAMILIES[family_name]
+    out = tmp_path / "e.h5"
+    result = run_cli("embed", SMALL, "-m", tiny_models[family_name], "-o", out, "--max-tokens", "64",
+                     "--device", "cpu", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    res, prot = _read(out), _read(out, PER_PROTEIN)
+    records = list(read_fasta(SMALL))
+    assert sorted(res) == sorted(r.id for r in records)
+    for rec in records:
+        seq = rec.sequence.replace("-", "").replace(".", "")
+        ref = reference_rows(family, tiny_models[family_name], seq)[0]
+        assert res[rec.id].shape == (len(seq), ref.shape[-1])  # one row per residue, X/U/Z/O/B included
+        np.testing.assert_allclose(res[rec.id], ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(prot[rec.id], ref.mean(0), atol=1e-5, rtol=0)
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["family"] == family_name and r.attrs["compute_dtype"] == "float32"
+
+
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_several_layers(tmp_path, tiny_models, family_name):
+    from protrans_cli.embed import EmbedOptions, embed
+
+    family = FAMILIES[family_name]
+    out = tmp_path / "layers.h5"
+    embed(SMALL, out, EmbedOptions(model=str(tiny_models[family_name]), layers=(0, -2, -1), device="cpu"))
+    res = _read(out)
+    seq = "ACDEFGHIKLMNPQRSTVWY"
+    ref = reference_rows(family, tiny_models[family_name], seq, layers=(0, -2, -1))
+    assert res["sp|Q9/slash"].shape == ref.shape
+    np.testing.assert_allclose(res["sp|Q9/slash"], ref, atol=1e-5, rtol=0)
+    with EmbeddingsReader(out) as r:
+        assert list(r.attrs["layers"]) == [-3, -2, -1]  # stored as negative indices
+
+
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_batching_invariance_and_chunking(tmp_path, tiny_models, family_name):
+    from protrans_cli.embed import EmbedOptions, embed
+
+    model = str(tiny_models[family_name])
+    one = _read(embed(SMALL, tmp_path / "one.h5", EmbedOptions(model=model, max_batch_size=1, device="cpu")).output)
+    big = _read(embed(SMALL, tmp_path / "big.h5", EmbedOptions(model=model, max_tokens=10_000, device="cpu")).output)
+    for k in one:
+        np.testing.assert_allclose(one[k], big[k], atol=1e-5, rtol=0)
+    # Chunking: a protein longer than the window comes back with all its rows; the rows of
+    # each window's interior match a forward pass over that window alone.
+    chunked = _read(embed(SMALL, tmp_path / "c.h5", EmbedOptions(model=model, max_length=8, long_policy="chunk",
+                                                                 chunk_overlap=4, device="cpu")).output)
+    seq = "MKTAYIAKQRQISFVKSHFSRQ"
+    assert chunked["P1"].shape[0] == len(seq)
+    first_window = reference_rows(FAMILIES[family_name], model, seq[:8])[0]
+    np.testing.assert_allclose(chunked["P1"][:6], first_window[:6], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(chunked["one"], one["one"], atol=1e-5, rtol=0)  # short ones untouched
+
+
+def test_oom_on_a_real_model_splits_and_still_matches(tmp_path, tiny_models, monkeypatch):
+    from protrans_cli.embed import EmbedOptions, TransformerEmbedder, embed
+
+    name = FAMILY_NAMES[0]
+    model = str(tiny_models[name])
+    ref = _read(embed(SMALL, tmp_path / "ref.h5", EmbedOptions(model=model, device="cpu")).output)
+    original = TransformerEmbedder.embed_batch
+    sizes = []
+
+    def fake_oom(self, seqs):
+        sizes.append(len(seqs))
+        if len(seqs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return original(self, seqs)
+
+    monkeypatch.setattr(TransformerEmbedder, "embed_batch", fake_oom)
+    summary = embed(SMALL, tmp_path / "oom.h5", EmbedOptions(model=model, device="cpu", max_tokens=10_000))
+    assert max(sizes) > 1 and summary.failed == {}
+    got = _read(tmp_path / "oom.h5")
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], atol=1e-5, rtol=0)
+
+
+def test_half_precision_on_cpu_is_refused(run_cli, tmp_path, tiny_models):
+    result = run_cli("embed", SMALL, "-m", tiny_models[FAMILY_NAMES[0]], "--device", "cpu",
+                     "--dtype", "float16", "-o", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "half precision" in result.stderr
+
+
+def test_missing_layer_is_a_usage_error(run_cli, tmp_path, tiny_models):
+    result = run_cli("embed", SMALL, "-m", tiny_models[FAMILY_NAMES[0]], "--layer", "99", "-o", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "--layer 99" in result.stderr
+
+
+@pytest.mark.parametrize("model", ["prot_bert", "./no/such/dir"])
+def test_offline_missing_model_is_one_line_error(run_cli, tmp_path, model):
+    result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5", "--device", "cpu")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "-m DIR" in lines[0] or "no such model directory" in lines[0]
+    assert not (tmp_path / "x.h5").exists()
