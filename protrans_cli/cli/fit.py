@@ -1,0 +1,78 @@
+"""`protrans fit`: train a prediction head on embeddings and evaluate it.
+
+    protrans fit ss3 --embeddings train.h5 --labels Train_HHblits.csv.gz \
+        --test cb513.h5 CB513_HHblits.csv -o heads/ss3
+    protrans fit loc --embeddings val.h5 --labels deeploc_our_val_set.fasta \
+        --test test.h5 deeploc_test_set.fasta --ensemble 3 -o heads/loc
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.heads.labels import FORMATS
+from protrans_cli.heads.tasks import DUAL_POLICIES, TASKS
+
+_PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True))
+
+
+@click.command("fit", context_settings={"show_default": True})
+@click.argument("task", type=click.Choice(list(TASKS)))
+@click.option("--embeddings", required=True, type=click.Path(dir_okay=False), help="Training embeddings (HDF5).")
+@click.option("--labels", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Training labels (NetSurfP CSV, FLIP FASTA, DeepLoc FASTA, id,label CSV/TSV).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
+@click.option("--valid", nargs=2, type=_PAIR, default=None, metavar="EMBEDDINGS LABELS",
+              help="Validation set for early stopping.  [default: FLIP VALIDATION=True records, else "
+                   "--valid-fraction of train]")
+@click.option("--test", "tests", nargs=2, type=_PAIR, multiple=True, metavar="EMBEDDINGS LABELS",
+              help="A set to evaluate after training; repeat for several.")
+@click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of every label file.")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
+              help="FLIP mask FASTA (0/1 per residue) for FLIP-style labels.")
+@click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
+              help="NetSurfP columns whose 1.0 marks the residues trained and evaluated; repeat to combine.")
+@click.option("--max-epochs", type=int, default=30, help="Epochs at most.")
+@click.option("--patience", type=int, default=5, help="Stop after this many epochs without a better validation accuracy.")
+@click.option("--lr", type=float, default=1e-3, help="Adam learning rate.")
+@click.option("--weight-decay", type=float, default=0.0, help="Adam weight decay.")
+@click.option("--max-residues", type=int, default=8192, help="Per-residue tasks: padded residues per batch.")
+@click.option("--batch-size", type=int, default=64, help="Per-protein tasks: proteins per batch.")
+@click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
+@click.option("--ensemble", type=int, default=1, help="Members trained from seeds SEED, SEED+1, ...; "
+              "predictions average their probabilities.")
+@click.option("--seed", type=int, default=0, help="Seed of the first member and of the held-out split.")
+@click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given.")
+@click.option("--hidden", type=int, default=32, help="Hidden channels/units of the head.")
+@click.option("--kernel", type=int, default=7, help="CNN kernel width (odd).")
+@click.option("--dropout", type=float, default=0.25, help="Dropout after the first layer.")
+@click.option("--dual", type=click.Choice(list(DUAL_POLICIES)), default="first",
+              help="loc: DeepLoc's Cytoplasm-Nucleus counts as Cytoplasm (first) or is left out (skip).")
+@click.option("--layer", type=int, default=-1, help="Layer to use when the embeddings hold several.")
+@click.option("--skip-mismatched", is_flag=True,
+              help="Leave out (with a count) labels without a matching embedding instead of failing.")
+@click.option("--cache-gb", type=float, default=2.0,
+              help="Per-residue sets up to this size (float32) are read into RAM; larger ones are streamed.")
+@click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI.")
+@click.option("-j", "--threads", type=int, default=None,
+              help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def command(task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
+            patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
+            hidden, kernel, dropout, dual, layer, skip_mismatched, cache_gb, n_bootstrap, threads, force):
+    """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein) on embeddings.
+
+    \b
+    protrans fit ss3 --embeddings train.h5 --labels Train_HHblits.csv.gz \\
+        --test cb513.h5 CB513_HHblits.csv -o heads/ss3
+    """
+    from protrans_cli.heads.fit import FitConfig, fit
+
+    config = FitConfig(task=task, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
+                       max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
+                       ensemble=ensemble, seed=seed, valid_fraction=valid_fraction, hidden=hidden, kernel=kernel,
+                       dropout=dropout, dual=dual, layer=layer,
+                       on_mismatch="skip" if skip_mismatched else "error", cache_bytes=int(cache_gb * (1 << 30)),
+                       n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
+                       mask_columns=tuple(mask_columns), force=force)
+    fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None, tests=[tuple(t) for t in tests])

@@ -1,0 +1,47 @@
+"""`protrans labels`: any supported label file to the FASTA that `protrans embed` needs.
+
+    protrans labels Train_HHblits.csv.gz -o train.fasta
+    protrans labels sampled.fasta.gz --sequences sequences.fasta.gz --split test -o flip_test.fasta
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.heads.labels import FORMATS
+
+
+@click.command("labels", context_settings={"show_default": True})
+@click.argument("labels", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+              help="FASTA to write ('-' = stdout; .gz/.xz/.zst compress).")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="auto", help="Label file format.")
+@click.option("--sequences", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="FASTA with the sequences, for label files that hold none (FLIP labels, id,label tables).")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default=None,
+              help="Only the records the label file assigns to this split (FLIP SET=/VALIDATION=, a table's set).")
+def command(labels, output, fmt, sequences, split):
+    """Convert a label file (NetSurfP CSV, FLIP, DeepLoc, id,label CSV/TSV) to FASTA for embed.
+
+    NetSurfP CSVs carry no ids: each protein gets `seq-<first 12 hex of its sequence md5>` (`-2`,
+    `-3` for repeats), the same id `protrans fit` gives it when reading the CSV.
+
+    \b
+    protrans labels Train_HHblits.csv.gz -o train.fasta
+    protrans embed train.fasta -m onehot --per-residue -o train.h5
+    """
+    from protrans_cli import console
+    from protrans_cli.heads.labels import LabelSet, read_labels, write_embed_fasta
+    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.io.files import atomic_output
+
+    label_set = read_labels(labels, fmt)
+    if split is not None:
+        label_set = LabelSet(label_set.path, label_set.format,
+                             [r for r in label_set.records if (r.split or "train") == split], label_set.notes)
+    seqs = {rec.id: rec.sequence for rec in read_fasta(sequences)} if sequences else None
+    with atomic_output(output) as stream:
+        count = write_embed_fasta(label_set, stream, seqs)
+    for note in label_set.notes:
+        console.info(f"{label_set.path}: {note}")
+    console.info(f"wrote {count} sequences ({label_set.format} labels) to {output}")

@@ -1,0 +1,65 @@
+"""`protrans predict`: apply a trained head to embeddings (and score it when labels are given).
+
+    protrans predict heads/ss3 --embeddings query.h5 -o query.ss3.fa
+    protrans predict heads/loc --embeddings query.h5 -o query.loc.csv
+    protrans predict heads/ss3 --embeddings cb513.h5 --labels CB513_HHblits.csv --metrics cb513_metrics/
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.heads.labels import FORMATS
+
+
+@click.command("predict", context_settings={"show_default": True})
+@click.argument("head", type=click.Path(file_okay=False, exists=True))
+@click.option("--embeddings", required=True, type=click.Path(dir_okay=False), help="Embeddings to predict on (HDF5).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads); "
+                   "'-' = stdout.")
+@click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
+              help="Per-residue heads: also write per-residue class probabilities to this HDF5 file.")
+@click.option("--head-output", "head_output", default=None,
+              help="Per-residue heads with several outputs (ss3+ss8): the one whose states are written.  "
+                   "[default: the first]")
+@click.option("--labels", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Also score the head against these labels.")
+@click.option("--metrics", "metrics_dir", type=click.Path(file_okay=False), default=None,
+              help="With --labels: directory for the metrics JSON and confusion-matrix PNGs.")
+@click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of --labels.")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None, help="FLIP mask FASTA for --labels.")
+@click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
+              help="NetSurfP mask columns for --labels.")
+@click.option("--skip-mismatched", is_flag=True, help="With --labels: leave out labels without a matching embedding.")
+@click.option("--allow-model-mismatch", is_flag=True,
+              help="Use embeddings from another model than the head was trained on (same dimension).")
+@click.option("--max-residues", type=int, default=8192, help="Padded residues per batch.")
+@click.option("-j", "--threads", type=int, default=None,
+              help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
+def command(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
+            mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads):
+    """Apply a trained head to embeddings.
+
+    \b
+    protrans predict heads/ss3 --embeddings query.h5 -o query.ss3.fa
+    protrans predict heads/loc --embeddings query.h5 -o query.loc.csv
+    """
+    from protrans_cli import console
+    from protrans_cli.errors import UsageError
+    from protrans_cli.heads.predict import evaluate_head, predict
+
+    if output is None and labels is None:
+        raise UsageError("give -o/--output for predictions, --labels to score the head, or both")
+    if metrics_dir is not None and labels is None:
+        raise UsageError("--metrics needs --labels")
+    if output is not None:
+        summary = predict(head, embeddings, output, probabilities=probabilities, output=head_output,
+                          max_residues=max_residues, allow_model_mismatch=allow_model_mismatch, threads=threads)
+        if output != "-":
+            console.info(f"wrote predictions for {summary['proteins']} proteins to {output}")
+    if labels is not None:
+        evaluate_head(head, embeddings, labels, metrics_dir=metrics_dir, label_format=label_format,
+                      mask_path=mask_path, mask_columns=mask_columns,
+                      on_mismatch="skip" if skip_mismatched else "error",
+                      allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads)

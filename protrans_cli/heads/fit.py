@@ -1,0 +1,409 @@
+"""Train a head on frozen embeddings, evaluate it on every given set, and write the head directory.
+
+    from protrans_cli.heads.fit import FitConfig, fit
+    fit(FitConfig(task="ss3"), "train.h5", "Train_HHblits.csv.gz", "heads/ss3",
+        tests=[("cb513.h5", "CB513_HHblits.csv")])
+
+Reads top to bottom in run order: labels -> data (validation given, declared by the label file,
+or a held-out fraction of train) -> for each ensemble member: seed, head, Adam, epochs with early
+stopping on validation accuracy -> evaluation of every set -> the head directory, written to a
+temporary directory and renamed into place only when complete.
+
+Head directory: config.json, weights.safetensors, metrics.jsonl (one line per member and epoch),
+curves.png, metrics.json (headline numbers of every set) and metrics/<set>.json with per-class
+metrics and confusion matrices (also as metrics/<set>.<output>.png).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli import console
+from protrans_cli._version import __version__
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.heads.data import DEFAULT_CACHE_BYTES, ProteinData, load_data, subset
+from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
+from protrans_cli.heads.metrics import evaluate, print_report, save_confusion_png, summary_line
+from protrans_cli.heads.tasks import IGNORE, Task, get_task
+from protrans_cli.io.h5 import EmbeddingsReader
+
+
+@dataclass
+class FitConfig:
+    task: str = "ss3"
+    max_epochs: int = 30
+    patience: int = 5  # epochs without a better validation accuracy before stopping
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_residues: int = 8192  # per-residue batches: padded residues per batch
+    batch_size: int = 64  # per-protein batches: proteins per batch
+    class_weights: bool = False  # weight the loss by inverse class frequency in train
+    ensemble: int = 1  # members trained from seeds seed, seed+1, ...
+    seed: int = 0
+    valid_fraction: float = 0.1  # held out of train when no validation set is given
+    hidden: int = 32
+    kernel: int = 7
+    dropout: float = 0.25
+    dual: str = "first"  # loc: Cytoplasm-Nucleus -> Cytoplasm ("first") or left out ("skip")
+    layer: int = -1  # which layer when the embeddings hold several
+    on_mismatch: str = "error"  # or "skip"
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # per-residue sets smaller than this are read into RAM
+    n_bootstrap: int = 1000
+    threads: int | None = None
+    label_format: str = "auto"
+    mask_path: str | None = None  # FLIP mask FASTA
+    mask_columns: tuple[str, ...] = ("disorder",)  # NetSurfP columns whose 1.0 marks evaluated residues
+    force: bool = False  # replace an existing head directory
+
+    def check(self) -> None:
+        for name in ("max_epochs", "ensemble", "max_residues", "batch_size", "n_bootstrap"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.valid_fraction < 1:
+            raise UsageError(f"valid_fraction must be between 0 and 1, got {self.valid_fraction}")
+        if self.on_mismatch not in ("error", "skip"):
+            raise UsageError(f"on_mismatch must be 'error' or 'skip', got {self.on_mismatch!r}")
+
+
+@dataclass
+class FitResult:
+    head_dir: Path
+    metrics: dict  # set name -> output -> headline metrics
+    history: list[dict] = field(default_factory=list)
+
+
+def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None = None,
+        tests: list[tuple] = ()) -> FitResult:
+    """Train `config.task` on (embeddings, labels); `valid`/`tests` are (embeddings, labels) pairs."""
+    import torch
+
+    from protrans_cli.threads import resolve_threads
+
+    config.check()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not config.force:
+        raise UsageError(f"{out_dir} exists (--force replaces it)")
+    if not out_dir.parent.exists():
+        raise InputError("output directory does not exist", path=str(out_dir.parent))
+    torch.set_num_threads(resolve_threads(config.threads))
+    task = get_task(config.task, dual=config.dual)
+
+    # --- labels and data ---
+    train_labels = _read(config, labels)
+    declared = {s for s in (r.split for r in train_labels.records) if s}
+    train_set = _only(train_labels, {None, TRAIN}) if declared & {VALID, TEST} else train_labels
+    task = task.with_classes_from(train_set.records)
+    for note in train_labels.notes:
+        console.info(f"{train_labels.path}: {note}")
+    train, report = load_data(embeddings, train_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
+                              cache_bytes=config.cache_bytes)
+    console.info(f"train: {report.matched} proteins from {embeddings}"
+                 + (f" ({report.by_checksum} matched by sequence checksum)" if report.by_checksum else ""))
+    with EmbeddingsReader(embeddings) as reader:
+        embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "family", "layers", "pooling",
+                                                                  "storage_dtype", "embedding_dim") if k in reader.attrs}
+
+    eval_sets: list[tuple[str, object, str, str]] = []  # (name, data, embeddings, labels)
+    if valid is not None:
+        valid_data = _load_eval(config, task, *valid)
+        valid_desc = f"{valid[1]}"
+    elif VALID in declared:
+        valid_data, _ = load_data(embeddings, _only(train_labels, {VALID}), task, on_mismatch=config.on_mismatch,
+                                  layer=config.layer, cache_bytes=config.cache_bytes)
+        valid_desc = f"{labels} (VALIDATION=True)"
+    else:
+        rng = np.random.default_rng(config.seed)
+        order = rng.permutation(len(train.items))
+        n_valid = max(1, int(round(config.valid_fraction * len(order))))
+        if len(order) - n_valid < 1:
+            raise InputError("too few training proteins to hold out a validation set", path=str(labels))
+        valid_data, train = subset(train, order[:n_valid]), subset(train, order[n_valid:])
+        valid_desc = f"{n_valid} proteins held out of train (seed {config.seed})"
+    console.info(f"validation: {valid_desc}")
+    eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
+    if not tests and TEST in declared:
+        test_data, _ = load_data(embeddings, _only(train_labels, {TEST}), task, on_mismatch=config.on_mismatch,
+                                 layer=config.layer, cache_bytes=config.cache_bytes)
+        eval_sets.append(("test", test_data, str(embeddings), f"{labels} (SET=test)"))
+    for emb, lab in tests:
+        data = _load_eval(config, task, emb, lab)
+        name = _unique_name(_read(config, lab).name, [s[0] for s in eval_sets])
+        eval_sets.append((name, data, str(emb), str(lab)))
+    for name, data, *_ in eval_sets:
+        if data.dim != train.dim:
+            raise InputError(f"{name} embeddings have dimension {data.dim}, train {train.dim}")
+
+    weights = _class_weights(task, train) if config.class_weights else None
+
+    # --- train each ensemble member ---
+    members, history = [], []
+    for member in range(config.ensemble):
+        seed = config.seed + member
+        model, lines = _train_member(config, task, train, valid_data, seed, member, weights)
+        members.append(model)
+        history.extend(lines)
+
+    # --- evaluate and write the head directory ---
+    from protrans_cli.heads.model import FORMAT_VERSION, Ensemble, save_head
+
+    ensemble = Ensemble(members).eval()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        (tmp / "metrics").mkdir()
+        with open(tmp / "metrics.jsonl", "w") as fh:
+            for line in history:
+                fh.write(json.dumps(line) + "\n")
+        _plot_curves(history, task, tmp / "curves.png")
+        summary = {}
+        for name, data, emb, lab in eval_sets:
+            result = evaluate_data(ensemble, task, data, n_boot=config.n_bootstrap, max_residues=config.max_residues,
+                                   seed=config.seed)
+            summary[name] = write_metrics(tmp / "metrics", name, result, emb, lab)
+        head_config = {
+            "format": "protrans-head", "format_version": FORMAT_VERSION, "protrans_version": __version__,
+            "task": task.to_json(), "kind": task.kind,
+            "input_dim": int(train.dim), "embedding": embedding_info, "layer": config.layer,
+            "ensemble": config.ensemble, "seeds": [config.seed + i for i in range(config.ensemble)],
+            "hyperparameters": {"hidden": config.hidden, "kernel": config.kernel, "dropout": config.dropout,
+                                "lr": config.lr, "weight_decay": config.weight_decay,
+                                "max_epochs": config.max_epochs, "patience": config.patience,
+                                "max_residues": config.max_residues, "batch_size": config.batch_size,
+                                "class_weights": None if weights is None else
+                                {k: v.tolist() for k, v in weights.items()}},
+            "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(train.items),
+                         "validation": valid_desc, "notes": train_labels.notes},
+            "config": _jsonable(asdict(config)),
+        }
+        save_head(tmp, ensemble, head_config)
+        (tmp / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+        _default_permissions(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    console.info(f"wrote {out_dir}")
+    return FitResult(out_dir, summary, history)
+
+
+
+def _default_permissions(directory: Path) -> None:
+    # mkdtemp makes a private directory; the finished head should be as readable as any output.
+    from protrans_cli.io.files import _umask
+
+    mask = _umask()
+    directory.chmod(0o777 & ~mask)
+    for path in directory.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def _read(config: FitConfig, path) -> LabelSet:
+    return read_labels(path, config.label_format, mask_path=config.mask_path, mask_columns=config.mask_columns)
+
+
+def _only(label_set: LabelSet, splits: set) -> LabelSet:
+    return LabelSet(label_set.path, label_set.format, [r for r in label_set.records if r.split in splits],
+                    label_set.notes)
+
+
+def _load_eval(config: FitConfig, task: Task, embeddings, labels):
+    label_set = _read(config, labels)
+    data, report = load_data(embeddings, label_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
+                             cache_bytes=config.cache_bytes)
+    return data
+
+
+def _unique_name(name: str, taken: list[str]) -> str:
+    out, i = name, 2
+    while out in taken:
+        out, i = f"{name}-{i}", i + 1
+    return out
+
+
+def _class_weights(task: Task, train) -> dict:
+    """Inverse-frequency weights n / (k * count_c) per output, from the counted training labels."""
+    import torch
+
+    weights = {}
+    for output in task.outputs:
+        k = len(output.classes)
+        counts = np.zeros(k, dtype=np.float64)
+        for item in train.items:
+            t = np.atleast_1d(item.targets[output.name])
+            t = t[t >= 0]
+            counts += np.bincount(t, minlength=k)
+        w = counts.sum() / (k * np.maximum(counts, 1))
+        weights[output.name] = torch.tensor(w, dtype=torch.float32)
+    return weights
+
+
+def _batches(data, config: FitConfig, shuffle: bool, rng=None):
+    if isinstance(data, ProteinData):
+        return data.batches(config.batch_size, shuffle=shuffle, rng=rng)
+    return data.batches(config.max_residues, shuffle=shuffle, rng=rng)
+
+
+def _loss(task: Task, logits: dict, targets: dict, weights: dict | None):
+    """Sum over outputs of the mean cross-entropy over counted positions; and the count per output."""
+    import torch.nn.functional as F
+
+    total, counts = 0.0, {}
+    for output in task.outputs:
+        t = targets[output.name].reshape(-1)  # (B*L,) or (B,)
+        z = logits[output.name].reshape(t.shape[0], -1)  # (B*L, C)
+        n = int((t != IGNORE).sum())
+        counts[output.name] = n
+        if n:
+            w = None if weights is None else weights[output.name]
+            total = total + F.cross_entropy(z, t, weight=w, ignore_index=IGNORE)
+    return total, counts
+
+
+def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member: int, weights):
+    import torch
+
+    from protrans_cli.heads.model import build_head
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_head(task, train.dim, hidden=config.hidden, kernel=config.kernel, dropout=config.dropout)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    best_score, best_state, best_epoch, lines = -1.0, None, 0, []
+    for epoch in range(1, config.max_epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        loss_sum, batches = 0.0, 0
+        for batch in console.progress(_batches(train, config, True, rng), desc=f"member {member} epoch {epoch}",
+                                      unit="batch"):
+            logits = model(batch.x, batch.mask)
+            loss, counts = _loss(task, logits, batch.targets, weights)
+            if not any(counts.values()):
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            batches += 1
+        train_seconds = time.perf_counter() - start
+        valid_loss, valid_acc = _validate(model, task, valid, config)
+        score = float(np.mean(list(valid_acc.values())))
+        line = {"member": member, "seed": seed, "epoch": epoch, "train_loss": loss_sum / max(batches, 1),
+                "valid_loss": valid_loss, **{f"valid_{k}": v for k, v in valid_acc.items()},
+                "train_seconds": round(train_seconds, 3), "seconds": round(time.perf_counter() - start, 3)}
+        lines.append(line)
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch = score, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        console.info(f"member {member} epoch {epoch}: train loss {line['train_loss']:.4f}, valid loss "
+                     f"{valid_loss:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in valid_acc.items())
+                     + f" ({line['seconds']:.1f} s){' *' if improved else ''}")
+        if epoch - best_epoch >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    console.info(f"member {member}: best validation epoch {best_epoch} (mean accuracy {best_score:.4f})")
+    return model, lines
+
+
+def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
+    import torch
+
+    model.eval()
+    loss_sum, n_sum = 0.0, 0
+    correct = {o.name: 0 for o in task.outputs}
+    total = {o.name: 0 for o in task.outputs}
+    with torch.no_grad():
+        for batch in _batches(data, config, False):
+            logits = model(batch.x, batch.mask)
+            loss, counts = _loss(task, logits, batch.targets, None)
+            n = sum(counts.values())
+            loss_sum += float(loss) * n
+            n_sum += n
+            for name, z in logits.items():
+                t = batch.targets[name]
+                keep = t != IGNORE
+                correct[name] += int((z.argmax(-1)[keep] == t[keep]).sum())
+                total[name] += int(keep.sum())
+    return loss_sum / max(n_sum, 1), {k: correct[k] / total[k] if total[k] else 0.0 for k in correct}
+
+
+def predict_data(ensemble, task: Task, data, *, max_residues: int = 8192, batch_size: int = 256):
+    """Mean ensemble probabilities per item, in item order: {output: [ (L, C) or (C,) arrays ]}."""
+    out = {o.name: [None] * len(data.items) for o in task.outputs}
+    batches = (data.batches(batch_size) if isinstance(data, ProteinData) else data.batches(max_residues))
+    for batch in batches:
+        probs = ensemble.probabilities(batch.x, batch.mask)
+        for name, p in probs.items():
+            p = p.numpy()
+            for row, i in enumerate(batch.index):
+                out[name][i] = p[row, :data.items[i].length] if p.ndim == 3 else p[row]
+    return out
+
+
+def evaluate_data(ensemble, task: Task, data, *, n_boot: int = 1000, max_residues: int = 8192, seed: int = 0) -> dict:
+    """{output: metrics dict} of an ensemble on matched data."""
+    probs = predict_data(ensemble, task, data, max_residues=max_residues)
+    result = {}
+    for output in task.outputs:
+        y_true = [np.atleast_1d(item.targets[output.name]) for item in data.items]
+        y_pred = [np.atleast_1d(p.argmax(-1)) for p in probs[output.name]]
+        result[output.name] = evaluate(y_true, y_pred, output.classes, metric=output.metric, n_boot=n_boot,
+                                       seed=seed)
+    return result
+
+
+def write_metrics(directory: Path, name: str, result: dict, embeddings: str, labels: str) -> dict:
+    """metrics/<name>.json and one confusion PNG per output; prints the report; returns headlines."""
+    safe = name.replace("/", "_")
+    (directory / f"{safe}.json").write_text(
+        json.dumps({"set": name, "embeddings": embeddings, "labels": labels, "outputs": result}, indent=1) + "\n")
+    headline = {}
+    for output, m in result.items():
+        console.info(summary_line(name, output, m))
+        if console.state.verbosity >= 1:
+            print_report(name, output, m)
+        if m.get("n"):
+            save_confusion_png(m, directory / f"{safe}.{output}.png", f"{name} {output}: {m['metric']} "
+                               f"{m['accuracy']:.3f}")
+        headline[output] = {k: m.get(k) for k in ("metric", "accuracy", "ci95", "mcc", "balanced_accuracy",
+                                                   "n", "n_proteins")}
+    return headline
+
+
+def _plot_curves(history: list[dict], task: Task, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for member in sorted({h["member"] for h in history}):
+        rows = [h for h in history if h["member"] == member]
+        epochs = [h["epoch"] for h in rows]
+        ax_loss.plot(epochs, [h["train_loss"] for h in rows], "-", label=f"train {member}")
+        ax_loss.plot(epochs, [h["valid_loss"] for h in rows], "--", label=f"valid {member}")
+        for output in task.outputs:
+            ax_acc.plot(epochs, [h[f"valid_{output.name}"] for h in rows], label=f"{output.metric} {member}")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("validation accuracy")
+    ax_loss.legend(fontsize=7)
+    ax_acc.legend(fontsize=7)
+    fig.suptitle(f"{task.name} head", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

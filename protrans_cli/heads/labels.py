@@ -1,0 +1,301 @@
+"""Read label files as they are distributed, into one record type the heads understand.
+
+Formats (detected from the content, or named with `fmt=`):
+
+- `netsurfp`: NetSurfP-2.0 CSVs (Train_HHblits, CB513, TS115, CASP12, NEW364). Each field holds
+  space-separated per-residue tokens; the header says `input` or `seq` for the sequence, with or
+  without leading spaces; `disorder` (1.0 = observed, ordered residue) and `cb513_mask` are masks.
+  These files carry no ids, so each record gets a stable id made from its sequence checksum,
+  `seq-<first 12 hex of md5>`, with `-2`, `-3`, ... for repeats of the same sequence in file order
+  (CB513 holds 79 repeated sequences).
+- `flip`: FLIP / biotrainer FASTA: `>ID SET=train VALIDATION=False` followed by a line of
+  per-residue labels; an optional mask FASTA (`0`/`1` per residue, same ids) is given separately.
+- `deeploc`: DeepLoc FASTA: `>ID Location-M|S|U [test]` followed by the sequence. The membrane
+  code is split off at the *last* `-`, so the dual label `Cytoplasm-Nucleus-U` gives the location
+  `Cytoplasm-Nucleus` (what a task does with it is the task's decision, see tasks.py).
+- `table`: CSV or TSV of `id,label` (an optional header row; a third `set` column, as in the
+  bio_embeddings DeepLoc annotations, is read as the split).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.io.fasta import parse_fasta
+from protrans_cli.io.files import display_name, open_input
+from protrans_cli.io.h5 import sequence_checksum
+
+FORMATS = ("auto", "netsurfp", "flip", "deeploc", "table")
+
+# Splits a record may declare for itself (FLIP's SET=/VALIDATION=, a table's set column).
+TRAIN, VALID, TEST = "train", "valid", "test"
+
+_DEEPLOC_LABEL = re.compile(r"^\S+-[MSU]$")
+
+
+@dataclass
+class LabelRecord:
+    """One protein's labels. Per-residue labels are strings of one letter per residue."""
+
+    id: str
+    sequence: str | None  # None where the file carries no sequence (FLIP labels, tables)
+    labels: dict[str, str]  # e.g. {"ss3": "CCHHE", "ss8": "CCGHE"} or {"loc": "Nucleus", "membrane": "S"}
+    mask: np.ndarray | None = None  # (L,) bool, True = residue is labelled and evaluated
+    split: str | None = None  # train / valid / test when the file says so
+    line: int | None = None  # where the record starts, for messages
+    id_from_sequence: bool = False  # the id was made from the sequence checksum
+
+
+@dataclass
+class LabelSet:
+    path: str
+    format: str
+    records: list[LabelRecord]
+    notes: list[str] = field(default_factory=list)  # things a user should be told (ids made, masks used)
+
+    @property
+    def name(self) -> str:
+        """A short name for reports: the file name without compression and format suffixes."""
+        name = Path(self.path).name
+        for suffix in (".gz", ".bz2", ".xz", ".zst", ".csv", ".tsv", ".txt", ".fasta", ".fa"):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+        return name or "labels"
+
+
+def read_labels(path, fmt: str = "auto", *, mask_path=None,
+                mask_columns: tuple[str, ...] = ("disorder",)) -> LabelSet:
+    """Read any supported label file; `mask_path` is a FLIP mask FASTA, `mask_columns` NetSurfP's."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown label format {fmt!r} (choose from {', '.join(FORMATS)})")
+    name = display_name(path)
+    with open_input(path) as stream:
+        data = stream.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    if fmt == "auto":
+        fmt = sniff_format(text, name)
+    if fmt == "netsurfp":
+        label_set = _read_netsurfp(text, name, mask_columns)
+    elif fmt == "flip":
+        label_set = _read_flip(text, name)
+    elif fmt == "deeploc":
+        label_set = _read_deeploc(text, name)
+    else:
+        label_set = _read_table(text, name)
+    if mask_path is not None:
+        if fmt != "flip":
+            raise UsageError(f"a mask file is only read with FLIP-style labels, not {fmt}")
+        _apply_flip_mask(label_set, mask_path)
+    if not label_set.records:
+        raise InputError("holds no labelled records", path=name)
+    _refuse_duplicate_ids(label_set)
+    return label_set
+
+
+def sniff_format(text: str, name: str = "<labels>") -> str:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if first.startswith(">"):
+        tokens = first[1:].split()
+        if len(tokens) >= 2 and _DEEPLOC_LABEL.match(tokens[1]):
+            return "deeploc"
+        return "flip"
+    columns = [c.strip().lower() for c in re.split(r"[,\t]", first)]
+    if "dssp3" in columns or "dssp8" in columns:
+        return "netsurfp"
+    if not first:
+        raise InputError("is empty", path=name)
+    return "table"
+
+
+# --- NetSurfP-2.0 CSV ---------------------------------------------------------------------
+
+_NSP_SEQUENCE = ("input", "seq", "sequence")
+
+
+def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> LabelSet:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        raise InputError("is empty", path=name) from None
+    seq_col = next((header.index(c) for c in _NSP_SEQUENCE if c in header), None)
+    if seq_col is None:
+        raise InputError(f"NetSurfP CSV without a sequence column ({'/'.join(_NSP_SEQUENCE)}); "
+                         f"header is {', '.join(header)}", path=name, line=1)
+    label_cols = {c: header.index(c) for c in ("dssp3", "dssp8") if c in header}
+    missing = [c for c in mask_columns if c not in header]
+    if missing:
+        raise InputError(f"has no mask column {', '.join(missing)} (header is {', '.join(header)})",
+                         path=name, line=1)
+    mask_cols = [header.index(c) for c in mask_columns]
+    records: list[LabelRecord] = []
+    seen: dict[str, int] = {}
+    for lineno, row in enumerate(reader, 2):
+        if not row or not any(f.strip() for f in row):
+            continue
+        if len(row) < len(header):
+            raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
+        seq = "".join(row[seq_col].split()).upper()
+        length = len(seq)
+        labels = {}
+        for col, idx in label_cols.items():
+            tokens = row[idx].split()
+            if len(tokens) != length:
+                raise InputError(f"{col} has {len(tokens)} labels for {length} residues", path=name, line=lineno)
+            labels[col.replace("dssp", "ss")] = "".join(tokens)
+        mask = np.ones(length, dtype=bool)
+        for col_name, idx in zip(mask_columns, mask_cols):
+            tokens = row[idx].split()
+            if len(tokens) != length:
+                raise InputError(f"{col_name} has {len(tokens)} values for {length} residues",
+                                 path=name, line=lineno)
+            try:
+                mask &= np.asarray(tokens, dtype=np.float32) == 1.0
+            except ValueError:
+                raise InputError(f"{col_name} holds a value that is not a number", path=name, line=lineno) from None
+        base = "seq-" + sequence_checksum(seq).split(":", 1)[1][:12]
+        seen[base] = seen.get(base, 0) + 1
+        ident = base if seen[base] == 1 else f"{base}-{seen[base]}"
+        records.append(LabelRecord(ident, seq, labels, mask, None, lineno, id_from_sequence=True))
+    notes = ["NetSurfP CSVs carry no ids: ids are made from the sequence checksum (seq-<md5 prefix>)",
+             f"evaluation mask: {' and '.join(mask_columns) or 'none'} = 1.0"]
+    return LabelSet(name, "netsurfp", records, notes)
+
+
+# --- FLIP / biotrainer FASTA --------------------------------------------------------------
+
+
+def _attrs(description: str) -> dict[str, str]:
+    return dict(token.split("=", 1) for token in description.split()[1:] if "=" in token)
+
+
+def _read_flip(text: str, name: str) -> LabelSet:
+    records = []
+    for rec in parse_fasta(io.BytesIO(text.encode()), name):
+        attrs = _attrs(rec.description)
+        split = None
+        if "SET" in attrs:
+            split = attrs["SET"].lower()
+            if split == TRAIN and attrs.get("VALIDATION", "False").lower() == "true":
+                split = VALID
+        if not rec.sequence:
+            raise InputError("has no label line", path=name, line=rec.line, record=rec.id)
+        records.append(LabelRecord(rec.id, None, {"label": rec.sequence}, None, split, rec.line))
+    return LabelSet(name, "flip", records)
+
+
+def _apply_flip_mask(label_set: LabelSet, mask_path) -> None:
+    name = display_name(mask_path)
+    with open_input(mask_path) as stream:
+        masks = {rec.id: rec for rec in parse_fasta(stream, name)}
+    missing = [r.id for r in label_set.records if r.id not in masks]
+    if missing:
+        raise InputError(f"no mask for {len(missing)} labelled ids: {_some(missing)}", path=name)
+    for record in label_set.records:
+        raw = masks[record.id].sequence
+        if set(raw) - {"0", "1"}:
+            raise InputError("mask holds characters other than 0 and 1", path=name,
+                             line=masks[record.id].line, record=record.id)
+        if len(raw) != len(record.labels["label"]):
+            raise InputError(f"mask has {len(raw)} positions, the labels {len(record.labels['label'])}",
+                             path=name, line=masks[record.id].line, record=record.id)
+        record.mask = np.frombuffer(raw.encode(), dtype=np.uint8) == ord("1")
+    label_set.notes.append(f"mask from {name} (1 = evaluated)")
+
+
+# --- DeepLoc FASTA -------------------------------------------------------------------------
+
+
+def _read_deeploc(text: str, name: str) -> LabelSet:
+    records = []
+    for rec in parse_fasta(io.BytesIO(text.encode()), name):
+        tokens = rec.description.split()
+        if len(tokens) < 2 or not _DEEPLOC_LABEL.match(tokens[1]):
+            raise InputError("DeepLoc header needs 'ID Location-M|S|U'", path=name, line=rec.line, record=rec.id)
+        location, membrane = tokens[1].rsplit("-", 1)
+        split = TEST if "test" in tokens[2:] else None
+        records.append(LabelRecord(rec.id, rec.sequence.upper(), {"loc": location, "membrane": membrane},
+                                   None, split, rec.line))
+    return LabelSet(name, "deeploc", records)
+
+
+# --- CSV / TSV id,label --------------------------------------------------------------------
+
+_ID_HEADERS = {"id", "identifier", "name", "accession", "protein", "sequence_id", "key"}
+
+
+def _read_table(text: str, name: str) -> LabelSet:
+    lines = text.splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    delimiter = "\t" if "\t" in first else ","
+    rows = csv.reader(io.StringIO(text), delimiter=delimiter)
+    records = []
+    header_seen = False
+    set_col = None
+    for lineno, row in enumerate(rows, 1):
+        row = [f.strip() for f in row]
+        if not row or not any(row):
+            continue
+        if not header_seen:
+            header_seen = True
+            if row[0].lower() in _ID_HEADERS:
+                lowered = [f.lower() for f in row]
+                set_col = lowered.index("set") if "set" in lowered else None
+                continue
+        if len(row) < 2 or not row[0] or not row[1]:
+            raise InputError("expected 'id,label'", path=name, line=lineno)
+        split = None
+        if set_col is not None and set_col < len(row) and row[set_col]:
+            split = row[set_col].lower()
+        records.append(LabelRecord(row[0], None, {"label": row[1]}, None, split, lineno))
+    return LabelSet(name, "table", records)
+
+
+def _refuse_duplicate_ids(label_set: LabelSet) -> None:
+    seen: set[str] = set()
+    dups = []
+    for record in label_set.records:
+        if record.id in seen:
+            dups.append(record.id)
+        seen.add(record.id)
+    if dups:
+        raise InputError(f"{len(dups)} duplicate ids: {_some(dups)}", path=label_set.path)
+
+
+def _some(items, n: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | None = None) -> int:
+    """Write the FASTA `protrans embed` needs for these labels; returns the number of records.
+
+    Files without sequences (FLIP labels, tables) need `sequences` (id -> sequence), e.g. from
+    FLIP's sequences.fasta.
+    """
+    from protrans_cli.io.fasta import write_fasta
+
+    count = 0
+    missing = []
+    for record in label_set.records:
+        seq = record.sequence if record.sequence is not None else (sequences or {}).get(record.id)
+        if seq is None:
+            missing.append(record.id)
+            continue
+        write_fasta(stream, record.id, seq)
+        count += 1
+    if missing:
+        raise InputError(f"no sequence for {len(missing)} ids: {_some(missing)} (give the sequences FASTA)",
+                         path=label_set.path)
+    return count

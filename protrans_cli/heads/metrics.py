@@ -1,0 +1,160 @@
+"""Classification metrics, written out so they can be checked by hand (no sklearn).
+
+All metrics come from one confusion matrix `cm[true, predicted]` over the evaluated positions:
+accuracy (Q3/Q8/Q10/Q2), per-class precision/recall/F1, multi-class MCC (Gorodkin's R_K),
+balanced accuracy (mean recall over the classes present), and a bootstrap 95% confidence interval
+for the accuracy that resamples *proteins* (residues of one protein are not independent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts, rows = true class, columns = predicted class."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def mcc(cm: np.ndarray) -> float:
+    """Gorodkin's multi-class Matthews correlation; equals the usual MCC for two classes."""
+    cm = cm.astype(np.float64)
+    s = cm.sum()
+    c = np.trace(cm)
+    t = cm.sum(axis=1)  # true counts per class
+    p = cm.sum(axis=0)  # predicted counts per class
+    denom = math.sqrt((s * s - p @ p) * (s * s - t @ t))
+    return float((c * s - t @ p) / denom) if denom > 0 else 0.0
+
+
+def per_class(cm: np.ndarray, classes) -> dict[str, dict]:
+    cm = cm.astype(np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    out = {}
+    for i, name in enumerate(classes):
+        precision = tp[i] / predicted[i] if predicted[i] else 0.0
+        recall = tp[i] / support[i] if support[i] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                     "support": int(support[i])}
+    return out
+
+
+def bootstrap_ci(correct: np.ndarray, total: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of sum(correct)/sum(total) when the units (proteins) are resampled."""
+    correct = np.asarray(correct, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    n = len(correct)
+    if n == 0 or total.sum() == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    # Counts of each unit in each resample, drawn in chunks to bound memory: (chunk, n).
+    chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))
+    done = 0
+    while done < n_boot:
+        m = min(chunk, n_boot - done)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=m).astype(np.float64)  # (m, n)
+        denom = weights @ total
+        stats[done:done + m] = np.divide(weights @ correct, denom, out=np.full(m, np.nan), where=denom > 0)
+        done += m
+    alpha = (1 - level) / 2
+    lo, hi = np.nanquantile(stats, [alpha, 1 - alpha])
+    return (float(lo), float(hi))
+
+
+def evaluate(y_true: list[np.ndarray], y_pred: list[np.ndarray], classes, *, metric: str = "accuracy",
+             n_boot: int = 1000, seed: int = 0) -> dict:
+    """Metrics of one output over proteins: y_true[i], y_pred[i] are the i-th protein's class
+    indices (arrays of residues, or one-element arrays per protein); negative y_true = not counted."""
+    n = len(classes)
+    flat_true, flat_pred, correct, total = [], [], [], []
+    for t, p in zip(y_true, y_pred):
+        t = np.atleast_1d(np.asarray(t))
+        p = np.atleast_1d(np.asarray(p))
+        keep = t >= 0
+        if not keep.any():
+            continue
+        flat_true.append(t[keep])
+        flat_pred.append(p[keep])
+        correct.append(int((t[keep] == p[keep]).sum()))
+        total.append(int(keep.sum()))
+    if not total:
+        return {"metric": metric, "n_proteins": 0, "n": 0, "accuracy": float("nan")}
+    t_all = np.concatenate(flat_true)
+    p_all = np.concatenate(flat_pred)
+    cm = confusion_matrix(t_all, p_all, n)
+    recalls = [v["recall"] for v in per_class(cm, classes).values() if v["support"] > 0]
+    lo, hi = bootstrap_ci(np.array(correct), np.array(total), n_boot=n_boot, seed=seed)
+    classes_metrics = per_class(cm, classes)
+    return {
+        "metric": metric,
+        "accuracy": float(np.trace(cm) / cm.sum()),
+        "ci95": [lo, hi],
+        "n_proteins": len(total),
+        "n": int(cm.sum()),
+        "mcc": mcc(cm),
+        "balanced_accuracy": float(np.mean(recalls)),
+        "macro_f1": float(np.mean([v["f1"] for v in classes_metrics.values() if v["support"] > 0])),
+        "per_class": classes_metrics,
+        "classes": list(classes),
+        "confusion": cm.tolist(),
+    }
+
+
+def summary_line(name: str, output: str, m: dict) -> str:
+    if not m.get("n"):
+        return f"{name} {output}: nothing to evaluate"
+    lo, hi = m["ci95"]
+    return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), MCC {m['mcc']:.3f}, "
+            f"balanced accuracy {m['balanced_accuracy']:.3f}, {m['n']} positions in {m['n_proteins']} proteins")
+
+
+def print_report(name: str, output: str, m: dict) -> None:
+    """Per-class table and confusion matrix on stderr (rich)."""
+    from protrans_cli import console
+
+    if not m.get("n"):
+        return
+    rows = [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+            for c, v in m["per_class"].items()]
+    console.print_table(f"{name} {output}: per class", ["class", "precision", "recall", "F1", "support"], rows)
+    cm_rows = [[c, *row] for c, row in zip(m["classes"], m["confusion"])]
+    console.print_table(f"{name} {output}: confusion (rows true, columns predicted)", ["", *m["classes"]], cm_rows)
+
+
+def save_confusion_png(m: dict, path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(m["confusion"], dtype=np.float64)
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # row-normalised: recall on the diagonal
+    n = len(m["classes"])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n, 1.0 + 0.5 * n))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), m["classes"], rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), m["classes"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=1, allow_nan=True)

@@ -1,0 +1,85 @@
+"""A head on disk and in memory: build the network a task needs, average an ensemble, save and load.
+
+A head directory holds `config.json` (task with its label orders, input dimension, embedding
+model, hyper-parameters, members' seeds) and `weights.safetensors` (every member's tensors,
+prefixed `members.<i>.`). Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from protrans_cli.errors import InputError, ModelError
+from protrans_cli.heads.cnn import ResidueCNN
+from protrans_cli.heads.fnn import ProteinFNN
+from protrans_cli.heads.tasks import Task
+from protrans_cli.io.h5 import PER_RESIDUE
+
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+FORMAT_VERSION = 1
+
+
+def build_head(task: Task, input_dim: int, *, hidden: int = 32, kernel: int = 7, dropout: float = 0.25) -> nn.Module:
+    outputs = {o.name: len(o.classes) for o in task.outputs}
+    if task.kind == PER_RESIDUE:
+        return ResidueCNN(input_dim, outputs, hidden=hidden, kernel=kernel, dropout=dropout)
+    return ProteinFNN(input_dim, outputs, hidden=hidden, dropout=dropout)
+
+
+class Ensemble(nn.Module):
+    """Members trained from different seeds; the prediction is their mean class probability."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """{output: (B, L, C) or (B, C)} mean softmax over members."""
+        total: dict[str, torch.Tensor] = {}
+        for member in self.members:
+            for name, logits in member(x, mask).items():
+                probs = torch.softmax(logits.float(), dim=-1)
+                total[name] = total[name] + probs if name in total else probs
+        return {name: p / len(self.members) for name, p in total.items()}
+
+
+def save_head(directory: Path, ensemble: Ensemble, config: dict) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in ensemble.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS), metadata={"format": "protrans-head", "task": config["task"]["name"]})
+    (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+
+
+def load_head(directory) -> tuple[Ensemble, Task, dict]:
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / CONFIG).is_file():
+        raise InputError(f"not a head directory (no {CONFIG})", path=str(directory))
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+        task = Task.from_json(config["task"])
+        hp = config["hyperparameters"]
+        members = [build_head(task, config["input_dim"], hidden=hp["hidden"], kernel=hp["kernel"],
+                              dropout=hp["dropout"]) for _ in range(config["ensemble"])]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelError(f"head config is incomplete or unreadable ({exc})", path=str(directory / CONFIG)) from None
+    ensemble = Ensemble(members)
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except FileNotFoundError:
+        raise ModelError(f"head has no {WEIGHTS}", path=str(directory)) from None
+    try:
+        ensemble.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"weights do not fit the head's config ({str(exc).splitlines()[0]})",
+                         path=str(directory / WEIGHTS)) from None
+    ensemble.eval()
+    return ensemble, task, config

@@ -1,0 +1,168 @@
+"""Apply a trained head to an embeddings file, and optionally score it against labels.
+
+Output formats:
+- per-residue heads (ss3, ss8, ...): FASTA-like, `>id` then one line of states per protein
+  (for a head with several outputs, `output=` picks the one written; default the first);
+  optional per-residue probabilities as HDF5 `/<output>/<key>` float32 (L, C), dataset
+  attribute `id`, file attributes `classes_<output>` (the column order) and `task`.
+- per-protein heads (loc, ...): CSV with `id`, then per output its predicted class and one
+  probability column per class named `<output>:<class>` (e.g. `loc`, `loc:Nucleus`, `membrane`, `membrane:M`).
+
+An embeddings file whose dimension differs from the head's is refused; one made by another model
+than the head was trained on is refused too unless `allow_model_mismatch=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli import console
+from protrans_cli.errors import ModelError, UsageError
+from protrans_cli.heads.data import Matched, ProteinData, ResidueData, _source_kind, load_data
+from protrans_cli.heads.labels import read_labels
+from protrans_cli.io.files import atomic_output
+from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
+
+
+def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mismatch: bool = False) -> None:
+    kind = config["kind"]
+    source = _source_kind(reader, kind)
+    dim = reader.dim(source)
+    if dim != config["input_dim"]:
+        raise ModelError(f"embeddings have dimension {dim}, the head was trained on {config['input_dim']}-d "
+                         f"embeddings of {config['embedding'].get('model', 'an unknown model')}", path=reader.path)
+    head_model = config.get("embedding", {}).get("model")
+    file_model = reader.attrs.get("model")
+    if head_model and file_model and head_model != file_model:
+        message = f"embeddings come from model {file_model!r}, the head was trained on {head_model!r}"
+        if not allow_model_mismatch:
+            raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
+        console.warn(f"{reader.path}: {message}")
+
+
+def _all_items(reader: EmbeddingsReader, kind: str) -> list[Matched]:
+    group = reader._group(_source_kind(reader, kind))
+    items = []
+    for key in group.keys():
+        ds = group[key]
+        ident = ds.attrs.get("id", None)
+        ident = ident.decode() if isinstance(ident, bytes) else (ident or _unescape(key))
+        length = int(ds.attrs["length"]) if "length" in ds.attrs else (int(ds.shape[-2]) if ds.ndim >= 2 else 0)
+        items.append(Matched(str(ident), key, length, {}))
+    return items
+
+
+def _unescape(key: str) -> str:
+    from protrans_cli.io.h5 import unescape_key
+
+    return unescape_key(key)
+
+
+def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None = None,
+            max_residues: int = 8192, allow_model_mismatch: bool = False, threads: int | None = None) -> dict:
+    """Write predictions for every protein in `embeddings` to `out`; returns {"proteins": n}."""
+    import torch
+
+    from protrans_cli.heads.fit import predict_data
+    from protrans_cli.heads.model import load_head
+    from protrans_cli.threads import resolve_threads
+
+    torch.set_num_threads(resolve_threads(threads))
+    ensemble, task, config = load_head(head_dir)
+    names = task.output_names
+    if output is not None and output not in names:
+        raise UsageError(f"the head has no output {output!r} (it has {', '.join(names)})")
+    with EmbeddingsReader(embeddings) as reader:
+        check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
+        items = _all_items(reader, task.kind)
+    layer = config.get("layer", -1)
+    if task.kind == PER_RESIDUE:
+        data = ResidueData(embeddings, items, layer=layer)
+    else:
+        if probabilities is not None:
+            raise UsageError("--probabilities is for per-residue heads; the CSV already holds probabilities")
+        data = ProteinData(embeddings, items, layer=layer)
+    probs = predict_data(ensemble, task, data, max_residues=max_residues)
+    if task.kind == PER_RESIDUE:
+        chosen = output or names[0]
+        classes = next(o.classes for o in task.outputs if o.name == chosen)
+        table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
+        with atomic_output(out) as stream:
+            for item, p in zip(items, probs[chosen]):
+                stream.write(b">" + item.id.encode() + b"\n" + table[p.argmax(-1)].tobytes() + b"\n")
+        if probabilities is not None:
+            _write_probabilities(probabilities, task, items, probs)
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        header = ["id"]
+        for o in task.outputs:
+            header += [o.name] + [f"{o.name}:{c}" for c in o.classes]
+        writer.writerow(header)
+        for i, item in enumerate(items):
+            row = [item.id]
+            for o in task.outputs:
+                p = probs[o.name][i]
+                row += [o.classes[int(p.argmax())]] + [f"{v:.4f}" for v in p]
+            writer.writerow(row)
+        with atomic_output(out) as stream:
+            stream.write(buffer.getvalue().encode())
+    return {"proteins": len(items)}
+
+
+def _write_probabilities(path, task, items, probs) -> None:
+    import h5py
+
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["task"] = task.name
+            for o in task.outputs:
+                h5.attrs[f"classes_{o.name}"] = "".join(o.classes) if all(len(c) == 1 for c in o.classes) \
+                    else json.dumps(list(o.classes))
+                group = h5.create_group(o.name)
+                for item, p in zip(items, probs[o.name]):
+                    ds = group.create_dataset(escape_key(item.id), data=p.astype(np.float32))  # (L, C)
+                    ds.attrs["id"] = item.id
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
+                  mask_columns=("disorder",), on_mismatch: str = "error", allow_model_mismatch: bool = False,
+                  n_boot: int = 1000, max_residues: int = 8192, threads: int | None = None) -> dict:
+    """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json/png if given."""
+    import torch
+
+    from protrans_cli.heads.fit import evaluate_data, write_metrics
+    from protrans_cli.heads.model import load_head
+    from protrans_cli.threads import resolve_threads
+
+    torch.set_num_threads(resolve_threads(threads))
+    ensemble, task, config = load_head(head_dir)
+    with EmbeddingsReader(embeddings) as reader:
+        check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
+    label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
+    data, _ = load_data(embeddings, label_set, task, on_mismatch=on_mismatch, layer=config.get("layer", -1))
+    result = evaluate_data(ensemble, task, data, n_boot=n_boot, max_residues=max_residues)
+    if metrics_dir is not None:
+        Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+        write_metrics(Path(metrics_dir), label_set.name, result, str(embeddings), str(labels))
+    else:
+        from protrans_cli.heads.metrics import summary_line
+
+        for name, m in result.items():
+            console.info(summary_line(label_set.name, name, m))
+    return result

@@ -1,0 +1,209 @@
+"""Tasks: what a head predicts. A task = label reader output -> class indices, its outputs' class
+orders, which head it uses (CNN per residue, FNN per protein) and the metric it reports.
+
+Built-in tasks and their label orders (the index of a letter in these tuples is the class index
+stored in a head's config.json, so they must never be reordered):
+
+    ss3      per residue  H E C                      (Q3)
+    ss8      per residue  H G I E B T S C            (Q8)
+    ss3+ss8  per residue  both outputs from one CNN  (Q3, Q8)
+    loc      per protein  10 DeepLoc locations (below) (Q10) + membrane M S (Q2; U is left out)
+    residue  per residue  any one-letter labels; classes = sorted letters of the training labels
+    protein  per protein  any labels; classes = sorted labels of the training set
+
+3 states from 8 (used when a file has only 8-state labels): H, G, I -> H; E, B -> E; the rest -> C.
+DeepLoc's dual label `Cytoplasm-Nucleus` is counted as `Cytoplasm` by default (the choice the
+bio_embeddings DeepLoc annotations made for the same 23 proteins); `dual="skip"` leaves those
+proteins out of the location loss and metric instead. Adding a task is one more `Task(...)` here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE
+
+IGNORE = -100  # target value for residues/proteins left out of loss and metrics (torch's ignore_index)
+
+SS3 = ("H", "E", "C")
+SS8 = ("H", "G", "I", "E", "B", "T", "S", "C")
+LOCATIONS = ("Cell.membrane", "Cytoplasm", "Endoplasmic.reticulum", "Extracellular", "Golgi.apparatus",
+             "Lysosome/Vacuole", "Mitochondrion", "Nucleus", "Peroxisome", "Plastid")
+MEMBRANE = ("M", "S")
+DUAL_LABELS = {"Cytoplasm-Nucleus": "Cytoplasm"}
+DUAL_POLICIES = ("first", "skip")
+
+_SS8_TO_SS3 = str.maketrans({"H": "H", "G": "H", "I": "H", "E": "E", "B": "E", "T": "C", "S": "C", "C": "C"})
+# Coil is written `C` in NetSurfP and FLIP; DSSP's own `-` and some files' `L` mean the same.
+_COIL_ALIASES = str.maketrans({"-": "C", "L": "C", " ": "C"})
+
+
+def ss8_to_ss3(ss8: str) -> str:
+    """The standard reduction: H, G, I -> H; E, B -> E; T, S, C -> C."""
+    bad = set(ss8) - set(SS8)
+    if bad:
+        raise ValueError(f"not an 8-state letter: {''.join(sorted(bad))}")
+    return ss8.translate(_SS8_TO_SS3)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One prediction the head makes: its name, class order and headline metric name."""
+
+    name: str
+    classes: tuple[str, ...]
+    metric: str  # "Q3", "Q8", "Q10", "Q2", "accuracy"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str  # PER_RESIDUE or PER_PROTEIN
+    outputs: tuple[Output, ...]
+    dual: str = "first"  # loc only: what to do with DeepLoc's Cytoplasm-Nucleus
+    generic: bool = False  # classes come from the training labels
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    # --- labels -> class indices ---------------------------------------------------------
+
+    def residue_targets(self, record) -> dict[str, np.ndarray]:
+        """(L,) int64 per output, IGNORE where the mask is 0."""
+        out = {}
+        for output in self.outputs:
+            letters = self._residue_letters(record, output)
+            if record.mask is not None and len(record.mask) != len(letters):
+                raise InputError(f"mask has {len(record.mask)} positions, labels {len(letters)}", record=record.id)
+            index = {c: i for i, c in enumerate(output.classes)}
+            raw = np.frombuffer(letters.encode("latin-1", "replace"), dtype=np.uint8)
+            lookup = np.full(256, IGNORE, dtype=np.int64)
+            for letter, code in index.items():
+                lookup[ord(letter)] = code
+            codes = lookup[raw]  # (L,)
+            evaluated = np.ones(len(codes), dtype=bool) if record.mask is None else record.mask
+            bad = {letters[i] for i in np.flatnonzero((codes == IGNORE) & evaluated)[:50]}
+            if bad:
+                raise InputError(f"label letter(s) {''.join(sorted(bad))!r} are not {output.name} classes "
+                                 f"({''.join(output.classes)})", record=record.id, line=record.line)
+            codes[~evaluated] = IGNORE
+            out[output.name] = codes
+        return out
+
+    def _residue_letters(self, record, output: Output) -> str:
+        labels = record.labels
+        if output.name == "ss3":
+            if "ss3" in labels:
+                return labels["ss3"].upper().translate(_COIL_ALIASES)
+            if "ss8" in labels:
+                return ss8_to_ss3(labels["ss8"].upper().translate(_COIL_ALIASES))
+            if "label" in labels:
+                letters = labels["label"].upper().translate(_COIL_ALIASES)
+                if set(letters) <= set(SS3):
+                    return letters
+                if set(letters) <= set(SS8):
+                    return ss8_to_ss3(letters)
+                return letters  # the class check reports the bad letters
+        elif output.name == "ss8":
+            source = labels.get("ss8", labels.get("label"))
+            if source is not None:
+                letters = source.upper().translate(_COIL_ALIASES)
+                if "ss8" not in labels and set(letters) <= set(SS3) and not set(letters) & set("GIBTS"):
+                    raise InputError("has 3-state labels only; ss8 needs 8-state labels", record=record.id)
+                return letters
+        elif output.name == "label":
+            if "label" in labels:
+                return labels["label"]
+        raise InputError(f"has no labels for {output.name} (it has {', '.join(labels) or 'none'})",
+                         record=record.id, line=record.line)
+
+    def protein_targets(self, record) -> dict[str, int]:
+        out = {}
+        for output in self.outputs:
+            value = self._protein_label(record, output)
+            if value is None:
+                out[output.name] = IGNORE
+                continue
+            try:
+                out[output.name] = output.classes.index(value)
+            except ValueError:
+                raise InputError(f"label {value!r} is not a {output.name} class ({', '.join(output.classes)})",
+                                 record=record.id, line=record.line) from None
+        return out
+
+    def _protein_label(self, record, output: Output) -> str | None:
+        labels = record.labels
+        if output.name == "loc":
+            value = labels.get("loc", labels.get("label"))
+            if value is None:
+                raise InputError("has no location label", record=record.id, line=record.line)
+            if value in DUAL_LABELS:
+                return DUAL_LABELS[value] if self.dual == "first" else None
+            return value
+        if output.name == "membrane":
+            value = labels.get("membrane")
+            return None if value in (None, "U") else value  # U = unknown: not a third class
+        if "label" not in labels:
+            raise InputError(f"has no labels for {output.name}", record=record.id, line=record.line)
+        return labels["label"]
+
+    # --- generic tasks -------------------------------------------------------------------
+
+    def with_classes_from(self, records) -> "Task":
+        """A generic task with its classes discovered from the training labels (sorted)."""
+        if not self.generic:
+            return self
+        seen: set[str] = set()
+        for record in records:
+            value = record.labels.get("label")
+            if value is None:
+                raise InputError(f"has no plain labels for the {self.name} task", record=record.id)
+            if self.kind == PER_RESIDUE:
+                letters = value if record.mask is None else "".join(
+                    c for c, m in zip(value, record.mask) if m)
+                seen.update(letters)
+            else:
+                seen.add(value)
+        if len(seen) < 2:
+            raise InputError(f"the training labels hold {len(seen)} class(es); a classifier needs at least 2")
+        output = replace(self.outputs[0], classes=tuple(sorted(seen)))
+        return replace(self, outputs=(output,))
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["outputs"] = [asdict(o) for o in self.outputs]
+        data["notes"] = list(self.notes)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Task":
+        outputs = tuple(Output(o["name"], tuple(o["classes"]), o["metric"]) for o in data["outputs"])
+        return cls(data["name"], data["kind"], outputs, data.get("dual", "first"), data.get("generic", False),
+                   tuple(data.get("notes", ())))
+
+
+_O_SS3 = Output("ss3", SS3, "Q3")
+_O_SS8 = Output("ss8", SS8, "Q8")
+
+TASKS: dict[str, Task] = {
+    "ss3": Task("ss3", PER_RESIDUE, (_O_SS3,)),
+    "ss8": Task("ss8", PER_RESIDUE, (_O_SS8,)),
+    "ss3+ss8": Task("ss3+ss8", PER_RESIDUE, (_O_SS3, _O_SS8)),
+    "loc": Task("loc", PER_PROTEIN, (Output("loc", LOCATIONS, "Q10"), Output("membrane", MEMBRANE, "Q2"))),
+    "residue": Task("residue", PER_RESIDUE, (Output("label", (), "accuracy"),), generic=True),
+    "protein": Task("protein", PER_PROTEIN, (Output("label", (), "accuracy"),), generic=True),
+}
+
+
+def get_task(name: str, *, dual: str = "first") -> Task:
+    if name not in TASKS:
+        raise UsageError(f"unknown task {name!r} (choose from {', '.join(TASKS)})")
+    if dual not in DUAL_POLICIES:
+        raise UsageError(f"dual-label policy must be one of {', '.join(DUAL_POLICIES)}, got {dual!r}")
+    task = TASKS[name]
+    return replace(task, dual=dual) if task.kind == PER_PROTEIN else task
