@@ -1,0 +1,37 @@
+"""Render every command's --help as Markdown: docs/cli.md is generated from this and a test keeps it current.
+
+    python -m protrans_cli.cli.docs > docs/cli.md
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.cli import COMMANDS, cli
+
+HEADER = """# Command reference
+
+Generated from the commands' own `--help` by `python -m protrans_cli.cli.docs > docs/cli.md`;
+`tests/test_docs.py` fails when this page and the code disagree, so it cannot go stale.
+The prose guides are one page per command: [prep](prep.md), [train](train.md), [embed](embed.md),
+[models](models.md), [fit / predict / labels](heads.md), [quickstart](quickstart.md).
+"""
+
+
+def command_help(name: str) -> str:
+    ctx = click.Context(cli, info_name="protrans", max_content_width=100, terminal_width=100)
+    command = cli.get_command(ctx, name)
+    sub = click.Context(command, info_name=name, parent=ctx, max_content_width=100, terminal_width=100)
+    return command.get_help(sub)
+
+
+def render() -> str:
+    ctx = click.Context(cli, info_name="protrans", max_content_width=100, terminal_width=100)
+    parts = [HEADER, "## protrans\n", "```text", cli.get_help(ctx), "```\n"]
+    for name in cli.list_commands(ctx):
+        parts += [f"## protrans {name}\n", "```text", command_help(name), "```\n"]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
