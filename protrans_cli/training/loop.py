@@ -179,6 +179,7 @@ def _loop(run: _Run, resume) -> TrainResult:
         while step < phase_end:
             batch = next(batches)
             data_state = batch.state_after
+            lr_used = optimizer.param_groups[0]["lr"]
             stats = _train_step(run, optimizer, batch.micro_batches)
             scheduler.step()
             step += 1
@@ -187,11 +188,11 @@ def _loop(run: _Run, resume) -> TrainResult:
                 bar.update(1)
             last = step == total_steps or step == config.stop_after
             if step % config.log_every == 0 or last:
-                record = log.reduce()
+                reduced = log.reduce()
                 now = time.perf_counter()
-                record = {"step": step, "phase": phase_index + 1, **record,
-                          "lr": optimizer.param_groups[0]["lr"],
-                          "tokens_per_s": record.pop("tokens") / max(now - t_log, 1e-9)}
+                tokens = reduced.pop("tokens")
+                record = {"step": step, "phase": phase_index + 1, "loss": reduced.pop("loss"), "lr": lr_used,
+                          **reduced, "tokens_per_s": tokens / max(now - t_log, 1e-9)}
                 if config.val_corpus and config.eval_every and step % config.eval_every == 0:
                     record["eval_loss"] = evaluate(run, phase)
                 t_log = now

@@ -1,0 +1,100 @@
+"""`protrans train`: pretrain a protein language model on a `protrans prep` corpus.
+
+    protrans train --family bert --preset tiny --corpus corpus.txt.gz -o runs/bert --num-steps 200
+    torchrun --nproc-per-node 8 -m protrans_cli train --config prot_bert.toml -o runs/prot_bert
+
+Every flag left out keeps the config file's value (or the default); the resolved config is
+saved as RUN/train_config.json and in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
+
+
+@click.command("train")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="JSON or TOML file with any settings below (flag names with _ for -).")
+@click.option("--family", default=None, help="Model family (see --list-presets).  [default: bert]")
+@click.option("--preset", default=None, help="Size preset of the family: tiny, small, base, published sizes.  [default: tiny]")
+@click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
+              help="Override an HF config field of the model (repeatable), e.g. --set num_hidden_layers=4.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
+              help="Pretraining objective.  [default: the family's]")
+@click.option("--corpus", multiple=True, help="Corpus file from `protrans prep` (plain or compressed; repeat for shards).")
+@click.option("--val-corpus", multiple=True, help="Validation corpus (repeatable) for the eval loss.")
+@click.option("-o", "--output-dir", default=None, help="Run directory: final model, checkpoints/, metrics.jsonl.")
+@click.option("--max-length", type=int, default=None, help="Tokens per protein incl. special tokens; longer ones are cropped at random.  [default: 512]")
+@click.option("--num-steps", type=int, default=None, help="Optimizer steps (without --phase).  [default: 1000]")
+@click.option("--phase", "phases", multiple=True, metavar="LEN:STEPS[:GLOBAL[:MICRO]]",
+              help="A sequence-length phase, e.g. --phase 512:150000 --phase 2048:150000:256:2.")
+@click.option("--global-batch-size", type=int, default=None, help="Proteins per optimizer step over all processes.  [default: 32]")
+@click.option("--micro-batch-size", type=int, default=None, help="Proteins per forward pass per device.  [default: 8]")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="[default: adamw]")
+@click.option("--lr", type=float, default=None, help="Peak learning rate.  [default: 4e-4]")
+@click.option("--weight-decay", type=float, default=None, help="[default: 0.01]")
+@click.option("--warmup-steps", type=int, default=None, help="[default: 2000]")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Decay after warmup.  [default: linear]")
+@click.option("--grad-clip", type=float, default=None, help="Max gradient norm; 0 disables.  [default: 1.0]")
+@click.option("--mask-prob", type=float, default=None, help="Fraction of residues masked.  [default: 0.15]")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="auto: bf16 autocast on GPU, fp32 on CPU.  [default: auto]")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
+              help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
+@click.option("--save-every", type=int, default=None, help="Checkpoint every N steps.  [default: 1000]")
+@click.option("--keep-last", type=int, default=None, help="Checkpoints kept.  [default: 3]")
+@click.option("--log-every", type=int, default=None, help="Steps per line of metrics.jsonl.  [default: 10]")
+@click.option("--eval-every", type=int, default=None, help="Steps between eval losses (0: at the end).  [default: 0]")
+@click.option("--num-workers", type=int, default=None, help="Data loader worker processes per rank.  [default: 0]")
+@click.option("--resume", "resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
+@click.option("--resume-from", type=click.Path(file_okay=False), default=None, help="Continue from this checkpoint directory.")
+@click.option("--find-lr", is_flag=True, help="Run a learning-rate range test (lr_find.png) instead of training.")
+@click.option("--list-presets", is_flag=True, help="List families and presets with parameter counts, then exit.")
+@click.option("-j", "--threads", type=int, default=None, help="CPU threads per process (default min(cores, 4)).")
+def command(config_file, model_set, phases, resume, resume_from, find_lr, list_presets, threads, **flags):
+    """Pretrain a protein language model (one GPU, many GPUs or nodes via torchrun).
+
+    \b
+    protrans train --family bert --preset tiny --corpus corpus.txt.gz -o runs/bert --num-steps 200
+    protrans train --config prot_t5.toml --phase 512:150000 --phase 2048:150000:256:2 -o runs/t5
+    torchrun --nproc-per-node 8 -m protrans_cli train --config prot_bert.toml -o runs/prot_bert
+    """
+    from protrans_cli import console
+    from protrans_cli.errors import UsageError
+    from protrans_cli.threads import resolve_threads
+    from protrans_cli.training.config import TrainConfig, parse_set
+
+    if list_presets:
+        _print_presets(flags.get("family"))
+        return
+    config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
+    config = config.override(model_overrides=parse_set(model_set) or None, phases=list(phases) or None,
+                             threads=resolve_threads(threads), **flags)
+    if not config.corpus:
+        raise UsageError("no training corpus: give --corpus (or 'corpus' in --config)")
+    if resume and resume_from:
+        raise UsageError("give --resume or --resume-from, not both")
+    if find_lr:
+        from protrans_cli.training.loop import find_lr as run_find_lr
+
+        result = run_find_lr(config)
+        click.echo(f"{result.lr_suggestion:.3g}")
+        return
+    from protrans_cli.training.loop import train
+
+    result = train(config, resume=resume_from or resume or None)
+    if not result.completed:
+        console.info(f"train: stopped after step {result.step}; continue with --resume")
+
+
+def _print_presets(family: str | None) -> None:
+    """One row per preset on stdout: family, preset, parameters of the pretraining model."""
+    from protrans_cli.models import list_presets
+
+    rows = [(p.family, p.name, f"{p.num_params / 1e6:,.2f}M") for p in list_presets(family)]
+    widths = [max(len(r[i]) for r in rows + [("family", "preset", "parameters")]) for i in range(3)]
+    for row in [("family", "preset", "parameters"), *rows]:
+        click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}")
