@@ -20,15 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from protrans_cli.errors import ModelError
-from protrans_cli.models import bert, t5
+from protrans_cli.models import albert, bert, electra, esm, roberta, t5, transfo_xl, xlnet
 from protrans_cli.models.base import Checkpoint, Family, Preset
 from protrans_cli.models.checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
 
 FAMILIES: dict[str, Family] = {
     f.name: f
-    for f in (bert.FAMILY, t5.FAMILY)
+    for f in (bert.FAMILY, roberta.FAMILY, albert.FAMILY, electra.FAMILY, t5.FAMILY, xlnet.FAMILY,
+              transfo_xl.FAMILY, esm.FAMILY)
 }
 
+# transformers 5 has no Transformer-XL: make AutoConfig/AutoModel know the project's one.
+transfo_xl.register_auto_classes()
 
 __all__ = [
     "FAMILIES", "CHECKPOINTS", "DEFAULT_CHECKPOINT", "Checkpoint", "Family", "Preset", "LoadedModel",

@@ -17,6 +17,9 @@ _T5_XL_TOTAL = 2_818_830_336
 _T5_XXL_ENCODER = 4_832_023_552
 _T5_XXL_TOTAL = 11_274_553_344
 _BERT = 419_931_136
+_ALBERT = 223_813_888
+_XLNET = 409_406_464
+_ELECTRA = 418_881_536
 
 _ROWS = [
     Checkpoint("prot_t5_xl_half", "Rostlab/prot_t5_xl_half_uniref50-enc", "t5", _T5_XL_ENCODER, 1024,
@@ -38,6 +41,23 @@ _ROWS = [
                "ProtBert pretrained on UniRef100", num_layers=30, preset="prot_bert"),
     Checkpoint("prot_bert_bfd", "Rostlab/prot_bert_bfd", "bert", _BERT, 1024,
                "ProtBert pretrained on BFD", num_layers=30, preset="prot_bert"),
+    Checkpoint("prot_albert", "Rostlab/prot_albert", "albert", _ALBERT, 4096,
+               "ProtAlbert pretrained on UniRef100", num_layers=12, preset="prot_albert"),
+    Checkpoint("prot_xlnet", "Rostlab/prot_xlnet", "xlnet", _XLNET, 1024,
+               "ProtXLNet pretrained on UniRef100", num_layers=30, preset="prot_xlnet"),
+    Checkpoint("prot_electra_discriminator_bfd", "Rostlab/prot_electra_discriminator_bfd", "electra", _ELECTRA,
+               1024, "ProtElectra discriminator pretrained on BFD", num_layers=30, preset="prot_electra"),
+    # ESM-2 (Lin et al. 2023), UniRef50 (D: dropout-trained); counts without the LM head
+    *(Checkpoint(f"esm2_{size}_UR50D", f"facebook/esm2_{size}_UR50D", "esm", n, dim,
+                 f"ESM-2 {size.split('_')[1]} ({layers} layers)", num_layers=layers, preset=f"esm2_{size}")
+      for size, n, dim, layers in [
+          ("t6_8M", 7_409_081, 320, 6),
+          ("t12_35M", 33_269_521, 480, 12),
+          ("t30_150M", 147_728_601, 640, 30),
+          ("t33_650M", 649_400_981, 1280, 33),
+          ("t36_3B", 2_832_444_321, 2560, 36),
+          ("t48_15B", 15_102_870_401, 5120, 48),
+      ]),
 ]
 
 CHECKPOINTS: dict[str, Checkpoint] = {c.name: c for c in _ROWS}

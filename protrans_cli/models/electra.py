@@ -1,0 +1,159 @@
+"""The ELECTRA family (ProtElectra): a small MLM generator and a discriminator sharing embeddings.
+
+Pretraining uses `ElectraPair`, an nn.Module holding
+  .generator      ElectraForMaskedLM, `generator_size` (default 1/4) of the discriminator's
+                  hidden size, intermediate size and heads, same depth;
+  .discriminator  ElectraForPreTraining (replaced-token detection).
+How the embeddings are shared: both models keep ELECTRA's factorised embeddings
+(`embedding_size` wide, the generator projects them down to its own hidden size), so the
+generator's `electra.embeddings` module (token, position and token-type tables and their
+LayerNorm) is replaced by the discriminator's module object itself, and the generator's output
+layer is tied to that token table. One set of parameters receives the gradients of both losses;
+`parameters()` yields it once. `save_pretrained(dir)` writes the discriminator at the root
+(what embed and `AutoModel` load) and the generator under `dir/generator/`; `from_pretrained`
+reads both back and re-establishes the sharing.
+
+ProtElectra discriminator: 30 layers, hidden 1024, 16 heads, intermediate 4096 (~420M).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protrans_cli.models.base import Family
+from protrans_cli.models.bert import BERT_SPECIALS
+from protrans_cli.models.tokenizers import RESIDUES, residue_tokenizer
+
+DEFAULT_GENERATOR_SIZE = 0.25
+
+PRESETS = {
+    "tiny": dict(embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=2048),
+    "small": dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
+                  intermediate_size=1024, max_position_embeddings=2048),
+    "base": dict(embedding_size=768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=40000),
+    # ProtElectra (discriminator; the generator is a quarter of its width)
+    "prot_electra": dict(embedding_size=1024, hidden_size=1024, num_hidden_layers=30, num_attention_heads=16,
+                         intermediate_size=4096, max_position_embeddings=40000,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+}
+
+
+def generator_config(config):
+    """The generator's config: the discriminator's scaled by `config.generator_size`."""
+    from transformers import ElectraConfig
+
+    size = float(getattr(config, "generator_size", DEFAULT_GENERATOR_SIZE))
+    heads = max(1, round(config.num_attention_heads * size))
+    hidden = max(heads, round(config.hidden_size * size))
+    hidden -= hidden % heads  # heads must divide the hidden size
+    values = config.to_dict()
+    for key in ("architectures", "model_type", "transformers_version", "generator_size", "dtype",
+                "torch_dtype"):
+        values.pop(key, None)
+    values.update(hidden_size=hidden, num_attention_heads=heads,
+                  intermediate_size=max(1, round(config.intermediate_size * size)))
+    return ElectraConfig(**values)
+
+
+def _pair_class():
+    import torch
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    class ElectraPair(torch.nn.Module):
+        """Generator + discriminator with shared embeddings (see the module docstring)."""
+
+        def __init__(self, discriminator, generator):
+            super().__init__()
+            self.discriminator = discriminator
+            self.generator = generator
+            self.share_embeddings()
+
+        @classmethod
+        def from_config(cls, config):
+            return cls(ElectraForPreTraining(config), ElectraForMaskedLM(generator_config(config)))
+
+        @classmethod
+        def from_pretrained(cls, directory, **kwargs):
+            directory = Path(directory)
+            discriminator = ElectraForPreTraining.from_pretrained(directory, **kwargs)
+            generator = ElectraForMaskedLM.from_pretrained(directory / "generator", **kwargs)
+            return cls(discriminator, generator)
+
+        @property
+        def config(self):
+            return self.discriminator.config
+
+        def share_embeddings(self):
+            shared = self.discriminator.electra.embeddings
+            if self.generator.config.embedding_size != self.discriminator.config.embedding_size:
+                raise ValueError("generator and discriminator need the same embedding_size to share embeddings")
+            self.generator.electra.embeddings = shared
+            self.generator.generator_lm_head.weight = shared.word_embeddings.weight
+
+        def forward(self, *args, **kwargs):
+            """The discriminator's forward (replaced-token detection logits)."""
+            return self.discriminator(*args, **kwargs)
+
+        def save_pretrained(self, directory, **kwargs):
+            directory = Path(directory)
+            self.discriminator.save_pretrained(directory, **kwargs)
+            self.generator.save_pretrained(directory / "generator", **kwargs)
+
+        def gradient_checkpointing_enable(self, **kwargs):
+            self.discriminator.gradient_checkpointing_enable(**kwargs)
+            self.generator.gradient_checkpointing_enable(**kwargs)
+
+    return ElectraPair
+
+
+_PAIR = None
+
+
+def electra_pair_class():
+    """The ElectraPair class (made on first use, so importing this module needs no torch)."""
+    global _PAIR
+    if _PAIR is None:
+        _PAIR = _pair_class()
+    return _PAIR
+
+
+class ElectraFamily(Family):
+    name = "electra"
+    model_types = ("electra",)
+    objective = "electra"
+    presets = PRESETS
+    description = "ELECTRA generator + discriminator; embeddings from the discriminator (ProtElectra)"
+
+    def build_tokenizer(self):
+        return residue_tokenizer(
+            BERT_SPECIALS + list(RESIDUES), unk_token="[UNK]",
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+    def build_config(self, preset="tiny", tokenizer=None, generator_size=DEFAULT_GENERATOR_SIZE, **overrides):
+        config = super().build_config(preset, tokenizer, **overrides)
+        config.generator_size = float(generator_size)
+        return config
+
+    @property
+    def config_class(self):
+        from transformers import ElectraConfig
+
+        return ElectraConfig
+
+    @property
+    def encoder_class(self):
+        from transformers import ElectraModel
+
+        return ElectraModel
+
+    def pretraining_model(self, config):
+        return electra_pair_class().from_config(config)
+
+    def load_pretraining_model(self, directory, **kwargs):
+        return electra_pair_class().from_pretrained(directory, **kwargs)
+
+
+FAMILY = ElectraFamily()

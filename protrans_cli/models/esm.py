@@ -1,0 +1,90 @@
+"""The ESM-2 family: rotary-position masked-LM encoders, `<cls> residues <eos>`, unspaced.
+
+The tokenizer is transformers' own EsmTokenizer built from ESM-2's 33-token vocabulary (written
+to a temporary vocab.txt), so a model trained here tokenizes exactly as facebook/esm2_*
+checkpoints do. U/Z/O/B have their own tokens in ESM's vocabulary and are kept.
+Presets are the ESM-2 sizes (Lin et al. 2023): esm2_t6_8M ... esm2_t48_15B.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from protrans_cli.models.base import Family
+
+ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
+
+
+def _esm2(layers, hidden, heads):
+    return dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                intermediate_size=4 * hidden, max_position_embeddings=1026)
+
+
+PRESETS = {
+    "tiny": dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=1026),
+    "esm2_t6_8M": _esm2(6, 320, 20),
+    "esm2_t12_35M": _esm2(12, 480, 20),
+    "esm2_t30_150M": _esm2(30, 640, 20),
+    "esm2_t33_650M": _esm2(33, 1280, 20),
+    "esm2_t36_3B": _esm2(36, 2560, 40),
+    "esm2_t48_15B": _esm2(48, 5120, 40),
+}
+
+
+class EsmFamily(Family):
+    name = "esm"
+    model_types = ("esm",)
+    objective = "mlm"
+    presets = PRESETS
+    spaced = False
+    rare_to = None  # ESM has tokens for U, Z, O and B
+    description = "ESM-2 masked-LM encoder with rotary positions"
+
+    def build_tokenizer(self):
+        from transformers import EsmTokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            vocab = Path(tmp) / "vocab.txt"
+            vocab.write_text("\n".join(ESM_VOCAB) + "\n")
+            tokenizer = EsmTokenizer(str(vocab), model_max_length=1_000_000)
+        return tokenizer
+
+    def token_config(self, tokenizer):
+        return {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                "mask_token_id": tokenizer.mask_token_id, "position_embedding_type": "rotary",
+                "emb_layer_norm_before": False, "token_dropout": True, "layer_norm_eps": 1e-5,
+                "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+    @property
+    def config_class(self):
+        from transformers import EsmConfig
+
+        return EsmConfig
+
+    @property
+    def encoder_class(self):
+        from transformers import EsmModel
+
+        return EsmModel
+
+    def encoder_model(self, config):
+        from transformers import EsmModel
+
+        return EsmModel(config, add_pooling_layer=False)
+
+    def load_encoder(self, name_or_path, *, dtype=None, **hub_kwargs):
+        from transformers import EsmModel
+
+        # ESM-2 checkpoints are EsmForMaskedLM: there is no pooler to load.
+        model = EsmModel.from_pretrained(str(name_or_path), dtype=dtype, add_pooling_layer=False, **hub_kwargs)
+        return model.eval()
+
+    def pretraining_model(self, config):
+        from transformers import EsmForMaskedLM
+
+        return EsmForMaskedLM(config)
+
+
+FAMILY = EsmFamily()
