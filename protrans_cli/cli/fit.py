@@ -32,8 +32,9 @@ _PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True)
               help="FLIP mask FASTA (0/1 per residue) for FLIP-style labels.")
 @click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
               help="NetSurfP columns whose 1.0 marks the residues trained and evaluated; repeat to combine.")
-@click.option("--max-epochs", type=int, default=30, help="Epochs at most.")
-@click.option("--patience", type=int, default=5, help="Stop after this many epochs without a better validation accuracy.")
+@click.option("--max-epochs", type=int, default=None, help="Epochs at most.  [default: 30 per residue, 200 per protein]")
+@click.option("--patience", type=int, default=None,
+              help="Stop after this many epochs improving neither validation accuracy nor loss.  [default: 5 / 10]")
 @click.option("--lr", type=float, default=1e-3, help="Adam learning rate.")
 @click.option("--weight-decay", type=float, default=0.0, help="Adam weight decay.")
 @click.option("--max-residues", type=int, default=8192, help="Per-residue tasks: padded residues per batch.")
@@ -46,6 +47,8 @@ _PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True)
 @click.option("--hidden", type=int, default=32, help="Hidden channels/units of the head.")
 @click.option("--kernel", type=int, default=7, help="CNN kernel width (odd).")
 @click.option("--dropout", type=float, default=0.25, help="Dropout after the first layer.")
+@click.option("--standardise/--no-standardise", default=True,
+              help="Per-protein heads: z-score inputs with the training mean and standard deviation.")
 @click.option("--dual", type=click.Choice(list(DUAL_POLICIES)), default="first",
               help="loc: DeepLoc's Cytoplasm-Nucleus counts as Cytoplasm (first) or is left out (skip).")
 @click.option("--layer", type=int, default=-1, help="Layer to use when the embeddings hold several.")
@@ -59,7 +62,7 @@ _PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True)
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def command(task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
             patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
-            hidden, kernel, dropout, dual, layer, skip_mismatched, cache_gb, n_bootstrap, threads, force):
+            hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, cache_gb, n_bootstrap, threads, force):
     """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein) on embeddings.
 
     \b
@@ -74,5 +77,5 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
                        dropout=dropout, dual=dual, layer=layer,
                        on_mismatch="skip" if skip_mismatched else "error", cache_bytes=int(cache_gb * (1 << 30)),
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
-                       mask_columns=tuple(mask_columns), force=force)
+                       mask_columns=tuple(mask_columns), force=force, standardise=standardise)
     fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None, tests=[tuple(t) for t in tests])

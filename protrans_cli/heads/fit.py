@@ -20,7 +20,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +32,14 @@ from protrans_cli.heads.data import DEFAULT_CACHE_BYTES, ProteinData, load_data,
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import evaluate, print_report, save_confusion_png, summary_line
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
-from protrans_cli.io.h5 import EmbeddingsReader
+from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 
 
 @dataclass
 class FitConfig:
     task: str = "ss3"
-    max_epochs: int = 30
-    patience: int = 5  # epochs without a better validation accuracy before stopping
+    max_epochs: int | None = None  # None: 30 per residue, 200 per protein (epochs there take milliseconds)
+    patience: int | None = None  # epochs improving neither validation accuracy nor loss; None: 5 / 10
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_residues: int = 8192  # per-residue batches: padded residues per batch
@@ -61,10 +61,11 @@ class FitConfig:
     mask_path: str | None = None  # FLIP mask FASTA
     mask_columns: tuple[str, ...] = ("disorder",)  # NetSurfP columns whose 1.0 marks evaluated residues
     force: bool = False  # replace an existing head directory
+    standardise: bool = True  # per-protein heads: z-score the inputs with the training mean/std
 
     def check(self) -> None:
-        for name in ("max_epochs", "ensemble", "max_residues", "batch_size", "n_bootstrap"):
-            if getattr(self, name) < 1:
+        for name in ("max_epochs", "patience", "ensemble", "max_residues", "batch_size", "n_bootstrap"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.valid_fraction < 1:
             raise UsageError(f"valid_fraction must be between 0 and 1, got {self.valid_fraction}")
@@ -94,6 +95,9 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
         raise InputError("output directory does not exist", path=str(out_dir.parent))
     torch.set_num_threads(resolve_threads(config.threads))
     task = get_task(config.task, dual=config.dual)
+    per_residue = task.kind == PER_RESIDUE
+    config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
+                     patience=config.patience or (5 if per_residue else 10))
 
     # --- labels and data ---
     train_labels = _read(config, labels)
@@ -175,6 +179,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
                                 "lr": config.lr, "weight_decay": config.weight_decay,
                                 "max_epochs": config.max_epochs, "patience": config.patience,
                                 "max_residues": config.max_residues, "batch_size": config.batch_size,
+                                "standardise": config.standardise and not per_residue,
                                 "class_weights": None if weights is None else
                                 {k: v.tolist() for k, v in weights.items()}},
             "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(train.items),
@@ -279,8 +284,13 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_head(task, train.dim, hidden=config.hidden, kernel=config.kernel, dropout=config.dropout)
+    if isinstance(train, ProteinData) and config.standardise:
+        model.standardise_with(torch.from_numpy(train.x))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    best_score, best_state, best_epoch, lines = -1.0, None, 0, []
+    # The kept state is the one with the best validation accuracy (lower loss breaks ties); patience
+    # counts epochs that improve neither accuracy nor loss, so a head whose accuracy sits on the
+    # majority class while its loss still falls keeps training.
+    best_score, best_loss, best_state, best_epoch, last_progress, lines = -1.0, float("inf"), None, 0, 0, []
     for epoch in range(1, config.max_epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -303,14 +313,17 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
                 "valid_loss": valid_loss, **{f"valid_{k}": v for k, v in valid_acc.items()},
                 "train_seconds": round(train_seconds, 3), "seconds": round(time.perf_counter() - start, 3)}
         lines.append(line)
-        improved = score > best_score
+        improved = score > best_score or (score == best_score and valid_loss < best_loss)
         if improved:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if improved or valid_loss < best_loss:
+            last_progress = epoch
+        best_loss = min(best_loss, valid_loss)
         console.info(f"member {member} epoch {epoch}: train loss {line['train_loss']:.4f}, valid loss "
                      f"{valid_loss:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in valid_acc.items())
                      + f" ({line['seconds']:.1f} s){' *' if improved else ''}")
-        if epoch - best_epoch >= config.patience:
+        if epoch - last_progress >= config.patience:
             break
     model.load_state_dict(best_state)
     model.eval()

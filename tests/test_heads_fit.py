@@ -1,0 +1,271 @@
+"""`protrans labels` -> `protrans embed -m onehot` -> `protrans fit` -> `protrans predict`, on small
+synthetic sets whose labels follow from the residues (so a one-hot head must learn them), plus the
+errors: label/embedding mismatches, wrong dimension or model, an existing head directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from protrans_cli.heads.fit import FitConfig, fit
+from protrans_cli.heads.tasks import LOCATIONS, SS3, SS8, ss8_to_ss3
+from protrans_cli.io.h5 import EmbeddingsReader
+
+torch.set_num_threads(1)
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+# 8-state label of each residue type; 3 states follow by the standard reduction
+RULE8 = {**dict.fromkeys("AEL", "H"), **dict.fromkeys("MQKR", "G"), **dict.fromkeys("VIY", "E"),
+         **dict.fromkeys("FWT", "B"), **dict.fromkeys("GP", "T"), **dict.fromkeys("ND", "S")}
+FAST = ["--max-residues", "300", "--lr", "0.02", "-j", "1", "--bootstrap", "100"]
+
+
+def _netsurfp(path, seqs):
+    with open(path, "w", newline="") as fh:
+        fh.write("input, dssp3, dssp8, disorder\n")
+        writer = csv.writer(fh)
+        for seq in seqs:
+            ss8 = "".join(RULE8.get(c, "C") for c in seq)
+            writer.writerow([" ".join(seq), " ".join(ss8_to_ss3(ss8)), " ".join(ss8), " ".join(["1.0"] * len(seq))])
+
+
+def _seqs(rng, n, lo=15, hi=45):
+    return ["".join(rng.choice(list(AA), size=rng.integers(lo, hi))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def ss_data(tmp_path_factory):
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.heads.labels import read_labels, write_embed_fasta
+
+    root = tmp_path_factory.mktemp("ss")
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 70), ("test", 20)):
+        _netsurfp(root / f"{name}.csv", _seqs(rng, n))
+        with open(root / f"{name}.fa", "wb") as fh:
+            write_embed_fasta(read_labels(root / f"{name}.csv"), fh)
+        embed(root / f"{name}.fa", root / f"{name}.h5", EmbedOptions(model="onehot", per_protein=False, threads=1))
+    return root
+
+
+def test_fit_predict_ss3_end_to_end(run_cli, ss_data, tmp_path):
+    head = tmp_path / "ss3"
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--test", ss_data / "test.h5", ss_data / "test.csv", "--max-epochs", "12", *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    config = json.loads((head / "config.json").read_text())
+    assert config["task"]["outputs"][0]["classes"] == list(SS3)
+    assert config["input_dim"] == 21 and config["embedding"]["model"] == "onehot"
+    for name in ("weights.safetensors", "curves.png", "metrics.json", "metrics/test.json", "metrics/test.ss3.png",
+                 "metrics/valid.json"):
+        assert (head / name).is_file(), name
+    history = [json.loads(line) for line in (head / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+    summary = json.loads((head / "metrics.json").read_text())
+    assert summary["test"]["ss3"]["metric"] == "Q3"
+    assert summary["test"]["ss3"]["accuracy"] > 0.9  # the labels are a function of the residue
+    detail = json.loads((head / "metrics" / "test.json").read_text())["outputs"]["ss3"]
+    assert np.sum(detail["confusion"]) == detail["n"] == sum(v["support"] for v in detail["per_class"].values())
+
+    out, probs = tmp_path / "pred.fa", tmp_path / "probs.h5"
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", out, "--probabilities", probs)
+    assert r.exit_code == 0, r.stderr
+    lines = out.read_text().splitlines()
+    with EmbeddingsReader(ss_data / "test.h5") as reader:
+        lengths = {i: reader.get(i).shape[0] for i in reader.ids()}
+    pred = dict(zip([line[1:] for line in lines[::2]], lines[1::2]))
+    assert {k: len(v) for k, v in pred.items()} == lengths
+    assert set("".join(pred.values())) <= set(SS3)
+    with h5py.File(probs) as h5:
+        assert h5.attrs["classes_ss3"] == "HEC"
+        for ds in h5["ss3"].values():
+            p = ds[()]
+            np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+            assert "".join(SS3[i] for i in p.argmax(1)) == pred[ds.attrs["id"]]
+
+
+def test_predictions_match_a_plain_torch_reference(run_cli, ss_data, tmp_path):
+    """The states predict writes equal a convolution computed from the safetensors weights by hand."""
+    from safetensors.torch import load_file
+
+    head = tmp_path / "ss8"
+    r = run_cli("fit", "ss8", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--max-epochs", "2", *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    out = tmp_path / "pred.fa"
+    assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", out).exit_code == 0
+    w = load_file(str(head / "weights.safetensors"))
+    lines = out.read_text().splitlines()
+    with EmbeddingsReader(ss_data / "test.h5") as reader:
+        for header, states in zip(lines[::2], lines[1::2]):
+            x = torch.from_numpy(reader.get(header[1:])).T[None]  # (1, D, L)
+            h = torch.relu(torch.nn.functional.conv1d(x, w["members.0.features.weight"],
+                                                      w["members.0.features.bias"], padding=3))
+            z = torch.nn.functional.conv1d(h, w["members.0.heads.ss8.weight"], w["members.0.heads.ss8.bias"], padding=3)
+            assert "".join(SS8[i] for i in z[0].argmax(0)) == states
+
+
+def test_joint_ss3_ss8_ensemble(run_cli, ss_data, tmp_path):
+    head = tmp_path / "joint"
+    r = run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--ensemble", "2", "--max-epochs", "2", *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    config = json.loads((head / "config.json").read_text())
+    assert config["ensemble"] == 2 and config["seeds"] == [0, 1]
+    assert [o["name"] for o in config["task"]["outputs"]] == ["ss3", "ss8"]
+    members = {json.loads(line)["member"] for line in (head / "metrics.jsonl").read_text().splitlines()}
+    assert members == {0, 1}
+    out = tmp_path / "p.fa"
+    assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--head-output", "ss8", "-o", out).exit_code == 0
+    assert set("".join(out.read_text().splitlines()[1::2])) <= set(SS8)
+    assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--head-output", "ss9", "-o", out).exit_code == 2
+
+
+def test_streamed_training_equals_in_memory(ss_data, tmp_path):
+    base = dict(task="ss3", max_epochs=2, max_residues=300, lr=0.02, threads=1, n_bootstrap=50)
+    a = fit(FitConfig(**base), ss_data / "train.h5", ss_data / "train.csv", tmp_path / "a")
+    b = fit(FitConfig(**base, cache_bytes=0), ss_data / "train.h5", ss_data / "train.csv", tmp_path / "b")
+    assert a.history[-1]["train_loss"] == pytest.approx(b.history[-1]["train_loss"], rel=1e-6)
+    assert a.metrics["valid"]["ss3"]["accuracy"] == b.metrics["valid"]["ss3"]["accuracy"]
+
+
+def test_labels_matched_by_checksum_when_ids_differ(ss_data, tmp_path):
+    # embed the same sequences under other ids: the NetSurfP labels still find them by sequence
+    from protrans_cli.embed import EmbedOptions, embed
+
+    fasta = tmp_path / "renamed.fa"
+    records = (ss_data / "train.fa").read_text().splitlines()
+    fasta.write_text("\n".join(f">prot{i // 2}" if line.startswith(">") else line for i, line in enumerate(records)) + "\n")
+    embed(fasta, tmp_path / "renamed.h5", EmbedOptions(model="onehot", per_protein=False, threads=1))
+    result = fit(FitConfig(task="ss3", max_epochs=1, threads=1, n_bootstrap=50), tmp_path / "renamed.h5",
+                 ss_data / "train.csv", tmp_path / "head")
+    assert result.metrics["valid"]["ss3"]["n_proteins"] == 7
+
+
+def test_label_mismatches_listed_or_skipped(run_cli, ss_data, tmp_path):
+    rows = (ss_data / "test.csv").read_text().splitlines()
+    header, first, rest = rows[0], rows[1].split(","), rows[2:]
+    first = [" ".join(field.split()[:-1]) for field in first]  # one residue short: a new sequence
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([header, ",".join(first), *rest]) + "\n")
+    head = tmp_path / "h"
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "test.h5", "--labels", bad, "--max-epochs", "1", *FAST,
+                "-o", head)
+    assert r.exit_code == 1
+    assert "1 label records do not match the embeddings: 1 without an embedding (seq-" in r.stderr
+    assert not head.exists()  # nothing half-written
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "test.h5", "--labels", bad, "--skip-mismatched",
+                "--max-epochs", "1", *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "skipped 1 label records" in r.stderr
+
+
+def test_length_mismatch_by_id(tmp_path, run_cli):
+    h5 = tmp_path / "e.h5"
+    with h5py.File(h5, "w") as f:
+        g = f.create_group("per_residue")
+        for ident, length in (("p1", 5), ("p2", 3), ("p3", 4)):
+            ds = g.create_dataset(ident, data=np.zeros((length, 4), np.float32))
+            ds.attrs["id"], ds.attrs["length"] = ident, length
+    flip = tmp_path / "flip.fasta"
+    flip.write_text(">p1 SET=train VALIDATION=False\nCCHHE\n>p2 SET=train VALIDATION=False\nCEEC\n"
+                    ">p3 SET=train VALIDATION=False\nHHHC\n")
+    r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", flip, "-o", tmp_path / "h", "-j", "1")
+    assert r.exit_code == 1
+    assert "label length differs from the embedding's (p2 (4 vs 3))" in r.stderr
+
+
+def test_existing_head_dir_needs_force(run_cli, ss_data, tmp_path):
+    (tmp_path / "h").mkdir()
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv", "-o", tmp_path / "h")
+    assert r.exit_code == 2 and "--force" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def loc_data(tmp_path_factory):
+    """DeepLoc-style FASTA where the location follows from the composition (K-rich = Nucleus, ...)."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    root = tmp_path_factory.mktemp("loc")
+    rng = np.random.default_rng(1)
+    rich = {"Nucleus": "KR", "Extracellular": "CW", "Cell.membrane": "LIV"}
+    for name, n in (("train", 150), ("test", 45)):
+        with open(root / f"{name}.fasta", "w") as fh:
+            for i in range(n):
+                loc = list(rich)[i % 3]
+                membrane = "MSU"[i % 3]
+                body = rng.choice(list(AA), size=40).tolist() + rng.choice(list(rich[loc]), size=20).tolist()
+                rng.shuffle(body)
+                fh.write(f">{name}{i} {loc}-{membrane}{' test' if name == 'test' else ''}\n{''.join(body)}\n")
+        embed(root / f"{name}.fasta", root / f"{name}.h5", EmbedOptions(model="onehot", per_residue=False, threads=1))
+    return root
+
+
+def test_loc_fit_predict_csv(run_cli, loc_data, tmp_path):
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--test", loc_data / "test.h5", loc_data / "test.fasta", "-j", "1", "--bootstrap", "100", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads((head / "metrics.json").read_text())
+    assert summary["test"]["loc"]["metric"] == "Q10" and summary["test"]["loc"]["accuracy"] > 0.8
+    assert summary["test"]["membrane"]["n"] == 30  # U proteins left out of the membrane metric
+    out = tmp_path / "loc.csv"
+    assert run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", out).exit_code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 45
+    assert list(rows[0])[:3] == ["id", "loc", f"loc:{LOCATIONS[0]}"] and "membrane:M" in rows[0]
+    for row in rows:
+        assert sum(float(row[f"loc:{c}"]) for c in LOCATIONS) == pytest.approx(1, abs=1e-3)
+        assert row["loc"] in LOCATIONS and row["membrane"] in ("M", "S")
+
+
+def test_predict_refuses_other_dimension_and_model(run_cli, loc_data, ss_data, tmp_path):
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "1", "-j", "1", "-o", head).exit_code == 0
+    wide = tmp_path / "wide.h5"
+    with h5py.File(wide, "w") as f:
+        f.create_group("per_protein").create_dataset("x", data=np.zeros(8, np.float32))
+    r = run_cli("predict", head, "--embeddings", wide, "-o", tmp_path / "o.csv")
+    assert r.exit_code == 1 and "dimension 8, the head was trained on 21-d" in r.stderr
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.attrs["model"] = "prot_bert"
+        f.create_group("per_protein").create_dataset("x", data=np.zeros(21, np.float32))
+    r = run_cli("predict", head, "--embeddings", other, "-o", tmp_path / "o.csv")
+    assert r.exit_code == 1 and "'prot_bert', the head was trained on 'onehot'" in r.stderr
+    assert not (tmp_path / "o.csv").exists()
+    r = run_cli("predict", head, "--embeddings", other, "--allow-model-mismatch", "-o", tmp_path / "o.csv")
+    assert r.exit_code == 0 and (tmp_path / "o.csv").read_text().count("\n") == 2
+
+
+def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "-j", "1", "-o", head).exit_code == 0
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "--labels", loc_data / "test.fasta",
+                "--metrics", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "test loc: Q10" in r.stderr
+    assert json.loads((tmp_path / "m" / "test.json").read_text())["outputs"]["loc"]["n"] == 45
+
+
+def test_labels_command_writes_embed_fasta(run_cli, tmp_path):
+    from conftest import DATA
+
+    out = tmp_path / "x.fa"
+    r = run_cli("labels", DATA / "heads" / "netsurfp_seq_header_repeated_sequence.csv", "-o", out)
+    assert r.exit_code == 0 and "ids are made from the sequence checksum" in r.stderr
+    lines = out.read_text().splitlines()
+    assert lines[1::2] == ["GGHK", "WY", "GGHK"] and lines[4] == lines[0] + "-2"
+    r = run_cli("labels", DATA / "heads" / "flip_with_sets.fasta", "-o", out)
+    assert r.exit_code == 1 and "no sequence for 3 ids" in r.stderr
+    seqs = tmp_path / "s.fa"
+    seqs.write_text(">p1\nMKVLA\n>p2\nMKVL\n>p3\nMKVL\n")
+    r = run_cli("labels", DATA / "heads" / "flip_with_sets.fasta", "--sequences", seqs, "--split", "test", "-o", "-")
+    assert r.exit_code == 0 and r.stdout == ">p3\nMKVL\n"

@@ -1,0 +1,158 @@
+"""Label readers and tasks: every supported format as distributed, label orders, 3-from-8 states,
+DeepLoc's dual label and membrane U, and the errors a malformed label file gets."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.heads.labels import read_labels, sniff_format
+from protrans_cli.heads.tasks import IGNORE, LOCATIONS, SS3, SS8, get_task, ss8_to_ss3
+from protrans_cli.io.h5 import sequence_checksum
+
+from conftest import DATA
+
+HEADS = DATA / "heads"
+
+
+def test_netsurfp_spaced_header_masks_and_ids():
+    ls = read_labels(HEADS / "netsurfp_input_spaced_header.csv")
+    assert ls.format == "netsurfp"
+    first, second = ls.records
+    assert first.sequence == "MKVLAAG"
+    assert first.labels == {"ss3": "CEEHHHC", "ss8": "CBEHGIS"}
+    assert first.mask.tolist() == [False, True, True, True, True, True, True]  # disorder only by default
+    assert first.id == "seq-" + sequence_checksum("MKVLAAG")[4:16]
+    assert first.id_from_sequence and second.mask.all()
+
+
+def test_netsurfp_combined_mask_columns():
+    ls = read_labels(HEADS / "netsurfp_input_spaced_header.csv", mask_columns=("disorder", "cb513_mask"))
+    assert ls.records[0].mask.tolist() == [False, True, True, True, False, False, True]
+
+
+def test_netsurfp_seq_header_repeated_sequences_get_distinct_stable_ids():
+    ls = read_labels(HEADS / "netsurfp_seq_header_repeated_sequence.csv")
+    ids = [r.id for r in ls.records]
+    base = "seq-" + sequence_checksum("GGHK")[4:16]
+    assert ids[0] == base and ids[2] == base + "-2" and len(set(ids)) == 3
+    assert ids == [r.id for r in read_labels(HEADS / "netsurfp_seq_header_repeated_sequence.csv").records]
+
+
+def test_netsurfp_gzip_is_read_like_plain(tmp_path):
+    gz = tmp_path / "x.csv.gz"
+    gz.write_bytes(gzip.compress((HEADS / "netsurfp_input_spaced_header.csv").read_bytes()))
+    assert [r.labels for r in read_labels(gz).records] == \
+        [r.labels for r in read_labels(HEADS / "netsurfp_input_spaced_header.csv").records]
+
+
+def test_netsurfp_label_count_mismatch_names_line():
+    with pytest.raises(InputError, match=r"netsurfp_label_length_mismatch.csv:2.*dssp3 has 3 labels for 4 residues"):
+        read_labels(HEADS / "netsurfp_label_length_mismatch.csv")
+
+
+def test_netsurfp_missing_mask_column():
+    with pytest.raises(InputError, match="no mask column cb513_mask"):
+        read_labels(HEADS / "netsurfp_seq_header_repeated_sequence.csv", mask_columns=("cb513_mask",))
+
+
+def test_flip_sets_and_mask():
+    ls = read_labels(HEADS / "flip_with_sets.fasta", mask_path=HEADS / "flip_mask.fasta")
+    assert ls.format == "flip"
+    assert [r.split for r in ls.records] == ["train", "valid", "test"]
+    assert ls.records[0].mask.tolist() == [False, True, True, True, True]
+    assert ls.records[0].sequence is None
+
+
+def test_flip_mask_length_mismatch(tmp_path):
+    bad = tmp_path / "mask.fasta"
+    bad.write_text(">p1\n0111\n>p2\n1111\n>p3\n1110\n")
+    with pytest.raises(InputError, match="record 'p1': mask has 4 positions, the labels 5"):
+        read_labels(HEADS / "flip_with_sets.fasta", mask_path=bad)
+
+
+def test_deeploc_dual_label_and_trailing_space():
+    ls = read_labels(HEADS / "deeploc_dual_label_trailing_space.fasta")
+    assert ls.format == "deeploc"
+    assert [r.labels for r in ls.records] == [
+        {"loc": "Cell.membrane", "membrane": "M"}, {"loc": "Cytoplasm-Nucleus", "membrane": "U"},
+        {"loc": "Nucleus", "membrane": "S"}, {"loc": "Lysosome/Vacuole", "membrane": "U"}]
+    assert ls.records[0].sequence == "MKVLAAGT"  # wrapped lines joined
+    assert ls.records[2].split == "test"
+    task = get_task("loc")
+    targets = [task.protein_targets(r) for r in ls.records]
+    assert targets[0] == {"loc": LOCATIONS.index("Cell.membrane"), "membrane": 0}
+    assert targets[1] == {"loc": LOCATIONS.index("Cytoplasm"), "membrane": IGNORE}  # dual -> first; U left out
+    assert get_task("loc", dual="skip").protein_targets(ls.records[1])["loc"] == IGNORE
+
+
+def test_tables_with_and_without_header():
+    with_header = read_labels(HEADS / "id_label_with_header.tsv")
+    assert with_header.format == "table"
+    assert [(r.id, r.labels["label"]) for r in with_header.records] == [("q1", "enzyme"), ("q2", "other"),
+                                                                       ("q3", "enzyme")]
+    assert [r.id for r in read_labels(HEADS / "id_label_no_header.csv").records] == ["q1", "q2"]
+    task = get_task("protein").with_classes_from(with_header.records)
+    assert task.outputs[0].classes == ("enzyme", "other")
+
+
+def test_duplicate_ids_refused(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("a,x\nb,y\na,y\n")
+    with pytest.raises(InputError, match="1 duplicate ids: a"):
+        read_labels(path)
+
+
+def test_sniff_and_unknown_format():
+    assert sniff_format(">a Nucleus-S\nMK\n") == "deeploc"
+    assert sniff_format(">a SET=train\nCC\n") == "flip"
+    assert sniff_format("seq,dssp3\n") == "netsurfp"
+    assert sniff_format("id,label\n") == "table"
+    with pytest.raises(UsageError):
+        read_labels(HEADS / "id_label_no_header.csv", fmt="parquet")
+
+
+def test_ss8_to_ss3_reduction():
+    assert ss8_to_ss3("HGIEBTSC") == "HHHEECCC"
+    with pytest.raises(ValueError):
+        ss8_to_ss3("HX")
+
+
+def test_label_orders_are_fixed():
+    # These orders are the class indices stored in every head's config: changing them breaks heads.
+    assert SS3 == ("H", "E", "C")
+    assert SS8 == ("H", "G", "I", "E", "B", "T", "S", "C")
+    assert len(LOCATIONS) == 10 and LOCATIONS[1] == "Cytoplasm"
+
+
+def test_residue_targets_mask_and_derivation():
+    ls = read_labels(HEADS / "netsurfp_input_spaced_header.csv")
+    t3 = get_task("ss3").residue_targets(ls.records[0])["ss3"]
+    assert t3.tolist() == [IGNORE, 1, 1, 0, 0, 0, 2]  # C E E H H H C, first residue masked out
+    t8 = get_task("ss8").residue_targets(ls.records[0])["ss8"]
+    assert t8.tolist() == [IGNORE, 4, 3, 0, 1, 2, 6]
+    # a file with 8-state labels only gives 3-state targets by the standard reduction
+    rec = ls.records[0]
+    rec.labels = {"ss8": rec.labels["ss8"]}
+    assert get_task("ss3").residue_targets(rec)["ss3"].tolist() == t3.tolist()
+
+
+def test_flip_three_state_labels_refused_for_ss8_and_bad_letters():
+    ls = read_labels(HEADS / "flip_with_sets.fasta")
+    assert get_task("ss3").residue_targets(ls.records[0])["ss3"].tolist() == [2, 2, 0, 0, 1]
+    with pytest.raises(InputError, match="3-state labels only"):
+        get_task("ss8").residue_targets(ls.records[0])
+    ls.records[0].labels["label"] = "CCQHE"
+    with pytest.raises(InputError, match="record 'p1'.*'Q' are not ss3 classes"):
+        get_task("ss3").residue_targets(ls.records[0])
+
+
+def test_generic_residue_classes_ignore_masked_positions():
+    ls = read_labels(HEADS / "flip_with_sets.fasta", mask_path=HEADS / "flip_mask.fasta")
+    task = get_task("residue").with_classes_from(ls.records)
+    assert task.outputs[0].classes == ("C", "E", "H")
+    assert task.residue_targets(ls.records[2])["label"].tolist() == [2, 2, 2, IGNORE]
+    assert np.all(task.residue_targets(ls.records[0])["label"][1:] >= 0)

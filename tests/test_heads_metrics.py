@@ -1,0 +1,112 @@
+"""Metrics against hand-computed values, and the heads' shapes, masking and padding."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from protrans_cli.heads.cnn import ResidueCNN
+from protrans_cli.heads.fnn import ProteinFNN
+from protrans_cli.heads.metrics import bootstrap_ci, confusion_matrix, evaluate, mcc, per_class
+from protrans_cli.heads.tasks import IGNORE
+
+torch.set_num_threads(1)
+
+Y_TRUE = np.array([0, 0, 1, 1, 2, 2])
+Y_PRED = np.array([0, 1, 1, 1, 2, 0])
+
+
+def test_confusion_and_per_class_by_hand():
+    cm = confusion_matrix(Y_TRUE, Y_PRED, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    pc = per_class(cm, "HEC")
+    assert pc["H"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert pc["E"]["precision"] == pytest.approx(2 / 3) and pc["E"]["recall"] == 1.0
+    assert pc["E"]["f1"] == pytest.approx(0.8)
+    assert pc["C"]["f1"] == pytest.approx(2 / 3)
+
+
+def test_multiclass_mcc_by_hand():
+    # Gorodkin: (c*s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t)) with c=4, s=6, t=(2,2,2), p=(2,3,1)
+    assert mcc(confusion_matrix(Y_TRUE, Y_PRED, 3)) == pytest.approx((24 - 12) / math.sqrt((36 - 14) * (36 - 12)))
+
+
+def test_two_class_mcc_equals_textbook_formula():
+    tp, tn, fp, fn = 5, 3, 2, 1
+    cm = np.array([[tp, fn], [fp, tn]])  # class 0 as "positive"
+    textbook = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert mcc(cm) == pytest.approx(textbook)
+    assert mcc(np.array([[4, 0], [0, 0]])) == 0.0  # undefined -> 0, not a crash
+
+
+def test_evaluate_ignores_masked_and_reports_everything():
+    y_true = [np.array([0, 0, IGNORE]), np.array([1, 1, 2, 2, IGNORE, IGNORE])]
+    y_pred = [np.array([0, 1, 2]), np.array([1, 1, 2, 0, 0, 0])]
+    m = evaluate(y_true, y_pred, "HEC", metric="Q3", n_boot=200)
+    assert m["n"] == 6 and m["n_proteins"] == 2
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    lo, hi = m["ci95"]
+    assert lo <= m["accuracy"] <= hi
+
+
+def test_bootstrap_ci_resamples_proteins():
+    # every protein 70% right: any resample gives 0.7 exactly
+    lo, hi = bootstrap_ci(np.full(50, 7), np.full(50, 10), n_boot=300)
+    assert lo == pytest.approx(0.7) and hi == pytest.approx(0.7)
+    rng = np.random.default_rng(1)
+    correct = rng.binomial(100, 0.6, size=400)
+    small = bootstrap_ci(correct[:40], np.full(40, 100), n_boot=500, seed=3)
+    large = bootstrap_ci(correct, np.full(400, 100), n_boot=500, seed=3)
+    assert large[1] - large[0] < small[1] - small[0]
+    assert bootstrap_ci(correct, np.full(400, 100), n_boot=500, seed=3) == large  # seeded
+
+
+def test_cnn_shapes_and_padding_never_changes_a_prediction():
+    torch.manual_seed(0)
+    model = ResidueCNN(5, {"ss3": 3, "ss8": 8}).eval()
+    short = torch.randn(1, 4, 5)
+    long = torch.randn(1, 11, 5)
+    alone = model(short, torch.ones(1, 4, dtype=torch.bool))
+    assert alone["ss3"].shape == (1, 4, 3) and alone["ss8"].shape == (1, 4, 8)
+    # in a batch padded to 11 (padding filled with garbage, which the mask must neutralise)
+    x = torch.full((2, 11, 5), 7.0)
+    x[0, :4] = short[0]
+    x[1] = long[0]
+    mask = torch.zeros(2, 11, dtype=torch.bool)
+    mask[0, :4] = True
+    mask[1] = True
+    batched = model(x, mask)
+    torch.testing.assert_close(batched["ss3"][0, :4], alone["ss3"][0])
+    torch.testing.assert_close(batched["ss8"][1], model(long, torch.ones(1, 11, dtype=torch.bool))["ss8"][0])
+
+
+def test_cnn_padding_gets_no_gradient_through_loss():
+    torch.manual_seed(0)
+    model = ResidueCNN(3, {"ss3": 3})
+    x = torch.randn(1, 6, 3, requires_grad=True)
+    mask = torch.tensor([[True, True, True, True, False, False]])
+    target = torch.tensor([[0, 1, 2, 0, IGNORE, IGNORE]])
+    loss = torch.nn.functional.cross_entropy(model(x, mask)["ss3"].reshape(6, 3), target.reshape(6),
+                                             ignore_index=IGNORE)
+    loss.backward()
+    assert torch.all(x.grad[0, 4:] == 0)  # padded inputs never influence the loss
+
+
+def test_cnn_rejects_even_kernel():
+    with pytest.raises(ValueError):
+        ResidueCNN(4, {"ss3": 3}, kernel=6)
+
+
+def test_fnn_shapes_and_standardisation():
+    model = ProteinFNN(4, {"loc": 10, "membrane": 2}).eval()
+    out = model(torch.randn(3, 4))
+    assert out["loc"].shape == (3, 10) and out["membrane"].shape == (3, 2)
+    x = torch.randn(20, 4) * 0.01 + 5
+    model.standardise_with(x)
+    torch.testing.assert_close(((x - model.shift) / model.scale).mean(0), torch.zeros(4), atol=1e-3, rtol=0)
+    torch.testing.assert_close(((x - model.shift) / model.scale).std(0), torch.ones(4), atol=1e-3, rtol=0)
