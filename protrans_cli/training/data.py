@@ -86,12 +86,13 @@ class TokenLayout:
             residue_ids=np.array(sorted({int(t) for t in ids}), dtype=np.int64),
             sentinel_ids=sentinels)
 
-    def encode(self, residues: str, *, where: str = "") -> np.ndarray:
+    def encode(self, residues: str, *, path: str | None = None, line: int | None = None) -> np.ndarray:
         """Residue letters (no spaces) -> (L,) token ids, without special tokens."""
         ids = self.residue_table[np.frombuffer(residues.encode("latin-1"), dtype=np.uint8)]
         if (ids < 0).any():
-            bad = residues[int(np.argmax(ids < 0))]
-            raise InputError(f"invalid residue {bad!r} in the corpus" + (f" ({where})" if where else ""))
+            pos = int(np.argmax(ids < 0))
+            raise InputError(f"invalid residue {residues[pos]!r} at residue {pos + 1} of the protein "
+                             "(is this a `protrans prep` corpus?)", path=path, line=line)
         return ids
 
 
@@ -246,7 +247,7 @@ class CorpusStream:
         if len(text) > self.max_residues:
             start = int(sample.rng(0).integers(0, len(text) - self.max_residues + 1))
             text = text[start:start + self.max_residues]
-        sample.residues = self.layout.encode(text, where=f"{path}:{lineno}")
+        sample.residues = self.layout.encode(text, path=path, line=lineno)
         return sample
 
 

@@ -1,0 +1,374 @@
+"""Units of `protrans train`: config file + flags, corpus stream, masking statistics, optimizers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.training.config import Phase, TrainConfig, grad_accum_steps, parse_set
+from protrans_cli.training.data import CorpusStream, Sample, StreamState, TokenLayout, count_proteins
+from protrans_cli.training.objectives import IGNORE, make_objective
+from protrans_cli.training.optim import LRLambda, Lamb, build_optimizer
+
+from conftest import DATA
+
+TRAIN = DATA / "train"
+LEARNABLE = str(TRAIN / "learnable.txt")
+
+torch.set_num_threads(1)
+
+
+def _family(name):
+    from protrans_cli.models import get_family
+
+    return get_family(name)
+
+
+def _layout(name):
+    fam = _family(name)
+    return TokenLayout.from_tokenizer(fam.build_tokenizer(), fam.prepare)
+
+
+def _random_samples(layout, n=400, length=200, seed=1, epoch=0):
+    rng = np.random.default_rng(seed)
+    letters = "ACDEFGHIKLMNPQRSTVWY"
+    out = []
+    for i in range(n):
+        text = "".join(rng.choice(list(letters), size=length))
+        out.append(Sample(i, epoch, layout.encode(text), seed))
+    return out
+
+
+# --- config ------------------------------------------------------------------------------
+
+def test_config_file_json_and_toml_then_flags_override(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({
+        "family": "t5", "lr": 1e-3, "corpus": "a.txt", "model_overrides": {"num_layers": 3},
+        "phases": ["64:10", {"max_length": 128, "num_steps": 5, "global_batch_size": 8}]}))
+    (tmp_path / "c.toml").write_text(
+        'family = "t5"\nlr = 1e-3\ncorpus = ["a.txt"]\n[model_overrides]\nnum_layers = 3\n'
+        '[[phases]]\nmax_length = 64\nnum_steps = 10\n[[phases]]\nmax_length = 128\nnum_steps = 5\n'
+        'global_batch_size = 8\n')
+    for name in ("c.json", "c.toml"):
+        cfg = TrainConfig.from_file(tmp_path / name)
+        assert cfg.family == "t5" and cfg.lr == 1e-3 and cfg.corpus == ["a.txt"]
+        assert cfg.phases == [Phase(64, 10), Phase(128, 5, 8)]
+        over = cfg.override(lr=5e-4, family=None, model_overrides={"d_model": 16}, corpus=())
+        assert over.lr == 5e-4 and over.family == "t5" and over.corpus == ["a.txt"]
+        assert over.model_overrides == {"num_layers": 3, "d_model": 16}
+        assert [(p.max_length, p.num_steps, p.global_batch_size) for p in over.resolved_phases()] == \
+            [(64, 10, cfg.global_batch_size), (128, 5, 8)]
+        assert over.total_steps == 15
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    (tmp_path / "bad.json").write_text('{"learning_rate": 1}')
+    with pytest.raises(UsageError, match="learning_rate"):
+        TrainConfig.from_file(tmp_path / "bad.json")
+    (tmp_path / "broken.toml").write_text("lr = = 1")
+    with pytest.raises(InputError, match="broken.toml"):
+        TrainConfig.from_file(tmp_path / "broken.toml")
+    with pytest.raises(UsageError, match="optimizer"):
+        TrainConfig(corpus=["x"], optimizer="sgd").validate()
+    with pytest.raises(UsageError, match="LEN:STEPS"):
+        Phase.parse("512")
+    assert parse_set(["num_hidden_layers=4", "hidden_act=gelu"]) == {"num_hidden_layers": 4, "hidden_act": "gelu"}
+
+
+def test_grad_accumulation_must_divide():
+    assert grad_accum_steps(32, 4, 2) == 4
+    with pytest.raises(UsageError, match="32 is not divisible by micro batch size 6 x 2"):
+        grad_accum_steps(32, 6, 2)
+    cfg = TrainConfig(corpus=["x"], global_batch_size=32, micro_batch_size=8, phases=[Phase(64, 5, 24)])
+    with pytest.raises(UsageError, match="phase 1"):
+        cfg.validate(world_size=2)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = TrainConfig(corpus=["a"], phases=[Phase(64, 3)], model_overrides={"x": 1})
+    cfg.save(tmp_path / "c.json")
+    assert TrainConfig.from_file(tmp_path / "c.json") == cfg
+
+
+# --- corpus stream -----------------------------------------------------------------------
+
+def _stream(paths=(LEARNABLE,), **kw):
+    layout = kw.pop("layout", None) or _layout("bert")
+    args = dict(max_length=40, global_batch_size=16, micro_batch_size=4, bucket_batches=4, seed=3)
+    args.update(kw)
+    return CorpusStream(list(paths), layout, **args)
+
+
+def _indices(step_batch):
+    return sorted(s.index for mb in step_batch.micro_batches for s in mb)
+
+
+def test_stream_reads_plain_and_gzip_shards_in_order():
+    paths = [LEARNABLE, str(TRAIN / "learnable_shard2.txt.gz")]
+    assert count_proteins(paths) == 400
+    seen = set()
+    for sb in _stream(paths, max_epochs=1):
+        seen.update(_indices(sb))
+    assert seen == set(range(400))  # 400 = 25 global batches of 16: nothing dropped, nothing twice
+
+
+def test_ranks_split_each_global_batch_without_overlap():
+    one = list(_stream(max_epochs=1))
+    ranks = [list(_stream(rank=r, world_size=2, max_epochs=1)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(one) > 5
+    for whole, a, b in zip(one, *ranks):
+        assert set(_indices(a)).isdisjoint(_indices(b))
+        assert sorted(_indices(a) + _indices(b)) == _indices(whole)
+        assert len(a.micro_batches) == len(b.micro_batches) == 2  # 16 / (4 x 2)
+
+
+def test_workers_yield_the_same_batches_as_one_process():
+    from protrans_cli.training.data import step_batches
+
+    direct = [_indices(sb) for sb in _stream(max_epochs=1)]
+    workers = [_indices(sb) for sb in step_batches(_stream(max_epochs=1), num_workers=2)]
+    assert workers == direct
+
+
+def test_long_proteins_are_cropped_at_random_windows():
+    layout = _layout("bert")
+    long = "".join(np.random.default_rng(0).choice(list("ACDEFGHIKLMNPQRSTVWY"), size=300))
+    ids = layout.encode(long)
+    starts = set()
+    stream = _stream(max_length=50)
+    for epoch in range(6):
+        s = stream._sample([("x", 1, long)], 0, StreamState(epoch, 0, 0))
+        assert len(s.residues) == 50 - layout.num_special
+        window = np.lib.stride_tricks.sliding_window_view(ids, len(s.residues))
+        (start,) = np.flatnonzero((window == s.residues).all(1))[:1]
+        starts.add(int(start))
+    assert len(starts) > 1 and starts != {0}  # not truncated at the N-terminus
+
+
+def test_length_buckets_reduce_padding():
+    def padding(bucket_batches):
+        pad = real = 0
+        stream = _stream(max_length=200, bucket_batches=bucket_batches, max_epochs=1)
+        for sb in stream:
+            for mb in sb.micro_batches:
+                width = max(len(s.residues) for s in mb)
+                real += sum(len(s.residues) for s in mb)
+                pad += sum(width - len(s.residues) for s in mb)
+        return pad / (pad + real)
+
+    assert padding(8) < 0.5 * padding(1)
+
+
+def test_stream_resumes_from_a_saved_position():
+    full = [_indices(sb) for sb, _ in zip(_stream(), range(45))]  # crosses an epoch (18 steps each)
+    it = iter(_stream())
+    for _ in range(7):
+        sb = next(it)
+    resumed = [_indices(sb) for sb, _ in zip(_stream(state=sb.state_after), range(38))]
+    assert resumed == full[7:]
+    assert full[:18] != full[18:36]  # a new epoch reshuffles
+
+
+def test_corpus_errors_name_the_problem(tmp_path):
+    with pytest.raises(InputError, match=r"invalid_residue.txt:5.*'7'"):
+        list(_stream([str(TRAIN / "invalid_residue.txt")], global_batch_size=5, micro_batch_size=5, max_length=500, max_epochs=1))
+    with pytest.raises(InputError, match="3 protein"):
+        next(iter(_stream([str(TRAIN / "too_few_proteins.txt")])))
+    with pytest.raises(InputError, match="no such file"):
+        next(iter(_stream([str(tmp_path / "missing.txt")])))
+
+
+# --- masking statistics ------------------------------------------------------------------
+
+def _cfg(**kw):
+    return TrainConfig(corpus=["x"], **kw)
+
+
+@pytest.mark.parametrize("family", ["bert", "esm", "albert", "electra"])
+def test_mlm_masking_statistics(family):
+    layout = _layout(family)
+    obj = make_objective("electra" if family == "electra" else "mlm", layout, _cfg())
+    samples = _random_samples(layout)
+    batch = obj.collate(samples)
+    ids, labels, attn = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    n_pre = len(layout.prefix)
+    original = torch.full_like(ids, layout.pad_id)
+    for i, s in enumerate(samples):
+        original[i, :n_pre] = torch.tensor(layout.prefix)
+        original[i, n_pre:n_pre + len(s.residues)] = torch.as_tensor(s.residues)
+        original[i, n_pre + len(s.residues):n_pre + len(s.residues) + len(layout.suffix)] = torch.tensor(layout.suffix)
+    chosen = labels != IGNORE
+    residue = batch["residue_mask"]
+    assert not chosen[~residue].any()                      # no special or padding position chosen
+    assert torch.equal(ids[~residue], original[~residue])  # and none of them changed
+    assert torch.equal(labels[chosen], original[chosen])   # labels are the true residues
+    rate = chosen.sum().item() / residue.sum().item()
+    assert abs(rate - 0.15) < 0.01
+    n = chosen.sum().item()
+    masked = (ids == layout.mask_id) & chosen
+    kept = (ids == original) & chosen
+    replaced = chosen & ~masked & ~kept
+    assert abs(masked.sum().item() / n - 0.8) < 0.02
+    assert abs(replaced.sum().item() / n - 0.1 * 19 / 20) < 0.015  # a random residue can equal the true one
+    assert abs(kept.sum().item() / n - (0.1 + 0.1 / 20)) < 0.015
+    assert set(ids[replaced].tolist()) <= set(layout.standard_ids.tolist())  # residues only
+    assert batch["num_predicted"] == n
+    assert attn.sum().item() == sum(len(s.residues) + layout.num_special for s in samples)
+
+
+def test_masking_is_dynamic_and_reproducible():
+    layout = _layout("bert")
+    obj = make_objective("mlm", layout, _cfg())
+    a = obj.collate(_random_samples(layout, n=20, epoch=0))["labels"]
+    again = obj.collate(_random_samples(layout, n=20, epoch=0))["labels"]
+    other_epoch = obj.collate(_random_samples(layout, n=20, epoch=1))["labels"]
+    assert torch.equal(a, again)
+    assert not torch.equal(a != IGNORE, other_epoch != IGNORE)
+
+
+def test_t5_masks_single_residues_and_targets_the_whole_protein():
+    layout = _layout("t5")
+    obj = make_objective("t5", layout, _cfg())
+    samples = _random_samples(layout)
+    batch = obj.collate(samples)
+    ids, labels, masked = batch["input_ids"], batch["labels"], batch["masked"]
+    assert layout.prefix == [] and layout.suffix == [1]  # residues then </s>
+    for i, s in enumerate(samples):
+        L = len(s.residues)
+        assert labels[i, :L].tolist() == s.residues.tolist() and labels[i, L].item() == 1
+        assert (labels[i, L + 1:] == IGNORE).all()
+        m = masked[i, :L]
+        assert (ids[i, :L][m] == layout.mask_id).all()
+        assert torch.equal(ids[i, :L][~m], torch.as_tensor(s.residues)[~m])
+    rate = masked.sum().item() / sum(len(s.residues) for s in samples)
+    assert abs(rate - 0.15) < 0.01
+    assert batch["num_predicted"] == sum(len(s.residues) + 1 for s in samples)
+
+
+def test_t5_span_corruption_statistics_and_reconstruction():
+    layout = _layout("t5")
+    obj = make_objective("t5_span", layout, _cfg())
+    samples = _random_samples(layout, n=300, length=200)
+    batch = obj.collate(samples)
+    sentinels = set(layout.sentinel_ids)
+    noise = spans = total = 0
+    for i, s in enumerate(samples):
+        x = [t for t in batch["input_ids"][i].tolist() if t != layout.pad_id]
+        y = [t for t in batch["labels"][i].tolist() if t != IGNORE]
+        assert x[-1] == y[-1] == layout.suffix[-1]
+        # Put the spans back where their sentinels are: the original protein.
+        parts, current = {}, None
+        for t in y[:-1]:
+            if t in sentinels:
+                current = t
+                parts[t] = []
+            else:
+                parts[current].append(t)
+        rebuilt = []
+        for t in x[:-1]:
+            rebuilt.extend(parts[t] if t in sentinels else [t])
+        assert rebuilt == s.residues.tolist()
+        noise += sum(len(p) for p in parts.values())
+        spans += len(parts)
+        total += len(s.residues)
+    assert abs(noise / total - 0.15) < 0.005
+    assert abs(noise / spans - 3.0) < 0.1
+
+
+def test_xlnet_permutation_masks():
+    layout = _layout("xlnet")
+    obj = make_objective("plm", layout, _cfg())
+    samples = _random_samples(layout, n=50, length=60)
+    batch = obj.collate(samples)
+    perm, tmap, labels, ids = batch["perm_mask"], batch["target_mapping"], batch["labels"], batch["input_ids"]
+    n_targets = 0
+    for b in range(len(samples)):
+        valid = labels[b] != IGNORE
+        targets = tmap[b][valid].argmax(-1)  # positions, in factorisation order
+        assert torch.equal(tmap[b][valid].sum(-1), torch.ones(int(valid.sum())))
+        assert torch.equal(labels[b][valid], ids[b, targets])  # inputs unchanged, labels = residues
+        residue_pos = set(range(len(layout.prefix), len(layout.prefix) + len(samples[b].residues)))
+        assert set(targets.tolist()) <= residue_pos
+        is_target = torch.zeros(ids.shape[1], dtype=torch.bool)
+        is_target[targets] = True
+        assert not perm[b][:, ~is_target].any()          # non-targets are seen by every token
+        assert perm[b][~is_target][:, is_target].all()   # ...and see no target
+        for k, i in enumerate(targets.tolist()):
+            seen = ~perm[b, i, targets].bool()
+            assert seen.tolist() == [j < k for j in range(len(targets))]  # only earlier targets
+        n_targets += int(valid.sum())
+    assert abs(n_targets / sum(len(s.residues) for s in samples) - 0.15) < 0.03
+
+
+def test_clm_labels_are_the_next_token():
+    layout = _layout("transfo_xl")
+    obj = make_objective("clm", layout, _cfg())
+    samples = _random_samples(layout, n=5, length=30)
+    batch = obj.collate(samples)
+    for i, s in enumerate(samples):
+        full = layout.prefix + s.residues.tolist() + layout.suffix
+        assert batch["input_ids"][i, :len(full)].tolist() == full
+        assert batch["labels"][i, :len(full) - 1].tolist() == full[1:]
+        assert (batch["labels"][i, len(full) - 1:] == IGNORE).all()
+
+
+def test_electra_loss_combines_generator_and_discriminator():
+    fam = _family("electra")
+    tok = fam.build_tokenizer()
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tok))
+    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    obj = make_objective("electra", layout, _cfg())
+    batch = obj.collate(_random_samples(layout, n=8, length=40))
+    total, n, metrics = obj.loss(model, batch)
+    gen_sum, n_masked = metrics["gen_loss"]
+    disc_sum, n_real = metrics["disc_loss"]
+    assert n == n_masked == batch["num_predicted"]
+    expected = gen_sum / n_masked + 50 * disc_sum / n_real
+    assert torch.allclose(total / n, expected, rtol=1e-5)
+    total.backward()
+    assert model.discriminator.electra.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+# --- optimizers and schedule -------------------------------------------------------------
+
+def test_schedules():
+    lin = LRLambda("linear", 10, 110, 0.1)
+    assert lin(0) == pytest.approx(0.1) and lin(9) == pytest.approx(1.0)
+    assert lin(60) == pytest.approx(0.55) and lin(110) == pytest.approx(0.1) and lin(500) == pytest.approx(0.1)
+    cos = LRLambda("cosine", 10, 110, 0.0)
+    assert cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
+    inv = LRLambda("inverse_sqrt", 100, 1000, 0.0)
+    assert inv(99) == pytest.approx(1.0) and inv(399) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb", "adafactor"])
+def test_optimizers_minimise_a_regression(name):
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = x @ torch.randn(8, 1)
+    model = torch.nn.Linear(8, 1)
+    opt = build_optimizer(model, _cfg(optimizer=name, lr=0.05, weight_decay=0.0))
+    first = None
+    for _ in range(100):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+
+
+def test_lamb_trust_ratio_scales_the_step_with_the_weight_norm():
+    # The first LAMB step of a weight moves it by lr * ||w|| (Adam's first step is sign-like).
+    for scale in (1.0, 10.0):
+        w = torch.nn.Parameter(torch.full((4, 4), scale))
+        opt = Lamb([w], lr=0.01)
+        w.grad = torch.ones(4, 4)
+        before = w.detach().clone()
+        opt.step()
+        assert (before - w.detach()).norm().item() == pytest.approx(0.01 * before.norm().item(), rel=1e-4)
