@@ -126,6 +126,54 @@ def _compressor(raw: BinaryIO, kind: str | None, level: int | None = None) -> Bi
     raise AssertionError(kind)
 
 
+class AtomicFile:
+    """One output file written under a temporary name and renamed by `commit()`.
+
+    `stream` compresses by the target's extension. `abort()` (or a failed commit) removes the
+    temporary file and leaves any existing file of the target's name as it was. Used directly
+    where one job writes several files that must all appear or none (shards).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        if not directory.is_dir():
+            raise InputError("output directory does not exist", path=str(directory))
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.stream = _compressor(self._raw, compression_for_output(self.path))
+        self._done = False
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        try:
+            if self.stream is not self._raw:
+                self.stream.close()
+            self._raw.flush()
+            if os.environ.get("PROTRANS_FSYNC"):
+                os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.chmod(self.tmp, 0o666 & ~_umask())
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(Exception):
+            if self.stream is not self._raw:
+                self.stream.close()
+        with contextlib.suppress(Exception):
+            self._raw.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
 @contextlib.contextmanager
 def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
     """Write `path` atomically (or stdout for `-`/None), compressing by extension.
@@ -139,29 +187,13 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
         yield out
         out.flush()
         return
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.exists():
-        raise InputError("output directory does not exist", path=str(directory))
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    ok = False
+    handle = AtomicFile(path)
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as raw:
-            stream = _compressor(raw, compression_for_output(target))
-            try:
-                yield stream
-            finally:
-                if stream is not raw:
-                    stream.close()
-            raw.flush()
-            os.fsync(raw.fileno()) if os.environ.get("PROTRANS_FSYNC") else None
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-        ok = True
-    finally:
-        if not ok:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        yield handle.stream
+    except BaseException:
+        handle.abort()
+        raise
+    handle.commit()
 
 
 def _umask() -> int:

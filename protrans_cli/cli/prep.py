@@ -1,0 +1,109 @@
+"""`protrans prep`: FASTA to the ProtTrans pretraining corpus (one spaced protein per line).
+
+    protrans prep uniref50.fasta.gz -o corpus.txt.gz --valid-fraction 0.01 --valid-output valid.txt \\
+        --dedup --stats prep.json -j 4
+
+Parses options, calls `protrans_cli.corpus.build_corpus` and prints the summary; never imports
+torch, transformers or h5py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import click
+
+from protrans_cli.errors import UsageError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'500M', '2G', '1.5GiB', '1000' -> bytes (K/M/G/T are powers of 1024)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise UsageError(f"--shard-size: cannot read {text!r} as a size (examples: 500M, 2G)")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * 1024 ** " kmgt".index(unit or " "))
+
+
+@click.command("prep", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
+              help="Corpus file; - is stdout; .gz/.bz2/.xz/.zst compress.")
+@click.option("--rare", type=click.Choice(["x", "keep"]), default="x", show_default=True,
+              help="U, Z, O, B become X (as ProtTrans), or are kept.")
+@click.option("--strict", is_flag=True, help="The first record that fails normalisation is an error.")
+@click.option("--rejects", metavar="FILE", help="TSV of every record left out: id, reason, detail, file, line.")
+@click.option("--min-length", type=int, default=1, show_default=True, help="Fewer residues: left out.")
+@click.option("--max-length", type=int, default=None, help="More residues: skipped, or cropped (--long crop).")
+@click.option("--long", "long_policy", type=click.Choice(["skip", "crop"]), default="skip", show_default=True,
+              help="Proteins above --max-length: skip them, or cut them into windows of --max-length.")
+@click.option("--dedup", is_flag=True, help="Drop exact duplicate sequences (first kept; two passes, bounded memory).")
+@click.option("--valid-fraction", type=float, default=0.0, show_default=True,
+              help="Share of proteins for validation, chosen by a hash of the id.")
+@click.option("--valid-output", metavar="FILE", help="Where the validation proteins go.")
+@click.option("--shards", "num_shards", type=int, default=1, show_default=True,
+              help="Deal proteins round-robin into N files (corpus.00000.txt ...).")
+@click.option("--shard-size", metavar="SIZE", help="Or start a new file every SIZE bytes (500M, 2G).")
+@click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON.")
+@click.option("-j", "--threads", type=int, default=None,
+              help="Worker processes [default: min(cores, 4), or $PROTRANS_THREADS].")
+@click.option("--tmp-dir", metavar="DIR", help="Scratch space for --dedup [default: beside the output].")
+def command(inputs, output, rare, strict, rejects, min_length, max_length, long_policy, dedup,
+            valid_fraction, valid_output, num_shards, shard_size, stats_path, threads, tmp_dir):
+    """FASTA to the ProtTrans pretraining corpus: one protein per line, residues separated by
+    spaces, an empty line after each protein.
+
+    INPUT is a FASTA file (gzip/bz2/xz/zstd detected from its bytes) or - for stdin.
+
+    \b
+    protrans prep uniref50.fasta.gz -o corpus.txt.gz
+    protrans prep a.fa b.fa.gz --dedup --max-length 1024 --long crop -o corpus.txt
+    zcat x.fa.gz | protrans prep - --valid-fraction 0.05 --valid-output valid.txt -o train.txt
+    """
+    from protrans_cli import console
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+    from protrans_cli.io.files import atomic_output
+    from protrans_cli.threads import resolve_threads
+
+    options = CorpusOptions(
+        output=output, rare=rare, strict=strict, rejects=rejects, min_length=min_length,
+        max_length=max_length, long=long_policy, dedup=dedup, valid_fraction=valid_fraction,
+        valid_output=valid_output, num_shards=num_shards,
+        shard_size=parse_size(shard_size) if shard_size else None,
+        threads=resolve_threads(threads), tmp_dir=tmp_dir, progress=console.show_progress(),
+    )
+    stats = build_corpus(inputs, options)
+    if stats_path:
+        with atomic_output(stats_path) as out:
+            out.write(json.dumps(stats.to_dict(), indent=2).encode() + b"\n")
+    _print_summary(stats)
+
+
+def _print_summary(stats) -> None:
+    from protrans_cli import console
+
+    if stats.records_in == 0:
+        console.warn("no FASTA records in the input")
+    rows = [
+        ["records in", f"{stats.records_in:,}"],
+        ["proteins out", f"{stats.proteins_out:,}"],
+        ["residues out", f"{stats.residues_out:,}"],
+    ]
+    if stats.lines_out != stats.proteins_out:
+        rows.append(["lines out (windows)", f"{stats.lines_out:,}"])
+    if stats.valid_proteins:
+        rows.append(["  of which validation", f"{stats.valid_proteins:,} proteins, {stats.valid_residues:,} residues"])
+    if stats.rare_to_x:
+        rows.append(["U/Z/O/B written as X", f"{stats.rare_to_x:,}"])
+    for reason, count in stats.rejected.items():
+        if count:
+            rows.append([f"left out: {reason}", f"{count:,}"])
+    pct = stats.length_percentiles()
+    if pct:
+        rows.append(["length p0/p5/p25/p50/p75/p95/p100", "/".join(str(v) for v in pct.values())])
+    mbps = stats.input_bytes / 1e6 / stats.seconds if stats.seconds else 0.0
+    rows.append(["time", f"{stats.seconds:.2f} s ({mbps:.1f} MB/s of FASTA)"])
+    console.print_table("protrans prep", ["", ""], rows)
