@@ -1,0 +1,187 @@
+"""`protrans train` end to end on CPU with tiny presets: every family learns, saves an HF directory
+that load_model / AutoModel / `protrans embed` read back, resumes exactly, and the CLI honours
+config files, flags and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA
+from protrans_cli.models import FAMILIES
+from protrans_cli.training.config import Phase, TrainConfig
+from protrans_cli.training.loop import find_lr, read_metrics, train
+
+TRAIN = DATA / "train"
+LEARNABLE = str(TRAIN / "learnable.txt")
+GOLDEN = TRAIN / "golden_bert_tiny.json"
+
+torch.set_num_threads(1)
+
+
+def _config(tmp_path, family="bert", **kw):
+    args = dict(family=family, corpus=[LEARNABLE], output_dir=str(tmp_path / f"run_{family}"),
+                num_steps=30, max_length=64, global_batch_size=16, micro_batch_size=8, lr=3e-3,
+                warmup_steps=3, log_every=5, save_every=1000, threads=1, bucket_batches=4)
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_learns_and_round_trips(tmp_path, family, run_cli):
+    result = train(_config(tmp_path, family))
+    run = result.run_dir
+    assert result.completed and result.step == 30
+    assert len(result.losses) == 6
+    assert result.losses[-1] < 0.9 * result.losses[0], result.losses  # it learns
+    # The run directory is an HF model directory: load_model, Auto classes and embed read it.
+    from transformers import AutoConfig, AutoTokenizer
+
+    from protrans_cli.models import load_model
+
+    loaded = load_model(run)
+    assert loaded.family.name == family
+    assert AutoConfig.from_pretrained(run).model_type in FAMILIES[family].model_types
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    original = FAMILIES[family].build_tokenizer()
+    probe = FAMILIES[family].prepare("MKTAYIAKQR")
+    assert tokenizer(probe)["input_ids"] == original(probe)["input_ids"]
+    inputs, residue_mask = loaded.family.encode(loaded.tokenizer, ["MKTAYIAKQR", "GSSG"])
+    (hidden,) = loaded.family.hidden_states(loaded.model, inputs, [-1])
+    assert residue_mask.sum().item() == 14 and torch.isfinite(hidden).all()
+    # The final checkpoint holds the same weights as the exported model.
+    from safetensors.torch import load_file
+
+    final_ckpt = result.last_checkpoint
+    exported, in_ckpt = load_file(run / "model.safetensors"), load_file(final_ckpt / "model.safetensors")
+    assert exported.keys() == in_ckpt.keys() and len(exported) > 0
+    assert all(torch.equal(exported[k], in_ckpt[k]) for k in exported)
+    # `protrans embed -m RUN` reads it too.
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nGSSGSSGHHH\n")
+    out = tmp_path / "q.h5"
+    res = run_cli("embed", fasta, "-m", run, "-o", out, "--per-protein")
+    assert res.exit_code == 0, res.stderr
+    assert out.is_file()
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert {"loss", "lr", "tokens_per_s", "accuracy", "grad_norm"} <= set(rows[0])
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["family"] == family and saved["num_steps"] == 30
+
+
+@pytest.mark.parametrize("family", ["bert", "electra"])
+def test_resume_matches_an_uninterrupted_run(tmp_path, family):
+    # Two phases (64 then 96 tokens), dropout on, interrupted inside each phase.
+    kw = dict(num_steps=0, phases=[Phase(64, 6), Phase(96, 6, 8, 4)], log_every=1, save_every=100,
+              bucket_batches=2, seed=5)
+    whole = train(_config(tmp_path / "whole", family, **kw))
+    part1 = train(_config(tmp_path / "parts", family, stop_after=4, **kw))
+    assert not part1.completed and part1.last_checkpoint.name == "step_00000004"
+    part2 = train(_config(tmp_path / "parts", family, stop_after=9, **kw), resume=True)
+    part3 = train(_config(tmp_path / "parts", family, **kw), resume=True)
+    assert part3.completed and part3.step == 12
+    assert part1.losses + part2.losses + part3.losses == whole.losses  # bit for bit on CPU
+    assert len(whole.losses) == 12
+    from safetensors.torch import load_file
+
+    a = load_file(whole.run_dir / "model.safetensors")
+    b = load_file(part3.run_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = read_metrics(part3.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 13))  # no step logged twice
+
+
+def test_golden_losses_of_a_tiny_bert_run(tmp_path):
+    cfg = _config(tmp_path, num_steps=10, log_every=1, seed=0)
+    losses = train(cfg).losses
+    if os.environ.get("PROTRANS_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps({"config": "tests/test_train_loop.py::test_golden_losses_of_a_tiny_bert_run",
+                                      "losses": losses}, indent=1) + "\n")
+    golden = json.loads(GOLDEN.read_text())["losses"]
+    assert len(golden) == len(losses) == 10
+    np.testing.assert_allclose(losses, golden, rtol=2e-4)
+
+
+def test_checkpoints_keep_last_k_and_eval_loss(tmp_path):
+    cfg = _config(tmp_path, num_steps=8, save_every=2, keep_last=2, log_every=2, eval_every=4,
+                  val_corpus=[str(TRAIN / "learnable_shard2.txt.gz")], num_eval_batches=2)
+    result = train(cfg)
+    ckpts = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step_00000006", "step_00000008"]  # no temporary directory left behind
+    for p in (result.run_dir / "checkpoints").iterdir():
+        saved = json.loads((p / "train_config.json").read_text())
+        assert saved == json.loads((result.run_dir / "train_config.json").read_text())
+    state = torch.load(result.last_checkpoint / "training_state.pt", weights_only=True)
+    assert state["step"] == 8 and {"optimizer", "scheduler", "data_state", "rng"} <= set(state)
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8, 8]  # every 4 steps, then the final evaluation
+    assert all(0 < r["eval_loss"] < 10 for r in evals)
+
+
+def test_loss_is_normalised_by_predicted_tokens_not_micro_batches(tmp_path):
+    # The same global batch split into 1 or 4 micro-batches gives the same losses.
+    a = train(_config(tmp_path / "a", num_steps=6, log_every=1, micro_batch_size=16,
+                      model_overrides={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    b = train(_config(tmp_path / "b", num_steps=6, log_every=1, micro_batch_size=4,
+                      model_overrides={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
+
+
+def test_find_lr_plots_and_suggests(tmp_path):
+    result = find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=25)
+    assert 1e-5 <= result.lr_suggestion <= 1.0
+    assert (result.run_dir / "lr_find.png").stat().st_size > 1000
+    data = json.loads((result.run_dir / "lr_find.json").read_text())
+    assert data["suggested_lr"] == result.lr_suggestion and len(data["lr"]) == result.step > 3
+    assert not (result.run_dir / "checkpoints").exists()
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+def test_cli_config_file_and_flag_override(tmp_path, run_cli):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'family = "bert"\ncorpus = ["{LEARNABLE}"]\nnum_steps = 50\nmax_length = 48\n'
+                   'global_batch_size = 8\nmicro_batch_size = 4\nlr = 0.001\n[model_overrides]\n'
+                   'num_hidden_layers = 1\n')
+    out = tmp_path / "run"
+    res = run_cli("train", "--config", cfg, "-o", out, "--num-steps", 4, "--lr", "0.002",
+                  "--set", "hidden_size=16", "--log-every", 2, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["num_steps"] == 4 and saved["lr"] == 0.002 and saved["max_length"] == 48
+    assert saved["model_overrides"] == {"num_hidden_layers": 1, "hidden_size": 16}
+    model_config = json.loads((out / "config.json").read_text())
+    assert model_config["num_hidden_layers"] == 1 and model_config["hidden_size"] == 16
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [2, 4]
+
+
+def test_cli_errors(tmp_path, run_cli):
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--global-batch-size", 10,
+                  "--micro-batch-size", 4)
+    assert res.exit_code == 2 and "global batch size 10 is not divisible by micro batch size 4" in res.stderr
+    res = run_cli("train", "-o", tmp_path / "r")
+    assert res.exit_code == 2 and "no training corpus" in res.stderr
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--resume")
+    assert res.exit_code == 1 and "no checkpoint to resume from" in res.stderr
+    res = run_cli("train", "--corpus", str(TRAIN / "too_few_proteins.txt"), "-o", tmp_path / "r2",
+                  "--global-batch-size", 8, "--micro-batch-size", 8)
+    assert res.exit_code == 1 and "fewer than one global batch" in res.stderr
+    res = run_cli("train", "--family", "nope", "--corpus", LEARNABLE, "-o", tmp_path / "r3")
+    assert res.exit_code == 1 and "unknown model family 'nope'" in res.stderr
+
+
+def test_cli_list_presets(run_cli):
+    res = run_cli("train", "--list-presets")
+    assert res.exit_code == 0
+    rows = [line.split() for line in res.stdout.splitlines()[1:]]
+    assert {r[0] for r in rows} == set(FAMILIES)
+    assert all(any(r[:2] == [f, "tiny"] for r in rows) for f in FAMILIES)
+    prot_bert = next(r for r in rows if r[:2] == ["bert", "prot_bert"])
+    assert 400 < float(prot_bert[2].rstrip("M").replace(",", "")) < 440  # ProtBert: ~420M
