@@ -488,6 +488,15 @@ class _Dist:
 
             dist.barrier()
 
+    def sum_counts(self, *counts: int) -> list[int]:
+        """Totals over all ranks (also the barrier before rank 0 merges the shards)."""
+        import torch
+        import torch.distributed as dist
+
+        totals = torch.tensor(counts, dtype=torch.int64)
+        dist.all_reduce(totals)
+        return totals.tolist()
+
     def close(self) -> None:
         if self.initialised_here:
             import torch.distributed as dist
@@ -630,7 +639,7 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary, start) -> 
     summary.failed = dict(writer.failed)
 
     if dist.world_size > 1:
-        dist.barrier()
+        summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
         if dist.is_main:
             summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
         else:

@@ -270,3 +270,38 @@ def test_ecoli_proteome_onehot(shared_data, tmp_path):
     assert len(prot) == len(records)
     for rec in records[:: len(records) // 50]:  # a spread of proteins, compared with the reference
         np.testing.assert_allclose(prot[rec.id], onehot_reference(rec.sequence).mean(0), atol=1e-6)
+
+
+def test_shards_are_disjoint_complete_and_balanced():
+    from protrans_cli.embed import shard_units
+
+    units = [_Unit("A" * n, [type("P", (), {"id": f"p{n}"})()]) for n in range(1, 101)]
+    shards = [shard_units(units, r, 3) for r in range(3)]
+    ids = [u.sequence for s in shards for u in s]
+    assert sorted(ids) == sorted(u.sequence for u in units)  # every unit exactly once
+    loads = [sum(len(u.sequence) for u in s) for s in shards]
+    assert max(loads) - min(loads) <= 100  # within one protein of each other
+    assert shard_units(units, 1, 3) == shards[1]  # deterministic, so --resume finds the same shards
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    single = read_all(_run(tmp_path / "single.h5"))
+    out = tmp_path / "dist.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "embedded 6 proteins" in proc.stderr  # totals over both ranks, reported once
+    assert proc.stderr.count("embedded ") == 1
+    merged = read_all(out)
+    assert merged.keys() == single.keys()
+    for k in single:
+        np.testing.assert_array_equal(merged[k], single[k])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "single.h5"]  # shards removed
