@@ -460,12 +460,13 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         kept_ids = [_record_id(data[a + 1:b]) for a, b in
                     zip(header_start[kept].tolist(), header_end[kept].tolist())]
         valid = np.array([in_validation(rid, cfg.valid_fraction) for rid in kept_ids], dtype=bool)
-    # Destination of each kept protein: -1 validation, else its training shard (dealt
-    # round-robin, starting one further on in each block so the shards stay even).
+    # Destination of each kept protein: -1 validation, else (its rank among the block's training
+    # proteins) mod num_shards; the caller rotates that by the proteins written before the block,
+    # which deals them round-robin over the whole run.
     dest = np.zeros(len(kept), dtype=np.int64)
     if cfg.num_shards > 1:
         train = np.flatnonzero(~valid)
-        dest[train] = (block.index + np.arange(len(train))) % cfg.num_shards
+        dest[train] = np.arange(len(train)) % cfg.num_shards
     dest[valid] = -1
     kept_starts = 2 * starts[kept]
     kept_ends = 2 * doc_end
@@ -592,14 +593,15 @@ class _Writers:
         self.train.append(handle.stream)
         self.paths.append(str(path))
 
-    def write(self, outputs: dict[int, bytes]) -> None:
+    def write(self, outputs: dict[int, bytes], train_before: int) -> None:
+        """`train_before`: training proteins written before this block (round-robin offset)."""
         for dest, text in outputs.items():
             if dest == -1:
                 self.valid.write(text)
             elif self.options.shard_size is not None:
                 self._write_sized(text)
             else:
-                self.train[dest].write(text)
+                self.train[(dest + train_before) % len(self.train)].write(text)
 
     def _write_sized(self, text: bytes) -> None:
         limit = self.options.shard_size
@@ -798,7 +800,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             if options.strict and res.first_invalid is not None:
                 rid, detail, line = res.first_invalid
                 raise InputError(detail, path=block.name, record=rid, line=line0 + line - 1)
-            writers.write(res.outputs)
+            writers.write(res.outputs, stats.proteins_out - stats.valid_proteins)
             if rejects:
                 rejects.stream.write(b"".join(
                     f"{rid}\t{reason}\t{detail}\t{block.name}\t{line0 + line - 1}\n".encode("utf-8", "replace")

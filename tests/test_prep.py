@@ -1,0 +1,344 @@
+"""`protrans prep`: golden files for the format and every rule, and the bulk path against a
+per-record reference (read_fasta + normalise + " ".join) on random input."""
+
+from __future__ import annotations
+
+import bz2
+import difflib
+import gzip
+import json
+import lzma
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from protrans_cli.corpus import CorpusOptions, build_corpus, in_validation, shard_path
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.io.fasta import read_fasta
+from protrans_cli.residues import SequenceRejected, normalise
+
+DATA = Path(__file__).parent / "data" / "prep"
+
+
+def assert_same_text(actual: bytes, expected: bytes) -> None:
+    """Golden comparison with a readable diff; refuses to compare nothing."""
+    assert expected, "empty golden file: nothing compared"
+    if actual != expected:
+        diff = difflib.unified_diff(expected.decode(errors="replace").splitlines(True),
+                                    actual.decode(errors="replace").splitlines(True), "expected", "actual")
+        pytest.fail("output differs from the golden file:\n" + "".join(diff))
+
+
+def reference_corpus(paths, rare="x") -> bytes:
+    """The corpus built record by record, the slow obvious way."""
+    out = []
+    for path in paths:
+        for rec in read_fasta(path):
+            try:
+                seq = normalise(rec.sequence, rare=rare)
+            except SequenceRejected:
+                continue
+            out.append(" ".join(seq).encode() + b"\n\n")
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------------------------- golden files
+
+def test_format_golden(run_cli):
+    result = run_cli("prep", DATA / "format.fa")
+    assert result.exit_code == 0, result.stderr
+    assert_same_text(result.stdout_bytes, (DATA / "format.expected.txt").read_bytes())
+
+
+@pytest.mark.parametrize("rare, golden", [("x", "normalisation.expected.txt"),
+                                          ("keep", "normalisation.rare_keep.expected.txt")])
+def test_every_normalisation_rule_golden(run_cli, rare, golden):
+    result = run_cli("prep", DATA / "normalisation.fa", "--rare", rare)
+    assert result.exit_code == 0, result.stderr
+    assert_same_text(result.stdout_bytes, (DATA / golden).read_bytes())
+
+
+def test_every_rejection_reason_golden(run_cli, tmp_path):
+    rejects = tmp_path / "rejects.tsv"
+    stats = tmp_path / "stats.json"
+    result = run_cli("prep", DATA / "rejects.fa", "--rejects", rejects, "--stats", stats)
+    assert result.exit_code == 0, result.stderr
+    assert_same_text(result.stdout_bytes, (DATA / "rejects.expected.txt").read_bytes())
+    expected = (DATA / "rejects.expected.tsv").read_bytes().replace(b"REJECTS", str(DATA / "rejects.fa").encode())
+    assert_same_text(rejects.read_bytes(), expected)
+    summary = json.loads(stats.read_text())
+    assert summary["rejected"] == {"empty": 3, "internal_stop": 2, "invalid_character": 3, "missing_id": 2,
+                                   "too_short": 0, "too_long": 0, "duplicate": 0}
+    assert summary["records_in"] == 12 and summary["proteins_out"] == 2
+    assert "empty" in result.stderr and "internal_stop" in result.stderr  # the summary on stderr
+
+
+def test_strict_names_file_record_and_line(run_cli, tmp_path):
+    out = tmp_path / "corpus.txt"
+    result = run_cli("prep", DATA / "rejects.fa", "--strict", "-o", out)
+    assert result.exit_code == 1
+    assert f"{DATA / 'rejects.fa'}:3, record 'j_residue': invalid character 'J' at residue 3" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    assert not list(tmp_path.iterdir()), "a temporary file was left behind"
+
+
+def test_stdin_and_multiple_inputs(run_cli):
+    fmt = (DATA / "format.fa").read_bytes()
+    result = run_cli("prep", DATA / "normalisation.fa", "-", DATA / "format.fa", input=fmt)
+    assert result.exit_code == 0, result.stderr
+    golden_fmt = (DATA / "format.expected.txt").read_bytes()
+    assert_same_text(result.stdout_bytes,
+                     (DATA / "normalisation.expected.txt").read_bytes() + golden_fmt + golden_fmt)
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress, "zstd"])
+def test_compressed_input_detected_from_bytes(run_cli, tmp_path, compress):
+    if compress == "zstd":
+        import zstandard
+
+        compress = zstandard.ZstdCompressor().compress
+    path = tmp_path / "no_extension"  # detection must not rely on the name
+    path.write_bytes(compress((DATA / "normalisation.fa").read_bytes()))
+    result = run_cli("prep", path)
+    assert result.exit_code == 0, result.stderr
+    assert_same_text(result.stdout_bytes, (DATA / "normalisation.expected.txt").read_bytes())
+
+
+def test_gzip_output_by_extension(run_cli, tmp_path):
+    out = tmp_path / "corpus.txt.gz"
+    result = run_cli("prep", DATA / "format.fa", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert out.read_bytes()[:2] == b"\x1f\x8b"
+    assert_same_text(gzip.decompress(out.read_bytes()), (DATA / "format.expected.txt").read_bytes())
+    assert result.stdout_bytes == b""
+
+
+def test_edge_case_fixtures(run_cli):
+    ok = run_cli("prep", DATA / "bom_and_leading_blank_lines.fa")
+    assert ok.exit_code == 0 and ok.stdout_bytes == b"M K T\n\nA C\n\n"
+    nofinal = run_cli("prep", DATA / "no_final_newline.fa")
+    assert nofinal.exit_code == 0 and nofinal.stdout_bytes == b"M K T\n\nA C\n\n"
+    nul = run_cli("prep", DATA / "nul_byte.fa")
+    assert nul.exit_code == 0 and nul.stdout_bytes == b"M K T\n\nA C\n\n"
+    assert "invalid_character" in nul.stderr
+    empty = run_cli("prep", DATA / "empty.fa")
+    assert empty.exit_code == 0 and empty.stdout_bytes == b""
+    assert "no FASTA records" in empty.stderr
+
+
+def test_not_fasta_is_input_error(run_cli):
+    result = run_cli("prep", DATA / "not_fasta.fa")
+    assert result.exit_code == 1
+    assert f"{DATA / 'not_fasta.fa'}:3" in result.stderr and "not FASTA" in result.stderr
+
+
+def test_missing_input_is_input_error(run_cli, tmp_path):
+    result = run_cli("prep", tmp_path / "nope.fa")
+    assert result.exit_code == 1 and "no such file" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--shards", "2"],                                   # sharding to stdout
+    ["--long", "crop"],                                  # crop without a window size
+    ["--valid-fraction", "0.1"],                         # no --valid-output
+    ["--min-length", "0"],
+    ["--max-length", "3", "--min-length", "5"],
+    ["--shards", "2", "--shard-size", "1M", "-o", "x.txt"],
+    ["--shard-size", "lots", "-o", "x.txt"],
+    ["-j", "0"],
+])
+def test_contradictory_options_are_usage_errors(run_cli, tmp_path, args):
+    args = [str(tmp_path / a) if a == "x.txt" else a for a in args]
+    result = run_cli("prep", DATA / "format.fa", *args)
+    assert result.exit_code == 2, (args, result.stderr)
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------- corpus building
+
+def test_length_filters_and_crop(tmp_path):
+    out = tmp_path / "c.txt"
+    rejects = tmp_path / "r.tsv"
+    stats = build_corpus([DATA / "lengths.fa"], CorpusOptions(output=str(out), min_length=3, max_length=5,
+                                                              long="crop", rejects=str(rejects)))
+    # long12 -> MKTAY IAKQR (the 2-residue tail is below --min-length); ok8 -> MKTAY IAK
+    assert out.read_bytes() == (b"M K T A Y\n\n"
+                                b"M K T A Y\nI A K Q R\n\n"
+                                b"M K T A Y\nI A K\n\n")
+    assert (stats.proteins_out, stats.lines_out, stats.residues_out) == (3, 5, 23)
+    assert stats.rejected["too_short"] == 1
+    assert "short2\ttoo_short" in rejects.read_text()
+
+    skip = build_corpus([DATA / "lengths.fa"], CorpusOptions(output=str(out), min_length=3, max_length=8))
+    assert out.read_bytes() == b"M K T A Y\n\nM K T A Y I A K\n\n"
+    assert skip.rejected["too_long"] == 1 and skip.rejected["too_short"] == 1
+    assert skip.length_percentiles()["p100"] == 8
+
+
+def test_dedup_keeps_first_occurrence(tmp_path, run_cli):
+    out = tmp_path / "c.txt"
+    stats = build_corpus([DATA / "duplicates.fa"], CorpusOptions(output=str(out), dedup=True))
+    assert_same_text(out.read_bytes(), (DATA / "duplicates.expected.txt").read_bytes())
+    assert stats.rejected["duplicate"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "dedup scratch left behind"
+    # stdin is spooled to disk for the two passes
+    result = run_cli("prep", "-", "--dedup", input=(DATA / "duplicates.fa").read_bytes())
+    assert result.exit_code == 0, result.stderr
+    assert_same_text(result.stdout_bytes, (DATA / "duplicates.expected.txt").read_bytes())
+
+
+def _random_fasta(path: Path, n: int, seed: int, dirty: bool = True) -> None:
+    rng = random.Random(seed)
+    letters = "ACDEFGHIKLMNPQRSTVWY"
+    out = []
+    for i in range(n):
+        length = rng.choice([0, 1, 5, 30, 61, 200, 700, 3000]) if dirty else rng.randint(1, 500)
+        seq = "".join(rng.choice(letters) for _ in range(length))
+        if dirty and rng.random() < 0.4:
+            pos = rng.randrange(length + 1)
+            seq = seq[:pos] + rng.choice("uozbUZOBxX-. \t*J1#acde") + seq[pos:]
+        if dirty and rng.random() < 0.2:
+            seq += "*"
+        if rng.random() < 0.1 and i % 7 == 0:
+            seq = (seq * 2)[: max(len(seq), 1)]
+        width = rng.choice([10, 60, 80, 0])
+        body = "\n".join(seq[k:k + width] for k in range(0, len(seq), width)) if width else seq
+        eol = "\r\n" if dirty and rng.random() < 0.1 else "\n"
+        header = f">rec{i} some description > with gt"
+        out.append(header + eol + body.replace("\n", eol) + eol + ("\n" if rng.random() < 0.05 else ""))
+    path.write_text("".join(out))
+
+
+@pytest.mark.parametrize("block_bytes, threads", [(1024, 1), (5000, 2), (4 << 20, 1)])
+@pytest.mark.parametrize("rare", ["x", "keep"])
+def test_bulk_path_matches_per_record_reference(tmp_path, block_bytes, threads, rare):
+    fasta = tmp_path / "random.fa"
+    _random_fasta(fasta, 400, seed=block_bytes + len(rare))
+    out = tmp_path / "c.txt"
+    stats = build_corpus([fasta], CorpusOptions(output=str(out), rare=rare, block_bytes=block_bytes,
+                                                threads=threads))
+    expected = reference_corpus([fasta], rare=rare)
+    assert_same_text(out.read_bytes(), expected)
+    assert stats.records_in == 400
+    assert stats.proteins_out == expected.count(b"\n\n")
+    assert stats.proteins_out + stats.rejected_total == 400
+    assert stats.residues_out == len(expected.replace(b" ", b"").replace(b"\n", b""))
+
+
+def test_record_larger_than_a_block(tmp_path):
+    fasta = tmp_path / "big.fa"
+    seq = "MKTAYIAKQR" * 2000
+    fasta.write_text(">small\nMK\n>big\n" + "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n>tail\nAC\n")
+    out = tmp_path / "c.txt"
+    build_corpus([fasta], CorpusOptions(output=str(out), block_bytes=1024))
+    assert out.read_bytes() == b"M K\n\n" + " ".join(seq).encode() + b"\n\nA C\n\n"
+
+
+def test_validation_split_is_deterministic(tmp_path):
+    fasta = tmp_path / "r.fa"
+    _random_fasta(fasta, 600, seed=3, dirty=False)
+    runs = []
+    for block_bytes, threads in [(4 << 20, 1), (2000, 2)]:
+        train, valid = tmp_path / f"t{block_bytes}.txt", tmp_path / f"v{block_bytes}.txt"
+        stats = build_corpus([fasta], CorpusOptions(output=str(train), valid_fraction=0.2, valid_output=str(valid),
+                                                    block_bytes=block_bytes, threads=threads))
+        runs.append((train.read_bytes(), valid.read_bytes()))
+        assert stats.valid_proteins == valid.read_bytes().count(b"\n\n")
+    assert runs[0] == runs[1]
+    train_text, valid_text = runs[0]
+    # every protein lands in exactly one split, and the split is the hash of its id
+    assert sorted((train_text + valid_text).split(b"\n\n")) == sorted(reference_corpus([fasta]).split(b"\n\n"))
+    expected_valid = [r.id for r in read_fasta(fasta) if in_validation(r.id, 0.2)]
+    assert valid_text.count(b"\n\n") == len(expected_valid)
+    assert 0.1 * 600 < len(expected_valid) < 0.3 * 600
+    # the hash is fixed: a change would move proteins between splits across versions
+    assert [in_validation(f"P{i}", 0.5) for i in range(8)] == [in_validation(f"P{i}", 0.5) for i in range(8)]
+    assert in_validation("UniRef50_P12345", 0.999999) and not in_validation("UniRef50_P12345", 0.0)
+
+
+def test_shards_round_robin_and_by_size(tmp_path):
+    fasta = tmp_path / "r.fa"
+    _random_fasta(fasta, 300, seed=5, dirty=False)
+    whole = reference_corpus([fasta])
+    docs = whole.split(b"\n\n")[:-1]
+
+    stats = build_corpus([fasta], CorpusOptions(output=str(tmp_path / "rr.txt.gz"), num_shards=3, block_bytes=4000))
+    paths = [shard_path(tmp_path / "rr.txt.gz", k) for k in range(3)]
+    assert [p.name for p in paths] == ["rr.00000.txt.gz", "rr.00001.txt.gz", "rr.00002.txt.gz"]
+    assert stats.outputs == [str(p) for p in paths]
+    shards = [gzip.decompress(p.read_bytes()).split(b"\n\n")[:-1] for p in paths]
+    assert sorted(d for s in shards for d in s) == sorted(docs)
+    counts = [len(s) for s in shards]
+    assert max(counts) - min(counts) <= 1, counts
+
+    limit = 5000
+    build_corpus([fasta], CorpusOptions(output=str(tmp_path / "sz.txt"), shard_size=limit, block_bytes=3000))
+    sized = sorted(tmp_path.glob("sz.*.txt"))
+    assert len(sized) >= len(whole) // limit
+    texts = [p.read_bytes() for p in sized]
+    assert b"".join(texts) == whole  # in order, split only between proteins
+    assert all(t.endswith(b"\n\n") for t in texts)
+    assert all(len(t) <= limit or t.count(b"\n\n") == 1 for t in texts)
+
+
+def test_atomic_output_on_failure(tmp_path, run_cli):
+    out = tmp_path / "corpus.txt"
+    out.write_bytes(b"previous corpus\n")
+    bad = tmp_path / "bad.fa"
+    bad.write_bytes(b"".join(b">ok%d\nMKTAYIAKQR\n" % i for i in range(3000)) + b">bad\nMKJ\n")
+    result = run_cli("prep", bad, "--strict", "-o", out, "--shards", "1", "--rejects", tmp_path / "r.tsv")
+    assert result.exit_code == 1
+    assert out.read_bytes() == b"previous corpus\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.fa", "corpus.txt"]
+    # shards: none of them appear
+    result = run_cli("prep", bad, "--strict", "-o", tmp_path / "s.txt", "--shards", "4")
+    assert result.exit_code == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.fa", "corpus.txt"]
+
+
+def test_stats_json(tmp_path, run_cli):
+    stats_path = tmp_path / "s.json"
+    result = run_cli("prep", DATA / "normalisation.fa", "-o", tmp_path / "c.txt", "--stats", stats_path)
+    assert result.exit_code == 0, result.stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["records_in"] == 11 and stats["proteins_out"] == 11
+    assert stats["rare_to_x"] == 8
+    assert stats["residues_out"] == 10 + 6 * 6 + 6 * 2 + 2 + 4
+    assert stats["length_percentiles"] == {"p0": 2, "p5": 2, "p25": 6, "p50": 6, "p75": 6, "p95": 10, "p100": 10}
+    assert stats["rejected_total"] == 0
+
+
+def test_library_errors():
+    with pytest.raises(UsageError):
+        build_corpus([DATA / "format.fa"], CorpusOptions(rare="drop"))
+    with pytest.raises(InputError):
+        build_corpus([DATA / "not_fasta.fa"], CorpusOptions(output=os.devnull))
+
+
+# ---------------------------------------------------------------------------------- process-level
+
+def test_prep_never_imports_heavy_modules(tmp_path):
+    code = (
+        "import sys\nfrom protrans_cli.cli import main\n"
+        f"for argv in (['prep', '--help'], ['prep', {str(DATA / 'format.fa')!r}, '-o', {str(tmp_path / 'c.txt')!r}]):\n"
+        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'h5py') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "c.txt").read_bytes() == (DATA / "format.expected.txt").read_bytes()
+
+
+def test_broken_pipe_is_quiet(tmp_path):
+    fasta = tmp_path / "many.fa"
+    fasta.write_bytes(b"".join(b">p%d\n%s\n" % (i, b"MKTAYIAKQR" * 30) for i in range(20000)))
+    proc = subprocess.run(f"{sys.executable} -m protrans_cli prep {fasta} | head -n 1", shell=True,
+                          capture_output=True, text=True)
+    assert proc.stdout == " ".join("MKTAYIAKQR" * 30) + "\n"
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
