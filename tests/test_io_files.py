@@ -1,0 +1,89 @@
+"""Opening inputs (magic-byte decompression, stdin, errors) and atomic outputs; the FASTA reader."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import sys
+
+import pytest
+
+from protrans_cli.errors import InputError
+from protrans_cli.io.fasta import read_fasta
+from protrans_cli.io.files import AtomicFile, atomic_output, open_input
+
+TEXT = b">a desc\nMKT\n"
+
+
+@pytest.mark.parametrize("compress", [lambda b: b, gzip.compress, bz2.compress, lzma.compress, "zstd"])
+def test_open_input_detects_compression_from_bytes(tmp_path, compress):
+    if compress == "zstd":
+        import zstandard
+
+        compress = zstandard.ZstdCompressor().compress
+    path = tmp_path / "plain.txt"  # a misleading name
+    path.write_bytes(compress(TEXT * 1000))
+    with open_input(path) as stream:
+        assert stream.read() == TEXT * 1000
+
+
+def test_open_input_stdin(monkeypatch):
+    fake = io.TextIOWrapper(io.BytesIO(gzip.compress(TEXT)))
+    monkeypatch.setattr(sys, "stdin", fake)
+    with open_input("-") as stream:
+        assert stream.read() == TEXT
+
+
+def test_truncated_gzip_is_input_error(tmp_path):
+    path = tmp_path / "cut.fa.gz"
+    path.write_bytes(gzip.compress(TEXT * 5000)[:-20])
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        with open_input(path) as stream:
+            stream.read()
+
+
+def test_missing_and_directory_inputs(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        with open_input(tmp_path / "nope"):
+            pass
+    with pytest.raises(InputError, match="directory"):
+        with open_input(tmp_path):
+            pass
+
+
+def test_atomic_output_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as out:
+            out.write(b"new, half written")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    with atomic_output(target) as out:
+        out.write(b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_atomic_file_commit_abort_and_compression(tmp_path):
+    kept = AtomicFile(tmp_path / "a.txt.gz")
+    kept.stream.write(b"hello\n")
+    dropped = AtomicFile(tmp_path / "b.txt")
+    dropped.stream.write(b"never\n")
+    assert not (tmp_path / "a.txt.gz").exists()
+    kept.commit()
+    dropped.abort()
+    assert gzip.decompress((tmp_path / "a.txt.gz").read_bytes()) == b"hello\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt.gz"]
+    with pytest.raises(InputError, match="output directory does not exist"):
+        AtomicFile(tmp_path / "missing" / "x.txt")
+
+
+def test_read_fasta_edge_cases(tmp_path):
+    path = tmp_path / "edge.fa"
+    path.write_bytes(b"\xef\xbb\xbf>a first > second\r\nMK\r\nT\r\n\r\n>b\n\n>c\nAC DE\n")
+    records = list(read_fasta(path))
+    assert [(r.id, r.description, r.sequence, r.line) for r in records] == [
+        ("a", "a first > second", "MKT", 1), ("b", "b", "", 5), ("c", "c", "ACDE", 7)]

@@ -1,0 +1,58 @@
+"""The normalisation rules of residues.normalise, one case per rule and per rejection reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from protrans_cli.residues import (
+    REASON_EMPTY,
+    REASON_INTERNAL_STOP,
+    REASON_INVALID,
+    SequenceRejected,
+    normalise,
+)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("MKTAYI", "MKTAYI"),
+    ("mktayi", "MKTAYI"),                    # upper-case
+    ("MK TA\tYI\r\n", "MKTAYI"),             # whitespace removed
+    ("MK-TA..YI", "MKTAYI"),                 # gap characters removed
+    ("MKTAYI*", "MKTAYI"),                   # one terminal stop removed
+    ("MKTAYI* \n", "MKTAYI"),                # ... also before trailing whitespace
+    ("MKTAYI*-", "MKTAYI"),                  # ... and before a trailing gap
+    ("MUZOBK", "MXXXXK"),                    # rare residues become X
+    ("muzobk", "MXXXXK"),
+    ("MXK", "MXK"),                          # X is kept
+    (b"MKT", "MKT"),                         # bytes in, str out
+])
+def test_normalise_rules(raw, expected):
+    assert normalise(raw) == expected
+
+
+def test_rare_keep():
+    assert normalise("muzobx", rare="keep") == "MUZOBX"
+
+
+@pytest.mark.parametrize("raw, reason, detail", [
+    ("", REASON_EMPTY, "empty sequence"),
+    ("*", REASON_EMPTY, "empty sequence"),
+    ("-- ..", REASON_EMPTY, "empty sequence"),
+    ("MK*T", REASON_INTERNAL_STOP, "internal stop '*' at residue 3"),
+    ("MKT**", REASON_INTERNAL_STOP, "internal stop '*' at residue 4"),
+    ("MKJT", REASON_INVALID, "invalid character 'J' at residue 3"),
+    ("MK1T", REASON_INVALID, "invalid character '1' at residue 3"),
+    ("MK\x00T", REASON_INVALID, "invalid character '\\\\x00' at residue 3"),
+    ("MKé", REASON_INVALID, None),
+])
+def test_rejections_carry_reason_and_position(raw, reason, detail):
+    with pytest.raises(SequenceRejected) as info:
+        normalise(raw)
+    assert info.value.reason == reason
+    if detail is not None:
+        assert info.value.detail == detail
+
+
+def test_unknown_rare_policy_is_an_error():
+    with pytest.raises(ValueError):
+        normalise("MKT", rare="drop")
