@@ -137,7 +137,13 @@ def _loop(run: _Run, resume) -> TrainResult:
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, data_phase, data_state = 0, 0, StreamState()
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if run.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(run.wrapped, optimizer, optim_state_dict=state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
         step, data_phase = state["step"], state["data_phase"]
