@@ -106,4 +106,13 @@ def _print_summary(stats) -> None:
         rows.append(["length p0/p5/p25/p50/p75/p95/p100", "/".join(str(v) for v in pct.values())])
     mbps = stats.input_bytes / 1e6 / stats.seconds if stats.seconds else 0.0
     rows.append(["time", f"{stats.seconds:.2f} s ({mbps:.1f} MB/s of FASTA)"])
-    console.print_table("protrans prep", ["", ""], rows)
+    if console.state.verbosity < 0:
+        return
+    from rich.table import Table
+
+    table = Table(title="protrans prep", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.stderr_console().print(table)
