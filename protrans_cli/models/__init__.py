@@ -154,6 +154,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     if not is_dir:
         if revision is not None:
             hub_kwargs["revision"] = revision
+        if local_files_only is None and _offline():
+            # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour it when set later.
+            local_files_only = True
         if local_files_only is not None:
             hub_kwargs["local_files_only"] = local_files_only
     try:
@@ -188,6 +191,11 @@ def _default_dtype():
     return torch.float32
 
 
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -196,8 +204,7 @@ def _first_line(exc: BaseException) -> str:
 def _not_found_message(name: str, target: str, is_dir: bool, reason: str) -> str:
     if is_dir:
         return f"{name}: cannot load the model directory: {reason}"
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it could not be downloaded"
+    why = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "it could not be downloaded"
     return (f"cannot load model {name!r}: {target} is not in the local Hugging Face cache and {why}; "
             f"download it where there is network (`hf download {target} --local-dir DIR`) "
             f"and pass the directory: -m DIR")

@@ -1,0 +1,86 @@
+"""`protrans models`: list model families, their presets (sizes) and the published checkpoints.
+
+    protrans models                       # families, presets and checkpoints as tables
+    protrans models --checkpoints         # only the short names for `protrans embed -m`
+    protrans models --presets --family t5 # T5 presets with parameter counts
+    protrans models --json | jq '.checkpoints[] | .name'
+
+Preset parameter counts are computed by building each preset on the meta device (no memory,
+a few seconds for all of them); checkpoint figures are those of the published weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command("models")
+@click.option("--families", "show_families", is_flag=True, help="Show the model families.")
+@click.option("--presets", "show_presets", is_flag=True, help="Show the presets with parameter counts.")
+@click.option("--checkpoints", "show_checkpoints", is_flag=True,
+              help="Show the published checkpoints (short names for `embed -m`).")
+@click.option("--family", "family", default=None, metavar="NAME", help="Only this family.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+def command(show_families, show_presets, show_checkpoints, family, as_json):
+    """List model families, presets (with parameter counts) and published checkpoints.
+
+    \b
+    protrans models
+    protrans models --checkpoints
+    protrans models --presets --family esm --json
+    """
+    from protrans_cli.models.listing import describe
+
+    if not (show_families or show_presets or show_checkpoints):
+        show_families = show_presets = show_checkpoints = True
+    data = describe(family=family, families=show_families, presets=show_presets,
+                    checkpoints=show_checkpoints)
+    if as_json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    _print_tables(data)
+
+
+def _print_tables(data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    # A pipe gets the full width rather than 80 columns of truncated hub ids.
+    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+    if "families" in data:
+        table = Table(title="Families", title_justify="left")
+        for col in ("family", "objective", "input", "presets", "description"):
+            table.add_column(col)
+        for f in data["families"]:
+            table.add_row(f["name"], f["objective"], f["input_layout"], ", ".join(f["presets"]), f["description"])
+        out.print(table)
+    if "presets" in data:
+        table = Table(title="Presets (protrans train --family F --preset P)", title_justify="left")
+        for col in ("family", "preset", "parameters", "layers", "dim"):
+            table.add_column(col, justify="right" if col in ("parameters", "layers", "dim") else "left")
+        for p in data["presets"]:
+            table.add_row(p["family"], p["name"], _human(p["num_params"]), str(p["num_layers"]),
+                          str(p["embedding_dim"]))
+        out.print(table)
+    if "checkpoints" in data:
+        table = Table(title="Published checkpoints (protrans embed -m NAME)", title_justify="left")
+        for col in ("name", "hub id", "family", "parameters", "dim", "layers"):
+            table.add_column(col, justify="right" if col in ("parameters", "dim", "layers") else "left")
+        for c in data["checkpoints"]:
+            name = c["name"] + (" (default)" if c["default"] else "")
+            params = _human(c["num_params"])
+            if c["total_params"]:
+                params += f" of {_human(c['total_params'])}"
+            table.add_row(name, c["hub_id"], c["family"], params, str(c["embedding_dim"]), str(c["num_layers"]))
+        out.print(table)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}" if n < 100 * size else f"{n / size:.0f}{unit}"
+    return str(n)

@@ -1,0 +1,38 @@
+"""What `protrans models` shows, as plain data: families, presets with sizes, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from protrans_cli.models import CHECKPOINTS, DEFAULT_CHECKPOINT, FAMILIES, get_family, list_presets
+
+
+def _input_layout(family) -> str:
+    """The special-token layout of one encoded protein, e.g. "[CLS] M K T [SEP]"."""
+    tokenizer = family.build_tokenizer()
+    ids = tokenizer(family.prepare("MKT"))["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    text = " ".join(tokens) if family.spaced else "".join(t if len(t) == 1 else f" {t} " for t in tokens)
+    return " ".join(text.split()) + (" (left-padded)" if family.padding_side == "left" else "")
+
+
+def describe(*, family: str | None = None, families: bool = True, presets: bool = True,
+             checkpoints: bool = True) -> dict:
+    """A JSON-ready dict with the requested sections ("families", "presets", "checkpoints")."""
+    names = [get_family(family).name] if family else list(FAMILIES)
+    data: dict = {}
+    if families:
+        data["families"] = [
+            {"name": f.name, "model_types": list(f.model_types), "objective": f.objective,
+             "description": f.description, "spaced": f.spaced, "rare_to": f.rare_to,
+             "padding_side": f.padding_side, "input_layout": _input_layout(f), "presets": list(f.presets)}
+            for f in (FAMILIES[n] for n in names)]
+    if presets:
+        data["presets"] = [
+            {"family": p.family, "name": p.name, "num_params": p.num_params,
+             "embedding_dim": p.embedding_dim, "num_layers": p.num_layers, "config": p.config}
+            for n in names for p in list_presets(n)]
+    if checkpoints:
+        data["checkpoints"] = [dict(asdict(c), default=c.name == DEFAULT_CHECKPOINT)
+                               for c in CHECKPOINTS.values() if c.family in names]
+    return data

@@ -1,0 +1,50 @@
+"""`protrans models`: tables and JSON listing families, presets and checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+from protrans_cli.models import CHECKPOINTS, FAMILIES
+
+
+def test_json_lists_every_family_preset_and_checkpoint(run_cli):
+    result = run_cli("models", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [f["name"] for f in data["families"]] == list(FAMILIES)
+    assert {c["name"] for c in data["checkpoints"]} == set(CHECKPOINTS)
+    assert sum(c["default"] for c in data["checkpoints"]) == 1
+    rows = {(p["family"], p["name"]): p for p in data["presets"]}
+    assert len(rows) == sum(len(f.presets) for f in FAMILIES.values())
+    bert = rows[("bert", "prot_bert")]
+    assert bert["embedding_dim"] == 1024 and bert["num_layers"] == 30
+    assert 400e6 < bert["num_params"] < 440e6
+    t5 = next(c for c in data["checkpoints"] if c["name"] == "prot_t5_xl_half")
+    assert t5["hub_id"] == "Rostlab/prot_t5_xl_half_uniref50-enc" and t5["embedding_dim"] == 1024
+    layouts = {f["name"]: f["input_layout"] for f in data["families"]}
+    assert layouts["bert"] == "[CLS] M K T [SEP]"
+    assert layouts["t5"] == "M K T </s>"
+    assert layouts["esm"] == "<cls> MKT <eos>"
+    assert layouts["xlnet"].startswith("M K T <sep> <cls>")
+
+
+def test_family_filter_and_sections(run_cli):
+    result = run_cli("models", "--checkpoints", "--family", "esm", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert set(data) == {"checkpoints"}
+    assert [c["embedding_dim"] for c in data["checkpoints"]] == [320, 480, 640, 1280, 2560, 5120]
+
+
+def test_tables_name_the_default_checkpoint(run_cli):
+    result = run_cli("models", "--checkpoints")
+    assert result.exit_code == 0
+    assert "prot_t5_xl_half (default)" in result.stdout
+    assert "Rostlab/prot_t5_xl_half_uniref50-enc" in result.stdout
+    assert "facebook/esm2_t33_650M_UR50D" in result.stdout
+
+
+def test_unknown_family_is_one_line_error(run_cli):
+    result = run_cli("models", "--family", "gpt7")
+    assert result.exit_code == 1
+    assert "unknown model family 'gpt7'" in result.stderr and "Traceback" not in result.stderr

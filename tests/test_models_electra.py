@@ -1,0 +1,61 @@
+"""ELECTRA's generator/discriminator pair: shared embeddings, sizes, save layout, reload."""
+
+from __future__ import annotations
+
+import torch
+
+from protrans_cli.models import FAMILIES, load_model
+
+torch.set_num_threads(1)
+FAMILY = FAMILIES["electra"]
+
+
+def _pair(seed=0, **overrides):
+    torch.manual_seed(seed)
+    tokenizer = FAMILY.build_tokenizer()
+    return tokenizer, FAMILY.pretraining_model(FAMILY.build_config("tiny", tokenizer, **overrides))
+
+
+def test_generator_is_a_quarter_and_shares_embeddings():
+    _, pair = _pair()
+    gen, disc = pair.generator, pair.discriminator
+    assert gen.config.hidden_size * 4 == disc.config.hidden_size
+    assert gen.config.num_hidden_layers == disc.config.num_hidden_layers
+    assert gen.electra.embeddings is disc.electra.embeddings
+    assert gen.generator_lm_head.weight is disc.electra.embeddings.word_embeddings.weight
+    # shared tensors are counted once
+    n = sum(p.numel() for p in pair.parameters())
+    assert n == FAMILY.num_params("tiny")
+    assert n < sum(p.numel() for p in gen.parameters()) + sum(p.numel() for p in disc.parameters())
+
+
+def test_generator_loss_reaches_the_shared_embeddings():
+    _, pair = _pair()
+    ids = torch.randint(5, 30, (2, 8))
+    loss = pair.generator(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grad = pair.discriminator.electra.embeddings.word_embeddings.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_generator_size_option():
+    _, pair = _pair(generator_size=0.5)
+    assert pair.generator.config.hidden_size * 2 == pair.discriminator.config.hidden_size
+
+
+def test_save_layout_and_reload(tmp_path):
+    tokenizer, pair = _pair(seed=1)
+    pair.eval()
+    FAMILY.save_pretrained(pair, tokenizer, tmp_path)
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "generator" / "config.json").is_file()
+    reloaded = FAMILY.load_pretraining_model(tmp_path).eval()
+    assert reloaded.generator.electra.embeddings is reloaded.discriminator.electra.embeddings
+    ids = torch.randint(5, 30, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(reloaded.generator(input_ids=ids).logits, pair.generator(input_ids=ids).logits)
+        assert torch.equal(reloaded.discriminator(input_ids=ids).logits, pair.discriminator(input_ids=ids).logits)
+        # embed loads the discriminator at the root
+        loaded = load_model(tmp_path)
+        expected = pair.discriminator.electra(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(loaded.model(input_ids=ids).last_hidden_state, expected, rtol=0, atol=1e-6)
+    assert loaded.model.config.hidden_size == pair.discriminator.config.hidden_size

@@ -1,0 +1,146 @@
+"""The project's Transformer-XL: memory, relative positions, save/load, and that it learns."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from protrans_cli.models import FAMILIES
+from protrans_cli.models.transfo_xl import (RelPartialLearnableAttention, TransfoXLConfig,
+                                            TransfoXLLMHeadModel, _sinusoid)
+
+torch.set_num_threads(1)
+FAMILY = FAMILIES["transfo_xl"]
+
+
+def _model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = FAMILY.build_config("tiny", **overrides)
+    return TransfoXLLMHeadModel(config).eval()
+
+
+def _ids(B, T, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, 29, (B, T), generator=g)
+
+
+def test_mems_change_the_output():
+    model = _model()
+    first, second = _ids(2, 6, seed=1), _ids(2, 5, seed=2)
+    with torch.no_grad():
+        mems = model(input_ids=first).mems
+        without = model(input_ids=second).logits
+        with_mems = model(input_ids=second, mems=mems).logits
+    assert len(mems) == model.config.n_layer and mems[0].shape == (2, 6, model.config.d_model)
+    assert not torch.allclose(without, with_mems, atol=1e-4)
+
+
+def test_segments_with_memory_equal_one_long_pass():
+    # With memory as long as the prefix, segment 2 sees exactly what it sees in one causal pass
+    # over both segments, at the same relative distances.
+    model = _model(mem_len=64)
+    ids = _ids(2, 11, seed=3)
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        out1 = model(input_ids=ids[:, :7])
+        out2 = model(input_ids=ids[:, 7:], mems=out1.mems)
+    torch.testing.assert_close(out1.logits, full[:, :7], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out2.logits, full[:, 7:], rtol=0, atol=1e-5)
+
+
+def test_memory_is_capped_at_mem_len_and_detached():
+    model = _model(mem_len=4)
+    with torch.no_grad():
+        out = model(input_ids=_ids(1, 6))
+        out = model(input_ids=_ids(1, 3), mems=out.mems)
+    assert all(m.shape[1] == 4 and not m.requires_grad for m in out.mems)
+    assert _model(mem_len=0)(input_ids=_ids(1, 3)).mems is None
+
+
+def test_attention_matches_a_direct_relative_position_computation():
+    torch.manual_seed(0)
+    config = TransfoXLConfig(d_model=8, n_head=2, d_head=4, d_inner=16, n_layer=1, dropout=0.0)
+    attn = RelPartialLearnableAttention(config).eval()
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    B, M, T = 1, 3, 4
+    K = M + T
+    h, mem = torch.randn(B, T, 8), torch.randn(B, M, 8)
+    r = _sinusoid(torch.arange(K - 1, -1, -1), 8)
+    causal = (torch.arange(K)[None, :] <= M + torch.arange(T)[:, None])[None]  # (1, T, K)
+    with torch.no_grad():
+        ours = attn(h, r, mem, causal)
+        cat = torch.cat([mem, h], dim=1)[0]
+        q, k, v = attn.qkv_net(cat).view(K, 3, 2, 4).unbind(1)
+        q = q[M:]
+        expected_heads = []
+        for head in range(2):
+            rows = []
+            for i in range(T):
+                scores = []
+                for j in range(M + i + 1):
+                    dist = torch.tensor([M + i - j])
+                    r_k = attn.r_net(_sinusoid(dist, 8)).view(2, 4)[head]
+                    s = (q[i, head] + attn.r_w_bias[head]) @ k[j, head] + (q[i, head] + attn.r_r_bias[head]) @ r_k
+                    scores.append(s / math.sqrt(4))
+                p = torch.softmax(torch.stack(scores), 0)
+                rows.append(p @ v[: M + i + 1, head])
+            expected_heads.append(torch.stack(rows))
+        vec = torch.stack(expected_heads, dim=1).reshape(T, 8)
+        expected = attn.layer_norm(h[0] + attn.o_net(vec))
+    torch.testing.assert_close(ours[0], expected, rtol=0, atol=1e-5)
+
+
+def test_padding_does_not_change_real_positions():
+    model = _model()
+    tokenizer = FAMILY.build_tokenizer()
+    inputs, mask = FAMILY.encode(tokenizer, ["MKTAYIAK", "MKT"])
+    alone, alone_mask = FAMILY.encode(tokenizer, ["MKT"])
+    with torch.no_grad():
+        batch = model(**inputs).logits
+        one = model(**alone).logits
+    torch.testing.assert_close(batch[1][mask[1]], one[0][alone_mask[0]], rtol=0, atol=1e-5)
+
+
+def test_save_pretrained_round_trip_is_exact(tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    model = _model(seed=4)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "protrans-transfo-xl"
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, TransfoXLLMHeadModel)
+    ids = _ids(2, 9, seed=5)
+    with torch.no_grad():
+        a, b = model(input_ids=ids), reloaded(input_ids=ids)
+        assert torch.equal(a.logits, b.logits)
+        assert all(torch.equal(x, y) for x, y in zip(a.mems, b.mems))
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.transformer.word_emb.weight.data_ptr()
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(base(input_ids=ids).last_hidden_state, a.last_hidden_state)
+
+
+def test_loss_decreases_on_a_toy_batch():
+    torch.manual_seed(0)
+    model = _model(seed=6, dropout=0.0).train()
+    # a repetitive "protein": next-token prediction is learnable within a few steps
+    ids = torch.tensor([[2] + [4, 5, 6, 7] * 6 + [3]] * 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert math.isfinite(losses[-1])
+
+
+@pytest.mark.parametrize("preset", ["prot_txl"])
+def test_prot_txl_preset_size(preset):
+    assert abs(FAMILY.num_params(preset) - 562e6) / 562e6 < 0.02
