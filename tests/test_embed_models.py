@@ -17,7 +17,8 @@ SMALL = DATA / "embed" / "small.fa"
 # Where the residue rows sit in a single unpadded sequence, per the published conventions
 # ([CLS] x [SEP]; T5's trailing </s>; ESM's <cls> x <eos>; XLNet's trailing <sep> <cls>):
 # (tokens before, tokens after). A family not listed is checked by token matching only.
-KNOWN_LAYOUT = {"bert": (1, 1), "albert": (1, 1), "electra": (1, 1), "t5": (0, 1), "esm": (1, 1),
+KNOWN_LAYOUT = {"bert": (1, 1), "roberta": (1, 1), "albert": (1, 1), "electra": (1, 1), "t5": (0, 1),
+                "esm": (1, 1), "transfo_xl": (1, 1),
                 "xlnet": (0, 2)}
 
 

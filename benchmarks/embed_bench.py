@@ -1,0 +1,214 @@
+"""Benchmark of `protrans embed` against two baselines run in the same process on the same proteins.
+
+Strategies, all with the same randomly initialised model (the shapes are what matter):
+  naive      one protein per forward pass
+  prottrans  the published ProtTrans script's strategy: proteins sorted by length (longest
+             first), a batch closed once it holds 4000 residues or 100 proteins, embeddings
+             kept in memory
+  protrans   `protrans_cli.embed.embed` itself: padded-token budget, dedup, HDF5 streaming writes
+
+Residues/s are printed with ratios against both baselines; on a GPU also the fraction of the
+device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + attention).
+
+    # CPU (a small model on a sample of the E. coli proteome)
+    python benchmarks/embed_bench.py --family bert --preset small --num-proteins 300
+    # GPU: ProtT5-XL-sized T5 encoder and ProtBert-sized BERT, whole proteome, bf16
+    python benchmarks/embed_bench.py --gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ECOLI = ROOT.parent / "shared" / "data" / "proteomes" / "UP000000625_83333.fasta"
+# Dense bf16 tensor-core peak (TFLOP/s) by device name fragment, from the vendors' data sheets.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+
+
+def load_proteins(fasta, num_proteins: int | None, seed: int, max_length: int | None):
+    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.residues import normalise
+
+    records = [(r.id, normalise(r.sequence, rare="keep")) for r in read_fasta(fasta)]
+    if max_length:
+        records = [r for r in records if len(r[1]) <= max_length]
+    if num_proteins and num_proteins < len(records):
+        records = random.Random(seed).sample(records, num_proteins)
+    return records
+
+
+def build_loaded(family_name: str, preset: str, device: str, dtype: str):
+    """A random model of the preset, as LoadedModel (no file round trip for multi-GB models)."""
+    import torch
+
+    from protrans_cli.models import LoadedModel, get_family
+
+    family = get_family(family_name)
+    tokenizer = family.build_tokenizer()
+    config = family.build_config(preset, tokenizer)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = family.encoder_model(config).to(getattr(torch, dtype)).eval()
+    return LoadedModel(name=f"random {family_name}/{preset}", path_or_hub_id="", revision=None, family=family,
+                       tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(config),
+                       num_layers=family.num_layers(config))
+
+
+def _sync(device):
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_naive(embedder, records):
+    out = {}
+    for ident, seq in records:
+        (rows,) = embedder.embed_batch([seq])  # (1, L, D)
+        out[ident] = (rows[0], rows[0].mean(0))
+    return out
+
+
+def run_prottrans(embedder, records, max_residues=4000, max_batch=100, max_seq_len=1000):
+    """The ProtTrans script's batching, re-implemented from its description."""
+    ordered = sorted(records, key=lambda r: len(r[1]), reverse=True)
+    out, batch, residues = {}, [], 0
+    for i, (ident, seq) in enumerate(ordered):
+        batch.append((ident, seq))
+        residues += len(seq)
+        if len(batch) >= max_batch or residues >= max_residues or i == len(ordered) - 1 or len(seq) > max_seq_len:
+            arrays = embedder.embed_batch([s for _, s in batch])
+            for (bid, _), rows in zip(batch, arrays):
+                out[bid] = (rows[0], rows[0].mean(0))
+            batch, residues = [], 0
+    return out
+
+
+def run_protrans(embedder, records, tmpdir, max_tokens, max_batch_size):
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.io.fasta import write_fasta
+
+    fasta = Path(tmpdir) / "in.fa"
+    with open(fasta, "wb") as f:
+        for ident, seq in records:
+            write_fasta(f, ident, seq)
+    out = Path(tmpdir) / f"out{time.monotonic_ns()}.h5"
+    options = EmbedOptions(model=embedder.name, max_tokens=max_tokens, max_batch_size=max_batch_size,
+                           command_line="embed_bench")
+    embed(fasta, out, options, embedder=embedder)
+    out.unlink()
+
+
+def model_flops(loaded, records) -> float:
+    """Forward FLOPs over the residues (special tokens and padding excluded): the useful work."""
+    params = sum(p.numel() for n, p in loaded.model.named_parameters() if "embed" not in n)
+    cfg = loaded.model.config
+    d = loaded.embedding_dim
+    inner = getattr(cfg, "num_heads", None) and cfg.num_heads * cfg.d_kv or d
+    layers = loaded.num_layers
+    total = 0.0
+    for _, seq in records:
+        n = len(seq)
+        total += 2 * params * n + 4 * layers * inner * n * n  # weights + (QK^T, AV)
+    return total
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in BF16_PEAK_TFLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+def bench_one(family, preset, records, args):
+    import torch
+
+    from protrans_cli.embed import TransformerEmbedder
+
+    loaded = build_loaded(family, preset, args.device, args.dtype)
+    embedder = TransformerEmbedder(loaded, (-1,), args.device, args.dtype)
+    residues = sum(len(s) for _, s in records)
+    nparams = sum(p.numel() for p in loaded.model.parameters())
+    print(f"\n## {family}/{preset}: {nparams / 1e6:.1f}M parameters, {len(records)} proteins, {residues} residues, "
+          f"{args.device} {args.dtype}", flush=True)
+    embedder.embed_batch([records[0][1][:50]] * 2)  # warm-up (kernels, allocator)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        runs = {"naive": lambda: run_naive(embedder, records),
+                "prottrans": lambda: run_prottrans(embedder, records),
+                "protrans": lambda: run_protrans(embedder, records, tmpdir, args.max_tokens, args.max_batch_size)}
+        for name in args.strategies:
+            _sync(args.device)
+            if args.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            runs[name]()
+            _sync(args.device)
+            seconds = time.perf_counter() - start
+            results[name] = residues / seconds
+            mem = (f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+                   if args.device.startswith("cuda") else "")
+            print(f"{name:10s} {seconds:8.1f} s  {results[name]:10.0f} residues/s{mem}", flush=True)
+    for base in ("naive", "prottrans"):
+        if base in results and "protrans" in results:
+            print(f"protrans / {base}: {results['protrans'] / results[base]:.2f}x")
+    if args.device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+        peak = args.peak_tflops or peak_tflops(name)
+        flops = model_flops(loaded, records)
+        for strategy, rate in results.items():
+            achieved = flops * rate / residues / 1e12
+            frac = f" = {achieved / peak:.1%} of {peak:.0f} TFLOP/s bf16 peak ({name})" if peak else ""
+            print(f"{strategy:10s} {achieved:7.1f} TFLOP/s{frac}")
+    del embedder, loaded
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fasta", default=str(ECOLI))
+    p.add_argument("--family", default="bert")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--gpu", action="store_true", help="ProtT5-XL encoder and ProtBert shapes on cuda, bf16")
+    p.add_argument("--num-proteins", type=int, default=None, help="random sample (default: all)")
+    p.add_argument("--max-length", type=int, default=None, help="drop longer proteins from the sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--max-tokens", type=int, default=None, help="protrans budget (default 4000 CPU, 32000 GPU)")
+    p.add_argument("--max-batch-size", type=int, default=None)
+    p.add_argument("--strategies", default="naive,prottrans,protrans")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--peak-tflops", type=float, default=None)
+    args = p.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = args.gpu or (args.device or "").startswith("cuda")
+    args.device = args.device or ("cuda" if gpu else "cpu")
+    args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
+    args.max_tokens = args.max_tokens or (32000 if gpu else 4000)
+    args.max_batch_size = args.max_batch_size or (1000 if gpu else 100)
+    args.strategies = args.strategies.split(",")
+    records = load_proteins(args.fasta, args.num_proteins, args.seed, args.max_length)
+    print(f"{len(records)} proteins from {args.fasta}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; protrans max_tokens={args.max_tokens}", flush=True)
+    models = [("t5", "prot_t5_xl"), ("bert", "prot_bert")] if args.gpu else [(args.family, args.preset)]
+    for family, preset in models:
+        bench_one(family, preset, records, args)
+        if gpu:
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
