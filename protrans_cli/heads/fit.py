@@ -91,8 +91,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     out_dir = Path(out_dir)
     if out_dir.exists() and not config.force:
         raise UsageError(f"{out_dir} exists (--force replaces it)")
-    if not out_dir.parent.exists():
-        raise InputError("output directory does not exist", path=str(out_dir.parent))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # `-o heads/ss3` should just work
     torch.set_num_threads(resolve_threads(config.threads))
     task = get_task(config.task, dual=config.dual)
     per_residue = task.kind == PER_RESIDUE
