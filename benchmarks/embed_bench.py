@@ -135,6 +135,12 @@ def bench_one(family, preset, records, args):
 
     loaded = build_loaded(family, preset, args.device, args.dtype)
     embedder = TransformerEmbedder(loaded, (-1,), args.device, args.dtype)
+    if embedder.max_residues is not None:  # the baselines cannot embed what the model cannot take
+        kept = [r for r in records if len(r[1]) <= embedder.max_residues]
+        if len(kept) < len(records):
+            print(f"dropped {len(records) - len(kept)} proteins longer than the model's "
+                  f"{embedder.max_residues} positions", flush=True)
+        records = kept
     residues = sum(len(s) for _, s in records)
     nparams = sum(p.numel() for p in loaded.model.parameters())
     print(f"\n## {family}/{preset}: {nparams / 1e6:.1f}M parameters, {len(records)} proteins, {residues} residues, "

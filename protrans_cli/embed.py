@@ -77,9 +77,8 @@ class EmbedOptions:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
         if self.max_length is not None and self.max_length < 1:
             raise UsageError("--max-length must be at least 1")
-        if self.long_policy != "error" and self.max_length is None:
-            raise UsageError(f"--long-policy {self.long_policy} needs --max-length")
-        if self.long_policy == "chunk" and not 0 <= self.chunk_overlap < self.max_length:
+        if self.long_policy == "chunk" and self.max_length is not None \
+                and not 0 <= self.chunk_overlap < self.max_length:
             raise UsageError("--chunk-overlap must be at least 0 and smaller than --max-length")
         if not self.layers:
             raise UsageError("--layer needs at least one index")
@@ -118,6 +117,7 @@ class Embedder(Protocol):
     device: str
     compute_dtype: str
     special_tokens: int     # tokens added to each sequence (for the batch budget)
+    max_residues: int | None  # longest sequence the model accepts (absolute positions), None: any
 
     def embed_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
         """One float32 array (n_layers, L_i, D) per sequence; row j is residue j."""
@@ -138,6 +138,7 @@ class OneHotEmbedder:
     device = "cpu"
     compute_dtype = "float32"
     special_tokens = 0
+    max_residues = None
 
     _INDEX = np.full(256, ONEHOT_ALPHABET.index("X"), dtype=np.int64)
     for _i, _c in enumerate(ONEHOT_ALPHABET):
@@ -184,6 +185,7 @@ class TransformerEmbedder:
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model.to(device=device, dtype=getattr(torch, compute_dtype)).eval()
         self.special_tokens = _count_special_tokens(self.family_impl, self.tokenizer)
+        self.max_residues = _max_residues(self.model, self.special_tokens)
         self._cpu_copy = None
 
     def embed_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
@@ -223,6 +225,19 @@ class TransformerEmbedder:
             twin._cpu_copy = None
             self._cpu_copy = twin
         return self._cpu_copy
+
+
+def _max_residues(model, special_tokens: int) -> int | None:
+    """Residues that fit a model with a learned position table (BERT, ALBERT, ELECTRA, RoBERTa);
+    None for relative or rotary positions (T5, XLNet, Transformer-XL, ESM-2), which take any length."""
+    import torch
+
+    table = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
+    if not isinstance(table, torch.nn.Embedding):
+        return None
+    # RoBERTa-style tables start counting after the padding index.
+    offset = table.padding_idx + 1 if table.padding_idx is not None else 0
+    return table.num_embeddings - offset - special_tokens
 
 
 def _count_special_tokens(family, tokenizer) -> int:
@@ -339,26 +354,40 @@ def stitch_windows(windows: list[tuple[int, int]], arrays: list[np.ndarray], len
 
 
 def plan_units(proteins: list[_Protein], options: EmbedOptions, done: set[str],
-               record_failure) -> tuple[list[_Unit], int]:
-    """Apply resume, the --max-length policy and deduplication. Returns (units, duplicates)."""
+               record_failure, model_max: int | None = None) -> tuple[list[_Unit], int]:
+    """Apply resume, the --max-length policy (and the model's own length limit) and
+    deduplication. Returns (units, number of proteins that share another's sequence)."""
+    max_length = options.max_length
+    if model_max is not None:
+        if max_length is not None and max_length > model_max:
+            raise UsageError(f"--max-length {max_length} is more than the model accepts "
+                             f"({model_max} residues with its special tokens)")
+        max_length = max_length or model_max
+    if max_length is None and options.long_policy != "error":
+        console.warn(f"--long-policy {options.long_policy} has no effect: no --max-length, "
+                     "and the model takes proteins of any length")
+    if options.long_policy == "chunk" and max_length is not None and not 0 <= options.chunk_overlap < max_length:
+        raise UsageError(f"--chunk-overlap must be at least 0 and smaller than the window ({max_length})")
     by_sequence: dict[str, _Unit] = {}
     duplicates = 0
     for prot in proteins:
         if prot.id in done:
             continue
         seq, windows, truncated = prot.sequence, None, None
-        if options.max_length is not None and len(seq) > options.max_length:
+        if max_length is not None and len(seq) > max_length:
             policy = options.long_policy
             if policy == "error":
-                raise InputError(f"{len(seq)} residues, longer than --max-length {options.max_length} "
-                                 "(choose --long-policy skip, truncate or chunk)", record=prot.id)
+                limit = (f"--max-length {max_length}" if options.max_length
+                         else f"the {max_length} residues the model accepts")
+                raise InputError(f"{len(seq)} residues, longer than {limit} (add --max-length N "
+                                 "--long-policy skip, truncate or chunk)", record=prot.id)
             if policy == "skip":
-                record_failure(prot.id, f"skipped: {len(seq)} residues > --max-length {options.max_length}")
+                record_failure(prot.id, f"skipped: {len(seq)} residues > --max-length {max_length}")
                 continue
             if policy == "truncate":
-                truncated, seq = len(seq), seq[:options.max_length]
+                truncated, seq = len(seq), seq[:max_length]
             else:
-                windows = chunk_windows(len(seq), options.max_length, options.chunk_overlap)
+                windows = chunk_windows(len(seq), max_length, options.chunk_overlap)
         unit = by_sequence.get(seq)
         if unit is None:
             by_sequence[seq] = _Unit(seq, [prot], windows, truncated)
@@ -596,7 +625,8 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary, start) -> 
 
     summary.num_resumed = sum(1 for p in proteins if p.id in done)
     failures: dict[str, str] = {}
-    units, summary.num_duplicates = plan_units(proteins, options, done, failures.__setitem__)
+    units, summary.num_duplicates = plan_units(proteins, options, done, failures.__setitem__,
+                                               getattr(embedder, "max_residues", None))
     my_units = shard_units(units, dist.rank, dist.world_size)
 
     if dist.world_size > 1:

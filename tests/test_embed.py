@@ -253,8 +253,11 @@ def test_cli_usage_errors(run_cli, tmp_path):
     out = tmp_path / "x.h5"
     r = run_cli("embed", SMALL, "-m", "onehot", "--layout", "flat", "-o", out)
     assert r.exit_code == 2 and "flat layout" in r.stderr
+    r = run_cli("embed", SMALL, "-m", "onehot", "--max-length", "10", "--chunk-overlap", "10",
+                "--long-policy", "chunk", "-o", out)
+    assert r.exit_code == 2 and "--chunk-overlap" in r.stderr
     r = run_cli("embed", SMALL, "-m", "onehot", "--long-policy", "chunk", "-o", out)
-    assert r.exit_code == 2 and "--max-length" in r.stderr
+    assert r.exit_code == 0 and "has no effect" in r.stderr  # a policy that cannot apply says so
     r = run_cli("embed", SMALL, "-m", "onehot", "--layer", "-3", "-o", out)
     assert r.exit_code == 2 and "single layer" in r.stderr
 

@@ -170,3 +170,25 @@ def test_offline_missing_model_is_one_line_error(run_cli, tmp_path, model):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "-m DIR" in lines[0] or "no such model directory" in lines[0]
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_model_position_limit_is_enforced_before_compute(run_cli, tmp_path, tiny_models):
+    """BERT-like models have a learned position table: a longer protein is refused with advice,
+    or chunked to the model's limit when asked, never a crash inside the model."""
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.errors import InputError, UsageError
+
+    name = next((n for n in ("bert", "albert", "electra", "roberta") if n in FAMILIES), None)
+    if name is None:
+        pytest.skip("no family with a learned position table")
+    model = str(tiny_models[name])
+    long_fa = tmp_path / "long.fa"
+    long_fa.write_text(">long\n" + "MKV" * 700 + "\n>short\nMKV\n")  # 2100 residues > 2046
+    with pytest.raises(InputError, match="record 'long'.*model accepts"):
+        embed(long_fa, tmp_path / "x.h5", EmbedOptions(model=model, device="cpu"))
+    with pytest.raises(UsageError, match="more than the model accepts"):
+        embed(long_fa, tmp_path / "x.h5", EmbedOptions(model=model, device="cpu", max_length=5000))
+    summary = embed(long_fa, tmp_path / "c.h5", EmbedOptions(model=model, device="cpu", long_policy="chunk",
+                                                           per_protein=False))
+    assert summary.failed == {}
+    assert _read(tmp_path / "c.h5")["long"].shape[0] == 2100
