@@ -197,3 +197,70 @@ def test_checkpoints_match_their_presets():
         assert family.num_layers(config) == ckpt.num_layers, ckpt.name
         checked += 1
     assert checked >= 7
+
+
+def test_protbert_style_hub_directory_loads(tmp_path):
+    """A directory laid out like Rostlab/prot_bert (vocab.txt, no tokenizer.json) loads and
+    gives one row per residue, lower-case input and rare residues included."""
+    family = FAMILIES["bert"]
+    torch.manual_seed(3)
+    config = family.build_config("tiny")
+    family.pretraining_model(config).save_pretrained(tmp_path)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"LAGVESIKRDTPNQFYMHCWXUBZO"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(
+        {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+         "mask_token": "[MASK]"}))
+    loaded = load_model(tmp_path)
+    inputs, mask = family.encode(loaded.tokenizer, SEQS)
+    assert mask.sum(dim=1).tolist() == [len(s) for s in SEQS]
+    ids = inputs["input_ids"][1][mask[1]].tolist()
+    assert ids == [vocab.index(c) for c in "ACDXXXXX"]  # U/Z/O/B -> X as ProtBert was trained
+
+
+def test_unsupported_model_type_is_model_error(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="unsupported model type 'gpt2'"):
+        load_model(tmp_path)
+
+
+def test_layer_selection(tmp_path):
+    family = FAMILIES["bert"]
+    tokenizer, config, model = _tiny(family)
+    family.save_pretrained(model, tokenizer, tmp_path)
+    loaded = load_model(tmp_path)
+    inputs, _ = family.encode(loaded.tokenizer, ["MKT"])
+    with torch.no_grad():
+        first, last = family.hidden_states(loaded.model, inputs, [0, -1])
+        with pytest.raises(ModelError, match="out of range"):
+            family.hidden_states(loaded.model, inputs, [5])
+        reference = model.bert(**inputs, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(first, reference[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(last, reference[-1], rtol=0, atol=1e-6)
+
+
+def test_checkpoint_missing_encoder_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    family = FAMILIES["bert"]
+    tokenizer, config, model = _tiny(family)
+    family.save_pretrained(model, tokenizer, tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    dropped = {k: v for k, v in weights.items() if "layer.1.output.dense" not in k}
+    assert len(dropped) < len(weights)
+    save_file(dropped, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="no weights for 2 parameters"):
+        load_model(tmp_path)
+
+
+def test_loading_prints_nothing_by_default(tmp_path, capfd):
+    family = FAMILIES["esm"]
+    tokenizer, config, model = _tiny(family)
+    family.save_pretrained(model, tokenizer, tmp_path)
+    capfd.readouterr()
+    load_model(tmp_path)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -15,6 +15,7 @@ ProtTXL directory without `trust_remote_code`.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,11 +171,22 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     except (OSError, KeyError) as exc:
         raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
     family = family_for_config(config)
-    try:
-        tokenizer = family.load_tokenizer(target, **hub_kwargs)
-        model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
+    with _quiet_transformers():
+        try:
+            tokenizer = family.load_tokenizer(target, **hub_kwargs)
+        except (ImportError, ValueError, TypeError) as exc:
+            # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
+            hint = " (pip install sentencepiece protobuf)" if "sentencepiece" in str(exc).lower() or \
+                "protobuf" in str(exc).lower() else ""
+            raise ModelError(f"{name}: cannot load the tokenizer: {_first_line(exc)}{hint}") from None
+        except OSError as exc:
+            raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
+        try:
+            model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
+        except RuntimeError as exc:  # e.g. weights whose shapes do not match the config
+            raise ModelError(f"{name}: cannot load the weights: {_first_line(exc)}") from None
     try:
         model = model.to(device)
     except (RuntimeError, AssertionError) as exc:
@@ -183,6 +195,30 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     return LoadedModel(name=name, path_or_hub_id=target, revision=revision, family=family,
                        tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(model.config),
                        num_layers=family.num_layers(model.config), checkpoint=checkpoint)
+
+
+@contextmanager
+def _quiet_transformers():
+    """No "Loading weights" bars or load reports from transformers unless protrans shows
+    progress bars / runs with -v."""
+    from transformers.utils import logging as hf_logging
+
+    from protrans_cli import console
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    if was_enabled and not console.show_progress():
+        hf_logging.disable_progress_bar()
+    if console.state.verbosity < 1:
+        # The load report lists the pretraining heads an encoder does not use; load_checked
+        # already refuses a checkpoint that lacks encoder weights.
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _default_dtype():

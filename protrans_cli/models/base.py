@@ -125,8 +125,7 @@ class Family:
 
     def load_encoder(self, name_or_path, *, dtype=None, **hub_kwargs):
         """The model whose hidden states are the embeddings (T5 encoder, ELECTRA discriminator...)."""
-        model = self.encoder_class.from_pretrained(str(name_or_path), dtype=dtype, **hub_kwargs)
-        return model.eval()
+        return load_checked(self.encoder_class, name_or_path, dtype=dtype, **hub_kwargs)
 
     def prepare(self, sequence: str) -> str:
         """Tokenizer input for one normalised sequence (upper-case, spacing, rare residues)."""
@@ -188,6 +187,24 @@ class Family:
     def encoder_num_params(self, preset: str) -> int:
         """Parameters of the preset's encoder, the part embed uses (built on the meta device)."""
         return _count_on_meta(lambda: self.encoder_model(self.build_config(preset)))
+
+
+# Weights an encoder may lack in a pretraining checkpoint without changing its hidden states.
+_OPTIONAL_ENCODER_KEYS = ("pooler.",)
+
+
+def load_checked(model_class, name_or_path, *, dtype=None, **kwargs):
+    """`model_class.from_pretrained`, in eval mode, refusing a checkpoint that leaves any weight
+    the hidden states depend on freshly initialised (a wrong or truncated checkpoint would
+    otherwise give random embeddings without a word). Unused heads are fine."""
+    model, info = model_class.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True,
+                                              **kwargs)
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith(_OPTIONAL_ENCODER_KEYS)]
+    if missing:
+        raise ModelError(f"{name_or_path}: the checkpoint has no weights for {len(missing)} parameters of "
+                         f"{model_class.__name__} (e.g. {sorted(missing)[0]}); it is not a complete "
+                         "checkpoint of this model")
+    return model.eval()
 
 
 def _count_on_meta(build) -> int:

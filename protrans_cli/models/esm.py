@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from protrans_cli.models.base import Family
+from protrans_cli.models.base import Family, load_checked
 
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
 
@@ -78,8 +78,7 @@ class EsmFamily(Family):
         from transformers import EsmModel
 
         # ESM-2 checkpoints are EsmForMaskedLM: there is no pooler to load.
-        model = EsmModel.from_pretrained(str(name_or_path), dtype=dtype, add_pooling_layer=False, **hub_kwargs)
-        return model.eval()
+        return load_checked(EsmModel, name_or_path, dtype=dtype, add_pooling_layer=False, **hub_kwargs)
 
     def pretraining_model(self, config):
         from transformers import EsmForMaskedLM
