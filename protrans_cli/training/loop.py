@@ -198,7 +198,7 @@ def _loop(run: _Run, resume) -> TrainResult:
                 now = time.perf_counter()
                 tokens = reduced.pop("tokens")
                 record = {"step": step, "phase": phase_index + 1, "loss": reduced.pop("loss"), "lr": lr_used,
-                          **reduced, "tokens_per_s": tokens / max(now - t_log, 1e-9)}
+                          **reduced, "tokens": int(tokens), "tokens_per_s": tokens / max(now - t_log, 1e-9)}
                 if config.val_corpus and config.eval_every and step % config.eval_every == 0:
                     record["eval_loss"] = evaluate(run, phase)
                 t_log = now

@@ -1,0 +1,232 @@
+"""Benchmark of `protrans train` against a plain transformers training loop, same process, same data.
+
+Both train the same masked-LM model (the family's stock transformers class, same config, same
+seed) on the same proteins with the same global batch, micro-batch, optimizer and precision:
+
+  baseline  the loop most scripts write: proteins in file order, tokenized by the tokenizer
+            (truncated at the N-terminus), DataCollatorForLanguageModeling (pads each
+            micro-batch to its longest protein), `model(**batch).loss / accum`, AdamW
+  protrans  `protrans_cli.training.loop.train` itself: length-bucketed batches, random crops,
+            loss per predicted token over the whole step, checkpoints and metrics
+
+Printed: real (non-padding) tokens per second per device after warm-up, the ratio, the share of
+padding in each, and on a GPU the model FLOPs utilisation against the device's dense bf16 peak
+(FLOPs per token: 6 x non-embedding parameters + 12 x layers x hidden x length for attention).
+
+    # CPU (what docs/benchmarks.md records for a CPU machine)
+    python benchmarks/train_bench.py --preset small --max-length 256 --num-steps 12
+    # GPU: ProtBert-sized BERT at length 512, bf16
+    python benchmarks/train_bench.py --gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ECOLI = ROOT.parent / "shared" / "data" / "proteomes" / "UP000000625_83333.fasta"
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+
+
+def write_corpus(directory: Path, num_proteins: int, seed: int) -> tuple[Path, str]:
+    """A corpus file of real proteins (E. coli proteome from ../shared/data when present),
+    else random ones with a proteome-like length distribution."""
+    import random
+
+    rng = random.Random(seed)
+    if ECOLI.is_file():
+        from protrans_cli.io.fasta import read_fasta
+        from protrans_cli.residues import normalise
+
+        proteins = [normalise(r.sequence) for r in read_fasta(ECOLI)]
+        rng.shuffle(proteins)
+        source = f"E. coli K-12 proteome ({ECOLI.name})"
+    else:
+        letters = "ACDEFGHIKLMNPQRSTVWY"
+        proteins = ["".join(rng.choice(letters) for _ in range(max(30, int(rng.lognormvariate(5.6, 0.6)))))
+                    for _ in range(num_proteins)]
+        source = "random proteins (lognormal lengths, median ~270)"
+    proteins = proteins[:num_proteins]
+    path = directory / "corpus.txt"
+    path.write_text("".join(" ".join(p) + "\n\n" for p in proteins))
+    return path, source
+
+
+def flops_per_token(config, num_params_non_embedding: int, length: int) -> float:
+    layers = getattr(config, "num_hidden_layers", 0)
+    hidden = getattr(config, "hidden_size", 0)
+    return 6.0 * num_params_non_embedding + 12.0 * layers * hidden * length
+
+
+def bench_baseline(args, corpus: Path, device) -> dict:
+    """Stock transformers: tokenizer + DataCollatorForLanguageModeling + model(**batch).loss."""
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    from protrans_cli.models import get_family
+    from protrans_cli.training.data import iter_proteins
+
+    family = get_family(args.family)
+    tokenizer = family.build_tokenizer()
+    config = family.build_config(args.preset, tokenizer)
+    torch.manual_seed(args.seed)
+    model = family.pretraining_model(config).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01,
+                                  **({"fused": True} if device.type == "cuda" else {}))
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    accum = args.global_batch_size // args.micro_batch_size
+    texts = [family.prepare(t) for _, _, t in iter_proteins([corpus])]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else None
+    cursor = 0
+    real = padded = 0
+    t0 = None
+    for step in range(args.num_steps):
+        if step == args.warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+            real = padded = 0
+        for _ in range(accum):
+            chunk = [texts[(cursor + i) % len(texts)] for i in range(args.micro_batch_size)]
+            cursor += args.micro_batch_size
+            features = [tokenizer(t, truncation=True, max_length=args.max_length) for t in chunk]
+            batch = {k: v.to(device) for k, v in collator(features).items()}
+            real += int(batch["attention_mask"].sum())
+            padded += batch["attention_mask"].numel()
+            with autocast if autocast is not None else _null():
+                loss = model(**batch).loss / accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    return {"tokens_per_s": real / elapsed, "padding": 1 - real / padded}
+
+
+def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.loop import read_metrics, train
+
+    cfg = TrainConfig(family=args.family, preset=args.preset, corpus=[str(corpus)], output_dir=str(run_dir),
+                      num_steps=args.num_steps, max_length=args.max_length,
+                      global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
+                      lr=1e-4, warmup_steps=0, log_every=1, save_every=10**9, keep_last=1,
+                      seed=args.seed, threads=args.threads)
+    train(cfg)
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r][args.warmup:]
+    tokens = sum(r["tokens"] for r in rows)
+    seconds = sum(r["tokens"] / r["tokens_per_s"] for r in rows)
+    rate = tokens / seconds if seconds else float("nan")
+    return {"tokens_per_s": rate, "padding": _protrans_padding(args, corpus)}
+
+
+def _protrans_padding(args, corpus: Path) -> float:
+    """Share of padding in the micro-batches protrans forms for the same steps."""
+    from protrans_cli.models import get_family
+    from protrans_cli.training.data import CorpusStream, TokenLayout
+
+    family = get_family(args.family)
+    layout = TokenLayout.from_tokenizer(family.build_tokenizer(), family.prepare)
+    stream = CorpusStream([str(corpus)], layout, max_length=args.max_length,
+                          global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
+                          seed=args.seed)
+    real = padded = 0
+    for (_, sb) in zip(range(args.num_steps), stream):
+        for mb in sb.micro_batches:
+            lengths = [len(s.residues) + layout.num_special for s in mb]
+            width = -(-max(lengths) // 8) * 8
+            real += sum(lengths)
+            padded += width * len(lengths)
+    return 1 - real / padded
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="bert")
+    parser.add_argument("--preset", default=None, help="default: small on CPU, prot_bert with --gpu")
+    parser.add_argument("--max-length", type=int, default=None, help="default: 256 on CPU, 512 with --gpu")
+    parser.add_argument("--global-batch-size", type=int, default=None)
+    parser.add_argument("--micro-batch-size", type=int, default=None)
+    parser.add_argument("--num-steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
+    parser.add_argument("--num-proteins", type=int, default=4000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    import torch
+
+    gpu = args.gpu and torch.cuda.is_available()
+    if args.gpu and not gpu:
+        print("no CUDA device: running the CPU benchmark", file=sys.stderr)
+    args.preset = args.preset or ("prot_bert" if gpu else "small")
+    args.max_length = args.max_length or (512 if gpu else 256)
+    args.global_batch_size = args.global_batch_size or (64 if gpu else 32)
+    args.micro_batch_size = args.micro_batch_size or (32 if gpu else 8)
+    args.num_steps = args.num_steps or (30 if gpu else 12)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if gpu else "cpu")
+
+    from protrans_cli.models import get_family
+
+    family = get_family(args.family)
+    config = family.build_config(args.preset, family.build_tokenizer())
+    with torch.device("meta"):
+        model = family.pretraining_model(config)
+    embed_params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    non_embed = sum(p.numel() for p in model.parameters()) - embed_params
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus, source = write_corpus(Path(tmp), args.num_proteins, args.seed)
+        base = bench_baseline(args, corpus, device)
+        ours = bench_protrans(args, corpus, Path(tmp) / "run")
+    result = {"device": torch.cuda.get_device_name() if gpu else f"CPU, {args.threads} thread(s)",
+              "model": f"{args.family}/{args.preset}", "non_embedding_params": non_embed,
+              "max_length": args.max_length, "global_batch_size": args.global_batch_size,
+              "micro_batch_size": args.micro_batch_size, "steps_timed": args.num_steps - args.warmup,
+              "data": source, "baseline": base, "protrans": ours,
+              "speedup": ours["tokens_per_s"] / base["tokens_per_s"]}
+    if gpu:
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+        fpt = flops_per_token(config, non_embed, args.max_length)
+        for key in ("baseline", "protrans"):
+            result[key]["mfu"] = result[key]["tokens_per_s"] * fpt / (peak * 1e12) if peak else None
+    print(f"{result['model']} ({non_embed / 1e6:.1f}M non-embedding parameters), length {args.max_length}, "
+          f"global batch {args.global_batch_size}, micro-batch {args.micro_batch_size}, {result['device']}")
+    print(f"data: {source}")
+    for key in ("baseline", "protrans"):
+        r = result[key]
+        mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
+        print(f"{key:9s} {r['tokens_per_s']:10.0f} tokens/s, padding {r['padding']:.1%}{mfu}")
+    print(f"speed-up  {result['speedup']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
