@@ -269,3 +269,31 @@ def test_labels_command_writes_embed_fasta(run_cli, tmp_path):
     seqs.write_text(">p1\nMKVLA\n>p2\nMKVL\n>p3\nMKVL\n")
     r = run_cli("labels", DATA / "heads" / "flip_with_sets.fasta", "--sequences", seqs, "--split", "test", "-o", "-")
     assert r.exit_code == 0 and r.stdout == ">p3\nMKVL\n"
+
+
+def test_flip_file_declares_train_valid_and_test(ss_data, tmp_path):
+    lines = (ss_data / "train.fa").read_text().splitlines()
+    flip = tmp_path / "flip.fasta"
+    with open(flip, "w") as fh:
+        for i, (header, seq) in enumerate(zip(lines[::2], lines[1::2])):
+            split = ["SET=train VALIDATION=False"] * 5 + ["SET=train VALIDATION=True", "SET=test VALIDATION=False"]
+            fh.write(f"{header} {split[i % 7]}\n{ss8_to_ss3(''.join(RULE8.get(c, 'C') for c in seq))}\n")
+    result = fit(FitConfig(task="ss3", max_epochs=1, threads=1, n_bootstrap=50), ss_data / "train.h5", flip,
+                 tmp_path / "head")
+    assert result.metrics["valid"]["ss3"]["n_proteins"] == 10
+    assert result.metrics["test"]["ss3"]["n_proteins"] == 10
+
+
+def test_test_set_from_another_model_is_refused(ss_data, tmp_path):
+    import shutil
+
+    from protrans_cli.errors import ModelError
+
+    other = tmp_path / "other.h5"
+    shutil.copy(ss_data / "test.h5", other)
+    with h5py.File(other, "a") as f:
+        f.attrs["model"] = "esm2_t6_8M"
+    with pytest.raises(ModelError, match="'esm2_t6_8M', train from 'onehot'"):
+        fit(FitConfig(task="ss3", max_epochs=1, threads=1), ss_data / "train.h5", ss_data / "train.csv",
+            tmp_path / "head", tests=[(other, ss_data / "test.csv")])
+    assert not (tmp_path / "head").exists()

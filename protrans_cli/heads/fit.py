@@ -27,7 +27,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, ModelError, UsageError
 from protrans_cli.heads.data import DEFAULT_CACHE_BYTES, ProteinData, load_data, subset
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import evaluate, print_report, save_confusion_png, summary_line
@@ -100,8 +100,11 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
 
     # --- labels and data ---
     train_labels = _read(config, labels)
-    declared = {s for s in (r.split for r in train_labels.records) if s}
-    train_set = _only(train_labels, {None, TRAIN}) if declared & {VALID, TEST} else train_labels
+    # A file that assigns its records to splits (FLIP's SET=/VALIDATION=, a table's set column)
+    # provides train, and unless --valid/--test are given, validation and test sets too.
+    declared = {r.split for r in train_labels.records if r.split} if any(
+        r.split == TRAIN for r in train_labels.records) else set()
+    train_set = _only(train_labels, {None, TRAIN}) if declared else train_labels
     task = task.with_classes_from(train_set.records)
     for note in train_labels.notes:
         console.info(f"{train_labels.path}: {note}")
@@ -115,7 +118,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
 
     eval_sets: list[tuple[str, object, str, str]] = []  # (name, data, embeddings, labels)
     if valid is not None:
-        valid_data = _load_eval(config, task, *valid)
+        valid_data, _ = _load_eval(config, task, *valid, VALID)
         valid_desc = f"{valid[1]}"
     elif VALID in declared:
         valid_data, _ = load_data(embeddings, _only(train_labels, {VALID}), task, on_mismatch=config.on_mismatch,
@@ -136,12 +139,16 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
                                  layer=config.layer, cache_bytes=config.cache_bytes)
         eval_sets.append(("test", test_data, str(embeddings), f"{labels} (SET=test)"))
     for emb, lab in tests:
-        data = _load_eval(config, task, emb, lab)
-        name = _unique_name(_read(config, lab).name, [s[0] for s in eval_sets])
-        eval_sets.append((name, data, str(emb), str(lab)))
-    for name, data, *_ in eval_sets:
+        data, name = _load_eval(config, task, emb, lab, TEST)
+        eval_sets.append((_unique_name(name, [s[0] for s in eval_sets]), data, str(emb), str(lab)))
+    for name, data, emb, _ in eval_sets:
         if data.dim != train.dim:
-            raise InputError(f"{name} embeddings have dimension {data.dim}, train {train.dim}")
+            raise InputError(f"{name} embeddings have dimension {data.dim}, train {train.dim}", path=emb)
+        with EmbeddingsReader(emb) as reader:
+            other = reader.attrs.get("model")
+        if other and embedding_info.get("model") and other != embedding_info["model"]:
+            raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
+                             path=emb)
 
     weights = _class_weights(task, train) if config.class_weights else None
 
@@ -222,11 +229,14 @@ def _only(label_set: LabelSet, splits: set) -> LabelSet:
                     label_set.notes)
 
 
-def _load_eval(config: FitConfig, task: Task, embeddings, labels):
+def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
+    """Data of an evaluation set; a label file that assigns splits contributes only `split`'s records."""
     label_set = _read(config, labels)
-    data, report = load_data(embeddings, label_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
-                             cache_bytes=config.cache_bytes)
-    return data
+    if any(r.split == split for r in label_set.records) and any(r.split != split for r in label_set.records):
+        label_set = _only(label_set, {split})
+    data, _ = load_data(embeddings, label_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
+                        cache_bytes=config.cache_bytes)
+    return data, label_set.name
 
 
 def _unique_name(name: str, taken: list[str]) -> str:
