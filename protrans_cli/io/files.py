@@ -102,6 +102,33 @@ def compression_for_output(path) -> str | None:
     return {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}.get(suffix)
 
 
+def compress_bytes(data: bytes, kind: str | None, level: int | None = None) -> bytes:
+    """`data` as one complete compressed stream (gzip member, zstd frame, ...) of `kind`.
+
+    Concatenated, such streams decompress to the concatenated data, so parallel workers can
+    compress blocks independently. Default levels as `atomic_output`.
+    """
+    if kind is None:
+        return data
+    if kind == "gzip":
+        import gzip
+
+        return gzip.compress(data, compresslevel=level or 6, mtime=0)
+    if kind == "bz2":
+        import bz2
+
+        return bz2.compress(data, level or 9)
+    if kind == "xz":
+        import lzma
+
+        return lzma.compress(data, preset=level)
+    if kind == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=level or 3).compress(data)
+    raise AssertionError(kind)
+
+
 def _compressor(raw: BinaryIO, kind: str | None, level: int | None = None) -> BinaryIO:
     if kind is None:
         return raw
@@ -134,14 +161,16 @@ class AtomicFile:
     where one job writes several files that must all appear or none (shards).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, compress: bool = True, level: int | None = None):
+        """`compress=False`: the caller writes data already compressed for the extension;
+        `level`: the compression level (default: as atomic_output)."""
         self.path = Path(path)
         directory = self.path.parent if str(self.path.parent) else Path(".")
         if not directory.is_dir():
             raise InputError("output directory does not exist", path=str(directory))
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
-        self.stream = _compressor(self._raw, compression_for_output(self.path))
+        self.stream = _compressor(self._raw, compression_for_output(self.path) if compress else None, level)
         self._done = False
 
     def commit(self) -> None:
