@@ -342,3 +342,34 @@ def test_broken_pipe_is_quiet(tmp_path):
                           capture_output=True, text=True)
     assert proc.stdout == " ".join("MKTAYIAKQR" * 30) + "\n"
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("extra", [{}, {"num_shards": 2}, {"shard_size": 3000}])
+def test_compressed_output_identical_for_any_threads(tmp_path, extra):
+    fasta = tmp_path / "r.fa"
+    _random_fasta(fasta, 300, seed=11)
+    results = []
+    for threads in (1, 2):
+        d = tmp_path / f"j{threads}"
+        d.mkdir()
+        stats = build_corpus([fasta], CorpusOptions(output=str(d / "c.txt.gz"), valid_fraction=0.3,
+                                                    valid_output=str(d / "v.txt.zst"), threads=threads,
+                                                    block_bytes=2048, **extra))
+        files = sorted(p.name for p in d.iterdir())
+        assert len(stats.outputs) == len(files)
+        results.append({name: (d / name).read_bytes() for name in files})
+    assert results[0] == results[1]
+    import zstandard
+
+    text = b"".join(gzip.decompress(v) for k, v in results[0].items() if k.endswith(".gz"))
+    import io
+
+    valid = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(results[0]["v.txt.zst"]),
+                                                       read_across_frames=True).read()
+    assert sorted((text + valid).split(b"\n\n")) == sorted(reference_corpus([fasta]).split(b"\n\n"))
+
+
+def test_empty_compressed_output_is_valid(tmp_path):
+    out = tmp_path / "c.txt.gz"
+    stats = build_corpus([DATA / "empty.fa"], CorpusOptions(output=str(out), threads=2))
+    assert stats.records_in == 0 and gzip.decompress(out.read_bytes()) == b""
