@@ -185,3 +185,12 @@ def test_cli_list_presets(run_cli):
     assert all(any(r[:2] == [f, "tiny"] for r in rows) for f in FAMILIES)
     prot_bert = next(r for r in rows if r[:2] == ["bert", "prot_bert"])
     assert 400 < float(prot_bert[2].rstrip("M").replace(",", "")) < 440  # ProtBert: ~420M
+
+
+def test_albert_with_sentence_order_prediction_learns(tmp_path):
+    result = train(_config(tmp_path, "albert", sop=True, num_steps=30))
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert "sop_accuracy" in rows[0] and "sop_loss" in rows[0]
+    assert result.losses[-1] < 0.9 * result.losses[0]
+    with pytest.raises(Exception, match="sentence-order head"):
+        train(_config(tmp_path / "b", "bert", sop=True, num_steps=2))

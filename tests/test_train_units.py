@@ -372,3 +372,28 @@ def test_lamb_trust_ratio_scales_the_step_with_the_weight_norm():
         before = w.detach().clone()
         opt.step()
         assert (before - w.detach()).norm().item() == pytest.approx(0.01 * before.norm().item(), rel=1e-4)
+
+
+def test_albert_sentence_order_collate():
+    layout = _layout("albert")
+    layout.use_pair = True
+    obj = make_objective("mlm", layout, _cfg(sop=True))
+    samples = _random_samples(layout, n=200, length=50)
+    batch = obj.collate(samples)
+    order = batch["sentence_order_label"]
+    assert 0.4 < order.float().mean().item() < 0.6
+    sep = layout.pair_middle[-1]
+    for i, s in enumerate(samples):
+        ids = batch["input_ids"][i]
+        labels = batch["labels"][i]
+        residue = batch["residue_mask"][i]
+        types = batch["token_type_ids"][i]
+        truth = torch.where(labels != IGNORE, labels, ids)[residue]  # residues with masks undone
+        (middle,) = torch.nonzero(ids == sep).flatten()[:1]
+        a = truth[: middle - len(layout.pair_prefix)]
+        b = truth[len(a):]
+        original = torch.as_tensor(s.residues)
+        rebuilt = torch.cat([b, a]) if order[i] else torch.cat([a, b])
+        assert torch.equal(rebuilt, original) and len(a) > 0 and len(b) > 0
+        assert types[: middle + 1].eq(0).all() and types[middle + 1: batch["attention_mask"][i].sum()].eq(1).all()
+    assert len(layout.pair_prefix) + len(layout.pair_middle) + len(layout.pair_suffix) == layout.num_special == 3

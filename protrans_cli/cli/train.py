@@ -39,6 +39,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Decay after warmup.  [default: linear]")
 @click.option("--grad-clip", type=float, default=None, help="Max gradient norm; 0 disables.  [default: 1.0]")
 @click.option("--mask-prob", type=float, default=None, help="Fraction of residues masked.  [default: 0.15]")
+@click.option("--sop", is_flag=True, default=None,
+              help="ALBERT: add sentence-order prediction (a protein split in two, halves swapped half the time).")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="auto: bf16 autocast on GPU, fp32 on CPU.  [default: auto]")

@@ -69,6 +69,7 @@ class TrainConfig:
     num_workers: int = 0           # DataLoader workers per rank
     # objective
     mask_prob: float = 0.15
+    sop: bool = False              # ALBERT sentence-order prediction next to MLM
     noise_density: float = 0.15    # t5_span
     mean_span_length: float = 3.0  # t5_span
     plm_prob: float = 0.15         # fraction of residues XLNet predicts
@@ -124,6 +125,8 @@ class TrainConfig:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not 0 < self.mask_prob < 1:
             raise UsageError(f"mask_prob must be between 0 and 1, got {self.mask_prob}")
+        if self.sop and (self.objective or "mlm") != "mlm":
+            raise UsageError("sop (sentence-order prediction) goes with the mlm objective only")
         if self.lr <= 0:
             raise UsageError(f"lr must be positive, got {self.lr}")
         for i, phase in enumerate(self.resolved_phases(), 1):

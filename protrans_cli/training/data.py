@@ -44,10 +44,19 @@ class TokenLayout:
     standard_ids: np.ndarray    # ids of the 20 standard residues (random replacements)
     residue_ids: np.ndarray     # ids any residue letter maps to
     sentinel_ids: list[int] = field(default_factory=list)  # T5 <extra_id_N>, in order
+    # A protein split in two segments (ALBERT sentence order): ids around and between them,
+    # and the token type of the second segment.
+    pair_prefix: list[int] = field(default_factory=list)
+    pair_middle: list[int] = field(default_factory=list)
+    pair_suffix: list[int] = field(default_factory=list)
+    pair_type_b: int = 1
+    use_pair: bool = False  # reserve room for the pair's special tokens when cropping
 
     @property
     def num_special(self) -> int:
-        return len(self.prefix) + len(self.suffix)
+        single = len(self.prefix) + len(self.suffix)
+        pair = len(self.pair_prefix) + len(self.pair_middle) + len(self.pair_suffix)
+        return max(single, pair) if self.use_pair else single
 
     @classmethod
     def from_tokenizer(cls, tokenizer, prepare: Callable[[str], str] | None = None) -> "TokenLayout":
@@ -78,13 +87,19 @@ class TokenLayout:
         if mask_id is None and sentinels:
             mask_id = sentinels[0]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        a_id, c_id = int(table[ord("A")]), int(table[ord("C")])
+        pair = tokenizer(prepare("A"), prepare("C"), add_special_tokens=True, return_token_type_ids=True)
+        pair_ids = list(pair["input_ids"])
+        at_a, at_c = pair_ids.index(a_id), pair_ids.index(c_id)
+        types = pair.get("token_type_ids") or [0] * len(pair_ids)
         return cls(
             residue_table=table, prefix=list(probe[:at]), suffix=list(probe[at + 1:]),
             pad_id=int(pad_id), mask_id=None if mask_id is None else int(mask_id),
             vocab_size=len(tokenizer),
             standard_ids=np.array(sorted({int(table[ord(c)]) for c in STANDARD}), dtype=np.int64),
             residue_ids=np.array(sorted({int(t) for t in ids}), dtype=np.int64),
-            sentinel_ids=sentinels)
+            sentinel_ids=sentinels, pair_prefix=pair_ids[:at_a], pair_middle=pair_ids[at_a + 1:at_c],
+            pair_suffix=pair_ids[at_c + 1:], pair_type_b=int(types[at_c]))
 
     def encode(self, residues: str, *, path: str | None = None, line: int | None = None) -> np.ndarray:
         """Residue letters (no spaces) -> (L,) token ids, without special tokens."""

@@ -99,10 +99,13 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None) -> _Run:
     tokenizer = family.build_tokenizer()
     model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
     model = family.pretraining_model(model_config)
-    objective = make_objective(config.objective or family.objective, TokenLayout.from_tokenizer(
-        tokenizer, family.prepare), config)
+    layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
+    layout.use_pair = config.sop
+    objective = make_objective(config.objective or family.objective, layout, config)
     num_params = sum(p.numel() for p in model.parameters())
     strategy = dist.choose_strategy(config.strategy, num_params, info.world_size, config.fsdp_min_params)
+    if config.strategy in ("ddp", "fsdp") and strategy == "none":
+        console.warn(f"strategy {config.strategy} ignored: one process (start with torchrun for several)")
     run_dir = Path(config.output_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,8 @@ class MaskedLM(Objective):
             raise ModelError("masked LM needs a tokenizer with a mask token")
 
     def collate(self, samples):
+        if getattr(self.config, "sop", False):
+            return self._collate_sop(samples)
         inputs, labels, residue = [], [], []
         fill = np.full(len(self.layout.prefix), IGNORE), np.full(len(self.layout.suffix), IGNORE)
         for s in samples:
@@ -116,18 +118,71 @@ class MaskedLM(Objective):
             labels.append(np.concatenate([fill[0], y, fill[1]]))
             residue.append(np.concatenate([np.zeros(len(fill[0]), bool), np.ones(len(x), bool),
                                            np.zeros(len(fill[1]), bool)]))
+        return self._finish(inputs, labels, residue)
+
+    def _finish(self, inputs, labels, residue, types=None):
         input_ids = _pad(inputs, self.layout.pad_id)
         labels_t = _pad(labels, IGNORE)
         attention_mask = (torch.arange(input_ids.shape[1])[None, :]
                           < torch.tensor([len(r) for r in inputs])[:, None]).long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels_t,
-                "residue_mask": _pad([r.astype(np.int64) for r in residue], 0).bool(),
-                "num_predicted": int((labels_t != IGNORE).sum())}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels_t,
+                 "residue_mask": _pad([r.astype(np.int64) for r in residue], 0).bool(),
+                 "num_predicted": int((labels_t != IGNORE).sum())}
+        if types is not None:
+            batch["token_type_ids"] = _pad(types, 0)
+        return batch
+
+    def _collate_sop(self, samples):
+        """ALBERT sentence order: each protein cut at a random point into A and B; half the
+        proteins are given as B, A (label 1). Masking is that of the whole protein."""
+        lay = self.layout
+        pre, mid, suf = (np.array(x, dtype=np.int64) for x in (lay.pair_prefix, lay.pair_middle, lay.pair_suffix))
+        inputs, labels, residue, types, order = [], [], [], [], []
+        for s in samples:
+            x, y = self._bert_mask(s)
+            rng = s.rng(2)
+            cut = int(rng.integers(1, len(x))) if len(x) > 1 else len(x)
+            swapped = bool(rng.random() < 0.5) and 0 < cut < len(x)
+            parts = [(x[:cut], y[:cut]), (x[cut:], y[cut:])]
+            if swapped:
+                parts.reverse()
+            (xa, ya), (xb, yb) = parts
+            inputs.append(np.concatenate([pre, xa, mid, xb, suf]))
+            labels.append(np.concatenate([np.full(len(pre), IGNORE), ya, np.full(len(mid), IGNORE), yb,
+                                          np.full(len(suf), IGNORE)]))
+            residue.append(np.concatenate([np.zeros(len(pre), bool), np.ones(len(xa), bool),
+                                           np.zeros(len(mid), bool), np.ones(len(xb), bool),
+                                           np.zeros(len(suf), bool)]))
+            types.append(np.concatenate([np.zeros(len(pre) + len(xa) + len(mid), np.int64),
+                                         np.full(len(xb) + len(suf), lay.pair_type_b, np.int64)]))
+            order.append(int(swapped))
+        batch = self._finish(inputs, labels, residue, types)
+        batch["sentence_order_label"] = torch.tensor(order)
+        return batch
 
     def loss(self, model, batch):
+        if "sentence_order_label" in batch:
+            return self._loss_sop(model, batch)
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss, correct, n = _ce_sum(_logits(out), batch["labels"])  # logits (B, T, V)
         return loss, n, {"accuracy": (correct, n)}
+
+    def _loss_sop(self, model, batch):
+        """MLM + sentence order; the order loss (a mean over proteins, as in ALBERT) is scaled by
+        masked/proteins so that sum_loss / num_masked = mlm_mean + sop_mean."""
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"])
+        sop_logits = getattr(out, "sop_logits", None)  # (B, 2)
+        if sop_logits is None:
+            raise ModelError("sentence-order prediction needs a model with a sentence-order head (ALBERT)")
+        loss, correct, n = _ce_sum(_logits(out), batch["labels"])
+        target = batch["sentence_order_label"]
+        sop_sum = F.cross_entropy(sop_logits.float(), target, reduction="sum")
+        num_proteins = target.numel()
+        total = loss + sop_sum * n.float() / num_proteins
+        sop_correct = (sop_logits.argmax(-1) == target).sum()
+        return total, n, {"accuracy": (correct, n), "sop_accuracy": (sop_correct, torch.tensor(num_proteins)),
+                          "sop_loss": (sop_sum.detach(), torch.tensor(num_proteins))}
 
 
 class Electra(MaskedLM):
