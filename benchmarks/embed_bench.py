@@ -189,7 +189,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
-    p.add_argument("--max-tokens", type=int, default=None, help="protrans budget (default 4000 CPU, 32000 GPU)")
+    p.add_argument("--max-tokens", type=int, default=None, help="protrans budget (default: embed's own, by device)")
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--strategies", default="naive,prottrans,protrans")
     p.add_argument("--threads", type=int, default=None)
@@ -203,8 +203,10 @@ def main(argv=None):
     gpu = args.gpu or (args.device or "").startswith("cuda")
     args.device = args.device or ("cuda" if gpu else "cpu")
     args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
-    args.max_tokens = args.max_tokens or (32000 if gpu else 4000)
-    args.max_batch_size = args.max_batch_size or (1000 if gpu else 100)
+    from protrans_cli.embed import EmbedOptions, default_max_tokens
+
+    args.max_tokens = args.max_tokens or default_max_tokens(args.device)
+    args.max_batch_size = args.max_batch_size or EmbedOptions().max_batch_size
     args.strategies = args.strategies.split(",")
     records = load_proteins(args.fasta, args.num_proteins, args.seed, args.max_length)
     print(f"{len(records)} proteins from {args.fasta}; torch {torch.__version__}, "

@@ -53,7 +53,7 @@ class EmbedOptions:
     compression: str | None = None       # None | gzip | lzf
     device: str = "auto"
     dtype: str = "auto"                  # compute dtype
-    max_tokens: int = 4000               # padded tokens per batch (longest sequence x batch size)
+    max_tokens: int | None = None        # padded tokens per batch (longest x count); None: by device
     max_batch_size: int = 100
     max_length: int | None = None        # residues; longer proteins follow long_policy
     long_policy: str = "error"
@@ -71,7 +71,7 @@ class EmbedOptions:
             raise UsageError("nothing to write: ask for --per-residue and/or --per-protein")
         if self.layout == "flat" and self.per_residue and self.per_protein:
             raise UsageError("the flat layout holds one kind only: add --per-residue or --per-protein")
-        if self.max_tokens < 1 or self.max_batch_size < 1:
+        if (self.max_tokens is not None and self.max_tokens < 1) or self.max_batch_size < 1:
             raise UsageError("--max-tokens and --max-batch-size must be at least 1")
         if self.long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
@@ -189,11 +189,9 @@ class TransformerEmbedder:
         self._cpu_copy = None
 
     def embed_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
-        return self._embed(self.model, self.device, sequences)
-
-    def _embed(self, model, device, sequences):
         import torch
 
+        model, device = self.model, self.device
         inputs, mask = self.family_impl.encode(self.tokenizer, list(sequences))
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
@@ -219,7 +217,10 @@ class TransformerEmbedder:
             return None
         if self._cpu_copy is None:
             twin = copy.copy(self)
-            twin.model = copy.deepcopy(self.model).to(device="cpu", dtype=torch.float32)
+            # Copied on the CPU, not on the accelerator that just ran out of memory.
+            self.model.to("cpu")
+            twin.model = copy.deepcopy(self.model).to(dtype=torch.float32)
+            self.model.to(self.device)
             twin.device = "cpu"
             twin.compute_dtype = "float32"
             twin._cpu_copy = None
@@ -404,6 +405,14 @@ class _Piece:
     sequence: str
 
 
+def default_max_tokens(device: str) -> int:
+    """The batch budget when --max-tokens is not given. On a GPU, ProtTrans' 4000 residues keeps
+    the large matrix products busy and fits ProtT5-XL in bf16 on a 16 GB card. On a CPU batches
+    gain nothing from parallelism and lose cache locality: ~1000 tokens measured fastest
+    (docs/benchmarks.md#embed)."""
+    return 1024 if str(device) == "cpu" else 4000
+
+
 def make_batches(pieces: list[_Piece], max_tokens: int, max_batch_size: int,
                  special_tokens: int = 2) -> list[list[_Piece]]:
     """Longest first, then greedy packing: a batch's padded size (longest x count) stays within
@@ -496,6 +505,52 @@ def _is_oom_safe(exc) -> bool:
         return is_out_of_memory(exc)
     except ImportError:  # pragma: no cover
         return False
+
+
+class _Background:
+    """Runs `work(*args)` calls in order on one thread, so that writing a batch to HDF5 overlaps
+    the next forward pass (the main thread waits on the accelerator with the GIL released).
+    At most `depth` calls wait; an error in the thread is raised in the caller."""
+
+    def __init__(self, work, depth: int = 2):
+        import queue
+        import threading
+
+        self.work = work
+        self.queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="protrans-embed-writer", daemon=True)
+
+    def _run(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.work(*item)
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    self.error = exc
+
+    def submit(self, *args):
+        self._raise()
+        self.queue.put(args)
+
+    def _raise(self):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        # Also after Ctrl-C: batches already computed are still written before the file closes.
+        self.queue.put(None)
+        self.thread.join()
+        if exc_type is None:
+            self._raise()
 
 
 # --- distributed --------------------------------------------------------------------------
@@ -641,7 +696,8 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary, start) -> 
             pieces.append(_Piece(unit, 0, unit.sequence))
         else:
             pieces += [_Piece(unit, i, unit.sequence[s:e]) for i, (s, e) in enumerate(unit.windows)]
-    batches = make_batches(pieces, options.max_tokens, options.max_batch_size, embedder.special_tokens)
+    max_tokens = options.max_tokens or default_max_tokens(embedder.device)
+    batches = make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens)
 
     total_residues = sum(len(p.sequence) for p in pieces)
     pending: dict[int, list] = {}  # chunked units waiting for their other windows
@@ -652,15 +708,20 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary, start) -> 
         with writer:
             for ident, reason in failures.items():
                 writer.record_failure(ident, reason)
-            for batch in batches:
-                results = embed_with_retry(embedder, [p.sequence for p in batch],
-                                           cpu_fallback=options.cpu_fallback, on_split=splits.append)
+
+            def write_batch(batch, results):
                 for piece, result in zip(batch, results):
                     _deliver(piece, result, writer, pending, summary)
                 writer.flush()
-                bar.update(sum(len(p.sequence) for p in batch))
-                elapsed = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix_str(f"{summary.num_embedded / elapsed:.1f} proteins/s", refresh=False)
+
+            with _Background(write_batch) as background:
+                for batch in batches:
+                    results = embed_with_retry(embedder, [p.sequence for p in batch],
+                                               cpu_fallback=options.cpu_fallback, on_split=splits.append)
+                    background.submit(batch, results)
+                    bar.update(sum(len(p.sequence) for p in batch))
+                    elapsed = max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix_str(f"{summary.num_embedded / elapsed:.1f} proteins/s", refresh=False)
     finally:
         bar.close()
     if splits:

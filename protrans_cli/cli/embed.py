@@ -36,8 +36,8 @@ from protrans_cli.embed import DEVICES, DTYPES, LONG_POLICIES
 @click.option("--device", default="auto", help=f"One of {', '.join(DEVICES)}, or cuda:N.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto",
               help="Compute dtype; auto = bfloat16 (or float16) on a GPU, float32 on the CPU.")
-@click.option("--max-tokens", type=int, default=4000,
-              help="Padded tokens per batch (longest sequence x sequences).")
+@click.option("--max-tokens", type=int, default=None,
+              help="Padded tokens per batch (longest sequence x sequences).  [default: 4000 on a GPU, 1024 on the CPU]")
 @click.option("--max-batch-size", type=int, default=100, help="Sequences per batch at most.")
 @click.option("--max-length", type=int, default=None, help="Residues; longer proteins follow --long-policy.")
 @click.option("--long-policy", type=click.Choice(list(LONG_POLICIES)), default="error",
