@@ -8,7 +8,8 @@ log-normal lengths (median ~270, as UniRef50), UniRef50-style headers, 60-column
 prints the throughput in MB/s of input of
   - the baseline: Bio.SeqIO.FastaIO.SimpleFastaParser + " ".join(seq) + write, one thread;
   - build_corpus with each --threads value (the same output, byte for byte, is checked);
-their ratio, and the peak RSS of each run (measured in a fresh child process, children included).
+their ratio, and the peak RSS of each run, measured in a fresh process: its own peak plus
+threads x the largest worker's peak (an upper bound: forked workers share pages with it).
 """
 
 from __future__ import annotations
@@ -78,14 +79,23 @@ def _child(args) -> None:
     if os.path.exists(args.out):
         os.unlink(args.out)  # renaming over a big file frees its pages: not part of the job
     start = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     if args.child == "baseline":
         run_baseline(args.fasta, args.out)
     else:
         run_prep(args.fasta, args.out, int(args.child))
     seconds = time.perf_counter() - start
-    rss_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss_kb / 1024}))
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (me.ru_utime + me.ru_stime - cpu0.ru_utime - cpu0.ru_stime) + kids.ru_utime + kids.ru_stime
+    # VmHWM: this process's own peak (ru_maxrss would include the parent's before exec);
+    # workers: the largest worker's peak (forked, so it counts pages shared with this process).
+    with open("/proc/self/status") as status:
+        hwm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    worker_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    threads = 1 if args.child == "baseline" else int(args.child)
+    total_kb = hwm_kb + (worker_kb * threads if threads > 1 else 0)
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": total_kb / 1024, "main_mb": hwm_kb / 1024,
+                      "worker_mb": worker_kb / 1024 if threads > 1 else 0}))
 
 
 def _measure(kind: str, fasta: Path, out: Path) -> dict:
@@ -112,10 +122,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     fasta = work / f"uniref50_like_{int(args.size_mb)}MB_seed0.fasta"
     if not fasta.exists():
-        print(f"generating {fasta} ...", file=sys.stderr)
+        print(f"generating {fasta} ...", file=sys.stderr, flush=True)
         generate(fasta, int(args.size_mb * 1e6))
     mb = fasta.stat().st_size / 1e6
-    print(f"input: {fasta} ({mb:.0f} MB), cores: {os.cpu_count()}")
+    print(f"input: {fasta} ({mb:.0f} MB), cores: {os.cpu_count()}, load average: "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     def best(kind, out):
         runs = [_measure(kind, fasta, out) for _ in range(args.repeat)]
@@ -124,15 +135,18 @@ def main() -> None:
     base_out = work / "baseline.txt"
     base = best("baseline", base_out)
     base_rate = mb / base["seconds"]
+    base_cpu_rate = mb / base["cpu_seconds"]
     print(f"biopython SimpleFastaParser + ' '.join : {base_rate:7.1f} MB/s  "
-          f"({base['seconds']:.2f} s, peak RSS {base['peak_rss_mb']:.0f} MB)")
+          f"({base['seconds']:.2f} s; {base_cpu_rate:.1f} MB per CPU-second; peak RSS {base['peak_rss_mb']:.0f} MB)")
     for threads in args.threads:
         out = work / f"prep_j{threads}.txt"
         res = best(str(threads), out)
         rate = mb / res["seconds"]
+        cpu_rate = mb / res["cpu_seconds"]
         same = _same_file(out, base_out)
         print(f"protrans prep -j {threads:<2}                    : {rate:7.1f} MB/s  "
-              f"({res['seconds']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB)  "
+              f"({res['seconds']:.2f} s; {cpu_rate:.1f} MB per CPU-second, {cpu_rate / base_cpu_rate:.1f}x; peak RSS {res['peak_rss_mb']:.0f} MB = main {res['main_mb']:.0f}"
+              f" + {threads if threads > 1 else 0} x worker {res['worker_mb']:.0f})  "
               f"ratio {rate / base_rate:4.1f}x  identical output: {same}")
         out.unlink()
     base_out.unlink()

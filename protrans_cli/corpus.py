@@ -123,6 +123,9 @@ class CorpusOptions:
             raise UsageError("sharding needs -o FILE (shard names are made from it)")
         if self.valid_output and str(self.valid_output) == "-" and (self.output is None or str(self.output) == "-"):
             raise UsageError("the training corpus and --valid-output cannot both go to stdout")
+        named = [str(p) for p in (self.output, self.valid_output, self.rejects) if p and str(p) != "-"]
+        if len(set(named)) != len(named):
+            raise UsageError("-o, --valid-output and --rejects must be different files")
         if self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
         if self.block_bytes < 1024:
@@ -624,6 +627,11 @@ def _count(reasons: dict[int, str]) -> dict[str, int]:
 
 
 def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group: the main process handles it (exit 130, outputs
+    # removed) and stops the pool; workers printing their own tracebacks would only be noise.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _tune_malloc()
 
 
