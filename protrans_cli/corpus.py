@@ -486,6 +486,9 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         if cfg.rare == "x" and set(rest) & set(RARE.encode()):
             rare_pos = np.flatnonzero(_RARE_LUT[sa])
             rare_per_record = np.bincount(np.searchsorted(stops, rare_pos), minlength=n)
+            # before dedup digests: MUK and MXK are the same protein once normalised
+            s = s.translate(_RARE_TO_X)
+            sa = np.frombuffer(s, dtype=np.uint8)
 
     def id_at(i: int) -> str:
         return _record_id(data[int(header_start[i]) + 1:int(header_end[i])])
@@ -558,9 +561,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
 
     # Spaced text for the whole buffer at once: (residue, ' ') byte pairs as little-endian
     # uint16, then each line's last space becomes '\n'.
-    if cfg.rare == "x" and rare_per_record is not None:
-        s = s.translate(_RARE_TO_X)
-        sa = np.frombuffer(s, dtype=np.uint8)
+    if rare_per_record is not None:
         result.rare_to_x = int(rare_per_record[keep].sum())
     spaced = np.empty(len(s), dtype=np.uint16)
     spaced[:] = sa

@@ -373,3 +373,11 @@ def test_empty_compressed_output_is_valid(tmp_path):
     out = tmp_path / "c.txt.gz"
     stats = build_corpus([DATA / "empty.fa"], CorpusOptions(output=str(out), threads=2))
     assert stats.records_in == 0 and gzip.decompress(out.read_bytes()) == b""
+
+
+@pytest.mark.parametrize("rare, kept", [("x", 2), ("keep", 3)])
+def test_dedup_compares_normalised_sequences(tmp_path, rare, kept):
+    fasta = tmp_path / "d.fa"
+    fasta.write_bytes(b">a\nMUK\n>b\nmxk*\n>c\nMK\n")  # a and b are both MXK once U becomes X
+    stats = build_corpus([fasta], CorpusOptions(output=str(tmp_path / "c.txt"), rare=rare, dedup=True))
+    assert stats.proteins_out == kept and stats.rejected["duplicate"] == 3 - kept
