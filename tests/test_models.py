@@ -264,3 +264,20 @@ def test_loading_prints_nothing_by_default(tmp_path, capfd):
     load_model(tmp_path)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pretraining_model_round_trip(name, tmp_path):
+    family = FAMILIES[name]
+    tokenizer, config, model = _tiny(family, seed=5)
+    family.save_pretrained(model, tokenizer, tmp_path)
+    reloaded = family.load_pretraining_model(tmp_path).eval()
+    assert type(reloaded) is type(model)
+    inputs, _ = family.encode(tokenizer, SEQS[:2])
+    with torch.no_grad():
+        kwargs = dict(inputs)
+        if name == "t5":
+            kwargs["decoder_input_ids"] = inputs["input_ids"]
+        a, b = model(**kwargs), reloaded(**kwargs)
+    first = next(k for k in ("logits", "prediction_logits") if getattr(a, k, None) is not None)
+    torch.testing.assert_close(getattr(a, first), getattr(b, first), rtol=0, atol=1e-6)

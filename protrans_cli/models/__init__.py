@@ -152,6 +152,10 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     target, checkpoint, is_dir = resolve_model(name)
     torch_dtype = _parse_dtype(dtype)
     hub_kwargs: dict[str, Any] = {}
+    if is_dir and revision is not None:
+        from protrans_cli import console
+
+        console.warn(f"--revision {revision} is ignored for the local directory {target}")
     if not is_dir:
         if revision is not None:
             hub_kwargs["revision"] = revision
@@ -241,6 +245,7 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str) -> str
     if is_dir:
         return f"{name}: cannot load the model directory: {reason}"
     why = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "it could not be downloaded"
-    return (f"cannot load model {name!r}: {target} is not in the local Hugging Face cache and {why}; "
+    return (f"cannot load model {name!r}: no local directory of that name, and the hub model {target} "
+            f"is not in the local Hugging Face cache and {why}; "
             f"download it where there is network (`hf download {target} --local-dir DIR`) "
             f"and pass the directory: -m DIR")

@@ -108,6 +108,16 @@ class Family:
         """The HF class whose hidden states are the embeddings."""
         raise NotImplementedError
 
+    def load_pretraining_model(self, directory, **kwargs):
+        """The pretraining model (with its heads) saved in `directory`, e.g. to continue training."""
+        import torch
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(directory), **kwargs)
+        with torch.device("meta"):
+            model_class = type(self.pretraining_model(config))
+        return model_class.from_pretrained(str(directory), **kwargs)
+
     def save_pretrained(self, model, tokenizer, directory) -> None:
         """Write an HF model directory that `load_encoder` and `AutoModel` read back."""
         model.save_pretrained(directory)
