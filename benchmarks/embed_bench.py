@@ -19,7 +19,6 @@ device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + atten
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import tempfile

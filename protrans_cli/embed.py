@@ -14,7 +14,6 @@ own file and rank 0 merges them into the one output.
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import sys
@@ -96,7 +95,7 @@ class EmbedSummary:
     num_resumed: int = 0         # already in the output (--resume)
     num_duplicates: int = 0      # proteins whose sequence another id already carried
     num_residues: int = 0        # residues embedded by this run
-    seconds: float = 0.0
+    seconds: float = 0.0         # from the first batch to the file's completion (model loading excluded)
     failed: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -354,7 +353,7 @@ def stitch_windows(windows: list[tuple[int, int]], arrays: list[np.ndarray], len
     return out
 
 
-def plan_units(proteins: list[_Protein], options: EmbedOptions, done: set[str],
+def plan_units(proteins: list[_Protein], options: EmbedOptions, done,
                record_failure, model_max: int | None = None) -> tuple[list[_Unit], int]:
     """Apply resume, the --max-length policy (and the model's own length limit) and
     deduplication. Returns (units, number of proteins that share another's sequence)."""
@@ -623,18 +622,17 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     options = options or EmbedOptions()
     options.validate()
     output = Path(output)
-    start = time.perf_counter()
     proteins = read_proteins(fasta)
     summary = EmbedSummary(output=output, num_records=len(proteins))
 
     dist = _setup_distributed(options.device)
     try:
-        return _embed_ranked(proteins, output, options, embedder, dist, summary, start)
+        return _embed_ranked(proteins, output, options, embedder, dist, summary)
     finally:
         dist.close()
 
 
-def _embed_ranked(proteins, output, options, embedder, dist, summary, start) -> EmbedSummary:
+def _embed_ranked(proteins, output, options, embedder, dist, summary) -> EmbedSummary:
     import glob
 
     if embedder is None:
@@ -664,12 +662,14 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary, start) -> 
 
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.
-    done: set[str] = set()
+    done: dict[str, str | None] = {}
     shard_files = sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
     if options.resume:
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
-                done |= _done_in(path, writer_kw)
+                found = _done_in(path, writer_kw)
+                _check_same_sequences(proteins, found, path)
+                done.update(found)
     elif dist.is_main:
         for path in [partial_path(output), *map(Path, shard_files)]:
             if path.exists():
@@ -702,6 +702,7 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary, start) -> 
     total_residues = sum(len(p.sequence) for p in pieces)
     pending: dict[int, list] = {}  # chunked units waiting for their other windows
     splits = []
+    start = time.perf_counter()  # rates count the embedding itself, not loading the model
     bar = console.progress(total=total_residues, desc="embed" if dist.world_size == 1 else f"embed[{dist.rank}]",
                            unit="res", unit_scale=True)
     try:
@@ -739,8 +740,9 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary, start) -> 
     return summary
 
 
-def _done_in(path: Path, writer_kw: dict) -> set[str]:
-    """Ids already complete in an existing output (for --resume), checking it was made the same way."""
+def _done_in(path: Path, writer_kw: dict) -> dict[str, str | None]:
+    """Ids already complete in an existing output (for --resume) -> their sequence checksum,
+    after checking that the file was made the same way."""
     from protrans_cli.io.h5 import _check_resumable
 
     import h5py
@@ -752,9 +754,27 @@ def _done_in(path: Path, writer_kw: dict) -> set[str]:
         for kind in writer_kw["kinds"]:
             group = f if writer_kw["layout"] == "flat" else f.get(kind)
             if group is None:
-                return set()
-            per_kind.append({_attr_id(group[k], k) for k in group.keys()})
-    return set.intersection(*per_kind)
+                return {}
+            per_kind.append({_attr_id(group[k], k): _attr_checksum(group[k]) for k in group.keys()})
+    return {ident: checksum for ident, checksum in per_kind[0].items() if all(ident in d for d in per_kind)}
+
+
+def _attr_checksum(ds):
+    from protrans_cli.io.h5 import _plain
+
+    # A truncated protein's checksum describes the kept prefix: not comparable, not checked.
+    return None if "truncated_from" in ds.attrs else _plain(ds.attrs.get("checksum"))
+
+
+def _check_same_sequences(proteins, done: dict[str, str | None], path) -> None:
+    """--resume keeps proteins by id: refuse if an id now carries another sequence."""
+    from protrans_cli.io.h5 import sequence_checksum
+
+    for prot in proteins:
+        stored = done.get(prot.id)
+        if stored and stored != sequence_checksum(prot.sequence):
+            raise InputError(f"cannot resume: the output holds another sequence under this id "
+                             f"(a different FASTA?); write to a new file instead", path=str(path), record=prot.id)
 
 
 def _attr_id(ds, key):

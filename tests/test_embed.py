@@ -158,6 +158,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert not partial_path(out).exists()
 
 
+def test_resume_refuses_an_id_whose_sequence_changed(tmp_path):
+    out = _run(tmp_path / "r.h5")
+    changed = tmp_path / "changed.fa"
+    changed.write_text(SMALL.read_text().replace("MKXUZOBA", "MKXUZOBAW"))
+    with pytest.raises(InputError, match="record 'rare'.*another sequence"):
+        embed(changed, out, EmbedOptions(model="onehot", resume=True))
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     out = _run(tmp_path / "r.h5")
     with pytest.raises(UsageError, match="kinds"):
