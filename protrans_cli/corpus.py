@@ -59,8 +59,8 @@ ALL_REASONS = NORMALISATION_REASONS + (REASON_TOO_SHORT, REASON_TOO_LONG, REASON
 
 LONG_POLICIES = ("skip", "crop")
 
-_SEP = b"\x00"  # record separator inside a block; a block holding a NUL byte is sanitised first
-_DELETE = b" \t\r\n\v\f-."
+_SEP = b"\n"  # record separator in the joined sequences (every other newline is gone by then)
+_DELETE = b" \t\r\v\f-."  # residues.normalise's set, but for the newline: it is _SEP here
 _UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _RARE_TO_X = bytes.maketrans(RARE.encode(), b"X" * len(RARE))
 _PLAIN = (STANDARD + UNKNOWN).encode() + _SEP  # letters that need no work at all
@@ -439,8 +439,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     `drops` holds the indices (within the block) of duplicates to leave out (dedup pass 2).
     """
     data = block.load()
-    work = data.replace(b"\x00", b"\x01") if b"\x00" in data else data  # NUL is our separator
-    arr = np.frombuffer(work, dtype=np.uint8)
+    arr = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)                      # (lines,)
     line_starts = np.concatenate(([0], newlines[:-1] + 1))    # (lines,)
     is_header = arr[line_starts] == 62                        # '>' at the start of a line
@@ -449,18 +448,21 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     n = len(header_start)
     result = _BlockResult(records=n, lines=len(newlines))
 
-    # One buffer of all sequences, each after a separator (the byte of its header's newline),
-    # then whole-buffer normalisation. Headers and newlines go in one boolean compress.
-    seq_end = np.append(header_start[1:], len(work))          # (R,) one past each sequence's text
+    # One buffer of all sequences, each after a separator (its header's newline, the only
+    # newline kept), then whole-buffer normalisation. Headers and line breaks go in one
+    # boolean compress.
+    seq_end = np.append(header_start[1:], len(data))          # (R,) one past each sequence's text
     segments = np.empty(2 * n, dtype=np.int64)                # header, sequence, header, ...
     segments[0::2] = header_end - header_start
     segments[1::2] = seq_end - header_end
     take = np.repeat(np.tile(np.array([False, True]), n), segments)
-    take &= arr != 10
+    take[newlines] = False
     take[header_end] = True
-    marked = arr.copy()
-    marked[header_end] = 0
-    s = marked[take].tobytes() + _SEP
+    if header_end[-1] == len(data) - 1:  # the last record has no sequence line
+        s = arr[take].tobytes() + _SEP
+    else:
+        take[-1] = True  # the block's final newline closes the last record
+        s = arr[take].tobytes()
     odd = s.translate(None, _PLAIN)
     if odd and odd.translate(None, RARE.encode() + b"*"):
         # lower case, gaps, whitespace, CR or an invalid letter somewhere: the general rule
@@ -468,7 +470,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     if odd and b"*" in s:
         s = s.replace(b"*" + _SEP, _SEP)                      # one terminal stop per record
     sa = np.frombuffer(s, dtype=np.uint8)
-    sep = np.flatnonzero(sa == 0)                             # (R + 1,) separators
+    sep = np.flatnonzero(sa == 10)                            # (R + 1,) separators
     starts = sep[:-1] + 1                                     # (R,) first residue of each record
     stops = sep[1:]                                           # (R,) one past its last residue
     lengths = stops - starts                                  # (R,)
@@ -605,7 +607,9 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         if not sel.any():
             continue
         # Every protein is followed by an empty line.
-        out = b"\n".join([text[a:b] for a, b in zip(kept_starts[sel].tolist(), kept_ends[sel].tolist())]) + b"\n"
+        pieces = [text[a:b] for a, b in zip(kept_starts[sel].tolist(), kept_ends[sel].tolist())]
+        pieces.append(b"")  # the last protein's empty line, without copying the text again
+        out = b"\n".join(pieces)
         kind = cfg.valid_compression if d == -1 else cfg.train_compression
         out = compress_bytes(out, kind, FAST_LEVELS.get(kind))
         result.outputs[d] = _spill(out, cfg.spill_dir) if cfg.spill_dir else out
