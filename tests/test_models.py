@@ -281,3 +281,12 @@ def test_pretraining_model_round_trip(name, tmp_path):
         a, b = model(**kwargs), reloaded(**kwargs)
     first = next(k for k in ("logits", "prediction_logits") if getattr(a, k, None) is not None)
     torch.testing.assert_close(getattr(a, first), getattr(b, first), rtol=0, atol=1e-6)
+
+
+def test_local_directory_named_like_a_short_name_wins(tmp_path, monkeypatch):
+    family = FAMILIES["bert"]
+    tokenizer, config, model = _tiny(family)
+    family.save_pretrained(model, tokenizer, tmp_path / "prot_bert")
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model("prot_bert")
+    assert loaded.path_or_hub_id == "prot_bert" and loaded.embedding_dim == 32

@@ -108,9 +108,11 @@ def _looks_like_path(name: str) -> bool:
 def resolve_model(name_or_path: str) -> tuple[str, Checkpoint | None, bool]:
     """(path or hub id, the Checkpoint when a short name was given, whether it is a local dir)."""
     name = str(name_or_path)
-    if name in CHECKPOINTS:
-        return CHECKPOINTS[name].hub_id, CHECKPOINTS[name], False
     path = Path(name).expanduser()
+    # A short name is a hub id unless a model directory of that name exists (what
+    # `hf download Rostlab/prot_bert --local-dir prot_bert` makes for offline use).
+    if name in CHECKPOINTS and not (path / "config.json").is_file():
+        return CHECKPOINTS[name].hub_id, CHECKPOINTS[name], False
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{name}: directory has no config.json, so it is not a model directory "
