@@ -46,6 +46,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="auto: bf16 autocast on GPU, fp32 on CPU.  [default: auto]")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
+@click.option("--compile", "compile", is_flag=True, default=None,
+              help="torch.compile the model (dynamic shapes); pays off on GPUs for long runs.")
 @click.option("--save-every", type=int, default=None, help="Checkpoint every N steps.  [default: 1000]")
 @click.option("--keep-last", type=int, default=None, help="Checkpoints kept.  [default: 3]")
 @click.option("--log-every", type=int, default=None, help="Steps per line of metrics.jsonl.  [default: 10]")
