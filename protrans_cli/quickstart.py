@@ -1,0 +1,135 @@
+"""The whole pipeline on the bundled example data: prep, train, labels, embed, fit, predict.
+
+Every step is a real `protrans` command line, run in this process through the same entry point a
+shell uses, and printed before it runs, so a user can copy any step and run it on their own data.
+Offline, on CPU, in a few minutes at most.
+
+    from protrans_cli.quickstart import run_quickstart
+    summary = run_quickstart("protrans-quickstart", num_steps=150)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from protrans_cli import console
+from protrans_cli.errors import UsageError
+
+EXAMPLE_FILES = ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta")
+
+
+def example_data_dir() -> Path:
+    """The example data shipped inside the package (see scripts/make_example_data.py)."""
+    return Path(str(resources.files("protrans_cli") / "example_data"))
+
+
+@dataclass
+class QuickstartSummary:
+    output: Path
+    commands: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, dict] = field(default_factory=dict)  # head name -> metrics.json content
+    outputs: dict[str, Path] = field(default_factory=dict)  # what -> path
+
+
+def _run(step: str, args: list[str], summary: QuickstartSummary) -> None:
+    """Run one protrans command line in-process; a failing step raises its ProtransError."""
+    import click
+
+    from protrans_cli.cli import cli
+
+    line = "protrans " + " ".join(shlex.quote(a) for a in args)
+    summary.commands.append(line)
+    console.info(f"\n[{step}] $ {line}")
+    start = time.perf_counter()
+    try:
+        rc = cli.main(args=args, prog_name="protrans", standalone_mode=False)
+    except click.ClickException as exc:  # a usage error inside a step is a bug of this script
+        raise UsageError(f"quickstart step {step!r} was refused: {exc.format_message()}") from None
+    if isinstance(rc, int) and rc != 0:
+        raise UsageError(f"quickstart step {step!r} exited with {rc}")
+    summary.seconds[step] = summary.seconds.get(step, 0.0) + time.perf_counter() - start
+
+
+def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_epochs: int = 15,
+                   force: bool = False, data_dir=None) -> QuickstartSummary:
+    """Run the pipeline into `output`; returns the command lines, timings, metrics and paths.
+
+    `head_epochs` caps the secondary-structure head's epochs (the localization head gets 4x as
+    many: it sees far fewer examples per epoch).
+    """
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UsageError(f"{out} exists and is not empty (use --force to replace it)")
+        shutil.rmtree(out)
+    data = Path(data_dir) if data_dir else example_data_dir()
+    missing = [f for f in EXAMPLE_FILES if not (data / f).exists()]
+    if missing:
+        raise UsageError(f"example data incomplete in {data}: missing {', '.join(missing)}")
+    for sub in ("corpus", "fasta", "embeddings", "heads", "predictions"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    s = QuickstartSummary(out)
+    p = lambda *parts: str(out.joinpath(*parts))  # noqa: E731
+
+    # 1. The pretraining corpus: one spaced protein per line, a validation split by id hash.
+    _run("prep", ["prep", str(data / "proteins.fasta"), "-o", p("corpus", "train.txt"),
+                  "--valid-fraction", "0.05", "--valid-output", p("corpus", "valid.txt"),
+                  "--stats", p("corpus", "stats.json")], s)
+    # 2. Pretrain a tiny model on it (seconds on a CPU).
+    _run("train", ["train", "--family", family, "--preset", "tiny", "--corpus", p("corpus", "train.txt"),
+                   "--val-corpus", p("corpus", "valid.txt"), "-o", p("model"), "--num-steps", str(num_steps),
+                   "--warmup-steps", str(max(1, num_steps // 10)), "--lr", "2e-3", "--max-length", "256",
+                   "--global-batch-size", "16", "--micro-batch-size", "16", "--log-every", "10",
+                   "--save-every", str(num_steps), "--seed", "0"], s)
+    # 3. Label files to the FASTA that embed reads (NetSurfP CSVs have no ids: ids from checksums).
+    for name, label_file in [("ss_train", "ss_train.csv"), ("ss_test", "ss_test.csv"),
+                             ("loc_train", "loc_train.fasta"), ("loc_test", "loc_test.fasta")]:
+        _run("labels", ["labels", str(data / label_file), "-o", p("fasta", f"{name}.fasta")], s)
+    # 4. Embeddings: the weight-free one-hot baseline and the model trained in step 2.
+    for model, tag in [("onehot", "onehot"), (p("model"), family)]:
+        for name in ("ss_train", "ss_test"):
+            _run("embed", ["embed", p("fasta", f"{name}.fasta"), "-m", model, "--per-residue",
+                           "-o", p("embeddings", f"{name}.{tag}.h5")], s)
+        for name in ("loc_train", "loc_test"):
+            _run("embed", ["embed", p("fasta", f"{name}.fasta"), "-m", model, "--per-protein",
+                           "-o", p("embeddings", f"{name}.{tag}.h5")], s)
+    # 5. Heads: secondary structure (CNN, 3 and 8 states) and localization (FNN) on each.
+    for tag in ("onehot", family):
+        _run("fit", ["fit", "ss3+ss8", "--embeddings", p("embeddings", f"ss_train.{tag}.h5"),
+                     "--labels", str(data / "ss_train.csv"),
+                     "--test", p("embeddings", f"ss_test.{tag}.h5"), str(data / "ss_test.csv"),
+                     "--max-epochs", str(head_epochs), "--bootstrap", "200", "-o", p("heads", f"ss.{tag}")], s)
+        _run("fit", ["fit", "loc", "--embeddings", p("embeddings", f"loc_train.{tag}.h5"),
+                     "--labels", str(data / "loc_train.fasta"),
+                     "--test", p("embeddings", f"loc_test.{tag}.h5"), str(data / "loc_test.fasta"),
+                     "--max-epochs", str(4 * head_epochs), "--patience", "10", "--bootstrap", "200",
+                     "-o", p("heads", f"loc.{tag}")], s)
+    # 6. Predictions on the test proteins with the one-hot heads.
+    _run("predict", ["predict", p("heads", "ss.onehot"), "--embeddings", p("embeddings", "ss_test.onehot.h5"),
+                     "-o", p("predictions", "ss_test.ss3.fasta")], s)
+    _run("predict", ["predict", p("heads", "loc.onehot"), "--embeddings", p("embeddings", "loc_test.onehot.h5"),
+                     "-o", p("predictions", "loc_test.csv")], s)
+
+    for head in sorted((out / "heads").iterdir()):
+        metrics = head / "metrics.json"
+        if metrics.exists():
+            s.metrics[head.name] = json.loads(metrics.read_text())
+    s.outputs = {
+        "corpus (prep)": out / "corpus" / "train.txt",
+        "pretrained model (train)": out / "model",
+        "training curve": out / "model" / "loss_curve.png",
+        "embeddings (embed)": out / "embeddings",
+        "heads (fit)": out / "heads",
+        "secondary structure predictions": out / "predictions" / "ss_test.ss3.fasta",
+        "localization predictions": out / "predictions" / "loc_test.csv",
+    }
+    (out / "commands.sh").write_text("#!/bin/sh\n# The command lines `protrans quickstart` ran.\nset -e\n"
+                                     + "\n".join(s.commands) + "\n")
+    return s
