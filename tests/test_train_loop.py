@@ -194,3 +194,11 @@ def test_albert_with_sentence_order_prediction_learns(tmp_path):
     assert result.losses[-1] < 0.9 * result.losses[0]
     with pytest.raises(Exception, match="sentence-order head"):
         train(_config(tmp_path / "b", "bert", sop=True, num_steps=2))
+
+
+def test_a_too_small_validation_corpus_warns_and_training_completes(tmp_path, capsys):
+    result = train(_config(tmp_path, num_steps=2, micro_batch_size=8,
+                           val_corpus=[str(TRAIN / "too_few_proteins.txt")]))
+    assert result.completed
+    assert "no eval loss" in capsys.readouterr().err
+    assert all("eval_loss" not in r for r in read_metrics(result.run_dir / "metrics.jsonl"))

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from protrans_cli import console
-from protrans_cli.errors import RuntimeFailure
+from protrans_cli.errors import InputError, RuntimeFailure
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig, grad_accum_steps
@@ -203,7 +203,9 @@ def _loop(run: _Run, resume) -> TrainResult:
                 record = {"step": step, "phase": phase_index + 1, "loss": reduced.pop("loss"), "lr": lr_used,
                           **reduced, "tokens": int(tokens), "tokens_per_s": tokens / max(now - t_log, 1e-9)}
                 if config.val_corpus and config.eval_every and step % config.eval_every == 0:
-                    record["eval_loss"] = evaluate(run, phase)
+                    eval_loss = evaluate(run, phase)
+                    if math.isfinite(eval_loss):
+                        record["eval_loss"] = eval_loss
                 t_log = now
                 result.losses.append(record["loss"])
                 if info.is_main:
@@ -228,7 +230,7 @@ def _loop(run: _Run, resume) -> TrainResult:
         bar.close()
     if config.val_corpus:
         eval_loss = evaluate(run, phases[-1])
-        if info.is_main:
+        if info.is_main and math.isfinite(eval_loss):
             _append_metrics(metrics_path, {"step": step, "eval_loss": eval_loss})
             console.info(f"train: eval loss {eval_loss:.4f}")
     if info.is_main:
@@ -337,10 +339,12 @@ class _Accumulator:
 
 @torch.no_grad()
 def evaluate(run: _Run, phase) -> float:
-    """Loss per predicted token on the first num_eval_batches global batches of the val corpus."""
+    """Loss per predicted token on the first num_eval_batches batches of the val corpus
+    (batches of micro_batch_size per rank, masks fixed by the seed so evaluations compare)."""
     config, info = run.config, run.info
+    per_step = phase.micro_batch_size * info.world_size
     stream = CorpusStream(config.val_corpus, run.layout, max_length=phase.max_length,
-                          global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
+                          global_batch_size=per_step, micro_batch_size=phase.micro_batch_size,
                           rank=info.rank, world_size=info.world_size, seed=config.seed,
                           bucket_batches=config.bucket_batches, shuffle=False,
                           collate=run.objective.collate, max_epochs=1)
@@ -348,18 +352,25 @@ def evaluate(run: _Run, phase) -> float:
     # Evaluation must not consume the training RNG (dropout is off, but ELECTRA samples).
     rng = torch.get_rng_state()
     totals = torch.zeros(2, dtype=torch.float64, device=info.device)
-    for i, step_batch in enumerate(stream):
-        if i >= config.num_eval_batches:
-            break
-        for batch in step_batch.micro_batches:
-            batch = _to_device(batch, info.device)
-            with run.autocast():
-                sum_loss, n, _ = run.wrapped(batch)
-            totals += torch.stack([sum_loss.detach().double(), torch.as_tensor(n, device=info.device).double()])
-    torch.set_rng_state(rng)
+    try:
+        for i, step_batch in enumerate(stream):
+            if i >= config.num_eval_batches:
+                break
+            for batch in step_batch.micro_batches:
+                batch = _to_device(batch, info.device)
+                with run.autocast():
+                    sum_loss, n, _ = run.wrapped(batch)
+                totals += torch.stack([sum_loss.detach().double(),
+                                       torch.as_tensor(n, device=info.device).double()])
+    except InputError as exc:
+        # A validation corpus smaller than one batch: no eval loss, but the training goes on.
+        console.warn(f"no eval loss: {exc.format()}")
+        totals[1] = 0
+    finally:
+        torch.set_rng_state(rng)
     dist.all_reduce_sum(totals)
     run.wrapped.train()
-    return float(totals[0] / totals[1].clamp(min=1))
+    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
 
 
 def _full_model(run: _Run):
@@ -503,8 +514,6 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
                 {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggestion}, indent=1))
         dist.print0(f"train: suggested learning rate {suggestion:.2e} (plot: {run.run_dir / 'lr_find.png'})")
         return TrainResult(run.run_dir, len(lrs), True, losses, None, suggestion)
-    except RuntimeFailure:
-        raise
     finally:
         dist.cleanup()
 
