@@ -74,6 +74,8 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         TrainConfig.from_file(tmp_path / "broken.toml")
     with pytest.raises(UsageError, match="optimizer"):
         TrainConfig(corpus=["x"], optimizer="sgd").validate()
+    with pytest.raises(UsageError, match="stdin"):
+        TrainConfig(corpus=["-"]).validate()
     with pytest.raises(UsageError, match="LEN:STEPS"):
         Phase.parse("512")
     assert parse_set(["num_hidden_layers=4", "hidden_act=gelu"]) == {"num_hidden_layers": 4, "hidden_act": "gelu"}

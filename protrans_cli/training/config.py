@@ -117,6 +117,8 @@ class TrainConfig:
         """Refuse contradictory settings up front, before any model is built."""
         if not self.corpus:
             raise UsageError("no training corpus: give --corpus (or 'corpus' in the config file)")
+        if "-" in self.corpus or "-" in self.val_corpus:
+            raise UsageError("the corpus cannot be stdin ('-'): training reads it once per epoch")
         for name, allowed in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES), ("precision", PRECISIONS),
                               ("strategy", STRATEGIES)):
