@@ -151,6 +151,7 @@ def test_missing_input_is_input_error(run_cli, tmp_path):
     ["--shards", "2", "--shard-size", "1M", "-o", "x.txt"],
     ["--shard-size", "lots", "-o", "x.txt"],
     ["-j", "0"],
+    ["-o", "x.txt", "--valid-fraction", "0.5", "--valid-output", "x.txt"],  # one file for two outputs
 ])
 def test_contradictory_options_are_usage_errors(run_cli, tmp_path, args):
     args = [str(tmp_path / a) if a == "x.txt" else a for a in args]
