@@ -51,31 +51,6 @@ class EsmFamily(Family):
             tokenizer = EsmTokenizer(str(vocab), model_max_length=1_000_000)
         return tokenizer
 
-    def encode(self, tokenizer, sequences: list[str]):
-        """As Family.encode, but for ESM's own tokenizer by table lookup: EsmTokenizer is a
-        pure-Python tokenizer (~25x slower than this), and for normalised sequences it maps
-        each letter to its token and adds `<cls>` and `<eos>`, which this does directly."""
-        import numpy as np
-        import torch
-
-        table = _residue_table(tokenizer)
-        if table is None:
-            return super().encode(tokenizer, sequences)
-        texts = [self.prepare(s).encode("latin-1", errors="replace") for s in sequences]
-        rows = [table[np.frombuffer(t, dtype=np.uint8)] for t in texts]
-        if any((r < 0).any() for r in rows):
-            return super().encode(tokenizer, sequences)  # a letter outside the table: let it decide
-        width = max(len(r) for r in rows) + 2
-        ids = np.full((len(rows), width), tokenizer.pad_token_id, dtype=np.int64)   # (B, T)
-        residue_mask = np.zeros((len(rows), width), dtype=bool)                     # (B, T)
-        attention = np.zeros((len(rows), width), dtype=np.int64)                    # (B, T)
-        for i, r in enumerate(rows):
-            ids[i, 0], ids[i, 1:len(r) + 1], ids[i, len(r) + 1] = tokenizer.cls_token_id, r, tokenizer.eos_token_id
-            residue_mask[i, 1:len(r) + 1] = True
-            attention[i, :len(r) + 2] = 1
-        inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention)}
-        return inputs, torch.from_numpy(residue_mask)
-
     def token_config(self, tokenizer):
         return {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                 "mask_token_id": tokenizer.mask_token_id, "position_embedding_type": "rotary",
@@ -109,21 +84,6 @@ class EsmFamily(Family):
         from transformers import EsmForMaskedLM
 
         return EsmForMaskedLM(config)
-
-
-def _residue_table(tokenizer):
-    """(256,) letter byte -> token id (-1: none) for EsmTokenizer with right padding, else None."""
-    import numpy as np
-
-    if type(tokenizer).__name__ != "EsmTokenizer" or tokenizer.padding_side != "right":
-        return None
-    if None in (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
-        return None
-    table = np.full(256, -1, dtype=np.int64)
-    for token, token_id in tokenizer.get_vocab().items():
-        if len(token) == 1 and token.isalpha():
-            table[ord(token)] = token_id
-    return table
 
 
 FAMILY = EsmFamily()

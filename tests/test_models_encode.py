@@ -1,0 +1,62 @@
+"""Fast encode (table lookup) gives exactly what calling each family's tokenizer gives."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from protrans_cli.models import FAMILIES
+from protrans_cli.models.base import residue_layout
+from protrans_cli.residues import ALPHABET
+
+
+def _random_seqs(seed=0):
+    rng = random.Random(seed)
+    seqs = ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 40))) for _ in range(30)]
+    return seqs + ["W", "mkUZOBx"]
+
+
+def _assert_same(family, tokenizer, seqs):
+    fast_inputs, fast_mask = family.encode(tokenizer, seqs)
+    slow_inputs, slow_mask = family.encode_with_tokenizer(tokenizer, seqs)
+    assert torch.equal(fast_inputs["input_ids"], slow_inputs["input_ids"])
+    assert torch.equal(fast_inputs["attention_mask"], slow_inputs["attention_mask"])
+    assert torch.equal(fast_mask, slow_mask)
+    assert fast_mask.sum(dim=1).tolist() == [len(s) for s in seqs]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_fast_encode_equals_the_tokenizer(name):
+    family = FAMILIES[name]
+    tokenizer = family.build_tokenizer()
+    assert residue_layout(family, tokenizer) is not None  # the fast path is the one tested
+    _assert_same(family, tokenizer, _random_seqs())
+
+
+def test_fast_encode_of_a_protbert_style_vocab_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"LAGVESIKRDTPNQFYMHCWXUBZO"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False,
+                                                                "tokenizer_class": "BertTokenizer"}))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    family = FAMILIES["bert"]
+    assert residue_layout(family, tokenizer) is not None
+    _assert_same(family, tokenizer, _random_seqs(1))
+
+
+def test_a_tokenizer_that_does_not_map_one_token_per_residue_is_refused():
+    from protrans_cli.errors import ModelError
+
+    class UnspacedBert(type(FAMILIES["bert"])):
+        spaced = False  # a whitespace tokenizer fed unspaced text: "MKA" is one unknown word
+
+    family = UnspacedBert()
+    tokenizer = family.build_tokenizer()
+    assert residue_layout(family, tokenizer) is None  # unspaced text could merge: no fast path
+    with pytest.raises(ModelError, match="made 1 residue tokens of a sequence of 3 residues"):
+        family.encode(tokenizer, ["MKA"])
