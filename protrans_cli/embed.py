@@ -621,7 +621,11 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     """
     options = options or EmbedOptions()
     options.validate()
+    if str(output) == "-":
+        raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
     output = Path(output)
+    if not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise InputError("output directory does not exist", path=str(output.parent))
     proteins = read_proteins(fasta)
     summary = EmbedSummary(output=output, num_records=len(proteins))
 

@@ -266,6 +266,10 @@ def test_cli_usage_errors(run_cli, tmp_path):
     assert r.exit_code == 2 and "--chunk-overlap" in r.stderr
     r = run_cli("embed", SMALL, "-m", "onehot", "--long-policy", "chunk", "-o", out)
     assert r.exit_code == 0 and "has no effect" in r.stderr  # a policy that cannot apply says so
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", "-")
+    assert r.exit_code == 2 and "stdout" in r.stderr
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "no" / "x.h5")
+    assert r.exit_code == 1 and "output directory does not exist" in r.stderr
     r = run_cli("embed", SMALL, "-m", "onehot", "--layer", "-3", "-o", out)
     assert r.exit_code == 2 and "single layer" in r.stderr
 
