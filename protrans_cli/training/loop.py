@@ -249,37 +249,46 @@ def _train_step(run: _Run, optimizer, micro_batches) -> dict:
     """One optimizer step over this rank's micro-batches; returns summed statistics."""
     config, info = run.config, run.info
     device = info.device
+    # Counted on the host before the transfer: no device synchronisation inside the step.
+    tokens = sum(int((b["input_ids"] != run.layout.pad_id).sum()) for b in micro_batches)
+    local_predicted = float(sum(b["num_predicted"] for b in micro_batches))
     micro_batches = [_to_device(b, device) for b in micro_batches]
     # Predicted tokens of the whole step on every rank: the loss denominator.
-    counts = torch.tensor([sum(b["num_predicted"] for b in micro_batches)], dtype=torch.float64, device=device)
-    total_predicted = dist.all_reduce_sum(counts).item()
+    total_predicted = local_predicted
+    if info.initialised:
+        counts = torch.tensor([local_predicted], dtype=torch.float64, device=device)
+        total_predicted = dist.all_reduce_sum(counts).item()
     # DDP and FSDP average gradients over ranks; undo that so the result is sum / total_predicted.
     scale = info.world_size / max(total_predicted, 1.0)
     run.wrapped.train()
-    sums: dict[str, list[float]] = {}
-    loss_sum = 0.0
-    tokens = 0
+    names: list[str] = []
+    parts: list[torch.Tensor] = []  # loss sum, then (numerator, denominator) per metric
     for i, batch in enumerate(micro_batches):
         sync = i == len(micro_batches) - 1
         with _no_sync(run, sync), run.autocast():
             sum_loss, _, metrics = run.wrapped(batch)
         (sum_loss * scale).backward()
-        loss_sum += float(sum_loss.detach())
-        tokens += int((batch["input_ids"] != run.layout.pad_id).sum())
+        values = [sum_loss.detach().double()]
         for name, (num, den) in metrics.items():
-            acc = sums.setdefault(name, [0.0, 0.0])
-            acc[0] += float(num)
-            acc[1] += float(den)
-    if config.grad_clip and config.grad_clip > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), config.grad_clip))
-    else:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), float("inf")))
-    if not math.isfinite(grad_norm):
+            values += [torch.as_tensor(num, device=device).double(), torch.as_tensor(den, device=device).double()]
+        step_values = torch.stack(values)
+        parts.append(step_values)
+        names = list(metrics)
+    max_norm = config.grad_clip if config.grad_clip and config.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    # One synchronisation per step: the statistics and the gradient norm together, before the
+    # update so that a non-finite gradient never reaches the weights.
+    host = torch.cat([torch.stack(parts).sum(0), grad_norm.detach().double().reshape(1).to(device)]).tolist()
+    if not math.isfinite(host[-1]):
         raise RuntimeFailure("the gradient is not finite (lower --lr or check the data)")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": (loss_sum, total_predicted / info.world_size), "grad_norm": grad_norm,
-            "tokens": tokens, **{k: tuple(v) for k, v in sums.items()}}
+    stats = {"loss": (host[0], total_predicted / info.world_size), "grad_norm": host[-1], "tokens": tokens}
+    for k, name in enumerate(names):
+        stats[name] = (host[1 + 2 * k], host[2 + 2 * k])
+    return stats
 
 
 def _no_sync(run: _Run, sync: bool):

@@ -48,12 +48,14 @@ def _logits(output) -> torch.Tensor:
 
 
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor):
-    """Summed cross entropy and correct predictions over positions whose label is not IGNORE."""
+    """Summed cross entropy and correct predictions over positions whose label is not IGNORE.
+
+    Over the full (B, T, V) tensor with ignore_index rather than boolean indexing: no
+    device-to-host synchronisation, and the vocabulary is small (~30 tokens)."""
     sel = labels != IGNORE
-    picked = logits[sel].float()  # (N, V)
-    target = labels[sel]
-    loss = F.cross_entropy(picked, target, reduction="sum")
-    correct = (picked.argmax(-1) == target).sum()
+    flat = logits.reshape(-1, logits.shape[-1]).float()  # (B*T, V)
+    loss = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    correct = ((logits.argmax(-1) == labels) & sel).sum()
     return loss, correct, sel.sum()
 
 
@@ -260,7 +262,7 @@ class _Seq2Seq(Objective):
         metrics = {"accuracy": (correct, n)}
         if "masked" in batch:
             m = batch["masked"]
-            metrics["masked_accuracy"] = ((logits.argmax(-1) == labels)[m].sum(), m.sum())
+            metrics["masked_accuracy"] = (((logits.argmax(-1) == labels) & m).sum(), m.sum())
         return loss, n, metrics
 
 
