@@ -908,6 +908,19 @@ def _spool_stdin(directory: Path) -> Path:
 # The job
 
 
+def _spill_base(options: CorpusOptions) -> str | None:
+    """/dev/shm when it can hold every block in flight with room to spare (containers often
+    give it 64 MB), else $TMPDIR (page cache all the same, until the kernel writes it back)."""
+    need = 8 * options.threads * 4 * options.block_bytes  # text is ~2x the block, x2 spare
+    try:
+        stat = os.statvfs("/dev/shm")
+        if os.access("/dev/shm", os.W_OK) and stat.f_bavail * stat.f_frsize > need:
+            return "/dev/shm"
+    except OSError:
+        pass
+    return None
+
+
 def _bar(options: CorpusOptions, paths: Sequence[str], desc: str):
     """A progress bar in bytes of FASTA, with a total when every input is an uncompressed file."""
     if not options.progress:
@@ -948,8 +961,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     spill_dir = None
     try:
         if options.threads > 1:
-            shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-            spill_dir = tempfile.mkdtemp(prefix="protrans-prep.", dir=shm)
+            spill_dir = tempfile.mkdtemp(prefix="protrans-prep.", dir=_spill_base(options))
             cfg = _BlockConfig(**{**asdict(cfg), "spill_dir": spill_dir})
         if rejects:
             rejects.stream.write(b"id\treason\tdetail\tfile\tline\n")
