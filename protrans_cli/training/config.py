@@ -129,6 +129,9 @@ class TrainConfig:
             raise UsageError(f"mask_prob must be between 0 and 1, got {self.mask_prob}")
         if self.sop and (self.objective or "mlm") != "mlm":
             raise UsageError("sop (sentence-order prediction) goes with the mlm objective only")
+        for name in ("log_every", "save_every", "keep_last", "bucket_batches"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UsageError(f"lr must be positive, got {self.lr}")
         for i, phase in enumerate(self.resolved_phases(), 1):

@@ -99,6 +99,9 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None) -> _Run:
     tokenizer = family.build_tokenizer()
     model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
     model = family.pretraining_model(model_config)
+    if info.world_size > 1:
+        # From here on each rank draws its own dropout masks (and ELECTRA samples).
+        torch.manual_seed(config.seed + info.rank)
     layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
     layout.use_pair = config.sop
     objective = make_objective(config.objective or family.objective, layout, config)
