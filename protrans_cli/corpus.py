@@ -7,7 +7,7 @@ The corpus is one protein per line, residues separated by single spaces, every p
 by an empty line (docs/corpus.md). Records are normalised by the rules of `protrans_cli.residues`
 (docs/prep.md); a record that cannot be normalised is rejected with a reason.
 
-How it is fast: the input is cut into blocks of whole records (a few MB) and each block is
+How it is fast: the input is cut into blocks of whole records (1 MiB) and each block is
 processed with a handful of whole-buffer operations (bytes.join / replace / translate, numpy on
 the block) instead of per-residue Python; only per-record bookkeeping (a slice, a hash) runs in
 Python. Blocks go to `threads` worker processes and their output is written in input order, with
