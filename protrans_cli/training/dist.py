@@ -117,15 +117,19 @@ def choose_strategy(requested: str, num_params: int, world_size: int, fsdp_min_p
     return requested
 
 
-def wrap(module: torch.nn.Module, strategy: str, dist_info: DistInfo) -> torch.nn.Module:
-    """DDP or FSDP2 around the module (the loss module holding the model); as is for 'none'."""
+def wrap(module: torch.nn.Module, strategy: str, dist_info: DistInfo, *,
+         find_unused_parameters: bool = False) -> torch.nn.Module:
+    """DDP or FSDP2 around the module (the loss module holding the model); as is for 'none'.
+
+    find_unused_parameters: DDP must be told when some parameters get no gradient (ALBERT's
+    sentence-order head trained without --sop), or it waits for them forever."""
     if strategy == "none":
         return module
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-        return DDP(module, device_ids=ids)
+        return DDP(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

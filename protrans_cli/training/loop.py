@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from protrans_cli import console
@@ -138,7 +139,11 @@ def _loop(run: _Run, resume) -> TrainResult:
     run.model.to(info.device)
     if config.compile:
         run.model.forward = torch.compile(run.model.forward, dynamic=True)
-    run.wrapped = dist.wrap(LossModule(run.model, run.objective), run.strategy, info)
+    loss_module = LossModule(run.model, run.objective)
+    unused = unused_parameters(loss_module, run) if run.strategy == "ddp" else []
+    if unused:
+        console.debug(f"parameters without gradient (DDP told to expect them): {', '.join(unused[:5])}...")
+    run.wrapped = dist.wrap(loss_module, run.strategy, info, find_unused_parameters=bool(unused))
     optimizer = build_optimizer(run.wrapped, config)
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, data_phase, data_state = 0, 0, StreamState()
@@ -292,6 +297,25 @@ def _train_step(run: _Run, optimizer, micro_batches) -> dict:
     for k, name in enumerate(names):
         stats[name] = (host[1 + 2 * k], host[2 + 2 * k])
     return stats
+
+
+def unused_parameters(loss_module: LossModule, run: _Run) -> list[str]:
+    """Names of parameters that get no gradient from the objective, found with one small
+    forward/backward pass (RNG state restored, gradients cleared)."""
+    from protrans_cli.training.data import Sample
+
+    lay = run.layout
+    residues = lay.standard_ids[np.arange(64) % len(lay.standard_ids)]
+    samples = [Sample(i, 0, residues.copy(), 12345) for i in range(4)]
+    batch = _to_device(run.objective.collate(samples), run.info.device)
+    devices = [run.info.device] if run.info.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        loss_module.train()
+        sum_loss, _, _ = loss_module(batch)
+        sum_loss.backward()
+    names = [n for n, p in loss_module.named_parameters() if p.requires_grad and p.grad is None]
+    loss_module.zero_grad(set_to_none=True)
+    return names
 
 
 def _no_sync(run: _Run, sync: bool):
