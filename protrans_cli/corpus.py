@@ -35,7 +35,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.io.files import AtomicFile, compress_bytes, compression_for_output, display_name, open_input
 from protrans_cli.residues import (
     RARE,
@@ -213,12 +213,15 @@ class _Block:
     path: str | None = None
     offset: int = 0
     size: int = 0
+    unlink: bool = False  # a copy left for a worker: deleted once read
 
     def load(self) -> bytes:
         if self.data is not None:
             return self.data
         with open(self.path, "rb") as handle:
             data = os.pread(handle.fileno(), self.size, self.offset)
+        if self.unlink:
+            os.unlink(self.path)
         if len(data) != self.size:
             raise InputError("file changed while it was read", path=self.name)
         return data if data.endswith(b"\n") else data + b"\n"
@@ -651,12 +654,55 @@ def _tune_malloc() -> None:
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
-def _run_blocks(blocks: Iterable, fn, args: tuple, threads: int) -> Iterator:
-    """Yield fn(block, *args, extra) for every (block, extra) in order, `threads` at a time.
+def _worker_loop(conn, fn, args: tuple) -> None:
+    """A worker process: (block, extra) in, ("ok", result) or ("error", exception) out.
 
-    At most 8 * threads blocks are in flight, so memory stays bounded however fast the input is
-    read; a deep queue keeps the workers busy when the machine is shared (2 * threads was half
-    as fast on a loaded 2-core machine).
+    A thread drains the incoming pipe into a queue, so the main process never waits to send
+    while this worker waits for it to take a large result: no deadlock whatever the sizes.
+    """
+    import queue
+    import threading
+
+    _init_worker()
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def drain():
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                message = None
+            inbox.put(message)
+            if message is None:
+                return
+
+    threading.Thread(target=drain, daemon=True).start()
+    while True:
+        message = inbox.get()
+        if message is None:
+            return
+        block, extra = message
+        try:
+            reply = ("ok", fn(block, *args, extra))
+        except Exception as exc:  # raised again in the main process
+            reply = ("error", exc)
+        try:
+            conn.send(reply)
+        except Exception as exc:  # an exception that cannot be pickled
+            conn.send(("error", RuntimeFailure(f"{type(exc).__name__}: {exc}")))
+
+
+def _run_blocks(blocks: Iterable, fn, args: tuple, threads: int, spill_dir: str | None = None) -> Iterator:
+    """Yield (block, fn(block, *args, extra)) for every (block, extra), in order.
+
+    With threads > 1, block k goes to worker k mod threads over its own pipe, so results come
+    back in order without a dispatcher thread (multiprocessing.Pool's task and result threads
+    cost the main process a third of its CPU in GIL hand-offs, and a Pool hangs when a worker
+    is killed; here that is an error). Every message is small: blocks of uncompressed files are
+    offsets, other blocks are left in `spill_dir`, and text comes back as _Spill files. At most
+    8 * threads blocks are in flight, so memory stays bounded however fast the input is read; a
+    deep queue keeps the workers busy when the machine is shared (2 * threads was half as fast on
+    a loaded 2-core machine).
     """
     if threads <= 1:
         _tune_malloc()
@@ -666,16 +712,60 @@ def _run_blocks(blocks: Iterable, fn, args: tuple, threads: int) -> Iterator:
     import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    pending = collections.deque()
-    with ctx.Pool(threads, initializer=_init_worker) as pool:
+    workers = []
+    pending: collections.deque = collections.deque()
+    try:
+        for _ in range(threads):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_loop, args=(child, fn, args), daemon=True)
+            proc.start()
+            child.close()
+            workers.append((proc, parent))
+        sent = 0
         for block, extra in blocks:
-            pending.append((block, pool.apply_async(fn, (block, *args, extra))))
+            if block.data is not None and spill_dir is not None:
+                spill = _spill(block.data, spill_dir)
+                block = _Block(None, block.name, block.line0, block.index, spill.path, 0, spill.size,
+                               unlink=True)
+            w = sent % threads
+            try:
+                workers[w][1].send((block, extra))
+            except OSError:  # BrokenPipeError here is a dead worker, not a closed stdout
+                raise _dead(workers[w][0], block) from None
+            pending.append((w, block))
+            sent += 1
             while len(pending) >= 8 * threads:
-                done_block, res = pending.popleft()
-                yield done_block, res.get()
+                yield _collect(workers, pending)
         while pending:
-            done_block, res = pending.popleft()
-            yield done_block, res.get()
+            yield _collect(workers, pending)
+    finally:
+        for proc, conn in workers:
+            with contextlib.suppress(Exception):
+                conn.send(None)
+            conn.close()
+        for proc, _ in workers:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+
+
+def _dead(proc, block) -> RuntimeFailure:
+    proc.join(timeout=5)
+    return RuntimeFailure(f"a worker process died (exit code {proc.exitcode}) while preparing a block of "
+                          f"{block.name}; out of memory?")
+
+
+def _collect(workers, pending):
+    w, block = pending.popleft()
+    proc, conn = workers[w]
+    try:
+        status, payload = conn.recv()
+    except (EOFError, OSError):
+        raise _dead(proc, block) from None
+    if status == "error":
+        raise payload
+    return block, payload
 
 
 # --------------------------------------------------------------------------------------------
@@ -977,7 +1067,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             jobs = ((b, None) for b in _iter_blocks(paths, options.block_bytes))
             ordinal = 0
             bar = _bar(options, paths, "prep: dedup pass 1")
-            for block, res in _run_blocks(jobs, _process_block, (pass1,), options.threads):
+            for block, res in _run_blocks(jobs, _process_block, (pass1,), options.threads, spill_dir):
                 res.digests[:, 2] += np.uint64(ordinal)
                 dedup.add(res.digests)
                 dedup.block_records.append(res.records)
@@ -1000,7 +1090,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
 
         bar = _bar(options, paths, "prep")
         line0 = 1
-        for block, res in _run_blocks(jobs(), _process_block, (cfg,), options.threads):
+        for block, res in _run_blocks(jobs(), _process_block, (cfg,), options.threads, spill_dir):
             if block.line0:  # an input's first block
                 line0 = block.line0
             if options.strict and res.first_invalid is not None:

@@ -382,3 +382,25 @@ def test_dedup_compares_normalised_sequences(tmp_path, rare, kept):
     fasta.write_bytes(b">a\nMUK\n>b\nmxk*\n>c\nMK\n")  # a and b are both MXK once U becomes X
     stats = build_corpus([fasta], CorpusOptions(output=str(tmp_path / "c.txt"), rare=rare, dedup=True))
     assert stats.proteins_out == kept and stats.rejected["duplicate"] == 3 - kept
+
+
+def _die_on_third_block(block, cfg, extra):
+    if block.index == 2:
+        os._exit(9)
+    from protrans_cli.corpus import _process_block
+
+    return _process_block(block, cfg, extra)
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(tmp_path):
+    from protrans_cli.corpus import _BlockConfig, _iter_blocks, _run_blocks
+    from protrans_cli.errors import RuntimeFailure
+
+    fasta = tmp_path / "r.fa"
+    _random_fasta(fasta, 200, seed=2, dirty=False)
+    cfg = _BlockConfig(rare="x", min_length=1, max_length=None, long="skip", valid_fraction=0.0,
+                       num_shards=1, want_rejects=False, digests=False)
+    jobs = ((b, None) for b in _iter_blocks([str(fasta)], 2048))
+    with pytest.raises(RuntimeFailure, match="worker process died"):
+        for _ in _run_blocks(jobs, _die_on_third_block, (cfg,), 2):
+            pass
