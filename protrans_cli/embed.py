@@ -407,9 +407,9 @@ class _Piece:
 def default_max_tokens(device: str) -> int:
     """The batch budget when --max-tokens is not given. On a GPU, ProtTrans' 4000 residues keeps
     the large matrix products busy and fits ProtT5-XL in bf16 on a 16 GB card. On a CPU batches
-    gain nothing from parallelism and lose cache locality: ~1000 tokens measured fastest
-    (docs/benchmarks.md#embed)."""
-    return 1024 if str(device) == "cpu" else 4000
+    gain no parallelism and padded ones cost extra (T5's padded position-bias mask above all):
+    512 tokens, about one average protein, measured best (docs/benchmarks.md#embed)."""
+    return 512 if str(device) == "cpu" else 4000
 
 
 def make_batches(pieces: list[_Piece], max_tokens: int, max_batch_size: int,
