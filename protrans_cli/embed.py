@@ -18,6 +18,7 @@ import os
 import shlex
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -830,3 +831,15 @@ def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_si
     for shard in shards:
         os.unlink(shard)
     return failed
+
+
+class _CallableModule(types.ModuleType):
+    """`from protrans_cli import embed` yields this module (a submodule import binds the package
+    attribute to the module, shadowing the lazy export of the function): calling it calls
+    `embed()`, so the documented `protrans_cli.embed(fasta, output, options)` works."""
+
+    def __call__(self, *args, **kwargs):
+        return embed(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

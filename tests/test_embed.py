@@ -320,3 +320,10 @@ def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
     for k in single:
         np.testing.assert_array_equal(merged[k], single[k])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "single.h5"]  # shards removed
+
+
+def test_package_level_embed_is_callable(tmp_path):
+    import protrans_cli
+
+    summary = protrans_cli.embed(SMALL, tmp_path / "p.h5", protrans_cli.EmbedOptions(model="onehot"))
+    assert summary.num_embedded == 6
