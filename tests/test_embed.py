@@ -327,3 +327,39 @@ def test_package_level_embed_is_callable(tmp_path):
 
     summary = protrans_cli.embed(SMALL, tmp_path / "p.h5", protrans_cli.EmbedOptions(model="onehot"))
     assert summary.num_embedded == 6
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_ctrl_c_leaves_a_readable_partial_file_and_resume_finishes_it(shared_data, tmp_path):
+    """A real SIGINT to a running `protrans embed`: exit 130, a readable partial file, and
+    --resume gives the same content as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fasta = shared_data / "proteomes" / "UP000000625_83333.fasta"
+    out = tmp_path / "ecoli.h5"
+    cmd = [sys.executable, "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot", "--per-protein",
+           "--max-batch-size", "1", "-o", str(out)]
+    env = {**os.environ, "PROTRANS_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not partial_path(out).exists() or partial_path(out).stat().st_size < 200_000):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and not out.exists()
+    partial = read_all(partial_path(out), PER_PROTEIN)
+    assert 0 < len(partial)
+    subprocess.run(cmd + ["--resume"], env=env, check=True, capture_output=True)
+    full = read_all(_run(tmp_path / "full.h5", fasta=fasta, per_residue=False), PER_PROTEIN)
+    resumed = read_all(out, PER_PROTEIN)
+    assert resumed.keys() == full.keys()
+    for k in full:
+        np.testing.assert_array_equal(resumed[k], full[k])
