@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import sys
 import tempfile
 import time
@@ -68,13 +68,31 @@ def make_set(directory: Path, n_proteins: int, dim: int, seed: int = 0) -> tuple
     return csv_path, h5_path, sum(len(r.sequence) for r in records)
 
 
-def epoch_seconds(h5_path: Path, csv_path: Path, out: Path, *, stream: bool, threads: int, epochs: int) -> float:
+def epoch_seconds(h5_path: Path, csv_path: Path, out: Path, *, stream: bool, threads: int,
+                  epochs: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of a training epoch."""
     from protrans_cli.heads.fit import FitConfig, fit
 
     config = FitConfig(task="ss3", max_epochs=epochs, patience=epochs, threads=threads, n_bootstrap=10,
                        cache_bytes=0 if stream else 64 << 30, valid_fraction=0.05)
     result = fit(config, h5_path, csv_path, out)
-    return float(np.median([h["train_seconds"] for h in result.history]))
+    return (float(np.median([h["train_seconds"] for h in result.history])),
+            float(np.median([h["train_cpu_seconds"] for h in result.history])))
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Linux: restart the VmHWM high-water mark, so the next peak is the fit's alone."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def read_rate(h5_path: Path) -> float:
@@ -104,21 +122,28 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         csv_path, h5_path, residues = make_set(tmp, args.proteins, args.dim)
         mb_s = read_rate(h5_path)
+        rss_before = _status_mb("VmRSS")
+        reset_peak_rss()
         streamed = epoch_seconds(h5_path, csv_path, tmp / "streamed", stream=True, threads=args.threads,
                                  epochs=args.epochs)
-        rss_streamed = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_streamed = _status_mb("VmHWM")
         in_memory = epoch_seconds(h5_path, csv_path, tmp / "in_memory", stream=False, threads=args.threads,
                                   epochs=args.epochs)
     train_residues = residues * 0.95  # 5% held out for validation
+    (streamed, streamed_cpu), (in_memory, in_memory_cpu) = streamed, in_memory
     figures = {
         "proteins": args.proteins, "residues": residues, "dim": args.dim, "threads": args.threads,
-        "float32_gb": residues * args.dim * 4 / 1e9,
+        "float32_gb": round(residues * args.dim * 4 / 1e9, 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "streamed_s_per_epoch": round(streamed, 2), "in_memory_s_per_epoch": round(in_memory, 2),
+        "streamed_cpu_s_per_epoch": round(streamed_cpu, 2), "in_memory_cpu_s_per_epoch": round(in_memory_cpu, 2),
         "streamed_over_in_memory": round(streamed / in_memory, 3),
         "streamed_residues_per_s": round(train_residues / streamed),
-        "peak_rss_mb_after_streamed_run": round(rss_streamed),
+        "rss_mb_before_fit": round(rss_before),
+        "peak_rss_mb_streamed_fit": round(rss_streamed),
         "hdf5_read_mb_per_s": round(mb_s),
         "extrapolated_full_s_per_epoch": round(streamed * FULL_RESIDUES / train_residues),
+        "extrapolated_full_cpu_s_per_epoch": round(streamed_cpu * FULL_RESIDUES / train_residues),
         "full_float32_gb": round(FULL_RESIDUES * args.dim * 4 / 1e9, 1),
     }
     if args.json:

@@ -247,7 +247,7 @@ def test_predict_refuses_other_dimension_and_model(run_cli, loc_data, ss_data, t
 def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
     head = tmp_path / "loc"
     assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
-                   "-j", "1", "-o", head).exit_code == 0
+                   "--max-epochs", "40", "-j", "1", "-o", head).exit_code == 0
     r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "--labels", loc_data / "test.fasta",
                 "--metrics", tmp_path / "m")
     assert r.exit_code == 0, r.stderr
