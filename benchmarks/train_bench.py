@@ -12,6 +12,8 @@ seed) on the same proteins with the same global batch, micro-batch, optimizer an
 Printed: real (non-padding) tokens per second per device after warm-up, the ratio, the share of
 padding in each, and on a GPU the model FLOPs utilisation against the device's dense bf16 peak
 (FLOPs per token: 6 x non-embedding parameters + 12 x layers x hidden x length for attention).
+Each is run --repeats times (2), alternating, and each one's best run is kept: the load of a
+shared machine varies more than the difference being measured.
 
     # CPU (what docs/benchmarks.md records for a CPU machine)
     python benchmarks/train_bench.py --preset small --max-length 256 --num-steps 12
@@ -174,6 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num-proteins", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best is kept")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -201,8 +204,15 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus, source = write_corpus(Path(tmp), args.num_proteins, args.seed)
-        base = bench_baseline(args, corpus, device)
-        ours = bench_protrans(args, corpus, Path(tmp) / "run")
+        # Alternate the two and keep each one's best run: a shared machine's load varies.
+        bases, ours_runs = [], []
+        for r in range(args.repeats):
+            bases.append(bench_baseline(args, corpus, device))
+            ours_runs.append(bench_protrans(args, corpus, Path(tmp) / f"run{r}"))
+        base = max(bases, key=lambda x: x["tokens_per_s"])
+        ours = max(ours_runs, key=lambda x: x["tokens_per_s"])
+        base["all_tokens_per_s"] = [round(x["tokens_per_s"], 1) for x in bases]
+        ours["all_tokens_per_s"] = [round(x["tokens_per_s"], 1) for x in ours_runs]
     result = {"device": torch.cuda.get_device_name() if gpu else f"CPU, {args.threads} thread(s)",
               "model": f"{args.family}/{args.preset}", "non_embedding_params": non_embed,
               "max_length": args.max_length, "global_batch_size": args.global_batch_size,
@@ -221,7 +231,8 @@ def main(argv=None) -> int:
     for key in ("baseline", "protrans"):
         r = result[key]
         mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
-        print(f"{key:9s} {r['tokens_per_s']:10.0f} tokens/s, padding {r['padding']:.1%}{mfu}")
+        runs = ", ".join(f"{x:.0f}" for x in r["all_tokens_per_s"])
+        print(f"{key:9s} {r['tokens_per_s']:10.0f} tokens/s (best of {runs}), padding {r['padding']:.1%}{mfu}")
     print(f"speed-up  {result['speedup']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
