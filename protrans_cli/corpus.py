@@ -1049,8 +1049,11 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     rejects = AtomicFile(options.rejects) if options.rejects else None
     tmp = None
     spill_dir = None
+    threads = options.threads
+    if "-" not in inputs and sum(os.path.getsize(p) for p in inputs) < 2 * options.block_bytes:
+        threads = 1  # starting workers would take longer than the whole job
     try:
-        if options.threads > 1:
+        if threads > 1:
             spill_dir = tempfile.mkdtemp(prefix="protrans-prep.", dir=_spill_base(options))
             cfg = _BlockConfig(**{**asdict(cfg), "spill_dir": spill_dir})
         if rejects:
@@ -1067,7 +1070,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             jobs = ((b, None) for b in _iter_blocks(paths, options.block_bytes))
             ordinal = 0
             bar = _bar(options, paths, "prep: dedup pass 1")
-            for block, res in _run_blocks(jobs, _process_block, (pass1,), options.threads, spill_dir):
+            for block, res in _run_blocks(jobs, _process_block, (pass1,), threads, spill_dir):
                 res.digests[:, 2] += np.uint64(ordinal)
                 dedup.add(res.digests)
                 dedup.block_records.append(res.records)
@@ -1090,7 +1093,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
 
         bar = _bar(options, paths, "prep")
         line0 = 1
-        for block, res in _run_blocks(jobs(), _process_block, (cfg,), options.threads, spill_dir):
+        for block, res in _run_blocks(jobs(), _process_block, (cfg,), threads, spill_dir):
             if block.line0:  # an input's first block
                 line0 = block.line0
             if options.strict and res.first_invalid is not None:
