@@ -922,8 +922,10 @@ class _Dedup:
 
     def __init__(self, directory: Path, expected_records: int):
         self.dir = directory
-        # about 2 M records (48 MB) per partition
-        self.bits = min(12, max(4, math.ceil(math.log2(max(expected_records, 1) / (2 << 20) + 1))))
+        # About 2 M records (48 MB) per partition, but at most 512 files open at once (BFD: ~4 M
+        # records, ~230 MB while one is sorted).
+        self.bits = min(9, max(4, math.ceil(math.log2(max(expected_records, 1) / (2 << 20) + 1))))
+        _raise_open_file_limit((1 << self.bits) + 64)
         self.parts: dict[int, object] = {}
         self._range_index = -1
         self._range: np.ndarray = np.zeros(0, dtype=np.uint64)
@@ -982,6 +984,16 @@ class _Dedup:
             hi = np.searchsorted(self._range, np.uint64(ordinal0 + count))
             out.append(self._range[lo:hi])
         return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
+
+
+def _raise_open_file_limit(needed: int) -> None:
+    """Every partition file stays open during pass 1: lift the soft limit if it is lower."""
+    with contextlib.suppress(Exception):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
 def _spool_stdin(directory: Path) -> Path:
