@@ -274,6 +274,7 @@ def test_cli_usage_errors(run_cli, tmp_path):
     assert r.exit_code == 2 and "single layer" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_ecoli_proteome_onehot(shared_data, tmp_path):
     fasta = shared_data / "proteomes" / "UP000000625_83333.fasta"
