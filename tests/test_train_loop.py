@@ -202,3 +202,23 @@ def test_a_too_small_validation_corpus_warns_and_training_completes(tmp_path, ca
     assert result.completed
     assert "no eval loss" in capsys.readouterr().err
     assert all("eval_loss" not in r for r in read_metrics(result.run_dir / "metrics.jsonl"))
+
+
+def test_data_loader_workers_give_the_same_losses(tmp_path):
+    kw = dict(num_steps=4, log_every=1, model_overrides={"hidden_dropout_prob": 0.0,
+                                                         "attention_probs_dropout_prob": 0.0})
+    a = train(_config(tmp_path / "a", **kw))
+    b = train(_config(tmp_path / "b", num_workers=2, **kw))
+    assert a.losses == b.losses and len(a.losses) == 4
+
+
+def test_cli_phases(tmp_path, run_cli):
+    out = tmp_path / "run"
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--phase", "48:3", "--phase", "96:2:8:4",
+                  "--global-batch-size", 16, "--micro-batch-size", 8, "--log-every", 1, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [(r["step"], r["phase"]) for r in rows] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2)]
+    assert "global batch 8 = 4 x 1 process(es) x 2 accumulation" in res.stderr
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["phases"][1] == {"max_length": 96, "num_steps": 2, "global_batch_size": 8, "micro_batch_size": 4}
