@@ -404,3 +404,23 @@ def test_a_dead_worker_is_an_error_not_a_hang(tmp_path):
     with pytest.raises(RuntimeFailure, match="worker process died"):
         for _ in _run_blocks(jobs, _die_on_third_block, (cfg,), 2):
             pass
+
+
+def test_dedup_across_partitions_blocks_and_drop_ranges(tmp_path, monkeypatch):
+    from protrans_cli import corpus
+
+    monkeypatch.setattr(corpus._Dedup, "RANGE", 7)  # many drop-list files, blocks straddling them
+    rng = random.Random(4)
+    pool = ["".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(rng.randint(5, 40))) for _ in range(60)]
+    fasta = tmp_path / "dups.fa"
+    fasta.write_text("".join(f">r{i}\n{rng.choice(pool)}\n" for i in range(500)))
+    seen, expected = set(), []
+    for rec in read_fasta(fasta):
+        if rec.sequence not in seen:
+            seen.add(rec.sequence)
+            expected.append(" ".join(rec.sequence).encode() + b"\n\n")
+    for threads in (1, 2):
+        out = tmp_path / f"c{threads}.txt"
+        stats = build_corpus([fasta], CorpusOptions(output=str(out), dedup=True, block_bytes=1024, threads=threads))
+        assert_same_text(out.read_bytes(), b"".join(expected))
+        assert stats.rejected["duplicate"] == 500 - len(expected)
