@@ -222,3 +222,15 @@ def test_cli_phases(tmp_path, run_cli):
     assert "global batch 8 = 4 x 1 process(es) x 2 accumulation" in res.stderr
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["phases"][1] == {"max_length": 96, "num_steps": 2, "global_batch_size": 8, "micro_batch_size": 4}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_trains_on_the_gpu_in_bf16(tmp_path, family):
+    result = train(_config(tmp_path, family, num_steps=20))
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert result.losses[-1] < result.losses[0]
+    from protrans_cli.models import load_model
+
+    assert load_model(result.run_dir).family.name == family
