@@ -6,6 +6,7 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import sys
 
 import pytest
@@ -87,3 +88,25 @@ def test_read_fasta_edge_cases(tmp_path):
     records = list(read_fasta(path))
     assert [(r.id, r.description, r.sequence, r.line) for r in records] == [
         ("a", "a first > second", "MKT", 1), ("b", "b", "", 5), ("c", "c", "ACDE", 7)]
+
+
+def test_atomic_file_writes_devices_and_pipes_in_place(tmp_path):
+    """Renaming over /dev/null (as root) would replace the device with a file: never do that."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    handle = AtomicFile(fifo)
+    handle.stream.write(b"through the pipe\n")
+    handle.commit()
+    reader.join(timeout=10)
+    assert got == [b"through the pipe\n"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+    with atomic_output(os.devnull) as out:
+        out.write(b"discarded")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)

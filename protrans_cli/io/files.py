@@ -168,8 +168,16 @@ class AtomicFile:
         directory = self.path.parent if str(self.path.parent) else Path(".")
         if not directory.is_dir():
             raise InputError("output directory does not exist", path=str(directory))
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-        self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.tmp = None
+        if self.path.exists() and not self.path.is_file():
+            # /dev/null, /dev/stdout, a named pipe: written in place. Renaming a temporary file
+            # over one would replace the device itself (as root: /dev/null becomes a file).
+            if self.path.is_dir():
+                raise InputError("is a directory, expected a file", path=str(self.path))
+            self._raw = open(self.path, "wb")
+        else:
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+            self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
         self.stream = _compressor(self._raw, compression_for_output(self.path) if compress else None, level)
         self._done = False
 
@@ -180,11 +188,12 @@ class AtomicFile:
             if self.stream is not self._raw:
                 self.stream.close()
             self._raw.flush()
-            if os.environ.get("PROTRANS_FSYNC"):
+            if os.environ.get("PROTRANS_FSYNC") and self.tmp is not None:
                 os.fsync(self._raw.fileno())
             self._raw.close()
-            os.chmod(self.tmp, 0o666 & ~_umask())
-            os.replace(self.tmp, self.path)
+            if self.tmp is not None:
+                os.chmod(self.tmp, 0o666 & ~_umask())
+                os.replace(self.tmp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -199,8 +208,9 @@ class AtomicFile:
                 self.stream.close()
         with contextlib.suppress(Exception):
             self._raw.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
 
 
 @contextlib.contextmanager
