@@ -1,0 +1,32 @@
+"""`pip install .` builds a wheel that carries the example data and works outside the source tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist")], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("protrans-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for f in ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta"):
+        assert f"protrans_cli/example_data/{f}" in names
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True)
+    code = ("import protrans_cli.quickstart as q, sys; d = q.example_data_dir(); "
+            "assert 'site-packages' in str(d), d; print(d / 'proteins.fasta')")
+    out = subprocess.run([str(py), "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    fasta = out.stdout.strip()
+    corpus = subprocess.run([str(venv / "bin" / "protrans"), "-q", "prep", fasta], cwd=tmp_path,
+                            capture_output=True, text=True, check=True).stdout
+    assert corpus.count("\n\n") == 720
