@@ -173,6 +173,10 @@ def test_cli_errors(tmp_path, run_cli):
     res = run_cli("train", "--corpus", str(TRAIN / "too_few_proteins.txt"), "-o", tmp_path / "r2",
                   "--global-batch-size", 8, "--micro-batch-size", 8)
     assert res.exit_code == 1 and "fewer than one global batch" in res.stderr
+    res = run_cli("train", "--family", "bert", "--objective", "plm", "--corpus", LEARNABLE, "-o", tmp_path / "r4")
+    assert res.exit_code == 2 and "objective plm does not fit the bert family (use mlm)" in res.stderr
+    res = run_cli("train", "--family", "electra", "--sop", "--corpus", LEARNABLE, "-o", tmp_path / "r5")
+    assert res.exit_code == 2 and "sop" in res.stderr
     res = run_cli("train", "--family", "nope", "--corpus", LEARNABLE, "-o", tmp_path / "r3")
     assert res.exit_code == 1 and "unknown model family 'nope'" in res.stderr
 
@@ -234,3 +238,9 @@ def test_every_family_trains_on_the_gpu_in_bf16(tmp_path, family):
     from protrans_cli.models import load_model
 
     assert load_model(result.run_dir).family.name == family
+
+
+def test_t5_span_corruption_learns(tmp_path):
+    result = train(_config(tmp_path, "t5", objective="t5_span", num_steps=30))
+    assert result.losses[-1] < 0.9 * result.losses[0], result.losses
+    assert json.loads((result.run_dir / "train_config.json").read_text())["objective"] == "t5_span"

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, RuntimeFailure
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig, grad_accum_steps
@@ -103,9 +103,16 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None) -> _Run:
     if info.world_size > 1:
         # From here on each rank draws its own dropout masks (and ELECTRA samples).
         torch.manual_seed(config.seed + info.rank)
+    objective_name = config.objective or family.objective
+    compatible = {"t5": {"t5", "t5_span"}, "t5_span": {"t5", "t5_span"}}.get(family.objective, {family.objective})
+    if objective_name not in compatible:
+        raise UsageError(f"objective {objective_name} does not fit the {family.name} family "
+                         f"(use {' or '.join(sorted(compatible))})")
+    if config.sop and objective_name != "mlm":
+        raise UsageError(f"sop (sentence-order prediction) goes with the mlm objective, not {objective_name}")
     layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
     layout.use_pair = config.sop
-    objective = make_objective(config.objective or family.objective, layout, config)
+    objective = make_objective(objective_name, layout, config)
     num_params = sum(p.numel() for p in model.parameters())
     strategy = dist.choose_strategy(config.strategy, num_params, info.world_size, config.fsdp_min_params)
     if config.strategy in ("ddp", "fsdp") and strategy == "none":
