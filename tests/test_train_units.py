@@ -399,3 +399,17 @@ def test_albert_sentence_order_collate():
         assert torch.equal(rebuilt, original) and len(a) > 0 and len(b) > 0
         assert types[: middle + 1].eq(0).all() and types[middle + 1: batch["attention_mask"][i].sum()].eq(1).all()
     assert len(layout.pair_prefix) + len(layout.pair_middle) + len(layout.pair_suffix) == layout.num_special == 3
+
+
+def test_corpus_patterns_expand_to_sorted_shards(tmp_path):
+    from protrans_cli.errors import UsageError
+    from protrans_cli.training.config import TrainConfig
+
+    for i in (2, 0, 1):
+        (tmp_path / f"corpus.{i:05d}.txt").write_text("M K\n\n")
+    config = TrainConfig().override(corpus=[str(tmp_path / "corpus.*.txt")])
+    assert config.corpus == [str(tmp_path / f"corpus.{i:05d}.txt") for i in range(3)]
+    from_file = TrainConfig.from_dict({"corpus": str(tmp_path / "corpus.0000[01].txt")})
+    assert len(from_file.corpus) == 2
+    with pytest.raises(UsageError, match="no corpus file matches"):
+        TrainConfig().override(corpus=[str(tmp_path / "missing.*.txt")])

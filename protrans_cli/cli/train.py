@@ -23,7 +23,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="Override an HF config field of the model (repeatable), e.g. --set num_hidden_layers=4.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
               help="Pretraining objective.  [default: the family's]")
-@click.option("--corpus", multiple=True, help="Corpus file from `protrans prep` (plain or compressed; repeat for shards).")
+@click.option("--corpus", multiple=True, help="Corpus file from `protrans prep` (plain or compressed); repeat, or quote a pattern "
+                   "such as 'corpus.*.txt.gz', for shards.")
 @click.option("--val-corpus", multiple=True, help="Validation corpus (repeatable) for the eval loss.")
 @click.option("-o", "--output", "--output-dir", "output_dir", default=None, help="Run directory: final model, checkpoints/, metrics.jsonl.")
 @click.option("--max-length", type=int, default=None, help="Tokens per protein incl. special tokens; longer ones are cropped at random.  [default: 512]")

@@ -162,6 +162,8 @@ class TrainConfig:
         for key in ("corpus", "val_corpus"):
             if isinstance(data.get(key), str):
                 data[key] = [data[key]]
+            if key in data:
+                data[key] = expand_corpus_paths(data[key])
         if "phases" in data:
             data["phases"] = [_phase_from(p, source) for p in data["phases"]]
         return cls(**data)
@@ -198,10 +200,29 @@ class TrainConfig:
             changes["model_overrides"] = {**self.model_overrides, **changes["model_overrides"]}
         for key in ("corpus", "val_corpus"):
             if key in changes:
-                changes[key] = list(changes[key])
+                changes[key] = expand_corpus_paths(changes[key])
         if "phases" in changes:
             changes["phases"] = [p if isinstance(p, Phase) else Phase.parse(p) for p in changes["phases"]]
         return dataclasses.replace(self, **changes)
+
+
+def expand_corpus_paths(paths) -> list[str]:
+    """Corpus paths with shell patterns expanded (`corpus.*.txt.gz`, sorted), so a config file or
+    a quoted flag can name hundreds of `prep --shards` files; a literal file name wins."""
+    import glob
+    import os
+
+    out: list[str] = []
+    for path in paths:
+        path = str(path)
+        if path != "-" and glob.has_magic(path) and not os.path.exists(path):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise UsageError(f"no corpus file matches {path!r}")
+            out.extend(matches)
+        else:
+            out.append(path)
+    return out
 
 
 def _phase_from(value, source: str) -> Phase:
