@@ -3,32 +3,38 @@
     from protrans_cli.embed import EmbedOptions, embed
     summary = embed("proteome.fa", "proteome.h5", EmbedOptions(model="onehot", per_protein=True))
 
-The pipeline reads every record first (so duplicate ids fail before any computation), normalises
-the sequences, applies the --max-length policy, computes each distinct sequence once, sorts the
-work by length and packs it into batches bounded by a padded-token budget, and streams each
-batch's results into the HDF5 writer (flushed after every batch). An `Embedder` is anything
-with `embed_batch(sequences) -> [array (n_layers, L, D)]`: the built-in `onehot` embedder and every
-transformer family share this code. Under torchrun, each rank embeds a balanced shard into its
-own file and rank 0 merges them into the one output.
+Memory stays bounded whatever the input size. A first streaming pass parses and normalises every
+record and refuses duplicate ids before any computation, keeping only 8-byte digests of ids and
+sequences. The input is then read again in windows of `EmbedOptions.window` proteins: each
+window applies the --max-length policy, computes each distinct sequence once, sorts the work by
+length, packs it into batches bounded by a padded-token budget and streams each batch's results
+into the HDF5 writer (flushed after every batch). A sequence met again in a later window is
+copied from the dataset already written. An `Embedder` is anything with
+`embed_batch(sequences) -> [array (n_layers, L, D)]`: the built-in `onehot` embedder and every
+transformer family share this code. Under torchrun, each rank embeds a balanced share of every
+window into its own file and rank 0 merges them into the one output.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import sys
 import time
 import types
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
-from protrans_cli.io.fasta import read_fasta
+from protrans_cli.io.fasta import parse_fasta
+from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path
 from protrans_cli.residues import SequenceRejected, normalise
 
@@ -37,6 +43,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ONEHOT = "onehot"
 ONEHOT_ALPHABET = "ACDEFGHIKLMNPQRSTVWYX"  # 20 standard residues + X (U/Z/O/B map to X)
+DEFAULT_WINDOW = 100_000  # proteins held at a time: ~60 MB of UniRef50 records, long enough sorted runs
 
 
 @dataclass
@@ -60,6 +67,7 @@ class EmbedOptions:
     chunk_overlap: int = 64              # residues shared by neighbouring windows (chunk policy)
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
     resume: bool = False
+    window: int = DEFAULT_WINDOW         # proteins read, length-sorted and embedded at a time
     threads: int | None = None
     command_line: str | None = None
 
@@ -80,6 +88,8 @@ class EmbedOptions:
         if self.long_policy == "chunk" and self.max_length is not None \
                 and not 0 <= self.chunk_overlap < self.max_length:
             raise UsageError("--chunk-overlap must be at least 0 and smaller than --max-length")
+        if self.window < 1:
+            raise UsageError("--window must be at least 1")
         if not self.layers:
             raise UsageError("--layer needs at least one index")
         if self.device not in DEVICES and not self.device.startswith(("cuda:", "mps:")):
@@ -292,7 +302,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     return TransformerEmbedder(loaded, options.layers, device_name, dtype)
 
 
-# --- work units ---------------------------------------------------------------------------
+# --- reading the input --------------------------------------------------------------------
 
 @dataclass
 class _Protein:
@@ -310,26 +320,95 @@ class _Unit:
     proteins: list[_Protein]
     windows: list[tuple[int, int]] | None = None  # chunk policy: (start, end) residue windows
     truncated_from: int | None = None
+    copy_of: str | None = None                 # written earlier under this id: copied, not computed
 
 
-def read_proteins(fasta) -> list[_Protein]:
-    """Every record, normalised; duplicate ids and unusable sequences fail before any compute."""
-    proteins: list[_Protein] = []
-    seen: dict[str, int] = {}
-    name = "<stdin>" if str(fasta) == "-" else str(fasta)
-    for rec in read_fasta(fasta):
-        if rec.id in seen:
-            raise InputError(f"duplicate id (first seen on line {seen[rec.id]}); ids must be unique "
-                             "because they are the keys of the output", path=name, line=rec.line, record=rec.id)
-        seen[rec.id] = rec.line
-        try:
-            seq = normalise(rec.sequence, rare="keep")
-        except SequenceRejected as exc:
-            raise InputError(exc.detail, path=name, line=rec.line, record=rec.id) from None
-        proteins.append(_Protein(rec.id, rec.description, seq, rec.line))
-    if not proteins:
+def _digest64(text: str) -> int:
+    """8-byte digest: ids and sequences are compared through these in the streaming passes."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _digest128(text: str) -> bytes:
+    """16-byte digest: where a collision would go unnoticed (resume, copies), 2^-128 is the risk."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _records(source, name: str) -> Iterator[_Protein]:
+    """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>)."""
+    with open_input(source) as stream:
+        for rec in parse_fasta(stream, name):
+            try:
+                seq = normalise(rec.sequence, rare="keep")
+            except SequenceRejected as exc:
+                raise InputError(exc.detail, path=name, line=rec.line, record=rec.id) from None
+            yield _Protein(rec.id, rec.description, seq, rec.line)
+
+
+def read_windows(source, name: str, size: int) -> Iterator[list[_Protein]]:
+    """The records in consecutive lists of at most `size`: all the pipeline holds at a time."""
+    window: list[_Protein] = []
+    for prot in _records(source, name):
+        window.append(prot)
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+@dataclass
+class InputScan:
+    """What the first pass learns, in 8-16 bytes per protein while it runs and a few after."""
+
+    num_records: int
+    num_residues: int
+    longest: int
+    repeated: np.ndarray   # sorted uint64 digests of the sequences that more than one record carries
+
+    def may_repeat(self, sequence: str) -> bool:
+        """False: no other record has this sequence. True: probably one has (digests can collide)."""
+        digest = np.uint64(_digest64(sequence))
+        i = int(np.searchsorted(self.repeated, digest))
+        return i < len(self.repeated) and self.repeated[i] == digest
+
+
+def scan_input(source, name: str) -> InputScan:
+    """The first streaming pass: every record is parsed and normalised (so unusable sequences
+    fail before any computation) and duplicate ids are refused, keeping only an 8-byte digest of
+    each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
+    which names the duplicate (and ignores a mere digest collision)."""
+    ids, seqs = array("Q"), array("Q")
+    residues = longest = 0
+    for prot in _records(source, name):
+        ids.append(_digest64(prot.id))
+        seqs.append(_digest64(prot.sequence))
+        residues += len(prot.sequence)
+        longest = max(longest, len(prot.sequence))
+    if not ids:
         raise InputError("no FASTA records", path=name)
-    return proteins
+    num = len(ids)
+    ordered = np.sort(np.frombuffer(ids, dtype=np.uint64))
+    del ids
+    clash = ordered[1:] == ordered[:-1]
+    if clash.any():
+        _raise_duplicate_id(source, name, set(ordered[1:][clash].tolist()))
+    del ordered
+    ordered = np.sort(np.frombuffer(seqs, dtype=np.uint64))
+    del seqs
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    return InputScan(num, residues, longest, repeated)
+
+
+def _raise_duplicate_id(source, name: str, suspects: set[int]) -> None:
+    first_line: dict[str, int] = {}
+    with open_input(source) as stream:
+        for rec in parse_fasta(stream, name):
+            if _digest64(rec.id) not in suspects:
+                continue
+            if rec.id in first_line:
+                raise InputError(f"duplicate id (first seen on line {first_line[rec.id]}); ids must be unique "
+                                 "because they are the keys of the output", path=name, line=rec.line, record=rec.id)
+            first_line[rec.id] = rec.line
 
 
 def chunk_windows(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -354,10 +433,8 @@ def stitch_windows(windows: list[tuple[int, int]], arrays: list[np.ndarray], len
     return out
 
 
-def plan_units(proteins: list[_Protein], options: EmbedOptions, done,
-               record_failure, model_max: int | None = None) -> tuple[list[_Unit], int]:
-    """Apply resume, the --max-length policy (and the model's own length limit) and
-    deduplication. Returns (units, number of proteins that share another's sequence)."""
+def resolve_max_length(options: EmbedOptions, model_max: int | None = None) -> int | None:
+    """The length at which --long-policy applies: --max-length, else the model's own limit."""
     max_length = options.max_length
     if model_max is not None:
         if max_length is not None and max_length > model_max:
@@ -369,6 +446,21 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, done,
                      "and the model takes proteins of any length")
     if options.long_policy == "chunk" and max_length is not None and not 0 <= options.chunk_overlap < max_length:
         raise UsageError(f"--chunk-overlap must be at least 0 and smaller than the window ({max_length})")
+    return max_length
+
+
+def _too_long(prot: _Protein, max_length: int, options: EmbedOptions) -> InputError:
+    limit = (f"--max-length {max_length}" if options.max_length
+             else f"the {max_length} residues the model accepts")
+    return InputError(f"{len(prot.sequence)} residues, longer than {limit} (add --max-length N "
+                      "--long-policy skip, truncate or chunk)", record=prot.id)
+
+
+def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int | None, done,
+               record_failure) -> tuple[list[_Unit], int]:
+    """Apply resume (`done`: ids to leave out), the --long-policy at `max_length` (see
+    resolve_max_length) and deduplication. Returns (units, number of proteins that share
+    another's sequence)."""
     by_sequence: dict[str, _Unit] = {}
     duplicates = 0
     for prot in proteins:
@@ -378,10 +470,7 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, done,
         if max_length is not None and len(seq) > max_length:
             policy = options.long_policy
             if policy == "error":
-                limit = (f"--max-length {max_length}" if options.max_length
-                         else f"the {max_length} residues the model accepts")
-                raise InputError(f"{len(seq)} residues, longer than {limit} (add --max-length N "
-                                 "--long-policy skip, truncate or chunk)", record=prot.id)
+                raise _too_long(prot, max_length, options)
             if policy == "skip":
                 record_failure(prot.id, f"skipped: {len(seq)} residues > --max-length {max_length}")
                 continue
@@ -396,6 +485,26 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, done,
             unit.proteins.append(prot)
             duplicates += 1
     return list(by_sequence.values()), duplicates
+
+
+def mark_copies(units: list[_Unit], scan: InputScan, written: dict[bytes, str]) -> int:
+    """Identical sequences in different windows: the first unit is computed, later ones become
+    copies of what it wrote (`unit.copy_of`). `written` maps a 16-byte digest of the sequence
+    to the id it is written under, only for sequences the first pass saw more than once.
+    Returns the number of proteins that will be copied."""
+    copied = 0
+    for unit in units:
+        full = unit.proteins[0].sequence  # the whole sequence, also for a truncated unit
+        if not scan.may_repeat(full):
+            continue
+        key = _digest128(full)
+        first = written.get(key)
+        if first is None:
+            written[key] = unit.proteins[0].id
+        else:
+            unit.copy_of = first
+            copied += len(unit.proteins)
+    return copied
 
 
 @dataclass
@@ -435,14 +544,24 @@ def make_batches(pieces: list[_Piece], max_tokens: int, max_batch_size: int,
     return batches
 
 
-def shard_units(units: list[_Unit], rank: int, world_size: int) -> list[_Unit]:
+def shard_units(units: list[_Unit], rank: int, world_size: int, pinned=None) -> list[_Unit]:
     """Residue-balanced shards: longest first, each unit to the rank with the fewest residues so
-    far (deterministic, so a resumed run gives every rank the same proteins)."""
+    far (deterministic, so a resumed run gives every rank the same proteins). `pinned(unit)` may
+    name the rank of a unit instead (a sequence met again in a later window goes to the rank
+    that wrote it, which copies it); the others balance around those."""
     if world_size == 1:
         return units
     loads = [0] * world_size
-    mine = []
-    for unit in sorted(units, key=lambda u: (-len(u.sequence), u.proteins[0].id)):
+    mine, free = [], []
+    for unit in units:
+        target = pinned(unit) if pinned else None
+        if target is None:
+            free.append(unit)
+            continue
+        loads[target] += 0 if unit.copy_of else len(unit.sequence)
+        if target == rank:
+            mine.append(unit)
+    for unit in sorted(free, key=lambda u: (-len(u.sequence), u.proteins[0].id)):
         target = min(range(world_size), key=lambda r: (loads[r], r))
         loads[target] += len(unit.sequence)
         if target == rank:
@@ -625,19 +744,42 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
     output = Path(output)
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
+    directory = output.parent if str(output.parent) else Path(".")
+    if not directory.is_dir():
         raise InputError("output directory does not exist", path=str(output.parent))
-    proteins = read_proteins(fasta)
-    summary = EmbedSummary(output=output, num_records=len(proteins))
-
-    dist = _setup_distributed(options.device)
+    name = display_name(fasta)
+    spool = _spool_stdin(directory) if str(fasta) == "-" else None
     try:
-        return _embed_ranked(proteins, output, options, embedder, dist, summary)
+        source = spool or fasta
+        scan = scan_input(source, name)
+        summary = EmbedSummary(output=output, num_records=scan.num_records)
+        dist = _setup_distributed(options.device)
+        try:
+            return _embed_ranked(source, name, scan, output, options, embedder, dist, summary)
+        finally:
+            dist.close()
     finally:
-        dist.close()
+        if spool is not None:
+            os.unlink(spool)
 
 
-def _embed_ranked(proteins, output, options, embedder, dist, summary) -> EmbedSummary:
+def _spool_stdin(directory: Path) -> Path:
+    """stdin cannot be read twice (the id check, then the windows): its bytes, still compressed
+    if they were, go to a hidden file next to the output, removed when the run ends."""
+    import shutil
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix=".protrans-stdin-", suffix=".spool", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return Path(path)
+
+
+def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:
     import glob
 
     if embedder is None:
@@ -667,27 +809,26 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary) -> EmbedSu
 
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.
-    done: dict[str, str | None] = {}
+    done = _Done.empty()
     shard_files = sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
     if options.resume:
+        found = []
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
-                found = _done_in(path, writer_kw)
-                _check_same_sequences(proteins, found, path)
-                done.update(found)
+                found.append(_done_in(path, writer_kw))
+        done = _Done.union(found)
     elif dist.is_main:
         for path in [partial_path(output), *map(Path, shard_files)]:
             if path.exists():
                 console.warn(f"{path} is left from an interrupted run and will be replaced (use --resume to continue it)")
         for path in shard_files:
             os.unlink(path)
+    max_length = resolve_max_length(options, getattr(embedder, "max_residues", None))
+    # Checks that need the model or the output come before any computation, as the id check did:
+    # one more pass over the input, only when there is something to check.
+    if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
+        _check_before_compute(source, name, options, max_length, done, output)
     dist.barrier()  # nobody opens a file for writing while another rank still reads it
-
-    summary.num_resumed = sum(1 for p in proteins if p.id in done)
-    failures: dict[str, str] = {}
-    units, summary.num_duplicates = plan_units(proteins, options, done, failures.__setitem__,
-                                               getattr(embedder, "max_residues", None))
-    my_units = shard_units(units, dist.rank, dist.world_size)
 
     if dist.world_size > 1:
         out_path = shard_path(output, dist.rank, dist.world_size)
@@ -695,39 +836,63 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary) -> EmbedSu
     else:
         writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw)
 
-    pieces = []
-    for unit in my_units:
-        if unit.windows is None:
-            pieces.append(_Piece(unit, 0, unit.sequence))
-        else:
-            pieces += [_Piece(unit, i, unit.sequence[s:e]) for i, (s, e) in enumerate(unit.windows)]
-    max_tokens = options.max_tokens or default_max_tokens(embedder.device)
-    batches = make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens)
+    def pinned(unit: _Unit) -> int | None:
+        # Every copy of a repeated sequence goes to one rank, the one that can copy it.
+        full = unit.proteins[0].sequence
+        return _digest64(full) % dist.world_size if scan.may_repeat(full) else None
 
-    total_residues = sum(len(p.sequence) for p in pieces)
-    pending: dict[int, list] = {}  # chunked units waiting for their other windows
+    max_tokens = options.max_tokens or default_max_tokens(embedder.device)
+    written: dict[bytes, str] = {}  # repeated sequences only: digest -> the id it is written under
+    pending: dict[int, list] = {}   # chunked units waiting for their other windows
     splits = []
+
+    def write_batch(batch, results):
+        for piece, result in zip(batch, results):
+            _deliver(piece, result, writer, pending, summary)
+        writer.flush()
+
+    def write_copies(units, failures):
+        for ident, reason in failures.items():
+            writer.record_failure(ident, reason)
+        for unit in units:
+            _deliver_copy(unit, writer, summary)
+
     start = time.perf_counter()  # rates count the embedding itself, not loading the model
-    bar = console.progress(total=total_residues, desc="embed" if dist.world_size == 1 else f"embed[{dist.rank}]",
+    bar = console.progress(total=scan.num_residues, desc="embed" if dist.world_size == 1 else f"embed[{dist.rank}]",
                            unit="res", unit_scale=True)
     try:
-        with writer:
-            for ident, reason in failures.items():
-                writer.record_failure(ident, reason)
-
-            def write_batch(batch, results):
-                for piece, result in zip(batch, results):
-                    _deliver(piece, result, writer, pending, summary)
-                writer.flush()
-
-            with _Background(write_batch) as background:
-                for batch in batches:
+        with writer, _Background(lambda work, *args: work(*args)) as background:
+            for window in read_windows(source, name, options.window):
+                done_here = done.members(window)
+                summary.num_resumed += len(done_here)
+                failures: dict[str, str] = {}
+                units, duplicates = plan_units(window, options, max_length, done_here, failures.__setitem__)
+                summary.num_duplicates += duplicates + mark_copies(units, scan, written)
+                mine = shard_units(units, dist.rank, dist.world_size, pinned)
+                # Queued behind the previous windows' batches, so a copy's source is already written.
+                background.submit(write_copies, [u for u in mine if u.copy_of], failures)
+                pieces = []
+                for unit in mine:
+                    if unit.copy_of:
+                        continue
+                    if unit.windows is None:
+                        pieces.append(_Piece(unit, 0, unit.sequence))
+                    else:
+                        pieces += [_Piece(unit, i, unit.sequence[s:e]) for i, (s, e) in enumerate(unit.windows)]
+                # The bar counts every residue of the input once: what this rank computes as it
+                # goes, the rest (done, copies, other ranks' shares) when the window ends.
+                to_count = sum(len(p.sequence) for p in window)
+                del window, units
+                for batch in make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens):
                     results = embed_with_retry(embedder, [p.sequence for p in batch],
                                                cpu_fallback=options.cpu_fallback, on_split=splits.append)
-                    background.submit(batch, results)
-                    bar.update(sum(len(p.sequence) for p in batch))
+                    background.submit(write_batch, batch, results)
+                    step = min(sum(len(p.sequence) for p in batch), to_count)
+                    to_count -= step
+                    bar.update(step)
                     elapsed = max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix_str(f"{summary.num_embedded / elapsed:.1f} proteins/s", refresh=False)
+                bar.update(to_count)
     finally:
         bar.close()
     if splits:
@@ -745,9 +910,78 @@ def _embed_ranked(proteins, output, options, embedder, dist, summary) -> EmbedSu
     return summary
 
 
-def _done_in(path: Path, writer_kw: dict) -> dict[str, str | None]:
-    """Ids already complete in an existing output (for --resume) -> their sequence checksum,
-    after checking that the file was made the same way."""
+def _check_before_compute(source, name, options, max_length, done: "_Done", output) -> None:
+    """Pass two, before any batch: an id the output already holds must carry the same sequence
+    (--resume), and with --long-policy error no protein left to do may exceed `max_length`."""
+    from protrans_cli.io.h5 import sequence_checksum
+
+    for window in read_windows(source, name, options.window):
+        stored = done.stored_checksums(window)
+        for prot, checksum in zip(window, stored):
+            if checksum is None:
+                if max_length is not None and options.long_policy == "error" and len(prot.sequence) > max_length:
+                    raise _too_long(prot, max_length, options)
+            elif checksum and checksum != _checksum64(sequence_checksum(prot.sequence)):
+                where = partial_path(output) if partial_path(output).exists() else output
+                raise InputError("cannot resume: the output holds another sequence under this id "
+                                 "(a different FASTA?); write to a new file instead", path=str(where), record=prot.id)
+
+
+def _checksum64(checksum) -> int:
+    """The first 8 bytes of an "md5:<hex>" checksum attribute; 0 when there is none to compare."""
+    if not checksum or not str(checksum).startswith("md5:"):
+        return 0
+    return int(str(checksum)[4:20], 16)
+
+
+@dataclass
+class _Done:
+    """The proteins an output already holds (--resume), in 24 bytes each: sorted 16-byte digests
+    of their ids and the first 8 bytes of their sequence checksums (0: not comparable)."""
+
+    ids: np.ndarray        # (n,) S16, sorted
+    sums: np.ndarray       # (n,) uint64, in the same order
+
+    @classmethod
+    def empty(cls) -> "_Done":
+        return cls(np.empty(0, dtype="S16"), np.empty(0, dtype=np.uint64))
+
+    @classmethod
+    def union(cls, parts: list["_Done"]) -> "_Done":
+        if not parts:
+            return cls.empty()
+        ids = np.concatenate([p.ids for p in parts])
+        sums = np.concatenate([p.sums for p in parts])
+        order = np.argsort(ids, kind="stable")
+        return cls(ids[order], sums[order])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _find(self, proteins: list[_Protein]) -> tuple[np.ndarray, np.ndarray]:
+        query = np.frombuffer(b"".join(_digest128(p.id) for p in proteins), dtype="S16")
+        at = np.minimum(np.searchsorted(self.ids, query), max(len(self.ids) - 1, 0))
+        hit = self.ids[at] == query if len(self.ids) else np.zeros(len(query), dtype=bool)
+        return hit, at
+
+    def members(self, proteins: list[_Protein]) -> set[str]:
+        """The ids of `proteins` already done."""
+        if not len(self.ids):
+            return set()
+        hit, _ = self._find(proteins)
+        return {p.id for p, h in zip(proteins, hit) if h}
+
+    def stored_checksums(self, proteins: list[_Protein]) -> list[int | None]:
+        """Per protein: None when not done, else its stored checksum digest (0: not comparable)."""
+        if not len(self.ids):
+            return [None] * len(proteins)
+        hit, at = self._find(proteins)
+        return [int(self.sums[i]) if h else None for h, i in zip(hit, at)]
+
+
+def _done_in(path: Path, writer_kw: dict) -> _Done:
+    """Proteins already complete in an existing output (for --resume), after checking that the
+    file was made the same way."""
     from protrans_cli.io.h5 import _check_resumable
 
     import h5py
@@ -759,9 +993,18 @@ def _done_in(path: Path, writer_kw: dict) -> dict[str, str | None]:
         for kind in writer_kw["kinds"]:
             group = f if writer_kw["layout"] == "flat" else f.get(kind)
             if group is None:
-                return {}
-            per_kind.append({_attr_id(group[k], k): _attr_checksum(group[k]) for k in group.keys()})
-    return {ident: checksum for ident, checksum in per_kind[0].items() if all(ident in d for d in per_kind)}
+                return _Done.empty()
+            ids, sums = bytearray(), array("Q")
+            for key in group.keys():
+                ds = group[key]
+                ids += _digest128(_attr_id(ds, key))
+                sums.append(_checksum64(_attr_checksum(ds)))
+            per_kind.append((np.frombuffer(bytes(ids), dtype="S16"), np.frombuffer(sums, dtype=np.uint64)))
+    ids, sums = per_kind[0]
+    keep = np.ones(len(ids), dtype=bool)
+    for other, _ in per_kind[1:]:  # done only when every requested kind is there
+        keep &= np.isin(ids, other)
+    return _Done.union([_Done(ids[keep], sums[keep])])
 
 
 def _attr_checksum(ds):
@@ -769,17 +1012,6 @@ def _attr_checksum(ds):
 
     # A truncated protein's checksum describes the kept prefix: not comparable, not checked.
     return None if "truncated_from" in ds.attrs else _plain(ds.attrs.get("checksum"))
-
-
-def _check_same_sequences(proteins, done: dict[str, str | None], path) -> None:
-    """--resume keeps proteins by id: refuse if an id now carries another sequence."""
-    from protrans_cli.io.h5 import sequence_checksum
-
-    for prot in proteins:
-        stored = done.get(prot.id)
-        if stored and stored != sequence_checksum(prot.sequence):
-            raise InputError(f"cannot resume: the output holds another sequence under this id "
-                             f"(a different FASTA?); write to a new file instead", path=str(path), record=prot.id)
 
 
 def _attr_id(ds, key):
@@ -807,6 +1039,11 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
         result = stitch_windows(unit.windows, got, len(unit.sequence))
     per_residue = result[0] if result.shape[0] == 1 else result          # (L, D) or (n_layers, L, D)
     per_protein = per_residue.mean(axis=-2, dtype=np.float64).astype(np.float32)  # (D,) or (n_layers, D)
+    _write_unit(unit, writer, summary, per_residue, per_protein)
+    summary.num_residues += len(unit.sequence)
+
+
+def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, per_residue, per_protein) -> None:
     extra = {}
     if unit.truncated_from is not None:
         extra = {"truncated_from": unit.truncated_from}
@@ -816,7 +1053,23 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
         writer.write(prot.id, prot.header, unit.sequence if unit.truncated_from else prot.sequence,
                      per_residue=per_residue, per_protein=per_protein, extra_attrs=extra)
         summary.num_embedded += 1
-    summary.num_residues += len(unit.sequence)
+
+
+def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) -> None:
+    """A sequence computed in an earlier window: its stored arrays (already in the storage dtype,
+    so the copy is exact) go under this unit's ids; a failure is recorded for them alike."""
+    from protrans_cli.io.h5 import escape_key
+
+    reason = writer.failed.get(unit.copy_of)
+    if reason is not None:
+        for prot in unit.proteins:
+            writer.record_failure(prot.id, reason)
+        return
+    arrays = {}
+    for kind in writer.kinds:
+        group = writer.file if writer.layout == "flat" else writer.file[kind]
+        arrays[kind] = group[escape_key(unit.copy_of)][()]
+    _write_unit(unit, writer, summary, arrays.get(PER_RESIDUE), arrays.get(PER_PROTEIN))
 
 
 def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> dict[str, str]:

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from protrans_cli.embed import DEVICES, DTYPES, LONG_POLICIES
+from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
 
 
 @click.command("embed", context_settings={"show_default": True})
@@ -47,11 +47,13 @@ from protrans_cli.embed import DEVICES, DTYPES, LONG_POLICIES
 @click.option("--cpu-fallback", is_flag=True,
               help="Retry on the CPU a protein that alone does not fit in GPU memory.")
 @click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); embed the rest.")
+@click.option("--window", type=int, default=DEFAULT_WINDOW,
+              help="Proteins read, length-sorted and embedded at a time: bounds memory whatever the input size.")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
 def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
-            cpu_fallback, resume, threads):
+            cpu_fallback, resume, window, threads):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
     \b
@@ -72,7 +74,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         compression=None if compression == "none" else compression, device=device, dtype=dtype,
         max_tokens=max_tokens, max_batch_size=max_batch_size, max_length=max_length,
         long_policy=long_policy, chunk_overlap=chunk_overlap, cpu_fallback=cpu_fallback, resume=resume,
-        threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]),
+        window=window, threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]),
     )
     try:
         summary = embed(fasta, output, options)
