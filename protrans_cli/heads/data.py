@@ -24,7 +24,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import InputError
-from protrans_cli.heads.labels import LabelSet, _some
+from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, escape_key, sequence_checksum
 from protrans_cli.residues import SequenceRejected, normalise
@@ -55,13 +55,13 @@ class MatchReport:
     def describe(self) -> str:
         parts = []
         if self.missing:
-            parts.append(f"{len(self.missing)} without an embedding ({_some(self.missing)})")
+            parts.append(f"{len(self.missing)} without an embedding ({some_ids(self.missing)})")
         if self.wrong_length:
             parts.append(f"{len(self.wrong_length)} whose label length differs from the embedding's "
-                         f"({_some(self.wrong_length)})")
+                         f"({some_ids(self.wrong_length)})")
         if self.wrong_sequence:
             parts.append(f"{len(self.wrong_sequence)} whose sequence differs from the embedded one "
-                         f"({_some(self.wrong_sequence)})")
+                         f"({some_ids(self.wrong_sequence)})")
         return "; ".join(parts)
 
 

@@ -200,7 +200,7 @@ def _apply_flip_mask(label_set: LabelSet, mask_path) -> None:
         masks = {rec.id: rec for rec in parse_fasta(stream, name)}
     missing = [r.id for r in label_set.records if r.id not in masks]
     if missing:
-        raise InputError(f"no mask for {len(missing)} labelled ids: {_some(missing)}", path=name)
+        raise InputError(f"no mask for {len(missing)} labelled ids: {some_ids(missing)}", path=name)
     for record in label_set.records:
         raw = masks[record.id].sequence
         if set(raw) - {"0", "1"}:
@@ -269,10 +269,10 @@ def _refuse_duplicate_ids(label_set: LabelSet) -> None:
             dups.append(record.id)
         seen.add(record.id)
     if dups:
-        raise InputError(f"{len(dups)} duplicate ids: {_some(dups)}", path=label_set.path)
+        raise InputError(f"{len(dups)} duplicate ids: {some_ids(dups)}", path=label_set.path)
 
 
-def _some(items, n: int = 5) -> str:
+def some_ids(items, n: int = 5) -> str:
     items = list(items)
     shown = ", ".join(items[:n])
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
@@ -296,6 +296,6 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
         write_fasta(stream, record.id, seq)
         count += 1
     if missing:
-        raise InputError(f"no sequence for {len(missing)} ids: {_some(missing)} (give the sequences FASTA)",
+        raise InputError(f"no sequence for {len(missing)} ids: {some_ids(missing)} (give the sequences FASTA)",
                          path=label_set.path)
     return count
