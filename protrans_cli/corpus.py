@@ -604,8 +604,18 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     dest[valid] = -1
     kept_starts = 2 * starts[kept]
     kept_ends = 2 * doc_end
+    groups = range(-1, cfg.num_shards)
+    if len(kept) == n and lines_out == n and cfg.num_shards == 1 and not valid.any():
+        # The usual block: every record goes to one file, uncropped. The separators between
+        # proteins become ('\n', NUL) pairs and one replace drops the NULs: twice as fast as
+        # joining a slice per protein (s holds no NUL here: every record passed the alphabet).
+        spaced[stops] = 0x000A
+        out = spaced[1:].tobytes().replace(b"\x00", b"")
+        out = compress_bytes(out, cfg.train_compression, FAST_LEVELS.get(cfg.train_compression))
+        result.outputs[0] = _spill(out, cfg.spill_dir) if cfg.spill_dir else out
+        groups = ()
     # (np.unique would import a numpy submodule that costs 0.1 s at start-up)
-    for d in range(-1, cfg.num_shards):
+    for d in groups:
         sel = dest == d
         if not sel.any():
             continue
