@@ -36,3 +36,33 @@ def test_error_formats_name_file_and_record():
     assert str(err) == "x.fa:7, record 'P1': invalid character 'J' at residue 3"
     assert err.exit_code == 1
     assert UsageError("bad").exit_code == 2
+
+
+def test_shell_completion_lists_commands_and_options():
+    import os
+
+    env = {**os.environ, "_PROTRANS_COMPLETE": "bash_complete", "COMP_WORDS": "protrans pr", "COMP_CWORD": "1"}
+    out = subprocess.run([sys.executable, "-m", "protrans_cli"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["plain,prep", "plain,predict"]
+    env.update(COMP_WORDS="protrans embed --lay", COMP_CWORD="2")
+    out = subprocess.run([sys.executable, "-m", "protrans_cli"], env=env, capture_output=True, text=True)
+    assert "plain,--layout" in out.stdout.split()
+
+
+def test_shared_option_names_are_consistent():
+    """-o/--output, -m/--model, -j/--threads mean the same everywhere they appear."""
+    import click
+
+    from protrans_cli.cli import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    expected = {"-o": "--output", "-m": "--model", "-j": "--threads", "-v": "--verbose", "-q": "--quiet"}
+    seen = set()
+    for name in COMMANDS:
+        for param in cli.get_command(ctx, name).params:
+            for short, long in expected.items():
+                if short in param.opts:
+                    assert long in param.opts, f"protrans {name}: {short} is {param.opts}, expected {long}"
+                    seen.add(short)
+    assert {"-o", "-m", "-j"} <= seen
