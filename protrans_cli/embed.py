@@ -387,14 +387,15 @@ def scan_input(source, name: str) -> InputScan:
     if not ids:
         raise InputError("no FASTA records", path=name)
     num = len(ids)
-    ordered = np.sort(np.frombuffer(ids, dtype=np.uint64))
-    del ids
+    # Sorted in place, in the arrays' own buffers: 16 bytes per protein at the peak.
+    ordered = np.frombuffer(ids, dtype=np.uint64)
+    ordered.sort()
     clash = ordered[1:] == ordered[:-1]
     if clash.any():
         _raise_duplicate_id(source, name, set(ordered[1:][clash].tolist()))
-    del ordered
-    ordered = np.sort(np.frombuffer(seqs, dtype=np.uint64))
-    del seqs
+    del ordered, clash, ids
+    ordered = np.frombuffer(seqs, dtype=np.uint64)
+    ordered.sort()
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     return InputScan(num, residues, longest, repeated)
 

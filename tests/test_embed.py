@@ -364,3 +364,213 @@ def test_ctrl_c_leaves_a_readable_partial_file_and_resume_finishes_it(shared_dat
     assert resumed.keys() == full.keys()
     for k in full:
         np.testing.assert_array_equal(resumed[k], full[k])
+
+
+# --- bounded memory: windows --------------------------------------------------------------
+
+def generated_fasta(path, num, seed=0, repeat_every=7, long_every=0):
+    """`num` random proteins; every `repeat_every`-th repeats an earlier sequence (so identical
+    sequences fall in different windows), every `long_every`-th is 80-120 residues long."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list(ONEHOT_ALPHABET[:20]))
+    seqs = []
+    with open(path, "w") as f:
+        for i in range(num):
+            if repeat_every and i % repeat_every == repeat_every - 1:
+                seq = seqs[int(rng.integers(len(seqs)))]
+            else:
+                n = int(rng.integers(80, 121)) if long_every and i % long_every == 0 else int(rng.integers(5, 60))
+                seq = "".join(rng.choice(letters, n))
+            seqs.append(seq)
+            f.write(f">g{i} generated protein {i}\n{seq}\n")
+    return path
+
+
+def file_content(path):
+    """Everything a user reads from an output: every dataset with its attributes, and the file's
+    `failed` attribute."""
+    import h5py
+
+    content = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                content[name] = (obj[()], dict(obj.attrs))
+        f.visititems(visit)
+        content["failed"] = f.attrs["failed"]
+    return content
+
+
+def assert_same_content(a, b):
+    assert a.keys() == b.keys() and len(a) > 1  # compared something
+    assert a.pop("failed") == b.pop("failed")
+    for key in a:
+        np.testing.assert_array_equal(a[key][0], b[key][0], err_msg=key)
+        assert a[key][1] == b[key][1], key
+
+
+def spy_on_batches(monkeypatch):
+    seen = []
+    original = OneHotEmbedder.embed_batch
+
+    def spy(self, seqs):
+        seen.extend(seqs)
+        return original(self, seqs)
+
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", spy)
+    return seen
+
+
+@pytest.mark.parametrize("policy", ["chunk", "skip", "truncate"])
+def test_windowed_output_equals_unwindowed(tmp_path, monkeypatch, policy):
+    fasta = generated_fasta(tmp_path / "g.fa", 300, long_every=11)
+    seen = spy_on_batches(monkeypatch)
+    kw = dict(max_length=50, long_policy=policy, chunk_overlap=8)
+    whole = embed(fasta, tmp_path / "whole.h5", EmbedOptions(model="onehot", window=10**6, **kw))
+    computed_whole = list(seen)
+    seen.clear()
+    windowed = embed(fasta, tmp_path / "win.h5", EmbedOptions(model="onehot", window=16, **kw))
+    assert_same_content(file_content(tmp_path / "whole.h5"), file_content(tmp_path / "win.h5"))
+    # Identical sequences in different windows are still computed once.
+    assert sorted(seen) == sorted(computed_whole) and len(seen) == len(set(seen))
+    assert windowed.num_duplicates == whole.num_duplicates > 20
+    assert (windowed.num_embedded, windowed.num_residues, windowed.failed) == \
+        (whole.num_embedded, whole.num_residues, whole.failed)
+
+
+def test_windowed_copies_carry_failures_too(tmp_path):
+    """A sequence that ran out of memory in one window is recorded as failed for its repeats in
+    later windows, exactly as without windows."""
+    fasta = generated_fasta(tmp_path / "g.fa", 60, repeat_every=3)
+    # A 45-token budget: only proteins over 45 residues run out of memory (no batch splitting).
+    whole = embed(fasta, tmp_path / "whole.h5", EmbedOptions(model="onehot", max_tokens=45),
+                  embedder=_FakeOOM(budget=45))
+    windowed = embed(fasta, tmp_path / "win.h5", EmbedOptions(model="onehot", max_tokens=45, window=7),
+                     embedder=_FakeOOM(budget=45))
+    assert len(whole.failed) > 5 and windowed.failed == whole.failed
+    assert_same_content(file_content(tmp_path / "whole.h5"), file_content(tmp_path / "win.h5"))
+
+
+def _peak_bytes(fasta, out, window):
+    import tracemalloc
+
+    embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False))  # imports done outside the trace
+
+    tracemalloc.start()
+    try:
+        embed(fasta, out, EmbedOptions(model="onehot", per_residue=False, window=window, threads=1))
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_is_bounded_by_the_window_not_the_input(tmp_path):
+    """Peak Python memory grows by a few bytes per protein (the id and sequence digests) with a
+    window, by the whole records without one."""
+    small = generated_fasta(tmp_path / "small.fa", 300, repeat_every=0)
+    large = generated_fasta(tmp_path / "large.fa", 1500, repeat_every=0)
+    extra = 1500 - 300
+    windowed = _peak_bytes(large, tmp_path / "l.h5", 50) - _peak_bytes(small, tmp_path / "s.h5", 50)
+    unwindowed = _peak_bytes(large, tmp_path / "lu.h5", 10**6) - _peak_bytes(small, tmp_path / "su.h5", 10**6)
+    assert windowed / extra < 40, windowed / extra        # bytes per additional protein
+    assert unwindowed / extra > 200, unwindowed / extra   # what holding the records costs
+
+
+def test_digest_collisions_change_nothing(tmp_path, monkeypatch):
+    """8-byte digests only select what to look at: with every id and sequence colliding, no
+    false duplicate id is reported, nothing is copied from a different sequence, and a real
+    duplicate id is still found."""
+    import protrans_cli.embed as embed_module
+
+    fasta = generated_fasta(tmp_path / "g.fa", 60)
+    reference = file_content(_run(tmp_path / "ref.h5", fasta=fasta, window=5))
+    monkeypatch.setattr(embed_module, "_digest64", lambda text: 42)
+    collided = file_content(_run(tmp_path / "col.h5", fasta=fasta, window=5))
+    assert_same_content(reference, collided)
+    with pytest.raises(InputError, match="duplicate id"):
+        _run(tmp_path / "d.h5", fasta=DATA / "embed" / "duplicate_ids.fa", window=1)
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_checks_still_come_before_any_computation_with_windows(tmp_path, monkeypatch, window):
+    def boom(self, seqs):
+        raise AssertionError("computed before the checks")
+
+    original = OneHotEmbedder.embed_batch
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", boom)
+    with pytest.raises(InputError, match="duplicate id"):
+        _run(tmp_path / "d.h5", fasta=DATA / "embed" / "duplicate_ids.fa", window=window)
+    with pytest.raises(InputError, match="P1.*--max-length"):  # P1 is not in the first window
+        _run(tmp_path / "e.h5", max_length=10, window=window)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    out = _run(tmp_path / "r.h5")
+    changed = tmp_path / "changed.fa"
+    changed.write_text(SMALL.read_text().replace("MKXUZOBA", "MKXUZOBAW"))
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", boom)
+    with pytest.raises(InputError, match="record 'rare'.*another sequence"):
+        embed(changed, out, EmbedOptions(model="onehot", resume=True, window=window))
+    assert not partial_path(tmp_path / "e.h5").exists()
+
+
+def test_resume_with_windows_equals_uninterrupted_run(tmp_path, monkeypatch):
+    fasta = generated_fasta(tmp_path / "g.fa", 200)
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, window=10**6))
+    out = tmp_path / "resumed.h5"
+    original = OneHotEmbedder.embed_batch
+    calls = []
+
+    def interrupted(self, seqs):
+        calls.append(seqs)
+        if len(calls) == 12:
+            raise KeyboardInterrupt
+        return original(self, seqs)
+
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, fasta=fasta, window=20)
+    partial = read_all(partial_path(out))
+    assert 0 < len(partial) < 200
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    summary = embed(fasta, out, EmbedOptions(model="onehot", resume=True, window=20))
+    assert summary.num_resumed == len(partial)
+    assert_same_content(full, file_content(out))
+
+
+def test_cli_stdin_with_windows_is_spooled_and_cleaned_up(run_cli, tmp_path):
+    out = tmp_path / "s.h5"
+    result = run_cli("embed", "-", "-m", "onehot", "--window", "1", "-o", out,
+                     input=b">a\nMKV\n>b\nWWW\n>c\nMKV\n")
+    assert result.exit_code == 0, result.stderr
+    assert "1 identical sequences computed once" in result.stderr
+    got = read_all(out)
+    np.testing.assert_array_equal(got["c"], onehot_reference("MKV"))
+    np.testing.assert_array_equal(got["b"], onehot_reference("WWW"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # the spool file is gone
+    bad = run_cli("embed", "-", "-m", "onehot", "--window", "1", "-o", tmp_path / "d.h5", input=b">a\nMK\n>a\nMK\n")
+    assert bad.exit_code == 1 and "<stdin>" in bad.stderr and "duplicate id" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+    assert run_cli("embed", SMALL, "-m", "onehot", "--window", "0", "-o", out).exit_code == 2
+
+
+@pytest.mark.slow
+def test_torchrun_with_windows_equals_one_process(tmp_path):
+    """Two ranks share every window (repeated sequences pinned to one rank, which copies them):
+    the merged file has the content of a single-process run."""
+    import os
+    import subprocess
+    import sys
+
+    fasta = generated_fasta(tmp_path / "g.fa", 120, long_every=9)
+    kw = ["--max-length", "50", "--long-policy", "chunk", "--chunk-overlap", "8"]
+    single = tmp_path / "single.h5"
+    embed(fasta, single, EmbedOptions(model="onehot", max_length=50, long_policy="chunk", chunk_overlap=8))
+    out = tmp_path / "dist.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot", "--window", "13", *kw, "-o", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "embedded 120 proteins" in proc.stderr and "identical sequences computed once" in proc.stderr
+    assert_same_content(file_content(single), file_content(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "g.fa", "single.h5"]
