@@ -339,9 +339,10 @@ def test_prep_never_imports_heavy_modules(tmp_path):
 def test_broken_pipe_is_quiet(tmp_path):
     fasta = tmp_path / "many.fa"
     fasta.write_bytes(b"".join(b">p%d\n%s\n" % (i, b"MKTAYIAKQR" * 30) for i in range(20000)))
-    proc = subprocess.run(f"{sys.executable} -m protrans_cli prep {fasta} | head -n 1", shell=True,
-                          capture_output=True, text=True)
-    assert proc.stdout == " ".join("MKTAYIAKQR" * 30) + "\n"
+    # PIPESTATUS: the exit code of protrans itself, 141 as documented (click alone gives 1).
+    proc = subprocess.run(["bash", "-c", f"{sys.executable} -m protrans_cli prep {fasta} | head -n 1;"
+                           " echo rc=${PIPESTATUS[0]}"], capture_output=True, text=True)
+    assert proc.stdout == " ".join("MKTAYIAKQR" * 30) + "\nrc=141\n"
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
 
 

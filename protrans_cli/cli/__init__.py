@@ -6,6 +6,7 @@ command module imports its heavy dependencies inside the command function.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -65,6 +66,16 @@ def _module_exists(module_name: str) -> bool:
 
 
 class _Group(LazyGroup):
+    def invoke(self, ctx):
+        # click's own main() turns EPIPE into exit 1; catch it first so `prep x.fa | head`
+        # exits 141 as documented (docs/troubleshooting.md).
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if getattr(exc, "errno", None) == errno.EPIPE:
+                _quiet_broken_pipe()
+            raise
+
     def format_commands(self, ctx, formatter):
         ctx._protrans_listing = True
         try:
