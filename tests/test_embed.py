@@ -454,7 +454,7 @@ def test_windowed_copies_carry_failures_too(tmp_path):
 def _peak_bytes(fasta, out, window):
     import tracemalloc
 
-    embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False))  # imports done outside the trace
+    embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False, threads=1))  # imports outside the trace
 
     tracemalloc.start()
     try:
