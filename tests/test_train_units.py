@@ -413,3 +413,20 @@ def test_corpus_patterns_expand_to_sorted_shards(tmp_path):
     assert len(from_file.corpus) == 2
     with pytest.raises(UsageError, match="no corpus file matches"):
         TrainConfig().override(corpus=[str(tmp_path / "missing.*.txt")])
+
+
+def test_print0_is_silent_when_quiet(capsys):
+    # `protrans -q train` promises only errors on stderr; the progress lines went through print0.
+    from protrans_cli import console
+    from protrans_cli.training.dist import print0
+
+    saved = console.state.verbosity
+    try:
+        console.configure(verbosity=-1)
+        print0("train: phase 1/1")
+        assert capsys.readouterr().err == ""
+        console.configure(verbosity=0)
+        print0("train: phase 1/1")
+        assert capsys.readouterr().err == "train: phase 1/1\n"
+    finally:
+        console.state.verbosity = saved

@@ -65,8 +65,10 @@ def is_main() -> bool:
 
 
 def print0(*args, **kwargs) -> None:
-    """print on rank 0 only, to stderr (stdout is for data)."""
-    if _info.is_main:
+    """print on rank 0 only, to stderr (stdout is for data); silent under `protrans -q`."""
+    from protrans_cli import console
+
+    if _info.is_main and console.state.verbosity >= 0:
         print(*args, file=sys.stderr, flush=True, **kwargs)
 
 
