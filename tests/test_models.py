@@ -289,3 +289,16 @@ def test_local_directory_named_like_a_short_name_wins(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     loaded = load_model("prot_bert")
     assert loaded.path_or_hub_id == "prot_bert" and loaded.embedding_dim == 32
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_config_overrides_typo_or_bad_type_is_one_line_model_error(name):
+    # `train --set` goes here: HF configs keep unknown keys as attributes (a typo would be
+    # silently ignored) and reject a bad type with a multi-line, non-ModelError exception.
+    family = get_family(name)
+    with pytest.raises(ModelError, match="num_hiden_layers"):
+        family.build_config("tiny", num_hiden_layers=2)
+    with pytest.raises(ModelError) as info:
+        family.build_config("tiny", num_hidden_layers="abc")
+    assert "\n" not in info.value.format()
+    assert family.build_config("tiny", num_hidden_layers=1).num_hidden_layers == 1

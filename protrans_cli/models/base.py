@@ -81,11 +81,24 @@ class Family:
         tokenizer = tokenizer if tokenizer is not None else self.build_tokenizer()
         kwargs = self.preset_config(preset)
         kwargs.update(self.token_config(tokenizer))
+        # An HF config stores any unknown keyword as an attribute, so a typo in --set would be
+        # silently ignored: refuse names the config class does not know.
+        defaults = self.config_class()
+        unknown = sorted(key for key in overrides if not hasattr(defaults, key))
+        if unknown:
+            raise ModelError(f"unknown {type(defaults).__name__} field(s): {', '.join(unknown)}")
+        for key, value in overrides.items():
+            # not every config class validates types (T5Config keeps num_hidden_layers="abc")
+            default = getattr(defaults, key)
+            if isinstance(default, (bool, int, float)) and isinstance(value, str):
+                raise ModelError(f"invalid {self.name} config: {key} expects a "
+                                 f"{type(default).__name__}, got {value!r}")
         kwargs.update(overrides)
         try:
             return self.config_class(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"invalid {self.name} config: {exc}") from None
+        except Exception as exc:  # TypeError/ValueError, or huggingface_hub's strict validation
+            detail = " ".join(str(exc).split())  # the strict-validation text spans lines
+            raise ModelError(f"invalid {self.name} config: {detail}") from None
 
     def token_config(self, tokenizer) -> dict[str, Any]:
         """Config kwargs that come from the tokenizer (vocabulary size, special-token ids)."""
