@@ -244,3 +244,15 @@ def test_t5_span_corruption_learns(tmp_path):
     result = train(_config(tmp_path, "t5", objective="t5_span", num_steps=30))
     assert result.losses[-1] < 0.9 * result.losses[0], result.losses
     assert json.loads((result.run_dir / "train_config.json").read_text())["objective"] == "t5_span"
+
+
+def test_a_fresh_run_into_a_used_run_directory_is_refused(tmp_path, run_cli):
+    # Training again into a run directory used to add this run's checkpoints beside the old ones,
+    # and a later --resume then picked the old run's higher step.
+    cfg = _config(tmp_path, num_steps=4, save_every=2, log_every=2)
+    train(cfg)
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", cfg.output_dir, "--num-steps", 2)
+    assert res.exit_code == 2 and "already holds a run (step_00000004)" in res.stderr
+    assert "--resume" in res.stderr
+    assert sorted(p.name for p in (tmp_path / "run_bert" / "checkpoints").iterdir()) == \
+        ["step_00000002", "step_00000004"]

@@ -137,6 +137,12 @@ def _loop(run: _Run, resume) -> TrainResult:
 
     # --- resume: weights before wrapping, optimizer state after --------------------------
     state = None
+    if not resume and ckpt.list_checkpoints(run.run_dir):
+        # A fresh run here would mix its checkpoints with the old ones, and a later --resume
+        # would pick whichever step number is highest.
+        latest = ckpt.list_checkpoints(run.run_dir)[-1].name
+        raise UsageError(f"{run.run_dir} already holds a run ({latest}): add --resume to continue it, "
+                         "or choose another -o")
     if resume:
         where = ckpt.find_checkpoint(run.run_dir if resume is True else resume)
         ckpt.load_weights(where, run.model)
