@@ -110,3 +110,43 @@ def test_atomic_file_writes_devices_and_pipes_in_place(tmp_path):
     with atomic_output(os.devnull) as out:
         out.write(b"discarded")
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+@pytest.mark.parametrize("compress", [lambda b: b, gzip.compress, bz2.compress, lzma.compress, _zstd])
+def test_every_compression_reads_line_by_line(tmp_path, compress):
+    # read_fasta iterates lines: zstandard's own reader raised io.UnsupportedOperation here.
+    path = tmp_path / "p.fa"
+    path.write_bytes(compress(b">a x\nMKV\nLL\n>b\nMKK\n"))
+    assert [(r.id, r.sequence) for r in read_fasta(path)] == [("a", "MKVLL"), ("b", "MKK")]
+
+
+def test_concatenated_zstd_frames_read_as_one_stream(tmp_path):
+    path = tmp_path / "two.zst"
+    path.write_bytes(_zstd(TEXT * 300) + _zstd(b"") + _zstd(TEXT))
+    with open_input(path) as stream:
+        assert stream.read() == TEXT * 301
+
+
+@pytest.mark.parametrize("cut", [-20, 200])
+def test_truncated_zstd_is_input_error(tmp_path, cut):
+    # zstandard's stream_reader ended quietly inside a cut frame: a half download read as complete.
+    path = tmp_path / "cut.fa.zst"
+    data = _zstd(bytes(range(256)) * 5000)
+    path.write_bytes(data[:cut])
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        with open_input(path) as stream:
+            stream.read()
+
+
+def test_corrupt_zstd_is_input_error(tmp_path):
+    path = tmp_path / "bad.zst"
+    path.write_bytes(b"\x28\xb5\x2f\xfd" + b"x" * 40)
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        with open_input(path) as stream:
+            stream.read()

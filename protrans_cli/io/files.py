@@ -58,8 +58,50 @@ def _decompressor(raw: BinaryIO, kind: str | None) -> BinaryIO:
             import zstandard
         except ImportError:  # pragma: no cover - zstandard is a dependency
             raise InputError("zstd input needs the 'zstandard' package") from None
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return io.BufferedReader(_ZstdReader(raw, zstandard), buffer_size=1 << 20)
     raise AssertionError(kind)
+
+
+class _ZstdReader(io.RawIOBase):
+    """Concatenated zstd frames as a raw stream that, like gzip/bz2/xz, fails on truncation.
+
+    zstandard's own stream_reader cannot be iterated line by line and ends quietly in the
+    middle of a cut frame, which silently dropped the rest of a truncated download.
+    """
+
+    def __init__(self, raw, zstandard):
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._error = zstandard.ZstdError
+        self._obj = self._dctx.decompressobj()
+        self._in_frame = False  # bytes of a frame seen, its end not yet
+        self._buf = memoryview(b"")
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        while not self._buf:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                return 0
+            out = []
+            try:
+                while chunk:
+                    if self._obj.eof:
+                        self._obj = self._dctx.decompressobj()
+                    out.append(self._obj.decompress(chunk))
+                    chunk = self._obj.unused_data if self._obj.eof else b""
+                    self._in_frame = not self._obj.eof
+            except self._error as exc:
+                raise OSError(f"zstd compressed data is corrupt: {exc}") from None
+            self._buf = memoryview(b"".join(out))
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 @contextlib.contextmanager
