@@ -135,7 +135,7 @@ def main(argv=None):
         if console.state.debug:
             raise
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        console.error(f"{name}{exc.strerror or exc}")
+        console.error(f"{name}{exc.strerror or str(exc) or type(exc).__name__}")  # never an empty line
         sys.exit(1)
     # click returns the exit code of --help/--version (and of ctx.exit) in this mode.
     sys.exit(rc if isinstance(rc, int) else 0)
