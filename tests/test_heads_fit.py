@@ -108,6 +108,9 @@ def test_predictions_match_a_plain_torch_reference(run_cli, ss_data, tmp_path):
                                                       w["members.0.features.bias"], padding=3))
             z = torch.nn.functional.conv1d(h, w["members.0.heads.ss8.weight"], w["members.0.heads.ss8.bias"], padding=3)
             assert "".join(SS8[i] for i in z[0].argmax(0)) == states
+    # without -o (and without --labels) the same predictions go to stdout
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5")
+    assert r.exit_code == 0 and r.stdout == out.read_text() and len(lines) > 0
 
 
 def test_joint_ss3_ss8_ensemble(run_cli, ss_data, tmp_path):

@@ -17,7 +17,7 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("--embeddings", required=True, type=click.Path(dir_okay=False), help="Embeddings to predict on (HDF5).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads); "
-                   "'-' = stdout.")
+                   "'-' = stdout.  [default: stdout, unless only --labels is given]")
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
               help="Per-residue heads: also write per-residue class probabilities to this HDF5 file.")
 @click.option("--head-output", "head_output", default=None,
@@ -50,7 +50,7 @@ def command(head, embeddings, output, probabilities, head_output, labels, metric
     from protrans_cli.heads.predict import evaluate_head, predict
 
     if output is None and labels is None:
-        raise UsageError("give -o/--output for predictions, --labels to score the head, or both")
+        output = "-"  # text output goes to stdout when -o is absent, as in every command
     if metrics_dir is not None and labels is None:
         raise UsageError("--metrics needs --labels")
     if output is not None:
