@@ -48,3 +48,13 @@ def test_unknown_family_is_one_line_error(run_cli):
     result = run_cli("models", "--family", "gpt7")
     assert result.exit_code == 1
     assert "unknown model family 'gpt7'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tables_into_a_closed_pipe_exit_141_quietly():
+    # rich's own broken-pipe handling exited 1; every other command exits 141 (troubleshooting.md).
+    import subprocess
+    import sys
+
+    proc = subprocess.run(["bash", "-c", f"{sys.executable} -m protrans_cli models | head -n 1 >/dev/null;"
+                           " echo rc=${PIPESTATUS[0]}"], capture_output=True, text=True)
+    assert proc.stdout == "rc=141\n" and proc.stderr == ""

@@ -11,6 +11,7 @@ a few seconds for all of them); checkpoint figures are those of the published we
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 
@@ -49,8 +50,15 @@ def _print_tables(data: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    class _Stdout(Console):
+        def on_broken_pipe(self):
+            # rich exits 1 on its own; raise instead so `protrans models | head` exits 141
+            # like every other command.
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "stdout closed")
+
     # A pipe gets the full width rather than 80 columns of truncated hub ids.
-    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+    out = _Stdout(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     if "families" in data:
         table = Table(title="Families", title_justify="left")
         for col in ("family", "objective", "input", "presets", "description"):
