@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import DATA
+from protrans_cli.errors import InputError
 from protrans_cli.models import FAMILIES
 from protrans_cli.training.config import Phase, TrainConfig
 from protrans_cli.training.loop import find_lr, read_metrics, train
@@ -256,3 +257,11 @@ def test_a_fresh_run_into_a_used_run_directory_is_refused(tmp_path, run_cli):
     assert "--resume" in res.stderr
     assert sorted(p.name for p in (tmp_path / "run_bert" / "checkpoints").iterdir()) == \
         ["step_00000002", "step_00000004"]
+
+
+def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):
+    # The error used to end in torch's bare header "(Error(s) in loading state_dict for ...:)".
+    train(_config(tmp_path, num_steps=2, save_every=2, log_every=1))
+    with pytest.raises(InputError, match=r"it holds a bert/tiny model; Missing key") as info:
+        train(_config(tmp_path, family="t5", num_steps=4, output_dir=str(tmp_path / "run_bert")), resume=True)
+    assert "\n" not in info.value.format()

@@ -14,6 +14,7 @@ leaves a half-written checkpoint under a step name.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -129,7 +130,19 @@ def load_weights(directory, model) -> None:
     try:
         load_model(model, str(path), strict=True, device="cpu")
     except RuntimeError as exc:
-        raise InputError(f"checkpoint does not match the model being trained ({str(exc).splitlines()[0]})",
+        # torch's message is a header line and then every missing key: keep the first key line,
+        # and name the family/preset the checkpoint was trained as (the usual cause).
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+        if len(detail) > 160:
+            detail = detail[:157] + "..."
+        saved = ""
+        try:
+            cfg = json.loads((Path(directory) / "train_config.json").read_text())
+            saved = f"it holds a {cfg['family']}/{cfg.get('preset', '?')} model; "
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        raise InputError(f"checkpoint does not match the model being trained: {saved}{detail}",
                          path=str(directory)) from None
 
 
