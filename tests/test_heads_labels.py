@@ -156,3 +156,18 @@ def test_generic_residue_classes_ignore_masked_positions():
     assert task.outputs[0].classes == ("C", "E", "H")
     assert task.residue_targets(ls.records[2])["label"].tolist() == [2, 2, 2, IGNORE]
     assert np.all(task.residue_targets(ls.records[0])["label"][1:] >= 0)
+
+
+def test_labels_on_a_plain_sequence_fasta_says_embed_reads_it(tmp_path, run_cli):
+    # A proteome FASTA given to `labels` is read as FLIP labels without sequences; the error
+    # should point at the likely mistake, not only ask for a sequences file.
+    fasta = tmp_path / "proteome.fa"
+    fasta.write_text(">sp|P1|A_ECOLI desc\nMKVLLA\n>sp|P2|B_ECOLI\nMSTQ\n")
+    r = run_cli("labels", fasta, "-o", tmp_path / "out.fa")
+    assert r.exit_code == 1 and "no sequence for 2 ids" in r.stderr
+    assert "`protrans embed` reads it as it is" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.fa").exists()
+    flip = tmp_path / "flip.fa"
+    flip.write_text(">a SET=train VALIDATION=False\nCCH\n")
+    r = run_cli("labels", flip, "-o", tmp_path / "out.fa")
+    assert r.exit_code == 1 and "give the sequences FASTA)" in r.stderr

@@ -296,6 +296,10 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
         write_fasta(stream, record.id, seq)
         count += 1
     if missing:
-        raise InputError(f"no sequence for {len(missing)} ids: {some_ids(missing)} (give the sequences FASTA)",
+        hint = "give the sequences FASTA"
+        if label_set.format == "flip" and all(r.split is None for r in label_set.records):
+            # No SET= anywhere: most often a FASTA of sequences, which needs no conversion.
+            hint += "; if this is a FASTA of sequences, not labels, `protrans embed` reads it as it is"
+        raise InputError(f"no sequence for {len(missing)} ids: {some_ids(missing)} ({hint})",
                          path=label_set.path)
     return count
