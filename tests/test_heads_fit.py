@@ -300,3 +300,25 @@ def test_test_set_from_another_model_is_refused(ss_data, tmp_path):
         fit(FitConfig(task="ss3", max_epochs=1, threads=1), ss_data / "train.h5", ss_data / "train.csv",
             tmp_path / "head", tests=[(other, ss_data / "test.csv")])
     assert not (tmp_path / "head").exists()
+
+
+def test_layer_is_the_model_layer_embed_stored_not_an_axis_index(tmp_path):
+    # `embed --layer -1 --layer -3` stores [-1, -3] on the layer axis; fit/predict indexed that axis
+    # with the layer number, so the default -1 read layer -3.
+    from protrans_cli.errors import InputError
+    from protrans_cli.heads.data import Matched, ProteinData, ResidueData
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    path = tmp_path / "two_layers.h5"
+    with EmbeddingsWriter(path, kinds=("per_residue", "per_protein"), attrs={"layers": [-1, -3]}) as w:
+        w.write("p", "p", "MKV", per_residue=np.stack([np.full((3, 4), 1.0), np.full((3, 4), 3.0)]),
+                per_protein=np.array([np.full(4, 1.0), np.full(4, 3.0)]))
+    with EmbeddingsReader(path) as reader:
+        key = next(iter(reader._group("per_residue").keys()))
+    item = Matched(id="p", key=key, length=3, targets={})
+    for layer, value in ((-1, 1.0), (-3, 3.0)):
+        assert ProteinData(str(path), [item], layer=layer).x[0, 0] == value
+        residue = ResidueData(str(path), [item], layer=layer)
+        assert residue.cached[0, 0] == value
+    with pytest.raises(InputError, match=r"holds layer\(s\) -1, -3, not layer -2"):
+        ProteinData(str(path), [item], layer=-2)

@@ -139,6 +139,24 @@ def _attr(ds, name):
     return value.decode() if isinstance(value, bytes) else value
 
 
+def stored_layer_index(reader: EmbeddingsReader, layer: int) -> int:
+    """Where model layer `layer` (as given to `embed --layer`) lies on the file's layer axis.
+
+    `embed --layer -1 --layer -2` stores layers in that order, so layer -1 is index 0: indexing
+    the axis with the layer number itself picked the wrong layer.
+    """
+    stored = reader.attrs.get("layers")
+    if stored is None:  # a file written elsewhere: the number is an index into its layer axis
+        return layer
+    stored = [int(x) for x in np.atleast_1d(stored)]
+    if layer in stored:
+        return stored.index(layer)
+    if len(stored) == 1 and layer == -1:  # the default, with one layer stored (no layer axis)
+        return 0
+    raise InputError(f"holds layer(s) {', '.join(map(str, stored))}, not layer {layer} "
+                     "(choose one of those with --layer)", path=reader.path)
+
+
 def _select_layer(array: np.ndarray, base_ndim: int, layer: int) -> np.ndarray:
     # Datasets written with several --layer have a leading layer axis: (n_layers, L, D) / (n_layers, D).
     return array[layer] if array.ndim == base_ndim + 1 else array
@@ -158,9 +176,9 @@ class ResidueData:
     def __init__(self, path: str, items: list[Matched], *, layer: int = -1, cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.path = str(path)
         self.items = items
-        self.layer = layer
         self.lengths = np.array([m.length for m in items], dtype=np.int64)
         with EmbeddingsReader(self.path) as reader:
+            self.layer = stored_layer_index(reader, layer)
             self.kind_path = None if reader.layout == "flat" else PER_RESIDUE
             self.dim = reader.dim(PER_RESIDUE)
         self.cached: np.ndarray | None = None
@@ -322,6 +340,7 @@ class ProteinData:
         self.path = str(path)
         self.items = items
         with EmbeddingsReader(self.path) as reader:
+            layer = stored_layer_index(reader, layer)
             source = _source_kind(reader, PER_PROTEIN)
             if source != PER_PROTEIN:
                 console.info(f"{self.path}: no per-protein embeddings; using the mean of the per-residue ones")
