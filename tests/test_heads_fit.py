@@ -322,3 +322,13 @@ def test_layer_is_the_model_layer_embed_stored_not_an_axis_index(tmp_path):
         assert residue.cached[0, 0] == value
     with pytest.raises(InputError, match=r"holds layer\(s\) -1, -3, not layer -2"):
         ProteinData(str(path), [item], layer=-2)
+
+
+def test_labels_of_another_task_name_the_label_file(run_cli, ss_data, tmp_path):
+    # NetSurfP labels given to a loc head: the error named the record but not the file.
+    r = run_cli("fit", "loc", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--max-epochs", "1", "-o", tmp_path / "h")
+    assert r.exit_code == 1
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"protrans: error: {ss_data / 'train.csv'}:2, record 'seq-") and "has no location label" in line
+    assert not (tmp_path / "h").exists()

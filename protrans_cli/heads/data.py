@@ -92,12 +92,17 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     report = MatchReport()
     matched: list[Matched] = []
     for record in label_set.records:
-        if task.kind == PER_RESIDUE:
-            targets = task.residue_targets(record)
-            label_length = len(next(iter(targets.values())))
-        else:
-            targets = task.protein_targets(record)
-            label_length = len(record.sequence) if record.sequence is not None else None
+        try:
+            if task.kind == PER_RESIDUE:
+                targets = task.residue_targets(record)
+                label_length = len(next(iter(targets.values())))
+            else:
+                targets = task.protein_targets(record)
+                label_length = len(record.sequence) if record.sequence is not None else None
+        except InputError as exc:
+            if exc.path is None:  # the task knows the record, not the file: name it here
+                raise InputError(exc.message, path=label_set.path, record=exc.record, line=exc.line) from None
+            raise
         key = escape_key(record.id)
         via_checksum = False
         if key not in keys and record.sequence is not None:
