@@ -430,3 +430,17 @@ def test_print0_is_silent_when_quiet(capsys):
         assert capsys.readouterr().err == "train: phase 1/1\n"
     finally:
         console.state.verbosity = saved
+
+
+def test_config_file_values_of_the_wrong_type_are_usage_errors(tmp_path):
+    # `num_steps = "ten"` in a TOML file was a TypeError traceback deep in validate().
+    path = tmp_path / "c.toml"
+    for text, match in (('num_steps = "ten"', "num_steps must be an int, got 'ten'"),
+                        ("compile = 1", "compile must be a bool"),
+                        ("global_batch_size = true", "global_batch_size must be an int")):
+        path.write_text(text + "\n")
+        with pytest.raises(UsageError, match=match):
+            TrainConfig.from_file(path)
+    path.write_text("lr = 1\nthreads = 2\nobjective = \"mlm\"\n")
+    cfg = TrainConfig.from_file(path)
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.threads == 2

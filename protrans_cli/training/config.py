@@ -159,6 +159,7 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"{source}: unknown setting(s) {', '.join(unknown)}")
         data = dict(data)
+        _check_types(cls, data, source)
         for key in ("corpus", "val_corpus"):
             if isinstance(data.get(key), str):
                 data[key] = [data[key]]
@@ -204,6 +205,26 @@ class TrainConfig:
         if "phases" in changes:
             changes["phases"] = [p if isinstance(p, Phase) else Phase.parse(p) for p in changes["phases"]]
         return dataclasses.replace(self, **changes)
+
+
+_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_types(cls, data: dict, source: str) -> None:
+    """A config file's scalar settings have the field's type (`num_steps = "ten"` was a traceback)."""
+    for f in dataclasses.fields(cls):
+        if f.name not in data or data[f.name] is None and "None" in str(f.type):
+            continue
+        base = str(f.type).replace("| None", "").strip()
+        allowed = _SCALARS.get(base)
+        value = data[f.name]
+        if allowed is None:
+            continue
+        if not isinstance(value, allowed) or (isinstance(value, bool) and base != "bool"):
+            raise UsageError(f"{source}: {f.name} must be a{'n' if base == 'int' else ''} {base}, "
+                             f"got {value!r}")
+        if base == "float":
+            data[f.name] = float(value)
 
 
 def expand_corpus_paths(paths) -> list[str]:
