@@ -302,3 +302,17 @@ def test_config_overrides_typo_or_bad_type_is_one_line_model_error(name):
         family.build_config("tiny", num_hidden_layers="abc")
     assert "\n" not in info.value.format()
     assert family.build_config("tiny", num_hidden_layers=1).num_hidden_layers == 1
+
+
+def test_hub_retry_warnings_are_quiet_while_loading_and_restored_after():
+    # Offline without HF_HUB_OFFLINE, huggingface_hub logged 12 retry lines before our one-line error.
+    import logging
+
+    from huggingface_hub.utils import logging as hub_logging
+
+    from protrans_cli.models import _quiet_transformers
+
+    before = hub_logging.get_verbosity()
+    with _quiet_transformers():
+        assert hub_logging.get_verbosity() == logging.ERROR
+    assert hub_logging.get_verbosity() == before

@@ -167,7 +167,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
         if local_files_only is not None:
             hub_kwargs["local_files_only"] = local_files_only
     try:
-        config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code, **hub_kwargs)
+        with _quiet_transformers():  # the first hub request: no retry chatter without network
+            config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code, **hub_kwargs)
     except ValueError as exc:
         # An unknown model_type, or a malformed hub id
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -207,12 +208,18 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
 def _quiet_transformers():
     """No "Loading weights" bars or load reports from transformers unless protrans shows
     progress bars / runs with -v."""
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     from protrans_cli import console
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     verbosity = hf_logging.get_verbosity()
+    hub_verbosity = hub_logging.get_verbosity()
+    if console.state.verbosity < 1:
+        # Without network, huggingface_hub logs two lines per retry ("... thrown while requesting",
+        # "Retrying in 8s") before load_model's one-line error says the same; -v shows them.
+        hub_logging.set_verbosity_error()
     if was_enabled and not console.show_progress():
         hf_logging.disable_progress_bar()
     if console.state.verbosity < 1:
@@ -223,6 +230,7 @@ def _quiet_transformers():
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        hub_logging.set_verbosity(hub_verbosity)
         if was_enabled:
             hf_logging.enable_progress_bar()
 
