@@ -1059,6 +1059,11 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     for path in inputs:
         if path != "-" and not os.path.exists(path):
             raise InputError("no such file", path=path)
+    for out in (options.output, options.valid_output, options.rejects):
+        # `prep x.fa -o x.fa` replaced the FASTA with the corpus on success: the input was lost.
+        if out and str(out) != "-" and os.path.isfile(str(out)) and any(
+                path != "-" and os.path.isfile(path) and os.path.samefile(path, str(out)) for path in inputs):
+            raise UsageError(f"{out} is also an input: writing it would replace the FASTA (choose another name)")
     stats = CorpusStats(inputs=[display_name(p) for p in inputs])
     cfg = _BlockConfig(
         rare=options.rare, min_length=options.min_length, max_length=options.max_length,

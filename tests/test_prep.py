@@ -425,3 +425,14 @@ def test_dedup_across_partitions_blocks_and_drop_ranges(tmp_path, monkeypatch):
         stats = build_corpus([fasta], CorpusOptions(output=str(out), dedup=True, block_bytes=1024, threads=threads))
         assert_same_text(out.read_bytes(), b"".join(expected))
         assert stats.rejected["duplicate"] == 500 - len(expected)
+
+
+def test_output_that_is_an_input_is_refused_and_the_fasta_kept(tmp_path, run_cli):
+    # `prep x.fa -o x.fa` used to succeed and replace the FASTA with its corpus.
+    fasta = tmp_path / "x.fa"
+    fasta.write_bytes(b">a\nMKV\n")
+    for flag in ("-o", "--rejects"):
+        r = run_cli("prep", fasta, flag, str(tmp_path / "." / "x.fa"))
+        assert r.exit_code == 2 and "is also an input" in r.stderr
+        assert fasta.read_bytes() == b">a\nMKV\n"
+    assert run_cli("prep", fasta, "-o", tmp_path / "x.txt").exit_code == 0
