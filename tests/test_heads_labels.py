@@ -171,3 +171,14 @@ def test_labels_on_a_plain_sequence_fasta_says_embed_reads_it(tmp_path, run_cli)
     flip.write_text(">a SET=train VALIDATION=False\nCCH\n")
     r = run_cli("labels", flip, "-o", tmp_path / "out.fa")
     assert r.exit_code == 1 and "give the sequences FASTA)" in r.stderr
+
+
+def test_labels_output_that_is_the_label_file_is_refused(tmp_path, run_cli):
+    # A DeepLoc FASTA converted onto itself lost its labels.
+    path = tmp_path / "dl.fasta"
+    text = ">P1 Nucleus-S\nMKVLLA\n>P2 Cytoplasm-U\nMSTQ\n"
+    path.write_text(text)
+    r = run_cli("labels", path, "-o", str(tmp_path / "." / "dl.fasta"))
+    assert r.exit_code == 2 and "is also an input" in r.stderr
+    assert path.read_text() == text
+    assert run_cli("labels", path, "-o", tmp_path / "embed.fa").exit_code == 0
