@@ -332,3 +332,19 @@ def test_labels_of_another_task_name_the_label_file(run_cli, ss_data, tmp_path):
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith(f"protrans: error: {ss_data / 'train.csv'}:2, record 'seq-") and "has no location label" in line
     assert not (tmp_path / "h").exists()
+
+
+def test_predict_output_that_is_the_embeddings_file_is_refused(run_cli, ss_data, tmp_path):
+    # `predict ... --embeddings q.h5 -o q.h5` replaced the embeddings with the predictions.
+    import shutil
+
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    query = tmp_path / "q.h5"
+    shutil.copy(ss_data / "test.h5", query)
+    before = query.read_bytes()
+    for flag in ("-o", "--probabilities"):
+        r = run_cli("predict", head, "--embeddings", query, flag, str(tmp_path / "." / "q.h5"))
+        assert r.exit_code == 2 and "is also an input" in r.stderr
+        assert query.read_bytes() == before

@@ -51,6 +51,13 @@ def command(head, embeddings, output, probabilities, head_output, labels, metric
 
     if output is None and labels is None:
         output = "-"  # text output goes to stdout when -o is absent, as in every command
+    import os
+
+    for out in (output, probabilities):
+        # `-o query.h5` replaced the embeddings it had just read with the predictions.
+        if out and out != "-" and os.path.isfile(out) and any(
+                src and src != "-" and os.path.isfile(src) and os.path.samefile(src, out) for src in (embeddings, labels)):
+            raise UsageError(f"{out} is also an input: writing it would replace it (choose another name)")
     if metrics_dir is not None and labels is None:
         raise UsageError("--metrics needs --labels")
     if output is not None:
