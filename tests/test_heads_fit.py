@@ -348,3 +348,15 @@ def test_predict_output_that_is_the_embeddings_file_is_refused(run_cli, ss_data,
         r = run_cli("predict", head, "--embeddings", query, flag, str(tmp_path / "." / "q.h5"))
         assert r.exit_code == 2 and "is also an input" in r.stderr
         assert query.read_bytes() == before
+
+
+def test_fit_force_never_deletes_a_directory_holding_its_inputs(run_cli, ss_data, tmp_path):
+    import shutil
+
+    out = tmp_path / "work"
+    out.mkdir()
+    shutil.copy(ss_data / "train.h5", out / "train.h5")
+    r = run_cli("fit", "ss3", "--embeddings", out / "train.h5", "--labels", ss_data / "train.csv",
+                "--max-epochs", "1", *FAST, "-o", out, "--force")
+    assert r.exit_code == 2 and "--force would delete it" in r.stderr
+    assert (out / "train.h5").is_file()

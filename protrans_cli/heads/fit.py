@@ -91,6 +91,13 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     out_dir = Path(out_dir)
     if out_dir.exists() and not config.force:
         raise UsageError(f"{out_dir} exists (--force replaces it)")
+    if out_dir.exists():
+        # --force replaces the whole directory: never one that holds this run's own inputs.
+        inputs = [embeddings, labels, *(p for pair in ([valid] if valid else []) + list(tests) for p in pair)]
+        root = out_dir.resolve()
+        for path in inputs:
+            if path is not None and str(path) != "-" and root in Path(path).resolve().parents:
+                raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # `-o heads/ss3` should just work
     torch.set_num_threads(resolve_threads(config.threads))
     task = get_task(config.task, dual=config.dual)
