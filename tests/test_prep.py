@@ -436,3 +436,20 @@ def test_output_that_is_an_input_is_refused_and_the_fasta_kept(tmp_path, run_cli
         assert r.exit_code == 2 and "is also an input" in r.stderr
         assert fasta.read_bytes() == b">a\nMKV\n"
     assert run_cli("prep", fasta, "-o", tmp_path / "x.txt").exit_code == 0
+
+
+def test_sigterm_exits_143_and_leaves_no_temporary_files(tmp_path):
+    # A scheduler's SIGTERM killed prep on the spot, leaving .tmp outputs and the dedup scratch dir.
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "prep", "-", "--dedup", "-o", str(tmp_path / "c.txt")],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(b">a\nMKV\n" * 1000)  # stdin stays open: prep is still reading
+    proc.stdin.flush()
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert err.decode().strip().splitlines()[-1] == "protrans: error: terminated"
+    assert list(tmp_path.iterdir()) == []

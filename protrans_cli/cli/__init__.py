@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import signal
 import sys
 
 import click
@@ -105,15 +106,46 @@ def cli(ctx, verbose, quiet, debug):
     console.configure(verbosity=-1 if quiet else verbose, debug=debug or verbose >= 2)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler, `timeout`, torchrun stopping ranks), unwound like Ctrl-C."""
+
+
+def _on_sigterm(main_pid):
+    def handler(signum, frame):
+        if os.getpid() != main_pid:  # a forked worker: die as before, the main process cleans up
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise _Terminated()
+
+    return handler
+
+
 def main(argv=None):
     """Entry point: runs the click group and maps every failure to one line and an exit code."""
     from protrans_cli import console
 
+    # Without a handler SIGTERM killed the process on the spot: temporary outputs, the dedup
+    # scratch directory and prep's worker processes were left behind.
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
+        installed = True
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        installed = False
+    try:
+        _main(console, argv)
+    finally:
+        if installed:  # in-process callers (tests, notebooks) get their handler back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main(console, argv):
     try:
         rc = cli.main(args=argv, prog_name="protrans", standalone_mode=False)
-    except click.exceptions.Abort:
-        console.error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Abort as exc:
+        terminated = isinstance(exc.__cause__ or exc.__context__, _Terminated)
+        console.error("terminated" if terminated else "interrupted")
+        sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -124,9 +156,10 @@ def main(argv=None):
             raise
         console.error(exc.format())
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        console.error("terminated" if terminated else "interrupted")
+        sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
     except BrokenPipeError:
         _quiet_broken_pipe()
     except OSError as exc:
