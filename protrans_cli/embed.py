@@ -748,6 +748,11 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     directory = output.parent if str(output.parent) else Path(".")
     if not directory.is_dir():
         raise InputError("output directory does not exist", path=str(output.parent))
+    # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
+    # truncated it on opening): refused, as prep, labels and predict do.
+    for target in (output, partial_path(output)):
+        if str(fasta) != "-" and _same_path(fasta, target):
+            raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
     name = display_name(fasta)
     spool = _spool_stdin(directory) if str(fasta) == "-" else None
     try:
@@ -762,6 +767,14 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     finally:
         if spool is not None:
             os.unlink(spool)
+
+
+def _same_path(a, b) -> bool:
+    """True when `a` and `b` name one file: the same inode when both exist (links included),
+    else the same resolved path."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _spool_stdin(directory: Path) -> Path:

@@ -574,3 +574,32 @@ def test_torchrun_with_windows_equals_one_process(tmp_path):
     assert "embedded 120 proteins" in proc.stderr and "identical sequences computed once" in proc.stderr
     assert_same_content(file_content(single), file_content(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "g.fa", "single.h5"]
+
+
+# --- QA fixes -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("output_name", ["in.fa", "in.fa.partial", "link.fa"])
+def test_output_that_is_the_input_is_refused(run_cli, tmp_path, output_name):
+    """`embed e2.fa -o e2.fa` replaced the FASTA with HDF5; its .partial (or a hard link to it)
+    as the input was truncated on opening."""
+    import os
+
+    text = SMALL.read_bytes()
+    fasta = tmp_path / "in.fa"
+    fasta.write_bytes(text)
+    os.link(fasta, tmp_path / "link.fa")
+    source = tmp_path / ("in.fa" if output_name != "in.fa.partial" else "in.fa.partial")
+    output = tmp_path / (output_name if output_name != "in.fa.partial" else "in.fa")
+    if output_name == "in.fa.partial":
+        os.rename(fasta, source)
+    result = run_cli("embed", source, "-m", "onehot", "-o", output)
+    assert result.exit_code == 2, result.stderr
+    assert "is also the input" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert source.read_bytes() == text  # the FASTA is untouched
+    assert not output_name == "in.fa.partial" or not output.exists()
+
+
+def test_output_that_is_the_input_is_refused_before_it_exists(tmp_path):
+    # Not created yet on either side: the resolved paths are compared.
+    with pytest.raises(UsageError, match="is also the input"):
+        embed(tmp_path / "sub" / ".." / "new.fa", tmp_path / "new.fa", EmbedOptions(model="onehot"))
