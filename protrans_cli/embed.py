@@ -450,18 +450,18 @@ def resolve_max_length(options: EmbedOptions, model_max: int | None = None) -> i
     return max_length
 
 
-def _too_long(prot: _Protein, max_length: int, options: EmbedOptions) -> InputError:
+def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str | None = None) -> InputError:
     limit = (f"--max-length {max_length}" if options.max_length
              else f"the {max_length} residues the model accepts")
     return InputError(f"{len(prot.sequence)} residues, longer than {limit} (add --max-length N "
-                      "--long-policy skip, truncate or chunk)", record=prot.id)
+                      "--long-policy skip, truncate or chunk)", path=name, line=prot.line, record=prot.id)
 
 
 def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int | None, done,
-               record_failure) -> tuple[list[_Unit], int]:
+               record_failure, name: str | None = None) -> tuple[list[_Unit], int]:
     """Apply resume (`done`: ids to leave out), the --long-policy at `max_length` (see
     resolve_max_length) and deduplication. Returns (units, number of proteins that share
-    another's sequence)."""
+    another's sequence). `name` is the input as errors name it."""
     by_sequence: dict[str, _Unit] = {}
     duplicates = 0
     for prot in proteins:
@@ -471,7 +471,7 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int 
         if max_length is not None and len(seq) > max_length:
             policy = options.long_policy
             if policy == "error":
-                raise _too_long(prot, max_length, options)
+                raise _too_long(prot, max_length, options, name)
             if policy == "skip":
                 record_failure(prot.id, f"skipped: {len(seq)} residues > --max-length {max_length}")
                 continue
@@ -880,7 +880,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 done_here = done.members(window)
                 summary.num_resumed += len(done_here)
                 failures: dict[str, str] = {}
-                units, duplicates = plan_units(window, options, max_length, done_here, failures.__setitem__)
+                units, duplicates = plan_units(window, options, max_length, done_here, failures.__setitem__, name)
                 summary.num_duplicates += duplicates + mark_copies(units, scan, written)
                 mine = shard_units(units, dist.rank, dist.world_size, pinned)
                 # Queued behind the previous windows' batches, so a copy's source is already written.
@@ -934,7 +934,7 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
         for prot, checksum in zip(window, stored):
             if checksum is None:
                 if max_length is not None and options.long_policy == "error" and len(prot.sequence) > max_length:
-                    raise _too_long(prot, max_length, options)
+                    raise _too_long(prot, max_length, options, name)
             elif checksum and checksum != _checksum64(sequence_checksum(prot.sequence)):
                 where = partial_path(output) if partial_path(output).exists() else output
                 raise InputError("cannot resume: the output holds another sequence under this id "

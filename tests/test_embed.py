@@ -603,3 +603,19 @@ def test_output_that_is_the_input_is_refused_before_it_exists(tmp_path):
     # Not created yet on either side: the resolved paths are compared.
     with pytest.raises(UsageError, match="is also the input"):
         embed(tmp_path / "sub" / ".." / "new.fa", tmp_path / "new.fa", EmbedOptions(model="onehot"))
+
+
+def test_too_long_record_names_file_and_line(run_cli, tmp_path):
+    """The QA report read `record 'sp|...': 68700 residues, longer than ...`: no file, no line."""
+    fasta = tmp_path / "long_second.fa"
+    fasta.write_text(">short\nMKV\n>long a long one\nMKVLAAGIVG\nMKVLA\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "--max-length", "8", "-o", tmp_path / "x.h5")
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.strip() == (f"protrans: error: {fasta}:3, record 'long': 15 residues, longer than "
+                                     "--max-length 8 (add --max-length N --long-policy skip, truncate or chunk)")
+    # The same message where the window planner meets it (no pre-check pass).
+    from protrans_cli.embed import _Protein, plan_units
+
+    with pytest.raises(InputError, match=r"^in\.fa:3, record 'long': 15 residues"):
+        plan_units([_Protein("long", "long", "M" * 15, 3)], EmbedOptions(model="onehot", max_length=8), 8,
+                   set(), None, "in.fa")
