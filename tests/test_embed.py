@@ -619,3 +619,60 @@ def test_too_long_record_names_file_and_line(run_cli, tmp_path):
     with pytest.raises(InputError, match=r"^in\.fa:3, record 'long': 15 residues"):
         plan_units([_Protein("long", "long", "M" * 15, 3)], EmbedOptions(model="onehot", max_length=8), 8,
                    set(), None, "in.fa")
+
+
+_SLOW_EMBED = """
+import pathlib, signal, sys, time
+from protrans_cli import embed as E
+from protrans_cli.io.h5 import EmbeddingsWriter
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
+marker = pathlib.Path(sys.argv[1])
+compute, flush = E.OneHotEmbedder.embed_batch, EmbeddingsWriter.flush
+
+def slow(self, seqs):
+    time.sleep(0.05)  # a model's forward pass: the signal arrives mid-run
+    return compute(self, seqs)
+
+def flushed(self):
+    flush(self)
+    marker.touch()  # at least one batch is in OUTPUT.partial
+
+E.OneHotEmbedder.embed_batch, EmbeddingsWriter.flush = slow, flushed
+from protrans_cli.cli import main
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("signame,code,word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_signal_after_first_batch_leaves_a_resumable_partial_and_one_line(tmp_path, signame, code, word):
+    """Ctrl-C or SIGTERM (a scheduler, `timeout`) once a batch is written: exit 130/143, exactly one
+    error line naming the partial file, and --resume then equals an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fasta = generated_fasta(tmp_path / "g.fa", 40, repeat_every=0)
+    out, marker, script = tmp_path / "g.h5", tmp_path / "flushed", tmp_path / "slow_embed.py"
+    script.write_text(_SLOW_EMBED)
+    args = ["embed", str(fasta), "-m", "onehot", "--max-batch-size", "1", "-o", str(out)]
+    env = {**os.environ, "PROTRANS_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(marker), *args], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(getattr(signal, signame))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert stderr.splitlines() == [f"protrans: error: {word}: what was computed is in {partial_path(out)}; "
+                                   "run the same command with --resume to finish"]
+    assert not out.exists()
+    partial = read_all(partial_path(out))
+    assert 0 < len(partial) < 40  # readable, holding what was written before the signal
+    summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=1, resume=True))
+    assert summary.num_resumed == len(partial) and not partial_path(out).exists()
+    assert_same_content(file_content(out), file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=1)))
+

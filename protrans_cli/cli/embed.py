@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 
 import click
@@ -78,11 +79,19 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
     )
     try:
         summary = embed(fasta, output, options)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # Reported here, in one line, with main()'s exit codes (130 Ctrl-C, 143 SIGTERM): letting it
+        # propagate added click's blank line and main()'s bare "interrupted" after this one.
+        from protrans_cli.cli import _Terminated
+        from protrans_cli.errors import EXIT_INTERRUPTED
+
+        terminated = isinstance(exc, _Terminated)
+        what = "terminated" if terminated else "interrupted"
         if partial_path(output).exists():
-            console.error(f"interrupted: what was computed is in {partial_path(output)}; "
-                          "run the same command with --resume to finish")
-        raise
+            what += (f": what was computed is in {partial_path(output)}; "
+                     "run the same command with --resume to finish")
+        console.error(what)
+        raise click.exceptions.Exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED) from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
         return
     rate = summary.residues_per_second
