@@ -676,3 +676,15 @@ def test_signal_after_first_batch_leaves_a_resumable_partial_and_one_line(tmp_pa
     assert summary.num_resumed == len(partial) and not partial_path(out).exists()
     assert_same_content(file_content(out), file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=1)))
 
+
+def test_missing_output_directory_is_refused_not_created(tmp_path, monkeypatch):
+    # prep and predict refuse it too; checked before the input is read or a model loaded.
+    import protrans_cli.embed as embed_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output directory was checked")
+
+    monkeypatch.setattr(embed_module, "build_embedder", no_model)
+    with pytest.raises(InputError, match="nodir: output directory does not exist"):
+        embed(SMALL, tmp_path / "nodir" / "x.h5", EmbedOptions(model="onehot"))
+    assert not (tmp_path / "nodir").exists()
