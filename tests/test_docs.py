@@ -23,3 +23,17 @@ def test_every_command_has_a_guide():
     for name in COMMANDS:
         page = ROOT / "docs" / f"{guides.get(name, name)}.md"
         assert page.exists(), f"docs/{page.name} (guide for `protrans {name}`) is missing"
+
+
+def test_cli_reference_matches_real_help_whatever_ran_before():
+    """click caches a command's help option on first use; the reference must not depend on that."""
+    from click.testing import CliRunner
+
+    from protrans_cli.cli import cli
+    from protrans_cli.cli.docs import command_help, render
+
+    before = render()
+    real = CliRunner().invoke(cli, ["embed", "--help"], terminal_width=100)
+    assert real.exit_code == 0
+    assert "-h, --help" in real.output and "-h, --help" in command_help("embed")
+    assert render() == before

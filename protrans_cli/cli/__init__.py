@@ -70,12 +70,16 @@ class _Group(LazyGroup):
     def invoke(self, ctx):
         # click's own main() turns EPIPE into exit 1; catch it first so `prep x.fa | head`
         # exits 141 as documented (docs/troubleshooting.md).
+        # Likewise click answers Ctrl-C with a blank line before re-raising it; _Stopped passes
+        # through click untouched, so main() prints the one line alone.
         try:
             return super().invoke(ctx)
         except OSError as exc:
             if getattr(exc, "errno", None) == errno.EPIPE:
                 _quiet_broken_pipe()
             raise
+        except KeyboardInterrupt as exc:
+            raise _Stopped(isinstance(exc, _Terminated)) from None
 
     def format_commands(self, ctx, formatter):
         ctx._protrans_listing = True
@@ -108,6 +112,14 @@ def cli(ctx, verbose, quiet, debug):
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM (a batch scheduler, `timeout`, torchrun stopping ranks), unwound like Ctrl-C."""
+
+
+class _Stopped(Exception):
+    """Ctrl-C or SIGTERM on its way from a command to main(), out of click's reach."""
+
+    def __init__(self, terminated: bool):
+        super().__init__("terminated" if terminated else "interrupted")
+        self.terminated = terminated
 
 
 def _on_sigterm(main_pid):
@@ -156,8 +168,8 @@ def _main(console, argv):
             raise
         console.error(exc.format())
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, _Terminated)
+    except (KeyboardInterrupt, _Stopped) as exc:
+        terminated = isinstance(exc, _Terminated) or getattr(exc, "terminated", False)
         console.error("terminated" if terminated else "interrupted")
         sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
     except BrokenPipeError:

@@ -18,15 +18,22 @@ The prose guides are one page per command: [prep](prep.md), [train](train.md), [
 """
 
 
+def _context(command: click.Command, name: str, parent: click.Context | None = None) -> click.Context:
+    # Honour each command's own context_settings (e.g. `-h` as well as `--help`), as the real CLI
+    # does: click caches a command's help option the first time it is built, so a context that
+    # ignored them would render differently depending on what ran before in the same process.
+    settings = {**command.context_settings, "max_content_width": 100, "terminal_width": 100}
+    return click.Context(command, info_name=name, parent=parent, **settings)
+
+
 def command_help(name: str) -> str:
-    ctx = click.Context(cli, info_name="protrans", max_content_width=100, terminal_width=100)
+    ctx = _context(cli, "protrans")
     command = cli.get_command(ctx, name)
-    sub = click.Context(command, info_name=name, parent=ctx, max_content_width=100, terminal_width=100)
-    return command.get_help(sub)
+    return command.get_help(_context(command, name, ctx))
 
 
 def render() -> str:
-    ctx = click.Context(cli, info_name="protrans", max_content_width=100, terminal_width=100)
+    ctx = _context(cli, "protrans")
     parts = [HEADER, "## protrans\n", "```text", cli.get_help(ctx), "```\n"]
     for name in cli.list_commands(ctx):
         parts += [f"## protrans {name}\n", "```text", command_help(name), "```\n"]
