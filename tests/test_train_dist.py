@@ -80,3 +80,34 @@ def test_every_family_trains_under_torchrun(tmp_path, family):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_one_checkpoint_of_all_ranks_and_resume_matches(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "stopped"
+    steps = ["--num-steps", "40"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "train", *ARGS, *steps, "-o", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler's pre-emption does
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    stopped = [r["step"] for r in read_metrics(metrics)][-1]
+    assert 3 <= stopped < 40, stderr[-2000:]
+    assert f"stopped at step {stopped}/40" in stderr
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{stopped:08d}"]
+    _torchrun("-o", out, *steps, "--resume")
+    losses = [r["loss"] for r in read_metrics(metrics)]
+    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=40,
+                      max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
+                      log_every=1, threads=1, save_every=100,
+                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
+    np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)

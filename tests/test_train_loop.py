@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -265,3 +266,39 @@ def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):
     with pytest.raises(InputError, match=r"it holds a bert/tiny model; Missing key") as info:
         train(_config(tmp_path, family="t5", num_steps=4, output_dir=str(tmp_path / "run_bert")), resume=True)
     assert "\n" not in info.value.format()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_nothing(tmp_path, monkeypatch, signum):
+    from protrans_cli.training import loop
+
+    class Stopped(Exception):
+        pass
+
+    def previous_handler(sig, frame):  # what the CLI installs: it turns SIGTERM into exit 143
+        raise Stopped(sig)
+
+    kw = dict(num_steps=10, log_every=1, save_every=100, bucket_batches=2, seed=3)
+    whole = train(_config(tmp_path / "whole", **kw))
+    append = loop._append_metrics
+
+    def append_and_signal(path, record):  # the signal arrives in the middle of step 4
+        append(path, record)
+        if record.get("step") == 3:
+            signal.raise_signal(signum)
+
+    monkeypatch.setattr(loop, "_append_metrics", append_and_signal)
+    old = signal.signal(signum, previous_handler)
+    try:
+        with pytest.raises(Stopped):
+            train(_config(tmp_path / "parts", **kw))
+        # The run's own handler is gone again.
+        assert signal.getsignal(signum) is previous_handler
+    finally:
+        signal.signal(signum, old)
+    run_dir = tmp_path / "parts" / "run_bert"
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step_00000003"]
+    monkeypatch.setattr(loop, "_append_metrics", append)
+    rest = train(_config(tmp_path / "parts", **kw), resume=True)
+    assert rest.completed and rest.step == 10
+    assert [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")] == whole.losses  # bit for bit on CPU

@@ -266,6 +266,15 @@ class CorpusStream:
         return sample
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C/SIGTERM to the main process, which finishes its step and
+    saves a checkpoint (a worker dying first would abort that); they exit with it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBatch]:
     """Iterate a stream, through a DataLoader with `num_workers` processes when asked."""
     if num_workers <= 0:
@@ -280,5 +289,5 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     # batch_size=None: the stream already yields whole steps. A DataLoader takes items from
     # its workers in turn, which matches the round-robin split in CorpusStream.__iter__.
     loader = torch.utils.data.DataLoader(_Iterable(), batch_size=None, num_workers=num_workers,
-                                         persistent_workers=False)
+                                         persistent_workers=False, worker_init_fn=_ignore_stop_signals)
     yield from loader

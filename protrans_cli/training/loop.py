@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +79,59 @@ class _Run:
     autocast: object
 
 
+class StopRequest:
+    """Ctrl-C or SIGTERM (a scheduler's pre-emption, torchrun stopping its ranks) during training:
+    finish the step under way, save a checkpoint there, then stop as the signal would have, so that
+    `--resume` loses nothing. A second Ctrl-C stops at once. Active in the main thread only."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            if dist.info().is_main:
+                console.warn("stopping after this step to save a checkpoint "
+                             "(Ctrl-C again stops at once, losing the steps since the last one)")
+        elif signum == signal.SIGINT:
+            # A second Ctrl-C. (torchrun answers Ctrl-C by sending SIGTERM to its ranks, which
+            # are then already stopping: that one is not taken as a second request.)
+            self.raise_now(signum, frame)
+
+    def raise_now(self, signum=None, frame=None):
+        """Stop as the signal would have without us: the previous handler (the CLI's maps SIGTERM
+        to exit 143), else KeyboardInterrupt."""
+        signum = signum or self.signum or signal.SIGINT
+        previous = self._previous.get(signum)
+        self.restore()
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+
 def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path)."""
     info = dist.setup()
     try:
         run = _build(config, info, family)
-        return _loop(run, resume)
+        with StopRequest() as stop:
+            return _loop(run, resume, stop)
     finally:
         dist.cleanup()
 
@@ -130,7 +179,7 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None) -> _Run:
                 run_dir, autocast)
 
 
-def _loop(run: _Run, resume) -> TrainResult:
+def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     config, info = run.config, run.info
     phases = config.resolved_phases()
     total_steps = config.total_steps
@@ -210,7 +259,9 @@ def _loop(run: _Run, resume) -> TrainResult:
             batch = next(batches)
             data_state = batch.state_after
             lr_used = optimizer.param_groups[0]["lr"]
-            stats = _train_step(run, optimizer, batch.micro_batches)
+            stats = _train_step(run, optimizer, batch.micro_batches,
+                                stop_requested=stop is not None and stop.signum is not None)
+            stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
             scheduler.step()
             step += 1
             log.add(stats)
@@ -236,8 +287,17 @@ def _loop(run: _Run, resume) -> TrainResult:
                     elif config.log_every and (step // config.log_every) % 10 == 1:
                         console.info(f"step {step}/{total_steps} loss {record['loss']:.4f} "
                                      f"lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tokens/s")
-            if step % config.save_every == 0 or last:
+            # One process stops after the step under way; several after the step whose exchange
+            # told them all.
+            stop_now = stop_now or (not info.initialised and stop is not None and stop.signum is not None)
+            if step % config.save_every == 0 or last or stop_now:
                 result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state)
+            if stop_now and not last:
+                if bar is not None:
+                    bar.close()
+                dist.print0(f"train: stopped at step {step}/{total_steps}; checkpoint {result.last_checkpoint}; "
+                            f"continue with the same command and --resume")
+                stop.raise_now()
             if config.stop_after is not None and step >= config.stop_after:
                 break
         phase_start = phase_end
@@ -266,8 +326,10 @@ def _loop(run: _Run, resume) -> TrainResult:
     return result
 
 
-def _train_step(run: _Run, optimizer, micro_batches) -> dict:
-    """One optimizer step over this rank's micro-batches; returns summed statistics."""
+def _train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False) -> dict:
+    """One optimizer step over this rank's micro-batches; returns summed statistics, and under
+    "stop" whether any rank was asked to stop (told to all ranks within the step's one exchange,
+    so that they all stop after the same step)."""
     config, info = run.config, run.info
     device = info.device
     # Counted on the host before the transfer: no device synchronisation inside the step.
@@ -275,10 +337,11 @@ def _train_step(run: _Run, optimizer, micro_batches) -> dict:
     local_predicted = float(sum(b["num_predicted"] for b in micro_batches))
     micro_batches = [_to_device(b, device) for b in micro_batches]
     # Predicted tokens of the whole step on every rank: the loss denominator.
-    total_predicted = local_predicted
+    total_predicted, stop = local_predicted, stop_requested
     if info.initialised:
-        counts = torch.tensor([local_predicted], dtype=torch.float64, device=device)
-        total_predicted = dist.all_reduce_sum(counts).item()
+        counts = torch.tensor([local_predicted, float(stop_requested)], dtype=torch.float64, device=device)
+        total_predicted, stops = dist.all_reduce_sum(counts).tolist()
+        stop = stops > 0
     # DDP and FSDP average gradients over ranks; undo that so the result is sum / total_predicted.
     scale = info.world_size / max(total_predicted, 1.0)
     run.wrapped.train()
@@ -306,7 +369,8 @@ def _train_step(run: _Run, optimizer, micro_batches) -> dict:
         raise RuntimeFailure("the gradient is not finite (lower --lr or check the data)")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    stats = {"loss": (host[0], total_predicted / info.world_size), "grad_norm": host[-1], "tokens": tokens}
+    stats = {"loss": (host[0], total_predicted / info.world_size), "grad_norm": host[-1], "tokens": tokens,
+             "stop": stop}
     for k, name in enumerate(names):
         stats[name] = (host[1 + 2 * k], host[2 + 2 * k])
     return stats
