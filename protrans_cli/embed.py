@@ -262,8 +262,12 @@ def _count_special_tokens(family, tokenizer) -> int:
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
     """(device, compute dtype): a GPU with bf16 (fp16 without bf16 support) when there is one,
     else the CPU in float32. Half precision on the CPU is refused: it is slow and inexact there."""
+    import re
+
     import torch
 
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise UsageError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"

@@ -360,3 +360,38 @@ def test_fit_force_never_deletes_a_directory_holding_its_inputs(run_cli, ss_data
                 "--max-epochs", "1", *FAST, "-o", out, "--force")
     assert r.exit_code == 2 and "--force would delete it" in r.stderr
     assert (out / "train.h5").is_file()
+
+
+def test_device_choice_is_checked_before_any_work(run_cli, ss_data, tmp_path):
+    head = tmp_path / "ss3"
+    fit_args = ["fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--max-epochs", "1", *FAST, "-o", head]
+    r = run_cli(*fit_args, "--device", "gpu")
+    assert r.exit_code == 2 and "--device gpu: use auto, cpu, cuda, cuda:N or mps" in r.stderr
+    assert not head.exists()
+    if not torch.cuda.is_available():
+        r = run_cli(*fit_args, "--device", "cuda")
+        assert r.exit_code == 2 and "no CUDA device is available" in r.stderr
+    assert run_cli(*fit_args, "--device", "cpu").exit_code == 0
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--device", "gpu")
+    assert r.exit_code == 2 and "--device gpu" in r.stderr
+
+
+@pytest.mark.gpu
+def test_a_head_fit_on_the_gpu_predicts_like_on_the_cpu(run_cli, ss_data, tmp_path):
+    args = ["--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+            "--test", ss_data / "test.h5", ss_data / "test.csv", "--max-epochs", "6", *FAST]
+    for device in ("cpu", "cuda"):
+        r = run_cli("fit", "ss3", *args, "--device", device, "-o", tmp_path / device)
+        assert r.exit_code == 0, r.stderr
+    q3 = {d: json.loads((tmp_path / d / "metrics.json").read_text())["test"]["ss3"]["accuracy"] for d in ("cpu", "cuda")}
+    assert abs(q3["cpu"] - q3["cuda"]) < 0.03  # cuDNN convolutions are not bit-identical to the CPU's
+    # The same head predicts the same states on either device.
+    outs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"pred.{device}.fa"
+        assert run_cli("predict", tmp_path / "cuda", "--embeddings", ss_data / "test.h5", "--device", device,
+                       "-o", out).exit_code == 0
+        outs[device] = out.read_text().splitlines()[1::2]
+    agree = np.mean([a == b for x, y in zip(outs["cpu"], outs["cuda"]) for a, b in zip(x, y)])
+    assert agree > 0.99

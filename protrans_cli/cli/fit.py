@@ -59,10 +59,12 @@ _PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True)
 @click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI.")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
+@click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def command(task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
             patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
-            hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, cache_gb, n_bootstrap, threads, force):
+            hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, cache_gb, n_bootstrap, threads, device,
+            force):
     """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein) on embeddings.
 
     \b
@@ -77,5 +79,5 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
                        dropout=dropout, dual=dual, layer=layer,
                        on_mismatch="skip" if skip_mismatched else "error", cache_bytes=int(cache_gb * (1 << 30)),
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
-                       mask_columns=tuple(mask_columns), force=force, standardise=standardise)
+                       mask_columns=tuple(mask_columns), force=force, standardise=standardise, device=device)
     fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None, tests=[tuple(t) for t in tests])

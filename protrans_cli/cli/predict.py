@@ -37,8 +37,10 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("--max-residues", type=int, default=8192, help="Padded residues per batch.")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 def command(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
-            mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads):
+            mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device):
     """Apply a trained head to embeddings.
 
     \b
@@ -62,11 +64,13 @@ def command(head, embeddings, output, probabilities, head_output, labels, metric
         raise UsageError("--metrics needs --labels")
     if output is not None:
         summary = predict(head, embeddings, output, probabilities=probabilities, output=head_output,
-                          max_residues=max_residues, allow_model_mismatch=allow_model_mismatch, threads=threads)
+                          max_residues=max_residues, allow_model_mismatch=allow_model_mismatch, threads=threads,
+                          device=device)
         if output != "-":
             console.info(f"wrote predictions for {summary['proteins']} proteins to {output}")
     if labels is not None:
         evaluate_head(head, embeddings, labels, metrics_dir=metrics_dir, label_format=label_format,
                       mask_path=mask_path, mask_columns=mask_columns,
                       on_mismatch="skip" if skip_mismatched else "error",
-                      allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads)
+                      allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
+                      device=device)

@@ -174,6 +174,17 @@ class Batch:
     targets: dict  # output -> torch.Tensor (B, L) or (B,) int64, IGNORE where not counted
     index: np.ndarray  # (B,) positions of these proteins in the data's item list
 
+    def to(self, device) -> "Batch":
+        """The tensors on `device` (pinned and copied asynchronously to a GPU); self on the CPU."""
+        if str(device) == "cpu":
+            return self
+
+        def move(t):
+            return t.pin_memory().to(device, non_blocking=True) if str(device).startswith("cuda") else t.to(device)
+
+        return Batch(move(self.x), None if self.mask is None else move(self.mask),
+                     {k: move(v) for k, v in self.targets.items()}, self.index)
+
 
 class ResidueData:
     """Per-residue embeddings + targets, streamed from HDF5 in residue-budget batches."""

@@ -61,6 +61,7 @@ class FitConfig:
     mask_path: str | None = None  # FLIP mask FASTA
     mask_columns: tuple[str, ...] = ("disorder",)  # NetSurfP columns whose 1.0 marks evaluated residues
     force: bool = False  # replace an existing head directory
+    device: str = "auto"  # cuda when there is one, else cpu; or cpu, cuda, cuda:N, mps
     standardise: bool = True  # per-protein heads: z-score the inputs with the training mean/std
 
     def check(self) -> None:
@@ -100,6 +101,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
                 raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # `-o heads/ss3` should just work
     torch.set_num_threads(resolve_threads(config.threads))
+    device = head_device(config.device)
     task = get_task(config.task, dual=config.dual)
     per_residue = task.kind == PER_RESIDUE
     config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
@@ -163,14 +165,14 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     members, history = [], []
     for member in range(config.ensemble):
         seed = config.seed + member
-        model, lines = _train_member(config, task, train, valid_data, seed, member, weights)
+        model, lines = _train_member(config, task, train, valid_data, seed, member, weights, device)
         members.append(model)
         history.extend(lines)
 
     # --- evaluate and write the head directory ---
     from protrans_cli.heads.model import FORMAT_VERSION, Ensemble, save_head
 
-    ensemble = Ensemble(members).eval()
+    ensemble = Ensemble(members).eval()  # on `device`: evaluation runs there too
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         (tmp / "metrics").mkdir()
@@ -211,6 +213,17 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     console.info(f"wrote {out_dir}")
     return FitResult(out_dir, summary, history)
 
+
+
+def head_device(device: str = "auto"):
+    """The torch device heads train and predict on: `auto` is a CUDA GPU (or Apple's MPS) when
+    there is one, else the CPU. Heads run in float32 everywhere (they are small; the embeddings
+    and the data reading dominate)."""
+    import torch
+
+    from protrans_cli.embed import resolve_device
+
+    return torch.device(resolve_device(device, "float32" if device in ("auto", "cpu") else "auto")[0])
 
 
 def _default_permissions(directory: Path) -> None:
@@ -266,7 +279,7 @@ def _class_weights(task: Task, train) -> dict:
             t = t[t >= 0]
             counts += np.bincount(t, minlength=k)
         w = counts.sum() / (k * np.maximum(counts, 1))
-        weights[output.name] = torch.tensor(w, dtype=torch.float32)
+        weights[output.name] = torch.tensor(w, dtype=torch.float32)  # moved to the device by the caller
     return weights
 
 
@@ -292,16 +305,20 @@ def _loss(task: Task, logits: dict, targets: dict, weights: dict | None):
     return total, counts
 
 
-def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member: int, weights):
+def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member: int, weights, device=None):
     import torch
 
     from protrans_cli.heads.model import build_head
 
+    device = device or torch.device("cpu")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_head(task, train.dim, hidden=config.hidden, kernel=config.kernel, dropout=config.dropout)
     if isinstance(train, ProteinData) and config.standardise:
         model.standardise_with(torch.from_numpy(train.x))
+    model.to(device)
+    if weights is not None:
+        weights = {k: v.to(device) for k, v in weights.items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # The kept state is the one with the best validation accuracy (lower loss breaks ties); patience
     # counts epochs that improve neither accuracy nor loss, so a head whose accuracy sits on the
@@ -313,6 +330,7 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
         loss_sum, batches = 0.0, 0
         for batch in console.progress(_batches(train, config, True, rng), desc=f"member {member} epoch {epoch}",
                                       unit="batch"):
+            batch = batch.to(device)
             logits = model(batch.x, batch.mask)
             loss, counts = _loss(task, logits, batch.targets, weights)
             if not any(counts.values()):
@@ -320,8 +338,9 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach()  # summed on the device: no synchronisation per batch
             batches += 1
+        loss_sum = float(loss_sum)
         train_seconds = time.perf_counter() - start
         train_cpu_seconds = time.process_time() - cpu_start  # all threads; robust to a busy machine
         valid_loss, valid_acc = _validate(model, task, valid, config)
@@ -353,11 +372,13 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     loss_sum, n_sum = 0.0, 0
     correct = {o.name: 0 for o in task.outputs}
     total = {o.name: 0 for o in task.outputs}
     with torch.no_grad():
         for batch in _batches(data, config, False):
+            batch = batch.to(device)
             logits = model(batch.x, batch.mask)
             loss, counts = _loss(task, logits, batch.targets, None)
             n = sum(counts.values())
@@ -375,10 +396,12 @@ def predict_data(ensemble, task: Task, data, *, max_residues: int = 8192, batch_
     """Mean ensemble probabilities per item, in item order: {output: [ (L, C) or (C,) arrays ]}."""
     out = {o.name: [None] * len(data.items) for o in task.outputs}
     batches = (data.batches(batch_size) if isinstance(data, ProteinData) else data.batches(max_residues))
+    device = next(ensemble.parameters()).device
     for batch in batches:
+        batch = batch.to(device)
         probs = ensemble.probabilities(batch.x, batch.mask)
         for name, p in probs.items():
-            p = p.numpy()
+            p = p.cpu().numpy()
             for row, i in enumerate(batch.index):
                 out[name][i] = p[row, :data.items[i].length] if p.ndim == 3 else p[row]
     return out

@@ -52,7 +52,7 @@ class Ensemble(nn.Module):
 def save_head(directory: Path, ensemble: Ensemble, config: dict) -> None:
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous() for k, v in ensemble.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in ensemble.state_dict().items()}
     save_file(state, str(directory / WEIGHTS), metadata={"format": "protrans-head", "task": config["task"]["name"]})
     (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
 

@@ -67,7 +67,8 @@ def _unescape(key: str) -> str:
 
 
 def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None = None,
-            max_residues: int = 8192, allow_model_mismatch: bool = False, threads: int | None = None) -> dict:
+            max_residues: int = 8192, allow_model_mismatch: bool = False, threads: int | None = None,
+            device: str = "auto") -> dict:
     """Write predictions for every protein in `embeddings` to `out`; returns {"proteins": n}."""
     import torch
 
@@ -75,8 +76,11 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     from protrans_cli.heads.model import load_head
     from protrans_cli.threads import resolve_threads
 
+    from protrans_cli.heads.fit import head_device
+
     torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
+    ensemble.to(head_device(device))
     names = task.output_names
     if output is not None and output not in names:
         raise UsageError(f"the head has no output {output!r} (it has {', '.join(names)})")
@@ -142,16 +146,18 @@ def _write_probabilities(path, task, items, probs) -> None:
 
 def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
                   mask_columns=("disorder",), on_mismatch: str = "error", allow_model_mismatch: bool = False,
-                  n_boot: int = 1000, max_residues: int = 8192, threads: int | None = None) -> dict:
+                  n_boot: int = 1000, max_residues: int = 8192, threads: int | None = None,
+                  device: str = "auto") -> dict:
     """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json/png if given."""
     import torch
 
-    from protrans_cli.heads.fit import evaluate_data, write_metrics
+    from protrans_cli.heads.fit import evaluate_data, head_device, write_metrics
     from protrans_cli.heads.model import load_head
     from protrans_cli.threads import resolve_threads
 
     torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
+    ensemble.to(head_device(device))
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
     label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
