@@ -27,6 +27,7 @@ import io
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -644,13 +645,28 @@ def _count(reasons: dict[int, str]) -> dict[str, int]:
     return dict(collections.Counter(reasons.values()))
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int | None = None) -> None:
     # Ctrl-C reaches the whole process group: the main process handles it (exit 130, outputs
     # removed) and stops the pool; workers printing their own tracebacks would only be noise.
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
     _tune_malloc()
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Linux: end this worker when the main process dies, even by SIGKILL (the OOM killer, a
+    scheduler's hard limit), instead of leaving it waiting on a pipe that a sibling still holds."""
+    if parent_pid is None or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 def _tune_malloc() -> None:
@@ -664,7 +680,7 @@ def _tune_malloc() -> None:
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
-def _worker_loop(conn, fn, args: tuple) -> None:
+def _worker_loop(conn, fn, args: tuple, parent_pid: int | None = None) -> None:
     """A worker process: (block, extra) in, ("ok", result) or ("error", exception) out.
 
     A thread drains the incoming pipe into a queue, so the main process never waits to send
@@ -673,7 +689,7 @@ def _worker_loop(conn, fn, args: tuple) -> None:
     import queue
     import threading
 
-    _init_worker()
+    _init_worker(parent_pid)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
 
     def drain():
@@ -727,7 +743,7 @@ def _run_blocks(blocks: Iterable, fn, args: tuple, threads: int, spill_dir: str 
     try:
         for _ in range(threads):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_loop, args=(child, fn, args), daemon=True)
+            proc = ctx.Process(target=_worker_loop, args=(child, fn, args, os.getpid()), daemon=True)
             proc.start()
             child.close()
             workers.append((proc, parent))

@@ -453,3 +453,38 @@ def test_sigterm_exits_143_and_leaves_no_temporary_files(tmp_path):
     assert proc.returncode == 143, err
     assert err.decode().strip().splitlines()[-1] == "protrans: error: terminated"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_main_process(tmp_path):
+    # SIGKILL (the OOM killer, a hard time limit) cannot be handled; the workers must not be
+    # left behind waiting on their pipes.
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "prep", "-", "-j", "2", "-o", str(tmp_path / "c.txt")],
+                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdin.write(b">a\nMKV\n" * 1000)
+    proc.stdin.flush()
+    children_file = f"/proc/{proc.pid}/task/{proc.pid}/children"
+    workers: list[int] = []
+    deadline = time.time() + 30
+    while len(workers) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+        with open(children_file) as fh:
+            workers = [int(p) for p in fh.read().split()]
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait(timeout=10)
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split(") ")[-1][0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 10
+    while any(alive(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in workers)
