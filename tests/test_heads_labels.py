@@ -182,3 +182,32 @@ def test_labels_output_that_is_the_label_file_is_refused(tmp_path, run_cli):
     assert r.exit_code == 2 and "is also an input" in r.stderr
     assert path.read_text() == text
     assert run_cli("labels", path, "-o", tmp_path / "embed.fa").exit_code == 0
+
+
+def test_pisces_table_ids_stars_and_both_state_sets(tmp_path):
+    label_set = read_labels(HEADS / "pisces_small.csv")
+    assert label_set.format == "pisces"
+    assert [r.id for r in label_set.records] == ["1ABC_A", "1ABC_B", "2XYZ_A", "3DEF_C"]
+    star = label_set.records[2]
+    assert star.sequence == "HSVQXRWRNLIGIDWLT"  # '*' is a non-standard residue there, read as X
+    assert star.labels == {"ss8": "IGISHHBEGEIBCHGGG", "ss3": "HHHCHHEEHEHECHHHH"}
+    assert any("1 '*'" in note for note in label_set.notes)
+    # the 3 states are the 8 reduced as everywhere else (G/H/I -> H, B/E -> E, rest -> C)
+    for r in label_set.records:
+        assert ss8_to_ss3(r.labels["ss8"]) == r.labels["ss3"]
+    targets = get_task("ss3").residue_targets(star)["ss3"]
+    assert targets.tolist() == ["HEC".index(c) for c in star.labels["ss3"]]  # every residue counted
+    bad = tmp_path / "bad.csv"
+    text = (HEADS / "pisces_small.csv").read_text().splitlines()
+    text[2] = text[2].replace(",SEHTGHHC,", ",SEHTGHH,")
+    bad.write_text("\n".join(text) + "\n")
+    with pytest.raises(InputError, match=r"bad.csv:3: sst8 has 7 labels for 8 residues"):
+        read_labels(bad)
+
+
+def test_pisces_release_reads_whole(shared_data):
+    label_set = read_labels(shared_data / "pisces_kaggle" / "2018-06-06-pdb-intersect-pisces.csv.gz")
+    assert label_set.format == "pisces" and len(label_set.records) == 9078
+    assert sum(len(r.sequence) for r in label_set.records) == 2207484
+    assert sum(r.sequence.count("X") for r in label_set.records) >= 156
+    assert any("156 '*'" in note for note in label_set.notes)

@@ -26,7 +26,7 @@ COMMANDS = {
     "models": ("protrans_cli.cli.models", "List model families, presets and published checkpoints."),
     "fit": ("protrans_cli.cli.fit", "Train a prediction head (ss3/ss8/loc/...) on embeddings."),
     "predict": ("protrans_cli.cli.predict", "Apply a trained head to embeddings."),
-    "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, FLIP, DeepLoc, CSV) to FASTA for embed."),
+    "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, PISCES, FLIP, DeepLoc, CSV) to FASTA for embed."),
     "quickstart": ("protrans_cli.cli.quickstart", "Run the whole pipeline on the bundled example data (offline, CPU)."),
 }
 

@@ -20,7 +20,7 @@ _PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True)
 @click.argument("task", type=click.Choice(list(TASKS)))
 @click.option("--embeddings", required=True, type=click.Path(dir_okay=False), help="Training embeddings (HDF5).")
 @click.option("--labels", required=True, type=click.Path(dir_okay=False, allow_dash=True),
-              help="Training labels (NetSurfP CSV, FLIP FASTA, DeepLoc FASTA, id,label CSV/TSV).")
+              help="Training labels (NetSurfP CSV, PISCES CSV, FLIP FASTA, DeepLoc FASTA, id,label CSV/TSV).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
 @click.option("--valid", nargs=2, type=_PAIR, default=None, metavar="EMBEDDINGS LABELS",
               help="Validation set for early stopping.  [default: FLIP VALIDATION=True records, else "

@@ -13,6 +13,9 @@ Formats (detected from the content, or named with `fmt=`):
 - `deeploc`: DeepLoc FASTA: `>ID Location-M|S|U [test]` followed by the sequence. The membrane
   code is split off at the *last* `-`, so the dual label `Cytoplasm-Nucleus-U` gives the location
   `Cytoplasm-Nucleus` (what a task does with it is the task's decision, see tasks.py).
+- `pisces`: the PISCES-culled PDB secondary-structure table (Kaggle "protein-secondary-structure"):
+  CSV with `pdb_id,chain_code,seq,sst8,sst3,...`, unspaced strings, one letter per residue. The id
+  is `<pdb_id>_<chain_code>`; `*` (a non-standard residue there, not a stop) becomes `X`.
 - `table`: CSV or TSV of `id,label` (an optional header row; a third `set` column, as in the
   bio_embeddings DeepLoc annotations, is read as the split).
 """
@@ -32,7 +35,7 @@ from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
 
-FORMATS = ("auto", "netsurfp", "flip", "deeploc", "table")
+FORMATS = ("auto", "netsurfp", "pisces", "flip", "deeploc", "table")
 
 # Splits a record may declare for itself (FLIP's SET=/VALIDATION=, a table's set column).
 TRAIN, VALID, TEST = "train", "valid", "test"
@@ -86,6 +89,8 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None,
         fmt = sniff_format(text, name)
     if fmt == "netsurfp":
         label_set = _read_netsurfp(text, name, mask_columns)
+    elif fmt == "pisces":
+        label_set = _read_pisces(text, name)
     elif fmt == "flip":
         label_set = _read_flip(text, name)
     elif fmt == "deeploc":
@@ -112,6 +117,8 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
     columns = [c.strip().lower() for c in re.split(r"[,\t]", first)]
     if "dssp3" in columns or "dssp8" in columns:
         return "netsurfp"
+    if "sst3" in columns or "sst8" in columns:
+        return "pisces"
     if not first:
         raise InputError("is empty", path=name)
     return "table"
@@ -170,6 +177,53 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
     notes = ["NetSurfP CSVs carry no ids: ids are made from the sequence checksum (seq-<md5 prefix>)",
              f"evaluation mask: {' and '.join(mask_columns) or 'none'} = 1.0"]
     return LabelSet(name, "netsurfp", records, notes)
+
+
+# --- PISCES / Kaggle secondary-structure CSV -----------------------------------------------
+
+_PISCES_LABELS = {"sst3": "ss3", "sst8": "ss8"}
+
+
+def _read_pisces(text: str, name: str) -> LabelSet:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        raise InputError("is empty", path=name) from None
+    if "seq" not in header:
+        raise InputError(f"PISCES CSV without a seq column; header is {', '.join(header)}", path=name, line=1)
+    seq_col = header.index("seq")
+    label_cols = {task: header.index(col) for col, task in _PISCES_LABELS.items() if col in header}
+    if not label_cols:
+        raise InputError("PISCES CSV without an sst3 or sst8 column", path=name, line=1)
+    id_cols = [header.index(c) for c in ("pdb_id", "chain_code") if c in header]
+    records: list[LabelRecord] = []
+    stars = 0
+    for lineno, row in enumerate(reader, 2):
+        if not row or not any(f.strip() for f in row):
+            continue
+        if len(row) < len(header):
+            raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
+        seq = row[seq_col].strip().upper()
+        stars += seq.count("*")
+        seq = seq.replace("*", "X")
+        labels = {}
+        for task, idx in label_cols.items():
+            value = row[idx].strip()
+            if len(value) != len(seq):
+                raise InputError(f"{header[idx]} has {len(value)} labels for {len(seq)} residues",
+                                 path=name, line=lineno)
+            labels[task] = value
+        if id_cols:
+            ident = "_".join(row[i].strip() for i in id_cols)
+        else:
+            ident = "seq-" + sequence_checksum(seq).split(":", 1)[1][:12]
+        records.append(LabelRecord(ident, seq, labels, np.ones(len(seq), dtype=bool), None, lineno,
+                                   id_from_sequence=not id_cols))
+    notes = ["ids are <pdb_id>_<chain_code>" if id_cols else "ids are made from the sequence checksum"]
+    if stars:
+        notes.append(f"{stars} '*' (non-standard residues) read as X")
+    return LabelSet(name, "pisces", records, notes)
 
 
 # --- FLIP / biotrainer FASTA --------------------------------------------------------------
