@@ -302,3 +302,73 @@ def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_noth
     rest = train(_config(tmp_path / "parts", **kw), resume=True)
     assert rest.completed and rest.step == 10
     assert [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")] == whole.losses  # bit for bit on CPU
+
+
+def _same_weights(model, state):
+    own = model.state_dict()
+    assert set(state) <= set(own)
+    return all(torch.equal(own[k].float(), state[k].float()) for k in state)
+
+
+@pytest.mark.parametrize("family", ["bert", "electra", "t5"])
+def test_init_from_a_run_starts_from_its_exact_weights_and_resumes(tmp_path, family):
+    from safetensors.torch import load_file
+
+    from protrans_cli.training import loop
+
+    first = train(_config(tmp_path / "a", family, num_steps=8))
+    saved = load_file(first.last_checkpoint / "pretraining_model.safetensors")
+    kw = dict(init_from=str(first.run_dir), num_steps=6, log_every=1, seed=4, lr=1e-3)
+    got_family, tokenizer, model = loop._initial_model(_config(tmp_path / "b", **kw), None)
+    assert got_family.name == family and _same_weights(model, saved)
+    whole = train(_config(tmp_path / "whole", **kw))
+    assert whole.completed and json.loads((whole.run_dir / "train_config.json").read_text())["family"] == family
+    # Continued pretraining starts where the first run ended, not from random weights.
+    fresh = train(_config(tmp_path / "fresh", family, **{**kw, "init_from": None}))
+    assert whole.losses[0] < fresh.losses[0]
+    # A continued run resumes like any other, without reading the original model again.
+    part = train(_config(tmp_path / "parts", stop_after=3, **kw))
+    (first.run_dir / "config.json").unlink()
+    rest = train(_config(tmp_path / "parts", **kw), resume=True)
+    assert part.losses + rest.losses == whole.losses
+
+
+def test_init_from_a_plain_transformers_checkpoint(tmp_path, capsys):
+    """What the published ProtBert is: a BertForMaskedLM directory that transformers wrote."""
+    from transformers import BertForMaskedLM, BertModel, T5EncoderModel
+
+    from protrans_cli.models import FAMILIES
+    from protrans_cli.training import loop
+
+    bert = FAMILIES["bert"]
+    tokenizer = bert.build_tokenizer()
+    torch.manual_seed(1)
+    reference = BertForMaskedLM(bert.build_config("tiny", tokenizer))
+    reference.save_pretrained(tmp_path / "mlm")
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    _, _, model = loop._initial_model(_config(tmp_path / "r1", init_from=str(tmp_path / "mlm")), None)
+    assert type(model) is BertForMaskedLM and _same_weights(model, reference.state_dict())
+    assert "start from random" not in capsys.readouterr().err
+
+    # An encoder without the MLM head: the head starts from random, with a warning.
+    BertModel(reference.config).save_pretrained(tmp_path / "encoder")
+    tokenizer.save_pretrained(tmp_path / "encoder")
+    loop._initial_model(_config(tmp_path / "r2", init_from=str(tmp_path / "encoder")), None)
+    assert "start from random (e.g. cls.predictions" in capsys.readouterr().err
+
+    # An encoder-only T5 (like the published prot_t5_xl_half) has no decoder to continue with.
+    t5 = FAMILIES["t5"]
+    t5_tokenizer = t5.build_tokenizer()
+    T5EncoderModel(t5.build_config("tiny", t5_tokenizer)).save_pretrained(tmp_path / "t5enc")
+    t5_tokenizer.save_pretrained(tmp_path / "t5enc")
+    with pytest.raises(Exception, match="holds only .* of the weights of a t5 pretraining model"):
+        loop._initial_model(_config(tmp_path / "r3", init_from=str(tmp_path / "t5enc")), None)
+
+
+def test_init_from_errors_are_one_line(tmp_path, run_cli):
+    r = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "x", "--init-from", tmp_path / "nowhere")
+    assert r.exit_code == 1 and "no such model directory" in r.stderr and "Traceback" not in r.stderr
+    train(_config(tmp_path / "a", num_steps=2))
+    r = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "y", "--init-from", tmp_path / "a" / "run_bert",
+                "--set", "no_such_field=1", "--num-steps", "1")
+    assert r.exit_code == 2 and "--set no_such_field" in r.stderr

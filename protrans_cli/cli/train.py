@@ -19,6 +19,10 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="JSON or TOML file with any settings below (flag names with _ for -).")
 @click.option("--family", default=None, help="Model family (see --list-presets).  [default: bert]")
 @click.option("--preset", default=None, help="Size preset of the family: tiny, small, base, published sizes.  [default: tiny]")
+@click.option("--init-from", default=None, metavar="MODEL",
+              help="Continue pretraining an existing model: a protrans run/checkpoint or HF directory, a hub id "
+                   "or a short name (prot_bert...); its architecture, tokenizer and weights replace "
+                   "--family/--preset.")
 @click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
               help="Override an HF config field of the model (repeatable), e.g. --set num_hidden_layers=4.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=None,

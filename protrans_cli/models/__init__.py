@@ -139,20 +139,26 @@ def _parse_dtype(dtype):
         raise ModelError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)") from None
 
 
-def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_remote_code=False,
-               local_files_only=None) -> LoadedModel:
-    """Load a short name, a local model directory or a hub id for embedding.
+@dataclass
+class ModelSource:
+    """Where a model comes from, with its HF config read: what loading it needs next."""
 
-    The family comes from the checkpoint's config (model_type), the tokenizer and encoder
-    through the real `from_pretrained` code paths. `dtype=None` loads float32 (never the
-    checkpoint's half precision by surprise); the caller picks bf16/fp16 for a GPU.
-    A model that cannot be found (offline, not cached, no such repo) is a one-line ModelError.
-    """
+    name: str              # as the user gave it
+    target: str            # local directory or hub id
+    checkpoint: Checkpoint | None  # the published checkpoint a short name stands for
+    is_dir: bool
+    hub_kwargs: dict       # revision / local_files_only for every later from_pretrained
+    config: Any            # the transformers config
+    family: Family
+
+
+def open_config(name_or_path, *, revision=None, local_files_only=None, trust_remote_code=False) -> ModelSource:
+    """Resolve a short name, directory or hub id and read its config (no weights): a one-line
+    ModelError when it cannot be found (offline, not cached, no such repo) or is unsupported."""
     from transformers import AutoConfig
 
     name = str(name_or_path)
     target, checkpoint, is_dir = resolve_model(name)
-    torch_dtype = _parse_dtype(dtype)
     hub_kwargs: dict[str, Any] = {}
     if is_dir and revision is not None:
         from protrans_cli import console
@@ -177,7 +183,25 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
         raise ModelError(_not_found_message(name, target, is_dir, text)) from None
     except (OSError, KeyError) as exc:
         raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
-    family = family_for_config(config)
+    return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
+
+
+def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_remote_code=False,
+               local_files_only=None) -> LoadedModel:
+    """Load a short name, a local model directory or a hub id for embedding.
+
+    The family comes from the checkpoint's config (model_type), the tokenizer and encoder
+    through the real `from_pretrained` code paths. `dtype=None` loads float32 (never the
+    checkpoint's half precision by surprise); the caller picks bf16/fp16 for a GPU.
+    A model that cannot be found (offline, not cached, no such repo) is a one-line ModelError.
+    """
+    name = str(name_or_path)
+    torch_dtype = _parse_dtype(dtype)
+    source = open_config(name, revision=revision, local_files_only=local_files_only,
+                         trust_remote_code=trust_remote_code)
+    target, checkpoint, is_dir, hub_kwargs, config = (source.target, source.checkpoint, source.is_dir,
+                                                      source.hub_kwargs, source.config)
+    family = source.family
     with _quiet_transformers():
         try:
             tokenizer = family.load_tokenizer(target, **hub_kwargs)

@@ -121,15 +121,19 @@ class Family:
         """The HF class whose hidden states are the embeddings."""
         raise NotImplementedError
 
-    def load_pretraining_model(self, directory, **kwargs):
-        """The pretraining model (with its heads) saved in `directory`, e.g. to continue training."""
+    def load_pretraining_model(self, directory, *, config=None, **kwargs):
+        """The pretraining model (with its heads) saved in `directory` (or a hub id), e.g. to
+        continue training; `config` replaces the saved config (overridden fields), other kwargs
+        go to from_pretrained (dtype, revision, output_loading_info...)."""
         import torch
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(str(directory), **kwargs)
+        if config is None:
+            hub = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only")}
+            config = AutoConfig.from_pretrained(str(directory), **hub)
         with torch.device("meta"):
             model_class = type(self.pretraining_model(config))
-        return model_class.from_pretrained(str(directory), **kwargs)
+        return model_class.from_pretrained(str(directory), config=config, **kwargs)
 
     def save_pretrained(self, model, tokenizer, directory) -> None:
         """Write an HF model directory that `load_encoder` and `AutoModel` read back."""

@@ -75,11 +75,25 @@ def _pair_class():
             return cls(ElectraForPreTraining(config), ElectraForMaskedLM(generator_config(config)))
 
         @classmethod
-        def from_pretrained(cls, directory, **kwargs):
-            directory = Path(directory)
-            discriminator = ElectraForPreTraining.from_pretrained(directory, **kwargs)
-            generator = ElectraForMaskedLM.from_pretrained(directory / "generator", **kwargs)
-            return cls(discriminator, generator)
+        def from_pretrained(cls, directory, output_loading_info=False, config=None, **kwargs):
+            """The discriminator from `directory`, the generator from its `generator/` folder
+            (a local directory or a hub repository). With output_loading_info, also the
+            missing keys of both, prefixed like the pair's own state dict."""
+            directory = str(directory)
+            if config is not None:  # overridden fields apply to the discriminator
+                kwargs_d = {**kwargs, "config": config}
+            else:
+                kwargs_d = kwargs
+            discriminator, d_info = ElectraForPreTraining.from_pretrained(directory, output_loading_info=True,
+                                                                          **kwargs_d)
+            generator, g_info = ElectraForMaskedLM.from_pretrained(directory, subfolder="generator",
+                                                                   output_loading_info=True, **kwargs)
+            pair = cls(discriminator, generator)
+            if not output_loading_info:
+                return pair
+            missing = [f"discriminator.{k}" for k in d_info.get("missing_keys", [])]
+            missing += [f"generator.{k}" for k in g_info.get("missing_keys", [])]
+            return pair, {"missing_keys": missing}
 
         @property
         def config(self):
@@ -152,8 +166,8 @@ class ElectraFamily(Family):
     def pretraining_model(self, config):
         return electra_pair_class().from_config(config)
 
-    def load_pretraining_model(self, directory, **kwargs):
-        return electra_pair_class().from_pretrained(directory, **kwargs)
+    def load_pretraining_model(self, directory, *, config=None, **kwargs):
+        return electra_pair_class().from_pretrained(directory, config=config, **kwargs)
 
 
 FAMILY = ElectraFamily()

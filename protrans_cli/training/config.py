@@ -55,6 +55,10 @@ class TrainConfig:
     family: str = "bert"
     preset: str = "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # HF config kwargs
+    # Start from an existing model's architecture, tokenizer and weights (a protrans run or
+    # checkpoint directory, an HF model directory, a hub id or a short name such as prot_bert):
+    # continued, domain-adaptive pretraining. family and preset then come from that model.
+    init_from: str | None = None
     objective: str | None = None  # None: the family's objective
     # data
     corpus: list[str] = field(default_factory=list)

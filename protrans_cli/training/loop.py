@@ -18,6 +18,7 @@ forward passes and summed over ranks), so the gradient does not depend on how th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError
+from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig, grad_accum_steps
@@ -129,26 +130,30 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path)."""
     info = dist.setup()
     try:
-        run = _build(config, info, family)
+        run = _build(config, info, family, resume=resume)
         with StopRequest() as stop:
             return _loop(run, resume, stop)
     finally:
         dist.cleanup()
 
 
-def _build(config: TrainConfig, info: dist.DistInfo, family=None) -> _Run:
+def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None) -> _Run:
     config.validate(info.world_size)
     if config.threads:
         torch.set_num_threads(config.threads)
-    if family is None:
-        from protrans_cli.models import get_family
-
-        family = get_family(config.family)
     # The same seed on every rank: identical initial weights (DDP also broadcasts them).
     torch.manual_seed(config.seed)
-    tokenizer = family.build_tokenizer()
-    model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
-    model = family.pretraining_model(model_config)
+    if config.init_from:
+        family, tokenizer, model = _initial_model(config, resume)
+        config = dataclasses.replace(config, family=family.name)
+    else:
+        if family is None:
+            from protrans_cli.models import get_family
+
+            family = get_family(config.family)
+        tokenizer = family.build_tokenizer()
+        model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
+        model = family.pretraining_model(model_config)
     if info.world_size > 1:
         # From here on each rank draws its own dropout masks (and ELECTRA samples).
         torch.manual_seed(config.seed + info.rank)
@@ -172,11 +177,53 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None) -> _Run:
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and info.device.type == "cuda")
     autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if use_bf16 \
         else contextlib.nullcontext
-    dist.print0(f"train: {family.name}/{config.preset}, {num_params / 1e6:.2f}M parameters, "
+    what = f"{family.name} from {config.init_from}" if config.init_from else f"{family.name}/{config.preset}"
+    dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
                 f"strategy {strategy}, {'bf16 autocast' if use_bf16 else 'fp32'}")
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
                 run_dir, autocast)
+
+
+# Above this share of missing weights, --init-from is refused rather than half random.
+_MAX_MISSING_SHARE = 0.1
+
+
+def _initial_model(config: TrainConfig, resume):
+    """--init-from: (family, tokenizer, pretraining model) of an existing model, loaded through
+    from_pretrained in float32. On --resume the architecture and tokenizer come from the run's
+    checkpoint instead (its weights are loaded in _loop), so the original model is not needed again."""
+    from protrans_cli.models import open_config
+
+    if resume:
+        source = open_config(str(ckpt.find_checkpoint(config.output_dir if resume is True else resume)))
+    else:
+        source = open_config(config.init_from)
+    family, hf_config = source.family, source.config
+    for key, value in config.model_overrides.items():
+        if not hasattr(hf_config, key):
+            raise UsageError(f"--set {key}: the {family.name} config of {source.name} has no field {key!r}")
+        setattr(hf_config, key, value)
+    try:
+        tokenizer = family.load_tokenizer(source.target, **source.hub_kwargs)
+        if resume:
+            return family, tokenizer, family.pretraining_model(hf_config)
+        model, info = family.load_pretraining_model(source.target, config=hf_config, dtype=torch.float32,
+                                                    output_loading_info=True, **source.hub_kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"--init-from {source.name}: cannot load it as a {family.name} pretraining model: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    sizes = {k: v.numel() for k, v in model.state_dict().items()}
+    missing = [k for k in info.get("missing_keys", []) if k in sizes]
+    share = sum(sizes[k] for k in missing) / max(sum(sizes.values()), 1)
+    if share > _MAX_MISSING_SHARE:
+        raise ModelError(f"--init-from {source.name}: the checkpoint holds only {1 - share:.0%} of the weights of a "
+                         f"{family.name} pretraining model (none for e.g. {sorted(missing)[0]}); an encoder-only "
+                         "checkpoint cannot continue pretraining, use the full one")
+    if missing:
+        console.warn(f"--init-from {source.name}: {len(missing)} tensors are not in the checkpoint and start "
+                     f"from random (e.g. {sorted(missing)[0]}; usually a pretraining head)")
+    return family, tokenizer, model
 
 
 def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
