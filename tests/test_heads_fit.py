@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from protrans_cli.errors import UsageError
 from protrans_cli.heads.fit import FitConfig, fit
 from protrans_cli.heads.tasks import LOCATIONS, SS3, SS8, ss8_to_ss3
 from protrans_cli.io.h5 import EmbeddingsReader
@@ -395,3 +396,49 @@ def test_a_head_fit_on_the_gpu_predicts_like_on_the_cpu(run_cli, ss_data, tmp_pa
         outs[device] = out.read_text().splitlines()[1::2]
     agree = np.mean([a == b for x, y in zip(outs["cpu"], outs["cuda"]) for a, b in zip(x, y)])
     assert agree > 0.99
+
+
+def test_an_interrupted_fit_resumes_to_the_head_an_uninterrupted_fit_gives(ss_data, tmp_path, monkeypatch, run_cli):
+    from safetensors.torch import load_file
+
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.heads.fit import FitConfig, FitState, fit, partial_path
+
+    def config(**kw):
+        return FitConfig(**{**dict(task="ss3", max_epochs=4, patience=10, ensemble=2, max_residues=300, lr=0.02,
+                                   threads=1, n_bootstrap=10), **kw})
+
+    args = (ss_data / "train.h5", ss_data / "train.csv")
+    whole = fit(config(), *args, tmp_path / "whole")
+
+    save_epoch = FitState.save_epoch
+
+    def save_then_stop(self, current):  # Ctrl-C right after member 1's second epoch is saved
+        save_epoch(self, current)
+        if current["member"] == 1 and current["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    out = tmp_path / "parts"
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(), *args, out)
+    assert not out.exists() and (partial_path(out) / "state.pt").is_file()
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+
+    # Without --resume the kept state is neither lost nor silently reused; other settings are refused.
+    r = run_cli("fit", "ss3", "--embeddings", args[0], "--labels", args[1], "-o", out, "--max-epochs", "4")
+    assert r.exit_code == 2 and "holds an interrupted fit: add --resume" in r.stderr
+    with pytest.raises(UsageError, match=r"other settings or inputs \(lr\)"):
+        fit(config(resume=True, lr=0.03), *args, out)
+
+    trained = []
+    monkeypatch.setattr(fit_module, "_validate", lambda *a, _v=fit_module._validate: trained.append(1) or _v(*a))
+    parts = fit(config(resume=True), *args, out)
+    assert len(trained) == 2  # only member 1's epochs 3 and 4 were trained again
+    assert not partial_path(out).exists()
+    a, b = load_file(str(whole.head_dir / "weights.safetensors")), load_file(str(parts.head_dir / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit on the CPU
+    timing = ("train_seconds", "train_cpu_seconds", "seconds")
+    strip = [{k: v for k, v in h.items() if k not in timing} for h in whole.history]
+    assert [{k: v for k, v in h.items() if k not in timing} for h in parts.history] == strip
+    assert parts.metrics == whole.metrics

@@ -60,18 +60,19 @@ _PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True)
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
 @click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted fit kept in OUTPUT.partial (saved after every epoch).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
 def command(task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
             patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
             hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, cache_gb, n_bootstrap, threads, device,
-            force):
+            resume, force):
     """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein) on embeddings.
 
     \b
     protrans fit ss3 --embeddings train.h5 --labels Train_HHblits.csv.gz \\
         --test cb513.h5 CB513_HHblits.csv -o heads/ss3
     """
-    from protrans_cli.heads.fit import FitConfig, fit
+    from protrans_cli.heads.fit import FitConfig, fit, partial_path
 
     config = FitConfig(task=task, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
                        max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
@@ -79,5 +80,22 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
                        dropout=dropout, dual=dual, layer=layer,
                        on_mismatch="skip" if skip_mismatched else "error", cache_bytes=int(cache_gb * (1 << 30)),
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
-                       mask_columns=tuple(mask_columns), force=force, standardise=standardise, device=device)
-    fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None, tests=[tuple(t) for t in tests])
+                       mask_columns=tuple(mask_columns), force=force, standardise=standardise, device=device,
+                       resume=resume)
+    try:
+        fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None, tests=[tuple(t) for t in tests])
+    except KeyboardInterrupt as exc:
+        # One line naming what is kept, with main()'s exit codes (130 Ctrl-C, 143 SIGTERM).
+        import signal
+
+        from protrans_cli import console
+        from protrans_cli.cli import _Terminated
+        from protrans_cli.errors import EXIT_INTERRUPTED
+
+        terminated = isinstance(exc, _Terminated)
+        what = "terminated" if terminated else "interrupted"
+        if (partial_path(output) / "state.pt").is_file():
+            what += (f": the epochs finished so far are kept in {partial_path(output)}; "
+                     "run the same command with --resume to continue")
+        console.error(what)
+        raise click.exceptions.Exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED) from None

@@ -16,6 +16,7 @@ metrics and confusion matrices (also as metrics/<set>.<output>.png).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -62,6 +63,7 @@ class FitConfig:
     mask_columns: tuple[str, ...] = ("disorder",)  # NetSurfP columns whose 1.0 marks evaluated residues
     force: bool = False  # replace an existing head directory
     device: str = "auto"  # cuda when there is one, else cpu; or cpu, cuda, cuda:N, mps
+    resume: bool = False  # continue the interrupted fit kept in OUTPUT.partial
     standardise: bool = True  # per-protein heads: z-score the inputs with the training mean/std
 
     def check(self) -> None:
@@ -106,6 +108,9 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     per_residue = task.kind == PER_RESIDUE
     config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
                      patience=config.patience or (5 if per_residue else 10))
+    # Checked before any data is read: an interrupted fit is continued or knowingly replaced.
+    state = FitState.open(partial_path(out_dir), _fingerprint(config, embeddings, labels, valid, tests),
+                          resume=config.resume, force=config.force)
 
     # --- labels and data ---
     train_labels = _read(config, labels)
@@ -161,13 +166,22 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
 
     weights = _class_weights(task, train) if config.class_weights else None
 
-    # --- train each ensemble member ---
-    members, history = [], []
-    for member in range(config.ensemble):
+    # --- train each ensemble member, keeping a resumable state after every epoch ---
+    from protrans_cli.heads.model import build_head
+
+    members, history = [], list(state.history)
+    for saved in state.members:
+        model = build_head(task, train.dim, hidden=config.hidden, kernel=config.kernel, dropout=config.dropout)
+        model.load_state_dict(saved)
+        members.append(model.to(device).eval())
+    for member in range(len(members), config.ensemble):
         seed = config.seed + member
-        model, lines = _train_member(config, task, train, valid_data, seed, member, weights, device)
+        current = state.current if state.current and state.current["member"] == member else None
+        model, lines = _train_member(config, task, train, valid_data, seed, member, weights, device,
+                                     state=state, resume_from=current)
         members.append(model)
         history.extend(lines)
+        state.finish_member(model, lines)
 
     # --- evaluate and write the head directory ---
     from protrans_cli.heads.model import FORMAT_VERSION, Ensemble, save_head
@@ -210,8 +224,101 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    state.remove()
     console.info(f"wrote {out_dir}")
     return FitResult(out_dir, summary, history)
+
+
+def partial_path(out_dir) -> Path:
+    """Where an unfinished fit keeps its state: HEAD_DIR.partial/ next to the head directory."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".partial")
+
+
+# Settings that do not change what is trained: a resumed fit may differ in these.
+_NOT_IN_FINGERPRINT = ("threads", "force", "resume", "device", "n_bootstrap", "cache_bytes")
+
+
+def _fingerprint(config: FitConfig, embeddings, labels, valid, tests) -> dict:
+    settings = {k: v for k, v in _jsonable(asdict(config)).items() if k not in _NOT_IN_FINGERPRINT}
+    inputs = {"embeddings": str(embeddings), "labels": str(labels),
+              "valid": [str(p) for p in valid] if valid else None, "tests": [[str(p) for p in t] for t in tests]}
+    return {**settings, **inputs}
+
+
+class FitState:
+    """The resumable state of a fit, rewritten atomically after every epoch into
+    HEAD_DIR.partial/state.pt: finished members' weights, the current member's weights, Adam state,
+    random generators, early-stopping bookkeeping and history. `--resume` continues from it and
+    gives the head an uninterrupted run gives (bit for bit on the CPU); it is removed once the head
+    directory is written. Read back with torch.load(weights_only=True)."""
+
+    FILE = "state.pt"
+
+    def __init__(self, directory: Path, fingerprint: dict):
+        self.directory = directory
+        self.fingerprint = fingerprint
+        self.members: list[dict] = []   # finished members' (best) weights, on the CPU
+        self.history: list[dict] = []   # their metrics lines
+        self.current: dict | None = None  # the member in training, as of its last finished epoch
+
+    @classmethod
+    def open(cls, directory: Path, fingerprint: dict, *, resume: bool, force: bool) -> "FitState":
+        import torch
+
+        state = cls(directory, fingerprint)
+        path = directory / cls.FILE
+        if path.is_file() and not resume:
+            if not force:
+                raise UsageError(f"{directory} holds an interrupted fit: add --resume to continue it, "
+                                 "or --force to start over")
+            state.remove()
+        if resume and path.is_file():
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem
+                raise InputError(f"cannot read the saved fit state ({type(exc).__name__}: {exc}); "
+                                 "--force starts over", path=str(path)) from None
+            differ = sorted(k for k in set(fingerprint) | set(saved["fingerprint"])
+                            if fingerprint.get(k) != saved["fingerprint"].get(k))
+            if differ:
+                raise UsageError(f"{directory} was made with other settings or inputs ({', '.join(differ)}): "
+                                 "run the same command with --resume, or --force to start over")
+            state.members, state.history, state.current = saved["members"], saved["history"], saved["current"]
+            where = f"member {state.current['member']} after epoch {state.current['epoch']}" if state.current \
+                else f"{len(state.members)} member(s) finished"
+            console.info(f"resuming from {directory}: {where}")
+        elif resume:
+            console.info(f"nothing to resume in {directory}: starting from the beginning")
+        return state
+
+    def save_epoch(self, current: dict) -> None:
+        self.current = current
+        self._write()
+
+    def finish_member(self, model, lines: list[dict]) -> None:
+        self.members.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        self.history.extend(lines)
+        self.current = None
+        self._write()
+
+    def _write(self) -> None:
+        import os
+
+        import torch
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / (self.FILE + ".tmp")
+        torch.save({"fingerprint": self.fingerprint, "members": self.members, "history": self.history,
+                    "current": self.current}, tmp)
+        os.replace(tmp, self.directory / self.FILE)
+
+    def remove(self) -> None:
+        # Only what this class wrote: never a directory's other contents.
+        for name in (self.FILE, self.FILE + ".tmp"):
+            (self.directory / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
 
 
 
@@ -305,7 +412,8 @@ def _loss(task: Task, logits: dict, targets: dict, weights: dict | None):
     return total, counts
 
 
-def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member: int, weights, device=None):
+def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member: int, weights, device=None,
+                  state: FitState | None = None, resume_from: dict | None = None):
     import torch
 
     from protrans_cli.heads.model import build_head
@@ -324,7 +432,19 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
     # counts epochs that improve neither accuracy nor loss, so a head whose accuracy sits on the
     # majority class while its loss still falls keeps training.
     best_score, best_loss, best_state, best_epoch, last_progress, lines = -1.0, float("inf"), None, 0, 0, []
-    for epoch in range(1, config.max_epochs + 1):
+    first_epoch, stopped = 1, False
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        rng.bit_generator.state = json.loads(resume_from["numpy_rng"])
+        torch.set_rng_state(resume_from["torch_rng"])
+        best_state = {k: v.to(device) for k, v in resume_from["best_state"].items()}
+        best_score, best_loss, best_epoch = resume_from["best_score"], resume_from["best_loss"], resume_from["best_epoch"]
+        last_progress, lines, stopped = resume_from["last_progress"], list(resume_from["lines"]), resume_from["stopped"]
+        first_epoch = resume_from["epoch"] + 1
+    for epoch in range(first_epoch, config.max_epochs + 1):
+        if stopped:
+            break
         start, cpu_start = time.perf_counter(), time.process_time()
         model.train()
         loss_sum, batches = 0.0, 0
@@ -360,7 +480,16 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
         console.info(f"member {member} epoch {epoch}: train loss {line['train_loss']:.4f}, valid loss "
                      f"{valid_loss:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in valid_acc.items())
                      + f" ({line['seconds']:.1f} s){' *' if improved else ''}")
-        if epoch - last_progress >= config.patience:
+        stopped = epoch - last_progress >= config.patience
+        if state is not None:
+            state.save_epoch({
+                "member": member, "epoch": epoch, "stopped": stopped,
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(), "best_state": {k: v.cpu() for k, v in best_state.items()},
+                "best_score": best_score, "best_loss": best_loss, "best_epoch": best_epoch,
+                "last_progress": last_progress, "lines": lines})
+        if stopped:
             break
     model.load_state_dict(best_state)
     model.eval()
