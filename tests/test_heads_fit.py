@@ -442,3 +442,34 @@ def test_an_interrupted_fit_resumes_to_the_head_an_uninterrupted_fit_gives(ss_da
     strip = [{k: v for k, v in h.items() if k not in timing} for h in whole.history]
     assert [{k: v for k, v in h.items() if k not in timing} for h in parts.history] == strip
     assert parts.metrics == whole.metrics
+
+
+def test_predict_from_fasta_embeds_with_the_heads_model_and_keeps_the_fasta_order(run_cli, ss_data, loc_data, tmp_path):
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "2", *FAST, "-o", head).exit_code == 0
+    from_h5 = run_cli("predict", head, "--embeddings", ss_data / "test.h5")
+    assert from_h5.exit_code == 0
+    states = dict(zip(from_h5.stdout.splitlines()[::2], from_h5.stdout.splitlines()[1::2]))
+    # Reversed FASTA: the predictions follow it, and equal those made from embed's file.
+    records = ss_data.joinpath("test.fa").read_text().split(">")[1:]
+    reversed_fasta = tmp_path / "reversed.fa"
+    reversed_fasta.write_text("".join(">" + r for r in reversed(records)))
+    r = run_cli("predict", head, "--fasta", reversed_fasta, "-o", tmp_path / "pred.fa")
+    assert r.exit_code == 0, r.stderr
+    lines = (tmp_path / "pred.fa").read_text().splitlines()
+    assert lines[::2] == [">" + r.split(None, 1)[0] for r in reversed(records)]
+    assert dict(zip(lines[::2], lines[1::2])) == states
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".protrans-predict")] == []  # no leftovers
+    # stdin, a per-protein head, and the CSV in FASTA order
+    loc_head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "5", "-j", "1", "--bootstrap", "10", "-o", loc_head).exit_code == 0
+    r = run_cli("predict", loc_head, "--fasta", "-", input=(loc_data / "test.fasta").read_bytes())
+    assert r.exit_code == 0, r.stderr
+    ids = [row.split(",")[0] for row in r.stdout.splitlines()[1:]]
+    assert ids == [f"test{i}" for i in range(45)]
+    # usage errors
+    assert run_cli("predict", head).exit_code == 2
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-m", "onehot")
+    assert r.exit_code == 2 and "--model goes with --fasta" in r.stderr

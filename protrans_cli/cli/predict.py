@@ -3,6 +3,7 @@
     protrans predict heads/ss3 --embeddings query.h5 -o query.ss3.fa
     protrans predict heads/loc --embeddings query.h5 -o query.loc.csv
     protrans predict heads/ss3 --embeddings cb513.h5 --labels CB513_HHblits.csv --metrics cb513_metrics/
+    protrans predict heads/ss3 --fasta query.fa -o query.ss3.fa   # embeds with the head's model first
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from protrans_cli.heads.labels import FORMATS
 
 @click.command("predict", context_settings={"show_default": True})
 @click.argument("head", type=click.Path(file_okay=False, exists=True))
-@click.option("--embeddings", required=True, type=click.Path(dir_okay=False), help="Embeddings to predict on (HDF5).")
+@click.option("--embeddings", type=click.Path(dir_okay=False), default=None, help="Embeddings to predict on (HDF5).")
+@click.option("--fasta", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Sequences to predict on instead: embedded first with the model and layer the head was "
+                   "trained on (into a temporary file); predictions follow the FASTA's order.")
+@click.option("-m", "--model", default=None,
+              help="With --fasta: the embedding model, when not the one the head records (e.g. a local copy).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads); "
                    "'-' = stdout.  [default: stdout, unless only --labels is given]")
@@ -39,18 +45,21 @@ from protrans_cli.heads.labels import FORMATS
               help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
-def command(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
-            mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device):
+def command(head, embeddings, fasta, model, output, probabilities, head_output, labels, metrics_dir, label_format,
+            mask_path, mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device):
     """Apply a trained head to embeddings.
 
     \b
     protrans predict heads/ss3 --embeddings query.h5 -o query.ss3.fa
     protrans predict heads/loc --embeddings query.h5 -o query.loc.csv
+    protrans predict heads/ss3 --fasta query.fa -o query.ss3.fa
     """
-    from protrans_cli import console
     from protrans_cli.errors import UsageError
-    from protrans_cli.heads.predict import evaluate_head, predict
 
+    if (embeddings is None) == (fasta is None):
+        raise UsageError("give --embeddings (an HDF5 file from embed) or --fasta (sequences), one of them")
+    if model is not None and fasta is None:
+        raise UsageError("--model goes with --fasta (--embeddings were already made by a model)")
     if output is None and labels is None:
         output = "-"  # text output goes to stdout when -o is absent, as in every command
     import os
@@ -58,14 +67,37 @@ def command(head, embeddings, output, probabilities, head_output, labels, metric
     for out in (output, probabilities):
         # `-o query.h5` replaced the embeddings it had just read with the predictions.
         if out and out != "-" and os.path.isfile(out) and any(
-                src and src != "-" and os.path.isfile(src) and os.path.samefile(src, out) for src in (embeddings, labels)):
+                src and src != "-" and os.path.isfile(src) and os.path.samefile(src, out)
+                for src in (embeddings, fasta, labels)):
             raise UsageError(f"{out} is also an input: writing it would replace it (choose another name)")
     if metrics_dir is not None and labels is None:
         raise UsageError("--metrics needs --labels")
+    if fasta is not None:
+        import tempfile
+
+        from protrans_cli.heads.predict import embed_for_head
+
+        # Next to the output (embeddings of a proteome can be large), else in $TMPDIR.
+        where = os.path.dirname(os.path.abspath(output)) if output and output != "-" else None
+        with tempfile.TemporaryDirectory(prefix=".protrans-predict-", dir=where) as tmp:
+            embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads)
+            _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format,
+                 mask_path, mask_columns, skip_mismatched, allow_model_mismatch or model is not None,
+                 max_residues, threads, device, order)
+        return
+    _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
+         mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device, None)
+
+
+def _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
+         mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device, order):
+    from protrans_cli import console
+    from protrans_cli.heads.predict import evaluate_head, predict
+
     if output is not None:
         summary = predict(head, embeddings, output, probabilities=probabilities, output=head_output,
                           max_residues=max_residues, allow_model_mismatch=allow_model_mismatch, threads=threads,
-                          device=device)
+                          device=device, order=order)
         if output != "-":
             console.info(f"wrote predictions for {summary['proteins']} proteins to {output}")
     if labels is not None:

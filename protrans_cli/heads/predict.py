@@ -66,10 +66,52 @@ def _unescape(key: str) -> str:
     return unescape_key(key)
 
 
+def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, device: str = "auto",
+                   threads: int | None = None) -> tuple[Path, list[str]]:
+    """Embed a FASTA the way the head's training embeddings were made (its recorded model and
+    layer, per residue or per protein as the head needs): (HDF5 file in `directory`, the FASTA's
+    ids in input order). `model` replaces the recorded model (e.g. the same weights elsewhere)."""
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.heads.model import CONFIG
+    from protrans_cli.io.fasta import read_fasta
+
+    head_dir = Path(head_dir)
+    try:
+        config = json.loads((head_dir / CONFIG).read_text())
+        kind = config["kind"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"not a readable head directory ({type(exc).__name__})", path=str(head_dir)) from None
+    name = model or config.get("embedding", {}).get("model")
+    if not name:
+        raise UsageError(f"{head_dir} does not record which model made its embeddings: give --model")
+    directory = Path(directory)
+    if str(fasta) == "-":  # read twice (ids, then embed): keep stdin on disk
+        spooled = directory / "input.fasta"
+        with read_stdin() as stream, open(spooled, "wb") as fh:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                fh.write(chunk)
+        fasta = spooled
+    ids = [record.id for record in read_fasta(fasta)]
+    per_residue = kind == PER_RESIDUE
+    options = EmbedOptions(model=name, per_residue=per_residue, per_protein=not per_residue,
+                           layers=(int(config.get("layer", -1)),), device=device, threads=threads)
+    output = directory / "embeddings.h5"
+    console.info(f"embedding {len(ids)} proteins with {name} for the {config.get('task', {}).get('name', kind)} head")
+    embed(fasta, output, options)
+    return output, ids
+
+
+def read_stdin():
+    from protrans_cli.io.files import open_input
+
+    return open_input("-")
+
+
 def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None = None,
             max_residues: int = 8192, allow_model_mismatch: bool = False, threads: int | None = None,
-            device: str = "auto") -> dict:
-    """Write predictions for every protein in `embeddings` to `out`; returns {"proteins": n}."""
+            device: str = "auto", order: list[str] | None = None) -> dict:
+    """Write predictions for every protein in `embeddings` to `out`; returns {"proteins": n}.
+    `order`: ids in the order to write them (e.g. the FASTA's); others follow in file order."""
     import torch
 
     from protrans_cli.heads.fit import predict_data
@@ -87,6 +129,9 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         items = _all_items(reader, task.kind)
+    if order is not None:
+        rank = {ident: i for i, ident in enumerate(order)}
+        items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
     layer = config.get("layer", -1)
     if task.kind == PER_RESIDUE:
         data = ResidueData(embeddings, items, layer=layer)
