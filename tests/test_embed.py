@@ -129,26 +129,32 @@ def test_identical_sequences_are_computed_once(tmp_path, monkeypatch):
     assert len(seen) == len(set(seen)) == 5
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
-    full = read_all(_run(tmp_path / "full.h5", max_batch_size=1))
-    out = tmp_path / "resumed.h5"
+def _ctrl_c_on_batch(monkeypatch, n: int):
+    """Make the onehot embedder raise KeyboardInterrupt (a Ctrl-C) on its n-th batch; returns the
+    original method, to put back before resuming."""
     original = OneHotEmbedder.embed_batch
     calls = []
 
     def interrupted(self, seqs):
         calls.append(seqs)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise KeyboardInterrupt
         return original(self, seqs)
 
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", interrupted)
+    return original
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
+    full = read_all(_run(tmp_path / "full.h5", max_batch_size=1))
+    out = tmp_path / "resumed.h5"
+    original = _ctrl_c_on_batch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         _run(out, max_batch_size=1)
     assert not out.exists()
     partial = read_all(partial_path(out))
     assert 0 < len(partial) < len(full)  # readable, with what was done before the interruption
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
-    calls.clear()
     summary = embed(SMALL, out, EmbedOptions(model="onehot", max_batch_size=1, resume=True))
     assert summary.num_resumed == len(partial)
     resumed = read_all(out)
@@ -516,16 +522,7 @@ def test_resume_with_windows_equals_uninterrupted_run(tmp_path, monkeypatch):
     fasta = generated_fasta(tmp_path / "g.fa", 200)
     full = file_content(_run(tmp_path / "full.h5", fasta=fasta, window=10**6))
     out = tmp_path / "resumed.h5"
-    original = OneHotEmbedder.embed_batch
-    calls = []
-
-    def interrupted(self, seqs):
-        calls.append(seqs)
-        if len(calls) == 12:
-            raise KeyboardInterrupt
-        return original(self, seqs)
-
-    monkeypatch.setattr(OneHotEmbedder, "embed_batch", interrupted)
+    original = _ctrl_c_on_batch(monkeypatch, 12)
     with pytest.raises(KeyboardInterrupt):
         _run(out, fasta=fasta, window=20)
     partial = read_all(partial_path(out))
