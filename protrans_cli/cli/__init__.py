@@ -115,11 +115,18 @@ class _Terminated(KeyboardInterrupt):
 
 
 class _Stopped(Exception):
-    """Ctrl-C or SIGTERM on its way from a command to main(), out of click's reach."""
+    """Ctrl-C or SIGTERM on its way from a command to main(), out of click's reach; `detail`
+    says what was kept and how to continue."""
 
-    def __init__(self, terminated: bool):
-        super().__init__("terminated" if terminated else "interrupted")
+    def __init__(self, terminated: bool, detail: str | None = None):
+        super().__init__(("terminated" if terminated else "interrupted") + (f": {detail}" if detail else ""))
         self.terminated = terminated
+
+
+def stopped(exc: KeyboardInterrupt, detail: str | None = None) -> _Stopped:
+    """For a command that kept partial work: raise stopped(exc, "... kept in X; --resume ...")
+    from its `except KeyboardInterrupt`, and main() prints that one line and exits 130/143."""
+    return _Stopped(isinstance(exc, _Terminated), detail)
 
 
 def _on_sigterm(main_pid):
@@ -170,7 +177,7 @@ def _main(console, argv):
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, _Stopped) as exc:
         terminated = isinstance(exc, _Terminated) or getattr(exc, "terminated", False)
-        console.error("terminated" if terminated else "interrupted")
+        console.error(str(exc) if isinstance(exc, _Stopped) else "terminated" if terminated else "interrupted")
         sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
     except BrokenPipeError:
         _quiet_broken_pipe()

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
 
 import click
@@ -80,18 +79,11 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
     try:
         summary = embed(fasta, output, options)
     except KeyboardInterrupt as exc:
-        # Reported here, in one line, with main()'s exit codes (130 Ctrl-C, 143 SIGTERM): letting it
-        # propagate added click's blank line and main()'s bare "interrupted" after this one.
-        from protrans_cli.cli import _Terminated
-        from protrans_cli.errors import EXIT_INTERRUPTED
+        from protrans_cli.cli import stopped
 
-        terminated = isinstance(exc, _Terminated)
-        what = "terminated" if terminated else "interrupted"
-        if partial_path(output).exists():
-            what += (f": what was computed is in {partial_path(output)}; "
-                     "run the same command with --resume to finish")
-        console.error(what)
-        raise click.exceptions.Exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED) from None
+        kept = partial_path(output)
+        raise stopped(exc, f"what was computed is in {kept}; run the same command with --resume to finish"
+                      if kept.exists() else None) from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
         return
     rate = summary.residues_per_second

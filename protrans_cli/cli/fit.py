@@ -85,17 +85,8 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
     try:
         fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None, tests=[tuple(t) for t in tests])
     except KeyboardInterrupt as exc:
-        # One line naming what is kept, with main()'s exit codes (130 Ctrl-C, 143 SIGTERM).
-        import signal
+        from protrans_cli.cli import stopped
 
-        from protrans_cli import console
-        from protrans_cli.cli import _Terminated
-        from protrans_cli.errors import EXIT_INTERRUPTED
-
-        terminated = isinstance(exc, _Terminated)
-        what = "terminated" if terminated else "interrupted"
-        if (partial_path(output) / "state.pt").is_file():
-            what += (f": the epochs finished so far are kept in {partial_path(output)}; "
-                     "run the same command with --resume to continue")
-        console.error(what)
-        raise click.exceptions.Exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED) from None
+        kept = partial_path(output)
+        raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
+                      "to continue" if (kept / "state.pt").is_file() else None) from None

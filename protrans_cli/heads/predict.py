@@ -28,7 +28,7 @@ from protrans_cli import console
 from protrans_cli.errors import ModelError, UsageError
 from protrans_cli.heads.data import Matched, ProteinData, ResidueData, _source_kind, load_data
 from protrans_cli.heads.labels import read_labels
-from protrans_cli.io.files import atomic_output
+from protrans_cli.io.files import atomic_output, open_input
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
 
 
@@ -87,7 +87,7 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     directory = Path(directory)
     if str(fasta) == "-":  # read twice (ids, then embed): keep stdin on disk
         spooled = directory / "input.fasta"
-        with read_stdin() as stream, open(spooled, "wb") as fh:
+        with open_input("-") as stream, open(spooled, "wb") as fh:
             for chunk in iter(lambda: stream.read(1 << 20), b""):
                 fh.write(chunk)
         fasta = spooled
@@ -99,12 +99,6 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     console.info(f"embedding {len(ids)} proteins with {name} for the {config.get('task', {}).get('name', kind)} head")
     embed(fasta, output, options)
     return output, ids
-
-
-def read_stdin():
-    from protrans_cli.io.files import open_input
-
-    return open_input("-")
 
 
 def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None = None,
