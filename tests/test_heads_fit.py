@@ -473,3 +473,33 @@ def test_predict_from_fasta_embeds_with_the_heads_model_and_keeps_the_fasta_orde
     assert run_cli("predict", head).exit_code == 2
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-m", "onehot")
     assert r.exit_code == 2 and "--model goes with --fasta" in r.stderr
+
+
+def test_predict_in_slices_writes_what_one_pass_writes(run_cli, ss_data, loc_data, tmp_path, monkeypatch):
+    """predict works through big files a slice at a time; the slicing must not show in the output."""
+    from protrans_cli.heads import predict as predict_module
+
+    ss_head, loc_head = tmp_path / "ss", tmp_path / "loc"
+    assert run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "2", *FAST, "-o", ss_head).exit_code == 0
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "3", "-j", "1", "--bootstrap", "10", "-o", loc_head).exit_code == 0
+
+    def outputs(tag):
+        run_cli("predict", ss_head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / f"{tag}.fa",
+                "--probabilities", tmp_path / f"{tag}.h5")
+        run_cli("predict", loc_head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / f"{tag}.csv")
+        with h5py.File(tmp_path / f"{tag}.h5") as h5:
+            probs = {f"{o}/{k}": h5[o][k][()] for o in ("ss3", "ss8") for k in h5[o]}
+        return (tmp_path / f"{tag}.fa").read_text(), (tmp_path / f"{tag}.csv").read_text(), probs
+
+    whole = outputs("whole")
+    monkeypatch.setattr(predict_module, "CHUNK_RESIDUES", 70)  # a protein or two at a time
+    monkeypatch.setattr(predict_module, "CHUNK_PROTEINS", 4)
+    sliced = outputs("sliced")
+    assert sliced[0] == whole[0] and sliced[1] == whole[1]
+    assert len(whole[0].splitlines()) == 40 and len(whole[1].splitlines()) == 46
+    assert sliced[2].keys() == whole[2].keys() and len(whole[2]) == 40
+    for key in whole[2]:
+        np.testing.assert_allclose(sliced[2][key], whole[2][key], rtol=0, atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

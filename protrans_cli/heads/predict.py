@@ -127,60 +127,100 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         rank = {ident: i for i, ident in enumerate(order)}
         items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
     layer = config.get("layer", -1)
-    if task.kind == PER_RESIDUE:
-        data = ResidueData(embeddings, items, layer=layer)
-    else:
-        if probabilities is not None:
-            raise UsageError("--probabilities is for per-residue heads; the CSV already holds probabilities")
-        data = ProteinData(embeddings, items, layer=layer)
-    probs = predict_data(ensemble, task, data, max_residues=max_residues)
-    if task.kind == PER_RESIDUE:
-        chosen = output or names[0]
-        classes = next(o.classes for o in task.outputs if o.name == chosen)
-        table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
-        with atomic_output(out) as stream:
-            for item, p in zip(items, probs[chosen]):
-                stream.write(b">" + item.id.encode() + b"\n" + table[p.argmax(-1)].tobytes() + b"\n")
-        if probabilities is not None:
-            _write_probabilities(probabilities, task, items, probs)
-    else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        header = ["id"]
-        for o in task.outputs:
-            header += [o.name] + [f"{o.name}:{c}" for c in o.classes]
-        writer.writerow(header)
-        for i, item in enumerate(items):
-            row = [item.id]
+    per_residue = task.kind == PER_RESIDUE
+    if probabilities is not None and not per_residue:
+        raise UsageError("--probabilities is for per-residue heads; the CSV already holds probabilities")
+    chosen = output or names[0]
+    classes = next(o.classes for o in task.outputs if o.name == chosen)
+    table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
+    with contextlib.ExitStack() as stack:
+        stream = stack.enter_context(atomic_output(out))
+        writer = stack.enter_context(_ProbabilityWriter(probabilities, task)) if probabilities is not None else None
+        if not per_residue:
+            header = ["id"]
             for o in task.outputs:
-                p = probs[o.name][i]
-                row += [o.classes[int(p.argmax())]] + [f"{v:.4f}" for v in p]
-            writer.writerow(row)
-        with atomic_output(out) as stream:
-            stream.write(buffer.getvalue().encode())
+                header += [o.name] + [f"{o.name}:{c}" for c in o.classes]
+            stream.write(_csv_line(header))
+        # A slice of the proteins at a time, written as it is predicted: memory stays bounded
+        # (embeddings read and probabilities held) whatever the size of the file.
+        for part in _slices(items, CHUNK_RESIDUES if per_residue else CHUNK_PROTEINS, per_residue):
+            data = (ResidueData if per_residue else ProteinData)(embeddings, part, layer=layer)
+            probs = predict_data(ensemble, task, data, max_residues=max_residues)
+            if per_residue:
+                stream.write(b"".join(b">" + item.id.encode() + b"\n" + table[p.argmax(-1)].tobytes() + b"\n"
+                                      for item, p in zip(part, probs[chosen])))
+                if writer is not None:
+                    writer.add(part, probs)
+            else:
+                for i, item in enumerate(part):
+                    row = [item.id]
+                    for o in task.outputs:
+                        p = probs[o.name][i]
+                        row += [o.classes[int(p.argmax())]] + [f"{v:.4f}" for v in p]
+                    stream.write(_csv_line(row))
     return {"proteins": len(items)}
 
 
-def _write_probabilities(path, task, items, probs) -> None:
-    import h5py
+CHUNK_RESIDUES = 2_000_000  # per-residue heads: residues predicted at a time (< 100 MB of ss3+ss8 probabilities)
+CHUNK_PROTEINS = 50_000     # per-protein heads: proteins at a time (200 MB of 1024-d embeddings)
 
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs["task"] = task.name
-            for o in task.outputs:
-                h5.attrs[f"classes_{o.name}"] = "".join(o.classes) if all(len(c) == 1 for c in o.classes) \
-                    else json.dumps(list(o.classes))
-                group = h5.create_group(o.name)
-                for item, p in zip(items, probs[o.name]):
-                    ds = group.create_dataset(escape_key(item.id), data=p.astype(np.float32))  # (L, C)
-                    ds.attrs["id"] = item.id
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+
+def _slices(items: list[Matched], budget: int, by_residues: bool):
+    """Consecutive slices of `items`, each within `budget` residues (or proteins); never empty."""
+    start, used = 0, 0
+    for i, item in enumerate(items):
+        size = max(item.length, 1) if by_residues else 1
+        if i > start and used + size > budget:
+            yield items[start:i]
+            start, used = i, 0
+        used += size
+    if start < len(items):
+        yield items[start:]
+
+
+def _csv_line(row: list) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(row)
+    return buffer.getvalue().encode()
+
+
+class _ProbabilityWriter:
+    """Per-residue probabilities, /<output>/<key> float32 (L, C), written as they come into a
+    temporary file that replaces `path` only when the run succeeds."""
+
+    def __init__(self, path, task):
+        self.target = Path(path)
+        self.task = task
+
+    def __enter__(self):
+        import h5py
+
+        parent = self.target.parent if str(self.target.parent) else Path(".")
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        self.h5 = h5py.File(self.tmp, "w")
+        self.h5.attrs["task"] = self.task.name
+        for o in self.task.outputs:
+            self.h5.attrs[f"classes_{o.name}"] = "".join(o.classes) if all(len(c) == 1 for c in o.classes) \
+                else json.dumps(list(o.classes))
+            self.h5.create_group(o.name)
+        return self
+
+    def add(self, items, probs) -> None:
+        for o in self.task.outputs:
+            group = self.h5[o.name]
+            for item, p in zip(items, probs[o.name]):
+                ds = group.create_dataset(escape_key(item.id), data=p.astype(np.float32))  # (L, C)
+                ds.attrs["id"] = item.id
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.h5.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
 
 
 def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
