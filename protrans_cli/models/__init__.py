@@ -152,9 +152,11 @@ class ModelSource:
     family: Family
 
 
-def open_config(name_or_path, *, revision=None, local_files_only=None, trust_remote_code=False) -> ModelSource:
+def open_config(name_or_path, *, revision=None, local_files_only=None, trust_remote_code=False,
+                flag: str = "-m") -> ModelSource:
     """Resolve a short name, directory or hub id and read its config (no weights): a one-line
-    ModelError when it cannot be found (offline, not cached, no such repo) or is unsupported."""
+    ModelError when it cannot be found (offline, not cached, no such repo) or is unsupported;
+    `flag` is the option the message tells the user to pass a local directory with."""
     from transformers import AutoConfig
 
     name = str(name_or_path)
@@ -180,9 +182,9 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, trust_rem
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "model type" in text or "model_type" in text:
             raise ModelError(f"{name}: unsupported model ({text})") from None
-        raise ModelError(_not_found_message(name, target, is_dir, text)) from None
+        raise ModelError(_not_found_message(name, target, is_dir, text, flag)) from None
     except (OSError, KeyError) as exc:
-        raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
+        raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc), flag)) from None
     return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
 
 
@@ -275,11 +277,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _not_found_message(name: str, target: str, is_dir: bool, reason: str) -> str:
+def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: str = "-m") -> str:
     if is_dir:
         return f"{name}: cannot load the model directory: {reason}"
     why = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "it could not be downloaded"
     return (f"cannot load model {name!r}: no local directory of that name, and the hub model {target} "
             f"is not in the local Hugging Face cache and {why}; "
             f"download it where there is network (`hf download {target} --local-dir DIR`) "
-            f"and pass the directory: -m DIR")
+            f"and pass the directory: {flag} DIR")

@@ -198,7 +198,7 @@ def _initial_model(config: TrainConfig, resume):
     if resume:
         source = open_config(str(ckpt.find_checkpoint(config.output_dir if resume is True else resume)))
     else:
-        source = open_config(config.init_from)
+        source = open_config(config.init_from, flag="--init-from")
     family, hf_config = source.family, source.config
     for key, value in config.model_overrides.items():
         if not hasattr(hf_config, key):
