@@ -503,3 +503,49 @@ def test_predict_in_slices_writes_what_one_pass_writes(run_cli, ss_data, loc_dat
     for key in whole[2]:
         np.testing.assert_allclose(sliced[2][key], whole[2][key], rtol=0, atol=1e-6)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_value_task_regression_from_a_flip_csv(run_cli, tmp_path):
+    """FLIP's per-protein regression splits: fit learns a value that follows the composition."""
+    rng = np.random.default_rng(3)
+    rows = ["sequence,target,set,validation"]
+    for i in range(260):
+        seq = "".join(rng.choice(list(AA), size=int(rng.integers(40, 70))))
+        target = 10 * (seq.count("K") + seq.count("R")) / len(seq) + rng.normal(0, 0.05)
+        split = "test" if i >= 200 else "train"
+        rows.append(f"{seq},{target:.4f},{split},{'True' if split == 'train' and i % 5 == 0 else 'False'}")
+    labels = tmp_path / "gb1_like.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    assert run_cli("labels", labels, "-o", tmp_path / "all.fa").exit_code == 0
+    assert run_cli("embed", tmp_path / "all.fa", "-m", "onehot", "--per-protein", "-o", tmp_path / "all.h5").exit_code == 0
+    head = tmp_path / "value"
+    r = run_cli("fit", "value", "--embeddings", tmp_path / "all.h5", "--labels", labels, "--max-epochs", "150",
+                "--lr", "0.01", "-j", "1", "--bootstrap", "50", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "Spearman" in r.stderr
+    summary = json.loads((head / "metrics.json").read_text())
+    assert summary["test"]["value"]["metric"] == "Spearman" and summary["test"]["value"]["n"] == 60
+    assert summary["test"]["value"]["spearman"] > 0.8
+    config = json.loads((head / "config.json").read_text())
+    mean, std = config["task"]["outputs"][0]["scale"]
+    assert 0 < std and 0 < mean < 10
+    assert (head / "metrics" / "test.value.png").is_file()
+    # predict writes id,value in the target's own unit, and --labels scores it the same way
+    out = tmp_path / "pred.csv"
+    r = run_cli("predict", head, "--embeddings", tmp_path / "all.h5", "-o", out, "--labels", labels)
+    assert r.exit_code == 0, r.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,value" and len(lines) == 261
+    predicted = {line.split(",")[0]: float(line.split(",")[1]) for line in lines[1:]}
+    from protrans_cli.heads.labels import read_labels
+
+    truth = {rec.id: float(rec.labels["label"]) for rec in read_labels(labels).records}
+    assert np.mean([abs(predicted[k] - truth[k]) for k in truth]) < 0.5 * np.std(list(truth.values()))
+    # classification-only options are refused; a non-number label names its line
+    r = run_cli("fit", "value", "--embeddings", tmp_path / "all.h5", "--labels", labels, "--class-weights",
+                "-o", tmp_path / "cw")
+    assert r.exit_code == 2 and "regression" in r.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text(labels.read_text().replace(rows[3].split(",")[1], "high", 1))
+    r = run_cli("fit", "value", "--embeddings", tmp_path / "all.h5", "--labels", bad, "-o", tmp_path / "b")
+    assert r.exit_code == 1 and "'high' is not a number" in r.stderr and "bad.csv:4" in r.stderr

@@ -110,3 +110,17 @@ def test_fnn_shapes_and_standardisation():
     model.standardise_with(x)
     torch.testing.assert_close(((x - model.shift) / model.scale).mean(0), torch.zeros(4), atol=1e-3, rtol=0)
     torch.testing.assert_close(((x - model.shift) / model.scale).std(0), torch.ones(4), atol=1e-3, rtol=0)
+
+
+def test_spearman_by_hand_with_and_without_ties():
+    from protrans_cli.heads.metrics import evaluate_values, pearson, ranks, spearman
+
+    # no ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1)) = 1 - 6 * 4 / 120
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    assert ranks([10, 20, 20, 30]).tolist() == [1, 2.5, 2.5, 4]  # ties share their mean rank
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) == 0.0  # constant side: no correlation, not NaN
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    m = evaluate_values(np.array([1.0, 2.0, np.nan, 4.0]), np.array([1.5, 2.0, 9.0, 3.5]), n_boot=50)
+    assert m["n"] == 3 and m["spearman"] == pytest.approx(1.0)  # the NaN target is left out
+    assert m["mae"] == pytest.approx((0.5 + 0 + 0.5) / 3) and m["mse"] == pytest.approx((0.25 + 0.25) / 3)

@@ -24,7 +24,7 @@ COMMANDS = {
     "train": ("protrans_cli.cli.train", "Pretrain a protein language model (one GPU, many GPUs or nodes via torchrun)."),
     "embed": ("protrans_cli.cli.embed", "FASTA to per-residue and per-protein embeddings in HDF5."),
     "models": ("protrans_cli.cli.models", "List model families, presets and published checkpoints."),
-    "fit": ("protrans_cli.cli.fit", "Train a prediction head (ss3/ss8/loc/...) on embeddings."),
+    "fit": ("protrans_cli.cli.fit", "Train a prediction head (ss3/ss8/loc/value/...) on embeddings."),
     "predict": ("protrans_cli.cli.predict", "Apply a trained head to embeddings."),
     "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, PISCES, FLIP, DeepLoc, CSV) to FASTA for embed."),
     "quickstart": ("protrans_cli.cli.quickstart", "Run the whole pipeline on the bundled example data (offline, CPU)."),

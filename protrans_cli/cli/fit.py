@@ -20,7 +20,7 @@ _PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True)
 @click.argument("task", type=click.Choice(list(TASKS)))
 @click.option("--embeddings", required=True, type=click.Path(dir_okay=False), help="Training embeddings (HDF5).")
 @click.option("--labels", required=True, type=click.Path(dir_okay=False, allow_dash=True),
-              help="Training labels (NetSurfP CSV, PISCES CSV, FLIP FASTA, DeepLoc FASTA, id,label CSV/TSV).")
+              help="Training labels (NetSurfP CSV, PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, id,label CSV/TSV).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
 @click.option("--valid", nargs=2, type=_PAIR, default=None, metavar="EMBEDDINGS LABELS",
               help="Validation set for early stopping.  [default: FLIP VALIDATION=True records, else "
@@ -66,7 +66,7 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
             patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
             hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, cache_gb, n_bootstrap, threads, device,
             resume, force):
-    """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein) on embeddings.
+    """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein/value) on embeddings.
 
     \b
     protrans fit ss3 --embeddings train.h5 --labels Train_HHblits.csv.gz \\

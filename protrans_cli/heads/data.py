@@ -369,7 +369,8 @@ class ProteinData:
                 rows.append(_select_layer(array, 1, layer))
         self.x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)  # (N, D)
         self.dim = int(self.x.shape[1])
-        self.targets = {name: np.array([m.targets[name] for m in items], dtype=np.int64) for name in items[0].targets}
+        # Class indices (int64), or float32 for value outputs (NaN = not counted).
+        self.targets = {name: _target_array([m.targets[name] for m in items]) for name in (items[0].targets if items else {})}
         self.lengths = np.array([m.length for m in items], dtype=np.int64)
 
     def batches(self, batch_size: int = 64, shuffle: bool = False, rng=None, **_) -> Iterator[Batch]:
@@ -380,6 +381,12 @@ class ProteinData:
             index = order[start:start + batch_size]
             yield Batch(torch.from_numpy(self.x[index]), None,
                         {k: torch.from_numpy(v[index]) for k, v in self.targets.items()}, index)
+
+
+def _target_array(values: list) -> np.ndarray:
+    if any(isinstance(v, float) for v in values):
+        return np.array(values, dtype=np.float32)
+    return np.array(values, dtype=np.int64)
 
 
 def load_data(embeddings, label_set: LabelSet, task: Task, *, on_mismatch: str = "error", layer: int = -1,

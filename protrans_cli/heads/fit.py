@@ -31,7 +31,8 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, UsageError
 from protrans_cli.heads.data import DEFAULT_CACHE_BYTES, ProteinData, load_data, subset
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
-from protrans_cli.heads.metrics import evaluate, print_report, save_confusion_png, summary_line
+from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
+                                        save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 
@@ -164,6 +165,10 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
 
+    if any(o.is_value for o in task.outputs):
+        if config.class_weights:
+            raise UsageError("--class-weights is for classification; the value task is a regression")
+        task = task.with_scale_from(train.targets)
     weights = _class_weights(task, train) if config.class_weights else None
 
     # --- train each ensemble member, keeping a resumable state after every epoch ---
@@ -186,7 +191,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     # --- evaluate and write the head directory ---
     from protrans_cli.heads.model import FORMAT_VERSION, Ensemble, save_head
 
-    ensemble = Ensemble(members).eval()  # on `device`: evaluation runs there too
+    ensemble = Ensemble(members, task).eval()  # on `device`: evaluation runs there too
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         (tmp / "metrics").mkdir()
@@ -403,6 +408,13 @@ def _loss(task: Task, logits: dict, targets: dict, weights: dict | None):
     total, counts = 0.0, {}
     for output in task.outputs:
         t = targets[output.name].reshape(-1)  # (B*L,) or (B,)
+        if output.is_value:  # mean squared error on z-scores, over the proteins with a value
+            keep = ~t.isnan()
+            counts[output.name] = n = int(keep.sum())
+            if n:
+                mean, std = output.scale
+                total = total + F.mse_loss(logits[output.name].reshape(-1)[keep], (t[keep] - mean) / std)
+            continue
         z = logits[output.name].reshape(t.shape[0], -1)  # (B*L, C)
         n = int((t != IGNORE).sum())
         counts[output.name] = n
@@ -505,6 +517,7 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
     loss_sum, n_sum = 0.0, 0
     correct = {o.name: 0 for o in task.outputs}
     total = {o.name: 0 for o in task.outputs}
+    values = {o.name: ([], []) for o in task.outputs if o.is_value}  # predicted z, true z
     with torch.no_grad():
         for batch in _batches(data, config, False):
             batch = batch.to(device)
@@ -515,10 +528,18 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
             n_sum += n
             for name, z in logits.items():
                 t = batch.targets[name]
+                if name in values:
+                    keep = ~t.isnan()
+                    values[name][0].append(z.reshape(-1)[keep].cpu().numpy())
+                    values[name][1].append(t[keep].cpu().numpy())
+                    continue
                 keep = t != IGNORE
                 correct[name] += int((z.argmax(-1)[keep] == t[keep]).sum())
                 total[name] += int(keep.sum())
-    return loss_sum / max(n_sum, 1), {k: correct[k] / total[k] if total[k] else 0.0 for k in correct}
+    scores = {k: correct[k] / total[k] if total[k] else 0.0 for k in correct}
+    for name, (predicted, true) in values.items():  # value outputs: Spearman's rho, as evaluated
+        scores[name] = spearman(np.concatenate(predicted), np.concatenate(true)) if predicted else 0.0
+    return loss_sum / max(n_sum, 1), scores
 
 
 def predict_data(ensemble, task: Task, data, *, max_residues: int = 8192, batch_size: int = 256):
@@ -541,6 +562,12 @@ def evaluate_data(ensemble, task: Task, data, *, n_boot: int = 1000, max_residue
     probs = predict_data(ensemble, task, data, max_residues=max_residues)
     result = {}
     for output in task.outputs:
+        if output.is_value:
+            y_true = np.array([item.targets[output.name] for item in data.items], dtype=np.float64)
+            y_pred = np.array([p[0] for p in probs[output.name]], dtype=np.float64)
+            result[output.name] = {**evaluate_values(y_true, y_pred, n_boot=n_boot, seed=seed),
+                                   "true": y_true.tolist(), "predicted": y_pred.tolist()}
+            continue
         y_true = [np.atleast_1d(item.targets[output.name]) for item in data.items]
         y_pred = [np.atleast_1d(p.argmax(-1)) for p in probs[output.name]]
         result[output.name] = evaluate(y_true, y_pred, output.classes, metric=output.metric, n_boot=n_boot,
@@ -556,6 +583,13 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
     headline = {}
     for output, m in result.items():
         console.info(summary_line(name, output, m))
+        if m.get("kind") == "value":
+            if m.get("n", 0) >= 2:
+                save_scatter_png(m["true"], m["predicted"], directory / f"{safe}.{output}.png",
+                                 f"{name} {output}: Spearman {m['spearman']:.3f}")
+            headline[output] = {k: m.get(k) for k in ("metric", "spearman", "ci95", "pearson", "mse", "mae", "r2",
+                                                       "n", "n_proteins")}
+            continue
         if console.state.verbosity >= 1:
             print_report(name, output, m)
         if m.get("n"):

@@ -16,6 +16,8 @@ Formats (detected from the content, or named with `fmt=`):
 - `pisces`: the PISCES-culled PDB secondary-structure table (Kaggle "protein-secondary-structure"):
   CSV with `pdb_id,chain_code,seq,sst8,sst3,...`, unspaced strings, one letter per residue. The id
   is `<pdb_id>_<chain_code>`; `*` (a non-standard residue there, not a stop) becomes `X`.
+- `flip_csv`: FLIP's per-protein splits (GB1, AAV, meltome...): CSV with `sequence,target,set,
+  validation`; ids made from the sequence checksum as for NetSurfP, `set`/`validation` the split.
 - `table`: CSV or TSV of `id,label` (an optional header row; a third `set` column, as in the
   bio_embeddings DeepLoc annotations, is read as the split).
 """
@@ -35,7 +37,7 @@ from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
 
-FORMATS = ("auto", "netsurfp", "pisces", "flip", "deeploc", "table")
+FORMATS = ("auto", "netsurfp", "pisces", "flip", "flip_csv", "deeploc", "table")
 
 # Splits a record may declare for itself (FLIP's SET=/VALIDATION=, a table's set column).
 TRAIN, VALID, TEST = "train", "valid", "test"
@@ -93,6 +95,8 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None,
         label_set = _read_pisces(text, name)
     elif fmt == "flip":
         label_set = _read_flip(text, name)
+    elif fmt == "flip_csv":
+        label_set = _read_flip_csv(text, name)
     elif fmt == "deeploc":
         label_set = _read_deeploc(text, name)
     else:
@@ -119,6 +123,8 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
         return "netsurfp"
     if "sst3" in columns or "sst8" in columns:
         return "pisces"
+    if "sequence" in columns and "target" in columns:
+        return "flip_csv"
     if not first:
         raise InputError("is empty", path=name)
     return "table"
@@ -170,13 +176,51 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
                 mask &= np.asarray(tokens, dtype=np.float32) == 1.0
             except ValueError:
                 raise InputError(f"{col_name} holds a value that is not a number", path=name, line=lineno) from None
-        base = "seq-" + sequence_checksum(seq).split(":", 1)[1][:12]
-        seen[base] = seen.get(base, 0) + 1
-        ident = base if seen[base] == 1 else f"{base}-{seen[base]}"
-        records.append(LabelRecord(ident, seq, labels, mask, None, lineno, id_from_sequence=True))
+        records.append(LabelRecord(_sequence_id(seq, seen), seq, labels, mask, None, lineno, id_from_sequence=True))
     notes = ["NetSurfP CSVs carry no ids: ids are made from the sequence checksum (seq-<md5 prefix>)",
              f"evaluation mask: {' and '.join(mask_columns) or 'none'} = 1.0"]
     return LabelSet(name, "netsurfp", records, notes)
+
+
+def _sequence_id(seq: str, seen: dict[str, int]) -> str:
+    """`seq-<first 12 hex of md5>`, then `-2`, `-3`... for repeats (counted in `seen`): the stable
+    id of a record whose file gives only its sequence."""
+    base = "seq-" + sequence_checksum(seq).split(":", 1)[1][:12]
+    seen[base] = seen.get(base, 0) + 1
+    return base if seen[base] == 1 else f"{base}-{seen[base]}"
+
+
+# --- FLIP per-protein CSV ------------------------------------------------------------------
+
+
+def _read_flip_csv(text: str, name: str) -> LabelSet:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        raise InputError("is empty", path=name) from None
+    missing = [c for c in ("sequence", "target") if c not in header]
+    if missing:
+        raise InputError(f"FLIP CSV without a {' or '.join(missing)} column; header is {', '.join(header)}",
+                         path=name, line=1)
+    seq_col, target_col = header.index("sequence"), header.index("target")
+    set_col = header.index("set") if "set" in header else None
+    valid_col = header.index("validation") if "validation" in header else None
+    records: list[LabelRecord] = []
+    seen: dict[str, int] = {}
+    for lineno, row in enumerate(reader, 2):
+        if not row or not any(f.strip() for f in row):
+            continue
+        if len(row) < len(header):
+            raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
+        seq = row[seq_col].strip().upper()
+        split = row[set_col].strip().lower() if set_col is not None and row[set_col].strip() else None
+        if split == TRAIN and valid_col is not None and row[valid_col].strip().lower() == "true":
+            split = VALID
+        records.append(LabelRecord(_sequence_id(seq, seen), seq, {"label": row[target_col].strip()}, None, split,
+                                   lineno, id_from_sequence=True))
+    notes = ["FLIP CSVs carry no ids: ids are made from the sequence checksum (seq-<md5 prefix>)"]
+    return LabelSet(name, "flip_csv", records, notes)
 
 
 # --- PISCES / Kaggle secondary-structure CSV -----------------------------------------------
@@ -198,6 +242,7 @@ def _read_pisces(text: str, name: str) -> LabelSet:
         raise InputError("PISCES CSV without an sst3 or sst8 column", path=name, line=1)
     id_cols = [header.index(c) for c in ("pdb_id", "chain_code") if c in header]
     records: list[LabelRecord] = []
+    seen: dict[str, int] = {}
     stars = 0
     for lineno, row in enumerate(reader, 2):
         if not row or not any(f.strip() for f in row):
@@ -214,10 +259,7 @@ def _read_pisces(text: str, name: str) -> LabelSet:
                 raise InputError(f"{header[idx]} has {len(value)} labels for {len(seq)} residues",
                                  path=name, line=lineno)
             labels[task] = value
-        if id_cols:
-            ident = "_".join(row[i].strip() for i in id_cols)
-        else:
-            ident = "seq-" + sequence_checksum(seq).split(":", 1)[1][:12]
+        ident = "_".join(row[i].strip() for i in id_cols) if id_cols else _sequence_id(seq, seen)
         records.append(LabelRecord(ident, seq, labels, np.ones(len(seq), dtype=bool), None, lineno,
                                    id_from_sequence=not id_cols))
     notes = ["ids are <pdb_id>_<chain_code>" if id_cols else "ids are made from the sequence checksum"]

@@ -110,10 +110,64 @@ def evaluate(y_true: list[np.ndarray], y_pred: list[np.ndarray], classes, *, met
     }
 
 
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (what Spearman's rho needs)."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x), dtype=np.float64)
+    r[order] = np.arange(1, len(x) + 1)
+    values, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    for start, count in zip(first[counts > 1], counts[counts > 1]):
+        r[order[start:start + count]] = start + (count + 1) / 2
+    return r
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64) - np.mean(x)
+    y = np.asarray(y, dtype=np.float64) - np.mean(y)
+    denom = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denom) if denom > 0 else 0.0
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho: Pearson's r of the (tie-averaged) ranks; 0 when either side is constant."""
+    return pearson(ranks(x), ranks(y))
+
+
+def evaluate_values(y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> dict:
+    """Regression metrics over proteins (NaN y_true = not counted): Spearman's rho (the headline,
+    as FLIP reports), its bootstrap CI over proteins, Pearson's r, MSE, MAE and R^2."""
+    t = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    keep = ~np.isnan(t)
+    t, p = t[keep], p[keep]
+    n = len(t)
+    if n < 2:
+        return {"kind": "value", "metric": "Spearman", "n": int(n), "n_proteins": int(n), "spearman": float("nan")}
+    rng = np.random.default_rng(seed)
+    stats = np.array([spearman(p[i], t[i]) for i in rng.integers(0, n, size=(n_boot, n))])
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    residual = p - t
+    return {"kind": "value", "metric": "Spearman", "spearman": spearman(p, t), "ci95": [float(lo), float(hi)],
+            "pearson": pearson(p, t), "mse": float(np.mean(residual ** 2)), "mae": float(np.mean(np.abs(residual))),
+            "r2": float(1 - np.sum(residual ** 2) / max(np.sum((t - t.mean()) ** 2), 1e-300)),
+            "n": int(n), "n_proteins": int(n)}
+
+
+def headline(m: dict) -> float:
+    """The number a set is judged by: accuracy (Q3, Q10...) or, for a value output, Spearman's rho."""
+    return m.get("spearman", float("nan")) if m.get("kind") == "value" else m.get("accuracy", float("nan"))
+
+
 def summary_line(name: str, output: str, m: dict) -> str:
     if not m.get("n"):
         return f"{name} {output}: nothing to evaluate"
     lo, hi = m["ci95"]
+    if m.get("kind") == "value":
+        return (f"{name} {output}: Spearman {m['spearman']:.4f} (95% CI {lo:.4f}-{hi:.4f}), Pearson {m['pearson']:.3f}, "
+                f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {m['n']} proteins")
     return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), MCC {m['mcc']:.3f}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f}, {m['n']} positions in {m['n_proteins']} proteins")
 
@@ -122,13 +176,35 @@ def print_report(name: str, output: str, m: dict) -> None:
     """Per-class table and confusion matrix on stderr (rich)."""
     from protrans_cli import console
 
-    if not m.get("n"):
+    if not m.get("n") or m.get("kind") == "value":
         return
     rows = [[c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
             for c, v in m["per_class"].items()]
     console.print_table(f"{name} {output}: per class", ["class", "precision", "recall", "F1", "support"], rows)
     cm_rows = [[c, *row] for c, row in zip(m["classes"], m["confusion"])]
     console.print_table(f"{name} {output}: confusion (rows true, columns predicted)", ["", *m["classes"]], cm_rows)
+
+
+def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str) -> None:
+    """Predicted against true values of a value output, with the diagonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    keep = ~np.isnan(t)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(t[keep], p[keep], s=6, alpha=0.5)
+    lo, hi = float(np.nanmin([t[keep].min(), p[keep].min()])), float(np.nanmax([t[keep].max(), p[keep].max()]))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def save_confusion_png(m: dict, path, title: str) -> None:

@@ -25,26 +25,32 @@ FORMAT_VERSION = 1
 
 
 def build_head(task: Task, input_dim: int, *, hidden: int = 32, kernel: int = 7, dropout: float = 0.25) -> nn.Module:
-    outputs = {o.name: len(o.classes) for o in task.outputs}
+    outputs = {o.name: 1 if o.is_value else len(o.classes) for o in task.outputs}
     if task.kind == PER_RESIDUE:
         return ResidueCNN(input_dim, outputs, hidden=hidden, kernel=kernel, dropout=dropout)
     return ProteinFNN(input_dim, outputs, hidden=hidden, dropout=dropout)
 
 
 class Ensemble(nn.Module):
-    """Members trained from different seeds; the prediction is their mean class probability."""
+    """Members trained from different seeds; the prediction is their mean class probability
+    (or, for a value output, their mean value, scaled back from z-scores with `task`'s scale)."""
 
-    def __init__(self, members: list[nn.Module]):
+    def __init__(self, members: list[nn.Module], task: Task | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.scales = {o.name: o.scale for o in (task.outputs if task else ()) if o.is_value}
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """{output: (B, L, C) or (B, C)} mean softmax over members."""
+        """{output: (B, L, C) or (B, C)} mean softmax over members; value outputs (B, 1) values."""
         total: dict[str, torch.Tensor] = {}
         for member in self.members:
             for name, logits in member(x, mask).items():
-                probs = torch.softmax(logits.float(), dim=-1)
+                if name in self.scales:
+                    mean, std = self.scales[name]
+                    probs = logits.float() * std + mean
+                else:
+                    probs = torch.softmax(logits.float(), dim=-1)
                 total[name] = total[name] + probs if name in total else probs
         return {name: p / len(self.members) for name, p in total.items()}
 
@@ -71,7 +77,7 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
                               dropout=hp["dropout"]) for _ in range(config["ensemble"])]
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"head config is incomplete or unreadable ({exc})", path=str(directory / CONFIG)) from None
-    ensemble = Ensemble(members)
+    ensemble = Ensemble(members, task)
     try:
         state = load_file(str(directory / WEIGHTS))
     except FileNotFoundError:

@@ -139,7 +139,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         if not per_residue:
             header = ["id"]
             for o in task.outputs:
-                header += [o.name] + [f"{o.name}:{c}" for c in o.classes]
+                header += [o.name] + [f"{o.name}:{c}" for c in o.classes]  # a value output: its column only
             stream.write(_csv_line(header))
         # A slice of the proteins at a time, written as it is predicted: memory stays bounded
         # (embeddings read and probabilities held) whatever the size of the file.
@@ -156,7 +156,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                     row = [item.id]
                     for o in task.outputs:
                         p = probs[o.name][i]
-                        row += [o.classes[int(p.argmax())]] + [f"{v:.4f}" for v in p]
+                        row += [f"{p[0]:.6g}"] if o.is_value else [o.classes[int(p.argmax())]] + [f"{v:.4f}" for v in p]
                     stream.write(_csv_line(row))
     return {"proteins": len(items)}
 

@@ -10,6 +10,7 @@ stored in a head's config.json, so they must never be reordered):
     loc      per protein  10 DeepLoc locations (below) (Q10) + membrane M S (Q2; U is left out)
     residue  per residue  any one-letter labels; classes = sorted letters of the training labels
     protein  per protein  any labels; classes = sorted labels of the training set
+    value    per protein  a real number (regression: FLIP's GB1, AAV, meltome...) (Spearman)
 
 3 states from 8 (used when a file has only 8-state labels): H, G, I -> H; E, B -> E; the rest -> C.
 DeepLoc's dual label `Cytoplasm-Nucleus` is counted as `Cytoplasm` by default (the choice the
@@ -55,7 +56,15 @@ class Output:
 
     name: str
     classes: tuple[str, ...]
-    metric: str  # "Q3", "Q8", "Q10", "Q2", "accuracy"
+    metric: str  # "Q3", "Q8", "Q10", "Q2", "accuracy", "Spearman"
+    kind: str = "class"  # "class": one of `classes`; "value": a real number (regression)
+    # Value outputs: the training targets' mean and standard deviation; the head predicts
+    # z-scores (a fixed learning rate then suits any unit) and predictions are scaled back.
+    scale: tuple[float, float] | None = None
+
+    @property
+    def is_value(self) -> bool:
+        return self.kind == "value"
 
 
 @dataclass(frozen=True)
@@ -122,9 +131,13 @@ class Task:
         raise InputError(f"has no labels for {output.name} (it has {', '.join(labels) or 'none'})",
                          record=record.id, line=record.line)
 
-    def protein_targets(self, record) -> dict[str, int]:
+    def protein_targets(self, record) -> dict[str, int | float]:
+        """Class index per output (IGNORE: left out); value outputs a float (NaN: left out)."""
         out = {}
         for output in self.outputs:
+            if output.is_value:
+                out[output.name] = _as_value(self._protein_label(record, output), record)
+                continue
             value = self._protein_label(record, output)
             if value is None:
                 out[output.name] = IGNORE
@@ -174,6 +187,19 @@ class Task:
         output = replace(self.outputs[0], classes=tuple(sorted(seen)))
         return replace(self, outputs=(output,))
 
+    def with_scale_from(self, targets: dict[str, np.ndarray]) -> "Task":
+        """Value outputs get the mean and standard deviation of their training targets."""
+        outputs = []
+        for output in self.outputs:
+            if output.is_value:
+                values = np.asarray(targets[output.name], dtype=np.float64)
+                values = values[~np.isnan(values)]
+                if len(values) < 2 or not values.std() > 0:
+                    raise InputError(f"the training targets of {output.name} need at least two different values")
+                output = replace(output, scale=(float(values.mean()), float(values.std())))
+            outputs.append(output)
+        return replace(self, outputs=tuple(outputs))
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["outputs"] = [asdict(o) for o in self.outputs]
@@ -182,7 +208,8 @@ class Task:
 
     @classmethod
     def from_json(cls, data: dict) -> "Task":
-        outputs = tuple(Output(o["name"], tuple(o["classes"]), o["metric"]) for o in data["outputs"])
+        outputs = tuple(Output(o["name"], tuple(o["classes"]), o["metric"], o.get("kind", "class"),
+                               tuple(o["scale"]) if o.get("scale") else None) for o in data["outputs"])
         return cls(data["name"], data["kind"], outputs, data.get("dual", "first"), data.get("generic", False),
                    tuple(data.get("notes", ())))
 
@@ -197,7 +224,23 @@ TASKS: dict[str, Task] = {
     "loc": Task("loc", PER_PROTEIN, (Output("loc", LOCATIONS, "Q10"), Output("membrane", MEMBRANE, "Q2"))),
     "residue": Task("residue", PER_RESIDUE, (Output("label", (), "accuracy"),), generic=True),
     "protein": Task("protein", PER_PROTEIN, (Output("label", (), "accuracy"),), generic=True),
+    "value": Task("value", PER_PROTEIN, (Output("value", (), "Spearman", kind="value"),)),
 }
+
+
+def _as_value(label, record) -> float:
+    """A regression label: a number; empty or `nan` leaves the protein out of loss and metrics."""
+    text = str(label).strip()
+    if text == "" or text.lower() == "nan":
+        return float("nan")
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"label {text!r} is not a number (the value task is a regression)",
+                         record=record.id, line=record.line) from None
+    if not np.isfinite(value):
+        raise InputError(f"label {text!r} is not a finite number", record=record.id, line=record.line)
+    return value
 
 
 def get_task(name: str, *, dual: str = "first") -> Task:
