@@ -120,7 +120,7 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
                       num_steps=args.num_steps, max_length=args.max_length,
                       global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
                       lr=1e-4, warmup_steps=0, log_every=1, save_every=10**9, keep_last=1,
-                      seed=args.seed, threads=args.threads)
+                      seed=args.seed, threads=args.threads, compile=args.compile)
     train(cfg)
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r][args.warmup:]
     tokens = sum(r["tokens"] for r in rows)
@@ -178,6 +178,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best is kept")
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="protrans with --compile (torch.compile, dynamic shapes); raise --warmup to leave "
+                             "the compilations out of the timing")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     import torch
