@@ -326,7 +326,6 @@ class FitState:
             self.directory.rmdir()
 
 
-
 def head_device(device: str = "auto"):
     """The torch device heads train and predict on: `auto` is a CUDA GPU (or Apple's MPS) when
     there is one, else the CPU. Heads run in float32 everywhere (they are small; the embeddings
