@@ -123,7 +123,8 @@ class Embedder(Protocol):
     family: str
     revision: str | None
     embedding_dim: int
-    layers: tuple[int, ...]
+    layers: tuple[int, ...]  # negative: -1 the last hidden state, -num_hidden_states the embedding layer
+    num_hidden_states: int  # the embedding layer's output and every layer's (num_layers + 1)
     device: str
     compute_dtype: str
     special_tokens: int     # tokens added to each sequence (for the batch budget)
@@ -145,6 +146,7 @@ class OneHotEmbedder:
     family = ONEHOT
     revision = None
     embedding_dim = len(ONEHOT_ALPHABET)
+    num_hidden_states = 1
     device = "cpu"
     compute_dtype = "float32"
     special_tokens = 0
@@ -184,6 +186,7 @@ class TransformerEmbedder:
         self.revision = getattr(loaded, "revision", None)
         self.embedding_dim = int(loaded.embedding_dim)
         num_states = int(loaded.num_layers) + 1  # embeddings output + every layer
+        self.num_hidden_states = num_states
         for x in layers:
             if not -num_states <= x < num_states:
                 raise UsageError(f"--layer {x} does not exist: {self.name} has {loaded.num_layers} layers "
@@ -822,6 +825,9 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         "command_line": options.command_line or " ".join(shlex.quote(a) for a in sys.argv),
         "max_length": options.max_length or 0, "long_policy": options.long_policy,
     }
+    if getattr(embedder, "num_hidden_states", None):
+        # With `layers` (stored negative), lets readers accept `--layer 0` for the embedding layer.
+        attrs["num_hidden_states"] = int(embedder.num_hidden_states)
     writer_kw = dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
                      compression=options.compression, attrs=attrs)
 

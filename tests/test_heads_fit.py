@@ -549,3 +549,35 @@ def test_value_task_regression_from_a_flip_csv(run_cli, tmp_path):
     bad.write_text(labels.read_text().replace(rows[3].split(",")[1], "high", 1))
     r = run_cli("fit", "value", "--embeddings", tmp_path / "all.h5", "--labels", bad, "-o", tmp_path / "b")
     assert r.exit_code == 1 and "'high' is not a number" in r.stderr and "bad.csv:4" in r.stderr
+
+
+def test_layer_0_given_to_embed_is_layer_0_for_fit_and_predict(run_cli, ss_data, tmp_path):
+    """embed stores --layer 0 as -(num_layers + 1); fit --layer 0 must find it (it was refused)."""
+    from protrans_cli.models import FAMILIES
+
+    bert = FAMILIES["bert"]
+    tokenizer = bert.build_tokenizer()
+    torch.manual_seed(0)
+    bert.save_pretrained(bert.pretraining_model(bert.build_config("tiny", tokenizer)), tokenizer, tmp_path / "m")
+    h5 = tmp_path / "train.h5"
+    r = run_cli("embed", ss_data / "train.fa", "-m", tmp_path / "m", "--per-residue", "--layer", "0", "--layer", "-1",
+                "-o", h5)
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(h5) as f:
+        states = int(f.attrs["num_hidden_states"])
+        assert list(f.attrs["layers"]) == [-states, -1]
+        first = f["per_residue"][next(iter(f["per_residue"]))][()]
+    head = tmp_path / "ss3"
+    r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", ss_data / "train.csv", "--layer", "0",
+                "--max-epochs", "1", *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    # The layer read is the embedding layer's output (axis 0), not the last layer.
+    from protrans_cli.heads.data import stored_layer_index
+
+    with EmbeddingsReader(h5) as reader:
+        assert stored_layer_index(reader, 0) == 0 and stored_layer_index(reader, states - 1) == 1
+        assert not np.allclose(first[0], first[1])
+    r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "-o", tmp_path / "p.fa")  # embeds layer 0 again
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", ss_data / "train.csv", "--layer", "1", "-o", tmp_path / "x")
+    assert r.exit_code == 1 and f"of {states} hidden states, 0 = -{states}" in r.stderr

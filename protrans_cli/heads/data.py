@@ -154,11 +154,15 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int) -> int:
     if stored is None:  # a file written elsewhere: the number is an index into its layer axis
         return layer
     stored = [int(x) for x in np.atleast_1d(stored)]
-    if layer in stored:
-        return stored.index(layer)
-    if len(stored) == 1 and layer == -1:  # the default, with one layer stored (no layer axis)
+    states = reader.attrs.get("num_hidden_states")
+    # `embed --layer 0` is stored as -num_hidden_states: accept the number the user gave embed.
+    wanted = layer - int(states) if layer >= 0 and states is not None else layer
+    if wanted in stored:
+        return stored.index(wanted)
+    if len(stored) == 1 and wanted == -1:  # the default, with one layer stored (no layer axis)
         return 0
-    raise InputError(f"holds layer(s) {', '.join(map(str, stored))}, not layer {layer} "
+    counted = f" of {int(states)} hidden states, 0 = {-int(states)}" if states is not None else ""
+    raise InputError(f"holds layer(s) {', '.join(map(str, stored))}{counted}, not layer {layer} "
                      "(choose one of those with --layer)", path=reader.path)
 
 
