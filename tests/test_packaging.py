@@ -30,3 +30,14 @@ def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
     corpus = subprocess.run([str(venv / "bin" / "protrans"), "-q", "prep", fasta], cwd=tmp_path,
                             capture_output=True, text=True, check=True).stdout
     assert corpus.count("\n\n") == 720
+
+
+def test_changelog_has_an_entry_for_the_packaged_version():
+    """The version lives in protrans_cli/_version.py; the changelog must describe that release."""
+    import re
+
+    from protrans_cli import __version__
+
+    text = (ROOT / "CHANGELOG.md").read_text()
+    assert "## [Unreleased]" in text
+    assert re.search(rf"^## \[{re.escape(__version__)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", text, re.M)
