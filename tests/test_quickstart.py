@@ -5,31 +5,30 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
-
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
 
 
-@pytest.fixture(scope="module")
-def quickstart_dir(tmp_path_factory):
+def test_quickstart_end_to_end(tmp_path, run_cli):
+    # One test, one run: a module fixture shared by several tests ran the pipeline once per
+    # pytest-xdist worker (twice in CI).
     from protrans_cli.quickstart import run_quickstart
 
-    out = tmp_path_factory.mktemp("qs") / "run"
+    out = tmp_path / "run"
     summary = run_quickstart(out, num_steps=8, head_epochs=2)
-    return out, summary
+    _every_output_exists(out, summary)
+    _outputs_are_consistent(out)
+    _refuses_to_overwrite(out, run_cli)
 
 
-def test_every_output_exists(quickstart_dir):
-    out, summary = quickstart_dir
+def _every_output_exists(out, summary):
     for what, path in summary.outputs.items():
         assert path.exists(), f"{what}: {path} missing"
     lines = [x for x in (out / "commands.sh").read_text().splitlines() if x.startswith("protrans ")]
     assert lines == summary.commands and len(lines) == 20
 
 
-def test_outputs_are_consistent(quickstart_dir):
-    out, _ = quickstart_dir
+def _outputs_are_consistent(out):
     ss_test = {r.id: r.sequence for r in read_fasta(out / "fasta" / "ss_test.fasta")}
     assert len(ss_test) == 64
     # per-residue embeddings: one row per residue, both models, ids as in the FASTA
@@ -62,8 +61,7 @@ def test_outputs_are_consistent(quickstart_dir):
             assert 0.0 <= m["accuracy"] <= 1.0 and m["n"] > 0
 
 
-def test_refuses_to_overwrite(quickstart_dir, run_cli):
-    out, _ = quickstart_dir
+def _refuses_to_overwrite(out, run_cli):
     result = run_cli("quickstart", "-o", out)
     assert result.exit_code == 2
     assert "--force" in result.stderr
