@@ -7,7 +7,6 @@ entry point in-process (error mapping and exit codes included).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click

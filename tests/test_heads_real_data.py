@@ -8,7 +8,6 @@ trained on the DeepLoc validation split beats the test set's majority class by a
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 from collections import Counter

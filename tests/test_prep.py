@@ -459,7 +459,6 @@ def test_sigterm_exits_143_and_leaves_no_temporary_files(tmp_path):
 def test_workers_die_with_a_killed_main_process(tmp_path):
     # SIGKILL (the OOM killer, a hard time limit) cannot be handled; the workers must not be
     # left behind waiting on their pipes.
-    import signal
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "prep", "-", "-j", "2", "-o", str(tmp_path / "c.txt")],

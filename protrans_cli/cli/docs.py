@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import COMMANDS, cli
+from protrans_cli.cli import cli
 
 HEADER = """# Command reference
 

@@ -201,8 +201,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     torch_dtype = _parse_dtype(dtype)
     source = open_config(name, revision=revision, local_files_only=local_files_only,
                          trust_remote_code=trust_remote_code)
-    target, checkpoint, is_dir, hub_kwargs, config = (source.target, source.checkpoint, source.is_dir,
-                                                      source.hub_kwargs, source.config)
+    target, checkpoint, is_dir, hub_kwargs = source.target, source.checkpoint, source.is_dir, source.hub_kwargs
     family = source.family
     with _quiet_transformers():
         try:
