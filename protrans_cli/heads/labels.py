@@ -130,17 +130,33 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
     return "table"
 
 
+def _csv_rows(text: str, name: str):
+    """(lower-cased header, iterator of (line number, row)) of a CSV with a header row: blank rows
+    are skipped, and a row with fewer fields than the header is an error naming its line."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        raise InputError("is empty", path=name) from None
+
+    def rows():
+        for lineno, row in enumerate(reader, 2):
+            if not row or not any(f.strip() for f in row):
+                continue
+            if len(row) < len(header):
+                raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
+            yield lineno, row
+
+    return header, rows()
+
+
 # --- NetSurfP-2.0 CSV ---------------------------------------------------------------------
 
 _NSP_SEQUENCE = ("input", "seq", "sequence")
 
 
 def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> LabelSet:
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise InputError("is empty", path=name) from None
+    header, rows = _csv_rows(text, name)
     seq_col = next((header.index(c) for c in _NSP_SEQUENCE if c in header), None)
     if seq_col is None:
         raise InputError(f"NetSurfP CSV without a sequence column ({'/'.join(_NSP_SEQUENCE)}); "
@@ -153,11 +169,7 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
     mask_cols = [header.index(c) for c in mask_columns]
     records: list[LabelRecord] = []
     seen: dict[str, int] = {}
-    for lineno, row in enumerate(reader, 2):
-        if not row or not any(f.strip() for f in row):
-            continue
-        if len(row) < len(header):
-            raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
+    for lineno, row in rows:
         seq = "".join(row[seq_col].split()).upper()
         length = len(seq)
         labels = {}
@@ -194,11 +206,7 @@ def _sequence_id(seq: str, seen: dict[str, int]) -> str:
 
 
 def _read_flip_csv(text: str, name: str) -> LabelSet:
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise InputError("is empty", path=name) from None
+    header, rows = _csv_rows(text, name)
     missing = [c for c in ("sequence", "target") if c not in header]
     if missing:
         raise InputError(f"FLIP CSV without a {' or '.join(missing)} column; header is {', '.join(header)}",
@@ -208,11 +216,7 @@ def _read_flip_csv(text: str, name: str) -> LabelSet:
     valid_col = header.index("validation") if "validation" in header else None
     records: list[LabelRecord] = []
     seen: dict[str, int] = {}
-    for lineno, row in enumerate(reader, 2):
-        if not row or not any(f.strip() for f in row):
-            continue
-        if len(row) < len(header):
-            raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
+    for lineno, row in rows:
         seq = row[seq_col].strip().upper()
         split = row[set_col].strip().lower() if set_col is not None and row[set_col].strip() else None
         if split == TRAIN and valid_col is not None and row[valid_col].strip().lower() == "true":
@@ -229,11 +233,7 @@ _PISCES_LABELS = {"sst3": "ss3", "sst8": "ss8"}
 
 
 def _read_pisces(text: str, name: str) -> LabelSet:
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise InputError("is empty", path=name) from None
+    header, rows = _csv_rows(text, name)
     if "seq" not in header:
         raise InputError(f"PISCES CSV without a seq column; header is {', '.join(header)}", path=name, line=1)
     seq_col = header.index("seq")
@@ -244,11 +244,7 @@ def _read_pisces(text: str, name: str) -> LabelSet:
     records: list[LabelRecord] = []
     seen: dict[str, int] = {}
     stars = 0
-    for lineno, row in enumerate(reader, 2):
-        if not row or not any(f.strip() for f in row):
-            continue
-        if len(row) < len(header):
-            raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
+    for lineno, row in rows:
         seq = row[seq_col].strip().upper()
         stars += seq.count("*")
         seq = seq.replace("*", "X")
