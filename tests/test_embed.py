@@ -117,14 +117,7 @@ def test_duplicate_ids_fail_before_compute(tmp_path, monkeypatch):
 
 
 def test_identical_sequences_are_computed_once(tmp_path, monkeypatch):
-    seen = []
-    original = OneHotEmbedder.embed_batch
-
-    def spy(self, seqs):
-        seen.extend(seqs)
-        return original(self, seqs)
-
-    monkeypatch.setattr(OneHotEmbedder, "embed_batch", spy)
+    seen = spy_on_batches(monkeypatch)
     _run(tmp_path / "u.h5")
     assert len(seen) == len(set(seen)) == 5
 
