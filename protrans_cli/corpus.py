@@ -37,7 +37,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError
-from protrans_cli.io.files import AtomicFile, compress_bytes, compression_for_output, display_name, open_input
+from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, display_name,
+                                   input_named_by, open_input)
 from protrans_cli.residues import (
     RARE,
     RARE_POLICIES,
@@ -1077,8 +1078,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             raise InputError("no such file", path=path)
     for out in (options.output, options.valid_output, options.rejects):
         # `prep x.fa -o x.fa` replaced the FASTA with the corpus on success: the input was lost.
-        if out and str(out) != "-" and os.path.isfile(str(out)) and any(
-                path != "-" and os.path.isfile(path) and os.path.samefile(path, str(out)) for path in inputs):
+        if input_named_by(out, inputs):
             raise UsageError(f"{out} is also an input: writing it would replace the FASTA (choose another name)")
     stats = CorpusStats(inputs=[display_name(p) for p in inputs])
     cfg = _BlockConfig(

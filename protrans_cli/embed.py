@@ -34,7 +34,7 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import parse_fasta
-from protrans_cli.io.files import display_name, open_input
+from protrans_cli.io.files import display_name, input_named_by, open_input
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path
 from protrans_cli.residues import SequenceRejected, normalise
 
@@ -758,7 +758,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
     # truncated it on opening): refused, as prep, labels and predict do.
     for target in (output, partial_path(output)):
-        if str(fasta) != "-" and _same_path(fasta, target):
+        if input_named_by(target, (fasta,)):
             raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
     name = display_name(fasta)
     spool = _spool_stdin(directory) if str(fasta) == "-" else None
@@ -774,14 +774,6 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     finally:
         if spool is not None:
             os.unlink(spool)
-
-
-def _same_path(a, b) -> bool:
-    """True when `a` and `b` name one file: the same inode when both exist (links included),
-    else the same resolved path."""
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _spool_stdin(directory: Path) -> Path:

@@ -150,3 +150,17 @@ def test_corrupt_zstd_is_input_error(tmp_path):
     with pytest.raises(InputError, match="corrupt or truncated"):
         with open_input(path) as stream:
             stream.read()
+
+
+def test_input_named_by_an_output(tmp_path):
+    from protrans_cli.io.files import input_named_by
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    link = tmp_path / "link.fa"
+    link.symlink_to(fasta)
+    assert input_named_by(tmp_path / "." / "x.fa", [fasta]) == str(fasta)
+    assert input_named_by(link, ["-", None, fasta]) == str(fasta)  # the same inode through a link
+    assert input_named_by(tmp_path / "new.txt", [fasta]) is None  # an output that does not exist yet
+    assert input_named_by("-", [fasta]) is None and input_named_by(None, [fasta]) is None  # stdout / none
+    assert input_named_by(fasta, ["-"]) is None  # stdin is not a file to overwrite

@@ -31,19 +31,15 @@ def command(labels, output, fmt, sequences, split):
     protrans embed train.fasta -m onehot --per-residue -o train.h5
     """
     from protrans_cli import console
+    from protrans_cli.errors import UsageError
     from protrans_cli.heads.labels import LabelSet, read_labels, write_embed_fasta
     from protrans_cli.io.fasta import read_fasta
-    from protrans_cli.io.files import atomic_output
+    from protrans_cli.io.files import atomic_output, input_named_by
 
-    import os
-
-    from protrans_cli.errors import UsageError
-
-    for source in (labels, sequences):
-        # DeepLoc labels are a FASTA too: `labels x.fasta -o x.fasta` replaced them, labels lost.
-        if source and output != "-" and source != "-" and os.path.isfile(output) and os.path.isfile(source) \
-                and os.path.samefile(source, output):
-            raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")
+    # DeepLoc labels are a FASTA too: `labels x.fasta -o x.fasta` replaced them, labels lost.
+    source = input_named_by(output, (labels, sequences))
+    if source:
+        raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")
     label_set = read_labels(labels, fmt)
     if split is not None:
         label_set = LabelSet(label_set.path, label_set.format,

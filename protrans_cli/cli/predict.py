@@ -64,11 +64,11 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         output = "-"  # text output goes to stdout when -o is absent, as in every command
     import os
 
+    from protrans_cli.io.files import input_named_by
+
     for out in (output, probabilities):
         # `-o query.h5` replaced the embeddings it had just read with the predictions.
-        if out and out != "-" and os.path.isfile(out) and any(
-                src and src != "-" and os.path.isfile(src) and os.path.samefile(src, out)
-                for src in (embeddings, fasta, labels)):
+        if input_named_by(out, (embeddings, fasta, labels)):
             raise UsageError(f"{out} is also an input: writing it would replace it (choose another name)")
     if metrics_dir is not None and labels is None:
         raise UsageError("--metrics needs --labels")

@@ -27,6 +27,22 @@ _MAGIC = [
 ]
 
 
+def same_file(a, b) -> bool:
+    """True when `a` and `b` name one file: the same inode when both exist (links included),
+    else the same resolved path."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def input_named_by(output, inputs) -> str | None:
+    """The input (not stdin) that `output` (not stdout) names, if any: writing that output would
+    replace the input (`prep x.fa -o x.fa` lost the FASTA). Every command checks its outputs so."""
+    if not output or str(output) == "-":
+        return None
+    return next((str(src) for src in inputs if src and str(src) != "-" and same_file(src, output)), None)
+
+
 def display_name(path) -> str:
     return "<stdin>" if str(path) == "-" else str(path)
 
