@@ -5,7 +5,9 @@ Strategies, all with the same randomly initialised model (the shapes are what ma
   prottrans  the published ProtTrans script's strategy: proteins sorted by length (longest
              first), a batch closed once it holds 4000 residues or 100 proteins, embeddings
              kept in memory
-  protrans   `protrans_cli.embed.embed` itself: padded-token budget, dedup, HDF5 streaming writes
+  protrans   `protrans_cli.embed.embed` itself: padded-token budget, dedup, HDF5 streaming writes;
+             with --max-tokens A,B,... one run per budget ("default" is embed's own choice for
+             the device, which on a GPU depends on the memory left after loading the model)
 
 Residues/s are printed with ratios against both baselines; on a GPU also the fraction of the
 device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + attention).
@@ -14,6 +16,8 @@ device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + atten
     python benchmarks/embed_bench.py --family bert --preset small --num-proteins 100 --repeats 3 --threads 1
     # GPU: ProtT5-XL-sized T5 encoder and ProtBert-sized BERT, whole proteome, bf16
     python benchmarks/embed_bench.py --gpu
+    # GPU, protrans at ProtTrans' budget and at embed's default budget
+    python benchmarks/embed_bench.py --gpu --max-tokens 4000,default
 """
 
 from __future__ import annotations
@@ -145,15 +149,31 @@ def bench_one(family, preset, records, args):
     print(f"\n## {family}/{preset}: {nparams / 1e6:.1f}M parameters, {len(records)} proteins, {residues} residues, "
           f"{args.device} {args.dtype}", flush=True)
     embedder.embed_batch([records[0][1][:50]] * 2)  # warm-up (kernels, allocator)
+    from protrans_cli.embed import default_max_tokens
+
+    budgets = list(dict.fromkeys(default_max_tokens(args.device) if b == "default" else int(b)
+                                 for b in args.max_tokens))
+    print(f"protrans budgets: {', '.join(f'{b} tokens' for b in budgets)} (embed's default here: "
+          f"{default_max_tokens(args.device)}), at most {args.max_batch_size} proteins per batch", flush=True)
     results = {}
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmpdir:
         runs = {"naive": lambda: run_naive(embedder, records),
-                "prottrans": lambda: run_prottrans(embedder, records),
-                "protrans": lambda: run_protrans(embedder, records, tmpdir, args.max_tokens, args.max_batch_size)}
+                "prottrans": lambda: run_prottrans(embedder, records)}
+        strategies = []
+        for name in args.strategies:
+            if name != "protrans":
+                strategies.append(name)
+                continue
+            for budget in budgets:
+                label = "protrans" if len(budgets) == 1 else f"protrans@{budget}"
+                runs[label] = (lambda b=budget: run_protrans(embedder, records, tmpdir, b, args.max_batch_size))
+                strategies.append(label)
         # Strategies alternate within each repeat and the best time of each counts, so that a
         # load change on a shared machine does not favour whichever ran last.
         for repeat in range(args.repeats):
-            for name in args.strategies:
+            for name in strategies:
+                if name == "naive" and repeat > 0 and args.naive_once:
+                    continue
                 _sync(args.device)
                 if args.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
@@ -164,13 +184,14 @@ def bench_one(family, preset, records, args):
                 results[name] = max(results.get(name, 0.0), residues / seconds)
                 mem = (f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
                        if args.device.startswith("cuda") else "")
-                print(f"[{repeat + 1}/{args.repeats}] {name:10s} {seconds:8.1f} s  "
+                print(f"[{repeat + 1}/{args.repeats}] {name:15s} {seconds:8.1f} s  "
                       f"{residues / seconds:10.0f} residues/s{mem}", flush=True)
         for name, rate in results.items():
-            print(f"best {name:10s} {rate:10.0f} residues/s")
+            print(f"best {name:15s} {rate:10.0f} residues/s")
     for base in ("naive", "prottrans"):
-        if base in results and "protrans" in results:
-            print(f"protrans / {base}: {results['protrans'] / results[base]:.2f}x")
+        for name in results:
+            if base in results and name.startswith("protrans"):
+                print(f"{name} / {base}: {results[name] / results[base]:.2f}x")
     if args.device.startswith("cuda"):
         name = torch.cuda.get_device_name()
         peak = args.peak_tflops or peak_tflops(name)
@@ -178,7 +199,7 @@ def bench_one(family, preset, records, args):
         for strategy, rate in results.items():
             achieved = flops * rate / residues / 1e12
             frac = f" = {achieved / peak:.1%} of {peak:.0f} TFLOP/s bf16 peak ({name})" if peak else ""
-            print(f"{strategy:10s} {achieved:7.1f} TFLOP/s{frac}")
+            print(f"{strategy:15s} {achieved:7.1f} TFLOP/s{frac}")
     del embedder, loaded
     return results
 
@@ -194,12 +215,16 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
-    p.add_argument("--max-tokens", type=int, default=None, help="protrans budget (default: embed's own, by device)")
+    p.add_argument("--max-tokens", default="default",
+                   help="protrans budget(s), comma-separated: numbers or 'default' (embed's own, by device)")
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--strategies", default="naive,prottrans,protrans")
     p.add_argument("--repeats", type=int, default=1, help="alternate the strategies N times, keep each one's best")
+    p.add_argument("--naive-once", action="store_true", help="run the (slow) naive loop in the first repeat only")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--tmpdir", default=None, help="where protrans writes its HDF5 file (e.g. /dev/shm: the "
+                   "baselines keep their arrays in memory)")
     args = p.parse_args(argv)
 
     import torch
@@ -209,14 +234,14 @@ def main(argv=None):
     gpu = args.gpu or (args.device or "").startswith("cuda")
     args.device = args.device or ("cuda" if gpu else "cpu")
     args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
-    from protrans_cli.embed import EmbedOptions, default_max_tokens
+    from protrans_cli.embed import EmbedOptions
 
-    args.max_tokens = args.max_tokens or default_max_tokens(args.device)
+    args.max_tokens = args.max_tokens.split(",")
     args.max_batch_size = args.max_batch_size or EmbedOptions().max_batch_size
     args.strategies = args.strategies.split(",")
     records = load_proteins(args.fasta, args.num_proteins, args.seed, args.max_length)
     print(f"{len(records)} proteins from {args.fasta}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; protrans max_tokens={args.max_tokens}", flush=True)
+          f"{torch.get_num_threads()} threads", flush=True)
     models = [("t5", "prot_t5_xl"), ("bert", "prot_bert")] if args.gpu else [(args.family, args.preset)]
     for family, preset in models:
         bench_one(family, preset, records, args)

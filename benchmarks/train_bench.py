@@ -36,19 +36,19 @@ BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100"
                     "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 
 
-def write_corpus(directory: Path, num_proteins: int, seed: int) -> tuple[Path, str]:
-    """A corpus file of real proteins (E. coli proteome from ../shared/data when present),
-    else random ones with a proteome-like length distribution."""
+def write_corpus(directory: Path, num_proteins: int, seed: int, fasta: Path = ECOLI) -> tuple[Path, str]:
+    """A corpus file of real proteins (--fasta, by default the E. coli proteome from
+    ../shared/data when present), else random ones with a proteome-like length distribution."""
     import random
 
     rng = random.Random(seed)
-    if ECOLI.is_file():
+    if fasta.is_file():
         from protrans_cli.io.fasta import read_fasta
         from protrans_cli.residues import normalise
 
-        proteins = [normalise(r.sequence) for r in read_fasta(ECOLI)]
+        proteins = [normalise(r.sequence) for r in read_fasta(fasta)]
         rng.shuffle(proteins)
-        source = f"E. coli K-12 proteome ({ECOLI.name})"
+        source = f"{fasta.name} ({len(proteins)} proteins, {num_proteins} used)"
     else:
         letters = "ACDEFGHIKLMNPQRSTVWY"
         proteins = ["".join(rng.choice(letters) for _ in range(max(30, int(rng.lognormvariate(5.6, 0.6)))))
@@ -174,6 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num-steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
     parser.add_argument("--num-proteins", type=int, default=4000)
+    parser.add_argument("--fasta", type=Path, default=ECOLI, help="proteins to train on (default: the E. coli "
+                        "proteome in ../shared/data; random proteins when absent)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best is kept")
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
     non_embed = sum(p.numel() for p in model.parameters()) - embed_params
 
     with tempfile.TemporaryDirectory() as tmp:
-        corpus, source = write_corpus(Path(tmp), args.num_proteins, args.seed)
+        corpus, source = write_corpus(Path(tmp), args.num_proteins, args.seed, args.fasta)
         # Alternate the two and keep each one's best run: a shared machine's load varies.
         bases, ours_runs = [], []
         for r in range(args.repeats):

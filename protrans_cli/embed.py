@@ -523,11 +523,36 @@ class _Piece:
 
 
 def default_max_tokens(device: str) -> int:
-    """The batch budget when --max-tokens is not given. On a GPU, ProtTrans' 4000 residues keeps
-    the large matrix products busy and fits ProtT5-XL in bf16 on a 16 GB card. On a CPU batches
-    gain no parallelism and padded ones cost extra (T5's padded position-bias mask above all):
-    512 tokens, about one average protein, measured best (docs/benchmarks.md#embed)."""
-    return 512 if str(device) == "cpu" else 4000
+    """The batch budget when --max-tokens is not given.
+
+    On a CPU batches gain no parallelism and padded ones cost extra (T5's padded position-bias
+    mask above all): 512 tokens, about one average protein, measured best
+    (docs/benchmarks.md#embed). On a GPU, ProtTrans' 4000 residues fits ProtT5-XL in bf16 on a
+    16 GB card; a card with more memory left after the model is loaded gets 4000 more for each
+    further 10 GiB free, up to 32000: larger batches spend less of each batch launching kernels
+    (docs/benchmarks.md, "embed on a GPU"). An out-of-memory batch is still split and retried."""
+    if str(device) == "cpu":
+        return 512
+    free = _free_accelerator_bytes(device)
+    if free is None:
+        return GPU_MIN_TOKENS
+    steps = int(free // (10 * 2**30))
+    return max(GPU_MIN_TOKENS, min(GPU_MAX_TOKENS, GPU_MIN_TOKENS * steps))
+
+
+GPU_MIN_TOKENS, GPU_MAX_TOKENS = 4000, 32000
+
+
+def _free_accelerator_bytes(device: str) -> int | None:
+    """Free memory of a CUDA device (what the loaded model left), None elsewhere."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
 
 
 def make_batches(pieces: list[_Piece], max_tokens: int, max_batch_size: int,

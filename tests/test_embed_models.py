@@ -192,3 +192,37 @@ def test_model_position_limit_is_enforced_before_compute(run_cli, tmp_path, tiny
                                                            per_protein=False))
     assert summary.failed == {}
     assert _read(tmp_path / "c.h5")["long"].shape[0] == 2100
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_embed_on_the_gpu_in_bf16_matches_the_fp32_reference(run_cli, tmp_path, tiny_models, family_name):
+    """The default GPU run (auto device, bf16, embed's own token budget) gives the rows of a plain
+    fp32 transformers forward pass to bf16 accuracy, one row per residue."""
+    family = FAMILIES[family_name]
+    out = tmp_path / "e.h5"
+    result = run_cli("embed", SMALL, "-m", tiny_models[family_name], "-o", out)
+    assert result.exit_code == 0, result.stderr
+    from protrans_cli.io.h5 import EmbeddingsReader as Reader
+
+    with Reader(out) as r:
+        assert r.attrs["compute_dtype"] in ("bfloat16", "float16") and str(r.attrs["device"]).startswith("cuda")
+    got, pooled = _read(out), _read(out, PER_PROTEIN)
+    for rec in read_fasta(SMALL):
+        seq = rec.sequence.replace("-", "").replace(".", "")
+        ref = reference_rows(family, tiny_models[family_name], seq)[0]
+        assert got[rec.id].shape == ref.shape == (len(seq), ref.shape[-1])
+        err = np.linalg.norm(got[rec.id] - ref) / np.linalg.norm(ref)
+        assert err < 2e-2, (rec.id, err)
+        np.testing.assert_allclose(pooled[rec.id], got[rec.id].mean(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_the_gpu_token_budget_grows_with_free_memory():
+    from protrans_cli.embed import GPU_MAX_TOKENS, GPU_MIN_TOKENS, default_max_tokens
+
+    free, _ = torch.cuda.mem_get_info()
+    budget = default_max_tokens("cuda")
+    assert GPU_MIN_TOKENS <= budget <= GPU_MAX_TOKENS and budget % GPU_MIN_TOKENS == 0
+    assert budget == max(GPU_MIN_TOKENS, min(GPU_MAX_TOKENS, GPU_MIN_TOKENS * int(free // (10 * 2**30))))
+    assert default_max_tokens("cpu") == 512

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one go, for a short loan of a GPU machine (docs/benchmarks.md
+# records what it printed). Each step has its own time limit, so one that overruns or fails
+# leaves the others' figures; logs go to $OUT (default ./gpu-logs), a summary is printed last.
+#
+#   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh
+#
+# Runs from the repository root with the machine's own python3 (torch and transformers already
+# there): the package is used from the source tree through PYTHONPATH, nothing is installed.
+set -u
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
+PY=${PY:-python3}
+FASTA=${FASTA:-../shared/data/proteomes/UP000000625_83333.fasta}
+# protrans writes its HDF5 file where the baselines keep their arrays: in memory
+SCRATCH=/dev/shm
+[ -d "$SCRATCH" ] || SCRATCH=${TMPDIR:-/tmp}
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
+    local name=$1 limit=$2 start rc
+    shift 2
+    echo "=== $name (limit ${limit} s): $*"
+    start=$(date +%s)
+    timeout -k 5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    echo "=== $name: exit $rc after $(($(date +%s) - start)) s"
+}
+
+step env 40 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
+    $PY -c 'import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__)'; \
+    $PY benchmarks/gpu_peak.py"
+step embed_t5 170 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
+    --strategies prottrans,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
+step embed_bert 110 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
+    --strategies prottrans,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
+step train 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --json "$OUT/train.json"
+step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
+    tests/test_heads_fit.py
+step train_compile 120 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
+    --repeats 1 --json "$OUT/train_compile.json"
+
+echo "=== summary"
+for log in "$OUT"/*.log; do
+    echo "--- $(basename "$log")"
+    grep -E "^(torch|name|NVIDIA|bf16|copy)|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror" \
+        "$log" | tail -n 30
+done
