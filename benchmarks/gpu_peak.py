@@ -2,6 +2,10 @@
 device-to-device copy. The embed and train benchmarks report their FLOP rate against the data
 sheet's dense bf16 peak; this says what the card in hand reaches, for comparison.
 
+Then the host side that per-residue embedding depends on: writing 1 GiB of fresh host memory,
+and copying 1 GiB from the GPU into fresh pageable memory, into the same pageable memory again
+(no new pages) and into pinned memory.
+
     python benchmarks/gpu_peak.py
 """
 
@@ -42,7 +46,32 @@ def main() -> int:
     y = torch.empty_like(x)
     seconds = _time(lambda: y.copy_(x))
     print(f"copy: {2 * x.numel() * x.element_size() / seconds / 1e12:.2f} TB/s (bytes read + written, 1 GiB)")
+    host_memory(x)
     return 0
+
+
+def host_memory(x) -> None:
+    import time
+
+    import torch
+
+    gib = x.numel() * x.element_size() / 2**30
+
+    def rate(fn) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return gib / (time.perf_counter() - start)
+
+    print(f"host: fresh memory written {rate(lambda: torch.empty_like(x, device='cpu').fill_(1)):.2f} GiB/s")
+    pageable = torch.empty_like(x, device="cpu")
+    print(f"host: GPU -> fresh pageable {rate(lambda: pageable.copy_(x)):.2f} GiB/s")
+    print(f"host: GPU -> same pageable again {rate(lambda: pageable.copy_(x)):.2f} GiB/s")
+    pinned = torch.empty_like(x, device="cpu").pin_memory()
+    pinned.copy_(x)
+    print(f"host: GPU -> pinned {rate(lambda: pinned.copy_(x)):.2f} GiB/s")
+    print(f"host: GPU -> .cpu() (new tensor each time) {rate(lambda: x.cpu()):.2f} GiB/s")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 # records what it printed). Each step has its own time limit, so one that overruns or fails
 # leaves the others' figures; logs go to $OUT (default ./gpu-logs), a summary is printed last.
 #
-#   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh
+#   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
+#
+# quick: the ceilings, per-protein embedding of both models and one run of the train benchmark
+# (about 3 minutes on an H200); without it, everything (about 10 minutes).
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
 # there): the package is used from the source tree through PYTHONPATH, nothing is installed.
@@ -27,9 +30,17 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     echo "=== $name: exit $rc after $(($(date +%s) - start)) s"
 }
 
-step env 40 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
+step env 35 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
     $PY -c 'import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__)'; \
     $PY benchmarks/gpu_peak.py"
+MODE=${1:-full}
+step embed_t5_pp 70 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
+    --strategies prottrans,protrans --max-tokens 4000,default --per-protein
+step embed_bert_pp 45 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
+    --strategies prottrans,protrans --max-tokens 4000,default --per-protein
+if [ "$MODE" = quick ]; then
+    step train 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --json "$OUT/train.json"
+else
 step embed_t5 170 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
 step embed_bert 110 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
@@ -39,10 +50,11 @@ step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_model
     tests/test_heads_fit.py
 step train_compile 120 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
     --repeats 1 --json "$OUT/train_compile.json"
+fi
 
 echo "=== summary"
 for log in "$OUT"/*.log; do
     echo "--- $(basename "$log")"
-    grep -E "^(torch|name|NVIDIA|bf16|copy)|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror" \
+    grep -E "^(torch|name|NVIDIA|bf16|copy|host)|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror" \
         "$log" | tail -n 30
 done

@@ -10,8 +10,9 @@ window applies the --max-length policy, computes each distinct sequence once, so
 length, packs it into batches bounded by a padded-token budget and streams each batch's results
 into the HDF5 writer (flushed after every batch). A sequence met again in a later window is
 copied from the dataset already written. An `Embedder` is anything with
-`embed_batch(sequences) -> [array (n_layers, L, D)]`: the built-in `onehot` embedder and every
-transformer family share this code. Under torchrun, each rank embeds a balanced share of every
+`embed_batch(sequences, pooled=False) -> [array (n_layers, L, D)]` (with `pooled`, the per-protein
+means `(n_layers, D)`, asked for when no per-residue array is written): the built-in `onehot`
+embedder and every transformer family share this code. Under torchrun, each rank embeds a balanced share of every
 window into its own file and rank 0 merges them into the one output.
 """
 
@@ -130,8 +131,10 @@ class Embedder(Protocol):
     special_tokens: int     # tokens added to each sequence (for the batch budget)
     max_residues: int | None  # longest sequence the model accepts (absolute positions), None: any
 
-    def embed_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
-        """One float32 array (n_layers, L_i, D) per sequence; row j is residue j."""
+    def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
+        """One float32 array (n_layers, L_i, D) per sequence; row j is residue j. With `pooled`,
+        (n_layers, D) per sequence instead: the mean over its residues, computed where the model
+        runs (a run that writes per-protein arrays only moves D numbers per protein, not L x D)."""
         ...
 
 
@@ -163,12 +166,13 @@ class OneHotEmbedder:
             raise UsageError(f"the onehot embedder has a single layer: --layer {bad[0]} does not exist")
         self.layers = (-1,)
 
-    def embed_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
+    def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
         eye = np.eye(self.embedding_dim, dtype=np.float32)
         out = []
         for seq in sequences:
             idx = self._INDEX[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
-            out.append(eye[idx][None])  # (1, L, 21)
+            rows = eye[idx][None]  # (1, L, 21)
+            out.append(_mean_rows(rows) if pooled else rows)
         return out
 
 
@@ -201,23 +205,29 @@ class TransformerEmbedder:
         self.max_residues = _max_residues(self.model, self.special_tokens)
         self._cpu_copy = None
 
-    def embed_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
+    def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
         import torch
 
         model, device = self.model, self.device
         inputs, mask = self.family_impl.encode(self.tokenizer, list(sequences))
+        lengths = mask.sum(dim=1).tolist()  # on the host, before the transfer
+        for seq, n in zip(sequences, lengths):
+            if n != len(seq):
+                raise RuntimeFailure(f"the {self.family} family produced {n} residue rows for a "
+                                     f"{len(seq)}-residue sequence (a bug in its encode())")
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
         with torch.inference_mode():
             states = self.family_impl.hidden_states(model, inputs, list(self.layers))
             stacked = torch.stack(list(states), dim=0)  # (n_layers, B, T, D)
+            if pooled:
+                # Sums in float32 over the residue positions only, divided on the host in float64
+                # as the per-residue path does (the two agree to float32 rounding).
+                sums = torch.einsum("nbtd,bt->bnd", stacked.float(), mask.float())  # (B, n_layers, D)
+                sums = sums.cpu().numpy().astype(np.float64)
+                return [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
             rows = stacked[:, mask]                     # (n_layers, sum L_i, D)
             rows = rows.float().cpu().numpy()
-        lengths = mask.sum(dim=1).tolist()
-        for seq, n in zip(sequences, lengths):
-            if n != len(seq):
-                raise RuntimeFailure(f"the {self.family} family produced {n} residue rows for a "
-                                     f"{len(seq)}-residue sequence (a bug in its encode())")
         return list(np.split(rows, np.cumsum(lengths)[:-1], axis=1))
 
     def on_cpu(self) -> "TransformerEmbedder | None":
@@ -624,11 +634,11 @@ def _free_memory() -> None:
 
 
 def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = False,
-                     on_split=None) -> list[np.ndarray | str]:
+                     on_split=None, pooled: bool = False) -> list[np.ndarray | str]:
     """Embed a batch; on out-of-memory split it in halves down to single sequences, then try the
     CPU (when allowed). A sequence that still fails comes back as a reason string."""
     try:
-        return embedder.embed_batch(sequences)
+        return embedder.embed_batch(sequences, pooled=pooled)
     except Exception as exc:  # noqa: BLE001 - only memory failures are handled, the rest re-raised
         if not _is_oom_safe(exc):
             raise
@@ -637,13 +647,15 @@ def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = Fal
         if on_split:
             on_split(len(sequences))
         half = len(sequences) // 2
-        return (embed_with_retry(embedder, sequences[:half], cpu_fallback=cpu_fallback, on_split=on_split)
-                + embed_with_retry(embedder, sequences[half:], cpu_fallback=cpu_fallback, on_split=on_split))
+        return (embed_with_retry(embedder, sequences[:half], cpu_fallback=cpu_fallback, on_split=on_split,
+                                 pooled=pooled)
+                + embed_with_retry(embedder, sequences[half:], cpu_fallback=cpu_fallback, on_split=on_split,
+                                   pooled=pooled))
     reason = f"out of memory on {embedder.device} ({len(sequences[0])} residues)"
     twin = embedder.on_cpu() if cpu_fallback and hasattr(embedder, "on_cpu") else None
     if twin is not None:
         try:
-            return twin.embed_batch(sequences)
+            return twin.embed_batch(sequences, pooled=pooled)
         except Exception as exc:  # noqa: BLE001
             if not _is_oom_safe(exc):
                 raise
@@ -925,7 +937,10 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 to_count = sum(len(p.sequence) for p in window)
                 del window, units
                 for batch in make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens):
-                    results = embed_with_retry(embedder, [p.sequence for p in batch],
+                    # Per-protein only: means computed beside the model (windows of a chunked
+                    # protein are stitched first, so they bring their rows).
+                    pooled = not options.per_residue and all(p.unit.windows is None for p in batch)
+                    results = embed_with_retry(embedder, [p.sequence for p in batch], pooled=pooled,
                                                cpu_fallback=options.cpu_fallback, on_split=splits.append)
                     background.submit(write_batch, batch, results)
                     step = min(sum(len(p.sequence) for p in batch), to_count)
@@ -1078,10 +1093,18 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
             return
         del pending[id(unit)]
         result = stitch_windows(unit.windows, got, len(unit.sequence))
-    per_residue = result[0] if result.shape[0] == 1 else result          # (L, D) or (n_layers, L, D)
-    per_protein = per_residue.mean(axis=-2, dtype=np.float64).astype(np.float32)  # (D,) or (n_layers, D)
+    if result.ndim == 2:  # pooled by the embedder: (n_layers, D)
+        per_residue, per_protein = None, (result[0] if result.shape[0] == 1 else result)
+    else:
+        per_residue = result[0] if result.shape[0] == 1 else result          # (L, D) or (n_layers, L, D)
+        per_protein = _mean_rows(per_residue)                                # (D,) or (n_layers, D)
     _write_unit(unit, writer, summary, per_residue, per_protein)
     summary.num_residues += len(unit.sequence)
+
+
+def _mean_rows(rows: np.ndarray) -> np.ndarray:
+    """Mean over the residue axis (the one before last), accumulated in float64."""
+    return rows.mean(axis=-2, dtype=np.float64).astype(np.float32)
 
 
 def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, per_residue, per_protein) -> None:

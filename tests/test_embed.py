@@ -107,7 +107,7 @@ def test_long_policy_error_names_the_record(tmp_path):
 
 
 def test_duplicate_ids_fail_before_compute(tmp_path, monkeypatch):
-    def boom(self, seqs):
+    def boom(self, seqs, **kw):
         raise AssertionError("computed before the duplicate check")
 
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", boom)
@@ -128,11 +128,11 @@ def _ctrl_c_on_batch(monkeypatch, n: int):
     original = OneHotEmbedder.embed_batch
     calls = []
 
-    def interrupted(self, seqs):
+    def interrupted(self, seqs, **kw):
         calls.append(seqs)
         if len(calls) == n:
             raise KeyboardInterrupt
-        return original(self, seqs)
+        return original(self, seqs, **kw)
 
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", interrupted)
     return original
@@ -180,12 +180,12 @@ class _FakeOOM(OneHotEmbedder):
         super().__init__()
         self.budget, self.cpu_ok = budget, cpu_ok
 
-    def embed_batch(self, seqs):
+    def embed_batch(self, seqs, pooled=False):
         import torch
 
         if sum(map(len, seqs)) > self.budget:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().embed_batch(seqs)
+        return super().embed_batch(seqs, pooled=pooled)
 
     def on_cpu(self):
         return OneHotEmbedder() if self.cpu_ok else None
@@ -214,7 +214,7 @@ def test_protein_that_never_fits_is_recorded_not_dropped(tmp_path):
 
 def test_other_errors_are_not_swallowed():
     class Broken(OneHotEmbedder):
-        def embed_batch(self, seqs):
+        def embed_batch(self, seqs, pooled=False):
             raise ValueError("a real bug")
 
     with pytest.raises(ValueError):
@@ -412,9 +412,9 @@ def spy_on_batches(monkeypatch):
     seen = []
     original = OneHotEmbedder.embed_batch
 
-    def spy(self, seqs):
+    def spy(self, seqs, **kw):
         seen.extend(seqs)
-        return original(self, seqs)
+        return original(self, seqs, **kw)
 
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", spy)
     return seen
@@ -492,7 +492,7 @@ def test_digest_collisions_change_nothing(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("window", [1, 2])
 def test_checks_still_come_before_any_computation_with_windows(tmp_path, monkeypatch, window):
-    def boom(self, seqs):
+    def boom(self, seqs, **kw):
         raise AssertionError("computed before the checks")
 
     original = OneHotEmbedder.embed_batch
@@ -620,9 +620,9 @@ signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started wi
 marker = pathlib.Path(sys.argv[1])
 compute, flush = E.OneHotEmbedder.embed_batch, EmbeddingsWriter.flush
 
-def slow(self, seqs):
+def slow(self, seqs, **kw):
     time.sleep(0.05)  # a model's forward pass: the signal arrives mid-run
-    return compute(self, seqs)
+    return compute(self, seqs, **kw)
 
 def flushed(self):
     flush(self)

@@ -137,11 +137,11 @@ def test_oom_on_a_real_model_splits_and_still_matches(tmp_path, tiny_models, mon
     original = TransformerEmbedder.embed_batch
     sizes = []
 
-    def fake_oom(self, seqs):
+    def fake_oom(self, seqs, **kw):
         sizes.append(len(seqs))
         if len(seqs) > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return original(self, seqs)
+        return original(self, seqs, **kw)
 
     monkeypatch.setattr(TransformerEmbedder, "embed_batch", fake_oom)
     summary = embed(SMALL, tmp_path / "oom.h5", EmbedOptions(model=model, device="cpu", max_tokens=10_000))
@@ -226,3 +226,29 @@ def test_the_gpu_token_budget_grows_with_free_memory():
     assert GPU_MIN_TOKENS <= budget <= GPU_MAX_TOKENS and budget % GPU_MIN_TOKENS == 0
     assert budget == max(GPU_MIN_TOKENS, min(GPU_MAX_TOKENS, GPU_MIN_TOKENS * int(free // (10 * 2**30))))
     assert default_max_tokens("cpu") == 512
+
+
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_per_protein_only_is_pooled_beside_the_model_and_equals_the_full_run(tmp_path, tiny_models, family_name,
+                                                                            monkeypatch):
+    """A --per-protein run asks the embedder for means (no L x D rows cross to the host) and
+    stores what a run that also writes per-residue arrays stores for each protein."""
+    from protrans_cli.embed import EmbedOptions, TransformerEmbedder, embed
+
+    model = str(tiny_models[family_name])
+    full = _read(embed(SMALL, tmp_path / "full.h5", EmbedOptions(model=model, device="cpu")).output, PER_PROTEIN)
+    asked = []
+    original = TransformerEmbedder.embed_batch
+
+    def spy(self, seqs, pooled=False):
+        asked.append(pooled)
+        return original(self, seqs, pooled=pooled)
+
+    monkeypatch.setattr(TransformerEmbedder, "embed_batch", spy)
+    only = _read(embed(SMALL, tmp_path / "only.h5", EmbedOptions(model=model, device="cpu", per_residue=False,
+                                                                 max_tokens=40)).output, PER_PROTEIN)
+    assert asked and all(asked)
+    assert sorted(only) == sorted(full)
+    for ident, vec in full.items():
+        assert only[ident].shape == vec.shape
+        np.testing.assert_allclose(only[ident], vec, rtol=1e-5, atol=1e-6)
