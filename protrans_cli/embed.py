@@ -208,8 +208,6 @@ class TransformerEmbedder:
     def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
         import torch
 
-        from protrans_cli.models.attention import variable_shape_attention
-
         model, device = self.model, self.device
         inputs, mask = self.family_impl.encode(self.tokenizer, list(sequences))
         lengths = mask.sum(dim=1).tolist()  # on the host, before the transfer
@@ -219,7 +217,7 @@ class TransformerEmbedder:
                                      f"{len(seq)}-residue sequence (a bug in its encode())")
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
-        with torch.inference_mode(), variable_shape_attention(device):
+        with torch.inference_mode():
             states = self.family_impl.hidden_states(model, inputs, list(self.layers))
             stacked = torch.stack(list(states), dim=0)  # (n_layers, B, T, D)
             if pooled:

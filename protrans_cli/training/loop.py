@@ -32,7 +32,6 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
-from protrans_cli.models.attention import variable_shape_attention
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig, grad_accum_steps
@@ -78,7 +77,7 @@ class _Run:
     objective: object
     layout: TokenLayout
     run_dir: Path
-    forward_context: object  # () -> context for every forward pass: bf16 autocast, attention kernels
+    autocast: object
 
 
 class StopRequest:
@@ -176,22 +175,14 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None) -
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and info.device.type == "cuda")
-
-    def forward_context():
-        # Micro-batch shapes vary with the length buckets: attention kernels without per-shape
-        # set-up (protrans_cli/models/attention.py).
-        stack = contextlib.ExitStack()
-        if use_bf16:
-            stack.enter_context(torch.autocast(info.device.type, dtype=torch.bfloat16))
-        stack.enter_context(variable_shape_attention(info.device))
-        return stack
-
+    autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if use_bf16 \
+        else contextlib.nullcontext
     what = f"{family.name} from {config.init_from}" if config.init_from else f"{family.name}/{config.preset}"
     dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
                 f"strategy {strategy}, {'bf16 autocast' if use_bf16 else 'fp32'}")
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
-                run_dir, forward_context)
+                run_dir, autocast)
 
 
 # Above this share of missing weights, --init-from is refused rather than half random.
@@ -405,7 +396,7 @@ def _train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = Fals
     parts: list[torch.Tensor] = []  # loss sum, then (numerator, denominator) per metric
     for i, batch in enumerate(micro_batches):
         sync = i == len(micro_batches) - 1
-        with _no_sync(run, sync), run.forward_context():
+        with _no_sync(run, sync), run.autocast():
             sum_loss, _, metrics = run.wrapped(batch)
         (sum_loss * scale).backward()
         values = [sum_loss.detach().double()]
@@ -527,7 +518,7 @@ def evaluate(run: _Run, phase) -> float:
                 break
             for batch in step_batch.micro_batches:
                 batch = _to_device(batch, info.device)
-                with run.forward_context():
+                with run.autocast():
                     sum_loss, n, _ = run.wrapped(batch)
                 totals += torch.stack([sum_loss.detach().double(),
                                        torch.as_tensor(n, device=info.device).double()])
