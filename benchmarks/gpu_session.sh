@@ -5,8 +5,9 @@
 #
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
-# quick: the ceilings, per-protein embedding of both models and one run of the train benchmark
-# (about 3 minutes on an H200); without it, everything (about 10 minutes).
+# quick: the ceilings, the profile, per-protein embedding of both models and one run of the train
+# benchmark (about 5 minutes on an H200); without it, every step (up to 13 minutes: more than one
+# 10-minute device call, so pick steps with STEPS="profile embed_t5 ..." and run the rest later).
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
 # there): the package is used from the source tree through PYTHONPATH, nothing is installed.
@@ -23,6 +24,9 @@ SCRATCH=/dev/shm
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
     local name=$1 limit=$2 start rc
     shift 2
+    if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then
+        return 0
+    fi
     echo "=== $name (limit ${limit} s): $*"
     start=$(date +%s)
     timeout -k 5 "$limit" "$@" >"$OUT/$name.log" 2>&1
@@ -34,6 +38,8 @@ step env 35 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clo
     $PY -c 'import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__)'; \
     $PY benchmarks/gpu_peak.py"
 MODE=${1:-full}
+# First: where a batch's time goes (phases, attention kernels, fixed vs varying shapes, profiler).
+step profile 150 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
 step embed_t5_pp 70 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
 step embed_bert_pp 45 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
@@ -55,6 +61,6 @@ fi
 echo "=== summary"
 for log in "$OUT"/*.log; do
     echo "--- $(basename "$log")"
-    grep -E "^(torch|name|NVIDIA|bf16|copy|host)|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror" \
+    grep -E "^(torch|name|NVIDIA|bf16|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror" \
         "$log" | tail -n 30
 done

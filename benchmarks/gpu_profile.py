@@ -1,0 +1,229 @@
+"""Where the time of an embedding or training batch goes: one short run that splits it up.
+
+The first H200 figures (docs/benchmarks.md, "GPU") were 5-25x under what the model FLOPs allow,
+with a cost that grew with residues but not with model size or batch budget. This script
+measures, on the same batches:
+
+  embed   per-residue microseconds of each phase of `TransformerEmbedder.embed_batch`: encode
+          (host), host-to-device copy, forward pass (device events), device-to-host copy; then
+          the forward pass again with each attention-kernel choice (PyTorch's default, no cuDNN,
+          memory-efficient only, math only), and the kernel PyTorch picks for such a batch
+  train   the same masked-LM training step (forward + backward + AdamW) on micro-batches of one
+          fixed length against micro-batches whose length changes every step (as length
+          buckets make them), under each attention-kernel choice
+  profile torch.profiler's top operations by host time and by device time over a few batches
+
+    python benchmarks/gpu_profile.py --fasta proteome.fasta             # ProtBert-sized, cuda
+    python benchmarks/gpu_profile.py --device cpu --preset tiny --num-batches 4   # plumbing check
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def kernel_choices(device: str):
+    """(label, context factory) for each attention-kernel choice to compare."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    choices = [("default", contextlib.nullcontext)]
+    if device.startswith("cuda"):
+        choices += [
+            ("no-cudnn", lambda: sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                              SDPBackend.MATH])),
+            ("efficient", lambda: sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION])),
+            ("math", lambda: sdpa_kernel([SDPBackend.MATH])),
+        ]
+    return choices
+
+
+def embed_phases(args, batches, embedder) -> None:
+    import torch
+
+    fam, tok, model, device = embedder.family_impl, embedder.tokenizer, embedder.model, args.device
+    residues = sum(len(s) for b in batches for s in b)
+    totals = {"encode": 0.0, "to device": 0.0, "forward": 0.0, "to host": 0.0}
+    for seqs in batches:
+        t0 = time.perf_counter()
+        inputs, mask = fam.encode(tok, list(seqs))
+        t1 = time.perf_counter()
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        mask = mask.to(device)
+        _sync(device)
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            (state,) = fam.hidden_states(model, inputs, [-1])
+            _sync(device)
+            t3 = time.perf_counter()
+            rows = state[mask].float().cpu()
+        t4 = time.perf_counter()
+        for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            totals[key] += dt
+        del rows
+    whole = sum(totals.values())
+    print(f"embed phases over {len(batches)} batches, {residues} residues: "
+          f"{residues / whole:,.0f} residues/s in all")
+    for key, dt in totals.items():
+        print(f"  {key:10s} {dt * 1e6 / residues:8.2f} us/residue  {dt / whole:6.1%}")
+
+    encoded = [fam.encode(tok, list(seqs)) for seqs in batches]
+    encoded = [({k: v.to(device) for k, v in inp.items()}, m) for inp, m in encoded]
+    for label, ctx in kernel_choices(device):
+        try:
+            with torch.inference_mode(), ctx():
+                fam.hidden_states(model, encoded[0][0], [-1])  # warm-up
+                _sync(device)
+                start = time.perf_counter()
+                for inp, _ in encoded:
+                    fam.hidden_states(model, inp, [-1])
+                _sync(device)
+            dt = time.perf_counter() - start
+            print(f"  forward, attention {label:10s} {dt * 1e6 / residues:8.2f} us/residue "
+                  f"({residues / dt:,.0f} residues/s)")
+        except RuntimeError as exc:
+            print(f"  forward, attention {label:10s} failed: {str(exc).splitlines()[0]}")
+    if device.startswith("cuda"):
+        cfg = model.config
+        heads = getattr(cfg, "num_attention_heads", None) or cfg.num_heads
+        head_dim = embedder.embedding_dim // heads
+        q = torch.randn(13, heads, 301, head_dim, device=device, dtype=torch.bfloat16)
+        mask4 = torch.ones(13, 1, 301, 301, device=device, dtype=torch.bool)
+        names = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+        for masked in (False, True):
+            choice = torch._fused_sdp_choice(q, q, q, attn_mask=mask4 if masked else None)
+            print(f"  PyTorch's kernel for a (13, {heads}, 301, {head_dim}) bf16 attention "
+                  f"{'with' if masked else 'without'} a padding mask: {names.get(choice, choice)}")
+
+
+def train_shapes(args, records) -> None:
+    """Training steps on one fixed length against a new length every step."""
+    import torch
+
+    from protrans_cli.models import get_family
+
+    family = get_family(args.family)
+    tokenizer = family.build_tokenizer()
+    config = family.build_config(args.preset, tokenizer)
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = family.pretraining_model(config)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if args.device.startswith("cuda") else {}))
+    vocab = len(tokenizer)
+    batch = args.train_micro_batch
+    lengths_varying = [64 + 8 * ((i * 37) % 57) for i in range(args.train_steps)]  # 64..512, all different
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda")
+                else contextlib.nullcontext())
+
+    def step(length: int) -> int:
+        ids = torch.randint(5, vocab, (batch, length), device=args.device)
+        labels = torch.where(torch.rand(batch, length, device=args.device) < 0.15, ids, -100)
+        with autocast:
+            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return batch * length
+
+    for label, ctx in kernel_choices(args.device):
+        fixed = f"fixed {args.train_length}"
+        for name, lengths in ((fixed, [args.train_length] * args.train_steps), ("varying", lengths_varying)):
+            try:
+                with ctx():
+                    step(lengths[0])
+                    _sync(args.device)
+                    start = time.perf_counter()
+                    tokens = sum(step(n) for n in lengths)
+                    _sync(args.device)
+                dt = time.perf_counter() - start
+                print(f"train {label:10s} {name:10s} {tokens / dt:10,.0f} tokens/s "
+                      f"({dt / len(lengths) * 1e3:.0f} ms/step)")
+            except RuntimeError as exc:
+                print(f"train {label:10s} {name:10s} failed: {str(exc).splitlines()[0]}")
+
+
+def profile(args, batches, embedder, out: Path | None) -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    with torch_profile(activities=activities) as prof:
+        for seqs in batches[:5]:
+            embedder.embed_batch(list(seqs))
+        _sync(args.device)
+    table_cpu = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    text = "top operations by host time (5 embedding batches)\n" + table_cpu
+    if args.device.startswith("cuda"):
+        text += "\ntop operations by device time\n" + prof.key_averages().table(sort_by="self_cuda_time_total",
+                                                                               row_limit=15)
+    if out:
+        out.write_text(text)
+        print(f"profile tables written to {out}")
+    print("\n".join(text.splitlines()[:25]))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fasta", default=str(ROOT.parent / "shared" / "data" / "proteomes" / "UP000000625_83333.fasta"))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--family", default="bert")
+    p.add_argument("--preset", default="prot_bert")
+    p.add_argument("--num-batches", type=int, default=40, help="embedding batches of --max-tokens padded tokens")
+    p.add_argument("--max-tokens", type=int, default=4000)
+    p.add_argument("--train-steps", type=int, default=12)
+    p.add_argument("--train-micro-batch", type=int, default=16)
+    p.add_argument("--train-length", type=int, default=512)
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--profile-out", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from embed_bench import build_loaded, load_proteins
+    from protrans_cli.embed import TransformerEmbedder, _Piece, make_batches
+
+    dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    records = load_proteins(args.fasta, None, 0, None)
+    loaded = build_loaded(args.family, args.preset, args.device, dtype)
+    embedder = TransformerEmbedder(loaded, (-1,), args.device, dtype)
+    if embedder.max_residues:
+        records = [r for r in records if len(r[1]) <= embedder.max_residues]
+    print(f"{args.family}/{args.preset} on {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), "
+          f"{dtype}; torch {torch.__version__}")
+
+    class _Unit:
+        windows = None
+
+    pieces = [_Piece(_Unit(), 0, seq) for _, seq in records]
+    batches = [[p.sequence for p in b] for b in make_batches(pieces, args.max_tokens, 100, embedder.special_tokens)]
+    # Evenly spread over the length range, as a proteome run meets them.
+    step = max(1, len(batches) // args.num_batches)
+    batches = batches[::step][:args.num_batches]
+    embedder.embed_batch(batches[-1])  # warm-up
+    embed_phases(args, batches, embedder)
+    profile(args, batches, embedder, args.profile_out)
+    del embedder, loaded
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    if not args.skip_train:
+        train_shapes(args, records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
