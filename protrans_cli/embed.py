@@ -539,8 +539,9 @@ def default_max_tokens(device: str) -> int:
     mask above all): 512 tokens, about one average protein, measured best
     (docs/benchmarks.md#embed). On a GPU, ProtTrans' 4000 residues fits ProtT5-XL in bf16 on a
     16 GB card; a card with more memory left after the model is loaded gets 4000 more for each
-    further 10 GiB free, up to 32000: larger batches spend less of each batch launching kernels
-    (docs/benchmarks.md, "embed on a GPU"). An out-of-memory batch is still split and retried."""
+    further 10 GiB free, up to 32000, so that a large card's matrix units get large products.
+    On an H200 32000 ran no slower than 4000 (docs/benchmarks.md#gpu; a per-residue cost
+    dominated there). An out-of-memory batch is still split and retried."""
     if str(device) == "cpu":
         return 512
     free = _free_accelerator_bytes(device)
