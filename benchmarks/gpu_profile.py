@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,6 +80,8 @@ def embed_phases(args, batches, embedder) -> None:
           f"{residues / whole:,.0f} residues/s in all")
     for key, dt in totals.items():
         print(f"  {key:10s} {dt * 1e6 / residues:8.2f} us/residue  {dt / whole:6.1%}")
+    print("  (each batch shape above was new; the forward passes below repeat the same shapes, so a\n"
+          "   per-new-shape cost shows as the difference)")
 
     encoded = [fam.encode(tok, list(seqs)) for seqs in batches]
     encoded = [({k: v.to(device) for k, v in inp.items()}, m) for inp, m in encoded]
@@ -93,10 +95,10 @@ def embed_phases(args, batches, embedder) -> None:
                     fam.hidden_states(model, inp, [-1])
                 _sync(device)
             dt = time.perf_counter() - start
-            print(f"  forward, attention {label:10s} {dt * 1e6 / residues:8.2f} us/residue "
+            print(f"  forward again, attention {label:10s} {dt * 1e6 / residues:8.2f} us/residue "
                   f"({residues / dt:,.0f} residues/s)")
         except RuntimeError as exc:
-            print(f"  forward, attention {label:10s} failed: {str(exc).splitlines()[0]}")
+            print(f"  forward again, attention {label:10s} failed: {str(exc).splitlines()[0]}")
     if device.startswith("cuda"):
         cfg = model.config
         heads = getattr(cfg, "num_attention_heads", None) or cfg.num_heads
@@ -205,6 +207,15 @@ def main(argv=None) -> int:
         records = [r for r in records if len(r[1]) <= embedder.max_residues]
     print(f"{args.family}/{args.preset} on {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), "
           f"{dtype}; torch {torch.__version__}")
+    settings = {name: os.environ.get(name) for name in ("PYTORCH_TUNABLEOP_ENABLED", "PYTORCH_CUDA_ALLOC_CONF",
+                                                         "TORCH_CUDNN_SDPA_DEPRIORITIZED", "CUDA_LAUNCH_BLOCKING",
+                                                         "OMP_NUM_THREADS")}
+    settings["cudnn.benchmark"] = torch.backends.cudnn.benchmark
+    settings["threads"] = torch.get_num_threads()
+    if args.device.startswith("cuda"):
+        settings["tunable"] = torch.cuda.tunable.is_enabled()
+        settings["cudnn"] = torch.backends.cudnn.version()
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
     class _Unit:
         windows = None
