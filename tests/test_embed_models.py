@@ -252,3 +252,20 @@ def test_per_protein_only_is_pooled_beside_the_model_and_equals_the_full_run(tmp
     for ident, vec in full.items():
         assert only[ident].shape == vec.shape
         np.testing.assert_allclose(only[ident], vec, rtol=1e-5, atol=1e-6)
+
+
+def test_pooled_per_protein_with_several_layers_and_the_flat_layout(tmp_path, tiny_models):
+    from protrans_cli.embed import EmbedOptions, embed
+
+    model = str(tiny_models["t5"])
+    full = embed(SMALL, tmp_path / "full.h5", EmbedOptions(model=model, device="cpu", layers=(0, -1)))
+    only = embed(SMALL, tmp_path / "only.h5", EmbedOptions(model=model, device="cpu", layers=(0, -1),
+                                                           per_residue=False, layout="flat"))
+    with EmbeddingsReader(full.output) as r:
+        want = {i: a for i, a, _ in r.items(PER_PROTEIN)}
+    with EmbeddingsReader(only.output) as r:
+        got = {i: a for i, a, _ in r.items(PER_PROTEIN)}
+    assert sorted(got) == sorted(want)
+    for ident, vec in want.items():
+        assert vec.shape == got[ident].shape == (2, vec.shape[-1])
+        np.testing.assert_allclose(got[ident], vec, rtol=1e-5, atol=1e-6)
