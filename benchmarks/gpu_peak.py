@@ -4,7 +4,8 @@ sheet's dense bf16 peak; this says what the card in hand reaches, for comparison
 
 Then the host side that per-residue embedding depends on: writing 1 GiB of fresh host memory,
 and copying 1 GiB from the GPU into fresh pageable memory, into the same pageable memory again
-(no new pages) and into pinned memory.
+(no new pages), into pinned memory, and into pinned memory then a new host array (what
+`protrans embed` does with per-residue rows).
 
     python benchmarks/gpu_peak.py
 """
@@ -72,6 +73,7 @@ def host_memory(x) -> None:
     pinned.copy_(x)
     print(f"host: GPU -> pinned {rate(lambda: pinned.copy_(x)):.2f} GiB/s")
     print(f"host: GPU -> .cpu() (new tensor each time) {rate(lambda: x.cpu()):.2f} GiB/s")
+    print(f"host: GPU -> pinned -> new array (embed's path) {rate(lambda: (pinned.copy_(x), pinned.numpy().copy())):.2f} GiB/s")
 
 
 if __name__ == "__main__":

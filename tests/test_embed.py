@@ -678,3 +678,25 @@ def test_missing_output_directory_is_refused_not_created(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="nodir: output directory does not exist"):
         embed(SMALL, tmp_path / "nodir" / "x.h5", EmbedOptions(model="onehot"))
     assert not (tmp_path / "nodir").exists()
+
+
+def test_host_staging_hands_out_independent_float32_arrays():
+    """The reused staging buffer (pinned on a GPU) behind embed_batch's device-to-host copy:
+    each array is the rows in float32 and stays intact while later batches reuse the buffer."""
+    torch = pytest.importorskip("torch")
+    from protrans_cli.embed import _HostStaging
+
+    staging = _HostStaging(pinned=False)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 7, generator=g).to(torch.bfloat16).reshape(1, n, 7) for n in (5, 3, 11, 11, 2)]
+    out = [staging.stage(b) for b in batches]
+    for b, a in zip(batches, out):
+        assert a.dtype == np.float32 and a.shape == tuple(b.shape)
+        np.testing.assert_array_equal(a, b.float().numpy())
+    assert staging.buffer.numel() == 77  # grown twice (35, then 77 elements), not once per batch
+    assert len({a.ctypes.data for a in out}) == len(out)
+    # Above the cap the rows go straight to the host, and on the CPU nothing is staged.
+    staging.MAX_BYTES = 40
+    big = torch.randn(1, 20, 7)
+    np.testing.assert_array_equal(staging.to_host(big), big.numpy())
+    assert staging.buffer.numel() == 77
