@@ -12,8 +12,8 @@ into the HDF5 writer (flushed after every batch). A sequence met again in a late
 copied from the dataset already written. An `Embedder` is anything with
 `embed_batch(sequences, pooled=False) -> [array (n_layers, L, D)]` (with `pooled`, the per-protein
 means `(n_layers, D)`, asked for when no per-residue array is written): the built-in `onehot`
-embedder and every transformer family share this code. Under torchrun, each rank embeds a balanced share of every
-window into its own file and rank 0 merges them into the one output.
+embedder and every transformer family share this code. Under torchrun, each rank embeds a
+balanced share of every window into its own file and rank 0 merges them into the one output.
 """
 
 from __future__ import annotations
@@ -222,9 +222,11 @@ class TransformerEmbedder:
             states = self.family_impl.hidden_states(model, inputs, list(self.layers))
             stacked = torch.stack(list(states), dim=0)  # (n_layers, B, T, D)
             if pooled:
-                # Sums in float32 over the residue positions only, divided on the host in float64
-                # as the per-residue path does (the two agree to float32 rounding).
-                sums = torch.einsum("nbtd,bt->bnd", stacked.float(), mask.float())  # (B, n_layers, D)
+                # Sums in float32 over the residue positions only (whatever padding positions
+                # hold, NaN included, is replaced, not multiplied by zero), divided on the host in
+                # float64 as the per-residue path does (the two agree to float32 rounding).
+                kept = stacked.masked_fill(~mask[None, :, :, None], 0)
+                sums = kept.sum(dim=2, dtype=torch.float32).transpose(0, 1)  # (B, n_layers, D)
                 sums = sums.cpu().numpy().astype(np.float64)
                 return [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
             rows = self._staging.to_host(stacked[:, mask])  # (n_layers, sum L_i, D) float32

@@ -269,3 +269,27 @@ def test_pooled_per_protein_with_several_layers_and_the_flat_layout(tmp_path, ti
     for ident, vec in want.items():
         assert vec.shape == got[ident].shape == (2, vec.shape[-1])
         np.testing.assert_allclose(got[ident], vec, rtol=1e-5, atol=1e-6)
+
+
+def test_pooled_means_ignore_whatever_padding_positions_hold(tiny_models, monkeypatch):
+    """Kernels may leave NaN or garbage in the hidden states of padding positions; the pooled
+    means read residue positions only, like the per-residue rows do."""
+    from protrans_cli.embed import TransformerEmbedder
+    from protrans_cli.models import load_model
+
+    embedder = TransformerEmbedder(load_model(str(tiny_models["bert"])), (-1,), "cpu", "float32")
+    family = embedder.family_impl
+    original = type(family).hidden_states
+
+    def poisoned(self, model, inputs, layers):
+        states = original(self, model, inputs, layers)
+        pad = ~inputs["attention_mask"].bool()
+        return [s.masked_fill(pad[:, :, None], float("nan")) for s in states]
+
+    monkeypatch.setattr(type(family), "hidden_states", poisoned)
+    sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "ACD", "M"]
+    rows = embedder.embed_batch(sequences)
+    pooled = embedder.embed_batch(sequences, pooled=True)
+    for r, p in zip(rows, pooled):
+        assert np.isfinite(r).all() and np.isfinite(p).all()
+        np.testing.assert_allclose(p, r.mean(axis=1), rtol=1e-5, atol=1e-6)
