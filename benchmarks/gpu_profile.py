@@ -171,7 +171,7 @@ def profile(args, batches, embedder, out: Path | None) -> None:
     table_cpu = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     text = "top operations by host time (5 embedding batches)\n" + table_cpu
     if args.device.startswith("cuda"):
-        text += "\ntop operations by device time\n" + prof.key_averages().table(sort_by="self_cuda_time_total",
+        text += "\ntop operations by device time\n" + prof.key_averages().table(sort_by="self_device_time_total",
                                                                                row_limit=15)
     if out:
         out.write_text(text)
@@ -226,14 +226,29 @@ def main(argv=None) -> int:
     step = max(1, len(batches) // args.num_batches)
     batches = batches[::step][:args.num_batches]
     embedder.embed_batch(batches[-1])  # warm-up
-    embed_phases(args, batches, embedder)
-    profile(args, batches, embedder, args.profile_out)
-    del embedder, loaded
+    # Each part reports on its own: one that fails must not cost the others' figures.
+    parts = [("embed phases", lambda: embed_phases(args, batches, embedder)),
+             ("profile", lambda: profile(args, batches, embedder, args.profile_out))]
+    failed = _run_parts(parts)
+    del embedder, loaded, parts
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     if not args.skip_train:
-        train_shapes(args, records)
-    return 0
+        failed += _run_parts([("train shapes", lambda: train_shapes(args, records))])
+    return 1 if failed else 0
+
+
+def _run_parts(parts) -> int:
+    import traceback
+
+    failed = 0
+    for name, part in parts:
+        try:
+            part()
+        except Exception:  # noqa: BLE001 - reported, and the next part runs
+            failed += 1
+            print(f"{name} failed:\n{traceback.format_exc()}", file=sys.stderr)
+    return failed
 
 
 if __name__ == "__main__":
