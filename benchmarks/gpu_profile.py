@@ -29,12 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from embed_bench import _sync  # noqa: E402  (one device synchronisation helper for the benchmarks)
 
 
 def kernel_choices(device: str):
