@@ -155,7 +155,6 @@ def train_shapes(args, records) -> None:
 
 
 def profile(args, batches, embedder, out: Path | None) -> None:
-    import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
