@@ -6,7 +6,7 @@
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
 # quick: the ceilings, the profile, per-protein embedding of both models and one run of the train
-# benchmark (about 5 minutes on an H200); without it, every step (up to 13 minutes: more than one
+# benchmark at --pad-multiple 8 and one at 128 (about 6 minutes on an H200); without it, every step (up to 13 minutes: more than one
 # 10-minute device call, so pick steps with STEPS="profile embed_t5 ..." and run the rest later).
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
@@ -46,6 +46,7 @@ step embed_bert_pp 45 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cu
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
 if [ "$MODE" = quick ]; then
     step train 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --json "$OUT/train.json"
+    step train_pad128 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --pad-multiple 128
 else
 step embed_t5 170 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"

@@ -120,7 +120,7 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
                       num_steps=args.num_steps, max_length=args.max_length,
                       global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
                       lr=1e-4, warmup_steps=0, log_every=1, save_every=10**9, keep_last=1,
-                      seed=args.seed, threads=args.threads, compile=args.compile)
+                      seed=args.seed, threads=args.threads, compile=args.compile, pad_multiple=args.pad_multiple)
     train(cfg)
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r][args.warmup:]
     tokens = sum(r["tokens"] for r in rows)
@@ -143,7 +143,7 @@ def _protrans_padding(args, corpus: Path) -> float:
     for (_, sb) in zip(range(args.num_steps), stream):
         for mb in sb.micro_batches:
             lengths = [len(s.residues) + layout.num_special for s in mb]
-            width = -(-max(lengths) // 8) * 8
+            width = -(-max(lengths) // args.pad_multiple) * args.pad_multiple
             real += sum(lengths)
             padded += width * len(lengths)
     return 1 - real / padded
@@ -183,6 +183,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="protrans with --compile (torch.compile, dynamic shapes); raise --warmup to leave "
                              "the compilations out of the timing")
+    parser.add_argument("--pad-multiple", type=int, default=8,
+                        help="protrans train --pad-multiple (micro-batch lengths rounded up to a multiple)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     import torch

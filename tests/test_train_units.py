@@ -444,3 +444,46 @@ def test_config_file_values_of_the_wrong_type_are_usage_errors(tmp_path):
     path.write_text("lr = 1\nthreads = 2\nobjective = \"mlm\"\n")
     cfg = TrainConfig.from_file(path)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.threads == 2
+
+
+# --- padding multiple --------------------------------------------------------------------
+
+@pytest.mark.parametrize("family,objective", [("bert", "mlm"), ("esm", "mlm"), ("electra", "electra"),
+                                              ("t5", "t5"), ("t5", "t5_span"), ("xlnet", "plm"),
+                                              ("transfo_xl", "clm")])
+def test_pad_multiple_rounds_every_batch_and_leaves_the_loss_unchanged(family, objective):
+    """--pad-multiple only adds padding: every padded tensor's length is a multiple of it, and
+    the loss of a model over the batch equals the loss over the same batch padded to 8."""
+    fam = _family(family)
+    tok = fam.build_tokenizer()
+    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tok)).eval()
+    samples = _random_samples(layout, n=5, length=37)
+    losses = {}
+    for multiple in (8, 48):
+        obj = make_objective(objective, layout, _cfg(pad_multiple=multiple))
+        batch = obj.collate(samples)
+        # Token axes (XLNet's labels run over its targets, not over positions).
+        keys = {"input_ids", "attention_mask", "masked", "residue_mask", "token_type_ids"}
+        keys |= set() if objective == "plm" else {"labels"}
+        for key in keys & set(batch):
+            assert batch[key].shape[1] % multiple == 0, (key, batch[key].shape)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            total, n, metrics = obj.loss(model, batch)
+        # ELECTRA samples its replacements over every position, padding included, so only its
+        # generator's loss is free of the random stream.
+        losses[multiple] = (float(metrics["gen_loss"][0] if objective == "electra" else total), int(n))
+    assert losses[48][1] == losses[8][1]
+    assert losses[48][0] == pytest.approx(losses[8][0], rel=1e-5)
+
+
+def test_pad_multiple_is_checked_and_set_from_the_command_line(run_cli, tmp_path):
+    with pytest.raises(UsageError, match="pad_multiple must be at least 1"):
+        _cfg(pad_multiple=0).validate()
+    out = tmp_path / "run"
+    res = run_cli("train", "--corpus", LEARNABLE, "--preset", "tiny", "--num-steps", 1, "--global-batch-size", 4,
+                  "--micro-batch-size", 4, "--pad-multiple", 64, "-o", out)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((out / "train_config.json").read_text())["pad_multiple"] == 64

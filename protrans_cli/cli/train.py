@@ -58,6 +58,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--log-every", type=int, default=None, help="Steps per line of metrics.jsonl.  [default: 10]")
 @click.option("--eval-every", type=int, default=None, help="Steps between eval losses (0: at the end).  [default: 0]")
 @click.option("--num-workers", type=int, default=None, help="Data loader worker processes per rank.  [default: 0]")
+@click.option("--pad-multiple", type=int, default=None,
+              help="Round each micro-batch's length up to a multiple of N (larger N: fewer distinct shapes, more padding).  [default: 8]")
 @click.option("--stop-after", type=int, default=None,
               help="Stop with a checkpoint after this many steps (a time-limited job); --resume continues.")
 @click.option("--resume", "resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")

@@ -70,6 +70,7 @@ class TrainConfig:
     global_batch_size: int = 32    # proteins per optimizer step, all ranks together
     micro_batch_size: int = 8      # proteins per forward pass on one device
     bucket_batches: int = 16       # global batches sorted together by length to limit padding
+    pad_multiple: int = 8          # micro-batch lengths rounded up to a multiple (tensor cores; larger: fewer shapes)
     num_workers: int = 0           # DataLoader workers per rank
     # objective
     mask_prob: float = 0.15
@@ -133,7 +134,7 @@ class TrainConfig:
             raise UsageError(f"mask_prob must be between 0 and 1, got {self.mask_prob}")
         if self.sop and (self.objective or "mlm") != "mlm":
             raise UsageError("sop (sentence-order prediction) goes with the mlm objective only")
-        for name in ("log_every", "save_every", "keep_last", "bucket_batches"):
+        for name in ("log_every", "save_every", "keep_last", "bucket_batches", "pad_multiple"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:

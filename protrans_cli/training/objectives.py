@@ -28,7 +28,8 @@ IGNORE = -100
 
 
 def _pad(rows: list[np.ndarray], value: int, multiple: int = 8) -> torch.Tensor:
-    """(B, T) tensor of right-padded rows; T rounded up to a multiple of 8 for tensor cores."""
+    """(B, T) tensor of right-padded rows; T rounded up to `multiple` (8 by default, for tensor
+    cores; `--pad-multiple` takes larger ones, which make fewer distinct batch shapes)."""
     width = max((len(r) for r in rows), default=1)
     width = max(multiple, -(-width // multiple) * multiple)
     out = np.full((len(rows), width), value, dtype=np.int64)
@@ -70,6 +71,9 @@ class Objective:
 
     def collate(self, samples: list[Sample]) -> dict:
         raise NotImplementedError
+
+    def _pad(self, rows: list[np.ndarray], value: int) -> torch.Tensor:
+        return _pad(rows, value, getattr(self.config, "pad_multiple", 8))
 
     def loss(self, model, batch: dict):
         raise NotImplementedError
@@ -123,15 +127,15 @@ class MaskedLM(Objective):
         return self._finish(inputs, labels, residue)
 
     def _finish(self, inputs, labels, residue, types=None):
-        input_ids = _pad(inputs, self.layout.pad_id)
-        labels_t = _pad(labels, IGNORE)
+        input_ids = self._pad(inputs, self.layout.pad_id)
+        labels_t = self._pad(labels, IGNORE)
         attention_mask = (torch.arange(input_ids.shape[1])[None, :]
                           < torch.tensor([len(r) for r in inputs])[:, None]).long()
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels_t,
-                 "residue_mask": _pad([r.astype(np.int64) for r in residue], 0).bool(),
+                 "residue_mask": self._pad([r.astype(np.int64) for r in residue], 0).bool(),
                  "num_predicted": int((labels_t != IGNORE).sum())}
         if types is not None:
-            batch["token_type_ids"] = _pad(types, 0)
+            batch["token_type_ids"] = self._pad(types, 0)
         return batch
 
     def _collate_sop(self, samples):
@@ -234,14 +238,14 @@ class _Seq2Seq(Objective):
     """Shared by the T5 objectives: the decoder input is the label sequence shifted right."""
 
     def _finish(self, inputs, labels, masked=None):
-        input_ids = _pad(inputs, self.layout.pad_id)
+        input_ids = self._pad(inputs, self.layout.pad_id)
         attention_mask = (torch.arange(input_ids.shape[1])[None, :]
                           < torch.tensor([len(r) for r in inputs])[:, None]).long()
-        labels_t = _pad(labels, IGNORE)
+        labels_t = self._pad(labels, IGNORE)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels_t,
                  "num_predicted": int((labels_t != IGNORE).sum())}
         if masked is not None:
-            batch["masked"] = _pad([m.astype(np.int64) for m in masked], 0).bool()
+            batch["masked"] = self._pad([m.astype(np.int64) for m in masked], 0).bool()
         return batch
 
     def loss(self, model, batch):
@@ -358,7 +362,7 @@ class PermutationLM(Objective):
             order = rng.permutation(len(chosen))
             inputs.append(self._with_specials(res))
             targets.append((chosen[order] + offset, res[chosen[order]]))  # in factorisation order
-        input_ids = _pad(inputs, self.layout.pad_id)
+        input_ids = self._pad(inputs, self.layout.pad_id)
         B, T = input_ids.shape
         P = max(1, max(len(t[0]) for t in targets))
         perm_mask = torch.zeros(B, T, T)
@@ -394,8 +398,8 @@ class CausalLM(Objective):
     def collate(self, samples):
         ids = [self._with_specials(s.residues) for s in samples]
         labels = [np.concatenate([r[1:], [IGNORE]]) for r in ids]  # next token; none after the last
-        input_ids = _pad(ids, self.layout.pad_id)
-        labels_t = _pad(labels, IGNORE)
+        input_ids = self._pad(ids, self.layout.pad_id)
+        labels_t = self._pad(labels, IGNORE)
         return {"input_ids": input_ids, "labels": labels_t,
                 "num_predicted": int((labels_t != IGNORE).sum())}
 
