@@ -8,6 +8,7 @@ seed) on the same proteins with the same global batch, micro-batch, optimizer an
             micro-batch to its longest protein), `model(**batch).loss / accum`, AdamW
   protrans  `protrans_cli.training.loop.train` itself: length-bucketed batches, random crops,
             loss per predicted token over the whole step, checkpoints and metrics
+            (--packing: each micro-batch one row without padding, varlen attention on a GPU)
 
 Printed: real (non-padding) tokens per second per device after warm-up, the ratio, the share of
 padding in each, and on a GPU the model FLOPs utilisation against the device's dense bf16 peak
@@ -19,6 +20,7 @@ shared machine varies more than the difference being measured.
     python benchmarks/train_bench.py --preset small --max-length 256 --num-steps 12
     # GPU: ProtBert-sized BERT at length 512, bf16
     python benchmarks/train_bench.py --gpu
+    python benchmarks/train_bench.py --gpu --packing
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
                       num_steps=args.num_steps, max_length=args.max_length,
                       global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
                       lr=1e-4, warmup_steps=0, log_every=1, save_every=10**9, keep_last=1,
-                      seed=args.seed, threads=args.threads, compile=args.compile, pad_multiple=args.pad_multiple)
+                      seed=args.seed, threads=args.threads, compile=args.compile, pad_multiple=args.pad_multiple,
+                      packing=args.packing)
     train(cfg)
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r][args.warmup:]
     tokens = sum(r["tokens"] for r in rows)
@@ -143,9 +146,11 @@ def _protrans_padding(args, corpus: Path) -> float:
     for (_, sb) in zip(range(args.num_steps), stream):
         for mb in sb.micro_batches:
             lengths = [len(s.residues) + layout.num_special for s in mb]
-            width = -(-max(lengths) // args.pad_multiple) * args.pad_multiple
             real += sum(lengths)
-            padded += width * len(lengths)
+            if args.packing:  # one row, its end rounded up
+                padded += -(-sum(lengths) // args.pad_multiple) * args.pad_multiple
+            else:
+                padded += -(-max(lengths) // args.pad_multiple) * args.pad_multiple * len(lengths)
     return 1 - real / padded
 
 
@@ -185,6 +190,8 @@ def main(argv=None) -> int:
                              "the compilations out of the timing")
     parser.add_argument("--pad-multiple", type=int, default=8,
                         help="protrans train --pad-multiple (micro-batch lengths rounded up to a multiple)")
+    parser.add_argument("--packing", action="store_true",
+                        help="protrans train --packing (one row per micro-batch; varlen attention on a GPU)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     import torch

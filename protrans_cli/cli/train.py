@@ -60,6 +60,9 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--num-workers", type=int, default=None, help="Data loader worker processes per rank.  [default: 0]")
 @click.option("--pad-multiple", type=int, default=None,
               help="Round each micro-batch's length up to a multiple of N (larger N: fewer distinct shapes, more padding).  [default: 8]")
+@click.option("--packing", "packing", is_flag=True, default=None,
+              help="Masked-LM families: pack each micro-batch into one row without padding; on a CUDA "
+                   "GPU its attention is one fused variable-length kernel.")
 @click.option("--stop-after", type=int, default=None,
               help="Stop with a checkpoint after this many steps (a time-limited job); --resume continues.")
 @click.option("--resume", "resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")

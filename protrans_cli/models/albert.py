@@ -29,6 +29,7 @@ class AlbertFamily(Family):
     name = "albert"
     model_types = ("albert",)
     objective = "mlm"
+    packable = True
     presets = PRESETS
     description = "ALBERT: factorised embeddings, cross-layer sharing (ProtAlbert)"
 

@@ -51,6 +51,8 @@ class Family:
                    tokenizer then maps them itself, to their own token or to `<unk>`)
       description  one line for `protrans models`
       padding_side "right" for every family but XLNet ("left")
+      packable     `train --packing` works: the pretraining model takes position_ids and routes
+                   attention through transformers' AttentionInterface (see training/packing.py)
     """
 
     name: ClassVar[str]
@@ -63,8 +65,18 @@ class Family:
     padding_side: ClassVar[str] = "right"
     # inputs the encoder takes; tokenizers may return more (token_type_ids) that are dropped
     input_names: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
+    packable: ClassVar[bool] = False
 
     # --- building (train) -------------------------------------------------------------
+    def packed_position_offset(self, config) -> int:
+        """The position id of a protein's first token in an unpadded row (packing restarts the
+        numbering at every protein)."""
+        return 0
+
+    def packing_problem(self, config) -> str | None:
+        """Why `train --packing` cannot train this model exactly as padded batches would, or None."""
+        return None if self.packable else f"the {self.name} family does not support packing"
+
     def build_tokenizer(self):
         """A tokenizer made offline from the residue alphabet (saved with every checkpoint)."""
         raise NotImplementedError

@@ -30,6 +30,7 @@ class BertFamily(Family):
     name = "bert"
     model_types = ("bert",)
     objective = "mlm"
+    packable = True
     presets = PRESETS
     description = "BERT masked-LM encoder (ProtBert)"
 

@@ -137,6 +137,7 @@ class ElectraFamily(Family):
     name = "electra"
     model_types = ("electra",)
     objective = "electra"
+    packable = True
     presets = PRESETS
     description = "ELECTRA generator + discriminator; embeddings from the discriminator (ProtElectra)"
 

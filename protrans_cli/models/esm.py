@@ -37,6 +37,7 @@ class EsmFamily(Family):
     name = "esm"
     model_types = ("esm",)
     objective = "mlm"
+    packable = True
     presets = PRESETS
     spaced = False
     rare_to = None  # ESM has tokens for U, Z, O and B
@@ -50,6 +51,16 @@ class EsmFamily(Family):
             vocab.write_text("\n".join(ESM_VOCAB) + "\n")
             tokenizer = EsmTokenizer(str(vocab), model_max_length=1_000_000)
         return tokenizer
+
+    def packed_position_offset(self, config):
+        return config.pad_token_id + 1  # as ESM numbers an unpadded protein
+
+    def packing_problem(self, config):
+        if getattr(config, "token_dropout", False):
+            # ESM rescales the embeddings by the masked share of each row; a packed row is many
+            # proteins, so the scale would differ from that of padded batches.
+            return "ESM's token_dropout is computed per row; add --set token_dropout=false to pack"
+        return None
 
     def token_config(self, tokenizer):
         return {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,

@@ -27,6 +27,7 @@ class RobertaFamily(Family):
     name = "roberta"
     model_types = ("roberta",)
     objective = "mlm"
+    packable = True
     presets = PRESETS
     description = "RoBERTa-style BERT (no NSP, dynamic masking)"
 
@@ -41,6 +42,9 @@ class RobertaFamily(Family):
         return {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                 "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                 "type_vocab_size": 1}
+
+    def packed_position_offset(self, config):
+        return config.pad_token_id + 1  # RoBERTa numbers positions after the padding index
 
     @property
     def config_class(self):

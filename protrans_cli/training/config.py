@@ -72,6 +72,7 @@ class TrainConfig:
     bucket_batches: int = 16       # global batches sorted together by length to limit padding
     pad_multiple: int = 8          # micro-batch lengths rounded up to a multiple (tensor cores; larger: fewer shapes)
     num_workers: int = 0           # DataLoader workers per rank
+    packing: bool = False          # masked LM: micro-batches packed into one row (varlen attention)
     # objective
     mask_prob: float = 0.15
     sop: bool = False              # ALBERT sentence-order prediction next to MLM

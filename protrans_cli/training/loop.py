@@ -33,7 +33,7 @@ import torch
 from protrans_cli import console
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
 from protrans_cli.training import checkpoint as ckpt
-from protrans_cli.training import dist
+from protrans_cli.training import dist, packing
 from protrans_cli.training.config import TrainConfig, grad_accum_steps
 from protrans_cli.training.data import CorpusStream, StreamState, TokenLayout, step_batches
 from protrans_cli.training.objectives import make_objective
@@ -167,6 +167,8 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None) -
     layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
     layout.use_pair = config.sop
     objective = make_objective(objective_name, layout, config)
+    if config.packing:
+        _use_packing(family, model, objective, objective_name, config, info)
     num_params = sum(p.numel() for p in model.parameters())
     strategy = dist.choose_strategy(config.strategy, num_params, info.world_size, config.fsdp_min_params)
     if config.strategy in ("ddp", "fsdp") and strategy == "none":
@@ -183,6 +185,24 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None) -
                 f"strategy {strategy}, {'bf16 autocast' if use_bf16 else 'fp32'}")
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
                 run_dir, autocast)
+
+
+def _use_packing(family, model, objective, objective_name: str, config: TrainConfig, info) -> None:
+    """--packing: check that it trains this model exactly as padded batches would, then switch
+    the model's attention and the objective's collation to packed rows."""
+    if objective_name not in packing.PACKABLE_OBJECTIVES:
+        raise UsageError(f"--packing goes with the masked-LM objectives ({', '.join(packing.PACKABLE_OBJECTIVES)}), "
+                         f"not {objective_name}")
+    if config.sop:
+        raise UsageError("--packing cannot go with --sop (sentence order needs one protein per row)")
+    problem = family.packing_problem(model.config)
+    if problem:
+        raise UsageError(f"--packing: {problem}")
+    objective.packed_position_offset = family.packed_position_offset(model.config)
+    packing.use_packed_attention(model)
+    kernel = "one varlen attention kernel" if packing.varlen_available(info.device) else \
+        "attention per protein (no fused varlen kernel on this device or PyTorch)"
+    dist.print0(f"train: packing micro-batches into one row each; {kernel}")
 
 
 # Above this share of missing weights, --init-from is refused rather than half random.

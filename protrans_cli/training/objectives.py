@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from protrans_cli.errors import ModelError
+from protrans_cli.training import packing
 from protrans_cli.training.data import Sample, TokenLayout
 
 IGNORE = -100
@@ -48,6 +49,17 @@ def _logits(output) -> torch.Tensor:
     raise ModelError(f"the model's output has no logits ({type(output).__name__})")
 
 
+def _model_inputs(batch: dict, input_ids: torch.Tensor | None = None) -> dict:
+    """Keyword arguments of an encoder call: input ids with their attention mask, or for a packed
+    batch with the position ids and cumulative lengths that packed attention reads."""
+    ids = batch["input_ids"] if input_ids is None else input_ids
+    if "cu_seq_lens" not in batch:
+        return {"input_ids": ids, "attention_mask": batch["attention_mask"]}
+    cu, longest = batch["cu_seq_lens"], batch["max_length"]
+    return {"input_ids": ids, "position_ids": batch["position_ids"], "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+            "max_length_q": longest, "max_length_k": longest}
+
+
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor):
     """Summed cross entropy and correct predictions over positions whose label is not IGNORE.
 
@@ -68,6 +80,9 @@ class Objective:
     def __init__(self, layout: TokenLayout, config):
         self.layout = layout
         self.config = config
+        # With packing (masked-LM objectives only): the first position id of every protein,
+        # as the model numbers an unpadded protein (0, or padding_idx + 1 for RoBERTa/ESM).
+        self.packed_position_offset: int | None = None
 
     def collate(self, samples: list[Sample]) -> dict:
         raise NotImplementedError
@@ -127,6 +142,8 @@ class MaskedLM(Objective):
         return self._finish(inputs, labels, residue)
 
     def _finish(self, inputs, labels, residue, types=None):
+        if self.packed_position_offset is not None and types is None:
+            return self._finish_packed(inputs, labels, residue)
         input_ids = self._pad(inputs, self.layout.pad_id)
         labels_t = self._pad(labels, IGNORE)
         attention_mask = (torch.arange(input_ids.shape[1])[None, :]
@@ -137,6 +154,17 @@ class MaskedLM(Objective):
         if types is not None:
             batch["token_type_ids"] = self._pad(types, 0)
         return batch
+
+    def _finish_packed(self, inputs, labels, residue):
+        """One (1, T) row of the proteins back to back (see training/packing.py)."""
+        multiple = getattr(self.config, "pad_multiple", 8)
+        input_ids = packing.pack(inputs, self.layout.pad_id, multiple)
+        labels_t = packing.pack(labels, IGNORE, multiple)
+        cu, longest, positions = packing.segments([len(r) for r in inputs], input_ids.shape[1],
+                                                  self.packed_position_offset)
+        return {"input_ids": input_ids, "position_ids": positions, "cu_seq_lens": cu, "max_length": longest,
+                "labels": labels_t, "residue_mask": packing.pack([r.astype(np.int64) for r in residue], 0, multiple).bool(),
+                "num_predicted": int((labels_t != IGNORE).sum())}
 
     def _collate_sop(self, samples):
         """ALBERT sentence order: each protein cut at a random point into A and B; half the
@@ -169,7 +197,7 @@ class MaskedLM(Objective):
     def loss(self, model, batch):
         if "sentence_order_label" in batch:
             return self._loss_sop(model, batch)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(**_model_inputs(batch))
         loss, correct, n = _ce_sum(_logits(out), batch["labels"])  # logits (B, T, V)
         return loss, n, {"accuracy": (correct, n)}
 
@@ -206,8 +234,8 @@ class Electra(MaskedLM):
             if not hasattr(_unwrap(model), part):
                 raise ModelError(f"the electra objective needs a model with .{part}")
         inner = _unwrap(model)
-        input_ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        gen_logits = _logits(inner.generator(input_ids=input_ids, attention_mask=attn))  # (B, T, V)
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        gen_logits = _logits(inner.generator(**_model_inputs(batch)))  # (B, T, V)
         gen_loss, gen_correct, n_masked = _ce_sum(gen_logits, labels)
         sel = labels != IGNORE
         original = torch.where(sel, labels, input_ids)
@@ -221,7 +249,7 @@ class Electra(MaskedLM):
             corrupted[sel] = sampled
         replaced = (corrupted != original).float()  # (B, T)
         real = batch["residue_mask"]
-        disc_logits = _logits(inner.discriminator(input_ids=corrupted, attention_mask=attn))  # (B, T)
+        disc_logits = _logits(inner.discriminator(**_model_inputs(batch, corrupted)))  # (B, T)
         disc_loss = F.binary_cross_entropy_with_logits(disc_logits[real].float(), replaced[real],
                                                        reduction="sum")
         n_real = real.sum()

@@ -1,0 +1,131 @@
+"""Sequence packing for the masked-LM objectives: no padding, one fused variable-length attention.
+
+A packed micro-batch is one row of every protein's tokens back to back (a (1, T) batch) with
+`cu_seq_lens` marking where each protein starts; position ids restart at every protein, and
+attention never crosses from one protein to another. On a CUDA device with PyTorch's
+`torch.nn.attention.varlen.varlen_attn` (Flash Attention over cumulative lengths) the whole
+micro-batch is one attention call per layer and no padded position is computed. Elsewhere
+(CPU, older PyTorch, attention dropout) each protein's attention is a separate
+`scaled_dot_product_attention` call: the same numbers, as a reference and as a fallback.
+
+The model's attention implementation is switched to `ATTENTION` (registered with transformers'
+AttentionInterface). A forward pass without `cu_seq_lens_q` (an ordinary padded batch) goes
+through transformers' own SDPA path unchanged, so a packed model still embeds and evaluates
+like any other; `restore_attention` puts the model's own implementation back before saving.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+ATTENTION = "protrans_packed"
+
+# families whose pretraining models take position_ids and route attention through
+# transformers' AttentionInterface; the rest keep padded batches
+PACKABLE_FAMILIES = ("bert", "roberta", "albert", "electra", "esm")
+PACKABLE_OBJECTIVES = ("mlm", "electra")
+
+
+def _varlen():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # PyTorch before 2.9
+        return None
+    return varlen_attn
+
+
+def _takes_scale(fn) -> bool:
+    import inspect
+
+    return "scale" in inspect.signature(fn).parameters
+
+
+def varlen_available(device) -> bool:
+    """Whether packed attention on `device` runs as one fused varlen kernel."""
+    return torch.device(device).type == "cuda" and _varlen() is not None
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                     scaling: float | None = None, **kwargs):
+    """transformers attention function: (B, H, T, D) in, ((B, T, H, D), None) out."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=False, **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError("a packed batch is a single row")
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, H, D)
+    varlen = _varlen()
+    default_scale = scaling is None or abs(scaling - q.shape[-1] ** -0.5) < 1e-12
+    if (varlen is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not dropout
+            and (default_scale or _takes_scale(varlen))):
+        m = int(kwargs["max_length_q"])
+        extra = {} if default_scale else {"scale": scaling}  # PyTorch 2.9's varlen_attn has no scale
+        out = varlen(q, k, v, cu, cu, m, m, **extra)  # (T, H, D)
+    else:
+        out = torch.empty_like(q)
+        bounds = cu.tolist()
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            seg = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))  # (1, H, L, D)
+            o = torch.nn.functional.scaled_dot_product_attention(*seg, dropout_p=dropout, scale=scaling)
+            out[start:end] = o[0].transpose(0, 1)
+    return out.unsqueeze(0), None
+
+
+def _packed_mask(*args, attention_mask=None, **kwargs):
+    """The mask function that goes with `packed_attention`: none for packed batches (they carry
+    no attention_mask), transformers' SDPA mask for ordinary ones."""
+    if attention_mask is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION, packed_attention)
+    AttentionMaskInterface.register(ATTENTION, _packed_mask)
+
+
+def _hf_models(model):
+    from transformers import PreTrainedModel
+
+    return [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+
+
+def use_packed_attention(model) -> None:
+    """Switch every transformers model inside `model` (ELECTRA: the pair, its generator and its
+    discriminator) to packed attention. Not saved: config.json keeps no attention choice."""
+    register()
+    for m in _hf_models(model):
+        m.set_attn_implementation(ATTENTION)
+
+
+def pack(rows: list[np.ndarray], value: int, multiple: int) -> torch.Tensor:
+    """(1, T) tensor of the rows back to back, T rounded up to `multiple` with `value`."""
+    total = sum(len(r) for r in rows)
+    width = max(multiple, -(-total // multiple) * multiple)
+    out = np.full((1, width), value, dtype=np.int64)
+    if rows:
+        out[0, :total] = np.concatenate(rows)
+    return torch.from_numpy(out)
+
+
+def segments(lengths: list[int], width: int, position_offset: int = 0):
+    """(cu_seq_lens (N+1,) int32, max length, position ids (1, width)) for proteins of
+    `lengths` packed into a row of `width` tokens; the padding at the end is one more segment
+    (it attends to itself only, and carries no labels)."""
+    lengths = [int(n) for n in lengths if n > 0]
+    tail = width - sum(lengths)
+    if tail > 0:
+        lengths.append(tail)
+    cu = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=cu[1:])
+    positions = np.concatenate([np.arange(n) for n in lengths]) + position_offset
+    return torch.from_numpy(cu), max(lengths), torch.from_numpy(positions[None].astype(np.int64))

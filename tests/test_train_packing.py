@@ -1,0 +1,202 @@
+"""`train --packing`: micro-batches packed into one row, attention kept inside each protein.
+
+The reference is the model itself on one unpadded protein at a time (a plain transformers
+forward pass): a packed row must give every protein exactly those logits, and a packed run the
+losses of a padded run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA
+from protrans_cli.models import get_family
+from protrans_cli.training import packing
+from protrans_cli.training.config import TrainConfig
+from protrans_cli.training.data import Sample, TokenLayout
+from protrans_cli.training.loop import train
+from protrans_cli.training.objectives import IGNORE, _logits, _model_inputs, make_objective
+
+LEARNABLE = str(DATA / "train" / "learnable.txt")
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+LENGTHS = (7, 13, 30, 1)
+
+torch.set_num_threads(1)
+
+
+def _tiny(name, **overrides):
+    fam = get_family(name)
+    tok = fam.build_tokenizer()
+    torch.manual_seed(0)
+    config = fam.build_config("tiny", tok, **{**NO_DROPOUT, **overrides})
+    model = fam.pretraining_model(config).eval()
+    with torch.no_grad():  # weights larger than the init's: attention that mixes tokens strongly
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    return fam, tok, model
+
+
+def _encoders(name, model):
+    """(label, HF model) of every network the objective calls (ELECTRA: both)."""
+    if name == "electra":
+        return [("generator", model.generator), ("discriminator", model.discriminator)]
+    return [(name, model)]
+
+
+def _rows(tok):
+    rng = np.random.default_rng(0)
+    lo = min(tok.convert_tokens_to_ids(t) for t in ("L", "A"))
+    return [np.concatenate([[tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id],
+                            rng.integers(lo, lo + 20, size=n)]) for n in LENGTHS]
+
+
+@pytest.mark.parametrize("name", packing.PACKABLE_FAMILIES)
+def test_a_packed_row_gives_every_protein_its_own_unpadded_logits(name):
+    overrides = {"token_dropout": False} if name == "esm" else {}
+    fam, tok, model = _tiny(name, **overrides)
+    rows = _rows(tok)
+    with torch.no_grad():
+        refs = {label: [_logits(net(input_ids=torch.tensor(r)[None]))[0] for r in rows]
+                for label, net in _encoders(name, model)}
+        packing.use_packed_attention(model)
+        ids = packing.pack(rows, tok.pad_token_id, 8)
+        assert ids.shape[1] % 8 == 0 and ids.shape[1] >= sum(map(len, rows))
+        cu, longest, positions = packing.segments([len(r) for r in rows], ids.shape[1],
+                                                  fam.packed_position_offset(model.config))
+        batch = {"input_ids": ids, "position_ids": positions, "cu_seq_lens": cu, "max_length": longest}
+        for label, net in _encoders(name, model):
+            out = _logits(net(**_model_inputs(batch)))[0]
+            # Without the lengths, attention runs across the proteins: the control that shows
+            # the comparison can fail.
+            leaky = _logits(net(input_ids=ids, position_ids=positions))[0]
+            start, leak = 0, 0.0
+            for r, ref in zip(rows, refs[label]):
+                end = start + len(r)
+                torch.testing.assert_close(out[start:end], ref, atol=1e-5, rtol=1e-5, msg=f"{label}, {len(r)}")
+                leak = max(leak, float((leaky[start:end] - ref).abs().max()))
+                start = end
+            assert leak > 1e-2, leak
+            # The same model still takes an ordinary padded batch (evaluation, embedding).
+            plain = _logits(net(input_ids=torch.tensor(rows[2])[None], attention_mask=torch.ones(1, 31)))[0]
+            torch.testing.assert_close(plain, refs[label][2], atol=1e-6, rtol=1e-6)
+
+
+def test_segments_and_positions():
+    cu, longest, positions = packing.segments([3, 2], 8, position_offset=2)
+    assert cu.tolist() == [0, 3, 5, 8] and cu.dtype == torch.int32  # the padding is a segment of its own
+    assert longest == 3
+    assert positions.tolist() == [[2, 3, 4, 2, 3, 2, 3, 4]]
+    cu, longest, _ = packing.segments([4, 4], 8)
+    assert cu.tolist() == [0, 4, 8] and longest == 4
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta"])
+def test_packed_collation_holds_the_padded_batch_without_its_padding(name):
+    fam = get_family(name)
+    tok = fam.build_tokenizer()
+    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    config = TrainConfig(family=name, pad_multiple=16)
+    padded, packed = make_objective("mlm", layout, config), make_objective("mlm", layout, config)
+    packed.packed_position_offset = fam.packed_position_offset(fam.build_config("tiny", tok))
+    rng = np.random.default_rng(3)
+    samples = [Sample(i, 0, layout.encode("".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n))), 7)
+               for i, n in enumerate((5, 40, 17))]
+    a, b = padded.collate(samples), packed.collate(samples)
+    assert b["input_ids"].shape == (1, 80)  # 5+40+17 residues + 2 specials each = 68, up to 16
+    keep = a["attention_mask"].bool()
+    for key in ("input_ids", "labels", "residue_mask"):
+        assert torch.equal(b[key][0, :68], a[key][keep]), key
+    assert (b["labels"][0, 68:] == IGNORE).all() and not b["residue_mask"][0, 68:].any()
+    assert (b["input_ids"][0, 68:] == layout.pad_id).all()
+    assert b["num_predicted"] == a["num_predicted"]
+    assert b["cu_seq_lens"].tolist() == [0, 7, 49, 68, 80] and b["max_length"] == 42
+    first = 0 if name == "bert" else tok.pad_token_id + 1
+    assert b["position_ids"][0, :8].tolist() == [first + i for i in range(7)] + [first]
+
+
+def _config(tmp_path, family, packed, **kw):
+    args = dict(family=family, corpus=[LEARNABLE], output_dir=str(tmp_path / f"run_{family}_{packed}"),
+                num_steps=4, max_length=64, global_batch_size=16, micro_batch_size=8, lr=3e-3,
+                warmup_steps=1, log_every=1, save_every=1000, threads=1, bucket_batches=4,
+                packing=packed, model_overrides=dict(NO_DROPOUT))
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+@pytest.mark.parametrize("family", ["bert", "electra"])
+def test_a_packed_run_has_the_losses_of_a_padded_run(tmp_path, family):
+    padded = train(_config(tmp_path, family, False))
+    packed = train(_config(tmp_path, family, True))
+    assert packed.completed
+    np.testing.assert_allclose(packed.losses, padded.losses, rtol=2e-5)
+    rows = [json.loads(line) for line in (packed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows0 = [json.loads(line) for line in (padded.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in rows] == [r["tokens"] for r in rows0]  # real tokens, padding excluded
+    # The saved model is an ordinary HF directory: no trace of the packed attention.
+    config = json.loads((packed.run_dir / "config.json").read_text())
+    assert packing.ATTENTION not in json.dumps(config)
+
+
+def test_a_packed_run_embeds_through_the_cli(tmp_path, run_cli):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(open(LEARNABLE).read())
+    out = tmp_path / "run"
+    res = run_cli("train", "--family", "roberta", "--corpus", corpus, "-o", out, "--num-steps", "2",
+                  "--max-length", "48", "--global-batch-size", "8", "--micro-batch-size", "4", "--packing",
+                  "--warmup-steps", "1", "-j", "1")
+    assert res.exit_code == 0, res.stderr
+    assert "packing micro-batches into one row" in res.stderr
+    assert json.loads((out / "train_config.json").read_text())["packing"] is True
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    res = run_cli("embed", fasta, "-m", out, "-o", tmp_path / "q.h5")
+    assert res.exit_code == 0, res.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--family", "t5"], "--packing goes with the masked-LM objectives"),
+    (["--family", "albert", "--sop"], "--packing cannot go with --sop"),
+    (["--family", "esm"], "token_dropout=false"),
+])
+def test_packing_refused_where_it_would_change_the_training(tmp_path, run_cli, args, message):
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--num-steps", "1", "--packing", *args)
+    assert res.exit_code == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()[-1]) < 300
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["bert", "esm"])
+def test_varlen_kernel_matches_per_protein_attention_on_the_gpu(name):
+    """On a CUDA device packed attention is one varlen kernel; in bf16 its outputs and gradients
+    match the per-protein SDPA reference within bf16 rounding."""
+    if not packing.varlen_available("cuda"):
+        pytest.skip("this PyTorch has no torch.nn.attention.varlen")
+    overrides = {"token_dropout": False} if name == "esm" else {}
+    fam, tok, model = _tiny(name, **overrides)
+    model = model.cuda().to(torch.bfloat16)
+    packing.use_packed_attention(model)
+    rows = _rows(tok)
+    ids = packing.pack(rows, tok.pad_token_id, 8).cuda()
+    cu, longest, positions = packing.segments([len(r) for r in rows], ids.shape[1],
+                                              fam.packed_position_offset(model.config))
+    batch = {"input_ids": ids, "position_ids": positions.cuda(), "cu_seq_lens": cu.cuda(), "max_length": longest}
+    fused = _logits(model(**_model_inputs(batch)))
+    fused.float().square().sum().backward()
+    fused_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    varlen = packing._varlen
+    packing._varlen = lambda: None  # the per-protein fallback
+    try:
+        ref = _logits(model(**_model_inputs(batch)))
+        ref.float().square().sum().backward()
+    finally:
+        packing._varlen = varlen
+    ref_grads = [p.grad for p in model.parameters() if p.grad is not None]
+    torch.testing.assert_close(fused.float(), ref.float(), atol=3e-2, rtol=3e-2)
+    for a, b in zip(fused_grads, ref_grads):
+        torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
