@@ -53,6 +53,7 @@ def embed_phases(args, batches, embedder) -> None:
     fam, tok, model, device = embedder.family_impl, embedder.tokenizer, embedder.model, args.device
     residues = sum(len(s) for b in batches for s in b)
     totals = {"encode": 0.0, "to device": 0.0, "forward": 0.0, "to host": 0.0}
+    before = _allocator_counts(device)
     for seqs in batches:
         t0 = time.perf_counter()
         inputs, mask = fam.encode(tok, list(seqs))
@@ -77,6 +78,12 @@ def embed_phases(args, batches, embedder) -> None:
         print(f"  {key:10s} {dt * 1e6 / residues:8.2f} us/residue  {dt / whole:6.1%}")
     print("  (each batch shape above was new; the forward passes below repeat the same shapes, so a\n"
           "   per-new-shape cost shows as the difference)")
+    after = _allocator_counts(device)
+    if after:
+        # cudaMalloc/cudaFree are slow in some virtual machines: new batch shapes that the caching
+        # allocator cannot serve from its pool would show here as device allocations per batch.
+        print("  caching allocator over these batches: " + ", ".join(
+            f"{k} +{after[k] - before.get(k, 0)}" for k in after))
 
     encoded = [fam.encode(tok, list(seqs)) for seqs in batches]
     encoded = [({k: v.to(device) for k, v in inp.items()}, m) for inp, m in encoded]
@@ -105,6 +112,17 @@ def embed_phases(args, batches, embedder) -> None:
             choice = torch._fused_sdp_choice(q, q, q, attn_mask=mask4 if masked else None)
             print(f"  PyTorch's kernel for a (13, {heads}, 301, {head_dim}) bf16 attention "
                   f"{'with' if masked else 'without'} a padding mask: {names.get(choice, choice)}")
+
+
+def _allocator_counts(device: str) -> dict:
+    import torch
+
+    if not device.startswith("cuda"):
+        return {}
+    stats = torch.cuda.memory_stats()
+    keys = ("segment.all.allocated", "segment.all.freed", "num_alloc_retries", "num_device_alloc",
+            "num_device_free")
+    return {k: int(stats[k]) for k in keys if k in stats}
 
 
 def train_shapes(args, records) -> None:

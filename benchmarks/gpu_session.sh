@@ -39,6 +39,14 @@ step env 35 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clo
     $PY -c 'import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__)'; \
     $PY benchmarks/gpu_peak.py"
 MODE=${1:-full}
+# SM clock, power and throttle reasons once a second through every step (a card held below its
+# clock under sustained load would explain device time far above what the FLOPs need).
+REASONS=clocks_event_reasons.active  # named clocks_throttle_reasons.active before driver 535
+nvidia-smi --query-gpu=$REASONS --format=csv >/dev/null 2>&1 || REASONS=clocks_throttle_reasons.active
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.max.sm,power.draw,temperature.gpu,utilization.gpu,$REASONS \
+    --format=csv -lms 1000 >"$OUT/clocks.csv" 2>&1 &
+CLOCKS=$!
+trap 'kill $CLOCKS 2>/dev/null' EXIT
 # First: where a batch's time goes (phases, attention kernels, fixed vs varying shapes, profiler).
 step profile 150 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
 step embed_t5_pp 70 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
@@ -64,7 +72,12 @@ step train_compile 120 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --co
     --repeats 1 --json "$OUT/train_compile.json"
 fi
 
+kill $CLOCKS 2>/dev/null
 echo "=== summary"
+echo "--- clocks.csv: SM clock MHz (min / median / max), most frequent throttle reasons"
+awk -F', ' 'NR > 1 && $2 ~ /MHz/ {split($2, a, " "); print a[1]}' "$OUT/clocks.csv" | sort -n | \
+    awk '{v[NR] = $1} END {if (NR) print v[1] " / " v[int((NR + 1) / 2)] " / " v[NR] " over " NR " samples"}'
+awk -F', ' 'NR > 1 {print $NF}' "$OUT/clocks.csv" | sort | uniq -c | sort -rn | head -3
 for log in "$OUT"/*.log; do
     echo "--- $(basename "$log")"
     grep -E "^(torch|name|NVIDIA|bf16|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror" \
