@@ -6,8 +6,8 @@
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
 # quick: the ceilings, the profile, per-protein embedding of both models and one run of the train
-# benchmark at --pad-multiple 8, one at 128 and one with --packing, plus the packing GPU tests
-# (about 8 minutes on an H200); without it, every step (up to 13 minutes: more than one
+# benchmark padded and one with --packing, plus the packing GPU tests (step limits add up to
+# 520 s: one device call); without it, every step (up to 13 minutes: more than one
 # 10-minute device call, so pick steps with STEPS="profile embed_t5 ..." and run the rest later).
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
@@ -55,7 +55,6 @@ step embed_bert_pp 45 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cu
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
 if [ "$MODE" = quick ]; then
     step train 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --json "$OUT/train.json"
-    step train_pad128 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --pad-multiple 128
     step train_packed 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --packing \
         --json "$OUT/train_packed.json"
     step tests_packing 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py
@@ -66,6 +65,7 @@ step embed_bert 110 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda
     --strategies prottrans,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
 step train 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --json "$OUT/train.json"
 step train_packed 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --packing --json "$OUT/train_packed.json"
+step train_pad128 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --pad-multiple 128
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
     tests/test_heads_fit.py tests/test_train_packing.py
 step train_compile 120 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
