@@ -81,5 +81,5 @@ awk -F', ' 'NR > 1 {print $NF}' "$OUT/clocks.csv" | sort | uniq -c | sort -rn | 
 for log in "$OUT"/*.log; do
     echo "--- $(basename "$log")"
     grep -E "^(torch|name|NVIDIA|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror" \
-        "$log" | tail -n 30
+        "$log" | tail -n 40
 done
