@@ -8,6 +8,7 @@ Strategies, all with the same randomly initialised model (the shapes are what ma
   protrans   `protrans_cli.embed.embed` itself: padded-token budget, dedup, HDF5 streaming writes;
              with --max-tokens A,B,... one run per budget ("default" is embed's own choice for
              the device, which on a GPU depends on the memory left after loading the model)
+  packed     protrans with --packing (one row per batch, varlen attention; packable families)
 
 Residues/s are printed with ratios against both baselines; on a GPU also the fraction of the
 device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + attention).
@@ -163,13 +164,25 @@ def bench_one(family, preset, records, args):
         runs = {"naive": lambda: run_naive(embedder, records, only),
                 "prottrans": lambda: run_prottrans(embedder, records, per_protein_only=only)}
         strategies = []
+        packed = None
+        if "packed" in args.strategies:
+            if not getattr(loaded.family, "packable", False):
+                print(f"packed: the {family} family does not pack; left out", flush=True)
+            else:
+                # The same model; its attention now goes through models/packing.py, which hands
+                # unpacked batches (every other strategy) to transformers' SDPA path unchanged.
+                packed = TransformerEmbedder(loaded, (-1,), args.device, args.dtype, packed=True)
+                packed.embed_batch([records[0][1][:50]] * 2)
         for name in args.strategies:
-            if name != "protrans":
+            if name not in ("protrans", "packed"):
                 strategies.append(name)
                 continue
+            if name == "packed" and packed is None:
+                continue
+            chosen = embedder if name == "protrans" else packed
             for budget in budgets:
-                label = "protrans" if len(budgets) == 1 else f"protrans@{budget}"
-                runs[label] = (lambda b=budget: run_protrans(embedder, records, tmpdir, b, args.max_batch_size, only))
+                label = f"protrans{'-packed' if name == 'packed' else ''}" + ("" if len(budgets) == 1 else f"@{budget}")
+                runs[label] = (lambda b=budget, e=chosen: run_protrans(e, records, tmpdir, b, args.max_batch_size, only))
                 strategies.append(label)
         # Strategies alternate within each repeat and the best time of each counts, so that a
         # load change on a shared machine does not favour whichever ran last.
@@ -221,7 +234,8 @@ def main(argv=None):
     p.add_argument("--max-tokens", default="default",
                    help="protrans budget(s), comma-separated: numbers or 'default' (embed's own, by device)")
     p.add_argument("--max-batch-size", type=int, default=None)
-    p.add_argument("--strategies", default="naive,prottrans,protrans")
+    p.add_argument("--strategies", default="naive,prottrans,protrans",
+                   help="comma-separated: naive, prottrans, protrans, packed (protrans with --packing)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the strategies N times, keep each one's best")
     p.add_argument("--naive-once", action="store_true", help="run the (slow) naive loop in the first repeat only")
     p.add_argument("--threads", type=int, default=None)

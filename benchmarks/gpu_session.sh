@@ -7,7 +7,7 @@
 #
 # quick: the ceilings, the profile, per-protein embedding of both models and one run of the train
 # benchmark padded and one with --packing, plus the packing GPU tests (step limits add up to
-# 520 s: one device call); without it, every step (up to 13 minutes: more than one
+# 560 s: one device call); without it, every step (up to 13 minutes: more than one
 # 10-minute device call, so pick steps with STEPS="profile embed_t5 ..." and run the rest later).
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
@@ -51,18 +51,19 @@ trap 'kill $CLOCKS 2>/dev/null' EXIT
 step profile 150 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
 step embed_t5_pp 70 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
-step embed_bert_pp 45 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
-    --strategies prottrans,protrans --max-tokens 4000,default --per-protein
+step embed_bert_pp 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
+    --strategies prottrans,protrans,packed --max-tokens 4000,default --per-protein
 if [ "$MODE" = quick ]; then
     step train 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --json "$OUT/train.json"
     step train_packed 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --packing \
         --json "$OUT/train_packed.json"
-    step tests_packing 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py
+    step tests_packing 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
+        tests/test_embed_models.py -k "pack or varlen"
 else
 step embed_t5 170 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
 step embed_bert 110 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
-    --strategies prottrans,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
+    --strategies prottrans,protrans,packed,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
 step train 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --json "$OUT/train.json"
 step train_packed 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --packing --json "$OUT/train_packed.json"
 step train_pad128 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --pad-multiple 128

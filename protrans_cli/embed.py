@@ -67,6 +67,7 @@ class EmbedOptions:
     long_policy: str = "error"
     chunk_overlap: int = 64              # residues shared by neighbouring windows (chunk policy)
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
+    packing: bool = False                # each batch one row without padding (packable families)
     resume: bool = False
     window: int = DEFAULT_WINDOW         # proteins read, length-sorted and embedded at a time
     threads: int | None = None
@@ -180,7 +181,7 @@ class TransformerEmbedder:
     """A model from the family registry: tokenises with the family's conventions, keeps the
     hidden states at the requested layers and returns exactly the rows of the residues."""
 
-    def __init__(self, loaded, layers: Sequence[int], device: str, compute_dtype: str):
+    def __init__(self, loaded, layers: Sequence[int], device: str, compute_dtype: str, packed: bool = False):
         import torch
 
         self.loaded = loaded
@@ -205,13 +206,36 @@ class TransformerEmbedder:
         self.max_residues = _max_residues(self.model, self.special_tokens)
         self._cpu_copy = None
         self._staging = _HostStaging(pinned=str(device).startswith("cuda"))
+        self.packed = False
+        if packed:
+            self._use_packing()
+
+    def _use_packing(self) -> None:
+        """--packing: each batch becomes one row without padding (models/packing.py)."""
+        from protrans_cli.models import packing
+        from protrans_cli.models.base import residue_layout
+
+        fam = self.family_impl
+        problem = fam.packing_problem(self.model.config, training=False) if hasattr(fam, "packing_problem") \
+            else "not a registry family"
+        if problem is None and residue_layout(fam, self.tokenizer) is None:
+            problem = "its tokenizer does not give one token per residue letter"
+        if problem:
+            raise UsageError(f"--packing: {self.name}: {problem}")
+        packing.use_packed_attention(self.model)
+        self._position_offset = fam.packed_position_offset(self.model.config)
+        self.packed = True
 
     def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
         import torch
 
         model, device = self.model, self.device
-        inputs, mask = self.family_impl.encode(self.tokenizer, list(sequences))
-        lengths = mask.sum(dim=1).tolist()  # on the host, before the transfer
+        encoded = self._encode_packed(sequences) if self.packed else None
+        inputs, mask = encoded or self.family_impl.encode(self.tokenizer, list(sequences))
+        lengths = [len(s) for s in sequences] if encoded else mask.sum(dim=1).tolist()
+        if encoded and int(mask.sum()) != sum(lengths):
+            raise RuntimeFailure(f"the packed {self.family} row holds {int(mask.sum())} residue rows for "
+                                 f"{sum(lengths)} residues (a bug in its encode_packed())")
         for seq, n in zip(sequences, lengths):
             if n != len(seq):
                 raise RuntimeFailure(f"the {self.family} family produced {n} residue rows for a "
@@ -225,12 +249,26 @@ class TransformerEmbedder:
                 # Sums in float32 over the residue positions only (whatever padding positions
                 # hold, NaN included, is replaced, not multiplied by zero), divided on the host in
                 # float64 as the per-residue path does (the two agree to float32 rounding).
-                kept = stacked.masked_fill(~mask[None, :, :, None], 0)
-                sums = kept.sum(dim=2, dtype=torch.float32).transpose(0, 1)  # (B, n_layers, D)
+                if encoded:  # one row: sum each protein's segment of the residue rows
+                    owner = torch.repeat_interleave(torch.arange(len(lengths), device=stacked.device),
+                                                    torch.tensor(lengths, device=stacked.device))
+                    rows = stacked[:, mask].float()  # (n_layers, sum L_i, D)
+                    sums = rows.new_zeros(rows.shape[0], len(lengths), rows.shape[2]).index_add_(1, owner, rows)
+                    sums = sums.transpose(0, 1)  # (B, n_layers, D)
+                else:
+                    kept = stacked.masked_fill(~mask[None, :, :, None], 0)
+                    sums = kept.sum(dim=2, dtype=torch.float32).transpose(0, 1)  # (B, n_layers, D)
                 sums = sums.cpu().numpy().astype(np.float64)
                 return [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
             rows = self._staging.to_host(stacked[:, mask])  # (n_layers, sum L_i, D) float32
         return list(np.split(rows, np.cumsum(lengths)[:-1], axis=1))
+
+    def _encode_packed(self, sequences: Sequence[str]):
+        from protrans_cli.models.base import residue_layout
+
+        # The layout's table holds the family's conventions (case, rare residues): raw letters go in.
+        layout = residue_layout(self.family_impl, self.tokenizer)
+        return layout.encode_packed(list(sequences), self.tokenizer.pad_token_id, self._position_offset)
 
     def on_cpu(self) -> "TransformerEmbedder | None":
         """A float32 CPU twin, built on first use, for proteins too large for the accelerator."""
@@ -346,6 +384,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     if options.model == ONEHOT:
         if options.device not in ("auto", "cpu") or options.dtype not in ("auto", "float32"):
             console.warn("the onehot embedder runs on the CPU in float32: --device/--dtype ignored")
+        if options.packing:
+            console.warn("the onehot embedder has no attention: --packing ignored")
         return OneHotEmbedder(options.layers)
     device_name, dtype = resolve_device(device or options.device, options.dtype)
     try:
@@ -355,7 +395,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     # Loaded straight into the compute dtype and device: a 3B-parameter checkpoint is never
     # materialised in float32 on the way to a bf16 GPU.
     loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
-    return TransformerEmbedder(loaded, options.layers, device_name, dtype)
+    return TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=options.packing)
 
 
 # --- reading the input --------------------------------------------------------------------
@@ -893,6 +933,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         "embedding_dim": embedder.embedding_dim, "protrans_version": __version__,
         "command_line": options.command_line or " ".join(shlex.quote(a) for a in sys.argv),
         "max_length": options.max_length or 0, "long_policy": options.long_policy,
+        "packing": bool(getattr(embedder, "packed", False)),
     }
     if getattr(embedder, "num_hidden_states", None):
         # With `layers` (stored negative), lets readers accept `--layer 0` for the embedding layer.

@@ -14,7 +14,7 @@ import torch
 
 from conftest import DATA
 from protrans_cli.models import get_family
-from protrans_cli.training import packing
+from protrans_cli.models import packing
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import Sample, TokenLayout
 from protrans_cli.training.loop import train

@@ -46,6 +46,9 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
 @click.option("--chunk-overlap", type=int, default=64, help="Residues shared by neighbouring windows.")
 @click.option("--cpu-fallback", is_flag=True,
               help="Retry on the CPU a protein that alone does not fit in GPU memory.")
+@click.option("--packing", is_flag=True,
+              help="BERT/RoBERTa/ALBERT/ELECTRA/ESM: each batch one row without padding, attention kept "
+                   "inside each protein (one fused varlen kernel on a CUDA GPU).")
 @click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); embed the rest.")
 @click.option("--window", type=int, default=DEFAULT_WINDOW,
               help="Proteins read, length-sorted and embedded at a time: bounds memory whatever the input size.")
@@ -53,7 +56,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
 def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
-            cpu_fallback, resume, window, threads):
+            cpu_fallback, packing, resume, window, threads):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
     \b
@@ -73,7 +76,8 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         layers=tuple(layers) or (-1,), layout=layout, storage_dtype=storage_dtype,
         compression=None if compression == "none" else compression, device=device, dtype=dtype,
         max_tokens=max_tokens, max_batch_size=max_batch_size, max_length=max_length,
-        long_policy=long_policy, chunk_overlap=chunk_overlap, cpu_fallback=cpu_fallback, resume=resume,
+        long_policy=long_policy, chunk_overlap=chunk_overlap, cpu_fallback=cpu_fallback, packing=packing,
+        resume=resume,
         window=window, threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]),
     )
     try:

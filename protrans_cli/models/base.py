@@ -51,8 +51,8 @@ class Family:
                    tokenizer then maps them itself, to their own token or to `<unk>`)
       description  one line for `protrans models`
       padding_side "right" for every family but XLNet ("left")
-      packable     `train --packing` works: the pretraining model takes position_ids and routes
-                   attention through transformers' AttentionInterface (see training/packing.py)
+      packable     `--packing` works (train and embed): the models take position_ids and route
+                   attention through transformers' AttentionInterface (see models/packing.py)
     """
 
     name: ClassVar[str]
@@ -73,8 +73,9 @@ class Family:
         numbering at every protein)."""
         return 0
 
-    def packing_problem(self, config) -> str | None:
-        """Why `train --packing` cannot train this model exactly as padded batches would, or None."""
+    def packing_problem(self, config, training: bool) -> str | None:
+        """Why packed rows would not give this model exactly what padded batches give it
+        (in training, or in embedding when `training` is False), or None."""
         return None if self.packable else f"the {self.name} family does not support packing"
 
     def build_tokenizer(self):
@@ -257,9 +258,8 @@ class ResidueLayout:
         import numpy as np
         import torch
 
-        rows = [self.table[np.frombuffer(s.encode("latin-1", errors="replace"), dtype=np.uint8)]
-                for s in sequences]
-        if any((r < 0).any() for r in rows):
+        rows = self._residue_ids(sequences)
+        if rows is None:
             return None
         P, S = len(self.prefix), len(self.suffix)
         width = max(len(r) for r in rows) + P + S
@@ -274,6 +274,34 @@ class ResidueLayout:
             residue_mask[i, start + P:start + P + len(r)] = True
         inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attention)}
         return inputs, torch.from_numpy(residue_mask)
+
+    def encode_packed(self, sequences: list[str], pad_id: int, position_offset: int, multiple: int = 8):
+        """(inputs, residue_mask) of one packed row (see models/packing.py): every protein's
+        prefix + residues + suffix back to back, (1, T) tensors; None as `encode`."""
+        import numpy as np
+        import torch
+
+        from protrans_cli.models import packing
+
+        rows = self._residue_ids(sequences)
+        if rows is None:
+            return None
+        prefix, suffix = np.array(self.prefix, dtype=np.int64), np.array(self.suffix, dtype=np.int64)
+        tokens = [np.concatenate([prefix, r, suffix]) for r in rows]
+        ids = packing.pack(tokens, pad_id, multiple)
+        cu, longest, positions = packing.segments([len(t) for t in tokens], ids.shape[1], position_offset)
+        residue_mask = np.zeros(ids.shape, dtype=bool)
+        for start, r in zip(cu[:len(rows)].tolist(), rows):
+            residue_mask[0, start + len(prefix):start + len(prefix) + len(r)] = True
+        inputs = {"input_ids": ids, **packing.model_kwargs(cu, longest, positions)}
+        return inputs, torch.from_numpy(residue_mask)
+
+    def _residue_ids(self, sequences):
+        import numpy as np
+
+        rows = [self.table[np.frombuffer(s.encode("latin-1", errors="replace"), dtype=np.uint8)]
+                for s in sequences]
+        return None if any((r < 0).any() for r in rows) else rows
 
 
 _LAYOUTS: dict[int, tuple[Any, ResidueLayout | None, str]] = {}

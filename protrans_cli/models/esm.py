@@ -55,10 +55,11 @@ class EsmFamily(Family):
     def packed_position_offset(self, config):
         return config.pad_token_id + 1  # as ESM numbers an unpadded protein
 
-    def packing_problem(self, config):
-        if getattr(config, "token_dropout", False):
+    def packing_problem(self, config, training):
+        if training and getattr(config, "token_dropout", False):
             # ESM rescales the embeddings by the masked share of each row; a packed row is many
-            # proteins, so the scale would differ from that of padded batches.
+            # proteins, so the scale would differ from that of padded batches. (Embedding inputs
+            # hold no mask token: the scale is then the same constant for every row.)
             return "ESM's token_dropout is computed per row; add --set token_dropout=false to pack"
         return None
 

@@ -32,8 +32,9 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
+from protrans_cli.models import packing
 from protrans_cli.training import checkpoint as ckpt
-from protrans_cli.training import dist, packing
+from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig, grad_accum_steps
 from protrans_cli.training.data import CorpusStream, StreamState, TokenLayout, step_batches
 from protrans_cli.training.objectives import make_objective
@@ -195,7 +196,7 @@ def _use_packing(family, model, objective, objective_name: str, config: TrainCon
                          f"not {objective_name}")
     if config.sop:
         raise UsageError("--packing cannot go with --sop (sentence order needs one protein per row)")
-    problem = family.packing_problem(model.config)
+    problem = family.packing_problem(model.config, training=True)
     if problem:
         raise UsageError(f"--packing: {problem}")
     objective.packed_position_offset = family.packed_position_offset(model.config)

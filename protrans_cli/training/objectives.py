@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from protrans_cli.errors import ModelError
-from protrans_cli.training import packing
+from protrans_cli.models import packing
 from protrans_cli.training.data import Sample, TokenLayout
 
 IGNORE = -100
@@ -55,9 +55,7 @@ def _model_inputs(batch: dict, input_ids: torch.Tensor | None = None) -> dict:
     ids = batch["input_ids"] if input_ids is None else input_ids
     if "cu_seq_lens" not in batch:
         return {"input_ids": ids, "attention_mask": batch["attention_mask"]}
-    cu, longest = batch["cu_seq_lens"], batch["max_length"]
-    return {"input_ids": ids, "position_ids": batch["position_ids"], "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
-            "max_length_q": longest, "max_length_k": longest}
+    return {"input_ids": ids, **packing.model_kwargs(batch["cu_seq_lens"], batch["max_length"], batch["position_ids"])}
 
 
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor):
@@ -156,7 +154,7 @@ class MaskedLM(Objective):
         return batch
 
     def _finish_packed(self, inputs, labels, residue):
-        """One (1, T) row of the proteins back to back (see training/packing.py)."""
+        """One (1, T) row of the proteins back to back (see models/packing.py)."""
         multiple = getattr(self.config, "pad_multiple", 8)
         input_ids = packing.pack(inputs, self.layout.pad_id, multiple)
         labels_t = packing.pack(labels, IGNORE, multiple)

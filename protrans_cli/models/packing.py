@@ -1,17 +1,19 @@
-"""Sequence packing for the masked-LM objectives: no padding, one fused variable-length attention.
+"""Sequence packing: proteins back to back in one row, no padding, variable-length attention.
 
-A packed micro-batch is one row of every protein's tokens back to back (a (1, T) batch) with
-`cu_seq_lens` marking where each protein starts; position ids restart at every protein, and
-attention never crosses from one protein to another. On a CUDA device with PyTorch's
-`torch.nn.attention.varlen.varlen_attn` (Flash Attention over cumulative lengths) the whole
-micro-batch is one attention call per layer and no padded position is computed. Elsewhere
-(CPU, older PyTorch, attention dropout) each protein's attention is a separate
+A packed batch is one row of every protein's tokens (a (1, T) batch) with `cu_seq_lens` marking
+where each protein starts; position ids restart at every protein, and attention never crosses
+from one protein to another, so every protein gets what it would get alone. `train --packing`
+(masked-LM objectives) and `embed --packing` use it for the families marked `packable`.
+
+On a CUDA device with PyTorch's `torch.nn.attention.varlen.varlen_attn` (Flash Attention over
+cumulative lengths) a layer's attention over the whole row is one call and no padded position is
+computed. Elsewhere (CPU, older PyTorch, attention dropout) each protein's attention is its own
 `scaled_dot_product_attention` call: the same numbers, as a reference and as a fallback.
 
 The model's attention implementation is switched to `ATTENTION` (registered with transformers'
 AttentionInterface). A forward pass without `cu_seq_lens_q` (an ordinary padded batch) goes
-through transformers' own SDPA path unchanged, so a packed model still embeds and evaluates
-like any other; `restore_attention` puts the model's own implementation back before saving.
+through transformers' own SDPA path unchanged, so a packed model still takes padded batches;
+the choice is not saved (config.json records no attention implementation).
 """
 
 from __future__ import annotations
@@ -115,6 +117,12 @@ def pack(rows: list[np.ndarray], value: int, multiple: int) -> torch.Tensor:
     if rows:
         out[0, :total] = np.concatenate(rows)
     return torch.from_numpy(out)
+
+
+def model_kwargs(cu_seq_lens: torch.Tensor, max_length: int, position_ids: torch.Tensor) -> dict:
+    """The keyword arguments (besides input ids) of a forward pass over a packed row."""
+    return {"position_ids": position_ids, "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": max_length, "max_length_k": max_length}
 
 
 def segments(lengths: list[int], width: int, position_offset: int = 0):
