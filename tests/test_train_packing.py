@@ -173,7 +173,7 @@ def test_packing_refused_where_it_would_change_the_training(tmp_path, run_cli, a
 @pytest.mark.parametrize("name", ["bert", "esm"])
 def test_varlen_kernel_matches_per_protein_attention_on_the_gpu(name):
     """On a CUDA device packed attention is one varlen kernel; in bf16 its outputs and gradients
-    match the per-protein SDPA reference within bf16 rounding."""
+    match the padded SDPA fallback within bf16 rounding."""
     if not packing.varlen_available("cuda"):
         pytest.skip("this PyTorch has no torch.nn.attention.varlen")
     overrides = {"token_dropout": False} if name == "esm" else {}
@@ -190,7 +190,7 @@ def test_varlen_kernel_matches_per_protein_attention_on_the_gpu(name):
     fused_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
     varlen = packing._varlen
-    packing._varlen = lambda: None  # the per-protein fallback
+    packing._varlen = lambda: None  # the padded fallback
     try:
         ref = _logits(model(**_model_inputs(batch)))
         ref.float().square().sum().backward()

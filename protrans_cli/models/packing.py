@@ -7,7 +7,7 @@ from one protein to another, so every protein gets what it would get alone. `tra
 
 On a CUDA device with PyTorch's `torch.nn.attention.varlen.varlen_attn` (Flash Attention over
 cumulative lengths) a layer's attention over the whole row is one call and no padded position is
-computed. Elsewhere (CPU, older PyTorch, attention dropout) each protein's attention is its own
+computed. Elsewhere (CPU, older PyTorch, attention dropout) the proteins are gathered into a padded batch for one
 `scaled_dot_product_attention` call: the same numbers, as a reference and as a fallback.
 
 The model's attention implementation is switched to `ATTENTION` (registered with transformers'
@@ -68,13 +68,26 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         extra = {} if default_scale else {"scale": scaling}  # PyTorch 2.9's varlen_attn has no scale
         out = varlen(q, k, v, cu, cu, m, m, **extra)  # (T, H, D)
     else:
-        out = torch.empty_like(q)
-        bounds = cu.tolist()
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            seg = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))  # (1, H, L, D)
-            o = torch.nn.functional.scaled_dot_product_attention(*seg, dropout_p=dropout, scale=scaling)
-            out[start:end] = o[0].transpose(0, 1)
+        out = _padded_attention(q, k, v, cu, dropout, scaling)
     return out.unsqueeze(0), None
+
+
+def _padded_attention(q, k, v, cu, dropout, scaling):
+    """The reference and fallback: the segments gathered into a padded (N, H, Lmax, D) batch,
+    one SDPA call with a key-padding mask, the rows scattered back. The same numbers as a padded
+    batch, one kernel instead of one per protein."""
+    bounds = cu.tolist()
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    n, longest = len(lengths), max(lengths)
+    offsets = torch.arange(longest, device=q.device)
+    starts = torch.tensor(bounds[:-1], device=q.device)
+    valid = offsets[None, :] < torch.tensor(lengths, device=q.device)[:, None]      # (N, Lmax)
+    index = torch.where(valid, starts[:, None] + offsets[None, :], 0).reshape(-1)    # (N * Lmax,)
+    heads = q.shape[1]
+    q, k, v = (x.index_select(0, index).view(n, longest, heads, -1).transpose(1, 2) for x in (q, k, v))
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :],
+                                                         dropout_p=dropout, scale=scaling)
+    return o.transpose(1, 2).reshape(n * longest, heads, -1)[valid.reshape(-1)]     # (T, H, D)
 
 
 def _packed_mask(*args, attention_mask=None, **kwargs):

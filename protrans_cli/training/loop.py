@@ -202,7 +202,7 @@ def _use_packing(family, model, objective, objective_name: str, config: TrainCon
     objective.packed_position_offset = family.packed_position_offset(model.config)
     packing.use_packed_attention(model)
     kernel = "one varlen attention kernel" if packing.varlen_available(info.device) else \
-        "attention per protein (no fused varlen kernel on this device or PyTorch)"
+        "attention through a padded SDPA call (no fused varlen kernel on this device or PyTorch)"
     dist.print0(f"train: packing micro-batches into one row each; {kernel}")
 
 
