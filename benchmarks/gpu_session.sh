@@ -18,6 +18,14 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
 PY=${PY:-python3}
 FASTA=${FASTA:-../shared/data/proteomes/UP000000625_83333.fasta}
+[ -f "$FASTA" ] || FASTA=.devdata/UP000000625_83333.fasta
+if [ ! -f "$FASTA" ]; then
+    # ../shared does not travel to a device machine: copy the proteome into the git-ignored
+    # .devdata/ first and carry it (run(..., carry=[".devdata"])).
+    echo "no proteome: mkdir -p .devdata && cp ../shared/data/proteomes/UP000000625_83333.fasta .devdata/," \
+         "then carry .devdata (or set FASTA=...)" >&2
+    exit 2
+fi
 # protrans writes its HDF5 file where the baselines keep their arrays: in memory
 SCRATCH=/dev/shm
 [ -d "$SCRATCH" ] || SCRATCH=${TMPDIR:-/tmp}
