@@ -200,3 +200,49 @@ def test_varlen_kernel_matches_per_protein_attention_on_the_gpu(name):
     torch.testing.assert_close(fused.float(), ref.float(), atol=3e-2, rtol=3e-2)
     for a, b in zip(fused_grads, ref_grads):
         torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("with_scale", [True, False])
+@pytest.mark.parametrize("name", ["bert", "esm"])
+def test_the_varlen_call_gets_the_right_arguments(monkeypatch, name, with_scale):
+    """The fused branch, run on the CPU with a stand-in for varlen_attn that checks its
+    arguments and computes with the padded reference: shapes, cumulative lengths, maximum
+    length, and ESM's query scaling (passed as `scale`, or folded into the queries where
+    PyTorch 2.9's varlen_attn takes none) give the per-protein logits."""
+    calls = []
+
+    def reference(q, k, v, cu_q, cu_k, max_q, max_k, **kw):
+        assert q.dim() == 3 and q.shape == k.shape == v.shape and cu_q is cu_k and max_q == max_k
+        assert cu_q.dtype == torch.int32 and int(cu_q[-1]) == q.shape[0]
+        assert max_q == int((cu_q[1:] - cu_q[:-1]).max())
+        calls.append(kw)
+        return packing._padded_attention(q, k, v, cu_q, 0.0, kw.get("scale"))
+
+    if with_scale:
+        def fake(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None):
+            return reference(q, k, v, cu_q, cu_k, max_q, max_k, **({} if scale is None else {"scale": scale}))
+    else:
+        def fake(q, k, v, cu_q, cu_k, max_q, max_k):
+            return reference(q, k, v, cu_q, cu_k, max_q, max_k)
+
+    overrides = {"token_dropout": False} if name == "esm" else {}
+    fam, tok, model = _tiny(name, **overrides)
+    rows = _rows(tok)
+    with torch.no_grad():
+        refs = [_logits(model(input_ids=torch.tensor(r)[None]))[0] for r in rows]
+        monkeypatch.setattr(packing, "_varlen", lambda: fake)
+        monkeypatch.setattr(packing, "_fused", lambda q, dropout: True)
+        packing.use_packed_attention(model)
+        ids = packing.pack(rows, tok.pad_token_id, 8)
+        cu, longest, positions = packing.segments([len(r) for r in rows], ids.shape[1],
+                                                  fam.packed_position_offset(model.config))
+        out = _logits(model(input_ids=ids, **packing.model_kwargs(cu, longest, positions)))[0]
+    assert len(calls) == model.config.num_hidden_layers
+    if name == "esm":  # ESM scales queries itself (scaling 1.0): passed on, or folded into q
+        assert all(("scale" in c) == with_scale for c in calls)
+    else:
+        assert all(c == {} for c in calls)
+    start = 0
+    for r, ref in zip(rows, refs):
+        torch.testing.assert_close(out[start:start + len(r)], ref, atol=1e-5, rtol=1e-5)
+        start += len(r)

@@ -61,15 +61,22 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         raise ValueError("a packed batch is a single row")
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, H, D)
     varlen = _varlen()
-    default_scale = scaling is None or abs(scaling - q.shape[-1] ** -0.5) < 1e-12
-    if (varlen is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not dropout
-            and (default_scale or _takes_scale(varlen))):
-        m = int(kwargs["max_length_q"])
-        extra = {} if default_scale else {"scale": scaling}  # PyTorch 2.9's varlen_attn has no scale
-        out = varlen(q, k, v, cu, cu, m, m, **extra)  # (T, H, D)
+    if varlen is not None and _fused(q, dropout):
+        m, default = int(kwargs["max_length_q"]), q.shape[-1] ** -0.5
+        if scaling is None or abs(scaling - default) < 1e-12:
+            out = varlen(q, k, v, cu, cu, m, m)  # (T, H, D)
+        elif _takes_scale(varlen):
+            out = varlen(q, k, v, cu, cu, m, m, scale=scaling)
+        else:  # PyTorch 2.9's varlen_attn has no scale argument (ESM scales its queries itself)
+            out = varlen(q * (scaling / default), k, v, cu, cu, m, m)
     else:
         out = _padded_attention(q, k, v, cu, dropout, scaling)
     return out.unsqueeze(0), None
+
+
+def _fused(q, dropout) -> bool:
+    """Whether the varlen kernel can take this call (Flash Attention: CUDA, half precision, no dropout)."""
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not dropout
 
 
 def _padded_attention(q, k, v, cu, dropout, scaling):
