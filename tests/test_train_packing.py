@@ -246,3 +246,28 @@ def test_the_varlen_call_gets_the_right_arguments(monkeypatch, name, with_scale)
     for r, ref in zip(rows, refs):
         torch.testing.assert_close(out[start:start + len(r)], ref, atol=1e-5, rtol=1e-5)
         start += len(r)
+
+
+def test_a_head_size_the_varlen_kernel_refuses_falls_back_once_with_a_warning(monkeypatch, capsys):
+    calls = []
+
+    def refusing(*args, **kw):
+        calls.append(1)
+        raise RuntimeError("FlashAttention only supports head dimension at most 256\nmore detail")
+
+    fam, tok, model = _tiny("bert")
+    rows = _rows(tok)
+    with torch.no_grad():
+        refs = [_logits(model(input_ids=torch.tensor(r)[None]))[0] for r in rows]
+        monkeypatch.setattr(packing, "_varlen", lambda: refusing)
+        monkeypatch.setattr(packing, "_fused", lambda q, dropout: True)
+        monkeypatch.setattr(packing, "_REFUSED", {})
+        packing.use_packed_attention(model)
+        ids = packing.pack(rows, tok.pad_token_id, 8)
+        cu, longest, positions = packing.segments([len(r) for r in rows], ids.shape[1])
+        for _ in range(2):
+            out = _logits(model(input_ids=ids, **packing.model_kwargs(cu, longest, positions)))[0]
+    assert len(calls) == 1  # asked once, then the fallback
+    err = capsys.readouterr().err
+    assert err.count("varlen kernel refused head size 8") == 1 and "more detail" not in err
+    torch.testing.assert_close(out[:len(rows[0])], refs[0], atol=1e-5, rtol=1e-5)

@@ -61,17 +61,35 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         raise ValueError("a packed batch is a single row")
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, H, D)
     varlen = _varlen()
-    if varlen is not None and _fused(q, dropout):
-        m, default = int(kwargs["max_length_q"]), q.shape[-1] ** -0.5
-        if scaling is None or abs(scaling - default) < 1e-12:
-            out = varlen(q, k, v, cu, cu, m, m)  # (T, H, D)
-        elif _takes_scale(varlen):
-            out = varlen(q, k, v, cu, cu, m, m, scale=scaling)
-        else:  # PyTorch 2.9's varlen_attn has no scale argument (ESM scales its queries itself)
-            out = varlen(q * (scaling / default), k, v, cu, cu, m, m)
-    else:
+    out = None
+    if varlen is not None and _fused(q, dropout) and _REFUSED.get(q.shape[-1]) is None:
+        try:
+            out = _call_varlen(varlen, q, k, v, cu, int(kwargs["max_length_q"]), scaling)
+        except torch.cuda.OutOfMemoryError:
+            raise  # embed splits the batch; never hidden behind the fallback
+        except RuntimeError as exc:  # e.g. a head size the Flash kernel does not take
+            _REFUSED[q.shape[-1]] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            from protrans_cli import console
+
+            console.warn(f"packed attention: the varlen kernel refused head size {q.shape[-1]} "
+                         f"({_REFUSED[q.shape[-1]]}); using the padded attention call instead")
+    if out is None:
         out = _padded_attention(q, k, v, cu, dropout, scaling)
     return out.unsqueeze(0), None
+
+
+# head size -> why the varlen kernel refused it (asked once per process, then the fallback runs)
+_REFUSED: dict[int, str] = {}
+
+
+def _call_varlen(varlen, q, k, v, cu, longest: int, scaling):
+    default = q.shape[-1] ** -0.5
+    if scaling is None or abs(scaling - default) < 1e-12:
+        return varlen(q, k, v, cu, cu, longest, longest)  # (T, H, D)
+    if _takes_scale(varlen):
+        return varlen(q, k, v, cu, cu, longest, longest, scale=scaling)
+    # PyTorch 2.9's varlen_attn has no scale argument (ESM scales its queries itself)
+    return varlen(q * (scaling / default), k, v, cu, cu, longest, longest)
 
 
 def _fused(q, dropout) -> bool:
