@@ -27,6 +27,8 @@ def test_json_lists_every_family_preset_and_checkpoint(run_cli):
     assert layouts["t5"] == "M K T </s>"
     assert layouts["esm"] == "<cls> MKT <eos>"
     assert layouts["xlnet"].startswith("M K T <sep> <cls>")
+    packs = {f["name"]: f["packing"] for f in data["families"]}
+    assert packs == {name: name in ("bert", "roberta", "albert", "electra", "esm") for name in FAMILIES}
 
 
 def test_family_filter_and_sections(run_cli):

@@ -61,10 +61,11 @@ def _print_tables(data: dict) -> None:
     out = _Stdout(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     if "families" in data:
         table = Table(title="Families", title_justify="left")
-        for col in ("family", "objective", "input", "presets", "description"):
+        for col in ("family", "objective", "input", "--packing", "presets", "description"):
             table.add_column(col)
         for f in data["families"]:
-            table.add_row(f["name"], f["objective"], f["input_layout"], ", ".join(f["presets"]), f["description"])
+            table.add_row(f["name"], f["objective"], f["input_layout"], "yes" if f["packing"] else "no",
+                          ", ".join(f["presets"]), f["description"])
         out.print(table)
     if "presets" in data:
         table = Table(title="Presets (protrans train --family F --preset P)", title_justify="left")
