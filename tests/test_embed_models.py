@@ -347,3 +347,22 @@ def test_packed_embedding_on_the_gpu_matches_the_fp32_reference(run_cli, tmp_pat
         ref = reference_rows(family, tiny_models[family_name], seq)[0]
         assert got[rec.id].shape == ref.shape
         assert np.linalg.norm(got[rec.id] - ref) / np.linalg.norm(ref) < 2e-2, rec.id
+
+
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_extra_padding_to_a_multiple_changes_no_row(tiny_models, family_name):
+    """On a GPU batch lengths are rounded up to a multiple of 8; here (CPU, float32) a multiple
+    of 64 must leave every residue row as it is."""
+    from protrans_cli.embed import TransformerEmbedder
+    from protrans_cli.models import load_model
+
+    embedder = TransformerEmbedder(load_model(str(tiny_models[family_name]), device="cpu", dtype="float32"),
+                                   (-1, 0), "cpu", "float32")
+    assert embedder.pad_multiple == 1
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "A", "GSSGUZOBX"]
+    plain = embedder.embed_batch(seqs)
+    embedder.pad_multiple = 64
+    padded = embedder.embed_batch(seqs)
+    for a, b in zip(plain, padded):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
