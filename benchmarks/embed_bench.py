@@ -5,6 +5,8 @@ Strategies, all with the same randomly initialised model (the shapes are what ma
   prottrans  the published ProtTrans script's strategy: proteins sorted by length (longest
              first), a batch closed once it holds 4000 residues or 100 proteins, embeddings
              kept in memory
+  script     the same batches the way the published script handles them: tokenizer on spaced
+             text, last hidden state, each protein's rows copied to the host on their own
   protrans   `protrans_cli.embed.embed` itself: padded-token budget, dedup, HDF5 streaming writes;
              with --max-tokens A,B,... one run per budget ("default" is embed's own choice for
              the device, which on a GPU depends on the memory left after loading the model)
@@ -29,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 ECOLI = ROOT.parent / "shared" / "data" / "proteomes" / "UP000000625_83333.fasta"
@@ -84,16 +88,51 @@ def run_naive(embedder, records, per_protein_only=False):
 def run_prottrans(embedder, records, max_residues=4000, max_batch=100, max_seq_len=1000, per_protein_only=False):
     """The ProtTrans script's batching, re-implemented from its description. Its per-protein
     means are taken on the GPU too (the script averages there before copying), here batched."""
+    out = {}
+    for batch in _prottrans_batches(records, max_residues, max_batch, max_seq_len):
+        arrays = embedder.embed_batch([s for _, s in batch], pooled=per_protein_only)
+        for (bid, _), rows in zip(batch, arrays):
+            out[bid] = rows[0] if per_protein_only else (rows[0], rows[0].mean(0))
+    return out
+
+
+def _prottrans_batches(records, max_residues=4000, max_batch=100, max_seq_len=1000):
     ordered = sorted(records, key=lambda r: len(r[1]), reverse=True)
-    out, batch, residues = {}, [], 0
+    batch, residues = [], 0
     for i, (ident, seq) in enumerate(ordered):
         batch.append((ident, seq))
         residues += len(seq)
         if len(batch) >= max_batch or residues >= max_residues or i == len(ordered) - 1 or len(seq) > max_seq_len:
-            arrays = embedder.embed_batch([s for _, s in batch], pooled=per_protein_only)
-            for (bid, _), rows in zip(batch, arrays):
-                out[bid] = rows[0] if per_protein_only else (rows[0], rows[0].mean(0))
+            yield batch
             batch, residues = [], 0
+
+
+def run_script(embedder, records, per_protein_only=False):
+    """The ProtTrans embedding script as users run it, re-implemented from its description (not
+    its code): the same batches as `prottrans`, but the tokenizer called on space-separated
+    text and padded to the longest, the model's last hidden state, and every protein's rows
+    sliced out and copied to the host one protein at a time (`.cpu().numpy()`); the
+    per-protein mean taken on the device before its copy."""
+    import torch
+
+    from protrans_cli.models.base import residue_layout
+
+    family, tokenizer, model, device = embedder.family_impl, embedder.tokenizer, embedder.model, embedder.device
+    layout = residue_layout(family, tokenizer)  # special tokens before and after the residues
+    before, after = len(layout.prefix), len(layout.suffix)
+    left = tokenizer.padding_side == "left"  # XLNet
+    out = {}
+    for batch in _prottrans_batches(records):
+        enc = tokenizer([family.prepare(s) for _, s in batch], add_special_tokens=True, padding="longest")
+        ids = torch.tensor(enc["input_ids"]).to(device)
+        mask = torch.tensor(enc["attention_mask"]).to(device)
+        with torch.no_grad():
+            states = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        for i, (ident, seq) in enumerate(batch):
+            start = states.shape[1] - after - len(seq) if left else before
+            rows = states[i, start:start + len(seq)]
+            mean = rows.float().mean(dim=0).cpu().numpy()
+            out[ident] = mean if per_protein_only else (rows.float().cpu().numpy(), mean)
     return out
 
 
@@ -158,11 +197,19 @@ def bench_one(family, preset, records, args):
                                  for b in args.max_tokens))
     print(f"protrans budgets: {', '.join(f'{b} tokens' for b in budgets)} (embed's default here: "
           f"{default_max_tokens(args.device)}), at most {args.max_batch_size} proteins per batch", flush=True)
+    if "script" in args.strategies:  # the re-implemented script must find the same rows
+        sample = records[:8]
+        ours, theirs = run_prottrans(embedder, sample), run_script(embedder, sample)
+        worst = max(float(np.linalg.norm(ours[k][0] - theirs[k][0]) / max(np.linalg.norm(ours[k][0]), 1e-12))
+                    for k in ours)
+        if worst > 1e-2:
+            raise SystemExit(f"script strategy: rows differ from embed_batch's (relative error {worst:.2g})")
     results = {}
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmpdir:
         only = args.per_protein
         runs = {"naive": lambda: run_naive(embedder, records, only),
-                "prottrans": lambda: run_prottrans(embedder, records, per_protein_only=only)}
+                "prottrans": lambda: run_prottrans(embedder, records, per_protein_only=only),
+                "script": lambda: run_script(embedder, records, only)}
         strategies = []
         packed = None
         if "packed" in args.strategies:
@@ -204,7 +251,7 @@ def bench_one(family, preset, records, args):
                       f"{residues / seconds:10.0f} residues/s{mem}", flush=True)
         for name, rate in results.items():
             print(f"best {name:15s} {rate:10.0f} residues/s")
-    for base in ("naive", "prottrans"):
+    for base in ("naive", "prottrans", "script"):
         for name in results:
             if base in results and name.startswith("protrans"):
                 print(f"{name} / {base}: {results[name] / results[base]:.2f}x")
@@ -235,7 +282,7 @@ def main(argv=None):
                    help="protrans budget(s), comma-separated: numbers or 'default' (embed's own, by device)")
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--strategies", default="naive,prottrans,protrans",
-                   help="comma-separated: naive, prottrans, protrans, packed (protrans with --packing)")
+                   help="comma-separated: naive, prottrans, script, protrans, packed (protrans with --packing)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the strategies N times, keep each one's best")
     p.add_argument("--naive-once", action="store_true", help="run the (slow) naive loop in the first repeat only")
     p.add_argument("--threads", type=int, default=None)

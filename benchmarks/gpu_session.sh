@@ -68,10 +68,10 @@ if [ "$MODE" = quick ]; then
     step tests_packing 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
         tests/test_embed_models.py -k "pack or varlen"
 else
-step embed_t5 170 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
-    --strategies prottrans,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
-step embed_bert 110 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
-    --strategies prottrans,protrans,packed,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
+step embed_t5 240 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
+    --strategies prottrans,script,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
+step embed_bert 180 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
+    --strategies prottrans,script,protrans,packed,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
 step train 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --json "$OUT/train.json"
 step train_packed 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --packing --json "$OUT/train_packed.json"
 step train_pad128 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --pad-multiple 128
