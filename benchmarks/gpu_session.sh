@@ -7,8 +7,8 @@
 #
 # quick: the ceilings, the profile, per-protein embedding of both models and one run of the train
 # benchmark padded and one with --packing, plus the packing GPU tests (step limits add up to
-# 560 s: one device call); without it, every step (up to 13 minutes: more than one
-# 10-minute device call, so pick steps with STEPS="profile embed_t5 ..." and run the rest later).
+# 560 s: one device call); without it, every step (up to 21 minutes: more than two
+# 10-minute device calls, so pick steps with STEPS="profile embed_t5 ..." and run the rest later).
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
 # there): the package is used from the source tree through PYTHONPATH, nothing is installed.
