@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import DATA
-from protrans_cli.models import get_family
+from protrans_cli.models import FAMILIES, get_family
 from protrans_cli.models import packing
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import Sample, TokenLayout
@@ -23,6 +23,7 @@ from protrans_cli.training.objectives import IGNORE, _logits, _model_inputs, mak
 LEARNABLE = str(DATA / "train" / "learnable.txt")
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 LENGTHS = (7, 13, 30, 1)
+PACKABLE = [name for name, family in FAMILIES.items() if family.packable]
 
 torch.set_num_threads(1)
 
@@ -54,7 +55,7 @@ def _rows(tok):
                             rng.integers(lo, lo + 20, size=n)]) for n in LENGTHS]
 
 
-@pytest.mark.parametrize("name", packing.PACKABLE_FAMILIES)
+@pytest.mark.parametrize("name", PACKABLE)
 def test_a_packed_row_gives_every_protein_its_own_unpadded_logits(name):
     overrides = {"token_dropout": False} if name == "esm" else {}
     fam, tok, model = _tiny(name, **overrides)

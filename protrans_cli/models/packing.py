@@ -7,8 +7,9 @@ from one protein to another, so every protein gets what it would get alone. `tra
 
 On a CUDA device with PyTorch's `torch.nn.attention.varlen.varlen_attn` (Flash Attention over
 cumulative lengths) a layer's attention over the whole row is one call and no padded position is
-computed. Elsewhere (CPU, older PyTorch, attention dropout) the proteins are gathered into a padded batch for one
-`scaled_dot_product_attention` call: the same numbers, as a reference and as a fallback.
+computed. Elsewhere (CPU, older PyTorch, attention dropout) the proteins are gathered into a
+padded batch for one `scaled_dot_product_attention` call: the same numbers, as a reference and
+as a fallback.
 
 The model's attention implementation is switched to `ATTENTION` (registered with transformers'
 AttentionInterface). A forward pass without `cu_seq_lens_q` (an ordinary padded batch) goes
@@ -23,9 +24,7 @@ import torch
 
 ATTENTION = "protrans_packed"
 
-# families whose pretraining models take position_ids and route attention through
-# transformers' AttentionInterface; the rest keep padded batches
-PACKABLE_FAMILIES = ("bert", "roberta", "albert", "electra", "esm")
+# objectives whose batches can be packed (which families can: Family.packable)
 PACKABLE_OBJECTIVES = ("mlm", "electra")
 
 
