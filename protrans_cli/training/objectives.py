@@ -55,7 +55,8 @@ def _model_inputs(batch: dict, input_ids: torch.Tensor | None = None) -> dict:
     ids = batch["input_ids"] if input_ids is None else input_ids
     if "cu_seq_lens" not in batch:
         return {"input_ids": ids, "attention_mask": batch["attention_mask"]}
-    return {"input_ids": ids, **packing.model_kwargs(batch["cu_seq_lens"], batch["max_length"], batch["position_ids"])}
+    packed = packing.model_kwargs(batch["cu_seq_lens"], batch["max_length"], batch["position_ids"])
+    return {"input_ids": ids, **packed}
 
 
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor):
@@ -160,9 +161,9 @@ class MaskedLM(Objective):
         labels_t = packing.pack(labels, IGNORE, multiple)
         cu, longest, positions = packing.segments([len(r) for r in inputs], input_ids.shape[1],
                                                   self.packed_position_offset)
+        residue_mask = packing.pack([r.astype(np.int64) for r in residue], 0, multiple).bool()
         return {"input_ids": input_ids, "position_ids": positions, "cu_seq_lens": cu, "max_length": longest,
-                "labels": labels_t, "residue_mask": packing.pack([r.astype(np.int64) for r in residue], 0, multiple).bool(),
-                "num_predicted": int((labels_t != IGNORE).sum())}
+                "labels": labels_t, "residue_mask": residue_mask, "num_predicted": int((labels_t != IGNORE).sum())}
 
     def _collate_sop(self, samples):
         """ALBERT sentence order: each protein cut at a random point into A and B; half the
