@@ -229,7 +229,8 @@ def bench_one(family, preset, records, args):
             chosen = embedder if name == "protrans" else packed
             for budget in budgets:
                 label = f"protrans{'-packed' if name == 'packed' else ''}" + ("" if len(budgets) == 1 else f"@{budget}")
-                runs[label] = (lambda b=budget, e=chosen: run_protrans(e, records, tmpdir, b, args.max_batch_size, only))
+                runs[label] = (lambda b=budget, e=chosen:
+                               run_protrans(e, records, tmpdir, b, args.max_batch_size, only))
                 strategies.append(label)
         # Strategies alternate within each repeat and the best time of each counts, so that a
         # load change on a shared machine does not favour whichever ran last.
