@@ -264,8 +264,7 @@ def bench_one(family, preset, records, args):
             achieved = flops * rate / residues / 1e12
             frac = f" = {achieved / peak:.1%} of {peak:.0f} TFLOP/s bf16 peak ({name})" if peak else ""
             print(f"{strategy:15s} {achieved:7.1f} TFLOP/s{frac}")
-    del embedder, loaded
-    return results
+    return results  # the model goes with this frame, before the next one is built
 
 
 def main(argv=None):

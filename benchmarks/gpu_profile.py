@@ -254,14 +254,13 @@ def main(argv=None) -> int:
     batches = batches[::step][:args.num_batches]
     embedder.embed_batch(batches[-1])  # warm-up
     # Each part reports on its own: one that fails must not cost the others' figures.
-    parts = [("embed phases", lambda: embed_phases(args, batches, embedder)),
-             ("profile", lambda: profile(args, batches, embedder, args.profile_out))]
-    failed = _run_parts(parts)
-    del embedder, loaded, parts
+    failed = _run_parts([("embed phases", embed_phases, (args, batches, embedder)),
+                         ("profile", profile, (args, batches, embedder, args.profile_out))])
+    del embedder, loaded  # the training part needs the memory
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     if not args.skip_train:
-        failed += _run_parts([("train shapes", lambda: train_shapes(args, records))])
+        failed += _run_parts([("train shapes", train_shapes, (args, records))])
     return 1 if failed else 0
 
 
@@ -269,9 +268,9 @@ def _run_parts(parts) -> int:
     import traceback
 
     failed = 0
-    for name, part in parts:
+    for name, part, part_args in parts:
         try:
-            part()
+            part(*part_args)
         except Exception:  # noqa: BLE001 - reported, and the next part runs
             failed += 1
             print(f"{name} failed:\n{traceback.format_exc()}", file=sys.stderr)
