@@ -82,6 +82,8 @@ _REFUSED: dict[int, str] = {}
 
 
 def _call_varlen(varlen, q, k, v, cu, longest: int, scaling):
+    # (T, H, D) views of (H, T, D) tensors: made contiguous, as Flash kernels lay them out
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     default = q.shape[-1] ** -0.5
     if scaling is None or abs(scaling - default) < 1e-12:
         return varlen(q, k, v, cu, cu, longest, longest)  # (T, H, D)
