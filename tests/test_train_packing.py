@@ -214,6 +214,7 @@ def test_the_varlen_call_gets_the_right_arguments(monkeypatch, name, with_scale)
 
     def reference(q, k, v, cu_q, cu_k, max_q, max_k, **kw):
         assert q.dim() == 3 and q.shape == k.shape == v.shape and cu_q is cu_k and max_q == max_k
+        assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
         assert cu_q.dtype == torch.int32 and int(cu_q[-1]) == q.shape[0]
         assert max_q == int((cu_q[1:] - cu_q[:-1]).max())
         calls.append(kw)
