@@ -220,9 +220,10 @@ class TransformerEmbedder:
         from protrans_cli.models.base import residue_layout
 
         fam = self.family_impl
-        problem = fam.packing_problem(self.model.config, training=False) if hasattr(fam, "packing_problem") \
-            else "not a registry family"
-        if problem is None and residue_layout(fam, self.tokenizer) is None:
+        # The layout's table holds the family's conventions (case, rare residues): raw letters go in.
+        self._packed_layout = residue_layout(fam, self.tokenizer)
+        problem = fam.packing_problem(self.model.config, training=False)
+        if problem is None and self._packed_layout is None:
             problem = "its tokenizer does not give one token per residue letter"
         if problem:
             raise UsageError(f"--packing: {self.name}: {problem}")
@@ -234,7 +235,8 @@ class TransformerEmbedder:
         import torch
 
         model, device = self.model, self.device
-        encoded = self._encode_packed(sequences) if self.packed else None
+        encoded = self._packed_layout.encode_packed(list(sequences), self.tokenizer.pad_token_id,
+                                                    self._position_offset) if self.packed else None
         inputs, mask = encoded or self.family_impl.encode(self.tokenizer, list(sequences), self.pad_multiple)
         lengths = [len(s) for s in sequences] if encoded else mask.sum(dim=1).tolist()
         if encoded and int(mask.sum()) != sum(lengths):
@@ -266,13 +268,6 @@ class TransformerEmbedder:
                 return [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
             rows = self._staging.to_host(stacked[:, mask])  # (n_layers, sum L_i, D) float32
         return list(np.split(rows, np.cumsum(lengths)[:-1], axis=1))
-
-    def _encode_packed(self, sequences: Sequence[str]):
-        from protrans_cli.models.base import residue_layout
-
-        # The layout's table holds the family's conventions (case, rare residues): raw letters go in.
-        layout = residue_layout(self.family_impl, self.tokenizer)
-        return layout.encode_packed(list(sequences), self.tokenizer.pad_token_id, self._position_offset)
 
     def on_cpu(self) -> "TransformerEmbedder | None":
         """A float32 CPU twin, built on first use, for proteins too large for the accelerator."""
