@@ -12,6 +12,10 @@ Strategies, all with the same randomly initialised model (the shapes are what ma
              the device, which on a GPU depends on the memory left after loading the model)
   packed     protrans with --packing (one row per batch, varlen attention; packable families)
 
+The baselines run with PyTorch's own choice of attention kernel (what a script gets); protrans
+runs with its --sdpa-kernels (default auto: no cuDNN attention on a GPU; see
+protrans_cli/attention.py); `--sdpa-kernels torch` gives protrans PyTorch's choice as well.
+
 Residues/s are printed with ratios against both baselines; on a GPU also the fraction of the
 device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + attention).
 
@@ -26,6 +30,7 @@ device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + atten
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import sys
 import tempfile
@@ -178,7 +183,11 @@ def bench_one(family, preset, records, args):
     from protrans_cli.embed import TransformerEmbedder
 
     loaded = build_loaded(family, preset, args.device, args.dtype)
-    embedder = TransformerEmbedder(loaded, (-1,), args.device, args.dtype)
+    # The baselines' embedder keeps PyTorch's kernel choice; protrans's is the same object with
+    # its own --sdpa-kernels (one model in memory).
+    embedder = TransformerEmbedder(loaded, (-1,), args.device, args.dtype, sdpa_kernels="torch")
+    protrans_embedder = copy.copy(embedder)
+    protrans_embedder.sdpa_kernels = args.sdpa_kernels
     if embedder.max_residues is not None:  # the baselines cannot embed what the model cannot take
         kept = [r for r in records if len(r[1]) <= embedder.max_residues]
         if len(kept) < len(records):
@@ -218,7 +227,8 @@ def bench_one(family, preset, records, args):
             else:
                 # The same model; its attention now goes through models/packing.py, which hands
                 # unpacked batches (every other strategy) to transformers' SDPA path unchanged.
-                packed = TransformerEmbedder(loaded, (-1,), args.device, args.dtype, packed=True)
+                packed = TransformerEmbedder(loaded, (-1,), args.device, args.dtype, packed=True,
+                                             sdpa_kernels=args.sdpa_kernels)
                 packed.embed_batch([records[0][1][:50]] * 2)
         for name in args.strategies:
             if name not in ("protrans", "packed"):
@@ -226,7 +236,7 @@ def bench_one(family, preset, records, args):
                 continue
             if name == "packed" and packed is None:
                 continue
-            chosen = embedder if name == "protrans" else packed
+            chosen = protrans_embedder if name == "protrans" else packed
             for budget in budgets:
                 label = f"protrans{'-packed' if name == 'packed' else ''}" + ("" if len(budgets) == 1 else f"@{budget}")
                 runs[label] = (lambda b=budget, e=chosen:
@@ -283,6 +293,8 @@ def main(argv=None):
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--strategies", default="naive,prottrans,protrans",
                    help="comma-separated: naive, prottrans, script, protrans, packed (protrans with --packing)")
+    p.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),
+                   help="protrans's attention-kernel policy (the baselines keep PyTorch's choice)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the strategies N times, keep each one's best")
     p.add_argument("--naive-once", action="store_true", help="run the (slow) naive loop in the first repeat only")
     p.add_argument("--threads", type=int, default=None)

@@ -6,8 +6,10 @@ measures, on the same batches:
 
   embed   per-residue microseconds of each phase of `TransformerEmbedder.embed_batch`: encode
           (host), host-to-device copy, forward pass (device events), device-to-host copy; then
-          the forward pass again with each attention-kernel choice (PyTorch's default, no cuDNN,
-          memory-efficient only, math only), and the kernel PyTorch picks for such a batch
+          the forward pass with each attention-kernel choice (PyTorch's default, no cuDNN as
+          `--sdpa-kernels auto`, memory-efficient only, math only) over shapes it has not seen
+          and then over the same shapes again (what a new shape costs: cuDNN attention builds a
+          plan per shape), and the kernel PyTorch picks for such a batch
   train   the same masked-LM training step (forward + backward + AdamW) on micro-batches of one
           fixed length against micro-batches whose length changes every step (as length
           buckets make them), under each attention-kernel choice
@@ -36,11 +38,12 @@ def kernel_choices(device: str):
     """(label, context factory) for each attention-kernel choice to compare."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from protrans_cli.attention import sdpa_kernels
+
     choices = [("default", contextlib.nullcontext)]
     if device.startswith("cuda"):
         choices += [
-            ("no-cudnn", lambda: sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                                              SDPBackend.MATH])),
+            ("no-cudnn", lambda: sdpa_kernels(device, "auto")),  # protrans's --sdpa-kernels auto
             ("efficient", lambda: sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION])),
             ("math", lambda: sdpa_kernel([SDPBackend.MATH])),
         ]
@@ -76,8 +79,7 @@ def embed_phases(args, batches, embedder) -> None:
           f"{residues / whole:,.0f} residues/s in all")
     for key, dt in totals.items():
         print(f"  {key:10s} {dt * 1e6 / residues:8.2f} us/residue  {dt / whole:6.1%}")
-    print("  (each batch shape above was new; the forward passes below repeat the same shapes, so a\n"
-          "   per-new-shape cost shows as the difference)")
+    print("  (each batch shape above was new, under PyTorch's default kernel choice)")
     after = _allocator_counts(device)
     if after:
         # cudaMalloc/cudaFree are slow in some virtual machines: new batch shapes that the caching
@@ -85,22 +87,29 @@ def embed_phases(args, batches, embedder) -> None:
         print("  caching allocator over these batches: " + ", ".join(
             f"{k} +{after[k] - before.get(k, 0)}" for k in after))
 
-    encoded = [fam.encode(tok, list(seqs)) for seqs in batches]
-    encoded = [({k: v.to(device) for k, v in inp.items()}, m) for inp, m in encoded]
-    for label, ctx in kernel_choices(device):
+    for c, (label, ctx) in enumerate(kernel_choices(device)):
+        # Shapes no earlier pass has seen (each protein 2c+1 residues shorter), then the same
+        # shapes again: the difference is what a new batch shape costs under this choice (cuDNN
+        # attention builds a plan per shape; embed meets a new shape almost every batch).
+        cut = [[s[:max(1, len(s) - 2 * c - 1)] for s in seqs] for seqs in batches]
+        count = sum(len(s) for seqs in cut for s in seqs)
+        fresh = [{k: v.to(device) for k, v in fam.encode(tok, seqs)[0].items()} for seqs in cut]
         try:
             with torch.inference_mode(), ctx():
-                fam.hidden_states(model, encoded[0][0], [-1])  # warm-up
-                _sync(device)
-                start = time.perf_counter()
-                for inp, _ in encoded:
-                    fam.hidden_states(model, inp, [-1])
-                _sync(device)
-            dt = time.perf_counter() - start
-            print(f"  forward again, attention {label:10s} {dt * 1e6 / residues:8.2f} us/residue "
-                  f"({residues / dt:,.0f} residues/s)")
+                times = []
+                for inputs in (fresh, fresh):
+                    _sync(device)
+                    start = time.perf_counter()
+                    for inp in inputs:
+                        fam.hidden_states(model, inp, [-1])
+                    _sync(device)
+                    times.append(time.perf_counter() - start)
+            new, again = times
+            print(f"  forward, attention {label:10s} new shapes {new * 1e6 / count:8.2f} us/residue, "
+                  f"same shapes again {again * 1e6 / count:8.2f} ({count / again:,.0f} residues/s); "
+                  f"{(new - again) / len(fresh) * 1e3:.1f} ms per new shape")
         except RuntimeError as exc:
-            print(f"  forward again, attention {label:10s} failed: {str(exc).splitlines()[0]}")
+            print(f"  forward, attention {label:10s} failed: {str(exc).splitlines()[0]}")
     # The same batches with lengths rounded up to a multiple of 8 (what embed does on a GPU):
     # whether token counts that are not multiples of 8 cost the matrix products anything.
     for multiple in (1, 8, 64):

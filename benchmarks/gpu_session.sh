@@ -6,8 +6,8 @@
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
 # quick: the ceilings, the profile, per-protein embedding of both models and one run of the train
-# benchmark padded and one with --packing, plus the packing GPU tests (step limits add up to
-# 560 s: one device call); without it, every step (up to 21 minutes: more than two
+# benchmark padded and one with --packing, plus the packing and attention-kernel GPU tests (step
+# limits add up to 560 s: one device call); without it, every step (up to 21 minutes: more than two
 # 10-minute device calls, so pick steps with STEPS="profile embed_t5 ..." and run the rest later).
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
@@ -43,7 +43,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     echo "=== $name: exit $rc after $(($(date +%s) - start)) s"
 }
 
-step env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
+step env 50 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
     $PY -c 'import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__)'; \
     $PY benchmarks/gpu_peak.py"
 MODE=${1:-full}
@@ -56,17 +56,19 @@ nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.max.sm,power.draw,temperature.
 CLOCKS=$!
 trap 'kill $CLOCKS 2>/dev/null' EXIT
 # First: where a batch's time goes (phases, attention kernels, fixed vs varying shapes, profiler).
-step profile 150 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
+step profile 140 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
 step embed_t5_pp 70 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
 step embed_bert_pp 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --strategies prottrans,protrans,packed --max-tokens 4000,default --per-protein
 if [ "$MODE" = quick ]; then
-    step train 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --json "$OUT/train.json"
-    step train_packed 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --packing \
-        --json "$OUT/train_packed.json"
-    step tests_packing 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
-        tests/test_embed_models.py -k "pack or varlen"
+    # 10 warm-up steps: what a long run's steady state looks like, not its first shapes
+    step train 95 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+        --json "$OUT/train.json"
+    step train_packed 95 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 \
+        --warmup 10 --packing --json "$OUT/train_packed.json"
+    step tests_packing 50 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
+        tests/test_embed_models.py tests/test_attention.py -k "pack or varlen or cudnn"
 else
 step embed_t5 240 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,script,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
@@ -76,7 +78,7 @@ step train 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --json "$OUT
 step train_packed 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --packing --json "$OUT/train_packed.json"
 step train_pad128 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --pad-multiple 128
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
-    tests/test_heads_fit.py tests/test_train_packing.py
+    tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py
 step train_compile 120 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
     --repeats 1 --json "$OUT/train_compile.json"
 fi

@@ -8,7 +8,8 @@ seed) on the same proteins with the same global batch, micro-batch, optimizer an
             micro-batch to its longest protein), `model(**batch).loss / accum`, AdamW
   protrans  `protrans_cli.training.loop.train` itself: length-bucketed batches, random crops,
             loss per predicted token over the whole step, checkpoints and metrics
-            (--packing: each micro-batch one row without padding, varlen attention on a GPU)
+            (--packing: each micro-batch one row without padding, varlen attention on a GPU;
+            --sdpa-kernels: its attention-kernel policy, by default without cuDNN attention)
 
 Printed: real (non-padding) tokens per second per device after warm-up, the ratio, the share of
 padding in each, and on a GPU the model FLOPs utilisation against the device's dense bf16 peak
@@ -123,7 +124,7 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
                       global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
                       lr=1e-4, warmup_steps=0, log_every=1, save_every=10**9, keep_last=1,
                       seed=args.seed, threads=args.threads, compile=args.compile, pad_multiple=args.pad_multiple,
-                      packing=args.packing)
+                      packing=args.packing, sdpa_kernels=args.sdpa_kernels)
     train(cfg)
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r][args.warmup:]
     tokens = sum(r["tokens"] for r in rows)
@@ -192,6 +193,8 @@ def main(argv=None) -> int:
                         help="protrans train --pad-multiple (micro-batch lengths rounded up to a multiple)")
     parser.add_argument("--packing", action="store_true",
                         help="protrans train --packing (one row per micro-batch; varlen attention on a GPU)")
+    parser.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),
+                        help="protrans train --sdpa-kernels (the baseline keeps PyTorch's choice)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     import torch

@@ -32,6 +32,7 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 
 from protrans_cli import console
+from protrans_cli.attention import SDPA_KERNELS, sdpa_kernels
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import parse_fasta
@@ -69,6 +70,7 @@ class EmbedOptions:
     chunk_overlap: int = 64              # residues shared by neighbouring windows (chunk policy)
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
     packing: bool = False                # each batch one row without padding (packable families)
+    sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
     resume: bool = False
     window: int = DEFAULT_WINDOW         # proteins read, length-sorted and embedded at a time
     threads: int | None = None
@@ -99,6 +101,8 @@ class EmbedOptions:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
+        if self.sdpa_kernels not in SDPA_KERNELS:
+            raise UsageError(f"--sdpa-kernels must be one of {', '.join(SDPA_KERNELS)}")
 
 
 @dataclass
@@ -182,7 +186,8 @@ class TransformerEmbedder:
     """A model from the family registry: tokenises with the family's conventions, keeps the
     hidden states at the requested layers and returns exactly the rows of the residues."""
 
-    def __init__(self, loaded, layers: Sequence[int], device: str, compute_dtype: str, packed: bool = False):
+    def __init__(self, loaded, layers: Sequence[int], device: str, compute_dtype: str, packed: bool = False,
+                 sdpa_kernels: str = "auto"):
         import torch
 
         self.loaded = loaded
@@ -210,6 +215,7 @@ class TransformerEmbedder:
         # On a GPU a batch's length is rounded up to a multiple of 8 (tensor-core shapes, as
         # transformers' pad_to_multiple_of=8); on the CPU extra padding is only extra work.
         self.pad_multiple = GPU_PAD_MULTIPLE if str(device).startswith("cuda") else 1
+        self.sdpa_kernels = sdpa_kernels  # which attention kernels a GPU may use (attention.py)
         self.packed = False
         if packed:
             self._use_packing()
@@ -248,7 +254,7 @@ class TransformerEmbedder:
                                      f"{len(seq)}-residue sequence (a bug in its encode())")
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
-        with torch.inference_mode():
+        with torch.inference_mode(), sdpa_kernels(device, self.sdpa_kernels):
             states = self.family_impl.hidden_states(model, inputs, list(self.layers))
             stacked = torch.stack(list(states), dim=0)  # (n_layers, B, T, D)
             if pooled:
@@ -395,7 +401,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     # Loaded straight into the compute dtype and device: a 3B-parameter checkpoint is never
     # materialised in float32 on the way to a bf16 GPU.
     loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
-    return TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=options.packing)
+    return TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=options.packing,
+                               sdpa_kernels=options.sdpa_kernels)
 
 
 # --- reading the input --------------------------------------------------------------------
@@ -935,6 +942,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         "max_length": options.max_length or 0, "long_policy": options.long_policy,
         "packing": bool(getattr(embedder, "packed", False)),
     }
+    if getattr(embedder, "sdpa_kernels", None):
+        attrs["sdpa_kernels"] = embedder.sdpa_kernels
     if getattr(embedder, "num_hidden_states", None):
         # With `layers` (stored negative), lets readers accept `--layer 0` for the embedding layer.
         attrs["num_hidden_states"] = int(embedder.num_hidden_states)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.attention import SDPA_KERNELS
 from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
 
 
@@ -63,6 +64,9 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--packing", "packing", is_flag=True, default=None,
               help="Masked-LM families: pack each micro-batch into one row without padding; on a CUDA "
                    "GPU its attention is one fused variable-length kernel.")
+@click.option("--sdpa-kernels", type=click.Choice(SDPA_KERNELS), default=None,
+              help="GPU attention kernels: auto leaves out cuDNN attention, which builds a plan for every new "
+                   "micro-batch shape; torch keeps PyTorch's own choice.  [default: auto]")
 @click.option("--stop-after", type=int, default=None,
               help="Stop with a checkpoint after this many steps (a time-limited job); --resume continues.")
 @click.option("--resume", "resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")

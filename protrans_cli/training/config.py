@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protrans_cli.attention import SDPA_KERNELS
 from protrans_cli.errors import InputError, UsageError
 
 OBJECTIVES = ("mlm", "electra", "t5", "t5_span", "plm", "clm")
@@ -73,6 +74,7 @@ class TrainConfig:
     pad_multiple: int = 8          # micro-batch lengths rounded up to a multiple (tensor cores; larger: fewer shapes)
     num_workers: int = 0           # DataLoader workers per rank
     packing: bool = False          # masked LM: micro-batches packed into one row (varlen attention)
+    sdpa_kernels: str = "auto"     # GPU attention kernels: auto leaves out cuDNN (protrans_cli/attention.py)
     # objective
     mask_prob: float = 0.15
     sop: bool = False              # ALBERT sentence-order prediction next to MLM
@@ -127,7 +129,7 @@ class TrainConfig:
             raise UsageError("the corpus cannot be stdin ('-'): training reads it once per epoch")
         for name, allowed in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES), ("precision", PRECISIONS),
-                              ("strategy", STRATEGIES)):
+                              ("strategy", STRATEGIES), ("sdpa_kernels", SDPA_KERNELS)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from protrans_cli import console
+from protrans_cli.attention import sdpa_kernels
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
 from protrans_cli.models import packing
 from protrans_cli.training import checkpoint as ckpt
@@ -183,7 +184,8 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None) -
     what = f"{family.name} from {config.init_from}" if config.init_from else f"{family.name}/{config.preset}"
     dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
-                f"strategy {strategy}, {'bf16 autocast' if use_bf16 else 'fp32'}")
+                f"strategy {strategy}, {'bf16 autocast' if use_bf16 else 'fp32'}"
+                + (f", attention kernels {config.sdpa_kernels}" if info.device.type == "cuda" else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
                 run_dir, autocast)
 
@@ -417,9 +419,10 @@ def _train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = Fals
     parts: list[torch.Tensor] = []  # loss sum, then (numerator, denominator) per metric
     for i, batch in enumerate(micro_batches):
         sync = i == len(micro_batches) - 1
-        with _no_sync(run, sync), run.autocast():
-            sum_loss, _, metrics = run.wrapped(batch)
-        (sum_loss * scale).backward()
+        with _no_sync(run, sync), sdpa_kernels(device, config.sdpa_kernels):
+            with run.autocast():
+                sum_loss, _, metrics = run.wrapped(batch)
+            (sum_loss * scale).backward()
         values = [sum_loss.detach().double()]
         for name, (num, den) in metrics.items():
             values += [torch.as_tensor(num, device=device).double(), torch.as_tensor(den, device=device).double()]
@@ -539,7 +542,7 @@ def evaluate(run: _Run, phase) -> float:
                 break
             for batch in step_batch.micro_batches:
                 batch = _to_device(batch, info.device)
-                with run.autocast():
+                with run.autocast(), sdpa_kernels(info.device, config.sdpa_kernels):
                     sum_loss, n, _ = run.wrapped(batch)
                 totals += torch.stack([sum_loss.detach().double(),
                                        torch.as_tensor(n, device=info.device).double()])
