@@ -97,6 +97,9 @@ class EmbedOptions:
             raise UsageError("--window must be at least 1")
         if not self.layers:
             raise UsageError("--layer needs at least one index")
+        repeated = [x for i, x in enumerate(self.layers) if x in self.layers[:i]]
+        if repeated:
+            raise UsageError(f"--layer {repeated[0]} is given twice: each hidden state is written once")
         if self.device not in DEVICES and not self.device.startswith(("cuda:", "mps:")):
             raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N")
         if self.dtype not in DTYPES:
@@ -112,7 +115,7 @@ class EmbedSummary:
     num_embedded: int = 0        # proteins written by this run
     num_resumed: int = 0         # already in the output (--resume)
     num_duplicates: int = 0      # proteins whose sequence another id already carried
-    num_residues: int = 0        # residues embedded by this run
+    num_residues: int = 0        # residues written by this run (identical sequences computed once count for each id)
     seconds: float = 0.0         # from the first batch to the file's completion (model loading excluded)
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -170,6 +173,9 @@ class OneHotEmbedder:
         bad = [x for x in layers if x not in (0, -1)]
         if bad:
             raise UsageError(f"the onehot embedder has a single layer: --layer {bad[0]} does not exist")
+        if len(layers) > 1:
+            raise UsageError(f"the onehot embedder has a single layer: --layer {' --layer '.join(map(str, layers))} "
+                             "name it more than once")
         self.layers = (-1,)
 
     def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
@@ -204,6 +210,11 @@ class TransformerEmbedder:
                                  f"(valid indices {-num_states}..{num_states - 1}; 0 is the embedding layer)")
         # Normalised to negative indices so that -1 and num_layers name the same layer in the file.
         self.layers = tuple(x - num_states if x >= 0 else x for x in layers)
+        for i, x in enumerate(self.layers):
+            if x in self.layers[:i]:
+                first = layers[self.layers.index(x)]
+                raise UsageError(f"--layer {first} and --layer {layers[i]} are the same hidden state of {self.name} "
+                                 f"({loaded.num_layers} layers; 0 is the embedding layer, -1 the last)")
         self.device = device
         self.compute_dtype = compute_dtype
         self.tokenizer = loaded.tokenizer
@@ -367,12 +378,14 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        elif _mps_available():
             device = "mps"
         else:
             device = "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available (try --device cpu)")
+    if device.startswith("mps") and not _mps_available():
+        raise UsageError("--device mps: no MPS device is available (try --device cpu)")
     if dtype == "auto":
         if device.startswith("cuda"):
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -383,6 +396,13 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
     if device == "cpu" and dtype != "float32":
         raise UsageError(f"--dtype {dtype} on the CPU: half precision is only used on a GPU (use float32)")
     return device, dtype
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
 
 
 def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embedder:
@@ -438,7 +458,7 @@ def _digest128(text: str) -> bytes:
 
 def _records(source, name: str) -> Iterator[_Protein]:
     """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>)."""
-    with open_input(source) as stream:
+    with open_input(source, name=name) as stream:
         for rec in parse_fasta(stream, name):
             try:
                 seq = normalise(rec.sequence, rare="keep")
@@ -505,7 +525,7 @@ def scan_input(source, name: str) -> InputScan:
 
 def _raise_duplicate_id(source, name: str, suspects: set[int]) -> None:
     first_line: dict[str, int] = {}
-    with open_input(source) as stream:
+    with open_input(source, name=name) as stream:
         for rec in parse_fasta(stream, name):
             if _digest64(rec.id) not in suspects:
                 continue
@@ -576,7 +596,9 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int 
             if policy == "error":
                 raise _too_long(prot, max_length, options, name)
             if policy == "skip":
-                record_failure(prot.id, f"skipped: {len(seq)} residues > --max-length {max_length}")
+                limit = (f"--max-length {max_length}" if options.max_length
+                         else f"the {max_length} residues the model accepts")
+                record_failure(prot.id, f"skipped: {len(seq)} residues > {limit}")
                 continue
             if policy == "truncate":
                 truncated, seq = len(seq), seq[:max_length]
@@ -877,8 +899,8 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
     output = Path(output)
     directory = output.parent if str(output.parent) else Path(".")
-    if not directory.is_dir():
-        raise InputError("output directory does not exist", path=str(output.parent))
+    if not directory.is_dir():  # a usage error, as an output that is the input: nothing was read yet
+        raise UsageError("output directory does not exist (it is not created)", path=str(output.parent))
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
     # truncated it on opening): refused, as prep, labels and predict do.
     for target in (output, partial_path(output)):
@@ -934,12 +956,14 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         torch.set_num_threads(options.threads)
 
     attrs = {
-        "model": embedder.name, "revision": embedder.revision or "", "family": embedder.family,
+        "model": model_attr(embedder.name), "revision": embedder.revision or "", "family": embedder.family,
         "layers": list(embedder.layers), "pooling": "mean over residue tokens (special tokens excluded)",
         "compute_dtype": embedder.compute_dtype, "device": embedder.device,
         "embedding_dim": embedder.embedding_dim, "protrans_version": __version__,
         "command_line": options.command_line or " ".join(shlex.quote(a) for a in sys.argv),
         "max_length": options.max_length or 0, "long_policy": options.long_policy,
+        # Only where it changes the rows, so that --resume compares it only then.
+        "chunk_overlap": options.chunk_overlap if options.long_policy == "chunk" else None,
         "packing": bool(getattr(embedder, "packed", False)),
     }
     if getattr(embedder, "sdpa_kernels", None):
@@ -948,7 +972,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         # With `layers` (stored negative), lets readers accept `--layer 0` for the embedding layer.
         attrs["num_hidden_states"] = int(embedder.num_hidden_states)
     writer_kw = dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
-                     compression=options.compression, attrs=attrs)
+                     compression=options.compression, attrs=attrs, resume_equal={"model": same_model})
 
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.
@@ -1056,6 +1080,37 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     return summary
 
 
+def model_attr(name: str) -> str:
+    """The file's `model` attribute for `-m name`: a local model directory as its resolved
+    absolute path, so that --resume from another working directory (or with `./dir` for `dir`)
+    recognises it; a short name, hub id or `onehot` as given."""
+    path = Path(name).expanduser()
+    if name != ONEHOT and (path / "config.json").is_file():
+        return str(path.resolve())
+    return name
+
+
+def same_model(old: str, new: str) -> bool:
+    """Whether a file's `model` attribute and this run's name the same model (--resume): a short
+    name and its hub id are the same; a directory is compared by its resolved path. A file written
+    before `model_attr` stored absolute paths holds the directory as it was given: it is resolved
+    from the current directory, so resume such a run from the directory it was started in."""
+    if old == new:
+        return True
+    return _model_key(str(old)) == _model_key(str(new))
+
+
+def _model_key(name: str) -> str:
+    from protrans_cli.models.checkpoints import CHECKPOINTS
+
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        return str(path.resolve())
+    if name in CHECKPOINTS:
+        return CHECKPOINTS[name].hub_id
+    return os.path.normpath(name) if path.is_absolute() else name
+
+
 def _check_before_compute(source, name, options, max_length, done: "_Done", output) -> None:
     """Pass two, before any batch: an id the output already holds must carry the same sequence
     (--resume), and with --long-policy error no protein left to do may exceed `max_length`."""
@@ -1133,7 +1188,8 @@ def _done_in(path: Path, writer_kw: dict) -> _Done:
     import h5py
 
     _check_resumable(path, {**writer_kw["attrs"], "layout": writer_kw["layout"],
-                            "kinds": ",".join(writer_kw["kinds"]), "storage_dtype": writer_kw["storage_dtype"]})
+                            "kinds": ",".join(writer_kw["kinds"]), "storage_dtype": writer_kw["storage_dtype"]},
+                     writer_kw["resume_equal"])
     with h5py.File(path, "r") as f:
         per_kind = []
         for kind in writer_kw["kinds"]:
@@ -1189,7 +1245,6 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
         per_residue = result[0] if result.shape[0] == 1 else result          # (L, D) or (n_layers, L, D)
         per_protein = _mean_rows(per_residue)                                # (D,) or (n_layers, D)
     _write_unit(unit, writer, summary, per_residue, per_protein)
-    summary.num_residues += len(unit.sequence)
 
 
 def _mean_rows(rows: np.ndarray) -> np.ndarray:
@@ -1207,6 +1262,7 @@ def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, pe
         writer.write(prot.id, prot.header, unit.sequence if unit.truncated_from else prot.sequence,
                      per_residue=per_residue, per_protein=per_protein, extra_attrs=extra)
         summary.num_embedded += 1
+        summary.num_residues += len(unit.sequence)  # every protein written, copies of a sequence too
 
 
 def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) -> None:

@@ -171,6 +171,111 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False, resume=True))
 
 
+@pytest.mark.parametrize("first,then,message", [
+    (dict(max_length=10, long_policy="skip"), dict(max_length=12, long_policy="skip"),
+     "max_length=10, this run uses max_length=12"),
+    (dict(max_length=10, long_policy="skip"), dict(max_length=10, long_policy="truncate"),
+     "long_policy='skip', this run uses long_policy='truncate'"),
+    (dict(max_length=10, long_policy="skip"), dict(long_policy="skip"),
+     "max_length=10, this run uses max_length=0"),
+    (dict(max_length=10, long_policy="chunk", chunk_overlap=2),
+     dict(max_length=10, long_policy="chunk", chunk_overlap=4), "chunk_overlap=2, this run uses chunk_overlap=4"),
+])
+def test_resume_with_another_long_protein_policy_is_refused(tmp_path, monkeypatch, first, then, message):
+    """One file, one policy: a resumed run with another --max-length, --long-policy or (chunk)
+    --chunk-overlap would mix skipped, truncated and chunked proteins in one file."""
+    out = tmp_path / "p.h5"
+    _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, max_batch_size=1, **first)
+    before = partial_path(out).read_bytes()
+    with pytest.raises(UsageError, match=message):
+        _run(out, max_batch_size=1, resume=True, **then)
+    assert partial_path(out).read_bytes() == before and not out.exists()  # left as it was
+
+
+def test_resume_with_the_same_long_protein_policy_completes(tmp_path, monkeypatch):
+    out = tmp_path / "p.h5"
+    original = _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, max_batch_size=1, max_length=10, long_policy="chunk", chunk_overlap=2)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    _run(out, max_batch_size=1, max_length=10, long_policy="chunk", chunk_overlap=2, resume=True)
+    full = _run(tmp_path / "full.h5", max_batch_size=1, max_length=10, long_policy="chunk", chunk_overlap=2)
+    assert_same_content(file_content(out), file_content(full))
+    with EmbeddingsReader(out) as r:
+        assert (r.attrs["max_length"], r.attrs["long_policy"], r.attrs["chunk_overlap"]) == (10, "chunk", 2)
+
+
+def test_summary_counts_the_residues_of_every_protein_written(run_cli, tmp_path):
+    """P1 and P1copy share a sequence: computed once, written twice, and both count."""
+    total = sum(len(r.sequence.replace("-", "").replace(".", "")) for r in read_fasta(SMALL))
+    for window in (100, 1):  # a copy within a window, and one read back from an earlier window
+        summary = _run_summary(tmp_path / f"w{window}.h5", window=window)
+        assert summary.num_duplicates == 1 and summary.num_embedded == 6
+        assert summary.num_residues == total == 81
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "cli.h5")
+    assert "embedded 6 proteins (81 residues," in result.stderr
+    assert "1 identical sequences computed once" in result.stderr
+
+
+def _run_summary(out, fasta=SMALL, **kw):
+    return embed(fasta, out, EmbedOptions(model="onehot", **kw))
+
+
+def test_skipped_protein_names_the_users_max_length(tmp_path):
+    summary = _run_summary(tmp_path / "s.h5", max_length=10, long_policy="skip")
+    assert summary.failed["P1"] == "skipped: 22 residues > --max-length 10"
+
+
+def test_compressed_stdin_error_names_stdin_not_the_spool_file(run_cli, tmp_path):
+    import gzip
+
+    out = tmp_path / "x.h5"
+    truncated = gzip.compress(b"".join(b">p%d\nMKVL\n" % i for i in range(50)))[:40]
+    result = run_cli("embed", "-", "-m", "onehot", "-o", out, input=truncated)
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.startswith("protrans: error: <stdin>: corrupt or truncated compressed data")
+    assert "spool" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no spool file, no output
+
+
+def test_unavailable_mps_is_a_usage_error_before_the_model_is_loaded(run_cli, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import protrans_cli.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the device was checked")
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(protrans_cli.models, "load_model", no_model)
+    result = run_cli("embed", SMALL, "-m", "prot_bert", "--device", "mps", "-o", tmp_path / "x.h5")
+    assert result.exit_code == 2, result.stderr  # as an unavailable --device cuda
+    assert result.stderr == "protrans: error: --device mps: no MPS device is available (try --device cpu)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_torchrun_rank_points_at_its_shard(run_cli, tmp_path, monkeypatch):
+    """Under torchrun each rank writes OUTPUT.shard-RRR-of-NNN.partial: an interrupted rank names
+    its own shard and the --resume that continues it, as a single process names OUTPUT.partial."""
+    import protrans_cli.embed as embed_module
+
+    out = tmp_path / "d.h5"
+
+    def interrupted(fasta, output, options):
+        (tmp_path / "d.h5.shard-001-of-002.partial").write_bytes(b"")  # what rank 1 had written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embed_module, "embed", interrupted)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", out)
+    assert result.exit_code == 130
+    assert result.stderr.splitlines() == [
+        f"protrans: error: interrupted: what was computed is in {out}.shard-001-of-002.partial; "
+        "run the same command with --resume to finish"]
+
+
 class _FakeOOM(OneHotEmbedder):
     """Runs out of memory above a residue budget, like a GPU would."""
 
@@ -268,9 +373,21 @@ def test_cli_usage_errors(run_cli, tmp_path):
     r = run_cli("embed", SMALL, "-m", "onehot", "-o", "-")
     assert r.exit_code == 2 and "stdout" in r.stderr
     r = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "no" / "x.h5")
-    assert r.exit_code == 1 and "output directory does not exist" in r.stderr
+    assert r.exit_code == 2 and "output directory does not exist" in r.stderr  # as docs/embed.md says
     r = run_cli("embed", SMALL, "-m", "onehot", "--layer", "-3", "-o", out)
     assert r.exit_code == 2 and "single layer" in r.stderr
+
+
+@pytest.mark.parametrize("layers,message", [
+    (["-1", "-1"], "--layer -1 is given twice"),
+    (["0", "-1"], "name it more than once"),  # onehot's one layer is both 0 and -1
+])
+def test_cli_a_layer_named_twice_is_a_usage_error(run_cli, tmp_path, layers, message):
+    out = tmp_path / "x.h5"
+    result = run_cli("embed", SMALL, "-m", "onehot", *[a for x in layers for a in ("--layer", x)], "-o", out)
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not partial_path(out).exists()
 
 
 @pytest.mark.slow
@@ -675,7 +792,7 @@ def test_missing_output_directory_is_refused_not_created(tmp_path, monkeypatch):
         raise AssertionError("a model was loaded before the output directory was checked")
 
     monkeypatch.setattr(embed_module, "build_embedder", no_model)
-    with pytest.raises(InputError, match="nodir: output directory does not exist"):
+    with pytest.raises(UsageError, match="nodir: output directory does not exist"):
         embed(SMALL, tmp_path / "nodir" / "x.h5", EmbedOptions(model="onehot"))
     assert not (tmp_path / "nodir").exists()
 

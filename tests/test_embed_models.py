@@ -162,6 +162,176 @@ def test_missing_layer_is_a_usage_error(run_cli, tmp_path, tiny_models):
     assert result.exit_code == 2 and "--layer 99" in result.stderr
 
 
+@pytest.mark.parametrize("layers", [("2", "-1"), ("-3", "0"), ("-1", "-2", "2")])
+def test_a_layer_named_twice_by_positive_and_negative_index_is_a_usage_error(run_cli, tmp_path, tiny_models,
+                                                                            monkeypatch, layers):
+    """The tiny models have 2 layers: 2 and -1 are the last, 0 and -3 the embedding layer. The
+    file would hold the same array twice; refused once the layer count is known, before any batch."""
+    from protrans_cli.embed import TransformerEmbedder
+
+    def no_batch(self, seqs, **kw):
+        raise AssertionError("computed before the layers were checked")
+
+    monkeypatch.setattr(TransformerEmbedder, "embed_batch", no_batch)
+    out = tmp_path / "x.h5"
+    result = run_cli("embed", SMALL, "-m", tiny_models["bert"], *[a for x in layers for a in ("--layer", x)],
+                     "-o", out, "--device", "cpu")
+    assert result.exit_code == 2, result.stderr
+    assert "are the same hidden state" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not out.with_name("x.h5.partial").exists()
+
+
+def _without_tokenizer(model_dir, to):
+    """A copy of a model directory with config and weights only (what copying just
+    config.json + model.safetensors from a training run leaves)."""
+    import shutil
+
+    to.mkdir()
+    for f in model_dir.iterdir():
+        if f.is_file() and not f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(f, to / f.name)
+    return to
+
+
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_model_directory_without_tokenizer_files_is_refused(run_cli, tmp_path, tiny_models, family_name):
+    """transformers then builds a default tokenizer that maps every residue to [UNK] (bert, albert,
+    electra, xlnet embedded that without a word), or fails with an unrelated message."""
+    model = _without_tokenizer(tiny_models[family_name], tmp_path / f"{family_name}_weights_only")
+    out = tmp_path / "x.h5"
+    result = run_cli("embed", SMALL, "-m", model, "-o", out, "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"protrans: error: {model}: ")
+    assert "tokenizer" in lines[0] and "copy the tokenizer files" in lines[0]
+    assert not out.exists() and not out.with_name("x.h5.partial").exists()
+
+
+def test_tokenizer_that_does_not_know_the_residues_is_refused(run_cli, tmp_path, tiny_models):
+    """Tokenizer files of another model (here a vocabulary without residue letters): every
+    residue is [UNK], so the message lists them."""
+    from protrans_cli.models.tokenizers import residue_tokenizer
+
+    model = _without_tokenizer(tiny_models["bert"], tmp_path / "other_tokenizer")
+    residue_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"], unk_token="[UNK]",
+                      single="[CLS] $A [SEP]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                      mask_token="[MASK]").save_pretrained(model)
+    result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5", "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    assert (f"{model}: the tokenizer maps the residue(s) ACDEFGHIKLMNPQRSTVWY to its unknown token '[UNK]'"
+            in result.stderr)
+
+
+def _sentencepiece_model(path):
+    """A ProtT5/ProtXLNet-style sentencepiece model: one `▁X` piece per residue letter."""
+    spm = pytest.importorskip("sentencepiece")
+    import io
+    import random
+
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice("LAGVESIKRDTPNQFYMHCWX") for _ in range(50)) for _ in range(200)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=24,
+                                   model_type="word", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
+                                   eos_piece="</s>", unk_piece="<unk>", character_coverage=1.0,
+                                   minloglevel=2)
+    path.write_bytes(model.getvalue())
+
+
+@pytest.mark.parametrize("convention", ["own", "prot_bert_vocab", "prot_t5_spiece", "prot_xlnet_spiece"])
+def test_published_tokenizer_conventions_know_every_residue(tmp_path, convention):
+    """The check above must not refuse a real checkpoint: the tokenizers every family builds for
+    its trained run directories, ProtBert/ProtElectra's vocab.txt and the sentencepiece models of
+    ProtT5 and ProtXLNet (ESM's EsmTokenizer is the family's own) map every residue to a token."""
+    import json
+
+    from protrans_cli.models.base import unknown_residues
+
+    if convention == "own":
+        for family in FAMILIES.values():
+            tokenizer = family.build_tokenizer()
+            tokenizer.save_pretrained(tmp_path / family.name)
+            assert unknown_residues(family, family.load_tokenizer(tmp_path / family.name)) == [], family.name
+        return
+    if convention == "prot_bert_vocab":
+        (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+                                                       *"LAGVESIKRDTPNQFYMHCWXUBZO"]) + "\n")
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
+                                                                   "do_lower_case": False}))
+        names = ("bert", "electra")
+    else:
+        _sentencepiece_model(tmp_path / "spiece.model")
+        cls = "T5Tokenizer" if convention == "prot_t5_spiece" else "XLNetTokenizer"
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": cls, "do_lower_case": False}))
+        names = ("t5",) if convention == "prot_t5_spiece" else ("xlnet",)
+    for name in names:
+        tokenizer = FAMILIES[name].load_tokenizer(tmp_path)
+        assert tokenizer(FAMILIES[name].prepare("MKV"), add_special_tokens=False)["input_ids"]
+        assert unknown_residues(FAMILIES[name], tokenizer) == [], name
+    assert unknown_residues(FAMILIES["bert"], None) == list("ACDEFGHIKLMNPQRSTVWY")  # no tokenizer at all
+
+
+def test_resume_finds_a_model_directory_however_it_is_named(tmp_path, tiny_models, monkeypatch):
+    """The file stores a model directory as its absolute path: --resume from another working
+    directory, or with ./dir for dir, is the same model; another directory is not."""
+    import shutil
+
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.errors import UsageError
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_models["bert"], work / "runs" / "bert")
+    first = tmp_path / "first.fa"
+    first.write_text(">a\nMKV\n")
+    out = tmp_path / "e.h5"
+    monkeypatch.chdir(work)
+    embed(first, out, EmbedOptions(model="runs/bert", device="cpu"))
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["model"] == str((work / "runs" / "bert").resolve())
+    monkeypatch.chdir(tmp_path)  # elsewhere, the same directory by another name
+    summary = embed(SMALL, out, EmbedOptions(model="./work/runs/bert", device="cpu", resume=True))
+    assert summary.num_resumed == 0 and summary.num_embedded == 6
+    monkeypatch.chdir(work / "runs")
+    with pytest.raises(UsageError, match="cannot resume.*model="):
+        embed(SMALL, out, EmbedOptions(model=str(tiny_models["esm"]), device="cpu", resume=True))
+    assert embed(SMALL, out, EmbedOptions(model="bert", device="cpu", resume=True)).num_resumed == 6
+
+
+def test_resume_of_a_file_that_stored_a_relative_model_path(tmp_path, tiny_models, monkeypatch):
+    """Files written before absolute paths were stored hold `-m` as given: resumed from the
+    directory they were started in, the path resolves to the same model whatever its spelling;
+    from anywhere else it cannot be told apart from another model and is refused."""
+    import shutil
+
+    import h5py
+
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.errors import UsageError
+
+    shutil.copytree(tiny_models["bert"], tmp_path / "bert")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "old.h5"
+    embed(SMALL, out, EmbedOptions(model="bert", device="cpu"))
+    with h5py.File(out, "a") as f:
+        f.attrs["model"] = "./bert"  # what the previous version wrote for `-m ./bert`
+    assert embed(SMALL, out, EmbedOptions(model=str(tmp_path / "bert"), device="cpu", resume=True)).num_resumed == 6
+    with h5py.File(out, "a") as f:
+        f.attrs["model"] = "./bert"
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(UsageError, match=r"model='\./bert'"):
+        embed(SMALL, out, EmbedOptions(model=str(tmp_path / "bert"), device="cpu", resume=True))
+
+
+def test_a_short_name_and_its_hub_id_are_the_same_model(tmp_path, monkeypatch):
+    from protrans_cli.embed import model_attr, same_model
+
+    monkeypatch.chdir(tmp_path)
+    assert same_model("prot_bert", "Rostlab/prot_bert") and same_model("Rostlab/prot_bert", "prot_bert")
+    assert not same_model("prot_bert", "prot_bert_bfd") and not same_model("onehot", "prot_bert")
+    assert model_attr("prot_bert") == "prot_bert" and model_attr("Rostlab/prot_bert") == "Rostlab/prot_bert"
+    assert model_attr("onehot") == "onehot"
+
+
 @pytest.mark.parametrize("model", ["prot_bert", "./no/such/dir"])
 def test_offline_missing_model_is_one_line_error(run_cli, tmp_path, model):
     result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5", "--device", "cpu")
@@ -192,6 +362,9 @@ def test_model_position_limit_is_enforced_before_compute(run_cli, tmp_path, tiny
                                                            per_protein=False))
     assert summary.failed == {}
     assert _read(tmp_path / "c.h5")["long"].shape[0] == 2100
+    # Skipped at the model's limit, not at a --max-length the user never gave.
+    summary = embed(long_fa, tmp_path / "s.h5", EmbedOptions(model=model, device="cpu", long_policy="skip"))
+    assert summary.failed == {"long": "skipped: 2100 residues > the 2046 residues the model accepts"}
 
 
 @pytest.mark.gpu
@@ -366,3 +539,29 @@ def test_extra_padding_to_a_multiple_changes_no_row(tiny_models, family_name):
     for a, b in zip(plain, padded):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_heads_accept_the_same_model_named_another_way(tmp_path, monkeypatch):
+    """A head trained on embeddings whose file named the model `./bert` (as earlier files did) or
+    by its short name predicts on embeddings that name it by absolute path or hub id; another
+    model is still refused."""
+    from protrans_cli.errors import ModelError
+    from protrans_cli.heads.predict import check_compatible
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    for recorded, written in [("./bert", str(tmp_path / "bert")), ("prot_bert", "Rostlab/prot_bert"),
+                              ("./bert", "prot_bert")]:
+        path = tmp_path / "e.h5"
+        with EmbeddingsWriter(path, kinds=(PER_PROTEIN,), attrs={"model": written}) as w:
+            w.write("a", "a", "MKV", per_protein=np.zeros(3, np.float32))
+        config = {"kind": PER_PROTEIN, "input_dim": 3, "embedding": {"model": recorded}}
+        with EmbeddingsReader(path) as reader:
+            if written == "prot_bert" and recorded == "./bert":
+                with pytest.raises(ModelError, match="the head was trained on './bert'"):
+                    check_compatible(config, reader)
+            else:
+                check_compatible(config, reader)
+        path.unlink()

@@ -156,12 +156,14 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     for emb, lab in tests:
         data, name = _load_eval(config, task, emb, lab, TEST)
         eval_sets.append((_unique_name(name, [s[0] for s in eval_sets]), data, str(emb), str(lab)))
+    from protrans_cli.embed import same_model  # a directory named two ways, a short name and its hub id
+
     for name, data, emb, _ in eval_sets:
         if data.dim != train.dim:
             raise InputError(f"{name} embeddings have dimension {data.dim}, train {train.dim}", path=emb)
         with EmbeddingsReader(emb) as reader:
             other = reader.attrs.get("model")
-        if other and embedding_info.get("model") and other != embedding_info["model"]:
+        if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]):
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
 

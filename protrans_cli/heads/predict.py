@@ -41,7 +41,9 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
                          f"embeddings of {config['embedding'].get('model', 'an unknown model')}", path=reader.path)
     head_model = config.get("embedding", {}).get("model")
     file_model = reader.attrs.get("model")
-    if head_model and file_model and head_model != file_model:
+    from protrans_cli.embed import same_model  # a directory named two ways, a short name and its hub id
+
+    if head_model and file_model and not same_model(head_model, file_model):
         message = f"embeddings come from model {file_model!r}, the head was trained on {head_model!r}"
         if not allow_model_mismatch:
             raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)

@@ -121,9 +121,10 @@ class _ZstdReader(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def open_input(path) -> Iterator[BinaryIO]:
-    """Open a file (or `-` for stdin) for binary reading, decompressing transparently."""
-    name = display_name(path)
+def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
+    """Open a file (or `-` for stdin) for binary reading, decompressing transparently. Errors
+    name `name` when given (stdin spooled to a temporary file is still `<stdin>` to the user)."""
+    name = name or display_name(path)
     if str(path) == "-":
         raw = sys.stdin.buffer
         own = False

@@ -41,8 +41,10 @@ LAYOUTS = ("grouped", "flat")
 STORAGE_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "gzip", "lzf")
 
-# File attributes that must agree between a partial file and the run that resumes it.
-RESUME_ATTRS = ("model", "revision", "family", "layers", "pooling", "layout", "kinds", "storage_dtype")
+# File attributes that must agree between a partial file and the run that resumes it (one
+# missing from an older file is not compared).
+RESUME_ATTRS = ("model", "revision", "family", "layers", "pooling", "layout", "kinds", "storage_dtype",
+                "max_length", "long_policy", "chunk_overlap")
 
 _UNSAFE = re.compile(r"[%/\x00-\x1f\x7f]")
 
@@ -190,12 +192,15 @@ class EmbeddingsWriter:
         # out.h5.partial in place (readable, resumable) and re-raises.
 
     Arrays are cast to `storage_dtype`. A protein whose datasets are not all present (a run
-    killed between two writes) is not counted as done and is overwritten on resume.
+    killed between two writes) is not counted as done and is overwritten on resume. Resuming
+    refuses a file whose RESUME_ATTRS differ from `attrs`; `resume_equal` maps an attribute to
+    its own test `f(old, new) -> bool` (see `_check_resumable`).
     """
 
     def __init__(self, path, *, kinds: Iterable[str] = (PER_RESIDUE,), layout: str = "grouped",
                  storage_dtype: str = "float32", compression: str | None = None,
-                 attrs: dict | None = None, resume: bool = False, finalize: bool = True):
+                 attrs: dict | None = None, resume: bool = False, finalize: bool = True,
+                 resume_equal: dict | None = None):
         import h5py
 
         self.kinds = tuple(kinds)
@@ -227,10 +232,10 @@ class EmbeddingsWriter:
         resumed = False
         if resume and not self.partial.exists() and self.path.exists():
             # A finished file extended by a resumed run: it becomes partial again until done.
-            _check_resumable(self.path, run_attrs)
+            _check_resumable(self.path, run_attrs, resume_equal)
             os.replace(self.path, self.partial)
         if resume and self.partial.exists():
-            _check_resumable(self.partial, run_attrs)
+            _check_resumable(self.partial, run_attrs, resume_equal)
             self.file = h5py.File(self.partial, "a")
             self.failed = json.loads(_plain(self.file.attrs.get("failed", "{}")) or "{}")
             resumed = True
@@ -358,8 +363,10 @@ def _comparable(value):
     return value
 
 
-def _check_resumable(path, run_attrs: dict) -> None:
-    """Refuse to resume into a file written with other settings (its rows would not match)."""
+def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
+    """Refuse to resume into a file written with other settings (its rows would not match).
+    `equal` maps an attribute to `f(old, new) -> bool` where equal text is not the test (the
+    `model` attribute: a directory given by another relative path is the same model)."""
     import h5py
 
     try:
@@ -371,6 +378,8 @@ def _check_resumable(path, run_attrs: dict) -> None:
     for key in RESUME_ATTRS:
         if key in old and key in run_attrs and run_attrs[key] is not None:
             before, now = _comparable(old[key]), _comparable(_attr_value(run_attrs[key]))
-            if before != now:
+            same = (equal or {}).get(key, lambda a, b: a == b)
+            if not same(before, now):
                 raise UsageError(f"cannot resume: the file was written with {key}={before!r}, "
-                                 f"this run uses {key}={now!r}", path=str(path))
+                                 f"this run uses {key}={now!r} (use the same settings, or write to a new file)",
+                                 path=str(path))

@@ -206,13 +206,17 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     with _quiet_transformers():
         try:
             tokenizer = family.load_tokenizer(target, **hub_kwargs)
-        except (ImportError, ValueError, TypeError) as exc:
+        except (ImportError, ValueError, TypeError, OSError) as exc:
+            if is_dir and not _has_tokenizer_files(target):
+                # transformers fails in odd ways then ("expected str, bytes or os.PathLike object")
+                raise ModelError(f"{name}: the model directory has no tokenizer files; {_COPY_TOKENIZER}") from None
+            if isinstance(exc, OSError):
+                raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
             hint = " (pip install sentencepiece protobuf)" if "sentencepiece" in str(exc).lower() or \
                 "protobuf" in str(exc).lower() else ""
             raise ModelError(f"{name}: cannot load the tokenizer: {_first_line(exc)}{hint}") from None
-        except OSError as exc:
-            raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
+        _check_tokenizer(name, family, tokenizer, is_dir)
         try:
             model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
@@ -227,6 +231,34 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     return LoadedModel(name=name, path_or_hub_id=target, revision=revision, family=family,
                        tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(model.config),
                        num_layers=family.num_layers(model.config), checkpoint=checkpoint)
+
+
+_COPY_TOKENIZER = ("copy the tokenizer files (tokenizer.json, or vocab.txt / spiece.model, with "
+                   "tokenizer_config.json) of the model it was trained from into it")
+
+
+def _has_tokenizer_files(directory) -> bool:
+    """Whether a model directory holds any file a tokenizer is read from."""
+    return any(p.name.startswith(("tokenizer", "vocab", "spiece", "merges", "sentencepiece"))
+               for p in Path(directory).iterdir())
+
+
+def _check_tokenizer(name: str, family: Family, tokenizer, is_dir: bool) -> None:
+    """Refuse a tokenizer that does not know the residues (see `unknown_residues`): without this
+    check, a directory lacking its tokenizer files embedded every protein as rows of `[UNK]`."""
+    from protrans_cli.models.base import unknown_residues
+
+    unknown = unknown_residues(family, tokenizer)
+    if not unknown:
+        return
+    if tokenizer is None:
+        raise ModelError(f"{name}: no tokenizer could be loaded; " + (_COPY_TOKENIZER if is_dir else
+                         "it is not a protein language model this tool can use"))
+    what = (f"the tokenizer maps the residue(s) {''.join(unknown)} to its unknown token "
+            f"{getattr(tokenizer, 'unk_token', None)!r}")
+    if is_dir:
+        raise ModelError(f"{name}: {what}: the directory lacks this model's tokenizer; {_COPY_TOKENIZER}")
+    raise ModelError(f"{name}: {what}: it is not a protein tokenizer this tool can use")
 
 
 @contextmanager

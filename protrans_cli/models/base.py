@@ -53,6 +53,7 @@ class Family:
       padding_side "right" for every family but XLNet ("left")
       packable     `--packing` works (train and embed): the models take position_ids and route
                    attention through transformers' AttentionInterface (see models/packing.py)
+      sentence_order  the pretraining model has a sentence-order head (`train --sop`)
     """
 
     name: ClassVar[str]
@@ -66,6 +67,7 @@ class Family:
     # inputs the encoder takes; tokenizers may return more (token_type_ids) that are dropped
     input_names: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
     packable: ClassVar[bool] = False
+    sentence_order: ClassVar[bool] = False
 
     # --- building (train) -------------------------------------------------------------
     def packed_position_offset(self, config) -> int:
@@ -356,6 +358,30 @@ def _probe_layout(family, tokenizer, alphabet, np):
     if list(enc["input_ids"]) != expected or list(enc["special_tokens_mask"]) != special:
         return None
     return layout
+
+
+def unknown_residues(family: Family, tokenizer) -> list[str]:
+    """The standard residue letters that `tokenizer`, given them as `family` formats its input,
+    maps to no token or to its unknown token (all 20 when there is no tokenizer at all).
+
+    A model directory without its tokenizer files still loads: transformers then builds the
+    config class's default tokenizer (a bare BertTokenizer, XLNetTokenizer...) whose vocabulary
+    holds special tokens only, so every residue becomes `[UNK]` and every protein the same rows.
+    Rare letters (U/Z/O/B, X) are left out: published vocabularies legitimately lack some."""
+    from protrans_cli.residues import STANDARD
+
+    if tokenizer is None or not callable(tokenizer):
+        return list(STANDARD)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    bad = []
+    for letter in STANDARD:
+        try:
+            ids = tokenizer(family.prepare(letter), add_special_tokens=False)["input_ids"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            ids = []
+        if not ids or (unk is not None and unk in ids):
+            bad.append(letter)
+    return bad
 
 
 # Weights an encoder may lack in a pretraining checkpoint without changing its hidden states.
