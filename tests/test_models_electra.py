@@ -59,3 +59,11 @@ def test_save_layout_and_reload(tmp_path):
         expected = pair.discriminator.electra(input_ids=ids).last_hidden_state
         torch.testing.assert_close(loaded.model(input_ids=ids).last_hidden_state, expected, rtol=0, atol=1e-6)
     assert loaded.model.config.hidden_size == pair.discriminator.config.hidden_size
+    # generator/ is a complete HF directory of its own, tokenizer included.
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    probe = FAMILY.prepare("MKTAYIAKQR")
+    assert AutoTokenizer.from_pretrained(tmp_path / "generator")(probe)["input_ids"] == tokenizer(probe)["input_ids"]
+    generator = AutoModelForMaskedLM.from_pretrained(tmp_path / "generator").eval()
+    with torch.no_grad():
+        assert torch.equal(generator(input_ids=ids).logits, pair.generator(input_ids=ids).logits)

@@ -1,8 +1,8 @@
 """`torchrun --nproc-per-node 2 -m protrans_cli train` on CPU (gloo) against one process.
 
 The same global batch split over two ranks must give the losses of one process (dropout off):
-each global batch holds the same proteins with the same masks, and the loss is normalised by
-the predicted tokens of all ranks together.
+each global batch holds the same proteins with the same masks (and ELECTRA replacements), and
+the loss is normalised by the predicted tokens of all ranks together.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ ARGS = ["--family", "bert", "--corpus", LEARNABLE, "--num-steps", "6", "--max-le
         "attention_probs_dropout_prob=0", "--save-every", "100"]
 
 
-def _single(tmp_path):
-    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=6,
+def _single(tmp_path, family="bert"):
+    cfg = TrainConfig(family=family, corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=6,
                       max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
                       log_every=1, threads=1, save_every=100,
                       model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
@@ -43,13 +43,15 @@ def _torchrun(*args):
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_matches_one_process(tmp_path):
+@pytest.mark.parametrize("family", ["bert", "electra"])
+def test_torchrun_ddp_matches_one_process(tmp_path, family):
+    # ELECTRA too: its replacements are drawn from each protein's own generator, not per rank.
     out = tmp_path / "ddp"
-    proc = _torchrun("-o", out)
+    proc = _torchrun("-o", out, "--family", family)
     assert "2 process(es) on cpu, strategy ddp" in proc.stderr
     losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
     assert len(losses) == 6
-    np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
+    np.testing.assert_allclose(losses, _single(tmp_path, family), rtol=1e-5)
 
 
 @pytest.mark.slow

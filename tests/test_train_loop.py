@@ -77,11 +77,12 @@ def test_every_family_learns_and_round_trips(tmp_path, family, run_cli):
     assert saved["family"] == family and saved["num_steps"] == 30
 
 
-@pytest.mark.parametrize("family", ["bert", "electra"])
-def test_resume_matches_an_uninterrupted_run(tmp_path, family):
-    # Two phases (64 then 96 tokens), dropout on, interrupted inside each phase.
+@pytest.mark.parametrize("family, num_workers", [("bert", 0), ("electra", 0), ("bert", 1)])
+def test_resume_matches_an_uninterrupted_run(tmp_path, family, num_workers):
+    # Two phases (64 then 96 tokens), dropout on, interrupted inside each phase; with a
+    # DataLoader worker too (its creation must not draw from the restored global RNG).
     kw = dict(num_steps=0, phases=[Phase(64, 6), Phase(96, 6, 8, 4)], log_every=1, save_every=100,
-              bucket_batches=2, seed=5)
+              bucket_batches=2, seed=5, num_workers=num_workers)
     whole = train(_config(tmp_path / "whole", family, **kw))
     part1 = train(_config(tmp_path / "parts", family, stop_after=4, **kw))
     assert not part1.completed and part1.last_checkpoint.name == "step_00000004"
@@ -123,7 +124,8 @@ def test_checkpoints_keep_last_k_and_eval_loss(tmp_path):
     assert state["step"] == 8 and {"optimizer", "scheduler", "data_state", "rng"} <= set(state)
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     evals = [r for r in rows if "eval_loss" in r]
-    assert [r["step"] for r in evals] == [4, 8, 8]  # every 4 steps, then the final evaluation
+    assert [r["step"] for r in evals] == [4, 8]  # every 4 steps; the final evaluation is step 8's, once
+    assert all("loss" in r for r in rows)  # no line of its own for the final evaluation
     assert all(0 < r["eval_loss"] < 10 for r in evals)
 
 
@@ -183,6 +185,45 @@ def test_cli_errors(tmp_path, run_cli):
     assert res.exit_code == 1 and "unknown model family 'nope'" in res.stderr
 
 
+def test_cli_usage_errors_come_before_any_training(tmp_path, run_cli):
+    small = ["--corpus", LEARNABLE, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1]
+    cases = [
+        (["--family", "bert", "--sop", "--num-steps", 2, "--max-length", 32],
+         "--sop needs a model with a sentence-order head (albert), not the bert family"),
+        (["--phase", "32:2", "--num-steps", 3],
+         "--num-steps cannot go with --phase: each phase sets its own length and steps"),
+        (["--phase", "32:2", "--max-length", 48],
+         "--max-length cannot go with --phase"),
+        (["--num-steps", 2, "--max-length", 32, "--stop-after", 0], "stop_after must be at least 1, got 0"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        out = tmp_path / f"r{i}"
+        res = run_cli("train", *small, *args, "-o", out)
+        assert res.exit_code == 2 and message in res.stderr, (args, res.stderr)
+        assert not (out / "metrics.jsonl").exists()
+    # Phases from a config file conflict with the flags the same way.
+    cfg = tmp_path / "phases.toml"
+    cfg.write_text("[[phases]]\nmax_length = 32\nnum_steps = 2\n")
+    res = run_cli("train", "--config", cfg, *small, "--num-steps", 3, "-o", tmp_path / "rc")
+    assert res.exit_code == 2 and f"--num-steps cannot go with the phases of {cfg}" in res.stderr
+
+
+def test_cli_threads_from_the_config_file_unless_given(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("PROTRANS_THREADS", "3")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'corpus = ["{LEARNABLE}"]\nnum_steps = 1\nmax_length = 32\nglobal_batch_size = 4\n'
+                   'micro_batch_size = 4\nthreads = 1\n')
+    try:
+        res = run_cli("train", "--config", cfg, "-o", tmp_path / "a")
+        assert res.exit_code == 0, res.stderr
+        assert json.loads((tmp_path / "a" / "train_config.json").read_text())["threads"] == 1
+        res = run_cli("train", "--config", cfg, "-o", tmp_path / "b", "-j", 2)
+        assert res.exit_code == 0, res.stderr
+        assert json.loads((tmp_path / "b" / "train_config.json").read_text())["threads"] == 2
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_cli_list_presets(run_cli):
     res = run_cli("train", "--list-presets")
     assert res.exit_code == 0
@@ -202,20 +243,38 @@ def test_albert_with_sentence_order_prediction_learns(tmp_path):
         train(_config(tmp_path / "b", "bert", sop=True, num_steps=2))
 
 
-def test_a_too_small_validation_corpus_warns_and_training_completes(tmp_path, capsys):
-    result = train(_config(tmp_path, num_steps=2, micro_batch_size=8,
-                           val_corpus=[str(TRAIN / "too_few_proteins.txt")]))
-    assert result.completed
-    assert "no eval loss" in capsys.readouterr().err
-    assert all("eval_loss" not in r for r in read_metrics(result.run_dir / "metrics.jsonl"))
+def test_without_eval_every_the_validation_loss_is_on_the_last_line_once(tmp_path, capsys):
+    result = train(_config(tmp_path, num_steps=4, log_every=2, num_eval_batches=2,
+                           val_corpus=[str(TRAIN / "learnable_shard2.txt.gz")]))
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2, 4] and all("loss" in r for r in rows)
+    assert "eval_loss" not in rows[0] and 0 < rows[1]["eval_loss"] < 10
+    assert f"eval loss {rows[1]['eval_loss']:.4f}" in capsys.readouterr().err
+
+
+def test_an_unusable_validation_corpus_fails_before_training(tmp_path, run_cli):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    cases = [(tmp_path / "missing.txt", "missing.txt: no such file"),
+             (tmp_path / "empty.txt", "empty.txt: the validation corpus holds no protein"),
+             (TRAIN / "too_few_proteins.txt", "too_few_proteins.txt: the validation corpus holds 3 protein(s), "
+                                             "fewer than one evaluation batch of 4 (micro batch size 4 x 1 process(es))")]
+    for i, (val, message) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        res = run_cli("train", "--corpus", LEARNABLE, "--val-corpus", val, "-o", out, "--num-steps", 2,
+                      "--max-length", 32, "--global-batch-size", 8, "--micro-batch-size", 4, "-j", 1)
+        assert res.exit_code == 1, res.stderr
+        assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (out / "metrics.jsonl").exists()  # nothing trained
 
 
 def test_data_loader_workers_give_the_same_losses(tmp_path):
-    kw = dict(num_steps=4, log_every=1, model_overrides={"hidden_dropout_prob": 0.0,
-                                                         "attention_probs_dropout_prob": 0.0})
+    # Dropout on: the DataLoader draws nothing from the global RNG, so 0, 1 or 2 workers give
+    # the same dropout masks as well as the same batches.
+    kw = dict(num_steps=4, log_every=1)
     a = train(_config(tmp_path / "a", **kw))
-    b = train(_config(tmp_path / "b", num_workers=2, **kw))
-    assert a.losses == b.losses and len(a.losses) == 4
+    b = train(_config(tmp_path / "b", num_workers=1, **kw))
+    c = train(_config(tmp_path / "c", num_workers=2, **kw))
+    assert a.losses == b.losses == c.losses and len(a.losses) == 4
 
 
 def test_cli_phases(tmp_path, run_cli):
@@ -363,6 +422,12 @@ def test_init_from_a_plain_transformers_checkpoint(tmp_path, capsys):
     t5_tokenizer.save_pretrained(tmp_path / "t5enc")
     with pytest.raises(Exception, match="holds only .* of the weights of a t5 pretraining model"):
         loop._initial_model(_config(tmp_path / "r3", init_from=str(tmp_path / "t5enc")), None)
+
+    # Weights without the tokenizer files: transformers would make a tokenizer that maps every
+    # residue to [UNK], and the run would train on nothing; it is refused, naming the directory.
+    reference.save_pretrained(tmp_path / "no_tokenizer")
+    with pytest.raises(Exception, match="no_tokenizer.*(no tokenizer files|unknown token)"):
+        loop._initial_model(_config(tmp_path / "r4", init_from=str(tmp_path / "no_tokenizer")), None)
 
 
 def test_init_from_errors_are_one_line(tmp_path, run_cli):

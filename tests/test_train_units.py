@@ -184,6 +184,37 @@ def test_corpus_errors_name_the_problem(tmp_path):
         next(iter(_stream([str(tmp_path / "missing.txt")])))
 
 
+def test_every_corpus_line_is_checked_whole_with_its_position_in_the_protein(tmp_path):
+    # A bad residue outside the window a crop keeps, in a protein of the last batch: the first
+    # batch already fails, naming the line and the position in the whole protein.
+    good = " ".join("MKTAYIAKQR" * 3)
+    bad = list("ACDEFGHIKL" * 30)
+    bad[249] = "7"
+    lines = [good] * 40 + [" ".join(bad)]
+    corpus = tmp_path / "long_bad.txt"
+    corpus.write_text("\n\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"long_bad.txt:81: invalid residue '7' at residue 250 of the protein"):
+        next(iter(_stream([str(corpus)], max_length=40, global_batch_size=4, micro_batch_size=4,
+                          bucket_batches=16)))
+    # Shown as written (UTF-8), not as Latin-1 bytes.
+    corpus.write_text(good + "\n\nM K T \u00e9 A\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"long_bad.txt:3: invalid residue '\u00e9' at residue 4 "):
+        next(iter(_stream([str(corpus)], global_batch_size=2, micro_batch_size=2)))
+
+
+def test_a_fasta_file_as_corpus_says_to_run_prep(tmp_path, run_cli):
+    fasta = tmp_path / "raw.fasta"
+    fasta.write_text(">sp|P1|TEST a protein\nMKTAYIAKQRGSSG\n>sp|P2|TEST\nGSSGSSGHHHHHH\n" * 20)
+    with pytest.raises(InputError, match=r"raw.fasta:1: a FASTA header line .*protrans prep"):
+        next(iter(_stream([str(fasta)], global_batch_size=2, micro_batch_size=2)))
+    res = run_cli("train", "--corpus", fasta, "-o", tmp_path / "run", "--num-steps", 2, "--max-length", 32,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines()[-1].endswith(
+        "raw.fasta:1: a FASTA header line ('>...'): the corpus must come from `protrans prep` "
+        "(one protein per line), e.g. protrans prep proteins.fasta -o corpus.txt")
+
+
 # --- masking statistics ------------------------------------------------------------------
 
 def _cfg(**kw):
@@ -334,6 +365,40 @@ def test_electra_loss_combines_generator_and_discriminator():
     assert torch.allclose(total / n, expected, rtol=1e-5)
     total.backward()
     assert model.discriminator.electra.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_electra_replacements_depend_on_the_protein_not_on_its_batch(packed):
+    # Each protein's replacements come from its own generator, so a protein is corrupted the
+    # same way in one micro-batch of 8 or in 8 of one (on one rank or several), and the
+    # global RNG is neither used nor needed.
+    fam = _family("electra")
+    tok = fam.build_tokenizer()
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tok, hidden_dropout_prob=0.0,
+                                                   attention_probs_dropout_prob=0.0)).eval()
+    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    obj = make_objective("electra", layout, _cfg())
+    if packed:
+        obj.packed_position_offset = fam.packed_position_offset(model.config)
+        from protrans_cli.models import packing
+
+        packing.use_packed_attention(model)
+    samples = _random_samples(layout, n=8, length=40)
+
+    def detection(batch_samples, seed):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            _, _, metrics = obj.loss(model, obj.collate(batch_samples))
+        return np.array([float(metrics["disc_loss"][0]), int(metrics["disc_accuracy"][0]),
+                         int(metrics["disc_accuracy"][1])])
+
+    whole = detection(samples, seed=1)
+    one_by_one = sum(detection([s], seed=100 + i) for i, s in enumerate(samples))
+    assert whole[2] == one_by_one[2] == 8 * 40  # every residue judged
+    assert whole[1] == one_by_one[1]
+    np.testing.assert_allclose(whole[0], one_by_one[0], rtol=1e-5)
 
 
 # --- optimizers and schedule -------------------------------------------------------------

@@ -91,8 +91,18 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
         _print_presets(flags.get("family"))
         return
     config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
+    # --num-steps and --max-length describe the one phase of a run without phases: given next to
+    # phases (flags or the config file's), they would be silently ignored.
+    single = [f"--{name.replace('_', '-')}" for name in ("num_steps", "max_length") if flags.get(name) is not None]
+    if single and (phases or config.phases):
+        where = "--phase" if phases else f"the phases of {config_file}"
+        raise UsageError(f"{' and '.join(single)} cannot go with {where}: each phase sets its own "
+                         "length and steps (LEN:STEPS[:GLOBAL[:MICRO]])")
+    # -j overrides the config file's threads only when given; neither: PROTRANS_THREADS or the default.
+    if threads is not None or config.threads is None:
+        threads = resolve_threads(threads)
     config = config.override(model_overrides=parse_set(model_set) or None, phases=list(phases) or None,
-                             threads=resolve_threads(threads), **flags)
+                             threads=threads, **flags)
     if not config.corpus:
         raise UsageError("no training corpus: give --corpus (or 'corpus' in --config)")
     if resume and resume_from:

@@ -30,6 +30,7 @@ class AlbertFamily(Family):
     model_types = ("albert",)
     objective = "mlm"
     packable = True
+    sentence_order = True  # AlbertForPreTraining's sentence-order head (train --sop)
     presets = PRESETS
     description = "ALBERT: factorised embeddings, cross-layer sharing (ProtAlbert)"
 

@@ -167,6 +167,13 @@ class ElectraFamily(Family):
     def pretraining_model(self, config):
         return electra_pair_class().from_config(config)
 
+    def save_pretrained(self, model, tokenizer, directory) -> None:
+        """The pair's layout, with the tokenizer in `generator/` as well: that folder is a
+        complete HF model directory of its own (AutoTokenizer and AutoModelForMaskedLM load it)."""
+        super().save_pretrained(model, tokenizer, directory)
+        if hasattr(model, "generator"):
+            tokenizer.save_pretrained(Path(directory) / "generator")
+
     def load_pretraining_model(self, directory, *, config=None, **kwargs):
         return electra_pair_class().from_pretrained(directory, config=config, **kwargs)
 

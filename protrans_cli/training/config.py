@@ -142,6 +142,12 @@ class TrainConfig:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UsageError(f"lr must be positive, got {self.lr}")
+        for name in ("stop_after", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        if self.num_workers < 0:
+            raise UsageError(f"num_workers must be 0 or more, got {self.num_workers}")
         for i, phase in enumerate(self.resolved_phases(), 1):
             where = f"phase {i} ({phase.max_length}:{phase.num_steps})" if self.phases else "training"
             if phase.max_length < 8:

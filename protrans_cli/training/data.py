@@ -103,7 +103,7 @@ class TokenLayout:
 
     def encode(self, residues: str, *, path: str | None = None, line: int | None = None) -> np.ndarray:
         """Residue letters (no spaces) -> (L,) token ids, without special tokens."""
-        ids = self.residue_table[np.frombuffer(residues.encode("latin-1"), dtype=np.uint8)]
+        ids = self.residue_table[np.frombuffer(residues.encode("latin-1", errors="replace"), dtype=np.uint8)]
         if (ids < 0).any():
             pos = int(np.argmax(ids < 0))
             raise InputError(f"invalid residue {residues[pos]!r} at residue {pos + 1} of the protein "
@@ -125,20 +125,73 @@ class Sample:
         return np.random.default_rng((self.seed, self.epoch, self.index, purpose))
 
 
+_RESIDUE_LETTERS = ALPHABET + ALPHABET.lower()  # what every family's TokenLayout maps
+_BLANK = b" \t\r\n\v\f"
+_LINE_BYTES = _RESIDUE_LETTERS.encode() + _BLANK
+
+
 def iter_proteins(paths) -> Iterator[tuple[str, int, str]]:
-    """(path, line number, residues without spaces) for every protein of every shard in order."""
+    """(path, line number, residues without spaces) for every protein of every shard in order.
+
+    Every line is checked whole as it is read (one C-level pass, on every rank alike, so all
+    ranks stop at the same bad line): a character that is not a residue letter is an error
+    naming the file, line and residue position, whichever part of the protein a crop would keep."""
     from protrans_cli.io.files import open_input
 
     for path in paths:
         with open_input(path) as stream:
             for lineno, raw in enumerate(stream, 1):
-                text = raw.decode("latin-1").replace(" ", "").strip()
+                if raw.translate(None, _LINE_BYTES):
+                    raise _invalid_line(str(path), lineno, raw)
+                text = raw.translate(None, _BLANK).decode("latin-1")
                 if text:
                     yield str(path), lineno, text
 
 
+def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
+    """The error for a corpus line holding something other than residues and spaces."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        line = raw.decode("latin-1")
+    line = line.strip()
+    if line.startswith(">"):
+        return InputError("a FASTA header line ('>...'): the corpus must come from `protrans prep` "
+                          "(one protein per line), e.g. protrans prep proteins.fasta -o corpus.txt",
+                          path=path, line=lineno)
+    residues = "".join(line.split())
+    pos = next(i for i, c in enumerate(residues) if c not in _RESIDUE_LETTERS)
+    return InputError(f"invalid residue {residues[pos]!r} at residue {pos + 1} of the protein "
+                      "(the corpus must come from `protrans prep`)", path=path, line=lineno)
+
+
 def count_proteins(paths) -> int:
     return sum(1 for _ in iter_proteins(paths))
+
+
+def check_corpus(paths) -> None:
+    """Open every shard and check its first protein (cheap, before training starts): a missing
+    or unreadable file, or a FASTA file given as a corpus, is an error now."""
+    for path in paths:
+        next(iter_proteins([path]), None)
+
+
+def check_validation_corpus(paths, batch_size: int, *, batch_text: str) -> None:
+    """A validation corpus must exist and hold at least one evaluation batch (`batch_size`
+    proteins, described by `batch_text`); read only as far as that, before training starts."""
+    total = 0
+    for path in paths:
+        found = 0
+        for _ in iter_proteins([path]):
+            found += 1
+            if total + found >= batch_size:
+                break
+        if not found:
+            raise InputError("the validation corpus holds no protein", path=str(path))
+        total += found
+    if total < batch_size:
+        raise InputError(f"the validation corpus holds {total} protein(s), fewer than one evaluation batch "
+                         f"of {batch_size} ({batch_text})", path=", ".join(map(str, paths)))
 
 
 @dataclass
@@ -172,7 +225,8 @@ class CorpusStream:
     def __init__(self, paths, layout: TokenLayout, *, max_length: int, global_batch_size: int,
                  micro_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  bucket_batches: int = 16, shuffle: bool = True, collate=None,
-                 state: StreamState | None = None, max_epochs: int | None = None):
+                 state: StreamState | None = None, max_epochs: int | None = None,
+                 batch_name: str = "global batch"):
         self.paths = list(paths)
         self.layout = layout
         self.max_residues = max_length - layout.num_special
@@ -186,6 +240,7 @@ class CorpusStream:
         self.collate = collate or (lambda samples: samples)
         self.state = state or StreamState()
         self.max_epochs = max_epochs
+        self.batch_name = batch_name  # for the error when the corpus holds less than one batch
         self.num_micro = global_batch_size // micro_batch_size  # micro-batches per global batch
 
     # ---------------------------------------------------------------------------------
@@ -223,7 +278,7 @@ class CorpusStream:
                     break
             if produced == 0 and state.buffer_start < self.global_batch_size:
                 raise InputError(f"the corpus holds {state.buffer_start} protein(s), fewer than one "
-                                 f"global batch ({self.global_batch_size})", path=", ".join(self.paths))
+                                 f"{self.batch_name} ({self.global_batch_size})", path=", ".join(self.paths))
             state = StreamState(state.epoch + 1, 0, 0)
 
     def _plan_buffer(self, buffer, state: StreamState) -> list[np.ndarray]:
@@ -259,10 +314,11 @@ class CorpusStream:
     def _sample(self, buffer, pos: int, state: StreamState) -> Sample:
         path, lineno, text = buffer[pos]
         sample = Sample(state.buffer_start + pos, state.epoch, np.empty(0, dtype=np.int64), self.seed)
-        if len(text) > self.max_residues:
-            start = int(sample.rng(0).integers(0, len(text) - self.max_residues + 1))
-            text = text[start:start + self.max_residues]
-        sample.residues = self.layout.encode(text, path=path, line=lineno)
+        ids = self.layout.encode(text, path=path, line=lineno)  # the whole protein: positions are its own
+        if len(ids) > self.max_residues:
+            start = int(sample.rng(0).integers(0, len(ids) - self.max_residues + 1))
+            ids = ids[start:start + self.max_residues]
+        sample.residues = ids
         return sample
 
 
@@ -286,8 +342,18 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
         def __iter__(self_inner):
             return iter(stream)
 
+    # A DataLoader draws its workers' base seed from `generator`, by default from the global
+    # torch RNG: that draw would shift the dropout (and any other) random numbers of the main
+    # process, so a run with workers would differ from one without, and a resumed run (whose
+    # loader starts after the RNG state is restored) from an uninterrupted one. Its own generator,
+    # seeded by where the stream starts, leaves the global RNG alone. (The data itself draws from
+    # per-protein generators, not from the workers' seeds.)
+    state = stream.state
+    seed = int(np.random.SeedSequence((stream.seed, stream.rank, state.epoch, state.buffer_start,
+                                       state.batches_done)).generate_state(1)[0])
     # batch_size=None: the stream already yields whole steps. A DataLoader takes items from
     # its workers in turn, which matches the round-robin split in CorpusStream.__iter__.
     loader = torch.utils.data.DataLoader(_Iterable(), batch_size=None, num_workers=num_workers,
-                                         persistent_workers=False, worker_init_fn=_ignore_stop_signals)
+                                         persistent_workers=False, worker_init_fn=_ignore_stop_signals,
+                                         generator=torch.Generator().manual_seed(seed))
     yield from loader

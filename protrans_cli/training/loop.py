@@ -37,7 +37,8 @@ from protrans_cli.models import packing
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig, grad_accum_steps
-from protrans_cli.training.data import CorpusStream, StreamState, TokenLayout, step_batches
+from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, check_corpus,
+                                        check_validation_corpus, step_batches)
 from protrans_cli.training.objectives import make_objective
 from protrans_cli.training.optim import build_optimizer, build_scheduler
 
@@ -139,8 +140,15 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
         dist.cleanup()
 
 
-def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None) -> _Run:
+def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *, evaluates: bool = True) -> _Run:
     config.validate(info.world_size)
+    # Before any model is built: a missing shard, a FASTA file as corpus or an unusable
+    # validation corpus fails now, not at the first step or after the last one.
+    check_corpus(config.corpus)
+    if evaluates and config.val_corpus:
+        batch = max(p.micro_batch_size for p in config.resolved_phases())
+        check_validation_corpus(config.val_corpus, batch * info.world_size,
+                                batch_text=f"micro batch size {batch} x {info.world_size} process(es)")
     if config.threads:
         torch.set_num_threads(config.threads)
     # The same seed on every rank: identical initial weights (DDP also broadcasts them).
@@ -153,19 +161,14 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None) -
             from protrans_cli.models import get_family
 
             family = get_family(config.family)
+        _check_objective(config, family)
         tokenizer = family.build_tokenizer()
         model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
         model = family.pretraining_model(model_config)
     if info.world_size > 1:
-        # From here on each rank draws its own dropout masks (and ELECTRA samples).
+        # From here on each rank draws its own dropout masks.
         torch.manual_seed(config.seed + info.rank)
-    objective_name = config.objective or family.objective
-    compatible = {"t5": {"t5", "t5_span"}, "t5_span": {"t5", "t5_span"}}.get(family.objective, {family.objective})
-    if objective_name not in compatible:
-        raise UsageError(f"objective {objective_name} does not fit the {family.name} family "
-                         f"(use {' or '.join(sorted(compatible))})")
-    if config.sop and objective_name != "mlm":
-        raise UsageError(f"sop (sentence-order prediction) goes with the mlm objective, not {objective_name}")
+    objective_name = _check_objective(config, family)
     layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
     layout.use_pair = config.sop
     objective = make_objective(objective_name, layout, config)
@@ -188,6 +191,24 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None) -
                 + (f", attention kernels {config.sdpa_kernels}" if info.device.type == "cuda" else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
                 run_dir, autocast)
+
+
+def _check_objective(config: TrainConfig, family) -> str:
+    """The objective's name, or a usage error when it (or --sop) does not fit the family;
+    checked before any model is built or loaded."""
+    objective_name = config.objective or family.objective
+    compatible = {"t5": {"t5", "t5_span"}, "t5_span": {"t5", "t5_span"}}.get(family.objective, {family.objective})
+    if objective_name not in compatible:
+        raise UsageError(f"objective {objective_name} does not fit the {family.name} family "
+                         f"(use {' or '.join(sorted(compatible))})")
+    if config.sop and objective_name != "mlm":
+        raise UsageError(f"sop (sentence-order prediction) goes with the mlm objective, not {objective_name}")
+    if config.sop and not family.sentence_order:
+        from protrans_cli.models import FAMILIES
+
+        heads = ", ".join(f.name for f in FAMILIES.values() if f.sentence_order)
+        raise UsageError(f"--sop needs a model with a sentence-order head ({heads}), not the {family.name} family")
+    return objective_name
 
 
 def _use_packing(family, model, objective, objective_name: str, config: TrainConfig, info) -> None:
@@ -216,13 +237,14 @@ def _initial_model(config: TrainConfig, resume):
     """--init-from: (family, tokenizer, pretraining model) of an existing model, loaded through
     from_pretrained in float32. On --resume the architecture and tokenizer come from the run's
     checkpoint instead (its weights are loaded in _loop), so the original model is not needed again."""
-    from protrans_cli.models import open_config
+    from protrans_cli.models import _check_tokenizer, open_config
 
     if resume:
         source = open_config(str(ckpt.find_checkpoint(config.output_dir if resume is True else resume)))
     else:
         source = open_config(config.init_from, flag="--init-from")
     family, hf_config = source.family, source.config
+    _check_objective(config, family)
     for key, value in config.model_overrides.items():
         if not hasattr(hf_config, key):
             raise UsageError(f"--set {key}: the {family.name} config of {source.name} has no field {key!r}")
@@ -231,6 +253,8 @@ def _initial_model(config: TrainConfig, resume):
         tokenizer = family.load_tokenizer(source.target, **source.hub_kwargs)
         if resume:
             return family, tokenizer, family.pretraining_model(hf_config)
+        # the same guard as embed: a directory without its tokenizer would train on [UNK] rows
+        _check_tokenizer(f"--init-from {source.name}", family, tokenizer, source.is_dir)
         model, info = family.load_pretraining_model(source.target, config=hf_config, dtype=torch.float32,
                                                     output_loading_info=True, **source.hub_kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -300,6 +324,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
     log = _Accumulator()
     t_log = time.perf_counter()
+    final_eval = None
 
     phase_start = 0
     for phase_index, phase in enumerate(phases):
@@ -344,10 +369,14 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                 tokens = reduced.pop("tokens")
                 record = {"step": step, "phase": phase_index + 1, "loss": reduced.pop("loss"), "lr": lr_used,
                           **reduced, "tokens": int(tokens), "tokens_per_s": tokens / max(now - t_log, 1e-9)}
-                if config.val_corpus and config.eval_every and step % config.eval_every == 0:
+                # Every eval_every steps, and once at the end (on the last step's line).
+                if config.val_corpus and (step == total_steps
+                                          or config.eval_every and step % config.eval_every == 0):
                     eval_loss = evaluate(run, phase)
                     if math.isfinite(eval_loss):
                         record["eval_loss"] = eval_loss
+                        if step == total_steps:
+                            final_eval = eval_loss
                 t_log = now
                 result.losses.append(record["loss"])
                 if info.is_main:
@@ -379,11 +408,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
 
     if bar is not None:
         bar.close()
-    if config.val_corpus:
-        eval_loss = evaluate(run, phases[-1])
-        if info.is_main and math.isfinite(eval_loss):
-            _append_metrics(metrics_path, {"step": step, "eval_loss": eval_loss})
-            console.info(f"train: eval loss {eval_loss:.4f}")
+    if final_eval is not None and info.is_main:
+        console.info(f"train: eval loss {final_eval:.4f}")
     if info.is_main:
         ckpt.export_model(run.run_dir, family=run.family, model=_full_model(run), tokenizer=run.tokenizer)
         plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
@@ -531,9 +557,10 @@ def evaluate(run: _Run, phase) -> float:
                           global_batch_size=per_step, micro_batch_size=phase.micro_batch_size,
                           rank=info.rank, world_size=info.world_size, seed=config.seed,
                           bucket_batches=config.bucket_batches, shuffle=False,
-                          collate=run.objective.collate, max_epochs=1)
+                          collate=run.objective.collate, max_epochs=1,
+                          batch_name="evaluation batch (micro batch size x processes)")
     run.wrapped.eval()
-    # Evaluation must not consume the training RNG (dropout is off, but ELECTRA samples).
+    # Evaluation must not consume the training RNG (dropout is off; kept for any model that draws).
     rng = torch.get_rng_state()
     totals = torch.zeros(2, dtype=torch.float64, device=info.device)
     try:
@@ -547,7 +574,8 @@ def evaluate(run: _Run, phase) -> float:
                 totals += torch.stack([sum_loss.detach().double(),
                                        torch.as_tensor(n, device=info.device).double()])
     except InputError as exc:
-        # A validation corpus smaller than one batch: no eval loss, but the training goes on.
+        # Checked before training (check_validation_corpus), so only a file changed since: no
+        # eval loss, but the training goes on and the model is saved.
         console.warn(f"no eval loss: {exc.format()}")
         totals[1] = 0
     finally:
@@ -662,7 +690,7 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     smoothed loss falls fastest. Writes no checkpoint."""
     info = dist.setup()
     try:
-        run = _build(config, info, family)
+        run = _build(config, info, family, evaluates=False)
         run.model.to(info.device)
         run.wrapped = dist.wrap(LossModule(run.model, run.objective), run.strategy, info)
         optimizer = build_optimizer(run.wrapped, config)

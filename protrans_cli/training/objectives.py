@@ -8,8 +8,8 @@ tokens of the whole step (all micro-batches, all ranks), so a step's loss is a t
 mean rather than a mean of micro-batch means. `metrics` maps a name to (numerator, denominator)
 tensors that the loop sums the same way (accuracy = correct / predicted).
 
-Masks come from each protein's own generator (Sample.rng), so they are fresh every epoch
-(dynamic masking) and the same whichever rank or worker collates the protein.
+Masks (and ELECTRA's replacements) come from each protein's own generator (Sample.rng), so they
+are fresh every epoch (dynamic masking) and the same whichever rank or worker collates the protein.
 
 Objectives: "mlm" (BERT/ALBERT/ESM), "electra", "t5" (ProtT5), "t5_span", "plm" (XLNet),
 "clm" (Transformer-XL with segment memory).
@@ -228,6 +228,23 @@ class Electra(MaskedLM):
 
     name = "electra"
 
+    def collate(self, samples):
+        batch = super().collate(samples)
+        # One uniform number per masked residue from the protein's own generator (purpose 4):
+        # the replacement drawn for it from the generator's output (inverse CDF in `loss`) then
+        # depends on the protein alone, not on the rank, micro-batch or worker that holds it, and
+        # nothing is drawn from the global RNG. Ordered as the masked positions of the batch
+        # (row by row; protein by protein in a packed row).
+        sel = batch["labels"] != IGNORE
+        if "cu_seq_lens" in batch:
+            cu = batch["cu_seq_lens"].tolist()
+            counts = [int(sel[0, cu[i]:cu[i + 1]].sum()) for i in range(len(samples))]
+        else:
+            counts = sel.sum(1).tolist()
+        draws = [s.rng(4).random(int(c), dtype=np.float32) for s, c in zip(samples, counts)]
+        batch["replace_u"] = torch.from_numpy(np.concatenate(draws) if draws else np.zeros(0, np.float32))
+        return batch
+
     def loss(self, model, batch):
         for part in ("generator", "discriminator"):
             if not hasattr(_unwrap(model), part):
@@ -239,11 +256,17 @@ class Electra(MaskedLM):
         sel = labels != IGNORE
         original = torch.where(sel, labels, input_ids)
         with torch.no_grad():
-            # Sample replacements from the generator, restricted to residue tokens.
+            # Sample replacements from the generator, restricted to residue tokens: the first
+            # token whose cumulative probability exceeds the protein's own uniform number.
             picked = gen_logits[sel].float()  # (N, V)
+            residue_ids = torch.as_tensor(self.layout.residue_ids, device=picked.device)
             allowed = torch.full((picked.shape[-1],), float("-inf"), device=picked.device)
-            allowed[torch.as_tensor(self.layout.residue_ids, device=picked.device)] = 0.0
-            sampled = torch.multinomial(torch.softmax(picked + allowed, -1), 1).squeeze(-1)
+            allowed[residue_ids] = 0.0
+            cdf = torch.softmax(picked + allowed, -1).float().cumsum(-1)  # (N, V)
+            u = batch["replace_u"].to(picked.device)[:, None] * cdf[:, -1:]  # (N, 1)
+            # Rounding can leave u at the very top: the last residue token, never a special one.
+            last = int(self.layout.residue_ids.max())  # on the host: no device synchronisation
+            sampled = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=last)
             corrupted = original.clone()
             corrupted[sel] = sampled
         replaced = (corrupted != original).float()  # (B, T)
