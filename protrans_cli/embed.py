@@ -373,7 +373,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
 
     import torch
 
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+    if not re.fullmatch(r"auto|cpu|mps(:0)?|cuda(:\d+)?", device):
         raise UsageError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
     if device == "auto":
         if torch.cuda.is_available():
@@ -384,8 +384,11 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
             device = "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available (try --device cpu)")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
     if device.startswith("mps") and not _mps_available():
-        raise UsageError("--device mps: no MPS device is available (try --device cpu)")
+        raise UsageError(f"--device {device}: no MPS device is available (try --device cpu)")
     if dtype == "auto":
         if device.startswith("cuda"):
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"

@@ -253,6 +253,22 @@ def test_unavailable_mps_is_a_usage_error_before_the_model_is_loaded(run_cli, tm
     assert result.exit_code == 2, result.stderr  # as an unavailable --device cuda
     assert result.stderr == "protrans: error: --device mps: no MPS device is available (try --device cpu)\n"
     assert list(tmp_path.iterdir()) == []
+    result = run_cli("embed", SMALL, "-m", "prot_bert", "--device", "mps:0", "-o", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "--device mps:0: no MPS device" in result.stderr  # mps:0 is a name for mps
+    result = run_cli("embed", SMALL, "-m", "prot_bert", "--device", "mps:1", "-o", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "use auto, cpu, cuda, cuda:N or mps" in result.stderr
+
+
+def test_a_cuda_index_the_machine_lacks_is_a_usage_error(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from protrans_cli.embed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_device("cuda:1") == ("cuda:1", "bfloat16")
+    with pytest.raises(UsageError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), numbered from 0"):
+        resolve_device("cuda:2")
 
 
 def test_interrupted_torchrun_rank_points_at_its_shard(run_cli, tmp_path, monkeypatch):

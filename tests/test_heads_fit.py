@@ -73,6 +73,8 @@ def test_fit_predict_ss3_end_to_end(run_cli, ss_data, tmp_path):
     detail = json.loads((head / "metrics" / "test.json").read_text())["outputs"]["ss3"]
     assert np.sum(detail["confusion"]) == detail["n"] == sum(v["support"] for v in detail["per_class"].values())
 
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "nodir" / "pred.fa")
+    assert r.exit_code == 2 and "nodir: output directory does not exist" in r.stderr
     out, probs = tmp_path / "pred.fa", tmp_path / "probs.h5"
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", out, "--probabilities", probs)
     assert r.exit_code == 0, r.stderr

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from protrans_cli.errors import InputError
+from protrans_cli.errors import InputError, UsageError
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.files import AtomicFile, atomic_output, open_input
 
@@ -78,7 +78,7 @@ def test_atomic_file_commit_abort_and_compression(tmp_path):
     dropped.abort()
     assert gzip.decompress((tmp_path / "a.txt.gz").read_bytes()) == b"hello\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt.gz"]
-    with pytest.raises(InputError, match="output directory does not exist"):
+    with pytest.raises(UsageError, match="output directory does not exist"):
         AtomicFile(tmp_path / "missing" / "x.txt")
 
 

@@ -142,6 +142,13 @@ def test_missing_input_is_input_error(run_cli, tmp_path):
     assert result.exit_code == 1 and "no such file" in result.stderr
 
 
+def test_missing_output_directory_is_a_usage_error(run_cli, tmp_path):
+    # as for every command: exit 2, naming the directory; nothing is created
+    result = run_cli("prep", DATA / "format.fa", "-o", tmp_path / "nodir" / "corpus.txt")
+    assert result.exit_code == 2 and "nodir: output directory does not exist" in result.stderr
+    assert not (tmp_path / "nodir").exists()
+
+
 @pytest.mark.parametrize("args", [
     ["--shards", "2"],                                   # sharding to stdout
     ["--long", "crop"],                                  # crop without a window size

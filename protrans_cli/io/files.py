@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from protrans_cli.errors import InputError
+from protrans_cli.errors import InputError, UsageError
 
 _MAGIC = [
     (b"\x1f\x8b", "gzip"),
@@ -226,7 +226,7 @@ class AtomicFile:
         self.path = Path(path)
         directory = self.path.parent if str(self.path.parent) else Path(".")
         if not directory.is_dir():
-            raise InputError("output directory does not exist", path=str(directory))
+            raise UsageError("output directory does not exist (it is not created)", path=str(directory))
         self.tmp = None
         if self.path.exists() and not self.path.is_file():
             # /dev/null, /dev/stdout, a named pipe: written in place. Renaming a temporary file

@@ -223,7 +223,7 @@ class EmbeddingsWriter:
         self.failed: dict[str, str] = {}
         directory = self.path.parent if str(self.path.parent) else Path(".")
         if not directory.is_dir():
-            raise InputError("output directory does not exist", path=str(directory))
+            raise UsageError("output directory does not exist (it is not created)", path=str(directory))
 
         run_attrs = dict(attrs or {})
         run_attrs.update(layout=layout, kinds=",".join(self.kinds), storage_dtype=storage_dtype)
