@@ -23,6 +23,9 @@ device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + atten
     python benchmarks/embed_bench.py --family bert --preset small --num-proteins 100 --repeats 3 --threads 1
     # GPU: ProtT5-XL-sized T5 encoder and ProtBert-sized BERT, whole proteome, bf16
     python benchmarks/embed_bench.py --gpu
+    # what each strategy costs around the model (zeros instead of the forward pass), ProtBert's width
+    python benchmarks/embed_bench.py --host-only --family bert --preset prot_bert --max-length 1000 \
+        --strategies prottrans,script,protrans --max-tokens 4000,32000 --tmpdir /dev/shm
     # GPU, protrans at ProtTrans' budget and at embed's default budget
     python benchmarks/embed_bench.py --gpu --max-tokens 4000,default
 """
@@ -73,6 +76,23 @@ def build_loaded(family_name: str, preset: str, device: str, dtype: str):
     return LoadedModel(name=f"random {family_name}/{preset}", path_or_hub_id="", revision=None, family=family,
                        tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(config),
                        num_layers=family.num_layers(config))
+
+
+def _skip_the_model(loaded) -> None:
+    """--host-only: the encoder's forward returns zeros of its output shape at once, so a
+    strategy's time is what it spends around the model (encoding, copies, means, writing)."""
+    import types
+
+    import torch
+
+    model, width = loaded.model, loaded.embedding_dim
+
+    def forward(*args, input_ids=None, **kwargs):
+        ids = input_ids if input_ids is not None else args[0]
+        hidden = torch.zeros(*ids.shape, width, device=ids.device, dtype=model.dtype)
+        return types.SimpleNamespace(last_hidden_state=hidden, hidden_states=(hidden,) * (loaded.num_layers + 1))
+
+    model.forward = forward
 
 
 def _sync(device):
@@ -183,6 +203,8 @@ def bench_one(family, preset, records, args):
     from protrans_cli.embed import TransformerEmbedder
 
     loaded = build_loaded(family, preset, args.device, args.dtype)
+    if args.host_only:
+        _skip_the_model(loaded)
     # The baselines' embedder keeps PyTorch's kernel choice; protrans's is the same object with
     # its own --sdpa-kernels (one model in memory).
     embedder = TransformerEmbedder(loaded, (-1,), args.device, args.dtype, sdpa_kernels="torch")
@@ -266,7 +288,7 @@ def bench_one(family, preset, records, args):
         for name in results:
             if base in results and name.startswith("protrans"):
                 print(f"{name} / {base}: {results[name] / results[base]:.2f}x")
-    if args.device.startswith("cuda"):
+    if args.device.startswith("cuda") and not args.host_only:
         name = torch.cuda.get_device_name()
         peak = args.peak_tflops or peak_tflops(name)
         flops = model_flops(loaded, records)
@@ -301,6 +323,9 @@ def main(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--per-protein", action="store_true",
                    help="per-protein arrays only (means taken beside the model) in every strategy")
+    p.add_argument("--host-only", action="store_true",
+                   help="replace the model's forward pass by zeros of its output shape: what each strategy "
+                   "costs around the model (encoding, copies, means, HDF5 writing)")
     p.add_argument("--tmpdir", default=None, help="where protrans writes its HDF5 file (e.g. /dev/shm: the "
                    "baselines keep their arrays in memory)")
     args = p.parse_args(argv)

@@ -7,7 +7,7 @@
 #
 # quick: the ceilings, the profile, per-protein embedding of both models and one run of the train
 # benchmark padded and one with --packing, plus the packing and attention-kernel GPU tests (step
-# limits add up to 560 s: one device call); without it, every step (up to 21 minutes: more than two
+# limits add up to 560 s: one device call); without it, every step (up to 22 minutes: more than two
 # 10-minute device calls, so pick steps with STEPS="profile embed_t5 ..." and run the rest later).
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
@@ -74,6 +74,9 @@ step embed_t5 240 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda -
     --strategies prottrans,script,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
 step embed_bert 180 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --strategies prottrans,script,protrans,packed,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
+# what embed spends around the model on this machine (pinned staging, host copies, HDF5 writes)
+step embed_host 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
+    --host-only --strategies prottrans,protrans --max-tokens 4000,default --tmpdir "$SCRATCH"
 step train 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --json "$OUT/train.json"
 step train_packed 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --packing --json "$OUT/train_packed.json"
 step train_pad128 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --pad-multiple 128

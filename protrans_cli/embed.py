@@ -267,7 +267,8 @@ class TransformerEmbedder:
         mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
         with torch.inference_mode(), sdpa_kernels(device, self.sdpa_kernels):
             states = self.family_impl.hidden_states(model, inputs, list(self.layers))
-            stacked = torch.stack(list(states), dim=0)  # (n_layers, B, T, D)
+            # (n_layers, B, T, D); one layer (the usual case) is a view, not a copy of the batch
+            stacked = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(list(states), dim=0)
             if pooled:
                 # Sums in float32 over the residue positions only (whatever padding positions
                 # hold, NaN included, is replaced, not multiplied by zero), divided on the host in
