@@ -24,8 +24,7 @@ device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + atten
     # GPU: ProtT5-XL-sized T5 encoder and ProtBert-sized BERT, whole proteome, bf16
     python benchmarks/embed_bench.py --gpu
     # what each strategy costs around the model (zeros instead of the forward pass), ProtBert's width
-    python benchmarks/embed_bench.py --host-only --family bert --preset prot_bert --max-length 1000 \
-        --strategies prottrans,script,protrans --max-tokens 4000,32000 --tmpdir /dev/shm
+    python benchmarks/embed_bench.py --host-only --family bert --preset prot_bert --tmpdir /dev/shm
     # GPU, protrans at ProtTrans' budget and at embed's default budget
     python benchmarks/embed_bench.py --gpu --max-tokens 4000,default
 """
