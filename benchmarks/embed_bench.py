@@ -11,6 +11,8 @@ Strategies, all with the same randomly initialised model (the shapes are what ma
              with --max-tokens A,B,... one run per budget ("default" is embed's own choice for
              the device, which on a GPU depends on the memory left after loading the model)
   packed     protrans with --packing (one row per batch, varlen attention; packable families)
+  compiled   protrans with --compile (torch.compile, dynamic shapes); the compilation is timed
+             apart, on warm-up batches of three shapes, and not counted in residues/s
 
 The baselines run with PyTorch's own choice of attention kernel (what a script gets); protrans
 runs with its --sdpa-kernels (default auto: no cuDNN attention on a GPU; see
@@ -251,15 +253,24 @@ def bench_one(family, preset, records, args):
                 packed = TransformerEmbedder(loaded, (-1,), args.device, args.dtype, packed=True,
                                              sdpa_kernels=args.sdpa_kernels)
                 packed.embed_batch([records[0][1][:50]] * 2)
+        compiled = None
+        if "compiled" in args.strategies:
+            compiled = TransformerEmbedder(loaded, (-1,), args.device, args.dtype, sdpa_kernels=args.sdpa_kernels,
+                                           compile=True)
+            start = time.perf_counter()
+            for count, length in ((2, 50), (3, 70), (1, 90)):  # the dynamic graph and the batch-of-one one
+                compiled.embed_batch([records[0][1][:length]] * count)
+            _sync(args.device)
+            print(f"compiled: {time.perf_counter() - start:.1f} s to compile (warm-up, not timed below)", flush=True)
         for name in args.strategies:
-            if name not in ("protrans", "packed"):
+            if name not in ("protrans", "packed", "compiled"):
                 strategies.append(name)
                 continue
             if name == "packed" and packed is None:
                 continue
-            chosen = protrans_embedder if name == "protrans" else packed
+            chosen = {"protrans": protrans_embedder, "packed": packed, "compiled": compiled}[name]
             for budget in budgets:
-                label = f"protrans{'-packed' if name == 'packed' else ''}" + ("" if len(budgets) == 1 else f"@{budget}")
+                label = f"protrans{'' if name == 'protrans' else '-' + name}" + ("" if len(budgets) == 1 else f"@{budget}")
                 runs[label] = (lambda b=budget, e=chosen:
                                run_protrans(e, records, tmpdir, b, args.max_batch_size, only))
                 strategies.append(label)
@@ -313,7 +324,8 @@ def main(argv=None):
                    help="protrans budget(s), comma-separated: numbers or 'default' (embed's own, by device)")
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--strategies", default="naive,prottrans,protrans",
-                   help="comma-separated: naive, prottrans, script, protrans, packed (protrans with --packing)")
+                   help="comma-separated: naive, prottrans, script, protrans, packed (protrans with --packing), "
+                   "compiled (protrans with --compile)")
     p.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),
                    help="protrans's attention-kernel policy (the baselines keep PyTorch's choice)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the strategies N times, keep each one's best")

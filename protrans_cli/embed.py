@@ -71,6 +71,7 @@ class EmbedOptions:
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
     packing: bool = False                # each batch one row without padding (packable families)
     sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
+    compile: bool = False                # torch.compile the model (dynamic shapes)
     resume: bool = False
     window: int = DEFAULT_WINDOW         # proteins read, length-sorted and embedded at a time
     threads: int | None = None
@@ -106,6 +107,8 @@ class EmbedOptions:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
         if self.sdpa_kernels not in SDPA_KERNELS:
             raise UsageError(f"--sdpa-kernels must be one of {', '.join(SDPA_KERNELS)}")
+        if self.compile and self.packing:
+            raise UsageError("--compile and --packing cannot be combined yet: choose one")
 
 
 @dataclass
@@ -193,7 +196,7 @@ class TransformerEmbedder:
     hidden states at the requested layers and returns exactly the rows of the residues."""
 
     def __init__(self, loaded, layers: Sequence[int], device: str, compute_dtype: str, packed: bool = False,
-                 sdpa_kernels: str = "auto"):
+                 sdpa_kernels: str = "auto", compile: bool = False):
         import torch
 
         self.loaded = loaded
@@ -230,6 +233,11 @@ class TransformerEmbedder:
         self.packed = False
         if packed:
             self._use_packing()
+        # --compile: what runs the forward pass; the module itself stays as it was (its CPU twin,
+        # out-of-memory retries and `self.model` users see the plain module). dynamic=True: one
+        # graph for every batch shape instead of one compilation per new length.
+        self.compiled = bool(compile)
+        self._run_model = torch.compile(self.model, dynamic=True) if compile else self.model
 
     def _use_packing(self) -> None:
         """--packing: each batch becomes one row without padding (models/packing.py)."""
@@ -251,7 +259,7 @@ class TransformerEmbedder:
     def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
         import torch
 
-        model, device = self.model, self.device
+        model, device = self._run_model, self.device
         encoded = self._packed_layout.encode_packed(list(sequences), self.tokenizer.pad_token_id,
                                                     self._position_offset) if self.packed else None
         inputs, mask = encoded or self.family_impl.encode(self.tokenizer, list(sequences), self.pad_multiple)
@@ -305,6 +313,7 @@ class TransformerEmbedder:
             twin.compute_dtype = "float32"
             twin._cpu_copy = None
             twin._staging = _HostStaging(pinned=False)
+            twin._run_model, twin.compiled = twin.model, False  # a rare fallback: not worth a compilation
             twin.pad_multiple = 1
             self._cpu_copy = twin
         return self._cpu_copy
@@ -416,6 +425,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
             console.warn("the onehot embedder runs on the CPU in float32: --device/--dtype ignored")
         if options.packing:
             console.warn("the onehot embedder has no attention: --packing ignored")
+        if options.compile:
+            console.warn("the onehot embedder has no model to compile: --compile ignored")
         return OneHotEmbedder(options.layers)
     device_name, dtype = resolve_device(device or options.device, options.dtype)
     try:
@@ -426,7 +437,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     # materialised in float32 on the way to a bf16 GPU.
     loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
     return TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=options.packing,
-                               sdpa_kernels=options.sdpa_kernels)
+                               sdpa_kernels=options.sdpa_kernels, compile=options.compile)
 
 
 # --- reading the input --------------------------------------------------------------------
@@ -969,6 +980,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         # Only where it changes the rows, so that --resume compares it only then.
         "chunk_overlap": options.chunk_overlap if options.long_policy == "chunk" else None,
         "packing": bool(getattr(embedder, "packed", False)),
+        "compiled": bool(getattr(embedder, "compiled", False)),
     }
     if getattr(embedder, "sdpa_kernels", None):
         attrs["sdpa_kernels"] = embedder.sdpa_kernels

@@ -833,3 +833,12 @@ def test_host_staging_hands_out_independent_float32_arrays():
     big = torch.randn(1, 20, 7)
     np.testing.assert_array_equal(staging.to_host(big), big.numpy())
     assert staging.buffer.numel() == 77
+
+
+def test_compile_with_packing_is_a_usage_error_and_onehot_ignores_compile(run_cli, tmp_path):
+    result = run_cli("embed", SMALL, "-m", "prot_bert", "--compile", "--packing", "-o", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "--compile and --packing cannot be combined" in result.stderr
+    result = run_cli("embed", SMALL, "-m", "onehot", "--compile", "-o", tmp_path / "o.h5")
+    assert result.exit_code == 0 and "--compile ignored" in result.stderr
+    with EmbeddingsReader(tmp_path / "o.h5") as r:
+        assert not r.attrs["compiled"]

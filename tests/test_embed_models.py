@@ -565,3 +565,26 @@ def test_heads_accept_the_same_model_named_another_way(tmp_path, monkeypatch):
             else:
                 check_compatible(config, reader)
         path.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family_name", ["bert", "t5"])
+def test_compiled_embed_equals_the_plain_forward(run_cli, tmp_path, tiny_models, family_name):
+    """`--compile`: the same rows as plain transformers, through batches of several shapes (one
+    graph with dynamic shapes; the CPU compiles too, slowly: a slow test)."""
+    from torch._dynamo.utils import counters
+
+    family = FAMILIES[family_name]
+    out = tmp_path / "c.h5"
+    counters.clear()
+    result = run_cli("embed", SMALL, "-m", tiny_models[family_name], "-o", out, "--max-tokens", "64",
+                     "--device", "cpu", "-j", "1", "--compile")
+    assert result.exit_code == 0, result.stderr
+    res = _read(out)
+    for rec in read_fasta(SMALL):
+        seq = rec.sequence.replace("-", "").replace(".", "")
+        np.testing.assert_allclose(res[rec.id], reference_rows(family, tiny_models[family_name], seq)[0],
+                                   atol=1e-5, rtol=0)
+    assert counters["stats"]["unique_graphs"] >= 1  # it did go through torch.compile
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["compiled"]  # bool(np.True_)
