@@ -138,6 +138,24 @@ def test_loss_is_normalised_by_predicted_tokens_not_micro_batches(tmp_path):
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_a_plain_model(tmp_path):
+    """--compile (torch.compile of the forward, dynamic shapes) gives eager's losses with dropout
+    off (compiled dropout draws other masks), and saves
+    the same HF directory: no `_orig_mod.` prefixes, loadable by from_pretrained and resumable."""
+    from transformers import AutoModelForMaskedLM
+
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    kw = dict(num_steps=4, log_every=1, model_overrides=no_dropout, save_every=2)
+    eager = train(_config(tmp_path / "eager", **kw))
+    compiled = train(_config(tmp_path / "compiled", compile=True, **kw))
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-5)
+    model = AutoModelForMaskedLM.from_pretrained(compiled.run_dir)
+    assert not [k for k in model.state_dict() if "_orig_mod" in k]
+    longer = train(_config(tmp_path / "compiled", compile=True, **{**kw, "num_steps": 6}), resume=True)
+    assert longer.step == 6
+
+
 def test_find_lr_plots_and_suggests(tmp_path):
     result = find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=25)
     assert 1e-5 <= result.lr_suggestion <= 1.0
