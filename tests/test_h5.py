@@ -134,3 +134,22 @@ def test_merge_copies_datasets_and_failures(tmp_path):
         assert sorted(r.ids()) == ["x", "y"]
         assert r.dataset("y").attrs["id"] == "y"
         assert json.loads(r.attrs["failed"]) == {"lost": "out of memory"}
+
+
+def test_per_protein_attributes_have_the_types_h5py_gives_them(tmp_path):
+    """The writer sets id/header/length/checksum through h5py's low-level calls (speed): on disk
+    they must be what `ds.attrs[name] = value` writes, so any HDF5 reader sees the same file."""
+    with EmbeddingsWriter(tmp_path / "w.h5", kinds=(PER_RESIDUE,)) as w:
+        w.write("sp|P1|é", "sp|P1|é résumé", "MKV", per_residue=np.zeros((3, 2), np.float32),
+                extra_attrs={"truncated_from": 7})
+    with h5py.File(tmp_path / "ref.h5", "w") as ref:
+        ds = ref.create_dataset("x", data=np.zeros((3, 2), np.float32))
+        for name, value in (("id", "sp|P1|é"), ("header", "sp|P1|é résumé"), ("length", 3), ("truncated_from", 7)):
+            ds.attrs[name] = value
+    with h5py.File(tmp_path / "w.h5", "r") as f, h5py.File(tmp_path / "ref.h5", "r") as ref:
+        ours, theirs = next(iter(f[PER_RESIDUE].values())), ref["x"]
+        for name in ("id", "header", "length", "truncated_from"):
+            a, b = ours.attrs.get_id(name), theirs.attrs.get_id(name)
+            assert a.get_type().equal(b.get_type()) and a.shape == b.shape == (), name
+            assert ours.attrs[name] == theirs.attrs[name], name
+        assert ours.attrs["checksum"] == "md5:" + __import__("hashlib").md5(b"MKV").hexdigest()
