@@ -36,8 +36,12 @@ def _single(tmp_path, family="bert"):
 def _torchrun(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "protrans_cli", "train", *ARGS, *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+           "-m", "protrans_cli", "-v", "train", *ARGS, *args]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:  # say where it stood: the ranks' last lines
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        pytest.fail(f"torchrun {' '.join(map(str, args))} still running after 300 s; stderr so far:\n{err[-3000:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
