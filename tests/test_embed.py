@@ -800,6 +800,39 @@ def test_signal_after_first_batch_leaves_a_resumable_partial_and_one_line(tmp_pa
     assert_same_content(file_content(out), file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=1)))
 
 
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing_resume_completes(tmp_path):
+    """SIGKILL (the out-of-memory killer, a hard time limit) cannot be caught: what was flushed
+    must survive it. Killed at random moments of a write-heavy run (onehot, batches of 4, a flush
+    after each), the partial file stays readable and --resume gives the uninterrupted content."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fasta = generated_fasta(tmp_path / "g.fa", 3000, repeat_every=0, long_every=3)
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4))
+    rng, killed = random.Random(0), 0
+    env = {**os.environ, "PROTRANS_NO_PROGRESS": "1"}
+    for trial in range(4):
+        out = tmp_path / f"k{trial}.h5"
+        proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot",
+                                 "--max-batch-size", "4", "-o", str(out)], env=env, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not partial_path(out).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.5))
+        if proc.poll() is None:
+            killed += 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+        assert_same_content(file_content(out), dict(full))  # it pops "failed"
+    assert killed >= 2, "the runs finished before the kill: the test proves nothing"
+
+
 def test_missing_output_directory_is_refused_not_created(tmp_path, monkeypatch):
     # prep and predict refuse it too; checked before the input is read or a model loaded.
     import protrans_cli.embed as embed_module
