@@ -337,6 +337,23 @@ def test_a_fresh_run_into_a_used_run_directory_is_refused(tmp_path, run_cli):
         ["step_00000002", "step_00000004"]
 
 
+def test_resume_removes_what_a_killed_save_left(tmp_path, capsys):
+    """A SIGKILL in the middle of a save leaves `.step_*.tmp-PID` (as large as a checkpoint) and
+    `.final.tmp-PID`; the next run on the directory removes them, says so, and keeps the rest."""
+    first = train(_config(tmp_path, num_steps=2, save_every=1))
+    stale = [first.run_dir / "checkpoints" / ".step_00000003.tmp-4242", first.run_dir / ".final.tmp-4242"]
+    for path in stale:
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"half written")
+    capsys.readouterr()
+    resumed = train(_config(tmp_path, num_steps=3, save_every=1), resume=True)
+    assert resumed.step == 3 and not any(p.exists() for p in stale)
+    assert sorted(p.name for p in (first.run_dir / "checkpoints").iterdir()) == \
+        ["step_00000001", "step_00000002", "step_00000003"]
+    err = capsys.readouterr().err
+    assert all(f"removed {p}: a save that was killed" in err for p in stale), err
+
+
 def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):
     # The error used to end in torch's bare header "(Error(s) in loading state_dict for ...:)".
     train(_config(tmp_path, num_steps=2, save_every=2, log_every=1))

@@ -116,6 +116,21 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
     return directory
 
 
+def remove_stale_temporaries(run_dir) -> list[Path]:
+    """Remove what a killed save left: `.step_*.tmp-PID` under checkpoints/ and `.final.tmp-PID`
+    in the run directory (SIGKILL or a node failure in the middle of a save cannot clean up, and
+    a checkpoint with optimizer state is as large as three models). Called on rank 0 before a run
+    writes anything; two runs writing to one run directory at once are not supported anyway."""
+    run_dir = Path(run_dir)
+    stale = []
+    for folder, pattern in ((run_dir / "checkpoints", ".step_*.tmp-*"), (run_dir, ".final.tmp-*")):
+        if folder.is_dir():
+            stale += [p for p in folder.glob(pattern) if p.is_dir() and not p.is_symlink()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def load_training_state(directory) -> dict:
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 

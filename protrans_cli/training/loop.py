@@ -286,6 +286,9 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         latest = ckpt.list_checkpoints(run.run_dir)[-1].name
         raise UsageError(f"{run.run_dir} already holds a run ({latest}): add --resume to continue it, "
                          "or choose another -o")
+    if info.is_main:
+        for path in ckpt.remove_stale_temporaries(run.run_dir):
+            console.warn(f"removed {path}: a save that was killed before it completed")
     if resume:
         where = ckpt.find_checkpoint(run.run_dir if resume is True else resume)
         ckpt.load_weights(where, run.model)
