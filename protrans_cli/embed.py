@@ -922,7 +922,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         if input_named_by(target, (fasta,)):
             raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
     name = display_name(fasta)
-    spool = _spool_stdin(directory) if str(fasta) == "-" else None
+    spool = _spool_stdin(output) if str(fasta) == "-" else None
     try:
         source = spool or fasta
         scan = scan_input(source, name)
@@ -937,20 +937,21 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
             os.unlink(spool)
 
 
-def _spool_stdin(directory: Path) -> Path:
+def _spool_stdin(output: Path) -> Path:
     """stdin cannot be read twice (the id check, then the windows): its bytes, still compressed
-    if they were, go to a hidden file next to the output, removed when the run ends."""
+    if they were, go to the hidden file `.OUTPUT_NAME.stdin.spool` next to the output, removed
+    when the run ends. Named after the output, not at random, so that the spool a killed run
+    (SIGKILL) left behind is replaced by the next run on the same output, not kept for ever."""
     import shutil
-    import tempfile
 
-    handle, path = tempfile.mkstemp(prefix=".protrans-stdin-", suffix=".spool", dir=directory)
+    path = (output.parent if str(output.parent) else Path(".")) / f".{output.name}.stdin.spool"
     try:
-        with os.fdopen(handle, "wb") as spool:
+        with open(path, "wb") as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
     except BaseException:
-        os.unlink(path)
+        path.unlink(missing_ok=True)
         raise
-    return Path(path)
+    return path
 
 
 def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:

@@ -661,11 +661,13 @@ def test_resume_with_windows_equals_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_cli_stdin_with_windows_is_spooled_and_cleaned_up(run_cli, tmp_path):
     out = tmp_path / "s.h5"
+    (tmp_path / ".s.h5.stdin.spool").write_bytes(b">left by a SIGKILLed run\nMMMM\n")  # replaced, then removed
     result = run_cli("embed", "-", "-m", "onehot", "--window", "1", "-o", out,
                      input=b">a\nMKV\n>b\nWWW\n>c\nMKV\n")
     assert result.exit_code == 0, result.stderr
     assert "1 identical sequences computed once" in result.stderr
     got = read_all(out)
+    assert sorted(got) == ["a", "b", "c"]  # nothing of the old spool
     np.testing.assert_array_equal(got["c"], onehot_reference("MKV"))
     np.testing.assert_array_equal(got["b"], onehot_reference("WWW"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # the spool file is gone
