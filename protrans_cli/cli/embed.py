@@ -55,7 +55,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
                    "new batch shape; torch keeps PyTorch's own choice.")
 @click.option("--compile", "compile_model", is_flag=True,
               help="torch.compile the model (one graph for all batch shapes): the first batches wait "
-                   "for the compilation (a minute or more); for long runs on a GPU. Not with --packing.")
+                   "for the compilation (seconds to minutes); for long runs on a GPU. Not with --packing.")
 @click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); embed the rest.")
 @click.option("--window", type=int, default=DEFAULT_WINDOW,
               help="Proteins read, length-sorted and embedded at a time: bounds memory whatever the input size.")
