@@ -36,7 +36,7 @@ from protrans_cli.attention import SDPA_KERNELS, sdpa_kernels
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import parse_fasta
-from protrans_cli.io.files import display_name, input_named_by, open_input
+from protrans_cli.io.files import display_name, input_named_by, open_input, output_directory
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path
 from protrans_cli.residues import SequenceRejected, normalise
 
@@ -913,9 +913,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
     output = Path(output)
-    directory = output.parent if str(output.parent) else Path(".")
-    if not directory.is_dir():  # a usage error, as an output that is the input: nothing was read yet
-        raise UsageError("output directory does not exist (it is not created)", path=str(output.parent))
+    output_directory(output)  # before anything is read or loaded
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
     # truncated it on opening): refused, as prep, labels and predict do.
     for target in (output, partial_path(output)):
@@ -944,7 +942,7 @@ def _spool_stdin(output: Path) -> Path:
     (SIGKILL) left behind is replaced by the next run on the same output, not kept for ever."""
     import shutil
 
-    path = (output.parent if str(output.parent) else Path(".")) / f".{output.name}.stdin.spool"
+    path = output.parent / f".{output.name}.stdin.spool"
     try:
         with open(path, "wb") as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)

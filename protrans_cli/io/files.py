@@ -212,6 +212,15 @@ def _compressor(raw: BinaryIO, kind: str | None, level: int | None = None) -> Bi
     raise AssertionError(kind)
 
 
+def output_directory(path) -> Path:
+    """The directory an output file goes to; a usage error (exit 2) when it does not exist:
+    outputs never create directories, and nothing has been read yet when this is checked."""
+    directory = Path(path).parent
+    if not directory.is_dir():
+        raise UsageError("output directory does not exist (it is not created)", path=str(directory))
+    return directory
+
+
 class AtomicFile:
     """One output file written under a temporary name and renamed by `commit()`.
 
@@ -224,9 +233,7 @@ class AtomicFile:
         """`compress=False`: the caller writes data already compressed for the extension;
         `level`: the compression level (default: as atomic_output)."""
         self.path = Path(path)
-        directory = self.path.parent if str(self.path.parent) else Path(".")
-        if not directory.is_dir():
-            raise UsageError("output directory does not exist (it is not created)", path=str(directory))
+        directory = output_directory(self.path)
         self.tmp = None
         if self.path.exists() and not self.path.is_file():
             # /dev/null, /dev/stdout, a named pipe: written in place. Renaming a temporary file

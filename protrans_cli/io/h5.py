@@ -33,6 +33,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from protrans_cli.errors import InputError, UsageError
+from protrans_cli.io.files import output_directory
 
 PER_RESIDUE = "per_residue"
 PER_PROTEIN = "per_protein"
@@ -221,9 +222,7 @@ class EmbeddingsWriter:
         self.compression = None if compression in (None, "none") else compression
         self.finalize = finalize
         self.failed: dict[str, str] = {}
-        directory = self.path.parent if str(self.path.parent) else Path(".")
-        if not directory.is_dir():
-            raise UsageError("output directory does not exist (it is not created)", path=str(directory))
+        output_directory(self.path)
 
         run_attrs = dict(attrs or {})
         run_attrs.update(layout=layout, kinds=",".join(self.kinds), storage_dtype=storage_dtype)

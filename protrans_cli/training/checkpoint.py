@@ -87,6 +87,12 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+def _temporary(final: Path) -> Path:
+    """Where `final` is written before its rename: `.NAME.tmp-PID` beside it (what
+    `remove_stale_temporaries` looks for)."""
+    return final.parent / f".{final.name}.tmp-{os.getpid()}"
+
+
 def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict, config,
                     keep_last: int | None = None) -> Path:
     """Write one checkpoint atomically (call on rank 0 with full, unsharded weights)."""
@@ -95,7 +101,7 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
     _quiet_transformers()
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+    tmp = _temporary(directory)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -123,9 +129,10 @@ def remove_stale_temporaries(run_dir) -> list[Path]:
     writes anything; two runs writing to one run directory at once are not supported anyway."""
     run_dir = Path(run_dir)
     stale = []
-    for folder, pattern in ((run_dir / "checkpoints", ".step_*.tmp-*"), (run_dir, ".final.tmp-*")):
+    # _temporary(checkpoint_dir(run_dir, N)) and _temporary(run_dir / "final") of any process
+    for folder, name in ((run_dir / "checkpoints", "step_*"), (run_dir, "final")):
         if folder.is_dir():
-            stale += [p for p in folder.glob(pattern) if p.is_dir() and not p.is_symlink()]
+            stale += [p for p in folder.glob(f".{name}.tmp-*") if p.is_dir() and not p.is_symlink()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
@@ -165,7 +172,7 @@ def export_model(run_dir, *, family, model, tokenizer) -> None:
     """The final model as an HF directory at the root of the run (file by file, atomically)."""
     _quiet_transformers()
     run_dir = Path(run_dir)
-    tmp = run_dir / f".final.tmp-{os.getpid()}"
+    tmp = _temporary(run_dir / "final")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
