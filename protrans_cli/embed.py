@@ -876,16 +876,31 @@ class _Dist:
             dist.destroy_process_group()
 
 
+def _torchrun_rank() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them in the environment; (0, 1) without torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else (0, 1)
+
+
+def interrupted_output(output) -> Path:
+    """Where an interrupted run leaves its work: OUTPUT.partial, or under torchrun this rank's
+    OUTPUT.shard-RRR-of-NNN.partial (the ranks merge into OUTPUT only at the end)."""
+    from protrans_cli.io.h5 import partial_path
+
+    rank, world = _torchrun_rank()
+    return partial_path(shard_path(output, rank, world) if world > 1 else output)
+
+
 def _setup_distributed(device: str) -> _Dist:
     """torchrun sets RANK/WORLD_SIZE: join the group (gloo for the barriers, the data never moves)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = _torchrun_rank()
     if world <= 1:
         return _Dist()
     import datetime
 
     import torch.distributed as dist
 
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     here = False
     if not dist.is_initialized():
         # Ranks finish at different times and wait in the final barrier: a generous timeout.
@@ -969,13 +984,17 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
 
         torch.set_num_threads(options.threads)
 
+    # Resolved before the attributes: the file records the length at which --long-policy applied
+    # (the model's own limit when --max-length was not given; 0 for none).
+    model_max = getattr(embedder, "max_residues", None)
+    max_length = resolve_max_length(options, model_max)
     attrs = {
         "model": model_attr(embedder.name), "revision": embedder.revision or "", "family": embedder.family,
         "layers": list(embedder.layers), "pooling": "mean over residue tokens (special tokens excluded)",
         "compute_dtype": embedder.compute_dtype, "device": embedder.device,
         "embedding_dim": embedder.embedding_dim, "protrans_version": __version__,
         "command_line": options.command_line or " ".join(shlex.quote(a) for a in sys.argv),
-        "max_length": options.max_length or 0, "long_policy": options.long_policy,
+        "max_length": max_length or 0, "long_policy": options.long_policy,
         # Only where it changes the rows, so that --resume compares it only then.
         "chunk_overlap": options.chunk_overlap if options.long_policy == "chunk" else None,
         "packing": bool(getattr(embedder, "packed", False)),
@@ -987,7 +1006,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         # With `layers` (stored negative), lets readers accept `--layer 0` for the embedding layer.
         attrs["num_hidden_states"] = int(embedder.num_hidden_states)
     writer_kw = dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
-                     compression=options.compression, attrs=attrs, resume_equal={"model": same_model})
+                     compression=options.compression, attrs=attrs,
+                     resume_equal={"model": same_model, "max_length": _same_max_length(model_max)})
 
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.
@@ -1005,7 +1025,6 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 console.warn(f"{path} is left from an interrupted run and will be replaced (use --resume to continue it)")
         for path in shard_files:
             os.unlink(path)
-    max_length = resolve_max_length(options, getattr(embedder, "max_residues", None))
     # Checks that need the model or the output come before any computation, as the id check did:
     # one more pass over the input, only when there is something to check.
     if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
@@ -1115,6 +1134,15 @@ def same_model(old: str, new: str) -> bool:
     return _model_key(str(old)) == _model_key(str(new))
 
 
+def _same_max_length(model_max: int | None):
+    """The --resume test of the `max_length` attribute. Files record the resolved length; files
+    written by earlier versions recorded --max-length as given, 0 when it was not, which on
+    the same model (compared on its own) meant the model's limit `model_max`: the same run too."""
+    def same(old, new) -> bool:
+        return old == new or (old == 0 and new == (model_max or 0))
+    return same
+
+
 def _model_key(name: str) -> str:
     from protrans_cli.models.checkpoints import CHECKPOINTS
 
@@ -1198,12 +1226,12 @@ class _Done:
 def _done_in(path: Path, writer_kw: dict) -> _Done:
     """Proteins already complete in an existing output (for --resume), after checking that the
     file was made the same way."""
-    from protrans_cli.io.h5 import _check_resumable
+    from protrans_cli.io.h5 import _check_resumable, run_attributes
 
     import h5py
 
-    _check_resumable(path, {**writer_kw["attrs"], "layout": writer_kw["layout"],
-                            "kinds": ",".join(writer_kw["kinds"]), "storage_dtype": writer_kw["storage_dtype"]},
+    _check_resumable(path, run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
+                                          storage_dtype=writer_kw["storage_dtype"]),
                      writer_kw["resume_equal"])
     with h5py.File(path, "r") as f:
         per_kind = []

@@ -322,6 +322,41 @@ def test_resume_of_a_file_that_stored_a_relative_model_path(tmp_path, tiny_model
         embed(SMALL, out, EmbedOptions(model=str(tmp_path / "bert"), device="cpu", resume=True))
 
 
+def test_resume_compares_the_length_limit_that_applied(tmp_path, tiny_models):
+    """The file records the length at which --long-policy applied: --max-length given as the
+    model's own limit and left out are the same run. Files of earlier versions hold 0 for "not
+    given" and resume either way; another limit is refused, and so is 0 for T5 (no limit of its
+    own) against an explicit one."""
+    import h5py
+    from transformers import AutoConfig
+
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.errors import UsageError
+
+    model = str(tiny_models["bert"])
+    limit = AutoConfig.from_pretrained(model).max_position_embeddings - 2  # [CLS] and [SEP]
+    out = tmp_path / "m.h5"
+    embed(SMALL, out, EmbedOptions(model=model, device="cpu", long_policy="skip"))
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["max_length"] == limit
+    again = dict(model=model, device="cpu", long_policy="skip", resume=True)
+    assert embed(SMALL, out, EmbedOptions(max_length=limit, **again)).num_resumed == 6
+    with h5py.File(out, "a") as f:
+        f.attrs["max_length"] = 0  # an earlier version, --max-length not given
+    assert embed(SMALL, out, EmbedOptions(**again)).num_resumed == 6
+    with h5py.File(out, "a") as f:
+        f.attrs["max_length"] = 0
+    with pytest.raises(UsageError, match=f"max_length=0, this run uses max_length={limit - 1}"):
+        embed(SMALL, out, EmbedOptions(max_length=limit - 1, **again))
+    t5 = tmp_path / "t5.h5"
+    embed(SMALL, t5, EmbedOptions(model=str(tiny_models["t5"]), device="cpu"))
+    with EmbeddingsReader(t5) as r:
+        assert r.attrs["max_length"] == 0
+    with pytest.raises(UsageError, match="max_length=0, this run uses max_length=50"):
+        embed(SMALL, t5, EmbedOptions(model=str(tiny_models["t5"]), device="cpu", max_length=50,
+                                      long_policy="skip", resume=True))
+
+
 def test_a_short_name_and_its_hub_id_are_the_same_model(tmp_path, monkeypatch):
     from protrans_cli.embed import model_attr, same_model
 

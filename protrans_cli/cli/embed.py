@@ -72,7 +72,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
     torchrun --nproc-per-node 4 -m protrans_cli embed proteome.fa -o proteome.h5
     """
     from protrans_cli import console
-    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.embed import EmbedOptions, embed, interrupted_output
     from protrans_cli.threads import resolve_threads
 
     if not per_residue and not per_protein:
@@ -91,7 +91,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
     except KeyboardInterrupt as exc:
         from protrans_cli.cli import stopped
 
-        kept = _kept_file(output)
+        kept = interrupted_output(output)
         raise stopped(exc, f"what was computed is in {kept}; run the same command with --resume to finish"
                       if kept.exists() else None) from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
@@ -108,16 +108,3 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         if len(summary.failed) > 20:
             console.warn(f"  ... and {len(summary.failed) - 20} more")
 
-
-def _kept_file(output):
-    """Where an interrupted run left its work: OUTPUT.partial, or under torchrun this rank's
-    OUTPUT.shard-RRR-of-NNN.partial (the ranks merge into OUTPUT only at the end)."""
-    import os
-
-    from protrans_cli.embed import shard_path
-    from protrans_cli.io.h5 import partial_path
-
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        return partial_path(shard_path(output, int(os.environ.get("RANK", "0") or 0), world))
-    return partial_path(output)

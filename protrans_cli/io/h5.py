@@ -181,6 +181,16 @@ def partial_path(path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def run_attributes(attrs: dict | None, *, kinds: Iterable[str], layout: str, storage_dtype: str) -> dict:
+    """The file attributes of a run: `attrs` and the writer's own settings (what resuming compares)."""
+    kinds = tuple(kinds)
+    run_attrs = dict(attrs or {})
+    run_attrs.update(layout=layout, kinds=",".join(kinds), storage_dtype=storage_dtype)
+    if layout == "flat":
+        run_attrs["kind"] = kinds[0]
+    return run_attrs
+
+
 class EmbeddingsWriter:
     """Stream embeddings into an HDF5 file, one protein at a time, readable after every flush.
 
@@ -224,10 +234,7 @@ class EmbeddingsWriter:
         self.failed: dict[str, str] = {}
         output_directory(self.path)
 
-        run_attrs = dict(attrs or {})
-        run_attrs.update(layout=layout, kinds=",".join(self.kinds), storage_dtype=storage_dtype)
-        if layout == "flat":
-            run_attrs["kind"] = self.kinds[0]
+        run_attrs = run_attributes(attrs, kinds=self.kinds, layout=layout, storage_dtype=storage_dtype)
         resumed = False
         if resume and not self.partial.exists() and self.path.exists():
             # A finished file extended by a resumed run: it becomes partial again until done.

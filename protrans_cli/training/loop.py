@@ -154,21 +154,21 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *
     # The same seed on every rank: identical initial weights (DDP also broadcasts them).
     torch.manual_seed(config.seed)
     if config.init_from:
-        family, tokenizer, model = _initial_model(config, resume)
+        family, tokenizer, model = _initial_model(config, resume)  # the objective checked there
         config = dataclasses.replace(config, family=family.name)
+        objective_name = config.objective or family.objective
     else:
         if family is None:
             from protrans_cli.models import get_family
 
             family = get_family(config.family)
-        _check_objective(config, family)
+        objective_name = _check_objective(config, family)
         tokenizer = family.build_tokenizer()
         model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
         model = family.pretraining_model(model_config)
     if info.world_size > 1:
         # From here on each rank draws its own dropout masks.
         torch.manual_seed(config.seed + info.rank)
-    objective_name = _check_objective(config, family)
     layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
     layout.use_pair = config.sop
     objective = make_objective(objective_name, layout, config)
