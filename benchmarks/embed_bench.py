@@ -133,6 +133,19 @@ def _prottrans_batches(records, max_residues=4000, max_batch=100, max_seq_len=10
             batch, residues = [], 0
 
 
+def _protrans_batches(records, max_tokens, max_batch_size, special):
+    """The sequences of each batch `protrans embed` makes at this budget."""
+    from protrans_cli.embed import _Piece, _Unit, make_batches
+
+    pieces = [_Piece(_Unit(s, []), 0, s) for _, s in records]
+    return [[p.sequence for p in b] for b in make_batches(pieces, max_tokens, max_batch_size, special)]
+
+
+def padded_tokens(batches, special, multiple=1):
+    """Token positions a padded forward pass computes over these batches."""
+    return sum(len(b) * -(-(max(map(len, b)) + special) // multiple) * multiple for b in batches)
+
+
 def run_script(embedder, records, per_protein_only=False):
     """The ProtTrans embedding script as users run it, re-implemented from its description (not
     its code): the same batches as `prottrans`, but the tokenizer called on space-separated
@@ -229,6 +242,15 @@ def bench_one(family, preset, records, args):
                                  for b in args.max_tokens))
     print(f"protrans budgets: {', '.join(f'{b} tokens' for b in budgets)} (embed's default here: "
           f"{default_max_tokens(args.device)}), at most {args.max_batch_size} proteins per batch", flush=True)
+    # The token work each batching computes (padding included) per residue: what batching alone
+    # can change; the rest of any ratio below is the cost per token.
+    special, multiple = embedder.special_tokens, embedder.pad_multiple
+    work = {"prottrans": padded_tokens([[s for _, s in b] for b in _prottrans_batches(records)], special)}
+    for budget in budgets:
+        work[f"protrans@{budget}"] = padded_tokens(_protrans_batches(records, budget, args.max_batch_size, special),
+                                                   special, multiple)
+    print("computed tokens per residue (padding and special tokens included): "
+          + ", ".join(f"{k} {v / residues:.4f}" for k, v in work.items()), flush=True)
     if "script" in args.strategies:  # the re-implemented script must find the same rows
         sample = records[:8]
         ours, theirs = run_prottrans(embedder, sample), run_script(embedder, sample)
