@@ -124,7 +124,8 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
                       global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
                       lr=1e-4, warmup_steps=0, log_every=1, save_every=10**9, keep_last=1,
                       seed=args.seed, threads=args.threads, compile=args.compile, pad_multiple=args.pad_multiple,
-                      packing=args.packing, sdpa_kernels=args.sdpa_kernels)
+                      packing=args.packing, sdpa_kernels=args.sdpa_kernels,
+                      activation_checkpointing=args.activation_checkpointing)
     train(cfg)
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r][args.warmup:]
     tokens = sum(r["tokens"] for r in rows)
@@ -191,6 +192,8 @@ def main(argv=None) -> int:
                              "the compilations out of the timing")
     parser.add_argument("--pad-multiple", type=int, default=8,
                         help="protrans train --pad-multiple (micro-batch lengths rounded up to a multiple)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="protrans train --activation-checkpointing (what recomputing the blocks costs)")
     parser.add_argument("--packing", action="store_true",
                         help="protrans train --packing (one row per micro-batch; varlen attention on a GPU)")
     parser.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),

@@ -72,6 +72,18 @@ def test_torchrun_fsdp_with_resume_matches_one_process(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_with_activation_checkpointing_matches_one_process(tmp_path, strategy):
+    # The blocks' recomputation sits inside DDP's and FSDP2's per-block hooks (FSDP2 gathers a
+    # block's shards again for it): the same losses as one process without it.
+    out = tmp_path / strategy
+    proc = _torchrun("-o", out, "--strategy", strategy, "--activation-checkpointing")
+    assert f"strategy {strategy}" in proc.stderr and "activation checkpointing of 2 blocks" in proc.stderr
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["albert", "electra", "t5", "xlnet", "transfo_xl", "esm", "roberta"])
 def test_every_family_trains_under_torchrun(tmp_path, family):
     # ALBERT (unused sentence-order head), ELECTRA (two models in one loss), T5, XLNet, TXL:

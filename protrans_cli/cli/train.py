@@ -54,6 +54,10 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
 @click.option("--compile", "compile", is_flag=True, default=None,
               help="torch.compile the model (dynamic shapes); pays off on GPUs for long runs.")
+@click.option("--activation-checkpointing", "activation_checkpointing", is_flag=True, default=None,
+              help="Keep only each transformer block's input and recompute the block in the backward pass: "
+                   "far less activation memory (long phases, large models) for about a third more compute; "
+                   "the same losses.")
 @click.option("--save-every", type=int, default=None, help="Checkpoint every N steps.  [default: 1000]")
 @click.option("--keep-last", type=int, default=None, help="Checkpoints kept.  [default: 3]")
 @click.option("--log-every", type=int, default=None, help="Steps per line of metrics.jsonl.  [default: 10]")

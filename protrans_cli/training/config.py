@@ -100,6 +100,7 @@ class TrainConfig:
     strategy: str = "auto"         # auto: FSDP above fsdp_min_params, else DDP (with >1 rank)
     fsdp_min_params: int = 1_000_000_000
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block in the backward pass (training/recompute.py)
     threads: int | None = None     # CPU threads per process
     # logging / checkpoints
     log_every: int = 10

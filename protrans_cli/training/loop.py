@@ -36,6 +36,7 @@ from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageErr
 from protrans_cli.models import packing
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
+from protrans_cli.training import recompute
 from protrans_cli.training.config import TrainConfig, grad_accum_steps
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, check_corpus,
                                         check_validation_corpus, step_batches)
@@ -174,6 +175,7 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *
     objective = make_objective(objective_name, layout, config)
     if config.packing:
         _use_packing(family, model, objective, objective_name, config, info)
+    recomputed = recompute.checkpoint_blocks(model) if config.activation_checkpointing else 0
     num_params = sum(p.numel() for p in model.parameters())
     strategy = dist.choose_strategy(config.strategy, num_params, info.world_size, config.fsdp_min_params)
     if config.strategy in ("ddp", "fsdp") and strategy == "none":
@@ -188,7 +190,8 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *
     dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
                 f"strategy {strategy}, {'bf16 autocast' if use_bf16 else 'fp32'}"
-                + (f", attention kernels {config.sdpa_kernels}" if info.device.type == "cuda" else ""))
+                + (f", attention kernels {config.sdpa_kernels}" if info.device.type == "cuda" else "")
+                + (f", activation checkpointing of {recomputed} blocks" if recomputed else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
                 run_dir, autocast)
 

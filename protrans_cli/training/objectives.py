@@ -309,8 +309,11 @@ class _Seq2Seq(Objective):
         decoder_input_ids[:, 1:][labels[:, :-1] == IGNORE] = self.layout.pad_id
         decoder_attention_mask = torch.ones_like(labels)
         decoder_attention_mask[:, 1:] = (labels[:, :-1] != IGNORE).long()
+        # No decoder cache in training: it is never read, and a block recomputed by
+        # --activation-checkpointing would append to it a second time.
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+                    decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                    use_cache=False)
         logits = _logits(out)  # (B, S, V)
         loss, correct, n = _ce_sum(logits, labels)
         metrics = {"accuracy": (correct, n)}

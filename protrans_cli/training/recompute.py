@@ -1,0 +1,69 @@
+"""Activation checkpointing (`train --activation-checkpointing`): a transformer block keeps only
+its input during the forward pass, and its intermediate tensors are recomputed during the
+backward pass.
+
+What it buys: the memory of activations. Without it, every block keeps everything its backward
+pass needs (attention inputs and outputs, the feed-forward's wide intermediate, norms, dropout
+masks): for ProtT5-XL's 16384-wide feed-forward that is tens of kilobytes per token and block.
+With it, a block keeps its input, one (tokens x hidden) tensor. What it costs: the blocks'
+forward pass runs twice, so a step takes about a third longer. Use it when the model, the
+length (`--phase 2048:...`) or the micro-batch does not fit otherwise; a larger micro-batch can
+win the time back.
+
+The numbers do not change. The recomputation goes through `torch.utils.checkpoint` in its
+non-reentrant form, which restores the random-number state of the forward pass, so dropout draws
+the same masks again; losses and gradients equal a run without it (tested for every family).
+
+Which modules are blocks: the items of the outermost `nn.ModuleList`s of the model (BERT's
+`encoder.layer`, T5's encoder and decoder `block` lists, ELECTRA's two encoders, XLNet's,
+Transformer-XL's and ESM's layers; ALBERT's one shared layer group, which runs once per layer,
+is recomputed at each of its calls). Each block's `forward` is wrapped in place, so parameter
+names and state dicts do not change (checkpoints and `save_pretrained` see the plain model),
+and DDP's and FSDP2's per-block hooks stay outside the recomputed region, in the order
+torchtitan applies them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+_MARK = "_protrans_recomputed"
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The items of every `nn.ModuleList` that is not inside another one's item."""
+    blocks: list[torch.nn.Module] = []
+    prefixes: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList):
+            continue
+        if any(name.startswith(p) for p in prefixes):
+            continue
+        blocks.extend(module)
+        prefixes.extend(f"{name}.{i}." for i in range(len(module)))
+    return blocks
+
+
+def checkpoint_blocks(model: torch.nn.Module) -> int:
+    """Recompute every transformer block of `model` in the backward pass; returns how many.
+    Applying it twice changes nothing."""
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        if not getattr(block, _MARK, False):
+            block.forward = _recomputed(block, block.forward)
+            setattr(block, _MARK, True)
+    return len(blocks)
+
+
+def _recomputed(block: torch.nn.Module, forward):
+    from torch.utils.checkpoint import checkpoint
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if not (block.training and torch.is_grad_enabled()):  # evaluation: nothing is kept anyway
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run

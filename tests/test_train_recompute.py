@@ -1,0 +1,148 @@
+"""`train --activation-checkpointing`: every family trains to the same losses and weights with it
+as without (dropout on: the recomputation must draw the same masks), its blocks really are
+recomputed, far less is kept for the backward pass, and the saved model is the plain one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import DATA
+from protrans_cli.models import FAMILIES
+from protrans_cli.training import recompute
+from protrans_cli.training.config import TrainConfig
+from protrans_cli.training.loop import read_metrics, train
+
+LEARNABLE = str(DATA / "train" / "learnable.txt")
+
+torch.set_num_threads(1)
+
+
+def _config(out, family, **kw):
+    args = dict(family=family, corpus=[LEARNABLE], output_dir=str(out), num_steps=4, max_length=64,
+                global_batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=1, log_every=1,
+                save_every=1000, threads=1, bucket_batches=2,
+                # dropout everywhere (the tiny presets' defaults, set here so that it is certain)
+                model_overrides=_dropout(family))
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+def _dropout(family: str) -> dict:
+    return {"t5": {"dropout_rate": 0.1}, "xlnet": {"dropout": 0.1}, "transfo_xl": {"dropout": 0.1}}.get(
+        family, {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1})
+
+
+def _weights(run_dir) -> dict[str, torch.Tensor]:
+    with safe_open(str(run_dir / "model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_same_losses_and_weights_with_and_without(tmp_path, family):
+    plain = train(_config(tmp_path / "plain", family))
+    again = train(_config(tmp_path / "recomputed", family, activation_checkpointing=True))
+    assert plain.completed and again.completed
+    losses = [r["loss"] for r in read_metrics(plain.run_dir / "metrics.jsonl")]
+    assert len(losses) == 4
+    assert [r["loss"] for r in read_metrics(again.run_dir / "metrics.jsonl")] == pytest.approx(losses, rel=1e-5)
+    # the saved model: the same tensor names (no wrapper in them) and the same values
+    want, got = _weights(plain.run_dir), _weights(again.run_dir)
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6)
+    saved = json.loads((again.run_dir / "train_config.json").read_text())
+    assert saved["activation_checkpointing"] is True
+
+
+def _tiny(family):
+    fam = FAMILIES[family]
+    tokenizer = fam.build_tokenizer()
+    torch.manual_seed(0)
+    return fam.pretraining_model(fam.build_config("tiny", tokenizer)).train(), tokenizer
+
+
+@pytest.mark.parametrize("family,expected", [("bert", 2), ("t5", 4), ("albert", 1), ("electra", 4),
+                                             ("xlnet", 2), ("transfo_xl", 2), ("esm", 2)])
+def test_the_blocks_are_the_outermost_layer_lists(family, expected):
+    model, _ = _tiny(family)
+    blocks = recompute.transformer_blocks(model)
+    assert len(blocks) == expected
+    inner = {id(m) for b in blocks for m in b.modules() if m is not b}
+    assert not any(id(b) in inner for b in blocks)  # none inside another
+    assert recompute.checkpoint_blocks(model) == expected
+    assert recompute.checkpoint_blocks(model) == expected  # twice: still one wrapper each
+    assert all(b.forward.__wrapped__.__self__ is b for b in blocks)
+
+
+def _step_statistics(model, tokenizer, length=200, batch=4):
+    """(bytes kept for the backward pass, calls of the first block's sublayers) over one step."""
+    ids = torch.randint(5, len(tokenizer), (batch, length))
+    kept = []
+
+    def pack(t):
+        kept.append(t.numel() * t.element_size())
+        return t
+
+    calls = []
+    first = recompute.transformer_blocks(model)[0]
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in first.children()]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    for h in hooks:
+        h.remove()
+    return sum(kept), len(calls)
+
+
+def test_less_is_kept_and_the_block_runs_twice():
+    model, tokenizer = _tiny("bert")
+    kept_plain, calls_plain = _step_statistics(model, tokenizer)
+    recompute.checkpoint_blocks(model)
+    kept, calls = _step_statistics(model, tokenizer)
+    # forward, then again inside the backward pass (which stops once it has recomputed what
+    # the backward needs: the block's last sublayer may not run again)
+    assert calls_plain < calls <= 2 * calls_plain
+    assert kept < 0.25 * kept_plain, (kept, kept_plain)
+
+
+def test_evaluation_runs_the_plain_forward():
+    model, tokenizer = _tiny("bert")
+    recompute.checkpoint_blocks(model)
+    model.eval()
+    ids = torch.randint(5, len(tokenizer), (2, 20))
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        with torch.no_grad():
+            model(input_ids=ids)
+    assert kept == []
+
+
+def test_cli_flag_and_message(tmp_path, run_cli):
+    out = tmp_path / "cli"
+    result = run_cli("train", "--family", "t5", "--preset", "tiny", "--corpus", LEARNABLE, "-o", out,
+                     "--num-steps", "2", "--global-batch-size", "4", "--micro-batch-size", "2",
+                     "--max-length", "32", "--activation-checkpointing")
+    assert result.exit_code == 0, result.stderr
+    assert "activation checkpointing of 4 blocks" in result.stderr
+    assert json.loads((out / "train_config.json").read_text())["activation_checkpointing"] is True
+
+
+def test_with_packing(tmp_path):
+    plain = train(_config(tmp_path / "plain", "bert", packing=True))
+    again = train(_config(tmp_path / "recomputed", "bert", packing=True, activation_checkpointing=True))
+    assert again.losses == pytest.approx(plain.losses, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_with_activation_checkpointing(tmp_path):
+    """torch.compile traces through the recomputed blocks (dropout off: compiled dropout draws
+    other masks than eager)."""
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    eager = train(_config(tmp_path / "eager", "bert", model_overrides=no_dropout))
+    both = train(_config(tmp_path / "both", "bert", model_overrides=no_dropout, compile=True,
+                         activation_checkpointing=True))
+    assert both.losses == pytest.approx(eager.losses, rel=1e-5)
