@@ -583,3 +583,132 @@ def test_layer_0_given_to_embed_is_layer_0_for_fit_and_predict(run_cli, ss_data,
     assert r.exit_code == 0, r.stderr
     r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", ss_data / "train.csv", "--layer", "1", "-o", tmp_path / "x")
     assert r.exit_code == 1 and f"of {states} hidden states, 0 = -{states}" in r.stderr
+
+
+def _both_loc(loc_data, tmp_path):
+    """One DeepLoc FASTA holding the train records (no split) and the test records (' test'), and
+    its embeddings: what a DeepLoc download looks like."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    both = tmp_path / "both.fasta"
+    both.write_text((loc_data / "train.fasta").read_text() + (loc_data / "test.fasta").read_text())
+    embed(both, tmp_path / "both.h5", EmbedOptions(model="onehot", per_residue=False, threads=1))
+    return both, tmp_path / "both.h5"
+
+
+def test_records_without_a_split_train_and_the_test_records_stay_out(run_cli, loc_data, tmp_path):
+    both, h5 = _both_loc(loc_data, tmp_path)
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", h5, "--labels", both, "--max-epochs", "3", "-j", "1",
+                "--bootstrap", "10", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "train: 150 proteins" in r.stderr  # before: 195, the 45 test records trained on
+    assert json.loads((head / "config.json").read_text())["training"]["proteins"] == 150 - 15  # 10% validation
+    assert json.loads((head / "metrics.json").read_text())["test"]["loc"]["n"] == 45
+    only_test = tmp_path / "only_test.fasta"
+    only_test.write_text((loc_data / "test.fasta").read_text())
+    r = run_cli("fit", "loc", "--embeddings", h5, "--labels", only_test, "-j", "1", "-o", tmp_path / "t")
+    assert r.exit_code == 1 and "no training records: the file assigns every record to test" in r.stderr
+
+
+def test_embeddings_without_a_label_are_reported(run_cli, loc_data, tmp_path):
+    some = tmp_path / "some.fasta"
+    some.write_text("".join((loc_data / "train.fasta").read_text().splitlines(keepends=True)[:200]))  # 100 records
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", some, "--max-epochs", "2",
+                "-j", "1", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "50 protein(s) have no label in" in r.stderr and "are not used (train100" in r.stderr
+    r = run_cli("predict", head, "--embeddings", loc_data / "train.h5", "--labels", some)
+    assert r.exit_code == 0 and "50 protein(s) have no label in" in r.stderr and "not scored" in r.stderr
+    # valid and test sets taken from the same file are in use, not "without a label"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", some, "--test", loc_data / "train.h5",
+                loc_data / "train.fasta", "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "-o", tmp_path / "l2")
+    assert r.exit_code == 0 and "have no label" not in r.stderr
+
+
+def test_a_loc_head_without_membrane_labels_has_no_membrane_output(run_cli, loc_data, tmp_path):
+    table = tmp_path / "loc.csv"
+    rows = [line[1:].split()[:2] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
+    table.write_text("".join(f"{ident},{label.split('-')[0]}\n" for ident, label in rows))
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", table, "--max-epochs", "3",
+                "-j", "1", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "no training protein has a membrane label" in r.stderr and "membrane 0.0000" not in r.stderr
+    outputs = [o["name"] for o in json.loads((head / "config.json").read_text())["task"]["outputs"]]
+    assert outputs == ["loc"]
+    out = tmp_path / "p.csv"
+    assert run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", out).exit_code == 0
+    assert not [c for c in next(csv.reader(out.open())) if c.startswith("membrane")]
+
+
+def test_predict_output_names_are_checked_before_any_work(run_cli, ss_data, tmp_path):
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    same = tmp_path / "same.h5"
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", same, "--probabilities", same)
+    assert r.exit_code == 2 and "both name" in r.stderr and not same.exists()
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "x.fa",
+                "--probabilities", tmp_path / "nodir" / "p.h5")
+    assert r.exit_code == 2 and "nodir: output directory does not exist" in r.stderr
+    assert not (tmp_path / "x.fa").exists()
+
+
+def test_predict_names_the_proteins_embed_could_not_embed(run_cli, ss_data, tmp_path):
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    h5 = tmp_path / "skipped.h5"
+    r = run_cli("embed", ss_data / "test.fa", "-m", "onehot", "--per-residue", "--max-length", "30",
+                "--long-policy", "skip", "-o", h5)
+    assert r.exit_code == 0
+    with EmbeddingsReader(h5) as reader:
+        failed = reader.failed()
+    assert failed
+    r = run_cli("predict", head, "--embeddings", h5, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0 and f"{len(failed)} protein(s) have no embedding" in r.stderr
+
+
+def test_resume_refuses_labels_rewritten_at_the_same_path(ss_data, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from protrans_cli.heads.fit import FitState
+
+    labels = tmp_path / "train.csv"
+    shutil.copy(ss_data / "train.csv", labels)
+    cfg = dict(task="ss3", max_epochs=3, max_residues=300, lr=0.02, threads=1, n_bootstrap=10)
+    save_epoch = FitState.save_epoch
+
+    def save_then_stop(self, current):
+        save_epoch(self, current)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(FitConfig(**cfg), ss_data / "train.h5", labels, tmp_path / "h")
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    text = labels.read_text()
+    labels.write_text(text.replace(" H ", " E "))  # other labels, same file name
+    os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns + 10**9))
+    with pytest.raises(UsageError, match=r"other settings or inputs \(labels_file\)"):
+        fit(FitConfig(**cfg, resume=True), ss_data / "train.h5", labels, tmp_path / "h")
+
+
+def test_a_single_class_error_names_the_label_file(run_cli, loc_data, tmp_path):
+    table = tmp_path / "one.csv"
+    rows = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
+    table.write_text("".join(f"{ident},A\n" for ident in rows))
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "-j", "1",
+                "-o", tmp_path / "h")
+    assert r.exit_code == 1 and f"{table}: the training labels hold 1 class(es)" in r.stderr
+
+
+def test_labels_split_that_no_record_is_in_is_an_error(run_cli, ss_data, tmp_path):
+    out = tmp_path / "s.fa"
+    r = run_cli("labels", ss_data / "train.csv", "--split", "test", "-o", out)
+    assert r.exit_code == 1 and "--split test: no record is in that split (it assigns no record to a split)" in r.stderr
+    assert not out.exists()
+    assert run_cli("labels", ss_data / "train.csv", "--split", "train", "-o", out).exit_code == 0

@@ -42,8 +42,15 @@ def command(labels, output, fmt, sequences, split):
         raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")
     label_set = read_labels(labels, fmt)
     if split is not None:
-        label_set = LabelSet(label_set.path, label_set.format,
-                             [r for r in label_set.records if (r.split or "train") == split], label_set.notes)
+        declared = sorted({r.split or "train" for r in label_set.records})
+        kept = [r for r in label_set.records if (r.split or "train") == split]
+        if not kept:
+            from protrans_cli.errors import InputError
+
+            where = ("it assigns no record to a split" if not any(r.split for r in label_set.records)
+                     else f"its records are in: {', '.join(declared)}")
+            raise InputError(f"--split {split}: no record is in that split ({where})", path=labels)
+        label_set = LabelSet(label_set.path, label_set.format, kept, label_set.notes)
     seqs = {rec.id: rec.sequence for rec in read_fasta(sequences)} if sequences else None
     with atomic_output(output) as stream:
         count = write_embed_fasta(label_set, stream, seqs)

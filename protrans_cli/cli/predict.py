@@ -64,12 +64,16 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         output = "-"  # text output goes to stdout when -o is absent, as in every command
     import os
 
-    from protrans_cli.io.files import input_named_by
+    from protrans_cli.io.files import input_named_by, output_directory, same_file
 
     for out in (output, probabilities):
         # `-o query.h5` replaced the embeddings it had just read with the predictions.
         if input_named_by(out, (embeddings, fasta, labels)):
             raise UsageError(f"{out} is also an input: writing it would replace it (choose another name)")
+        if out is not None and out != "-":
+            output_directory(out)
+    if output and probabilities and output != "-" and same_file(output, probabilities):
+        raise UsageError(f"-o and --probabilities both name {output}: one would replace the other")
     if metrics_dir is not None and labels is None:
         raise UsageError("--metrics needs --labels")
     if fasta is not None:

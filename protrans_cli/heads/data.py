@@ -26,7 +26,7 @@ from protrans_cli import console
 from protrans_cli.errors import InputError
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
-from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, escape_key, sequence_checksum
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, escape_key, sequence_checksum, unescape_key
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -47,6 +47,7 @@ class MatchReport:
     missing: list[str] = field(default_factory=list)
     wrong_length: list[str] = field(default_factory=list)
     wrong_sequence: list[str] = field(default_factory=list)
+    unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched
 
     @property
     def problems(self) -> int:
@@ -127,6 +128,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         report.by_checksum += via_checksum
         matched.append(Matched(record.id, key, length, targets))
     report.matched = len(matched)
+    report.unlabelled = keys - {m.key for m in matched}
     if report.problems:
         where = f"{label_set.path} vs {reader.path}"
         if on_mismatch == "skip":
@@ -137,6 +139,18 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     if not matched:
         raise InputError("no label record matched an embedding", path=f"{label_set.path} vs {reader.path}")
     return matched, report
+
+
+def report_unlabelled(embeddings, labels, reports: list[MatchReport], what: str) -> None:
+    """Say how many proteins of `embeddings` none of `reports` (the label sets read from it)
+    matched: not an error (a file embedded once for several tasks), but never silent."""
+    if not reports:
+        return
+    left = set.intersection(*(r.unlabelled for r in reports))
+    if left:
+        ids = sorted(unescape_key(k) for k in left)
+        console.info(f"{embeddings}: {len(ids)} protein(s) have no label in {labels} and are {what} "
+                     f"({some_ids(ids)})")
 
 
 def _attr(ds, name):

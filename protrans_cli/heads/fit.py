@@ -28,12 +28,13 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, UsageError
-from protrans_cli.heads.data import DEFAULT_CACHE_BYTES, ProteinData, load_data, subset
+from protrans_cli.errors import InputError, ModelError, ProtransError, UsageError
+from protrans_cli.heads.data import DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled, subset
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
+from protrans_cli.io.files import same_file
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 
 
@@ -116,28 +117,40 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     # --- labels and data ---
     train_labels = _read(config, labels)
     # A file that assigns its records to splits (FLIP's SET=/VALIDATION=, a table's set column)
-    # provides train, and unless --valid/--test are given, validation and test sets too.
-    declared = {r.split for r in train_labels.records if r.split} if any(
-        r.split == TRAIN for r in train_labels.records) else set()
+    # provides train, and unless --valid/--test are given, validation and test sets too. A
+    # record with no split is a training record (DeepLoc's tables leave the set empty for
+    # train), as `protrans labels --split train` reads it.
+    declared = {r.split for r in train_labels.records if r.split}
     train_set = _only(train_labels, {None, TRAIN}) if declared else train_labels
-    task = task.with_classes_from(train_set.records)
+    if not train_set.records:
+        raise InputError(f"no training records: the file assigns every record to {', '.join(sorted(declared))} "
+                         "(give the training labels as --labels)", path=str(labels))
+    with _located(labels):
+        task = task.with_classes_from(train_set.records)
     for note in train_labels.notes:
         console.info(f"{train_labels.path}: {note}")
     train, report = load_data(embeddings, train_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
                               cache_bytes=config.cache_bytes)
     console.info(f"train: {report.matched} proteins from {embeddings}"
                  + (f" ({report.by_checksum} matched by sequence checksum)" if report.by_checksum else ""))
+    if isinstance(train, ProteinData):
+        task = _outputs_with_labels(task, train, labels)
     with EmbeddingsReader(embeddings) as reader:
         embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "family", "layers", "pooling",
                                                                   "storage_dtype", "embedding_dim") if k in reader.attrs}
 
     eval_sets: list[tuple[str, object, str, str]] = []  # (name, data, embeddings, labels)
+    same_file_reports = [report]  # the label sets read from the training embeddings
     if valid is not None:
-        valid_data, _ = _load_eval(config, task, *valid, VALID)
+        valid_data, _, valid_report = _load_eval(config, task, *valid, VALID)
+        if same_file(valid[0], embeddings):
+            same_file_reports.append(valid_report)
         valid_desc = f"{valid[1]}"
     elif VALID in declared:
-        valid_data, _ = load_data(embeddings, _only(train_labels, {VALID}), task, on_mismatch=config.on_mismatch,
-                                  layer=config.layer, cache_bytes=config.cache_bytes)
+        valid_data, valid_report = load_data(embeddings, _only(train_labels, {VALID}), task,
+                                             on_mismatch=config.on_mismatch, layer=config.layer,
+                                             cache_bytes=config.cache_bytes)
+        same_file_reports.append(valid_report)
         valid_desc = f"{labels} (VALIDATION=True)"
     else:
         rng = np.random.default_rng(config.seed)
@@ -150,12 +163,19 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     console.info(f"validation: {valid_desc}")
     eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
     if not tests and TEST in declared:
-        test_data, _ = load_data(embeddings, _only(train_labels, {TEST}), task, on_mismatch=config.on_mismatch,
-                                 layer=config.layer, cache_bytes=config.cache_bytes)
+        test_data, test_report = load_data(embeddings, _only(train_labels, {TEST}), task,
+                                           on_mismatch=config.on_mismatch, layer=config.layer,
+                                           cache_bytes=config.cache_bytes)
+        same_file_reports.append(test_report)
         eval_sets.append(("test", test_data, str(embeddings), f"{labels} (SET=test)"))
+    elif TEST in declared:
+        console.info(f"{labels}: its SET=test records are left out of training (--test gives the test sets)")
     for emb, lab in tests:
-        data, name = _load_eval(config, task, emb, lab, TEST)
+        data, name, test_report = _load_eval(config, task, emb, lab, TEST)
+        if same_file(emb, embeddings):
+            same_file_reports.append(test_report)
         eval_sets.append((_unique_name(name, [s[0] for s in eval_sets]), data, str(emb), str(lab)))
+    report_unlabelled(embeddings, labels, same_file_reports, "not used")
     from protrans_cli.embed import same_model  # a directory named two ways, a short name and its hub id
 
     for name, data, emb, _ in eval_sets:
@@ -170,7 +190,8 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     if any(o.is_value for o in task.outputs):
         if config.class_weights:
             raise UsageError("--class-weights is for classification; the value task is a regression")
-        task = task.with_scale_from(train.targets)
+        with _located(labels):
+            task = task.with_scale_from(train.targets)
     weights = _class_weights(task, train) if config.class_weights else None
 
     # --- train each ensemble member, keeping a resumable state after every epoch ---
@@ -250,7 +271,20 @@ def _fingerprint(config: FitConfig, embeddings, labels, valid, tests) -> dict:
     settings = {k: v for k, v in _jsonable(asdict(config)).items() if k not in _NOT_IN_FINGERPRINT}
     inputs = {"embeddings": str(embeddings), "labels": str(labels),
               "valid": [str(p) for p in valid] if valid else None, "tests": [[str(p) for p in t] for t in tests]}
-    return {**settings, **inputs}
+    # The files themselves, not only their names: labels rewritten at the same path between the
+    # interruption and --resume would train one head on two label sets.
+    contents = {"embeddings_file": _identity(embeddings), "labels_file": _identity(labels),
+                "valid_files": [_identity(p) for p in valid] if valid else None,
+                "test_files": [[_identity(p) for p in t] for t in tests], "mask_file": _identity(config.mask_path)}
+    return {**settings, **inputs, **contents}
+
+
+def _identity(path) -> list[int] | None:
+    """(size, modification time in ns) of an input file; None for stdin or no file."""
+    if path is None or str(path) == "-" or not Path(path).is_file():
+        return None
+    info = Path(path).stat()
+    return [info.st_size, info.st_mtime_ns]
 
 
 class FitState:
@@ -357,6 +391,34 @@ def _read(config: FitConfig, path) -> LabelSet:
     return read_labels(path, config.label_format, mask_path=config.mask_path, mask_columns=config.mask_columns)
 
 
+def _outputs_with_labels(task: Task, train: ProteinData, labels) -> Task:
+    """The task without the outputs that no training protein has a label for (a `loc` head from an
+    `id,label` table has no membrane labels): such an output's layer would never be trained, yet
+    predict would write its guesses and validation would average its empty score in."""
+    kept = []
+    for output in task.outputs:
+        target = np.asarray(train.targets[output.name])
+        if (~np.isnan(target)).any() if output.is_value else (target != IGNORE).any():
+            kept.append(output)
+        else:
+            console.info(f"{labels}: no training protein has a {output.name} label; the head has no "
+                         f"{output.name} output")
+    if not kept:
+        raise InputError(f"no training protein has a label for {task.name}", path=str(labels))
+    return replace(task, outputs=tuple(kept))
+
+
+@contextlib.contextmanager
+def _located(path):
+    """An error about the labels that does not say which file they came from names `path`."""
+    try:
+        yield
+    except ProtransError as exc:
+        if exc.path is not None:
+            raise
+        raise type(exc)(exc.message, path=str(path), record=exc.record, line=exc.line) from None
+
+
 def _only(label_set: LabelSet, splits: set) -> LabelSet:
     return LabelSet(label_set.path, label_set.format, [r for r in label_set.records if r.split in splits],
                     label_set.notes)
@@ -367,9 +429,9 @@ def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
     label_set = _read(config, labels)
     if any(r.split == split for r in label_set.records) and any(r.split != split for r in label_set.records):
         label_set = _only(label_set, {split})
-    data, _ = load_data(embeddings, label_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
-                        cache_bytes=config.cache_bytes)
-    return data, label_set.name
+    data, report = load_data(embeddings, label_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
+                             cache_bytes=config.cache_bytes)
+    return data, label_set.name, report
 
 
 def _unique_name(name: str, taken: list[str]) -> str:
@@ -477,7 +539,7 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
         train_seconds = time.perf_counter() - start
         train_cpu_seconds = time.process_time() - cpu_start  # all threads; robust to a busy machine
         valid_loss, valid_acc = _validate(model, task, valid, config)
-        score = float(np.mean(list(valid_acc.values())))
+        score = float(np.mean(list(valid_acc.values()))) if valid_acc else 0.0
         line = {"member": member, "seed": seed, "epoch": epoch, "train_loss": loss_sum / max(batches, 1),
                 "valid_loss": valid_loss, **{f"valid_{k}": v for k, v in valid_acc.items()},
                 "train_seconds": round(train_seconds, 3), "train_cpu_seconds": round(train_cpu_seconds, 3),
@@ -537,9 +599,12 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
                 keep = t != IGNORE
                 correct[name] += int((z.argmax(-1)[keep] == t[keep]).sum())
                 total[name] += int(keep.sum())
-    scores = {k: correct[k] / total[k] if total[k] else 0.0 for k in correct}
+    # An output with nothing to score in the validation set is left out (not a 0 averaged into
+    # the early-stopping score).
+    scores = {k: correct[k] / total[k] for k in correct if total[k]}
     for name, (predicted, true) in values.items():  # value outputs: Spearman's rho, as evaluated
-        scores[name] = spearman(np.concatenate(predicted), np.concatenate(true)) if predicted else 0.0
+        if predicted and sum(len(p) for p in predicted):
+            scores[name] = spearman(np.concatenate(predicted), np.concatenate(true))
     return loss_sum / max(n_sum, 1), scores
 
 

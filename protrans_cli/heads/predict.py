@@ -26,9 +26,10 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import ModelError, UsageError
-from protrans_cli.heads.data import Matched, ProteinData, ResidueData, _source_kind, load_data
+from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, load_data,
+                                     report_unlabelled)
 from protrans_cli.heads.labels import read_labels
-from protrans_cli.io.files import atomic_output, open_input
+from protrans_cli.io.files import atomic_output, open_input, output_directory
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
 
 
@@ -125,6 +126,12 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         items = _all_items(reader, task.kind)
+        failed = reader.failed()
+    if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
+        from protrans_cli.heads.labels import some_ids
+
+        console.warn(f"{embeddings}: {len(failed)} protein(s) have no embedding (the file's 'failed' "
+                     f"attribute) and get no prediction: {some_ids(sorted(failed))}")
     if order is not None:
         rank = {ident: i for i, ident in enumerate(order)}
         items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
@@ -197,7 +204,7 @@ class _ProbabilityWriter:
     def __enter__(self):
         import h5py
 
-        parent = self.target.parent if str(self.target.parent) else Path(".")
+        parent = output_directory(self.target)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent)
         os.close(fd)
         self.h5 = h5py.File(self.tmp, "w")
@@ -242,7 +249,8 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
     label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
-    data, _ = load_data(embeddings, label_set, task, on_mismatch=on_mismatch, layer=config.get("layer", -1))
+    data, report = load_data(embeddings, label_set, task, on_mismatch=on_mismatch, layer=config.get("layer", -1))
+    report_unlabelled(embeddings, labels, [report], "not scored")
     result = evaluate_data(ensemble, task, data, n_boot=n_boot, max_residues=max_residues)
     if metrics_dir is not None:
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
