@@ -24,8 +24,10 @@ import collections
 import contextlib
 import hashlib
 import io
+import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,7 +40,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, display_name,
-                                   input_named_by, open_input)
+                                   input_named_by, open_input, output_directory, same_file)
 from protrans_cli.residues import (
     RARE,
     RARE_POLICIES,
@@ -93,6 +95,7 @@ class CorpusOptions:
     num_shards: int = 1                # proteins dealt round-robin into this many files
     shard_size: int | None = None      # or: start a new file when this many bytes are written
     threads: int = 1                   # worker processes for the CPU-bound part
+    stats: str | None = None           # the run's summary as JSON ("-": stdout), written with the outputs
     tmp_dir: str | None = None         # dedup partitions (default: beside the output, else $TMPDIR)
     block_bytes: int = 1 << 20         # input block handed to a worker (1 MiB: its arrays stay in cache)
     progress: bool = False
@@ -123,11 +126,19 @@ class CorpusOptions:
         sharded = self.num_shards > 1 or self.shard_size is not None
         if sharded and (self.output is None or str(self.output) == "-"):
             raise UsageError("sharding needs -o FILE (shard names are made from it)")
-        if self.valid_output and str(self.valid_output) == "-" and (self.output is None or str(self.output) == "-"):
-            raise UsageError("the training corpus and --valid-output cannot both go to stdout")
-        named = [str(p) for p in (self.output, self.valid_output, self.rejects) if p and str(p) != "-"]
-        if len(set(named)) != len(named):
-            raise UsageError("-o, --valid-output and --rejects must be different files")
+        outputs = {"-o": "-" if self.output is None else str(self.output), "--valid-output": self.valid_output,
+                   "--rejects": self.rejects, "--stats": self.stats}
+        outputs = {flag: str(path) for flag, path in outputs.items() if path is not None}
+        on_stdout = [flag for flag, path in outputs.items() if path == "-"]
+        if len(on_stdout) > 1:
+            raise UsageError(f"{' and '.join(on_stdout)} cannot {'both' if len(on_stdout) == 2 else 'all'} go to "
+                             "stdout (-): give files")
+        files = [(flag, path) for flag, path in outputs.items() if path != "-"]
+        for i, (flag, path) in enumerate(files):
+            output_directory(path)  # every output's directory, before anything is opened
+            for other, path2 in files[:i]:
+                if same_file(path, path2):
+                    raise UsageError(f"{other} and {flag} both name {path}: one would replace the other")
         if self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
         if self.block_bytes < 1024:
@@ -840,6 +851,13 @@ class _Writers:
         # with --shard-size, whose cuts need the text: then the main process compresses.
         self.train_kind, self.valid_kind = worker_compression(options)
         self.precompressed: dict[int, str] = {}  # id(AtomicFile) -> kind
+        try:
+            self._open_all(options)
+        except BaseException:
+            self.abort()  # the files opened before the one that failed
+            raise
+
+    def _open_all(self, options: CorpusOptions) -> None:
         out = options.output
         if out is None or str(out) == "-":
             import sys
@@ -908,9 +926,11 @@ class _Writers:
             if cut >= 0:
                 self.train[self.current].write(text[: cut + 2])
                 text = text[cut + 2:]
-            self.current += 1
-            self.current_bytes = 0
-            self._open(shard_path(self.options.output, self.current))
+            self.current_bytes = limit  # full: the next text opens the next shard
+            if text:  # never a shard without a protein (the last one ended exactly at a cut)
+                self.current += 1
+                self.current_bytes = 0
+                self._open(shard_path(self.options.output, self.current))
 
     def commit(self) -> list[str]:
         for handle in self.files:
@@ -1023,14 +1043,48 @@ def _raise_open_file_limit(needed: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
-def _spool_stdin(directory: Path) -> Path:
-    """Dedup reads its input twice; stdin is copied (as it came, compressed or not) to disk."""
+def _spool(directory: Path, source: str, index: int) -> Path:
+    """Dedup reads its input twice: stdin or a pipe is copied (as it came, compressed or not) to disk."""
     import sys
 
-    path = directory / "stdin"
+    path = directory / f"input{index}"
     with open(path, "wb") as out:
-        shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        if source == "-":
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        else:
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
     return path
+
+
+class _Stdout:
+    """stdout where an AtomicFile would go (`--rejects -`, `--stats -`): written as it comes."""
+
+    def __init__(self):
+        import sys
+
+        self.stream = sys.stdout.buffer
+
+    def commit(self) -> None:
+        self.stream.flush()
+
+    def abort(self) -> None:
+        pass
+
+
+def _output(path):
+    return _Stdout() if str(path) == "-" else AtomicFile(path)
+
+
+def _is_shard_of(path: str, options: CorpusOptions) -> bool:
+    """Whether `path` names a file that sharding -o would write (corpus.00003.txt.gz)."""
+    sharded = options.num_shards > 1 or options.shard_size is not None
+    if not sharded or path == "-" or not options.output:
+        return False
+    first = shard_path(options.output, 0)
+    pattern = re.escape(first.name).replace("00000", r"\d{5}", 1)
+    here = Path(os.path.realpath(path))
+    return here.parent == Path(os.path.realpath(first.parent)) and re.fullmatch(pattern, here.name) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1076,10 +1130,14 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     for path in inputs:
         if path != "-" and not os.path.exists(path):
             raise InputError("no such file", path=path)
-    for out in (options.output, options.valid_output, options.rejects):
+    for out in (options.output, options.valid_output, options.rejects, options.stats):
         # `prep x.fa -o x.fa` replaced the FASTA with the corpus on success: the input was lost.
         if input_named_by(out, inputs):
             raise UsageError(f"{out} is also an input: writing it would replace the FASTA (choose another name)")
+    for path in inputs:  # ... and `prep c.00000.fa -o c.fa --shards 2` by the first shard
+        if _is_shard_of(path, options):
+            raise UsageError(f"{path} is also an input: a shard of -o {options.output} would replace it "
+                             "(choose another name)")
     stats = CorpusStats(inputs=[display_name(p) for p in inputs])
     cfg = _BlockConfig(
         rare=options.rare, min_length=options.min_length, max_length=options.max_length,
@@ -1088,14 +1146,16 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         train_compression=worker_compression(options)[0], valid_compression=worker_compression(options)[1],
     )
     t0 = time.perf_counter()
-    writers = _Writers(options)
-    rejects = AtomicFile(options.rejects) if options.rejects else None
+    writers = rejects = summary = None
     tmp = None
     spill_dir = None
     threads = options.threads
     if "-" not in inputs and sum(os.path.getsize(p) for p in inputs) < 2 * options.block_bytes:
         threads = 1  # starting workers would take longer than the whole job
     try:
+        writers = _Writers(options)
+        rejects = _output(options.rejects) if options.rejects else None
+        summary = _output(options.stats) if options.stats else None
         if threads > 1:
             spill_dir = tempfile.mkdtemp(prefix="protrans-prep.", dir=_spill_base(options))
             cfg = _BlockConfig(**{**asdict(cfg), "spill_dir": spill_dir})
@@ -1106,7 +1166,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         if options.dedup:
             base = options.tmp_dir or (str(Path(options.output).parent) if options.output and str(options.output) != "-" else None)
             tmp = Path(tempfile.mkdtemp(prefix=".protrans-dedup.", dir=base))
-            paths = [str(_spool_stdin(tmp)) if p == "-" else p for p in inputs]
+            # Read twice: stdin, pipes and process substitutions (<(zcat ...)) are copied first.
+            paths = [p if p != "-" and os.path.isfile(p) else str(_spool(tmp, p, k)) for k, p in enumerate(inputs)]
             size = sum(os.path.getsize(p) for p in paths)
             dedup = _Dedup(tmp, expected_records=size // 100)
             pass1 = _BlockConfig(**{**asdict(cfg), "digests": True, "want_rejects": False})
@@ -1167,10 +1228,14 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         if rejects:
             rejects.commit()
             stats.outputs.append(str(options.rejects))
+        stats.seconds = time.perf_counter() - t0
+        if summary:
+            summary.stream.write(json.dumps(stats.to_dict(), indent=2).encode() + b"\n")
+            summary.commit()
     except BaseException:
-        writers.abort()
-        if rejects:
-            rejects.abort()
+        for handle in (writers, rejects, summary):
+            if handle is not None:
+                handle.abort()
         raise
     finally:
         if tmp is not None:

@@ -7,6 +7,7 @@ import gzip
 import io
 import lzma
 import os
+import random
 import sys
 
 import pytest
@@ -164,3 +165,58 @@ def test_input_named_by_an_output(tmp_path):
     assert input_named_by(tmp_path / "new.txt", [fasta]) is None  # an output that does not exist yet
     assert input_named_by("-", [fasta]) is None and input_named_by(None, [fasta]) is None  # stdout / none
     assert input_named_by(fasta, ["-"]) is None  # stdin is not a file to overwrite
+
+
+def _damaged(compress, data):
+    """`data` compressed, then 64 bytes in its middle zeroed: corrupt, not merely cut short."""
+    raw = bytearray(compress(data))
+    raw[len(raw) // 2:len(raw) // 2 + 64] = bytes(64)
+    return bytes(raw)
+
+
+def _bad_crc(data):
+    raw = bytearray(gzip.compress(data))
+    raw[-8] ^= 0xFF  # the CRC-32 of the gzip trailer
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("name,make", [
+    ("xz", lambda d: _damaged(lzma.compress, d)),      # lzma.LZMAError
+    ("bz2", lambda d: _damaged(bz2.compress, d)),      # OSError: Invalid data stream
+    ("gz", lambda d: _damaged(gzip.compress, d)),      # zlib.error
+    ("gz", _bad_crc),                                  # BadGzipFile: CRC check failed
+])
+def test_corrupt_compressed_input_is_one_line_naming_the_file(tmp_path, name, make):
+    """Every decompressor failure is an InputError naming the input (before: a traceback for
+    lzma and zlib errors, and a message without the file for a CRC or a bad bz2 stream)."""
+    text = b"".join(b">p%d\n%s\n" % (i, bytes(random.Random(i).choices(b"ACDEFGHIKLMNPQRSTVWY", k=300)))
+                    for i in range(3000))
+    path = tmp_path / f"bad.fa.{name}"
+    path.write_bytes(make(text))
+    with pytest.raises(InputError) as info:
+        with open_input(path) as stream:
+            while stream.read(1 << 16):
+                pass
+    assert str(info.value).startswith(f"{path}: corrupt or truncated compressed data (")
+
+
+def test_an_error_of_the_caller_inside_open_input_is_not_blamed_on_the_input(tmp_path):
+    path = tmp_path / "x.fa.gz"
+    path.write_bytes(gzip.compress(TEXT))
+    with pytest.raises(OSError, match="disk full"):
+        with open_input(path) as stream:
+            stream.read()
+            raise OSError("disk full")  # e.g. writing the output
+
+
+def test_atomic_file_writes_through_a_link_to_a_redirected_stream(tmp_path):
+    """/dev/stdout under `> log` leads to a regular file: the link is written through, never
+    replaced by a renamed temporary file (as root that replaced /dev/stdout itself)."""
+    log = tmp_path / "log.txt"
+    link = tmp_path / "stdout"
+    with open(log, "wb") as redirected:
+        link.symlink_to(f"/proc/self/fd/{redirected.fileno()}")
+        with atomic_output(link) as out:
+            out.write(b"through the link\n")
+    assert link.is_symlink() and log.read_bytes() == b"through the link\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "stdout"]

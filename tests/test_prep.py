@@ -494,3 +494,76 @@ def test_workers_die_with_a_killed_main_process(tmp_path):
     while any(alive(p) for p in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(alive(p) for p in workers)
+
+
+def _dup(tmp_path):
+    path = tmp_path / "dup.fa"
+    path.write_text(">a\nMKT\n>b\nMKT\n>c\nAAA\n")
+    return path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-o", "{in}", "--stats", "s.json"], "is also an input"),
+    (["-o", "c.txt", "--stats", "{in}"], "is also an input"),
+    (["-o", "c.txt", "--stats", "c.txt"], "-o and --stats both name c.txt"),
+    (["-o", "c.txt", "--rejects", "./c.txt"], "-o and --rejects both name ./c.txt"),
+    (["-o", "c.txt", "--stats", "nodir/s.json"], "nodir: output directory does not exist"),
+    (["-o", "c.txt", "--rejects", "nodir/r.tsv"], "nodir: output directory does not exist"),
+    (["-o", "-", "--stats", "-"], "-o and --stats cannot both go to stdout"),
+    (["--rejects", "-"], "-o and --rejects cannot both go to stdout"),
+])
+def test_every_output_is_checked_before_any_work(run_cli, tmp_path, monkeypatch, args, message):
+    """--stats was checked only after the corpus was committed, so it could replace an input or
+    the corpus itself; a bad --rejects left a temporary file of -o behind."""
+    monkeypatch.chdir(tmp_path)
+    source = _dup(tmp_path)
+    before = source.read_bytes()
+    r = run_cli("prep", source.name, *[a.replace("{in}", source.name) for a in args])
+    assert r.exit_code == 2 and message in r.stderr
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.fa"]  # no output, no temporary file
+
+
+def test_stats_and_rejects_to_stdout(run_cli, tmp_path):
+    source = _dup(tmp_path)
+    r = run_cli("prep", source, "-o", tmp_path / "c.txt", "--stats", "-", "--dedup")
+    assert r.exit_code == 0 and json.loads(r.stdout)["proteins_out"] == 2
+    r = run_cli("prep", source, "-o", tmp_path / "c2.txt", "--rejects", "-", "--dedup")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "id\treason\tdetail\tfile\tline"
+    assert r.stdout.splitlines()[1].startswith("b\tduplicate")
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_shard_name_that_is_an_input_is_refused(run_cli, tmp_path):
+    first = tmp_path / "c.00000.fa"
+    first.write_text(">a\nMKT\n")
+    r = run_cli("prep", first, "-o", tmp_path / "c.fa", "--shards", "2")
+    assert r.exit_code == 2 and "a shard of -o" in r.stderr and first.read_text() == ">a\nMKT\n"
+    r = run_cli("prep", first, "-o", tmp_path / "c.fa", "--shard-size", "1K")
+    assert r.exit_code == 2 and first.read_text() == ">a\nMKT\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="named pipes")
+def test_dedup_reads_a_pipe_twice_through_a_copy(tmp_path):
+    """A FIFO or a process substitution cannot be read twice: it used to give an empty corpus
+    (exit 0) or hang in the second pass."""
+    import threading
+
+    fifo = tmp_path / "in.fa"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(">a\nMKT\n>b\nMKT\n>c\nAAA\n"))
+    writer.start()
+    stats = build_corpus([str(fifo)], CorpusOptions(output=str(tmp_path / "d.txt"), dedup=True))
+    writer.join(timeout=10)
+    assert stats.records_in == 3 and (tmp_path / "d.txt").read_text() == "M K T\n\nA A A\n\n"
+
+
+def test_shard_size_never_writes_an_empty_shard(tmp_path):
+    """A protein bigger than the shard size ends a shard exactly; the last one did leave an empty
+    shard after it."""
+    source = tmp_path / "big.fa"
+    source.write_text("".join(f">p{i}\n{'MKT' * 200}\n" for i in range(5)))
+    stats = build_corpus([str(source)], CorpusOptions(output=str(tmp_path / "s.txt"), shard_size=100))
+    shards = sorted(tmp_path.glob("s.*.txt"))
+    assert len(shards) == 5 and all(p.stat().st_size > 0 for p in shards)
+    assert stats.outputs == [str(p) for p in shards]

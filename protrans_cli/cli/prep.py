@@ -9,7 +9,6 @@ torch, transformers or h5py.
 
 from __future__ import annotations
 
-import json
 import re
 
 import click
@@ -35,7 +34,8 @@ def parse_size(text: str) -> int:
 @click.option("--rare", type=click.Choice(["x", "keep"]), default="x", show_default=True,
               help="U, Z, O, B become X (as ProtTrans), or are kept.")
 @click.option("--strict", is_flag=True, help="The first record that fails normalisation is an error.")
-@click.option("--rejects", metavar="FILE", help="TSV of every record left out: id, reason, detail, file, line.")
+@click.option("--rejects", metavar="FILE",
+              help="TSV of every record left out: id, reason, detail, file, line ('-': stdout).")
 @click.option("--min-length", type=int, default=1, show_default=True, help="Fewer residues: left out.")
 @click.option("--max-length", type=int, default=None, help="More residues: skipped, or cropped (--long crop).")
 @click.option("--long", "long_policy", type=click.Choice(["skip", "crop"]), default="skip", show_default=True,
@@ -47,7 +47,7 @@ def parse_size(text: str) -> int:
 @click.option("--shards", "num_shards", type=int, default=1, show_default=True,
               help="Deal proteins round-robin into N files (corpus.00000.txt ...).")
 @click.option("--shard-size", metavar="SIZE", help="Or start a new file every SIZE bytes (500M, 2G).")
-@click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON.")
+@click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-': stdout).")
 @click.option("-j", "--threads", type=int, default=None,
               help="Worker processes [default: min(cores, 4), or $PROTRANS_THREADS].")
 @click.option("--tmp-dir", metavar="DIR", help="Scratch space for --dedup [default: beside the output].")
@@ -65,7 +65,6 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
     """
     from protrans_cli import console
     from protrans_cli.corpus import CorpusOptions, build_corpus
-    from protrans_cli.io.files import atomic_output
     from protrans_cli.threads import resolve_threads
 
     options = CorpusOptions(
@@ -73,12 +72,9 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
         max_length=max_length, long=long_policy, dedup=dedup, valid_fraction=valid_fraction,
         valid_output=valid_output, num_shards=num_shards,
         shard_size=parse_size(shard_size) if shard_size else None,
-        threads=resolve_threads(threads), tmp_dir=tmp_dir, progress=console.show_progress(),
+        threads=resolve_threads(threads), tmp_dir=tmp_dir, progress=console.show_progress(), stats=stats_path,
     )
     stats = build_corpus(inputs, options)
-    if stats_path:
-        with atomic_output(stats_path) as out:
-            out.write(json.dumps(stats.to_dict(), indent=2).encode() + b"\n")
     _print_summary(stats)
 
 

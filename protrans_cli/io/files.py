@@ -78,6 +78,27 @@ def _decompressor(raw: BinaryIO, kind: str | None) -> BinaryIO:
     raise AssertionError(kind)
 
 
+class _NamedErrors(io.RawIOBase):
+    """A decompressing stream whose failures are InputErrors naming the input."""
+
+    def __init__(self, stream: BinaryIO, name: str):
+        self._stream, self._name = stream, name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            return self._stream.readinto(buffer)
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - gzip, bz2, lzma, zlib and zstd raise their own kinds
+            kind = type(exc).__name__
+            kind = f"{type(exc).__module__}.{kind}" if kind == "error" else kind  # zlib.error
+            detail = f"{kind}: {exc}" if str(exc) else kind
+            raise InputError(f"corrupt or truncated compressed data ({detail})", path=self._name) from None
+
+
 class _ZstdReader(io.RawIOBase):
     """Concatenated zstd frames as a raw stream that, like gzip/bz2/xz, fails on truncation.
 
@@ -142,15 +163,14 @@ def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
         if not isinstance(raw, io.BufferedReader):
             raw = io.BufferedReader(raw, buffer_size=1 << 20) if hasattr(raw, "readinto") else raw
         head = raw.peek(8)[:8] if hasattr(raw, "peek") else b""
-        stream = _decompressor(raw, sniff_compression(head))
-        try:
-            yield stream
-        except (EOFError, OSError) as exc:
-            if isinstance(exc, BrokenPipeError):
-                raise
-            if isinstance(exc, EOFError) or "compressed" in str(exc).lower() or "not a gzip" in str(exc).lower():
-                raise InputError(f"corrupt or truncated compressed data ({exc})", path=name) from None
-            raise
+        kind = sniff_compression(head)
+        stream = _decompressor(raw, kind)
+        if kind is not None:
+            # Every failure of the decompressor (truncation, a CRC, zlib's and lzma's own errors)
+            # becomes one line naming the input, raised from the read that met it, so that an
+            # error of the caller's own (writing its output) is never mistaken for one.
+            stream = io.BufferedReader(_NamedErrors(stream, name), buffer_size=1 << 20)
+        yield stream
     finally:
         if own:
             raw.close()
@@ -221,6 +241,17 @@ def output_directory(path) -> Path:
     return directory
 
 
+def _in_place(path: Path) -> bool:
+    """Whether an output is written where it is rather than renamed into place: a device or a
+    pipe, and a link into /dev or /proc such as /dev/stdout, which leads to whatever the shell
+    redirected (a regular file under `> log`: renaming over the link replaced /dev/stdout)."""
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        return True
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    return path.is_symlink() and os.readlink(path).startswith(("/dev/", "/proc/"))
+
+
 class AtomicFile:
     """One output file written under a temporary name and renamed by `commit()`.
 
@@ -235,7 +266,7 @@ class AtomicFile:
         self.path = Path(path)
         directory = output_directory(self.path)
         self.tmp = None
-        if self.path.exists() and not self.path.is_file():
+        if _in_place(self.path):
             # /dev/null, /dev/stdout, a named pipe: written in place. Renaming a temporary file
             # over one would replace the device itself (as root: /dev/null becomes a file).
             if self.path.is_dir():
