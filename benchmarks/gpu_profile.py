@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from embed_bench import _sync  # noqa: E402  (one device synchronisation helper for the benchmarks)
+from embed_bench import _protrans_batches, _sync  # noqa: E402  (helpers shared by the benchmarks)
 
 
 def kernel_choices(device: str):
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     import torch
 
     from embed_bench import build_loaded, load_proteins
-    from protrans_cli.embed import TransformerEmbedder, _Piece, make_batches
+    from protrans_cli.embed import TransformerEmbedder
 
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     records = load_proteins(args.fasta, None, 0, None)
@@ -253,11 +253,7 @@ def main(argv=None) -> int:
         settings["cudnn"] = torch.backends.cudnn.version()
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
-    class _Unit:
-        windows = None
-
-    pieces = [_Piece(_Unit(), 0, seq) for _, seq in records]
-    batches = [[p.sequence for p in b] for b in make_batches(pieces, args.max_tokens, 100, embedder.special_tokens)]
+    batches = _protrans_batches(records, args.max_tokens, 100, embedder.special_tokens)
     # Evenly spread over the length range, as a proteome run meets them.
     step = max(1, len(batches) // args.num_batches)
     batches = batches[::step][:args.num_batches]

@@ -457,7 +457,6 @@ class _Unit:
     sequence: str                              # what the model sees (truncated if asked)
     proteins: list[_Protein]
     windows: list[tuple[int, int]] | None = None  # chunk policy: (start, end) residue windows
-    truncated_from: int | None = None
     copy_of: str | None = None                 # written earlier under this id: copied, not computed
 
 
@@ -605,7 +604,7 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int 
     for prot in proteins:
         if prot.id in done:
             continue
-        seq, windows, truncated = prot.sequence, None, None
+        seq, windows = prot.sequence, None
         if max_length is not None and len(seq) > max_length:
             policy = options.long_policy
             if policy == "error":
@@ -616,12 +615,12 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int 
                 record_failure(prot.id, f"skipped: {len(seq)} residues > {limit}")
                 continue
             if policy == "truncate":
-                truncated, seq = len(seq), seq[:max_length]
+                seq = seq[:max_length]  # its length goes into the file (truncated_from)
             else:
                 windows = chunk_windows(len(seq), max_length, options.chunk_overlap)
         unit = by_sequence.get(seq)
         if unit is None:
-            by_sequence[seq] = _Unit(seq, [prot], windows, truncated)
+            by_sequence[seq] = _Unit(seq, [prot], windows)
         else:
             unit.proteins.append(prot)
             duplicates += 1
@@ -757,12 +756,26 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _takes_pooled(embedder) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(embedder.embed_batch).parameters
+    except (TypeError, ValueError):
+        return False
+    return "pooled" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _call(embedder, sequences, pooled: bool):
+    return embedder.embed_batch(sequences, pooled=True) if pooled else embedder.embed_batch(sequences)
+
+
 def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = False,
                      on_split=None, pooled: bool = False) -> list[np.ndarray | str]:
     """Embed a batch; on out-of-memory split it in halves down to single sequences, then try the
     CPU (when allowed). A sequence that still fails comes back as a reason string."""
     try:
-        return embedder.embed_batch(sequences, pooled=pooled)
+        return _call(embedder, sequences, pooled)
     except Exception as exc:  # noqa: BLE001 - only memory failures are handled, the rest re-raised
         if not _is_oom_safe(exc):
             raise
@@ -779,7 +792,7 @@ def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = Fal
     twin = embedder.on_cpu() if cpu_fallback and hasattr(embedder, "on_cpu") else None
     if twin is not None:
         try:
-            return twin.embed_batch(sequences, pooled=pooled)
+            return _call(twin, sequences, pooled)
         except Exception as exc:  # noqa: BLE001
             if not _is_oom_safe(exc):
                 raise
@@ -935,6 +948,8 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         if input_named_by(target, (fasta,)):
             raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
     name = display_name(fasta)
+    if str(fasta) == "-" and _torchrun_rank()[1] > 1:
+        raise UsageError("under torchrun the FASTA must be a file: stdin reaches one process, not every rank")
     spool = _spool_stdin(output) if str(fasta) == "-" else None
     try:
         source = spool or fasta
@@ -1036,6 +1051,16 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         writer = EmbeddingsWriter(out_path, resume=options.resume, finalize=False, **writer_kw)
     else:
         writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw)
+        if options.resume and shard_files:
+            # An interrupted torchrun run continued in one process: its ranks' shards hold
+            # proteins counted as done above; they go into this file now, then the shards go.
+            for shard in shard_files:
+                writer.copy_from(shard)
+            writer.flush()
+            for shard in shard_files:
+                os.unlink(shard)
+            console.info(f"merged {len(shard_files)} shard file(s) of an interrupted torchrun run into "
+                         f"{partial_path(output)}")
 
     def pinned(unit: _Unit) -> int | None:
         # Every copy of a repeated sequence goes to one rank, the one that can copy it.
@@ -1058,6 +1083,9 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for unit in units:
             _deliver_copy(unit, writer, summary)
 
+    # Means beside the model need an embedder that takes `pooled` (an embedder of the library
+    # API may implement embed_batch(sequences) alone: its rows are then averaged here).
+    can_pool = _takes_pooled(embedder)
     start = time.perf_counter()  # rates count the embedding itself, not loading the model
     bar = console.progress(total=scan.num_residues, desc="embed" if dist.world_size == 1 else f"embed[{dist.rank}]",
                            unit="res", unit_scale=True)
@@ -1087,7 +1115,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 for batch in make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens):
                     # Per-protein only: means computed beside the model (windows of a chunked
                     # protein are stitched first, so they bring their rows).
-                    pooled = not options.per_residue and all(p.unit.windows is None for p in batch)
+                    pooled = (not options.per_residue and all(p.unit.windows is None for p in batch)
+                              and can_pool)
                     results = embed_with_retry(embedder, [p.sequence for p in batch], pooled=pooled,
                                                cpu_fallback=options.cpu_fallback, on_split=splits.append)
                     background.submit(write_batch, batch, results)
@@ -1296,14 +1325,16 @@ def _mean_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, per_residue, per_protein) -> None:
-    extra = {}
-    if unit.truncated_from is not None:
-        extra = {"truncated_from": unit.truncated_from}
-    if unit.windows is not None:
-        extra = {"chunks": len(unit.windows)}
     for prot in unit.proteins:
-        writer.write(prot.id, prot.header, unit.sequence if unit.truncated_from else prot.sequence,
-                     per_residue=per_residue, per_protein=per_protein, extra_attrs=extra)
+        # Each protein's own: proteins that share a truncated prefix (or a protein whose whole
+        # sequence is another's kept prefix) are computed once but were cut from other lengths.
+        extra = {}
+        if unit.windows is not None:
+            extra = {"chunks": len(unit.windows)}
+        elif len(prot.sequence) > len(unit.sequence):
+            extra = {"truncated_from": len(prot.sequence)}
+        writer.write(prot.id, prot.header, unit.sequence, per_residue=per_residue, per_protein=per_protein,
+                     extra_attrs=extra)
         summary.num_embedded += 1
         summary.num_residues += len(unit.sequence)  # every protein written, copies of a sequence too
 

@@ -877,3 +877,62 @@ def test_compile_with_packing_is_a_usage_error_and_onehot_ignores_compile(run_cl
     assert result.exit_code == 0 and "--compile ignored" in result.stderr
     with EmbeddingsReader(tmp_path / "o.h5") as r:
         assert not r.attrs["compiled"]
+
+
+def test_a_plain_resume_merges_the_shards_of_an_interrupted_torchrun_run(tmp_path):
+    """Rank files left by an interrupted torchrun run count as done for a --resume in one
+    process; their proteins used to stay in the shards (exit 0, an incomplete file)."""
+    from protrans_cli.io.fasta import write_fasta
+
+    full = _run(tmp_path / "full.h5")
+    records = list(read_fasta(SMALL))
+    for rank, part in enumerate((records[:3], records[3:4])):  # two ranks' shards; the rest never ran
+        fasta = tmp_path / f"rank{rank}.fa"
+        with open(fasta, "wb") as fh:
+            for rec in part:
+                write_fasta(fh, rec.id, rec.sequence, rec.description)
+        shard = _run(tmp_path / f"r{rank}.h5", fasta=fasta)
+        shard.rename(tmp_path / f"out.h5.shard-{rank:03d}-of-002.partial")
+    out = tmp_path / "out.h5"
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", resume=True))
+    assert summary.num_resumed == 4 and not list(tmp_path.glob("out.h5.shard-*"))
+    assert_same_content(file_content(out), file_content(full))
+
+
+def test_truncated_from_is_each_proteins_own_length(tmp_path):
+    """Proteins that share their kept prefix are computed once, and each keeps its own length."""
+    fasta = tmp_path / "t.fa"
+    prefix = "ACDEFGHIKL" * 5
+    fasta.write_text(f">a\n{prefix}KKKKKKKKKK\n>b\n{prefix}{'W' * 30}\n>c\n{prefix}\n")
+    out = _run(tmp_path / "t.h5", fasta=fasta, max_length=50, long_policy="truncate")
+    with EmbeddingsReader(out) as r:
+        attrs = {k: dict(r.dataset(k).attrs) for k in ("a", "b", "c")}
+    assert attrs["a"]["truncated_from"] == 60 and attrs["b"]["truncated_from"] == 80
+    assert "truncated_from" not in attrs["c"] and attrs["c"]["length"] == 50
+
+
+def test_an_embedder_with_the_documented_one_argument_embed_batch(tmp_path):
+    """docs/embed.md: any object with `embed_batch(sequences) -> [array (n_layers, L, D)]`; per-protein
+    means are then taken from its rows (an embedder that takes `pooled=` gets to pool itself)."""
+
+    class Mine:
+        name, family, revision, embedding_dim, layers = "mine", "custom", None, 3, (-1,)
+        device, compute_dtype, special_tokens, max_residues = "cpu", "float32", 0, None
+
+        def embed_batch(self, sequences):
+            return [np.arange(3 * len(s), dtype=np.float32).reshape(1, len(s), 3) for s in sequences]
+
+    for kinds in (dict(), dict(per_residue=False)):
+        out = tmp_path / f"mine{len(kinds)}.h5"
+        embed(SMALL, out, EmbedOptions(model="mine", **kinds), embedder=Mine())
+        with EmbeddingsReader(out) as r:
+            np.testing.assert_allclose(r.dataset("one", PER_PROTEIN)[()], [0, 1, 2])
+            np.testing.assert_allclose(r.dataset("rare", PER_PROTEIN)[()], np.arange(24).reshape(8, 3).mean(0))
+
+
+def test_stdin_under_torchrun_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(UsageError, match="under torchrun the FASTA must be a file"):
+        embed("-", tmp_path / "o.h5", EmbedOptions(model="onehot"))
+    assert list(tmp_path.iterdir()) == []

@@ -623,3 +623,16 @@ def test_compiled_embed_equals_the_plain_forward(run_cli, tmp_path, tiny_models,
     assert counters["stats"]["unique_graphs"] >= 1  # it did go through torch.compile
     with EmbeddingsReader(out) as r:
         assert r.attrs["compiled"]  # bool(np.True_)
+
+
+def test_a_tokenizer_whose_ids_the_model_does_not_have_is_refused():
+    """Another model's tokenizer that still knows the residues: its ids must exist in the model's
+    embedding table (the XLNet tokenizer's <cls> is id 29; a 29-entry vocabulary has no row for it)."""
+    from protrans_cli.errors import ModelError
+    from protrans_cli.models import _check_tokenizer
+
+    xlnet = FAMILIES["xlnet"]
+    tokenizer = xlnet.build_tokenizer()
+    _check_tokenizer("run", xlnet, tokenizer, True, vocab_size=len(tokenizer))  # its own model: fine
+    with pytest.raises(ModelError, match="token id 29, but the model's vocabulary has 29 entries"):
+        _check_tokenizer("run", xlnet, tokenizer, True, vocab_size=29)

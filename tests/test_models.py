@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from protrans_cli.errors import ModelError
+from protrans_cli.errors import ModelError, UsageError
 from protrans_cli.models import CHECKPOINTS, FAMILIES, family_for_config, get_family, load_model
 
 torch.set_num_threads(1)
@@ -29,7 +29,7 @@ def _tiny(family, seed=0):
 def test_registry_order_and_lookup():
     assert NAMES == ["bert", "roberta", "albert", "electra", "t5", "xlnet", "transfo_xl", "esm"]
     assert get_family("bert") is FAMILIES["bert"]
-    with pytest.raises(ModelError, match="known: bert"):
+    with pytest.raises(UsageError, match="known: bert"):
         get_family("gpt7")
 
 

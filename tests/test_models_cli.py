@@ -49,7 +49,7 @@ def test_tables_name_the_default_checkpoint(run_cli):
 
 def test_unknown_family_is_one_line_error(run_cli):
     result = run_cli("models", "--family", "gpt7")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a flag value: a usage error
     assert "unknown model family 'gpt7'" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -200,7 +200,7 @@ def test_cli_errors(tmp_path, run_cli):
     res = run_cli("train", "--family", "electra", "--sop", "--corpus", LEARNABLE, "-o", tmp_path / "r5")
     assert res.exit_code == 2 and "sop" in res.stderr
     res = run_cli("train", "--family", "nope", "--corpus", LEARNABLE, "-o", tmp_path / "r3")
-    assert res.exit_code == 1 and "unknown model family 'nope'" in res.stderr
+    assert res.exit_code == 2 and "unknown model family 'nope'" in res.stderr
 
 
 def test_cli_usage_errors_come_before_any_training(tmp_path, run_cli):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protrans_cli.errors import ModelError
+from protrans_cli.errors import ModelError, UsageError
 from protrans_cli.models import albert, bert, electra, esm, roberta, t5, transfo_xl, xlnet
 from protrans_cli.models.base import Checkpoint, Family, Preset
 from protrans_cli.models.checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
@@ -41,11 +41,12 @@ __all__ = [
 
 
 def get_family(name: str) -> Family:
-    """The family registered as `name`; ModelError listing the known names otherwise."""
+    """The family registered as `name` (a --family value); a usage error listing the known names
+    otherwise."""
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ModelError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})") from None
+        raise UsageError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})") from None
 
 
 def family_for_config(config) -> Family:
@@ -216,7 +217,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
             hint = " (pip install sentencepiece protobuf)" if "sentencepiece" in str(exc).lower() or \
                 "protobuf" in str(exc).lower() else ""
             raise ModelError(f"{name}: cannot load the tokenizer: {_first_line(exc)}{hint}") from None
-        _check_tokenizer(name, family, tokenizer, is_dir)
+        _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None))
         try:
             model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
@@ -243,13 +244,17 @@ def _has_tokenizer_files(directory) -> bool:
                for p in Path(directory).iterdir())
 
 
-def _check_tokenizer(name: str, family: Family, tokenizer, is_dir: bool) -> None:
+def _check_tokenizer(name: str, family: Family, tokenizer, is_dir: bool, vocab_size: int | None = None) -> None:
     """Refuse a tokenizer that does not know the residues (see `unknown_residues`): without this
-    check, a directory lacking its tokenizer files embedded every protein as rows of `[UNK]`."""
+    check, a directory lacking its tokenizer files embedded every protein as rows of `[UNK]`.
+    With the model's `vocab_size`, also one whose ids (residues and special tokens) do not all
+    exist in the model's embedding table: another model's tokenizer."""
     from protrans_cli.models.base import unknown_residues
 
     unknown = unknown_residues(family, tokenizer)
     if not unknown:
+        if vocab_size:
+            _check_token_ids(name, family, tokenizer, is_dir, int(vocab_size))
         return
     if tokenizer is None:
         raise ModelError(f"{name}: no tokenizer could be loaded; " + (_COPY_TOKENIZER if is_dir else
@@ -259,6 +264,20 @@ def _check_tokenizer(name: str, family: Family, tokenizer, is_dir: bool) -> None
     if is_dir:
         raise ModelError(f"{name}: {what}: the directory lacks this model's tokenizer; {_COPY_TOKENIZER}")
     raise ModelError(f"{name}: {what}: it is not a protein tokenizer this tool can use")
+
+
+def _check_token_ids(name: str, family: Family, tokenizer, is_dir: bool, vocab_size: int) -> None:
+    from protrans_cli.residues import STANDARD
+
+    try:
+        inputs, _ = family.encode(tokenizer, [STANDARD + "X"])
+    except Exception:  # noqa: BLE001 - encoding problems are reported where embedding fails
+        return
+    top = int(inputs["input_ids"].max())
+    if top >= vocab_size:
+        what = (f"its tokenizer gives token id {top}, but the model's vocabulary has {vocab_size} entries "
+                "(another model's tokenizer)")
+        raise ModelError(f"{name}: {what}; " + (_COPY_TOKENIZER if is_dir else "the two do not belong together"))
 
 
 @contextmanager

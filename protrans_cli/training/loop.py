@@ -257,7 +257,8 @@ def _initial_model(config: TrainConfig, resume):
         if resume:
             return family, tokenizer, family.pretraining_model(hf_config)
         # the same guard as embed: a directory without its tokenizer would train on [UNK] rows
-        _check_tokenizer(f"--init-from {source.name}", family, tokenizer, source.is_dir)
+        _check_tokenizer(f"--init-from {source.name}", family, tokenizer, source.is_dir,
+                         getattr(hf_config, "vocab_size", None))
         model, info = family.load_pretraining_model(source.target, config=hf_config, dtype=torch.float32,
                                                     output_loading_info=True, **source.hub_kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
