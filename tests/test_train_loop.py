@@ -129,12 +129,15 @@ def test_checkpoints_keep_last_k_and_eval_loss(tmp_path):
     assert all(0 < r["eval_loss"] < 10 for r in evals)
 
 
-def test_loss_is_normalised_by_predicted_tokens_not_micro_batches(tmp_path):
-    # The same global batch split into 1 or 4 micro-batches gives the same losses.
-    a = train(_config(tmp_path / "a", num_steps=6, log_every=1, micro_batch_size=16,
-                      model_overrides={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
-    b = train(_config(tmp_path / "b", num_steps=6, log_every=1, micro_batch_size=4,
-                      model_overrides={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+@pytest.mark.parametrize("family", ["bert", "electra"])
+def test_loss_is_normalised_by_predicted_tokens_not_micro_batches(tmp_path, family):
+    # The same global batch split into 1 or 4 micro-batches gives the same losses. ELECTRA's
+    # detection term is a mean over the real tokens of the whole step (it was per micro-batch).
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    a = train(_config(tmp_path / "a", family, num_steps=6, log_every=1, micro_batch_size=16,
+                      model_overrides=no_dropout))
+    b = train(_config(tmp_path / "b", family, num_steps=6, log_every=1, micro_batch_size=4,
+                      model_overrides=no_dropout))
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
 
 
@@ -472,3 +475,42 @@ def test_init_from_errors_are_one_line(tmp_path, run_cli):
     r = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "y", "--init-from", tmp_path / "a" / "run_bert",
                 "--set", "no_such_field=1", "--num-steps", "1")
     assert r.exit_code == 2 and "--set no_such_field" in r.stderr
+
+
+def test_eval_every_is_honoured_off_the_logging_grid(tmp_path):
+    """--eval-every 3 with --log-every 2 evaluated only at step 6 (a step both divide) and at the end."""
+    val = tmp_path / "val.txt"
+    val.write_text(open(LEARNABLE).read())
+    result = train(_config(tmp_path / "ev", num_steps=7, log_every=2, eval_every=3, val_corpus=[str(val)]))
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows if "eval_loss" in r] == [3, 6, 7]
+    assert [r["step"] for r in rows] == [2, 3, 4, 6, 7]
+    assert all("loss" in r and r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_resume_from_an_earlier_checkpoint_with_later_ones_is_refused(tmp_path):
+    from protrans_cli.errors import UsageError
+
+    cfg = _config(tmp_path / "r", num_steps=4, save_every=2, keep_last=3)
+    train(cfg)
+    earlier = cfg.output_dir + "/checkpoints/step_00000002"
+    with pytest.raises(UsageError, match=r"checkpoints after step 2 \(step_00000004\)"):
+        train(cfg, resume=earlier)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"corpus": 5}', "corpus must be a path or a list of paths"),
+    ('{"corpus": "c.txt", "model_overrides": [1, 2]}', "model_overrides must be a table"),
+    ('{"corpus": "c.txt", "phases": "64:2"}', "phases must be a list"),
+    ('{"corpus": "c.txt", "phases": [{"max_length": "64", "num_steps": 1}]}', "phase max_length must be a whole number"),
+    ('{"corpus": "c.txt", "phases": [{"max_length": 64, "num_steps": 1.5}]}', "phase num_steps must be a whole number"),
+    ('{"corpus": "c.txt", "num_steps": 5, "phases": ["64:2"]}', "num_steps cannot go with phases"),
+    ('{"corpus": "c.txt", "warmup_steps": -5}', "warmup_steps must be 0 or more"),
+])
+def test_config_file_values_of_the_wrong_kind_are_usage_errors(tmp_path, text, message):
+    from protrans_cli.errors import UsageError
+
+    path = tmp_path / "t.json"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message):
+        TrainConfig.from_file(path).validate()

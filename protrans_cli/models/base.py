@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from protrans_cli.errors import ModelError
+from protrans_cli.errors import ModelError, UsageError
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,10 @@ class Family:
         raise NotImplementedError
 
     def preset_config(self, preset: str) -> dict[str, Any]:
-        """The config kwargs of `preset`; ModelError naming the known presets otherwise."""
+        """The config kwargs of `preset`; a usage error naming the known presets otherwise."""
         if preset not in self.presets:
             known = ", ".join(self.presets)
-            raise ModelError(f"unknown preset {preset!r} for family {self.name!r} (known: {known})")
+            raise UsageError(f"unknown preset {preset!r} for family {self.name!r} (known: {known})")
         return dict(self.presets[preset])
 
     def build_config(self, preset: str = "tiny", tokenizer=None, **overrides):
@@ -108,6 +108,10 @@ class Family:
             if isinstance(default, (bool, int, float)) and isinstance(value, str):
                 raise ModelError(f"invalid {self.name} config: {key} expects a "
                                  f"{type(default).__name__}, got {value!r}")
+        # `--set hidden_dropout_prob=0` is a float field given a whole number (JSON reads 0 as an
+        # int): ESM's strictly validated config refused it
+        overrides = {key: float(value) if isinstance(getattr(defaults, key), float) and isinstance(value, int)
+                     and not isinstance(value, bool) else value for key, value in overrides.items()}
         kwargs.update(overrides)
         try:
             return self.config_class(**kwargs)

@@ -147,8 +147,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1, got {value}")
-        if self.num_workers < 0:
-            raise UsageError(f"num_workers must be 0 or more, got {self.num_workers}")
+        for name in ("num_workers", "warmup_steps", "eval_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.num_eval_batches < 1:
+            raise UsageError(f"num_eval_batches must be at least 1, got {self.num_eval_batches}")
         for i, phase in enumerate(self.resolved_phases(), 1):
             where = f"phase {i} ({phase.max_length}:{phase.num_steps})" if self.phases else "training"
             if phase.max_length < 8:
@@ -179,8 +182,22 @@ class TrainConfig:
             if isinstance(data.get(key), str):
                 data[key] = [data[key]]
             if key in data:
+                if not isinstance(data[key], list) or not all(isinstance(p, str) for p in data[key]):
+                    raise UsageError(f"{source}: {key} must be a path or a list of paths, got {data[key]!r}")
                 data[key] = expand_corpus_paths(data[key])
+        if "model_overrides" in data and not isinstance(data["model_overrides"], dict):
+            raise UsageError(f"{source}: model_overrides must be a table of model config fields, "
+                             f"got {data['model_overrides']!r}")
         if "phases" in data:
+            if not isinstance(data["phases"], list):
+                raise UsageError(f"{source}: phases must be a list (of LEN:STEPS strings or tables), "
+                                 f"got {data['phases']!r}")
+            # (a saved train_config.json holds both at their defaults: it must read back)
+            defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+            single = [k for k in ("num_steps", "max_length") if k in data and data[k] != defaults[k]]
+            if single and data["phases"]:
+                raise UsageError(f"{source}: {' and '.join(single)} cannot go with phases: each phase sets "
+                                 "its own length and steps")
             data["phases"] = [_phase_from(p, source) for p in data["phases"]]
         return cls(**data)
 
@@ -267,6 +284,11 @@ def _phase_from(value, source: str) -> Phase:
     if isinstance(value, str):
         return Phase.parse(value)
     if isinstance(value, dict):
+        for key, number in value.items():
+            if number is None and key in ("global_batch_size", "micro_batch_size"):
+                continue  # the config's own batch sizes (as a saved config writes them)
+            if not isinstance(number, int) or isinstance(number, bool):
+                raise UsageError(f"{source}: phase {key} must be a whole number, got {number!r}")
         try:
             return Phase(**value)
         except TypeError as exc:

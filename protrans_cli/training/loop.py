@@ -297,6 +297,15 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         where = ckpt.find_checkpoint(run.run_dir if resume is True else resume)
         ckpt.load_weights(where, run.model)
         state = ckpt.load_training_state(where)
+        # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
+        # Left in place, --keep-last pruned the new checkpoints (by step number) in their favour
+        # and a later --resume continued the abandoned run.
+        later = [p.name for p in ckpt.list_checkpoints(run.run_dir)
+                 if int(p.name.split("_")[1]) > state["step"]]
+        if later:
+            raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
+                             f"({', '.join(later)}): they belong to the run continued from there; move or "
+                             "delete them to resume from this one")
         dist.print0(f"train: resuming from {where} (step {state['step']})")
 
     run.model.to(info.device)
@@ -330,7 +339,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     result = TrainResult(run.run_dir, step, False)
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
     log = _Accumulator()
-    t_log = time.perf_counter()
+    t_log, paused = time.perf_counter(), 0.0  # paused: seconds of checkpoint saves since the last line
     final_eval = None
 
     phase_start = 0
@@ -370,21 +379,24 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             if bar is not None:
                 bar.update(1)
             last = step == total_steps or step == config.stop_after
-            if step % config.log_every == 0 or last:
+            # Every eval_every steps, and once at the end; an evaluation step writes a line too.
+            want_eval = bool(config.val_corpus) and (step == total_steps
+                                                     or bool(config.eval_every) and step % config.eval_every == 0)
+            if step % config.log_every == 0 or last or want_eval:
                 reduced = log.reduce()
                 now = time.perf_counter()
                 tokens = reduced.pop("tokens")
+                # tokens/s of the training steps alone: evaluations and checkpoint saves excluded
+                seconds = max(now - t_log - paused, 1e-9)
                 record = {"step": step, "phase": phase_index + 1, "loss": reduced.pop("loss"), "lr": lr_used,
-                          **reduced, "tokens": int(tokens), "tokens_per_s": tokens / max(now - t_log, 1e-9)}
-                # Every eval_every steps, and once at the end (on the last step's line).
-                if config.val_corpus and (step == total_steps
-                                          or config.eval_every and step % config.eval_every == 0):
+                          **reduced, "tokens": int(tokens), "tokens_per_s": tokens / seconds}
+                if want_eval:
                     eval_loss = evaluate(run, phase)
                     if math.isfinite(eval_loss):
                         record["eval_loss"] = eval_loss
                         if step == total_steps:
                             final_eval = eval_loss
-                t_log = now
+                t_log, paused = time.perf_counter(), 0.0
                 result.losses.append(record["loss"])
                 if info.is_main:
                     _append_metrics(metrics_path, record)
@@ -397,7 +409,9 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             # told them all.
             stop_now = stop_now or (not info.initialised and stop is not None and stop.signum is not None)
             if step % config.save_every == 0 or last or stop_now:
+                saving = time.perf_counter()
                 result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state)
+                paused += time.perf_counter() - saving
             if stop_now and not last:
                 if bar is not None:
                     bar.close()
@@ -438,13 +452,19 @@ def _train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = Fals
     # Counted on the host before the transfer: no device synchronisation inside the step.
     tokens = sum(int((b["input_ids"] != run.layout.pad_id).sum()) for b in micro_batches)
     local_predicted = float(sum(b["num_predicted"] for b in micro_batches))
+    # ELECTRA's detection loss is a mean over real tokens: its denominator for the whole step
+    local_detected = float(sum(b.get("num_detected", 0) for b in micro_batches))
     micro_batches = [_to_device(b, device) for b in micro_batches]
     # Predicted tokens of the whole step on every rank: the loss denominator.
-    total_predicted, stop = local_predicted, stop_requested
+    total_predicted, total_detected, stop = local_predicted, local_detected, stop_requested
     if info.initialised:
-        counts = torch.tensor([local_predicted, float(stop_requested)], dtype=torch.float64, device=device)
-        total_predicted, stops = dist.all_reduce_sum(counts).tolist()
+        counts = torch.tensor([local_predicted, float(stop_requested), local_detected], dtype=torch.float64,
+                              device=device)
+        total_predicted, stops, total_detected = dist.all_reduce_sum(counts).tolist()
         stop = stops > 0
+    if total_detected:
+        for batch in micro_batches:
+            batch["step_ratio"] = total_predicted / total_detected
     # DDP and FSDP average gradients over ranks; undo that so the result is sum / total_predicted.
     scale = info.world_size / max(total_predicted, 1.0)
     run.wrapped.train()

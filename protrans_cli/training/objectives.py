@@ -223,7 +223,10 @@ class Electra(MaskedLM):
 
     The detection loss is a mean over real tokens, the generator's over masked ones; to fit the
     per-predicted-token normalisation the detection sum is scaled by masked/real tokens of the
-    micro-batch, so sum_loss / num_masked = gen_mean + weight * disc_mean.
+    whole step (all micro-batches, all ranks: `step_ratio`, which the training loop sets from
+    `num_predicted` and `num_detected`), so that the step's sum_loss / num_masked = gen_mean +
+    weight * disc_mean, whatever the split into micro-batches and processes. Outside a training
+    step (evaluation) the batch's own ratio is used.
     """
 
     name = "electra"
@@ -243,6 +246,7 @@ class Electra(MaskedLM):
             counts = sel.sum(1).tolist()
         draws = [s.rng(4).random(int(c), dtype=np.float32) for s, c in zip(samples, counts)]
         batch["replace_u"] = torch.from_numpy(np.concatenate(draws) if draws else np.zeros(0, np.float32))
+        batch["num_detected"] = int(batch["residue_mask"].sum())  # the detection loss's denominator
         return batch
 
     def loss(self, model, batch):
@@ -276,7 +280,8 @@ class Electra(MaskedLM):
                                                        reduction="sum")
         n_real = real.sum()
         disc_correct = ((disc_logits[real] > 0).float() == replaced[real]).sum()
-        scale = n_masked.float() / n_real.clamp(min=1).float()
+        ratio = batch.get("step_ratio")
+        scale = ratio if ratio is not None else n_masked.float() / n_real.clamp(min=1).float()
         total = gen_loss + self.config.electra_disc_weight * disc_loss * scale
         return total, n_masked, {"accuracy": (gen_correct, n_masked),
                                  "disc_accuracy": (disc_correct, n_real),
