@@ -514,3 +514,16 @@ def test_config_file_values_of_the_wrong_kind_are_usage_errors(tmp_path, text, m
     path.write_text(text)
     with pytest.raises(UsageError, match=message):
         TrainConfig.from_file(path).validate()
+
+
+def test_metrics_of_a_stopped_and_resumed_run_are_the_uninterrupted_runs(tmp_path):
+    """A stop between two metrics lines used to write a line of its own, and the resumed run's
+    next line averaged only the steps after the stop; the checkpoint now keeps the interval."""
+    kw = dict(num_steps=8, log_every=4)
+    whole = read_metrics(train(_config(tmp_path / "whole", **kw)).run_dir / "metrics.jsonl")
+    cfg = _config(tmp_path / "parts", stop_after=3, **kw)
+    train(cfg)
+    parts = read_metrics(train(_config(tmp_path / "parts", **kw), resume=True).run_dir / "metrics.jsonl")
+    assert [r["step"] for r in parts] == [r["step"] for r in whole] == [4, 8]
+    for a, b in zip(parts, whole):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["tokens"] == b["tokens"]

@@ -339,6 +339,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     result = TrainResult(run.run_dir, step, False)
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
     log = _Accumulator()
+    if state is not None and state.get("log") and info.is_main:
+        # the steps since the last metrics line before the checkpoint: the next line averages
+        # them too, as the uninterrupted run's does
+        log.load(state["log"])
     t_log, paused = time.perf_counter(), 0.0  # paused: seconds of checkpoint saves since the last line
     final_eval = None
 
@@ -382,7 +386,9 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             # Every eval_every steps, and once at the end; an evaluation step writes a line too.
             want_eval = bool(config.val_corpus) and (step == total_steps
                                                      or bool(config.eval_every) and step % config.eval_every == 0)
-            if step % config.log_every == 0 or last or want_eval:
+            # A stop (--stop-after, a signal) writes no line of its own: its checkpoint keeps the
+            # interval's sums, and the resumed run writes the line the uninterrupted one writes.
+            if step % config.log_every == 0 or step == total_steps or want_eval:
                 reduced = log.reduce()
                 now = time.perf_counter()
                 tokens = reduced.pop("tokens")
@@ -410,7 +416,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             stop_now = stop_now or (not info.initialised and stop is not None and stop.signum is not None)
             if step % config.save_every == 0 or last or stop_now:
                 saving = time.perf_counter()
-                result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state)
+                result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log)
                 paused += time.perf_counter() - saving
             if stop_now and not last:
                 if bar is not None:
@@ -563,15 +569,31 @@ class _Accumulator:
                 acc[1] += value[1]
         self.steps += 1
 
-    def reduce(self) -> dict:
+    def _summed(self) -> tuple[list[str], list[float]]:
+        """The statistics summed over ranks (a collective): names, then their values."""
         names = sorted(self.sums)
         flat = [x for n in names for x in self.sums[n]] + [float(self.tokens)]
-        t = dist.all_reduce_sum(torch.tensor(flat, dtype=torch.float64, device=dist.info().device)).tolist()
+        return names, dist.all_reduce_sum(torch.tensor(flat, dtype=torch.float64,
+                                                        device=dist.info().device)).tolist()
+
+    def reduce(self) -> dict:
+        names, t = self._summed()
         out = {n: t[2 * i] / max(t[2 * i + 1], 1.0) for i, n in enumerate(names)}
         out["grad_norm"] = self.grad_norm / max(self.steps, 1)
         out["tokens"] = t[-1]
         self.__init__()
         return out
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the interval under way (summed over ranks; not reset)."""
+        names, t = self._summed()
+        return {"sums": {n: [t[2 * i], t[2 * i + 1]] for i, n in enumerate(names)}, "tokens": t[-1],
+                "grad_norm": self.grad_norm, "steps": self.steps}
+
+    def load(self, state: dict) -> None:
+        """Rank 0 takes the saved sums of all ranks; the others start from zero."""
+        self.sums = {n: list(v) for n, v in state["sums"].items()}
+        self.tokens, self.grad_norm, self.steps = state["tokens"], state["grad_norm"], state["steps"]
 
 
 @torch.no_grad()
@@ -626,8 +648,9 @@ def _full_model(run: _Run):
     return copy
 
 
-def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state) -> Path | None:
+def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: "_Accumulator") -> Path | None:
     info = run.info
+    log_state = log.state()  # collective: every rank takes part
     model = _full_model(run)
     if run.strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -642,7 +665,7 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state) -> Path
     if info.is_main:
         state = {"step": step, "data_phase": data_phase, "data_state": data_state.to_dict(),
                  "optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_states,
-                 "world_size": info.world_size}
+                 "world_size": info.world_size, "log": log_state}
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
                                          model=model, tokenizer=run.tokenizer, training_state=state,
                                          config=run.config, keep_last=run.config.keep_last)
