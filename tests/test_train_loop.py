@@ -527,3 +527,18 @@ def test_metrics_of_a_stopped_and_resumed_run_are_the_uninterrupted_runs(tmp_pat
     assert [r["step"] for r in parts] == [r["step"] for r in whole] == [4, 8]
     for a, b in zip(parts, whole):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["tokens"] == b["tokens"]
+
+
+def test_a_corpus_without_proteins_is_refused_before_a_model_is_built(tmp_path, run_cli):
+    empty, other = tmp_path / "empty.txt", tmp_path / "empty2.txt.gz"
+    empty.write_text("")
+    import gzip
+
+    other.write_bytes(gzip.compress(b""))
+    res = run_cli("train", "--corpus", empty, "--corpus", other, "-o", tmp_path / "r", "--num-steps", "2")
+    assert res.exit_code == 1 and "the corpus holds no protein" in res.stderr
+    assert "parameters" not in res.stderr and not (tmp_path / "r").exists()  # no model was built
+    # one empty shard among others is fine
+    res = run_cli("train", "--corpus", empty, "--corpus", LEARNABLE, "-o", tmp_path / "ok", "--num-steps", "1",
+                  "--global-batch-size", "4", "--micro-batch-size", "4", "--max-length", "32")
+    assert res.exit_code == 0, res.stderr

@@ -171,9 +171,13 @@ def count_proteins(paths) -> int:
 
 def check_corpus(paths) -> None:
     """Open every shard and check its first protein (cheap, before training starts): a missing
-    or unreadable file, or a FASTA file given as a corpus, is an error now."""
+    or unreadable file, a FASTA file given as a corpus, or a corpus without any protein (an
+    empty shard among others is fine) is an error now, before a model is built."""
+    found = False
     for path in paths:
-        next(iter_proteins([path]), None)
+        found = next(iter_proteins([path]), None) is not None or found
+    if paths and not found:
+        raise InputError("the corpus holds no protein", path=", ".join(map(str, paths)))
 
 
 def check_validation_corpus(paths, batch_size: int, *, batch_text: str) -> None:
