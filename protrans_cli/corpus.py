@@ -100,6 +100,11 @@ class CorpusOptions:
     block_bytes: int = 1 << 20         # input block handed to a worker (1 MiB: its arrays stay in cache)
     progress: bool = False
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the corpus goes to several files named from -o (corpus.00000.txt ...)."""
+        return self.num_shards > 1 or self.shard_size is not None
+
     def validate(self) -> None:
         if self.rare not in RARE_POLICIES:
             raise UsageError(f"--rare must be one of {', '.join(RARE_POLICIES)}, got {self.rare!r}")
@@ -123,8 +128,7 @@ class CorpusOptions:
             raise UsageError(f"--shard-size must be positive, got {self.shard_size}")
         if self.num_shards > 1 and self.shard_size is not None:
             raise UsageError("--shards and --shard-size cannot be combined: choose one")
-        sharded = self.num_shards > 1 or self.shard_size is not None
-        if sharded and (self.output is None or str(self.output) == "-"):
+        if self.sharded and (self.output is None or str(self.output) == "-"):
             raise UsageError("sharding needs -o FILE (shard names are made from it)")
         outputs = {"-o": "-" if self.output is None else str(self.output), "--valid-output": self.valid_output,
                    "--rejects": self.rejects, "--stats": self.stats}
@@ -1078,8 +1082,7 @@ def _output(path):
 
 def _is_shard_of(path: str, options: CorpusOptions) -> bool:
     """Whether `path` names a file that sharding -o would write (corpus.00003.txt.gz)."""
-    sharded = options.num_shards > 1 or options.shard_size is not None
-    if not sharded or path == "-" or not options.output:
+    if not options.sharded or path == "-" or not options.output:
         return False
     first = shard_path(options.output, 0)
     pattern = re.escape(first.name).replace("00000", r"\d{5}", 1)
@@ -1242,5 +1245,4 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             shutil.rmtree(tmp, ignore_errors=True)
         if spill_dir is not None:
             shutil.rmtree(spill_dir, ignore_errors=True)
-    stats.seconds = time.perf_counter() - t0
-    return stats
+    return stats  # stats.seconds was set with the outputs, so --stats and the summary agree

@@ -1054,11 +1054,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         if options.resume and shard_files:
             # An interrupted torchrun run continued in one process: its ranks' shards hold
             # proteins counted as done above; they go into this file now, then the shards go.
-            for shard in shard_files:
-                writer.copy_from(shard)
-            writer.flush()
-            for shard in shard_files:
-                os.unlink(shard)
+            _absorb_shards(writer, shard_files)
             console.info(f"merged {len(shard_files)} shard file(s) of an interrupted torchrun run into "
                          f"{partial_path(output)}")
 
@@ -1362,12 +1358,19 @@ def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_si
 
     shards = sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
     with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as merged:
-        for shard in shards:
-            merged.copy_from(shard)
+        _absorb_shards(merged, shards)
         failed = dict(merged.failed)
+    return failed
+
+
+def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
+    """Copy the ranks' shard files into `writer`'s file, flush it, then remove the shards (a run
+    killed in between finds the shards again and copies them over what it had copied)."""
+    for shard in shards:
+        writer.copy_from(shard)
+    writer.flush()
     for shard in shards:
         os.unlink(shard)
-    return failed
 
 
 class _CallableModule(types.ModuleType):

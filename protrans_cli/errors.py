@@ -6,6 +6,8 @@ Library code raises these; the CLI turns them into one line on stderr and an exi
 
 from __future__ import annotations
 
+import contextlib
+
 EXIT_OK = 0
 EXIT_INPUT = 1
 EXIT_USAGE = 2
@@ -50,3 +52,15 @@ class ModelError(ProtransError):
 
 class RuntimeFailure(ProtransError):
     """A job that failed while running (exit 1)."""
+
+
+@contextlib.contextmanager
+def located(path):
+    """An error raised inside that does not say which file it is about names `path` (the task
+    knows the record, not the file it came from)."""
+    try:
+        yield
+    except ProtransError as exc:
+        if exc.path is not None:
+            raise
+        raise type(exc)(exc.message, path=str(path), record=exc.record, line=exc.line) from None

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError
+from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, escape_key, sequence_checksum, unescape_key
@@ -93,17 +93,13 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     report = MatchReport()
     matched: list[Matched] = []
     for record in label_set.records:
-        try:
+        with located(label_set.path):
             if task.kind == PER_RESIDUE:
                 targets = task.residue_targets(record)
                 label_length = len(next(iter(targets.values())))
             else:
                 targets = task.protein_targets(record)
                 label_length = len(record.sequence) if record.sequence is not None else None
-        except InputError as exc:
-            if exc.path is None:  # the task knows the record, not the file: name it here
-                raise InputError(exc.message, path=label_set.path, record=exc.record, line=exc.line) from None
-            raise
         key = escape_key(record.id)
         via_checksum = False
         if key not in keys and record.sequence is not None:

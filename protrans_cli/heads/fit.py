@@ -28,7 +28,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, ProtransError, UsageError
+from protrans_cli.errors import InputError, ModelError, UsageError, located
 from protrans_cli.heads.data import DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled, subset
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
@@ -125,7 +125,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     if not train_set.records:
         raise InputError(f"no training records: the file assigns every record to {', '.join(sorted(declared))} "
                          "(give the training labels as --labels)", path=str(labels))
-    with _located(labels):
+    with located(labels):
         task = task.with_classes_from(train_set.records)
     for note in train_labels.notes:
         console.info(f"{train_labels.path}: {note}")
@@ -190,7 +190,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     if any(o.is_value for o in task.outputs):
         if config.class_weights:
             raise UsageError("--class-weights is for classification; the value task is a regression")
-        with _located(labels):
+        with located(labels):
             task = task.with_scale_from(train.targets)
     weights = _class_weights(task, train) if config.class_weights else None
 
@@ -406,17 +406,6 @@ def _outputs_with_labels(task: Task, train: ProteinData, labels) -> Task:
     if not kept:
         raise InputError(f"no training protein has a label for {task.name}", path=str(labels))
     return replace(task, outputs=tuple(kept))
-
-
-@contextlib.contextmanager
-def _located(path):
-    """An error about the labels that does not say which file they came from names `path`."""
-    try:
-        yield
-    except ProtransError as exc:
-        if exc.path is not None:
-            raise
-        raise type(exc)(exc.message, path=str(path), record=exc.record, line=exc.line) from None
 
 
 def _only(label_set: LabelSet, splits: set) -> LabelSet:
