@@ -102,22 +102,24 @@ class Family:
         unknown = sorted(key for key in overrides if not hasattr(defaults, key))
         if unknown:
             raise ModelError(f"unknown {type(defaults).__name__} field(s): {', '.join(unknown)}")
-        for key, value in overrides.items():
-            # not every config class validates types (T5Config keeps num_hidden_layers="abc")
-            default = getattr(defaults, key)
-            if isinstance(default, (bool, int, float)) and isinstance(value, str):
-                raise ModelError(f"invalid {self.name} config: {key} expects a "
-                                 f"{type(default).__name__}, got {value!r}")
-        # `--set hidden_dropout_prob=0` is a float field given a whole number (JSON reads 0 as an
-        # int): ESM's strictly validated config refused it
-        overrides = {key: float(value) if isinstance(getattr(defaults, key), float) and isinstance(value, int)
-                     and not isinstance(value, bool) else value for key, value in overrides.items()}
-        kwargs.update(overrides)
+        kwargs.update({key: self.typed_override(key, getattr(defaults, key), value)
+                       for key, value in overrides.items()})
         try:
             return self.config_class(**kwargs)
         except Exception as exc:  # TypeError/ValueError, or huggingface_hub's strict validation
             detail = " ".join(str(exc).split())  # the strict-validation text spans lines
             raise ModelError(f"invalid {self.name} config: {detail}") from None
+
+    def typed_override(self, key: str, current, value):
+        """`value` (from `--set KEY=VALUE`) for a config field that now holds `current`. Not
+        every config class validates types (T5Config keeps num_hidden_layers="abc"): a text for a
+        number is refused. A whole number for a float field (JSON reads `0` as an int) becomes a
+        float: ESM's strictly validated config refused `hidden_dropout_prob=0`."""
+        if isinstance(current, (bool, int, float)) and isinstance(value, str):
+            raise ModelError(f"invalid {self.name} config: {key} expects a {type(current).__name__}, got {value!r}")
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
 
     def token_config(self, tokenizer) -> dict[str, Any]:
         """Config kwargs that come from the tokenizer (vocabulary size, special-token ids)."""

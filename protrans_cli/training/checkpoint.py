@@ -36,13 +36,19 @@ def checkpoint_dir(run_dir, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
 
 
+def checkpoint_step(directory) -> int | None:
+    """The step of a `step_N` checkpoint directory (None for another name)."""
+    m = _STEP_DIR.match(Path(directory).name)
+    return int(m.group(1)) if m else None
+
+
 def list_checkpoints(run_dir) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [(step, p) for p in root.iterdir()
+             if (step := checkpoint_step(p)) is not None and (p / STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 

@@ -251,7 +251,7 @@ def _initial_model(config: TrainConfig, resume):
     for key, value in config.model_overrides.items():
         if not hasattr(hf_config, key):
             raise UsageError(f"--set {key}: the {family.name} config of {source.name} has no field {key!r}")
-        setattr(hf_config, key, value)
+        setattr(hf_config, key, family.typed_override(key, getattr(hf_config, key), value))
     try:
         tokenizer = family.load_tokenizer(source.target, **source.hub_kwargs)
         if resume:
@@ -301,7 +301,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         # Left in place, --keep-last pruned the new checkpoints (by step number) in their favour
         # and a later --resume continued the abandoned run.
         later = [p.name for p in ckpt.list_checkpoints(run.run_dir)
-                 if int(p.name.split("_")[1]) > state["step"]]
+                 if ckpt.checkpoint_step(p) > state["step"]]
         if later:
             raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
                              f"({', '.join(later)}): they belong to the run continued from there; move or "
