@@ -542,3 +542,18 @@ def test_a_corpus_without_proteins_is_refused_before_a_model_is_built(tmp_path, 
     res = run_cli("train", "--corpus", empty, "--corpus", LEARNABLE, "-o", tmp_path / "ok", "--num-steps", "1",
                   "--global-batch-size", "4", "--micro-batch-size", "4", "--max-length", "32")
     assert res.exit_code == 0, res.stderr
+
+
+def test_init_from_set_values_are_typed_as_for_a_preset(tmp_path, run_cli):
+    """`--set hidden_dropout_prob=0` reached ESM's strictly validated config as an int and was a
+    traceback with --init-from (a preset run already gave it as a float)."""
+    base = train(_config(tmp_path / "esm", "esm", num_steps=1))
+    res = run_cli("train", "--init-from", base.run_dir, "--corpus", LEARNABLE, "-o", tmp_path / "more",
+                  "--num-steps", "1", "--set", "hidden_dropout_prob=0", "-j", "1", "--max-length", "32",
+                  "--global-batch-size", "4", "--micro-batch-size", "4")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((tmp_path / "more" / "config.json").read_text())["hidden_dropout_prob"] == 0.0
+    res = run_cli("train", "--init-from", base.run_dir, "--corpus", LEARNABLE, "-o", tmp_path / "bad",
+                  "--num-steps", "1", "--set", "hidden_dropout_prob=true")
+    assert res.exit_code == 1 and "--set hidden_dropout_prob: invalid esm config value True" in res.stderr
+    assert "Traceback" not in res.stderr

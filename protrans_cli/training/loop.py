@@ -251,7 +251,12 @@ def _initial_model(config: TrainConfig, resume):
     for key, value in config.model_overrides.items():
         if not hasattr(hf_config, key):
             raise UsageError(f"--set {key}: the {family.name} config of {source.name} has no field {key!r}")
-        setattr(hf_config, key, family.typed_override(key, getattr(hf_config, key), value))
+        value = family.typed_override(key, getattr(hf_config, key), value)
+        try:
+            setattr(hf_config, key, value)
+        except Exception as exc:  # noqa: BLE001 - as build_config: huggingface_hub's strict validation (ESM)
+            detail = " ".join(str(exc).split())
+            raise ModelError(f"--set {key}: invalid {family.name} config value {value!r} ({detail})") from None
     try:
         tokenizer = family.load_tokenizer(source.target, **source.hub_kwargs)
         if resume:
