@@ -12,7 +12,9 @@ into the HDF5 writer (flushed after every batch). A sequence met again in a late
 copied from the dataset already written. An `Embedder` is anything with
 `embed_batch(sequences, pooled=False) -> [array (n_layers, L, D)]` (with `pooled`, the per-protein
 means `(n_layers, D)`, asked for when no per-residue array is written): the built-in `onehot`
-embedder and every transformer family share this code. Under torchrun, each rank embeds a
+embedder and every transformer family share this code. The transformer embedder also has
+`embed_arrays`, which returns rows already in the storage dtype and means taken where the model
+runs, in one pass (what the pipeline uses when it is there). Under torchrun, each rank embeds a
 balanced share of every window into its own file and rank 0 merges them into the one output.
 """
 
@@ -257,6 +259,16 @@ class TransformerEmbedder:
         self.packed = True
 
     def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
+        pairs = self.embed_arrays(sequences, rows=not pooled, means=pooled)
+        return [mean if pooled else rows for rows, mean in pairs]
+
+    def embed_arrays(self, sequences: Sequence[str], *, rows: bool = True, means: bool = False,
+                     dtype: str = "float32") -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """(rows, mean) per sequence, each None unless asked for: rows (n_layers, L_i, D) in
+        `dtype` (the storage dtype: converted where the model runs, so a GPU sends float16 rows
+        to the host at half the bytes), mean (n_layers, D) float32, from float32 sums over the
+        residue positions taken where the model runs and divided on the host in float64. The
+        means are the same numbers with or without the rows."""
         import torch
 
         model, device = self._run_model, self.device
@@ -273,27 +285,30 @@ class TransformerEmbedder:
                                      f"{len(seq)}-residue sequence (a bug in its encode())")
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
+        out_rows = out_means = [None] * len(lengths)
         with torch.inference_mode(), sdpa_kernels(device, self.sdpa_kernels):
             states = self.family_impl.hidden_states(model, inputs, list(self.layers))
             # (n_layers, B, T, D); one layer (the usual case) is a view, not a copy of the batch
             stacked = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(list(states), dim=0)
-            if pooled:
+            residue_rows = stacked[:, mask] if rows or encoded else None  # (n_layers, sum L_i, D)
+            if means:
                 # Sums in float32 over the residue positions only (whatever padding positions
-                # hold, NaN included, is replaced, not multiplied by zero), divided on the host in
-                # float64 as the per-residue path does (the two agree to float32 rounding).
+                # hold, NaN included, is replaced, not multiplied by zero).
                 if encoded:  # one row: sum each protein's segment of the residue rows
                     owner = torch.repeat_interleave(torch.arange(len(lengths), device=stacked.device),
                                                     torch.tensor(lengths, device=stacked.device))
-                    rows = stacked[:, mask].float()  # (n_layers, sum L_i, D)
-                    sums = rows.new_zeros(rows.shape[0], len(lengths), rows.shape[2]).index_add_(1, owner, rows)
+                    flat = residue_rows.float()
+                    sums = flat.new_zeros(flat.shape[0], len(lengths), flat.shape[2]).index_add_(1, owner, flat)
                     sums = sums.transpose(0, 1)  # (B, n_layers, D)
                 else:
                     kept = stacked.masked_fill(~mask[None, :, :, None], 0)
                     sums = kept.sum(dim=2, dtype=torch.float32).transpose(0, 1)  # (B, n_layers, D)
                 sums = sums.cpu().numpy().astype(np.float64)
-                return [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
-            rows = self._staging.to_host(stacked[:, mask])  # (n_layers, sum L_i, D) float32
-        return list(np.split(rows, np.cumsum(lengths)[:-1], axis=1))
+                out_means = [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
+            if rows:
+                host = self._staging.to_host(residue_rows, dtype)
+                out_rows = np.split(host, np.cumsum(lengths)[:-1], axis=1)
+        return list(zip(out_rows, out_means))
 
     def on_cpu(self) -> "TransformerEmbedder | None":
         """A float32 CPU twin, built on first use, for proteins too large for the accelerator."""
@@ -320,38 +335,41 @@ class TransformerEmbedder:
 
 
 class _HostStaging:
-    """Device rows to a float32 numpy array that the caller owns.
+    """Device rows to a numpy array of the storage dtype that the caller owns.
 
     From a GPU, copying into freshly allocated (pageable) host memory is slow: every new page is
     faulted in during the transfer (1.2 GiB/s on the H200 machine of docs/benchmarks.md#gpu,
     against 51 GiB/s into pinned memory and 6.7 GiB/s for filling fresh memory on the host). So
-    the rows go to one reused pinned buffer first, then into a new array by a host copy. The
-    buffer grows to the largest batch seen (tokens x layers x D x 4 bytes); batches above
-    MAX_BYTES take the direct path. On the CPU the rows are converted in place of a copy."""
+    the rows go to one reused pinned buffer first, then into a new array by a host copy. They
+    are converted to the storage dtype where they are (float16 storage moves half the bytes,
+    and on the CPU torch converts several times faster than numpy). The buffer grows to the
+    largest batch seen (tokens x layers x D x itemsize); batches above MAX_BYTES take the direct
+    path. On the CPU the rows are converted in place of a copy."""
 
     MAX_BYTES = 1 << 30
 
     def __init__(self, pinned: bool):
         self.pinned = pinned
-        self.buffer = None  # 1-D float32 host tensor
+        self.buffer = None  # 1-D uint8 host tensor
 
-    def to_host(self, rows) -> np.ndarray:
-        if rows.device.type == "cpu":
-            return rows.float().numpy()
-        if rows.numel() * 4 > self.MAX_BYTES:
-            return rows.float().cpu().numpy()
-        return self.stage(rows)
-
-    def stage(self, rows) -> np.ndarray:
+    def to_host(self, rows, dtype: str = "float32") -> np.ndarray:
         import torch
 
-        count = rows.numel()
-        if self.buffer is None or self.buffer.numel() < count:
-            size = max(count, 2 * (self.buffer.numel() if self.buffer is not None else 0))
-            size = min(size, self.MAX_BYTES // 4)
-            self.buffer = torch.empty(size, dtype=torch.float32, pin_memory=self.pinned)
-        staged = self.buffer[:count].view(rows.shape)
-        staged.copy_(rows)  # converted to float32 on the device, then one transfer
+        if rows.device.type == "cpu":
+            return rows.to(getattr(torch, dtype)).numpy()
+        if rows.numel() * np.dtype(dtype).itemsize > self.MAX_BYTES:
+            return rows.to(getattr(torch, dtype)).cpu().numpy()
+        return self.stage(rows, dtype)
+
+    def stage(self, rows, dtype: str = "float32") -> np.ndarray:
+        import torch
+
+        nbytes = rows.numel() * np.dtype(dtype).itemsize
+        if self.buffer is None or self.buffer.numel() < nbytes:
+            size = max(nbytes, 2 * (self.buffer.numel() if self.buffer is not None else 0))
+            self.buffer = torch.empty(min(size, self.MAX_BYTES), dtype=torch.uint8, pin_memory=self.pinned)
+        staged = self.buffer[:nbytes].view(getattr(torch, dtype)).view(rows.shape)
+        staged.copy_(rows)  # converted to the storage dtype on the device, then one transfer
         return staged.numpy().copy()
 
 
@@ -766,16 +784,33 @@ def _takes_pooled(embedder) -> bool:
     return "pooled" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def _call(embedder, sequences, pooled: bool):
-    return embedder.embed_batch(sequences, pooled=True) if pooled else embedder.embed_batch(sequences)
+@dataclass(frozen=True)
+class _Want:
+    """What a batch's forward pass hands back: per-residue rows (in `dtype`), means, or both."""
+
+    rows: bool
+    means: bool
+    dtype: str = "float32"
+
+
+def _call(embedder, sequences, want: _Want) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    """(rows, mean) per sequence. An embedder of the library API may implement
+    embed_batch(sequences) alone: its rows come back as they are, and the means that are still
+    None are taken from them where the batch is written (_deliver)."""
+    if hasattr(embedder, "embed_arrays"):
+        return embedder.embed_arrays(sequences, rows=want.rows, means=want.means, dtype=want.dtype)
+    if not want.rows and _takes_pooled(embedder):
+        return [(None, mean) for mean in embedder.embed_batch(sequences, pooled=True)]
+    return [(rows, None) for rows in embedder.embed_batch(sequences)]
 
 
 def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = False,
-                     on_split=None, pooled: bool = False) -> list[np.ndarray | str]:
-    """Embed a batch; on out-of-memory split it in halves down to single sequences, then try the
-    CPU (when allowed). A sequence that still fails comes back as a reason string."""
+                     on_split=None, want: _Want = _Want(rows=True, means=False)) -> list[tuple | str]:
+    """Embed a batch into (rows, mean) pairs (see _call); on out-of-memory split it in halves
+    down to single sequences, then try the CPU (when allowed). A sequence that still fails
+    comes back as a reason string."""
     try:
-        return _call(embedder, sequences, pooled)
+        return _call(embedder, sequences, want)
     except Exception as exc:  # noqa: BLE001 - only memory failures are handled, the rest re-raised
         if not _is_oom_safe(exc):
             raise
@@ -785,14 +820,14 @@ def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = Fal
             on_split(len(sequences))
         half = len(sequences) // 2
         return (embed_with_retry(embedder, sequences[:half], cpu_fallback=cpu_fallback, on_split=on_split,
-                                 pooled=pooled)
+                                 want=want)
                 + embed_with_retry(embedder, sequences[half:], cpu_fallback=cpu_fallback, on_split=on_split,
-                                   pooled=pooled))
+                                   want=want))
     reason = f"out of memory on {embedder.device} ({len(sequences[0])} residues)"
     twin = embedder.on_cpu() if cpu_fallback and hasattr(embedder, "on_cpu") else None
     if twin is not None:
         try:
-            return _call(twin, sequences, pooled)
+            return _call(twin, sequences, want)
         except Exception as exc:  # noqa: BLE001
             if not _is_oom_safe(exc):
                 raise
@@ -1079,9 +1114,6 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for unit in units:
             _deliver_copy(unit, writer, summary)
 
-    # Means beside the model need an embedder that takes `pooled` (an embedder of the library
-    # API may implement embed_batch(sequences) alone: its rows are then averaged here).
-    can_pool = _takes_pooled(embedder)
     start = time.perf_counter()  # rates count the embedding itself, not loading the model
     bar = console.progress(total=scan.num_residues, desc="embed" if dist.world_size == 1 else f"embed[{dist.rank}]",
                            unit="res", unit_scale=True)
@@ -1109,11 +1141,13 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 to_count = sum(len(p.sequence) for p in window)
                 del window, units
                 for batch in make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens):
-                    # Per-protein only: means computed beside the model (windows of a chunked
-                    # protein are stitched first, so they bring their rows).
-                    pooled = (not options.per_residue and all(p.unit.windows is None for p in batch)
-                              and can_pool)
-                    results = embed_with_retry(embedder, [p.sequence for p in batch], pooled=pooled,
+                    # Means computed beside the model, rows converted to the storage dtype there;
+                    # windows of a chunked protein bring float32 rows, stitched and averaged
+                    # once all of them are in.
+                    whole = all(p.unit.windows is None for p in batch)
+                    want = _Want(rows=options.per_residue or not whole, means=options.per_protein and whole,
+                                 dtype=options.storage_dtype if whole else "float32")
+                    results = embed_with_retry(embedder, [p.sequence for p in batch], want=want,
                                                cpu_fallback=options.cpu_fallback, on_split=splits.append)
                     background.submit(write_batch, batch, results)
                     step = min(sum(len(p.sequence) for p in batch), to_count)
@@ -1298,20 +1332,20 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
         if unit.windows is not None:
             pending[id(unit)] = None  # the other windows of this protein are dropped
         return
+    rows, mean = result  # rows (n_layers, L, D) or None; mean (n_layers, D) or None
     if unit.windows is not None:
         got = pending.setdefault(id(unit), [None] * len(unit.windows))
         if got is None:
             return
-        got[piece.index] = result
+        got[piece.index] = rows
         if any(g is None for g in got):
             return
         del pending[id(unit)]
-        result = stitch_windows(unit.windows, got, len(unit.sequence))
-    if result.ndim == 2:  # pooled by the embedder: (n_layers, D)
-        per_residue, per_protein = None, (result[0] if result.shape[0] == 1 else result)
-    else:
-        per_residue = result[0] if result.shape[0] == 1 else result          # (L, D) or (n_layers, L, D)
-        per_protein = _mean_rows(per_residue)                                # (D,) or (n_layers, D)
+        rows, mean = stitch_windows(unit.windows, got, len(unit.sequence)), None
+    per_residue = None if rows is None else (rows[0] if rows.shape[0] == 1 else rows)  # (L, D) or (n_layers, L, D)
+    if mean is None and PER_PROTEIN in writer.kinds:
+        mean = _mean_rows(per_residue)
+    per_protein = None if mean is None else (mean[0] if mean.shape[0] == 1 else mean)  # (D,) or (n_layers, D)
     _write_unit(unit, writer, summary, per_residue, per_protein)
 
 

@@ -318,7 +318,9 @@ def test_oom_splits_batches_then_falls_back_to_cpu():
     got = embed_with_retry(_FakeOOM(budget=10), seqs, cpu_fallback=True, on_split=splits.append)
     assert splits  # it had to split
     for s, g in zip(seqs, got):
-        np.testing.assert_array_equal(g[0], onehot_reference(s))  # "W"*20 came from the CPU twin
+        rows, mean = g
+        assert mean is None  # not asked for
+        np.testing.assert_array_equal(rows[0], onehot_reference(s))  # "W"*20 came from the CPU twin
     got = embed_with_retry(_FakeOOM(budget=10), seqs, cpu_fallback=False)
     assert isinstance(got[2], str) and "out of memory" in got[2]
     assert not isinstance(got[0], str)
@@ -848,9 +850,11 @@ def test_missing_output_directory_is_refused_not_created(tmp_path, monkeypatch):
     assert not (tmp_path / "nodir").exists()
 
 
-def test_host_staging_hands_out_independent_float32_arrays():
+def test_host_staging_hands_out_independent_arrays_in_the_storage_dtype():
     """The reused staging buffer (pinned on a GPU) behind embed_batch's device-to-host copy:
-    each array is the rows in float32 and stays intact while later batches reuse the buffer."""
+    each array is the rows in the storage dtype, converted exactly as numpy converts float32
+    (what the writer did before rows came in float16), and stays intact while later batches
+    reuse the buffer."""
     torch = pytest.importorskip("torch")
     from protrans_cli.embed import _HostStaging
 
@@ -861,13 +865,22 @@ def test_host_staging_hands_out_independent_float32_arrays():
     for b, a in zip(batches, out):
         assert a.dtype == np.float32 and a.shape == tuple(b.shape)
         np.testing.assert_array_equal(a, b.float().numpy())
-    assert staging.buffer.numel() == 77  # grown twice (35, then 77 elements), not once per batch
+    assert staging.buffer.numel() == 77 * 4  # bytes; grown twice (35, then 77 rows), not once per batch
     assert len({a.ctypes.data for a in out}) == len(out)
+    # float16 storage: float32 values that round in every way (ties, subnormals, overflow, NaN)
+    # come out as numpy's astype makes them, through the same buffer.
+    tricky = np.array([1 + 2**-11, 1 + 3 * 2**-11, 2**-24, 2**-25, 3 * 2**-26, 65504, 65520, 1e6, -1e6,
+                       np.nan, np.inf, -0.0, 1e-8, 0.1, 6.1e-5], dtype=np.float32)
+    wide = np.concatenate([tricky, np.random.default_rng(0).standard_normal(49, dtype=np.float32) * 1e3])
+    half = staging.stage(torch.from_numpy(wide).reshape(1, 8, 8), "float16")
+    assert half.dtype == np.float16
+    np.testing.assert_array_equal(half.reshape(-1), wide.astype(np.float16))
+    np.testing.assert_array_equal(staging.to_host(torch.from_numpy(wide), "float16"), wide.astype(np.float16))
     # Above the cap the rows go straight to the host, and on the CPU nothing is staged.
     staging.MAX_BYTES = 40
     big = torch.randn(1, 20, 7)
     np.testing.assert_array_equal(staging.to_host(big), big.numpy())
-    assert staging.buffer.numel() == 77
+    assert staging.buffer.numel() == 77 * 4
 
 
 def test_compile_with_packing_is_a_usage_error_and_onehot_ignores_compile(run_cli, tmp_path):

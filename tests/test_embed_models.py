@@ -134,7 +134,7 @@ def test_oom_on_a_real_model_splits_and_still_matches(tmp_path, tiny_models, mon
     name = FAMILY_NAMES[0]
     model = str(tiny_models[name])
     ref = _read(embed(SMALL, tmp_path / "ref.h5", EmbedOptions(model=model, device="cpu")).output)
-    original = TransformerEmbedder.embed_batch
+    original = TransformerEmbedder.embed_arrays
     sizes = []
 
     def fake_oom(self, seqs, **kw):
@@ -143,7 +143,7 @@ def test_oom_on_a_real_model_splits_and_still_matches(tmp_path, tiny_models, mon
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         return original(self, seqs, **kw)
 
-    monkeypatch.setattr(TransformerEmbedder, "embed_batch", fake_oom)
+    monkeypatch.setattr(TransformerEmbedder, "embed_arrays", fake_oom)
     summary = embed(SMALL, tmp_path / "oom.h5", EmbedOptions(model=model, device="cpu", max_tokens=10_000))
     assert max(sizes) > 1 and summary.failed == {}
     got = _read(tmp_path / "oom.h5")
@@ -446,20 +446,66 @@ def test_per_protein_only_is_pooled_beside_the_model_and_equals_the_full_run(tmp
     model = str(tiny_models[family_name])
     full = _read(embed(SMALL, tmp_path / "full.h5", EmbedOptions(model=model, device="cpu")).output, PER_PROTEIN)
     asked = []
-    original = TransformerEmbedder.embed_batch
+    original = TransformerEmbedder.embed_arrays
 
-    def spy(self, seqs, pooled=False):
-        asked.append(pooled)
-        return original(self, seqs, pooled=pooled)
+    def spy(self, seqs, **want):
+        asked.append(want)
+        return original(self, seqs, **want)
 
-    monkeypatch.setattr(TransformerEmbedder, "embed_batch", spy)
+    monkeypatch.setattr(TransformerEmbedder, "embed_arrays", spy)
     only = _read(embed(SMALL, tmp_path / "only.h5", EmbedOptions(model=model, device="cpu", per_residue=False,
                                                                  max_tokens=40)).output, PER_PROTEIN)
-    assert asked and all(asked)
+    assert asked and all(not w["rows"] and w["means"] for w in asked)
     assert sorted(only) == sorted(full)
     for ident, vec in full.items():
         assert only[ident].shape == vec.shape
         np.testing.assert_allclose(only[ident], vec, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family_name", ["bert", "t5"])
+def test_one_pass_gives_rows_in_the_storage_dtype_and_the_same_means(tmp_path, tiny_models, family_name,
+                                                                     monkeypatch):
+    """Both kinds: one forward pass hands back rows already in the storage dtype and means taken
+    beside the model. float16 rows are exactly the float32 run's rows rounded by numpy; the
+    means are bit for bit those of a --per-protein run over the same batches; a per-residue run
+    asks for no means."""
+    from protrans_cli.embed import EmbedOptions, TransformerEmbedder, embed
+
+    model = str(tiny_models[family_name])
+    asked = []
+    original = TransformerEmbedder.embed_arrays
+
+    def spy(self, seqs, **want):
+        asked.append(want)
+        return original(self, seqs, **want)
+
+    monkeypatch.setattr(TransformerEmbedder, "embed_arrays", spy)
+
+    def run(name, **kw):
+        asked.clear()
+        out = embed(SMALL, tmp_path / name, EmbedOptions(model=model, device="cpu", max_tokens=64, **kw)).output
+        return out, list(asked)
+
+    f32, asked32 = run("f32.h5", per_protein=True)
+    f16, asked16 = run("f16.h5", per_protein=True, storage_dtype="float16")
+    only, _ = run("only.h5", per_residue=False, per_protein=True)
+    rows_only, asked_rows = run("rows.h5", per_protein=False)
+    assert all(w == {"rows": True, "means": True, "dtype": "float32"} for w in asked32)
+    assert all(w == {"rows": True, "means": True, "dtype": "float16"} for w in asked16)
+    assert all(w == {"rows": True, "means": False, "dtype": "float32"} for w in asked_rows)
+    rows32, rows16 = _read(f32), _read(f16)
+    assert sorted(rows16) == sorted(rows32)
+    for ident, rows in rows32.items():
+        assert rows16[ident].dtype == np.float16
+        np.testing.assert_array_equal(rows16[ident], rows.astype(np.float16))
+    means32, means_only = _read(f32, PER_PROTEIN), _read(only, PER_PROTEIN)
+    for ident, mean in means32.items():
+        np.testing.assert_array_equal(means_only[ident], mean)
+        np.testing.assert_allclose(mean, rows32[ident].mean(0, dtype=np.float64), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(_read(f16, PER_PROTEIN)[ident], mean.astype(np.float16))
+    assert _read(rows_only).keys() == rows32.keys()
+    for ident, rows in _read(rows_only).items():
+        np.testing.assert_array_equal(rows, rows32[ident])
 
 
 def test_pooled_per_protein_with_several_layers_and_the_flat_layout(tmp_path, tiny_models):
