@@ -187,6 +187,32 @@ def test_cli_config_file_and_flag_override(tmp_path, run_cli):
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [2, 4]
 
 
+def test_default_warmup_is_a_tenth_of_the_run_so_a_short_run_peaks_and_decays(tmp_path, run_cli):
+    """Without --warmup-steps the warmup is a tenth of the run (at most 2000): a 20-step run
+    reaches --lr at step 2 and decays; before, 2000 warmup steps left any run of up to 2000
+    steps ramping up only (a README example peaked at 5% of its lr). An explicit warmup that
+    does not end before the run is kept, with a warning."""
+    assert TrainConfig(num_steps=1000).resolved_warmup_steps == 100
+    assert TrainConfig(num_steps=5).resolved_warmup_steps == 1
+    assert TrainConfig(num_steps=10**6).resolved_warmup_steps == 2000
+    assert TrainConfig(phases=[Phase(64, 300), Phase(128, 700)]).resolved_warmup_steps == 100
+    assert TrainConfig(num_steps=1000, warmup_steps=0).resolved_warmup_steps == 0
+    out = tmp_path / "run"
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--num-steps", 20, "--lr", "0.002", "--max-length", 48,
+                  "--global-batch-size", 8, "--micro-batch-size", 8, "--set", "hidden_size=16", "--log-every", 1,
+                  "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    assert "--warmup-steps" not in res.stderr
+    lrs = [r["lr"] for r in read_metrics(out / "metrics.jsonl")]
+    assert max(lrs) == pytest.approx(0.002) and lrs.index(max(lrs)) == 1  # lr after step 2
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.2 * 0.002  # decaying to lr x 0.1
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "ramp", "--num-steps", 4, "--warmup-steps", 8,
+                  "--max-length", 48, "--global-batch-size", 8, "--micro-batch-size", 8, "--set", "hidden_size=16",
+                  "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    assert "--warmup-steps 8 is not below the run's 4 steps" in res.stderr and "50% of" in res.stderr
+
+
 def test_cli_errors(tmp_path, run_cli):
     res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--global-batch-size", 10,
                   "--micro-batch-size", 4)

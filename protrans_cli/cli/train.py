@@ -41,7 +41,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="[default: adamw]")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.  [default: 4e-4]")
 @click.option("--weight-decay", type=float, default=None, help="[default: 0.01]")
-@click.option("--warmup-steps", type=int, default=None, help="[default: 2000]")
+@click.option("--warmup-steps", type=int, default=None,
+              help="Linear warmup to --lr.  [default: a tenth of the steps, at most 2000]")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Decay after warmup.  [default: linear]")
 @click.option("--grad-clip", type=float, default=None, help="Max gradient norm; 0 disables.  [default: 1.0]")
 @click.option("--mask-prob", type=float, default=None, help="Fraction of residues masked.  [default: 0.15]")

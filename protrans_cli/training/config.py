@@ -19,6 +19,7 @@ from typing import Any
 from protrans_cli.attention import SDPA_KERNELS
 from protrans_cli.errors import InputError, UsageError
 
+DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
 OBJECTIVES = ("mlm", "electra", "t5", "t5_span", "plm", "clm")
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
 SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
@@ -90,7 +91,7 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_eps: float = 1e-8
-    warmup_steps: int = 2000
+    warmup_steps: int | None = None  # None: a tenth of the run, at most 2000 (resolved_warmup_steps)
     schedule: str = "linear"
     min_lr_ratio: float = 0.1      # the decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
@@ -122,6 +123,14 @@ class TrainConfig:
     def total_steps(self) -> int:
         return sum(p.num_steps for p in self.resolved_phases())
 
+    @property
+    def resolved_warmup_steps(self) -> int:
+        """The steps of linear warmup: as given, or a tenth of the run and at most 2000, so that
+        a short run still reaches its peak lr and decays."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return min(DEFAULT_MAX_WARMUP, max(1, self.total_steps // 10))
+
     def validate(self, world_size: int = 1) -> None:
         """Refuse contradictory settings up front, before any model is built."""
         if not self.corpus:
@@ -148,7 +157,7 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1, got {value}")
         for name in ("num_workers", "warmup_steps", "eval_every", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise UsageError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.num_eval_batches < 1:
             raise UsageError(f"num_eval_batches must be at least 1, got {self.num_eval_batches}")

@@ -322,6 +322,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         console.debug(f"parameters without gradient (DDP told to expect them): {', '.join(unused[:5])}...")
     run.wrapped = dist.wrap(loss_module, run.strategy, info, find_unused_parameters=bool(unused))
     optimizer = build_optimizer(run.wrapped, config)
+    if info.is_main and config.warmup_steps is not None and config.warmup_steps >= total_steps:
+        console.warn(f"--warmup-steps {config.warmup_steps} is not below the run's {total_steps} steps: the "
+                     f"learning rate only ramps up, to {total_steps / max(1, config.warmup_steps):.0%} of "
+                     f"--lr {config.lr:g}, and never decays")
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, data_phase, data_state = 0, 0, StreamState()
     if state is not None:

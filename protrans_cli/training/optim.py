@@ -117,5 +117,5 @@ class LRLambda:
 
 
 def build_scheduler(optimizer, config, total_steps: int):
-    fn = LRLambda(config.schedule, config.warmup_steps, total_steps, config.min_lr_ratio)
+    fn = LRLambda(config.schedule, config.resolved_warmup_steps, total_steps, config.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
