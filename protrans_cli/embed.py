@@ -982,6 +982,10 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     for target in (output, partial_path(output)):
         if input_named_by(target, (fasta,)):
             raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
+        model_dir = input_named_by(target, (options.model,))
+        if model_dir:
+            raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
+                             "model's files (choose another -o)")
     name = display_name(fasta)
     if str(fasta) == "-" and _torchrun_rank()[1] > 1:
         raise UsageError("under torchrun the FASTA must be a file: stdin reaches one process, not every rank")

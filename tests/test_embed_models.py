@@ -151,6 +151,26 @@ def test_oom_on_a_real_model_splits_and_still_matches(tmp_path, tiny_models, mon
         np.testing.assert_allclose(got[k], ref[k], atol=1e-5, rtol=0)
 
 
+def test_embed_never_writes_into_its_model_and_damaged_weights_are_one_line(run_cli, tmp_path, tiny_models):
+    """`embed -m RUN -o RUN/model.safetensors` replaced the weights it had loaded (exit 0); weights
+    cut short by an interrupted copy or download then gave a safetensors traceback."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models[FAMILY_NAMES[0]], model)
+    files = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    for out in (model / "model.safetensors", model / "x.h5", model / "." / "y.h5"):
+        result = run_cli("embed", SMALL, "-m", model, "-o", out)
+        assert result.exit_code == 2 and "is inside the model directory" in result.stderr, result.stderr
+    assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == files
+    weights = model / "model.safetensors"
+    weights.write_bytes(files["model.safetensors"][:1000])
+    result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"protrans: error: {model}: cannot load the weights")
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_half_precision_on_cpu_is_refused(run_cli, tmp_path, tiny_models):
     result = run_cli("embed", SMALL, "-m", tiny_models[FAMILY_NAMES[0]], "--device", "cpu",
                      "--dtype", "float16", "-o", tmp_path / "x.h5")

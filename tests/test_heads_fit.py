@@ -353,6 +353,26 @@ def test_predict_output_that_is_the_embeddings_file_is_refused(run_cli, ss_data,
         assert query.read_bytes() == before
 
 
+def test_predict_never_writes_into_its_head_and_a_damaged_head_is_one_line(run_cli, ss_data, tmp_path):
+    """`predict HEAD -o HEAD/config.json` replaced the head's config with predictions (exit 0);
+    a weights file cut short by an interrupted copy then gave a safetensors traceback."""
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    files = {p.name: p.read_bytes() for p in head.iterdir() if p.is_file()}
+    for args in (["-o", head / "config.json"], ["-o", head / "new.fa"], ["--probabilities", head / "p.h5"],
+                 ["--labels", ss_data / "test.csv", "--metrics", head / "m"]):
+        r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", *map(str, args))
+        assert r.exit_code == 2 and "inside the head directory" in r.stderr, r.stderr
+    assert {p.name: p.read_bytes() for p in head.iterdir() if p.is_file()} == files
+    weights = head / "weights.safetensors"
+    weights.write_bytes(files["weights.safetensors"][: len(files["weights.safetensors"]) // 2])
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"protrans: error: {weights}: cannot read the head's weights"), line
+
+
 def test_fit_force_never_deletes_a_directory_holding_its_inputs(run_cli, ss_data, tmp_path):
     import shutil
 

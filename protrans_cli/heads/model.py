@@ -64,6 +64,7 @@ def save_head(directory: Path, ensemble: Ensemble, config: dict) -> None:
 
 
 def load_head(directory) -> tuple[Ensemble, Task, dict]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -82,6 +83,9 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         state = load_file(str(directory / WEIGHTS))
     except FileNotFoundError:
         raise ModelError(f"head has no {WEIGHTS}", path=str(directory)) from None
+    except (SafetensorError, OSError) as exc:  # truncated by an interrupted copy, or not safetensors at all
+        raise ModelError(f"cannot read the head's weights ({str(exc).splitlines()[0]})",
+                         path=str(directory / WEIGHTS)) from None
     try:
         ensemble.load_state_dict(state)
     except RuntimeError as exc:

@@ -37,10 +37,20 @@ def same_file(a, b) -> bool:
 
 def input_named_by(output, inputs) -> str | None:
     """The input (not stdin) that `output` (not stdout) names, if any: writing that output would
-    replace the input (`prep x.fa -o x.fa` lost the FASTA). Every command checks its outputs so."""
+    replace the input (`prep x.fa -o x.fa` lost the FASTA). An input directory (a model, a head)
+    is named by any path inside it (`embed -m run -o run/model.safetensors` replaced the weights
+    it had just loaded). Every command checks its outputs so."""
     if not output or str(output) == "-":
         return None
-    return next((str(src) for src in inputs if src and str(src) != "-" and same_file(src, output)), None)
+    return next((str(src) for src in inputs if src and str(src) != "-"
+                 and (same_file(src, output) or _inside(output, src))), None)
+
+
+def _inside(path, directory) -> bool:
+    if not os.path.isdir(directory):
+        return False
+    base, target = os.path.realpath(directory), os.path.realpath(path)
+    return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def display_name(path) -> str:

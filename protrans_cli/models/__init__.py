@@ -218,11 +218,13 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
                 "protobuf" in str(exc).lower() else ""
             raise ModelError(f"{name}: cannot load the tokenizer: {_first_line(exc)}{hint}") from None
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None))
+        from safetensors import SafetensorError
+
         try:
             model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
             raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
-        except RuntimeError as exc:  # e.g. weights whose shapes do not match the config
+        except (RuntimeError, SafetensorError) as exc:  # shapes that do not fit the config; a truncated file
             raise ModelError(f"{name}: cannot load the weights: {_first_line(exc)}") from None
     try:
         model = model.to(device)
