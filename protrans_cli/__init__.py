@@ -28,6 +28,7 @@ _LAZY = {
     "train": "protrans_cli.training.loop",
     "TrainConfig": "protrans_cli.training.config",
     "fit": "protrans_cli.heads.fit",
+    "FitConfig": "protrans_cli.heads.fit",
     "predict": "protrans_cli.heads.predict",
 }
 
