@@ -78,6 +78,30 @@ def test_the_blocks_are_the_outermost_layer_lists(family, expected):
     assert all(b.forward.__wrapped__.__self__ is b for b in blocks)
 
 
+@pytest.mark.parametrize("family", ["t5", "albert"])
+def test_fsdp_shards_the_blocks_checkpointing_recomputes(family):
+    """One rule defines a transformer block: FSDP shards the items of the outermost layer lists
+    with more than one block, as --activation-checkpointing recomputes them. T5's per-block
+    `layer` lists (self-attention, feed-forward) became shard units of their own before, two
+    more all-gathers per block; ALBERT's shared group (a list of one) stays with the root."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+
+    from protrans_cli.training.dist import DistInfo, wrap
+
+    model, _ = _tiny(family)
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        wrapped = wrap(model, "fsdp", DistInfo(initialised=True))
+        units = [m for m in wrapped.modules() if isinstance(m, FSDPModule)]
+    finally:
+        dist.destroy_process_group()
+    blocks = [] if family == "albert" else recompute.transformer_blocks(model)
+    assert {id(m) for m in units} == {id(model), *map(id, blocks)}
+    assert len(units) == 1 + (4 if family == "t5" else 0)
+
+
 def _step_statistics(model, tokenizer, length=200, batch=4):
     """(bytes kept for the backward pass, calls of the first block's sublayers) over one step."""
     ids = torch.randint(5, len(tokenizer), (batch, length))

@@ -139,10 +139,15 @@ def wrap(module: torch.nn.Module, strategy: str, dist_info: DistInfo, *,
         if dist_info.device.type == "cuda":
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         kwargs = {"mp_policy": mp} if mp is not None else {}
-        # Shard every transformer block on its own (a module list of layers), then the root.
-        for sub in module.modules():
-            if isinstance(sub, torch.nn.ModuleList) and len(sub) > 1:
-                for block in sub:
+        from protrans_cli.training.recompute import layer_lists
+
+        # Shard every transformer block on its own (the blocks activation checkpointing
+        # recomputes), then the root. A list of one block stays with the root: ALBERT's
+        # shared layer group runs once per layer, and one shard unit gathered twelve times a
+        # pass saves nothing.
+        for layers in layer_lists(module):
+            if len(layers) > 1:
+                for block in layers:
                     fully_shard(block, **kwargs)
         fully_shard(module, **kwargs)
         return module

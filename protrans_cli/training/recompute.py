@@ -32,18 +32,25 @@ import torch
 _MARK = "_protrans_recomputed"
 
 
-def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The items of every `nn.ModuleList` that is not inside another one's item."""
-    blocks: list[torch.nn.Module] = []
+def layer_lists(model: torch.nn.Module) -> list[torch.nn.ModuleList]:
+    """Every `nn.ModuleList` that is not inside another one's item: the model's lists of
+    transformer blocks (T5's per-block `layer` lists, inside those blocks, are not)."""
+    lists: list[torch.nn.ModuleList] = []
     prefixes: list[str] = []
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.ModuleList):
             continue
         if any(name.startswith(p) for p in prefixes):
             continue
-        blocks.extend(module)
+        lists.append(module)
         prefixes.extend(f"{name}.{i}." for i in range(len(module)))
-    return blocks
+    return lists
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The items of the model's layer lists (`layer_lists`): what is recomputed, and what FSDP
+    shards on its own (training/dist.py)."""
+    return [block for layers in layer_lists(model) for block in layers]
 
 
 def checkpoint_blocks(model: torch.nn.Module) -> int:
