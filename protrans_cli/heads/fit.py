@@ -129,8 +129,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
         task = task.with_classes_from(train_set.records)
     for note in train_labels.notes:
         console.info(f"{train_labels.path}: {note}")
-    train, report = load_data(embeddings, train_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
-                              cache_bytes=config.cache_bytes)
+    train, report = _load(config, embeddings, train_set, task)
     console.info(f"train: {report.matched} proteins from {embeddings}"
                  + (f" ({report.by_checksum} matched by sequence checksum)" if report.by_checksum else ""))
     if isinstance(train, ProteinData):
@@ -147,9 +146,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
             same_file_reports.append(valid_report)
         valid_desc = f"{valid[1]}"
     elif VALID in declared:
-        valid_data, valid_report = load_data(embeddings, _only(train_labels, {VALID}), task,
-                                             on_mismatch=config.on_mismatch, layer=config.layer,
-                                             cache_bytes=config.cache_bytes)
+        valid_data, valid_report = _load(config, embeddings, _only(train_labels, {VALID}), task)
         same_file_reports.append(valid_report)
         valid_desc = f"{labels} (VALIDATION=True)"
     else:
@@ -163,9 +160,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     console.info(f"validation: {valid_desc}")
     eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
     if not tests and TEST in declared:
-        test_data, test_report = load_data(embeddings, _only(train_labels, {TEST}), task,
-                                           on_mismatch=config.on_mismatch, layer=config.layer,
-                                           cache_bytes=config.cache_bytes)
+        test_data, test_report = _load(config, embeddings, _only(train_labels, {TEST}), task)
         same_file_reports.append(test_report)
         eval_sets.append(("test", test_data, str(embeddings), f"{labels} (SET=test)"))
     elif TEST in declared:
@@ -418,9 +413,14 @@ def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
     label_set = _read(config, labels)
     if any(r.split == split for r in label_set.records) and any(r.split != split for r in label_set.records):
         label_set = _only(label_set, {split})
-    data, report = load_data(embeddings, label_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
-                             cache_bytes=config.cache_bytes)
+    data, report = _load(config, embeddings, label_set, task)
     return data, label_set.name, report
+
+
+def _load(config: FitConfig, embeddings, label_set: LabelSet, task: Task):
+    """The embeddings of the labelled proteins, read as the fit's settings say."""
+    return load_data(embeddings, label_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
+                     cache_bytes=config.cache_bytes)
 
 
 def _unique_name(name: str, taken: list[str]) -> str:
