@@ -864,10 +864,7 @@ class _Writers:
     def _open_all(self, options: CorpusOptions) -> None:
         out = options.output
         if out is None or str(out) == "-":
-            import sys
-
-            self.train = [sys.stdout.buffer]
-            self.paths = ["-"]
+            self._open("-")
         elif options.num_shards > 1:
             for k in range(options.num_shards):
                 self._open(shard_path(out, k))
@@ -876,26 +873,24 @@ class _Writers:
         else:
             self._open(Path(out))
         if options.valid_output:
-            if str(options.valid_output) == "-":
-                import sys
+            self.valid = self._handle(options.valid_output, self.valid_kind)
 
-                self.valid = sys.stdout.buffer
-            else:
-                handle = AtomicFile(options.valid_output, compress=self.valid_kind is None,
-                                    level=FAST_LEVELS.get(self.valid_kind))
-                if self.valid_kind:
-                    self.precompressed[id(handle)] = self.valid_kind
-                self.files.append(handle)
-                self.valid = handle.stream
-
-    def _open(self, path: Path) -> None:
-        handle = AtomicFile(path, compress=self.train_kind is None,
-                            level=FAST_LEVELS.get(compression_for_output(path)))
-        if self.train_kind:
-            self.precompressed[id(handle)] = self.train_kind
-        self.files.append(handle)
-        self.train.append(handle.stream)
+    def _open(self, path) -> None:
+        """One more training output (a file, a shard, or stdout)."""
+        self.train.append(self._handle(path, self.train_kind))
         self.paths.append(str(path))
+
+    def _handle(self, path, kind: str | None):
+        """The stream of an output: stdout (`-`) as it comes, else an AtomicFile that compresses
+        unless the workers already did (`kind`)."""
+        if str(path) == "-":
+            handle = _Stdout()
+        else:
+            handle = AtomicFile(path, compress=kind is None, level=FAST_LEVELS.get(compression_for_output(path)))
+            if kind:
+                self.precompressed[id(handle)] = kind
+        self.files.append(handle)
+        return handle.stream
 
     def write(self, outputs: dict, train_before: int) -> None:
         """`train_before`: training proteins written before this block (round-robin offset)."""
@@ -942,9 +937,6 @@ class _Writers:
             if kind and handle.stream.tell() == 0:
                 handle.stream.write(compress_bytes(b"", kind, FAST_LEVELS.get(kind)))  # a valid empty .gz
             handle.commit()
-        for stream in self.train:
-            with contextlib.suppress(Exception):
-                stream.flush()
         paths = list(self.paths)
         if self.options.valid_output:
             paths.append(str(self.options.valid_output))
