@@ -456,15 +456,10 @@ def test_the_gpu_token_budget_grows_with_free_memory():
     assert default_max_tokens("cpu") == 512
 
 
-@pytest.mark.parametrize("family_name", FAMILY_NAMES)
-def test_per_protein_only_is_pooled_beside_the_model_and_equals_the_full_run(tmp_path, tiny_models, family_name,
-                                                                            monkeypatch):
-    """A --per-protein run asks the embedder for means (no L x D rows cross to the host) and
-    stores what a run that also writes per-residue arrays stores for each protein."""
-    from protrans_cli.embed import EmbedOptions, TransformerEmbedder, embed
+def _spy_on_embed_arrays(monkeypatch) -> list[dict]:
+    """The list that gets what the pipeline asks each embed_arrays call for (rows, means, dtype)."""
+    from protrans_cli.embed import TransformerEmbedder
 
-    model = str(tiny_models[family_name])
-    full = _read(embed(SMALL, tmp_path / "full.h5", EmbedOptions(model=model, device="cpu")).output, PER_PROTEIN)
     asked = []
     original = TransformerEmbedder.embed_arrays
 
@@ -473,6 +468,19 @@ def test_per_protein_only_is_pooled_beside_the_model_and_equals_the_full_run(tmp
         return original(self, seqs, **want)
 
     monkeypatch.setattr(TransformerEmbedder, "embed_arrays", spy)
+    return asked
+
+
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_per_protein_only_is_pooled_beside_the_model_and_equals_the_full_run(tmp_path, tiny_models, family_name,
+                                                                            monkeypatch):
+    """A --per-protein run asks the embedder for means (no L x D rows cross to the host) and
+    stores what a run that also writes per-residue arrays stores for each protein."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    model = str(tiny_models[family_name])
+    full = _read(embed(SMALL, tmp_path / "full.h5", EmbedOptions(model=model, device="cpu")).output, PER_PROTEIN)
+    asked = _spy_on_embed_arrays(monkeypatch)
     only = _read(embed(SMALL, tmp_path / "only.h5", EmbedOptions(model=model, device="cpu", per_residue=False,
                                                                  max_tokens=40)).output, PER_PROTEIN)
     assert asked and all(not w["rows"] and w["means"] for w in asked)
@@ -489,17 +497,10 @@ def test_one_pass_gives_rows_in_the_storage_dtype_and_the_same_means(tmp_path, t
     beside the model. float16 rows are exactly the float32 run's rows rounded by numpy; the
     means are bit for bit those of a --per-protein run over the same batches; a per-residue run
     asks for no means."""
-    from protrans_cli.embed import EmbedOptions, TransformerEmbedder, embed
+    from protrans_cli.embed import EmbedOptions, embed
 
     model = str(tiny_models[family_name])
-    asked = []
-    original = TransformerEmbedder.embed_arrays
-
-    def spy(self, seqs, **want):
-        asked.append(want)
-        return original(self, seqs, **want)
-
-    monkeypatch.setattr(TransformerEmbedder, "embed_arrays", spy)
+    asked = _spy_on_embed_arrays(monkeypatch)
 
     def run(name, **kw):
         asked.clear()
