@@ -51,12 +51,10 @@ def normalise(seq: bytes | str, rare: str = "x") -> str:
     elif rare != "keep":
         raise ValueError(f"rare must be one of {RARE_POLICIES}, got {rare!r}")
     bad = set(data) - _VALID
-    if bad:
-        if b"*"[0] in bad:
-            pos = data.index(b"*") + 1
+    if bad:  # the first offending residue
+        pos, char = next((i + 1, c) for i, c in enumerate(data) if c in bad)
+        if char == b"*"[0]:
             raise SequenceRejected(REASON_INTERNAL_STOP, f"internal stop '*' at residue {pos}")
-        char = min(bad)
-        pos = data.index(bytes([char])) + 1
-        shown = chr(char) if 32 < char < 127 else f"\\x{char:02x}"
-        raise SequenceRejected(REASON_INVALID, f"invalid character {shown!r} at residue {pos}")
+        shown = repr(chr(char)) if 32 < char < 127 else f"'\\x{char:02x}'"  # a byte, quoted once
+        raise SequenceRejected(REASON_INVALID, f"invalid character {shown} at residue {pos}")
     return data.decode("ascii")

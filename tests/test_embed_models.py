@@ -92,6 +92,56 @@ def test_embed_equals_plain_forward_of_each_protein(run_cli, tmp_path, tiny_mode
         assert r.attrs["family"] == family_name and r.attrs["compute_dtype"] == "float32"
 
 
+def _protbert_layout(tiny_bert, path):
+    """A BERT directory laid out as the published Rostlab/prot_bert and prot_bert_bfd are: a
+    config.json without model_type (nor layer_norm_eps, pad_token_id), vocab.txt and a
+    tokenizer_config.json without tokenizer_class."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_bert, path)
+    vocab = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (path / name).unlink(missing_ok=True)
+    (path / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])))
+    (path / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    (path / "special_tokens_map.json").write_text(json.dumps(
+        {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}))
+    config = json.loads((path / "config.json").read_text())
+    for key in ("model_type", "layer_norm_eps", "pad_token_id", "transformers_version"):
+        config.pop(key, None)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_the_published_protbert_layout_loads_without_model_type(run_cli, tmp_path, tiny_models):
+    """transformers 5 no longer guesses a missing model_type from the repository name, so
+    `-m prot_bert` failed ("unsupported model"): the family now comes from `architectures`.
+    Rows equal BertTokenizer + BertModel, as ProtBert's model card loads it; --init-from
+    continues pretraining from it."""
+    from transformers import BertModel, BertTokenizer
+
+    model = _protbert_layout(tiny_models["bert"], tmp_path / "prot_bert")
+    out = tmp_path / "pb.h5"
+    result = run_cli("embed", SMALL, "-m", model, "--device", "cpu", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    tokenizer = BertTokenizer.from_pretrained(str(model), do_lower_case=False)
+    encoder = BertModel.from_pretrained(str(model)).eval()
+    rows = _read(out)
+    for rec in read_fasta(SMALL):
+        seq = rec.sequence.replace("-", "").replace(".", "").upper().translate(str.maketrans("UZOB", "XXXX"))
+        ids = tokenizer(" ".join(seq), return_tensors="pt")["input_ids"]
+        assert ids.shape[1] == len(seq) + 2
+        with torch.no_grad():
+            ref = encoder(input_ids=ids).last_hidden_state[0, 1:-1].numpy()
+        np.testing.assert_allclose(rows[rec.id], ref, atol=1e-5, rtol=0)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("M K V L A A G\n\nA C D E F G H I K L\n\n" * 8)
+    result = run_cli("train", "--init-from", model, "--corpus", corpus, "-o", tmp_path / "run", "--num-steps", 1,
+                     "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+    assert result.exit_code == 0, result.stderr
+
+
 @pytest.mark.parametrize("family_name", FAMILY_NAMES)
 def test_several_layers(tmp_path, tiny_models, family_name):
     from protrans_cli.embed import EmbedOptions, embed
@@ -169,6 +219,38 @@ def test_embed_never_writes_into_its_model_and_damaged_weights_are_one_line(run_
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"protrans: error: {model}: cannot load the weights")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_refused_pickles_and_cut_weights_are_one_line_for_embed_and_init_from(run_cli, tmp_path, tiny_models):
+    """A pytorch_model.bin that weights_only=True refuses (a pickled object that is not a
+    tensor) and a model.safetensors cut short gave tracebacks, the first ending in torch's advice
+    to load with weights_only=False; the pickle's code never runs."""
+    import argparse
+    import shutil
+
+    from safetensors.torch import load_file
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("M K V L A A G\n\n" * 8)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_models["bert"], pickled)
+    state = load_file(pickled / "model.safetensors")
+    (pickled / "model.safetensors").unlink()
+    torch.save({**state, "extra": argparse.Namespace(x=1)}, pickled / "pytorch_model.bin")
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_models["bert"], cut)
+    weights = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    for model, problem in ((pickled, "holds objects other than tensors"), (cut, "cannot load the weights")):
+        for args, prefix in ((["embed", SMALL, "-m", model, "-o", tmp_path / "x.h5"], f"{model}:"),
+                             (["train", "--init-from", model, "--corpus", corpus, "-o", tmp_path / "run",
+                               "--num-steps", 1, "--global-batch-size", 4, "--micro-batch-size", 4], f"--init-from {model}:")):
+            result = run_cli(*args)
+            assert result.exit_code == 1 and "Traceback" not in result.stderr, result.stderr
+            line = result.stderr.strip().splitlines()[-1]
+            assert line.startswith(f"protrans: error: {prefix} cannot load the weights") and problem in line, line
+            assert "weights_only=False" not in result.stderr
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "run" / "config.json").exists()
 
 
 def test_half_precision_on_cpu_is_refused(run_cli, tmp_path, tiny_models):

@@ -149,10 +149,22 @@ def test_offline_missing_model_via_cli_has_no_traceback(run_cli, tmp_path):
 
 
 def test_local_path_errors(tmp_path):
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import _names_missing_sentencepiece
+
     with pytest.raises(ModelError, match="no config.json"):
         load_model(tmp_path)
     with pytest.raises(ModelError, match="no such model directory"):
         load_model(str(tmp_path / "missing" / "model"))
+    # `-m ""` was the current directory; "foo bar" was a hub model to download
+    with pytest.raises(UsageError, match="no model given"):
+        load_model("")
+    with pytest.raises(ModelError, match=r"^foo bar: not a model directory, a short name .* or a valid hub id"):
+        load_model("foo bar")
+    # the install hint only where the package is missing (transformers names it in other errors too)
+    pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    assert not _names_missing_sentencepiece("Couldn't instantiate the backend tokenizer (sentencepiece ...)")
 
 
 # Published sizes (papers / model cards) of the part embed loads, and of the whole model.

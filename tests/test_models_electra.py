@@ -67,3 +67,18 @@ def test_save_layout_and_reload(tmp_path):
     generator = AutoModelForMaskedLM.from_pretrained(tmp_path / "generator").eval()
     with torch.no_grad():
         assert torch.equal(generator(input_ids=ids).logits, pair.generator(input_ids=ids).logits)
+
+
+def test_a_discriminator_without_its_generator_is_named_as_such(tmp_path):
+    # What Rostlab/prot_electra_discriminator_bfd publishes: --init-from said "no file named
+    # model.safetensors" although the discriminator's was there; the generator was missing.
+    import pytest
+
+    from protrans_cli.errors import ModelError
+
+    tokenizer, pair = _pair()
+    pair.discriminator.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match=r"an ELECTRA discriminator without its generator \(.*/generator/\)"):
+        FAMILY.load_pretraining_model(tmp_path)
+    assert load_model(tmp_path).family is FAMILY  # embed needs the discriminator only

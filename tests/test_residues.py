@@ -42,7 +42,9 @@ def test_rare_keep():
     ("MKT**", REASON_INTERNAL_STOP, "internal stop '*' at residue 4"),
     ("MKJT", REASON_INVALID, "invalid character 'J' at residue 3"),
     ("MK1T", REASON_INVALID, "invalid character '1' at residue 3"),
-    ("MK\x00T", REASON_INVALID, "invalid character '\\\\x00' at residue 3"),
+    ("MK\x00T", REASON_INVALID, "invalid character '\\x00' at residue 3"),  # the backslash once
+    ("MK#T\x01", REASON_INVALID, "invalid character '#' at residue 3"),  # the first, not the lowest byte
+    ("MKJ*T", REASON_INVALID, "invalid character 'J' at residue 3"),
     ("MKé", REASON_INVALID, None),
 ])
 def test_rejections_carry_reason_and_position(raw, reason, detail):

@@ -55,13 +55,36 @@ def family_for_config(config) -> Family:
     for family in FAMILIES.values():
         if model_type in family.model_types:
             return family
-    # A config without a known model_type may still name its architecture ("BertForMaskedLM").
-    for arch in getattr(config, "architectures", None) or []:
+    family = _family_by_architecture(getattr(config, "architectures", None))
+    if family is not None:
+        return family
+    known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
+    raise ModelError(f"unsupported model type {model_type!r} (supported: {known})")
+
+
+def _family_by_architecture(architectures) -> Family | None:
+    """A config without a known model_type may still name its architecture ("BertForMaskedLM")."""
+    for arch in architectures or []:
         for family in FAMILIES.values():
             if any(arch.lower().startswith(t.replace("-", "").replace("_", "")) for t in family.model_types):
                 return family
-    known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
-    raise ModelError(f"unsupported model type {model_type!r} (supported: {known})")
+    return None
+
+
+def _config_without_model_type(target: str, checkpoint, hub_kwargs: dict):
+    """The config of a checkpoint whose config.json has no `model_type` (the published ProtBert
+    and ProtBert-BFD: transformers 4 guessed the type from the repository name, transformers 5
+    refuses), read with the config class of the family its `architectures` (or, for a short
+    name, the published checkpoint) names; None when neither names one."""
+    from transformers import PretrainedConfig
+
+    config_dict, _ = PretrainedConfig.get_config_dict(target, **hub_kwargs)
+    if config_dict.get("model_type"):
+        return None
+    family = _family_by_architecture(config_dict.get("architectures"))
+    if family is None and checkpoint is not None:
+        family = get_family(checkpoint.family)
+    return None if family is None else family.config_class.from_pretrained(target, **hub_kwargs)
 
 
 def list_presets(family: str | None = None) -> list[Preset]:
@@ -109,6 +132,9 @@ def _looks_like_path(name: str) -> bool:
 def resolve_model(name_or_path: str) -> tuple[str, Checkpoint | None, bool]:
     """(path or hub id, the Checkpoint when a short name was given, whether it is a local dir)."""
     name = str(name_or_path)
+    if not name.strip():
+        raise UsageError("no model given: an empty name (give a model directory, a hub id or a short name "
+                         "from `protrans models`)")
     path = Path(name).expanduser()
     # A short name is a hub id unless a model directory of that name exists (what
     # `hf download Rostlab/prot_bert --local-dir prot_bert` makes for offline use).
@@ -179,12 +205,18 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, trust_rem
         with _quiet_transformers():  # the first hub request: no retry chatter without network
             config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code, **hub_kwargs)
     except ValueError as exc:
-        # An unknown model_type, or a malformed hub id
+        # An unknown model_type, none at all, or a malformed hub id
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        config = _config_without_model_type(target, checkpoint, hub_kwargs) if "`model_type`" in text else None
+        if config is not None:
+            return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
         if "model type" in text or "model_type" in text:
             raise ModelError(f"{name}: unsupported model ({text})") from None
         raise ModelError(_not_found_message(name, target, is_dir, text, flag)) from None
     except (OSError, KeyError) as exc:
+        if _invalid_repo_id(exc):  # "foo bar": nothing to download, whatever the network
+            raise ModelError(f"{name}: not a model directory, a short name (`protrans models`) or a valid hub "
+                             "id (owner/name)") from None
         raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc), flag)) from None
     return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
 
@@ -206,7 +238,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     family = source.family
     with _quiet_transformers():
         try:
-            tokenizer = family.load_tokenizer(target, **hub_kwargs)
+            # The config as read: a tokenizer_config.json without tokenizer_class (ProtBert's) makes
+            # AutoTokenizer read the config, and that config may lack model_type.
+            tokenizer = family.load_tokenizer(target, config=source.config, **hub_kwargs)
         except (ImportError, ValueError, TypeError, OSError) as exc:
             if is_dir and not _has_tokenizer_files(target):
                 # transformers fails in odd ways then ("expected str, bytes or os.PathLike object")
@@ -214,18 +248,15 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
             if isinstance(exc, OSError):
                 raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
-            hint = " (pip install sentencepiece protobuf)" if "sentencepiece" in str(exc).lower() or \
-                "protobuf" in str(exc).lower() else ""
+            hint = " (pip install sentencepiece protobuf)" if _names_missing_sentencepiece(str(exc)) else ""
             raise ModelError(f"{name}: cannot load the tokenizer: {_first_line(exc)}{hint}") from None
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None))
-        from safetensors import SafetensorError
-
         try:
             model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
             raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
-        except (RuntimeError, SafetensorError) as exc:  # shapes that do not fit the config; a truncated file
-            raise ModelError(f"{name}: cannot load the weights: {_first_line(exc)}") from None
+        except weight_errors() as exc:
+            raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
     try:
         model = model.to(device)
     except (RuntimeError, AssertionError) as exc:
@@ -311,6 +342,51 @@ def _quiet_transformers():
         hub_logging.set_verbosity(hub_verbosity)
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def weight_errors() -> tuple[type[BaseException], ...]:
+    """What from_pretrained raises for weights it cannot use: shapes that do not fit the config
+    (RuntimeError), a safetensors file cut short, a pickle that weights_only=True refuses."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return RuntimeError, SafetensorError, pickle.UnpicklingError
+
+
+def weights_problem(exc: BaseException) -> str:
+    """One line for an error of `weight_errors()`, without torch's advice to load a refused
+    pickle with weights_only=False (which would run whatever code it holds)."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("the pickled checkpoint (pytorch_model.bin) holds objects other than tensors; it is read with "
+                "weights_only=True and refused (convert it to safetensors where you trust it)")
+    return _first_line(exc)
+
+
+def _invalid_repo_id(exc: BaseException) -> bool:
+    """huggingface_hub's HFValidationError, which transformers re-raises as an OSError."""
+    seen = exc
+    while seen is not None:
+        if type(seen).__name__ == "HFValidationError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "Repo id must" in str(exc)
+
+
+def _names_missing_sentencepiece(text: str) -> bool:
+    """transformers names sentencepiece in several tokenizer errors; the install hint helps only
+    when it (or protobuf) is really missing."""
+    import importlib.util
+
+    text = text.lower()
+    if "sentencepiece" not in text and "protobuf" not in text:
+        return False
+    try:
+        return importlib.util.find_spec("sentencepiece") is None or importlib.util.find_spec("google.protobuf") is None
+    except (ImportError, ValueError):
+        return True
 
 
 def _default_dtype():

@@ -57,6 +57,26 @@ def generator_config(config):
     return ElectraConfig(**values)
 
 
+def _require_generator(directory: str, kwargs: dict) -> None:
+    """A discriminator alone (what Rostlab/prot_electra_discriminator_bfd publishes) cannot
+    continue ELECTRA pretraining: say what is missing, where transformers would say that the
+    discriminator's own weights file is not there."""
+    from transformers.utils import cached_file
+
+    from protrans_cli.errors import ModelError
+
+    hub = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only")}
+    try:
+        found = cached_file(directory, "config.json", subfolder="generator",
+                            _raise_exceptions_for_missing_entries=False, **hub)
+    except OSError:  # not reachable at all: from_pretrained says so next
+        return
+    if found is None:
+        raise ModelError(f"{directory}: an ELECTRA discriminator without its generator ({directory}/generator/); "
+                         "continued ELECTRA pretraining needs both: put the generator's model directory there "
+                         "(for ProtElectra, Rostlab/prot_electra_generator_bfd)")
+
+
 def _pair_class():
     import torch
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
@@ -80,6 +100,7 @@ def _pair_class():
             (a local directory or a hub repository). With output_loading_info, also the
             missing keys of both, prefixed like the pair's own state dict."""
             directory = str(directory)
+            _require_generator(directory, kwargs)
             if config is not None:  # overridden fields apply to the discriminator
                 kwargs_d = {**kwargs, "config": config}
             else:

@@ -240,7 +240,7 @@ def _initial_model(config: TrainConfig, resume):
     """--init-from: (family, tokenizer, pretraining model) of an existing model, loaded through
     from_pretrained in float32. On --resume the architecture and tokenizer come from the run's
     checkpoint instead (its weights are loaded in _loop), so the original model is not needed again."""
-    from protrans_cli.models import _check_tokenizer, open_config
+    from protrans_cli.models import _check_tokenizer, _quiet_transformers, open_config, weight_errors, weights_problem
 
     if resume:
         source = open_config(str(ckpt.find_checkpoint(config.output_dir if resume is True else resume)))
@@ -258,15 +258,18 @@ def _initial_model(config: TrainConfig, resume):
             detail = " ".join(str(exc).split())
             raise ModelError(f"--set {key}: invalid {family.name} config value {value!r} ({detail})") from None
     try:
-        tokenizer = family.load_tokenizer(source.target, **source.hub_kwargs)
-        if resume:
-            return family, tokenizer, family.pretraining_model(hf_config)
-        # the same guard as embed: a directory without its tokenizer would train on [UNK] rows
-        _check_tokenizer(f"--init-from {source.name}", family, tokenizer, source.is_dir,
-                         getattr(hf_config, "vocab_size", None))
-        model, info = family.load_pretraining_model(source.target, config=hf_config, dtype=torch.float32,
-                                                    output_loading_info=True, **source.hub_kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:
+        with _quiet_transformers():  # as embed: no loading bars or load reports
+            tokenizer = family.load_tokenizer(source.target, config=source.config, **source.hub_kwargs)
+            if resume:
+                return family, tokenizer, family.pretraining_model(hf_config)
+            # the same guard as embed: a directory without its tokenizer would train on [UNK] rows
+            _check_tokenizer(f"--init-from {source.name}", family, tokenizer, source.is_dir,
+                             getattr(hf_config, "vocab_size", None))
+            model, info = family.load_pretraining_model(source.target, config=hf_config, dtype=torch.float32,
+                                                        output_loading_info=True, **source.hub_kwargs)
+    except weight_errors() as exc:
+        raise ModelError(f"--init-from {source.name}: cannot load the weights: {weights_problem(exc)}") from None
+    except (OSError, ValueError) as exc:
         raise ModelError(f"--init-from {source.name}: cannot load it as a {family.name} pretraining model: "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     sizes = {k: v.numel() for k, v in model.state_dict().items()}
