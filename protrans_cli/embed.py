@@ -206,6 +206,7 @@ class TransformerEmbedder:
         self.name = loaded.name
         self.family = getattr(loaded.family, "name", str(loaded.family))
         self.revision = getattr(loaded, "revision", None)
+        self.commit = getattr(loaded, "commit", None)  # what a hub revision (main by default) resolved to
         self.embedding_dim = int(loaded.embedding_dim)
         num_states = int(loaded.num_layers) + 1  # embeddings output + every layer
         self.num_hidden_states = num_states
@@ -1043,7 +1044,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     model_max = getattr(embedder, "max_residues", None)
     max_length = resolve_max_length(options, model_max)
     attrs = {
-        "model": model_attr(embedder.name), "revision": embedder.revision or "", "family": embedder.family,
+        "model": model_attr(embedder.name), "revision": embedder.revision or "",
+        "commit": getattr(embedder, "commit", None) or "", "family": embedder.family,
         "layers": list(embedder.layers), "pooling": "mean over residue tokens (special tokens excluded)",
         "compute_dtype": embedder.compute_dtype, "device": embedder.device,
         "embedding_dim": embedder.embedding_dim, "protrans_version": __version__,
@@ -1061,7 +1063,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         attrs["num_hidden_states"] = int(embedder.num_hidden_states)
     writer_kw = dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
                      compression=options.compression, attrs=attrs,
-                     resume_equal={"model": same_model, "max_length": _same_max_length(model_max)})
+                     resume_equal={"model": same_model, "max_length": _same_max_length(model_max),
+                                   "commit": _same_commit})
 
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.
@@ -1195,6 +1198,12 @@ def same_model(old: str, new: str) -> bool:
     if old == new:
         return True
     return _model_key(str(old)) == _model_key(str(new))
+
+
+def _same_commit(old: str, new: str) -> bool:
+    """The hub commit of both runs, where both know it: a resumed run whose `main` has moved on
+    would mix two versions of a model in one file."""
+    return not old or not new or old == new
 
 
 def _same_max_length(model_max: int | None):

@@ -171,6 +171,25 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False, resume=True))
 
 
+def test_resume_after_the_hub_moved_on_is_refused(tmp_path):
+    """The file records the hub commit the model came from (`main` resolves to the newest): a
+    resume whose model files come from another commit would mix two models in one file. An
+    unknown commit (a local directory) on either side is no objection."""
+    class Hub(OneHotEmbedder):
+        def __init__(self, commit):
+            super().__init__()
+            self.commit = commit
+
+    out = tmp_path / "c.h5"
+    embed(SMALL, out, EmbedOptions(model="onehot"), embedder=Hub("a" * 40))
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["commit"] == "a" * 40
+    with pytest.raises(UsageError, match=f"commit='{'a' * 40}', this run uses commit='{'b' * 40}'"):
+        embed(SMALL, out, EmbedOptions(model="onehot", resume=True), embedder=Hub("b" * 40))
+    for same in ("a" * 40, None):
+        assert embed(SMALL, out, EmbedOptions(model="onehot", resume=True), embedder=Hub(same)).num_embedded == 0
+
+
 @pytest.mark.parametrize("first,then,message", [
     (dict(max_length=10, long_policy="skip"), dict(max_length=12, long_policy="skip"),
      "max_length=10, this run uses max_length=12"),

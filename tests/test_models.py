@@ -141,6 +141,37 @@ def test_offline_missing_hub_model_is_one_line_model_error():
         load_model("someone/not_a_model_xyz")
 
 
+def test_no_network_without_hf_hub_offline_uses_the_cache_at_once(monkeypatch):
+    """A cluster node without network and without HF_HUB_OFFLINE: every hub request retried for
+    about half a minute (two minutes to load a cached model). One TCP probe of the hub's host
+    now sends every request to the cache; a proxy in the environment is trusted instead."""
+    import socket
+    import time
+
+    import protrans_cli.models as models
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    probes = []
+
+    def unreachable(address, timeout=None):
+        probes.append(address)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    models.hub_reachable.cache_clear()
+    try:
+        start = time.perf_counter()
+        with pytest.raises(ModelError, match="cannot be reached from here"):
+            load_model("someone/not_a_model_xyz")
+        assert time.perf_counter() - start < 10 and probes and probes[0][0] == "huggingface.co"
+        models.hub_reachable.cache_clear()
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+        assert models.hub_reachable() and len(probes) == 1
+    finally:
+        models.hub_reachable.cache_clear()
+
+
 def test_offline_missing_model_via_cli_has_no_traceback(run_cli, tmp_path):
     pytest.importorskip("protrans_cli.cli.embed")
     result = run_cli("embed", "-", "-m", "prot_bert", "-o", tmp_path / "o.h5", input=">a\nMK\n")

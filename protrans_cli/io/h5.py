@@ -44,7 +44,7 @@ COMPRESSIONS = ("none", "gzip", "lzf")
 
 # File attributes that must agree between a partial file and the run that resumes it (one
 # missing from an older file is not compared).
-RESUME_ATTRS = ("model", "revision", "family", "layers", "pooling", "layout", "kinds", "storage_dtype",
+RESUME_ATTRS = ("model", "revision", "commit", "family", "layers", "pooling", "layout", "kinds", "storage_dtype",
                 "max_length", "long_policy", "chunk_overlap")
 
 _UNSAFE = re.compile(r"[%/\x00-\x1f\x7f]")

@@ -14,6 +14,7 @@ ProtTXL directory without `trust_remote_code`.
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ class LoadedModel:
     embedding_dim: int
     num_layers: int
     checkpoint: Checkpoint | None = None  # set when `name` was a short name
+    commit: str | None = None  # the hub commit the files came from (None for a local directory)
 
     @property
     def dtype(self):
@@ -196,8 +198,10 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, trust_rem
     if not is_dir:
         if revision is not None:
             hub_kwargs["revision"] = revision
-        if local_files_only is None and _offline():
-            # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour it when set later.
+        if local_files_only is None and (_offline() or not hub_reachable()):
+            # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour it when set later. A
+            # node without network and without HF_HUB_OFFLINE: the cache alone, at once (else every
+            # file request retries for half a minute, two minutes for a cached model).
             local_files_only = True
         if local_files_only is not None:
             hub_kwargs["local_files_only"] = local_files_only
@@ -264,7 +268,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     model.eval()
     return LoadedModel(name=name, path_or_hub_id=target, revision=revision, family=family,
                        tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(model.config),
-                       num_layers=family.num_layers(model.config), checkpoint=checkpoint)
+                       num_layers=family.num_layers(model.config), checkpoint=checkpoint,
+                       commit=None if is_dir else getattr(source.config, "_commit_hash", None))
 
 
 _COPY_TOKENIZER = ("copy the tokenizer files (tokenizer.json, or vocab.txt / spiece.model, with "
@@ -395,6 +400,26 @@ def _default_dtype():
     return torch.float32
 
 
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host takes a TCP connection (one probe per process). A proxy in the
+    environment is trusted to reach it (the probe would go around it)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -408,7 +433,12 @@ def _first_line(exc: BaseException) -> str:
 def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: str = "-m") -> str:
     if is_dir:
         return f"{name}: cannot load the model directory: {reason}"
-    why = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "it could not be downloaded"
+    if _offline():
+        why = "the hub is offline (HF_HUB_OFFLINE=1)"
+    elif not hub_reachable():
+        why = "the hub cannot be reached from here (no network)"
+    else:
+        why = "it could not be downloaded"
     return (f"cannot load model {name!r}: no local directory of that name, and the hub model {target} "
             f"is not in the local Hugging Face cache and {why}; "
             f"download it where there is network (`hf download {target} --local-dir DIR`) "
