@@ -342,10 +342,13 @@ class _HostStaging:
     faulted in during the transfer (1.2 GiB/s on the H200 machine of docs/benchmarks.md#gpu,
     against 51 GiB/s into pinned memory and 6.7 GiB/s for filling fresh memory on the host). So
     the rows go to one reused pinned buffer first, then into a new array by a host copy. They
-    are converted to the storage dtype where they are (float16 storage moves half the bytes,
-    and on the CPU torch converts several times faster than numpy). The buffer grows to the
-    largest batch seen (tokens x layers x D x itemsize); batches above MAX_BYTES take the direct
-    path. On the CPU the rows are converted in place of a copy."""
+    are converted to the storage dtype where they are, before the transfer: float16 storage
+    moves half the bytes, and a blocking `copy_` between devices and dtypes would convert on
+    the host, through a fresh pageable temporary (PyTorch's copy_kernel_cuda), which is the
+    slow path the buffer exists to avoid. The buffer grows to the largest batch seen (tokens x
+    layers x D x itemsize); batches above MAX_BYTES take the direct path. On the CPU the rows
+    are converted in place of a copy (torch converts float32 to float16 several times faster
+    than numpy)."""
 
     MAX_BYTES = 1 << 30
 
@@ -356,21 +359,25 @@ class _HostStaging:
     def to_host(self, rows, dtype: str = "float32") -> np.ndarray:
         import torch
 
+        rows = rows.to(getattr(torch, dtype))  # where the rows are (a GPU converts)
         if rows.device.type == "cpu":
-            return rows.to(getattr(torch, dtype)).numpy()
-        if rows.numel() * np.dtype(dtype).itemsize > self.MAX_BYTES:
-            return rows.to(getattr(torch, dtype)).cpu().numpy()
-        return self.stage(rows, dtype)
+            return rows.numpy()
+        if rows.numel() * rows.element_size() > self.MAX_BYTES:
+            return rows.cpu().numpy()
+        return self.stage(rows)
 
-    def stage(self, rows, dtype: str = "float32") -> np.ndarray:
+    def stage(self, rows, dtype: str | None = None) -> np.ndarray:
+        """`rows` (converted to `dtype` first, where they are) copied through the buffer."""
         import torch
 
-        nbytes = rows.numel() * np.dtype(dtype).itemsize
+        if dtype is not None:
+            rows = rows.to(getattr(torch, dtype))
+        nbytes = rows.numel() * rows.element_size()
         if self.buffer is None or self.buffer.numel() < nbytes:
             size = max(nbytes, 2 * (self.buffer.numel() if self.buffer is not None else 0))
             self.buffer = torch.empty(min(size, self.MAX_BYTES), dtype=torch.uint8, pin_memory=self.pinned)
-        staged = self.buffer[:nbytes].view(getattr(torch, dtype)).view(rows.shape)
-        staged.copy_(rows)  # converted to the storage dtype on the device, then one transfer
+        staged = self.buffer[:nbytes].view(rows.dtype).view(rows.shape)
+        staged.copy_(rows)  # same dtype: one transfer into the pinned buffer
         return staged.numpy().copy()
 
 

@@ -880,7 +880,7 @@ def test_host_staging_hands_out_independent_arrays_in_the_storage_dtype():
     staging = _HostStaging(pinned=False)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 7, generator=g).to(torch.bfloat16).reshape(1, n, 7) for n in (5, 3, 11, 11, 2)]
-    out = [staging.stage(b) for b in batches]
+    out = [staging.stage(b, "float32") for b in batches]
     for b, a in zip(batches, out):
         assert a.dtype == np.float32 and a.shape == tuple(b.shape)
         np.testing.assert_array_equal(a, b.float().numpy())
