@@ -18,7 +18,7 @@ import click
               help="Pretraining steps of the tiny model.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def command(output, family, num_steps, force):
-    """Run prep, train, embed, fit and predict on the bundled example data (a few minutes on a CPU).
+    """Run prep, train, embed, fit and predict on the bundled example data (under a minute on a 2-core CPU).
 
     Every step is printed as the `protrans` command line it runs; they are also saved to
     OUTPUT/commands.sh. The example data are synthetic proteins whose labels follow stated
