@@ -39,7 +39,7 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import display_name, input_named_by, open_input, output_directory
-from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path, refuse_if_in_use
 from protrans_cli.residues import SequenceRejected, normalise
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
@@ -1077,6 +1077,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # shard file a previous run left behind.
     done = _Done.empty()
     shard_files = sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
+    for path in (partial_path(output), output, *shard_files):  # another run's live files: hands off
+        refuse_if_in_use(path)
     if options.resume:
         found = []
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:

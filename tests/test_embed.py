@@ -171,6 +171,33 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False, resume=True))
 
 
+def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
+    """A second embed on the output of a live run truncated the first run's OUT.partial (h5py's
+    "w" truncates before it meets the HDF5 lock), and both died; --resume advised deleting the
+    live file. Now both kinds of second run are refused before touching it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "busy.h5"
+    partial = partial_path(out)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import h5py, sys\n"
+        f"f = h5py.File({str(partial)!r}, 'w'); f.attrs['mine'] = 1; f.flush()\n"
+        "print('ready', flush=True); sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        before = partial.read_bytes()
+        for extra in ([], ["--resume"]):
+            result = run_cli("embed", SMALL, "-m", "onehot", "-o", out, *extra)
+            assert result.exit_code == 1, result.stderr
+            assert result.stderr.strip() == (f"protrans: error: {partial}: is being written by another process (it "
+                                             "holds the HDF5 file lock): wait for that run to end, or choose another output")
+            assert partial.read_bytes() == before and not out.exists()
+    finally:
+        holder.communicate("")
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 0  # once it is gone: replaced
+
+
 def test_resume_after_the_hub_moved_on_is_refused(tmp_path):
     """The file records the hub commit the model came from (`main` resolves to the newest): a
     resume whose model files come from another commit would mix two models in one file. An

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.io.files import output_directory
 
 PER_RESIDUE = "per_residue"
@@ -175,6 +175,24 @@ def existing_keys(path, kind: str) -> set[str]:
         return set(reader.keys(kind)) if kind in reader.kinds else set()
 
 
+def refuse_if_in_use(path) -> None:
+    """A file another process is writing (HDF5 holds its lock on it) is refused before anything
+    touches it: h5py.File(path, "w") truncates a file before it meets the lock, so a second embed
+    run on one output wiped the first run's work, and "delete it" was the wrong advice."""
+    import h5py
+
+    if not os.path.exists(path):
+        return
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except BlockingIOError:
+        raise RuntimeFailure("is being written by another process (it holds the HDF5 file lock): wait for that "
+                             "run to end, or choose another output", path=str(path)) from None
+    except OSError:  # not readable at all: what the caller does next says so
+        pass
+
+
 def partial_path(path) -> Path:
     """Where a run writes until it completes (`out.h5` -> `out.h5.partial`)."""
     path = Path(path)
@@ -235,6 +253,8 @@ class EmbeddingsWriter:
         output_directory(self.path)
 
         run_attrs = run_attributes(attrs, kinds=self.kinds, layout=layout, storage_dtype=storage_dtype)
+        for busy in (self.partial, self.path):
+            refuse_if_in_use(busy)
         resumed = False
         if resume and not self.partial.exists() and self.path.exists():
             # A finished file extended by a resumed run: it becomes partial again until done.
