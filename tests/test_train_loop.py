@@ -213,6 +213,32 @@ def test_default_warmup_is_a_tenth_of_the_run_so_a_short_run_peaks_and_decays(tm
     assert "--warmup-steps 8 is not below the run's 4 steps" in res.stderr and "50% of" in res.stderr
 
 
+def test_a_run_directory_in_use_is_refused(tmp_path, run_cli):
+    """Two runs started together on one directory both passed the "already holds a run" check
+    and wrote every metrics line twice; now the run directory is locked for a run's duration."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(out)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('ready', flush=True); sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--num-steps", 2, "-j", 1)
+        assert res.exit_code == 1
+        assert res.stderr.strip().endswith(f"{out}: is in use by another protrans train (it holds the run "
+                                           "directory's lock): wait for that run to end, or choose another -o")
+        assert list(out.iterdir()) == []
+    finally:
+        holder.communicate("")
+    # a run refused before it wrote anything leaves no directory behind
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "new", "--global-batch-size", 7, "-j", 1)
+    assert res.exit_code == 2 and not (tmp_path / "new").exists()
+
+
 def test_cli_errors(tmp_path, run_cli):
     res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--global-batch-size", 10,
                   "--micro-batch-size", 4)

@@ -14,6 +14,7 @@ leaves a half-written checkpoint under a step name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protrans_cli.errors import InputError
+from protrans_cli.errors import InputError, RuntimeFailure
 
 STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "pretraining_model.safetensors"
@@ -91,6 +92,37 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir, active: bool = True):
+    """Hold an exclusive lock on the run directory for a whole run (rank 0): two runs started
+    together on one directory both passed the "already holds a run" check and wrote every
+    metrics line twice, and checkpoints from both. A directory created here and left empty (the
+    run failed before writing anything) is removed again."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        fcntl = None
+    if not active or fcntl is None:
+        yield
+        return
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeFailure("is in use by another protrans train (it holds the run directory's lock): wait "
+                                 "for that run to end, or choose another -o", path=str(run_dir)) from None
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty
 
 
 def _temporary(final: Path) -> Path:

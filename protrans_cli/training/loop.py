@@ -134,9 +134,10 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path)."""
     info = dist.setup()
     try:
-        run = _build(config, info, family, resume=resume)
-        with StopRequest() as stop:
-            return _loop(run, resume, stop)
+        with ckpt.run_lock(config.output_dir, active=info.is_main):
+            run = _build(config, info, family, resume=resume)
+            with StopRequest() as stop:
+                return _loop(run, resume, stop)
     finally:
         dist.cleanup()
 
