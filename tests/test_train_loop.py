@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import DATA
-from protrans_cli.errors import InputError
+from protrans_cli.errors import InputError, UsageError
 from protrans_cli.models import FAMILIES
 from protrans_cli.training.config import Phase, TrainConfig
 from protrans_cli.training.loop import find_lr, read_metrics, train
@@ -407,6 +407,25 @@ def test_resume_removes_what_a_killed_save_left(tmp_path, capsys):
         ["step_00000001", "step_00000002", "step_00000003"]
     err = capsys.readouterr().err
     assert all(f"removed {p}: a save that was killed" in err for p in stale), err
+
+
+def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(tmp_path):
+    """A resumed run with another corpus, global batch, seed or lr went on silently (the saved
+    data position applied to the other corpus, --lr overridden by the restored scheduler); now
+    refused, naming what differs. Logging, checkpointing, threads and a longer run may change."""
+    import shutil
+
+    other = tmp_path / "other.txt"
+    shutil.copy(LEARNABLE, other)
+    train(_config(tmp_path, stop_after=2, warmup_steps=None))
+    for change, named in ((dict(corpus=[str(other)]), "corpus"), (dict(global_batch_size=8), "global_batch_size"),
+                          (dict(seed=7), "seed: 0 there, 7 here"), (dict(lr=0.05), "lr: 0.003 there, 0.05 here"),
+                          (dict(warmup_steps=9), "warmup_steps")):
+        with pytest.raises(UsageError, match=f"cannot resume from .*step_00000002 with other settings \\({named}"):
+            train(_config(tmp_path, stop_after=3, **{"warmup_steps": None, **change}), resume=True)
+    result = train(_config(tmp_path, num_steps=40, stop_after=4, log_every=2, save_every=3, warmup_steps=None,
+                           corpus=[os.path.relpath(LEARNABLE)]), resume=True)
+    assert result.step == 4
 
 
 def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -286,6 +287,45 @@ def _initial_model(config: TrainConfig, resume):
     return family, tokenizer, model
 
 
+# Settings a resumed run must share with its checkpoint: what the model, the data, the order of
+# the batches, the masks and the optimizer's path depend on. The rest may change on a resume
+# (longer runs: num_steps and phase steps; logging, checkpoints, workers, threads, distribution,
+# kernels, recomputation and compilation, which change no result).
+RESUME_SETTINGS = ("family", "preset", "init_from", "objective", "model_overrides", "corpus", "max_length",
+                   "global_batch_size", "bucket_batches", "mask_prob", "sop", "noise_density", "mean_span_length",
+                   "plm_prob", "electra_disc_weight", "segment_length", "optimizer", "lr", "weight_decay",
+                   "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "schedule", "min_lr_ratio", "grad_clip",
+                   "seed", "precision")
+
+
+def _resumed_config(config: TrainConfig, where: Path) -> TrainConfig:
+    """`config`, checked against the checkpoint's train_config.json: a resumed run with another
+    corpus, batch, seed or optimizer setting went on silently (the saved data position applied to
+    another corpus; --lr overridden by the restored scheduler). A setting left at None
+    (warmup_steps) takes the checkpoint's value; one that an older checkpoint lacks is not compared."""
+    path = where / ckpt.CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return config  # an older checkpoint without it, or unreadable: nothing to compare
+    if config.warmup_steps is None and saved.get("warmup_steps") is not None:
+        config = dataclasses.replace(config, warmup_steps=saved["warmup_steps"])
+    now = config.to_dict()
+    for key in ("corpus", "val_corpus"):
+        saved[key] = [os.path.realpath(p) for p in saved.get(key) or []]
+        now[key] = [os.path.realpath(p) for p in now[key]]
+    saved_phases = [(p.get("max_length"), p.get("global_batch_size")) for p in saved.get("phases") or []]
+    now_phases = [(p["max_length"], p["global_batch_size"]) for p in now["phases"]]
+    differ = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
+    if "phases" in saved and saved_phases != now_phases:
+        differ.append("phases (lengths and batch sizes)")
+    if differ:
+        shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" if k in now else k for k in differ[:4])
+        raise UsageError(f"cannot resume from {where} with other settings ({shown}): use the run's settings "
+                         "(its train_config.json), or start a new run with --init-from that checkpoint")
+    return config
+
+
 def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     config, info = run.config, run.info
     phases = config.resolved_phases()
@@ -315,6 +355,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
                              f"({', '.join(later)}): they belong to the run continued from there; move or "
                              "delete them to resume from this one")
+        config = run.config = _resumed_config(config, where)
         dist.print0(f"train: resuming from {where} (step {state['step']})")
 
     run.model.to(info.device)
