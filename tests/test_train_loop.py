@@ -409,6 +409,44 @@ def test_resume_removes_what_a_killed_save_left(tmp_path, capsys):
     assert all(f"removed {p}: a save that was killed" in err for p in stale), err
 
 
+def test_damaged_checkpoints_and_a_full_disk_are_one_line_and_metrics_survive_a_cut_line(tmp_path, monkeypatch):
+    """A checkpoint cut short (state or weights), a save that meets a full disk, and a metrics
+    line cut short were tracebacks (the last one stopped every resume)."""
+    import shutil
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training import checkpoint as ckpt
+
+    first = train(_config(tmp_path, num_steps=2, save_every=1, log_every=1))
+    last = first.run_dir / "checkpoints" / "step_00000002"
+    for name in (ckpt.STATE_FILE, ckpt.WEIGHTS_FILE):
+        shutil.copytree(last, tmp_path / "good", dirs_exist_ok=True)
+        (last / name).write_bytes((last / name).read_bytes()[:300])
+        with pytest.raises(InputError, match=rf"damaged checkpoint: cannot read {name} .*--resume-from "
+                                             rf".*step_00000001, after moving this one away") as info:
+            train(_config(tmp_path, num_steps=3, save_every=1), resume=True)
+        assert "\n" not in info.value.format()
+        shutil.copytree(tmp_path / "good", last, dirs_exist_ok=True)
+    with open(first.run_dir / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "lo')  # a line cut by a full disk
+    original = torch.save
+
+    def full(obj, f, *a, **k):
+        if str(f).endswith(ckpt.STATE_FILE):
+            raise OSError(28, "No space left on device")
+        return original(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(RuntimeFailure, match=r"cannot write the checkpoint \(\[Errno 28\] No space left on device\); "
+                                              r"the last one is step_00000002"):
+        train(_config(tmp_path, num_steps=3, save_every=1, log_every=1), resume=True)
+    assert not list((first.run_dir / "checkpoints").glob(".step_*"))
+    monkeypatch.setattr(torch, "save", original)
+    resumed = train(_config(tmp_path, num_steps=3, save_every=1, log_every=1), resume=True)
+    assert [r["step"] for r in read_metrics(first.run_dir / "metrics.jsonl")] == [1, 2, 3]
+    assert resumed.step == 3
+
+
 def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(tmp_path):
     """A resumed run with another corpus, global batch, seed or lr went on silently (the saved
     data position applied to the other corpus, --lr overridden by the restored scheduler); now

@@ -151,6 +151,13 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         if directory.exists():  # the same step written again after a resume
             shutil.rmtree(directory)
         os.replace(tmp, directory)
+    except Exception as exc:  # a full disk, a quota: one line; the checkpoints before stay as they were
+        shutil.rmtree(tmp, ignore_errors=True)
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        kept = [p.name for p in list_checkpoints(directory.parent.parent) if p != directory]
+        raise RuntimeFailure(f"cannot write the checkpoint ({detail}); "
+                             + (f"the last one is {kept[-1]}" if kept else "no earlier checkpoint"),
+                             path=str(directory)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -177,7 +184,20 @@ def remove_stale_temporaries(run_dir) -> list[Path]:
 
 
 def load_training_state(directory) -> dict:
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated or damaged zip, a refused pickle: the same problem
+        raise _damaged(directory, STATE_FILE, exc) from None
+
+
+def _damaged(directory, name: str, exc: BaseException) -> InputError:
+    """A checkpoint file that cannot be read: one line, with the checkpoint to go back to."""
+    directory = Path(directory)
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    earlier = [p for p in list_checkpoints(directory.parent.parent) if checkpoint_step(p) < checkpoint_step(directory)]
+    hint = (f"continue from the one before with --resume-from {earlier[-1]}, after moving this one away"
+            if earlier else "no earlier checkpoint to go back to")
+    return InputError(f"damaged checkpoint: cannot read {name} ({detail}); {hint}", path=str(directory))
 
 
 def load_weights(directory, model) -> None:
@@ -187,8 +207,12 @@ def load_weights(directory, model) -> None:
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise InputError(f"checkpoint has no {WEIGHTS_FILE}", path=str(directory))
+    from safetensors import SafetensorError
+
     try:
         load_model(model, str(path), strict=True, device="cpu")
+    except SafetensorError as exc:  # cut short (a full disk, a copy interrupted)
+        raise _damaged(directory, WEIGHTS_FILE, exc) from None
     except RuntimeError as exc:
         # torch's message is a header line and then every missing key: keep the first key line,
         # and name the family/preset the checkpoint was trained as (the usual cause).

@@ -741,8 +741,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, forget what was logged after the checkpoint (it will be logged again)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = [json.dumps(row) for row in read_metrics(path) if row.get("step", 0) <= step]
     from protrans_cli.io.files import atomic_output
 
     with atomic_output(path) as out:
@@ -755,7 +754,17 @@ def _append_metrics(path: Path, record: dict) -> None:
 
 
 def read_metrics(path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The lines of metrics.jsonl. A last line cut short (a full disk or a power cut while it was
+    appended: the one file written in place) is left out; a damaged line elsewhere is an error."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise InputError(f"line {number} is not JSON (a damaged metrics file)", path=str(path)) from None
+    return rows
 
 
 def plot_metrics(metrics_path: Path, png: Path) -> None:
