@@ -1120,6 +1120,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     splits = []
 
     def write_batch(batch, results):
+        writer.ensure_room(sum(a.nbytes for r in results if not isinstance(r, str) for a in r if a is not None))
         for piece, result in zip(batch, results):
             _deliver(piece, result, writer, pending, summary)
         writer.flush()

@@ -198,6 +198,40 @@ def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
     assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 0  # once it is gone: replaced
 
 
+def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, monkeypatch):
+    """A write that failed inside HDF5 (disk full, ulimit -f) printed h5py tracebacks and ended in
+    a segmentation fault, sometimes with an unreadable partial; now the batch that would not fit
+    is refused before it is written, and --resume completes the file."""
+    import os
+    import types
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import h5
+
+    fasta = generated_fasta(tmp_path / "g.fa", 60, repeat_every=0)
+    reference = _run(tmp_path / "ref.h5", fasta, max_batch_size=4)
+    real, calls = os.statvfs, []
+
+    def filling(path):
+        calls.append(path)
+        free = 10**12 if len(calls) < 4 else 1 << 20  # the disk fills up at the fourth batch
+        return types.SimpleNamespace(f_bavail=free, f_frsize=1)
+
+    monkeypatch.setattr(h5.os, "statvfs", filling)
+    out = tmp_path / "full.h5"
+    with pytest.raises(RuntimeFailure, match=r"no room for the next batch: 1 MiB free on the output's disk, 16 MiB "
+                                             r"needed; what was computed is kept in .*full.h5.partial"):
+        _run(out, fasta, max_batch_size=4)
+    monkeypatch.setattr(h5.os, "statvfs", real)
+    with EmbeddingsReader(partial_path(out)) as r:
+        assert len(r.ids()) == 12  # three batches of four
+    _run(out, fasta, max_batch_size=4, resume=True)
+    with EmbeddingsReader(out) as got, EmbeddingsReader(reference) as ref:
+        assert sorted(got.ids()) == sorted(ref.ids())
+        for ident in ref.ids():
+            np.testing.assert_array_equal(got.get(ident), ref.get(ident))
+
+
 def test_resume_after_the_hub_moved_on_is_refused(tmp_path):
     """The file records the hub commit the model came from (`main` resolves to the newest): a
     resume whose model files come from another commit would mix two models in one file. An

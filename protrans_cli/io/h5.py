@@ -315,6 +315,34 @@ class EmbeddingsWriter:
                 _set_attr(ds, name, _attr_value(value))
         self.failed.pop(ident, None)
 
+    # Room kept beside a batch for HDF5's own metadata and the datasets' attributes.
+    ROOM_MARGIN = 16 << 20
+
+    def ensure_room(self, nbytes: int) -> None:
+        """Refuse a write of about `nbytes` that the disk or the file-size limit (ulimit -f) cannot
+        take, before HDF5 meets it: a write that fails inside HDF5 leaves its metadata half
+        written, and h5py then crashed (segmentation fault) with what was computed at risk. The
+        file stays as it was after the last batch, resumable."""
+        import resource
+
+        need = int(nbytes * 1.05) + self.ROOM_MARGIN
+        where = f"what was computed is kept in {self.partial}; run the same command with --resume once there is room"
+        try:
+            stat = os.statvfs(self.partial.parent)
+            free = stat.f_bavail * stat.f_frsize
+        except OSError:
+            free = None
+        if free is not None and free < need:
+            raise RuntimeFailure(f"no room for the next batch: {free / 2**20:.0f} MiB free on the output's disk, "
+                                 f"{need / 2**20:.0f} MiB needed; {where}", path=str(self.partial))
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            size = self.partial.stat().st_size if self.partial.exists() else 0
+            if size + need > limit:
+                raise RuntimeFailure(f"no room for the next batch: the file-size limit (ulimit -f) is "
+                                     f"{limit / 2**20:.0f} MiB, the file {size / 2**20:.0f} MiB and the batch needs "
+                                     f"{need / 2**20:.0f} MiB; {where}", path=str(self.partial))
+
     def record_failure(self, ident: str, reason: str) -> None:
         """A protein with no embedding: listed in the file's `failed` attribute, never dropped silently."""
         self.failed[ident] = reason
