@@ -1308,25 +1308,28 @@ class _Done:
 def _done_in(path: Path, writer_kw: dict) -> _Done:
     """Proteins already complete in an existing output (for --resume), after checking that the
     file was made the same way."""
-    from protrans_cli.io.h5 import _check_resumable, run_attributes
+    from protrans_cli.io.h5 import UNREADABLE, _check_resumable, run_attributes, unreadable_on_resume
 
     import h5py
 
     _check_resumable(path, run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
                                           storage_dtype=writer_kw["storage_dtype"]),
                      writer_kw["resume_equal"])
-    with h5py.File(path, "r") as f:
-        per_kind = []
-        for kind in writer_kw["kinds"]:
-            group = f if writer_kw["layout"] == "flat" else f.get(kind)
-            if group is None:
-                return _Done.empty()
-            ids, sums = bytearray(), array("Q")
-            for key in group.keys():
-                ds = group[key]
-                ids += _digest128(_attr_id(ds, key))
-                sums.append(_checksum64(_attr_checksum(ds)))
-            per_kind.append((np.frombuffer(bytes(ids), dtype="S16"), np.frombuffer(sums, dtype=np.uint64)))
+    try:
+        with h5py.File(path, "r") as f:
+            per_kind = []
+            for kind in writer_kw["kinds"]:
+                group = f if writer_kw["layout"] == "flat" else f.get(kind)
+                if group is None:
+                    return _Done.empty()
+                ids, sums = bytearray(), array("Q")
+                for key in group.keys():
+                    ds = group[key]
+                    ids += _digest128(_attr_id(ds, key))
+                    sums.append(_checksum64(_attr_checksum(ds)))
+                per_kind.append((np.frombuffer(bytes(ids), dtype="S16"), np.frombuffer(sums, dtype=np.uint64)))
+    except UNREADABLE as exc:  # an object header damaged on disk
+        raise unreadable_on_resume(path, exc) from None
     ids, sums = per_kind[0]
     keep = np.ones(len(ids), dtype=bool)
     for other, _ in per_kind[1:]:  # done only when every requested kind is there

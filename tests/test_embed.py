@@ -198,6 +198,20 @@ def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
     assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 0  # once it is gone: replaced
 
 
+@pytest.mark.parametrize("offset", [800, 2048, 4096])
+def test_resume_on_a_partial_with_damaged_structure_is_one_line(tmp_path, run_cli, offset):
+    # Object headers overwritten on disk gave a KeyError traceback from h5py.
+    out = _run(tmp_path / "d.h5")
+    data = bytearray(out.read_bytes())
+    data[offset:offset + 4096] = bytes(len(data[offset:offset + 4096]))
+    partial_path(out).write_bytes(bytes(data))
+    out.unlink()
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--resume")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"{partial_path(out)}: cannot resume: not a readable HDF5 file (" in result.stderr
+
+
 def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, monkeypatch):
     """A write that failed inside HDF5 (disk full, ulimit -f) printed h5py tracebacks and ended in
     a segmentation fault, sometimes with an unreadable partial; now the batch that would not fit

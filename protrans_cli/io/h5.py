@@ -175,6 +175,16 @@ def existing_keys(path, kind: str) -> set[str]:
         return set(reader.keys(kind)) if kind in reader.kinds else set()
 
 
+# What h5py raises for a file whose structure is damaged (truncated, bytes overwritten): OSError
+# on opening, KeyError/RuntimeError/ValueError from an object header it cannot read.
+UNREADABLE = (OSError, KeyError, RuntimeError, ValueError)
+
+
+def unreadable_on_resume(path, exc: BaseException) -> InputError:
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return InputError(f"cannot resume: not a readable HDF5 file ({detail}); delete it to start again", path=str(path))
+
+
 def refuse_if_in_use(path) -> None:
     """A file another process is writing (HDF5 holds its lock on it) is refused before anything
     touches it: h5py.File(path, "w") truncates a file before it meets the lock, so a second embed
@@ -449,9 +459,8 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
     try:
         with h5py.File(path, "r") as f:
             old = {k: f.attrs[k] for k in f.attrs.keys()}
-    except OSError as exc:
-        raise InputError(f"cannot resume: not a readable HDF5 file ({exc}); delete it to start again",
-                         path=str(path)) from None
+    except UNREADABLE as exc:
+        raise unreadable_on_resume(path, exc) from None
     for key in RESUME_ATTRS:
         if key in old and key in run_attrs and run_attrs[key] is not None:
             before, now = _comparable(old[key]), _comparable(_attr_value(run_attrs[key]))
