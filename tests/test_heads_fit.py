@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import h5py
 import numpy as np
@@ -78,6 +79,9 @@ def test_fit_predict_ss3_end_to_end(run_cli, ss_data, tmp_path):
     out, probs = tmp_path / "pred.fa", tmp_path / "probs.h5"
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", out, "--probabilities", probs)
     assert r.exit_code == 0, r.stderr
+    mask = os.umask(0)
+    os.umask(mask)
+    assert probs.stat().st_mode & 0o777 == out.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
     lines = out.read_text().splitlines()
     with EmbeddingsReader(ss_data / "test.h5") as reader:
         lengths = {i: reader.get(i).shape[0] for i in reader.ids()}

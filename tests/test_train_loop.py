@@ -213,6 +213,16 @@ def test_default_warmup_is_a_tenth_of_the_run_so_a_short_run_peaks_and_decays(tm
     assert "--warmup-steps 8 is not below the run's 4 steps" in res.stderr and "50% of" in res.stderr
 
 
+def test_saved_weights_are_as_readable_as_any_output(tmp_path):
+    # safetensors writes 0600: a lab's other users could not read the model or its checkpoints.
+    mask = os.umask(0)
+    os.umask(mask)
+    result = train(_config(tmp_path, num_steps=2, save_every=2))
+    files = [p for p in result.run_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in files)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~mask) for p in files}
+
+
 def test_a_run_directory_in_use_is_refused(tmp_path, run_cli):
     """Two runs started together on one directory both passed the "already holds a run" check
     and wrote every metrics line twice; now the run directory is locked for a run's duration."""

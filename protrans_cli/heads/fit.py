@@ -34,7 +34,7 @@ from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
-from protrans_cli.io.files import same_file
+from protrans_cli.io.files import default_permissions, same_file
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 
 
@@ -240,7 +240,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
         }
         save_head(tmp, ensemble, head_config)
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
-        _default_permissions(tmp)
+        default_permissions(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -366,16 +366,6 @@ def head_device(device: str = "auto"):
     from protrans_cli.embed import resolve_device
 
     return torch.device(resolve_device(device, "float32" if device in ("auto", "cpu") else "auto")[0])
-
-
-def _default_permissions(directory: Path) -> None:
-    # mkdtemp makes a private directory; the finished head should be as readable as any output.
-    from protrans_cli.io.files import _umask
-
-    mask = _umask()
-    directory.chmod(0o777 & ~mask)
-    for path in directory.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _jsonable(obj):

@@ -29,7 +29,7 @@ from protrans_cli.errors import ModelError, UsageError
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, load_data,
                                      report_unlabelled)
 from protrans_cli.heads.labels import read_labels
-from protrans_cli.io.files import atomic_output, open_input, output_directory
+from protrans_cli.io.files import atomic_output, default_permissions, open_input, output_directory
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
 
 
@@ -226,6 +226,7 @@ class _ProbabilityWriter:
         try:
             self.h5.close()
             if exc_type is None:
+                default_permissions(self.tmp)  # mkstemp's 0600
                 os.replace(self.tmp, self.target)
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -342,6 +342,18 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
     handle.commit()
 
 
+def default_permissions(path) -> None:
+    """What a file (or every file and folder of a directory) written through mkstemp, mkdtemp or
+    safetensors (0600) gets instead: the permissions of any output under the umask, so that a
+    lab's other users can read a model, a head or probabilities."""
+    mask = _umask()
+    path = Path(path)
+    items = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in items:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

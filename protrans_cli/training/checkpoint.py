@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from protrans_cli.errors import InputError, RuntimeFailure
+from protrans_cli.io.files import default_permissions
 
 STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "pretraining_model.safetensors"
@@ -148,6 +149,7 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         save_model(model, str(tmp / WEIGHTS_FILE))
         torch.save(training_state, tmp / STATE_FILE)
         config.save(tmp / CONFIG_FILE)
+        default_permissions(tmp)  # safetensors writes 0600
         if directory.exists():  # the same step written again after a resume
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -240,6 +242,7 @@ def export_model(run_dir, *, family, model, tokenizer) -> None:
     tmp.mkdir(parents=True)
     try:
         family.save_pretrained(model, tokenizer, tmp)
+        default_permissions(tmp)  # safetensors writes 0600
         for item in sorted(tmp.iterdir()):
             target = run_dir / item.name
             if target.is_dir() and not target.is_symlink():
