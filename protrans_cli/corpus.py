@@ -40,7 +40,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, display_name,
-                                   input_named_by, open_input, output_directory, same_file)
+                                   input_named_by, open_input, output_directory, same_file, signals_held)
 from protrans_cli.residues import (
     RARE,
     RARE_POLICIES,
@@ -931,16 +931,32 @@ class _Writers:
                 self.current_bytes = 0
                 self._open(shard_path(self.options.output, self.current))
 
-    def commit(self) -> list[str]:
+    def prepare(self) -> list[str]:
+        """Every output written out (not renamed yet); the paths they will have."""
         for handle in self.files:
             kind = self.precompressed.get(id(handle))
-            if kind and handle.stream.tell() == 0:
+            if kind and isinstance(handle, AtomicFile) and handle.stream.tell() == 0:
                 handle.stream.write(compress_bytes(b"", kind, FAST_LEVELS.get(kind)))  # a valid empty .gz
-            handle.commit()
+            handle.prepare()
         paths = list(self.paths)
         if self.options.valid_output:
             paths.append(str(self.options.valid_output))
         return paths
+
+    def commit(self) -> list[str]:
+        """The renames; then the shards an earlier run with more of them left (a corpus pattern
+        such as 'c.*.txt' would read them with the new ones)."""
+        for handle in self.files:
+            handle.commit()
+        if not self.options.sharded:
+            return []
+        first = shard_path(self.options.output, 0)
+        pattern = re.escape(first.name).replace("00000", r"(\d{5})", 1)
+        stale = sorted(p for p in first.parent.iterdir()
+                       if (m := re.fullmatch(pattern, p.name)) and int(m.group(1)) >= len(self.paths) and p.is_file())
+        for path in stale:
+            path.unlink()
+        return [str(p) for p in stale]
 
     def abort(self) -> None:
         for handle in self.files:
@@ -1060,6 +1076,9 @@ class _Stdout:
         import sys
 
         self.stream = sys.stdout.buffer
+
+    def prepare(self) -> None:
+        self.stream.flush()
 
     def commit(self) -> None:
         self.stream.flush()
@@ -1219,14 +1238,27 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
                 bar.update(block.size)
         if bar is not None:
             bar.close()
-        stats.outputs = writers.commit()
+        # Two phases: every output written out (a full disk shows here, before any old file is
+        # replaced), then the renames, which a signal cannot split.
+        stats.outputs = writers.prepare()
         if rejects:
-            rejects.commit()
             stats.outputs.append(str(options.rejects))
         stats.seconds = time.perf_counter() - t0
         if summary:
             summary.stream.write(json.dumps(stats.to_dict(), indent=2).encode() + b"\n")
-            summary.commit()
+        handles = [h for h in (rejects, summary) if h is not None]
+        for handle in handles:
+            handle.prepare()
+        with signals_held():
+            stale = writers.commit()
+            for handle in handles:
+                handle.commit()
+        if stale:
+            from protrans_cli import console
+
+            console.warn(f"removed {len(stale)} shard(s) an earlier run left beyond this run's "
+                         f"{len(writers.paths)} ({stale[0]}{', ...' if len(stale) > 1 else ''}): a corpus pattern would "
+                         "have read them with the new ones")
     except BaseException:
         for handle in (writers, rejects, summary):
             if handle is not None:

@@ -567,3 +567,56 @@ def test_shard_size_never_writes_an_empty_shard(tmp_path):
     shards = sorted(tmp_path.glob("s.*.txt"))
     assert len(shards) == 5 and all(p.stat().st_size > 0 for p in shards)
     assert stats.outputs == [str(p) for p in shards]
+
+
+def _many(path, n=60):
+    path.write_text("".join(f">p{i}\n{'MKVLAAGHWY' * (3 + i % 5)}\n" for i in range(n)))
+    return path
+
+
+@pytest.mark.parametrize("how", [["--shards", "4"], ["--shard-size", "1K"]])
+def test_a_smaller_shard_set_replaces_an_earlier_larger_one(tmp_path, run_cli, how):
+    """Shards an earlier run left beyond the new run's count stayed beside the new ones, and
+    `--corpus 'c.*.txt'` then trained on two corpora; they are removed, with a warning."""
+    big, small = _many(tmp_path / "big.fa", 60), _many(tmp_path / "small.fa", 6)
+    out = tmp_path / "c.txt"
+    assert run_cli("prep", big, "-o", out, *how).exit_code == 0
+    before = sorted(p.name for p in tmp_path.glob("c.*.txt"))
+    other = tmp_path / "c.00001.fa"  # not a shard name: left alone
+    other.write_text(">x\nMK\n")
+    fewer = ["--shards", "2"] if how[0] == "--shards" else how
+    result = run_cli("prep", small, "-o", out, *fewer)
+    assert result.exit_code == 0
+    after = sorted(p.name for p in tmp_path.glob("c.*.txt"))
+    assert len(after) < len(before) and other.exists()
+    assert f"removed {len(before) - len(after)} shard(s) an earlier run left" in result.stderr
+    text = "".join((tmp_path / name).read_text() for name in after)
+    assert text.count("\n\n") == 6  # the new run's proteins, nothing else
+
+
+def test_outputs_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """The corpus was renamed before the rejects and stats were written out: a full disk at the
+    rejects left a new corpus beside the old rejects and stats."""
+    from protrans_cli.io import files
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKV\n>b\nMK1\n")
+    out, rejects, stats = tmp_path / "c.txt", tmp_path / "rej.tsv", tmp_path / "s.json"
+    for path in (out, rejects, stats):
+        path.write_text("old\n")
+    real = files.AtomicFile.prepare
+
+    def full(self):
+        if self.path == rejects:
+            self._raw.write(b"x")
+            raise OSError(28, "No space left on device")
+        return real(self)
+
+    monkeypatch.setattr(files.AtomicFile, "prepare", full)
+    with pytest.raises(OSError):
+        build_corpus([fasta], CorpusOptions(output=out, rejects=rejects, stats=stats))
+    assert [p.read_text() for p in (out, rejects, stats)] == ["old\n"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "in.fa", "rej.tsv", "s.json"]
+    monkeypatch.setattr(files.AtomicFile, "prepare", real)
+    build_corpus([fasta], CorpusOptions(output=out, rejects=rejects, stats=stats))
+    assert out.read_text() == "M K V\n\n" and "invalid" in rejects.read_text() and "records_in" in stats.read_text()

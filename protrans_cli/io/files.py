@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 
 _MAGIC = [
     (b"\x1f\x8b", "gzip"),
@@ -286,10 +286,12 @@ class AtomicFile:
             fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
             self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
         self.stream = _compressor(self._raw, compression_for_output(self.path) if compress else None, level)
-        self._done = False
+        self._done = self._prepared = False
 
-    def commit(self) -> None:
-        if self._done:
+    def prepare(self) -> None:
+        """Everything but the rename: the data written out and closed, so that a job with
+        several files can find a full disk before any of them replaces its old version."""
+        if self._done or self._prepared:
             return
         try:
             if self.stream is not self._raw:
@@ -300,6 +302,20 @@ class AtomicFile:
             self._raw.close()
             if self.tmp is not None:
                 os.chmod(self.tmp, 0o666 & ~_umask())
+        except OSError as exc:  # a full disk, a quota: named by the output, not the hidden temporary
+            self.abort()
+            raise RuntimeFailure(f"cannot write: {exc.strerror or exc}", path=str(self.path)) from None
+        except BaseException:
+            self.abort()
+            raise
+        self._prepared = True
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        self.prepare()
+        try:
+            if self.tmp is not None:
                 os.replace(self.tmp, self.path)
         except BaseException:
             self.abort()
@@ -352,6 +368,24 @@ def default_permissions(path) -> None:
     for item in items:
         if not item.is_symlink():
             item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM wait until the block ends (the renames of a job's several outputs:
+    a signal between two of them would leave a mix of new and old files)."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):  # not the main thread's to hold, or not POSIX
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _umask() -> int:
