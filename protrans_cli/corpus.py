@@ -40,7 +40,8 @@ import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, display_name,
-                                   input_named_by, open_input, output_directory, same_file, signals_held)
+                                   input_named_by, make_temporary, open_input, output_directory, same_file,
+                                   signals_held)
 from protrans_cli.residues import (
     RARE,
     RARE_POLICIES,
@@ -1171,7 +1172,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         rejects = _output(options.rejects) if options.rejects else None
         summary = _output(options.stats) if options.stats else None
         if threads > 1:
-            spill_dir = tempfile.mkdtemp(prefix="protrans-prep.", dir=_spill_base(options))
+            spill_dir = str(make_temporary(_spill_base(options) or tempfile.gettempdir(), "protrans-prep.", "",
+                                           folder=True))
             cfg = _BlockConfig(**{**asdict(cfg), "spill_dir": spill_dir})
         if rejects:
             rejects.stream.write(b"id\treason\tdetail\tfile\tline\n")
@@ -1179,7 +1181,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         paths = inputs
         if options.dedup:
             base = options.tmp_dir or (str(Path(options.output).parent) if options.output and str(options.output) != "-" else None)
-            tmp = Path(tempfile.mkdtemp(prefix=".protrans-dedup.", dir=base))
+            tmp = make_temporary(base or tempfile.gettempdir(), ".protrans-dedup.", "", folder=True)
             # Read twice: stdin, pipes and process substitutions (<(zcat ...)) are copied first.
             paths = [p if p != "-" and os.path.isfile(p) else str(_spool(tmp, p, k)) for k, p in enumerate(inputs)]
             size = sum(os.path.getsize(p) for p in paths)

@@ -620,3 +620,30 @@ def test_outputs_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(files.AtomicFile, "prepare", real)
     build_corpus([fasta], CorpusOptions(output=out, rejects=rejects, stats=stats))
     assert out.read_text() == "M K V\n\n" and "invalid" in rejects.read_text() and "records_in" in stats.read_text()
+
+
+def test_what_killed_runs_left_is_removed_and_live_runs_are_not_touched(tmp_path, run_cli):
+    """A SIGKILLed prep left its hidden output temporaries and its dedup folder (as large as
+    the input) for good. The next run removes those of this host whose process is gone."""
+    import subprocess
+
+    from protrans_cli.io.files import make_temporary
+
+    probe = make_temporary(tmp_path, ".probe.")  # .probe.<host>.<pid>-XXXX.tmp
+    host = probe.name.split(".")[2]
+    assert probe.name.startswith(f".probe.{host}.{os.getpid()}-")
+    probe.unlink()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    dead = [tmp_path / f".c.txt.{host}.{gone}-abc.tmp", tmp_path / f".protrans-dedup.{host}.{gone}-xyz"]
+    kept = [tmp_path / f".c.txt.{host}.{os.getpid()}-abc.tmp",  # a live process
+            tmp_path / f".c.txt.othernode.{gone}-abc.tmp"]      # another node's, on a shared disk
+    dead[0].write_text("half a corpus")
+    dead[1].mkdir()
+    (dead[1] / "part0000.u64").write_bytes(b"x" * 100)
+    for path in kept:
+        path.write_text("someone's")
+    fasta = _many(tmp_path / "in.fa", 6)
+    assert run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--dedup").exit_code == 0
+    assert not any(p.exists() for p in dead) and all(p.exists() for p in kept)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(p.name for p in kept)

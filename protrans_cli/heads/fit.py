@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,7 +33,7 @@ from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
-from protrans_cli.io.files import default_permissions, same_file
+from protrans_cli.io.files import default_permissions, make_temporary, replace_directory, same_file
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 
 
@@ -210,7 +209,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     from protrans_cli.heads.model import FORMAT_VERSION, Ensemble, save_head
 
     ensemble = Ensemble(members, task).eval()  # on `device`: evaluation runs there too
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
     try:
         (tmp / "metrics").mkdir()
         with open(tmp / "metrics.jsonl", "w") as fh:
@@ -241,9 +240,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
         save_head(tmp, ensemble, head_config)
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
         default_permissions(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        replace_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from protrans_cli.errors import ModelError, UsageError
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, load_data,
                                      report_unlabelled)
 from protrans_cli.heads.labels import read_labels
-from protrans_cli.io.files import atomic_output, default_permissions, open_input, output_directory
+from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
 
 
@@ -205,8 +204,7 @@ class _ProbabilityWriter:
         import h5py
 
         parent = output_directory(self.target)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent)
-        os.close(fd)
+        self.tmp = str(make_temporary(parent, f".{self.target.name}."))
         self.h5 = h5py.File(self.tmp, "w")
         self.h5.attrs["task"] = self.task.name
         for o in self.task.outputs:

@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import sys
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -283,8 +284,9 @@ class AtomicFile:
                 raise InputError("is a directory, expected a file", path=str(self.path))
             self._raw = open(self.path, "wb")
         else:
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
-            self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
+            self.tmp = str(make_temporary(directory, f".{self.path.name}."))
+            # Opened by descriptor: a named file object would put the temporary's name in a gzip header.
+            self._raw = os.fdopen(os.open(self.tmp, os.O_WRONLY | os.O_TRUNC), "wb", buffering=1 << 20)
         self.stream = _compressor(self._raw, compression_for_output(self.path) if compress else None, level)
         self._done = self._prepared = False
 
@@ -358,6 +360,44 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
     handle.commit()
 
 
+def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool = False) -> Path:
+    """A new temporary file (or folder) `PREFIX<host>.<pid>-XXXX<suffix>` in `directory`, after
+    removing the ones of that prefix that a killed run of this host left (its process is gone):
+    nothing else ever removes them, and prep's dedup folder is as large as its input. The host
+    is in the name so that on a shared file system another node's live run is never touched."""
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+    stale = re.compile(re.escape(prefix) + re.escape(host) + r"\.(\d+)-.*" + re.escape(suffix) + "$")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            match = stale.match(entry.name)
+            if match and not _pid_alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        import shutil
+
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+    mine = f"{prefix}{host}.{os.getpid()}-"
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=mine, suffix=suffix, dir=directory))
+    fd, name = tempfile.mkstemp(prefix=mine, suffix=suffix, dir=directory)
+    os.close(fd)
+    return Path(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def default_permissions(path) -> None:
     """What a file (or every file and folder of a directory) written through mkstemp, mkdtemp or
     safetensors (0600) gets instead: the permissions of any output under the umask, so that a
@@ -368,6 +408,29 @@ def default_permissions(path) -> None:
     for item in items:
         if not item.is_symlink():
             item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def replace_directory(new, target) -> None:
+    """Put the finished directory `new` in the place of `target` (which may exist): the old one
+    is renamed aside, the new one renamed in, and only then is the old one deleted, with
+    SIGINT/SIGTERM held over the renames. Deleting first (a long rmtree) and renaming after lost
+    both heads to a signal in between."""
+    import shutil
+
+    new, target = Path(new), Path(target)
+    aside = None
+    with signals_held():
+        if target.exists():
+            aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, aside)
+        try:
+            os.replace(new, target)
+        except BaseException:
+            if aside is not None:
+                os.replace(aside, target)
+            raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from protrans_cli.errors import InputError, RuntimeFailure
-from protrans_cli.io.files import default_permissions
+from protrans_cli.io.files import default_permissions, replace_directory
 
 STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "pretraining_model.safetensors"
@@ -150,9 +150,7 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         torch.save(training_state, tmp / STATE_FILE)
         config.save(tmp / CONFIG_FILE)
         default_permissions(tmp)  # safetensors writes 0600
-        if directory.exists():  # the same step written again after a resume
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        replace_directory(tmp, directory)  # (it exists when the same step is written again after a resume)
     except Exception as exc:  # a full disk, a quota: one line; the checkpoints before stay as they were
         shutil.rmtree(tmp, ignore_errors=True)
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -180,6 +178,8 @@ def remove_stale_temporaries(run_dir) -> list[Path]:
     for folder, name in ((run_dir / "checkpoints", "step_*"), (run_dir, "final")):
         if folder.is_dir():
             stale += [p for p in folder.glob(f".{name}.tmp-*") if p.is_dir() and not p.is_symlink()]
+            # a checkpoint set aside by replace_directory, killed before it was deleted
+            stale += [p for p in folder.glob(f".{name}.old-*") if p.is_dir() and not p.is_symlink()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
