@@ -81,6 +81,9 @@ def test_atomic_file_commit_abort_and_compression(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt.gz"]
     with pytest.raises(UsageError, match="output directory does not exist"):
         AtomicFile(tmp_path / "missing" / "x.txt")
+    # a file where the directory should be was reported as missing
+    with pytest.raises(UsageError, match=r"a.txt.gz: is not a directory, so no output can go inside it"):
+        AtomicFile(tmp_path / "a.txt.gz" / "x.txt")
 
 
 def test_read_fasta_edge_cases(tmp_path):

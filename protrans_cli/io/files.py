@@ -248,6 +248,8 @@ def output_directory(path) -> Path:
     outputs never create directories, and nothing has been read yet when this is checked."""
     directory = Path(path).parent
     if not directory.is_dir():
+        if directory.exists():
+            raise UsageError("is not a directory, so no output can go inside it", path=str(directory))
         raise UsageError("output directory does not exist (it is not created)", path=str(directory))
     return directory
 
