@@ -357,6 +357,25 @@ def test_predict_output_that_is_the_embeddings_file_is_refused(run_cli, ss_data,
         assert query.read_bytes() == before
 
 
+def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_path, monkeypatch):
+    # A full disk under --probabilities gave dozens of h5py tracebacks and a segmentation fault.
+    import types
+
+    from protrans_cli.io import h5
+
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    probs = tmp_path / "p.h5"
+    probs.write_bytes(b"an older file")
+    monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1))
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa", "--probabilities", probs)
+    assert r.exit_code == 1 and r.stderr.strip() == (f"protrans: error: {probs}: no room for the next batch: 1 MiB "
+                                                     "free on the output's disk, 16 MiB needed; the file was not written")
+    assert probs.read_bytes() == b"an older file" and not (tmp_path / "q.fa").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_predict_never_writes_into_its_head_and_a_damaged_head_is_one_line(run_cli, ss_data, tmp_path):
     """`predict HEAD -o HEAD/config.json` replaced the head's config with predictions (exit 0);
     a weights file cut short by an interrupted copy then gave a safetensors traceback."""

@@ -29,7 +29,7 @@ from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_
                                      report_unlabelled)
 from protrans_cli.heads.labels import read_labels
 from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
-from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
+from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, ensure_room, escape_key
 
 
 def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mismatch: bool = False) -> None:
@@ -214,6 +214,8 @@ class _ProbabilityWriter:
         return self
 
     def add(self, items, probs) -> None:
+        ensure_room(self.tmp, sum(p.size * 4 for o in self.task.outputs for p in probs[o.name]),
+                    "the file was not written", shown=self.target)
         for o in self.task.outputs:
             group = self.h5[o.name]
             for item, p in zip(items, probs[o.name]):

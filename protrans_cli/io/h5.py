@@ -185,6 +185,36 @@ def unreadable_on_resume(path, exc: BaseException) -> InputError:
     return InputError(f"cannot resume: not a readable HDF5 file ({detail}); delete it to start again", path=str(path))
 
 
+ROOM_MARGIN = 16 << 20  # room kept beside a write for HDF5's own metadata and the attributes
+
+
+def ensure_room(path, nbytes: int, then: str, shown=None) -> None:
+    """Refuse a write of about `nbytes` into the HDF5 file `path` that the disk or the file-size
+    limit (ulimit -f) cannot take, before HDF5 meets it: a write that fails inside HDF5 leaves
+    its metadata half written, and h5py then crashed (segmentation fault) with the file at risk.
+    `then` says what the user has and does next; `shown` is the file the message names (`path`
+    when it is not a hidden temporary)."""
+    import resource
+
+    path = Path(path)
+    need = int(nbytes * 1.05) + ROOM_MARGIN
+    try:
+        stat = os.statvfs(path.parent)
+        free = stat.f_bavail * stat.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < need:
+        raise RuntimeFailure(f"no room for the next batch: {free / 2**20:.0f} MiB free on the output's disk, "
+                             f"{need / 2**20:.0f} MiB needed; {then}", path=str(shown or path))
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        size = path.stat().st_size if path.exists() else 0
+        if size + need > limit:
+            raise RuntimeFailure(f"no room for the next batch: the file-size limit (ulimit -f) is "
+                                 f"{limit / 2**20:.0f} MiB, the file {size / 2**20:.0f} MiB and the batch needs "
+                                 f"{need / 2**20:.0f} MiB; {then}", path=str(shown or path))
+
+
 def refuse_if_in_use(path) -> None:
     """A file another process is writing (HDF5 holds its lock on it) is refused before anything
     touches it: h5py.File(path, "w") truncates a file before it meets the lock, so a second embed
@@ -325,33 +355,11 @@ class EmbeddingsWriter:
                 _set_attr(ds, name, _attr_value(value))
         self.failed.pop(ident, None)
 
-    # Room kept beside a batch for HDF5's own metadata and the datasets' attributes.
-    ROOM_MARGIN = 16 << 20
-
     def ensure_room(self, nbytes: int) -> None:
-        """Refuse a write of about `nbytes` that the disk or the file-size limit (ulimit -f) cannot
-        take, before HDF5 meets it: a write that fails inside HDF5 leaves its metadata half
-        written, and h5py then crashed (segmentation fault) with what was computed at risk. The
-        file stays as it was after the last batch, resumable."""
-        import resource
-
-        need = int(nbytes * 1.05) + self.ROOM_MARGIN
-        where = f"what was computed is kept in {self.partial}; run the same command with --resume once there is room"
-        try:
-            stat = os.statvfs(self.partial.parent)
-            free = stat.f_bavail * stat.f_frsize
-        except OSError:
-            free = None
-        if free is not None and free < need:
-            raise RuntimeFailure(f"no room for the next batch: {free / 2**20:.0f} MiB free on the output's disk, "
-                                 f"{need / 2**20:.0f} MiB needed; {where}", path=str(self.partial))
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if limit != resource.RLIM_INFINITY:
-            size = self.partial.stat().st_size if self.partial.exists() else 0
-            if size + need > limit:
-                raise RuntimeFailure(f"no room for the next batch: the file-size limit (ulimit -f) is "
-                                     f"{limit / 2**20:.0f} MiB, the file {size / 2**20:.0f} MiB and the batch needs "
-                                     f"{need / 2**20:.0f} MiB; {where}", path=str(self.partial))
+        """Refuse a batch of about `nbytes` that would not fit (see `ensure_room`); the file
+        stays as it was after the last batch, resumable."""
+        ensure_room(self.partial, nbytes, f"what was computed is kept in {self.partial}; run the same command "
+                                          "with --resume once there is room")
 
     def record_failure(self, ident: str, reason: str) -> None:
         """A protein with no embedding: listed in the file's `failed` attribute, never dropped silently."""
