@@ -7,6 +7,7 @@ entry point in-process (error mapping and exit codes included).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -15,6 +16,22 @@ from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
+
+
+@contextlib.contextmanager
+def another_process(setup: str):
+    """A second Python process that runs `setup` (takes a lock, opens a file...) and holds on
+    to what it took until the block ends: what a concurrent run of protrans looks like."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", f"import sys\n{setup}\nprint('ready', flush=True)\nsys.stdin.read()\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        yield holder
+    finally:
+        holder.communicate("")
 SHARED = ROOT.parent / "shared" / "data"
 
 

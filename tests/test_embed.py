@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, another_process
 from protrans_cli.embed import (ONEHOT_ALPHABET, EmbedOptions, OneHotEmbedder, _Piece, _Unit, chunk_windows,
                                 embed, embed_with_retry, make_batches, stitch_windows)
 from protrans_cli.errors import InputError, UsageError
@@ -175,17 +175,9 @@ def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
     """A second embed on the output of a live run truncated the first run's OUT.partial (h5py's
     "w" truncates before it meets the HDF5 lock), and both died; --resume advised deleting the
     live file. Now both kinds of second run are refused before touching it."""
-    import subprocess
-    import sys
-
     out = tmp_path / "busy.h5"
     partial = partial_path(out)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import h5py, sys\n"
-        f"f = h5py.File({str(partial)!r}, 'w'); f.attrs['mine'] = 1; f.flush()\n"
-        "print('ready', flush=True); sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with another_process(f"import h5py\nf = h5py.File({str(partial)!r}, 'w'); f.attrs['mine'] = 1; f.flush()"):
         before = partial.read_bytes()
         for extra in ([], ["--resume"]):
             result = run_cli("embed", SMALL, "-m", "onehot", "-o", out, *extra)
@@ -193,8 +185,6 @@ def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
             assert result.stderr.strip() == (f"protrans: error: {partial}: is being written by another process (it "
                                              "holds the HDF5 file lock): wait for that run to end, or choose another output")
             assert partial.read_bytes() == before and not out.exists()
-    finally:
-        holder.communicate("")
     assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 0  # once it is gone: replaced
 
 

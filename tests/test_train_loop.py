@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA
+from conftest import DATA, another_process
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.models import FAMILIES
 from protrans_cli.training.config import Phase, TrainConfig
@@ -226,24 +226,14 @@ def test_saved_weights_are_as_readable_as_any_output(tmp_path):
 def test_a_run_directory_in_use_is_refused(tmp_path, run_cli):
     """Two runs started together on one directory both passed the "already holds a run" check
     and wrote every metrics line twice; now the run directory is locked for a run's duration."""
-    import subprocess
-    import sys
-
     out = tmp_path / "busy"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys\n"
-        f"fd = os.open({str(out)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
-        "print('ready', flush=True); sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with another_process(f"import fcntl, os\nfd = os.open({str(out)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)"):
         res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--num-steps", 2, "-j", 1)
         assert res.exit_code == 1
         assert res.stderr.strip().endswith(f"{out}: is in use by another protrans train (it holds the run "
                                            "directory's lock): wait for that run to end, or choose another -o")
         assert list(out.iterdir()) == []
-    finally:
-        holder.communicate("")
     # a run refused before it wrote anything leaves no directory behind
     res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "new", "--global-batch-size", 7, "-j", 1)
     assert res.exit_code == 2 and not (tmp_path / "new").exists()
