@@ -311,9 +311,12 @@ def _resumed_config(config: TrainConfig, where: Path) -> TrainConfig:
     if config.warmup_steps is None and saved.get("warmup_steps") is not None:
         config = dataclasses.replace(config, warmup_steps=saved["warmup_steps"])
     now = config.to_dict()
-    for key in ("corpus", "val_corpus"):
+    for key in ("corpus", "val_corpus"):  # one file, whatever path named it
         saved[key] = [os.path.realpath(p) for p in saved.get(key) or []]
         now[key] = [os.path.realpath(p) for p in now[key]]
+    for values in (saved, now):  # a directory, named two ways; a hub id as it is
+        if values.get("init_from") and os.path.exists(values["init_from"]):
+            values["init_from"] = os.path.realpath(values["init_from"])
     saved_phases = [(p.get("max_length"), p.get("global_batch_size")) for p in saved.get("phases") or []]
     now_phases = [(p["max_length"], p["global_batch_size"]) for p in now["phases"]]
     differ = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
