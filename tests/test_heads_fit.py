@@ -357,6 +357,22 @@ def test_predict_output_that_is_the_embeddings_file_is_refused(run_cli, ss_data,
         assert query.read_bytes() == before
 
 
+def test_resume_of_a_finished_fit_is_a_no_op_and_other_settings_are_refused(run_cli, ss_data, tmp_path):
+    """A job script that retries "the same command with --resume" failed after a success (exit 2,
+    "exists"), where `embed --resume` of a finished file is a no-op."""
+    head = tmp_path / "ss3"
+    args = ["fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", "--max-epochs", "1",
+            *FAST, "-o", head]
+    assert run_cli(*args).exit_code == 0
+    files = {p.name: p.read_bytes() for p in head.iterdir() if p.is_file()}
+    again = run_cli(*args, "--resume")
+    assert again.exit_code == 0 and f"{head} is complete: nothing to resume" in again.stderr
+    assert {p.name: p.read_bytes() for p in head.iterdir() if p.is_file()} == files
+    other = run_cli(*args, "--max-epochs", "2", "--resume")  # the last --max-epochs counts
+    assert other.exit_code == 2 and "a finished head made with other settings or inputs (max_epochs)" in other.stderr
+    assert run_cli(*args).exit_code == 2  # without --resume: as before
+
+
 def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_path, monkeypatch):
     # A full disk under --probabilities gave dozens of h5py tracebacks and a segmentation fault.
     import types

@@ -93,7 +93,17 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
 
     config.check()
     out_dir = Path(out_dir)
+    task = get_task(config.task, dual=config.dual)
+    per_residue = task.kind == PER_RESIDUE
+    config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
+                     patience=config.patience or (5 if per_residue else 10))
+    fingerprint = _fingerprint(config, embeddings, labels, valid, tests)
     if out_dir.exists() and not config.force:
+        if config.resume and not partial_path(out_dir).exists():
+            finished = _finished(out_dir, fingerprint)  # a job script's retry after a success
+            if finished is not None:
+                console.info(f"{out_dir} is complete: nothing to resume")
+                return finished
         raise UsageError(f"{out_dir} exists (--force replaces it)")
     if out_dir.exists():
         # --force replaces the whole directory: never one that holds this run's own inputs.
@@ -105,13 +115,8 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # `-o heads/ss3` should just work
     torch.set_num_threads(resolve_threads(config.threads))
     device = head_device(config.device)
-    task = get_task(config.task, dual=config.dual)
-    per_residue = task.kind == PER_RESIDUE
-    config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
-                     patience=config.patience or (5 if per_residue else 10))
     # Checked before any data is read: an interrupted fit is continued or knowingly replaced.
-    state = FitState.open(partial_path(out_dir), _fingerprint(config, embeddings, labels, valid, tests),
-                          resume=config.resume, force=config.force)
+    state = FitState.open(partial_path(out_dir), fingerprint, resume=config.resume, force=config.force)
 
     # --- labels and data ---
     train_labels = _read(config, labels)
@@ -236,6 +241,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
             "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(train.items),
                          "validation": valid_desc, "notes": train_labels.notes},
             "config": _jsonable(asdict(config)),
+            "fingerprint": _jsonable(fingerprint),  # what `fit --resume` of the finished head compares
         }
         save_head(tmp, ensemble, head_config)
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -257,6 +263,24 @@ def partial_path(out_dir) -> Path:
 
 # Settings that do not change what is trained: a resumed fit may differ in these.
 _NOT_IN_FINGERPRINT = ("threads", "force", "resume", "device", "n_bootstrap", "cache_bytes")
+
+
+def _finished(out_dir: Path, fingerprint: dict) -> FitResult | None:
+    """The finished head in `out_dir` when it was made with these settings and inputs (what
+    `fit --resume` then has to do: nothing, as `embed --resume` of a finished file); None for
+    a head of an older version, which did not record them."""
+    try:
+        config = json.loads((out_dir / "config.json").read_text())
+        saved = config["fingerprint"]
+        summary = json.loads((out_dir / "metrics.json").read_text())
+        history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    differ = sorted(k for k in set(saved) | set(fingerprint) if _jsonable(fingerprint).get(k) != saved.get(k))
+    if differ:
+        raise UsageError(f"{out_dir} is a finished head made with other settings or inputs ({', '.join(differ)}): "
+                         "--force replaces it")
+    return FitResult(out_dir, summary, history)
 
 
 def _fingerprint(config: FitConfig, embeddings, labels, valid, tests) -> dict:
