@@ -841,6 +841,19 @@ def shard_path(output, index: int) -> Path:
     return path.with_name(f"{stem}.{index:05d}" + (f".{suffix}" if suffix else "") + comp)
 
 
+def shard_index(output, name: str) -> int | None:
+    """The index of the shard of `output` that a file of this name would be, else None (the
+    digits are found where shard_path puts them, not at the first "00000" of the name:
+    `sub100000.txt` has its own)."""
+    first, second = shard_path(output, 0).name, shard_path(output, 1).name
+    end = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b) + 1  # after the index's last digit
+    head, tail = first[:end - 5], first[end:]
+    if len(name) != len(first) or not (name.startswith(head) and name.endswith(tail)):
+        return None
+    digits = name[end - 5:end]
+    return int(digits) if digits.isdigit() else None
+
+
 class _Writers:
     """The training corpus (one file, stdout, or shards) and the validation file, all atomic."""
 
@@ -952,9 +965,9 @@ class _Writers:
         if not self.options.sharded:
             return []
         first = shard_path(self.options.output, 0)
-        pattern = re.escape(first.name).replace("00000", r"(\d{5})", 1)
         stale = sorted(p for p in first.parent.iterdir()
-                       if (m := re.fullmatch(pattern, p.name)) and int(m.group(1)) >= len(self.paths) and p.is_file())
+                       if (k := shard_index(self.options.output, p.name)) is not None and k >= len(self.paths)
+                       and p.is_file())
         for path in stale:
             path.unlink()
         return [str(p) for p in stale]
@@ -1097,9 +1110,8 @@ def _is_shard_of(path: str, options: CorpusOptions) -> bool:
     if not options.sharded or path == "-" or not options.output:
         return False
     first = shard_path(options.output, 0)
-    pattern = re.escape(first.name).replace("00000", r"\d{5}", 1)
     here = Path(os.path.realpath(path))
-    return here.parent == Path(os.path.realpath(first.parent)) and re.fullmatch(pattern, here.name) is not None
+    return here.parent == Path(os.path.realpath(first.parent)) and shard_index(options.output, here.name) is not None
 
 
 # --------------------------------------------------------------------------------------------

@@ -594,6 +594,19 @@ def test_a_smaller_shard_set_replaces_an_earlier_larger_one(tmp_path, run_cli, h
     assert text.count("\n\n") == 6  # the new run's proteins, nothing else
 
 
+def test_stale_shard_removal_matches_the_index_where_shard_path_puts_it(tmp_path, run_cli):
+    # The pattern took the first "00000" of the name: `-o sub100000.txt` deleted sub150000.00000.txt.
+    from protrans_cli.corpus import shard_index
+
+    assert shard_index("d/sub100000.txt", "sub100000.00003.txt") == 3
+    assert shard_index("d/sub100000.txt", "sub150000.00000.txt") is None
+    assert shard_index("c.txt.gz", "c.00012.txt.gz") == 12 and shard_index("c.txt", "c.0000a.txt") is None
+    other = tmp_path / "sub150000.00000.txt"
+    other.write_text("another corpus\n\n")
+    result = run_cli("prep", _many(tmp_path / "in.fa", 6), "-o", tmp_path / "sub100000.txt", "--shards", "2")
+    assert result.exit_code == 0 and other.read_text() == "another corpus\n\n" and "removed" not in result.stderr
+
+
 def test_outputs_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
     """The corpus was renamed before the rejects and stats were written out: a full disk at the
     rejects left a new corpus beside the old rejects and stats."""
