@@ -409,6 +409,18 @@ def test_resume_removes_what_a_killed_save_left(tmp_path, capsys):
     assert all(f"removed {p}: a save that was killed" in err for p in stale), err
 
 
+def test_a_run_resumed_for_more_steps_decays_over_its_new_length(tmp_path):
+    """The restored scheduler kept the checkpoint's total steps: a 20-step run resumed to 40 sat
+    at the minimum lr from step 20 on (found in review). Same length: the same lrs as before."""
+    train(_config(tmp_path, num_steps=20, log_every=1, save_every=10))
+    train(_config(tmp_path, num_steps=40, log_every=1, save_every=10), resume=True)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run_bert" / "metrics.jsonl")}
+    fresh = train(_config(tmp_path / "fresh", num_steps=40, log_every=1, save_every=100))
+    expected = {r["step"]: r["lr"] for r in read_metrics(fresh.run_dir / "metrics.jsonl")}
+    assert all(lrs[s] == pytest.approx(expected[s], rel=1e-9) for s in range(21, 41))  # the 40-step schedule
+    assert lrs[30] > lrs[40] > 0.1 * 3e-3 * 0.99
+
+
 def test_damaged_checkpoints_and_a_full_disk_are_one_line_and_metrics_survive_a_cut_line(tmp_path, monkeypatch):
     """A checkpoint cut short (state or weights), a save that meets a full disk, and a metrics
     line cut short were tracebacks (the last one stopped every resume)."""

@@ -384,7 +384,16 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                                      options=StateDictOptions(full_state_dict=True))
         else:
             optimizer.load_state_dict(state["optimizer"])
+        # The schedule's position comes from the checkpoint, its shape (total steps, warmup) from
+        # this run: load_state_dict restores the saved lambda's fields too, and a run resumed
+        # for more steps then never decayed again. Same shape: the very lr the checkpoint holds.
+        shape = dict(scheduler.lr_lambdas[0].__dict__)
         scheduler.load_state_dict(state["scheduler"])
+        for fn in scheduler.lr_lambdas:
+            fn.__dict__.update(shape)
+        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
         step, data_phase = state["step"], state["data_phase"]
         data_state = StreamState.from_dict(state["data_state"])
