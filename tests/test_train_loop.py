@@ -478,6 +478,22 @@ def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(t
     assert result.step == 4
 
 
+def test_resume_from_another_directory_finds_the_same_corpus(tmp_path, monkeypatch):
+    # A corpus saved as a relative path was resolved from the resume's directory and refused.
+    import shutil
+
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    shutil.copy(LEARNABLE, first / "corpus.txt")
+    monkeypatch.chdir(first)
+    train(_config(tmp_path, corpus=["corpus.txt"], stop_after=2, output_dir=str(tmp_path / "run")))
+    monkeypatch.chdir(later)
+    result = train(_config(tmp_path, corpus=[str(first / "corpus.txt")], stop_after=3,
+                           output_dir=str(tmp_path / "run")), resume=True)
+    assert result.step == 3
+
+
 def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):
     # The error used to end in torch's bare header "(Error(s) in loading state_dict for ...:)".
     train(_config(tmp_path, num_steps=2, save_every=2, log_every=1))

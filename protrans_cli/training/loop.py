@@ -298,6 +298,16 @@ RESUME_SETTINGS = ("family", "preset", "init_from", "objective", "model_override
                    "seed", "precision")
 
 
+def _same_file(saved_path: str, path: str) -> bool:
+    """Whether a path in a checkpoint's config and one of this run name the same file: the same
+    real path; or, for a saved relative path that does not resolve from here (it was relative to
+    where the first run started), the same file name."""
+    if os.path.realpath(saved_path) == os.path.realpath(path):
+        return True
+    return (not os.path.isabs(saved_path) and not os.path.exists(saved_path)
+            and os.path.basename(os.path.normpath(saved_path)) == os.path.basename(os.path.normpath(path)))
+
+
 def _resumed_config(config: TrainConfig, where: Path) -> TrainConfig:
     """`config`, checked against the checkpoint's train_config.json: a resumed run with another
     corpus, batch, seed or optimizer setting went on silently (the saved data position applied to
@@ -311,12 +321,14 @@ def _resumed_config(config: TrainConfig, where: Path) -> TrainConfig:
     if config.warmup_steps is None and saved.get("warmup_steps") is not None:
         config = dataclasses.replace(config, warmup_steps=saved["warmup_steps"])
     now = config.to_dict()
-    for key in ("corpus", "val_corpus"):  # one file, whatever path named it
-        saved[key] = [os.path.realpath(p) for p in saved.get(key) or []]
-        now[key] = [os.path.realpath(p) for p in now[key]]
-    for values in (saved, now):  # a directory, named two ways; a hub id as it is
-        if values.get("init_from") and os.path.exists(values["init_from"]):
-            values["init_from"] = os.path.realpath(values["init_from"])
+    for key in ("corpus", "val_corpus", "init_from"):  # paths: compared as files, not as text
+        old, new = saved.get(key), now[key]
+        if key == "init_from":
+            same = old == new or (old is not None and new is not None and _same_file(old, new))
+        else:
+            same = len(old or []) == len(new) and all(_same_file(a, b) for a, b in zip(old or [], new))
+        if same:
+            saved[key] = new
     saved_phases = [(p.get("max_length"), p.get("global_batch_size")) for p in saved.get("phases") or []]
     now_phases = [(p["max_length"], p["global_batch_size"]) for p in now["phases"]]
     differ = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
