@@ -805,11 +805,21 @@ def _call(embedder, sequences, want: _Want) -> list[tuple[np.ndarray | None, np.
     """(rows, mean) per sequence. An embedder of the library API may implement
     embed_batch(sequences) alone: its rows come back as they are, and the means that are still
     None are taken from them where the batch is written (_deliver)."""
-    if hasattr(embedder, "embed_arrays"):
+    if _uses_arrays(embedder):
         return embedder.embed_arrays(sequences, rows=want.rows, means=want.means, dtype=want.dtype)
     if not want.rows and _takes_pooled(embedder):
         return [(None, mean) for mean in embedder.embed_batch(sequences, pooled=True)]
     return [(rows, None) for rows in embedder.embed_batch(sequences)]
+
+
+def _uses_arrays(embedder) -> bool:
+    """Whether `embed_arrays` is the embedder's way to embed: not when a subclass overrides
+    `embed_batch` below the class that defines `embed_arrays` (its own embed_batch is then what
+    it means, as before embed_arrays existed)."""
+    mro = type(embedder).__mro__
+    arrays = next((c for c in mro if "embed_arrays" in c.__dict__), None)
+    batch = next((c for c in mro if "embed_batch" in c.__dict__), None)
+    return arrays is not None and (batch is None or issubclass(arrays, batch))
 
 
 def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = False,

@@ -419,6 +419,22 @@ def test_protein_that_never_fits_is_recorded_not_dropped(tmp_path):
         assert sorted(r.ids()) == ["lower", "one", "rare"]
 
 
+def test_a_subclass_that_overrides_embed_batch_is_still_called():
+    """The pipeline asks a TransformerEmbedder for embed_arrays; a library subclass that
+    overrides embed_batch (its own post-processing) was bypassed (found in review)."""
+    from protrans_cli.embed import TransformerEmbedder, _uses_arrays
+
+    class Scaled(TransformerEmbedder):
+        def embed_batch(self, sequences, pooled=False):
+            return [2 * a for a in super().embed_batch(sequences, pooled=pooled)]
+
+    class Plain(TransformerEmbedder):
+        pass
+
+    assert not _uses_arrays(Scaled.__new__(Scaled)) and _uses_arrays(Plain.__new__(Plain))
+    assert not _uses_arrays(OneHotEmbedder())
+
+
 def test_other_errors_are_not_swallowed():
     class Broken(OneHotEmbedder):
         def embed_batch(self, seqs, pooled=False):

@@ -223,3 +223,32 @@ def test_atomic_file_writes_through_a_link_to_a_redirected_stream(tmp_path):
             out.write(b"through the link\n")
     assert link.is_symlink() and log.read_bytes() == b"through the link\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "stdout"]
+
+
+def test_signals_held_delays_sigterm_to_the_end_of_the_block():
+    """The renames of a job's outputs: a SIGTERM between two of them would leave new files beside
+    old ones. It is noted during the block and delivered to the previous handler after it (a
+    thread mask let another thread, e.g. one of torch's, take it)."""
+    import signal
+    import threading
+
+    from protrans_cli.io.files import signals_held
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    worker = threading.Thread(target=lambda: threading.Event().wait(0.5))
+    worker.start()  # another thread, as torch's pools are
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # give the handler every chance to run inside the block
+                pass
+            assert got == []
+        for _ in range(1000):
+            if got:
+                break
+        assert got == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is not None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        worker.join()

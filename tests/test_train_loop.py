@@ -223,6 +223,29 @@ def test_saved_weights_are_as_readable_as_any_output(tmp_path):
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~mask) for p in files}
 
 
+def test_a_file_system_without_flock_still_trains_and_a_renamed_checkpoint_is_one_line(tmp_path, monkeypatch):
+    """On Lustre without flock or NFS mounted nolock, flock fails with ENOLCK/ENOSYS: train ran
+    nothing (found in review). A damaged checkpoint given to --resume-from under another name
+    gave a TypeError traceback."""
+    import errno
+    import fcntl
+    import shutil
+
+    from protrans_cli.training import checkpoint as ckpt
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    result = train(_config(tmp_path, num_steps=2, save_every=2))
+    assert result.step == 2
+    mine = tmp_path / "mine"
+    shutil.copytree(result.run_dir / "checkpoints" / "step_00000002", mine)
+    (mine / ckpt.STATE_FILE).write_bytes(b"not a zip")
+    with pytest.raises(InputError, match=r"damaged checkpoint: cannot read training_state.pt .*no earlier checkpoint"):
+        train(_config(tmp_path, num_steps=3, output_dir=str(tmp_path / "other")), resume=str(mine))
+
+
 def test_a_run_directory_in_use_is_refused(tmp_path, run_cli):
     """Two runs started together on one directory both passed the "already holds a run" check
     and wrote every metrics line twice; now the run directory is locked for a run's duration."""

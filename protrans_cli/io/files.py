@@ -438,19 +438,26 @@ def replace_directory(new, target) -> None:
 @contextlib.contextmanager
 def signals_held():
     """SIGINT and SIGTERM wait until the block ends (the renames of a job's several outputs:
-    a signal between two of them would leave a mix of new and old files)."""
+    a signal between two of them would leave a mix of new and old files). Python-level
+    handlers that only note the signal, then the previous ones, to which a noted signal is sent
+    again: a thread mask would not do, since the kernel hands a process signal to any thread
+    that does not block it (torch's among them)."""
     import signal
+    import threading
 
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, ValueError, OSError):  # not the main thread's to hold, or not POSIX
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         yield
         return
+    noted: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if noted:
+            os.kill(os.getpid(), noted[0])
 
 
 def _umask() -> int:

@@ -118,6 +118,8 @@ def run_lock(run_dir, active: bool = True):
         except BlockingIOError:
             raise RuntimeFailure("is in use by another protrans train (it holds the run directory's lock): wait "
                                  "for that run to end, or choose another -o", path=str(run_dir)) from None
+        except OSError:  # a file system without flock (Lustre without it, NFS mounted nolock): no lock
+            pass
         yield
     finally:
         os.close(fd)  # the lock goes with it
@@ -196,7 +198,9 @@ def _damaged(directory, name: str, exc: BaseException) -> InputError:
     """A checkpoint file that cannot be read: one line, with the checkpoint to go back to."""
     directory = Path(directory)
     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    earlier = [p for p in list_checkpoints(directory.parent.parent) if checkpoint_step(p) < checkpoint_step(directory)]
+    step = checkpoint_step(directory)  # None: a directory given to --resume-from by another name
+    earlier = [] if step is None else [p for p in list_checkpoints(directory.parent.parent)
+                                       if checkpoint_step(p) < step]
     hint = (f"continue from the one before with --resume-from {earlier[-1]}, after moving this one away"
             if earlier else "no earlier checkpoint to go back to")
     return InputError(f"damaged checkpoint: cannot read {name} ({detail}); {hint}", path=str(directory))
