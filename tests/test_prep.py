@@ -637,8 +637,10 @@ def test_outputs_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
 
 def test_what_killed_runs_left_is_removed_and_live_runs_are_not_touched(tmp_path, run_cli):
     """A SIGKILLed prep left its hidden output temporaries and its dedup folder (as large as
-    the input) for good. The next run removes those of this host whose process is gone."""
+    the input) for good. The next run removes those of this host whose process is gone and
+    that nobody has written for an hour."""
     import subprocess
+    import time
 
     from protrans_cli.io.files import make_temporary
 
@@ -654,8 +656,12 @@ def test_what_killed_runs_left_is_removed_and_live_runs_are_not_touched(tmp_path
     dead[0].write_text("half a corpus")
     dead[1].mkdir()
     (dead[1] / "part0000.u64").write_bytes(b"x" * 100)
-    for path in kept:
+    kept.append(tmp_path / f".c.txt.{host}.{gone}-new.tmp")  # written in the last hour: maybe a live
+    for path in kept:                                          # run in another container
         path.write_text("someone's")
+    hours_ago = time.time() - 7200
+    for path in [*dead, dead[1] / "part0000.u64", *kept[:2]]:
+        os.utime(path, (hours_ago, hours_ago))
     fasta = _many(tmp_path / "in.fa", 6)
     assert run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--dedup").exit_code == 0
     assert not any(p.exists() for p in dead) and all(p.exists() for p in kept)

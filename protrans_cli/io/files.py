@@ -366,7 +366,9 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
     """A new temporary file (or folder) `PREFIX<host>.<pid>-XXXX<suffix>` in `directory`, after
     removing the ones of that prefix that a killed run of this host left (its process is gone):
     nothing else ever removes them, and prep's dedup folder is as large as its input. The host
-    is in the name so that on a shared file system another node's live run is never touched."""
+    is in the name so that on a shared file system another node's live run is never touched,
+    and one untouched for an hour only is removed: containers that share a host name and a
+    folder do not see each other's processes."""
     import socket
 
     host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
@@ -374,7 +376,7 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
             match = stale.match(entry.name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not _pid_alive(int(match.group(1))) and _untouched_for(entry.path, STALE_SECONDS):
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
                         import shutil
@@ -388,6 +390,22 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
     fd, name = tempfile.mkstemp(prefix=mine, suffix=suffix, dir=directory)
     os.close(fd)
     return Path(name)
+
+
+STALE_SECONDS = 3600
+
+
+def _untouched_for(path: str, seconds: float) -> bool:
+    """Whether `path` (and, for a folder, what it holds directly) was last modified that long ago."""
+    import time
+
+    try:
+        times = [os.stat(path, follow_symlinks=False).st_mtime]
+        if os.path.isdir(path) and not os.path.islink(path):
+            times += [e.stat(follow_symlinks=False).st_mtime for e in os.scandir(path)]
+    except OSError:
+        return False
+    return time.time() - max(times) > seconds
 
 
 def _pid_alive(pid: int) -> bool:
@@ -423,7 +441,9 @@ def replace_directory(new, target) -> None:
     aside = None
     with signals_held():
         if target.exists():
-            aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+            # an empty folder of its own (rename may replace an empty directory), named so that
+            # a killed run's is removed by the next (make_temporary)
+            aside = make_temporary(target.parent, f".{target.name}.old.", "", folder=True)
             os.replace(target, aside)
         try:
             os.replace(new, target)

@@ -181,7 +181,7 @@ def remove_stale_temporaries(run_dir) -> list[Path]:
         if folder.is_dir():
             stale += [p for p in folder.glob(f".{name}.tmp-*") if p.is_dir() and not p.is_symlink()]
             # a checkpoint set aside by replace_directory, killed before it was deleted
-            stale += [p for p in folder.glob(f".{name}.old-*") if p.is_dir() and not p.is_symlink()]
+            stale += [p for p in folder.glob(f".{name}.old.*") if p.is_dir() and not p.is_symlink()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
