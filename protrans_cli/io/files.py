@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sys
 import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -379,8 +380,6 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
             if match and not _pid_alive(int(match.group(1))) and _untouched_for(entry.path, STALE_SECONDS):
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
-                        import shutil
-
                         shutil.rmtree(entry.path, ignore_errors=True)
                     else:
                         os.unlink(entry.path)
@@ -435,8 +434,6 @@ def replace_directory(new, target) -> None:
     is renamed aside, the new one renamed in, and only then is the old one deleted, with
     SIGINT/SIGTERM held over the renames. Deleting first (a long rmtree) and renaming after lost
     both heads to a signal in between."""
-    import shutil
-
     new, target = Path(new), Path(target)
     aside = None
     with signals_held():
@@ -475,7 +472,7 @@ def signals_held():
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         if noted:
             os.kill(os.getpid(), noted[0])
 
