@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from protrans_cli.errors import UsageError
+from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.fit import FitConfig, fit
 from protrans_cli.heads.tasks import LOCATIONS, SS3, SS8, ss8_to_ss3
 from protrans_cli.io.h5 import EmbeddingsReader
@@ -491,6 +491,16 @@ def test_an_interrupted_fit_resumes_to_the_head_an_uninterrupted_fit_gives(ss_da
     assert r.exit_code == 2 and "holds an interrupted fit: add --resume" in r.stderr
     with pytest.raises(UsageError, match=r"other settings or inputs \(lr\)"):
         fit(config(resume=True, lr=0.03), *args, out)
+    # Bytes changed on disk (bit rot) resumed into another head without a word: the state's
+    # sha256 is checked first.
+    state = partial_path(out) / "state.pt"
+    good = state.read_bytes()
+    damaged = bytearray(good)
+    damaged[-200] ^= 0x01
+    state.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=r"state.pt: the saved fit state is damaged \(its bytes no longer match"):
+        fit(config(resume=True), *args, out)
+    state.write_bytes(good)
 
     trained = []
     monkeypatch.setattr(fit_module, "_validate", lambda *a, _v=fit_module._validate: trained.append(1) or _v(*a))

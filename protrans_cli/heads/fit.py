@@ -17,6 +17,8 @@ metrics and confusion matrices (also as metrics/<set>.<output>.png).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import shutil
 import time
@@ -308,9 +310,12 @@ class FitState:
     HEAD_DIR.partial/state.pt: finished members' weights, the current member's weights, Adam state,
     random generators, early-stopping bookkeeping and history. `--resume` continues from it and
     gives the head an uninterrupted run gives (bit for bit on the CPU); it is removed once the head
-    directory is written. Read back with torch.load(weights_only=True)."""
+    directory is written. Read back with torch.load(weights_only=True), after the sha256 of its
+    bytes (a header line) is checked: torch.load verifies nothing, and bytes changed on disk
+    (bit rot, a bad network file system) resumed into a different head without a word."""
 
     FILE = "state.pt"
+    MAGIC = b"protrans-fit-state sha256:"
 
     def __init__(self, directory: Path, fingerprint: dict):
         self.directory = directory
@@ -331,8 +336,14 @@ class FitState:
                                  "or --force to start over")
             state.remove()
         if resume and path.is_file():
+            data = path.read_bytes()
+            if data.startswith(cls.MAGIC):  # older versions wrote the torch file alone
+                header, _, data = data.partition(b"\n")
+                if hashlib.sha256(data).hexdigest().encode() != header[len(cls.MAGIC):]:
+                    raise InputError("the saved fit state is damaged (its bytes no longer match their sha256); "
+                                     "--force starts over", path=str(path))
             try:
-                saved = torch.load(path, map_location="cpu", weights_only=True)
+                saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem
                 raise InputError(f"cannot read the saved fit state ({type(exc).__name__}: {exc}); "
                                  "--force starts over", path=str(path)) from None
@@ -366,8 +377,11 @@ class FitState:
 
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / (self.FILE + ".tmp")
+        buffer = io.BytesIO()
         torch.save({"fingerprint": self.fingerprint, "members": self.members, "history": self.history,
-                    "current": self.current}, tmp)
+                    "current": self.current}, buffer)
+        payload = buffer.getvalue()
+        tmp.write_bytes(self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
         os.replace(tmp, self.directory / self.FILE)
 
     def remove(self) -> None:
