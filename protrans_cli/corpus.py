@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -897,12 +896,9 @@ class _Writers:
     def _handle(self, path, kind: str | None):
         """The stream of an output: stdout (`-`) as it comes, else an AtomicFile that compresses
         unless the workers already did (`kind`)."""
-        if str(path) == "-":
-            handle = _Stdout()
-        else:
-            handle = AtomicFile(path, compress=kind is None, level=FAST_LEVELS.get(compression_for_output(path)))
-            if kind:
-                self.precompressed[id(handle)] = kind
+        handle = _output(path, compress=kind is None, level=FAST_LEVELS.get(compression_for_output(path)))
+        if kind and isinstance(handle, AtomicFile):
+            self.precompressed[id(handle)] = kind
         self.files.append(handle)
         return handle.stream
 
@@ -948,8 +944,8 @@ class _Writers:
     def prepare(self) -> list[str]:
         """Every output written out (not renamed yet); the paths they will have."""
         for handle in self.files:
-            kind = self.precompressed.get(id(handle))
-            if kind and isinstance(handle, AtomicFile) and handle.stream.tell() == 0:
+            kind = self.precompressed.get(id(handle))  # AtomicFiles only
+            if kind and handle.stream.tell() == 0:
                 handle.stream.write(compress_bytes(b"", kind, FAST_LEVELS.get(kind)))  # a valid empty .gz
             handle.prepare()
         paths = list(self.paths)
@@ -1101,8 +1097,9 @@ class _Stdout:
         pass
 
 
-def _output(path):
-    return _Stdout() if str(path) == "-" else AtomicFile(path)
+def _output(path, **atomic):
+    """stdout for `-`, else an AtomicFile (with `atomic`'s compression settings)."""
+    return _Stdout() if str(path) == "-" else AtomicFile(path, **atomic)
 
 
 def _is_shard_of(path: str, options: CorpusOptions) -> bool:

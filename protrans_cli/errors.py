@@ -54,6 +54,13 @@ class RuntimeFailure(ProtransError):
     """A job that failed while running (exit 1)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run to many lines), or its
+    type's name when it has none: what a one-line error quotes."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @contextlib.contextmanager
 def located(path):
     """An error raised inside that does not say which file it is about names `path` (the task

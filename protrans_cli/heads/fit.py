@@ -35,7 +35,7 @@ from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
-from protrans_cli.io.files import default_permissions, make_temporary, replace_directory, same_file
+from protrans_cli.io.files import default_permissions, is_inside, make_temporary, replace_directory, same_file
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 
 
@@ -110,9 +110,8 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     if out_dir.exists():
         # --force replaces the whole directory: never one that holds this run's own inputs.
         inputs = [embeddings, labels, *(p for pair in ([valid] if valid else []) + list(tests) for p in pair)]
-        root = out_dir.resolve()
         for path in inputs:
-            if path is not None and str(path) != "-" and root in Path(path).resolve().parents:
+            if path is not None and str(path) != "-" and is_inside(path, out_dir):
                 raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # `-o heads/ss3` should just work
     torch.set_num_threads(resolve_threads(config.threads))

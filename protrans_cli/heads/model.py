@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from protrans_cli.errors import InputError, ModelError
+from protrans_cli.errors import InputError, ModelError, first_line
 from protrans_cli.heads.cnn import ResidueCNN
 from protrans_cli.heads.fnn import ProteinFNN
 from protrans_cli.heads.tasks import Task
@@ -84,7 +84,7 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
     except FileNotFoundError:
         raise ModelError(f"head has no {WEIGHTS}", path=str(directory)) from None
     except (SafetensorError, OSError) as exc:  # truncated by an interrupted copy, or not safetensors at all
-        raise ModelError(f"cannot read the head's weights ({str(exc).splitlines()[0]})",
+        raise ModelError(f"cannot read the head's weights ({first_line(exc)})",
                          path=str(directory / WEIGHTS)) from None
     try:
         ensemble.load_state_dict(state)

@@ -45,10 +45,11 @@ def input_named_by(output, inputs) -> str | None:
     if not output or str(output) == "-":
         return None
     return next((str(src) for src in inputs if src and str(src) != "-"
-                 and (same_file(src, output) or _inside(output, src))), None)
+                 and (same_file(src, output) or is_inside(output, src))), None)
 
 
-def _inside(path, directory) -> bool:
+def is_inside(path, directory) -> bool:
+    """Whether `path` is the existing directory `directory` or lies anywhere below it."""
     if not os.path.isdir(directory):
         return False
     base, target = os.path.realpath(directory), os.path.realpath(path)

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
 from protrans_cli.io.files import output_directory
 
 PER_RESIDUE = "per_residue"
@@ -181,8 +181,8 @@ UNREADABLE = (OSError, KeyError, RuntimeError, ValueError)
 
 
 def unreadable_on_resume(path, exc: BaseException) -> InputError:
-    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return InputError(f"cannot resume: not a readable HDF5 file ({detail}); delete it to start again", path=str(path))
+    return InputError(f"cannot resume: not a readable HDF5 file ({first_line(exc)}); delete it to start again",
+                      path=str(path))
 
 
 ROOM_MARGIN = 16 << 20  # room kept beside a write for HDF5's own metadata and the attributes

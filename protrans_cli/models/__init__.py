@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protrans_cli.errors import ModelError, UsageError
+from protrans_cli.errors import ModelError, UsageError, first_line
 from protrans_cli.models import albert, bert, electra, esm, roberta, t5, transfo_xl, xlnet
 from protrans_cli.models.base import Checkpoint, Family, Preset
 from protrans_cli.models.checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
@@ -221,7 +221,7 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, trust_rem
         if _invalid_repo_id(exc):  # "foo bar": nothing to download, whatever the network
             raise ModelError(f"{name}: not a model directory, a short name (`protrans models`) or a valid hub "
                              "id (owner/name)") from None
-        raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc), flag)) from None
+        raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag)) from None
     return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
 
 
@@ -250,21 +250,21 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
                 # transformers fails in odd ways then ("expected str, bytes or os.PathLike object")
                 raise ModelError(f"{name}: the model directory has no tokenizer files; {_COPY_TOKENIZER}") from None
             if isinstance(exc, OSError):
-                raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
+                raise ModelError(_not_found_message(name, target, is_dir, first_line(exc))) from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
             hint = " (pip install sentencepiece protobuf)" if _names_missing_sentencepiece(str(exc)) else ""
-            raise ModelError(f"{name}: cannot load the tokenizer: {_first_line(exc)}{hint}") from None
+            raise ModelError(f"{name}: cannot load the tokenizer: {first_line(exc)}{hint}") from None
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None))
         try:
             model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
-            raise ModelError(_not_found_message(name, target, is_dir, _first_line(exc))) from None
+            raise ModelError(_not_found_message(name, target, is_dir, first_line(exc))) from None
         except weight_errors() as exc:
             raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
     try:
         model = model.to(device)
     except (RuntimeError, AssertionError) as exc:
-        raise ModelError(f"{name}: cannot move the model to device {device!r}: {_first_line(exc)}") from None
+        raise ModelError(f"{name}: cannot move the model to device {device!r}: {first_line(exc)}") from None
     model.eval()
     return LoadedModel(name=name, path_or_hub_id=target, revision=revision, family=family,
                        tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(model.config),
@@ -367,7 +367,7 @@ def weights_problem(exc: BaseException) -> str:
     if isinstance(exc, pickle.UnpicklingError):
         return ("the pickled checkpoint (pytorch_model.bin) holds objects other than tensors; it is read with "
                 "weights_only=True and refused (convert it to safetensors where you trust it)")
-    return _first_line(exc)
+    return first_line(exc)
 
 
 def _invalid_repo_id(exc: BaseException) -> bool:
@@ -423,11 +423,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: str = "-m") -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protrans_cli.errors import InputError, RuntimeFailure
+from protrans_cli.errors import InputError, RuntimeFailure, first_line
 from protrans_cli.io.files import default_permissions, replace_directory
 
 STATE_FILE = "training_state.pt"
@@ -155,9 +155,8 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         replace_directory(tmp, directory)  # (it exists when the same step is written again after a resume)
     except Exception as exc:  # a full disk, a quota: one line; the checkpoints before stay as they were
         shutil.rmtree(tmp, ignore_errors=True)
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         kept = [p.name for p in list_checkpoints(directory.parent.parent) if p != directory]
-        raise RuntimeFailure(f"cannot write the checkpoint ({detail}); "
+        raise RuntimeFailure(f"cannot write the checkpoint ({first_line(exc)}); "
                              + (f"the last one is {kept[-1]}" if kept else "no earlier checkpoint"),
                              path=str(directory)) from None
     except BaseException:
@@ -197,13 +196,12 @@ def load_training_state(directory) -> dict:
 def _damaged(directory, name: str, exc: BaseException) -> InputError:
     """A checkpoint file that cannot be read: one line, with the checkpoint to go back to."""
     directory = Path(directory)
-    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     step = checkpoint_step(directory)  # None: a directory given to --resume-from by another name
     earlier = [] if step is None else [p for p in list_checkpoints(directory.parent.parent)
                                        if checkpoint_step(p) < step]
     hint = (f"continue from the one before with --resume-from {earlier[-1]}, after moving this one away"
             if earlier else "no earlier checkpoint to go back to")
-    return InputError(f"damaged checkpoint: cannot read {name} ({detail}); {hint}", path=str(directory))
+    return InputError(f"damaged checkpoint: cannot read {name} ({first_line(exc)}); {hint}", path=str(directory))
 
 
 def load_weights(directory, model) -> None:

@@ -33,7 +33,7 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
+from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, first_line
 from protrans_cli.models import packing
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
@@ -273,7 +273,7 @@ def _initial_model(config: TrainConfig, resume):
         raise ModelError(f"--init-from {source.name}: cannot load the weights: {weights_problem(exc)}") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"--init-from {source.name}: cannot load it as a {family.name} pretraining model: "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                         f"{first_line(exc)}") from None
     sizes = {k: v.numel() for k, v in model.state_dict().items()}
     missing = [k for k in info.get("missing_keys", []) if k in sizes]
     share = sum(sizes[k] for k in missing) / max(sum(sizes.values()), 1)
