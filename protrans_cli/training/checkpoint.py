@@ -247,6 +247,9 @@ def export_model(run_dir, *, family, model, tokenizer) -> None:
         default_permissions(tmp)  # safetensors writes 0600
         for item in sorted(tmp.iterdir()):
             target = run_dir / item.name
+            if item.is_dir():  # ELECTRA's generator/: swapped as fit's head and a re-saved checkpoint are
+                replace_directory(item, target)
+                continue
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(item, target)
