@@ -277,11 +277,16 @@ def _finished(out_dir: Path, fingerprint: dict) -> FitResult | None:
         history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    differ = sorted(k for k in set(saved) | set(fingerprint) if _jsonable(fingerprint).get(k) != saved.get(k))
+    differ = _changed(saved, _jsonable(fingerprint))
     if differ:
         raise UsageError(f"{out_dir} is a finished head made with other settings or inputs ({', '.join(differ)}): "
                          "--force replaces it")
     return FitResult(out_dir, summary, history)
+
+
+def _changed(saved: dict, now: dict) -> list[str]:
+    """The fingerprint keys whose values differ (or that one side lacks)."""
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
 
 def _fingerprint(config: FitConfig, embeddings, labels, valid, tests) -> dict:
@@ -346,8 +351,7 @@ class FitState:
             except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem
                 raise InputError(f"cannot read the saved fit state ({type(exc).__name__}: {exc}); "
                                  "--force starts over", path=str(path)) from None
-            differ = sorted(k for k in set(fingerprint) | set(saved["fingerprint"])
-                            if fingerprint.get(k) != saved["fingerprint"].get(k))
+            differ = _changed(saved["fingerprint"], fingerprint)
             if differ:
                 raise UsageError(f"{directory} was made with other settings or inputs ({', '.join(differ)}): "
                                  "run the same command with --resume, or --force to start over")
