@@ -96,7 +96,7 @@ class CorpusOptions:
     shard_size: int | None = None      # or: start a new file when this many bytes are written
     threads: int = 1                   # worker processes for the CPU-bound part
     stats: str | None = None           # the run's summary as JSON ("-": stdout), written with the outputs
-    tmp_dir: str | None = None         # dedup partitions (default: beside the output, else $TMPDIR)
+    tmp_dir: str | None = None         # dedup partitions and -j hand-over files (see _spill_base)
     block_bytes: int = 1 << 20         # input block handed to a worker (1 MiB: its arrays stay in cache)
     progress: bool = False
 
@@ -1116,8 +1116,11 @@ def _is_shard_of(path: str, options: CorpusOptions) -> bool:
 
 
 def _spill_base(options: CorpusOptions) -> str | None:
-    """/dev/shm when it can hold every block in flight with room to spare (containers often
-    give it 64 MB), else $TMPDIR (page cache all the same, until the kernel writes it back)."""
+    """--tmp-dir when given; else /dev/shm when it can hold every block in flight with room to
+    spare (containers often give it 64 MB), else $TMPDIR (page cache all the same, until the
+    kernel writes it back)."""
+    if options.tmp_dir:
+        return options.tmp_dir
     need = 8 * options.threads * 4 * options.block_bytes  # text is ~2x the block, x2 spare
     try:
         stat = os.statvfs("/dev/shm")

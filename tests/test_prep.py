@@ -468,7 +468,8 @@ def test_workers_die_with_a_killed_main_process(tmp_path):
     # left behind waiting on their pipes.
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "prep", "-", "-j", "2", "-o", str(tmp_path / "c.txt")],
+    proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "prep", "-", "-j", "2", "-o", str(tmp_path / "c.txt"),
+                             "--tmp-dir", str(tmp_path)],  # the killed run's scratch stays in tmp_path
                             stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
     proc.stdin.write(b">a\nMKV\n" * 1000)
     proc.stdin.flush()
@@ -480,6 +481,7 @@ def test_workers_die_with_a_killed_main_process(tmp_path):
         with open(children_file) as fh:
             workers = [int(p) for p in fh.read().split()]
     assert len(workers) == 2
+    assert list(tmp_path.glob("protrans-prep.*"))  # --tmp-dir holds the workers' hand-over files
     proc.kill()
     proc.wait(timeout=10)
 
