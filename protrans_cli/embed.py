@@ -1104,7 +1104,14 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # Checks that need the model or the output come before any computation, as the id check did:
     # one more pass over the input, only when there is something to check.
     if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
-        _check_before_compute(source, name, options, max_length, done, output)
+        left = _check_before_compute(source, name, options, max_length, done, output)
+        if left == 0 and not partial_path(output).exists() and not shard_files:
+            # --resume of a finished file with nothing to add: the file stays as it is (it
+            # would otherwise become OUTPUT.partial until the run ends).
+            summary.num_resumed = scan.num_records
+            if not dist.is_main:
+                summary.output = None  # rank 0 reports
+            return summary
     dist.barrier()  # nobody opens a file for writing while another rank still reads it
 
     if dist.world_size > 1:
@@ -1246,21 +1253,25 @@ def _model_key(name: str) -> str:
     return os.path.normpath(name) if path.is_absolute() else name
 
 
-def _check_before_compute(source, name, options, max_length, done: "_Done", output) -> None:
+def _check_before_compute(source, name, options, max_length, done: "_Done", output) -> int:
     """Pass two, before any batch: an id the output already holds must carry the same sequence
-    (--resume), and with --long-policy error no protein left to do may exceed `max_length`."""
+    (--resume), and with --long-policy error no protein left to do may exceed `max_length`.
+    Returns the number of proteins left to do."""
     from protrans_cli.io.h5 import sequence_checksum
 
+    left = 0
     for window in read_windows(source, name, options.window):
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
             if checksum is None:
+                left += 1
                 if max_length is not None and options.long_policy == "error" and len(prot.sequence) > max_length:
                     raise _too_long(prot, max_length, options, name)
             elif checksum and checksum != _checksum64(sequence_checksum(prot.sequence)):
                 where = partial_path(output) if partial_path(output).exists() else output
                 raise InputError("cannot resume: the output holds another sequence under this id "
                                  "(a different FASTA?); write to a new file instead", path=str(where), record=prot.id)
+    return left
 
 
 def _checksum64(checksum) -> int:

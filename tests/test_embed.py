@@ -157,6 +157,29 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert not partial_path(out).exists()
 
 
+def test_resume_of_a_finished_file_with_nothing_to_add_leaves_it_untouched(tmp_path, monkeypatch, run_cli):
+    """--resume on a finished output renamed it to OUT.partial until the run ended, even when
+    there was nothing to compute: a Ctrl-C then left the user's finished file "gone"."""
+    out = _run(tmp_path / "r.h5")
+    before, stat = out.read_bytes(), out.stat()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("nothing should be computed")
+
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", no_model)
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--resume")
+    assert result.exit_code == 0, result.stderr
+    assert "embedded 0 proteins" in result.stderr and f"{len(list(read_fasta(SMALL)))} already there" in result.stderr
+    assert out.read_bytes() == before and out.stat().st_mtime_ns == stat.st_mtime_ns
+    assert out.stat().st_ino == stat.st_ino and not partial_path(out).exists()
+    # one protein more: the file is extended (and is OUT.partial meanwhile)
+    more = tmp_path / "more.fa"
+    more.write_text(SMALL.read_text() + ">new\nMKV\n")
+    monkeypatch.undo()
+    summary = embed(more, out, EmbedOptions(model="onehot", resume=True))
+    assert summary.num_embedded == 1 and "new" in read_all(out)
+
+
 def test_resume_refuses_an_id_whose_sequence_changed(tmp_path):
     out = _run(tmp_path / "r.h5")
     changed = tmp_path / "changed.fa"
