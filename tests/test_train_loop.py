@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 
 
 def _config(tmp_path, family="bert", **kw):
-    args = dict(family=family, corpus=[LEARNABLE], output_dir=str(tmp_path / f"run_{family}"),
+    args = dict(family=None if kw.get("init_from") else family, corpus=[LEARNABLE], output_dir=str(tmp_path / f"run_{family}"),
                 num_steps=30, max_length=64, global_batch_size=16, micro_batch_size=8, lr=3e-3,
                 warmup_steps=3, log_every=5, save_every=1000, threads=1, bucket_batches=4)
     args.update(kw)
@@ -717,3 +717,15 @@ def test_init_from_set_values_are_typed_as_for_a_preset(tmp_path, run_cli):
                   "--num-steps", "1", "--set", "hidden_dropout_prob=true")
     assert res.exit_code == 1 and "--set hidden_dropout_prob: invalid esm config value True" in res.stderr
     assert "Traceback" not in res.stderr
+    saved = json.loads((tmp_path / "more" / "train_config.json").read_text())
+    assert (saved["family"], saved["preset"]) == ("esm", None)  # it recorded the default preset, tiny
+    # --preset and another --family than the model's were silently ignored
+    for extra, message in ((["--preset", "small"], "preset 'small' cannot go with init_from"),
+                           (["--family", "bert"], "--family bert does not go with --init-from")):
+        res = run_cli("train", "--init-from", base.run_dir, "--corpus", LEARNABLE, "-o", tmp_path / "no", *extra)
+        assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "no").exists()
+    res = run_cli("train", "--init-from", base.run_dir, "--family", "esm", "--corpus", LEARNABLE, "-o",
+                  tmp_path / "same", "--num-steps", "1", "-j", "1", "--max-length", "32",
+                  "--global-batch-size", "4", "--micro-batch-size", "4")
+    assert res.exit_code == 0, res.stderr

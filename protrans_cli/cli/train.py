@@ -18,7 +18,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.command("train")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON or TOML file with any settings below (flag names with _ for -).")
-@click.option("--family", default=None, help="Model family (see --list-presets).  [default: bert]")
+@click.option("--family", default=None, help="Model family (see --list-presets).  [default: bert; with --init-from: the model's]")
 @click.option("--preset", default=None, help="Size preset of the family: tiny, small, base, published sizes.  [default: tiny]")
 @click.option("--init-from", default=None, metavar="MODEL",
               help="Continue pretraining an existing model: a protrans run/checkpoint or HF directory, a hub id "

@@ -49,13 +49,17 @@ class Phase:
         return cls(*nums)
 
 
+DEFAULT_FAMILY = "bert"
+DEFAULT_PRESET = "tiny"
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs. Field names are the config-file keys and the flags."""
 
     # model
-    family: str = "bert"
-    preset: str = "tiny"
+    family: str | None = None     # None: bert, or --init-from's family (resolved when the run is built)
+    preset: str | None = None     # None: tiny; no preset goes with init_from
     model_overrides: dict[str, Any] = field(default_factory=dict)  # HF config kwargs
     # Start from an existing model's architecture, tokenizer and weights (a protrans run or
     # checkpoint directory, an HF model directory, a hub id or a short name such as prot_bert):
@@ -143,6 +147,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.init_from and self.preset:
+            raise UsageError(f"preset {self.preset!r} cannot go with init_from: the architecture comes from "
+                             f"{self.init_from} (change its sizes with --set KEY=VALUE)")
         if not 0 < self.mask_prob < 1:
             raise UsageError(f"mask_prob must be between 0 and 1, got {self.mask_prob}")
         if self.sop and (self.objective or "mlm") != "mlm":

@@ -38,7 +38,7 @@ from protrans_cli.models import packing
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training import recompute
-from protrans_cli.training.config import TrainConfig, grad_accum_steps
+from protrans_cli.training.config import DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, check_corpus,
                                         check_validation_corpus, step_batches)
 from protrans_cli.training.objectives import make_objective
@@ -161,6 +161,8 @@ def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *
         config = dataclasses.replace(config, family=family.name)
         objective_name = config.objective or family.objective
     else:
+        config = dataclasses.replace(config, family=config.family or DEFAULT_FAMILY,
+                                     preset=config.preset or DEFAULT_PRESET)
         if family is None:
             from protrans_cli.models import get_family
 
@@ -249,6 +251,9 @@ def _initial_model(config: TrainConfig, resume):
     else:
         source = open_config(config.init_from, flag="--init-from")
     family, hf_config = source.family, source.config
+    if config.family and config.family != family.name:
+        raise UsageError(f"--family {config.family} does not go with --init-from {config.init_from}: "
+                         f"that is a {family.name} model")
     _check_objective(config, family)
     for key, value in config.model_overrides.items():
         if not hasattr(hf_config, key):
@@ -329,6 +334,8 @@ def _resumed_config(config: TrainConfig, where: Path) -> TrainConfig:
             same = len(old or []) == len(new) and all(_same_file(a, b) for a, b in zip(old or [], new))
         if same:
             saved[key] = new
+    if now["init_from"] and saved.get("init_from"):
+        saved["preset"] = now["preset"]  # meaningless there; earlier versions recorded the default
     saved_phases = [(p.get("max_length"), p.get("global_batch_size")) for p in saved.get("phases") or []]
     now_phases = [(p["max_length"], p["global_batch_size"]) for p in now["phases"]]
     differ = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
