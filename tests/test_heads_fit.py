@@ -373,6 +373,30 @@ def test_resume_of_a_finished_fit_is_a_no_op_and_other_settings_are_refused(run_
     assert run_cli(*args).exit_code == 2  # without --resume: as before
 
 
+def test_resume_after_a_kill_between_the_heads_rename_and_the_states_removal(run_cli, ss_data, tmp_path, monkeypatch):
+    """A SIGKILL just after the head was renamed into place left HEAD.partial/ beside it, and every
+    retry of the job (with --resume) failed with "exists"."""
+    from protrans_cli.heads import fit as fit_module
+
+    head = tmp_path / "ss3"
+    args = ["fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", "--max-epochs", "1",
+            *FAST, "-o", head]
+    with monkeypatch.context() as m:
+        m.setattr(fit_module.FitState, "remove", lambda self: None)  # killed before it ran
+        assert run_cli(*args).exit_code == 0
+    partial = fit_module.partial_path(head)
+    assert (partial / "state.pt").is_file()
+    again = run_cli(*args, "--resume")
+    assert again.exit_code == 0 and f"{head} is complete: nothing to resume" in again.stderr
+    assert not partial.exists()
+    # A state written after the head (a fit started again with --force, then stopped) is not stale.
+    partial.mkdir()
+    (partial / "state.pt").write_bytes(b"newer")
+    later = (head / "metrics.json").stat().st_mtime_ns + 10**9
+    os.utime(partial / "state.pt", ns=(later, later))
+    assert run_cli(*args, "--resume").exit_code == 2 and (partial / "state.pt").read_bytes() == b"newer"
+
+
 def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_path, monkeypatch):
     # A full disk under --probabilities gave dozens of h5py tracebacks and a segmentation fault.
     import types

@@ -101,9 +101,12 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
                      patience=config.patience or (5 if per_residue else 10))
     fingerprint = _fingerprint(config, embeddings, labels, valid, tests)
     if out_dir.exists() and not config.force:
-        if config.resume and not partial_path(out_dir).exists():
+        partial = partial_path(out_dir)
+        if config.resume and (not partial.exists() or _left_behind(partial, out_dir)):
             finished = _finished(out_dir, fingerprint)  # a job script's retry after a success
             if finished is not None:
+                if partial.exists():  # a kill between the head's rename and the state's removal
+                    FitState(partial, fingerprint).remove()
                 console.info(f"{out_dir} is complete: nothing to resume")
                 return finished
         raise UsageError(f"{out_dir} exists (--force replaces it)")
@@ -282,6 +285,16 @@ def _finished(out_dir: Path, fingerprint: dict) -> FitResult | None:
         raise UsageError(f"{out_dir} is a finished head made with other settings or inputs ({', '.join(differ)}): "
                          "--force replaces it")
     return FitResult(out_dir, summary, history)
+
+
+def _left_behind(partial: Path, out_dir: Path) -> bool:
+    """Whether the state in HEAD.partial/ predates the finished head (the state is removed just
+    after the head is renamed into place; a kill in between leaves it), rather than belonging to
+    a fit still running or interrupted since."""
+    try:
+        return (partial / FitState.FILE).stat().st_mtime_ns <= (out_dir / "metrics.json").stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def _changed(saved: dict, now: dict) -> list[str]:
