@@ -444,6 +444,23 @@ def test_a_run_resumed_for_more_steps_decays_over_its_new_length(tmp_path):
     assert lrs[30] > lrs[40] > 0.1 * 3e-3 * 0.99
 
 
+def test_every_checkpoint_file_is_in_its_sha256sums_which_sha256sum_checks(tmp_path):
+    import shutil
+    import subprocess
+
+    from protrans_cli.training import checkpoint as ckpt
+
+    result = train(_config(tmp_path, "electra", num_steps=2, save_every=2))
+    last = result.run_dir / "checkpoints" / "step_00000002"
+    listed = [line.split("  ", 1)[1] for line in (last / ckpt.SUMS_FILE).read_text().splitlines()]
+    files = sorted(p.relative_to(last).as_posix() for p in last.rglob("*") if p.is_file() and p.name != ckpt.SUMS_FILE)
+    assert listed == files and "generator/model.safetensors" in listed
+    assert ckpt.check_sums(last) is None
+    if shutil.which("sha256sum"):
+        done = subprocess.run(["sha256sum", "--quiet", "-c", ckpt.SUMS_FILE], cwd=last, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_damaged_checkpoints_and_a_full_disk_are_one_line_and_metrics_survive_a_cut_line(tmp_path, monkeypatch):
     """A checkpoint cut short (state or weights), a save that meets a full disk, and a metrics
     line cut short were tracebacks (the last one stopped every resume)."""
@@ -454,13 +471,25 @@ def test_damaged_checkpoints_and_a_full_disk_are_one_line_and_metrics_survive_a_
 
     first = train(_config(tmp_path, num_steps=2, save_every=1, log_every=1))
     last = first.run_dir / "checkpoints" / "step_00000002"
-    for name in (ckpt.STATE_FILE, ckpt.WEIGHTS_FILE):
-        shutil.copytree(last, tmp_path / "good", dirs_exist_ok=True)
-        (last / name).write_bytes((last / name).read_bytes()[:300])
-        with pytest.raises(InputError, match=rf"damaged checkpoint: cannot read {name} .*--resume-from "
-                                             rf".*step_00000001, after moving this one away") as info:
+    shutil.copytree(last, tmp_path / "good")
+
+    def flip_a_byte(data):  # in the tensors, not the header: the file still loads, with other weights
+        return data[:-100] + bytes([data[-100] ^ 0x10]) + data[-99:]
+
+    # cut short, with and without SHA256SUMS (a checkpoint of an earlier version); a flipped bit,
+    # which only the sums find
+    for name, damage, sums in ((ckpt.STATE_FILE, lambda d: d[:300], True), (ckpt.WEIGHTS_FILE, lambda d: d[:300], True),
+                               (ckpt.STATE_FILE, lambda d: d[:300], False), (ckpt.WEIGHTS_FILE, lambda d: d[:300], False),
+                               (ckpt.WEIGHTS_FILE, flip_a_byte, True), ("model.safetensors", flip_a_byte, True)):
+        (last / name).write_bytes(damage((last / name).read_bytes()))
+        if not sums:
+            (last / ckpt.SUMS_FILE).unlink()
+        with pytest.raises(InputError, match=rf"damaged checkpoint: cannot read {name} \((its bytes no longer "
+                                             rf"match SHA256SUMS\)|(?!its).*\)); continue from the one before with "
+                                             rf"--resume-from .*step_00000001, after moving this one away") as info:
             train(_config(tmp_path, num_steps=3, save_every=1), resume=True)
         assert "\n" not in info.value.format()
+        assert ("SHA256SUMS" in str(info.value)) == sums
         shutil.copytree(tmp_path / "good", last, dirs_exist_ok=True)
     with open(first.run_dir / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 3, "lo')  # a line cut by a full disk

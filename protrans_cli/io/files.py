@@ -482,3 +482,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def sha256_file(path, block: int = 1 << 24) -> str:
+    """The sha256 of a file's bytes, read in 16 MiB blocks (hex, as `sha256sum` prints it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    buffer = bytearray(block)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()

@@ -366,6 +366,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             console.warn(f"removed {path}: a save that was killed before it completed")
     if resume:
         where = ckpt.find_checkpoint(run.run_dir if resume is True else resume)
+        # Rank 0 reads the checkpoint once against its SHA256SUMS; every rank stops on its verdict.
+        problem = dist.broadcast_object(ckpt.check_sums(where) if info.is_main else None)
+        if problem:
+            raise InputError(problem)
         ckpt.load_weights(where, run.model)
         state = ckpt.load_training_state(where)
         # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
