@@ -544,6 +544,11 @@ def test_resume_from_another_directory_finds_the_same_corpus(tmp_path, monkeypat
     result = train(_config(tmp_path, corpus=[str(first / "corpus.txt")], stop_after=3,
                            output_dir=str(tmp_path / "run")), resume=True)
     assert result.step == 3
+    # a run moved to another machine: its saved absolute path is not there; the same name is
+    first.rename(tmp_path / "elsewhere")
+    result = train(_config(tmp_path, corpus=[str(tmp_path / "elsewhere" / "corpus.txt")], stop_after=4,
+                           output_dir=str(tmp_path / "run")), resume=True)
+    assert result.step == 4
 
 
 def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):

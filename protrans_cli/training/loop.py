@@ -305,11 +305,11 @@ RESUME_SETTINGS = ("family", "preset", "init_from", "objective", "model_override
 
 def _same_file(saved_path: str, path: str) -> bool:
     """Whether a path in a checkpoint's config and one of this run name the same file: the same
-    real path; or, for a saved relative path that does not resolve from here (it was relative to
-    where the first run started), the same file name."""
+    real path; or, for a saved path that does not exist from here (a relative path from where the
+    first run started, or a run moved to another machine or file system), the same file name."""
     if os.path.realpath(saved_path) == os.path.realpath(path):
         return True
-    return (not os.path.isabs(saved_path) and not os.path.exists(saved_path)
+    return (not os.path.exists(saved_path)
             and os.path.basename(os.path.normpath(saved_path)) == os.path.basename(os.path.normpath(path)))
 
 
