@@ -117,7 +117,8 @@ def bench_baseline(args, corpus: Path, device) -> dict:
 
 def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
     from protrans_cli.training.config import TrainConfig
-    from protrans_cli.training.loop import read_metrics, train
+    from protrans_cli.training.loop import train
+    from protrans_cli.training.metrics import read_metrics
 
     cfg = TrainConfig(family=args.family, preset=args.preset, corpus=[str(corpus)], output_dir=str(run_dir),
                       num_steps=args.num_steps, max_length=args.max_length,

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import DATA, ROOT
 from protrans_cli.training.config import TrainConfig
-from protrans_cli.training.loop import read_metrics, train
+from protrans_cli.training.loop import train
+from protrans_cli.training.metrics import read_metrics
 
 LEARNABLE = str(DATA / "train" / "learnable.txt")
 ARGS = ["--family", "bert", "--corpus", LEARNABLE, "--num-steps", "6", "--max-length", "64",

@@ -16,7 +16,9 @@ from conftest import DATA, another_process
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.models import FAMILIES
 from protrans_cli.training.config import Phase, TrainConfig
-from protrans_cli.training.loop import find_lr, read_metrics, train
+from protrans_cli.training.loop import train
+from protrans_cli.training.lr_finder import find_lr
+from protrans_cli.training.metrics import read_metrics
 
 TRAIN = DATA / "train"
 LEARNABLE = str(TRAIN / "learnable.txt")
@@ -571,14 +573,14 @@ def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_noth
 
     kw = dict(num_steps=10, log_every=1, save_every=100, bucket_batches=2, seed=3)
     whole = train(_config(tmp_path / "whole", **kw))
-    append = loop._append_metrics
+    append = loop.append_metrics
 
     def append_and_signal(path, record):  # the signal arrives in the middle of step 4
         append(path, record)
         if record.get("step") == 3:
             signal.raise_signal(signum)
 
-    monkeypatch.setattr(loop, "_append_metrics", append_and_signal)
+    monkeypatch.setattr(loop, "append_metrics", append_and_signal)
     old = signal.signal(signum, previous_handler)
     try:
         with pytest.raises(Stopped):
@@ -589,7 +591,7 @@ def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_noth
         signal.signal(signum, old)
     run_dir = tmp_path / "parts" / "run_bert"
     assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step_00000003"]
-    monkeypatch.setattr(loop, "_append_metrics", append)
+    monkeypatch.setattr(loop, "append_metrics", append)
     rest = train(_config(tmp_path / "parts", **kw), resume=True)
     assert rest.completed and rest.step == 10
     assert [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")] == whole.losses  # bit for bit on CPU

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from protrans_cli.training.loop import read_metrics
+from protrans_cli.training.metrics import read_metrics
 
 torch.set_num_threads(1)
 

@@ -14,7 +14,8 @@ from conftest import DATA
 from protrans_cli.models import FAMILIES
 from protrans_cli.training import recompute
 from protrans_cli.training.config import TrainConfig
-from protrans_cli.training.loop import read_metrics, train
+from protrans_cli.training.loop import train
+from protrans_cli.training.metrics import read_metrics
 
 LEARNABLE = str(DATA / "train" / "learnable.txt")
 

@@ -113,7 +113,7 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
     if resume and resume_from:
         raise UsageError("give --resume or --resume-from, not both")
     if find_lr:
-        from protrans_cli.training.loop import find_lr as run_find_lr
+        from protrans_cli.training.lr_finder import find_lr as run_find_lr
 
         result = run_find_lr(config)
         click.echo(f"{result.lr_suggestion:.3g}")

@@ -17,18 +17,23 @@ leaves a half-written checkpoint under a step name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from protrans_cli.errors import InputError, RuntimeFailure, first_line
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
 from protrans_cli.io.files import default_permissions, replace_directory, sha256_file
+
+if TYPE_CHECKING:
+    from protrans_cli.training.config import TrainConfig
 
 STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "pretraining_model.safetensors"
@@ -271,6 +276,62 @@ def load_weights(directory, model) -> None:
             pass
         raise InputError(f"checkpoint does not match the model being trained: {saved}{detail}",
                          path=str(directory)) from None
+
+
+# Settings a resumed run must share with its checkpoint: what the model, the data, the order of
+# the batches, the masks and the optimizer's path depend on. The rest may change on a resume
+# (longer runs: num_steps and phase steps; logging, checkpoints, workers, threads, distribution,
+# kernels, recomputation and compilation, which change no result).
+RESUME_SETTINGS = ("family", "preset", "init_from", "objective", "model_overrides", "corpus", "max_length",
+                   "global_batch_size", "bucket_batches", "mask_prob", "sop", "noise_density", "mean_span_length",
+                   "plm_prob", "electra_disc_weight", "segment_length", "optimizer", "lr", "weight_decay",
+                   "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "schedule", "min_lr_ratio", "grad_clip",
+                   "seed", "precision")
+
+
+def _same_file(saved_path: str, path: str) -> bool:
+    """Whether a path in a checkpoint's config and one of this run name the same file: the same
+    real path; or, for a saved path that does not exist from here (a relative path from where the
+    first run started, or a run moved to another machine or file system), the same file name."""
+    if os.path.realpath(saved_path) == os.path.realpath(path):
+        return True
+    return (not os.path.exists(saved_path)
+            and os.path.basename(os.path.normpath(saved_path)) == os.path.basename(os.path.normpath(path)))
+
+
+def resumed_config(config: "TrainConfig", where: Path) -> "TrainConfig":
+    """`config`, checked against the checkpoint's train_config.json: a resumed run with another
+    corpus, batch, seed or optimizer setting went on silently (the saved data position applied to
+    another corpus; --lr overridden by the restored scheduler). A setting left at None
+    (warmup_steps) takes the checkpoint's value; one that an older checkpoint lacks is not compared."""
+    path = where / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return config  # an older checkpoint without it, or unreadable: nothing to compare
+    if config.warmup_steps is None and saved.get("warmup_steps") is not None:
+        config = dataclasses.replace(config, warmup_steps=saved["warmup_steps"])
+    now = config.to_dict()
+    for key in ("corpus", "val_corpus", "init_from"):  # paths: compared as files, not as text
+        old, new = saved.get(key), now[key]
+        if key == "init_from":
+            same = old == new or (old is not None and new is not None and _same_file(old, new))
+        else:
+            same = len(old or []) == len(new) and all(_same_file(a, b) for a, b in zip(old or [], new))
+        if same:
+            saved[key] = new
+    if now["init_from"] and saved.get("init_from"):
+        saved["preset"] = now["preset"]  # meaningless there; earlier versions recorded the default
+    saved_phases = [(p.get("max_length"), p.get("global_batch_size")) for p in saved.get("phases") or []]
+    now_phases = [(p["max_length"], p["global_batch_size"]) for p in now["phases"]]
+    differ = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
+    if "phases" in saved and saved_phases != now_phases:
+        differ.append("phases (lengths and batch sizes)")
+    if differ:
+        shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" if k in now else k for k in differ[:4])
+        raise UsageError(f"cannot resume from {where} with other settings ({shown}): use the run's settings "
+                         "(its train_config.json), or start a new run with --init-from that checkpoint")
+    return config
 
 
 def export_model(run_dir, *, family, model, tokenizer) -> None:

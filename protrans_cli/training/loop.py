@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import signal
 import threading
 import time
@@ -41,6 +39,7 @@ from protrans_cli.training import recompute
 from protrans_cli.training.config import DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, check_corpus,
                                         check_validation_corpus, step_batches)
+from protrans_cli.training.metrics import Accumulator, append_metrics, plot_metrics, truncate_metrics
 from protrans_cli.training.objectives import make_objective
 from protrans_cli.training.optim import build_optimizer, build_scheduler
 
@@ -136,14 +135,14 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     info = dist.setup()
     try:
         with ckpt.run_lock(config.output_dir, active=info.is_main):
-            run = _build(config, info, family, resume=resume)
+            run = build_run(config, info, family, resume=resume)
             with StopRequest() as stop:
                 return _loop(run, resume, stop)
     finally:
         dist.cleanup()
 
 
-def _build(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *, evaluates: bool = True) -> _Run:
+def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *, evaluates: bool = True) -> _Run:
     config.validate(info.world_size)
     # Before any model is built: a missing shard, a FASTA file as corpus or an unusable
     # validation corpus fails now, not at the first step or after the last one.
@@ -292,62 +291,6 @@ def _initial_model(config: TrainConfig, resume):
     return family, tokenizer, model
 
 
-# Settings a resumed run must share with its checkpoint: what the model, the data, the order of
-# the batches, the masks and the optimizer's path depend on. The rest may change on a resume
-# (longer runs: num_steps and phase steps; logging, checkpoints, workers, threads, distribution,
-# kernels, recomputation and compilation, which change no result).
-RESUME_SETTINGS = ("family", "preset", "init_from", "objective", "model_overrides", "corpus", "max_length",
-                   "global_batch_size", "bucket_batches", "mask_prob", "sop", "noise_density", "mean_span_length",
-                   "plm_prob", "electra_disc_weight", "segment_length", "optimizer", "lr", "weight_decay",
-                   "adam_beta1", "adam_beta2", "adam_eps", "warmup_steps", "schedule", "min_lr_ratio", "grad_clip",
-                   "seed", "precision")
-
-
-def _same_file(saved_path: str, path: str) -> bool:
-    """Whether a path in a checkpoint's config and one of this run name the same file: the same
-    real path; or, for a saved path that does not exist from here (a relative path from where the
-    first run started, or a run moved to another machine or file system), the same file name."""
-    if os.path.realpath(saved_path) == os.path.realpath(path):
-        return True
-    return (not os.path.exists(saved_path)
-            and os.path.basename(os.path.normpath(saved_path)) == os.path.basename(os.path.normpath(path)))
-
-
-def _resumed_config(config: TrainConfig, where: Path) -> TrainConfig:
-    """`config`, checked against the checkpoint's train_config.json: a resumed run with another
-    corpus, batch, seed or optimizer setting went on silently (the saved data position applied to
-    another corpus; --lr overridden by the restored scheduler). A setting left at None
-    (warmup_steps) takes the checkpoint's value; one that an older checkpoint lacks is not compared."""
-    path = where / ckpt.CONFIG_FILE
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return config  # an older checkpoint without it, or unreadable: nothing to compare
-    if config.warmup_steps is None and saved.get("warmup_steps") is not None:
-        config = dataclasses.replace(config, warmup_steps=saved["warmup_steps"])
-    now = config.to_dict()
-    for key in ("corpus", "val_corpus", "init_from"):  # paths: compared as files, not as text
-        old, new = saved.get(key), now[key]
-        if key == "init_from":
-            same = old == new or (old is not None and new is not None and _same_file(old, new))
-        else:
-            same = len(old or []) == len(new) and all(_same_file(a, b) for a, b in zip(old or [], new))
-        if same:
-            saved[key] = new
-    if now["init_from"] and saved.get("init_from"):
-        saved["preset"] = now["preset"]  # meaningless there; earlier versions recorded the default
-    saved_phases = [(p.get("max_length"), p.get("global_batch_size")) for p in saved.get("phases") or []]
-    now_phases = [(p["max_length"], p["global_batch_size"]) for p in now["phases"]]
-    differ = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
-    if "phases" in saved and saved_phases != now_phases:
-        differ.append("phases (lengths and batch sizes)")
-    if differ:
-        shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" if k in now else k for k in differ[:4])
-        raise UsageError(f"cannot resume from {where} with other settings ({shown}): use the run's settings "
-                         "(its train_config.json), or start a new run with --init-from that checkpoint")
-    return config
-
-
 def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     config, info = run.config, run.info
     phases = config.resolved_phases()
@@ -381,7 +324,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
                              f"({', '.join(later)}): they belong to the run continued from there; move or "
                              "delete them to resume from this one")
-        config = run.config = _resumed_config(config, where)
+        config = run.config = ckpt.resumed_config(config, where)
         dist.print0(f"train: resuming from {where} (step {state['step']})")
 
     run.model.to(info.device)
@@ -424,10 +367,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     metrics_path = run.run_dir / "metrics.jsonl"
     if info.is_main:
         config.save(run.run_dir / ckpt.CONFIG_FILE)
-        _truncate_metrics(metrics_path, step)
+        truncate_metrics(metrics_path, step)
     result = TrainResult(run.run_dir, step, False)
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
-    log = _Accumulator()
+    log = Accumulator()
     if state is not None and state.get("log") and info.is_main:
         # the steps since the last metrics line before the checkpoint: the next line averages
         # them too, as the uninterrupted run's does
@@ -463,7 +406,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             batch = next(batches)
             data_state = batch.state_after
             lr_used = optimizer.param_groups[0]["lr"]
-            stats = _train_step(run, optimizer, batch.micro_batches,
+            stats = train_step(run, optimizer, batch.micro_batches,
                                 stop_requested=stop is not None and stop.signum is not None)
             stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
             scheduler.step()
@@ -494,7 +437,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                 t_log, paused = time.perf_counter(), 0.0
                 result.losses.append(record["loss"])
                 if info.is_main:
-                    _append_metrics(metrics_path, record)
+                    append_metrics(metrics_path, record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.4f}")
                     elif config.log_every and (step // config.log_every) % 10 == 1:
@@ -538,7 +481,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     return result
 
 
-def _train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False) -> dict:
+def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False) -> dict:
     """One optimizer step over this rank's micro-batches; returns summed statistics, and under
     "stop" whether any rank was asked to stop (told to all ranks within the step's one exchange,
     so that they all stop after the same step)."""
@@ -637,54 +580,6 @@ def _to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-class _Accumulator:
-    """Sums (numerator, denominator) statistics between logging steps, then reduces over ranks."""
-
-    def __init__(self):
-        self.sums: dict[str, list[float]] = {}
-        self.grad_norm = 0.0
-        self.steps = 0
-        self.tokens = 0
-
-    def add(self, stats: dict) -> None:
-        for name, value in stats.items():
-            if name == "grad_norm":
-                self.grad_norm += value
-            elif name == "tokens":
-                self.tokens += value
-            else:
-                acc = self.sums.setdefault(name, [0.0, 0.0])
-                acc[0] += value[0]
-                acc[1] += value[1]
-        self.steps += 1
-
-    def _summed(self) -> tuple[list[str], list[float]]:
-        """The statistics summed over ranks (a collective): names, then their values."""
-        names = sorted(self.sums)
-        flat = [x for n in names for x in self.sums[n]] + [float(self.tokens)]
-        return names, dist.all_reduce_sum(torch.tensor(flat, dtype=torch.float64,
-                                                        device=dist.info().device)).tolist()
-
-    def reduce(self) -> dict:
-        names, t = self._summed()
-        out = {n: t[2 * i] / max(t[2 * i + 1], 1.0) for i, n in enumerate(names)}
-        out["grad_norm"] = self.grad_norm / max(self.steps, 1)
-        out["tokens"] = t[-1]
-        self.__init__()
-        return out
-
-    def state(self) -> dict:
-        """What a checkpoint keeps of the interval under way (summed over ranks; not reset)."""
-        names, t = self._summed()
-        return {"sums": {n: [t[2 * i], t[2 * i + 1]] for i, n in enumerate(names)}, "tokens": t[-1],
-                "grad_norm": self.grad_norm, "steps": self.steps}
-
-    def load(self, state: dict) -> None:
-        """Rank 0 takes the saved sums of all ranks; the others start from zero."""
-        self.sums = {n: list(v) for n, v in state["sums"].items()}
-        self.tokens, self.grad_norm, self.steps = state["tokens"], state["grad_norm"], state["steps"]
-
-
 @torch.no_grad()
 def evaluate(run: _Run, phase) -> float:
     """Loss per predicted token on the first num_eval_batches batches of the val corpus
@@ -737,7 +632,7 @@ def _full_model(run: _Run):
     return copy
 
 
-def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: "_Accumulator") -> Path | None:
+def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Accumulator) -> Path | None:
     info = run.info
     log_state = log.state()  # collective: every rank takes part
     model = _full_model(run)
@@ -772,141 +667,3 @@ def _gather_objects(obj) -> list:
     return out
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, forget what was logged after the checkpoint (it will be logged again)."""
-    if not path.exists():
-        return
-    keep = [json.dumps(row) for row in read_metrics(path) if row.get("step", 0) <= step]
-    from protrans_cli.io.files import atomic_output
-
-    with atomic_output(path) as out:
-        out.write("".join(line + "\n" for line in keep).encode())
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path) -> list[dict]:
-    """The lines of metrics.jsonl. A last line cut short (a full disk or a power cut while it was
-    appended: the one file written in place) is left out; a damaged line elsewhere is an error."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if number < len(lines):
-                raise InputError(f"line {number} is not JSON (a damaged metrics file)", path=str(path)) from None
-    return rows
-
-
-def plot_metrics(metrics_path: Path, png: Path) -> None:
-    """Loss (and eval loss) against step, as a PNG."""
-    if not Path(metrics_path).exists():
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss per predicted token")
-    ax.legend()
-    fig.tight_layout()
-    tmp = png.with_name("." + png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
-
-
-# --- learning-rate range test ----------------------------------------------------------------
-
-def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, num_steps: int = 100,
-            family=None) -> TrainResult:
-    """Leslie Smith's range test: raise the lr exponentially each step, record the loss,
-    stop when it diverges; plot loss against lr (lr_find.png) and suggest the lr where the
-    smoothed loss falls fastest. Writes no checkpoint."""
-    info = dist.setup()
-    try:
-        run = _build(config, info, family, evaluates=False)
-        run.model.to(info.device)
-        run.wrapped = dist.wrap(LossModule(run.model, run.objective), run.strategy, info)
-        optimizer = build_optimizer(run.wrapped, config)
-        phase = config.resolved_phases()[0]
-        stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
-                              global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
-                              rank=info.rank, world_size=info.world_size, seed=config.seed,
-                              bucket_batches=config.bucket_batches, collate=run.objective.collate)
-        batches = iter(stream)
-        lrs, losses, smoothed = [], [], []
-        best = float("inf")
-        avg = 0.0
-        for i in range(num_steps):
-            lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            stats = _train_step(run, optimizer, next(batches).micro_batches)
-            num, den = stats["loss"]
-            t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
-            loss = float(t[0] / t[1].clamp(min=1))
-            avg = 0.9 * avg + 0.1 * loss
-            value = avg / (1 - 0.9 ** (i + 1))  # bias-corrected running mean
-            lrs.append(lr)
-            losses.append(loss)
-            smoothed.append(value)
-            best = min(best, value)
-            if not math.isfinite(loss) or value > 4 * best:
-                break
-        suggestion = suggest_lr(lrs, smoothed)
-        if info.is_main:
-            _plot_lr(run.run_dir / "lr_find.png", lrs, losses, smoothed, suggestion)
-            (run.run_dir / "lr_find.json").write_text(json.dumps(
-                {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggestion}, indent=1))
-        dist.print0(f"train: suggested learning rate {suggestion:.2e} (plot: {run.run_dir / 'lr_find.png'})")
-        return TrainResult(run.run_dir, len(lrs), True, losses, None, suggestion)
-    finally:
-        dist.cleanup()
-
-
-def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
-    """The lr at the steepest descent of the smoothed loss against log(lr), ignoring the
-    first and last tenth of the curve (start-up noise and divergence)."""
-    n = len(lrs)
-    if n < 3:
-        return lrs[0] if lrs else float("nan")
-    lo, hi = max(1, n // 10), max(2, n - n // 10)
-    slopes = [(smoothed[i + 1] - smoothed[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
-              for i in range(lo, min(hi, n - 1))]
-    if not slopes:
-        return lrs[n // 2]
-    best = min(range(len(slopes)), key=slopes.__getitem__)
-    return lrs[lo + best]
-
-
-def _plot_lr(png: Path, lrs, losses, smoothed, suggestion) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lrs, losses, alpha=0.3, label="loss")
-    ax.plot(lrs, smoothed, label="smoothed loss")
-    ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.1e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss per predicted token")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)

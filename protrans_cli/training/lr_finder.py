@@ -1,0 +1,96 @@
+"""`protrans train --find-lr`: the learning-rate range test, on the training loop's own steps."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from protrans_cli.training import dist
+from protrans_cli.training.config import TrainConfig
+from protrans_cli.training.data import CorpusStream
+from protrans_cli.training.loop import LossModule, TrainResult, build_run, train_step
+from protrans_cli.training.optim import build_optimizer
+
+
+def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, num_steps: int = 100,
+            family=None) -> TrainResult:
+    """Leslie Smith's range test: raise the lr exponentially each step, record the loss,
+    stop when it diverges; plot loss against lr (lr_find.png) and suggest the lr where the
+    smoothed loss falls fastest. Writes no checkpoint."""
+    info = dist.setup()
+    try:
+        run = build_run(config, info, family, evaluates=False)
+        run.model.to(info.device)
+        run.wrapped = dist.wrap(LossModule(run.model, run.objective), run.strategy, info)
+        optimizer = build_optimizer(run.wrapped, config)
+        phase = config.resolved_phases()[0]
+        stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
+                              global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
+                              rank=info.rank, world_size=info.world_size, seed=config.seed,
+                              bucket_batches=config.bucket_batches, collate=run.objective.collate)
+        batches = iter(stream)
+        lrs, losses, smoothed = [], [], []
+        best = float("inf")
+        avg = 0.0
+        for i in range(num_steps):
+            lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            stats = train_step(run, optimizer, next(batches).micro_batches)
+            num, den = stats["loss"]
+            t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
+            loss = float(t[0] / t[1].clamp(min=1))
+            avg = 0.9 * avg + 0.1 * loss
+            value = avg / (1 - 0.9 ** (i + 1))  # bias-corrected running mean
+            lrs.append(lr)
+            losses.append(loss)
+            smoothed.append(value)
+            best = min(best, value)
+            if not math.isfinite(loss) or value > 4 * best:
+                break
+        suggestion = suggest_lr(lrs, smoothed)
+        if info.is_main:
+            _plot_lr(run.run_dir / "lr_find.png", lrs, losses, smoothed, suggestion)
+            (run.run_dir / "lr_find.json").write_text(json.dumps(
+                {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggestion}, indent=1))
+        dist.print0(f"train: suggested learning rate {suggestion:.2e} (plot: {run.run_dir / 'lr_find.png'})")
+        return TrainResult(run.run_dir, len(lrs), True, losses, None, suggestion)
+    finally:
+        dist.cleanup()
+
+
+def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
+    """The lr at the steepest descent of the smoothed loss against log(lr), ignoring the
+    first and last tenth of the curve (start-up noise and divergence)."""
+    n = len(lrs)
+    if n < 3:
+        return lrs[0] if lrs else float("nan")
+    lo, hi = max(1, n // 10), max(2, n - n // 10)
+    slopes = [(smoothed[i + 1] - smoothed[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
+              for i in range(lo, min(hi, n - 1))]
+    if not slopes:
+        return lrs[n // 2]
+    best = min(range(len(slopes)), key=slopes.__getitem__)
+    return lrs[lo + best]
+
+
+def _plot_lr(png: Path, lrs, losses, smoothed, suggestion) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses, alpha=0.3, label="loss")
+    ax.plot(lrs, smoothed, label="smoothed loss")
+    ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss per predicted token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,117 @@
+"""The run's log: `metrics.jsonl` (one JSON object per logging step, rank 0) and its loss curve,
+and the statistics summed between two logging steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from protrans_cli.errors import InputError
+from protrans_cli.training import dist
+
+
+class Accumulator:
+    """Sums (numerator, denominator) statistics between logging steps, then reduces over ranks."""
+
+    def __init__(self):
+        self.sums: dict[str, list[float]] = {}
+        self.grad_norm = 0.0
+        self.steps = 0
+        self.tokens = 0
+
+    def add(self, stats: dict) -> None:
+        for name, value in stats.items():
+            if name == "grad_norm":
+                self.grad_norm += value
+            elif name == "tokens":
+                self.tokens += value
+            else:
+                acc = self.sums.setdefault(name, [0.0, 0.0])
+                acc[0] += value[0]
+                acc[1] += value[1]
+        self.steps += 1
+
+    def _summed(self) -> tuple[list[str], list[float]]:
+        """The statistics summed over ranks (a collective): names, then their values."""
+        names = sorted(self.sums)
+        flat = [x for n in names for x in self.sums[n]] + [float(self.tokens)]
+        return names, dist.all_reduce_sum(torch.tensor(flat, dtype=torch.float64,
+                                                        device=dist.info().device)).tolist()
+
+    def reduce(self) -> dict:
+        names, t = self._summed()
+        out = {n: t[2 * i] / max(t[2 * i + 1], 1.0) for i, n in enumerate(names)}
+        out["grad_norm"] = self.grad_norm / max(self.steps, 1)
+        out["tokens"] = t[-1]
+        self.__init__()
+        return out
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the interval under way (summed over ranks; not reset)."""
+        names, t = self._summed()
+        return {"sums": {n: [t[2 * i], t[2 * i + 1]] for i, n in enumerate(names)}, "tokens": t[-1],
+                "grad_norm": self.grad_norm, "steps": self.steps}
+
+    def load(self, state: dict) -> None:
+        """Rank 0 takes the saved sums of all ranks; the others start from zero."""
+        self.sums = {n: list(v) for n, v in state["sums"].items()}
+        self.tokens, self.grad_norm, self.steps = state["tokens"], state["grad_norm"], state["steps"]
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget what was logged after the checkpoint (it will be logged again)."""
+    if not path.exists():
+        return
+    keep = [json.dumps(row) for row in read_metrics(path) if row.get("step", 0) <= step]
+    from protrans_cli.io.files import atomic_output
+
+    with atomic_output(path) as out:
+        out.write("".join(line + "\n" for line in keep).encode())
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path) -> list[dict]:
+    """The lines of metrics.jsonl. A last line cut short (a full disk or a power cut while it was
+    appended: the one file written in place) is left out; a damaged line elsewhere is an error."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise InputError(f"line {number} is not JSON (a damaged metrics file)", path=str(path)) from None
+    return rows
+
+
+def plot_metrics(metrics_path: Path, png: Path) -> None:
+    """Loss (and eval loss) against step, as a PNG."""
+    if not Path(metrics_path).exists():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per predicted token")
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name("." + png.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png)
