@@ -69,6 +69,7 @@ def main() -> None:
     args = p.parse_args()
 
     from protrans_cli import embed as E
+    from protrans_cli.embedders import mean_rows
 
     lengths = protein_lengths(args.num_proteins, args.seed)
     residues = int(lengths.sum())
@@ -80,7 +81,7 @@ def main() -> None:
           f"{'E. coli lengths' if ECOLI.exists() else 'log-normal lengths'}", flush=True)
     for dtype in ("float32", "float16"):
         ways = {"host": [(r, None) for r in rows],
-                "device": [(r.astype(dtype), E._mean_rows(r)) for r in rows]}
+                "device": [(r.astype(dtype), mean_rows(r)) for r in rows]}
         best = {}
         for _ in range(args.repeats):  # alternating, so that load changes hit both ways
             for name, results in ways.items():

@@ -29,25 +29,23 @@ import types
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator
 
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.attention import SDPA_KERNELS, sdpa_kernels
+from protrans_cli.attention import SDPA_KERNELS
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError
+from protrans_cli.errors import InputError, ModelError, UsageError
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import display_name, input_named_by, open_input, output_directory
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path, refuse_if_in_use
+from protrans_cli.embedders import ONEHOT, Embedder, OneHotEmbedder, TransformerEmbedder, mean_rows, resolve_device
 from protrans_cli.residues import SequenceRejected, normalise
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ONEHOT = "onehot"
-ONEHOT_ALPHABET = "ACDEFGHIKLMNPQRSTVWYX"  # 20 standard residues + X (U/Z/O/B map to X)
-GPU_PAD_MULTIPLE = 8  # batch lengths on a GPU are rounded up to a multiple of this
 DEFAULT_WINDOW = 100_000  # proteins held at a time: ~60 MB of UniRef50 records, long enough sorted runs
 
 
@@ -127,321 +125,6 @@ class EmbedSummary:
     @property
     def residues_per_second(self) -> float:
         return self.num_residues / self.seconds if self.seconds > 0 else 0.0
-
-
-# --- embedders ---------------------------------------------------------------------------
-
-class Embedder(Protocol):
-    """What the pipeline needs from a model; the writer records the attributes."""
-
-    name: str               # model name or path, as given
-    family: str
-    revision: str | None
-    embedding_dim: int
-    layers: tuple[int, ...]  # negative: -1 the last hidden state, -num_hidden_states the embedding layer
-    num_hidden_states: int  # the embedding layer's output and every layer's (num_layers + 1)
-    device: str
-    compute_dtype: str
-    special_tokens: int     # tokens added to each sequence (for the batch budget)
-    max_residues: int | None  # longest sequence the model accepts (absolute positions), None: any
-
-    def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
-        """One float32 array (n_layers, L_i, D) per sequence; row j is residue j. With `pooled`,
-        (n_layers, D) per sequence instead: the mean over its residues, computed where the model
-        runs (a run that writes per-protein arrays only moves D numbers per protein, not L x D)."""
-        ...
-
-
-class OneHotEmbedder:
-    """The built-in baseline: one-hot residues over ACDEFGHIKLMNPQRSTVWY + X (21 dimensions).
-
-    U/Z/O/B are encoded as X, as ProtTrans' models see them; per-protein is therefore the amino
-    acid composition. It has one layer (index -1/0); other --layer values are refused.
-    """
-
-    name = ONEHOT
-    family = ONEHOT
-    revision = None
-    embedding_dim = len(ONEHOT_ALPHABET)
-    num_hidden_states = 1
-    device = "cpu"
-    compute_dtype = "float32"
-    special_tokens = 0
-    max_residues = None
-
-    _INDEX = np.full(256, ONEHOT_ALPHABET.index("X"), dtype=np.int64)
-    for _i, _c in enumerate(ONEHOT_ALPHABET):
-        _INDEX[ord(_c)] = _i
-        _INDEX[ord(_c.lower())] = _i
-
-    def __init__(self, layers: Sequence[int] = (-1,)):
-        bad = [x for x in layers if x not in (0, -1)]
-        if bad:
-            raise UsageError(f"the onehot embedder has a single layer: --layer {bad[0]} does not exist")
-        if len(layers) > 1:
-            raise UsageError(f"the onehot embedder has a single layer: --layer {' --layer '.join(map(str, layers))} "
-                             "name it more than once")
-        self.layers = (-1,)
-
-    def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
-        eye = np.eye(self.embedding_dim, dtype=np.float32)
-        out = []
-        for seq in sequences:
-            idx = self._INDEX[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
-            rows = eye[idx][None]  # (1, L, 21)
-            out.append(_mean_rows(rows) if pooled else rows)
-        return out
-
-
-class TransformerEmbedder:
-    """A model from the family registry: tokenises with the family's conventions, keeps the
-    hidden states at the requested layers and returns exactly the rows of the residues."""
-
-    def __init__(self, loaded, layers: Sequence[int], device: str, compute_dtype: str, packed: bool = False,
-                 sdpa_kernels: str = "auto", compile: bool = False):
-        import torch
-
-        self.loaded = loaded
-        self.family_impl = loaded.family
-        self.name = loaded.name
-        self.family = getattr(loaded.family, "name", str(loaded.family))
-        self.revision = getattr(loaded, "revision", None)
-        self.commit = getattr(loaded, "commit", None)  # what a hub revision (main by default) resolved to
-        self.embedding_dim = int(loaded.embedding_dim)
-        num_states = int(loaded.num_layers) + 1  # embeddings output + every layer
-        self.num_hidden_states = num_states
-        for x in layers:
-            if not -num_states <= x < num_states:
-                raise UsageError(f"--layer {x} does not exist: {self.name} has {loaded.num_layers} layers "
-                                 f"(valid indices {-num_states}..{num_states - 1}; 0 is the embedding layer)")
-        # Normalised to negative indices so that -1 and num_layers name the same layer in the file.
-        self.layers = tuple(x - num_states if x >= 0 else x for x in layers)
-        for i, x in enumerate(self.layers):
-            if x in self.layers[:i]:
-                first = layers[self.layers.index(x)]
-                raise UsageError(f"--layer {first} and --layer {layers[i]} are the same hidden state of {self.name} "
-                                 f"({loaded.num_layers} layers; 0 is the embedding layer, -1 the last)")
-        self.device = device
-        self.compute_dtype = compute_dtype
-        self.tokenizer = loaded.tokenizer
-        self.model = loaded.model.to(device=device, dtype=getattr(torch, compute_dtype)).eval()
-        self.special_tokens = _count_special_tokens(self.family_impl, self.tokenizer)
-        self.max_residues = _max_residues(self.model, self.special_tokens)
-        self._cpu_copy = None
-        self._staging = _HostStaging(pinned=str(device).startswith("cuda"))
-        # On a GPU a batch's length is rounded up to a multiple of 8 (tensor-core shapes, as
-        # transformers' pad_to_multiple_of=8); on the CPU extra padding is only extra work.
-        self.pad_multiple = GPU_PAD_MULTIPLE if str(device).startswith("cuda") else 1
-        self.sdpa_kernels = sdpa_kernels  # which attention kernels a GPU may use (attention.py)
-        self.packed = False
-        if packed:
-            self._use_packing()
-        # --compile: what runs the forward pass; the module itself stays as it was (its CPU twin,
-        # out-of-memory retries and `self.model` users see the plain module). dynamic=True: one
-        # graph for every batch shape instead of one compilation per new length.
-        self.compiled = bool(compile)
-        self._run_model = torch.compile(self.model, dynamic=True) if compile else self.model
-
-    def _use_packing(self) -> None:
-        """--packing: each batch becomes one row without padding (models/packing.py)."""
-        from protrans_cli.models import packing
-        from protrans_cli.models.base import residue_layout
-
-        fam = self.family_impl
-        # The layout's table holds the family's conventions (case, rare residues): raw letters go in.
-        self._packed_layout = residue_layout(fam, self.tokenizer)
-        problem = fam.packing_problem(self.model.config, training=False)
-        if problem is None and self._packed_layout is None:
-            problem = "its tokenizer does not give one token per residue letter"
-        if problem:
-            raise UsageError(f"--packing: {self.name}: {problem}")
-        packing.use_packed_attention(self.model)
-        self._position_offset = fam.packed_position_offset(self.model.config)
-        self.packed = True
-
-    def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
-        pairs = self.embed_arrays(sequences, rows=not pooled, means=pooled)
-        return [mean if pooled else rows for rows, mean in pairs]
-
-    def embed_arrays(self, sequences: Sequence[str], *, rows: bool = True, means: bool = False,
-                     dtype: str = "float32") -> list[tuple[np.ndarray | None, np.ndarray | None]]:
-        """(rows, mean) per sequence, each None unless asked for: rows (n_layers, L_i, D) in
-        `dtype` (the storage dtype: converted where the model runs, so a GPU sends float16 rows
-        to the host at half the bytes), mean (n_layers, D) float32, from float32 sums over the
-        residue positions taken where the model runs and divided on the host in float64. The
-        means are the same numbers with or without the rows."""
-        import torch
-
-        model, device = self._run_model, self.device
-        encoded = self._packed_layout.encode_packed(list(sequences), self.tokenizer.pad_token_id,
-                                                    self._position_offset) if self.packed else None
-        inputs, mask = encoded or self.family_impl.encode(self.tokenizer, list(sequences), self.pad_multiple)
-        lengths = [len(s) for s in sequences] if encoded else mask.sum(dim=1).tolist()
-        if encoded and int(mask.sum()) != sum(lengths):
-            raise RuntimeFailure(f"the packed {self.family} row holds {int(mask.sum())} residue rows for "
-                                 f"{sum(lengths)} residues (a bug in its encode_packed())")
-        for seq, n in zip(sequences, lengths):
-            if n != len(seq):
-                raise RuntimeFailure(f"the {self.family} family produced {n} residue rows for a "
-                                     f"{len(seq)}-residue sequence (a bug in its encode())")
-        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
-        out_rows = out_means = [None] * len(lengths)
-        with torch.inference_mode(), sdpa_kernels(device, self.sdpa_kernels):
-            states = self.family_impl.hidden_states(model, inputs, list(self.layers))
-            # (n_layers, B, T, D); one layer (the usual case) is a view, not a copy of the batch
-            stacked = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(list(states), dim=0)
-            residue_rows = stacked[:, mask] if rows or encoded else None  # (n_layers, sum L_i, D)
-            if means:
-                # Sums in float32 over the residue positions only (whatever padding positions
-                # hold, NaN included, is replaced, not multiplied by zero).
-                if encoded:  # one row: sum each protein's segment of the residue rows
-                    owner = torch.repeat_interleave(torch.arange(len(lengths), device=stacked.device),
-                                                    torch.tensor(lengths, device=stacked.device))
-                    flat = residue_rows.float()
-                    sums = flat.new_zeros(flat.shape[0], len(lengths), flat.shape[2]).index_add_(1, owner, flat)
-                    sums = sums.transpose(0, 1)  # (B, n_layers, D)
-                else:
-                    kept = stacked.masked_fill(~mask[None, :, :, None], 0)
-                    sums = kept.sum(dim=2, dtype=torch.float32).transpose(0, 1)  # (B, n_layers, D)
-                sums = sums.cpu().numpy().astype(np.float64)
-                out_means = [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
-            if rows:
-                host = self._staging.to_host(residue_rows, dtype)
-                out_rows = np.split(host, np.cumsum(lengths)[:-1], axis=1)
-        return list(zip(out_rows, out_means))
-
-    def on_cpu(self) -> "TransformerEmbedder | None":
-        """A float32 CPU twin, built on first use, for proteins too large for the accelerator."""
-        import copy
-
-        import torch
-
-        if self.device == "cpu":
-            return None
-        if self._cpu_copy is None:
-            twin = copy.copy(self)
-            # Copied on the CPU, not on the accelerator that just ran out of memory.
-            self.model.to("cpu")
-            twin.model = copy.deepcopy(self.model).to(dtype=torch.float32)
-            self.model.to(self.device)
-            twin.device = "cpu"
-            twin.compute_dtype = "float32"
-            twin._cpu_copy = None
-            twin._staging = _HostStaging(pinned=False)
-            twin._run_model, twin.compiled = twin.model, False  # a rare fallback: not worth a compilation
-            twin.pad_multiple = 1
-            self._cpu_copy = twin
-        return self._cpu_copy
-
-
-class _HostStaging:
-    """Device rows to a numpy array of the storage dtype that the caller owns.
-
-    From a GPU, copying into freshly allocated (pageable) host memory is slow: every new page is
-    faulted in during the transfer (1.2 GiB/s on the H200 machine of docs/benchmarks.md#gpu,
-    against 51 GiB/s into pinned memory and 6.7 GiB/s for filling fresh memory on the host). So
-    the rows go to one reused pinned buffer first, then into a new array by a host copy. They
-    are converted to the storage dtype where they are, before the transfer: float16 storage
-    moves half the bytes, and a blocking `copy_` between devices and dtypes would convert on
-    the host, through a fresh pageable temporary (PyTorch's copy_kernel_cuda), which is the
-    slow path the buffer exists to avoid. The buffer grows to the largest batch seen (tokens x
-    layers x D x itemsize); batches above MAX_BYTES take the direct path. On the CPU the rows
-    are converted in place of a copy (torch converts float32 to float16 several times faster
-    than numpy)."""
-
-    MAX_BYTES = 1 << 30
-
-    def __init__(self, pinned: bool):
-        self.pinned = pinned
-        self.buffer = None  # 1-D uint8 host tensor
-
-    def to_host(self, rows, dtype: str = "float32") -> np.ndarray:
-        import torch
-
-        rows = rows.to(getattr(torch, dtype))  # where the rows are (a GPU converts)
-        if rows.device.type == "cpu":
-            return rows.numpy()
-        if rows.numel() * rows.element_size() > self.MAX_BYTES:
-            return rows.cpu().numpy()
-        return self.stage(rows)
-
-    def stage(self, rows, dtype: str | None = None) -> np.ndarray:
-        """`rows` (converted to `dtype` first, where they are) copied through the buffer."""
-        import torch
-
-        if dtype is not None:
-            rows = rows.to(getattr(torch, dtype))
-        nbytes = rows.numel() * rows.element_size()
-        if self.buffer is None or self.buffer.numel() < nbytes:
-            size = max(nbytes, 2 * (self.buffer.numel() if self.buffer is not None else 0))
-            self.buffer = torch.empty(min(size, self.MAX_BYTES), dtype=torch.uint8, pin_memory=self.pinned)
-        staged = self.buffer[:nbytes].view(rows.dtype).view(rows.shape)
-        staged.copy_(rows)  # same dtype: one transfer into the pinned buffer
-        return staged.numpy().copy()
-
-
-def _max_residues(model, special_tokens: int) -> int | None:
-    """Residues that fit a model with a learned position table (BERT, ALBERT, ELECTRA, RoBERTa);
-    None for relative or rotary positions (T5, XLNet, Transformer-XL, ESM-2), which take any length."""
-    import torch
-
-    table = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
-    if not isinstance(table, torch.nn.Embedding):
-        return None
-    # RoBERTa-style tables start counting after the padding index.
-    offset = table.padding_idx + 1 if table.padding_idx is not None else 0
-    return table.num_embeddings - offset - special_tokens
-
-
-def _count_special_tokens(family, tokenizer) -> int:
-    try:
-        inputs, mask = family.encode(tokenizer, ["A"])
-        return int(inputs["input_ids"].shape[1]) - 1
-    except Exception:  # budget estimate only; two is right for most families
-        return 2
-
-
-def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
-    """(device, compute dtype): a GPU with bf16 (fp16 without bf16 support) when there is one,
-    else the CPU in float32. Half precision on the CPU is refused: it is slow and inexact there."""
-    import re
-
-    import torch
-
-    if not re.fullmatch(r"auto|cpu|mps(:0)?|cuda(:\d+)?", device):
-        raise UsageError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif _mps_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (try --device cpu)")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                         f"numbered from 0")
-    if device.startswith("mps") and not _mps_available():
-        raise UsageError(f"--device {device}: no MPS device is available (try --device cpu)")
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        elif device.startswith("mps"):
-            dtype = "float16"
-        else:
-            dtype = "float32"
-    if device == "cpu" and dtype != "float32":
-        raise UsageError(f"--dtype {dtype} on the CPU: half precision is only used on a GPU (use float32)")
-    return device, dtype
-
-
-def _mps_available() -> bool:
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    return mps is not None and mps.is_available()
 
 
 def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embedder:
@@ -1391,14 +1074,9 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
         rows, mean = stitch_windows(unit.windows, got, len(unit.sequence)), None
     per_residue = None if rows is None else (rows[0] if rows.shape[0] == 1 else rows)  # (L, D) or (n_layers, L, D)
     if mean is None and PER_PROTEIN in writer.kinds:
-        mean = _mean_rows(per_residue)
+        mean = mean_rows(per_residue)
     per_protein = None if mean is None else (mean[0] if mean.shape[0] == 1 else mean)  # (D,) or (n_layers, D)
     _write_unit(unit, writer, summary, per_residue, per_protein)
-
-
-def _mean_rows(rows: np.ndarray) -> np.ndarray:
-    """Mean over the residue axis (the one before last), accumulated in float64."""
-    return rows.mean(axis=-2, dtype=np.float64).astype(np.float32)
 
 
 def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, per_residue, per_protein) -> None:

@@ -86,7 +86,7 @@ class _Spy:
 
 
 def test_embed_runs_its_forward_passes_under_the_policy_and_records_it(tmp_path, run_cli, monkeypatch):
-    from protrans_cli import embed as embed_module
+    from protrans_cli import embedders
     from protrans_cli.models import get_family
 
     fam = get_family("bert")
@@ -95,7 +95,7 @@ def test_embed_runs_its_forward_passes_under_the_policy_and_records_it(tmp_path,
     model_dir = tmp_path / "bert"
     fam.save_pretrained(fam.pretraining_model(fam.build_config("tiny", tok)).eval(), tok, model_dir)
     spy = _Spy()
-    monkeypatch.setattr(embed_module, "sdpa_kernels", spy)
+    monkeypatch.setattr(embedders, "sdpa_kernels", spy)
     seen = []
     original = type(fam).hidden_states
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA, another_process
-from protrans_cli.embed import (ONEHOT_ALPHABET, EmbedOptions, OneHotEmbedder, _Piece, _Unit, chunk_windows,
-                                embed, embed_with_retry, make_batches, stitch_windows)
+from protrans_cli.embed import (EmbedOptions, OneHotEmbedder, _Piece, _Unit, chunk_windows, embed, embed_with_retry,
+                                make_batches, stitch_windows)
+from protrans_cli.embedders import ONEHOT_ALPHABET
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, partial_path
@@ -979,7 +980,7 @@ def test_host_staging_hands_out_independent_arrays_in_the_storage_dtype():
     (what the writer did before rows came in float16), and stays intact while later batches
     reuse the buffer."""
     torch = pytest.importorskip("torch")
-    from protrans_cli.embed import _HostStaging
+    from protrans_cli.embedders import _HostStaging
 
     staging = _HostStaging(pinned=False)
     g = torch.Generator().manual_seed(0)
