@@ -1012,7 +1012,7 @@ class _Done:
 def _done_in(path: Path, writer_kw: dict) -> _Done:
     """Proteins already complete in an existing output (for --resume), after checking that the
     file was made the same way."""
-    from protrans_cli.io.h5 import UNREADABLE, _check_resumable, run_attributes, unreadable_on_resume
+    from protrans_cli.io.h5 import UNREADABLE, _check_resumable, run_attributes, stored_proteins, unreadable_on_resume
 
     import h5py
 
@@ -1027,10 +1027,9 @@ def _done_in(path: Path, writer_kw: dict) -> _Done:
                 if group is None:
                     return _Done.empty()
                 ids, sums = bytearray(), array("Q")
-                for key in group.keys():
-                    ds = group[key]
-                    ids += _digest128(_attr_id(ds, key))
-                    sums.append(_checksum64(_attr_checksum(ds)))
+                for ident, checksum in stored_proteins(group):
+                    ids += _digest128(ident)
+                    sums.append(_checksum64(checksum))
                 per_kind.append((np.frombuffer(bytes(ids), dtype="S16"), np.frombuffer(sums, dtype=np.uint64)))
     except UNREADABLE as exc:  # an object header damaged on disk
         raise unreadable_on_resume(path, exc) from None
@@ -1039,19 +1038,6 @@ def _done_in(path: Path, writer_kw: dict) -> _Done:
     for other, _ in per_kind[1:]:  # done only when every requested kind is there
         keep &= np.isin(ids, other)
     return _Done.union([_Done(ids[keep], sums[keep])])
-
-
-def _attr_checksum(ds):
-    from protrans_cli.io.h5 import _plain
-
-    # A truncated protein's checksum describes the kept prefix: not comparable, not checked.
-    return None if "truncated_from" in ds.attrs else _plain(ds.attrs.get("checksum"))
-
-
-def _attr_id(ds, key):
-    from protrans_cli.io.h5 import _plain, unescape_key
-
-    return _plain(ds.attrs.get("id", unescape_key(key)))
 
 
 def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, summary: EmbedSummary) -> None:

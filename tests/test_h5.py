@@ -123,17 +123,43 @@ def test_protein_missing_a_kind_is_not_done(tmp_path):
         np.testing.assert_array_equal(r.get("a"), np.zeros((2, 2)))
 
 
-def test_merge_copies_datasets_and_failures(tmp_path):
+@pytest.mark.parametrize("layout", ["grouped", "flat"])
+def test_merge_copies_datasets_and_failures(tmp_path, layout):
+    kinds = (PER_RESIDUE, PER_PROTEIN) if layout == "grouped" else (PER_PROTEIN,)
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
-    _write(a, ["x"])
-    _write(b, ["y"])
-    with EmbeddingsWriter(tmp_path / "m.h5", kinds=(PER_RESIDUE, PER_PROTEIN)) as m:
-        m.copy_from(str(a))
-        m.copy_from(str(b))
+    arrays = {**_write(a, ["x", "sp|P1/é"], kinds=kinds, layout=layout), **_write(b, ["y"], kinds=kinds, layout=layout)}
+    with EmbeddingsWriter(b, kinds=kinds, layout=layout, attrs={"model": "m", "layers": [-1]}, resume=True) as w:
+        w.record_failure("x", "failed in this shard, embedded in the other")
+    with EmbeddingsWriter(tmp_path / "m.h5", kinds=kinds, layout=layout) as m:
+        assert m.copy_from(str(a)) == 2
+        assert m.copy_from(str(b)) == 1
+        assert m.copy_from(str(b)) == 1  # a shard copied again (a merge killed before it removed them)
     with EmbeddingsReader(tmp_path / "m.h5") as r:
-        assert sorted(r.ids()) == ["x", "y"]
-        assert r.dataset("y").attrs["id"] == "y"
-        assert json.loads(r.attrs["failed"]) == {"lost": "out of memory"}
+        assert sorted(r.ids(kinds[0])) == ["sp|P1/é", "x", "y"]
+        assert r.dataset("sp|P1/é", kinds[0]).attrs["id"] == "sp|P1/é"
+        for ident, res in arrays.items():
+            np.testing.assert_allclose(r.get(ident, PER_PROTEIN), res.mean(0), rtol=1e-6)
+        assert json.loads(r.attrs["failed"]) == {"lost": "out of memory"}  # x is done
+
+
+def test_stored_proteins_reads_other_writers_attributes(tmp_path):
+    """The low-level reader behind --resume and the torchrun merge, on what older versions and
+    other tools write: fixed-length byte strings, no id attribute, truncated proteins, groups."""
+    from protrans_cli.io.h5 import stored_proteins
+
+    with h5py.File(tmp_path / "o.h5", "w") as f:
+        d = f.create_dataset("a%2Fb", data=np.ones(3))
+        d.attrs["id"], d.attrs["checksum"] = "a/b", "md5:x"
+        d = f.create_dataset("c", data=np.ones(3))
+        d.attrs["id"], d.attrs["checksum"] = np.bytes_(b"fixed"), np.bytes_(b"md5:y")
+        d = f.create_dataset("t", data=np.ones(3))
+        d.attrs["checksum"], d.attrs["truncated_from"] = "md5:z", 5
+        f.create_group("group")
+        f.create_dataset("no%2Fid", data=np.ones(3))
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert sorted(stored_proteins(f)) == [("a/b", "md5:x"), ("fixed", "md5:y"), ("no/id", None), ("t", None)]
+        assert sorted(stored_proteins(f, checksums=False)) == [("a/b", None), ("fixed", None), ("no/id", None),
+                                                               ("t", None)]
 
 
 def test_per_protein_attributes_have_the_types_h5py_gives_them(tmp_path):

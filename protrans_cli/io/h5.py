@@ -159,6 +159,51 @@ def _is_dataset(obj) -> bool:
     return isinstance(obj, h5py.Dataset)
 
 
+def stored_proteins(group, checksums: bool = True) -> Iterator[tuple[str, str | None]]:
+    """(id, sequence checksum) of every dataset in an output group (a kind's group, or the root
+    of a flat file), through h5py's low-level calls: a resume or a torchrun merge of UniRef50
+    meets tens of millions of them, and h5py's dictionary interface costs about 3x as much
+    (docs/benchmarks.md, "HDF5 files of many proteins"). The id is the `id` attribute, else
+    the unescaped key (files without it); the checksum is None for a truncated protein (it
+    describes the kept prefix) or a dataset without one, and with `checksums=False`."""
+    import h5py
+
+    for name in _link_names(group):
+        obj = h5py.h5o.open(group.id, name)
+        if not isinstance(obj, h5py.h5d.DatasetID):
+            continue
+        ident = _read_text_attr(obj, b"id") or unescape_key(name.decode("utf-8"))
+        checksum = None
+        if checksums and not h5py.h5a.exists(obj, b"truncated_from"):
+            checksum = _read_text_attr(obj, b"checksum")
+        yield ident, checksum
+
+
+def _link_names(group) -> list[bytes]:
+    names: list[bytes] = []
+    group.id.links.iterate(names.append)  # the callback's None return goes on to the next link
+    return names
+
+
+def _read_text_attr(obj, name: bytes) -> str | None:
+    """A scalar string attribute of a low-level object, None when it has none."""
+    import h5py
+
+    if not h5py.h5a.exists(obj, name):
+        return None
+    if "text" not in _ATTR_TYPES:
+        dtype = h5py.string_dtype("utf-8")
+        _ATTR_TYPES["text"] = (h5py.h5t.py_create(dtype), dtype)  # h5py converts to str objects
+    mtype, dtype = _ATTR_TYPES["text"]
+    attr = h5py.h5a.open(obj, name)
+    kind = attr.get_type()
+    if not (isinstance(kind, h5py.h5t.TypeStringID) and kind.is_variable_str() and attr.shape == ()):
+        return _plain(h5py.Dataset(obj).attrs[name.decode("utf-8")])  # another writer's type
+    out = np.empty((), dtype=dtype)
+    attr.read(out, mtype=mtype)
+    return _plain(out[()])
+
+
 def _plain(value):
     if isinstance(value, bytes):
         return value.decode()
@@ -321,11 +366,8 @@ class EmbeddingsWriter:
     # --- state ------------------------------------------------------------------------
     def done_ids(self) -> set[str]:
         """Ids with a dataset in every requested kind (what --resume skips)."""
-        per_kind = []
-        for kind in self.kinds:
-            group = self._groups[kind]
-            per_kind.append({_plain(group[k].attrs.get("id", unescape_key(k))) for k in group.keys()
-                             if _is_dataset(group[k])})
+        per_kind = [{ident for ident, _ in stored_proteins(self._groups[kind], checksums=False)}
+                    for kind in self.kinds]
         return set.intersection(*per_kind) if per_kind else set()
 
     # --- writing ----------------------------------------------------------------------
@@ -375,22 +417,26 @@ class EmbeddingsWriter:
                 source = src if self.layout == "flat" else src.get(kind)
                 if source is None:
                     continue
-                for key in source.keys():
-                    if not _is_dataset(source[key]):
+                group = self._groups[kind]
+                # Object by object through the low-level calls: h5py's Group.copy and its
+                # dictionary interface cost 3-8x as much (docs/benchmarks.md).
+                for name in _link_names(source):
+                    if h5py.h5o.get_info(source.id, name).type != h5py.h5o.TYPE_DATASET:
                         continue
-                    group = self._groups[kind]
-                    if key in group:
-                        del group[key]
-                    src.copy(source[key], group, name=key)
-                    copied.add(key)
-            other_failed = json.loads(_plain(src.attrs.get("failed", "{}")) or "{}")
-        done = self.done_ids()
-        for ident, reason in other_failed.items():
-            if ident not in done:
-                self.failed[ident] = reason
-        for ident in done:
-            self.failed.pop(ident, None)
+                    if group.id.links.exists(name):  # a protein copied before a kill, or written twice
+                        group.id.unlink(name)
+                    h5py.h5o.copy(source.id, name, group.id, name)
+                    copied.add(name)
+            self.failed.update(json.loads(_plain(src.attrs.get("failed", "{}")) or "{}"))
+        # A protein that failed in one run (or rank) and was embedded in another is done.
+        for ident in [i for i in self.failed if self._holds(i)]:
+            del self.failed[ident]
         return len(copied)
+
+    def _holds(self, ident: str) -> bool:
+        """Whether every requested kind has a dataset for `ident`."""
+        name = escape_key(ident).encode("utf-8")
+        return all(self._groups[kind].id.links.exists(name) for kind in self.kinds)
 
     def flush(self) -> None:
         self._write_failed()

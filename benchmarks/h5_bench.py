@@ -1,0 +1,137 @@
+"""Benchmark of what `embed` does with a file of many proteins besides writing it: the torchrun
+merge (every rank's shard copied into the one output) and the --resume scan (the id and sequence
+checksum of every protein already there), each against h5py's dictionary interface, which is
+what protrans used before and what a script would write, in the same run on the same files.
+
+Per-protein arrays of UniRef50 are the case that matters: tens of millions of small datasets,
+so the cost per dataset, not per byte, is what a run pays (50 M proteins x 100 us = 83 minutes).
+
+    python benchmarks/h5_bench.py                       # 100,000 proteins, width 1024, float16
+    python benchmarks/h5_bench.py --num-proteins 20000 --dim 1024 --tmpdir /dev/shm
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_shard(path: Path, num: int, dim: int) -> float:
+    """A shard as a torchrun rank leaves it (EmbeddingsWriter, per-protein, float16); seconds."""
+    from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsWriter
+
+    mean = np.random.default_rng(0).standard_normal(dim).astype(np.float32)
+    start = time.perf_counter()
+    with EmbeddingsWriter(path, kinds=(PER_PROTEIN,), storage_dtype="float16", finalize=False,
+                          attrs={"model": "bench", "family": "bench"}) as writer:
+        for i in range(num):
+            ident = f"UniRef50_A0A{i:07d}"
+            writer.write(ident, f"{ident} n=2 Tax=Bacteria", "M" * 300, per_protein=mean)
+            if i % 1000 == 999:
+                writer.flush()
+    return time.perf_counter() - start
+
+
+def merge_protrans(shard: Path, out: Path) -> float:
+    from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsWriter
+
+    start = time.perf_counter()
+    with EmbeddingsWriter(out, kinds=(PER_PROTEIN,), storage_dtype="float16",
+                          attrs={"model": "bench", "family": "bench"}) as merged:
+        merged.copy_from(shard)
+    return time.perf_counter() - start
+
+
+def merge_dictionary(shard: Path, out: Path) -> float:
+    """The same merge as protrans 0.1 did it, through h5py's dictionary interface: Group.copy
+    per dataset, then the id of every protein in the output read back (to settle the failures)."""
+    import h5py
+
+    from protrans_cli.io.h5 import _plain, unescape_key
+
+    start = time.perf_counter()
+    with h5py.File(shard, "r") as src, h5py.File(out, "w") as dst:
+        group = dst.create_group("per_protein")
+        source = src["per_protein"]
+        for key in source.keys():
+            if not isinstance(source[key], h5py.Dataset):
+                continue
+            if key in group:
+                del group[key]
+            src.copy(source[key], group, name=key)
+        done = {_plain(group[k].attrs.get("id", unescape_key(k))) for k in group.keys()
+                if isinstance(group[k], h5py.Dataset)}
+        assert len(done) == len(source)
+    return time.perf_counter() - start
+
+
+def scan_protrans(path: Path) -> tuple[float, list]:
+    import h5py
+
+    from protrans_cli.io.h5 import stored_proteins
+
+    start = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        found = list(stored_proteins(f["per_protein"]))
+    return time.perf_counter() - start, found
+
+
+def scan_dictionary(path: Path) -> tuple[float, list]:
+    import h5py
+
+    from protrans_cli.io.h5 import _plain, unescape_key
+
+    start = time.perf_counter()
+    found = []
+    with h5py.File(path, "r") as f:
+        group = f["per_protein"]
+        for key in group.keys():
+            ds = group[key]
+            checksum = None if "truncated_from" in ds.attrs else _plain(ds.attrs.get("checksum"))
+            found.append((_plain(ds.attrs.get("id", unescape_key(key))), checksum))
+    return time.perf_counter() - start, found
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-proteins", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=2, help="alternate the two ways N times, keep each one's best")
+    p.add_argument("--tmpdir", default=None, help="where the files go (/dev/shm: memory, not the disk)")
+    args = p.parse_args(argv)
+
+    folder = Path(tempfile.mkdtemp(prefix="h5_bench.", dir=args.tmpdir))
+    try:
+        shard = folder / "shard.h5"
+        seconds = write_shard(shard, args.num_proteins, args.dim)
+        shard = folder / "shard.h5.partial"  # finalize=False: the name a rank's shard keeps
+        per = 1e6 / args.num_proteins
+        print(f"{args.num_proteins} per-protein datasets of width {args.dim} (float16), in {folder}")
+        print(f"write (EmbeddingsWriter)    {seconds * per:6.0f} us per protein")
+        best: dict[str, float] = {}
+        for _ in range(args.repeats):
+            for name, merge in (("merge dictionary", merge_dictionary), ("merge protrans", merge_protrans)):
+                out = folder / "merged.h5"
+                best[name] = min(best.get(name, float("inf")), merge(shard, out))
+                out.unlink()
+            results = {}
+            for name, scan in (("scan dictionary", scan_dictionary), ("scan protrans", scan_protrans)):
+                took, results[name] = scan(shard)
+                best[name] = min(best.get(name, float("inf")), took)
+            if results["scan dictionary"] != results["scan protrans"]:
+                raise SystemExit("the two scans disagree")
+        for name, took in best.items():
+            print(f"{name:26s} {took * per:6.0f} us per protein")
+        for what in ("merge", "scan"):
+            print(f"{what} protrans / dictionary: {best[f'{what} dictionary'] / best[f'{what} protrans']:.2f}x")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
