@@ -142,10 +142,13 @@ def test_merge_copies_datasets_and_failures(tmp_path, layout):
         assert json.loads(r.attrs["failed"]) == {"lost": "out of memory"}  # x is done
 
 
-def test_stored_proteins_reads_other_writers_attributes(tmp_path):
+def test_stored_proteins_reads_other_writers_attributes(tmp_path, monkeypatch):
     """The low-level reader behind --resume and the torchrun merge, on what older versions and
     other tools write: fixed-length byte strings, no id attribute, truncated proteins, groups."""
+    from protrans_cli.io import h5 as h5_module
     from protrans_cli.io.h5 import stored_proteins
+
+    monkeypatch.setattr(h5_module, "_ATTR_TYPES", {})  # a fresh process: a resume reads before it writes
 
     with h5py.File(tmp_path / "o.h5", "w") as f:
         d = f.create_dataset("a%2Fb", data=np.ones(3))
@@ -160,6 +163,9 @@ def test_stored_proteins_reads_other_writers_attributes(tmp_path):
         assert sorted(stored_proteins(f)) == [("a/b", "md5:x"), ("fixed", "md5:y"), ("no/id", None), ("t", None)]
         assert sorted(stored_proteins(f, checksums=False)) == [("a/b", None), ("fixed", None), ("no/id", None),
                                                                ("t", None)]
+    _write(tmp_path / "then.h5", ["x"])  # the writer's attribute types after the reader's (a KeyError once)
+    with EmbeddingsReader(tmp_path / "then.h5") as r:
+        assert r.dataset("x").attrs["id"] == "x"
 
 
 def test_per_protein_attributes_have_the_types_h5py_gives_them(tmp_path):

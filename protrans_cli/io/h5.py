@@ -477,7 +477,7 @@ def _set_attr(obj, name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         obj.attrs[name] = value
         return
-    if not _ATTR_TYPES:
+    if str not in _ATTR_TYPES:
         _ATTR_TYPES[str] = (h5py.h5t.py_create(h5py.string_dtype("utf-8"), logical=True), h5py.string_dtype("utf-8"))
         _ATTR_TYPES[int] = (h5py.h5t.py_create(np.dtype("int64")), np.dtype("int64"))
         _ATTR_TYPES["scalar"] = h5py.h5s.create(h5py.h5s.SCALAR)
