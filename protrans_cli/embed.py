@@ -776,7 +776,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         found = []
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
-                found.append(_done_in(path, writer_kw))
+                found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
+                    source, name, options.window) for p in window)))
         done = _Done.union(found)
     elif dist.is_main:
         for path in [partial_path(output), *map(Path, shard_files)]:
@@ -1009,9 +1010,23 @@ class _Done:
         return [int(self.sums[i]) if h else None for h, i in zip(hit, at)]
 
 
-def _done_in(path: Path, writer_kw: dict) -> _Done:
+def _done_in(path: Path, writer_kw: dict, input_ids=None) -> _Done:
     """Proteins already complete in an existing output (for --resume), after checking that the
-    file was made the same way."""
+    file was made the same way; a file that a SIGKILL during a flush left unreadable is mended
+    first when it can be (io.h5.repair_after_kill)."""
+    from protrans_cli.io.h5 import UnreadableFile, repair_after_kill
+
+    try:
+        return _read_done(path, writer_kw)
+    except UnreadableFile:
+        note = repair_after_kill(path, writer_kw["kinds"], writer_kw["layout"], writer_kw["attrs"], input_ids)
+        if note is None:
+            raise
+        console.warn(f"{path}: {note}")
+        return _read_done(path, writer_kw)
+
+
+def _read_done(path: Path, writer_kw: dict) -> _Done:
     from protrans_cli.io.h5 import UNREADABLE, _check_resumable, run_attributes, stored_proteins, unreadable_on_resume
 
     import h5py

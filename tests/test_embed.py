@@ -226,6 +226,65 @@ def test_resume_on_a_partial_with_damaged_structure_is_one_line(tmp_path, run_cl
     assert f"{partial_path(out)}: cannot resume: not a readable HDF5 file (" in result.stderr
 
 
+def test_a_partial_killed_during_a_flush_is_repaired_and_resume_completes(tmp_path, monkeypatch, capsys):
+    """SIGKILL while HDF5 flushed (it writes the superblock, with the end-of-file address, last)
+    left metadata beyond the recorded end of the file: "addr overflow", and --resume could only
+    say "delete it". The damage is made here as such a kill leaves it: the end-of-file address
+    of an earlier flush over a file that grew since, plus one record whose object header the kill
+    cut off. Resume mends both and gives the uninterrupted content."""
+    import struct
+
+    import h5py
+
+    full = read_all(_run(tmp_path / "full.h5", max_batch_size=1))
+    out = tmp_path / "k.h5"
+    original = _ctrl_c_on_batch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, max_batch_size=1)
+    early_eoa = partial_path(out).read_bytes()[40:48]
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        embed(SMALL, out, EmbedOptions(model="onehot", max_batch_size=1, resume=True))
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    partial = partial_path(out)
+    with h5py.File(partial, "r") as f:
+        last = sorted(f[PER_RESIDUE].keys(), key=lambda k: h5py.h5o.get_info(f[PER_RESIDUE][k].id).addr)[-1]
+        header = h5py.h5o.get_info(f[PER_RESIDUE][last].id).addr
+    data = bytearray(partial.read_bytes())
+    assert struct.unpack("<Q", early_eoa)[0] < len(data)
+    data[40:48] = early_eoa
+    data[header:header + 64] = bytes(64)
+    partial.write_bytes(bytes(data))
+    with pytest.raises((OSError, RuntimeError, KeyError, ValueError)):
+        with h5py.File(partial, "r") as f:
+            list(f[PER_RESIDUE].keys())  # what the kill left: unreadable
+
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", max_batch_size=1, resume=True))
+    err = capsys.readouterr().err
+    assert "repaired after a kill during a flush: the end-of-file address moved from" in err
+    assert "; 1 record(s) the kill cut off were left out (embedded again)" in err
+    assert summary.num_embedded >= 1
+    resumed = read_all(out)
+    assert resumed.keys() == full.keys()
+    for k in full:
+        np.testing.assert_array_equal(resumed[k], full[k])
+
+
+def test_a_partial_with_other_damage_is_left_as_it_was(tmp_path, run_cli):
+    """The repair touches only the damage it knows: anything else keeps the one-line error and
+    the file's bytes."""
+    out = _run(tmp_path / "d.h5")
+    data = bytearray(out.read_bytes())
+    data[96:96 + 512] = bytes(512)  # the root group's records, with the end-of-file address behind the data
+    data[40:48] = (len(data) - 100).to_bytes(8, "little")
+    partial_path(out).write_bytes(bytes(data))
+    out.unlink()
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--resume")
+    assert result.exit_code == 1 and "not a readable HDF5 file" in result.stderr
+    assert partial_path(out).read_bytes() == bytes(data)
+
+
 def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, monkeypatch):
     """A write that failed inside HDF5 (disk full, ulimit -f) printed h5py tracebacks and ended in
     a segmentation fault, sometimes with an unreadable partial; now the batch that would not fit
