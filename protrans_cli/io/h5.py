@@ -262,11 +262,11 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
         if len(head) < 48 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] != 0 or head[13] != 8:
             return None
         (eoa,) = struct.unpack("<Q", head[40:48])
-        if eoa >= size:
-            return None
-        fh.seek(40)
-        fh.write(struct.pack("<Q", size))
-    note = f"repaired after a kill during a flush: the end-of-file address moved from {eoa} to {size} bytes"
+        moved = eoa < size  # (not after a repair killed half-way: its EOA move stays done)
+        if moved:
+            fh.seek(40)
+            fh.write(struct.pack("<Q", size))
+    done = [f"the end-of-file address moved from {eoa} to {size} bytes"] if moved else []
     salvage = path.with_name(path.name + ".salvage")
     try:
         with h5py.File(path, "r") as f:
@@ -284,7 +284,7 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                     damaged_index |= broken
             bad = {kind: _unreadable_records(groups[kind], found) for kind, found in names.items()}
             if not lost_attrs and not damaged_index and not any(bad.values()):
-                return note
+                return f"repaired the damaged file: {done[0]}" if moved else None
             with h5py.File(salvage, "w") as out:
                 for key in lost_attrs:
                     if key == "failed":
@@ -304,16 +304,21 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                             h5py.h5o.copy(group.id, name, target.id, name)
                         except UNREADABLE:
                             bad[kind].add(name)
-    except UNREADABLE:  # other damage: put the EOA back, and the original error stands
-        with open(path, "r+b") as fh:
-            fh.seek(40)
-            fh.write(struct.pack("<Q", eoa))
+    except UNREADABLE:  # damage it cannot read past: the EOA as it was, and the original error stands
+        if moved:
+            with open(path, "r+b") as fh:
+                fh.seek(40)
+                fh.write(struct.pack("<Q", eoa))
         salvage.unlink(missing_ok=True)
         return None
     os.replace(salvage, path)
     count = len(set().union(*bad.values()))
-    return (note + (f"; {count} record(s) the kill cut off were left out (embedded again)" if count else "")
-            + (f"; file attribute(s) {', '.join(lost_attrs)} taken from this run" if lost_attrs else ""))
+    done.append("the readable proteins copied into a fresh file")
+    if count:
+        done.append(f"{count} record(s) the kill cut off left out (embedded again)")
+    if lost_attrs:
+        done.append(f"file attribute(s) {', '.join(lost_attrs)} taken from this run")
+    return "repaired the damaged file: " + "; ".join(done)
 
 
 def _findable_names(group, candidates=None) -> tuple[list[bytes], bool]:
