@@ -1,0 +1,76 @@
+"""SIGKILL `protrans embed` at random moments, resume each time, compare with an uninterrupted run.
+
+The slow test `test_sigkill_at_random_moments_loses_nothing_resume_completes` does this 4 times
+on every run of the suite; this script does it as often as asked, for figures such as those in
+docs/embed.md ("Long jobs"). The run is write-bound on purpose (onehot, batches of 4, a flush
+after each), so that kills often land inside HDF5's flush, where the partial file needs repair.
+
+    python scripts/sigkill_stress.py --trials 120 --seed 11
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main(argv=None) -> None:
+    from test_embed import _run, assert_same_content, file_content, generated_fasta
+
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.io.h5 import partial_path
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--proteins", type=int, default=3000)
+    args = p.parse_args(argv)
+
+    rng = random.Random(args.seed)
+    env = {**os.environ, "PROTRANS_NO_PROGRESS": "1"}
+    with tempfile.TemporaryDirectory(prefix="sigkill_stress.") as tmp:
+        tmp = Path(tmp)
+        fasta = generated_fasta(tmp / "g.fa", args.proteins, repeat_every=0, long_every=3)
+        full = file_content(_run(tmp / "full.h5", fasta=fasta, max_batch_size=4))
+        killed = repaired = failed = 0
+        for trial in range(args.trials):
+            out = tmp / "k.h5"
+            for path in (out, partial_path(out)):
+                path.unlink(missing_ok=True)
+            proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot",
+                                     "--max-batch-size", "4", "-o", str(out)], env=env, stderr=subprocess.DEVNULL)
+            while not partial_path(out).exists() and proc.poll() is None:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.6))
+            killed += proc.poll() is None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            messages = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(messages):
+                    embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+                assert_same_content(file_content(out), dict(full))
+            except Exception as exc:  # noqa: BLE001 - counted and shown, the next trial goes on
+                failed += 1
+                print(f"trial {trial}: {type(exc).__name__}: {exc}", flush=True)
+            if "repaired the damaged file" in messages.getvalue():
+                repaired += 1
+                print(f"trial {trial}: {messages.getvalue().strip().splitlines()[-1]}", flush=True)
+    print(f"{args.trials} trials, {killed} killed while running, {repaired} repaired, "
+          f"{args.trials - failed} resumed to the uninterrupted content, {failed} failed")
+
+
+if __name__ == "__main__":
+    main()
