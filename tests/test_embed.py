@@ -234,7 +234,8 @@ def test_resume_on_a_partial_with_damaged_structure_is_one_line(tmp_path, run_cl
         assert partial_path(out).read_bytes() == bytes(data)
 
 
-def test_a_partial_killed_during_a_flush_is_repaired_and_resume_completes(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("layout", ["grouped", "flat"])
+def test_a_partial_killed_during_a_flush_is_repaired_and_resume_completes(tmp_path, monkeypatch, capsys, layout):
     """SIGKILL while HDF5 flushed (it writes the superblock, with the end-of-file address, last)
     left metadata beyond the recorded end of the file: "addr overflow", and --resume could only
     say "delete it". The damage is made here as such a kill leaves it: the end-of-file address
@@ -244,21 +245,25 @@ def test_a_partial_killed_during_a_flush_is_repaired_and_resume_completes(tmp_pa
 
     import h5py
 
-    full = read_all(_run(tmp_path / "full.h5", max_batch_size=1))
+    kw = dict(max_batch_size=1) if layout == "grouped" else dict(max_batch_size=1, layout="flat", per_residue=False,
+                                                                    per_protein=True)
+    kind = PER_RESIDUE if layout == "grouped" else PER_PROTEIN
+    full = read_all(_run(tmp_path / "full.h5", **kw), kind)
     out = tmp_path / "k.h5"
     original = _ctrl_c_on_batch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        _run(out, max_batch_size=1)
+        _run(out, **kw)
     early_eoa = partial_path(out).read_bytes()[40:48]
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
     _ctrl_c_on_batch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        embed(SMALL, out, EmbedOptions(model="onehot", max_batch_size=1, resume=True))
+        embed(SMALL, out, EmbedOptions(model="onehot", resume=True, **kw))
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
     partial = partial_path(out)
     with h5py.File(partial, "r") as f:
-        last = sorted(f[PER_RESIDUE].keys(), key=lambda k: h5py.h5o.get_info(f[PER_RESIDUE][k].id).addr)[-1]
-        header = h5py.h5o.get_info(f[PER_RESIDUE][last].id).addr
+        group = f[PER_RESIDUE] if layout == "grouped" else f
+        last = sorted(group.keys(), key=lambda k: h5py.h5o.get_info(group[k].id).addr)[-1]
+        header = h5py.h5o.get_info(group[last].id).addr
     data = bytearray(partial.read_bytes())
     assert struct.unpack("<Q", early_eoa)[0] < len(data)
     data[40:48] = early_eoa
@@ -266,14 +271,14 @@ def test_a_partial_killed_during_a_flush_is_repaired_and_resume_completes(tmp_pa
     partial.write_bytes(bytes(data))
     with pytest.raises((OSError, RuntimeError, KeyError, ValueError)):
         with h5py.File(partial, "r") as f:
-            list(f[PER_RESIDUE].keys())  # what the kill left: unreadable
+            list((f[PER_RESIDUE] if layout == "grouped" else f).keys())  # what the kill left: unreadable
 
-    summary = embed(SMALL, out, EmbedOptions(model="onehot", max_batch_size=1, resume=True))
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", resume=True, **kw))
     err = capsys.readouterr().err
     assert "repaired the damaged file: the end-of-file address moved from" in err
     assert "; the readable proteins copied into a fresh file; 1 record(s) the kill cut off left out (embedded again)" in err
     assert summary.num_embedded >= 1
-    resumed = read_all(out)
+    resumed = read_all(out, kind)
     assert resumed.keys() == full.keys()
     for k in full:
         np.testing.assert_array_equal(resumed[k], full[k])
