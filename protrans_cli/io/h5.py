@@ -256,16 +256,19 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
     import h5py
 
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "r+b") as fh:
-        head = fh.read(48)
-        if len(head) < 48 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] != 0 or head[13] != 8:
-            return None
-        (eoa,) = struct.unpack("<Q", head[40:48])
-        moved = eoa < size  # (not after a repair killed half-way: its EOA move stays done)
-        if moved:
-            fh.seek(40)
-            fh.write(struct.pack("<Q", size))
+    try:
+        size = path.stat().st_size
+        with open(path, "r+b") as fh:
+            head = fh.read(48)
+            if len(head) < 48 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] != 0 or head[13] != 8:
+                return None
+            (eoa,) = struct.unpack("<Q", head[40:48])
+            moved = eoa < size  # (not after a repair killed half-way: its EOA move stays done)
+            if moved:
+                fh.seek(40)
+                fh.write(struct.pack("<Q", size))
+    except OSError:  # read-only, gone: nothing mended, the original error stands
+        return None
     done = [f"the end-of-file address moved from {eoa} to {size} bytes"] if moved else []
     salvage = path.with_name(path.name + ".salvage")
     try:
@@ -311,7 +314,11 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                 fh.write(struct.pack("<Q", eoa))
         salvage.unlink(missing_ok=True)
         return None
-    os.replace(salvage, path)
+    try:
+        os.replace(salvage, path)
+    except OSError:
+        salvage.unlink(missing_ok=True)
+        return None
     count = len(set().union(*bad.values()))
     done.append("the readable proteins copied into a fresh file")
     if count:
