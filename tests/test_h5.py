@@ -211,3 +211,40 @@ def test_a_writer_stopped_while_creating_its_file_leaves_no_partial(tmp_path, mo
         assert partial_path(out).exists() and w.file.attrs["kinds"] == PER_PROTEIN
     assert [p.name for p in tmp_path.iterdir()] == ["o.h5"]
 
+
+
+def test_mending_a_damaged_partial_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """The repair copies the readable proteins into a fresh file; on a full disk it says so
+    before HDF5 meets it (a write failing inside HDF5 can crash h5py)."""
+    import types
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import h5 as h5_module
+    from protrans_cli.io.h5 import repair_after_kill
+
+    out = tmp_path / "o.h5"
+    w = EmbeddingsWriter(out, kinds=(PER_RESIDUE,), finalize=False)
+    for i in range(50):
+        w.write(f"p{i}", f"p{i}", "MKV", per_residue=np.ones((3, 4), np.float32))
+        if i == 4:
+            w.flush()
+            early = partial_path(out).read_bytes()[40:48]
+    w.close()
+    partial = partial_path(out)
+    with h5py.File(partial, "r") as f:
+        header = h5py.h5o.get_info(f[PER_RESIDUE]["p49"].id).addr
+    data = bytearray(partial.read_bytes())
+    data[40:48], data[header:header + 64] = early, bytes(64)  # a kill during a flush, as in test_embed
+    partial.write_bytes(bytes(data))
+    monkeypatch.setattr(h5_module.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1))
+    with pytest.raises(RuntimeFailure, match=r"o.h5.partial: no room for a mended copy of this damaged file: 1 MiB "
+                                             r"free .*; free some space and run the same command with --resume"):
+        repair_after_kill(partial, (PER_RESIDUE,), "grouped")
+    assert [p.name for p in tmp_path.iterdir()] == ["o.h5.partial"]
+    monkeypatch.undo()
+    note = repair_after_kill(partial, (PER_RESIDUE,), "grouped")  # room again: mended
+    # (the first attempt had moved the end-of-file address already)
+    assert note == ("repaired the damaged file: the readable proteins copied into a fresh file; 1 record(s) the kill "
+                    "cut off left out (embedded again)")
+    with EmbeddingsReader(partial) as r:
+        assert sorted(r.ids()) == sorted(f"p{i}" for i in range(49))

@@ -288,6 +288,9 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
             bad = {kind: _unreadable_records(groups[kind], found) for kind, found in names.items()}
             if not lost_attrs and not damaged_index and not any(bad.values()):
                 return f"repaired the damaged file: {done[0]}" if moved else None
+            # (a write failing inside HDF5 can crash h5py: the room is checked first)
+            ensure_room(salvage, size, "free some space and run the same command with --resume", shown=path,
+                        what="a mended copy of this damaged file")
             with h5py.File(salvage, "w") as out:
                 for key in lost_attrs:
                     if key == "failed":
@@ -371,7 +374,7 @@ def _unreadable_records(group, names: list[bytes]) -> set[bytes]:
 ROOM_MARGIN = 16 << 20  # room kept beside a write for HDF5's own metadata and the attributes
 
 
-def ensure_room(path, nbytes: int, then: str, shown=None) -> None:
+def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next batch") -> None:
     """Refuse a write of about `nbytes` into the HDF5 file `path` that the disk or the file-size
     limit (ulimit -f) cannot take, before HDF5 meets it: a write that fails inside HDF5 leaves
     its metadata half written, and h5py then crashed (segmentation fault) with the file at risk.
@@ -387,13 +390,13 @@ def ensure_room(path, nbytes: int, then: str, shown=None) -> None:
     except OSError:
         free = None
     if free is not None and free < need:
-        raise RuntimeFailure(f"no room for the next batch: {free / 2**20:.0f} MiB free on the output's disk, "
+        raise RuntimeFailure(f"no room for {what}: {free / 2**20:.0f} MiB free on the output's disk, "
                              f"{need / 2**20:.0f} MiB needed; {then}", path=str(shown or path))
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
         size = path.stat().st_size if path.exists() else 0
         if size + need > limit:
-            raise RuntimeFailure(f"no room for the next batch: the file-size limit (ulimit -f) is "
+            raise RuntimeFailure(f"no room for {what}: the file-size limit (ulimit -f) is "
                                  f"{limit / 2**20:.0f} MiB, the file {size / 2**20:.0f} MiB and the batch needs "
                                  f"{need / 2**20:.0f} MiB; {then}", path=str(shown or path))
 
