@@ -1073,9 +1073,9 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
             return
         del pending[id(unit)]
         rows, mean = stitch_windows(unit.windows, got, len(unit.sequence)), None
-    per_residue = None if rows is None else (rows[0] if rows.shape[0] == 1 else rows)  # (L, D) or (n_layers, L, D)
     if mean is None and PER_PROTEIN in writer.kinds:
-        mean = mean_rows(per_residue)
+        mean = mean_rows(rows)  # (n_layers, D), squeezed below with the rows
+    per_residue = None if rows is None else (rows[0] if rows.shape[0] == 1 else rows)  # (L, D) or (n_layers, L, D)
     per_protein = None if mean is None else (mean[0] if mean.shape[0] == 1 else mean)  # (D,) or (n_layers, D)
     _write_unit(unit, writer, summary, per_residue, per_protein)
 

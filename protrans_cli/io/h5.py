@@ -113,8 +113,7 @@ class EmbeddingsReader:
         return self.file if self.layout == "flat" else self.file[kind]
 
     def ids(self, kind: str = PER_RESIDUE) -> list[str]:
-        group = self._group(kind)
-        return [_plain(group[k].attrs.get("id", unescape_key(k))) for k in group.keys()]
+        return [ident for ident, _ in stored_proteins(self._group(kind), checksums=False)]
 
     def keys(self, kind: str = PER_RESIDUE) -> list[str]:
         return list(self._group(kind).keys())
