@@ -40,7 +40,8 @@ from protrans_cli.errors import InputError, ModelError, UsageError
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import display_name, input_named_by, open_input, output_directory
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path, refuse_if_in_use
-from protrans_cli.embedders import ONEHOT, Embedder, OneHotEmbedder, TransformerEmbedder, mean_rows, resolve_device
+from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
+                                    fits, mean_rows, resolve_device)
 from protrans_cli.residues import SequenceRejected, normalise
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
@@ -508,22 +509,28 @@ def _uses_arrays(embedder) -> bool:
 def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = False,
                      on_split=None, want: _Want = _Want(rows=True, means=False)) -> list[tuple | str]:
     """Embed a batch into (rows, mean) pairs (see _call); on out-of-memory split it in halves
-    down to single sequences, then try the CPU (when allowed). A sequence that still fails
-    comes back as a reason string."""
+    down to single sequences, then try the CPU (when allowed). A sequence whose half-precision
+    output held NaN or infinity is embedded again with the model in float32. A sequence that
+    still fails comes back as a reason string: arrays with NaN or infinity are never written."""
+    results = _embed_or_split(embedder, sequences, cpu_fallback, on_split, want)
+    return [r.reason if isinstance(r, NonFinite) else r for r in results]
+
+
+def _embed_or_split(embedder, sequences, cpu_fallback, on_split, want) -> list[tuple | str | NonFinite]:
     try:
-        return _call(embedder, sequences, want)
+        results = _call(embedder, sequences, want)
     except Exception as exc:  # noqa: BLE001 - only memory failures are handled, the rest re-raised
         if not _is_oom_safe(exc):
             raise
         _free_memory()
+    else:
+        return _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
     if len(sequences) > 1:
         if on_split:
             on_split(len(sequences))
         half = len(sequences) // 2
-        return (embed_with_retry(embedder, sequences[:half], cpu_fallback=cpu_fallback, on_split=on_split,
-                                 want=want)
-                + embed_with_retry(embedder, sequences[half:], cpu_fallback=cpu_fallback, on_split=on_split,
-                                   want=want))
+        return (_embed_or_split(embedder, sequences[:half], cpu_fallback, on_split, want)
+                + _embed_or_split(embedder, sequences[half:], cpu_fallback, on_split, want))
     reason = f"out of memory on {embedder.device} ({len(sequences[0])} residues)"
     twin = embedder.on_cpu() if cpu_fallback and hasattr(embedder, "on_cpu") else None
     if twin is not None:
@@ -535,6 +542,33 @@ def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = Fal
             _free_memory()
             reason += "; out of memory on the CPU too"
     return [reason]
+
+
+def _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want) -> list:
+    """The sequences whose output overflowed in half precision, once more with the model in
+    float32 on the same device (TransformerEmbedder.in_float32); what is still not finite keeps
+    a NonFinite that says so."""
+    redo = [i for i, r in enumerate(results) if isinstance(r, NonFinite) and r.compute]
+    if not redo or getattr(embedder, "compute_dtype", "float32") == "float32" or not hasattr(embedder, "in_float32"):
+        return results
+    results = list(results)
+    try:
+        with embedder.in_float32() as exact:
+            again = _embed_or_split(exact, [sequences[i] for i in redo], cpu_fallback, on_split, want)
+    except Exception as exc:  # noqa: BLE001 - casting the weights to float32 ran out of memory
+        if not _is_oom_safe(exc):
+            raise
+        _free_memory()
+        for i in redo:
+            results[i] = f"{results[i].reason}; out of memory for a float32 retry"
+        return results
+    for i, result in zip(redo, again):
+        if isinstance(result, NonFinite) and result.compute:
+            result = NonFinite(f"{results[i].reason}, and in float32 too", True)
+        elif isinstance(result, str):  # the retry ran out of memory
+            result = f"{results[i].reason}; the float32 retry: {result}"
+        results[i] = result
+    return results
 
 
 def _is_oom_safe(exc) -> bool:
@@ -1073,6 +1107,12 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
             return
         del pending[id(unit)]
         rows, mean = stitch_windows(unit.windows, got, len(unit.sequence)), None
+        # The windows came as float32 (checked there); their storage dtype is checked here.
+        if not fits(rows, writer.storage_dtype):
+            result = beyond_range(rows, writer.storage_dtype.name).reason
+            for prot in unit.proteins:
+                writer.record_failure(prot.id, result)
+            return
     if mean is None and PER_PROTEIN in writer.kinds:
         mean = mean_rows(rows)  # (n_layers, D), squeezed below with the rows
     per_residue = None if rows is None else (rows[0] if rows.shape[0] == 1 else rows)  # (L, D) or (n_layers, L, D)

@@ -14,6 +14,8 @@ conventions, layer selection, packing, compilation and the GPU-to-host staging o
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -24,6 +26,17 @@ from protrans_cli.errors import RuntimeFailure, UsageError
 ONEHOT = "onehot"
 ONEHOT_ALPHABET = "ACDEFGHIKLMNPQRSTVWYX"  # 20 standard residues + X (U/Z/O/B map to X)
 GPU_PAD_MULTIPLE = 8  # batch lengths on a GPU are rounded up to a multiple of this
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """What `embed_arrays` hands back for a sequence whose output held NaN or infinity: why,
+    and whether the model's own output did (`compute`: half precision overflowed, float32 may
+    give finite numbers) or only the conversion to the storage dtype (values beyond float16's
+    range). The pipeline never writes such arrays (embed.embed_with_retry)."""
+
+    reason: str
+    compute: bool
 
 
 class Embedder(Protocol):
@@ -155,16 +168,23 @@ class TransformerEmbedder:
         self.packed = True
 
     def embed_batch(self, sequences: Sequence[str], pooled: bool = False) -> list[np.ndarray]:
-        pairs = self.embed_arrays(sequences, rows=not pooled, means=pooled)
+        """The arrays as the model gives them (NaN or infinity included: `embed_arrays` checks)."""
+        pairs = self.embed_arrays(sequences, rows=not pooled, means=pooled, check=False)
         return [mean if pooled else rows for rows, mean in pairs]
 
     def embed_arrays(self, sequences: Sequence[str], *, rows: bool = True, means: bool = False,
-                     dtype: str = "float32") -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+                     dtype: str = "float32", check: bool = True
+                     ) -> list[tuple[np.ndarray | None, np.ndarray | None] | NonFinite]:
         """(rows, mean) per sequence, each None unless asked for: rows (n_layers, L_i, D) in
         `dtype` (the storage dtype: converted where the model runs, so a GPU sends float16 rows
         to the host at half the bytes), mean (n_layers, D) float32, from float32 sums over the
         residue positions taken where the model runs and divided on the host in float64. The
-        means are the same numbers with or without the rows."""
+        means are the same numbers with or without the rows.
+
+        With `check`, a sequence whose rows (in `dtype`) or mean hold NaN or infinity gets a
+        `NonFinite` instead. The check is one float32 sum of the batch where the model runs
+        (finite in the usual case: about 0.2-0.3 ns per number on a CPU core); each sequence is
+        looked at only when it is not."""
         import torch
 
         model, device = self._run_model, self.device
@@ -187,6 +207,7 @@ class TransformerEmbedder:
             # (n_layers, B, T, D); one layer (the usual case) is a view, not a copy of the batch
             stacked = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(list(states), dim=0)
             residue_rows = stacked[:, mask] if rows or encoded else None  # (n_layers, sum L_i, D)
+            bad: dict[int, NonFinite] = {}
             if means:
                 # Sums in float32 over the residue positions only (whatever padding positions
                 # hold, NaN included, is replaced, not multiplied by zero).
@@ -201,10 +222,54 @@ class TransformerEmbedder:
                     sums = kept.sum(dim=2, dtype=torch.float32).transpose(0, 1)  # (B, n_layers, D)
                 sums = sums.cpu().numpy().astype(np.float64)
                 out_means = [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
+                if check:
+                    for i, mean in enumerate(out_means):
+                        if not np.isfinite(mean).all():
+                            bad[i] = NonFinite(f"NaN or infinity in the model's {self.compute_dtype} output", True)
+                        elif not fits(mean, dtype):
+                            bad[i] = beyond_range(mean, dtype)
             if rows:
-                host = self._staging.to_host(residue_rows, dtype)
+                stored = residue_rows.to(getattr(torch, dtype))  # where the rows are (a GPU converts)
+                if check and not bool(torch.isfinite(stored.sum(dtype=torch.float32))):
+                    bad.update(self._non_finite_rows(stored, residue_rows, lengths, dtype))
+                host = self._staging.to_host(stored, dtype)
                 out_rows = np.split(host, np.cumsum(lengths)[:-1], axis=1)
-        return list(zip(out_rows, out_means))
+        pairs = list(zip(out_rows, out_means))
+        return [bad.get(i, pair) for i, pair in enumerate(pairs)]
+
+    def _non_finite_rows(self, stored, computed, lengths: list[int], dtype: str) -> dict[int, NonFinite]:
+        """Which sequences of a batch whose sum was not finite hold NaN or infinity in their
+        rows: in the model's output, or only once converted to the storage dtype."""
+        import torch
+
+        bad, start = {}, 0
+        for i, n in enumerate(lengths):
+            if not bool(torch.isfinite(stored[:, start:start + n]).all()):
+                if bool(torch.isfinite(computed[:, start:start + n]).all()):
+                    bad[i] = beyond_range(computed[:, start:start + n].float().cpu().numpy(), dtype)
+                else:
+                    bad[i] = NonFinite(f"NaN or infinity in the model's {self.compute_dtype} output", True)
+            start += n
+        return bad
+
+    @contextlib.contextmanager
+    def in_float32(self):
+        """This embedder with its model cast to float32 on its device, for the few sequences whose
+        half-precision output overflowed; cast back afterwards, exactly (every bfloat16 or float16
+        number is a float32). The float32 weights take twice the memory meanwhile: out of memory
+        while casting leaves the model as it was and is raised."""
+        import copy
+
+        import torch
+
+        exact = copy.copy(self)
+        exact.compute_dtype = "float32"
+        exact._run_model, exact.compiled = self.model, False  # the compiled graph is for the half-precision weights
+        try:
+            self.model.to(dtype=torch.float32)
+            yield exact
+        finally:
+            self.model.to(dtype=getattr(torch, self.compute_dtype))
 
     def on_cpu(self) -> "TransformerEmbedder | None":
         """A float32 CPU twin, built on first use, for proteins too large for the accelerator."""
@@ -274,6 +339,18 @@ class _HostStaging:
         staged = self.buffer[:nbytes].view(rows.dtype).view(rows.shape)
         staged.copy_(rows)  # same dtype: one transfer into the pinned buffer
         return staged.numpy().copy()
+
+
+def fits(values: np.ndarray, dtype) -> bool:
+    """Whether every number of `values` is finite once stored as `dtype` (float16 holds up to 65504)."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(values.astype(dtype, copy=False)).all())
+
+
+def beyond_range(values: np.ndarray, dtype: str) -> NonFinite:
+    biggest = float(np.abs(values.astype(np.float32)).max())
+    return NonFinite(f"values beyond {dtype}'s range (largest magnitude {biggest:.6g}; "
+                     f"--storage-dtype float32 keeps them)", False)
 
 
 def _max_residues(model, special_tokens: int) -> int | None:

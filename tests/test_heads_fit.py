@@ -810,3 +810,52 @@ def test_labels_split_that_no_record_is_in_is_an_error(run_cli, ss_data, tmp_pat
     assert r.exit_code == 1 and "--split test: no record is in that split (it assigns no record to a split)" in r.stderr
     assert not out.exists()
     assert run_cli("labels", ss_data / "train.csv", "--split", "train", "-o", out).exit_code == 0
+
+
+@pytest.mark.parametrize("cache_gb", ["2", "0"])  # held in memory, streamed from the file
+def test_nan_in_an_embedding_is_one_line_naming_the_file_and_protein(run_cli, ss_data, tmp_path, cache_gb):
+    """Embeddings from another tool (or a float16 overflow) with NaN made the loss NaN for the
+    whole run, and predict output a state for every NaN residue."""
+    import shutil
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(ss_data / "train.h5", bad)
+    with EmbeddingsReader(bad) as reader:
+        victim = reader.ids()[7]
+    with h5py.File(bad, "a") as f:
+        group = f["per_residue"]
+        key = next(k for k in group if group[k].attrs["id"] == victim)
+        rows = group[key][()]
+        rows[2, 3] = np.nan
+        group[key][...] = rows
+    r = run_cli("fit", "ss3", "--embeddings", bad, "--labels", ss_data / "train.csv", "--max-epochs", "1",
+                "--cache-gb", cache_gb, *FAST, "-o", tmp_path / "head")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {bad}, record '{victim}': embedding holds NaN or infinity (1 of its "
+        f"{rows.size} numbers); leave the protein out or embed it again")
+    assert not (tmp_path / "head").exists()
+    if cache_gb == "2":
+        head = tmp_path / "good"
+        assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                       "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+        r = run_cli("predict", head, "--embeddings", bad, "-o", tmp_path / "pred.fa")
+        assert r.exit_code == 1 and f"record '{victim}': embedding holds NaN" in r.stderr
+        assert not (tmp_path / "pred.fa").exists()
+
+
+def test_infinity_in_a_per_protein_embedding_names_the_protein(tmp_path):
+    from protrans_cli.errors import InputError
+    from protrans_cli.heads.data import Matched, ProteinData
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    path = tmp_path / "pp.h5"
+    with EmbeddingsWriter(path, kinds=("per_protein",)) as w:
+        w.write("a", "a", "MKV", per_protein=np.ones(4))
+        w.write("b", "b", "MKVL", per_protein=np.array([1.0, np.inf, 0.0, 2.0]))
+    with EmbeddingsReader(path) as reader:
+        keys = {reader._group("per_protein")[k].attrs["id"]: k for k in reader._group("per_protein")}
+    items = [Matched(id=i, key=keys[i], length=n, targets={}) for i, n in (("a", 3), ("b", 4))]
+    assert ProteinData(str(path), items[:1]).x.shape == (1, 4)
+    with pytest.raises(InputError, match=r"record 'b': embedding holds NaN or infinity \(1 of its 4 numbers\)"):
+        ProteinData(str(path), items)

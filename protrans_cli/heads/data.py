@@ -244,6 +244,7 @@ class ResidueData:
         with handle:
             for i, item in enumerate(self.items):
                 cache[self.starts[i]:self.starts[i] + item.length] = self._read(group, item)
+        refuse_non_finite(self.path, cache, self.items, self.starts)
         self.cached = cache
 
     def plan(self, max_residues: int, shuffle: bool, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -303,8 +304,26 @@ class ResidueData:
             mask[row, :length] = True
             for name, codes in self.items[i].targets.items():
                 targets[name][row, :length] = codes
+        if self.cached is None:  # streamed: checked as read (the cache was checked once)
+            refuse_non_finite(self.path, x.reshape(-1, self.dim), [self.items[i] for i in index],
+                              np.arange(len(index)) * longest)
         return Batch(torch.from_numpy(x), torch.from_numpy(mask),
                      {k: torch.from_numpy(v) for k, v in targets.items()}, index)
+
+
+def refuse_non_finite(path: str, rows: np.ndarray, items: list[Matched], starts) -> None:
+    """An InputError naming the first of `items` whose rows (item k's from starts[k]; one row
+    per residue, or one per protein) hold NaN or infinity: they would make the loss NaN (fit)
+    or a prediction from nothing (predict). One pass over float32 rows, about 0.25 ns per number."""
+    if np.isfinite(rows).all():
+        return
+    per_residue = rows.shape[0] != len(items)
+    for item, start in zip(items, starts):
+        part = rows[start:start + (item.length if per_residue else 1)]
+        if not np.isfinite(part).all():
+            bad = int(part.size - np.isfinite(part).sum())
+            raise InputError(f"embedding holds NaN or infinity ({bad} of its {part.size} numbers); leave the "
+                             "protein out or embed it again", path=path, record=item.id)
 
 
 def _fixed_mmap_threshold(threshold: int = 1 << 20) -> None:
@@ -382,6 +401,7 @@ class ProteinData:
                     array = _select_layer(array, 2, layer).astype(np.float32).mean(axis=0)
                 rows.append(_select_layer(array, 1, layer))
         self.x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)  # (N, D)
+        refuse_non_finite(self.path, self.x, items, np.arange(len(items)))
         self.dim = int(self.x.shape[1])
         # Class indices (int64), or float32 for value outputs (NaN = not counted).
         self.targets = {name: _target_array([m.targets[name] for m in items]) for name in (items[0].targets if items else {})}

@@ -1,0 +1,172 @@
+"""NaN and infinity never reach an embeddings file.
+
+Half precision overflows (T5 in float16 is the known case: huggingface/transformers#4287), and
+values beyond 65504 become infinity when stored as float16. The model is made to misbehave on
+purpose: the family's hidden states get NaN (or are scaled up) for the proteins that contain a
+tryptophan (W), in chosen compute dtypes only. The bfloat16 runs are on the CPU, which torch
+allows, so the float32 retry is exercised without a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+from protrans_cli.io.fasta import read_fasta
+from protrans_cli.io.h5 import EmbeddingsReader
+
+torch = pytest.importorskip("torch")
+from protrans_cli.embed import EmbedOptions, TransformerEmbedder, embed  # noqa: E402
+from protrans_cli.models import FAMILIES, load_model  # noqa: E402
+
+SMALL = DATA / "embed" / "small.fa"
+POISONED = "sp|Q9/slash"  # the only protein of small.fa with a W
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    family = FAMILIES["bert"]
+    tokenizer = family.build_tokenizer()
+    model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
+    path = tmp_path_factory.mktemp("tiny_bert")
+    family.save_pretrained(model, tokenizer, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def w_id(bert_dir) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(bert_dir)).convert_tokens_to_ids("W")
+
+
+def _misbehave(monkeypatch, w_id, dtypes, *, value=None, scale=None):
+    """The bert family's hidden states, for batch rows holding a W (token `w_id`) and a model in
+    `dtypes`: set to `value` or multiplied by `scale`. Returns the dtypes of every call."""
+    family_class = type(FAMILIES["bert"])
+    original = family_class.hidden_states
+    calls = []
+
+    def hidden_states(self, model, inputs, layers):
+        states = original(self, model, inputs, layers)
+        calls.append(states[0].dtype)
+        if states[0].dtype in dtypes:
+            hit = (inputs["input_ids"] == w_id).any(dim=1)
+            for s in states:
+                if value is not None:
+                    s[hit] = value
+                else:
+                    s[hit] *= scale
+        return states
+
+    monkeypatch.setattr(family_class, "hidden_states", hidden_states)
+    return calls
+
+
+def _read(path, kind="per_residue") -> dict[str, np.ndarray]:
+    with EmbeddingsReader(path) as reader:
+        return {k: np.asarray(reader.get(k, kind)) for k in reader.ids(kind)}
+
+
+def _embedder(bert_dir, dtype):
+    return TransformerEmbedder(load_model(str(bert_dir), device="cpu", dtype=dtype), (-1,), "cpu", dtype)
+
+
+def test_half_precision_overflow_is_embedded_again_in_float32_and_the_weights_come_back(tmp_path, bert_dir,
+                                                                                         monkeypatch, w_id):
+    options = EmbedOptions(model=str(bert_dir), device="cpu", max_tokens=10_000, per_protein=True)
+    plain = _embedder(bert_dir, "bfloat16")
+    ref = embed(SMALL, tmp_path / "ref.h5", options, embedder=plain).output
+    poisoned = _embedder(bert_dir, "bfloat16")
+    weights = {k: v.clone() for k, v in poisoned.model.state_dict().items()}
+    calls = _misbehave(monkeypatch, w_id, {torch.bfloat16}, value=float("nan"))
+    summary = embed(SMALL, tmp_path / "out.h5", options, embedder=poisoned)
+    assert summary.failed == {}
+    assert calls == [torch.bfloat16, torch.float32]  # one batch, then the one protein again
+    assert {k: v.dtype for k, v in poisoned.model.state_dict().items()} == {k: v.dtype for k, v in weights.items()}
+    assert all(torch.equal(v, weights[k]) for k, v in poisoned.model.state_dict().items())
+
+    seq = dict((r.id, r.sequence) for r in read_fasta(SMALL))[POISONED]
+    # The retry computes in float32 with the weights as loaded: their bfloat16 values.
+    loaded = load_model(str(bert_dir), device="cpu", dtype="bfloat16")
+    exact = TransformerEmbedder(loaded, (-1,), "cpu", "float32").embed_batch([seq])[0][0]
+    for kind in ("per_residue", "per_protein"):
+        got, want = _read(summary.output, kind), _read(ref, kind)
+        assert set(got) == set(want)
+        for k in want:
+            if k != POISONED:
+                np.testing.assert_array_equal(got[k], want[k])  # the rest of the batch: bfloat16 as before
+        assert np.isfinite(got[POISONED]).all()
+    np.testing.assert_allclose(_read(summary.output)[POISONED], exact, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_read(summary.output, "per_protein")[POISONED], exact.mean(axis=0), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kinds", [(), ("--per-protein",)])
+def test_nan_in_float32_too_is_a_recorded_failure_never_written(run_cli, tmp_path, bert_dir, monkeypatch, w_id, kinds):
+    _misbehave(monkeypatch, w_id, {torch.float32}, value=float("nan"))
+    out = tmp_path / "out.h5"
+    result = run_cli("embed", SMALL, "-m", bert_dir, "-o", out, *kinds)
+    assert result.exit_code == 0, result.stderr
+    assert f"{POISONED}: NaN or infinity in the model's float32 output" in result.stderr
+    with EmbeddingsReader(out) as reader:
+        assert reader.failed() == {POISONED: "NaN or infinity in the model's float32 output"}
+        kind = "per_protein" if kinds else "per_residue"
+        assert POISONED not in reader.ids(kind) and len(reader.ids(kind)) == 5
+        assert all(np.isfinite(np.asarray(reader.get(k, kind))).all() for k in reader.ids(kind))
+
+
+def test_nan_in_bfloat16_and_float32_says_both(tmp_path, bert_dir, monkeypatch, w_id):
+    _misbehave(monkeypatch, w_id, {torch.bfloat16, torch.float32}, value=float("inf"))
+    summary = embed(SMALL, tmp_path / "out.h5", EmbedOptions(model=str(bert_dir), device="cpu"),
+                    embedder=_embedder(bert_dir, "bfloat16"))
+    assert summary.failed == {POISONED: "NaN or infinity in the model's bfloat16 output, and in float32 too"}
+
+
+def test_out_of_memory_while_casting_to_float32_is_a_failure_and_the_model_stays(tmp_path, bert_dir, monkeypatch, w_id):
+    poisoned = _embedder(bert_dir, "bfloat16")
+    _misbehave(monkeypatch, w_id, {torch.bfloat16}, value=float("nan"))
+    real_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if kwargs.get("dtype") is torch.float32:
+            real_to(self.encoder, dtype=torch.float32)  # half-way through, as an allocation failure would leave it
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(poisoned.model), "to", to)
+    summary = embed(SMALL, tmp_path / "out.h5", EmbedOptions(model=str(bert_dir), device="cpu"), embedder=poisoned)
+    assert summary.failed == {POISONED: "NaN or infinity in the model's bfloat16 output; "
+                                        "out of memory for a float32 retry"}
+    assert {p.dtype for p in poisoned.model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("kinds", [(), ("--per-protein",), ("--per-residue", "--per-protein")])
+def test_values_beyond_float16_fail_in_float16_storage_and_are_kept_in_float32(run_cli, tmp_path, bert_dir,
+                                                                               monkeypatch, w_id, kinds):
+    _misbehave(monkeypatch, w_id, {torch.float32}, scale=1e6)
+    half, full = tmp_path / "half.h5", tmp_path / "full.h5"
+    result = run_cli("embed", SMALL, "-m", bert_dir, "-o", half, "--storage-dtype", "float16", *kinds)
+    assert result.exit_code == 0, result.stderr
+    with EmbeddingsReader(half) as reader:
+        assert list(reader.failed()) == [POISONED]
+        reason = reader.failed()[POISONED]
+    assert reason.startswith("values beyond float16's range (largest magnitude ")
+    assert reason.endswith("; --storage-dtype float32 keeps them)")
+    assert run_cli("embed", SMALL, "-m", bert_dir, "-o", full, *kinds).exit_code == 0
+    with EmbeddingsReader(full) as reader:
+        assert reader.failed() == {}
+        kind = "per_protein" if kinds == ("--per-protein",) else "per_residue"
+        assert np.abs(np.asarray(reader.get(POISONED, kind))).max() > 65504
+
+
+def test_chunked_windows_beyond_float16_fail_once_stitched(run_cli, tmp_path, bert_dir, monkeypatch, w_id):
+    _misbehave(monkeypatch, w_id, {torch.float32}, scale=1e6)
+    out = tmp_path / "out.h5"
+    result = run_cli("embed", SMALL, "-m", bert_dir, "-o", out, "--storage-dtype", "float16",
+                     "--max-length", "8", "--long-policy", "chunk", "--chunk-overlap", "2")
+    assert result.exit_code == 0, result.stderr
+    with EmbeddingsReader(out) as reader:
+        assert list(reader.failed()) == [POISONED]
+        assert reader.failed()[POISONED].startswith("values beyond float16's range")
+        assert all(np.isfinite(np.asarray(reader.get(k, "per_residue"))).all() for k in reader.ids("per_residue"))
