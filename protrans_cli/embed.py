@@ -506,6 +506,19 @@ def _uses_arrays(embedder) -> bool:
     return arrays is not None and (batch is None or issubclass(arrays, batch))
 
 
+class Recomputed(tuple):
+    """(rows, mean) of a sequence computed otherwise than the run's device and dtype: on the CPU
+    after running out of memory, or in float32 after its half-precision output overflowed.
+    `how` goes into its datasets' `computed` attribute."""
+
+    how: str
+
+    def __new__(cls, pair, how: str):
+        made = super().__new__(cls, pair)
+        made.how = how
+        return made
+
+
 def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = False,
                      on_split=None, want: _Want = _Want(rows=True, means=False)) -> list[tuple | str]:
     """Embed a batch into (rows, mean) pairs (see _call); on out-of-memory split it in halves
@@ -535,7 +548,8 @@ def _embed_or_split(embedder, sequences, cpu_fallback, on_split, want) -> list[t
     twin = embedder.on_cpu() if cpu_fallback and hasattr(embedder, "on_cpu") else None
     if twin is not None:
         try:
-            return _call(twin, sequences, want)
+            return [r if isinstance(r, NonFinite) else Recomputed(r, f"float32 on the CPU (out of memory on {embedder.device})")
+                    for r in _call(twin, sequences, want)]
         except Exception as exc:  # noqa: BLE001
             if not _is_oom_safe(exc):
                 raise
@@ -567,6 +581,8 @@ def _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
             result = NonFinite(f"{results[i].reason}, and in float32 too", True)
         elif isinstance(result, str):  # the retry ran out of memory
             result = f"{results[i].reason}; the float32 retry: {result}"
+        elif not isinstance(result, (NonFinite, Recomputed)):
+            result = Recomputed(result, f"float32 on {embedder.device} (NaN or infinity in {embedder.compute_dtype})")
         results[i] = result
     return results
 
@@ -1098,15 +1114,17 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
             pending[id(unit)] = None  # the other windows of this protein are dropped
         return
     rows, mean = result  # rows (n_layers, L, D) or None; mean (n_layers, D) or None
+    how = {result.how} if isinstance(result, Recomputed) else set()
     if unit.windows is not None:
         got = pending.setdefault(id(unit), [None] * len(unit.windows))
         if got is None:
             return
-        got[piece.index] = rows
+        got[piece.index] = result
         if any(g is None for g in got):
             return
         del pending[id(unit)]
-        rows, mean = stitch_windows(unit.windows, got, len(unit.sequence)), None
+        rows, mean = stitch_windows(unit.windows, [g[0] for g in got], len(unit.sequence)), None
+        how = {g.how for g in got if isinstance(g, Recomputed)}
         # The windows came as float32 (checked there); their storage dtype is checked here.
         if not fits(rows, writer.storage_dtype):
             result = beyond_range(rows, writer.storage_dtype.name).reason
@@ -1117,10 +1135,11 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
         mean = mean_rows(rows)  # (n_layers, D), squeezed below with the rows
     per_residue = None if rows is None else (rows[0] if rows.shape[0] == 1 else rows)  # (L, D) or (n_layers, L, D)
     per_protein = None if mean is None else (mean[0] if mean.shape[0] == 1 else mean)  # (D,) or (n_layers, D)
-    _write_unit(unit, writer, summary, per_residue, per_protein)
+    _write_unit(unit, writer, summary, per_residue, per_protein, "; ".join(sorted(how)) or None)
 
 
-def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, per_residue, per_protein) -> None:
+def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, per_residue, per_protein,
+                computed: str | None = None) -> None:
     for prot in unit.proteins:
         # Each protein's own: proteins that share a truncated prefix (or a protein whose whole
         # sequence is another's kept prefix) are computed once but were cut from other lengths.
@@ -1129,6 +1148,8 @@ def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, pe
             extra = {"chunks": len(unit.windows)}
         elif len(prot.sequence) > len(unit.sequence):
             extra = {"truncated_from": len(prot.sequence)}
+        if computed:
+            extra["computed"] = computed
         writer.write(prot.id, prot.header, unit.sequence, per_residue=per_residue, per_protein=per_protein,
                      extra_attrs=extra)
         summary.num_embedded += 1
@@ -1145,11 +1166,13 @@ def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) 
         for prot in unit.proteins:
             writer.record_failure(prot.id, reason)
         return
-    arrays = {}
+    arrays, computed = {}, None
     for kind in writer.kinds:
         group = writer.file if writer.layout == "flat" else writer.file[kind]
-        arrays[kind] = group[escape_key(unit.copy_of)][()]
-    _write_unit(unit, writer, summary, arrays.get(PER_RESIDUE), arrays.get(PER_PROTEIN))
+        source = group[escape_key(unit.copy_of)]
+        arrays[kind] = source[()]
+        computed = source.attrs.get("computed", computed)
+    _write_unit(unit, writer, summary, arrays.get(PER_RESIDUE), arrays.get(PER_PROTEIN), computed)
 
 
 def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> dict[str, str]:

@@ -501,9 +501,26 @@ def test_oom_splits_batches_then_falls_back_to_cpu():
         rows, mean = g
         assert mean is None  # not asked for
         np.testing.assert_array_equal(rows[0], onehot_reference(s))  # "W"*20 came from the CPU twin
+    assert [getattr(g, "how", None) for g in got] == [None, None, "float32 on the CPU (out of memory on cuda)", None]
     got = embed_with_retry(_FakeOOM(budget=10), seqs, cpu_fallback=False)
     assert isinstance(got[2], str) and "out of memory" in got[2]
     assert not isinstance(got[0], str)
+
+
+@pytest.mark.parametrize("window", [100, 1])  # the copy in the same window, or copied from the file
+def test_proteins_computed_on_the_cpu_say_so_and_their_copies_too(tmp_path, window):
+    import h5py
+
+    out = tmp_path / "cpu.h5"
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", cpu_fallback=True, max_tokens=100, window=window),
+                    embedder=_FakeOOM(budget=21))
+    assert summary.failed == {}
+    with h5py.File(out) as f:
+        computed = {ds.attrs["id"]: ds.attrs.get("computed") for kind in ("per_residue", "per_protein")
+                    for ds in f[kind].values()}
+    # P1 (22 residues) and its copy P1copy came from the CPU twin; the rest fit the "GPU".
+    assert {k for k, v in computed.items() if v} == {"P1", "P1copy"}
+    assert computed["P1copy"] == "float32 on the CPU (out of memory on cuda)"
 
 
 def test_protein_that_never_fits_is_recorded_not_dropped(tmp_path):

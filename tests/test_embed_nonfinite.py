@@ -99,6 +99,12 @@ def test_half_precision_overflow_is_embedded_again_in_float32_and_the_weights_co
                 np.testing.assert_array_equal(got[k], want[k])  # the rest of the batch: bfloat16 as before
         assert np.isfinite(got[POISONED]).all()
     np.testing.assert_allclose(_read(summary.output)[POISONED], exact, atol=1e-5, rtol=0)
+    import h5py
+
+    with h5py.File(summary.output) as f:
+        computed = {ds.attrs["id"]: ds.attrs.get("computed") for kind in ("per_residue", "per_protein")
+                    for ds in f[kind].values()}
+    assert {k: v for k, v in computed.items() if v} == {POISONED: "float32 on cpu (NaN or infinity in bfloat16)"}
     np.testing.assert_allclose(_read(summary.output, "per_protein")[POISONED], exact.mean(axis=0), atol=1e-5, rtol=0)
 
 
