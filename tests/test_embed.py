@@ -668,6 +668,12 @@ def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
     for k in single:
         np.testing.assert_array_equal(merged[k], single[k])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "single.h5"]  # shards removed
+    import json
+
+    import h5py
+
+    with h5py.File(out) as f:
+        assert len(json.loads(f.attrs["runs"])) == 1  # one run, whatever the ranks
 
 
 def test_package_level_embed_is_callable(tmp_path):
@@ -1120,9 +1126,16 @@ def test_a_plain_resume_merges_the_shards_of_an_interrupted_torchrun_run(tmp_pat
         shard = _run(tmp_path / f"r{rank}.h5", fasta=fasta)
         shard.rename(tmp_path / f"out.h5.shard-{rank:03d}-of-002.partial")
     out = tmp_path / "out.h5"
-    summary = embed(SMALL, out, EmbedOptions(model="onehot", resume=True))
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", resume=True, command_line="resumed"))
     assert summary.num_resumed == 4 and not list(tmp_path.glob("out.h5.shard-*"))
     assert_same_content(file_content(out), file_content(full))
+    import json
+
+    import h5py
+
+    with h5py.File(out) as f:  # the shards' run first (both ranks' entries are one run here), then this one
+        assert [r["command_line"] for r in json.loads(f.attrs["runs"])][-1] == "resumed"
+        assert len(json.loads(f.attrs["runs"])) == 2
 
 
 def test_truncated_from_is_each_proteins_own_length(tmp_path):
@@ -1162,3 +1175,26 @@ def test_stdin_under_torchrun_is_a_usage_error(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="under torchrun the FASTA must be a file"):
         embed("-", tmp_path / "o.h5", EmbedOptions(model="onehot"))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("older_file", [False, True])
+def test_every_run_that_wrote_a_file_is_listed_in_runs(tmp_path, older_file):
+    import json
+
+    import h5py
+
+    first, out = tmp_path / "first.fa", tmp_path / "out.h5"
+    first.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in list(read_fasta(SMALL))[:3]))
+    embed(first, out, EmbedOptions(model="onehot", command_line="protrans embed first.fa -o out.h5"))
+    if older_file:  # written before the attribute existed
+        with h5py.File(out, "a") as f:
+            del f.attrs["runs"]
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", resume=True,
+                                             command_line="protrans embed small.fa -o out.h5 --resume"))
+    assert summary.num_resumed == 3
+    with h5py.File(out) as f:
+        runs = json.loads(f.attrs["runs"])
+        assert f.attrs["command_line"] == "protrans embed small.fa -o out.h5 --resume"  # the last run's
+    assert [r["command_line"] for r in runs] == ["protrans embed first.fa -o out.h5",
+                                                 "protrans embed small.fa -o out.h5 --resume"]
+    assert all(r["device"] == "cpu" and r["compute_dtype"] == "float32" for r in runs)

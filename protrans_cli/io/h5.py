@@ -47,6 +47,10 @@ COMPRESSIONS = ("none", "gzip", "lzf")
 RESUME_ATTRS = ("model", "revision", "commit", "family", "layers", "pooling", "layout", "kinds", "storage_dtype",
                 "max_length", "long_policy", "chunk_overlap")
 
+# Settings a resumed run may change (RESUME_ATTRS may not): the file attributes hold the last
+# run's; the `runs` attribute lists every run's, oldest first.
+RUN_ATTRS = ("command_line", "protrans_version", "device", "compute_dtype", "packing", "compiled", "sdpa_kernels")
+
 _UNSAFE = re.compile(r"[%/\x00-\x1f\x7f]")
 
 
@@ -496,10 +500,15 @@ class EmbeddingsWriter:
             creating = self.partial.with_name(f".{self.partial.name}.creating")
             self.file = h5py.File(creating, "w")
         self.resumed = resumed
+        self.runs = recorded_runs(self.file) if resumed else []
+        this_run = {k: run_attrs[k] for k in RUN_ATTRS if run_attrs.get(k) is not None}
+        if this_run:
+            self.runs.append(this_run)
         for key, value in run_attrs.items():
             if value is None:
                 continue
             self.file.attrs[key] = _attr_value(value)
+        self.file.attrs["runs"] = json.dumps(self.runs, sort_keys=True)
         self._groups = {}
         for kind in self.kinds:
             self._groups[kind] = self.file if layout == "flat" else self.file.require_group(kind)
@@ -574,6 +583,12 @@ class EmbeddingsWriter:
                     h5py.h5o.copy(source.id, name, group.id, name)
                     copied.add(name)
             self.failed.update(json.loads(_plain(src.attrs.get("failed", "{}")) or "{}"))
+            # The shard's runs before this one (a torchrun run resumed in one process); its
+            # ranks' own entries of this run differ from rank 0's by the device only.
+            for run in recorded_runs(src):
+                if not any(_same_run(run, known) for known in self.runs):
+                    self.runs.insert(len(self.runs) - 1, run)
+            self.file.attrs["runs"] = json.dumps(self.runs, sort_keys=True)
         # A protein that failed in one run (or rank) and was embedded in another is done.
         for ident in [i for i in self.failed if self._holds(i)]:
             del self.failed[ident]
@@ -652,6 +667,26 @@ def _set_attr(obj, name: str, value) -> None:
     oid = obj.id if isinstance(obj, h5py.HLObject) else obj  # (a low-level id has an int `id`)
     attr = h5py.h5a.create(oid, name.encode("utf-8"), type_id, _ATTR_TYPES["scalar"])
     attr.write(np.array(value, dtype=dtype))
+
+
+def recorded_runs(file) -> list[dict]:
+    """The `runs` attribute of an open embeddings file; for a file from before it existed (or
+    whose attribute a repair lost), the one run its attributes describe."""
+    raw = _plain(file.attrs.get("runs", ""))
+    if raw:
+        try:
+            return list(json.loads(raw))
+        except ValueError:
+            pass
+    run = {}
+    for key in RUN_ATTRS:
+        if key in file.attrs:
+            run[key] = _plain(file.attrs[key])
+    return [run] if run else []
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    return {k: v for k, v in a.items() if k != "device"} == {k: v for k, v in b.items() if k != "device"}
 
 
 def _attr_value(value):
