@@ -1195,6 +1195,8 @@ def test_every_run_that_wrote_a_file_is_listed_in_runs(tmp_path, older_file):
     with h5py.File(out) as f:
         runs = json.loads(f.attrs["runs"])
         assert f.attrs["command_line"] == "protrans embed small.fa -o out.h5 --resume"  # the last run's
+    with EmbeddingsReader(out) as reader:
+        assert reader.runs() == runs
     assert [r["command_line"] for r in runs] == ["protrans embed first.fa -o out.h5",
                                                  "protrans embed small.fa -o out.h5 --resume"]
     assert all(r["device"] == "cpu" and r["compute_dtype"] == "float32" for r in runs)

@@ -155,6 +155,10 @@ class EmbeddingsReader:
         raw = self.attrs.get("failed")
         return json.loads(raw) if raw else {}
 
+    def runs(self) -> list[dict]:
+        """The settings of every run that wrote the file, oldest first (the `runs` attribute)."""
+        return recorded_runs(self.file)
+
 
 def _is_dataset(obj) -> bool:
     import h5py
