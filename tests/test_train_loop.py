@@ -770,3 +770,32 @@ def test_init_from_set_values_are_typed_as_for_a_preset(tmp_path, run_cli):
                   tmp_path / "same", "--num-steps", "1", "-j", "1", "--max-length", "32",
                   "--global-batch-size", "4", "--micro-batch-size", "4")
     assert res.exit_code == 0, res.stderr
+
+
+@pytest.mark.parametrize("save_every", [2, 1000])
+def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_path, monkeypatch, save_every):
+    """The step is not applied (the weights stay those of the step before) and the one line names
+    the step, its loss and the last checkpoint (or says there is none)."""
+    import protrans_cli.training.loop as loop
+    from protrans_cli.errors import RuntimeFailure
+
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        norm = real(parameters, max_norm, *args, **kwargs)
+        calls.append(1)
+        return norm * float("nan") if len(calls) == 5 else norm
+
+    monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", clip)
+    cfg = _config(tmp_path, num_steps=8, save_every=save_every)
+    with pytest.raises(RuntimeFailure) as caught:
+        train(cfg)
+    message = caught.value.message
+    assert message.startswith("step 5: the gradient is not finite (loss ")
+    if save_every == 2:
+        from protrans_cli.training.checkpoint import checkpoint_dir
+
+        assert f"from the last checkpoint, {checkpoint_dir(cfg.output_dir, 4)}, with --init-from" in message
+    else:
+        assert "no checkpoint was written yet: lower --lr or lengthen --warmup-steps" in message

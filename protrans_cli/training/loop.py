@@ -406,8 +406,11 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             batch = next(batches)
             data_state = batch.state_after
             lr_used = optimizer.param_groups[0]["lr"]
-            stats = train_step(run, optimizer, batch.micro_batches,
-                                stop_requested=stop is not None and stop.signum is not None)
+            try:
+                stats = train_step(run, optimizer, batch.micro_batches,
+                                   stop_requested=stop is not None and stop.signum is not None)
+            except NonFiniteGradient as exc:
+                raise _diverged(config, step + 1, exc.loss) from None
             stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
             scheduler.step()
             step += 1
@@ -528,7 +531,7 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     # update so that a non-finite gradient never reaches the weights.
     host = torch.cat([torch.stack(parts).sum(0), grad_norm.detach().double().reshape(1).to(device)]).tolist()
     if not math.isfinite(host[-1]):
-        raise RuntimeFailure("the gradient is not finite (lower --lr or check the data)")
+        raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     stats = {"loss": (host[0], total_predicted / info.world_size), "grad_norm": host[-1], "tokens": tokens,
@@ -536,6 +539,26 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     for k, name in enumerate(names):
         stats[name] = (host[1 + 2 * k], host[2 + 2 * k])
     return stats
+
+
+class NonFiniteGradient(Exception):
+    """A step whose gradient norm is NaN or infinite: nothing of it reached the weights."""
+
+    def __init__(self, loss: float):
+        super().__init__(f"non-finite gradient (loss {loss})")
+        self.loss = loss
+
+
+def _diverged(config: TrainConfig, step: int, loss: float) -> RuntimeFailure:
+    """The one line for a step whose gradient is not finite: which step, its loss, and where to go
+    on from (the run's settings cannot change under --resume, so a lower --lr is a new run)."""
+    from protrans_cli.training.checkpoint import list_checkpoints
+
+    kept = list_checkpoints(config.output_dir)
+    advice = (f"start a new run from the last checkpoint, {kept[-1]}, with --init-from and a lower --lr"
+              if kept else "no checkpoint was written yet: lower --lr or lengthen --warmup-steps")
+    return RuntimeFailure(f"step {step}: the gradient is not finite (loss {loss:.4g}), so the step was not "
+                          f"applied and the run stopped; {advice}, or check the corpus")
 
 
 def unused_parameters(loss_module: LossModule, run: _Run) -> list[str]:
