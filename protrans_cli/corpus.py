@@ -245,6 +245,9 @@ class _Block:
 
 
 _NOT_FASTA = "not FASTA: expected a '>' header line before sequence data"
+_CR_ONLY = ("a carriage return inside the header line: lines that end in CR alone (old Mac line endings) "
+            "are not read; convert them first (tr '\\r' '\\n')")
+_BOM_HEADER = b"\n\xef\xbb\xbf>"
 
 
 def _plain_file(path: str) -> bool:
@@ -426,6 +429,7 @@ class _BlockResult:
     # line numbers here count from 1 at the block's first line
     rejects: list[tuple[str, str, str, int]] = field(default_factory=list)  # id, reason, detail, line
     first_invalid: tuple[str, str, int] | None = None  # (id, detail, line) of the first normalisation reject
+    fatal: tuple[str, str, int] | None = None  # (id, detail, line): an input prep cannot read (stops the run)
     proteins_out: int = 0
     residues_out: int = 0
     lines_out: int = 0
@@ -459,6 +463,8 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     `drops` holds the indices (within the block) of duplicates to leave out (dedup pass 2).
     """
     data = block.load()
+    if _BOM_HEADER in data:  # a file that starts with a byte-order mark, concatenated to another
+        data = data.replace(_BOM_HEADER, b"\n>")
     arr = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)                      # (lines,)
     line_starts = np.concatenate(([0], newlines[:-1] + 1))    # (lines,)
@@ -532,6 +538,10 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     for i in np.flatnonzero(flagged).tolist():
         if i in reasons:
             continue
+        if b"\r" in data[int(header_start[i]):int(header_end[i])].rstrip(b"\r"):
+            # The whole file (or a part) read as one header line: lines that end in CR alone.
+            result.fatal = (id_at(i).split("\r")[0] or "<no id>", _CR_ONLY, line_of(i))
+            return result
         raw = data[int(header_end[i]) + 1:int(seq_end[i])]
         try:
             normalise(raw, rare=cfg.rare)
@@ -1228,8 +1238,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         for block, res in _run_blocks(jobs(), _process_block, (cfg,), threads, spill_dir):
             if block.line0:  # an input's first block
                 line0 = block.line0
-            if options.strict and res.first_invalid is not None:
-                rid, detail, line = res.first_invalid
+            if res.fatal is not None or (options.strict and res.first_invalid is not None):
+                rid, detail, line = res.fatal or res.first_invalid
                 raise InputError(detail, path=block.name, record=rid, line=line0 + line - 1)
             writers.write(res.outputs, stats.proteins_out - stats.valid_proteins)
             if rejects:

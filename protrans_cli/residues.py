@@ -40,7 +40,13 @@ class SequenceRejected(ValueError):
 
 def normalise(seq: bytes | str, rare: str = "x") -> str:
     """Return the normalised sequence, or raise SequenceRejected with the reason."""
-    raw = seq.encode() if isinstance(seq, str) else bytes(seq)
+    if isinstance(seq, str):
+        try:  # read_fasta's sequences are the file's bytes decoded as latin-1: these bytes again
+            raw = seq.encode("latin-1")
+        except UnicodeEncodeError:
+            raw = seq.encode()
+    else:
+        raw = bytes(seq)
     data = raw.translate(_UPPER, _DELETE)
     if data.endswith(b"*"):
         data = data[:-1]

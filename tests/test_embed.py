@@ -1200,3 +1200,40 @@ def test_every_run_that_wrote_a_file_is_listed_in_runs(tmp_path, older_file):
     assert [r["command_line"] for r in runs] == ["protrans embed first.fa -o out.h5",
                                                  "protrans embed small.fa -o out.h5 --resume"]
     assert all(r["device"] == "cpu" and r["compute_dtype"] == "float32" for r in runs)
+
+
+def test_a_nul_byte_in_a_header_is_one_line_before_any_output(run_cli, tmp_path):
+    """HDF5 strings cannot hold NUL: a traceback after the dataset was made, and a damaged partial."""
+    fasta, out = tmp_path / "nul.fa", tmp_path / "e.h5"
+    fasta.write_bytes(b">a\nMKTA\n>b\x00c\nMKKL\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "--max-batch-size", "1", "-o", out)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"protrans: error: {fasta}:3, record 'b\\x00c': the header holds a NUL byte (a damaged file?)"]
+    assert list(tmp_path.iterdir()) == [fasta]
+
+
+def test_an_output_that_cannot_be_created_names_the_output(tmp_path, monkeypatch):
+    import h5py
+
+    from protrans_cli.errors import RuntimeFailure
+
+    real = h5py.File
+
+    def refuse(name, mode="r", *args, **kwargs):
+        if mode == "w":
+            raise OSError(f"Unable to synchronously create file (unable to open file: name = '{name}', errno = 13, "
+                          "error message = 'Permission denied', flags = 13, o_flags = 242)")
+        return real(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", refuse)
+    with pytest.raises(RuntimeFailure) as caught:
+        embed(SMALL, tmp_path / "e.h5", EmbedOptions(model="onehot"))
+    assert caught.value.format() == f"{tmp_path / 'e.h5'}: cannot create the output: Permission denied"
+
+
+def test_an_invalid_byte_is_reported_as_it_is_in_the_file(run_cli, tmp_path):
+    fasta = tmp_path / "x.fa"
+    fasta.write_bytes(b">a\nMK\xefAA\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "x.h5")
+    assert result.exit_code == 1 and "invalid character '\\xef' at residue 3" in result.stderr, result.stderr

@@ -213,3 +213,58 @@ def test_pisces_release_reads_whole(shared_data):
     assert sum(len(r.sequence) for r in label_set.records) == 2207484
     assert sum(r.sequence.count("X") for r in label_set.records) >= 156
     assert any("156 '*'" in note for note in label_set.notes)
+
+
+@pytest.mark.parametrize("name", ["netsurfp_input_spaced_header.csv", "deeploc_dual_label_trailing_space.fasta",
+                                  "id_label_with_header.tsv", "pisces_small.csv"])
+def test_cr_only_line_endings_read_like_the_original(tmp_path, name):
+    """Old Mac line endings: csv gave a traceback, the DeepLoc reader one record of the three."""
+    source = HEADS / name
+    cr = tmp_path / name
+    cr.write_bytes(source.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r"))
+    original, converted = read_labels(source), read_labels(cr)
+    assert [(r.id, r.sequence, r.labels) for r in converted.records] == \
+        [(r.id, r.sequence, r.labels) for r in original.records]
+
+
+def test_a_sequence_longer_than_csvs_field_limit_is_read(tmp_path):
+    """csv refuses fields over 131,072 characters by default: a traceback for a 144k-residue protein."""
+    n = 70_000  # spaced: 140,000 characters per field
+    path = tmp_path / "long.csv"
+    path.write_text("input,dssp3,dssp8,disorder\n" + ",".join([" ".join("M" * n), " ".join("H" * n), " ".join("H" * n),
+                                                              " ".join(["1.0"] * n)]) + "\nM K,C C,C C,1.0 1.0\n")
+    records = read_labels(path).records
+    assert [len(r.sequence) for r in records] == [n, 2]
+
+
+def test_sequences_beside_labels_refuse_an_id_given_twice_or_an_empty_sequence(tmp_path, run_cli):
+    labels = tmp_path / "l.csv"
+    labels.write_text("id,label\nP1,1.5\nP2,2.0\n")
+    for body, message in ((">P1\nMKT\n>P2\nGG\n>P1\nMKTAAA\n", "seqs.fa:5, record 'P1': id given twice with "
+                                                                "different sequences (first at line 1)"),
+                          (">P1\nMKT\n>P2\n", "seqs.fa:3, record 'P2': empty sequence")):
+        seqs = tmp_path / "seqs.fa"
+        seqs.write_text(body)
+        result = run_cli("labels", labels, "--sequences", seqs, "-o", tmp_path / "out.fa")
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines()[-1] == f"protrans: error: {seqs.parent / message}"
+        assert not (tmp_path / "out.fa").exists()
+    seqs.write_text(">P1\nMKT\n>P2\nGG\n>P1\nMKT\n")  # the same sequence twice is the same record
+    assert run_cli("labels", labels, "--sequences", seqs, "-o", tmp_path / "out.fa").exit_code == 0
+
+
+@pytest.mark.parametrize("command", [["labels", "{d}"], ["embed", "{d}", "-m", "onehot", "-o", "{o}"],
+                                     ["fit", "ss3", "--embeddings", "{d}", "--labels", "{d}", "-o", "{o}"]])
+def test_a_folder_given_as_an_input_file_is_one_line(tmp_path, run_cli, command):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = run_cli(*[a.format(d=folder, o=tmp_path / "out") for a in command])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"protrans: error: {folder}: is a directory, expected a file"]
+
+
+def test_a_flip_csv_without_its_target_column_says_so(tmp_path):
+    path = tmp_path / "flip.csv"
+    path.write_text("sequence,set,validation\nMKTA,train,False\n")
+    with pytest.raises(InputError, match=r"flip.csv:1: FLIP CSV without a target column"):
+        read_labels(path)

@@ -252,3 +252,43 @@ def test_signals_held_delays_sigterm_to_the_end_of_the_block():
     finally:
         signal.signal(signal.SIGTERM, previous)
         worker.join()
+
+
+@pytest.mark.parametrize("data,expected", [
+    (b"\xef\xbb\xbf\n\n>a\nMKTA\n", [("a", "MKTA")]),                      # a mark, then blank lines
+    (b">a\nMK\n\xef\xbb\xbf>b x\nMKTA\n", [("a", "MK"), ("b", "MKTA")]),   # cat a.fa b.fa, b with a mark
+    (b">a\xc2\xa0x\nMKTA\n>a\xc2\xa0y\nMKKL\n", [("a\xa0x", "MKTA"), ("a\xa0y", "MKKL")]),  # ids end at ASCII space
+    (b">P1\xa0desc\nMK\n", [("P1\xa0desc", "MK")]),                        # latin-1: as prep reads it
+])
+def test_fasta_ids_and_byte_order_marks_as_prep_reads_them(tmp_path, data, expected):
+    path = tmp_path / "x.fa"
+    path.write_bytes(data)
+    assert [(r.id, r.sequence) for r in read_fasta(path)] == expected
+
+
+@pytest.mark.parametrize("data,message", [
+    (b">a desc\rMKTA\rGGH\r>b\rMKKL\r", r"x.fa:1: a carriage return inside the header line: lines that end in CR "
+                                         r"alone \(old Mac line endings\) are not read"),
+    (b">a\nMKTA\n>b\x00c\nMKKL\n", r"x.fa:3, record 'b\\x00c': the header holds a NUL byte"),
+    (b">a desc\x00x\nMK\n", r"x.fa:1, record 'a': the header holds a NUL byte"),
+])
+def test_fasta_that_would_lose_records_or_break_hdf5_is_one_line(tmp_path, data, message):
+    path = tmp_path / "x.fa"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=message):
+        list(read_fasta(path))
+
+
+def test_a_folder_that_cannot_be_written_is_named_not_the_temporary(tmp_path, monkeypatch):
+    import tempfile
+
+    from protrans_cli.errors import RuntimeFailure
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(RuntimeFailure) as caught:
+        with atomic_output(tmp_path / "out.txt"):
+            pass
+    assert caught.value.format() == f"{tmp_path}: cannot write in this folder: Permission denied"

@@ -668,3 +668,25 @@ def test_what_killed_runs_left_is_removed_and_live_runs_are_not_touched(tmp_path
     assert run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--dedup").exit_code == 0
     assert not any(p.exists() for p in dead) and all(p.exists() for p in kept)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(p.name for p in kept)
+
+
+def test_a_file_with_cr_line_endings_is_one_line_not_an_empty_corpus(tmp_path, run_cli):
+    """The whole file read as one header: exit 0 with an empty corpus, the other records uncounted."""
+    fasta = tmp_path / "cr.fa"
+    fasta.write_bytes(b">a desc\rMKTA\rGGH\r>b\rMKKL\r")
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"protrans: error: {fasta}:1, record 'a': a carriage return inside the header line")
+    assert not (tmp_path / "c.txt").exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_files_concatenated_with_a_byte_order_mark_keep_every_record(tmp_path, run_cli, threads):
+    """`cat a.fa b.fa` where b.fa starts with a mark: the record before it was rejected and b's first
+    record vanished, uncounted."""
+    fasta = tmp_path / "c.fa"
+    fasta.write_bytes(b">a\r\nMKTA\r\n>b\r\nMKKL\r\n" + b"\xef\xbb\xbf>c\nMKTAW\n>d\nGG\n")
+    result = run_cli("-q", "prep", fasta, "-o", "-", "-j", threads)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "M K T A\n\nM K K L\n\nM K T A W\n\nG G\n\n"

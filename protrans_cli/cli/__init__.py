@@ -17,6 +17,10 @@ import click
 from protrans_cli._version import __version__
 from protrans_cli.errors import EXIT_INTERRUPTED, ProtransError
 
+# An input file argument: click checks nothing (a directory or an unreadable file would be a
+# three-line usage error, exit 2); the reader says what is wrong in one line, exit 1. `-` is stdin.
+INPUT_FILE = click.Path(allow_dash=True, readable=False)
+
 # name -> (module, one-line help). The help is repeated here so that `protrans --help`
 # lists every command without importing any command module.
 COMMANDS = {

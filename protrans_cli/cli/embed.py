@@ -12,12 +12,13 @@ import sys
 
 import click
 
+from protrans_cli.cli import INPUT_FILE
 from protrans_cli.attention import SDPA_KERNELS
 from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
 
 
 @click.command("embed", context_settings={"show_default": True})
-@click.argument("fasta", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("fasta", type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="HDF5 file to write (written to OUTPUT.partial until the run completes).")
 @click.option("-m", "--model", default="prot_t5_xl_half",

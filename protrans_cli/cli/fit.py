@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.cli import INPUT_FILE
 from protrans_cli.heads.labels import FORMATS
 from protrans_cli.heads.tasks import DUAL_POLICIES, TASKS
 
-_PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True))
+_PAIR = (INPUT_FILE, INPUT_FILE)
 
 
 @click.command("fit", context_settings={"show_default": True})
 @click.argument("task", type=click.Choice(list(TASKS)))
-@click.option("--embeddings", required=True, type=click.Path(dir_okay=False), help="Training embeddings (HDF5).")
-@click.option("--labels", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("--embeddings", required=True, type=INPUT_FILE, metavar="FILE", help="Training embeddings (HDF5).")
+@click.option("--labels", required=True, type=INPUT_FILE, metavar="FILE",
               help="Training labels (NetSurfP CSV, PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, id,label CSV/TSV).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
 @click.option("--valid", nargs=2, type=_PAIR, default=None, metavar="EMBEDDINGS LABELS",
@@ -28,7 +29,7 @@ _PAIR = (click.Path(dir_okay=False), click.Path(dir_okay=False, allow_dash=True)
 @click.option("--test", "tests", nargs=2, type=_PAIR, multiple=True, metavar="EMBEDDINGS LABELS",
               help="A set to evaluate after training; repeat for several.")
 @click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of every label file.")
-@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--mask", "mask_path", type=INPUT_FILE, metavar="FILE", default=None,
               help="FLIP mask FASTA (0/1 per residue) for FLIP-style labels.")
 @click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
               help="NetSurfP columns whose 1.0 marks the residues trained and evaluated; repeat to combine.")

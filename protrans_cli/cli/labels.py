@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.cli import INPUT_FILE
+
 from protrans_cli.heads.labels import FORMATS
 
 
 @click.command("labels", context_settings={"show_default": True})
-@click.argument("labels", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("labels", type=INPUT_FILE)
 @click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
               help="FASTA to write ('-' = stdout; .gz/.xz/.zst compress).")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="auto", help="Label file format.")
-@click.option("--sequences", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+@click.option("--sequences", type=INPUT_FILE, metavar="FILE", default=None,
               help="FASTA with the sequences, for label files that hold none (FLIP labels, id,label tables).")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default=None,
               help="Only the records the label file assigns to this split (FLIP SET=/VALIDATION=, a table's set).")
@@ -32,8 +34,7 @@ def command(labels, output, fmt, sequences, split):
     """
     from protrans_cli import console
     from protrans_cli.errors import UsageError
-    from protrans_cli.heads.labels import LabelSet, read_labels, write_embed_fasta
-    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.heads.labels import LabelSet, read_labels, read_sequences, write_embed_fasta
     from protrans_cli.io.files import atomic_output, input_named_by
 
     # DeepLoc labels are a FASTA too: `labels x.fasta -o x.fasta` replaced them, labels lost.
@@ -51,7 +52,7 @@ def command(labels, output, fmt, sequences, split):
                      else f"its records are in: {', '.join(declared)}")
             raise InputError(f"--split {split}: no record is in that split ({where})", path=labels)
         label_set = LabelSet(label_set.path, label_set.format, kept, label_set.notes)
-    seqs = {rec.id: rec.sequence for rec in read_fasta(sequences)} if sequences else None
+    seqs = read_sequences(sequences) if sequences else None
     with atomic_output(output) as stream:
         count = write_embed_fasta(label_set, stream, seqs)
     for note in label_set.notes:

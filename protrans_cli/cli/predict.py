@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.cli import INPUT_FILE
+
 from protrans_cli.heads.labels import FORMATS
 
 
 @click.command("predict", context_settings={"show_default": True})
 @click.argument("head", type=click.Path(file_okay=False, exists=True))
-@click.option("--embeddings", type=click.Path(dir_okay=False), default=None, help="Embeddings to predict on (HDF5).")
-@click.option("--fasta", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+@click.option("--embeddings", type=INPUT_FILE, metavar="FILE", default=None, help="Embeddings to predict on (HDF5).")
+@click.option("--fasta", type=INPUT_FILE, metavar="FILE", default=None,
               help="Sequences to predict on instead: embedded first with the model and layer the head was "
                    "trained on (into a temporary file); predictions follow the FASTA's order.")
 @click.option("-m", "--model", default=None,
@@ -29,12 +31,12 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("--head-output", "head_output", default=None,
               help="Per-residue heads with several outputs (ss3+ss8): the one whose states are written.  "
                    "[default: the first]")
-@click.option("--labels", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+@click.option("--labels", type=INPUT_FILE, metavar="FILE", default=None,
               help="Also score the head against these labels.")
 @click.option("--metrics", "metrics_dir", type=click.Path(file_okay=False), default=None,
               help="With --labels: directory for the metrics JSON and confusion-matrix PNGs.")
 @click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of --labels.")
-@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None, help="FLIP mask FASTA for --labels.")
+@click.option("--mask", "mask_path", type=INPUT_FILE, metavar="FILE", default=None, help="FLIP mask FASTA for --labels.")
 @click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
               help="NetSurfP mask columns for --labels.")
 @click.option("--skip-mismatched", is_flag=True, help="With --labels: leave out labels without a matching embedding.")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import click
 
+from protrans_cli.cli import INPUT_FILE
+
 from protrans_cli.attention import SDPA_KERNELS
 from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
 
 
 @click.command("train")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+@click.option("--config", "config_file", type=INPUT_FILE, metavar="FILE",
               help="JSON or TOML file with any settings below (flag names with _ for -).")
 @click.option("--family", default=None, help="Model family (see --list-presets).  [default: bert; with --init-from: the model's]")
 @click.option("--preset", default=None, help="Size preset of the family: tiny, small, base, published sizes.  [default: tiny]")

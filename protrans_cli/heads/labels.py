@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli.errors import InputError, UsageError
-from protrans_cli.io.fasta import parse_fasta
+from protrans_cli.io.fasta import parse_fasta, read_fasta
 from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
 
@@ -87,20 +87,20 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None,
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
+    # A field holds a whole sequence (titin: 34,350 residues; gene-calling artefacts: over
+    # 100,000), beyond csv's default limit of 131,072 characters.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    # Any line ending (CRLF, and CR alone from old Mac files) as \n: label files are read whole.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if fmt == "auto":
         fmt = sniff_format(text, name)
-    if fmt == "netsurfp":
-        label_set = _read_netsurfp(text, name, mask_columns)
-    elif fmt == "pisces":
-        label_set = _read_pisces(text, name)
-    elif fmt == "flip":
-        label_set = _read_flip(text, name)
-    elif fmt == "flip_csv":
-        label_set = _read_flip_csv(text, name)
-    elif fmt == "deeploc":
-        label_set = _read_deeploc(text, name)
-    else:
-        label_set = _read_table(text, name)
+    readers = {"netsurfp": lambda: _read_netsurfp(text, name, mask_columns), "pisces": lambda: _read_pisces(text, name),
+               "flip": lambda: _read_flip(text, name), "flip_csv": lambda: _read_flip_csv(text, name),
+               "deeploc": lambda: _read_deeploc(text, name)}
+    try:
+        label_set = readers.get(fmt, lambda: _read_table(text, name))()
+    except csv.Error as exc:  # e.g. a NUL byte, an unterminated quote
+        raise InputError(f"not a readable {fmt} file: {exc}", path=name) from None
     if mask_path is not None:
         if fmt != "flip":
             raise UsageError(f"a mask file is only read with FLIP-style labels, not {fmt}")
@@ -123,7 +123,7 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
         return "netsurfp"
     if "sst3" in columns or "sst8" in columns:
         return "pisces"
-    if "sequence" in columns and "target" in columns:
+    if "sequence" in columns and ("target" in columns or "set" in columns):  # FLIP, even without its target
         return "flip_csv"
     if not first:
         raise InputError("is empty", path=name)
@@ -368,6 +368,24 @@ def some_ids(items, n: int = 5) -> str:
     items = list(items)
     shown = ", ".join(items[:n])
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def read_sequences(path) -> dict[str, str]:
+    """id -> sequence of a FASTA given beside labels that carry none (FLIP's sequences.fasta). An
+    id given twice with different sequences, or an empty sequence, is an error naming the record."""
+    name = display_name(path)
+    seqs: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for rec in read_fasta(path):
+        sequence = rec.sequence
+        if not sequence:
+            raise InputError("empty sequence", path=name, line=rec.line, record=rec.id)
+        if rec.id in seqs and seqs[rec.id] != sequence:
+            raise InputError(f"id given twice with different sequences (first at line {lines[rec.id]})",
+                             path=name, line=rec.line, record=rec.id)
+        seqs[rec.id] = sequence
+        lines.setdefault(rec.id, rec.line)
+    return seqs
 
 
 def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | None = None) -> int:

@@ -8,6 +8,7 @@ caller's choice (see `protrans_cli.residues`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -23,12 +24,19 @@ class FastaRecord:
     line: int  # 1-based line number of the header, for error messages
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
+ASCII_SPACE = " \t\n\r\x0b\x0c"  # what ends an id (bytes.split's whitespace, as prep's reader)
+
+
 def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[FastaRecord]:
     header: bytes | None = None
     header_line = 0
     chunks: list[bytes] = []
     lineno = 0
     for lineno, line in enumerate(lines, 1):
+        if line[:1] == b"\xef" and line.startswith(BOM):
+            # at the start of the file, or of a file concatenated to another (cat a.fa b.fa)
+            line = line[3:]
         if line.startswith(b">"):
             if header is not None:
                 yield _record(header, chunks, header_line, name)
@@ -38,10 +46,6 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[Fasta
         elif header is not None:
             chunks.append(line)
         elif line.strip():
-            if lineno == 1 and line.startswith(b"\xef\xbb\xbf>"):  # UTF-8 byte-order mark
-                header = line[4:].rstrip(b"\r\n")
-                header_line = lineno
-                continue
             raise InputError("not FASTA: expected a '>' header line before sequence data",
                              path=name, line=lineno)
     if header is not None:
@@ -49,13 +53,19 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[Fasta
 
 
 def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRecord:
+    if b"\r" in header:
+        # A whole file read as one header line: its lines end in CR alone (classic Mac OS).
+        raise InputError("a carriage return inside the header line: lines that end in CR alone (old Mac "
+                         "line endings) are not read; convert them first (tr '\\r' '\\n')", path=name, line=line)
     try:
-        description = header.decode("utf-8").strip()
+        description = header.decode("utf-8").strip(ASCII_SPACE)
     except UnicodeDecodeError:
-        description = header.decode("latin-1").strip()
-    ident = description.split(None, 1)[0] if description else ""
+        description = header.decode("latin-1").strip(ASCII_SPACE)
+    ident = re.split(f"[{ASCII_SPACE}]", description, maxsplit=1)[0]
     if not ident:
         raise InputError("header has no id", path=name, line=line)
+    if "\x00" in description:
+        raise InputError("the header holds a NUL byte (a damaged file?)", path=name, line=line, record=ident)
     seq = b"".join(chunks).translate(None, b" \t\r\n")
     return FastaRecord(ident, description, seq.decode("latin-1"), line)
 

@@ -385,9 +385,12 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
                     else:
                         os.unlink(entry.path)
     mine = f"{prefix}{host}.{os.getpid()}-"
-    if folder:
-        return Path(tempfile.mkdtemp(prefix=mine, suffix=suffix, dir=directory))
-    fd, name = tempfile.mkstemp(prefix=mine, suffix=suffix, dir=directory)
+    try:
+        if folder:
+            return Path(tempfile.mkdtemp(prefix=mine, suffix=suffix, dir=directory))
+        fd, name = tempfile.mkstemp(prefix=mine, suffix=suffix, dir=directory)
+    except OSError as exc:  # named by the folder the user chose, not by the temporary's name
+        raise RuntimeFailure(f"cannot write in this folder: {exc.strerror or exc}", path=str(directory)) from None
     os.close(fd)
     return Path(name)
 

@@ -502,7 +502,12 @@ class EmbeddingsWriter:
             # Made under a hidden name and renamed once its attributes and groups are flushed: a
             # kill in the first milliseconds left a 96-byte OUT.partial that --resume could not read.
             creating = self.partial.with_name(f".{self.partial.name}.creating")
-            self.file = h5py.File(creating, "w")
+            try:
+                self.file = h5py.File(creating, "w")
+            except OSError as exc:  # named by the output the user chose, not by the hidden file
+                why = re.search(r"error message = '([^']*)'", str(exc))
+                raise RuntimeFailure(f"cannot create the output: {why.group(1) if why else first_line(exc)}",
+                                     path=str(self.path)) from None
         self.resumed = resumed
         self.runs = recorded_runs(self.file) if resumed else []
         this_run = {k: run_attrs[k] for k in RUN_ATTRS if run_attrs.get(k) is not None}
