@@ -457,14 +457,14 @@ def in_validation(record_id: str, fraction: float) -> bool:
     return int.from_bytes(digest, "big") < fraction * 2.0 ** 64
 
 
-def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = None) -> _BlockResult:
-    """Normalise, filter, split and space the records of one block.
+def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = None,
+                   data: bytes | None = None) -> _BlockResult:
+    """Normalise, filter, split and space the records of one block (`data`: its bytes, when
+    they are not the block's own).
 
     `drops` holds the indices (within the block) of duplicates to leave out (dedup pass 2).
     """
-    data = block.load()
-    if _BOM_HEADER in data:  # a file that starts with a byte-order mark, concatenated to another
-        data = data.replace(_BOM_HEADER, b"\n>")
+    data = block.load() if data is None else data
     arr = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)                      # (lines,)
     line_starts = np.concatenate(([0], newlines[:-1] + 1))    # (lines,)
@@ -507,6 +507,11 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     if odd:
         rest = s.translate(None, _PLAIN)
         if rest.translate(None, RARE.encode()):
+            if _BOM_HEADER in data:
+                # A file that starts with a byte-order mark, concatenated to another: its first
+                # header sits in the record before it (which then holds invalid bytes, so only
+                # such blocks pay for the search).
+                return _process_block(block, cfg, drops, data.replace(_BOM_HEADER, b"\n>"))
             bad_lut = np.ones(256, dtype=bool)
             bad_lut[list(_PLAIN + RARE.encode())] = False
             bad_pos = np.flatnonzero(bad_lut[sa])
