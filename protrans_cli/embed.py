@@ -548,8 +548,8 @@ def _embed_or_split(embedder, sequences, cpu_fallback, on_split, want) -> list[t
     twin = embedder.on_cpu() if cpu_fallback and hasattr(embedder, "on_cpu") else None
     if twin is not None:
         try:
-            return [r if isinstance(r, NonFinite) else Recomputed(r, f"float32 on the CPU (out of memory on {embedder.device})")
-                    for r in _call(twin, sequences, want)]
+            how = f"float32 on the CPU (out of memory on {embedder.device})"
+            return [r if isinstance(r, NonFinite) else Recomputed(r, how) for r in _call(twin, sequences, want)]
         except Exception as exc:  # noqa: BLE001
             if not _is_oom_safe(exc):
                 raise
