@@ -270,7 +270,12 @@ def test_cli_errors(tmp_path, run_cli):
     assert res.exit_code == 2 and "global batch size 10 is not divisible by micro batch size 4" in res.stderr
     res = run_cli("train", "-o", tmp_path / "r")
     assert res.exit_code == 2 and "no training corpus" in res.stderr
-    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--resume")
+    # --resume before the first checkpoint (a requeued job that always passes it) starts the run
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--resume", "--num-steps", 2,
+                  "--max-length", 64, "--global-batch-size", 8, "--micro-batch-size", 8, "-j", 1)
+    assert res.exit_code == 0 and "no checkpoint yet, so --resume starts the run from step 0" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r1", "--resume-from", tmp_path / "empty")
     assert res.exit_code == 1 and "no checkpoint to resume from" in res.stderr
     res = run_cli("train", "--corpus", str(TRAIN / "too_few_proteins.txt"), "-o", tmp_path / "r2",
                   "--global-batch-size", 8, "--micro-batch-size", 8)
@@ -799,3 +804,22 @@ def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_p
         assert f"from the last checkpoint, {checkpoint_dir(cfg.output_dir, 4)}, with --init-from" in message
     else:
         assert "no checkpoint was written yet: lower --lr or lengthen --warmup-steps" in message
+
+
+def test_a_signal_while_the_final_model_is_written_stops_after_it_with_the_model_complete(tmp_path, monkeypatch):
+    """Ctrl-C during the export was answered "stopping after this step" and then ignored (exit 0)."""
+    import protrans_cli.training.loop as loop
+
+    real = loop.ckpt.export_model
+
+    def export(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # handled by StopRequest: noted, not raised here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop.ckpt, "export_model", export)
+    cfg = _config(tmp_path, num_steps=2, save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert (tmp_path / "run_bert" / "model.safetensors").is_file()
+    monkeypatch.setattr(loop.ckpt, "export_model", real)
+    assert train(cfg, resume=True).completed  # nothing left to do but export again

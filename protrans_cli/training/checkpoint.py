@@ -224,7 +224,8 @@ def check_sums(directory) -> str | None:
         except OSError as exc:
             return str(_damaged(directory, name, exc))
         if not same:
-            return str(_damaged(directory, name, ValueError("its bytes no longer match SHA256SUMS")))
+            return str(_damaged(directory, name, ValueError(f"it no longer matches its line in {SUMS_FILE}: one of "
+                                                            "the two changed on disk")))
     return None
 
 

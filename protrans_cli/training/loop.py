@@ -91,6 +91,7 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
+        self.finishing = False  # every step is done: the final model is being written
         self._previous: dict = {}
 
     def __enter__(self):
@@ -112,7 +113,8 @@ class StopRequest:
         if self.signum is None:
             self.signum = signum
             if dist.info().is_main:
-                console.warn("stopping after this step to save a checkpoint "
+                console.warn("the run has done its steps: stopping once its final model is written"
+                             if self.finishing else "stopping after this step to save a checkpoint "
                              "(Ctrl-C again stops at once, losing the steps since the last one)")
         elif signum == signal.SIGINT:
             # A second Ctrl-C. (torchrun answers Ctrl-C by sending SIGTERM to its ranks, which
@@ -135,6 +137,12 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     info = dist.setup()
     try:
         with ckpt.run_lock(config.output_dir, active=info.is_main):
+            if resume is True and not ckpt.list_checkpoints(config.output_dir):
+                # A job script that always passes --resume (a requeued job) must start the
+                # first time, and again after a kill before the first save.
+                if info.is_main:
+                    console.warn(f"{config.output_dir}: no checkpoint yet, so --resume starts the run from step 0")
+                resume = None
             run = build_run(config, info, family, resume=resume)
             with StopRequest() as stop:
                 return _loop(run, resume, stop)
@@ -399,7 +407,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                               bucket_batches=config.bucket_batches, collate=run.objective.collate,
                               state=data_state)
         dist.print0(f"train: phase {phase_index + 1}/{len(phases)}: max length {phase.max_length}, "
-                    f"steps {phase_start + 1}-{phase_end}, global batch {phase.global_batch_size} = "
+                    f"steps {max(phase_start, step) + 1}-{phase_end}, global batch {phase.global_batch_size} = "
                     f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation")
         batches = step_batches(stream, config.num_workers)
         while step < phase_end:
@@ -472,6 +480,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         bar.close()
     if final_eval is not None and info.is_main:
         console.info(f"train: eval loss {final_eval:.4f}")
+    if stop is not None:
+        stop.finishing = True
     if info.is_main:
         ckpt.export_model(run.run_dir, family=run.family, model=_full_model(run), tokenizer=run.tokenizer)
         plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
@@ -481,6 +491,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     result.step = step
     result.completed = True
     dist.print0(f"train: done, {step} steps; model in {run.run_dir}")
+    if stop is not None and stop.signum is not None:
+        stop.raise_now()  # asked to stop while the final model was written: it is complete, and the exit says so
     return result
 
 
