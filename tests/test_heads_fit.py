@@ -859,3 +859,21 @@ def test_infinity_in_a_per_protein_embedding_names_the_protein(tmp_path):
     assert ProteinData(str(path), items[:1]).x.shape == (1, 4)
     with pytest.raises(InputError, match=r"record 'b': embedding holds NaN or infinity \(1 of its 4 numbers\)"):
         ProteinData(str(path), items)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "nan"], "--lr must be positive, got nan"), (["--lr", "0"], "--lr must be positive, got 0.0"),
+    (["--lr", "inf"], "--lr must be positive, got inf"),
+    (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"), (["--dropout", "nan"], "--dropout must be in"),
+    (["--hidden", "0"], "--hidden must be at least 1"), (["--kernel", "6"], "--kernel must be odd"),
+    (["--kernel", "-1"], "--kernel must be at least 1"), (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--cache-gb", "nan"], "--cache-gb must be a size in GB"), (["--bootstrap", "0"], "--bootstrap must be at least 1"),
+])
+def test_fit_settings_out_of_range_are_usage_errors_before_any_work(run_cli, ss_data, tmp_path, args, message):
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", *args,
+                "-o", tmp_path / "h")
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("protrans: error: ") and message in lines[0], \
+        r.stderr
+    assert not (tmp_path / "h").exists()

@@ -297,7 +297,7 @@ def test_cli_usage_errors_come_before_any_training(tmp_path, run_cli):
          "--num-steps cannot go with --phase: each phase sets its own length and steps"),
         (["--phase", "32:2", "--max-length", 48],
          "--max-length cannot go with --phase"),
-        (["--num-steps", 2, "--max-length", 32, "--stop-after", 0], "stop_after must be at least 1, got 0"),
+        (["--num-steps", 2, "--max-length", 32, "--stop-after", 0], "--stop-after (stop_after) must be at least 1, got 0"),
     ]
     for i, (args, message) in enumerate(cases):
         out = tmp_path / f"r{i}"
@@ -559,9 +559,18 @@ def test_resume_from_another_directory_finds_the_same_corpus(tmp_path, monkeypat
 
 
 def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):
-    # The error used to end in torch's bare header "(Error(s) in loading state_dict for ...:)".
+    # The error used to end in torch's bare header "(Error(s) in loading state_dict for ...:)"; then it
+    # named the weights the checkpoint holds (exit 1); the settings are compared first now (exit 2).
     train(_config(tmp_path, num_steps=2, save_every=2, log_every=1))
-    with pytest.raises(InputError, match=r"it holds a bert/tiny model; Missing key") as info:
+    with pytest.raises(UsageError, match=r"family: 'bert' there, 't5' here") as info:
+        train(_config(tmp_path, family="t5", num_steps=4, output_dir=str(tmp_path / "run_bert")), resume=True)
+    assert "\n" not in info.value.format()
+    # A checkpoint without its train_config.json (written by hand) is met by its weights.
+    checkpoint = next((tmp_path / "run_bert" / "checkpoints").iterdir())
+    (checkpoint / "train_config.json").unlink()
+    sums = (checkpoint / "SHA256SUMS").read_text().splitlines()
+    (checkpoint / "SHA256SUMS").write_text("".join(f"{l}\n" for l in sums if not l.endswith("train_config.json")))
+    with pytest.raises(InputError, match=r"checkpoint does not match the model being trained: Missing key") as info:
         train(_config(tmp_path, family="t5", num_steps=4, output_dir=str(tmp_path / "run_bert")), resume=True)
     assert "\n" not in info.value.format()
 
@@ -711,7 +720,23 @@ def test_resume_from_an_earlier_checkpoint_with_later_ones_is_refused(tmp_path):
     ('{"corpus": "c.txt", "phases": [{"max_length": "64", "num_steps": 1}]}', "phase max_length must be a whole number"),
     ('{"corpus": "c.txt", "phases": [{"max_length": 64, "num_steps": 1.5}]}', "phase num_steps must be a whole number"),
     ('{"corpus": "c.txt", "num_steps": 5, "phases": ["64:2"]}', "num_steps cannot go with phases"),
-    ('{"corpus": "c.txt", "warmup_steps": -5}', "warmup_steps must be 0 or more"),
+    ('{"corpus": "c.txt", "warmup_steps": -5}', r"warmup_steps\) must be 0 or more"),
+    ('{"corpus": "c.txt", "lr": NaN}', r"--lr \(lr\) must be positive, got nan"),
+    ('{"corpus": "c.txt", "lr": Infinity}', r"--lr \(lr\) must be positive, got inf"),
+    ('{"corpus": "c.txt", "weight_decay": NaN}', r"weight_decay\) must be 0 or more, got nan"),
+    ('{"corpus": "c.txt", "grad_clip": NaN}', r"grad_clip\) must be 0 or more \(0: no clipping\), got nan"),
+    ('{"corpus": "c.txt", "min_lr_ratio": -5.0}', r"min_lr_ratio must be in \[0, 1\]"),
+    ('{"corpus": "c.txt", "adam_beta1": 1.5}', r"adam_beta1 must be in \[0, 1\)"),
+    ('{"corpus": "c.txt", "adam_eps": -1.0}', "adam_eps must be positive"),
+    ('{"corpus": "c.txt", "seed": -1}', r"--seed \(seed\) must be at least 0"),
+    ('{"corpus": "c.txt", "mean_span_length": 0.0}', "mean_span_length must be at least 1"),
+    ('{"corpus": "c.txt", "noise_density": 1.5}', "noise_density must be between 0 and 1"),
+    ('{"corpus": "c.txt", "segment_length": 0}', "segment_length must be at least 1"),
+    ('{"corpus": "c.txt", "electra_disc_weight": -50}', "electra_disc_weight must be positive"),
+    ('{"corpus": "c.txt", "phases": [{"max_length": 64, "num_steps": 2, "global_batch_size": 0}]}',
+     "batch sizes must be at least 1"),
+    ('{"corpus": "c.txt", "model_overrides": {"num_hidden_layers": -1}}',
+     r"--set num_hidden_layers=-1 \(model_overrides\): must be at least 1"),
 ])
 def test_config_file_values_of_the_wrong_kind_are_usage_errors(tmp_path, text, message):
     from protrans_cli.errors import UsageError
@@ -823,3 +848,63 @@ def test_a_signal_while_the_final_model_is_written_stops_after_it_with_the_model
     assert (tmp_path / "run_bert" / "model.safetensors").is_file()
     monkeypatch.setattr(loop.ckpt, "export_model", real)
     assert train(cfg, resume=True).completed  # nothing left to do but export again
+
+
+def test_resume_compares_defaults_as_what_they_mean_and_keeps_the_warmup(tmp_path):
+    """--objective mlm and --precision fp32 (on a CPU) were refused against a run started without
+    them ("None there"), and a run resumed for more steps ramped up again to a tenth of the new length."""
+    first = train(_config(tmp_path, num_steps=20, stop_after=10, log_every=1, lr=1e-3, warmup_steps=None))
+    saved = json.loads((first.run_dir / "train_config.json").read_text())
+    assert saved["warmup_steps"] == 2 and saved["objective"] is None  # a tenth of 20, resolved and kept
+    longer = _config(tmp_path, num_steps=200, log_every=1, lr=1e-3, warmup_steps=None, objective="mlm",
+                     precision="fp32", stop_after=14)
+    train(longer, resume=True)
+    lrs = [m["lr"] for m in read_metrics(first.run_dir / "metrics.jsonl")]
+    assert lrs[10:14] == sorted(lrs[10:14], reverse=True), lrs  # decaying, not warming up again
+    assert json.loads((first.run_dir / "train_config.json").read_text())["warmup_steps"] == 2
+
+
+def test_resume_with_another_preset_is_named_as_a_setting(tmp_path):
+    from protrans_cli.errors import UsageError
+
+    train(_config(tmp_path, num_steps=2, save_every=2))
+    with pytest.raises(UsageError, match=r"preset: 'tiny' there, 'small' here"):
+        train(_config(tmp_path, num_steps=4, preset="small"), resume=True)
+
+
+def test_refused_runs_leave_no_folders_behind(tmp_path, run_cli):
+    out = tmp_path / "a" / "b" / "c"
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--family", "bret")
+    assert res.exit_code == 2
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--max-length", 4096, "--num-steps", 1,
+                  "--global-batch-size", 4, "--micro-batch-size", 4)
+    assert res.exit_code == 2 and "beyond the model's 2048 positions" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
+    for bad in ("num_attention_heads=3", "vocab_size=5", "foo=1"):
+        res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--set", bad, "--num-steps", 1)
+        assert res.exit_code == 2 and f"--set / model_overrides ({bad})" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_switches_set_in_a_config_file_can_be_turned_off_and_find_lr_refuses_resume(tmp_path, run_cli):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'corpus = ["{LEARNABLE}"]\nnum_steps = 1\nmax_length = 32\nglobal_batch_size = 4\n'
+                   'micro_batch_size = 4\nactivation_checkpointing = true\nsop = true\nfamily = "albert"\n')
+    out = tmp_path / "r"
+    res = run_cli("train", "--config", cfg, "--no-activation-checkpointing", "--no-sop", "-j", 1, "-o", out)
+    assert res.exit_code == 0, res.stderr
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["activation_checkpointing"] is False and saved["sop"] is False
+    res = run_cli("train", "--config", cfg, "--find-lr", "--resume", "-o", out)
+    assert res.exit_code == 2 and "--resume cannot go with it" in res.stderr
+
+
+def test_phase_flags_over_a_config_with_one_length_save_a_config_that_reads_back(tmp_path, run_cli):
+    cfg = tmp_path / "single.toml"
+    cfg.write_text(f'corpus = ["{LEARNABLE}"]\nnum_steps = 5000\nmax_length = 256\nglobal_batch_size = 4\n'
+                   'micro_batch_size = 4\n')
+    out = tmp_path / "r"
+    res = run_cli("train", "--config", cfg, "--phase", "32:1", "-j", 1, "-o", out)
+    assert res.exit_code == 0, res.stderr
+    saved = TrainConfig.from_file(out / "train_config.json")  # refused before: num_steps with phases
+    assert saved.total_steps == 1 and saved.resolved_phases()[0].max_length == 32

@@ -79,7 +79,7 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
                        max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
                        ensemble=ensemble, seed=seed, valid_fraction=valid_fraction, hidden=hidden, kernel=kernel,
                        dropout=dropout, dual=dual, layer=layer,
-                       on_mismatch="skip" if skip_mismatched else "error", cache_bytes=int(cache_gb * (1 << 30)),
+                       on_mismatch="skip" if skip_mismatched else "error", cache_bytes=_cache_bytes(cache_gb),
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
                        mask_columns=tuple(mask_columns), force=force, standardise=standardise, device=device,
                        resume=resume)
@@ -91,3 +91,13 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
         kept = partial_path(output)
         raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
                       "to continue" if (kept / "state.pt").is_file() else None) from None
+
+
+def _cache_bytes(cache_gb: float) -> int:
+    import math
+
+    from protrans_cli.errors import UsageError
+
+    if not (math.isfinite(cache_gb) and cache_gb >= 0):
+        raise UsageError(f"--cache-gb must be a size in GB, 0 or more, got {cache_gb}")
+    return int(cache_gb * (1 << 30))

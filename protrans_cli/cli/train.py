@@ -48,16 +48,16 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Decay after warmup.  [default: linear]")
 @click.option("--grad-clip", type=float, default=None, help="Max gradient norm; 0 disables.  [default: 1.0]")
 @click.option("--mask-prob", type=float, default=None, help="Fraction of residues masked.  [default: 0.15]")
-@click.option("--sop", is_flag=True, default=None,
+@click.option("--sop/--no-sop", default=None,
               help="ALBERT: add sentence-order prediction (a protein split in two, halves swapped half the time).")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="auto: bf16 autocast on GPU, fp32 on CPU.  [default: auto]")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
-@click.option("--compile", "compile", is_flag=True, default=None,
+@click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile the model (dynamic shapes); pays off on GPUs for long runs.")
-@click.option("--activation-checkpointing", "activation_checkpointing", is_flag=True, default=None,
+@click.option("--activation-checkpointing/--no-activation-checkpointing", "activation_checkpointing", default=None,
               help="Keep only each transformer block's input and recompute the block in the backward pass: "
                    "far less activation memory (long phases, large models) for about a third more compute; "
                    "the same losses.")
@@ -68,7 +68,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--num-workers", type=int, default=None, help="Data loader worker processes per rank.  [default: 0]")
 @click.option("--pad-multiple", type=int, default=None,
               help="Round each micro-batch's length up to a multiple of N (larger N: fewer distinct shapes, more padding).  [default: 8]")
-@click.option("--packing", "packing", is_flag=True, default=None,
+@click.option("--packing/--no-packing", "packing", default=None,
               help="Masked-LM families: pack each micro-batch into one row without padding; on a CUDA "
                    "GPU its attention is one fused variable-length kernel.")
 @click.option("--sdpa-kernels", type=click.Choice(SDPA_KERNELS), default=None,
@@ -115,6 +115,11 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
     if resume and resume_from:
         raise UsageError("give --resume or --resume-from, not both")
     if find_lr:
+        ignored = [name for name, given in (("--resume", resume), ("--resume-from", resume_from),
+                                            ("--stop-after", flags.get("stop_after"))) if given]
+        if ignored:
+            raise UsageError(f"--find-lr runs a learning-rate range test from fresh weights: {', '.join(ignored)} "
+                             "cannot go with it")
         from protrans_cli.training.lr_finder import find_lr as run_find_lr
 
         result = run_find_lr(config)

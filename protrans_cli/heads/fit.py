@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,6 +38,13 @@ from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report,
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
 from protrans_cli.io.files import default_permissions, is_inside, make_temporary, replace_directory, same_file
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
+
+
+# How messages name a FitConfig field: by its flag.
+_FIT_FLAGS = {"max_epochs": "--max-epochs", "patience": "--patience", "ensemble": "--ensemble",
+              "max_residues": "--max-residues", "batch_size": "--batch-size", "n_bootstrap": "--bootstrap",
+              "hidden": "--hidden", "kernel": "--kernel", "valid_fraction": "--valid-fraction", "lr": "--lr",
+              "weight_decay": "--weight-decay", "dropout": "--dropout"}
 
 
 @dataclass
@@ -70,11 +78,23 @@ class FitConfig:
     standardise: bool = True  # per-protein heads: z-score the inputs with the training mean/std
 
     def check(self) -> None:
-        for name in ("max_epochs", "patience", "ensemble", "max_residues", "batch_size", "n_bootstrap"):
+        for name in ("max_epochs", "patience", "ensemble", "max_residues", "batch_size", "n_bootstrap", "hidden",
+                     "kernel"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.valid_fraction < 1:
-            raise UsageError(f"valid_fraction must be between 0 and 1, got {self.valid_fraction}")
+                raise UsageError(f"{_FIT_FLAGS[name]} must be at least 1, got {getattr(self, name)}")
+        if self.kernel % 2 != 1:
+            raise UsageError(f"--kernel must be odd (every residue keeps its position), got {self.kernel}")
+        for name, text, ok in (("valid_fraction", "between 0 and 1", lambda v: 0 < v < 1),
+                               ("lr", "positive", lambda v: v > 0),
+                               ("weight_decay", "0 or more", lambda v: v >= 0),
+                               ("dropout", "in [0, 1)", lambda v: 0 <= v < 1)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and ok(value)):
+                raise UsageError(f"{_FIT_FLAGS[name]} must be {text}, got {value}")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be 0 or more, got {self.seed}")
+        if self.cache_bytes < 0:
+            raise UsageError(f"--cache-gb must be 0 or more, got {self.cache_bytes / (1 << 30):g}")
         if self.on_mismatch not in ("error", "skip"):
             raise UsageError(f"on_mismatch must be 'error' or 'skip', got {self.on_mismatch!r}")
 

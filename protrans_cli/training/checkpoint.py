@@ -117,7 +117,10 @@ def run_lock(run_dir, active: bool = True):
         yield
         return
     run_dir = Path(run_dir)
-    created = not run_dir.exists()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError("is a file, not a run directory (choose another -o)", path=str(run_dir))
+    # The folders made here, deepest first: removed again when they are left empty.
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir, os.O_RDONLY)
     try:
@@ -131,9 +134,11 @@ def run_lock(run_dir, active: bool = True):
         yield
     finally:
         os.close(fd)  # the lock goes with it
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only when empty
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
 
 
 def _temporary(final: Path) -> Path:
@@ -300,19 +305,37 @@ def _same_file(saved_path: str, path: str) -> bool:
             and os.path.basename(os.path.normpath(saved_path)) == os.path.basename(os.path.normpath(path)))
 
 
-def resumed_config(config: "TrainConfig", where: Path) -> "TrainConfig":
+def resumed_config(config: "TrainConfig", where: Path, *, family=None, device: str = "cpu") -> "TrainConfig":
     """`config`, checked against the checkpoint's train_config.json: a resumed run with another
     corpus, batch, seed or optimizer setting went on silently (the saved data position applied to
     another corpus; --lr overridden by the restored scheduler). A setting left at None
-    (warmup_steps) takes the checkpoint's value; one that an older checkpoint lacks is not compared."""
+    (warmup_steps) takes the checkpoint's value; one that an older checkpoint lacks is not compared.
+    Defaults are compared as what they mean: no objective is the family's (`family`), precision
+    auto is what it is on this `device` type."""
+    from protrans_cli.training.config import DEFAULT_MAX_WARMUP
+
     path = where / CONFIG_FILE
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return config  # an older checkpoint without it, or unreadable: nothing to compare
-    if config.warmup_steps is None and saved.get("warmup_steps") is not None:
-        config = dataclasses.replace(config, warmup_steps=saved["warmup_steps"])
+    if config.warmup_steps is None:
+        warmup = saved.get("warmup_steps")
+        if warmup is None and ("num_steps" in saved or saved.get("phases")):
+            # saved by a version that kept the default unresolved: a tenth of that run
+            total = sum(p.get("num_steps", 0) for p in saved["phases"]) if saved.get("phases") else saved["num_steps"]
+            warmup = min(DEFAULT_MAX_WARMUP, max(1, int(total) // 10))
+        if warmup is not None:
+            config = dataclasses.replace(config, warmup_steps=warmup)
+            saved["warmup_steps"] = warmup
     now = config.to_dict()
+    default_objective = getattr(family, "objective", None)
+    auto_precision = "bf16" if device == "cuda" else "fp32"
+    for side in (saved, now):
+        if side.get("objective") is None and default_objective is not None:
+            side["objective"] = default_objective
+        if side.get("precision") == "auto":
+            side["precision"] = auto_precision
     for key in ("corpus", "val_corpus", "init_from"):  # paths: compared as files, not as text
         old, new = saved.get(key), now[key]
         if key == "init_from":

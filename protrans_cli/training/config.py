@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protrans_cli.attention import SDPA_KERNELS
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import UsageError
 
 DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
 OBJECTIVES = ("mlm", "electra", "t5", "t5_span", "plm", "clm")
@@ -120,8 +121,8 @@ class TrainConfig:
         """The phases with batch sizes filled in (one phase when none were given)."""
         phases = self.phases or [Phase(self.max_length, self.num_steps)]
         return [Phase(p.max_length, p.num_steps,
-                      p.global_batch_size or self.global_batch_size,
-                      p.micro_batch_size or self.micro_batch_size) for p in phases]
+                      self.global_batch_size if p.global_batch_size is None else p.global_batch_size,
+                      self.micro_batch_size if p.micro_batch_size is None else p.micro_batch_size) for p in phases]
 
     @property
     def total_steps(self) -> int:
@@ -150,24 +151,29 @@ class TrainConfig:
         if self.init_from and self.preset:
             raise UsageError(f"preset {self.preset!r} cannot go with init_from: the architecture comes from "
                              f"{self.init_from} (change its sizes with --set KEY=VALUE)")
-        if not 0 < self.mask_prob < 1:
-            raise UsageError(f"mask_prob must be between 0 and 1, got {self.mask_prob}")
+        for name, (text, ok) in _FLOAT_RULES.items():
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+                raise UsageError(f"{setting_name(name)} must be {text}, got {value}")
+        for name, least in (("seed", 0), ("segment_length", 1), ("fsdp_min_params", 0)):
+            if getattr(self, name) < least:
+                raise UsageError(f"{setting_name(name)} must be at least {least}, got {getattr(self, name)}")
         if self.sop and (self.objective or "mlm") != "mlm":
             raise UsageError("sop (sentence-order prediction) goes with the mlm objective only")
-        for name in ("log_every", "save_every", "keep_last", "bucket_batches", "pad_multiple"):
+        for name in ("log_every", "save_every", "keep_last", "bucket_batches", "pad_multiple", "num_eval_batches"):
             if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UsageError(f"lr must be positive, got {self.lr}")
+                raise UsageError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("stop_after", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise UsageError(f"{name} must be at least 1, got {value}")
-        for name in ("num_workers", "warmup_steps", "eval_every", "weight_decay", "grad_clip"):
+                raise UsageError(f"{setting_name(name)} must be at least 1, got {value}")
+        for name in ("num_workers", "warmup_steps", "eval_every"):
             if (getattr(self, name) or 0) < 0:
-                raise UsageError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if self.num_eval_batches < 1:
-            raise UsageError(f"num_eval_batches must be at least 1, got {self.num_eval_batches}")
+                raise UsageError(f"{setting_name(name)} must be 0 or more, got {getattr(self, name)}")
+        for key, value in self.model_overrides.items():
+            if (isinstance(value, int) and not isinstance(value, bool) and value < 1
+                    and (key.startswith("num_") or key.endswith("_size") or key in ("d_model", "d_ff", "d_kv"))):
+                raise UsageError(f"--set {key}={value} (model_overrides): must be at least 1")
         for i, phase in enumerate(self.resolved_phases(), 1):
             where = f"phase {i} ({phase.max_length}:{phase.num_steps})" if self.phases else "training"
             if phase.max_length < 8:
@@ -220,23 +226,31 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path) -> "TrainConfig":
         """Read a `.json` or `.toml` file (TOML: top-level keys, `[[phases]]` tables)."""
-        path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise InputError("no such config file", path=str(path)) from None
-        try:
-            if path.suffix.lower() == ".toml":
-                import tomllib
+        import sys
+        import tomllib
 
+        path = Path(path)
+        name = "<stdin>" if str(path) == "-" else str(path)
+        suffix = path.suffix.lower()
+        if name != "<stdin>" and suffix not in (".json", ".toml"):
+            raise UsageError(f"a config file is JSON (.json) or TOML (.toml), not {suffix or 'a file without a suffix'}",
+                             path=name)
+        try:
+            raw = sys.stdin.buffer.read() if name == "<stdin>" else path.read_bytes()
+        except FileNotFoundError:
+            raise UsageError("no such config file", path=name) from None
+        except OSError as exc:
+            raise UsageError(f"cannot read the config file: {exc.strerror or exc}", path=name) from None
+        try:
+            if suffix == ".toml" or (name == "<stdin>" and not raw.lstrip().startswith(b"{")):
                 data = tomllib.loads(raw.decode())
             else:
                 data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot parse config ({exc})", path=str(path)) from None
+            raise UsageError(f"cannot parse config ({' '.join(str(exc).split())})", path=name) from None
         if not isinstance(data, dict):
-            raise InputError("config must be a table/object of settings", path=str(path))
-        return cls.from_dict(data, source=str(path))
+            raise UsageError("config must be a table/object of settings", path=name)
+        return cls.from_dict(data, source=name)
 
     def override(self, **flags) -> "TrainConfig":
         """A copy with every flag that was given (not None, not empty) replacing the file's value."""
@@ -252,7 +266,38 @@ class TrainConfig:
                 changes[key] = expand_corpus_paths(changes[key])
         if "phases" in changes:
             changes["phases"] = [p if isinstance(p, Phase) else Phase.parse(p) for p in changes["phases"]]
+            # The phases replace a config file's single length and step count (so that the saved
+            # train_config.json, which holds both, reads back).
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for key in ("num_steps", "max_length"):
+                changes.setdefault(key, defaults[key])
         return dataclasses.replace(self, **changes)
+
+
+# Float settings: what they must be, as words and as a test (NaN and infinity never pass).
+_FLOAT_RULES = {
+    "lr": ("positive", lambda v: v > 0),
+    "weight_decay": ("0 or more", lambda v: v >= 0),
+    "grad_clip": ("0 or more (0: no clipping)", lambda v: v >= 0),
+    "adam_beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "adam_beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "adam_eps": ("positive", lambda v: v > 0),
+    "min_lr_ratio": ("in [0, 1] (the decay ends at lr x min_lr_ratio)", lambda v: 0 <= v <= 1),
+    "mask_prob": ("between 0 and 1", lambda v: 0 < v < 1),
+    "noise_density": ("between 0 and 1", lambda v: 0 < v < 1),
+    "mean_span_length": ("at least 1", lambda v: v >= 1),
+    "plm_prob": ("above 0 and at most 1", lambda v: 0 < v <= 1),
+    "electra_disc_weight": ("positive", lambda v: v > 0),
+}
+# Settings with a flag of their own (the rest are config-file keys only).
+_FLAGS = {"lr", "weight_decay", "grad_clip", "mask_prob", "seed", "log_every", "save_every", "keep_last",
+          "pad_multiple", "stop_after", "threads", "num_workers", "warmup_steps", "eval_every", "max_length",
+          "num_steps", "global_batch_size", "micro_batch_size"}
+
+
+def setting_name(name: str) -> str:
+    """How a message names a setting: its flag and config key, or the key alone."""
+    return f"--{name.replace('_', '-')} ({name})" if name in _FLAGS else name
 
 
 _SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}

@@ -137,6 +137,12 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     info = dist.setup()
     try:
         with ckpt.run_lock(config.output_dir, active=info.is_main):
+            if not resume and ckpt.list_checkpoints(config.output_dir):
+                # A fresh run here would mix its checkpoints with the old ones, and a later
+                # --resume would pick whichever step number is highest (checked before any model).
+                latest = ckpt.list_checkpoints(config.output_dir)[-1].name
+                raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to continue "
+                                 "it, or choose another -o")
             if resume is True and not ckpt.list_checkpoints(config.output_dir):
                 # A job script that always passes --resume (a requeued job) must start the
                 # first time, and again after a kill before the first save.
@@ -176,8 +182,12 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
             family = get_family(config.family)
         objective_name = _check_objective(config, family)
         tokenizer = family.build_tokenizer()
-        model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
-        model = family.pretraining_model(model_config)
+        model = _pretraining_model(config, family, tokenizer)
+    longest = max(p.max_length for p in config.resolved_phases())
+    limit = _position_limit(model)
+    if limit is not None and longest > limit:
+        raise UsageError(f"--max-length {longest} (tokens, special tokens included) is beyond the model's "
+                         f"{limit} positions: lower it, or raise max_position_embeddings with --set")
     if info.world_size > 1:
         # From here on each rank draws its own dropout masks.
         torch.manual_seed(config.seed + info.rank)
@@ -194,6 +204,8 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     run_dir = Path(config.output_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if config.eval_every and not config.val_corpus:
+            console.warn(f"--eval-every {config.eval_every} without --val-corpus: no evaluation")
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and info.device.type == "cuda")
     autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if use_bf16 \
         else contextlib.nullcontext
@@ -205,6 +217,36 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                 + (f", activation checkpointing of {recomputed} blocks" if recomputed else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
                 run_dir, autocast)
+
+
+def _pretraining_model(config: TrainConfig, family, tokenizer):
+    """The preset's model with --set / model_overrides applied; a value the model cannot take
+    (a head count that does not divide the width, a dropout above 1, a vocabulary smaller than
+    the tokenizer's) is a usage error naming the setting, not a traceback at the first step."""
+    if not config.model_overrides:
+        return family.pretraining_model(family.build_config(config.preset, tokenizer))
+    shown = ", ".join(f"{k}={v}" for k, v in config.model_overrides.items())
+    try:
+        model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
+        if getattr(model_config, "vocab_size", len(tokenizer)) < len(tokenizer):
+            raise ValueError(f"vocab_size {model_config.vocab_size} is below the tokenizer's {len(tokenizer)} tokens")
+        return family.pretraining_model(model_config)
+    except ModelError as exc:
+        raise UsageError(f"--set / model_overrides ({shown}): {exc.message}") from None
+    except (ValueError, TypeError, RuntimeError, IndexError, AssertionError) as exc:
+        raise UsageError(f"--set / model_overrides ({shown}): {first_line(exc)}") from None
+
+
+def _position_limit(model) -> int | None:
+    """Tokens a model with a learned position table takes (BERT, ALBERT, ELECTRA, RoBERTa: the
+    table's rows after RoBERTa's padding offset); None for relative or rotary positions."""
+    limits = []
+    for module in model.modules():
+        table = getattr(module, "position_embeddings", None)
+        if isinstance(table, torch.nn.Embedding):
+            offset = table.padding_idx + 1 if table.padding_idx is not None else 0
+            limits.append(table.num_embeddings - offset)
+    return min(limits) if limits else None
 
 
 def _check_objective(config: TrainConfig, family) -> str:
@@ -306,12 +348,6 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
 
     # --- resume: weights before wrapping, optimizer state after --------------------------
     state = None
-    if not resume and ckpt.list_checkpoints(run.run_dir):
-        # A fresh run here would mix its checkpoints with the old ones, and a later --resume
-        # would pick whichever step number is highest.
-        latest = ckpt.list_checkpoints(run.run_dir)[-1].name
-        raise UsageError(f"{run.run_dir} already holds a run ({latest}): add --resume to continue it, "
-                         "or choose another -o")
     if info.is_main:
         for path in ckpt.remove_stale_temporaries(run.run_dir):
             console.warn(f"removed {path}: a save that was killed before it completed")
@@ -321,6 +357,9 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         problem = dist.broadcast_object(ckpt.check_sums(where) if info.is_main else None)
         if problem:
             raise InputError(problem)
+        # The settings first: another preset or family is named as such (exit 2), not met as
+        # weights that do not fit.
+        config = run.config = ckpt.resumed_config(config, where, family=run.family, device=info.device.type)
         ckpt.load_weights(where, run.model)
         state = ckpt.load_training_state(where)
         # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
@@ -332,7 +371,6 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
                              f"({', '.join(later)}): they belong to the run continued from there; move or "
                              "delete them to resume from this one")
-        config = run.config = ckpt.resumed_config(config, where)
         dist.print0(f"train: resuming from {where} (step {state['step']})")
 
     run.model.to(info.device)
@@ -348,6 +386,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         console.warn(f"--warmup-steps {config.warmup_steps} is not below the run's {total_steps} steps: the "
                      f"learning rate only ramps up, to {total_steps / max(1, config.warmup_steps):.0%} of "
                      f"--lr {config.lr:g}, and never decays")
+    if config.warmup_steps is None:
+        # Saved as resolved: a run resumed for more steps keeps its warmup (a tenth of the
+        # first run), rather than ramping up again to a tenth of the longer one.
+        config = run.config = dataclasses.replace(config, warmup_steps=config.resolved_warmup_steps)
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, data_phase, data_state = 0, 0, StreamState()
     if state is not None:
