@@ -886,10 +886,15 @@ def test_refused_runs_leave_no_folders_behind(tmp_path, run_cli):
     assert list(tmp_path.iterdir()) == []
 
 
+def _small_toml(path, settings: str):
+    """A TOML config: the learnable corpus, batches of 4, and `settings`."""
+    path.write_text(f'corpus = ["{LEARNABLE}"]\nglobal_batch_size = 4\nmicro_batch_size = 4\n{settings}')
+    return path
+
+
 def test_switches_set_in_a_config_file_can_be_turned_off_and_find_lr_refuses_resume(tmp_path, run_cli):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f'corpus = ["{LEARNABLE}"]\nnum_steps = 1\nmax_length = 32\nglobal_batch_size = 4\n'
-                   'micro_batch_size = 4\nactivation_checkpointing = true\nsop = true\nfamily = "albert"\n')
+    cfg = _small_toml(tmp_path / "c.toml", 'num_steps = 1\nmax_length = 32\nactivation_checkpointing = true\n'
+                                           'sop = true\nfamily = "albert"\n')
     out = tmp_path / "r"
     res = run_cli("train", "--config", cfg, "--no-activation-checkpointing", "--no-sop", "-j", 1, "-o", out)
     assert res.exit_code == 0, res.stderr
@@ -900,9 +905,7 @@ def test_switches_set_in_a_config_file_can_be_turned_off_and_find_lr_refuses_res
 
 
 def test_phase_flags_over_a_config_with_one_length_save_a_config_that_reads_back(tmp_path, run_cli):
-    cfg = tmp_path / "single.toml"
-    cfg.write_text(f'corpus = ["{LEARNABLE}"]\nnum_steps = 5000\nmax_length = 256\nglobal_batch_size = 4\n'
-                   'micro_batch_size = 4\n')
+    cfg = _small_toml(tmp_path / "single.toml", "num_steps = 5000\nmax_length = 256\n")
     out = tmp_path / "r"
     res = run_cli("train", "--config", cfg, "--phase", "32:1", "-j", 1, "-o", out)
     assert res.exit_code == 0, res.stderr
