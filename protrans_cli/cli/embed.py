@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
 from protrans_cli.attention import SDPA_KERNELS
+from protrans_cli.cli import INPUT_FILE
 from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
-
 from protrans_cli.attention import SDPA_KERNELS
+from protrans_cli.cli import INPUT_FILE
 from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
 
 
