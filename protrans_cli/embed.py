@@ -47,6 +47,7 @@ from protrans_cli.residues import SequenceRejected, normalise
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_CHUNK_OVERLAP = 64
 DEFAULT_WINDOW = 100_000  # proteins held at a time: ~60 MB of UniRef50 records, long enough sorted runs
 
 
@@ -68,7 +69,7 @@ class EmbedOptions:
     max_batch_size: int = 100
     max_length: int | None = None        # residues; longer proteins follow long_policy
     long_policy: str = "error"
-    chunk_overlap: int = 64              # residues shared by neighbouring windows (chunk policy)
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP  # residues shared by neighbouring windows (chunk policy)
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
     packing: bool = False                # each batch one row without padding (packable families)
     sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
@@ -94,7 +95,9 @@ class EmbedOptions:
             raise UsageError("--max-length must be at least 1")
         if self.long_policy == "chunk" and self.max_length is not None \
                 and not 0 <= self.chunk_overlap < self.max_length:
-            raise UsageError("--chunk-overlap must be at least 0 and smaller than --max-length")
+            raise UsageError(f"--chunk-overlap {self.chunk_overlap} must be at least 0 and smaller than --max-length "
+                             f"{self.max_length}" + (f" ({DEFAULT_CHUNK_OVERLAP} is its default: give a smaller one)"
+                                                     if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
         if self.window < 1:
             raise UsageError("--window must be at least 1")
         if not self.layers:
@@ -492,8 +495,12 @@ def _call(embedder, sequences, want: _Want) -> list[tuple[np.ndarray | None, np.
     if _uses_arrays(embedder):
         return embedder.embed_arrays(sequences, rows=want.rows, means=want.means, dtype=want.dtype)
     if not want.rows and _takes_pooled(embedder):
-        return [(None, mean) for mean in embedder.embed_batch(sequences, pooled=True)]
-    return [(rows, None) for rows in embedder.embed_batch(sequences)]
+        pairs = [(None, mean) for mean in embedder.embed_batch(sequences, pooled=True)]
+    else:
+        pairs = [(rows, None) for rows in embedder.embed_batch(sequences)]
+    # embed_arrays checks where the model runs; another embedder's arrays are checked here.
+    return [pair if all(a is None or np.isfinite(a).all() for a in pair)
+            else NonFinite("NaN or infinity in the embedder's output", False) for pair in pairs]
 
 
 def _uses_arrays(embedder) -> bool:
@@ -867,7 +874,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
 
     max_tokens = options.max_tokens or default_max_tokens(embedder.device)
     written: dict[bytes, str] = {}  # repeated sequences only: digest -> the id it is written under
-    pending: dict[int, list] = {}   # chunked units waiting for their other windows
+    pending: dict[str, list] = {}   # chunked units waiting for their other windows, by first id
     splits = []
 
     def write_batch(batch, results):
@@ -1107,35 +1114,51 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
 
 def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, summary: EmbedSummary) -> None:
     unit = piece.unit
+    # Its first protein's id: unique in the input (duplicate ids are refused). id(unit) was
+    # reused once a unit was freed, and a later protein's windows were then dropped unrecorded.
+    key = unit.proteins[0].id
     if isinstance(result, str):
         for prot in unit.proteins:
             writer.record_failure(prot.id, result)
         if unit.windows is not None:
-            pending[id(unit)] = None  # the other windows of this protein are dropped
+            pending[key] = None  # the other windows of this protein are dropped
         return
     rows, mean = result  # rows (n_layers, L, D) or None; mean (n_layers, D) or None
     how = {result.how} if isinstance(result, Recomputed) else set()
     if unit.windows is not None:
-        got = pending.setdefault(id(unit), [None] * len(unit.windows))
+        got = pending.setdefault(key, [None] * len(unit.windows))
         if got is None:
             return
         got[piece.index] = result
         if any(g is None for g in got):
             return
-        del pending[id(unit)]
+        del pending[key]
         rows, mean = stitch_windows(unit.windows, [g[0] for g in got], len(unit.sequence)), None
         how = {g.how for g in got if isinstance(g, Recomputed)}
-        # The windows came as float32 (checked there); their storage dtype is checked here.
-        if not fits(rows, writer.storage_dtype):
-            result = beyond_range(rows, writer.storage_dtype.name).reason
-            for prot in unit.proteins:
-                writer.record_failure(prot.id, result)
-            return
     if mean is None and PER_PROTEIN in writer.kinds:
         mean = mean_rows(rows)  # (n_layers, D), squeezed below with the rows
+    problem = _storage_problem(rows, mean, writer.storage_dtype)
+    if problem:
+        for prot in unit.proteins:
+            writer.record_failure(prot.id, problem)
+        return
     per_residue = None if rows is None else (rows[0] if rows.shape[0] == 1 else rows)  # (L, D) or (n_layers, L, D)
     per_protein = None if mean is None else (mean[0] if mean.shape[0] == 1 else mean)  # (D,) or (n_layers, D)
     _write_unit(unit, writer, summary, per_residue, per_protein, "; ".join(sorted(how)) or None)
+
+
+def _storage_problem(rows, mean, storage: np.dtype) -> str | None:
+    """Why arrays that are not yet in the storage dtype cannot be stored (NaN or infinity, or
+    values beyond float16's range), or None. Rows already in it were checked where the model ran;
+    stitched windows, whole proteins of a batch that held windows (float32) and means are not."""
+    for values in (rows, mean):
+        if values is None or values.dtype == storage:
+            continue
+        if not np.isfinite(values).all():
+            return "NaN or infinity in the embedder's output"
+        if not fits(values, storage):
+            return beyond_range(values, storage.name).reason
+    return None
 
 
 def _write_unit(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary, per_residue, per_protein,

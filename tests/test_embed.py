@@ -1237,3 +1237,65 @@ def test_an_invalid_byte_is_reported_as_it_is_in_the_file(run_cli, tmp_path):
     fasta.write_bytes(b">a\nMK\xefAA\n")
     result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "x.h5")
     assert result.exit_code == 1 and "invalid character '\\xef' at residue 3" in result.stderr, result.stderr
+
+
+class _Scaled(OneHotEmbedder):
+    """Onehot rows times `scale` for sequences holding a W, NaN with `nan`; OOM with `oom`."""
+
+    def __init__(self, scale=1.0, nan=False, oom=False):
+        super().__init__()
+        self.scale, self.nan, self.oom = scale, nan, oom
+
+    def embed_batch(self, seqs, pooled=False):
+        import torch
+
+        if self.oom and any("W" in s for s in seqs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        out = super().embed_batch(seqs)
+        for s, rows in zip(seqs, out):
+            if "W" in s:
+                rows *= float("nan") if self.nan else self.scale
+        return out
+
+
+def _every_protein_accounted_for(path, ids):
+    with EmbeddingsReader(path) as r:
+        written, failed = set(r.ids()), set(r.failed())
+        assert all(np.isfinite(np.asarray(r.get(i))).all() for i in written)
+    assert not written & failed and written | failed == set(ids), (set(ids) - written - failed)
+    return written, failed
+
+
+@pytest.mark.parametrize("kind", ["nan", "oom"])
+@pytest.mark.parametrize("window", [1, 2, 100])
+def test_a_failed_window_never_loses_a_later_protein(tmp_path, kind, window):
+    """Pending windows were keyed by id(unit): once a unit whose window failed was freed, a later
+    chunked protein could get its id and be dropped, neither written nor in `failed`."""
+    rng = np.random.default_rng(0)
+    fasta, ids = tmp_path / "w.fa", []
+    with open(fasta, "w") as fh:
+        for i in range(40):
+            seq = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVY"), 30))
+            if i % 3 == 0:
+                seq = seq[:15] + "W" + seq[16:]
+            ids.append(f"q{i}")
+            fh.write(f">q{i}\n{seq}\n")
+    out = tmp_path / "w.h5"
+    embed(fasta, out, EmbedOptions(model="onehot", long_policy="chunk", max_length=12, chunk_overlap=2,
+                                   window=window, max_tokens=14), embedder=_Scaled(**{kind: True}))
+    written, failed = _every_protein_accounted_for(out, ids)
+    assert failed == {f"q{i}" for i in range(0, 40, 3)}
+
+
+def test_whole_proteins_batched_with_windows_are_checked_against_float16(tmp_path):
+    """A batch holding chunk windows comes as float32; its whole proteins were written without the
+    float16 range check, as infinity."""
+    fasta = tmp_path / "m.fa"
+    fasta.write_text(">short\nMKWAA\n>long\n" + "ACDEF" * 8 + "W\n>plain\nMKTAA\n")
+    out = tmp_path / "m.h5"
+    embed(fasta, out, EmbedOptions(model="onehot", long_policy="chunk", max_length=20, chunk_overlap=4,
+                                   storage_dtype="float16", max_tokens=1000), embedder=_Scaled(scale=1e6))
+    written, failed = _every_protein_accounted_for(out, ["short", "long", "plain"])
+    assert written == {"plain"} and failed == {"short", "long"}
+    with EmbeddingsReader(out) as r:
+        assert r.failed()["short"].startswith("values beyond float16's range")
