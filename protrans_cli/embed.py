@@ -75,6 +75,7 @@ class EmbedOptions:
     sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
     compile: bool = False                # torch.compile the model (dynamic shapes)
     resume: bool = False
+    force: bool = False                  # replace an existing finished OUTPUT (else it is refused)
     window: int = DEFAULT_WINDOW         # proteins read, length-sorted and embedded at a time
     threads: int | None = None
     command_line: str | None = None
@@ -744,6 +745,12 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         if model_dir:
             raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
                              "model's files (choose another -o)")
+    if options.resume and options.force:
+        raise UsageError("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both")
+    if output.exists() and not options.resume and not options.force:
+        # Hours of embedding, replaced by a command run again without --resume.
+        raise UsageError(f"{output} exists: --resume keeps its proteins and embeds what it lacks, --force "
+                         "replaces it")
     name = display_name(fasta)
     if str(fasta) == "-" and _torchrun_rank()[1] > 1:
         raise UsageError("under torchrun the FASTA must be a file: stdin reaches one process, not every rank")

@@ -605,8 +605,17 @@ def test_cli_usage_errors(run_cli, tmp_path):
     assert r.exit_code == 2 and "stdout" in r.stderr
     r = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "no" / "x.h5")
     assert r.exit_code == 2 and "output directory does not exist" in r.stderr  # as docs/embed.md says
-    r = run_cli("embed", SMALL, "-m", "onehot", "--layer", "-3", "-o", out)
+    r = run_cli("embed", SMALL, "-m", "onehot", "--layer", "-3", "-o", tmp_path / "y.h5")
     assert r.exit_code == 2 and "single layer" in r.stderr
+    # x.h5 was written above: running again replaces it only when asked to
+    before = out.read_bytes()
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", out)
+    assert r.exit_code == 2 and r.stderr.strip() == (f"protrans: error: {out} exists: --resume keeps its proteins and "
+                                                     "embeds what it lacks, --force replaces it")
+    assert out.read_bytes() == before
+    assert run_cli("embed", SMALL, "-m", "onehot", "--force", "-o", out).exit_code == 0
+    r = run_cli("embed", SMALL, "-m", "onehot", "--force", "--resume", "-o", out)
+    assert r.exit_code == 2 and "not both" in r.stderr
 
 
 @pytest.mark.parametrize("layers,message", [
@@ -811,7 +820,7 @@ def _peak_bytes(fasta, out, window):
 
     tracemalloc.start()
     try:
-        embed(fasta, out, EmbedOptions(model="onehot", per_residue=False, window=window, threads=1))
+        embed(fasta, out, EmbedOptions(model="onehot", per_residue=False, window=window, threads=1, force=True))
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
