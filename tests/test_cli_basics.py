@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from protrans_cli import __version__
 from protrans_cli.errors import InputError, UsageError
 
@@ -66,3 +68,34 @@ def test_shared_option_names_are_consistent():
                     assert long in param.opts, f"protrans {name}: {short} is {param.opts}, expected {long}"
                     seen.add(short)
     assert {"-o", "-m", "-j"} <= seen
+
+
+def test_a_sigterm_whose_exception_python_swallowed_still_exits_143(monkeypatch, capsys):
+    """Raised while a weakref callback ran, the handler's exception was dropped ("Exception ignored
+    in ..."): `fit` then ended normally with exit 0."""
+    import signal
+    import weakref
+
+    import protrans_cli.cli as cli_module
+
+    def swallowed(*args, **kwargs):
+        class Thing:
+            pass
+
+        def callback(_):
+            signal.raise_signal(signal.SIGTERM)  # the handler raises inside the callback: dropped
+
+        thing = Thing()
+        ref = weakref.ref(thing, callback)  # noqa: F841 - its callback runs when thing goes
+        del thing
+        return 0
+
+    monkeypatch.setattr(cli_module.cli, "main", swallowed)
+    with pytest.raises(SystemExit) as caught:
+        cli_module.main(["prep", "x.fa"])
+    assert caught.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "protrans: error: terminated"
+    monkeypatch.setattr(cli_module.cli, "main", lambda *a, **k: 0)
+    with pytest.raises(SystemExit) as caught:  # the next call in this process is not terminated
+        cli_module.main(["prep", "x.fa"])
+    assert caught.value.code == 0

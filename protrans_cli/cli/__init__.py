@@ -133,12 +133,18 @@ def stopped(exc: KeyboardInterrupt, detail: str | None = None) -> _Stopped:
     return _Stopped(isinstance(exc, _Terminated), detail)
 
 
+_TERMINATED: list[int] = []  # SIGTERMs the main process received
+
+
 def _on_sigterm(main_pid):
     def handler(signum, frame):
         if os.getpid() != main_pid:  # a forked worker: die as before, the main process cleans up
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        # Noted as well as raised: Python drops an exception raised while a weakref callback or
+        # a destructor runs ("Exception ignored in ..."), and the command then ended with exit 0.
+        _TERMINATED.append(signum)
         raise _Terminated()
 
     return handler
@@ -150,6 +156,7 @@ def main(argv=None):
 
     # Without a handler SIGTERM killed the process on the spot: temporary outputs, the dedup
     # scratch directory and prep's worker processes were left behind.
+    _TERMINATED.clear()  # an earlier call in this process (tests, notebooks) is not this one
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
         installed = True
@@ -193,6 +200,9 @@ def _main(console, argv):
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         console.error(f"{name}{exc.strerror or str(exc) or type(exc).__name__}")  # never an empty line
         sys.exit(1)
+    if _TERMINATED and not rc:  # the SIGTERM's exception was swallowed on its way out
+        console.error("terminated")
+        sys.exit(128 + signal.SIGTERM)
     # click returns the exit code of --help/--version (and of ctx.exit) in this mode.
     sys.exit(rc if isinstance(rc, int) else 0)
 
