@@ -70,6 +70,7 @@ def test_shared_option_names_are_consistent():
     assert {"-o", "-m", "-j"} <= seen
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
 def test_a_sigterm_whose_exception_python_swallowed_still_exits_143(monkeypatch, capsys):
     """Raised while a weakref callback ran, the handler's exception was dropped ("Exception ignored
     in ..."): `fit` then ended normally with exit 0."""
