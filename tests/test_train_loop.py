@@ -911,3 +911,12 @@ def test_phase_flags_over_a_config_with_one_length_save_a_config_that_reads_back
     assert res.exit_code == 0, res.stderr
     saved = TrainConfig.from_file(out / "train_config.json")  # refused before: num_steps with phases
     assert saved.total_steps == 1 and saved.resolved_phases()[0].max_length == 32
+
+
+def test_a_setting_of_another_objective_is_said_to_be_unused(tmp_path, run_cli):
+    cfg = _small_toml(tmp_path / "c.toml", 'num_steps = 1\nmax_length = 32\nnoise_density = 0.3\nplm_prob = 0.15\n')
+    res = run_cli("train", "--config", cfg, "-j", 1, "-o", tmp_path / "r")
+    assert res.exit_code == 0, res.stderr
+    assert "noise_density = 0.3 is a setting of the t5_span objective(s): the mlm objective does not use it" \
+        in res.stderr
+    assert "plm_prob" not in res.stderr  # left at its default: nothing to say

@@ -191,6 +191,12 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     if info.world_size > 1:
         # From here on each rank draws its own dropout masks.
         torch.manual_seed(config.seed + info.rank)
+    if info.is_main:
+        for name, users in _OBJECTIVE_SETTINGS.items():
+            value, default = getattr(config, name), TrainConfig.__dataclass_fields__[name].default
+            if value != default and objective_name not in users:
+                console.warn(f"{name} = {value} is a setting of the {' and '.join(sorted(users))} objective(s): "
+                             f"the {objective_name} objective does not use it")
     layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
     layout.use_pair = config.sop
     objective = make_objective(objective_name, layout, config)
@@ -217,6 +223,12 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                 + (f", activation checkpointing of {recomputed} blocks" if recomputed else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
                 run_dir, autocast)
+
+
+# Settings that only some objectives read (a value set for another one is said to be unused).
+_OBJECTIVE_SETTINGS = {"mask_prob": {"mlm", "electra", "t5"}, "noise_density": {"t5_span"},
+                       "mean_span_length": {"t5_span"}, "plm_prob": {"plm"}, "electra_disc_weight": {"electra"},
+                       "segment_length": {"clm"}}
 
 
 def _pretraining_model(config: TrainConfig, family, tokenizer):
