@@ -395,6 +395,13 @@ def test_resume_after_a_kill_between_the_heads_rename_and_the_states_removal(run
     later = (head / "metrics.json").stat().st_mtime_ns + 10**9
     os.utime(partial / "state.pt", ns=(later, later))
     assert run_cli(*args, "--resume").exit_code == 2 and (partial / "state.pt").read_bytes() == b"newer"
+    # A kill between the state's removal and the folder's left it empty: every --resume was "exists".
+    (partial / "state.pt").unlink()
+    again = run_cli(*args, "--resume")
+    assert again.exit_code == 0 and f"{head} is complete: nothing to resume" in again.stderr
+    assert not partial.exists()
+    config = json.loads((head / "config.json").read_text())["config"]
+    assert "resume" not in config and "force" not in config  # how it was run, not what it is
 
 
 def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_path, monkeypatch):

@@ -36,7 +36,8 @@ from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
-from protrans_cli.io.files import default_permissions, is_inside, make_temporary, replace_directory, same_file
+from protrans_cli.io.files import (default_permissions, is_inside, make_temporary, replace_directory, same_file,
+                                   signals_held)
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 
 
@@ -264,7 +265,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
                                 {k: v.tolist() for k, v in weights.items()}},
             "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(train.items),
                          "validation": valid_desc, "notes": train_labels.notes},
-            "config": _jsonable(asdict(config)),
+            "config": _jsonable({k: v for k, v in asdict(config).items() if k not in ("resume", "force")}),
             "fingerprint": _jsonable(fingerprint),  # what `fit --resume` of the finished head compares
         }
         save_head(tmp, ensemble, head_config)
@@ -274,7 +275,8 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    state.remove()
+    with signals_held():  # a Ctrl-C half-way through left an empty HEAD.partial/ behind
+        state.remove()
     console.info(f"wrote {out_dir}")
     return FitResult(out_dir, summary, history)
 
@@ -312,6 +314,10 @@ def _left_behind(partial: Path, out_dir: Path) -> bool:
     after the head is renamed into place; a kill in between leaves it), rather than belonging to
     a fit still running or interrupted since."""
     try:
+        if not (partial / FitState.FILE).exists():
+            # Emptied by a kill between the state's removal and the folder's (or holding only a
+            # state that was being written): nothing of a fit is in it.
+            return all(p.name == FitState.FILE + ".tmp" for p in partial.iterdir())
         return (partial / FitState.FILE).stat().st_mtime_ns <= (out_dir / "metrics.json").stat().st_mtime_ns
     except OSError:
         return False
