@@ -548,8 +548,8 @@ class EmbeddingsWriter:
                 raise ValueError(f"{kind} array missing for {ident!r}")
             data = np.asarray(data).astype(self.storage_dtype, copy=False)
             group = self._groups[kind]
-            if self.resumed and group.id.links.exists(key.encode("utf-8")):
-                group.id.unlink(key.encode("utf-8"))  # left by a run killed half-way through this protein
+            if self.resumed and group.id.links.exists(link := key.encode("utf-8")):
+                group.id.unlink(link)  # left by a run killed half-way through this protein
             if self.compression is not None and data.size:
                 kwargs = {"compression": self.compression, "chunks": True}
                 if self.compression == "gzip":
