@@ -118,7 +118,7 @@ def test_gzip_output_by_extension(run_cli, tmp_path):
     assert result.stdout_bytes == b""
 
 
-def test_edge_case_fixtures(run_cli):
+def test_edge_case_fixtures(run_cli, tmp_path):
     ok = run_cli("prep", DATA / "bom_and_leading_blank_lines.fa")
     assert ok.exit_code == 0 and ok.stdout_bytes == b"M K T\n\nA C\n\n"
     nofinal = run_cli("prep", DATA / "no_final_newline.fa")
@@ -129,6 +129,11 @@ def test_edge_case_fixtures(run_cli):
     empty = run_cli("prep", DATA / "empty.fa")
     assert empty.exit_code == 0 and empty.stdout_bytes == b""
     assert "no FASTA records" in empty.stderr
+    # records, but every one left out: said in a line of its own, not only in the table's counts
+    (tmp_path / "none_kept.fa").write_text(">a\n\n>b\n*\n")
+    none_kept = run_cli("prep", tmp_path / "none_kept.fa")
+    assert none_kept.exit_code == 0 and none_kept.stdout_bytes == b""
+    assert "no protein written: all 2 records were left out" in none_kept.stderr
 
 
 def test_not_fasta_is_input_error(run_cli):

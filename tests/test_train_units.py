@@ -72,6 +72,10 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     (tmp_path / "broken.toml").write_text("lr = = 1")
     with pytest.raises(UsageError, match="broken.toml: cannot parse config"):
         TrainConfig.from_file(tmp_path / "broken.toml")
+    # json keeps the last of a repeated key silently; a config file names it instead (as TOML does)
+    (tmp_path / "twice.json").write_text('{"lr": 0.1, "model_overrides": {"a": 1, "a": 2}}')
+    with pytest.raises(UsageError, match="twice.json: cannot parse config .setting 'a' given twice"):
+        TrainConfig.from_file(tmp_path / "twice.json")
     with pytest.raises(UsageError, match="optimizer"):
         TrainConfig(corpus=["x"], optimizer="sgd").validate()
     with pytest.raises(UsageError, match="stdin"):
@@ -552,3 +556,30 @@ def test_pad_multiple_is_checked_and_set_from_the_command_line(run_cli, tmp_path
                   "--micro-batch-size", 4, "--pad-multiple", 64, "-o", out)
     assert res.exit_code == 0, res.stderr
     assert json.loads((out / "train_config.json").read_text())["pad_multiple"] == 64
+
+
+def _long_flags(command) -> set[str]:
+    return {o[2:].replace("-", "_") for p in command.params for o in p.opts + p.secondary_opts
+            if o.startswith("--") and not o.startswith("--no-")}
+
+
+def test_messages_name_the_flag_a_setting_really_has():
+    """setting_name's flag list follows the click options: a new config-only field or a new flag
+    would otherwise make messages name a flag that does not exist (or leave out one that does)."""
+    import dataclasses
+
+    from protrans_cli.cli.train import command
+    from protrans_cli.training.config import CONFIG_ONLY, setting_name
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    flagged = fields & _long_flags(command)
+    assert flagged == fields - CONFIG_ONLY, "update CONFIG_ONLY in training/config.py"
+    assert setting_name("warmup_steps") == "--warmup-steps (warmup_steps)"
+    assert setting_name("min_lr_ratio") == "min_lr_ratio"
+
+
+def test_fit_messages_name_existing_flags():
+    from protrans_cli.cli.fit import command
+    from protrans_cli.heads.fit import _FIT_FLAGS
+
+    assert {f[2:].replace("-", "_") for f in _FIT_FLAGS.values()} <= _long_flags(command)

@@ -83,6 +83,8 @@ def _print_summary(stats) -> None:
 
     if stats.records_in == 0:
         console.warn("no FASTA records in the input")
+    elif stats.proteins_out == 0:
+        console.warn(f"no protein written: all {stats.records_in:,} records were left out (reasons below)")
     rows = [
         ["records in", f"{stats.records_in:,}"],
         ["proteins out", f"{stats.proteins_out:,}"],

@@ -245,7 +245,7 @@ class TrainConfig:
             if suffix == ".toml" or (name == "<stdin>" and not raw.lstrip().startswith(b"{")):
                 data = tomllib.loads(raw.decode())
             else:
-                data = json.loads(raw)
+                data = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
         except (ValueError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot parse config ({' '.join(str(exc).split())})", path=name) from None
         if not isinstance(data, dict):
@@ -289,15 +289,27 @@ _FLOAT_RULES = {
     "plm_prob": ("above 0 and at most 1", lambda v: 0 < v <= 1),
     "electra_disc_weight": ("positive", lambda v: v > 0),
 }
-# Settings with a flag of their own (the rest are config-file keys only).
-_FLAGS = {"lr", "weight_decay", "grad_clip", "mask_prob", "seed", "log_every", "save_every", "keep_last",
-          "pad_multiple", "stop_after", "threads", "num_workers", "warmup_steps", "eval_every", "max_length",
-          "num_steps", "global_batch_size", "micro_batch_size"}
+# Settings that only a config file sets; every other field has a flag of its own name
+# (`phases` and `model_overrides` have `--phase` and `--set`). tests/test_train_units.py checks
+# this against the click options.
+CONFIG_ONLY = frozenset({"adam_beta1", "adam_beta2", "adam_eps", "bucket_batches", "electra_disc_weight",
+                         "fsdp_min_params", "mean_span_length", "min_lr_ratio", "noise_density",
+                         "num_eval_batches", "plm_prob", "segment_length", "phases", "model_overrides"})
+
+
+def _no_duplicate_keys(pairs):
+    """A JSON object with a key twice is an error (TOML's parser refuses it too); json keeps the last."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"setting {key!r} given twice")
+        out[key] = value
+    return out
 
 
 def setting_name(name: str) -> str:
     """How a message names a setting: its flag and config key, or the key alone."""
-    return f"--{name.replace('_', '-')} ({name})" if name in _FLAGS else name
+    return name if name in CONFIG_ONLY else f"--{name.replace('_', '-')} ({name})"
 
 
 _SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
