@@ -884,3 +884,29 @@ def test_fit_settings_out_of_range_are_usage_errors_before_any_work(run_cli, ss_
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("protrans: error: ") and message in lines[0], \
         r.stderr
     assert not (tmp_path / "h").exists()
+
+
+def test_resume_from_another_folder_names_the_same_inputs(ss_data, tmp_path, monkeypatch):
+    """The fingerprint held the paths as typed: the same inputs named from another folder
+    (relative paths, a link) refused `--resume` as "other settings or inputs"."""
+    from protrans_cli.heads.fit import FitState
+
+    work, other = tmp_path / "work", tmp_path / "other"
+    work.mkdir()
+    other.mkdir()
+    (other / "emb.h5").symlink_to(ss_data / "train.h5")
+    cfg = dict(task="ss3", max_epochs=2, max_residues=300, lr=0.02, threads=1, n_bootstrap=10)
+    save_epoch = FitState.save_epoch
+
+    def save_then_stop(self, current):
+        save_epoch(self, current)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    monkeypatch.chdir(work)
+    with pytest.raises(KeyboardInterrupt):
+        fit(FitConfig(**cfg), ss_data / "train.h5", os.path.relpath(ss_data / "train.csv"), "h")
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    monkeypatch.chdir(other)
+    result = fit(FitConfig(**cfg, resume=True), "emb.h5", ss_data / "train.csv", work / "h")
+    assert (work / "h" / "config.json").exists() and result is not None

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -324,14 +325,31 @@ def _left_behind(partial: Path, out_dir: Path) -> bool:
 
 
 def _changed(saved: dict, now: dict) -> list[str]:
-    """The fingerprint keys whose values differ (or that one side lacks)."""
-    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    """The fingerprint keys whose values differ (or that one side lacks). Input paths compare as
+    the files they name: `--resume` from another folder, or through a link, names the same
+    inputs in other words (fingerprints saved before held the paths as typed: they are read
+    from the current folder)."""
+    def value(fp: dict, key: str):
+        return _real_paths(fp.get(key)) if key in _PATH_KEYS else fp.get(key)
+
+    return sorted(k for k in set(saved) | set(now) if value(saved, k) != value(now, k))
+
+
+_PATH_KEYS = ("embeddings", "labels", "valid", "tests", "mask_path")
+
+
+def _real_paths(value):
+    """A path (or nested lists of them) as the file it names; '-' (stdin) and None as they are."""
+    if isinstance(value, list):
+        return [_real_paths(v) for v in value]
+    return value if value in (None, "-") else os.path.realpath(value)
 
 
 def _fingerprint(config: FitConfig, embeddings, labels, valid, tests) -> dict:
     settings = {k: v for k, v in _jsonable(asdict(config)).items() if k not in _NOT_IN_FINGERPRINT}
     inputs = {"embeddings": str(embeddings), "labels": str(labels),
               "valid": [str(p) for p in valid] if valid else None, "tests": [[str(p) for p in t] for t in tests]}
+    inputs = {key: _real_paths(paths) for key, paths in inputs.items()}
     # The files themselves, not only their names: labels rewritten at the same path between the
     # interruption and --resume would train one head on two label sets.
     contents = {"embeddings_file": _identity(embeddings), "labels_file": _identity(labels),
@@ -413,8 +431,6 @@ class FitState:
         self._write()
 
     def _write(self) -> None:
-        import os
-
         import torch
 
         self.directory.mkdir(parents=True, exist_ok=True)
