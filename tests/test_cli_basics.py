@@ -100,3 +100,28 @@ def test_a_sigterm_whose_exception_python_swallowed_still_exits_143(monkeypatch,
     with pytest.raises(SystemExit) as caught:  # the next call in this process is not terminated
         cli_module.main(["prep", "x.fa"])
     assert caught.value.code == 0
+
+
+def test_a_stop_that_a_library_turned_into_another_error_is_still_a_stop(monkeypatch, capsys):
+    """Ctrl-C inside an import can surface as an ImportError raised while handling it: that was a
+    traceback, and exit 1, for what was a Ctrl-C. Other errors keep their traceback (bugs)."""
+    import protrans_cli.cli as cli_module
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ImportError("cannot import name 'x' from partially initialized module") from None
+
+    monkeypatch.setattr(cli_module.cli, "main", interrupted_import)
+    with pytest.raises(SystemExit) as caught:
+        cli_module.main(["prep", "x.fa"])
+    assert caught.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "protrans: error: interrupted"
+
+    def bug(*args, **kwargs):
+        raise ImportError("a real one")
+
+    monkeypatch.setattr(cli_module.cli, "main", bug)
+    with pytest.raises(ImportError, match="a real one"):
+        cli_module.main(["prep", "x.fa"])

@@ -200,11 +200,32 @@ def _main(console, argv):
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         console.error(f"{name}{exc.strerror or str(exc) or type(exc).__name__}")  # never an empty line
         sys.exit(1)
+    except Exception as exc:
+        # Ctrl-C or SIGTERM inside an import that a library turned into another error (an
+        # ImportError "during handling of KeyboardInterrupt"): a stop, not a bug to show.
+        # (A noted SIGTERM counts too: the failure is its consequence.)
+        signal_exc = _signal_in_chain(exc)
+        if (signal_exc is None and not _TERMINATED) or console.state.debug:
+            raise
+        terminated = isinstance(signal_exc, _Terminated) or signal_exc is None
+        console.error("terminated" if terminated else "interrupted")
+        sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
     if _TERMINATED and not rc:  # the SIGTERM's exception was swallowed on its way out
         console.error("terminated")
         sys.exit(128 + signal.SIGTERM)
     # click returns the exit code of --help/--version (and of ctx.exit) in this mode.
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _signal_in_chain(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C/SIGTERM among the exceptions `exc` was raised from or while handling."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _quiet_broken_pipe():
