@@ -910,3 +910,16 @@ def test_resume_from_another_folder_names_the_same_inputs(ss_data, tmp_path, mon
     monkeypatch.chdir(other)
     result = fit(FitConfig(**cfg, resume=True), "emb.h5", ss_data / "train.csv", work / "h")
     assert (work / "h" / "config.json").exists() and result is not None
+def test_predict_reads_and_matches_its_labels_before_writing_any_prediction(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    """A bad --labels (a missing mask column, labels of other proteins) failed only after the
+    whole prediction run, with exit 1 and the previous -o replaced by the new predictions."""
+    out = tmp_path / "p.fa"
+    out.write_text("earlier\n")
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv",
+                "--mask-column", "cb513_mask", "-o", out)
+    assert r.exit_code == 1 and "has no mask column cb513_mask" in r.stderr and "wrote predictions" not in r.stderr
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "train.csv", "-o", out)
+    assert r.exit_code == 1 and "do not match the embeddings" in r.stderr
+    assert out.read_text() == "earlier\n"
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv", "-o", out)
+    assert r.exit_code == 0 and out.read_text().count(">") == 20 and "test ss3: Q3" in r.stderr

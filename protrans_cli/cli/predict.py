@@ -104,8 +104,13 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
 def _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
          mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device, order):
     from protrans_cli import console
-    from protrans_cli.heads.predict import evaluate_head, predict
+    from protrans_cli.heads.predict import evaluate_head, predict, scored_labels
 
+    scored = None
+    if labels is not None:  # read and matched first: a bad label file fails before any prediction is written
+        scored = scored_labels(head, embeddings, labels, label_format=label_format, mask_path=mask_path,
+                               mask_columns=mask_columns, on_mismatch="skip" if skip_mismatched else "error",
+                               allow_model_mismatch=allow_model_mismatch)
     if output is not None:
         summary = predict(head, embeddings, output, probabilities=probabilities, output=head_output,
                           max_residues=max_residues, allow_model_mismatch=allow_model_mismatch, threads=threads,
@@ -117,4 +122,4 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
                       mask_path=mask_path, mask_columns=mask_columns,
                       on_mismatch="skip" if skip_mismatched else "error",
                       allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
-                      device=device)
+                      device=device, scored=scored)

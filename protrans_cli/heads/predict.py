@@ -25,7 +25,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import ModelError, UsageError
-from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, load_data,
+from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
                                      report_unlabelled)
 from protrans_cli.heads.labels import read_labels
 from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
@@ -233,24 +233,44 @@ class _ProbabilityWriter:
                 os.unlink(self.tmp)
 
 
+def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", mask_path=None,
+                  mask_columns=("disorder",), on_mismatch: str = "error", allow_model_mismatch: bool = False):
+    """The labels `evaluate_head` scores, read and matched to `embeddings`: (label set, matched
+    items, match report). Separate so that `predict --labels` finds a bad label file before it
+    writes any prediction."""
+    from protrans_cli.heads.model import load_head
+
+    _, task, config = load_head(head_dir)
+    with EmbeddingsReader(embeddings) as reader:
+        check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
+    label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
+    with EmbeddingsReader(embeddings) as reader:
+        items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch)
+    return label_set, items, report
+
+
 def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
                   mask_columns=("disorder",), on_mismatch: str = "error", allow_model_mismatch: bool = False,
                   n_boot: int = 1000, max_residues: int = 8192, threads: int | None = None,
-                  device: str = "auto") -> dict:
-    """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json/png if given."""
+                  device: str = "auto", scored=None) -> dict:
+    """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json/png if given.
+    `scored`: what `scored_labels` returned for the same arguments (else it is called here)."""
     import torch
 
     from protrans_cli.heads.fit import evaluate_data, head_device, write_metrics
     from protrans_cli.heads.model import load_head
     from protrans_cli.threads import resolve_threads
 
+    if scored is None:
+        scored = scored_labels(head_dir, embeddings, labels, label_format=label_format, mask_path=mask_path,
+                               mask_columns=mask_columns, on_mismatch=on_mismatch,
+                               allow_model_mismatch=allow_model_mismatch)
+    label_set, items, report = scored
     torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
     ensemble.to(head_device(device))
-    with EmbeddingsReader(embeddings) as reader:
-        check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
-    label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
-    data, report = load_data(embeddings, label_set, task, on_mismatch=on_mismatch, layer=config.get("layer", -1))
+    layer = config.get("layer", -1)
+    data = (ResidueData if task.kind == PER_RESIDUE else ProteinData)(embeddings, items, layer=layer)
     report_unlabelled(embeddings, labels, [report], "not scored")
     result = evaluate_data(ensemble, task, data, n_boot=n_boot, max_residues=max_residues)
     if metrics_dir is not None:
