@@ -923,3 +923,24 @@ def test_predict_reads_and_matches_its_labels_before_writing_any_prediction(run_
     assert out.read_text() == "earlier\n"
     r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv", "-o", out)
     assert r.exit_code == 0 and out.read_text().count(">") == 20 and "test ss3: Q3" in r.stderr
+
+
+def test_predict_scores_the_test_records_of_a_file_that_declares_splits(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    """As a `fit --test` file: FLIP's sampled.fasta scored on embeddings of its SET=test records
+    (what `labels --split test` writes) failed, its train and validation records having none."""
+    from protrans_cli.heads.labels import read_labels
+
+    flip = tmp_path / "sampled.fasta"
+    with flip.open("w") as fh:
+        for i, record in enumerate(read_labels(ss_data / "test.csv").records):
+            fh.write(f">{record.id} SET=test VALIDATION=False\n{record.labels['ss3']}\n")
+            fh.write(f">other{i} SET=train VALIDATION={i % 2 == 0}\n{record.labels['ss3']}\n")
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", flip,
+                "--metrics", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "scoring its 20 test records (its other 20 are train, valid)" in r.stderr
+    r2 = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv",
+                 "--metrics", tmp_path / "m2")
+    flip_ss3 = json.loads((tmp_path / "m" / "sampled.json").read_text())["outputs"]["ss3"]
+    csv_ss3 = json.loads((tmp_path / "m2" / "test.json").read_text())["outputs"]["ss3"]
+    assert (flip_ss3["n"], flip_ss3["accuracy"]) == (csv_ss3["n"], csv_ss3["accuracy"])
