@@ -944,3 +944,20 @@ def test_predict_scores_the_test_records_of_a_file_that_declares_splits(run_cli,
     flip_ss3 = json.loads((tmp_path / "m" / "sampled.json").read_text())["outputs"]["ss3"]
     csv_ss3 = json.loads((tmp_path / "m2" / "test.json").read_text())["outputs"]["ss3"]
     assert (flip_ss3["n"], flip_ss3["accuracy"]) == (csv_ss3["n"], csv_ss3["accuracy"])
+
+
+def test_proteins_embed_truncated_are_named_by_predict_and_by_label_matching(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    """`embed --long-policy truncate` keeps the first residues: predict wrote their states for the
+    prefix without a word, and --labels called them proteins whose sequence differs."""
+    h5 = tmp_path / "cut.h5"
+    assert run_cli("embed", ss_data / "test.fa", "-m", "onehot", "--per-residue", "--max-length", "30",
+                   "--long-policy", "truncate", "-o", h5).exit_code == 0
+    with EmbeddingsReader(h5) as reader:
+        group = reader._group("per_residue")
+        cut = sorted(str(group[k].attrs["id"]) for k in group if "truncated_from" in group[k].attrs)
+    assert cut
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", h5, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0 and f"{len(cut)} protein(s) were truncated by embed" in r.stderr
+    assert f"{cut[0]} (30 of " in r.stderr
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", h5, "--labels", ss_data / "test.csv")
+    assert r.exit_code == 1 and f"{len(cut)} that embed truncated" in r.stderr and "sequence differs" not in r.stderr

@@ -47,11 +47,12 @@ class MatchReport:
     missing: list[str] = field(default_factory=list)
     wrong_length: list[str] = field(default_factory=list)
     wrong_sequence: list[str] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)  # embedded truncated (--long-policy truncate)
     unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched
 
     @property
     def problems(self) -> int:
-        return len(self.missing) + len(self.wrong_length) + len(self.wrong_sequence)
+        return len(self.missing) + len(self.wrong_length) + len(self.wrong_sequence) + len(self.truncated)
 
     def describe(self) -> str:
         parts = []
@@ -63,6 +64,9 @@ class MatchReport:
         if self.wrong_sequence:
             parts.append(f"{len(self.wrong_sequence)} whose sequence differs from the embedded one "
                          f"({some_ids(self.wrong_sequence)})")
+        if self.truncated:
+            parts.append(f"{len(self.truncated)} that embed truncated (--long-policy truncate; residues kept "
+                         f"of all: {some_ids(self.truncated)})")
         return "; ".join(parts)
 
 
@@ -112,6 +116,9 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             continue
         ds = group[key]
         length = int(_attr(ds, "length")) if "length" in ds.attrs else int(ds.shape[-2]) if ds.ndim >= 2 else None
+        if "truncated_from" in ds.attrs:  # its checksum is the kept prefix's: not another sequence
+            report.truncated.append(f"{record.id} ({length} of {int(_attr(ds, 'truncated_from'))})")
+            continue
         if record.sequence is not None and not via_checksum and "checksum" in ds.attrs:
             if str(_attr(ds, "checksum")) not in _checksums(record.sequence):
                 report.wrong_sequence.append(record.id)

@@ -50,16 +50,19 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
         console.warn(f"{reader.path}: {message}")
 
 
-def _all_items(reader: EmbeddingsReader, kind: str) -> list[Matched]:
+def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list[str]]:
+    """Every protein of the file, and the ids of those `embed --long-policy truncate` cut short."""
     group = reader._group(_source_kind(reader, kind))
-    items = []
+    items, truncated = [], []
     for key in group.keys():
         ds = group[key]
         ident = ds.attrs.get("id", None)
         ident = ident.decode() if isinstance(ident, bytes) else (ident or _unescape(key))
         length = int(ds.attrs["length"]) if "length" in ds.attrs else (int(ds.shape[-2]) if ds.ndim >= 2 else 0)
         items.append(Matched(str(ident), key, length, {}))
-    return items
+        if "truncated_from" in ds.attrs:
+            truncated.append(f"{ident} ({length} of {int(ds.attrs['truncated_from'])})")
+    return items, truncated
 
 
 def _unescape(key: str) -> str:
@@ -124,8 +127,13 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         raise UsageError(f"the head has no output {output!r} (it has {', '.join(names)})")
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
-        items = _all_items(reader, task.kind)
+        items, truncated = _all_items(reader, task.kind)
         failed = reader.failed()
+    if truncated:  # a prediction of the first residues only, or from their mean: never silent
+        from protrans_cli.heads.labels import some_ids
+
+        console.warn(f"{embeddings}: {len(truncated)} protein(s) were truncated by embed (--long-policy "
+                     f"truncate); their predictions are of the residues kept only: {some_ids(truncated)}")
     if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
         from protrans_cli.heads.labels import some_ids
 
