@@ -961,3 +961,29 @@ def test_proteins_embed_truncated_are_named_by_predict_and_by_label_matching(run
     assert f"{cut[0]} (30 of " in r.stderr
     r = run_cli("predict", one_epoch_ss3, "--embeddings", h5, "--labels", ss_data / "test.csv")
     assert r.exit_code == 1 and f"{len(cut)} that embed truncated" in r.stderr and "sequence differs" not in r.stderr
+
+
+def test_a_head_fit_on_a_file_of_one_other_layer_predicts_from_that_layer_only(run_cli, ss_data, tmp_path):
+    """fit's default --layer -1 on a file of `embed --layer -2` reads layer -2, but the head
+    recorded -1: predict took a file of the last layer (same model, same width) without a word,
+    and `predict --fasta` embedded the last layer."""
+    import shutil
+
+    files = {}
+    for name, layers in (("train", [-2]), ("test", [-2]), ("last", [-1])):
+        files[name] = tmp_path / f"{name}.h5"
+        shutil.copy(ss_data / ("train.h5" if name == "train" else "test.h5"), files[name])
+        with h5py.File(files[name], "r+") as f:
+            f.attrs["layers"] = layers
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", files["train"], "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    config = json.loads((head / "config.json").read_text())
+    assert config["layer"] == -2
+    assert run_cli("predict", head, "--embeddings", files["test"], "-o", tmp_path / "p.fa").exit_code == 0
+    r = run_cli("predict", head, "--embeddings", files["last"], "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and "not layer -2 (the head was trained on layer -2: embed with --layer -2)" in r.stderr
+    config["layer"] = -1  # a head written before fit recorded the layer it read
+    (head / "config.json").write_text(json.dumps(config))
+    r = run_cli("predict", head, "--embeddings", files["last"], "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and "not layer -2" in r.stderr

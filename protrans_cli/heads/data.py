@@ -161,7 +161,8 @@ def _attr(ds, name):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def stored_layer_index(reader: EmbeddingsReader, layer: int) -> int:
+def stored_layer_index(reader: EmbeddingsReader, layer: int,
+                       remedy: str = "choose one of those with --layer") -> int:
     """Where model layer `layer` (as given to `embed --layer`) lies on the file's layer axis.
 
     `embed --layer -1 --layer -2` stores layers in that order, so layer -1 is index 0: indexing
@@ -179,8 +180,8 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int) -> int:
     if len(stored) == 1 and wanted == -1:  # the default, with one layer stored (no layer axis)
         return 0
     counted = f" of {int(states)} hidden states, 0 = {-int(states)}" if states is not None else ""
-    raise InputError(f"holds layer(s) {', '.join(map(str, stored))}{counted}, not layer {layer} "
-                     "(choose one of those with --layer)", path=reader.path)
+    raise InputError(f"holds layer(s) {', '.join(map(str, stored))}{counted}, not layer {layer} ({remedy})",
+                     path=reader.path)
 
 
 def _select_layer(array: np.ndarray, base_ndim: int, layer: int) -> np.ndarray:

@@ -32,7 +32,8 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, UsageError, located
-from protrans_cli.heads.data import DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled, subset
+from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled,
+                                     stored_layer_index, subset)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
@@ -167,6 +168,11 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     with EmbeddingsReader(embeddings) as reader:
         embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "family", "layers", "pooling",
                                                                   "storage_dtype", "embedding_dim") if k in reader.attrs}
+        # The model layer learned from, as embed numbers it (what predict and `predict --fasta` use):
+        # the default -1 on a file holding one other layer (`embed --layer -2`) reads that layer.
+        model_layer = config.layer
+        if "layers" in reader.attrs:
+            model_layer = int(np.atleast_1d(reader.attrs["layers"])[stored_layer_index(reader, config.layer)])
 
     eval_sets: list[tuple[str, object, str, str]] = []  # (name, data, embeddings, labels)
     same_file_reports = [report]  # the label sets read from the training embeddings
@@ -255,7 +261,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
         head_config = {
             "format": "protrans-head", "format_version": FORMAT_VERSION, "protrans_version": __version__,
             "task": task.to_json(), "kind": task.kind,
-            "input_dim": int(train.dim), "embedding": embedding_info, "layer": config.layer,
+            "input_dim": int(train.dim), "embedding": embedding_info, "layer": model_layer,
             "ensemble": config.ensemble, "seeds": [config.seed + i for i in range(config.ensemble)],
             "hyperparameters": {"hidden": config.hidden, "kernel": config.kernel, "dropout": config.dropout,
                                 "lr": config.lr, "weight_decay": config.weight_decay,

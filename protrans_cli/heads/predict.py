@@ -26,7 +26,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.errors import ModelError, UsageError
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
-                                     report_unlabelled)
+                                     report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import read_labels
 from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, ensure_room, escape_key
@@ -39,6 +39,8 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
     if dim != config["input_dim"]:
         raise ModelError(f"embeddings have dimension {dim}, the head was trained on {config['input_dim']}-d "
                          f"embeddings of {config['embedding'].get('model', 'an unknown model')}", path=reader.path)
+    layer = head_layer(config)  # predict has no --layer: the head's decides, before any work
+    stored_layer_index(reader, layer, f"the head was trained on layer {layer}: embed with --layer {layer}")
     head_model = config.get("embedding", {}).get("model")
     file_model = reader.attrs.get("model")
     from protrans_cli.embed import same_model  # a directory named two ways, a short name and its hub id
@@ -48,6 +50,17 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
         if not allow_model_mismatch:
             raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
         console.warn(f"{reader.path}: {message}")
+
+
+def head_layer(config: dict) -> int:
+    """The model layer a head was trained on, as embed numbers it. Heads written before fit
+    recorded it say -1 (fit's default) where the training file held one other layer, which
+    fit then read: that layer."""
+    layer = int(config.get("layer", -1))
+    stored = config.get("embedding", {}).get("layers")
+    if layer == -1 and stored is not None and len(np.atleast_1d(stored)) == 1:
+        return int(np.atleast_1d(stored)[0])
+    return layer
 
 
 def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list[str]]:
@@ -99,7 +112,7 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     ids = [record.id for record in read_fasta(fasta)]
     per_residue = kind == PER_RESIDUE
     options = EmbedOptions(model=name, per_residue=per_residue, per_protein=not per_residue,
-                           layers=(int(config.get("layer", -1)),), device=device, threads=threads)
+                           layers=(head_layer(config),), device=device, threads=threads)
     output = directory / "embeddings.h5"
     console.info(f"embedding {len(ids)} proteins with {name} for the {config.get('task', {}).get('name', kind)} head")
     embed(fasta, output, options)
@@ -142,7 +155,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     if order is not None:
         rank = {ident: i for i, ident in enumerate(order)}
         items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
-    layer = config.get("layer", -1)
+    layer = head_layer(config)
     per_residue = task.kind == PER_RESIDUE
     if probabilities is not None and not per_residue:
         raise UsageError("--probabilities is for per-residue heads; the CSV already holds probabilities")
@@ -286,7 +299,7 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
     ensemble.to(head_device(device))
-    layer = config.get("layer", -1)
+    layer = head_layer(config)
     data = (ResidueData if task.kind == PER_RESIDUE else ProteinData)(embeddings, items, layer=layer)
     report_unlabelled(embeddings, labels, [report], "not scored")
     result = evaluate_data(ensemble, task, data, n_boot=n_boot, max_residues=max_residues)
