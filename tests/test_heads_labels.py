@@ -268,3 +268,24 @@ def test_a_flip_csv_without_its_target_column_says_so(tmp_path):
     path.write_text("sequence,set,validation\nMKTA,train,False\n")
     with pytest.raises(InputError, match=r"flip.csv:1: FLIP CSV without a target column"):
         read_labels(path)
+
+
+def test_labels_refuses_an_empty_sequence_and_flip_labels_of_another_length(tmp_path, run_cli):
+    """Both went into the FASTA without a word: embed then refused the empty record, and fit
+    reported the other length only after embedding."""
+    deeploc = tmp_path / "dl.fasta"
+    deeploc.write_text(">A Nucleus-S\n>B Cytoplasm-M test\nMKV\n")
+    out = tmp_path / "out.fa"
+    r = run_cli("labels", deeploc, "-o", out)
+    assert r.exit_code == 1 and r.stderr.strip().endswith(f"{deeploc}:1, record 'A': empty sequence")
+    flip = tmp_path / "sampled.fasta"
+    flip.write_text(">A SET=train VALIDATION=False\nHHE\n>B SET=test VALIDATION=False\nCC\n")
+    seqs = tmp_path / "seqs.fa"
+    seqs.write_text(">A\nMKVL\n>B\nGG\n")
+    r = run_cli("labels", flip, "--sequences", seqs, "-o", out)
+    assert r.exit_code == 1
+    assert r.stderr.strip().endswith(f"{flip}:1, record 'A': 3 per-residue labels for a sequence of 4 residues")
+    assert not out.exists()
+    seqs.write_text(">A\nMKV\n>B\nGG\n")
+    assert run_cli("labels", flip, "--sequences", seqs, "-o", out).exit_code == 0
+    assert out.read_text() == ">A\nMKV\n>B\nGG\n"

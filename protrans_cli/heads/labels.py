@@ -403,6 +403,12 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
         if seq is None:
             missing.append(record.id)
             continue
+        if not seq:  # embed refuses it: said here, where the record is known
+            raise InputError("empty sequence", path=label_set.path, line=record.line, record=record.id)
+        residue_labels = record.labels.get("label") if label_set.format == "flip" else None
+        if residue_labels is not None and len(residue_labels) != len(seq):
+            raise InputError(f"{len(residue_labels)} per-residue labels for a sequence of {len(seq)} residues",
+                             path=label_set.path, line=record.line, record=record.id)
         write_fasta(stream, record.id, seq)
         count += 1
     if missing:
