@@ -289,3 +289,8 @@ def test_labels_refuses_an_empty_sequence_and_flip_labels_of_another_length(tmp_
     seqs.write_text(">A\nMKV\n>B\nGG\n")
     assert run_cli("labels", flip, "--sequences", seqs, "-o", out).exit_code == 0
     assert out.read_text() == ">A\nMKV\n>B\nGG\n"
+
+
+def test_labels_split_error_on_stdin_names_stdin_as_every_other_error(run_cli):
+    r = run_cli("labels", "-", "--split", "test", input=b"P1,x\n")
+    assert r.exit_code == 1 and r.stderr.startswith("protrans: error: <stdin>: --split test: no record")

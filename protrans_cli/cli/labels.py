@@ -50,7 +50,7 @@ def command(labels, output, fmt, sequences, split):
 
             where = ("it assigns no record to a split" if not any(r.split for r in label_set.records)
                      else f"its records are in: {', '.join(declared)}")
-            raise InputError(f"--split {split}: no record is in that split ({where})", path=labels)
+            raise InputError(f"--split {split}: no record is in that split ({where})", path=label_set.path)
         label_set = LabelSet(label_set.path, label_set.format, kept, label_set.notes)
     seqs = read_sequences(sequences) if sequences else None
     with atomic_output(output) as stream:
