@@ -232,6 +232,19 @@ def test_loc_fit_predict_csv(run_cli, loc_data, tmp_path):
     for row in rows:
         assert sum(float(row[f"loc:{c}"]) for c in LOCATIONS) == pytest.approx(1, abs=1e-3)
         assert row["loc"] in LOCATIONS and row["membrane"] in ("M", "S")
+    # --head-output picks the states of a per-residue head: on a per-protein head it did nothing
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "--head-output", "membrane", "-o", out)
+    assert r.exit_code == 2 and "--head-output is for per-residue heads" in r.stderr
+    # the .partial of an interrupted embed predicts what it holds, with a warning saying so
+    import shutil
+    partial = tmp_path / "test.h5.partial"
+    shutil.copy(loc_data / "test.h5", partial)
+    r = run_cli("predict", head, "--embeddings", partial, "-o", out)
+    assert r.exit_code == 0 and "unfinished output of an interrupted embed" in r.stderr
+    shutil.copy(loc_data / "train.h5", partial)
+    r = run_cli("fit", "loc", "--embeddings", partial, "--labels", loc_data / "train.fasta", "--test", partial,
+                loc_data / "train.fasta", "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "-o", tmp_path / "h2")
+    assert r.exit_code == 0 and r.stderr.count("unfinished output of an interrupted embed") == 1, r.stderr
 
 
 def test_predict_refuses_other_dimension_and_model(run_cli, loc_data, ss_data, tmp_path):

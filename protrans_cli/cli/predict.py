@@ -104,8 +104,10 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
 def _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
          mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device, order):
     from protrans_cli import console
+    from protrans_cli.heads.data import warn_unfinished
     from protrans_cli.heads.predict import evaluate_head, predict, scored_labels
 
+    warn_unfinished(embeddings)
     scored = None
     if labels is not None:  # read and matched first: a bad label file fails before any prediction is written
         scored = scored_labels(head, embeddings, labels, label_format=label_format, mask_path=mask_path,

@@ -144,6 +144,15 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     return matched, report
 
 
+def warn_unfinished(embeddings) -> None:
+    """An `OUT.partial` of an interrupted or running embed holds only the proteins done so far:
+    usable, but never silently taken for the whole set."""
+    path = str(embeddings)
+    if path.endswith(".partial"):
+        console.warn(f"{path} is the unfinished output of an interrupted embed (its proteins so far only); "
+                     f"finish it with the same embed command and --resume")
+
+
 def report_unlabelled(embeddings, labels, reports: list[MatchReport], what: str) -> None:
     """Say how many proteins of `embeddings` none of `reports` (the label sets read from it)
     matched: not an error (a file embedded once for several tasks), but never silent."""

@@ -33,7 +33,7 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, UsageError, located
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled,
-                                     stored_layer_index, subset)
+                                     stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
@@ -123,6 +123,8 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
                      patience=config.patience or (5 if per_residue else 10))
     fingerprint = _fingerprint(config, embeddings, labels, valid, tests)
+    for path in dict.fromkeys(str(p) for p in [embeddings, *(valid[:1] if valid else ()), *(t[0] for t in tests)]):
+        warn_unfinished(path)
     if out_dir.exists() and not config.force:
         partial = partial_path(out_dir)
         if config.resume and (not partial.exists() or _left_behind(partial, out_dir)):

@@ -138,6 +138,8 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     names = task.output_names
     if output is not None and output not in names:
         raise UsageError(f"the head has no output {output!r} (it has {', '.join(names)})")
+    if output is not None and task.kind != PER_RESIDUE:
+        raise UsageError("--head-output is for per-residue heads; the CSV of a per-protein head holds every output")
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         items, truncated = _all_items(reader, task.kind)
