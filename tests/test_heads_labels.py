@@ -294,3 +294,20 @@ def test_labels_refuses_an_empty_sequence_and_flip_labels_of_another_length(tmp_
 def test_labels_split_error_on_stdin_names_stdin_as_every_other_error(run_cli):
     r = run_cli("labels", "-", "--split", "test", input=b"P1,x\n")
     assert r.exit_code == 1 and r.stderr.startswith("protrans: error: <stdin>: --split test: no record")
+
+
+def test_misplaced_columns_and_labels_are_named_not_misread(tmp_path):
+    """Three files that were read as something else and failed later with a misleading message
+    ("no sequence for ids: label, Nucleus"), or not at all (columns shifted by a stray comma)."""
+    (tmp_path / "t.csv").write_text("label,id\nNucleus,P1\n")
+    with pytest.raises(InputError, match=r"t.csv:1: the header 'label,id' does not start with the id column"):
+        read_labels(tmp_path / "t.csv")
+    (tmp_path / "d.fa").write_text(">A Nucleus-X\nMKT\n")  # a DeepLoc location with a wrong membrane letter
+    assert sniff_format((tmp_path / "d.fa").read_text()) == "deeploc"
+    with pytest.raises(InputError, match=r"d.fa:1, record 'A': DeepLoc header needs"):
+        read_labels(tmp_path / "d.fa")
+    (tmp_path / "n.csv").write_text("input,dssp3,disorder\nM K,C C,1.0 1.0,x\n")
+    with pytest.raises(InputError, match=r"n.csv:2: has 4 fields, the header has 3"):
+        read_labels(tmp_path / "n.csv")
+    (tmp_path / "n2.csv").write_text("input,dssp3,disorder\nM K,C C,1.0 1.0,\n")  # a trailing comma: harmless
+    assert read_labels(tmp_path / "n2.csv").records[0].labels == {"ss3": "CC"}

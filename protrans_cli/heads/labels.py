@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli.errors import InputError, UsageError
+from protrans_cli.heads.tasks import LOCATIONS
 from protrans_cli.io.fasta import parse_fasta, read_fasta
 from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
@@ -115,7 +116,8 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
     first = next((line for line in text.splitlines() if line.strip()), "")
     if first.startswith(">"):
         tokens = first[1:].split()
-        if len(tokens) >= 2 and _DEEPLOC_LABEL.match(tokens[1]):
+        # (a known location with a wrong membrane letter is DeepLoc too: its reader says what is wrong)
+        if len(tokens) >= 2 and (_DEEPLOC_LABEL.match(tokens[1]) or tokens[1].rsplit("-", 1)[0] in LOCATIONS):
             return "deeploc"
         return "flip"
     columns = [c.strip().lower() for c in re.split(r"[,\t]", first)]
@@ -143,7 +145,9 @@ def _csv_rows(text: str, name: str):
         for lineno, row in enumerate(reader, 2):
             if not row or not any(f.strip() for f in row):
                 continue
-            if len(row) < len(header):
+            # (more fields than the header: a comma in an unquoted field shifted the columns; empty
+            # trailing fields, from a spreadsheet, are harmless)
+            if len(row) < len(header) or any(f.strip() for f in row[len(header):]):
                 raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
             yield lineno, row
 
@@ -340,10 +344,14 @@ def _read_table(text: str, name: str) -> LabelSet:
             continue
         if not header_seen:
             header_seen = True
-            if row[0].lower() in _ID_HEADERS:
-                lowered = [f.lower() for f in row]
+            lowered = [f.lower() for f in row]
+            if lowered[0] in _ID_HEADERS:
                 set_col = lowered.index("set") if "set" in lowered else None
                 continue
+            if set(lowered) & (_ID_HEADERS | {"label", "set", "target"}):  # a header, ids not first
+                raise InputError(f"the header {','.join(row)!r} does not start with the id column (the first "
+                                 f"column is the protein id, named one of {', '.join(sorted(_ID_HEADERS))}; "
+                                 "the second the label)", path=name, line=lineno)
         if len(row) < 2 or not row[0] or not row[1]:
             raise InputError("expected 'id,label'", path=name, line=lineno)
         split = None
