@@ -769,6 +769,53 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
             os.unlink(spool)
 
 
+def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str,
+                    embedder: Embedder | None = None):
+    """Embeddings in memory, for a notebook: `sequences` is {id: sequence} (returns {id: array})
+    or a list of sequences (returns a list of arrays, in order). `kind` is "per_residue" ((L, D)
+    arrays) or "per_protein" ((D,)); several `options.layers` add a leading layer axis.
+
+    It runs `embed` itself through a temporary HDF5 file (batching, out-of-memory retries, the
+    --max-length policy, the NaN checks, identical sequences computed once), so the arrays are
+    the ones `protrans embed` writes. A protein that could not be embedded is left out of the
+    dict (None in the list), with a warning naming it.
+    """
+    import tempfile
+    from collections.abc import Mapping
+    from dataclasses import replace
+
+    from protrans_cli.io.fasta import write_fasta
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    if kind not in (PER_RESIDUE, PER_PROTEIN):
+        raise UsageError(f"kind must be {PER_RESIDUE!r} or {PER_PROTEIN!r}, not {kind!r}")
+    as_list = not isinstance(sequences, Mapping)
+    pairs = [(str(i), s) for i, s in enumerate(sequences)] if as_list else list(sequences.items())
+    for ident, seq in pairs:
+        if not isinstance(ident, str) or not ident or any(c.isspace() for c in ident):
+            raise UsageError(f"protein id {ident!r}: ids are non-empty strings without whitespace")
+        if not isinstance(seq, str) or ">" in seq:
+            raise UsageError(f"protein {ident!r}: a sequence is a string of residues, got {seq!r:.60}")
+    if not pairs:
+        return [] if as_list else {}
+    options = replace(options or EmbedOptions(), per_residue=kind == PER_RESIDUE, per_protein=kind == PER_PROTEIN,
+                      layout="grouped", resume=False, force=False)
+    with tempfile.TemporaryDirectory(prefix="protrans-embed-") as tmp:
+        fasta, output = Path(tmp) / "sequences.fa", Path(tmp) / "embeddings.h5"
+        with open(fasta, "wb") as fh:
+            for ident, seq in pairs:
+                write_fasta(fh, ident, seq)
+        summary = embed(fasta, output, options, embedder=embedder)
+        with EmbeddingsReader(output) as reader:
+            arrays = {ident: reader.get(ident, kind) for ident, _ in pairs if ident not in summary.failed}
+    if summary.failed:
+        from protrans_cli.heads.labels import some_ids
+
+        console.warn(f"{len(summary.failed)} protein(s) could not be embedded and are left out: "
+                     f"{some_ids(sorted(summary.failed))}")
+    return [arrays.get(ident) for ident, _ in pairs] if as_list else arrays
+
+
 def _spool_stdin(output: Path) -> Path:
     """stdin cannot be read twice (the id check, then the windows): its bytes, still compressed
     if they were, go to the hidden file `.OUTPUT_NAME.stdin.spool` next to the output, removed

@@ -785,3 +785,32 @@ def test_a_tokenizer_whose_ids_the_model_does_not_have_is_refused():
     _check_tokenizer("run", xlnet, tokenizer, True, vocab_size=len(tokenizer))  # its own model: fine
     with pytest.raises(ModelError, match="token id 29, but the model's vocabulary has 29 entries"):
         _check_tokenizer("run", xlnet, tokenizer, True, vocab_size=29)
+
+
+def test_embed_sequences_in_memory_equals_the_plain_forward(tiny_models, monkeypatch, tmp_path):
+    """The notebook API: a dict in, a dict out (a list in, a list out, in order), the arrays of a
+    plain transformers forward pass; a protein that cannot be embedded is left out with a warning."""
+    from dataclasses import replace
+
+    from protrans_cli.embed import EmbedOptions, embed_sequences
+    from protrans_cli.errors import UsageError
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the temporary file goes and is removed
+    family = FAMILIES["bert"]
+    seqs = {"sp|P1|a/b": "MKTAYIAKQR", "p2": "acdefU", "p3": "MKTAYIAKQR"}
+    opts = EmbedOptions(model=str(tiny_models["bert"]), device="cpu", threads=1)
+    rows = embed_sequences(seqs, opts, kind="per_residue")
+    assert list(rows) == list(seqs)
+    for ident, seq in seqs.items():
+        np.testing.assert_allclose(rows[ident], reference_rows(family, tiny_models["bert"], seq)[0], atol=1e-5, rtol=0)
+    means = embed_sequences(list(seqs.values()), opts, kind="per_protein")
+    assert [m.shape for m in means] == [(rows["p2"].shape[-1],)] * 3
+    np.testing.assert_allclose(means[1], rows["p2"].mean(0), atol=1e-6)
+    long = embed_sequences(["MKT", "M" * 50], replace(opts, max_length=20, long_policy="skip"), kind="per_protein")
+    assert long[0] is not None and long[1] is None
+    assert embed_sequences([], opts, kind="per_residue") == []
+    with pytest.raises(UsageError, match="without whitespace"):
+        embed_sequences({"a b": "MKT"}, opts, kind="per_residue")
+    with pytest.raises(UsageError, match="kind must be"):
+        embed_sequences(["MKT"], opts, kind="both")
+    assert not list(tmp_path.glob("protrans-embed-*"))
