@@ -292,3 +292,36 @@ def test_a_folder_that_cannot_be_written_is_named_not_the_temporary(tmp_path, mo
         with atomic_output(tmp_path / "out.txt"):
             pass
     assert caught.value.format() == f"{tmp_path}: cannot write in this folder: Permission denied"
+
+
+def test_replace_directory_swaps_in_one_step_where_the_system_can(tmp_path, monkeypatch):
+    """Two renames (old aside, new in) left neither in place to a SIGKILL between them, and the
+    next run's clean-up deleted both; one RENAME_EXCHANGE has no such moment. Where it is not
+    available the two renames remain (and still give the same result)."""
+    import shutil
+
+    from protrans_cli.io import files
+
+    def dirs():
+        old, new = tmp_path / "head", tmp_path / ".head.new"
+        old.mkdir()
+        (old / "w").write_text("old")
+        new.mkdir()
+        (new / "w").write_text("new")
+        return old, new
+
+    old, new = dirs()
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (renames.append((a, b)), real_replace(a, b)))
+    files.replace_directory(new, old)
+    assert (old / "w").read_text() == "new" and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head"]
+    if sys.platform.startswith("linux"):
+        assert renames == []  # swapped by renameat2, not by two renames
+    shutil.rmtree(old)
+    old, new = dirs()
+    monkeypatch.setattr(files, "exchange_paths", lambda a, b: False)
+    files.replace_directory(new, old)
+    assert (old / "w").read_text() == "new" and len(renames) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head"]

@@ -441,6 +441,10 @@ def replace_directory(new, target) -> None:
     new, target = Path(new), Path(target)
     aside = None
     with signals_held():
+        if target.is_dir() and not target.is_symlink() and exchange_paths(new, target):
+            # one atomic swap: even a SIGKILL finds the old directory or the new one in place
+            shutil.rmtree(new, ignore_errors=True)  # (now the old one)
+            return
         if target.exists():
             # an empty folder of its own (rename may replace an empty directory), named so that
             # a killed run's is removed by the next (make_temporary)
@@ -454,6 +458,27 @@ def replace_directory(new, target) -> None:
             raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def exchange_paths(a, b) -> bool:
+    """Swap two existing paths atomically (Linux renameat2 RENAME_EXCHANGE, on one file system);
+    False where the system or the file system cannot, so that the caller renames in two steps."""
+    import ctypes
+    import errno
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without it (glibc < 2.28, some musl)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextlib.contextmanager
