@@ -112,7 +112,7 @@ def host_memory(x) -> None:
     print(f"host: GPU -> pinned -> new array (embed's path) {rate(lambda: (pinned.copy_(x), pinned.numpy().copy())):.2f} GiB/s")
     # Another dtype at the far end (bf16 rows, float32 storage): a blocking copy_ converts on the
     # host through a fresh pageable temporary; embed converts on the GPU first. Rates per GiB of bf16.
-    del pinned
+    pinned = None  # (released before the float32 buffer is pinned)
     wide = torch.empty(x.shape, dtype=torch.float32).pin_memory()
     print(f"host: GPU bf16 -> pinned float32, copy_ converting (embed before) {rate(lambda: wide.copy_(x)):.2f} GiB/s")
     print(f"host: GPU bf16 -> float32 on the GPU -> pinned (embed now) {rate(lambda: wide.copy_(x.float())):.2f} GiB/s")

@@ -1138,15 +1138,14 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None) -> _Done:
 
 
 def _read_done(path: Path, writer_kw: dict) -> _Done:
-    from protrans_cli.io.h5 import UNREADABLE, _check_resumable, run_attributes, stored_proteins, unreadable_on_resume
-
-    import h5py
+    from protrans_cli.io.h5 import (UNREADABLE, _check_resumable, h5_file, run_attributes, stored_proteins,
+                                    unreadable_on_resume)
 
     _check_resumable(path, run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
                                           storage_dtype=writer_kw["storage_dtype"]),
                      writer_kw["resume_equal"])
     try:
-        with h5py.File(path, "r") as f:
+        with h5_file(path, "r") as f:
             per_kind = []
             for kind in writer_kw["kinds"]:
                 group = f if writer_kw["layout"] == "flat" else f.get(kind)

@@ -248,3 +248,47 @@ def test_mending_a_damaged_partial_on_a_full_disk_is_one_line(tmp_path, monkeypa
                     "cut off left out (embedded again)")
     with EmbeddingsReader(partial) as r:
         assert sorted(r.ids()) == sorted(f"p{i}" for i in range(49))
+
+
+def test_a_file_system_without_locks_is_used_without_them(tmp_path, monkeypatch, run_cli, capsys):
+    """NFS without a lock daemon, Lustre: HDF5 fails every open ("unable to lock file, errno = 37,
+    'No locks available'") and the only way out was HDF5_USE_FILE_LOCKING=FALSE. Every HDF5 open
+    of embed, fit and predict goes through h5_file, which then opens without locks and says so
+    once; a lock another process holds is still refused."""
+    import h5py
+
+    from protrans_cli.io import h5 as h5_module
+
+    real_file = h5py.File
+
+    def nfs_file(name, mode="r", *args, locking=None, **kwargs):
+        if locking is not False:
+            raise OSError(f"[Errno 37] Unable to synchronously open file (unable to lock file, errno = 37, "
+                          f"error message = 'No locks available')")
+        return real_file(name, mode, *args, locking=locking, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", nfs_file)
+    monkeypatch.setattr(h5_module, "_WARNED_NO_LOCKS", set())
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nACDEFGHIK\n>c\nMKKL\n")
+    out = tmp_path / "q.h5"
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("grants no file locks") == 1
+    labels = tmp_path / "loc.fasta"
+    labels.write_text(">a Nucleus-S\nMKTAYIAK\n>b Cytoplasm-S\nACDEFGHIK\n>c Nucleus-U\nMKKL\n")
+    head = tmp_path / "head"
+    r = run_cli("fit", "loc", "--embeddings", out, "--labels", labels, "--max-epochs", "1", "-j", "1",
+                "--valid-fraction", "0.34", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", head, "--embeddings", out, "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.stderr
+    with h5_module.EmbeddingsReader(out) as reader:
+        assert sorted(reader.ids()) == ["a", "b", "c"]
+
+    def busy_file(name, mode="r", *args, **kwargs):  # another process holds the lock
+        raise BlockingIOError(11, "Unable to open file (unable to lock file, errno = 11)")
+
+    monkeypatch.setattr(h5py, "File", busy_file)
+    with pytest.raises(BlockingIOError):
+        h5_module.h5_file(out)

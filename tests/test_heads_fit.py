@@ -954,6 +954,7 @@ def test_predict_scores_the_test_records_of_a_file_that_declares_splits(run_cli,
     assert "scoring its 20 test records (its other 20 are train, valid)" in r.stderr
     r2 = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv",
                  "--metrics", tmp_path / "m2")
+    assert r2.exit_code == 0, r2.stderr
     flip_ss3 = json.loads((tmp_path / "m" / "sampled.json").read_text())["outputs"]["ss3"]
     csv_ss3 = json.loads((tmp_path / "m2" / "test.json").read_text())["outputs"]["ss3"]
     assert (flip_ss3["n"], flip_ss3["accuracy"]) == (csv_ss3["n"], csv_ss3["accuracy"])
@@ -1000,3 +1001,15 @@ def test_a_head_fit_on_a_file_of_one_other_layer_predicts_from_that_layer_only(r
     (head / "config.json").write_text(json.dumps(config))
     r = run_cli("predict", head, "--embeddings", files["last"], "-o", tmp_path / "p.fa")
     assert r.exit_code == 1 and "not layer -2" in r.stderr
+
+
+def test_curves_leave_out_an_output_the_validation_set_has_no_label_for(tmp_path):
+    """A validation set whose membrane labels are all U (unknown) has no `valid_membrane`: the plot
+    at the end of fit raised KeyError, after the whole training, and no head was written."""
+    from protrans_cli.heads.fit import _plot_curves
+    from protrans_cli.heads.tasks import get_task
+
+    history = [{"member": 0, "epoch": e, "train_loss": 1.0 / e, "valid_loss": 1.2 / e, "valid_loc": 0.3 * e}
+               for e in (1, 2)]
+    _plot_curves(history, get_task("loc"), tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0

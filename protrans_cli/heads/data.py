@@ -26,7 +26,8 @@ from protrans_cli import console
 from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
-from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, escape_key, sequence_checksum, unescape_key
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, escape_key, h5_file, sequence_checksum,
+                                unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -243,9 +244,7 @@ class ResidueData:
         return self.residues * self.dim * 4
 
     def _open(self):
-        import h5py
-
-        handle = h5py.File(self.path, "r")
+        handle = h5_file(self.path, "r")
         return handle, (handle if self.kind_path is None else handle[self.kind_path])
 
     def _read(self, group, item: Matched) -> np.ndarray:

@@ -758,8 +758,10 @@ def _plot_curves(history: list[dict], task: Task, path: Path) -> None:
         epochs = [h["epoch"] for h in rows]
         ax_loss.plot(epochs, [h["train_loss"] for h in rows], "-", label=f"train {member}")
         ax_loss.plot(epochs, [h["valid_loss"] for h in rows], "--", label=f"valid {member}")
-        for output in task.outputs:
-            ax_acc.plot(epochs, [h[f"valid_{output.name}"] for h in rows], label=f"{output.metric} {member}")
+        for output in task.outputs:  # an output the validation set has no label for has no curve
+            values = [h.get(f"valid_{output.name}", float("nan")) for h in rows]
+            if any(v == v for v in values):
+                ax_acc.plot(epochs, values, label=f"{output.metric} {member}")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_acc.set_xlabel("epoch")

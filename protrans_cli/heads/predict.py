@@ -29,7 +29,7 @@ from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_
                                      report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import read_labels
 from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
-from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, ensure_room, escape_key
+from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, ensure_room, escape_key, h5_file
 
 
 def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mismatch: bool = False) -> None:
@@ -224,11 +224,9 @@ class _ProbabilityWriter:
         self.task = task
 
     def __enter__(self):
-        import h5py
-
         parent = output_directory(self.target)
         self.tmp = str(make_temporary(parent, f".{self.target.name}."))
-        self.h5 = h5py.File(self.tmp, "w")
+        self.h5 = h5_file(self.tmp, "w")
         self.h5.attrs["task"] = self.task.name
         for o in self.task.outputs:
             self.h5.attrs[f"classes_{o.name}"] = "".join(o.classes) if all(len(c) == 1 for c in o.classes) \

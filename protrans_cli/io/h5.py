@@ -80,11 +80,9 @@ class EmbeddingsReader:
     """
 
     def __init__(self, path):
-        import h5py
-
         self.path = str(path)
         try:
-            self.file = h5py.File(self.path, "r")
+            self.file = h5_file(self.path, "r")
         except FileNotFoundError:
             raise InputError("no such file", path=self.path) from None
         except OSError as exc:
@@ -279,7 +277,7 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
     done = [f"the end-of-file address moved from {eoa} to {size} bytes"] if moved else []
     salvage = path.with_name(path.name + ".salvage")
     try:
-        with h5py.File(path, "r") as f:
+        with h5_file(path, "r") as f:
             attrs, lost_attrs = {}, []
             for key in f.attrs.keys():
                 try:
@@ -298,7 +296,7 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
             # (a write failing inside HDF5 can crash h5py: the room is checked first)
             ensure_room(salvage, size, "free some space and run the same command with --resume", shown=path,
                         what="a mended copy of this damaged file")
-            with h5py.File(salvage, "w") as out:
+            with h5_file(salvage, "w") as out:
                 for key in lost_attrs:
                     if key == "failed":
                         attrs[key] = "{}"  # what failed is tried again
@@ -408,16 +406,45 @@ def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next 
                                  f"{need / 2**20:.0f} MiB; {then}", path=str(shown or path))
 
 
+# errno values of a file system that grants no locks: ENOSYS, EOPNOTSUPP, ENOLCK (NFS without a
+# lock daemon), 524 (Linux's ENOTSUPP: Lustre, some FUSE and GPFS mounts)
+_NO_LOCK_ERRNOS = {38, 95, 37, 524}
+_WARNED_NO_LOCKS: set[str] = set()
+
+
+def h5_file(path, mode: str = "r", **kwargs):
+    """h5py.File, opened without HDF5's file lock where the file system grants none: HDF5 locks
+    every file it opens and fails ("unable to lock file, errno = 37, 'No locks available'") on
+    NFS without a lock daemon, Lustre and other cluster file systems, where the known way out is
+    HDF5_USE_FILE_LOCKING=FALSE. A lock held by another process (BlockingIOError) still fails."""
+    import h5py
+
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        found = re.search(r"unable to lock file, errno = (\d+)", str(exc))
+        if not found or int(found.group(1)) not in _NO_LOCK_ERRNOS:
+            raise
+    from protrans_cli import console
+
+    folder = str(Path(path).resolve().parent)
+    if folder not in _WARNED_NO_LOCKS:
+        _WARNED_NO_LOCKS.add(folder)
+        console.warn(f"{folder}: the file system grants no file locks; HDF5 files there are opened without "
+                     "them (two runs writing one file at once are not detected)")
+    return h5py.File(path, mode, locking=False, **kwargs)
+
+
 def refuse_if_in_use(path) -> None:
     """A file another process is writing (HDF5 holds its lock on it) is refused before anything
     touches it: h5py.File(path, "w") truncates a file before it meets the lock, so a second embed
     run on one output wiped the first run's work, and "delete it" was the wrong advice."""
-    import h5py
-
     if not os.path.exists(path):
         return
     try:
-        with h5py.File(path, "r"):
+        with h5_file(path, "r"):
             pass
     except BlockingIOError:
         raise RuntimeFailure("is being written by another process (it holds the HDF5 file lock): wait for that "
@@ -463,8 +490,6 @@ class EmbeddingsWriter:
                  storage_dtype: str = "float32", compression: str | None = None,
                  attrs: dict | None = None, resume: bool = False, finalize: bool = True,
                  resume_equal: dict | None = None):
-        import h5py
-
         self.kinds = tuple(kinds)
         if not self.kinds or any(k not in KINDS for k in self.kinds):
             raise UsageError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
@@ -495,7 +520,7 @@ class EmbeddingsWriter:
             os.replace(self.path, self.partial)
         if resume and self.partial.exists():
             _check_resumable(self.partial, run_attrs, resume_equal)
-            self.file = h5py.File(self.partial, "a")
+            self.file = h5_file(self.partial, "a")
             self.failed = json.loads(_plain(self.file.attrs.get("failed", "{}")) or "{}")
             resumed = True
         else:
@@ -503,7 +528,7 @@ class EmbeddingsWriter:
             # kill in the first milliseconds left a 96-byte OUT.partial that --resume could not read.
             creating = self.partial.with_name(f".{self.partial.name}.creating")
             try:
-                self.file = h5py.File(creating, "w")
+                self.file = h5_file(creating, "w")
             except OSError as exc:  # named by the output the user chose, not by the hidden file
                 why = re.search(r"error message = '([^']*)'", str(exc))
                 raise RuntimeFailure(f"cannot create the output: {why.group(1) if why else first_line(exc)}",
@@ -576,7 +601,7 @@ class EmbeddingsWriter:
         import h5py
 
         copied = set()
-        with h5py.File(other_path, "r") as src:
+        with h5_file(other_path, "r") as src:
             for kind in self.kinds:
                 source = src if self.layout == "flat" else src.get(kind)
                 if source is None:
@@ -719,10 +744,8 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
     """Refuse to resume into a file written with other settings (its rows would not match).
     `equal` maps an attribute to `f(old, new) -> bool` where equal text is not the test (the
     `model` attribute: a directory given by another relative path is the same model)."""
-    import h5py
-
     try:
-        with h5py.File(path, "r") as f:
+        with h5_file(path, "r") as f:
             old = {k: f.attrs[k] for k in f.attrs.keys()}
     except UNREADABLE as exc:
         raise unreadable_on_resume(path, exc) from None
