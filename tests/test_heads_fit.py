@@ -1013,3 +1013,20 @@ def test_curves_leave_out_an_output_the_validation_set_has_no_label_for(tmp_path
                for e in (1, 2)]
     _plot_curves(history, get_task("loc"), tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_standardisation_keeps_constant_features_unscaled_and_one_protein_finite():
+    """A feature constant in training (a residue no training protein has) was divided by 1e-6, so
+    a query protein with it reached the network a million times too large; one training protein
+    gave NaN deviations and a head whose every output was NaN, written without a word."""
+    from protrans_cli.heads.fnn import ProteinFNN
+
+    head = ProteinFNN(3, {"loc": 2})
+    x = torch.tensor([[0.1, 0.0, 1.0], [0.3, 0.0, 3.0]])
+    head.standardise_with(x)
+    assert head.scale.tolist() == pytest.approx([x[:, 0].std().item(), 1.0, x[:, 2].std().item()])
+    query = torch.tensor([[0.2, 0.05, 2.0]])  # the second feature, never seen in training
+    assert ((query - head.shift) / head.scale).abs().max() < 1
+    head.standardise_with(x[:1])
+    assert torch.isfinite(head.scale).all() and head.scale.tolist() == [1.0, 1.0, 1.0]
+    assert torch.isfinite(head(query)["loc"]).all()

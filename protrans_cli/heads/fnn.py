@@ -29,6 +29,12 @@ class ProteinFNN(nn.Module):
         return {name: head(h) for name, head in self.heads.items()}
 
     def standardise_with(self, x: torch.Tensor) -> None:
-        """Set shift/scale to the mean and standard deviation of the training inputs x (N, D)."""
+        """Set shift/scale to the mean and standard deviation of the training inputs x (N, D). A
+        feature constant in training keeps scale 1, as scikit-learn's StandardScaler does: divided
+        by a near-zero deviation, a protein that differs there (a residue no training protein
+        has, in a composition) reached the network a million times too large. One training
+        protein has no sample deviation: every feature is constant (its std was NaN, and so was
+        every output of the head)."""
+        std = x.std(dim=0, correction=1 if len(x) > 1 else 0)
         self.shift.copy_(x.mean(dim=0))
-        self.scale.copy_(x.std(dim=0).clamp_min(1e-6))
+        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
