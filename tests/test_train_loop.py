@@ -131,15 +131,19 @@ def test_checkpoints_keep_last_k_and_eval_loss(tmp_path):
     assert all(0 < r["eval_loss"] < 10 for r in evals)
 
 
-@pytest.mark.parametrize("family", ["bert", "electra"])
-def test_loss_is_normalised_by_predicted_tokens_not_micro_batches(tmp_path, family):
+@pytest.mark.parametrize("family, sop", [("bert", False), ("electra", False), ("albert", True)])
+def test_loss_is_normalised_by_predicted_tokens_not_micro_batches(tmp_path, family, sop):
     # The same global batch split into 1 or 4 micro-batches gives the same losses. ELECTRA's
-    # detection term is a mean over the real tokens of the whole step (it was per micro-batch).
+    # detection term is a mean over the real tokens of the whole step (it was per micro-batch),
+    # ALBERT's sentence-order term a mean over the proteins of the whole step (it was per
+    # micro-batch, weighted by the micro-batch's masked tokens).
     no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    if sop:
+        no_dropout["classifier_dropout_prob"] = 0.0  # the sentence-order head's
     a = train(_config(tmp_path / "a", family, num_steps=6, log_every=1, micro_batch_size=16,
-                      model_overrides=no_dropout))
+                      model_overrides=no_dropout, sop=sop))
     b = train(_config(tmp_path / "b", family, num_steps=6, log_every=1, micro_batch_size=4,
-                      model_overrides=no_dropout))
+                      model_overrides=no_dropout, sop=sop))
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
 
 

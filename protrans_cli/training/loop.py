@@ -559,19 +559,20 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     # Counted on the host before the transfer: no device synchronisation inside the step.
     tokens = sum(int((b["input_ids"] != run.layout.pad_id).sum()) for b in micro_batches)
     local_predicted = float(sum(b["num_predicted"] for b in micro_batches))
-    # ELECTRA's detection loss is a mean over real tokens: its denominator for the whole step
-    local_detected = float(sum(b.get("num_detected", 0) for b in micro_batches))
+    # A second loss term that is a mean over something else (ELECTRA's detection over real
+    # tokens, ALBERT's sentence order over proteins): its denominator for the whole step
+    local_aux = float(sum(b.get("num_aux", 0) for b in micro_batches))
     micro_batches = [_to_device(b, device) for b in micro_batches]
     # Predicted tokens of the whole step on every rank: the loss denominator.
-    total_predicted, total_detected, stop = local_predicted, local_detected, stop_requested
+    total_predicted, total_aux, stop = local_predicted, local_aux, stop_requested
     if info.initialised:
-        counts = torch.tensor([local_predicted, float(stop_requested), local_detected], dtype=torch.float64,
+        counts = torch.tensor([local_predicted, float(stop_requested), local_aux], dtype=torch.float64,
                               device=device)
-        total_predicted, stops, total_detected = dist.all_reduce_sum(counts).tolist()
+        total_predicted, stops, total_aux = dist.all_reduce_sum(counts).tolist()
         stop = stops > 0
-    if total_detected:
+    if total_aux:
         for batch in micro_batches:
-            batch["step_ratio"] = total_predicted / total_detected
+            batch["step_ratio"] = total_predicted / total_aux
     # DDP and FSDP average gradients over ranks; undo that so the result is sum / total_predicted.
     scale = info.world_size / max(total_predicted, 1.0)
     run.wrapped.train()

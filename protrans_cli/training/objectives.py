@@ -191,6 +191,7 @@ class MaskedLM(Objective):
             order.append(int(swapped))
         batch = self._finish(inputs, labels, residue, types)
         batch["sentence_order_label"] = torch.tensor(order)
+        batch["num_aux"] = len(samples)  # the order loss's denominator
         return batch
 
     def loss(self, model, batch):
@@ -202,7 +203,10 @@ class MaskedLM(Objective):
 
     def _loss_sop(self, model, batch):
         """MLM + sentence order; the order loss (a mean over proteins, as in ALBERT) is scaled by
-        masked/proteins so that sum_loss / num_masked = mlm_mean + sop_mean."""
+        masked/proteins of the whole step (all micro-batches, all ranks: `step_ratio`, which the
+        training loop sets from `num_predicted` and `num_aux`) so that the step's
+        sum_loss / num_masked = mlm_mean + sop_mean whatever the split into micro-batches and
+        processes. Outside a training step (evaluation) the batch's own ratio is used."""
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     token_type_ids=batch["token_type_ids"])
         sop_logits = getattr(out, "sop_logits", None)  # (B, 2)
@@ -212,7 +216,8 @@ class MaskedLM(Objective):
         target = batch["sentence_order_label"]
         sop_sum = F.cross_entropy(sop_logits.float(), target, reduction="sum")
         num_proteins = target.numel()
-        total = loss + sop_sum * n.float() / num_proteins
+        ratio = batch.get("step_ratio")
+        total = loss + sop_sum * (ratio if ratio is not None else n.float() / num_proteins)
         sop_correct = (sop_logits.argmax(-1) == target).sum()
         return total, n, {"accuracy": (correct, n), "sop_accuracy": (sop_correct, torch.tensor(num_proteins)),
                           "sop_loss": (sop_sum.detach(), torch.tensor(num_proteins))}
@@ -224,7 +229,7 @@ class Electra(MaskedLM):
     The detection loss is a mean over real tokens, the generator's over masked ones; to fit the
     per-predicted-token normalisation the detection sum is scaled by masked/real tokens of the
     whole step (all micro-batches, all ranks: `step_ratio`, which the training loop sets from
-    `num_predicted` and `num_detected`), so that the step's sum_loss / num_masked = gen_mean +
+    `num_predicted` and `num_aux`), so that the step's sum_loss / num_masked = gen_mean +
     weight * disc_mean, whatever the split into micro-batches and processes. Outside a training
     step (evaluation) the batch's own ratio is used.
     """
@@ -246,7 +251,7 @@ class Electra(MaskedLM):
             counts = sel.sum(1).tolist()
         draws = [s.rng(4).random(int(c), dtype=np.float32) for s, c in zip(samples, counts)]
         batch["replace_u"] = torch.from_numpy(np.concatenate(draws) if draws else np.zeros(0, np.float32))
-        batch["num_detected"] = int(batch["residue_mask"].sum())  # the detection loss's denominator
+        batch["num_aux"] = int(batch["residue_mask"].sum())  # the detection loss's denominator
         return batch
 
     def loss(self, model, batch):
