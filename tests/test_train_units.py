@@ -357,16 +357,41 @@ def test_electra_loss_combines_generator_and_discriminator():
     fam = _family("electra")
     tok = fam.build_tokenizer()
     torch.manual_seed(0)
-    model = fam.pretraining_model(fam.build_config("tiny", tok))
+    model = fam.pretraining_model(fam.build_config("tiny", tok)).eval()  # no dropout: logits recomputed below
     layout = TokenLayout.from_tokenizer(tok, fam.prepare)
     obj = make_objective("electra", layout, _cfg())
-    batch = obj.collate(_random_samples(layout, n=8, length=40))
+    samples = _random_samples(layout, n=8, length=40)
+    batch = obj.collate(samples)
+    seen = {}
+
+    def capture(module, args, kwargs, output):  # the discriminator's input and logits
+        seen["ids"], seen["logits"] = kwargs["input_ids"], output.logits.detach()
+
+    hook = model.discriminator.register_forward_hook(capture, with_kwargs=True)
     total, n, metrics = obj.loss(model, batch)
+    hook.remove()
     gen_sum, n_masked = metrics["gen_loss"]
     disc_sum, n_real = metrics["disc_loss"]
     assert n == n_masked == batch["num_predicted"]
     expected = gen_sum / n_masked + 50 * disc_sum / n_real
     assert torch.allclose(total / n, expected, rtol=1e-5)
+    # By hand from the logits: the generator's cross entropy on the masked residues; the
+    # discriminator's binary cross entropy on every residue, "replaced" where its input differs
+    # from the true protein (a sample equal to the true residue is original).
+    masked = batch["labels"] != IGNORE
+    residue = batch["residue_mask"]
+    with torch.no_grad():
+        gen_logits = model.generator(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    gen = torch.nn.functional.cross_entropy(gen_logits[masked], batch["labels"][masked])
+    truth = torch.full_like(seen["ids"], layout.pad_id)
+    for i, s in enumerate(samples):
+        truth[i, 1:1 + len(s.residues)] = torch.as_tensor(s.residues)
+    assert torch.equal(seen["ids"][~masked], batch["input_ids"][~masked])  # only masked positions sampled
+    assert set(seen["ids"][masked].tolist()) <= set(layout.residue_ids.tolist())
+    replaced = (seen["ids"] != truth).float()
+    assert 0 < replaced[masked].sum() < masked.sum()  # some samples equal the true residue
+    disc = torch.nn.functional.binary_cross_entropy_with_logits(seen["logits"][residue], replaced[residue])
+    assert torch.allclose(total / n, gen + 50 * disc, rtol=1e-5)
     total.backward()
     assert model.discriminator.electra.encoder.layer[0].attention.self.query.weight.grad is not None
 
