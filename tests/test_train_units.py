@@ -353,6 +353,28 @@ def test_clm_labels_are_the_next_token():
         assert (batch["labels"][i, len(full) - 1:] == IGNORE).all()
 
 
+def test_clm_segments_carry_memory_as_one_pass():
+    # Segments of 8 tokens with memory (mem_len 32 >= the batch width) give the loss of one pass
+    # over the whole protein: the memory is carried, and nothing from the future is seen.
+    fam = _family("transfo_xl")
+    tok = fam.build_tokenizer()
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tok)).eval()
+    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    batch = make_objective("clm", layout, _cfg()).collate(_random_samples(layout, n=4, length=20))
+    assert batch["input_ids"].shape[1] <= model.config.mem_len
+    with torch.no_grad():
+        whole, n, _ = make_objective("clm", layout, _cfg(segment_length=1000)).loss(model, batch)
+        segments, n_seg, _ = make_objective("clm", layout, _cfg(segment_length=8)).loss(model, batch)
+        model.config.mem_len = 0
+        forgetful, _, _ = make_objective("clm", layout, _cfg(segment_length=8)).loss(model, batch)
+    assert n == n_seg == batch["num_predicted"]
+    # (summed losses of ~285: float rounding is ~3e-5; an untrained model leans on its memory
+    # little, and without memory the sum moves by ~2e-3)
+    assert abs(float(segments - whole)) < 2e-4
+    assert abs(float(forgetful - whole)) > 1e-3
+
+
 def test_electra_loss_combines_generator_and_discriminator():
     fam = _family("electra")
     tok = fam.build_tokenizer()
