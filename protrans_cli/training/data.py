@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from protrans_cli.errors import InputError
+from protrans_cli.errors import InputError, ProtransError
 from protrans_cli.residues import ALPHABET, STANDARD
 
 
@@ -344,7 +344,12 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
 
     class _Iterable(torch.utils.data.IterableDataset):
         def __iter__(self_inner):
-            return iter(stream)
+            try:
+                yield from stream
+            except ProtransError as exc:
+                # Handed over as an item: raised in a worker, the DataLoader would re-raise it
+                # in the main process as a multi-line "Caught InputError in DataLoader worker".
+                yield exc
 
     # A DataLoader draws its workers' base seed from `generator`, by default from the global
     # torch RNG: that draw would shift the dropout (and any other) random numbers of the main
@@ -360,4 +365,13 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     loader = torch.utils.data.DataLoader(_Iterable(), batch_size=None, num_workers=num_workers,
                                          persistent_workers=False, worker_init_fn=_ignore_stop_signals,
                                          generator=torch.Generator().manual_seed(seed))
-    yield from loader
+    iterator = iter(loader)
+    try:
+        for item in iterator:
+            if isinstance(item, ProtransError):
+                raise item
+            yield item
+    finally:
+        # Now, not at exit: the workers ignore SIGTERM, so multiprocessing's exit handler
+        # (terminate, then join) waited for them forever after an error.
+        iterator._shutdown_workers()
