@@ -562,6 +562,29 @@ def test_resume_from_another_directory_finds_the_same_corpus(tmp_path, monkeypat
     assert result.step == 4
 
 
+def test_resume_refuses_a_corpus_file_changed_since_the_checkpoint(tmp_path):
+    # The saved data position counts proteins of the corpus: a file appended to, cut short or
+    # rewritten (same size, same mtime) under the same name resumed silently with other batches.
+    import shutil
+
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(LEARNABLE, corpus)
+    kw = dict(corpus=[str(corpus)], output_dir=str(tmp_path / "run"))
+    train(_config(tmp_path, stop_after=2, **kw))
+    original = corpus.read_bytes()
+    stat = corpus.stat()
+    for changed, said in ((original + b"M K T\n\n", f"{len(original):,} bytes then, {len(original) + 7:,} now"),
+                          (original[:-100], f"{len(original):,} bytes then, {len(original) - 100:,} now"),
+                          (original[:-7] + b"M K T\n\n", "the same size, other content")):
+        corpus.write_bytes(changed)
+        os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        with pytest.raises(InputError, match=f"the corpus changed since .*step_00000002 was saved \\({corpus}: {said}"):
+            train(_config(tmp_path, stop_after=3, **kw), resume=True)
+    corpus.unlink()
+    corpus.write_bytes(original)  # the same content again (another inode, another mtime): resumes
+    assert train(_config(tmp_path, stop_after=3, **kw), resume=True).step == 3
+
+
 def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):
     # The error used to end in torch's bare header "(Error(s) in loading state_dict for ...:)"; then it
     # named the weights the checkpoint holds (exit 1); the settings are compared first now (exit 2).

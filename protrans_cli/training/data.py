@@ -169,6 +169,44 @@ def count_proteins(paths) -> int:
     return sum(1 for _ in iter_proteins(paths))
 
 
+_ENDS = 1 << 16  # bytes hashed at each end of a corpus file
+
+
+def corpus_fingerprint(paths) -> list[dict]:
+    """What a checkpoint records of each corpus file, so that a resume notices a file changed
+    since (its data position counts proteins of that file): the size and a hash of the first
+    and last 64 KiB. Not the mtime: a corpus copied to another place is the same corpus."""
+    import hashlib
+    import os
+
+    out = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                digest = hashlib.sha256(f.read(_ENDS))
+                if size > _ENDS:
+                    f.seek(max(_ENDS, size - _ENDS))
+                    digest.update(f.read())
+        except OSError as exc:
+            raise InputError(f"cannot read the corpus file: {exc.strerror or exc}", path=str(path)) from None
+        out.append({"size": size, "ends_sha256": digest.hexdigest()})
+    return out
+
+
+def changed_corpus_file(saved: list[dict] | None, paths) -> str | None:
+    """The first corpus file whose fingerprint differs from the checkpoint's (None when all
+    match, or for a checkpoint of an earlier version without fingerprints), with what differs."""
+    if not saved:
+        return None
+    for path, old, new in zip(paths, saved, corpus_fingerprint(paths)):
+        if old["size"] != new["size"]:
+            return f"{path}: {old['size']:,} bytes then, {new['size']:,} now"
+        if old["ends_sha256"] != new["ends_sha256"]:
+            return f"{path}: the same size, other content"
+    return None
+
+
 def check_corpus(paths) -> None:
     """Open every shard and check its first protein (cheap, before training starts): a missing
     or unreadable file, a FASTA file given as a corpus, or a corpus without any protein (an

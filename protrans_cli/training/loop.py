@@ -37,8 +37,8 @@ from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training import recompute
 from protrans_cli.training.config import DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps
-from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, check_corpus,
-                                        check_validation_corpus, step_batches)
+from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_file, check_corpus,
+                                        check_validation_corpus, corpus_fingerprint, step_batches)
 from protrans_cli.training.metrics import Accumulator, append_metrics, plot_metrics, truncate_metrics
 from protrans_cli.training.objectives import make_objective
 from protrans_cli.training.optim import build_optimizer, build_scheduler
@@ -82,6 +82,7 @@ class _Run:
     layout: TokenLayout
     run_dir: Path
     autocast: object
+    corpus_id: list = field(default_factory=list)  # corpus_fingerprint, saved in every checkpoint
 
 
 class StopRequest:
@@ -360,6 +361,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
 
     # --- resume: weights before wrapping, optimizer state after --------------------------
     state = None
+    run.corpus_id = corpus_fingerprint(config.corpus)
     if info.is_main:
         for path in ckpt.remove_stale_temporaries(run.run_dir):
             console.warn(f"removed {path}: a save that was killed before it completed")
@@ -374,6 +376,13 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         config = run.config = ckpt.resumed_config(config, where, family=run.family, device=info.device.type)
         ckpt.load_weights(where, run.model)
         state = ckpt.load_training_state(where)
+        changed = changed_corpus_file(state.get("corpus"), config.corpus)
+        if changed:
+            # The saved data position counts proteins of the corpus as it was: applied to
+            # another one, the run would go on silently with other batches.
+            raise InputError(f"the corpus changed since {where} was saved ({changed}): its data position no "
+                             "longer applies; restore the corpus, or start a new run with --init-from that "
+                             "checkpoint")
         # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
         # Left in place, --keep-last pruned the new checkpoints (by step number) in their favour
         # and a later --resume continued the abandoned run.
@@ -737,7 +746,7 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
     rng_states = _gather_objects(ckpt.rng_state())
     directory = None
     if info.is_main:
-        state = {"step": step, "data_phase": data_phase, "data_state": data_state.to_dict(),
+        state = {"step": step, "data_phase": data_phase, "data_state": data_state.to_dict(), "corpus": run.corpus_id,
                  "optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_states,
                  "world_size": info.world_size, "log": log_state}
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
