@@ -359,6 +359,25 @@ def test_without_eval_every_the_validation_loss_is_on_the_last_line_once(tmp_pat
     assert f"eval loss {rows[1]['eval_loss']:.4f}" in capsys.readouterr().err
 
 
+def test_evaluation_takes_the_first_proteins_of_the_validation_corpus(tmp_path, monkeypatch):
+    # Its buffer was bucket_batches evaluation batches sorted by length: with fewer evaluation
+    # batches than that, the evaluation saw only the buffer's shortest proteins.
+    from protrans_cli.training import loop
+
+    evaluated = []
+
+    class Recording(loop.CorpusStream):
+        def _sample(self, buffer, pos, state):
+            sample = super()._sample(buffer, pos, state)
+            if self.max_epochs == 1:
+                evaluated.append(sample.index)
+            return sample
+
+    monkeypatch.setattr(loop, "CorpusStream", Recording)
+    train(_config(tmp_path, num_steps=1, num_eval_batches=2, bucket_batches=4, val_corpus=[LEARNABLE]))
+    assert sorted(evaluated) == list(range(16))  # 2 batches of micro batch 8 x 1 process
+
+
 def test_an_unusable_validation_corpus_fails_before_training(tmp_path, run_cli):
     (tmp_path / "empty.txt").write_text("\n\n")
     cases = [(tmp_path / "missing.txt", "missing.txt: no such file"),

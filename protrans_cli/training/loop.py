@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import signal
 import threading
@@ -688,7 +689,10 @@ def evaluate(run: _Run, phase) -> float:
     stream = CorpusStream(config.val_corpus, run.layout, max_length=phase.max_length,
                           global_batch_size=per_step, micro_batch_size=phase.micro_batch_size,
                           rank=info.rank, world_size=info.world_size, seed=config.seed,
-                          bucket_batches=config.bucket_batches, shuffle=False,
+                          # one buffer of exactly the evaluated batches: with bucket_batches, the
+                          # length sort put the buffer's shortest proteins first, and the first
+                          # batches evaluated were those (num_eval_batches 5: the 40 shortest of 128)
+                          bucket_batches=config.num_eval_batches, shuffle=False,
                           collate=run.objective.collate, max_epochs=1,
                           batch_name="evaluation batch (micro batch size x processes)")
     run.wrapped.eval()
@@ -696,9 +700,8 @@ def evaluate(run: _Run, phase) -> float:
     rng = torch.get_rng_state()
     totals = torch.zeros(2, dtype=torch.float64, device=info.device)
     try:
-        for i, step_batch in enumerate(stream):
-            if i >= config.num_eval_batches:
-                break
+        # islice: a batch past the last is not made (tokenized and collated) only to be dropped
+        for step_batch in itertools.islice(stream, config.num_eval_batches):
             for batch in step_batch.micro_batches:
                 batch = _to_device(batch, info.device)
                 with run.autocast(), sdpa_kernels(info.device, config.sdpa_kernels):
