@@ -889,8 +889,9 @@ def test_a_signal_while_the_final_model_is_written_stops_after_it_with_the_model
 
     monkeypatch.setattr(loop.ckpt, "export_model", export)
     cfg = _config(tmp_path, num_steps=2, save_every=2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         train(cfg)
+    assert caught.value.protrans_detail == f"the run is complete (2 steps; model in {tmp_path / 'run_bert'})"
     assert (tmp_path / "run_bert" / "model.safetensors").is_file()
     monkeypatch.setattr(loop.ckpt, "export_model", real)
     assert train(cfg, resume=True).completed  # nothing left to do but export again
@@ -966,3 +967,25 @@ def test_a_setting_of_another_objective_is_said_to_be_unused(tmp_path, run_cli):
     assert "noise_density = 0.3 is a setting of the t5_span objective(s): the mlm objective does not use it" \
         in res.stderr
     assert "plm_prob" not in res.stderr  # left at its default: nothing to say
+
+
+def test_a_stopped_run_says_where_its_checkpoint_is_in_its_error_line_also_quiet(tmp_path, monkeypatch, run_cli):
+    """The stop line was an info message: `protrans -q train` (a batch job's log) said only
+    "terminated", not which checkpoint to continue from."""
+    from protrans_cli.training import loop
+
+    append = loop.append_metrics
+
+    def append_and_signal(path, record):
+        append(path, record)
+        if record.get("step") == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "append_metrics", append_and_signal)
+    out = tmp_path / "run"
+    res = run_cli("-q", "train", "--corpus", LEARNABLE, "-o", out, "--num-steps", 6, "--log-every", 1,
+                  "--max-length", 48, "-j", 1)
+    assert res.exit_code == 143
+    assert res.stderr.strip() == (f"protrans: error: terminated: train stopped at step 2/6; checkpoint "
+                                  f"{out / 'checkpoints' / 'step_00000002'}; continue with the same command and "
+                                  "--resume")

@@ -126,7 +126,12 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
         return
     from protrans_cli.training.loop import train
 
-    result = train(config, resume=resume_from or resume or None)
+    try:
+        result = train(config, resume=resume_from or resume or None)
+    except KeyboardInterrupt as exc:  # Ctrl-C/SIGTERM: the one error line says what was kept
+        from protrans_cli.cli import stopped
+
+        raise stopped(exc, getattr(exc, "protrans_detail", None)) from None
     if not result.completed:
         console.info(f"train: stopped after step {result.step}; continue with --resume")
 

@@ -123,15 +123,21 @@ class StopRequest:
             # are then already stopping: that one is not taken as a second request.)
             self.raise_now(signum, frame)
 
-    def raise_now(self, signum=None, frame=None):
+    def raise_now(self, signum=None, frame=None, detail: str | None = None):
         """Stop as the signal would have without us: the previous handler (the CLI's maps SIGTERM
-        to exit 143), else KeyboardInterrupt."""
+        to exit 143), else KeyboardInterrupt. `detail` (what was kept, how to go on) travels on
+        the exception as `protrans_detail`: the CLI's one error line says it, also under -q."""
         signum = signum or self.signum or signal.SIGINT
         previous = self._previous.get(signum)
         self.restore()
-        if callable(previous):
-            previous(signum, frame)
-        raise KeyboardInterrupt
+        try:
+            if callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            if detail and dist.info().is_main:
+                exc.protrans_detail = detail
+            raise
 
 
 def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
@@ -528,9 +534,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             if stop_now and not last:
                 if bar is not None:
                     bar.close()
-                dist.print0(f"train: stopped at step {step}/{total_steps}; checkpoint {result.last_checkpoint}; "
-                            f"continue with the same command and --resume")
-                stop.raise_now()
+                stop.raise_now(detail=f"train stopped at step {step}/{total_steps}; checkpoint "
+                                      f"{result.last_checkpoint}; continue with the same command and --resume")
             if config.stop_after is not None and step >= config.stop_after:
                 break
         phase_start = phase_end
@@ -556,7 +561,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     result.completed = True
     dist.print0(f"train: done, {step} steps; model in {run.run_dir}")
     if stop is not None and stop.signum is not None:
-        stop.raise_now()  # asked to stop while the final model was written: it is complete, and the exit says so
+        # asked to stop while the final model was written: it is complete, and the exit says so
+        stop.raise_now(detail=f"the run is complete ({step} steps; model in {run.run_dir})")
     return result
 
 
