@@ -789,15 +789,10 @@ def test_predict_names_the_proteins_embed_could_not_embed(run_cli, ss_data, one_
     assert r.exit_code == 0 and f"{len(failed)} protein(s) have no embedding" in r.stderr
 
 
-def test_resume_refuses_labels_rewritten_at_the_same_path(ss_data, tmp_path, monkeypatch):
-    import os
-    import shutil
-
+def _fit_stopped_after_an_epoch(monkeypatch, cfg: dict, embeddings, labels, out) -> None:
+    """Run fit until its first epoch's state is saved, then stop it as a Ctrl-C there would."""
     from protrans_cli.heads.fit import FitState
 
-    labels = tmp_path / "train.csv"
-    shutil.copy(ss_data / "train.csv", labels)
-    cfg = dict(task="ss3", max_epochs=3, max_residues=300, lr=0.02, threads=1, n_bootstrap=10)
     save_epoch = FitState.save_epoch
 
     def save_then_stop(self, current):
@@ -806,8 +801,17 @@ def test_resume_refuses_labels_rewritten_at_the_same_path(ss_data, tmp_path, mon
 
     monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        fit(FitConfig(**cfg), ss_data / "train.h5", labels, tmp_path / "h")
+        fit(FitConfig(**cfg), embeddings, labels, out)
     monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+
+
+def test_resume_refuses_labels_rewritten_at_the_same_path(ss_data, tmp_path, monkeypatch):
+    import shutil
+
+    labels = tmp_path / "train.csv"
+    shutil.copy(ss_data / "train.csv", labels)
+    cfg = dict(task="ss3", max_epochs=3, max_residues=300, lr=0.02, threads=1, n_bootstrap=10)
+    _fit_stopped_after_an_epoch(monkeypatch, cfg, ss_data / "train.h5", labels, tmp_path / "h")
     text = labels.read_text()
     labels.write_text(text.replace(" H ", " E "))  # other labels, same file name
     os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns + 10**9))
@@ -902,24 +906,13 @@ def test_fit_settings_out_of_range_are_usage_errors_before_any_work(run_cli, ss_
 def test_resume_from_another_folder_names_the_same_inputs(ss_data, tmp_path, monkeypatch):
     """The fingerprint held the paths as typed: the same inputs named from another folder
     (relative paths, a link) refused `--resume` as "other settings or inputs"."""
-    from protrans_cli.heads.fit import FitState
-
     work, other = tmp_path / "work", tmp_path / "other"
     work.mkdir()
     other.mkdir()
     (other / "emb.h5").symlink_to(ss_data / "train.h5")
     cfg = dict(task="ss3", max_epochs=2, max_residues=300, lr=0.02, threads=1, n_bootstrap=10)
-    save_epoch = FitState.save_epoch
-
-    def save_then_stop(self, current):
-        save_epoch(self, current)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
     monkeypatch.chdir(work)
-    with pytest.raises(KeyboardInterrupt):
-        fit(FitConfig(**cfg), ss_data / "train.h5", os.path.relpath(ss_data / "train.csv"), "h")
-    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    _fit_stopped_after_an_epoch(monkeypatch, cfg, ss_data / "train.h5", os.path.relpath(ss_data / "train.csv"), "h")
     monkeypatch.chdir(other)
     result = fit(FitConfig(**cfg, resume=True), "emb.h5", ss_data / "train.csv", work / "h")
     assert (work / "h" / "config.json").exists() and result is not None
