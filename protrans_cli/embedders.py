@@ -397,7 +397,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
         raise UsageError(f"--device {device}: no MPS device is available (try --device cpu)")
     if dtype == "auto":
         if device.startswith("cuda"):
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            dtype = "bfloat16" if native_bf16(device) else "float16"
         elif device.startswith("mps"):
             dtype = "float16"
         else:
@@ -405,6 +405,19 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
     if device == "cpu" and dtype != "float32":
         raise UsageError(f"--dtype {dtype} on the CPU: half precision is only used on a GPU (use float32)")
     return device, dtype
+
+
+def native_bf16(device) -> bool:
+    """Whether this CUDA device computes bfloat16 in hardware (compute capability 8.0 and up:
+    A100, H100, RTX 30xx/40xx; ROCm). torch.cuda.is_bf16_supported() also says yes where bfloat16
+    is only emulated (V100, T4: the free Colab GPU), and there it runs several times slower than
+    float16 on their tensor cores."""
+    import torch
+
+    if torch.version.hip:
+        return True
+    index = torch.device(device).index
+    return torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)[0] >= 8
 
 
 def _mps_available() -> bool:

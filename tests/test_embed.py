@@ -445,8 +445,13 @@ def test_a_cuda_index_the_machine_lacks_is_a_usage_error(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    capability = {1: (8, 0), 0: (7, 5)}  # device 1 an A100, device 0 a T4: bfloat16 is emulated on a T4
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert resolve_device("cuda:1") == ("cuda:1", "bfloat16")
+    assert resolve_device("cuda:0") == ("cuda:0", "float16")
+    assert resolve_device("cuda") == ("cuda", "float16")
     with pytest.raises(UsageError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), numbered from 0"):
         resolve_device("cuda:2")
 

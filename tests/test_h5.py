@@ -263,8 +263,8 @@ def test_a_file_system_without_locks_is_used_without_them(tmp_path, monkeypatch,
 
     def nfs_file(name, mode="r", *args, locking=None, **kwargs):
         if locking is not False:
-            raise OSError(f"[Errno 37] Unable to synchronously open file (unable to lock file, errno = 37, "
-                          f"error message = 'No locks available')")
+            raise OSError("[Errno 37] Unable to synchronously open file (unable to lock file, errno = 37, "
+                          "error message = 'No locks available')")
         return real_file(name, mode, *args, locking=locking, **kwargs)
 
     monkeypatch.setattr(h5py, "File", nfs_file)

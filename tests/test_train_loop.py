@@ -174,6 +174,25 @@ def test_find_lr_plots_and_suggests(tmp_path):
     assert not (result.run_dir / "checkpoints").exists()
 
 
+def test_find_lr_ends_its_range_where_the_gradient_blows_up(tmp_path, monkeypatch):
+    """A step whose gradient is not finite raised out of the range test (a traceback) instead of
+    ending the range there, which is what a blown-up gradient at a high lr means."""
+    from protrans_cli.training import lr_finder
+    from protrans_cli.training.loop import NonFiniteGradient
+
+    real, calls = lr_finder.train_step, []
+
+    def blows_up_at_the_tenth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 10:
+            raise NonFiniteGradient(float("nan"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lr_finder, "train_step", blows_up_at_the_tenth)
+    result = find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=25)
+    assert result.step == 9 and 1e-5 <= result.lr_suggestion <= 1.0
+
+
 # --- CLI ---------------------------------------------------------------------------------
 
 def test_cli_config_file_and_flag_override(tmp_path, run_cli):
@@ -989,3 +1008,68 @@ def test_a_stopped_run_says_where_its_checkpoint_is_in_its_error_line_also_quiet
     assert res.stderr.strip() == (f"protrans: error: terminated: train stopped at step 2/6; checkpoint "
                                   f"{out / 'checkpoints' / 'step_00000002'}; continue with the same command and "
                                   "--resume")
+
+
+def test_loss_scale_halves_on_overflow_and_doubles_after_its_interval():
+    from protrans_cli.training.optim import LossScale
+
+    scale = LossScale(scale=8.0, interval=3)
+    assert scale.update(False) is False and scale.scale == 4.0
+    assert [scale.update(True) for _ in range(3)] == [True] * 3 and scale.scale == 8.0
+    assert scale.update(True) and scale.update(False) is False and scale.good_steps == 0 and scale.scale == 4.0
+    for _ in range(3):
+        scale.update(False)
+    assert scale.scale == 0.5 and scale.diverged
+    again = LossScale()
+    again.load_state_dict(scale.state_dict())
+    assert again.state_dict() == scale.state_dict()
+
+
+def test_fp16_skips_overflowed_steps_lowers_the_scale_learns_and_resumes_identically(tmp_path, monkeypatch):
+    """float16 autocast (a V100 or T4 has no bfloat16): overflowed steps are skipped with the scale
+    halved, the weights stay finite, the model still learns, and a resumed run (the scale is in
+    the checkpoint) matches an uninterrupted one. Run on the CPU, whose autocast has float16 too."""
+    from safetensors.torch import load_file
+
+    from protrans_cli.training import optim
+
+    class Huge(optim.LossScale):  # start far too high: the first steps overflow float16
+        def __init__(self):
+            super().__init__(scale=2.0 ** 30, interval=4)
+
+    monkeypatch.setattr(loop_module(), "LossScale", Huge)
+    kw = dict(num_steps=30, log_every=2, save_every=100, seed=4, precision="fp16", lr=3e-3)
+    whole = train(_config(tmp_path / "whole", **kw))
+    rows = read_metrics(whole.run_dir / "metrics.jsonl")
+    assert rows[0]["skipped_steps"] == 1.0 and rows[0]["loss"] is None and rows[0]["grad_norm"] is None
+    assert sum(r["skipped_steps"] for r in rows) >= 4  # 2^30 down to float16's range, one halving a step
+    assert all(r["loss_scale"] < 2.0 ** 30 for r in rows)
+    applied = [r["loss"] for r in rows if r["loss"] is not None]
+    assert len(applied) >= 3 and applied[-1] < applied[0]
+    weights = load_file(whole.run_dir / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    part1 = train(_config(tmp_path / "parts", stop_after=20, **kw))
+    part2 = train(_config(tmp_path / "parts", **kw), resume=True)
+    assert part1.losses + part2.losses == whole.losses
+    b = load_file(part2.run_dir / "model.safetensors")
+    assert all(torch.equal(weights[k], b[k]) for k in weights)
+
+
+def loop_module():
+    from protrans_cli.training import loop
+
+    return loop
+
+
+def test_precision_auto_means_fp16_on_a_gpu_without_bfloat16(monkeypatch):
+    import protrans_cli.embedders as embedders
+    from protrans_cli.training.config import resolve_precision
+    from protrans_cli.training.loop import _diverged
+
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(embedders, "native_bf16", lambda device: False)
+    assert resolve_precision("auto", "cuda") == "fp16"
+    monkeypatch.setattr(embedders, "native_bf16", lambda device: True)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
+    message = str(_diverged(TrainConfig(corpus=["x"], output_dir="nowhere"), 7, float("inf"), fp16=True))
+    assert "step 7" in message and "--precision fp32" in message

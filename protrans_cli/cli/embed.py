@@ -37,7 +37,8 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="HDF5 dataset compression.")
 @click.option("--device", default="auto", help=f"One of {', '.join(DEVICES)}, or cuda:N.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto",
-              help="Compute dtype; auto = bfloat16 (or float16) on a GPU, float32 on the CPU.")
+              help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without "
+                   "(V100, T4), float32 on the CPU.")
 @click.option("--max-tokens", type=int, default=None,
               help="Padded tokens per batch (longest sequence x sequences).  [default: 512 on the CPU; on a GPU 4000, +4000 per 10 GiB free after loading the model, up to 32000]")
 @click.option("--max-batch-size", type=int, default=100, help="Sequences per batch at most.")

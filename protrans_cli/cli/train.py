@@ -51,7 +51,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="ALBERT: add sentence-order prediction (a protein split in two, halves swapped half the time).")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="auto: bf16 autocast on GPU, fp32 on CPU.  [default: auto]")
+              help="auto: bf16 autocast on a GPU with bfloat16 hardware, fp16 autocast with loss scaling on "
+                   "one without (V100, T4), fp32 on the CPU.  [default: auto]")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
 @click.option("--compile/--no-compile", "compile", default=None,

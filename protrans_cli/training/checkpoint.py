@@ -305,14 +305,14 @@ def _same_file(saved_path: str, path: str) -> bool:
             and os.path.basename(os.path.normpath(saved_path)) == os.path.basename(os.path.normpath(path)))
 
 
-def resumed_config(config: "TrainConfig", where: Path, *, family=None, device: str = "cpu") -> "TrainConfig":
+def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="cpu") -> "TrainConfig":
     """`config`, checked against the checkpoint's train_config.json: a resumed run with another
     corpus, batch, seed or optimizer setting went on silently (the saved data position applied to
     another corpus; --lr overridden by the restored scheduler). A setting left at None
     (warmup_steps) takes the checkpoint's value; one that an older checkpoint lacks is not compared.
     Defaults are compared as what they mean: no objective is the family's (`family`), precision
-    auto is what it is on this `device` type."""
-    from protrans_cli.training.config import DEFAULT_MAX_WARMUP
+    auto is what it is on this `device` (a torch.device or its type)."""
+    from protrans_cli.training.config import DEFAULT_MAX_WARMUP, resolve_precision
 
     path = where / CONFIG_FILE
     try:
@@ -330,7 +330,7 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device: s
             saved["warmup_steps"] = warmup
     now = config.to_dict()
     default_objective = getattr(family, "objective", None)
-    auto_precision = "bf16" if device == "cuda" else "fp32"
+    auto_precision = resolve_precision("auto", device)
     for side in (saved, now):
         if side.get("objective") is None and default_objective is not None:
             side["objective"] = default_objective

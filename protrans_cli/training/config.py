@@ -24,7 +24,7 @@ DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the ru
 OBJECTIVES = ("mlm", "electra", "t5", "t5_span", "plm", "clm")
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
 SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 
 
@@ -102,7 +102,7 @@ class TrainConfig:
     grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
     # engine
     seed: int = 0
-    precision: str = "auto"        # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: str = "auto"        # auto: bf16 autocast on a GPU that has it, else fp16 (loss scaling); fp32 on CPU
     strategy: str = "auto"         # auto: FSDP above fsdp_min_params, else DDP (with >1 rank)
     fsdp_min_params: int = 1_000_000_000
     compile: bool = False
@@ -295,6 +295,20 @@ _FLOAT_RULES = {
 CONFIG_ONLY = frozenset({"adam_beta1", "adam_beta2", "adam_eps", "bucket_batches", "electra_disc_weight",
                          "fsdp_min_params", "mean_span_length", "min_lr_ratio", "noise_density",
                          "num_eval_batches", "plm_prob", "segment_length", "phases", "model_overrides"})
+
+
+def resolve_precision(precision: str, device) -> str:
+    """What `precision` means on `device` (a torch.device or its type): auto is bf16 autocast on a
+    CUDA GPU that computes bfloat16 in hardware, fp16 autocast with loss scaling on one that
+    does not (V100, T4), fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    kind = getattr(device, "type", device)
+    if kind != "cuda":
+        return "fp32"
+    from protrans_cli.embedders import native_bf16
+
+    return "bf16" if native_bf16(device) else "fp16"
 
 
 def _no_duplicate_keys(pairs):

@@ -24,6 +24,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,12 +38,13 @@ from protrans_cli.models import packing
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training import recompute
-from protrans_cli.training.config import DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps
+from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps,
+                                          resolve_precision)
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_file, check_corpus,
                                         check_validation_corpus, corpus_fingerprint, step_batches)
 from protrans_cli.training.metrics import Accumulator, append_metrics, plot_metrics, truncate_metrics
 from protrans_cli.training.objectives import make_objective
-from protrans_cli.training.optim import build_optimizer, build_scheduler
+from protrans_cli.training.optim import LossScale, build_optimizer, build_scheduler
 
 
 @dataclass
@@ -84,6 +86,7 @@ class _Run:
     run_dir: Path
     autocast: object
     corpus_id: list = field(default_factory=list)  # corpus_fingerprint, saved in every checkpoint
+    loss_scale: LossScale | None = None  # fp16 autocast only
 
 
 class StopRequest:
@@ -220,17 +223,21 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
         run_dir.mkdir(parents=True, exist_ok=True)
         if config.eval_every and not config.val_corpus:
             console.warn(f"--eval-every {config.eval_every} without --val-corpus: no evaluation")
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and info.device.type == "cuda")
-    autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if use_bf16 \
-        else contextlib.nullcontext
+    precision = resolve_precision(config.precision, info.device)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(info.device.type, dtype=half)) if half is not None else contextlib.nullcontext
+    if config.precision == "auto" and precision == "fp16":
+        dist.print0("train: this GPU computes bfloat16 only by emulation: float16 autocast with loss scaling "
+                    "instead (--precision bf16 or fp32 to choose)")
     what = f"{family.name} from {config.init_from}" if config.init_from else f"{family.name}/{config.preset}"
     dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
-                f"strategy {strategy}, {'bf16 autocast' if use_bf16 else 'fp32'}"
+                f"strategy {strategy}, "
+                + {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}.get(precision, "fp32")
                 + (f", attention kernels {config.sdpa_kernels}" if info.device.type == "cuda" else "")
                 + (f", activation checkpointing of {recomputed} blocks" if recomputed else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
-                run_dir, autocast)
+                run_dir, autocast, loss_scale=LossScale() if precision == "fp16" else None)
 
 
 # Settings that only some objectives read (a value set for another one is said to be unused).
@@ -441,6 +448,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
         step, data_phase = state["step"], state["data_phase"]
         data_state = StreamState.from_dict(state["data_state"])
+        if run.loss_scale is not None and state.get("loss_scale"):
+            run.loss_scale.load_state_dict(state["loss_scale"])
 
     metrics_path = run.run_dir / "metrics.jsonl"
     if info.is_main:
@@ -488,9 +497,11 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                 stats = train_step(run, optimizer, batch.micro_batches,
                                    stop_requested=stop is not None and stop.signum is not None)
             except NonFiniteGradient as exc:
-                raise _diverged(config, step + 1, exc.loss) from None
+                raise _diverged(config, step + 1, exc.loss, exc.fp16) from None
             stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
-            scheduler.step()
+            with warnings.catch_warnings():  # a skipped fp16 step moves the schedule on too
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                scheduler.step()
             step += 1
             log.add(stats)
             if bar is not None:
@@ -509,6 +520,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                 seconds = max(now - t_log - paused, 1e-9)
                 record = {"step": step, "phase": phase_index + 1, "loss": reduced.pop("loss"), "lr": lr_used,
                           **reduced, "tokens": int(tokens), "tokens_per_s": tokens / seconds}
+                if run.loss_scale is not None:
+                    record["loss_scale"] = run.loss_scale.scale
                 if want_eval:
                     eval_loss = evaluate(run, phase)
                     if math.isfinite(eval_loss):
@@ -519,10 +532,12 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                 result.losses.append(record["loss"])
                 if info.is_main:
                     append_metrics(metrics_path, record)
+                    # (no loss: every fp16 step of the interval overflowed and was skipped)
+                    shown = "-" if record["loss"] is None else f"{record['loss']:.4f}"
                     if bar is not None:
-                        bar.set_postfix(loss=f"{record['loss']:.4f}")
+                        bar.set_postfix(loss=shown)
                     elif config.log_every and (step // config.log_every) % 10 == 1:
-                        console.info(f"step {step}/{total_steps} loss {record['loss']:.4f} "
+                        console.info(f"step {step}/{total_steps} loss {shown} "
                                      f"lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tokens/s")
             # One process stops after the step under way; several after the step whose exchange
             # told them all.
@@ -591,6 +606,7 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
             batch["step_ratio"] = total_predicted / total_aux
     # DDP and FSDP average gradients over ranks; undo that so the result is sum / total_predicted.
     scale = info.world_size / max(total_predicted, 1.0)
+    loss_scale = run.loss_scale.scale if run.loss_scale is not None else 1.0
     run.wrapped.train()
     names: list[str] = []
     parts: list[torch.Tensor] = []  # loss sum, then (numerator, denominator) per metric
@@ -599,13 +615,15 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
         with _no_sync(run, sync), sdpa_kernels(device, config.sdpa_kernels):
             with run.autocast():
                 sum_loss, _, metrics = run.wrapped(batch)
-            (sum_loss * scale).backward()
+            (sum_loss * (scale * loss_scale)).backward()
         values = [sum_loss.detach().double()]
         for name, (num, den) in metrics.items():
             values += [torch.as_tensor(num, device=device).double(), torch.as_tensor(den, device=device).double()]
         step_values = torch.stack(values)
         parts.append(step_values)
         names = list(metrics)
+    if run.loss_scale is not None:
+        run.loss_scale.unscale_(run.wrapped.parameters())
     max_norm = config.grad_clip if config.grad_clip and config.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), max_norm)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
@@ -613,26 +631,37 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     # One synchronisation per step: the statistics and the gradient norm together, before the
     # update so that a non-finite gradient never reaches the weights.
     host = torch.cat([torch.stack(parts).sum(0), grad_norm.detach().double().reshape(1).to(device)]).tolist()
-    if not math.isfinite(host[-1]):
+    finite = math.isfinite(host[-1])
+    if run.loss_scale is not None and not run.loss_scale.update(finite):
+        # float16 overflowed: the step is skipped (its statistics too), the scale halved
+        optimizer.zero_grad(set_to_none=True)
+        if run.loss_scale.diverged:
+            raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0), fp16=True)
+        return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "skipped_steps": (1.0 / info.world_size, 1.0 / info.world_size)}
+    if not finite:
         raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     stats = {"loss": (host[0], total_predicted / info.world_size), "grad_norm": host[-1], "tokens": tokens,
              "stop": stop}
+    if run.loss_scale is not None:
+        stats["skipped_steps"] = (0.0, 1.0 / info.world_size)  # (summed over ranks: the fraction of steps)
     for k, name in enumerate(names):
         stats[name] = (host[1 + 2 * k], host[2 + 2 * k])
     return stats
 
 
 class NonFiniteGradient(Exception):
-    """A step whose gradient norm is NaN or infinite: nothing of it reached the weights."""
+    """A step whose gradient norm is NaN or infinite (under fp16, still at a loss scale below 1):
+    nothing of it reached the weights."""
 
-    def __init__(self, loss: float):
+    def __init__(self, loss: float, fp16: bool = False):
         super().__init__(f"non-finite gradient (loss {loss})")
         self.loss = loss
+        self.fp16 = fp16
 
 
-def _diverged(config: TrainConfig, step: int, loss: float) -> RuntimeFailure:
+def _diverged(config: TrainConfig, step: int, loss: float, fp16: bool = False) -> RuntimeFailure:
     """The one line for a step whose gradient is not finite: which step, its loss, and where to go
     on from (the run's settings cannot change under --resume, so a lower --lr is a new run)."""
     from protrans_cli.training.checkpoint import list_checkpoints
@@ -640,6 +669,8 @@ def _diverged(config: TrainConfig, step: int, loss: float) -> RuntimeFailure:
     kept = list_checkpoints(config.output_dir)
     advice = (f"start a new run from the last checkpoint, {kept[-1]}, with --init-from and a lower --lr"
               if kept else "no checkpoint was written yet: lower --lr or lengthen --warmup-steps")
+    if fp16:  # skipped steps down to a loss scale below 1: float16 itself overflows (T5 is known to)
+        advice += "; float16 may overflow in this model's activations: --precision fp32 (or bf16 on a GPU that has it)"
     return RuntimeFailure(f"step {step}: the gradient is not finite (loss {loss:.4g}), so the step was not "
                           f"applied and the run stopped; {advice}, or check the corpus")
 
@@ -758,6 +789,8 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
         state = {"step": step, "data_phase": data_phase, "data_state": data_state.to_dict(), "corpus": run.corpus_id,
                  "optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_states,
                  "world_size": info.world_size, "log": log_state}
+        if run.loss_scale is not None:
+            state["loss_scale"] = run.loss_scale.state_dict()
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
                                          model=model, tokenizer=run.tokenizer, training_state=state,
                                          config=run.config, keep_last=run.config.keep_last)

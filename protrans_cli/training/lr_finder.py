@@ -11,7 +11,7 @@ import torch
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import CorpusStream
-from protrans_cli.training.loop import LossModule, TrainResult, build_run, train_step
+from protrans_cli.training.loop import LossModule, NonFiniteGradient, TrainResult, build_run, train_step
 from protrans_cli.training.optim import build_optimizer
 
 
@@ -39,12 +39,17 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
             lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            stats = train_step(run, optimizer, next(batches).micro_batches)
+            try:
+                stats = train_step(run, optimizer, next(batches).micro_batches)
+            except NonFiniteGradient:  # the range's end: the lr has made the gradient blow up
+                break
             num, den = stats["loss"]
             t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
-            loss = float(t[0] / t[1].clamp(min=1))
+            if not float(t[1]):  # an fp16 step that overflowed and was skipped: nothing measured
+                continue
+            loss = float(t[0] / t[1])
             avg = 0.9 * avg + 0.1 * loss
-            value = avg / (1 - 0.9 ** (i + 1))  # bias-corrected running mean
+            value = avg / (1 - 0.9 ** (len(losses) + 1))  # bias-corrected running mean
             lrs.append(lr)
             losses.append(loss)
             smoothed.append(value)

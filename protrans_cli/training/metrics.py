@@ -19,12 +19,14 @@ class Accumulator:
         self.sums: dict[str, list[float]] = {}
         self.grad_norm = 0.0
         self.steps = 0
+        self.norm_steps = 0  # steps applied (with a gradient norm): fp16 skips overflowed ones
         self.tokens = 0
 
     def add(self, stats: dict) -> None:
         for name, value in stats.items():
             if name == "grad_norm":
                 self.grad_norm += value
+                self.norm_steps += 1
             elif name == "tokens":
                 self.tokens += value
             else:
@@ -42,8 +44,9 @@ class Accumulator:
 
     def reduce(self) -> dict:
         names, t = self._summed()
-        out = {n: t[2 * i] / max(t[2 * i + 1], 1.0) for i, n in enumerate(names)}
-        out["grad_norm"] = self.grad_norm / max(self.steps, 1)
+        # null where nothing was counted (an interval of fp16 steps that all overflowed has no loss)
+        out = {n: t[2 * i] / t[2 * i + 1] if t[2 * i + 1] else None for i, n in enumerate(names)}
+        out["grad_norm"] = self.grad_norm / self.norm_steps if self.norm_steps else None
         out["tokens"] = t[-1]
         self.__init__()
         return out
@@ -52,12 +55,13 @@ class Accumulator:
         """What a checkpoint keeps of the interval under way (summed over ranks; not reset)."""
         names, t = self._summed()
         return {"sums": {n: [t[2 * i], t[2 * i + 1]] for i, n in enumerate(names)}, "tokens": t[-1],
-                "grad_norm": self.grad_norm, "steps": self.steps}
+                "grad_norm": self.grad_norm, "steps": self.steps, "norm_steps": self.norm_steps}
 
     def load(self, state: dict) -> None:
         """Rank 0 takes the saved sums of all ranks; the others start from zero."""
         self.sums = {n: list(v) for n, v in state["sums"].items()}
         self.tokens, self.grad_norm, self.steps = state["tokens"], state["grad_norm"], state["steps"]
+        self.norm_steps = state.get("norm_steps", self.steps)  # (checkpoints from before fp16)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -100,7 +104,7 @@ def plot_metrics(metrics_path: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:

@@ -119,3 +119,53 @@ class LRLambda:
 def build_scheduler(optimizer, config, total_steps: int):
     fn = LRLambda(config.schedule, config.resolved_warmup_steps, total_steps, config.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+class LossScale:
+    """Dynamic loss scaling for float16 autocast (`--precision fp16`, and `auto` on a GPU without
+    bfloat16 such as a V100 or T4). float16 holds nothing below about 6e-8, where many gradients
+    of a deep model lie: the loss is multiplied by `scale` before the backward pass and the
+    gradients divided by it before clipping and the update. A step whose gradient overflowed (not
+    finite) is skipped and the scale halved; after `interval` applied steps in a row it doubles.
+    This is what torch.amp.GradScaler does, decided here from the step's one gradient-norm
+    synchronisation (the same on every rank, under DDP and FSDP alike), with a state of plain
+    numbers that checkpoints keep, so that a resumed run scales as the uninterrupted one.
+    A gradient still not finite at a scale of 1 is not an overflow: the run has diverged."""
+
+    def __init__(self, scale: float = 2.0 ** 16, interval: int = 2000):
+        self.scale = scale
+        self.interval = interval
+        self.good_steps = 0  # applied steps since the scale last changed
+
+    def unscale_(self, parameters) -> None:
+        """Divide the gradients by the scale (in place)."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        try:
+            torch._foreach_mul_(grads, 1.0 / self.scale)
+        except (RuntimeError, NotImplementedError):  # a tensor type without foreach kernels
+            for grad in grads:
+                grad.mul_(1.0 / self.scale)
+
+    def update(self, finite: bool) -> bool:
+        """After a step's gradient norm is known: True to apply the step, False to skip it (an
+        overflow: the scale halves). Raises nothing; `diverged` tells a hopeless gradient."""
+        if finite:
+            self.good_steps += 1
+            if self.good_steps >= self.interval:
+                self.scale *= 2.0
+                self.good_steps = 0
+            return True
+        self.scale /= 2.0
+        self.good_steps = 0
+        return False
+
+    @property
+    def diverged(self) -> bool:
+        return self.scale < 1.0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps, "interval": self.interval}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.good_steps = float(state["scale"]), int(state["good_steps"])
+        self.interval = int(state.get("interval", self.interval))
