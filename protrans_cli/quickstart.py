@@ -22,6 +22,7 @@ from protrans_cli import console
 from protrans_cli.errors import UsageError
 
 EXAMPLE_FILES = ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta")
+SUBFOLDERS = ("corpus", "fasta", "embeddings", "heads", "predictions")  # made before the steps write in them
 
 
 def example_data_dir() -> Path:
@@ -73,7 +74,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     missing = [f for f in EXAMPLE_FILES if not (data / f).exists()]
     if missing:
         raise UsageError(f"example data incomplete in {data}: missing {', '.join(missing)}")
-    for sub in ("corpus", "fasta", "embeddings", "heads", "predictions"):
+    for sub in SUBFOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)
     s = QuickstartSummary(out)
     p = lambda *parts: str(out.joinpath(*parts))  # noqa: E731
@@ -130,6 +131,13 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         "secondary structure predictions": out / "predictions" / "ss_test.ss3.fasta",
         "localization predictions": out / "predictions" / "loc_test.csv",
     }
-    (out / "commands.sh").write_text("#!/bin/sh\n# The command lines `protrans quickstart` ran.\nset -e\n"
-                                     + "\n".join(s.commands) + "\n")
+    write_commands(out, s.commands)
     return s
+
+
+def write_commands(out: Path, commands: list[str]) -> None:
+    """OUT/commands.sh: the command lines, after a mkdir of the folders the steps write in
+    (a step creates only its own output), so that the script runs as written from the same folder, or a fresh one."""
+    mkdir = "mkdir -p " + " ".join(shlex.quote(str(out / sub)) for sub in SUBFOLDERS)
+    (out / "commands.sh").write_text("#!/bin/sh\n# The command lines `protrans quickstart` ran.\nset -e\n"
+                                     + mkdir + "\n" + "\n".join(commands) + "\n")

@@ -65,3 +65,40 @@ def _refuses_to_overwrite(out, run_cli):
     result = run_cli("quickstart", "-o", out)
     assert result.exit_code == 2
     assert "--force" in result.stderr
+
+
+def _prep_line(out):
+    import shlex
+
+    from protrans_cli.quickstart import example_data_dir
+
+    return ("protrans prep " + shlex.quote(str(example_data_dir() / "proteins.fasta")) + " -o "
+            + shlex.quote(str(out / "corpus" / "train.txt")))
+
+
+def test_commands_sh_runs_as_written_in_a_fresh_folder(tmp_path, monkeypatch):
+    # commands.sh created none of the folders the steps write in: run as written from a fresh
+    # folder, its first step failed ("output directory does not exist").
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from protrans_cli.quickstart import write_commands
+    from tests.conftest import ROOT
+
+    first = tmp_path / "first"
+    (first / "q s").mkdir(parents=True)
+    monkeypatch.chdir(first)
+    write_commands(Path("q s"), [_prep_line(Path("q s"))])  # -o 'q s', relative, as a user gives it
+    fresh = tmp_path / "fresh"
+    (fresh / "bin").mkdir(parents=True)
+    (fresh / "commands.sh").write_bytes((first / "q s" / "commands.sh").read_bytes())
+    wrapper = fresh / "bin" / "protrans"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m protrans_cli -q "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fresh / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["sh", "commands.sh"], cwd=fresh, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (fresh / "q s" / "corpus" / "train.txt").stat().st_size > 0
