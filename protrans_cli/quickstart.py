@@ -50,12 +50,22 @@ def _run(step: str, args: list[str], summary: QuickstartSummary) -> None:
     console.info(f"\n[{step}] $ {line}")
     start = time.perf_counter()
     try:
-        rc = cli.main(args=args, prog_name="protrans", standalone_mode=False)
+        rc = cli.main(args=_global_flags() + args, prog_name="protrans", standalone_mode=False)
     except click.ClickException as exc:  # a usage error inside a step is a bug of this script
         raise UsageError(f"quickstart step {step!r} was refused: {exc.format_message()}") from None
     if isinstance(rc, int) and rc != 0:
         raise UsageError(f"quickstart step {step!r} exited with {rc}")
     summary.seconds[step] = summary.seconds.get(step, 0.0) + time.perf_counter() - start
+
+
+def _global_flags() -> list[str]:
+    """-q, -v or --debug as given to quickstart: each step's command line sets the messages
+    anew (without them every step printed its messages and summary under `-q`)."""
+    state = console.state
+    flags = ["-q"] if state.verbosity < 0 else ["-v"] * state.verbosity
+    if state.debug and state.verbosity < 2:
+        flags.append("--debug")
+    return flags
 
 
 def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_epochs: int = 15,

@@ -76,6 +76,22 @@ def _prep_line(out):
             + shlex.quote(str(out / "corpus" / "train.txt")))
 
 
+def test_steps_keep_quiet(tmp_path, capsys):
+    # Each step is a fresh command line: without the global flags it set the messages back to
+    # normal, and `protrans -q quickstart` printed every step's messages and summary.
+    from protrans_cli import console
+    from protrans_cli.quickstart import QuickstartSummary, _run
+
+    console.configure(verbosity=-1)
+    out = tmp_path / "q"
+    (out / "corpus").mkdir(parents=True)
+    args = _prep_line(out).split()[1:]  # the path holds no space here
+    for step in ("prep", "prep again"):
+        _run(step, args, QuickstartSummary(out))
+    assert console.state.verbosity == -1
+    assert capsys.readouterr().err == ""
+
+
 def test_commands_sh_runs_as_written_in_a_fresh_folder(tmp_path, monkeypatch):
     # commands.sh created none of the folders the steps write in: run as written from a fresh
     # folder, its first step failed ("output directory does not exist").
