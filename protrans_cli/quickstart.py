@@ -43,7 +43,7 @@ def _run(step: str, args: list[str], summary: QuickstartSummary) -> None:
     """Run one protrans command line in-process; a failing step raises its ProtransError."""
     import click
 
-    from protrans_cli.cli import cli
+    from protrans_cli.cli import _Stopped, cli
 
     line = "protrans " + " ".join(shlex.quote(a) for a in args)
     summary.commands.append(line)
@@ -53,6 +53,9 @@ def _run(step: str, args: list[str], summary: QuickstartSummary) -> None:
         rc = cli.main(args=_global_flags() + args, prog_name="protrans", standalone_mode=False)
     except click.ClickException as exc:  # a usage error inside a step is a bug of this script
         raise UsageError(f"quickstart step {step!r} was refused: {exc.format_message()}") from None
+    except _Stopped as exc:  # the step's own advice ("the same command and --resume") is not quickstart's
+        raise _Stopped(exc.terminated, f"quickstart stopped in step {step!r}; {summary.output} is incomplete: "
+                                       "run quickstart again with --force to start over") from None
     if isinstance(rc, int) and rc != 0:
         raise UsageError(f"quickstart step {step!r} exited with {rc}")
     summary.seconds[step] = summary.seconds.get(step, 0.0) + time.perf_counter() - start

@@ -118,3 +118,18 @@ def test_commands_sh_runs_as_written_in_a_fresh_folder(tmp_path, monkeypatch):
     done = subprocess.run(["sh", "commands.sh"], cwd=fresh, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (fresh / "q s" / "corpus" / "train.txt").stat().st_size > 0
+
+
+def test_interrupted_step_says_how_to_start_again(tmp_path, run_cli, monkeypatch):
+    # A stopped step's advice was its own ("continue with the same command and --resume"):
+    # quickstart has no --resume, and run again it refuses the non-empty folder without --force.
+    import protrans_cli.corpus
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(protrans_cli.corpus, "build_corpus", interrupted)
+    result = run_cli("-q", "quickstart", "-o", tmp_path / "q")
+    assert result.exit_code == 130
+    assert result.stderr.startswith("protrans: error: interrupted: quickstart stopped in step 'prep';")
+    assert "--force" in result.stderr and "--resume" not in result.stderr
