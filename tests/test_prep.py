@@ -695,3 +695,23 @@ def test_files_concatenated_with_a_byte_order_mark_keep_every_record(tmp_path, r
     result = run_cli("-q", "prep", fasta, "-o", "-", "-j", threads)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "M K T A\n\nM K K L\n\nM K T A W\n\nG G\n\n"
+
+
+def _large_reply(block, extra):
+    return b"x" * (4 << 20)  # more than a pipe holds: the worker waits for the main process to read it
+
+
+def test_stopping_early_ends_the_workers_at_once():
+    # Ctrl-C or SIGTERM in the middle of a run with -j N: the workers blocked on sending replies
+    # nobody would read, and each one kept the main process 5 s in join() (10 s with -j 2 in
+    # dedup's first pass on a large input) before it cleaned up and exited.
+    import time
+
+    from protrans_cli.corpus import _Block, _run_blocks
+
+    blocks = ((_Block(b">a\nM\n", "x", 1, k, size=5), None) for k in range(8))
+    results = _run_blocks(blocks, _large_reply, (), threads=2)
+    next(results)
+    start = time.perf_counter()
+    results.close()  # what the caller's exception does to the generator
+    assert time.perf_counter() - start < 3
