@@ -952,6 +952,17 @@ def test_refused_runs_leave_no_folders_behind(tmp_path, run_cli):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_pad_multiple_beyond_the_position_table_is_refused(tmp_path, run_cli):
+    """Rows rounded up to --pad-multiple past a learned position table were a traceback at step 1."""
+    out = tmp_path / "run"
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--set", "max_position_embeddings=64",
+                  "--max-length", 64, "--pad-multiple", 48, "--num-steps", 1, "--global-batch-size", 4,
+                  "--micro-batch-size", 4)
+    assert res.exit_code == 2 and "--pad-multiple 48 (pad_multiple) pads rows of --max-length 64 to 96" \
+        in res.stderr, res.stderr
+    assert not out.exists()
+
+
 def _small_toml(path, settings: str):
     """A TOML config: the learnable corpus, batches of 4, and `settings`."""
     path.write_text(f'corpus = ["{LEARNABLE}"]\nglobal_batch_size = 4\nmicro_batch_size = 4\n{settings}')

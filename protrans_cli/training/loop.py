@@ -199,6 +199,14 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     if limit is not None and longest > limit:
         raise UsageError(f"--max-length {longest} (tokens, special tokens included) is beyond the model's "
                          f"{limit} positions: lower it, or raise max_position_embeddings with --set")
+    # A padded micro-batch is as wide as its longest row rounded up to pad_multiple (a packed
+    # row's padding tail, fewer than pad_multiple tokens, is numbered from 0): wider than a
+    # learned position table, the first step failed with a traceback.
+    m = config.pad_multiple
+    width = m - 1 if config.packing else max(m, -(-longest // m) * m)
+    if limit is not None and width > limit:
+        raise UsageError(f"--pad-multiple {m} (pad_multiple) pads rows of --max-length {longest} to {width} "
+                         f"tokens, beyond the model's {limit} positions: lower --pad-multiple or --max-length")
     if info.world_size > 1:
         # From here on each rank draws its own dropout masks.
         torch.manual_seed(config.seed + info.rank)
