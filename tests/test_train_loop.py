@@ -165,6 +165,21 @@ def test_compiled_training_matches_eager_and_saves_a_plain_model(tmp_path):
     assert longer.step == 6
 
 
+def test_compile_compiles_the_forwards_the_objective_calls(tmp_path, monkeypatch):
+    """ELECTRA's objective calls its generator and discriminator, never the pair's forward:
+    --compile compiled that one only, and the run went on eager without a word."""
+    compiled = []
+
+    def record(fn, **kwargs):
+        compiled.append(fn.__self__)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    result = train(_config(tmp_path, "electra", num_steps=1, compile=True))
+    assert [type(m).__name__ for m in compiled] == ["ElectraForMaskedLM", "ElectraForPreTraining"]
+    assert result.completed
+
+
 def test_find_lr_plots_and_suggests(tmp_path):
     result = find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=25)
     assert 1e-5 <= result.lr_suggestion <= 1.0

@@ -284,6 +284,15 @@ def _position_limit(model) -> int | None:
     return min(limits) if limits else None
 
 
+def compile_model(model) -> None:
+    """--compile: torch.compile (dynamic shapes) the forward passes the objective calls: the
+    model's own, or ELECTRA's generator and discriminator (the objective calls them one by one,
+    never the pair's forward, so compiling that one compiled nothing)."""
+    parts = [getattr(model, name) for name in ("generator", "discriminator") if hasattr(model, name)] or [model]
+    for part in parts:
+        part.forward = torch.compile(part.forward, dynamic=True)
+
+
 def _check_objective(config: TrainConfig, family) -> str:
     """The objective's name, or a usage error when it (or --sop) does not fit the family;
     checked before any model is built or loaded."""
@@ -418,7 +427,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
 
     run.model.to(info.device)
     if config.compile:
-        run.model.forward = torch.compile(run.model.forward, dynamic=True)
+        compile_model(run.model)
     loss_module = LossModule(run.model, run.objective)
     unused = unused_parameters(loss_module, run) if run.strategy == "ddp" else []
     if unused:
