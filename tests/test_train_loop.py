@@ -180,6 +180,13 @@ def test_compile_compiles_the_forwards_the_objective_calls(tmp_path, monkeypatch
     assert result.completed
 
 
+def test_find_lr_compiles_as_the_run_does(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn.__self__) or fn)
+    find_lr(_config(tmp_path, compile=True), num_steps=3)
+    assert [type(m).__name__ for m in compiled] == ["BertForMaskedLM"]
+
+
 def test_find_lr_plots_and_suggests(tmp_path):
     result = find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=25)
     assert 1e-5 <= result.lr_suggestion <= 1.0

@@ -11,7 +11,7 @@ import torch
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import CorpusStream
-from protrans_cli.training.loop import LossModule, NonFiniteGradient, TrainResult, build_run, train_step
+from protrans_cli.training.loop import LossModule, NonFiniteGradient, TrainResult, build_run, compile_model, train_step
 from protrans_cli.training.optim import build_optimizer
 
 
@@ -24,6 +24,8 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     try:
         run = build_run(config, info, family, evaluates=False)
         run.model.to(info.device)
+        if config.compile:  # as the run it is for (it went on eager)
+            compile_model(run.model)
         run.wrapped = dist.wrap(LossModule(run.model, run.objective), run.strategy, info)
         optimizer = build_optimizer(run.wrapped, config)
         phase = config.resolved_phases()[0]
