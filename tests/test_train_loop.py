@@ -974,6 +974,17 @@ def test_refused_runs_leave_no_folders_behind(tmp_path, run_cli):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("family", ["albert", "electra"])
+def test_heads_that_do_not_divide_the_width_are_refused(tmp_path, run_cli, family):
+    """ALBERT's and ELECTRA's configs take such a width: the run failed at step 1 with a traceback."""
+    out = tmp_path / "run"
+    res = run_cli("train", "--family", family, "--corpus", LEARNABLE, "-o", out, "--set", "hidden_size=30",
+                  "--num-steps", 1, "--global-batch-size", 4, "--micro-batch-size", 4)
+    assert res.exit_code == 2, res.stderr
+    assert "hidden_size 30 is not a multiple of num_attention_heads 4" in res.stderr, res.stderr
+    assert not out.exists()
+
+
 def test_pad_multiple_beyond_the_position_table_is_refused(tmp_path, run_cli):
     """Rows rounded up to --pad-multiple past a learned position table were a traceback at step 1."""
     out = tmp_path / "run"

@@ -265,11 +265,26 @@ def _pretraining_model(config: TrainConfig, family, tokenizer):
         model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
         if getattr(model_config, "vocab_size", len(tokenizer)) < len(tokenizer):
             raise ValueError(f"vocab_size {model_config.vocab_size} is below the tokenizer's {len(tokenizer)} tokens")
+        if _heads_problem(model_config):
+            raise ValueError(_heads_problem(model_config))
         return family.pretraining_model(model_config)
     except ModelError as exc:
         raise UsageError(f"--set / model_overrides ({shown}): {exc.message}") from None
     except (ValueError, TypeError, RuntimeError, IndexError, AssertionError) as exc:
         raise UsageError(f"--set / model_overrides ({shown}): {first_line(exc)}") from None
+
+
+def _heads_problem(model_config) -> str | None:
+    """Heads that do not divide the width, for the configs whose head size is hidden_size / heads
+    (T5's d_kv and Transformer-XL's and XLNet's d_head are sizes of their own). BERT, RoBERTa and
+    ESM refuse such a config themselves; ALBERT and ELECTRA built the model and failed at the
+    first step with a matrix-shape traceback."""
+    heads = getattr(model_config, "num_attention_heads", None)
+    if not heads or hasattr(model_config, "d_kv") or hasattr(model_config, "d_head"):
+        return None
+    if model_config.hidden_size % heads:
+        return (f"hidden_size {model_config.hidden_size} is not a multiple of num_attention_heads {heads}")
+    return None
 
 
 def _position_limit(model) -> int | None:
@@ -357,6 +372,8 @@ def _initial_model(config: TrainConfig, resume):
         except Exception as exc:  # noqa: BLE001 - as build_config: huggingface_hub's strict validation (ESM)
             detail = " ".join(str(exc).split())
             raise ModelError(f"--set {key}: invalid {family.name} config value {value!r} ({detail})") from None
+    if config.model_overrides and _heads_problem(hf_config):
+        raise UsageError(f"--set / model_overrides with --init-from {source.name}: {_heads_problem(hf_config)}")
     try:
         with _quiet_transformers():  # as embed: no loading bars or load reports
             tokenizer = family.load_tokenizer(source.target, config=source.config, **source.hub_kwargs)
