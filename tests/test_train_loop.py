@@ -862,6 +862,26 @@ def test_a_corpus_without_proteins_is_refused_before_a_model_is_built(tmp_path, 
     assert res.exit_code == 0, res.stderr
 
 
+def test_init_from_with_a_size_changed_by_set_is_named_as_such(tmp_path, run_cli):
+    """--set hidden_size / vocab_size with --init-from: the weights cannot take it. That was exit 1
+    with "cannot load the weights ... see the above report" (no report shown), or a tokenizer said
+    to be another model's."""
+    from transformers import BertForMaskedLM
+
+    from protrans_cli.models import FAMILIES
+
+    bert = FAMILIES["bert"]
+    tokenizer = bert.build_tokenizer()
+    BertForMaskedLM(bert.build_config("tiny", tokenizer)).save_pretrained(tmp_path / "mlm")
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    for bad in ("hidden_size=64", "vocab_size=5", "vocab_size=64"):
+        res = run_cli("train", "--init-from", tmp_path / "mlm", "--corpus", LEARNABLE, "-o", tmp_path / "no",
+                      "--set", bad, "--num-steps", 1)
+        assert res.exit_code == 2, (bad, res.stderr)
+        assert f"--set / model_overrides ({bad})" in res.stderr and "not sizes" in res.stderr, res.stderr
+    assert not (tmp_path / "no").exists()
+
+
 def test_init_from_set_values_are_typed_as_for_a_preset(tmp_path, run_cli):
     """`--set hidden_dropout_prob=0` reached ESM's strictly validated config as an int and was a
     traceback with --init-from (a preset run already gave it as a float)."""

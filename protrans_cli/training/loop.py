@@ -363,6 +363,7 @@ def _initial_model(config: TrainConfig, resume):
         raise UsageError(f"--family {config.family} does not go with --init-from {config.init_from}: "
                          f"that is a {family.name} model")
     _check_objective(config, family)
+    saved_vocab = getattr(hf_config, "vocab_size", None)
     for key, value in config.model_overrides.items():
         if not hasattr(hf_config, key):
             raise UsageError(f"--set {key}: the {family.name} config of {source.name} has no field {key!r}")
@@ -374,17 +375,27 @@ def _initial_model(config: TrainConfig, resume):
             raise ModelError(f"--set {key}: invalid {family.name} config value {value!r} ({detail})") from None
     if config.model_overrides and _heads_problem(hf_config):
         raise UsageError(f"--set / model_overrides with --init-from {source.name}: {_heads_problem(hf_config)}")
+    # The weights keep their shapes: --set can change settings such as dropout, not sizes (a
+    # size was met as "cannot load the weights" or a tokenizer said to be another model's).
+    resized = f"--set / model_overrides ({', '.join(f'{k}={v}' for k, v in config.model_overrides.items())})"
     try:
         with _quiet_transformers():  # as embed: no loading bars or load reports
             tokenizer = family.load_tokenizer(source.target, config=source.config, **source.hub_kwargs)
             if resume:
                 return family, tokenizer, family.pretraining_model(hf_config)
+            if "vocab_size" in config.model_overrides and hf_config.vocab_size != saved_vocab:
+                raise UsageError(f"{resized}: the weights of {source.name} have {saved_vocab} "
+                                 "vocabulary rows; with --init-from, --set can change settings such as dropout, "
+                                 "not sizes")
             # the same guard as embed: a directory without its tokenizer would train on [UNK] rows
             _check_tokenizer(f"--init-from {source.name}", family, tokenizer, source.is_dir,
                              getattr(hf_config, "vocab_size", None))
             model, info = family.load_pretraining_model(source.target, config=hf_config, dtype=torch.float32,
                                                         output_loading_info=True, **source.hub_kwargs)
     except weight_errors() as exc:
+        if config.model_overrides:
+            raise UsageError(f"{resized}: the weights of {source.name} do not have that model's shapes; with "
+                             "--init-from, --set can change settings such as dropout, not sizes") from None
         raise ModelError(f"--init-from {source.name}: cannot load the weights: {weights_problem(exc)}") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"--init-from {source.name}: cannot load it as a {family.name} pretraining model: "
