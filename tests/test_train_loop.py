@@ -187,6 +187,26 @@ def test_find_lr_compiles_as_the_run_does(tmp_path, monkeypatch):
     assert [type(m).__name__ for m in compiled] == ["BertForMaskedLM"]
 
 
+def test_find_lr_tells_ddp_of_unused_parameters(tmp_path, monkeypatch):
+    """ALBERT without --sop never uses its sentence-order head: under torchrun (DDP) the range test
+    failed at its second step ("Expected to have finished reduction in the prior iteration")."""
+    from protrans_cli.training import dist
+
+    import contextlib
+
+    told = []
+
+    def wrap(module, strategy, info, **kw):
+        told.append(kw)
+        module.no_sync = contextlib.nullcontext  # one process stands for DDP here
+        return module
+
+    monkeypatch.setattr(dist, "choose_strategy", lambda *args: "ddp")
+    monkeypatch.setattr(dist, "wrap", wrap)
+    find_lr(_config(tmp_path, "albert"), num_steps=2)
+    assert told == [{"find_unused_parameters": True}]
+
+
 def test_find_lr_plots_and_suggests(tmp_path):
     result = find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=25)
     assert 1e-5 <= result.lr_suggestion <= 1.0

@@ -11,7 +11,8 @@ import torch
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import CorpusStream
-from protrans_cli.training.loop import LossModule, NonFiniteGradient, TrainResult, build_run, compile_model, train_step
+from protrans_cli.training.loop import (LossModule, NonFiniteGradient, TrainResult, build_run, compile_model,
+                                        train_step, unused_parameters)
 from protrans_cli.training.optim import build_optimizer
 
 
@@ -26,7 +27,11 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
         run.model.to(info.device)
         if config.compile:  # as the run it is for (it went on eager)
             compile_model(run.model)
-        run.wrapped = dist.wrap(LossModule(run.model, run.objective), run.strategy, info)
+        loss_module = LossModule(run.model, run.objective)
+        # as the run does: DDP told of parameters the objective never uses (ALBERT's sentence-order
+        # head without --sop), or its second step fails
+        unused = unused_parameters(loss_module, run) if run.strategy == "ddp" else []
+        run.wrapped = dist.wrap(loss_module, run.strategy, info, find_unused_parameters=bool(unused))
         optimizer = build_optimizer(run.wrapped, config)
         phase = config.resolved_phases()[0]
         stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
