@@ -619,6 +619,14 @@ def test_pad_multiple_rounds_every_batch_and_leaves_the_loss_unchanged(family, o
     assert losses[48][0] == pytest.approx(losses[8][0], rel=1e-5)
 
 
+def test_strategy_none_is_refused_with_several_processes():
+    """Under torchrun, --strategy none trained one unsynchronised copy per rank without a word."""
+    _cfg(strategy="none").validate(world_size=1)
+    with pytest.raises(UsageError, match=r"--strategy none \(strategy\) is for one process, not 2"):
+        _cfg(strategy="none").validate(world_size=2)
+    _cfg(strategy="ddp").validate(world_size=2)
+
+
 def test_pad_multiple_is_checked_and_set_from_the_command_line(run_cli, tmp_path):
     with pytest.raises(UsageError, match=r"--pad-multiple \(pad_multiple\) must be at least 1"):
         _cfg(pad_multiple=0).validate()

@@ -148,6 +148,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.strategy == "none" and world_size > 1:
+            # Each rank would train its own copy on its share of every batch, never synchronised.
+            raise UsageError(f"--strategy none (strategy) is for one process, not {world_size}: under torchrun use "
+                             "auto, ddp or fsdp")
         if self.init_from and self.preset:
             raise UsageError(f"preset {self.preset!r} cannot go with init_from: the architecture comes from "
                              f"{self.init_from} (change its sizes with --set KEY=VALUE)")
