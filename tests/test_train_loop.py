@@ -621,6 +621,17 @@ def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(t
     assert result.step == 4
 
 
+def test_resume_with_phases_added_names_the_phases_not_a_default_length(tmp_path):
+    """--phase on a resumed single-phase run read "max_length: 64 there, 512 here": 512 is the
+    default of a flag nobody gave."""
+    train(_config(tmp_path, stop_after=2))
+    with pytest.raises(UsageError) as info:
+        train(_config(tmp_path, phases=[Phase(64, 20), Phase(32, 20)]), resume=True)
+    message = info.value.message
+    assert "phases (LEN:GLOBAL_BATCH): '64:16 (no phases)' there, '64:16, 32:16' here" in message, message
+    assert "512" not in message and "max_length" not in message, message
+
+
 def test_resume_from_another_directory_finds_the_same_corpus(tmp_path, monkeypatch):
     # A corpus saved as a relative path was resolved from the resume's directory and refused.
     import shutil

@@ -295,6 +295,9 @@ RESUME_SETTINGS = ("family", "preset", "init_from", "objective", "model_override
                    "seed", "precision")
 
 
+_PHASES_SHOWN = "phases (LEN:GLOBAL_BATCH)"
+
+
 def _same_file(saved_path: str, path: str) -> bool:
     """Whether a path in a checkpoint's config and one of this run name the same file: the same
     real path; or, for a saved path that does not exist from here (a relative path from where the
@@ -350,7 +353,13 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
     now_phases = [(p["max_length"], p["global_batch_size"]) for p in now["phases"]]
     differ = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
     if "phases" in saved and saved_phases != now_phases:
-        differ.append("phases (lengths and batch sizes)")
+        # Phases on one side at least: the single-phase max_length is a default nobody gave there
+        # (it read "max_length: 64 there, 512 here" for --phase 64:2 --phase 32:2); name the phases.
+        differ = [k for k in differ if k != "max_length"]
+        for side, phases in ((saved, saved_phases), (now, now_phases)):
+            side[_PHASES_SHOWN] = ", ".join(f"{n}:{g or side.get('global_batch_size')}" for n, g in phases) \
+                or f"{side.get('max_length')}:{side.get('global_batch_size')} (no phases)"
+        differ.append(_PHASES_SHOWN)
     if differ:
         shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" if k in now else k for k in differ[:4])
         raise UsageError(f"cannot resume from {where} with other settings ({shown}): use the run's settings "
