@@ -273,6 +273,13 @@ class TrainConfig:
             # The phases replace a config file's single length and step count (so that the saved
             # train_config.json, which holds both, reads back).
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            replaced = [f"{key} = {getattr(self, key)}" for key in ("num_steps", "max_length")
+                        if key not in changes and getattr(self, key) != defaults[key] and not self.phases]
+            if replaced:  # a config file's single phase, replaced by --phase flags
+                from protrans_cli import console
+
+                console.warn(f"--phase replaces the config file's {' and '.join(replaced)}: each phase sets its "
+                             "own length and steps")
             for key in ("num_steps", "max_length"):
                 changes.setdefault(key, defaults[key])
         return dataclasses.replace(self, **changes)

@@ -361,7 +361,7 @@ def _initial_model(config: TrainConfig, resume):
     family, hf_config = source.family, source.config
     if config.family and config.family != family.name:
         raise UsageError(f"--family {config.family} does not go with --init-from {config.init_from}: "
-                         f"that is a {family.name} model")
+                         f"that is {'an' if family.name[0] in 'aeiou' else 'a'} {family.name} model")
     _check_objective(config, family)
     saved_vocab = getattr(hf_config, "vocab_size", None)
     for key, value in config.model_overrides.items():
@@ -372,7 +372,7 @@ def _initial_model(config: TrainConfig, resume):
             setattr(hf_config, key, value)
         except Exception as exc:  # noqa: BLE001 - as build_config: huggingface_hub's strict validation (ESM)
             detail = " ".join(str(exc).split())
-            raise ModelError(f"--set {key}: invalid {family.name} config value {value!r} ({detail})") from None
+            raise UsageError(f"--set {key}: invalid {family.name} config value {value!r} ({detail})") from None
     if config.model_overrides and _heads_problem(hf_config):
         raise UsageError(f"--set / model_overrides with --init-from {source.name}: {_heads_problem(hf_config)}")
     # The weights keep their shapes: --set can change settings such as dropout, not sizes (a
