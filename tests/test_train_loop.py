@@ -924,7 +924,7 @@ def test_init_from_set_values_are_typed_as_for_a_preset(tmp_path, run_cli):
     assert json.loads((tmp_path / "more" / "config.json").read_text())["hidden_dropout_prob"] == 0.0
     res = run_cli("train", "--init-from", base.run_dir, "--corpus", LEARNABLE, "-o", tmp_path / "bad",
                   "--num-steps", "1", "--set", "hidden_dropout_prob=true")
-    assert res.exit_code == 1 and "--set hidden_dropout_prob: invalid esm config value True" in res.stderr
+    assert res.exit_code == 2 and "--set hidden_dropout_prob: invalid esm config value True" in res.stderr
     assert "Traceback" not in res.stderr
     saved = json.loads((tmp_path / "more" / "train_config.json").read_text())
     assert (saved["family"], saved["preset"]) == ("esm", None)  # it recorded the default preset, tiny
