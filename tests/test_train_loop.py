@@ -5,6 +5,7 @@ config files, flags and its errors."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 
@@ -1168,3 +1169,24 @@ def test_precision_auto_means_fp16_on_a_gpu_without_bfloat16(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
     message = str(_diverged(TrainConfig(corpus=["x"], output_dir="nowhere"), 7, float("inf"), fp16=True))
     assert "step 7" in message and "--precision fp32" in message
+
+
+@pytest.mark.parametrize("family, extra", [("electra", {}), ("albert", {"sop": True})])
+def test_eval_loss_of_a_two_term_objective_does_not_depend_on_the_micro_batch_size(tmp_path, family, extra):
+    """ELECTRA's detection loss and ALBERT's sentence order were weighted per evaluation
+    micro-batch: the same 16 proteins gave other eval losses in 8 batches of 2 than in 2 of 8."""
+    import dataclasses
+
+    from protrans_cli.training import dist, loop
+
+    cfg = _config(tmp_path, family, val_corpus=[LEARNABLE], num_eval_batches=8, micro_batch_size=2, **extra)
+    info = dist.setup()
+    try:
+        run = loop.build_run(cfg, info)
+        run.wrapped = loop.LossModule(run.model, run.objective)
+        small = loop.evaluate(run, Phase(64, 1, 16, 2))
+        run.config = dataclasses.replace(cfg, num_eval_batches=2)
+        large = loop.evaluate(run, Phase(64, 1, 16, 8))
+    finally:
+        dist.cleanup()
+    assert math.isfinite(small) and small == pytest.approx(large, rel=1e-6, abs=0)  # float32 sums

@@ -783,18 +783,29 @@ def evaluate(run: _Run, phase) -> float:
     totals = torch.zeros(2, dtype=torch.float64, device=info.device)
     try:
         # islice: a batch past the last is not made (tokenized and collated) only to be dropped
-        for step_batch in itertools.islice(stream, config.num_eval_batches):
-            for batch in step_batch.micro_batches:
-                batch = _to_device(batch, info.device)
-                with run.autocast(), sdpa_kernels(info.device, config.sdpa_kernels):
-                    sum_loss, n, _ = run.wrapped(batch)
-                totals += torch.stack([sum_loss.detach().double(),
-                                       torch.as_tensor(n, device=info.device).double()])
+        micro_batches = [b for step_batch in itertools.islice(stream, config.num_eval_batches)
+                         for b in step_batch.micro_batches]
     except InputError as exc:
         # Checked before training (check_validation_corpus), so only a file changed since: no
         # eval loss, but the training goes on and the model is saved.
         console.warn(f"no eval loss: {exc.format()}")
-        totals[1] = 0
+        micro_batches = []
+    # A second loss term that is a mean over something else (ELECTRA's detection, ALBERT's
+    # sentence order) is weighted over the whole evaluation, as train_step weights it over a
+    # step (per micro-batch, the eval loss moved with the micro-batch size). Every rank takes
+    # part in this exchange, one whose reading failed too.
+    counts = torch.tensor([float(sum(b["num_predicted"] for b in micro_batches)),
+                           float(sum(b.get("num_aux", 0) for b in micro_batches)), float(not micro_batches)],
+                          dtype=torch.float64, device=info.device)
+    predicted, aux, failed = dist.all_reduce_sum(counts).tolist()
+    try:
+        for batch in micro_batches if not failed else []:
+            if aux:
+                batch["step_ratio"] = predicted / aux
+            batch = _to_device(batch, info.device)
+            with run.autocast(), sdpa_kernels(info.device, config.sdpa_kernels):
+                sum_loss, n, _ = run.wrapped(batch)
+            totals += torch.stack([sum_loss.detach().double(), torch.as_tensor(n, device=info.device).double()])
     finally:
         torch.set_rng_state(rng)
     dist.all_reduce_sum(totals)
