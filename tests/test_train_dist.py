@@ -26,11 +26,11 @@ ARGS = ["--family", "bert", "--corpus", LEARNABLE, "--num-steps", "6", "--max-le
         "attention_probs_dropout_prob=0", "--save-every", "100"]
 
 
-def _single(tmp_path, family="bert"):
+def _single(tmp_path, family="bert", **kw):
     cfg = TrainConfig(family=family, corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=6,
                       max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
                       log_every=1, threads=1, save_every=100,
-                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
+                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0}, **kw)
     return train(cfg).losses
 
 
@@ -82,6 +82,18 @@ def test_torchrun_with_activation_checkpointing_matches_one_process(tmp_path, st
     assert f"strategy {strategy}" in proc.stderr and "activation checkpointing of 2 blocks" in proc.stderr
     losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
     np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_fp16_with_loss_scaling_matches_one_process(tmp_path, strategy):
+    # The loss scale's decision comes from the global gradient norm, the same on every rank.
+    out = tmp_path / strategy
+    proc = _torchrun("-o", out, "--strategy", strategy, "--precision", "fp16")
+    assert f"strategy {strategy}, fp16 autocast with loss scaling" in proc.stderr
+    rows = read_metrics(out / "metrics.jsonl")
+    assert all(r["loss_scale"] == 2.0 ** 16 and r["skipped_steps"] == 0 for r in rows)
+    np.testing.assert_allclose([r["loss"] for r in rows], _single(tmp_path, precision="fp16"), rtol=1e-4)
 
 
 @pytest.mark.slow
