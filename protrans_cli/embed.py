@@ -1125,12 +1125,15 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None) -> _Done:
     """Proteins already complete in an existing output (for --resume), after checking that the
     file was made the same way; a file that a SIGKILL during a flush left unreadable is mended
     first when it can be (io.h5.repair_after_kill)."""
-    from protrans_cli.io.h5 import UnreadableFile, repair_after_kill
+    from protrans_cli.io.h5 import UnreadableFile, repair_after_kill, run_attributes
 
     try:
         return _read_done(path, writer_kw)
     except UnreadableFile:
-        note = repair_after_kill(path, writer_kw["kinds"], writer_kw["layout"], writer_kw["attrs"], input_ids)
+        # (layout, kinds and storage dtype too: a file without them is not resumed)
+        attrs = run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
+                               storage_dtype=writer_kw["storage_dtype"])
+        note = repair_after_kill(path, writer_kw["kinds"], writer_kw["layout"], attrs, input_ids)
         if note is None:
             raise
         console.warn(f"{path}: {note}")

@@ -195,6 +195,27 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False, resume=True))
 
 
+@pytest.mark.parametrize("layout", ["flat", "grouped"])
+@pytest.mark.parametrize("partial", [False, True])
+def test_resume_refuses_a_file_another_tool_wrote(tmp_path, layout, partial):
+    """A ProtTrans-script or bio_embeddings file (datasets at the root, no attributes) was
+    "resumed": this run's proteins written beside its own (under other keys: bio_embeddings' md5
+    ones), a grouped run's groups hiding them from every reader, and the file relabelled with this
+    run's model. It is refused and left as it was."""
+    import h5py
+
+    out = tmp_path / "foreign.h5"
+    target = partial_path(out) if partial else out
+    with h5py.File(target, "w") as f:
+        d = f.create_dataset("0123456789abcdef0123456789abcdef", data=np.ones((3, 21), np.float32))
+        d.attrs["original_id"] = "P1"
+        f.create_dataset("P2", data=np.ones((4, 21), np.float32))
+    before = target.read_bytes()
+    with pytest.raises(UsageError, match="not an output of protrans embed"):
+        embed(SMALL, out, EmbedOptions(model="onehot", per_protein=layout == "grouped", layout=layout, resume=True))
+    assert target.read_bytes() == before
+
+
 def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
     """A second embed on the output of a live run truncated the first run's OUT.partial (h5py's
     "w" truncates before it meets the HDF5 lock), and both died; --resume advised deleting the

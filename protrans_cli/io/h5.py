@@ -749,6 +749,13 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
             old = {k: f.attrs[k] for k in f.attrs.keys()}
     except UNREADABLE as exc:
         raise unreadable_on_resume(path, exc) from None
+    # Every version of embed wrote `layout` and `kinds`: a file without them was written by
+    # another tool (ProtTrans' script, bio_embeddings, h5py by hand), whose keys, attributes and
+    # model are not this run's. Resuming added this run's datasets (or groups) beside its own and
+    # relabelled it with this run's model.
+    if "layout" not in old or "kinds" not in old:
+        raise UsageError("cannot resume: not an output of protrans embed (no 'layout' or 'kinds' attribute; "
+                         "a file from another tool?); it is left as it is: write to a new file", path=str(path))
     for key in RESUME_ATTRS:
         if key in old and key in run_attrs and run_attrs[key] is not None:
             before, now = _comparable(old[key]), _comparable(_attr_value(run_attrs[key]))
