@@ -292,3 +292,15 @@ def test_a_file_system_without_locks_is_used_without_them(tmp_path, monkeypatch,
     monkeypatch.setattr(h5py, "File", busy_file)
     with pytest.raises(BlockingIOError):
         h5_module.h5_file(out)
+
+
+def test_groups_in_a_flat_file_from_another_tool_are_not_proteins(tmp_path):
+    """h5py writes an id with '/' as a dataset in a group: the reader's kind guess, dim() and
+    items() met the group first and failed (a Group has no ndim or shape)."""
+    with h5py.File(tmp_path / "n.h5", "w") as f:
+        f.create_dataset("0grp/P1", data=np.ones((3, 4), np.float32))
+        f.create_dataset("P2", data=np.ones((5, 4), np.float32))
+    with EmbeddingsReader(tmp_path / "n.h5") as r:
+        assert r.layout == "flat" and r.kinds == (PER_RESIDUE,) and r.subgroups == ["0grp"]
+        assert r.keys() == ["P2"] and r.dim() == 4
+        assert [(ident, a.shape) for ident, a, _ in r.items()] == [("P2", (5, 4))]

@@ -1023,3 +1023,29 @@ def test_standardisation_keeps_constant_features_unscaled_and_one_protein_finite
     head.standardise_with(x[:1])
     assert torch.isfinite(head.scale).all() and head.scale.tolist() == [1.0, 1.0, 1.0]
     assert torch.isfinite(head(query)["loc"]).all()
+
+
+def _foreign_copy(src, out, key=lambda ident, ds: ident, **attrs):
+    """`src` (an embed output, flat or grouped, per residue) rewritten as another tool writes
+    it: one dataset per protein at the root under `key(id, dataset)`, float32, no file attributes;
+    `attrs` maps a dataset attribute name to `f(id, dataset)`."""
+    with EmbeddingsReader(src) as r, h5py.File(out, "w") as f:
+        for ident, array, ds_attrs in r.items("per_residue"):
+            d = f.create_dataset(key(ident, ds_attrs), data=np.asarray(array, np.float32))
+            for name, value in attrs.items():
+                d.attrs[name] = value(ident, ds_attrs)
+    return out
+
+
+def test_predict_on_a_flat_file_with_nested_groups_warns_and_predicts_the_rest(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    # `f.create_dataset("grp/" + id)` nests: predict stopped with a traceback at the group.
+    with EmbeddingsReader(ss_data / "test.h5") as reader:
+        nested = sorted(reader.ids())[:2]
+    h5 = _foreign_copy(ss_data / "test.h5", tmp_path / "nested.h5",
+                       key=lambda ident, _: ("0grp/" + ident) if ident in nested else ident)
+    with h5py.File(h5, "r") as f:
+        flat = [k for k in f if k != "0grp"]
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", h5, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0, r.stderr
+    assert "1 group(s) at the top of this flat file are not read" in r.stderr and "0grp" in r.stderr
+    assert (tmp_path / "p.fa").read_text().count(">") == len(flat)

@@ -92,8 +92,9 @@ def _source_kind(reader: EmbeddingsReader, kind: str) -> str:
 def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                  on_mismatch: str = "error") -> tuple[list[Matched], MatchReport]:
     """Pair every label record with its embedding, checked; see the module docstring."""
-    group = reader._group(_source_kind(reader, task.kind))
-    keys = set(group.keys())
+    source = _source_kind(reader, task.kind)
+    group = reader._group(source)
+    keys = set(reader.keys(source))
     by_checksum: dict[str, str] | None = None
     report = MatchReport()
     matched: list[Matched] = []

@@ -65,9 +65,10 @@ def head_layer(config: dict) -> int:
 
 def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list[str]]:
     """Every protein of the file, and the ids of those `embed --long-policy truncate` cut short."""
-    group = reader._group(_source_kind(reader, kind))
+    source = _source_kind(reader, kind)
+    group = reader._group(source)
     items, truncated = [], []
-    for key in group.keys():
+    for key in reader.keys(source):
         ds = group[key]
         ident = ds.attrs.get("id", None)
         ident = ident.decode() if isinstance(ident, bytes) else (ident or _unescape(key))
@@ -144,6 +145,12 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         items, truncated = _all_items(reader, task.kind)
         failed = reader.failed()
+        subgroups = reader.subgroups
+    if subgroups:  # datasets nested in groups (ids with '/' written as they were): no prediction either
+        from protrans_cli.heads.labels import some_ids
+
+        console.warn(f"{embeddings}: {len(subgroups)} group(s) at the top of this flat file are not read, and the "
+                     f"datasets in them get no prediction: {some_ids(sorted(subgroups))}")
     if truncated:  # a prediction of the first residues only, or from their mean: never silent
         from protrans_cli.heads.labels import some_ids
 

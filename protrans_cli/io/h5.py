@@ -89,6 +89,9 @@ class EmbeddingsReader:
             raise InputError(f"not a readable HDF5 file ({exc})", path=self.path) from None
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
         groups = [k for k in KINDS if k in self.file and not _is_dataset(self.file[k])]
+        # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
+        # group a): not proteins, and the datasets in them are not read (see `subgroups`).
+        self.subgroups: list[str] = []
         if groups:
             self.layout = "grouped"
             self.kinds = tuple(groups)
@@ -96,7 +99,9 @@ class EmbeddingsReader:
             self.layout = "flat"
             kind = self.attrs.get("kind")
             if kind not in KINDS:  # a file from another tool: guess from the shapes
-                first = next(iter(self.file.values()), None)
+                self.subgroups = [k for k, cls in ((k, self.file.get(k, getclass=True)) for k in self.file.keys())
+                                  if not _is_dataset_class(cls)]
+                first = next((self.file[k] for k in self.file.keys() if k not in self.subgroups), None)
                 kind = PER_PROTEIN if first is not None and first.ndim == 1 else PER_RESIDUE
             self.kinds = (kind,)
 
@@ -118,7 +123,12 @@ class EmbeddingsReader:
         return [ident for ident, _ in stored_proteins(self._group(kind), checksums=False)]
 
     def keys(self, kind: str = PER_RESIDUE) -> list[str]:
-        return list(self._group(kind).keys())
+        """The dataset names of a kind (groups in a flat file from another tool left out)."""
+        keys = list(self._group(kind).keys())
+        if self.subgroups:
+            skip = set(self.subgroups)
+            keys = [k for k in keys if k not in skip]
+        return keys
 
     def dataset(self, ident: str, kind: str = PER_RESIDUE):
         group = self._group(kind)
@@ -132,7 +142,7 @@ class EmbeddingsReader:
 
     def items(self, kind: str = PER_RESIDUE) -> Iterator[tuple[str, np.ndarray, dict]]:
         group = self._group(kind)
-        for key in group.keys():
+        for key in self.keys(kind):
             ds = group[key]
             attrs = {k: _plain(v) for k, v in ds.attrs.items()}
             yield attrs.get("id", unescape_key(key)), ds[()], attrs
@@ -141,11 +151,11 @@ class EmbeddingsReader:
         """checksum -> id, for matching label files that carry only sequences."""
         group = self._group(kind)
         return {_plain(group[k].attrs["checksum"]): _plain(group[k].attrs.get("id", unescape_key(k)))
-                for k in group.keys() if "checksum" in group[k].attrs}
+                for k in self.keys(kind) if "checksum" in group[k].attrs}
 
     def dim(self, kind: str = PER_RESIDUE) -> int:
         group = self._group(kind)
-        for key in group.keys():
+        for key in self.keys(kind):
             return int(group[key].shape[-1])
         raise InputError(f"holds no {kind} embeddings", path=self.path)
 
@@ -162,6 +172,12 @@ def _is_dataset(obj) -> bool:
     import h5py
 
     return isinstance(obj, h5py.Dataset)
+
+
+def _is_dataset_class(cls) -> bool:
+    import h5py
+
+    return cls is h5py.Dataset
 
 
 def stored_proteins(group, checksums: bool = True) -> Iterator[tuple[str, str | None]]:
