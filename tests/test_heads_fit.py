@@ -1049,3 +1049,45 @@ def test_predict_on_a_flat_file_with_nested_groups_warns_and_predicts_the_rest(r
     assert r.exit_code == 0, r.stderr
     assert "1 group(s) at the top of this flat file are not read" in r.stderr and "0grp" in r.stderr
     assert (tmp_path / "p.fa").read_text().count(">") == len(flat)
+
+
+def _bio_embeddings_copy(ss_data, out, original_id):
+    """ss_data's test embeddings as bio_embeddings writes them: keys md5(sequence), the header
+    line in `original_id`."""
+    import hashlib
+
+    from protrans_cli.io.fasta import read_fasta
+
+    seqs = {r.id: r.sequence for r in read_fasta(ss_data / "test.fa")}
+    return _foreign_copy(ss_data / "test.h5", out, key=lambda ident, _: hashlib.md5(seqs[ident].encode()).hexdigest(),
+                         original_id=lambda ident, _: original_id(ident))
+
+
+def test_bio_embeddings_files_predict_under_and_match_by_their_original_ids(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    # Their md5 keys were taken for ids: predictions were written under them, labels by id never matched.
+    import dataclasses
+
+    from protrans_cli.heads.data import match_labels
+    from protrans_cli.heads.labels import LabelSet, read_labels
+    from protrans_cli.heads.tasks import get_task
+
+    h5 = _bio_embeddings_copy(ss_data, tmp_path / "embeddings_file.h5", lambda ident: f"{ident} from a header")
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", h5, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(ss_data / "test.h5") as reader:
+        ids = set(reader.ids())
+    written = {line[1:] for line in (tmp_path / "p.fa").read_text().splitlines() if line.startswith(">")}
+    assert written == ids
+    labels = read_labels(ss_data / "test.csv")
+    by_id = LabelSet(labels.path, labels.format, [dataclasses.replace(r, sequence=None) for r in labels.records])
+    with EmbeddingsReader(h5) as reader, EmbeddingsReader(ss_data / "test.h5") as embedded:
+        first = sorted(ids)[0]
+        np.testing.assert_array_equal(reader.get(first), embedded.get(first))
+        assert sorted(reader.ids()) == sorted(ids)
+        matched, report = match_labels(by_id, reader, get_task("ss3"))
+        assert report.matched == len(labels.records) and report.by_checksum == 0
+    # under other ids, the NetSurfP labels (sequences) find them by the md5 keys
+    h5 = _bio_embeddings_copy(ss_data, tmp_path / "renamed.h5", lambda ident: "other-" + ident)
+    with EmbeddingsReader(h5) as reader:
+        matched, report = match_labels(labels, reader, get_task("ss3"))
+        assert report.matched == len(labels.records) == report.by_checksum

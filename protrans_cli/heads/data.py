@@ -26,8 +26,8 @@ from protrans_cli import console
 from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
-from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, escape_key, h5_file, sequence_checksum,
-                                unescape_key)
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, dataset_checksum, escape_key, h5_file,
+                                sequence_checksum, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -95,6 +95,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     source = _source_kind(reader, task.kind)
     group = reader._group(source)
     keys = set(reader.keys(source))
+    other_ids = reader.foreign_ids(source)  # bio_embeddings' md5 keys: the id is in `original_id`
     by_checksum: dict[str, str] | None = None
     report = MatchReport()
     matched: list[Matched] = []
@@ -107,10 +108,12 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                 targets = task.protein_targets(record)
                 label_length = len(record.sequence) if record.sequence is not None else None
         key = escape_key(record.id)
+        if key not in keys:
+            key = other_ids.get(record.id, key)
         via_checksum = False
         if key not in keys and record.sequence is not None:
             if by_checksum is None:
-                by_checksum = {str(_attr(group[k], "checksum")): k for k in keys if "checksum" in group[k].attrs}
+                by_checksum = {c: k for k in keys if (c := dataset_checksum(k, group[k].attrs)) is not None}
             key = next((by_checksum[c] for c in _checksums(record.sequence) if c in by_checksum), None)
             via_checksum = key is not None
         if key is None or key not in keys:
@@ -121,8 +124,9 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         if "truncated_from" in ds.attrs:  # its checksum is the kept prefix's: not another sequence
             report.truncated.append(f"{record.id} ({length} of {int(_attr(ds, 'truncated_from'))})")
             continue
-        if record.sequence is not None and not via_checksum and "checksum" in ds.attrs:
-            if str(_attr(ds, "checksum")) not in _checksums(record.sequence):
+        stored = dataset_checksum(key, ds.attrs)
+        if record.sequence is not None and not via_checksum and stored is not None:
+            if stored not in _checksums(record.sequence):
                 report.wrong_sequence.append(record.id)
                 continue
         if label_length is not None and length is not None and label_length != length:

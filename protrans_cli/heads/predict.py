@@ -29,7 +29,7 @@ from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_
                                      report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import read_labels
 from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
-from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, ensure_room, escape_key, h5_file
+from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, dataset_id, ensure_room, escape_key, h5_file
 
 
 def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mismatch: bool = False) -> None:
@@ -70,19 +70,12 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
     items, truncated = [], []
     for key in reader.keys(source):
         ds = group[key]
-        ident = ds.attrs.get("id", None)
-        ident = ident.decode() if isinstance(ident, bytes) else (ident or _unescape(key))
+        ident = dataset_id(key, ds.attrs)  # embed's `id`, bio_embeddings' `original_id`, else the key
         length = int(ds.attrs["length"]) if "length" in ds.attrs else (int(ds.shape[-2]) if ds.ndim >= 2 else 0)
         items.append(Matched(str(ident), key, length, {}))
         if "truncated_from" in ds.attrs:
             truncated.append(f"{ident} ({length} of {int(ds.attrs['truncated_from'])})")
     return items, truncated
-
-
-def _unescape(key: str) -> str:
-    from protrans_cli.io.h5 import unescape_key
-
-    return unescape_key(key)
 
 
 def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, device: str = "auto",

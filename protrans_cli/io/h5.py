@@ -65,6 +65,38 @@ def unescape_key(key: str) -> str:
     return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), key)
 
 
+_ASCII_SPACE = re.compile("[ \t\n\r\x0b\x0c]")
+_MD5_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+def dataset_id(key: str, attrs) -> str:
+    """A dataset's protein id: its `id` attribute (embed's files), else bio_embeddings'
+    `original_id` up to its first whitespace (the FASTA id as embed takes it from the header),
+    else the unescaped key (the ProtTrans script's files). `attrs`: the dataset's attributes."""
+    ident = _plain(attrs["id"]) if "id" in attrs else None
+    if not ident and "original_id" in attrs:
+        ident = _original_id(_plain(attrs["original_id"]))
+    return str(ident) if ident else unescape_key(key)
+
+
+def _original_id(value) -> str | None:
+    """The FASTA id in an `original_id` (Biopython's description: the header line)."""
+    if not value:
+        return None
+    return _ASCII_SPACE.split(str(value).strip(" \t\n\r\x0b\x0c"), maxsplit=1)[0] or None
+
+
+def dataset_checksum(key: str, attrs) -> str | None:
+    """A dataset's sequence checksum ("md5:<hex>"): its `checksum` attribute (embed's files), else
+    its key where bio_embeddings made it the md5 of the sequence (32 hex digits, with an
+    `original_id`); None when it has none."""
+    if "checksum" in attrs:
+        return str(_plain(attrs["checksum"]))
+    if "original_id" in attrs and _MD5_KEY.fullmatch(key):
+        return "md5:" + key
+    return None
+
+
 def sequence_checksum(sequence: str) -> str:
     """md5 of the upper-cased sequence without whitespace: how labels are matched without ids."""
     clean = "".join(sequence.split()).upper()
@@ -92,6 +124,7 @@ class EmbeddingsReader:
         # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
         # group a): not proteins, and the datasets in them are not read (see `subgroups`).
         self.subgroups: list[str] = []
+        self._foreign_ids: dict[str, dict[str, str]] = {}
         if groups:
             self.layout = "grouped"
             self.kinds = tuple(groups)
@@ -130,9 +163,25 @@ class EmbeddingsReader:
             keys = [k for k in keys if k not in skip]
         return keys
 
+    def foreign_ids(self, kind: str = PER_RESIDUE) -> dict[str, str]:
+        """id -> key of the datasets whose key is not their escaped id: those of a bio_embeddings
+        file (md5 keys, the id in `original_id`). {} for embed's files (every key is the id's)."""
+        if "layout" in self.attrs:
+            return {}
+        if kind not in self._foreign_ids:
+            group, found = self._group(kind), {}
+            for key in self.keys(kind):
+                ident = dataset_id(key, group[key].attrs)
+                if escape_key(ident) != key:
+                    found.setdefault(ident, key)
+            self._foreign_ids[kind] = found
+        return self._foreign_ids[kind]
+
     def dataset(self, ident: str, kind: str = PER_RESIDUE):
         group = self._group(kind)
         key = escape_key(ident)
+        if key not in group:
+            key = self.foreign_ids(kind).get(ident, key)
         if key not in group:
             raise InputError(f"no {kind} embedding for this id", path=self.path, record=ident)
         return group[key]
@@ -145,13 +194,17 @@ class EmbeddingsReader:
         for key in self.keys(kind):
             ds = group[key]
             attrs = {k: _plain(v) for k, v in ds.attrs.items()}
-            yield attrs.get("id", unescape_key(key)), ds[()], attrs
+            yield dataset_id(key, attrs), ds[()], attrs
 
     def checksums(self, kind: str = PER_RESIDUE) -> dict[str, str]:
         """checksum -> id, for matching label files that carry only sequences."""
-        group = self._group(kind)
-        return {_plain(group[k].attrs["checksum"]): _plain(group[k].attrs.get("id", unescape_key(k)))
-                for k in self.keys(kind) if "checksum" in group[k].attrs}
+        group, sums = self._group(kind), {}
+        for key in self.keys(kind):
+            attrs = group[key].attrs
+            checksum = dataset_checksum(key, attrs)
+            if checksum is not None:
+                sums[checksum] = dataset_id(key, attrs)
+        return sums
 
     def dim(self, kind: str = PER_RESIDUE) -> int:
         group = self._group(kind)
@@ -193,7 +246,8 @@ def stored_proteins(group, checksums: bool = True) -> Iterator[tuple[str, str | 
         obj = h5py.h5o.open(group.id, name)
         if not isinstance(obj, h5py.h5d.DatasetID):
             continue
-        ident = _read_text_attr(obj, b"id") or unescape_key(name.decode("utf-8"))
+        ident = (_read_text_attr(obj, b"id") or _original_id(_read_text_attr(obj, b"original_id"))
+                 or unescape_key(name.decode("utf-8")))
         checksum = None
         if checksums and not h5py.h5a.exists(obj, b"truncated_from"):
             checksum = _read_text_attr(obj, b"checksum")
