@@ -1091,3 +1091,17 @@ def test_bio_embeddings_files_predict_under_and_match_by_their_original_ids(run_
     with EmbeddingsReader(h5) as reader:
         matched, report = match_labels(labels, reader, get_task("ss3"))
         assert report.matched == len(labels.records) == report.by_checksum
+
+
+def test_embeddings_with_special_token_rows_are_refused_with_the_likely_reason(tmp_path, run_cli):
+    # A ProtTrans-notebook file that kept [CLS] and [SEP]: (L + 2, D). Said so, not just "5 vs 7".
+    h5 = tmp_path / "cls_sep.h5"
+    with h5py.File(h5, "w") as f:
+        for ident, length in (("p1", 5), ("p2", 4)):
+            f.create_dataset(ident, data=np.zeros((length + 2, 4), np.float32))
+    flip = tmp_path / "flip.fasta"
+    flip.write_text(">p1 SET=train VALIDATION=False\nCCHHE\n>p2 SET=train VALIDATION=False\nCEEC\n")
+    r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", flip, "-o", tmp_path / "h", "-j", "1")
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "(p1 (5 vs 7), p2 (4 vs 6)); each embedding has 2 row(s) more than its protein has residues" in r.stderr
+    assert "special-token rows" in r.stderr

@@ -50,6 +50,7 @@ class MatchReport:
     wrong_sequence: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)  # embedded truncated (--long-policy truncate)
     unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched
+    extra_rows: list[int] = field(default_factory=list)  # embedding rows - labels, of wrong_length
 
     @property
     def problems(self) -> int:
@@ -62,6 +63,11 @@ class MatchReport:
         if self.wrong_length:
             parts.append(f"{len(self.wrong_length)} whose label length differs from the embedding's "
                          f"({some_ids(self.wrong_length)})")
+            if set(self.extra_rows) <= {1, 2}:  # another tool's file that kept [CLS]/<s>, </s>/[SEP]
+                more = " or ".join(map(str, sorted(set(self.extra_rows))))
+                parts[-1] += (f"; each embedding has {more} row(s) more than its protein has residues, as if the "
+                              "tool that wrote it kept the special-token rows ([CLS]/<s>, [SEP]/</s>); embed writes "
+                              "one row per residue")
         if self.wrong_sequence:
             parts.append(f"{len(self.wrong_sequence)} whose sequence differs from the embedded one "
                          f"({some_ids(self.wrong_sequence)})")
@@ -131,6 +137,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                 continue
         if label_length is not None and length is not None and label_length != length:
             report.wrong_length.append(f"{record.id} ({label_length} vs {length})")
+            report.extra_rows.append(length - label_length)
             continue
         if length is None:
             length = label_length or 0
