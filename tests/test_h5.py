@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from protrans_cli.errors import UsageError
+from protrans_cli.errors import InputError, UsageError
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, EmbeddingsWriter, escape_key,
                                 partial_path, sequence_checksum, unescape_key)
 
@@ -304,3 +304,13 @@ def test_groups_in_a_flat_file_from_another_tool_are_not_proteins(tmp_path):
         assert r.layout == "flat" and r.kinds == (PER_RESIDUE,) and r.subgroups == ["0grp"]
         assert r.keys() == ["P2"] and r.dim() == 4
         assert [(ident, a.shape) for ident, a, _ in r.items()] == [("P2", (5, 4))]
+
+
+def test_an_empty_file_and_an_esm_extract_file_are_one_line_saying_what_they_are(tmp_path):
+    # An empty file read as "holds no per_residue embeddings" for a per-protein head (the kind was a guess).
+    h5py.File(tmp_path / "empty.h5", "w").close()
+    with EmbeddingsReader(tmp_path / "empty.h5") as r, pytest.raises(InputError, match=r"empty.h5: holds no embeddings$"):
+        r.dim()
+    (tmp_path / "P1.pt").write_bytes(b"PK\x03\x04 a torch.save zip")
+    with pytest.raises(InputError, match="esm-extract's .pt files are not read: embed the FASTA with protrans embed"):
+        EmbeddingsReader(tmp_path / "P1.pt")

@@ -118,13 +118,18 @@ class EmbeddingsReader:
         except FileNotFoundError:
             raise InputError("no such file", path=self.path) from None
         except OSError as exc:
-            raise InputError(f"not a readable HDF5 file ({exc})", path=self.path) from None
+            hint = ""
+            if self.path.endswith(".pt"):  # esm-extract writes one torch file per protein
+                hint = ("; esm-extract's .pt files are not read: embed the FASTA with protrans embed -m "
+                        "<the ESM model> for an HDF5 file")
+            raise InputError(f"not a readable HDF5 file ({exc}){hint}", path=self.path) from None
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
         groups = [k for k in KINDS if k in self.file and not _is_dataset(self.file[k])]
         # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
         # group a): not proteins, and the datasets in them are not read (see `subgroups`).
         self.subgroups: list[str] = []
         self._foreign_ids: dict[str, dict[str, str]] = {}
+        self._kind_guessed = False
         if groups:
             self.layout = "grouped"
             self.kinds = tuple(groups)
@@ -136,6 +141,7 @@ class EmbeddingsReader:
                                   if not _is_dataset_class(cls)]
                 first = next((self.file[k] for k in self.file.keys() if k not in self.subgroups), None)
                 kind = PER_PROTEIN if first is not None and first.ndim == 1 else PER_RESIDUE
+                self._kind_guessed = first is None
             self.kinds = (kind,)
 
     def __enter__(self):
@@ -210,7 +216,8 @@ class EmbeddingsReader:
         group = self._group(kind)
         for key in self.keys(kind):
             return int(group[key].shape[-1])
-        raise InputError(f"holds no {kind} embeddings", path=self.path)
+        # (an empty file from another tool: no kind to name; its `kind` was a guess)
+        raise InputError(f"holds no {'' if self._kind_guessed else kind + ' '}embeddings", path=self.path)
 
     def failed(self) -> dict[str, str]:
         raw = self.attrs.get("failed")
