@@ -27,7 +27,7 @@ from protrans_cli import console
 from protrans_cli.errors import ModelError, UsageError
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
                                      report_unlabelled, stored_layer_index)
-from protrans_cli.heads.labels import read_labels
+from protrans_cli.heads.labels import read_labels, some_ids
 from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, dataset_id, ensure_room, escape_key, h5_file
 
@@ -140,18 +140,12 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         failed = reader.failed()
         subgroups = reader.subgroups
     if subgroups:  # datasets nested in groups (ids with '/' written as they were): no prediction either
-        from protrans_cli.heads.labels import some_ids
-
         console.warn(f"{embeddings}: {len(subgroups)} group(s) at the top of this flat file are not read, and the "
                      f"datasets in them get no prediction: {some_ids(sorted(subgroups))}")
     if truncated:  # a prediction of the first residues only, or from their mean: never silent
-        from protrans_cli.heads.labels import some_ids
-
         console.warn(f"{embeddings}: {len(truncated)} protein(s) were truncated by embed (--long-policy "
                      f"truncate); their predictions are of the residues kept only: {some_ids(truncated)}")
     if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
-        from protrans_cli.heads.labels import some_ids
-
         console.warn(f"{embeddings}: {len(failed)} protein(s) have no embedding (the file's 'failed' "
                      f"attribute) and get no prediction: {some_ids(sorted(failed))}")
     if order is not None:
