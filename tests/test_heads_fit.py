@@ -1105,3 +1105,18 @@ def test_embeddings_with_special_token_rows_are_refused_with_the_likely_reason(t
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "(p1 (5 vs 7), p2 (4 vs 6)); each embedding has 2 row(s) more than its protein has residues" in r.stderr
     assert "special-token rows" in r.stderr
+def test_a_head_of_the_last_layer_refuses_a_file_of_one_other_layer(run_cli, one_epoch_ss3, ss_data, tmp_path):
+    """The converse of the test above: a head fit on layer -1 took a file holding only layer -2
+    (same model, same width) without a word, since a lone stored layer stood in for -1."""
+    import shutil
+
+    other = tmp_path / "other.h5"
+    shutil.copy(ss_data / "test.h5", other)
+    with h5py.File(other, "r+") as f:
+        f.attrs["layers"] = [-2]
+    assert json.loads((one_epoch_ss3 / "config.json").read_text())["layer"] == -1
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", other, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and "not layer -1 (the head was trained on layer -1: embed with --layer -1)" in r.stderr
+    assert not (tmp_path / "p.fa").exists()
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0

@@ -184,8 +184,9 @@ def _attr(ds, name):
 
 
 def stored_layer_index(reader: EmbeddingsReader, layer: int,
-                       remedy: str = "choose one of those with --layer") -> int:
+                       remedy: str = "choose one of those with --layer", *, exact: bool = False) -> int:
     """Where model layer `layer` (as given to `embed --layer`) lies on the file's layer axis.
+    `exact`: -1 means the last layer only (a head that knows its layer), not also a file's lone layer.
 
     `embed --layer -1 --layer -2` stores layers in that order, so layer -1 is index 0: indexing
     the axis with the layer number itself picked the wrong layer.
@@ -199,7 +200,7 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int,
     wanted = layer - int(states) if layer >= 0 and states is not None else layer
     if wanted in stored:
         return stored.index(wanted)
-    if len(stored) == 1 and wanted == -1:  # the default, with one layer stored (no layer axis)
+    if len(stored) == 1 and wanted == -1 and not exact:  # the default, with one layer stored (no layer axis)
         return 0
     counted = f" of {int(states)} hidden states, 0 = {-int(states)}" if states is not None else ""
     raise InputError(f"holds layer(s) {', '.join(map(str, stored))}{counted}, not layer {layer} ({remedy})",

@@ -40,7 +40,9 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
         raise ModelError(f"embeddings have dimension {dim}, the head was trained on {config['input_dim']}-d "
                          f"embeddings of {config['embedding'].get('model', 'an unknown model')}", path=reader.path)
     layer = head_layer(config)  # predict has no --layer: the head's decides, before any work
-    stored_layer_index(reader, layer, f"the head was trained on layer {layer}: embed with --layer {layer}")
+    # A head that recorded its training file's layers knows its layer: a file's lone other layer is not it.
+    stored_layer_index(reader, layer, f"the head was trained on layer {layer}: embed with --layer {layer}",
+                       exact="layers" in config.get("embedding", {}))
     head_model = config.get("embedding", {}).get("model")
     file_model = reader.attrs.get("model")
     from protrans_cli.embed import same_model  # a directory named two ways, a short name and its hub id
