@@ -1120,3 +1120,18 @@ def test_a_head_of_the_last_layer_refuses_a_file_of_one_other_layer(run_cli, one
     assert not (tmp_path / "p.fa").exists()
     r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "p.fa")
     assert r.exit_code == 0
+
+
+def test_fit_refuses_a_test_file_of_another_layer_than_train(run_cli, ss_data, tmp_path):
+    """Train on the last layer, --test on a file holding layer -2 alone: the test set was scored
+    on layer -2 without a word (a lone stored layer stood in for fit's default -1)."""
+    import shutil
+
+    other = tmp_path / "other.h5"
+    shutil.copy(ss_data / "test.h5", other)
+    with h5py.File(other, "r+") as f:
+        f.attrs["layers"] = [-2]
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--test", other, ss_data / "test.csv", "--max-epochs", "1", *FAST, "-o", tmp_path / "ss3")
+    assert r.exit_code == 1 and "not layer -1 (train was read from layer -1: embed the" in r.stderr
+    assert not (tmp_path / "ss3").exists()

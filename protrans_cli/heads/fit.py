@@ -216,6 +216,9 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
             raise InputError(f"{name} embeddings have dimension {data.dim}, train {train.dim}", path=emb)
         with EmbeddingsReader(emb) as reader:
             other = reader.attrs.get("model")
+            if "layers" in embedding_info:  # the layer train was read from, not a lone other one
+                stored_layer_index(reader, model_layer, f"train was read from layer {model_layer}: "
+                                   f"embed the {name} set with --layer {model_layer}", exact=True)
         if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]):
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
