@@ -942,6 +942,18 @@ def test_init_from_set_values_are_typed_as_for_a_preset(tmp_path, run_cli):
     assert res.exit_code == 0, res.stderr
 
 
+def test_init_from_a_text_for_a_number_in_set_is_a_usage_error(tmp_path, run_cli):
+    """`--set hidden_dropout_prob=abc` is exit 2 naming --set without --init-from; with it, the
+    same value was exit 1 ('invalid bert config: ...', no --set named)."""
+    base = train(_config(tmp_path / "bert", "bert", num_steps=1))
+    for init in ([], ["--init-from", base.run_dir]):
+        res = run_cli("train", *init, "--corpus", LEARNABLE, "-o", tmp_path / "bad", "--num-steps", "1",
+                      "--set", "hidden_dropout_prob=abc")
+        assert res.exit_code == 2, res.stderr
+        assert "--set" in res.stderr and "hidden_dropout_prob expects a float, got 'abc'" in res.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("save_every", [2, 1000])
 def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_path, monkeypatch, save_every):
     """The step is not applied (the weights stay those of the step before) and the one line names

@@ -367,7 +367,10 @@ def _initial_model(config: TrainConfig, resume):
     for key, value in config.model_overrides.items():
         if not hasattr(hf_config, key):
             raise UsageError(f"--set {key}: the {family.name} config of {source.name} has no field {key!r}")
-        value = family.typed_override(key, getattr(hf_config, key), value)
+        try:  # a text for a number: exit 2 naming --set, as without --init-from
+            value = family.typed_override(key, getattr(hf_config, key), value)
+        except ModelError as exc:
+            raise UsageError(f"--set {key}: {exc.message}") from None
         try:
             setattr(hf_config, key, value)
         except Exception as exc:  # noqa: BLE001 - as build_config: huggingface_hub's strict validation (ESM)
