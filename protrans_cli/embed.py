@@ -36,7 +36,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, UsageError
+from protrans_cli.errors import InputError, ModelError, ProtransError, UsageError
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import display_name, input_named_by, open_input, output_directory
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path, refuse_if_in_use
@@ -723,10 +723,13 @@ def shard_path(output, rank: int, world_size: int) -> Path:
 
 # --- the pipeline -------------------------------------------------------------------------
 
-def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embedder | None = None) -> EmbedSummary:
+def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embedder | None = None,
+          distributed: bool = True) -> EmbedSummary:
     """Embed every protein of `fasta` into the HDF5 file `output` (see docs/embed.md).
 
     Pass `embedder` to use a model already in memory; otherwise `options.model` is loaded.
+    Under torchrun the ranks share the work; `distributed=False` embeds everything in this
+    process alone (embed_sequences: each rank has its own temporary file and wants every array).
     Returns a summary; proteins that could not be embedded are in `summary.failed` and in the
     file's `failed` attribute.
     """
@@ -752,14 +755,14 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         raise UsageError(f"{output} exists: --resume keeps its proteins and embeds what it lacks, --force "
                          "replaces it")
     name = display_name(fasta)
-    if str(fasta) == "-" and _torchrun_rank()[1] > 1:
+    if str(fasta) == "-" and distributed and _torchrun_rank()[1] > 1:
         raise UsageError("under torchrun the FASTA must be a file: stdin reaches one process, not every rank")
     spool = _spool_stdin(output) if str(fasta) == "-" else None
     try:
         source = spool or fasta
         scan = scan_input(source, name)
         summary = EmbedSummary(output=output, num_records=scan.num_records)
-        dist = _setup_distributed(options.device)
+        dist = _setup_distributed(options.device) if distributed else _Dist()
         try:
             return _embed_ranked(source, name, scan, output, options, embedder, dist, summary)
         finally:
@@ -789,6 +792,8 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
 
     if kind not in (PER_RESIDUE, PER_PROTEIN):
         raise UsageError(f"kind must be {PER_RESIDUE!r} or {PER_PROTEIN!r}, not {kind!r}")
+    if isinstance(sequences, (str, bytes)):  # one sequence: a list of its letters, silently
+        raise UsageError("sequences is {id: sequence} or a list of sequences: put one sequence in a list")
     as_list = not isinstance(sequences, Mapping)
     pairs = [(str(i), s) for i, s in enumerate(sequences)] if as_list else list(sequences.items())
     for ident, seq in pairs:
@@ -805,7 +810,14 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
         with open(fasta, "wb") as fh:
             for ident, seq in pairs:
                 write_fasta(fh, ident, seq)
-        summary = embed(fasta, output, options, embedder=embedder)
+        try:
+            # one process even under torchrun: another rank's shards are in its own temporary folder
+            summary = embed(fasta, output, options, embedder=embedder, distributed=False)
+        except ProtransError as exc:
+            if exc.path is None or Path(tmp) not in Path(exc.path).parents:
+                raise
+            # the temporary FASTA's path and line mean nothing to the caller: the record says it
+            raise type(exc)(exc.message, record=exc.record) from None
         with EmbeddingsReader(output) as reader:
             arrays = {ident: reader.get(ident, kind) for ident, _ in pairs if ident not in summary.failed}
     if summary.failed:

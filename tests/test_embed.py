@@ -1334,3 +1334,23 @@ def test_whole_proteins_batched_with_windows_are_checked_against_float16(tmp_pat
     assert written == {"plain"} and failed == {"short", "long"}
     with EmbeddingsReader(out) as r:
         assert r.failed()["short"].startswith("values beyond float16's range")
+
+
+def test_embed_sequences_odd_inputs_and_torchrun_environment(tmp_path, monkeypatch):
+    """embed_sequences: a lone string was taken as a list of its letters (one array per letter);
+    an error named the temporary FASTA and its line; under torchrun each rank embedded its share
+    into its own temporary folder and the merge failed (or waited for the group)."""
+    from protrans_cli.embed import embed_sequences
+
+    opts = EmbedOptions(model="onehot", threads=1)
+    with pytest.raises(UsageError, match="put one sequence in a list"):
+        embed_sequences("MKTAY", opts, kind="per_protein")
+    with pytest.raises(InputError) as caught:
+        embed_sequences({"good": "MKT", "bad": "M*KT"}, opts, kind="per_residue")
+    assert str(caught.value) == "record 'bad': internal stop '*' at residue 2"
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them, with no group to join
+    monkeypatch.setenv("RANK", "1")
+    rows = embed_sequences({"a/b": "MKT", "c": "acdW"}, opts, kind="per_residue")
+    np.testing.assert_array_equal(rows["c"], onehot_reference("acdW"))
+    assert rows["a/b"].shape == (3, 21) and not list(tmp_path.iterdir())
