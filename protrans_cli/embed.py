@@ -823,8 +823,10 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
     if summary.failed:
         from protrans_cli.heads.labels import some_ids
 
-        console.warn(f"{len(summary.failed)} protein(s) could not be embedded and are left out: "
-                     f"{some_ids(sorted(summary.failed))}")
+        # with why (a notebook has no embed log to look in); a list's proteins by their position
+        shown = [f"{'item ' if as_list else ''}{ident} ({summary.failed[ident]})" for ident, _ in pairs
+                 if ident in summary.failed]
+        console.warn(f"{len(summary.failed)} protein(s) could not be embedded and are left out: {some_ids(shown, 3)}")
     return [arrays.get(ident) for ident, _ in pairs] if as_list else arrays
 
 

@@ -1354,3 +1354,15 @@ def test_embed_sequences_odd_inputs_and_torchrun_environment(tmp_path, monkeypat
     rows = embed_sequences({"a/b": "MKT", "c": "acdW"}, opts, kind="per_residue")
     np.testing.assert_array_equal(rows["c"], onehot_reference("acdW"))
     assert rows["a/b"].shape == (3, 21) and not list(tmp_path.iterdir())
+
+
+def test_embed_sequences_says_why_a_protein_is_left_out(capsys):
+    """The warning named the left-out proteins only (a list's by a bare position, "1"): a notebook
+    has no embed log to find the reason in."""
+    from dataclasses import replace
+
+    from protrans_cli.embed import embed_sequences
+
+    opts = replace(EmbedOptions(model="onehot", threads=1), max_length=5, long_policy="skip")
+    assert embed_sequences(["MKT", "MKTAYIAK"], opts, kind="per_protein")[1] is None
+    assert "left out: item 1 (skipped: 8 residues > --max-length 5)" in capsys.readouterr().err
