@@ -325,3 +325,27 @@ def test_replace_directory_swaps_in_one_step_where_the_system_can(tmp_path, monk
     files.replace_directory(new, old)
     assert (old / "w").read_text() == "new" and len(renames) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head"]
+
+
+def test_replace_directory_deletes_the_swapped_out_directory_with_signals_let_through(tmp_path, monkeypatch):
+    """After the one-step swap the old directory was deleted inside signals_held: Ctrl-C (even a
+    second one) waited for the whole rmtree of an old checkpoint or model, as the two-rename path
+    never did (it deletes after the block)."""
+    import shutil
+    import signal
+
+    from protrans_cli.io import files
+
+    old, new = tmp_path / "ckpt", tmp_path / ".ckpt.tmp"
+    for folder, text in ((old, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "w").write_text(text)
+    handlers = []
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(files.shutil, "rmtree",
+                        lambda path, **kw: (handlers.append(signal.getsignal(signal.SIGINT)), real_rmtree(path, **kw)))
+    monkeypatch.setattr(files, "exchange_paths", lambda a, b: (os.rename(b, tmp_path / "x"), os.rename(a, b),
+                                                               os.rename(tmp_path / "x", a), True)[-1])
+    before = signal.getsignal(signal.SIGINT)
+    files.replace_directory(new, old)
+    assert (old / "w").read_text() == "new" and not new.exists() and handlers == [before]

@@ -442,20 +442,21 @@ def replace_directory(new, target) -> None:
     aside = None
     with signals_held():
         if target.is_dir() and not target.is_symlink() and exchange_paths(new, target):
-            # one atomic swap: even a SIGKILL finds the old directory or the new one in place
-            shutil.rmtree(new, ignore_errors=True)  # (now the old one)
-            return
-        if target.exists():
+            # one atomic swap: even a SIGKILL finds the old directory or the new one in place;
+            # `new` is now the old one, deleted below with the signals let through again
+            aside = new
+        elif target.exists():
             # an empty folder of its own (rename may replace an empty directory), named so that
             # a killed run's is removed by the next (make_temporary)
             aside = make_temporary(target.parent, f".{target.name}.old.", "", folder=True)
             os.replace(target, aside)
-        try:
-            os.replace(new, target)
-        except BaseException:
-            if aside is not None:
-                os.replace(aside, target)
-            raise
+        if aside is not new:
+            try:
+                os.replace(new, target)
+            except BaseException:
+                if aside is not None:
+                    os.replace(aside, target)
+                raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
