@@ -1203,3 +1203,19 @@ def test_eval_loss_of_a_two_term_objective_does_not_depend_on_the_micro_batch_si
     finally:
         dist.cleanup()
     assert math.isfinite(small) and small == pytest.approx(large, rel=1e-6, abs=0)  # float32 sums
+
+
+def test_precision_auto_is_saved_as_what_it_meant_so_a_moved_run_is_not_switched(tmp_path, monkeypatch):
+    """auto is bf16 on an A100 and fp16 on a T4: a run started on one and resumed on the other
+    switched precision without a word (and its loss scale started anew)."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.training import config as config_module  # read by checkpoint.resumed_config
+
+    first = train(_config(tmp_path, num_steps=4, stop_after=2))
+    assert json.loads((first.run_dir / "train_config.json").read_text())["precision"] == "fp32"
+    assert train(_config(tmp_path, num_steps=4, stop_after=3), resume=True).step == 3  # same machine: fine
+    # the same run "moved" to a machine where auto means fp16
+    monkeypatch.setattr(config_module, "resolve_precision", lambda precision, device: "fp16"
+                        if precision == "auto" else precision)
+    with pytest.raises(UsageError, match=r"precision: 'fp32' there, 'fp16' here"):
+        train(_config(tmp_path, num_steps=4), resume=True)

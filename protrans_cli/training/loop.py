@@ -473,6 +473,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         # Saved as resolved: a run resumed for more steps keeps its warmup (a tenth of the
         # first run), rather than ramping up again to a tenth of the longer one.
         config = run.config = dataclasses.replace(config, warmup_steps=config.resolved_warmup_steps)
+    if config.precision == "auto":
+        # Saved as resolved too: auto means bf16 on an A100 and fp16 on a T4, and a run moved
+        # between them switched precision on resume without a word (its loss scale starting anew).
+        config = run.config = dataclasses.replace(config, precision=resolve_precision("auto", info.device))
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, data_phase, data_state = 0, 0, StreamState()
     if state is not None:
