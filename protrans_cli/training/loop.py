@@ -52,7 +52,7 @@ class TrainResult:
     run_dir: Path
     step: int                     # optimizer steps done
     completed: bool               # False when stopped early by stop_after
-    losses: list[float] = field(default_factory=list)  # per logged step, in order
+    losses: list[float | None] = field(default_factory=list)  # per logged step, in order (None: every fp16 step skipped)
     last_checkpoint: Path | None = None
     lr_suggestion: float | None = None
 
@@ -722,7 +722,8 @@ def _diverged(config: TrainConfig, step: int, loss: float, fp16: bool = False) -
     advice = (f"start a new run from the last checkpoint, {kept[-1]}, with --init-from and a lower --lr"
               if kept else "no checkpoint was written yet: lower --lr or lengthen --warmup-steps")
     if fp16:  # skipped steps down to a loss scale below 1: float16 itself overflows (T5 is known to)
-        advice += "; float16 may overflow in this model's activations: --precision fp32 (or bf16 on a GPU that has it)"
+        advice += ("; the steps before it were skipped as float16 overflows, down to a loss scale below 1: float16 "
+                   "may overflow in this model's activations: --precision fp32 (or bf16 on a GPU that has it)")
     return RuntimeFailure(f"step {step}: the gradient is not finite (loss {loss:.4g}), so the step was not "
                           f"applied and the run stopped; {advice}, or check the corpus")
 
