@@ -52,7 +52,8 @@ class TrainResult:
     run_dir: Path
     step: int                     # optimizer steps done
     completed: bool               # False when stopped early by stop_after
-    losses: list[float | None] = field(default_factory=list)  # per logged step, in order (None: every fp16 step skipped)
+    # per logged step, in order (None: every fp16 step of the interval overflowed and was skipped)
+    losses: list[float | None] = field(default_factory=list)
     last_checkpoint: Path | None = None
     lr_suggestion: float | None = None
 
@@ -689,7 +690,8 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
         optimizer.zero_grad(set_to_none=True)
         if run.loss_scale.diverged:
             raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0), fp16=True)
-        return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "skipped_steps": (1.0 / info.world_size, 1.0 / info.world_size)}
+        share = 1.0 / info.world_size  # (summed over ranks: one skipped step)
+        return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "skipped_steps": (share, share)}
     if not finite:
         raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0))
     optimizer.step()
