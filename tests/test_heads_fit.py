@@ -916,6 +916,8 @@ def test_resume_from_another_folder_names_the_same_inputs(ss_data, tmp_path, mon
     monkeypatch.chdir(other)
     result = fit(FitConfig(**cfg, resume=True), "emb.h5", ss_data / "train.csv", work / "h")
     assert (work / "h" / "config.json").exists() and result is not None
+
+
 def test_predict_reads_and_matches_its_labels_before_writing_any_prediction(run_cli, ss_data, one_epoch_ss3, tmp_path):
     """A bad --labels (a missing mask column, labels of other proteins) failed only after the
     whole prediction run, with exit 1 and the previous -o replaced by the new predictions."""
@@ -1063,7 +1065,8 @@ def _bio_embeddings_copy(ss_data, out, original_id):
                          original_id=lambda ident, _: original_id(ident))
 
 
-def test_bio_embeddings_files_predict_under_and_match_by_their_original_ids(run_cli, ss_data, one_epoch_ss3, tmp_path):
+def test_bio_embeddings_files_predict_under_and_match_by_their_original_ids(run_cli, ss_data, one_epoch_ss3, tmp_path,
+                                                                            capsys):
     # Their md5 keys were taken for ids: predictions were written under them, labels by id never matched.
     import dataclasses
 
@@ -1086,6 +1089,14 @@ def test_bio_embeddings_files_predict_under_and_match_by_their_original_ids(run_
         assert sorted(reader.ids()) == sorted(ids)
         matched, report = match_labels(by_id, reader, get_task("ss3"))
         assert report.matched == len(labels.records) and report.by_checksum == 0
+        # proteins without a label are named by their original ids, not by md5 keys
+        _, partial = match_labels(LabelSet(labels.path, labels.format, by_id.records[:-1]), reader, get_task("ss3"))
+    from protrans_cli.heads.data import report_unlabelled
+
+    capsys.readouterr()
+    report_unlabelled(h5, "labels.csv", [partial], "not used")
+    err = capsys.readouterr().err
+    assert "1 protein(s) have no label in labels.csv" in err and f"({by_id.records[-1].id})" in err, err
     # under other ids, the NetSurfP labels (sequences) find them by the md5 keys
     h5 = _bio_embeddings_copy(ss_data, tmp_path / "renamed.h5", lambda ident: "other-" + ident)
     with EmbeddingsReader(h5) as reader:
@@ -1105,6 +1116,8 @@ def test_embeddings_with_special_token_rows_are_refused_with_the_likely_reason(t
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "(p1 (5 vs 7), p2 (4 vs 6)); each embedding has 2 row(s) more than its protein has residues" in r.stderr
     assert "special-token rows" in r.stderr
+
+
 def test_a_head_of_the_last_layer_refuses_a_file_of_one_other_layer(run_cli, one_epoch_ss3, ss_data, tmp_path):
     """The converse of the test above: a head fit on layer -1 took a file holding only layer -2
     (same model, same width) without a word, since a lone stored layer stood in for -1."""

@@ -50,6 +50,7 @@ class MatchReport:
     wrong_sequence: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)  # embedded truncated (--long-policy truncate)
     unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched
+    key_ids: dict[str, str] = field(default_factory=dict)  # key -> id where the key is not the id's (bio_embeddings)
     extra_rows: list[int] = field(default_factory=list)  # embedding rows - labels, of wrong_length
 
     @property
@@ -145,6 +146,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         matched.append(Matched(record.id, key, length, targets))
     report.matched = len(matched)
     report.unlabelled = keys - {m.key for m in matched}
+    report.key_ids = {key: ident for ident, key in other_ids.items()}
     if report.problems:
         where = f"{label_set.path} vs {reader.path}"
         if on_mismatch == "skip":
@@ -173,7 +175,8 @@ def report_unlabelled(embeddings, labels, reports: list[MatchReport], what: str)
         return
     left = set.intersection(*(r.unlabelled for r in reports))
     if left:
-        ids = sorted(unescape_key(k) for k in left)
+        names = {k: v for r in reports for k, v in r.key_ids.items()}  # md5 keys: their original ids
+        ids = sorted(names.get(k) or unescape_key(k) for k in left)
         console.info(f"{embeddings}: {len(ids)} protein(s) have no label in {labels} and are {what} "
                      f"({some_ids(ids)})")
 
