@@ -52,6 +52,11 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[Fasta
         yield _record(header, chunks, header_line, name)
 
 
+def header_id(description: str) -> str:
+    """The id of a header line (without its '>'): up to the first ASCII whitespace; '' if none."""
+    return re.split(f"[{ASCII_SPACE}]", description.strip(ASCII_SPACE), maxsplit=1)[0]
+
+
 def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRecord:
     if b"\r" in header:
         # A whole file read as one header line: its lines end in CR alone (classic Mac OS).
@@ -61,7 +66,7 @@ def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRe
         description = header.decode("utf-8").strip(ASCII_SPACE)
     except UnicodeDecodeError:
         description = header.decode("latin-1").strip(ASCII_SPACE)
-    ident = re.split(f"[{ASCII_SPACE}]", description, maxsplit=1)[0]
+    ident = header_id(description)
     if not ident:
         raise InputError("header has no id", path=name, line=line)
     if "\x00" in description:

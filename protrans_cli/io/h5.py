@@ -33,6 +33,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
+from protrans_cli.io.fasta import header_id
 from protrans_cli.io.files import output_directory
 
 PER_RESIDUE = "per_residue"
@@ -65,7 +66,6 @@ def unescape_key(key: str) -> str:
     return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), key)
 
 
-_ASCII_SPACE = re.compile("[ \t\n\r\x0b\x0c]")
 _MD5_KEY = re.compile(r"[0-9a-f]{32}")
 
 
@@ -81,9 +81,7 @@ def dataset_id(key: str, attrs) -> str:
 
 def _original_id(value) -> str | None:
     """The FASTA id in an `original_id` (Biopython's description: the header line)."""
-    if not value:
-        return None
-    return _ASCII_SPACE.split(str(value).strip(" \t\n\r\x0b\x0c"), maxsplit=1)[0] or None
+    return (header_id(str(value)) or None) if value else None
 
 
 def dataset_checksum(key: str, attrs) -> str | None:
