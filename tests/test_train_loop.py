@@ -1221,12 +1221,14 @@ def test_precision_auto_is_saved_as_what_it_meant_so_a_moved_run_is_not_switched
     switched precision without a word (and its loss scale started anew)."""
     from protrans_cli.errors import UsageError
     from protrans_cli.training import config as config_module  # read by checkpoint.resumed_config
+    from protrans_cli.training import loop  # resolves the run's own precision
 
     first = train(_config(tmp_path, num_steps=4, stop_after=2))
     assert json.loads((first.run_dir / "train_config.json").read_text())["precision"] == "fp32"
     assert train(_config(tmp_path, num_steps=4, stop_after=3), resume=True).step == 3  # same machine: fine
     # the same run "moved" to a machine where auto means fp16
-    monkeypatch.setattr(config_module, "resolve_precision", lambda precision, device: "fp16"
-                        if precision == "auto" else precision)
+    on_a_t4 = lambda precision, device: "fp16" if precision == "auto" else precision  # noqa: E731
+    monkeypatch.setattr(config_module, "resolve_precision", on_a_t4)
+    monkeypatch.setattr(loop, "resolve_precision", on_a_t4)
     with pytest.raises(UsageError, match=r"precision: 'fp32' there, 'fp16' here"):
         train(_config(tmp_path, num_steps=4), resume=True)

@@ -238,6 +238,9 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     if config.precision == "auto" and precision == "fp16":
         dist.print0("train: this GPU computes bfloat16 only by emulation: float16 autocast with loss scaling "
                     "instead (--precision bf16 or fp32 to choose)")
+    # The run's config (saved with every checkpoint) holds what auto meant here: bf16 on an A100,
+    # fp16 on a T4; a run moved between them switched precision on resume without a word.
+    config = dataclasses.replace(config, precision=precision)
     what = f"{family.name} from {config.init_from}" if config.init_from else f"{family.name}/{config.preset}"
     dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
@@ -474,10 +477,6 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         # Saved as resolved: a run resumed for more steps keeps its warmup (a tenth of the
         # first run), rather than ramping up again to a tenth of the longer one.
         config = run.config = dataclasses.replace(config, warmup_steps=config.resolved_warmup_steps)
-    if config.precision == "auto":
-        # Saved as resolved too: auto means bf16 on an A100 and fp16 on a T4, and a run moved
-        # between them switched precision on resume without a word (its loss scale starting anew).
-        config = run.config = dataclasses.replace(config, precision=resolve_precision("auto", info.device))
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, data_phase, data_state = 0, 0, StreamState()
     if state is not None:
