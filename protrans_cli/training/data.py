@@ -194,12 +194,13 @@ def corpus_fingerprint(paths) -> list[dict]:
     return out
 
 
-def changed_corpus_file(saved: list[dict] | None, paths) -> str | None:
+def changed_corpus_file(saved: list[dict] | None, paths, current: list[dict] | None = None) -> str | None:
     """The first corpus file whose fingerprint differs from the checkpoint's (None when all
-    match, or for a checkpoint of an earlier version without fingerprints), with what differs."""
+    match, or for a checkpoint of an earlier version without fingerprints), with what differs.
+    `current`: the files' corpus_fingerprint when it is already taken (else it is taken here)."""
     if not saved:
         return None
-    for path, old, new in zip(paths, saved, corpus_fingerprint(paths)):
+    for path, old, new in zip(paths, saved, current if current is not None else corpus_fingerprint(paths)):
         if old["size"] != new["size"]:
             return f"{path}: {old['size']:,} bytes then, {new['size']:,} now"
         if old["ends_sha256"] != new["ends_sha256"]:

@@ -269,8 +269,8 @@ def _pretraining_model(config: TrainConfig, family, tokenizer):
         model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
         if getattr(model_config, "vocab_size", len(tokenizer)) < len(tokenizer):
             raise ValueError(f"vocab_size {model_config.vocab_size} is below the tokenizer's {len(tokenizer)} tokens")
-        if _heads_problem(model_config):
-            raise ValueError(_heads_problem(model_config))
+        if problem := _heads_problem(model_config):
+            raise ValueError(problem)
         return family.pretraining_model(model_config)
     except ModelError as exc:
         raise UsageError(f"--set / model_overrides ({shown}): {exc.message}") from None
@@ -380,8 +380,8 @@ def _initial_model(config: TrainConfig, resume):
         except Exception as exc:  # noqa: BLE001 - as build_config: huggingface_hub's strict validation (ESM)
             detail = " ".join(str(exc).split())
             raise UsageError(f"--set {key}: invalid {family.name} config value {value!r} ({detail})") from None
-    if config.model_overrides and _heads_problem(hf_config):
-        raise UsageError(f"--set / model_overrides with --init-from {source.name}: {_heads_problem(hf_config)}")
+    if config.model_overrides and (problem := _heads_problem(hf_config)):
+        raise UsageError(f"--set / model_overrides with --init-from {source.name}: {problem}")
     # The weights keep their shapes: --set can change settings such as dropout, not sizes (a
     # size was met as "cannot load the weights" or a tokenizer said to be another model's).
     resized = f"--set / model_overrides ({', '.join(f'{k}={v}' for k, v in config.model_overrides.items())})"
@@ -442,7 +442,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         config = run.config = ckpt.resumed_config(config, where, family=run.family, device=info.device.type)
         ckpt.load_weights(where, run.model)
         state = ckpt.load_training_state(where)
-        changed = changed_corpus_file(state.get("corpus"), config.corpus)
+        changed = changed_corpus_file(state.get("corpus"), config.corpus, run.corpus_id)
         if changed:
             # The saved data position counts proteins of the corpus as it was: applied to
             # another one, the run would go on silently with other batches.
