@@ -641,21 +641,10 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     device = info.device
     # Counted on the host before the transfer: no device synchronisation inside the step.
     tokens = sum(int((b["input_ids"] != run.layout.pad_id).sum()) for b in micro_batches)
-    local_predicted = float(sum(b["num_predicted"] for b in micro_batches))
-    # A second loss term that is a mean over something else (ELECTRA's detection over real
-    # tokens, ALBERT's sentence order over proteins): its denominator for the whole step
-    local_aux = float(sum(b.get("num_aux", 0) for b in micro_batches))
     micro_batches = [_to_device(b, device) for b in micro_batches]
-    # Predicted tokens of the whole step on every rank: the loss denominator.
-    total_predicted, total_aux, stop = local_predicted, local_aux, stop_requested
-    if info.initialised:
-        counts = torch.tensor([local_predicted, float(stop_requested), local_aux], dtype=torch.float64,
-                              device=device)
-        total_predicted, stops, total_aux = dist.all_reduce_sum(counts).tolist()
-        stop = stops > 0
-    if total_aux:
-        for batch in micro_batches:
-            batch["step_ratio"] = total_predicted / total_aux
+    # Predicted tokens of the whole step on every rank (the loss denominator), and whether any
+    # rank was asked to stop, in the step's one exchange.
+    total_predicted, stop = _shared_counts(micro_batches, info, stop_requested)
     # DDP and FSDP average gradients over ranks; undo that so the result is sum / total_predicted.
     scale = info.world_size / max(total_predicted, 1.0)
     loss_scale = run.loss_scale.scale if run.loss_scale is not None else 1.0
@@ -767,6 +756,23 @@ def _no_sync(run: _Run, sync: bool):
     return contextlib.nullcontext()
 
 
+def _shared_counts(micro_batches: list[dict], info, flag: bool) -> tuple[float, bool]:
+    """The predicted tokens of `micro_batches` on every rank, and whether any rank's `flag` is
+    set, in one exchange (none in one process). A second loss term that is a mean over
+    something else (ELECTRA's detection over real tokens, ALBERT's sentence order over
+    proteins) gets its weight over all of them as each batch's `step_ratio`."""
+    predicted = float(sum(b["num_predicted"] for b in micro_batches))
+    aux = float(sum(b.get("num_aux", 0) for b in micro_batches))
+    flags = float(flag)
+    if info.initialised:
+        counts = torch.tensor([predicted, aux, flags], dtype=torch.float64, device=info.device)
+        predicted, aux, flags = dist.all_reduce_sum(counts).tolist()
+    if aux:
+        for batch in micro_batches:
+            batch["step_ratio"] = predicted / aux
+    return predicted, flags > 0
+
+
 def _to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
@@ -799,18 +805,12 @@ def evaluate(run: _Run, phase) -> float:
         # eval loss, but the training goes on and the model is saved.
         console.warn(f"no eval loss: {exc.format()}")
         micro_batches = []
-    # A second loss term that is a mean over something else (ELECTRA's detection, ALBERT's
-    # sentence order) is weighted over the whole evaluation, as train_step weights it over a
-    # step (per micro-batch, the eval loss moved with the micro-batch size). Every rank takes
-    # part in this exchange, one whose reading failed too.
-    counts = torch.tensor([float(sum(b["num_predicted"] for b in micro_batches)),
-                           float(sum(b.get("num_aux", 0) for b in micro_batches)), float(not micro_batches)],
-                          dtype=torch.float64, device=info.device)
-    predicted, aux, failed = dist.all_reduce_sum(counts).tolist()
+    # Weighted over the whole evaluation as a step is (per micro-batch, the eval loss of a
+    # two-term objective moved with the micro-batch size). Every rank takes part in this
+    # exchange, one whose reading failed too; then none evaluates.
+    _, failed = _shared_counts(micro_batches, info, not micro_batches)
     try:
         for batch in micro_batches if not failed else []:
-            if aux:
-                batch["step_ratio"] = predicted / aux
             batch = _to_device(batch, info.device)
             with run.autocast(), sdpa_kernels(info.device, config.sdpa_kernels):
                 sum_loss, n, _ = run.wrapped(batch)
