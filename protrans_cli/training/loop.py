@@ -303,6 +303,21 @@ def _position_limit(model) -> int | None:
     return min(limits) if limits else None
 
 
+def wrap_model(run: _Run) -> None:
+    """The model on its device, compiled if asked, inside the objective's loss module, wrapped
+    for the strategy (`run.wrapped`): what a training run and the lr range test both step."""
+    run.model.to(run.info.device)
+    if run.config.compile:
+        compile_model(run.model)
+    loss_module = LossModule(run.model, run.objective)
+    # DDP is told of parameters the objective never uses (ALBERT's sentence-order head without
+    # --sop), or its second step fails
+    unused = unused_parameters(loss_module, run) if run.strategy == "ddp" else []
+    if unused:
+        console.debug(f"parameters without gradient (DDP told to expect them): {', '.join(unused[:5])}...")
+    run.wrapped = dist.wrap(loss_module, run.strategy, run.info, find_unused_parameters=bool(unused))
+
+
 def compile_model(model) -> None:
     """--compile: torch.compile (dynamic shapes) the forward passes the objective calls: the
     model's own, or ELECTRA's generator and discriminator (the objective calls them one by one,
@@ -460,14 +475,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                              "delete them to resume from this one")
         dist.print0(f"train: resuming from {where} (step {state['step']})")
 
-    run.model.to(info.device)
-    if config.compile:
-        compile_model(run.model)
-    loss_module = LossModule(run.model, run.objective)
-    unused = unused_parameters(loss_module, run) if run.strategy == "ddp" else []
-    if unused:
-        console.debug(f"parameters without gradient (DDP told to expect them): {', '.join(unused[:5])}...")
-    run.wrapped = dist.wrap(loss_module, run.strategy, info, find_unused_parameters=bool(unused))
+    wrap_model(run)
     optimizer = build_optimizer(run.wrapped, config)
     if info.is_main and config.warmup_steps is not None and config.warmup_steps >= total_steps:
         console.warn(f"--warmup-steps {config.warmup_steps} is not below the run's {total_steps} steps: the "

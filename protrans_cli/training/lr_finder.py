@@ -11,8 +11,7 @@ import torch
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import CorpusStream
-from protrans_cli.training.loop import (LossModule, NonFiniteGradient, TrainResult, build_run, compile_model,
-                                        train_step, unused_parameters)
+from protrans_cli.training.loop import NonFiniteGradient, TrainResult, build_run, train_step, wrap_model
 from protrans_cli.training.optim import build_optimizer
 
 
@@ -24,14 +23,7 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     info = dist.setup()
     try:
         run = build_run(config, info, family, evaluates=False)
-        run.model.to(info.device)
-        if config.compile:  # as the run it is for (it went on eager)
-            compile_model(run.model)
-        loss_module = LossModule(run.model, run.objective)
-        # as the run does: DDP told of parameters the objective never uses (ALBERT's sentence-order
-        # head without --sop), or its second step fails
-        unused = unused_parameters(loss_module, run) if run.strategy == "ddp" else []
-        run.wrapped = dist.wrap(loss_module, run.strategy, info, find_unused_parameters=bool(unused))
+        wrap_model(run)  # as the run it is for: compiled if asked, DDP told of unused parameters
         optimizer = build_optimizer(run.wrapped, config)
         phase = config.resolved_phases()[0]
         stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
