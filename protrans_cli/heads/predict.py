@@ -262,15 +262,14 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
     _, task, config = load_head(head_dir)
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
-    label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
-    splits = {r.split for r in label_set.records}
-    if TEST in splits and len(splits) > 1:
-        kept = [r for r in label_set.records if r.split == TEST]
-        others = ", ".join(sorted({s or "train" for s in splits - {TEST}}))
-        console.info(f"{label_set.path}: scoring its {len(kept)} test records (its other "
-                     f"{len(label_set.records) - len(kept)} are {others})")
-        label_set = LabelSet(label_set.path, label_set.format, kept, label_set.notes)
-    with EmbeddingsReader(embeddings) as reader:
+        label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
+        splits = {r.split for r in label_set.records}
+        if TEST in splits and len(splits) > 1:
+            kept = [r for r in label_set.records if r.split == TEST]
+            others = ", ".join(sorted({s or "train" for s in splits - {TEST}}))
+            console.info(f"{label_set.path}: scoring its {len(kept)} test records (its other "
+                         f"{len(label_set.records) - len(kept)} are {others})")
+            label_set = LabelSet(label_set.path, label_set.format, kept, label_set.notes)
         items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch)
     return label_set, items, report
 
