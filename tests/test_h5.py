@@ -62,10 +62,14 @@ def test_grouped_layout_round_trip(tmp_path):
 
 def test_flat_layout_is_what_prottrans_tools_read(tmp_path):
     out = tmp_path / "flat.h5"
-    arrays = _write(out, ["x", "y"], kinds=(PER_PROTEIN,), layout="flat", storage_dtype="float16")
+    arrays = _write(out, ["x", "sp|y/2"], kinds=(PER_PROTEIN,), layout="flat", storage_dtype="float16")
     with h5py.File(out, "r") as f:  # a plain reader, as bio_embeddings users have
-        assert sorted(f.keys()) == ["x", "y"]
+        assert sorted(f.keys()) == ["sp|y%2F2", "x"]
         assert f["x"].shape == (4,) and f["x"].dtype == np.float16
+        # biotrainer's (and bio_embeddings users') way of reading a flat file: ids in original_id
+        by_id = {f[k].attrs["original_id"]: f[k][()] for k in f}
+        assert sorted(by_id) == ["sp|y/2", "x"]
+        np.testing.assert_array_equal(by_id["sp|y/2"], f["sp|y%2F2"][()])
     with EmbeddingsReader(out) as r:
         assert r.layout == "flat" and r.kinds == (PER_PROTEIN,)
         np.testing.assert_allclose(r.get("x", PER_PROTEIN), arrays["x"].mean(0), atol=1e-3)

@@ -217,6 +217,20 @@ def test_find_lr_plots_and_suggests(tmp_path):
     assert not (result.run_dir / "checkpoints").exists()
 
 
+def test_find_lr_reads_the_data_through_the_runs_workers(tmp_path, monkeypatch):
+    """--find-lr ignored --num-workers (the range test read the corpus in the main process, so
+    it could not show whether the run's data loading keeps up); the losses are the same."""
+    from protrans_cli.training import lr_finder
+
+    asked = []
+    real = lr_finder.step_batches
+    monkeypatch.setattr(lr_finder, "step_batches", lambda stream, n: asked.append(n) or real(stream, n))
+    plain = find_lr(_config(tmp_path / "a"), min_lr=1e-5, max_lr=1.0, num_steps=6)
+    workers = find_lr(_config(tmp_path / "b", num_workers=2), min_lr=1e-5, max_lr=1.0, num_steps=6)
+    assert asked == [0, 2]
+    assert workers.losses == plain.losses and len(plain.losses) == 6
+
+
 def test_find_lr_ends_its_range_where_the_gradient_blows_up(tmp_path, monkeypatch):
     """A step whose gradient is not finite raised out of the range test (a traceback) instead of
     ending the range there, which is what a blown-up gradient at a high lr means."""

@@ -8,7 +8,8 @@ Layout (docs/formats.md is the user-facing description):
     /<key>               one kind only, at the root
 
 Each dataset has attributes `id` (the FASTA id), `header` (the whole header line), `length`
-(residues) and `checksum` ("md5:<hex>" of the upper-cased sequence, see `sequence_checksum`).
+(residues) and `checksum` ("md5:<hex>" of the upper-cased sequence, see `sequence_checksum`);
+in the flat layout also `original_id` (the FASTA id, where bio_embeddings' readers look).
 The file's attributes describe the run (model, family, layers, pooling, dtypes, version,
 command line, `failed` as JSON {id: reason}).
 
@@ -642,6 +643,10 @@ class EmbeddingsWriter:
         key = escape_key(ident)
         attrs = {"id": ident, "header": header, "length": len(sequence),
                  "checksum": sequence_checksum(sequence), **(extra_attrs or {})}
+        if self.layout == "flat":
+            # The interop layout: biotrainer and code written for bio_embeddings' files map
+            # datasets to proteins through `original_id` (`f[k].attrs["original_id"]`).
+            attrs["original_id"] = ident
         for kind in self.kinds:
             data = arrays[kind]
             if data is None:

@@ -10,7 +10,7 @@ import torch
 
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig
-from protrans_cli.training.data import CorpusStream
+from protrans_cli.training.data import CorpusStream, step_batches
 from protrans_cli.training.loop import NonFiniteGradient, TrainResult, build_run, train_step, wrap_model
 from protrans_cli.training.optim import build_optimizer
 
@@ -30,31 +30,36 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
                               global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
                               rank=info.rank, world_size=info.world_size, seed=config.seed,
                               bucket_batches=config.bucket_batches, collate=run.objective.collate)
-        batches = iter(stream)
+        # Workers as the run will have them (--num-workers): the test also shows whether the
+        # data keeps up with the steps.
+        batches = step_batches(stream, config.num_workers)
         lrs, losses, smoothed = [], [], []
         best = float("inf")
         avg = 0.0
-        for i in range(num_steps):
-            lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            try:
-                stats = train_step(run, optimizer, next(batches).micro_batches)
-            except NonFiniteGradient:  # the range's end: the lr has made the gradient blow up
-                break
-            num, den = stats["loss"]
-            t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
-            if not float(t[1]):  # an fp16 step that overflowed and was skipped: nothing measured
-                continue
-            loss = float(t[0] / t[1])
-            avg = 0.9 * avg + 0.1 * loss
-            value = avg / (1 - 0.9 ** (len(losses) + 1))  # bias-corrected running mean
-            lrs.append(lr)
-            losses.append(loss)
-            smoothed.append(value)
-            best = min(best, value)
-            if not math.isfinite(loss) or value > 4 * best:
-                break
+        try:
+            for i in range(num_steps):
+                lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                try:
+                    stats = train_step(run, optimizer, next(batches).micro_batches)
+                except NonFiniteGradient:  # the range's end: the lr has made the gradient blow up
+                    break
+                num, den = stats["loss"]
+                t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
+                if not float(t[1]):  # an fp16 step that overflowed and was skipped: nothing measured
+                    continue
+                loss = float(t[0] / t[1])
+                avg = 0.9 * avg + 0.1 * loss
+                value = avg / (1 - 0.9 ** (len(losses) + 1))  # bias-corrected running mean
+                lrs.append(lr)
+                losses.append(loss)
+                smoothed.append(value)
+                best = min(best, value)
+                if not math.isfinite(loss) or value > 4 * best:
+                    break
+        finally:
+            batches.close()  # the DataLoader's workers, now, also after an error
         suggestion = suggest_lr(lrs, smoothed)
         if info.is_main:
             _plot_lr(run.run_dir / "lr_find.png", lrs, losses, smoothed, suggestion)
