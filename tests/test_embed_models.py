@@ -114,6 +114,46 @@ def _protbert_layout(tiny_bert, path):
     return path
 
 
+def test_a_t5_tokenizer_that_does_not_split_on_spaces_gets_one_residue_per_word(run_cli, tmp_path, tiny_models):
+    """Ankh (ElnaggarLab/ankh-base, ankh-large: T5 models) is fed `list(sequence)` with
+    `is_split_into_words=True` by its own scripts, which keep every row but the trailing `</s>`.
+    A T5 tokenizer with no whitespace pre-tokenizer makes one unknown token of spaced text; embed
+    then gives it one residue per word, and the rows equal that plain transformers forward pass."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from protrans_cli.models.base import residue_layout
+
+    model_dir = tmp_path / "ankh_like"
+    shutil.copytree(tiny_models["t5"], model_dir)
+    spec = json.loads((model_dir / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = None  # no splitting on spaces: "M K T" is one word, unknown
+    (model_dir / "tokenizer.json").write_text(json.dumps(spec))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    family = FAMILIES["t5"]
+    assert len(tokenizer("M K T", add_special_tokens=False)["input_ids"]) != 3  # spaced text fails
+    assert residue_layout(family, tokenizer) is not None  # the fast path, through words
+    seqs = [r.sequence.replace("-", "").replace(".", "") for r in read_fasta(SMALL)]
+    fast, fast_mask = family.encode(tokenizer, seqs)
+    slow, slow_mask = family.encode_with_tokenizer(tokenizer, seqs)
+    assert torch.equal(fast["input_ids"], slow["input_ids"]) and torch.equal(fast_mask, slow_mask)
+
+    out = tmp_path / "e.h5"
+    result = run_cli("embed", SMALL, "-m", model_dir, "-o", out, "--max-tokens", "64", "--device", "cpu", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    rows = _read(out)
+    encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    for rec in read_fasta(SMALL):
+        letters = rec.sequence.replace("-", "").replace(".", "").upper().translate(str.maketrans("UZOB", "XXXX"))
+        ids = tokenizer([list(letters)], is_split_into_words=True, return_tensors="pt")["input_ids"]
+        assert ids.shape[1] == len(letters) + 1 and int(ids[0, -1]) == tokenizer.eos_token_id
+        with torch.no_grad():
+            ref = encoder(input_ids=ids).last_hidden_state[0, :-1].numpy()  # Ankh's rows: all but </s>
+        np.testing.assert_allclose(rows[rec.id], ref, atol=1e-5, rtol=0)
+
+
 def test_the_published_protbert_layout_loads_without_model_type(run_cli, tmp_path, tiny_models):
     """transformers 5 no longer guesses a missing model_type from the repository name, so
     `-m prot_bert` failed ("unsupported model"): the family now comes from `architectures`.

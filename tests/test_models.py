@@ -204,6 +204,8 @@ PUBLISHED = [
     ("t5", "prot_t5_xl", "num_params", 3e9),
     ("t5", "prot_t5_xl", "encoder_num_params", 1.2e9),
     ("t5", "prot_t5_xxl", "num_params", 11e9),
+    ("t5", "ankh_base", "num_params", 740e6),
+    ("t5", "ankh_large", "num_params", 1.9e9),
     ("albert", "prot_albert", "num_params", 224e6),
     ("electra", "prot_electra", "encoder_num_params", 420e6),
     ("xlnet", "prot_xlnet", "num_params", 409e6),

@@ -175,12 +175,24 @@ class Family:
         """The model whose hidden states are the embeddings (T5 encoder, ELECTRA discriminator...)."""
         return load_checked(self.encoder_class, name_or_path, dtype=dtype, **hub_kwargs)
 
+    def normalise(self, sequence: str) -> str:
+        """The residues as the model reads them: upper-case, rare residues as `rare_to` says."""
+        seq = sequence.upper()
+        return seq.translate(_RARE_TO_X) if self.rare_to == "X" else seq
+
     def prepare(self, sequence: str) -> str:
         """Tokenizer input for one normalised sequence (upper-case, spacing, rare residues)."""
-        seq = sequence.upper()
-        if self.rare_to == "X":
-            seq = seq.translate(_RARE_TO_X)
+        seq = self.normalise(sequence)
         return " ".join(seq) if self.spaced else seq
+
+    def tokenize(self, tokenizer, sequences: list[str], words: bool = False, **kwargs):
+        """Call `tokenizer` on `sequences` as this family formats them; `words`: one residue per
+        word (`is_split_into_words`), the form for tokenizers that do not split on spaces
+        (Ankh's scripts pass `list(sequence)` so; whitespace-splitting tokenizers, ProtT5's
+        and ProtBert's, give the same ids either way)."""
+        if words:
+            return tokenizer([list(self.normalise(s)) for s in sequences], is_split_into_words=True, **kwargs)
+        return tokenizer([self.prepare(s) for s in sequences], **kwargs)
 
     def encode(self, tokenizer, sequences: list[str], multiple: int = 1):
         """Tokenize a batch. Returns (inputs: dict of tensors for the model,
@@ -207,25 +219,30 @@ class Family:
         import numpy as np
         import torch
 
-        texts = [self.prepare(s) for s in sequences]
-        # Python lists, converted through numpy: return_tensors="pt" spends most of its time
-        # flattening nested lists in Python (3x slower for a batch of 50 x 300 residues).
-        enc = tokenizer(texts, padding=True, truncation=False, return_special_tokens_mask=True,
-                        return_attention_mask=True, add_special_tokens=True,
-                        pad_to_multiple_of=multiple if multiple > 1 else None)
-        tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in enc.items()}
-        special = tensors["special_tokens_mask"].bool()  # (B, T)
-        attention = tensors["attention_mask"].bool()      # (B, T)
-        residue_mask = attention & ~special               # (B, T)
-        counts = residue_mask.sum(dim=1)              # (B,)
-        for i, seq in enumerate(sequences):
-            if int(counts[i]) != len(seq):
-                raise ModelError(
-                    f"the {self.name} tokenizer made {int(counts[i])} residue tokens of a sequence of "
-                    f"{len(seq)} residues ({seq[:20]}{'...' if len(seq) > 20 else ''}); "
-                    "it does not map one token per residue")
-        inputs = {k: tensors[k] for k in self.input_names if k in tensors}
-        return inputs, residue_mask
+        wrong = None
+        # Spaced families: spaced text first; a tokenizer that does not split on spaces (Ankh's)
+        # makes unknown tokens of it, and takes one residue per word instead.
+        for words in (False, True) if self.spaced else (False,):
+            # Python lists, converted through numpy: return_tensors="pt" spends most of its time
+            # flattening nested lists in Python (3x slower for a batch of 50 x 300 residues).
+            enc = self.tokenize(tokenizer, sequences, words, padding=True, truncation=False,
+                                return_special_tokens_mask=True, return_attention_mask=True,
+                                add_special_tokens=True, pad_to_multiple_of=multiple if multiple > 1 else None)
+            tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in enc.items()}
+            special = tensors["special_tokens_mask"].bool()  # (B, T)
+            attention = tensors["attention_mask"].bool()      # (B, T)
+            residue_mask = attention & ~special               # (B, T)
+            counts = residue_mask.sum(dim=1)              # (B,)
+            wrong = wrong or next(((int(counts[i]), seq) for i, seq in enumerate(sequences)
+                                   if int(counts[i]) != len(seq)), None)
+            if all(int(counts[i]) == len(seq) for i, seq in enumerate(sequences)):
+                inputs = {k: tensors[k] for k in self.input_names if k in tensors}
+                return inputs, residue_mask
+        count, seq = wrong
+        raise ModelError(
+            f"the {self.name} tokenizer made {count} residue tokens of a sequence of "
+            f"{len(seq)} residues ({seq[:20]}{'...' if len(seq) > 20 else ''}); "
+            "it does not map one token per residue")
 
     def hidden_states(self, model, inputs, layers: list[int]):
         """Hidden states at `layers` (python indexing over embeddings + every layer,
@@ -334,31 +351,35 @@ def residue_layout(family: Family, tokenizer) -> ResidueLayout | None:
         return cached[1]
     layout = None
     if family.spaced or type(tokenizer).__name__ == "EsmTokenizer":
-        try:
-            layout = _probe_layout(family, tokenizer, ALPHABET, np)
-        except (ValueError, TypeError, KeyError, IndexError):
-            layout = None
+        # spaced text, then one residue per word (a tokenizer that does not split on spaces)
+        for words in (False, True) if family.spaced else (False,):
+            try:
+                layout = _probe_layout(family, tokenizer, ALPHABET, np, words)
+            except (ValueError, TypeError, KeyError, IndexError):
+                layout = None
+            if layout is not None:
+                break
     if len(_LAYOUTS) > 64:  # tokenizers are few; never let the cache grow without bound
         _LAYOUTS.clear()
     _LAYOUTS[key] = (tokenizer, layout, family.name)
     return layout
 
 
-def _probe_layout(family, tokenizer, alphabet, np):
+def _probe_layout(family, tokenizer, alphabet, np, words=False):
     table = np.full(256, -1, dtype=np.int64)
     for letter in alphabet:
-        ids = tokenizer(family.prepare(letter), add_special_tokens=False)["input_ids"]
+        ids = family.tokenize(tokenizer, [letter], words, add_special_tokens=False)["input_ids"][0]
         if len(ids) != 1:
             return None
         table[ord(letter)] = table[ord(letter.lower())] = ids[0]
-    single = tokenizer(family.prepare("A"), return_special_tokens_mask=True)
+    single = {k: v[0] for k, v in family.tokenize(tokenizer, ["A"], words, return_special_tokens_mask=True).items()}
     ids = single["input_ids"]
     at = [i for i, t in enumerate(ids) if t == table[ord("A")]]
     if len(at) != 1:
         return None
     layout = ResidueLayout(table, list(ids[:at[0]]), list(ids[at[0] + 1:]))
     probe = alphabet + alphabet[::-1] + "".join(a + b for a in alphabet for b in alphabet[::3]) + alphabet.lower()
-    enc = tokenizer(family.prepare(probe), return_special_tokens_mask=True)
+    enc = {k: v[0] for k, v in family.tokenize(tokenizer, [probe], words, return_special_tokens_mask=True).items()}
     expected = layout.prefix + table[np.frombuffer(probe.encode(), dtype=np.uint8)].tolist() + layout.suffix
     special = [1] * len(layout.prefix) + [0] * len(probe) + [1] * len(layout.suffix)
     if list(enc["input_ids"]) != expected or list(enc["special_tokens_mask"]) != special:

@@ -20,6 +20,10 @@ _BERT = 419_931_136
 _ALBERT = 223_813_888
 _XLNET = 409_406_464
 _ELECTRA = 418_881_536
+_ANKH_BASE_ENCODER = 453_158_400
+_ANKH_BASE_TOTAL = 736_330_752
+_ANKH_LARGE_ENCODER = 1_151_683_072
+_ANKH_LARGE_TOTAL = 1_878_459_392
 
 _ROWS = [
     Checkpoint("prot_t5_xl_half", "Rostlab/prot_t5_xl_half_uniref50-enc", "t5", _T5_XL_ENCODER, 1024,
@@ -47,6 +51,13 @@ _ROWS = [
                "ProtXLNet pretrained on UniRef100", num_layers=30, preset="prot_xlnet"),
     Checkpoint("prot_electra_discriminator_bfd", "Rostlab/prot_electra_discriminator_bfd", "electra", _ELECTRA,
                1024, "ProtElectra discriminator pretrained on BFD", num_layers=30, preset="prot_electra"),
+    # Ankh (Elnaggar et al. 2023): T5 models whose tokenizer takes one residue per word
+    Checkpoint("ankh_base", "ElnaggarLab/ankh-base", "t5", _ANKH_BASE_ENCODER, 768,
+               "Ankh base (T5, 48 encoder layers), UniRef50", num_layers=48, total_params=_ANKH_BASE_TOTAL,
+               preset="ankh_base"),
+    Checkpoint("ankh_large", "ElnaggarLab/ankh-large", "t5", _ANKH_LARGE_ENCODER, 1536,
+               "Ankh large (T5, 48 encoder layers), UniRef50", num_layers=48, total_params=_ANKH_LARGE_TOTAL,
+               preset="ankh_large"),
     # ESM-2 (Lin et al. 2023), UniRef50 (D: dropout-trained); counts without the LM head
     *(Checkpoint(f"esm2_{size}_UR50D", f"facebook/esm2_{size}_UR50D", "esm", n, dim,
                  f"ESM-2 {size.split('_')[1]} ({layers} layers)", num_layers=layers, preset=f"esm2_{size}")

@@ -26,6 +26,14 @@ PRESETS = {
     # ProtT5-XXL-UniRef50 / ProtT5-XXL-BFD
     "prot_t5_xxl": dict(d_model=1024, d_ff=65536, d_kv=128, num_heads=128, num_layers=24,
                         num_decoder_layers=24, dropout_rate=0.1),
+    # Ankh base and large (Elnaggar et al. 2023): 48 encoder + 24 decoder layers, gated-GELU
+    # feed-forward, relative positions in 64 buckets up to 128 apart; 740M and 1.9B parameters
+    "ankh_base": dict(d_model=768, d_ff=3072, d_kv=64, num_heads=12, num_layers=48, num_decoder_layers=24,
+                      feed_forward_proj="gated-gelu", relative_attention_num_buckets=64,
+                      relative_attention_max_distance=128, tie_word_embeddings=False),
+    "ankh_large": dict(d_model=1536, d_ff=3840, d_kv=64, num_heads=16, num_layers=48, num_decoder_layers=24,
+                       feed_forward_proj="gated-gelu", relative_attention_num_buckets=64,
+                       relative_attention_max_distance=128, tie_word_embeddings=False),
 }
 
 
