@@ -20,6 +20,7 @@ balanced share of every window into its own file and rank 0 merges them into the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -43,6 +44,7 @@ from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, parti
 from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
                                     fits, mean_rows, resolve_device)
 from protrans_cli.residues import SequenceRejected, normalise
+from protrans_cli.threads import torch_threads
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -763,8 +765,12 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         scan = scan_input(source, name)
         summary = EmbedSummary(output=output, num_records=scan.num_records)
         dist = _setup_distributed(options.device) if distributed else _Dist()
+        # -j for this call only (torch's count is the process's); without -j, as it is (the
+        # onehot embedder then never imports torch).
+        threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
         try:
-            return _embed_ranked(source, name, scan, output, options, embedder, dist, summary)
+            with threads:
+                return _embed_ranked(source, name, scan, output, options, embedder, dist, summary)
         finally:
             dist.close()
     finally:
@@ -859,11 +865,6 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 device = f"cuda:{dist.local_rank}"
                 torch.cuda.set_device(dist.local_rank)
         embedder = build_embedder(options, device=device)
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
-
     # Resolved before the attributes: the file records the length at which --long-policy applied
     # (the model's own limit when --max-length was not given; 0 for none).
     model_max = getattr(embedder, "max_residues", None)

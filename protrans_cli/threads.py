@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from protrans_cli.errors import UsageError
@@ -29,3 +30,20 @@ def resolve_threads(requested: int | None) -> int:
             raise UsageError(f"PROTRANS_THREADS must be at least 1, got {value}")
         return value
     return min(available_cores(), 4)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None = None):
+    """torch computes on `count` threads inside the block (None: the count the block sets, if
+    any), and on the caller's count again after it, also after an error: torch's count is the
+    whole process's, and a library call (a notebook's fit, a web app's embed) left the caller on
+    -j's. As a decorator, `@torch_threads()`, for a function that sets the count itself."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -41,6 +41,7 @@ from protrans_cli.heads.tasks import IGNORE, Task, get_task
 from protrans_cli.io.files import (default_permissions, is_inside, make_temporary, replace_directory, same_file,
                                    signals_held)
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
+from protrans_cli.threads import torch_threads
 
 
 # How messages name a FitConfig field: by its flag.
@@ -109,6 +110,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
+@torch_threads()  # puts the caller's torch thread count back
 def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None = None,
         tests: list[tuple] = ()) -> FitResult:
     """Train `config.task` on (embeddings, labels); `valid`/`tests` are (embeddings, labels) pairs."""

@@ -30,6 +30,7 @@ from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_
 from protrans_cli.heads.labels import read_labels, some_ids
 from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, dataset_id, ensure_room, escape_key, h5_file
+from protrans_cli.threads import torch_threads
 
 
 def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mismatch: bool = False) -> None:
@@ -115,6 +116,7 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     return output, ids
 
 
+@torch_threads()  # puts the caller's torch thread count back
 def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None = None,
             max_residues: int = 8192, allow_model_mismatch: bool = False, threads: int | None = None,
             device: str = "auto", order: list[str] | None = None) -> dict:
@@ -274,6 +276,7 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
     return label_set, items, report
 
 
+@torch_threads()  # puts the caller's torch thread count back
 def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
                   mask_columns=("disorder",), on_mismatch: str = "error", allow_model_mismatch: bool = False,
                   n_boot: int = 1000, max_residues: int = 8192, threads: int | None = None,

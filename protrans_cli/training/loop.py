@@ -35,6 +35,7 @@ from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, first_line
 from protrans_cli.models import packing
+from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training import recompute
@@ -144,6 +145,7 @@ class StopRequest:
             raise
 
 
+@torch_threads()  # puts the caller's torch thread count back
 def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path)."""
     info = dist.setup()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from protrans_cli.threads import torch_threads
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import CorpusStream, step_batches
@@ -15,6 +16,7 @@ from protrans_cli.training.loop import NonFiniteGradient, TrainResult, build_run
 from protrans_cli.training.optim import build_optimizer
 
 
+@torch_threads()  # puts the caller's torch thread count back
 def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, num_steps: int = 100,
             family=None) -> TrainResult:
     """Leslie Smith's range test: raise the lr exponentially each step, record the loss,

@@ -1,0 +1,75 @@
+"""The Python API as a notebook or a web app uses it: a call leaves the caller's process as it
+found it (torch's thread count ...), whether it returns or raises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+from protrans_cli.embed import EmbedOptions, embed, embed_sequences
+from protrans_cli.errors import UsageError
+from protrans_cli.heads.fit import FitConfig, fit
+from protrans_cli.heads.predict import evaluate_head, predict
+from protrans_cli.training.config import TrainConfig
+from protrans_cli.training.loop import train
+from protrans_cli.training.lr_finder import find_lr
+
+torch = pytest.importorskip("torch")
+
+CALLERS = 3  # a thread count no protrans default gives on the test machines' 1-4 cores
+
+
+@pytest.fixture
+def caller_threads():
+    """torch on CALLERS threads, as the caller had it; the module's own count back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(CALLERS)
+    yield CALLERS
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def loc_data(tmp_path_factory):
+    """A tiny per-protein task: 24 proteins, 2 locations that follow from the composition."""
+    root = tmp_path_factory.mktemp("lib_loc")
+    rng = np.random.default_rng(0)
+    with open(root / "train.fasta", "w") as fh:
+        for i in range(24):
+            loc, rich = ("Nucleus", "KR") if i % 2 else ("Extracellular", "CW")
+            body = rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=20).tolist() + list(rich * 5)
+            fh.write(f">p{i} {loc}-S\n{''.join(body)}\n")
+    embed(root / "train.fasta", root / "train.h5", EmbedOptions(model="onehot", per_residue=False))
+    return root
+
+
+def _train_config(tmp_path, **kw):
+    return TrainConfig(family="bert", preset="tiny", corpus=[str(DATA / "train" / "learnable.txt")],
+                       output_dir=str(tmp_path / "run"), num_steps=2, max_length=32, global_batch_size=4,
+                       micro_batch_size=4, **kw)
+
+
+def test_embed_leaves_the_callers_torch_thread_count(caller_threads, tmp_path):
+    embed_sequences(["MKTAYIAKQR"], EmbedOptions(model="onehot", threads=1), kind="per_protein")
+    assert torch.get_num_threads() == caller_threads
+    with pytest.raises(UsageError):  # also when the call fails
+        embed(DATA / "embed" / "small.fa", tmp_path / "o.h5", EmbedOptions(model="onehot", threads=1, layers=(5,)))
+    assert torch.get_num_threads() == caller_threads
+
+
+def test_train_and_find_lr_leave_the_callers_torch_thread_count(caller_threads, tmp_path):
+    train(_train_config(tmp_path, threads=1))
+    assert torch.get_num_threads() == caller_threads
+    find_lr(_train_config(tmp_path / "lr", threads=1), num_steps=3)
+    assert torch.get_num_threads() == caller_threads
+
+
+def test_fit_predict_and_evaluate_leave_the_callers_torch_thread_count(caller_threads, loc_data, tmp_path):
+    # threads=None: min(cores, 4), which the CLI's -j default is, for the call only
+    head = tmp_path / "head"
+    fit(FitConfig(task="loc", max_epochs=2, n_bootstrap=10), loc_data / "train.h5", loc_data / "train.fasta", head)
+    assert torch.get_num_threads() == caller_threads
+    predict(head, loc_data / "train.h5", tmp_path / "pred.csv", threads=1)
+    assert torch.get_num_threads() == caller_threads
+    evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", n_boot=10, threads=1)
+    assert torch.get_num_threads() == caller_threads
