@@ -1,5 +1,5 @@
 """The Python API as a notebook or a web app uses it: a call leaves the caller's process as it
-found it (torch's thread count ...), whether it returns or raises."""
+found it (torch's thread count, matplotlib's backend ...), whether it returns or raises."""
 
 from __future__ import annotations
 
@@ -73,3 +73,34 @@ def test_fit_predict_and_evaluate_leave_the_callers_torch_thread_count(caller_th
     assert torch.get_num_threads() == caller_threads
     evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", n_boot=10, threads=1)
     assert torch.get_num_threads() == caller_threads
+
+
+@pytest.fixture
+def caller_plots():
+    """A session with its own matplotlib backend (a notebook's inline one, say) and an open figure."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    yield "svg", plt.get_fignums()
+    plt.close(fig)
+    matplotlib.use(before)
+
+
+def test_the_plots_leave_the_callers_matplotlib_backend_and_figures(caller_plots, loc_data, tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend, figures = caller_plots
+    train(_train_config(tmp_path, threads=1))  # loss_curve.png
+    find_lr(_train_config(tmp_path / "lr", threads=1), num_steps=3)  # lr_find.png
+    result = fit(FitConfig(task="loc", max_epochs=2, n_bootstrap=10, threads=1), loc_data / "train.h5",
+                 loc_data / "train.fasta", tmp_path / "head")  # curves.png, metrics/valid.loc.png
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+    assert (tmp_path / "lr" / "run" / "lr_find.png").stat().st_size > 1000
+    assert (result.head_dir / "curves.png").stat().st_size > 1000
+    assert (result.head_dir / "metrics" / "valid.loc.png").stat().st_size > 1000
+    assert matplotlib.get_backend() == backend and plt.get_fignums() == figures

@@ -752,12 +752,12 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
 
 
 def _plot_curves(history: list[dict], task: Task, path: Path) -> None:
-    import matplotlib
+    # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
+    # (its plots stopped showing), and pyplot's figure list is shared with the caller's threads.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for member in sorted({h["member"] for h in history}):
         rows = [h for h in history if h["member"] == member]
         epochs = [h["epoch"] for h in rows]
@@ -776,4 +776,3 @@ def _plot_curves(history: list[dict], task: Task, path: Path) -> None:
     fig.suptitle(f"{task.name} head", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -187,15 +187,15 @@ def print_report(name: str, output: str, m: dict) -> None:
 
 def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str) -> None:
     """Predicted against true values of a value output, with the diagonal."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
+    # (its plots stopped showing), and pyplot's figure list is shared with the caller's threads.
+    from matplotlib.figure import Figure
 
     t = np.asarray(y_true, dtype=np.float64).reshape(-1)
     p = np.asarray(y_pred, dtype=np.float64).reshape(-1)
     keep = ~np.isnan(t)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     ax.scatter(t[keep], p[keep], s=6, alpha=0.5)
     lo, hi = float(np.nanmin([t[keep].min(), p[keep].min()])), float(np.nanmax([t[keep].max(), p[keep].max()]))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
@@ -204,19 +204,18 @@ def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str) -
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def save_confusion_png(m: dict, path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
+    # (its plots stopped showing), and pyplot's figure list is shared with the caller's threads.
+    from matplotlib.figure import Figure
 
     cm = np.asarray(m["confusion"], dtype=np.float64)
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # row-normalised: recall on the diagonal
     n = len(m["classes"])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n, 1.0 + 0.5 * n))
+    fig = Figure(figsize=(1.2 + 0.55 * n, 1.0 + 0.5 * n))
+    ax = fig.subplots()
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), m["classes"], rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
     ax.set_yticks(range(n), m["classes"])
@@ -229,7 +228,6 @@ def save_confusion_png(m: dict, path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def dumps(obj) -> str:

@@ -89,12 +89,12 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
 
 
 def _plot_lr(png: Path, lrs, losses, smoothed, suggestion) -> None:
-    import matplotlib
+    # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
+    # (its plots stopped showing), and pyplot's figure list is shared with the caller's threads.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(lrs, losses, alpha=0.3, label="loss")
     ax.plot(lrs, smoothed, label="smoothed loss")
     ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.1e}")
@@ -104,4 +104,3 @@ def _plot_lr(png: Path, lrs, losses, smoothed, suggestion) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=100)
-    plt.close(fig)

@@ -98,15 +98,15 @@ def plot_metrics(metrics_path: Path, png: Path) -> None:
     """Loss (and eval loss) against step, as a PNG."""
     if not Path(metrics_path).exists():
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
+    # (its plots stopped showing), and pyplot's figure list is shared with the caller's threads.
+    from matplotlib.figure import Figure
 
     rows = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train loss")
     if evals:
@@ -118,5 +118,4 @@ def plot_metrics(metrics_path: Path, png: Path) -> None:
     fig.tight_layout()
     tmp = png.with_name("." + png.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(png)
