@@ -104,3 +104,17 @@ def test_the_plots_leave_the_callers_matplotlib_backend_and_figures(caller_plots
     assert (result.head_dir / "curves.png").stat().st_size > 1000
     assert (result.head_dir / "metrics" / "valid.loc.png").stat().st_size > 1000
     assert matplotlib.get_backend() == backend and plt.get_fignums() == figures
+
+
+def test_train_leaves_transformers_progress_bars_as_the_caller_had_them(tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # transformers' default
+    train(_train_config(tmp_path, threads=1))  # quiet while it saves its checkpoint and final model
+    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a caller who turned them off keeps them off
+    try:
+        train(_train_config(tmp_path / "2", threads=1))
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()

@@ -96,11 +96,20 @@ def _to_tuple(x):
     return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
 
 
-def _quiet_transformers() -> None:
+@contextlib.contextmanager
+def _quiet_transformers():
     # save_pretrained draws a "Writing model shards" bar on every checkpoint; the loop has its own.
+    # The switch is transformers' own, for the whole process: put back after the save, or a
+    # notebook's later from_pretrained/save_pretrained showed no bars for the rest of the session.
     from transformers.utils import logging
 
+    was_enabled = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -152,7 +161,6 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
     """Write one checkpoint atomically (call on rank 0 with full, unsharded weights)."""
     from safetensors.torch import save_model
 
-    _quiet_transformers()
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(directory)
@@ -160,7 +168,8 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        family.save_pretrained(model, tokenizer, tmp)
+        with _quiet_transformers():
+            family.save_pretrained(model, tokenizer, tmp)
         save_model(model, str(tmp / WEIGHTS_FILE))
         torch.save(training_state, tmp / STATE_FILE)
         config.save(tmp / CONFIG_FILE)
@@ -369,14 +378,14 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
 
 def export_model(run_dir, *, family, model, tokenizer) -> None:
     """The final model as an HF directory at the root of the run (file by file, atomically)."""
-    _quiet_transformers()
     run_dir = Path(run_dir)
     tmp = _temporary(run_dir / "final")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        family.save_pretrained(model, tokenizer, tmp)
+        with _quiet_transformers():
+            family.save_pretrained(model, tokenizer, tmp)
         default_permissions(tmp)  # safetensors writes 0600
         for item in sorted(tmp.iterdir()):
             target = run_dir / item.name
