@@ -103,6 +103,10 @@ class EmbedOptions:
                                                      if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
         if self.window < 1:
             raise UsageError("--window must be at least 1")
+        if self.threads is not None and self.threads < 1:  # 0 was ignored, -2 a RuntimeError from torch
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if isinstance(self.layers, int):  # EmbedOptions(layers=-1) from Python: a TypeError further on
+            raise UsageError(f"layers is a tuple of layer indices: layers=({self.layers},), not layers={self.layers}")
         if not self.layers:
             raise UsageError("--layer needs at least one index")
         repeated = [x for i, x in enumerate(self.layers) if x in self.layers[:i]]

@@ -118,3 +118,13 @@ def test_train_leaves_transformers_progress_bars_as_the_caller_had_them(tmp_path
         assert not hf_logging.is_progress_bar_enabled()
     finally:
         hf_logging.enable_progress_bar()
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(layers=-1), r"layers=\(-1,\), not layers=-1"),  # a TypeError deep in validate
+    (dict(threads=0), "--threads must be at least 1, got 0"),  # was ignored
+    (dict(threads=-2), "--threads must be at least 1, got -2"),  # a RuntimeError from torch
+])
+def test_embed_options_a_python_caller_can_get_wrong_are_usage_errors(options, message):
+    with pytest.raises(UsageError, match=message):
+        embed_sequences(["MKT"], EmbedOptions(model="onehot", **options), kind="per_protein")
