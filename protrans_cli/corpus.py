@@ -40,7 +40,7 @@ import numpy as np
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, display_name,
                                    input_named_by, make_temporary, open_input, output_directory, same_file,
-                                   signals_held)
+                                   signals_held, stdout_binary)
 from protrans_cli.residues import (
     RARE,
     RARE_POLICIES,
@@ -1104,9 +1104,7 @@ class _Stdout:
     """stdout where an AtomicFile would go (`--rejects -`, `--stats -`): written as it comes."""
 
     def __init__(self):
-        import sys
-
-        self.stream = sys.stdout.buffer
+        self.stream = stdout_binary()
 
     def prepare(self) -> None:
         self.stream.flush()

@@ -128,3 +128,25 @@ def test_train_leaves_transformers_progress_bars_as_the_caller_had_them(tmp_path
 def test_embed_options_a_python_caller_can_get_wrong_are_usage_errors(options, message):
     with pytest.raises(UsageError, match=message):
         embed_sequences(["MKT"], EmbedOptions(model="onehot", **options), kind="per_protein")
+
+
+def test_stdout_outputs_work_where_stdout_takes_text_only(loc_data, tmp_path):
+    """A notebook's stdout (ipykernel's OutStream) and contextlib.redirect_stdout's StringIO have no
+    `.buffer`: `-` (or prep's default output) was an AttributeError there."""
+    import contextlib
+    import io
+
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+
+    build_corpus([DATA / "embed" / "small.fa"], CorpusOptions(output=str(tmp_path / "c.txt")))
+    with contextlib.redirect_stdout(io.StringIO()) as text:
+        build_corpus([DATA / "embed" / "small.fa"])  # no output: stdout
+    assert text.getvalue() == (tmp_path / "c.txt").read_text()
+
+    head = tmp_path / "head"
+    fit(FitConfig(task="loc", max_epochs=1, n_bootstrap=10, threads=1), loc_data / "train.h5",
+        loc_data / "train.fasta", head)
+    predict(head, loc_data / "train.h5", tmp_path / "pred.csv", threads=1)
+    with contextlib.redirect_stdout(io.StringIO()) as text:
+        predict(head, loc_data / "train.h5", "-", threads=1)
+    assert text.getvalue() == (tmp_path / "pred.csv").read_text()

@@ -342,6 +342,32 @@ class AtomicFile:
                 os.unlink(self.tmp)
 
 
+class _TextStdout:
+    """Bytes for a stdout that takes text only: a notebook's (ipykernel's OutStream) and the
+    StringIO of contextlib.redirect_stdout have no `.buffer`. Decoded as UTF-8 as they come."""
+
+    def __init__(self, text):
+        import codecs
+
+        self.text = text
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data) -> int:
+        self.text.write(self.decoder.decode(bytes(data)))
+        return len(data)
+
+    def flush(self) -> None:
+        self.text.write(self.decoder.decode(b"", final=True))
+        self.text.flush()
+
+
+def stdout_binary():
+    """Where `-` writes bytes: stdout's binary buffer, or stdout itself through a decoder when it
+    has none (`sys.stdout.buffer` was an AttributeError in a notebook)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    return buffer if buffer is not None else _TextStdout(sys.stdout)
+
+
 @contextlib.contextmanager
 def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
     """Write `path` atomically (or stdout for `-`/None), compressing by extension.
@@ -351,7 +377,7 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
     file is removed and any existing file of that name is left as it was.
     """
     if path is None or str(path) == "-":
-        out = sys.stdout.buffer
+        out = stdout_binary()
         yield out
         out.flush()
         return
