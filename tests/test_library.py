@@ -150,3 +150,32 @@ def test_stdout_outputs_work_where_stdout_takes_text_only(loc_data, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()) as text:
         predict(head, loc_data / "train.h5", "-", threads=1)
     assert text.getvalue() == (tmp_path / "pred.csv").read_text()
+
+
+@pytest.mark.parametrize("callers_group", [True, False])
+def test_train_ends_only_a_process_group_it_started(monkeypatch, callers_group):
+    """A script under torchrun that starts its own group, trains, then calls all_reduce: train's
+    cleanup destroyed the caller's group ("Default process group has not been initialized")."""
+    import torch.distributed
+
+    from protrans_cli.training import dist
+
+    group = {"up": callers_group, "started": 0, "destroyed": 0}
+
+    def start(**kwargs):
+        group.update(up=True, started=group["started"] + 1)
+
+    def destroy():
+        group.update(up=False, destroyed=group["destroyed"] + 1)
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: group["up"])
+    monkeypatch.setattr(torch.distributed, "init_process_group", start)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", destroy)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    info = dist.setup()  # what train and find_lr do first, and cleanup() last
+    assert info.initialised
+    dist.cleanup()
+    assert group == ({"up": True, "started": 0, "destroyed": 0} if callers_group
+                     else {"up": False, "started": 1, "destroyed": 1})

@@ -23,6 +23,8 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     initialised: bool = False
+    # The process group was started by setup(), not by the caller: only then does cleanup() end it.
+    started_here: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -43,7 +45,7 @@ def setup() -> DistInfo:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    initialised = False
+    initialised = started = False
     if world_size > 1:
         import torch.distributed as dist
 
@@ -51,8 +53,9 @@ def setup() -> DistInfo:
             backend = "nccl" if device.type == "cuda" else "gloo"
             kwargs = {"device_id": device} if device.type == "cuda" else {}
             dist.init_process_group(backend=backend, **kwargs)
+            started = True
         initialised = True
-    _info = DistInfo(rank, world_size, local_rank, device, initialised)
+    _info = DistInfo(rank, world_size, local_rank, device, initialised, started)
     return _info
 
 
@@ -100,7 +103,9 @@ def broadcast_object(obj):
 
 def cleanup() -> None:
     global _info
-    if _info.initialised:
+    # A group the caller started (a script under torchrun that calls train, then its own
+    # all_reduce) is the caller's to end: destroyed here, its next collective failed.
+    if _info.started_here:
         import torch.distributed as dist
 
         if dist.is_initialized():
