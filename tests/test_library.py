@@ -179,3 +179,27 @@ def test_train_ends_only_a_process_group_it_started(monkeypatch, callers_group):
     dist.cleanup()
     assert group == ({"up": True, "started": 0, "destroyed": 0} if callers_group
                      else {"up": False, "started": 1, "destroyed": 1})
+
+
+def test_output_permissions_read_the_umask_without_changing_it(tmp_path, monkeypatch):
+    """Setting the umask to 0 and back, to read it, let another thread of the process create
+    world-writable files in between."""
+    import os
+    import sys
+
+    from protrans_cli.io.files import atomic_output
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the umask is read from /proc/self/status on Linux only")
+    mask = os.umask(0o027)
+    try:
+        def umask(_):
+            raise AssertionError("the umask was changed")
+
+        monkeypatch.setattr(os, "umask", umask)
+        with atomic_output(tmp_path / "out.txt") as out:
+            out.write(b"x\n")
+    finally:
+        monkeypatch.undo()
+        os.umask(mask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o640

@@ -534,6 +534,13 @@ def signals_held():
 
 
 def _umask() -> int:
+    # Read where the kernel shows it (Linux 4.7+): setting it to 0 and back left every other
+    # thread of the process (a web app's, a notebook's) creating world-writable files meanwhile.
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask
