@@ -741,6 +741,8 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     """
     options = options or EmbedOptions()
     options.validate()
+    if embedder is not None:
+        _check_embedder_layers(options, embedder)
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
     output = Path(output)
@@ -780,6 +782,18 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     finally:
         if spool is not None:
             os.unlink(spool)
+
+
+def _check_embedder_layers(options: EmbedOptions, embedder) -> None:
+    """An embedder given in memory computes the layers it was built for, whatever `options.layers`
+    says: `layers=(-2,)` with an embedder built for -1 gave the last layer's rows, same shape, with
+    no word. The two must name the same hidden states (-1 and num_layers are one)."""
+    states = getattr(embedder, "num_hidden_states", None)
+    wanted = tuple(x - states if states and x >= 0 else x for x in options.layers)
+    if wanted != tuple(embedder.layers):
+        raise UsageError(f"options.layers is {tuple(options.layers)} but the embedder given computes layers "
+                         f"{tuple(embedder.layers)}: build it with these options (build_embedder(options)), "
+                         "or give its layers")
 
 
 def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str,

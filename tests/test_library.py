@@ -203,3 +203,23 @@ def test_output_permissions_read_the_umask_without_changing_it(tmp_path, monkeyp
         monkeypatch.undo()
         os.umask(mask)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o640
+
+
+class _ThreeStates:
+    """An embedder in memory built for the last of its 3 hidden states (as build_embedder makes them)."""
+
+    name, family, revision, embedding_dim, layers, num_hidden_states = "mine", "custom", None, 2, (-1,), 3
+    device, compute_dtype, special_tokens, max_residues = "cpu", "float32", 0, None
+
+    def embed_batch(self, sequences):
+        return [np.ones((1, len(s), 2), dtype=np.float32) for s in sequences]
+
+
+def test_an_embedder_given_must_compute_the_layers_the_options_ask_for():
+    """options.layers was ignored when an embedder was passed: layers=(-2,) gave the last layer."""
+    mine = _ThreeStates()
+    for same in ((-1,), (2,)):  # 2 is -1 of 3 hidden states
+        rows = embed_sequences(["MKT"], EmbedOptions(model="mine", layers=same), kind="per_residue", embedder=mine)
+        assert rows[0].shape == (3, 2)
+    with pytest.raises(UsageError, match=r"options.layers is \(-2,\) but the embedder given computes layers \(-1,\)"):
+        embed_sequences(["MKT"], EmbedOptions(model="mine", layers=(-2,)), kind="per_residue", embedder=mine)
