@@ -893,7 +893,9 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         "layers": list(embedder.layers), "pooling": "mean over residue tokens (special tokens excluded)",
         "compute_dtype": embedder.compute_dtype, "device": embedder.device,
         "embedding_dim": embedder.embedding_dim, "protrans_version": __version__,
-        "command_line": options.command_line or " ".join(shlex.quote(a) for a in sys.argv),
+        # Called from Python, sys.argv is the script's (in a notebook, the kernel launcher's):
+        # say so rather than pass it off as the command that embedded.
+        "command_line": options.command_line or f"protrans_cli.embed() called from {shlex.join(sys.argv) or 'python'}",
         "max_length": max_length or 0, "long_policy": options.long_policy,
         # Only where it changes the rows, so that --resume compares it only then.
         "chunk_overlap": options.chunk_overlap if options.long_policy == "chunk" else None,

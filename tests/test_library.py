@@ -223,3 +223,21 @@ def test_an_embedder_given_must_compute_the_layers_the_options_ask_for():
         assert rows[0].shape == (3, 2)
     with pytest.raises(UsageError, match=r"options.layers is \(-2,\) but the embedder given computes layers \(-1,\)"):
         embed_sequences(["MKT"], EmbedOptions(model="mine", layers=(-2,)), kind="per_residue", embedder=mine)
+
+
+def test_embed_called_from_python_says_so_in_its_command_line(tmp_path, monkeypatch):
+    """From Python, the file recorded sys.argv as the command that embedded: in a notebook,
+    the kernel launcher's command line."""
+    import sys
+
+    import h5py
+
+    from protrans_cli.embed import EmbedOptions, embed
+
+    monkeypatch.setattr(sys, "argv", ["/opt/conda/lib/python3.11/site-packages/ipykernel_launcher.py", "-f", "k.json"])
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMKV\n")
+    embed(fasta, tmp_path / "a.h5", EmbedOptions(model="onehot"))
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert f.attrs["command_line"].startswith("protrans_cli.embed() called from ")
+        assert "ipykernel_launcher.py" in f.attrs["command_line"]
