@@ -49,8 +49,20 @@ def debug(message: str) -> None:
 
 
 def show_progress() -> bool:
-    """Progress bars only when stderr is a terminal, never when quiet or under CI logs."""
-    return state.verbosity >= 0 and sys.stderr.isatty() and not os.environ.get("PROTRANS_NO_PROGRESS")
+    """Progress bars only when stderr is a terminal or a notebook's, never when quiet or under CI logs."""
+    return (state.verbosity >= 0 and (sys.stderr.isatty() or _in_notebook())
+            and not os.environ.get("PROTRANS_NO_PROGRESS"))
+
+
+def _in_notebook() -> bool:
+    """Called from a Jupyter kernel, whose stderr is no terminal but shows bars (tqdm.auto draws
+    a widget there); a long embed in a notebook showed nothing until its summary."""
+    ipython = sys.modules.get("IPython")
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+    except Exception:  # an IPython too old or half-imported: no bars, as before
+        return False
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def progress(iterable=None, *, total=None, desc=None, unit="it", **kwargs):

@@ -241,3 +241,24 @@ def test_embed_called_from_python_says_so_in_its_command_line(tmp_path, monkeypa
     with h5py.File(tmp_path / "a.h5") as f:
         assert f.attrs["command_line"].startswith("protrans_cli.embed() called from ")
         assert "ipykernel_launcher.py" in f.attrs["command_line"]
+
+
+def test_progress_bars_show_in_a_notebook(monkeypatch):
+    """Bars needed stderr to be a terminal, which a Jupyter kernel's is not: a long embed in a
+    notebook showed nothing until its summary."""
+    import sys
+    import types
+
+    from protrans_cli import console
+
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert not console.show_progress()
+    ZMQInteractiveShell = type("ZMQInteractiveShell", (), {})
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: ZMQInteractiveShell()
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert console.show_progress()
+    TerminalInteractiveShell = type("TerminalInteractiveShell", (), {})  # ipython in a pipe: no bars
+    fake.get_ipython = lambda: TerminalInteractiveShell()
+    assert not console.show_progress()
