@@ -454,6 +454,45 @@ def test_evaluation_takes_the_first_proteins_of_the_validation_corpus(tmp_path, 
     assert sorted(evaluated) == list(range(16))  # 2 batches of micro batch 8 x 1 process
 
 
+def test_a_corpus_error_met_in_training_leaves_no_half_made_run_directory(tmp_path, run_cli):
+    """A bad line found when the stream reaches it (protein 250: step 49 at 4 proteins a step)
+    stops the run with exit 1 and one line. The run directory it made, holding only
+    train_config.json and metrics.jsonl, was left behind; now it goes, with the parent it made.
+    A directory that was there before, a run with a checkpoint and a --resume run keep theirs."""
+    lines = open(LEARNABLE).read().splitlines()
+    lines[498] = "M K T 7 A Y"
+    corpus = tmp_path / "late_error.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    args = ["train", "--corpus", corpus, "--num-steps", 100, "--max-length", 32, "--global-batch-size", 4,
+            "--micro-batch-size", 4, "--log-every", 5, "-j", 1]
+    error = "late_error.txt:499: invalid residue '7' at residue 4"
+
+    res = run_cli("-q", *args, "-o", tmp_path / "runs" / "fresh")
+    assert res.exit_code == 1 and error in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "runs").exists()
+    res = run_cli(*args, "-o", tmp_path / "fresh")
+    assert res.exit_code == 1 and f"train: removed what this run wrote in {tmp_path / 'fresh'}" in res.stderr, res.stderr
+    assert not (tmp_path / "fresh").exists()
+
+    before = tmp_path / "before"
+    before.mkdir()
+    res = run_cli(*args, "-o", before)
+    assert res.exit_code == 1 and error in res.stderr
+    assert (before / "metrics.jsonl").is_file()  # left as it was: training had started
+
+    saved = tmp_path / "saved"
+    res = run_cli(*args, "--save-every", 20, "-o", saved)
+    assert res.exit_code == 1 and error in res.stderr
+    assert sorted(p.name for p in (saved / "checkpoints").iterdir()) == ["step_00000020", "step_00000040"]
+    assert (saved / "train_config.json").is_file() and (saved / "metrics.jsonl").is_file()
+
+    resumed = tmp_path / "resumed"
+    res = run_cli(*args, "--resume", "-o", resumed)
+    assert res.exit_code == 1 and error in res.stderr
+    assert (resumed / "train_config.json").is_file()
+
+
 def test_an_unusable_validation_corpus_fails_before_training(tmp_path, run_cli):
     (tmp_path / "empty.txt").write_text("\n\n")
     cases = [(tmp_path / "missing.txt", "missing.txt: no such file"),

@@ -117,13 +117,14 @@ def run_lock(run_dir, active: bool = True):
     """Hold an exclusive lock on the run directory for a whole run (rank 0): two runs started
     together on one directory both passed the "already holds a run" check and wrote every
     metrics line twice, and checkpoints from both. A directory created here and left empty (the
-    run failed before writing anything) is removed again."""
+    run failed before writing anything) is removed again. Yields whether this call created the
+    run directory (False where inactive: only rank 0 makes and unmakes it)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock
         fcntl = None
     if not active or fcntl is None:
-        yield
+        yield False
         return
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -140,7 +141,7 @@ def run_lock(run_dir, active: bool = True):
                                  "for that run to end, or choose another -o", path=str(run_dir)) from None
         except OSError:  # a file system without flock (Lustre without it, NFS mounted nolock): no lock
             pass
-        yield
+        yield run_dir in created
     finally:
         os.close(fd)  # the lock goes with it
         for folder in created:
@@ -148,6 +149,25 @@ def run_lock(run_dir, active: bool = True):
                 folder.rmdir()  # only when empty
             except OSError:
                 break
+
+
+def discard_unfinished_run(run_dir, files) -> bool:
+    """After a failed run: delete its own `files` (train_config.json, metrics.jsonl, ...) and an
+    empty checkpoints/ folder when the run kept nothing (no checkpoint, no final model), so that
+    run_lock removes the directory it made. Only the run's own files by name, never a tree: what
+    anything else put there stays, and with it the directory. True when something was deleted."""
+    run_dir = Path(run_dir)
+    if list_checkpoints(run_dir) or (run_dir / "config.json").exists():
+        return False
+    removed = False
+    for name in files:
+        path = run_dir / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed = True
+    with contextlib.suppress(OSError):
+        (run_dir / "checkpoints").rmdir()  # only when empty (a first save that failed)
+    return removed
 
 
 def _temporary(final: Path) -> Path:

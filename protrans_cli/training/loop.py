@@ -150,24 +150,47 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path)."""
     info = dist.setup()
     try:
-        with ckpt.run_lock(config.output_dir, active=info.is_main):
-            if not resume and ckpt.list_checkpoints(config.output_dir):
-                # A fresh run here would mix its checkpoints with the old ones, and a later
-                # --resume would pick whichever step number is highest (checked before any model).
-                latest = ckpt.list_checkpoints(config.output_dir)[-1].name
-                raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to continue "
-                                 "it, or choose another -o")
-            if resume is True and not ckpt.list_checkpoints(config.output_dir):
-                # A job script that always passes --resume (a requeued job) must start the
-                # first time, and again after a kill before the first save.
-                if info.is_main:
-                    console.warn(f"{config.output_dir}: no checkpoint yet, so --resume starts the run from step 0")
-                resume = None
-            run = build_run(config, info, family, resume=resume)
-            with StopRequest() as stop:
-                return _loop(run, resume, stop)
+        with ckpt.run_lock(config.output_dir, active=info.is_main) as made_here:
+            # A fresh run that made its directory and fails before its first checkpoint (a bad
+            # corpus line met at step 500, a truncated gzip shard, a diverged loss) takes its
+            # half-made directory with it; never a --resume run's, nor one that was there before.
+            with _discarded_on_failure(config.output_dir, made_here and not resume):
+                if not resume and ckpt.list_checkpoints(config.output_dir):
+                    # A fresh run here would mix its checkpoints with the old ones, and a later
+                    # --resume would pick whichever step number is highest (checked before any model).
+                    latest = ckpt.list_checkpoints(config.output_dir)[-1].name
+                    raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to "
+                                     "continue it, or choose another -o")
+                if resume is True and not ckpt.list_checkpoints(config.output_dir):
+                    # A job script that always passes --resume (a requeued job) must start the
+                    # first time, and again after a kill before the first save.
+                    if info.is_main:
+                        console.warn(f"{config.output_dir}: no checkpoint yet, so --resume starts the run "
+                                     "from step 0")
+                    resume = None
+                run = build_run(config, info, family, resume=resume)
+                with StopRequest() as stop:
+                    return _loop(run, resume, stop)
     finally:
         dist.cleanup()
+
+
+# What a run writes at the root of its directory besides checkpoints and the final model.
+_RUN_FILES = (ckpt.CONFIG_FILE, "metrics.jsonl", "loss_curve.png")
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(run_dir, active: bool):
+    """On any failure (an error, a second Ctrl-C) of a run with nothing to keep: its files
+    deleted, and its directory with them (run_lock removes the folders it made once they are
+    empty). A stop that saved a checkpoint keeps everything. `active` on rank 0 only: the other
+    ranks write nothing in the run directory."""
+    try:
+        yield
+    except BaseException:
+        if active and ckpt.discard_unfinished_run(run_dir, _RUN_FILES):
+            console.info(f"train: removed what this run wrote in {run_dir}: it stopped before its first checkpoint")
+        raise
 
 
 def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *, evaluates: bool = True) -> _Run:
