@@ -98,6 +98,11 @@ def _fused(q, dropout) -> bool:
     return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not dropout
 
 
+# Eager under `train --compile`: its shapes come from the protein lengths on the host
+# (cu.tolist()), which torch.compile took as constants: a packed row of other lengths, or the
+# other of ELECTRA's two networks, recompiled it, until dynamo's recompile limit (8) ran the rest
+# of the run uncompiled with a screenful of warnings. Eager, the model around it compiles once.
+@torch.compiler.disable
 def _padded_attention(q, k, v, cu, dropout, scaling):
     """The reference and fallback: the segments gathered into a padded (N, H, Lmax, D) batch,
     one SDPA call with a key-padding mask, the rows scattered back. The same numbers as a padded
