@@ -457,14 +457,15 @@ def test_evaluation_takes_the_first_proteins_of_the_validation_corpus(tmp_path, 
 def test_a_corpus_error_met_in_training_leaves_no_half_made_run_directory(tmp_path, run_cli):
     """A bad line found when the stream reaches it (protein 250: step 49 at 4 proteins a step)
     stops the run with exit 1 and one line. The run directory it made, holding only
-    train_config.json and metrics.jsonl, was left behind; now it goes, with the parent it made.
-    A directory that was there before, a run with a checkpoint and a --resume run keep theirs."""
+    train_config.json, was left behind; now it goes, with the parent it made. A run that logged
+    metrics lines (a loss curve to look at), a directory that was there before, a run with a
+    checkpoint and a --resume run keep theirs."""
     lines = open(LEARNABLE).read().splitlines()
     lines[498] = "M K T 7 A Y"
     corpus = tmp_path / "late_error.txt"
     corpus.write_text("\n".join(lines) + "\n")
     args = ["train", "--corpus", corpus, "--num-steps", 100, "--max-length", 32, "--global-batch-size", 4,
-            "--micro-batch-size", 4, "--log-every", 5, "-j", 1]
+            "--micro-batch-size", 4, "--log-every", 60, "-j", 1]  # no metrics line before step 49
     error = "late_error.txt:499: invalid residue '7' at residue 4"
 
     res = run_cli("-q", *args, "-o", tmp_path / "runs" / "fresh")
@@ -475,17 +476,23 @@ def test_a_corpus_error_met_in_training_leaves_no_half_made_run_directory(tmp_pa
     assert res.exit_code == 1 and f"train: removed what this run wrote in {tmp_path / 'fresh'}" in res.stderr, res.stderr
     assert not (tmp_path / "fresh").exists()
 
+    logged = tmp_path / "logged"
+    res = run_cli(*args, "--log-every", 5, "-o", logged)
+    assert res.exit_code == 1 and error in res.stderr
+    assert len((logged / "metrics.jsonl").read_text().splitlines()) == 9  # steps 5..45: kept, with the config
+    assert (logged / "train_config.json").is_file()
+
     before = tmp_path / "before"
     before.mkdir()
     res = run_cli(*args, "-o", before)
     assert res.exit_code == 1 and error in res.stderr
-    assert (before / "metrics.jsonl").is_file()  # left as it was: training had started
+    assert (before / "train_config.json").is_file()  # left as it was: the directory was there before
 
     saved = tmp_path / "saved"
     res = run_cli(*args, "--save-every", 20, "-o", saved)
     assert res.exit_code == 1 and error in res.stderr
     assert sorted(p.name for p in (saved / "checkpoints").iterdir()) == ["step_00000020", "step_00000040"]
-    assert (saved / "train_config.json").is_file() and (saved / "metrics.jsonl").is_file()
+    assert (saved / "train_config.json").is_file()
 
     resumed = tmp_path / "resumed"
     res = run_cli(*args, "--resume", "-o", resumed)

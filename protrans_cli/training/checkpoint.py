@@ -152,12 +152,16 @@ def run_lock(run_dir, active: bool = True):
 
 
 def discard_unfinished_run(run_dir, files) -> bool:
-    """After a failed run: delete its own `files` (train_config.json, metrics.jsonl, ...) and an
-    empty checkpoints/ folder when the run kept nothing (no checkpoint, no final model), so that
-    run_lock removes the directory it made. Only the run's own files by name, never a tree: what
-    anything else put there stays, and with it the directory. True when something was deleted."""
+    """After a failed run: delete its own `files` (train_config.json, ...) and an empty
+    checkpoints/ folder when the run kept nothing (no checkpoint, no final model, no metrics
+    line: the loss curve of a run that diverged before its first save is what tells a better
+    learning rate), so that run_lock removes the directory it made. Only the run's own files by
+    name, never a tree: what anything else put there stays, and with it the directory. True when
+    something was deleted."""
     run_dir = Path(run_dir)
-    if list_checkpoints(run_dir) or (run_dir / "config.json").exists():
+    metrics = run_dir / "metrics.jsonl"
+    if list_checkpoints(run_dir) or (run_dir / "config.json").exists() or \
+            (metrics.is_file() and metrics.stat().st_size > 0):
         return False
     removed = False
     for name in files:
