@@ -175,6 +175,41 @@ def test_compiled_packed_attention_compiles_the_same_graphs_whatever_the_protein
         torch._dynamo.reset()
 
 
+@pytest.mark.gpu
+def test_compiled_varlen_attention_compiles_the_same_graphs_whatever_the_proteins_on_the_gpu():
+    """The CUDA twin of the test above: the fused varlen path takes the longest protein as a
+    Python int (`max_length_q`) and the boundaries as a tensor; under `train --packing --compile`
+    on a GPU, rows of other lengths must not recompile it until dynamo's limit (8) ends the
+    compiled run. Not yet run on a GPU (no device in the session that wrote it)."""
+    if not packing.varlen_available("cuda"):
+        pytest.skip("this PyTorch has no torch.nn.attention.varlen")
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def attend(q, k, v, cu, longest):
+        out, _ = packing.packed_attention(None, q * 2, k, v, None, cu_seq_lens_q=cu, max_length_q=longest)
+        return out + 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, backend=count, dynamic=True)
+    rng = np.random.default_rng(0)
+    try:
+        for row in range(12):
+            lengths = rng.integers(1, 300, size=rng.integers(2, 9))
+            cu, longest, _ = packing.segments(lengths, int(lengths.sum()))
+            q, k, v = (torch.randn(1, 8, int(lengths.sum()), 64, device="cuda", dtype=torch.bfloat16)
+                       for _ in range(3))
+            torch.testing.assert_close(compiled(q, k, v, cu.cuda(), longest), attend(q, k, v, cu.cuda(), longest))
+            if row == 3:
+                settled = len(graphs)
+        assert len(graphs) == settled, f"rows 5-12 compiled {len(graphs) - settled} more graphs"
+    finally:
+        torch._dynamo.reset()
+
+
 @pytest.mark.slow
 def test_a_compiled_packed_electra_run_has_the_eager_losses_without_recompile_warnings(tmp_path):
     """`train --family electra --packing --compile` printed dynamo's recompile-limit warnings
