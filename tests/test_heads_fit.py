@@ -278,6 +278,24 @@ def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
     assert json.loads((tmp_path / "m" / "test.json").read_text())["outputs"]["loc"]["n"] == 45
 
 
+def test_predict_with_labels_reports_the_ci_that_fit_reported(run_cli, loc_data, tmp_path):
+    """predict --labels seeded its bootstrap with 0 and drew 1000 resamples whatever the fit had
+    used: after `fit --seed 3 --bootstrap 100`, fit and predict printed different CIs for the
+    same predictions. It now uses the head's own seed and count: the same metrics, CI included."""
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--test", loc_data / "test.h5", loc_data / "test.fasta", "--max-epochs", "1", "--seed", "3",
+                "--bootstrap", "100", "-j", "1", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "--labels", loc_data / "test.fasta",
+                "--metrics", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    by_fit = json.loads((head / "metrics" / "test.json").read_text())["outputs"]
+    by_predict = json.loads((tmp_path / "m" / "test.json").read_text())["outputs"]
+    assert by_fit["loc"]["ci95"][0] < by_fit["loc"]["ci95"][1]  # one epoch: a CI the seed can move
+    assert by_predict == by_fit
+
+
 def test_labels_command_writes_embed_fasta(run_cli, tmp_path):
     from conftest import DATA
 

@@ -279,10 +279,12 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
 @torch_threads()  # puts the caller's torch thread count back
 def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
                   mask_columns=("disorder",), on_mismatch: str = "error", allow_model_mismatch: bool = False,
-                  n_boot: int = 1000, max_residues: int = 8192, threads: int | None = None,
-                  device: str = "auto", scored=None) -> dict:
+                  n_boot: int | None = None, max_residues: int = 8192, threads: int | None = None,
+                  device: str = "auto", scored=None, seed: int | None = None) -> dict:
     """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json/png if given.
-    `scored`: what `scored_labels` returned for the same arguments (else it is called here)."""
+    `scored`: what `scored_labels` returned for the same arguments (else it is called here).
+    `n_boot`/`seed` of the bootstrap CI: by default those the head's fit used (its --bootstrap and
+    --seed), so that predict reports the very CI that fit reported for the same test set."""
     import torch
 
     from protrans_cli.heads.fit import evaluate_data, head_device, write_metrics
@@ -300,7 +302,12 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     layer = head_layer(config)
     data = (ResidueData if task.kind == PER_RESIDUE else ProteinData)(embeddings, items, layer=layer)
     report_unlabelled(embeddings, labels, [report], "not scored")
-    result = evaluate_data(ensemble, task, data, n_boot=n_boot, max_residues=max_residues)
+    # fit seeds its bootstrap with --seed: with seed 0 always, `fit --seed 3` and `predict --labels`
+    # printed different CIs for the same predictions on the same set.
+    fitted = config.get("config", {})
+    n_boot = int(fitted.get("n_bootstrap", 1000)) if n_boot is None else n_boot
+    seed = int(fitted.get("seed", 0)) if seed is None else seed
+    result = evaluate_data(ensemble, task, data, n_boot=n_boot, max_residues=max_residues, seed=seed)
     if metrics_dir is not None:
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         write_metrics(Path(metrics_dir), label_set.name, result, str(embeddings), str(labels))
