@@ -1166,3 +1166,33 @@ def test_fit_refuses_a_test_file_of_another_layer_than_train(run_cli, ss_data, t
                 "--test", other, ss_data / "test.csv", "--max-epochs", "1", *FAST, "-o", tmp_path / "ss3")
     assert r.exit_code == 1 and "not layer -1 (train was read from layer -1: embed the" in r.stderr
     assert not (tmp_path / "ss3").exists()
+
+
+def test_a_tie_in_validation_accuracy_keeps_the_tied_epoch_with_the_lower_loss(loc_data, monkeypatch):
+    """docs/heads.md: the kept weights are the epoch with the best validation accuracy, a lower
+    validation loss breaking ties. The tie was compared with the lowest loss of *any* epoch, so
+    here epoch 4 (accuracy 0.8 like epoch 2, loss 0.4 < 0.5) lost to epoch 2 because epoch 3,
+    a worse epoch, had had loss 0.3."""
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.heads.data import load_data
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import get_task
+
+    task = get_task("loc")
+    data, _ = load_data(loc_data / "train.h5", read_labels(loc_data / "train.fasta"), task)
+    scripted = iter([(1.0, 0.5), (0.5, 0.8), (0.3, 0.7), (0.4, 0.8), (0.9, 0.6)])  # (valid loss, accuracy)
+    monkeypatch.setattr(fit_module, "_validate", lambda *a: (lambda loss, acc: (loss, {"loc": acc}))(*next(scripted)))
+
+    class Record:  # what FitState.save_epoch is given after every epoch
+        saved: list = []
+
+        def save_epoch(self, current):
+            self.saved.append(current)
+
+    record = Record()
+    config = FitConfig(task="loc", max_epochs=5, patience=10, threads=1)
+    model, lines = fit_module._train_member(config, task, data, data, 0, 0, None, state=record)
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+    assert record.saved[-1]["best_epoch"] == 4
+    kept = record.saved[3]["model"]  # the weights after epoch 4 are the head's
+    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())

@@ -592,6 +592,10 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
     # counts epochs that improve neither accuracy nor loss, so a head whose accuracy sits on the
     # majority class while its loss still falls keeps training.
     best_score, best_loss, best_state, best_epoch, last_progress, lines = -1.0, float("inf"), None, 0, 0, []
+    # The validation loss of the kept epoch: a tie in accuracy is broken against it. Compared with
+    # best_loss (the lowest loss of any epoch) instead, a tied later epoch with a lower loss than
+    # the kept one lost to it whenever another epoch had had a lower loss still.
+    kept_loss = float("inf")
     first_epoch, stopped = 1, False
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
@@ -600,6 +604,7 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
         torch.set_rng_state(resume_from["torch_rng"])
         best_state = {k: v.to(device) for k, v in resume_from["best_state"].items()}
         best_score, best_loss, best_epoch = resume_from["best_score"], resume_from["best_loss"], resume_from["best_epoch"]
+        kept_loss = resume_from.get("kept_loss", best_loss)  # states saved before it was kept
         last_progress, lines, stopped = resume_from["last_progress"], list(resume_from["lines"]), resume_from["stopped"]
         first_epoch = resume_from["epoch"] + 1
     for epoch in range(first_epoch, config.max_epochs + 1):
@@ -630,9 +635,9 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
                 "train_seconds": round(train_seconds, 3), "train_cpu_seconds": round(train_cpu_seconds, 3),
                 "seconds": round(time.perf_counter() - start, 3)}
         lines.append(line)
-        improved = score > best_score or (score == best_score and valid_loss < best_loss)
+        improved = score > best_score or (score == best_score and valid_loss < kept_loss)
         if improved:
-            best_score, best_epoch = score, epoch
+            best_score, best_epoch, kept_loss = score, epoch, valid_loss
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if improved or valid_loss < best_loss:
             last_progress = epoch
@@ -647,7 +652,7 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
                 "torch_rng": torch.get_rng_state(), "best_state": {k: v.cpu() for k, v in best_state.items()},
-                "best_score": best_score, "best_loss": best_loss, "best_epoch": best_epoch,
+                "best_score": best_score, "best_loss": best_loss, "best_epoch": best_epoch, "kept_loss": kept_loss,
                 "last_progress": last_progress, "lines": lines})
         if stopped:
             break
