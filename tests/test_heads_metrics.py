@@ -124,3 +124,14 @@ def test_spearman_by_hand_with_and_without_ties():
     m = evaluate_values(np.array([1.0, 2.0, np.nan, 4.0]), np.array([1.5, 2.0, 9.0, 3.5]), n_boot=50)
     assert m["n"] == 3 and m["spearman"] == pytest.approx(1.0)  # the NaN target is left out
     assert m["mae"] == pytest.approx((0.5 + 0 + 0.5) / 3) and m["mse"] == pytest.approx((0.25 + 0.25) / 3)
+
+
+def test_a_value_set_with_one_protein_is_reported_not_a_crash():
+    """A value test set with a single labelled protein: evaluate_values returned no "ci95" and
+    summary_line raised KeyError, which ended `fit` after training with a traceback."""
+    from protrans_cli.heads.metrics import evaluate_values, summary_line
+
+    m = evaluate_values(np.array([2.0, np.nan]), np.array([1.5, 9.0]), n_boot=10)
+    assert m["n"] == 1 and math.isnan(m["spearman"]) and m["mse"] == 0.25 and m["mae"] == 0.5
+    assert set(m) >= {"ci95", "pearson", "r2"}
+    assert "too few" in summary_line("one", "value", m)

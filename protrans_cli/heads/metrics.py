@@ -144,7 +144,13 @@ def evaluate_values(y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = 100
     t, p = t[keep], p[keep]
     n = len(t)
     if n < 2:
-        return {"kind": "value", "metric": "Spearman", "n": int(n), "n_proteins": int(n), "spearman": float("nan")}
+        # Too few for a correlation; every key of a full result all the same (NaN where undefined):
+        # without "ci95" the summary line raised a KeyError after the whole fit had been trained.
+        nan = float("nan")
+        residual = p - t
+        return {"kind": "value", "metric": "Spearman", "spearman": nan, "ci95": [nan, nan], "pearson": nan,
+                "mse": float(np.mean(residual ** 2)) if n else nan, "mae": float(np.mean(np.abs(residual))) if n else nan,
+                "r2": nan, "n": int(n), "n_proteins": int(n)}
     rng = np.random.default_rng(seed)
     stats = np.array([spearman(p[i], t[i]) for i in rng.integers(0, n, size=(n_boot, n))])
     alpha = (1 - level) / 2
@@ -164,6 +170,8 @@ def headline(m: dict) -> float:
 def summary_line(name: str, output: str, m: dict) -> str:
     if not m.get("n"):
         return f"{name} {output}: nothing to evaluate"
+    if m.get("kind") == "value" and m["n"] < 2:
+        return f"{name} {output}: 1 protein with a value, too few for Spearman's rho"
     lo, hi = m["ci95"]
     if m.get("kind") == "value":
         return (f"{name} {output}: Spearman {m['spearman']:.4f} (95% CI {lo:.4f}-{hi:.4f}), Pearson {m['pearson']:.3f}, "
