@@ -311,3 +311,18 @@ def test_misplaced_columns_and_labels_are_named_not_misread(tmp_path):
         read_labels(tmp_path / "n.csv")
     (tmp_path / "n2.csv").write_text("input,dssp3,disorder\nM K,C C,1.0 1.0,\n")  # a trailing comma: harmless
     assert read_labels(tmp_path / "n2.csv").records[0].labels == {"ss3": "CC"}
+
+
+def test_an_empty_class_label_is_no_label_not_a_class(tmp_path):
+    """A FLIP CSV row with an empty target, read for the `protein` task: '' became a class, and the
+    unlabelled proteins were trained on it and counted in the accuracy. It is left out now, as
+    the value task leaves it out."""
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import IGNORE, get_task
+
+    path = tmp_path / "classes.csv"
+    path.write_text("sequence,target,set,validation\nMKV,hi,train,False\nMKL,,train,False\nMKA,lo,train,False\n")
+    records = read_labels(path).records
+    task = get_task("protein").with_classes_from(records)
+    assert task.outputs[0].classes == ("hi", "lo")
+    assert [task.protein_targets(r)["label"] for r in records] == [0, IGNORE, 1]

@@ -139,7 +139,9 @@ class Task:
                 out[output.name] = _as_value(self._protein_label(record, output), record)
                 continue
             value = self._protein_label(record, output)
-            if value is None:
+            # An empty label (FLIP CSV's empty target) is no label, as for the value task: it
+            # became a class named '' that the unlabelled proteins were trained and scored on.
+            if value is None or not value.strip():
                 out[output.name] = IGNORE
                 continue
             try:
@@ -180,7 +182,7 @@ class Task:
                 letters = value if record.mask is None else "".join(
                     c for c, m in zip(value, record.mask) if m)
                 seen.update(letters)
-            else:
+            elif value.strip():  # an empty label is no label (protein_targets leaves it out)
                 seen.add(value)
         if len(seen) < 2:
             raise InputError(f"the training labels hold {len(seen)} class(es); a classifier needs at least 2")
