@@ -15,7 +15,7 @@ import torch
 
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.fit import FitConfig, fit
-from protrans_cli.heads.tasks import LOCATIONS, SS3, SS8, ss8_to_ss3
+from protrans_cli.heads.tasks import IGNORE, LOCATIONS, SS3, SS8, ss8_to_ss3
 from protrans_cli.io.h5 import EmbeddingsReader
 
 torch.set_num_threads(1)
@@ -1196,3 +1196,29 @@ def test_a_tie_in_validation_accuracy_keeps_the_tied_epoch_with_the_lower_loss(l
     assert record.saved[-1]["best_epoch"] == 4
     kept = record.saved[3]["model"]  # the weights after epoch 4 are the head's
     assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+
+
+def test_validation_loss_is_each_outputs_mean_over_the_set_summed(loc_data):
+    """metrics.jsonl's valid_loss (and early stopping's loss) for loc: each output's mean
+    cross-entropy over the proteins it counts, summed over outputs, as the training loss is per
+    batch. Batches were weighted by both outputs' counts together, which mixed the means wherever
+    the counts differ (a U protein counts for location, not for membrane)."""
+    import torch.nn.functional as F
+
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.heads.data import load_data
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.model import build_head
+    from protrans_cli.heads.tasks import get_task
+
+    task = get_task("loc")
+    data, _ = load_data(loc_data / "train.h5", read_labels(loc_data / "train.fasta"), task)
+    torch.manual_seed(0)
+    model = build_head(task, data.dim).eval()
+    loss, _ = fit_module._validate(model, task, data, FitConfig(task="loc", batch_size=7))
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data.x))
+    expected = sum(float(F.cross_entropy(logits[name], torch.from_numpy(data.targets[name]), ignore_index=IGNORE))
+                   for name in ("loc", "membrane"))
+    assert (data.targets["membrane"] == IGNORE).any()  # U proteins: the two outputs count differently
+    assert loss == pytest.approx(expected, rel=1e-6)

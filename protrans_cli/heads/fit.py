@@ -549,8 +549,9 @@ def _batches(data, config: FitConfig, shuffle: bool, rng=None):
     return data.batches(config.max_residues, shuffle=shuffle, rng=rng)
 
 
-def _loss(task: Task, logits: dict, targets: dict, weights: dict | None):
-    """Sum over outputs of the mean cross-entropy over counted positions; and the count per output."""
+def _loss(task: Task, logits: dict, targets: dict, weights: dict | None, parts: dict | None = None):
+    """Sum over outputs of the mean cross-entropy over counted positions; and the count per output.
+    `parts`, if given, receives each output's mean loss (a tensor) by name."""
     import torch.nn.functional as F
 
     total, counts = 0.0, {}
@@ -561,14 +562,20 @@ def _loss(task: Task, logits: dict, targets: dict, weights: dict | None):
             counts[output.name] = n = int(keep.sum())
             if n:
                 mean, std = output.scale
-                total = total + F.mse_loss(logits[output.name].reshape(-1)[keep], (t[keep] - mean) / std)
+                part = F.mse_loss(logits[output.name].reshape(-1)[keep], (t[keep] - mean) / std)
+                total = total + part
+                if parts is not None:
+                    parts[output.name] = part
             continue
         z = logits[output.name].reshape(t.shape[0], -1)  # (B*L, C)
         n = int((t != IGNORE).sum())
         counts[output.name] = n
         if n:
             w = None if weights is None else weights[output.name]
-            total = total + F.cross_entropy(z, t, weight=w, ignore_index=IGNORE)
+            part = F.cross_entropy(z, t, weight=w, ignore_index=IGNORE)
+            total = total + part
+            if parts is not None:
+                parts[output.name] = part
     return total, counts
 
 
@@ -667,7 +674,12 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
 
     model.eval()
     device = next(model.parameters()).device
-    loss_sum, n_sum = 0.0, 0
+    # Each output's loss summed over its counted positions and divided by their count, then added
+    # over outputs: the training loss's quantity over the whole set. (Summing each batch's total
+    # weighted by all outputs' counts together mixed the outputs' means wherever their counts
+    # differ, as loc's location and membrane do: U proteins count for one and not the other.)
+    loss_sums = {o.name: 0.0 for o in task.outputs}
+    loss_counts = {o.name: 0 for o in task.outputs}
     correct = {o.name: 0 for o in task.outputs}
     total = {o.name: 0 for o in task.outputs}
     values = {o.name: ([], []) for o in task.outputs if o.is_value}  # predicted z, true z
@@ -675,10 +687,11 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
         for batch in _batches(data, config, False):
             batch = batch.to(device)
             logits = model(batch.x, batch.mask)
-            loss, counts = _loss(task, logits, batch.targets, None)
-            n = sum(counts.values())
-            loss_sum += float(loss) * n
-            n_sum += n
+            parts: dict = {}
+            _, counts = _loss(task, logits, batch.targets, None, parts)
+            for name, part in parts.items():
+                loss_sums[name] += float(part) * counts[name]
+                loss_counts[name] += counts[name]
             for name, z in logits.items():
                 t = batch.targets[name]
                 if name in values:
@@ -695,7 +708,8 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
     for name, (predicted, true) in values.items():  # value outputs: Spearman's rho, as evaluated
         if predicted and sum(len(p) for p in predicted):
             scores[name] = spearman(np.concatenate(predicted), np.concatenate(true))
-    return loss_sum / max(n_sum, 1), scores
+    loss = sum(loss_sums[k] / loss_counts[k] for k in loss_sums if loss_counts[k])
+    return float(loss), scores
 
 
 def predict_data(ensemble, task: Task, data, *, max_residues: int = 8192, batch_size: int = 256):
