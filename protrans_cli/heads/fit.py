@@ -665,7 +665,9 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
             break
     model.load_state_dict(best_state)
     model.eval()
-    console.info(f"member {member}: best validation epoch {best_epoch} (mean accuracy {best_score:.4f})")
+    # the score is the mean of the outputs' headline metrics (Spearman for a value head)
+    metrics = "/".join(dict.fromkeys(o.metric for o in task.outputs))
+    console.info(f"member {member}: best validation epoch {best_epoch} (mean {metrics} {best_score:.4f})")
     return model, lines
 
 
@@ -789,7 +791,7 @@ def _plot_curves(history: list[dict], task: Task, path: Path) -> None:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("validation accuracy")
+    ax_acc.set_ylabel("validation " + "/".join(dict.fromkeys(o.metric for o in task.outputs)))
     ax_loss.legend(fontsize=7)
     ax_acc.legend(fontsize=7)
     fig.suptitle(f"{task.name} head", fontsize=9)
