@@ -1222,3 +1222,10 @@ def test_validation_loss_is_each_outputs_mean_over_the_set_summed(loc_data):
                    for name in ("loc", "membrane"))
     assert (data.targets["membrane"] == IGNORE).any()  # U proteins: the two outputs count differently
     assert loss == pytest.approx(expected, rel=1e-6)
+def test_predict_probabilities_to_stdout_is_refused(run_cli, ss_data, one_epoch_ss3, tmp_path, monkeypatch):
+    # `--probabilities -` wrote an HDF5 file named `-` in the current directory (exit 0).
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "x.fa",
+                "--probabilities", "-")
+    assert r.exit_code == 2 and "cannot be written to stdout" in r.stderr
+    assert not (tmp_path / "-").exists() and not (tmp_path / "x.fa").exists()

@@ -64,6 +64,10 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         raise UsageError("--model goes with --fasta (--embeddings were already made by a model)")
     if output is None and labels is None:
         output = "-"  # text output goes to stdout when -o is absent, as in every command
+    if probabilities == "-":
+        # `-` means stdout in every command, but HDF5 cannot be streamed: this wrote a file named
+        # `-` in the current directory. Refused as `embed -o -` is.
+        raise UsageError("--probabilities is an HDF5 file, which cannot be written to stdout: give a file name")
     import os
 
     from protrans_cli.io.files import input_named_by, output_directory, same_file
