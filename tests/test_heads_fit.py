@@ -1229,3 +1229,16 @@ def test_predict_probabilities_to_stdout_is_refused(run_cli, ss_data, one_epoch_
                 "--probabilities", "-")
     assert r.exit_code == 2 and "cannot be written to stdout" in r.stderr
     assert not (tmp_path / "-").exists() and not (tmp_path / "x.fa").exists()
+
+
+def test_embeddings_that_are_a_directory_is_one_line(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    # HDF5's message for a directory ran to two lines of C struct fields ("file descriptor = 3,
+    # errno = 21, ... buf = 0x7ffc...").
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    for args in (["fit", "ss3", "--embeddings", folder, "--labels", ss_data / "train.csv", "-o", tmp_path / "h"],
+                 ["predict", one_epoch_ss3, "--embeddings", folder, "-o", tmp_path / "p.fa"]):
+        r = run_cli(*args)
+        assert r.exit_code == 1 and ("\n" + r.stderr).endswith(f"\nprotrans: error: {folder}: is a directory, expected an HDF5 file\n")
+        assert "errno" not in r.stderr
+        assert not (tmp_path / "h").exists() and not (tmp_path / "p.fa").exists()

@@ -112,6 +112,9 @@ class EmbeddingsReader:
 
     def __init__(self, path):
         self.path = str(path)
+        if os.path.isdir(self.path):
+            # HDF5's own message for a directory runs to two lines of C struct fields.
+            raise InputError("is a directory, expected an HDF5 file", path=self.path)
         try:
             self.file = h5_file(self.path, "r")
         except FileNotFoundError:
@@ -121,7 +124,8 @@ class EmbeddingsReader:
             if self.path.endswith(".pt"):  # esm-extract writes one torch file per protein
                 hint = ("; esm-extract's .pt files are not read: embed the FASTA with protrans embed -m "
                         "<the ESM model> for an HDF5 file")
-            raise InputError(f"not a readable HDF5 file ({exc}){hint}", path=self.path) from None
+            # (first line: HDF5's messages can span lines, and the error is one line)
+            raise InputError(f"not a readable HDF5 file ({first_line(exc)}){hint}", path=self.path) from None
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
         groups = [k for k in KINDS if k in self.file and not _is_dataset(self.file[k])]
         # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
