@@ -227,6 +227,23 @@ def test_cr_only_line_endings_read_like_the_original(tmp_path, name):
         [(r.id, r.sequence, r.labels) for r in original.records]
 
 
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+@pytest.mark.parametrize("name", ["id_label_with_header.tsv", "netsurfp_input_spaced_header.csv",
+                                  "deeploc_dual_label_trailing_space.fasta"])
+def test_utf16_label_files_read_like_the_original(tmp_path, name, encoding):
+    """Excel's "Unicode Text" export (and PowerShell's `>`) is UTF-16 with a byte-order mark: read
+    as latin-1 every other character was a NUL, and the error was "expected 'id,label'" on line 3."""
+    source = HEADS / name
+    wide = tmp_path / name
+    text = source.read_text(encoding="utf-8")
+    wide.write_bytes((b"\xfe\xff" if encoding == "utf-16-be" else b"") + text.encode(encoding))
+    assert wide.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff")
+    original, converted = read_labels(source), read_labels(wide)
+    assert converted.format == original.format
+    assert [(r.id, r.sequence, r.labels) for r in converted.records] == \
+        [(r.id, r.sequence, r.labels) for r in original.records]
+
 def test_a_sequence_longer_than_csvs_field_limit_is_read(tmp_path):
     """csv refuses fields over 131,072 characters by default: a traceback for a 144k-residue protein."""
     n = 70_000  # spaced: 140,000 characters per field

@@ -85,7 +85,12 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None,
     with open_input(path) as stream:
         data = stream.read()
     try:
-        text = data.decode("utf-8-sig")
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
+            # Read as latin-1, every other character was a NUL ("expected 'id,label'" on line 3).
+            text = data.decode("utf-16")
+        else:
+            text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
     # A field holds a whole sequence (titin: 34,350 residues; gene-calling artefacts: over
