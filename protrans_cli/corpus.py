@@ -38,6 +38,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError
+from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, display_name,
                                    input_named_by, make_temporary, open_input, output_directory, same_file,
                                    signals_held, stdout_binary)
@@ -244,7 +245,6 @@ class _Block:
         return data if data.endswith(b"\n") else data + b"\n"
 
 
-_NOT_FASTA = "not FASTA: expected a '>' header line before sequence data"
 _CR_ONLY = ("a carriage return inside the header line: lines that end in CR alone (old Mac line endings) "
             "are not read; convert them first (tr '\\r' '\\n')")
 _BOM_HEADER = b"\n\xef\xbb\xbf>"
@@ -279,7 +279,7 @@ def _plain_blocks(path: str, block_bytes: int, index: int) -> Iterator[_Block]:
             if stripped:
                 break
         if not stripped.startswith(b">"):
-            raise InputError(_NOT_FASTA, path=name, line=line)
+            raise InputError(not_fasta(stripped), path=name, line=line)
         pos = start
         while pos < size:
             cut = size
@@ -330,7 +330,7 @@ def _iter_blocks(paths: Sequence, block_bytes: int) -> Iterator[_Block]:
                     line += buf.count(b"\n", 0, len(buf) - len(stripped))
                     buf = stripped
                     if buf and not buf.startswith(b">"):
-                        raise InputError(_NOT_FASTA, path=name, line=line)
+                        raise InputError(not_fasta(buf), path=name, line=line)
                     started = True
                     if more:
                         continue

@@ -142,6 +142,29 @@ def test_not_fasta_is_input_error(run_cli):
     assert f"{DATA / 'not_fasta.fa'}:3" in result.stderr and "not FASTA" in result.stderr
 
 
+
+def test_utf16_or_hdf5_fasta_is_named(run_cli, tmp_path):
+    """A UTF-16 FASTA (PowerShell's `>`, Notepad's "Unicode") or an HDF5 file given as the FASTA got
+    the bare "not FASTA" of a file of anything else: the error says what the file is, through
+    each of prep's readers (plain file, compressed, stdin) and embed's."""
+    import gzip
+
+    wide = tmp_path / "wide.fa"
+    wide.write_bytes(">a\nMKTAYIAK\n".encode("utf-16"))
+    (tmp_path / "wide.fa.gz").write_bytes(gzip.compress(wide.read_bytes()))
+    h5 = tmp_path / "e.h5"
+    assert run_cli("embed", DATA.parent / "embed" / "small.fa", "-m", "onehot", "-o", h5).exit_code == 0
+    for args, input in (([wide], None), ([tmp_path / "wide.fa.gz"], None), (["-"], wide.read_bytes()),
+                        ([wide, "-j", "2", "--tmp-dir", tmp_path], None)):
+        r = run_cli("prep", *args, "-o", tmp_path / "c.txt", input=input)
+        assert r.exit_code == 1 and ":1: not FASTA" in r.stderr and "the file is UTF-16 text" in r.stderr
+        assert r.stderr.count("\n") == 1 and not (tmp_path / "c.txt").exists()
+    r = run_cli("embed", wide, "-m", "onehot", "-o", tmp_path / "w.h5")
+    assert r.exit_code == 1 and "the file is UTF-16 text" in r.stderr
+    for command in (["prep", h5, "-o", tmp_path / "c.txt"], ["embed", h5, "-m", "onehot", "-o", tmp_path / "h.h5"]):
+        r = run_cli(*command)
+        assert r.exit_code == 1 and f"{h5}:1: not FASTA" in r.stderr and "the file is HDF5" in r.stderr
+
 def test_missing_input_is_input_error(run_cli, tmp_path):
     result = run_cli("prep", tmp_path / "nope.fa")
     assert result.exit_code == 1 and "no such file" in result.stderr

@@ -28,6 +28,19 @@ BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
 ASCII_SPACE = " \t\n\r\x0b\x0c"  # what ends an id (bytes.split's whitespace, as prep's reader)
 
 
+NOT_FASTA = "not FASTA: expected a '>' header line before sequence data"
+
+
+def not_fasta(first: bytes) -> str:
+    """The message for an input whose first non-blank line, `first`, is not a header; it says
+    what the file is where its first bytes tell (a UTF-16 FASTA looked like any non-FASTA)."""
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 byte-order mark: PowerShell's `>`, Notepad
+        return NOT_FASTA + " (the file is UTF-16 text: convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
+    if first.startswith(b"\x89HDF"):
+        return NOT_FASTA + " (the file is HDF5, such as embed writes)"
+    return NOT_FASTA
+
+
 def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[FastaRecord]:
     header: bytes | None = None
     header_line = 0
@@ -46,8 +59,7 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[Fasta
         elif header is not None:
             chunks.append(line)
         elif line.strip():
-            raise InputError("not FASTA: expected a '>' header line before sequence data",
-                             path=name, line=lineno)
+            raise InputError(not_fasta(line), path=name, line=lineno)
     if header is not None:
         yield _record(header, chunks, header_line, name)
 
