@@ -752,7 +752,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     for target in (output, partial_path(output)):
         if input_named_by(target, (fasta,)):
             raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
-        model_dir = input_named_by(target, (options.model,))
+        model_dir = input_named_by(target, (), directories=(options.model,))
         if model_dir:
             raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
                              "model's files (choose another -o)")

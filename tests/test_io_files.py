@@ -170,6 +170,25 @@ def test_input_named_by_an_output(tmp_path):
     assert input_named_by(fasta, ["-"]) is None  # stdin is not a file to overwrite
 
 
+
+def test_a_directory_given_as_an_input_file_is_reported_as_one(run_cli, tmp_path):
+    """`prep data/ -o data/corpus.txt` (a folder of FASTA files given as the FASTA) was refused with
+    "data/corpus.txt is also an input: writing it would replace the FASTA" (exit 2): choosing
+    another name only led to the real error. A file input is named only by itself; a model or
+    head directory still by any path inside it."""
+    from protrans_cli.io.files import input_named_by
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.fa").write_text(">a\nMKV\n")
+    assert input_named_by(data / "corpus.txt", [data]) is None
+    assert input_named_by(data / "corpus.txt", [], directories=[data]) == str(data)
+    for args in (["prep", data, "-o", data / "corpus.txt"], ["labels", data, "-o", data / "l.fa"],
+                 ["embed", data, "-m", "onehot", "-o", data / "e.h5"]):
+        r = run_cli(*args)
+        assert r.exit_code == 1 and r.stderr == f"protrans: error: {data}: is a directory, expected a file\n"
+    assert sorted(p.name for p in data.iterdir()) == ["x.fa"]
+
 def _damaged(compress, data):
     """`data` compressed, then 64 bytes in its middle zeroed: corrupt, not merely cut short."""
     raw = bytearray(compress(data))

@@ -76,7 +76,7 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         # `-o query.h5` replaced the embeddings it had just read with the predictions.
         if input_named_by(out, (embeddings, fasta, labels)):
             raise UsageError(f"{out} is also an input: writing it would replace it (choose another name)")
-        if input_named_by(out, (head,)):
+        if input_named_by(out, (), directories=(head,)):
             raise UsageError(f"{out} is inside the head directory {head}: writing it could replace the head's "
                              "files (choose another name)")
         if out is not None and out != "-":
@@ -85,7 +85,7 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         raise UsageError(f"-o and --probabilities both name {output}: one would replace the other")
     if metrics_dir is not None and labels is None:
         raise UsageError("--metrics needs --labels")
-    if metrics_dir is not None and input_named_by(metrics_dir, (head,)):
+    if metrics_dir is not None and input_named_by(metrics_dir, (), directories=(head,)):
         raise UsageError(f"--metrics {metrics_dir} is inside the head directory {head}: its files could replace "
                          "the head's (choose another directory)")
     if fasta is not None:

@@ -37,15 +37,18 @@ def same_file(a, b) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def input_named_by(output, inputs) -> str | None:
+def input_named_by(output, inputs, directories=()) -> str | None:
     """The input (not stdin) that `output` (not stdout) names, if any: writing that output would
-    replace the input (`prep x.fa -o x.fa` lost the FASTA). An input directory (a model, a head)
-    is named by any path inside it (`embed -m run -o run/model.safetensors` replaced the weights
-    it had just loaded). Every command checks its outputs so."""
+    replace the input (`prep x.fa -o x.fa` lost the FASTA). An input directory (a model, a head),
+    given in `directories`, is named by any path inside it (`embed -m run -o run/model.safetensors`
+    replaced the weights it had just loaded). Every command checks its outputs so.
+
+    A file input is named only by itself: a directory given where a file belongs (`prep data/ -o
+    data/corpus.txt`) is the reader's error to report ("is a directory"), not "is also an input"."""
     if not output or str(output) == "-":
         return None
-    return next((str(src) for src in inputs if src and str(src) != "-"
-                 and (same_file(src, output) or is_inside(output, src))), None)
+    return next((str(src) for src in (*inputs, *directories) if src and str(src) != "-"
+                 and (same_file(src, output) or (src in directories and is_inside(output, src)))), None)
 
 
 def is_inside(path, directory) -> bool:
