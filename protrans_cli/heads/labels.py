@@ -357,8 +357,10 @@ def _read_table(text: str, name: str) -> LabelSet:
                 raise InputError(f"the header {','.join(row)!r} does not start with the id column (the first "
                                  f"column is the protein id, named one of {', '.join(sorted(_ID_HEADERS))}; "
                                  "the second the label)", path=name, line=lineno)
-        if len(row) < 2 or not row[0] or not row[1]:
+        if len(row) < 2 or not row[0]:
             raise InputError("expected 'id,label'", path=name, line=lineno)
+        # An empty label is kept: the value task leaves that protein out, as documented (pandas'
+        # to_csv writes a missing value as an empty field); the class tasks refuse it by name.
         split = None
         if set_col is not None and set_col < len(row) and row[set_col]:
             split = row[set_col].lower()
