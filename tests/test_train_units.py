@@ -673,3 +673,14 @@ def test_phase_flags_over_a_config_files_single_phase_say_what_they_replace(caps
     assert "--phase replaces the config file's num_steps = 5000" in capsys.readouterr().err
     TrainConfig(corpus=["x"]).override(phases=["64:2"])  # defaults: nothing replaced, nothing said
     assert "replaces" not in capsys.readouterr().err
+
+
+def test_a_bad_phase_string_in_a_config_file_names_the_file(tmp_path):
+    # `phases = ["512"]` in a TOML file was reported as "--phase '512': ...", a flag never given.
+    for phases, problem in (('["512"]', "expected LEN:STEPS"), ('["512:ten"]', "every field must be a whole number")):
+        path = tmp_path / "c.toml"
+        path.write_text(f"phases = {phases}\n")
+        with pytest.raises(UsageError) as info:
+            TrainConfig.from_file(path)
+        message = info.value.format()
+        assert message.startswith(f"{path}: phase ") and problem in message and "--phase" not in message

@@ -380,7 +380,11 @@ def _phase_from(value, source: str) -> Phase:
     if isinstance(value, Phase):
         return value
     if isinstance(value, str):
-        return Phase.parse(value)
+        try:
+            return Phase.parse(value)
+        except UsageError as exc:
+            # The file's phase, not a --phase flag the user never gave: name the file.
+            raise UsageError(exc.message.replace("--phase ", "phase ", 1), path=source) from None
     if isinstance(value, dict):
         for key, number in value.items():
             if number is None and key in ("global_batch_size", "micro_batch_size"):
