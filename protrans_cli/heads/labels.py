@@ -359,8 +359,8 @@ def _read_table(text: str, name: str) -> LabelSet:
                                  "the second the label)", path=name, line=lineno)
         if len(row) < 2 or not row[0]:
             raise InputError("expected 'id,label'", path=name, line=lineno)
-        # An empty label is kept: the value task leaves that protein out, as documented (pandas'
-        # to_csv writes a missing value as an empty field); the class tasks refuse it by name.
+        # An empty label is kept: it is no label, and every task leaves that protein out (pandas'
+        # to_csv writes a missing value as an empty field).
         split = None
         if set_col is not None and set_col < len(row) and row[set_col]:
             split = row[set_col].lower()

@@ -157,7 +157,6 @@ class Task:
             value = labels.get("loc", labels.get("label"))
             if value is None:
                 raise InputError("has no location label", record=record.id, line=record.line)
-            _refuse_empty_class(value, record)
             if value in DUAL_LABELS:
                 return DUAL_LABELS[value] if self.dual == "first" else None
             return value
@@ -166,8 +165,6 @@ class Task:
             return None if value in (None, "U") else value  # U = unknown: not a third class
         if "label" not in labels:
             raise InputError(f"has no labels for {output.name}", record=record.id, line=record.line)
-        if not output.is_value:
-            _refuse_empty_class(labels["label"], record)
         return labels["label"]
 
     # --- generic tasks -------------------------------------------------------------------
@@ -186,8 +183,6 @@ class Task:
                     c for c, m in zip(value, record.mask) if m)
                 seen.update(letters)
             elif value.strip():  # an empty label is no label (protein_targets leaves it out)
-            else:
-                _refuse_empty_class(value, record)
                 seen.add(value)
         if len(seen) < 2:
             raise InputError(f"the training labels hold {len(seen)} class(es); a classifier needs at least 2")
@@ -248,13 +243,6 @@ def _as_value(label, record) -> float:
     if not np.isfinite(value):
         raise InputError(f"label {text!r} is not a finite number", record=record.id, line=record.line)
     return value
-
-
-def _refuse_empty_class(value: str, record) -> None:
-    """An empty class label (a blank cell) is no class: only the value task leaves such a protein out."""
-    if value == "":
-        raise InputError("the label is empty (only the value task leaves a protein without a label out)",
-                         record=record.id, line=record.line)
 
 
 def get_task(name: str, *, dual: str = "first") -> Task:
