@@ -125,3 +125,19 @@ def test_a_stop_that_a_library_turned_into_another_error_is_still_a_stop(monkeyp
     monkeypatch.setattr(cli_module.cli, "main", bug)
     with pytest.raises(ImportError, match="a real one"):
         cli_module.main(["prep", "x.fa"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["fit", "ss3", "--embeddings", "x.h5"], "Missing option '--labels' (see 'protrans fit --help')"),
+    (["nosuch"], "No such command 'nosuch' (see 'protrans --help')"),
+    (["embed", "x.fa", "-o", "y.h5", "--max-tokens", "abc"],
+     "Invalid value for '--max-tokens': 'abc' is not a valid integer (see 'protrans embed --help')"),
+    (["fit"], "Missing argument '{ss3|ss8|ss3+ss8|loc|residue|protein|value}'. Choose from: ss3, ss8,"),
+])
+def test_click_usage_errors_are_one_line(run_cli, args, message):
+    """click's own usage errors took four lines (usage, a "Try" line, a blank line, "Error: ..."),
+    every other failure one: a log's last line held the message alone, without the command."""
+    r = run_cli(*args)
+    assert r.exit_code == 2
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("protrans: error: ") and message in r.stderr, r.stderr

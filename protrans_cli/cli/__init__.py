@@ -177,7 +177,13 @@ def _main(console, argv):
         console.error("terminated" if terminated else "interrupted")
         sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
     except click.ClickException as exc:
-        exc.show()
+        # One line, as every other failure: click's own form (usage, a "Try" line, a blank line,
+        # then "Error: ...") took four, and a log's last line held only the message.
+        message = " ".join(exc.format_message().split())  # "Choose from:" lists span lines
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, click.UsageError) and ctx is not None:
+            message = f"{message.rstrip('.')} (see '{ctx.command_path} --help')"
+        console.error(message)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
