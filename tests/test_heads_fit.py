@@ -794,6 +794,16 @@ def test_predict_output_names_are_checked_before_any_work(run_cli, ss_data, one_
     assert not (tmp_path / "x.fa").exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_predict_refuses_a_max_residues_below_one_as_fit_does(run_cli, ss_data, one_epoch_ss3, tmp_path, value):
+    out = tmp_path / "p.fa"
+    for extra in ([], ["--labels", ss_data / "test.csv"]):
+        r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", out, "--max-residues", value,
+                    *extra)
+        assert r.exit_code == 2 and f"--max-residues must be at least 1, got {value}" in r.stderr, r.stderr
+        assert not out.exists()
+
+
 def test_predict_names_the_proteins_embed_could_not_embed(run_cli, ss_data, one_epoch_ss3, tmp_path):
     head = one_epoch_ss3
     h5 = tmp_path / "skipped.h5"

@@ -130,6 +130,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
 
     from protrans_cli.heads.fit import head_device
 
+    _check_max_residues(max_residues)
     torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
     ensemble.to(head_device(device))
@@ -276,6 +277,12 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
     return label_set, items, report
 
 
+def _check_max_residues(max_residues) -> None:
+    # 0 or a negative budget was taken (fit refuses it): what it did depended on the batching code
+    if not isinstance(max_residues, int) or max_residues < 1:
+        raise UsageError(f"--max-residues must be at least 1, got {max_residues}")
+
+
 @torch_threads()  # puts the caller's torch thread count back
 def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
                   mask_columns=("disorder",), on_mismatch: str = "error", allow_model_mismatch: bool = False,
@@ -291,6 +298,7 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     from protrans_cli.heads.model import load_head
     from protrans_cli.threads import resolve_threads
 
+    _check_max_residues(max_residues)
     if scored is None:
         scored = scored_labels(head_dir, embeddings, labels, label_format=label_format, mask_path=mask_path,
                                mask_columns=mask_columns, on_mismatch=on_mismatch,
