@@ -804,6 +804,18 @@ def test_predict_refuses_a_max_residues_below_one_as_fit_does(run_cli, ss_data, 
         assert not out.exists()
 
 
+def test_predict_leaves_the_callers_torch_generator_alone(ss_data, one_epoch_ss3, tmp_path):
+    """Loading a head built its layers with a random initialisation (then replaced by the saved
+    weights) from the global generator: a notebook's seeded torch RNG moved along with predict."""
+    from protrans_cli.heads.predict import predict
+
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    predict(one_epoch_ss3, ss_data / "test.h5", tmp_path / "p.fa", threads=1)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_predict_names_the_proteins_embed_could_not_embed(run_cli, ss_data, one_epoch_ss3, tmp_path):
     head = one_epoch_ss3
     h5 = tmp_path / "skipped.h5"

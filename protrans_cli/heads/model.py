@@ -74,8 +74,11 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         config = json.loads((directory / CONFIG).read_text())
         task = Task.from_json(config["task"])
         hp = config["hyperparameters"]
-        members = [build_head(task, config["input_dim"], hidden=hp["hidden"], kernel=hp["kernel"],
-                              dropout=hp["dropout"]) for _ in range(config["ensemble"])]
+        # The layers' random initialisation (replaced by the saved weights below) must not draw
+        # from the caller's generator: predict moved a notebook's seeded torch RNG along.
+        with torch.random.fork_rng(devices=[]):
+            members = [build_head(task, config["input_dim"], hidden=hp["hidden"], kernel=hp["kernel"],
+                                  dropout=hp["dropout"]) for _ in range(config["ensemble"])]
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"head config is incomplete or unreadable ({exc})", path=str(directory / CONFIG)) from None
     ensemble = Ensemble(members, task)
