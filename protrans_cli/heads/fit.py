@@ -236,18 +236,21 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     from protrans_cli.heads.model import build_head
 
     members, history = [], list(state.history)
-    for saved in state.members:
-        model = build_head(task, train.dim, hidden=config.hidden, kernel=config.kernel, dropout=config.dropout)
-        model.load_state_dict(saved)
-        members.append(model.to(device).eval())
-    for member in range(len(members), config.ensemble):
-        seed = config.seed + member
-        current = state.current if state.current and state.current["member"] == member else None
-        model, lines = _train_member(config, task, train, valid_data, seed, member, weights, device,
-                                     state=state, resume_from=current)
-        members.append(model)
-        history.extend(lines)
-        state.finish_member(model, lines)
+    # Each member seeds torch itself (reproducible heads); the caller's generators are put back
+    # afterwards, so a notebook's seeded random numbers do not depend on having called fit.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for saved in state.members:
+            model = build_head(task, train.dim, hidden=config.hidden, kernel=config.kernel, dropout=config.dropout)
+            model.load_state_dict(saved)
+            members.append(model.to(device).eval())
+        for member in range(len(members), config.ensemble):
+            seed = config.seed + member
+            current = state.current if state.current and state.current["member"] == member else None
+            model, lines = _train_member(config, task, train, valid_data, seed, member, weights, device,
+                                         state=state, resume_from=current)
+            members.append(model)
+            history.extend(lines)
+            state.finish_member(model, lines)
 
     # --- evaluate and write the head directory ---
     from protrans_cli.heads.model import FORMAT_VERSION, Ensemble, save_head
