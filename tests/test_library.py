@@ -262,3 +262,43 @@ def test_progress_bars_show_in_a_notebook(monkeypatch):
     TerminalInteractiveShell = type("TerminalInteractiveShell", (), {})  # ipython in a pipe: no bars
     fake.get_ipython = lambda: TerminalInteractiveShell()
     assert not console.show_progress()
+
+
+def test_train_and_find_lr_leave_the_callers_random_generators_alone(tmp_path):
+    """train seeded torch's global generator and a resumed run reset Python's and numpy's: a
+    notebook's seeded random numbers changed after a call (runs stay reproducible from their seed)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.loop import train
+    from protrans_cli.training.lr_finder import find_lr
+
+    corpus = tmp_path / "c.txt"
+    rng = random.Random(0)
+    corpus.write_text("".join(" ".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(rng.randint(20, 60))) + "\n\n"
+                              for _ in range(40)))
+
+    def draws():
+        return random.random(), float(np.random.rand()), torch.rand(2).tolist()
+
+    def seeded():
+        random.seed(5)
+        np.random.seed(5)
+        torch.manual_seed(5)
+
+    seeded()
+    expected = draws()
+    kw = dict(family="bert", corpus=[str(corpus)], max_length=64, global_batch_size=8, micro_batch_size=8,
+              log_every=2, save_every=2, threads=1)
+    seeded()
+    train(TrainConfig(output_dir=str(tmp_path / "a"), num_steps=2, **kw))
+    assert draws() == expected
+    seeded()
+    train(TrainConfig(output_dir=str(tmp_path / "a"), num_steps=4, **kw), resume=True)
+    assert draws() == expected
+    seeded()
+    find_lr(TrainConfig(output_dir=str(tmp_path / "b"), **kw), num_steps=3)
+    assert draws() == expected

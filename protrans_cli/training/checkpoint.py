@@ -92,6 +92,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def callers_rng():
+    """The caller's random generators (Python, numpy, torch, CUDA) as they were, after a block
+    that seeds them (a run is reproducible from its seed): `train` called from a notebook left
+    its seeded random numbers moved, and numpy's and Python's reset by a resumed run."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
 def _to_tuple(x):
     return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
 

@@ -150,7 +150,7 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path)."""
     info = dist.setup()
     try:
-        with ckpt.run_lock(config.output_dir, active=info.is_main) as made_here:
+        with ckpt.callers_rng(), ckpt.run_lock(config.output_dir, active=info.is_main) as made_here:
             # A fresh run that made its directory and fails before its first checkpoint (a bad
             # corpus line met at step 500, a truncated gzip shard, a diverged loss) takes its
             # half-made directory with it; never a --resume run's, nor one that was there before.

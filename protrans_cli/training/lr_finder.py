@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from protrans_cli.threads import torch_threads
+from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import CorpusStream, step_batches
@@ -24,53 +25,58 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     smoothed loss falls fastest. Writes no checkpoint."""
     info = dist.setup()
     try:
-        run = build_run(config, info, family, evaluates=False)
-        wrap_model(run)  # as the run it is for: compiled if asked, DDP told of unused parameters
-        optimizer = build_optimizer(run.wrapped, config)
-        phase = config.resolved_phases()[0]
-        stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
-                              global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
-                              rank=info.rank, world_size=info.world_size, seed=config.seed,
-                              bucket_batches=config.bucket_batches, collate=run.objective.collate)
-        # Workers as the run will have them (--num-workers): the test also shows whether the
-        # data keeps up with the steps.
-        batches = step_batches(stream, config.num_workers)
-        lrs, losses, smoothed = [], [], []
-        best = float("inf")
-        avg = 0.0
-        try:
-            for i in range(num_steps):
-                lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                try:
-                    stats = train_step(run, optimizer, next(batches).micro_batches)
-                except NonFiniteGradient:  # the range's end: the lr has made the gradient blow up
-                    break
-                num, den = stats["loss"]
-                t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
-                if not float(t[1]):  # an fp16 step that overflowed and was skipped: nothing measured
-                    continue
-                loss = float(t[0] / t[1])
-                avg = 0.9 * avg + 0.1 * loss
-                value = avg / (1 - 0.9 ** (len(losses) + 1))  # bias-corrected running mean
-                lrs.append(lr)
-                losses.append(loss)
-                smoothed.append(value)
-                best = min(best, value)
-                if not math.isfinite(loss) or value > 4 * best:
-                    break
-        finally:
-            batches.close()  # the DataLoader's workers, now, also after an error
-        suggestion = suggest_lr(lrs, smoothed)
-        if info.is_main:
-            _plot_lr(run.run_dir / "lr_find.png", lrs, losses, smoothed, suggestion)
-            (run.run_dir / "lr_find.json").write_text(json.dumps(
-                {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggestion}, indent=1))
-        dist.print0(f"train: suggested learning rate {suggestion:.2e} (plot: {run.run_dir / 'lr_find.png'})")
-        return TrainResult(run.run_dir, len(lrs), True, losses, None, suggestion)
+        with ckpt.callers_rng():
+            return _find_lr(config, info, family, min_lr, max_lr, num_steps)
     finally:
         dist.cleanup()
+
+
+def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, num_steps: int) -> TrainResult:
+    run = build_run(config, info, family, evaluates=False)
+    wrap_model(run)  # as the run it is for: compiled if asked, DDP told of unused parameters
+    optimizer = build_optimizer(run.wrapped, config)
+    phase = config.resolved_phases()[0]
+    stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
+                          global_batch_size=phase.global_batch_size, micro_batch_size=phase.micro_batch_size,
+                          rank=info.rank, world_size=info.world_size, seed=config.seed,
+                          bucket_batches=config.bucket_batches, collate=run.objective.collate)
+    # Workers as the run will have them (--num-workers): the test also shows whether the
+    # data keeps up with the steps.
+    batches = step_batches(stream, config.num_workers)
+    lrs, losses, smoothed = [], [], []
+    best = float("inf")
+    avg = 0.0
+    try:
+        for i in range(num_steps):
+            lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            try:
+                stats = train_step(run, optimizer, next(batches).micro_batches)
+            except NonFiniteGradient:  # the range's end: the lr has made the gradient blow up
+                break
+            num, den = stats["loss"]
+            t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
+            if not float(t[1]):  # an fp16 step that overflowed and was skipped: nothing measured
+                continue
+            loss = float(t[0] / t[1])
+            avg = 0.9 * avg + 0.1 * loss
+            value = avg / (1 - 0.9 ** (len(losses) + 1))  # bias-corrected running mean
+            lrs.append(lr)
+            losses.append(loss)
+            smoothed.append(value)
+            best = min(best, value)
+            if not math.isfinite(loss) or value > 4 * best:
+                break
+    finally:
+        batches.close()  # the DataLoader's workers, now, also after an error
+    suggestion = suggest_lr(lrs, smoothed)
+    if info.is_main:
+        _plot_lr(run.run_dir / "lr_find.png", lrs, losses, smoothed, suggestion)
+        (run.run_dir / "lr_find.json").write_text(json.dumps(
+            {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggestion}, indent=1))
+    dist.print0(f"train: suggested learning rate {suggestion:.2e} (plot: {run.run_dir / 'lr_find.png'})")
+    return TrainResult(run.run_dir, len(lrs), True, losses, None, suggestion)
 
 
 def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
