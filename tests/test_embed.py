@@ -915,6 +915,21 @@ def test_resume_with_windows_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert_same_content(full, file_content(out))
 
 
+def test_cli_stdin_spool_does_not_follow_a_planted_link(run_cli, tmp_path):
+    # The spool's name is predictable: a link planted there (a shared scratch folder) made
+    # open(..., "wb") overwrite the file it pointed to with the FASTA.
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    out_dir = tmp_path / "shared"
+    out_dir.mkdir()
+    (out_dir / ".s.h5.stdin.spool").symlink_to(victim)
+    result = run_cli("embed", "-", "-m", "onehot", "-o", out_dir / "s.h5", input=b">a\nMKV\n")
+    assert result.exit_code == 0, result.stderr
+    assert victim.read_bytes() == b"precious\n"
+    assert sorted(read_all(out_dir / "s.h5")) == ["a"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["s.h5"]  # the link is gone, and the spool
+
+
 def test_cli_stdin_with_windows_is_spooled_and_cleaned_up(run_cli, tmp_path):
     out = tmp_path / "s.h5"
     (tmp_path / ".s.h5.stdin.spool").write_bytes(b">left by a SIGKILLed run\nMMMM\n")  # replaced, then removed
