@@ -1302,3 +1302,61 @@ def test_an_empty_label_in_a_table_is_no_label_for_every_task(run_cli, loc_data,
         assert r.exit_code == 0, r.stderr
         outputs = json.loads((tmp_path / task / "config.json").read_text())["task"]["outputs"]
         assert all("" not in o["classes"] for o in outputs)  # no class made of the blank label
+
+
+def _claiming_file(path, kind: str, shape: tuple, length: int | None):
+    """An embeddings file whose second protein's dataset claims `shape` (unwritten: a few KB on
+    disk), beside a normal 4-d first protein."""
+    import h5py
+
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    rows = {"per_residue": np.ones((3, 4))} if kind == "per_residue" else {"per_protein": np.ones(4)}
+    with EmbeddingsWriter(path, kinds=(kind,)) as w:
+        w.write("a", "a", "MKV", **rows)
+    with h5py.File(path, "a") as f:
+        ds = f[kind].create_dataset("b", shape=shape, dtype="f4", chunks=(1,) * (len(shape) - 1) + (4,))
+        ds.attrs["id"] = "b"
+        if length is not None:
+            ds.attrs["length"] = length
+
+
+@pytest.mark.parametrize("kind,shape", [("per_residue", (2**60, 4)), ("per_protein", (2**61,)),
+                                        ("per_residue", (3, 5))])
+def test_a_dataset_claiming_another_shape_is_refused_before_it_is_read(tmp_path, kind, shape):
+    # A dataset's shape is a claim: read whole first, 2**62 bytes claimed by a file of a few KB
+    # were a MemoryError traceback (or, below the address space, a job killed for memory), and a
+    # per-protein dataset of another dimension a numpy traceback ("must have the same shape").
+    from protrans_cli.errors import InputError
+    from protrans_cli.heads.data import Matched, ProteinData, ResidueData
+
+    path = tmp_path / "claims.h5"
+    _claiming_file(path, kind, shape, length=3)
+    with EmbeddingsReader(path) as reader:
+        keys = {reader._group(kind)[k].attrs["id"]: k for k in reader._group(kind)}
+    items = [Matched(id=i, key=keys[i], length=3, targets={}) for i in ("a", "b")]
+    reader_class = ResidueData if kind == "per_residue" else ProteinData
+    with pytest.raises(InputError, match=r"record 'b': embedding has shape .*, expected "):
+        data = reader_class(str(path), items, **({"cache_bytes": 0} if kind == "per_residue" else {}))
+        for _ in data.batches():  # (streamed: read batch by batch)
+            pass
+    if kind == "per_residue":  # per protein from per-residue rows (the mean)
+        with pytest.raises(InputError, match=r"record 'b': embedding has shape"):
+            ProteinData(str(path), items)
+
+
+def test_predict_refuses_a_dataset_claiming_terabytes(run_cli, tmp_path):
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    rng = np.random.default_rng(0)
+    emb, labels = tmp_path / "train.h5", tmp_path / "train.csv"
+    with EmbeddingsWriter(emb, kinds=("per_protein",)) as w:
+        for i in range(20):
+            w.write(f"p{i}", f"p{i}", "MKV", per_protein=rng.normal(size=4) + (i % 2))
+    labels.write_text("id,label\n" + "".join(f"p{i},{'AB'[i % 2]}\n" for i in range(20)))
+    fit(FitConfig(task="protein", max_epochs=1, threads=1, n_bootstrap=50), emb, labels, tmp_path / "head")
+    query = tmp_path / "query.h5"
+    _claiming_file(query, "per_protein", (2**61,), length=None)
+    result = run_cli("predict", tmp_path / "head", "--embeddings", query, "-o", tmp_path / "p.csv")
+    assert result.exit_code == 1, result.stderr
+    assert "record 'b': embedding has shape 2305843009213693952, expected 4" in result.stderr
