@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -1345,7 +1346,18 @@ def test_a_dataset_claiming_another_shape_is_refused_before_it_is_read(tmp_path,
             ProteinData(str(path), items)
 
 
-def test_predict_refuses_a_dataset_claiming_terabytes(run_cli, tmp_path):
+def test_predict_refuses_a_dataset_claiming_terabytes(small_head, run_cli, tmp_path):
+    head, _ = small_head
+    query = tmp_path / "query.h5"
+    _claiming_file(query, "per_protein", (2**61,), length=None)
+    result = run_cli("predict", head, "--embeddings", query, "-o", tmp_path / "p.csv")
+    assert result.exit_code == 1, result.stderr
+    assert "record 'b': embedding has shape 2305843009213693952, expected 4" in result.stderr
+
+
+@pytest.fixture
+def small_head(tmp_path):
+    """A per-protein head of 4-d inputs, fitted in a second; and its embeddings."""
     from protrans_cli.io.h5 import EmbeddingsWriter
 
     rng = np.random.default_rng(0)
@@ -1355,8 +1367,25 @@ def test_predict_refuses_a_dataset_claiming_terabytes(run_cli, tmp_path):
             w.write(f"p{i}", f"p{i}", "MKV", per_protein=rng.normal(size=4) + (i % 2))
     labels.write_text("id,label\n" + "".join(f"p{i},{'AB'[i % 2]}\n" for i in range(20)))
     fit(FitConfig(task="protein", max_epochs=1, threads=1, n_bootstrap=50), emb, labels, tmp_path / "head")
-    query = tmp_path / "query.h5"
-    _claiming_file(query, "per_protein", (2**61,), length=None)
-    result = run_cli("predict", tmp_path / "head", "--embeddings", query, "-o", tmp_path / "p.csv")
+    return tmp_path / "head", emb
+
+
+@pytest.mark.parametrize("field,value,message", [
+    # 21 x 2**45 float32: petabytes, allocated before the weights were compared
+    ("hidden", 2**45, r"weights do not fit the head's config \(size mismatch for members\.0\.features\.weight"),
+    ("input_dim", 2**45, r"weights do not fit the head's config \(size mismatch"),
+    # a trillion members were built one by one (for ever) before the weights were compared
+    ("ensemble", 10**12, r"the head's config says 1000000000000 ensemble members, its weights hold 1"),
+])
+def test_head_config_sizes_are_checked_against_the_weights_before_building(small_head, run_cli, tmp_path,
+                                                                            field, value, message):
+    head, emb = small_head
+    config = json.loads((head / "config.json").read_text())
+    if field == "hidden":
+        config["hyperparameters"]["hidden"] = value
+    else:
+        config[field] = value
+    (head / "config.json").write_text(json.dumps(config))
+    result = run_cli("predict", head, "--embeddings", emb, "-o", tmp_path / "p.csv")
     assert result.exit_code == 1, result.stderr
-    assert "record 'b': embedding has shape 2305843009213693952, expected 4" in result.stderr
+    assert re.search(message, result.stderr), result.stderr

@@ -89,10 +89,30 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
     except (SafetensorError, OSError) as exc:  # truncated by an interrupted copy, or not safetensors at all
         raise ModelError(f"cannot read the head's weights ({first_line(exc)})",
                          path=str(directory / WEIGHTS)) from None
+    # The sizes in config.json are only claims (a head directory may come from anywhere): the
+    # network was built from them before the weights were compared, so `"hidden": 2000000000`
+    # allocated 168 GB and `"ensemble": 10**9` built members for ever. The members are counted
+    # in the weights first, then built on the meta device (no memory) and take the weights' own
+    # tensors: a size that does not fit the weights is refused below, having cost nothing.
+    stored = len({key.split(".")[1] for key in state if key.startswith("members.")})
     try:
-        ensemble.load_state_dict(state)
+        config = json.loads((directory / CONFIG).read_text())
+        task = Task.from_json(config["task"])
+        hp = config["hyperparameters"]
+        if config["ensemble"] != stored:
+            raise ModelError(f"the head's config says {config['ensemble']!r} ensemble members, its weights hold "
+                             f"{stored}", path=str(directory))
+        with torch.device("meta"):
+            members = [build_head(task, config["input_dim"], hidden=hp["hidden"], kernel=hp["kernel"],
+                                  dropout=hp["dropout"]) for _ in range(stored)]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelError(f"head config is incomplete or unreadable ({exc})", path=str(directory / CONFIG)) from None
+    ensemble = Ensemble(members, task)
+    try:
+        ensemble.load_state_dict(state, assign=True)
     except RuntimeError as exc:
-        raise ModelError(f"weights do not fit the head's config ({str(exc).splitlines()[0]})",
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]  # a header, then the keys
+        raise ModelError(f"weights do not fit the head's config ({(lines[1:] or lines or ['?'])[0]})",
                          path=str(directory / WEIGHTS)) from None
     ensemble.eval()
     return ensemble, task, config
