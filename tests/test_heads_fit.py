@@ -1389,3 +1389,22 @@ def test_head_config_sizes_are_checked_against_the_weights_before_building(small
     result = run_cli("predict", head, "--embeddings", emb, "-o", tmp_path / "p.csv")
     assert result.exit_code == 1, result.stderr
     assert re.search(message, result.stderr), result.stderr
+
+
+def test_fit_state_is_not_written_through_a_planted_link(tmp_path):
+    # HEAD.partial/state.pt.tmp has a fixed name: a link planted there (a shared folder) made
+    # every epoch's save overwrite the file it pointed to with the fit's state.
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    emb, labels = tmp_path / "train.h5", tmp_path / "train.csv"
+    with EmbeddingsWriter(emb, kinds=("per_protein",)) as w:
+        for i in range(10):
+            w.write(f"p{i}", f"p{i}", "MKV", per_protein=np.full(4, float(i % 2)))
+    labels.write_text("id,label\n" + "".join(f"p{i},{'AB'[i % 2]}\n" for i in range(10)))
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    (tmp_path / "head.partial").mkdir()
+    (tmp_path / "head.partial" / "state.pt.tmp").symlink_to(victim)
+    fit(FitConfig(task="protein", max_epochs=2, threads=1, n_bootstrap=10), emb, labels, tmp_path / "head")
+    assert victim.read_bytes() == b"precious\n"
+    assert (tmp_path / "head" / "weights.safetensors").is_file() and not (tmp_path / "head.partial").exists()

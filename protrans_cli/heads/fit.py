@@ -455,7 +455,14 @@ class FitState:
         torch.save({"fingerprint": self.fingerprint, "members": self.members, "history": self.history,
                     "current": self.current}, buffer)
         payload = buffer.getvalue()
-        tmp.write_bytes(self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+        # Created afresh and exclusively, never through a link: write_bytes followed a link
+        # planted under this fixed name (HEAD.partial/ beside a head in a shared folder) and
+        # overwrote the file it pointed to with the state.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with open(fd, "wb") as fh:
+            fh.write(self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
         os.replace(tmp, self.directory / self.FILE)
 
     def remove(self) -> None:
