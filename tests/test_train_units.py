@@ -684,3 +684,18 @@ def test_a_bad_phase_string_in_a_config_file_names_the_file(tmp_path):
             TrainConfig.from_file(path)
         message = info.value.format()
         assert message.startswith(f"{path}: phase ") and problem in message and "--phase" not in message
+
+
+def test_loss_curve_is_not_written_through_a_planted_link(tmp_path):
+    # `.loss_curve.png.tmp.png` had a fixed name: a link planted there was written through.
+    from protrans_cli.training.metrics import append_metrics, plot_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    append_metrics(metrics, {"step": 1, "loss": 2.0})
+    append_metrics(metrics, {"step": 2, "loss": 1.5})
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    (tmp_path / ".loss_curve.png.tmp.png").symlink_to(victim)
+    plot_metrics(metrics, tmp_path / "loss_curve.png")
+    assert victim.read_bytes() == b"precious\n"
+    assert (tmp_path / "loss_curve.png").read_bytes().startswith(b"\x89PNG")

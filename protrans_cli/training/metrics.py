@@ -116,6 +116,9 @@ def plot_metrics(metrics_path: Path, png: Path) -> None:
     if train or evals:  # (an fp16 run whose every step overflowed has no loss to show)
         ax.legend()
     fig.tight_layout()
-    tmp = png.with_name("." + png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(png)
+    # Through a fresh temporary (mkstemp), renamed over the PNG: a fixed `.loss_curve.png.tmp.png`
+    # was written through any link planted under that name.
+    from protrans_cli.io.files import atomic_output
+
+    with atomic_output(png) as out:
+        fig.savefig(out, dpi=100, format="png")
