@@ -1271,7 +1271,7 @@ def test_an_output_that_cannot_be_created_names_the_output(tmp_path, monkeypatch
     real = h5py.File
 
     def refuse(name, mode="r", *args, **kwargs):
-        if mode == "w":
+        if mode in ("w", "x"):  # (created exclusively: "x")
             raise OSError(f"Unable to synchronously create file (unable to open file: name = '{name}', errno = 13, "
                           "error message = 'Permission denied', flags = 13, o_flags = 242)")
         return real(name, mode, *args, **kwargs)

@@ -318,3 +318,18 @@ def test_an_empty_file_and_an_esm_extract_file_are_one_line_saying_what_they_are
     (tmp_path / "P1.pt").write_bytes(b"PK\x03\x04 a torch.save zip")
     with pytest.raises(InputError, match="esm-extract's .pt files are not read: embed the FASTA with protrans embed"):
         EmbeddingsReader(tmp_path / "P1.pt")
+
+
+def test_writer_does_not_create_through_a_planted_link(tmp_path):
+    # `.OUT.partial.creating` has a fixed name: HDF5's "w" truncated the file a link planted
+    # there pointed to, wrote the embeddings into it, and the link became OUT.
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    (tmp_path / ".e.h5.partial.creating").symlink_to(victim)
+    with EmbeddingsWriter(tmp_path / "e.h5", kinds=("per_protein",)) as w:
+        w.write("a", "a", "MKV", per_protein=np.ones(4))
+    assert victim.read_bytes() == b"precious\n"
+    assert not (tmp_path / "e.h5").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "victim.txt"]

@@ -607,8 +607,13 @@ class EmbeddingsWriter:
             # Made under a hidden name and renamed once its attributes and groups are flushed: a
             # kill in the first milliseconds left a 96-byte OUT.partial that --resume could not read.
             creating = self.partial.with_name(f".{self.partial.name}.creating")
+            # A fixed name: HDF5's "w" truncated whatever a link planted there (a shared output
+            # folder) pointed to and wrote the file into it. One left by a killed run (or such a
+            # link) is removed, and the file created exclusively ("x": O_EXCL, never through a link).
+            with contextlib.suppress(OSError):
+                creating.unlink()
             try:
-                self.file = h5_file(creating, "w")
+                self.file = h5_file(creating, "x")
             except OSError as exc:  # named by the output the user chose, not by the hidden file
                 why = re.search(r"error message = '([^']*)'", str(exc))
                 raise RuntimeFailure(f"cannot create the output: {why.group(1) if why else first_line(exc)}",
