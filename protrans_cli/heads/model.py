@@ -71,18 +71,6 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
     if not (directory / CONFIG).is_file():
         raise InputError(f"not a head directory (no {CONFIG})", path=str(directory))
     try:
-        config = json.loads((directory / CONFIG).read_text())
-        task = Task.from_json(config["task"])
-        hp = config["hyperparameters"]
-        # The layers' random initialisation (replaced by the saved weights below) must not draw
-        # from the caller's generator: predict moved a notebook's seeded torch RNG along.
-        with torch.random.fork_rng(devices=[]):
-            members = [build_head(task, config["input_dim"], hidden=hp["hidden"], kernel=hp["kernel"],
-                                  dropout=hp["dropout"]) for _ in range(config["ensemble"])]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ModelError(f"head config is incomplete or unreadable ({exc})", path=str(directory / CONFIG)) from None
-    ensemble = Ensemble(members, task)
-    try:
         state = load_file(str(directory / WEIGHTS))
     except FileNotFoundError:
         raise ModelError(f"head has no {WEIGHTS}", path=str(directory)) from None
@@ -102,6 +90,8 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         if config["ensemble"] != stored:
             raise ModelError(f"the head's config says {config['ensemble']!r} ensemble members, its weights hold "
                              f"{stored}", path=str(directory))
+        # (on the meta device the layers' initialisation draws nothing from the caller's
+        # generator either: predict moved a notebook's seeded torch RNG along)
         with torch.device("meta"):
             members = [build_head(task, config["input_dim"], hidden=hp["hidden"], kernel=hp["kernel"],
                                   dropout=hp["dropout"]) for _ in range(stored)]
