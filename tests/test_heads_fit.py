@@ -833,6 +833,18 @@ def test_fit_leaves_the_callers_torch_generator_alone_and_stays_reproducible(ss_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_head_config_nested_too_deeply_is_one_line(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    """A shared head whose config.json holds 100,000 nested brackets was a RecursionError traceback."""
+    import shutil
+
+    head = tmp_path / "head"
+    shutil.copytree(one_epoch_ss3, head)
+    (head / "config.json").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and "head config is unreadable (nested too deeply)" in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "p.fa").exists()
+
+
 def test_predict_names_the_proteins_embed_could_not_embed(run_cli, ss_data, one_epoch_ss3, tmp_path):
     head = one_epoch_ss3
     h5 = tmp_path / "skipped.h5"

@@ -699,3 +699,11 @@ def test_loss_curve_is_not_written_through_a_planted_link(tmp_path):
     plot_metrics(metrics, tmp_path / "loss_curve.png")
     assert victim.read_bytes() == b"precious\n"
     assert (tmp_path / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_config_file_nested_too_deeply_is_a_usage_error(tmp_path, run_cli):
+    """100,000 nested brackets were a RecursionError traceback from the JSON parser."""
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    r = run_cli("train", "--config", deep, "--corpus", "c.txt", "-o", tmp_path / "r")
+    assert r.exit_code == 2 and r.stderr == f"protrans: error: {deep}: cannot parse config (nested too deeply)\n"

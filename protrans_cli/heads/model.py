@@ -97,6 +97,8 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
                                   dropout=hp["dropout"]) for _ in range(stored)]
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelError(f"head config is incomplete or unreadable ({exc})", path=str(directory / CONFIG)) from None
+    except RecursionError:  # thousands of nested brackets: a traceback from the JSON parser
+        raise ModelError("head config is unreadable (nested too deeply)", path=str(directory / CONFIG)) from None
     ensemble = Ensemble(members, task)
     try:
         ensemble.load_state_dict(state, assign=True)

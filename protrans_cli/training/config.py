@@ -252,6 +252,8 @@ class TrainConfig:
                 data = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
         except (ValueError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot parse config ({' '.join(str(exc).split())})", path=name) from None
+        except RecursionError:  # thousands of nested brackets: a traceback from the parser
+            raise UsageError("cannot parse config (nested too deeply)", path=name) from None
         if not isinstance(data, dict):
             raise UsageError("config must be a table/object of settings", path=name)
         return cls.from_dict(data, source=name)
