@@ -172,6 +172,45 @@ def test_stored_proteins_reads_other_writers_attributes(tmp_path, monkeypatch):
         assert r.dataset("x").attrs["id"] == "x"
 
 
+def test_dataset_facts_read_low_level_what_h5py_reads(tmp_path, monkeypatch):
+    """fit and predict match labels through `dataset_facts` / `dataset_checksum_of` (h5py's
+    low-level calls, for speed): the same length, truncation and checksum as h5py's attributes
+    give, on embed's files and on what other writers store (other integer and string types,
+    bio_embeddings' md5 keys, no attributes at all, arrays with a layer axis)."""
+    from protrans_cli.io import h5 as h5_module
+    from protrans_cli.io.h5 import _plain, dataset_checksum, dataset_checksum_of, dataset_facts
+
+    monkeypatch.setattr(h5_module, "_ATTR_TYPES", {})  # a fresh process: read before any write
+    md5 = "0123456789abcdef0123456789abcdef"
+    with h5py.File(tmp_path / "o.h5", "w") as f:
+        d = f.create_dataset("embed", data=np.zeros((4, 2), np.float32))
+        d.attrs["length"], d.attrs["checksum"] = 4, "md5:e"
+        d = f.create_dataset("int32", data=np.zeros((2, 4, 2), np.float32))  # a layer axis
+        d.attrs["length"], d.attrs["checksum"] = np.int32(4), np.bytes_(b"md5:fixed")
+        d = f.create_dataset("uint8_text", data=np.zeros((5, 2), np.float16))
+        d.attrs["length"], d.attrs["checksum"] = np.uint8(5), np.array(["md5:a"], dtype=h5py.string_dtype())
+        d = f.create_dataset("text_length", data=np.zeros((3, 2)))
+        d.attrs["length"], d.attrs["checksum"] = "3", ""
+        d = f.create_dataset("cut", data=np.zeros((2, 2)))
+        d.attrs["length"], d.attrs["truncated_from"], d.attrs["checksum"] = 2, np.int16(9), "md5:prefix"
+        f.create_dataset(md5, data=np.zeros((6, 2))).attrs["original_id"] = "P1 some protein"
+        f.create_dataset("bare", data=np.zeros((7, 2)))
+        f.create_dataset("per_protein", data=np.zeros(3))
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        for key in f.keys():
+            ds = f[key]
+            length = int(_plain(ds.attrs["length"])) if "length" in ds.attrs else \
+                int(ds.shape[-2]) if ds.ndim >= 2 else None
+            cut = int(ds.attrs["truncated_from"]) if "truncated_from" in ds.attrs else None
+            want = (length, cut, None if cut is not None else dataset_checksum(key, ds.attrs))
+            assert dataset_facts(f, key) == want, key
+            assert dataset_checksum_of(f, key) == dataset_checksum(key, ds.attrs), key
+        assert dataset_facts(f, "int32") == (4, None, "md5:fixed")
+        assert dataset_facts(f, md5) == (6, None, "md5:" + md5)
+        assert dataset_facts(f, "cut") == (2, 9, None) and dataset_checksum_of(f, "cut") == "md5:prefix"
+        assert dataset_facts(f, "per_protein") == (None, None, None)
+
+
 def test_per_protein_attributes_have_the_types_h5py_gives_them(tmp_path):
     """The writer sets id/header/length/checksum through h5py's low-level calls (speed): on disk
     they must be what `ds.attrs[name] = value` writes, so any HDF5 reader sees the same file."""

@@ -363,6 +363,42 @@ def test_layer_is_the_model_layer_embed_stored_not_an_axis_index(tmp_path):
         ProteinData(str(path), [item], layer=-2)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", ">f4", "float64", "layers"])
+def test_rows_read_into_batches_are_the_rows_h5py_reads(tmp_path, dtype):
+    """ResidueData reads (L, D) float32/float16 datasets straight into its cache or batch (speed);
+    every dtype and shape must give the arrays numpy's own conversion of h5py's reads gives, the
+    cache and the streamed batches alike, and a wrong length stays the same error."""
+    from protrans_cli.errors import InputError
+    from protrans_cli.heads.data import Matched, ResidueData
+
+    rng = np.random.default_rng(1)
+    path, items, rows = tmp_path / "e.h5", [], []
+    with h5py.File(path, "w") as f:
+        f.attrs["layout"], f.attrs["kinds"] = "grouped", ["per_residue"]
+        group = f.create_group("per_residue")
+        for i, length in enumerate((5, 1, 9, 0, 3)):
+            values = rng.normal(size=(length, 4)) * 1e3
+            values[:1, :1] = 1e-6  # a float16 subnormal
+            if dtype == "layers":
+                group[f"p{i}"] = np.stack([-values, values]).astype(np.float32)  # layer -1: the last
+                rows.append(values.astype(np.float32))
+            else:
+                group[f"p{i}"] = values.astype(dtype)
+                rows.append(values.astype(dtype).astype(np.float32))
+            items.append(Matched(f"p{i}", f"p{i}", length, {"ss3": np.zeros(length, np.int64)}))
+    cached = ResidueData(str(path), items)
+    np.testing.assert_array_equal(cached.cached, np.concatenate(rows))
+    streamed = ResidueData(str(path), items, cache_bytes=0)
+    for data in (cached, streamed):
+        for batch in data.batches(20):
+            for row, i in enumerate(batch.index):
+                got = batch.x[row].numpy()
+                np.testing.assert_array_equal(got[:len(rows[i])], rows[i])
+                assert not got[len(rows[i]):].any()
+    with pytest.raises(InputError, match="embedding has 5 residues, expected 6"):
+        ResidueData(str(path), [Matched("p0", "p0", 6, {"ss3": np.zeros(6, np.int64)})])
+
+
 def test_labels_of_another_task_name_the_label_file(run_cli, ss_data, tmp_path):
     # NetSurfP labels given to a loc head: the error named the record but not the file.
     r = run_cli("fit", "loc", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",

@@ -180,7 +180,7 @@ class EmbeddingsReader:
         if kind not in self._foreign_ids:
             group, found = self._group(kind), {}
             for key in self.keys(kind):
-                ident = dataset_id(key, group[key].attrs)
+                ident = dataset_id(key, dataset_attrs(group, key)[0])
                 if escape_key(ident) != key:
                     found.setdefault(ident, key)
             self._foreign_ids[kind] = found
@@ -209,7 +209,7 @@ class EmbeddingsReader:
         """checksum -> id, for matching label files that carry only sequences."""
         group, sums = self._group(kind), {}
         for key in self.keys(kind):
-            attrs = group[key].attrs
+            attrs = dataset_attrs(group, key)[0]
             checksum = dataset_checksum(key, attrs)
             if checksum is not None:
                 sums[checksum] = dataset_id(key, attrs)
@@ -287,6 +287,83 @@ def _read_text_attr(obj, name: bytes) -> str | None:
     out = np.empty((), dtype=dtype)
     attr.read(out, mtype=mtype)
     return _plain(out[()])
+
+
+def read_attr(obj, name: str):
+    """`h5py.Dataset(obj).attrs.get(name)` of a low-level dataset id (None when absent), read
+    through h5py's low-level calls for the types embed writes (a scalar integer, a scalar
+    variable-length string); any other type through `attrs`, as before. Matching a label record
+    to its dataset (`fit`, `predict --labels`) took about 160 us through h5py's dictionary
+    interface, 105 this way (docs/benchmarks.md#heads)."""
+    import h5py
+
+    raw = name.encode("utf-8")
+    if not h5py.h5a.exists(obj, raw):
+        return None
+    attr = h5py.h5a.open(obj, raw)
+    kind = attr.get_type()
+    if attr.shape == () and isinstance(kind, h5py.h5t.TypeIntegerID) and not isinstance(kind, h5py.h5t.TypeEnumID):
+        out = np.empty((), dtype=attr.dtype)
+        attr.read(out)
+        return out[()]
+    if attr.shape == () and isinstance(kind, h5py.h5t.TypeStringID) and kind.is_variable_str():
+        if "text" not in _ATTR_TYPES:
+            _read_text_attr(obj, raw)  # (makes the memory type)
+        mtype, dtype = _ATTR_TYPES["text"]
+        out = np.empty((), dtype=dtype)
+        attr.read(out, mtype=mtype)
+        return out[()]
+    return h5py.Dataset(obj).attrs[name]
+
+
+class _LowAttrs:
+    """The attributes of a low-level dataset id as `h5py.Dataset(obj).attrs` gives them (`in`,
+    `[]`), read through `read_attr`."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __contains__(self, name: str) -> bool:
+        import h5py
+
+        return bool(h5py.h5a.exists(self.obj, name.encode("utf-8")))
+
+    def __getitem__(self, name: str):
+        value = read_attr(self.obj, name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+
+def dataset_attrs(group, key: str):
+    """(attributes, shape) of the dataset `key` of a group, as `group[key].attrs` and `.shape`
+    give them, through h5py's low-level calls where it is a dataset (see `read_attr`)."""
+    import h5py
+
+    obj = h5py.h5o.open(group.id, key.encode("utf-8"))
+    if isinstance(obj, h5py.h5d.DatasetID):
+        return _LowAttrs(obj), obj.shape
+    ds = group[key]  # not a dataset: h5py's own view of it, as before
+    return ds.attrs, ds.shape
+
+
+def dataset_facts(group, key: str) -> tuple[int | None, int | None, str | None]:
+    """(length, truncated_from, checksum) of the dataset `key` of a group: `length` its attribute,
+    else the rows of an (L, D) or (n_layers, L, D) array, else None; `truncated_from` its
+    attribute or None; `checksum` as `dataset_checksum` gives it (not read for a truncated
+    protein: None). Through h5py's low-level calls (see `read_attr`)."""
+    attrs, shape = dataset_attrs(group, key)
+    length = int(_plain(attrs["length"])) if "length" in attrs else int(shape[-2]) if len(shape) >= 2 else None
+    if "truncated_from" in attrs:
+        return length, int(_plain(attrs["truncated_from"])), None
+    return length, None, dataset_checksum(key, attrs)
+
+
+def dataset_checksum_of(group, key: str) -> str | None:
+    """`dataset_checksum(key, group[key].attrs)` through h5py's low-level calls (see `read_attr`)."""
+    return dataset_checksum(key, dataset_attrs(group, key)[0])
 
 
 def _plain(value):
