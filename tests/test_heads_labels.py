@@ -59,6 +59,26 @@ def test_netsurfp_missing_mask_column():
         read_labels(HEADS / "netsurfp_seq_header_repeated_sequence.csv", mask_columns=("cb513_mask",))
 
 
+@pytest.mark.parametrize("tokens", [["1.0", "0.0", "1.0"], ["1.0"] * 4, ["0.0", "0.0"], [],
+                                    ["1", "1.00000001", "0.99", "nan", "-1", "1e0", "inf", "1.0"]])
+def test_mask_values_are_read_as_numpy_reads_them(tokens):
+    """Each distinct mask value is converted once (speed): the same mask as numpy's conversion
+    of every value, and the same ValueError for one that is not a number."""
+    from protrans_cli.heads.labels import _is_one
+
+    assert _is_one(tokens).dtype == bool
+    np.testing.assert_array_equal(_is_one(tokens), np.asarray(tokens, dtype=np.float32) == 1.0)
+    with pytest.raises(ValueError):
+        _is_one(tokens + ["one"])
+
+
+def test_netsurfp_mask_value_that_is_not_a_number_names_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("input,dssp3,disorder\nM K,C C,1.0 0.0\nM K,C C,1.0 x\n")
+    with pytest.raises(InputError, match=r"bad.csv:3.*disorder holds a value that is not a number"):
+        read_labels(bad)
+
+
 def test_flip_sets_and_mask():
     ls = read_labels(HEADS / "flip_with_sets.fasta", mask_path=HEADS / "flip_mask.fasta")
     assert ls.format == "flip"
