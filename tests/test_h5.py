@@ -172,6 +172,34 @@ def test_stored_proteins_reads_other_writers_attributes(tmp_path, monkeypatch):
         assert r.dataset("x").attrs["id"] == "x"
 
 
+def test_failed_attribute_follows_every_change_though_written_only_on_change(tmp_path):
+    """The writer rewrites `failed` only when it changed (speed): what a reader sees after each
+    flush must still be the writer's list, also in a resumed file."""
+    path = tmp_path / "f.h5"
+
+    def on_disk():
+        with h5py.File(partial_path(path), "r") as f:
+            return json.loads(f.attrs["failed"])
+
+    w = EmbeddingsWriter(path, kinds=(PER_PROTEIN,), attrs={"model": "m"})
+    assert on_disk() == {}
+    w.record_failure("a", "too long")
+    w.flush()
+    assert on_disk() == {"a": "too long"}
+    w.flush()
+    w.write("a", "a", "MKV", per_protein=np.zeros(2, np.float32))  # embedded after all
+    w.record_failure("b", "out of memory")
+    w.flush()
+    assert on_disk() == {"b": "out of memory"}
+    w.file.close()  # a kill: the partial file stays
+    w2 = EmbeddingsWriter(path, kinds=(PER_PROTEIN,), attrs={"model": "m"}, resume=True)
+    assert w2.failed == {"b": "out of memory"}
+    w2.write("b", "b", "MKV", per_protein=np.zeros(2, np.float32))
+    w2.close(complete=True)
+    with h5py.File(path, "r") as f:
+        assert json.loads(f.attrs["failed"]) == {}
+
+
 def test_dataset_facts_read_low_level_what_h5py_reads(tmp_path, monkeypatch):
     """fit and predict match labels through `dataset_facts` / `dataset_checksum_of` (h5py's
     low-level calls, for speed): the same length, truncation and checksum as h5py's attributes

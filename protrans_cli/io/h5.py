@@ -665,6 +665,7 @@ class EmbeddingsWriter:
         self.compression = None if compression in (None, "none") else compression
         self.finalize = finalize
         self.failed: dict[str, str] = {}
+        self._failed_written: str | None = None  # the `failed` attribute's text in the file, once written
         output_directory(self.path)
 
         run_attrs = run_attributes(attrs, kinds=self.kinds, layout=layout, storage_dtype=storage_dtype)
@@ -804,7 +805,13 @@ class EmbeddingsWriter:
         self.file.flush()
 
     def _write_failed(self) -> None:
-        self.file.attrs["failed"] = json.dumps(self.failed, sort_keys=True)
+        # Rewritten only when it changed: embed flushes after every batch, and rewriting an
+        # unchanged attribute (HDF5 deletes and recreates it) cost a one-hot run about 9% of
+        # its time (docs/benchmarks.md#embed).
+        text = json.dumps(self.failed, sort_keys=True)
+        if text != self._failed_written:
+            self.file.attrs["failed"] = text
+            self._failed_written = text
 
     # --- closing ----------------------------------------------------------------------
     def close(self, complete: bool = False) -> None:
