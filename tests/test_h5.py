@@ -200,6 +200,26 @@ def test_failed_attribute_follows_every_change_though_written_only_on_change(tmp
         assert json.loads(f.attrs["failed"]) == {}
 
 
+def test_read_array_reads_what_h5py_reads(tmp_path):
+    """fit and predict read per-protein (and other) arrays through `read_array` (speed): the same
+    dtype, shape and values as `group[key][()]`, whatever was stored."""
+    from protrans_cli.io.h5 import read_array
+
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        for dtype in ("<f4", "<f2", "<f8", ">f4", "<i8"):
+            f[f"v{dtype}"] = (rng.normal(size=5) * 100).astype(dtype)
+            f[f"m{dtype}"] = (rng.normal(size=(2, 3, 4)) * 100).astype(dtype)
+        f["empty"] = np.zeros((0, 4), np.float32)
+        f["scalar"] = np.float32(3.5)
+        f.create_dataset("gzip", data=rng.normal(size=(6, 4)).astype(np.float32), compression="gzip")
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        for key in f.keys():
+            got, want = read_array(f, key), f[key][()]
+            assert np.asarray(got).dtype == np.asarray(want).dtype and np.shape(got) == np.shape(want), key
+            np.testing.assert_array_equal(got, want)
+
+
 def test_dataset_facts_read_low_level_what_h5py_reads(tmp_path, monkeypatch):
     """fit and predict match labels through `dataset_facts` / `dataset_checksum_of` (h5py's
     low-level calls, for speed): the same length, truncation and checksum as h5py's attributes

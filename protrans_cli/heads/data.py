@@ -27,7 +27,7 @@ from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, dataset_checksum_of, dataset_facts,
-                                escape_key, h5_file, sequence_checksum, unescape_key)
+                                escape_key, h5_file, read_array, sequence_checksum, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -270,6 +270,11 @@ class ResidueData:
 
     def _read(self, group, item: Matched) -> np.ndarray:
         return read_rows(group[item.key], 2, self.layer, (item.length, self.dim), self.path, item.id)  # (L, D)
+        array = _select_layer(read_array(group, item.key), 2, self.layer)  # (L, D)
+        if array.shape[0] != item.length:
+            raise InputError(f"embedding has {array.shape[0]} residues, expected {item.length}",
+                             path=self.path, record=item.id)
+        return array
 
     def _read_into(self, group, item: Matched, out: np.ndarray) -> None:
         """`out[...] = self._read(group, item)` for `out` of shape (item.length, dim), float32,
@@ -453,6 +458,7 @@ class ProteinData:
             dim = reader.dim(source) if items else None
             rows = []
             for item in items:
+                array = read_array(group, item.key)
                 if source == PER_RESIDUE:
                     length = item.length or None  # (0: not known)
                     array = read_rows(group[item.key], 2, layer, (length, dim), self.path, item.id)
