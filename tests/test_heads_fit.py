@@ -395,7 +395,7 @@ def test_rows_read_into_batches_are_the_rows_h5py_reads(tmp_path, dtype):
                 got = batch.x[row].numpy()
                 np.testing.assert_array_equal(got[:len(rows[i])], rows[i])
                 assert not got[len(rows[i]):].any()
-    with pytest.raises(InputError, match="embedding has 5 residues, expected 6"):
+    with pytest.raises(InputError, match=r"embedding has shape (2x)?5x4, expected 6x4"):
         ResidueData(str(path), [Matched("p0", "p0", 6, {"ss3": np.zeros(6, np.int64)})])
 
 

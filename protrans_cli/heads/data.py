@@ -204,20 +204,25 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int,
                      path=reader.path)
 
 
-def read_rows(ds, base_ndim: int, layer: int, expected: tuple, path: str, ident: str) -> np.ndarray:
+def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path: str, ident: str) -> np.ndarray:
     """One dataset's rows at `layer` ((L, D) for base_ndim 2, (D,) for 1), its shape checked
     against `expected` ((L, D) or (D,); None where a size is not known) BEFORE anything is read.
     A dataset's shape is only a claim: a few KB of HDF5 (an unwritten or compressed dataset) can
     declare gigabytes or terabytes, and such a dataset was read whole into memory and refused
     only after (or the job was killed for memory first). Datasets written with several --layer
-    have a leading layer axis ((n_layers, L, D) / (n_layers, D)): only the one used is read."""
-    shape = tuple(ds.shape)
+    have a leading layer axis ((n_layers, L, D) / (n_layers, D)): only the one used is read.
+    The shape comes from h5py's low-level calls, and a one-layer float dataset is read through
+    them too (`read_array`: h5py's dictionary interface cost about twice as much per protein)."""
+    import h5py
+
+    obj = h5py.h5o.open(group.id, key.encode("utf-8"))
+    shape = tuple(obj.shape) if isinstance(obj, h5py.h5d.DatasetID) else ()
     rows = shape[1:] if len(shape) == base_ndim + 1 else shape
     if len(rows) != base_ndim or any(want is not None and got != want for got, want in zip(rows, expected)):
         shown = "x".join(str(x) for x in expected) if None not in expected else f"{base_ndim} axes"
         raise InputError(f"embedding has shape {'x'.join(map(str, shape)) or 'scalar'}, expected {shown} "
                          "(a damaged file, or another protein's rows)", path=path, record=ident)
-    return ds[layer] if len(shape) == base_ndim + 1 else ds[()]
+    return group[key][layer] if len(shape) == base_ndim + 1 else read_array(group, key)
 
 
 @dataclass
@@ -269,12 +274,7 @@ class ResidueData:
         return handle, (handle if self.kind_path is None else handle[self.kind_path])
 
     def _read(self, group, item: Matched) -> np.ndarray:
-        return read_rows(group[item.key], 2, self.layer, (item.length, self.dim), self.path, item.id)  # (L, D)
-        array = _select_layer(read_array(group, item.key), 2, self.layer)  # (L, D)
-        if array.shape[0] != item.length:
-            raise InputError(f"embedding has {array.shape[0]} residues, expected {item.length}",
-                             path=self.path, record=item.id)
-        return array
+        return read_rows(group, item.key, 2, self.layer, (item.length, self.dim), self.path, item.id)  # (L, D)
 
     def _read_into(self, group, item: Matched, out: np.ndarray) -> None:
         """`out[...] = self._read(group, item)` for `out` of shape (item.length, dim), float32,
@@ -458,13 +458,12 @@ class ProteinData:
             dim = reader.dim(source) if items else None
             rows = []
             for item in items:
-                array = read_array(group, item.key)
                 if source == PER_RESIDUE:
                     length = item.length or None  # (0: not known)
-                    array = read_rows(group[item.key], 2, layer, (length, dim), self.path, item.id)
+                    array = read_rows(group, item.key, 2, layer, (length, dim), self.path, item.id)
                     rows.append(array.astype(np.float32).mean(axis=0))
                 else:
-                    rows.append(read_rows(group[item.key], 1, layer, (dim,), self.path, item.id))
+                    rows.append(read_rows(group, item.key, 1, layer, (dim,), self.path, item.id))
         self.x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)  # (N, D)
         refuse_non_finite(self.path, self.x, items, np.arange(len(items)))
         self.dim = int(self.x.shape[1])
