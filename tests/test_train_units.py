@@ -707,3 +707,18 @@ def test_a_config_file_nested_too_deeply_is_a_usage_error(tmp_path, run_cli):
     deep.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
     r = run_cli("train", "--config", deep, "--corpus", "c.txt", "-o", tmp_path / "r")
     assert r.exit_code == 2 and r.stderr == f"protrans: error: {deep}: cannot parse config (nested too deeply)\n"
+
+
+@pytest.mark.parametrize("setting,message", [
+    ('precision = "fp8"', "precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+    ("micro_batch_size = 0", "training: batch sizes must be at least 1"),
+    ("lr = -1", "--lr (lr) must be positive, got -1.0"),
+])
+def test_a_config_files_bad_value_names_the_file(tmp_path, run_cli, setting, message):
+    """Checked only after the flags were merged, a config file's bad value was reported without
+    the file: `precision must be one of ...`, with nothing saying where it came from."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'family = "bert"\npreset = "tiny"\n{setting}\n')
+    r = run_cli("train", "--config", config, "--corpus", "c.txt", "-o", tmp_path / "r")
+    assert r.exit_code == 2 and r.stderr == f"protrans: error: {config}: {message}\n", r.stderr
+    assert not (tmp_path / "r").exists()

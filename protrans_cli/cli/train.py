@@ -98,6 +98,13 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
         _print_presets(flags.get("family"))
         return
     config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
+    if config_file:
+        # The file's own values first, so that an error names the file (checked after the flags
+        # are merged, `precision = "fp8"` said only "precision must be one of ...").
+        try:
+            config.check_values()
+        except UsageError as exc:
+            raise UsageError(exc.message, path="<stdin>" if config_file == "-" else str(config_file)) from None
     # --num-steps and --max-length describe the one phase of a run without phases: given next to
     # phases (flags or the config file's), they would be silently ignored.
     single = [f"--{name.replace('_', '-')}" for name in ("num_steps", "max_length") if flags.get(name) is not None]

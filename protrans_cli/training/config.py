@@ -142,16 +142,24 @@ class TrainConfig:
             raise UsageError("no training corpus: give --corpus (or 'corpus' in the config file)")
         if "-" in self.corpus or "-" in self.val_corpus:
             raise UsageError("the corpus cannot be stdin ('-'): training reads it once per epoch")
+        if self.strategy == "none" and world_size > 1:
+            # Each rank would train its own copy on its share of every batch, never synchronised.
+            raise UsageError(f"--strategy none (strategy) is for one process, not {world_size}: under torchrun use "
+                             "auto, ddp or fsdp")
+        self.check_values()
+        for i, phase in enumerate(self.resolved_phases(), 1):
+            where = f"phase {i} ({phase.max_length}:{phase.num_steps})" if self.phases else "training"
+            grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, world_size, where=where)
+
+    def check_values(self) -> None:
+        """Each setting's own range and the pairs that cannot go together, whatever the corpus and
+        the number of processes: run on a config file alone too, so that its errors name it."""
         for name, allowed in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES), ("precision", PRECISIONS),
                               ("strategy", STRATEGIES), ("sdpa_kernels", SDPA_KERNELS)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.strategy == "none" and world_size > 1:
-            # Each rank would train its own copy on its share of every batch, never synchronised.
-            raise UsageError(f"--strategy none (strategy) is for one process, not {world_size}: under torchrun use "
-                             "auto, ddp or fsdp")
         if self.init_from and self.preset:
             raise UsageError(f"preset {self.preset!r} cannot go with init_from: the architecture comes from "
                              f"{self.init_from} (change its sizes with --set KEY=VALUE)")
@@ -184,7 +192,8 @@ class TrainConfig:
                 raise UsageError(f"{where}: max_length must be at least 8, got {phase.max_length}")
             if phase.num_steps < 1:
                 raise UsageError(f"{where}: num_steps must be at least 1")
-            grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, world_size, where=where)
+            if phase.global_batch_size < 1 or phase.micro_batch_size < 1:
+                raise UsageError(f"{where}: batch sizes must be at least 1")
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
