@@ -276,10 +276,7 @@ def _read_text_attr(obj, name: bytes) -> str | None:
 
     if not h5py.h5a.exists(obj, name):
         return None
-    if "text" not in _ATTR_TYPES:
-        dtype = h5py.string_dtype("utf-8")
-        _ATTR_TYPES["text"] = (h5py.h5t.py_create(dtype), dtype)  # h5py converts to str objects
-    mtype, dtype = _ATTR_TYPES["text"]
+    mtype, dtype = _text_type()
     attr = h5py.h5a.open(obj, name)
     kind = attr.get_type()
     if not (isinstance(kind, h5py.h5t.TypeStringID) and kind.is_variable_str() and attr.shape == ()):
@@ -287,6 +284,16 @@ def _read_text_attr(obj, name: bytes) -> str | None:
     out = np.empty((), dtype=dtype)
     attr.read(out, mtype=mtype)
     return _plain(out[()])
+
+
+def _text_type():
+    """(memory type, numpy dtype) that read a variable-length string attribute as str (made once)."""
+    import h5py
+
+    if "text" not in _ATTR_TYPES:
+        dtype = h5py.string_dtype("utf-8")
+        _ATTR_TYPES["text"] = (h5py.h5t.py_create(dtype), dtype)  # h5py converts to str objects
+    return _ATTR_TYPES["text"]
 
 
 def read_attr(obj, name: str):
@@ -307,9 +314,7 @@ def read_attr(obj, name: str):
         attr.read(out)
         return out[()]
     if attr.shape == () and isinstance(kind, h5py.h5t.TypeStringID) and kind.is_variable_str():
-        if "text" not in _ATTR_TYPES:
-            _read_text_attr(obj, raw)  # (makes the memory type)
-        mtype, dtype = _ATTR_TYPES["text"]
+        mtype, dtype = _text_type()
         out = np.empty((), dtype=dtype)
         attr.read(out, mtype=mtype)
         return out[()]
