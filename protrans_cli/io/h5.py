@@ -357,13 +357,14 @@ def dataset_attrs(group, key: str):
 _PLAIN_DTYPES = (np.dtype("<f4"), np.dtype("<f2"), np.dtype("<f8"))
 
 
-def read_array(group, key: str) -> np.ndarray:
+def read_array(group, key: str, obj=None) -> np.ndarray:
     """`group[key][()]`: a little-endian float dataset through h5py's low-level calls (its bytes
     as stored, into an array of its dtype), anything else through h5py's dictionary interface,
-    which costs about twice as much per dataset."""
+    which costs about twice as much per dataset. `obj`: the key's low-level object, if open."""
     import h5py
 
-    obj = h5py.h5o.open(group.id, key.encode("utf-8"))
+    if obj is None:
+        obj = h5py.h5o.open(group.id, key.encode("utf-8"))
     if isinstance(obj, h5py.h5d.DatasetID) and obj.rank >= 1 and obj.dtype in _PLAIN_DTYPES:
         out = np.empty(obj.shape, dtype=obj.dtype)
         if out.size:
