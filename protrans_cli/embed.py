@@ -39,7 +39,7 @@ from protrans_cli.attention import SDPA_KERNELS
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import parse_fasta
-from protrans_cli.io.files import display_name, input_named_by, open_input, output_directory
+from protrans_cli.io.files import create_fresh, display_name, input_named_by, open_input, output_directory
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path, refuse_if_in_use
 from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
                                     fits, mean_rows, resolve_device)
@@ -866,10 +866,8 @@ def _spool_stdin(output: Path) -> Path:
     # open(path, "wb") followed a link planted there and overwrote the file it pointed to with
     # the FASTA. The old spool (or such a link) is removed, and the new one is created
     # exclusively, refusing any link, and readable by its owner only.
-    with contextlib.suppress(OSError):  # (someone else's link in a sticky folder: O_EXCL refuses it)
-        path.unlink()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        fd = create_fresh(path, 0o600)
     except OSError as exc:
         raise RuntimeFailure(f"cannot write the copy of stdin: {exc.strerror or exc}", path=str(path)) from None
     try:

@@ -38,8 +38,8 @@ from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
-from protrans_cli.io.files import (default_permissions, is_inside, make_temporary, replace_directory, same_file,
-                                   signals_held)
+from protrans_cli.io.files import (create_fresh, default_permissions, is_inside, make_temporary, replace_directory,
+                                   same_file, signals_held)
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
 from protrans_cli.threads import torch_threads
 
@@ -458,10 +458,7 @@ class FitState:
         # Created afresh and exclusively, never through a link: write_bytes followed a link
         # planted under this fixed name (HEAD.partial/ beside a head in a shared folder) and
         # overwrote the file it pointed to with the state.
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        with open(fd, "wb") as fh:
+        with open(create_fresh(tmp), "wb") as fh:
             fh.write(self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
         os.replace(tmp, self.directory / self.FILE)
 

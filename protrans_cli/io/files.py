@@ -393,6 +393,17 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
     handle.commit()
 
 
+def create_fresh(path, mode: int = 0o666) -> int:
+    """A descriptor, open for writing, of `path` created afresh under a fixed name (a spool, a
+    state's temporary): what was there (left by a killed run, or a link planted under that
+    predictable name in a shared folder) is removed first, and the file is created exclusively,
+    never through a link (O_EXCL, O_NOFOLLOW). Someone else's link that cannot be removed (a
+    sticky folder) makes the creation fail instead of being followed."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+
+
 def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool = False) -> Path:
     """A new temporary file (or folder) `PREFIX<host>.<pid>-XXXX<suffix>` in `directory`, after
     removing the ones of that prefix that a killed run of this host left (its process is gone):
