@@ -233,11 +233,11 @@ class Family:
             attention = tensors["attention_mask"].bool()      # (B, T)
             residue_mask = attention & ~special               # (B, T)
             counts = residue_mask.sum(dim=1)              # (B,)
-            wrong = wrong or next(((int(counts[i]), seq) for i, seq in enumerate(sequences)
-                                   if int(counts[i]) != len(seq)), None)
-            if all(int(counts[i]) == len(seq) for i, seq in enumerate(sequences)):
+            bad = next(((int(counts[i]), seq) for i, seq in enumerate(sequences) if int(counts[i]) != len(seq)), None)
+            if bad is None:
                 inputs = {k: tensors[k] for k in self.input_names if k in tensors}
                 return inputs, residue_mask
+            wrong = wrong or bad  # the first form's, reported if neither maps one token per residue
         count, seq = wrong
         raise ModelError(
             f"the {self.name} tokenizer made {count} residue tokens of a sequence of "
