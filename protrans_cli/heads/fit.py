@@ -673,8 +673,7 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
     model.load_state_dict(best_state)
     model.eval()
     # the score is the mean of the outputs' headline metrics (Spearman for a value head)
-    metrics = "/".join(dict.fromkeys(o.metric for o in task.outputs))
-    console.info(f"member {member}: best validation epoch {best_epoch} (mean {metrics} {best_score:.4f})")
+    console.info(f"member {member}: best validation epoch {best_epoch} (mean {_metric_names(task)} {best_score:.4f})")
     return model, lines
 
 
@@ -779,6 +778,11 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
     return headline
 
 
+def _metric_names(task: Task) -> str:
+    """The outputs' headline metrics, once each: "Q3/Q8", "Spearman", "Q10/Q2"."""
+    return "/".join(dict.fromkeys(o.metric for o in task.outputs))
+
+
 def _plot_curves(history: list[dict], task: Task, path: Path) -> None:
     # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
     # (its plots stopped showing), and pyplot's figure list is shared with the caller's threads.
@@ -798,7 +802,7 @@ def _plot_curves(history: list[dict], task: Task, path: Path) -> None:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("validation " + "/".join(dict.fromkeys(o.metric for o in task.outputs)))
+    ax_acc.set_ylabel(f"validation {_metric_names(task)}")
     ax_loss.legend(fontsize=7)
     ax_acc.legend(fontsize=7)
     fig.suptitle(f"{task.name} head", fontsize=9)
