@@ -299,8 +299,16 @@ def test_varlen_kernel_matches_per_protein_attention_on_the_gpu(name):
         packing._varlen = varlen
     ref_grads = [p.grad for p in model.parameters() if p.grad is not None]
     torch.testing.assert_close(fused.float(), ref.float(), atol=3e-2, rtol=3e-2)
-    for a, b in zip(fused_grads, ref_grads):
-        torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
+    # Gradients by relative norm per parameter: element by element, bf16 rounding alone differs
+    # by more than any fixed tolerance (the H200 run of 2026-11-29 failed on 15 of 960 elements of
+    # the word embeddings' gradient, |g| up to ~500). On the CPU, this model's bf16 gradients
+    # differ from float32 ones by 0.7-2.5% of each parameter's norm; a kernel that attends across
+    # proteins or scales wrongly is off by tens of percent. Parameters whose gradient is nearly
+    # zero (the key bias: softmax ignores a shift of every score) carry no signal and are skipped.
+    scale = max(float(b.float().norm()) for b in ref_grads)
+    errors = {i: float((a.float() - b.float()).norm() / b.float().norm())
+              for i, (a, b) in enumerate(zip(fused_grads, ref_grads)) if float(b.float().norm()) > 1e-3 * scale}
+    assert errors and max(errors.values()) < 0.1, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
 @pytest.mark.parametrize("with_scale", [True, False])
