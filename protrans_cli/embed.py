@@ -73,7 +73,7 @@ class EmbedOptions:
     long_policy: str = "error"
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP  # residues shared by neighbouring windows (chunk policy)
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
-    packing: bool = False                # each batch one row without padding (packable families)
+    packing: bool | None = None          # each batch one row without padding; None: auto (packing_by_default)
     sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
     compile: bool = False                # torch.compile the model (dynamic shapes)
     resume: bool = False
@@ -143,7 +143,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     if options.model == ONEHOT:
         if options.device not in ("auto", "cpu") or options.dtype not in ("auto", "float32"):
             console.warn("the onehot embedder runs on the CPU in float32: --device/--dtype ignored")
-        if options.packing:
+        if options.packing:  # (None, the default, says nothing)
             console.warn("the onehot embedder has no attention: --packing ignored")
         if options.compile:
             console.warn("the onehot embedder has no model to compile: --compile ignored")
@@ -156,8 +156,36 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     # Loaded straight into the compute dtype and device: a 3B-parameter checkpoint is never
     # materialised in float32 on the way to a bf16 GPU.
     loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
-    return TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=options.packing,
-                               sdpa_kernels=options.sdpa_kernels, compile=options.compile)
+    embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
+                                   sdpa_kernels=options.sdpa_kernels, compile=options.compile)
+    if options.packing is None and packing_by_default(embedder, options.max_tokens or default_max_tokens(device_name),
+                                                      compiled=options.compile):
+        embedder.use_packing()
+        console.info("packing each batch into one row (the fused varlen attention kernel); --no-packing "
+                     "pads batches instead")
+    return embedder
+
+
+# Where `--packing` was measured faster than padded batches (docs/benchmarks.md#gpu: H200,
+# ProtBert-sized, 32000 tokens per batch: 1.15x per-residue, 1.25x per-protein; at 4000 tokens
+# it was 0.90x, as the host's kernel launches bound such batches and packing adds work there).
+PACKING_MIN_TOKENS = 32000
+
+
+def packing_by_default(embedder, max_tokens: int, *, compiled: bool = False) -> bool:
+    """Whether `--packing` is on when neither it nor --no-packing is given: on a CUDA GPU whose
+    packed attention is one Flash varlen kernel (compute capability 8.0 or later, PyTorch with
+    `torch.nn.attention.varlen`), for a family that packs, with batches of at least
+    PACKING_MIN_TOKENS tokens, and not with --compile (not combined yet)."""
+    if compiled or max_tokens < PACKING_MIN_TOKENS or not str(getattr(embedder, "device", "")).startswith("cuda"):
+        return False
+    if getattr(embedder, "packing_problem", None) is None or embedder.packing_problem() is not None:
+        return False
+    import torch
+
+    from protrans_cli.models import packing
+
+    return torch.cuda.get_device_capability(embedder.device) >= (8, 0) and packing.varlen_available(embedder.device)
 
 
 # --- reading the input --------------------------------------------------------------------
@@ -382,8 +410,9 @@ def default_max_tokens(device: str) -> int:
     (docs/benchmarks.md#embed). On a GPU, ProtTrans' 4000 residues fits ProtT5-XL in bf16 on a
     16 GB card; a card with more memory left after the model is loaded gets 4000 more for each
     further 10 GiB free, up to 32000, so that a large card's matrix units get large products.
-    On an H200 32000 ran no slower than 4000 (docs/benchmarks.md#gpu; a per-residue cost
-    dominated there). An out-of-memory batch is still split and retried."""
+    On an H200 32000 ran 1.6x faster than 4000 for a ProtBert-sized model (the host's kernel
+    launches bound 4000-token batches there) and as fast for a ProtT5-XL-sized one
+    (docs/benchmarks.md#gpu). An out-of-memory batch is still split and retried."""
     if str(device) == "cpu":
         return 512
     free = _free_accelerator_bytes(device)

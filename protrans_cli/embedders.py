@@ -143,26 +143,34 @@ class TransformerEmbedder:
         self.sdpa_kernels = sdpa_kernels  # which attention kernels a GPU may use (attention.py)
         self.packed = False
         if packed:
-            self._use_packing()
+            self.use_packing()
         # --compile: what runs the forward pass; the module itself stays as it was (its CPU twin,
         # out-of-memory retries and `self.model` users see the plain module). dynamic=True: one
         # graph for every batch shape instead of one compilation per new length.
         self.compiled = bool(compile)
         self._run_model = torch.compile(self.model, dynamic=True) if compile else self.model
 
-    def _use_packing(self) -> None:
+    def packing_problem(self) -> str | None:
+        """Why this model cannot pack its batches (None: it can)."""
+        from protrans_cli.models.base import residue_layout
+
+        fam = self.family_impl
+        problem = fam.packing_problem(self.model.config, training=False)
+        if problem is None and residue_layout(fam, self.tokenizer) is None:
+            problem = "its tokenizer does not give one token per residue letter"
+        return problem
+
+    def use_packing(self) -> None:
         """--packing: each batch becomes one row without padding (models/packing.py)."""
         from protrans_cli.models import packing
         from protrans_cli.models.base import residue_layout
 
+        problem = self.packing_problem()
+        if problem:
+            raise UsageError(f"--packing: {self.name}: {problem}")
         fam = self.family_impl
         # The layout's table holds the family's conventions (case, rare residues): raw letters go in.
         self._packed_layout = residue_layout(fam, self.tokenizer)
-        problem = fam.packing_problem(self.model.config, training=False)
-        if problem is None and self._packed_layout is None:
-            problem = "its tokenizer does not give one token per residue letter"
-        if problem:
-            raise UsageError(f"--packing: {self.name}: {problem}")
         packing.use_packed_attention(self.model)
         self._position_offset = fam.packed_position_offset(self.model.config)
         self.packed = True

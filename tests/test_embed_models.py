@@ -720,6 +720,48 @@ def test_packed_batches_equal_the_plain_forward_of_each_protein(run_cli, tmp_pat
         assert bool(r.attrs["packing"]) is True
 
 
+def test_packing_is_on_by_default_only_where_it_was_measured_faster(monkeypatch, tiny_models):
+    """Neither --packing nor --no-packing: packed where the H200 measured it faster (a CUDA GPU with
+    the Flash varlen kernel, batches of 32000 tokens or more, a family that packs), padded
+    elsewhere. The GPU is faked: the decision reads the device name, its compute capability and
+    whether the varlen kernel exists."""
+    import torch
+
+    from protrans_cli.embed import EmbedOptions, build_embedder, packing_by_default
+    from protrans_cli.models import packing
+
+    bert = build_embedder(EmbedOptions(model=str(tiny_models["bert"]), device="cpu"))
+    t5 = build_embedder(EmbedOptions(model=str(tiny_models["t5"]), device="cpu"))
+    assert not bert.packed and not t5.packed  # on the CPU: padded, as before
+    assert not packing_by_default(bert, 32000)
+    capability = {"value": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    monkeypatch.setattr(packing, "varlen_available", lambda device: True)
+    bert.device = t5.device = "cuda:0"
+    assert packing_by_default(bert, 32000)
+    assert not packing_by_default(bert, 16000)                 # 4000 tokens measured slower
+    assert not packing_by_default(bert, 32000, compiled=True)  # --compile does not combine yet
+    assert not packing_by_default(t5, 32000)                   # relative-position bias: does not pack
+    capability["value"] = (7, 5)                               # a T4: no Flash kernel
+    assert not packing_by_default(bert, 32000)
+    capability["value"] = (8, 0)
+    monkeypatch.setattr(packing, "varlen_available", lambda device: False)
+    assert not packing_by_default(bert, 32000)
+
+
+def test_build_embedder_packs_when_the_default_says_so_and_never_against_no_packing(monkeypatch, tiny_models):
+    import protrans_cli.embed as embed_mod
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    monkeypatch.setattr(embed_mod, "packing_by_default", lambda embedder, max_tokens, compiled=False: True)
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MSTNPKPQRKTKRNTNRRPQDVKFPGG", "MA"]
+    auto = build_embedder(EmbedOptions(model=str(tiny_models["bert"]), device="cpu"))
+    off = build_embedder(EmbedOptions(model=str(tiny_models["bert"]), device="cpu", packing=False))
+    assert auto.packed and not off.packed
+    for a, b in zip(auto.embed_batch(seqs), off.embed_batch(seqs)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("family_name", [n for n in FAMILY_NAMES if not FAMILIES[n].packable])
 def test_packing_is_refused_for_families_it_would_change(run_cli, tmp_path, tiny_models, family_name):
     out = tmp_path / "p.h5"

@@ -49,9 +49,11 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
 @click.option("--chunk-overlap", type=int, default=64, help="Residues shared by neighbouring windows.")
 @click.option("--cpu-fallback", is_flag=True,
               help="Retry on the CPU a protein that alone does not fit in GPU memory.")
-@click.option("--packing", is_flag=True,
+@click.option("--packing/--no-packing", default=None,
               help="BERT/RoBERTa/ALBERT/ELECTRA/ESM: each batch one row without padding, attention kept "
-                   "inside each protein (one fused varlen kernel on a CUDA GPU).")
+                   "inside each protein (one fused varlen kernel on a CUDA GPU).  [default: on for these "
+                   "families on a CUDA GPU with the varlen kernel and batches of 32000 tokens or more "
+                   "(measured faster there), off elsewhere]")
 @click.option("--sdpa-kernels", type=click.Choice(list(SDPA_KERNELS)), default="auto",
               help="GPU attention kernels: auto leaves out cuDNN attention, which builds a plan for every "
                    "new batch shape; torch keeps PyTorch's own choice.")
