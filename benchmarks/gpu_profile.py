@@ -169,7 +169,7 @@ def train_shapes(args, records) -> None:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda")
                 else contextlib.nullcontext())
 
-    def step(length: int) -> int:
+    def step(length: int, batch: int = batch) -> int:
         ids = torch.randint(5, vocab, (batch, length), device=args.device)
         labels = torch.where(torch.rand(batch, length, device=args.device) < 0.15, ids, -100)
         with autocast:
@@ -179,21 +179,35 @@ def train_shapes(args, records) -> None:
         opt.zero_grad(set_to_none=True)
         return batch * length
 
+    # Two more ways under protrans's kernel choice, to tell apart what a new length costs:
+    #   varying again  the same lengths once more (every shape seen): what is left is the cost
+    #                  of fewer tokens per pass, not of new shapes
+    #   tokens         a new length every step with about micro-batch x --train-length tokens
+    #                  (proteins = that // length): micro-batches sized by tokens, not proteins
+    def per_tokens(length: int) -> int:
+        return max(1, batch * args.train_length // length)
+
     for label, ctx in kernel_choices(args.device):
         fixed = f"fixed {args.train_length}"
-        for name, lengths in ((fixed, [args.train_length] * args.train_steps), ("varying", lengths_varying)):
+        modes = [(fixed, [args.train_length] * args.train_steps, None), ("varying", lengths_varying, None)]
+        if label == ("no-cudnn" if args.device.startswith("cuda") else "default"):
+            modes += [("varying again", lengths_varying, None),
+                      ("tokens", [64 + 8 * ((i * 41 + 3) % 57) for i in range(args.train_steps)], per_tokens)]
+        for name, lengths, sizing in modes:
             try:
                 with ctx():
-                    step(lengths[0])
+                    size = sizing or (lambda n: batch)
+                    if name != "varying again":
+                        step(lengths[0], size(lengths[0]))
                     _sync(args.device)
                     start = time.perf_counter()
-                    tokens = sum(step(n) for n in lengths)
+                    tokens = sum(step(n, size(n)) for n in lengths)
                     _sync(args.device)
                 dt = time.perf_counter() - start
-                print(f"train {label:10s} {name:10s} {tokens / dt:10,.0f} tokens/s "
+                print(f"train {label:10s} {name:13s} {tokens / dt:10,.0f} tokens/s "
                       f"({dt / len(lengths) * 1e3:.0f} ms/step)")
             except RuntimeError as exc:
-                print(f"train {label:10s} {name:10s} failed: {str(exc).splitlines()[0]}")
+                print(f"train {label:10s} {name:13s} failed: {str(exc).splitlines()[0]}")
 
 
 def profile(args, batches, embedder, out: Path | None) -> None:
