@@ -22,6 +22,7 @@ shared machine varies more than the difference being measured.
     # GPU: ProtBert-sized BERT at length 512, bf16
     python benchmarks/train_bench.py --gpu
     python benchmarks/train_bench.py --gpu --packing
+    python benchmarks/train_bench.py --gpu --token-micro-batches
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
                       lr=1e-4, warmup_steps=0, log_every=1, save_every=10**9, keep_last=1,
                       seed=args.seed, threads=args.threads, compile=args.compile, pad_multiple=args.pad_multiple,
                       packing=args.packing, sdpa_kernels=args.sdpa_kernels,
-                      activation_checkpointing=args.activation_checkpointing)
+                      activation_checkpointing=args.activation_checkpointing,
+                      token_micro_batches=args.token_micro_batches)
     train(cfg)
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r][args.warmup:]
     tokens = sum(r["tokens"] for r in rows)
@@ -142,9 +144,11 @@ def _protrans_padding(args, corpus: Path) -> float:
 
     family = get_family(args.family)
     layout = TokenLayout.from_tokenizer(family.build_tokenizer(), family.prepare)
+    sizing = ({"micro_batch_tokens": args.micro_batch_size * args.max_length, "pad_multiple": args.pad_multiple,
+               "packed": args.packing} if args.token_micro_batches else {})
     stream = CorpusStream([str(corpus)], layout, max_length=args.max_length,
                           global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
-                          seed=args.seed)
+                          seed=args.seed, **sizing)
     real = padded = 0
     for (_, sb) in zip(range(args.num_steps), stream):
         for mb in sb.micro_batches:
@@ -195,6 +199,8 @@ def main(argv=None) -> int:
                         help="protrans train --pad-multiple (micro-batch lengths rounded up to a multiple)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="protrans train --activation-checkpointing (what recomputing the blocks costs)")
+    parser.add_argument("--token-micro-batches", action="store_true",
+                        help="protrans train --token-micro-batches (micro-batches cut by padded tokens)")
     parser.add_argument("--packing", action="store_true",
                         help="protrans train --packing (one row per micro-batch; varlen attention on a GPU)")
     parser.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),

@@ -74,6 +74,18 @@ def test_torchrun_fsdp_with_resume_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_with_token_micro_batches_matches_one_process(tmp_path, strategy):
+    # Ranks whose shares cut into different numbers of micro-batches would leave FSDP's
+    # collective gathers unmatched (a hang): every rank makes as many as the one that needs most.
+    out = tmp_path / strategy
+    proc = _torchrun("-o", out, "--strategy", strategy, "--token-micro-batches")
+    assert "micro-batches cut by tokens" in proc.stderr
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_torchrun_with_activation_checkpointing_matches_one_process(tmp_path, strategy):
     # The blocks' recomputation sits inside DDP's and FSDP2's per-block hooks (FSDP2 gathers a
     # block's shards again for it): the same losses as one process without it.

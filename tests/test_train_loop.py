@@ -148,6 +148,20 @@ def test_loss_is_normalised_by_predicted_tokens_not_micro_batches(tmp_path, fami
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family, extra", [("bert", {}), ("bert", {"packing": True}), ("electra", {}),
+                                           ("t5", {})])
+def test_token_micro_batches_train_exactly_as_fixed_ones(tmp_path, family, extra):
+    """--token-micro-batches cuts a step's proteins by padded tokens instead of by count: other
+    micro-batches, the same losses (every protein's masks are its own; the loss is per predicted
+    token of the step)."""
+    no_dropout = ({"dropout_rate": 0.0} if family == "t5"
+                  else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    kw = dict(num_steps=5, log_every=1, micro_batch_size=4, model_overrides=no_dropout, **extra)
+    fixed = train(_config(tmp_path / "fixed", family, **kw))
+    tokens = train(_config(tmp_path / "tokens", family, token_micro_batches=True, **kw))
+    np.testing.assert_allclose(tokens.losses, fixed.losses, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_a_plain_model(tmp_path):
     """--compile (torch.compile of the forward, dynamic shapes) gives eager's losses with dropout

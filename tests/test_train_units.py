@@ -722,3 +722,43 @@ def test_a_config_files_bad_value_names_the_file(tmp_path, run_cli, setting, mes
     r = run_cli("train", "--config", config, "--corpus", "c.txt", "-o", tmp_path / "r")
     assert r.exit_code == 2 and r.stderr == f"protrans: error: {config}: {message}\n", r.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_token_micro_batches_hold_the_same_proteins_within_the_budget(tmp_path, packed):
+    """Each rank keeps the proteins fixed micro-batches give it, cut into micro-batches of at most
+    the budget's padded tokens (a protein alone may exceed it: it still goes), fewer of them where
+    the proteins are short, and every rank makes as many as the others."""
+    from protrans_cli.models import get_family
+
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "c.txt"
+    lengths = np.concatenate([rng.integers(5, 30, 96), rng.integers(100, 200, 32)])
+    rng.shuffle(lengths)
+    corpus.write_text("".join(" ".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)) + "\n\n" for n in lengths))
+    layout = TokenLayout.from_tokenizer(get_family("bert").build_tokenizer())
+    kw = dict(max_length=128, global_batch_size=32, micro_batch_size=4, seed=1, bucket_batches=4, max_epochs=1)
+    budget, multiple = 4 * 128, 8
+
+    def padded(ns):
+        if packed:
+            return -(-(sum(ns) + 2 * len(ns)) // multiple) * multiple
+        return len(ns) * (-(-(max(ns) + 2) // multiple) * multiple)
+
+    for world in (1, 2):
+        per_rank = []
+        for rank in range(world):
+            fixed = list(CorpusStream([str(corpus)], layout, rank=rank, world_size=world, **kw))
+            cut = list(CorpusStream([str(corpus)], layout, rank=rank, world_size=world, micro_batch_tokens=budget,
+                                    pad_multiple=multiple, packed=packed, **kw))
+            assert len(fixed) == len(cut) == 4
+            for a, b in zip(fixed, cut):
+                ids = lambda step: sorted(s.index for mb in step.micro_batches for s in mb)  # noqa: E731
+                assert ids(a) == ids(b)
+                for mb in b.micro_batches:
+                    ns = [len(s.residues) for s in mb]
+                    assert len(mb) == 1 or padded(ns) <= budget
+            per_rank.append([len(step.micro_batches) for step in cut])
+        assert all(counts == per_rank[0] for counts in per_rank)  # as many on every rank, step by step
+        fewer = [n for n in per_rank[0] if n < 32 // 4 // world]
+        assert fewer, per_rank  # the short proteins' steps need fewer passes

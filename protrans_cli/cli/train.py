@@ -71,6 +71,10 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--packing/--no-packing", "packing", default=None,
               help="Masked-LM families: pack each micro-batch into one row without padding; on a CUDA "
                    "GPU its attention is one fused variable-length kernel.")
+@click.option("--token-micro-batches/--no-token-micro-batches", "token_micro_batches", default=None,
+              help="Cut each step's proteins into micro-batches by padded tokens (up to micro-batch size x "
+                   "max length each) rather than by count: short proteins go many to a forward pass. The same "
+                   "losses; fewer, fuller passes.  [default: off]")
 @click.option("--sdpa-kernels", type=click.Choice(SDPA_KERNELS), default=None,
               help="GPU attention kernels: auto leaves out cuDNN attention, which builds a plan for every new "
                    "micro-batch shape; torch keeps PyTorch's own choice.  [default: auto]")

@@ -80,6 +80,7 @@ class TrainConfig:
     pad_multiple: int = 8          # micro-batch lengths rounded up to a multiple (tensor cores; larger: fewer shapes)
     num_workers: int = 0           # DataLoader workers per rank
     packing: bool = False          # masked LM: micro-batches packed into one row (varlen attention)
+    token_micro_batches: bool = False  # micro-batches of up to micro_batch_size x max_length padded tokens
     sdpa_kernels: str = "auto"     # GPU attention kernels: auto leaves out cuDNN (protrans_cli/attention.py)
     # objective
     mask_prob: float = 0.15
@@ -117,6 +118,15 @@ class TrainConfig:
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps; for interrupt/resume tests
 
     # ------------------------------------------------------------------------------------
+    def stream_sizing(self, phase: "Phase") -> dict:
+        """How CorpusStream cuts a rank's share of a step into micro-batches: `micro_batch_size`
+        proteins each, or with token_micro_batches up to the padded tokens of micro_batch_size
+        proteins at max_length (short proteins then go many to a pass; the memory bound stays)."""
+        if not self.token_micro_batches:
+            return {}
+        return {"micro_batch_tokens": phase.micro_batch_size * phase.max_length,
+                "pad_multiple": self.pad_multiple, "packed": self.packing}
+
     def resolved_phases(self) -> list[Phase]:
         """The phases with batch sizes filled in (one phase when none were given)."""
         phases = self.phases or [Phase(self.max_length, self.num_steps)]

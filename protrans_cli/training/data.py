@@ -269,7 +269,8 @@ class CorpusStream:
                  micro_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  bucket_batches: int = 16, shuffle: bool = True, collate=None,
                  state: StreamState | None = None, max_epochs: int | None = None,
-                 batch_name: str = "global batch"):
+                 batch_name: str = "global batch", micro_batch_tokens: int | None = None,
+                 pad_multiple: int = 1, packed: bool = False):
         self.paths = list(paths)
         self.layout = layout
         self.max_residues = max_length - layout.num_special
@@ -285,6 +286,11 @@ class CorpusStream:
         self.max_epochs = max_epochs
         self.batch_name = batch_name  # for the error when the corpus holds less than one batch
         self.num_micro = global_batch_size // micro_batch_size  # micro-batches per global batch
+        # Token-sized micro-batches (see `_token_split`): the padded tokens a micro-batch may hold,
+        # counted as collate pads (to the longest, rounded up to pad_multiple; packed: one row).
+        self.micro_batch_tokens = micro_batch_tokens
+        self.pad_multiple = max(1, pad_multiple)
+        self.packed = packed
 
     # ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[StepBatch]:
@@ -348,11 +354,52 @@ class CorpusStream:
         # batch: (G,) buffer positions sorted by length; micro-batch j -> rank j % world_size
         micro = batch.reshape(self.num_micro, self.micro_batch_size)
         mine = micro[self.rank::self.world_size]
+        if self.micro_batch_tokens:
+            mine = self._token_split(micro, buffer)
         out = []
         for positions in mine:
             samples = [self._sample(buffer, int(p), state) for p in positions]
             out.append(self.collate(samples))
-        return StepBatch(out, after, int(mine.size))
+        return StepBatch(out, after, sum(len(p) for p in mine))
+
+    def _tokens(self, count: int, longest: int, residues: int) -> int:
+        """Padded tokens of a micro-batch of `count` proteins, as collate makes it: rows padded to
+        the longest (special tokens included) rounded up to pad_multiple; packed, one such row."""
+        m, special = self.pad_multiple, self.layout.num_special
+        if self.packed:
+            return -(-(residues + special * count) // m) * m
+        return count * (-(-(longest + special) // m) * m)
+
+    def _token_split(self, micro: np.ndarray, buffer) -> list[np.ndarray]:
+        """This rank's proteins (the same ones as with micro-batches of micro_batch_size) cut
+        into micro-batches of at most micro_batch_tokens padded tokens: short proteins go many to a
+        forward pass, long ones few. The step's loss is a sum over its predicted tokens divided
+        by their count, and every protein's masks come from its own generator, so the split
+        changes no result beyond float rounding. Every rank makes as many micro-batches as the
+        rank that needs most (FSDP gathers parameters collectively at every forward pass)."""
+        def greedy(positions) -> list[np.ndarray]:
+            lengths = [min(len(buffer[int(p)][2]), self.max_residues) for p in positions]
+            parts, start, longest, residues = [], 0, 0, 0
+            for i, n in enumerate(lengths):
+                if i > start and self._tokens(i - start + 1, max(longest, n), residues + n) > self.micro_batch_tokens:
+                    parts.append(positions[start:i])
+                    start, longest, residues = i, 0, 0
+                longest, residues = max(longest, n), residues + n
+            parts.append(positions[start:])
+            return parts
+
+        def tokens(part) -> int:
+            lengths = [min(len(buffer[int(p)][2]), self.max_residues) for p in part]
+            return self._tokens(len(lengths), max(lengths), sum(lengths))
+
+        shares = [np.concatenate(list(micro[r::self.world_size])) for r in range(self.world_size)]
+        most = max(len(greedy(share)) for share in shares)
+        parts = greedy(shares[self.rank])
+        while len(parts) < most:  # halve the largest part (in tokens) until the counts agree
+            big = max(range(len(parts)), key=lambda i: (len(parts[i]) > 1, tokens(parts[i])))
+            half = len(parts[big]) // 2
+            parts[big:big + 1] = [parts[big][:half], parts[big][half:]]
+        return parts
 
     def _sample(self, buffer, pos: int, state: StreamState) -> Sample:
         path, lineno, text = buffer[pos]

@@ -569,10 +569,12 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                               micro_batch_size=phase.micro_batch_size, rank=info.rank,
                               world_size=info.world_size, seed=config.seed,
                               bucket_batches=config.bucket_batches, collate=run.objective.collate,
-                              state=data_state)
+                              state=data_state, **config.stream_sizing(phase))
         dist.print0(f"train: phase {phase_index + 1}/{len(phases)}: max length {phase.max_length}, "
                     f"steps {max(phase_start, step) + 1}-{phase_end}, global batch {phase.global_batch_size} = "
-                    f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation")
+                    f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation"
+                    + (f"; micro-batches cut by tokens, up to {phase.micro_batch_size * phase.max_length} each"
+                       if config.token_micro_batches else ""))
         batches = step_batches(stream, config.num_workers)
         while step < phase_end:
             batch = next(batches)
