@@ -241,6 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-micro-batch", type=int, default=16)
     p.add_argument("--train-length", type=int, default=512)
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-embed", action="store_true", help="only the training part")
     p.add_argument("--profile-out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -267,14 +268,16 @@ def main(argv=None) -> int:
         settings["cudnn"] = torch.backends.cudnn.version()
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
-    batches = _protrans_batches(records, args.max_tokens, 100, embedder.special_tokens)
-    # Evenly spread over the length range, as a proteome run meets them.
-    step = max(1, len(batches) // args.num_batches)
-    batches = batches[::step][:args.num_batches]
-    embedder.embed_batch(batches[-1])  # warm-up
-    # Each part reports on its own: one that fails must not cost the others' figures.
-    failed = _run_parts([("embed phases", embed_phases, (args, batches, embedder)),
-                         ("profile", profile, (args, batches, embedder, args.profile_out))])
+    failed = 0
+    if not args.skip_embed:
+        batches = _protrans_batches(records, args.max_tokens, 100, embedder.special_tokens)
+        # Evenly spread over the length range, as a proteome run meets them.
+        step = max(1, len(batches) // args.num_batches)
+        batches = batches[::step][:args.num_batches]
+        embedder.embed_batch(batches[-1])  # warm-up
+        # Each part reports on its own: one that fails must not cost the others' figures.
+        failed += _run_parts([("embed phases", embed_phases, (args, batches, embedder)),
+                              ("profile", profile, (args, batches, embedder, args.profile_out))])
     del embedder, loaded  # the training part needs the memory
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
