@@ -5,14 +5,18 @@
 #
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
-# quick: the ceilings, the profile, per-protein embedding of both models and one run of the train
-# benchmark padded and one with --packing, plus the packing and attention-kernel GPU tests (step
-# limits add up to 560 s: one device call); without it, every step (up to 22 minutes: more than two
-# 10-minute device calls, so pick steps with STEPS="profile embed_t5 ..." and run the rest later).
+# quick (one device call, step limits adding up to 550 s): the ceilings; the T5 forward pass
+# profiled (the one model under the embed target on 2026-11-29); ProtT5-XL-sized embedding with
+# --attention flex against the ProtTrans strategy; one train benchmark padded and one with
+# --token-micro-batches; the GPU tests of packing and flex attention.
 #
-# levers: torch.compile for embed (ProtT5-XL shape, compiled vs not, per-protein; about 4 minutes
-# with env): the second call of a session, after quick (a session has 15 minutes of device time,
-# machine start included). `train --compile` is in the full list.
+# levers (the second call of a session, about 4 minutes): the training part of gpu_profile.py
+# (fixed, new, repeated lengths and token-sized micro-batches) and `train --compile`. A session has
+# 15 minutes of device time, machine start included: quick, then levers at once while the machine
+# is warm (it goes back after 30 s idle).
+#
+# Without a mode, every step (up to 25 minutes: more than two 10-minute device calls, so pick
+# steps with STEPS="profile embed_t5 ..." and run the rest later).
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
 # there): the package is used from the source tree through PYTHONPATH, nothing is installed.
@@ -34,8 +38,12 @@ fi
 SCRATCH=/dev/shm
 [ -d "$SCRATCH" ] || SCRATCH=${TMPDIR:-/tmp}
 
-if [ "${1:-full}" = levers ] && [ -z "${STEPS:-}" ]; then
-    STEPS="env embed_t5_compiled"  # quick has measured the rest
+MODE=${1:-full}
+if [ -z "${STEPS:-}" ]; then
+    case $MODE in
+        quick) STEPS="env profile_t5 embed_t5_flex train train_tokens tests_quick" ;;
+        levers) STEPS="train_profile train_compile" ;;
+    esac
 fi
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
@@ -54,7 +62,6 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 step env 50 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
     $PY -c 'import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__)'; \
     $PY benchmarks/gpu_peak.py"
-MODE=${1:-full}
 # SM clock, power and throttle reasons once a second through every step (a card held below its
 # clock under sustained load would explain device time far above what the FLOPs need).
 REASONS=clocks_event_reasons.active  # named clocks_throttle_reasons.active before driver 535
@@ -63,24 +70,19 @@ nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.max.sm,power.draw,temperature.
     --format=csv -lms 1000 >"$OUT/clocks.csv" 2>&1 &
 CLOCKS=$!
 trap 'kill $CLOCKS 2>/dev/null' EXIT
-# First: where a batch's time goes (phases, attention kernels, fixed vs varying shapes, profiler).
+# Where a batch's time goes (phases, attention kernels, fixed vs varying shapes, profiler).
+step profile_t5 110 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --family t5 --preset prot_t5_xl --skip-train \
+    --num-batches 20 --profile-out "$OUT/profile_t5_tables.txt"
+step embed_t5_flex 150 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
+    --strategies prottrans,protrans,flex --max-tokens default --per-protein
 step profile 140 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
-step embed_t5_pp 70 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
+step train_profile 110 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --skip-embed
+step embed_t5_pp 100 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
 step embed_bert_pp 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --strategies prottrans,protrans,packed --max-tokens 4000,default --per-protein
-if [ "$MODE" = levers ]; then
-    step embed_t5_compiled 190 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 \
-        --preset prot_t5_xl --strategies prottrans,protrans,compiled --max-tokens default --per-protein
-elif [ "$MODE" = quick ]; then
-    # 10 warm-up steps: what a long run's steady state looks like, not its first shapes
-    step train 95 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
-        --json "$OUT/train.json"
-    step train_packed 95 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 \
-        --warmup 10 --packing --json "$OUT/train_packed.json"
-    step tests_packing 50 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
-        tests/test_embed_models.py tests/test_attention.py -k "pack or varlen or cudnn"
-else
+step embed_t5_compiled 190 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 \
+    --preset prot_t5_xl --strategies prottrans,protrans,compiled --max-tokens default --per-protein
 step embed_t5 240 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,script,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
 step embed_bert 180 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
@@ -88,15 +90,23 @@ step embed_bert 180 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda
 # what embed spends around the model on this machine (pinned staging, host copies, HDF5 writes)
 step embed_host 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --host-only --strategies prottrans,protrans --max-tokens 4000,default --tmpdir "$SCRATCH"
-step train 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --json "$OUT/train.json"
-step train_packed 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --packing --json "$OUT/train_packed.json"
+# 10 warm-up steps: what a long run's steady state looks like, not its first shapes
+step train 90 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+    --json "$OUT/train.json"
+step train_tokens 90 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+    --token-micro-batches --json "$OUT/train_tokens.json"
+step train_packed 95 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+    --packing --json "$OUT/train_packed.json"
 step train_recompute 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --activation-checkpointing
-step train_pad128 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --pad-multiple 128
+step train_pad64 90 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+    --pad-multiple 64
+step tests_quick 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
+    tests/test_embed_models.py tests/test_attention.py -k "pack or varlen or cudnn or flex"
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
     tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py
-step train_compile 120 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
+# compiling a 30-layer model takes most of the first minute: 40 steps after 10 warm-up ones
+step train_compile 130 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
     --repeats 1 --json "$OUT/train_compile.json"
-fi
 
 kill $CLOCKS 2>/dev/null
 echo "=== summary"
