@@ -75,3 +75,231 @@ class T5Family(Family):
 
 
 FAMILY = T5Family()
+
+
+# --- FlexAttention for inference (`protrans embed --attention flex`) -----------------------
+#
+# T5 adds a learned relative-position bias to every attention score. PyTorch's
+# scaled_dot_product_attention then cannot use its Flash or cuDNN kernels: with a dense
+# (B, H, L, L) additive bias it falls back to the memory-efficient kernel or the math path.
+# FlexAttention (torch.nn.attention.flex_attention) generates one fused Triton kernel on CUDA
+# for a `score_mod` (here: add the bias looked up in a small (heads, 2L - 1) table) and a
+# `block_mask` (here: the keys that are padding), so the bias is never materialised per pair.
+#
+# `use_flex_attention(model)` replaces, on the instances (the class is untouched), the forward of
+# the encoder stack (to catch the (B, T) attention mask the model is called with, and build the
+# bias table and block mask once per forward pass) and of every encoder self-attention module
+# (which then uses the module's own q, k, v, o projections). HF's processed masks and its
+# position_bias hand-over between layers are ignored: the bias comes from the first block's
+# `relative_attention_bias` with HF's own bucketing, so the numbers are HF's to float rounding.
+# On CUDA the attention runs `torch.compile(flex_attention, dynamic=True)` (compiled once per
+# process); on the CPU it runs flex_attention eagerly (it materialises the scores: a reference
+# path for tests and the CPU fallback, not a fast one), because inductor's CPU code for this
+# score_mod failed to compile in torch 2.13.
+
+
+class _FlexState:
+    """What one forward pass of the encoder shares between its layers: the key-padding mask
+    given to the model, and the bias table and block mask built from it on the first layer."""
+
+    def __init__(self, bias_module):
+        self.bias_module = bias_module  # the first block's attention: it holds relative_attention_bias
+        self.attention_mask = None  # (B, T) as given to the model (1 or True: a real token)
+        self.active = False         # inside the encoder's forward
+        self.table = None           # (n_heads, 2T - 1) float32: bias of relative position j - i
+        self.block_mask = None
+        self.length = None
+
+    def reset(self, attention_mask) -> None:
+        self.attention_mask, self.active = attention_mask, True
+        self.table = self.block_mask = self.length = None
+
+    def clear(self) -> None:
+        self.attention_mask, self.active = None, False
+        self.table = self.block_mask = self.length = None
+
+
+_COMPILED_FLEX = None
+
+
+def flex_attention_function(device):
+    """flex_attention as it runs on `device`: compiled once per process on CUDA (one graph for
+    every batch shape), eager elsewhere (see the note above)."""
+    global _COMPILED_FLEX
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.device(device).type != "cuda":
+        return _eager_flex
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=True)
+    return _COMPILED_FLEX
+
+
+def _eager_flex(*args, **kwargs):
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    with warnings.catch_warnings():  # "flex_attention called without torch.compile()": on purpose here
+        warnings.simplefilter("ignore", UserWarning)
+        return flex_attention(*args, **kwargs)
+
+
+def relative_bias_table(attention, length: int, device):
+    """(n_heads, 2 * length - 1) float32: column `j - i + length - 1` holds the bias every head
+    adds to the score of query i and key j, as HF's T5Attention.compute_bias computes it for an
+    encoder (bidirectional buckets) from `attention.relative_attention_bias`."""
+    import torch
+
+    relative = torch.arange(-(length - 1), length, dtype=torch.long, device=device)  # key - query
+    buckets = type(attention)._relative_position_bucket(
+        relative, bidirectional=True, num_buckets=attention.relative_attention_num_buckets,
+        max_distance=attention.relative_attention_max_distance)
+    weight = attention.relative_attention_bias.weight  # (num_buckets, n_heads)
+    return weight[buckets.to(weight.device)].t().float().contiguous()
+
+
+def _encoder_attentions(model):
+    """The encoder stack and its self-attention modules; a ModelError when the layout is not the
+    T5 encoder's (a transformers version that moved things, or another model)."""
+    from protrans_cli.errors import ModelError
+
+    stack = getattr(model, "encoder", None)
+    blocks = getattr(stack, "block", None)
+    where = f"{type(model).__name__}"
+    if stack is None or blocks is None or len(blocks) == 0:
+        raise ModelError(f"--attention flex: {where} has no encoder.block (not a T5 encoder as expected)")
+    if getattr(stack.config, "is_decoder", False):
+        raise ModelError(f"--attention flex: {where}'s encoder is configured as a decoder")
+    attentions = []
+    for i, block in enumerate(blocks):
+        try:
+            attention = block.layer[0].SelfAttention
+        except (AttributeError, IndexError, TypeError):
+            raise ModelError(f"--attention flex: {where}.encoder.block[{i}] has no layer[0].SelfAttention "
+                             "(the T5 layout this transformers version was expected to have)") from None
+        missing = [name for name in ("q", "k", "v", "o", "n_heads", "key_value_proj_dim")
+                   if not hasattr(attention, name)]
+        if missing or not hasattr(type(attention), "_relative_position_bucket"):
+            raise ModelError(f"--attention flex: encoder.block[{i}].layer[0].SelfAttention "
+                             f"({type(attention).__name__}) lacks {', '.join(missing) or '_relative_position_bucket'}")
+        attentions.append(attention)
+    first = attentions[0]
+    if not getattr(first, "has_relative_attention_bias", False) or not hasattr(first, "relative_attention_bias"):
+        raise ModelError("--attention flex: the first encoder block has no relative_attention_bias")
+    return stack, attentions
+
+
+def use_flex_attention(model) -> None:
+    """Switch the encoder of a loaded T5EncoderModel (ProtT5, Ankh) to FlexAttention, for
+    inference (no dropout, no cache, no attention weights). Idempotent."""
+    import types
+
+    import torch
+
+    from protrans_cli.errors import ModelError
+
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:  # pragma: no cover - torch >= 2.5 has it
+        raise ModelError(f"--attention flex needs torch.nn.attention.flex_attention (torch {torch.__version__} "
+                         "has none)") from None
+    stack, attentions = _encoder_attentions(model)
+    if uses_flex_attention(model):
+        return
+    arity = _attention_output_arity(attentions[0])
+    # One plain object shared by the stack and its layers (not a module: nothing is registered
+    # in the model's tree or state dict; a deepcopy of the model copies it along, consistently).
+    state = _FlexState(attentions[0])
+    for attention in attentions:
+        attention._protrans_flex = state
+        attention._protrans_flex_arity = arity
+        attention.forward = types.MethodType(_flex_self_attention, attention)
+    stack._protrans_flex = state
+    stack.forward = types.MethodType(_flex_stack_forward, stack)
+
+
+def uses_flex_attention(model) -> bool:
+    stack = getattr(model, "encoder", None)
+    return isinstance(getattr(stack, "_protrans_flex", None), _FlexState)
+
+
+def _attention_output_arity(attention) -> int:
+    """How many values this transformers version's T5Attention.forward returns (output and
+    position bias first, then attention weights and/or cache entries in some versions): the
+    replacement returns as many, so that T5Block unpacks it as it would the original's."""
+    import torch
+
+    from protrans_cli.errors import ModelError
+
+    weight = attention.q.weight
+    probe = torch.zeros(1, 1, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        out = type(attention).forward(attention, probe)
+    if not isinstance(out, tuple) or len(out) < 2 or not isinstance(out[0], torch.Tensor) \
+            or tuple(out[0].shape) != tuple(probe.shape):
+        raise ModelError(f"--attention flex: {type(attention).__name__}.forward returned "
+                         f"{type(out).__name__} of an unexpected layout (expected (output, position_bias, ...))")
+    return len(out)
+
+
+def _flex_stack_forward(self, input_ids=None, attention_mask=None, *args, **kwargs):
+    """The encoder stack's own forward, with the (B, T) mask the model was called with kept for
+    the attention layers (None: every position is a token)."""
+    state = self._protrans_flex
+    state.reset(attention_mask)
+    try:
+        return type(self).forward(self, input_ids, attention_mask, *args, **kwargs)
+    finally:
+        state.clear()
+
+
+def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwargs):
+    """T5 encoder self-attention through FlexAttention: same projections, the relative-position
+    bias as a score_mod, the padding keys as a block mask, no 1/sqrt(d) scaling (T5 has none).
+    Rows of padding queries hold finite numbers that nothing reads."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from protrans_cli.errors import ModelError
+
+    state = self._protrans_flex
+    if not state.active:
+        raise ModelError("--attention flex: the T5 self-attention was called outside the encoder's forward "
+                         "(only the encoder stack is switched to FlexAttention)")
+    if kwargs.get("key_value_states", args[1] if len(args) > 1 else None) is not None:
+        raise ModelError("--attention flex: cross-attention is not supported (encoder self-attention only)")
+    batch, length, _ = hidden_states.shape
+    device = hidden_states.device
+    if state.table is None or state.length != length:
+        state.table = relative_bias_table(state.bias_module, length, device)  # (H, 2L - 1), once per forward
+        state.length = length
+        mask = state.attention_mask
+        if mask is None:
+            state.block_mask = None
+        else:
+            if tuple(mask.shape) != (batch, length):
+                raise ModelError(f"--attention flex: attention_mask of shape {tuple(mask.shape)} for a batch of "
+                                 f"{batch} x {length} tokens (a (B, T) mask is expected)")
+            valid = mask.to(device=device, dtype=torch.bool)  # (B, T)
+
+            def keep(b, h, q_idx, kv_idx):
+                return valid[b, kv_idx]
+
+            state.block_mask = create_block_mask(keep, batch, None, length, length, device=device)
+    table, offset = state.table, length - 1
+
+    def add_bias(score, b, h, q_idx, kv_idx):
+        return score + table[h, kv_idx - q_idx + offset]
+
+    shape = (batch, length, self.n_heads, self.key_value_proj_dim)
+    query = self.q(hidden_states).view(shape).transpose(1, 2)  # (B, H, L, d_kv)
+    key = self.k(hidden_states).view(shape).transpose(1, 2)
+    value = self.v(hidden_states).view(shape).transpose(1, 2)
+    flex = flex_attention_function(device)
+    out = flex(query, key, value, score_mod=add_bias, block_mask=state.block_mask, scale=1.0)  # (B, H, L, d_kv)
+    out = self.o(out.transpose(1, 2).reshape(batch, length, self.n_heads * self.key_value_proj_dim))
+    if position_bias is None:  # handed to the next layers, which ignore it
+        position_bias = hidden_states.new_zeros(1, self.n_heads, 1, 1)
+    return (out, position_bias) + (None,) * (self._protrans_flex_arity - 2)
