@@ -26,6 +26,10 @@ import contextlib
 
 SDPA_KERNELS = ("auto", "torch")
 
+# `embed --attention`: sdpa is the model's own attention (transformers' scaled_dot_product_attention
+# path); flex replaces a T5 encoder's self-attention by FlexAttention (models/t5.py).
+ATTENTIONS = ("sdpa", "flex")
+
 
 def sdpa_kernels(device, policy: str = "auto"):
     """A context manager that applies `policy` to the attention calls made inside it.

@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.attention import SDPA_KERNELS
+from protrans_cli.attention import ATTENTIONS, SDPA_KERNELS
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import parse_fasta
@@ -76,6 +76,7 @@ class EmbedOptions:
     packing: bool | None = None          # each batch one row without padding; None: auto (packing_by_default)
     sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
     compile: bool = False                # torch.compile the model (dynamic shapes)
+    attention: str = "sdpa"              # sdpa (the model's own) | flex (FlexAttention: T5 family only)
     resume: bool = False
     force: bool = False                  # replace an existing finished OUTPUT (else it is refused)
     window: int = DEFAULT_WINDOW         # proteins read, length-sorted and embedded at a time
@@ -120,6 +121,11 @@ class EmbedOptions:
             raise UsageError(f"--sdpa-kernels must be one of {', '.join(SDPA_KERNELS)}")
         if self.compile and self.packing:
             raise UsageError("--compile and --packing cannot be combined yet: choose one")
+        if self.attention not in ATTENTIONS:
+            raise UsageError(f"--attention must be one of {', '.join(ATTENTIONS)}")
+        if self.attention == "flex" and (self.compile or self.packing):
+            raise UsageError(f"--attention flex and {'--compile' if self.compile else '--packing'} cannot be "
+                             "combined: flex compiles its own attention kernel, and T5 has no packing; choose one")
 
 
 @dataclass
@@ -147,6 +153,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
             console.warn("the onehot embedder has no attention: --packing ignored")
         if options.compile:
             console.warn("the onehot embedder has no model to compile: --compile ignored")
+        if options.attention != "sdpa":
+            console.warn(f"the onehot embedder has no attention: --attention {options.attention} ignored")
         return OneHotEmbedder(options.layers)
     device_name, dtype = resolve_device(device or options.device, options.dtype)
     try:
@@ -157,7 +165,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     # materialised in float32 on the way to a bf16 GPU.
     loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
     embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
-                                   sdpa_kernels=options.sdpa_kernels, compile=options.compile)
+                                   sdpa_kernels=options.sdpa_kernels, compile=options.compile,
+                                   attention=options.attention)
     if options.packing is None and packing_by_default(embedder, options.max_tokens or default_max_tokens(device_name),
                                                       compiled=options.compile):
         embedder.use_packing()
@@ -938,6 +947,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         "chunk_overlap": options.chunk_overlap if options.long_policy == "chunk" else None,
         "packing": bool(getattr(embedder, "packed", False)),
         "compiled": bool(getattr(embedder, "compiled", False)),
+        # sdpa or flex (--attention); none for the onehot embedder
+        "attention": getattr(embedder, "attention", None),
     }
     if getattr(embedder, "sdpa_kernels", None):
         attrs["sdpa_kernels"] = embedder.sdpa_kernels

@@ -20,7 +20,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from protrans_cli.attention import sdpa_kernels
+from protrans_cli.attention import ATTENTIONS, sdpa_kernels
 from protrans_cli.errors import RuntimeFailure, UsageError
 
 ONEHOT = "onehot"
@@ -106,7 +106,7 @@ class TransformerEmbedder:
     hidden states at the requested layers and returns exactly the rows of the residues."""
 
     def __init__(self, loaded, layers: Sequence[int], device: str, compute_dtype: str, packed: bool = False,
-                 sdpa_kernels: str = "auto", compile: bool = False):
+                 sdpa_kernels: str = "auto", compile: bool = False, attention: str = "sdpa"):
         import torch
 
         self.loaded = loaded
@@ -144,6 +144,16 @@ class TransformerEmbedder:
         self.packed = False
         if packed:
             self.use_packing()
+        # --attention flex: the family switches its attention modules in place (models/t5.py);
+        # a family without such a path refuses here, once its model is known.
+        if attention not in ATTENTIONS:
+            raise UsageError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        if attention == "flex":
+            if packed or compile:
+                raise UsageError("--attention flex cannot be combined with "
+                                 f"{'--packing' if packed else '--compile'}: choose one")
+            self.family_impl.use_flex_attention(self.model)
+        self.attention = attention
         # --compile: what runs the forward pass; the module itself stays as it was (its CPU twin,
         # out-of-memory retries and `self.model` users see the plain module). dynamic=True: one
         # graph for every batch shape instead of one compilation per new length.

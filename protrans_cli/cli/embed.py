@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from protrans_cli.attention import SDPA_KERNELS
+from protrans_cli.attention import ATTENTIONS, SDPA_KERNELS
 from protrans_cli.cli import INPUT_FILE
 from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
 
@@ -60,6 +60,10 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
 @click.option("--compile", "compile_model", is_flag=True,
               help="torch.compile the model (one graph for all batch shapes): the first batches wait "
                    "for the compilation (seconds to minutes); for long runs on a GPU. Not with --packing.")
+@click.option("--attention", type=click.Choice(list(ATTENTIONS)), default="sdpa",
+              help="sdpa: the model's own attention; flex (T5 family: ProtT5, Ankh): FlexAttention, the "
+                   "relative-position bias inside one fused kernel on a CUDA GPU (opt-in, GPU speed not "
+                   "measured yet). Not with --compile or --packing.")
 @click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); embed the rest.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT (without it, or --resume, an existing OUTPUT is refused).")
 @click.option("--window", type=int, default=DEFAULT_WINDOW,
@@ -68,7 +72,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
 def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
-            cpu_fallback, packing, sdpa_kernels, compile_model, resume, force, window, threads):
+            cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force, window, threads):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
     \b
@@ -88,7 +92,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         compression=None if compression == "none" else compression, device=device, dtype=dtype,
         max_tokens=max_tokens, max_batch_size=max_batch_size, max_length=max_length,
         long_policy=long_policy, chunk_overlap=chunk_overlap, cpu_fallback=cpu_fallback, packing=packing,
-        sdpa_kernels=sdpa_kernels, compile=compile_model, resume=resume, force=force,
+        sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
         window=window, threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]),
     )
     try:

@@ -51,7 +51,8 @@ RESUME_ATTRS = ("model", "revision", "commit", "family", "layers", "pooling", "l
 
 # Settings a resumed run may change (RESUME_ATTRS may not): the file attributes hold the last
 # run's; the `runs` attribute lists every run's, oldest first.
-RUN_ATTRS = ("command_line", "protrans_version", "device", "compute_dtype", "packing", "compiled", "sdpa_kernels")
+RUN_ATTRS = ("command_line", "protrans_version", "device", "compute_dtype", "packing", "compiled", "sdpa_kernels",
+             "attention")
 
 _UNSAFE = re.compile(r"[%/\x00-\x1f\x7f]")
 

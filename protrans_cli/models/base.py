@@ -69,6 +69,12 @@ class Family:
     packable: ClassVar[bool] = False
     sentence_order: ClassVar[bool] = False
 
+    def use_flex_attention(self, model) -> None:
+        """Switch `model` (this family's encoder, loaded for inference) to FlexAttention
+        (`embed --attention flex`); a usage error for a family that has no such path."""
+        raise UsageError(f"--attention flex: the {self.name} family does not support it "
+                         "(only t5: ProtT5 and Ankh); use --attention sdpa")
+
     # --- building (train) -------------------------------------------------------------
     def packed_position_offset(self, config) -> int:
         """The position id of a protein's first token in an unpadded row (packing restarts the

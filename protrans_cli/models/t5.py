@@ -73,6 +73,9 @@ class T5Family(Family):
 
         return T5ForConditionalGeneration(config)
 
+    def use_flex_attention(self, model) -> None:
+        use_flex_attention(model)
+
 
 FAMILY = T5Family()
 

@@ -1,0 +1,256 @@
+"""`protrans embed --attention flex`: the T5 encoder's self-attention through FlexAttention
+(models/t5.py), compared with the plain transformers forward pass of each protein alone.
+
+The tiny T5's relative-attention-bias weights are re-drawn with std 1.0 (HF initialises them
+small), so that a wrong bias (a flipped relative position, a missing table) moves the rows far
+beyond the 1e-5 tolerance: `test_a_wrong_bias_table_is_caught` checks that it does."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch.nn.attention.flex_attention")
+from protrans_cli.models import FAMILIES  # noqa: E402
+from protrans_cli.models import t5 as t5_module  # noqa: E402
+
+T5 = FAMILIES["t5"]
+# Lengths across the exact and the logarithmic buckets and past max_distance (128), in one
+# batch with padding; X/U/Z/O/B and lower case included.
+SEQUENCES = {
+    "long": ("MKTAYIAKQRQISFVKSHFSRQ" * 7)[:150],
+    "mid": "ACDEFGHIKLMNPQRSTVWY" * 2,
+    "rare": "MKXUZOBA",
+    "one": "M",
+    "lower": "mktayiakqrqisfvk",
+}
+
+
+def _t5_directory(path, **overrides):
+    torch.manual_seed(0)
+    tokenizer = T5.build_tokenizer()
+    config = T5.build_config("tiny", tokenizer, **overrides)
+    model = T5.pretraining_model(config).eval()
+    with torch.no_grad():
+        model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.normal_(0.0, 1.0)
+    T5.save_pretrained(model, tokenizer, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    return _t5_directory(tmp_path_factory.mktemp("tiny_t5_flex"))
+
+
+@pytest.fixture(scope="module")
+def fasta(tmp_path_factory):
+    path = tmp_path_factory.mktemp("flex_fasta") / "p.fa"
+    path.write_text("".join(f">{k}\n{v}\n" for k, v in SEQUENCES.items()))
+    return path
+
+
+def reference(model_dir, sequence: str, layers=(-1,)) -> np.ndarray:
+    """(n_layers, L, D): plain transformers, the protein alone (no padding); T5 puts the
+    residues first and one `</s>` after them."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    encoder = T5EncoderModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    letters = sequence.upper().translate(str.maketrans("UZOB", "XXXX"))
+    ids = tokenizer(" ".join(letters), return_tensors="pt")["input_ids"]
+    assert ids.shape[1] == len(letters) + 1
+    with torch.no_grad():
+        out = encoder(input_ids=ids, output_hidden_states=True)
+    states = [out.hidden_states[i] for i in layers]
+    return torch.stack([s[0, :len(letters)] for s in states]).numpy()
+
+
+def _read(path, kind=PER_RESIDUE):
+    with EmbeddingsReader(path) as r:
+        return {i: a for i, a, _ in r.items(kind)}
+
+
+def _embedder(model_dir, attention="flex", layers=(-1,)):
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.models import load_model
+
+    return TransformerEmbedder(load_model(str(model_dir), device="cpu", dtype="float32"), layers, "cpu", "float32",
+                               attention=attention)
+
+
+def test_flex_rows_equal_the_plain_forward_of_each_protein(tiny_t5):
+    """One padded batch of five lengths, two layers: every residue row equals the plain forward
+    pass of its protein alone."""
+    embedder = _embedder(tiny_t5, layers=(-1, -2))
+    assert t5_module.uses_flex_attention(embedder.model)
+    seqs = list(SEQUENCES.values())
+    rows = embedder.embed_batch(seqs)
+    for seq, got in zip(seqs, rows):
+        ref = reference(tiny_t5, seq, layers=(-1, -2))
+        assert got.shape == ref.shape == (2, len(seq), 32)
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_a_wrong_bias_table_is_caught(tiny_t5, monkeypatch):
+    """What makes the comparison meaningful: with the relative positions mirrored (j - i read as
+    i - j) or no bias at all, the rows move far beyond the tolerance."""
+    seqs = [SEQUENCES["long"], SEQUENCES["mid"]]
+    refs = [reference(tiny_t5, s)[0] for s in seqs]
+    right = t5_module.relative_bias_table
+    for wrong in (lambda *a: right(*a).flip(-1), lambda *a: torch.zeros_like(right(*a))):
+        monkeypatch.setattr(t5_module, "relative_bias_table", wrong)
+        rows = _embedder(tiny_t5).embed_batch(seqs)
+        for got, ref in zip(rows, refs):
+            assert np.abs(got[0] - ref).max() > 1e-2
+    monkeypatch.setattr(t5_module, "relative_bias_table", right)
+    for got, ref in zip(_embedder(tiny_t5).embed_batch(seqs), refs):
+        np.testing.assert_allclose(got[0], ref, atol=1e-5, rtol=0)
+
+
+def test_the_bias_table_is_hf_compute_bias(tiny_t5):
+    """Column j - i + L - 1 of the table is HF's own position bias for query i and key j."""
+    from transformers import T5EncoderModel
+
+    encoder = T5EncoderModel.from_pretrained(str(tiny_t5)).eval()
+    attention = encoder.encoder.block[0].layer[0].SelfAttention
+    length = 140
+    table = t5_module.relative_bias_table(attention, length, "cpu")  # (H, 2L - 1)
+    with torch.no_grad():
+        dense = attention.compute_bias(length, length)[0]  # (H, L, L)
+    i, j = torch.meshgrid(torch.arange(length), torch.arange(length), indexing="ij")
+    torch.testing.assert_close(table[:, j - i + length - 1], dense, rtol=0, atol=0)
+
+
+def test_padding_rows_and_an_empty_row_stay_finite(tiny_t5):
+    """Padded query rows hold finite numbers; a row whose mask is all zeros (every key masked)
+    gives no NaN, and the other proteins' rows do not change with it."""
+    from protrans_cli.models import load_model
+
+    loaded = load_model(str(tiny_t5), device="cpu", dtype="float32")
+    model = loaded.model.eval()
+    t5_module.use_flex_attention(model)
+    inputs, mask = T5.encode(loaded.tokenizer, [SEQUENCES["mid"], SEQUENCES["rare"]])
+    with torch.no_grad():
+        plain = model(**inputs).last_hidden_state
+        empty = {k: torch.cat([v, v[1:]]) for k, v in inputs.items()}
+        empty["attention_mask"][2] = 0
+        out = model(**empty).last_hidden_state
+    assert torch.isfinite(plain).all() and torch.isfinite(out).all()
+    torch.testing.assert_close(out[:2], plain, rtol=0, atol=1e-6)
+
+
+def test_a_copied_model_keeps_flex_on_its_own_modules(tiny_t5):
+    """The CPU twin (--cpu-fallback) is a deepcopy: its layers run flex on its own weights."""
+    embedder = _embedder(tiny_t5)
+    twin = copy.deepcopy(embedder.model)
+    assert t5_module.uses_flex_attention(twin)
+    attention = twin.encoder.block[1].layer[0].SelfAttention
+    assert attention.forward.__self__ is attention
+    assert twin.encoder._protrans_flex.bias_module is twin.encoder.block[0].layer[0].SelfAttention
+    assert list(twin.state_dict()) == list(embedder.model.state_dict())  # nothing registered
+    with torch.no_grad():
+        twin.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.mul_(2)
+    seq = SEQUENCES["mid"]
+    inputs, _ = T5.encode(embedder.tokenizer, [seq])
+    with torch.no_grad():
+        a, b = embedder.model(**inputs).last_hidden_state, twin(**inputs).last_hidden_state
+    assert (a - b).abs().max() > 1e-3  # the twin reads its own (changed) bias
+    np.testing.assert_allclose(a[0, :len(seq)].numpy(), reference(tiny_t5, seq)[0], atol=1e-5, rtol=0)
+
+
+def test_cli_flex_file_equals_the_default_and_records_it(run_cli, tmp_path, tiny_t5, fasta):
+    """Through the real CLI, batched with padding, two layers, per-residue and per-protein: the
+    same arrays as the default attention and as the reference; the file says which ran."""
+    common = ["-m", tiny_t5, "--device", "cpu", "-j", "1", "--max-tokens", "400", "--layer", "-1", "--layer", "-2"]
+    flex, sdpa = tmp_path / "flex.h5", tmp_path / "sdpa.h5"
+    result = run_cli("embed", fasta, "-o", flex, "--attention", "flex", *common)
+    assert result.exit_code == 0, result.stderr
+    result = run_cli("embed", fasta, "-o", sdpa, *common)
+    assert result.exit_code == 0, result.stderr
+    got, base = _read(flex), _read(sdpa)
+    got_prot, base_prot = _read(flex, PER_PROTEIN), _read(sdpa, PER_PROTEIN)
+    assert sorted(got) == sorted(SEQUENCES)
+    for name, seq in SEQUENCES.items():
+        ref = reference(tiny_t5, seq, layers=(-1, -2))
+        assert got[name].shape == ref.shape
+        np.testing.assert_allclose(got[name], ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got[name], base[name], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got_prot[name], base_prot[name], atol=1e-5, rtol=0)
+    with EmbeddingsReader(flex) as r:
+        assert r.attrs["attention"] == "flex"
+    with EmbeddingsReader(sdpa) as r:
+        assert r.attrs["attention"] == "sdpa"
+
+
+def test_flex_is_refused_for_other_families_and_with_compile_or_packing(run_cli, tmp_path, tiny_t5, fasta):
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.errors import UsageError
+
+    bert = tmp_path / "bert"
+    family = FAMILIES["bert"]
+    tokenizer = family.build_tokenizer()
+    family.save_pretrained(family.pretraining_model(family.build_config("tiny", tokenizer)).eval(), tokenizer, bert)
+    out = tmp_path / "x.h5"
+    result = run_cli("embed", fasta, "-m", bert, "-o", out, "--device", "cpu", "--attention", "flex")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "bert family" in result.stderr and "--attention flex" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    for extra in ("--compile", "--packing"):
+        result = run_cli("embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--attention", "flex", extra)
+        assert result.exit_code == 2 and f"--attention flex and {extra} cannot be combined" in result.stderr
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5", "--attention", "flex")
+    assert result.exit_code == 0 and "--attention flex ignored" in result.stderr
+    with pytest.raises(UsageError, match="--attention must be one of"):
+        embed(fasta, tmp_path / "y.h5", EmbedOptions(model=str(tiny_t5), attention="Flex", device="cpu"))
+
+
+def test_a_model_of_another_layout_is_a_clear_error():
+    from transformers import BertConfig, BertModel
+
+    from protrans_cli.errors import ModelError
+
+    model = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+    with pytest.raises(ModelError, match="no encoder.block"):
+        t5_module.use_flex_attention(model)
+
+
+def test_resume_may_switch_the_attention(tmp_path, tiny_t5, fasta):
+    """attention is a run setting (like packing): a file begun with sdpa is finished with flex,
+    and its runs list says so."""
+    import json
+
+    import h5py
+
+    from protrans_cli.embed import EmbedOptions, embed
+
+    out, part = tmp_path / "r.h5", tmp_path / "part.fa"
+    part.write_text("".join(f">{k}\n{v}\n" for k, v in list(SEQUENCES.items())[:2]))
+    embed(part, out, EmbedOptions(model=str(tiny_t5), device="cpu", command_line="first"))
+    embed(fasta, out, EmbedOptions(model=str(tiny_t5), device="cpu", attention="flex", resume=True,
+                                   command_line="second"))
+    with h5py.File(out) as f:
+        assert [r.get("attention") for r in json.loads(f.attrs["runs"])] == ["sdpa", "flex"]
+        assert f.attrs["attention"] == "flex" and len(f["per_residue"]) == len(SEQUENCES)
+
+
+@pytest.mark.gpu
+def test_flex_on_the_gpu_in_bf16_matches_the_fp32_reference(run_cli, tmp_path, fasta):
+    """On a CUDA GPU flex runs the compiled Triton kernel (d_kv 16: Triton's smallest head
+    size); bf16 rows match the fp32 plain forward pass by relative norm."""
+    model = _t5_directory(tmp_path / "t5_dkv16", d_kv=16)
+    out = tmp_path / "g.h5"
+    result = run_cli("embed", fasta, "-m", model, "-o", out, "--attention", "flex", "--layer", "-1", "--layer", "-2")
+    assert result.exit_code == 0, result.stderr
+    assert t5_module.flex_attention_function("cuda") is not t5_module._eager_flex
+    got = _read(out)
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["attention"] == "flex" and r.attrs["compute_dtype"] in ("bfloat16", "float16")
+    for name, seq in SEQUENCES.items():
+        ref = reference(model, seq, layers=(-1, -2))
+        assert got[name].shape == ref.shape
+        assert np.linalg.norm(got[name] - ref) / np.linalg.norm(ref) < 2e-2, name
