@@ -13,6 +13,10 @@ Strategies, all with the same randomly initialised model (the shapes are what ma
   packed     protrans with --packing (one row per batch, varlen attention; packable families)
   compiled   protrans with --compile (torch.compile, dynamic shapes); the compilation is timed
              apart, on warm-up batches of three shapes, and not counted in residues/s
+  flex       protrans with --attention flex (T5 family: FlexAttention, the relative-position bias
+             as a score_mod in one compiled kernel on CUDA), on a copy of the model (the switch
+             is in place); its rows are checked against the default attention's on a padded
+             batch first, and its compilation is timed apart on warm-up batches as `compiled`'s
 
 The baselines run with PyTorch's own choice of attention kernel (what a script gets); protrans
 runs with its --sdpa-kernels (default auto: no cuDNN attention on a GPU; see
@@ -27,6 +31,8 @@ device's dense bf16 peak reached (model FLOPs: 2 x parameters x residues + atten
     python benchmarks/embed_bench.py --gpu
     # what each strategy costs around the model (zeros instead of the forward pass), ProtBert's width
     python benchmarks/embed_bench.py --host-only --family bert --preset prot_bert --tmpdir /dev/shm
+    # GPU: ProtT5-XL-sized T5 through FlexAttention against ProtTrans' strategy and protrans
+    python benchmarks/embed_bench.py --device cuda --family t5 --preset prot_t5_xl --strategies prottrans,protrans,flex
     # GPU, protrans at ProtTrans' budget and at embed's default budget
     python benchmarks/embed_bench.py --gpu --max-tokens 4000,default
 """
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import random
 import sys
 import tempfile
@@ -284,13 +291,37 @@ def bench_one(family, preset, records, args):
                 compiled.embed_batch([records[0][1][:length]] * count)
             _sync(args.device)
             print(f"compiled: {time.perf_counter() - start:.1f} s to compile (warm-up, not timed below)", flush=True)
+        flex = None
+        if "flex" in args.strategies:
+            if loaded.family.name != "t5":
+                print(f"flex: the {family} family has no FlexAttention path; left out", flush=True)
+            else:
+                flex = TransformerEmbedder(dataclasses.replace(loaded, model=copy.deepcopy(loaded.model)), (-1,),
+                                           args.device, args.dtype, attention="flex")
+                start = time.perf_counter()
+                for count, length in ((2, 50), (3, 70), (1, 90)):
+                    flex.embed_batch([records[0][1][:length]] * count)
+                _sync(args.device)
+                print(f"flex: {time.perf_counter() - start:.1f} s of warm-up ("
+                      f"{'the kernel compilation' if args.device.startswith('cuda') else 'eager on the CPU'}; "
+                      "not timed below)", flush=True)
+                # Same rows as the default attention on one padded batch of different lengths.
+                sample = [s for _, s in records[:8]]
+                worst = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+                            for a, b in zip(flex.embed_batch(sample), protrans_embedder.embed_batch(sample)))
+                limit = 1e-4 if args.dtype == "float32" else 2e-2
+                print(f"flex: rows of {len(sample)} proteins within {worst:.2g} (relative norm) of the "
+                      f"default attention's", flush=True)
+                if worst > limit:
+                    raise SystemExit(f"flex strategy: rows differ from the default attention's "
+                                     f"(relative error {worst:.2g} > {limit:g})")
         for name in args.strategies:
-            if name not in ("protrans", "packed", "compiled"):
+            if name not in ("protrans", "packed", "compiled", "flex"):
                 strategies.append(name)
                 continue
-            if name == "packed" and packed is None:
+            if (name == "packed" and packed is None) or (name == "flex" and flex is None):
                 continue
-            chosen = {"protrans": protrans_embedder, "packed": packed, "compiled": compiled}[name]
+            chosen = {"protrans": protrans_embedder, "packed": packed, "compiled": compiled, "flex": flex}[name]
             for budget in budgets:
                 label = f"protrans{'' if name == 'protrans' else '-' + name}" + ("" if len(budgets) == 1 else f"@{budget}")
                 runs[label] = (lambda b=budget, e=chosen:
@@ -347,7 +378,7 @@ def main(argv=None):
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--strategies", default="naive,prottrans,protrans",
                    help="comma-separated: naive, prottrans, script, protrans, packed (protrans with --packing), "
-                   "compiled (protrans with --compile)")
+                   "compiled (protrans with --compile), flex (protrans with --attention flex; t5 family)")
     p.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),
                    help="protrans's attention-kernel policy (the baselines keep PyTorch's choice)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the strategies N times, keep each one's best")
