@@ -113,17 +113,20 @@ def test_a_wrong_bias_table_is_caught(tiny_t5, monkeypatch):
 
 
 def test_the_bias_table_is_hf_compute_bias(tiny_t5):
-    """Column j - i + L - 1 of the table is HF's own position bias for query i and key j."""
+    """Column clamp(j - i, -M, M) + M of the table is HF's own position bias for query i and key j
+    (M = max_distance; 140 positions reach past it)."""
     from transformers import T5EncoderModel
 
     encoder = T5EncoderModel.from_pretrained(str(tiny_t5)).eval()
     attention = encoder.encoder.block[0].layer[0].SelfAttention
     length = 140
-    table = t5_module.relative_bias_table(attention, length, "cpu")  # (H, 2L - 1)
+    table = t5_module.relative_bias_table(attention, "cpu")  # (H, 2M + 1)
+    reach = attention.relative_attention_max_distance
+    assert length > reach and table.shape[1] == 2 * reach + 1
     with torch.no_grad():
         dense = attention.compute_bias(length, length)[0]  # (H, L, L)
     i, j = torch.meshgrid(torch.arange(length), torch.arange(length), indexing="ij")
-    torch.testing.assert_close(table[:, j - i + length - 1], dense, rtol=0, atol=0)
+    torch.testing.assert_close(table[:, (j - i).clamp(-reach, reach) + reach], dense, rtol=0, atol=0)
 
 
 def test_padding_rows_and_an_empty_row_stay_finite(tiny_t5):

@@ -86,7 +86,7 @@ FAMILY = T5Family()
 # scaled_dot_product_attention then cannot use its Flash or cuDNN kernels: with a dense
 # (B, H, L, L) additive bias it falls back to the memory-efficient kernel or the math path.
 # FlexAttention (torch.nn.attention.flex_attention) generates one fused Triton kernel on CUDA
-# for a `score_mod` (here: add the bias looked up in a small (heads, 2L - 1) table) and a
+# for a `score_mod` (here: add the bias looked up in a small (heads, 2 x max_distance + 1) table) and a
 # `block_mask` (here: the keys that are padding), so the bias is never materialised per pair.
 #
 # `use_flex_attention(model)` replaces, on the instances (the class is untouched), the forward of
@@ -109,7 +109,7 @@ class _FlexState:
         self.bias_module = bias_module  # the first block's attention: it holds relative_attention_bias
         self.attention_mask = None  # (B, T) as given to the model (1 or True: a real token)
         self.active = False         # inside the encoder's forward
-        self.table = None           # (n_heads, 2T - 1) float32: bias of relative position j - i
+        self.table = None           # (n_heads, 2M + 1) float32: bias of relative position j - i (relative_bias_table)
         self.block_mask = None
         self.length = None
 
@@ -149,16 +149,20 @@ def _eager_flex(*args, **kwargs):
         return flex_attention(*args, **kwargs)
 
 
-def relative_bias_table(attention, length: int, device):
-    """(n_heads, 2 * length - 1) float32: column `j - i + length - 1` holds the bias every head
-    adds to the score of query i and key j, as HF's T5Attention.compute_bias computes it for an
-    encoder (bidirectional buckets) from `attention.relative_attention_bias`."""
+def relative_bias_table(attention, device):
+    """(n_heads, 2 * M + 1) float32, M = relative_attention_max_distance: column `r + M` holds the
+    bias every head adds to a score of relative position r = key - query, as HF's
+    T5Attention.compute_bias computes it for an encoder (bidirectional buckets) from
+    `attention.relative_attention_bias`. T5's buckets saturate from |r| = M on (the last bucket
+    of each direction), so `clamp(r, -M, M)` indexes every distance: one table, the same size
+    for every batch (a compiled kernel is not specialised to each length)."""
     import torch
 
-    relative = torch.arange(-(length - 1), length, dtype=torch.long, device=device)  # key - query
+    reach = int(attention.relative_attention_max_distance)
+    relative = torch.arange(-reach, reach + 1, dtype=torch.long, device=device)  # key - query
     buckets = type(attention)._relative_position_bucket(
         relative, bidirectional=True, num_buckets=attention.relative_attention_num_buckets,
-        max_distance=attention.relative_attention_max_distance)
+        max_distance=reach)
     weight = attention.relative_attention_bias.weight  # (num_buckets, n_heads)
     return weight[buckets.to(weight.device)].t().float().contiguous()
 
@@ -276,7 +280,7 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
     batch, length, _ = hidden_states.shape
     device = hidden_states.device
     if state.table is None or state.length != length:
-        state.table = relative_bias_table(state.bias_module, length, device)  # (H, 2L - 1), once per forward
+        state.table = relative_bias_table(state.bias_module, device)  # (H, 2M + 1), once per forward
         state.length = length
         mask = state.attention_mask
         if mask is None:
@@ -291,10 +295,11 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
                 return valid[b, kv_idx]
 
             state.block_mask = create_block_mask(keep, batch, None, length, length, device=device)
-    table, offset = state.table, length - 1
+    table = state.table
+    reach = (table.shape[1] - 1) // 2  # the model's max_distance: a constant, not the batch's length
 
     def add_bias(score, b, h, q_idx, kv_idx):
-        return score + table[h, kv_idx - q_idx + offset]
+        return score + table[h, torch.clamp(kv_idx - q_idx, -reach, reach) + reach]
 
     shape = (batch, length, self.n_heads, self.key_value_proj_dim)
     query = self.q(hidden_states).view(shape).transpose(1, 2)  # (B, H, L, d_kv)
