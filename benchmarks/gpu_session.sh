@@ -101,9 +101,9 @@ step train_recompute 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --
 step train_pad64 90 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --pad-multiple 64
 step tests_quick 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
-    tests/test_embed_models.py tests/test_attention.py -k "pack or varlen or cudnn or flex"
+    tests/test_embed_models.py tests/test_attention.py tests/test_embed_flex.py -k "pack or varlen or cudnn or flex"
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
-    tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py
+    tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py tests/test_embed_flex.py
 # compiling a 30-layer model takes most of the first minute: 40 steps after 10 warm-up ones
 step train_compile 130 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
     --repeats 1 --json "$OUT/train_compile.json"
