@@ -5,13 +5,15 @@
 #
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
-# quick (one device call, step limits adding up to 550 s): the ceilings; the T5 forward pass
+# quick (one device call, step limits adding up to 510 s): the ceilings; the T5 forward pass
 # profiled (the one model under the embed target on 2026-11-29); ProtT5-XL-sized embedding with
 # --attention flex against the ProtTrans strategy; one train benchmark padded and one with
 # --token-micro-batches; the GPU tests of packing and flex attention.
 #
-# levers (the second call of a session, about 4 minutes): the training part of gpu_profile.py
-# (fixed, new, repeated lengths and token-sized micro-batches) and `train --compile`. A session has
+# levers (the second call of a session, step limits 310 s, in order of what it decides):
+# train with cuDNN attention over few shapes (--sdpa-kernels torch --pad-multiple 64),
+# `train --compile`, and the training part of gpu_profile.py (fixed, new, repeated lengths,
+# token-sized micro-batches). A session has
 # 15 minutes of device time, machine start included: quick, then levers at once while the machine
 # is warm (it goes back after 30 s idle).
 #
@@ -42,7 +44,7 @@ MODE=${1:-full}
 if [ -z "${STEPS:-}" ]; then
     case $MODE in
         quick) STEPS="env profile_t5 embed_t5_flex train train_tokens tests_quick" ;;
-        levers) STEPS="train_profile train_compile" ;;
+        levers) STEPS="train_cudnn64 train_compile train_profile" ;;
     esac
 fi
 
@@ -71,12 +73,11 @@ nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.max.sm,power.draw,temperature.
 CLOCKS=$!
 trap 'kill $CLOCKS 2>/dev/null' EXIT
 # Where a batch's time goes (phases, attention kernels, fixed vs varying shapes, profiler).
-step profile_t5 110 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --family t5 --preset prot_t5_xl --skip-train \
+step profile_t5 100 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --family t5 --preset prot_t5_xl --skip-train \
     --num-batches 20 --profile-out "$OUT/profile_t5_tables.txt"
 step embed_t5_flex 150 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans,flex --max-tokens default --per-protein
 step profile 140 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
-step train_profile 110 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --skip-embed
 step embed_t5_pp 100 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
 step embed_bert_pp 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
@@ -91,22 +92,28 @@ step embed_bert 180 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda
 step embed_host 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --host-only --strategies prottrans,protrans --max-tokens 4000,default --tmpdir "$SCRATCH"
 # 10 warm-up steps: what a long run's steady state looks like, not its first shapes
-step train 90 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+step train 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --json "$OUT/train.json"
-step train_tokens 90 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+step train_tokens 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --token-micro-batches --json "$OUT/train_tokens.json"
+# cuDNN attention (PyTorch's choice) over few shapes: its plans are built once each, then its
+# kernel (the baseline's, with masks) runs instead of the memory-efficient one
+step train_cudnn64 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+    --sdpa-kernels torch --pad-multiple 64 --json "$OUT/train_cudnn64.json"
 step train_packed 95 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --packing --json "$OUT/train_packed.json"
 step train_recompute 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --activation-checkpointing
 step train_pad64 90 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --pad-multiple 64
-step tests_quick 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
+step tests_quick 50 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
     tests/test_embed_models.py tests/test_attention.py tests/test_embed_flex.py -k "pack or varlen or cudnn or flex"
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
     tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py tests/test_embed_flex.py
 # compiling a 30-layer model takes most of the first minute: 40 steps after 10 warm-up ones
 step train_compile 130 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
     --repeats 1 --json "$OUT/train_compile.json"
+# the training part of gpu_profile.py alone (levers: last, as the least decisive)
+step train_profile 100 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --skip-embed
 
 kill $CLOCKS 2>/dev/null
 echo "=== summary"
