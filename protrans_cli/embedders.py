@@ -154,11 +154,24 @@ class TransformerEmbedder:
                                  f"{'--packing' if packed else '--compile'}: choose one")
             self.family_impl.use_flex_attention(self.model)
         self.attention = attention
+        self._check_attention()
         # --compile: what runs the forward pass; the module itself stays as it was (its CPU twin,
         # out-of-memory retries and `self.model` users see the plain module). dynamic=True: one
         # graph for every batch shape instead of one compilation per new length.
         self.compiled = bool(compile)
         self._run_model = torch.compile(self.model, dynamic=True) if compile else self.model
+
+    def _check_attention(self) -> None:
+        """The flex switch is made in place on the model (models/t5.py): an embedder built for the
+        model's own attention on a model that another embedder switched (before or since) would
+        run FlexAttention and record attention = "sdpa". Refused, with what to do."""
+        from protrans_cli.models.t5 import uses_flex_attention
+
+        if getattr(self, "attention", "sdpa") != "flex" and uses_flex_attention(self.model):
+            raise UsageError(f"{self.name}: this model was switched to FlexAttention in place by an embedder "
+                             "built on it with attention='flex', so this attention='sdpa' embedder cannot use it: "
+                             "build the flex one on a copy of the model (copy.deepcopy(loaded.model) before it is "
+                             "switched) or load the model again")
 
     def packing_problem(self) -> str | None:
         """Why this model cannot pack its batches (None: it can)."""
@@ -205,6 +218,7 @@ class TransformerEmbedder:
         looked at only when it is not."""
         import torch
 
+        self._check_attention()
         model, device = self._run_model, self.device
         encoded = self._packed_layout.encode_packed(list(sequences), self.tokenizer.pad_token_id,
                                                     self._position_offset) if self.packed else None

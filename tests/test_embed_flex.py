@@ -257,3 +257,31 @@ def test_flex_on_the_gpu_in_bf16_matches_the_fp32_reference(run_cli, tmp_path, f
         ref = reference(model, seq, layers=(-1, -2))
         assert got[name].shape == ref.shape
         assert np.linalg.norm(got[name] - ref) / np.linalg.norm(ref) < 2e-2, name
+
+
+def test_an_sdpa_embedder_never_runs_flex_through_a_model_another_embedder_switched(tiny_t5):
+    """The flex switch is made in place on the model: an embedder built for the default attention
+    on the same loaded model (before or after the flex one) ran FlexAttention without a word, and
+    its files recorded attention = "sdpa". It is refused instead, with what to do."""
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+
+    seqs = [SEQUENCES["mid"], SEQUENCES["rare"]]
+    loaded = load_model(str(tiny_t5), device="cpu", dtype="float32")
+    pristine = copy.deepcopy(loaded.model)
+    before = TransformerEmbedder(loaded, (-1,), "cpu", "float32")  # sdpa, built first
+    before.embed_batch(seqs)
+    flex = TransformerEmbedder(loaded, (-1,), "cpu", "float32", attention="flex")
+    flex.embed_batch(seqs)
+    with pytest.raises(UsageError, match="switched to FlexAttention"):
+        before.embed_batch(seqs)
+    with pytest.raises(UsageError, match="switched to FlexAttention"):
+        TransformerEmbedder(loaded, (-1,), "cpu", "float32")  # sdpa, built after
+    # On a copy of the model taken before the switch, as the message says, the two coexist.
+    import dataclasses
+
+    plain = TransformerEmbedder(dataclasses.replace(loaded, model=pristine), (-1,), "cpu", "float32")
+    assert plain.attention == "sdpa" and not t5_module.uses_flex_attention(plain.model)
+    for a, b in zip(plain.embed_batch(seqs), flex.embed_batch(seqs)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
