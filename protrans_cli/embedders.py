@@ -320,6 +320,11 @@ class TransformerEmbedder:
             twin._cpu_copy = None
             twin._staging = _HostStaging(pinned=False)
             twin._run_model, twin.compiled = twin.model, False  # a rare fallback: not worth a compilation
+            if getattr(twin, "attention", "sdpa") == "flex":  # eager on the CPU: the model's own is far faster
+                from protrans_cli.models.t5 import drop_flex_attention
+
+                drop_flex_attention(twin.model)
+                twin.attention = "sdpa"
             twin.pad_multiple = 1
             self._cpu_copy = twin
         return self._cpu_copy

@@ -166,6 +166,23 @@ def test_a_copied_model_keeps_flex_on_its_own_modules(tiny_t5):
     np.testing.assert_allclose(a[0, :len(seq)].numpy(), reference(tiny_t5, seq)[0], atol=1e-5, rtol=0)
 
 
+def test_the_cpu_twin_of_a_flex_embedder_runs_the_models_own_attention(tiny_t5, monkeypatch):
+    """--cpu-fallback's twin drops flex (eager on the CPU: tens of times slower than the model's
+    own attention there) and gives the same rows; the GPU embedder keeps flex. The twin is built
+    the way `on_cpu` builds it, with the moves between devices left out (no GPU here)."""
+    from protrans_cli.embedders import TransformerEmbedder
+
+    embedder = _embedder(tiny_t5)
+    monkeypatch.setattr(embedder, "device", "cuda:0")
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # every module stays where it is
+    twin = TransformerEmbedder.on_cpu(embedder)
+    assert twin is not None and twin.attention == "sdpa" and embedder.attention == "flex"
+    assert not t5_module.uses_flex_attention(twin.model) and t5_module.uses_flex_attention(embedder.model)
+    monkeypatch.setattr(t5_module, "_flex_self_attention", None)  # the twin never calls it
+    seq = SEQUENCES["long"]
+    np.testing.assert_allclose(twin.embed_batch([seq])[0][0], reference(tiny_t5, seq)[0], atol=1e-5, rtol=0)
+
+
 def test_cli_flex_file_equals_the_default_and_records_it(run_cli, tmp_path, tiny_t5, fasta):
     """Through the real CLI, batched with padding, two layers, per-residue and per-protein: the
     same arrays as the default attention and as the reference; the file says which ran."""

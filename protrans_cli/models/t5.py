@@ -227,6 +227,19 @@ def use_flex_attention(model) -> None:
     stack.forward = types.MethodType(_flex_stack_forward, stack)
 
 
+def drop_flex_attention(model) -> None:
+    """Undo `use_flex_attention` on this model object: its encoder runs transformers' own
+    attention again. For the CPU twin of a flex embedder (`--cpu-fallback`): on the CPU
+    flex_attention runs eagerly, materialising every score, tens of times slower than the
+    model's own attention there."""
+    if not uses_flex_attention(model):
+        return
+    stack, attentions = _encoder_attentions(model)
+    for module in (stack, *attentions):
+        for name in ("forward", "_protrans_flex", "_protrans_flex_arity"):
+            module.__dict__.pop(name, None)  # the instance's: the class's forward shows again
+
+
 def uses_flex_attention(model) -> bool:
     stack = getattr(model, "encoder", None)
     return isinstance(getattr(stack, "_protrans_flex", None), _FlexState)
