@@ -150,10 +150,11 @@ def _allocator_counts(device: str) -> dict:
 
 
 def train_shapes(args, records) -> None:
-    """Training steps on one fixed length against a new length every step."""
+    """Training steps on one fixed length against a new length every step, with and without a
+    padding mask, repeated, sized by tokens, and packed (see the modes below)."""
     import torch
 
-    from protrans_cli.models import get_family
+    from protrans_cli.models import get_family, packing
 
     family = get_family(args.family)
     tokenizer = family.build_tokenizer()
@@ -169,11 +170,25 @@ def train_shapes(args, records) -> None:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda")
                 else contextlib.nullcontext())
 
-    def step(length: int, batch: int = batch) -> int:
+    def step(length: int, batch: int = batch, form: str = "plain") -> int:
+        """One step over `batch` rows of `length` tokens. form: plain (no padding: transformers
+        drops an all-ones mask, so Flash may run), masked (every other row ends in 10% padding:
+        a real mask, as length buckets leave, so attention takes a kernel that reads one), packed
+        (the rows back to back in one row, varlen attention: models/packing.py)."""
         ids = torch.randint(5, vocab, (batch, length), device=args.device)
         labels = torch.where(torch.rand(batch, length, device=args.device) < 0.15, ids, -100)
+        mask = torch.ones_like(ids)
+        if form == "masked":
+            mask[::2, length - max(1, length // 10):] = 0
+            labels = labels.masked_fill(mask == 0, -100)
         with autocast:
-            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+            if form == "packed":
+                cu = torch.arange(0, batch * length + 1, length, dtype=torch.int32, device=args.device)
+                positions = torch.arange(length, device=args.device).repeat(batch)[None]
+                loss = model(input_ids=ids.reshape(1, -1), labels=labels.reshape(1, -1),
+                             **packing.model_kwargs(cu, length, positions)).loss
+            else:
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -190,24 +205,36 @@ def train_shapes(args, records) -> None:
     for label, ctx in kernel_choices(args.device):
         fixed = f"fixed {args.train_length}"
         modes = [(fixed, [args.train_length] * args.train_steps, None), ("varying", lengths_varying, None)]
+        # the same with a real padding mask (as length buckets leave), over lengths not met before
+        modes.append(("masked", [64 + 8 * ((i * 43 + 5) % 57) for i in range(args.train_steps)], None))
         if label == ("no-cudnn" if args.device.startswith("cuda") else "default"):
             modes += [("varying again", lengths_varying, None),
                       ("tokens", [64 + 8 * ((i * 41 + 3) % 57) for i in range(args.train_steps)], per_tokens)]
         for name, lengths, sizing in modes:
-            try:
-                with ctx():
-                    size = sizing or (lambda n: batch)
-                    if name != "varying again":
-                        step(lengths[0], size(lengths[0]))
-                    _sync(args.device)
-                    start = time.perf_counter()
-                    tokens = sum(step(n, size(n)) for n in lengths)
-                    _sync(args.device)
-                dt = time.perf_counter() - start
-                print(f"train {label:10s} {name:13s} {tokens / dt:10,.0f} tokens/s "
-                      f"({dt / len(lengths) * 1e3:.0f} ms/step)")
-            except RuntimeError as exc:
-                print(f"train {label:10s} {name:13s} failed: {str(exc).splitlines()[0]}")
+            _time_train_mode(args, label, ctx, name, lengths, sizing or (lambda n: batch), step,
+                             "masked" if name == "masked" else "plain", warm=name != "varying again")
+    # Last, as it switches the model's attention for good: the steps of "varying" packed into one
+    # row each (varlen attention on CUDA; the row lengths are new shapes, as "varying"'s were).
+    if family.packable:
+        packing.use_packed_attention(model)
+        _time_train_mode(args, "packed", contextlib.nullcontext, "varying", lengths_varying, lambda n: batch,
+                         step, "packed", warm=True)
+
+
+def _time_train_mode(args, label, ctx, name, lengths, size, step, form, warm) -> None:
+    """Times `step` over `lengths` (one warm-up step first unless `warm` is False) and prints it."""
+    try:
+        with ctx():
+            if warm:
+                step(lengths[0], size(lengths[0]), form)
+            _sync(args.device)
+            start = time.perf_counter()
+            tokens = sum(step(n, size(n), form) for n in lengths)
+            _sync(args.device)
+        dt = time.perf_counter() - start
+        print(f"train {label:10s} {name:13s} {tokens / dt:10,.0f} tokens/s ({dt / len(lengths) * 1e3:.0f} ms/step)")
+    except RuntimeError as exc:
+        print(f"train {label:10s} {name:13s} failed: {str(exc).splitlines()[0]}")
 
 
 def profile(args, batches, embedder, out: Path | None) -> None:
