@@ -131,11 +131,18 @@ def embed_phases(args, batches, embedder) -> None:
         head_dim = embedder.embedding_dim // heads
         q = torch.randn(13, heads, 301, head_dim, device=device, dtype=torch.bfloat16)
         mask4 = torch.ones(13, 1, 301, 301, device=device, dtype=torch.bool)
+        bias = torch.randn(13, heads, 301, 301, device=device, dtype=torch.bfloat16)
         names = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
-        for masked in (False, True):
-            choice = torch._fused_sdp_choice(q, q, q, attn_mask=mask4 if masked else None)
-            print(f"  PyTorch's kernel for a (13, {heads}, 301, {head_dim}) bf16 attention "
-                  f"{'with' if masked else 'without'} a padding mask: {names.get(choice, choice)}")
+        from protrans_cli.attention import sdpa_kernels
+
+        # T5's relative-position bias reaches SDPA as a dense additive float mask
+        for what, mask in (("without a mask", None), ("with a padding mask", mask4),
+                           ("with an additive bf16 bias (T5's position bias)", bias)):
+            for policy in ("torch", "auto"):
+                with sdpa_kernels(device, policy):
+                    choice = torch._fused_sdp_choice(q, q, q, attn_mask=mask)
+                print(f"  {policy:5s} kernel for a (13, {heads}, 301, {head_dim}) bf16 attention {what}: "
+                      f"{names.get(choice, choice)}")
 
 
 def _allocator_counts(device: str) -> dict:
