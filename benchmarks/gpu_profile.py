@@ -128,7 +128,7 @@ def embed_phases(args, batches, embedder) -> None:
     if device.startswith("cuda"):
         cfg = model.config
         heads = getattr(cfg, "num_attention_heads", None) or cfg.num_heads
-        head_dim = embedder.embedding_dim // heads
+        head_dim = getattr(cfg, "d_kv", None) or embedder.embedding_dim // heads  # T5: 128, not 1024 / 32
         q = torch.randn(13, heads, 301, head_dim, device=device, dtype=torch.bfloat16)
         mask4 = torch.ones(13, 1, 301, 301, device=device, dtype=torch.bool)
         bias = torch.randn(13, heads, 301, 301, device=device, dtype=torch.bfloat16)
