@@ -92,25 +92,25 @@ step embed_bert 180 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda
 step embed_host 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --host-only --strategies prottrans,protrans --max-tokens 4000,default --tmpdir "$SCRATCH"
 # 10 warm-up steps: what a long run's steady state looks like, not its first shapes
-step train 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+step train 80 $PY benchmarks/train_bench.py --report-after 72 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --json "$OUT/train.json"
-step train_tokens 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+step train_tokens 80 $PY benchmarks/train_bench.py --report-after 72 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --token-micro-batches --json "$OUT/train_tokens.json"
 # cuDNN attention (PyTorch's choice) over few shapes: its plans are built once each, then its
 # kernel (the baseline's, with masks) runs instead of the memory-efficient one
-step train_cudnn64 80 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+step train_cudnn64 80 $PY benchmarks/train_bench.py --report-after 72 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --sdpa-kernels torch --pad-multiple 64 --json "$OUT/train_cudnn64.json"
-step train_packed 95 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+step train_packed 95 $PY benchmarks/train_bench.py --report-after 87 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --packing --json "$OUT/train_packed.json"
-step train_recompute 100 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --activation-checkpointing
-step train_pad64 90 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
+step train_recompute 100 $PY benchmarks/train_bench.py --report-after 92 --gpu --fasta "$FASTA" --repeats 1 --activation-checkpointing
+step train_pad64 90 $PY benchmarks/train_bench.py --report-after 82 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --pad-multiple 64
 step tests_quick 50 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
     tests/test_embed_models.py tests/test_attention.py tests/test_embed_flex.py -k "pack or varlen or cudnn or flex"
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
     tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py tests/test_embed_flex.py
 # compiling a 30-layer model takes most of the first minute: 40 steps after 10 warm-up ones
-step train_compile 150 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
+step train_compile 150 $PY benchmarks/train_bench.py --report-after 142 --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
     --repeats 1 --json "$OUT/train_compile.json"
 # the training part of gpu_profile.py alone (levers: last, as the least decisive)
 step train_profile 100 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --skip-embed
@@ -123,6 +123,6 @@ awk -F', ' 'NR > 1 && $2 ~ /MHz/ {split($2, a, " "); print a[1]}' "$OUT/clocks.c
 awk -F', ' 'NR > 1 {print $NF}' "$OUT/clocks.csv" | sort | uniq -c | sort -rn | head -3
 for log in "$OUT"/*.log; do
     echo "--- $(basename "$log")"
-    grep -E "^(torch|name|NVIDIA|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror" \
+    grep -E "^(torch|name|NVIDIA|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror|^partial|^baseline run" \
         "$log" | tail -n 40
 done

@@ -137,6 +137,37 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
     return {"tokens_per_s": rate, "padding": _protrans_padding(args, corpus)}
 
 
+def _report_later(args, bases: list, tmp: Path) -> None:
+    """After --report-after seconds, print the figures measured so far: the baseline's runs and
+    the steps protrans has logged past the warm-up (metrics.jsonl of its runs). A step limit that
+    cuts the run (a compilation that takes long) then still leaves numbers in the log."""
+    import threading
+
+    from protrans_cli.training.metrics import read_metrics
+
+    def report():
+        lines = [f"partial report after {args.report_after:.0f} s:"]
+        lines += [f"  baseline run {i + 1}: {b['tokens_per_s']:.0f} tokens/s" for i, b in enumerate(bases)]
+        for metrics in sorted(tmp.glob("run*/metrics.jsonl")):
+            try:
+                rows = [r for r in read_metrics(metrics) if "tokens_per_s" in r]
+            except Exception as exc:  # noqa: BLE001 - a report, not the benchmark
+                lines.append(f"  {metrics.parent.name}: unreadable ({exc})")
+                continue
+            timed = rows[args.warmup:]
+            seconds = sum(r["tokens"] / r["tokens_per_s"] for r in timed)
+            rate = f"{sum(r['tokens'] for r in timed) / seconds:.0f} tokens/s" if seconds else "no timed step yet"
+            lines.append(f"  protrans {metrics.parent.name}: {len(rows)} steps logged, {len(timed)} past the "
+                         f"warm-up: {rate}")
+        if len(lines) == 1 + len(bases):
+            lines.append("  protrans: no step logged yet")
+        print("\n".join(lines), flush=True)
+
+    timer = threading.Timer(args.report_after, report)
+    timer.daemon = True
+    timer.start()
+
+
 def _protrans_padding(args, corpus: Path) -> float:
     """Share of padding in the micro-batches protrans forms for the same steps."""
     from protrans_cli.models import get_family
@@ -206,6 +237,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),
                         help="protrans train --sdpa-kernels (the baseline keeps PyTorch's choice)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--report-after", type=float, default=None, metavar="SECONDS",
+                        help="print what has been measured so far after this many seconds (a run cut by a "
+                             "time limit, e.g. one still compiling, then leaves its figures)")
     args = parser.parse_args(argv)
     import torch
 
@@ -233,8 +267,11 @@ def main(argv=None) -> int:
         corpus, source = write_corpus(Path(tmp), args.num_proteins, args.seed, args.fasta)
         # Alternate the two and keep each one's best run: a shared machine's load varies.
         bases, ours_runs = [], []
+        if args.report_after:
+            _report_later(args, bases, Path(tmp))
         for r in range(args.repeats):
             bases.append(bench_baseline(args, corpus, device))
+            print(f"baseline run {r + 1}: {bases[-1]['tokens_per_s']:.0f} tokens/s", flush=True)
             ours_runs.append(bench_protrans(args, corpus, Path(tmp) / f"run{r}"))
         base = max(bases, key=lambda x: x["tokens_per_s"])
         ours = max(ours_runs, key=lambda x: x["tokens_per_s"])
