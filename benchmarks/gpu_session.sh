@@ -5,7 +5,7 @@
 #
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
-# quick (one device call, step limits adding up to 510 s): the ceilings; the T5 forward pass
+# quick (one device call, step limits adding up to 520 s): the ceilings; the T5 forward pass
 # profiled (the one model under the embed target on 2026-11-29); ProtT5-XL-sized embedding with
 # --attention flex against the ProtTrans strategy; one train benchmark padded and one with
 # --token-micro-batches; the GPU tests of packing and flex attention.
@@ -73,10 +73,12 @@ nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.max.sm,power.draw,temperature.
 CLOCKS=$!
 trap 'kill $CLOCKS 2>/dev/null' EXIT
 # Where a batch's time goes (phases, attention kernels, fixed vs varying shapes, profiler).
-step profile_t5 100 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --family t5 --preset prot_t5_xl --skip-train \
+step profile_t5 90 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --family t5 --preset prot_t5_xl --skip-train \
     --num-batches 20 --profile-out "$OUT/profile_t5_tables.txt"
-step embed_t5_flex 150 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
-    --strategies prottrans,protrans,flex --max-tokens default --per-protein
+# flex first (the figure this step is for), then the ProtTrans strategy it is compared with;
+# each run prints its residues/s as it ends, so a cut step keeps what finished
+step embed_t5_flex 170 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
+    --strategies flex,prottrans,protrans --max-tokens default --per-protein
 step profile 140 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
 step embed_t5_pp 100 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
