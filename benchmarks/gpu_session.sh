@@ -5,7 +5,7 @@
 #
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
-# quick (one device call, step limits adding up to 520 s): the ceilings; the T5 forward pass
+# quick (one device call, step limits adding up to 530 s): the ceilings; the T5 forward pass
 # profiled (the one model under the embed target on 2026-11-29); ProtT5-XL-sized embedding with
 # --attention flex against the ProtTrans strategy; one train benchmark padded and one with
 # --token-micro-batches; the GPU tests of packing and flex attention.
@@ -107,7 +107,7 @@ step train_packed 95 $PY benchmarks/train_bench.py --report-after 87 --gpu --fas
 step train_recompute 100 $PY benchmarks/train_bench.py --report-after 92 --gpu --fasta "$FASTA" --repeats 1 --activation-checkpointing
 step train_pad64 90 $PY benchmarks/train_bench.py --report-after 82 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
     --pad-multiple 64
-step tests_quick 50 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
+step tests_quick 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
     tests/test_embed_models.py tests/test_attention.py tests/test_embed_flex.py -k "pack or varlen or cudnn or flex"
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
     tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py tests/test_embed_flex.py
