@@ -155,11 +155,15 @@ class TransformerEmbedder:
             self.family_impl.use_flex_attention(self.model)
         self.attention = attention
         self._check_attention()
-        # --compile: what runs the forward pass; the module itself stays as it was (its CPU twin,
-        # out-of-memory retries and `self.model` users see the plain module). dynamic=True: one
-        # graph for every batch shape instead of one compilation per new length.
+        # --compile: each transformer block compiled in place (one compilation serves every block,
+        # dynamic shapes: one graph for every batch length; training/recompute.py says why block
+        # by block). The float32 retry runs them eagerly and the CPU twin drops them.
         self.compiled = bool(compile)
-        self._run_model = torch.compile(self.model, dynamic=True) if compile else self.model
+        if compile:
+            from protrans_cli.training.recompute import compile_blocks
+
+            compile_blocks(self.model)
+        self._run_model = self.model
 
     def _check_attention(self) -> None:
         """The flex switch is made in place on the model (models/t5.py): an embedder built for the
@@ -294,7 +298,8 @@ class TransformerEmbedder:
 
         exact = copy.copy(self)
         exact.compute_dtype = "float32"
-        exact._run_model, exact.compiled = self.model, False  # the compiled graph is for the half-precision weights
+        # the compiled blocks' graphs are for the half-precision weights: eager here (a rare retry)
+        exact._run_model, exact.compiled = (_Eager(self.model) if self.compiled else self.model), False
         try:
             self.model.to(dtype=torch.float32)
             yield exact
@@ -320,6 +325,10 @@ class TransformerEmbedder:
             twin._cpu_copy = None
             twin._staging = _HostStaging(pinned=False)
             twin._run_model, twin.compiled = twin.model, False  # a rare fallback: not worth a compilation
+            if self.compiled:  # the copy's blocks would call the original blocks' compiled forwards
+                from protrans_cli.training.recompute import drop_compiled_blocks
+
+                drop_compiled_blocks(twin.model)
             if getattr(twin, "attention", "sdpa") == "flex":  # eager on the CPU: the model's own is far faster
                 from protrans_cli.models.t5 import drop_flex_attention
 
@@ -328,6 +337,23 @@ class TransformerEmbedder:
             twin.pad_multiple = 1
             self._cpu_copy = twin
         return self._cpu_copy
+
+
+class _Eager:
+    """A model whose compiled blocks run eagerly (`torch.compiler.set_stance("force_eager")`),
+    with the model's attributes; for a call the compiled graphs were not made for."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        with torch.compiler.set_stance("force_eager"):
+            return self._model(*args, **kwargs)
 
 
 class _HostStaging:

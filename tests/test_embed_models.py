@@ -856,6 +856,45 @@ def test_compiled_embed_equals_the_plain_forward(run_cli, tmp_path, tiny_models,
         assert r.attrs["compiled"]  # bool(np.True_)
 
 
+def test_compile_compiles_each_block_and_the_cpu_twin_runs_plain_blocks(monkeypatch, tiny_models):
+    """--compile compiles every transformer block in place (one compilation serves them all); the
+    CPU twin (--cpu-fallback) is a deep copy, which shares the original blocks' compiled
+    functions (functions copy by reference) and would run the original's blocks: it drops them
+    and gives the plain rows. torch.compile is replaced by a recorder (the real one: the slow
+    test above); the twin is built as `on_cpu` builds it, without the moves between devices."""
+    import torch
+
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.models import load_model
+    from protrans_cli.training.recompute import transformer_blocks
+
+    calls = []
+
+    def fake_compile(fn, **kwargs):
+        block = fn.__self__
+
+        def run(*args, **kw):
+            calls.append(block)
+            return fn(*args, **kw)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    loaded = load_model(str(tiny_models["bert"]), device="cpu", dtype="float32")
+    embedder = TransformerEmbedder(loaded, (-1,), "cpu", "float32", compile=True)
+    blocks = transformer_blocks(embedder.model)
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MSTNPKPQRKTKRNTNRRPQDVKFPGG"]
+    rows = embedder.embed_batch(seqs)
+    assert embedder.compiled and len(blocks) == 2 and calls == blocks  # each block, through its compiled forward
+    monkeypatch.setattr(embedder, "device", "cuda:0")
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
+    twin = TransformerEmbedder.on_cpu(embedder)
+    calls.clear()
+    for a, b in zip(twin.embed_batch(seqs), rows):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    assert calls == [] and not twin.compiled  # neither the original's blocks nor compiled ones
+    assert all("forward" not in block.__dict__ for block in transformer_blocks(twin.model))
+
+
 def test_a_tokenizer_whose_ids_the_model_does_not_have_is_refused():
     """Another model's tokenizer that still knows the residues: its ids must exist in the model's
     embedding table (the XLNet tokenizer's <cls> is id 29; a 29-entry vocabulary has no row for it)."""

@@ -181,17 +181,30 @@ def test_compiled_training_matches_eager_and_saves_a_plain_model(tmp_path):
 
 
 def test_compile_compiles_the_forwards_the_objective_calls(tmp_path, monkeypatch):
-    """ELECTRA's objective calls its generator and discriminator, never the pair's forward:
-    --compile compiled that one only, and the run went on eager without a word."""
-    compiled = []
+    """--compile compiles each transformer block (one compilation serves blocks of one code):
+    every block of ELECTRA's generator and discriminator (the objective calls the two one by one;
+    compiling the pair's forward compiled nothing that ran), and the compiled forwards are what
+    the run calls."""
+    from protrans_cli.models import get_family
+    from protrans_cli.training.recompute import transformer_blocks
+
+    compiled, called = [], set()
 
     def record(fn, **kwargs):
-        compiled.append(fn.__self__)
-        return fn
+        block = fn.__self__
+        compiled.append(block)
+
+        def run(*args, **kw):
+            called.add(id(block))
+            return fn(*args, **kw)
+        return run
 
     monkeypatch.setattr(torch, "compile", record)
     result = train(_config(tmp_path, "electra", num_steps=1, compile=True))
-    assert [type(m).__name__ for m in compiled] == ["ElectraForMaskedLM", "ElectraForPreTraining"]
+    family = get_family("electra")
+    expected = transformer_blocks(family.pretraining_model(family.build_config("tiny", family.build_tokenizer())))
+    assert [type(m).__name__ for m in compiled] == [type(m).__name__ for m in expected]
+    assert len(compiled) == len(expected) > 2 and called == {id(m) for m in compiled}
     assert result.completed
 
 
@@ -199,7 +212,7 @@ def test_find_lr_compiles_as_the_run_does(tmp_path, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn.__self__) or fn)
     find_lr(_config(tmp_path, compile=True), num_steps=3)
-    assert [type(m).__name__ for m in compiled] == ["BertForMaskedLM"]
+    assert [type(m).__name__ for m in compiled] == ["BertLayer"] * 2  # the tiny preset's 2 blocks
 
 
 def test_find_lr_tells_ddp_of_unused_parameters(tmp_path, monkeypatch):

@@ -58,8 +58,9 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="GPU attention kernels: auto leaves out cuDNN attention, which builds a plan for every "
                    "new batch shape; torch keeps PyTorch's own choice.")
 @click.option("--compile", "compile_model", is_flag=True,
-              help="torch.compile the model (one graph for all batch shapes): the first batches wait "
-                   "for the compilation (seconds to minutes); for long runs on a GPU. Not with --packing.")
+              help="torch.compile each transformer block (one compilation serves them all, one graph every "
+                   "batch length): the first batches wait for it (seconds); for long runs on a GPU. Not "
+                   "with --packing.")
 @click.option("--attention", type=click.Choice(list(ATTENTIONS)), default="sdpa",
               help="sdpa: the model's own attention; flex (T5 family: ProtT5, Ankh): FlexAttention, the "
                    "relative-position bias inside one fused kernel on a CUDA GPU (opt-in, GPU speed not "

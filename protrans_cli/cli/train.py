@@ -56,7 +56,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
 @click.option("--compile/--no-compile", "compile", default=None,
-              help="torch.compile the model (dynamic shapes); pays off on GPUs for long runs.")
+              help="torch.compile each transformer block (dynamic shapes; one compilation serves them all); "
+                   "pays off on GPUs for long runs.")
 @click.option("--activation-checkpointing/--no-activation-checkpointing", "activation_checkpointing", default=None,
               help="Keep only each transformer block's input and recompute the block in the backward pass: "
                    "far less activation memory (long phases, large models) for about a third more compute; "

@@ -344,12 +344,10 @@ def wrap_model(run: _Run) -> None:
 
 
 def compile_model(model) -> None:
-    """--compile: torch.compile (dynamic shapes) the forward passes the objective calls: the
-    model's own, or ELECTRA's generator and discriminator (the objective calls them one by one,
-    never the pair's forward, so compiling that one compiled nothing)."""
-    parts = [getattr(model, name) for name in ("generator", "discriminator") if hasattr(model, name)] or [model]
-    for part in parts:
-        part.forward = torch.compile(part.forward, dynamic=True)
+    """--compile: each transformer block compiled (`recompute.compile_blocks`): every block the
+    objective runs, ELECTRA's generator's and discriminator's alike (the objective calls the two
+    one by one, never the pair's forward)."""
+    recompute.compile_blocks(model)
 
 
 def _check_objective(config: TrainConfig, family) -> str:

@@ -74,3 +74,31 @@ def _recomputed(block: torch.nn.Module, forward):
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
     return run
+
+
+_COMPILED = "_protrans_compiled"
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """torch.compile (dynamic shapes) each transformer block's forward in place, as torchtitan
+    does; returns how many. The blocks of a model share their code, so one compilation serves
+    them all: a 12-layer BERT's first training step took 10.8 s compiled block by block and
+    52.8 s compiled whole (a 2-core CPU), and a 30-layer ProtBert compiled whole outlasted a
+    110 s benchmark step on an H200. What stays eager (embeddings, heads, the loss) is a small
+    share of the work. After `checkpoint_blocks` the recomputed region compiles with its block;
+    DDP and FSDP, applied later, keep their hooks outside. Applying it twice changes nothing."""
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        if not getattr(block, _COMPILED, False):
+            block.forward = torch.compile(block.forward, dynamic=True)
+            setattr(block, _COMPILED, True)
+    return len(blocks)
+
+
+def drop_compiled_blocks(model: torch.nn.Module) -> None:
+    """Undo `compile_blocks` on this model object: each block runs its class's forward again.
+    For a deep copy above all: it shares the original's compiled functions (a function is copied
+    by reference), which would run the original blocks."""
+    for block in transformer_blocks(model):
+        if block.__dict__.pop(_COMPILED, False):
+            block.__dict__.pop("forward", None)
