@@ -352,7 +352,9 @@ class _Eager:
     def __call__(self, *args, **kwargs):
         import torch
 
-        with torch.compiler.set_stance("force_eager"):
+        # PyTorch before 2.6 has no stances: the blocks then compile once more for this dtype
+        stance = getattr(torch.compiler, "set_stance", None)
+        with stance("force_eager") if stance else contextlib.nullcontext():
             return self._model(*args, **kwargs)
 
 
