@@ -86,6 +86,18 @@ def test_torchrun_with_token_micro_batches_matches_one_process(tmp_path, strateg
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_compiled_matches_one_process(tmp_path, strategy):
+    # Each block compiled in place before DDP/FSDP2 wrap the model: their hooks (FSDP2 gathers a
+    # block's shards around its forward) stay outside the compiled region.
+    out = tmp_path / strategy
+    proc = _torchrun("-o", out, "--strategy", strategy, "--compile")
+    assert f"strategy {strategy}" in proc.stderr
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_torchrun_with_activation_checkpointing_matches_one_process(tmp_path, strategy):
     # The blocks' recomputation sits inside DDP's and FSDP2's per-block hooks (FSDP2 gathers a
     # block's shards again for it): the same losses as one process without it.
