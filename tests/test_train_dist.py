@@ -74,36 +74,21 @@ def test_torchrun_fsdp_with_resume_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_torchrun_with_token_micro_batches_matches_one_process(tmp_path, strategy):
+@pytest.mark.parametrize("flag, said", [
     # Ranks whose shares cut into different numbers of micro-batches would leave FSDP's
     # collective gathers unmatched (a hang): every rank makes as many as the one that needs most.
-    out = tmp_path / strategy
-    proc = _torchrun("-o", out, "--strategy", strategy, "--token-micro-batches")
-    assert "micro-batches cut by tokens" in proc.stderr
-    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
-    np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_torchrun_compiled_matches_one_process(tmp_path, strategy):
+    ("--token-micro-batches", "micro-batches cut by tokens"),
     # Each block compiled in place before DDP/FSDP2 wrap the model: their hooks (FSDP2 gathers a
     # block's shards around its forward) stay outside the compiled region.
-    out = tmp_path / strategy
-    proc = _torchrun("-o", out, "--strategy", strategy, "--compile")
-    assert f"strategy {strategy}" in proc.stderr
-    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
-    np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_torchrun_with_activation_checkpointing_matches_one_process(tmp_path, strategy):
+    ("--compile", "process(es) on cpu"),
     # The blocks' recomputation sits inside DDP's and FSDP2's per-block hooks (FSDP2 gathers a
-    # block's shards again for it): the same losses as one process without it.
+    # block's shards again for it).
+    ("--activation-checkpointing", "activation checkpointing of 2 blocks"),
+])
+def test_torchrun_with_a_block_or_batch_option_matches_one_process(tmp_path, strategy, flag, said):
     out = tmp_path / strategy
-    proc = _torchrun("-o", out, "--strategy", strategy, "--activation-checkpointing")
-    assert f"strategy {strategy}" in proc.stderr and "activation checkpointing of 2 blocks" in proc.stderr
+    proc = _torchrun("-o", out, "--strategy", strategy, flag)
+    assert f"strategy {strategy}" in proc.stderr and said in proc.stderr
     losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
     np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
 
