@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.attention import ATTENTIONS, SDPA_KERNELS
+from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError
 from protrans_cli.io.fasta import parse_fasta
@@ -121,11 +121,7 @@ class EmbedOptions:
             raise UsageError(f"--sdpa-kernels must be one of {', '.join(SDPA_KERNELS)}")
         if self.compile and self.packing:
             raise UsageError("--compile and --packing cannot be combined yet: choose one")
-        if self.attention not in ATTENTIONS:
-            raise UsageError(f"--attention must be one of {', '.join(ATTENTIONS)}")
-        if self.attention == "flex" and (self.compile or self.packing):
-            raise UsageError(f"--attention flex and {'--compile' if self.compile else '--packing'} cannot be "
-                             "combined: flex compiles its own attention kernel, and T5 has no packing; choose one")
+        check_attention(self.attention, compile=self.compile, packing=self.packing)
 
 
 @dataclass

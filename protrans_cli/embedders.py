@@ -20,7 +20,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from protrans_cli.attention import ATTENTIONS, sdpa_kernels
+from protrans_cli.attention import check_attention, sdpa_kernels
 from protrans_cli.errors import RuntimeFailure, UsageError
 
 ONEHOT = "onehot"
@@ -146,12 +146,8 @@ class TransformerEmbedder:
             self.use_packing()
         # --attention flex: the family switches its attention modules in place (models/t5.py);
         # a family without such a path refuses here, once its model is known.
-        if attention not in ATTENTIONS:
-            raise UsageError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        check_attention(attention, compile=compile, packing=packed)
         if attention == "flex":
-            if packed or compile:
-                raise UsageError("--attention flex cannot be combined with "
-                                 f"{'--packing' if packed else '--compile'}: choose one")
             self.family_impl.use_flex_attention(self.model)
         self.attention = attention
         self._check_attention()
@@ -171,7 +167,7 @@ class TransformerEmbedder:
         run FlexAttention and record attention = "sdpa". Refused, with what to do."""
         from protrans_cli.models.t5 import uses_flex_attention
 
-        if getattr(self, "attention", "sdpa") != "flex" and uses_flex_attention(self.model):
+        if self.attention != "flex" and uses_flex_attention(self.model):
             raise UsageError(f"{self.name}: this model was switched to FlexAttention in place by an embedder "
                              "built on it with attention='flex', so this attention='sdpa' embedder cannot use it: "
                              "build the flex one on a copy of the model (copy.deepcopy(loaded.model) before it is "
