@@ -111,15 +111,14 @@ class _FlexState:
         self.active = False         # inside the encoder's forward
         self.table = None           # (n_heads, 2M + 1) float32: bias of relative position j - i (relative_bias_table)
         self.block_mask = None
-        self.length = None
 
     def reset(self, attention_mask) -> None:
         self.attention_mask, self.active = attention_mask, True
-        self.table = self.block_mask = self.length = None
+        self.table = self.block_mask = None
 
     def clear(self) -> None:
         self.attention_mask, self.active = None, False
-        self.table = self.block_mask = self.length = None
+        self.table = self.block_mask = None
 
 
 _COMPILED_FLEX = None
@@ -292,9 +291,8 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
         raise ModelError("--attention flex: cross-attention is not supported (encoder self-attention only)")
     batch, length, _ = hidden_states.shape
     device = hidden_states.device
-    if state.table is None or state.length != length:
-        state.table = relative_bias_table(state.bias_module, device)  # (H, 2M + 1), once per forward
-        state.length = length
+    if state.table is None:  # the first layer of this forward pass: the same for every layer
+        state.table = relative_bias_table(state.bias_module, device)  # (H, 2M + 1)
         mask = state.attention_mask
         if mask is None:
             state.block_mask = None
