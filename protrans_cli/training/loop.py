@@ -333,7 +333,9 @@ def wrap_model(run: _Run) -> None:
     for the strategy (`run.wrapped`): what a training run and the lr range test both step."""
     run.model.to(run.info.device)
     if run.config.compile:
-        compile_model(run.model)
+        # each transformer block, every one the objective runs (ELECTRA's generator's and
+        # discriminator's alike: the objective calls the two one by one, never the pair's forward)
+        recompute.compile_blocks(run.model)
     loss_module = LossModule(run.model, run.objective)
     # DDP is told of parameters the objective never uses (ALBERT's sentence-order head without
     # --sop), or its second step fails
@@ -341,13 +343,6 @@ def wrap_model(run: _Run) -> None:
     if unused:
         console.debug(f"parameters without gradient (DDP told to expect them): {', '.join(unused[:5])}...")
     run.wrapped = dist.wrap(loss_module, run.strategy, run.info, find_unused_parameters=bool(unused))
-
-
-def compile_model(model) -> None:
-    """--compile: each transformer block compiled (`recompute.compile_blocks`): every block the
-    objective runs, ELECTRA's generator's and discriminator's alike (the objective calls the two
-    one by one, never the pair's forward)."""
-    recompute.compile_blocks(model)
 
 
 def _check_objective(config: TrainConfig, family) -> str:
@@ -562,17 +557,17 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                 data_state = StreamState(data_state.epoch,
                                          data_state.buffer_start + prev.global_batch_size * config.bucket_batches, 0)
             data_phase = phase_index
+        sizing = config.stream_sizing(phase)
         stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
                               global_batch_size=phase.global_batch_size,
                               micro_batch_size=phase.micro_batch_size, rank=info.rank,
                               world_size=info.world_size, seed=config.seed,
                               bucket_batches=config.bucket_batches, collate=run.objective.collate,
-                              state=data_state, **config.stream_sizing(phase))
+                              state=data_state, **sizing)
         dist.print0(f"train: phase {phase_index + 1}/{len(phases)}: max length {phase.max_length}, "
                     f"steps {max(phase_start, step) + 1}-{phase_end}, global batch {phase.global_batch_size} = "
                     f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation"
-                    + (f"; micro-batches cut by tokens, up to {phase.micro_batch_size * phase.max_length} each"
-                       if config.token_micro_batches else ""))
+                    + (f"; micro-batches cut by tokens, up to {sizing['micro_batch_tokens']} each" if sizing else ""))
         batches = step_batches(stream, config.num_workers)
         while step < phase_end:
             batch = next(batches)
