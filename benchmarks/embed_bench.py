@@ -218,6 +218,15 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
+def _warm_up(embedder, seq: str) -> None:
+    """The batches that make a compiled embedder build the graphs a run meets (batches without
+    padding, with padding, of one protein), so that no compilation falls in the timed runs."""
+    for count, length in ((2, 50), (3, 70), (1, 90)):
+        embedder.embed_batch([seq[:length]] * count)
+    embedder.embed_batch([seq[:40], seq[:60]])
+    embedder.embed_batch([seq[:45], seq[:65], seq[:80]])
+
+
 def bench_one(family, preset, records, args):
     import torch
 
@@ -288,11 +297,7 @@ def bench_one(family, preset, records, args):
             compiled = TransformerEmbedder(dataclasses.replace(loaded, model=copy.deepcopy(loaded.model)), (-1,),
                                            args.device, args.dtype, sdpa_kernels=args.sdpa_kernels, compile=True)
             start = time.perf_counter()
-            # the graphs a run meets: batches without padding, with padding, of one protein
-            for count, length in ((2, 50), (3, 70), (1, 90)):
-                compiled.embed_batch([records[0][1][:length]] * count)
-            compiled.embed_batch([records[0][1][:40], records[0][1][:60]])
-            compiled.embed_batch([records[0][1][:45], records[0][1][:65], records[0][1][:80]])
+            _warm_up(compiled, records[0][1])
             _sync(args.device)
             print(f"compiled: {time.perf_counter() - start:.1f} s to compile (warm-up, not timed below)", flush=True)
         flex = None
@@ -303,9 +308,7 @@ def bench_one(family, preset, records, args):
                 flex = TransformerEmbedder(dataclasses.replace(loaded, model=copy.deepcopy(loaded.model)), (-1,),
                                            args.device, args.dtype, attention="flex")
                 start = time.perf_counter()
-                for count, length in ((2, 50), (3, 70), (1, 90)):
-                    flex.embed_batch([records[0][1][:length]] * count)
-                flex.embed_batch([records[0][1][:40], records[0][1][:60]])  # with padding
+                _warm_up(flex, records[0][1])
                 _sync(args.device)
                 print(f"flex: {time.perf_counter() - start:.1f} s of warm-up ("
                       f"{'the kernel compilation' if args.device.startswith('cuda') else 'eager on the CPU'}; "

@@ -119,7 +119,6 @@ def bench_baseline(args, corpus: Path, device) -> dict:
 def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
     from protrans_cli.training.config import TrainConfig
     from protrans_cli.training.loop import train
-    from protrans_cli.training.metrics import read_metrics
 
     cfg = TrainConfig(family=args.family, preset=args.preset, corpus=[str(corpus)], output_dir=str(run_dir),
                       num_steps=args.num_steps, max_length=args.max_length,
@@ -130,11 +129,19 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
                       activation_checkpointing=args.activation_checkpointing,
                       token_micro_batches=args.token_micro_batches)
     train(cfg)
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r][args.warmup:]
-    tokens = sum(r["tokens"] for r in rows)
-    seconds = sum(r["tokens"] / r["tokens_per_s"] for r in rows)
-    rate = tokens / seconds if seconds else float("nan")
-    return {"tokens_per_s": rate, "padding": _protrans_padding(args, corpus)}
+    _, _, rate = _logged_rate(run_dir / "metrics.jsonl", args.warmup)
+    return {"tokens_per_s": float("nan") if rate is None else rate, "padding": _protrans_padding(args, corpus, cfg)}
+
+
+def _logged_rate(metrics: Path, warmup: int) -> tuple[int, int, float | None]:
+    """(steps logged, steps past the warm-up, real tokens/s over those: None before any) from
+    a protrans run's metrics.jsonl."""
+    from protrans_cli.training.metrics import read_metrics
+
+    rows = [r for r in read_metrics(metrics) if "tokens_per_s" in r]
+    timed = rows[warmup:]
+    seconds = sum(r["tokens"] / r["tokens_per_s"] for r in timed)
+    return len(rows), len(timed), (sum(r["tokens"] for r in timed) / seconds if seconds else None)
 
 
 def _report_later(args, bases: list, tmp: Path) -> None:
@@ -143,22 +150,17 @@ def _report_later(args, bases: list, tmp: Path) -> None:
     cuts the run (a compilation that takes long) then still leaves numbers in the log."""
     import threading
 
-    from protrans_cli.training.metrics import read_metrics
-
     def report():
         lines = [f"partial report after {args.report_after:.0f} s:"]
         lines += [f"  baseline run {i + 1}: {b['tokens_per_s']:.0f} tokens/s" for i, b in enumerate(bases)]
         for metrics in sorted(tmp.glob("run*/metrics.jsonl")):
             try:
-                rows = [r for r in read_metrics(metrics) if "tokens_per_s" in r]
+                logged, timed, rate = _logged_rate(metrics, args.warmup)
             except Exception as exc:  # noqa: BLE001 - a report, not the benchmark
                 lines.append(f"  {metrics.parent.name}: unreadable ({exc})")
                 continue
-            timed = rows[args.warmup:]
-            seconds = sum(r["tokens"] / r["tokens_per_s"] for r in timed)
-            rate = f"{sum(r['tokens'] for r in timed) / seconds:.0f} tokens/s" if seconds else "no timed step yet"
-            lines.append(f"  protrans {metrics.parent.name}: {len(rows)} steps logged, {len(timed)} past the "
-                         f"warm-up: {rate}")
+            shown = "no timed step yet" if rate is None else f"{rate:.0f} tokens/s"
+            lines.append(f"  protrans {metrics.parent.name}: {logged} steps logged, {timed} past the warm-up: {shown}")
         if len(lines) == 1 + len(bases):
             lines.append("  protrans: no step logged yet")
         print("\n".join(lines), flush=True)
@@ -168,18 +170,16 @@ def _report_later(args, bases: list, tmp: Path) -> None:
     timer.start()
 
 
-def _protrans_padding(args, corpus: Path) -> float:
+def _protrans_padding(args, corpus: Path, cfg) -> float:
     """Share of padding in the micro-batches protrans forms for the same steps."""
     from protrans_cli.models import get_family
     from protrans_cli.training.data import CorpusStream, TokenLayout
 
     family = get_family(args.family)
     layout = TokenLayout.from_tokenizer(family.build_tokenizer(), family.prepare)
-    sizing = ({"micro_batch_tokens": args.micro_batch_size * args.max_length, "pad_multiple": args.pad_multiple,
-               "packed": args.packing} if args.token_micro_batches else {})
     stream = CorpusStream([str(corpus)], layout, max_length=args.max_length,
                           global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
-                          seed=args.seed, **sizing)
+                          seed=args.seed, **cfg.stream_sizing(cfg.resolved_phases()[0]))
     real = padded = 0
     for (_, sb) in zip(range(args.num_steps), stream):
         for mb in sb.micro_batches:
