@@ -26,12 +26,11 @@ from protrans_cli import console
 from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
-from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, dataset_checksum_of, dataset_facts,
-                                escape_key, h5_file, read_array, sequence_checksum, unescape_key)
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_checksum_of,
+                                dataset_facts, escape_key, h5_file, read_array, sequence_checksum, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
-_DIRECT_DTYPES = (np.dtype("<f4"), np.dtype("<f2"))  # read through h5py's low-level calls (ResidueData._read_into)
 
 
 @dataclass
@@ -279,13 +278,13 @@ class ResidueData:
     def _read_into(self, group, item: Matched, out: np.ndarray) -> None:
         """`out[...] = self._read(group, item)` for `out` of shape (item.length, dim), float32,
         C-contiguous, through h5py's low-level calls: an (L, D) float32 dataset is read straight
-        into `out` (no array of its own, no second copy), a float16 one into an array of its own
+        into `out` (no array of its own, no second copy), a float16 or float64 one into an array of its own
         that numpy converts, as before (HDF5's own conversion is exact but was 1.7x slower); anything
         else (several layers, another shape or dtype) through `_read`, as before."""
         import h5py
 
         obj = h5py.h5o.open(group.id, item.key.encode("utf-8"))
-        if (isinstance(obj, h5py.h5d.DatasetID) and obj.shape == out.shape and obj.dtype in _DIRECT_DTYPES
+        if (isinstance(obj, h5py.h5d.DatasetID) and obj.shape == out.shape and obj.dtype in PLAIN_FLOAT_DTYPES
                 and out.flags.c_contiguous and out.dtype == np.float32):
             if out.size:
                 target = out if obj.dtype == out.dtype else np.empty(out.shape, dtype=obj.dtype)

@@ -30,7 +30,7 @@ from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_
 from protrans_cli.heads.labels import read_labels, some_ids
 from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, dataset_attrs, dataset_id, ensure_room, escape_key,
-                                h5_file)
+                                h5_file, stored_length)
 from protrans_cli.threads import torch_threads
 
 
@@ -75,7 +75,7 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
     for key in reader.keys(source):
         attrs, shape = dataset_attrs(group, key)  # (h5py's low-level calls: group[key].attrs cost 3x as much)
         ident = dataset_id(key, attrs)  # embed's `id`, bio_embeddings' `original_id`, else the key
-        length = int(attrs["length"]) if "length" in attrs else (int(shape[-2]) if len(shape) >= 2 else 0)
+        length = stored_length(attrs, shape) or 0
         items.append(Matched(str(ident), key, length, {}))
         if "truncated_from" in attrs:
             truncated.append(f"{ident} ({length} of {int(attrs['truncated_from'])})")

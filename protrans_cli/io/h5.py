@@ -355,7 +355,8 @@ def dataset_attrs(group, key: str):
     return ds.attrs, ds.shape
 
 
-_PLAIN_DTYPES = (np.dtype("<f4"), np.dtype("<f2"), np.dtype("<f8"))
+# float datasets read through h5py's low-level calls (read_array; heads/data.py's _read_into)
+PLAIN_FLOAT_DTYPES = (np.dtype("<f4"), np.dtype("<f2"), np.dtype("<f8"))
 
 
 def read_array(group, key: str, obj=None) -> np.ndarray:
@@ -366,12 +367,20 @@ def read_array(group, key: str, obj=None) -> np.ndarray:
 
     if obj is None:
         obj = h5py.h5o.open(group.id, key.encode("utf-8"))
-    if isinstance(obj, h5py.h5d.DatasetID) and obj.rank >= 1 and obj.dtype in _PLAIN_DTYPES:
+    if isinstance(obj, h5py.h5d.DatasetID) and obj.rank >= 1 and obj.dtype in PLAIN_FLOAT_DTYPES:
         out = np.empty(obj.shape, dtype=obj.dtype)
         if out.size:
             obj.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
         return out
     return group[key][()]
+
+
+def stored_length(attrs, shape) -> int | None:
+    """A dataset's residue count: its `length` attribute, else the rows of an (L, D) or
+    (n_layers, L, D) array, else None (a per-protein vector without the attribute)."""
+    if "length" in attrs:
+        return int(_plain(attrs["length"]))
+    return int(shape[-2]) if len(shape) >= 2 else None
 
 
 def dataset_facts(group, key: str) -> tuple[int | None, int | None, str | None]:
@@ -380,7 +389,7 @@ def dataset_facts(group, key: str) -> tuple[int | None, int | None, str | None]:
     attribute or None; `checksum` as `dataset_checksum` gives it (not read for a truncated
     protein: None). Through h5py's low-level calls (see `read_attr`)."""
     attrs, shape = dataset_attrs(group, key)
-    length = int(_plain(attrs["length"])) if "length" in attrs else int(shape[-2]) if len(shape) >= 2 else None
+    length = stored_length(attrs, shape)
     if "truncated_from" in attrs:
         return length, int(_plain(attrs["truncated_from"])), None
     return length, None, dataset_checksum(key, attrs)
