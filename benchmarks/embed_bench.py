@@ -17,6 +17,8 @@ Strategies, all with the same randomly initialised model (the shapes are what ma
              as a score_mod in one compiled kernel on CUDA), on a copy of the model (the switch
              is in place); its rows are checked against the default attention's on a padded
              batch first, and its compilation is timed apart on warm-up batches as `compiled`'s
+  flex_packed  --attention flex --packing (T5 family): each batch one row, attention kept inside
+             each protein by a block mask of the row's segments; on the same copy as flex
 
 The baselines run with PyTorch's own choice of attention kernel (what a script gets); protrans
 runs with its --sdpa-kernels (default auto: no cuDNN attention on a GPU; see
@@ -300,36 +302,48 @@ def bench_one(family, preset, records, args):
             _warm_up(compiled, records[0][1])
             _sync(args.device)
             print(f"compiled: {time.perf_counter() - start:.1f} s to compile (warm-up, not timed below)", flush=True)
-        flex = None
-        if "flex" in args.strategies:
+        flex = flex_packed = None
+        if "flex" in args.strategies or "flex_packed" in args.strategies:
             if loaded.family.name != "t5":
                 print(f"flex: the {family} family has no FlexAttention path; left out", flush=True)
             else:
-                flex = TransformerEmbedder(dataclasses.replace(loaded, model=copy.deepcopy(loaded.model)), (-1,),
-                                           args.device, args.dtype, attention="flex")
+                # on a copy (flex switches the model in place); flex_packed shares it
+                flex_loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+                flex = TransformerEmbedder(flex_loaded, (-1,), args.device, args.dtype, attention="flex")
+                if "flex_packed" in args.strategies:
+                    flex_packed = TransformerEmbedder(flex_loaded, (-1,), args.device, args.dtype, attention="flex",
+                                                      packed=True)
                 start = time.perf_counter()
                 _warm_up(flex, records[0][1])
                 _sync(args.device)
                 print(f"flex: {time.perf_counter() - start:.1f} s of warm-up ("
                       f"{'the kernel compilation' if args.device.startswith('cuda') else 'eager on the CPU'}; "
                       "not timed below)", flush=True)
-                # Same rows as the default attention on one padded batch of different lengths.
+                if flex_packed is not None:
+                    _warm_up(flex_packed, records[0][1])
+                # Same rows as the default attention on one batch of different lengths.
                 sample = [s for _, s in records[:8]]
-                worst = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
-                            for a, b in zip(flex.embed_batch(sample), protrans_embedder.embed_batch(sample)))
-                limit = 1e-4 if args.dtype == "float32" else 2e-2
-                print(f"flex: rows of {len(sample)} proteins within {worst:.2g} (relative norm) of the "
-                      f"default attention's", flush=True)
-                if worst > limit:
-                    raise SystemExit(f"flex strategy: rows differ from the default attention's "
-                                     f"(relative error {worst:.2g} > {limit:g})")
+                expected = protrans_embedder.embed_batch(sample)
+                for label, chosen in (("flex", flex), ("flex_packed", flex_packed)):
+                    if chosen is None:
+                        continue
+                    worst = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+                                for a, b in zip(chosen.embed_batch(sample), expected))
+                    limit = 1e-4 if args.dtype == "float32" else 2e-2
+                    print(f"{label}: rows of {len(sample)} proteins within {worst:.2g} (relative norm) of the "
+                          f"default attention's", flush=True)
+                    if worst > limit:
+                        raise SystemExit(f"{label} strategy: rows differ from the default attention's "
+                                         f"(relative error {worst:.2g} > {limit:g})")
         for name in args.strategies:
-            if name not in ("protrans", "packed", "compiled", "flex"):
+            chosen = {"protrans": protrans_embedder, "packed": packed, "compiled": compiled, "flex": flex,
+                      "flex_packed": flex_packed}
+            if name not in chosen:
                 strategies.append(name)
                 continue
-            if (name == "packed" and packed is None) or (name == "flex" and flex is None):
+            if chosen[name] is None:  # left out above (a family without that path)
                 continue
-            chosen = {"protrans": protrans_embedder, "packed": packed, "compiled": compiled, "flex": flex}[name]
+            chosen = chosen[name]
             for budget in budgets:
                 label = f"protrans{'' if name == 'protrans' else '-' + name}" + ("" if len(budgets) == 1 else f"@{budget}")
                 runs[label] = (lambda b=budget, e=chosen:
@@ -351,10 +365,10 @@ def bench_one(family, preset, records, args):
                 results[name] = max(results.get(name, 0.0), residues / seconds)
                 mem = (f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
                        if args.device.startswith("cuda") else "")
-                print(f"[{repeat + 1}/{args.repeats}] {name:15s} {seconds:8.1f} s  "
+                print(f"[{repeat + 1}/{args.repeats}] {name:21s} {seconds:8.1f} s  "
                       f"{residues / seconds:10.0f} residues/s{mem}", flush=True)
         for name, rate in results.items():
-            print(f"best {name:15s} {rate:10.0f} residues/s")
+            print(f"best {name:21s} {rate:10.0f} residues/s")
     for base in ("naive", "prottrans", "script"):
         for name in results:
             if base in results and name.startswith("protrans"):
@@ -386,7 +400,8 @@ def main(argv=None):
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--strategies", default="naive,prottrans,protrans",
                    help="comma-separated: naive, prottrans, script, protrans, packed (protrans with --packing), "
-                   "compiled (protrans with --compile), flex (protrans with --attention flex; t5 family)")
+                   "compiled (protrans with --compile), flex (protrans with --attention flex; t5 family), "
+                   "flex_packed (--attention flex --packing; t5 family)")
     p.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),
                    help="protrans's attention-kernel policy (the baselines keep PyTorch's choice)")
     p.add_argument("--repeats", type=int, default=1, help="alternate the strategies N times, keep each one's best")

@@ -7,7 +7,7 @@
 #
 # quick (one device call, step limits adding up to 530 s): the ceilings; the T5 forward pass
 # profiled (the one model under the embed target on 2026-11-29); ProtT5-XL-sized embedding with
-# --attention flex against the ProtTrans strategy; one train benchmark padded and one with
+# --attention flex (padded and packed) against the ProtTrans strategy; one train benchmark padded and one with
 # --token-micro-batches; the GPU tests of packing and flex attention.
 #
 # levers (the second call of a session, step limits 330 s, in order of what it decides):
@@ -75,10 +75,12 @@ trap 'kill $CLOCKS 2>/dev/null' EXIT
 # Where a batch's time goes (phases, attention kernels, fixed vs varying shapes, profiler).
 step profile_t5 90 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --family t5 --preset prot_t5_xl --skip-train \
     --num-batches 20 --profile-out "$OUT/profile_t5_tables.txt"
-# flex first (the figure this step is for), then the ProtTrans strategy it is compared with;
-# each run prints its residues/s as it ends, so a cut step keeps what finished
+# flex first (the figure this step is for), then the ProtTrans strategy it is compared with,
+# then flex over packed rows (protrans's padded default ran 47.6k residues/s on 2026-11-29 and
+# its code has not changed since); each run prints its residues/s as it ends, so a cut step
+# keeps what finished
 step embed_t5_flex 170 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
-    --strategies flex,prottrans,protrans --max-tokens default --per-protein
+    --strategies flex,prottrans,flex_packed --max-tokens default --per-protein
 step profile 140 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
 step embed_t5_pp 100 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein

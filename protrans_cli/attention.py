@@ -31,16 +31,16 @@ SDPA_KERNELS = ("auto", "torch")
 ATTENTIONS = ("sdpa", "flex")
 
 
-def check_attention(attention: str, *, compile: bool, packing) -> None:
+def check_attention(attention: str, *, compile: bool) -> None:
     """A usage error unless `attention` is one of ATTENTIONS and goes with the other settings:
-    flex compiles its own kernel (not yet inside a compiled model) and T5 has no packing."""
+    flex compiles its own kernel (not yet inside a compiled model)."""
     from protrans_cli.errors import UsageError
 
     if attention not in ATTENTIONS:
         raise UsageError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
-    if attention == "flex" and (compile or packing):
-        raise UsageError(f"--attention flex and {'--compile' if compile else '--packing'} cannot be "
-                         "combined: flex compiles its own attention kernel, and T5 has no packing; choose one")
+    if attention == "flex" and compile:
+        raise UsageError("--attention flex and --compile cannot be combined: flex compiles its own attention "
+                         "kernel; choose one")
 
 
 def sdpa_kernels(device, policy: str = "auto"):

@@ -121,7 +121,7 @@ class EmbedOptions:
             raise UsageError(f"--sdpa-kernels must be one of {', '.join(SDPA_KERNELS)}")
         if self.compile and self.packing:
             raise UsageError("--compile and --packing cannot be combined yet: choose one")
-        check_attention(self.attention, compile=self.compile, packing=self.packing)
+        check_attention(self.attention, compile=self.compile)
 
 
 @dataclass
@@ -181,8 +181,12 @@ def packing_by_default(embedder, max_tokens: int, *, compiled: bool = False) -> 
     """Whether `--packing` is on when neither it nor --no-packing is given: on a CUDA GPU whose
     packed attention is one Flash varlen kernel (compute capability 8.0 or later, PyTorch with
     `torch.nn.attention.varlen`), for a family that packs, with batches of at least
-    PACKING_MIN_TOKENS tokens, and not with --compile (not combined yet)."""
+    PACKING_MIN_TOKENS tokens, and not with --compile (not combined yet). Not under
+    `--attention flex` either: T5's packed rows (a FlexAttention block mask, not the varlen
+    kernel) have not been measured on a GPU yet; `--packing` asks for them."""
     if compiled or max_tokens < PACKING_MIN_TOKENS or not str(getattr(embedder, "device", "")).startswith("cuda"):
+        return False
+    if getattr(embedder, "attention", "sdpa") == "flex":
         return False
     if getattr(embedder, "packing_problem", None) is None or embedder.packing_problem() is not None:
         return False

@@ -141,16 +141,16 @@ class TransformerEmbedder:
         # transformers' pad_to_multiple_of=8); on the CPU extra padding is only extra work.
         self.pad_multiple = GPU_PAD_MULTIPLE if str(device).startswith("cuda") else 1
         self.sdpa_kernels = sdpa_kernels  # which attention kernels a GPU may use (attention.py)
-        self.packed = False
-        if packed:
-            self.use_packing()
         # --attention flex: the family switches its attention modules in place (models/t5.py);
         # a family without such a path refuses here, once its model is known.
-        check_attention(attention, compile=compile, packing=packed)
+        check_attention(attention, compile=compile)
         if attention == "flex":
             self.family_impl.use_flex_attention(self.model)
         self.attention = attention
         self._check_attention()
+        self.packed = False
+        if packed:
+            self.use_packing()
         # --compile: each transformer block compiled in place (one compilation serves every block,
         # dynamic shapes: one graph for every batch length; training/recompute.py says why block
         # by block). The float32 retry runs them eagerly and the CPU twin drops them.
@@ -174,27 +174,37 @@ class TransformerEmbedder:
                              "switched) or load the model again")
 
     def packing_problem(self) -> str | None:
-        """Why this model cannot pack its batches (None: it can)."""
+        """Why this model cannot pack its batches (None: it can). Under FlexAttention (T5) a
+        packed row is split by a block mask of its proteins (models/t5.py), whatever the family
+        says of its own attention."""
         from protrans_cli.models.base import residue_layout
 
         fam = self.family_impl
-        problem = fam.packing_problem(self.model.config, training=False)
+        problem = None if self.attention == "flex" else fam.packing_problem(self.model.config, training=False)
         if problem is None and residue_layout(fam, self.tokenizer) is None:
             problem = "its tokenizer does not give one token per residue letter"
         return problem
 
     def use_packing(self) -> None:
-        """--packing: each batch becomes one row without padding (models/packing.py)."""
+        """--packing: each batch becomes one row without padding (models/packing.py; under
+        FlexAttention, models/t5.py's segment block mask)."""
         from protrans_cli.models import packing
         from protrans_cli.models.base import residue_layout
 
         problem = self.packing_problem()
         if problem:
-            raise UsageError(f"--packing: {self.name}: {problem}")
+            hint = " (T5 models pack with --attention flex)" if self.family == "t5" else ""
+            raise UsageError(f"--packing: {self.name}: {problem}{hint}")
         fam = self.family_impl
         # The layout's table holds the family's conventions (case, rare residues): raw letters go in.
         self._packed_layout = residue_layout(fam, self.tokenizer)
-        packing.use_packed_attention(self.model)
+        if self.attention == "flex":
+            from protrans_cli.models.t5 import packed_inputs
+
+            self._flex_packed_inputs = packed_inputs
+        else:
+            packing.use_packed_attention(self.model)
+            self._flex_packed_inputs = None
         self._position_offset = fam.packed_position_offset(self.model.config)
         self.packed = True
 
@@ -223,6 +233,8 @@ class TransformerEmbedder:
         encoded = self._packed_layout.encode_packed(list(sequences), self.tokenizer.pad_token_id,
                                                     self._position_offset) if self.packed else None
         inputs, mask = encoded or self.family_impl.encode(self.tokenizer, list(sequences), self.pad_multiple)
+        if encoded and self._flex_packed_inputs is not None:
+            inputs = self._flex_packed_inputs(inputs)
         lengths = [len(s) for s in sequences] if encoded else mask.sum(dim=1).tolist()
         if encoded and int(mask.sum()) != sum(lengths):
             raise RuntimeFailure(f"the packed {self.family} row holds {int(mask.sum())} residue rows for "
@@ -330,6 +342,7 @@ class TransformerEmbedder:
 
                 drop_flex_attention(twin.model)
                 twin.attention = "sdpa"
+                twin.packed = False  # its rows were packed for the flex block mask: padded ones now
             twin.pad_multiple = 1
             self._cpu_copy = twin
         return self._cpu_copy

@@ -166,18 +166,23 @@ def test_a_copied_model_keeps_flex_on_its_own_modules(tiny_t5):
     np.testing.assert_allclose(a[0, :len(seq)].numpy(), reference(tiny_t5, seq)[0], atol=1e-5, rtol=0)
 
 
-def test_the_cpu_twin_of_a_flex_embedder_runs_the_models_own_attention(tiny_t5, monkeypatch):
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_cpu_twin_of_a_flex_embedder_runs_the_models_own_attention(tiny_t5, monkeypatch, packed):
     """--cpu-fallback's twin drops flex (eager on the CPU: tens of times slower than the model's
-    own attention there) and gives the same rows; the GPU embedder keeps flex. The twin is built
+    own attention there) and gives the same rows; the GPU embedder keeps flex. A packed flex
+    embedder's twin pads its batches (its model has no segment mask any more). The twin is built
     the way `on_cpu` builds it, with the moves between devices left out (no GPU here)."""
     from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.models import load_model
 
-    embedder = _embedder(tiny_t5)
+    embedder = TransformerEmbedder(load_model(str(tiny_t5), device="cpu", dtype="float32"), (-1,), "cpu",
+                                   "float32", attention="flex", packed=packed)
     monkeypatch.setattr(embedder, "device", "cuda:0")
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # every module stays where it is
     twin = TransformerEmbedder.on_cpu(embedder)
     assert twin is not None and twin.attention == "sdpa" and embedder.attention == "flex"
     assert not t5_module.uses_flex_attention(twin.model) and t5_module.uses_flex_attention(embedder.model)
+    assert not twin.packed and embedder.packed == packed
     monkeypatch.setattr(t5_module, "_flex_self_attention", None)  # the twin never calls it
     seq = SEQUENCES["long"]
     np.testing.assert_allclose(twin.embed_batch([seq])[0][0], reference(tiny_t5, seq)[0], atol=1e-5, rtol=0)
@@ -207,7 +212,7 @@ def test_cli_flex_file_equals_the_default_and_records_it(run_cli, tmp_path, tiny
         assert r.attrs["attention"] == "sdpa"
 
 
-def test_flex_is_refused_for_other_families_and_with_compile_or_packing(run_cli, tmp_path, tiny_t5, fasta):
+def test_flex_is_refused_for_other_families_and_with_compile(run_cli, tmp_path, tiny_t5, fasta):
     from protrans_cli.embed import EmbedOptions, embed
     from protrans_cli.errors import UsageError
 
@@ -220,13 +225,99 @@ def test_flex_is_refused_for_other_families_and_with_compile_or_packing(run_cli,
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "bert family" in result.stderr and "--attention flex" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
-    for extra in ("--compile", "--packing"):
-        result = run_cli("embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--attention", "flex", extra)
-        assert result.exit_code == 2 and f"--attention flex and {extra} cannot be combined" in result.stderr
+    result = run_cli("embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--attention", "flex", "--compile")
+    assert result.exit_code == 2 and "--attention flex and --compile cannot be combined" in result.stderr
+    # T5 packs under flex only: without it --packing says how
+    result = run_cli("embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--packing")
+    assert result.exit_code == 2 and "does not support packing" in result.stderr
+    assert "--attention flex" in result.stderr and not out.exists()
     result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5", "--attention", "flex")
     assert result.exit_code == 0 and "--attention flex ignored" in result.stderr
     with pytest.raises(UsageError, match="--attention must be one of"):
         embed(fasta, tmp_path / "y.h5", EmbedOptions(model=str(tiny_t5), attention="Flex", device="cpu"))
+
+
+def _segments(lengths):
+    return torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32), torch.tensor(lengths))
+
+
+@pytest.mark.parametrize("block", [4, 16, 128])
+def test_the_segment_block_mask_is_create_block_masks(block):
+    """The packed row's block mask, built from segment boundaries, is the one create_block_mask
+    finds by evaluating `same segment` over every pair (which a 32000-token row cannot afford):
+    the same blocks, the same full blocks, both directions (the backward pass's q blocks).
+    Eager flex (the CPU) applies the mask function to every pair and never reads the blocks, so
+    this is what checks the blocks the GPU kernel visits."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    rng = np.random.default_rng(block)
+    cases = [[1], [block], [block, block], [3 * block + 1], [1, 1, 1], [block - 1, 2, block + 1, 7]]
+    cases += [list(rng.integers(1, 3 * block, size=rng.integers(1, 9))) for _ in range(40)]
+    for lengths in cases:
+        seg = _segments(lengths)
+        total = int(seg.numel())
+        mine = t5_module.segment_block_mask(seg, block)
+        ref = create_block_mask(lambda b, h, q, k: seg[q] == seg[k], 1, 1, total, total, device="cpu",
+                                BLOCK_SIZE=block)
+        assert torch.equal(mine.to_dense(), ref.to_dense()), lengths
+        for name in ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
+            assert torch.equal(getattr(mine, name), getattr(ref, name)), (name, lengths)
+        for counts, indices in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+            for i, n in enumerate(getattr(mine, counts)[0, 0].tolist()):
+                assert sorted(getattr(mine, indices)[0, 0, i, :n].tolist()) == \
+                    sorted(getattr(ref, indices)[0, 0, i, :n].tolist()), (indices, lengths)
+    # a long row of short proteins: the kernel visits a thin band, not the whole square
+    seg = _segments([300] * 100)
+    assert t5_module.segment_block_mask(seg).sparsity() > 95
+
+
+def test_packed_flex_rows_equal_the_plain_forward_of_each_protein(tiny_t5):
+    """--packing under flex: the five proteins back to back in one row (no padding between them,
+    the bias read at key - query inside each protein) give every protein its own rows and means,
+    two layers."""
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.models import load_model
+
+    embedder = TransformerEmbedder(load_model(str(tiny_t5), device="cpu", dtype="float32"), (-1, -2), "cpu",
+                                   "float32", attention="flex", packed=True)
+    assert embedder.packed and embedder.attention == "flex"
+    seqs = list(SEQUENCES.values())
+    pairs = embedder.embed_arrays(seqs, rows=True, means=True)
+    for seq, (rows, mean) in zip(seqs, pairs):
+        ref = reference(tiny_t5, seq, layers=(-1, -2))
+        assert rows.shape == ref.shape
+        np.testing.assert_allclose(rows, ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(mean, ref.mean(axis=1), atol=1e-5, rtol=0)
+
+
+def test_packed_flex_without_the_segment_mask_is_caught(tiny_t5, monkeypatch):
+    """What makes the packed comparison meaningful: with attention let across proteins (every key
+    of the row visible), the rows move far beyond the tolerance."""
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.models import load_model
+
+    seqs = [SEQUENCES["long"], SEQUENCES["mid"]]
+    monkeypatch.setattr(t5_module, "segment_block_mask", lambda seg, block_size=128: None)
+    embedder = TransformerEmbedder(load_model(str(tiny_t5), device="cpu", dtype="float32"), (-1,), "cpu",
+                                   "float32", attention="flex", packed=True)
+    for seq, got in zip(seqs, embedder.embed_batch(seqs)):
+        assert np.abs(got[0] - reference(tiny_t5, seq)[0]).max() > 1e-2
+
+
+def test_cli_packed_flex_file_equals_the_padded_one(run_cli, tmp_path, tiny_t5, fasta):
+    """`--attention flex --packing` through the CLI: the same arrays as padded flex batches; the
+    file records both settings."""
+    common = ["-m", tiny_t5, "--device", "cpu", "-j", "1", "--max-tokens", "400", "--attention", "flex"]
+    packed, padded = tmp_path / "packed.h5", tmp_path / "padded.h5"
+    result = run_cli("embed", fasta, "-o", packed, "--packing", *common)
+    assert result.exit_code == 0, result.stderr
+    assert run_cli("embed", fasta, "-o", padded, *common).exit_code == 0
+    got, base = _read(packed), _read(padded)
+    assert sorted(got) == sorted(base) == sorted(SEQUENCES)
+    for name in SEQUENCES:
+        np.testing.assert_allclose(got[name], base[name], atol=1e-5, rtol=0)
+    with EmbeddingsReader(packed) as r:
+        assert r.attrs["attention"] == "flex" and bool(r.attrs["packing"])
 
 
 def test_a_model_of_another_layout_is_a_clear_error():
@@ -274,6 +365,22 @@ def test_flex_on_the_gpu_in_bf16_matches_the_fp32_reference(run_cli, tmp_path, f
         ref = reference(model, seq, layers=(-1, -2))
         assert got[name].shape == ref.shape
         assert np.linalg.norm(got[name] - ref) / np.linalg.norm(ref) < 2e-2, name
+
+
+@pytest.mark.gpu
+def test_packed_flex_on_the_gpu_matches_the_fp32_reference(tmp_path):
+    """The compiled kernel over a packed row visits only the blocks of segment_block_mask: rows of
+    proteins longer and shorter than a block, back to back, match the fp32 plain forward pass."""
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.models import load_model
+
+    model = _t5_directory(tmp_path / "t5_dkv16_packed", d_kv=16)
+    embedder = TransformerEmbedder(load_model(str(model), device="cuda", dtype="bfloat16"), (-1,), "cuda",
+                                   "bfloat16", attention="flex", packed=True)
+    seqs = [SEQUENCES["long"] * 2, *SEQUENCES.values(), SEQUENCES["long"]]
+    for seq, got in zip(seqs, embedder.embed_batch(seqs)):
+        ref = reference(model, seq)
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2, seq[:10]
 
 
 def test_an_sdpa_embedder_never_runs_flex_through_a_model_another_embedder_switched(tiny_t5):

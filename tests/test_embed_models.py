@@ -732,13 +732,16 @@ def test_packing_is_on_by_default_only_where_it_was_measured_faster(monkeypatch,
 
     bert = build_embedder(EmbedOptions(model=str(tiny_models["bert"]), device="cpu"))
     t5 = build_embedder(EmbedOptions(model=str(tiny_models["t5"]), device="cpu"))
-    assert not bert.packed and not t5.packed  # on the CPU: padded, as before
+    t5_flex = build_embedder(EmbedOptions(model=str(tiny_models["t5"]), device="cpu", attention="flex"))
+    assert not bert.packed and not t5.packed and not t5_flex.packed  # on the CPU: padded, as before
+    assert t5_flex.packing_problem() is None  # T5 can pack under flex: asked for, not by default
     assert not packing_by_default(bert, 32000)
     capability = {"value": (9, 0)}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
     monkeypatch.setattr(packing, "varlen_available", lambda device: True)
-    bert.device = t5.device = "cuda:0"
+    bert.device = t5.device = t5_flex.device = "cuda:0"
     assert packing_by_default(bert, 32000)
+    assert not packing_by_default(t5_flex, 32000)              # flex's packed rows: not measured yet
     assert not packing_by_default(bert, 16000)                 # 4000 tokens measured slower
     assert not packing_by_default(bert, 32000, compiled=True)  # --compile does not combine yet
     assert not packing_by_default(t5, 32000)                   # relative-position bias: does not pack

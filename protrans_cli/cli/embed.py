@@ -51,9 +51,10 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="Retry on the CPU a protein that alone does not fit in GPU memory.")
 @click.option("--packing/--no-packing", default=None,
               help="BERT/RoBERTa/ALBERT/ELECTRA/ESM: each batch one row without padding, attention kept "
-                   "inside each protein (one fused varlen kernel on a CUDA GPU).  [default: on for these "
-                   "families on a CUDA GPU with the varlen kernel and batches of 32000 tokens or more "
-                   "(measured faster there), off elsewhere]")
+                   "inside each protein (one fused varlen kernel on a CUDA GPU); T5 with --attention flex "
+                   "(a block mask of the row's proteins).  [default: on for the first families on a CUDA GPU "
+                   "with the varlen kernel and batches of 32000 tokens or more (measured faster there), off "
+                   "elsewhere]")
 @click.option("--sdpa-kernels", type=click.Choice(list(SDPA_KERNELS)), default="auto",
               help="GPU attention kernels: auto leaves out cuDNN attention, which builds a plan for every "
                    "new batch shape; torch keeps PyTorch's own choice.")
@@ -64,7 +65,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
 @click.option("--attention", type=click.Choice(list(ATTENTIONS)), default="sdpa",
               help="sdpa: the model's own attention; flex (T5 family: ProtT5, Ankh): FlexAttention, the "
                    "relative-position bias inside one fused kernel on a CUDA GPU (opt-in, GPU speed not "
-                   "measured yet). Not with --compile or --packing.")
+                   "measured yet). Not with --compile.")
 @click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); embed the rest.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT (without it, or --resume, an existing OUTPUT is refused).")
 @click.option("--window", type=int, default=DEFAULT_WINDOW,

@@ -103,21 +103,23 @@ FAMILY = T5Family()
 
 class _FlexState:
     """What one forward pass of the encoder shares between its layers: the key-padding mask
-    given to the model, and the bias table and block mask built from it on the first layer."""
+    given to the model (or a packed row's segments), and the bias table and block mask built
+    from it on the first layer."""
 
     def __init__(self, bias_module):
         self.bias_module = bias_module  # the first block's attention: it holds relative_attention_bias
         self.attention_mask = None  # (B, T) as given to the model (1 or True: a real token)
+        self.segments = None        # (1, T) of a packed row: the protein (segment) of every token
         self.active = False         # inside the encoder's forward
         self.table = None           # (n_heads, 2M + 1) float32: bias of relative position j - i (relative_bias_table)
         self.block_mask = None
 
-    def reset(self, attention_mask) -> None:
-        self.attention_mask, self.active = attention_mask, True
+    def reset(self, attention_mask, segments=None) -> None:
+        self.attention_mask, self.segments, self.active = attention_mask, segments, True
         self.table = self.block_mask = None
 
     def clear(self) -> None:
-        self.attention_mask, self.active = None, False
+        self.attention_mask, self.segments, self.active = None, None, False
         self.table = self.block_mask = None
 
 
@@ -265,9 +267,15 @@ def _attention_output_arity(attention) -> int:
 
 def _flex_stack_forward(self, input_ids=None, attention_mask=None, *args, **kwargs):
     """The encoder stack's own forward, with the (B, T) mask the model was called with kept for
-    the attention layers (None: every position is a token)."""
+    the attention layers (None: every position is a token), or a packed row's segments
+    (`SEGMENTS`, from `packed_inputs`; the model gets no mask then)."""
+    from protrans_cli.errors import ModelError
+
+    segments = kwargs.pop(SEGMENTS, None)
+    if segments is not None and (attention_mask is not None or segments.shape[0] != 1):
+        raise ModelError("--attention flex: a packed row is one row of segments without an attention_mask")
     state = self._protrans_flex
-    state.reset(attention_mask)
+    state.reset(attention_mask, segments)
     try:
         return type(self).forward(self, input_ids, attention_mask, *args, **kwargs)
     finally:
@@ -294,7 +302,12 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
     if state.table is None:  # the first layer of this forward pass: the same for every layer
         state.table = relative_bias_table(state.bias_module, device)  # (H, 2M + 1)
         mask = state.attention_mask
-        if mask is None:
+        if state.segments is not None:
+            if tuple(state.segments.shape) != (batch, length):
+                raise ModelError(f"--attention flex: segments of shape {tuple(state.segments.shape)} for a "
+                                 f"packed row of {batch} x {length} tokens")
+            state.block_mask = segment_block_mask(state.segments[0].to(device))
+        elif mask is None:
             state.block_mask = None
         else:
             if tuple(mask.shape) != (batch, length):
@@ -322,3 +335,55 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
     if position_bias is None:  # handed to the next layers, which ignore it
         position_bias = hidden_states.new_zeros(1, self.n_heads, 1, 1)
     return (out, position_bias) + (None,) * (self._protrans_flex_arity - 2)
+
+
+# --- Packed rows (`protrans embed --attention flex --packing`) ----------------------------
+#
+# T5 has no absolute positions: every token's computation depends on its protein only through
+# attention, and the bias depends on key - query alone, which packing does not change within a
+# protein. A packed row therefore gives every protein exactly its own rows once attention stays
+# within each protein: the mask below (same segment), and a block mask built straight from the
+# segment boundaries, so that the kernel visits only the blocks on the diagonal band of each
+# protein (create_block_mask would evaluate the mask over all T x T pairs of a 32000-token row).
+
+SEGMENTS = "protrans_segments"  # the keyword a packed row's segments travel under (popped by the stack)
+
+
+def packed_inputs(inputs: dict) -> dict:
+    """A packed row as `ResidueLayout.encode_packed` gives it (input ids and cumulative lengths,
+    the padding at the end one more segment) in the form a flex-switched T5 encoder takes: the
+    input ids and every token's segment number, (1, T) int32."""
+    import torch
+
+    cu = inputs["cu_seq_lens_q"].long()
+    segments = torch.repeat_interleave(torch.arange(len(cu) - 1, dtype=torch.int32), cu[1:] - cu[:-1])
+    return {"input_ids": inputs["input_ids"], SEGMENTS: segments[None]}
+
+
+def segment_block_mask(segments, block_size: int = 128):
+    """The flex BlockMask of a packed row whose token t belongs to segment `segments[t]`
+    (non-decreasing, (T,) on the row's device): token q attends to token k iff they share a
+    segment. Built from each block's first and last segment, without a (T, T) mask: blocks i and
+    j hold a pair of one segment iff their segment ranges overlap; such a pair of blocks is full
+    (no mask evaluated in it) when both lie wholly, and completely, inside one segment."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
+
+    seg = segments.to(torch.int32)
+    total = seg.numel()
+    blocks = -(-total // block_size)
+    ends = torch.clamp(torch.arange(1, blocks + 1, device=seg.device) * block_size, max=total)
+    first, last = seg[::block_size], seg[ends - 1]                                # (n,) each
+    touch = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])  # (n, n)
+    inside = (first == last) & (ends - torch.arange(blocks, device=seg.device) * block_size == block_size)
+    full = inside[:, None] & inside[None, :] & (first[:, None] == first[None, :])
+
+    def layout(keep):  # (1, 1, n) counts and (1, 1, n, n) indices, each row's kept blocks first
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True).to(torch.int32)
+        return keep.sum(1, dtype=torch.int32)[None, None], order[None, None]
+
+    def same_segment(b, h, q_idx, kv_idx):
+        return seg[q_idx] == seg[kv_idx]
+
+    return BlockMask.from_kv_blocks(*layout(touch & ~full), *layout(full), BLOCK_SIZE=block_size,
+                                    mask_mod=same_segment, seq_lengths=(total, total))
