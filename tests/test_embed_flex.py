@@ -409,3 +409,27 @@ def test_an_sdpa_embedder_never_runs_flex_through_a_model_another_embedder_switc
     assert plain.attention == "sdpa" and not t5_module.uses_flex_attention(plain.model)
     for a, b in zip(plain.embed_batch(seqs), flex.embed_batch(seqs)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_a_kernel_the_compiler_cannot_build_is_one_line(run_cli, tmp_path, tiny_t5, fasta, monkeypatch):
+    """On a machine whose compiler cannot build flex's kernel (no C or Triton compiler, a
+    compiler bug), torch.compile's own traceback runs to screens of generated code: the CLI says
+    it in one line with what to run instead, exit 1, and leaves no output file. The failure is
+    torch.compile's own (a backend that raises, wrapped by dynamo as it wraps inductor's)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def broken(graph, example_inputs):
+        raise RuntimeError("no working C compiler here\nsecond line of the compiler's output")
+
+    monkeypatch.setattr(t5_module, "flex_attention_function",
+                        lambda device: torch.compile(flex_attention, backend=broken, dynamic=True))
+    out = tmp_path / "c.h5"
+    result = run_cli("embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--attention", "flex")
+    assert result.exit_code == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "torch.compile could not build a kernel (RuntimeError: no working C compiler here)" in last
+    assert "--attention flex" in last and "--debug" in last
+    assert "Traceback" not in result.stderr and "second line" not in result.stderr
+    assert not out.exists()
+    with pytest.raises(Exception, match="no working C compiler"):  # --debug: the compiler's own traceback
+        run_cli("--debug", "embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--attention", "flex")

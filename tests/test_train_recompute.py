@@ -171,3 +171,24 @@ def test_compiled_with_activation_checkpointing(tmp_path):
     both = train(_config(tmp_path / "both", "bert", model_overrides=no_dropout, compile=True,
                          activation_checkpointing=True))
     assert both.losses == pytest.approx(eager.losses, rel=1e-5)
+
+
+def test_cli_compile_failure_is_one_line(tmp_path, run_cli, monkeypatch):
+    """`train --compile` where torch.compile cannot build the blocks' kernels: one line naming
+    the compiler's error and what to run instead, exit 1, no run directory left behind (it
+    failed before its first metrics line)."""
+    real_compile = torch.compile
+
+    def broken(graph, example_inputs):
+        raise RuntimeError("inductor: no C compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: real_compile(fn, **{**kw, "backend": broken}))
+    out = tmp_path / "run"
+    result = run_cli("train", "--family", "bert", "--preset", "tiny", "--corpus", LEARNABLE, "-o", out,
+                     "--num-steps", "2", "--global-batch-size", "4", "--micro-batch-size", "2",
+                     "--max-length", "32", "--compile")
+    assert result.exit_code == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "torch.compile could not build a kernel (RuntimeError: inductor: no C compiler found)" in last
+    assert "without --compile" in last and "Traceback" not in result.stderr
+    assert not out.exists()

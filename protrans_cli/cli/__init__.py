@@ -211,6 +211,10 @@ def _main(console, argv):
         # ImportError "during handling of KeyboardInterrupt"): a stop, not a bug to show.
         # (A noted SIGTERM counts too: the failure is its consequence.)
         signal_exc = _signal_in_chain(exc)
+        compile_failure = _compile_failure(exc) if signal_exc is None and not _TERMINATED else None
+        if compile_failure and not console.state.debug:
+            console.error(compile_failure)
+            sys.exit(1)
         if (signal_exc is None and not _TERMINATED) or console.state.debug:
             raise
         terminated = isinstance(signal_exc, _Terminated) or signal_exc is None
@@ -221,6 +225,30 @@ def _main(console, argv):
         sys.exit(128 + signal.SIGTERM)
     # click returns the exit code of --help/--version (and of ctx.exit) in this mode.
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _compile_failure(exc: BaseException) -> str | None:
+    """One line for a kernel that torch.compile could not build (`--compile`, `embed --attention
+    flex`): the compiler's own exception, whose traceback runs to screens of generated code
+    (a C++ or Triton compile error, a missing compiler), says what to run instead; None for
+    anything else (a bug: its traceback is shown). torch is only looked at if it was imported."""
+    dynamo = sys.modules.get("torch._dynamo.exc")
+    if dynamo is None:
+        return None
+    kinds = tuple(k for k in (getattr(dynamo, "BackendCompilerFailed", None),
+                              getattr(dynamo, "InternalTorchDynamoError", None)) if isinstance(k, type))
+    seen = set()
+    while exc is not None and id(exc) not in seen and kinds:
+        if isinstance(exc, kinds):
+            inner = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
+            first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
+            name = type(inner).__name__
+            detail = first if first.startswith(name) else f"{name}: {first}" if first else name
+            return (f"torch.compile could not build a kernel ({detail}); run again without --compile "
+                    "(embed, train) or --attention flex (embed), or with --debug for the compiler's traceback")
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _signal_in_chain(exc: BaseException) -> KeyboardInterrupt | None:
