@@ -163,6 +163,10 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
                                    sdpa_kernels=options.sdpa_kernels, compile=options.compile,
                                    attention=options.attention)
+    if options.attention == "flex" and not device_name.startswith("cuda"):
+        console.warn(f"--attention flex on {device_name}: FlexAttention runs uncompiled here, every attention score "
+                     "materialised (the same numbers, slower than the default attention); its fused kernel is "
+                     "for CUDA GPUs")
     if options.packing is None and packing_by_default(embedder, options.max_tokens or default_max_tokens(device_name),
                                                       compiled=options.compile):
         embedder.use_packing()

@@ -193,8 +193,8 @@ def test_cli_flex_file_equals_the_default_and_records_it(run_cli, tmp_path, tiny
     same arrays as the default attention and as the reference; the file says which ran."""
     common = ["-m", tiny_t5, "--device", "cpu", "-j", "1", "--max-tokens", "400", "--layer", "-1", "--layer", "-2"]
     flex, sdpa = tmp_path / "flex.h5", tmp_path / "sdpa.h5"
-    result = run_cli("embed", fasta, "-o", flex, "--attention", "flex", *common)
-    assert result.exit_code == 0, result.stderr
+    result_flex = run_cli("embed", fasta, "-o", flex, "--attention", "flex", *common)
+    assert result_flex.exit_code == 0, result_flex.stderr
     result = run_cli("embed", fasta, "-o", sdpa, *common)
     assert result.exit_code == 0, result.stderr
     got, base = _read(flex), _read(sdpa)
@@ -210,6 +210,10 @@ def test_cli_flex_file_equals_the_default_and_records_it(run_cli, tmp_path, tiny
         assert r.attrs["attention"] == "flex"
     with EmbeddingsReader(sdpa) as r:
         assert r.attrs["attention"] == "sdpa"
+    # on the CPU flex is correct but not fast: said once, on stderr
+    warned = [line for line in result_flex.stderr.splitlines() if "FlexAttention runs uncompiled" in line]
+    assert len(warned) == 1 and "--attention flex on cpu" in warned[0]
+    assert "FlexAttention" not in result.stderr
 
 
 def test_flex_is_refused_for_other_families_and_with_compile(run_cli, tmp_path, tiny_t5, fasta):
