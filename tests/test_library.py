@@ -302,3 +302,43 @@ def test_train_and_find_lr_leave_the_callers_random_generators_alone(tmp_path):
     seeded()
     find_lr(TrainConfig(output_dir=str(tmp_path / "b"), **kw), num_steps=3)
     assert draws() == expected
+
+
+def test_logs_get_a_progress_line_every_interval(monkeypatch, run_cli, tmp_path):
+    """stderr that is no terminal (a batch job's log) gets no bar but a plain progress line every
+    PROTRANS_PROGRESS_INTERVAL seconds (60 by default; 0 here: one per update): embed's residues
+    with proteins/s, train's steps with loss, lr and tokens/s. PROTRANS_NO_PROGRESS and -q keep
+    the log to the summary."""
+    import re
+
+    from conftest import DATA
+
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")
+    fasta = tmp_path / "p.fa"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVK\n>b\nMSTNPKPQRKTKRNTNRRPQD\n>c\nMA\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5", "--max-tokens", "24")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("embed: ")]
+    assert lines and re.fullmatch(r"embed: 39/39 res \(100%\) \[.*proteins/s\]", lines[-1]), lines
+    result = run_cli("train", "--family", "bert", "--preset", "tiny", "--corpus", DATA / "train" / "learnable.txt",
+                     "-o", tmp_path / "run", "--num-steps", "3", "--global-batch-size", "4",
+                     "--micro-batch-size", "2", "--max-length", "32", "--log-every", "1")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("train: ") and "step" in line
+             and "%" in line]
+    assert len(lines) == 3, result.stderr
+    assert re.match(r"train: 3/3 step \(100%\) \[.*, loss \d+\.\d{4}, lr \d\.\d\de-\d\d, \d+ tokens/s\]$", lines[-1])
+    monkeypatch.setenv("PROTRANS_NO_PROGRESS", "1")
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o2.h5")
+    assert result.exit_code == 0 and "embed: " not in result.stderr.replace("embedded", "")
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS")
+    result = run_cli("-q", "embed", fasta, "-m", "onehot", "-o", tmp_path / "o3.h5")
+    assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_a_progress_interval_that_is_no_number_is_said_and_the_default_used(monkeypatch):
+    from protrans_cli import console
+
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "1m")
+    assert console._progress_interval() == console.PROGRESS_INTERVAL

@@ -614,11 +614,9 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                     append_metrics(metrics_path, record)
                     # (no loss: every fp16 step of the interval overflowed and was skipped)
                     shown = "-" if record["loss"] is None else f"{record['loss']:.4f}"
-                    if bar is not None:
-                        bar.set_postfix(loss=shown)
-                    elif config.log_every and (step // config.log_every) % 10 == 1:
-                        console.info(f"step {step}/{total_steps} loss {shown} "
-                                     f"lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tokens/s")
+                    # (on a terminal the bar's, in a log the progress line's: console.progress)
+                    bar.set_postfix_str(f"loss {shown}, lr {record['lr']:.2e}, "
+                                        f"{record['tokens_per_s']:.0f} tokens/s", refresh=False)
             # One process stops after the step under way; several after the step whose exchange
             # told them all.
             stop_now = stop_now or (not info.initialised and stop is not None and stop.signum is not None)
