@@ -5,15 +5,15 @@
 #
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
-# quick (one device call, step limits adding up to 530 s): the ceilings; the T5 forward pass
+# quick (one device call, step limits adding up to 520 s): the ceilings; the T5 forward pass
 # profiled (the one model under the embed target on 2026-11-29); ProtT5-XL-sized embedding with
-# --attention flex (padded and packed) against the ProtTrans strategy; one train benchmark padded and one with
-# --token-micro-batches; the GPU tests of packing and flex attention.
+# --attention flex (padded and packed) against the ProtTrans strategy; one train benchmark with
+# four protrans settings against one baseline (as before, --token-micro-batches, with --packing,
+# cuDNN attention over few shapes); the GPU tests of packing and flex attention.
 #
-# levers (the second call of a session, step limits 330 s, in order of what it decides):
-# train with cuDNN attention over few shapes (--sdpa-kernels torch --pad-multiple 64),
-# `train --compile`, and the training part of gpu_profile.py (fixed, new, repeated lengths,
-# token-sized micro-batches). A session has
+# levers (the second call of a session, step limits 300 s, in order of what it decides):
+# `train --compile` (with token micro-batches and packing, then alone) and the training part of
+# gpu_profile.py (fixed, new, repeated lengths, token-sized micro-batches). A session has
 # 15 minutes of device time, machine start included: quick, then levers at once while the machine
 # is warm (it goes back after 30 s idle).
 #
@@ -43,8 +43,8 @@ SCRATCH=/dev/shm
 MODE=${1:-full}
 if [ -z "${STEPS:-}" ]; then
     case $MODE in
-        quick) STEPS="env profile_t5 embed_t5_flex train train_tokens tests_quick" ;;
-        levers) STEPS="train_cudnn64 train_compile train_profile" ;;
+        quick) STEPS="env profile_t5 embed_t5_flex train_variants tests_quick" ;;
+        levers) STEPS="train_compile_variants train_profile" ;;
     esac
 fi
 
@@ -95,27 +95,19 @@ step embed_bert 180 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda
 # what embed spends around the model on this machine (pinned staging, host copies, HDF5 writes)
 step embed_host 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --host-only --strategies prottrans,protrans --max-tokens 4000,default --tmpdir "$SCRATCH"
-# 10 warm-up steps: what a long run's steady state looks like, not its first shapes
-step train 80 $PY benchmarks/train_bench.py --report-after 72 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
-    --json "$OUT/train.json"
-step train_tokens 80 $PY benchmarks/train_bench.py --report-after 72 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
-    --token-micro-batches --json "$OUT/train_tokens.json"
-# cuDNN attention (PyTorch's choice) over few shapes: its plans are built once each, then its
-# kernel (the baseline's, with masks) runs instead of the memory-efficient one
-step train_cudnn64 80 $PY benchmarks/train_bench.py --report-after 72 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
-    --sdpa-kernels torch --pad-multiple 64 --json "$OUT/train_cudnn64.json"
-step train_packed 95 $PY benchmarks/train_bench.py --report-after 87 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
-    --packing --json "$OUT/train_packed.json"
+# 10 warm-up steps: what a long run's steady state looks like, not its first shapes.
+# Several protrans settings against one baseline run, each printed as it ends ("cudnn+pad64": the
+# baseline's cuDNN attention, its plans built once each over few shapes)
+step train_variants 150 $PY benchmarks/train_bench.py --report-after 142 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 \
+    --warmup 10 --variants plain,tokens,tokens+packing,cudnn+pad64 --json "$OUT/train_variants.json"
+# compiled block by block (the first steps wait for it): with the other levers first, then alone
+step train_compile_variants 200 $PY benchmarks/train_bench.py --report-after 192 --gpu --fasta "$FASTA" --repeats 1 \
+    --num-steps 40 --warmup 10 --variants tokens+packing+compile,compile --json "$OUT/train_compile_variants.json"
 step train_recompute 100 $PY benchmarks/train_bench.py --report-after 92 --gpu --fasta "$FASTA" --repeats 1 --activation-checkpointing
-step train_pad64 90 $PY benchmarks/train_bench.py --report-after 82 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 --warmup 10 \
-    --pad-multiple 64
 step tests_quick 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
     tests/test_embed_models.py tests/test_attention.py tests/test_embed_flex.py -k "pack or varlen or cudnn or flex"
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
     tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py tests/test_embed_flex.py
-# compiling a 30-layer model takes most of the first minute: 40 steps after 10 warm-up ones
-step train_compile 150 $PY benchmarks/train_bench.py --report-after 142 --gpu --fasta "$FASTA" --compile --warmup 10 --num-steps 40 \
-    --repeats 1 --json "$OUT/train_compile.json"
 # the training part of gpu_profile.py alone (levers: last, as the least decisive)
 step train_profile 100 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --skip-embed
 
@@ -127,6 +119,6 @@ awk -F', ' 'NR > 1 && $2 ~ /MHz/ {split($2, a, " "); print a[1]}' "$OUT/clocks.c
 awk -F', ' 'NR > 1 {print $NF}' "$OUT/clocks.csv" | sort | uniq -c | sort -rn | head -3
 for log in "$OUT"/*.log; do
     echo "--- $(basename "$log")"
-    grep -E "^(torch|name|NVIDIA|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|passed|failed|rror|^partial|^baseline run" \
+    grep -E "^(torch|name|NVIDIA|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|tokens/s \(best of| run [0-9]+: |passed|failed|rror|^partial|^baseline run" \
         "$log" | tail -n 40
 done

@@ -23,12 +23,16 @@ shared machine varies more than the difference being measured.
     python benchmarks/train_bench.py --gpu
     python benchmarks/train_bench.py --gpu --packing
     python benchmarks/train_bench.py --gpu --token-micro-batches
+    # several protrans settings against one baseline run (each variant: '+'-joined VARIANT_FLAGS)
+    python benchmarks/train_bench.py --gpu --variants plain,tokens,tokens+packing,tokens+packing+compile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -62,6 +66,34 @@ def write_corpus(directory: Path, num_proteins: int, seed: int, fasta: Path = EC
     path = directory / "corpus.txt"
     path.write_text("".join(" ".join(p) + "\n\n" for p in proteins))
     return path, source
+
+
+# --variants: what each word sets on top of the command line's own protrans settings
+VARIANT_FLAGS = {
+    "plain": {},
+    "tokens": {"token_micro_batches": True},
+    "packing": {"packing": True},
+    "compile": {"compile": True},
+    "pad64": {"pad_multiple": 64},
+    "recompute": {"activation_checkpointing": True},
+    "cudnn": {"sdpa_kernels": "torch"},
+}
+
+
+def parse_variants(text: str | None) -> list[tuple[str, dict]]:
+    """'plain,tokens+packing' -> [("plain", {}), ("tokens+packing", {...})]; None: one variant,
+    the command line's own settings."""
+    if not text:
+        return [("protrans", {})]
+    variants = []
+    for name in text.split(","):
+        flags: dict = {}
+        for word in name.split("+"):
+            if word not in VARIANT_FLAGS:
+                raise SystemExit(f"--variants: unknown {word!r} in {name!r} (known: {', '.join(VARIANT_FLAGS)})")
+            flags.update(VARIANT_FLAGS[word])
+        variants.append((name, flags))
+    return variants
 
 
 def flops_per_token(config, num_params_non_embedding: int, length: int) -> float:
@@ -236,6 +268,10 @@ def main(argv=None) -> int:
                         help="protrans train --packing (one row per micro-batch; varlen attention on a GPU)")
     parser.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),
                         help="protrans train --sdpa-kernels (the baseline keeps PyTorch's choice)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated protrans settings timed against the same baseline runs, each a "
+                             f"'+'-joined set of {', '.join(VARIANT_FLAGS)} (e.g. plain,tokens+packing); "
+                             "default: one run with the flags above")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--report-after", type=float, default=None, metavar="SECONDS",
                         help="print what has been measured so far after this many seconds (a run cut by a "
@@ -263,41 +299,63 @@ def main(argv=None) -> int:
     embed_params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     non_embed = sum(p.numel() for p in model.parameters()) - embed_params
 
-    with tempfile.TemporaryDirectory() as tmp:
+    variants = parse_variants(args.variants)
+    # Run directories in memory where there is /dev/shm: each run ends by writing its checkpoint
+    # (a ProtBert-sized one with Adam state: ~6.8 GB) and model, which a VM's disk makes slow;
+    # each is removed once measured.
+    scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         corpus, source = write_corpus(Path(tmp), args.num_proteins, args.seed, args.fasta)
-        # Alternate the two and keep each one's best run: a shared machine's load varies.
-        bases, ours_runs = [], []
+        # Alternate baseline and variants, and keep each one's best run: a shared machine's load varies.
+        bases, runs = [], {name: [] for name, _ in variants}
         if args.report_after:
             _report_later(args, bases, Path(tmp))
         for r in range(args.repeats):
             bases.append(bench_baseline(args, corpus, device))
             print(f"baseline run {r + 1}: {bases[-1]['tokens_per_s']:.0f} tokens/s", flush=True)
-            ours_runs.append(bench_protrans(args, corpus, Path(tmp) / f"run{r}"))
+            for v, (name, flags) in enumerate(variants):
+                run_args = argparse.Namespace(**{**vars(args), **flags})
+                run_dir = Path(tmp) / f"run{r}_{v}"
+                runs[name].append(bench_protrans(run_args, corpus, run_dir))
+                shutil.rmtree(run_dir, ignore_errors=True)
+                if args.variants:  # each as it ends: a step limit that cuts the rest keeps it
+                    rate = runs[name][-1]["tokens_per_s"]
+                    print(f"{name} run {r + 1}: {rate:.0f} tokens/s, {rate / bases[-1]['tokens_per_s']:.2f}x "
+                          "that run's baseline", flush=True)
         base = max(bases, key=lambda x: x["tokens_per_s"])
-        ours = max(ours_runs, key=lambda x: x["tokens_per_s"])
         base["all_tokens_per_s"] = [round(x["tokens_per_s"], 1) for x in bases]
-        ours["all_tokens_per_s"] = [round(x["tokens_per_s"], 1) for x in ours_runs]
+        best = {}
+        for name, done in runs.items():
+            best[name] = max(done, key=lambda x: x["tokens_per_s"])
+            best[name]["all_tokens_per_s"] = [round(x["tokens_per_s"], 1) for x in done]
+    first = variants[0][0]
     result = {"device": torch.cuda.get_device_name() if gpu else f"CPU, {args.threads} thread(s)",
               "model": f"{args.family}/{args.preset}", "non_embedding_params": non_embed,
               "max_length": args.max_length, "global_batch_size": args.global_batch_size,
               "micro_batch_size": args.micro_batch_size, "steps_timed": args.num_steps - args.warmup,
-              "data": source, "baseline": base, "protrans": ours,
-              "speedup": ours["tokens_per_s"] / base["tokens_per_s"]}
+              "data": source, "baseline": base, "protrans": best[first],
+              "speedup": best[first]["tokens_per_s"] / base["tokens_per_s"]}
+    if args.variants:
+        result["variants"] = {name: {**r, "speedup": r["tokens_per_s"] / base["tokens_per_s"]}
+                              for name, r in best.items()}
+    shown = {"baseline": base, **({"protrans": best[first]} if not args.variants else best)}
     if gpu:
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
         fpt = flops_per_token(config, non_embed, args.max_length)
-        for key in ("baseline", "protrans"):
-            result[key]["mfu"] = result[key]["tokens_per_s"] * fpt / (peak * 1e12) if peak else None
+        for r in shown.values():
+            r["mfu"] = r["tokens_per_s"] * fpt / (peak * 1e12) if peak else None
     print(f"{result['model']} ({non_embed / 1e6:.1f}M non-embedding parameters), length {args.max_length}, "
           f"global batch {args.global_batch_size}, micro-batch {args.micro_batch_size}, {result['device']}")
     print(f"data: {source}")
-    for key in ("baseline", "protrans"):
-        r = result[key]
+    width = max(9, *(len(k) for k in shown))
+    for key, r in shown.items():
         mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
-        runs = ", ".join(f"{x:.0f}" for x in r["all_tokens_per_s"])
-        print(f"{key:9s} {r['tokens_per_s']:10.0f} tokens/s (best of {runs}), padding {r['padding']:.1%}{mfu}")
-    print(f"speed-up  {result['speedup']:.2f}x")
+        all_runs = ", ".join(f"{x:.0f}" for x in r["all_tokens_per_s"])
+        ratio = "" if key == "baseline" else f", {r['tokens_per_s'] / base['tokens_per_s']:.2f}x"
+        print(f"{key:{width}s} {r['tokens_per_s']:10.0f} tokens/s (best of {all_runs}), "
+              f"padding {r['padding']:.1%}{mfu}{ratio}")
+    print(f"speed-up  {result['speedup']:.2f}x" + (f" ({first})" if args.variants else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
