@@ -17,6 +17,8 @@ measures, on the same batches:
 
     python benchmarks/gpu_profile.py --fasta proteome.fasta             # ProtBert-sized, cuda
     python benchmarks/gpu_profile.py --device cpu --preset tiny --num-batches 4   # plumbing check
+    # the T5 forward pass through FlexAttention, one packed row per batch (embed --attention flex --packing)
+    python benchmarks/gpu_profile.py --family t5 --preset prot_t5_xl --skip-train --attention flex --packing
 """
 
 from __future__ import annotations
@@ -277,6 +279,10 @@ def main(argv=None) -> int:
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-embed", action="store_true", help="only the training part")
     p.add_argument("--profile-out", type=Path, default=None)
+    p.add_argument("--attention", default="sdpa", choices=("sdpa", "flex"),
+                   help="the embedder's --attention (flex: t5 family; the kernel choices below then concern "
+                        "nothing but the model's other calls)")
+    p.add_argument("--packing", action="store_true", help="the embedder's --packing")
     args = p.parse_args(argv)
 
     import torch
@@ -287,11 +293,11 @@ def main(argv=None) -> int:
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     records = load_proteins(args.fasta, None, 0, None)
     loaded = build_loaded(args.family, args.preset, args.device, dtype)
-    embedder = TransformerEmbedder(loaded, (-1,), args.device, dtype)
+    embedder = TransformerEmbedder(loaded, (-1,), args.device, dtype, attention=args.attention, packed=args.packing)
     if embedder.max_residues:
         records = [r for r in records if len(r[1]) <= embedder.max_residues]
     print(f"{args.family}/{args.preset} on {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), "
-          f"{dtype}; torch {torch.__version__}")
+          f"{dtype}, attention {args.attention}{', packed' if args.packing else ''}; torch {torch.__version__}")
     settings = {name: os.environ.get(name) for name in ("PYTORCH_TUNABLEOP_ENABLED", "PYTORCH_CUDA_ALLOC_CONF",
                                                          "TORCH_CUDNN_SDPA_DEPRIORITIZED", "CUDA_LAUNCH_BLOCKING",
                                                          "OMP_NUM_THREADS")}
