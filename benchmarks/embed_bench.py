@@ -256,10 +256,10 @@ def bench_one(family, preset, records, args):
     embedder.embed_batch([records[0][1][:50]] * 2)  # warm-up (kernels, allocator)
     from protrans_cli.embed import default_max_tokens
 
-    budgets = list(dict.fromkeys(default_max_tokens(args.device) if b == "default" else int(b)
-                                 for b in args.max_tokens))
+    default = default_max_tokens(args.device, protrans_embedder)
+    budgets = list(dict.fromkeys(default if b == "default" else int(b) for b in args.max_tokens))
     print(f"protrans budgets: {', '.join(f'{b} tokens' for b in budgets)} (embed's default here: "
-          f"{default_max_tokens(args.device)}), at most {args.max_batch_size} proteins per batch", flush=True)
+          f"{default}), at most {args.max_batch_size} proteins per batch", flush=True)
     # The token work each batching computes (padding included) per residue: what batching alone
     # can change; the rest of any ratio below is the cost per token.
     special, multiple = embedder.special_tokens, embedder.pad_multiple

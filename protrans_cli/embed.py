@@ -167,7 +167,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
         console.warn(f"--attention flex on {device_name}: FlexAttention runs uncompiled here, every attention score "
                      "materialised (the same numbers, slower than the default attention); its fused kernel is "
                      "for CUDA GPUs")
-    if options.packing is None and packing_by_default(embedder, options.max_tokens or default_max_tokens(device_name),
+    if options.packing is None and packing_by_default(embedder, options.max_tokens or default_max_tokens(device_name,
+                                                                                                      embedder),
                                                       compiled=options.compile):
         embedder.use_packing()
         console.info("packing each batch into one row (the fused varlen attention kernel); --no-packing "
@@ -415,27 +416,38 @@ class _Piece:
     sequence: str
 
 
-def default_max_tokens(device: str) -> int:
+def default_max_tokens(device: str, embedder=None) -> int:
     """The batch budget when --max-tokens is not given.
 
     On a CPU batches gain no parallelism and padded ones cost extra (T5's padded position-bias
     mask above all): 512 tokens, about one average protein, measured best
-    (docs/benchmarks.md#embed). On a GPU, ProtTrans' 4000 residues fits ProtT5-XL in bf16 on a
-    16 GB card; a card with more memory left after the model is loaded gets 4000 more for each
-    further 10 GiB free, up to 32000, so that a large card's matrix units get large products.
-    On an H200 32000 ran 1.6x faster than 4000 for a ProtBert-sized model (the host's kernel
-    launches bound 4000-token batches there) and as fast for a ProtT5-XL-sized one
-    (docs/benchmarks.md#gpu). An out-of-memory batch is still split and retried."""
+    (docs/benchmarks.md#embed). On a GPU, between 4000 (ProtTrans' 4000 residues, which fits
+    ProtT5-XL in bf16 on a 16 GB card) and 32000 tokens: on an H200 32000 ran 1.6x faster than
+    4000 for a ProtBert-sized model (the host's kernel launches bound 4000-token batches there)
+    and as fast for a ProtT5-XL-sized one (docs/benchmarks.md#gpu).
+
+    Within those bounds: for a model whose attention keeps no (L, L) scores (the embedder's
+    `activation_bytes_per_token`: SDPA families, T5 under FlexAttention), a quarter of the free
+    memory over that per-token estimate, which is above what the H200 measured (a
+    ProtBert-sized model: 47 KB estimated, 24-31 KB measured), so that a 16-24 GB card gets the
+    large batches too; for the others (T5's materialised bias and scores: 600-870 KB per token
+    at proteome lengths, growing with them), 4000 more for each 10 GiB free. An out-of-memory
+    batch is still split and retried."""
     if str(device) == "cpu":
         return 512
     free = _free_accelerator_bytes(device)
     if free is None:
         return GPU_MIN_TOKENS
-    steps = int(free // (10 * 2**30))
-    return max(GPU_MIN_TOKENS, min(GPU_MAX_TOKENS, GPU_MIN_TOKENS * steps))
+    per_token = embedder.activation_bytes_per_token() if hasattr(embedder, "activation_bytes_per_token") else None
+    if per_token:
+        budget = int(free * GPU_MEMORY_SHARE // per_token)
+    else:
+        budget = GPU_MIN_TOKENS * int(free // (10 * 2**30))
+    return max(GPU_MIN_TOKENS, min(GPU_MAX_TOKENS, budget))
 
 
 GPU_MIN_TOKENS, GPU_MAX_TOKENS = 4000, 32000
+GPU_MEMORY_SHARE = 0.25  # of the free memory, for a batch's activations (by the per-token estimate)
 
 
 def _free_accelerator_bytes(device: str) -> int | None:
@@ -1013,7 +1025,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         full = unit.proteins[0].sequence
         return _digest64(full) % dist.world_size if scan.may_repeat(full) else None
 
-    max_tokens = options.max_tokens or default_max_tokens(embedder.device)
+    max_tokens = options.max_tokens or default_max_tokens(embedder.device, embedder)
     written: dict[bytes, str] = {}  # repeated sequences only: digest -> the id it is written under
     pending: dict[str, list] = {}   # chunked units waiting for their other windows, by first id
     splits = []

@@ -173,6 +173,28 @@ class TransformerEmbedder:
                              "build the flex one on a copy of the model (copy.deepcopy(loaded.model) before it is "
                              "switched) or load the model again")
 
+    def activation_bytes_per_token(self) -> int | None:
+        """An upper estimate of the device memory one token of a batch takes in the forward pass
+        (embed's GPU batch budget: default_max_tokens), or None for a model whose attention
+        materialises its (L, L) scores (T5 with its own attention, XLNet, Transformer-XL): their
+        memory per token grows with the batch's length. Per token: two of a block's live
+        tensors at a time (the feed-forward's inner width plus six model widths: the residual,
+        q, k, v, attention output, norm), the hidden states kept when layers other than the
+        last are asked for, and the float32 sums or rows of each requested layer."""
+        import torch
+
+        if not (getattr(self.family_impl, "packable", False) or self.attention == "flex"):
+            return None
+        config = self.model.config
+        hidden = self.embedding_dim
+        inner = next((int(v) for v in (getattr(config, name, None) for name in ("intermediate_size", "d_ff"))
+                      if v), 4 * hidden)
+        if getattr(config, "is_gated_act", False):  # gated feed-forward: two inner tensors
+            inner *= 2
+        width = torch.finfo(getattr(torch, self.compute_dtype)).bits // 8
+        kept = self.num_hidden_states if self.layers != (-1,) else 1
+        return 2 * (inner + 6 * hidden) * width + kept * hidden * width + len(self.layers) * hidden * 4
+
     def packing_problem(self) -> str | None:
         """Why this model cannot pack its batches (None: it can). Under FlexAttention (T5) a
         packed row is split by a block mask of its proteins (models/t5.py), whatever the family

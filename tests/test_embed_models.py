@@ -578,6 +578,46 @@ def test_the_gpu_token_budget_grows_with_free_memory():
     assert default_max_tokens("cpu") == 512
 
 
+def test_the_gpu_budget_follows_the_models_memory_per_token(monkeypatch, tiny_models):
+    """A model whose attention keeps no (L, L) scores gets a quarter of the free memory over its
+    per-token estimate (within 4000..32000): a 16 GB card's ~14 GiB free gives a ProtBert-sized
+    model the 32000 tokens an H200 measured fastest, where the rule by free memory alone gave
+    4000. T5 with its own attention (scores materialised, memory growing with the length) keeps
+    that rule; under FlexAttention it has no scores and follows the estimate. The GPU is faked:
+    the budget reads only the free memory."""
+    import protrans_cli.embed as embed_mod
+    from protrans_cli.embed import GPU_MAX_TOKENS, GPU_MIN_TOKENS, EmbedOptions, build_embedder, default_max_tokens
+
+    free = {"bytes": 14 * 2**30}
+    monkeypatch.setattr(embed_mod, "_free_accelerator_bytes", lambda device: free["bytes"])
+    bert = build_embedder(EmbedOptions(model=str(tiny_models["bert"]), device="cpu"))
+    t5 = build_embedder(EmbedOptions(model=str(tiny_models["t5"]), device="cpu"))
+    t5_flex = build_embedder(EmbedOptions(model=str(tiny_models["t5"]), device="cpu", attention="flex"))
+    xlnet = build_embedder(EmbedOptions(model=str(tiny_models["xlnet"]), device="cpu"))
+    for e in (bert, t5, t5_flex, xlnet):
+        e.compute_dtype = "bfloat16"  # as on the GPU
+    assert t5.activation_bytes_per_token() is None and xlnet.activation_bytes_per_token() is None
+    # the tiny BERT (hidden 32, inner 64): 2 x (64 + 6 x 32) x 2 + 32 x 2 + 32 x 4 bytes
+    assert bert.activation_bytes_per_token() == 2 * (64 + 6 * 32) * 2 + 32 * 2 + 32 * 4
+    assert default_max_tokens("cuda", bert) == GPU_MAX_TOKENS
+    assert default_max_tokens("cuda", t5_flex) == GPU_MAX_TOKENS
+    assert default_max_tokens("cuda", t5) == GPU_MIN_TOKENS == default_max_tokens("cuda")  # 14 GiB: 4000
+    # the estimate of a ProtBert-sized model (hidden 1024, inner 4096, bf16): 47 KB per token
+    bert.embedding_dim, bert.model.config.intermediate_size = 1024, 4096
+    assert bert.activation_bytes_per_token() == 47104
+    free["bytes"] = 4 * 2**30  # a small card: 4 GiB x 0.25 / 47104 bytes
+    assert default_max_tokens("cuda", bert) == 22795
+    free["bytes"] = 2**29      # 0.5 GiB: below the floor
+    assert default_max_tokens("cuda", bert) == GPU_MIN_TOKENS
+    # several layers keep every hidden state, and each layer's sums or rows: more per token
+    several = build_embedder(EmbedOptions(model=str(tiny_models["bert"]), device="cpu", layers=(-1, 0)))
+    several.compute_dtype = "bfloat16"
+    states = several.num_hidden_states
+    assert states > 2
+    assert several.activation_bytes_per_token() == 2 * (64 + 6 * 32) * 2 + states * 32 * 2 + 2 * 32 * 4
+    assert default_max_tokens("cpu", bert) == 512
+
+
 def _spy_on_embed_arrays(monkeypatch) -> list[dict]:
     """The list that gets what the pipeline asks each embed_arrays call for (rows, means, dtype)."""
     from protrans_cli.embed import TransformerEmbedder

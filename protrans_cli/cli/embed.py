@@ -40,7 +40,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without "
                    "(V100, T4), float32 on the CPU.")
 @click.option("--max-tokens", type=int, default=None,
-              help="Padded tokens per batch (longest sequence x sequences).  [default: 512 on the CPU; on a GPU 4000, +4000 per 10 GiB free after loading the model, up to 32000]")
+              help="Padded tokens per batch (longest sequence x sequences).  [default: 512 on the CPU; on a GPU 4000 to 32000 by the memory free after loading the model and the model's memory per token]")
 @click.option("--max-batch-size", type=int, default=100, help="Sequences per batch at most.")
 @click.option("--max-length", type=int, default=None, help="Residues; longer proteins follow --long-policy.")
 @click.option("--long-policy", type=click.Choice(list(LONG_POLICIES)), default="error",
