@@ -437,3 +437,41 @@ def test_a_kernel_the_compiler_cannot_build_is_one_line(run_cli, tmp_path, tiny_
     assert not out.exists()
     with pytest.raises(Exception, match="no working C compiler"):  # --debug: the compiler's own traceback
         run_cli("--debug", "embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--attention", "flex")
+
+
+def test_two_threads_on_one_flex_model_each_get_their_own_rows(tiny_t5, monkeypatch):
+    """The mask of the forward pass under way lives with the thread that runs it: two threads
+    embedding different batches with one flex model at the same time (held inside the first
+    layer until both are there, so that the second has reset its pass before the first reads
+    its own) each get the rows they get alone. With one pass for the model, the first thread
+    read the second's mask: a shape error or other proteins' padding."""
+    import threading
+
+    embedder = _embedder(tiny_t5)
+    batches = [[SEQUENCES["long"], SEQUENCES["one"]], [SEQUENCES["mid"], SEQUENCES["rare"], SEQUENCES["lower"]]]
+    alone = [embedder.embed_batch(b) for b in batches]
+    both_inside = threading.Barrier(2, timeout=30)
+    right = t5_module.relative_bias_table
+
+    def meet_then_build(*args):
+        both_inside.wait()
+        return right(*args)
+
+    monkeypatch.setattr(t5_module, "relative_bias_table", meet_then_build)
+    results, errors = [None, None], []
+
+    def run(i):
+        try:
+            results[i] = embedder.embed_batch(batches[i])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors
+    for got, ref in zip(results, alone):
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)

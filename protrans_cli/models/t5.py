@@ -101,26 +101,53 @@ FAMILY = T5Family()
 # score_mod failed to compile in torch 2.13.
 
 
-class _FlexState:
+class _FlexPass:
     """What one forward pass of the encoder shares between its layers: the key-padding mask
     given to the model (or a packed row's segments), and the bias table and block mask built
     from it on the first layer."""
 
-    def __init__(self, bias_module):
-        self.bias_module = bias_module  # the first block's attention: it holds relative_attention_bias
-        self.attention_mask = None  # (B, T) as given to the model (1 or True: a real token)
-        self.segments = None        # (1, T) of a packed row: the protein (segment) of every token
-        self.active = False         # inside the encoder's forward
+    def __init__(self, attention_mask=None, segments=None, active=False):
+        self.attention_mask = attention_mask  # (B, T) as given to the model (1 or True: a real token)
+        self.segments = segments    # (1, T) of a packed row: the protein (segment) of every token
+        self.active = active        # inside the encoder's forward
         self.table = None           # (n_heads, 2M + 1) float32: bias of relative position j - i (relative_bias_table)
         self.block_mask = None
 
+
+class _FlexState:
+    """The flex switch of one model: the module that holds the relative-position bias, and the
+    forward pass under way in each thread (`current`). Per thread, as transformers' own forward
+    passes keep nothing on the model: two threads embedding with one model at the same time
+    each read their own batch's mask, never the other's."""
+
+    def __init__(self, bias_module):
+        import threading
+
+        self.bias_module = bias_module  # the first block's attention: it holds relative_attention_bias
+        self._local = threading.local()
+
+    @property
+    def current(self) -> _FlexPass:
+        return getattr(self._local, "current", None) or _FlexPass()
+
     def reset(self, attention_mask, segments=None) -> None:
-        self.attention_mask, self.segments, self.active = attention_mask, segments, True
-        self.table = self.block_mask = None
+        self._local.current = _FlexPass(attention_mask, segments, active=True)
 
     def clear(self) -> None:
-        self.attention_mask, self.segments, self.active = None, None, False
-        self.table = self.block_mask = None
+        self._local.current = None
+
+    def __deepcopy__(self, memo):
+        """A copy with no forward pass under way (a thread-local cannot be copied), registered in
+        `memo` before its bias module is copied: that module holds this state too, and must get
+        the same copy as every other module of the copied model."""
+        import copy
+        import threading
+
+        new = _FlexState.__new__(_FlexState)
+        memo[id(self)] = new
+        new._local = threading.local()
+        new.bias_module = copy.deepcopy(self.bias_module, memo)
+        return new
 
 
 _COMPILED_FLEX = None
@@ -291,7 +318,8 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
 
     from protrans_cli.errors import ModelError
 
-    state = self._protrans_flex
+    flex = self._protrans_flex
+    state = flex.current  # this thread's forward pass
     if not state.active:
         raise ModelError("--attention flex: the T5 self-attention was called outside the encoder's forward "
                          "(only the encoder stack is switched to FlexAttention)")
@@ -300,7 +328,7 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
     batch, length, _ = hidden_states.shape
     device = hidden_states.device
     if state.table is None:  # the first layer of this forward pass: the same for every layer
-        state.table = relative_bias_table(state.bias_module, device)  # (H, 2M + 1)
+        state.table = relative_bias_table(flex.bias_module, device)  # (H, 2M + 1)
         mask = state.attention_mask
         if state.segments is not None:
             if tuple(state.segments.shape) != (batch, length):
