@@ -542,6 +542,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         log.load(state["log"])
     t_log, paused = time.perf_counter(), 0.0  # paused: seconds of checkpoint saves since the last line
     final_eval = None
+    last_eval = ""  # the progress line's mention of the latest evaluation
 
     phase_start = 0
     for phase_index, phase in enumerate(phases):
@@ -606,6 +607,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                     eval_loss = evaluate(run, phase)
                     if math.isfinite(eval_loss):
                         record["eval_loss"] = eval_loss
+                        last_eval = f", eval loss {eval_loss:.4f} at step {step}"
                         if step == total_steps:
                             final_eval = eval_loss
                 t_log, paused = time.perf_counter(), 0.0
@@ -616,7 +618,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                     shown = "-" if record["loss"] is None else f"{record['loss']:.4f}"
                     # (on a terminal the bar's, in a log the progress line's: console.progress)
                     bar.set_postfix_str(f"loss {shown}, lr {record['lr']:.2e}, "
-                                        f"{record['tokens_per_s']:.0f} tokens/s", refresh=False)
+                                        f"{record['tokens_per_s']:.0f} tokens/s{last_eval}", refresh=False)
             # One process stops after the step under way; several after the step whose exchange
             # told them all.
             stop_now = stop_now or (not info.initialised and stop is not None and stop.signum is not None)
