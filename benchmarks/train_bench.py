@@ -316,8 +316,16 @@ def main(argv=None) -> int:
             for v, (name, flags) in enumerate(variants):
                 run_args = argparse.Namespace(**{**vars(args), **flags})
                 run_dir = Path(tmp) / f"run{r}_{v}"
-                runs[name].append(bench_protrans(run_args, corpus, run_dir))
-                shutil.rmtree(run_dir, ignore_errors=True)
+                try:
+                    runs[name].append(bench_protrans(run_args, corpus, run_dir))
+                except Exception as exc:  # noqa: BLE001 - one setting failing must not cost the others
+                    if not args.variants:
+                        raise
+                    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+                    print(f"{name} run {r + 1}: failed: {type(exc).__name__}: {first[:300]}", flush=True)
+                    continue
+                finally:
+                    shutil.rmtree(run_dir, ignore_errors=True)
                 if args.variants:  # each as it ends: a step limit that cuts the rest keeps it
                     rate = runs[name][-1]["tokens_per_s"]
                     print(f"{name} run {r + 1}: {rate:.0f} tokens/s, {rate / bases[-1]['tokens_per_s']:.2f}x "
@@ -326,9 +334,12 @@ def main(argv=None) -> int:
         base["all_tokens_per_s"] = [round(x["tokens_per_s"], 1) for x in bases]
         best = {}
         for name, done in runs.items():
-            best[name] = max(done, key=lambda x: x["tokens_per_s"])
-            best[name]["all_tokens_per_s"] = [round(x["tokens_per_s"], 1) for x in done]
-    first = variants[0][0]
+            if done:  # (a variant whose every run failed is left out)
+                best[name] = max(done, key=lambda x: x["tokens_per_s"])
+                best[name]["all_tokens_per_s"] = [round(x["tokens_per_s"], 1) for x in done]
+    if not best:
+        raise SystemExit("every protrans run failed")
+    first = next(name for name, _ in variants if name in best)
     result = {"device": torch.cuda.get_device_name() if gpu else f"CPU, {args.threads} thread(s)",
               "model": f"{args.family}/{args.preset}", "non_embedding_params": non_embed,
               "max_length": args.max_length, "global_batch_size": args.global_batch_size,
