@@ -167,6 +167,10 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
         console.warn(f"--attention flex on {device_name}: FlexAttention runs uncompiled here, every attention score "
                      "materialised (the same numbers, slower than the default attention); its fused kernel is "
                      "for CUDA GPUs")
+    elif options.attention == "flex" or options.compile:
+        # (nothing shows for that while: the first batch waits for torch.compile)
+        what = "the FlexAttention kernel" if options.attention == "flex" else "the model's blocks"
+        console.info(f"compiling {what} with torch.compile: the first batches wait for it (seconds to a minute)")
     if options.packing is None and packing_by_default(embedder, options.max_tokens or default_max_tokens(device_name,
                                                                                                       embedder),
                                                       compiled=options.compile):

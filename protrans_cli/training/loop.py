@@ -272,7 +272,8 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                 f"strategy {strategy}, "
                 + {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}.get(precision, "fp32")
                 + (f", attention kernels {config.sdpa_kernels}" if info.device.type == "cuda" else "")
-                + (f", activation checkpointing of {recomputed} blocks" if recomputed else ""))
+                + (f", activation checkpointing of {recomputed} blocks" if recomputed else "")
+                + (", blocks compiled with torch.compile (the first steps wait for it)" if config.compile else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
                 run_dir, autocast, loss_scale=LossScale() if precision == "fp16" else None)
 
