@@ -155,6 +155,9 @@ def test_a_copied_model_keeps_flex_on_its_own_modules(tiny_t5):
     attention = twin.encoder.block[1].layer[0].SelfAttention
     assert attention.forward.__self__ is attention
     assert twin.encoder._protrans_flex.bias_module is twin.encoder.block[0].layer[0].SelfAttention
+    # one state for the copy's stack and every layer (the copy's, not the original's)
+    states = {id(b.layer[0].SelfAttention._protrans_flex) for b in twin.encoder.block}
+    assert states == {id(twin.encoder._protrans_flex)} != {id(embedder.model.encoder._protrans_flex)}
     assert list(twin.state_dict()) == list(embedder.model.state_dict())  # nothing registered
     with torch.no_grad():
         twin.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.mul_(2)

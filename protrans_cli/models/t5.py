@@ -136,18 +136,17 @@ class _FlexState:
     def clear(self) -> None:
         self._local.current = None
 
-    def __deepcopy__(self, memo):
-        """A copy with no forward pass under way (a thread-local cannot be copied), registered in
-        `memo` before its bias module is copied: that module holds this state too, and must get
-        the same copy as every other module of the copied model."""
-        import copy
+    # A copy (copy.deepcopy of the model, pickle) has no forward pass under way: a thread-local
+    # is neither copied nor pickled. (The object is made before its state is copied, so the bias
+    # module, which holds this state too, gets the same copy as every other module.)
+    def __getstate__(self):
+        return {"bias_module": self.bias_module}
+
+    def __setstate__(self, state):
         import threading
 
-        new = _FlexState.__new__(_FlexState)
-        memo[id(self)] = new
-        new._local = threading.local()
-        new.bias_module = copy.deepcopy(self.bias_module, memo)
-        return new
+        self.bias_module = state["bias_module"]
+        self._local = threading.local()
 
 
 _COMPILED_FLEX = None
