@@ -119,8 +119,6 @@ class EmbedOptions:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
         if self.sdpa_kernels not in SDPA_KERNELS:
             raise UsageError(f"--sdpa-kernels must be one of {', '.join(SDPA_KERNELS)}")
-        if self.compile and self.packing:
-            raise UsageError("--compile and --packing cannot be combined yet: choose one")
         check_attention(self.attention, compile=self.compile)
 
 
@@ -190,7 +188,8 @@ def packing_by_default(embedder, max_tokens: int, *, compiled: bool = False) -> 
     """Whether `--packing` is on when neither it nor --no-packing is given: on a CUDA GPU whose
     packed attention is one Flash varlen kernel (compute capability 8.0 or later, PyTorch with
     `torch.nn.attention.varlen`), for a family that packs, with batches of at least
-    PACKING_MIN_TOKENS tokens, and not with --compile (not combined yet). Not under
+    PACKING_MIN_TOKENS tokens, and not with --compile (the two together are not measured on a
+    GPU yet; `--compile --packing` asks for them). Not under
     `--attention flex` either: T5's packed rows (a FlexAttention block mask, not the varlen
     kernel) have not been measured on a GPU yet; `--packing` asks for them."""
     if compiled or max_tokens < PACKING_MIN_TOKENS or not str(getattr(embedder, "device", "")).startswith("cuda"):

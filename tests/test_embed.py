@@ -1152,9 +1152,7 @@ def test_host_staging_hands_out_independent_arrays_in_the_storage_dtype():
     assert staging.buffer.numel() == 77 * 4
 
 
-def test_compile_with_packing_is_a_usage_error_and_onehot_ignores_compile(run_cli, tmp_path):
-    result = run_cli("embed", SMALL, "-m", "prot_bert", "--compile", "--packing", "-o", tmp_path / "x.h5")
-    assert result.exit_code == 2 and "--compile and --packing cannot be combined" in result.stderr
+def test_onehot_ignores_compile(run_cli, tmp_path):
     result = run_cli("embed", SMALL, "-m", "onehot", "--compile", "-o", tmp_path / "o.h5")
     assert result.exit_code == 0 and "--compile ignored" in result.stderr
     with EmbeddingsReader(tmp_path / "o.h5") as r:

@@ -877,17 +877,17 @@ def test_heads_accept_the_same_model_named_another_way(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family_name", ["bert", "t5"])
-def test_compiled_embed_equals_the_plain_forward(run_cli, tmp_path, tiny_models, family_name):
-    """`--compile`: the same rows as plain transformers, through batches of several shapes (one
-    graph with dynamic shapes; the CPU compiles too, slowly: a slow test)."""
+@pytest.mark.parametrize("family_name, packed", [("bert", False), ("t5", False), ("bert", True)])
+def test_compiled_embed_equals_the_plain_forward(run_cli, tmp_path, tiny_models, family_name, packed):
+    """`--compile` (with `--packing` too): the same rows as plain transformers, through batches of
+    several shapes (one graph with dynamic shapes; the CPU compiles too, slowly: a slow test)."""
     from torch._dynamo.utils import counters
 
     family = FAMILIES[family_name]
     out = tmp_path / "c.h5"
     counters.clear()
     result = run_cli("embed", SMALL, "-m", tiny_models[family_name], "-o", out, "--max-tokens", "64",
-                     "--device", "cpu", "-j", "1", "--compile")
+                     "--device", "cpu", "-j", "1", "--compile", *(["--packing"] if packed else []))
     assert result.exit_code == 0, result.stderr
     res = _read(out)
     for rec in read_fasta(SMALL):
@@ -896,7 +896,7 @@ def test_compiled_embed_equals_the_plain_forward(run_cli, tmp_path, tiny_models,
                                    atol=1e-5, rtol=0)
     assert counters["stats"]["unique_graphs"] >= 1  # it did go through torch.compile
     with EmbeddingsReader(out) as r:
-        assert r.attrs["compiled"]  # bool(np.True_)
+        assert r.attrs["compiled"] and bool(r.attrs["packing"]) == packed  # bool(np.True_)
 
 
 def test_compile_compiles_each_block_and_the_cpu_twin_runs_plain_blocks(monkeypatch, tiny_models):

@@ -60,8 +60,8 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
                    "new batch shape; torch keeps PyTorch's own choice.")
 @click.option("--compile", "compile_model", is_flag=True,
               help="torch.compile each transformer block (one compilation serves them all, one graph every "
-                   "batch length): the first batches wait for it (seconds); for long runs on a GPU. Not "
-                   "with --packing.")
+                   "batch length): the first batches wait for it (seconds); for long runs on a GPU. With "
+                   "--packing only when asked for (not measured together on a GPU yet).")
 @click.option("--attention", type=click.Choice(list(ATTENTIONS)), default="sdpa",
               help="sdpa: the model's own attention; flex (T5 family: ProtT5, Ankh): FlexAttention, the "
                    "relative-position bias inside one fused kernel on a CUDA GPU (opt-in, GPU speed not "
