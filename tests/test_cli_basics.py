@@ -141,3 +141,50 @@ def test_click_usage_errors_are_one_line(run_cli, args, message):
     assert r.exit_code == 2
     assert len(r.stderr.splitlines()) == 1, r.stderr
     assert r.stderr.startswith("protrans: error: ") and message in r.stderr, r.stderr
+
+
+def test_env_reports_versions_devices_and_fast_paths(run_cli):
+    """`protrans env`: what a bug report needs, from the libraries themselves (no GPU here: no
+    device, CPU build)."""
+    import json
+
+    import torch
+
+    result = run_cli("env", "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["protrans"] == __version__ and info["packages"]["torch"] == torch.__version__
+    assert info["cuda_devices"] == ([] if not torch.cuda.is_available() else info["cuda_devices"])
+    assert set(info["kernels"]) == {"varlen_attention", "flex_attention", "triton"}  # no compile check asked
+    assert info["kernels"]["flex_attention"] is True  # torch 2.5+
+    text = run_cli("env").stdout
+    assert f"protrans: {__version__}" in text and "not checked (--check-compile" in text
+    if not torch.cuda.is_available():
+        assert "cuda: no device" in text
+
+
+def test_env_check_compile_says_when_the_compiler_fails(run_cli, monkeypatch):
+    """--check-compile builds a small kernel: a compiler that cannot (here a backend that
+    raises, as dynamo wraps inductor's failures) is reported with its first line, exit 0 (a
+    report, not a failure of protrans)."""
+    import torch
+
+    real = torch.compile
+
+    def broken(graph, example_inputs):
+        raise RuntimeError("no working C compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: real(fn, **{**kw, "backend": broken}))
+    result = run_cli("env", "--check-compile")
+    assert result.exit_code == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("torch.compile on cpu"))
+    assert "fails (" in line and "no working C compiler here" in line and "second line" not in line
+
+
+@pytest.mark.slow
+def test_env_check_compile_works_here(run_cli):
+    import json
+
+    result = run_cli("env", "--check-compile", "--json")
+    check = json.loads(result.stdout)["kernels"]["compile_cpu"]
+    assert check["ok"] is True and check["seconds"] >= 0, check

@@ -32,6 +32,7 @@ COMMANDS = {
     "predict": ("protrans_cli.cli.predict", "Apply a trained head to embeddings."),
     "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, PISCES, FLIP, DeepLoc, CSV) to FASTA for embed."),
     "quickstart": ("protrans_cli.cli.quickstart", "Run the whole pipeline on the bundled example data (offline, CPU)."),
+    "env": ("protrans_cli.cli.env", "Versions, devices and which fast paths run here (for bug reports)."),
 }
 
 

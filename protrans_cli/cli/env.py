@@ -1,0 +1,35 @@
+"""`protrans env`: versions, devices and which fast paths run on this machine (for bug reports).
+
+    protrans env
+    protrans env --check-compile      # also build a small kernel with torch.compile
+    protrans env --json | jq .kernels
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command("env")
+@click.option("--check-compile", is_flag=True,
+              help="Build and run a small kernel with torch.compile on each device (a few seconds): whether "
+                   "--compile and, on CUDA, --attention flex can work here.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+def command(check_compile, as_json):
+    """Versions, devices and which fast paths run here (paste it into a bug report).
+
+    \b
+    protrans env
+    protrans env --check-compile --json
+    """
+    from protrans_cli.environment import describe, print_report
+
+    info = describe(check_compile=check_compile)
+    if as_json:
+        json.dump(info, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_report(info)

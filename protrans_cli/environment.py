@@ -1,0 +1,140 @@
+"""What this machine gives protrans: versions, devices, and which fast paths can run here
+(`protrans env`; the first thing to paste into a bug report or a speed question).
+
+    from protrans_cli.environment import describe
+    describe(check_compile=True)["kernels"]
+
+The fast paths are the ones whose absence changes speed without an error: the fused varlen
+kernel that `--packing` uses (otherwise packed rows go through a padded SDPA call),
+FlexAttention (`embed --attention flex`) and Triton (its compiled kernel on CUDA), and whether
+torch.compile can build a kernel at all (`--compile`, and flex on CUDA): a machine without a
+working compiler fails there, which `check_compile` finds out in seconds instead of at the
+first batch of a long job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+import time
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:  # noqa: BLE001 - not installed, or no metadata: shown as absent
+        return None
+
+
+def describe(check_compile: bool = False) -> dict:
+    """The machine as a dict (see `protrans env --json`)."""
+    import torch
+
+    from protrans_cli import __version__
+    from protrans_cli.models import packing
+
+    info = {
+        "protrans": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in ("torch", "transformers", "tokenizers", "safetensors",
+                                                        "huggingface_hub", "h5py", "numpy", "triton")},
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cpu": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "cuda_devices": [],
+        "kernels": {},
+        "hub": {"cache": _hub_cache(), "offline": bool(os.environ.get("HF_HUB_OFFLINE"))},
+    }
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        props = torch.cuda.get_device_properties(i)
+        free, total = torch.cuda.mem_get_info(i)
+        info["cuda_devices"].append({
+            "index": i, "name": props.name, "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(total / 2**30, 1), "free_gib": round(free / 2**30, 1),
+            "bf16": bool(torch.cuda.is_bf16_supported()) if i == torch.cuda.current_device() else None,
+        })
+    cuda = bool(info["cuda_devices"])
+    kernels = info["kernels"]
+    kernels["varlen_attention"] = packing._varlen() is not None  # --packing's fused kernel (CUDA)
+    kernels["flex_attention"] = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    kernels["triton"] = importlib.util.find_spec("triton") is not None  # flex's compiled kernel on CUDA
+    if check_compile:
+        kernels["compile_cpu"] = _compile_check("cpu")
+        if cuda:
+            kernels["compile_cuda"] = _compile_check("cuda")
+    return info
+
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # noqa: BLE001 - an older huggingface_hub: its default place
+        return os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+
+
+def _compile_check(device: str) -> dict:
+    """Whether torch.compile builds and runs a small kernel on `device` (layer norm, GELU and a
+    residual add: what it fuses in a transformer block), with the seconds it took or the
+    compiler's first line of error."""
+    import torch
+
+    def block(x, w):
+        return x + torch.nn.functional.gelu(torch.nn.functional.layer_norm(x, x.shape[-1:]) * w)
+
+    start = time.perf_counter()
+    try:
+        x = torch.randn(16, 64, device=device)
+        w = torch.randn(64, device=device)
+        got = torch.compile(block, dynamic=True)(x, w)
+        ok = torch.allclose(got, block(x, w), atol=1e-4, rtol=1e-4)
+        result = {"ok": bool(ok), "seconds": round(time.perf_counter() - start, 1)}
+        if not ok:
+            result["error"] = "the compiled kernel's numbers differ from eager ones"
+        return result
+    except Exception as exc:  # noqa: BLE001 - what a failing compiler raises varies: reported
+        inner = getattr(exc, "inner_exception", None) or exc
+        first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
+        return {"ok": False, "error": f"{type(inner).__name__}: {first}"[:300]}
+
+
+def format_lines(info: dict) -> list[str]:
+    """`protrans env`'s text: one `key: value` line each."""
+    packages = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
+    missing = [k for k, v in info["packages"].items() if not v]
+    lines = [f"protrans: {info['protrans']}", f"python: {info['python']} ({info['platform']})",
+             f"packages: {packages}" + (f" (not installed: {', '.join(missing)})" if missing else ""),
+             f"torch build: CUDA {info['torch_cuda'] or 'none (CPU build)'}, cuDNN {info['cudnn'] or 'none'}",
+             f"cpu: {info['cpu']['cores']} cores, torch uses {info['cpu']['torch_threads']} threads"]
+    if not info["cuda_devices"]:
+        lines.append("cuda: no device (embed and train run on the CPU in float32)")
+    for d in info["cuda_devices"]:
+        lines.append(f"cuda:{d['index']}: {d['name']}, compute capability {d['capability']}, "
+                     f"{d['memory_gib']} GiB ({d['free_gib']} free)"
+                     + ("" if d["bf16"] is None else f", bfloat16 {'yes' if d['bf16'] else 'no (float16 instead)'}"))
+    k = info["kernels"]
+    yes = {True: "yes", False: "no"}
+    lines.append(f"varlen attention in this PyTorch (--packing's fused kernel on CUDA): {yes[k['varlen_attention']]}")
+    lines.append(f"FlexAttention (embed --attention flex): {yes[k['flex_attention']]}; "
+                 f"Triton (its compiled kernel on CUDA): {yes[k['triton']]}")
+    for key, uses in (("compile_cpu", "--compile"), ("compile_cuda", "--compile, --attention flex")):
+        if key in k:
+            c = k[key]
+            state = f"works ({c['seconds']} s)" if c["ok"] else f"fails ({c['error']})"
+            lines.append(f"torch.compile on {key.split('_')[1]} ({uses}): {state}")
+    if "compile_cpu" not in k:
+        lines.append("torch.compile: not checked (--check-compile builds a small kernel)")
+    lines.append(f"Hugging Face cache: {info['hub']['cache']}" + (" (offline: HF_HUB_OFFLINE)" if info["hub"]["offline"]
+                                                                   else ""))
+    return lines
+
+
+def print_report(info: dict, stream=None) -> None:
+    stream = stream or sys.stdout
+    stream.write("\n".join(format_lines(info)) + "\n")
