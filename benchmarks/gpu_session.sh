@@ -63,6 +63,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 
 step env 50 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
     $PY -c 'import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__)'; \
+    $PY -m protrans_cli env; \
     $PY benchmarks/gpu_peak.py"
 # SM clock, power and throttle reasons once a second through every step (a card held below its
 # clock under sustained load would explain device time far above what the FLOPs need).
@@ -119,6 +120,6 @@ awk -F', ' 'NR > 1 && $2 ~ /MHz/ {split($2, a, " "); print a[1]}' "$OUT/clocks.c
 awk -F', ' 'NR > 1 {print $NF}' "$OUT/clocks.csv" | sort | uniq -c | sort -rn | head -3
 for log in "$OUT"/*.log; do
     echo "--- $(basename "$log")"
-    grep -E "^(torch|name|NVIDIA|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|tokens/s \(best of| run [0-9]+: |passed|failed|rror|^partial|^baseline run" \
+    grep -E "^(torch|name|NVIDIA|cuda:|varlen|FlexAttention|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|tokens/s \(best of| run [0-9]+: |passed|failed|rror|^partial|^baseline run" \
         "$log" | tail -n 40
 done
