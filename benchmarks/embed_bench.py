@@ -236,8 +236,9 @@ def _unless_it_fails(label: str, build):
     try:
         return build()
     except Exception as exc:  # noqa: BLE001 - reported, and the other strategies run
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        print(f"{label}: left out: {type(exc).__name__}: {first[:300]}", flush=True)
+        from protrans_cli.errors import described
+
+        print(f"{label}: left out: {described(exc)[:300]}", flush=True)
         return None
 
 

@@ -321,8 +321,9 @@ def main(argv=None) -> int:
                 except Exception as exc:  # noqa: BLE001 - one setting failing must not cost the others
                     if not args.variants:
                         raise
-                    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-                    print(f"{name} run {r + 1}: failed: {type(exc).__name__}: {first[:300]}", flush=True)
+                    from protrans_cli.errors import described
+
+                    print(f"{name} run {r + 1}: failed: {described(exc)[:300]}", flush=True)
                     continue
                 finally:
                     shutil.rmtree(run_dir, ignore_errors=True)

@@ -99,9 +99,9 @@ def _compile_check(device: str) -> dict:
             result["error"] = "the compiled kernel's numbers differ from eager ones"
         return result
     except Exception as exc:  # noqa: BLE001 - what a failing compiler raises varies: reported
-        inner = getattr(exc, "inner_exception", None) or exc
-        first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
-        return {"ok": False, "error": f"{type(inner).__name__}: {first}"[:300]}
+        from protrans_cli.errors import described
+
+        return {"ok": False, "error": described(getattr(exc, "inner_exception", None) or exc)[:300]}
 
 
 def format_lines(info: dict) -> list[str]:

@@ -61,6 +61,13 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def described(exc: BaseException) -> str:
+    """`Type: first line` of an exception (the first line alone when it already starts with the
+    type's name, as compiler errors wrapped by torch.compile do)."""
+    first, name = first_line(exc), type(exc).__name__
+    return first if first.startswith(name) else f"{name}: {first}"
+
+
 @contextlib.contextmanager
 def located(path):
     """An error raised inside that does not say which file it is about names `path` (the task

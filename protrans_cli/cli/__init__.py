@@ -241,11 +241,10 @@ def _compile_failure(exc: BaseException) -> str | None:
     seen = set()
     while exc is not None and id(exc) not in seen and kinds:
         if isinstance(exc, kinds):
+            from protrans_cli.errors import described
+
             inner = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
-            first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
-            name = type(inner).__name__
-            detail = first if first.startswith(name) else f"{name}: {first}" if first else name
-            return (f"torch.compile could not build a kernel ({detail}); run again without --compile "
+            return (f"torch.compile could not build a kernel ({described(inner)}); run again without --compile "
                     "(embed, train) or --attention flex (embed), or with --debug for the compiler's traceback")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
