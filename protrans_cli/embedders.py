@@ -220,13 +220,8 @@ class TransformerEmbedder:
         fam = self.family_impl
         # The layout's table holds the family's conventions (case, rare residues): raw letters go in.
         self._packed_layout = residue_layout(fam, self.tokenizer)
-        if self.attention == "flex":
-            from protrans_cli.models.t5 import packed_inputs
-
-            self._flex_packed_inputs = packed_inputs
-        else:
+        if self.attention != "flex":  # (flex: a block mask of the row's proteins, from embed_arrays' inputs)
             packing.use_packed_attention(self.model)
-            self._flex_packed_inputs = None
         self._position_offset = fam.packed_position_offset(self.model.config)
         self.packed = True
 
@@ -255,8 +250,10 @@ class TransformerEmbedder:
         encoded = self._packed_layout.encode_packed(list(sequences), self.tokenizer.pad_token_id,
                                                     self._position_offset) if self.packed else None
         inputs, mask = encoded or self.family_impl.encode(self.tokenizer, list(sequences), self.pad_multiple)
-        if encoded and self._flex_packed_inputs is not None:
-            inputs = self._flex_packed_inputs(inputs)
+        if encoded and self.attention == "flex":  # the row's proteins as segments (models/t5.py)
+            from protrans_cli.models.t5 import packed_inputs
+
+            inputs = packed_inputs(inputs)
         lengths = [len(s) for s in sequences] if encoded else mask.sum(dim=1).tolist()
         if encoded and int(mask.sum()) != sum(lengths):
             raise RuntimeFailure(f"the packed {self.family} row holds {int(mask.sum())} residue rows for "

@@ -317,8 +317,8 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
 
     from protrans_cli.errors import ModelError
 
-    flex = self._protrans_flex
-    state = flex.current  # this thread's forward pass
+    switch = self._protrans_flex
+    state = switch.current  # this thread's forward pass
     if not state.active:
         raise ModelError("--attention flex: the T5 self-attention was called outside the encoder's forward "
                          "(only the encoder stack is switched to FlexAttention)")
@@ -327,7 +327,7 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
     batch, length, _ = hidden_states.shape
     device = hidden_states.device
     if state.table is None:  # the first layer of this forward pass: the same for every layer
-        state.table = relative_bias_table(flex.bias_module, device)  # (H, 2M + 1)
+        state.table = relative_bias_table(switch.bias_module, device)  # (H, 2M + 1)
         mask = state.attention_mask
         if state.segments is not None:
             if tuple(state.segments.shape) != (batch, length):
