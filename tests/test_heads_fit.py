@@ -1456,3 +1456,99 @@ def test_fit_state_is_not_written_through_a_planted_link(tmp_path):
     fit(FitConfig(task="protein", max_epochs=2, threads=1, n_bootstrap=10), emb, labels, tmp_path / "head")
     assert victim.read_bytes() == b"precious\n"
     assert (tmp_path / "head" / "weights.safetensors").is_file() and not (tmp_path / "head.partial").exists()
+
+
+def _flip_file(ss_data, path, states: int, splits, first_label: str | None = None):
+    """ss_data's train proteins as a FLIP/biotrainer FASTA of 3- or 8-state labels, record i in
+    splits[i % len(splits)]; `first_label` replaces the first record's labels."""
+    lines = (ss_data / "train.fa").read_text().splitlines()
+    with open(path, "w") as fh:
+        for i, (header, seq) in enumerate(zip(lines[::2], lines[1::2])):
+            ss8 = "".join(RULE8.get(c, "C") for c in seq)
+            label = ss8 if states == 8 else ss8_to_ss3(ss8)
+            if i == 0 and first_label is not None:
+                label = first_label[:len(seq)].ljust(len(seq), "C")
+            fh.write(f"{header} {splits[i % len(splits)]}\n{label}\n")
+    return path
+
+
+def test_ss8_from_a_flip_file_with_a_protein_of_helix_and_coil_only(run_cli, ss_data, tmp_path):
+    # 8-state labels per FLIP record: a protein of H and C alone (CB513 has three, PISCES 97) was
+    # refused as "3-state labels only", so no real 8-state FLIP file could be trained on.
+    flip = _flip_file(ss_data, tmp_path / "flip8.fasta", 8, ["SET=train VALIDATION=False"], first_label="CHHHHHHC")
+    r = run_cli("fit", "ss8", "--embeddings", ss_data / "train.h5", "--labels", flip, "--max-epochs", "1",
+                *FAST, "-o", tmp_path / "h8")
+    assert r.exit_code == 0, r.stderr
+    three = _flip_file(ss_data, tmp_path / "flip3.fasta", 3, ["SET=train VALIDATION=False"])
+    r = run_cli("fit", "ss8", "--embeddings", ss_data / "train.h5", "--labels", three, "-o", tmp_path / "h3", *FAST)
+    assert r.exit_code == 1 and "flip3.fasta: holds 3-state labels only (H, E, C); ss8 needs 8-state" in r.stderr
+
+
+def test_flip_mask_training_with_a_test_set_in_another_format(run_cli, ss_data, tmp_path):
+    # ProtTrans' setting: train on FLIP's masked split, test on CB513 (NetSurfP CSV). The mask
+    # was applied to every label file: "a mask file is only read with FLIP-style labels" (exit 2).
+    flip = _flip_file(ss_data, tmp_path / "flip.fasta", 3, ["SET=train VALIDATION=False"] * 4
+                      + ["SET=train VALIDATION=True"])
+    records = flip.read_text().splitlines()
+    mask = tmp_path / "mask.fasta"
+    mask.write_text("".join(f"{h.split()[0]}\n{'0' + '1' * (len(lab) - 1)}\n"
+                            for h, lab in zip(records[::2], records[1::2])))
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", flip, "--mask", mask,
+                "--test", ss_data / "test.h5", ss_data / "test.csv", "--max-epochs", "1", *FAST, "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    masked_valid = sum(len(lab) - 1 for h, lab in zip(records[::2], records[1::2]) if "VALIDATION=True" in h)
+    assert metrics["valid"]["ss3"]["n"] == masked_valid  # the mask applies to the FLIP file
+    test_residues = sum(len(s) for s in (ss_data / "test.fa").read_text().splitlines()[1::2])
+    assert metrics["test"]["ss3"]["n"] == test_residues  # and not to the CSV
+    # a FLIP test file the mask covers in part is an error naming both files
+    part = tmp_path / "part.fasta"
+    part.write_text("\n".join(records[:4] + [">other SET=test VALIDATION=False", "CCHH"]) + "\n")
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", flip, "--mask", mask,
+                "--test", ss_data / "train.h5", part, "--max-epochs", "1", *FAST, "-o", tmp_path / "h2")
+    assert r.exit_code == 1 and "mask.fasta: no mask for 1 of the ids of part.fasta: other" in r.stderr
+
+
+def test_split_names_are_read_or_refused_never_dropped(run_cli, loc_data, tmp_path):
+    rows = [line[1:].split()[:2] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
+    table = tmp_path / "sets.csv"
+    names = ["train", "training", "train", "validation", "test"]
+    table.write_text("id,label,set\n" + "".join(f"{i},{lab.split('-')[0]},{names[k % 5]}\n"
+                                                for k, (i, lab) in enumerate(rows)))
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "--max-epochs", "2",
+                "-j", "1", "--bootstrap", "10", "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    assert metrics["valid"]["label"]["n"] == 30 and metrics["test"]["label"]["n"] == 30
+    assert "have no label" not in r.stderr  # all 150 in use: 90 train, 30 validation, 30 test
+    table.write_text(table.read_text().replace("validation", "holdout"))
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "-o", tmp_path / "h2")
+    assert r.exit_code == 1 and "sets.csv:5: unknown set 'holdout': train, valid or test" in r.stderr
+    # a file's validation records beside an explicit --valid: said to be left out, not "no label"
+    table.write_text(table.read_text().replace("holdout", "valid"))
+    own = tmp_path / "own_valid.csv"
+    own.write_text("".join(f"{i},{lab.split('-')[0]}\n" for i, lab in rows[:30]))
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "--valid",
+                loc_data / "train.h5", own, "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "-o", tmp_path / "h3")
+    assert r.exit_code == 0, r.stderr
+    assert "its validation records are left out of training" in r.stderr and "have no label" not in r.stderr
+
+
+def test_a_table_label_with_an_unquoted_comma_is_refused(run_cli, loc_data, tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("train0,membrane\ntrain1,membrane, peripheral\n")
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "-o", tmp_path / "h")
+    assert r.exit_code == 1 and "t.csv:2: has 3 fields, more than 'id,label' (no header) 2" in r.stderr
+    table.write_text('id,label,set\ntrain0,membrane,train\ntrain1,"membrane, peripheral",train\n'
+                     "train2,membrane, integral,train\n")
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "-o", tmp_path / "h")
+    assert r.exit_code == 1 and "t.csv:4: has 4 fields, more than the header's 3" in r.stderr
+
+
+def test_predict_probabilities_without_an_output_is_refused(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    # with --labels alone nothing was predicted: --probabilities wrote nothing and exited 0
+    for option in (["--probabilities", tmp_path / "p.h5"], ["--head-output", "ss3"]):
+        r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv",
+                    *option)
+        assert r.exit_code == 2 and f"{option[0]} goes with the predictions: add -o FILE" in r.stderr
+    assert not (tmp_path / "p.h5").exists()

@@ -163,8 +163,13 @@ def test_residue_targets_mask_and_derivation():
 def test_flip_three_state_labels_refused_for_ss8_and_bad_letters():
     ls = read_labels(HEADS / "flip_with_sets.fasta")
     assert get_task("ss3").residue_targets(ls.records[0])["ss3"].tolist() == [2, 2, 0, 0, 1]
-    with pytest.raises(InputError, match="3-state labels only"):
-        get_task("ss8").residue_targets(ls.records[0])
+    with pytest.raises(InputError, match="flip_with_sets.fasta: holds 3-state labels only"):
+        get_task("ss8").check_label_states(ls.records, ls.path)
+    # An 8-state file where one protein is helix and coil only (CB513 has three): the file's
+    # other letters say 8 states, and that protein's H and C are 8-state classes too.
+    ls.records[1].labels["label"] = "C" * (len(ls.records[1].labels["label"]) - 1) + "G"
+    get_task("ss8").check_label_states(ls.records, ls.path)
+    assert get_task("ss8").residue_targets(ls.records[0])["ss8"].tolist() == [7, 7, 0, 0, 3]
     ls.records[0].labels["label"] = "CCQHE"
     with pytest.raises(InputError, match="record 'p1'.*'Q' are not ss3 classes"):
         get_task("ss3").residue_targets(ls.records[0])

@@ -64,6 +64,10 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         raise UsageError("--model goes with --fasta (--embeddings were already made by a model)")
     if output is None and labels is None:
         output = "-"  # text output goes to stdout when -o is absent, as in every command
+    if output is None and (probabilities is not None or head_output is not None):
+        # with --labels alone nothing is predicted to a file: these were silently ignored
+        given = "--probabilities" if probabilities is not None else "--head-output"
+        raise UsageError(f"{given} goes with the predictions: add -o FILE (or -o - for stdout) next to --labels")
     if probabilities == "-":
         # `-` means stdout in every command, but HDF5 cannot be streamed: this wrote a file named
         # `-` in the current directory. Refused as `embed -o -` is.

@@ -104,6 +104,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     keys = set(reader.keys(source))
     other_ids = reader.foreign_ids(source)  # bio_embeddings' md5 keys: the id is in `original_id`
     by_checksum: dict[str, str] | None = None
+    if task.kind == PER_RESIDUE:
+        task.check_label_states(label_set.records, label_set.path)
     report = MatchReport()
     matched: list[Matched] = []
     for record in label_set.records:
@@ -166,12 +168,15 @@ def warn_unfinished(embeddings) -> None:
                      f"finish it with the same embed command and --resume")
 
 
-def report_unlabelled(embeddings, labels, reports: list[MatchReport], what: str) -> None:
+def report_unlabelled(embeddings, labels, reports: list[MatchReport], what: str, *,
+                      set_aside: set[str] = frozenset()) -> None:
     """Say how many proteins of `embeddings` none of `reports` (the label sets read from it)
-    matched: not an error (a file embedded once for several tasks), but never silent."""
+    matched: not an error (a file embedded once for several tasks), but never silent.
+    `set_aside`: keys of labelled proteins left out on purpose (a split no step reads), said so
+    where they are left out, not counted here as without a label."""
     if not reports:
         return
-    left = set.intersection(*(r.unlabelled for r in reports))
+    left = set.intersection(*(r.unlabelled for r in reports)) - set(set_aside)
     if left:
         names = {k: v for r in reports for k, v in r.key_ids.items()}  # md5 keys: their original ids
         ids = sorted(names.get(k) or unescape_key(k) for k in left)

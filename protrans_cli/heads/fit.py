@@ -40,7 +40,7 @@ from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report,
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
 from protrans_cli.io.files import (create_fresh, default_permissions, is_inside, make_temporary, replace_directory,
                                    same_file, signals_held)
-from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader
+from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
 from protrans_cli.threads import torch_threads
 
 
@@ -181,6 +181,9 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     eval_sets: list[tuple[str, object, str, str]] = []  # (name, data, embeddings, labels)
     same_file_reports = [report]  # the label sets read from the training embeddings
     if valid is not None:
+        if VALID in declared:
+            console.info(f"{labels}: its validation records are left out of training (--valid gives the "
+                         "validation set)")
         valid_data, _, valid_report = _load_eval(config, task, *valid, VALID)
         if same_file(valid[0], embeddings):
             same_file_reports.append(valid_report)
@@ -188,7 +191,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     elif VALID in declared:
         valid_data, valid_report = _load(config, embeddings, _only(train_labels, {VALID}), task)
         same_file_reports.append(valid_report)
-        valid_desc = f"{labels} (VALIDATION=True)"
+        valid_desc = f"{labels} (its validation records)"
     else:
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(train.items))
@@ -210,7 +213,10 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
         if same_file(emb, embeddings):
             same_file_reports.append(test_report)
         eval_sets.append((_unique_name(name, [s[0] for s in eval_sets]), data, str(emb), str(lab)))
-    report_unlabelled(embeddings, labels, same_file_reports, "not used")
+    # (records of the label file in a split no step reads have a label: not reported as without one)
+    unused = ({VALID} if valid is not None else set()) | ({TEST} if tests else set())
+    set_aside = {escape_key(r.id) for r in train_labels.records if r.split in unused}
+    report_unlabelled(embeddings, labels, same_file_reports, "not used", set_aside=set_aside)
     from protrans_cli.embed import same_model  # a directory named two ways, a short name and its hub id
 
     for name, data, emb, _ in eval_sets:
@@ -485,8 +491,12 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def _read(config: FitConfig, path) -> LabelSet:
-    return read_labels(path, config.label_format, mask_path=config.mask_path, mask_columns=config.mask_columns)
+def _read(config: FitConfig, path, *, evaluation: bool = False) -> LabelSet:
+    """A label file as the fit's settings say. An evaluation set (--valid, --test) may be in another
+    format than the training labels (train on FLIP's masked split, test on CB513's NetSurfP CSV):
+    the FLIP --mask applies to it where it is FLIP-style and the mask holds its ids."""
+    return read_labels(path, config.label_format, mask_path=config.mask_path, mask_columns=config.mask_columns,
+                       mask_optional=evaluation)
 
 
 def _outputs_with_labels(task: Task, train: ProteinData, labels) -> Task:
@@ -513,7 +523,9 @@ def _only(label_set: LabelSet, splits: set) -> LabelSet:
 
 def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
     """Data of an evaluation set; a label file that assigns splits contributes only `split`'s records."""
-    label_set = _read(config, labels)
+    label_set = _read(config, labels, evaluation=True)
+    for note in label_set.notes:
+        console.info(f"{label_set.path}: {note}")
     if any(r.split == split for r in label_set.records) and any(r.split != split for r in label_set.records):
         label_set = _only(label_set, {split})
     data, report = _load(config, embeddings, label_set, task)

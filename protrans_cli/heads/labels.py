@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,22 @@ FORMATS = ("auto", "netsurfp", "pisces", "flip", "flip_csv", "deeploc", "table")
 
 # Splits a record may declare for itself (FLIP's SET=/VALIDATION=, a table's set column).
 TRAIN, VALID, TEST = "train", "valid", "test"
+# How files name their splits (biotrainer writes SET=val, spreadsheets "validation"): any other
+# name is an error, not a split that no step reads (its records were silently left out).
+SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "valid": VALID, "validation": VALID, "val": VALID,
+               "dev": VALID, "test": TEST}
+
+
+def split_name(value: str, *, path: str, line: int | None = None, record: str | None = None) -> str | None:
+    """A file's name for a split -> train, valid or test (None for an empty one)."""
+    key = value.strip().lower()
+    if not key:
+        return None
+    if key not in SPLIT_NAMES:
+        raise InputError(f"unknown set {value.strip()!r}: train, valid or test (also read: "
+                         f"{', '.join(k for k in SPLIT_NAMES if k not in (TRAIN, VALID, TEST))})",
+                         path=path, line=line, record=record)
+    return SPLIT_NAMES[key]
 
 _DEEPLOC_LABEL = re.compile(r"^\S+-[MSU]$")
 
@@ -76,9 +93,12 @@ class LabelSet:
         return name or "labels"
 
 
-def read_labels(path, fmt: str = "auto", *, mask_path=None,
-                mask_columns: tuple[str, ...] = ("disorder",)) -> LabelSet:
-    """Read any supported label file; `mask_path` is a FLIP mask FASTA, `mask_columns` NetSurfP's."""
+def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[str, ...] = ("disorder",),
+                mask_optional: bool = False) -> LabelSet:
+    """Read any supported label file; `mask_path` is a FLIP mask FASTA, `mask_columns` NetSurfP's.
+    `mask_optional` (an evaluation set beside FLIP-style training labels): the mask applies where
+    the file is FLIP-style and the mask holds its ids; a file in another format, or whose ids the
+    mask holds none of, is read without it (one the mask holds some of is an error)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown label format {fmt!r} (choose from {', '.join(FORMATS)})")
     name = display_name(path)
@@ -108,9 +128,10 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None,
     except csv.Error as exc:  # e.g. a NUL byte, an unterminated quote
         raise InputError(f"not a readable {fmt} file: {exc}", path=name) from None
     if mask_path is not None:
-        if fmt != "flip":
-            raise UsageError(f"a mask file is only read with FLIP-style labels, not {fmt}")
-        _apply_flip_mask(label_set, mask_path)
+        if fmt != "flip" and not mask_optional:
+            raise UsageError(f"{name}: a mask file is only read with FLIP-style labels, not {fmt}")
+        if fmt == "flip":
+            _apply_flip_mask(label_set, mask_path, optional=mask_optional)
     if not label_set.records:
         raise InputError("holds no labelled records", path=name)
     _refuse_duplicate_ids(label_set)
@@ -239,7 +260,7 @@ def _read_flip_csv(text: str, name: str) -> LabelSet:
     seen: dict[str, int] = {}
     for lineno, row in rows:
         seq = row[seq_col].strip().upper()
-        split = row[set_col].strip().lower() if set_col is not None and row[set_col].strip() else None
+        split = split_name(row[set_col], path=name, line=lineno) if set_col is not None else None
         if split == TRAIN and valid_col is not None and row[valid_col].strip().lower() == "true":
             split = VALID
         records.append(LabelRecord(_sequence_id(seq, seen), seq, {"label": row[target_col].strip()}, None, split,
@@ -298,7 +319,7 @@ def _read_flip(text: str, name: str) -> LabelSet:
         attrs = _attrs(rec.description)
         split = None
         if "SET" in attrs:
-            split = attrs["SET"].lower()
+            split = split_name(attrs["SET"], path=name, line=rec.line, record=rec.id)
             if split == TRAIN and attrs.get("VALIDATION", "False").lower() == "true":
                 split = VALID
         if not rec.sequence:
@@ -307,13 +328,18 @@ def _read_flip(text: str, name: str) -> LabelSet:
     return LabelSet(name, "flip", records)
 
 
-def _apply_flip_mask(label_set: LabelSet, mask_path) -> None:
+def _apply_flip_mask(label_set: LabelSet, mask_path, *, optional: bool = False) -> None:
     name = display_name(mask_path)
     with open_input(mask_path) as stream:
         masks = {rec.id: rec for rec in parse_fasta(stream, name)}
     missing = [r.id for r in label_set.records if r.id not in masks]
+    if optional and len(missing) == len(label_set.records):
+        label_set.notes.append(f"read without the mask {name}, which holds none of its ids")
+        return
     if missing:
-        raise InputError(f"no mask for {len(missing)} labelled ids: {some_ids(missing)}", path=name)
+        raise InputError(f"no mask for {len(missing)} of the ids of {os.path.basename(label_set.path)}: "
+                         f"{some_ids(missing)}",
+                         path=name)
     for record in label_set.records:
         raw = masks[record.id].sequence
         if set(raw) - {"0", "1"}:
@@ -355,6 +381,7 @@ def _read_table(text: str, name: str) -> LabelSet:
     records = []
     header_seen = False
     set_col = None
+    width = 2  # fields a row may fill: id and label, or the header's columns
     for lineno, row in enumerate(rows, 1):
         row = [f.strip() for f in row]
         if not row or not any(row):
@@ -364,6 +391,7 @@ def _read_table(text: str, name: str) -> LabelSet:
             lowered = [f.lower() for f in row]
             if lowered[0] in _ID_HEADERS:
                 set_col = lowered.index("set") if "set" in lowered else None
+                width = len(row)
                 continue
             if set(lowered) & (_ID_HEADERS | {"label", "set", "target"}):  # a header, ids not first
                 raise InputError(f"the header {','.join(row)!r} does not start with the id column (the first "
@@ -371,11 +399,16 @@ def _read_table(text: str, name: str) -> LabelSet:
                                  "the second the label)", path=name, line=lineno)
         if len(row) < 2 or not row[0]:
             raise InputError("expected 'id,label'", path=name, line=lineno)
+        if any(row[width:]):
+            # "P1,membrane, peripheral": the label cut at its comma (or the rest read as the set)
+            columns = "the header's" if width > 2 else "'id,label' (no header)"
+            raise InputError(f"has {len(row)} fields, more than {columns} {width}: a label holding a "
+                             f"{'tab' if delimiter == chr(9) else 'comma'} must be quoted", path=name, line=lineno)
         # An empty label is kept: it is no label, and every task leaves that protein out (pandas'
         # to_csv writes a missing value as an empty field).
         split = None
-        if set_col is not None and set_col < len(row) and row[set_col]:
-            split = row[set_col].lower()
+        if set_col is not None and set_col < len(row):
+            split = split_name(row[set_col], path=name, line=lineno)
         records.append(LabelRecord(row[0], None, {"label": row[1]}, None, split, lineno))
     return LabelSet(name, "table", records)
 

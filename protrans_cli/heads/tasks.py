@@ -40,6 +40,7 @@ DUAL_POLICIES = ("first", "skip")
 _SS8_TO_SS3 = str.maketrans({"H": "H", "G": "H", "I": "H", "E": "E", "B": "E", "T": "C", "S": "C", "C": "C"})
 # Coil is written `C` in NetSurfP and FLIP; DSSP's own `-` and some files' `L` mean the same.
 _COIL_ALIASES = str.maketrans({"-": "C", "L": "C", " ": "C"})
+_EIGHT_STATE_ONLY = set("GIBTS")  # letters of 8-state labels that 3-state ones never hold
 
 
 def ss8_to_ss3(ss8: str) -> str:
@@ -104,6 +105,18 @@ class Task:
             out[output.name] = codes
         return out
 
+    def check_label_states(self, records, path: str) -> None:
+        """ss8 from files whose records carry generic `label` letters (FLIP, biotrainer): a
+        file whose letters are all H, E and C holds 3-state labels, which ss8 cannot use. Decided
+        for the file, not per record: a protein of helix and coil alone (CB513 has three) has
+        8-state labels that look 3-state on their own."""
+        if "ss8" not in self.output_names:
+            return
+        generic = [r.labels["label"] for r in records if "ss8" not in r.labels and "label" in r.labels]
+        if generic and not any(set(letters.upper()) & _EIGHT_STATE_ONLY for letters in generic):
+            raise InputError(f"holds 3-state labels only (H, E, C); {self.name} needs 8-state labels "
+                             f"({''.join(SS8)})", path=path)
+
     def _residue_letters(self, record, output: Output) -> str:
         labels = record.labels
         if output.name == "ss3":
@@ -121,10 +134,9 @@ class Task:
         elif output.name == "ss8":
             source = labels.get("ss8", labels.get("label"))
             if source is not None:
-                letters = source.upper().translate(_COIL_ALIASES)
-                if "ss8" not in labels and set(letters) <= set(SS3) and not set(letters) & set("GIBTS"):
-                    raise InputError("has 3-state labels only; ss8 needs 8-state labels", record=record.id)
-                return letters
+                # (whether generic `label` letters are 8-state is decided for the whole file:
+                # check_label_states)
+                return source.upper().translate(_COIL_ALIASES)
         elif output.name == "label":
             if "label" in labels:
                 return labels["label"]
