@@ -1552,3 +1552,16 @@ def test_predict_probabilities_without_an_output_is_refused(run_cli, ss_data, on
                     *option)
         assert r.exit_code == 2 and f"{option[0]} goes with the predictions: add -o FILE" in r.stderr
     assert not (tmp_path / "p.h5").exists()
+
+
+def test_the_files_own_test_records_are_named_when_none_matches(run_cli, loc_data, tmp_path):
+    # a table whose set=test records were embedded into another file: the message said only "no
+    # label record matched an embedding", as if the training set had failed
+    rows = [line[1:].split()[:2] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
+    table = tmp_path / "t.csv"
+    table.write_text("id,label,set\n" + "".join(f"{i},{lab.split('-')[0]},\n" for i, lab in rows)
+                     + "elsewhere1,Nucleus,test\nelsewhere2,Nucleus,test\n")
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "--skip-mismatched",
+                "--max-epochs", "1", "-j", "1", "-o", tmp_path / "h")
+    assert r.exit_code == 1
+    assert "no label record matched an embedding (the test records of" in r.stderr and "--test EMBEDDINGS" in r.stderr

@@ -189,7 +189,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
             same_file_reports.append(valid_report)
         valid_desc = f"{valid[1]}"
     elif VALID in declared:
-        valid_data, valid_report = _load(config, embeddings, _only(train_labels, {VALID}), task)
+        valid_data, valid_report = _load_split(config, embeddings, train_labels, VALID, task)
         same_file_reports.append(valid_report)
         valid_desc = f"{labels} (its validation records)"
     else:
@@ -203,7 +203,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     console.info(f"validation: {valid_desc}")
     eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
     if not tests and TEST in declared:
-        test_data, test_report = _load(config, embeddings, _only(train_labels, {TEST}), task)
+        test_data, test_report = _load_split(config, embeddings, train_labels, TEST, task)
         same_file_reports.append(test_report)
         eval_sets.append(("test", test_data, str(embeddings), f"{labels} (SET=test)"))
     elif TEST in declared:
@@ -530,6 +530,19 @@ def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
         label_set = _only(label_set, {split})
     data, report = _load(config, embeddings, label_set, task)
     return data, label_set.name, report
+
+
+def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, task: Task):
+    """The data of the training label file's own validation or test records. Their problems say
+    which records they are: "no label record matched" alone read as if the training set had
+    failed (the bio_embeddings DeepLoc table's test records, embedded in another file)."""
+    try:
+        return _load(config, embeddings, _only(label_set, {split}), task)
+    except InputError as exc:
+        option = "--valid" if split == VALID else "--test"
+        exc.message += (f" (the {split} records of {label_set.path}, used as the {split} set since no {option} "
+                        f"is given; {option} EMBEDDINGS LABELS names another)")
+        raise InputError(exc.message, path=exc.path, record=exc.record, line=exc.line) from None
 
 
 def _load(config: FitConfig, embeddings, label_set: LabelSet, task: Task):
