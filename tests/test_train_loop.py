@@ -601,6 +601,9 @@ def test_a_fresh_run_into_a_used_run_directory_is_refused(tmp_path, run_cli):
     res = run_cli("train", "--corpus", LEARNABLE, "-o", cfg.output_dir, "--num-steps", 2)
     assert res.exit_code == 2 and "already holds a run (step_00000004)" in res.stderr
     assert "--resume" in res.stderr
+    # a bad value there is named first, not hidden behind "add --resume"
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", cfg.output_dir, "--global-batch-size", 0)
+    assert res.exit_code == 2 and "--global-batch-size (global_batch_size) must be at least 1, got 0" in res.stderr
     assert sorted(p.name for p in (tmp_path / "run_bert" / "checkpoints").iterdir()) == \
         ["step_00000002", "step_00000004"]
 
@@ -863,6 +866,22 @@ def test_init_from_a_run_starts_from_its_exact_weights_and_resumes(tmp_path, fam
     assert part.losses + rest.losses == whole.losses
 
 
+def test_electra_init_from_with_set_reaches_the_generator_and_resumes_exactly(tmp_path):
+    # --set reached the discriminator only, and a resumed run derived the generator again from
+    # the discriminator's config (other dropout): its losses drifted from the uninterrupted run's
+    first = train(_config(tmp_path / "a", "electra", num_steps=2))
+    kw = dict(init_from=str(first.run_dir), num_steps=4, log_every=1,
+              model_overrides={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    whole = train(_config(tmp_path / "whole", **kw))
+    generator = json.loads((whole.run_dir / "generator" / "config.json").read_text())
+    assert generator["hidden_dropout_prob"] == 0.0 and generator["attention_probs_dropout_prob"] == 0.0
+    before = json.loads((first.run_dir / "generator" / "config.json").read_text())
+    assert before["hidden_dropout_prob"] > 0 and generator["hidden_size"] == before["hidden_size"]
+    part = train(_config(tmp_path / "parts", stop_after=2, **kw))
+    rest = train(_config(tmp_path / "parts", **kw), resume=True)
+    assert part.losses + rest.losses == whole.losses
+
+
 def test_init_from_a_plain_transformers_checkpoint(tmp_path, capsys):
     """What the published ProtBert is: a BertForMaskedLM directory that transformers wrote."""
     from transformers import BertForMaskedLM, BertModel, T5EncoderModel
@@ -952,7 +971,7 @@ def test_resume_from_an_earlier_checkpoint_with_later_ones_is_refused(tmp_path):
     ('{"corpus": "c.txt", "segment_length": 0}', "segment_length must be at least 1"),
     ('{"corpus": "c.txt", "electra_disc_weight": -50}', "electra_disc_weight must be positive"),
     ('{"corpus": "c.txt", "phases": [{"max_length": 64, "num_steps": 2, "global_batch_size": 0}]}',
-     "batch sizes must be at least 1"),
+     r"phase 1 \(64:2\): --global-batch-size \(global_batch_size\) must be at least 1, got 0"),
     ('{"corpus": "c.txt", "model_overrides": {"num_hidden_layers": -1}}',
      r"--set num_hidden_layers=-1 \(model_overrides\): must be at least 1"),
 ])
@@ -976,6 +995,18 @@ def test_metrics_of_a_stopped_and_resumed_run_are_the_uninterrupted_runs(tmp_pat
     assert [r["step"] for r in parts] == [r["step"] for r in whole] == [4, 8]
     for a, b in zip(parts, whole):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["tokens"] == b["tokens"]
+    # tokens/s of the line after the resume: the tokens of steps 1-4 over the training time of
+    # steps 1-3 (kept in the checkpoint) and of step 4; it divided them by step 4's time alone
+    run = tmp_path / "parts" / "run_bert"
+    state = torch.load(run / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
+    assert state["log"]["seconds"] > 0
+    assert parts[0]["tokens"] / parts[0]["tokens_per_s"] > state["log"]["seconds"]
+    # stop_after belongs to one invocation: not saved, so the run's own config resumes it
+    assert json.loads((run / "train_config.json").read_text())["stop_after"] is None
+    # a stop at or before the checkpoint's step: refused (it trained one step and saved nothing)
+    train(_config(tmp_path / "again", stop_after=3, **kw))
+    with pytest.raises(UsageError, match="--stop-after 2 .* is not after .*step_00000003's step 3: nothing to train"):
+        train(_config(tmp_path / "again", stop_after=2, **kw), resume=True)
 
 
 def test_a_corpus_without_proteins_is_refused_before_a_model_is_built(tmp_path, run_cli):

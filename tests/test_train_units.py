@@ -711,7 +711,7 @@ def test_a_config_file_nested_too_deeply_is_a_usage_error(tmp_path, run_cli):
 
 @pytest.mark.parametrize("setting,message", [
     ('precision = "fp8"', "precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
-    ("micro_batch_size = 0", "training: batch sizes must be at least 1"),
+    ("micro_batch_size = 0", "training: --micro-batch-size (micro_batch_size) must be at least 1, got 0"),
     ("lr = -1", "--lr (lr) must be positive, got -1.0"),
 ])
 def test_a_config_files_bad_value_names_the_file(tmp_path, run_cli, setting, message):

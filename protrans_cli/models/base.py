@@ -139,6 +139,11 @@ class Family:
         """A freshly initialised model with the heads the family's objective needs."""
         raise NotImplementedError
 
+    def pretraining_model_like(self, directory, config, **hub):
+        """A freshly initialised pretraining model of the architecture saved in `directory` (a
+        checkpoint whose weights are loaded next), `config` being its config with any overrides."""
+        return self.pretraining_model(config)
+
     def encoder_model(self, config):
         """A freshly initialised encoder (the model `load_encoder` returns), e.g. for counts."""
         return self.encoder_class(config)

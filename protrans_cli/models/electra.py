@@ -57,6 +57,26 @@ def generator_config(config):
     return ElectraConfig(**values)
 
 
+_NOT_SETTINGS = ("architectures", "model_type", "transformers_version", "generator_size", "dtype", "torch_dtype",
+                 "_name_or_path", "name_or_path")
+
+
+def saved_generator_config(directory: str, config=None, **hub):
+    """The generator's config saved in `directory/generator`, with the settings in which
+    `config` (the discriminator's, with --set overrides) differs from the saved discriminator's
+    applied to it as well: `--set hidden_dropout_prob=0` reaches both networks, as in a run
+    without --init-from (whose generator config is derived from the discriminator's)."""
+    from transformers import ElectraConfig
+
+    generator = ElectraConfig.from_pretrained(directory, subfolder="generator", **hub)
+    if config is not None:
+        saved = ElectraConfig.from_pretrained(directory, **hub).to_dict()
+        for key, value in config.to_dict().items():
+            if key not in _NOT_SETTINGS and key in saved and saved[key] != value and hasattr(generator, key):
+                setattr(generator, key, value)
+    return generator
+
+
 def _require_generator(directory: str, kwargs: dict) -> None:
     """A discriminator alone (what Rostlab/prot_electra_discriminator_bfd publishes) cannot
     continue ELECTRA pretraining: say what is missing, where transformers would say that the
@@ -101,14 +121,15 @@ def _pair_class():
             missing keys of both, prefixed like the pair's own state dict."""
             directory = str(directory)
             _require_generator(directory, kwargs)
-            if config is not None:  # overridden fields apply to the discriminator
-                kwargs_d = {**kwargs, "config": config}
-            else:
-                kwargs_d = kwargs
+            kwargs_d, kwargs_g = dict(kwargs), dict(kwargs)
+            if config is not None:  # overridden fields apply to both networks
+                hub = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only")}
+                kwargs_d["config"] = config
+                kwargs_g["config"] = saved_generator_config(directory, config, **hub)
             discriminator, d_info = ElectraForPreTraining.from_pretrained(directory, output_loading_info=True,
                                                                           **kwargs_d)
             generator, g_info = ElectraForMaskedLM.from_pretrained(directory, subfolder="generator",
-                                                                   output_loading_info=True, **kwargs)
+                                                                   output_loading_info=True, **kwargs_g)
             pair = cls(discriminator, generator)
             if not output_loading_info:
                 return pair
@@ -187,6 +208,15 @@ class ElectraFamily(Family):
 
     def pretraining_model(self, config):
         return electra_pair_class().from_config(config)
+
+    def pretraining_model_like(self, directory, config, **hub):
+        """The pair as saved in `directory` (a checkpoint): the generator's config is the one saved
+        there, not one derived again from the discriminator's (a generator of another size, or
+        one loaded by --init-from with its own settings, came back otherwise)."""
+        from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+        return electra_pair_class()(ElectraForPreTraining(config),
+                                    ElectraForMaskedLM(saved_generator_config(directory, config, **hub)))
 
     def save_pretrained(self, model, tokenizer, directory) -> None:
         """The pair's layout, with the tokenizer in `generator/` as well: that folder is a

@@ -172,7 +172,7 @@ class TrainConfig:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.init_from and self.preset:
             raise UsageError(f"preset {self.preset!r} cannot go with init_from: the architecture comes from "
-                             f"{self.init_from} (change its sizes with --set KEY=VALUE)")
+                             f"{self.init_from} (--set KEY=VALUE changes settings such as dropout, not sizes)")
         for name, (text, ok) in _FLOAT_RULES.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
@@ -202,8 +202,9 @@ class TrainConfig:
                 raise UsageError(f"{where}: max_length must be at least 8, got {phase.max_length}")
             if phase.num_steps < 1:
                 raise UsageError(f"{where}: num_steps must be at least 1")
-            if phase.global_batch_size < 1 or phase.micro_batch_size < 1:
-                raise UsageError(f"{where}: batch sizes must be at least 1")
+            for name in ("global_batch_size", "micro_batch_size"):
+                if getattr(phase, name) < 1:
+                    raise UsageError(f"{where}: {setting_name(name)} must be at least 1, got {getattr(phase, name)}")
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -212,8 +213,11 @@ class TrainConfig:
     def save(self, path) -> None:
         from protrans_cli.io.files import atomic_output
 
+        # stop_after belongs to one invocation, not to the run: saved, it came back with
+        # `--config RUN/train_config.json --resume` and stopped the resumed run at once.
+        saved = {**self.to_dict(), "stop_after": None}
         with atomic_output(path) as out:
-            out.write((json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+            out.write((json.dumps(saved, indent=2, sort_keys=True) + "\n").encode())
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "config") -> "TrainConfig":
@@ -423,7 +427,8 @@ def grad_accum_steps(global_batch_size: int, micro_batch_size: int, world_size: 
                      *, where: str = "training") -> int:
     """global / (micro x world); an error naming all three when it does not divide."""
     if global_batch_size < 1 or micro_batch_size < 1:
-        raise UsageError(f"{where}: batch sizes must be at least 1")
+        raise UsageError(f"{where}: the global batch size ({global_batch_size}) and the micro-batch size "
+                         f"({micro_batch_size}) must be at least 1")
     per_step = micro_batch_size * world_size
     if global_batch_size % per_step:
         raise UsageError(

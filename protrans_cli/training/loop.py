@@ -155,6 +155,9 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
             # corpus line met at step 500, a truncated gzip shard, a diverged loss) takes its
             # half-made directory with it; never a --resume run's, nor one that was there before.
             with _discarded_on_failure(config.output_dir, made_here and not resume):
+                # the settings first: a bad value on a directory holding a run was met as "already
+                # holds a run, add --resume", and only --resume showed the real error
+                config.validate(info.world_size)
                 if not resume and ckpt.list_checkpoints(config.output_dir):
                     # A fresh run here would mix its checkpoints with the old ones, and a later
                     # --resume would pick whichever step number is highest (checked before any model).
@@ -423,7 +426,7 @@ def _initial_model(config: TrainConfig, resume):
         with _quiet_transformers():  # as embed: no loading bars or load reports
             tokenizer = family.load_tokenizer(source.target, config=source.config, **source.hub_kwargs)
             if resume:
-                return family, tokenizer, family.pretraining_model(hf_config)
+                return family, tokenizer, family.pretraining_model_like(source.target, hf_config, **source.hub_kwargs)
             if "vocab_size" in config.model_overrides and hf_config.vocab_size != saved_vocab:
                 raise UsageError(f"{resized}: the weights of {source.name} have {saved_vocab} "
                                  "vocabulary rows; with --init-from, --set can change settings such as dropout, "
@@ -529,6 +532,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         data_state = StreamState.from_dict(state["data_state"])
         if run.loss_scale is not None and state.get("loss_scale"):
             run.loss_scale.load_state_dict(state["loss_scale"])
+        if config.stop_after is not None and config.stop_after <= step < total_steps:
+            # it trained one step, saved nothing and said to resume: the same step again each time
+            raise UsageError(f"--stop-after {config.stop_after} (stop_after) is not after {where}'s step {step}: "
+                             "nothing to train; give a later step, or none to train to the end")
 
     metrics_path = run.run_dir / "metrics.jsonl"
     if info.is_main:
@@ -537,11 +544,13 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
     result = TrainResult(run.run_dir, step, False)
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
     log = Accumulator()
+    t_log, paused = time.perf_counter(), 0.0  # paused: seconds of checkpoint saves since the last line
     if state is not None and state.get("log") and info.is_main:
         # the steps since the last metrics line before the checkpoint: the next line averages
-        # them too, as the uninterrupted run's does
+        # them too, as the uninterrupted run's does; with their training time, or its tokens/s
+        # divided their tokens by the time since resuming
         log.load(state["log"])
-    t_log, paused = time.perf_counter(), 0.0  # paused: seconds of checkpoint saves since the last line
+        t_log -= state["log"].get("seconds", 0.0)
     final_eval = None
     last_eval = ""  # the progress line's mention of the latest evaluation
 
@@ -625,7 +634,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             stop_now = stop_now or (not info.initialised and stop is not None and stop.signum is not None)
             if step % config.save_every == 0 or last or stop_now:
                 saving = time.perf_counter()
-                result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log)
+                result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log,
+                                               seconds=saving - t_log - paused)
                 paused += time.perf_counter() - saving
             if stop_now and not last:
                 if bar is not None:
@@ -865,9 +875,12 @@ def _full_model(run: _Run):
     return copy
 
 
-def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Accumulator) -> Path | None:
+def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Accumulator, *,
+          seconds: float = 0.0) -> Path | None:
+    """A checkpoint of the run at `step`; `seconds`: the training time of the metrics interval
+    under way (its tokens are in `log`), so the resumed run's first line keeps their rate."""
     info = run.info
-    log_state = log.state()  # collective: every rank takes part
+    log_state = {**log.state(), "seconds": max(0.0, seconds)}  # collective: every rank takes part
     model = _full_model(run)
     if run.strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
