@@ -342,7 +342,7 @@ def resolve_max_length(options: EmbedOptions, model_max: int | None = None) -> i
     if model_max is not None:
         if max_length is not None and max_length > model_max:
             raise UsageError(f"--max-length {max_length} is more than the model accepts "
-                             f"({model_max} residues with its special tokens)")
+                             f"({model_max} residues, its special tokens besides)")
         max_length = max_length or model_max
     if max_length is None and options.long_policy != "error":
         console.warn(f"--long-policy {options.long_policy} has no effect: no --max-length, "
@@ -809,7 +809,11 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     for target in (output, partial_path(output)):
         if input_named_by(target, (fasta,)):
             raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
-        model_dir = input_named_by(target, (), directories=(options.model,))
+        # (only a model directory: a folder that merely bears the model's name, `onehot/` or
+        # `prot_bert/` without config.json, holds nothing of the model)
+        model_path = Path(str(options.model)).expanduser()
+        model_dirs = (str(model_path),) if options.model != ONEHOT and (model_path / "config.json").is_file() else ()
+        model_dir = input_named_by(target, (), directories=model_dirs)
         if model_dir:
             raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
                              "model's files (choose another -o)")
@@ -819,10 +823,27 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         # Hours of embedding, replaced by a command run again without --resume.
         raise UsageError(f"{output} exists: --resume keeps its proteins and embeds what it lacks, --force "
                          "replaces it")
+    if not options.resume and not options.force:
+        # The same for an interrupted run's work (a finished file that a --resume made partial
+        # again, interrupted, lost all its proteins to a plain rerun, with a warning)
+        import glob
+
+        shards = sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
+        left = [p for p in (partial_path(output), *map(Path, shards)) if p.exists()]
+        for path in left:  # another run's live file is named as such first
+            refuse_if_in_use(path)
+        if left:
+            raise UsageError(f"{left[0]} holds the work of an interrupted run: --resume finishes it, --force "
+                             "replaces it")
     name = display_name(fasta)
-    if str(fasta) == "-" and distributed and _torchrun_rank()[1] > 1:
-        raise UsageError("under torchrun the FASTA must be a file: stdin reaches one process, not every rank")
-    spool = _spool_stdin(output) if str(fasta) == "-" else None
+    # stdin, a named pipe or a process substitution (<(zcat x.fa.gz)) can be read once: copied
+    # first (a pipe was read to its end by the first pass, and the run wrote an empty, "finished"
+    # file; a FIFO blocked the second open for ever)
+    streamed = str(fasta) == "-" or _is_stream(fasta)
+    if streamed and distributed and _torchrun_rank()[1] > 1:
+        raise UsageError(f"under torchrun the FASTA must be a regular file: {name} reaches one process, not "
+                         "every rank")
+    spool = _spool_input(output, fasta) if streamed else None
     try:
         source = spool or fasta
         scan = scan_input(source, name)
@@ -911,10 +932,22 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
     return [arrays.get(ident) for ident, _ in pairs] if as_list else arrays
 
 
-def _spool_stdin(output: Path) -> Path:
-    """stdin cannot be read twice (the id check, then the windows): its bytes, still compressed
-    if they were, go to the hidden file `.OUTPUT_NAME.stdin.spool` next to the output, removed
-    when the run ends. Named after the output, not at random, so that the spool a killed run
+def _is_stream(path) -> bool:
+    """Whether `path` names something that can be read only once: a pipe, a FIFO, a character
+    device (/dev/stdin, /dev/fd/N of a process substitution); not a file, not a missing path."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def _spool_input(output: Path, fasta) -> Path:
+    """stdin or a pipe cannot be read twice (the id check, then the windows): its bytes, still
+    compressed if they were, go to the hidden file `.OUTPUT_NAME.stdin.spool` next to the output,
+    removed when the run ends. Named after the output, not at random, so that the spool a killed run
     (SIGKILL) left behind is replaced by the next run on the same output, not kept for ever."""
     import shutil
 
@@ -929,7 +962,15 @@ def _spool_stdin(output: Path) -> Path:
         raise RuntimeFailure(f"cannot write the copy of stdin: {exc.strerror or exc}", path=str(path)) from None
     try:
         with open(fd, "wb") as spool:
-            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            if str(fasta) == "-":
+                shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            else:
+                try:
+                    source = open(fasta, "rb")
+                except OSError as exc:
+                    raise InputError(f"cannot read the FASTA: {exc.strerror or exc}", path=str(fasta)) from None
+                with source:
+                    shutil.copyfileobj(source, spool, 1 << 20)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -992,16 +1033,21 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
                     source, name, options.window) for p in window)))
         done = _Done.union(found)
-    elif dist.is_main:
-        for path in [partial_path(output), *map(Path, shard_files)]:
-            if path.exists():
-                console.warn(f"{path} is left from an interrupted run and will be replaced (use --resume to continue it)")
+    elif dist.is_main:  # --force (without it, embed() refused these files)
         for path in shard_files:
             os.unlink(path)
     # Checks that need the model or the output come before any computation, as the id check did:
     # one more pass over the input, only when there is something to check.
     if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
-        left = _check_before_compute(source, name, options, max_length, done, output)
+        settled: set[str] = set()
+        if options.resume and output.exists() and not partial_path(output).exists() and not shard_files:
+            # a finished file's proteins skipped by the length policy: the same settings skip them
+            # again, so they are nothing to add (the file was rewritten for them, a run recorded)
+            from protrans_cli.io.h5 import EmbeddingsReader
+
+            with EmbeddingsReader(output) as reader:
+                settled = {i for i, why in reader.failed().items() if str(why).startswith("skipped:")}
+        left = _check_before_compute(source, name, options, max_length, done, output, settled)
         if left == 0 and not partial_path(output).exists() and not shard_files:
             # --resume of a finished file with nothing to add: the file stays as it is (it
             # would otherwise become OUTPUT.partial until the run ends).
@@ -1150,10 +1196,12 @@ def _model_key(name: str) -> str:
     return os.path.normpath(name) if path.is_absolute() else name
 
 
-def _check_before_compute(source, name, options, max_length, done: "_Done", output) -> int:
+def _check_before_compute(source, name, options, max_length, done: "_Done", output,
+                          settled: set[str] = frozenset()) -> int:
     """Pass two, before any batch: an id the output already holds must carry the same sequence
     (--resume), and with --long-policy error no protein left to do may exceed `max_length`.
-    Returns the number of proteins left to do."""
+    Returns the number of proteins left to do (`settled`: ids not counted, a finished file's
+    proteins that its length policy skipped)."""
     from protrans_cli.io.h5 import sequence_checksum
 
     left = 0
@@ -1161,14 +1209,22 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
             if checksum is None:
-                left += 1
+                left += prot.id not in settled
                 if max_length is not None and options.long_policy == "error" and len(prot.sequence) > max_length:
                     raise _too_long(prot, max_length, options, name)
-            elif checksum and checksum != _checksum64(sequence_checksum(prot.sequence)):
+            elif checksum and checksum != _checksum64(sequence_checksum(_kept(prot.sequence, max_length, options))):
                 where = partial_path(output) if partial_path(output).exists() else output
                 raise InputError("cannot resume: the output holds another sequence under this id "
                                  "(a different FASTA?); write to a new file instead", path=str(where), record=prot.id)
     return left
+
+
+def _kept(sequence: str, max_length: int | None, options) -> str:
+    """What the output holds of a sequence: its first max_length residues under --long-policy
+    truncate (the stored checksum is theirs), else all of it."""
+    if options.long_policy == "truncate" and max_length is not None and len(sequence) > max_length:
+        return sequence[:max_length]
+    return sequence
 
 
 def _checksum64(checksum) -> int:
@@ -1257,7 +1313,9 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
                 if group is None:
                     return _Done.empty()
                 ids, sums = bytearray(), array("Q")
-                for ident, checksum in stored_proteins(group):
+                # a truncated protein's checksum is its kept prefix's: compared with the prefix
+                # the same --max-length keeps of the FASTA's sequence (_check_before_compute)
+                for ident, checksum in stored_proteins(group, prefixes=True):
                     ids += _digest128(ident)
                     sums.append(_checksum64(checksum))
                 per_kind.append((np.frombuffer(bytes(ids), dtype="S16"), np.frombuffer(sums, dtype=np.uint64)))

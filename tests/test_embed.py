@@ -3,6 +3,8 @@ long-sequence policies, OOM handling, failures) and the CLI, without any model w
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -230,7 +232,10 @@ def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
             assert result.stderr.strip() == (f"protrans: error: {partial}: is being written by another process (it "
                                              "holds the HDF5 file lock): wait for that run to end, or choose another output")
             assert partial.read_bytes() == before and not out.exists()
-    assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 0  # once it is gone: replaced
+    # once it is gone: what it left is refused without --resume or --force, as OUTPUT is
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", out)
+    assert result.exit_code == 2 and "busy.h5.partial holds the work of an interrupted run" in result.stderr
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--force").exit_code == 0
 
 
 @pytest.mark.parametrize("offset", [800, 2048, 4096])
@@ -1220,9 +1225,70 @@ def test_an_embedder_with_the_documented_one_argument_embed_batch(tmp_path):
 def test_stdin_under_torchrun_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    with pytest.raises(UsageError, match="under torchrun the FASTA must be a file"):
+    with pytest.raises(UsageError, match="under torchrun the FASTA must be a regular file: <stdin>"):
         embed("-", tmp_path / "o.h5", EmbedOptions(model="onehot"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_named_pipe_is_read_once_like_stdin(tmp_path):
+    # <(zcat x.fa.gz) or a FIFO: the first pass read the pipe to its end and the run wrote an
+    # empty, finished file (exit 0); a FIFO blocked the second open for ever
+    import threading
+
+    fifo = tmp_path / "in.fa"
+    os.mkfifo(fifo)
+    text = SMALL.read_bytes()
+    writer = threading.Thread(target=lambda: fifo.write_bytes(text))
+    writer.start()
+    summary = embed(fifo, tmp_path / "pipe.h5", EmbedOptions(model="onehot", threads=1))
+    writer.join(timeout=10)
+    embed(SMALL, tmp_path / "file.h5", EmbedOptions(model="onehot", threads=1))
+    piped, direct = read_all(tmp_path / "pipe.h5"), read_all(tmp_path / "file.h5")
+    assert summary.num_embedded > 0 and piped.keys() == direct.keys()
+    assert all(np.array_equal(piped[k], direct[k]) for k in direct)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.h5", "in.fa", "pipe.h5"]  # the copy removed
+
+
+def test_resume_refuses_a_truncated_protein_whose_kept_residues_changed(tmp_path):
+    # its stored checksum is the kept prefix's, and it was not compared at all: the old rows
+    # stayed under the id
+    first, changed = tmp_path / "a.fa", tmp_path / "b.fa"
+    first.write_text(">long\nMKTAYIAKQRQISFVKSHFSRQ\n>short\nMKT\n")
+    options = dict(model="onehot", max_length=10, long_policy="truncate", threads=1)
+    embed(first, tmp_path / "out.h5", EmbedOptions(**options))
+    changed.write_text(">long\nMKTAYIAKQRWWWWWWWWWWWW\n>short\nMKT\n>new\nAC\n")  # after the kept ten
+    embed(changed, tmp_path / "out.h5", EmbedOptions(**options, resume=True))
+    changed.write_text(">long\nWWWWWWWWWWQISFVKSHFSRQ\n>short\nMKT\n>new\nAC\n")  # within them
+    with pytest.raises(InputError, match="record 'long': cannot resume: the output holds another sequence"):
+        embed(changed, tmp_path / "out.h5", EmbedOptions(**options, resume=True))
+
+
+def test_a_folder_named_like_the_model_is_no_model_directory(tmp_path, monkeypatch, run_cli):
+    # `-o onehot/x.h5` was refused as "inside the model directory onehot"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "onehot").mkdir()
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", "onehot/x.h5").exit_code == 0
+
+
+def test_an_interrupted_resume_of_a_finished_file_is_not_replaced_by_a_plain_run(tmp_path, run_cli, monkeypatch):
+    # --resume makes a finished file OUTPUT.partial until it ends; interrupted, the same command
+    # without --resume replaced that file (all its proteins) with a warning
+    out = tmp_path / "out.h5"
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 0
+    more = tmp_path / "more.fa"
+    more.write_text(SMALL.read_text() + ">extra\nMKTAYIAK\n")
+    from protrans_cli.io import h5
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(h5.EmbeddingsWriter, "write", interrupted)
+    result = run_cli("embed", more, "-m", "onehot", "-o", out, "--resume")
+    assert result.exit_code == 130 and partial_path(out).exists() and not out.exists()
+    monkeypatch.undo()
+    result = run_cli("embed", more, "-m", "onehot", "-o", out)
+    assert result.exit_code == 2 and "out.h5.partial holds the work of an interrupted run: --resume" in result.stderr
+    assert run_cli("embed", more, "-m", "onehot", "-o", out, "--resume").exit_code == 0
+    assert len(read_all(out)) == len(list(read_fasta(more)))  # the finished file's proteins and the new one
 
 
 @pytest.mark.parametrize("older_file", [False, True])
@@ -1379,3 +1445,15 @@ def test_embed_sequences_says_why_a_protein_is_left_out(capsys):
     opts = replace(EmbedOptions(model="onehot", threads=1), max_length=5, long_policy="skip")
     assert embed_sequences(["MKT", "MKTAYIAK"], opts, kind="per_protein")[1] is None
     assert "left out: item 1 (skipped: 8 residues > --max-length 5)" in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_file_whose_only_absentees_were_skipped_leaves_it_as_it_is(tmp_path):
+    # a protein the length policy skipped was counted as left to do: the finished file was made
+    # partial, rewritten and given a second run record
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">long\nMKTAYIAKQRQISFVKSHFSRQ\n>short\nMKT\n")
+    options = dict(model="onehot", max_length=10, long_policy="skip", threads=1)
+    embed(fasta, tmp_path / "o.h5", EmbedOptions(**options))
+    before = (tmp_path / "o.h5").read_bytes()
+    summary = embed(fasta, tmp_path / "o.h5", EmbedOptions(**options, resume=True))
+    assert (tmp_path / "o.h5").read_bytes() == before and summary.num_resumed == 2

@@ -278,6 +278,7 @@ def test_signals_held_delays_sigterm_to_the_end_of_the_block():
     (b">a\nMK\n\xef\xbb\xbf>b x\nMKTA\n", [("a", "MK"), ("b", "MKTA")]),   # cat a.fa b.fa, b with a mark
     (b">a\xc2\xa0x\nMKTA\n>a\xc2\xa0y\nMKKL\n", [("a\xa0x", "MKTA"), ("a\xa0y", "MKKL")]),  # ids end at ASCII space
     (b">P1\xa0desc\nMK\n", [("P1\xa0desc", "MK")]),                        # latin-1: as prep reads it
+    (b">\xc3\xbc1 37\xb0C\nMK\n", [("\xfc1", "MK")]),  # a latin-1 description leaves the UTF-8 id as it is
 ])
 def test_fasta_ids_and_byte_order_marks_as_prep_reads_them(tmp_path, data, expected):
     path = tmp_path / "x.fa"

@@ -103,8 +103,8 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         from protrans_cli.cli import stopped
 
         kept = interrupted_output(output)
-        raise stopped(exc, f"what was computed is in {kept}; run the same command with --resume to finish"
-                      if kept.exists() else None) from None
+        again = "the same command with --resume instead of --force" if force else "the same command with --resume"
+        raise stopped(exc, f"what was computed is in {kept}; run {again} to finish" if kept.exists() else None) from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
         return
     rate = summary.residues_per_second

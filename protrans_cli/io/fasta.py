@@ -69,6 +69,13 @@ def header_id(description: str) -> str:
     return re.split(f"[{ASCII_SPACE}]", description.strip(ASCII_SPACE), maxsplit=1)[0]
 
 
+def _decoded(word: bytes) -> str:
+    try:
+        return word.decode("utf-8")
+    except UnicodeDecodeError:
+        return word.decode("latin-1")
+
+
 def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRecord:
     if b"\r" in header:
         # A whole file read as one header line: its lines end in CR alone (classic Mac OS).
@@ -77,7 +84,9 @@ def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRe
     try:
         description = header.decode("utf-8").strip(ASCII_SPACE)
     except UnicodeDecodeError:
-        description = header.decode("latin-1").strip(ASCII_SPACE)
+        # word by word: a non-UTF-8 byte in the description (`37\xb0C`) must not change how the
+        # id is read (the UTF-8 id `ü1` became `Ã¼1` beside it, `ü1` elsewhere)
+        description = "".join(_decoded(part) for part in re.split(rb"([ \t\v\f]+)", header)).strip(ASCII_SPACE)
     ident = header_id(description)
     if not ident:
         raise InputError("header has no id", path=name, line=line)

@@ -244,13 +244,14 @@ def _is_dataset_class(cls) -> bool:
     return cls is h5py.Dataset
 
 
-def stored_proteins(group, checksums: bool = True) -> Iterator[tuple[str, str | None]]:
+def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) -> Iterator[tuple[str, str | None]]:
     """(id, sequence checksum) of every dataset in an output group (a kind's group, or the root
     of a flat file), through h5py's low-level calls: a resume or a torchrun merge of UniRef50
     meets tens of millions of them, and h5py's dictionary interface costs about 3x as much
     (docs/benchmarks.md, "HDF5 files of many proteins"). The id is the `id` attribute, else
     the unescaped key (files without it); the checksum is None for a truncated protein (it
-    describes the kept prefix) or a dataset without one, and with `checksums=False`."""
+    describes the kept prefix; with `prefixes`, that checksum) or a dataset without one, and with
+    `checksums=False`."""
     import h5py
 
     for name in _link_names(group):
@@ -260,7 +261,7 @@ def stored_proteins(group, checksums: bool = True) -> Iterator[tuple[str, str | 
         ident = (_read_text_attr(obj, b"id") or _original_id(_read_text_attr(obj, b"original_id"))
                  or unescape_key(name.decode("utf-8")))
         checksum = None
-        if checksums and not h5py.h5a.exists(obj, b"truncated_from"):
+        if checksums and (prefixes or not h5py.h5a.exists(obj, b"truncated_from")):
             checksum = _read_text_attr(obj, b"checksum")
         yield ident, checksum
 
