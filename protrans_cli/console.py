@@ -158,11 +158,19 @@ class LogProgress:
         info(line)
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a notebook's stream; a closed one
+        return False
+
+
 def stderr_console():
     """A rich Console on stderr, for tables and summaries."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    # Not a terminal (a log, a pipe): rich assumed 80 columns and cut paths in tables with "…"
+    return Console(stderr=True, highlight=False, soft_wrap=True, width=None if _is_terminal(sys.stderr) else 200)
 
 
 def print_table(title: str, columns: list[str], rows: list[list], *, file_console=None) -> None:

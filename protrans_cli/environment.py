@@ -30,9 +30,23 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _default_threads():
+    """-j's default for the commands here, or what is wrong with PROTRANS_THREADS."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.threads import resolve_threads
+
+    try:
+        return resolve_threads(None)
+    except UsageError as exc:
+        return f"none: {exc.message}"
+
+
 def describe(check_compile: bool = False) -> dict:
     """The machine as a dict (see `protrans env --json`)."""
     import torch
+
+    from protrans_cli.models import _offline
+    from protrans_cli.threads import available_cores
 
     from protrans_cli import __version__
     from protrans_cli.models import packing
@@ -45,10 +59,12 @@ def describe(check_compile: bool = False) -> dict:
                                                         "huggingface_hub", "h5py", "numpy", "triton")},
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "cpu": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        # what the commands use: the cores this process may run on, and -j's default from them
+        # (PROTRANS_THREADS, else at most 4), not torch's own default
+        "cpu": {"cores": available_cores(), "machine_cores": os.cpu_count(), "threads": _default_threads()},
         "cuda_devices": [],
         "kernels": {},
-        "hub": {"cache": _hub_cache(), "offline": bool(os.environ.get("HF_HUB_OFFLINE"))},
+        "hub": {"cache": _hub_cache(), "offline": _offline()},  # as the model loader reads it
     }
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         props = torch.cuda.get_device_properties(i)
@@ -111,7 +127,8 @@ def format_lines(info: dict) -> list[str]:
     lines = [f"protrans: {info['protrans']}", f"python: {info['python']} ({info['platform']})",
              f"packages: {packages}" + (f" (not installed: {', '.join(missing)})" if missing else ""),
              f"torch build: CUDA {info['torch_cuda'] or 'none (CPU build)'}, cuDNN {info['cudnn'] or 'none'}",
-             f"cpu: {info['cpu']['cores']} cores, torch uses {info['cpu']['torch_threads']} threads"]
+             f"cpu: {info['cpu']['cores']} cores for this process (of {info['cpu']['machine_cores']}); "
+             f"commands use {info['cpu']['threads']} threads unless -j says otherwise"]
     if not info["cuda_devices"]:
         lines.append("cuda: no device (embed and train run on the CPU in float32)")
     for d in info["cuda_devices"]:
@@ -130,8 +147,8 @@ def format_lines(info: dict) -> list[str]:
             lines.append(f"torch.compile on {key.split('_')[1]} ({uses}): {state}")
     if "compile_cpu" not in k:
         lines.append("torch.compile: not checked (--check-compile builds a small kernel)")
-    lines.append(f"Hugging Face cache: {info['hub']['cache']}" + (" (offline: HF_HUB_OFFLINE)" if info["hub"]["offline"]
-                                                                   else ""))
+    lines.append(f"Hugging Face cache: {info['hub']['cache']}"
+                 + (" (offline: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)" if info["hub"]["offline"] else ""))
     return lines
 
 

@@ -78,6 +78,12 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     `head_epochs` caps the secondary-structure head's epochs (the localization head gets 4x as
     many: it sees far fewer examples per epoch).
     """
+    from protrans_cli.models import get_family
+
+    get_family(family)  # an unknown family is a usage error before anything is written
+    if num_steps < 1 or head_epochs < 1:
+        raise UsageError(f"quickstart needs at least one training step and one head epoch, got {num_steps} "
+                         f"and {head_epochs}")
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         if not force:
@@ -152,5 +158,7 @@ def write_commands(out: Path, commands: list[str]) -> None:
     """OUT/commands.sh: the command lines, after a mkdir of the folders the steps write in
     (a step creates only its own output), so that the script runs as written from the same folder, or a fresh one."""
     mkdir = "mkdir -p " + " ".join(shlex.quote(str(out / sub)) for sub in SUBFOLDERS)
-    (out / "commands.sh").write_text("#!/bin/sh\n# The command lines `protrans quickstart` ran.\nset -e\n"
+    (out / "commands.sh").write_text("#!/bin/sh\n# The command lines `protrans quickstart` ran. They refuse to replace "
+                                     "their outputs: run this\n# once the results in "
+                                     f"{shlex.quote(str(out))} are moved away (or with OUTPUT edited).\nset -e\n"
                                      + mkdir + "\n" + "\n".join(commands) + "\n")

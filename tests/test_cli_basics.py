@@ -33,6 +33,39 @@ def test_unknown_command_is_usage_error(run_cli):
     assert result.exit_code == 2
 
 
+def test_protrans_alone_shows_the_help_page_on_stderr(run_cli):
+    # click 8.2+ raises a usage error holding the whole help page: it was squeezed into one line
+    result = run_cli()
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("Usage: protrans") and any(line.split()[:1] == ["embed"] for line in lines)
+
+
+def test_stdout_writes_are_whole_and_a_reader_that_left_is_a_broken_pipe():
+    # a large write to a pipe whose reader left returned a short count without an error:
+    # `predict | head -1` exited 0 instead of 141
+    from protrans_cli.io.files import _WholeWrites
+
+    class Pipe:
+        def __init__(self, room):
+            self.room, self.got = room, b""
+
+        def write(self, data):
+            n = min(len(data), self.room, 7)
+            self.room -= n
+            self.got += bytes(data[:n])
+            return n
+
+    pipe = Pipe(10_000)
+    assert _WholeWrites(pipe).write(b"x" * 1000) == 1000 and pipe.got == b"x" * 1000
+    with pytest.raises(BrokenPipeError):
+        _WholeWrites(Pipe(20)).write(b"y" * 100)
+    shell = (f"{sys.executable} -c \"from protrans_cli.io.files import stdout_binary; "
+             "stdout_binary().write(b'x' * 4_000_000)\" | head -c 1 > /dev/null; echo ${PIPESTATUS[0]}")
+    status = subprocess.run(["bash", "-c", shell], capture_output=True, text=True)
+    assert status.stdout.strip() != "0" and "BrokenPipeError" in status.stderr, (status.stdout, status.stderr)
+
+
 def test_error_formats_name_file_and_record():
     err = InputError("invalid character 'J' at residue 3", path="x.fa", record="P1", line=7)
     assert str(err) == "x.fa:7, record 'P1': invalid character 'J' at residue 3"
@@ -161,6 +194,20 @@ def test_env_reports_versions_devices_and_fast_paths(run_cli):
     assert f"protrans: {__version__}" in text and "not checked (--check-compile" in text
     if not torch.cuda.is_available():
         assert "cuda: no device" in text
+
+
+def test_env_reports_offline_and_threads_as_the_commands_read_them(run_cli, monkeypatch):
+    # HF_HUB_OFFLINE=0 was reported offline, TRANSFORMERS_OFFLINE=1 online; the thread count was
+    # torch's default, not the commands' -j default
+    import json
+
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("PROTRANS_THREADS", "1")
+    info = json.loads(run_cli("env", "--json").stdout)
+    assert info["hub"]["offline"] is False and info["cpu"]["threads"] == 1
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert json.loads(run_cli("env", "--json").stdout)["hub"]["offline"] is True
 
 
 def test_env_check_compile_says_when_the_compiler_fails(run_cli, monkeypatch):

@@ -3,6 +3,8 @@ compared row by row with a plain transformers forward pass over each protein alo
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -180,6 +182,13 @@ def test_the_published_protbert_layout_loads_without_model_type(run_cli, tmp_pat
     result = run_cli("train", "--init-from", model, "--corpus", corpus, "-o", tmp_path / "run", "--num-steps", 1,
                      "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
     assert result.exit_code == 0, result.stderr
+    # vocab.txt without tokenizer_config.json: BertTokenizer's default lower-cases, and every
+    # residue was [UNK] (refused as "the directory lacks this model's tokenizer")
+    (model / "tokenizer_config.json").unlink()
+    result = run_cli("embed", SMALL, "-m", model, "--device", "cpu", "-o", tmp_path / "bare.h5")
+    assert result.exit_code == 0, result.stderr
+    bare = _read(tmp_path / "bare.h5")
+    assert all(np.array_equal(bare[k], rows[k]) for k in rows)
 
 
 @pytest.mark.parametrize("family_name", FAMILY_NAMES)
@@ -978,3 +987,49 @@ def test_embed_sequences_in_memory_equals_the_plain_forward(tiny_models, monkeyp
     with pytest.raises(UsageError, match="kind must be"):
         embed_sequences(["MKT"], opts, kind="both")
     assert not list(tmp_path.glob("protrans-embed-*"))
+
+
+def test_damaged_tokenizer_files_and_weights_of_other_shapes_are_one_line(run_cli, tmp_path, tiny_models):
+    # tokenizer.json `{}` was a KeyError traceback; weights of other shapes than config.json said
+    # "For details look at the above report!" with no report shown
+    import json
+    import shutil
+
+    empty = tmp_path / "empty_tokenizer"
+    shutil.copytree(tiny_models["bert"], empty)
+    (empty / "tokenizer.json").write_text("{}")
+    reshaped = tmp_path / "reshaped"
+    shutil.copytree(tiny_models["bert"], reshaped)
+    config = json.loads((reshaped / "config.json").read_text())
+    (reshaped / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] * 2}))
+    for model, problem in ((empty, "cannot load the tokenizer: its tokenizer files are damaged or of a kind "
+                                   "transformers does not read (KeyError"),
+                           (reshaped, "cannot load the weights: some of its tensors have other shapes than its "
+                                      "config.json gives")):
+        result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5", "--device", "cpu")
+        assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert problem in result.stderr, result.stderr
+
+
+def test_offline_hub_model_with_only_its_config_cached_is_named_as_such(tmp_path, tiny_models):
+    # transformers made an empty tokenizer from the cached config, and the message said the
+    # published model "is not a protein tokenizer this tool can use"
+    import shutil
+
+    snapshot = tmp_path / "hf" / "hub" / "models--Rostlab--prot_bert_bfd" / "snapshots" / ("b" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("b" * 40)
+    shutil.copy(tiny_models["bert"] / "config.json", snapshot / "config.json")
+    import subprocess
+    import sys
+
+    # (a process of its own: huggingface_hub reads the cache location when it is imported)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "protrans_cli", "embed", str(SMALL), "-m", "prot_bert_bfd", "-o",
+                             str(tmp_path / "x.h5"), "--device", "cpu"], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert ("its tokenizer files of the hub model Rostlab/prot_bert_bfd are not in the local Hugging Face cache"
+            in result.stderr), result.stderr

@@ -133,3 +133,11 @@ def test_interrupted_step_says_how_to_start_again(tmp_path, run_cli, monkeypatch
     assert result.exit_code == 130
     assert result.stderr.startswith("protrans: error: interrupted: quickstart stopped in step 'prep';")
     assert "--force" in result.stderr and "--resume" not in result.stderr
+
+
+def test_an_unknown_family_is_refused_before_anything_is_written(tmp_path, run_cli):
+    # prep wrote into OUTPUT before train refused the family, and the corrected command then
+    # met "OUTPUT exists and is not empty"
+    result = run_cli("-q", "quickstart", "-o", tmp_path / "q", "--family", "nope")
+    assert result.exit_code == 2 and "unknown model family 'nope'" in result.stderr
+    assert not (tmp_path / "q").exists()

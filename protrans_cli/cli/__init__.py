@@ -170,6 +170,10 @@ def main(argv=None):
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+# click 8.2+: a group run without a command raises this (a UsageError holding the help page)
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _main(console, argv):
     try:
         rc = cli.main(args=argv, prog_name="protrans", standalone_mode=False)
@@ -177,6 +181,11 @@ def _main(console, argv):
         terminated = isinstance(exc.__cause__ or exc.__context__, _Terminated)
         console.error("terminated" if terminated else "interrupted")
         sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
+    except _NO_ARGS_IS_HELP as exc:
+        # `protrans` alone (click 8.2+ raises this usage error, whose message is the help page):
+        # the page as it is, on stderr, exit 2, not squeezed into one error line
+        click.echo(exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         # One line, as every other failure: click's own form (usage, a "Try" line, a blank line,
         # then "Error: ...") took four, and a log's last line held only the message.

@@ -364,11 +364,36 @@ class _TextStdout:
         self.text.flush()
 
 
+class _WholeWrites:
+    """stdout's binary buffer, every write made whole. Given more than its buffer holds, a
+    BufferedWriter writes straight to the pipe and returns a short count, without an error, when
+    the reader goes away in the middle (`predict | head -1` exited 0, not 141): the rest is
+    written again, which meets the closed pipe and raises BrokenPipeError."""
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = self.buffer.write(view)
+        while done < len(view):
+            more = self.buffer.write(view[done:])
+            if not more:
+                import errno
+
+                raise BrokenPipeError(errno.EPIPE, "stdout accepts no more")
+            done += more
+        return len(view)
+
+    def __getattr__(self, name):  # flush, fileno, isatty...
+        return getattr(self.buffer, name)
+
+
 def stdout_binary():
-    """Where `-` writes bytes: stdout's binary buffer, or stdout itself through a decoder when it
-    has none (`sys.stdout.buffer` was an AttributeError in a notebook)."""
+    """Where `-` writes bytes: stdout's binary buffer (every write whole), or stdout itself
+    through a decoder when it has none (`sys.stdout.buffer` was an AttributeError in a notebook)."""
     buffer = getattr(sys.stdout, "buffer", None)
-    return buffer if buffer is not None else _TextStdout(sys.stdout)
+    return _WholeWrites(buffer) if buffer is not None else _TextStdout(sys.stdout)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protrans_cli.errors import ModelError, UsageError, first_line
+from protrans_cli.errors import ModelError, UsageError, described, first_line
 from protrans_cli.models import albert, bert, electra, esm, roberta, t5, transfo_xl, xlnet
 from protrans_cli.models.base import Checkpoint, Family, Preset
 from protrans_cli.models.checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
@@ -245,7 +245,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
             # The config as read: a tokenizer_config.json without tokenizer_class (ProtBert's) makes
             # AutoTokenizer read the config, and that config may lack model_type.
             tokenizer = family.load_tokenizer(target, config=source.config, **hub_kwargs)
-        except (ImportError, ValueError, TypeError, OSError) as exc:
+        except (ImportError, ValueError, TypeError, OSError, KeyError, AttributeError, IndexError) as exc:
+            # (KeyError and the like: a damaged tokenizer.json, e.g. `{}`, was a traceback)
             if is_dir and not _has_tokenizer_files(target):
                 # transformers fails in odd ways then ("expected str, bytes or os.PathLike object")
                 raise ModelError(f"{name}: the model directory has no tokenizer files; {_COPY_TOKENIZER}") from None
@@ -253,7 +254,18 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
                 raise ModelError(_not_found_message(name, target, is_dir, first_line(exc))) from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
             hint = " (pip install sentencepiece protobuf)" if _names_missing_sentencepiece(str(exc)) else ""
+            if "tiktoken" in str(exc) or not isinstance(exc, (ImportError, ValueError)):
+                # transformers' last fallback ("`tiktoken` is required to read a `tiktoken` file")
+                # after a damaged spiece.model, or a tokenizer.json without the fields it reads
+                raise ModelError(f"{name}: cannot load the tokenizer: its tokenizer files are damaged or of a "
+                                 f"kind transformers does not read ({described(exc)}); {_COPY_TOKENIZER}") from None
             raise ModelError(f"{name}: cannot load the tokenizer: {first_line(exc)}{hint}") from None
+        from protrans_cli.models.base import unknown_residues
+
+        if not is_dir and unknown_residues(family, tokenizer) and not _tokenizer_cached(target, hub_kwargs):
+            # offline with the hub model's config cached but not its tokenizer: transformers made an
+            # empty tokenizer from the config, which read as "not a protein tokenizer"
+            raise ModelError(_not_found_message(name, target, is_dir, "", what="its tokenizer files"))
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None))
         try:
             model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
@@ -274,6 +286,19 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
 
 _COPY_TOKENIZER = ("copy the tokenizer files (tokenizer.json, or vocab.txt / spiece.model, with "
                    "tokenizer_config.json) of the model it was trained from into it")
+
+
+def _tokenizer_cached(repo_id: str, hub_kwargs: dict) -> bool:
+    """Whether the local Hugging Face cache holds any tokenizer file of a hub model (True when
+    the hub can be reached: transformers then fetched whatever the model has)."""
+    if not (_offline() or hub_kwargs.get("local_files_only")) and hub_reachable():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+             "vocab.json")
+    return any(isinstance(try_to_load_from_cache(repo_id, name, revision=hub_kwargs.get("revision")), str)
+               for name in names)
 
 
 def _has_tokenizer_files(directory) -> bool:
@@ -367,6 +392,10 @@ def weights_problem(exc: BaseException) -> str:
     if isinstance(exc, pickle.UnpicklingError):
         return ("the pickled checkpoint (pytorch_model.bin) holds objects other than tensors; it is read with "
                 "weights_only=True and refused (convert it to safetensors where you trust it)")
+    if "ignore_mismatched_sizes" in str(exc):
+        # transformers' "For details look at the above report!", whose report -v shows
+        return ("some of its tensors have other shapes than its config.json gives (a config edited, or another "
+                "model's weights); -v shows which")
     return first_line(exc)
 
 
@@ -425,7 +454,9 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: str = "-m") -> str:
+def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: str = "-m",
+                       what: str = "") -> str:
+    """`what`: the part of the hub model that is missing from the cache (all of it when empty)."""
     if is_dir:
         return f"{name}: cannot load the model directory: {reason}"
     if _offline():
@@ -434,7 +465,8 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
         why = "the hub cannot be reached from here (no network)"
     else:
         why = "it could not be downloaded"
-    return (f"cannot load model {name!r}: no local directory of that name, and the hub model {target} "
-            f"is not in the local Hugging Face cache and {why}; "
+    missing = f"{what} of the hub model {target} are" if what else f"the hub model {target} is"
+    return (f"cannot load model {name!r}: no local directory of that name, and {missing} "
+            f"not in the local Hugging Face cache and {why}; "
             f"download it where there is network (`hf download {target} --local-dir DIR`) "
             f"and pass the directory: {flag} DIR")

@@ -27,6 +27,7 @@ PRESETS = {
 
 class AlbertFamily(Family):
     name = "albert"
+    tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("albert",)
     objective = "mlm"
     packable = True

@@ -54,6 +54,10 @@ class Family:
       packable     `--packing` works (train and embed): the models take position_ids and route
                    attention through transformers' AttentionInterface (see models/packing.py)
       sentence_order  the pretraining model has a sentence-order head (`train --sop`)
+      tokenizer_kwargs  given to AutoTokenizer.from_pretrained: {"do_lower_case": False} for the
+                   WordPiece/sentencepiece tokenizers whose default lower-cases (a ProtBert-style
+                   directory with vocab.txt but no tokenizer_config.json mapped every residue to
+                   [UNK]; residues are upper-case letters)
     """
 
     name: ClassVar[str]
@@ -68,6 +72,7 @@ class Family:
     input_names: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
     packable: ClassVar[bool] = False
     sentence_order: ClassVar[bool] = False
+    tokenizer_kwargs: ClassVar[dict] = {}
 
     def use_flex_attention(self, model) -> None:
         """Switch `model` (this family's encoder, loaded for inference) to FlexAttention
@@ -176,7 +181,7 @@ class Family:
     def load_tokenizer(self, name_or_path, **hub_kwargs):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **hub_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **self.tokenizer_kwargs, **hub_kwargs)
         # The special-token layout of a family depends on the padding side (XLNet pads left);
         # a hub tokenizer may not say so in its config.
         tokenizer.padding_side = self.padding_side

@@ -28,6 +28,7 @@ PRESETS = {
 
 class BertFamily(Family):
     name = "bert"
+    tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("bert",)
     objective = "mlm"
     packable = True

@@ -177,6 +177,7 @@ def electra_pair_class():
 
 class ElectraFamily(Family):
     name = "electra"
+    tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("electra",)
     objective = "electra"
     packable = True

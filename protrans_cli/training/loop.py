@@ -33,7 +33,7 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, first_line
+from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, described, first_line
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
@@ -441,9 +441,10 @@ def _initial_model(config: TrainConfig, resume):
             raise UsageError(f"{resized}: the weights of {source.name} do not have that model's shapes; with "
                              "--init-from, --set can change settings such as dropout, not sizes") from None
         raise ModelError(f"--init-from {source.name}: cannot load the weights: {weights_problem(exc)}") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, AttributeError, IndexError) as exc:  # (KeyError: a damaged tokenizer.json)
+        detail = first_line(exc) if isinstance(exc, (OSError, ValueError)) else described(exc)
         raise ModelError(f"--init-from {source.name}: cannot load it as a {family.name} pretraining model: "
-                         f"{first_line(exc)}") from None
+                         f"{detail}") from None
     sizes = {k: v.numel() for k, v in model.state_dict().items()}
     missing = [k for k in info.get("missing_keys", []) if k in sizes]
     share = sum(sizes[k] for k in missing) / max(sum(sizes.values()), 1)
