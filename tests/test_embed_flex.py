@@ -439,7 +439,8 @@ def test_a_kernel_the_compiler_cannot_build_is_one_line(run_cli, tmp_path, tiny_
     assert "Traceback" not in result.stderr and "second line" not in result.stderr
     assert not out.exists()
     with pytest.raises(Exception, match="no working C compiler"):  # --debug: the compiler's own traceback
-        run_cli("--debug", "embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--attention", "flex")
+        run_cli("--debug", "embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--attention", "flex",
+                "--force")  # (the first run's resumable .partial is refused without --resume or --force)
 
 
 def test_two_threads_on_one_flex_model_each_get_their_own_rows(tiny_t5, monkeypatch):

@@ -762,3 +762,42 @@ def test_token_micro_batches_hold_the_same_proteins_within_the_budget(tmp_path, 
         assert all(counts == per_rank[0] for counts in per_rank)  # as many on every rank, step by step
         fewer = [n for n in per_rank[0] if n < 32 // 4 // world]
         assert fewer, per_rank  # the short proteins' steps need fewer passes
+
+
+@pytest.mark.parametrize("family,metric,weight", [("electra", "disc_loss", 50.0), ("albert", "sop_loss", 1.0)])
+def test_a_step_without_a_masked_residue_keeps_the_second_loss_term(family, metric, weight):
+    # its weight was predicted / aux = 0: the step's loss was 0 and nothing trained
+    import contextlib
+    from types import SimpleNamespace
+
+    from protrans_cli.models import get_family
+    from protrans_cli.training import dist
+    from protrans_cli.training.loop import LossModule, train_step
+
+    fam = get_family(family)
+    tokenizer = fam.build_tokenizer()
+    layout = TokenLayout.from_tokenizer(tokenizer, fam.prepare)
+    config = TrainConfig(family=family, grad_clip=0.0, sop=family == "albert")
+    objective = make_objective(config.objective or fam.objective, layout, config)
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tokenizer, hidden_dropout_prob=0.0,
+                                                   attention_probs_dropout_prob=0.0))
+    unmasked = [s for s in (Sample(i, 0, layout.encode("MKTAYIK"), 5) for i in range(200))
+                if objective.collate([s])["num_predicted"] == 0][:2]
+    assert len(unmasked) == 2
+    module = LossModule(model, objective)
+    run = SimpleNamespace(config=config, info=dist.DistInfo(), layout=layout, loss_scale=None, wrapped=module,
+                          strategy="none", autocast=contextlib.nullcontext, model=model)
+
+    class Keep:
+        def step(self):
+            self.norm = sum(float(p.grad.norm()) for p in module.parameters() if p.grad is not None)
+
+        def zero_grad(self, set_to_none=True):
+            module.zero_grad(set_to_none=True)
+
+    optimizer = Keep()
+    stats = train_step(run, optimizer, [objective.collate(unmasked)])
+    (total, count), (term, term_count) = stats["loss"], stats[metric]
+    assert count > 0 and total / count == pytest.approx(weight * term / term_count, rel=1e-5)
+    assert optimizer.norm > 0

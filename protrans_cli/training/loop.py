@@ -808,6 +808,10 @@ def _shared_counts(micro_batches: list[dict], info, flag: bool) -> tuple[float, 
         counts = torch.tensor([predicted, aux, flags], dtype=torch.float64, device=info.device)
         predicted, aux, flags = dist.all_reduce_sum(counts).tolist()
     if aux:
+        # A step without any masked residue (short proteins, a tiny batch) still has its second
+        # term: normalised by its own count then (its weight was predicted / aux = 0, and the
+        # step trained nothing)
+        predicted = predicted or aux
         for batch in micro_batches:
             batch["step_ratio"] = predicted / aux
     return predicted, flags > 0
@@ -848,7 +852,7 @@ def evaluate(run: _Run, phase) -> float:
     # Weighted over the whole evaluation as a step is (per micro-batch, the eval loss of a
     # two-term objective moved with the micro-batch size). Every rank takes part in this
     # exchange, one whose reading failed too; then none evaluates.
-    _, failed = _shared_counts(micro_batches, info, not micro_batches)
+    denominator, failed = _shared_counts(micro_batches, info, not micro_batches)
     try:
         for batch in micro_batches if not failed else []:
             batch = _to_device(batch, info.device)
@@ -859,7 +863,9 @@ def evaluate(run: _Run, phase) -> float:
         torch.set_rng_state(rng)
     dist.all_reduce_sum(totals)
     run.wrapped.train()
-    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+    # (the step's denominator: the predicted tokens, or for a two-term objective whose batches
+    # hold none, the second term's count)
+    return float(totals[0] / denominator) if denominator > 0 else float("nan")
 
 
 def _full_model(run: _Run):
