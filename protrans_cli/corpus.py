@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -144,6 +145,13 @@ class CorpusOptions:
             for other, path2 in files[:i]:
                 if same_file(path, path2):
                     raise UsageError(f"{other} and {flag} both name {path}: one would replace the other")
+            if self.sharded and flag != "-o" and Path(path).resolve().parent == Path(self.output).resolve().parent:
+                # a shard of -o under that name replaced it (or it one), or it was removed with an
+                # earlier run's shards beyond this run's count
+                index = shard_index(self.output, Path(path).name)
+                if index is not None:
+                    raise UsageError(f"{flag} {path} has the name of shard {index} of -o {self.output}: one would "
+                                     "replace the other; choose another name")
         if self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
         if self.block_bytes < 1024:
@@ -247,7 +255,9 @@ class _Block:
 
 _CR_ONLY = ("a carriage return inside the header line: lines that end in CR alone (old Mac line endings) "
             "are not read; convert them first (tr '\\r' '\\n')")
-_BOM_HEADER = b"\n\xef\xbb\xbf>"
+# A byte-order mark at the start of a line, before a header (blank lines may come between: a
+# file that starts with a mark and a blank line, concatenated to another)
+_BOM_HEADER = re.compile(rb"\n\xef\xbb\xbf(?=[ \t\r\n]*>)")
 
 
 def _plain_file(path: str) -> bool:
@@ -260,9 +270,8 @@ def _plain_file(path: str) -> bool:
         return sniff_compression(handle.read(8)) is None
 
 
-def _plain_blocks(path: str, block_bytes: int, index: int) -> Iterator[_Block]:
+def _plain_blocks(path: str, block_bytes: int, index: int, name: str) -> Iterator[_Block]:
     """Cut points of an uncompressed file: seek ~block_bytes on, find the next record start."""
-    name = display_name(path)
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
         start, line = 0, 1
@@ -297,17 +306,18 @@ def _plain_blocks(path: str, block_bytes: int, index: int) -> Iterator[_Block]:
             pos = cut
 
 
-def _iter_blocks(paths: Sequence, block_bytes: int) -> Iterator[_Block]:
+def _iter_blocks(paths: Sequence, block_bytes: int, names: Sequence[str] | None = None) -> Iterator[_Block]:
     """Cut every input into blocks of whole records (a record bigger than a block is one block).
+    `names`: how messages name each input (stdin spooled for --dedup is still `<stdin>`).
 
     Only an input's first block knows its line number here (counting lines costs a pass over
     the data); the workers count the lines of each block and the caller adds them up.
     """
     index = 0
-    for path in paths:
-        name = display_name(path)
+    for k, path in enumerate(paths):
+        name = names[k] if names is not None else display_name(path)
         if _plain_file(path):
-            for block in _plain_blocks(path, block_bytes, index):
+            for block in _plain_blocks(path, block_bytes, index, name):
                 yield block
                 index = block.index + 1
             continue
@@ -396,6 +406,10 @@ class _Spill:
             fd = stream.fileno()
         except (AttributeError, OSError, ValueError):
             return False
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+            return False  # sendfile refuses a descriptor opened to append (/dev/stdout under `>> log`)
         stream.flush()
         with open(self.path, "rb") as handle:
             done = 0
@@ -503,22 +517,22 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
 
     # Records that fail normalisation: empty, or holding a letter outside the alphabet.
     flagged = lengths == 0
-    rare_per_record = None
+    rare_positions = None  # where U/Z/O/B sit in s (--rare x)
     if odd:
         rest = s.translate(None, _PLAIN)
         if rest.translate(None, RARE.encode()):
-            if _BOM_HEADER in data:
+            if _BOM_HEADER.search(data):
                 # A file that starts with a byte-order mark, concatenated to another: its first
                 # header sits in the record before it (which then holds invalid bytes, so only
                 # such blocks pay for the search).
-                return _process_block(block, cfg, drops, data.replace(_BOM_HEADER, b"\n>"))
+                return _process_block(block, cfg, drops, _BOM_HEADER.sub(b"\n", data))
             bad_lut = np.ones(256, dtype=bool)
             bad_lut[list(_PLAIN + RARE.encode())] = False
             bad_pos = np.flatnonzero(bad_lut[sa])
             flagged[np.searchsorted(stops, bad_pos)] = True
         if cfg.rare == "x" and set(rest) & set(RARE.encode()):
             rare_pos = np.flatnonzero(_RARE_LUT[sa])
-            rare_per_record = np.bincount(np.searchsorted(stops, rare_pos), minlength=n)
+            rare_positions = rare_pos  # (counted where written, after the crops)
             # before dedup digests: MUK and MXK are the same protein once normalised
             s = s.translate(_RARE_TO_X)
             sa = np.frombuffer(s, dtype=np.uint8)
@@ -598,8 +612,6 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
 
     # Spaced text for the whole buffer at once: (residue, ' ') byte pairs as little-endian
     # uint16, then each line's last space becomes '\n'.
-    if rare_per_record is not None:
-        result.rare_to_x = int(rare_per_record[keep].sum())
     spaced = np.empty(len(s), dtype=np.uint16)
     spaced[:] = sa
     spaced |= 0x2000
@@ -659,6 +671,11 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         out = compress_bytes(out, kind, FAST_LEVELS.get(kind))
         result.outputs[d] = _spill(out, cfg.spill_dir) if cfg.spill_dir else out
 
+    if rare_positions is not None:
+        # U/Z/O/B written as X: within what each kept protein wrote (a crop's dropped last
+        # window holds residues that were never written)
+        result.rare_to_x = int((np.searchsorted(rare_positions, doc_end)
+                                - np.searchsorted(rare_positions, starts[kept])).sum())
     kept_lengths = lengths[kept]
     written = np.minimum(doc_end - starts[kept], kept_lengths)
     result.proteins_out = len(kept)
@@ -937,7 +954,8 @@ class _Writers:
     def _put(stream, text) -> None:
         if isinstance(text, _Spill):
             # an uncompressed file or stdout: copy in the kernel; else through the compressor
-            if isinstance(stream, io.BufferedWriter) and text.send_to(stream):
+            target = getattr(stream, "buffer", stream)  # stdout's buffer behind io.files' whole-write wrapper
+            if isinstance(target, io.BufferedWriter) and text.send_to(target):
                 return
             text = text.read()
         stream.write(text)
@@ -1210,6 +1228,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             rejects.stream.write(b"id\treason\tdetail\tfile\tline\n")
         dedup = None
         paths = inputs
+        names = [display_name(p) for p in inputs]  # (--dedup reads copies of stdin and pipes)
         if options.dedup:
             base = options.tmp_dir or (str(Path(options.output).parent) if options.output and str(options.output) != "-" else None)
             tmp = make_temporary(base or tempfile.gettempdir(), ".protrans-dedup.", "", folder=True)
@@ -1218,10 +1237,17 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             size = sum(os.path.getsize(p) for p in paths)
             dedup = _Dedup(tmp, expected_records=size // 100)
             pass1 = _BlockConfig(**{**asdict(cfg), "digests": True, "want_rejects": False})
-            jobs = ((b, None) for b in _iter_blocks(paths, options.block_bytes))
+            jobs = ((b, None) for b in _iter_blocks(paths, options.block_bytes, names))
             ordinal = 0
+            line0 = 1
             bar = _bar(options, paths, "prep: dedup pass 1")
             for block, res in _run_blocks(jobs, _process_block, (pass1,), threads, spill_dir):
+                if block.line0:
+                    line0 = block.line0
+                if res.fatal is not None:  # (it has no digests: a TypeError traceback)
+                    rid, detail, line = res.fatal
+                    raise InputError(detail, path=block.name, record=rid, line=line0 + line - 1)
+                line0 += res.lines
                 res.digests[:, 2] += np.uint64(ordinal)
                 dedup.add(res.digests)
                 dedup.block_records.append(res.records)
@@ -1234,7 +1260,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
 
         def jobs():
             ordinal = 0
-            for block in _iter_blocks(paths, options.block_bytes):
+            for block in _iter_blocks(paths, options.block_bytes, names):
                 drops = None
                 if dedup is not None:
                     count = dedup.block_records[block.index]

@@ -738,3 +738,69 @@ def test_stopping_early_ends_the_workers_at_once():
     start = time.perf_counter()
     results.close()  # what the caller's exception does to the generator
     assert time.perf_counter() - start < 3
+
+
+def test_dedup_of_an_old_mac_file_is_the_one_line_error(run_cli, tmp_path):
+    # pass 1 of --dedup met the unreadable block without its digests: a TypeError traceback
+    fasta = tmp_path / "cr.fa"
+    fasta.write_bytes(b">a\rMKTA\r>b\rMKTA\r")
+    for extra in ([], ["--dedup"]):
+        result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", *extra)
+        assert result.exit_code == 1 and "cr.fa:1, record 'a': a carriage return inside the header" in result.stderr
+
+
+def test_dedup_of_stdin_names_stdin_in_rejects_and_errors(run_cli, tmp_path):
+    # the copy --dedup reads twice was named instead (a deleted temporary file)
+    data = b">a\nMKTA\n>b\nMKJA\n>c\nMKTA\n"
+    result = run_cli("prep", "-", "-o", tmp_path / "c.txt", "--dedup", "--rejects", tmp_path / "r.tsv", input=data)
+    assert result.exit_code == 0, result.stderr
+    rows = [line.split("\t") for line in (tmp_path / "r.tsv").read_text().splitlines()[1:]]
+    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [("b", "invalid_character", "<stdin>", "3"),
+                                                      ("c", "duplicate", "<stdin>", "5")]
+    result = run_cli("prep", "-", "-o", tmp_path / "d.txt", "--dedup", "--strict", input=data)
+    assert result.exit_code == 1 and "<stdin>:3, record 'b': invalid character 'J'" in result.stderr
+
+
+def test_stats_count_rare_residues_written_not_those_of_dropped_crop_windows(run_cli, tmp_path):
+    fasta = tmp_path / "r.fa"
+    fasta.write_text(">a\nMKTAMKTAMU\n>b\nMKTAU\n>c\nMUTA\n")  # windows of 4: 'MU' and 'U' (below 3) dropped
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--max-length", 4, "--long", "crop",
+                     "--min-length", 3, "--stats", tmp_path / "s.json")
+    assert result.exit_code == 0, result.stderr
+    written = (tmp_path / "c.txt").read_text().count("X")
+    assert json.loads((tmp_path / "s.json").read_text())["rare_to_x"] == written == 1
+
+
+def test_an_output_through_dev_stdout_appends_to_what_the_shell_opened(tmp_path):
+    # `--stats /dev/stderr 2>> run.log` and `-o /dev/stdout >> log` truncated the log first
+    fasta = tmp_path / "s.fa"
+    fasta.write_text(">a\nMKTA\n>b\nMKTA\n")
+    log = tmp_path / "log.txt"
+    log.write_text("earlier line\n")
+    # (the second from stdin with two workers: their blocks were copied with sendfile, which
+    # refuses a descriptor opened to append)
+    for args in ([str(fasta), "-o", str(tmp_path / "c.txt"), "--stats", "/dev/stderr"],
+                 ["-", "-o", "/dev/stdout", "-j", "2", "<", str(fasta)]):
+        target = "2>>" if "/dev/stderr" in args else ">>"
+        shell = f"{sys.executable} -m protrans_cli -q prep {' '.join(args)} {target} {log}"
+        assert subprocess.run(["bash", "-c", shell]).returncode == 0
+        assert log.read_text().startswith("earlier line\n")
+    assert "M K T A" in log.read_text() and '"proteins_out"' in log.read_text()
+
+
+@pytest.mark.parametrize("flag", ["--stats", "--rejects", "--valid-output"])
+def test_an_output_named_like_a_shard_is_refused(run_cli, tmp_path, flag):
+    # a shard replaced the file (or it a shard), or it was removed as an earlier run's shard
+    fasta = tmp_path / "s.fa"
+    fasta.write_text(">a\nMKTA\n>b\nMKTV\n")
+    extra = ["--valid-fraction", "0.5"] if flag == "--valid-output" else []
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--shards", 2, flag, tmp_path / "c.00001.txt", *extra)
+    assert result.exit_code == 2 and f"{flag} {tmp_path / 'c.00001.txt'} has the name of shard 1 of -o" in result.stderr
+
+
+def test_a_concatenated_file_starting_with_a_mark_and_a_blank_line(run_cli, tmp_path):
+    # `cat a.fa b.fa`, b.fa starting with a byte-order mark then a blank line: a.fa's last
+    # record was rejected for the mark's bytes
+    data = b">x\nMKTA\n" + b"\xef\xbb\xbf\n>y\nMKTV\n"
+    result = run_cli("prep", "-", "-o", "-", input=data)
+    assert result.exit_code == 0 and result.stdout == "M K T A\n\nM K T V\n\n", result.stderr

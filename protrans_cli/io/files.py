@@ -289,7 +289,9 @@ class AtomicFile:
             # over one would replace the device itself (as root: /dev/null becomes a file).
             if self.path.is_dir():
                 raise InputError("is a directory, expected a file", path=str(self.path))
-            self._raw = open(self.path, "wb")
+            # Appended to: "wb" truncated what /dev/stdout or /dev/stderr leads to, so
+            # `--stats /dev/stderr 2>> run.log` emptied the log first
+            self._raw = open(self.path, "ab")
         else:
             self.tmp = str(make_temporary(directory, f".{self.path.name}."))
             # Opened by descriptor: a named file object would put the temporary's name in a gzip header.
