@@ -420,3 +420,20 @@ def test_writer_does_not_create_through_a_planted_link(tmp_path):
     assert victim.read_bytes() == b"precious\n"
     assert not (tmp_path / "e.h5").is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "victim.txt"]
+
+
+def test_keys_that_spell_other_ids_and_whole_header_keys_name_the_right_proteins(tmp_path):
+    # biotrainer keys its datasets "0", "1", ... with the ids in `original_id`: with numeric ids
+    # get("1") returned the second protein; the ProtTrans script keys a protein by its whole
+    # header line, which read as an id with a space
+    with h5py.File(tmp_path / "bt.h5", "w") as f:
+        for position, ident in enumerate(["1", "2", "3"]):
+            f.create_dataset(str(position), data=np.full((2, 4), float(ident), np.float32))
+            f[str(position)].attrs["original_id"] = ident
+    with EmbeddingsReader(tmp_path / "bt.h5") as r:
+        assert [float(r.get(i)[0, 0]) for i in ("1", "2", "3")] == [1.0, 2.0, 3.0]
+        assert r.key_for("0") is None  # no protein "0" in this file
+    with h5py.File(tmp_path / "pt.h5", "w") as f:
+        f.create_dataset("EX0029 Plastid-S", data=np.ones((3, 4), np.float32))
+    with EmbeddingsReader(tmp_path / "pt.h5") as r:
+        assert [ident for ident, _, _ in r.items()] == ["EX0029"] and r.get("EX0029").shape == (3, 4)

@@ -1565,3 +1565,35 @@ def test_the_files_own_test_records_are_named_when_none_matches(run_cli, loc_dat
                 "--max-epochs", "1", "-j", "1", "-o", tmp_path / "h")
     assert r.exit_code == 1
     assert "no label record matched an embedding (the test records of" in r.stderr and "--test EMBEDDINGS" in r.stderr
+
+
+def test_foreign_files_are_matched_by_original_id_and_their_layers_checked(run_cli, loc_data, tmp_path):
+    # a biotrainer-style file keyed "0", "1", ... (ids in `original_id`) with numeric protein
+    # ids: fit paired protein "1" with the dataset "1" (another protein's vector)
+    import h5py
+
+    rows = [line[1:].split()[:2] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
+    table = tmp_path / "v.csv"
+    table.write_text("".join(f"{k + 1},{k + 1}\n" for k in range(len(rows))))  # value = the protein's number
+    with h5py.File(tmp_path / "bt.h5", "w") as f:
+        for k in range(len(rows)):
+            f.create_dataset(str(k), data=np.full(8, float(k + 1), np.float32))  # its vector holds it too
+            f[str(k)].attrs["original_id"] = str(k + 1)
+    from protrans_cli.heads.data import load_data
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import get_task
+
+    data, report = load_data(tmp_path / "bt.h5", read_labels(table), get_task("value"))
+    assert report.matched == len(rows) and not report.unlabelled
+    np.testing.assert_array_equal(data.x[:, 0], np.asarray(data.targets["value"], dtype=np.float32))
+    # --layer on another tool's file: (3, L, D) indexed by it and checked; (L, D) holds one layer
+    labels = tmp_path / "ss.fasta"
+    labels.write_text(f">p1 SET=train VALIDATION=False\n{'CHHHHEEECC'}\n>p2 SET=train VALIDATION=True\nCCHHHHEECC\n")
+    for name, shape in (("one", (10, 21)), ("three", (3, 10, 21))):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            for ident in ("p1", "p2"):
+                f.create_dataset(ident, data=np.random.default_rng(0).normal(size=shape).astype(np.float32))
+        r = run_cli("fit", "ss3", "--embeddings", tmp_path / f"{name}.h5", "--labels", labels, "--layer", "5",
+                    "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "-o", tmp_path / f"h_{name}")
+        assert r.exit_code == 1, r.stderr
+        assert ("holds one layer (no layer axis" if name == "one" else "holds 3 layers on its first axis") in r.stderr

@@ -102,7 +102,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     source = _source_kind(reader, task.kind)
     group = reader._group(source)
     keys = set(reader.keys(source))
-    other_ids = reader.foreign_ids(source)  # bio_embeddings' md5 keys: the id is in `original_id`
+    other_ids, owned_keys = reader._foreign(source)  # bio_embeddings' md5 keys: the id is in `original_id`
     by_checksum: dict[str, str] | None = None
     if task.kind == PER_RESIDUE:
         task.check_label_states(label_set.records, label_set.path)
@@ -116,9 +116,12 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             else:
                 targets = task.protein_targets(record)
                 label_length = len(record.sequence) if record.sequence is not None else None
-        key = escape_key(record.id)
-        if key not in keys:
-            key = other_ids.get(record.id, key)
+        # (as reader.key_for, on the key set: another tool's keys by their `original_id` first,
+        # never a key that spells the id but holds another protein)
+        key = other_ids.get(record.id)
+        if key is None:
+            key = escape_key(record.id)
+            key = None if key in owned_keys else key
         via_checksum = False
         if key not in keys and record.sequence is not None:
             if by_checksum is None:
@@ -208,7 +211,8 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int,
                      path=reader.path)
 
 
-def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path: str, ident: str) -> np.ndarray:
+def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path: str, ident: str, *,
+              layers_recorded: bool = True) -> np.ndarray:
     """One dataset's rows at `layer` ((L, D) for base_ndim 2, (D,) for 1), its shape checked
     against `expected` ((L, D) or (D,); None where a size is not known) BEFORE anything is read.
     A dataset's shape is only a claim: a few KB of HDF5 (an unwritten or compressed dataset) can
@@ -216,17 +220,39 @@ def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path
     only after (or the job was killed for memory first). Datasets written with several --layer
     have a leading layer axis ((n_layers, L, D) / (n_layers, D)): only the one used is read.
     The shape comes from h5py's low-level calls, and a one-layer float dataset is read through
-    them too (`read_array`: h5py's dictionary interface cost about twice as much per protein)."""
+    them too (`read_array`: h5py's dictionary interface cost about twice as much per protein).
+    `layers_recorded`: the file says which layers it holds (embed's `layers` attribute); in another
+    tool's file `layer` indexes the layer axis, and must exist there."""
     import h5py
 
     obj = h5py.h5o.open(group.id, key.encode("utf-8"))
     shape = tuple(obj.shape) if isinstance(obj, h5py.h5d.DatasetID) else ()
+    if not layers_recorded:
+        _check_foreign_layer(shape, base_ndim, layer, path, ident)
     rows = shape[1:] if len(shape) == base_ndim + 1 else shape
     if len(rows) != base_ndim or any(want is not None and got != want for got, want in zip(rows, expected)):
         shown = "x".join(str(x) for x in expected) if None not in expected else f"{base_ndim} axes"
         raise InputError(f"embedding has shape {'x'.join(map(str, shape)) or 'scalar'}, expected {shown} "
                          "(a damaged file, or another protein's rows)", path=path, record=ident)
     return group[key][layer] if len(shape) == base_ndim + 1 else read_array(group, key, obj)
+
+
+def _check_foreign_layer(shape: tuple, base_ndim: int, layer: int, path: str, ident: str) -> None:
+    """--layer against the array of a file that records no layers (another tool's): a leading
+    layer axis must hold that index, an array without one holds one layer (-1 or 0); a 2-D array
+    where per-protein (D,) vectors are read is no layer axis but another kind (the last residue's
+    row was taken as the protein's vector)."""
+    if len(shape) == base_ndim + 1 and base_ndim == 1:
+        raise InputError(f"holds a {'x'.join(map(str, shape))} array where per-protein (D,) vectors are read, and "
+                         "no `layers` attribute says its first axis is layers (a flat file mixing per-residue and "
+                         "per-protein arrays?)", path=path, record=ident)
+    if len(shape) == base_ndim + 1 and not -shape[0] <= layer < shape[0]:
+        raise InputError(f"holds {shape[0]} layers on its first axis (the file records no layer numbers: --layer "
+                         f"indexes that axis, {-shape[0]} to {shape[0] - 1}), not layer {layer}", path=path,
+                         record=ident)
+    if len(shape) == base_ndim and layer not in (-1, 0):
+        raise InputError(f"holds one layer (no layer axis, no layer numbers recorded): --layer {layer} does not "
+                         "apply (leave it out)", path=path, record=ident)
 
 
 @dataclass
@@ -257,6 +283,7 @@ class ResidueData:
         self.lengths = np.array([m.length for m in items], dtype=np.int64)
         with EmbeddingsReader(self.path) as reader:
             self.layer = stored_layer_index(reader, layer)
+            self.layers_recorded = "layers" in reader.attrs
             self.kind_path = None if reader.layout == "flat" else PER_RESIDUE
             self.dim = reader.dim(PER_RESIDUE)
         self.cached: np.ndarray | None = None
@@ -278,7 +305,8 @@ class ResidueData:
         return handle, (handle if self.kind_path is None else handle[self.kind_path])
 
     def _read(self, group, item: Matched) -> np.ndarray:
-        return read_rows(group, item.key, 2, self.layer, (item.length, self.dim), self.path, item.id)  # (L, D)
+        return read_rows(group, item.key, 2, self.layer, (item.length, self.dim), self.path, item.id,
+                         layers_recorded=self.layers_recorded)  # (L, D)
 
     def _read_into(self, group, item: Matched, out: np.ndarray) -> None:
         """`out[...] = self._read(group, item)` for `out` of shape (item.length, dim), float32,
@@ -290,7 +318,8 @@ class ResidueData:
 
         obj = h5py.h5o.open(group.id, item.key.encode("utf-8"))
         if (isinstance(obj, h5py.h5d.DatasetID) and obj.shape == out.shape and obj.dtype in PLAIN_FLOAT_DTYPES
-                and out.flags.c_contiguous and out.dtype == np.float32):
+                and out.flags.c_contiguous and out.dtype == np.float32
+                and (self.layers_recorded or self.layer in (-1, 0))):  # (else _read refuses the layer)
             if out.size:
                 target = out if obj.dtype == out.dtype else np.empty(out.shape, dtype=obj.dtype)
                 obj.read(h5py.h5s.ALL, h5py.h5s.ALL, target)
@@ -455,6 +484,7 @@ class ProteinData:
         self.items = items
         with EmbeddingsReader(self.path) as reader:
             layer = stored_layer_index(reader, layer)
+            recorded = "layers" in reader.attrs
             source = _source_kind(reader, PER_PROTEIN)
             if source != PER_PROTEIN:
                 console.info(f"{self.path}: no per-protein embeddings; using the mean of the per-residue ones")
@@ -464,10 +494,12 @@ class ProteinData:
             for item in items:
                 if source == PER_RESIDUE:
                     length = item.length or None  # (0: not known)
-                    array = read_rows(group, item.key, 2, layer, (length, dim), self.path, item.id)
+                    array = read_rows(group, item.key, 2, layer, (length, dim), self.path, item.id,
+                                      layers_recorded=recorded)
                     rows.append(array.astype(np.float32).mean(axis=0))
                 else:
-                    rows.append(read_rows(group, item.key, 1, layer, (dim,), self.path, item.id))
+                    rows.append(read_rows(group, item.key, 1, layer, (dim,), self.path, item.id,
+                                          layers_recorded=recorded))
         self.x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)  # (N, D)
         refuse_non_finite(self.path, self.x, items, np.arange(len(items)))
         self.dim = int(self.x.shape[1])
@@ -514,6 +546,7 @@ def subset(data, positions: np.ndarray):
         return new
     new = object.__new__(ResidueData)
     new.path, new.layer, new.kind_path, new.dim = data.path, data.layer, data.kind_path, data.dim
+    new.layers_recorded = data.layers_recorded
     new.items = [data.items[i] for i in positions]
     new.lengths = data.lengths[positions]
     new.starts = data.starts[positions]

@@ -74,11 +74,18 @@ _MD5_KEY = re.compile(r"[0-9a-f]{32}")
 def dataset_id(key: str, attrs) -> str:
     """A dataset's protein id: its `id` attribute (embed's files), else bio_embeddings'
     `original_id` up to its first whitespace (the FASTA id as embed takes it from the header),
-    else the unescaped key (the ProtTrans script's files). `attrs`: the dataset's attributes."""
+    else the unescaped key up to its first whitespace (the ProtTrans script keys a protein by its
+    whole header line, `EX0029 Plastid-S`). `attrs`: the dataset's attributes."""
     ident = _plain(attrs["id"]) if "id" in attrs else None
     if not ident and "original_id" in attrs:
         ident = _original_id(_plain(attrs["original_id"]))
-    return str(ident) if ident else unescape_key(key)
+    return str(ident) if ident else _key_id(key)
+
+
+def _key_id(key: str) -> str:
+    """The id a key without attributes names: the unescaped key up to its first whitespace."""
+    name = unescape_key(key)
+    return header_id(name) or name
 
 
 def _original_id(value) -> str | None:
@@ -132,7 +139,7 @@ class EmbeddingsReader:
         # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
         # group a): not proteins, and the datasets in them are not read (see `subgroups`).
         self.subgroups: list[str] = []
-        self._foreign_ids: dict[str, dict[str, str]] = {}
+        self._foreign_ids: dict[str, tuple[dict[str, str], set[str]]] = {}
         self._kind_guessed = False
         if groups:
             self.layout = "grouped"
@@ -175,26 +182,41 @@ class EmbeddingsReader:
 
     def foreign_ids(self, kind: str = PER_RESIDUE) -> dict[str, str]:
         """id -> key of the datasets whose key is not their escaped id: those of a bio_embeddings
-        file (md5 keys, the id in `original_id`). {} for embed's files (every key is the id's)."""
+        file (md5 keys, the id in `original_id`), of biotrainer's (keys "0", "1", ... in input
+        order) and of the ProtTrans script's (the whole header line as the key). {} for embed's
+        files (every key is the id's)."""
+        return self._foreign(kind)[0]
+
+    def _foreign(self, kind: str) -> tuple[dict[str, str], set[str]]:
+        """(foreign_ids, the keys that belong to another id than the one they spell)."""
         if "layout" in self.attrs:
-            return {}
+            return {}, set()
         if kind not in self._foreign_ids:
-            group, found = self._group(kind), {}
+            group, found, owned = self._group(kind), {}, set()
             for key in self.keys(kind):
                 ident = dataset_id(key, dataset_attrs(group, key)[0])
                 if escape_key(ident) != key:
                     found.setdefault(ident, key)
-            self._foreign_ids[kind] = found
+                    owned.add(key)
+            self._foreign_ids[kind] = (found, owned)
         return self._foreign_ids[kind]
 
-    def dataset(self, ident: str, kind: str = PER_RESIDUE):
-        group = self._group(kind)
+    def key_for(self, ident: str, kind: str = PER_RESIDUE) -> str | None:
+        """The key of protein `ident`'s dataset, None when the file has none. In another tool's
+        file the dataset whose `original_id` is the id comes first, and a key that merely spells
+        the id but holds another protein is not it: with biotrainer's keys "0", "1", ..., protein
+        "1" is not the dataset "1" (that is the second protein), and it was read as such."""
+        found, owned = self._foreign(kind)
+        if ident in found:
+            return found[ident]
         key = escape_key(ident)
-        if key not in group:
-            key = self.foreign_ids(kind).get(ident, key)
-        if key not in group:
+        return key if key in self._group(kind) and key not in owned else None
+
+    def dataset(self, ident: str, kind: str = PER_RESIDUE):
+        key = self.key_for(ident, kind)
+        if key is None:
             raise InputError(f"no {kind} embedding for this id", path=self.path, record=ident)
-        return group[key]
+        return self._group(kind)[key]
 
     def get(self, ident: str, kind: str = PER_RESIDUE) -> np.ndarray:
         return self.dataset(ident, kind)[()]
@@ -259,7 +281,7 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
         if not isinstance(obj, h5py.h5d.DatasetID):
             continue
         ident = (_read_text_attr(obj, b"id") or _original_id(_read_text_attr(obj, b"original_id"))
-                 or unescape_key(name.decode("utf-8")))
+                 or _key_id(name.decode("utf-8")))
         checksum = None
         if checksums and (prefixes or not h5py.h5a.exists(obj, b"truncated_from")):
             checksum = _read_text_attr(obj, b"checksum")
