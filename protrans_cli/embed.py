@@ -38,6 +38,7 @@ from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError
+from protrans_cli.errors import first_line as errors_first_line
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import create_fresh, display_name, input_named_by, open_input, output_directory
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path, refuse_if_in_use
@@ -1141,7 +1142,12 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     summary.failed = dict(writer.failed)
 
     if dist.world_size > 1:
-        summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
+        try:
+            summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
+        except RuntimeError as exc:  # a rank that stopped (killed, out of memory): gloo's traceback before
+            raise RuntimeFailure(f"another process of this torchrun run stopped before the end ({errors_first_line(exc)}); "
+                                 f"what this one computed is in {interrupted_output(output)}: run the same command "
+                                 "with --resume to finish") from None
         if dist.is_main:
             summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
         else:

@@ -135,7 +135,8 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
         from protrans_cli.training.lr_finder import find_lr as run_find_lr
 
         result = run_find_lr(config)
-        click.echo(f"{result.lr_suggestion:.3g}")
+        if _rank_zero():  # under torchrun every rank ran the test: one suggestion on stdout
+            click.echo(f"{result.lr_suggestion:.3g}")
         return
     from protrans_cli.training.loop import train
 
@@ -145,8 +146,15 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
         from protrans_cli.cli import stopped
 
         raise stopped(exc, getattr(exc, "protrans_detail", None)) from None
-    if not result.completed:
+    if not result.completed and _rank_zero():
         console.info(f"train: stopped after step {result.step}; continue with --resume")
+
+
+def _rank_zero() -> bool:
+    """Whether this process is torchrun's rank 0 (or no torchrun): the one that reports."""
+    import os
+
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _print_presets(family: str | None) -> None:

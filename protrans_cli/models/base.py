@@ -144,6 +144,10 @@ class Family:
         """A freshly initialised model with the heads the family's objective needs."""
         raise NotImplementedError
 
+    def pretraining_model_from(self, model):
+        """A freshly initialised pretraining model of `model`'s architecture (FSDP's full copy)."""
+        return self.pretraining_model(model.config)
+
     def pretraining_model_like(self, directory, config, **hub):
         """A freshly initialised pretraining model of the architecture saved in `directory` (a
         checkpoint whose weights are loaded next), `config` being its config with any overrides."""

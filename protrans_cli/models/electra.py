@@ -210,6 +210,13 @@ class ElectraFamily(Family):
     def pretraining_model(self, config):
         return electra_pair_class().from_config(config)
 
+    def pretraining_model_from(self, model):
+        """The pair of `model`'s two configs (a generator loaded by --init-from keeps its own)."""
+        from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+        return electra_pair_class()(ElectraForPreTraining(model.discriminator.config),
+                                    ElectraForMaskedLM(model.generator.config))
+
     def pretraining_model_like(self, directory, config, **hub):
         """The pair as saved in `directory` (a checkpoint): the generator's config is the one saved
         there, not one derived again from the discriminator's (a generator of another size, or

@@ -877,7 +877,11 @@ def _full_model(run: _Run):
     full = get_model_state_dict(run.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not run.info.is_main:
         return None
-    copy = run.family.pretraining_model(run.model.config)
+    # Built without touching the run's random stream: its initial weights (overwritten next) were
+    # drawn from the global generator, which moved rank 0's dropout at every save, so that
+    # --save-every changed the losses and a resumed FSDP run differed from an uninterrupted one
+    with torch.random.fork_rng(devices=[]):
+        copy = run.family.pretraining_model_from(run.model)
     copy.load_state_dict({k.removeprefix("model."): v for k, v in full.items()})
     return copy
 
