@@ -5,15 +5,17 @@
 #
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
-# quick (one device call, step limits adding up to 520 s): the ceilings; the T5 forward pass
+# quick (one device call, step limits adding up to 530 s): the ceilings; the T5 forward pass
 # profiled (the one model under the embed target on 2026-11-29); ProtT5-XL-sized embedding with
 # --attention flex (padded and packed) against the ProtTrans strategy; one train benchmark with
 # four protrans settings against one baseline (as before, --token-micro-batches, with --packing,
-# cuDNN attention over few shapes); the GPU tests of packing and flex attention.
+# cuDNN attention over few shapes); ProtBert-sized embedding against the ProtTrans batches under
+# both kernel policies (how much of BERT's ratio is the baseline's cuDNN plans).
 #
-# levers (the second call of a session, step limits 300 s, in order of what it decides):
-# `train --compile` (with token micro-batches and packing, then alone) and the training part of
-# gpu_profile.py (fixed, new, repeated lengths, token-sized micro-batches). A session has
+# levers (the second call of a session, step limits 360 s, in order of what it decides):
+# `train --compile` (with token micro-batches and packing, then alone), the training part of
+# gpu_profile.py (fixed, new, repeated lengths, token-sized micro-batches; each kernel choice on
+# lengths of its own since 2026-11-30) and the GPU tests of packing and flex. A session has
 # 15 minutes of device time, machine start included: quick, then levers at once while the machine
 # is warm (it goes back after 30 s idle).
 #
@@ -43,8 +45,8 @@ SCRATCH=/dev/shm
 MODE=${1:-full}
 if [ -z "${STEPS:-}" ]; then
     case $MODE in
-        quick) STEPS="env profile_t5 embed_t5_flex train_variants tests_quick" ;;
-        levers) STEPS="train_compile_variants train_profile" ;;
+        quick) STEPS="env profile_t5 embed_t5_flex train_variants embed_bert_fair" ;;
+        levers) STEPS="train_compile_variants train_profile tests_quick" ;;
     esac
 fi
 
@@ -85,6 +87,11 @@ step embed_t5_flex 170 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device c
 step profile 140 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
 step embed_t5_pp 100 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
+# ProtBert-sized, per-protein: the ProtTrans batches under PyTorch's kernel choice (cuDNN attention
+# on Hopper, a plan for every new shape: what the script gets) and under protrans's (what batching
+# alone gains), against protrans
+step embed_bert_fair 70 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
+    --strategies prottrans_auto,prottrans,protrans --max-tokens default --per-protein
 step embed_bert_pp 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --strategies prottrans,protrans,packed --max-tokens 4000,default --per-protein
 step embed_t5_compiled 190 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 \

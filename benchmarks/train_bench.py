@@ -96,7 +96,10 @@ def parse_variants(text: str | None) -> list[tuple[str, dict]]:
     return variants
 
 
-def flops_per_token(config, num_params_non_embedding: int, length: int) -> float:
+def flops_per_token(config, num_params_non_embedding: int, length: float) -> float:
+    """Model FLOPs per real token of a training step: 6 N for the weights, and attention's
+    12 x layers x hidden x length (forward and backward of QK^T and AV) at the proteins' own
+    mean attention length (`_attention_length`), whatever padding a loop computes."""
     layers = getattr(config, "num_hidden_layers", 0)
     hidden = getattr(config, "hidden_size", 0)
     return 6.0 * num_params_non_embedding + 12.0 * layers * hidden * length
@@ -224,6 +227,27 @@ def _protrans_padding(args, corpus: Path, cfg) -> float:
     return 1 - real / padded
 
 
+def _attention_length(args, corpus: Path) -> float:
+    """sum(L^2) / sum(L) over the proteins of the run's steps (special tokens included, as
+    cropped): the length that attention's model FLOPs per real token follow. Charged at
+    max_length, every token paid for a 512-long attention, most proteins being shorter."""
+    from protrans_cli.models import get_family
+    from protrans_cli.training.data import CorpusStream, TokenLayout
+
+    family = get_family(args.family)
+    layout = TokenLayout.from_tokenizer(family.build_tokenizer(), family.prepare)
+    stream = CorpusStream([str(corpus)], layout, max_length=args.max_length,
+                          global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
+                          seed=args.seed)
+    squares = tokens = 0
+    for (_, sb) in zip(range(args.num_steps), stream):
+        for mb in sb.micro_batches:
+            for sample in mb:
+                n = len(sample.residues) + layout.num_special
+                squares, tokens = squares + n * n, tokens + n
+    return squares / max(tokens, 1)
+
+
 def _sync(device):
     import torch
 
@@ -306,6 +330,7 @@ def main(argv=None) -> int:
     scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         corpus, source = write_corpus(Path(tmp), args.num_proteins, args.seed, args.fasta)
+        attention_length = _attention_length(args, corpus)
         # Alternate baseline and variants, and keep each one's best run: a shared machine's load varies.
         bases, runs = [], {name: [] for name, _ in variants}
         if args.report_after:
@@ -354,12 +379,13 @@ def main(argv=None) -> int:
     if gpu:
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-        fpt = flops_per_token(config, non_embed, args.max_length)
+        fpt = flops_per_token(config, non_embed, attention_length)
         for r in shown.values():
             r["mfu"] = r["tokens_per_s"] * fpt / (peak * 1e12) if peak else None
     print(f"{result['model']} ({non_embed / 1e6:.1f}M non-embedding parameters), length {args.max_length}, "
           f"global batch {args.global_batch_size}, micro-batch {args.micro_batch_size}, {result['device']}")
-    print(f"data: {source}")
+    print(f"data: {source}" + (f"; MFU's attention FLOPs at the proteins' mean attention length, {attention_length:.0f} "
+                               "tokens" if gpu else ""))
     width = max(9, *(len(k) for k in shown))
     for key, r in shown.items():
         mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
