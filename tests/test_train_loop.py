@@ -232,7 +232,7 @@ def test_find_lr_tells_ddp_of_unused_parameters(tmp_path, monkeypatch):
     monkeypatch.setattr(dist, "choose_strategy", lambda *args: "ddp")
     monkeypatch.setattr(dist, "wrap", wrap)
     find_lr(_config(tmp_path, "albert"), num_steps=2)
-    assert told == [{"find_unused_parameters": True}]
+    assert told == [{"find_unused_parameters": True, "param_dtype": None}]  # (fp32 on the CPU: FSDP gathers fp32)
 
 
 def test_find_lr_plots_and_suggests(tmp_path):
@@ -1350,3 +1350,19 @@ def test_precision_auto_is_saved_as_what_it_meant_so_a_moved_run_is_not_switched
     monkeypatch.setattr(loop, "resolve_precision", on_a_t4)
     with pytest.raises(UsageError, match=r"precision: 'fp32' there, 'fp16' here"):
         train(_config(tmp_path, num_steps=4), resume=True)
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_fsdp_gathers_parameters_in_the_runs_precision(tmp_path, monkeypatch, precision, dtype):
+    # FSDP on a GPU gathered bfloat16 parameters whatever --precision said (fp32 computed in bf16)
+    from protrans_cli.training import dist
+
+    told = []
+
+    def wrap(module, strategy, info, **kw):
+        told.append(kw["param_dtype"])
+        return module
+
+    monkeypatch.setattr(dist, "wrap", wrap)
+    find_lr(_config(tmp_path, precision=precision), num_steps=2)
+    assert told == [dtype]

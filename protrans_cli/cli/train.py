@@ -57,7 +57,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
 @click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile each transformer block (dynamic shapes; one compilation serves them all); "
-                   "pays off on GPUs for long runs.")
+                   "the first steps wait for the compiler (not yet measured on a GPU).")
 @click.option("--activation-checkpointing/--no-activation-checkpointing", "activation_checkpointing", default=None,
               help="Keep only each transformer block's input and recompute the block in the backward pass: "
                    "far less activation memory (long phases, large models) for about a third more compute; "
@@ -71,7 +71,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="Round each micro-batch's length up to a multiple of N (larger N: fewer distinct shapes, more padding).  [default: 8]")
 @click.option("--packing/--no-packing", "packing", default=None,
               help="Masked-LM families: pack each micro-batch into one row without padding; on a CUDA "
-                   "GPU its attention is one fused variable-length kernel.")
+                   "GPU with PyTorch 2.9+ (and no attention dropout) its attention is one fused variable-length "
+                   "kernel.")
 @click.option("--token-micro-batches/--no-token-micro-batches", "token_micro_batches", default=None,
               help="Cut each step's proteins into micro-batches by padded tokens (up to micro-batch size x "
                    "max length each) rather than by count: short proteins go many to a forward pass. The same "
@@ -80,7 +81,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="GPU attention kernels: auto leaves out cuDNN attention, which builds a plan for every new "
                    "micro-batch shape; torch keeps PyTorch's own choice.  [default: auto]")
 @click.option("--stop-after", type=int, default=None,
-              help="Stop with a checkpoint after this many steps (a time-limited job); --resume continues.")
+              help="Stop with a checkpoint after step N (a step number of the run, also with --resume; a "
+                   "time-limited job); --resume continues.")
 @click.option("--resume", "resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
 @click.option("--resume-from", type=click.Path(file_okay=False), default=None, help="Continue from this checkpoint directory.")
 @click.option("--find-lr", is_flag=True, help="Run a learning-rate range test (lr_find.png) instead of training.")

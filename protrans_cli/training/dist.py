@@ -125,11 +125,13 @@ def choose_strategy(requested: str, num_params: int, world_size: int, fsdp_min_p
 
 
 def wrap(module: torch.nn.Module, strategy: str, dist_info: DistInfo, *,
-         find_unused_parameters: bool = False) -> torch.nn.Module:
+         find_unused_parameters: bool = False, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """DDP or FSDP2 around the module (the loss module holding the model); as is for 'none'.
 
     find_unused_parameters: DDP must be told when some parameters get no gradient (ALBERT's
-    sentence-order head trained without --sop), or it waits for them forever."""
+    sentence-order head trained without --sop), or it waits for them forever.
+    param_dtype: FSDP on a GPU gathers the parameters in this dtype (the run's autocast dtype;
+    None: float32, for --precision fp32), the gradients reduced in float32."""
     if strategy == "none":
         return module
     if strategy == "ddp":
@@ -141,8 +143,10 @@ def wrap(module: torch.nn.Module, strategy: str, dist_info: DistInfo, *,
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = None
-        if dist_info.device.type == "cuda":
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if dist_info.device.type == "cuda" and param_dtype is not None:
+            # (always bfloat16 before: --precision fp32 computed in bf16, and a V100 or T4, whose
+            # autocast is fp16, gathered bf16 it only emulates)
+            mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         kwargs = {"mp_policy": mp} if mp is not None else {}
         from protrans_cli.training.recompute import layer_lists
 

@@ -346,7 +346,9 @@ def wrap_model(run: _Run) -> None:
     unused = unused_parameters(loss_module, run) if run.strategy == "ddp" else []
     if unused:
         console.debug(f"parameters without gradient (DDP told to expect them): {', '.join(unused[:5])}...")
-    run.wrapped = dist.wrap(loss_module, run.strategy, run.info, find_unused_parameters=bool(unused))
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.config.precision)  # (resolved in build_run)
+    run.wrapped = dist.wrap(loss_module, run.strategy, run.info, find_unused_parameters=bool(unused),
+                            param_dtype=half)
 
 
 def _check_objective(config: TrainConfig, family) -> str:
