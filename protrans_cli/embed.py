@@ -192,15 +192,18 @@ def packing_by_default(embedder, max_tokens: int, *, compiled: bool = False) -> 
     PACKING_MIN_TOKENS tokens, and not with --compile (the two together are not measured on a
     GPU yet; `--compile --packing` asks for them). Not under
     `--attention flex` either: T5's packed rows (a FlexAttention block mask, not the varlen
-    kernel) have not been measured on a GPU yet; `--packing` asks for them."""
+    kernel) have not been measured on a GPU yet; `--packing` asks for them. Nor in float32, which
+    the varlen kernel does not take (packed rows then run the padded fallback)."""
     if compiled or max_tokens < PACKING_MIN_TOKENS or not str(getattr(embedder, "device", "")).startswith("cuda"):
         return False
     if getattr(embedder, "attention", "sdpa") == "flex":
         return False
-    if getattr(embedder, "packing_problem", None) is None or embedder.packing_problem() is not None:
-        return False
     import torch
 
+    if getattr(embedder, "compute_dtype", None) not in ("float16", "bfloat16"):
+        return False  # float32 (--dtype float32): the Flash varlen kernel takes half precision only
+    if getattr(embedder, "packing_problem", None) is None or embedder.packing_problem() is not None:
+        return False
     from protrans_cli.models import packing
 
     return torch.cuda.get_device_capability(embedder.device) >= (8, 0) and packing.varlen_available(embedder.device)

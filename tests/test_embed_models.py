@@ -789,6 +789,8 @@ def test_packing_is_on_by_default_only_where_it_was_measured_faster(monkeypatch,
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
     monkeypatch.setattr(packing, "varlen_available", lambda device: True)
     bert.device = t5.device = t5_flex.device = "cuda:0"
+    assert not packing_by_default(bert, 32000)                 # float32: the varlen kernel takes half precision
+    bert.compute_dtype = t5.compute_dtype = t5_flex.compute_dtype = "bfloat16"
     assert packing_by_default(bert, 32000)
     assert not packing_by_default(t5_flex, 32000)              # flex's packed rows: not measured yet
     assert not packing_by_default(bert, 16000)                 # 4000 tokens measured slower

@@ -254,7 +254,8 @@ def _compile_failure(exc: BaseException) -> str | None:
 
             inner = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
             return (f"torch.compile could not build a kernel ({described(inner)}); run again without --compile "
-                    "(embed, train) or --attention flex (embed), or with --debug for the compiler's traceback")
+                    "(embed, train) or --attention flex (embed; with --resume, to keep what it wrote), or with "
+                    "--debug for the compiler's traceback")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
