@@ -1359,7 +1359,10 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
             return
         del pending[key]
         rows, mean = stitch_windows(unit.windows, [g[0] for g in got], len(unit.sequence)), None
-        how = {g.how for g in got if isinstance(g, Recomputed)}
+        redone = [g.how for g in got if isinstance(g, Recomputed)]
+        # (a window of a chunked protein recomputed alone: its other windows' rows are the file's
+        # compute dtype, which the attribute says)
+        how = {f"{h} ({redone.count(h)} of {len(got)} windows)" if len(redone) < len(got) else h for h in redone}
     if mean is None and PER_PROTEIN in writer.kinds:
         mean = mean_rows(rows)  # (n_layers, D), squeezed below with the rows
     problem = _storage_problem(rows, mean, writer.storage_dtype)

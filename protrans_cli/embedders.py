@@ -132,7 +132,11 @@ class TransformerEmbedder:
         self.device = device
         self.compute_dtype = compute_dtype
         self.tokenizer = loaded.tokenizer
-        self.model = loaded.model.to(device=device, dtype=getattr(torch, compute_dtype)).eval()
+        self.model = loaded.model.to(device=device).eval()
+        cast_weights(self.model, getattr(torch, compute_dtype))
+        # BERT-like models count positions 0..width-1 over the padding too: a batch rounded up
+        # to pad_multiple must stay inside the learned table (one of 100 positions took 104)
+        self._position_tokens = _absolute_positions(self.model)
         self.special_tokens = _count_special_tokens(self.family_impl, self.tokenizer)
         self.max_residues = _max_residues(self.model, self.special_tokens)
         self._cpu_copy = None
@@ -230,6 +234,16 @@ class TransformerEmbedder:
         pairs = self.embed_arrays(sequences, rows=not pooled, means=pooled, check=False)
         return [mean if pooled else rows for rows, mean in pairs]
 
+    def _multiple(self, sequences) -> int:
+        """pad_multiple for this batch, or 1 where rounding up would pass the learned position
+        table (a model whose table is no multiple of 8, near its length limit)."""
+        multiple, limit = self.pad_multiple, getattr(self, "_position_tokens", None)
+        if multiple > 1 and limit is not None:
+            width = max(len(s) for s in sequences) + self.special_tokens
+            if -(-width // multiple) * multiple > limit:
+                return 1
+        return multiple
+
     def embed_arrays(self, sequences: Sequence[str], *, rows: bool = True, means: bool = False,
                      dtype: str = "float32", check: bool = True
                      ) -> list[tuple[np.ndarray | None, np.ndarray | None] | NonFinite]:
@@ -249,7 +263,7 @@ class TransformerEmbedder:
         model, device = self._run_model, self.device
         encoded = self._packed_layout.encode_packed(list(sequences), self.tokenizer.pad_token_id,
                                                     self._position_offset) if self.packed else None
-        inputs, mask = encoded or self.family_impl.encode(self.tokenizer, list(sequences), self.pad_multiple)
+        inputs, mask = encoded or self.family_impl.encode(self.tokenizer, list(sequences), self._multiple(sequences))
         if encoded and self.attention == "flex":  # the row's proteins as segments (models/t5.py)
             from protrans_cli.models.t5 import packed_inputs
 
@@ -328,10 +342,10 @@ class TransformerEmbedder:
         # the compiled blocks' graphs are for the half-precision weights: eager here (a rare retry)
         exact._run_model, exact.compiled = (_Eager(self.model) if self.compiled else self.model), False
         try:
-            self.model.to(dtype=torch.float32)
+            cast_weights(self.model, torch.float32)
             yield exact
         finally:
-            self.model.to(dtype=getattr(torch, self.compute_dtype))
+            cast_weights(self.model, getattr(torch, self.compute_dtype))
 
     def on_cpu(self) -> "TransformerEmbedder | None":
         """A float32 CPU twin, built on first use, for proteins too large for the accelerator."""
@@ -345,7 +359,8 @@ class TransformerEmbedder:
             twin = copy.copy(self)
             # Copied on the CPU, not on the accelerator that just ran out of memory.
             self.model.to("cpu")
-            twin.model = copy.deepcopy(self.model).to(dtype=torch.float32)
+            twin.model = copy.deepcopy(self.model)
+            cast_weights(twin.model, torch.float32)
             self.model.to(self.device)
             twin.device = "cpu"
             twin.compute_dtype = "float32"
@@ -442,6 +457,35 @@ def beyond_range(values: np.ndarray, dtype: str) -> NonFinite:
     biggest = float(np.abs(values.astype(np.float32)).max())
     return NonFinite(f"values beyond {dtype}'s range (largest magnitude {biggest:.6g}; "
                      f"--storage-dtype float32 keeps them)", False)
+
+
+def cast_weights(model, dtype) -> None:
+    """The model's floating-point parameters in `dtype`, as from_pretrained(dtype=...) leaves
+    them, where `model.to(dtype)` cast everything: buffers keep their dtype (ESM-2's rotary
+    `inv_freq` stays float32; cast, it was rounded to bfloat16, and the float32 retry and the CPU
+    twin cast the rounded values back), and under float16 the modules a model keeps in float32
+    (`_keep_in_fp32_modules`: T5's `wo`, whose float16 output overflows) stay so."""
+    import torch
+
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else set()
+    for name, module in model.named_modules():
+        if keep and keep & set(name.split(".")):
+            continue
+        for param in module.parameters(recurse=False):
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+
+
+def _absolute_positions(model) -> int | None:
+    """The positions of a learned table that counts padding too (BERT, ALBERT, ELECTRA); None
+    where padding takes no position of its own (RoBERTa/ESM-1b's padding index) or positions are
+    relative or rotary."""
+    import torch
+
+    table = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
+    if not isinstance(table, torch.nn.Embedding) or table.padding_idx is not None:
+        return None
+    return table.num_embeddings
 
 
 def _max_residues(model, special_tokens: int) -> int | None:

@@ -1035,3 +1035,45 @@ def test_offline_hub_model_with_only_its_config_cached_is_named_as_such(tmp_path
     assert result.returncode == 1, result.stderr
     assert ("its tokenizer files of the hub model Rostlab/prot_bert_bfd are not in the local Hugging Face cache"
             in result.stderr), result.stderr
+
+
+def test_rounding_a_batch_up_stays_inside_a_learned_position_table(tmp_path):
+    # a BERT whose table (100 positions) is no multiple of 8: on a GPU (pad_multiple 8) a batch of
+    # 95-98 residues was rounded to 104 tokens, past the table, and the run died
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    family = FAMILIES["bert"]
+    tokenizer = family.build_tokenizer()
+    torch.manual_seed(0)
+    model = family.pretraining_model(family.build_config("tiny", tokenizer, max_position_embeddings=100)).eval()
+    family.save_pretrained(model, tokenizer, tmp_path / "bert100")
+    embedder = build_embedder(EmbedOptions(model=str(tmp_path / "bert100"), device="cpu"))
+    embedder.pad_multiple = 8  # what a CUDA device sets
+    assert embedder.max_residues == 98
+    sequence = ("MKTAYIAKQRQISFVKSHFSRQ" * 5)[:98]
+    rows = embedder.embed_batch([sequence, sequence[:40]])[0]  # (n_layers, L, D)
+    np.testing.assert_allclose(rows, reference_rows(family, tmp_path / "bert100", sequence), atol=1e-5, rtol=0)
+
+
+def test_half_precision_casts_parameters_only_as_from_pretrained_does(tiny_models):
+    # `.to(dtype)` also cast ESM's rotary inv_freq (float32 in transformers) to bfloat16, and the
+    # float32 retry and the CPU twin cast the rounded values back; under float16 it cast T5's
+    # `wo`, which transformers keeps in float32
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    esm = build_embedder(EmbedOptions(model=str(tiny_models["esm"]), device="cpu"))
+    frequencies = {n: b.clone() for n, b in esm.model.named_buffers() if n.endswith("inv_freq")}
+    assert frequencies
+    from protrans_cli.embedders import cast_weights
+
+    cast_weights(esm.model, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in esm.model.parameters())
+    with esm.in_float32():
+        for name, buffer in esm.model.named_buffers():
+            if name in frequencies:
+                assert buffer.dtype == torch.float32 and torch.equal(buffer, frequencies[name])
+    t5 = build_embedder(EmbedOptions(model=str(tiny_models["t5"]), device="cpu"))
+    cast_weights(t5.model, torch.float16)
+    kept = {n: p.dtype for n, p in t5.model.named_parameters() if ".wo." in n}
+    assert kept and set(kept.values()) == {torch.float32}
+    assert {p.dtype for n, p in t5.model.named_parameters() if ".wo." not in n} == {torch.float16}

@@ -176,3 +176,23 @@ def test_chunked_windows_beyond_float16_fail_once_stitched(run_cli, tmp_path, be
         assert list(reader.failed()) == [POISONED]
         assert reader.failed()[POISONED].startswith("values beyond float16's range")
         assert all(np.isfinite(np.asarray(reader.get(k, "per_residue"))).all() for k in reader.ids("per_residue"))
+
+
+def test_a_chunked_protein_says_how_many_of_its_windows_were_recomputed(tmp_path, bert_dir, monkeypatch, w_id):
+    # one window overflowing in bfloat16 and computed again in float32: the protein's `computed`
+    # said float32 as if all its rows were
+    import h5py
+
+    from protrans_cli.embed import chunk_windows
+
+    fasta = tmp_path / "long.fa"
+    fasta.write_text(">long\nMWTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n")  # the W in the first window only
+    windows = chunk_windows(33, 12, 4)
+    assert sum(1 for a, b in windows if a <= 1 < b) == 1 and len(windows) > 2
+    _misbehave(monkeypatch, w_id, {torch.bfloat16}, value=float("nan"))
+    options = EmbedOptions(model=str(bert_dir), device="cpu", max_length=12, long_policy="chunk", chunk_overlap=4)
+    summary = embed(fasta, tmp_path / "out.h5", options, embedder=_embedder(bert_dir, "bfloat16"))
+    assert summary.failed == {}
+    with h5py.File(summary.output) as f:
+        assert f["per_residue"]["long"].attrs["computed"] == (
+            f"float32 on cpu (NaN or infinity in bfloat16) (1 of {len(windows)} windows)")
