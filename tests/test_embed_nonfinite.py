@@ -132,15 +132,17 @@ def test_nan_in_bfloat16_and_float32_says_both(tmp_path, bert_dir, monkeypatch, 
 def test_out_of_memory_while_casting_to_float32_is_a_failure_and_the_model_stays(tmp_path, bert_dir, monkeypatch, w_id):
     poisoned = _embedder(bert_dir, "bfloat16")
     _misbehave(monkeypatch, w_id, {torch.bfloat16}, value=float("nan"))
-    real_to = torch.nn.Module.to
+    from protrans_cli import embedders
 
-    def to(self, *args, **kwargs):
-        if kwargs.get("dtype") is torch.float32:
-            real_to(self.encoder, dtype=torch.float32)  # half-way through, as an allocation failure would leave it
+    real_cast = embedders.cast_weights
+
+    def cast(model, dtype):
+        if dtype is torch.float32:
+            real_cast(model.encoder, torch.float32)  # half-way through, as an allocation failure would leave it
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
-        return real_to(self, *args, **kwargs)
+        return real_cast(model, dtype)
 
-    monkeypatch.setattr(type(poisoned.model), "to", to)
+    monkeypatch.setattr(embedders, "cast_weights", cast)
     summary = embed(SMALL, tmp_path / "out.h5", EmbedOptions(model=str(bert_dir), device="cpu"), embedder=poisoned)
     assert summary.failed == {POISONED: "NaN or infinity in the model's bfloat16 output; "
                                         "out of memory for a float32 retry"}
