@@ -990,8 +990,11 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
             import torch
 
             if torch.cuda.is_available():
-                device = f"cuda:{dist.local_rank}"
-                torch.cuda.set_device(dist.local_rank)
+                # as train does: more ranks than visible GPUs share them (rank 1 of two on a
+                # one-GPU machine asked for cuda:1, "invalid device ordinal")
+                index = dist.local_rank % torch.cuda.device_count()
+                device = f"cuda:{index}"
+                torch.cuda.set_device(index)
         embedder = build_embedder(options, device=device)
     # Resolved before the attributes: the file records the length at which --long-policy applied
     # (the model's own limit when --max-length was not given; 0 for none).

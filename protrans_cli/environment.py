@@ -45,6 +45,7 @@ def describe(check_compile: bool = False) -> dict:
     """The machine as a dict (see `protrans env --json`)."""
     import torch
 
+    from protrans_cli.embedders import native_bf16
     from protrans_cli.models import _offline
     from protrans_cli.threads import available_cores
 
@@ -72,7 +73,9 @@ def describe(check_compile: bool = False) -> dict:
         info["cuda_devices"].append({
             "index": i, "name": props.name, "capability": f"{props.major}.{props.minor}",
             "memory_gib": round(total / 2**30, 1), "free_gib": round(free / 2**30, 1),
-            "bf16": bool(torch.cuda.is_bf16_supported()) if i == torch.cuda.current_device() else None,
+            # what embed and train choose (bfloat16 in hardware, compute capability 8.0+), for
+            # every device: is_bf16_supported() counts emulation (a T4 said yes, and runs float16)
+            "bf16": native_bf16(f"cuda:{i}"),
         })
     cuda = bool(info["cuda_devices"])
     kernels = info["kernels"]

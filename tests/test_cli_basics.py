@@ -235,3 +235,25 @@ def test_env_check_compile_works_here(run_cli):
     result = run_cli("env", "--check-compile", "--json")
     check = json.loads(result.stdout)["kernels"]["compile_cpu"]
     assert check["ok"] is True and check["seconds"] >= 0, check
+
+
+def test_env_says_bfloat16_as_the_commands_choose_it_for_every_device(monkeypatch):
+    # is_bf16_supported() counts emulation: a T4 said "bfloat16 yes" (the commands run float16
+    # there), and every device but the current one said nothing
+    import types
+
+    import torch
+
+    from protrans_cli.environment import describe
+
+    capability = {0: (7, 5), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(name="GPU", major=capability[i][0], minor=capability[i][1]))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=None: (2**30, 2**31))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capability[i or 0])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert [d["bf16"] for d in describe()["cuda_devices"]] == [False, True]

@@ -1457,3 +1457,28 @@ def test_resume_of_a_finished_file_whose_only_absentees_were_skipped_leaves_it_a
     before = (tmp_path / "o.h5").read_bytes()
     summary = embed(fasta, tmp_path / "o.h5", EmbedOptions(**options, resume=True))
     assert (tmp_path / "o.h5").read_bytes() == before and summary.num_resumed == 2
+
+
+def test_torchrun_ranks_share_the_visible_gpus_as_train_does(monkeypatch, tmp_path):
+    # rank 1 of two on a machine with one visible GPU asked for cuda:1 ("invalid device ordinal")
+    import torch
+
+    from protrans_cli import embed as embed_mod
+
+    chosen = []
+
+    class Stop(Exception):
+        pass
+
+    def build(options, device=None):
+        chosen.append(device)
+        raise Stop
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: chosen.append(index))
+    monkeypatch.setattr(embed_mod, "build_embedder", build)
+    with pytest.raises(Stop):
+        embed_mod._embed_ranked(SMALL, "small.fa", None, tmp_path / "o.h5", EmbedOptions(model="prot_bert"), None,
+                                embed_mod._Dist(1, 2, 1, False), None)
+    assert chosen == [0, "cuda:0"]

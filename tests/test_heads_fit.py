@@ -1597,3 +1597,33 @@ def test_foreign_files_are_matched_by_original_id_and_their_layers_checked(run_c
                     "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "-o", tmp_path / f"h_{name}")
         assert r.exit_code == 1, r.stderr
         assert ("holds one layer (no layer axis" if name == "one" else "holds 3 layers on its first axis") in r.stderr
+
+
+@pytest.mark.gpu
+def test_a_fit_resumed_on_the_gpu_draws_the_dropout_masks_an_uninterrupted_fit_draws(ss_data, tmp_path, monkeypatch):
+    # only the CPU generator was kept: on a GPU the resumed epochs replayed the first epoch's
+    # dropout masks (the member's seed reset the device's generator)
+    from safetensors.torch import load_file
+
+    from protrans_cli.heads.fit import FitConfig, FitState, fit
+
+    def config(**kw):
+        return FitConfig(**{**dict(task="ss3", max_epochs=3, patience=10, max_residues=300, lr=0.02, threads=1,
+                                   n_bootstrap=10, device="cuda"), **kw})
+
+    args = (ss_data / "train.h5", ss_data / "train.csv")
+    fit(config(), *args, tmp_path / "whole")
+    save_epoch = FitState.save_epoch
+
+    def save_then_stop(self, current):
+        save_epoch(self, current)
+        if current["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(), *args, tmp_path / "parts")
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    fit(config(resume=True), *args, tmp_path / "parts")
+    whole, parts = (load_file(str(tmp_path / d / "weights.safetensors")) for d in ("whole", "parts"))
+    assert all(torch.allclose(whole[k], parts[k], atol=1e-6) for k in whole)

@@ -801,3 +801,25 @@ def test_a_step_without_a_masked_residue_keeps_the_second_loss_term(family, metr
     (total, count), (term, term_count) = stats["loss"], stats[metric]
     assert count > 0 and total / count == pytest.approx(weight * term / term_count, rel=1e-5)
     assert optimizer.norm > 0
+
+
+def test_a_checkpoint_keeps_its_own_gpus_random_state_and_restores_on_fewer_gpus(monkeypatch):
+    # every visible GPU's state was saved (8 on an 8-GPU node) and restored with
+    # set_rng_state_all: on a machine with fewer GPUs, an IndexError
+    from protrans_cli.training import checkpoint as ckpt
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: calls.append((int(state[0]), device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.append("all"))
+    gpu = torch.device("cuda", 0)
+    state = ckpt.rng_state(gpu)
+    assert "cuda" not in state and int(state["cuda_device"][0]) == 7
+    ckpt.set_rng_state(state, gpu)
+    older = {**ckpt.rng_state(torch.device("cpu")),
+             "cuda": [torch.tensor([s], dtype=torch.uint8) for s in range(8)]}  # saved on an 8-GPU node
+    ckpt.set_rng_state(older, gpu)
+    ckpt.set_rng_state(older, torch.device("cuda", 5))  # a device the saving run had: its own state
+    assert calls == [(7, gpu), (0, gpu), (5, torch.device("cuda", 5))]

@@ -641,6 +641,10 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
         optimizer.load_state_dict(resume_from["optimizer"])
         rng.bit_generator.state = json.loads(resume_from["numpy_rng"])
         torch.set_rng_state(resume_from["torch_rng"])
+        if device.type == "cuda" and resume_from.get("cuda_rng") is not None:
+            # dropout on a GPU draws from the device's generator: without it the resumed epochs
+            # replayed the first epoch's masks (manual_seed above reset it)
+            torch.cuda.set_rng_state(resume_from["cuda_rng"], device)
         best_state = {k: v.to(device) for k, v in resume_from["best_state"].items()}
         best_score, best_loss, best_epoch = resume_from["best_score"], resume_from["best_loss"], resume_from["best_epoch"]
         kept_loss = resume_from.get("kept_loss", best_loss)  # states saved before it was kept
@@ -690,7 +694,9 @@ def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member
                 "member": member, "epoch": epoch, "stopped": stopped,
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
-                "torch_rng": torch.get_rng_state(), "best_state": {k: v.cpu() for k, v in best_state.items()},
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "best_state": {k: v.cpu() for k, v in best_state.items()},
                 "best_score": best_score, "best_loss": best_loss, "best_epoch": best_epoch, "kept_loss": kept_loss,
                 "last_progress": last_progress, "lines": lines})
         if stopped:

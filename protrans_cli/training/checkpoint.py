@@ -73,23 +73,39 @@ def find_checkpoint(path) -> Path:
     return found[-1]
 
 
-def rng_state() -> dict:
+def rng_state(device=None) -> dict:
+    """The random generators' states. With `device` (a run's torch.device): a CUDA device's own
+    generator only, under "cuda_device" (a checkpoint: every visible GPU's, saved on an 8-GPU node,
+    did not restore on a machine with fewer, an IndexError); without, every CUDA device's (the
+    caller's own process, restored in it: `callers_rng`)."""
     np_state = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                        "has_gauss": int(np_state[3]), "cached": float(np_state[4])}}
-    if torch.cuda.is_available():
+    if device is not None:
+        if getattr(device, "type", None) == "cuda":
+            state["cuda_device"] = torch.cuda.get_rng_state(device)
+    elif torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device=None) -> None:
     random.setstate(_to_tuple(state["python"]))
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    on_cuda = getattr(device, "type", None) == "cuda"
+    if "cuda_device" in state and on_cuda:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state and torch.cuda.is_available():
+        if on_cuda:  # a checkpoint of before: every visible device's; this run's device's, where it had one
+            index = device.index or 0
+            if index < len(state["cuda"]):
+                torch.cuda.set_rng_state(state["cuda"][index], device)
+        else:
+            for index, saved in enumerate(state["cuda"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(saved, index)
 
 
 @contextlib.contextmanager

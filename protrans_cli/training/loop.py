@@ -530,7 +530,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * fn(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-        ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
+        ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)], info.device)
         step, data_phase = state["step"], state["data_phase"]
         data_state = StreamState.from_dict(state["data_state"])
         if run.loss_scale is not None and state.get("loss_scale"):
@@ -903,7 +903,7 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
     else:
         optim_state = optimizer.state_dict()
     # Each rank's RNG (dropout differs per rank only through the data; keep them all).
-    rng_states = _gather_objects(ckpt.rng_state())
+    rng_states = _gather_objects(ckpt.rng_state(run.info.device))
     directory = None
     if info.is_main:
         state = {"step": step, "data_phase": data_phase, "data_state": data_state.to_dict(), "corpus": run.corpus_id,
