@@ -327,16 +327,25 @@ def chunk_windows(length: int, window: int, overlap: int) -> list[tuple[int, int
     return [(s, s + window) for s in sorted(set(starts))]
 
 
-def stitch_windows(windows: list[tuple[int, int]], arrays: list[np.ndarray], length: int) -> np.ndarray:
-    """One (n_layers, L, D) array from overlapping window outputs: in each overlap the first
-    half of the rows comes from the left window and the rest from the right one, so every row
-    is taken from the window where it has the most context."""
+def stitch_windows(windows: list[tuple[int, int]], arrays: list[np.ndarray], length: int, *,
+                   causal: bool = False) -> np.ndarray:
+    """One (n_layers, L, D) array from overlapping window outputs, every row taken from the window
+    where it has the most context: for a bidirectional model the first half of each overlap from
+    the left window and the rest from the right one; for a causal one (Transformer-XL: a row sees
+    only the residues before it) the whole overlap from the left window, whose rows see more of
+    the protein before them (the right window's row 70 of a window starting at 40 saw 30 residues
+    where the left window's saw 70)."""
     n_layers, _, dim = arrays[0].shape
     out = np.empty((n_layers, length, dim), dtype=arrays[0].dtype)
     for i, ((start, end), arr) in enumerate(zip(windows, arrays)):
-        lo = start if i == 0 else (start + windows[i - 1][1] + 1) // 2
-        hi = end if i == len(windows) - 1 else (windows[i + 1][0] + end + 1) // 2
-        out[:, lo:hi] = arr[:, lo - start:hi - start]
+        if causal:
+            lo = start if i == 0 else windows[i - 1][1]
+            hi = end
+        else:
+            lo = start if i == 0 else (start + windows[i - 1][1] + 1) // 2
+            hi = end if i == len(windows) - 1 else (windows[i + 1][0] + end + 1) // 2
+        if hi > lo:
+            out[:, lo:hi] = arr[:, lo - start:hi - start]
     return out
 
 
@@ -1084,12 +1093,13 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     max_tokens = options.max_tokens or default_max_tokens(embedder.device, embedder)
     written: dict[bytes, str] = {}  # repeated sequences only: digest -> the id it is written under
     pending: dict[str, list] = {}   # chunked units waiting for their other windows, by first id
+    causal = bool(getattr(getattr(embedder, "family_impl", None), "causal", False))  # how windows are stitched
     splits = []
 
     def write_batch(batch, results):
         writer.ensure_room(sum(a.nbytes for r in results if not isinstance(r, str) for a in r if a is not None))
         for piece, result in zip(batch, results):
-            _deliver(piece, result, writer, pending, summary)
+            _deliver(piece, result, writer, pending, summary, causal=causal)
         writer.flush()
 
     def write_copies(units, failures):
@@ -1340,7 +1350,8 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
     return _Done.union([_Done(ids[keep], sums[keep])])
 
 
-def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, summary: EmbedSummary) -> None:
+def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, summary: EmbedSummary, *,
+             causal: bool = False) -> None:
     unit = piece.unit
     # Its first protein's id: unique in the input (duplicate ids are refused). id(unit) was
     # reused once a unit was freed, and a later protein's windows were then dropped unrecorded.
@@ -1361,7 +1372,8 @@ def _deliver(piece: _Piece, result, writer: EmbeddingsWriter, pending: dict, sum
         if any(g is None for g in got):
             return
         del pending[key]
-        rows, mean = stitch_windows(unit.windows, [g[0] for g in got], len(unit.sequence)), None
+        rows = stitch_windows(unit.windows, [g[0] for g in got], len(unit.sequence), causal=causal)
+        mean = None
         redone = [g.how for g in got if isinstance(g, Recomputed)]
         # (a window of a chunked protein recomputed alone: its other windows' rows are the file's
         # compute dtype, which the attribute says)

@@ -85,6 +85,27 @@ def test_chunk_windows_cover_and_stitch_exactly():
     np.testing.assert_array_equal(stitched, truth)
 
 
+@pytest.mark.parametrize("length,window,overlap", [(160, 100, 60), (100, 30, 10), (33, 12, 4), (50, 10, 9)])
+def test_stitching_takes_each_row_from_the_window_with_the_most_context(length, window, overlap):
+    # bidirectional: the window where the row is farthest from either edge; causal (Transformer-XL,
+    # a row sees only the residues before it): the one with the most residues before the row. The
+    # causal rows were stitched as the bidirectional ones (row 70 of windows (0,100), (40,140) came
+    # from the second, 30 residues of context instead of 70)
+    windows = chunk_windows(length, window, overlap)
+    arrays = [np.full((1, e - s, 2), float(k), dtype=np.float32) for k, (s, e) in enumerate(windows)]
+    for causal in (False, True):
+        got = stitch_windows(windows, arrays, length, causal=causal)[0, :, 0]
+        for row in range(length):
+            holding = [k for k, (s, e) in enumerate(windows) if s <= row < e]
+            if causal:
+                best = max(row - windows[k][0] for k in holding)
+                assert row - windows[int(got[row])][0] == best, (causal, row)
+            else:
+                best = max(min(row - windows[k][0], windows[k][1] - 1 - row) for k in holding)
+                k = int(got[row])
+                assert min(row - windows[k][0], windows[k][1] - 1 - row) >= best - 1, (causal, row)
+
+
 def test_chunk_policy_gives_full_length_rows(tmp_path):
     out = _run(tmp_path / "c.h5", max_length=5, long_policy="chunk", chunk_overlap=2)
     res = read_all(out)

@@ -73,6 +73,7 @@ class Family:
     packable: ClassVar[bool] = False
     sentence_order: ClassVar[bool] = False
     tokenizer_kwargs: ClassVar[dict] = {}
+    causal: ClassVar[bool] = False  # a row sees only the residues before it (chunked windows stitch so)
 
     def use_flex_attention(self, model) -> None:
         """Switch `model` (this family's encoder, loaded for inference) to FlexAttention

@@ -284,6 +284,7 @@ class TransfoXLFamily(Family):
     name = "transfo_xl"
     model_types = (MODEL_TYPE,)
     objective = "clm"
+    causal = True
     presets = PRESETS
     description = "Transformer-XL causal LM with segment memory (ProtTXL)"
 
