@@ -50,6 +50,17 @@ def test_segments_with_memory_equal_one_long_pass():
     torch.testing.assert_close(out2.logits, full[:, 7:], rtol=0, atol=1e-5)
 
 
+def test_mems_of_another_dtype_are_taken_in_the_models_dtype():
+    # float32 mems (a training step under autocast) given to a bfloat16 model failed in torch.cat
+    model = _model(mem_len=64)
+    first, second = _ids(2, 6, seed=1), _ids(2, 5, seed=2)
+    with torch.no_grad():
+        mems = model(input_ids=first).mems
+        model.to(torch.bfloat16)
+        out = model(input_ids=second, mems=[m.float() for m in mems]).logits
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
 def test_memory_is_capped_at_mem_len_and_detached():
     model = _model(mem_len=4)
     with torch.no_grad():

@@ -98,7 +98,7 @@ class RelPartialLearnableAttention(nn.Module):
         # h (B, T, D); r (K, D) encodings of distances K-1 .. 0; mem (B, M, D) or None;
         # key_mask (B, T, K) bool, True where query i may attend to key j.
         B, T, _ = h.shape
-        cat = h if mem is None else torch.cat([mem, h], dim=1)        # (B, K, D)
+        cat = h if mem is None else torch.cat([mem.to(h.dtype), h], dim=1)  # (B, K, D); mems of another dtype
         K = cat.shape[1]
         heads = self.qkv_net(cat).view(B, K, 3, self.n_head, self.d_head)
         q = heads[:, -T:, 0]                                          # (B, T, H, Dh)
