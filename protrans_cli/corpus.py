@@ -257,7 +257,7 @@ _CR_ONLY = ("a carriage return inside the header line: lines that end in CR alon
             "are not read; convert them first (tr '\\r' '\\n')")
 # A byte-order mark at the start of a line, before a header (blank lines may come between: a
 # file that starts with a mark and a blank line, concatenated to another)
-_BOM_HEADER = re.compile(rb"\n\xef\xbb\xbf(?=[ \t\r\n]*>)")
+_BOM_HEADER = re.compile(rb"\n\xef\xbb\xbf(?=[ \t\r\n]*(?:>|\Z))")  # (\Z: a block cut at that header)
 
 
 def _plain_file(path: str) -> bool:

@@ -369,3 +369,19 @@ def test_replace_directory_deletes_the_swapped_out_directory_with_signals_let_th
     before = signal.getsignal(signal.SIGINT)
     files.replace_directory(new, old)
     assert (old / "w").read_text() == "new" and not new.exists() and handlers == [before]
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm")
+def test_a_file_in_dev_shm_is_replaced_not_appended_to():
+    # /dev/shm counted as "in place" (devices, /dev/stdout): appended to, a run's
+    # train_config.json held two JSON objects and its metrics.jsonl the old lines twice
+    import tempfile
+
+    from protrans_cli.io.files import atomic_output
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        target = os.path.join(tmp, "x.json")
+        for text in (b'{"a": 1}\n', b'{"b": 2}\n'):
+            with atomic_output(target) as out:
+                out.write(text)
+        assert open(target, "rb").read() == b'{"b": 2}\n'

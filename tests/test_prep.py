@@ -804,3 +804,18 @@ def test_a_concatenated_file_starting_with_a_mark_and_a_blank_line(run_cli, tmp_
     data = b">x\nMKTA\n" + b"\xef\xbb\xbf\n>y\nMKTV\n"
     result = run_cli("prep", "-", "-o", "-", input=data)
     assert result.exit_code == 0 and result.stdout == "M K T A\n\nM K T V\n\n", result.stderr
+
+
+def test_a_mark_after_a_concatenation_at_a_block_boundary(tmp_path):
+    # the cut fell on the header after the mark and its blank line: the block before ended in the
+    # mark, and a.fa's last record was rejected for its bytes
+    import random as _random
+
+    rng = _random.Random(0)
+    a = "".join(f">a{i}\n{''.join(rng.choice('ACDEFGHIKLMNPQRSTVWY') for _ in range(100))}\n" for i in range(10))
+    fasta = tmp_path / "cat.fa"
+    fasta.write_bytes(a.encode() + "\ufeff\n>b0\nMKTAYIAK\n".encode())
+    for block in (1 << 20, 1024):
+        stats = build_corpus([str(fasta)], CorpusOptions(output=str(tmp_path / f"c{block}.txt"), block_bytes=block,
+                                                         threads=1))
+        assert stats.proteins_out == 11 and stats.rejected_total == 0, block

@@ -823,3 +823,29 @@ def test_a_checkpoint_keeps_its_own_gpus_random_state_and_restores_on_fewer_gpus
     ckpt.set_rng_state(older, gpu)
     ckpt.set_rng_state(older, torch.device("cuda", 5))  # a device the saving run had: its own state
     assert calls == [(7, gpu), (0, gpu), (5, torch.device("cuda", 5))]
+
+
+def test_an_evaluation_no_rank_ran_is_no_eval_loss(monkeypatch):
+    # a rank whose validation reading failed: no rank evaluated, yet the loss came out 0.0 (the
+    # other ranks' predicted tokens over nothing) and was logged as the eval loss
+    import types
+
+    from protrans_cli.training import loop
+
+    class Failing:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __iter__(self):
+            raise InputError("changed since", path="val.txt")
+
+    def all_reduce_sum(t):  # the other rank read 120 predicted tokens and evaluated nothing
+        return t + torch.tensor([120.0, 0.0, 0.0], dtype=t.dtype) if t.numel() == 3 else t
+
+    monkeypatch.setattr(loop, "CorpusStream", Failing)
+    monkeypatch.setattr(loop.dist, "all_reduce_sum", all_reduce_sum)
+    info = types.SimpleNamespace(world_size=2, rank=0, device=torch.device("cpu"), initialised=True, is_main=True)
+    config = types.SimpleNamespace(val_corpus=["v"], num_eval_batches=2, seed=0, sdpa_kernels="auto")
+    run = types.SimpleNamespace(config=config, info=info, layout=None, objective=types.SimpleNamespace(collate=None),
+                                wrapped=torch.nn.Linear(1, 1))
+    assert np.isnan(loop.evaluate(run, types.SimpleNamespace(micro_batch_size=2, max_length=32)))

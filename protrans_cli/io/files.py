@@ -265,7 +265,10 @@ def _in_place(path: Path) -> bool:
     redirected (a regular file under `> log`: renaming over the link replaced /dev/stdout)."""
     if path.is_dir() or (path.exists() and not path.is_file()):
         return True
-    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+    # (a regular file in /dev/shm, a tmpfs, is an ordinary output: written atomically; in place
+    # and appended to, a checkpoint's train_config.json held two JSON objects)
+    absolute = os.path.abspath(path)
+    if absolute.startswith(("/dev/", "/proc/")) and not absolute.startswith("/dev/shm/"):
         return True
     return path.is_symlink() and os.readlink(path).startswith(("/dev/", "/proc/"))
 

@@ -538,7 +538,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         if config.stop_after is not None and config.stop_after <= step < total_steps:
             # it trained one step, saved nothing and said to resume: the same step again each time
             raise UsageError(f"--stop-after {config.stop_after} (stop_after) is not after {where}'s step {step}: "
-                             "nothing to train; give a later step, or none to train to the end")
+                             "nothing to train; give a later step, or none to train to the end (a config file's "
+                             "stop_after, e.g. a run's train_config.json of an earlier version: remove it)")
 
     metrics_path = run.run_dir / "metrics.jsonl"
     if info.is_main:
@@ -867,7 +868,8 @@ def evaluate(run: _Run, phase) -> float:
     run.wrapped.train()
     # (the step's denominator: the predicted tokens, or for a two-term objective whose batches
     # hold none, the second term's count)
-    return float(totals[0] / denominator) if denominator > 0 else float("nan")
+    # (a rank whose reading failed: no rank evaluated, and no eval loss is logged)
+    return float(totals[0] / denominator) if denominator > 0 and not failed else float("nan")
 
 
 def _full_model(run: _Run):
