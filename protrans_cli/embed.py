@@ -1231,7 +1231,9 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
             if checksum is None:
-                left += prot.id not in settled
+                # (a protein skipped before counts as done only if its sequence is skipped again:
+                # one shortened since is embedded)
+                left += not (prot.id in settled and max_length is not None and len(prot.sequence) > max_length)
                 if max_length is not None and options.long_policy == "error" and len(prot.sequence) > max_length:
                     raise _too_long(prot, max_length, options, name)
             elif checksum and checksum != _checksum64(sequence_checksum(_kept(prot.sequence, max_length, options))):

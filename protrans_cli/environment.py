@@ -131,7 +131,8 @@ def format_lines(info: dict) -> list[str]:
              f"packages: {packages}" + (f" (not installed: {', '.join(missing)})" if missing else ""),
              f"torch build: CUDA {info['torch_cuda'] or 'none (CPU build)'}, cuDNN {info['cudnn'] or 'none'}",
              f"cpu: {info['cpu']['cores']} cores for this process (of {info['cpu']['machine_cores']}); "
-             f"commands use {info['cpu']['threads']} threads unless -j says otherwise"]
+             + (f"commands use {info['cpu']['threads']} threads unless -j says otherwise"
+                if isinstance(info["cpu"]["threads"], int) else f"-j's default: {info['cpu']['threads']}")]
     if not info["cuda_devices"]:
         lines.append("cuda: no device (embed and train run on the CPU in float32)")
     for d in info["cuda_devices"]:

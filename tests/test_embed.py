@@ -1503,3 +1503,17 @@ def test_torchrun_ranks_share_the_visible_gpus_as_train_does(monkeypatch, tmp_pa
         embed_mod._embed_ranked(SMALL, "small.fa", None, tmp_path / "o.h5", EmbedOptions(model="prot_bert"), None,
                                 embed_mod._Dist(1, 2, 1, False), None)
     assert chosen == [0, "cuda:0"]
+
+
+def test_a_skipped_protein_shortened_since_is_embedded_on_resume(tmp_path):
+    # a finished file's skipped proteins counted as done whatever the FASTA now says: one
+    # shortened below the limit was never embedded
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">P1\n" + "MKTAYIAKQR" * 5 + "\n>P2\nMKT\n")
+    options = dict(model="onehot", max_length=30, long_policy="skip", threads=1)
+    embed(fasta, tmp_path / "o.h5", EmbedOptions(**options))
+    fasta.write_text(">P1\nMKTAYIAKQR\n>P2\nMKT\n")
+    summary = embed(fasta, tmp_path / "o.h5", EmbedOptions(**options, resume=True))
+    assert summary.num_embedded == 1 and sorted(read_all(tmp_path / "o.h5")) == ["P1", "P2"]
+    with EmbeddingsReader(tmp_path / "o.h5") as reader:
+        assert reader.failed() == {}

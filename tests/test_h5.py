@@ -435,5 +435,9 @@ def test_keys_that_spell_other_ids_and_whole_header_keys_name_the_right_proteins
         assert r.key_for("0") is None  # no protein "0" in this file
     with h5py.File(tmp_path / "pt.h5", "w") as f:
         f.create_dataset("EX0029 Plastid-S", data=np.ones((3, 4), np.float32))
+    with h5py.File(tmp_path / "pt.h5", "a") as f:  # ids with a space, written by hand: each its own
+        f.create_dataset("protein 1", data=np.full((2, 4), 1.0, np.float32))
+        f.create_dataset("protein 2", data=np.full((2, 4), 2.0, np.float32))
     with EmbeddingsReader(tmp_path / "pt.h5") as r:
-        assert [ident for ident, _, _ in r.items()] == ["EX0029"] and r.get("EX0029").shape == (3, 4)
+        assert r.get("EX0029").shape == (3, 4) and r.get("EX0029 Plastid-S").shape == (3, 4)
+        assert float(r.get("protein 1")[0, 0]) == 1.0 and float(r.get("protein 2")[0, 0]) == 2.0

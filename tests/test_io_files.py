@@ -385,3 +385,20 @@ def test_a_file_in_dev_shm_is_replaced_not_appended_to():
             with atomic_output(target) as out:
                 out.write(text)
         assert open(target, "rb").read() == b'{"b": 2}\n'
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no writable /dev/shm")
+def test_a_link_to_a_file_in_dev_shm_is_replaced_too(tmp_path):
+    import tempfile
+
+    from protrans_cli.io.files import atomic_output
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        target = os.path.join(tmp, "x.txt")
+        open(target, "wb").close()
+        link = tmp_path / "link.txt"
+        link.symlink_to(target)
+        for text in (b"first\n", b"second\n"):
+            with atomic_output(link) as out:
+                out.write(text)
+        assert link.read_bytes() == b"second\n"

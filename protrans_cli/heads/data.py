@@ -102,7 +102,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     source = _source_kind(reader, task.kind)
     group = reader._group(source)
     keys = set(reader.keys(source))
-    other_ids, owned_keys = reader._foreign(source)  # bio_embeddings' md5 keys: the id is in `original_id`
+    foreign = reader._foreign(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
+    other_ids = {**foreign.loose, **foreign.declared}
     by_checksum: dict[str, str] | None = None
     if task.kind == PER_RESIDUE:
         task.check_label_states(label_set.records, label_set.path)
@@ -117,11 +118,12 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                 targets = task.protein_targets(record)
                 label_length = len(record.sequence) if record.sequence is not None else None
         # (as reader.key_for, on the key set: another tool's keys by their `original_id` first,
-        # never a key that spells the id but holds another protein)
-        key = other_ids.get(record.id)
+        # never a key that spells the id but holds another protein, a header-line key last)
+        key = foreign.declared.get(record.id)
         if key is None:
             key = escape_key(record.id)
-            key = None if key in owned_keys else key
+            if key in foreign.owned or key not in keys:
+                key = foreign.loose.get(record.id)
         via_checksum = False
         if key not in keys and record.sequence is not None:
             if by_checksum is None:

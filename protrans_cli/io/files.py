@@ -270,7 +270,10 @@ def _in_place(path: Path) -> bool:
     absolute = os.path.abspath(path)
     if absolute.startswith(("/dev/", "/proc/")) and not absolute.startswith("/dev/shm/"):
         return True
-    return path.is_symlink() and os.readlink(path).startswith(("/dev/", "/proc/"))
+    if not path.is_symlink():
+        return False
+    target = os.readlink(path)
+    return target.startswith(("/dev/", "/proc/")) and not target.startswith("/dev/shm/")
 
 
 class AtomicFile:

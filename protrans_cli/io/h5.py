@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -74,12 +75,12 @@ _MD5_KEY = re.compile(r"[0-9a-f]{32}")
 def dataset_id(key: str, attrs) -> str:
     """A dataset's protein id: its `id` attribute (embed's files), else bio_embeddings'
     `original_id` up to its first whitespace (the FASTA id as embed takes it from the header),
-    else the unescaped key up to its first whitespace (the ProtTrans script keys a protein by its
-    whole header line, `EX0029 Plastid-S`). `attrs`: the dataset's attributes."""
+    else the unescaped key (the ProtTrans script's: a whole header line such as `EX0029 Plastid-S`
+    is that; `key_for` finds it by its first word too). `attrs`: the dataset's attributes."""
     ident = _plain(attrs["id"]) if "id" in attrs else None
     if not ident and "original_id" in attrs:
         ident = _original_id(_plain(attrs["original_id"]))
-    return str(ident) if ident else _key_id(key)
+    return str(ident) if ident else unescape_key(key)
 
 
 def _key_id(key: str) -> str:
@@ -108,6 +109,15 @@ def sequence_checksum(sequence: str) -> str:
     """md5 of the upper-cased sequence without whitespace: how labels are matched without ids."""
     clean = "".join(sequence.split()).upper()
     return "md5:" + hashlib.md5(clean.encode("ascii", "replace")).hexdigest()
+
+
+@dataclass
+class _ForeignKeys:
+    """How another tool's file names its proteins (EmbeddingsReader.key_for)."""
+
+    declared: dict[str, str]   # id -> key, where an `id`/`original_id` attribute names another id than the key
+    owned: set[str]            # those keys: they spell an id that is not theirs
+    loose: dict[str, str]      # first word -> key, for keys that are whole header lines without attributes
 
 
 class EmbeddingsReader:
@@ -182,35 +192,58 @@ class EmbeddingsReader:
 
     def foreign_ids(self, kind: str = PER_RESIDUE) -> dict[str, str]:
         """id -> key of the datasets whose key is not their escaped id: those of a bio_embeddings
-        file (md5 keys, the id in `original_id`), of biotrainer's (keys "0", "1", ... in input
-        order) and of the ProtTrans script's (the whole header line as the key). {} for embed's
-        files (every key is the id's)."""
-        return self._foreign(kind)[0]
+        file (md5 keys, the id in `original_id`) and of biotrainer's (keys "0", "1", ... in input
+        order). {} for embed's files (every key is the id's)."""
+        return self._foreign(kind).declared
 
-    def _foreign(self, kind: str) -> tuple[dict[str, str], set[str]]:
-        """(foreign_ids, the keys that belong to another id than the one they spell)."""
+    def _foreign(self, kind: str) -> "_ForeignKeys":
+        """How another tool's keys name proteins (see `key_for`), read once per kind through
+        h5py's low-level calls (its dictionary interface cost 60 us a protein: 30 s for 500,000)."""
         if "layout" in self.attrs:
-            return {}, set()
+            return _ForeignKeys({}, set(), {})
         if kind not in self._foreign_ids:
-            group, found, owned = self._group(kind), {}, set()
-            for key in self.keys(kind):
-                ident = dataset_id(key, dataset_attrs(group, key)[0])
-                if escape_key(ident) != key:
-                    found.setdefault(ident, key)
-                    owned.add(key)
-            self._foreign_ids[kind] = (found, owned)
+            import h5py
+
+            group, declared, owned, loose = self._group(kind), {}, set(), {}
+            skip = set(self.subgroups)
+            for name in _link_names(group):
+                key = name.decode("utf-8")
+                if key in skip:
+                    continue
+                obj = h5py.h5o.open(group.id, name)
+                ident = (_read_text_attr(obj, b"id") or _original_id(_read_text_attr(obj, b"original_id"))
+                         if isinstance(obj, h5py.h5d.DatasetID) else None)
+                if ident:
+                    if escape_key(ident) != key:
+                        declared.setdefault(ident, key)
+                        owned.add(key)
+                else:
+                    word = _key_id(key)
+                    if escape_key(word) != key:  # a whole header line as the key (the ProtTrans script)
+                        loose.setdefault(word, key)
+            self._foreign_ids[kind] = _ForeignKeys(declared, owned, loose)
         return self._foreign_ids[kind]
 
     def key_for(self, ident: str, kind: str = PER_RESIDUE) -> str | None:
-        """The key of protein `ident`'s dataset, None when the file has none. In another tool's
-        file the dataset whose `original_id` is the id comes first, and a key that merely spells
-        the id but holds another protein is not it: with biotrainer's keys "0", "1", ..., protein
-        "1" is not the dataset "1" (that is the second protein), and it was read as such."""
-        found, owned = self._foreign(kind)
-        if ident in found:
-            return found[ident]
-        key = escape_key(ident)
-        return key if key in self._group(kind) and key not in owned else None
+        """The key of protein `ident`'s dataset, None when the file has none: the dataset whose
+        `id`/`original_id` attribute names it; else the key that spells it, unless an attribute
+        says that dataset is another protein's (biotrainer's keys "0", "1", ...: protein "1" is
+        not the dataset "1", the second protein, and it was read as such); else a key that is a
+        whole header line starting with it (the ProtTrans script's, `EX0029 Plastid-S`)."""
+        group, key = self._group(kind), escape_key(ident)
+        if "layout" in self.attrs:  # embed's own file: every key is its id's
+            return key if key in group else None
+        if key in group:
+            # the common case decided by this dataset alone (the map below reads every one)
+            attrs = dataset_attrs(group, key)[0]
+            named = (_plain(attrs["id"]) if "id" in attrs else None) or (
+                _original_id(_plain(attrs["original_id"])) if "original_id" in attrs else None)
+            if not named or str(named) == ident:
+                return key
+        keys = self._foreign(kind)
+        if ident in keys.declared:
+            return keys.declared[ident]
+        return keys.loose.get(ident)
 
     def dataset(self, ident: str, kind: str = PER_RESIDUE):
         key = self.key_for(ident, kind)
@@ -281,7 +314,7 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
         if not isinstance(obj, h5py.h5d.DatasetID):
             continue
         ident = (_read_text_attr(obj, b"id") or _original_id(_read_text_attr(obj, b"original_id"))
-                 or _key_id(name.decode("utf-8")))
+                 or unescape_key(name.decode("utf-8")))
         checksum = None
         if checksums and (prefixes or not h5py.h5a.exists(obj, b"truncated_from")):
             checksum = _read_text_attr(obj, b"checksum")
