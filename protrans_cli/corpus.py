@@ -143,7 +143,8 @@ class CorpusOptions:
         for i, (flag, path) in enumerate(files):
             output_directory(path)  # every output's directory, before anything is opened
             for other, path2 in files[:i]:
-                if same_file(path, path2):
+                # (/dev/null twice discards both: nothing there to replace)
+                if same_file(path, path2) and os.path.realpath(path) != os.devnull:
                     raise UsageError(f"{other} and {flag} both name {path}: one would replace the other")
             if self.sharded and flag != "-o" and Path(path).resolve().parent == Path(self.output).resolve().parent:
                 # a shard of -o under that name replaced it (or it one), or it was removed with an

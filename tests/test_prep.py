@@ -819,3 +819,10 @@ def test_a_mark_after_a_concatenation_at_a_block_boundary(tmp_path):
         stats = build_corpus([str(fasta)], CorpusOptions(output=str(tmp_path / f"c{block}.txt"), block_bytes=block,
                                                          threads=1))
         assert stats.proteins_out == 11 and stats.rejected_total == 0, block
+
+
+def test_dev_null_may_take_several_outputs(run_cli):
+    # a dry run that keeps nothing: "-o and --stats both name /dev/null" (exit 2)
+    result = run_cli("prep", DATA / "format.fa", "-o", "/dev/null", "--stats", "/dev/null",
+                     "--rejects", "/dev/null")
+    assert result.exit_code == 0, result.stderr
