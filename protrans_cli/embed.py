@@ -824,9 +824,8 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
             raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
         # (only a model directory: a folder that merely bears the model's name, `onehot/` or
         # `prot_bert/` without config.json, holds nothing of the model)
-        model_path = Path(str(options.model)).expanduser()
-        model_dirs = (str(model_path),) if options.model != ONEHOT and (model_path / "config.json").is_file() else ()
-        model_dir = input_named_by(target, (), directories=model_dirs)
+        model_path = _model_directory(options.model)
+        model_dir = input_named_by(target, (), directories=(str(model_path),) if model_path else ())
         if model_dir:
             raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
                              "model's files (choose another -o)")
@@ -839,10 +838,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if not options.resume and not options.force:
         # The same for an interrupted run's work (a finished file that a --resume made partial
         # again, interrupted, lost all its proteins to a plain rerun, with a warning)
-        import glob
-
-        shards = sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
-        left = [p for p in (partial_path(output), *map(Path, shards)) if p.exists()]
+        left = [p for p in (partial_path(output), *map(Path, _shard_files(output))) if p.exists()]
         for path in left:  # another run's live file is named as such first
             refuse_if_in_use(path)
         if left:
@@ -991,8 +987,6 @@ def _spool_input(output: Path, fasta) -> Path:
 
 
 def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:
-    import glob
-
     if embedder is None:
         device = options.device
         if dist.world_size > 1 and device in ("auto", "cuda"):
@@ -1039,7 +1033,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.
     done = _Done.empty()
-    shard_files = sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
+    shard_files = _shard_files(output)
     for path in (partial_path(output), output, *shard_files):  # another run's live files: hands off
         refuse_if_in_use(path)
     if options.resume:
@@ -1172,14 +1166,26 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     return summary
 
 
+def _shard_files(output) -> list[str]:
+    """The shard files an interrupted torchrun run left for `output`, in rank order."""
+    import glob
+
+    return sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
+
+
+def _model_directory(name) -> Path | None:
+    """`-m name` as a local model directory (one holding config.json), None for onehot, a short
+    name or a hub id (a folder that merely bears such a name holds no model)."""
+    path = Path(str(name)).expanduser()
+    return path if name != ONEHOT and (path / "config.json").is_file() else None
+
+
 def model_attr(name: str) -> str:
     """The file's `model` attribute for `-m name`: a local model directory as its resolved
     absolute path, so that --resume from another working directory (or with `./dir` for `dir`)
     recognises it; a short name, hub id or `onehot` as given."""
-    path = Path(name).expanduser()
-    if name != ONEHOT and (path / "config.json").is_file():
-        return str(path.resolve())
-    return name
+    path = _model_directory(name)
+    return str(path.resolve()) if path is not None else name
 
 
 def same_model(old: str, new: str) -> bool:
@@ -1445,9 +1451,7 @@ def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) 
 
 def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> dict[str, str]:
     """Rank 0: fold every rank's shard into the one output, then remove the shards."""
-    import glob
-
-    shards = sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
+    shards = _shard_files(output)
     with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as merged:
         _absorb_shards(merged, shards)
         failed = dict(merged.failed)
