@@ -27,7 +27,7 @@ from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_checksum_of,
-                                dataset_facts, escape_key, h5_file, read_array, sequence_checksum, unescape_key)
+                                dataset_facts, h5_file, read_array, sequence_checksum, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -117,13 +117,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             else:
                 targets = task.protein_targets(record)
                 label_length = len(record.sequence) if record.sequence is not None else None
-        # (as reader.key_for, on the key set: another tool's keys by their `original_id` first,
-        # never a key that spells the id but holds another protein, a header-line key last)
-        key = foreign.declared.get(record.id)
-        if key is None:
-            key = escape_key(record.id)
-            if key in foreign.owned or key not in keys:
-                key = foreign.loose.get(record.id)
+        key = reader.key_for(record.id, source)  # (another tool's keys: by their attributes first)
         via_checksum = False
         if key not in keys and record.sequence is not None:
             if by_checksum is None:

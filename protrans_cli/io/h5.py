@@ -77,10 +77,20 @@ def dataset_id(key: str, attrs) -> str:
     `original_id` up to its first whitespace (the FASTA id as embed takes it from the header),
     else the unescaped key (the ProtTrans script's: a whole header line such as `EX0029 Plastid-S`
     is that; `key_for` finds it by its first word too). `attrs`: the dataset's attributes."""
+    return _attribute_id(attrs) or unescape_key(key)
+
+
+def _attribute_id(attrs) -> str | None:
+    """The id a dataset's attributes give it (`id`, else `original_id`'s first word), or None."""
     ident = _plain(attrs["id"]) if "id" in attrs else None
     if not ident and "original_id" in attrs:
         ident = _original_id(_plain(attrs["original_id"]))
-    return str(ident) if ident else unescape_key(key)
+    return str(ident) if ident else None
+
+
+def _low_attribute_id(obj) -> str | None:
+    """`_attribute_id` of a dataset opened through h5py's low-level calls."""
+    return _read_text_attr(obj, b"id") or _original_id(_read_text_attr(obj, b"original_id"))
 
 
 def _key_id(key: str) -> str:
@@ -149,7 +159,7 @@ class EmbeddingsReader:
         # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
         # group a): not proteins, and the datasets in them are not read (see `subgroups`).
         self.subgroups: list[str] = []
-        self._foreign_ids: dict[str, tuple[dict[str, str], set[str]]] = {}
+        self._foreign_ids: dict[str, _ForeignKeys] = {}
         self._kind_guessed = False
         if groups:
             self.layout = "grouped"
@@ -211,8 +221,7 @@ class EmbeddingsReader:
                 if key in skip:
                     continue
                 obj = h5py.h5o.open(group.id, name)
-                ident = (_read_text_attr(obj, b"id") or _original_id(_read_text_attr(obj, b"original_id"))
-                         if isinstance(obj, h5py.h5d.DatasetID) else None)
+                ident = _low_attribute_id(obj) if isinstance(obj, h5py.h5d.DatasetID) else None
                 if ident:
                     if escape_key(ident) != key:
                         declared.setdefault(ident, key)
@@ -235,10 +244,8 @@ class EmbeddingsReader:
             return key if key in group else None
         if key in group:
             # the common case decided by this dataset alone (the map below reads every one)
-            attrs = dataset_attrs(group, key)[0]
-            named = (_plain(attrs["id"]) if "id" in attrs else None) or (
-                _original_id(_plain(attrs["original_id"])) if "original_id" in attrs else None)
-            if not named or str(named) == ident:
+            named = _attribute_id(dataset_attrs(group, key)[0])
+            if named is None or named == ident:
                 return key
         keys = self._foreign(kind)
         if ident in keys.declared:
@@ -313,8 +320,7 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
         obj = h5py.h5o.open(group.id, name)
         if not isinstance(obj, h5py.h5d.DatasetID):
             continue
-        ident = (_read_text_attr(obj, b"id") or _original_id(_read_text_attr(obj, b"original_id"))
-                 or unescape_key(name.decode("utf-8")))
+        ident = _low_attribute_id(obj) or unescape_key(name.decode("utf-8"))
         checksum = None
         if checksums and (prefixes or not h5py.h5a.exists(obj, b"truncated_from")):
             checksum = _read_text_attr(obj, b"checksum")

@@ -842,7 +842,7 @@ def evaluate(run: _Run, phase) -> float:
     run.wrapped.eval()
     # Evaluation must not consume the training RNG (dropout is off; kept for any model that draws).
     rng = torch.get_rng_state()
-    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
+    total = torch.zeros(1, dtype=torch.float64, device=info.device)  # the summed loss (the count: _shared_counts)
     try:
         # islice: a batch past the last is not made (tokenized and collated) only to be dropped
         micro_batches = [b for step_batch in itertools.islice(stream, config.num_eval_batches)
@@ -860,16 +860,16 @@ def evaluate(run: _Run, phase) -> float:
         for batch in micro_batches if not failed else []:
             batch = _to_device(batch, info.device)
             with run.autocast(), sdpa_kernels(info.device, config.sdpa_kernels):
-                sum_loss, n, _ = run.wrapped(batch)
-            totals += torch.stack([sum_loss.detach().double(), torch.as_tensor(n, device=info.device).double()])
+                sum_loss, _, _ = run.wrapped(batch)
+            total += sum_loss.detach().double()
     finally:
         torch.set_rng_state(rng)
-    dist.all_reduce_sum(totals)
+    dist.all_reduce_sum(total)
     run.wrapped.train()
     # (the step's denominator: the predicted tokens, or for a two-term objective whose batches
     # hold none, the second term's count)
     # (a rank whose reading failed: no rank evaluated, and no eval loss is logged)
-    return float(totals[0] / denominator) if denominator > 0 and not failed else float("nan")
+    return float(total[0] / denominator) if denominator > 0 and not failed else float("nan")
 
 
 def _full_model(run: _Run):
