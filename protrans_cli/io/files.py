@@ -267,13 +267,12 @@ def _in_place(path: Path) -> bool:
         return True
     # (a regular file in /dev/shm, a tmpfs, is an ordinary output: written atomically; in place
     # and appended to, a checkpoint's train_config.json held two JSON objects)
-    absolute = os.path.abspath(path)
-    if absolute.startswith(("/dev/", "/proc/")) and not absolute.startswith("/dev/shm/"):
-        return True
-    if not path.is_symlink():
-        return False
-    target = os.readlink(path)
-    return target.startswith(("/dev/", "/proc/")) and not target.startswith("/dev/shm/")
+    return _device_path(os.path.abspath(path)) or (path.is_symlink() and _device_path(os.readlink(path)))
+
+
+def _device_path(name: str) -> bool:
+    """Under /dev or /proc, but not in /dev/shm (a tmpfs of ordinary files)."""
+    return name.startswith(("/dev/", "/proc/")) and not name.startswith("/dev/shm/")
 
 
 class AtomicFile:
