@@ -233,7 +233,7 @@ class _Block:
     input: for an uncompressed file it only finds the cut points.
     """
 
-    data: bytes | None   # starts with b">", ends with b"\n"
+    data: bytes | None   # starts with b">" (load() adds a missing final newline)
     name: str            # the input, for messages
     line0: int           # line number of the block's first line if known when cut, else 0
     index: int           # block number over all inputs
@@ -243,14 +243,14 @@ class _Block:
     unlink: bool = False  # a copy left for a worker: deleted once read
 
     def load(self) -> bytes:
-        if self.data is not None:
-            return self.data
-        with open(self.path, "rb") as handle:
-            data = os.pread(handle.fileno(), self.size, self.offset)
-        if self.unlink:
-            os.unlink(self.path)
-        if len(data) != self.size:
-            raise InputError("file changed while it was read", path=self.name)
+        data = self.data
+        if data is None:
+            with open(self.path, "rb") as handle:
+                data = os.pread(handle.fileno(), self.size, self.offset)
+            if self.unlink:
+                os.unlink(self.path)
+            if len(data) != self.size:
+                raise InputError("file changed while it was read", path=self.name)
         return data if data.endswith(b"\n") else data + b"\n"
 
 
@@ -360,9 +360,7 @@ def _iter_blocks(paths: Sequence, block_bytes: int, names: Sequence[str] | None 
                     index += 1
                     continue
                 # end of this input
-                if buf:
-                    if not buf.endswith(b"\n"):
-                        buf += b"\n"
+                if buf:  # (size: the bytes read, not the newline load() adds to a last line without one)
                     yield _Block(buf, name, line, index, size=len(buf))
                     index += 1
                 break

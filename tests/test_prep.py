@@ -266,6 +266,24 @@ def test_bulk_path_matches_per_record_reference(tmp_path, block_bytes, threads, 
     assert stats.residues_out == len(expected.replace(b" ", b"").replace(b"\n", b""))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_input_bytes_same_for_file_and_stream_without_final_newline(tmp_path, threads):
+    # A stream's last block once gained the newline it lacked and counted it as input.
+    text = b"".join(b">r%d\n%s\n" % (i, b"ACDEFGHIK" * 20) for i in range(30)) + b">c\nWWWWY"
+    plain, packed = tmp_path / "in.fa", tmp_path / "in.fa.gz"
+    plain.write_bytes(text)
+    packed.write_bytes(gzip.compress(text))
+    outputs, sizes = [], []
+    for source in (plain, packed):
+        out = tmp_path / f"{source.name}.txt"
+        stats = build_corpus([source], CorpusOptions(output=str(out), block_bytes=1024, threads=threads))
+        outputs.append(out.read_bytes())
+        sizes.append(stats.input_bytes)
+    assert sizes == [len(text), len(text)]
+    assert outputs[0] == outputs[1] and outputs[0].endswith(b"\n\nW W W W Y\n\n")
+    assert outputs[0].count(b"\n\n") == 31
+
+
 def test_record_larger_than_a_block(tmp_path):
     fasta = tmp_path / "big.fa"
     seq = "MKTAYIAKQR" * 2000
