@@ -68,6 +68,14 @@ def load_proteins(fasta, num_proteins: int | None, seed: int, max_length: int | 
     from protrans_cli.residues import normalise
 
     records = [(r.id, normalise(r.sequence, rare="keep")) for r in read_fasta(fasta)]
+    # protrans embeds a repeated sequence once; the baselines would compute it again. Each
+    # sequence is kept once, so that every strategy is credited with the work it did.
+    seen: set[str] = set()
+    unique = [r for r in records if not (r[1] in seen or seen.add(r[1]))]
+    if len(unique) < len(records):
+        print(f"{len(records) - len(unique)} repeated sequences left out "
+              f"({sum(len(s) for _, s in records) - sum(len(s) for _, s in unique):,} residues)", flush=True)
+    records = unique
     if max_length:
         records = [r for r in records if len(r[1]) <= max_length]
     if num_proteins and num_proteins < len(records):
