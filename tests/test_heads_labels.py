@@ -109,6 +109,14 @@ def test_deeploc_dual_label_and_trailing_space():
     assert get_task("loc", dual="skip").protein_targets(ls.records[1])["loc"] == IGNORE
 
 
+def test_deeploc_split_words(tmp_path):
+    # Light Attention's setHARD marks its proteins "new_test_set": they were read as training data.
+    path = tmp_path / "dl.fasta"
+    path.write_text(">A Nucleus-S new_test_set \nMKV\n>B Cytoplasm-M test\nMKV\n>C Nucleus-S\nMKV\n"
+                    ">D Nucleus-S val\nMKV\n>E Nucleus-S contest\nMKV\n")
+    assert [r.split for r in read_labels(path).records] == ["test", "test", None, "valid", None]
+
+
 def test_tables_with_and_without_header():
     with_header = read_labels(HEADS / "id_label_with_header.tsv")
     assert with_header.format == "table"

@@ -355,6 +355,21 @@ def _apply_flip_mask(label_set: LabelSet, mask_path, *, optional: bool = False) 
 # --- DeepLoc FASTA -------------------------------------------------------------------------
 
 
+# DeepLoc writes "test" after the test proteins' label; Light Attention's setHARD "new_test_set".
+_DEEPLOC_TEST = re.compile(r"(?:^|[_.-])test(?:$|[_.-])", re.IGNORECASE)
+
+
+def _deeploc_split(tokens: list[str]) -> str | None:
+    """The split the words after a DeepLoc header's label name: test (a word that is or holds
+    "test" as a part: test, new_test_set), a split name (valid, val, train), else none."""
+    for token in tokens:
+        if token.lower() in SPLIT_NAMES:
+            return SPLIT_NAMES[token.lower()]
+        if _DEEPLOC_TEST.search(token):
+            return TEST
+    return None
+
+
 def _read_deeploc(text: str, name: str) -> LabelSet:
     records = []
     for rec in parse_fasta(io.BytesIO(text.encode()), name):
@@ -362,7 +377,7 @@ def _read_deeploc(text: str, name: str) -> LabelSet:
         if len(tokens) < 2 or not _DEEPLOC_LABEL.match(tokens[1]):
             raise InputError("DeepLoc header needs 'ID Location-M|S|U'", path=name, line=rec.line, record=rec.id)
         location, membrane = tokens[1].rsplit("-", 1)
-        split = TEST if "test" in tokens[2:] else None
+        split = _deeploc_split(tokens[2:])
         records.append(LabelRecord(rec.id, rec.sequence.upper(), {"loc": location, "membrane": membrane},
                                    None, split, rec.line))
     return LabelSet(name, "deeploc", records)
