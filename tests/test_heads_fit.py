@@ -121,7 +121,7 @@ def test_predictions_match_a_plain_torch_reference(run_cli, ss_data, tmp_path):
     assert r.exit_code == 0 and r.stdout == out.read_text() and len(lines) > 0
 
 
-def test_joint_ss3_ss8_ensemble(run_cli, ss_data, tmp_path):
+def test_joint_ss3_ss8_ensemble(run_cli, ss_data, tmp_path, monkeypatch):
     head = tmp_path / "joint"
     r = run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
                 "--ensemble", "2", "--max-epochs", "2", *FAST, "-o", head)
@@ -135,6 +135,15 @@ def test_joint_ss3_ss8_ensemble(run_cli, ss_data, tmp_path):
     assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--head-output", "ss8", "-o", out).exit_code == 0
     assert set("".join(out.read_text().splitlines()[1::2])) <= set(SS8)
     assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--head-output", "ss9", "-o", out).exit_code == 2
+    # with --fasta the option is checked before the sequences are embedded (it was after)
+    import protrans_cli.heads.predict as predict_module
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded before --head-output was checked")
+
+    monkeypatch.setattr(predict_module, "embed_for_head", no_embedding)
+    r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "--head-output", "ss9", "-o", out)
+    assert r.exit_code == 2 and "the head has no output 'ss9'" in r.stderr
 
 
 def test_streamed_training_equals_in_memory(ss_data, tmp_path):
@@ -156,6 +165,27 @@ def test_labels_matched_by_checksum_when_ids_differ(ss_data, tmp_path):
     result = fit(FitConfig(task="ss3", max_epochs=1, threads=1, n_bootstrap=50), tmp_path / "renamed.h5",
                  ss_data / "train.csv", tmp_path / "head")
     assert result.metrics["valid"]["ss3"]["n_proteins"] == 7
+
+
+def test_repeated_sequences_matched_by_checksum_each_take_a_protein(run_cli, ss_data, tmp_path):
+    # Proteins of one sequence under other ids: every label went to the same protein and the
+    # others were reported as "have no label ... not scored" beside a score that counted them.
+    rows = (ss_data / "test.csv").read_text().splitlines()
+    labels = tmp_path / "rep.csv"
+    labels.write_text("\n".join(rows + [rows[1], rows[1]]) + "\n")  # the first protein three times
+    fasta = tmp_path / "rep.fa"
+    lines = (ss_data / "test.fa").read_text().splitlines()
+    seqs = lines[1::2] + [lines[1], lines[1]]
+    fasta.write_text("".join(f">other{i}\n{s}\n" for i, s in reversed(list(enumerate(seqs)))))
+    r = run_cli("embed", fasta, "-m", "onehot", "--per-residue", "-o", tmp_path / "rep.h5", "-j", "1")
+    assert r.exit_code == 0, r.stderr
+    head = tmp_path / "h"
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--max-epochs", "1", *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", head, "--embeddings", tmp_path / "rep.h5", "--labels", labels, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0, r.stderr
+    assert "have no label" not in r.stderr and f"in {len(seqs)} proteins" in r.stderr
 
 
 def test_label_mismatches_listed_or_skipped(run_cli, ss_data, tmp_path):
@@ -1218,7 +1248,8 @@ def test_embeddings_with_special_token_rows_are_refused_with_the_likely_reason(t
     flip = tmp_path / "flip.fasta"
     flip.write_text(">p1 SET=train VALIDATION=False\nCCHHE\n>p2 SET=train VALIDATION=False\nCEEC\n")
     r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", flip, "-o", tmp_path / "h", "-j", "1")
-    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    errors = [line for line in r.stderr.strip().splitlines() if "FLIP labels without a mask" not in line]
+    assert r.exit_code == 1 and len(errors) == 1
     assert "(p1 (5 vs 7), p2 (4 vs 6)); each embedding has 2 row(s) more than its protein has residues" in r.stderr
     assert "special-token rows" in r.stderr
 
@@ -1507,6 +1538,18 @@ def test_flip_mask_training_with_a_test_set_in_another_format(run_cli, ss_data, 
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", flip, "--mask", mask,
                 "--test", ss_data / "train.h5", part, "--max-epochs", "1", *FAST, "-o", tmp_path / "h2")
     assert r.exit_code == 1 and "mask.fasta: no mask for 1 of the ids of part.fasta: other" in r.stderr
+    # FLIP labels scored without their mask: said, at fit and at predict (which names the head's mask)
+    assert "without a mask" not in (tmp_path / "h" / "config.json").read_text()
+    r = run_cli("predict", tmp_path / "h", "--embeddings", ss_data / "train.h5", "--labels", flip, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0, r.stderr
+    assert "warning: " in r.stderr and "FLIP labels without a mask" in r.stderr
+    assert f"the head was fit with --mask {mask}" in r.stderr
+    r = run_cli("predict", tmp_path / "h", "--embeddings", ss_data / "train.h5", "--labels", flip, "--mask", mask,
+                "-o", tmp_path / "p2.fa")
+    assert r.exit_code == 0 and "without a mask" not in r.stderr
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", flip, "--max-epochs", "1", *FAST,
+                "-o", tmp_path / "h3")
+    assert r.exit_code == 0 and "flip.fasta: FLIP labels without a mask: every residue is trained on" in r.stderr
 
 
 def test_split_names_are_read_or_refused_never_dropped(run_cli, loc_data, tmp_path):

@@ -181,6 +181,10 @@ def test_flip_three_state_labels_refused_for_ss8_and_bad_letters():
     ls.records[0].labels["label"] = "CCQHE"
     with pytest.raises(InputError, match="record 'p1'.*'Q' are not ss3 classes"):
         get_task("ss3").residue_targets(ls.records[0])
+    # an unknown letter among 8-state ones: only it is named (G, S, T were listed as "not ss3")
+    ls.records[0].labels["label"] = "GPSTH"
+    with pytest.raises(InputError, match=r"record 'p1'.*'P' are not ss3 classes \(HEC, or 8-state HGIEBTSC\)"):
+        get_task("ss3").residue_targets(ls.records[0])
 
 
 def test_generic_residue_classes_ignore_masked_positions():
@@ -236,7 +240,7 @@ def test_pisces_table_ids_stars_and_both_state_sets(tmp_path):
     text = (HEADS / "pisces_small.csv").read_text().splitlines()
     text[2] = text[2].replace(",SEHTGHHC,", ",SEHTGHH,")
     bad.write_text("\n".join(text) + "\n")
-    with pytest.raises(InputError, match=r"bad.csv:3: sst8 has 7 labels for 8 residues"):
+    with pytest.raises(InputError, match=r"bad.csv:3, record '1ABC_B': sst8 has 7 labels for 8 residues"):
         read_labels(bad)
 
 

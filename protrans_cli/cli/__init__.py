@@ -135,6 +135,7 @@ def stopped(exc: KeyboardInterrupt, detail: str | None = None) -> _Stopped:
 
 
 _TERMINATED: list[int] = []  # SIGTERMs the main process received
+_INTERRUPTED: list[int] = []  # and SIGINTs (Ctrl-C)
 
 
 def _on_sigterm(main_pid):
@@ -151,6 +152,13 @@ def _on_sigterm(main_pid):
     return handler
 
 
+def _on_sigint(signum, frame):
+    # Python's own handler raises KeyboardInterrupt, which is dropped the same way when it
+    # lands in a weakref callback: `predict` went on to write its output and exit 0. Noted.
+    _INTERRUPTED.append(signum)
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     """Entry point: runs the click group and maps every failure to one line and an exit code."""
     from protrans_cli import console
@@ -158,16 +166,23 @@ def main(argv=None):
     # Without a handler SIGTERM killed the process on the spot: temporary outputs, the dedup
     # scratch directory and prep's worker processes were left behind.
     _TERMINATED.clear()  # an earlier call in this process (tests, notebooks) is not this one
+    _INTERRUPTED.clear()
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
         installed = True
     except ValueError:  # not the main thread (an embedding application): leave signals alone
         installed = False
+    # (Ctrl-C: only where it raises KeyboardInterrupt now; an ignored SIGINT stays ignored)
+    previous_int = signal.getsignal(signal.SIGINT) if installed else None
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         _main(console, argv)
     finally:
-        if installed:  # in-process callers (tests, notebooks) get their handler back
+        if installed:  # in-process callers (tests, notebooks) get their handlers back
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            if previous_int is signal.default_int_handler:
+                signal.signal(signal.SIGINT, previous_int)
 
 
 # click 8.2+: a group run without a command raises this (a UsageError holding the help page)
@@ -219,20 +234,24 @@ def _main(console, argv):
     except Exception as exc:
         # Ctrl-C or SIGTERM inside an import that a library turned into another error (an
         # ImportError "during handling of KeyboardInterrupt"): a stop, not a bug to show.
-        # (A noted SIGTERM counts too: the failure is its consequence.)
+        # (A noted SIGTERM or Ctrl-C counts too: the failure is its consequence.)
         signal_exc = _signal_in_chain(exc)
-        compile_failure = _compile_failure(exc) if signal_exc is None and not _TERMINATED else None
+        noted = bool(_TERMINATED or _INTERRUPTED)
+        compile_failure = _compile_failure(exc) if signal_exc is None and not noted else None
         if compile_failure and not console.state.debug:
             console.error(compile_failure)
             sys.exit(1)
-        if (signal_exc is None and not _TERMINATED) or console.state.debug:
+        if (signal_exc is None and not noted) or console.state.debug:
             raise
-        terminated = isinstance(signal_exc, _Terminated) or signal_exc is None
+        terminated = isinstance(signal_exc, _Terminated) or (signal_exc is None and bool(_TERMINATED))
         console.error("terminated" if terminated else "interrupted")
         sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
     if _TERMINATED and not rc:  # the SIGTERM's exception was swallowed on its way out
         console.error("terminated")
         sys.exit(128 + signal.SIGTERM)
+    if _INTERRUPTED and not rc:  # the same for Ctrl-C
+        console.error("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
     # click returns the exit code of --help/--version (and of ctx.exit) in this mode.
     sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -32,9 +32,11 @@ def command(labels, output, fmt, sequences, split):
     protrans labels Train_HHblits.csv.gz -o train.fasta
     protrans embed train.fasta -m onehot --per-residue -o train.h5
     """
+    import dataclasses
+
     from protrans_cli import console
     from protrans_cli.errors import UsageError
-    from protrans_cli.heads.labels import LabelSet, read_labels, read_sequences, write_embed_fasta
+    from protrans_cli.heads.labels import read_labels, read_sequences, write_embed_fasta
     from protrans_cli.io.files import atomic_output, input_named_by
 
     # DeepLoc labels are a FASTA too: `labels x.fasta -o x.fasta` replaced them, labels lost.
@@ -51,7 +53,7 @@ def command(labels, output, fmt, sequences, split):
             where = ("it assigns no record to a split" if not any(r.split for r in label_set.records)
                      else f"its records are in: {', '.join(declared)}")
             raise InputError(f"--split {split}: no record is in that split ({where})", path=label_set.path)
-        label_set = LabelSet(label_set.path, label_set.format, kept, label_set.notes)
+        label_set = dataclasses.replace(label_set, records=kept)
     seqs = read_sequences(sequences) if sequences else None
     with atomic_output(output) as stream:
         count = write_embed_fasta(label_set, stream, seqs)

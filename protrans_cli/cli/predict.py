@@ -95,7 +95,10 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
     if fasta is not None:
         import tempfile
 
-        from protrans_cli.heads.predict import embed_for_head
+        from protrans_cli.heads.model import load_head
+        from protrans_cli.heads.predict import check_head_output, embed_for_head
+
+        check_head_output(load_head(head)[1], head_output)  # before the sequences are embedded
 
         # Next to the output (embeddings of a proteome can be large), else in $TMPDIR.
         where = os.path.dirname(os.path.abspath(output)) if output and output != "-" else None

@@ -104,7 +104,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     keys = set(reader.keys(source))
     foreign = reader._foreign(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
     other_ids = {**foreign.loose, **foreign.declared}
-    by_checksum: dict[str, str] | None = None
+    by_checksum: dict[str, list[str]] | None = None
+    taken: set[str] = set()  # keys matched so far
     if task.kind == PER_RESIDUE:
         task.check_label_states(label_set.records, label_set.path)
     report = MatchReport()
@@ -121,8 +122,14 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         via_checksum = False
         if key not in keys and record.sequence is not None:
             if by_checksum is None:
-                by_checksum = {c: k for k in keys if (c := dataset_checksum_of(group, k)) is not None}
-            key = next((by_checksum[c] for c in _checksums(record.sequence) if c in by_checksum), None)
+                by_checksum = {}
+                for k in sorted(keys):
+                    if (c := dataset_checksum_of(group, k)) is not None:
+                        by_checksum.setdefault(c, []).append(k)
+            # Several proteins of one sequence: each label takes a key of its own while there are
+            # any (the same rows all the same), so that none of them is said to have no label.
+            candidates = [k for c in _checksums(record.sequence) for k in by_checksum.get(c, ())]
+            key = next((k for k in candidates if k not in taken), candidates[0] if candidates else None)
             via_checksum = key is not None
         if key is None or key not in keys:
             report.missing.append(record.id)
@@ -142,6 +149,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         if length is None:
             length = label_length or 0
         report.by_checksum += via_checksum
+        taken.add(key)
         matched.append(Matched(record.id, key, length, targets))
     report.matched = len(matched)
     report.unlabelled = keys - {m.key for m in matched}

@@ -164,6 +164,8 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
         task = task.with_classes_from(train_set.records)
     for note in train_labels.notes:
         console.info(f"{train_labels.path}: {note}")
+    for warning in train_labels.warnings:
+        console.warn(f"{train_labels.path}: {warning}")
     train, report = _load(config, embeddings, train_set, task)
     console.info(f"train: {report.matched} proteins from {embeddings}"
                  + (f" ({report.by_checksum} matched by sequence checksum)" if report.by_checksum else ""))
@@ -199,7 +201,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
         if len(order) - n_valid < 1:
             raise InputError("too few training proteins to hold out a validation set", path=str(labels))
         valid_data, train = subset(train, order[:n_valid]), subset(train, order[n_valid:])
-        valid_desc = f"{n_valid} proteins held out of train (seed {config.seed})"
+        valid_desc = f"{n_valid} proteins held out of train (seed {config.seed}; {len(train.items)} left to train on)"
     console.info(f"validation: {valid_desc}")
     eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
     if not tests and TEST in declared:
@@ -517,8 +519,7 @@ def _outputs_with_labels(task: Task, train: ProteinData, labels) -> Task:
 
 
 def _only(label_set: LabelSet, splits: set) -> LabelSet:
-    return LabelSet(label_set.path, label_set.format, [r for r in label_set.records if r.split in splits],
-                    label_set.notes)
+    return replace(label_set, records=[r for r in label_set.records if r.split in splits])
 
 
 def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
@@ -526,6 +527,8 @@ def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
     label_set = _read(config, labels, evaluation=True)
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
+    for warning in label_set.warnings:
+        console.warn(f"{label_set.path}: {warning}")
     if any(r.split == split for r in label_set.records) and any(r.split != split for r in label_set.records):
         label_set = _only(label_set, {split})
     data, report = _load(config, embeddings, label_set, task)

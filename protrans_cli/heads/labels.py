@@ -82,6 +82,7 @@ class LabelSet:
     format: str
     records: list[LabelRecord]
     notes: list[str] = field(default_factory=list)  # things a user should be told (ids made, masks used)
+    warnings: list[str] = field(default_factory=list)  # and ones that change what a score means
 
     @property
     def name(self) -> str:
@@ -132,6 +133,11 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
             raise UsageError(f"{name}: a mask file is only read with FLIP-style labels, not {fmt}")
         if fmt == "flip":
             _apply_flip_mask(label_set, mask_path, optional=mask_optional)
+    if fmt == "flip" and all(r.mask is None for r in label_set.records) \
+            and any(len(r.labels["label"]) > 1 for r in label_set.records):
+        label_set.warnings.append("FLIP labels without a mask: every residue is trained on and scored "
+                                  "(FLIP's published figures count only the residues its mask.fasta marks 1: "
+                                  "give it with --mask)")
     if not label_set.records:
         raise InputError("holds no labelled records", path=name)
     _refuse_duplicate_ids(label_set)
@@ -290,14 +296,14 @@ def _read_pisces(text: str, name: str) -> LabelSet:
         seq = row[seq_col].strip().upper()
         stars += seq.count("*")
         seq = seq.replace("*", "X")
+        ident = "_".join(row[i].strip() for i in id_cols) if id_cols else _sequence_id(seq, seen)
         labels = {}
         for task, idx in label_cols.items():
             value = row[idx].strip()
             if len(value) != len(seq):
                 raise InputError(f"{header[idx]} has {len(value)} labels for {len(seq)} residues",
-                                 path=name, line=lineno)
+                                 path=name, line=lineno, record=ident)
             labels[task] = value
-        ident = "_".join(row[i].strip() for i in id_cols) if id_cols else _sequence_id(seq, seen)
         records.append(LabelRecord(ident, seq, labels, np.ones(len(seq), dtype=bool), None, lineno,
                                    id_from_sequence=not id_cols))
     notes = ["ids are <pdb_id>_<chain_code>" if id_cols else "ids are made from the sequence checksum"]

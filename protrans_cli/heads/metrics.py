@@ -177,7 +177,9 @@ def summary_line(name: str, output: str, m: dict) -> str:
         return (f"{name} {output}: Spearman {m['spearman']:.4f} (95% CI {lo:.4f}-{hi:.4f}), Pearson {m['pearson']:.3f}, "
                 f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {m['n']} proteins")
     return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), MCC {m['mcc']:.3f}, "
-            f"balanced accuracy {m['balanced_accuracy']:.3f}, {m['n']} positions in {m['n_proteins']} proteins")
+            f"balanced accuracy {m['balanced_accuracy']:.3f}, "
+            + (f"{m['n']} proteins" if m["n"] == m["n_proteins"]  # per protein: one position each
+               else f"{m['n']} positions in {m['n_proteins']} proteins"))
 
 
 def print_report(name: str, output: str, m: dict) -> None:

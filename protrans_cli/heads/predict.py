@@ -15,6 +15,7 @@ than the head was trained on is refused too unless `allow_model_mismatch=True`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import io
 import json
@@ -135,11 +136,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
     ensemble.to(head_device(device))
-    names = task.output_names
-    if output is not None and output not in names:
-        raise UsageError(f"the head has no output {output!r} (it has {', '.join(names)})")
-    if output is not None and task.kind != PER_RESIDUE:
-        raise UsageError("--head-output is for per-residue heads; the CSV of a per-protein head holds every output")
+    check_head_output(task, output)
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         items, truncated = _all_items(reader, task.kind)
@@ -161,7 +158,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     per_residue = task.kind == PER_RESIDUE
     if probabilities is not None and not per_residue:
         raise UsageError("--probabilities is for per-residue heads; the CSV already holds probabilities")
-    chosen = output or names[0]
+    chosen = output or task.output_names[0]
     classes = next(o.classes for o in task.outputs if o.name == chosen)
     table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
     with contextlib.ExitStack() as stack:
@@ -260,22 +257,36 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
     items, match report). Separate so that `predict --labels` finds a bad label file before it
     writes any prediction. A file that assigns its records to splits (FLIP's SET=, a table's set
     column) contributes its test records only, as a `fit --test` file does."""
-    from protrans_cli.heads.labels import TEST, LabelSet
+    from protrans_cli.heads.labels import TEST
     from protrans_cli.heads.model import load_head
 
     _, task, config = load_head(head_dir)
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
+        for note in label_set.notes:
+            console.info(f"{label_set.path}: {note}")
+        fit_mask = (config.get("config") or {}).get("mask_path")
+        for warning in label_set.warnings:
+            console.warn(f"{label_set.path}: {warning}" + (f"; the head was fit with --mask {fit_mask}"
+                                                           if fit_mask and label_set.format == "flip" else ""))
         splits = {r.split for r in label_set.records}
         if TEST in splits and len(splits) > 1:
             kept = [r for r in label_set.records if r.split == TEST]
             others = ", ".join(sorted({s or "train" for s in splits - {TEST}}))
             console.info(f"{label_set.path}: scoring its {len(kept)} test records (its other "
                          f"{len(label_set.records) - len(kept)} are {others})")
-            label_set = LabelSet(label_set.path, label_set.format, kept, label_set.notes)
+            label_set = dataclasses.replace(label_set, records=kept)
         items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch)
     return label_set, items, report
+
+
+def check_head_output(task, output: str | None) -> None:
+    """--head-output names one of a per-residue head's outputs (checked before `--fasta` embeds)."""
+    if output is not None and output not in task.output_names:
+        raise UsageError(f"the head has no output {output!r} (it has {', '.join(task.output_names)})")
+    if output is not None and task.kind != PER_RESIDUE:
+        raise UsageError("--head-output is for per-residue heads; the CSV of a per-protein head holds every output")
 
 
 def _check_max_residues(max_residues) -> None:

@@ -99,8 +99,9 @@ class Task:
             evaluated = np.ones(len(codes), dtype=bool) if record.mask is None else record.mask
             bad = {letters[i] for i in np.flatnonzero((codes == IGNORE) & evaluated)[:50]}
             if bad:
+                known = "".join(output.classes) + (f", or 8-state {''.join(SS8)}" if output.name == "ss3" else "")
                 raise InputError(f"label letter(s) {''.join(sorted(bad))!r} are not {output.name} classes "
-                                 f"({''.join(output.classes)})", record=record.id, line=record.line)
+                                 f"({known})", record=record.id, line=record.line)
             codes[~evaluated] = IGNORE
             out[output.name] = codes
         return out
@@ -130,7 +131,8 @@ class Task:
                     return letters
                 if set(letters) <= set(SS8):
                     return ss8_to_ss3(letters)
-                return letters  # the class check reports the bad letters
+                # the class check reports the letters that are neither (not the 8-state ones)
+                return letters.translate(_SS8_TO_SS3)
         elif output.name == "ss8":
             source = labels.get("ss8", labels.get("label"))
             if source is not None:
@@ -159,7 +161,9 @@ class Task:
             try:
                 out[output.name] = output.classes.index(value)
             except ValueError:
-                raise InputError(f"label {value!r} is not a {output.name} class ({', '.join(output.classes)})",
+                whose = ("; a generic head's classes are those of its training labels: one it never saw "
+                         "cannot be predicted or scored" if self.generic else "")
+                raise InputError(f"label {value!r} is not a {output.name} class ({', '.join(output.classes)}{whose})",
                                  record=record.id, line=record.line) from None
         return out
 
