@@ -89,6 +89,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, family, num_workers):
     whole = train(_config(tmp_path / "whole", family, **kw))
     part1 = train(_config(tmp_path / "parts", family, stop_after=4, **kw))
     assert not part1.completed and part1.last_checkpoint.name == "step_00000004"
+    assert (part1.run_dir / "loss_curve.png").is_file()  # a stopped run's curve so far (was: only at the end)
     part2 = train(_config(tmp_path / "parts", family, stop_after=9, **kw), resume=True)
     part3 = train(_config(tmp_path / "parts", family, **kw), resume=True)
     assert part3.completed and part3.step == 12
@@ -478,7 +479,7 @@ def test_evaluation_takes_the_first_proteins_of_the_validation_corpus(tmp_path, 
 
     monkeypatch.setattr(loop, "CorpusStream", Recording)
     train(_config(tmp_path, num_steps=1, num_eval_batches=2, bucket_batches=4, val_corpus=[LEARNABLE]))
-    assert sorted(evaluated) == list(range(16))  # 2 batches of micro batch 8 x 1 process
+    assert sorted(evaluated) == list(range(32))  # 2 evaluation steps of the global batch, 16
 
 
 def test_a_corpus_error_met_in_training_leaves_no_half_made_run_directory(tmp_path, run_cli):
@@ -540,6 +541,16 @@ def test_an_unusable_validation_corpus_fails_before_training(tmp_path, run_cli):
         assert res.exit_code == 1, res.stderr
         assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not (out / "metrics.jsonl").exists()  # nothing trained
+    # A bad line among the proteins an evaluation reads, after the first evaluation batch: the
+    # run trained, warned "no eval loss" at each evaluation and ended with exit 0.
+    lines = open(LEARNABLE).read().splitlines()
+    lines[20] = "M K T J Z 1 2"  # protein 11: in the evaluation (20 steps of 8), not in its first batch
+    bad = tmp_path / "bad_val.txt"
+    bad.write_text("\n".join(lines[:200]) + "\n")
+    res = run_cli("train", "--corpus", LEARNABLE, "--val-corpus", bad, "-o", tmp_path / "bad", "--num-steps", 2,
+                  "--max-length", 32, "--global-batch-size", 8, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 1 and "bad_val.txt:21: invalid residue 'J' at residue 4" in res.stderr, res.stderr
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
 
 
 def test_data_loader_workers_give_the_same_losses(tmp_path):
@@ -1316,18 +1327,17 @@ def test_precision_auto_means_fp16_on_a_gpu_without_bfloat16(monkeypatch):
 @pytest.mark.parametrize("family, extra", [("electra", {}), ("albert", {"sop": True})])
 def test_eval_loss_of_a_two_term_objective_does_not_depend_on_the_micro_batch_size(tmp_path, family, extra):
     """ELECTRA's detection loss and ALBERT's sentence order were weighted per evaluation
-    micro-batch: the same 16 proteins gave other eval losses in 8 batches of 2 than in 2 of 8."""
-    import dataclasses
-
+    micro-batch: the same 16 proteins gave other eval losses in 8 batches of 2 than in 2 of 8.
+    And the proteins evaluated were the first num_eval_batches x micro-batch size x processes,
+    so that a run resumed with another micro-batch size (allowed) evaluated other proteins."""
     from protrans_cli.training import dist, loop
 
-    cfg = _config(tmp_path, family, val_corpus=[LEARNABLE], num_eval_batches=8, micro_batch_size=2, **extra)
+    cfg = _config(tmp_path, family, val_corpus=[LEARNABLE], num_eval_batches=2, micro_batch_size=2, **extra)
     info = dist.setup()
     try:
         run = loop.build_run(cfg, info)
         run.wrapped = loop.LossModule(run.model, run.objective)
         small = loop.evaluate(run, Phase(64, 1, 16, 2))
-        run.config = dataclasses.replace(cfg, num_eval_batches=2)
         large = loop.evaluate(run, Phase(64, 1, 16, 8))
     finally:
         dist.cleanup()

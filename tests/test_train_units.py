@@ -843,9 +843,17 @@ def test_an_evaluation_no_rank_ran_is_no_eval_loss(monkeypatch):
         return t + torch.tensor([120.0, 0.0, 0.0], dtype=t.dtype) if t.numel() == 3 else t
 
     monkeypatch.setattr(loop, "CorpusStream", Failing)
+    monkeypatch.setattr(loop, "count_proteins", lambda paths, limit=None: 100)
     monkeypatch.setattr(loop.dist, "all_reduce_sum", all_reduce_sum)
     info = types.SimpleNamespace(world_size=2, rank=0, device=torch.device("cpu"), initialised=True, is_main=True)
     config = types.SimpleNamespace(val_corpus=["v"], num_eval_batches=2, seed=0, sdpa_kernels="auto")
     run = types.SimpleNamespace(config=config, info=info, layout=None, objective=types.SimpleNamespace(collate=None),
                                 wrapped=torch.nn.Linear(1, 1))
-    assert np.isnan(loop.evaluate(run, types.SimpleNamespace(micro_batch_size=2, max_length=32)))
+    assert np.isnan(loop.evaluate(run, types.SimpleNamespace(micro_batch_size=2, max_length=32, global_batch_size=4)))
+
+
+def test_evaluation_step_size_is_the_global_batch_or_what_whole_micro_batches_take():
+    from protrans_cli.training.data import evaluation_step_size
+
+    assert evaluation_step_size(100, 16, 4, 2) == 16 == evaluation_step_size(16, 16, 2, 1)  # layout-free
+    assert evaluation_step_size(10, 16, 4, 2) == 8 and evaluation_step_size(7, 16, 4, 2) == 0

@@ -22,6 +22,7 @@ part of every checkpoint, so a resumed run sees exactly the batches it would hav
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -165,8 +166,21 @@ def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
                       "(the corpus must come from `protrans prep`)", path=path, line=lineno)
 
 
-def count_proteins(paths) -> int:
-    return sum(1 for _ in iter_proteins(paths))
+def count_proteins(paths, limit: int | None = None) -> int:
+    """Proteins in `paths`, counted up to `limit` (None: all)."""
+    return sum(1 for _ in itertools.islice(iter_proteins(paths), limit))
+
+
+def evaluation_step_size(available: int, global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """Proteins per evaluation step: the global batch size, so that the proteins evaluated (the
+    val corpus's first num_eval_batches x global batch size) and their masks are the same
+    whatever the micro-batch size and process count (both may change on --resume). A val
+    corpus smaller than one global batch: the most of it that whole micro-batches on every
+    process take."""
+    if available >= global_batch_size:
+        return global_batch_size
+    per_pass = micro_batch_size * world_size
+    return available // per_pass * per_pass
 
 
 _ENDS = 1 << 16  # bytes hashed at each end of a corpus file
@@ -219,16 +233,22 @@ def check_corpus(paths) -> None:
         raise InputError("the corpus holds no protein", path=", ".join(map(str, paths)))
 
 
-def check_validation_corpus(paths, batch_size: int, *, batch_text: str) -> None:
+def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluated: int = 0) -> None:
     """A validation corpus must exist and hold at least one evaluation batch (`batch_size`
-    proteins, described by `batch_text`); read only as far as that, before training starts."""
+    proteins, described by `batch_text`); read before training starts as far as the proteins an
+    evaluation reads (`evaluated`), every line of them checked (a bad line among them, beyond
+    the first batch, let the run train and end with exit 0 without any eval loss)."""
     total = 0
+    wanted = max(batch_size, evaluated)
     for path in paths:
         found = 0
-        for _ in iter_proteins([path]):
-            found += 1
-            if total + found >= batch_size:
-                break
+        if total < wanted:
+            for _ in iter_proteins([path]):
+                found += 1
+                if total + found >= wanted:
+                    break
+        else:
+            found = int(next(iter_proteins([path]), None) is not None)
         if not found:
             raise InputError("the validation corpus holds no protein", path=str(path))
         total += found

@@ -42,7 +42,8 @@ from protrans_cli.training import recompute
 from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps,
                                           resolve_precision)
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_file, check_corpus,
-                                        check_validation_corpus, corpus_fingerprint, step_batches)
+                                        check_validation_corpus, corpus_fingerprint, count_proteins,
+                                        evaluation_step_size, step_batches)
 from protrans_cli.training.metrics import Accumulator, append_metrics, plot_metrics, truncate_metrics
 from protrans_cli.training.objectives import make_objective
 from protrans_cli.training.optim import LossScale, build_optimizer, build_scheduler
@@ -202,9 +203,11 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     # validation corpus fails now, not at the first step or after the last one.
     check_corpus(config.corpus)
     if evaluates and config.val_corpus:
-        batch = max(p.micro_batch_size for p in config.resolved_phases())
+        phases = config.resolved_phases()
+        batch = max(p.micro_batch_size for p in phases)
         check_validation_corpus(config.val_corpus, batch * info.world_size,
-                                batch_text=f"micro batch size {batch} x {info.world_size} process(es)")
+                                batch_text=f"micro batch size {batch} x {info.world_size} process(es)",
+                                evaluated=config.num_eval_batches * max(p.global_batch_size for p in phases))
     if config.threads:
         torch.set_num_threads(config.threads)
     # The same seed on every rank: identical initial weights (DDP also broadcasts them).
@@ -644,6 +647,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             if stop_now and not last:
                 if bar is not None:
                     bar.close()
+                if info.is_main:  # a stopped run has its loss curve so far too
+                    plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
                 stop.raise_now(detail=f"train stopped at step {step}/{total_steps}; checkpoint "
                                       f"{result.last_checkpoint}; continue with the same command and --resume")
             if config.stop_after is not None and step >= config.stop_after:
@@ -652,6 +657,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         if config.stop_after is not None and step >= config.stop_after and step < total_steps:
             if bar is not None:
                 bar.close()
+            if info.is_main:
+                plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
             result.step = step
             return result
 
@@ -826,24 +833,28 @@ def _to_device(batch: dict, device) -> dict:
 
 @torch.no_grad()
 def evaluate(run: _Run, phase) -> float:
-    """Loss per predicted token on the first num_eval_batches batches of the val corpus
-    (batches of micro_batch_size per rank, masks fixed by the seed so evaluations compare)."""
+    """Loss per predicted token on the val corpus's first num_eval_batches x global batch size
+    proteins (evaluation_step_size), masks fixed by the seed so evaluations compare: the same
+    proteins and masks whatever the micro-batch size and process count."""
     config, info = run.config, run.info
-    per_step = phase.micro_batch_size * info.world_size
-    stream = CorpusStream(config.val_corpus, run.layout, max_length=phase.max_length,
-                          global_batch_size=per_step, micro_batch_size=phase.micro_batch_size,
-                          rank=info.rank, world_size=info.world_size, seed=config.seed,
-                          # one buffer of exactly the evaluated batches: with bucket_batches, the
-                          # length sort put the buffer's shortest proteins first, and the first
-                          # batches evaluated were those (num_eval_batches 5: the 40 shortest of 128)
-                          bucket_batches=config.num_eval_batches, shuffle=False,
-                          collate=run.objective.collate, max_epochs=1,
-                          batch_name="evaluation batch (micro batch size x processes)")
     run.wrapped.eval()
     # Evaluation must not consume the training RNG (dropout is off; kept for any model that draws).
     rng = torch.get_rng_state()
     total = torch.zeros(1, dtype=torch.float64, device=info.device)  # the summed loss (the count: _shared_counts)
     try:
+        per_step = evaluation_step_size(count_proteins(config.val_corpus, phase.global_batch_size),
+                                        phase.global_batch_size, phase.micro_batch_size, info.world_size)
+        if per_step == 0:  # (checked before training: a file changed since)
+            raise InputError("the validation corpus holds fewer proteins than one evaluation batch now",
+                             path=", ".join(map(str, config.val_corpus)))
+        stream = CorpusStream(config.val_corpus, run.layout, max_length=phase.max_length,
+                              global_batch_size=per_step, micro_batch_size=phase.micro_batch_size,
+                              rank=info.rank, world_size=info.world_size, seed=config.seed,
+                              # one buffer of exactly the evaluated batches: with bucket_batches, the
+                              # length sort put the buffer's shortest proteins first, and the first
+                              # batches evaluated were those (num_eval_batches 5: the 40 shortest of 128)
+                              bucket_batches=config.num_eval_batches, shuffle=False,
+                              collate=run.objective.collate, max_epochs=1, batch_name="evaluation batch")
         # islice: a batch past the last is not made (tokenized and collated) only to be dropped
         micro_batches = [b for step_batch in itertools.islice(stream, config.num_eval_batches)
                          for b in step_batch.micro_batches]
