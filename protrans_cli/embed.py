@@ -156,9 +156,14 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
         from protrans_cli.models import load_model
     except ImportError as exc:  # pragma: no cover - the registry ships with the package
         raise ModelError(f"the model registry is unavailable ({exc})") from None
+    import torch
+
     # Loaded straight into the compute dtype and device: a 3B-parameter checkpoint is never
-    # materialised in float32 on the way to a bf16 GPU.
-    loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
+    # materialised in float32 on the way to a bf16 GPU. Loading initialises weights before it
+    # overwrites them, which drew from the caller's seeded generator (a notebook's next
+    # torch.rand changed because it embedded something): drawn from a fork of it.
+    with torch.random.fork_rng(devices=[]):
+        loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
     embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
                                    sdpa_kernels=options.sdpa_kernels, compile=options.compile,
                                    attention=options.attention)
@@ -368,8 +373,10 @@ def resolve_max_length(options: EmbedOptions, model_max: int | None = None) -> i
 def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str | None = None) -> InputError:
     limit = (f"--max-length {max_length}" if options.max_length
              else f"the {max_length} residues the model accepts")
-    return InputError(f"{len(prot.sequence)} residues, longer than {limit} (add --max-length N "
-                      "--long-policy skip, truncate or chunk)", path=name, line=prot.line, record=prot.id)
+    remedy = ("--long-policy skip, truncate or chunk" if options.max_length
+              else "--long-policy skip, truncate or chunk, with --max-length N for a smaller limit")
+    return InputError(f"{len(prot.sequence)} residues, longer than {limit} (add {remedy})",
+                      path=name, line=prot.line, record=prot.id)
 
 
 def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int | None, done,
@@ -815,8 +822,8 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         _check_embedder_layers(options, embedder)
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
-    output = Path(output)
     output_directory(output)  # before anything is read or loaded
+    output = Path(output)
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
     # truncated it on opening): refused, as prep, labels and predict do.
     for target in (output, partial_path(output)):

@@ -443,7 +443,7 @@ def test_summary_counts_the_residues_of_every_protein_written(run_cli, tmp_path)
         assert summary.num_residues == total == 81
     result = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "cli.h5")
     assert "embedded 6 proteins (81 residues," in result.stderr
-    assert "1 identical sequences computed once" in result.stderr
+    assert "1 identical sequence computed once" in result.stderr
 
 
 def _run_summary(out, fasta=SMALL, **kw):
@@ -962,7 +962,7 @@ def test_cli_stdin_with_windows_is_spooled_and_cleaned_up(run_cli, tmp_path):
     result = run_cli("embed", "-", "-m", "onehot", "--window", "1", "-o", out,
                      input=b">a\nMKV\n>b\nWWW\n>c\nMKV\n")
     assert result.exit_code == 0, result.stderr
-    assert "1 identical sequences computed once" in result.stderr
+    assert "1 identical sequence computed once" in result.stderr
     got = read_all(out)
     assert sorted(got) == ["a", "b", "c"]  # nothing of the old spool
     np.testing.assert_array_equal(got["c"], onehot_reference("MKV"))
@@ -1034,7 +1034,7 @@ def test_too_long_record_names_file_and_line(run_cli, tmp_path):
     result = run_cli("embed", fasta, "-m", "onehot", "--max-length", "8", "-o", tmp_path / "x.h5")
     assert result.exit_code == 1, result.stderr
     assert result.stderr.strip() == (f"protrans: error: {fasta}:3, record 'long': 15 residues, longer than "
-                                     "--max-length 8 (add --max-length N --long-policy skip, truncate or chunk)")
+                                     "--max-length 8 (add --long-policy skip, truncate or chunk)")
     # The same message where the window planner meets it (no pre-check pass).
     from protrans_cli.embed import _Protein, plan_units
 
@@ -1143,6 +1143,39 @@ def test_missing_output_directory_is_refused_not_created(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="nodir: output directory does not exist"):
         embed(SMALL, tmp_path / "nodir" / "x.h5", EmbedOptions(model="onehot"))
     assert not (tmp_path / "nodir").exists()
+
+
+def test_an_empty_or_directory_like_output_name_is_a_usage_error(tmp_path, run_cli):
+    # -o "" (an unset variable) was a pathlib traceback; -o new.h5/ wrote a file named new.h5
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", "")
+    assert r.exit_code == 2 and r.stderr.strip() == "protrans: error: the output path is empty"
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", f"{tmp_path / 'new.h5'}/")
+    assert r.exit_code == 2 and "new.h5/: ends with '/', which names a directory" in r.stderr
+    assert not (tmp_path / "new.h5").exists()
+    r = run_cli("prep", SMALL, "-o", f"{tmp_path / 'c.txt'}/")
+    assert r.exit_code == 2 and not (tmp_path / "c.txt").exists()
+
+
+def test_a_failed_final_rename_says_where_the_finished_embeddings_are(tmp_path, monkeypatch):
+    # It said only "OUT.partial: Operation not permitted" (an immutable OUT under --force).
+    import protrans_cli.io.h5 as h5_module
+    from protrans_cli.errors import RuntimeFailure
+
+    real = os.replace
+    out = tmp_path / "e.h5"
+
+    def refuse(src, dst):
+        if str(dst) == str(out):
+            raise PermissionError(1, "Operation not permitted")
+        return real(src, dst)
+
+    monkeypatch.setattr(h5_module.os, "replace", refuse)
+    with pytest.raises(RuntimeFailure) as caught:
+        embed(SMALL, out, EmbedOptions(model="onehot"))
+    assert caught.value.format() == (f"{out}: cannot replace it with the finished e.h5.partial (Operation not "
+                                     f"permitted); the finished embeddings are in {partial_path(out)}")
+    with EmbeddingsReader(partial_path(out)) as reader:  # complete, kept
+        assert len(reader.keys(PER_RESIDUE)) == len(list(read_fasta(SMALL)))
 
 
 def test_host_staging_hands_out_independent_arrays_in_the_storage_dtype():

@@ -251,6 +251,11 @@ def _compressor(raw: BinaryIO, kind: str | None, level: int | None = None) -> Bi
 def output_directory(path) -> Path:
     """The directory an output file goes to; a usage error (exit 2) when it does not exist:
     outputs never create directories, and nothing has been read yet when this is checked."""
+    if str(path) == "":  # `-o "$OUT"` with OUT unset: a traceback from pathlib further on
+        raise UsageError("the output path is empty")
+    if isinstance(path, str) and path.endswith(os.sep) and path.rstrip(os.sep):
+        # `-o new.h5/` wrote a file named new.h5: a name that ends in / means a directory
+        raise UsageError("ends with '/', which names a directory: an output file needs a file name", path=path)
     directory = Path(path).parent
     if not directory.is_dir():
         if directory.exists():

@@ -918,7 +918,12 @@ class EmbeddingsWriter:
         self.file.close()
         self.file = None
         if complete and self.finalize:
-            os.replace(self.partial, self.path)
+            try:
+                os.replace(self.partial, self.path)
+            except OSError as exc:  # it said only "OUT.partial: Operation not permitted"
+                raise RuntimeFailure(f"cannot replace it with the finished {self.partial.name} "
+                                  f"({exc.strerror or exc}); the finished embeddings are in {self.partial}",
+                                  path=str(self.path)) from None
 
     def __enter__(self):
         return self
