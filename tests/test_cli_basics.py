@@ -287,3 +287,19 @@ def test_env_says_bfloat16_as_the_commands_choose_it_for_every_device(monkeypatc
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.version, "hip", None)
     assert [d["bf16"] for d in describe()["cuda_devices"]] == [False, True]
+
+
+def test_output_flags_after_the_command_name(run_cli, tmp_path):
+    # `protrans embed x.fa -q` (esm-extract and bio_embeddings take their flags there) was
+    # "No such option: -q", exit 2.
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMKV\n")
+    loud = run_cli("prep", fasta, "-o", tmp_path / "c.txt")
+    assert loud.exit_code == 0 and "records in" in loud.stderr
+    quiet = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    from protrans_cli.errors import InputError
+
+    with pytest.raises(InputError, match="no such file"):  # --debug: the exception itself, for its traceback
+        run_cli("prep", tmp_path / "none.fa", "--debug")
+    assert run_cli("prep", tmp_path / "none.fa").stderr.strip().startswith("protrans: error:")  # reset per call

@@ -51,7 +51,43 @@ class LazyGroup(click.Group):
         if ctx is not None and ctx.resilient_parsing is False and _listing_help(ctx):
             return _HelpStub(name, help=COMMANDS[name][1])
         module = importlib.import_module(module_name)
-        return getattr(module, "command")
+        return _with_output_flags(getattr(module, "command"))
+
+
+def _set_quiet(ctx, param, value):
+    if value:
+        from protrans_cli import console
+
+        console.state.verbosity = -1
+
+
+def _set_verbose(ctx, param, value):
+    if value:
+        from protrans_cli import console
+
+        console.state.verbosity = value
+        console.state.debug = console.state.debug or value >= 2
+
+
+def _set_debug(ctx, param, value):
+    if value:
+        from protrans_cli import console
+
+        console.state.debug = True
+
+
+def _with_output_flags(command: click.Command) -> click.Command:
+    """-q, -v and --debug after the command name as well (`protrans embed x.fa -q`, as
+    esm-extract and bio_embeddings take them): the group's options, repeated hidden on each
+    command, applied after the group's own."""
+    if not getattr(command, "_protrans_output_flags", False):
+        command.params += [
+            click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, hidden=True, callback=_set_quiet),
+            click.Option(["-v", "--verbose"], count=True, expose_value=False, hidden=True, callback=_set_verbose),
+            click.Option(["--debug"], is_flag=True, expose_value=False, hidden=True, callback=_set_debug),
+        ]
+        command._protrans_output_flags = True
+    return command
 
 
 class _HelpStub(click.Command):
