@@ -51,6 +51,10 @@ def test_every_family_learns_and_round_trips(tmp_path, family, run_cli):
     loaded = load_model(run)
     assert loaded.family.name == family
     assert AutoConfig.from_pretrained(run).model_type in FAMILIES[family].model_types
+    from protrans_cli import __version__
+
+    stamped = json.loads((run / "config.json").read_text())  # the versions that wrote it
+    assert stamped["protrans_version"] == __version__ and stamped["torch_version"] == torch.__version__.split("+")[0]
     tokenizer = AutoTokenizer.from_pretrained(run)
     original = FAMILIES[family].build_tokenizer()
     probe = FAMILIES[family].prepare("MKTAYIAKQR")

@@ -15,6 +15,7 @@ module mostly declares its vocabulary, its special-token layout, its HF classes 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from protrans_cli.errors import ModelError, UsageError
@@ -181,6 +182,7 @@ class Family:
         """Write an HF model directory that `load_encoder` and `AutoModel` read back."""
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
+        stamp_versions(directory)
 
     # --- embedding (embed) ------------------------------------------------------------
     def load_tokenizer(self, name_or_path, **hub_kwargs):
@@ -472,3 +474,19 @@ class Preset:
     config: dict = field(default_factory=dict)
     embedding_dim: int | None = None
     num_layers: int | None = None
+
+
+def stamp_versions(directory) -> None:
+    """The versions that wrote a model directory, beside transformers' own `transformers_version`
+    in its config.json (and in a sub-model's, ELECTRA's generator/): `protrans_version`,
+    `torch_version`. A run's provenance, read back by nobody else (HF keeps unknown keys)."""
+    import json
+
+    import torch
+
+    from protrans_cli import __version__
+
+    for path in (*Path(directory).glob("config.json"), *Path(directory).glob("*/config.json")):
+        data = json.loads(path.read_text())
+        data.update(protrans_version=__version__, torch_version=torch.__version__.split("+")[0])
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
