@@ -156,14 +156,10 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
         from protrans_cli.models import load_model
     except ImportError as exc:  # pragma: no cover - the registry ships with the package
         raise ModelError(f"the model registry is unavailable ({exc})") from None
-    import torch
-
     # Loaded straight into the compute dtype and device: a 3B-parameter checkpoint is never
-    # materialised in float32 on the way to a bf16 GPU. Loading initialises weights before it
-    # overwrites them, which drew from the caller's seeded generator (a notebook's next
-    # torch.rand changed because it embedded something): drawn from a fork of it.
-    with torch.random.fork_rng(devices=[]):
-        loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
+    # materialised in float32 on the way to a bf16 GPU. (Loading may draw from torch's global
+    # generator, as from_pretrained does: a fork_rng around it replayed other threads' draws.)
+    loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
     embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
                                    sdpa_kernels=options.sdpa_kernels, compile=options.compile,
                                    attention=options.attention)

@@ -302,11 +302,6 @@ def test_train_and_find_lr_leave_the_callers_random_generators_alone(tmp_path):
     seeded()
     find_lr(TrainConfig(output_dir=str(tmp_path / "b"), **kw), num_steps=3)
     assert draws() == expected
-    # embed with a model: loading it drew weight initialisations from the caller's generator
-    (tmp_path / "p.fa").write_text(">a\nMKVLAAG\n")
-    seeded()
-    embed(tmp_path / "p.fa", tmp_path / "p.h5", EmbedOptions(model=str(tmp_path / "a"), threads=1))
-    assert draws() == expected
 
 
 def test_logs_get_a_progress_line_every_interval(monkeypatch, run_cli, tmp_path):
