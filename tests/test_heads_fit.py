@@ -188,6 +188,26 @@ def test_repeated_sequences_matched_by_checksum_each_take_a_protein(run_cli, ss_
     assert "have no label" not in r.stderr and f"in {len(seqs)} proteins" in r.stderr
 
 
+def test_a_checksum_match_leaves_the_proteins_labels_name_by_id_to_them(tmp_path):
+    # 9XYZ_A (not embedded) took 1ABC_A's key by sequence, which 1ABC_A's label names by id:
+    # 2DEF_A, of the same sequence, was then "without a label"
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.heads.data import match_labels
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import get_task
+
+    same, other = "MKTAYIAKQR", "GSSGHHHHHH"
+    (tmp_path / "e.fa").write_text(f">1ABC_A\n{same}\n>2DEF_A\n{same}\n>3GHI_A\n{other}\n")
+    embed(tmp_path / "e.fa", tmp_path / "e.h5", EmbedOptions(model="onehot", per_protein=False, threads=1))
+    rows = [("9XYZ", same), ("1ABC", same), ("3GHI", other)]
+    (tmp_path / "l.csv").write_text("pdb_id,chain_code,seq,sst8,sst3\n" + "".join(
+        f"{pdb},A,{seq},{'H' * len(seq)},{'H' * len(seq)}\n" for pdb, seq in rows))
+    with EmbeddingsReader(tmp_path / "e.h5") as reader:
+        matched, report = match_labels(read_labels(tmp_path / "l.csv"), reader, get_task("ss3"))
+    assert {m.id: m.key for m in matched} == {"9XYZ_A": "2DEF_A", "1ABC_A": "1ABC_A", "3GHI_A": "3GHI_A"}
+    assert report.unlabelled == set()
+
+
 def test_label_mismatches_listed_or_skipped(run_cli, ss_data, tmp_path):
     rows = (ss_data / "test.csv").read_text().splitlines()
     header, first, rest = rows[0], rows[1].split(","), rows[2:]
@@ -1550,6 +1570,10 @@ def test_flip_mask_training_with_a_test_set_in_another_format(run_cli, ss_data, 
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", flip, "--max-epochs", "1", *FAST,
                 "-o", tmp_path / "h3")
     assert r.exit_code == 0 and "flip.fasta: FLIP labels without a mask: every residue is trained on" in r.stderr
+    # biotrainer-style per-residue labels for a generic head have no FLIP mask to miss
+    r = run_cli("fit", "residue", "--embeddings", ss_data / "train.h5", "--labels", flip, "--max-epochs", "1", *FAST,
+                "-o", tmp_path / "h4")
+    assert r.exit_code == 0 and "without a mask" not in r.stderr
 
 
 def test_split_names_are_read_or_refused_never_dropped(run_cli, loc_data, tmp_path):

@@ -106,6 +106,9 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     other_ids = {**foreign.loose, **foreign.declared}
     by_checksum: dict[str, list[str]] | None = None
     taken: set[str] = set()  # keys matched so far
+    # and the keys that label records name by id: a record matched by sequence takes none of
+    # them while there are others (it left another protein of that sequence "without a label")
+    by_id = {k for r in label_set.records if (k := reader.key_for(r.id, source)) in keys}
     if task.kind == PER_RESIDUE:
         task.check_label_states(label_set.records, label_set.path)
     report = MatchReport()
@@ -129,7 +132,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             # Several proteins of one sequence: each label takes a key of its own while there are
             # any (the same rows all the same), so that none of them is said to have no label.
             candidates = [k for c in _checksums(record.sequence) for k in by_checksum.get(c, ())]
-            key = next((k for k in candidates if k not in taken), candidates[0] if candidates else None)
+            key = next((k for k in candidates if k not in taken and k not in by_id),
+                       next((k for k in candidates if k not in taken), candidates[0] if candidates else None))
             via_checksum = key is not None
         if key is None or key not in keys:
             report.missing.append(record.id)

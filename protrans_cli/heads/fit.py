@@ -34,7 +34,7 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, UsageError, located
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled,
                                      stored_layer_index, subset, warn_unfinished)
-from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels
+from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
@@ -164,7 +164,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
         task = task.with_classes_from(train_set.records)
     for note in train_labels.notes:
         console.info(f"{train_labels.path}: {note}")
-    for warning in train_labels.warnings:
+    if warning := unmasked_flip_warning(train_labels, task.output_names):
         console.warn(f"{train_labels.path}: {warning}")
     train, report = _load(config, embeddings, train_set, task)
     console.info(f"train: {report.matched} proteins from {embeddings}"
@@ -527,7 +527,7 @@ def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
     label_set = _read(config, labels, evaluation=True)
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
-    for warning in label_set.warnings:
+    if warning := unmasked_flip_warning(label_set, task.output_names):
         console.warn(f"{label_set.path}: {warning}")
     if any(r.split == split for r in label_set.records) and any(r.split != split for r in label_set.records):
         label_set = _only(label_set, {split})

@@ -82,7 +82,6 @@ class LabelSet:
     format: str
     records: list[LabelRecord]
     notes: list[str] = field(default_factory=list)  # things a user should be told (ids made, masks used)
-    warnings: list[str] = field(default_factory=list)  # and ones that change what a score means
 
     @property
     def name(self) -> str:
@@ -133,15 +132,22 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
             raise UsageError(f"{name}: a mask file is only read with FLIP-style labels, not {fmt}")
         if fmt == "flip":
             _apply_flip_mask(label_set, mask_path, optional=mask_optional)
-    if fmt == "flip" and all(r.mask is None for r in label_set.records) \
-            and any(len(r.labels["label"]) > 1 for r in label_set.records):
-        label_set.warnings.append("FLIP labels without a mask: every residue is trained on and scored "
-                                  "(FLIP's published figures count only the residues its mask.fasta marks 1: "
-                                  "give it with --mask)")
     if not label_set.records:
         raise InputError("holds no labelled records", path=name)
     _refuse_duplicate_ids(label_set)
     return label_set
+
+
+def unmasked_flip_warning(label_set: LabelSet, output_names) -> str | None:
+    """FLIP's secondary-structure labels read without its mask (its published figures count the
+    mask's residues only): what to tell the user, or None. Other per-residue FASTA labels
+    (biotrainer's, a generic `residue` head) have no such mask: nothing to say."""
+    if label_set.format != "flip" or not {"ss3", "ss8"} & set(output_names):
+        return None
+    if any(r.mask is not None for r in label_set.records):
+        return None
+    return ("FLIP labels without a mask: every residue is trained on and scored (FLIP's published "
+            "figures count only the residues its mask.fasta marks 1: give it with --mask)")
 
 
 def sniff_format(text: str, name: str = "<labels>") -> str:

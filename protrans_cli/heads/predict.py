@@ -257,7 +257,7 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
     items, match report). Separate so that `predict --labels` finds a bad label file before it
     writes any prediction. A file that assigns its records to splits (FLIP's SET=, a table's set
     column) contributes its test records only, as a `fit --test` file does."""
-    from protrans_cli.heads.labels import TEST
+    from protrans_cli.heads.labels import TEST, unmasked_flip_warning
     from protrans_cli.heads.model import load_head
 
     _, task, config = load_head(head_dir)
@@ -266,10 +266,9 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
         label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
         for note in label_set.notes:
             console.info(f"{label_set.path}: {note}")
-        fit_mask = (config.get("config") or {}).get("mask_path")
-        for warning in label_set.warnings:
-            console.warn(f"{label_set.path}: {warning}" + (f"; the head was fit with --mask {fit_mask}"
-                                                           if fit_mask and label_set.format == "flip" else ""))
+        if warning := unmasked_flip_warning(label_set, task.output_names):
+            fit_mask = (config.get("config") or {}).get("mask_path")
+            console.warn(f"{label_set.path}: {warning}" + (f"; the head was fit with --mask {fit_mask}" if fit_mask else ""))
         splits = {r.split for r in label_set.records}
         if TEST in splits and len(splits) > 1:
             kept = [r for r in label_set.records if r.split == TEST]
