@@ -1077,3 +1077,11 @@ def test_half_precision_casts_parameters_only_as_from_pretrained_does(tiny_model
     kept = {n: p.dtype for n, p in t5.model.named_parameters() if ".wo." in n}
     assert kept and set(kept.values()) == {torch.float32}
     assert {p.dtype for n, p in t5.model.named_parameters() if ".wo." not in n} == {torch.float16}
+
+
+def test_resume_with_other_layers_names_them_as_the_user_gave_them(run_cli, tmp_path, tiny_models):
+    # "this run uses layers=[-3]" for `--layer 0`: the stored form only
+    out = tmp_path / "l.h5"
+    assert run_cli("embed", SMALL, "-m", tiny_models["bert"], "-o", out, "-j", "1").exit_code == 0
+    r = run_cli("embed", SMALL, "-m", tiny_models["bert"], "-o", out, "--resume", "--layer", "0", "-j", "1")
+    assert r.exit_code == 2 and "this run uses layers=[-3] (--layer 0 = -3)" in r.stderr, r.stderr

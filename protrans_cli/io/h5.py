@@ -1035,6 +1035,12 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
             before, now = _comparable(old[key]), _comparable(_attr_value(run_attrs[key]))
             same = (equal or {}).get(key, lambda a, b: a == b)
             if not same(before, now):
+                shown = repr(now)
+                states = run_attrs.get("num_hidden_states")
+                if key == "layers" and states and isinstance(now, list):
+                    # stored counted from the last (-1): `--layer 0` reads -3 on a 2-layer model
+                    shown += " (" + ", ".join(f"--layer {int(v)} = {int(v) - int(states)}" if int(v) >= 0 else
+                                              f"--layer {int(v) + int(states)} = {int(v)}" for v in now) + ")"
                 raise UsageError(f"cannot resume: the file was written with {key}={before!r}, "
-                                 f"this run uses {key}={now!r} (use the same settings, or write to a new file)",
+                                 f"this run uses {key}={shown} (use the same settings, or write to a new file)",
                                  path=str(path))
