@@ -1185,6 +1185,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     """
     options = options or CorpusOptions()
     options.validate()
+    if isinstance(inputs, (str, os.PathLike)):  # one file, not a list of them (read letter by letter)
+        inputs = [inputs]
     inputs = [str(p) for p in inputs]
     if not inputs:
         raise UsageError("no input: give one or more FASTA files, or - for stdin")

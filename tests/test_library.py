@@ -342,3 +342,27 @@ def test_a_progress_interval_that_is_no_number_is_said_and_the_default_used(monk
 
     monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "1m")
     assert console._progress_interval() == console.PROGRESS_INTERVAL
+
+
+def test_train_takes_paths_and_one_corpus_file_from_python(tmp_path):
+    """pathlib paths were a TypeError from json after the model was built; a bare string corpus
+    was read letter by letter ("c: no such file"); lr="1e-3" was "must be positive, got 1e-3"."""
+    import random
+
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+    from protrans_cli.errors import UsageError
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.loop import train
+
+    fasta = tmp_path / "p.fa"
+    rng = random.Random(1)
+    fasta.write_text("".join(f">p{i}\n{''.join(rng.choice('ACDEFGHIKLMNPQRSTVWY') for _ in range(30))}\n"
+                             for i in range(16)))
+    corpus = tmp_path / "c.txt"
+    build_corpus(fasta, CorpusOptions(output=str(corpus)))  # one file, as a Path
+    result = train(TrainConfig(family="bert", preset="tiny", corpus=corpus, val_corpus=[corpus],
+                               output_dir=tmp_path / "run", num_steps=2, max_length=32, global_batch_size=8,
+                               threads=1))
+    assert result.completed and (tmp_path / "run" / "train_config.json").is_file()
+    with pytest.raises(UsageError, match=r"--lr \(lr\) must be a number, got '1e-3'"):
+        TrainConfig(corpus=[str(corpus)], lr="1e-3").check_values()

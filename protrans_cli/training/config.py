@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,20 @@ class TrainConfig:
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps; for interrupt/resume tests
 
     # ------------------------------------------------------------------------------------
+    def __post_init__(self):
+        # From Python: pathlib paths (json.dumps of the saved config was a TypeError after the
+        # model was built) and one corpus file as a bare string (read letter by letter: "c: no
+        # such file") are taken as the strings and lists they stand for.
+        for name in ("corpus", "val_corpus"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                value = [value]
+            if isinstance(value, (list, tuple)):
+                setattr(self, name, [os.fspath(p) if isinstance(p, os.PathLike) else p for p in value])
+        for name in ("output_dir", "init_from"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+
     def stream_sizing(self, phase: "Phase") -> dict:
         """How CorpusStream cuts a rank's share of a step into micro-batches: `micro_batch_size`
         proteins each, or with token_micro_batches up to the padded tokens of micro_batch_size
@@ -175,7 +190,9 @@ class TrainConfig:
                              f"{self.init_from} (--set KEY=VALUE changes settings such as dropout, not sizes)")
         for name, (text, ok) in _FLOAT_RULES.items():
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):  # "must be positive, got 1e-3"
+                raise UsageError(f"{setting_name(name)} must be a number, got {value!r}")
+            if not (math.isfinite(value) and ok(value)):
                 raise UsageError(f"{setting_name(name)} must be {text}, got {value}")
         for name, least in (("seed", 0), ("segment_length", 1), ("fsdp_min_params", 0)):
             if getattr(self, name) < least:
