@@ -104,41 +104,10 @@ def test_shared_option_names_are_consistent():
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
-def test_a_sigterm_whose_exception_python_swallowed_still_exits_143(monkeypatch, capsys):
+@pytest.mark.parametrize("name, code, message", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, capsys, name, code, message):
     """Raised while a weakref callback ran, the handler's exception was dropped ("Exception ignored
-    in ..."): `fit` then ended normally with exit 0."""
-    import signal
-    import weakref
-
-    import protrans_cli.cli as cli_module
-
-    def swallowed(*args, **kwargs):
-        class Thing:
-            pass
-
-        def callback(_):
-            signal.raise_signal(signal.SIGTERM)  # the handler raises inside the callback: dropped
-
-        thing = Thing()
-        ref = weakref.ref(thing, callback)  # noqa: F841 - its callback runs when thing goes
-        del thing
-        return 0
-
-    monkeypatch.setattr(cli_module.cli, "main", swallowed)
-    with pytest.raises(SystemExit) as caught:
-        cli_module.main(["prep", "x.fa"])
-    assert caught.value.code == 143
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "protrans: error: terminated"
-    monkeypatch.setattr(cli_module.cli, "main", lambda *a, **k: 0)
-    with pytest.raises(SystemExit) as caught:  # the next call in this process is not terminated
-        cli_module.main(["prep", "x.fa"])
-    assert caught.value.code == 0
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
-def test_a_ctrl_c_whose_exception_python_swallowed_still_exits_130(monkeypatch, capsys):
-    """The same for Ctrl-C: `predict` interrupted while a weakref callback ran wrote its output
-    and exited 0 (one try in five)."""
+    in ..."): `fit` (SIGTERM) and `predict` (Ctrl-C, one try in five) then ended normally, exit 0."""
     import signal
     import weakref
 
@@ -149,18 +118,19 @@ def test_a_ctrl_c_whose_exception_python_swallowed_still_exits_130(monkeypatch, 
             pass
 
         thing = Thing()
-        ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))  # noqa: F841
+        # the handler raises inside the callback: dropped
+        ref = weakref.ref(thing, lambda _: signal.raise_signal(getattr(signal, name)))  # noqa: F841
         del thing
         return 0
 
     monkeypatch.setattr(cli_module.cli, "main", swallowed)
     with pytest.raises(SystemExit) as caught:
         cli_module.main(["prep", "x.fa"])
-    assert caught.value.code == 130
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "protrans: error: interrupted"
+    assert caught.value.code == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"protrans: error: {message}"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     monkeypatch.setattr(cli_module.cli, "main", lambda *a, **k: 0)
-    with pytest.raises(SystemExit) as caught:
+    with pytest.raises(SystemExit) as caught:  # the next call in this process is not stopped
         cli_module.main(["prep", "x.fa"])
     assert caught.value.code == 0
 
