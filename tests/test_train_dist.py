@@ -73,6 +73,20 @@ def test_torchrun_fsdp_with_resume_matches_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_under_fsdp(tmp_path):
+    # The strategy may change on --resume: one process (or DDP) to FSDP was a KeyError
+    # ('state.0.step') from set_optimizer_state_dict on every rank.
+    out = tmp_path / "moved"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "protrans_cli", "train", *ARGS, "-o", str(out), "--stop-after", "3"],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    proc = _torchrun("-o", out, "--strategy", "fsdp", "--resume")
+    assert "strategy fsdp" in proc.stderr and "resuming from" in proc.stderr
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 @pytest.mark.parametrize("flag, said", [
     # Ranks whose shares cut into different numbers of micro-batches would leave FSDP's

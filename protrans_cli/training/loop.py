@@ -519,8 +519,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         if run.strategy == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(run.wrapped, optimizer, optim_state_dict=state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(run.wrapped, optimizer, options=StateDictOptions(full_state_dict=True),
+                                     optim_state_dict=_by_parameter_name(state["optimizer"], run.wrapped, optimizer))
         else:
             optimizer.load_state_dict(state["optimizer"])
         # The schedule's position comes from the checkpoint, its shape (total steps, warmup) from
@@ -881,6 +881,30 @@ def evaluate(run: _Run, phase) -> float:
     # hold none, the second term's count)
     # (a rank whose reading failed: no rank evaluated, and no eval loss is logged)
     return float(total[0] / denominator) if denominator > 0 and not failed else float("nan")
+
+
+def _by_parameter_name(saved: dict, wrapped, optimizer) -> dict:
+    """An optimizer state saved by one process or DDP (`optimizer.state_dict()`: parameters
+    numbered in the order of the optimizer's groups) keyed by parameter name instead, as FSDP's
+    set_optimizer_state_dict reads it: resuming such a checkpoint under --strategy fsdp was a
+    KeyError ('state.0.step') from every rank. One saved under FSDP (names already) as it is.
+    The groups are built the same way under every strategy, so position i of a saved group is
+    position i of this optimizer's group."""
+    if all(isinstance(k, str) for k in saved.get("state", {})) and all(
+            isinstance(p, str) for g in saved.get("param_groups", []) for p in g["params"]):
+        return saved
+    names = {id(p): name for name, p in wrapped.named_parameters()}
+    state, groups = {}, []
+    for saved_group, group in zip(saved["param_groups"], optimizer.param_groups):
+        fqns = [names[id(p)] for p in group["params"]]
+        if len(fqns) != len(saved_group["params"]):
+            raise InputError(f"the checkpoint's optimizer holds {len(saved_group['params'])} parameters in a group "
+                             f"where this model has {len(fqns)}: not a checkpoint of this model")
+        for index, fqn in zip(saved_group["params"], fqns):
+            if index in saved["state"]:
+                state[fqn] = saved["state"][index]
+        groups.append({**saved_group, "params": fqns})
+    return {"state": state, "param_groups": groups}
 
 
 def _full_model(run: _Run):
