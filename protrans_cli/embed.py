@@ -757,9 +757,9 @@ class _Dist:
 
     def close(self) -> None:
         if self.initialised_here:
-            import torch.distributed as dist
+            from protrans_cli.training.dist import destroy_process_group
 
-            dist.destroy_process_group()
+            destroy_process_group()
 
 
 def _torchrun_rank() -> tuple[int, int]:
@@ -1161,10 +1161,18 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
             raise RuntimeFailure(f"another process of this torchrun run stopped before the end ({errors_first_line(exc)}); "
                                  f"what this one computed is in {interrupted_output(output)}: run the same command "
                                  "with --resume to finish") from None
+        # The other ranks wait while rank 0 merges: one that left at once tore its process group
+        # down, and an abort there (gloo) made torchrun stop rank 0 in the middle of the merge.
         if dist.is_main:
-            summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
+            try:
+                summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
+            except Exception:
+                dist.barrier()
+                raise
+            dist.barrier()
         else:
             summary.output = None  # rank 0 reports
+            dist.barrier()
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -106,11 +106,24 @@ def cleanup() -> None:
     # A group the caller started (a script under torchrun that calls train, then its own
     # all_reduce) is the caller's to end: destroyed here, its next collective failed.
     if _info.started_here:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        destroy_process_group()
     _info = DistInfo()
+
+
+def destroy_process_group() -> None:
+    """End the process group this process started. First a moment without the interpreter lock:
+    a gloo worker thread still finishing a collective (the last all_gather_object of a save)
+    needs that lock to let its work go, while destroy_process_group holds it and waits for the
+    worker: a finished run's rank hung there for good (seen once in 25 two-rank runs)."""
+    import gc
+    import time
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        gc.collect()  # works whose last reference is a Python object: freed now, not in the destructor
+        time.sleep(0.1)  # (sleep releases the lock)
+        dist.destroy_process_group()
 
 
 def choose_strategy(requested: str, num_params: int, world_size: int, fsdp_min_params: int) -> str:
