@@ -1221,6 +1221,15 @@ def test_switches_set_in_a_config_file_can_be_turned_off_and_find_lr_refuses_res
     assert saved["activation_checkpointing"] is False and saved["sop"] is False
     res = run_cli("train", "--config", cfg, "--find-lr", "--resume", "-o", out)
     assert res.exit_code == 2 and "--resume cannot go with it" in res.stderr
+    # --num-steps sets the range test's steps (it ran 100 whatever was given)
+    res = run_cli("train", "--corpus", LEARNABLE, "--find-lr", "--num-steps", 12, "--max-length", 32,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1, "-o", tmp_path / "lr")
+    assert res.exit_code == 0, res.stderr
+    points = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
+    # 1e-7 to 1 in 12 steps (the test stops early if the loss diverges)
+    assert 2 <= len(points["lr"]) <= 12 and points["lr"][1] == pytest.approx(1e-7 * 1e7 ** (1 / 11))
+    res = run_cli("train", "--corpus", LEARNABLE, "--find-lr", "--num-steps", 3, "-o", tmp_path / "lr3")
+    assert res.exit_code == 2 and "--find-lr needs at least 10 steps" in res.stderr
 
 
 def test_phase_flags_over_a_config_with_one_length_save_a_config_that_reads_back(tmp_path, run_cli):

@@ -85,7 +85,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
                    "time-limited job); --resume continues.")
 @click.option("--resume", "resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
 @click.option("--resume-from", type=click.Path(file_okay=False), default=None, help="Continue from this checkpoint directory.")
-@click.option("--find-lr", is_flag=True, help="Run a learning-rate range test (lr_find.png) instead of training.")
+@click.option("--find-lr", is_flag=True, help="Run a learning-rate range test (lr_find.png) instead of training "
+              "(100 steps, or --num-steps).")
 @click.option("--list-presets", is_flag=True, help="List families and presets with parameter counts, then exit.")
 @click.option("-j", "--threads", type=int, default=None, help="CPU threads per process (default min(cores, 4)).")
 def command(config_file, model_set, phases, resume, resume_from, find_lr, list_presets, threads, **flags):
@@ -136,7 +137,11 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
                              "cannot go with it")
         from protrans_cli.training.lr_finder import find_lr as run_find_lr
 
-        result = run_find_lr(config)
+        # --num-steps, ignored before (always 100), sets the number of test steps
+        steps = flags.get("num_steps")
+        if steps is not None and steps < 10:
+            raise UsageError(f"--find-lr needs at least 10 steps to find a descent, got --num-steps {steps}")
+        result = run_find_lr(config, **({"num_steps": steps} if steps is not None else {}))
         if _rank_zero():  # under torchrun every rank ran the test: one suggestion on stdout
             click.echo(f"{result.lr_suggestion:.3g}")
         return
