@@ -1163,16 +1163,24 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                                  "with --resume to finish") from None
         # The other ranks wait while rank 0 merges: one that left at once tore its process group
         # down, and an abort there (gloo) made torchrun stop rank 0 in the middle of the merge.
+        # (rank 0: the merge's own error, or its finished file, is what counts, not the others' exit)
         if dist.is_main:
             try:
                 summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
             except Exception:
-                dist.barrier()
+                with contextlib.suppress(RuntimeError):
+                    dist.barrier()
                 raise
-            dist.barrier()
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
         else:
             summary.output = None  # rank 0 reports
-            dist.barrier()
+            try:
+                dist.barrier()
+            except RuntimeError as exc:  # rank 0 stopped while merging: gloo's traceback before
+                raise RuntimeFailure(f"the process merging the shards (rank 0) stopped ({errors_first_line(exc)}); "
+                                     "every protein is computed: run the same command with --resume to "
+                                     "merge them") from None
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import DATA, another_process
+from conftest import DATA, ROOT, another_process
 from protrans_cli.embed import (EmbedOptions, OneHotEmbedder, _Piece, _Unit, chunk_windows, embed, embed_with_retry,
                                 make_batches, stitch_windows)
 from protrans_cli.embedders import ONEHOT_ALPHABET
@@ -735,6 +735,37 @@ def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
 
     with h5py.File(out) as f:
         assert len(json.loads(f.attrs["runs"])) == 1  # one run, whatever the ranks
+
+
+@pytest.mark.slow
+def test_a_rank_whose_merger_died_says_so_in_one_line_and_resume_merges(tmp_path):
+    """The other ranks wait for rank 0's merge (leaving at once, one's gloo teardown made torchrun
+    stop rank 0 mid-merge); rank 0 killed while merging: rank 1 said it in a gloo traceback."""
+    import os
+    import subprocess
+    import sys
+
+    wrapper = tmp_path / "wrap.py"
+    wrapper.write_text("import os, signal, sys\nimport protrans_cli.embed as E\n"
+                       "def merge(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                       "E._merge_shards = merge\nfrom protrans_cli.cli import main\nmain(sys.argv[1:])\n")
+    out = tmp_path / "m.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1", MASTER_ADDR="127.0.0.1", WORLD_SIZE="2",
+               MASTER_PORT=str(29500 + os.getpid() % 1000), PYTHONPATH=str(ROOT))
+    args = [sys.executable, str(wrapper), "embed", str(SMALL), "-m", "onehot", "-o", str(out)]
+    ranks = [subprocess.Popen(args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    errs = [p.communicate(timeout=120)[1] for p in ranks]
+    assert ranks[1].returncode == 1
+    assert errs[1].strip().splitlines() == [
+        line for line in errs[1].strip().splitlines() if line.startswith("protrans: error: the process merging")]
+    assert "every protein is computed: run the same command with --resume" in errs[1]
+    r = subprocess.run([sys.executable, "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out),
+                        "--resume"], env={k: v for k, v in env.items() if k != "WORLD_SIZE"}, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "merged 2 shard file(s)" in r.stderr, r.stderr
+    assert read_all(out).keys() == read_all(_run(tmp_path / "single.h5")).keys()
 
 
 def test_package_level_embed_is_callable(tmp_path):
