@@ -38,7 +38,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, display_name,
                                    input_named_by, make_temporary, open_input, output_directory, same_file,
@@ -1184,6 +1184,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     normalisation) and UsageError for contradictory options. Outputs appear only on success.
     """
     options = options or CorpusOptions()
+    expect_options(options, CorpusOptions, "options")
     options.validate()
     if isinstance(inputs, (str, os.PathLike)):  # one file, not a list of them (read letter by letter)
         inputs = [inputs]

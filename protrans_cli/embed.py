@@ -37,7 +37,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError
+from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.errors import first_line as errors_first_line
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import create_fresh, display_name, input_named_by, open_input, output_directory
@@ -813,6 +813,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     file's `failed` attribute.
     """
     options = options or EmbedOptions()
+    expect_options(options, EmbedOptions, "options")
     options.validate()
     if embedder is not None:
         _check_embedder_layers(options, embedder)
@@ -917,6 +918,7 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
             raise UsageError(f"protein {ident!r}: a sequence is a string of residues, got {seq!r:.60}")
     if not pairs:
         return [] if as_list else {}
+    expect_options(options or EmbedOptions(), EmbedOptions, "options")
     options = replace(options or EmbedOptions(), per_residue=kind == PER_RESIDUE, per_protein=kind == PER_PROTEIN,
                       layout="grouped", resume=False, force=False)
     with tempfile.TemporaryDirectory(prefix="protrans-embed-") as tmp:

@@ -54,6 +54,15 @@ class RuntimeFailure(ProtransError):
     """A job that failed while running (exit 1)."""
 
 
+def expect_options(value, cls: type, name: str) -> None:
+    """A library call's settings object is `cls`: a dict or a task name in its place was a
+    TypeError/AttributeError naming neither (`fit("loc", ...)`: 'str' object has no attribute)."""
+    if not isinstance(value, cls):
+        hint = f" ({cls.__name__}(**your_dict))" if isinstance(value, dict) else ""
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise UsageError(f"{name} must be {article} {cls.__name__}{hint}, got {type(value).__name__} {value!r:.60}")
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (libraries' messages run to many lines), or its
     type's name when it has none: what a one-line error quotes."""

@@ -366,3 +366,22 @@ def test_train_takes_paths_and_one_corpus_file_from_python(tmp_path):
     assert result.completed and (tmp_path / "run" / "train_config.json").is_file()
     with pytest.raises(UsageError, match=r"--lr \(lr\) must be a number, got '1e-3'"):
         TrainConfig(corpus=[str(corpus)], lr="1e-3").check_values()
+
+
+def test_a_settings_object_of_the_wrong_type_is_a_usage_error(tmp_path):
+    """A dict or a task name where the settings object goes was a TypeError/AttributeError that
+    named neither (`fit("loc", ...)`: 'str' object has no attribute 'check')."""
+    from protrans_cli.corpus import build_corpus
+    from protrans_cli.embed import embed_sequences
+    from protrans_cli.errors import UsageError
+    from protrans_cli.heads.fit import fit
+    from protrans_cli.training.loop import train
+
+    with pytest.raises(UsageError, match=r"options must be an EmbedOptions \(EmbedOptions\(\*\*your_dict\)\), got dict"):
+        embed_sequences(["MKV"], {"model": "onehot"}, kind="per_protein")
+    with pytest.raises(UsageError, match="config must be a FitConfig, got str 'loc'"):
+        fit("loc", tmp_path / "e.h5", tmp_path / "l.csv", tmp_path / "h")
+    with pytest.raises(UsageError, match="options must be a CorpusOptions"):
+        build_corpus([tmp_path / "x.fa"], {"output": "c.txt"})
+    with pytest.raises(UsageError, match="config must be a TrainConfig"):
+        train({"corpus": ["c.txt"]})

@@ -31,7 +31,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, UsageError, located
+from protrans_cli.errors import InputError, ModelError, UsageError, expect_options, located
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled,
                                      stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
@@ -118,6 +118,7 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
 
     from protrans_cli.threads import resolve_threads
 
+    expect_options(config, FitConfig, "config")
     config.check()
     out_dir = Path(out_dir)
     task = get_task(config.task, dual=config.dual)

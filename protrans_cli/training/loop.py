@@ -33,7 +33,7 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, described, first_line
+from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, described, expect_options, first_line
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
@@ -149,6 +149,7 @@ class StopRequest:
 @torch_threads()  # puts the caller's torch thread count back
 def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path)."""
+    expect_options(config, TrainConfig, "config")
     info = dist.setup()
     try:
         with ckpt.callers_rng(), ckpt.run_lock(config.output_dir, active=info.is_main) as made_here:

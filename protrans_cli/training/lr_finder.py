@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from protrans_cli.errors import expect_options
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
@@ -23,6 +24,7 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     """Leslie Smith's range test: raise the lr exponentially each step, record the loss,
     stop when it diverges; plot loss against lr (lr_find.png) and suggest the lr where the
     smoothed loss falls fastest. Writes no checkpoint."""
+    expect_options(config, TrainConfig, "config")
     info = dist.setup()
     try:
         with ckpt.callers_rng():
