@@ -102,13 +102,14 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     source = _source_kind(reader, task.kind)
     group = reader._group(source)
     keys = set(reader.keys(source))
-    foreign = reader._foreign(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
-    other_ids = {**foreign.loose, **foreign.declared}
+    other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
     by_checksum: dict[str, list[str]] | None = None
     taken: set[str] = set()  # keys matched so far
-    # and the keys that label records name by id: a record matched by sequence takes none of
-    # them while there are others (it left another protein of that sequence "without a label")
-    by_id = {k for r in label_set.records if (k := reader.key_for(r.id, source)) in keys}
+    # (another tool's keys: by their attributes first; ids are unique in a label set)
+    named = {r.id: reader.key_for(r.id, source) for r in label_set.records}
+    # the keys that label records name by id: a record matched by sequence takes none of them
+    # while there are others (it left another protein of that sequence "without a label")
+    by_id = {k for k in named.values() if k in keys}
     if task.kind == PER_RESIDUE:
         task.check_label_states(label_set.records, label_set.path)
     report = MatchReport()
@@ -121,7 +122,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             else:
                 targets = task.protein_targets(record)
                 label_length = len(record.sequence) if record.sequence is not None else None
-        key = reader.key_for(record.id, source)  # (another tool's keys: by their attributes first)
+        key = named[record.id]
         via_checksum = False
         if key not in keys and record.sequence is not None:
             if by_checksum is None:

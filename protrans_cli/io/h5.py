@@ -202,9 +202,11 @@ class EmbeddingsReader:
 
     def foreign_ids(self, kind: str = PER_RESIDUE) -> dict[str, str]:
         """id -> key of the datasets whose key is not their escaped id: those of a bio_embeddings
-        file (md5 keys, the id in `original_id`) and of biotrainer's (keys "0", "1", ... in input
-        order). {} for embed's files (every key is the id's)."""
-        return self._foreign(kind).declared
+        file (md5 keys, the id in `original_id`), of biotrainer's (keys "0", "1", ... in input
+        order) and of the ProtTrans script's (whole header lines: by their first word). {} for
+        embed's files (every key is the id's)."""
+        keys = self._foreign(kind)
+        return {**keys.loose, **keys.declared}
 
     def _foreign(self, kind: str) -> "_ForeignKeys":
         """How another tool's keys name proteins (see `key_for`), read once per kind through
@@ -922,8 +924,8 @@ class EmbeddingsWriter:
                 os.replace(self.partial, self.path)
             except OSError as exc:  # it said only "OUT.partial: Operation not permitted"
                 raise RuntimeFailure(f"cannot replace it with the finished {self.partial.name} "
-                                  f"({exc.strerror or exc}); the finished embeddings are in {self.partial}",
-                                  path=str(self.path)) from None
+                                     f"({exc.strerror or exc}); the finished embeddings are in {self.partial}",
+                                     path=str(self.path)) from None
 
     def __enter__(self):
         return self
@@ -1039,8 +1041,7 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
                 states = run_attrs.get("num_hidden_states")
                 if key == "layers" and states and isinstance(now, list):
                     # stored counted from the last (-1): `--layer 0` reads -3 on a 2-layer model
-                    shown += " (" + ", ".join(f"--layer {int(v)} = {int(v) - int(states)}" if int(v) >= 0 else
-                                              f"--layer {int(v) + int(states)} = {int(v)}" for v in now) + ")"
+                    shown += " (" + ", ".join(f"--layer {int(v) + int(states)} = {int(v)}" for v in now) + ")"
                 raise UsageError(f"cannot resume: the file was written with {key}={before!r}, "
                                  f"this run uses {key}={shown} (use the same settings, or write to a new file)",
                                  path=str(path))
