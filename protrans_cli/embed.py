@@ -918,8 +918,9 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
             raise UsageError(f"protein {ident!r}: a sequence is a string of residues, got {seq!r:.60}")
     if not pairs:
         return [] if as_list else {}
-    expect_options(options or EmbedOptions(), EmbedOptions, "options")
-    options = replace(options or EmbedOptions(), per_residue=kind == PER_RESIDUE, per_protein=kind == PER_PROTEIN,
+    options = options or EmbedOptions()
+    expect_options(options, EmbedOptions, "options")
+    options = replace(options, per_residue=kind == PER_RESIDUE, per_protein=kind == PER_PROTEIN,
                       layout="grouped", resume=False, force=False)
     with tempfile.TemporaryDirectory(prefix="protrans-embed-") as tmp:
         fasta, output = Path(tmp) / "sequences.fa", Path(tmp) / "embeddings.h5"
