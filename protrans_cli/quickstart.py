@@ -158,7 +158,7 @@ def write_commands(out: Path, commands: list[str]) -> None:
     """OUT/commands.sh: the command lines, after a mkdir of the folders the steps write in
     (a step creates only its own output), so that the script runs as written from the same folder, or a fresh one."""
     mkdir = "mkdir -p " + " ".join(shlex.quote(str(out / sub)) for sub in SUBFOLDERS)
-    (out / "commands.sh").write_text("#!/bin/sh\n# The command lines `protrans quickstart` ran. They refuse to replace "
-                                     "their outputs: run this\n# once the results in "
+    (out / "commands.sh").write_text("#!/bin/sh\n# The command lines `protrans quickstart` ran. The train, embed and fit "
+                                     "lines refuse to replace\n# their outputs: run this once the results in "
                                      f"{shlex.quote(str(out))} are moved away (or with OUTPUT edited).\nset -e\n"
                                      + mkdir + "\n" + "\n".join(commands) + "\n")
