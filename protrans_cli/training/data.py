@@ -242,13 +242,10 @@ def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluate
     wanted = max(batch_size, evaluated)
     for path in paths:
         found = 0
-        if total < wanted:
-            for _ in iter_proteins([path]):
-                found += 1
-                if total + found >= wanted:
-                    break
-        else:
-            found = int(next(iter_proteins([path]), None) is not None)
+        for _ in iter_proteins([path]):  # (every file is read to its first protein at least)
+            found += 1
+            if total + found >= wanted:
+                break
         if not found:
             raise InputError("the validation corpus holds no protein", path=str(path))
         total += found
