@@ -230,12 +230,61 @@ def train_shapes(args, records) -> None:
         for name, lengths, sizing in modes:
             _time_train_mode(args, label, ctx, name, lengths, sizing or (lambda n: batch), step,
                              "masked" if name == "masked" else "plain", warm=name != "varying again")
+    # Where a fixed-length step's time goes (the baseline's shape: length 512, no new shapes),
+    # under protrans's kernel choice: device busy time against wall time, kernel launches, the
+    # top kernels. Busy well under wall means the host's launches bound the step (compile,
+    # larger micro-batches pay); busy near wall means the kernels themselves do.
+    label, ctx = kernel_choices(args.device)[1 if args.device.startswith("cuda") else 0]
+    with ctx():
+        _run_parts([("train step profile", train_step_profile,
+                     (args, lambda: step(args.train_length), args.train_length * batch))])
     # Last, as it switches the model's attention for good: the steps of "varying" packed into one
     # row each (varlen attention on CUDA; the row lengths are new shapes, as "varying"'s were).
     if family.packable:
         packing.use_packed_attention(model)
         _time_train_mode(args, "packed", contextlib.nullcontext, "varying", lengths_varying, lambda n: batch,
                          step, "packed", warm=True)
+
+
+def train_step_profile(args, one_step, tokens_per_step: int, steps: int = 3) -> None:
+    """torch.profiler over `steps` training steps (after one untimed): per step the wall time, the
+    device's summed kernel time and its share of the wall, kernel launches, and the kernels (or
+    on the CPU the operations) that take the most time. Printed and, with --profile-out, written
+    beside the embedding tables (suffix .train.txt)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    cuda = args.device.startswith("cuda")
+    one_step()
+    _sync(args.device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            one_step()
+        _sync(args.device)
+        wall = (time.perf_counter() - start) / steps
+    averages = prof.key_averages()
+    # (wall time under the profiler: its own bookkeeping slows the host a little)
+    lines = [f"train step profile: {args.train_micro_batch} x {args.train_length} tokens, {steps} steps: "
+             f"{wall * 1e3:.1f} ms wall per step ({tokens_per_step / wall:,.0f} tokens/s under the profiler)"]
+    if cuda:
+        kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in kernels) / 1e6 / steps  # us -> s
+        launches = sum(e.count for e in averages if "LaunchKernel" in e.key or "cudaLaunch" in e.key) / steps
+        lines.append(f"train step profile: device busy {busy * 1e3:.1f} ms per step ({100 * busy / wall:.0f}% of "
+                     f"wall), {launches:.0f} kernel launches per step ({wall / max(launches, 1) * 1e6:.1f} us of "
+                     f"wall each)")
+        table = averages.table(sort_by="self_device_time_total", row_limit=20)
+    else:
+        table = averages.table(sort_by="self_cpu_time_total", row_limit=20)
+    text = "\n".join(lines) + "\n" + table
+    if args.profile_out:
+        out = args.profile_out.with_suffix(".train.txt")
+        out.write_text(text)
+        lines.append(f"train step profile: tables written to {out}")
+    print("\n".join(lines))
+    print("\n".join(table.splitlines()[:26]))
 
 
 def _time_train_mode(args, label, ctx, name, lengths, size, step, form, warm) -> None:

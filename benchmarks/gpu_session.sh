@@ -15,7 +15,8 @@
 # levers (the second call of a session, step limits 360 s, in order of what it decides):
 # `train --compile` (with token micro-batches and packing, then alone), the training part of
 # gpu_profile.py (fixed, new, repeated lengths, token-sized micro-batches; each kernel choice on
-# lengths of its own since 2026-11-30) and the GPU tests of packing and flex. A session has
+# lengths of its own since 2026-11-30; then a profile of one fixed-length step: device busy
+# against wall time) and the GPU tests of packing and flex. A session has
 # 15 minutes of device time, machine start included: quick, then levers at once while the machine
 # is warm (it goes back after 30 s idle).
 #
