@@ -1052,10 +1052,15 @@ class _Dedup:
                 handle = self.parts[p] = open(self.dir / f"part{p:04d}.u64", "ab")
             handle.write(np.ascontiguousarray(digests[rows]).tobytes())
 
-    def finish(self) -> int:
-        """Find the duplicates; returns how many records will be dropped."""
+    def close(self) -> None:
+        """The partition files closed (also after a failure: deleted with the temporary folder
+        while still open, they held their disk space until the traceback was let go)."""
         for handle in self.parts.values():
             handle.close()
+
+    def finish(self) -> int:
+        """Find the duplicates; returns how many records will be dropped."""
+        self.close()
         drop_files: dict[int, object] = {}
         total = 0
         for p in sorted(self.parts):
@@ -1215,6 +1220,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     writers = rejects = summary = None
     tmp = None
     spill_dir = None
+    dedup = None
     threads = options.threads
     if "-" not in inputs and sum(os.path.getsize(p) for p in inputs) < 2 * options.block_bytes:
         threads = 1  # starting workers would take longer than the whole job
@@ -1228,7 +1234,6 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             cfg = _BlockConfig(**{**asdict(cfg), "spill_dir": spill_dir})
         if rejects:
             rejects.stream.write(b"id\treason\tdetail\tfile\tline\n")
-        dedup = None
         paths = inputs
         names = [display_name(p) for p in inputs]  # (--dedup reads copies of stdin and pipes)
         if options.dedup:
@@ -1326,6 +1331,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
                 handle.abort()
         raise
     finally:
+        if dedup is not None:
+            dedup.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if spill_dir is not None:

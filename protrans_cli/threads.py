@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 from protrans_cli.errors import UsageError
 
@@ -32,18 +33,57 @@ def resolve_threads(requested: int | None) -> int:
     return min(available_cores(), 4)
 
 
+class SharedSetting:
+    """A process-wide setting (torch's thread count, a library's log level) that overlapping
+    calls change: the first call in saves the caller's value, the last one out puts it back.
+    Saved and restored per call instead, two calls in two threads whose spans overlap left the
+    process on the value the first one set (the second saved it as "the caller's")."""
+
+    def __init__(self, read, write):
+        self._read, self._write = read, write
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = None
+
+    @contextlib.contextmanager
+    def held(self):
+        with self._lock:
+            if self._depth == 0:
+                self._saved = self._read()
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._write(self._saved)
+                    self._saved = None
+
+
+def _torch_thread_setting() -> SharedSetting:
+    global _TORCH_THREADS
+    if _TORCH_THREADS is None:
+        import torch
+
+        _TORCH_THREADS = SharedSetting(torch.get_num_threads, torch.set_num_threads)
+    return _TORCH_THREADS
+
+
+_TORCH_THREADS: SharedSetting | None = None
+
+
 @contextlib.contextmanager
 def torch_threads(count: int | None = None):
     """torch computes on `count` threads inside the block (None: the count the block sets, if
     any), and on the caller's count again after it, also after an error: torch's count is the
     whole process's, and a library call (a notebook's fit, a web app's embed) left the caller on
-    -j's. As a decorator, `@torch_threads()`, for a function that sets the count itself."""
+    -j's. As a decorator, `@torch_threads()`, for a function that sets the count itself. Calls
+    that overlap in several threads share the one count (the last one set holds for them all);
+    the caller's count is back once the last of them ends."""
     import torch
 
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
+    with _torch_thread_setting().held():
+        if count is not None:
+            torch.set_num_threads(count)
         yield
-    finally:
-        torch.set_num_threads(previous)

@@ -385,3 +385,108 @@ def test_a_settings_object_of_the_wrong_type_is_a_usage_error(tmp_path):
         build_corpus([tmp_path / "x.fa"], {"output": "c.txt"})
     with pytest.raises(UsageError, match="config must be a TrainConfig"):
         train({"corpus": ["c.txt"]})
+
+
+def test_overlapping_calls_in_two_threads_leave_the_callers_thread_count(caller_threads):
+    """Calls whose spans overlap (two threads of a web app): the first one in ends first. Saved
+    and restored per call, the second one put back the count the first had set."""
+    from protrans_cli.threads import torch_threads
+
+    first, second = torch_threads(1), torch_threads(2)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert torch.get_num_threads() == 2  # the call still under way keeps its count
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == caller_threads
+
+
+def test_overlapping_model_loads_leave_the_callers_transformers_log_levels():
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as hf_logging
+
+    from protrans_cli.models import _quiet_transformers
+
+    before = hf_logging.get_verbosity(), hub_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    hub_logging.set_verbosity_warning()
+    try:
+        first, second = _quiet_transformers(), _quiet_transformers()
+        first.__enter__()
+        second.__enter__()  # started while the first is under way: it sees ERROR as "the caller's"
+        first.__exit__(None, None, None)
+        second.__exit__(None, None, None)
+        assert (hf_logging.get_verbosity(), hub_logging.get_verbosity()) == (hf_logging.WARNING, hub_logging.WARNING)
+    finally:
+        hf_logging.set_verbosity(before[0])
+        hub_logging.set_verbosity(before[1])
+
+
+def test_uncompiled_flex_attention_leaves_the_process_warning_filters_alone(monkeypatch):
+    """The CPU's FlexAttention call hides torch's "called without torch.compile" warning without
+    swapping the process's warning filters while it runs (catch_warnings is not thread-safe: two
+    threads doing it at once left an "ignore every UserWarning" filter behind)."""
+    import warnings
+
+    from torch.nn.attention import flex_attention as module
+
+    from protrans_cli.models.t5 import _eager_flex
+
+    seen = []
+    real = module.flex_attention
+
+    def watched(*args, **kwargs):
+        seen.append(list(warnings.filters))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "flex_attention", watched)
+    q = torch.randn(1, 2, 8, 4)
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inside = list(warnings.filters)
+        _eager_flex(q, q, q)
+        assert seen == [inside]
+    assert not [w for w in caught if "torch.compile" in str(w.message)]
+    assert warnings.filters == before
+
+
+def test_a_callers_float64_default_dtype_does_not_reach_models_or_heads(tmp_path, loc_data):
+    from safetensors import safe_open
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        train(_train_config(tmp_path, threads=1))
+        fit(FitConfig(task="loc", max_epochs=2, n_bootstrap=10, threads=1), loc_data / "train.h5",
+            loc_data / "train.fasta", tmp_path / "head")
+    finally:
+        torch.set_default_dtype(previous)
+    for path in (tmp_path / "run" / "model.safetensors", tmp_path / "head" / "weights.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}, path
+
+
+def test_train_and_fit_work_where_the_caller_switched_gradients_off(tmp_path, loc_data):
+    with torch.no_grad():
+        assert train(_train_config(tmp_path, threads=1)).completed
+        fit(FitConfig(task="loc", max_epochs=2, n_bootstrap=10, threads=1), loc_data / "train.h5",
+            loc_data / "train.fasta", tmp_path / "head")
+        assert not torch.is_grad_enabled()
+    assert (tmp_path / "head" / "weights.safetensors").exists()
+
+
+def test_train_leaves_a_signal_the_caller_ignores_ignored():
+    """nohup, a script's `cmd &`: SIGINT is ignored, and a stop request must not take it over."""
+    import signal
+
+    from protrans_cli.training.loop import StopRequest
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

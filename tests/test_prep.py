@@ -228,6 +228,22 @@ def test_dedup_keeps_first_occurrence(tmp_path, run_cli):
     assert_same_text(result.stdout_bytes, (DATA / "duplicates.expected.txt").read_bytes())
 
 
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_a_failed_dedup_run_closes_its_scratch_files(tmp_path):
+    """A bad second input: the scratch folder is deleted, and its partition files must be closed
+    too (a notebook keeps the traceback, and open deleted files keep their disk space)."""
+    bad = tmp_path / "bad.fa.gz"
+    bad.write_bytes(gzip.compress(b">x\nMKV\n" * 200)[:-20])  # cut short
+    (tmp_path / "scratch").mkdir()
+    with pytest.raises(InputError) as caught:
+        build_corpus([DATA / "duplicates.fa", bad], CorpusOptions(output=str(tmp_path / "c.txt"), dedup=True,
+                                                                  tmp_dir=str(tmp_path / "scratch")))
+    assert caught.value.__traceback__ is not None  # held, as sys.last_traceback holds it
+    open_files = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                  if os.path.islink(f"/proc/self/fd/{fd}")]
+    assert not [f for f in open_files if "protrans-dedup" in f], open_files
+
 def _random_fasta(path: Path, n: int, seed: int, dirty: bool = True) -> None:
     rng = random.Random(seed)
     letters = "ACDEFGHIKLMNPQRSTVWY"

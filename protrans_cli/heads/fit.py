@@ -615,8 +615,17 @@ def _loss(task: Task, logits: dict, targets: dict, weights: dict | None, parts: 
     return total, counts
 
 
-def _train_member(config: FitConfig, task: Task, train, valid, seed: int, member: int, weights, device=None,
-                  state: FitState | None = None, resume_from: dict | None = None):
+def _train_member(*args, **kwargs):
+    """One member trained (_train_one), with gradients on whatever the caller set
+    (torch.set_grad_enabled(False) in an inference notebook: the first backward pass failed)."""
+    import torch
+
+    with torch.enable_grad():
+        return _train_one(*args, **kwargs)
+
+
+def _train_one(config: FitConfig, task: Task, train, valid, seed: int, member: int, weights, device=None,
+               state: FitState | None = None, resume_from: dict | None = None):
     import torch
 
     from protrans_cli.heads.model import build_head

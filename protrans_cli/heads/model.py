@@ -25,10 +25,11 @@ FORMAT_VERSION = 1
 
 
 def build_head(task: Task, input_dim: int, *, hidden: int = 32, kernel: int = 7, dropout: float = 0.25) -> nn.Module:
+    """A new head, float32 whatever torch's default dtype (heads are float32 everywhere)."""
     outputs = {o.name: 1 if o.is_value else len(o.classes) for o in task.outputs}
     if task.kind == PER_RESIDUE:
-        return ResidueCNN(input_dim, outputs, hidden=hidden, kernel=kernel, dropout=dropout)
-    return ProteinFNN(input_dim, outputs, hidden=hidden, dropout=dropout)
+        return ResidueCNN(input_dim, outputs, hidden=hidden, kernel=kernel, dropout=dropout).float()
+    return ProteinFNN(input_dim, outputs, hidden=hidden, dropout=dropout).float()
 
 
 class Ensemble(nn.Module):

@@ -343,35 +343,57 @@ def _check_token_ids(name: str, family: Family, tokenizer, is_dir: bool, vocab_s
         raise ModelError(f"{name}: {what}; " + (_COPY_TOKENIZER if is_dir else "the two do not belong together"))
 
 
+def _transformers_logging():
+    """transformers' and huggingface_hub's log levels and transformers' progress bars, saved and
+    put back as one process-wide setting (threads.SharedSetting)."""
+    global _TRANSFORMERS_LOGGING
+    if _TRANSFORMERS_LOGGING is None:
+        from huggingface_hub.utils import logging as hub_logging
+        from transformers.utils import logging as hf_logging
+
+        from protrans_cli.threads import SharedSetting
+
+        def read():
+            return hf_logging.get_verbosity(), hub_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+
+        def write(saved):
+            verbosity, hub_verbosity, bars = saved
+            hf_logging.set_verbosity(verbosity)
+            hub_logging.set_verbosity(hub_verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+            else:
+                hf_logging.disable_progress_bar()
+
+        _TRANSFORMERS_LOGGING = SharedSetting(read, write)
+    return _TRANSFORMERS_LOGGING
+
+
+_TRANSFORMERS_LOGGING = None
+
+
 @contextmanager
 def _quiet_transformers():
     """No "Loading weights" bars or load reports from transformers unless protrans shows
-    progress bars / runs with -v."""
+    progress bars / runs with -v. The caller's levels are back afterwards, also when loads
+    overlap in several threads."""
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     from protrans_cli import console
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hub_verbosity = hub_logging.get_verbosity()
-    if console.state.verbosity < 1:
-        # Without network, huggingface_hub logs two lines per retry ("... thrown while requesting",
-        # "Retrying in 8s") before load_model's one-line error says the same; -v shows them.
-        hub_logging.set_verbosity_error()
-    if was_enabled and not console.show_progress():
-        hf_logging.disable_progress_bar()
-    if console.state.verbosity < 1:
-        # The load report lists the pretraining heads an encoder does not use; load_checked
-        # already refuses a checkpoint that lacks encoder weights.
-        hf_logging.set_verbosity_error()
-    try:
+    with _transformers_logging().held():
+        if console.state.verbosity < 1:
+            # Without network, huggingface_hub logs two lines per retry ("... thrown while requesting",
+            # "Retrying in 8s") before load_model's one-line error says the same; -v shows them.
+            hub_logging.set_verbosity_error()
+        if hf_logging.is_progress_bar_enabled() and not console.show_progress():
+            hf_logging.disable_progress_bar()
+        if console.state.verbosity < 1:
+            # The load report lists the pretraining heads an encoder does not use; load_checked
+            # already refuses a checkpoint that lacks encoder weights.
+            hf_logging.set_verbosity_error()
         yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hub_logging.set_verbosity(hub_verbosity)
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def weight_errors() -> tuple[type[BaseException], ...]:

@@ -167,13 +167,20 @@ def flex_attention_function(device):
 
 
 def _eager_flex(*args, **kwargs):
+    from torch.nn.attention import flex_attention as module
+
+    # "flex_attention called without torch.compile()": on purpose here (a CPU). torch warns once
+    # per process and remembers that in a set: marked there, it stays quiet. The fallback swaps
+    # the process's warning filters (not thread-safe), for a torch without that set.
+    shown = getattr(module, "_WARNINGS_SHOWN", None)
+    if isinstance(shown, set):
+        shown.add("flex_attention_performance")
+        return module.flex_attention(*args, **kwargs)
     import warnings
 
-    from torch.nn.attention.flex_attention import flex_attention
-
-    with warnings.catch_warnings():  # "flex_attention called without torch.compile()": on purpose here
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return flex_attention(*args, **kwargs)
+        return module.flex_attention(*args, **kwargs)
 
 
 def relative_bias_table(attention, device):

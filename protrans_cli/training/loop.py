@@ -105,7 +105,10 @@ class StopRequest:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.getsignal(sig)
+                previous = signal.getsignal(sig)
+                if previous == signal.SIG_IGN:  # ignored by the caller (nohup, a script's `&`): it stays so
+                    continue
+                self._previous[sig] = previous
                 signal.signal(sig, self._handle)
         return self
 
@@ -152,7 +155,8 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
     expect_options(config, TrainConfig, "config")
     info = dist.setup()
     try:
-        with ckpt.callers_rng(), ckpt.run_lock(config.output_dir, active=info.is_main) as made_here:
+        # (gradients on whatever the caller set: torch.set_grad_enabled(False) in an inference notebook)
+        with torch.enable_grad(), ckpt.callers_rng(), ckpt.run_lock(config.output_dir, active=info.is_main) as made_here:
             # A fresh run that made its directory and fails before its first checkpoint (a bad
             # corpus line met at step 500, a truncated gzip shard, a diverged loss) takes its
             # half-made directory with it; never a --resume run's, nor one that was there before.
@@ -295,8 +299,10 @@ def _pretraining_model(config: TrainConfig, family, tokenizer):
     """The preset's model with --set / model_overrides applied; a value the model cannot take
     (a head count that does not divide the width, a dropout above 1, a vocabulary smaller than
     the tokenizer's) is a usage error naming the setting, not a traceback at the first step."""
+    # (float32 whatever torch's default dtype: a caller's set_default_dtype(torch.float64) wrote a
+    # float64 model that the run reported as fp32; --init-from loads float32 too)
     if not config.model_overrides:
-        return family.pretraining_model(family.build_config(config.preset, tokenizer))
+        return family.pretraining_model(family.build_config(config.preset, tokenizer)).float()
     shown = ", ".join(f"{k}={v}" for k, v in config.model_overrides.items())
     try:
         model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
@@ -304,7 +310,7 @@ def _pretraining_model(config: TrainConfig, family, tokenizer):
             raise ValueError(f"vocab_size {model_config.vocab_size} is below the tokenizer's {len(tokenizer)} tokens")
         if problem := _heads_problem(model_config):
             raise ValueError(problem)
-        return family.pretraining_model(model_config)
+        return family.pretraining_model(model_config).float()
     except ModelError as exc:
         raise UsageError(f"--set / model_overrides ({shown}): {exc.message}") from None
     except (ValueError, TypeError, RuntimeError, IndexError, AssertionError) as exc:

@@ -27,7 +27,7 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     expect_options(config, TrainConfig, "config")
     info = dist.setup()
     try:
-        with ckpt.callers_rng():
+        with torch.enable_grad(), ckpt.callers_rng():
             return _find_lr(config, info, family, min_lr, max_lr, num_steps)
     finally:
         dist.cleanup()
