@@ -1056,7 +1056,10 @@ class _Dedup:
         """The partition files closed (also after a failure: deleted with the temporary folder
         while still open, they held their disk space until the traceback was let go)."""
         for handle in self.parts.values():
-            handle.close()
+            try:
+                handle.close()
+            except OSError:  # a full disk flushing the last bytes: the files are deleted anyway
+                pass
 
     def finish(self) -> int:
         """Find the duplicates; returns how many records will be dropped."""

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from protrans_cli import console
 from protrans_cli.errors import UsageError
+from protrans_cli.io.files import check_replaceable
 
 EXAMPLE_FILES = ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta")
 SUBFOLDERS = ("corpus", "fasta", "embeddings", "heads", "predictions")  # made before the steps write in them
+OWN_NAMES = (*SUBFOLDERS, "model", "commands.sh")  # what a quickstart folder holds at its top
 
 
 def example_data_dir() -> Path:
@@ -88,6 +90,8 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     if out.exists() and any(out.iterdir()):
         if not force:
             raise UsageError(f"{out} exists and is not empty (use --force to replace it)")
+        # only a quickstart folder (its own names, and temporaries named after them) is replaced
+        check_replaceable(out, "quickstart", lambda e: e.name.lstrip(".").startswith(OWN_NAMES))
         shutil.rmtree(out)
     data = Path(data_dir) if data_dir else example_data_dir()
     missing = [f for f in EXAMPLE_FILES if not (data / f).exists()]

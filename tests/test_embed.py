@@ -361,7 +361,7 @@ def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, mo
 
     def filling(path):
         calls.append(path)
-        free = 10**12 if len(calls) < 4 else 1 << 20  # the disk fills up at the fourth batch
+        free = 10**12 if len(calls) < 5 else 1 << 20  # after the file's creation and three batches
         return types.SimpleNamespace(f_bavail=free, f_frsize=1)
 
     monkeypatch.setattr(h5.os, "statvfs", filling)
@@ -377,6 +377,21 @@ def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, mo
         assert sorted(got.ids()) == sorted(ref.ids())
         for ident in ref.ids():
             np.testing.assert_array_equal(got.get(ident), ref.get(ident))
+
+
+def test_a_disk_without_room_for_the_new_file_is_said_before_hdf5_meets_it(tmp_path, monkeypatch):
+    """A few KiB free: the file's attributes and groups, flushed before any batch's room check,
+    crashed h5py (segmentation fault) and left a hidden .creating file."""
+    import types
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import h5
+
+    fasta = generated_fasta(tmp_path / "g.fa", 4, repeat_every=0)
+    monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=8 << 10, f_frsize=1))
+    with pytest.raises(RuntimeFailure, match=r"o.h5: no room for a new output file: 0 MiB free on the output's disk"):
+        _run(tmp_path / "o.h5", fasta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa"]
 
 
 def test_resume_after_the_hub_moved_on_is_refused(tmp_path):

@@ -327,6 +327,18 @@ def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "test loc: Q10" in r.stderr
     assert json.loads((tmp_path / "m" / "test.json").read_text())["outputs"]["loc"]["n"] == 45
+    # Run again over links planted under the metrics' names: the links are replaced, never
+    # written through (and the files appear whole or not at all: written under a temporary name).
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    for name in ("test.json", "test.loc.png"):
+        (tmp_path / "m" / name).unlink()
+        (tmp_path / "m" / name).symlink_to(victim)
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "--labels", loc_data / "test.fasta",
+                "--metrics", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert victim.read_text() == "keep"
+    assert not (tmp_path / "m" / "test.json").is_symlink() and (tmp_path / "m" / "test.loc.png").stat().st_size > 1000
 
 
 def test_predict_with_labels_reports_the_ci_that_fit_reported(run_cli, loc_data, tmp_path):
@@ -571,6 +583,51 @@ def test_fit_force_never_deletes_a_directory_holding_its_inputs(run_cli, ss_data
                 "--max-epochs", "1", *FAST, "-o", out, "--force")
     assert r.exit_code == 2 and "--force would delete it" in r.stderr
     assert (out / "train.h5").is_file()
+
+
+def test_fit_force_replaces_a_head_but_no_other_folder(run_cli, ss_data, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "notes.txt").write_text("mine")
+    args = ["fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", "--max-epochs", "1",
+            *FAST, "--force"]
+    r = run_cli(*args, "-o", project)
+    assert r.exit_code == 2 and "holds files that are not fit's (data)" in r.stderr, r.stderr
+    assert (project / "data" / "notes.txt").read_text() == "mine"
+    # the working directory: refused with or without --force (`fit -o .` was a traceback)
+    monkeypatch.chdir(project)
+    for extra in ([], ["--resume"]):
+        r = run_cli(*args[:-1], *extra, "-o", ".")
+        assert r.exit_code == 2 and "a folder of its own" in r.stderr, r.stderr
+    r = run_cli(*args, "-o", ".")
+    assert r.exit_code == 2 and (project / "data" / "notes.txt").exists()
+    # a head is replaced, also through a link to it (the link stays, the head it names is new)
+    head = tmp_path / "real" / "head"
+    assert run_cli(*args, "-o", head).exit_code == 0
+    (tmp_path / "link").symlink_to(head)
+    r = run_cli(*args, "-o", tmp_path / "link")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "link").is_symlink() and (head / "weights.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "project", "real"]
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["head"]
+
+
+def test_a_second_fit_on_a_head_in_the_making_is_refused(run_cli, ss_data, tmp_path):
+    """Two fits on one -o at once (a job started twice): the second, with or without --force or
+    --resume, must not touch the first one's state."""
+    from protrans_cli.heads.fit import partial_path
+    from protrans_cli.io.files import folder_lock
+
+    head = tmp_path / "ss3"
+    args = ["fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", "--max-epochs", "1",
+            *FAST, "-o", head]
+    with folder_lock(partial_path(head), "busy"):  # what the first fit holds while it runs
+        for extra in ([], ["--force"], ["--resume"]):
+            r = run_cli(*args, *extra)
+            assert r.exit_code == 1 and "is in use by another protrans fit" in r.stderr, r.stderr
+        assert not head.exists()
+    assert not partial_path(head).exists()  # the lock's folder goes with it when left empty
+    assert run_cli(*args).exit_code == 0
 
 
 def test_device_choice_is_checked_before_any_work(run_cli, ss_data, tmp_path):

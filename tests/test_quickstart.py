@@ -61,6 +61,19 @@ def _outputs_are_consistent(out):
             assert 0.0 <= m["accuracy"] <= 1.0 and m["n"] > 0
 
 
+def test_force_replaces_a_quickstart_folder_only(run_cli, tmp_path, monkeypatch):
+    """--force deleted any folder (a project's own files) and `-o .` emptied the working directory."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "labels.csv").write_text("mine")
+    result = run_cli("quickstart", "-o", project, "--force")
+    assert result.exit_code == 2 and "holds files that are not quickstart's (data)" in result.stderr
+    monkeypatch.chdir(project)
+    result = run_cli("quickstart", "-o", ".", "--force")
+    assert result.exit_code == 2 and "would delete the current directory" in result.stderr
+    assert (project / "data" / "labels.csv").read_text() == "mine"
+
+
 def _refuses_to_overwrite(out, run_cli):
     result = run_cli("quickstart", "-o", out)
     assert result.exit_code == 2

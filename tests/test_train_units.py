@@ -857,3 +857,32 @@ def test_evaluation_step_size_is_the_global_batch_or_what_whole_micro_batches_ta
 
     assert evaluation_step_size(100, 16, 4, 2) == 16 == evaluation_step_size(16, 16, 2, 1)  # layout-free
     assert evaluation_step_size(10, 16, 4, 2) == 8 and evaluation_step_size(7, 16, 4, 2) == 0
+
+
+def test_a_final_model_that_cannot_be_written_is_one_line_naming_the_checkpoint(tmp_path):
+    """A full disk at the final export: a safetensors traceback, where a checkpoint's failure was
+    one line. Now one line too, saying where the steps are kept."""
+    import types
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training import checkpoint as ckpt
+
+    def full(model, tokenizer, directory):
+        raise OSError(28, "No space left on device")
+
+    family = types.SimpleNamespace(save_pretrained=full)
+    (tmp_path / "run" / "checkpoints" / "step_00000004").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step_00000004" / ckpt.STATE_FILE).write_bytes(b"")
+    with pytest.raises(RuntimeFailure, match=r"run: cannot write the final model \(.*No space left on device\); the "
+                                             r"run's steps are kept in .*step_00000004: run the same command with "
+                                             r"--resume"):
+        ckpt.export_model(tmp_path / "run", family=family, model=None, tokenizer=None)
+
+
+def test_a_link_to_a_missing_run_directory_is_said(tmp_path):
+    from protrans_cli.training.checkpoint import run_lock
+
+    (tmp_path / "run").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match="is a link to .*nowhere, which does not exist"):
+        with run_lock(tmp_path / "run"):
+            pass

@@ -38,7 +38,8 @@ from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels,
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
-from protrans_cli.io.files import (create_fresh, default_permissions, is_inside, make_temporary, replace_directory,
+from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, folder_lock,
+                                   holds_working_directory, is_inside, make_temporary, replace_directory,
                                    same_file, signals_held)
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
 from protrans_cli.threads import torch_threads
@@ -114,6 +115,11 @@ class FitResult:
 def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None = None,
         tests: list[tuple] = ()) -> FitResult:
     """Train `config.task` on (embeddings, labels); `valid`/`tests` are (embeddings, labels) pairs."""
+    with contextlib.ExitStack() as held:  # the lock on HEAD.partial/, taken once the settings are checked
+        return _fit(held, config, embeddings, labels, out_dir, valid=valid, tests=tests)
+
+
+def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_dir, *, valid, tests) -> FitResult:
     import torch
 
     from protrans_cli.threads import resolve_threads
@@ -121,6 +127,14 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
     expect_options(config, FitConfig, "config")
     config.check()
     out_dir = Path(out_dir)
+    if holds_working_directory(out_dir):
+        # (a head is a directory of its own, replaced whole by --force)
+        raise UsageError(f"-o {out_dir}: the head is written as a folder of its own, which --force replaces "
+                         "whole; name one, e.g. -o heads/ss3")
+    if out_dir.is_symlink() and out_dir.is_dir():
+        # written through the link (-o head -> /scratch/heads/x): its HEAD.partial and the swap
+        # happen beside the folder it names
+        out_dir = Path(os.path.realpath(out_dir))
     task = get_task(config.task, dual=config.dual)
     per_residue = task.kind == PER_RESIDUE
     config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
@@ -139,12 +153,20 @@ def fit(config: FitConfig, embeddings, labels, out_dir, *, valid: tuple | None =
                 return finished
         raise UsageError(f"{out_dir} exists (--force replaces it)")
     if out_dir.exists():
-        # --force replaces the whole directory: never one that holds this run's own inputs.
+        # --force replaces the whole directory: never one that holds this run's own inputs,
         inputs = [embeddings, labels, *(p for pair in ([valid] if valid else []) + list(tests) for p in pair)]
         for path in inputs:
             if path is not None and str(path) != "-" and is_inside(path, out_dir):
                 raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
+        # and only a head (not a project folder given as -o).
+        head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
+        check_replaceable(out_dir, "fit", lambda entry: head)
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # `-o heads/ss3` should just work
+    # One fit at a time on a head: two at once on one -o (a job started twice) overwrote each
+    # other's state, --force deleted the other's under it, and the last one's head replaced the
+    # first's without --force. (Also an unwritable folder is found here, not after an epoch.)
+    held.enter_context(folder_lock(partial_path(out_dir), "is in use by another protrans fit (it holds the "
+                                   "lock of this head's unfinished state): wait for it to end, or choose another -o"))
     torch.set_num_threads(resolve_threads(config.threads))
     device = head_device(config.device)
     # Checked before any data is read: an interrupted fit is continued or knowingly replaced.
@@ -800,8 +822,9 @@ def evaluate_data(ensemble, task: Task, data, *, n_boot: int = 1000, max_residue
 def write_metrics(directory: Path, name: str, result: dict, embeddings: str, labels: str) -> dict:
     """metrics/<name>.json and one confusion PNG per output; prints the report; returns headlines."""
     safe = name.replace("/", "_")
-    (directory / f"{safe}.json").write_text(
-        json.dumps({"set": name, "embeddings": embeddings, "labels": labels, "outputs": result}, indent=1) + "\n")
+    with atomic_output(directory / f"{safe}.json") as stream:  # (never half written, never through a link)
+        stream.write((json.dumps({"set": name, "embeddings": embeddings, "labels": labels, "outputs": result},
+                                 indent=1) + "\n").encode())
     headline = {}
     for output, m in result.items():
         console.info(summary_line(name, output, m))

@@ -195,6 +195,15 @@ def print_report(name: str, output: str, m: dict) -> None:
     console.print_table(f"{name} {output}: confusion (rows true, columns predicted)", ["", *m["classes"]], cm_rows)
 
 
+def _save_png(fig, path) -> None:
+    """Written under a temporary name and renamed: a full disk left a truncated PNG under the
+    final name, and a link planted in a metrics folder was written through."""
+    from protrans_cli.io.files import atomic_output
+
+    with atomic_output(path) as stream:
+        fig.savefig(stream, format="png", dpi=110)
+
+
 def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str) -> None:
     """Predicted against true values of a value output, with the diagonal."""
     # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
@@ -213,7 +222,7 @@ def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str) -
     ax.set_ylabel("predicted")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
 
 
 def save_confusion_png(m: dict, path, title: str) -> None:
@@ -237,7 +246,7 @@ def save_confusion_png(m: dict, path, title: str) -> None:
                     color="white" if rows[i, j] > 0.5 else "black")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
 
 
 def dumps(obj) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import ModelError, UsageError
+from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, first_line
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
                                      report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import read_labels, some_ids
@@ -242,7 +242,13 @@ class _ProbabilityWriter:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            self.h5.close()
+            try:
+                self.h5.close()
+            except Exception as close_error:  # noqa: BLE001 - HDF5's own two-line message names the temporary
+                if exc_type is not None:
+                    return  # the error under way (a full disk's "no room") says what happened
+                raise RuntimeFailure(f"cannot write the probabilities ({first_line(close_error)})",
+                                     path=str(self.target)) from None
             if exc_type is None:
                 default_permissions(self.tmp)  # mkstemp's 0600
                 os.replace(self.tmp, self.target)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
@@ -58,6 +59,65 @@ def is_inside(path, directory) -> bool:
     base, target = os.path.realpath(directory), os.path.realpath(path)
     return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
 
+
+
+def holds_working_directory(directory) -> bool:
+    """Whether `directory` is the current directory or one above it (`-o .`, `-o ..`)."""
+    try:
+        target, cwd = Path(directory).resolve(), Path.cwd().resolve()
+    except OSError:
+        return False
+    return target == cwd or target in cwd.parents
+
+
+def check_replaceable(directory, what: str, ours) -> None:
+    """Before --force deletes `directory` as a whole: never the current directory or one above
+    it, and only a folder holding nothing but `what`'s own output (`ours(entry)` for each of its
+    entries). `quickstart -o project --force` deleted a project's own files with it, and `-o .`
+    emptied the working directory."""
+    if holds_working_directory(directory):
+        raise UsageError(f"{directory}: --force would delete the current directory with everything in it; "
+                         f"give {what} a folder of its own")
+    try:
+        foreign = sorted(e.name for e in Path(directory).iterdir() if not ours(e))
+    except OSError:
+        return  # not a readable directory: the command's own checks say what is wrong
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageError(f"{directory} holds files that are not {what}'s ({shown}): --force replaces only "
+                         f"{what}'s own output; choose another folder, or move them")
+
+
+@contextlib.contextmanager
+def folder_lock(folder, busy: str):
+    """An exclusive lock (flock) on `folder`, made if missing and removed again if this call made
+    it and it is left empty, held for the block; another process asking for it meets
+    RuntimeFailure(busy). File systems without flock (NFS mounted nolock) go unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    folder = Path(folder)
+    made = not folder.exists()
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeFailure(busy, path=str(folder)) from None
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
 def display_name(path) -> str:
     return "<stdin>" if str(path) == "-" else str(path)
@@ -391,8 +451,6 @@ class _WholeWrites:
         while done < len(view):
             more = self.buffer.write(view[done:])
             if not more:
-                import errno
-
                 raise BrokenPipeError(errno.EPIPE, "stdout accepts no more")
             done += more
         return len(view)
@@ -424,10 +482,19 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
     handle = AtomicFile(path)
     try:
         yield handle.stream
+    except OSError as exc:
+        handle.abort()
+        if exc.filename is None and exc.errno in _FULL:  # a write into the temporary: named by the output
+            raise RuntimeFailure(f"cannot write: {exc.strerror}", path=str(path)) from None
+        raise
     except BaseException:
         handle.abort()
         raise
     handle.commit()
+
+
+# a full disk, a quota, the file-size limit
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def create_fresh(path, mode: int = 0o666) -> int:
@@ -542,7 +609,6 @@ def exchange_paths(a, b) -> bool:
     """Swap two existing paths atomically (Linux renameat2 RENAME_EXCHANGE, on one file system);
     False where the system or the file system cannot, so that the caller renames in two steps."""
     import ctypes
-    import errno
 
     if not sys.platform.startswith("linux"):
         return False

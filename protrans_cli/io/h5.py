@@ -774,8 +774,12 @@ class EmbeddingsWriter:
             # A finished file extended by a resumed run: it becomes partial again until done.
             _check_resumable(self.path, run_attrs, resume_equal)
             os.replace(self.path, self.partial)
+        # The attributes and groups written below need room too: a disk with a few KiB free
+        # crashed h5py at the first flush (segmentation fault), before any batch's check.
         if resume and self.partial.exists():
             _check_resumable(self.partial, run_attrs, resume_equal)
+            ensure_room(self.partial, 0, f"what was computed is kept in {self.partial}; run the same command with "
+                                         "--resume once there is room", what="the run's attributes")
             self.file = h5_file(self.partial, "a")
             self.failed = json.loads(_plain(self.file.attrs.get("failed", "{}")) or "{}")
             resumed = True
@@ -788,6 +792,8 @@ class EmbeddingsWriter:
             # link) is removed, and the file created exclusively ("x": O_EXCL, never through a link).
             with contextlib.suppress(OSError):
                 creating.unlink()
+            ensure_room(creating, 0, "nothing was written; free some space and run the command again",
+                        shown=self.path, what="a new output file")
             try:
                 self.file = h5_file(creating, "x")
             except OSError as exc:  # named by the output the user chose, not by the hidden file

@@ -157,6 +157,9 @@ def run_lock(run_dir, active: bool = True):
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError("is a file, not a run directory (choose another -o)", path=str(run_dir))
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise UsageError(f"is a link to {os.readlink(run_dir)}, which does not exist (make that folder, or "
+                         "choose another -o)", path=str(run_dir))
     # The folders made here, deepest first: removed again when they are left empty.
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -447,5 +450,11 @@ def export_model(run_dir, *, family, model, tokenizer) -> None:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(item, target)
+    except Exception as exc:  # a full disk, a quota: one line; the checkpoints stay as they were
+        kept = list_checkpoints(run_dir)
+        raise RuntimeFailure(f"cannot write the final model ({first_line(exc)}); "
+                             + (f"the run's steps are kept in {kept[-1]}: run the same command with --resume "
+                                "once there is room" if kept else "no checkpoint was kept"),
+                             path=str(run_dir)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
