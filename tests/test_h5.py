@@ -441,3 +441,37 @@ def test_keys_that_spell_other_ids_and_whole_header_keys_name_the_right_proteins
     with EmbeddingsReader(tmp_path / "pt.h5") as r:
         assert r.get("EX0029").shape == (3, 4) and r.get("EX0029 Plastid-S").shape == (3, 4)
         assert float(r.get("protein 1")[0, 0]) == 1.0 and float(r.get("protein 2")[0, 0]) == 2.0
+
+
+@pytest.mark.parametrize("how", ["external link", "external storage", "virtual dataset"])
+def test_values_from_outside_the_file_are_refused(tmp_path, how):
+    """An HDF5 file from elsewhere could make fit and predict read any file the user can read:
+    h5py follows external links, reads raw data kept in external files and maps virtual
+    datasets, silently. Only data stored in the file itself is read."""
+    from protrans_cli.heads.data import read_rows
+
+    secret = tmp_path / "secret.h5"
+    with h5py.File(secret, "w") as f:
+        f["data"] = np.full((3, 4), 7.0, dtype=np.float32)
+    raw = tmp_path / "secret.bin"
+    raw.write_bytes(np.full((3, 4), 7.0, dtype=np.float32).tobytes())
+    path = tmp_path / "foreign.h5"
+    with h5py.File(path, "w") as f:
+        f["p1"] = np.zeros((3, 4), dtype=np.float32)
+        if how == "external link":
+            f["p2"] = h5py.ExternalLink(str(secret), "/data")
+        elif how == "external storage":
+            f.create_dataset("p2", shape=(3, 4), dtype="<f4", external=[(str(raw), 0, 48)])
+        else:
+            layout = h5py.VirtualLayout(shape=(3, 4), dtype="<f4")
+            layout[:] = h5py.VirtualSource(str(secret), "data", shape=(3, 4))
+            f.create_virtual_dataset("p2", layout)
+    message = {"external link": "is an external link to another file", "external storage": "is a dataset whose values are stored in external files",
+               "virtual dataset": "is a virtual dataset"}[how]
+    with EmbeddingsReader(path) as reader:
+        with pytest.raises(InputError, match=f"record 'p2': {message}"):
+            reader.keys() if how == "external link" else reader.get("p2")
+        if how != "external link":
+            np.testing.assert_array_equal(reader.get("p1"), 0.0)  # the file's own data is read
+            with pytest.raises(InputError, match=message):
+                read_rows(reader.file, "p2", 2, -1, (3, 4), str(path), "p2")

@@ -27,7 +27,7 @@ from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_checksum_of,
-                                dataset_facts, h5_file, read_array, sequence_checksum, unescape_key)
+                                dataset_facts, h5_file, open_local, read_array, sequence_checksum, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -234,7 +234,7 @@ def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path
     tool's file `layer` indexes the layer axis, and must exist there."""
     import h5py
 
-    obj = h5py.h5o.open(group.id, key.encode("utf-8"))
+    obj = open_local(group, key.encode("utf-8"), data=True)  # (values from other files refused)
     shape = tuple(obj.shape) if isinstance(obj, h5py.h5d.DatasetID) else ()
     if not layers_recorded:
         _check_foreign_layer(shape, base_ndim, layer, path, ident)
@@ -325,7 +325,7 @@ class ResidueData:
         else (several layers, another shape or dtype) through `_read`, as before."""
         import h5py
 
-        obj = h5py.h5o.open(group.id, item.key.encode("utf-8"))
+        obj = open_local(group, item.key.encode("utf-8"), data=True)
         if (isinstance(obj, h5py.h5d.DatasetID) and obj.shape == out.shape and obj.dtype in PLAIN_FLOAT_DTYPES
                 and out.flags.c_contiguous and out.dtype == np.float32
                 and (self.layers_recorded or self.layer in (-1, 0))):  # (else _read refuses the layer)

@@ -187,14 +187,17 @@ class EmbeddingsReader:
     def _group(self, kind):
         if kind not in self.kinds:
             raise InputError(f"has no {kind} embeddings (it holds {', '.join(self.kinds)})", path=self.path)
-        return self.file if self.layout == "flat" else self.file[kind]
+        if self.layout == "flat":
+            return self.file
+        local_link(self.file, kind.encode("utf-8"))  # (a group linked in from another file)
+        return self.file[kind]
 
     def ids(self, kind: str = PER_RESIDUE) -> list[str]:
         return [ident for ident, _ in stored_proteins(self._group(kind), checksums=False)]
 
     def keys(self, kind: str = PER_RESIDUE) -> list[str]:
         """The dataset names of a kind (groups in a flat file from another tool left out)."""
-        keys = list(self._group(kind).keys())
+        keys = [name.decode("utf-8") for name in _link_names(self._group(kind))]
         if self.subgroups:
             skip = set(self.subgroups)
             keys = [k for k in keys if k not in skip]
@@ -258,7 +261,9 @@ class EmbeddingsReader:
         key = self.key_for(ident, kind)
         if key is None:
             raise InputError(f"no {kind} embedding for this id", path=self.path, record=ident)
-        return self._group(kind)[key]
+        group = self._group(kind)
+        open_local(group, key.encode("utf-8"), data=True)
+        return group[key]
 
     def get(self, ident: str, kind: str = PER_RESIDUE) -> np.ndarray:
         return self.dataset(ident, kind)[()]
@@ -266,6 +271,7 @@ class EmbeddingsReader:
     def items(self, kind: str = PER_RESIDUE) -> Iterator[tuple[str, np.ndarray, dict]]:
         group = self._group(kind)
         for key in self.keys(kind):
+            open_local(group, key.encode("utf-8"), data=True)
             ds = group[key]
             attrs = {k: _plain(v) for k, v in ds.attrs.items()}
             yield dataset_id(key, attrs), ds[()], attrs
@@ -330,9 +336,65 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
 
 
 def _link_names(group) -> list[bytes]:
+    """The names of a group's members, each refused unless stored in this file (`local_link`)."""
+    import h5py
+
     names: list[bytes] = []
-    group.id.links.iterate(names.append)  # the callback's None return goes on to the next link
+    outside: list[bytes] = []
+    local = (h5py.h5l.TYPE_HARD, h5py.h5l.TYPE_SOFT)
+
+    def add(name, info):  # (an exception raised in here reaches the caller as h5py's SystemError)
+        (names if info.type in local else outside).append(name)  # (None returned: on to the next)
+
+    group.id.links.iterate(add, info=True)
+    if outside:
+        _refuse_external(group, outside[0])
     return names
+
+
+def _refuse_external(group, name: bytes, what: str = "an external link to another file"):
+    raise InputError(f"is {what}: protrans reads only data stored in the file itself (a file from "
+                     "elsewhere could make it read any file on this machine)", path=group.file.filename,
+                     record=name.decode("utf-8", "replace"))
+
+
+def local_link(group, name: bytes) -> None:
+    """Refuse `group`'s member `name` when its link leads out of the file (an external link:
+    h5py follows it into whatever file it names, silently)."""
+    import h5py
+
+    try:
+        kind = group.id.links.get_info(name).type
+    except KeyError:
+        return  # no such member: the caller's own lookup says so
+    if kind not in (h5py.h5l.TYPE_HARD, h5py.h5l.TYPE_SOFT):
+        _refuse_external(group, name)
+
+
+def local_data(group, name: bytes, obj) -> None:
+    """Refuse a dataset whose values live outside the file: raw data in external files
+    (`external=`) or a virtual dataset mapping other files. Checked where values are read."""
+    import h5py
+
+    if not isinstance(obj, h5py.h5d.DatasetID):
+        return
+    plist = obj.get_create_plist()
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        _refuse_external(group, name, "a virtual dataset (its values are mapped from other files)")
+    if plist.get_external_count():
+        _refuse_external(group, name, "a dataset whose values are stored in external files")
+
+
+def open_local(group, name: bytes, *, data: bool = False):
+    """`h5py.h5o.open(group.id, name)` of a member stored in the file itself (`data`: its values
+    too, for a caller that reads them)."""
+    import h5py
+
+    local_link(group, name)
+    obj = h5py.h5o.open(group.id, name)
+    if data:
+        local_data(group, name, obj)
+    return obj
 
 
 def _read_text_attr(obj, name: bytes) -> str | None:
@@ -412,7 +474,7 @@ def dataset_attrs(group, key: str):
     give them, through h5py's low-level calls where it is a dataset (see `read_attr`)."""
     import h5py
 
-    obj = h5py.h5o.open(group.id, key.encode("utf-8"))
+    obj = open_local(group, key.encode("utf-8"))
     if isinstance(obj, h5py.h5d.DatasetID):
         return _LowAttrs(obj), obj.shape
     ds = group[key]  # not a dataset: h5py's own view of it, as before
@@ -430,7 +492,8 @@ def read_array(group, key: str, obj=None) -> np.ndarray:
     import h5py
 
     if obj is None:
-        obj = h5py.h5o.open(group.id, key.encode("utf-8"))
+        obj = open_local(group, key.encode("utf-8"))
+    local_data(group, key.encode("utf-8"), obj)
     if isinstance(obj, h5py.h5d.DatasetID) and obj.rank >= 1 and obj.dtype in PLAIN_FLOAT_DTYPES:
         out = np.empty(obj.shape, dtype=obj.dtype)
         if out.size:
