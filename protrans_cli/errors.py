@@ -87,3 +87,14 @@ def located(path):
         if exc.path is not None:
             raise
         raise type(exc)(exc.message, path=str(path), record=exc.record, line=exc.line) from None
+
+
+def refused_pickle(exc: BaseException) -> str | None:
+    """What a pickle that torch.load(weights_only=True) refused is, without torch's advice to load
+    it with weights_only=False (which would run whatever code it holds); None for other errors."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        return ("it holds objects other than tensors and plain values, which protrans never unpickles: not a file "
+                "protrans wrote, or one altered since")
+    return None

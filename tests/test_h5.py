@@ -475,3 +475,15 @@ def test_values_from_outside_the_file_are_refused(tmp_path, how):
             np.testing.assert_array_equal(reader.get("p1"), 0.0)  # the file's own data is read
             with pytest.raises(InputError, match=message):
                 read_rows(reader.file, "p2", 2, -1, (3, 4), str(path), "p2")
+
+
+
+@pytest.mark.parametrize("value", ["{not json", "5", '["a", 1]', "[" * 100_000 + "]" * 100_000])
+def test_a_failed_attribute_not_as_embed_writes_it_is_one_line(tmp_path, value):
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f["p1"] = np.zeros(4, dtype=np.float32)
+        f.attrs["failed"] = value
+    with EmbeddingsReader(path) as reader:
+        with pytest.raises(InputError, match="its 'failed' attribute is not what embed writes"):
+            reader.failed()

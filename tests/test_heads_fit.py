@@ -988,6 +988,27 @@ def test_a_head_config_nested_too_deeply_is_one_line(run_cli, ss_data, one_epoch
     assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "p.fa").exists()
 
 
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda c: c.update(embedding="onehot"), "'embedding' is str, not an object"),
+    (lambda c: c.update(layer="last"), "layer 'last' is not a whole number"),
+    (lambda c: c["hyperparameters"].update(kernel=-7), "kernel -7 is not a positive whole number"),
+    (lambda c: c["task"]["outputs"][0].update(classes=["Helix", "E", "C"]), "per-residue classes are single letters"),
+])
+def test_a_hand_edited_head_config_is_one_line(run_cli, ss_data, one_epoch_ss3, tmp_path, edit, said):
+    """Values predict reads besides the network (the embedding, the layer, the classes it writes)
+    were tracebacks, and classes of several letters wrote garbage letters."""
+    import shutil
+
+    head = tmp_path / "head"
+    shutil.copytree(one_epoch_ss3, head)
+    config = json.loads((head / "config.json").read_text())
+    edit(config)
+    (head / "config.json").write_text(json.dumps(config))
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and said in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "p.fa").exists()
+
 def test_predict_names_the_proteins_embed_could_not_embed(run_cli, ss_data, one_epoch_ss3, tmp_path):
     head = one_epoch_ss3
     h5 = tmp_path / "skipped.h5"

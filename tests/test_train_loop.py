@@ -652,6 +652,49 @@ def test_a_run_resumed_for_more_steps_decays_over_its_new_length(tmp_path):
     assert lrs[30] > lrs[40] > 0.1 * 3e-3 * 0.99
 
 
+
+class _RunsCode:  # a pickle that would run code when loaded
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_crafted_checkpoints_are_refused_in_one_line(tmp_path):
+    """A checkpoint from elsewhere: SHA256SUMS naming a link to /dev/zero was hashed for ever;
+    a state without its optimizer was a KeyError traceback; a refused pickle passed on torch's
+    advice to load it with weights_only=False."""
+    import os
+    import shutil
+
+    from protrans_cli.training import checkpoint as ckpt
+
+    first = train(_config(tmp_path, num_steps=2, save_every=1))
+    last = first.run_dir / "checkpoints" / "step_00000002"
+    shutil.copytree(last, tmp_path / "good")
+    state = torch.load(last / ckpt.STATE_FILE, weights_only=True)
+
+    def no_optimizer():
+        torch.save({k: v for k, v in state.items() if k != "optimizer"}, last / ckpt.STATE_FILE)
+
+    def unsafe():
+        torch.save({**state, "extra": _RunsCode()}, last / ckpt.STATE_FILE)
+
+    def endless():
+        os.symlink("/dev/zero", last / "z")
+
+    for craft, said in ((endless, "cannot read z (not a regular file)"),
+                        (no_optimizer, "no usable optimizer entry: not a training state protrans wrote"),
+                        (unsafe, "holds objects other than tensors and plain values, which protrans never unpickles")):
+        craft()
+        ckpt._write_sums(last)
+        if craft is endless:
+            with open(last / ckpt.SUMS_FILE, "a") as fh:
+                fh.write("0" * 64 + "  z\n")
+        with pytest.raises(InputError) as info:
+            train(_config(tmp_path, num_steps=3, save_every=1), resume=True)
+        assert said in str(info.value) and "weights_only=False" not in str(info.value), str(info.value)
+        shutil.rmtree(last)
+        shutil.copytree(tmp_path / "good", last)
+
 def test_every_checkpoint_file_is_in_its_sha256sums_which_sha256sum_checks(tmp_path):
     import shutil
     import subprocess

@@ -31,7 +31,8 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, UsageError, expect_options, located
+from protrans_cli.errors import (InputError, ModelError, UsageError, expect_options, first_line, located,
+                                 refused_pickle)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled,
                                      stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
@@ -453,8 +454,9 @@ class FitState:
             try:
                 saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem
-                raise InputError(f"cannot read the saved fit state ({type(exc).__name__}: {exc}); "
-                                 "--force starts over", path=str(path)) from None
+                why = refused_pickle(exc) or f"{type(exc).__name__}: {first_line(exc)}"
+                raise InputError(f"cannot read the saved fit state ({why}); --force starts over",
+                                 path=str(path)) from None
             differ = _changed(saved["fingerprint"], fingerprint)
             if differ:
                 raise UsageError(f"{directory} was made with other settings or inputs ({', '.join(differ)}): "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,6 +65,27 @@ def save_head(directory: Path, ensemble: Ensemble, config: dict) -> None:
     (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
 
 
+def _check_claims(config: dict, task: Task) -> None:
+    """What predict reads from a head's config besides the network: the embedding it was trained
+    on (an object; its `layers` whole numbers), its layer (a whole number), and for a per-residue
+    head one character per class (the letters it writes). A hand-edited config got tracebacks."""
+    embedding = config.get("embedding", {})
+    if not isinstance(embedding, dict):
+        raise TypeError(f"'embedding' is {type(embedding).__name__}, not an object")
+    for value in [config.get("layer", -1), *np.atleast_1d(embedding.get("layers", [])).tolist()]:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"layer {value!r} is not a whole number")
+    for name in ("hidden", "kernel"):
+        value = config["hyperparameters"].get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} {value!r} is not a positive whole number")
+    if task.kind == PER_RESIDUE:
+        for output in task.outputs:
+            if not output.is_value and not all(len(c) == 1 and c.isascii() and c.isprintable() for c in output.classes):
+                raise ValueError(f"output {output.name!r}: per-residue classes are single letters, got "
+                                 f"{list(output.classes)[:5]}")
+
+
 def load_head(directory) -> tuple[Ensemble, Task, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -88,6 +110,7 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         config = json.loads((directory / CONFIG).read_text())
         task = Task.from_json(config["task"])
         hp = config["hyperparameters"]
+        _check_claims(config, task)
         if config["ensemble"] != stored:
             raise ModelError(f"the head's config says {config['ensemble']!r} ensemble members, its weights hold "
                              f"{stored}", path=str(directory))
@@ -96,10 +119,11 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         with torch.device("meta"):
             members = [build_head(task, config["input_dim"], hidden=hp["hidden"], kernel=hp["kernel"],
                                   dropout=hp["dropout"]) for _ in range(stored)]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ModelError(f"head config is incomplete or unreadable ({exc})", path=str(directory / CONFIG)) from None
     except RecursionError:  # thousands of nested brackets: a traceback from the JSON parser
         raise ModelError("head config is unreadable (nested too deeply)", path=str(directory / CONFIG)) from None
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:  # (a negative kernel: RuntimeError)
+        raise ModelError(f"head config is incomplete or unreadable ({first_line(exc)})",
+                         path=str(directory / CONFIG)) from None
     ensemble = Ensemble(members, task)
     try:
         ensemble.load_state_dict(state, assign=True)

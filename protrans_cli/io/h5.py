@@ -294,13 +294,27 @@ class EmbeddingsReader:
         raise InputError(f"holds no {'' if self._kind_guessed else kind + ' '}embeddings", path=self.path)
 
     def failed(self) -> dict[str, str]:
-        raw = self.attrs.get("failed")
-        return json.loads(raw) if raw else {}
+        return failed_attr(self.attrs.get("failed"), self.path)
 
     def runs(self) -> list[dict]:
         """The settings of every run that wrote the file, oldest first (the `runs` attribute)."""
         return recorded_runs(self.file)
 
+
+
+def failed_attr(raw, path: str) -> dict[str, str]:
+    """The `failed` file attribute (id -> why, as JSON) as embed writes it; anything else (not
+    JSON, not an object of strings, nested without end) is one line naming the file."""
+    raw = _plain(raw) if raw is not None else None
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, TypeError, RecursionError):
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InputError("its 'failed' attribute is not what embed writes (a JSON object of id: reason)", path=path)
+    return value
 
 def _is_dataset(obj) -> bool:
     import h5py
@@ -844,7 +858,7 @@ class EmbeddingsWriter:
             ensure_room(self.partial, 0, f"what was computed is kept in {self.partial}; run the same command with "
                                          "--resume once there is room", what="the run's attributes")
             self.file = h5_file(self.partial, "a")
-            self.failed = json.loads(_plain(self.file.attrs.get("failed", "{}")) or "{}")
+            self.failed = failed_attr(self.file.attrs.get("failed"), str(self.partial))
             resumed = True
         else:
             # Made under a hidden name and renamed once its attributes and groups are flushed: a
@@ -950,7 +964,7 @@ class EmbeddingsWriter:
                         group.id.unlink(name)
                     h5py.h5o.copy(source.id, name, group.id, name)
                     copied.add(name)
-            self.failed.update(json.loads(_plain(src.attrs.get("failed", "{}")) or "{}"))
+            self.failed.update(failed_attr(src.attrs.get("failed"), str(other_path)))
             # The shard's runs before this one (a torchrun run resumed in one process); its
             # ranks' own entries of this run differ from rank 0's by the device only.
             for run in recorded_runs(src):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, refused_pickle
 from protrans_cli.io.files import default_permissions, replace_directory, sha256_file
 
 if TYPE_CHECKING:
@@ -288,6 +288,8 @@ def check_sums(directory) -> str | None:
         digest, sep, name = line.partition("  ")
         if not sep or ".." in Path(name).parts or Path(name).is_absolute():
             return str(_damaged(directory, SUMS_FILE, ValueError(f"not a sha256sum line: {line[:60]!r}")))
+        if not (directory / name).is_file():  # a link to /dev/zero or a FIFO: hashed for ever
+            return str(_damaged(directory, name, ValueError("not a regular file")))
         try:
             same = sha256_file(directory / name) == digest
         except OSError as exc:
@@ -298,11 +300,22 @@ def check_sums(directory) -> str | None:
     return None
 
 
+# What every training state holds (loop._save), with the type a resume relies on.
+_STATE_ENTRIES = {"step": int, "data_phase": int, "data_state": dict, "optimizer": dict, "scheduler": dict,
+                  "rng": list}
+
+
 def load_training_state(directory) -> dict:
     try:
-        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or damaged zip, a refused pickle: the same problem
         raise _damaged(directory, STATE_FILE, exc) from None
+    # (a state that loads but lacks an entry was a KeyError traceback in the middle of the resume)
+    missing = [k for k, kind in _STATE_ENTRIES.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+    if missing or not state["rng"]:
+        raise _damaged(directory, STATE_FILE, ValueError(f"no usable {', '.join(missing) or 'rng'} entry: not a "
+                                                         "training state protrans wrote"))
+    return state
 
 
 def _damaged(directory, name: str, exc: BaseException) -> InputError:
@@ -313,7 +326,8 @@ def _damaged(directory, name: str, exc: BaseException) -> InputError:
                                        if checkpoint_step(p) < step]
     hint = (f"continue from the one before with --resume-from {earlier[-1]}, after moving this one away"
             if earlier else "no earlier checkpoint to go back to")
-    return InputError(f"damaged checkpoint: cannot read {name} ({first_line(exc)}); {hint}", path=str(directory))
+    return InputError(f"damaged checkpoint: cannot read {name} ({refused_pickle(exc) or first_line(exc)}); {hint}",
+                      path=str(directory))
 
 
 def load_weights(directory, model) -> None:
