@@ -487,3 +487,20 @@ def test_a_failed_attribute_not_as_embed_writes_it_is_one_line(tmp_path, value):
     with EmbeddingsReader(path) as reader:
         with pytest.raises(InputError, match="its 'failed' attribute is not what embed writes"):
             reader.failed()
+
+
+def test_two_datasets_naming_one_protein_are_refused(tmp_path):
+    """A bio_embeddings file whose original_ids share a first word ("P1 isoform a", "P1 isoform b"):
+    predict wrote two records >P1 (and --probabilities was a traceback), fit gave P1's label to
+    whichever dataset came first."""
+    from protrans_cli.heads.predict import _all_items
+
+    path = tmp_path / "bio.h5"
+    with h5py.File(path, "w") as f:
+        for key, original in (("aa11", "P1 isoform a"), ("bb22", "P2"), ("cc33", "P1 isoform b")):
+            f[key] = np.zeros((3, 4), dtype=np.float32)
+            f[key].attrs["original_id"] = original
+    with EmbeddingsReader(path) as reader:
+        for call in (reader.ids, lambda: reader.key_for("P1"), lambda: _all_items(reader, PER_RESIDUE)):
+            with pytest.raises(InputError, match="two datasets name protein 'P1'"):
+                call()

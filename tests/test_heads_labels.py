@@ -380,3 +380,41 @@ def test_an_empty_class_label_is_no_label_not_a_class(tmp_path):
     task = get_task("protein").with_classes_from(records)
     assert task.outputs[0].classes == ("hi", "lo")
     assert [task.protein_targets(r)["label"] for r in records] == [0, IGNORE, 1]
+
+
+def test_labels_says_what_embed_or_fit_would_refuse_later(tmp_path):
+    """An id with whitespace or a newline (a PISCES pdb_id) split or forged FASTA headers; a
+    DeepLoc record of gaps only passed `labels` and failed in embed; a FLIP sequence ending in '*'
+    (embed drops it) was refused as one residue longer than its labels."""
+    import io
+
+    from protrans_cli.heads.labels import write_embed_fasta
+
+    pisces = tmp_path / "p.csv"
+    pisces.write_text('pdb_id,chain_code,seq,sst8,sst3\n"1ABC\n>EVIL",A,MKTAY,CCHHC,CCHHC\n')
+    with pytest.raises(InputError, match=r"p.csv:2, record '1ABC\\n>EVIL_A': the id holds whitespace"):
+        write_embed_fasta(read_labels(pisces), io.BytesIO())
+    deeploc = tmp_path / "d.fasta"
+    deeploc.write_text(">A1 Nucleus-S\n---\n")
+    with pytest.raises(InputError, match=r"d.fasta:1, record 'A1': empty sequence"):
+        write_embed_fasta(read_labels(deeploc), io.BytesIO())
+    flip = tmp_path / "f.fasta"
+    flip.write_text(">a TARGET=CCHHC SET=train VALIDATION=False\nMKTAY\n")
+    out = io.BytesIO()
+    assert write_embed_fasta(read_labels(flip, "flip"), out, {"a": "MKTAY*"}) == 1
+    assert out.getvalue() == b">a\nMKTAY*\n"
+
+
+def test_a_per_protein_label_matches_the_rows_embed_made_of_its_sequence(tmp_path):
+    """DeepLoc records ending in '*' or holding a gap: embed drops them, and fit compared the raw
+    length with the embedding's rows ("label length differs")."""
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.heads.data import match_labels
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    fasta = tmp_path / "d.fasta"
+    fasta.write_text(">A1 Nucleus-S\nMKTAYIAK*\n>A2 Cytoplasm-S\nMKT-AYIAK\n>A3 Nucleus-M\nMKTAYIAKQR\n")
+    embed(fasta, tmp_path / "d.h5", EmbedOptions(model="onehot", per_residue=False))
+    with EmbeddingsReader(tmp_path / "d.h5") as reader:
+        matched, report = match_labels(read_labels(fasta), reader, get_task("loc"))
+    assert [m.id for m in matched] == ["A1", "A2", "A3"] and not report.problems

@@ -121,7 +121,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                 label_length = len(next(iter(targets.values())))
             else:
                 targets = task.protein_targets(record)
-                label_length = len(record.sequence) if record.sequence is not None else None
+                # the residues embed computes rows for (a final '*' and gaps dropped, as it drops them)
+                label_length = _residue_count(record) if record.sequence is not None else None
         key = named[record.id]
         via_checksum = False
         if key not in keys and record.sequence is not None:
@@ -219,6 +220,13 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int,
     raise InputError(f"holds layer(s) {', '.join(map(str, stored))}{counted}, not layer {layer} ({remedy})",
                      path=reader.path)
 
+
+
+def _residue_count(record) -> int:
+    try:
+        return len(normalise(record.sequence, rare="keep"))
+    except SequenceRejected as exc:  # (embed refused it too: no embedding to match)
+        raise InputError(exc.detail, line=record.line, record=record.id) from None
 
 def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path: str, ident: str, *,
               layers_recorded: bool = True) -> np.ndarray:

@@ -38,6 +38,7 @@ from protrans_cli.heads.tasks import LOCATIONS
 from protrans_cli.io.fasta import parse_fasta, read_fasta
 from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
+from protrans_cli.residues import SequenceRejected, normalise
 
 FORMATS = ("auto", "netsurfp", "pisces", "flip", "flip_csv", "deeploc", "table")
 
@@ -475,6 +476,9 @@ def read_sequences(path) -> dict[str, str]:
     return seqs
 
 
+_NOT_IN_AN_ID = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | None = None) -> int:
     """Write the FASTA `protrans embed` needs for these labels; returns the number of records.
 
@@ -490,11 +494,18 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
         if seq is None:
             missing.append(record.id)
             continue
-        if not seq:  # embed refuses it: said here, where the record is known
-            raise InputError("empty sequence", path=label_set.path, line=record.line, record=record.id)
+        if _NOT_IN_AN_ID.search(record.id):  # a FASTA header would cut it (or start another record)
+            raise InputError("the id holds whitespace or a control character, which a FASTA header cannot keep "
+                             "in an id", path=label_set.path, line=record.line, record=record.id[:60])
+        # What embed makes of the sequence (gaps and a final '*' dropped), said here where the
+        # record is known, not as embed's refusal of the written FASTA or as fit's length mismatch.
+        try:
+            residues = normalise(seq, rare="keep")
+        except SequenceRejected as exc:
+            raise InputError(exc.detail, path=label_set.path, line=record.line, record=record.id) from None
         residue_labels = record.labels.get("label") if label_set.format == "flip" else None
-        if residue_labels is not None and len(residue_labels) != len(seq):
-            raise InputError(f"{len(residue_labels)} per-residue labels for a sequence of {len(seq)} residues",
+        if residue_labels is not None and len(residue_labels) != len(residues):
+            raise InputError(f"{len(residue_labels)} per-residue labels for a sequence of {len(residues)} residues",
                              path=label_set.path, line=record.line, record=record.id)
         write_fasta(stream, record.id, seq)
         count += 1

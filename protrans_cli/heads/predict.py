@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, first_line
+from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, first_line
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
                                      report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import read_labels, some_ids
@@ -80,6 +80,14 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
         items.append(Matched(str(ident), key, length, {}))
         if "truncated_from" in attrs:
             truncated.append(f"{ident} ({length} of {int(attrs['truncated_from'])})")
+    # Two datasets naming one protein (another tool's `original_id`s sharing a first word):
+    # predictions were written twice under one id, and --probabilities failed with a traceback.
+    first: dict[str, str] = {}
+    for item in items:
+        other = first.setdefault(item.id, item.key)
+        if other != item.key:
+            raise InputError(f"two datasets name protein {item.id!r} ({other!r} and {item.key!r}): ids must be "
+                             "unique (each dataset's id attribute's first word, or its key)", path=reader.path)
     return items, truncated
 
 

@@ -193,7 +193,16 @@ class EmbeddingsReader:
         return self.file[kind]
 
     def ids(self, kind: str = PER_RESIDUE) -> list[str]:
-        return [ident for ident, _ in stored_proteins(self._group(kind), checksums=False)]
+        """The proteins' ids, each once: two datasets naming one protein (another tool's file
+        whose `original_id`s share a first word, "P1 isoform a" and "P1 isoform b") are refused,
+        as duplicate FASTA ids are: predict wrote both under one id, and a label went to either."""
+        ids = [ident for ident, _ in stored_proteins(self._group(kind), checksums=False)]
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            twice = next(i for i in ids if i in seen or seen.add(i))
+            raise InputError(f"two datasets name protein {twice!r} (ids are the first word of each dataset's id "
+                             "attribute, or its key): ids must be unique", path=self.path)
+        return ids
 
     def keys(self, kind: str = PER_RESIDUE) -> list[str]:
         """The dataset names of a kind (groups in a flat file from another tool left out)."""
@@ -229,7 +238,10 @@ class EmbeddingsReader:
                 ident = _low_attribute_id(obj) if isinstance(obj, h5py.h5d.DatasetID) else None
                 if ident:
                     if escape_key(ident) != key:
-                        declared.setdefault(ident, key)
+                        if declared.setdefault(ident, key) != key:  # two datasets name one protein
+                            raise InputError(f"two datasets name protein {ident!r} ({declared[ident]!r} and "
+                                             f"{key!r}): ids must be unique (each dataset's id attribute's first "
+                                             "word, or its key)", path=self.path)
                         owned.add(key)
                 else:
                     word = _key_id(key)
