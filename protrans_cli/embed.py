@@ -803,14 +803,15 @@ def shard_path(output, rank: int, world_size: int) -> Path:
 # --- the pipeline -------------------------------------------------------------------------
 
 def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embedder | None = None,
-          distributed: bool = True) -> EmbedSummary:
+          distributed: bool = True, input_name: str | None = None) -> EmbedSummary:
     """Embed every protein of `fasta` into the HDF5 file `output` (see docs/embed.md).
 
     Pass `embedder` to use a model already in memory; otherwise `options.model` is loaded.
     Under torchrun the ranks share the work; `distributed=False` embeds everything in this
     process alone (embed_sequences: each rank has its own temporary file and wants every array).
     Returns a summary; proteins that could not be embedded are in `summary.failed` and in the
-    file's `failed` attribute.
+    file's `failed` attribute. `input_name`: what messages call `fasta` (a caller's copy of stdin
+    is still `<stdin>` to the user).
     """
     options = options or EmbedOptions()
     expect_options(options, EmbedOptions, "options")
@@ -848,11 +849,11 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         if left:
             raise UsageError(f"{left[0]} holds the work of an interrupted run: --resume finishes it, --force "
                              "replaces it")
-    name = display_name(fasta)
+    name = input_name or display_name(fasta)
     # stdin, a named pipe or a process substitution (<(zcat x.fa.gz)) can be read once: copied
     # first (a pipe was read to its end by the first pass, and the run wrote an empty, "finished"
     # file; a FIFO blocked the second open for ever)
-    streamed = str(fasta) == "-" or _is_stream(fasta)
+    streamed = str(fasta) == "-" or is_stream(fasta)
     if streamed and distributed and _torchrun_rank()[1] > 1:
         raise UsageError(f"under torchrun the FASTA must be a regular file: {name} reaches one process, not "
                          "every rank")
@@ -947,7 +948,7 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
     return [arrays.get(ident) for ident, _ in pairs] if as_list else arrays
 
 
-def _is_stream(path) -> bool:
+def is_stream(path) -> bool:
     """Whether `path` names something that can be read only once: a pipe, a FIFO, a character
     device (/dev/stdin, /dev/fd/N of a process substitution); not a file, not a missing path."""
     import stat

@@ -746,6 +746,21 @@ def test_predict_from_fasta_embeds_with_the_heads_model_and_keeps_the_fasta_orde
     assert r.exit_code == 0, r.stderr
     ids = [row.split(",")[0] for row in r.stdout.splitlines()[1:]]
     assert ids == [f"test{i}" for i in range(45)]
+    # a FIFO (as <(zcat ...) is) read once: the id pass used it up, and embed found no records
+    import os
+    import threading
+
+    fifo = tmp_path / "query.fa"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_bytes((loc_data / "test.fasta").read_bytes()))
+    feeder.start()
+    r = run_cli("predict", loc_head, "--fasta", fifo)
+    feeder.join()
+    assert r.exit_code == 0, r.stderr
+    assert [row.split(",")[0] for row in r.stdout.splitlines()[1:]] == ids
+    # messages name stdin, not the hidden copy of it
+    r = run_cli("predict", loc_head, "--fasta", "-", input=b">p1\n>p2\nMVL\n")
+    assert r.exit_code == 1 and "<stdin>:1, record 'p1': empty sequence" in r.stderr, r.stderr
     # usage errors
     assert run_cli("predict", head).exit_code == 2
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-m", "onehot")

@@ -418,3 +418,13 @@ def test_a_per_protein_label_matches_the_rows_embed_made_of_its_sequence(tmp_pat
     with EmbeddingsReader(tmp_path / "d.h5") as reader:
         matched, report = match_labels(read_labels(fasta), reader, get_task("loc"))
     assert [m.id for m in matched] == ["A1", "A2", "A3"] and not report.problems
+
+
+
+def test_one_byte_that_is_not_utf8_does_not_change_how_the_other_ids_read(tmp_path):
+    """`37\xb0C` in one note decoded the whole file as latin-1: every UTF-8 id (protéine1) then
+    read as protÃ©ine1 and matched no embedding. Decoded field by field, as FASTA headers are."""
+    table = tmp_path / "t.csv"
+    table.write_bytes("id,label,note\nprotéine1,Nucleus,37\xb0C\nprotéine2,Cytoplasm,ok\n".encode("utf-8")
+                      .replace(b"\xc2\xb0", b"\xb0"))
+    assert [r.id for r in read_labels(table).records] == ["protéine1", "protéine2"]

@@ -402,3 +402,34 @@ def test_a_link_to_a_file_in_dev_shm_is_replaced_too(tmp_path):
             with atomic_output(link) as out:
                 out.write(text)
         assert link.read_bytes() == b"second\n"
+
+
+def test_a_compressed_pipe_whose_first_read_is_short_is_still_decompressed(tmp_path):
+    """A slow writer (ssh, a decompressor) gave a first read of one byte: the gzip magic number
+    was cut, and the stream was read as plain text ("not FASTA")."""
+    import gzip
+    import os
+    import threading
+    import time
+
+    from protrans_cli.io.fasta import read_fasta
+
+    data = gzip.compress(b">p1\nMKTAY\n>p2\nMVL\n")
+    fifo = tmp_path / "slow.fa"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "wb", buffering=0) as fh:
+            fh.write(data[:1])
+            time.sleep(0.3)
+            fh.write(data[1:])
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert [(r.id, r.sequence) for r in read_fasta(str(fifo))] == [("p1", "MKTAY"), ("p2", "MVL")]
+    finally:
+        writer.join()
+    tiny = tmp_path / "tiny.fa"  # shorter than a magic number: read whole, and closed
+    tiny.write_bytes(b">a\nM\n")
+    assert [r.sequence for r in read_fasta(str(tiny))] == ["M"]

@@ -886,3 +886,29 @@ def test_a_link_to_a_missing_run_directory_is_said(tmp_path):
     with pytest.raises(UsageError, match="is a link to .*nowhere, which does not exist"):
         with run_lock(tmp_path / "run"):
             pass
+
+
+
+def test_corpora_the_reader_would_misread_are_refused(tmp_path):
+    """CR-only line ends joined every protein into one (train ran on it, exit 0); a FIFO or a
+    process substitution was read once by the corpus check and then waited for a writer for
+    ever; a BOM was an invalid residue."""
+    import os
+
+    from protrans_cli.training.data import iter_proteins
+
+    cr = tmp_path / "cr.txt"
+    cr.write_bytes(b"M K T A Y\r\rM V L\r")
+    with pytest.raises(InputError, match=r"cr.txt:1: lines end in CR alone"):
+        list(iter_proteins([cr]))
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfM K T A Y\n\nM V L\n")
+    assert [t for _, _, t in iter_proteins([bom])] == ["MKTAY", "MVL"]
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"M K T A Y\r\n\r\nM V L\r\n")
+    assert [t for _, _, t in iter_proteins([crlf])] == ["MKTAY", "MVL"]
+    fifo = tmp_path / "corpus.fifo"
+    os.mkfifo(fifo)
+    for where in ({"corpus": [str(fifo)]}, {"corpus": [str(bom)], "val_corpus": [str(fifo)]}):
+        with pytest.raises(UsageError, match="corpus.fifo: the corpus must be a regular file"):
+            TrainConfig(**where).validate()

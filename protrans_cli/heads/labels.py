@@ -35,7 +35,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.tasks import LOCATIONS
-from protrans_cli.io.fasta import parse_fasta, read_fasta
+from protrans_cli.io.fasta import decode_word, parse_fasta, read_fasta
 from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import SequenceRejected, normalise
@@ -113,7 +113,10 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
         else:
             text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        text = data.decode("latin-1")
+        # Field by field, as the FASTA reader decodes a header word by word: one non-UTF-8 byte
+        # (`37\xb0C` in a note) read the whole file as latin-1, and every UTF-8 id in it (`protéine1`
+        # became `protÃ©ine1`) then matched no embedding.
+        text = "".join(decode_word(part) for part in re.split(rb"([\s,;]+)", data.removeprefix(b"\xef\xbb\xbf")))
     # A field holds a whole sequence (titin: 34,350 residues; gene-calling artefacts: over
     # 100,000), beyond csv's default limit of 131,072 characters.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))

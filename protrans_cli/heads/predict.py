@@ -29,7 +29,8 @@ from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageErr
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
                                      report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import read_labels, some_ids
-from protrans_cli.io.files import atomic_output, default_permissions, make_temporary, open_input, output_directory
+from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
+                                   output_directory)
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, dataset_attrs, dataset_id, ensure_room, escape_key,
                                 h5_file, stored_length)
 from protrans_cli.threads import torch_threads
@@ -97,8 +98,11 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     layer, per residue or per protein as the head needs): (HDF5 file in `directory`, the FASTA's
     ids in input order). `model` replaces the recorded model (e.g. the same weights elsewhere)."""
     from protrans_cli.embed import EmbedOptions, embed
+    import shutil
+
+    from protrans_cli.embed import is_stream
     from protrans_cli.heads.model import CONFIG
-    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.io.fasta import parse_fasta
 
     head_dir = Path(head_dir)
     try:
@@ -110,19 +114,22 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     if not name:
         raise UsageError(f"{head_dir} does not record which model made its embeddings: give --model")
     directory = Path(directory)
-    if str(fasta) == "-":  # read twice (ids, then embed): keep stdin on disk
+    shown = display_name(fasta)
+    if str(fasta) == "-" or is_stream(fasta):
+        # read twice (ids, then embed): stdin, a FIFO or <(zcat ...) kept on disk (a pipe was
+        # read to its end by the first pass: "no FASTA records"); messages still name the input
         spooled = directory / "input.fasta"
-        with open_input("-") as stream, open(spooled, "wb") as fh:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                fh.write(chunk)
+        with open_input(fasta, shown) as stream, open(spooled, "wb") as fh:
+            shutil.copyfileobj(stream, fh, 1 << 20)
         fasta = spooled
-    ids = [record.id for record in read_fasta(fasta)]
+    with open_input(fasta, shown) as stream:
+        ids = [record.id for record in parse_fasta(stream, shown)]
     per_residue = kind == PER_RESIDUE
     options = EmbedOptions(model=name, per_residue=per_residue, per_protein=not per_residue,
                            layers=(head_layer(config),), device=device, threads=threads)
     output = directory / "embeddings.h5"
     console.info(f"embedding {len(ids)} proteins with {name} for the {config.get('task', {}).get('name', kind)} head")
-    embed(fasta, output, options)
+    embed(fasta, output, options, input_name=shown)
     return output, ids
 
 

@@ -69,7 +69,8 @@ def header_id(description: str) -> str:
     return re.split(f"[{ASCII_SPACE}]", description.strip(ASCII_SPACE), maxsplit=1)[0]
 
 
-def _decoded(word: bytes) -> str:
+def decode_word(word: bytes) -> str:
+    """A word of a header or a label file: UTF-8, else latin-1 (never the whole line or file)."""
     try:
         return word.decode("utf-8")
     except UnicodeDecodeError:
@@ -86,7 +87,7 @@ def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRe
     except UnicodeDecodeError:
         # word by word: a non-UTF-8 byte in the description (`37\xb0C`) must not change how the
         # id is read (the UTF-8 id `ü1` became `Ã¼1` beside it, `ü1` elsewhere)
-        description = "".join(_decoded(part) for part in re.split(rb"([ \t\v\f]+)", header)).strip(ASCII_SPACE)
+        description = "".join(decode_word(part) for part in re.split(rb"([ \t\v\f]+)", header)).strip(ASCII_SPACE)
     ident = header_id(description)
     if not ident:
         raise InputError("header has no id", path=name, line=line)

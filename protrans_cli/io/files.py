@@ -235,10 +235,17 @@ def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
         except PermissionError:
             raise InputError("permission denied", path=name) from None
         own = True
+    opened = raw  # what `own` closes at the end
     try:
         if not isinstance(raw, io.BufferedReader):
             raw = io.BufferedReader(raw, buffer_size=1 << 20) if hasattr(raw, "readinto") else raw
         head = raw.peek(8)[:8] if hasattr(raw, "peek") else b""
+        if hasattr(raw, "peek") and len(head) < 8:
+            # A pipe whose writer is slow (ssh, a decompressor, `(head -c 1 x.gz; ...)`) gives its
+            # first read short: the magic number was cut and gzip read as "not FASTA". Read on to
+            # 8 bytes or the end, and put them back in front.
+            head = raw.read(8)
+            raw = io.BufferedReader(_Prefixed(head, raw), buffer_size=1 << 20)  # (closing it leaves `opened`)
         kind = sniff_compression(head)
         stream = _decompressor(raw, kind)
         if kind is not None:
@@ -249,8 +256,26 @@ def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
         yield stream
     finally:
         if own:
-            raw.close()
+            opened.close()
 
+
+
+class _Prefixed(io.RawIOBase):
+    """`head` (bytes already read) and then the rest of `stream`."""
+
+    def __init__(self, head: bytes, stream):
+        self.head, self.stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        return self.stream.readinto(buffer)
 
 def compression_for_output(path) -> str | None:
     suffix = Path(str(path)).suffix.lower()

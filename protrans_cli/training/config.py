@@ -167,6 +167,12 @@ class TrainConfig:
             raise UsageError("no training corpus: give --corpus (or 'corpus' in the config file)")
         if "-" in self.corpus or "-" in self.val_corpus:
             raise UsageError("the corpus cannot be stdin ('-'): training reads it once per epoch")
+        for path in (*self.corpus, *self.val_corpus):
+            # a pipe (<(zcat ...), a FIFO) is read once by the corpus check, and the next open waited for
+            # a writer for ever
+            if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+                raise UsageError(f"{path}: the corpus must be a regular file (not a pipe or a device): training "
+                                 "reads it more than once")
         if self.strategy == "none" and world_size > 1:
             # Each rank would train its own copy on its share of every batch, never synchronised.
             raise UsageError(f"--strategy none (strategy) is for one process, not {world_size}: under torchrun use "

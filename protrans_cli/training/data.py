@@ -142,6 +142,12 @@ def iter_proteins(paths) -> Iterator[tuple[str, int, str]]:
     for path in paths:
         with open_input(path) as stream:
             for lineno, raw in enumerate(stream, 1):
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as prep and labels take it
+                    raw = raw[3:]
+                if b"\r" in raw and b"\r" in raw.rstrip(b"\r\n"):
+                    # CR-only line ends: the proteins of the whole file in one "line", read as one protein
+                    raise InputError("lines end in CR alone (old Mac line endings), which would join every protein "
+                                     "into one: convert with tr '\\r' '\\n'", path=str(path), line=lineno)
                 if raw.translate(None, _LINE_BYTES):
                     raise _invalid_line(str(path), lineno, raw)
                 text = raw.translate(None, _BLANK).decode("latin-1")
