@@ -361,3 +361,15 @@ def test_hub_retry_warnings_are_quiet_while_loading_and_restored_after():
     with _quiet_transformers():
         assert hub_logging.get_verbosity() == logging.ERROR
     assert hub_logging.get_verbosity() == before
+
+
+def test_a_model_directory_protrans_writes_names_no_code_of_its_own(tmp_path):
+    """--init-from a model whose config names its own code (auto_map): the new directory kept the
+    reference without the code."""
+    import json
+
+    from protrans_cli.models.base import stamp_versions
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "auto_map": {"AutoModel": "x.Model"}}))
+    stamp_versions(tmp_path)
+    assert "auto_map" not in json.loads((tmp_path / "config.json").read_text())

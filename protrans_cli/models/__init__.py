@@ -181,8 +181,7 @@ class ModelSource:
     family: Family
 
 
-def open_config(name_or_path, *, revision=None, local_files_only=None, trust_remote_code=False,
-                flag: str = "-m") -> ModelSource:
+def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str = "-m") -> ModelSource:
     """Resolve a short name, directory or hub id and read its config (no weights): a one-line
     ModelError when it cannot be found (offline, not cached, no such repo) or is unsupported;
     `flag` is the option the message tells the user to pass a local directory with."""
@@ -207,7 +206,9 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, trust_rem
             hub_kwargs["local_files_only"] = local_files_only
     try:
         with _quiet_transformers():  # the first hub request: no retry chatter without network
-            config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code, **hub_kwargs)
+            # (never trust_remote_code: a model's own code would run, and protrans's families
+            # could not use its classes anyway)
+            config = AutoConfig.from_pretrained(target, trust_remote_code=False, **hub_kwargs)
     except ValueError as exc:
         # An unknown model_type, none at all, or a malformed hub id
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -225,8 +226,7 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, trust_rem
     return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
 
 
-def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_remote_code=False,
-               local_files_only=None) -> LoadedModel:
+def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_files_only=None) -> LoadedModel:
     """Load a short name, a local model directory or a hub id for embedding.
 
     The family comes from the checkpoint's config (model_type), the tokenizer and encoder
@@ -236,8 +236,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, trust_r
     """
     name = str(name_or_path)
     torch_dtype = _parse_dtype(dtype)
-    source = open_config(name, revision=revision, local_files_only=local_files_only,
-                         trust_remote_code=trust_remote_code)
+    source = open_config(name, revision=revision, local_files_only=local_files_only)
     target, checkpoint, is_dir, hub_kwargs = source.target, source.checkpoint, source.is_dir, source.hub_kwargs
     family = source.family
     with _quiet_transformers():

@@ -479,7 +479,8 @@ class Preset:
 def stamp_versions(directory) -> None:
     """The versions that wrote a model directory, beside transformers' own `transformers_version`
     in its config.json (and in a sub-model's, ELECTRA's generator/): `protrans_version`,
-    `torch_version`. A run's provenance, read back by nobody else (HF keeps unknown keys)."""
+    `torch_version`. A run's provenance, read back by nobody else (HF keeps unknown keys). An
+    `auto_map` inherited through --init-from is dropped: it named code the directory does not hold."""
     import json
 
     import torch
@@ -489,4 +490,7 @@ def stamp_versions(directory) -> None:
     for path in (*Path(directory).glob("config.json"), *Path(directory).glob("*/config.json")):
         data = json.loads(path.read_text())
         data.update(protrans_version=__version__, torch_version=torch.__version__.split("+")[0])
+        # (a model continued from one that named code of its own: the code is not copied, and
+        # protrans's own classes wrote it)
+        data.pop("auto_map", None)
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
