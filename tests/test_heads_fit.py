@@ -1787,3 +1787,15 @@ def test_a_fit_resumed_on_the_gpu_draws_the_dropout_masks_an_uninterrupted_fit_d
     fit(config(resume=True), *args, tmp_path / "parts")
     whole, parts = (load_file(str(tmp_path / d / "weights.safetensors")) for d in ("whole", "parts"))
     assert all(torch.allclose(whole[k], parts[k], atol=1e-6) for k in whole)
+
+
+
+def test_stdin_and_pipes_where_they_cannot_work_are_said(run_cli, ss_data, tmp_path):
+    """`fit --embeddings -` said "-: no such file"; stdin named twice said "<stdin>: is empty"."""
+    r = run_cli("fit", "ss3", "--embeddings", "-", "--labels", ss_data / "train.csv", "-o", tmp_path / "h")
+    assert r.exit_code == 1 and "<stdin>: an HDF5 file is read in place" in r.stderr, r.stderr
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", "-", "--test", ss_data / "test.h5", "-",
+                "-o", tmp_path / "h", input=b"")
+    assert r.exit_code == 2 and "stdin ('-') can be one label file at most" in r.stderr, r.stderr
+    r = run_cli("predict", tmp_path, "--fasta", "-", "--labels", "-", input=b"")
+    assert r.exit_code == 2 and "stdin ('-') can be one input at most" in r.stderr, r.stderr

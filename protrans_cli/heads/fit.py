@@ -127,6 +127,9 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
 
     expect_options(config, FitConfig, "config")
     config.check()
+    label_inputs = [labels, *(pair[1] for pair in ([valid] if valid else []) + list(tests))]
+    if sum(str(path) == "-" for path in label_inputs) > 1:  # the first read takes it all ("<stdin>: is empty")
+        raise UsageError("stdin ('-') can be one label file at most: give the others as files")
     out_dir = Path(out_dir)
     if holds_working_directory(out_dir):
         # (a head is a directory of its own, replaced whole by --force)

@@ -143,6 +143,10 @@ class EmbeddingsReader:
         if os.path.isdir(self.path):
             # HDF5's own message for a directory runs to two lines of C struct fields.
             raise InputError("is a directory, expected an HDF5 file", path=self.path)
+        if self.path == "-" or (os.path.exists(self.path) and not os.path.isfile(self.path)):
+            # ("-: no such file", or HDF5's "file read failed" for <(cat e.h5))
+            raise InputError("an HDF5 file is read in place: give a regular file, not stdin or a pipe",
+                             path="<stdin>" if self.path == "-" else self.path)
         try:
             self.file = h5_file(self.path, "r")
         except FileNotFoundError:
