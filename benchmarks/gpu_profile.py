@@ -236,14 +236,16 @@ def train_shapes(args, records) -> None:
     # larger micro-batches pay); busy near wall means the kernels themselves do.
     label, ctx = kernel_choices(args.device)[1 if args.device.startswith("cuda") else 0]
     with ctx():
-        _run_parts([("train step profile", train_step_profile,
-                     (args, lambda: step(args.train_length), args.train_length * batch))])
+        profile_failed = _run_parts([("train step profile", train_step_profile,
+                                      (args, lambda: step(args.train_length), args.train_length * batch))])
     # Last, as it switches the model's attention for good: the steps of "varying" packed into one
     # row each (varlen attention on CUDA; the row lengths are new shapes, as "varying"'s were).
     if family.packable:
         packing.use_packed_attention(model)
         _time_train_mode(args, "packed", contextlib.nullcontext, "varying", lengths_varying, lambda n: batch,
                          step, "packed", warm=True)
+    if profile_failed:  # (after the packed figure: the exit status says it, as for the other parts)
+        raise RuntimeError("the train step profile failed (its traceback is above)")
 
 
 def train_step_profile(args, one_step, tokens_per_step: int, steps: int = 3) -> None:

@@ -1053,34 +1053,41 @@ class _Dedup:
             handle.write(np.ascontiguousarray(digests[rows]).tobytes())
 
     def close(self) -> None:
-        """The partition files closed (also after a failure: deleted with the temporary folder
-        while still open, they held their disk space until the traceback was let go)."""
+        """The partition files closed after a failure, errors ignored (deleted with the temporary
+        folder while still open, they held their disk space until the traceback was let go)."""
         for handle in self.parts.values():
-            try:
+            with contextlib.suppress(OSError):
                 handle.close()
-            except OSError:  # a full disk flushing the last bytes: the files are deleted anyway
-                pass
 
     def finish(self) -> int:
-        """Find the duplicates; returns how many records will be dropped."""
-        self.close()
+        """Find the duplicates; returns how many records will be dropped. The partition files
+        are closed strictly: a last flush that meets a full disk is the run's error (ignored, a
+        file cut short dropped digests: duplicates kept, exit 0)."""
+        for handle in self.parts.values():
+            handle.close()
         drop_files: dict[int, object] = {}
         total = 0
-        for p in sorted(self.parts):
-            path = self.dir / f"part{p:04d}.u64"
-            rows = np.fromfile(path, dtype=np.uint64).reshape(-1, 3)
-            path.unlink()
-            order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))  # by digest, then ordinal
-            rows = rows[order]
-            same = (rows[1:, 0] == rows[:-1, 0]) & (rows[1:, 1] == rows[:-1, 1])
-            dropped = rows[1:, 2][same]
-            total += len(dropped)
-            bucket = (dropped // np.uint64(self.RANGE)).astype(np.int64)
-            for b in np.unique(bucket).tolist():
-                handle = drop_files.get(b)
-                if handle is None:
-                    handle = drop_files[b] = open(self.dir / f"drops{b:06d}.u64", "ab")
-                handle.write(dropped[bucket == b].tobytes())
+        try:
+            for p in sorted(self.parts):
+                path = self.dir / f"part{p:04d}.u64"
+                rows = np.fromfile(path, dtype=np.uint64).reshape(-1, 3)
+                path.unlink()
+                order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))  # by digest, then ordinal
+                rows = rows[order]
+                same = (rows[1:, 0] == rows[:-1, 0]) & (rows[1:, 1] == rows[:-1, 1])
+                dropped = rows[1:, 2][same]
+                total += len(dropped)
+                bucket = (dropped // np.uint64(self.RANGE)).astype(np.int64)
+                for b in np.unique(bucket).tolist():
+                    handle = drop_files.get(b)
+                    if handle is None:
+                        handle = drop_files[b] = open(self.dir / f"drops{b:06d}.u64", "ab")
+                    handle.write(dropped[bucket == b].tobytes())
+        except BaseException:
+            for handle in drop_files.values():
+                with contextlib.suppress(OSError):
+                    handle.close()
+            raise
         for handle in drop_files.values():
             handle.close()
         return total

@@ -94,7 +94,9 @@ def refused_pickle(exc: BaseException) -> str | None:
     it with weights_only=False (which would run whatever code it holds); None for other errors."""
     import pickle
 
-    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+    # (torch's refusal is an UnpicklingError "Weights only load failed ..."; a file of zeros also
+    # mentions weights_only in its message, and is damaged, not foreign)
+    if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load failed"):
         return ("it holds objects other than tensors and plain values, which protrans never unpickles: not a file "
                 "protrans wrote, or one altered since")
     return None

@@ -25,6 +25,16 @@ from protrans_cli.io.files import check_replaceable
 EXAMPLE_FILES = ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta")
 SUBFOLDERS = ("corpus", "fasta", "embeddings", "heads", "predictions")  # made before the steps write in them
 OWN_NAMES = (*SUBFOLDERS, "model", "commands.sh")  # what a quickstart folder holds at its top
+# what file browsers and network file systems leave in any folder
+OS_LEFTOVERS = (".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints")
+
+
+def _own_entry(entry) -> bool:
+    """An entry quickstart may delete with its folder: its own names, a temporary named after one
+    (`.model.old.xxx`), or what an operating system leaves in folders."""
+    name = entry.name
+    return (name in OWN_NAMES or name in OS_LEFTOVERS or name.startswith(".nfs")
+            or (name.startswith(".") and name[1:].split(".")[0] in OWN_NAMES))
 
 
 def example_data_dir() -> Path:
@@ -91,7 +101,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         if not force:
             raise UsageError(f"{out} exists and is not empty (use --force to replace it)")
         # only a quickstart folder (its own names, and temporaries named after them) is replaced
-        check_replaceable(out, "quickstart", lambda e: e.name.lstrip(".").startswith(OWN_NAMES))
+        check_replaceable(out, "quickstart", _own_entry)
         shutil.rmtree(out)
     data = Path(data_dir) if data_dir else example_data_dir()
     missing = [f for f in EXAMPLE_FILES if not (data / f).exists()]

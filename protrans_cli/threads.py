@@ -63,11 +63,15 @@ class SharedSetting:
 
 def _torch_thread_setting() -> SharedSetting:
     global _TORCH_THREADS
-    if _TORCH_THREADS is None:
-        import torch
+    with _CREATING:  # (two first calls at once made one each, each saving and restoring alone)
+        if _TORCH_THREADS is None:
+            import torch
 
-        _TORCH_THREADS = SharedSetting(torch.get_num_threads, torch.set_num_threads)
+            _TORCH_THREADS = SharedSetting(torch.get_num_threads, torch.set_num_threads)
     return _TORCH_THREADS
+
+
+_CREATING = threading.Lock()  # made lazily (torch is imported at the first use), made once
 
 
 _TORCH_THREADS: SharedSetting | None = None

@@ -443,7 +443,7 @@ def test_keys_that_spell_other_ids_and_whole_header_keys_name_the_right_proteins
         assert float(r.get("protein 1")[0, 0]) == 1.0 and float(r.get("protein 2")[0, 0]) == 2.0
 
 
-@pytest.mark.parametrize("how", ["external link", "external storage", "virtual dataset"])
+@pytest.mark.parametrize("how", ["external link", "soft link", "external storage", "virtual dataset"])
 def test_values_from_outside_the_file_are_refused(tmp_path, how):
     """An HDF5 file from elsewhere could make fit and predict read any file the user can read:
     h5py follows external links, reads raw data kept in external files and maps virtual
@@ -460,17 +460,25 @@ def test_values_from_outside_the_file_are_refused(tmp_path, how):
         f["p1"] = np.zeros((3, 4), dtype=np.float32)
         if how == "external link":
             f["p2"] = h5py.ExternalLink(str(secret), "/data")
+        elif how == "soft link":  # inside the file, on to another file through an external link
+            f["elsewhere"] = h5py.ExternalLink(str(secret), "/")
+            f["p2"] = h5py.SoftLink("/elsewhere/data")
         elif how == "external storage":
             f.create_dataset("p2", shape=(3, 4), dtype="<f4", external=[(str(raw), 0, 48)])
         else:
             layout = h5py.VirtualLayout(shape=(3, 4), dtype="<f4")
             layout[:] = h5py.VirtualSource(str(secret), "data", shape=(3, 4))
             f.create_virtual_dataset("p2", layout)
-    message = {"external link": "is an external link to another file", "external storage": "is a dataset whose values are stored in external files",
+    message = {"external link": "is an external link to another file", "soft link": "is an external link",
+               "external storage": "is a dataset whose values are stored in external files",
                "virtual dataset": "is a virtual dataset"}[how]
+    if how in ("external link", "soft link"):  # refused as the file is opened (a missing target was a traceback, a FIFO hung)
+        with pytest.raises(InputError, match=f"record '{'p2' if how == 'external link' else 'elsewhere'}': {message}"):
+            EmbeddingsReader(path)
+        return
     with EmbeddingsReader(path) as reader:
         with pytest.raises(InputError, match=f"record 'p2': {message}"):
-            reader.keys() if how == "external link" else reader.get("p2")
+            reader.get("p2")
         if how != "external link":
             np.testing.assert_array_equal(reader.get("p1"), 0.0)  # the file's own data is read
             with pytest.raises(InputError, match=message):
@@ -504,3 +512,22 @@ def test_two_datasets_naming_one_protein_are_refused(tmp_path):
         for call in (reader.ids, lambda: reader.key_for("P1"), lambda: _all_items(reader, PER_RESIDUE)):
             with pytest.raises(InputError, match="two datasets name protein 'P1'"):
                 call()
+    # keys that are whole header lines (the ProtTrans script's), without attributes
+    loose = tmp_path / "loose.h5"
+    with h5py.File(loose, "w") as f:
+        for key in ("P1 isoform a", "P2", "P1 isoform b"):
+            f[key] = np.zeros((3, 4), dtype=np.float32)
+    with EmbeddingsReader(loose) as reader:
+        with pytest.raises(InputError, match="two datasets name protein 'P1'"):
+            reader.key_for("P1")
+
+
+def test_another_tools_creation_order_is_kept(tmp_path):
+    """A file written with track_order (creation order = its FASTA's): listed in that order, as
+    h5py lists it, so predict writes its proteins in that order."""
+    path = tmp_path / "t.h5"
+    with h5py.File(path, "w", track_order=True) as f:
+        for key in ("zeta", "alpha", "mid"):
+            f[key] = np.zeros((3, 4), dtype=np.float32)
+    with EmbeddingsReader(path) as reader:
+        assert reader.keys() == reader.ids() == ["zeta", "alpha", "mid"]

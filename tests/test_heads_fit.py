@@ -629,6 +629,19 @@ def test_a_second_fit_on_a_head_in_the_making_is_refused(run_cli, ss_data, tmp_p
     assert not partial_path(head).exists()  # the lock's folder goes with it when left empty
     assert run_cli(*args).exit_code == 0
 
+    # --force over an interrupted state removes the state, not the locked folder (removed, a
+    # second fit locked the new one the first epoch made)
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.heads.fit import FitState
+
+    partial = partial_path(tmp_path / "again")
+    with folder_lock(partial, "busy"):
+        FitState(partial, {"a": 1})._write()
+        FitState.open(partial, {"a": 1}, resume=False, force=True)
+        with pytest.raises(RuntimeFailure, match="busy"):
+            with folder_lock(partial, "busy"):
+                pass
+
 
 def test_device_choice_is_checked_before_any_work(run_cli, ss_data, tmp_path):
     head = tmp_path / "ss3"

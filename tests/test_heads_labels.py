@@ -398,6 +398,11 @@ def test_labels_says_what_embed_or_fit_would_refuse_later(tmp_path):
     deeploc.write_text(">A1 Nucleus-S\n---\n")
     with pytest.raises(InputError, match=r"d.fasta:1, record 'A1': empty sequence"):
         write_embed_fasta(read_labels(deeploc), io.BytesIO())
+    unicode_space = tmp_path / "u.csv"  # not what FASTA headers split on: kept whole, as embed keeps it
+    unicode_space.write_text("id,label\nP1\u00a0v2,Nucleus\n")
+    out = io.BytesIO()
+    write_embed_fasta(read_labels(unicode_space), out, {"P1\u00a0v2": "MKT"})
+    assert out.getvalue() == ">P1\u00a0v2\nMKT\n".encode()
     flip = tmp_path / "f.fasta"
     flip.write_text(">a TARGET=CCHHC SET=train VALIDATION=False\nMKTAY\n")
     out = io.BytesIO()
@@ -418,6 +423,11 @@ def test_a_per_protein_label_matches_the_rows_embed_made_of_its_sequence(tmp_pat
     with EmbeddingsReader(tmp_path / "d.h5") as reader:
         matched, report = match_labels(read_labels(fasta), reader, get_task("loc"))
     assert [m.id for m in matched] == ["A1", "A2", "A3"] and not report.problems
+    # a record embed refused (no embedding) is one without an embedding, as before: skippable
+    fasta.write_text(fasta.read_text() + ">A4 Nucleus-S\nMKJ\n")
+    with EmbeddingsReader(tmp_path / "d.h5") as reader:
+        matched, report = match_labels(read_labels(fasta), reader, get_task("loc"), on_mismatch="skip")
+    assert [m.id for m in matched] == ["A1", "A2", "A3"] and report.missing == ["A4"]
 
 
 

@@ -68,8 +68,8 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         # with --labels alone nothing is predicted to a file: these were silently ignored
         given = "--probabilities" if probabilities is not None else "--head-output"
         raise UsageError(f"{given} goes with the predictions: add -o FILE (or -o - for stdout) next to --labels")
-    if fasta == "-" and labels == "-":  # the first read would take it all ("<stdin>: is empty")
-        raise UsageError("stdin ('-') can be one input at most: give --fasta or --labels as a file")
+    if [fasta, labels, mask_path].count("-") > 1:  # the first read would take it all ("<stdin>: is empty")
+        raise UsageError("stdin ('-') can be one input at most: give the others as files")
     if probabilities == "-":
         # `-` means stdout in every command, but HDF5 cannot be streamed: this wrote a file named
         # `-` in the current directory. Refused as `embed -o -` is.

@@ -222,11 +222,13 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int,
 
 
 
-def _residue_count(record) -> int:
+def _residue_count(record) -> int | None:
+    """The rows embed made of the record's sequence; None for one embed refuses (no embedding:
+    reported as missing, or skipped with --skip-mismatched, as before)."""
     try:
         return len(normalise(record.sequence, rare="keep"))
-    except SequenceRejected as exc:  # (embed refused it too: no embedding to match)
-        raise InputError(exc.detail, line=record.line, record=record.id) from None
+    except SequenceRejected:
+        return None
 
 def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path: str, ident: str, *,
               layers_recorded: bool = True) -> np.ndarray:

@@ -130,6 +130,8 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     label_inputs = [labels, *(pair[1] for pair in ([valid] if valid else []) + list(tests))]
     if sum(str(path) == "-" for path in label_inputs) > 1:  # the first read takes it all ("<stdin>: is empty")
         raise UsageError("stdin ('-') can be one label file at most: give the others as files")
+    if str(config.mask_path) == "-":  # read for each label file: the evaluation sets' reads found it empty
+        raise UsageError("--mask cannot be stdin ('-'): it is read for each label file; give it as a file")
     out_dir = Path(out_dir)
     if holds_working_directory(out_dir):
         # (a head is a directory of its own, replaced whole by --force)
@@ -446,7 +448,7 @@ class FitState:
             if not force:
                 raise UsageError(f"{directory} holds an interrupted fit: add --resume to continue it, "
                                  "or --force to start over")
-            state.remove()
+            state.remove(keep_folder=True)  # (the folder holds this fit's lock: removed, a second fit took a new one)
         if resume and path.is_file():
             data = path.read_bytes()
             if data.startswith(cls.MAGIC):  # older versions wrote the torch file alone
@@ -460,6 +462,11 @@ class FitState:
                 why = refused_pickle(exc) or f"{type(exc).__name__}: {first_line(exc)}"
                 raise InputError(f"cannot read the saved fit state ({why}); --force starts over",
                                  path=str(path)) from None
+            entries = {"fingerprint": dict, "members": list, "history": list}
+            if not isinstance(saved, dict) or any(not isinstance(saved.get(k), t) for k, t in entries.items()) \
+                    or not isinstance(saved.get("current"), (dict, type(None))):
+                raise InputError("the saved fit state lacks entries a fit writes (not a state protrans wrote); "
+                                 "--force starts over", path=str(path))
             differ = _changed(saved["fingerprint"], fingerprint)
             if differ:
                 raise UsageError(f"{directory} was made with other settings or inputs ({', '.join(differ)}): "
@@ -498,12 +505,13 @@ class FitState:
             fh.write(self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
         os.replace(tmp, self.directory / self.FILE)
 
-    def remove(self) -> None:
+    def remove(self, keep_folder: bool = False) -> None:
         # Only what this class wrote: never a directory's other contents.
         for name in (self.FILE, self.FILE + ".tmp"):
             (self.directory / name).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.directory.rmdir()
+        if not keep_folder:
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()
 
 
 def head_device(device: str = "auto"):

@@ -94,6 +94,13 @@ class LabelSet:
         return name or "labels"
 
 
+def _decoded_line(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(decode_word(part) for part in re.split(rb"([\s,;]+)", line))
+
+
 def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[str, ...] = ("disorder",),
                 mask_optional: bool = False) -> LabelSet:
     """Read any supported label file; `mask_path` is a FLIP mask FASTA, `mask_columns` NetSurfP's.
@@ -116,7 +123,8 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
         # Field by field, as the FASTA reader decodes a header word by word: one non-UTF-8 byte
         # (`37\xb0C` in a note) read the whole file as latin-1, and every UTF-8 id in it (`protéine1`
         # became `protÃ©ine1`) then matched no embedding.
-        text = "".join(decode_word(part) for part in re.split(rb"([\s,;]+)", data.removeprefix(b"\xef\xbb\xbf")))
+        # (the lines that are not UTF-8 only: a NetSurfP CSV has a field per residue)
+        text = "\n".join(_decoded_line(line) for line in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"))
     # A field holds a whole sequence (titin: 34,350 residues; gene-calling artefacts: over
     # 100,000), beyond csv's default limit of 131,072 characters.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
@@ -479,7 +487,7 @@ def read_sequences(path) -> dict[str, str]:
     return seqs
 
 
-_NOT_IN_AN_ID = re.compile(r"[\s\x00-\x1f\x7f]")
+_NOT_IN_AN_ID = re.compile(r"[\x00-\x20\x7f]")  # what FASTA headers split on or cannot hold (ASCII)
 
 
 def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | None = None) -> int:

@@ -75,6 +75,8 @@ def _check_claims(config: dict, task: Task) -> None:
     for value in [config.get("layer", -1), *np.atleast_1d(embedding.get("layers", [])).tolist()]:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"layer {value!r} is not a whole number")
+    if not isinstance(config["hyperparameters"], dict):
+        raise TypeError(f"'hyperparameters' is {type(config['hyperparameters']).__name__}, not an object")
     for name in ("hidden", "kernel"):
         value = config["hyperparameters"].get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

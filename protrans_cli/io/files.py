@@ -90,34 +90,34 @@ def check_replaceable(directory, what: str, ours) -> None:
 
 @contextlib.contextmanager
 def folder_lock(folder, busy: str):
-    """An exclusive lock (flock) on `folder`, made if missing and removed again if this call made
-    it and it is left empty, held for the block; another process asking for it meets
-    RuntimeFailure(busy). File systems without flock (NFS mounted nolock) go unlocked."""
+    """An exclusive lock (flock) on `folder`, made if missing and removed again if it is left
+    empty, held for the block; another process asking for it meets RuntimeFailure(busy). File
+    systems without flock (NFS mounted nolock) go unlocked. The block must not remove the folder
+    (another process would lock a new one)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock
         yield
         return
     folder = Path(folder)
-    made = not folder.exists()
     try:
         folder.mkdir(exist_ok=True)
     except OSError as exc:
         raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
     fd = os.open(folder, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeFailure(busy, path=str(folder)) from None
-        except OSError:
-            pass
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)  # (the folder is the holder's: left as it is)
+        raise RuntimeFailure(busy, path=str(folder)) from None
+    except OSError:
+        pass
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty; still locked, so no other process took it meanwhile
         os.close(fd)
-        if made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty
 
 def display_name(path) -> str:
     return "<stdin>" if str(path) == "-" else str(path)

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -128,6 +128,7 @@ class _ForeignKeys:
     declared: dict[str, str]   # id -> key, where an `id`/`original_id` attribute names another id than the key
     owned: set[str]            # those keys: they spell an id that is not theirs
     loose: dict[str, str]      # first word -> key, for keys that are whole header lines without attributes
+    ambiguous: set[str] = field(default_factory=set)  # first words of several such keys
 
 
 class EmbeddingsReader:
@@ -159,7 +160,13 @@ class EmbeddingsReader:
             # (first line: HDF5's messages can span lines, and the error is one line)
             raise InputError(f"not a readable HDF5 file ({first_line(exc)}){hint}", path=self.path) from None
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
-        groups = [k for k in KINDS if k in self.file and not _is_dataset(self.file[k])]
+        try:
+            root = [name.decode("utf-8") for name in _link_names(self.file)]  # (links out of the file refused)
+        except BaseException:
+            self.file.close()
+            raise
+        present = set(root)
+        groups = [k for k in KINDS if k in present and not _is_dataset(self.file[k])]
         # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
         # group a): not proteins, and the datasets in them are not read (see `subgroups`).
         self.subgroups: list[str] = []
@@ -172,9 +179,9 @@ class EmbeddingsReader:
             self.layout = "flat"
             kind = self.attrs.get("kind")
             if kind not in KINDS:  # a file from another tool: guess from the shapes
-                self.subgroups = [k for k, cls in ((k, self.file.get(k, getclass=True)) for k in self.file.keys())
+                self.subgroups = [k for k, cls in ((k, self.file.get(k, getclass=True)) for k in root)
                                   if not _is_dataset_class(cls)]
-                first = next((self.file[k] for k in self.file.keys() if k not in self.subgroups), None)
+                first = next((self.file[k] for k in root if k not in self.subgroups), None)
                 kind = PER_PROTEIN if first is not None and first.ndim == 1 else PER_RESIDUE
                 self._kind_guessed = first is None
             self.kinds = (kind,)
@@ -232,7 +239,7 @@ class EmbeddingsReader:
         if kind not in self._foreign_ids:
             import h5py
 
-            group, declared, owned, loose = self._group(kind), {}, set(), {}
+            group, declared, owned, loose, ambiguous = self._group(kind), {}, set(), {}, set()
             skip = set(self.subgroups)
             for name in _link_names(group):
                 key = name.decode("utf-8")
@@ -250,8 +257,9 @@ class EmbeddingsReader:
                 else:
                     word = _key_id(key)
                     if escape_key(word) != key:  # a whole header line as the key (the ProtTrans script)
-                        loose.setdefault(word, key)
-            self._foreign_ids[kind] = _ForeignKeys(declared, owned, loose)
+                        if loose.setdefault(word, key) != key:  # "P1 isoform a", "P1 isoform b"
+                            ambiguous.add(word)
+            self._foreign_ids[kind] = _ForeignKeys(declared, owned, loose, ambiguous)
         return self._foreign_ids[kind]
 
     def key_for(self, ident: str, kind: str = PER_RESIDUE) -> str | None:
@@ -271,6 +279,10 @@ class EmbeddingsReader:
         keys = self._foreign(kind)
         if ident in keys.declared:
             return keys.declared[ident]
+        if ident in keys.ambiguous:  # the first word of several whole-header keys: whose label is it?
+            shown = sorted(k for k in self._group(kind) if _key_id(k) == ident)[:2]
+            raise InputError(f"two datasets name protein {ident!r} ({shown[0]!r} and {shown[1]!r}): ids must be "
+                             "unique (each key's first word)", path=self.path)
         return keys.loose.get(ident)
 
     def dataset(self, ident: str, kind: str = PER_RESIDUE):
@@ -320,13 +332,13 @@ class EmbeddingsReader:
 
 def failed_attr(raw, path: str) -> dict[str, str]:
     """The `failed` file attribute (id -> why, as JSON) as embed writes it; anything else (not
-    JSON, not an object of strings, nested without end) is one line naming the file."""
-    raw = _plain(raw) if raw is not None else None
-    if not raw:
-        return {}
+    JSON, not an object of strings, nested without end, an array) is one line naming the file."""
     try:
-        value = json.loads(raw)
-    except (ValueError, TypeError, RecursionError):
+        raw = _plain(raw) if raw is not None else None
+        if raw is None or (isinstance(raw, str) and not raw):
+            return {}
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except (ValueError, TypeError, RecursionError):  # (not UTF-8: a UnicodeDecodeError, a ValueError)
         value = None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise InputError("its 'failed' attribute is not what embed writes (a JSON object of id: reason)", path=path)
@@ -366,39 +378,52 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
 
 
 def _link_names(group) -> list[bytes]:
-    """The names of a group's members, each refused unless stored in this file (`local_link`)."""
+    """The names of a group's members, in the order they were made where the group records it
+    (another tool's file written with track_order), else by name; each refused unless a hard
+    link (`local_link`)."""
     import h5py
 
     names: list[bytes] = []
     outside: list[bytes] = []
-    local = (h5py.h5l.TYPE_HARD, h5py.h5l.TYPE_SOFT)
 
     def add(name, info):  # (an exception raised in here reaches the caller as h5py's SystemError)
-        (names if info.type in local else outside).append(name)  # (None returned: on to the next)
+        (names if info.type == h5py.h5l.TYPE_HARD else outside).append(name)  # (None returned: on to the next)
 
-    group.id.links.iterate(add, info=True)
+    gid = group.id if not isinstance(group.id, h5py.h5f.FileID) else h5py.h5g.open(group.id, b"/")
+    tracked = gid.get_create_plist().get_link_creation_order() & h5py.h5p.CRT_ORDER_INDEXED
+    group.id.links.iterate(add, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME, info=True)
     if outside:
-        _refuse_external(group, outside[0])
+        _refuse_link(group, outside[0])
     return names
 
 
-def _refuse_external(group, name: bytes, what: str = "an external link to another file"):
+def _refuse_external(group, name: bytes, what: str):
     raise InputError(f"is {what}: protrans reads only data stored in the file itself (a file from "
                      "elsewhere could make it read any file on this machine)", path=group.file.filename,
                      record=name.decode("utf-8", "replace"))
 
 
+def _refuse_link(group, name: bytes):
+    import h5py
+
+    kind = group.id.links.get_info(name).type
+    _refuse_external(group, name, "an external link to another file" if kind == h5py.h5l.TYPE_EXTERNAL
+                     else "a link to another place (only the data itself is read: a soft link may lead out of "
+                          "the file through an external link)")
+
+
 def local_link(group, name: bytes) -> None:
-    """Refuse `group`'s member `name` when its link leads out of the file (an external link:
-    h5py follows it into whatever file it names, silently)."""
+    """Refuse `group`'s member `name` unless it is a hard link: an external link leads into
+    whatever file it names, and a soft link can lead there through an external link on its way
+    (h5py follows both, silently)."""
     import h5py
 
     try:
         kind = group.id.links.get_info(name).type
     except KeyError:
         return  # no such member: the caller's own lookup says so
-    if kind not in (h5py.h5l.TYPE_HARD, h5py.h5l.TYPE_SOFT):
-        _refuse_external(group, name)
+    if kind != h5py.h5l.TYPE_HARD:
+        _refuse_link(group, name)
 
 
 def local_data(group, name: bytes, obj) -> None:
@@ -559,7 +584,11 @@ def dataset_checksum_of(group, key: str) -> str | None:
 
 def _plain(value):
     if isinstance(value, bytes):
-        return value.decode()
+        # UTF-8, else latin-1 (another tool's attribute: a UnicodeDecodeError at open was a traceback)
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return value.decode("latin-1")
     if isinstance(value, np.generic):
         return value.item()
     return value

@@ -346,7 +346,11 @@ def _transformers_logging():
     """transformers' and huggingface_hub's log levels and transformers' progress bars, saved and
     put back as one process-wide setting (threads.SharedSetting)."""
     global _TRANSFORMERS_LOGGING
-    if _TRANSFORMERS_LOGGING is None:
+    from protrans_cli.threads import _CREATING
+
+    with _CREATING:  # (two first calls at once made one each)
+        if _TRANSFORMERS_LOGGING is not None:
+            return _TRANSFORMERS_LOGGING
         from huggingface_hub.utils import logging as hub_logging
         from transformers.utils import logging as hf_logging
 

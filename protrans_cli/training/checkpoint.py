@@ -129,15 +129,15 @@ def _quiet_transformers():
     # save_pretrained draws a "Writing model shards" bar on every checkpoint; the loop has its own.
     # The switch is transformers' own, for the whole process: put back after the save, or a
     # notebook's later from_pretrained/save_pretrained showed no bars for the rest of the session.
+    # (One process-wide setting with model loading's, models._transformers_logging: saved and
+    # restored per call, a save overlapping a load in another thread left the bars off for good.)
     from transformers.utils import logging
 
-    was_enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
+    from protrans_cli.models import _transformers_logging
+
+    with _transformers_logging().held():
+        logging.disable_progress_bar()
         yield
-    finally:
-        if was_enabled:
-            logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -288,6 +288,8 @@ def check_sums(directory) -> str | None:
         digest, sep, name = line.partition("  ")
         if not sep or ".." in Path(name).parts or Path(name).is_absolute():
             return str(_damaged(directory, SUMS_FILE, ValueError(f"not a sha256sum line: {line[:60]!r}")))
+        if not (directory / name).exists():
+            return str(_damaged(directory, name, FileNotFoundError("missing")))
         if not (directory / name).is_file():  # a link to /dev/zero or a FIFO: hashed for ever
             return str(_damaged(directory, name, ValueError("not a regular file")))
         try:
@@ -326,8 +328,10 @@ def _damaged(directory, name: str, exc: BaseException) -> InputError:
                                        if checkpoint_step(p) < step]
     hint = (f"continue from the one before with --resume-from {earlier[-1]}, after moving this one away"
             if earlier else "no earlier checkpoint to go back to")
-    return InputError(f"damaged checkpoint: cannot read {name} ({refused_pickle(exc) or first_line(exc)}); {hint}",
-                      path=str(directory))
+    why = refused_pickle(exc) or first_line(exc)
+    if "weights_only" in why:  # (a file of zeros: torch's message ends in advice to load it unsafely)
+        why = "torch cannot read it as a weights-only file: damaged, or not a training state"
+    return InputError(f"damaged checkpoint: cannot read {name} ({why}); {hint}", path=str(directory))
 
 
 def load_weights(directory, model) -> None:
