@@ -412,7 +412,9 @@ def mark_copies(units: list[_Unit], scan: InputScan, written: dict[bytes, str]) 
     """Identical sequences in different windows: the first unit is computed, later ones become
     copies of what it wrote (`unit.copy_of`). `written` maps a 16-byte digest of the sequence
     to the id it is written under, only for sequences the first pass saw more than once.
-    Returns the number of proteins that will be copied."""
+    Returns how many more proteins this finds to be duplicates: each copied unit's first (its
+    others plan_units counted already; counted again, the summary's "computed once" figure
+    changed with --window)."""
     copied = 0
     for unit in units:
         full = unit.proteins[0].sequence  # the whole sequence, also for a truncated unit
@@ -424,7 +426,7 @@ def mark_copies(units: list[_Unit], scan: InputScan, written: dict[bytes, str]) 
             written[key] = unit.proteins[0].id
         else:
             unit.copy_of = first
-            copied += len(unit.proteins)
+            copied += 1
     return copied
 
 

@@ -1596,3 +1596,14 @@ def test_a_skipped_protein_shortened_since_is_embedded_on_resume(tmp_path):
     assert summary.num_embedded == 1 and sorted(read_all(tmp_path / "o.h5")) == ["P1", "P2"]
     with EmbeddingsReader(tmp_path / "o.h5") as reader:
         assert reader.failed() == {}
+
+
+def test_the_duplicate_count_does_not_depend_on_the_window(tmp_path):
+    """A sequence repeated within a window and again in a later one: the in-window repeats were
+    counted twice ("3 identical sequences computed once" for 4 proteins of 2 sequences)."""
+    fasta = tmp_path / "d.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMSTNPKPQRK\n>c\nMKTAYIAKQR\n>d\nMKTAYIAKQR\n")
+    counts = {window: embed(fasta, tmp_path / f"w{window}.h5", EmbedOptions(model="onehot", window=window,
+                                                                            per_residue=False)).num_duplicates
+              for window in (1, 2, 3, 100)}
+    assert set(counts.values()) == {2}, counts

@@ -531,3 +531,28 @@ def test_another_tools_creation_order_is_kept(tmp_path):
             f[key] = np.zeros((3, 4), dtype=np.float32)
     with EmbeddingsReader(path) as reader:
         assert reader.keys() == reader.ids() == ["zeta", "alpha", "mid"]
+
+
+def test_the_failed_list_is_serialised_only_when_it_changes(tmp_path, monkeypatch):
+    """embed flushes after every batch: serialising every recorded failure at each flush (to see
+    whether it changed) made a run that skips many proteins quadratic (batches x failures)."""
+    from protrans_cli.io import h5 as h5_module
+
+    seen = []
+    real = h5_module.json.dumps
+
+    def counting(obj, *a, **k):
+        if isinstance(obj, dict) and "p0" in obj:
+            seen.append(len(obj))
+        return real(obj, *a, **k)
+
+    monkeypatch.setattr(h5_module.json, "dumps", counting)
+    with EmbeddingsWriter(tmp_path / "f.h5", kinds=(PER_PROTEIN,), attrs={"model": "m"}) as w:
+        for i in range(3):
+            w.record_failure(f"p{i}", "skipped: too long")
+            w.flush()
+            w.flush()
+            w.flush()
+    assert seen == [1, 2, 3]
+    with EmbeddingsReader(tmp_path / "f.h5") as reader:
+        assert reader.failed() == {f"p{i}": "skipped: too long" for i in range(3)}
