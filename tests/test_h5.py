@@ -556,3 +556,24 @@ def test_the_failed_list_is_serialised_only_when_it_changes(tmp_path, monkeypatc
     assert seen == [1, 2, 3]
     with EmbeddingsReader(tmp_path / "f.h5") as reader:
         assert reader.failed() == {f"p{i}": "skipped: too long" for i in range(3)}
+
+
+def test_embed_files_list_their_proteins_in_input_order_and_flush_without_rewriting_every_name(tmp_path):
+    """Old-style groups keep every name in one heap that each flush (each embed batch) wrote
+    whole: the bytes a run wrote grew with the square of its proteins. Groups that track creation
+    order are new-style; readers list the proteins in the order they came."""
+    for layout, kinds in (("grouped", (PER_PROTEIN, PER_RESIDUE)), ("flat", (PER_PROTEIN,))):
+        path = tmp_path / f"{layout}.h5"
+        ids = [f"p{i:03d}" for i in range(300)][::-1]
+        with EmbeddingsWriter(path, kinds=kinds, layout=layout, attrs={"model": "m"}) as w:
+            for ident in ids:
+                w.write(ident, ident, "MKT", per_protein=np.ones(4, np.float32),
+                        **({"per_residue": np.ones((3, 4), np.float32)} if PER_RESIDUE in kinds else {}))
+                w.flush()
+        with h5py.File(path, "r") as f:
+            for kind in kinds:
+                group = f if layout == "flat" else f[kind]
+                assert group.id.get_create_plist().get_link_creation_order() if layout == "grouped" else True
+                assert [k for k in group.keys() if k in ids] == ids
+        with EmbeddingsReader(path) as reader:
+            assert reader.ids(kinds[0]) == ids
