@@ -61,20 +61,20 @@ class SharedSetting:
                     self._saved = None
 
 
-def _torch_thread_setting() -> SharedSetting:
-    global _TORCH_THREADS
-    with _CREATING:  # (two first calls at once made one each, each saving and restoring alone)
-        if _TORCH_THREADS is None:
-            import torch
+def _get_torch_threads() -> int:
+    import torch
 
-            _TORCH_THREADS = SharedSetting(torch.get_num_threads, torch.set_num_threads)
-    return _TORCH_THREADS
+    return torch.get_num_threads()
 
 
-_CREATING = threading.Lock()  # made lazily (torch is imported at the first use), made once
+def _set_torch_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
 
 
-_TORCH_THREADS: SharedSetting | None = None
+# (made here, at import, without torch: made lazily, two first calls at once made one each)
+_TORCH_THREADS = SharedSetting(_get_torch_threads, _set_torch_threads)
 
 
 @contextlib.contextmanager
@@ -87,7 +87,7 @@ def torch_threads(count: int | None = None):
     the caller's count is back once the last of them ends."""
     import torch
 
-    with _torch_thread_setting().held():
+    with _TORCH_THREADS.held():
         if count is not None:
             torch.set_num_threads(count)
         yield

@@ -25,6 +25,7 @@ from protrans_cli.errors import ModelError, UsageError, described, first_line
 from protrans_cli.models import albert, bert, electra, esm, roberta, t5, transfo_xl, xlnet
 from protrans_cli.models.base import Checkpoint, Family, Preset
 from protrans_cli.models.checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
+from protrans_cli.threads import SharedSetting
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -342,37 +343,29 @@ def _check_token_ids(name: str, family: Family, tokenizer, is_dir: bool, vocab_s
         raise ModelError(f"{name}: {what}; " + (_COPY_TOKENIZER if is_dir else "the two do not belong together"))
 
 
-def _transformers_logging():
-    """transformers' and huggingface_hub's log levels and transformers' progress bars, saved and
-    put back as one process-wide setting (threads.SharedSetting)."""
-    global _TRANSFORMERS_LOGGING
-    from protrans_cli.threads import _CREATING
+def _read_transformers_logging():
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as hf_logging
 
-    with _CREATING:  # (two first calls at once made one each)
-        if _TRANSFORMERS_LOGGING is not None:
-            return _TRANSFORMERS_LOGGING
-        from huggingface_hub.utils import logging as hub_logging
-        from transformers.utils import logging as hf_logging
-
-        from protrans_cli.threads import SharedSetting
-
-        def read():
-            return hf_logging.get_verbosity(), hub_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-
-        def write(saved):
-            verbosity, hub_verbosity, bars = saved
-            hf_logging.set_verbosity(verbosity)
-            hub_logging.set_verbosity(hub_verbosity)
-            if bars:
-                hf_logging.enable_progress_bar()
-            else:
-                hf_logging.disable_progress_bar()
-
-        _TRANSFORMERS_LOGGING = SharedSetting(read, write)
-    return _TRANSFORMERS_LOGGING
+    return hf_logging.get_verbosity(), hub_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
 
 
-_TRANSFORMERS_LOGGING = None
+def _write_transformers_logging(saved) -> None:
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as hf_logging
+
+    verbosity, hub_verbosity, bars = saved
+    hf_logging.set_verbosity(verbosity)
+    hub_logging.set_verbosity(hub_verbosity)
+    if bars:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+
+
+# transformers' and huggingface_hub's log levels and transformers' progress bars, saved and put
+# back as one process-wide setting (threads.SharedSetting; checkpoint saves share it)
+TRANSFORMERS_LOGGING = SharedSetting(_read_transformers_logging, _write_transformers_logging)
 
 
 @contextmanager
@@ -385,7 +378,7 @@ def _quiet_transformers():
 
     from protrans_cli import console
 
-    with _transformers_logging().held():
+    with TRANSFORMERS_LOGGING.held():
         if console.state.verbosity < 1:
             # Without network, huggingface_hub logs two lines per retry ("... thrown while requesting",
             # "Retrying in 8s") before load_model's one-line error says the same; -v shows them.

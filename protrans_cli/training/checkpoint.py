@@ -129,13 +129,13 @@ def _quiet_transformers():
     # save_pretrained draws a "Writing model shards" bar on every checkpoint; the loop has its own.
     # The switch is transformers' own, for the whole process: put back after the save, or a
     # notebook's later from_pretrained/save_pretrained showed no bars for the rest of the session.
-    # (One process-wide setting with model loading's, models._transformers_logging: saved and
+    # (One process-wide setting with model loading's, models.TRANSFORMERS_LOGGING: saved and
     # restored per call, a save overlapping a load in another thread left the bars off for good.)
     from transformers.utils import logging
 
-    from protrans_cli.models import _transformers_logging
+    from protrans_cli.models import TRANSFORMERS_LOGGING
 
-    with _transformers_logging().held():
+    with TRANSFORMERS_LOGGING.held():
         logging.disable_progress_bar()
         yield
 
