@@ -89,14 +89,15 @@ def located(path):
         raise type(exc)(exc.message, path=str(path), record=exc.record, line=exc.line) from None
 
 
-def refused_pickle(exc: BaseException) -> str | None:
-    """What a pickle that torch.load(weights_only=True) refused is, without torch's advice to load
-    it with weights_only=False (which would run whatever code it holds); None for other errors."""
+def torch_load_problem(exc: BaseException) -> str | None:
+    """What torch.load(weights_only=True) could not read, said without torch's advice to load it
+    with weights_only=False (which would run whatever code it holds); None for other errors."""
     import pickle
 
-    # (torch's refusal is an UnpicklingError "Weights only load failed ..."; a file of zeros also
-    # mentions weights_only in its message, and is damaged, not foreign)
+    # torch's refusal of a pickle is an UnpicklingError "Weights only load failed ..."
     if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load failed"):
         return ("it holds objects other than tensors and plain values, which protrans never unpickles: not a file "
                 "protrans wrote, or one altered since")
+    if "weights_only" in str(exc):  # (a file of zeros: a damaged file, which the same advice ends)
+        return "torch cannot read it as a weights-only file: damaged, or not a file protrans wrote"
     return None

@@ -32,7 +32,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, UsageError, expect_options, first_line, located,
-                                 refused_pickle)
+                                 torch_load_problem)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled,
                                      stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
@@ -459,7 +459,7 @@ class FitState:
             try:
                 saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem
-                why = refused_pickle(exc) or f"{type(exc).__name__}: {first_line(exc)}"
+                why = torch_load_problem(exc) or f"{type(exc).__name__}: {first_line(exc)}"
                 raise InputError(f"cannot read the saved fit state ({why}); --force starts over",
                                  path=str(path)) from None
             entries = {"fingerprint": dict, "members": list, "history": list}

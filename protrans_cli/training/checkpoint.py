@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, refused_pickle
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, torch_load_problem
 from protrans_cli.io.files import default_permissions, replace_directory, sha256_file
 
 if TYPE_CHECKING:
@@ -328,9 +328,7 @@ def _damaged(directory, name: str, exc: BaseException) -> InputError:
                                        if checkpoint_step(p) < step]
     hint = (f"continue from the one before with --resume-from {earlier[-1]}, after moving this one away"
             if earlier else "no earlier checkpoint to go back to")
-    why = refused_pickle(exc) or first_line(exc)
-    if "weights_only" in why:  # (a file of zeros: torch's message ends in advice to load it unsafely)
-        why = "torch cannot read it as a weights-only file: damaged, or not a training state"
+    why = torch_load_problem(exc) or first_line(exc)
     return InputError(f"damaged checkpoint: cannot read {name} ({why}); {hint}", path=str(directory))
 
 
