@@ -221,7 +221,6 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int,
                      path=reader.path)
 
 
-
 def _residue_count(record) -> int | None:
     """The rows embed made of the record's sequence; None for one embed refuses (no embedding:
     reported as missing, or skipped with --skip-mismatched, as before)."""
@@ -229,6 +228,7 @@ def _residue_count(record) -> int | None:
         return len(normalise(record.sequence, rare="keep"))
     except SequenceRejected:
         return None
+
 
 def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path: str, ident: str, *,
               layers_recorded: bool = True) -> np.ndarray:

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, first_line
+from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, first_line
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
                                      report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory)
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, dataset_attrs, dataset_id, ensure_room, escape_key,
-                                h5_file, stored_length)
+                                h5_file, one_protein_twice, stored_length)
 from protrans_cli.threads import torch_threads
 
 
@@ -87,8 +87,7 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
     for item in items:
         other = first.setdefault(item.id, item.key)
         if other != item.key:
-            raise InputError(f"two datasets name protein {item.id!r} ({other!r} and {item.key!r}): ids must be "
-                             "unique (each dataset's id attribute's first word, or its key)", path=reader.path)
+            raise one_protein_twice(reader.path, item.id, other, item.key)
     return items, truncated
 
 
@@ -97,10 +96,9 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     """Embed a FASTA the way the head's training embeddings were made (its recorded model and
     layer, per residue or per protein as the head needs): (HDF5 file in `directory`, the FASTA's
     ids in input order). `model` replaces the recorded model (e.g. the same weights elsewhere)."""
-    from protrans_cli.embed import EmbedOptions, embed
     import shutil
 
-    from protrans_cli.embed import is_stream
+    from protrans_cli.embed import EmbedOptions, embed, is_stream
     from protrans_cli.heads.model import CONFIG
     from protrans_cli.io.fasta import parse_fasta
 

@@ -210,9 +210,7 @@ class EmbeddingsReader:
         ids = [ident for ident, _ in stored_proteins(self._group(kind), checksums=False)]
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
-            twice = next(i for i in ids if i in seen or seen.add(i))
-            raise InputError(f"two datasets name protein {twice!r} (ids are the first word of each dataset's id "
-                             "attribute, or its key): ids must be unique", path=self.path)
+            raise one_protein_twice(self.path, next(i for i in ids if i in seen or seen.add(i)))
         return ids
 
     def keys(self, kind: str = PER_RESIDUE) -> list[str]:
@@ -250,9 +248,7 @@ class EmbeddingsReader:
                 if ident:
                     if escape_key(ident) != key:
                         if declared.setdefault(ident, key) != key:  # two datasets name one protein
-                            raise InputError(f"two datasets name protein {ident!r} ({declared[ident]!r} and "
-                                             f"{key!r}): ids must be unique (each dataset's id attribute's first "
-                                             "word, or its key)", path=self.path)
+                            raise one_protein_twice(self.path, ident, declared[ident], key)
                         owned.add(key)
                 else:
                     word = _key_id(key)
@@ -280,9 +276,7 @@ class EmbeddingsReader:
         if ident in keys.declared:
             return keys.declared[ident]
         if ident in keys.ambiguous:  # the first word of several whole-header keys: whose label is it?
-            shown = sorted(k for k in self._group(kind) if _key_id(k) == ident)[:2]
-            raise InputError(f"two datasets name protein {ident!r} ({shown[0]!r} and {shown[1]!r}): ids must be "
-                             "unique (each key's first word)", path=self.path)
+            raise one_protein_twice(self.path, ident, *sorted(k for k in self._group(kind) if _key_id(k) == ident)[:2])
         return keys.loose.get(ident)
 
     def dataset(self, ident: str, kind: str = PER_RESIDUE):
@@ -329,6 +323,13 @@ class EmbeddingsReader:
         return recorded_runs(self.file)
 
 
+def one_protein_twice(path: str, ident: str, *keys: str) -> InputError:
+    """Two datasets of a file naming one protein (another tool's `original_id`s or whole-header
+    keys sharing a first word, "P1 isoform a" and "P1 isoform b"), as duplicate FASTA ids are."""
+    shown = f" ({keys[0]!r} and {keys[1]!r})" if len(keys) == 2 else ""
+    return InputError(f"two datasets name protein {ident!r}{shown}: ids must be unique (each dataset's id "
+                      "attribute's first word, or its key)", path=path)
+
 
 def failed_attr(raw, path: str) -> dict[str, str]:
     """The `failed` file attribute (id -> why, as JSON) as embed writes it; anything else (not
@@ -343,6 +344,7 @@ def failed_attr(raw, path: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise InputError("its 'failed' attribute is not what embed writes (a JSON object of id: reason)", path=path)
     return value
+
 
 def _is_dataset(obj) -> bool:
     import h5py
@@ -546,9 +548,8 @@ def read_array(group, key: str, obj=None) -> np.ndarray:
     which costs about twice as much per dataset. `obj`: the key's low-level object, if open."""
     import h5py
 
-    if obj is None:
-        obj = open_local(group, key.encode("utf-8"))
-    local_data(group, key.encode("utf-8"), obj)
+    if obj is None:  # (a caller's `obj` comes from open_local(..., data=True): checked there)
+        obj = open_local(group, key.encode("utf-8"), data=True)
     if isinstance(obj, h5py.h5d.DatasetID) and obj.rank >= 1 and obj.dtype in PLAIN_FLOAT_DTYPES:
         out = np.empty(obj.shape, dtype=obj.dtype)
         if out.size:
