@@ -212,6 +212,25 @@ def test_labels_on_a_plain_sequence_fasta_says_embed_reads_it(tmp_path, run_cli)
     assert r.exit_code == 2 and "nodir: output directory does not exist" in r.stderr
 
 
+def test_an_embeddings_file_or_other_binary_given_as_labels_says_what_it_is(tmp_path, run_cli):
+    """The HDF5 file given as --labels (the two files swapped) failed with "expected 'id,label'" on
+    line 1; a binary file likewise. One line saying what the file is, for labels and fit alike."""
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n>b\nMKL\n")
+    h5 = tmp_path / "e.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "-o", h5).exit_code == 0
+    for command in (["labels", h5, "-o", tmp_path / "out.fa"],
+                    ["fit", "loc", "--embeddings", h5, "--labels", h5, "-o", tmp_path / "head"]):
+        r = run_cli(*command)
+        assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f"{h5}: is an HDF5 file (such as embed writes), not a label file" in r.stderr
+    binary = tmp_path / "labels.csv"
+    binary.write_bytes(b"id,label\nP1,\x00\x01\x02\n")
+    with pytest.raises(InputError, match="is a binary file, not a label file"):
+        read_labels(binary)
+    assert not (tmp_path / "out.fa").exists() and not (tmp_path / "head").exists()
+
+
 def test_labels_output_that_is_the_label_file_is_refused(tmp_path, run_cli):
     # A DeepLoc FASTA converted onto itself lost its labels.
     path = tmp_path / "dl.fasta"

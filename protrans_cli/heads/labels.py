@@ -112,6 +112,7 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
     name = display_name(path)
     with open_input(path) as stream:
         data = stream.read()
+    _refuse_binary(data, name)
     try:
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):
             # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
@@ -148,6 +149,18 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
         raise InputError("holds no labelled records", path=name)
     _refuse_duplicate_ids(label_set)
     return label_set
+
+
+def _refuse_binary(data: bytes, name: str) -> None:
+    """An HDF5 file (the embeddings given for the labels) or another binary file: one line saying
+    so, where a table's reader said "expected 'id,label'" on line 1. (UTF-16 text, which holds
+    NULs too, is read: it starts with its byte-order mark.)"""
+    if data.startswith(b"\x89HDF"):
+        raise InputError("is an HDF5 file (such as embed writes), not a label file: labels are a NetSurfP or "
+                         "PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, or an id,label table", path=name)
+    if b"\0" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError("is a binary file, not a label file (a NetSurfP or PISCES CSV, FLIP FASTA or CSV, "
+                         "DeepLoc FASTA, or an id,label table)", path=name)
 
 
 def unmasked_flip_warning(label_set: LabelSet, output_names) -> str | None:

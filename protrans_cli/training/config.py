@@ -277,7 +277,11 @@ class TrainConfig:
     def from_file(cls, path) -> "TrainConfig":
         """Read a `.json` or `.toml` file (TOML: top-level keys, `[[phases]]` tables)."""
         import sys
-        import tomllib
+
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+            import tomli as tomllib
 
         path = Path(path)
         name = "<stdin>" if str(path) == "-" else str(path)
