@@ -534,6 +534,35 @@ def test_resume_after_a_kill_between_the_heads_rename_and_the_states_removal(run
     assert "resume" not in config and "force" not in config  # how it was run, not what it is
 
 
+def test_a_full_disk_names_the_fits_state_or_the_head_and_resume_finishes(run_cli, ss_data, tmp_path, monkeypatch):
+    """A full disk at the state's save said "No space left on device" naming no file; at the
+    head's write it named a file in the hidden temporary folder. Now the file or the head, and
+    the state written before is kept for --resume."""
+    from protrans_cli.heads import fit as fit_module, model as head_model
+
+    head = tmp_path / "ss3"
+    args = ("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+            "--max-epochs", "1", *FAST, "-o", head)
+    monkeypatch.setattr(fit_module, "create_fresh", lambda path, mode=0o666: os.open("/dev/full", os.O_WRONLY))
+    r = run_cli(*args)
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == \
+        f"protrans: error: {head}.partial/state.pt: cannot save the fit's state: No space left on device"
+    monkeypatch.undo()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(head_model, "save_head", full)
+    r = run_cli(*args)
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {head}: cannot write the head: No space left on device (its state is kept: "
+        "--resume finishes it)")
+    assert not head.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    r = run_cli(*args, "--resume")
+    assert r.exit_code == 0 and "1 member(s) finished" in r.stderr and (head / "config.json").exists()
+
+
 def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_path, monkeypatch):
     # A full disk under --probabilities gave dozens of h5py tracebacks and a segmentation fault.
     import types

@@ -912,3 +912,23 @@ def test_corpora_the_reader_would_misread_are_refused(tmp_path):
     for where in ({"corpus": [str(fifo)]}, {"corpus": [str(bom)], "val_corpus": [str(fifo)]}):
         with pytest.raises(UsageError, match="corpus.fifo: the corpus must be a regular file"):
             TrainConfig(**where).validate()
+
+
+def test_a_full_disk_at_a_metrics_line_names_the_file(tmp_path, monkeypatch):
+    """A metrics line that found the disk full said "No space left on device", naming no file."""
+    import builtins
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training import metrics
+
+    path = tmp_path / "metrics.jsonl"
+    metrics.append_metrics(path, {"step": 1, "loss": 2.0})
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, mode="r", *a, **k:
+                        real_open("/dev/full", "a") if str(file) == str(path) else real_open(file, mode, *a, **k))
+    with pytest.raises(RuntimeFailure) as info:
+        metrics.append_metrics(path, {"step": 2, "loss": 1.5})
+    assert info.value.format() == (f"{path}: cannot append step 2's line: No space left on device (--resume "
+                                   "continues from the last checkpoint)")
+    monkeypatch.undo()
+    assert metrics.read_metrics(path) == [{"step": 1, "loss": 2.0}]

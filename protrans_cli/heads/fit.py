@@ -31,17 +31,17 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import (InputError, ModelError, UsageError, expect_options, first_line, located,
-                                 torch_load_problem)
+from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, first_line,
+                                 located, torch_load_problem)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled,
                                      stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
 from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
                                         save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
-from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, folder_lock,
-                                   holds_working_directory, is_inside, make_temporary, replace_directory,
-                                   same_file, signals_held)
+from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
+                                   folder_lock, holds_working_directory, is_inside, make_temporary,
+                                   replace_directory, same_file, signals_held)
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
 from protrans_cli.threads import torch_threads
 
@@ -326,8 +326,11 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
         default_permissions(tmp)
         replace_directory(tmp, out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (reason := disk_full(exc)) is not None:  # (the error named a file in the hidden temporary)
+            raise RuntimeFailure(f"cannot write the head: {reason} (its state is kept: --resume finishes it)",
+                                 path=str(out_dir)) from None
         raise
     with signals_held():  # a Ctrl-C half-way through left an empty HEAD.partial/ behind
         state.remove()
@@ -501,8 +504,15 @@ class FitState:
         # Created afresh and exclusively, never through a link: write_bytes followed a link
         # planted under this fixed name (HEAD.partial/ beside a head in a shared folder) and
         # overwrote the file it pointed to with the state.
-        with open(create_fresh(tmp), "wb") as fh:
-            fh.write(self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+        try:
+            with open(create_fresh(tmp), "wb") as fh:
+                fh.write(self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # (the state written before stays whole)
+            if (reason := disk_full(exc)) is not None:
+                raise RuntimeFailure(f"cannot save the fit's state: {reason}", path=str(self.directory / self.FILE)) \
+                    from None
+            raise
         os.replace(tmp, self.directory / self.FILE)
 
     def remove(self, keep_folder: bool = False) -> None:

@@ -522,6 +522,19 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def disk_full(exc: BaseException | None) -> str | None:
+    """The reason (`No space left on device`, a quota, the file-size limit) when `exc` or an error
+    it was raised from is a write that found no room; else None. (A `raise ... from None` keeps
+    the error it replaced as its __context__.)"""
+    for _ in range(8):
+        if exc is None:
+            return None
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return exc.strerror or os.strerror(exc.errno)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def create_fresh(path, mode: int = 0o666) -> int:
     """A descriptor, open for writing, of `path` created afresh under a fixed name (a spool, a
     state's temporary): what was there (left by a killed run, or a link planted under that

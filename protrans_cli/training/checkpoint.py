@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, torch_load_problem
-from protrans_cli.io.files import default_permissions, replace_directory, sha256_file
+from protrans_cli.io.files import default_permissions, disk_full, replace_directory, sha256_file
 
 if TYPE_CHECKING:
     from protrans_cli.training.config import TrainConfig
@@ -211,6 +211,18 @@ def _temporary(final: Path) -> Path:
     return final.parent / f".{final.name}.tmp-{os.getpid()}"
 
 
+def _no_room(folder: Path) -> str | None:
+    """What a write into `folder` that failed met, when its disk is full: torch's writer says
+    "[enforce fail at inline_container.cc:672] . unexpected pos 285184 vs 285072" there, which
+    names no cause. (Read before the partial checkpoint is removed, which frees its room.)"""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    return f"No space left on device: {free / 1024:.0f} KiB free" if free < 1 << 20 else None
+
+
 def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict, config,
                     keep_last: int | None = None) -> Path:
     """Write one checkpoint atomically (call on rank 0 with full, unsharded weights)."""
@@ -232,9 +244,10 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         default_permissions(tmp)  # safetensors writes 0600
         replace_directory(tmp, directory)  # (it exists when the same step is written again after a resume)
     except Exception as exc:  # a full disk, a quota: one line; the checkpoints before stay as they were
+        reason = disk_full(exc) or _no_room(tmp) or first_line(exc)
         shutil.rmtree(tmp, ignore_errors=True)
         kept = [p.name for p in list_checkpoints(directory.parent.parent) if p != directory]
-        raise RuntimeFailure(f"cannot write the checkpoint ({first_line(exc)}); "
+        raise RuntimeFailure(f"cannot write the checkpoint ({reason}); "
                              + (f"the last one is {kept[-1]}" if kept else "no earlier checkpoint"),
                              path=str(directory)) from None
     except BaseException:

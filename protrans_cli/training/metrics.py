@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from protrans_cli.errors import InputError
+from protrans_cli.errors import InputError, RuntimeFailure
+from protrans_cli.io.files import disk_full
 from protrans_cli.training import dist
 
 
@@ -76,8 +77,16 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        if (reason := disk_full(exc)) is None:
+            raise
+        # (a write's error names no file: the line said "No space left on device" alone; a line
+        # cut short is left out when the file is read, and --resume rewrites the file)
+        raise RuntimeFailure(f"cannot append step {record.get('step')}'s line: {reason} (--resume continues from "
+                             "the last checkpoint)", path=str(path)) from None
 
 
 def read_metrics(path) -> list[dict]:
