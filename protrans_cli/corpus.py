@@ -40,7 +40,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.io.fasta import not_fasta
-from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, display_name,
+from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, disk_full, display_name,
                                    input_named_by, make_temporary, open_input, output_directory, same_file,
                                    signals_held, stdout_binary)
 from protrans_cli.residues import (
@@ -942,12 +942,20 @@ class _Writers:
     def write(self, outputs: dict, train_before: int) -> None:
         """`train_before`: training proteins written before this block (round-robin offset)."""
         for dest, text in outputs.items():
-            if dest == -1:
-                self._put(self.valid, text)
-            elif self.options.shard_size is not None:
-                self._write_sized(text.read() if isinstance(text, _Spill) else text)
-            else:
-                self._put(self.train[(dest + train_before) % len(self.train)], text)
+            where = self.options.valid_output if dest == -1 else self.paths[self.current] \
+                if self.options.shard_size is not None else self.paths[(dest + train_before) % len(self.train)]
+            try:
+                if dest == -1:
+                    self._put(self.valid, text)
+                elif self.options.shard_size is not None:
+                    self._write_sized(text.read() if isinstance(text, _Spill) else text)
+                else:
+                    self._put(self.train[(dest + train_before) % len(self.train)], text)
+            except OSError as exc:  # a write's error names no file: "No space left on device" alone
+                if (reason := disk_full(exc)) is None:
+                    raise
+                raise RuntimeFailure(f"cannot write: {reason}",
+                                     path="standard output" if str(where) == "-" else str(where)) from None
 
     @staticmethod
     def _put(stream, text) -> None:

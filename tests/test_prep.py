@@ -860,3 +860,20 @@ def test_dev_null_may_take_several_outputs(run_cli):
     result = run_cli("prep", DATA / "format.fa", "-o", "/dev/null", "--stats", "/dev/null",
                      "--rejects", "/dev/null")
     assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_while_writing_names_the_output_or_stdout(tmp_path, run_cli):
+    """A write that met a full disk said "No space left on device" alone, naming no file."""
+    fasta = _many(tmp_path / "in.fa", 3000)  # more than a write buffer holds
+    r = run_cli("prep", fasta, "-o", "/dev/full")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == \
+        "protrans: error: /dev/full: cannot write: No space left on device"
+    r = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--valid-fraction", "0.5", "--valid-output", "/dev/full")
+    assert r.exit_code == 1 and "/dev/full: cannot write: No space left on device" in r.stderr
+    assert not (tmp_path / "c.txt").exists()
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "protrans_cli", "prep", str(fasta)], stdout=full,
+                              stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == \
+        "protrans: error: standard output: cannot write: No space left on device"
