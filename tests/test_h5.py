@@ -558,10 +558,12 @@ def test_the_failed_list_is_serialised_only_when_it_changes(tmp_path, monkeypatc
         assert reader.failed() == {f"p{i}": "skipped: too long" for i in range(3)}
 
 
-def test_embed_files_list_their_proteins_in_input_order_and_flush_without_rewriting_every_name(tmp_path):
+def test_embed_files_flush_without_rewriting_every_name_and_readers_list_them_by_name(tmp_path):
     """Old-style groups keep every name in one heap that each flush (each embed batch) wrote
     whole: the bytes a run wrote grew with the square of its proteins. Groups that track creation
-    order are new-style; readers list the proteins in the order they came."""
+    order are new-style. h5py lists the proteins in the order they were written (embed's order
+    of computation, longest first); protrans's readers (fit, predict) list them by name, as
+    before, whatever the batches, resumes or merges that made the file."""
     for layout, kinds in (("grouped", (PER_PROTEIN, PER_RESIDUE)), ("flat", (PER_PROTEIN,))):
         path = tmp_path / f"{layout}.h5"
         ids = [f"p{i:03d}" for i in range(300)][::-1]
@@ -576,4 +578,4 @@ def test_embed_files_list_their_proteins_in_input_order_and_flush_without_rewrit
                 assert group.id.get_create_plist().get_link_creation_order() if layout == "grouped" else True
                 assert [k for k in group.keys() if k in ids] == ids
         with EmbeddingsReader(path) as reader:
-            assert reader.ids(kinds[0]) == ids
+            assert reader.ids(kinds[0]) == sorted(ids) == reader.keys(kinds[0])

@@ -381,8 +381,10 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
 
 def _link_names(group) -> list[bytes]:
     """The names of a group's members, in the order they were made where the group records it
-    (another tool's file written with track_order), else by name; each refused unless a hard
-    link (`local_link`)."""
+    (another tool's file written with track_order: biotrainer's positions in input order), else
+    by name; each refused unless a hard link (`local_link`). embed's own files record creation
+    order too (for their new-style groups), but that order is the order of computation (longest
+    first, and another after a resume or a torchrun merge): they are listed by name, as before."""
     import h5py
 
     names: list[bytes] = []
@@ -393,6 +395,8 @@ def _link_names(group) -> list[bytes]:
 
     gid = group.id if not isinstance(group.id, h5py.h5f.FileID) else h5py.h5g.open(group.id, b"/")
     tracked = gid.get_create_plist().get_link_creation_order() & h5py.h5p.CRT_ORDER_INDEXED
+    if tracked and h5py.h5a.exists(group.file.id, b"layout"):  # (embed's own file: see EmbeddingsReader.key_for)
+        tracked = False
     group.id.links.iterate(add, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME, info=True)
     if outside:
         _refuse_link(group, outside[0])
@@ -922,7 +926,8 @@ class EmbeddingsWriter:
                 # Groups that track creation order are HDF5's new-style groups: in the default,
                 # old-style ones every name sits in one heap that each flush (each batch) writes
                 # whole, so a run wrote bytes growing with the square of its proteins (68 GiB for a
-                # 145 MiB file of 200,000). Readers list the proteins in input order too.
+                # 145 MiB file of 200,000). (h5py then lists the proteins in the order they were
+                # computed; protrans's readers list them by name: `_link_names`.)
                 self.file = h5_file(creating, "x", track_order=True)
             except OSError as exc:  # named by the output the user chose, not by the hidden file
                 why = re.search(r"error message = '([^']*)'", str(exc))
