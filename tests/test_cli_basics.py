@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 
@@ -186,7 +187,10 @@ def test_env_reports_versions_devices_and_fast_paths(run_cli):
     result = run_cli("env", "--json")
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
-    assert info["protrans"] == __version__ and info["packages"]["torch"] == torch.__version__
+    # (the installed distribution's version: a PyPI CUDA wheel says 2.13.0 there, torch.__version__
+    # 2.13.0+cu130; the CPU wheel says +cpu in both)
+    assert info["protrans"] == __version__ and info["packages"]["torch"] == importlib.metadata.version("torch")
+    assert torch.__version__.startswith(info["packages"]["torch"].split("+")[0])
     assert info["cuda_devices"] == ([] if not torch.cuda.is_available() else info["cuda_devices"])
     assert set(info["kernels"]) == {"varlen_attention", "flex_attention", "triton"}  # no compile check asked
     assert info["kernels"]["flex_attention"] is True  # torch 2.5+

@@ -140,6 +140,38 @@ def test_workers_yield_the_same_batches_as_one_process():
     assert workers == direct
 
 
+def test_workers_run_whatever_the_default_start_method(tmp_path):
+    """Python 3.14 made forkserver the default start method on Linux (macOS has spawn): the
+    DataLoader pickled the stream's dataset, a local class, and train --num-workers failed with
+    "Can't pickle local object" and a traceback. The workers are forked, as prep's are."""
+    import subprocess
+    import sys
+
+    code = f"""
+import multiprocessing, sys
+multiprocessing.set_start_method("forkserver")
+sys.path.insert(0, {str(DATA.parent)!r})
+from test_train_units import _indices, _stream
+from protrans_cli.training.data import step_batches
+direct = [_indices(sb) for sb in _stream(max_epochs=1)]
+workers = [_indices(sb) for sb in step_batches(_stream(max_epochs=1), num_workers=2)]
+assert workers == direct and len(direct) > 5, (len(workers), len(direct))
+print("same")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-2000:]
+
+
+def test_workers_where_there_is_no_fork_are_a_usage_error(monkeypatch):
+    import multiprocessing
+
+    from protrans_cli.training.data import step_batches
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with pytest.raises(UsageError, match="--num-workers 2: data-loader workers are forked, and this platform cannot fork"):
+        next(step_batches(_stream(max_epochs=1), num_workers=2))
+
+
 def test_long_proteins_are_cropped_at_random_windows():
     layout = _layout("bert")
     long = "".join(np.random.default_rng(0).choice(list("ACDEFGHIKLMNPQRSTVWY"), size=300))

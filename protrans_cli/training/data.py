@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from protrans_cli.errors import InputError, ProtransError
+from protrans_cli.errors import InputError, ProtransError, UsageError
 from protrans_cli.residues import ALPHABET, STANDARD
 
 
@@ -449,7 +449,17 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     if num_workers <= 0:
         yield from stream
         return
+    import multiprocessing
+
     import torch.utils.data
+
+    # Forked, as prep's workers: the dataset below wraps the stream as it is (its collate is the
+    # objective's, which holds the tokenizer), which spawn and forkserver would have to pickle.
+    # (Python 3.14 made forkserver the default on Linux, and macOS has spawn: "Can't pickle local
+    # object" and a traceback there.) Where there is no fork (Windows), workers are refused.
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise UsageError(f"--num-workers {num_workers}: data-loader workers are forked, and this platform cannot "
+                         "fork; use --num-workers 0 (the data is then prepared in the main process)")
 
     class _Iterable(torch.utils.data.IterableDataset):
         def __iter__(self_inner):
@@ -473,7 +483,8 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     # its workers in turn, which matches the round-robin split in CorpusStream.__iter__.
     loader = torch.utils.data.DataLoader(_Iterable(), batch_size=None, num_workers=num_workers,
                                          persistent_workers=False, worker_init_fn=_ignore_stop_signals,
-                                         generator=torch.Generator().manual_seed(seed))
+                                         generator=torch.Generator().manual_seed(seed),
+                                         multiprocessing_context=multiprocessing.get_context("fork"))
     iterator = iter(loader)
     try:
         for item in iterator:
