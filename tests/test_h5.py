@@ -282,7 +282,8 @@ def test_per_protein_attributes_have_the_types_h5py_gives_them(tmp_path):
         mine, h5pys = ours.id.get_create_plist(), theirs.id.get_create_plist()
         for prop in ("get_layout", "get_fill_time", "get_alloc_time", "get_obj_track_times", "get_nfilters"):
             assert getattr(mine, prop)() == getattr(h5pys, prop)(), prop
-        assert h5py.h5o.get_info(ours.id).ctime == 0
+        info = h5py.h5o.get_info(ours.id)
+        assert getattr(info, "ctime", 0) == 0  # (h5py 3.10 and later show it)
 
 
 def test_a_writer_stopped_while_creating_its_file_leaves_no_partial(tmp_path, monkeypatch):
@@ -576,6 +577,8 @@ def test_embed_files_flush_without_rewriting_every_name_and_readers_list_them_by
             for kind in kinds:
                 group = f if layout == "flat" else f[kind]
                 assert group.id.get_create_plist().get_link_creation_order() if layout == "grouped" else True
-                assert [k for k in group.keys() if k in ids] == ids
+                if layout == "grouped" or tuple(int(v) for v in h5py.__version__.split(".")[:2]) >= (3, 12):
+                    # (before h5py 3.12 a file's root was listed by name whatever it tracked)
+                    assert [k for k in group.keys() if k in ids] == ids
         with EmbeddingsReader(path) as reader:
             assert reader.ids(kinds[0]) == sorted(ids) == reader.keys(kinds[0])

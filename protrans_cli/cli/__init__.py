@@ -221,8 +221,8 @@ def main(argv=None):
                 signal.signal(signal.SIGINT, previous_int)
 
 
-# click 8.2+: a group run without a command raises this (a UsageError holding the help page)
-_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+# a group run without a command raises this (a UsageError holding the help page; click 8.2+)
+_NO_ARGS_IS_HELP = click.exceptions.NoArgsIsHelpError
 
 
 def _main(console, argv):
