@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -400,7 +401,11 @@ class _Spill:
         return data
 
     def send_to(self, stream) -> bool:
-        """Copy into `stream` in the kernel; False (and nothing done) when it has no file."""
+        """Copy into `stream` in the kernel; False (and nothing done) when it has no file, or
+        where sendfile cannot write to one: Linux's writes to any file, macOS's and the BSDs' to
+        a socket only ("Socket operation on non-socket": prep with workers failed on a Mac)."""
+        if not sys.platform.startswith("linux"):
+            return False
         try:
             fd = stream.fileno()
         except (AttributeError, OSError, ValueError):
@@ -413,12 +418,22 @@ class _Spill:
         with open(self.path, "rb") as handle:
             done = 0
             while done < self.size:
-                sent = os.sendfile(fd, handle.fileno(), done, self.size - done)
+                try:
+                    sent = os.sendfile(fd, handle.fileno(), done, self.size - done)
+                except OSError as exc:
+                    if done == 0 and exc.errno in _NO_SENDFILE:  # refused before a byte: written by the caller
+                        return False
+                    raise
                 if sent == 0:
                     raise OSError(f"sendfile stopped at {done} of {self.size} bytes")
                 done += sent
         os.unlink(self.path)
         return True
+
+
+# what sendfile says where it cannot write to the output (a kernel or file system without it)
+_NO_SENDFILE = {getattr(errno, name) for name in ("EINVAL", "ENOTSOCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS")
+                if hasattr(errno, name)}
 
 
 _spill_count = 0
@@ -1167,7 +1182,14 @@ def _is_shard_of(path: str, options: CorpusOptions) -> bool:
         return False
     first = shard_path(options.output, 0)
     here = Path(os.path.realpath(path))
-    return here.parent == Path(os.path.realpath(first.parent)) and shard_index(options.output, here.name) is not None
+    if here.parent == Path(os.path.realpath(first.parent)) and shard_index(options.output, here.name) is not None:
+        return True
+    # A file system that ignores case (macOS's, Windows'): `-o C.fa --shards 2` writes C.00000.fa,
+    # which is the input c.00000.fa there. Taken as such when the two names are one file.
+    output = Path(options.output)
+    k = shard_index(output.with_name(output.name.casefold()), Path(path).name.casefold())
+    return k is not None and os.path.exists(path) and os.path.exists(shard_path(output, k)) \
+        and same_file(path, shard_path(output, k))
 
 
 # --------------------------------------------------------------------------------------------

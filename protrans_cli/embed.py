@@ -549,6 +549,8 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.empty_cache()  # (Apple's GPU keeps freed blocks cached too: the split retry needs them)
 
 
 def _takes_pooled(embedder) -> bool:

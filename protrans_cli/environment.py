@@ -64,6 +64,8 @@ def describe(check_compile: bool = False) -> dict:
         # (PROTRANS_THREADS, else at most 4), not torch's own default
         "cpu": {"cores": available_cores(), "machine_cores": os.cpu_count(), "threads": _default_threads()},
         "cuda_devices": [],
+        # Apple's GPU: what embed, fit and predict take by default where there is no CUDA device
+        "mps": _mps_available(),
         "kernels": {},
         "hub": {"cache": _hub_cache(), "offline": _offline()},  # as the model loader reads it
     }
@@ -87,6 +89,12 @@ def describe(check_compile: bool = False) -> dict:
         if cuda:
             kernels["compile_cuda"] = _compile_check("cuda")
     return info
+
+
+def _mps_available() -> bool:
+    from protrans_cli.embedders import _mps_available as available
+
+    return available()
 
 
 def _hub_cache() -> str:
@@ -133,7 +141,10 @@ def format_lines(info: dict) -> list[str]:
              f"cpu: {info['cpu']['cores']} cores for this process (of {info['cpu']['machine_cores']}); "
              + (f"commands use {info['cpu']['threads']} threads unless -j says otherwise"
                 if isinstance(info["cpu"]["threads"], int) else f"-j's default: {info['cpu']['threads']}")]
-    if not info["cuda_devices"]:
+    if not info["cuda_devices"] and info.get("mps"):
+        lines.append("cuda: no device; mps: Apple GPU (embed computes there in float16, fit and predict run there; "
+                     "train runs on the CPU in float32)")
+    elif not info["cuda_devices"]:
         lines.append("cuda: no device (embed and train run on the CPU in float32)")
     for d in info["cuda_devices"]:
         lines.append(f"cuda:{d['index']}: {d['name']}, compute capability {d['capability']}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 import sys
 
@@ -277,3 +278,16 @@ def test_output_flags_after_the_command_name(run_cli, tmp_path):
     with pytest.raises(InputError, match="no such file"):  # --debug: the exception itself, for its traceback
         run_cli("prep", tmp_path / "none.fa", "--debug")
     assert run_cli("prep", tmp_path / "none.fa").stderr.strip().startswith("protrans: error:")  # reset per call
+
+
+def test_env_names_apples_gpu_where_embed_fit_and_predict_would_use_it(run_cli, monkeypatch):
+    """On an Apple-silicon Mac `env` said "no device ... run on the CPU" while embed, fit and
+    predict took MPS by default: a misleading bug report."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = run_cli("env")
+    assert result.exit_code == 0 and ("cuda: no device; mps: Apple GPU (embed computes there in float16, fit and "
+                                      "predict run there; train runs on the CPU in float32)") in result.stdout
+    assert json.loads(run_cli("env", "--json").stdout)["mps"] is True

@@ -1841,3 +1841,14 @@ def test_stdin_and_pipes_where_they_cannot_work_are_said(run_cli, ss_data, tmp_p
     assert r.exit_code == 2 and "stdin ('-') can be one label file at most" in r.stderr, r.stderr
     r = run_cli("predict", tmp_path, "--fasta", "-", "--labels", "-", input=b"")
     assert r.exit_code == 2 and "stdin ('-') can be one input at most" in r.stderr, r.stderr
+
+
+def test_evaluation_set_names_differ_without_case():
+    """Metrics files are named after their set: `DeepLoc.json` and `deeploc.json` are one file on
+    macOS's and Windows' file systems, so the second test set replaced the first's metrics."""
+    from protrans_cli.heads.fit import _unique_name
+
+    assert _unique_name("deeploc", ["valid", "DeepLoc"]) == "deeploc-2"
+    assert _unique_name("Valid", ["valid"]) == "Valid-2"
+    assert _unique_name("deeploc", ["DEEPLOC", "deeploc-2"]) == "deeploc-3"
+    assert _unique_name("cb513", ["valid"]) == "cb513"

@@ -237,7 +237,8 @@ def test_atomic_file_writes_through_a_link_to_a_redirected_stream(tmp_path):
     log = tmp_path / "log.txt"
     link = tmp_path / "stdout"
     with open(log, "wb") as redirected:
-        link.symlink_to(f"/proc/self/fd/{redirected.fileno()}")
+        fds = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"  # (macOS has the second)
+        link.symlink_to(f"{fds}/{redirected.fileno()}")
         with atomic_output(link) as out:
             out.write(b"through the link\n")
     assert link.is_symlink() and log.read_bytes() == b"through the link\n"
@@ -433,3 +434,19 @@ def test_a_compressed_pipe_whose_first_read_is_short_is_still_decompressed(tmp_p
     tiny = tmp_path / "tiny.fa"  # shorter than a magic number: read whole, and closed
     tiny.write_bytes(b">a\nM\n")
     assert [r.sequence for r in read_fasta(str(tiny))] == ["M"]
+
+
+def test_is_inside_knows_a_folder_spelled_otherwise(tmp_path, monkeypatch):
+    """On a file system that ignores case, `Runs/t5` is `runs/t5`, and macOS's realpath keeps the
+    case given: a string comparison let `embed -m runs/t5 -o Runs/t5/model.safetensors` write
+    over the weights it loaded. Simulated by a second name for the folder that realpath does not
+    resolve."""
+    from protrans_cli.io import files
+
+    (tmp_path / "runs" / "t5").mkdir(parents=True)
+    (tmp_path / "Runs").symlink_to(tmp_path / "runs")
+    monkeypatch.setattr(files.os.path, "realpath", lambda p: os.path.abspath(p))
+    assert files.is_inside(tmp_path / "Runs" / "t5" / "model.safetensors", tmp_path / "runs" / "t5")
+    assert files.is_inside(tmp_path / "Runs" / "t5", tmp_path / "runs" / "t5")
+    assert not files.is_inside(tmp_path / "Runs" / "other.h5", tmp_path / "runs" / "t5")
+    assert not files.is_inside(tmp_path / "elsewhere" / "x.h5", tmp_path / "runs" / "t5")

@@ -877,3 +877,46 @@ def test_a_full_disk_while_writing_names_the_output_or_stdout(tmp_path, run_cli)
                               stderr=subprocess.PIPE, text=True)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == \
         "protrans: error: standard output: cannot write: No space left on device"
+
+
+@pytest.mark.parametrize("platform", ["linux", "darwin"])
+def test_workers_text_is_written_where_sendfile_cannot_write_to_a_file(tmp_path, monkeypatch, platform):
+    """macOS's sendfile writes to sockets only: prep with workers into a file failed there with
+    "Socket operation on non-socket" (exit 1, no output). Refused before a byte, the text is
+    written by the main process; off Linux sendfile is not tried."""
+    import errno
+
+    from protrans_cli import corpus
+
+    fasta = _many(tmp_path / "in.fa", 600)
+    expected = tmp_path / "expected.txt"
+    build_corpus([fasta], CorpusOptions(output=expected, threads=1, progress=False))
+    tried = []
+
+    def refuse(out_fd, in_fd, offset, count):
+        tried.append(count)
+        raise OSError(errno.ENOTSOCK, "Socket operation on non-socket")
+
+    monkeypatch.setattr(corpus.os, "sendfile", refuse)
+    monkeypatch.setattr(corpus.sys, "platform", platform)
+    out = tmp_path / "c.txt"
+    build_corpus([fasta], CorpusOptions(output=out, threads=2, block_bytes=4096, progress=False))
+    assert out.read_bytes() == expected.read_bytes()
+    assert bool(tried) == (platform == "linux")
+
+
+def test_a_shard_named_like_an_input_but_for_case_is_refused_where_they_are_one_file(tmp_path, run_cli):
+    """On a file system that ignores case (macOS, Windows) `prep c.00000.fa -o C.fa --shards 2`
+    wrote C.00000.fa over its own input. Simulated here by a hard link (one file, two names);
+    where the names are two files (Linux) the run goes on."""
+    fasta = _many(tmp_path / "c.00000.fa", 20)
+    out = tmp_path / "C.fa"
+    r = run_cli("prep", fasta, "-o", out, "--shards", "2")
+    assert r.exit_code == 0 and (tmp_path / "C.00000.fa").exists()
+    (tmp_path / "C.00000.fa").unlink()
+    (tmp_path / "C.00001.fa").unlink()
+    os.link(fasta, tmp_path / "C.00000.fa")
+    before = fasta.read_bytes()
+    r = run_cli("prep", fasta, "-o", out, "--shards", "2")
+    assert r.exit_code == 2 and "c.00000.fa is also an input: a shard of -o" in r.stderr
+    assert fasta.read_bytes() == before

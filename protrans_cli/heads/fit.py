@@ -275,7 +275,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     members, history = [], list(state.history)
     # Each member seeds torch itself (reproducible heads); the caller's generators are put back
     # afterwards, so a notebook's seeded random numbers do not depend on having called fit.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _fork_rng(torch, device):
         for saved in state.members:
             model = build_head(task, train.dim, hidden=config.hidden, kernel=config.kernel, dropout=config.dropout)
             model.load_state_dict(saved)
@@ -600,9 +600,23 @@ def _load(config: FitConfig, embeddings, label_set: LabelSet, task: Task):
                      cache_bytes=config.cache_bytes)
 
 
+def _fork_rng(torch, device):
+    """torch.random.fork_rng over the CPU's generator and the device's: CUDA's, or Apple's MPS
+    one (whose dropout draws were left out, so a library fit on a Mac changed its caller's)."""
+    if device.type == "cuda":
+        return torch.random.fork_rng(devices=[device])
+    if device.type == "mps":
+        return torch.random.fork_rng(devices=[0], device_type="mps")
+    return torch.random.fork_rng(devices=[])
+
+
 def _unique_name(name: str, taken: list[str]) -> str:
+    """`name`, or `name-2`, `name-3`...: one no other evaluation set has, compared without case
+    (its metrics files are named after it, and on macOS's and Windows' file systems
+    `DeepLoc.json` and `deeploc.json` are one file: the second set replaced the first's)."""
+    folded = {t.casefold() for t in taken}
     out, i = name, 2
-    while out in taken:
+    while out.casefold() in folded:
         out, i = f"{name}-{i}", i + 1
     return out
 
@@ -699,10 +713,12 @@ def _train_one(config: FitConfig, task: Task, train, valid, seed: int, member: i
         optimizer.load_state_dict(resume_from["optimizer"])
         rng.bit_generator.state = json.loads(resume_from["numpy_rng"])
         torch.set_rng_state(resume_from["torch_rng"])
+        # dropout on a GPU draws from the device's generator: without it the resumed epochs
+        # replayed the first epoch's masks (manual_seed above reset it)
         if device.type == "cuda" and resume_from.get("cuda_rng") is not None:
-            # dropout on a GPU draws from the device's generator: without it the resumed epochs
-            # replayed the first epoch's masks (manual_seed above reset it)
             torch.cuda.set_rng_state(resume_from["cuda_rng"], device)
+        elif device.type == "mps" and resume_from.get("mps_rng") is not None:
+            torch.mps.set_rng_state(resume_from["mps_rng"])
         best_state = {k: v.to(device) for k, v in resume_from["best_state"].items()}
         best_score, best_loss, best_epoch = resume_from["best_score"], resume_from["best_loss"], resume_from["best_epoch"]
         kept_loss = resume_from.get("kept_loss", best_loss)  # states saved before it was kept
@@ -754,6 +770,7 @@ def _train_one(config: FitConfig, task: Task, train, valid, seed: int, member: i
                 "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "mps_rng": torch.mps.get_rng_state() if device.type == "mps" else None,
                 "best_state": {k: v.cpu() for k, v in best_state.items()},
                 "best_score": best_score, "best_loss": best_loss, "best_epoch": best_epoch, "kept_loss": kept_loss,
                 "last_progress": last_progress, "lines": lines})

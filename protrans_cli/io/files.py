@@ -57,7 +57,15 @@ def is_inside(path, directory) -> bool:
     if not os.path.isdir(directory):
         return False
     base, target = os.path.realpath(directory), os.path.realpath(path)
-    return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
+    if target == base or target.startswith(base.rstrip(os.sep) + os.sep):
+        return True
+    # Spelled otherwise but one folder (a file system that ignores case: `-o Runs/t5/x` beside
+    # `-m runs/t5`; macOS's realpath keeps the case given): the path's existing folders, each
+    # compared with the directory itself.
+    for folder in Path(target).parents if not os.path.isdir(target) else (Path(target), *Path(target).parents):
+        if os.path.isdir(folder) and os.path.samefile(folder, base):
+            return True
+    return False
 
 
 

@@ -24,10 +24,12 @@ the finished output) and reports which ids are already present so that a rerun s
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -788,9 +790,12 @@ def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next 
                                  f"{need / 2**20:.0f} MiB; {then}", path=str(shown or path))
 
 
-# errno values of a file system that grants no locks: ENOSYS, EOPNOTSUPP, ENOLCK (NFS without a
-# lock daemon), 524 (Linux's ENOTSUPP: Lustre, some FUSE and GPFS mounts)
-_NO_LOCK_ERRNOS = {38, 95, 37, 524}
+# errno values of a file system that grants no locks: ENOSYS, EOPNOTSUPP/ENOTSUP, ENOLCK (NFS
+# without a lock daemon), 524 (Linux's ENOTSUPP: Lustre, some FUSE and GPFS mounts). HDF5 writes
+# the host's number into its message, so they are taken by name: macOS numbers them otherwise
+# (ENOLCK 77, EOPNOTSUPP 102, ENOTSUP 45; its 37 and 38 are EALREADY and ENOTSOCK).
+_NO_LOCK_ERRNOS = {getattr(errno, name) for name in ("ENOSYS", "EOPNOTSUPP", "ENOTSUP", "ENOLCK")
+                   if hasattr(errno, name)} | ({524} if sys.platform.startswith("linux") else set())
 _WARNED_NO_LOCKS: set[str] = set()
 
 
