@@ -957,8 +957,6 @@ class _Writers:
     def write(self, outputs: dict, train_before: int) -> None:
         """`train_before`: training proteins written before this block (round-robin offset)."""
         for dest, text in outputs.items():
-            where = self.options.valid_output if dest == -1 else self.paths[self.current] \
-                if self.options.shard_size is not None else self.paths[(dest + train_before) % len(self.train)]
             try:
                 if dest == -1:
                     self._put(self.valid, text)
@@ -969,6 +967,9 @@ class _Writers:
             except OSError as exc:  # a write's error names no file: "No space left on device" alone
                 if (reason := disk_full(exc)) is None:
                     raise
+                # (read now: --shard-size may have gone on to the next shard)
+                where = self.options.valid_output if dest == -1 else shard_path(self.options.output, self.current) \
+                    if self.options.shard_size is not None else self.paths[(dest + train_before) % len(self.train)]
                 raise RuntimeFailure(f"cannot write: {reason}",
                                      path="standard output" if str(where) == "-" else str(where)) from None
 

@@ -920,3 +920,26 @@ def test_a_shard_named_like_an_input_but_for_case_is_refused_where_they_are_one_
     r = run_cli("prep", fasta, "-o", out, "--shards", "2")
     assert r.exit_code == 2 and "c.00000.fa is also an input: a shard of -o" in r.stderr
     assert fasta.read_bytes() == before
+
+
+def test_a_full_disk_at_a_later_shard_names_that_shard(tmp_path, monkeypatch, run_cli):
+    """With --shard-size the writer goes on to the next shard inside one block: the error named
+    the shard before the one that met the full disk."""
+    from protrans_cli import corpus
+
+    real = corpus._Writers._handle
+
+    class Full:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    def handle(self, path, kind):
+        stream = real(self, path, kind)
+        return Full() if str(path).endswith(".00002.txt") else stream
+
+    monkeypatch.setattr(corpus._Writers, "_handle", handle)
+    out = tmp_path / "c.txt"
+    r = run_cli("prep", _many(tmp_path / "in.fa", 300), "-o", out, "--shard-size", "2K")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == \
+        f"protrans: error: {tmp_path / 'c.00002.txt'}: cannot write: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]
