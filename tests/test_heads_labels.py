@@ -300,6 +300,18 @@ def test_utf16_label_files_read_like_the_original(tmp_path, name, encoding):
     assert [(r.id, r.sequence, r.labels) for r in converted.records] == \
         [(r.id, r.sequence, r.labels) for r in original.records]
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_label_files_without_a_byte_order_mark_are_read(tmp_path, encoding):
+    """pandas' to_csv(encoding="utf-16-le") writes no byte-order mark: such a file was "a binary
+    file" (and before that "expected 'id,label'")."""
+    source = HEADS / "id_label_with_header.tsv"
+    wide = tmp_path / "wide.tsv"
+    wide.write_bytes(source.read_text(encoding="utf-8").encode(encoding))
+    assert wide.read_bytes()[:2] not in (b"\xff\xfe", b"\xfe\xff")
+    original, converted = read_labels(source), read_labels(wide)
+    assert [(r.id, r.labels) for r in converted.records] == [(r.id, r.labels) for r in original.records]
+
+
 def test_a_sequence_longer_than_csvs_field_limit_is_read(tmp_path):
     """csv refuses fields over 131,072 characters by default: a traceback for a 144k-residue protein."""
     n = 70_000  # spaced: 140,000 characters per field

@@ -112,12 +112,16 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
     name = display_name(path)
     with open_input(path) as stream:
         data = stream.read()
-    _refuse_binary(data, name)
+    wide = _utf16_without_bom(data)
+    if wide is None:
+        _refuse_binary(data, name)
     try:
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):
             # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
             # Read as latin-1, every other character was a NUL ("expected 'id,label'" on line 3).
             text = data.decode("utf-16")
+        elif wide is not None:
+            text = data.decode(wide)
         else:
             text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -149,6 +153,20 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
         raise InputError("holds no labelled records", path=name)
     _refuse_duplicate_ids(label_set)
     return label_set
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    """"utf-16-le" or "utf-16-be" for UTF-16 text without a byte-order mark (pandas'
+    `to_csv(encoding="utf-16-le")`, Python's utf-16-le codec): a label file is ASCII at heart, so
+    every other byte of its start is NUL and the rest are not; else None."""
+    head = data[:1024]
+    head = head[:len(head) // 2 * 2]
+    if len(head) < 4:
+        return None
+    for codec, zeros, chars in (("utf-16-le", head[1::2], head[0::2]), ("utf-16-be", head[0::2], head[1::2])):
+        if zeros.count(0) == len(zeros) and chars.count(0) == 0:
+            return codec
+    return None
 
 
 def _refuse_binary(data: bytes, name: str) -> None:

@@ -214,7 +214,8 @@ def _temporary(final: Path) -> Path:
 def _no_room(folder: Path) -> str | None:
     """What a write into `folder` that failed met, when its disk is full: torch's writer says
     "[enforce fail at inline_container.cc:672] . unexpected pos 285184 vs 285072" there, which
-    names no cause. (Read before the partial checkpoint is removed, which frees its room.)"""
+    names no cause (asked for that error only: another one on a nearly full disk keeps its own
+    words). Read before the partial checkpoint is removed, which frees its room."""
     try:
         st = os.statvfs(folder)
     except OSError:
@@ -244,7 +245,7 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         default_permissions(tmp)  # safetensors writes 0600
         replace_directory(tmp, directory)  # (it exists when the same step is written again after a resume)
     except Exception as exc:  # a full disk, a quota: one line; the checkpoints before stay as they were
-        reason = disk_full(exc) or _no_room(tmp) or first_line(exc)
+        reason = disk_full(exc) or (_no_room(tmp) if "unexpected pos" in str(exc) else None) or first_line(exc)
         shutil.rmtree(tmp, ignore_errors=True)
         kept = [p.name for p in list_checkpoints(directory.parent.parent) if p != directory]
         raise RuntimeFailure(f"cannot write the checkpoint ({reason}); "

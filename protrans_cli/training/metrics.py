@@ -85,8 +85,7 @@ def append_metrics(path: Path, record: dict) -> None:
             raise
         # (a write's error names no file: the line said "No space left on device" alone; a line
         # cut short is left out when the file is read, and --resume rewrites the file)
-        raise RuntimeFailure(f"cannot append step {record.get('step')}'s line: {reason} (--resume continues from "
-                             "the last checkpoint)", path=str(path)) from None
+        raise RuntimeFailure(f"cannot append step {record.get('step')}'s line: {reason}", path=str(path)) from None
 
 
 def read_metrics(path) -> list[dict]:
