@@ -20,7 +20,7 @@ from pathlib import Path
 
 from protrans_cli import console
 from protrans_cli.errors import UsageError
-from protrans_cli.io.files import check_replaceable
+from protrans_cli.io.files import check_replaceable, utf8_path_problem, utf8_text
 
 EXAMPLE_FILES = ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta")
 SUBFOLDERS = ("corpus", "fasta", "embeddings", "heads", "predictions")  # made before the steps write in them
@@ -97,6 +97,8 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         raise UsageError(f"quickstart needs at least one training step and one head epoch, got {num_steps} "
                          f"and {head_epochs}")
     out = Path(output)
+    if (problem := utf8_path_problem(out.absolute())) is not None:  # (its train step would fail, after the others)
+        raise UsageError(f"{utf8_text(str(out))}: {problem}")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise UsageError(f"{out} exists and is not empty (use --force to replace it)")

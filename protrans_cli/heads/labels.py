@@ -35,7 +35,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.tasks import LOCATIONS
-from protrans_cli.io.fasta import decode_word, parse_fasta, read_fasta
+from protrans_cli.io.fasta import ASCII_SPACE, decode_word, parse_fasta, read_fasta
 from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import SequenceRejected, normalise
@@ -345,7 +345,7 @@ def _read_pisces(text: str, name: str) -> LabelSet:
         seq = row[seq_col].strip().upper()
         stars += seq.count("*")
         seq = seq.replace("*", "X")
-        ident = "_".join(row[i].strip() for i in id_cols) if id_cols else _sequence_id(seq, seen)
+        ident = "_".join(row[i].strip(ASCII_SPACE) for i in id_cols) if id_cols else _sequence_id(seq, seen)
         labels = {}
         for task, idx in label_cols.items():
             value = row[idx].strip()
@@ -364,8 +364,15 @@ def _read_pisces(text: str, name: str) -> LabelSet:
 # --- FLIP / biotrainer FASTA --------------------------------------------------------------
 
 
+def _ascii_words(text: str) -> list[str]:
+    """`text` split at ASCII whitespace only, as the FASTA reader ends an id: str.split() also
+    splits at a no-break space or U+2028, so `>P1\xa0x Cytoplasm-S` was another id here than in
+    the embeddings."""
+    return [w for w in re.split(f"[{ASCII_SPACE}]+", text) if w]
+
+
 def _attrs(description: str) -> dict[str, str]:
-    return dict(token.split("=", 1) for token in description.split()[1:] if "=" in token)
+    return dict(token.split("=", 1) for token in _ascii_words(description)[1:] if "=" in token)
 
 
 def _read_flip(text: str, name: str) -> LabelSet:
@@ -428,7 +435,7 @@ def _deeploc_split(tokens: list[str]) -> str | None:
 def _read_deeploc(text: str, name: str) -> LabelSet:
     records = []
     for rec in parse_fasta(io.BytesIO(text.encode()), name):
-        tokens = rec.description.split()
+        tokens = _ascii_words(rec.description)  # (the id ends where the FASTA reader's does)
         if len(tokens) < 2 or not _DEEPLOC_LABEL.match(tokens[1]):
             raise InputError("DeepLoc header needs 'ID Location-M|S|U'", path=name, line=rec.line, record=rec.id)
         location, membrane = tokens[1].rsplit("-", 1)
@@ -453,7 +460,7 @@ def _read_table(text: str, name: str) -> LabelSet:
     set_col = None
     width = 2  # fields a row may fill: id and label, or the header's columns
     for lineno, row in enumerate(rows, 1):
-        row = [f.strip() for f in row]
+        row = [f.strip(ASCII_SPACE) for f in row]
         if not row or not any(row):
             continue
         if not header_seen:

@@ -90,13 +90,15 @@ def _check_claims(config: dict, task: Task) -> None:
 
 def load_head(directory) -> tuple[Ensemble, Task, dict]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_safetensors
 
     directory = Path(directory)
     if not (directory / CONFIG).is_file():
         raise InputError(f"not a head directory (no {CONFIG})", path=str(directory))
     try:
-        state = load_file(str(directory / WEIGHTS))
+        # read by Python (a head is small): safetensors' own file call opens the name's UTF-8
+        # spelling, and a head in a folder whose name is not UTF-8 could not be read back
+        state = load_safetensors((directory / WEIGHTS).read_bytes())
     except FileNotFoundError:
         raise ModelError(f"head has no {WEIGHTS}", path=str(directory)) from None
     except (SafetensorError, OSError) as exc:  # truncated by an interrupted copy, or not safetensors at all

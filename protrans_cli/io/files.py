@@ -530,6 +530,33 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def utf8_text(text: str) -> str:
+    """`text` as HDF5 (and JSON readers) can hold it: a name that is not UTF-8 (a file name with
+    byte 0xff, or any non-ASCII name under LC_ALL=C) reaches Python with surrogate escapes, which
+    h5py refuses ("surrogates not allowed": embed failed with a traceback when the command line
+    held one); the bytes are written as `\\xff` escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def utf8_path_problem(path) -> str | None:
+    """Why `path` cannot be handed to the Rust libraries (tokenizers, safetensors' file calls),
+    which write and open the UTF-8 spelling of a name: a name that is not UTF-8 (byte 0xff), or
+    any non-ASCII name where the locale's file-system encoding is not UTF-8 (LC_ALL=C with
+    PYTHONUTF8=0, a Latin-1 locale: they opened another file, or none). None when it can."""
+    text = os.fspath(path)
+    try:
+        if os.fsencode(text) == text.encode("utf-8"):
+            return None
+    except UnicodeEncodeError:
+        pass
+    return ("its name is not UTF-8 here (the tokenizers library writes and reads UTF-8 names only): "
+            "use an ASCII name, or a UTF-8 locale (LC_ALL=C.UTF-8)")
+
+
 def disk_full(exc: BaseException | None) -> str | None:
     """The reason (`No space left on device`, a quota, the file-size limit) when `exc` or an error
     it was raised from is a write that found no room; else None. (A `raise ... from None` keeps

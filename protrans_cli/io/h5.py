@@ -38,7 +38,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
 from protrans_cli.io.fasta import header_id
-from protrans_cli.io.files import output_directory
+from protrans_cli.io.files import output_directory, utf8_text
 
 PER_RESIDUE = "per_residue"
 PER_PROTEIN = "per_protein"
@@ -402,6 +402,13 @@ def _link_names(group) -> list[bytes]:
     group.id.links.iterate(add, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME, info=True)
     if outside:
         _refuse_link(group, outside[0])
+    for name in names:
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:  # (another tool's file, bytes keys: every reader decodes names as UTF-8)
+            raise InputError(f"a dataset name that is not UTF-8 ({name!r}): protrans reads the ids of an embeddings "
+                             "file as UTF-8; rename the datasets (h5py's move) or write them with str keys",
+                             path=group.file.filename) from None
     return names
 
 
@@ -1157,6 +1164,8 @@ def _attr_value(value):
         return np.asarray(value)
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
+    if isinstance(value, str):
+        return utf8_text(value)
     return value
 
 

@@ -245,8 +245,17 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             # The config as read: a tokenizer_config.json without tokenizer_class (ProtBert's) makes
             # AutoTokenizer read the config, and that config may lack model_type.
             tokenizer = family.load_tokenizer(target, config=source.config, **hub_kwargs)
-        except (ImportError, ValueError, TypeError, OSError, KeyError, AttributeError, IndexError) as exc:
-            # (KeyError and the like: a damaged tokenizer.json, e.g. `{}`, was a traceback)
+        except Exception as exc:  # noqa: BLE001 - tokenizers' Rust errors are bare Exceptions
+            # (KeyError and the like: a damaged tokenizer.json, e.g. `{}`, was a traceback; the
+            # tokenizers library's "No such file or directory (os error 2)" for a folder whose name
+            # is not UTF-8 in the locale, too)
+            from protrans_cli.errors import ProtransError
+            from protrans_cli.io.files import utf8_path_problem, utf8_text
+
+            if isinstance(exc, ProtransError):
+                raise
+            if is_dir and (problem := utf8_path_problem(target)) is not None:
+                raise ModelError(f"{utf8_text(name)}: cannot load the tokenizer: {problem}") from None
             if is_dir and not _has_tokenizer_files(target):
                 # transformers fails in odd ways then ("expected str, bytes or os.PathLike object")
                 raise ModelError(f"{name}: the model directory has no tokenizer files; {_COPY_TOKENIZER}") from None

@@ -165,6 +165,11 @@ class TrainConfig:
         """Refuse contradictory settings up front, before any model is built."""
         if not self.corpus:
             raise UsageError("no training corpus: give --corpus (or 'corpus' in the config file)")
+        from protrans_cli.io.files import utf8_path_problem, utf8_text
+
+        # (the tokenizer is saved with the first checkpoint: found there, every step before was lost)
+        if (problem := utf8_path_problem(os.path.abspath(self.output_dir))) is not None:
+            raise UsageError(f"the run directory {utf8_text(self.output_dir)}: {problem}")
         if "-" in self.corpus or "-" in self.val_corpus:
             raise UsageError("the corpus cannot be stdin ('-'): training reads it once per epoch")
         for path in (*self.corpus, *self.val_corpus):

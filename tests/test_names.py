@@ -1,0 +1,118 @@
+"""File names that are not UTF-8 (byte 0xff; any non-ASCII name under LC_ALL=C PYTHONUTF8=0) and
+ids with Unicode whitespace: what cluster jobs and other locales give the commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from conftest import DATA
+
+EXAMPLE = DATA.parent.parent / "protrans_cli" / "example_data"
+ODD = b"x\xff"  # a byte that is not UTF-8: Python sees the name with a surrogate escape
+
+
+def _protrans(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "protrans_cli", *args], cwd=cwd, capture_output=True)
+
+
+@pytest.fixture
+def odd_dir(tmp_path):
+    folder = os.path.join(os.fsencode(tmp_path), ODD)
+    try:
+        os.mkdir(folder)
+    except OSError:  # a file system that takes UTF-8 names only (macOS's APFS)
+        pytest.skip("this file system refuses names that are not UTF-8")
+    return os.fsdecode(folder)
+
+
+def test_embed_records_a_command_line_holding_a_name_that_is_not_utf8(tmp_path, odd_dir):
+    """h5py refuses surrogate escapes: embed failed with a traceback ("surrogates not allowed")
+    when a file name on its command line was not UTF-8, and left a hidden file behind."""
+    fasta = os.path.join(odd_dir, "in.fa")
+    with open(fasta, "w") as fh:
+        fh.write(">a\nMKV\n>b\nMKLA\n")
+    out = os.path.join(odd_dir, "out.h5")
+    r = _protrans("embed", os.fsencode(fasta), "-m", "onehot", "-o", os.fsencode(out), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    with h5py.File(out, "r") as f:
+        assert "x\\xff/in.fa" in f.attrs["command_line"]
+    assert sorted(os.listdir(odd_dir)) == ["in.fa", "out.h5"]
+    r = _protrans("embed", os.fsencode(fasta), "-m", "onehot", "-o", os.fsencode(out), "-q", "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+
+
+def test_train_refuses_a_run_directory_the_tokenizer_cannot_be_saved_into_before_any_step(tmp_path, odd_dir):
+    """The tokenizers library writes the UTF-8 spelling of a name: a run directory whose name is
+    not UTF-8 trained every step up to the first checkpoint and then failed there."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("M K V L A A G\n\nM K L A\n\n" * 8)
+    run = os.path.join(odd_dir, "run")
+    r = _protrans("train", "--family", "bert", "--preset", "tiny", "--corpus", str(corpus), "-o", os.fsencode(run),
+                  "--num-steps", "2", "--max-length", "32", "--global-batch-size", "4", "--micro-batch-size", "4",
+                  cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.decode().strip().splitlines()[-1] == (
+        f"protrans: error: the run directory {tmp_path}/x\\xff/run: its name is not UTF-8 here (the tokenizers "
+        "library writes and reads UTF-8 names only): use an ASCII name, or a UTF-8 locale (LC_ALL=C.UTF-8)")
+    assert os.listdir(odd_dir) == []
+
+
+def test_a_head_in_a_folder_whose_name_is_not_utf8_is_read_back(tmp_path, odd_dir, run_cli):
+    """fit wrote the head; predict could not read its weights ("Path ... is not valid UTF-8")."""
+    emb = tmp_path / "loc.h5"
+    assert run_cli("embed", EXAMPLE / "loc_train.fasta", "-m", "onehot", "--per-protein", "-o", emb, "-q").exit_code == 0
+    head = os.path.join(odd_dir, "head")
+    r = run_cli("fit", "loc", "--embeddings", emb, "--labels", EXAMPLE / "loc_train.fasta", "-o", head,
+                "--max-epochs", "1", "-q")
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", head, "--embeddings", emb, "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "p.csv").read_text().count("\n") > 100
+
+
+def test_ids_ending_in_a_no_break_space_match_between_fasta_and_label_tables(tmp_path, run_cli):
+    """The FASTA id ends at ASCII whitespace only; the label readers stripped or split at any
+    Unicode whitespace (a no-break space), so every such label missed its embedding."""
+    fasta = tmp_path / "t.fa"
+    fasta.write_bytes(b">T0\xc2\xa0 d\nMKVLA\n>T1\xe2\x80\xa8\nMKLAA\n>T2\nMKKLA\n>T3\nMKVVA\n")
+    labels = tmp_path / "t.csv"
+    labels.write_bytes(b"id,label\nT0\xc2\xa0,1.5\nT1\xe2\x80\xa8,2.0\nT2,1.0\nT3,0.5\n")
+    deeploc = tmp_path / "d.fasta"
+    deeploc.write_bytes(b">P1\xc2\xa0x Cytoplasm-S\nMKV\n")
+    emb = tmp_path / "t.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-protein", "-o", emb, "-q").exit_code == 0
+    r = run_cli("fit", "value", "--embeddings", emb, "--labels", labels, "-o", tmp_path / "head",
+                "--max-epochs", "1", "--valid-fraction", "0.25", "-q")
+    assert r.exit_code == 0, r.stderr
+    from protrans_cli.heads.labels import read_labels
+
+    assert [r.id for r in read_labels(deeploc).records] == ["P1\xa0x"]
+
+
+def test_env_prints_a_path_its_output_encoding_cannot_hold(tmp_path):
+    """`protrans env` (what bug reports ask for) failed with UnicodeEncodeError under
+    PYTHONIOENCODING=ascii when the Hugging Face cache's path was not ASCII."""
+    env = dict(os.environ, PYTHONIOENCODING="ascii", HF_HOME=str(tmp_path / "josé"))
+    r = subprocess.run([sys.executable, "-m", "protrans_cli", "env"], capture_output=True, env=env)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert f"Hugging Face cache: {tmp_path}/jos\\xe9/hub".encode() in r.stdout
+
+
+def test_an_embeddings_file_with_dataset_names_that_are_not_utf8_is_one_line(tmp_path, run_cli):
+    """Another tool's file written with bytes keys: fit and predict failed with a UnicodeDecodeError
+    traceback."""
+    import numpy as np
+
+    path = tmp_path / "foreign.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(b"Pl\xe90", data=np.zeros(21, np.float32))
+        f.create_dataset("K2", data=np.zeros(21, np.float32))
+    labels = tmp_path / "l.csv"
+    labels.write_text("id,label\nK2,1.0\n")
+    r = run_cli("fit", "value", "--embeddings", path, "--labels", labels, "-o", tmp_path / "head")
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert f"{path}: a dataset name that is not UTF-8 (b'Pl\\xe90')" in r.stderr
