@@ -144,16 +144,13 @@ class CorpusOptions:
         for i, (flag, path) in enumerate(files):
             output_directory(path)  # every output's directory, before anything is opened
             for other, path2 in files[:i]:
-                # (/dev/null twice discards both: nothing there to replace). Names that differ
-                # only in case too: on macOS's and Windows' file systems they are one file.
-                if (same_file(path, path2) or os.path.realpath(path).casefold() == os.path.realpath(path2).casefold()) \
-                        and os.path.realpath(path) != os.devnull:
+                # (/dev/null twice discards both: nothing there to replace)
+                if same_file(path, path2) and os.path.realpath(path) != os.devnull:
                     raise UsageError(f"{other} and {flag} both name {path}: one would replace the other")
             if self.sharded and flag != "-o" and Path(path).resolve().parent == Path(self.output).resolve().parent:
                 # a shard of -o under that name replaced it (or it one), or it was removed with an
-                # earlier run's shards beyond this run's count (compared without case, as above)
-                output = Path(self.output)
-                index = shard_index(output.with_name(output.name.casefold()), Path(path).name.casefold())
+                # earlier run's shards beyond this run's count
+                index = shard_index(self.output, Path(path).name)
                 if index is not None:
                     raise UsageError(f"{flag} {path} has the name of shard {index} of -o {self.output}: one would "
                                      "replace the other; choose another name")

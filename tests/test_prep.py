@@ -943,17 +943,3 @@ def test_a_full_disk_at_a_later_shard_names_that_shard(tmp_path, monkeypatch, ru
     assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == \
         f"protrans: error: {tmp_path / 'c.00002.txt'}: cannot write: No space left on device"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]
-
-
-@pytest.mark.parametrize("args, message", [
-    (["-o", "c.fa", "--shards", "2", "--valid-output", "C.00001.fa"], "has the name of shard 1 of -o c.fa"),
-    (["-o", "C.fa", "--valid-output", "c.fa"], "-o and --valid-output both name c.fa"),
-])
-def test_two_outputs_differing_only_in_case_are_refused(tmp_path, run_cli, monkeypatch, args, message):
-    """On macOS's and Windows' file systems such names are one file: one output replaced the
-    other (the checks compared spellings). Refused everywhere, so a command is safe on each."""
-    monkeypatch.chdir(tmp_path)
-    fasta = _many(tmp_path / "in.fa", 40)
-    r = run_cli("prep", fasta, "--valid-fraction", "0.5", *args)
-    assert r.exit_code == 2 and message in r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]
