@@ -170,7 +170,8 @@ def format_lines(info: dict) -> list[str]:
 def print_report(info: dict, stream=None) -> None:
     stream = stream or sys.stdout
     text = "\n".join(format_lines(info)) + "\n"
-    encoding = getattr(stream, "encoding", None)
-    if encoding:  # a path the stream's encoding cannot hold (PYTHONIOENCODING=ascii, a Latin-1 locale): escaped
-        text = text.encode(encoding, "backslashreplace").decode(encoding)
-    stream.write(text)
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:  # a path the stream cannot hold (PYTHONIOENCODING=ascii, a Latin-1 locale)
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding))

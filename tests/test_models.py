@@ -373,3 +373,22 @@ def test_a_model_directory_protrans_writes_names_no_code_of_its_own(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "auto_map": {"AutoModel": "x.Model"}}))
     stamp_versions(tmp_path)
     assert "auto_map" not in json.loads((tmp_path / "config.json").read_text())
+
+
+@pytest.mark.parametrize("error, passed_on", [(MemoryError(), True), (RecursionError("deep"), True),
+                                              (RuntimeError("CUDA error"), True), (Exception("os error 2"), False),
+                                              (KeyError("model"), False)])
+def test_only_the_tokenizer_files_problems_are_called_damaged_tokenizer_files(tmp_path, monkeypatch, error,
+                                                                              passed_on):
+    """The tokenizers library raises bare Exceptions, taken as the files' problem; out of memory,
+    a recursion or a runtime error while loading is not, and keeps its own type."""
+    family = FAMILIES["bert"]
+    tokenizer, config, model = _tiny(family)
+    family.save_pretrained(model, tokenizer, tmp_path)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(type(family), "load_tokenizer", fail)
+    with pytest.raises(type(error) if passed_on else ModelError):
+        load_model(tmp_path)

@@ -116,3 +116,21 @@ def test_an_embeddings_file_with_dataset_names_that_are_not_utf8_is_one_line(tmp
     r = run_cli("fit", "value", "--embeddings", path, "--labels", labels, "-o", tmp_path / "head")
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert f"{path}: a dataset name that is not UTF-8 (b'Pl\\xe90')" in r.stderr
+
+
+def test_label_values_and_words_after_the_id_still_lose_unicode_whitespace(tmp_path):
+    """Only ids end at ASCII whitespace: a class name, a set name or a DeepLoc location followed
+    by a no-break space read as before (a third class, an unknown set, a refused header)."""
+    from protrans_cli.heads.labels import read_labels
+
+    table = tmp_path / "t.csv"
+    table.write_bytes(b"id,label\nP1,Cytoplasm\xc2\xa0\nP2\xc2\xa0,Nucleus\n")
+    assert [(r.id, r.labels["label"]) for r in read_labels(table).records] == [("P1", "Cytoplasm"),
+                                                                              ("P2\xa0", "Nucleus")]
+    deeploc = tmp_path / "d.fasta"
+    deeploc.write_bytes(b">P1 Cytoplasm-S\xc2\xa0test\nMKV\n")
+    (record,) = read_labels(deeploc).records
+    assert (record.id, record.labels, record.split) == ("P1", {"loc": "Cytoplasm", "membrane": "S"}, "test")
+    flip = tmp_path / "f.fasta"
+    flip.write_bytes(b">P1 TARGET=Cytoplasm SET=train\xc2\xa0VALIDATION=False\nCCH\n")
+    assert [(r.id, r.split) for r in read_labels(flip, "flip").records] == [("P1", "train")]

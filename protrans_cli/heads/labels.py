@@ -121,7 +121,11 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
             # Read as latin-1, every other character was a NUL ("expected 'id,label'" on line 3).
             text = data.decode("utf-16")
         elif wide is not None:
-            text = data.decode(wide)
+            try:
+                text = data.decode(wide)
+            except UnicodeDecodeError as exc:
+                raise InputError(f"is UTF-16 text without a byte-order mark that does not decode ({exc.reason} at byte "
+                                 f"{exc.start}): save it as UTF-8", path=name) from None
         else:
             text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -364,15 +368,17 @@ def _read_pisces(text: str, name: str) -> LabelSet:
 # --- FLIP / biotrainer FASTA --------------------------------------------------------------
 
 
-def _ascii_words(text: str) -> list[str]:
-    """`text` split at ASCII whitespace only, as the FASTA reader ends an id: str.split() also
-    splits at a no-break space or U+2028, so `>P1\xa0x Cytoplasm-S` was another id here than in
-    the embeddings."""
-    return [w for w in re.split(f"[{ASCII_SPACE}]+", text) if w]
+def _after_id(description: str) -> list[str]:
+    """The words of a FASTA header after its id: the id ends at ASCII whitespace only, as the
+    FASTA reader (and so embed's keys) end it (str.split() also split at a no-break space, so
+    `>P1\xa0x Cytoplasm-S` was another id here than in the embeddings); the rest is split at
+    any whitespace, as before (`SET=train\xa0VALIDATION=False` stays two words)."""
+    words = re.split(f"[{ASCII_SPACE}]+", description.strip(ASCII_SPACE), maxsplit=1)
+    return words[1].split() if len(words) > 1 else []
 
 
 def _attrs(description: str) -> dict[str, str]:
-    return dict(token.split("=", 1) for token in _ascii_words(description)[1:] if "=" in token)
+    return dict(token.split("=", 1) for token in _after_id(description) if "=" in token)
 
 
 def _read_flip(text: str, name: str) -> LabelSet:
@@ -435,7 +441,7 @@ def _deeploc_split(tokens: list[str]) -> str | None:
 def _read_deeploc(text: str, name: str) -> LabelSet:
     records = []
     for rec in parse_fasta(io.BytesIO(text.encode()), name):
-        tokens = _ascii_words(rec.description)  # (the id ends where the FASTA reader's does)
+        tokens = [rec.id, *_after_id(rec.description)]  # (the id ends where the FASTA reader's does)
         if len(tokens) < 2 or not _DEEPLOC_LABEL.match(tokens[1]):
             raise InputError("DeepLoc header needs 'ID Location-M|S|U'", path=name, line=rec.line, record=rec.id)
         location, membrane = tokens[1].rsplit("-", 1)
@@ -460,7 +466,8 @@ def _read_table(text: str, name: str) -> LabelSet:
     set_col = None
     width = 2  # fields a row may fill: id and label, or the header's columns
     for lineno, row in enumerate(rows, 1):
-        row = [f.strip(ASCII_SPACE) for f in row]
+        # (the id, first, ends at ASCII whitespace as a FASTA id does; a value loses any)
+        row = [f.strip(ASCII_SPACE) if i == 0 else f.strip() for i, f in enumerate(row)]
         if not row or not any(row):
             continue
         if not header_seen:

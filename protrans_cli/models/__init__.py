@@ -245,14 +245,15 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             # The config as read: a tokenizer_config.json without tokenizer_class (ProtBert's) makes
             # AutoTokenizer read the config, and that config may lack model_type.
             tokenizer = family.load_tokenizer(target, config=source.config, **hub_kwargs)
-        except Exception as exc:  # noqa: BLE001 - tokenizers' Rust errors are bare Exceptions
-            # (KeyError and the like: a damaged tokenizer.json, e.g. `{}`, was a traceback; the
-            # tokenizers library's "No such file or directory (os error 2)" for a folder whose name
-            # is not UTF-8 in the locale, too)
-            from protrans_cli.errors import ProtransError
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
+            # (KeyError and the like: a damaged tokenizer.json, e.g. `{}`, was a traceback; a bare
+            # Exception: the tokenizers library's "No such file or directory (os error 2)" for a
+            # folder whose name is not UTF-8 in the locale). Anything else (out of memory, a bug,
+            # one of ours) is not the tokenizer files' fault: passed on.
             from protrans_cli.io.files import utf8_path_problem, utf8_text
 
-            if isinstance(exc, ProtransError):
+            if type(exc) is not Exception and not isinstance(
+                    exc, (ImportError, ValueError, TypeError, OSError, KeyError, AttributeError, IndexError)):
                 raise
             if is_dir and (problem := utf8_path_problem(target)) is not None:
                 raise ModelError(f"{utf8_text(name)}: cannot load the tokenizer: {problem}") from None

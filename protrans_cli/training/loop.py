@@ -406,12 +406,15 @@ def _initial_model(config: TrainConfig, resume):
     from_pretrained in float32. On --resume the architecture and tokenizer come from the run's
     checkpoint instead (its weights are loaded in _loop), so the original model is not needed again."""
     from protrans_cli.models import _check_tokenizer, _quiet_transformers, open_config, weight_errors, weights_problem
+    from protrans_cli.io.files import utf8_path_problem, utf8_text
 
     if resume:
         source = open_config(str(ckpt.find_checkpoint(config.output_dir if resume is True else resume)))
     else:
         source = open_config(config.init_from, flag="--init-from")
     family, hf_config = source.family, source.config
+    if source.is_dir and (problem := utf8_path_problem(source.target)) is not None:
+        raise ModelError(f"--init-from {utf8_text(str(source.target))}: cannot load the tokenizer: {problem}")
     if config.family and config.family != family.name:
         raise UsageError(f"--family {config.family} does not go with --init-from {config.init_from}: "
                          f"that is {'an' if family.name[0] in 'aeiou' else 'a'} {family.name} model")
