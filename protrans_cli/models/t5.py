@@ -170,17 +170,13 @@ def _eager_flex(*args, **kwargs):
     from torch.nn.attention import flex_attention as module
 
     # "flex_attention called without torch.compile()": on purpose here (a CPU). torch warns once
-    # per process and remembers that in a set: marked there, it stays quiet. The fallback swaps
-    # the process's warning filters (not thread-safe), for a torch without that set.
+    # per process and remembers that in a set: marked there, it stays quiet. A torch without the
+    # set (before 2.9) gives no such warning: nothing to hide (the process's warning filters,
+    # which are not thread-safe to swap, are left alone either way).
     shown = getattr(module, "_WARNINGS_SHOWN", None)
     if isinstance(shown, set):
         shown.add("flex_attention_performance")
-        return module.flex_attention(*args, **kwargs)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return module.flex_attention(*args, **kwargs)
+    return module.flex_attention(*args, **kwargs)
 
 
 def relative_bias_table(attention, device):
