@@ -43,7 +43,7 @@ from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import create_fresh, display_name, input_named_by, open_input, output_directory
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path, refuse_if_in_use
 from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
-                                    fits, mean_rows, resolve_device)
+                                    fits, mean_rows, mps_available, resolve_device)
 from protrans_cli.residues import SequenceRejected, normalise
 from protrans_cli.threads import torch_threads
 
@@ -549,7 +549,7 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    elif mps_available():
         torch.mps.empty_cache()  # (Apple's GPU keeps freed blocks cached too: the split retry needs them)
 
 

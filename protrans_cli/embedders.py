@@ -521,7 +521,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
-        elif _mps_available():
+        elif mps_available():
             device = "mps"
         else:
             device = "cpu"
@@ -530,7 +530,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
     if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
         raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                          f"numbered from 0")
-    if device.startswith("mps") and not _mps_available():
+    if device.startswith("mps") and not mps_available():
         raise UsageError(f"--device {device}: no MPS device is available (try --device cpu)")
     if dtype == "auto":
         if device.startswith("cuda"):
@@ -557,7 +557,7 @@ def native_bf16(device) -> bool:
     return torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)[0] >= 8
 
 
-def _mps_available() -> bool:
+def mps_available() -> bool:
     import torch
 
     mps = getattr(torch.backends, "mps", None)

@@ -45,7 +45,7 @@ def describe(check_compile: bool = False) -> dict:
     """The machine as a dict (see `protrans env --json`)."""
     import torch
 
-    from protrans_cli.embedders import native_bf16
+    from protrans_cli.embedders import mps_available, native_bf16
     from protrans_cli.models import _offline
     from protrans_cli.threads import available_cores
 
@@ -65,7 +65,7 @@ def describe(check_compile: bool = False) -> dict:
         "cpu": {"cores": available_cores(), "machine_cores": os.cpu_count(), "threads": _default_threads()},
         "cuda_devices": [],
         # Apple's GPU: what embed, fit and predict take by default where there is no CUDA device
-        "mps": _mps_available(),
+        "mps": mps_available(),
         "kernels": {},
         "hub": {"cache": _hub_cache(), "offline": _offline()},  # as the model loader reads it
     }
@@ -89,12 +89,6 @@ def describe(check_compile: bool = False) -> dict:
         if cuda:
             kernels["compile_cuda"] = _compile_check("cuda")
     return info
-
-
-def _mps_available() -> bool:
-    from protrans_cli.embedders import _mps_available as available
-
-    return available()
 
 
 def _hub_cache() -> str:
