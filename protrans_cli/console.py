@@ -25,21 +25,35 @@ def configure(verbosity: int = 0, debug: bool = False) -> None:
     state.debug = debug
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))} | {
+    0x09: "\\t", 0x0a: "\\n", 0x0d: "\\r"}
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """`text` with its control characters escaped (`\\n`, `\\x1b`): a file or record name that
+    holds a newline split a one-line error in two, and one with a terminal escape sequence
+    recoloured or rewrote the user's terminal. `newlines`: a message's own line breaks stay."""
+    if text.isprintable():
+        return text
+    table = _CONTROLS if not newlines else {c: e for c, e in _CONTROLS.items() if c != 0x0a}
+    return text.translate(table)
+
+
 def error(message: str) -> None:
     """One line, prefixed, on stderr: the form every failure takes."""
-    sys.stderr.write(f"protrans: error: {message}\n")
+    sys.stderr.write(f"protrans: error: {printable(message)}\n")
     sys.stderr.flush()
 
 
 def warn(message: str) -> None:
     if state.verbosity >= 0:
-        sys.stderr.write(f"protrans: warning: {message}\n")
+        sys.stderr.write(f"protrans: warning: {printable(message)}\n")
         sys.stderr.flush()
 
 
 def info(message: str) -> None:
     if state.verbosity >= 0:
-        sys.stderr.write(f"{message}\n")
+        sys.stderr.write(f"{printable(message, newlines=True)}\n")
         sys.stderr.flush()
 
 

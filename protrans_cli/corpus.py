@@ -39,6 +39,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from protrans_cli.console import printable
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, disk_full, display_name,
@@ -1326,8 +1327,10 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
                 raise InputError(detail, path=block.name, record=rid, line=line0 + line - 1)
             writers.write(res.outputs, stats.proteins_out - stats.valid_proteins)
             if rejects:
+                shown_name = printable(block.name)  # a tab or newline in a file name split its row
                 rejects.stream.write(b"".join(
-                    f"{rid}\t{reason}\t{detail}\t{block.name}\t{line0 + line - 1}\n".encode("utf-8", "replace")
+                    f"{rid}\t{reason}\t{printable(detail)}\t{shown_name}\t{line0 + line - 1}\n"
+                    .encode("utf-8", "replace")
                     for rid, reason, detail, line in res.rejects))
             line0 += res.lines
             stats.input_bytes += block.size

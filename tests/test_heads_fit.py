@@ -1852,3 +1852,20 @@ def test_evaluation_set_names_differ_without_case():
     assert _unique_name("Valid", ["valid"]) == "Valid-2"
     assert _unique_name("deeploc", ["DEEPLOC", "deeploc-2"]) == "deeploc-3"
     assert _unique_name("cb513", ["valid"]) == "cb513"
+
+
+def test_an_id_missing_but_for_case_or_normalisation_is_pointed_out(run_cli, tmp_path):
+    """An id typed with a combining accent in the labels and a precomposed one in the FASTA (or
+    in another case) never matched, and the message gave no hint why; ids still compare exactly."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    names = ["Q9X\u00e9", "P12345", "A1", "A2"]
+    (tmp_path / "e.fa").write_text("".join(f">{n}\nMKTAYIAK{'G' * i}\n" for i, n in enumerate(names)))
+    embed(tmp_path / "e.fa", tmp_path / "e.h5", EmbedOptions(model="onehot", per_protein=True, threads=1))
+    table = tmp_path / "l.csv"
+    table.write_text("Q9Xe\u0301,A\np12345,B\nA1,A\nA2,B\n", encoding="utf-8")
+    r = run_cli("fit", "protein", "--embeddings", tmp_path / "e.h5", "--labels", table, "-j", "1",
+                "-o", tmp_path / "h")
+    assert r.exit_code == 1
+    assert ("2 without an embedding (Q9Xe\u0301, p12345); 2 of them equal an embedded protein's id but for case or "
+            "Unicode normalisation (label 'Q9Xe\u0301', embedded 'Q9X\u00e9'): ids are compared exactly") in r.stderr

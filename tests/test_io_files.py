@@ -450,3 +450,51 @@ def test_is_inside_knows_a_folder_spelled_otherwise(tmp_path, monkeypatch):
     assert files.is_inside(tmp_path / "Runs" / "t5", tmp_path / "runs" / "t5")
     assert not files.is_inside(tmp_path / "Runs" / "other.h5", tmp_path / "runs" / "t5")
     assert not files.is_inside(tmp_path / "elsewhere" / "x.h5", tmp_path / "runs" / "t5")
+
+
+def _ignore_case(monkeypatch, folder):
+    """Lookups in `folder` behave as on macOS or Windows: a name finds an entry spelled in any case."""
+    real = os.path.lexists
+
+    def lexists(path):
+        head, name = os.path.split(str(path))
+        if real(path) or os.path.realpath(head) != os.path.realpath(folder):
+            return real(path)
+        return any(entry.casefold() == name.casefold() for entry in os.listdir(head))
+
+    monkeypatch.setattr(os.path, "lexists", lexists)
+
+
+def test_same_file_asks_the_folder_about_names_that_differ_in_case(tmp_path, monkeypatch):
+    """`-o C.fa --valid-output c.fa`: two files on Linux, one on macOS, where the second output
+    replaced the first. Neither exists yet, so the folder itself is asked (a probe it leaves
+    nothing of)."""
+    from protrans_cli.io.files import same_file
+
+    assert not same_file(tmp_path / "C.fa", tmp_path / "c.fa")  # this folder keeps them apart
+    assert not same_file(tmp_path / "C.fa", tmp_path / "d.fa")
+    assert same_file(tmp_path / "c.fa", tmp_path / "." / "c.fa")
+    assert same_file(tmp_path / "nodir" / "c.fa", tmp_path / "nodir" / "c.fa")
+    _ignore_case(monkeypatch, tmp_path)
+    assert same_file(tmp_path / "C.fa", tmp_path / "c.fa")
+    assert same_file(tmp_path / "Stra\u00dfe.fa", tmp_path / "stra\u00dfe.fa")
+    assert not same_file(tmp_path / "C.fa", tmp_path / "d.fa")
+    assert not same_file(tmp_path / "C.fa", tmp_path / "sub" / "c.fa")
+    assert os.listdir(tmp_path) == []
+
+
+def test_prep_outputs_differing_in_case_are_refused_only_where_the_folder_ignores_case(
+        run_cli, tmp_path, monkeypatch):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nMKVLAAG\n>c\nMSTNPKPQ\n")
+    args = ["prep", fasta, "-o", tmp_path / "C.txt", "--valid-fraction", "0.5",
+            "--valid-output", tmp_path / "c.txt"]
+    r = run_cli(*args)
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["C.txt", "c.txt", "in.fa"]
+    for name in ("C.txt", "c.txt"):
+        (tmp_path / name).unlink()
+    _ignore_case(monkeypatch, tmp_path)
+    r = run_cli(*args)
+    assert r.exit_code == 2 and "-o and --valid-output both name" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]

@@ -943,3 +943,19 @@ def test_a_full_disk_at_a_later_shard_names_that_shard(tmp_path, monkeypatch, ru
     assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == \
         f"protrans: error: {tmp_path / 'c.00002.txt'}: cannot write: No space left on device"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]
+
+
+def test_control_characters_in_a_file_name_are_escaped_in_messages_and_rejects(run_cli, tmp_path):
+    """A name holding a newline split the one-line error in two and a --rejects row in two; an
+    escape sequence (ESC) reached the terminal as is."""
+    fasta = tmp_path / "x\ny\x1b[2J.fa"
+    fasta.write_text(">a\nMKT\n>b\nMKT\n>c\nAAA\n")
+    r = run_cli("prep", fasta, "-o", fasta)
+    assert r.exit_code == 2
+    assert r.stderr == f"protrans: error: {tmp_path}/x\\ny\\x1b[2J.fa is also an input: writing it would " \
+                       "replace the FASTA (choose another name)\n"
+    r = run_cli("prep", fasta, "--dedup", "-o", tmp_path / "c.txt", "--rejects", "-")
+    assert r.exit_code == 0
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert rows[1] == ["b", "duplicate", "same sequence as an earlier record", f"{tmp_path}/x\\ny\\x1b[2J.fa", "3"]
+    assert len(rows) == 2

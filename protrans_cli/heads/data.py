@@ -52,6 +52,8 @@ class MatchReport:
     unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched
     key_ids: dict[str, str] = field(default_factory=dict)  # key -> id where the key is not the id's (bio_embeddings)
     extra_rows: list[int] = field(default_factory=list)  # embedding rows - labels, of wrong_length
+    # missing ids that an unmatched embedding's id equals but for case or Unicode normalisation
+    near_misses: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
@@ -61,6 +63,11 @@ class MatchReport:
         parts = []
         if self.missing:
             parts.append(f"{len(self.missing)} without an embedding ({some_ids(self.missing)})")
+            if self.near_misses:
+                label, stored = self.near_misses[0]
+                parts[-1] += (f"; {len(self.near_misses)} of them equal an embedded protein's id but for case or "
+                              f"Unicode normalisation (label {label!r}, embedded {stored!r}): ids are compared "
+                              "exactly")
         if self.wrong_length:
             parts.append(f"{len(self.wrong_length)} whose label length differs from the embedding's "
                          f"({some_ids(self.wrong_length)})")
@@ -160,6 +167,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     report.matched = len(matched)
     report.unlabelled = keys - {m.key for m in matched}
     report.key_ids = {key: ident for ident, key in other_ids.items()}
+    if report.missing and report.unlabelled:
+        report.near_misses = _near_misses(report.missing, report.unlabelled, report.key_ids)
     if report.problems:
         where = f"{label_set.path} vs {reader.path}"
         if on_mismatch == "skip":
@@ -170,6 +179,21 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     if not matched:
         raise InputError("no label record matched an embedding", path=f"{label_set.path} vs {reader.path}")
     return matched, report
+
+
+def _near_misses(missing: list[str], unlabelled: set[str], key_ids: dict[str, str]) -> list[tuple[str, str]]:
+    """(label id, embedded id) pairs that differ only in case or Unicode normalisation (an id
+    typed `Q9Xé` with a combining accent in one file and a precomposed é in the other)."""
+    import unicodedata
+
+    def fold(ident: str) -> str:
+        return unicodedata.normalize("NFC", unicodedata.normalize("NFC", ident).casefold())
+
+    stored = {}
+    for key in sorted(unlabelled):
+        ident = key_ids.get(key) or unescape_key(key)
+        stored.setdefault(fold(ident), ident)
+    return [(ident, stored[fold(ident)]) for ident in missing if fold(ident) in stored]
 
 
 def warn_unfinished(embeddings) -> None:

@@ -32,10 +32,50 @@ _MAGIC = [
 
 def same_file(a, b) -> bool:
     """True when `a` and `b` name one file: the same inode when both exist (links included),
-    else the same resolved path."""
+    else the same resolved path, or two names for one entry of one folder: names that differ
+    only in case or Unicode normalisation (`-o C.fa --valid-output c.fa`), where the folder
+    holding them treats them as one (macOS, Windows; a probe asks the folder, since a Linux
+    folder keeps them apart and refusing there would be untrue)."""
     if os.path.exists(a) and os.path.exists(b):
         return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
+    (folder_a, name_a), (folder_b, name_b) = os.path.split(os.path.realpath(a)), os.path.split(os.path.realpath(b))
+    if folder_a == folder_b and name_a == name_b:
+        return True
+    # (one of the two existing would make the other exist too in a folder that ignores case,
+    # so neither does here)
+    try:
+        if not (os.path.isdir(folder_a) and os.path.samefile(folder_a, folder_b)):
+            return False
+    except OSError:
+        return False
+    return name_a == name_b or (_caseless(name_a) == _caseless(name_b) and _one_name(folder_a, name_a, name_b))
+
+
+def _caseless(name: str) -> str:
+    """Unicode's canonical caseless form: what any folder that ignores case or normalisation can
+    at most identify (it may identify less: HFS+ keeps `ß` and `SS` apart)."""
+    import unicodedata
+
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
+def _one_name(folder: str, name_a: str, name_b: str) -> bool:
+    """Whether `folder` takes `name_a` and `name_b` for one entry: a probe file named by the first
+    is looked up by the second, then removed. A folder that cannot be written answers no (the
+    outputs cannot be written there either, which their writers report)."""
+    import secrets
+
+    stem = f".protrans-case-{os.getpid()}-{secrets.token_hex(4)}-"
+    probe = os.path.join(folder, stem + name_a)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+    except OSError:  # read-only, or a name too long once prefixed
+        return False
+    try:
+        return os.path.lexists(os.path.join(folder, stem + name_b))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
 
 def input_named_by(output, inputs, directories=()) -> str | None:
