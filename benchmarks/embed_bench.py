@@ -290,6 +290,8 @@ def bench_one(family, preset, records, args):
     # the ProtTrans batches with protrans's kernel policy (strategy prottrans_auto)
     auto_embedder = copy.copy(embedder)
     auto_embedder.sdpa_kernels = args.sdpa_kernels
+    # (--dtype float16: the script watches no overflow; protrans's T5 guard stays protrans's own)
+    embedder._overflow_guard = auto_embedder._overflow_guard = None
     if embedder.max_residues is not None:  # the baselines cannot embed what the model cannot take
         kept = [r for r in records if len(r[1]) <= embedder.max_residues]
         if len(kept) < len(records):

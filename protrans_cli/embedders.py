@@ -133,7 +133,10 @@ class TransformerEmbedder:
         self.compute_dtype = compute_dtype
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model.to(device=device).eval()
-        cast_weights(self.model, getattr(torch, compute_dtype))
+        # float16: a family that can see its own overflows (T5) runs every module in float16,
+        # as the ProtTrans script does; the proteins where it overflowed are redone in float32
+        self._overflow_guard = _overflow_guard(self.family_impl, self.model) if compute_dtype == "float16" else None
+        cast_weights(self.model, getattr(torch, compute_dtype), keep_fp32=self._overflow_guard is None)
         # BERT-like models count positions 0..width-1 over the padding too: a batch rounded up
         # to pad_multiple must stay inside the learned table (one of 100 positions took 104)
         self._position_tokens = _absolute_positions(self.model)
@@ -279,13 +282,22 @@ class TransformerEmbedder:
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
         out_rows = out_means = [None] * len(lengths)
+        guard = self._overflow_guard if self.compute_dtype == "float16" else None
+        if guard is not None:
+            guard.watch(inputs.get("attention_mask"), int(mask.shape[0]), device)
         with torch.inference_mode(), sdpa_kernels(device, self.sdpa_kernels):
             states = self.family_impl.hidden_states(model, inputs, list(self.layers))
             # (n_layers, B, T, D); one layer (the usual case) is a view, not a copy of the batch
             stacked = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(list(states), dim=0)
             residue_rows = stacked[:, mask] if rows or encoded else None  # (n_layers, sum L_i, D)
             bad: dict[int, NonFinite] = {}
-            if means:
+            met = guard.rows() if guard is not None else []
+            if check and any(met):
+                # (a packed batch is one row: all of its proteins)
+                hit = range(len(lengths)) if encoded else [i for i, m in enumerate(met) if m]
+                bad.update({i: NonFinite("float16 overflowed inside the model (its code clamps that to finite, "
+                                         "wrong numbers)", True) for i in hit})
+            if means and len(bad) < len(lengths):
                 # Sums in float32 over the residue positions only (whatever padding positions
                 # hold, NaN included, is replaced, not multiplied by zero).
                 if encoded:  # one row: sum each protein's segment of the residue rows
@@ -301,12 +313,13 @@ class TransformerEmbedder:
                 out_means = [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
                 if check:  # (whether a mean fits the storage dtype is checked where it is written)
                     for i, mean in enumerate(out_means):
-                        if not np.isfinite(mean).all():
+                        if i not in bad and not np.isfinite(mean).all():
                             bad[i] = NonFinite(f"NaN or infinity in the model's {self.compute_dtype} output", True)
             if rows:
                 stored = residue_rows.to(getattr(torch, dtype))  # where the rows are (a GPU converts)
                 if check and not bool(torch.isfinite(stored.sum(dtype=torch.float32))):
-                    bad.update(self._non_finite_rows(stored, residue_rows, lengths, dtype))
+                    for i, why in self._non_finite_rows(stored, residue_rows, lengths, dtype).items():
+                        bad.setdefault(i, why)  # (an overflow the guard saw is redone in float32)
                 host = self._staging.to_host(stored, dtype)
                 out_rows = np.split(host, np.cumsum(lengths)[:-1], axis=1)
         pairs = list(zip(out_rows, out_means))
@@ -345,7 +358,7 @@ class TransformerEmbedder:
             cast_weights(self.model, torch.float32)
             yield exact
         finally:
-            cast_weights(self.model, getattr(torch, self.compute_dtype))
+            cast_weights(self.model, getattr(torch, self.compute_dtype), keep_fp32=self._overflow_guard is None)
 
     def on_cpu(self) -> "TransformerEmbedder | None":
         """A float32 CPU twin, built on first use, for proteins too large for the accelerator."""
@@ -459,21 +472,34 @@ def beyond_range(values: np.ndarray, dtype: str) -> NonFinite:
                      f"--storage-dtype float32 keeps them)", False)
 
 
-def cast_weights(model, dtype) -> None:
+def cast_weights(model, dtype, *, keep_fp32: bool = True) -> None:
     """The model's floating-point parameters in `dtype`, as from_pretrained(dtype=...) leaves
     them, where `model.to(dtype)` cast everything: buffers keep their dtype (ESM-2's rotary
     `inv_freq` stays float32; cast, it was rounded to bfloat16, and the float32 retry and the CPU
     twin cast the rounded values back), and under float16 the modules a model keeps in float32
-    (`_keep_in_fp32_modules`: T5's `wo`, whose float16 output overflows) stay so."""
+    (`_keep_in_fp32_modules`: T5's `wo`, whose float16 output overflows) stay so, unless
+    `keep_fp32` is False (a model whose overflows are watched: `_overflow_guard`)."""
     import torch
 
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else set()
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 and keep_fp32 else set()
     for name, module in model.named_modules():
         if keep and keep & set(name.split(".")):
             continue
         for param in module.parameters(recurse=False):
             if param.is_floating_point() and param.dtype != dtype:
                 param.data = param.data.to(dtype)
+
+
+def _overflow_guard(family, model):
+    """The family's float16 overflow guard for `model` (models/t5.py), or None: a family without
+    one, or a model whose layout the guard does not know (its float32 modules then stay)."""
+    from protrans_cli.errors import ModelError
+
+    make = getattr(family, "overflow_guard", None)
+    try:
+        return make(model) if make is not None else None
+    except ModelError:
+        return None
 
 
 def _absolute_positions(model) -> int | None:

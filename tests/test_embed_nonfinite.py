@@ -136,11 +136,11 @@ def test_out_of_memory_while_casting_to_float32_is_a_failure_and_the_model_stays
 
     real_cast = embedders.cast_weights
 
-    def cast(model, dtype):
+    def cast(model, dtype, **kwargs):
         if dtype is torch.float32:
             real_cast(model.encoder, torch.float32)  # half-way through, as an allocation failure would leave it
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
-        return real_cast(model, dtype)
+        return real_cast(model, dtype, **kwargs)
 
     monkeypatch.setattr(embedders, "cast_weights", cast)
     summary = embed(SMALL, tmp_path / "out.h5", EmbedOptions(model=str(bert_dir), device="cpu"), embedder=poisoned)
@@ -198,3 +198,82 @@ def test_a_chunked_protein_says_how_many_of_its_windows_were_recomputed(tmp_path
     with h5py.File(summary.output) as f:
         assert f["per_residue"]["long"].attrs["computed"] == (
             f"float32 on cpu (NaN or infinity in bfloat16) (1 of {len(windows)} windows)")
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    family = FAMILIES["t5"]
+    tokenizer = family.build_tokenizer()
+    model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
+    path = tmp_path_factory.mktemp("tiny_t5")
+    family.save_pretrained(model, tokenizer, path)
+    return path
+
+
+def _overflowing_t5(embedder, w_id) -> None:
+    """In the first block, a W token's residual stream sits at float16's largest value in two
+    dimensions and the attention output pushes one of them past it (+-1000 x the sum of the
+    values): an infinity, for the proteins with a W only, that T5's block clamps to 64504."""
+    with torch.no_grad():
+        embedder.model.shared.weight[w_id, :2] = 65504.0
+        out = embedder.model.encoder.block[0].layer[0].SelfAttention.o.weight
+        out[0], out[1] = 1000.0, -1000.0
+
+
+def test_t5_in_float16_runs_every_module_in_float16_and_redoes_an_overflow_in_float32(tmp_path, t5_dir):
+    """transformers keeps T5's `wo` in float32 under float16 (an eighth of the rate on a T4);
+    protrans runs it in float16 as the ProtTrans script does, and an infinity inside any layer,
+    which T5's own code clamps to finite, wrong numbers (so no check of the output saw it, in
+    the attention output before this too), sends that protein alone to the float32 retry."""
+    from transformers import AutoTokenizer
+
+    w_id = AutoTokenizer.from_pretrained(str(t5_dir)).convert_tokens_to_ids("W")
+    options = EmbedOptions(model=str(t5_dir), device="cpu", max_tokens=10_000, per_protein=True)
+    half = TransformerEmbedder(load_model(str(t5_dir), device="cpu", dtype="float16"), (-1,), "cpu", "float16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.float16}
+    exact = TransformerEmbedder(load_model(str(t5_dir), device="cpu", dtype="float16"), (-1,), "cpu", "float32")
+    # (from_pretrained left `wo` in float32 at the checkpoint's precision: the float16 weights here)
+    exact.model.load_state_dict({k: v.float() for k, v in half.model.state_dict().items()})
+    ref = embed(SMALL, tmp_path / "ref.h5", options, embedder=exact).output
+    plain = embed(SMALL, tmp_path / "half.h5", options, embedder=half).output
+    got, want = _read(plain), _read(ref)
+    for k in want:  # every module in float16: float16's rounding, no more
+        np.testing.assert_allclose(got[k], want[k], atol=2e-2, rtol=0)
+
+    _overflowing_t5(half, w_id)
+    _overflowing_t5(exact, w_id)
+    ref = embed(SMALL, tmp_path / "ref2.h5", options, embedder=exact).output
+    summary = embed(SMALL, tmp_path / "out.h5", options, embedder=half)
+    assert summary.failed == {}
+    assert {p.dtype for p in half.model.parameters()} == {torch.float16}  # cast back after the retry
+    import h5py
+
+    with h5py.File(summary.output) as f:
+        computed = {ds.attrs["id"]: ds.attrs.get("computed") for ds in f["per_residue"].values()}
+    assert {k: v for k, v in computed.items() if v} == {POISONED: "float32 on cpu (NaN or infinity in float16)"}
+    seq = dict((r.id, r.sequence) for r in read_fasta(SMALL))[POISONED]
+    alone = exact.embed_batch([seq])[0][0]  # (the retry's batch: that protein alone)
+    got, want = _read(summary.output), _read(ref)
+    np.testing.assert_allclose(got[POISONED], alone, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got[POISONED], want[POISONED], atol=1e-4, rtol=0)
+    for k in set(want) - {POISONED}:
+        np.testing.assert_allclose(got[k], want[k], atol=2e-2, rtol=0)
+    for kind in ("per_residue", "per_protein"):
+        assert all(np.isfinite(v).all() for v in _read(summary.output, kind).values())
+
+
+@pytest.mark.slow
+def test_t5_float16_overflow_is_seen_inside_compiled_blocks(t5_dir):
+    """Inside a compiled block inductor computes in float32 and T5's clamp saturates at float16's
+    largest value, so no infinity ever appears: the guard looks for that value too (about 30 s
+    of compilation on a CPU)."""
+    from transformers import AutoTokenizer
+
+    w_id = AutoTokenizer.from_pretrained(str(t5_dir)).convert_tokens_to_ids("W")
+    half = TransformerEmbedder(load_model(str(t5_dir), device="cpu", dtype="float16"), (-1,), "cpu", "float16",
+                               compile=True)
+    sequences = ["MKTAAGHKL", "MKTWAAGHKLWPP", "MKV"]
+    assert all(isinstance(r, tuple) for r in half.embed_arrays(sequences))
+    _overflowing_t5(half, w_id)
+    assert [isinstance(r, tuple) for r in half.embed_arrays(sequences)] == [True, False, True]

@@ -82,6 +82,13 @@ class Family:
         raise UsageError(f"--attention flex: the {self.name} family does not support it "
                          "(only t5: ProtT5 and Ankh); use --attention sdpa")
 
+    def overflow_guard(self, model):
+        """For float16 inference: an object whose `watch(keep, rows, device)` / `rows()` mark
+        the batch rows in which the model's float16 arithmetic overflowed where its own code
+        would hide it, so that its modules kept in float32 (`_keep_in_fp32_modules`) can run in
+        float16 too (models/t5.py); None keeps transformers' float32 modules."""
+        return None
+
     # --- building (train) -------------------------------------------------------------
     def packed_position_offset(self, config) -> int:
         """The position id of a protein's first token in an unpadded row (packing restarts the

@@ -76,8 +76,71 @@ class T5Family(Family):
     def use_flex_attention(self, model) -> None:
         use_flex_attention(model)
 
+    def overflow_guard(self, model) -> "OverflowGuard":
+        return OverflowGuard(model)
+
 
 FAMILY = T5Family()
+
+
+# --- float16 without float32 modules (`embed` on a V100, T4 or other GPU without bfloat16) ----
+#
+# transformers keeps T5's `wo` (the feed-forward output, a third of the encoder's arithmetic)
+# in float32 when a model is loaded in float16 (`_keep_in_fp32_modules`), because its output
+# can overflow float16. On a T4 float32 runs at an eighth of float16's tensor-core rate, so that
+# one matrix product would take most of ProtT5's time; the ProtTrans script runs the whole
+# encoder in float16 (`model.half()`), as does the half-precision ProtT5 checkpoint it publishes.
+# protrans does too, and watches for what float32 `wo` was for: T5's blocks clamp an infinity
+# in a sub-layer's output to +-64504 ("to enable fp16 training"), so an overflow anywhere in the
+# encoder (in `wo`, and in the attention output, which was float16 before too) left finite,
+# wrong numbers that no check of the output could see. The guard's forward hooks look at every
+# encoder sub-layer's output before that clamp and mark the batch rows whose tokens met an
+# infinity; the embedder recomputes those proteins with the model in float32.
+
+
+_FLOAT16_MAX = 65504.0
+
+
+class OverflowGuard:
+    """Marks the rows of a float16 batch in which any encoder sub-layer's output (before T5's
+    clamp) reached float16's largest value or infinity. `watch(keep, rows)` arms it for one forward pass (`keep`: (B, T)
+    tokens that belong to a protein, or None for every token), `rows()` then gives one bool per
+    batch row. Inert outside float16 (the float32 retry, the CPU twin)."""
+
+    def __init__(self, model):
+        stack, _ = _encoder_attentions(model)
+        self._rows = self._keep = None
+        for block in stack.block:
+            for layer in {id(block.layer[0]): block.layer[0], id(block.layer[-1]): block.layer[-1]}.values():
+                layer.register_forward_hook(self._look)
+
+    def _look(self, module, args, output) -> None:
+        import torch
+
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        if self._rows is None or not torch.is_tensor(hidden) or hidden.dtype != torch.float16:
+            return
+        # at or beyond float16's largest value: infinity in eager float16; inside a compiled
+        # block inductor computes in float32 and the clamp saturates, so no infinity is ever seen
+        met = (hidden.abs() >= _FLOAT16_MAX).any(dim=-1)  # (B, T); no device sync
+        if self._keep is not None and self._keep.shape == met.shape:
+            met &= self._keep
+        self._rows |= met.any(dim=-1)
+
+    def watch(self, keep, rows: int, device) -> None:
+        import torch
+
+        self._rows = torch.zeros(rows, dtype=torch.bool, device=device)
+        self._keep = None if keep is None else keep.to(device=device, dtype=torch.bool)
+
+    def rows(self) -> list[bool]:
+        met, self._rows, self._keep = self._rows, None, None
+        return [] if met is None else met.tolist()
+
+    def __deepcopy__(self, memo):  # a copied model (the CPU twin) gets an unarmed guard
+        copied = object.__new__(OverflowGuard)
+        copied._rows = copied._keep = None
+        return copied
 
 
 # --- FlexAttention for inference (`protrans embed --attention flex`) -----------------------
