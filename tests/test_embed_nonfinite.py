@@ -277,3 +277,11 @@ def test_t5_float16_overflow_is_seen_inside_compiled_blocks(t5_dir):
     assert all(isinstance(r, tuple) for r in half.embed_arrays(sequences))
     _overflowing_t5(half, w_id)
     assert [isinstance(r, tuple) for r in half.embed_arrays(sequences)] == [True, False, True]
+
+
+def test_embedders_built_on_one_t5_model_share_one_overflow_guard(t5_dir):
+    loaded = load_model(str(t5_dir), device="cpu", dtype="float16")
+    first = TransformerEmbedder(loaded, (-1,), "cpu", "float16")
+    second = TransformerEmbedder(loaded, (-2,), "cpu", "float16")
+    assert first._overflow_guard is second._overflow_guard is not None
+    assert len(loaded.model.encoder.block[0].layer[0]._forward_hooks) == 1

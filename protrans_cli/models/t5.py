@@ -77,7 +77,12 @@ class T5Family(Family):
         use_flex_attention(model)
 
     def overflow_guard(self, model) -> "OverflowGuard":
-        return OverflowGuard(model)
+        # one per model object: every embedder built on it shares its hooks
+        guard = getattr(model, "_protrans_overflow_guard", None)
+        if not isinstance(guard, OverflowGuard):
+            guard = OverflowGuard(model)
+            model._protrans_overflow_guard = guard
+        return guard
 
 
 FAMILY = T5Family()
