@@ -1869,3 +1869,100 @@ def test_an_id_missing_but_for_case_or_normalisation_is_pointed_out(run_cli, tmp
     assert r.exit_code == 1
     assert ("2 without an embedding (Q9Xe\u0301, p12345); 2 of them equal an embedded protein's id but for case or "
             "Unicode normalisation (label 'Q9Xe\u0301', embedded 'Q9X\u00e9'): ids are compared exactly") in r.stderr
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_records_without_a_label_are_left_out_counted_and_said(run_cli, loc_data, tmp_path):
+    """Empty labels were left out of the loss, but counted as trained on ("train: 80 proteins",
+    config.json's "proteins"), could be drawn into the validation hold-out, and nothing said so."""
+    ids = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
+    table = tmp_path / "t.csv"
+    table.write_text("".join(f"{ident},{'' if i < 5 else 'AB'[i % 2]}\n" for i, ident in enumerate(ids[:80])))
+    head = tmp_path / "h"
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "--max-epochs", "2",
+                "-j", "1", "--valid-fraction", "0.25", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert f"{table}: 5 record(s) give no label (empty, nan or every residue masked) and are left out (train0, " \
+           "train1, train2, train3, train4)" in r.stderr
+    assert "train: 75 proteins" in r.stderr and "19 proteins held out of train" in r.stderr
+    config = json.loads((head / "config.json").read_text())
+    assert config["training"]["proteins"] == 56  # 75 - 19
+    # their embeddings are not "without a label" a second time; the other 70 are
+    assert f"{loc_data / 'train.h5'}: 70 protein(s) have no label in {table}" in r.stderr
+
+
+def test_metrics_files_are_strict_json_when_a_set_has_nothing_to_score(run_cli, loc_data, tmp_path):
+    """setHARD's membrane codes are all U: "accuracy": NaN made metrics.json unreadable to
+    JSON.parse, jq and R (Python's json alone takes NaN)."""
+    hard = tmp_path / "hard.fasta"
+    hard.write_text(re.sub(r"-[MS] test", "-U test", (loc_data / "test.fasta").read_text()))
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--test", loc_data / "test.h5", hard, "--max-epochs", "2", "-j", "1", "--bootstrap", "20", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    summary = _strict_json((head / "metrics.json").read_text())
+    assert summary["hard"]["membrane"]["accuracy"] is None and summary["hard"]["membrane"]["n"] == 0
+    _strict_json((head / "metrics" / "hard.json").read_text())
+    for line in (head / "metrics.jsonl").read_text().splitlines():
+        _strict_json(line)
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "--labels", hard, "-o", tmp_path / "p.csv",
+                "--metrics", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert _strict_json((tmp_path / "m" / "hard.json").read_text())["outputs"]["membrane"]["accuracy"] is None
+
+
+def test_head_weights_have_one_metadata_key_so_their_bytes_repeat(run_cli, loc_data, tmp_path):
+    """safetensors writes its metadata map in a random order (a Rust HashMap): with two keys, two
+    fits with the same seed gave equal weights in files of other bytes (a sha256 check failed)."""
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--max-epochs", "1", "-j", "1", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    raw = (head / "weights.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert header["__metadata__"] == {"format": "protrans-head"}
+
+
+def test_predict_does_not_call_the_label_files_other_splits_unlabelled(run_cli, loc_data, tmp_path):
+    """`predict --labels` scores a split file's test records; it then said the training
+    proteins in the embeddings "have no label" in that file, though they had."""
+    ids = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
+    table = tmp_path / "t.csv"
+    table.write_text("identifier,label,set\n" + "".join(
+        f"{ident},{'AB'[i % 2]},{'test' if i >= 120 else ''}\n" for i, ident in enumerate(ids[:140])))
+    head = tmp_path / "h"
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "--max-epochs", "1",
+                "-j", "1", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", head, "--embeddings", loc_data / "train.h5", "--labels", table, "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.stderr
+    assert f"{table}: scoring its 20 test records (its other 120 are train)" in r.stderr
+    assert f"{loc_data / 'train.h5'}: 10 protein(s) have no label in {table} and are not scored (train140," in r.stderr
+
+
+def test_one_set_in_another_order_gets_the_same_bootstrap_ci(run_cli, loc_data, tmp_path):
+    from protrans_cli.embed import EmbedOptions, embed
+
+    records = (loc_data / "test.fasta").read_text().split(">")[1:]
+    shuffled = tmp_path / "shuffled.fasta"
+    order = np.random.default_rng(5).permutation(len(records))
+    shuffled.write_text("".join(">" + records[i] for i in order))
+    embed(shuffled, tmp_path / "shuffled.h5", EmbedOptions(model="onehot", per_residue=False, threads=1))
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "2", "-j", "1", "-o", head).exit_code == 0
+    cis = []
+    for emb, labels in ((loc_data / "test.h5", loc_data / "test.fasta"), (tmp_path / "shuffled.h5", shuffled)):
+        out = tmp_path / f"m{len(cis)}"
+        r = run_cli("predict", head, "--embeddings", emb, "--labels", labels, "-o", tmp_path / "p.csv",
+                    "--metrics", out)
+        assert r.exit_code == 0, r.stderr
+        outputs = json.loads(next(out.glob("*.json")).read_text())["outputs"]
+        cis.append((outputs["loc"]["ci95"], outputs["membrane"]["ci95"]))
+    assert cis[0] == cis[1]

@@ -52,6 +52,7 @@ class MatchReport:
     unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched
     key_ids: dict[str, str] = field(default_factory=dict)  # key -> id where the key is not the id's (bio_embeddings)
     extra_rows: list[int] = field(default_factory=list)  # embedding rows - labels, of wrong_length
+    no_label: list[str] = field(default_factory=list)  # records whose every label is empty, nan or masked
     # missing ids that an unmatched embedding's id equals but for case or Unicode normalisation
     near_misses: list[tuple[str, str]] = field(default_factory=list)
 
@@ -131,6 +132,11 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                 # the residues embed computes rows for (a final '*' and gaps dropped, as it drops them)
                 label_length = _residue_count(record) if record.sequence is not None else None
         key = named[record.id]
+        if not _labelled(targets):
+            # (an empty or nan label, every residue masked: left out by the loss and the metrics,
+            # it was counted among the proteins trained on and drawn into --valid-fraction)
+            report.no_label.append(record.id)
+            continue
         via_checksum = False
         if key not in keys and record.sequence is not None:
             if by_checksum is None:
@@ -165,7 +171,11 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         taken.add(key)
         matched.append(Matched(record.id, key, length, targets))
     report.matched = len(matched)
-    report.unlabelled = keys - {m.key for m in matched}
+    # (the keys of records without a label are said so here, not again as "no label in FILE")
+    report.unlabelled = keys - {m.key for m in matched} - {named[i] for i in report.no_label}
+    if report.no_label:
+        console.info(f"{label_set.path}: {len(report.no_label)} record(s) give no label (empty, nan or every residue "
+                     f"masked) and are left out ({some_ids(report.no_label)})")
     report.key_ids = {key: ident for ident, key in other_ids.items()}
     if report.missing and report.unlabelled:
         report.near_misses = _near_misses(report.missing, report.unlabelled, report.key_ids)
@@ -179,6 +189,19 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     if not matched:
         raise InputError("no label record matched an embedding", path=f"{label_set.path} vs {reader.path}")
     return matched, report
+
+
+def _labelled(targets: dict) -> bool:
+    """Whether any output of a record's targets has a label: a class index other than IGNORE,
+    or a value other than NaN (per protein a number, per residue an array)."""
+    for target in targets.values():
+        values = np.asarray(target)
+        if np.issubdtype(values.dtype, np.floating):
+            if (~np.isnan(values)).any():
+                return True
+        elif (values != IGNORE).any():
+            return True
+    return False
 
 
 def _near_misses(missing: list[str], unlabelled: set[str], key_ids: dict[str, str]) -> list[tuple[str, str]]:

@@ -36,8 +36,8 @@ from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageEr
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled,
                                      stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
-from protrans_cli.heads.metrics import (evaluate, evaluate_values, print_report, save_confusion_png,
-                                        save_scatter_png, spearman, summary_line)
+from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
+                                        save_confusion_png, save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    folder_lock, holds_working_directory, is_inside, make_temporary,
@@ -298,7 +298,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         (tmp / "metrics").mkdir()
         with open(tmp / "metrics.jsonl", "w") as fh:
             for line in history:
-                fh.write(json.dumps(line) + "\n")
+                fh.write(metrics_json(line, indent=None) + "\n")
         _plot_curves(history, task, tmp / "curves.png")
         summary = {}
         for name, data, emb, lab in eval_sets:
@@ -323,7 +323,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
             "fingerprint": _jsonable(fingerprint),  # what `fit --resume` of the finished head compares
         }
         save_head(tmp, ensemble, head_config)
-        (tmp / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (tmp / "metrics.json").write_text(metrics_json(summary) + "\n")
         default_permissions(tmp)
         replace_directory(tmp, out_dir)
     except BaseException as exc:
@@ -844,16 +844,19 @@ def predict_data(ensemble, task: Task, data, *, max_residues: int = 8192, batch_
 def evaluate_data(ensemble, task: Task, data, *, n_boot: int = 1000, max_residues: int = 8192, seed: int = 0) -> dict:
     """{output: metrics dict} of an ensemble on matched data."""
     probs = predict_data(ensemble, task, data, max_residues=max_residues)
+    # The bootstrap resamples proteins by position: in order of their ids, so that one set read
+    # from two files (another order) gets one CI, not [0.300, 0.410] and [0.300, 0.4067].
+    by_id = sorted(range(len(data.items)), key=lambda i: data.items[i].id)
     result = {}
     for output in task.outputs:
         if output.is_value:
             y_true = np.array([item.targets[output.name] for item in data.items], dtype=np.float64)
             y_pred = np.array([p[0] for p in probs[output.name]], dtype=np.float64)
-            result[output.name] = {**evaluate_values(y_true, y_pred, n_boot=n_boot, seed=seed),
+            result[output.name] = {**evaluate_values(y_true[by_id], y_pred[by_id], n_boot=n_boot, seed=seed),
                                    "true": y_true.tolist(), "predicted": y_pred.tolist()}
             continue
-        y_true = [np.atleast_1d(item.targets[output.name]) for item in data.items]
-        y_pred = [np.atleast_1d(p.argmax(-1)) for p in probs[output.name]]
+        y_true = [np.atleast_1d(data.items[i].targets[output.name]) for i in by_id]
+        y_pred = [np.atleast_1d(probs[output.name][i].argmax(-1)) for i in by_id]
         result[output.name] = evaluate(y_true, y_pred, output.classes, metric=output.metric, n_boot=n_boot,
                                        seed=seed)
     return result
@@ -863,8 +866,8 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
     """metrics/<name>.json and one confusion PNG per output; prints the report; returns headlines."""
     safe = name.replace("/", "_")
     with atomic_output(directory / f"{safe}.json") as stream:  # (never half written, never through a link)
-        stream.write((json.dumps({"set": name, "embeddings": embeddings, "labels": labels, "outputs": result},
-                                 indent=1) + "\n").encode())
+        stream.write((metrics_json({"set": name, "embeddings": embeddings, "labels": labels, "outputs": result})
+                      + "\n").encode())
     headline = {}
     for output, m in result.items():
         console.info(summary_line(name, output, m))

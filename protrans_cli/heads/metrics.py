@@ -156,9 +156,11 @@ def evaluate_values(y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = 100
     alpha = (1 - level) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
     residual = p - t
+    nan_ = float("nan")
     return {"kind": "value", "metric": "Spearman", "spearman": spearman(p, t), "ci95": [float(lo), float(hi)],
             "pearson": pearson(p, t), "mse": float(np.mean(residual ** 2)), "mae": float(np.mean(np.abs(residual))),
-            "r2": float(1 - np.sum(residual ** 2) / max(np.sum((t - t.mean()) ** 2), 1e-300)),
+            # (a constant target has no R^2: it was 1 - x / 1e-300, about -1e300)
+            "r2": float(1 - np.sum(residual ** 2) / spread) if (spread := np.sum((t - t.mean()) ** 2)) > 0 else nan_,
             "n": int(n), "n_proteins": int(n)}
 
 
@@ -249,5 +251,18 @@ def save_confusion_png(m: dict, path, title: str) -> None:
     _save_png(fig, path)
 
 
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=1, allow_nan=True)
+def dumps(obj, indent: int | None = 1) -> str:
+    """JSON that every reader takes: a number that is not finite (the accuracy of a set with
+    nothing to score, the CI of one protein) is null. Python's json wrote NaN, which it reads
+    back, but JSON.parse, jq and R's jsonlite refuse the whole file."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

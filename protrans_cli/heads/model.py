@@ -61,7 +61,10 @@ def save_head(directory: Path, ensemble: Ensemble, config: dict) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in ensemble.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS), metadata={"format": "protrans-head", "task": config["task"]["name"]})
+    # One metadata key: safetensors writes its metadata map in a random order (a Rust HashMap),
+    # so with two keys a refit with the same seed gave equal weights in a file of other bytes.
+    # The task is in config.json.
+    save_file(state, str(directory / WEIGHTS), metadata={"format": "protrans-head"})
     (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
 
 

@@ -294,8 +294,14 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
             others = ", ".join(sorted({s or "train" for s in splits - {TEST}}))
             console.info(f"{label_set.path}: scoring its {len(kept)} test records (its other "
                          f"{len(label_set.records) - len(kept)} are {others})")
+            aside = [r.id for r in label_set.records if r.split != TEST]
             label_set = dataclasses.replace(label_set, records=kept)
+        else:
+            aside = []
         items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch)
+        # (the file's other splits have labels: not "N protein(s) have no label in FILE")
+        source = _source_kind(reader, task.kind)
+        report.unlabelled -= {reader.key_for(ident, source) for ident in aside}
     return label_set, items, report
 
 
