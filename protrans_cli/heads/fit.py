@@ -884,7 +884,7 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
             save_confusion_png(m, directory / f"{safe}.{output}.png", f"{name} {output}: {m['metric']} "
                                f"{m['accuracy']:.3f}")
         headline[output] = {k: m.get(k) for k in ("metric", "accuracy", "ci95", "mcc", "balanced_accuracy",
-                                                   "n", "n_proteins")}
+                                                   "majority", "n", "n_proteins")}
     return headline
 
 

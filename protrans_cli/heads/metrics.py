@@ -104,6 +104,10 @@ def evaluate(y_true: list[np.ndarray], y_pred: list[np.ndarray], classes, *, met
         "mcc": mcc(cm),
         "balanced_accuracy": float(np.mean(recalls)),
         "macro_f1": float(np.mean([v["f1"] for v in classes_metrics.values() if v["support"] > 0])),
+        # what always answering the set's most frequent class scores: the floor a head must beat
+        # (a head that learned nothing sits there, whatever its accuracy looks like)
+        "majority": {"class": classes[int(cm.sum(axis=1).argmax())],
+                     "accuracy": float(cm.sum(axis=1).max() / cm.sum())},
         "per_class": classes_metrics,
         "classes": list(classes),
         "confusion": cm.tolist(),
