@@ -1893,6 +1893,8 @@ def test_records_without_a_label_are_left_out_counted_and_said(run_cli, loc_data
     assert "train: 75 proteins" in r.stderr and "19 proteins held out of train" in r.stderr
     config = json.loads((head / "config.json").read_text())
     assert config["training"]["proteins"] == 56  # 75 - 19
+    held_out = config["training"]["held_out"]  # the split is recoverable
+    assert len(held_out) == 19 and held_out == sorted(held_out) and set(held_out) <= set(ids[5:80])
     # their embeddings are not "without a label" a second time; the other 70 are
     assert f"{loc_data / 'train.h5'}: 70 protein(s) have no label in {table}" in r.stderr
 

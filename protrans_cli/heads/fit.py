@@ -210,6 +210,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
             model_layer = int(np.atleast_1d(reader.attrs["layers"])[stored_layer_index(reader, config.layer)])
 
     eval_sets: list[tuple[str, object, str, str]] = []  # (name, data, embeddings, labels)
+    held_out: list[str] | None = None  # ids of the --valid-fraction hold-out (config.json: the split, recoverable)
     same_file_reports = [report]  # the label sets read from the training embeddings
     if valid is not None:
         if VALID in declared:
@@ -230,6 +231,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         if len(order) - n_valid < 1:
             raise InputError("too few training proteins to hold out a validation set", path=str(labels))
         valid_data, train = subset(train, order[:n_valid]), subset(train, order[n_valid:])
+        held_out = sorted(m.id for m in valid_data.items)
         valid_desc = f"{n_valid} proteins held out of train (seed {config.seed}; {len(train.items)} left to train on)"
     console.info(f"validation: {valid_desc}")
     eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
@@ -318,7 +320,8 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
                                 "class_weights": None if weights is None else
                                 {k: v.tolist() for k, v in weights.items()}},
             "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(train.items),
-                         "validation": valid_desc, "notes": train_labels.notes},
+                         "validation": valid_desc, "notes": train_labels.notes,
+                         **({"held_out": held_out} if held_out is not None else {})},
             "config": _jsonable({k: v for k, v in asdict(config).items() if k not in ("resume", "force")}),
             "fingerprint": _jsonable(fingerprint),  # what `fit --resume` of the finished head compares
         }
