@@ -193,8 +193,14 @@ def print_table(title: str, columns: list[str], rows: list[list], *, file_consol
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for col in columns:
-        table.add_column(col)
+    # On a narrow terminal rich cut every cell to "prot_t5_xl_unir…", the names a user must type
+    # (`embed -m NAME`): the first column keeps its width, the others wrap whole rather than lose text.
+    first = max([len(str(columns[0]))] + [len(str(row[0])) for row in rows]) if columns else 0
+    for i, col in enumerate(columns):
+        if i == 0:
+            table.add_column(col, no_wrap=True, min_width=min(first, 48))
+        else:
+            table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*[str(x) for x in row])
     (file_console or stderr_console()).print(table)

@@ -40,7 +40,8 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.errors import first_line as errors_first_line
 from protrans_cli.io.fasta import parse_fasta
-from protrans_cli.io.files import create_fresh, display_name, input_named_by, open_input, output_directory
+from protrans_cli.io.files import (create_fresh, display_name, input_named_by, open_input, output_directory,
+                                   refuse_special_output)
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path, refuse_if_in_use
 from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
                                     fits, mean_rows, mps_available, resolve_device)
@@ -824,6 +825,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         _check_embedder_layers(options, embedder)
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
+    refuse_special_output(output, "-o", "an HDF5 file")
     output_directory(output)  # before anything is read or loaded
     output = Path(output)
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`

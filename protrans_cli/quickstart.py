@@ -20,7 +20,7 @@ from pathlib import Path
 
 from protrans_cli import console
 from protrans_cli.errors import UsageError
-from protrans_cli.io.files import check_replaceable, utf8_path_problem, utf8_text
+from protrans_cli.io.files import check_replaceable, refuse_special_output, utf8_path_problem, utf8_text
 
 EXAMPLE_FILES = ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta")
 SUBFOLDERS = ("corpus", "fasta", "embeddings", "heads", "predictions")  # made before the steps write in them
@@ -96,7 +96,10 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     if num_steps < 1 or head_epochs < 1:
         raise UsageError(f"quickstart needs at least one training step and one head epoch, got {num_steps} "
                          f"and {head_epochs}")
+    refuse_special_output(output, "-o", "the quickstart folder")
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise UsageError("is a file, not a folder for the quickstart (choose another -o)", path=str(out))
     if (problem := utf8_path_problem(out.absolute())) is not None:  # (its train step would fail, after the others)
         raise UsageError(f"{utf8_text(str(out))}: {problem}")
     if out.exists() and any(out.iterdir()):

@@ -291,3 +291,20 @@ def test_env_names_apples_gpu_where_embed_fit_and_predict_would_use_it(run_cli, 
     assert result.exit_code == 0 and ("cuda: no device; mps: Apple GPU (embed computes there in float16, fit and "
                                       "predict run there; train runs on the CPU in float32)") in result.stdout
     assert json.loads(run_cli("env", "--json").stdout)["mps"] is True
+
+
+def test_tables_on_a_narrow_terminal_keep_the_names_whole():
+    """At 80 columns `models --checkpoints` showed `prot_t5_xl_unir…`: the name `embed -m` takes."""
+    import io
+
+    from rich.console import Console
+
+    from protrans_cli import console
+
+    buf = io.StringIO()
+    console.print_table("t", ["name", "hub id"], [["prot_t5_xl_uniref50", "Rostlab/prot_t5_xl_uniref50"]],
+                        file_console=Console(file=buf, width=40))
+    text = buf.getvalue()
+    assert "prot_t5_xl_uniref50" in text and "…" not in text
+    assert "".join(line.split("│")[2].strip() for line in text.splitlines() if line.count("│") == 3) \
+        == "Rostlab/prot_t5_xl_uniref50"

@@ -1608,3 +1608,48 @@ def test_the_duplicate_count_does_not_depend_on_the_window(tmp_path):
                                                                             per_residue=False)).num_duplicates
               for window in (1, 2, 3, 100)}
     assert set(counts.values()) == {2}, counts
+
+
+def test_special_files_are_never_renamed_over(run_cli, tmp_path, monkeypatch):
+    """`embed -o /dev/null --force` (and `predict --probabilities`) renamed the HDF5 file over
+    the device: as root, /dev/null became a regular file. A device, a link to one, a FIFO or a
+    path in /dev is refused before any work; `-` for a folder output made a folder named `-`."""
+    monkeypatch.chdir(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    null_link = tmp_path / "null"
+    null_link.symlink_to(os.devnull)
+    for target in (fifo, null_link, os.devnull):
+        r = run_cli("embed", SMALL, "-m", "onehot", "-o", target, "--force")
+        assert r.exit_code == 2 and "is a device, pipe or socket: an HDF5 file is written under a temporary name" \
+            in r.stderr, r.stderr
+    assert null_link.is_symlink() and fifo.is_fifo()
+    assert not os.path.isfile(os.devnull)
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", "/dev/shm/../protrans-test-x.h5")
+    assert r.exit_code == 2 and "is in /dev or /proc" in r.stderr
+    for args in (["fit", "ss3", "--embeddings", "e.h5", "--labels", "l.csv", "-o", "-"],
+                 ["train", "--preset", "tiny", "--corpus", SMALL, "-o", "-"],
+                 ["quickstart", "-o", "-"]):
+        r = run_cli(*args)
+        assert r.exit_code == 2 and "cannot go to stdout; give a path" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "null"]
+
+
+def test_a_replaced_output_keeps_its_permissions(run_cli, tmp_path):
+    """The shell's `>` keeps a file's mode; the rename of a new version gave 644 to a 640 file."""
+    out = tmp_path / "c.txt"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKT\n")
+    assert run_cli("prep", fasta, "-o", out).exit_code == 0
+    assert out.read_text().startswith("M K T\n") and (out.stat().st_mode & 0o777) == 0o640
+    fresh = tmp_path / "d.txt"
+    assert run_cli("prep", fasta, "-o", fresh).exit_code == 0
+    assert (fresh.stat().st_mode & 0o777) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1968,3 +1968,14 @@ def test_one_set_in_another_order_gets_the_same_bootstrap_ci(run_cli, loc_data, 
         outputs = json.loads(next(out.glob("*.json")).read_text())["outputs"]
         cis.append((outputs["loc"]["ci95"], outputs["membrane"]["ci95"]))
     assert cis[0] == cis[1]
+
+
+def test_predict_warns_when_the_extension_names_another_format(run_cli, loc_data, tmp_path):
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "1", "-j", "1", "-o", head).exit_code == 0
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "p.fasta.gz")
+    assert r.exit_code == 0 and "p.fasta.gz: this head's predictions are CSV (id, then each output's columns), " \
+        "whatever the file's extension" in r.stderr
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0 and "extension" not in r.stderr

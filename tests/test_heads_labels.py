@@ -469,3 +469,8 @@ def test_one_byte_that_is_not_utf8_does_not_change_how_the_other_ids_read(tmp_pa
     table.write_bytes("id,label,note\nprotéine1,Nucleus,37\xb0C\nprotéine2,Cytoplasm,ok\n".encode("utf-8")
                       .replace(b"\xc2\xb0", b"\xb0"))
     assert [r.id for r in read_labels(table).records] == ["protéine1", "protéine2"]
+
+
+def test_labels_refuses_stdin_for_both_inputs(run_cli):
+    r = run_cli("labels", "-", "--sequences", "-", input=b">a\nMKT\n")
+    assert r.exit_code == 2 and "stdin ('-') can be one input at most" in r.stderr

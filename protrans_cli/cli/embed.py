@@ -71,7 +71,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
 @click.option("--window", type=int, default=DEFAULT_WINDOW,
               help="Proteins read, length-sorted and embedded at a time: bounds memory whatever the input size.")
 @click.option("-j", "--threads", type=int, default=None,
-              help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
+              help="CPU threads for torch (default: $PROTRANS_THREADS, else min(cores, 4)).")
 def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
             cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force, window, threads):

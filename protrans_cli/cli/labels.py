@@ -16,7 +16,7 @@ from protrans_cli.heads.labels import FORMATS
 @click.command("labels", context_settings={"show_default": True})
 @click.argument("labels", type=INPUT_FILE)
 @click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
-              help="FASTA to write ('-' = stdout; .gz/.xz/.zst compress).")
+              help="FASTA to write ('-' = stdout; .gz/.bz2/.xz/.zst compress).")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="auto", help="Label file format.")
 @click.option("--sequences", type=INPUT_FILE, metavar="FILE", default=None,
               help="FASTA with the sequences, for label files that hold none (FLIP labels, id,label tables).")
@@ -39,6 +39,8 @@ def command(labels, output, fmt, sequences, split):
     from protrans_cli.heads.labels import read_labels, read_sequences, write_embed_fasta
     from protrans_cli.io.files import atomic_output, input_named_by
 
+    if labels == "-" and sequences == "-":  # the labels' read took it all: "no sequence for 11156 ids"
+        raise UsageError("stdin ('-') can be one input at most: give the labels or --sequences as a file")
     # DeepLoc labels are a FASTA too: `labels x.fasta -o x.fasta` replaced them, labels lost.
     source = input_named_by(output, (labels, sequences))
     if source:

@@ -66,7 +66,7 @@ def _print_tables(data: dict) -> None:
         for f in data["families"]:
             table.add_row(f["name"], f["objective"], f["input_layout"], "yes" if f["packing"] else "no",
                           ", ".join(f["presets"]), f["description"])
-        out.print(table)
+        out.print(_whole_names(table))
     if "presets" in data:
         table = Table(title="Presets (protrans train --family F --preset P)", title_justify="left")
         for col in ("family", "preset", "parameters", "layers", "dim"):
@@ -74,7 +74,7 @@ def _print_tables(data: dict) -> None:
         for p in data["presets"]:
             table.add_row(p["family"], p["name"], _human(p["num_params"]), str(p["num_layers"]),
                           str(p["embedding_dim"]))
-        out.print(table)
+        out.print(_whole_names(table, 2))
     if "checkpoints" in data:
         table = Table(title="Published checkpoints (protrans embed -m NAME)", title_justify="left")
         for col in ("name", "hub id", "family", "parameters", "dim", "layers"):
@@ -85,7 +85,19 @@ def _print_tables(data: dict) -> None:
             if c["total_params"]:
                 params += f" of {_human(c['total_params'])}"
             table.add_row(name, c["hub_id"], c["family"], params, str(c["embedding_dim"]), str(c["num_layers"]))
-        out.print(table)
+        out.print(_whole_names(table))
+
+
+def _whole_names(table, names: int = 1):
+    """On a narrow terminal rich cut every cell ("prot_t5_xl_unir…"): the first `names` columns
+    (what `embed -m` and `train --preset` take) keep their width, the others wrap, losing nothing."""
+    for i, column in enumerate(table.columns):
+        if i < names:
+            cells = [str(column.header), *(str(c) for c in getattr(column, "_cells", ()))]
+            column.no_wrap, column.min_width = True, max(len(c) for c in cells)
+        else:
+            column.overflow = "fold"
+    return table
 
 
 def _human(n: int) -> str:

@@ -25,7 +25,7 @@ from protrans_cli.heads.labels import FORMATS
               help="With --fasta: the embedding model, when not the one the head records (e.g. a local copy).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads); "
-                   "'-' = stdout.  [default: stdout, unless only --labels is given]")
+                   "'-' = stdout; .gz/.bz2/.xz/.zst compress.  [default: stdout, unless only --labels is given]")
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
               help="Per-residue heads: also write per-residue class probabilities to this HDF5 file.")
 @click.option("--head-output", "head_output", default=None,
@@ -44,7 +44,7 @@ from protrans_cli.heads.labels import FORMATS
               help="Use embeddings from another model than the head was trained on (same dimension).")
 @click.option("--max-residues", type=int, default=8192, help="Padded residues per batch.")
 @click.option("-j", "--threads", type=int, default=None,
-              help="CPU threads for torch (default min(cores, 4); PROTRANS_THREADS overrides).")
+              help="CPU threads for torch (default: $PROTRANS_THREADS, else min(cores, 4)).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 def command(head, embeddings, fasta, model, output, probabilities, head_output, labels, metrics_dir, label_format,
@@ -76,7 +76,12 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         raise UsageError("--probabilities is an HDF5 file, which cannot be written to stdout: give a file name")
     import os
 
-    from protrans_cli.io.files import input_named_by, output_directory, same_file
+    from protrans_cli.io.files import input_named_by, output_directory, refuse_special_output, same_file
+
+    if probabilities is not None:
+        refuse_special_output(probabilities, "--probabilities", "an HDF5 file")
+    if metrics_dir is not None:
+        refuse_special_output(metrics_dir, "--metrics", "the metrics folder")
 
     for out in (output, probabilities):
         # `-o query.h5` replaced the embeddings it had just read with the predictions.

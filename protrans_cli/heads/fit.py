@@ -41,7 +41,7 @@ from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluat
 from protrans_cli.heads.tasks import IGNORE, Task, get_task
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    folder_lock, holds_working_directory, is_inside, make_temporary,
-                                   replace_directory, same_file, signals_held)
+                                   refuse_special_output, replace_directory, same_file, signals_held)
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
 from protrans_cli.threads import torch_threads
 
@@ -132,7 +132,11 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         raise UsageError("stdin ('-') can be one label file at most: give the others as files")
     if str(config.mask_path) == "-":  # read for each label file: the evaluation sets' reads found it empty
         raise UsageError("--mask cannot be stdin ('-'): it is read for each label file; give it as a file")
+    refuse_special_output(out_dir, "-o", "a head directory")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        # (--force trained every epoch and then failed on it: "Is a directory")
+        raise UsageError("is a file, not a head directory (choose another -o)", path=str(out_dir))
     if holds_working_directory(out_dir):
         # (a head is a directory of its own, replaced whole by --force)
         raise UsageError(f"-o {out_dir}: the head is written as a folder of its own, which --force replaces "

@@ -171,6 +171,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     per_residue = task.kind == PER_RESIDUE
     if probabilities is not None and not per_residue:
         raise UsageError("--probabilities is for per-residue heads; the CSV already holds probabilities")
+    _warn_extension(out, per_residue)
     chosen = output or task.output_names[0]
     classes = next(o.classes for o in task.outputs if o.name == chosen)
     table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
@@ -268,6 +269,18 @@ class _ProbabilityWriter:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp)
+
+
+def _warn_extension(out, per_residue: bool) -> None:
+    """The format follows the head, not the file name: `-o x.csv` on an ss3 head wrote FASTA-like
+    text, and `-o x.h5` on a loc head a CSV, without a word."""
+    name = str(out).lower()
+    for compressed in (".gz", ".bz2", ".xz", ".zst"):
+        name = name.removesuffix(compressed)
+    other = (".csv", ".tsv", ".h5", ".hdf5", ".json") if per_residue else (".fa", ".fasta", ".faa", ".h5", ".hdf5")
+    if str(out) != "-" and name.endswith(other):
+        what = "FASTA-like text (>id, then a line of states)" if per_residue else "CSV (id, then each output's columns)"
+        console.warn(f"{out}: this head's predictions are {what}, whatever the file's extension")
 
 
 def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", mask_path=None,

@@ -397,6 +397,34 @@ def output_directory(path) -> Path:
     return directory
 
 
+def special_output(path) -> str | None:
+    """Why `path` cannot take an output that is renamed into place (an HDF5 file, a head or run
+    directory), or None: an existing device, pipe or socket (a link to one included), or a path
+    into /dev or /proc other than /dev/shm. Renamed over, /dev/null itself became a regular file
+    (as root); text outputs write such paths in place instead (AtomicFile)."""
+    import stat
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode  # (through a link)
+    except OSError:
+        mode = None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return "is a device, pipe or socket"
+    if _device_path(os.path.abspath(path)) or (path.is_symlink() and _device_path(os.readlink(path))):
+        return "is in /dev or /proc"
+    return None
+
+
+def refuse_special_output(path, flag: str, what: str) -> None:
+    """A usage error (exit 2), before any work, for an output `special_output` refuses."""
+    if str(path) == "-":
+        raise UsageError(f"{flag} -: {what} cannot go to stdout; give a path")
+    if problem := special_output(path):
+        raise UsageError(f"{problem}: {what} is written under a temporary name and renamed into place, which "
+                         f"would replace it (give {flag} a path of your own)", path=str(path))
+
+
 def _in_place(path: Path) -> bool:
     """Whether an output is written where it is rather than renamed into place: a device or a
     pipe, and a link into /dev or /proc such as /dev/stdout, which leads to whatever the shell
@@ -455,7 +483,7 @@ class AtomicFile:
                 os.fsync(self._raw.fileno())
             self._raw.close()
             if self.tmp is not None:
-                os.chmod(self.tmp, 0o666 & ~_umask())
+                os.chmod(self.tmp, _mode_for(self.path))
         except OSError as exc:  # a full disk, a quota: named by the output, not the hidden temporary
             self.abort()
             raise RuntimeFailure(f"cannot write: {exc.strerror or exc}", path=str(self.path)) from None
@@ -488,6 +516,20 @@ class AtomicFile:
         if self.tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp)
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of a replaced output: those of the file it replaces (a `chmod 640` result
+    stayed 640 under the shell's `>`, and became 644 here), else the umask's default."""
+    import stat
+
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
+        return stat.S_IMODE(st.st_mode) & 0o777
+    return 0o666 & ~_umask()
 
 
 class _TextStdout:
@@ -549,8 +591,13 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
     """
     if path is None or str(path) == "-":
         out = stdout_binary()
-        yield out
-        out.flush()
+        try:
+            yield out
+            out.flush()
+        except OSError as exc:  # `> /dev/full`, a quota: "No space left on device" named nothing
+            if exc.filename is None and exc.errno in _FULL:
+                raise RuntimeFailure(f"cannot write: {exc.strerror}", path="standard output") from None
+            raise
         return
     handle = AtomicFile(path)
     try:

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, torch_load_problem
-from protrans_cli.io.files import default_permissions, disk_full, replace_directory, sha256_file
+from protrans_cli.io.files import (default_permissions, disk_full, refuse_special_output, replace_directory,
+                                   sha256_file)
 
 if TYPE_CHECKING:
     from protrans_cli.training.config import TrainConfig
@@ -154,6 +155,7 @@ def run_lock(run_dir, active: bool = True):
     if not active or fcntl is None:
         yield False
         return
+    refuse_special_output(run_dir, "-o", "a run directory")
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError("is a file, not a run directory (choose another -o)", path=str(run_dir))
