@@ -108,9 +108,10 @@ _FLOAT16_MAX = 65504.0
 
 class OverflowGuard:
     """Marks the rows of a float16 batch in which any encoder sub-layer's output (before T5's
-    clamp) reached float16's largest value or infinity. `watch(keep, rows)` arms it for one forward pass (`keep`: (B, T)
-    tokens that belong to a protein, or None for every token), `rows()` then gives one bool per
-    batch row. Inert outside float16 (the float32 retry, the CPU twin)."""
+    clamp) reached float16's largest value or infinity. `watch(keep, rows, device)` arms it for
+    one forward pass (`keep`: (B, T) tokens that belong to a protein, or None for every token),
+    `rows()` then gives one bool per batch row. Inert outside float16 (the float32 retry, the
+    CPU twin)."""
 
     def __init__(self, model):
         stack, _ = _encoder_attentions(model)
