@@ -1888,8 +1888,8 @@ def test_records_without_a_label_are_left_out_counted_and_said(run_cli, loc_data
     r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "--max-epochs", "2",
                 "-j", "1", "--valid-fraction", "0.25", "-o", head)
     assert r.exit_code == 0, r.stderr
-    assert f"{table}: 5 record(s) give no label (empty, nan or every residue masked) and are left out (train0, " \
-           "train1, train2, train3, train4)" in r.stderr
+    assert f"{table}: 5 record(s) give no usable label (empty or nan, every residue masked, or a dual location " \
+           "under --dual skip) and are left out (train0, train1, train2, train3, train4)" in r.stderr
     assert "train: 75 proteins" in r.stderr and "19 proteins held out of train" in r.stderr
     config = json.loads((head / "config.json").read_text())
     assert config["training"]["proteins"] == 56  # 75 - 19

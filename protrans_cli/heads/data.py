@@ -174,8 +174,9 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     # (the keys of records without a label are said so here, not again as "no label in FILE")
     report.unlabelled = keys - {m.key for m in matched} - {named[i] for i in report.no_label}
     if report.no_label:
-        console.info(f"{label_set.path}: {len(report.no_label)} record(s) give no label (empty, nan or every residue "
-                     f"masked) and are left out ({some_ids(report.no_label)})")
+        console.info(f"{label_set.path}: {len(report.no_label)} record(s) give no usable label (empty or nan, "
+                     "every residue masked, or a dual location under --dual skip) and are left out "
+                     f"({some_ids(report.no_label)})")
     report.key_ids = {key: ident for ident, key in other_ids.items()}
     if report.missing and report.unlabelled:
         report.near_misses = _near_misses(report.missing, report.unlabelled, report.key_ids)
