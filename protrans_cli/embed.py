@@ -674,7 +674,8 @@ def _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
         elif isinstance(result, str):  # the retry ran out of memory
             result = f"{results[i].reason}; the float32 retry: {result}"
         elif not isinstance(result, (NonFinite, Recomputed)):
-            result = Recomputed(result, f"float32 on {embedder.device} (NaN or infinity in {embedder.compute_dtype})")
+            why = results[i].retried_because or f"NaN or infinity in {embedder.compute_dtype}"
+            result = Recomputed(result, f"float32 on {embedder.device} ({why})")
         results[i] = result
     return results
 

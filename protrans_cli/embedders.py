@@ -37,6 +37,12 @@ class NonFinite:
 
     reason: str
     compute: bool
+    # what a float32 recomputation's `computed` attribute says of why (default: NaN or infinity)
+    retried_because: str | None = None
+
+
+OVERFLOWED = NonFinite("float16 overflowed inside the model (its code clamps that to finite, wrong numbers)", True,
+                       "float16 overflowed inside the model")
 
 
 class Embedder(Protocol):
@@ -291,13 +297,7 @@ class TransformerEmbedder:
             stacked = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(list(states), dim=0)
             residue_rows = stacked[:, mask] if rows or encoded else None  # (n_layers, sum L_i, D)
             bad: dict[int, NonFinite] = {}
-            met = guard.rows() if guard is not None else []
-            if check and any(met):
-                # (a packed batch is one row: all of its proteins)
-                hit = range(len(lengths)) if encoded else [i for i, m in enumerate(met) if m]
-                bad.update({i: NonFinite("float16 overflowed inside the model (its code clamps that to finite, "
-                                         "wrong numbers)", True) for i in hit})
-            if means and len(bad) < len(lengths):
+            if means:
                 # Sums in float32 over the residue positions only (whatever padding positions
                 # hold, NaN included, is replaced, not multiplied by zero).
                 if encoded:  # one row: sum each protein's segment of the residue rows
@@ -313,16 +313,29 @@ class TransformerEmbedder:
                 out_means = [(sums[i] / n).astype(np.float32) for i, n in enumerate(lengths)]
                 if check:  # (whether a mean fits the storage dtype is checked where it is written)
                     for i, mean in enumerate(out_means):
-                        if i not in bad and not np.isfinite(mean).all():
+                        if not np.isfinite(mean).all():
                             bad[i] = NonFinite(f"NaN or infinity in the model's {self.compute_dtype} output", True)
             if rows:
                 stored = residue_rows.to(getattr(torch, dtype))  # where the rows are (a GPU converts)
                 if check and not bool(torch.isfinite(stored.sum(dtype=torch.float32))):
-                    for i, why in self._non_finite_rows(stored, residue_rows, lengths, dtype).items():
-                        bad.setdefault(i, why)  # (an overflow the guard saw is redone in float32)
+                    bad.update(self._non_finite_rows(stored, residue_rows, lengths, dtype))
                 host = self._staging.to_host(stored, dtype)
                 out_rows = np.split(host, np.cumsum(lengths)[:-1], axis=1)
+            # (read last: the guard's flags wait for the device, and the results above are
+            # already on the host by now, so no extra round trip)
+            met = guard.rows() if guard is not None else []
         pairs = list(zip(out_rows, out_means))
+        if any(met):
+            # (a packed batch is one row: all of its proteins)
+            hit = list(range(len(lengths))) if encoded else [i for i, m in enumerate(met) if m]
+            if check:  # the pipeline redoes them in float32 (embed._redo_in_float32)
+                bad.update({i: OVERFLOWED for i in hit})
+            else:  # embed_batch: the model's numbers, not T5's clamped ones
+                with self.in_float32() as exact:
+                    again = exact.embed_arrays([sequences[i] for i in hit], rows=rows, means=means, dtype=dtype,
+                                               check=False)
+                for i, pair in zip(hit, again):
+                    pairs[i] = pair
         return [bad.get(i, pair) for i, pair in enumerate(pairs)]
 
     def _non_finite_rows(self, stored, computed, lengths: list[int], dtype: str) -> dict[int, NonFinite]:

@@ -251,7 +251,7 @@ def test_t5_in_float16_runs_every_module_in_float16_and_redoes_an_overflow_in_fl
 
     with h5py.File(summary.output) as f:
         computed = {ds.attrs["id"]: ds.attrs.get("computed") for ds in f["per_residue"].values()}
-    assert {k: v for k, v in computed.items() if v} == {POISONED: "float32 on cpu (NaN or infinity in float16)"}
+    assert {k: v for k, v in computed.items() if v} == {POISONED: "float32 on cpu (float16 overflowed inside the model)"}
     seq = dict((r.id, r.sequence) for r in read_fasta(SMALL))[POISONED]
     alone = exact.embed_batch([seq])[0][0]  # (the retry's batch: that protein alone)
     got, want = _read(summary.output), _read(ref)
@@ -285,3 +285,56 @@ def test_embedders_built_on_one_t5_model_share_one_overflow_guard(t5_dir):
     second = TransformerEmbedder(loaded, (-2,), "cpu", "float16")
     assert first._overflow_guard is second._overflow_guard is not None
     assert len(loaded.model.encoder.block[0].layer[0]._forward_hooks) == 1
+
+
+def test_t5_float16_embed_batch_gives_the_float32_numbers_where_float16_overflowed(t5_dir):
+    """embed_batch (the library call, no NaN check) returned T5's clamped, wrong rows for a
+    protein whose float16 arithmetic overflowed; now those proteins come from float32."""
+    from transformers import AutoTokenizer
+
+    w_id = AutoTokenizer.from_pretrained(str(t5_dir)).convert_tokens_to_ids("W")
+    half = TransformerEmbedder(load_model(str(t5_dir), device="cpu", dtype="float16"), (-1,), "cpu", "float16")
+    exact = TransformerEmbedder(load_model(str(t5_dir), device="cpu", dtype="float16"), (-1,), "cpu", "float32")
+    exact.model.load_state_dict({k: v.float() for k, v in half.model.state_dict().items()})
+    _overflowing_t5(half, w_id)
+    _overflowing_t5(exact, w_id)
+    sequences = ["MKTAAGHKL", "MKTWAAGHKLWPP", "MKV"]
+    got = half.embed_batch(sequences)
+    np.testing.assert_allclose(got[1], exact.embed_batch(sequences[1:2])[0], atol=1e-5, rtol=0)
+    for i in (0, 2):  # float16 (the poisoned weights magnify its rounding)
+        np.testing.assert_allclose(got[i], exact.embed_batch([sequences[i]])[0], atol=0.1, rtol=0)
+    assert {p.dtype for p in half.model.parameters()} == {torch.float16}
+
+
+def test_two_threads_on_one_float16_t5_each_see_their_own_overflows(t5_dir):
+    """The guard's armed state was one per model: two threads embedding with one model crashed
+    ("size of tensor a (2) must match ... (4)") or lost each other's overflows."""
+    import threading
+
+    from transformers import AutoTokenizer
+
+    w_id = AutoTokenizer.from_pretrained(str(t5_dir)).convert_tokens_to_ids("W")
+    loaded = load_model(str(t5_dir), device="cpu", dtype="float16")
+    first = TransformerEmbedder(loaded, (-1,), "cpu", "float16")
+    second = TransformerEmbedder(loaded, (-1,), "cpu", "float16")
+    _overflowing_t5(first, w_id)  # (one model: both see the poisoned weights)
+    work = {first: (["MKTWAAGHKLW", "MKV"], [False, True]),
+            second: (["MKTAAGH", "MKVW", "GGS", "AAAAW"], [True, False, True, False])}
+    errors, seen = [], {}
+
+    def run(embedder):
+        sequences, finite = work[embedder]
+        try:
+            for _ in range(15):
+                got = [isinstance(r, tuple) for r in embedder.embed_arrays(sequences)]
+                seen.setdefault(embedder, set()).add(tuple(got))
+                assert got == finite, got
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors

@@ -1979,3 +1979,13 @@ def test_predict_warns_when_the_extension_names_another_format(run_cli, loc_data
         "whatever the file's extension" in r.stderr
     r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "p.csv")
     assert r.exit_code == 0 and "extension" not in r.stderr
+
+
+def test_predict_fasta_to_a_device_keeps_its_embeddings_elsewhere(run_cli, ss_data, tmp_path):
+    """`predict --fasta q.fa -o /dev/stdout` put its temporary embeddings beside the output, in
+    /dev, which embed (rightly) refuses: exit 2 where the predictions used to be printed."""
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "-o", os.devnull)
+    assert r.exit_code == 0, r.stderr

@@ -474,3 +474,20 @@ def test_one_byte_that_is_not_utf8_does_not_change_how_the_other_ids_read(tmp_pa
 def test_labels_refuses_stdin_for_both_inputs(run_cli):
     r = run_cli("labels", "-", "--sequences", "-", input=b">a\nMKT\n")
     assert r.exit_code == 2 and "stdin ('-') can be one input at most" in r.stderr
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_stdout_is_named(tmp_path):
+    """`protrans labels x.csv > /dev/full` said only "No space left on device"."""
+    import subprocess
+    import sys
+
+    table = tmp_path / "t.csv"
+    table.write_text("".join(f"p{i},A\n" for i in range(20000)))
+    fasta = tmp_path / "s.fa"
+    fasta.write_text("".join(f">p{i}\nMKTAYIAKQR\n" for i in range(20000)))
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "protrans_cli", "labels", str(table), "--sequences", str(fasta)],
+                           stdout=full, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == "protrans: error: standard output: cannot write: No space left on device"

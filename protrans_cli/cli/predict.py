@@ -76,7 +76,8 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         raise UsageError("--probabilities is an HDF5 file, which cannot be written to stdout: give a file name")
     import os
 
-    from protrans_cli.io.files import input_named_by, output_directory, refuse_special_output, same_file
+    from protrans_cli.io.files import (input_named_by, output_directory, refuse_special_output, same_file,
+                                       special_output)
 
     if probabilities is not None:
         refuse_special_output(probabilities, "--probabilities", "an HDF5 file")
@@ -108,7 +109,9 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         check_head_output(load_head(head)[1], head_output)  # before the sequences are embedded
 
         # Next to the output (embeddings of a proteome can be large), else in $TMPDIR.
-        where = os.path.dirname(os.path.abspath(output)) if output and output != "-" else None
+        # (not /dev for `-o /dev/stdout`: the embeddings are no output to write in place)
+        where = (os.path.dirname(os.path.abspath(output)) if output and output != "-" and special_output(output) is None
+                 else None)
         with tempfile.TemporaryDirectory(prefix=".protrans-predict-", dir=where) as tmp:
             embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads)
             _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format,

@@ -590,14 +590,9 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
     file is removed and any existing file of that name is left as it was.
     """
     if path is None or str(path) == "-":
-        out = stdout_binary()
-        try:
-            yield out
-            out.flush()
-        except OSError as exc:  # `> /dev/full`, a quota: "No space left on device" named nothing
-            if exc.filename is None and exc.errno in _FULL:
-                raise RuntimeFailure(f"cannot write: {exc.strerror}", path="standard output") from None
-            raise
+        out = _NamedStdout(stdout_binary())
+        yield out
+        out.flush()
         return
     handle = AtomicFile(path)
     try:
@@ -615,6 +610,35 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
 
 # a full disk, a quota, the file-size limit
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class _NamedStdout:
+    """stdout whose own full-disk errors name it (`> /dev/full`: "No space left on device" named
+    nothing), while other files' errors inside the same `with` keep theirs."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, data):
+        try:
+            return self._stream.write(data)
+        except OSError as exc:
+            raise self._named(exc) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise self._named(exc) from None
+
+    @staticmethod
+    def _named(exc: OSError) -> Exception:
+        if exc.filename is None and exc.errno in _FULL:
+            return RuntimeFailure(f"cannot write: {exc.strerror}", path="standard output")
+        return exc
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def utf8_text(text: str) -> str:

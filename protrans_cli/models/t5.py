@@ -9,6 +9,8 @@ ProtT5-XL: 24 + 24 layers, d_model 1024, d_ff 16384, 32 heads of d_kv 128 (~3B p
 
 from __future__ import annotations
 
+import threading
+
 from protrans_cli.models.base import Family
 from protrans_cli.models.tokenizers import RESIDUES, residue_tokenizer
 
@@ -109,13 +111,14 @@ _FLOAT16_MAX = 65504.0
 class OverflowGuard:
     """Marks the rows of a float16 batch in which any encoder sub-layer's output (before T5's
     clamp) reached float16's largest value or infinity. `watch(keep, rows, device)` arms it for
-    one forward pass (`keep`: (B, T) tokens that belong to a protein, or None for every token),
-    `rows()` then gives one bool per batch row. Inert outside float16 (the float32 retry, the
-    CPU twin)."""
+    one forward pass of this thread (`keep`: (B, T) tokens that belong to a protein, or None for
+    every token), `rows()` then gives one bool per batch row. Armed per thread, as the flex
+    switch is: two threads embedding with one model each see their own batch. Inert outside
+    float16 (the float32 retry, the CPU twin)."""
 
     def __init__(self, model):
         stack, _ = _encoder_attentions(model)
-        self._rows = self._keep = None
+        self._armed = threading.local()
         for block in stack.block:
             for layer in {id(block.layer[0]): block.layer[0], id(block.layer[-1]): block.layer[-1]}.values():
                 layer.register_forward_hook(self._look)
@@ -123,29 +126,34 @@ class OverflowGuard:
     def _look(self, module, args, output) -> None:
         import torch
 
+        state = getattr(self._armed, "state", None)
         hidden = output[0] if isinstance(output, (tuple, list)) else output
-        if self._rows is None or not torch.is_tensor(hidden) or hidden.dtype != torch.float16:
+        if state is None or not torch.is_tensor(hidden) or hidden.dtype != torch.float16:
             return
+        rows, keep = state
         # at or beyond float16's largest value: infinity in eager float16; inside a compiled
         # block inductor computes in float32 and the clamp saturates, so no infinity is ever seen
         met = (hidden.abs() >= _FLOAT16_MAX).any(dim=-1)  # (B, T); no device sync
-        if self._keep is not None and self._keep.shape == met.shape:
-            met &= self._keep
-        self._rows |= met.any(dim=-1)
+        if keep is not None and keep.shape == met.shape:
+            met &= keep
+        rows |= met.any(dim=-1)
 
     def watch(self, keep, rows: int, device) -> None:
         import torch
 
-        self._rows = torch.zeros(rows, dtype=torch.bool, device=device)
-        self._keep = None if keep is None else keep.to(device=device, dtype=torch.bool)
+        self._armed.state = (torch.zeros(rows, dtype=torch.bool, device=device),
+                             None if keep is None else keep.to(device=device, dtype=torch.bool))
 
     def rows(self) -> list[bool]:
-        met, self._rows, self._keep = self._rows, None, None
-        return [] if met is None else met.tolist()
+        """One bool per row of the batch this thread watched (a device sync: read it once the
+        batch's other results are on their way to the host), and disarm."""
+        state = getattr(self._armed, "state", None)
+        self._armed.state = None
+        return [] if state is None else state[0].tolist()
 
     def __deepcopy__(self, memo):  # a copied model (the CPU twin) gets an unarmed guard
         copied = object.__new__(OverflowGuard)
-        copied._rows = copied._keep = None
+        copied._armed = threading.local()
         return copied
 
 
