@@ -1339,23 +1339,115 @@ class _Done:
         return [int(self.sums[i]) if h else None for h, i in zip(hit, at)]
 
 
+_CRASH_RETRIES = 64  # children a damaged file may crash (each teaches one record or index to avoid)
+
+
 def _done_in(path: Path, writer_kw: dict, input_ids=None) -> _Done:
     """Proteins already complete in an existing output (for --resume), after checking that the
     file was made the same way; a file that a SIGKILL during a flush left unreadable is mended
-    first when it can be (io.h5.repair_after_kill)."""
+    first when it can be (io.h5.repair_after_kill).
+
+    HDF5 does not check all the metadata it reads: on some files a SIGKILL cut off mid-flush it
+    crashed the process (a segmentation fault while iterating a group, opening a record or
+    copying one into the mended file) where no Python error could be caught. So the file is read
+    in a forked child: a child that dies by a signal leaves in its log the HDF5 call it was in,
+    and the next child leaves that record out (or finds a crashing group's records by name) and
+    copies the rest into a fresh file. Where there is no fork (Windows), it is read here."""
+    if not hasattr(os, "fork"):
+        return _done_in_process(path, writer_kw, input_ids)
+    from protrans_cli.io.h5 import UnreadableFile
+
+    skip, no_iterate, seen = set(), set(), set()
+    for _ in range(_CRASH_RETRIES):
+        crashed, result = _done_in_child(path, writer_kw, input_ids, skip, no_iterate, bool(seen))
+        if not crashed:
+            return result
+        if result is None or result in seen:  # no progress: the same call crashed again
+            break
+        seen.add(result)
+        op, group, name = result
+        if op == "iterate":
+            no_iterate.add(group)
+        else:
+            skip.add((group, name))
+    path.with_name(path.name + ".salvage").unlink(missing_ok=True)  # (a crashed child's half-made copy)
+    raise UnreadableFile("cannot resume: HDF5 crashed reading this damaged file, and it could not be mended; delete "
+                         "it to start again", path=str(path))
+
+
+def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate: set, repair_first: bool):
+    """(False, _Done) from a forked child running _done_in_process; (False, ...) re-raises its
+    error here; (True, the HDF5 call it crashed in, or None) when it died by a signal."""
+    import pickle
+    import tempfile
+
+    from protrans_cli import errors
+    from protrans_cli.io import h5 as h5_module
+
+    # (beside the output: for tens of millions of proteins the result takes hundreds of MB)
+    with tempfile.TemporaryDirectory(prefix=".protrans-resume-", dir=path.parent) as tmp:
+        log_path, result_path = os.path.join(tmp, "log"), os.path.join(tmp, "result")
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: read, write the outcome, and leave without any cleanup of the parent's
+            try:
+                h5_module._CRASH_GUARD = h5_module.CrashGuard(log_fd, skip, no_iterate)
+                notes: list[str] = []  # (said by the parent: a child's stderr may be a copy of an in-memory one)
+                try:
+                    done = _done_in_process(path, writer_kw, input_ids, repair_first=repair_first, notes=notes)
+                    outcome = ("ok", done.ids, done.sums, notes)
+                except errors.ProtransError as exc:
+                    outcome = ("error", type(exc).__name__, exc.message, exc.path, exc.record, exc.line)
+                except BaseException as exc:  # noqa: BLE001 - reported by the parent
+                    outcome = ("other", errors.described(exc))
+                with open(result_path, "wb") as fh:
+                    pickle.dump(outcome, fh, protocol=5)
+            finally:
+                sys.stderr.flush()
+                os._exit(0)
+        os.close(log_fd)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status) or not os.path.exists(result_path):
+            with open(log_path, "rb") as fh:
+                return True, h5_module.CrashGuard.last(fh.read())
+        with open(result_path, "rb") as fh:
+            outcome = pickle.load(fh)
+    if outcome[0] == "ok":
+        for note in outcome[3]:
+            console.warn(note)
+        return False, _Done(outcome[1], outcome[2])
+    if outcome[0] == "error":
+        _, name, message, where, record, line = outcome
+        cls = getattr(h5_module, name, None) or getattr(errors, name, None) or errors.InputError
+        raise cls(message, path=where, record=record, line=line)
+    raise RuntimeFailure(f"reading it for --resume failed: {outcome[1]}", path=str(path))
+
+
+def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_first: bool = False,
+                     notes: list[str] | None = None) -> _Done:
+    """_done_in's work. `repair_first`: an earlier reader crashed on this file, so its readable
+    proteins are copied into a fresh file before anything else is read. `notes`: where the
+    warnings go (else said at once)."""
     from protrans_cli.io.h5 import UnreadableFile, repair_after_kill, run_attributes
 
-    try:
-        return _read_done(path, writer_kw)
-    except UnreadableFile:
-        # (layout, kinds and storage dtype too: a file without them is not resumed)
-        attrs = run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
-                               storage_dtype=writer_kw["storage_dtype"])
-        note = repair_after_kill(path, writer_kw["kinds"], writer_kw["layout"], attrs, input_ids)
-        if note is None:
-            raise
-        console.warn(f"{path}: {note}")
-        return _read_done(path, writer_kw)
+    if not repair_first:
+        try:
+            return _read_done(path, writer_kw)
+        except UnreadableFile as exc:
+            error = exc
+    else:
+        error = UnreadableFile("cannot resume: HDF5 crashed reading this damaged file, and it could not be mended; "
+                               "delete it to start again", path=str(path))
+    # (layout, kinds and storage dtype too: a file without them is not resumed)
+    attrs = run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
+                           storage_dtype=writer_kw["storage_dtype"])
+    note = repair_after_kill(path, writer_kw["kinds"], writer_kw["layout"], attrs, input_ids, force=repair_first)
+    if note is None:
+        raise error
+    (notes.append if notes is not None else console.warn)(f"{path}: {note}")
+    return _read_done(path, writer_kw)
 
 
 def _read_done(path: Path, writer_kw: dict) -> _Done:

@@ -1653,3 +1653,80 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _dies_in_children(parent: int):
+    """A stand-in for HDF5 crashing (a segmentation fault): the forked reader dies by a signal."""
+    import signal
+
+    if os.getpid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_resume_survives_hdf5_crashing_on_a_record(tmp_path, monkeypatch):
+    """On some files a SIGKILL cut off mid-flush HDF5 crashed the process (segmentation fault)
+    while --resume read them: opening a record, or copying it into the mended file. The reader is
+    a forked child now: the record it died on is left out, the rest copied into a fresh file,
+    and the resumed run equals an uninterrupted one."""
+    import h5py
+
+    fasta = generated_fasta(tmp_path / "g.fa", 40, repeat_every=0)
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4))
+    out = _run(tmp_path / "out.h5", fasta=fasta, max_batch_size=4)
+    victim = sorted(h5py.File(out)["per_residue"].keys())[5].encode()
+    real_open, parent = h5py.h5o.open, os.getpid()
+
+    def crashing_open(loc, name, *args, **kwargs):
+        if name == victim:
+            _dies_in_children(parent)
+        return real_open(loc, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.h5o, "open", crashing_open)
+    summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+    monkeypatch.undo()
+    assert summary.num_embedded == 1 and summary.num_resumed == 39  # the one left out, embedded again
+    assert_same_content(file_content(out), dict(full))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.h5", "g.fa", "out.h5"]
+
+
+def test_resume_reads_a_group_that_crashes_hdf5_when_iterated_by_name(tmp_path, monkeypatch):
+    from protrans_cli.io import h5 as h5_module
+
+    fasta = generated_fasta(tmp_path / "g.fa", 30, repeat_every=0)
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4))
+    out = _run(tmp_path / "out.h5", fasta=fasta, max_batch_size=4)
+    real, parent, marker = h5_module._link_names, os.getpid(), tmp_path / "crashed-once"
+
+    def crashing_names(group):
+        if not marker.exists() and os.getpid() != parent:
+            marker.touch()
+            h5_module._CRASH_GUARD.note("iterate", group.name.lstrip("/"))  # (as the real one does, first)
+            _dies_in_children(parent)
+        return real(group)
+
+    monkeypatch.setattr(h5_module, "_link_names", crashing_names)
+    summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+    assert summary.num_embedded == 0 and summary.num_resumed == 30 and marker.exists()
+    assert_same_content(file_content(out), dict(full))
+
+
+def test_a_file_that_crashes_hdf5_wherever_it_is_read_is_one_line(tmp_path, monkeypatch, run_cli):
+    from protrans_cli.io import h5 as h5_module
+
+    fasta = generated_fasta(tmp_path / "g.fa", 10, repeat_every=0)
+    out = _run(tmp_path / "out.h5", fasta=fasta)
+    before = out.read_bytes()
+    parent = os.getpid()
+    real = h5_module._check_resumable
+
+    def crashing(*args, **kwargs):
+        _dies_in_children(parent)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(h5_module, "_check_resumable", crashing)
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--resume")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (f"protrans: error: {out}: cannot resume: HDF5 crashed reading this "
+                                                 "damaged file, and it could not be mended; delete it to start again")
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa", "out.h5"]

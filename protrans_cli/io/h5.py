@@ -370,7 +370,9 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
     `checksums=False`."""
     import h5py
 
+    where = group.name.lstrip("/") or "/"
     for name in _link_names(group):
+        _CRASH_GUARD.note("open", where, name)
         obj = h5py.h5o.open(group.id, name)
         if not isinstance(obj, h5py.h5d.DatasetID):
             continue
@@ -399,6 +401,7 @@ def _link_names(group) -> list[bytes]:
     tracked = gid.get_create_plist().get_link_creation_order() & h5py.h5p.CRT_ORDER_INDEXED
     if tracked and h5py.h5a.exists(group.file.id, b"layout"):  # (embed's own file: see EmbeddingsReader.key_for)
         tracked = False
+    _CRASH_GUARD.note("iterate", group.name.lstrip("/") or "/")
     group.id.links.iterate(add, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME, info=True)
     if outside:
         _refuse_link(group, outside[0])
@@ -630,8 +633,35 @@ def unreadable_on_resume(path, exc: BaseException) -> InputError:
                           path=str(path))
 
 
+class CrashGuard:
+    """What a child process that reads a damaged file notes before each HDF5 call that can crash
+    (a segmentation fault inside HDF5 on metadata a SIGKILL left half written), and what earlier
+    children's crashes taught: records to leave alone (`skip`: (group, name)) and groups whose
+    index is not to be iterated (`no_iterate`: read by name instead). See embed._done_in."""
+
+    def __init__(self, log_fd: int | None = None, skip=(), no_iterate=()):
+        self.log_fd = log_fd
+        self.skip = {(g, bytes(n)) for g, n in skip}
+        self.no_iterate = set(no_iterate)
+
+    def note(self, op: str, group: str, name: bytes = b"") -> None:
+        if self.log_fd is not None:
+            os.write(self.log_fd, json.dumps([op, group, name.hex()]).encode() + b"\n")
+
+    @staticmethod
+    def last(log: bytes) -> tuple[str, str, bytes] | None:
+        lines = [line for line in log.splitlines() if line.strip()]
+        if not lines:
+            return None
+        op, group, name = json.loads(lines[-1])
+        return op, group, bytes.fromhex(name)
+
+
+_CRASH_GUARD = CrashGuard()  # inert in the parent: no log, nothing skipped
+
+
 def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict | None = None,
-                      candidates=None) -> str | None:
+                      candidates=None, *, force: bool = False) -> str | None:
     """Mend a partial file that a SIGKILL during HDF5's flush left unreadable; returns what was
     done, or None when this is not that damage (the file is then left as it was).
 
@@ -646,7 +676,8 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
     --resume embeds the others again, and a file attribute that cannot be read is taken from
     `run_attrs` (this run's settings). When a group's own index lost a node, its records are
     found by name: `candidates()` gives the ids that may be there (the input's). Only the
-    version-0 superblock h5py writes is handled."""
+    version-0 superblock h5py writes is handled. `force`: copy the readable proteins into a
+    fresh file even where no damage is seen (HDF5 crashed reading this file: embed._done_in)."""
     import struct
 
     import h5py
@@ -682,7 +713,7 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                     names[kind], broken = _findable_names(group, candidates)
                     damaged_index |= broken
             bad = {kind: _unreadable_records(groups[kind], found) for kind, found in names.items()}
-            if not lost_attrs and not damaged_index and not any(bad.values()):
+            if not lost_attrs and not damaged_index and not any(bad.values()) and not force:
                 return f"repaired the damaged file: {done[0]}" if moved else None
             # (a write failing inside HDF5 can crash h5py: the room is checked first)
             ensure_room(salvage, size, "free some space and run the same command with --resume", shown=path,
@@ -703,6 +734,7 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                         if name in bad[kind]:
                             continue
                         try:
+                            _CRASH_GUARD.note("copy", group.name.lstrip("/") or "/", name)
                             h5py.h5o.copy(group.id, name, target.id, name)
                         except UNREADABLE:
                             bad[kind].add(name)
@@ -731,7 +763,11 @@ def _findable_names(group, candidates=None) -> tuple[list[bytes], bool]:
     """The names in a group, and whether its index is damaged: then the names iteration reached
     before the damage, and those of `candidates()` that a lookup by name still finds."""
     found: list[bytes] = []
+    where = group.name.lstrip("/") or "/"
     try:
+        if where in _CRASH_GUARD.no_iterate and candidates is not None:
+            raise RuntimeError("its index crashed HDF5 when iterated")
+        _CRASH_GUARD.note("iterate", where)
         group.id.links.iterate(found.append)
         return found, False
     except UNREADABLE:
@@ -740,9 +776,10 @@ def _findable_names(group, candidates=None) -> tuple[list[bytes], bool]:
     seen = set(found)
     for ident in candidates():
         name = escape_key(ident).encode("utf-8")
-        if name in seen:
+        if name in seen or (where, name) in _CRASH_GUARD.skip:
             continue
         try:
+            _CRASH_GUARD.note("lookup", where, name)
             if group.id.links.exists(name):
                 found.append(name)
                 seen.add(name)
@@ -756,8 +793,13 @@ def _unreadable_records(group, names: list[bytes]) -> set[bytes]:
     import h5py
 
     bad = set()
+    where = group.name.lstrip("/") or "/"
     for name in names:
+        if (where, name) in _CRASH_GUARD.skip:
+            bad.add(name)
+            continue
         try:
+            _CRASH_GUARD.note("open", where, name)
             obj = h5py.h5o.open(group.id, name)
             if isinstance(obj, h5py.h5d.DatasetID):
                 attrs = h5py.Dataset(obj).attrs
