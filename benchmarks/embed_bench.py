@@ -260,6 +260,22 @@ def _warm_up(embedder, seq: str) -> None:
     embedder.embed_batch([seq[:45], seq[:65], seq[:80]])
 
 
+class _Later:
+    """An embedder built (untimed) just before its strategy's first timed run, once."""
+
+    def __init__(self, label: str, make):
+        self.label, self.make, self.built, self.done = label, make, None, False
+
+    def build(self):
+        if not self.done:
+            self.built, self.done = _unless_it_fails(self.label, self.make), True
+        return self.built
+
+    @staticmethod
+    def get(embedder):
+        return embedder.build() if isinstance(embedder, _Later) else embedder
+
+
 def _unless_it_fails(label: str, build):
     """`build()`, or None with one line saying why: a strategy that cannot be built, warmed up or
     checked (a kernel the GPU's compiler cannot build, rows that differ) is left out, and the
@@ -365,10 +381,10 @@ def bench_one(family, preset, records, args):
             else:
                 # on a copy (flex switches the model in place); flex_packed shares it
                 flex_loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
-                sample = [s for _, s in records[:8]]  # rows checked against the default attention's on these
-                expected = protrans_embedder.embed_batch(sample)
+                flex_sample = [s for _, s in records[:8]]  # rows checked against the default attention's on these
+                expected = protrans_embedder.embed_batch(flex_sample)
 
-                def build_flex(label, packed_rows):
+                def build_flex(label, packed_rows, sample=flex_sample, expected=expected):
                     built = TransformerEmbedder(flex_loaded, (-1,), args.device, args.dtype, attention="flex",
                                                 packed=packed_rows)
                     start = time.perf_counter()
@@ -387,10 +403,14 @@ def bench_one(family, preset, records, args):
                                            f"> {limit:g})")
                     return built
 
+                # Built just before their first timed run, in the order of --strategies (untimed):
+                # a slow flex_packed compilation cut by the step's limit cost the flex figure it
+                # was built before.
                 if "flex" in args.strategies:
-                    flex = _unless_it_fails("flex", lambda: build_flex("flex", False))
+                    flex = _Later("flex", lambda: build_flex("flex", False))
                 if "flex_packed" in args.strategies:
-                    flex_packed = _unless_it_fails("flex_packed", lambda: build_flex("flex_packed", True))
+                    flex_packed = _Later("flex_packed", lambda: build_flex("flex_packed", True))
+        ready: dict[str, _Later] = {}  # strategies whose embedder is built before their first run
         for name in args.strategies:
             chosen = {"protrans": protrans_embedder, "packed": packed, "compiled": compiled, "flex": flex,
                       "flex_packed": flex_packed}
@@ -403,7 +423,9 @@ def bench_one(family, preset, records, args):
             for budget in budgets:
                 label = f"protrans{'' if name == 'protrans' else '-' + name}" + ("" if len(budgets) == 1 else f"@{budget}")
                 runs[label] = (lambda b=budget, e=chosen, check=None:
-                               run_protrans(e, records, tmpdir, b, args.max_batch_size, only, check))
+                               run_protrans(_Later.get(e), records, tmpdir, b, args.max_batch_size, only, check))
+                if isinstance(chosen, _Later):
+                    ready[label] = chosen
                 strategies.append(label)
         # Each protrans strategy's file is checked once against the baseline's rows of a few
         # proteins (in its first, timed run: the check is made after the clock stops)
@@ -417,16 +439,27 @@ def bench_one(family, preset, records, args):
             for name in strategies:
                 if name == "naive" and repeat > 0 and args.naive_once:
                     continue
+                if name in ready and ready[name].build() is None:
+                    continue  # (left out, with its reason printed)
+                if name in wrong:
+                    continue
                 _sync(args.device)
                 if args.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
                 start = time.perf_counter()
-                if name.startswith("protrans") and repeat == 0:
-                    worst = runs[name](check=reference)
-                else:
-                    runs[name]()
-                    worst = None
-                _sync(args.device)
+                try:
+                    if name.startswith("protrans") and repeat == 0:
+                        worst = runs[name](check=reference)
+                    else:
+                        runs[name]()
+                        worst = None
+                    _sync(args.device)
+                except Exception as exc:  # noqa: BLE001 - reported; the strategies after it still run
+                    from protrans_cli.errors import described
+
+                    print(f"{name}: failed: {described(exc)[:300]}", flush=True)
+                    wrong.add(name)
+                    continue
                 seconds = time.perf_counter() - start
                 if worst is not None:
                     # (8 proteins read back inside the timed run: milliseconds, counted against protrans)

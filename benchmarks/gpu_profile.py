@@ -351,10 +351,13 @@ def main(argv=None) -> int:
 
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     records = load_proteins(args.fasta, None, 0, None)
-    loaded = build_loaded(args.family, args.preset, args.device, dtype)
-    embedder = TransformerEmbedder(loaded, (-1,), args.device, dtype, attention=args.attention, packed=args.packing)
-    if embedder.max_residues:
-        records = [r for r in records if len(r[1]) <= embedder.max_residues]
+    loaded = embedder = None
+    if not args.skip_embed:  # (the training part builds models of its own: seconds saved on a short loan)
+        loaded = build_loaded(args.family, args.preset, args.device, dtype)
+        embedder = TransformerEmbedder(loaded, (-1,), args.device, dtype, attention=args.attention,
+                                       packed=args.packing)
+        if embedder.max_residues:
+            records = [r for r in records if len(r[1]) <= embedder.max_residues]
     print(f"{args.family}/{args.preset} on {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), "
           f"{dtype}, attention {args.attention}{', packed' if args.packing else ''}; torch {torch.__version__}")
     settings = {name: os.environ.get(name) for name in ("PYTORCH_TUNABLEOP_ENABLED", "PYTORCH_CUDA_ALLOC_CONF",

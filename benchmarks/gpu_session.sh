@@ -5,7 +5,7 @@
 #
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
-# quick (one device call, step limits adding up to 530 s): the ceilings; the T5 forward pass
+# quick (one device call, step limits adding up to 540 s): the ceilings; the T5 forward pass
 # profiled (the one model under the embed target on 2026-11-29); ProtT5-XL-sized embedding with
 # --attention flex (padded and packed) against the ProtTrans strategy; one train benchmark with
 # four protrans settings against one baseline (as before, --token-micro-batches, with --packing,
@@ -90,9 +90,10 @@ step embed_t5_pp 100 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cud
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
 # ProtBert-sized, per-protein: the ProtTrans batches under PyTorch's kernel choice (cuDNN attention
 # on Hopper, a plan for every new shape: what the script gets) and under protrans's (what batching
-# alone gains), against protrans
-step embed_bert_fair 70 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
-    --strategies prottrans_auto,prottrans,protrans --max-tokens default --per-protein
+# alone gains), against protrans padded and packed (packed: embed's default on such a GPU; the
+# benchmark's embedder does not go through build_embedder's packing_by_default)
+step embed_bert_fair 80 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
+    --strategies prottrans_auto,prottrans,protrans,packed --max-tokens default --per-protein
 step embed_bert_pp 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --strategies prottrans,protrans,packed --max-tokens 4000,default --per-protein
 step embed_t5_compiled 190 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 \
@@ -112,13 +113,14 @@ step train_variants 150 $PY benchmarks/train_bench.py --report-after 142 --gpu -
 # compiled block by block (the first steps wait for it): with the other levers first, then alone
 step train_compile_variants 200 $PY benchmarks/train_bench.py --report-after 192 --gpu --fasta "$FASTA" --repeats 1 \
     --num-steps 40 --warmup 10 --variants tokens+packing+compile,compile --json "$OUT/train_compile_variants.json"
+# the training part of gpu_profile.py alone (levers: second, before the GPU tests; steps run in
+# the order of these lines, not of STEPS)
+step train_profile 100 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --skip-embed
 step train_recompute 100 $PY benchmarks/train_bench.py --report-after 92 --gpu --fasta "$FASTA" --repeats 1 --activation-checkpointing
 step tests_quick 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \
     tests/test_embed_models.py tests/test_attention.py tests/test_embed_flex.py -k "pack or varlen or cudnn or flex"
 step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_models.py tests/test_train_loop.py \
     tests/test_heads_fit.py tests/test_train_packing.py tests/test_attention.py tests/test_embed_flex.py
-# the training part of gpu_profile.py alone (levers: last, as the least decisive)
-step train_profile 100 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --skip-embed
 
 kill $CLOCKS 2>/dev/null
 echo "=== summary"

@@ -372,9 +372,6 @@ def main(argv=None) -> int:
               "micro_batch_size": args.micro_batch_size, "steps_timed": args.num_steps - args.warmup,
               "data": source, "baseline": base, "protrans": best[first],
               "speedup": best[first]["tokens_per_s"] / base["tokens_per_s"]}
-    if args.variants:
-        result["variants"] = {name: {**r, "speedup": r["tokens_per_s"] / base["tokens_per_s"]}
-                              for name, r in best.items()}
     shown = {"baseline": base, **({"protrans": best[first]} if not args.variants else best)}
     if gpu:
         name = torch.cuda.get_device_name()
@@ -382,6 +379,9 @@ def main(argv=None) -> int:
         fpt = flops_per_token(config, non_embed, attention_length)
         for r in shown.values():
             r["mfu"] = r["tokens_per_s"] * fpt / (peak * 1e12) if peak else None
+    if args.variants:  # (after the MFU: the JSON's variants were copied without it)
+        result["variants"] = {name: {**r, "speedup": r["tokens_per_s"] / base["tokens_per_s"]}
+                              for name, r in best.items()}
     print(f"{result['model']} ({non_embed / 1e6:.1f}M non-embedding parameters), length {args.max_length}, "
           f"global batch {args.global_batch_size}, micro-batch {args.micro_batch_size}, {result['device']}")
     print(f"data: {source}" + (f"; MFU's attention FLOPs at the proteins' mean attention length, {attention_length:.0f} "
