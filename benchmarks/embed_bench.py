@@ -395,7 +395,9 @@ def bench_one(family, preset, records, args):
                           "not timed below)", flush=True)
                     worst = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
                                 for a, b in zip(built.embed_batch(sample), expected))
-                    limit = 1e-4 if args.dtype == "float32" else 2e-2
+                    # (as the strategies' check below: each bf16 path is ~0.012 from float32 on a
+                    # ProtT5-XL-sized model, so two of them may differ by twice that)
+                    limit = 1e-4 if args.dtype == "float32" else 3e-2
                     print(f"{label}: rows of {len(sample)} proteins within {worst:.2g} (relative norm) of the "
                           f"default attention's", flush=True)
                     if worst > limit:
