@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import os
 import shlex
+import signal
 import sys
 import time
 import types
@@ -1052,10 +1053,14 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         refuse_if_in_use(path)
     if options.resume:
         found = []
+        if not dist.is_main:  # the main rank reads (and mends, if damaged) the files first
+            dist.barrier()
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
                 found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
                     source, name, options.window) for p in window)))
+        if dist.is_main:  # (two ranks mending one file at once both gave up: "delete it to start again")
+            dist.barrier()
         done = _Done.union(found)
     elif dist.is_main:  # --force (without it, embed() refused these files)
         for path in shard_files:
@@ -1358,21 +1363,36 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None) -> _Done:
     from protrans_cli.io.h5 import UnreadableFile
 
     skip, no_iterate, seen = set(), set(), set()
-    for _ in range(_CRASH_RETRIES):
-        crashed, result = _done_in_child(path, writer_kw, input_ids, skip, no_iterate, bool(seen))
-        if not crashed:
-            return result
-        if result is None or result in seen:  # no progress: the same call crashed again
-            break
-        seen.add(result)
-        op, group, name = result
-        if op == "iterate":
-            no_iterate.add(group)
-        else:
-            skip.add((group, name))
-    path.with_name(path.name + ".salvage").unlink(missing_ok=True)  # (a crashed child's half-made copy)
+    try:
+        for _ in range(_CRASH_RETRIES):
+            try:
+                crashed, result = _done_in_child(path, writer_kw, input_ids, skip, no_iterate, bool(seen))
+            except _NoFork:  # (no memory for a fork under strict overcommit, with a model loaded)
+                return _done_in_process(path, writer_kw, input_ids)
+            if not crashed:
+                return result
+            if result is None or result in seen:  # no progress: the same call crashed again
+                break
+            seen.add(result)
+            op, group, name = result
+            if op == "iterate":
+                no_iterate.add(group)
+            else:
+                skip.add((group, name))
+    finally:
+        path.with_name(path.name + ".salvage").unlink(missing_ok=True)  # (a crashed child's half-made copy)
     raise UnreadableFile("cannot resume: HDF5 crashed reading this damaged file, and it could not be mended; delete "
                          "it to start again", path=str(path))
+
+
+class _NoFork(Exception):
+    pass
+
+
+# What HDF5 crashing looks like; any other signal (the out-of-memory killer's SIGKILL, a
+# SIGTERM) is no sign of a damaged file and is reported as it is.
+_CRASH_SIGNALS = {getattr(signal, name) for name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE")
+                  if hasattr(signal, name)}
 
 
 def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate: set, repair_first: bool):
@@ -1390,8 +1410,13 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(log_fd)
+            raise _NoFork() from None
         if pid == 0:  # the child: read, write the outcome, and leave without any cleanup of the parent's
+            code = 1
             try:
                 h5_module._CRASH_GUARD = h5_module.CrashGuard(log_fd, skip, no_iterate)
                 notes: list[str] = []  # (said by the parent: a child's stderr may be a copy of an in-memory one)
@@ -1400,20 +1425,40 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
                     outcome = ("ok", done.ids, done.sums, notes)
                 except errors.ProtransError as exc:
                     outcome = ("error", type(exc).__name__, exc.message, exc.path, exc.record, exc.line)
+                except KeyboardInterrupt:  # Ctrl-C reaches the child too
+                    outcome = ("interrupted",)
                 except BaseException as exc:  # noqa: BLE001 - reported by the parent
                     outcome = ("other", errors.described(exc))
-                with open(result_path, "wb") as fh:
+                with open(result_path + ".tmp", "wb") as fh:  # (whole, or not there: a full disk)
                     pickle.dump(outcome, fh, protocol=5)
+                os.replace(result_path + ".tmp", result_path)
+                code = 0
             finally:
                 sys.stderr.flush()
-                os._exit(0)
+                os._exit(code)
         os.close(log_fd)
-        _, status = os.waitpid(pid, 0)
-        if os.WIFSIGNALED(status) or not os.path.exists(result_path):
+        try:
+            _, status = os.waitpid(pid, 0)
+        except BaseException:  # Ctrl-C, SIGTERM: the child goes too, before it replaces anything
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            raise
+        if os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            if number not in _CRASH_SIGNALS:
+                raise RuntimeFailure(f"reading it for --resume was stopped by {signal.Signals(number).name} "
+                                     "(the out-of-memory killer sends SIGKILL)", path=str(path))
             with open(log_path, "rb") as fh:
                 return True, h5_module.CrashGuard.last(fh.read())
-        with open(result_path, "rb") as fh:
-            outcome = pickle.load(fh)
+        try:
+            with open(result_path, "rb") as fh:
+                outcome = pickle.load(fh)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            raise RuntimeFailure("reading it for --resume failed: its child process returned no result (a full "
+                                 "disk?)", path=str(path)) from None
+    if outcome[0] == "interrupted":
+        raise KeyboardInterrupt
     if outcome[0] == "ok":
         for note in outcome[3]:
             console.warn(note)

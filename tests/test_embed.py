@@ -1655,12 +1655,14 @@ def _umask() -> int:
     return mask
 
 
-def _dies_in_children(parent: int):
+def _dies_in_children(parent: int, signame: str = "SIGSEGV"):
     """A stand-in for HDF5 crashing (a segmentation fault): the forked reader dies by a signal."""
+    import faulthandler
     import signal
 
     if os.getpid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
+        faulthandler.disable()  # (pytest's: its traceback of the child is noise here)
+        os.kill(os.getpid(), getattr(signal, signame))
 
 
 def test_resume_survives_hdf5_crashing_on_a_record(tmp_path, monkeypatch):
@@ -1730,3 +1732,44 @@ def test_a_file_that_crashes_hdf5_wherever_it_is_read_is_one_line(tmp_path, monk
                                                  "damaged file, and it could not be mended; delete it to start again")
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa", "out.h5"]
+
+
+def test_a_resume_reader_killed_by_another_signal_is_no_damage(tmp_path, monkeypatch, run_cli):
+    """The out-of-memory killer's SIGKILL (or a SIGTERM) of the reading child was taken for an
+    HDF5 crash: the good file was rewritten without a record. Only crash signals count."""
+    from protrans_cli.io import h5 as h5_module
+
+    fasta = generated_fasta(tmp_path / "g.fa", 10, repeat_every=0)
+    out = _run(tmp_path / "out.h5", fasta=fasta)
+    before = out.read_bytes()
+    parent, real = os.getpid(), h5_module.stored_proteins
+
+    def killed(*args, **kwargs):
+        _dies_in_children(parent, "SIGKILL")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(h5_module, "stored_proteins", killed)
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--resume")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (f"protrans: error: {out}: reading it for --resume was stopped by "
+                                                 "SIGKILL (the out-of-memory killer sends SIGKILL)")
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa", "out.h5"]
+
+
+def test_a_mended_copy_keeps_creation_order_tracking_and_the_mode(tmp_path):
+    """The mended copy's groups were old-style (no creation order): each later flush rewrote
+    every name again (writes growing with the square of the proteins); and 640 became 644."""
+    import h5py
+
+    from protrans_cli.io.h5 import repair_after_kill
+
+    out = _run(tmp_path / "out.h5", fasta=generated_fasta(tmp_path / "g.fa", 12, repeat_every=0))
+    out.chmod(0o640)
+    note = repair_after_kill(out, ["per_residue"], "grouped", force=True)
+    assert note == "repaired the damaged file: the readable proteins copied into a fresh file"
+    with h5py.File(out) as f:
+        assert h5py.h5g.open(f.id, b"/").get_create_plist().get_link_creation_order()
+        assert len(f["per_residue"]) == 12
+        assert f["per_residue"].id.get_create_plist().get_link_creation_order()
+    assert (out.stat().st_mode & 0o777) == 0o640

@@ -646,7 +646,10 @@ class CrashGuard:
 
     def note(self, op: str, group: str, name: bytes = b"") -> None:
         if self.log_fd is not None:
-            os.write(self.log_fd, json.dumps([op, group, name.hex()]).encode() + b"\n")
+            try:
+                os.write(self.log_fd, json.dumps([op, group, name.hex()]).encode() + b"\n")
+            except OSError:  # (a full disk: a later crash is then blamed on nothing, never the file itself)
+                self.log_fd = None
 
     @staticmethod
     def last(log: bytes) -> tuple[str, str, bytes] | None:
@@ -715,10 +718,14 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
             bad = {kind: _unreadable_records(groups[kind], found) for kind, found in names.items()}
             if not lost_attrs and not damaged_index and not any(bad.values()) and not force:
                 return f"repaired the damaged file: {done[0]}" if moved else None
-            # (a write failing inside HDF5 can crash h5py: the room is checked first)
+            # (a write failing inside HDF5 can crash h5py: the room is checked first, without a
+            # half-made copy that a crashed reader left: embed._done_in)
+            salvage.unlink(missing_ok=True)
             ensure_room(salvage, size, "free some space and run the same command with --resume", shown=path,
                         what="a mended copy of this damaged file")
-            with h5_file(salvage, "w") as out:
+            # (creation order tracked, as the writer makes its groups: in old-style groups every
+            # later flush rewrote every name, growing with the square of the proteins)
+            with h5_file(salvage, "w", track_order=True) as out:
                 for key in lost_attrs:
                     if key == "failed":
                         attrs[key] = "{}"  # what failed is tried again
@@ -729,7 +736,7 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                 for kind, group in groups.items():
                     if group is None:
                         continue
-                    target = out if layout == "flat" else out.create_group(kind)
+                    target = out if layout == "flat" else out.create_group(kind, track_order=True)
                     for name in names[kind]:
                         if name in bad[kind]:
                             continue
@@ -746,6 +753,8 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
         salvage.unlink(missing_ok=True)
         return None
     try:
+        with contextlib.suppress(OSError):  # the partial file's permissions, not the umask's
+            os.chmod(salvage, os.stat(path).st_mode & 0o777)
         os.replace(salvage, path)
     except OSError:
         salvage.unlink(missing_ok=True)
