@@ -1712,47 +1712,32 @@ def test_resume_reads_a_group_that_crashes_hdf5_when_iterated_by_name(tmp_path, 
     assert_same_content(file_content(out), dict(full))
 
 
-def test_a_file_that_crashes_hdf5_wherever_it_is_read_is_one_line(tmp_path, monkeypatch, run_cli):
+@pytest.mark.parametrize("where,signame,message", [
+    # crashing HDF5 before any record is read: nothing to leave out
+    ("_check_resumable", "SIGSEGV", "cannot resume: HDF5 crashed reading this damaged file, and it could not be "
+                                    "mended; delete it to start again"),
+    # the out-of-memory killer's SIGKILL (or a SIGTERM) of the reader was taken for an HDF5 crash,
+    # and the good file rewritten without a record: only crash signals count
+    ("stored_proteins", "SIGKILL", "reading it for --resume was stopped by SIGKILL (the out-of-memory killer "
+                                   "sends SIGKILL)"),
+])
+def test_a_resume_reader_that_dies_leaves_one_line_and_the_file(tmp_path, monkeypatch, run_cli, where, signame,
+                                                                message):
     from protrans_cli.io import h5 as h5_module
 
     fasta = generated_fasta(tmp_path / "g.fa", 10, repeat_every=0)
     out = _run(tmp_path / "out.h5", fasta=fasta)
     before = out.read_bytes()
-    parent = os.getpid()
-    real = h5_module._check_resumable
+    parent, real = os.getpid(), getattr(h5_module, where)
 
-    def crashing(*args, **kwargs):
-        _dies_in_children(parent)
+    def dying(*args, **kwargs):
+        _dies_in_children(parent, signame)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(h5_module, "_check_resumable", crashing)
+    monkeypatch.setattr(h5_module, where, dying)
     r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--resume")
     assert r.exit_code == 1
-    assert r.stderr.strip().splitlines()[-1] == (f"protrans: error: {out}: cannot resume: HDF5 crashed reading this "
-                                                 "damaged file, and it could not be mended; delete it to start again")
-    assert out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa", "out.h5"]
-
-
-def test_a_resume_reader_killed_by_another_signal_is_no_damage(tmp_path, monkeypatch, run_cli):
-    """The out-of-memory killer's SIGKILL (or a SIGTERM) of the reading child was taken for an
-    HDF5 crash: the good file was rewritten without a record. Only crash signals count."""
-    from protrans_cli.io import h5 as h5_module
-
-    fasta = generated_fasta(tmp_path / "g.fa", 10, repeat_every=0)
-    out = _run(tmp_path / "out.h5", fasta=fasta)
-    before = out.read_bytes()
-    parent, real = os.getpid(), h5_module.stored_proteins
-
-    def killed(*args, **kwargs):
-        _dies_in_children(parent, "SIGKILL")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(h5_module, "stored_proteins", killed)
-    r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--resume")
-    assert r.exit_code == 1
-    assert r.stderr.strip().splitlines()[-1] == (f"protrans: error: {out}: reading it for --resume was stopped by "
-                                                 "SIGKILL (the out-of-memory killer sends SIGKILL)")
+    assert r.stderr.strip().splitlines()[-1] == f"protrans: error: {out}: {message}"
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa", "out.h5"]
 

@@ -23,15 +23,19 @@ SMALL = DATA / "embed" / "small.fa"
 POISONED = "sp|Q9/slash"  # the only protein of small.fa with a W
 
 
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
+def _tiny_dir(tmp_path_factory, name: str):
     torch.manual_seed(0)
-    family = FAMILIES["bert"]
+    family = FAMILIES[name]
     tokenizer = family.build_tokenizer()
     model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
-    path = tmp_path_factory.mktemp("tiny_bert")
+    path = tmp_path_factory.mktemp(f"tiny_{name}")
     family.save_pretrained(model, tokenizer, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return _tiny_dir(tmp_path_factory, "bert")
 
 
 @pytest.fixture(scope="module")
@@ -202,13 +206,7 @@ def test_a_chunked_protein_says_how_many_of_its_windows_were_recomputed(tmp_path
 
 @pytest.fixture(scope="module")
 def t5_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    family = FAMILIES["t5"]
-    tokenizer = family.build_tokenizer()
-    model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
-    path = tmp_path_factory.mktemp("tiny_t5")
-    family.save_pretrained(model, tokenizer, path)
-    return path
+    return _tiny_dir(tmp_path_factory, "t5")
 
 
 def _overflowing_t5(embedder, w_id) -> None:
