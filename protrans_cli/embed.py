@@ -1377,8 +1377,11 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None) -> _Done:
             op, group, name = result
             if op == "iterate":
                 no_iterate.add(group)
+                what = f"iterating its group {group!r}; its records are looked up by the input's ids instead"
             else:
                 skip.add((group, name))
+                what = f"reading record {name.decode('utf-8', 'replace')!r}; it is left out"
+            console.warn(f"{path}: HDF5 crashed {what} (a SIGKILL cut the file off in the middle of a write)")
     finally:
         path.with_name(path.name + ".salvage").unlink(missing_ok=True)  # (a crashed child's half-made copy)
     raise UnreadableFile("cannot resume: HDF5 crashed reading this damaged file, and it could not be mended; delete "

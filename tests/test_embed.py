@@ -1684,8 +1684,15 @@ def test_resume_survives_hdf5_crashing_on_a_record(tmp_path, monkeypatch):
         return real_open(loc, name, *args, **kwargs)
 
     monkeypatch.setattr(h5py.h5o, "open", crashing_open)
-    summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+    import contextlib
+    import io
+
+    messages = io.StringIO()
+    with contextlib.redirect_stderr(messages):
+        summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
     monkeypatch.undo()
+    assert (f"protrans: warning: {out}: HDF5 crashed reading record {victim.decode()!r}; it is left out (a SIGKILL "
+            "cut the file off in the middle of a write)") in messages.getvalue()
     assert summary.num_embedded == 1 and summary.num_resumed == 39  # the one left out, embedded again
     assert_same_content(file_content(out), dict(full))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.h5", "g.fa", "out.h5"]
