@@ -102,6 +102,10 @@ step embed_t5 240 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda -
     --strategies prottrans,script,protrans,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
 step embed_bert 180 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --strategies prottrans,script,protrans,packed,naive --max-tokens 4000,default --tmpdir "$SCRATCH"
+# float16 (a V100's or T4's dtype): T5's `wo` in float16 and the overflow guard's hooks, against
+# the ProtTrans script's model.half() (no guard): what the guard costs (not in quick or levers)
+step embed_t5_fp16 120 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
+    --dtype float16 --strategies prottrans,protrans --max-tokens default --per-protein
 # what embed spends around the model on this machine (pinned staging, host copies, HDF5 writes)
 step embed_host 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --host-only --strategies prottrans,protrans --max-tokens 4000,default --tmpdir "$SCRATCH"
