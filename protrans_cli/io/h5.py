@@ -674,8 +674,9 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
     end of the file (the data there was written before the metadata that points to it). Some of
     what the flush had not written yet may still be missing: a record's object header, or the
     global heap that holds string attributes (a protein's id or header, the file's `failed`
-    list). Such a record can be neither deleted nor moved (HDF5 reads the header for both), so
-    the readable proteins are then copied into a fresh file that replaces the partial one;
+    list), or part of a group's index. Such a record can be neither deleted nor moved (HDF5
+    reads the header for both), so the readable proteins are then copied into a fresh file that
+    replaces the partial one (always, once the EOA moved);
     --resume embeds the others again, and a file attribute that cannot be read is taken from
     `run_attrs` (this run's settings). When a group's own index lost a node, its records are
     found by name: `candidates()` gives the ids that may be there (the input's). Only the
@@ -716,8 +717,11 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                     names[kind], broken = _findable_names(group, candidates)
                     damaged_index |= broken
             bad = {kind: _unreadable_records(groups[kind], found) for kind, found in names.items()}
-            if not lost_attrs and not damaged_index and not any(bad.values()) and not force:
-                return f"repaired the damaged file: {done[0]}" if moved else None
+            # A moved end-of-file address is copied too: the flush it cut short may have left a
+            # group's checksummed index (new-style groups) half updated in a way reading passes
+            # over and the next insertion does not ("incorrect metadata checksum" on resuming).
+            if not lost_attrs and not damaged_index and not any(bad.values()) and not force and not moved:
+                return None
             # (a write failing inside HDF5 can crash h5py: the room is checked first, without a
             # half-made copy that a crashed reader left: embed._done_in)
             salvage.unlink(missing_ok=True)
