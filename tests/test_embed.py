@@ -1765,3 +1765,25 @@ def test_a_mended_copy_keeps_creation_order_tracking_and_the_mode(tmp_path):
         assert len(f["per_residue"]) == 12
         assert f["per_residue"].id.get_create_plist().get_link_creation_order()
     assert (out.stat().st_mode & 0o777) == 0o640
+
+
+def test_damage_met_while_adding_to_a_resumed_file_is_one_line(tmp_path, monkeypatch, run_cli):
+    """A kill could leave a group's index half updated in a way reading passes over; the next
+    insertion then failed inside h5py ("incorrect metadata checksum") with a traceback."""
+    from protrans_cli.io import h5 as h5_module
+
+    fasta = generated_fasta(tmp_path / "g.fa", 12, repeat_every=0)
+    out = tmp_path / "out.h5"
+    _run(out, fasta=generated_fasta(tmp_path / "first.fa", 6, repeat_every=0))
+
+    def damaged(group, key, data):
+        raise ValueError("Unable to synchronously create dataset (incorrect metadata checksum after all read "
+                         "attempts)")
+
+    monkeypatch.setattr(h5_module, "_create_dataset", damaged)
+    r = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--resume")
+    assert r.exit_code == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"protrans: error: {out}.partial: cannot add protein ") and last.endswith(
+        " to this resumed file: Unable to synchronously create dataset (incorrect metadata checksum after all read "
+        "attempts); the file is damaged: delete it to start again")

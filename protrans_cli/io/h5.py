@@ -1040,10 +1040,23 @@ class EmbeddingsWriter:
             # datasets to proteins through `original_id` (`f[k].attrs["original_id"]`).
             attrs["original_id"] = ident
         for kind in self.kinds:
-            data = arrays[kind]
-            if data is None:
+            if arrays[kind] is None:
                 raise ValueError(f"{kind} array missing for {ident!r}")
-            data = np.asarray(data).astype(self.storage_dtype, copy=False)
+            arrays[kind] = np.asarray(arrays[kind]).astype(self.storage_dtype, copy=False)
+        try:
+            self._write_kinds(key, arrays, attrs)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            if not self.resumed:
+                raise
+            # (HDF5 meeting damage a kill left that reading the file back passed over)
+            raise RuntimeFailure(f"cannot add protein {ident!r} to this resumed file: {first_line(exc)}; the file is "
+                                 "damaged: delete it to start again", path=str(self.partial)) from None
+        if self.failed.pop(ident, None) is not None:
+            self._failed_changed = True
+
+    def _write_kinds(self, key: str, arrays: dict, attrs: dict) -> None:
+        for kind in self.kinds:
+            data = arrays[kind]
             group = self._groups[kind]
             if self.resumed and group.id.links.exists(link := key.encode("utf-8")):
                 group.id.unlink(link)  # left by a run killed half-way through this protein
@@ -1056,8 +1069,6 @@ class EmbeddingsWriter:
                 ds = _create_dataset(group, key, data)
             for name, value in attrs.items():
                 _set_attr(ds, name, _attr_value(value))
-        if self.failed.pop(ident, None) is not None:
-            self._failed_changed = True
 
     def ensure_room(self, nbytes: int) -> None:
         """Refuse a batch of about `nbytes` that would not fit (see `ensure_room`); the file
