@@ -429,11 +429,9 @@ def _in_place(path: Path) -> bool:
     """Whether an output is written where it is rather than renamed into place: a device or a
     pipe, and a link into /dev or /proc such as /dev/stdout, which leads to whatever the shell
     redirected (a regular file under `> log`: renaming over the link replaced /dev/stdout)."""
-    if path.is_dir() or (path.exists() and not path.is_file()):
-        return True
     # (a regular file in /dev/shm, a tmpfs, is an ordinary output: written atomically; in place
     # and appended to, a checkpoint's train_config.json held two JSON objects)
-    return _device_path(os.path.abspath(path)) or (path.is_symlink() and _device_path(os.readlink(path)))
+    return path.is_dir() or special_output(path) is not None
 
 
 def _device_path(name: str) -> bool:
@@ -599,9 +597,10 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
         yield handle.stream
     except OSError as exc:
         handle.abort()
-        if exc.filename is None and exc.errno in _FULL:  # a write into the temporary: named by the output
-            raise RuntimeFailure(f"cannot write: {exc.strerror}", path=str(path)) from None
-        raise
+        named = _named_if_full(exc, str(path))  # (a write into the temporary: named by the output)
+        if named is exc:
+            raise
+        raise named from None
     except BaseException:
         handle.abort()
         raise
@@ -610,6 +609,13 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
 
 # a full disk, a quota, the file-size limit
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _named_if_full(exc: OSError, where: str) -> Exception:
+    """A write error that names no file and found no room, as one naming `where`; else `exc`."""
+    if exc.filename is None and exc.errno in _FULL:
+        return RuntimeFailure(f"cannot write: {exc.strerror}", path=where)
+    return exc
 
 
 class _NamedStdout:
@@ -623,19 +629,13 @@ class _NamedStdout:
         try:
             return self._stream.write(data)
         except OSError as exc:
-            raise self._named(exc) from None
+            raise _named_if_full(exc, "standard output") from None
 
     def flush(self):
         try:
             self._stream.flush()
         except OSError as exc:
-            raise self._named(exc) from None
-
-    @staticmethod
-    def _named(exc: OSError) -> Exception:
-        if exc.filename is None and exc.errno in _FULL:
-            return RuntimeFailure(f"cannot write: {exc.strerror}", path="standard output")
-        return exc
+            raise _named_if_full(exc, "standard output") from None
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
