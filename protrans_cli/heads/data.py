@@ -208,16 +208,13 @@ def _labelled(targets: dict) -> bool:
 def _near_misses(missing: list[str], unlabelled: set[str], key_ids: dict[str, str]) -> list[tuple[str, str]]:
     """(label id, embedded id) pairs that differ only in case or Unicode normalisation (an id
     typed `Q9Xé` with a combining accent in one file and a precomposed é in the other)."""
-    import unicodedata
-
-    def fold(ident: str) -> str:
-        return unicodedata.normalize("NFC", unicodedata.normalize("NFC", ident).casefold())
+    from protrans_cli.io.files import caseless
 
     stored = {}
     for key in sorted(unlabelled):
         ident = key_ids.get(key) or unescape_key(key)
-        stored.setdefault(fold(ident), ident)
-    return [(ident, stored[fold(ident)]) for ident in missing if fold(ident) in stored]
+        stored.setdefault(caseless(ident), ident)
+    return [(ident, stored[caseless(ident)]) for ident in missing if caseless(ident) in stored]
 
 
 def warn_unfinished(embeddings) -> None:

@@ -48,10 +48,10 @@ def same_file(a, b) -> bool:
             return False
     except OSError:
         return False
-    return name_a == name_b or (_caseless(name_a) == _caseless(name_b) and _one_name(folder_a, name_a, name_b))
+    return name_a == name_b or (caseless(name_a) == caseless(name_b) and _one_name(folder_a, name_a, name_b))
 
 
-def _caseless(name: str) -> str:
+def caseless(name: str) -> str:
     """Unicode's canonical caseless form: what any folder that ignores case or normalisation can
     at most identify (it may identify less: HFS+ keeps `ß` and `SS` apart)."""
     import unicodedata

@@ -370,7 +370,7 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
     `checksums=False`."""
     import h5py
 
-    where = group.name.lstrip("/") or "/"
+    where = _label(group)
     for name in _link_names(group):
         _CRASH_GUARD.note("open", where, name)
         obj = h5py.h5o.open(group.id, name)
@@ -401,7 +401,7 @@ def _link_names(group) -> list[bytes]:
     tracked = gid.get_create_plist().get_link_creation_order() & h5py.h5p.CRT_ORDER_INDEXED
     if tracked and h5py.h5a.exists(group.file.id, b"layout"):  # (embed's own file: see EmbeddingsReader.key_for)
         tracked = False
-    _CRASH_GUARD.note("iterate", group.name.lstrip("/") or "/")
+    _CRASH_GUARD.note("iterate", _label(group))
     group.id.links.iterate(add, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME, info=True)
     if outside:
         _refuse_link(group, outside[0])
@@ -663,6 +663,11 @@ class CrashGuard:
 _CRASH_GUARD = CrashGuard()  # inert in the parent: no log, nothing skipped
 
 
+def _label(group) -> str:
+    """A group as CrashGuard names it: `per_residue`, or `/` for a flat file's root."""
+    return group.name.lstrip("/") or "/"
+
+
 def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict | None = None,
                       candidates=None, *, force: bool = False) -> str | None:
     """Mend a partial file that a SIGKILL during HDF5's flush left unreadable; returns what was
@@ -745,7 +750,7 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                         if name in bad[kind]:
                             continue
                         try:
-                            _CRASH_GUARD.note("copy", group.name.lstrip("/") or "/", name)
+                            _CRASH_GUARD.note("copy", _label(group), name)
                             h5py.h5o.copy(group.id, name, target.id, name)
                         except UNREADABLE:
                             bad[kind].add(name)
@@ -776,7 +781,7 @@ def _findable_names(group, candidates=None) -> tuple[list[bytes], bool]:
     """The names in a group, and whether its index is damaged: then the names iteration reached
     before the damage, and those of `candidates()` that a lookup by name still finds."""
     found: list[bytes] = []
-    where = group.name.lstrip("/") or "/"
+    where = _label(group)
     try:
         if where in _CRASH_GUARD.no_iterate and candidates is not None:
             raise RuntimeError("its index crashed HDF5 when iterated")
@@ -806,7 +811,7 @@ def _unreadable_records(group, names: list[bytes]) -> set[bytes]:
     import h5py
 
     bad = set()
-    where = group.name.lstrip("/") or "/"
+    where = _label(group)
     for name in names:
         if (where, name) in _CRASH_GUARD.skip:
             bad.add(name)
