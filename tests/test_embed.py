@@ -669,6 +669,8 @@ def test_cli_usage_errors(run_cli, tmp_path):
     assert r.exit_code == 2 and "--chunk-overlap" in r.stderr
     r = run_cli("embed", SMALL, "-m", "onehot", "--long-policy", "chunk", "-o", out)
     assert r.exit_code == 0 and "has no effect" in r.stderr  # a policy that cannot apply says so
+    r = run_cli("embed", SMALL, "-m", "onehot", "--long", "chunk", "-o", out, "--force")
+    assert r.exit_code == 0 and "has no effect" in r.stderr  # prep's spelling of the option
     r = run_cli("embed", SMALL, "-m", "onehot", "-o", "-")
     assert r.exit_code == 2 and "stdout" in r.stderr
     r = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "no" / "x.h5")

@@ -805,6 +805,19 @@ def test_stats_count_rare_residues_written_not_those_of_dropped_crop_windows(run
     assert json.loads((tmp_path / "s.json").read_text())["rare_to_x"] == written == 1
 
 
+def test_long_policy_is_spelled_as_embed_spells_it_too(run_cli, tmp_path):
+    # embed calls the same choice --long-policy: a user who types it here got "no such option"
+    fasta = tmp_path / "r.fa"
+    fasta.write_text(">a\nMKTAMKTAMK\n>b\nMKT\n")
+    outs = []
+    for name in ("--long", "--long-policy"):
+        out = tmp_path / f"c{len(outs)}.txt"
+        result = run_cli("prep", fasta, "-o", out, "--max-length", 4, name, "crop")
+        assert result.exit_code == 0, result.stderr
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] == "M K T A\nM K T A\nM K\n\nM K T\n\n"  # windows of one protein together
+
+
 def test_an_output_through_dev_stdout_appends_to_what_the_shell_opened(tmp_path):
     # `--stats /dev/stderr 2>> run.log` and `-o /dev/stdout >> log` truncated the log first
     fasta = tmp_path / "s.fa"

@@ -43,7 +43,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="Padded tokens per batch (longest sequence x sequences).  [default: 512 on the CPU; on a GPU 4000 to 32000 by the memory free after loading the model and the model's memory per token]")
 @click.option("--max-batch-size", type=int, default=100, help="Sequences per batch at most.")
 @click.option("--max-length", type=int, default=None, help="Residues; longer proteins follow --long-policy.")
-@click.option("--long-policy", type=click.Choice(list(LONG_POLICIES)), default="error",
+@click.option("--long-policy", "--long", "long_policy", type=click.Choice(list(LONG_POLICIES)), default="error",
               help="Proteins over --max-length: fail, skip (recorded as failed), truncate, or chunk into "
                    "overlapping windows stitched back together.")
 @click.option("--chunk-overlap", type=int, default=64, help="Residues shared by neighbouring windows.")

@@ -38,7 +38,8 @@ def parse_size(text: str) -> int:
               help="TSV of every record left out: id, reason, detail, file, line ('-': stdout).")
 @click.option("--min-length", type=int, default=1, show_default=True, help="Fewer residues: left out.")
 @click.option("--max-length", type=int, default=None, help="More residues: skipped, or cropped (--long crop).")
-@click.option("--long", "long_policy", type=click.Choice(["skip", "crop"]), default="skip", show_default=True,
+@click.option("--long", "--long-policy", "long_policy", type=click.Choice(["skip", "crop"]), default="skip",
+              show_default=True,
               help="Proteins above --max-length: skip them, or cut them into windows of --max-length.")
 @click.option("--dedup", is_flag=True, help="Drop exact duplicate sequences (first kept; two passes, bounded memory).")
 @click.option("--valid-fraction", type=float, default=0.0, show_default=True,
