@@ -43,8 +43,8 @@ from protrans_cli.console import printable
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, disk_full, display_name,
-                                   input_named_by, make_temporary, open_input, output_directory, same_file,
-                                   signals_held, stdout_binary)
+                                   input_named_by, make_temporary, names_stdout, open_input, output_directory,
+                                   same_file, signals_held, stdout_binary)
 from protrans_cli.residues import (
     RARE,
     RARE_POLICIES,
@@ -137,7 +137,9 @@ class CorpusOptions:
         outputs = {"-o": "-" if self.output is None else str(self.output), "--valid-output": self.valid_output,
                    "--rejects": self.rejects, "--stats": self.stats}
         outputs = {flag: str(path) for flag, path in outputs.items() if path is not None}
-        on_stdout = [flag for flag, path in outputs.items() if path == "-"]
+        # (`-o /dev/stdout --stats -` wrote the stats over the corpus's first bytes in `> file`)
+        on_stdout = [flag if path == "-" else f"{flag} {path}" for flag, path in outputs.items()
+                     if names_stdout(path) and os.path.realpath(path) != os.devnull]
         if len(on_stdout) > 1:
             raise UsageError(f"{' and '.join(on_stdout)} cannot {'both' if len(on_stdout) == 2 else 'all'} go to "
                              "stdout (-): give files")
@@ -569,6 +571,17 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
             keep[i] = False
             reasons[i] = REASON_NO_ID
             details[i] = "header has no id"
+    if b"\x00" in data:  # (one memchr over the block: the usual block pays nothing more)
+        # NUL bytes in a header: a damaged file (zeroed blocks after a crash). Taken whole, it
+        # split the validation set by the damaged id; read_fasta (embed, labels) refuses it.
+        nul = np.flatnonzero(arr == 0)
+        owner = np.searchsorted(header_start, nul, side="right") - 1
+        inside = (owner >= 0) & (nul < header_end[np.maximum(owner, 0)])
+        for i in sorted(set(owner[inside].tolist())):
+            if i not in reasons:
+                keep[i] = False
+                reasons[i] = REASON_INVALID
+                details[i] = "NUL byte in the header (a damaged file?)"
     for i in np.flatnonzero(flagged).tolist():
         if i in reasons:
             continue
@@ -913,6 +926,7 @@ class _Writers:
         self.options = options
         self.files: list[AtomicFile] = []
         self.train: list = []
+        self.train_files: list = []  # the AtomicFile (or _Stdout) behind each of `train`
         self.paths: list[str] = []
         self.valid = None
         self.current = 0
@@ -932,6 +946,13 @@ class _Writers:
         if out is None or str(out) == "-":
             self._open("-")
         elif options.num_shards > 1:
+            # every shard stays open to the end (proteins are dealt round-robin): past the usual
+            # soft limit of 1024 files the 1000th failed with "Too many open files"
+            limit = _raise_open_file_limit(options.num_shards + 64)
+            if limit is not None and limit < options.num_shards + 64:
+                raise UsageError(f"--shards {options.num_shards} keeps {options.num_shards} files open, and this "
+                                 f"process may open {limit} (ulimit -n): use fewer shards, or --shard-size, "
+                                 "which keeps one open")
             for k in range(options.num_shards):
                 self._open(shard_path(out, k))
         elif options.shard_size is not None:
@@ -944,6 +965,7 @@ class _Writers:
     def _open(self, path) -> None:
         """One more training output (a file, a shard, or stdout)."""
         self.train.append(self._handle(path, self.train_kind))
+        self.train_files.append(self.files[-1])
         self.paths.append(str(path))
 
     def _handle(self, path, kind: str | None):
@@ -1000,6 +1022,9 @@ class _Writers:
                 text = text[cut + 2:]
             self.current_bytes = limit  # full: the next text opens the next shard
             if text:  # never a shard without a protein (the last one ended exactly at a cut)
+                # written out and closed now, renamed with the others at the end: kept open, a
+                # corpus of 1000 shards (BFD at 500M) failed with "Too many open files" mid-run
+                self.train_files[self.current].prepare()
                 self.current += 1
                 self.current_bytes = 0
                 self._open(shard_path(self.options.output, self.current))
@@ -1133,14 +1158,22 @@ class _Dedup:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
 
 
-def _raise_open_file_limit(needed: int) -> None:
-    """Every partition file stays open during pass 1: lift the soft limit if it is lower."""
-    with contextlib.suppress(Exception):
+def _raise_open_file_limit(needed: int) -> int | None:
+    """Files that stay open together (dedup's partitions in pass 1, --shards): lift the soft
+    limit if it is lower. The limit now, or None where it cannot be read (no `resource` module)."""
+    try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and soft < needed:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+    except Exception:
+        return None
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None if soft == resource.RLIM_INFINITY else soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(Exception):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 def _spool(directory: Path, source: str, index: int) -> Path:
@@ -1329,7 +1362,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             if rejects:
                 shown_name = printable(block.name)  # a tab or newline in a file name split its row
                 rejects.stream.write(b"".join(
-                    f"{rid}\t{reason}\t{printable(detail)}\t{shown_name}\t{line0 + line - 1}\n"
+                    f"{printable(rid)}\t{reason}\t{printable(detail)}\t{shown_name}\t{line0 + line - 1}\n"
                     .encode("utf-8", "replace")
                     for rid, reason, detail, line in res.rejects))
             line0 += res.lines

@@ -835,6 +835,53 @@ def test_an_output_through_dev_stdout_appends_to_what_the_shell_opened(tmp_path)
     assert "M K T A" in log.read_text() and '"proteins_out"' in log.read_text()
 
 
+def test_a_second_output_through_dev_stdout_is_refused_as_a_second_dash(tmp_path):
+    # `-o /dev/stdout --stats - > x` wrote the stats over the corpus's first bytes, and
+    # `--valid-output /dev/stdout > x` lost the validation proteins: both exit 0
+    fasta = tmp_path / "s.fa"
+    fasta.write_text(">a\nMKTA\n>b\nMKTV\n" * 20)
+    out = tmp_path / "out.txt"
+    for args, named in ((["-o", "/dev/stdout", "--stats", "-"], "-o /dev/stdout and --stats"),
+                        (["--valid-fraction", "0.5", "--valid-output", "/dev/stdout"],
+                         "-o and --valid-output /dev/stdout"),
+                        (["--rejects", "/proc/self/fd/1"], "-o and --rejects /proc/self/fd/1"),
+                        (["-o", str(out), "--stats", str(out)], None)):  # `> out` opened it: stdout too
+        result = subprocess.run(["bash", "-c", f"{sys.executable} -m protrans_cli -q prep {fasta} {' '.join(args)} > {out}"],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and "cannot both go to stdout (-)" in result.stderr, result.stderr
+        assert named is None or named in result.stderr
+    # stdout on /dev/null and another output there discard both: allowed as before
+    assert subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", str(fasta), "--stats", os.devnull],
+                          stdout=subprocess.DEVNULL).returncode == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="resource limits are POSIX")
+def test_many_shards_under_a_low_open_file_limit(tmp_path):
+    # --shard-size kept every finished shard open: BFD at 500M (~2,000 shards) failed mid-run
+    # under the usual 1024 with "cannot write in this folder: Too many open files"
+    import resource
+
+    def limit(n):
+        return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+    fasta = tmp_path / "s.fa"
+    fasta.write_text("".join(f">p{i}\n{'MKTAYIAKQR' * (1 + i % 5)}\n" for i in range(300)))
+    whole = subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", str(fasta)],
+                           capture_output=True, check=True).stdout
+    (tmp_path / "a").mkdir()
+    run = subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", str(fasta), "-o", str(tmp_path / "a" / "c.txt"),
+                          "--shard-size", "200", "-j", "1"], capture_output=True, text=True, preexec_fn=limit(96))
+    assert run.returncode == 0, run.stderr
+    shards = sorted((tmp_path / "a").iterdir())
+    assert len(shards) > 96 and b"".join(p.read_bytes() for p in shards) == whole
+    # round-robin shards are all open at once: more than the hard limit allows is refused up front
+    (tmp_path / "b").mkdir()
+    run = subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", str(fasta), "-o", str(tmp_path / "b" / "c.txt"),
+                          "--shards", "200", "-j", "1"], capture_output=True, text=True, preexec_fn=limit(96))
+    assert run.returncode == 2 and "--shards 200 keeps 200 files open, and this process may open 96 (ulimit -n)" \
+        in run.stderr and not list((tmp_path / "b").iterdir())
+
+
 @pytest.mark.parametrize("flag", ["--stats", "--rejects", "--valid-output"])
 def test_an_output_named_like_a_shard_is_refused(run_cli, tmp_path, flag):
     # a shard replaced the file (or it a shard), or it was removed as an earlier run's shard
@@ -972,3 +1019,23 @@ def test_control_characters_in_a_file_name_are_escaped_in_messages_and_rejects(r
     rows = [line.split("\t") for line in r.stdout.splitlines()]
     assert rows[1] == ["b", "duplicate", "same sequence as an earlier record", f"{tmp_path}/x\\ny\\x1b[2J.fa", "3"]
     assert len(rows) == 2
+
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_header_holding_nul_bytes_is_left_out_as_damaged(run_cli, tmp_path, threads):
+    # A damaged file (zeroed bytes in a header) was read as it came: the NULs went into the
+    # id that decides the validation split; read_fasta (embed) refuses such a file. And an
+    # escape sequence in an id reached the terminal through `--rejects -`.
+    fasta = tmp_path / "d.fa"
+    fasta.write_bytes(b">sp|P1|X desc\nMKTA\n>sp|P2\x00\x00\x00TAYI\nACDE\n>e\x1b]0;t\x07x desc\nJJJ\n>q\nMKTV\n")
+    r = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--rejects", "-", "-j", threads)
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "c.txt").read_text() == "M K T A\n\nM K T V\n\n"
+    rows = [line.split("\t") for line in r.stdout.splitlines()[1:]]
+    assert rows == [["sp|P2\\x00\\x00\\x00TAYI", "invalid_character", "NUL byte in the header (a damaged file?)",
+                     str(fasta), "3"],
+                    ["e\\x1b]0;t\\x07x", "invalid_character", "invalid character 'J' at residue 1", str(fasta), "5"]]
+    r = run_cli("prep", fasta, "-o", tmp_path / "s.txt", "--strict", "-j", threads)
+    assert r.exit_code == 1 and "d.fa:3, record 'sp|P2\\x00\\x00\\x00TAYI': NUL byte in the header" in r.stderr
+    assert not (tmp_path / "s.txt").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -236,6 +237,12 @@ def test_every_corpus_line_is_checked_whole_with_its_position_in_the_protein(tmp
     corpus.write_text(good + "\n\nM K T \u00e9 A\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"long_bad.txt:3: invalid residue '\u00e9' at residue 4 "):
         next(iter(_stream([str(corpus)], global_batch_size=2, micro_batch_size=2)))
+    # Whitespace to str.split() but not to the reader (a no-break space, \x1c, NEL): named too, where
+    # the search for the bad letter skipped it and raised StopIteration (a traceback)
+    for blank in ("\u00a0", "\x1c", "\x85"):
+        corpus.write_text(good + f"\n\nM K{blank}T A\n", encoding="utf-8")
+        with pytest.raises(InputError, match=re.escape(f"long_bad.txt:3: invalid residue {blank!r} at residue 3 ")):
+            count_proteins([str(corpus)])
 
 
 def test_a_fasta_file_as_corpus_says_to_run_prep(tmp_path, run_cli):

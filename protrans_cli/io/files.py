@@ -51,6 +51,18 @@ def same_file(a, b) -> bool:
     return name_a == name_b or (caseless(name_a) == caseless(name_b) and _one_name(folder_a, name_a, name_b))
 
 
+def names_stdout(path) -> bool:
+    """Whether `path` names the file standard output is open on: /dev/stdout, /proc/self/fd/1, or
+    the very file a shell's `> x` opened. A second output there is a second `-`: beside a `-` it
+    overwrote the other's bytes in a file, or interleaved with them in a pipe."""
+    if str(path) == "-":
+        return True
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(1))
+    except (OSError, ValueError):  # no such file; stdout closed
+        return False
+
+
 def caseless(name: str) -> str:
     """Unicode's canonical caseless form: what any folder that ignores case or normalisation can
     at most identify (it may identify less: HFS+ keeps `ß` and `SS` apart)."""
@@ -718,6 +730,9 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
             return Path(tempfile.mkdtemp(prefix=mine, suffix=suffix, dir=directory))
         fd, name = tempfile.mkstemp(prefix=mine, suffix=suffix, dir=directory)
     except OSError as exc:  # named by the folder the user chose, not by the temporary's name
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # not the folder's fault
+            raise RuntimeFailure(f"cannot open another file: {exc.strerror} (the limit on open files, "
+                                 "ulimit -n, is reached)", path=str(directory)) from None
         raise RuntimeFailure(f"cannot write in this folder: {exc.strerror or exc}", path=str(directory)) from None
     os.close(fd)
     return Path(name)

@@ -161,12 +161,13 @@ def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
         line = raw.decode("utf-8")
     except UnicodeDecodeError:
         line = raw.decode("latin-1")
-    line = line.strip()
+    blank = _BLANK.decode()  # what the reader skips: str.split() also skipped a no-break space or
+    line = line.strip(blank)  # \x1c-\x1f, found no bad letter, and next() raised StopIteration
     if line.startswith(">"):
         return InputError("a FASTA header line ('>...'): the corpus must come from `protrans prep` "
                           "(one protein per line), e.g. protrans prep proteins.fasta -o corpus.txt",
                           path=path, line=lineno)
-    residues = "".join(line.split())
+    residues = "".join(c for c in line if c not in blank)
     pos = next(i for i, c in enumerate(residues) if c not in _RESIDUE_LETTERS)
     return InputError(f"invalid residue {residues[pos]!r} at residue {pos + 1} of the protein "
                       "(the corpus must come from `protrans prep`)", path=path, line=lineno)
