@@ -34,10 +34,10 @@ def _single(tmp_path, family="bert", **kw):
     return train(cfg).losses
 
 
-def _torchrun(*args):
+def _torchrun(*args, base=ARGS):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "protrans_cli", "-v", "train", *ARGS, *args]
+           "-m", "protrans_cli", "-v", "train", *base, *args]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as exc:  # say where it stood: the ranks' last lines
@@ -70,6 +70,24 @@ def test_torchrun_fsdp_with_resume_matches_one_process(tmp_path):
     from protrans_cli.models import load_model
 
     assert load_model(out).family.name == "bert"
+
+
+@pytest.mark.slow
+def test_torchrun_fsdp_t5_with_adafactor_and_resume_matches_one_process(tmp_path):
+    # transformers' Adafactor stopped at FSDP's first step ("got mixed torch.Tensor and DTensor"),
+    # and T5 with Adafactor is the docs' ProtT5-XL recipe, FSDP chosen above 1e9 parameters
+    out = tmp_path / "t5"
+    t5 = ["--family", "t5", "--corpus", LEARNABLE, "--num-steps", "6", "--max-length", "64", "--global-batch-size",
+          "16", "--micro-batch-size", "4", "--warmup-steps", "2", "--lr", "2e-3", "--log-every", "1", "-j", "1",
+          "--save-every", "100", "--optimizer", "adafactor", "--set", "dropout_rate=0"]
+    _torchrun("-o", out, "--strategy", "fsdp", "--stop-after", "3", base=t5)
+    proc = _torchrun("-o", out, "--strategy", "fsdp", "--resume", base=t5)
+    assert "strategy fsdp" in proc.stderr and "resuming from" in proc.stderr
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    cfg = TrainConfig(family="t5", optimizer="adafactor", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"),
+                      num_steps=6, max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2,
+                      lr=2e-3, log_every=1, threads=1, save_every=100, model_overrides={"dropout_rate": 0})
+    np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 AdamW is the default with ESM-2's settings (betas 0.9/0.98, eps 1e-8, weight decay 0.01).
 LAMB (You et al. 2019) is what ProtBert/ProtAlbert used for their very large batches; it is
-written here (small) because torch has none. Adafactor comes from transformers (ProtT5).
+written here (small) because torch has none. Adafactor (ProtT5) is written here too: the
+transformers and torch ones fail under FSDP (see `Adafactor`).
 Biases and normalisation weights (1-D parameters) get no weight decay.
 """
 
@@ -58,6 +59,82 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
+def _settled(t: torch.Tensor) -> torch.Tensor:
+    """A sum or norm over a dimension that FSDP shards is, as a DTensor, a pending reduction
+    (a "partial" placement) that in-place arithmetic refuses: made whole (replicated) here.
+    A plain tensor, or a DTensor reduced within each shard, is returned as it is."""
+    placements = getattr(t, "placements", None)
+    if placements is None or not any(pl.is_partial() for pl in placements):
+        return t
+    from torch.distributed.tensor import Replicate
+
+    return t.redistribute(t.device_mesh, [Replicate() if pl.is_partial() else pl for pl in placements])
+
+
+class Adafactor(torch.optim.Optimizer):
+    """Adafactor (Shazeer & Stern 2018), as ProtT5 was trained with it, under an external
+    learning rate (our schedule): no relative step size, no parameter scaling, no first moment,
+    second moments of matrices factored into row and column means, decay rate -0.8, 1e-30 added
+    to squared gradients, each update clipped to RMS 1, decoupled weight decay.
+
+    transformers' `Adafactor(scale_parameter=False, relative_step=False, warmup_init=False)`
+    computes the same numbers (a test compares them), but it and torch's own stop at the first
+    step under FSDP: their in-place updates of the factored statistics mix plain tensors with
+    FSDP's sharded parameters (DTensors), or update a pending reduction in place. Here every
+    statistic is a DTensor laid out as its reduction leaves it (the row means sharded as the
+    rows, the column means replicated), so each rank keeps only its rows' share."""
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.0, eps=1e-30, clip_threshold=1.0, decay_rate=-0.8):
+        if lr < 0:
+            raise ValueError(f"lr must not be negative, got {lr}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, eps=eps, clip_threshold=clip_threshold,
+                                      decay_rate=decay_rate))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr = group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.float()
+                squared = grad * grad + group["eps"]
+                factored = grad.dim() >= 2
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    if factored:
+                        state["exp_avg_sq_row"] = torch.zeros_like(_settled(squared.mean(dim=-1)))
+                        state["exp_avg_sq_col"] = torch.zeros_like(_settled(squared.mean(dim=-2)))
+                    else:
+                        state["exp_avg_sq"] = torch.zeros_like(squared)
+                state["step"] += 1
+                beta2 = 1.0 - state["step"].item() ** group["decay_rate"]
+                if factored:
+                    row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+                    row.mul_(beta2).add_(_settled(squared.mean(dim=-1)), alpha=1.0 - beta2)
+                    col.mul_(beta2).add_(_settled(squared.mean(dim=-2)), alpha=1.0 - beta2)
+                    row_factor = (row / _settled(row.mean(dim=-1, keepdim=True))).rsqrt().unsqueeze(-1)
+                    update = row_factor * col.unsqueeze(-2).rsqrt() * grad
+                else:
+                    v = state["exp_avg_sq"]
+                    v.mul_(beta2).add_(squared, alpha=1.0 - beta2)
+                    update = v.rsqrt() * grad
+                rms = _settled(update.norm()) / update.numel() ** 0.5
+                update = update / (rms / group["clip_threshold"]).clamp(min=1.0) * lr
+                weights = p if p.dtype == torch.float32 else p.float()
+                if group["weight_decay"]:
+                    weights.add_(weights, alpha=-group["weight_decay"] * lr)
+                weights.sub_(update)
+                if weights is not p:
+                    p.copy_(weights)
+        return loss
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     seen = set()
@@ -80,11 +157,7 @@ def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
     if config.optimizer == "lamb":
         return Lamb(groups, lr=config.lr, betas=betas, eps=config.adam_eps)
     if config.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
-        # An external learning rate (our schedule), not Adafactor's relative step size.
-        return Adafactor(groups, lr=config.lr, scale_parameter=False, relative_step=False,
-                         warmup_init=False)
+        return Adafactor(groups, lr=config.lr)
     raise UsageError(f"unknown optimizer {config.optimizer!r}")
 
 
