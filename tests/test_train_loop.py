@@ -809,6 +809,28 @@ def test_resume_with_phases_added_names_the_phases_not_a_default_length(tmp_path
     assert "512 here" not in message and "max_length:" not in message, message
 
 
+def test_resume_may_change_the_current_phase_but_not_a_finished_one(tmp_path):
+    # Lengthening phase 1 after the run had moved on to phase 2 sent it back to phase 1 (metrics'
+    # phase went 1,1,2,2,1,1,2...) and skipped a buffer of data, with exit 0.
+    def config(*steps, **kw):
+        return _config(tmp_path, phases=[Phase(48, steps[0]), Phase(64, steps[1]), Phase(96, steps[2])],
+                       log_every=1, save_every=1, **kw)
+
+    train(config(2, 3, 2, stop_after=3))
+    with pytest.raises(UsageError, match=r"phase 1 \(max length 48\) ended before step_00000003 after 2 steps, "
+                                         r"and is given 4 here: a finished phase cannot change"):
+        train(config(4, 3, 2), resume=True)
+    # the phase the checkpoint is in may be lengthened, and later ones changed
+    result = train(config(2, 4, 1, stop_after=5), resume=True)
+    assert result.step == 5
+    assert [r["phase"] for r in read_metrics(tmp_path / "run_bert" / "metrics.jsonl")] == [1, 1, 2, 2, 2]
+    # ...but not cut below what it ran
+    with pytest.raises(UsageError, match=r"phase 2 \(max length 64\) has run 3 steps by step_00000005, and is "
+                                         r"given 2 here: give it at least 3"):
+        train(config(2, 2, 1), resume=True)
+    assert train(config(2, 4, 1), resume=True).step == 7
+
+
 def test_resume_from_another_directory_finds_the_same_corpus(tmp_path, monkeypatch):
     # A corpus saved as a relative path was resolved from the resume's directory and refused.
     import shutil
@@ -1211,7 +1233,9 @@ def test_resume_compares_defaults_as_what_they_mean_and_keeps_the_warmup(tmp_pat
     them ("None there"), and a run resumed for more steps ramped up again to a tenth of the new length."""
     first = train(_config(tmp_path, num_steps=20, stop_after=10, log_every=1, lr=1e-3, warmup_steps=None))
     saved = json.loads((first.run_dir / "train_config.json").read_text())
-    assert saved["warmup_steps"] == 2 and saved["objective"] is None  # a tenth of 20, resolved and kept
+    # warmup a tenth of 20 and the family's objective, saved resolved (the objective was saved as
+    # null: the file alone did not say what was trained)
+    assert saved["warmup_steps"] == 2 and saved["objective"] == "mlm"
     longer = _config(tmp_path, num_steps=200, log_every=1, lr=1e-3, warmup_steps=None, objective="mlm",
                      precision="fp32", stop_after=14)
     train(longer, resume=True)

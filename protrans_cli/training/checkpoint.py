@@ -463,6 +463,32 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
     return config
 
 
+def check_phase_position(where: Path, phases, step: int, data_phase: int) -> None:
+    """A resumed run may change the steps of the phase its checkpoint is in (not below the steps
+    it ran) and of later phases; the phases before it ran as they ran. Lengthened on a resume,
+    a finished phase sent the run back to it after steps of the next one (and skipped a buffer
+    of data); shortened, the steps it ran were left out of the count."""
+    try:
+        saved = json.loads((where / CONFIG_FILE).read_text()).get("phases") or []
+    except (OSError, ValueError, AttributeError):
+        saved = []
+    name = Path(where).name
+
+    def shown(i: int) -> str:
+        return f"phase {i + 1} (max length {phases[i].max_length})"
+
+    for i in range(min(data_phase, len(phases), len(saved))):
+        ran = saved[i].get("num_steps") if isinstance(saved[i], dict) else None
+        if ran is not None and ran != phases[i].num_steps:
+            raise UsageError(f"{shown(i)} ended before {name} after {ran} steps, and is given {phases[i].num_steps} "
+                             f"here: a finished phase cannot change on --resume; give it {ran} steps (a later phase "
+                             "may change), or start a new run with --init-from that checkpoint")
+    start = sum(p.num_steps for p in phases[:data_phase])
+    if data_phase < len(phases) - 1 and step > start + phases[data_phase].num_steps:
+        raise UsageError(f"{shown(data_phase)} has run {step - start} steps by {name}, and is given "
+                         f"{phases[data_phase].num_steps} here: give it at least {step - start}")
+
+
 def export_model(run_dir, *, family, model, tokenizer) -> None:
     """The final model as an HF directory at the root of the run (file by file, atomically)."""
     run_dir = Path(run_dir)

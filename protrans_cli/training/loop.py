@@ -231,6 +231,8 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
         objective_name = _check_objective(config, family)
         tokenizer = family.build_tokenizer()
         model = _pretraining_model(config, family, tokenizer)
+    # saved as resolved (train_config.json said "objective": null for the family's default)
+    config = dataclasses.replace(config, objective=objective_name)
     longest = max(p.max_length for p in config.resolved_phases())
     limit = _position_limit(model)
     if limit is not None and longest > limit:
@@ -511,6 +513,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
                              f"({', '.join(later)}): they belong to the run continued from there; move or "
                              "delete them to resume from this one")
+        phases = config.resolved_phases()
+        ckpt.check_phase_position(where, phases, state["step"], state["data_phase"])
         dist.print0(f"train: resuming from {where} (step {state['step']})")
 
     wrap_model(run)
