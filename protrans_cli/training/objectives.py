@@ -371,13 +371,24 @@ class T5Span(_Seq2Seq):
         num_noise = int(round(length * self.config.noise_density))
         num_noise = min(max(num_noise, 1), length - 1)
         num_spans = int(round(num_noise / self.config.mean_span_length))
-        num_spans = max(1, min(num_spans, num_noise, length - num_noise, len(self.layout.sentinel_ids)))
+        # (one sentinel kept in reserve: the roll may cut a span in two)
+        num_spans = max(1, min(num_spans, num_noise, length - num_noise, len(self.layout.sentinel_ids) - 1))
 
         def split(total, parts):  # random composition of `total` into `parts` positive parts
             cuts = np.sort(rng.choice(np.arange(1, total), parts - 1, replace=False)) if parts > 1 else []
             return np.diff(np.concatenate([[0], cuts, [total]])).astype(int)
 
         return split(length - num_noise, num_spans), split(num_noise, num_spans)
+
+    def noise_mask(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        """(length,) bool, the residues to corrupt: the spans above, rolled by a random offset
+        (T5's `random_roll`). Unrolled, keep first and noise last, every protein's C-terminal
+        residue was corrupted and its N-terminal one never."""
+        keep, noise = self.spans(length, rng)
+        mask = np.repeat(np.tile([False, True], len(keep)), np.column_stack([keep, noise]).ravel())
+        if len(self.layout.sentinel_ids) < 2:  # no sentinel for the second half of a cut span
+            return mask
+        return np.roll(mask, int(rng.integers(length)))
 
     def collate(self, samples):
         inputs, labels = [], []
@@ -389,15 +400,17 @@ class T5Span(_Seq2Seq):
                 inputs.append(np.array(self.layout.prefix + [sentinels[0]] + suffix, dtype=np.int64))
                 labels.append(np.array([sentinels[0], *res.tolist(), *suffix], dtype=np.int64))
                 continue
-            keep, noise = self.spans(len(res), s.rng(1))
-            x, y, pos = list(self.layout.prefix), [], 0
-            for i, (k, n) in enumerate(zip(keep, noise)):
-                x.extend(res[pos:pos + k].tolist())
-                pos += k
-                x.append(sentinels[i])
-                y.append(sentinels[i])
-                y.extend(res[pos:pos + n].tolist())
-                pos += n
+            mask = self.noise_mask(len(res), s.rng(1))
+            cuts = np.flatnonzero(mask[1:] != mask[:-1]) + 1
+            x, y, k = list(self.layout.prefix), [], 0
+            for piece, is_noise in zip(np.split(res, cuts), mask[np.concatenate([[0], cuts])]):
+                if is_noise:
+                    x.append(sentinels[k])
+                    y.append(sentinels[k])
+                    y.extend(piece.tolist())
+                    k += 1
+                else:
+                    x.extend(piece.tolist())
             inputs.append(np.array(x + suffix, dtype=np.int64))
             labels.append(np.array(y + suffix, dtype=np.int64))
         return self._finish(inputs, labels)
