@@ -152,6 +152,8 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
             console.warn("the onehot embedder has no model to compile: --compile ignored")
         if options.attention != "sdpa":
             console.warn(f"the onehot embedder has no attention: --attention {options.attention} ignored")
+        if options.revision:
+            console.warn(f"the onehot embedder has no weights: --revision {options.revision} ignored")
         return OneHotEmbedder(options.layers)
     device_name, dtype = resolve_device(device or options.device, options.dtype)
     try:
@@ -401,9 +403,12 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int 
                 seq = seq[:max_length]  # its length goes into the file (truncated_from)
             else:
                 windows = chunk_windows(len(seq), max_length, options.chunk_overlap)
-        unit = by_sequence.get(seq)
+        # Keyed by the whole sequence, as mark_copies keys the windows': keyed by a truncated one,
+        # proteins that only share a kept prefix counted as identical within a window and not
+        # across windows, and the summary's figure changed with --window.
+        unit = by_sequence.get(prot.sequence)
         if unit is None:
-            by_sequence[seq] = _Unit(seq, [prot], windows)
+            by_sequence[prot.sequence] = _Unit(seq, [prot], windows)
         else:
             unit.proteins.append(prot)
             duplicates += 1
@@ -585,8 +590,34 @@ def _call(embedder, sequences, want: _Want) -> list[tuple[np.ndarray | None, np.
     else:
         pairs = [(rows, None) for rows in embedder.embed_batch(sequences)]
     # embed_arrays checks where the model runs; another embedder's arrays are checked here.
+    pairs = _checked_shapes(embedder, sequences, pairs)
     return [pair if all(a is None or np.isfinite(a).all() for a in pair)
             else NonFinite("NaN or infinity in the embedder's output", False) for pair in pairs]
+
+
+def _checked_shapes(embedder, sequences, pairs) -> list:
+    """A library embedder's arrays as numpy arrays of the documented shapes: (n_layers, L, D)
+    rows, (n_layers, D) means. Rows that kept the special tokens' (L + 2), a missing layer axis
+    or another width were written as they came: a per-residue array longer than the protein,
+    its mean over the special tokens' rows too, a width other than the file's embedding_dim."""
+    if len(pairs) != len(sequences):
+        raise ModelError(f"{embedder.name}: embed_batch returned {len(pairs)} arrays for {len(sequences)} sequences")
+    layers = len(getattr(embedder, "layers", None) or (-1,))
+    width = embedder.embedding_dim
+    checked = []
+    for seq, pair in zip(sequences, pairs):
+        out = []
+        for values, expected in zip(pair, ((layers, len(seq), width), (layers, width))):
+            if values is not None:
+                values = np.asarray(values)
+                if values.shape != expected:
+                    raise ModelError(f"{embedder.name}: embed_batch returned an array of shape {values.shape} for a "
+                                     f"sequence of {len(seq)} residues; expected {expected}, (layers, residues, "
+                                     "embedding_dim) for rows or (layers, embedding_dim) for a mean: one row per "
+                                     "residue, no special tokens'")
+            out.append(values)
+        checked.append(tuple(out))
+    return checked
 
 
 def _uses_arrays(embedder) -> bool:

@@ -480,9 +480,11 @@ def fits(values: np.ndarray, dtype) -> bool:
 
 
 def beyond_range(values: np.ndarray, dtype: str) -> NonFinite:
-    biggest = float(np.abs(values.astype(np.float32)).max())
-    return NonFinite(f"values beyond {dtype}'s range (largest magnitude {biggest:.6g}; "
-                     f"--storage-dtype float32 keeps them)", False)
+    # (the magnitude in float64: cast to float32 first, a library embedder's float64 1e300 read
+    # "inf", and the hint named the storage dtype in use)
+    biggest = float(np.abs(values.astype(np.float64, copy=False)).max())
+    hint = "; --storage-dtype float32 keeps them" if dtype != "float32" else ""
+    return NonFinite(f"values beyond {dtype}'s range (largest magnitude {biggest:.6g}{hint})", False)
 
 
 def cast_weights(model, dtype, *, keep_fp32: bool = True) -> None:
@@ -605,4 +607,5 @@ def mps_available() -> bool:
 
 def mean_rows(rows: np.ndarray) -> np.ndarray:
     """Mean over the residue axis (the one before last), accumulated in float64."""
-    return rows.mean(axis=-2, dtype=np.float64).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 (a library embedder's float64): the storage check names it
+        return rows.mean(axis=-2, dtype=np.float64).astype(np.float32)

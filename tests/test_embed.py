@@ -4,6 +4,8 @@ long-sequence policies, OOM handling, failures) and the CLI, without any model w
 from __future__ import annotations
 
 import os
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from conftest import DATA, ROOT, another_process
 from protrans_cli.embed import (EmbedOptions, OneHotEmbedder, _Piece, _Unit, chunk_windows, embed, embed_with_retry,
                                 make_batches, stitch_windows)
 from protrans_cli.embedders import ONEHOT_ALPHABET
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, ModelError, UsageError
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, partial_path
 
@@ -1295,7 +1297,9 @@ def test_a_plain_resume_merges_the_shards_of_an_interrupted_torchrun_run(tmp_pat
 
 
 def test_truncated_from_is_each_proteins_own_length(tmp_path):
-    """Proteins that share their kept prefix are computed once, and each keeps its own length."""
+    """Proteins that share their kept prefix each keep their own length; they are not identical
+    sequences (counted as such within a window and not across windows, the summary's figure
+    changed with --window)."""
     fasta = tmp_path / "t.fa"
     prefix = "ACDEFGHIKL" * 5
     fasta.write_text(f">a\n{prefix}KKKKKKKKKK\n>b\n{prefix}{'W' * 30}\n>c\n{prefix}\n")
@@ -1303,6 +1307,10 @@ def test_truncated_from_is_each_proteins_own_length(tmp_path):
     with EmbeddingsReader(out) as r:
         attrs = {k: dict(r.dataset(k).attrs) for k in ("a", "b", "c")}
     assert attrs["a"]["truncated_from"] == 60 and attrs["b"]["truncated_from"] == 80
+    for window in (1, 100):
+        summary = embed(fasta, tmp_path / f"w{window}.h5", EmbedOptions(model="onehot", max_length=50,
+                                                                         long_policy="truncate", window=window))
+        assert summary.num_duplicates == 0
     assert "truncated_from" not in attrs["c"] and attrs["c"]["length"] == 50
 
 
@@ -1323,6 +1331,47 @@ def test_an_embedder_with_the_documented_one_argument_embed_batch(tmp_path):
         with EmbeddingsReader(out) as r:
             np.testing.assert_allclose(r.dataset("one", PER_PROTEIN)[()], [0, 1, 2])
             np.testing.assert_allclose(r.dataset("rare", PER_PROTEIN)[()], np.arange(24).reshape(8, 3).mean(0))
+
+
+@pytest.mark.parametrize("shape, said", [
+    (lambda n: (1, n + 2, 3), "shape (1, 10, 3) for a sequence of 8 residues; expected (1, 8, 3)"),  # special tokens kept
+    (lambda n: (n, 3), "shape (8, 3) for a sequence of 8 residues; expected (1, 8, 3)"),             # no layer axis
+    (lambda n: (1, n, 4), "shape (1, 8, 4) for a sequence of 8 residues; expected (1, 8, 3)"),       # another width
+])
+def test_a_library_embedder_of_the_wrong_shape_is_refused(tmp_path, shape, said):
+    # Written as they came, with exit 0: rows longer than the protein's `length` attribute and a
+    # mean over the special tokens' rows too, a 1-D "per-residue" array, a width other than the
+    # file's embedding_dim.
+    class Wrong:
+        name, family, revision, embedding_dim, layers = "wrong", "custom", None, 3, (-1,)
+        device, compute_dtype, special_tokens, max_residues = "cpu", "float32", 0, None
+
+        def embed_batch(self, sequences):
+            return [np.ones(shape(len(s)), dtype=np.float32) for s in sequences]
+
+    fasta = tmp_path / "w.fa"
+    fasta.write_text(">a\nMKTAYIAK\n")
+    with pytest.raises(ModelError, match=re.escape(f"wrong: embed_batch returned an array of {said}")):
+        embed(fasta, tmp_path / "w.h5", EmbedOptions(model="wrong"), embedder=Wrong())
+    assert not (tmp_path / "w.h5").exists()
+
+
+def test_values_beyond_float32_are_named_by_their_size(tmp_path):
+    # A library embedder's float64 1e300 read "largest magnitude inf; --storage-dtype float32
+    # keeps them" with float32 storage, after two numpy overflow warnings.
+    class Huge:
+        name, family, revision, embedding_dim, layers = "huge", "custom", None, 3, (-1,)
+        device, compute_dtype, special_tokens, max_residues = "cpu", "float32", 0, None
+
+        def embed_batch(self, sequences):
+            return [np.full((1, len(s), 3), 1e300) for s in sequences]
+
+    fasta = tmp_path / "h.fa"
+    fasta.write_text(">a\nMKTAYIAK\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = embed(fasta, tmp_path / "h.h5", EmbedOptions(model="huge"), embedder=Huge())
+    assert summary.failed == {"a": "values beyond float32's range (largest magnitude 1e+300)"}
 
 
 def test_stdin_under_torchrun_is_a_usage_error(tmp_path, monkeypatch):

@@ -448,6 +448,19 @@ def test_resume_finds_a_model_directory_however_it_is_named(tmp_path, tiny_model
     assert embed(SMALL, out, EmbedOptions(model="bert", device="cpu", resume=True)).num_resumed == 6
 
 
+def test_a_revision_ignored_for_a_directory_is_not_recorded(tmp_path, tiny_models, run_cli):
+    # Warned "ignored" but recorded in the file, so a resume without it was refused (exit 2)
+    out = tmp_path / "r.h5"
+    r = run_cli("embed", SMALL, "-m", tiny_models["bert"], "--revision", "v9", "-o", out)
+    assert r.exit_code == 0 and "--revision v9 is ignored for the local directory" in r.stderr
+    with EmbeddingsReader(out) as reader:
+        assert reader.attrs["revision"] == ""
+    r = run_cli("embed", SMALL, "-m", tiny_models["bert"], "-o", out, "--resume")
+    assert r.exit_code == 0 and "6 already there" in r.stderr, r.stderr
+    r = run_cli("embed", SMALL, "-m", "onehot", "--revision", "v9", "-o", tmp_path / "o.h5")
+    assert r.exit_code == 0 and "the onehot embedder has no weights: --revision v9 ignored" in r.stderr
+
+
 def test_resume_of_a_file_that_stored_a_relative_model_path(tmp_path, tiny_models, monkeypatch):
     """Files written before absolute paths were stored hold `-m` as given: resumed from the
     directory they were started in, the path resolves to the same model whatever its spelling;

@@ -288,7 +288,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
     except (RuntimeError, AssertionError) as exc:
         raise ModelError(f"{name}: cannot move the model to device {device!r}: {first_line(exc)}") from None
     model.eval()
-    return LoadedModel(name=name, path_or_hub_id=target, revision=revision, family=family,
+    # (ignored for a directory, with a warning: recorded, it also made a resume without it refused)
+    return LoadedModel(name=name, path_or_hub_id=target, revision=None if is_dir else revision, family=family,
                        tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(model.config),
                        num_layers=family.num_layers(model.config), checkpoint=checkpoint,
                        commit=None if is_dir else getattr(source.config, "_commit_hash", None))
