@@ -1079,6 +1079,32 @@ def test_predict_names_the_proteins_embed_could_not_embed(run_cli, ss_data, one_
     assert r.exit_code == 0 and f"{len(failed)} protein(s) have no embedding" in r.stderr
 
 
+def test_predict_fasta_embeds_long_proteins_as_the_training_embeddings_were(run_cli, ss_data, tmp_path):
+    # A proteome holding one protein beyond the model's limit failed under predict --fasta, and
+    # the error's remedy (--long-policy) was no option of predict
+    h5 = tmp_path / "chunked.h5"
+    assert run_cli("embed", ss_data / "train.fa", "-m", "onehot", "--per-residue", "--max-length", "30",
+                   "--long-policy", "chunk", "--chunk-overlap", "4", "-o", h5).exit_code == 0
+    head = tmp_path / "head"
+    fit(FitConfig(task="ss3", max_epochs=1, max_residues=300, threads=1, n_bootstrap=10), h5,
+        ss_data / "train.csv", head)
+    recorded = json.loads((head / "config.json").read_text())["embedding"]
+    assert (recorded["long_policy"], recorded["max_length"], recorded["chunk_overlap"]) == ("chunk", 30, 4)
+    r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "-o", tmp_path / "f.fa")
+    assert r.exit_code == 0 and "proteins over 30 residues: --long-policy chunk, as in the head's training" in r.stderr
+    # onehot windows stitch back to the whole protein: the predictions of the whole embeddings
+    assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "e.fa").exit_code == 0
+    def records(path):
+        return sorted(path.read_text().split(">"))
+
+    assert records(tmp_path / "f.fa") == records(tmp_path / "e.fa")
+    # the flags replace the recorded policy; without --fasta they are refused
+    r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "--long-policy", "skip", "-o", tmp_path / "s.fa")
+    assert r.exit_code == 0 and "protein(s) have no embedding" in r.stderr, r.stderr
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--max-length", "30", "-o", tmp_path / "x.fa")
+    assert r.exit_code == 2 and "--max-length goes with --fasta" in r.stderr
+
+
 def _fit_stopped_after_an_epoch(monkeypatch, cfg: dict, embeddings, labels, out) -> None:
     """Run fit until its first epoch's state is saved, then stop it as a Ctrl-C there would."""
     from protrans_cli.heads.fit import FitState

@@ -12,6 +12,7 @@ import click
 
 from protrans_cli.cli import INPUT_FILE
 
+from protrans_cli.embed import LONG_POLICIES
 from protrans_cli.heads.labels import FORMATS
 
 
@@ -23,6 +24,14 @@ from protrans_cli.heads.labels import FORMATS
                    "trained on (into a temporary file); predictions follow the FASTA's order.")
 @click.option("-m", "--model", default=None,
               help="With --fasta: the embedding model, when not the one the head records (e.g. a local copy).")
+@click.option("--max-length", type=int, default=None,
+              help="With --fasta: residues; longer proteins follow --long-policy.  [default: as the head's training "
+                   "embeddings, else the model's limit]")
+@click.option("--long-policy", "--long", "long_policy", type=click.Choice(list(LONG_POLICIES)), default=None,
+              help="With --fasta: proteins over --max-length fail, are skipped (no prediction), truncated, or "
+                   "chunked as embed does.  [default: as the head's training embeddings, else error]")
+@click.option("--chunk-overlap", type=int, default=None,
+              help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  [default: 64]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads); "
                    "'-' = stdout; .gz/.bz2/.xz/.zst compress.  [default: stdout, unless only --labels is given]")
@@ -47,7 +56,7 @@ from protrans_cli.heads.labels import FORMATS
               help="CPU threads for torch (default: $PROTRANS_THREADS, else min(cores, 4)).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
-def command(head, embeddings, fasta, model, output, probabilities, head_output, labels, metrics_dir, label_format,
+def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overlap, output, probabilities, head_output, labels, metrics_dir, label_format,
             mask_path, mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device):
     """Apply a trained head to embeddings.
 
@@ -62,6 +71,9 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         raise UsageError("give --embeddings (an HDF5 file from embed) or --fasta (sequences), one of them")
     if model is not None and fasta is None:
         raise UsageError("--model goes with --fasta (--embeddings were already made by a model)")
+    for given, flag in ((max_length, "--max-length"), (long_policy, "--long-policy"), (chunk_overlap, "--chunk-overlap")):
+        if given is not None and fasta is None:
+            raise UsageError(f"{flag} goes with --fasta (--embeddings were already made)")
     if output is None and labels is None:
         output = "-"  # text output goes to stdout when -o is absent, as in every command
     if output is None and (probabilities is not None or head_output is not None):
@@ -113,7 +125,9 @@ def command(head, embeddings, fasta, model, output, probabilities, head_output, 
         where = (os.path.dirname(os.path.abspath(output)) if output and output != "-" and special_output(output) is None
                  else None)
         with tempfile.TemporaryDirectory(prefix=".protrans-predict-", dir=where) as tmp:
-            embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads)
+            embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads,
+                                               long_policy=long_policy, max_length=max_length,
+                                               chunk_overlap=chunk_overlap)
             _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format,
                  mask_path, mask_columns, skip_mismatched, allow_model_mismatch or model is not None,
                  max_residues, threads, device, order)

@@ -205,8 +205,11 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     if isinstance(train, ProteinData):
         task = _outputs_with_labels(task, train, labels)
     with EmbeddingsReader(embeddings) as reader:
+        # (the long-protein policy too: `predict --fasta` embeds long proteins as these were)
         embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "family", "layers", "pooling",
-                                                                  "storage_dtype", "embedding_dim") if k in reader.attrs}
+                                                                  "storage_dtype", "embedding_dim", "max_length",
+                                                                  "long_policy", "chunk_overlap")
+                          if k in reader.attrs and reader.attrs[k] is not None}
         # The model layer learned from, as embed numbers it (what predict and `predict --fasta` use):
         # the default -1 on a file holding one other layer (`embed --layer -2`) reads that layer.
         model_layer = config.layer

@@ -92,10 +92,13 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
 
 
 def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, device: str = "auto",
-                   threads: int | None = None) -> tuple[Path, list[str]]:
+                   threads: int | None = None, long_policy: str | None = None, max_length: int | None = None,
+                   chunk_overlap: int | None = None) -> tuple[Path, list[str]]:
     """Embed a FASTA the way the head's training embeddings were made (its recorded model and
-    layer, per residue or per protein as the head needs): (HDF5 file in `directory`, the FASTA's
-    ids in input order). `model` replaces the recorded model (e.g. the same weights elsewhere)."""
+    layer, per residue or per protein as the head needs, and long-protein policy): (HDF5 file in
+    `directory`, the FASTA's ids in input order). `model` replaces the recorded model (e.g. the
+    same weights elsewhere); `long_policy`, `max_length`, `chunk_overlap` the recorded policy
+    (a head that records none: error, at the model's own limit, as embed does)."""
     import shutil
 
     from protrans_cli.embed import EmbedOptions, embed, is_stream
@@ -123,8 +126,28 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     with open_input(fasta, shown) as stream:
         ids = [record.id for record in parse_fasta(stream, shown)]
     per_residue = kind == PER_RESIDUE
+    recorded = config.get("embedding", {})
+    long = {}
+    # A proteome with one protein beyond the model's limit failed, and predict had no option to
+    # say what to do with it: the training embeddings' policy, at their length, unless replaced.
+    from_record = long_policy is None and recorded.get("long_policy", "error") != "error"
+    if from_record:
+        long_policy = recorded["long_policy"]
+    if long_policy not in (None, "error") and max_length is None and int(recorded.get("max_length") or 0) > 0:
+        max_length = int(recorded["max_length"])
+    if long_policy == "chunk" and chunk_overlap is None and recorded.get("chunk_overlap") is not None:
+        chunk_overlap = int(recorded["chunk_overlap"])
+    if from_record:
+        limit = f"{max_length} residues" if max_length else "the model's limit"
+        console.info(f"proteins over {limit}: --long-policy {long_policy}, as in the head's training embeddings")
+    if long_policy is not None:
+        long["long_policy"] = long_policy
+    if max_length is not None:
+        long["max_length"] = max_length
+    if chunk_overlap is not None:
+        long["chunk_overlap"] = chunk_overlap
     options = EmbedOptions(model=name, per_residue=per_residue, per_protein=not per_residue,
-                           layers=(head_layer(config),), device=device, threads=threads)
+                           layers=(head_layer(config),), device=device, threads=threads, **long)
     output = directory / "embeddings.h5"
     console.info(f"embedding {len(ids)} proteins with {name} for the {config.get('task', {}).get('name', kind)} head")
     embed(fasta, output, options, input_name=shown)
