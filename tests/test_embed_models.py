@@ -531,6 +531,29 @@ def test_a_short_name_and_its_hub_id_are_the_same_model(tmp_path, monkeypatch):
     assert model_attr("onehot") == "onehot"
 
 
+def test_a_misspelt_model_name_is_named_as_such(run_cli, tmp_path, tiny_models, monkeypatch):
+    # `-m prot_bertt` and `-m runs/bert-tnyi` were told to `hf download` them; a head directory
+    # given as the model got transformers' "Unrecognized model ... should have a model_type key"
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_models["bert"], tmp_path / "runs" / "bert-tiny")
+    (tmp_path / "runs" / "notes").mkdir()
+    for model, said in (("prot_bertt", "not a short name: did you mean prot_bert? (`protrans models` lists them)"),
+                        ("runs/bert-tnyi", "no model directory of that name: did you mean runs/bert-tiny?"),
+                        ("runs/esm", "no model directory of that name in runs (the model directories there: "
+                                     "bert-tiny)")):
+        r = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5")
+        assert r.exit_code == 1 and said in r.stderr and "hf download" not in r.stderr, r.stderr
+        assert len(r.stderr.splitlines()) == 1
+    (tmp_path / "heads" / "ss3").mkdir(parents=True)
+    (tmp_path / "heads" / "ss3" / "config.json").write_text('{"kind": "per_residue", "task": {"name": "ss3"}}')
+    r = run_cli("embed", SMALL, "-m", "heads/ss3", "-o", tmp_path / "x.h5")
+    assert r.exit_code == 1 and "heads/ss3: a prediction head, not a language model: apply it with `protrans " \
+        "predict heads/ss3 --fasta FILE`" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("model", ["prot_bert", "./no/such/dir"])
 def test_offline_missing_model_is_one_line_error(run_cli, tmp_path, model):
     result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5", "--device", "cpu")

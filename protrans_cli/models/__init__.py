@@ -217,6 +217,9 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
         if config is not None:
             return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
         if "model type" in text or "model_type" in text:
+            if is_dir and _is_head(target):  # `embed -m heads/ss3`: transformers' "Unrecognized model"
+                raise ModelError(f"{name}: a prediction head, not a language model: apply it with `protrans "
+                                 f"predict {name} --fasta FILE` (it embeds with its own model)") from None
             raise ModelError(f"{name}: unsupported model ({text})") from None
         raise ModelError(_not_found_message(name, target, is_dir, text, flag)) from None
     except (OSError, KeyError) as exc:
@@ -495,7 +498,49 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
     else:
         why = "it could not be downloaded"
     missing = f"{what} of the hub model {target} are" if what else f"the hub model {target} is"
+    typo = _near_miss(name) if not what else None
+    if typo:  # `-m prot_bertt` was told to `hf download prot_bertt`
+        return f"cannot load model {name!r}: {typo} ({missing} not in the local Hugging Face cache and {why})"
     return (f"cannot load model {name!r}: no local directory of that name, and {missing} "
             f"not in the local Hugging Face cache and {why}; "
             f"download it where there is network (`hf download {target} --local-dir DIR`) "
             f"and pass the directory: {flag} DIR")
+
+
+def _is_head(directory) -> bool:
+    """Whether `directory` holds a head written by `protrans fit` (its config.json's `kind`)."""
+    import json
+
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "kind" in config and "model_type" not in config
+
+
+def _near_miss(name: str) -> str | None:
+    """What a name that is neither a model directory nor a hub model was likely meant to be: a
+    short name spelled nearly so (`prot_bertt`), or a model directory beside a folder that
+    exists (`runs/bert-tiny` for runs/bert_tiny). None when nothing comes close."""
+    import difflib
+
+    from protrans_cli.models.checkpoints import CHECKPOINTS
+
+    if name in CHECKPOINTS:  # a short name whose hub model is missing: the download advice is right
+        return None
+    if "/" not in name:
+        close = difflib.get_close_matches(name, list(CHECKPOINTS), n=1, cutoff=0.75)
+        if close:
+            return f"not a short name: did you mean {close[0]}? (`protrans models` lists them)"
+        return None
+    parent = Path(name).expanduser().parent
+    try:
+        models = [p.name for p in parent.iterdir() if (p / "config.json").is_file()]
+    except OSError:  # no such folder: a hub id (owner/name)
+        return None
+    close = difflib.get_close_matches(Path(name).name, models, n=1, cutoff=0.6)
+    if close:
+        return f"no model directory of that name: did you mean {parent / close[0]}?"
+    held = f"the model directories there: {', '.join(sorted(models)[:8])}" + (", ..." if len(models) > 8 else "") \
+        if models else "it holds no model directory"
+    return f"no model directory of that name in {parent} ({held})"
