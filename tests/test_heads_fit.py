@@ -1066,6 +1066,23 @@ def test_a_hand_edited_head_config_is_one_line(run_cli, ss_data, one_epoch_ss3, 
     assert r.exit_code == 1 and said in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     assert not (tmp_path / "p.fa").exists()
 
+def test_the_wrong_file_for_a_head_is_named_with_its_remedy(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    # Each named the problem and not what to do: a per-protein file for a per-residue head,
+    # embeddings of another model, the FASTA itself given as --embeddings, sequences as labels
+    head = one_epoch_ss3
+    pp = tmp_path / "pp.h5"
+    assert run_cli("embed", ss_data / "test.fa", "-m", "onehot", "--per-protein", "-o", pp).exit_code == 0
+    r = run_cli("predict", head, "--embeddings", pp, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and "has no per_residue embeddings (it holds per_protein): embed without " \
+        "--per-protein (or with --per-residue too)" in r.stderr, r.stderr
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.fa", "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and "it is a FASTA file: embed it first (protrans embed; predict also takes it as " \
+        "--fasta)" in r.stderr, r.stderr
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.fa",
+                "-o", tmp_path / "h")
+    assert r.exit_code == 1 and "if the file holds sequences, not labels, give it to embed" in r.stderr, r.stderr
+
+
 def test_predict_names_the_proteins_embed_could_not_embed(run_cli, ss_data, one_epoch_ss3, tmp_path):
     head = one_epoch_ss3
     h5 = tmp_path / "skipped.h5"
@@ -1766,11 +1783,15 @@ def test_a_table_label_with_an_unquoted_comma_is_refused(run_cli, loc_data, tmp_
     table = tmp_path / "t.csv"
     table.write_text("train0,membrane\ntrain1,membrane, peripheral\n")
     r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "-o", tmp_path / "h")
-    assert r.exit_code == 1 and "t.csv:2: has 3 fields, more than 'id,label' (no header) 2" in r.stderr
+    assert r.exit_code == 1 and "t.csv:2: has 3 fields, more than the 2 of 'id,label' (no header)" in r.stderr
     table.write_text('id,label,set\ntrain0,membrane,train\ntrain1,"membrane, peripheral",train\n'
                      "train2,membrane, integral,train\n")
     r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "-o", tmp_path / "h")
-    assert r.exit_code == 1 and "t.csv:4: has 4 fields, more than the header's 3" in r.stderr
+    assert r.exit_code == 1 and "t.csv:4: has 4 fields, more than the header's 3 (id,label,set)" in r.stderr
+    # a header of two columns was taken for none ("more than 'id,label' (no header) 2")
+    table.write_text("id,label\ntrain0,membrane\ntrain1,membrane, peripheral\n")
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "-o", tmp_path / "h")
+    assert r.exit_code == 1 and "t.csv:3: has 3 fields, more than the header's 2 (id,label)" in r.stderr
 
 
 def test_predict_probabilities_without_an_output_is_refused(run_cli, ss_data, one_epoch_ss3, tmp_path):

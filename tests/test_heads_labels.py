@@ -207,7 +207,7 @@ def test_labels_on_a_plain_sequence_fasta_says_embed_reads_it(tmp_path, run_cli)
     flip = tmp_path / "flip.fa"
     flip.write_text(">a SET=train VALIDATION=False\nCCH\n")
     r = run_cli("labels", flip, "-o", tmp_path / "out.fa")
-    assert r.exit_code == 1 and "give the sequences FASTA)" in r.stderr
+    assert r.exit_code == 1 and "give the sequences FASTA with --sequences)" in r.stderr
     r = run_cli("labels", flip, "-o", tmp_path / "nodir" / "out.fa")
     assert r.exit_code == 2 and "nodir: output directory does not exist" in r.stderr
 

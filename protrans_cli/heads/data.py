@@ -101,7 +101,9 @@ def _source_kind(reader: EmbeddingsReader, kind: str) -> str:
         return kind
     if kind == PER_PROTEIN and PER_RESIDUE in reader.kinds:
         return PER_RESIDUE
-    raise InputError(f"has no {kind} embeddings (it holds {', '.join(reader.kinds)})", path=reader.path)
+    remedy = ("embed without --per-protein (or with --per-residue too)" if kind == PER_RESIDUE
+              else "embed with --per-protein (or without --per-residue)")
+    raise InputError(f"has no {kind} embeddings (it holds {', '.join(reader.kinds)}): {remedy}", path=reader.path)
 
 
 def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,

@@ -463,6 +463,7 @@ def _read_table(text: str, name: str) -> LabelSet:
     rows = csv.reader(io.StringIO(text), delimiter=delimiter)
     records = []
     header_seen = False
+    header: list[str] | None = None
     set_col = None
     width = 2  # fields a row may fill: id and label, or the header's columns
     for lineno, row in enumerate(rows, 1):
@@ -476,6 +477,7 @@ def _read_table(text: str, name: str) -> LabelSet:
             if lowered[0] in _ID_HEADERS:
                 set_col = lowered.index("set") if "set" in lowered else None
                 width = len(row)
+                header = row
                 continue
             if set(lowered) & (_ID_HEADERS | {"label", "set", "target"}):  # a header, ids not first
                 raise InputError(f"the header {','.join(row)!r} does not start with the id column (the first "
@@ -485,8 +487,9 @@ def _read_table(text: str, name: str) -> LabelSet:
             raise InputError("expected 'id,label'", path=name, line=lineno)
         if any(row[width:]):
             # "P1,membrane, peripheral": the label cut at its comma (or the rest read as the set)
-            columns = "the header's" if width > 2 else "'id,label' (no header)"
-            raise InputError(f"has {len(row)} fields, more than {columns} {width}: a label holding a "
+            # ("more than 'id,label' (no header) 2" for a file whose header was id,label)
+            columns = f"the header's {width} ({','.join(header)})" if header else "the 2 of 'id,label' (no header)"
+            raise InputError(f"has {len(row)} fields, more than {columns}: a label holding a "
                              f"{'tab' if delimiter == chr(9) else 'comma'} must be quoted", path=name, line=lineno)
         # An empty label is kept: it is no label, and every task leaves that protein out (pandas'
         # to_csv writes a missing value as an empty field).
@@ -566,7 +569,7 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
         write_fasta(stream, record.id, seq)
         count += 1
     if missing:
-        hint = "give the sequences FASTA"
+        hint = "give the sequences FASTA with --sequences"
         if label_set.format == "flip" and all(r.split is None for r in label_set.records):
             # No SET= anywhere: most often a FASTA of sequences, which needs no conversion.
             hint += "; if this is a FASTA of sequences, not labels, `protrans embed` reads it as it is"

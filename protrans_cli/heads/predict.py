@@ -41,8 +41,11 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
     source = _source_kind(reader, kind)
     dim = reader.dim(source)
     if dim != config["input_dim"]:
+        model = config["embedding"].get("model")
+        remedy = (f": embed with -m {model}, or give the sequences with --fasta (embedded with the head's model)"
+                  if model else "")
         raise ModelError(f"embeddings have dimension {dim}, the head was trained on {config['input_dim']}-d "
-                         f"embeddings of {config['embedding'].get('model', 'an unknown model')}", path=reader.path)
+                         f"embeddings of {model or 'an unknown model'}{remedy}", path=reader.path)
     layer = head_layer(config)  # predict has no --layer: the head's decides, before any work
     # A head that recorded its training file's layers knows its layer: a file's lone other layer is not it.
     stored_layer_index(reader, layer, f"the head was trained on layer {layer}: embed with --layer {layer}",

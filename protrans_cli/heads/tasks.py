@@ -100,8 +100,11 @@ class Task:
             bad = {letters[i] for i in np.flatnonzero((codes == IGNORE) & evaluated)[:50]}
             if bad:
                 known = "".join(output.classes) + (f", or 8-state {''.join(SS8)}" if output.name == "ss3" else "")
+                # (a FASTA of sequences given as --labels reads as FLIP: its residues as labels)
+                hint = ("; if the file holds sequences, not labels, give it to embed, and the labels to --labels"
+                        if len(bad) >= 4 and bad <= set("ACDEFGHIKLMNPQRSTVWYXUZOB") else "")
                 raise InputError(f"label letter(s) {''.join(sorted(bad))!r} are not {output.name} classes "
-                                 f"({known})", record=record.id, line=record.line)
+                                 f"({known}){hint}", record=record.id, line=record.line)
             codes[~evaluated] = IGNORE
             out[output.name] = codes
         return out

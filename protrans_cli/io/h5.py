@@ -133,6 +133,16 @@ class _ForeignKeys:
     ambiguous: set[str] = field(default_factory=set)  # first words of several such keys
 
 
+def _starts_like_fasta(path) -> bool:
+    """Whether the file's first byte that is not blank is a FASTA header's '>'."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b">")
+
+
 class EmbeddingsReader:
     """Read an embeddings file of either layout.
 
@@ -159,6 +169,8 @@ class EmbeddingsReader:
             if self.path.endswith(".pt"):  # esm-extract writes one torch file per protein
                 hint = ("; esm-extract's .pt files are not read: embed the FASTA with protrans embed -m "
                         "<the ESM model> for an HDF5 file")
+            elif _starts_like_fasta(self.path):  # the sequences given where their embeddings go
+                hint = "; it is a FASTA file: embed it first (protrans embed; predict also takes it as --fasta)"
             # (first line: HDF5's messages can span lines, and the error is one line)
             raise InputError(f"not a readable HDF5 file ({first_line(exc)}){hint}", path=self.path) from None
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
