@@ -124,9 +124,11 @@ class StopRequest:
         if self.signum is None:
             self.signum = signum
             if dist.info().is_main:
+                # (a SIGTERM's warning spoke of Ctrl-C "again", which nobody had pressed)
+                again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C"
                 console.warn("the run has done its steps: stopping once its final model is written"
                              if self.finishing else "stopping after this step to save a checkpoint "
-                             "(Ctrl-C again stops at once, losing the steps since the last one)")
+                             f"({again} stops at once, losing the steps since the last one)")
         elif signum == signal.SIGINT:
             # A second Ctrl-C. (torchrun answers Ctrl-C by sending SIGTERM to its ranks, which
             # are then already stopping: that one is not taken as a second request.)
