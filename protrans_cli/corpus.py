@@ -44,7 +44,7 @@ from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_o
 from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, disk_full, display_name,
                                    input_named_by, make_temporary, names_stdout, open_input, output_directory,
-                                   same_file, signals_held, stdout_binary)
+                                   same_file, signals_held, special_output, stdout_binary)
 from protrans_cli.residues import (
     RARE,
     RARE_POLICIES,
@@ -132,8 +132,11 @@ class CorpusOptions:
             raise UsageError(f"--shard-size must be positive, got {self.shard_size}")
         if self.num_shards > 1 and self.shard_size is not None:
             raise UsageError("--shards and --shard-size cannot be combined: choose one")
-        if self.sharded and (self.output is None or str(self.output) == "-"):
-            raise UsageError("sharding needs -o FILE (shard names are made from it)")
+        if self.sharded and (self.output is None or str(self.output) == "-" or special_output(self.output)):
+            # (-o /dev/stdout: the shards were files /dev/stdout.00000.txt ..., nothing on stdout)
+            raise UsageError("sharding needs -o FILE (shard names are made from it)"
+                             + ("" if self.output is None or str(self.output) == "-"
+                                else f"; {self.output} {special_output(self.output)}"))
         outputs = {"-o": "-" if self.output is None else str(self.output), "--valid-output": self.valid_output,
                    "--rejects": self.rejects, "--stats": self.stats}
         outputs = {flag: str(path) for flag, path in outputs.items() if path is not None}
@@ -948,8 +951,9 @@ class _Writers:
         elif options.num_shards > 1:
             # every shard stays open to the end (proteins are dealt round-robin): past the usual
             # soft limit of 1024 files the 1000th failed with "Too many open files"
+            # (room asked for the other files too; refused only without room for a few of them)
             limit = _raise_open_file_limit(options.num_shards + 64)
-            if limit is not None and limit < options.num_shards + 64:
+            if limit is not None and limit < options.num_shards + 16:
                 raise UsageError(f"--shards {options.num_shards} keeps {options.num_shards} files open, and this "
                                  f"process may open {limit} (ulimit -n): use fewer shards, or --shard-size, "
                                  "which keeps one open")

@@ -1074,7 +1074,11 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     writer_kw = dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
                      compression=options.compression, attrs=attrs,
                      resume_equal={"model": same_model, "max_length": _same_max_length(model_max),
-                                   "commit": _same_commit})
+                                   "commit": _same_commit,
+                                   # a directory has no revisions (files of earlier versions recorded
+                                   # an ignored --revision, and no resume matched them)
+                                   **({"revision": lambda old, new: True}
+                                      if _model_directory(options.model) is not None else {})})
 
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.

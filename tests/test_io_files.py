@@ -498,3 +498,23 @@ def test_prep_outputs_differing_in_case_are_refused_only_where_the_folder_ignore
     r = run_cli(*args)
     assert r.exit_code == 2 and "-o and --valid-output both name" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="pseudo-terminals are POSIX")
+def test_names_stdout_means_the_same_file_not_the_same_terminal(tmp_path):
+    # `prep --stats /dev/stderr` with stdout and stderr on one terminal was refused as a second
+    # stdout; in a file (`> out 2>&1`) the two overwrite each other and are refused
+    import subprocess
+
+    probe = [sys.executable, "-c", "from protrans_cli.io.files import names_stdout; "
+             "print(names_stdout('/dev/stderr'), names_stdout('-'), file=open(__import__('sys').argv[1], 'w'))"]
+    master, slave = os.openpty()
+    try:
+        subprocess.run([*probe, str(tmp_path / "tty")], stdout=slave, stderr=slave, check=True)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert (tmp_path / "tty").read_text().split() == ["False", "True"]
+    with open(tmp_path / "log", "w") as log:
+        subprocess.run([*probe, str(tmp_path / "file")], stdout=log, stderr=log, check=True)
+    assert (tmp_path / "file").read_text().split() == ["True", "True"]

@@ -179,6 +179,8 @@ def test_missing_output_directory_is_a_usage_error(run_cli, tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["--shards", "2"],                                   # sharding to stdout
+    ["--shards", "2", "-o", "/dev/stdout"],              # ...named: it wrote files /dev/stdout.00000.txt
+    ["--shard-size", "1K", "-o", "/dev/stdout"],
     ["--long", "crop"],                                  # crop without a window size
     ["--valid-fraction", "0.1"],                         # no --valid-output
     ["--min-length", "0"],

@@ -73,20 +73,28 @@ def test_torchrun_fsdp_with_resume_matches_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_fsdp_t5_with_adafactor_and_resume_matches_one_process(tmp_path):
+@pytest.mark.parametrize("family, no_dropout", [
+    ("t5", {"dropout_rate": 0}),
+    # one-row matrices (ELECTRA's dense_prediction, token_type_embeddings): FSDP puts the row on one
+    # rank, and the update came out replicated against the sharded weight
+    ("electra", {"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0}),
+])
+def test_torchrun_fsdp_with_adafactor_and_resume_matches_one_process(tmp_path, family, no_dropout):
     # transformers' Adafactor stopped at FSDP's first step ("got mixed torch.Tensor and DTensor"),
     # and T5 with Adafactor is the docs' ProtT5-XL recipe, FSDP chosen above 1e9 parameters
-    out = tmp_path / "t5"
-    t5 = ["--family", "t5", "--corpus", LEARNABLE, "--num-steps", "6", "--max-length", "64", "--global-batch-size",
-          "16", "--micro-batch-size", "4", "--warmup-steps", "2", "--lr", "2e-3", "--log-every", "1", "-j", "1",
-          "--save-every", "100", "--optimizer", "adafactor", "--set", "dropout_rate=0"]
-    _torchrun("-o", out, "--strategy", "fsdp", "--stop-after", "3", base=t5)
-    proc = _torchrun("-o", out, "--strategy", "fsdp", "--resume", base=t5)
+    out = tmp_path / family
+    args = ["--family", family, "--corpus", LEARNABLE, "--num-steps", "6", "--max-length", "64", "--global-batch-size",
+            "16", "--micro-batch-size", "4", "--warmup-steps", "2", "--lr", "2e-3", "--log-every", "1", "-j", "1",
+            "--save-every", "100", "--optimizer", "adafactor"]
+    for key, value in no_dropout.items():
+        args += ["--set", f"{key}={value}"]
+    _torchrun("-o", out, "--strategy", "fsdp", "--stop-after", "3", base=args)
+    proc = _torchrun("-o", out, "--strategy", "fsdp", "--resume", base=args)
     assert "strategy fsdp" in proc.stderr and "resuming from" in proc.stderr
     losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
-    cfg = TrainConfig(family="t5", optimizer="adafactor", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"),
+    cfg = TrainConfig(family=family, optimizer="adafactor", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"),
                       num_steps=6, max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2,
-                      lr=2e-3, log_every=1, threads=1, save_every=100, model_overrides={"dropout_rate": 0})
+                      lr=2e-3, log_every=1, threads=1, save_every=100, model_overrides=no_dropout)
     np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)
 
 

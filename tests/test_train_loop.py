@@ -829,6 +829,15 @@ def test_resume_may_change_the_current_phase_but_not_a_finished_one(tmp_path):
                                          r"given 2 here: give it at least 3"):
         train(config(2, 2, 1), resume=True)
     assert train(config(2, 4, 1), resume=True).step == 7
+    # the last phase too (the run ended "done" at the checkpoint's step, its config saying fewer)
+    assert train(config(2, 4, 3, stop_after=9), resume=True).step == 9
+    with pytest.raises(UsageError, match=r"phase 3 \(max length 96\) has run 3 steps by step_00000009, and is "
+                                         r"given 2 here"):
+        train(config(2, 4, 2), resume=True)
+    single = tmp_path / "single"
+    train(_config(tmp_path, output_dir=str(single), num_steps=6, stop_after=4, save_every=1))
+    with pytest.raises(UsageError, match=r"--num-steps 3 is below the 4 steps step_00000004 has run"):
+        train(_config(tmp_path, output_dir=str(single), num_steps=3), resume=True)
 
 
 def test_resume_from_another_directory_finds_the_same_corpus(tmp_path, monkeypatch):
@@ -1236,6 +1245,12 @@ def test_resume_compares_defaults_as_what_they_mean_and_keeps_the_warmup(tmp_pat
     # warmup a tenth of 20 and the family's objective, saved resolved (the objective was saved as
     # null: the file alone did not say what was trained)
     assert saved["warmup_steps"] == 2 and saved["objective"] == "mlm"
+    # ...and the file still serves as a template for another family: the default it records is
+    # that family's default, not an objective the other family would refuse
+    template = TrainConfig.from_file(first.run_dir / "train_config.json").override(family="t5")
+    assert template.objective is None
+    assert TrainConfig.from_file(first.run_dir / "train_config.json").override(family="t5",
+                                                                              objective="t5_span").objective == "t5_span"
     longer = _config(tmp_path, num_steps=200, log_every=1, lr=1e-3, warmup_steps=None, objective="mlm",
                      precision="fp32", stop_after=14)
     train(longer, resume=True)

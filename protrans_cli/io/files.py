@@ -53,12 +53,17 @@ def same_file(a, b) -> bool:
 
 def names_stdout(path) -> bool:
     """Whether `path` names the file standard output is open on: /dev/stdout, /proc/self/fd/1, or
-    the very file a shell's `> x` opened. A second output there is a second `-`: beside a `-` it
-    overwrote the other's bytes in a file, or interleaved with them in a pipe."""
+    the very file a shell's `> x` opened (not a terminal). A second output there is a second `-`:
+    beside a `-` it overwrote the other's bytes in a file, or interleaved with them in a pipe."""
+    import stat
+
     if str(path) == "-":
         return True
     try:
-        return os.path.samestat(os.stat(path), os.fstat(1))
+        out = os.fstat(1)
+        # (a terminal takes both without loss: `--stats /dev/stderr` where stdout and stderr are
+        # one terminal was refused)
+        return not stat.S_ISCHR(out.st_mode) and os.path.samestat(os.stat(path), out)
     except (OSError, ValueError):  # no such file; stdout closed
         return False
 

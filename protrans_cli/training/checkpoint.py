@@ -484,7 +484,11 @@ def check_phase_position(where: Path, phases, step: int, data_phase: int) -> Non
                              f"here: a finished phase cannot change on --resume; give it {ran} steps (a later phase "
                              "may change), or start a new run with --init-from that checkpoint")
     start = sum(p.num_steps for p in phases[:data_phase])
-    if data_phase < len(phases) - 1 and step > start + phases[data_phase].num_steps:
+    if data_phase < len(phases) and step > start + phases[data_phase].num_steps:
+        # (the last phase too: the run "ended" at the checkpoint's step, its config saying fewer)
+        if len(phases) == 1:
+            raise UsageError(f"--num-steps {phases[0].num_steps} is below the {step} steps {name} has run: give "
+                             f"at least {step}, or use that checkpoint as it is")
         raise UsageError(f"{shown(data_phase)} has run {step - start} steps by {name}, and is given "
                          f"{phases[data_phase].num_steps} here: give it at least {step - start}")
 

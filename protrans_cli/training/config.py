@@ -322,6 +322,17 @@ class TrainConfig:
             raise UsageError(f"unknown setting(s) {', '.join(unknown)}")
         if "model_overrides" in changes:
             changes["model_overrides"] = {**self.model_overrides, **changes["model_overrides"]}
+        if changes.get("family") not in (None, self.family) and "objective" not in changes and self.objective:
+            # A run's train_config.json as a template for another family: its objective, saved
+            # resolved, was its family's default, and the new family's default is meant.
+            from protrans_cli.models import get_family
+
+            try:
+                was_default = self.family is not None and get_family(self.family).objective == self.objective
+            except Exception:  # an unknown family in the file: its own error comes later
+                was_default = False
+            if was_default:
+                changes["objective"] = None
         for key in ("corpus", "val_corpus"):
             if key in changes:
                 changes[key] = expand_corpus_paths(changes[key])

@@ -71,6 +71,16 @@ def _settled(t: torch.Tensor) -> torch.Tensor:
     return t.redistribute(t.device_mesh, [Replicate() if pl.is_partial() else pl for pl in placements])
 
 
+def _laid_out_as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t` laid out as the parameter `like` across ranks: DTensor's propagation may leave an
+    update computed from replicated statistics replicated (a one-row matrix, whose row FSDP
+    puts on one rank), and the in-place step on the sharded weight then refused it."""
+    placements = getattr(like, "placements", None)
+    if placements is None or tuple(getattr(t, "placements", ())) == tuple(placements):
+        return t
+    return t.redistribute(like.device_mesh, placements)
+
+
 class Adafactor(torch.optim.Optimizer):
     """Adafactor (Shazeer & Stern 2018), as ProtT5 was trained with it, under an external
     learning rate (our schedule): no relative step size, no parameter scaling, no first moment,
@@ -89,6 +99,21 @@ class Adafactor(torch.optim.Optimizer):
             raise ValueError(f"lr must not be negative, got {lr}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, eps=eps, clip_threshold=clip_threshold,
                                       decay_rate=decay_rate))
+
+    def load_state_dict(self, state_dict) -> None:
+        """Also a state saved by transformers' Adafactor (protrans used it before): the same
+        statistics under the same names, its `eps` a pair (the squared-gradient one first) and
+        its step a number; resumed as it was, the pair and the number failed at the first step."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            if isinstance(group.get("eps"), (tuple, list)):
+                group["eps"] = group["eps"][0]
+            for key in ("scale_parameter", "relative_step", "warmup_init", "beta1"):
+                group.pop(key, None)
+        for state in self.state.values():
+            if "step" in state and not torch.is_tensor(state["step"]):
+                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
+            state.pop("RMS", None)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -125,7 +150,7 @@ class Adafactor(torch.optim.Optimizer):
                     v.mul_(beta2).add_(squared, alpha=1.0 - beta2)
                     update = v.rsqrt() * grad
                 rms = _settled(update.norm()) / update.numel() ** 0.5
-                update = update / (rms / group["clip_threshold"]).clamp(min=1.0) * lr
+                update = _laid_out_as(update / (rms / group["clip_threshold"]).clamp(min=1.0) * lr, p)
                 weights = p if p.dtype == torch.float32 else p.float()
                 if group["weight_decay"]:
                     weights.add_(weights, alpha=-group["weight_decay"] * lr)
