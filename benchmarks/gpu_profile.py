@@ -271,7 +271,9 @@ def train_step_profile(args, one_step, tokens_per_step: int, steps: int = 3) -> 
     lines = [f"train step profile: {args.train_micro_batch} x {args.train_length} tokens, {steps} steps: "
              f"{wall * 1e3:.1f} ms wall per step ({tokens_per_step / wall:,.0f} tokens/s under the profiler)"]
     if cuda:
-        kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
+        # (not the GPU-side user annotations, e.g. Optimizer.step's range: they span kernels counted
+        # already, and "device busy" overstated the step's kernel time)
+        kernels = [e for e in averages if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
         busy = sum(e.self_device_time_total for e in kernels) / 1e6 / steps  # us -> s
         launches = sum(e.count for e in averages if "LaunchKernel" in e.key or "cudaLaunch" in e.key) / steps
         lines.append(f"train step profile: device busy {busy * 1e3:.1f} ms per step ({100 * busy / wall:.0f}% of "

@@ -789,9 +789,14 @@ class _Dist:
         import torch
         import torch.distributed as dist
 
-        totals = torch.tensor(counts, dtype=torch.int64)
+        # On the group's own device: a caller's torchrun script that set up NCCL before calling
+        # embed() (the group is reused) refused a CPU tensor after all the embedding work
+        device = "cpu"
+        if dist.get_backend() == "nccl" and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+        totals = torch.tensor(counts, dtype=torch.int64, device=device)
         dist.all_reduce(totals)
-        return totals.tolist()
+        return totals.cpu().tolist()
 
     def close(self) -> None:
         if self.initialised_here:

@@ -242,6 +242,21 @@ def test_a_compiled_packed_electra_run_has_the_eager_losses_without_recompile_wa
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-5)
 
 
+def test_the_packing_line_says_when_the_fused_kernel_cannot_run(tmp_path, run_cli, monkeypatch):
+    # It said "one varlen attention kernel" wherever the kernel existed, though the kernel takes
+    # half precision without attention dropout only (the tiny/small/base presets have 0.1)
+    monkeypatch.setattr(packing, "varlen_available", lambda device: True)
+    args = ["train", "--family", "roberta", "--corpus", LEARNABLE, "--num-steps", "1", "--max-length", "48",
+            "--global-batch-size", "4", "--micro-batch-size", "4", "--packing", "--warmup-steps", "1", "-j", "1"]
+    res = run_cli(*args, "-o", tmp_path / "a")
+    assert res.exit_code == 0 and "the fused varlen kernel takes bf16/fp16 only (--precision fp32)" in res.stderr
+    res = run_cli(*args, "--precision", "bf16", "-o", tmp_path / "b")
+    assert res.exit_code == 0 and "the fused varlen kernel takes no attention dropout (attention_probs_dropout_prob " \
+        "0.1; --set attention_probs_dropout_prob=0 for it)" in res.stderr, res.stderr
+    res = run_cli(*args, "--precision", "bf16", "--set", "attention_probs_dropout_prob=0", "-o", tmp_path / "c")
+    assert res.exit_code == 0 and "packing micro-batches into one row each; one varlen attention kernel" in res.stderr
+
+
 def test_a_packed_run_embeds_through_the_cli(tmp_path, run_cli):
     corpus = tmp_path / "c.txt"
     corpus.write_text(open(LEARNABLE).read())
@@ -250,7 +265,8 @@ def test_a_packed_run_embeds_through_the_cli(tmp_path, run_cli):
                   "--max-length", "48", "--global-batch-size", "8", "--micro-batch-size", "4", "--packing",
                   "--warmup-steps", "1", "-j", "1")
     assert res.exit_code == 0, res.stderr
-    assert "packing micro-batches into one row" in res.stderr
+    assert "packing micro-batches into one row each; attention through a padded SDPA call (no fused varlen " \
+        "kernel on this device or PyTorch)" in res.stderr
     assert json.loads((out / "train_config.json").read_text())["packing"] is True
     fasta = tmp_path / "q.fa"
     fasta.write_text(">a\nMKTAYIAKQR\n")

@@ -396,8 +396,20 @@ def _use_packing(family, model, objective, objective_name: str, config: TrainCon
         raise UsageError(f"--packing: {problem}")
     objective.packed_position_offset = family.packed_position_offset(model.config)
     packing.use_packed_attention(model)
-    kernel = "one varlen attention kernel" if packing.varlen_available(info.device) else \
-        "attention through a padded SDPA call (no fused varlen kernel on this device or PyTorch)"
+    # (said "one varlen attention kernel" where the kernel exists, though it takes half precision
+    # without attention dropout only: fp32 runs and the tiny/small/base presets' dropout 0.1 ran
+    # the padded fallback, slower, without a word)
+    dropout = getattr(model.config, "attention_probs_dropout_prob", None) or 0
+    padded = "attention through a padded SDPA call"
+    if not packing.varlen_available(info.device):
+        kernel = f"{padded} (no fused varlen kernel on this device or PyTorch)"
+    elif resolve_precision(config.precision, info.device) == "fp32":
+        kernel = f"{padded}: the fused varlen kernel takes bf16/fp16 only (--precision fp32)"
+    elif dropout:
+        kernel = (f"{padded}: the fused varlen kernel takes no attention dropout (attention_probs_dropout_prob "
+                  f"{dropout}; --set attention_probs_dropout_prob=0 for it)")
+    else:
+        kernel = "one varlen attention kernel"
     dist.print0(f"train: packing micro-batches into one row each; {kernel}")
 
 
