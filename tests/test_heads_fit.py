@@ -1266,6 +1266,64 @@ def test_predict_reads_and_matches_its_labels_before_writing_any_prediction(run_
     assert r.exit_code == 0 and out.read_text().count(">") == 20 and "test ss3: Q3" in r.stderr
 
 
+def test_evaluation_proteins_that_are_training_proteins_are_named(run_cli, ss_data, tmp_path):
+    # NetSurfP's TS115 and CASP12 share four proteins: validated on them, a head reported scores
+    # that are not independent of training, without a word
+    import dataclasses
+
+    from protrans_cli.heads.data import load_data, overlap_with_training
+    from protrans_cli.heads.labels import read_labels
+
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--test", ss_data / "train.h5", ss_data / "train.csv", "--test", ss_data / "test.h5",
+                ss_data / "test.csv", "--max-epochs", "1", "--bootstrap", "10", "-j", "1", "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    # (7 of them held out for validation: the other 63 were trained on)
+    assert "train: 63 of its 70 proteins are in the training set too (63 by id: " in r.stderr, r.stderr
+    assert r.stderr.count("are in the training set too") == 1  # not the independent test set
+    # the same sequence under another id is found by the checksum embed stored
+    from protrans_cli.heads.tasks import TASKS
+
+    items = load_data(ss_data / "train.h5", read_labels(ss_data / "train.csv"), TASKS["ss3"])[0].items
+    renamed = [dataclasses.replace(m, id=f"other{i}") for i, m in enumerate(items[:5])]
+    same_id, same_sequence = overlap_with_training(ss_data / "train.h5", items, ss_data / "train.h5", renamed,
+                                                   "per_residue")
+    assert same_id == [] and same_sequence == [f"other{i}" for i in range(5)]
+
+
+def test_predict_scores_with_the_mask_columns_the_head_was_fit_with(run_cli, ss_data, tmp_path):
+    # `fit --mask-column disorder --mask-column cb513_mask` and then `predict --labels` scored on
+    # disorder alone: another number of positions than fit --test, without a word
+    import re as regex
+
+    from protrans_cli.heads.labels import read_labels
+
+    def with_second_mask(src, dst):
+        rng = np.random.default_rng(1)
+        with open(dst, "w", newline="") as fh:
+            fh.write("input, dssp3, dssp8, disorder, cb513_mask\n")
+            writer = csv.writer(fh)
+            for record in read_labels(src).records:
+                n = len(record.labels["ss3"])
+                writer.writerow([" ".join(record.sequence), " ".join(record.labels["ss3"]), " ".join(record.labels["ss8"]),
+                                 " ".join(["1.0"] * n), " ".join(rng.choice(["0.0", "1.0"], n))])
+
+    with_second_mask(ss_data / "train.csv", tmp_path / "train.csv")
+    with_second_mask(ss_data / "test.csv", tmp_path / "test.csv")
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", tmp_path / "train.csv",
+                "--mask-column", "disorder", "--mask-column", "cb513_mask", "--test", ss_data / "test.h5",
+                tmp_path / "test.csv", "--max-epochs", "1", "--bootstrap", "10", "-j", "1", "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    fitted = regex.search(r"test ss3: Q3 .*?(\d+) positions in", r.stderr).group(1)
+    r = run_cli("predict", tmp_path / "h", "--embeddings", ss_data / "test.h5", "--labels", tmp_path / "test.csv")
+    assert r.exit_code == 0 and regex.search(r"test ss3: Q3 .*?(\d+) positions in", r.stderr).group(1) == fitted
+    r = run_cli("predict", tmp_path / "h", "--embeddings", ss_data / "test.h5", "--labels", tmp_path / "test.csv",
+                "--mask-column", "disorder")
+    assert r.exit_code == 0 and "scoring with --mask-column disorder; the head was fit with disorder cb513_mask" \
+        in r.stderr
+    assert int(regex.search(r"test ss3: Q3 .*?(\d+) positions in", r.stderr).group(1)) > int(fitted)
+
+
 def test_predict_scores_the_test_records_of_a_file_that_declares_splits(run_cli, ss_data, one_epoch_ss3, tmp_path):
     """As a `fit --test` file: FLIP's sampled.fasta scored on embeddings of its SET=test records
     (what `labels --split test` writes) failed, its train and validation records having none."""
@@ -2036,3 +2094,18 @@ def test_predict_fasta_to_a_device_keeps_its_embeddings_elsewhere(run_cli, ss_da
                    "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
     r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "-o", os.devnull)
     assert r.exit_code == 0, r.stderr
+
+
+def test_dual_locations_taken_as_their_first_are_said(run_cli, loc_data, tmp_path):
+    # DeepLoc's 23 Cytoplasm-Nucleus proteins became Cytoplasm without a word under --dual first
+    # (the default); --dual skip said how many it left out
+    fasta = tmp_path / "dual.fasta"
+    text = (loc_data / "train.fasta").read_text()
+    fasta.write_text(text.replace(" Nucleus-", " Cytoplasm-Nucleus-", 3))
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", fasta, "--max-epochs", "1",
+                "-j", "1", "--bootstrap", "10", "-o", tmp_path / "h")
+    assert r.exit_code == 0 and f"{fasta}: 3 record(s) labelled Cytoplasm-Nucleus count as Cytoplasm (--dual first; " \
+        "--dual skip leaves them out)" in r.stderr, r.stderr
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", fasta, "--max-epochs", "1",
+                "-j", "1", "--bootstrap", "10", "--dual", "skip", "-o", tmp_path / "s")
+    assert r.exit_code == 0 and "count as Cytoplasm" not in r.stderr  # (their membrane labels still train)

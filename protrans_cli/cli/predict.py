@@ -46,8 +46,8 @@ from protrans_cli.heads.labels import FORMATS
               help="With --labels: directory for the metrics JSON and confusion-matrix PNGs.")
 @click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of --labels.")
 @click.option("--mask", "mask_path", type=INPUT_FILE, metavar="FILE", default=None, help="FLIP mask FASTA for --labels.")
-@click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
-              help="NetSurfP mask columns for --labels.")
+@click.option("--mask-column", "mask_columns", multiple=True, default=(),
+              help="NetSurfP mask columns for --labels.  [default: the head's, as fit recorded them (disorder)]")
 @click.option("--skip-mismatched", is_flag=True, help="With --labels: leave out labels without a matching embedding.")
 @click.option("--allow-model-mismatch", is_flag=True,
               help="Use embeddings from another model than the head was trained on (same dimension).")

@@ -106,6 +106,34 @@ def _source_kind(reader: EmbeddingsReader, kind: str) -> str:
     raise InputError(f"has no {kind} embeddings (it holds {', '.join(reader.kinds)}): {remedy}", path=reader.path)
 
 
+def item_checksums(path, items: list[Matched], kind: str) -> dict[str, str]:
+    """The stored sequence checksum of each item's embedding (those that have one), by item id."""
+    with EmbeddingsReader(path) as reader:
+        group = reader._group(_source_kind(reader, kind))
+        sums = {}
+        for item in items:
+            checksum = dataset_checksum_of(group, item.key)
+            if checksum is not None:
+                sums[item.id] = checksum
+    return sums
+
+
+def overlap_with_training(train_path, train_items: list[Matched], eval_path, eval_items: list[Matched],
+                          kind: str) -> tuple[list[str], list[str]]:
+    """The evaluation proteins that are also training proteins: (same id, same sequence under
+    another id). NetSurfP's sets share proteins (TS115 and CASP12 four), and a head validated or
+    tested on proteins it was trained on reports scores that are not independent of training."""
+    train_ids = {m.id for m in train_items}
+    same_id = [m.id for m in eval_items if m.id in train_ids]
+    others = [m for m in eval_items if m.id not in train_ids]
+    if not others:
+        return same_id, []
+    train_sums = set(item_checksums(train_path, train_items, kind).values())
+    eval_sums = item_checksums(eval_path, others, kind)
+    same_sequence = [m.id for m in others if eval_sums.get(m.id) in train_sums]
+    return same_id, same_sequence
+
+
 def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                  on_mismatch: str = "error") -> tuple[list[Matched], MatchReport]:
     """Pair every label record with its embedding, checked; see the module docstring."""

@@ -16,6 +16,7 @@ metrics and confusion matrices (also as metrics/<set>.<output>.png).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -33,12 +34,12 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, first_line,
                                  located, torch_load_problem)
-from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, report_unlabelled,
-                                     stored_layer_index, subset, warn_unfinished)
+from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, overlap_with_training,
+                                     report_unlabelled, stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
                                         save_confusion_png, save_scatter_png, spearman, summary_line)
-from protrans_cli.heads.tasks import IGNORE, Task, get_task
+from protrans_cli.heads.tasks import DUAL_LABELS, IGNORE, Task, get_task
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    folder_lock, holds_working_directory, is_inside, make_temporary,
                                    refuse_special_output, replace_directory, same_file, signals_held)
@@ -270,6 +271,17 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]):
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
+
+    for name, data, emb, _ in eval_sets:
+        same_id, same_sequence = overlap_with_training(embeddings, train.items, emb, data.items, task.kind)
+        if same_id or same_sequence:
+            found = [f"{len(same_id)} by id" if same_id else "", f"{len(same_sequence)} by an identical sequence"
+                     if same_sequence else ""]
+            console.warn(f"{name}: {len(same_id) + len(same_sequence)} of its {len(data.items)} proteins are in "
+                         f"the training set too ({', '.join(f for f in found if f)}: "
+                         f"{', '.join((same_id + same_sequence)[:3])}"
+                         f"{', ...' if len(same_id) + len(same_sequence) > 3 else ''}); their scores are not "
+                         "independent of training")
 
     if any(o.is_value for o in task.outputs):
         if config.class_weights:
@@ -553,8 +565,16 @@ def _read(config: FitConfig, path, *, evaluation: bool = False) -> LabelSet:
     """A label file as the fit's settings say. An evaluation set (--valid, --test) may be in another
     format than the training labels (train on FLIP's masked split, test on CB513's NetSurfP CSV):
     the FLIP --mask applies to it where it is FLIP-style and the mask holds its ids."""
-    return read_labels(path, config.label_format, mask_path=config.mask_path, mask_columns=config.mask_columns,
-                       mask_optional=evaluation)
+    label_set = read_labels(path, config.label_format, mask_path=config.mask_path,
+                            mask_columns=config.mask_columns, mask_optional=evaluation)
+    if config.dual == "first" and "loc" in get_task(config.task).output_names:
+        # (DeepLoc's 23 Cytoplasm-Nucleus proteins became Cytoplasm without a word; --dual skip said so)
+        dual = collections.Counter(value for r in label_set.records
+                       if (value := r.labels.get("loc", r.labels.get("label"))) in DUAL_LABELS)
+        for value, count in sorted(dual.items()):
+            console.info(f"{label_set.path}: {count} record(s) labelled {value} count as {DUAL_LABELS[value]} "
+                         "(--dual first; --dual skip leaves them out)")
+    return label_set
 
 
 def _outputs_with_labels(task: Task, train: ProteinData, labels) -> Task:

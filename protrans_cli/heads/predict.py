@@ -310,7 +310,7 @@ def _warn_extension(out, per_residue: bool) -> None:
 
 
 def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", mask_path=None,
-                  mask_columns=("disorder",), on_mismatch: str = "error", allow_model_mismatch: bool = False):
+                  mask_columns=None, on_mismatch: str = "error", allow_model_mismatch: bool = False):
     """The labels `evaluate_head` scores, read and matched to `embeddings`: (label set, matched
     items, match report). Separate so that `predict --labels` finds a bad label file before it
     writes any prediction. A file that assigns its records to splits (FLIP's SET=, a table's set
@@ -319,6 +319,14 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
     from protrans_cli.heads.model import load_head
 
     _, task, config = load_head(head_dir)
+    fitted = tuple((config.get("config") or {}).get("mask_columns") or ("disorder",))
+    if not mask_columns:
+        # The head's own (`fit --mask-column disorder --mask-column cb513_mask`): predict scored
+        # CB513 on disorder alone, 140,486 positions where fit --test had 83,427, without a word
+        mask_columns = fitted
+    elif tuple(mask_columns) != fitted:
+        console.info(f"scoring with --mask-column {' '.join(mask_columns)}; the head was fit with "
+                     f"{' '.join(fitted)}")
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))
@@ -360,7 +368,7 @@ def _check_max_residues(max_residues) -> None:
 
 @torch_threads()  # puts the caller's torch thread count back
 def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
-                  mask_columns=("disorder",), on_mismatch: str = "error", allow_model_mismatch: bool = False,
+                  mask_columns=None, on_mismatch: str = "error", allow_model_mismatch: bool = False,
                   n_boot: int | None = None, max_residues: int = 8192, threads: int | None = None,
                   device: str = "auto", scored=None, seed: int | None = None) -> dict:
     """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json/png if given.
