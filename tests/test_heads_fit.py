@@ -1271,7 +1271,7 @@ def test_evaluation_proteins_that_are_training_proteins_are_named(run_cli, ss_da
     # that are not independent of training, without a word
     import dataclasses
 
-    from protrans_cli.heads.data import load_data, overlap_with_training
+    from protrans_cli.heads.data import TrainingSet, load_data
     from protrans_cli.heads.labels import read_labels
 
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
@@ -1286,8 +1286,8 @@ def test_evaluation_proteins_that_are_training_proteins_are_named(run_cli, ss_da
 
     items = load_data(ss_data / "train.h5", read_labels(ss_data / "train.csv"), TASKS["ss3"])[0].items
     renamed = [dataclasses.replace(m, id=f"other{i}") for i, m in enumerate(items[:5])]
-    same_id, same_sequence = overlap_with_training(ss_data / "train.h5", items, ss_data / "train.h5", renamed,
-                                                   "per_residue")
+    same_id, same_sequence = TrainingSet(ss_data / "train.h5", items, "per_residue").overlap(ss_data / "train.h5",
+                                                                                            renamed)
     assert same_id == [] and same_sequence == [f"other{i}" for i in range(5)]
 
 

@@ -118,20 +118,27 @@ def item_checksums(path, items: list[Matched], kind: str) -> dict[str, str]:
     return sums
 
 
-def overlap_with_training(train_path, train_items: list[Matched], eval_path, eval_items: list[Matched],
-                          kind: str) -> tuple[list[str], list[str]]:
-    """The evaluation proteins that are also training proteins: (same id, same sequence under
-    another id). NetSurfP's sets share proteins (TS115 and CASP12 four), and a head validated or
-    tested on proteins it was trained on reports scores that are not independent of training."""
-    train_ids = {m.id for m in train_items}
-    same_id = [m.id for m in eval_items if m.id in train_ids]
-    others = [m for m in eval_items if m.id not in train_ids]
-    if not others:
-        return same_id, []
-    train_sums = set(item_checksums(train_path, train_items, kind).values())
-    eval_sums = item_checksums(eval_path, others, kind)
-    same_sequence = [m.id for m in others if eval_sums.get(m.id) in train_sums]
-    return same_id, same_sequence
+class TrainingSet:
+    """The training proteins' ids and (read once, when first needed) stored sequence checksums,
+    to find evaluation proteins that are training proteins too (`overlap`)."""
+
+    def __init__(self, path, items: list[Matched], kind: str):
+        self.path, self.items, self.kind = path, items, kind
+        self.ids = {m.id for m in items}
+        self._sums: set[str] | None = None
+
+    def overlap(self, eval_path, eval_items: list[Matched]) -> tuple[list[str], list[str]]:
+        """(same id, same sequence under another id). NetSurfP's sets share proteins (TS115 and
+        CASP12 four), and a head validated or tested on proteins it was trained on reports scores
+        that are not independent of training."""
+        same_id = [m.id for m in eval_items if m.id in self.ids]
+        others = [m for m in eval_items if m.id not in self.ids]
+        if not others:
+            return same_id, []
+        if self._sums is None:
+            self._sums = set(item_checksums(self.path, self.items, self.kind).values())
+        eval_sums = item_checksums(eval_path, others, self.kind)
+        return same_id, [m.id for m in others if eval_sums.get(m.id) in self._sums]
 
 
 def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,

@@ -34,7 +34,7 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, first_line,
                                  located, torch_load_problem)
-from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, load_data, overlap_with_training,
+from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
@@ -272,8 +272,9 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
 
+    trained_on = TrainingSet(embeddings, train.items, task.kind)
     for name, data, emb, _ in eval_sets:
-        same_id, same_sequence = overlap_with_training(embeddings, train.items, emb, data.items, task.kind)
+        same_id, same_sequence = trained_on.overlap(emb, data.items)
         if same_id or same_sequence:
             found = [f"{len(same_id)} by id" if same_id else "", f"{len(same_sequence)} by an identical sequence"
                      if same_sequence else ""]
