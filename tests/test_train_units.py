@@ -164,6 +164,55 @@ print("same")
     assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-2000:]
 
 
+def test_a_library_caller_that_stops_early_exits_and_workers_die_with_their_parent(tmp_path):
+    # step_batches with workers, left unclosed: the process hung at exit in multiprocessing's
+    # handler (the workers ignore SIGTERM); and workers of a killed trainer lived on under PID 1
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"""
+import os, sys
+sys.path.insert(0, {str(DATA.parent)!r})
+from test_train_units import _stream
+from protrans_cli.training.data import step_batches
+batches = step_batches(_stream(max_epochs=50), num_workers=2)
+next(batches)
+print(os.getpid(), flush=True)
+if sys.argv[1] == "hang":
+    import time; time.sleep(60)
+"""
+    proc = subprocess.run([sys.executable, "-c", code, "exit"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if not sys.platform.startswith("linux"):
+        return
+    proc = subprocess.Popen([sys.executable, "-c", code, "hang"], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    parent = int(proc.stdout.readline())
+    children = [int(c) for c in open(f"/proc/{parent}/task/{parent}/children").read().split()]
+    assert children
+    os.kill(parent, signal.SIGKILL)
+    proc.wait()
+
+    def alive():  # (a zombie is dead: its parent, here PID 1, has not reaped it yet)
+        running = []
+        for child in children:
+            try:
+                state = open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                running.append(child)
+        return running
+
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive()
+
+
 def test_workers_where_there_is_no_fork_are_a_usage_error(monkeypatch):
     import multiprocessing
 

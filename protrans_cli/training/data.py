@@ -443,6 +443,24 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the process that forked it dies. A worker ignores
+    SIGTERM (above), so one whose trainer was killed (SIGKILL, the OOM killer) stayed alive under
+    PID 1, reading the corpus for nobody."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no libc prctl: the worker outlives a killed parent, as before
+        pass
 
 
 def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBatch]:
@@ -487,6 +505,12 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
                                          generator=torch.Generator().manual_seed(seed),
                                          multiprocessing_context=multiprocessing.get_context("fork"))
     iterator = iter(loader)
+    # A library caller that stops iterating without closing this generator left the workers to
+    # multiprocessing's exit handler, which waits for them forever (they ignore SIGTERM): shut
+    # down at exit too, before that handler (atexit runs the later registration first).
+    import weakref
+
+    at_exit = weakref.finalize(iterator, iterator._shutdown_workers)
     try:
         for item in iterator:
             if isinstance(item, ProtransError):
@@ -495,4 +519,4 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     finally:
         # Now, not at exit: the workers ignore SIGTERM, so multiprocessing's exit handler
         # (terminate, then join) waited for them forever after an error.
-        iterator._shutdown_workers()
+        at_exit()
