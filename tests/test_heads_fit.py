@@ -1286,8 +1286,7 @@ def test_evaluation_proteins_that_are_training_proteins_are_named(run_cli, ss_da
 
     items = load_data(ss_data / "train.h5", read_labels(ss_data / "train.csv"), TASKS["ss3"])[0].items
     renamed = [dataclasses.replace(m, id=f"other{i}") for i, m in enumerate(items[:5])]
-    same_id, same_sequence = TrainingSet(ss_data / "train.h5", items, "per_residue").overlap(ss_data / "train.h5",
-                                                                                            renamed)
+    same_id, same_sequence = TrainingSet(items).overlap(renamed)
     assert same_id == [] and same_sequence == [f"other{i}" for i in range(5)]
 
 

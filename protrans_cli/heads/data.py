@@ -39,6 +39,7 @@ class Matched:
     key: str  # the dataset key in the embeddings file
     length: int  # residues
     targets: dict  # output -> (L,) int64 per residue, or int per protein
+    checksum: str | None = None  # the sequence checksum embed stored with it (None: a file without)
 
 
 @dataclass
@@ -106,39 +107,20 @@ def _source_kind(reader: EmbeddingsReader, kind: str) -> str:
     raise InputError(f"has no {kind} embeddings (it holds {', '.join(reader.kinds)}): {remedy}", path=reader.path)
 
 
-def item_checksums(path, items: list[Matched], kind: str) -> dict[str, str]:
-    """The stored sequence checksum of each item's embedding (those that have one), by item id."""
-    with EmbeddingsReader(path) as reader:
-        group = reader._group(_source_kind(reader, kind))
-        sums = {}
-        for item in items:
-            checksum = dataset_checksum_of(group, item.key)
-            if checksum is not None:
-                sums[item.id] = checksum
-    return sums
-
-
 class TrainingSet:
-    """The training proteins' ids and (read once, when first needed) stored sequence checksums,
-    to find evaluation proteins that are training proteins too (`overlap`)."""
+    """The training proteins' ids and stored sequence checksums (read when the labels were
+    matched), to find evaluation proteins that are training proteins too (`overlap`)."""
 
-    def __init__(self, path, items: list[Matched], kind: str):
-        self.path, self.items, self.kind = path, items, kind
+    def __init__(self, items: list[Matched]):
         self.ids = {m.id for m in items}
-        self._sums: set[str] | None = None
+        self.checksums = {m.checksum for m in items if m.checksum is not None}
 
-    def overlap(self, eval_path, eval_items: list[Matched]) -> tuple[list[str], list[str]]:
+    def overlap(self, eval_items: list[Matched]) -> tuple[list[str], list[str]]:
         """(same id, same sequence under another id). NetSurfP's sets share proteins (TS115 and
         CASP12 four), and a head validated or tested on proteins it was trained on reports scores
         that are not independent of training."""
         same_id = [m.id for m in eval_items if m.id in self.ids]
-        others = [m for m in eval_items if m.id not in self.ids]
-        if not others:
-            return same_id, []
-        if self._sums is None:
-            self._sums = set(item_checksums(self.path, self.items, self.kind).values())
-        eval_sums = item_checksums(eval_path, others, self.kind)
-        return same_id, [m.id for m in others if eval_sums.get(m.id) in self._sums]
+        return same_id, [m.id for m in eval_items if m.id not in self.ids and m.checksum in self.checksums]
 
 
 def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
@@ -206,7 +188,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             length = label_length or 0
         report.by_checksum += via_checksum
         taken.add(key)
-        matched.append(Matched(record.id, key, length, targets))
+        matched.append(Matched(record.id, key, length, targets, stored))
     report.matched = len(matched)
     # (the keys of records without a label are said so here, not again as "no label in FILE")
     report.unlabelled = keys - {m.key for m in matched} - {named[i] for i in report.no_label}

@@ -272,9 +272,9 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
 
-    trained_on = TrainingSet(embeddings, train.items, task.kind)
+    trained_on = TrainingSet(train.items)
     for name, data, emb, _ in eval_sets:
-        same_id, same_sequence = trained_on.overlap(emb, data.items)
+        same_id, same_sequence = trained_on.overlap(data.items)
         if same_id or same_sequence:
             found = [f"{len(same_id)} by id" if same_id else "", f"{len(same_sequence)} by an identical sequence"
                      if same_sequence else ""]
