@@ -16,6 +16,14 @@ import torch
 from protrans_cli.errors import UsageError
 
 
+def _loss_of(closure):
+    """The loss a step's closure recomputes (torch's optimizer protocol), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Lamb(torch.optim.Optimizer):
     """LAMB: Adam's update rescaled per parameter tensor by ||w|| / ||update|| (the trust ratio)."""
 
@@ -26,10 +34,7 @@ class Lamb(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _loss_of(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -117,10 +122,7 @@ class Adafactor(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _loss_of(closure)
         for group in self.param_groups:
             lr = group["lr"]
             for p in group["params"]:
