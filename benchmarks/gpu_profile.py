@@ -273,7 +273,8 @@ def train_step_profile(args, one_step, tokens_per_step: int, steps: int = 3) -> 
     if cuda:
         # (not the GPU-side user annotations, e.g. Optimizer.step's range: they span kernels counted
         # already, and "device busy" overstated the step's kernel time)
-        kernels = [e for e in averages if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
+        kernels = [e for e in averages
+                   if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
         busy = sum(e.self_device_time_total for e in kernels) / 1e6 / steps  # us -> s
         launches = sum(e.count for e in averages if "LaunchKernel" in e.key or "cudaLaunch" in e.key) / steps
         lines.append(f"train step profile: device busy {busy * 1e3:.1f} ms per step ({100 * busy / wall:.0f}% of "

@@ -56,8 +56,9 @@ from protrans_cli.heads.labels import FORMATS
               help="CPU threads for torch (default: $PROTRANS_THREADS, else min(cores, 4)).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
-def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overlap, output, probabilities, head_output, labels, metrics_dir, label_format,
-            mask_path, mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device):
+def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overlap, output, probabilities,
+            head_output, labels, metrics_dir, label_format, mask_path, mask_columns, skip_mismatched,
+            allow_model_mismatch, max_residues, threads, device):
     """Apply a trained head to embeddings.
 
     \b
@@ -71,7 +72,8 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         raise UsageError("give --embeddings (an HDF5 file from embed) or --fasta (sequences), one of them")
     if model is not None and fasta is None:
         raise UsageError("--model goes with --fasta (--embeddings were already made by a model)")
-    for given, flag in ((max_length, "--max-length"), (long_policy, "--long-policy"), (chunk_overlap, "--chunk-overlap")):
+    for given, flag in ((max_length, "--max-length"), (long_policy, "--long-policy"),
+                        (chunk_overlap, "--chunk-overlap")):
         if given is not None and fasta is None:
             raise UsageError(f"{flag} goes with --fasta (--embeddings were already made)")
     if output is None and labels is None:
