@@ -283,6 +283,9 @@ class InputScan:
         return i < len(self.repeated) and self.repeated[i] == digest
 
 
+_SAY_FIRST_PASS_BYTES = 256 << 20  # inputs from which the first pass is announced
+
+
 def scan_input(source, name: str) -> InputScan:
     """The first streaming pass: every record is parsed and normalised (so unusable sequences
     fail before any computation) and duplicate ids are refused, keeping only an 8-byte digest of
@@ -904,6 +907,11 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     spool = _spool_input(output, fasta) if streamed else None
     try:
         source = spool or fasta
+        with contextlib.suppress(OSError):
+            if os.path.getsize(source) >= _SAY_FIRST_PASS_BYTES:
+                # (a silent minute per GB of FASTA before the model even loads: ~10 minutes for
+                # 50 million proteins)
+                console.info(f"reading {name}: checking every record and id before embedding")
         scan = scan_input(source, name)
         summary = EmbedSummary(output=output, num_records=scan.num_records)
         dist = _setup_distributed(options.device) if distributed else _Dist()

@@ -1838,3 +1838,15 @@ def test_damage_met_while_adding_to_a_resumed_file_is_one_line(tmp_path, monkeyp
     assert last.startswith(f"protrans: error: {out}.partial: cannot add protein ") and last.endswith(
         " to this resumed file: Unable to synchronously create dataset (incorrect metadata checksum after all read "
         "attempts); the file is damaged: delete it to start again")
+
+
+def test_a_large_inputs_first_pass_is_announced(tmp_path, monkeypatch, capsys):
+    # A silent minute per GB of FASTA before the model loads (some ten minutes for 50 million
+    # proteins): from 256 MiB on, a line says what is happening
+    from protrans_cli import embed as embed_module
+
+    embed(SMALL, tmp_path / "a.h5", EmbedOptions(model="onehot"))
+    assert "checking every record and id" not in capsys.readouterr().err
+    monkeypatch.setattr(embed_module, "_SAY_FIRST_PASS_BYTES", 1)
+    embed(SMALL, tmp_path / "b.h5", EmbedOptions(model="onehot"))
+    assert f"reading {SMALL}: checking every record and id before embedding" in capsys.readouterr().err
