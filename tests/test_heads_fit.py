@@ -2108,3 +2108,23 @@ def test_dual_locations_taken_as_their_first_are_said(run_cli, loc_data, tmp_pat
     r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", fasta, "--max-epochs", "1",
                 "-j", "1", "--bootstrap", "10", "--dual", "skip", "-o", tmp_path / "s")
     assert r.exit_code == 0 and "count as Cytoplasm" not in r.stderr  # (their membrane labels still train)
+
+
+def test_a_head_fit_without_a_mask_is_scored_without_one(ss_data, tmp_path):
+    # mask_columns=() (no mask) was taken for "not given" and became disorder: a NetSurfP-style
+    # file without that column then failed ("has no mask column disorder")
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.predict import evaluate_head
+
+    for name in ("train", "test"):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as fh:
+            fh.write("input, dssp3, dssp8\n")
+            for record in read_labels(ss_data / f"{name}.csv").records:
+                csv.writer(fh).writerow([" ".join(record.sequence), " ".join(record.labels["ss3"]),
+                                         " ".join(record.labels["ss8"])])
+    head = tmp_path / "h"
+    fit(FitConfig(task="ss3", max_epochs=1, max_residues=300, threads=1, n_bootstrap=10, mask_columns=()),
+        ss_data / "train.h5", tmp_path / "train.csv", head)
+    for columns in (None, ()):
+        scores = evaluate_head(head, ss_data / "test.h5", tmp_path / "test.csv", mask_columns=columns)
+        assert scores["ss3"]["accuracy"] >= 0

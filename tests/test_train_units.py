@@ -174,7 +174,8 @@ def test_a_library_caller_that_stops_early_exits_and_workers_die_with_their_pare
     import time
 
     code = f"""
-import os, sys
+import os, sys, tempfile
+scratch = tempfile.TemporaryDirectory()  # a weakref.finalize made first: one at exit fired too late
 sys.path.insert(0, {str(DATA.parent)!r})
 from test_train_units import _stream
 from protrans_cli.training.data import step_batches

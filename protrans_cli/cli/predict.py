@@ -131,11 +131,12 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
                                                long_policy=long_policy, max_length=max_length,
                                                chunk_overlap=chunk_overlap)
             _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format,
-                 mask_path, mask_columns, skip_mismatched, allow_model_mismatch or model is not None,
+                 mask_path, mask_columns or None, skip_mismatched, allow_model_mismatch or model is not None,
                  max_residues, threads, device, order)
         return
+    # (no --mask-column: None, the head's own columns)
     _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
-         mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device, None)
+         mask_columns or None, skip_mismatched, allow_model_mismatch, max_residues, threads, device, None)
 
 
 def _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,

@@ -319,14 +319,15 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
     from protrans_cli.heads.model import load_head
 
     _, task, config = load_head(head_dir)
-    fitted = tuple((config.get("config") or {}).get("mask_columns") or ("disorder",))
-    if not mask_columns:
+    recorded = (config.get("config") or {}).get("mask_columns")
+    fitted = ("disorder",) if recorded is None else tuple(recorded)  # ([]: fit without a mask)
+    if mask_columns is None:
         # The head's own (`fit --mask-column disorder --mask-column cb513_mask`): predict scored
         # CB513 on disorder alone, 140,486 positions where fit --test had 83,427, without a word
         mask_columns = fitted
     elif tuple(mask_columns) != fitted:
-        console.info(f"scoring with --mask-column {' '.join(mask_columns)}; the head was fit with "
-                     f"{' '.join(fitted)}")
+        console.info(f"scoring with --mask-column {' '.join(mask_columns) or '(none)'}; the head was fit with "
+                     f"{' '.join(fitted) or 'no mask column'}")
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         label_set = read_labels(labels, label_format, mask_path=mask_path, mask_columns=tuple(mask_columns))

@@ -507,10 +507,11 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     iterator = iter(loader)
     # A library caller that stops iterating without closing this generator left the workers to
     # multiprocessing's exit handler, which waits for them forever (they ignore SIGTERM): shut
-    # down at exit too, before that handler (atexit runs the later registration first).
-    import weakref
+    # down at exit too, before that handler (atexit runs the later registration first; not
+    # through weakref.finalize, whose one atexit hook may predate multiprocessing's).
+    import atexit
 
-    at_exit = weakref.finalize(iterator, iterator._shutdown_workers)
+    atexit.register(iterator._shutdown_workers)
     try:
         for item in iterator:
             if isinstance(item, ProtransError):
@@ -519,4 +520,5 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     finally:
         # Now, not at exit: the workers ignore SIGTERM, so multiprocessing's exit handler
         # (terminate, then join) waited for them forever after an error.
-        at_exit()
+        atexit.unregister(iterator._shutdown_workers)
+        iterator._shutdown_workers()
