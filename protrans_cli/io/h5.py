@@ -305,12 +305,23 @@ class EmbeddingsReader:
         return self.dataset(ident, kind)[()]
 
     def items(self, kind: str = PER_RESIDUE) -> Iterator[tuple[str, np.ndarray, dict]]:
+        """(id, array, attributes) of every protein, through h5py's low-level calls: its
+        dictionary interface cost about 3x a plain h5py loop (375 us a protein)."""
+        import h5py
+
         group = self._group(kind)
         for key in self.keys(kind):
-            open_local(group, key.encode("utf-8"), data=True)
-            ds = group[key]
-            attrs = {k: _plain(v) for k, v in ds.attrs.items()}
-            yield dataset_id(key, attrs), ds[()], attrs
+            obj = open_local(group, key.encode("utf-8"), data=True)
+            if isinstance(obj, h5py.h5d.DatasetID):
+                names: list[bytes] = []
+                h5py.h5a.iterate(obj, names.append)  # (None returned: on to the next)
+                attrs = {name.decode("utf-8"): _plain(read_attr(obj, name.decode("utf-8"))) for name in names}
+                values = read_array(group, key, obj)
+            else:  # (not a dataset: h5py's own view of it, as before)
+                ds = group[key]
+                attrs = {k: _plain(v) for k, v in ds.attrs.items()}
+                values = ds[()]
+            yield dataset_id(key, attrs), values, attrs
 
     def checksums(self, kind: str = PER_RESIDUE) -> dict[str, str]:
         """checksum -> id, for matching label files that carry only sequences."""
