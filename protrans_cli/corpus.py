@@ -132,11 +132,13 @@ class CorpusOptions:
             raise UsageError(f"--shard-size must be positive, got {self.shard_size}")
         if self.num_shards > 1 and self.shard_size is not None:
             raise UsageError("--shards and --shard-size cannot be combined: choose one")
-        if self.sharded and (self.output is None or str(self.output) == "-" or special_output(self.output)):
+        if self.sharded:
             # (-o /dev/stdout: the shards were files /dev/stdout.00000.txt ..., nothing on stdout)
-            raise UsageError("sharding needs -o FILE (shard names are made from it)"
-                             + ("" if self.output is None or str(self.output) == "-"
-                                else f"; {self.output} {special_output(self.output)}"))
+            to_stdout = self.output is None or str(self.output) == "-"
+            problem = None if to_stdout else special_output(self.output)
+            if to_stdout or problem:
+                raise UsageError("sharding needs -o FILE (shard names are made from it)"
+                                 + (f"; {self.output} {problem}" if problem else ""))
         outputs = {"-o": "-" if self.output is None else str(self.output), "--valid-output": self.valid_output,
                    "--rejects": self.rejects, "--stats": self.stats}
         outputs = {flag: str(path) for flag, path in outputs.items() if path is not None}

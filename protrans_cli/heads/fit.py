@@ -275,14 +275,13 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     trained_on = TrainingSet(train.items)
     for name, data, emb, _ in eval_sets:
         same_id, same_sequence = trained_on.overlap(data.items)
-        if same_id or same_sequence:
-            found = [f"{len(same_id)} by id" if same_id else "", f"{len(same_sequence)} by an identical sequence"
-                     if same_sequence else ""]
-            console.warn(f"{name}: {len(same_id) + len(same_sequence)} of its {len(data.items)} proteins are in "
-                         f"the training set too ({', '.join(f for f in found if f)}: "
-                         f"{', '.join((same_id + same_sequence)[:3])}"
-                         f"{', ...' if len(same_id) + len(same_sequence) > 3 else ''}); their scores are not "
-                         "independent of training")
+        both = same_id + same_sequence
+        if both:
+            found = ", ".join(([f"{len(same_id)} by id"] if same_id else [])
+                              + ([f"{len(same_sequence)} by an identical sequence"] if same_sequence else []))
+            console.warn(f"{name}: {len(both)} of its {len(data.items)} proteins are in the training set too ({found}: "
+                         f"{', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); their scores are not independent "
+                         "of training")
 
     if any(o.is_value for o in task.outputs):
         if config.class_weights:

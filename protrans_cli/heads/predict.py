@@ -130,7 +130,6 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
         ids = [record.id for record in parse_fasta(stream, shown)]
     per_residue = kind == PER_RESIDUE
     recorded = config.get("embedding", {})
-    long = {}
     # A proteome with one protein beyond the model's limit failed, and predict had no option to
     # say what to do with it: the training embeddings' policy, at their length, unless replaced.
     from_record = long_policy is None and recorded.get("long_policy", "error") != "error"
@@ -143,12 +142,8 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     if from_record:
         limit = f"{max_length} residues" if max_length else "the model's limit"
         console.info(f"proteins over {limit}: --long-policy {long_policy}, as in the head's training embeddings")
-    if long_policy is not None:
-        long["long_policy"] = long_policy
-    if max_length is not None:
-        long["max_length"] = max_length
-    if chunk_overlap is not None:
-        long["chunk_overlap"] = chunk_overlap
+    given = dict(long_policy=long_policy, max_length=max_length, chunk_overlap=chunk_overlap)
+    long = {k: v for k, v in given.items() if v is not None}
     options = EmbedOptions(model=name, per_residue=per_residue, per_protein=not per_residue,
                            layers=(head_layer(config),), device=device, threads=threads, **long)
     output = directory / "embeddings.h5"

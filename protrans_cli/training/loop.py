@@ -527,7 +527,6 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
                              f"({', '.join(later)}): they belong to the run continued from there; move or "
                              "delete them to resume from this one")
-        phases = config.resolved_phases()
         ckpt.check_phase_position(where, phases, state["step"], state["data_phase"])
         dist.print0(f"train: resuming from {where} (step {state['step']})")
 
