@@ -263,6 +263,72 @@ def test_stream_resumes_from_a_saved_position():
     assert full[:18] != full[18:36]  # a new epoch reshuffles
 
 
+def _corrupt_line(path, lineno: int) -> None:
+    """Replace the residues of one line by as many digits (same size: the file's offsets hold)."""
+    lines = path.read_bytes().split(b"\n")
+    lines[lineno - 1] = re.sub(rb"[A-Z]", b"7", lines[lineno - 1])
+    path.write_bytes(b"\n".join(lines))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_resumed_stream_reads_from_the_saved_byte_not_from_the_beginning(tmp_path, compress):
+    # A checkpoint's data position names the file and byte of its buffer, so a resume deep into
+    # a large corpus (every process re-read it up to there: minutes for UniRef50, an hour for
+    # BFD) starts reading there. The proof: lines before that byte, spoiled after the state was
+    # taken, are never read (reading them is an error); the batches are those of the whole run.
+    import gzip
+    import shutil
+
+    first, second = tmp_path / "a.txt", tmp_path / ("b.txt.gz" if compress else "b.txt")
+    shutil.copy(LEARNABLE, first)
+    text = open(LEARNABLE, "rb").read()
+    second.write_bytes(gzip.compress(text) if compress else text)
+    paths = [str(first), str(second)]
+    epoch = [_indices(sb) for sb in _stream(paths, max_epochs=1)]  # 600 proteins, 37 steps
+    it = iter(_stream(paths))
+    for _ in range(20):  # 20 steps of 16 proteins (64-protein buffers): 20 proteins into the second file
+        sb = next(it)
+    state = StreamState.from_dict(torch.load(_saved(tmp_path, sb.state_after.to_dict()), weights_only=True))
+    assert state == sb.state_after and state.at.file == 1 and state.at.line > 1
+    assert state.at.proteins == state.buffer_start == 320
+    _corrupt_line(first, 1)
+    if compress:  # (its offsets count decompressed bytes)
+        second.write_bytes(gzip.compress(text.replace(b"L L L L A", b"7 L L L A", 1)))
+    else:
+        _corrupt_line(second, 1)
+    resumed = _stream(paths, state=state)
+    resumed = iter(resumed)
+    assert [_indices(sb) for _, sb in zip(range(len(epoch) - 20), resumed)] == epoch[20:]
+    with pytest.raises(InputError, match="a.txt:1"):  # the next epoch starts at the spoilt line
+        list(resumed)
+
+
+def _saved(tmp_path, obj):
+    torch.save(obj, tmp_path / "state.pt")
+    return tmp_path / "state.pt"
+
+
+def test_a_position_that_is_not_this_corpus_s_falls_back_to_counting_proteins():
+    from protrans_cli.training.data import Cursor, iter_proteins
+
+    every = list(iter_proteins([LEARNABLE]))
+    cursor = Cursor()
+    it = iter_proteins([LEARNABLE], cursor=cursor)
+    for _ in range(100):
+        next(it)
+    good = cursor.copy()
+    assert list(iter_proteins([LEARNABLE], good)) == every[100:]
+    # off by a byte (the middle of a line), past the end, a file the corpus does not have
+    for bad in (Cursor(0, good.offset - 2, good.line, 100), Cursor(0, 10 ** 9, 5, 100), Cursor(3, 10, 1, 100)):
+        assert list(iter_proteins([LEARNABLE], bad)) == every[100:]
+    # a checkpoint of an earlier version (no cursor), and a new phase's (a cursor before the buffer)
+    old = StreamState(0, 64, 2)
+    assert StreamState.from_dict(old.to_dict()) == old and "at" not in old.to_dict()
+    behind = StreamState(0, 128, 0, good)  # good.proteins = 100
+    assert [_indices(sb) for sb, _ in zip(_stream(state=behind), range(6))] == \
+        [_indices(sb) for sb, _ in zip(_stream(state=StreamState(0, 128, 0)), range(6))]
+
+
 def test_corpus_errors_name_the_problem(tmp_path):
     with pytest.raises(InputError, match=r"invalid_residue.txt:5.*'7'"):
         list(_stream([str(TRAIN / "invalid_residue.txt")], global_batch_size=5, micro_batch_size=5, max_length=500, max_epochs=1))

@@ -16,12 +16,14 @@ protein gets the same crop and mask whichever rank, worker or resume reads it, a
 every epoch. Every rank scans the text of the whole stream (cheap) and tokenizes only its own
 proteins; DataLoader workers split the global batches of a rank between them.
 
-The position in the stream (epoch, first protein of the current buffer, batches done in it) is
-part of every checkpoint, so a resumed run sees exactly the batches it would have seen.
+The position in the stream (epoch, first protein of the current buffer, batches done in it, and
+the file and byte where that buffer begins) is part of every checkpoint, so a resumed run sees
+exactly the batches it would have seen, reading from that byte on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -131,17 +133,73 @@ _BLANK = b" \t\r\n\v\f"
 _LINE_BYTES = _RESIDUE_LETTERS.encode() + _BLANK
 
 
-def iter_proteins(paths) -> Iterator[tuple[str, int, str]]:
-    """(path, line number, residues without spaces) for every protein of every shard in order.
+@dataclass
+class Cursor:
+    """A place in the corpus stream: after its first `proteins` proteins, at byte `offset` of
+    the (decompressed) text of file number `file`, `line` lines into that file. A checkpoint
+    keeps one, so that a resume opens the file it names at that byte rather than reading the
+    whole corpus up to it."""
+
+    file: int = 0
+    offset: int = 0
+    line: int = 0
+    proteins: int = 0
+
+    def copy(self) -> "Cursor":
+        return Cursor(self.file, self.offset, self.line, self.proteins)
+
+
+class _StalePosition(Exception):
+    """A cursor that does not fall at the start of a line of its file: not this corpus's."""
+
+
+def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = None) -> Iterator[tuple[str, int, str]]:
+    """(path, line number, residues without spaces) for every protein of every shard in order,
+    from protein `start.proteins` on when `start` is given (read from its byte when that byte
+    begins a line of its file; otherwise, a position of another corpus, by reading and
+    counting from the beginning). `cursor`, when given, is kept at the place after the protein
+    last yielded.
 
     Every line is checked whole as it is read (one C-level pass, on every rank alike, so all
     ranks stop at the same bad line): a character that is not a residue letter is an error
     naming the file, line and residue position, whichever part of the protein a crop would keep."""
+    paths = list(paths)
+    cursor = cursor if cursor is not None else Cursor()
+    reader = _read_proteins(paths, start or Cursor(), cursor)
+    try:
+        first = next(reader)
+    except StopIteration:
+        return
+    except _StalePosition:
+        reader = _read_proteins(paths, Cursor(), cursor)
+        for _ in range(start.proteins):
+            if next(reader, None) is None:
+                return
+        first = next(reader, None)
+        if first is None:
+            return
+    yield first
+    yield from reader
+
+
+def _read_proteins(paths: list, start: Cursor, cursor: Cursor) -> Iterator[tuple[str, int, str]]:
     from protrans_cli.io.files import open_input
 
-    for path in paths:
+    if start.file > 0 and start.file >= len(paths):
+        raise _StalePosition
+    cursor.proteins = start.proteins
+    for index in range(start.file, len(paths)):
+        path = paths[index]
         with open_input(path) as stream:
-            for lineno, raw in enumerate(stream, 1):
+            offset = lineno = 0
+            if index == start.file and start.offset:
+                if not _skip_to(stream, start.offset):
+                    raise _StalePosition
+                offset, lineno = start.offset, start.line
+            cursor.file, cursor.offset, cursor.line = index, offset, lineno
+            for raw in stream:
+                lineno += 1
+                offset += len(raw)
                 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as prep and labels take it
                     raw = raw[3:]
                 if b"\r" in raw and b"\r" in raw.rstrip(b"\r\n"):
@@ -152,7 +210,25 @@ def iter_proteins(paths) -> Iterator[tuple[str, int, str]]:
                     raise _invalid_line(str(path), lineno, raw)
                 text = raw.translate(None, _BLANK).decode("latin-1")
                 if text:
+                    cursor.offset, cursor.line = offset, lineno
+                    cursor.proteins += 1
                     yield str(path), lineno, text
+
+
+def _skip_to(stream, offset: int) -> bool:
+    """Move `stream` to byte `offset`; whether the byte before it ends a line. A plain file
+    seeks; a compressed one is decompressed up to there (no line splitting or checking)."""
+    if stream.seekable():
+        stream.seek(offset - 1)
+        return stream.read(1) == b"\n"
+    left, last = offset, b""
+    while left:
+        chunk = stream.read(min(left, 1 << 22))
+        if not chunk:
+            return False
+        left -= len(chunk)
+        last = chunk[-1:]
+    return last == b"\n"
 
 
 def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
@@ -263,18 +339,28 @@ def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluate
 
 @dataclass
 class StreamState:
-    """Where the stream is: the epoch, the first protein of the current buffer, batches done in it."""
+    """Where the stream is: the epoch, the first protein of the current buffer, batches done in
+    it, and `at`, a cursor at or before that protein (None: read from the corpus's beginning;
+    the checkpoints of earlier versions have none)."""
 
     epoch: int = 0
     buffer_start: int = 0
     batches_done: int = 0
+    at: Cursor | None = None
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "buffer_start": self.buffer_start, "batches_done": self.batches_done}
+        d = {"epoch": self.epoch, "buffer_start": self.buffer_start, "batches_done": self.batches_done}
+        if self.at is not None:
+            d["at"] = dataclasses.asdict(self.at)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "StreamState":
-        return cls(**d) if d else cls()
+        if not d:
+            return cls()
+        d = dict(d)
+        at = d.pop("at", None)
+        return cls(**d, at=Cursor(**at) if at else None)
 
 
 @dataclass
@@ -322,16 +408,21 @@ class CorpusStream:
 
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        state = StreamState(**self.state.to_dict())
+        state = StreamState.from_dict(self.state.to_dict())
         counter = 0  # global batches seen by this rank, to split them between workers
         buffer_size = self.global_batch_size * self.bucket_batches
         while self.max_epochs is None or state.epoch < self.max_epochs:
             produced = 0
-            stream = iter_proteins(self.paths)
-            skipped = 0
+            # From the saved cursor (a resume, a new phase): the file and byte it names, then
+            # the proteins between it and the buffer's first (none, but after a phase change).
+            start = state.at if state.at is not None and state.at.proteins <= state.buffer_start else None
+            cursor = Cursor()
+            stream = iter_proteins(self.paths, start, cursor)
+            skipped = start.proteins if start is not None else 0
             while skipped < state.buffer_start and next(stream, None) is not None:
                 skipped += 1
             while True:
+                at = cursor.copy()  # the buffer's first protein
                 buffer = []
                 for item in stream:
                     buffer.append(item)
@@ -340,13 +431,13 @@ class CorpusStream:
                 batches = self._plan_buffer(buffer, state)
                 for b in range(state.batches_done, len(batches)):
                     produced += 1
-                    after = StreamState(state.epoch, state.buffer_start, b + 1)
+                    after = StreamState(state.epoch, state.buffer_start, b + 1, at)
                     if b + 1 == len(batches):
-                        after = StreamState(state.epoch, state.buffer_start + len(buffer), 0)
+                        after = StreamState(state.epoch, state.buffer_start + len(buffer), 0, cursor.copy())
                     if counter % num_workers == worker:
                         yield self._step_batch(batches[b], buffer, state, after)
                     counter += 1
-                state = StreamState(state.epoch, state.buffer_start + len(buffer), 0)
+                state = StreamState(state.epoch, state.buffer_start + len(buffer), 0, cursor.copy())
                 if len(buffer) < buffer_size:
                     break
             if produced == 0 and state.buffer_start < self.global_batch_size:

@@ -600,7 +600,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
             if data_state.batches_done:
                 prev = phases[data_phase]
                 data_state = StreamState(data_state.epoch,
-                                         data_state.buffer_start + prev.global_batch_size * config.bucket_batches, 0)
+                                         data_state.buffer_start + prev.global_batch_size * config.bucket_batches, 0,
+                                         data_state.at)
             data_phase = phase_index
         sizing = config.stream_sizing(phase)
         stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
