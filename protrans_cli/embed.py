@@ -43,7 +43,8 @@ from protrans_cli.errors import first_line as errors_first_line
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import (create_fresh, display_name, input_named_by, open_input, output_directory,
                                    refuse_special_output)
-from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, partial_path, refuse_if_in_use
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128, partial_path,
+                                refuse_if_in_use)
 from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
                                     fits, mean_rows, mps_available, resolve_device)
 from protrans_cli.residues import SequenceRejected, normalise
@@ -239,9 +240,7 @@ def _digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def _digest128(text: str) -> bytes:
-    """16-byte digest: where a collision would go unnoticed (resume, copies), 2^-128 is the risk."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+_digest128 = digest128  # 16-byte digest: where a collision would go unnoticed (resume, copies)
 
 
 def _records(source, name: str) -> Iterator[_Protein]:
@@ -1111,8 +1110,11 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
             dist.barrier()
         done = _Done.union(found)
     elif dist.is_main:  # --force (without it, embed() refused these files)
+        from protrans_cli.io.h5 import remove_ledger
+
         for path in shard_files:
             os.unlink(path)
+            remove_ledger(path)
     # Checks that need the model or the output come before any computation, as the id check did:
     # one more pass over the input, only when there is something to check.
     if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
@@ -1340,11 +1342,7 @@ def _kept(sequence: str, max_length: int | None, options) -> str:
     return sequence
 
 
-def _checksum64(checksum) -> int:
-    """The first 8 bytes of an "md5:<hex>" checksum attribute; 0 when there is none to compare."""
-    if not checksum or not str(checksum).startswith("md5:"):
-        return 0
-    return int(str(checksum)[4:20], 16)
+_checksum64 = checksum64  # the first 8 bytes of a checksum attribute (0: none to compare)
 
 
 @dataclass
@@ -1405,7 +1403,17 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None) -> _Done:
     copying one into the mended file) where no Python error could be caught. So the file is read
     in a forked child: a child that dies by a signal leaves in its log the HDF5 call it was in,
     and the next child leaves that record out (or finds a crashing group's records by name) and
-    copies the rest into a fresh file. Where there is no fork (Windows), it is read here."""
+    copies the rest into a fresh file. Where there is no fork (Windows), it is read here.
+
+    A file that its writer closed cleanly has a sealed ledger of its complete proteins
+    (io.h5, "the ledger"), read instead when its seal matches the file as it is now."""
+    from protrans_cli.io.h5 import _check_resumable, read_ledger, run_attributes
+
+    ledger = read_ledger(path)
+    if ledger is not None:
+        _check_resumable(path, run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
+                                              storage_dtype=writer_kw["storage_dtype"]), writer_kw["resume_equal"])
+        return _Done.union([_Done(*ledger)])
     if not hasattr(os, "fork"):
         return _done_in_process(path, writer_kw, input_ids)
     from protrans_cli.io.h5 import UnreadableFile
@@ -1548,7 +1556,7 @@ def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_firs
 
 def _read_done(path: Path, writer_kw: dict) -> _Done:
     from protrans_cli.io.h5 import (UNREADABLE, _check_resumable, h5_file, run_attributes, stored_proteins,
-                                    unreadable_on_resume)
+                                    unreadable_on_resume, write_ledger)
 
     _check_resumable(path, run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
                                           storage_dtype=writer_kw["storage_dtype"]),
@@ -1573,6 +1581,8 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
     keep = np.ones(len(ids), dtype=bool)
     for other, _ in per_kind[1:]:  # done only when every requested kind is there
         keep &= np.isin(ids, other)
+    if path.name.endswith(".partial"):  # read whole and sound: the next resume reads a ledger instead
+        write_ledger(path, ids[keep], sums[keep])
     return _Done.union([_Done(ids[keep], sums[keep])])
 
 
@@ -1679,11 +1689,14 @@ def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_si
 def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
     """Copy the ranks' shard files into `writer`'s file, flush it, then remove the shards (a run
     killed in between finds the shards again and copies them over what it had copied)."""
+    from protrans_cli.io.h5 import remove_ledger
+
     for shard in shards:
         writer.copy_from(shard)
     writer.flush()
     for shard in shards:
         os.unlink(shard)
+        remove_ledger(shard)
 
 
 class _CallableModule(types.ModuleType):

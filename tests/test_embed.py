@@ -183,6 +183,88 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert not partial_path(out).exists()
 
 
+def _reads_no_protein(monkeypatch):
+    """Make reading an output's proteins back one by one (the resume scan) fail."""
+    from protrans_cli.io import h5 as h5_module
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the resume read the file's proteins one by one")
+
+    monkeypatch.setattr(h5_module, "stored_proteins", refused)
+
+
+def _interrupt(out, fasta, monkeypatch, n: int, **kw):
+    original = _ctrl_c_on_batch(monkeypatch, n)
+    with pytest.raises(KeyboardInterrupt):
+        embed(fasta, out, EmbedOptions(model="onehot", **kw))
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+
+
+def test_a_cleanly_stopped_run_resumes_from_its_ledger_without_reading_its_proteins(tmp_path, monkeypatch):
+    # --resume read every protein of the partial file back (~90 us each: an hour and more for a
+    # UniRef50 run stopped half-way). A run stopped cleanly (Ctrl-C, SIGTERM, an error) leaves a
+    # sealed ledger of its complete proteins, which the resume reads instead.
+    from protrans_cli.io.h5 import ledger_path
+
+    fasta = generated_fasta(tmp_path / "g.fa", 60, repeat_every=7)
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4, per_protein=True))
+    out = tmp_path / "out.h5"
+    _interrupt(out, fasta, monkeypatch, 4, max_batch_size=4, per_protein=True)
+    ledger = ledger_path(partial_path(out))
+    assert ledger.is_file()
+    done = len(read_all(partial_path(out)))
+    _interrupt(out, fasta, monkeypatch, 3, max_batch_size=4, per_protein=True, resume=True)
+    again = len(read_all(partial_path(out)))
+    assert 0 < done < again < 60 and ledger.is_file()
+    _reads_no_protein(monkeypatch)
+    summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, per_protein=True, resume=True))
+    assert summary.num_resumed == again and summary.num_embedded + again == 60
+    assert_same_content(file_content(out), full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.h5", "g.fa", "out.h5"]  # no ledger left
+
+
+@pytest.mark.parametrize("change", ["killed", "touched", "rewritten"])
+def test_a_ledger_not_sealed_for_the_file_as_it_is_is_not_trusted(tmp_path, monkeypatch, change):
+    # A SIGKILL leaves the ledger unsealed; a file changed after its run (touched, rewritten by
+    # another program) no longer matches the seal: the resume reads the proteins from the file,
+    # and seals a ledger of what it read, so the next resume need not.
+    import h5py
+
+    from protrans_cli.io.h5 import LEDGER_MAGIC, ledger_path, read_ledger
+
+    fasta = generated_fasta(tmp_path / "g.fa", 40, repeat_every=0)
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4))
+    out = tmp_path / "out.h5"
+    _interrupt(out, fasta, monkeypatch, 5, max_batch_size=4)
+    partial, ledger = partial_path(out), ledger_path(partial_path(out))
+    assert read_ledger(partial) is not None
+    if change == "killed":
+        ledger.write_bytes(ledger.read_bytes()[:-64])
+    elif change == "touched":
+        os.utime(partial, ns=(1, 1))
+    else:  # a protein removed: a ledger that listed it would leave it out of the finished file
+        with h5py.File(partial, "a") as f:
+            del f[PER_RESIDUE][sorted(f[PER_RESIDUE])[0]]
+    assert read_ledger(partial) is None
+    _interrupt(out, fasta, monkeypatch, 2, max_batch_size=4, resume=True)  # read from the file, then stopped again
+    assert read_ledger(partial) is not None and ledger.read_bytes().startswith(LEDGER_MAGIC)
+    _reads_no_protein(monkeypatch)
+    embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+    assert_same_content(file_content(out), full)
+
+
+def test_a_finished_file_being_extended_gets_no_ledger(tmp_path, monkeypatch):
+    # Its proteins are listed by no ledger: an empty one, sealed at a stop, would have had the
+    # next resume take every one of them for missing.
+    from protrans_cli.io.h5 import ledger_path, read_ledger
+
+    fasta = generated_fasta(tmp_path / "g.fa", 30, repeat_every=0)
+    out = _run(tmp_path / "out.h5", fasta=SMALL)
+    _interrupt(out, fasta, monkeypatch, 2, max_batch_size=4, resume=True)
+    assert partial_path(out).exists() and not ledger_path(partial_path(out)).exists()
+    assert read_ledger(partial_path(out)) is None
+
+
 def test_resume_of_a_finished_file_with_nothing_to_add_leaves_it_untouched(tmp_path, monkeypatch, run_cli):
     """--resume on a finished output renamed it to OUT.partial until the run ended, even when
     there was nothing to compute: a Ctrl-C then left the user's finished file "gone"."""
