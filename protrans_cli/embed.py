@@ -1693,7 +1693,7 @@ def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
 
     for shard in shards:
         writer.copy_from(shard)
-    writer.flush()
+    writer.flush(failures=True)  # (the shards go next)
     for shard in shards:
         os.unlink(shard)
         remove_ledger(shard)
