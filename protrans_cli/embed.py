@@ -1105,7 +1105,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
                 found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
-                    source, name, options.window) for p in window)))
+                    source, name, options.window) for p in window), seal=path != output and dist.is_main))
         if dist.is_main:  # (two ranks mending one file at once both gave up: "delete it to start again")
             dist.barrier()
         done = _Done.union(found)
@@ -1113,8 +1113,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         from protrans_cli.io.h5 import remove_ledger
 
         for path in shard_files:
-            os.unlink(path)
             remove_ledger(path)
+            os.unlink(path)
     # Checks that need the model or the output come before any computation, as the id check did:
     # one more pass over the input, only when there is something to check.
     if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
@@ -1393,7 +1393,7 @@ class _Done:
 _CRASH_RETRIES = 64  # children a damaged file may crash (each teaches one record or index to avoid)
 
 
-def _done_in(path: Path, writer_kw: dict, input_ids=None) -> _Done:
+def _done_in(path: Path, writer_kw: dict, input_ids=None, *, seal: bool = False) -> _Done:
     """Proteins already complete in an existing output (for --resume), after checking that the
     file was made the same way; a file that a SIGKILL during a flush left unreadable is mended
     first when it can be (io.h5.repair_after_kill).
@@ -1406,14 +1406,24 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None) -> _Done:
     copies the rest into a fresh file. Where there is no fork (Windows), it is read here.
 
     A file that its writer closed cleanly has a sealed ledger of its complete proteins
-    (io.h5, "the ledger"), read instead when its seal matches the file as it is now."""
-    from protrans_cli.io.h5 import _check_resumable, read_ledger, run_attributes
+    (io.h5, "the ledger"), read instead when its seal matches the file as it is now. `seal`
+    (a partial file, which the run goes on writing): a file read whole gets a sealed ledger of
+    what was read, for the next resume."""
+    from protrans_cli.io.h5 import _check_resumable, read_ledger, run_attributes, write_ledger
 
     ledger = read_ledger(path)
     if ledger is not None:
         _check_resumable(path, run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
                                               storage_dtype=writer_kw["storage_dtype"]), writer_kw["resume_equal"])
         return _Done.union([_Done(*ledger)])
+    done = _read_whole(path, writer_kw, input_ids)
+    if seal:
+        write_ledger(path, done.ids, done.sums)
+    return done
+
+
+def _read_whole(path: Path, writer_kw: dict, input_ids=None) -> _Done:
+    """_done_in's reading of every protein of the file (in a forked child where there is fork)."""
     if not hasattr(os, "fork"):
         return _done_in_process(path, writer_kw, input_ids)
     from protrans_cli.io.h5 import UnreadableFile
@@ -1556,7 +1566,7 @@ def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_firs
 
 def _read_done(path: Path, writer_kw: dict) -> _Done:
     from protrans_cli.io.h5 import (UNREADABLE, _check_resumable, h5_file, run_attributes, stored_proteins,
-                                    unreadable_on_resume, write_ledger)
+                                    unreadable_on_resume)
 
     _check_resumable(path, run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
                                           storage_dtype=writer_kw["storage_dtype"]),
@@ -1581,8 +1591,6 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
     keep = np.ones(len(ids), dtype=bool)
     for other, _ in per_kind[1:]:  # done only when every requested kind is there
         keep &= np.isin(ids, other)
-    if path.name.endswith(".partial"):  # read whole and sound: the next resume reads a ledger instead
-        write_ledger(path, ids[keep], sums[keep])
     return _Done.union([_Done(ids[keep], sums[keep])])
 
 
@@ -1695,8 +1703,8 @@ def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
         writer.copy_from(shard)
     writer.flush(failures=True)  # (the shards go next)
     for shard in shards:
+        remove_ledger(shard)  # (first: a kill in between leaves no ledger without its file)
         os.unlink(shard)
-        remove_ledger(shard)
 
 
 class _CallableModule(types.ModuleType):

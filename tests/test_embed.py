@@ -253,6 +253,34 @@ def test_a_ledger_not_sealed_for_the_file_as_it_is_is_not_trusted(tmp_path, monk
     assert_same_content(file_content(out), full)
 
 
+def test_ledgers_are_never_written_through_a_link_and_a_short_write_drops_one(tmp_path, monkeypatch):
+    # A shared output folder: links planted under the ledger's predictable names must not make a
+    # run overwrite what they point to.
+    from protrans_cli.io import h5 as h5_module
+    from protrans_cli.io.h5 import ledger_path, read_ledger
+
+    fasta = generated_fasta(tmp_path / "g.fa", 30, repeat_every=0)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out.h5"
+    ledger = ledger_path(partial_path(out))
+    ledger.symlink_to(victim)
+    _interrupt(out, fasta, monkeypatch, 2, max_batch_size=4)
+    assert victim.read_text() == "precious" and not ledger.is_symlink() and read_ledger(partial_path(out))
+    ledger.unlink()  # read whole by the next resume, whose sealed ledger goes through a temporary
+    tmp = ledger.with_name(ledger.name + ".tmp")
+    tmp.symlink_to(victim)
+    _interrupt(out, fasta, monkeypatch, 2, max_batch_size=4, resume=True)
+    assert victim.read_text() == "precious" and not tmp.exists() and read_ledger(partial_path(out))
+    # a short write (a nearly full disk) would shift every later record: the ledger goes instead
+    writer = h5_module._Ledger(tmp_path / "x.partial", fresh=True, keep=None)
+    writer.add("p1", "md5:00")
+    monkeypatch.setattr(h5_module.os, "write", lambda fd, data: len(data) - 1)
+    writer.flushed()
+    monkeypatch.undo()
+    assert writer.fd is None and not ledger_path(tmp_path / "x.partial").exists()
+
+
 def test_a_finished_file_being_extended_gets_no_ledger(tmp_path, monkeypatch):
     # Its proteins are listed by no ledger: an empty one, sealed at a stop, would have had the
     # next resume take every one of them for missing.

@@ -724,15 +724,17 @@ def test_damaged_checkpoints_and_a_full_disk_are_one_line_and_metrics_survive_a_
     first = train(_config(tmp_path, num_steps=2, save_every=1, log_every=1))
     last = first.run_dir / "checkpoints" / "step_00000002"
     shutil.copytree(last, tmp_path / "good")
+    weights = ckpt.HF_WEIGHTS  # (bert: its HF directory holds every weight, the checkpoint no second copy)
+    assert not (last / ckpt.WEIGHTS_FILE).exists()
 
     def flip_a_byte(data):  # in the tensors, not the header: the file still loads, with other weights
         return data[:-100] + bytes([data[-100] ^ 0x10]) + data[-99:]
 
     # cut short, with and without SHA256SUMS (a checkpoint of an earlier version); a flipped bit,
     # which only the sums find
-    for name, damage, sums in ((ckpt.STATE_FILE, lambda d: d[:300], True), (ckpt.WEIGHTS_FILE, lambda d: d[:300], True),
-                               (ckpt.STATE_FILE, lambda d: d[:300], False), (ckpt.WEIGHTS_FILE, lambda d: d[:300], False),
-                               (ckpt.WEIGHTS_FILE, flip_a_byte, True), ("model.safetensors", flip_a_byte, True)):
+    for name, damage, sums in ((ckpt.STATE_FILE, lambda d: d[:300], True), (weights, lambda d: d[:300], True),
+                               (ckpt.STATE_FILE, lambda d: d[:300], False), (weights, lambda d: d[:300], False),
+                               (weights, flip_a_byte, True)):
         (last / name).write_bytes(damage((last / name).read_bytes()))
         if not sums:
             (last / ckpt.SUMS_FILE).unlink()
@@ -950,7 +952,8 @@ def test_init_from_a_run_starts_from_its_exact_weights_and_resumes(tmp_path, fam
     from protrans_cli.training import loop
 
     first = train(_config(tmp_path / "a", family, num_steps=8))
-    saved = load_file(first.last_checkpoint / "pretraining_model.safetensors")
+    saved = load_file(next(first.last_checkpoint / name for name in ("pretraining_model.safetensors", "model.safetensors")
+                           if (first.last_checkpoint / name).is_file()))
     kw = dict(init_from=str(first.run_dir), num_steps=6, log_every=1, seed=4, lr=1e-3)
     got_family, tokenizer, model = loop._initial_model(_config(tmp_path / "b", **kw), None)
     assert got_family.name == family and _same_weights(model, saved)

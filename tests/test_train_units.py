@@ -298,6 +298,9 @@ def test_a_resumed_stream_reads_from_the_saved_byte_not_from_the_beginning(tmp_p
         _corrupt_line(second, 1)
     resumed = _stream(paths, state=state)
     resumed = iter(resumed)
+    first_step = next(resumed)  # mid-buffer: its position is the same buffer's cursor, not the corpus start
+    assert first_step.state_after.at == state.at and _indices(first_step) == epoch[20]
+    epoch = epoch[:20] + epoch[21:]
     assert [_indices(sb) for _, sb in zip(range(len(epoch) - 20), resumed)] == epoch[20:]
     with pytest.raises(InputError, match="a.txt:1"):  # the next epoch starts at the spoilt line
         list(resumed)
@@ -1128,3 +1131,30 @@ def test_a_full_disk_at_a_metrics_line_names_the_file(tmp_path, monkeypatch):
     assert info.value.format() == f"{path}: cannot append step 2's line: No space left on device"
     monkeypatch.undo()
     assert metrics.read_metrics(path) == [{"step": 1, "loss": 2.0}]
+
+
+@pytest.mark.parametrize("family, once", [("bert", True), ("t5", True), ("esm", False), ("electra", False)])
+def test_a_checkpoint_keeps_a_second_copy_of_the_weights_only_where_the_hf_directory_lacks_some(tmp_path, family, once):
+    # Checkpoints held every weight twice (model.safetensors and pretraining_model.safetensors):
+    # 1.7 GB more per ProtBert-sized checkpoint, 12 GB per ProtT5-XL one. The second copy is
+    # written only where the HF directory does not restore the pretraining model exactly: ESM's
+    # save renames its LayerNorm weights (gamma/beta), ELECTRA's root holds the discriminator only.
+    from safetensors.torch import load_model
+
+    from protrans_cli.models import get_family
+    from protrans_cli.training.checkpoint import HF_WEIGHTS, _holds_every_weight
+
+    fam = get_family(family)
+    tokenizer = fam.build_tokenizer()
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tokenizer))
+    fam.save_pretrained(model, tokenizer, tmp_path)
+    assert _holds_every_weight(tmp_path / HF_WEIGHTS, model) == once
+    if once:
+        torch.manual_seed(1)
+        other = fam.pretraining_model(fam.build_config("tiny", tokenizer))
+        load_model(other, str(tmp_path / HF_WEIGHTS), strict=True)  # what a resume does
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+        with torch.no_grad():  # weights that changed since the save: not these
+            next(model.parameters())[0] += 1
+        assert not _holds_every_weight(tmp_path / HF_WEIGHTS, model)

@@ -706,7 +706,8 @@ def create_fresh(path, mode: int = 0o666) -> int:
     sticky folder) makes the creation fail instead of being followed."""
     with contextlib.suppress(OSError):
         os.unlink(path)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0),
+                   mode)
 
 
 def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool = False) -> Path:

@@ -1022,21 +1022,24 @@ def read_ledger(path) -> tuple[np.ndarray, np.ndarray] | None:
 def write_ledger(path, ids: np.ndarray, sums: np.ndarray) -> None:
     """A sealed ledger of the complete proteins of the (closed) output `path`, read from the
     file itself: the next resume reads this instead. Best effort: a failure leaves none."""
+    from protrans_cli.io.files import create_fresh
+
     ledger = ledger_path(path)
     tmp = ledger.with_name(ledger.name + ".tmp")
     try:
         rows = np.empty(len(ids), dtype=_LEDGER_RECORD)
         rows["id"], rows["sum"] = ids, sums
-        with open(tmp, "wb") as f:
+        with open(create_fresh(tmp, 0o644), "wb") as f:  # (never through a link planted under its name)
             f.write(LEDGER_MAGIC)
-            rows.tofile(f)
+            f.write(rows.tobytes())
             f.write(_seal(path))
         os.replace(tmp, ledger)
     except OSError:
         with contextlib.suppress(OSError):
-            tmp.unlink()
-        with contextlib.suppress(OSError):
             ledger.unlink()
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def remove_ledger(path) -> None:
@@ -1059,16 +1062,22 @@ class _Ledger:
         if not fresh and keep is None:
             self.drop()
             return
+        from protrans_cli.io.files import create_fresh
+
         try:
             if fresh:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.write(self.fd, LEDGER_MAGIC)
+                self.fd = create_fresh(self.path, 0o644)  # (a link planted under its name is not followed)
+                self._write(LEDGER_MAGIC)
             else:
-                self.fd = os.open(self.path, os.O_WRONLY)
+                self.fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
                 os.ftruncate(self.fd, keep)
                 os.lseek(self.fd, 0, os.SEEK_END)
         except OSError:
             self.drop()
+
+    def _write(self, data: bytes) -> None:
+        if os.write(self.fd, data) != len(data):  # (a short write, on a full disk, would misalign the rest)
+            raise OSError(errno.ENOSPC, "short write")
 
     def add(self, ident: str, checksum) -> None:
         if self.fd is not None:
@@ -1078,9 +1087,8 @@ class _Ledger:
         """The file was flushed: what was written before is complete on disk."""
         if self.fd is None or not self.pending:
             return
-        data = b"".join(self.pending)
         try:
-            os.write(self.fd, data)  # (the lost records of a short write only cost their recomputation)
+            self._write(b"".join(self.pending))
             self.pending.clear()
         except OSError:
             self.drop()
@@ -1090,7 +1098,7 @@ class _Ledger:
         if self.fd is None:
             return
         try:
-            os.write(self.fd, _seal(self.partial))
+            self._write(_seal(self.partial))
             os.close(self.fd)
             self.fd = None
         except OSError:

@@ -4,7 +4,10 @@ A checkpoint `RUN/checkpoints/step_00001000/` is an HF model directory (the fami
 save_pretrained: config.json, model.safetensors, tokenizer files; `protrans embed -m` and
 `AutoModel.from_pretrained` read it) plus what resuming needs:
   pretraining_model.safetensors  every weight of the pretraining model (heads, ELECTRA's
-                                 generator), so training continues from exactly these weights
+                                 generator), so training continues from exactly these weights;
+                                 only where the HF directory's model.safetensors does not
+                                 already hold every one of them (ELECTRA's generator lives
+                                 elsewhere): a ProtBert-sized checkpoint held its 1.7 GB twice
   training_state.pt              step, optimizer, scheduler, data position, RNG states
                                  (read back with torch.load(weights_only=True))
   train_config.json              the resolved config of the run
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 
 STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "pretraining_model.safetensors"
+HF_WEIGHTS = "model.safetensors"  # the HF directory's weights: every weight too, for most families
 CONFIG_FILE = "train_config.json"
 SUMS_FILE = "SHA256SUMS"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -240,7 +244,8 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
     try:
         with _quiet_transformers():
             family.save_pretrained(model, tokenizer, tmp)
-        save_model(model, str(tmp / WEIGHTS_FILE))
+        if not _holds_every_weight(tmp / HF_WEIGHTS, model):
+            save_model(model, str(tmp / WEIGHTS_FILE))
         torch.save(training_state, tmp / STATE_FILE)
         config.save(tmp / CONFIG_FILE)
         _write_sums(tmp)
@@ -260,6 +265,45 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         for old in list_checkpoints(directory.parent.parent)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.int8: "I8", torch.bool: "BOOL"}
+
+
+def _holds_every_weight(path: Path, model) -> bool:
+    """Whether safetensors' load_model(model, path, strict=True) restores every weight of `model`
+    exactly as it is: each of its tensors (or one tying its storage) under its own name, with its
+    dtype, shape and first row; no name the model lacks. Then the checkpoint needs no second copy."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():  # (a sharded save: model-00001-of-N.safetensors)
+        return False
+    state = model.state_dict()
+    tied: dict[tuple, list[str]] = {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride())) if tensor.numel() else (name,)
+        tied.setdefault(key, []).append(name)
+    try:
+        with safe_open(str(path), "pt", device="cpu") as f:
+            saved = set(f.keys())
+            if not saved <= state.keys():
+                return False
+            for names in tied.values():
+                present = [n for n in names if n in saved]
+                if not present:
+                    return False
+                for name in present:
+                    tensor, stored = state[name], f.get_slice(name)
+                    if (stored.get_dtype() != _SAFETENSORS_DTYPES.get(tensor.dtype)
+                            or list(stored.get_shape()) != list(tensor.shape)):
+                        return False
+                    first = stored[0:1] if tensor.dim() else f.get_tensor(name)
+                    if not torch.equal(first, tensor[0:1] if tensor.dim() else tensor):
+                        return False
+    except (SafetensorError, OSError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 def remove_stale_temporaries(run_dir) -> list[Path]:
@@ -349,18 +393,21 @@ def _damaged(directory, name: str, exc: BaseException) -> InputError:
 
 
 def load_weights(directory, model) -> None:
-    """Every weight of the pretraining model, as saved (strict: the architecture must match)."""
+    """Every weight of the pretraining model, as saved (strict: the architecture must match):
+    from pretraining_model.safetensors, or, in a checkpoint without one (its HF directory held
+    every weight), from model.safetensors."""
     from safetensors.torch import load_model
 
-    path = Path(directory) / WEIGHTS_FILE
+    name = WEIGHTS_FILE if (Path(directory) / WEIGHTS_FILE).is_file() else HF_WEIGHTS
+    path = Path(directory) / name
     if not path.is_file():
-        raise InputError(f"checkpoint has no {WEIGHTS_FILE}", path=str(directory))
+        raise InputError(f"checkpoint has no {WEIGHTS_FILE} (nor {HF_WEIGHTS})", path=str(directory))
     from safetensors import SafetensorError
 
     try:
         load_model(model, str(path), strict=True, device="cpu")
     except SafetensorError as exc:  # cut short (a full disk, a copy interrupted)
-        raise _damaged(directory, WEIGHTS_FILE, exc) from None
+        raise _damaged(directory, name, exc) from None
     except RuntimeError as exc:
         # torch's message is a header line and then every missing key: keep the first key line,
         # and name the family/preset the checkpoint was trained as (the usual cause).

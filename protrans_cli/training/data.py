@@ -416,7 +416,7 @@ class CorpusStream:
             # From the saved cursor (a resume, a new phase): the file and byte it names, then
             # the proteins between it and the buffer's first (none, but after a phase change).
             start = state.at if state.at is not None and state.at.proteins <= state.buffer_start else None
-            cursor = Cursor()
+            cursor = start.copy() if start is not None else Cursor()  # (where the buffer begins when none is skipped)
             stream = iter_proteins(self.paths, start, cursor)
             skipped = start.proteins if start is not None else 0
             while skipped < state.buffer_start and next(stream, None) is not None:
