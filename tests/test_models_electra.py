@@ -67,6 +67,12 @@ def test_save_layout_and_reload(tmp_path):
     generator = AutoModelForMaskedLM.from_pretrained(tmp_path / "generator").eval()
     with torch.no_grad():
         assert torch.equal(generator(input_ids=ids).logits, pair.generator(input_ids=ids).logits)
+    from protrans_cli.models.electra import ElectraPair  # as docs/models.md shows it
+
+    again = ElectraPair.from_pretrained(tmp_path).eval()
+    assert again.generator.electra.embeddings is again.discriminator.electra.embeddings
+    with torch.no_grad():
+        assert torch.equal(again.generator(input_ids=ids).logits, pair.generator(input_ids=ids).logits)
 
 
 def test_a_discriminator_without_its_generator_is_named_as_such(tmp_path):

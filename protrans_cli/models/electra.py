@@ -175,6 +175,13 @@ def electra_pair_class():
     return _PAIR
 
 
+def __getattr__(name: str):
+    # `from protrans_cli.models.electra import ElectraPair`, as docs/models.md shows it (made then)
+    if name == "ElectraPair":
+        return electra_pair_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class ElectraFamily(Family):
     name = "electra"
     tokenizer_kwargs = {"do_lower_case": False}
