@@ -15,6 +15,7 @@ from dataclasses import dataclass
 class _State:
     verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
     debug: bool = False
+    complete: str | None = None  # the command's output, once final (output_complete)
 
 
 state = _State()
@@ -23,6 +24,14 @@ state = _State()
 def configure(verbosity: int = 0, debug: bool = False) -> None:
     state.verbosity = verbosity
     state.debug = debug
+    state.complete = None
+
+
+def output_complete(what: str) -> None:
+    """The command's output (`what`) is final: a Ctrl-C or SIGTERM from now on stops nothing, and
+    the CLI says so and exits 0 rather than report an interruption (with a traceback from
+    wherever Python was cleaning up) for a result already whole. Outside the CLI, no effect."""
+    state.complete = what
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))} | {

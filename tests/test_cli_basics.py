@@ -137,6 +137,50 @@ def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, caps
     assert caught.value.code == 0
 
 
+@pytest.mark.parametrize("name, message", [("SIGTERM", "terminated"), ("SIGINT", "interrupted")])
+def test_a_signal_once_the_output_is_complete_loses_nothing_and_exits_0(monkeypatch, capsys, name, message):
+    """`fit` SIGTERMed in the second after `wrote HEAD`: a traceback from a weakref callback, then
+    "interrupted" and exit 130 (143), for a head already whole: a scheduler's job reported failed."""
+    import signal
+
+    import protrans_cli.cli as cli_module
+    from protrans_cli import console
+
+    def finished_then_signalled(*args, **kwargs):
+        console.output_complete("heads/ss3")
+        signal.raise_signal(getattr(signal, name))  # (raised: the command would have stopped here)
+        return 0
+
+    monkeypatch.setattr(cli_module.cli, "main", finished_then_signalled)
+    with pytest.raises(SystemExit) as caught:
+        cli_module.main(["prep", "x.fa"])
+    assert caught.value.code == 0
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"protrans: warning: {message} once the output was complete (heads/ss3): "
+                                            "nothing was lost") and "Traceback" not in err
+    monkeypatch.setattr(cli_module.cli, "main", lambda *a, **k: signal.raise_signal(getattr(signal, name)))
+    with pytest.raises(SystemExit) as caught:  # before completion a signal still stops the command
+        cli_module.main(["prep", "x.fa"])
+    assert caught.value.code == (143 if name == "SIGTERM" else 130)
+
+
+def test_a_ctrl_c_while_python_exits_keeps_the_exit_code_without_a_traceback(tmp_path):
+    """Once main() has its exit code, Python's teardown (atexit callbacks) interrupted by Ctrl-C
+    printed "Exception ignored in atexit callback" and a KeyboardInterrupt traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "in.fa").write_text(">a\nMKV\n")
+    code = ("import atexit, os, signal\n"
+            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+            "from protrans_cli.cli import main\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, "prep", str(tmp_path / "in.fa"), "-o", str(tmp_path / "c.txt"),
+                           "-q"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (tmp_path / "c.txt").read_text() == "M K V\n\n"
+
+
 def test_a_stop_that_a_library_turned_into_another_error_is_still_a_stop(monkeypatch, capsys):
     """Ctrl-C inside an import can surface as an ImportError raised while handling it: that was a
     traceback, and exit 1, for what was a Ctrl-C. Other errors keep their traceback (bugs)."""

@@ -172,6 +172,7 @@ def stopped(exc: KeyboardInterrupt, detail: str | None = None) -> _Stopped:
 
 _TERMINATED: list[int] = []  # SIGTERMs the main process received
 _INTERRUPTED: list[int] = []  # and SIGINTs (Ctrl-C)
+_LATE: list[int] = []  # either, once the command's output was complete (console.output_complete)
 
 
 def _on_sigterm(main_pid):
@@ -179,6 +180,8 @@ def _on_sigterm(main_pid):
         if os.getpid() != main_pid:  # a forked worker: die as before, the main process cleans up
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if _after_completion(signum):
             return
         # Noted as well as raised: Python drops an exception raised while a weakref callback or
         # a destructor runs ("Exception ignored in ..."), and the command then ended with exit 0.
@@ -191,8 +194,38 @@ def _on_sigterm(main_pid):
 def _on_sigint(signum, frame):
     # Python's own handler raises KeyboardInterrupt, which is dropped the same way when it
     # lands in a weakref callback: `predict` went on to write its output and exit 0. Noted.
+    if _after_completion(signum):
+        return
     _INTERRUPTED.append(signum)
     raise KeyboardInterrupt
+
+
+def _after_completion(signum) -> bool:
+    """A signal after the command's output was complete: noted, not raised. It had been raised
+    wherever Python was cleaning up (`fit`: a traceback from a weakref callback, then
+    "interrupted" and exit 130 for a head already written; a Slurm job ended by its time limit
+    at that moment was reported failed)."""
+    from protrans_cli import console
+
+    if console.state.complete is None:
+        return False
+    _LATE.append(signum)
+    return True
+
+
+def _exit_now(code: int):
+    """A handler for the last moments of the program, once main() has its exit code: Python's
+    teardown (atexit callbacks, threads) interrupted by Ctrl-C printed "Exception ignored in
+    atexit callback" and a traceback. The code decided stands; the streams are flushed first."""
+    def handler(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed pipe: nothing more to say
+                pass
+        os._exit(code)
+
+    return handler
 
 
 def main(argv=None):
@@ -203,6 +236,8 @@ def main(argv=None):
     # scratch directory and prep's worker processes were left behind.
     _TERMINATED.clear()  # an earlier call in this process (tests, notebooks) is not this one
     _INTERRUPTED.clear()
+    _LATE.clear()
+    console.state.complete = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
         installed = True
@@ -212,10 +247,21 @@ def main(argv=None):
     previous_int = signal.getsignal(signal.SIGINT) if installed else None
     if previous_int is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
+    code = 1
     try:
         _main(console, argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        raise
     finally:
-        if installed:  # in-process callers (tests, notebooks) get their handlers back
+        if installed and argv is None:  # the program itself, about to exit: see _exit_now
+            # SIGTERM ignored: Python's finalization (a second of torch's teardown) resets the
+            # handlers Python set, and a scheduler's SIGTERM then killed a finished run (143);
+            # one that hangs there still gets the scheduler's SIGKILL.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if previous_int is signal.default_int_handler:
+                signal.signal(signal.SIGINT, _exit_now(code))
+        elif installed:  # in-process callers (tests, notebooks) get their handlers back
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if previous_int is signal.default_int_handler:
                 signal.signal(signal.SIGINT, previous_int)
@@ -282,6 +328,9 @@ def _main(console, argv):
         terminated = isinstance(signal_exc, _Terminated) or (signal_exc is None and bool(_TERMINATED))
         console.error("terminated" if terminated else "interrupted")
         sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
+    if _LATE and not rc and not _TERMINATED and not _INTERRUPTED:
+        console.warn(f"{'terminated' if signal.SIGTERM in _LATE else 'interrupted'} once the output was complete "
+                     f"({console.state.complete}): nothing was lost")
     if _TERMINATED and not rc:  # the SIGTERM's exception was swallowed on its way out
         console.error("terminated")
         sys.exit(128 + signal.SIGTERM)

@@ -60,6 +60,7 @@ def command(labels, output, fmt, sequences, split):
     seqs = read_sequences(sequences) if sequences else None
     with atomic_output(output) as stream:
         count = write_embed_fasta(label_set, stream, seqs)
+    console.output_complete("standard output" if output in (None, "-") else str(output))
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
     console.info(f"wrote {count} sequences ({label_set.format} labels) to {output}")

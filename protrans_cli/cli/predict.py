@@ -163,3 +163,4 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
                       on_mismatch="skip" if skip_mismatched else "error",
                       allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
                       device=device, scored=scored)
+    console.output_complete("standard output" if output == "-" else output or metrics_dir or "the scores")

@@ -71,8 +71,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="Round each micro-batch's length up to a multiple of N (larger N: fewer distinct shapes, more padding).  [default: 8]")
 @click.option("--packing/--no-packing", "packing", default=None,
               help="Masked-LM families: pack each micro-batch into one row without padding; on a CUDA "
-                   "GPU with PyTorch 2.9+ (and no attention dropout) its attention is one fused variable-length "
-                   "kernel.")
+                   "GPU with PyTorch 2.9+, in bf16/fp16 and without attention dropout, its attention is one fused "
+                   "variable-length kernel.")
 @click.option("--token-micro-batches/--no-token-micro-batches", "token_micro_batches", default=None,
               help="Cut each step's proteins into micro-batches by padded tokens (up to micro-batch size x "
                    "max length each) rather than by count: short proteins go many to a forward pass. The same "

@@ -1378,6 +1378,9 @@ class EmbeddingsWriter:
             self._ledger.drop()  # (it belongs to the partial file)
             try:
                 os.replace(self.partial, self.path)
+                from protrans_cli import console
+
+                console.output_complete(str(self.path))
             except OSError as exc:  # it said only "OUT.partial: Operation not permitted"
                 raise RuntimeFailure(f"cannot replace it with the finished {self.partial.name} "
                                      f"({exc.strerror or exc}); the finished embeddings are in {self.partial}",
