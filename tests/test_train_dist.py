@@ -183,6 +183,7 @@ def test_sigterm_to_torchrun_saves_one_checkpoint_of_all_ranks_and_resume_matche
     stopped = [r["step"] for r in read_metrics(metrics)][-1]
     assert 3 <= stopped < 40, stderr[-2000:]
     assert f"stopped at step {stopped}/40" in stderr
+    assert stderr.count("protrans: error:") == 1, stderr[-2000:]  # rank 0's line only
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{stopped:08d}"]
     _torchrun("-o", out, *steps, "--resume")
     losses = [r["loss"] for r in read_metrics(metrics)]

@@ -150,9 +150,12 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
     try:
         result = train(config, resume=resume_from or resume or None)
     except KeyboardInterrupt as exc:  # Ctrl-C/SIGTERM: the one error line says what was kept
-        from protrans_cli.cli import stopped
+        from protrans_cli.cli import EXIT_INTERRUPTED, stopped
 
-        raise stopped(exc, getattr(exc, "protrans_detail", None)) from None
+        stop = stopped(exc, getattr(exc, "protrans_detail", None))
+        if not _rank_zero():  # rank 0's line says what was kept; the other ranks printed a bare "terminated"
+            raise SystemExit(143 if stop.terminated else EXIT_INTERRUPTED) from None
+        raise stop from None
     if not result.completed and _rank_zero():
         console.info(f"train: stopped after step {result.step}; continue with --resume")
 
