@@ -1402,6 +1402,9 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             stale = writers.commit()
             for handle in handles:
                 handle.commit()
+            from protrans_cli import console
+
+            console.output_complete(", ".join(map(str, writers.paths)) or "standard output")  # (before a held signal)
         if stale:
             from protrans_cli import console
 

@@ -640,3 +640,26 @@ def test_items_reads_what_h5py_reads(tmp_path):
     for (_, values, attrs), (_, expected, expected_attrs) in zip(got, want):
         assert values.dtype == expected.dtype == np.float16 and np.array_equal(values, expected)
         assert attrs == expected_attrs and attrs["length"] in (3, 5)
+
+
+def test_a_protein_embedded_after_it_failed_is_not_left_failed_by_a_kill(tmp_path):
+    """Beyond 1,024 failures the attribute is rewritten when they double or halve: a protein
+    embedded after failing left the list in memory only, and a SIGKILL then left it in the file,
+    where the final file listed it as failed beside its embedding."""
+    path = tmp_path / "f.h5"
+    kw = dict(kinds=(PER_PROTEIN,), attrs={"model": "m"})
+    with EmbeddingsWriter(path, finalize=False, **kw) as w:
+        for i in range(2000):
+            w.record_failure(f"p{i}", "out of memory")
+    w2 = EmbeddingsWriter(path, resume=True, finalize=False, **kw)
+    for i in range(600):
+        w2.write(f"p{i}", f"p{i}", "MKV", per_protein=np.zeros(2, np.float32))
+    w2.flush()
+    w2.file.close()  # a SIGKILL: the attribute still lists 2,000
+    w3 = EmbeddingsWriter(path, resume=True, **kw)
+    assert len(w3.failed) == 1400 and "p0" not in w3.failed
+    for i in range(600, 2000):
+        w3.write(f"p{i}", f"p{i}", "MKV", per_protein=np.zeros(2, np.float32))
+    w3.close(complete=True)
+    with EmbeddingsReader(path) as reader:
+        assert reader.failed() == {} and len(reader.ids(PER_PROTEIN)) == 2000

@@ -2128,3 +2128,50 @@ def test_a_head_fit_without_a_mask_is_scored_without_one(ss_data, tmp_path):
     for columns in (None, ()):
         scores = evaluate_head(head, ss_data / "test.h5", tmp_path / "test.csv", mask_columns=columns)
         assert scores["ss3"]["accuracy"] >= 0
+
+
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_predict_fasta_still_stops_on_a_signal_after_its_embedding_step(tmp_path, loc_data, run_cli, monkeypatch,
+                                                                          name, code):
+    # predict --fasta embeds into a temporary file first; closing that file marked the command's
+    # output complete, and a Ctrl-C or SIGTERM during the prediction itself was then swallowed:
+    # exit 0, "nothing was lost", for predictions not yet written.
+    import signal
+
+    from protrans_cli.heads import predict as predict_module
+
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "2", "-j", "1", "--bootstrap", "10", "-o", head).exit_code == 0
+    real = predict_module.predict
+
+    def signalled(*args, **kwargs):
+        signal.raise_signal(getattr(signal, name))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict", signalled)
+    r = run_cli("predict", head, "--fasta", loc_data / "test.fasta", "-o", tmp_path / "pred.csv")
+    assert r.exit_code == code and not (tmp_path / "pred.csv").exists(), r.stderr
+    assert "nothing was lost" not in r.stderr
+
+
+def test_a_sigterm_held_while_fit_finishes_its_head_exits_0(tmp_path, loc_data, run_cli, monkeypatch):
+    # The final step runs with signals held; the held SIGTERM was delivered at the end of that
+    # block, before the head was marked complete: exit 143 for a head already whole.
+    import signal
+
+    from protrans_cli.heads.fit import FitState
+
+    real = FitState.remove
+
+    def remove(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FitState, "remove", remove)
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--max-epochs", "2", "-j", "1", "--bootstrap", "10", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert f"terminated once the output was complete ({head}): nothing was lost" in r.stderr
+    assert (head / "config.json").is_file()

@@ -107,6 +107,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         raise stopped(exc, f"what was computed is in {kept}; run {again} to finish" if kept.exists() else None) from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
         return
+    console.output_complete(str(output))
     rate = summary.residues_per_second
     console.info(f"embedded {summary.num_embedded:,} protein{'' if summary.num_embedded == 1 else 's'} "
                  f"({summary.num_residues:,} residues, {rate:,.0f} residues/s) into {output}"

@@ -356,7 +356,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         raise
     with signals_held():  # a Ctrl-C half-way through left an empty HEAD.partial/ behind
         state.remove()
-    console.output_complete(str(out_dir))
+        console.output_complete(str(out_dir))  # (before a signal held meanwhile is delivered)
     console.info(f"wrote {out_dir}")
     return FitResult(out_dir, summary, history)
 

@@ -1223,6 +1223,12 @@ class EmbeddingsWriter:
         for kind in self.kinds:
             self._groups[kind] = (self.file if layout == "flat" else self.file[kind] if kind in self.file
                                   else self.file.create_group(kind, track_order=True))
+        if resumed:
+            # A protein embedded after it had failed is done: its entry went from the writer's
+            # list, but the attribute is rewritten only when the list doubles or halves (or at a
+            # clean stop), and a SIGKILL before then left the entry in the file.
+            for ident in [i for i in self.failed if self._holds(i)]:
+                del self.failed[ident]
         self._write_failed()
         self.file.flush()
         if not resumed:
@@ -1378,9 +1384,6 @@ class EmbeddingsWriter:
             self._ledger.drop()  # (it belongs to the partial file)
             try:
                 os.replace(self.partial, self.path)
-                from protrans_cli import console
-
-                console.output_complete(str(self.path))
             except OSError as exc:  # it said only "OUT.partial: Operation not permitted"
                 raise RuntimeFailure(f"cannot replace it with the finished {self.partial.name} "
                                      f"({exc.strerror or exc}); the finished embeddings are in {self.partial}",

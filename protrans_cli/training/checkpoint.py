@@ -299,7 +299,7 @@ def _holds_every_weight(path: Path, model) -> bool:
                             or list(stored.get_shape()) != list(tensor.shape)):
                         return False
                     first = stored[0:1] if tensor.dim() else f.get_tensor(name)
-                    if not torch.equal(first, tensor[0:1] if tensor.dim() else tensor):
+                    if not torch.equal(first, (tensor[0:1] if tensor.dim() else tensor).detach().cpu()):
                         return False
     except (SafetensorError, OSError, RuntimeError, ValueError):
         return False
