@@ -240,9 +240,6 @@ def _digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-_digest128 = digest128  # 16-byte digest: where a collision would go unnoticed (resume, copies)
-
-
 def _records(source, name: str) -> Iterator[_Protein]:
     """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>)."""
     with open_input(source, name=name) as stream:
@@ -429,7 +426,7 @@ def mark_copies(units: list[_Unit], scan: InputScan, written: dict[bytes, str]) 
         full = unit.proteins[0].sequence  # the whole sequence, also for a truncated unit
         if not scan.may_repeat(full):
             continue
-        key = _digest128(full)
+        key = digest128(full)
         first = written.get(key)
         if first is None:
             written[key] = unit.proteins[0].id
@@ -1327,7 +1324,7 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
                 left += not (prot.id in settled and max_length is not None and len(prot.sequence) > max_length)
                 if max_length is not None and options.long_policy == "error" and len(prot.sequence) > max_length:
                     raise _too_long(prot, max_length, options, name)
-            elif checksum and checksum != _checksum64(sequence_checksum(_kept(prot.sequence, max_length, options))):
+            elif checksum and checksum != checksum64(sequence_checksum(_kept(prot.sequence, max_length, options))):
                 where = partial_path(output) if partial_path(output).exists() else output
                 raise InputError("cannot resume: the output holds another sequence under this id "
                                  "(a different FASTA?); write to a new file instead", path=str(where), record=prot.id)
@@ -1340,9 +1337,6 @@ def _kept(sequence: str, max_length: int | None, options) -> str:
     if options.long_policy == "truncate" and max_length is not None and len(sequence) > max_length:
         return sequence[:max_length]
     return sequence
-
-
-_checksum64 = checksum64  # the first 8 bytes of a checksum attribute (0: none to compare)
 
 
 @dataclass
@@ -1370,7 +1364,7 @@ class _Done:
         return len(self.ids)
 
     def _find(self, proteins: list[_Protein]) -> tuple[np.ndarray, np.ndarray]:
-        query = np.frombuffer(b"".join(_digest128(p.id) for p in proteins), dtype="S16")
+        query = np.frombuffer(b"".join(digest128(p.id) for p in proteins), dtype="S16")
         at = np.minimum(np.searchsorted(self.ids, query), max(len(self.ids) - 1, 0))
         hit = self.ids[at] == query if len(self.ids) else np.zeros(len(query), dtype=bool)
         return hit, at
@@ -1582,8 +1576,8 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
                 # a truncated protein's checksum is its kept prefix's: compared with the prefix
                 # the same --max-length keeps of the FASTA's sequence (_check_before_compute)
                 for ident, checksum in stored_proteins(group, prefixes=True):
-                    ids += _digest128(ident)
-                    sums.append(_checksum64(checksum))
+                    ids += digest128(ident)
+                    sums.append(checksum64(checksum))
                 per_kind.append((np.frombuffer(bytes(ids), dtype="S16"), np.frombuffer(sums, dtype=np.uint64)))
     except UNREADABLE as exc:  # an object header damaged on disk
         raise unreadable_on_resume(path, exc) from None

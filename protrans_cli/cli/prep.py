@@ -76,7 +76,6 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
         threads=resolve_threads(threads), tmp_dir=tmp_dir, progress=console.show_progress(), stats=stats_path,
     )
     stats = build_corpus(inputs, options)
-    console.output_complete("standard output" if output in (None, "-") else str(output))
     _print_summary(stats)
 
 

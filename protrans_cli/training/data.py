@@ -24,7 +24,9 @@ exactly the batches it would have seen, reading from that byte on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -527,31 +529,18 @@ class CorpusStream:
         return sample
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def _ignore_stop_signals(worker_id: int, parent_pid: int | None = None) -> None:
     """DataLoader workers leave Ctrl-C/SIGTERM to the main process, which finishes its step and
-    saves a checkpoint (a worker dying first would abort that); they exit with it."""
+    saves a checkpoint (a worker dying first would abort that); they exit with it, and die with
+    it when it is killed (a worker ignores SIGTERM, so one whose trainer was SIGKILLed stayed
+    alive under PID 1, reading the corpus for nobody): prep's workers' way."""
     import signal
+
+    from protrans_cli.corpus import _die_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the process that forked it dies. A worker ignores
-    SIGTERM (above), so one whose trainer was killed (SIGKILL, the OOM killer) stayed alive under
-    PID 1, reading the corpus for nobody."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # no libc prctl: the worker outlives a killed parent, as before
-        pass
+    _die_with_parent(parent_pid)
 
 
 def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBatch]:
@@ -592,7 +581,8 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     # batch_size=None: the stream already yields whole steps. A DataLoader takes items from
     # its workers in turn, which matches the round-robin split in CorpusStream.__iter__.
     loader = torch.utils.data.DataLoader(_Iterable(), batch_size=None, num_workers=num_workers,
-                                         persistent_workers=False, worker_init_fn=_ignore_stop_signals,
+                                         persistent_workers=False,
+                                         worker_init_fn=functools.partial(_ignore_stop_signals, parent_pid=os.getpid()),
                                          generator=torch.Generator().manual_seed(seed),
                                          multiprocessing_context=multiprocessing.get_context("fork"))
     iterator = iter(loader)
