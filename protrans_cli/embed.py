@@ -1403,12 +1403,11 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None, *, seal: bool = False)
     (io.h5, "the ledger"), read instead when its seal matches the file as it is now. `seal`
     (a partial file, which the run goes on writing): a file read whole gets a sealed ledger of
     what was read, for the next resume."""
-    from protrans_cli.io.h5 import _check_resumable, read_ledger, run_attributes, write_ledger
+    from protrans_cli.io.h5 import read_ledger, write_ledger
 
     ledger = read_ledger(path)
     if ledger is not None:
-        _check_resumable(path, run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
-                                              storage_dtype=writer_kw["storage_dtype"]), writer_kw["resume_equal"])
+        _check_made_alike(path, writer_kw)
         return _Done.union([_Done(*ledger)])
     done = _read_whole(path, writer_kw, input_ids)
     if seal:
@@ -1538,7 +1537,7 @@ def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_firs
     """_done_in's work. `repair_first`: an earlier reader crashed on this file, so its readable
     proteins are copied into a fresh file before anything else is read. `notes`: where the
     warnings go (else said at once)."""
-    from protrans_cli.io.h5 import UnreadableFile, repair_after_kill, run_attributes
+    from protrans_cli.io.h5 import UnreadableFile, repair_after_kill
 
     if not repair_first:
         try:
@@ -1549,8 +1548,7 @@ def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_firs
         error = UnreadableFile("cannot resume: HDF5 crashed reading this damaged file, and it could not be mended; "
                                "delete it to start again", path=str(path))
     # (layout, kinds and storage dtype too: a file without them is not resumed)
-    attrs = run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
-                           storage_dtype=writer_kw["storage_dtype"])
+    attrs = _writer_attributes(writer_kw)
     note = repair_after_kill(path, writer_kw["kinds"], writer_kw["layout"], attrs, input_ids, force=repair_first)
     if note is None:
         raise error
@@ -1558,13 +1556,25 @@ def _done_in_process(path: Path, writer_kw: dict, input_ids=None, *, repair_firs
     return _read_done(path, writer_kw)
 
 
-def _read_done(path: Path, writer_kw: dict) -> _Done:
-    from protrans_cli.io.h5 import (UNREADABLE, _check_resumable, h5_file, run_attributes, stored_proteins,
-                                    unreadable_on_resume)
+def _writer_attributes(writer_kw: dict) -> dict:
+    """The file attributes an EmbeddingsWriter(**writer_kw) writes (what a resume compares)."""
+    from protrans_cli.io.h5 import run_attributes
 
-    _check_resumable(path, run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
-                                          storage_dtype=writer_kw["storage_dtype"]),
-                     writer_kw["resume_equal"])
+    return run_attributes(writer_kw["attrs"], kinds=writer_kw["kinds"], layout=writer_kw["layout"],
+                          storage_dtype=writer_kw["storage_dtype"])
+
+
+def _check_made_alike(path: Path, writer_kw: dict) -> None:
+    """Refuse to resume a file written with other settings than writer_kw's."""
+    from protrans_cli.io.h5 import _check_resumable
+
+    _check_resumable(path, _writer_attributes(writer_kw), writer_kw["resume_equal"])
+
+
+def _read_done(path: Path, writer_kw: dict) -> _Done:
+    from protrans_cli.io.h5 import UNREADABLE, h5_file, stored_proteins, unreadable_on_resume
+
+    _check_made_alike(path, writer_kw)
     try:
         with h5_file(path, "r") as f:
             per_kind = []
