@@ -283,8 +283,11 @@ def _unless_it_fails(label: str, build):
     try:
         return build()
     except Exception as exc:  # noqa: BLE001 - reported, and the other strategies run
+        import traceback
+
         from protrans_cli.errors import described
 
+        traceback.print_exc()  # the whole story in the step's log
         print(f"{label}: left out: {described(exc)[:300]}", flush=True)
         return None
 

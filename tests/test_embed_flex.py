@@ -479,3 +479,44 @@ def test_two_threads_on_one_flex_model_each_get_their_own_rows(tiny_t5, monkeypa
     for got, ref in zip(results, alone):
         for a, b in zip(got, ref):
             np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_compiled_score_mod_takes_no_shape_expression(tiny_t5, monkeypatch, packed):
+    """What torch.compile(flex_attention, dynamic=True) hands the kernel besides q, k and v: the
+    score_mod's and mask_mod's captured values, each a tensor or a plain size symbol. Inductor in
+    torch 2.11 cannot lower an expression of sizes there (the relative-position bound `-M`, when
+    it was a captured Python int: 'ShapeAsConstantBuffer' object has no attribute 'dtype' on an
+    H200): checked on the traced graph, so on any machine. The graph then runs as traced
+    (no inductor), and its rows still equal the plain forward pass."""
+    import sympy
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.models import load_model
+
+    seen = []
+
+    def capture(graph, example_inputs):
+        for node in graph.graph.nodes:
+            if node.op == "call_function" and "flex_attention" in str(node.target):
+                seen.append([*node.args[7], *node.args[8]])  # score_mod's and mask_mod's captures
+        return graph
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(t5_module, "flex_attention_function",
+                        lambda device: torch.compile(flex_attention, backend=capture, dynamic=True))
+    embedder = TransformerEmbedder(load_model(str(tiny_t5), device="cpu", dtype="float32"), (-1,), "cpu",
+                                   "float32", attention="flex", packed=packed)
+    seqs = list(SEQUENCES.values())
+    for batch in (seqs, seqs[1:4]):  # two shapes: the second runs the dynamic graph
+        for seq, rows in zip(batch, embedder.embed_batch(batch)):
+            np.testing.assert_allclose(rows, reference(tiny_t5, seq), atol=1e-5, rtol=0)
+    assert seen
+    for captures in seen:
+        for arg in captures:
+            value = arg.meta.get("example_value") if isinstance(arg, torch.fx.Node) else arg
+            if isinstance(value, torch.SymInt):
+                assert isinstance(value.node.expr, sympy.Symbol), f"a shape expression among the captures: {value}"
+            else:
+                assert isinstance(value, (torch.Tensor, int)), type(value)

@@ -188,6 +188,7 @@ class _FlexPass:
         self.segments = segments    # (1, T) of a packed row: the protein (segment) of every token
         self.active = active        # inside the encoder's forward
         self.table = None           # (n_heads, 2M + 1) float32: bias of relative position j - i (relative_bias_table)
+        self.reach = None           # M as a 0-d int32 tensor on the device (see _flex_self_attention)
         self.block_mask = None
 
 
@@ -408,6 +409,7 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
     device = hidden_states.device
     if state.table is None:  # the first layer of this forward pass: the same for every layer
         state.table = relative_bias_table(switch.bias_module, device)  # (H, 2M + 1)
+        state.reach = torch.tensor((state.table.shape[1] - 1) // 2, dtype=torch.int32, device=device)
         mask = state.attention_mask
         if state.segments is not None:
             if tuple(state.segments.shape) != (batch, length):
@@ -427,10 +429,15 @@ def _flex_self_attention(self, hidden_states, *args, position_bias=None, **kwarg
 
             state.block_mask = create_block_mask(keep, batch, None, length, length, device=device)
     table = state.table
-    reach = (table.shape[1] - 1) // 2  # the model's max_distance: a constant, not the batch's length
+    # The model's max_distance M as a tensor, not a Python int: compiled with dynamic=True, an int
+    # captured by the score_mod becomes a symbol, and `-M` an expression among the kernel's
+    # inputs, which inductor in torch 2.11 cannot lower ("'ShapeAsConstantBuffer' object has no
+    # attribute 'dtype'", on an H200, 2026-11-30; 2.13 can). A tensor is a plain kernel input.
+    reach = state.reach
 
     def add_bias(score, b, h, q_idx, kv_idx):
-        return score + table[h, torch.clamp(kv_idx - q_idx, -reach, reach) + reach]
+        relative = torch.minimum(torch.maximum(kv_idx - q_idx, -reach), reach)
+        return score + table[h, relative + reach]
 
     shape = (batch, length, self.n_heads, self.key_value_proj_dim)
     query = self.q(hidden_states).view(shape).transpose(1, 2)  # (B, H, L, d_kv)
