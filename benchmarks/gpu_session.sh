@@ -6,17 +6,17 @@
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
 # quick (one device call, step limits adding up to 540 s): the ceilings; the T5 forward pass
-# profiled (the one model under the embed target on 2026-11-29); ProtT5-XL-sized embedding with
-# --attention flex (padded and packed) against the ProtTrans strategy; one train benchmark with
-# four protrans settings against one baseline (as before, --token-micro-batches, with --packing,
-# cuDNN attention over few shapes); ProtBert-sized embedding against the ProtTrans batches under
-# both kernel policies (how much of BERT's ratio is the baseline's cuDNN plans).
+# profiled; ProtT5-XL-sized embedding under embed's default (FlexAttention, packed, since
+# 2026-11-30) and padded flex against the ProtTrans strategy; one train benchmark with three
+# protrans settings against one baseline (the default: compiled blocks on a CUDA GPU since
+# 2026-11-30; uncompiled; with --token-micro-batches --packing); ProtBert-sized embedding against
+# the ProtTrans batches under both kernel policies.
 #
 # levers (the second call of a session, step limits 360 s, in order of what it decides):
-# `train --compile` (with token micro-batches and packing, then alone), the training part of
-# gpu_profile.py (fixed, new, repeated lengths, token-sized micro-batches; each kernel choice on
-# lengths of its own since 2026-11-30; then a profile of one fixed-length step: device busy
-# against wall time) and the GPU tests of packing and flex. A session has
+# the train levers left (one micro-batch of 64 per step, with and without token micro-batches
+# and packing), the training part of gpu_profile.py (fixed, new, repeated lengths, token-sized
+# micro-batches; then a profile of one fixed-length step: device busy against wall time) and
+# the GPU tests of packing and flex. A session has
 # 15 minutes of device time, machine start included: quick, then levers at once while the machine
 # is warm (it goes back after 30 s idle).
 #
@@ -47,7 +47,7 @@ MODE=${1:-full}
 if [ -z "${STEPS:-}" ]; then
     case $MODE in
         quick) STEPS="env profile_t5 embed_t5_flex train_variants embed_bert_fair" ;;
-        levers) STEPS="train_compile_variants train_profile tests_quick" ;;
+        levers) STEPS="train_levers train_profile tests_quick" ;;
     esac
 fi
 
@@ -84,7 +84,7 @@ step profile_t5 90 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --family t5 --
 # its code has not changed since); each run prints its residues/s as it ends, so a cut step
 # keeps what finished
 step embed_t5_flex 170 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
-    --strategies flex,prottrans,flex_packed --max-tokens default --per-protein
+    --strategies flex_packed,prottrans,flex --max-tokens default --per-protein
 step profile 140 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --profile-out "$OUT/profile_tables.txt"
 step embed_t5_pp 100 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family t5 --preset prot_t5_xl \
     --strategies prottrans,protrans --max-tokens 4000,default --per-protein
@@ -114,11 +114,13 @@ step embed_host 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda 
 # 10 warm-up steps: what a long run's steady state looks like, not its first shapes.
 # Several protrans settings against one baseline run, each printed as it ends ("cudnn+pad64": the
 # baseline's cuDNN attention, its plans built once each over few shapes)
+# ("plain": train's default, which compiles the blocks on a CUDA GPU since 2026-11-30)
 step train_variants 150 $PY benchmarks/train_bench.py --report-after 142 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 \
-    --warmup 10 --variants plain,tokens,tokens+packing,cudnn+pad64 --json "$OUT/train_variants.json"
-# compiled block by block (the first steps wait for it): with the other levers first, then alone
-step train_compile_variants 200 $PY benchmarks/train_bench.py --report-after 192 --gpu --fasta "$FASTA" --repeats 1 \
-    --num-steps 40 --warmup 10 --variants tokens+packing+compile,compile --json "$OUT/train_compile_variants.json"
+    --warmup 10 --variants plain,eager,tokens+packing --json "$OUT/train_variants.json"
+# one micro-batch of 64 per step (the step was 72% device-busy at 16 x 512 on 2026-11-30: fewer,
+# larger launches), with the token micro-batches and packing first, then alone
+step train_levers 200 $PY benchmarks/train_bench.py --report-after 192 --gpu --fasta "$FASTA" --repeats 1 \
+    --num-steps 40 --warmup 10 --variants tokens+packing+mb64,mb64 --json "$OUT/train_levers.json"
 # the training part of gpu_profile.py alone (levers: second, before the GPU tests; steps run in
 # the order of these lines, not of STEPS)
 step train_profile 100 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --skip-embed

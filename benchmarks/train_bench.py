@@ -74,6 +74,8 @@ VARIANT_FLAGS = {
     "tokens": {"token_micro_batches": True},
     "packing": {"packing": True},
     "compile": {"compile": True},
+    "eager": {"compile": False},      # (the blocks uncompiled: train's default on a CPU, not on a CUDA GPU)
+    "mb64": {"micro_batch_size": 64},  # one micro-batch per step at the GPU preset's global batch
     "pad64": {"pad_multiple": 64},
     "recompute": {"activation_checkpointing": True},
     "cudnn": {"sdpa_kernels": "torch"},
@@ -279,9 +281,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the best is kept")
     parser.add_argument("--gpu", action="store_true")
-    parser.add_argument("--compile", action="store_true",
-                        help="protrans with --compile (torch.compile, dynamic shapes); raise --warmup to leave "
-                             "the compilations out of the timing")
+    parser.add_argument("--compile", action="store_const", const=True, default=None,
+                        help="protrans with --compile (torch.compile, dynamic shapes; train's default for this "
+                             "model on a CUDA GPU); raise --warmup to leave the compilations out of the timing")
+    parser.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+                        help="protrans with --no-compile (default: train's own choice)")
     parser.add_argument("--pad-multiple", type=int, default=8,
                         help="protrans train --pad-multiple (micro-batch lengths rounded up to a multiple)")
     parser.add_argument("--activation-checkpointing", action="store_true",

@@ -27,8 +27,10 @@ import contextlib
 SDPA_KERNELS = ("auto", "torch")
 
 # `embed --attention`: sdpa is the model's own attention (transformers' scaled_dot_product_attention
-# path); flex replaces a T5 encoder's self-attention by FlexAttention (models/t5.py).
-ATTENTIONS = ("sdpa", "flex")
+# path); flex replaces a T5 encoder's self-attention by FlexAttention (models/t5.py); auto (embed's
+# default) is flex where it was measured faster and its kernel builds (a T5 model on a CUDA GPU
+# in bfloat16: embed.flex_by_default), sdpa elsewhere. An embedder is built with sdpa or flex.
+ATTENTIONS = ("auto", "sdpa", "flex")
 
 
 def check_attention(attention: str, *, compile: bool) -> None:

@@ -80,7 +80,7 @@ class EmbedOptions:
     packing: bool | None = None          # each batch one row without padding; None: auto (packing_by_default)
     sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
     compile: bool = False                # torch.compile the model (dynamic shapes)
-    attention: str = "sdpa"              # sdpa (the model's own) | flex (FlexAttention: T5 family only)
+    attention: str = "auto"              # auto | sdpa (the model's own) | flex (FlexAttention: T5 family only)
     resume: bool = False
     force: bool = False                  # replace an existing finished OUTPUT (else it is refused)
     window: int = DEFAULT_WINDOW         # proteins read, length-sorted and embedded at a time
@@ -151,7 +151,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
             console.warn("the onehot embedder has no attention: --packing ignored")
         if options.compile:
             console.warn("the onehot embedder has no model to compile: --compile ignored")
-        if options.attention != "sdpa":
+        if options.attention not in ("auto", "sdpa"):
             console.warn(f"the onehot embedder has no attention: --attention {options.attention} ignored")
         if options.revision:
             console.warn(f"the onehot embedder has no weights: --revision {options.revision} ignored")
@@ -165,24 +165,90 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     # materialised in float32 on the way to a bf16 GPU. (Loading may draw from torch's global
     # generator, as from_pretrained does: a fork_rng around it replayed other threads' draws.)
     loaded = load_model(options.model, device=device_name, dtype=dtype, revision=options.revision)
-    embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
-                                   sdpa_kernels=options.sdpa_kernels, compile=options.compile,
-                                   attention=options.attention)
-    if options.attention == "flex" and not device_name.startswith("cuda"):
+    automatic = options.attention == "auto"
+    attention = options.attention
+    if automatic:
+        attention = "flex" if flex_by_default(loaded.family, device_name, dtype, compiled=options.compile) else "sdpa"
+    try:
+        embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
+                                       sdpa_kernels=options.sdpa_kernels, compile=options.compile,
+                                       attention=attention)
+    except ModelError as exc:
+        if not (automatic and attention == "flex"):
+            raise
+        # a T5 model of a layout the flex switch does not know (it checks before switching anything)
+        console.info(f"FlexAttention left out ({exc}): the model's own attention")
+        attention = "sdpa"
+        embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
+                                       sdpa_kernels=options.sdpa_kernels, compile=options.compile,
+                                       attention=attention)
+    if attention == "flex" and not device_name.startswith("cuda"):
         console.warn(f"--attention flex on {device_name}: FlexAttention runs uncompiled here, every attention score "
                      "materialised (the same numbers, slower than the default attention); its fused kernel is "
                      "for CUDA GPUs")
-    elif options.attention == "flex" or options.compile:
+    elif options.compile:
         # (nothing shows for that while: the first batch waits for torch.compile)
-        what = "the FlexAttention kernel" if options.attention == "flex" else "the model's blocks"
-        console.info(f"compiling {what} with torch.compile: the first batches wait for it (seconds to a minute)")
+        console.info("compiling the model's blocks with torch.compile: the first batches wait for it "
+                     "(seconds to a minute)")
     if options.packing is None and packing_by_default(embedder, options.max_tokens or default_max_tokens(device_name,
                                                                                                       embedder),
                                                       compiled=options.compile):
         embedder.use_packing()
-        console.info("packing each batch into one row (the fused varlen attention kernel); --no-packing "
-                     "pads batches instead")
+        kernel = ("FlexAttention with a block mask of its proteins" if embedder.attention == "flex"
+                  else "the fused varlen attention kernel")
+        console.info(f"packing each batch into one row ({kernel}); --no-packing pads batches instead")
+    if embedder.attention == "flex":
+        from protrans_cli.models.t5 import flex_is_compiled
+
+        if flex_is_compiled(device_name):
+            _build_flex_kernel(embedder, automatic)
     return embedder
+
+
+def flex_by_default(family, device_name: str, dtype: str, *, compiled: bool = False) -> bool:
+    """Whether `--attention auto` (embed's default) takes FlexAttention: for a family that has it
+    (T5: ProtT5, Ankh) on a CUDA GPU of compute capability 8.0 or later, in bfloat16, with
+    torch's FlexAttention and Triton (its kernel's compiler), and not with --compile. Measured
+    there: 2.35x the ProtTrans script's strategy padded, 2.77x packed, where the model's own
+    attention ran 0.95-0.97x (H200, ProtT5-XL-sized, docs/benchmarks.md#gpu). float16 (V100,
+    T4) and older GPUs keep the model's own attention: not measured."""
+    import importlib.util
+
+    if compiled or not getattr(family, "flex_attention", False) or dtype != "bfloat16" \
+            or not device_name.startswith("cuda"):
+        return False
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import torch
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability(device_name) >= (8, 0)
+
+
+# A batch the FlexAttention kernel is built on before the first real one (two proteins: a batch
+# of one would be compiled for that size alone).
+_FLEX_PROBE = ("ACDEFGHIKLMNPQRSTVWY" * 10, "MKTAYIAKQRQISFVKSHFSRQ" * 3)
+
+
+def _build_flex_kernel(embedder, automatic: bool) -> None:
+    """Build FlexAttention's kernel now, on a probe batch, rather than inside the first real one:
+    where torch.compile cannot build it (no working compiler, a torch whose inductor cannot lower
+    it), `--attention auto` goes on with the model's own attention and says so; an explicit
+    `--attention flex` fails here, before any output is made."""
+    from protrans_cli.errors import compile_failure, described
+
+    console.info("compiling the FlexAttention kernel with torch.compile (seconds to a minute, once)")
+    try:
+        embedder.embed_arrays(list(_FLEX_PROBE), rows=False, means=True, check=False)
+    except Exception as exc:  # noqa: BLE001 - a compiler's failure is told apart below
+        inner = compile_failure(exc)
+        if not automatic or inner is None:
+            raise
+        embedder.drop_flex()
+        console.warn(f"FlexAttention's kernel could not be built on this machine ({described(inner)}): the model's "
+                     "own attention instead (--attention sdpa skips the attempt)")
 
 
 # Where `--packing` was measured faster than padded batches (docs/benchmarks.md#gpu: H200,
@@ -196,13 +262,11 @@ def packing_by_default(embedder, max_tokens: int, *, compiled: bool = False) -> 
     packed attention is one Flash varlen kernel (compute capability 8.0 or later, PyTorch with
     `torch.nn.attention.varlen`), for a family that packs, with batches of at least
     PACKING_MIN_TOKENS tokens, and not with --compile (the two together are not measured on a
-    GPU yet; `--compile --packing` asks for them). Not under
-    `--attention flex` either: T5's packed rows (a FlexAttention block mask, not the varlen
-    kernel) have not been measured on a GPU yet; `--packing` asks for them. Nor in float32, which
-    the varlen kernel does not take (packed rows then run the padded fallback)."""
+    GPU yet; `--compile --packing` asks for them). Under FlexAttention (T5) in bfloat16 too: its
+    packed rows (a block mask of the row's proteins, not the varlen kernel) ran 1.18x its padded
+    batches (H200, ProtT5-XL-sized, 32000 tokens, 2026-11-30). Not in float32, which the varlen
+    kernel does not take (packed rows then run the padded fallback)."""
     if compiled or max_tokens < PACKING_MIN_TOKENS or not str(getattr(embedder, "device", "")).startswith("cuda"):
-        return False
-    if getattr(embedder, "attention", "sdpa") == "flex":
         return False
     import torch
 
@@ -210,6 +274,8 @@ def packing_by_default(embedder, max_tokens: int, *, compiled: bool = False) -> 
         return False  # float32 (--dtype float32): the Flash varlen kernel takes half precision only
     if getattr(embedder, "packing_problem", None) is None or embedder.packing_problem() is not None:
         return False
+    if getattr(embedder, "attention", "sdpa") == "flex":
+        return embedder.compute_dtype == "bfloat16"  # (float16 flex: not measured)
     from protrans_cli.models import packing
 
     return torch.cuda.get_device_capability(embedder.device) >= (8, 0) and packing.varlen_available(embedder.device)

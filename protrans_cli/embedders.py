@@ -157,6 +157,9 @@ class TransformerEmbedder:
         # --attention flex: the family switches its attention modules in place (models/t5.py);
         # a family without such a path refuses here, once its model is known.
         check_attention(attention, compile=compile)
+        if attention == "auto":
+            raise UsageError("an embedder runs attention='sdpa' or 'flex'; 'auto' is embed's choice between them "
+                             "(protrans_cli.embed.build_embedder, flex_by_default)")
         if attention == "flex":
             self.family_impl.use_flex_attention(self.model)
         self.attention = attention
@@ -173,6 +176,16 @@ class TransformerEmbedder:
 
             compile_blocks(self.model)
         self._run_model = self.model
+
+    def drop_flex(self) -> None:
+        """Run the model's own attention from now on (attention = "sdpa"): padded batches, as a T5
+        model packs only under FlexAttention. For the CPU twin, and for embed's automatic choice
+        when FlexAttention's kernel cannot be built on this machine."""
+        from protrans_cli.models.t5 import drop_flex_attention
+
+        drop_flex_attention(self.model)
+        self.attention = "sdpa"
+        self.packed = False  # its rows were packed for the flex block mask: padded ones now
 
     def _check_attention(self) -> None:
         """The flex switch is made in place on the model (models/t5.py): an embedder built for the
@@ -398,11 +411,7 @@ class TransformerEmbedder:
 
                 drop_compiled_blocks(twin.model)
             if getattr(twin, "attention", "sdpa") == "flex":  # eager on the CPU: the model's own is far faster
-                from protrans_cli.models.t5 import drop_flex_attention
-
-                drop_flex_attention(twin.model)
-                twin.attention = "sdpa"
-                twin.packed = False  # its rows were packed for the flex block mask: padded ones now
+                twin.drop_flex()
             twin.pad_multiple = 1
             self._cpu_copy = twin
         return self._cpu_copy

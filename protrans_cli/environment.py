@@ -85,9 +85,9 @@ def describe(check_compile: bool = False) -> dict:
     kernels["flex_attention"] = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
     kernels["triton"] = importlib.util.find_spec("triton") is not None  # flex's compiled kernel on CUDA
     if check_compile:
-        kernels["compile_cpu"] = _compile_check("cpu")
+        kernels["compile_cpu"] = compile_check("cpu")
         if cuda:
-            kernels["compile_cuda"] = _compile_check("cuda")
+            kernels["compile_cuda"] = compile_check("cuda")
     return info
 
 
@@ -100,7 +100,7 @@ def _hub_cache() -> str:
         return os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
 
 
-def _compile_check(device: str) -> dict:
+def compile_check(device: str) -> dict:
     """Whether torch.compile builds and runs a small kernel on `device` (layer norm, GELU and a
     residual add: what it fuses in a transformer block), with the seconds it took or the
     compiler's first line of error."""

@@ -77,6 +77,27 @@ def described(exc: BaseException) -> str:
     return first if first.startswith(name) else f"{name}: {first}"
 
 
+def compile_failure(exc: BaseException) -> BaseException | None:
+    """The compiler's own exception when `exc` is (or was raised from) a kernel torch.compile
+    could not build (`--compile`, FlexAttention on CUDA: a C++ or Triton compile error, a missing
+    compiler, an inductor bug), whose traceback runs to screens of generated code; None for
+    anything else. torch is only looked at if it was imported."""
+    import sys
+
+    dynamo = sys.modules.get("torch._dynamo.exc")
+    if dynamo is None:
+        return None
+    kinds = tuple(k for k in (getattr(dynamo, "BackendCompilerFailed", None),
+                              getattr(dynamo, "InternalTorchDynamoError", None)) if isinstance(k, type))
+    seen = set()
+    while exc is not None and id(exc) not in seen and kinds:
+        if isinstance(exc, kinds):
+            return getattr(exc, "inner_exception", None) or exc.__cause__ or exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @contextlib.contextmanager
 def located(path):
     """An error raised inside that does not say which file it is about names `path` (the task

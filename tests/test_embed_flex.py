@@ -435,7 +435,7 @@ def test_a_kernel_the_compiler_cannot_build_is_one_line(run_cli, tmp_path, tiny_
     assert result.exit_code == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "torch.compile could not build a kernel (RuntimeError: no working C compiler here)" in last
-    assert "--attention flex" in last and "--debug" in last
+    assert "--attention sdpa" in last and "--debug" in last
     assert "Traceback" not in result.stderr and "second line" not in result.stderr
     assert not out.exists()
     with pytest.raises(Exception, match="no working C compiler"):  # --debug: the compiler's own traceback
@@ -520,3 +520,113 @@ def test_the_compiled_score_mod_takes_no_shape_expression(tiny_t5, monkeypatch, 
                 assert isinstance(value.node.expr, sympy.Symbol), f"a shape expression among the captures: {value}"
             else:
                 assert isinstance(value, (torch.Tensor, int)), type(value)
+
+
+def _broken_compiler(monkeypatch):
+    """flex_attention compiled by a backend that raises, as a machine without a working
+    compiler does (wrapped by dynamo as it wraps inductor's failures)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def broken(graph, example_inputs):
+        raise RuntimeError("no working C compiler here")
+
+    monkeypatch.setattr(t5_module, "flex_attention_function",
+                        lambda device: torch.compile(flex_attention, backend=broken, dynamic=True))
+
+
+def test_auto_attention_picks_flex_only_for_t5_on_a_bf16_cuda_gpu():
+    """embed's default (--attention auto) takes FlexAttention where it was measured faster: a T5
+    model on a CUDA GPU in bfloat16, not with --compile; the model's own attention elsewhere."""
+    from protrans_cli.embed import flex_by_default
+
+    assert not flex_by_default(T5, "cpu", "float32")
+    assert not flex_by_default(T5, "mps", "bfloat16")
+    assert not flex_by_default(FAMILIES["bert"], "cuda", "bfloat16")
+    assert not flex_by_default(T5, "cuda", "float16")      # (V100, T4: not measured)
+    assert not flex_by_default(T5, "cuda", "bfloat16", compiled=True)
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
+        import importlib.util
+
+        assert flex_by_default(T5, "cuda", "bfloat16") == (importlib.util.find_spec("triton") is not None)
+
+
+def test_auto_attention_on_the_cpu_runs_the_models_own(run_cli, tmp_path, tiny_t5, fasta):
+    out = tmp_path / "a.h5"
+    result = run_cli("embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        assert f.attrs["attention"] == "sdpa"
+
+
+def test_auto_attention_falls_back_when_flex_cannot_be_built(run_cli, tmp_path, tiny_t5, fasta, monkeypatch):
+    """Where auto chose FlexAttention but torch.compile cannot build its kernel, embed says so in
+    one warning and goes on with the model's own attention (padded batches: a T5 model packs
+    only under flex): exit 0, the rows of the plain forward pass, attention = sdpa recorded. The
+    kernel is built on a probe batch before the output is made."""
+    import h5py
+
+    from protrans_cli import embed as embed_module
+
+    calls = []
+    monkeypatch.setattr(embed_module, "flex_by_default", lambda *a, **k: calls.append(a) or True)
+    monkeypatch.setattr(embed_module, "packing_by_default", lambda *a, **k: True)  # as on a GPU at 32000 tokens
+    _broken_compiler(monkeypatch)
+    out = tmp_path / "f.h5"
+    result = run_cli("embed", fasta, "-m", tiny_t5, "-o", out, "--device", "cpu", "--per-residue")
+    assert result.exit_code == 0, result.stderr
+    assert calls
+    warning = [line for line in result.stderr.splitlines() if "could not be built" in line]
+    assert len(warning) == 1 and "RuntimeError: no working C compiler here" in warning[0], result.stderr
+    assert "--attention sdpa" in warning[0] and "Traceback" not in result.stderr
+    with h5py.File(out, "r") as f:
+        assert f.attrs["attention"] == "sdpa"
+    rows = _read(out)
+    assert set(rows) == set(SEQUENCES)
+    for key, seq in SEQUENCES.items():
+        np.testing.assert_allclose(rows[key], reference(tiny_t5, seq)[0], atol=1e-5, rtol=0)
+
+
+def test_auto_attention_runs_flex_when_its_kernel_builds(tiny_t5, monkeypatch):
+    """Where the kernel builds, auto keeps FlexAttention (packed when packing is on): the probe
+    batch compiled it, and the rows equal the plain forward pass."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from protrans_cli import embed as embed_module
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    monkeypatch.setattr(embed_module, "flex_by_default", lambda *a, **k: True)
+    monkeypatch.setattr(embed_module, "packing_by_default", lambda *a, **k: True)
+    built = []
+
+    def eager_backend(graph, example_inputs):
+        built.append(graph)
+        return graph
+
+    monkeypatch.setattr(t5_module, "flex_attention_function",
+                        lambda device: torch.compile(flex_attention, backend=eager_backend, dynamic=True))
+    torch._dynamo.reset()
+    embedder = build_embedder(EmbedOptions(model=str(tiny_t5), device="cpu", dtype="float32"))
+    assert embedder.attention == "flex" and embedder.packed and built  # (built on the probe batch)
+    seqs = list(SEQUENCES.values())
+    for seq, rows in zip(seqs, embedder.embed_batch(seqs)):
+        np.testing.assert_allclose(rows, reference(tiny_t5, seq), atol=1e-5, rtol=0)
+
+
+def test_an_explicit_flex_whose_kernel_fails_is_still_an_error(tiny_t5, monkeypatch):
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    _broken_compiler(monkeypatch)
+    with pytest.raises(Exception, match="no working C compiler"):
+        build_embedder(EmbedOptions(model=str(tiny_t5), device="cpu", dtype="float32", attention="flex"))
+
+
+def test_an_embedder_is_built_with_a_resolved_attention(tiny_t5):
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+
+    with pytest.raises(UsageError, match="'auto' is embed's choice"):
+        TransformerEmbedder(load_model(str(tiny_t5), device="cpu", dtype="float32"), (-1,), "cpu", "float32",
+                            attention="auto")

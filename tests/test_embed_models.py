@@ -814,7 +814,8 @@ def test_packed_batches_equal_the_plain_forward_of_each_protein(run_cli, tmp_pat
 
 def test_packing_is_on_by_default_only_where_it_was_measured_faster(monkeypatch, tiny_models):
     """Neither --packing nor --no-packing: packed where the H200 measured it faster (a CUDA GPU with
-    the Flash varlen kernel, batches of 32000 tokens or more, a family that packs), padded
+    the Flash varlen kernel, batches of 32000 tokens or more, a family that packs; T5 under
+    FlexAttention in bfloat16), padded
     elsewhere. The GPU is faked: the decision reads the device name, its compute capability and
     whether the varlen kernel exists."""
     import torch
@@ -826,7 +827,7 @@ def test_packing_is_on_by_default_only_where_it_was_measured_faster(monkeypatch,
     t5 = build_embedder(EmbedOptions(model=str(tiny_models["t5"]), device="cpu"))
     t5_flex = build_embedder(EmbedOptions(model=str(tiny_models["t5"]), device="cpu", attention="flex"))
     assert not bert.packed and not t5.packed and not t5_flex.packed  # on the CPU: padded, as before
-    assert t5_flex.packing_problem() is None  # T5 can pack under flex: asked for, not by default
+    assert t5_flex.packing_problem() is None  # T5 can pack under flex
     assert not packing_by_default(bert, 32000)
     capability = {"value": (9, 0)}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
@@ -835,7 +836,11 @@ def test_packing_is_on_by_default_only_where_it_was_measured_faster(monkeypatch,
     assert not packing_by_default(bert, 32000)                 # float32: the varlen kernel takes half precision
     bert.compute_dtype = t5.compute_dtype = t5_flex.compute_dtype = "bfloat16"
     assert packing_by_default(bert, 32000)
-    assert not packing_by_default(t5_flex, 32000)              # flex's packed rows: not measured yet
+    assert packing_by_default(t5_flex, 32000)                  # flex's packed rows: 1.18x its padded ones
+    assert not packing_by_default(t5_flex, 16000)
+    t5_flex.compute_dtype = "float16"
+    assert not packing_by_default(t5_flex, 32000)              # float16 flex: not measured
+    t5_flex.compute_dtype = "bfloat16"
     assert not packing_by_default(bert, 16000)                 # 4000 tokens measured slower
     assert not packing_by_default(bert, 32000, compiled=True)  # --compile does not combine yet
     assert not packing_by_default(t5, 32000)                   # relative-position bias: does not pack

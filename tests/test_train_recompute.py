@@ -192,3 +192,40 @@ def test_cli_compile_failure_is_one_line(tmp_path, run_cli, monkeypatch):
     assert "torch.compile could not build a kernel (RuntimeError: inductor: no C compiler found)" in last
     assert "without --compile" in last and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_compile_by_default_only_for_bert_like_models_on_a_cuda_gpu(monkeypatch, capsys):
+    """compile = None (train's default): the blocks of a masked-LM or ELECTRA model are compiled
+    on a CUDA GPU whose torch.compile builds a small kernel (measured 1.58x there); a machine
+    whose compiler fails gets one warning and eager blocks; T5, XLNet, Transformer-XL and the CPU
+    stay eager; an explicit setting is kept as given. The GPU is faked: the choice reads the
+    device's type and the compile check."""
+    from protrans_cli import environment
+
+    checks = []
+    result = {"ok": True, "seconds": 1.0}
+    monkeypatch.setattr(environment, "compile_check", lambda device: checks.append(device) or dict(result))
+    cuda = torch.device("cuda", 1)
+    assert recompute.resolve_compile(None, "mlm", cuda) and checks == ["cuda:1"]
+    assert recompute.resolve_compile(None, "electra", cuda)
+    for objective in ("t5", "t5_span", "plm", "clm"):
+        assert not recompute.resolve_compile(None, objective, cuda)
+    assert not recompute.resolve_compile(None, "mlm", torch.device("cpu"))
+    assert recompute.resolve_compile(True, "t5", torch.device("cpu"))
+    assert not recompute.resolve_compile(False, "mlm", cuda)
+    assert len(checks) == 2  # only where auto had to decide on a GPU
+    capsys.readouterr()
+    result.update(ok=False, error="RuntimeError: no C compiler")
+    assert not recompute.resolve_compile(None, "mlm", cuda)
+    err = capsys.readouterr().err
+    assert "torch.compile cannot build a kernel on this machine (RuntimeError: no C compiler)" in err
+    assert "--no-compile" in err
+
+
+def test_the_saved_config_holds_what_auto_compile_meant(tmp_path):
+    """On the CPU the default leaves the blocks eager, and the run's saved config says False
+    (not None): what the checkpoint was trained with."""
+    out = tmp_path / "run"
+    train(_config(out, "bert", num_steps=1))
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["compile"] is False

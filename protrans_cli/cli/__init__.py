@@ -345,24 +345,15 @@ def _compile_failure(exc: BaseException) -> str | None:
     """One line for a kernel that torch.compile could not build (`--compile`, `embed --attention
     flex`): the compiler's own exception, whose traceback runs to screens of generated code
     (a C++ or Triton compile error, a missing compiler), says what to run instead; None for
-    anything else (a bug: its traceback is shown). torch is only looked at if it was imported."""
-    dynamo = sys.modules.get("torch._dynamo.exc")
-    if dynamo is None:
-        return None
-    kinds = tuple(k for k in (getattr(dynamo, "BackendCompilerFailed", None),
-                              getattr(dynamo, "InternalTorchDynamoError", None)) if isinstance(k, type))
-    seen = set()
-    while exc is not None and id(exc) not in seen and kinds:
-        if isinstance(exc, kinds):
-            from protrans_cli.errors import described
+    anything else (a bug: its traceback is shown)."""
+    from protrans_cli.errors import compile_failure, described
 
-            inner = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
-            return (f"torch.compile could not build a kernel ({described(inner)}); run again without --compile "
-                    "(embed, train) or --attention flex (embed; with --resume, to keep what it wrote), or with "
-                    "--debug for the compiler's traceback")
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    inner = compile_failure(exc)
+    if inner is None:
+        return None
+    return (f"torch.compile could not build a kernel ({described(inner)}); run again without --compile "
+            "(embed, train) or with --attention sdpa (embed; with --resume, to keep what it wrote), or with "
+            "--debug for the compiler's traceback")
 
 
 def _signal_in_chain(exc: BaseException) -> KeyboardInterrupt | None:

@@ -53,8 +53,8 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="BERT/RoBERTa/ALBERT/ELECTRA/ESM: each batch one row without padding, attention kept "
                    "inside each protein (one fused varlen kernel on a CUDA GPU); T5 with --attention flex "
                    "(a block mask of the row's proteins).  [default: on for the first families on a CUDA GPU "
-                   "with the varlen kernel and batches of 32000 tokens or more (measured faster there), off "
-                   "elsewhere]")
+                   "with the varlen kernel, and for T5 under FlexAttention in bfloat16, with batches of 32000 "
+                   "tokens or more (measured faster there); off elsewhere]")
 @click.option("--sdpa-kernels", type=click.Choice(list(SDPA_KERNELS)), default="auto",
               help="GPU attention kernels: auto leaves out cuDNN attention, which builds a plan for every "
                    "new batch shape; torch keeps PyTorch's own choice.")
@@ -62,10 +62,12 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="torch.compile each transformer block (one compilation serves them all, one graph every "
                    "batch length): the first batches wait for it (seconds); for long runs on a GPU. With "
                    "--packing only when asked for (not measured together on a GPU yet).")
-@click.option("--attention", type=click.Choice(list(ATTENTIONS)), default="sdpa",
+@click.option("--attention", type=click.Choice(list(ATTENTIONS)), default="auto",
               help="sdpa: the model's own attention; flex (T5 family: ProtT5, Ankh): FlexAttention, the "
-                   "relative-position bias inside one fused kernel on a CUDA GPU (opt-in, GPU speed not "
-                   "measured yet). Not with --compile.")
+                   "relative-position bias inside one fused kernel on a CUDA GPU (2.4x the ProtTrans "
+                   "script on an H200; not with --compile); auto: flex for a T5 model on a CUDA GPU in "
+                   "bfloat16 where its kernel builds (else sdpa, with a warning if it failed to build), "
+                   "sdpa elsewhere.")
 @click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); embed the rest.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT (without it, or --resume, an existing OUTPUT is refused).")
 @click.option("--window", type=int, default=DEFAULT_WINDOW,

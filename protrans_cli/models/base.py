@@ -75,6 +75,7 @@ class Family:
     sentence_order: ClassVar[bool] = False
     tokenizer_kwargs: ClassVar[dict] = {}
     causal: ClassVar[bool] = False  # a row sees only the residues before it (chunked windows stitch so)
+    flex_attention: ClassVar[bool] = False  # use_flex_attention switches its encoder (embed --attention flex)
 
     def use_flex_attention(self, model) -> None:
         """Switch `model` (this family's encoder, loaded for inference) to FlexAttention

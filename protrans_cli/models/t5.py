@@ -45,6 +45,7 @@ class T5Family(Family):
     objective = "t5"
     presets = PRESETS
     description = "T5 encoder-decoder; embeddings from the encoder (ProtT5)"
+    flex_attention = True
 
     def build_tokenizer(self):
         return residue_tokenizer(
@@ -242,6 +243,12 @@ def flex_attention_function(device):
     if _COMPILED_FLEX is None:
         _COMPILED_FLEX = torch.compile(flex_attention, dynamic=True)
     return _COMPILED_FLEX
+
+
+def flex_is_compiled(device) -> bool:
+    """Whether FlexAttention runs a kernel torch.compile builds on `device` (CUDA), which can fail
+    on a machine without a working compiler, rather than eagerly."""
+    return flex_attention_function(device) is not _eager_flex
 
 
 def _eager_flex(*args, **kwargs):

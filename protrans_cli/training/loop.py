@@ -280,7 +280,8 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                     "instead (--precision bf16 or fp32 to choose)")
     # The run's config (saved with every checkpoint) holds what auto meant here: bf16 on an A100,
     # fp16 on a T4; a run moved between them switched precision on resume without a word.
-    config = dataclasses.replace(config, precision=precision)
+    config = dataclasses.replace(config, precision=precision,
+                                 compile=recompute.resolve_compile(config.compile, objective_name, info.device))
     what = f"{family.name} from {config.init_from}" if config.init_from else f"{family.name}/{config.preset}"
     dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
