@@ -201,7 +201,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
         from protrans_cli.models.t5 import flex_is_compiled
 
         if flex_is_compiled(device_name):
-            _build_flex_kernel(embedder, automatic)
+            _build_flex_kernel(embedder, automatic, packing_asked=options.packing is True)
     return embedder
 
 
@@ -227,12 +227,19 @@ def flex_by_default(family, device_name: str, dtype: str, *, compiled: bool = Fa
     return torch.cuda.get_device_capability(device_name) >= (8, 0)
 
 
-# A batch the FlexAttention kernel is built on before the first real one (two proteins: a batch
-# of one would be compiled for that size alone).
-_FLEX_PROBE = ("ACDEFGHIKLMNPQRSTVWY" * 10, "MKTAYIAKQRQISFVKSHFSRQ" * 3)
+# The batches the FlexAttention kernel is built on before the first real one. Compiled with
+# dynamic shapes, a graph is still specialised to a size of 1 (one protein in a batch, one
+# 128-token block in a row) and, at first, to the block counts it saw: batches of several and
+# of one protein, over several blocks and over one, then another of each size again, build
+# every graph a run meets, padded or packed (tested: none compiles after them). A run would
+# build the same graphs as its batches came; built here, a kernel that cannot be built fails
+# (or, under auto, falls back) before any output is made.
+_PROBE_LETTERS = "ACDEFGHIKLMNPQRSTVWY" * 16
+_FLEX_PROBES = tuple(tuple(_PROBE_LETTERS[:n] for n in lengths)
+                     for lengths in ((200, 150, 60), (300,), (50, 40), (30,), (260, 250, 100, 20)))
 
 
-def _build_flex_kernel(embedder, automatic: bool) -> None:
+def _build_flex_kernel(embedder, automatic: bool, packing_asked: bool = False) -> None:
     """Build FlexAttention's kernel now, on a probe batch, rather than inside the first real one:
     where torch.compile cannot build it (no working compiler, a torch whose inductor cannot lower
     it), `--attention auto` goes on with the model's own attention and says so; an explicit
@@ -241,14 +248,18 @@ def _build_flex_kernel(embedder, automatic: bool) -> None:
 
     console.info("compiling the FlexAttention kernel with torch.compile (seconds to a minute, once)")
     try:
-        embedder.embed_arrays(list(_FLEX_PROBE), rows=False, means=True, check=False)
+        for batch in _FLEX_PROBES:
+            embedder.embed_arrays(list(batch), rows=False, means=True, check=False)
     except Exception as exc:  # noqa: BLE001 - a compiler's failure is told apart below
         inner = compile_failure(exc)
         if not automatic or inner is None:
             raise
+        packed = embedder.packed
         embedder.drop_flex()
+        dropped = ("; --packing dropped: T5 models pack only under FlexAttention" if packed and packing_asked
+                   else "")
         console.warn(f"FlexAttention's kernel could not be built on this machine ({described(inner)}): the model's "
-                     "own attention instead (--attention sdpa skips the attempt)")
+                     f"own attention instead (--attention sdpa skips the attempt){dropped}")
 
 
 # Where `--packing` was measured faster than padded batches (docs/benchmarks.md#gpu: H200,

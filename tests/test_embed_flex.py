@@ -534,7 +534,7 @@ def _broken_compiler(monkeypatch):
                         lambda device: torch.compile(flex_attention, backend=broken, dynamic=True))
 
 
-def test_auto_attention_picks_flex_only_for_t5_on_a_bf16_cuda_gpu():
+def test_auto_attention_picks_flex_only_for_t5_on_a_bf16_cuda_gpu(monkeypatch):
     """embed's default (--attention auto) takes FlexAttention where it was measured faster: a T5
     model on a CUDA GPU in bfloat16, not with --compile; the model's own attention elsewhere."""
     from protrans_cli.embed import flex_by_default
@@ -544,10 +544,27 @@ def test_auto_attention_picks_flex_only_for_t5_on_a_bf16_cuda_gpu():
     assert not flex_by_default(FAMILIES["bert"], "cuda", "bfloat16")
     assert not flex_by_default(T5, "cuda", "float16")      # (V100, T4: not measured)
     assert not flex_by_default(T5, "cuda", "bfloat16", compiled=True)
-    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
-        import importlib.util
+    # a faked GPU: the choice reads the compute capability and whether Triton is installed
+    import importlib.util
 
-        assert flex_by_default(T5, "cuda", "bfloat16") == (importlib.util.find_spec("triton") is not None)
+    from protrans_cli import embed as embed_module
+
+    capability = {"value": (9, 0)}
+    triton = {"found": True}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if triton["found"] else None) if name == "triton"
+                        else real_find_spec(name, *a))
+    assert embed_module.flex_by_default(T5, "cuda", "bfloat16")
+    assert embed_module.flex_by_default(T5, "cuda:1", "bfloat16")
+    assert not embed_module.flex_by_default(T5, "cuda", "bfloat16", compiled=True)
+    capability["value"] = (7, 5)  # a T4
+    assert not embed_module.flex_by_default(T5, "cuda", "bfloat16")
+    capability["value"] = (8, 0)
+    assert embed_module.flex_by_default(T5, "cuda", "bfloat16")
+    triton["found"] = False
+    assert not embed_module.flex_by_default(T5, "cuda", "bfloat16")
 
 
 def test_auto_attention_on_the_cpu_runs_the_models_own(run_cli, tmp_path, tiny_t5, fasta):
@@ -580,6 +597,11 @@ def test_auto_attention_falls_back_when_flex_cannot_be_built(run_cli, tmp_path, 
     warning = [line for line in result.stderr.splitlines() if "could not be built" in line]
     assert len(warning) == 1 and "RuntimeError: no working C compiler here" in warning[0], result.stderr
     assert "--attention sdpa" in warning[0] and "Traceback" not in result.stderr
+    assert "--packing dropped" not in warning[0]  # (packing was the default's, not asked for)
+    asked = tmp_path / "p.h5"
+    result = run_cli("embed", fasta, "-m", tiny_t5, "-o", asked, "--device", "cpu", "--per-residue", "--packing")
+    assert result.exit_code == 0, result.stderr
+    assert "--packing dropped: T5 models pack only under FlexAttention" in result.stderr
     with h5py.File(out, "r") as f:
         assert f.attrs["attention"] == "sdpa"
     rows = _read(out)
@@ -630,3 +652,38 @@ def test_an_embedder_is_built_with_a_resolved_attention(tiny_t5):
     with pytest.raises(UsageError, match="'auto' is embed's choice"):
         TransformerEmbedder(load_model(str(tiny_t5), device="cpu", dtype="float32"), (-1,), "cpu", "float32",
                             attention="auto")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_probe_builds_every_graph_the_run_needs(tiny_t5, monkeypatch, packed):
+    """FlexAttention's kernel is built on probe batches before the first real one, so that a
+    kernel which cannot be built fails (or, under auto, falls back) before any output, and the
+    run then compiles nothing more: batches of one to five proteins, padded or packed, of
+    lengths from 1 to 300 residues meet no new compilation."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from protrans_cli import embed as embed_module
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    monkeypatch.setattr(embed_module, "flex_by_default", lambda *a, **k: True)
+    monkeypatch.setattr(embed_module, "packing_by_default", lambda *a, **k: packed)
+    built = []
+
+    def counting(graph, example_inputs):
+        built.append(graph)
+        return graph
+
+    monkeypatch.setattr(t5_module, "flex_attention_function",
+                        lambda device: torch.compile(flex_attention, backend=counting, dynamic=True))
+    torch._dynamo.reset()
+    embedder = build_embedder(EmbedOptions(model=str(tiny_t5), device="cpu", dtype="float32"))
+    assert embedder.attention == "flex" and embedder.packed == packed
+    after_probe = len(built)
+    assert after_probe >= 1
+    rng = np.random.default_rng(0)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    for size in (1, 2, 3, 4, 5, 1, 2):
+        for top in (1, 40, 129, 300):
+            batch = ["".join(rng.choice(letters, int(rng.integers(1, top + 1)))) for _ in range(size)]
+            embedder.embed_batch(batch)
+    assert len(built) == after_probe, f"{len(built) - after_probe} compilations after the probe"

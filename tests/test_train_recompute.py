@@ -190,33 +190,50 @@ def test_cli_compile_failure_is_one_line(tmp_path, run_cli, monkeypatch):
     assert result.exit_code == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "torch.compile could not build a kernel (RuntimeError: inductor: no C compiler found)" in last
-    assert "without --compile" in last and "Traceback" not in result.stderr
+    assert "--no-compile" in last and "Traceback" not in result.stderr
     assert not out.exists()
 
 
 def test_compile_by_default_only_for_bert_like_models_on_a_cuda_gpu(monkeypatch, capsys):
-    """compile = None (train's default): the blocks of a masked-LM or ELECTRA model are compiled
-    on a CUDA GPU whose torch.compile builds a small kernel (measured 1.58x there); a machine
-    whose compiler fails gets one warning and eager blocks; T5, XLNet, Transformer-XL and the CPU
-    stay eager; an explicit setting is kept as given. The GPU is faked: the choice reads the
-    device's type and the compile check."""
+    """compile = None (train's default): the blocks of a BERT or RoBERTa model (what was measured
+    1.58x on an H200) are compiled on a CUDA GPU whose torch.compile builds a small kernel; a
+    machine whose compiler fails gets one warning (from the rank told to warn) and eager blocks;
+    other families and the CPU stay eager; an explicit setting is kept as given. The check draws
+    no number from the run's generator. The GPU is faked: the choice reads the device's type and
+    the compile check."""
     from protrans_cli import environment
 
     checks = []
     result = {"ok": True, "seconds": 1.0}
-    monkeypatch.setattr(environment, "compile_check", lambda device: checks.append(device) or dict(result))
+
+    def check(device):
+        checks.append(device)
+        torch.randn(3)  # as the real check does
+        return dict(result)
+
+    monkeypatch.setattr(environment, "compile_check", check)
+    real_fork = torch.random.fork_rng
+    forked = []
+    # (no CUDA here: the CPU generator is forked alone, which is what the check draws from below)
+    monkeypatch.setattr(torch.random, "fork_rng", lambda devices=None: forked.append(devices) or real_fork(devices=[]))
     cuda = torch.device("cuda", 1)
-    assert recompute.resolve_compile(None, "mlm", cuda) and checks == ["cuda:1"]
-    assert recompute.resolve_compile(None, "electra", cuda)
-    for objective in ("t5", "t5_span", "plm", "clm"):
-        assert not recompute.resolve_compile(None, objective, cuda)
-    assert not recompute.resolve_compile(None, "mlm", torch.device("cpu"))
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    assert recompute.resolve_compile(None, "bert", cuda) and checks == ["cuda:1"]
+    assert forked == [[cuda]] and torch.equal(torch.rand(1), expected)  # the run's numbers untouched
+    assert recompute.resolve_compile(None, "roberta", cuda)
+    for family in ("albert", "electra", "esm", "t5", "xlnet", "transfo_xl"):
+        assert not recompute.resolve_compile(None, family, cuda)
+    assert not recompute.resolve_compile(None, "bert", torch.device("cpu"))
     assert recompute.resolve_compile(True, "t5", torch.device("cpu"))
-    assert not recompute.resolve_compile(False, "mlm", cuda)
+    assert not recompute.resolve_compile(False, "bert", cuda)
     assert len(checks) == 2  # only where auto had to decide on a GPU
     capsys.readouterr()
     result.update(ok=False, error="RuntimeError: no C compiler")
-    assert not recompute.resolve_compile(None, "mlm", cuda)
+    assert not recompute.resolve_compile(None, "bert", cuda, warn=False)
+    assert capsys.readouterr().err == ""
+    assert not recompute.resolve_compile(None, "bert", cuda)
     err = capsys.readouterr().err
     assert "torch.compile cannot build a kernel on this machine (RuntimeError: no C compiler)" in err
     assert "--no-compile" in err

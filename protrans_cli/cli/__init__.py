@@ -351,9 +351,9 @@ def _compile_failure(exc: BaseException) -> str | None:
     inner = compile_failure(exc)
     if inner is None:
         return None
-    return (f"torch.compile could not build a kernel ({described(inner)}); run again without --compile "
-            "(embed, train) or with --attention sdpa (embed; with --resume, to keep what it wrote), or with "
-            "--debug for the compiler's traceback")
+    return (f"torch.compile could not build a kernel ({described(inner)}); run again with --no-compile "
+            "(train), without --compile or with --attention sdpa (embed; with --resume, to keep what it "
+            "wrote), or with --debug for the compiler's traceback")
 
 
 def _signal_in_chain(exc: BaseException) -> KeyboardInterrupt | None:

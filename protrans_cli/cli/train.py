@@ -57,7 +57,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
 @click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile each transformer block (dynamic shapes; one compilation serves them all); "
-                   "the first steps wait for the compiler.  [default: on for masked-LM and ELECTRA models on a "
+                   "the first steps wait for the compiler.  [default: on for BERT and RoBERTa models on a "
                    "CUDA GPU where torch.compile builds a kernel (1.58x uncompiled on an H200), off elsewhere]")
 @click.option("--activation-checkpointing/--no-activation-checkpointing", "activation_checkpointing", default=None,
               help="Keep only each transformer block's input and recompute the block in the backward pass: "

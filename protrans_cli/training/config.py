@@ -107,8 +107,8 @@ class TrainConfig:
     precision: str = "auto"        # auto: bf16 autocast on a GPU that has it, else fp16 (loss scaling); fp32 on CPU
     strategy: str = "auto"         # auto: FSDP above fsdp_min_params, else DDP (with >1 rank)
     fsdp_min_params: int = 1_000_000_000
-    compile: bool | None = None    # None: auto (recompute.resolve_compile): on for masked-LM and ELECTRA
-                                   # encoders on a CUDA GPU whose torch.compile builds a kernel, else off
+    compile: bool | None = None    # None: auto (recompute.resolve_compile): on for BERT and RoBERTa
+                                   # models on a CUDA GPU whose torch.compile builds a kernel, else off
     activation_checkpointing: bool = False  # recompute each block in the backward pass (training/recompute.py)
     threads: int | None = None     # CPU threads per process
     # logging / checkpoints

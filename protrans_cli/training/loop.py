@@ -281,7 +281,8 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     # The run's config (saved with every checkpoint) holds what auto meant here: bf16 on an A100,
     # fp16 on a T4; a run moved between them switched precision on resume without a word.
     config = dataclasses.replace(config, precision=precision,
-                                 compile=recompute.resolve_compile(config.compile, objective_name, info.device))
+                                 compile=recompute.resolve_compile(config.compile, family.name, info.device,
+                                                                   warn=info.is_main))
     what = f"{family.name} from {config.init_from}" if config.init_from else f"{family.name}/{config.preset}"
     dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "

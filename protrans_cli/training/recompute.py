@@ -98,26 +98,30 @@ def compile_blocks(model: torch.nn.Module) -> int:
 # Objectives whose models `train` compiles by default on a CUDA GPU: the BERT-like encoders, as
 # measured there (H200, ProtBert-sized masked LM, 2026-11-30: 1.58x the plain transformers loop
 # with --compile alone, 1.79x with --token-micro-batches --packing too; 1.07x uncompiled).
-COMPILED_BY_DEFAULT = ("mlm", "electra")
+COMPILED_BY_DEFAULT = ("bert", "roberta")  # families (RoBERTa's blocks are BERT's code)
 
 
-def resolve_compile(setting: bool | None, objective: str, device) -> bool:
+def resolve_compile(setting: bool | None, family: str, device, *, warn: bool = True) -> bool:
     """What `compile` (None: auto) means for this run: as given when given; auto compiles the
-    blocks of a masked-LM or ELECTRA model on a CUDA GPU where torch.compile builds and runs a
-    small kernel (a few seconds, once; a machine without a working compiler gets a warning and
-    eager blocks). T5, XLNet and Transformer-XL stay eager unless asked (not measured compiled
-    on a GPU); so does the CPU (within noise of eager there)."""
+    blocks of a BERT or RoBERTa model on a CUDA GPU where torch.compile builds and runs a small
+    kernel (a few seconds, once, on a generator of its own: the run's random numbers are not
+    drawn from; a machine without a working compiler gets a warning, from the rank that `warn`s,
+    and eager blocks). ALBERT, ELECTRA, ESM, T5, XLNet and Transformer-XL stay eager unless
+    asked (not measured compiled on a GPU); so does the CPU (within noise of eager there)."""
     if setting is not None:
         return bool(setting)
-    if torch.device(device).type != "cuda" or objective not in COMPILED_BY_DEFAULT:
+    device = torch.device(device)
+    if device.type != "cuda" or family not in COMPILED_BY_DEFAULT:
         return False
     from protrans_cli import console
     from protrans_cli.environment import compile_check
 
-    check = compile_check(str(device))
+    with torch.random.fork_rng(devices=[device]):
+        check = compile_check(str(device))
     if not check["ok"]:
-        console.warn(f"torch.compile cannot build a kernel on this machine ({check.get('error')}): the model's "
-                     "blocks run uncompiled (--no-compile skips this check)")
+        if warn:
+            console.warn(f"torch.compile cannot build a kernel on this machine ({check.get('error')}): the "
+                         "model's blocks run uncompiled (--no-compile skips this check)")
         return False
     return True
 
