@@ -610,32 +610,6 @@ def test_auto_attention_falls_back_when_flex_cannot_be_built(run_cli, tmp_path, 
         np.testing.assert_allclose(rows[key], reference(tiny_t5, seq)[0], atol=1e-5, rtol=0)
 
 
-def test_auto_attention_runs_flex_when_its_kernel_builds(tiny_t5, monkeypatch):
-    """Where the kernel builds, auto keeps FlexAttention (packed when packing is on): the probe
-    batch compiled it, and the rows equal the plain forward pass."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    from protrans_cli import embed as embed_module
-    from protrans_cli.embed import EmbedOptions, build_embedder
-
-    monkeypatch.setattr(embed_module, "flex_by_default", lambda *a, **k: True)
-    monkeypatch.setattr(embed_module, "packing_by_default", lambda *a, **k: True)
-    built = []
-
-    def eager_backend(graph, example_inputs):
-        built.append(graph)
-        return graph
-
-    monkeypatch.setattr(t5_module, "flex_attention_function",
-                        lambda device: torch.compile(flex_attention, backend=eager_backend, dynamic=True))
-    torch._dynamo.reset()
-    embedder = build_embedder(EmbedOptions(model=str(tiny_t5), device="cpu", dtype="float32"))
-    assert embedder.attention == "flex" and embedder.packed and built  # (built on the probe batch)
-    seqs = list(SEQUENCES.values())
-    for seq, rows in zip(seqs, embedder.embed_batch(seqs)):
-        np.testing.assert_allclose(rows, reference(tiny_t5, seq), atol=1e-5, rtol=0)
-
-
 def test_an_explicit_flex_whose_kernel_fails_is_still_an_error(tiny_t5, monkeypatch):
     from protrans_cli.embed import EmbedOptions, build_embedder
 
@@ -656,10 +630,11 @@ def test_an_embedder_is_built_with_a_resolved_attention(tiny_t5):
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_the_probe_builds_every_graph_the_run_needs(tiny_t5, monkeypatch, packed):
-    """FlexAttention's kernel is built on probe batches before the first real one, so that a
-    kernel which cannot be built fails (or, under auto, falls back) before any output, and the
-    run then compiles nothing more: batches of one to five proteins, padded or packed, of
-    lengths from 1 to 300 residues meet no new compilation."""
+    """Where the kernel builds, auto keeps FlexAttention (packed when packing is on), built on
+    probe batches before the first real one, so that a kernel which cannot be built fails (or,
+    under auto, falls back) before any output, and the run then compiles nothing more: batches
+    of one to five proteins, padded or packed, of lengths from 1 to 300 residues meet no new
+    compilation, and rows still equal the plain forward pass."""
     from torch.nn.attention.flex_attention import flex_attention
 
     from protrans_cli import embed as embed_module
@@ -687,3 +662,6 @@ def test_the_probe_builds_every_graph_the_run_needs(tiny_t5, monkeypatch, packed
             batch = ["".join(rng.choice(letters, int(rng.integers(1, top + 1)))) for _ in range(size)]
             embedder.embed_batch(batch)
     assert len(built) == after_probe, f"{len(built) - after_probe} compilations after the probe"
+    seqs = list(SEQUENCES.values())
+    for seq, rows in zip(seqs, embedder.embed_batch(seqs)):
+        np.testing.assert_allclose(rows, reference(tiny_t5, seq), atol=1e-5, rtol=0)
