@@ -240,7 +240,7 @@ _FLEX_PROBES = tuple(tuple(_PROBE_LETTERS[:n] for n in lengths)
 
 
 def _build_flex_kernel(embedder, automatic: bool, packing_asked: bool = False) -> None:
-    """Build FlexAttention's kernel now, on a probe batch, rather than inside the first real one:
+    """Build FlexAttention's kernel now, on the probe batches, rather than inside the first real one:
     where torch.compile cannot build it (no working compiler, a torch whose inductor cannot lower
     it), `--attention auto` goes on with the model's own attention and says so; an explicit
     `--attention flex` fails here, before any output is made."""
