@@ -21,6 +21,7 @@ balanced share of every window into its own file and rank 0 merges them into the
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shlex
@@ -169,19 +170,18 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     attention = options.attention
     if automatic:
         attention = "flex" if flex_by_default(loaded.family, device_name, dtype, compiled=options.compile) else "sdpa"
+    build = functools.partial(TransformerEmbedder, loaded, options.layers, device_name, dtype,
+                              packed=bool(options.packing), sdpa_kernels=options.sdpa_kernels,
+                              compile=options.compile)
     try:
-        embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
-                                       sdpa_kernels=options.sdpa_kernels, compile=options.compile,
-                                       attention=attention)
+        embedder = build(attention=attention)
     except ModelError as exc:
         if not (automatic and attention == "flex"):
             raise
         # a T5 model of a layout the flex switch does not know (it checks before switching anything)
         console.info(f"FlexAttention left out ({exc}): the model's own attention")
         attention = "sdpa"
-        embedder = TransformerEmbedder(loaded, options.layers, device_name, dtype, packed=bool(options.packing),
-                                       sdpa_kernels=options.sdpa_kernels, compile=options.compile,
-                                       attention=attention)
+        embedder = build(attention=attention)
     if attention == "flex" and not device_name.startswith("cuda"):
         console.warn(f"--attention flex on {device_name}: FlexAttention runs uncompiled here, every attention score "
                      "materialised (the same numbers, slower than the default attention); its fused kernel is "

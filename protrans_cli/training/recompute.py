@@ -95,9 +95,9 @@ def compile_blocks(model: torch.nn.Module) -> int:
     return len(blocks)
 
 
-# Objectives whose models `train` compiles by default on a CUDA GPU: the BERT-like encoders, as
-# measured there (H200, ProtBert-sized masked LM, 2026-11-30: 1.58x the plain transformers loop
-# with --compile alone, 1.79x with --token-micro-batches --packing too; 1.07x uncompiled).
+# The families whose blocks `train` compiles by default on a CUDA GPU: BERT, as measured there
+# (H200, ProtBert-sized masked LM, 2026-11-30: 1.58x the plain transformers loop with --compile
+# alone, 1.79x with --token-micro-batches --packing too; 1.07x uncompiled).
 COMPILED_BY_DEFAULT = ("bert", "roberta")  # families (RoBERTa's blocks are BERT's code)
 
 
