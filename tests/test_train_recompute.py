@@ -239,10 +239,20 @@ def test_compile_by_default_only_for_bert_like_models_on_a_cuda_gpu(monkeypatch,
     assert "--no-compile" in err
 
 
-def test_the_saved_config_holds_what_auto_compile_meant(tmp_path):
-    """On the CPU the default leaves the blocks eager, and the run's saved config says False
-    (not None): what the checkpoint was trained with."""
+def test_the_saved_config_keeps_compile_as_given(tmp_path, monkeypatch):
+    """The saved config says what was asked (None: auto), not what auto meant on the machine
+    that wrote it: a run started from that config elsewhere decides again, with the compile
+    check, rather than compiling unchecked (a resolved True on a GPU did). Given, it is kept."""
+    decided = []
+    real = recompute.resolve_compile
+    monkeypatch.setattr(recompute, "resolve_compile", lambda *a, **k: decided.append(a[0]) or real(*a, **k))
     out = tmp_path / "run"
     train(_config(out, "bert", num_steps=1))
     saved = json.loads((out / "train_config.json").read_text())
-    assert saved["compile"] is False
+    assert saved["compile"] is None and decided == [None]
+    step = json.loads(next((out / "checkpoints").iterdir()).joinpath("train_config.json").read_text())
+    assert step["compile"] is None
+    assert TrainConfig.from_file(out / "train_config.json").compile is None  # read back as auto: decided anew
+    off = tmp_path / "off"
+    train(_config(off, "bert", num_steps=1, compile=False))
+    assert json.loads((off / "train_config.json").read_text())["compile"] is False

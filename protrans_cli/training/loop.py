@@ -90,6 +90,7 @@ class _Run:
     autocast: object
     corpus_id: list = field(default_factory=list)  # corpus_fingerprint, saved in every checkpoint
     loss_scale: LossScale | None = None  # fp16 autocast only
+    compiled: bool = False        # what compile (None: auto) meant on this machine
 
 
 class StopRequest:
@@ -280,9 +281,10 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                     "instead (--precision bf16 or fp32 to choose)")
     # The run's config (saved with every checkpoint) holds what auto meant here: bf16 on an A100,
     # fp16 on a T4; a run moved between them switched precision on resume without a word.
-    config = dataclasses.replace(config, precision=precision,
-                                 compile=recompute.resolve_compile(config.compile, family.name, info.device,
-                                                                   warn=info.is_main))
+    config = dataclasses.replace(config, precision=precision)
+    # compile stays as given (None: auto) in the saved config: a run started from that config on
+    # another machine decides again, with the compile check, instead of compiling unchecked.
+    compiled = recompute.resolve_compile(config.compile, family.name, info.device, warn=info.is_main)
     what = f"{family.name} from {config.init_from}" if config.init_from else f"{family.name}/{config.preset}"
     dist.print0(f"train: {what}, {num_params / 1e6:.2f}M parameters, "
                 f"objective {objective.name}, {info.world_size} process(es) on {info.device.type}, "
@@ -290,9 +292,9 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                 + {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}.get(precision, "fp32")
                 + (f", attention kernels {config.sdpa_kernels}" if info.device.type == "cuda" else "")
                 + (f", activation checkpointing of {recomputed} blocks" if recomputed else "")
-                + (", blocks compiled with torch.compile (the first steps wait for it)" if config.compile else ""))
+                + (", blocks compiled with torch.compile (the first steps wait for it)" if compiled else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
-                run_dir, autocast, loss_scale=LossScale() if precision == "fp16" else None)
+                run_dir, autocast, loss_scale=LossScale() if precision == "fp16" else None, compiled=compiled)
 
 
 # Settings that only some objectives read (a value set for another one is said to be unused).
@@ -352,7 +354,7 @@ def wrap_model(run: _Run) -> None:
     """The model on its device, compiled if asked, inside the objective's loss module, wrapped
     for the strategy (`run.wrapped`): what a training run and the lr range test both step."""
     run.model.to(run.info.device)
-    if run.config.compile:
+    if run.compiled:
         # each transformer block, every one the objective runs (ELECTRA's generator's and
         # discriminator's alike: the objective calls the two one by one, never the pair's forward)
         recompute.compile_blocks(run.model)
