@@ -6,9 +6,10 @@ rich is imported only when a table or summary is printed, so fast commands stay 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -16,6 +17,8 @@ class _State:
     verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
     debug: bool = False
     complete: str | None = None  # the command's output, once final (output_complete)
+    records: list = field(default_factory=list)  # open `recording` lists (innermost last)
+    held: int = 0  # open recordings that hold their messages back
 
 
 state = _State()
@@ -55,12 +58,16 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
+    if _recorded("warning", message):
+        return
     if state.verbosity >= 0:
         sys.stderr.write(f"protrans: warning: {printable(message)}\n")
         sys.stderr.flush()
 
 
 def info(message: str) -> None:
+    if _recorded("info", message):
+        return
     if state.verbosity >= 0:
         sys.stderr.write(f"{printable(message, newlines=True)}\n")
         sys.stderr.flush()
@@ -70,6 +77,33 @@ def debug(message: str) -> None:
     if state.verbosity >= 1:
         sys.stderr.write(f"[debug] {message}\n")
         sys.stderr.flush()
+
+
+def _recorded(kind: str, message: str) -> bool:
+    """Add a message to the open recordings; whether one of them holds it back."""
+    for records in state.records:
+        records.append((kind, message))
+    return state.held > 0
+
+
+@contextlib.contextmanager
+def recording(*, hold: bool = False):
+    """The warnings and info lines said inside, as a list of (kind, text) pairs. They are shown
+    as they come, or with `hold` kept back for the caller to show (`say`) or drop: what torchrun's
+    other ranks say of a set-up that rank 0 has described already."""
+    records: list = []
+    state.records.append(records)
+    state.held += hold
+    try:
+        yield records
+    finally:
+        state.records[:] = [r for r in state.records if r is not records]  # (by identity)
+        state.held -= hold
+
+
+def say(kind: str, message: str) -> None:
+    """Show one message that a `recording` held back."""
+    (warn if kind == "warning" else info)(message)
 
 
 def show_progress() -> bool:

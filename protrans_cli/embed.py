@@ -1118,6 +1118,35 @@ def _spool_input(output: Path, fasta) -> Path:
     return path
 
 
+def _build_on_every_rank(options, device, dist) -> Embedder:
+    """Under torchrun every rank loads the model and builds its kernels; what rank 0 says of that
+    (packing, the FlexAttention kernel, a fallback) is said once, by rank 0, and another rank adds
+    only what it said differently, as `rank R: ...` (a kernel that one node could not build). A
+    rank whose build failed raises its error after the exchange; the others stop too, in one line,
+    rather than wait for it at the first barrier."""
+    import torch.distributed as torch_dist
+
+    failure = None
+    with console.recording(hold=not dist.is_main) as said:
+        try:
+            embedder = build_embedder(options, device=device)
+        except Exception as exc:  # noqa: BLE001 - raised below, after every rank has taken part
+            failure = exc
+    everyone: list = [None] * dist.world_size
+    torch_dist.all_gather_object(everyone, (said, failure is not None))
+    if not dist.is_main:
+        for kind, text in said:
+            if (kind, text) not in everyone[0][0]:
+                console.say(kind, f"rank {dist.rank}: {text}")
+    if failure is not None:
+        raise failure
+    failed = [rank for rank, (_, f) in enumerate(everyone) if f]
+    if failed:
+        raise RuntimeFailure(f"rank(s) {', '.join(map(str, failed))} could not load or build the model "
+                             "(their error is above): no rank embeds")
+    return embedder
+
+
 def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:
     if embedder is None:
         device = options.device
@@ -1130,7 +1159,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 index = dist.local_rank % torch.cuda.device_count()
                 device = f"cuda:{index}"
                 torch.cuda.set_device(index)
-        embedder = build_embedder(options, device=device)
+        embedder = _build_on_every_rank(options, device, dist) if dist.world_size > 1 \
+            else build_embedder(options, device=device)
     # Resolved before the attributes: the file records the length at which --long-policy applied
     # (the model's own limit when --max-length was not given; 0 for none).
     model_max = getattr(embedder, "max_residues", None)

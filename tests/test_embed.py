@@ -849,10 +849,11 @@ def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out)]
+           "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out), "--packing"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "embedded 6 proteins" in proc.stderr  # totals over both ranks, reported once
+    assert proc.stderr.count("--packing ignored") == 1  # what the set-up says, said by rank 0 alone
     assert proc.stderr.count("embedded ") == 1
     merged = read_all(out)
     assert merged.keys() == single.keys()
@@ -865,6 +866,55 @@ def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
 
     with h5py.File(out) as f:
         assert len(json.loads(f.attrs["runs"])) == 1  # one run, whatever the ranks
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_rank_adds_only_what_it_said_differently_of_the_model_set_up(monkeypatch, capsys, rank):
+    """Under torchrun rank 0 describes the model's set-up; another rank holds its lines back and
+    shows only those rank 0 did not say (a kernel one node could not build), with its rank. A
+    rank whose build failed fails after the exchange, and the others stop with it."""
+    import torch.distributed
+
+    import protrans_cli.embed as E
+    from protrans_cli import console
+    from protrans_cli.errors import RuntimeFailure
+
+    def build(options, device=None):
+        console.info("packing each batch into one row")
+        console.warn("FlexAttention's kernel could not be built" if rank == 1 else "the same on every rank")
+        return "embedder"
+
+    main_said = [("info", "packing each batch into one row"), ("warning", "the same on every rank")]
+    exchanged = []
+
+    def gather(out, mine):
+        exchanged.append(mine)
+        out[:] = [(main_said, False), mine] if rank == 1 else [mine, (mine[0], False)]
+
+    monkeypatch.setattr(E, "build_embedder", build)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
+    dist = E._Dist(rank=rank, world_size=2)
+    assert E._build_on_every_rank(EmbedOptions(model="m"), "cpu", dist) == "embedder"
+    err = capsys.readouterr().err
+    if rank == 0:
+        assert err == "packing each batch into one row\nprotrans: warning: the same on every rank\n"
+        assert exchanged == [(main_said, False)]
+    else:
+        assert err == "protrans: warning: rank 1: FlexAttention's kernel could not be built\n"
+
+    def failing(options, device=None):
+        raise ModelError("no such model")
+
+    monkeypatch.setattr(E, "build_embedder", failing)
+    with pytest.raises(ModelError, match="no such model"):
+        E._build_on_every_rank(EmbedOptions(model="m"), "cpu", dist)  # after the exchange, not before
+    assert exchanged[-1][1] is True
+    monkeypatch.setattr(E, "build_embedder", build)
+    monkeypatch.setattr(torch.distributed, "all_gather_object",
+                        lambda out, mine: out.__setitem__(slice(None), [mine, (mine[0], True)] if rank == 0
+                                                          else [(main_said, True), mine]))
+    with pytest.raises(RuntimeFailure, match=f"rank\\(s\\) {1 - rank} could not load or build the model"):
+        E._build_on_every_rank(EmbedOptions(model="m"), "cpu", dist)
 
 
 @pytest.mark.slow
