@@ -1244,7 +1244,10 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         out_path = shard_path(output, dist.rank, dist.world_size)
         writer = EmbeddingsWriter(out_path, resume=options.resume, finalize=False, **writer_kw)
     else:
-        writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw)
+        # a finished output that this run extends: what was read of it starts its ledger
+        extended = options.resume and output.exists() and not partial_path(output).exists() and not shard_files
+        writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw,
+                                  finished_proteins=(done.ids, done.sums) if extended else None)
         if options.resume and shard_files:
             # An interrupted torchrun run continued in one process: its ranks' shards hold
             # proteins counted as done above; they go into this file now, then the shards go.

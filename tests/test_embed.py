@@ -281,16 +281,27 @@ def test_ledgers_are_never_written_through_a_link_and_a_short_write_drops_one(tm
     assert writer.fd is None and not ledger_path(tmp_path / "x.partial").exists()
 
 
-def test_a_finished_file_being_extended_gets_no_ledger(tmp_path, monkeypatch):
-    # Its proteins are listed by no ledger: an empty one, sealed at a stop, would have had the
-    # next resume take every one of them for missing.
+def test_a_finished_file_being_extended_starts_its_ledger_with_its_proteins(tmp_path, monkeypatch):
+    # A finished output extended by --resume (new proteins in the FASTA) had no ledger: a stop,
+    # and the next resume read every protein of the file again. Its ledger now starts with the
+    # proteins read from it (an empty one, sealed at a stop, would have had the next resume take
+    # every one of them for missing).
     from protrans_cli.io.h5 import ledger_path, read_ledger
 
     fasta = generated_fasta(tmp_path / "g.fa", 30, repeat_every=0)
-    out = _run(tmp_path / "out.h5", fasta=SMALL)
+    first = tmp_path / "first.fa"
+    first.write_text("".join(f">{r.description}\n{r.sequence}\n" for r in list(read_fasta(fasta))[:12]))
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4))
+    out = _run(tmp_path / "out.h5", fasta=first, max_batch_size=4)
     _interrupt(out, fasta, monkeypatch, 2, max_batch_size=4, resume=True)
-    assert partial_path(out).exists() and not ledger_path(partial_path(out)).exists()
-    assert read_ledger(partial_path(out)) is None
+    assert partial_path(out).exists() and ledger_path(partial_path(out)).exists()
+    ids, _ = read_ledger(partial_path(out))
+    assert len(ids) == len(read_all(partial_path(out))) > 12  # the finished file's 12 and this run's
+    _reads_no_protein(monkeypatch)
+    summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+    assert summary.num_resumed == len(ids)
+    assert_same_content(file_content(out), full)
+    assert not ledger_path(partial_path(out)).exists() and not ledger_path(out).exists()
 
 
 def test_resume_of_a_finished_file_with_nothing_to_add_leaves_it_untouched(tmp_path, monkeypatch, run_cli):
