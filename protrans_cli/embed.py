@@ -1202,6 +1202,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     shard_files = _shard_files(output)
     for path in (partial_path(output), output, *shard_files):  # another run's live files: hands off
         refuse_if_in_use(path)
+    # --resume of a finished output (no partial file, no shards): it may be extended
+    extending = options.resume and output.exists() and not partial_path(output).exists() and not shard_files
     if options.resume:
         found = []
         if not dist.is_main:  # the main rank reads (and mends, if damaged) the files first
@@ -1223,7 +1225,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # one more pass over the input, only when there is something to check.
     if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
         settled: set[str] = set()
-        if options.resume and output.exists() and not partial_path(output).exists() and not shard_files:
+        if extending:
             # a finished file's proteins skipped by the length policy: the same settings skip them
             # again, so they are nothing to add (the file was rewritten for them, a run recorded)
             from protrans_cli.io.h5 import EmbeddingsReader
@@ -1245,9 +1247,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         writer = EmbeddingsWriter(out_path, resume=options.resume, finalize=False, **writer_kw)
     else:
         # a finished output that this run extends: what was read of it starts its ledger
-        extended = options.resume and output.exists() and not partial_path(output).exists() and not shard_files
         writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw,
-                                  finished_proteins=(done.ids, done.sums) if extended else None)
+                                  finished_proteins=(done.ids, done.sums) if extending else None)
         if options.resume and shard_files:
             # An interrupted torchrun run continued in one process: its ranks' shards hold
             # proteins counted as done above; they go into this file now, then the shards go.
