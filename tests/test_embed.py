@@ -1801,6 +1801,8 @@ def test_torchrun_ranks_share_the_visible_gpus_as_train_does(monkeypatch, tmp_pa
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: chosen.append(index))
     monkeypatch.setattr(embed_mod, "build_embedder", build)
+    # (the ranks' exchange after the build, without a process group here: every rank alike)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", lambda out, mine: out.__setitem__(slice(None), [mine] * 2))
     with pytest.raises(Stop):
         embed_mod._embed_ranked(SMALL, "small.fa", None, tmp_path / "o.h5", EmbedOptions(model="prot_bert"), None,
                                 embed_mod._Dist(1, 2, 1, False), None)
