@@ -807,11 +807,22 @@ class _Background:
         self.work = work
         self.queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self.finished = threading.Event()
         self.thread = threading.Thread(target=self._run, name="protrans-embed-writer", daemon=True)
 
     def _run(self):
+        import queue
+
         while True:
-            item = self.queue.get()
+            # A timed wait besides the None sentinel: Ctrl-C can interrupt Queue.put inside
+            # Condition.notify after it took this thread off the waiting list but before waking
+            # it (CPython gh-92530), and an untimed get() then slept for ever (a hung Ctrl-C)
+            try:
+                item = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.finished.is_set():
+                    return
+                continue
             if item is None:
                 return
             if self.error is None:
@@ -835,7 +846,8 @@ class _Background:
 
     def __exit__(self, exc_type, exc, tb):
         # Also after Ctrl-C: batches already computed are still written before the file closes.
-        self.queue.put(None)
+        self.finished.set()
+        self.queue.put(None)  # the prompt wake-up; the timed wait above is the safety net
         self.thread.join()
         if exc_type is None:
             self._raise()

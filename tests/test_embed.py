@@ -2023,3 +2023,30 @@ def test_a_large_inputs_first_pass_is_announced(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(embed_module, "_SAY_FIRST_PASS_BYTES", 1)
     embed(SMALL, tmp_path / "b.h5", EmbedOptions(model="onehot"))
     assert f"reading {SMALL}: checking every record and id before embedding" in capsys.readouterr().err
+
+
+def test_writer_thread_stops_even_when_an_interrupt_lost_its_wakeup():
+    """Ctrl-C inside Queue.put can interrupt Condition.notify after it took the waiting writer
+    thread off the list but before waking it (CPython gh-92530). The writer must still see the
+    end of the work and stop, or the interrupted run hangs instead of saving its .partial file."""
+    import threading
+    import time
+
+    from protrans_cli.embed import _Background
+
+    done = []
+    background = _Background(lambda x: done.append(x))
+    background.__enter__()
+    background.submit(1)
+    waiters = background.queue.not_empty._waiters
+    deadline = time.monotonic() + 5
+    while not waiters and time.monotonic() < deadline:  # the writer is asleep in get()
+        time.sleep(0.01)
+    assert waiters
+    waiters.popleft()  # what an interrupted notify leaves behind: a waiter nobody will wake
+    closer = threading.Thread(target=background.__exit__, args=(KeyboardInterrupt, None, None),
+                              daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive(), "the writer thread never woke up"
+    assert done == [1]
