@@ -989,6 +989,9 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if streamed and distributed and _torchrun_rank()[1] > 1:
         raise UsageError(f"under torchrun the FASTA must be a regular file: {name} reaches one process, not "
                          "every rank")
+    if streamed:  # the copy is named after the output: a live run's own copy must not be replaced
+        for path in (partial_path(output), output, *map(Path, _shard_files(output))):
+            refuse_if_in_use(path)
     spool = _spool_input(output, fasta) if streamed else None
     try:
         source = spool or fasta
@@ -1010,7 +1013,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
             dist.close()
     finally:
         if spool is not None:
-            os.unlink(spool)
+            spool.unlink(missing_ok=True)
 
 
 def _check_embedder_layers(options: EmbedOptions, embedder) -> None:

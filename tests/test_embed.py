@@ -382,6 +382,20 @@ def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
     assert run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--force").exit_code == 0
 
 
+def test_a_refused_second_run_leaves_the_live_runs_copy_of_stdin(tmp_path, run_cli):
+    """The copy of stdin is named after the output. A second `embed - -o OUT --resume` (or
+    --force) replaced the live run's copy before it found OUTPUT.partial in use, and the first
+    run, its proteins all written, then failed on removing a copy that was gone."""
+    out = tmp_path / "busy.h5"
+    spool = tmp_path / ".busy.h5.stdin.spool"
+    spool.write_bytes(b">live\nMKV\n")  # the live run's copy of its stdin
+    with another_process(f"import h5py\nf = h5py.File({str(partial_path(out))!r}, 'w'); f.flush()"):
+        for extra in (["--resume"], ["--force"]):
+            result = run_cli("embed", "-", "-m", "onehot", "-o", out, *extra, input=b">P1\nMKT\n")
+            assert result.exit_code == 1 and "is being written by another process" in result.stderr
+            assert spool.read_bytes() == b">live\nMKV\n"
+
+
 @pytest.mark.parametrize("offset", [800, 2048, 4096])
 def test_resume_on_a_partial_with_damaged_structure_is_one_line(tmp_path, run_cli, offset):
     # Object headers overwritten on disk gave a KeyError traceback from h5py. Now either the
