@@ -2175,3 +2175,36 @@ def test_a_sigterm_held_while_fit_finishes_its_head_exits_0(tmp_path, loc_data, 
     assert r.exit_code == 0, r.stderr
     assert f"terminated once the output was complete ({head}): nothing was lost" in r.stderr
     assert (head / "config.json").is_file()
+
+
+def test_biotrainer_sequence_file_labels_by_its_target(run_cli, loc_data, tmp_path):
+    """biotrainer's sequence_to_class file (`>ID TARGET=Nucleus SET=train VALIDATION=False` +
+    the sequence) was read as FLIP: the sequence line became the label, and fit trained a head
+    with one "class" per sequence and exited 0. The TARGET is the label, the line the sequence,
+    SET/VALIDATION the split."""
+    from protrans_cli.io.fasta import read_fasta
+
+    records = list(read_fasta(loc_data / "train.fasta"))
+    bio = tmp_path / "sequences.fasta"
+    with open(bio, "w") as fh:
+        for i, rec in enumerate(records):
+            location = rec.description.split()[1].rsplit("-", 1)[0]
+            split = "test" if i % 5 == 0 else "train"
+            fh.write(f">{rec.id} TARGET={location} SET={split} VALIDATION={split == 'train' and i % 5 == 1}\n"
+                     f"{rec.sequence}\n")
+    r = run_cli("labels", bio, "-o", "-")
+    assert r.exit_code == 0, r.stderr
+    written = tmp_path / "embed_me.fa"
+    written.write_text(r.stdout)
+    assert [(x.id, x.sequence) for x in read_fasta(written)] == [(x.id, x.sequence) for x in records]
+    head = tmp_path / "h"
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", bio, *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    config = json.loads((head / "config.json").read_text())
+    assert sorted(config["task"]["outputs"][0]["classes"]) == ["Cell.membrane", "Extracellular", "Nucleus"]
+    metrics = json.loads((head / "metrics.json").read_text())
+    assert metrics["test"]["label"]["n"] == 30 and metrics["valid"]["label"]["n"] == 30
+    # named FLIP, the file is refused rather than misread
+    r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", bio, "--label-format", "flip",
+                *FAST, "-o", tmp_path / "h2")
+    assert r.exit_code == 1 and "TARGET= in its header: a biotrainer sequence file" in r.stderr

@@ -435,7 +435,7 @@ def test_labels_says_what_embed_or_fit_would_refuse_later(tmp_path):
     write_embed_fasta(read_labels(unicode_space), out, {"P1\u00a0v2": "MKT"})
     assert out.getvalue() == ">P1\u00a0v2\nMKT\n".encode()
     flip = tmp_path / "f.fasta"
-    flip.write_text(">a TARGET=CCHHC SET=train VALIDATION=False\nMKTAY\n")
+    flip.write_text(">a SET=train VALIDATION=False\nCCHHC\n")
     out = io.BytesIO()
     assert write_embed_fasta(read_labels(flip, "flip"), out, {"a": "MKTAY*"}) == 1
     assert out.getvalue() == b">a\nMKTAY*\n"

@@ -132,5 +132,5 @@ def test_label_values_and_words_after_the_id_still_lose_unicode_whitespace(tmp_p
     (record,) = read_labels(deeploc).records
     assert (record.id, record.labels, record.split) == ("P1", {"loc": "Cytoplasm", "membrane": "S"}, "test")
     flip = tmp_path / "f.fasta"
-    flip.write_bytes(b">P1 TARGET=Cytoplasm SET=train\xc2\xa0VALIDATION=False\nCCH\n")
+    flip.write_bytes(b">P1 SET=train\xc2\xa0VALIDATION=False\nCCH\n")
     assert [(r.id, r.split) for r in read_labels(flip, "flip").records] == [("P1", "train")]

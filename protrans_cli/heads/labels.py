@@ -10,6 +10,8 @@ Formats (detected from the content, or named with `fmt=`):
   (CB513 holds 79 repeated sequences).
 - `flip`: FLIP / biotrainer FASTA: `>ID SET=train VALIDATION=False` followed by a line of
   per-residue labels; an optional mask FASTA (`0`/`1` per residue, same ids) is given separately.
+- `biotrainer`: biotrainer's sequence FASTA (sequence_to_class/_value, residues_to_class):
+  `>ID TARGET=Glob SET=train VALIDATION=False` followed by the sequence; TARGET is the label.
 - `deeploc`: DeepLoc FASTA: `>ID Location-M|S|U [test]` followed by the sequence. The membrane
   code is split off at the *last* `-`, so the dual label `Cytoplasm-Nucleus-U` gives the location
   `Cytoplasm-Nucleus` (what a task does with it is the task's decision, see tasks.py).
@@ -40,7 +42,7 @@ from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import SequenceRejected, normalise
 
-FORMATS = ("auto", "netsurfp", "pisces", "flip", "flip_csv", "deeploc", "table")
+FORMATS = ("auto", "netsurfp", "pisces", "flip", "flip_csv", "biotrainer", "deeploc", "table")
 
 # Splits a record may declare for itself (FLIP's SET=/VALIDATION=, a table's set column).
 TRAIN, VALID, TEST = "train", "valid", "test"
@@ -143,6 +145,7 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
         fmt = sniff_format(text, name)
     readers = {"netsurfp": lambda: _read_netsurfp(text, name, mask_columns), "pisces": lambda: _read_pisces(text, name),
                "flip": lambda: _read_flip(text, name), "flip_csv": lambda: _read_flip_csv(text, name),
+               "biotrainer": lambda: _read_biotrainer(text, name),
                "deeploc": lambda: _read_deeploc(text, name)}
     try:
         label_set = readers.get(fmt, lambda: _read_table(text, name))()
@@ -201,6 +204,8 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
     first = next((line for line in text.splitlines() if line.strip()), "")
     if first.startswith(">"):
         tokens = first[1:].split()
+        if any(t.startswith("TARGET=") for t in tokens[1:]):  # biotrainer: the label in the header
+            return "biotrainer"
         # (a known location with a wrong membrane letter is DeepLoc too: its reader says what is wrong)
         if len(tokens) >= 2 and (_DEEPLOC_LABEL.match(tokens[1]) or tokens[1].rsplit("-", 1)[0] in LOCATIONS):
             return "deeploc"
@@ -381,19 +386,48 @@ def _attrs(description: str) -> dict[str, str]:
     return dict(token.split("=", 1) for token in _after_id(description) if "=" in token)
 
 
+def _split_of(attrs: dict[str, str], name: str, rec) -> str | None:
+    """The split a FLIP or biotrainer header declares: SET=, with VALIDATION=True moving a
+    training record to validation."""
+    if "SET" not in attrs:
+        return None
+    split = split_name(attrs["SET"], path=name, line=rec.line, record=rec.id)
+    if split == TRAIN and attrs.get("VALIDATION", "False").lower() == "true":
+        split = VALID
+    return split
+
+
 def _read_flip(text: str, name: str) -> LabelSet:
     records = []
     for rec in parse_fasta(io.BytesIO(text.encode()), name):
         attrs = _attrs(rec.description)
-        split = None
-        if "SET" in attrs:
-            split = split_name(attrs["SET"], path=name, line=rec.line, record=rec.id)
-            if split == TRAIN and attrs.get("VALIDATION", "False").lower() == "true":
-                split = VALID
+        if "TARGET" in attrs:
+            # (read as FLIP, its sequence was taken for per-residue labels: a head trained on
+            # hundreds of "classes", each a sequence, and exited 0)
+            raise InputError("has TARGET= in its header: a biotrainer sequence file, whose line below the header is "
+                             "the sequence (read it with --label-format biotrainer, or auto)",
+                             path=name, line=rec.line, record=rec.id)
         if not rec.sequence:
             raise InputError("has no label line", path=name, line=rec.line, record=rec.id)
-        records.append(LabelRecord(rec.id, None, {"label": rec.sequence}, None, split, rec.line))
+        records.append(LabelRecord(rec.id, None, {"label": rec.sequence}, None, _split_of(attrs, name, rec),
+                                   rec.line))
     return LabelSet(name, "flip", records)
+
+
+def _read_biotrainer(text: str, name: str) -> LabelSet:
+    """biotrainer's sequence file: `>ID TARGET=label SET=train VALIDATION=False` + the sequence.
+    Every record needs its TARGET (a record without one would be silently unlabelled)."""
+    records = []
+    for rec in parse_fasta(io.BytesIO(text.encode()), name):
+        attrs = _attrs(rec.description)
+        if "TARGET" not in attrs:
+            raise InputError("biotrainer header without TARGET= (the label): expected '>ID TARGET=label SET=train'",
+                             path=name, line=rec.line, record=rec.id)
+        if not rec.sequence:
+            raise InputError("has no sequence line", path=name, line=rec.line, record=rec.id)
+        records.append(LabelRecord(rec.id, rec.sequence.upper(), {"label": attrs["TARGET"]}, None,
+                                   _split_of(attrs, name, rec), rec.line))
+    return LabelSet(name, "biotrainer", records)
 
 
 def _apply_flip_mask(label_set: LabelSet, mask_path, *, optional: bool = False) -> None:
