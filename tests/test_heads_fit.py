@@ -2208,3 +2208,28 @@ def test_biotrainer_sequence_file_labels_by_its_target(run_cli, loc_data, tmp_pa
     r = run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", bio, "--label-format", "flip",
                 *FAST, "-o", tmp_path / "h2")
     assert r.exit_code == 1 and "TARGET= in its header: a biotrainer sequence file" in r.stderr
+
+
+def test_an_ss3_ss8_head_is_scored_on_three_state_labels_for_ss3(run_cli, ss_data, tmp_path):
+    """FLIP's secondary-structure sets hold 3-state labels. An ss3+ss8 head could be scored on
+    them neither by predict --labels nor as fit's --test: the ss8 check refused the whole file.
+    ss3 is scored, and ss8 has nothing to evaluate; training such a head on them stays refused."""
+    from protrans_cli.heads.labels import read_labels
+
+    flip = tmp_path / "three_state.fasta"
+    flip.write_text("".join(f">{r.id}\n{ss8_to_ss3(r.labels['ss8'])}\n"
+                            for r in read_labels(ss_data / "test.csv").records))
+    head = tmp_path / "ss"
+    r = run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--test", ss_data / "test.h5", flip, "--max-epochs", "3", *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "ss8 has nothing to evaluate" in r.stderr
+    test = json.loads((head / "metrics" / "three_state.json").read_text())["outputs"]
+    assert test["ss3"]["n"] > 0 and not test["ss8"]["n"]
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--labels", flip, "--metrics", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "three_state ss3: Q3" in r.stderr and "three_state ss8: nothing to evaluate" in r.stderr
+    scored = json.loads((tmp_path / "m" / "three_state.json").read_text())["outputs"]
+    assert scored["ss3"]["accuracy"] == test["ss3"]["accuracy"]
+    r = run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "test.h5", "--labels", flip, *FAST, "-o", tmp_path / "h2")
+    assert r.exit_code == 1 and "holds 3-state labels only" in r.stderr

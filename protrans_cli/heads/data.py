@@ -124,8 +124,10 @@ class TrainingSet:
 
 
 def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
-                 on_mismatch: str = "error") -> tuple[list[Matched], MatchReport]:
-    """Pair every label record with its embedding, checked; see the module docstring."""
+                 on_mismatch: str = "error", evaluating: bool = False) -> tuple[list[Matched], MatchReport]:
+    """Pair every label record with its embedding, checked; see the module docstring.
+    `evaluating`: the labels score a head (fit's --valid/--test, predict --labels), so an output
+    they hold no labels for is left with nothing to evaluate rather than refused."""
     source = _source_kind(reader, task.kind)
     group = reader._group(source)
     keys = set(reader.keys(source))
@@ -137,14 +139,18 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     # the keys that label records name by id: a record matched by sequence takes none of them
     # while there are others (it left another protein of that sequence "without a label")
     by_id = {k for k in named.values() if k in keys}
+    unlabelled = frozenset()
     if task.kind == PER_RESIDUE:
-        task.check_label_states(label_set.records, label_set.path)
+        unlabelled = task.check_label_states(label_set.records, label_set.path, evaluating=evaluating)
+        if unlabelled:
+            console.info(f"{label_set.path}: holds 3-state labels only: {', '.join(sorted(unlabelled))} has "
+                         "nothing to evaluate, ss3 is scored")
     report = MatchReport()
     matched: list[Matched] = []
     for record in label_set.records:
         with located(label_set.path):
             if task.kind == PER_RESIDUE:
-                targets = task.residue_targets(record)
+                targets = task.residue_targets(record, unlabelled)
                 label_length = len(next(iter(targets.values())))
             else:
                 targets = task.protein_targets(record)
@@ -607,10 +613,10 @@ def _target_array(values: list) -> np.ndarray:
 
 
 def load_data(embeddings, label_set: LabelSet, task: Task, *, on_mismatch: str = "error", layer: int = -1,
-              cache_bytes: int = DEFAULT_CACHE_BYTES):
+              cache_bytes: int = DEFAULT_CACHE_BYTES, evaluating: bool = False):
     """Match labels to an embeddings file and return ResidueData or ProteinData, plus the report."""
     with EmbeddingsReader(embeddings) as reader:
-        items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch)
+        items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch, evaluating=evaluating)
     if task.kind == PER_RESIDUE:
         return ResidueData(embeddings, items, layer=layer, cache_bytes=cache_bytes), report
     return ProteinData(embeddings, items, layer=layer), report

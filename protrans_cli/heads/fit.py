@@ -608,7 +608,7 @@ def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
         console.warn(f"{label_set.path}: {warning}")
     if any(r.split == split for r in label_set.records) and any(r.split != split for r in label_set.records):
         label_set = _only(label_set, {split})
-    data, report = _load(config, embeddings, label_set, task)
+    data, report = _load(config, embeddings, label_set, task, evaluating=True)
     return data, label_set.name, report
 
 
@@ -617,7 +617,7 @@ def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, 
     which records they are: "no label record matched" alone read as if the training set had
     failed (the bio_embeddings DeepLoc table's test records, embedded in another file)."""
     try:
-        return _load(config, embeddings, _only(label_set, {split}), task)
+        return _load(config, embeddings, _only(label_set, {split}), task, evaluating=True)
     except InputError as exc:
         option = "--valid" if split == VALID else "--test"
         exc.message += (f" (the {split} records of {label_set.path}, used as the {split} set since no {option} "
@@ -625,10 +625,10 @@ def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, 
         raise InputError(exc.message, path=exc.path, record=exc.record, line=exc.line) from None
 
 
-def _load(config: FitConfig, embeddings, label_set: LabelSet, task: Task):
+def _load(config: FitConfig, embeddings, label_set: LabelSet, task: Task, *, evaluating: bool = False):
     """The embeddings of the labelled proteins, read as the fit's settings say."""
     return load_data(embeddings, label_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
-                     cache_bytes=config.cache_bytes)
+                     cache_bytes=config.cache_bytes, evaluating=evaluating)
 
 
 def _fork_rng(torch, device):

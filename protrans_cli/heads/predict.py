@@ -341,7 +341,7 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
             label_set = dataclasses.replace(label_set, records=kept)
         else:
             aside = []
-        items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch)
+        items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch, evaluating=True)
         # (the file's other splits have labels: not "N protein(s) have no label in FILE")
         source = _source_kind(reader, task.kind)
         report.unlabelled -= {reader.key_for(ident, source) for ident in aside}

@@ -83,10 +83,13 @@ class Task:
 
     # --- labels -> class indices ---------------------------------------------------------
 
-    def residue_targets(self, record) -> dict[str, np.ndarray]:
-        """(L,) int64 per output, IGNORE where the mask is 0."""
+    def residue_targets(self, record, unlabelled: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+        """(L,) int64 per output, IGNORE where the mask is 0; an output in `unlabelled` (the file
+        holds no labels for it: check_label_states) is IGNORE throughout."""
         out = {}
         for output in self.outputs:
+            if output.name in unlabelled:
+                continue
             letters = self._residue_letters(record, output)
             if record.mask is not None and len(record.mask) != len(letters):
                 raise InputError(f"mask has {len(record.mask)} positions, labels {len(letters)}", record=record.id)
@@ -107,19 +110,26 @@ class Task:
                                  f"({known}){hint}", record=record.id, line=record.line)
             codes[~evaluated] = IGNORE
             out[output.name] = codes
-        return out
+        length = len(next(iter(out.values()))) if out else 0
+        return {o.name: out[o.name] if o.name in out else np.full(length, IGNORE, dtype=np.int64)
+                for o in self.outputs}
 
-    def check_label_states(self, records, path: str) -> None:
+    def check_label_states(self, records, path: str, *, evaluating: bool = False) -> frozenset[str]:
         """ss8 from files whose records carry generic `label` letters (FLIP, biotrainer): a
         file whose letters are all H, E and C holds 3-state labels, which ss8 cannot use. Decided
         for the file, not per record: a protein of helix and coil alone (CB513 has three) has
-        8-state labels that look 3-state on their own."""
+        8-state labels that look 3-state on their own. Returns the outputs the file has no labels
+        for: scoring (`evaluating`) an ss3+ss8 head on 3-state labels scores ss3 and leaves ss8
+        with nothing to evaluate; training on them, or an ss8 head, is refused."""
         if "ss8" not in self.output_names:
-            return
+            return frozenset()
         generic = [r.labels["label"] for r in records if "ss8" not in r.labels and "label" in r.labels]
         if generic and not any(set(letters.upper()) & _EIGHT_STATE_ONLY for letters in generic):
+            if evaluating and "ss3" in self.output_names and len(generic) == len(records):
+                return frozenset({"ss8"})
             raise InputError(f"holds 3-state labels only (H, E, C); {self.name} needs 8-state labels "
                              f"({''.join(SS8)})", path=path)
+        return frozenset()
 
     def _residue_letters(self, record, output: Output) -> str:
         labels = record.labels
