@@ -491,3 +491,21 @@ def test_a_full_stdout_is_named(tmp_path):
                            stdout=full, stderr=subprocess.PIPE, text=True)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1] == "protrans: error: standard output: cannot write: No space left on device"
+
+
+def test_labels_missing_sequences_write_nothing_and_name_the_sequences_file(tmp_path, run_cli):
+    """`labels -o -` wrote the records it had sequences for to stdout, then exited 1: a pipeline
+    into embed got most of a FASTA. And the hint said to give --sequences when it was given."""
+    flip = tmp_path / "labels.fasta"
+    flip.write_text(">a SET=train\nCCH\n>b SET=train\nHHE\n>c SET=test\nCEE\n")
+    seqs = tmp_path / "seqs.fasta"
+    seqs.write_text(">a\nMKT\n>b\nMKV\n")
+    r = run_cli("labels", flip, "--sequences", seqs, "-o", "-")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.strip() == (f"protrans: error: {flip}: no sequence for 1 ids: c (not in the --sequences "
+                                f"FASTA {seqs})")
+    r = run_cli("labels", flip, "-o", "-")
+    assert r.exit_code == 1 and r.stdout == "" and "(give the sequences FASTA with --sequences)" in r.stderr
+    seqs.write_text(">a\nMKT\n>b\nMKV\n>c\nMKVW\n")  # the last record's labels are one short
+    r = run_cli("labels", flip, "--sequences", seqs, "-o", "-")
+    assert r.exit_code == 1 and r.stdout == "" and "record 'c': 3 per-residue labels for a sequence of 4" in r.stderr

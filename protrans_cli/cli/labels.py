@@ -38,7 +38,7 @@ def command(labels, output, fmt, sequences, split):
     from protrans_cli import console
     from protrans_cli.errors import UsageError
     from protrans_cli.heads.labels import read_labels, read_sequences, write_embed_fasta
-    from protrans_cli.io.files import atomic_output, input_named_by
+    from protrans_cli.io.files import atomic_output, display_name, input_named_by
 
     if labels == "-" and sequences == "-":  # the labels' read took it all: "no sequence for 11156 ids"
         raise UsageError("stdin ('-') can be one input at most: give the labels or --sequences as a file")
@@ -59,7 +59,8 @@ def command(labels, output, fmt, sequences, split):
         label_set = dataclasses.replace(label_set, records=kept)
     seqs = read_sequences(sequences) if sequences else None
     with atomic_output(output) as stream:
-        count = write_embed_fasta(label_set, stream, seqs)
+        count = write_embed_fasta(label_set, stream, seqs,
+                                  sequences_name=None if sequences is None else display_name(sequences))
     console.output_complete("standard output" if output in (None, "-") else str(output))
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")

@@ -572,21 +572,31 @@ def read_sequences(path) -> dict[str, str]:
 _NOT_IN_AN_ID = re.compile(r"[\x00-\x20\x7f]")  # what FASTA headers split on or cannot hold (ASCII)
 
 
-def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | None = None) -> int:
+def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | None = None, *,
+                      sequences_name: str | None = None) -> int:
     """Write the FASTA `protrans embed` needs for these labels; returns the number of records.
 
     Files without sequences (FLIP labels, tables) need `sequences` (id -> sequence), e.g. from
-    FLIP's sequences.fasta.
+    FLIP's sequences.fasta (`sequences_name` names it in errors). A record without a sequence is
+    an error raised before anything is written (`-o -` gave a pipeline most of a FASTA).
     """
     from protrans_cli.io.fasta import write_fasta
 
-    count = 0
-    missing = []
+    missing = [r.id for r in label_set.records if r.sequence is None and r.id not in (sequences or {})]
+    if missing:
+        if sequences is not None:
+            hint = f"not in the --sequences FASTA {sequences_name}" if sequences_name else "not in the sequences given"
+        else:
+            hint = "give the sequences FASTA with --sequences"
+            if label_set.format == "flip" and all(r.split is None for r in label_set.records):
+                # No SET= anywhere: most often a FASTA of sequences, which needs no conversion.
+                hint += "; if this is a FASTA of sequences, not labels, `protrans embed` reads it as it is"
+        raise InputError(f"no sequence for {len(missing)} ids: {some_ids(missing)} ({hint})",
+                         path=label_set.path)
+    # Every record is checked before the first is written: on stdout nothing can be taken back.
+    checked = []
     for record in label_set.records:
-        seq = record.sequence if record.sequence is not None else (sequences or {}).get(record.id)
-        if seq is None:
-            missing.append(record.id)
-            continue
+        seq = record.sequence if record.sequence is not None else sequences[record.id]
         if _NOT_IN_AN_ID.search(record.id):  # a FASTA header would cut it (or start another record)
             raise InputError("the id holds whitespace or a control character, which a FASTA header cannot keep "
                              "in an id", path=label_set.path, line=record.line, record=record.id[:60])
@@ -600,13 +610,7 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
         if residue_labels is not None and len(residue_labels) != len(residues):
             raise InputError(f"{len(residue_labels)} per-residue labels for a sequence of {len(residues)} residues",
                              path=label_set.path, line=record.line, record=record.id)
-        write_fasta(stream, record.id, seq)
-        count += 1
-    if missing:
-        hint = "give the sequences FASTA with --sequences"
-        if label_set.format == "flip" and all(r.split is None for r in label_set.records):
-            # No SET= anywhere: most often a FASTA of sequences, which needs no conversion.
-            hint += "; if this is a FASTA of sequences, not labels, `protrans embed` reads it as it is"
-        raise InputError(f"no sequence for {len(missing)} ids: {some_ids(missing)} ({hint})",
-                         path=label_set.path)
-    return count
+        checked.append((record.id, seq))
+    for ident, seq in checked:
+        write_fasta(stream, ident, seq)
+    return len(checked)
