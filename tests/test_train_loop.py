@@ -1490,3 +1490,23 @@ def test_fsdp_gathers_parameters_in_the_runs_precision(tmp_path, monkeypatch, pr
     monkeypatch.setattr(dist, "wrap", wrap)
     find_lr(_config(tmp_path, precision=precision), num_steps=2)
     assert told == [dtype]
+
+
+@pytest.mark.parametrize("family, settings, problem", [
+    ("esm", ["hidden_size=120", "num_attention_heads=8"],
+     "the head size 15 (hidden_size 120 / num_attention_heads 8) is odd: rotary positions need an even one"),
+    ("transfo_xl", ["d_model=33"], "d_model 33 is odd: the sinusoidal relative positions need an even one"),
+    ("xlnet", ["d_model=33", "n_head=3", "d_head=11"],
+     "d_model 33 is odd: the sinusoidal relative positions need an even one"),
+])
+def test_shapes_the_positions_cannot_take_are_refused(tmp_path, run_cli, family, settings, problem):
+    """ESM's rotary positions rotate pairs of a head's features, Transformer-XL's sinusoid has a
+    sine and a cosine per frequency: an odd size passed every check and failed at step 1 with a
+    shape traceback."""
+    out = tmp_path / "run"
+    sets = [a for s in settings for a in ("--set", s)]
+    res = run_cli("train", "--family", family, "--corpus", LEARNABLE, "-o", out, *sets,
+                  "--num-steps", 1, "--global-batch-size", 4, "--micro-batch-size", 4)
+    assert res.exit_code == 2, res.stderr
+    assert problem in res.stderr, res.stderr
+    assert not out.exists()

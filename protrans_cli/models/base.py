@@ -101,6 +101,11 @@ class Family:
         (in training, or in embedding when `training` is False), or None."""
         return None if self.packable else f"the {self.name} family does not support packing"
 
+    def shape_problem(self, config) -> str | None:
+        """Why this family's model could not run a config's sizes (a --set a config class takes
+        but a forward pass does not), or None: said before any step, as a usage error."""
+        return None
+
     def build_tokenizer(self):
         """A tokenizer made offline from the residue alphabet (saved with every checkpoint)."""
         raise NotImplementedError

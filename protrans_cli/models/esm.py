@@ -55,6 +55,14 @@ class EsmFamily(Family):
     def packed_position_offset(self, config):
         return config.pad_token_id + 1  # as ESM numbers an unpadded protein
 
+    def shape_problem(self, config):
+        heads = config.num_attention_heads
+        if heads and config.hidden_size % heads == 0 and (config.hidden_size // heads) % 2:
+            # (rotary positions turn pairs of a head's features)
+            return (f"the head size {config.hidden_size // heads} (hidden_size {config.hidden_size} / "
+                    f"num_attention_heads {heads}) is odd: rotary positions need an even one")
+        return None
+
     def packing_problem(self, config, training):
         if training and getattr(config, "token_dropout", False):
             # ESM rescales the embeddings by the masked share of each row; a packed row is many

@@ -288,6 +288,11 @@ class TransfoXLFamily(Family):
     presets = PRESETS
     description = "Transformer-XL causal LM with segment memory (ProtTXL)"
 
+    def shape_problem(self, config):
+        if config.d_model % 2:  # (a sine and a cosine per frequency: _sinusoid)
+            return f"d_model {config.d_model} is odd: the sinusoidal relative positions need an even one"
+        return None
+
     def build_tokenizer(self):
         return residue_tokenizer(
             ["<pad>", "<unk>", "<s>", "</s>"] + list(RESIDUES), unk_token="<unk>",

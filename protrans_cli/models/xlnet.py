@@ -31,6 +31,11 @@ class XLNetFamily(Family):
     padding_side = "left"
     description = "XLNet permutation LM (ProtXLNet)"
 
+    def shape_problem(self, config):
+        if config.d_model % 2:  # (transformers' relative positional encoding: a sine and a cosine per frequency)
+            return f"d_model {config.d_model} is odd: the sinusoidal relative positions need an even one"
+        return None
+
     def build_tokenizer(self):
         return residue_tokenizer(
             XLNET_SPECIALS + list(STANDARD_AND_X), unk_token="<unk>",

@@ -316,7 +316,7 @@ def _pretraining_model(config: TrainConfig, family, tokenizer):
         model_config = family.build_config(config.preset, tokenizer, **config.model_overrides)
         if getattr(model_config, "vocab_size", len(tokenizer)) < len(tokenizer):
             raise ValueError(f"vocab_size {model_config.vocab_size} is below the tokenizer's {len(tokenizer)} tokens")
-        if problem := _heads_problem(model_config):
+        if problem := _heads_problem(model_config) or family.shape_problem(model_config):
             raise ValueError(problem)
         return family.pretraining_model(model_config).float()
     except ModelError as exc:
@@ -452,7 +452,7 @@ def _initial_model(config: TrainConfig, resume):
         except Exception as exc:  # noqa: BLE001 - as build_config: huggingface_hub's strict validation (ESM)
             detail = " ".join(str(exc).split())
             raise UsageError(f"--set {key}: invalid {family.name} config value {value!r} ({detail})") from None
-    if config.model_overrides and (problem := _heads_problem(hf_config)):
+    if config.model_overrides and (problem := _heads_problem(hf_config) or family.shape_problem(hf_config)):
         raise UsageError(f"--set / model_overrides with --init-from {source.name}: {problem}")
     # The weights keep their shapes: --set can change settings such as dropout, not sizes (a
     # size was met as "cannot load the weights" or a tokenizer said to be another model's).
