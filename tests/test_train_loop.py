@@ -1510,3 +1510,15 @@ def test_shapes_the_positions_cannot_take_are_refused(tmp_path, run_cli, family,
     assert res.exit_code == 2, res.stderr
     assert problem in res.stderr, res.stderr
     assert not out.exists()
+
+
+def test_find_lr_num_steps_goes_with_phases(tmp_path, run_cli):
+    """--num-steps sets the range test's steps; with phases (ProtTrans' 512 then 1024 recipe) it
+    was refused as if it set the phases' steps, and the test could only run 100."""
+    res = run_cli("train", "--corpus", LEARNABLE, "--phase", "32:1000:4:4", "--phase", "64:500:4:4", "--find-lr",
+                  "--num-steps", 10, "-j", 1, "-o", tmp_path / "lr")
+    assert res.exit_code == 0, res.stderr
+    assert len(json.loads((tmp_path / "lr" / "lr_find.json").read_text())["lr"]) <= 10
+    res = run_cli("train", "--corpus", LEARNABLE, "--phase", "32:1000:4:4", "--find-lr", "--max-length", 64,
+                  "-o", tmp_path / "lr2")
+    assert res.exit_code == 2 and "--max-length cannot go with --phase" in res.stderr

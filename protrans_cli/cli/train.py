@@ -116,6 +116,8 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
             raise UsageError(exc.message, path="<stdin>" if config_file == "-" else str(config_file)) from None
     # --num-steps and --max-length describe the one phase of a run without phases: given next to
     # phases (flags or the config file's), they would be silently ignored.
+    # (under --find-lr, --num-steps is the range test's steps, not a phase's)
+    test_steps = flags.pop("num_steps") if find_lr else None
     single = [f"--{name.replace('_', '-')}" for name in ("num_steps", "max_length") if flags.get(name) is not None]
     if single and (phases or config.phases):
         where = "--phase" if phases else f"the phases of {config_file}"
@@ -139,10 +141,9 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
         from protrans_cli.training.lr_finder import find_lr as run_find_lr
 
         # --num-steps, ignored before (always 100), sets the number of test steps
-        steps = flags.get("num_steps")
-        if steps is not None and steps < 10:
-            raise UsageError(f"--find-lr needs at least 10 steps to find a descent, got --num-steps {steps}")
-        result = run_find_lr(config, **({"num_steps": steps} if steps is not None else {}))
+        if test_steps is not None and test_steps < 10:
+            raise UsageError(f"--find-lr needs at least 10 steps to find a descent, got --num-steps {test_steps}")
+        result = run_find_lr(config, **({"num_steps": test_steps} if test_steps is not None else {}))
         if _rank_zero():  # under torchrun every rank ran the test: one suggestion on stdout
             click.echo(f"{result.lr_suggestion:.3g}")
         return
