@@ -1133,3 +1133,24 @@ def test_resume_with_other_layers_names_them_as_the_user_gave_them(run_cli, tmp_
     assert run_cli("embed", SMALL, "-m", tiny_models["bert"], "-o", out, "-j", "1").exit_code == 0
     r = run_cli("embed", SMALL, "-m", tiny_models["bert"], "-o", out, "--resume", "--layer", "0", "-j", "1")
     assert r.exit_code == 2 and "this run uses layers=[-3] (--layer 0 = -3)" in r.stderr, r.stderr
+
+
+def test_a_stopped_training_run_given_as_the_model_names_its_latest_checkpoint(tmp_path, run_cli):
+    """`embed -m runs/bert` on a run stopped before its end (only checkpoints/ inside) said "not
+    a model directory", and nothing said that each checkpoint is one."""
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.loop import train
+
+    run = tmp_path / "run"
+    train(TrainConfig(corpus=[str(DATA / "train" / "learnable.txt")], output_dir=str(run), num_steps=6, stop_after=4,
+                      save_every=2, max_length=64, global_batch_size=4, micro_batch_size=4, threads=1))
+    fasta = tmp_path / "p.fa"
+    fasta.write_text(">p1\nMKTAYIAK\n")
+    r = run_cli("embed", fasta, "-m", run, "-o", tmp_path / "e.h5")
+    latest = run / "checkpoints" / "step_00000004"
+    assert r.exit_code == 1, r.stderr
+    assert r.stderr.strip() == (f"protrans: error: {run}: a training run without its final model (it stopped "
+                                f"before its last step): its latest checkpoint, {latest}, is a model directory "
+                                f"(give it to -m), or `protrans train --resume -o {run}` finishes the run")
+    r = run_cli("embed", fasta, "-m", latest, "-o", tmp_path / "e.h5")
+    assert r.exit_code == 0, r.stderr

@@ -4,6 +4,8 @@ config files, flags and its errors."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -1245,9 +1247,10 @@ def test_resume_compares_defaults_as_what_they_mean_and_keeps_the_warmup(tmp_pat
     them ("None there"), and a run resumed for more steps ramped up again to a tenth of the new length."""
     first = train(_config(tmp_path, num_steps=20, stop_after=10, log_every=1, lr=1e-3, warmup_steps=None))
     saved = json.loads((first.run_dir / "train_config.json").read_text())
-    # warmup a tenth of 20 and the family's objective, saved resolved (the objective was saved as
-    # null: the file alone did not say what was trained)
-    assert saved["warmup_steps"] == 2 and saved["objective"] == "mlm"
+    # warmup a tenth of 20, recorded as resolved beside the setting as given (null: a tenth of
+    # whichever run the file starts next), and the family's objective, saved resolved (the
+    # objective was saved as null: the file alone did not say what was trained)
+    assert saved["warmup_steps"] is None and saved["resolved"]["warmup_steps"] == 2 and saved["objective"] == "mlm"
     # ...and the file still serves as a template for another family: the default it records is
     # that family's default, not an objective the other family would refuse
     template = TrainConfig.from_file(first.run_dir / "train_config.json").override(family="t5")
@@ -1259,7 +1262,25 @@ def test_resume_compares_defaults_as_what_they_mean_and_keeps_the_warmup(tmp_pat
     train(longer, resume=True)
     lrs = [m["lr"] for m in read_metrics(first.run_dir / "metrics.jsonl")]
     assert lrs[10:14] == sorted(lrs[10:14], reverse=True), lrs  # decaying, not warming up again
-    assert json.loads((first.run_dir / "train_config.json").read_text())["warmup_steps"] == 2
+    assert json.loads((first.run_dir / "train_config.json").read_text())["resolved"]["warmup_steps"] == 2
+    # resumed again (the resumed run's own file): still the first run's warmup
+    train(dataclasses.replace(longer, stop_after=16), resume=True)
+    lrs = [m["lr"] for m in read_metrics(first.run_dir / "metrics.jsonl")]
+    assert lrs[13:16] == sorted(lrs[13:16], reverse=True), lrs
+
+
+def test_a_runs_config_as_a_template_resolves_its_defaults_anew(tmp_path, run_cli):
+    """RUN/train_config.json reused for another run kept what the first run's defaults had
+    resolved to: a 20-step CPU smoke run's 2 warmup steps and fp32 went on into a long GPU run."""
+    first = train(_config(tmp_path, num_steps=20, stop_after=2, warmup_steps=None))
+    template = first.run_dir / "train_config.json"
+    saved = json.loads(template.read_text())
+    assert saved["precision"] == "auto" and saved["resolved"]["precision"] == "fp32"
+    assert saved["warmup_steps"] is None and saved["resolved"]["warmup_steps"] == 2
+    again = train(dataclasses.replace(TrainConfig.from_file(template), num_steps=200, stop_after=2,
+                                      output_dir=str(tmp_path / "again")))
+    resolved = json.loads((again.run_dir / "train_config.json").read_text())["resolved"]
+    assert resolved["warmup_steps"] == 20 and resolved["compile"] is False
 
 
 def test_resume_with_another_preset_is_named_as_a_setting(tmp_path):
@@ -1466,7 +1487,7 @@ def test_precision_auto_is_saved_as_what_it_meant_so_a_moved_run_is_not_switched
     from protrans_cli.training import loop  # resolves the run's own precision
 
     first = train(_config(tmp_path, num_steps=4, stop_after=2))
-    assert json.loads((first.run_dir / "train_config.json").read_text())["precision"] == "fp32"
+    assert json.loads((first.run_dir / "train_config.json").read_text())["resolved"]["precision"] == "fp32"
     assert train(_config(tmp_path, num_steps=4, stop_after=3), resume=True).step == 3  # same machine: fine
     # the same run "moved" to a machine where auto means fp16
     on_a_t4 = lambda precision, device: "fp16" if precision == "auto" else precision  # noqa: E731

@@ -14,8 +14,10 @@ ProtTXL directory without `trust_remote_code`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +134,21 @@ def _looks_like_path(name: str) -> bool:
             or name in (".", ".."))
 
 
-def resolve_model(name_or_path: str) -> tuple[str, Checkpoint | None, bool]:
-    """(path or hub id, the Checkpoint when a short name was given, whether it is a local dir)."""
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    """The latest complete checkpoint (`checkpoints/step_N` holding config.json) of a training run
+    directory, as `protrans train` writes them; None when there is none."""
+    steps = []
+    with contextlib.suppress(OSError):
+        for entry in (run_dir / "checkpoints").iterdir():
+            match = re.fullmatch(r"step_(\d+)", entry.name)
+            if match and (entry / "config.json").is_file():
+                steps.append((int(match.group(1)), entry))
+    return max(steps)[1] if steps else None
+
+
+def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint | None, bool]:
+    """(path or hub id, the Checkpoint when a short name was given, whether it is a local dir);
+    `flag`: the option that named it (what a message tells the user to give)."""
     name = str(name_or_path)
     if not name.strip():
         raise UsageError("no model given: an empty name (give a model directory, a hub id or a short name "
@@ -145,6 +160,10 @@ def resolve_model(name_or_path: str) -> tuple[str, Checkpoint | None, bool]:
         return CHECKPOINTS[name].hub_id, CHECKPOINTS[name], False
     if path.is_dir():
         if not (path / "config.json").is_file():
+            if latest := _latest_checkpoint(path):
+                raise ModelError(f"{name}: a training run without its final model (it stopped before its last "
+                                 f"step): its latest checkpoint, {latest}, is a model directory (give it to {flag}), "
+                                 f"or `protrans train --resume -o {name}` finishes the run")
             raise ModelError(f"{name}: directory has no config.json, so it is not a model directory "
                              "(give the directory that `protrans train` or save_pretrained wrote)")
         return str(path), None, True
@@ -189,7 +208,7 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
     from transformers import AutoConfig
 
     name = str(name_or_path)
-    target, checkpoint, is_dir = resolve_model(name)
+    target, checkpoint, is_dir = resolve_model(name, flag)
     hub_kwargs: dict[str, Any] = {}
     if is_dir and revision is not None:
         from protrans_cli import console

@@ -10,7 +10,7 @@ save_pretrained: config.json, model.safetensors, tokenizer files; `protrans embe
                                  elsewhere): a ProtBert-sized checkpoint held its 1.7 GB twice
   training_state.pt              step, optimizer, scheduler, data position, RNG states
                                  (read back with torch.load(weights_only=True))
-  train_config.json              the resolved config of the run
+  train_config.json              the config of the run (as given, and what its automatic settings meant)
   SHA256SUMS                     the sha256 of every other file (`sha256sum -c SHA256SUMS`
                                  checks it by hand); --resume checks it before reading
 It is written into a hidden temporary directory and renamed into place, so a crash never
@@ -231,7 +231,7 @@ def _no_room(folder: Path) -> str | None:
 
 
 def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict, config,
-                    keep_last: int | None = None) -> Path:
+                    keep_last: int | None = None, resolved: dict | None = None) -> Path:
     """Write one checkpoint atomically (call on rank 0 with full, unsharded weights)."""
     from safetensors.torch import save_model
 
@@ -247,7 +247,7 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
         if not _holds_every_weight(tmp / HF_WEIGHTS, model):
             save_model(model, str(tmp / WEIGHTS_FILE))
         torch.save(training_state, tmp / STATE_FILE)
-        config.save(tmp / CONFIG_FILE)
+        config.save(tmp / CONFIG_FILE, resolved=resolved)
         _write_sums(tmp)
         default_permissions(tmp)  # safetensors writes 0600
         replace_directory(tmp, directory)  # (it exists when the same step is written again after a resume)
@@ -458,22 +458,28 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
     (warmup_steps) takes the checkpoint's value; one that an older checkpoint lacks is not compared.
     Defaults are compared as what they mean: no objective is the family's (`family`), precision
     auto is what it is on this `device` (a torch.device or its type)."""
-    from protrans_cli.training.config import DEFAULT_MAX_WARMUP, resolve_precision
+    from protrans_cli.training.config import DEFAULT_MAX_WARMUP, RESOLVED, resolve_precision
 
     path = where / CONFIG_FILE
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return config  # an older checkpoint without it, or unreadable: nothing to compare
-    if config.warmup_steps is None:
-        warmup = saved.get("warmup_steps")
+    resolved = saved.pop(RESOLVED, None)
+    resolved = resolved if isinstance(resolved, dict) else {}
+    if saved.get("warmup_steps") is None:
+        # what the run ramped up over: recorded under "resolved" (the setting is saved as given),
+        # saved resolved by the versions before, or, by older ones still, a tenth of that run
+        warmup = resolved.get("warmup_steps")
         if warmup is None and ("num_steps" in saved or saved.get("phases")):
-            # saved by a version that kept the default unresolved: a tenth of that run
             total = sum(p.get("num_steps", 0) for p in saved["phases"]) if saved.get("phases") else saved["num_steps"]
             warmup = min(DEFAULT_MAX_WARMUP, max(1, int(total) // 10))
         if warmup is not None:
-            config = dataclasses.replace(config, warmup_steps=warmup)
             saved["warmup_steps"] = warmup
+    if config.warmup_steps is None and saved.get("warmup_steps") is not None:
+        config = dataclasses.replace(config, warmup_steps=saved["warmup_steps"])
+    if saved.get("precision") == "auto" and resolved.get("precision"):
+        saved["precision"] = resolved["precision"]  # what auto meant where the run ran
     now = config.to_dict()
     default_objective = getattr(family, "objective", None)
     auto_precision = resolve_precision("auto", device)

@@ -21,6 +21,7 @@ from typing import Any
 from protrans_cli.attention import SDPA_KERNELS
 from protrans_cli.errors import UsageError
 
+RESOLVED = "resolved"  # the key of a saved config that records what its automatic settings meant
 DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
 OBJECTIVES = ("mlm", "electra", "t5", "t5_span", "plm", "clm")
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
@@ -239,17 +240,25 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def save(self, path) -> None:
+    def save(self, path, *, resolved: dict | None = None) -> None:
+        """Write the settings as given, and, under `resolved`, what a run made of its automatic
+        ones (precision auto, the default warmup, compile auto): read back, `resolved` is left
+        aside, so the file serves as a template that decides them anew, while a resume of the
+        run compares and keeps what it ran with."""
         from protrans_cli.io.files import atomic_output
 
         # stop_after belongs to one invocation, not to the run: saved, it came back with
         # `--config RUN/train_config.json --resume` and stopped the resumed run at once.
         saved = {**self.to_dict(), "stop_after": None}
+        if resolved:
+            saved[RESOLVED] = resolved
         with atomic_output(path) as out:
             out.write((json.dumps(saved, indent=2, sort_keys=True) + "\n").encode())
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "config") -> "TrainConfig":
+        # (what a run made of its automatic settings: information, not settings)
+        data = {k: v for k, v in data.items() if k != RESOLVED}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

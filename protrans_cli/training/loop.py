@@ -91,6 +91,19 @@ class _Run:
     corpus_id: list = field(default_factory=list)  # corpus_fingerprint, saved in every checkpoint
     loss_scale: LossScale | None = None  # fp16 autocast only
     compiled: bool = False        # what compile (None: auto) meant on this machine
+    # The settings as given that `config` holds resolved (precision auto, warmup None): saved
+    # so, with what they meant under "resolved", so that the file is a template that decides anew
+    given: dict = field(default_factory=dict)
+
+    def save_config(self, path=None) -> tuple[TrainConfig, dict]:
+        """(the config to save, as given; what its automatic settings meant): written to `path`
+        when one is given."""
+        as_given = dataclasses.replace(self.config, **self.given)
+        resolved = {"precision": self.config.precision, "warmup_steps": self.config.resolved_warmup_steps,
+                    "compile": self.compiled}
+        if path is not None:
+            as_given.save(path, resolved=resolved)
+        return as_given, resolved
 
 
 class StopRequest:
@@ -281,6 +294,7 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                     "instead (--precision bf16 or fp32 to choose)")
     # The run's config (saved with every checkpoint) holds what auto meant here: bf16 on an A100,
     # fp16 on a T4; a run moved between them switched precision on resume without a word.
+    given = {"precision": config.precision, "warmup_steps": config.warmup_steps}
     config = dataclasses.replace(config, precision=precision)
     # compile stays as given (None: auto) in the saved config: a run started from that config on
     # another machine decides again, with the compile check, instead of compiling unchecked.
@@ -294,7 +308,8 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                 + (f", activation checkpointing of {recomputed} blocks" if recomputed else "")
                 + (", blocks compiled with torch.compile (the first steps wait for it)" if compiled else ""))
     return _Run(config, info, family, tokenizer, model, None, strategy, objective, objective.layout,
-                run_dir, autocast, loss_scale=LossScale() if precision == "fp16" else None, compiled=compiled)
+                run_dir, autocast, loss_scale=LossScale() if precision == "fp16" else None, compiled=compiled,
+                given=given)
 
 
 # Settings that only some objectives read (a value set for another one is said to be unused).
@@ -541,7 +556,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                      f"learning rate only ramps up, to {total_steps / max(1, config.warmup_steps):.0%} of "
                      f"--lr {config.lr:g}, and never decays")
     if config.warmup_steps is None:
-        # Saved as resolved: a run resumed for more steps keeps its warmup (a tenth of the
+        # Recorded as resolved: a run resumed for more steps keeps its warmup (a tenth of the
         # first run), rather than ramping up again to a tenth of the longer one.
         config = run.config = dataclasses.replace(config, warmup_steps=config.resolved_warmup_steps)
     scheduler = build_scheduler(optimizer, config, total_steps)
@@ -577,7 +592,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
 
     metrics_path = run.run_dir / "metrics.jsonl"
     if info.is_main:
-        config.save(run.run_dir / ckpt.CONFIG_FILE)
+        run.save_config(run.run_dir / ckpt.CONFIG_FILE)
         truncate_metrics(metrics_path, step)
     result = TrainResult(run.run_dir, step, False)
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
@@ -980,9 +995,10 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
                  "world_size": info.world_size, "log": log_state}
         if run.loss_scale is not None:
             state["loss_scale"] = run.loss_scale.state_dict()
+        as_given, resolved = run.save_config()
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
                                          model=model, tokenizer=run.tokenizer, training_state=state,
-                                         config=run.config, keep_last=run.config.keep_last)
+                                         config=as_given, keep_last=run.config.keep_last, resolved=resolved)
     dist.barrier()
     return directory
 
