@@ -202,7 +202,8 @@ class CorpusStats:
             self.long_lengths[length] = self.long_lengths.get(length, 0) + n
 
     def length_percentiles(self, qs=(0, 5, 25, 50, 75, 95, 100)) -> dict[str, int]:
-        """Nearest-rank percentiles of the lengths of the proteins written (before cropping)."""
+        """Nearest-rank percentiles of the lengths of the lines written (a protein's, or under
+        --long crop each window's: what the model is trained on)."""
         total = int(self.length_counts.sum()) + sum(self.long_lengths.values())
         if total == 0:
             return {}
@@ -652,6 +653,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     ends = stops[kept]                                        # (K,) one past each protein's last residue
     doc_end = ends.copy()
     lines_out = len(kept)
+    windows: list[np.ndarray] = []  # the lengths of the lines a cropped protein wrote
     if cfg.max_length is not None and cfg.long == "crop":
         # Windows of max_length residues; a last window shorter than min_length is dropped.
         w = cfg.max_length
@@ -663,6 +665,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
             spaced[win_ends - 1] = (spaced[win_ends - 1] & 0xFF) | 0x0A00
             doc_end[j] = win_ends[-1]
             lines_out += num_windows - 1
+            windows.append(np.diff(win_ends, prepend=a))
     spaced[doc_end - 1] = (spaced[doc_end - 1] & 0xFF) | 0x0A00
     text = memoryview(spaced).cast("B")
 
@@ -711,14 +714,17 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
                                 - np.searchsorted(rare_positions, starts[kept])).sum())
     kept_lengths = lengths[kept]
     written = np.minimum(doc_end - starts[kept], kept_lengths)
+    line_lengths = kept_lengths
+    if windows:  # each window a line of its own length
+        line_lengths = np.concatenate([kept_lengths[kept_lengths <= cfg.max_length], *windows])
     result.proteins_out = len(kept)
     result.residues_out = int(written.sum())
     result.lines_out = lines_out
     result.valid_proteins = int(valid.sum())
     result.valid_residues = int(written[valid].sum())
-    short = kept_lengths[kept_lengths < _HIST_CAP]
+    short = line_lengths[line_lengths < _HIST_CAP]
     result.length_counts = np.bincount(short) if len(short) else np.zeros(0, dtype=np.int64)
-    result.long_lengths = dict(collections.Counter(kept_lengths[kept_lengths >= _HIST_CAP].tolist()))
+    result.long_lengths = dict(collections.Counter(line_lengths[line_lengths >= _HIST_CAP].tolist()))
     return result
 
 

@@ -1041,3 +1041,19 @@ def test_a_header_holding_nul_bytes_is_left_out_as_damaged(run_cli, tmp_path, th
     r = run_cli("prep", fasta, "-o", tmp_path / "s.txt", "--strict", "-j", threads)
     assert r.exit_code == 1 and "d.fa:3, record 'sp|P2\\x00\\x00\\x00TAYI': NUL byte in the header" in r.stderr
     assert not (tmp_path / "s.txt").exists()
+
+
+def test_crop_stats_give_the_lengths_of_the_lines_written(run_cli, tmp_path):
+    """With --long crop the length percentiles and mean counted each protein's input length: a
+    68,700-residue protein cropped to windows of 1,024 showed p100 68700, longer than any line
+    the corpus holds. They describe the lines written: each window its own length."""
+    fasta = tmp_path / "c.fa"
+    fasta.write_text(">a\n" + "MKTAY" * 5 + "\n>b\nMKTAY\n")  # 25 residues: windows 10, 10, 5
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--max-length", 10, "--long", "crop",
+                     "--min-length", 3, "--stats", tmp_path / "s.json")
+    assert result.exit_code == 0, result.stderr
+    lines = [len(line.split()) for line in (tmp_path / "c.txt").read_text().splitlines() if line]
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert sorted(lines) == [5, 5, 10, 10] and stats["lines_out"] == 4
+    assert stats["length_percentiles"]["p100"] == 10 and stats["length_percentiles"]["p0"] == 5
+    assert stats["mean_length"] == 7.5 == stats["residues_out"] / stats["lines_out"]
