@@ -1816,11 +1816,16 @@ def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) 
 
 
 def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> dict[str, str]:
-    """Rank 0: fold every rank's shard into the one output, then remove the shards."""
+    """Rank 0: fold every rank's shard into the one output, then remove the shards. Stopped
+    (Ctrl-C, SIGTERM), the work is in OUTPUT.partial, which the interrupt names as `kept`."""
     shards = _shard_files(output)
-    with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as merged:
-        _absorb_shards(merged, shards)
-        failed = dict(merged.failed)
+    try:
+        with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as merged:
+            _absorb_shards(merged, shards)
+            failed = dict(merged.failed)
+    except KeyboardInterrupt as exc:
+        exc.kept = partial_path(output)  # (not this rank's shard: interrupted_output)
+        raise
     return failed
 
 

@@ -2064,3 +2064,34 @@ def test_writer_thread_stops_even_when_an_interrupt_lost_its_wakeup():
     closer.join(timeout=10)
     assert not closer.is_alive(), "the writer thread never woke up"
     assert done == [1]
+
+
+@pytest.mark.slow
+def test_a_merge_stopped_by_sigterm_names_the_merged_file(tmp_path):
+    """Rank 0 stopped while merging the shards named its own shard as where the work was, not
+    OUTPUT.partial, the file it was merging into (which --resume finishes)."""
+    import os
+    import subprocess
+    import sys
+
+    wrapper = tmp_path / "wrap.py"
+    wrapper.write_text("import os, signal, sys\nimport protrans_cli.embed as E\n"
+                       "real = E.EmbeddingsWriter.copy_from\n"
+                       "def copy_from(self, shard):\n    real(self, shard)\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+                       "E.EmbeddingsWriter.copy_from = copy_from\nfrom protrans_cli.cli import main\nmain(sys.argv[1:])\n")
+    out = tmp_path / "m.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1", MASTER_ADDR="127.0.0.1", WORLD_SIZE="2",
+               MASTER_PORT=str(28500 + os.getpid() % 1000), PYTHONPATH=str(ROOT))
+    args = [sys.executable, str(wrapper), "embed", str(SMALL), "-m", "onehot", "-o", str(out)]
+    ranks = [subprocess.Popen(args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    errs = [p.communicate(timeout=120)[1] for p in ranks]
+    assert ranks[0].returncode == 143, errs[0]
+    assert (f"what was computed is in {partial_path(out)}; run the same command with --resume to finish"
+            in errs[0]), errs[0]
+    r = subprocess.run([sys.executable, "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out),
+                        "--resume"], env={k: v for k, v in env.items() if k != "WORLD_SIZE"}, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert read_all(out).keys() == read_all(_run(tmp_path / "single.h5")).keys()

@@ -104,7 +104,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
     except KeyboardInterrupt as exc:
         from protrans_cli.cli import stopped
 
-        kept = interrupted_output(output)
+        kept = getattr(exc, "kept", None) or interrupted_output(output)  # (the merge's OUTPUT.partial)
         again = "the same command with --resume instead of --force" if force else "the same command with --resume"
         raise stopped(exc, f"what was computed is in {kept}; run {again} to finish" if kept.exists() else None) from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
