@@ -2233,3 +2233,25 @@ def test_an_ss3_ss8_head_is_scored_on_three_state_labels_for_ss3(run_cli, ss_dat
     assert scored["ss3"]["accuracy"] == test["ss3"]["accuracy"]
     r = run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "test.h5", "--labels", flip, *FAST, "-o", tmp_path / "h2")
     assert r.exit_code == 1 and "holds 3-state labels only" in r.stderr
+
+
+def test_proteins_embed_skipped_are_left_out_and_said_so_not_missing(run_cli, loc_data, tmp_path):
+    """Proteins that `embed --long-policy skip` left out (listed in the file's `failed`
+    attribute, with why) were "without an embedding": fit and predict failed until
+    --skip-mismatched, which then warned as if ids did not match. They are left out, saying why."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    fasta = tmp_path / "t.fasta"
+    records = (loc_data / "train.fasta").read_text().split(">")[1:]
+    long_one = records[0].split("\n")
+    records[0] = "\n".join([long_one[0], long_one[1] * 3, ""])  # 180 residues
+    fasta.write_text("".join(">" + r for r in records))
+    emb = tmp_path / "t.h5"
+    embed(fasta, emb, EmbedOptions(model="onehot", per_residue=False, threads=1, max_length=100, long_policy="skip"))
+    r = run_cli("fit", "loc", "--embeddings", emb, "--labels", fasta, *FAST, "--max-epochs", "2", "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    assert ("1 label record(s) have no embedding because embed left them out (train0: skipped: 180 residues > "
+            "--max-length 100): left out") in r.stderr
+    assert "without an embedding" not in r.stderr
+    r = run_cli("predict", tmp_path / "h", "--embeddings", emb, "--labels", fasta, "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0 and "1 label record(s) have no embedding because embed left them out" in r.stderr

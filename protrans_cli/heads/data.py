@@ -54,6 +54,9 @@ class MatchReport:
     key_ids: dict[str, str] = field(default_factory=dict)  # key -> id where the key is not the id's (bio_embeddings)
     extra_rows: list[int] = field(default_factory=list)  # embedding rows - labels, of wrong_length
     no_label: list[str] = field(default_factory=list)  # records whose every label is empty, nan or masked
+    # records whose protein embed left out and said why (the file's `failed` attribute: --long-policy
+    # skip, a non-finite embedding): "id: why"
+    left_out: list[str] = field(default_factory=list)
     # missing ids that an unmatched embedding's id equals but for case or Unicode normalisation
     near_misses: list[tuple[str, str]] = field(default_factory=list)
 
@@ -133,6 +136,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     keys = set(reader.keys(source))
     other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
     by_checksum: dict[str, list[str]] | None = None
+    failed: dict[str, str] | None = None  # (the file's `failed` attribute, read when first needed)
     taken: set[str] = set()  # keys matched so far
     # (another tool's keys: by their attributes first; ids are unique in a label set)
     named = {r.id: reader.key_for(r.id, source) for r in label_set.records}
@@ -176,7 +180,12 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                        next((k for k in candidates if k not in taken), candidates[0] if candidates else None))
             via_checksum = key is not None
         if key is None or key not in keys:
-            report.missing.append(record.id)
+            if failed is None:
+                failed = reader.failed()
+            if record.id in failed:  # embed left it out, and said why: not an id that matches nothing
+                report.left_out.append(f"{record.id}: {failed[record.id]}")
+            else:
+                report.missing.append(record.id)
             continue
         length, cut, stored = dataset_facts(group, key)
         if cut is not None:  # its checksum is the kept prefix's: not another sequence
@@ -202,6 +211,9 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         console.info(f"{label_set.path}: {len(report.no_label)} record(s) give no usable label (empty or nan, "
                      "every residue masked, or a dual location under --dual skip) and are left out "
                      f"({some_ids(report.no_label)})")
+    if report.left_out:
+        console.warn(f"{label_set.path} vs {reader.path}: {len(report.left_out)} label record(s) have no embedding "
+                     f"because embed left them out ({some_ids(report.left_out, 3)}): left out")
     report.key_ids = {key: ident for ident, key in other_ids.items()}
     if report.missing and report.unlabelled:
         report.near_misses = _near_misses(report.missing, report.unlabelled, report.key_ids)
