@@ -942,27 +942,37 @@ def test_each_rank_adds_only_what_it_said_differently_of_the_model_set_up(monkey
         E._build_on_every_rank(EmbedOptions(model="m"), "cpu", dist)
 
 
-@pytest.mark.slow
-def test_a_rank_whose_merger_died_says_so_in_one_line_and_resume_merges(tmp_path):
-    """The other ranks wait for rank 0's merge (leaving at once, one's gloo teardown made torchrun
-    stop rank 0 mid-merge); rank 0 killed while merging: rank 1 said it in a gloo traceback."""
+def _two_ranks_patched(tmp_path, out, patch: str, port_base: int = 29500):
+    """`embed SMALL -m onehot -o out` as two torchrun ranks (gloo) whose protrans_cli.embed (`E`)
+    is patched by `patch` first: (exit codes, stderrs, the environment without RANK)."""
     import os
     import subprocess
     import sys
 
     wrapper = tmp_path / "wrap.py"
-    wrapper.write_text("import os, signal, sys\nimport protrans_cli.embed as E\n"
-                       "def merge(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-                       "E._merge_shards = merge\nfrom protrans_cli.cli import main\nmain(sys.argv[1:])\n")
-    out = tmp_path / "m.h5"
+    wrapper.write_text("import os, signal, sys\nimport protrans_cli.embed as E\n" + patch
+                       + "from protrans_cli.cli import main\nmain(sys.argv[1:])\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1", MASTER_ADDR="127.0.0.1", WORLD_SIZE="2",
-               MASTER_PORT=str(29500 + os.getpid() % 1000), PYTHONPATH=str(ROOT))
+               MASTER_PORT=str(port_base + os.getpid() % 1000), PYTHONPATH=str(ROOT))
     args = [sys.executable, str(wrapper), "embed", str(SMALL), "-m", "onehot", "-o", str(out)]
     ranks = [subprocess.Popen(args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE,
                               text=True) for r in (0, 1)]
     errs = [p.communicate(timeout=120)[1] for p in ranks]
-    assert ranks[1].returncode == 1
+    return [p.returncode for p in ranks], errs, env
+
+
+@pytest.mark.slow
+def test_a_rank_whose_merger_died_says_so_in_one_line_and_resume_merges(tmp_path):
+    """The other ranks wait for rank 0's merge (leaving at once, one's gloo teardown made torchrun
+    stop rank 0 mid-merge); rank 0 killed while merging: rank 1 said it in a gloo traceback."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.h5"
+    codes, errs, env = _two_ranks_patched(tmp_path, out, "def merge(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                                                         "E._merge_shards = merge\n")
+    assert codes[1] == 1
     assert errs[1].strip().splitlines() == [
         line for line in errs[1].strip().splitlines() if line.startswith("protrans: error: the process merging")]
     assert "every protein is computed: run the same command with --resume" in errs[1]
@@ -2070,24 +2080,15 @@ def test_writer_thread_stops_even_when_an_interrupt_lost_its_wakeup():
 def test_a_merge_stopped_by_sigterm_names_the_merged_file(tmp_path):
     """Rank 0 stopped while merging the shards named its own shard as where the work was, not
     OUTPUT.partial, the file it was merging into (which --resume finishes)."""
-    import os
     import subprocess
     import sys
 
-    wrapper = tmp_path / "wrap.py"
-    wrapper.write_text("import os, signal, sys\nimport protrans_cli.embed as E\n"
-                       "real = E.EmbeddingsWriter.copy_from\n"
-                       "def copy_from(self, shard):\n    real(self, shard)\n    os.kill(os.getpid(), signal.SIGTERM)\n"
-                       "E.EmbeddingsWriter.copy_from = copy_from\nfrom protrans_cli.cli import main\nmain(sys.argv[1:])\n")
     out = tmp_path / "m.h5"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1", MASTER_ADDR="127.0.0.1", WORLD_SIZE="2",
-               MASTER_PORT=str(28500 + os.getpid() % 1000), PYTHONPATH=str(ROOT))
-    args = [sys.executable, str(wrapper), "embed", str(SMALL), "-m", "onehot", "-o", str(out)]
-    ranks = [subprocess.Popen(args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE,
-                              text=True) for r in (0, 1)]
-    errs = [p.communicate(timeout=120)[1] for p in ranks]
-    assert ranks[0].returncode == 143, errs[0]
+    codes, errs, env = _two_ranks_patched(
+        tmp_path, out, "real = E.EmbeddingsWriter.copy_from\n"
+                       "def copy_from(self, shard):\n    real(self, shard)\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+                       "E.EmbeddingsWriter.copy_from = copy_from\n", port_base=28500)
+    assert codes[0] == 143, errs[0]
     assert (f"what was computed is in {partial_path(out)}; run the same command with --resume to finish"
             in errs[0]), errs[0]
     r = subprocess.run([sys.executable, "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out),
