@@ -292,8 +292,9 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     if config.precision == "auto" and precision == "fp16":
         dist.print0("train: this GPU computes bfloat16 only by emulation: float16 autocast with loss scaling "
                     "instead (--precision bf16 or fp32 to choose)")
-    # The run's config (saved with every checkpoint) holds what auto meant here: bf16 on an A100,
-    # fp16 on a T4; a run moved between them switched precision on resume without a word.
+    # The run's config holds what auto meant here (saved under "resolved", the setting as given):
+    # bf16 on an A100, fp16 on a T4; a run moved between them switched precision on resume
+    # without a word.
     given = {"precision": config.precision, "warmup_steps": config.warmup_steps}
     config = dataclasses.replace(config, precision=precision)
     # compile stays as given (None: auto) in the saved config: a run started from that config on
