@@ -2255,3 +2255,21 @@ def test_proteins_embed_skipped_are_left_out_and_said_so_not_missing(run_cli, lo
     assert "without an embedding" not in r.stderr
     r = run_cli("predict", tmp_path / "h", "--embeddings", emb, "--labels", fasta, "-o", tmp_path / "p.csv")
     assert r.exit_code == 0 and "1 label record(s) have no embedding because embed left them out" in r.stderr
+
+
+def test_an_ss3_ss8_head_is_scored_on_a_csv_with_a_three_state_column_only(run_cli, ss_data, tmp_path):
+    """A NetSurfP CSV without dssp8 (or a PISCES one without sst8) scored an ss3+ss8 head with
+    "has no labels for ss8", record by record, where FLIP's 3-state files score ss3."""
+    head = tmp_path / "ss"
+    assert run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "2", *FAST, "-o", head).exit_code == 0
+    rows = list(csv.reader(open(ss_data / "test.csv")))
+    keep = [i for i, name in enumerate(rows[0]) if name.strip() != "dssp8"]
+    three = tmp_path / "three.csv"
+    with open(three, "w", newline="") as fh:
+        csv.writer(fh).writerows([[row[i] for i in keep] for row in rows])
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--labels", three, "--metrics", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "three ss3: Q3" in r.stderr and "three ss8: nothing to evaluate" in r.stderr
+    r = run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "test.h5", "--labels", three, *FAST, "-o", tmp_path / "h2")
+    assert r.exit_code == 1 and "holds a 3-state column only (no 8-state one)" in r.stderr, r.stderr

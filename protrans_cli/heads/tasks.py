@@ -124,11 +124,14 @@ class Task:
         if "ss8" not in self.output_names:
             return frozenset()
         generic = [r.labels["label"] for r in records if "ss8" not in r.labels and "label" in r.labels]
-        if generic and not any(set(letters.upper()) & _EIGHT_STATE_ONLY for letters in generic):
-            if evaluating and "ss3" in self.output_names and len(generic) == len(records):
+        three_state = bool(generic) and not any(set(letters.upper()) & _EIGHT_STATE_ONLY for letters in generic)
+        # a CSV with a 3-state column only (NetSurfP's dssp3, PISCES' sst3, no dssp8/sst8)
+        columns = bool(records) and all("ss3" in r.labels and "ss8" not in r.labels for r in records)
+        if three_state or columns:
+            if evaluating and "ss3" in self.output_names and (columns or len(generic) == len(records)):
                 return frozenset({"ss8"})
-            raise InputError(f"holds 3-state labels only (H, E, C); {self.name} needs 8-state labels "
-                             f"({''.join(SS8)})", path=path)
+            held = "a 3-state column only (no 8-state one)" if columns else "3-state labels only (H, E, C)"
+            raise InputError(f"holds {held}; {self.name} needs 8-state labels ({''.join(SS8)})", path=path)
         return frozenset()
 
     def _residue_letters(self, record, output: Output) -> str:
