@@ -2273,3 +2273,29 @@ def test_an_ss3_ss8_head_is_scored_on_a_csv_with_a_three_state_column_only(run_c
     assert "three ss3: Q3" in r.stderr and "three ss8: nothing to evaluate" in r.stderr
     r = run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "test.h5", "--labels", three, *FAST, "-o", tmp_path / "h2")
     assert r.exit_code == 1 and "holds a 3-state column only (no 8-state one)" in r.stderr, r.stderr
+
+
+def test_biotrainer_per_residue_file_with_masks_scores_only_the_masked_in_residues(run_cli, ss_data, tmp_path):
+    """biotrainer's residue_to_class file carries per-residue TARGET= and MASK= in the header:
+    the mask was dropped, and every residue was trained on and scored. SET=pred records (no
+    label, to predict) were refused as an unknown set."""
+    from protrans_cli.heads.labels import read_labels
+
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "2", *FAST, "-o", head).exit_code == 0
+    records = read_labels(ss_data / "test.csv").records
+    bio, kept = tmp_path / "bio.fasta", 0
+    with open(bio, "w") as fh:
+        for r in records:
+            mask = "".join("1" if i % 3 else "0" for i in range(len(r.sequence)))
+            kept += mask.count("1")
+            fh.write(f">{r.id} TARGET={ss8_to_ss3(r.labels['ss8'])} SET=test MASK={mask}\n{r.sequence}\n")
+        fh.write(">unlabelled SET=pred\nMKTAY\n")
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--labels", bio, "--metrics", tmp_path / "m")
+    assert r.exit_code == 0, r.stderr
+    assert "1 record(s) of SET=pred (to predict: no label) left out" in r.stderr
+    assert json.loads((tmp_path / "m" / "bio.json").read_text())["outputs"]["ss3"]["n"] == kept
+    bio.write_text(f">{records[0].id} TARGET=HHC MASK=10\n{records[0].sequence}\n")
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--labels", bio)
+    assert r.exit_code == 1 and "MASK= has 2 positions, TARGET= 3" in r.stderr

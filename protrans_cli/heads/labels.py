@@ -10,8 +10,10 @@ Formats (detected from the content, or named with `fmt=`):
   (CB513 holds 79 repeated sequences).
 - `flip`: FLIP / biotrainer FASTA: `>ID SET=train VALIDATION=False` followed by a line of
   per-residue labels; an optional mask FASTA (`0`/`1` per residue, same ids) is given separately.
-- `biotrainer`: biotrainer's sequence FASTA (sequence_to_class/_value, residues_to_class):
-  `>ID TARGET=Glob SET=train VALIDATION=False` followed by the sequence; TARGET is the label.
+- `biotrainer`: biotrainer's sequence FASTA (sequence_to_class/_value, residues_to_class, and
+  residue_to_class with per-residue labels): `>ID TARGET=Glob SET=train VALIDATION=False` followed
+  by the sequence; TARGET is the label, an optional `MASK=0110...` the per-residue mask, and
+  `SET=pred` records (no label) are left out.
 - `deeploc`: DeepLoc FASTA: `>ID Location-M|S|U [test]` followed by the sequence. The membrane
   code is split off at the *last* `-`, so the dual label `Cytoplasm-Nucleus-U` gives the location
   `Cytoplasm-Nucleus` (what a task does with it is the task's decision, see tasks.py).
@@ -418,16 +420,34 @@ def _read_biotrainer(text: str, name: str) -> LabelSet:
     """biotrainer's sequence file: `>ID TARGET=label SET=train VALIDATION=False` + the sequence.
     Every record needs its TARGET (a record without one would be silently unlabelled)."""
     records = []
+    to_predict = 0
     for rec in parse_fasta(io.BytesIO(text.encode()), name):
         attrs = _attrs(rec.description)
+        if attrs.get("SET", "").lower() == "pred":  # biotrainer's records to predict: no label to learn
+            to_predict += 1
+            continue
         if "TARGET" not in attrs:
             raise InputError("biotrainer header without TARGET= (the label): expected '>ID TARGET=label SET=train'",
                              path=name, line=rec.line, record=rec.id)
         if not rec.sequence:
             raise InputError("has no sequence line", path=name, line=rec.line, record=rec.id)
-        records.append(LabelRecord(rec.id, rec.sequence.upper(), {"label": attrs["TARGET"]}, None,
+        mask = None
+        if "MASK" in attrs:  # per-residue: 1 = the residue is trained on and scored
+            raw, target = attrs["MASK"], attrs["TARGET"]
+            if set(raw) - {"0", "1"}:
+                raise InputError("MASK= holds characters other than 0 and 1", path=name, line=rec.line, record=rec.id)
+            if len(raw) != len(target):
+                raise InputError(f"MASK= has {len(raw)} positions, TARGET= {len(target)}", path=name, line=rec.line,
+                                 record=rec.id)
+            mask = np.frombuffer(raw.encode(), dtype=np.uint8) == ord("1")
+        records.append(LabelRecord(rec.id, rec.sequence.upper(), {"label": attrs["TARGET"]}, mask,
                                    _split_of(attrs, name, rec), rec.line))
-    return LabelSet(name, "biotrainer", records)
+    label_set = LabelSet(name, "biotrainer", records)
+    if to_predict:
+        label_set.notes.append(f"{to_predict} record(s) of SET=pred (to predict: no label) left out")
+    if any(r.mask is not None for r in records):
+        label_set.notes.append("per-residue masks from MASK= (1 = evaluated)")
+    return label_set
 
 
 def _apply_flip_mask(label_set: LabelSet, mask_path, *, optional: bool = False) -> None:
