@@ -19,6 +19,7 @@ class _State:
     complete: str | None = None  # the command's output, once final (output_complete)
     records: list = field(default_factory=list)  # open `recording` lists (innermost last)
     held: int = 0  # open recordings that hold their messages back
+    names: dict = field(default_factory=dict)  # a path -> what messages call it (`naming`)
 
 
 state = _State()
@@ -51,6 +52,31 @@ def printable(text: str, *, newlines: bool = False) -> str:
     return text.translate(table)
 
 
+@contextlib.contextmanager
+def naming(path, name: str):
+    """Inside, messages say `name` where they would name `path`: a temporary file the user never
+    sees (predict --fasta's embeddings), gone when the command ends. An error raised inside is
+    renamed on its way out too."""
+    from protrans_cli.errors import ProtransError
+
+    state.names[str(path)] = name
+    try:
+        yield
+    except ProtransError as exc:
+        exc.message = _named(exc.message)
+        if exc.path is not None:
+            exc.path = _named(str(exc.path))
+        raise
+    finally:
+        state.names.pop(str(path), None)
+
+
+def _named(message: str) -> str:
+    for path, name in state.names.items():
+        message = message.replace(path, name)
+    return message
+
+
 def error(message: str) -> None:
     """One line, prefixed, on stderr: the form every failure takes."""
     sys.stderr.write(f"protrans: error: {printable(message)}\n")
@@ -58,6 +84,7 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
+    message = _named(message) if state.names else message
     if _recorded("warning", message):
         return
     if state.verbosity >= 0:
@@ -66,6 +93,7 @@ def warn(message: str) -> None:
 
 
 def info(message: str) -> None:
+    message = _named(message) if state.names else message
     if _recorded("info", message):
         return
     if state.verbosity >= 0:

@@ -2299,3 +2299,16 @@ def test_biotrainer_per_residue_file_with_masks_scores_only_the_masked_in_residu
     bio.write_text(f">{records[0].id} TARGET=HHC MASK=10\n{records[0].sequence}\n")
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--labels", bio)
     assert r.exit_code == 1 and "MASK= has 2 positions, TARGET= 3" in r.stderr
+
+
+def test_predict_fasta_messages_name_the_fasta_not_a_temporary_file(run_cli, loc_data, tmp_path):
+    """predict --fasta embeds into a temporary file that is gone when the command ends; its
+    warnings and errors named that file (`.protrans-predict-x/embeddings.h5: ...`)."""
+    head = tmp_path / "h"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "2", *FAST, "-o", head).exit_code == 0
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text((loc_data / "test.fasta").read_text())
+    r = run_cli("predict", head, "--fasta", fasta, "--labels", loc_data / "train.fasta", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 1, r.stderr
+    assert ".protrans-predict-" not in r.stderr and f"the embeddings of {fasta}" in r.stderr, r.stderr

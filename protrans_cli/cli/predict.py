@@ -130,9 +130,14 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
             embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads,
                                                long_policy=long_policy, max_length=max_length,
                                                chunk_overlap=chunk_overlap)
-            _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format,
-                 mask_path, mask_columns or None, skip_mismatched, allow_model_mismatch or model is not None,
-                 max_residues, threads, device, order)
+            from protrans_cli import console
+            from protrans_cli.io.files import display_name
+
+            # (the temporary file is gone when the command ends: messages name the FASTA)
+            with console.naming(embeddings, f"the embeddings of {display_name(fasta)}"):
+                _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format,
+                     mask_path, mask_columns or None, skip_mismatched, allow_model_mismatch or model is not None,
+                     max_residues, threads, device, order)
         return
     # (no --mask-column: None, the head's own columns)
     _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
