@@ -2312,3 +2312,25 @@ def test_predict_fasta_messages_name_the_fasta_not_a_temporary_file(run_cli, loc
     r = run_cli("predict", head, "--fasta", fasta, "--labels", loc_data / "train.fasta", "-o", tmp_path / "p.csv")
     assert r.exit_code == 1, r.stderr
     assert ".protrans-predict-" not in r.stderr and f"the embeddings of {fasta}" in r.stderr, r.stderr
+
+
+def test_fit_mask_applies_to_a_flip_test_file_beside_csv_training_labels(run_cli, ss_data, tmp_path):
+    """Training on a NetSurfP CSV with FLIP's test split as --test: the FLIP file's warning said
+    to give --mask, and fit refused --mask because the training labels were not FLIP-style."""
+    from protrans_cli.heads.labels import read_labels
+
+    flip, mask, kept = tmp_path / "flip.fasta", tmp_path / "mask.fasta", 0
+    with open(flip, "w") as fl, open(mask, "w") as mk:
+        for r in read_labels(ss_data / "test.csv").records:
+            bits = "".join("1" if i % 2 else "0" for i in range(len(r.sequence)))
+            kept += bits.count("1")
+            fl.write(f">{r.id}\n{ss8_to_ss3(r.labels['ss8'])}\n")
+            mk.write(f">{r.id}\n{bits}\n")
+    head = tmp_path / "h"
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--test", ss_data / "test.h5", flip, "--mask", mask, "--max-epochs", "2", *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((head / "metrics" / "flip.json").read_text())["outputs"]["ss3"]["n"] == kept
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--test", ss_data / "test.h5", ss_data / "test.csv", "--mask", mask, *FAST, "-o", tmp_path / "h2")
+    assert r.exit_code == 2 and "none of the label files is FLIP-style labels whose ids it holds" in r.stderr

@@ -184,7 +184,8 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     state = FitState.open(partial_path(out_dir), fingerprint, resume=config.resume, force=config.force)
 
     # --- labels and data ---
-    train_labels = _read(config, labels)
+    masked: list[bool] = []  # whether --mask applied, file by file
+    train_labels = _read(config, labels, mask_elsewhere=bool(valid or tests), masked=masked)
     # A file that assigns its records to splits (FLIP's SET=/VALIDATION=, a table's set column)
     # provides train, and unless --valid/--test are given, validation and test sets too. A
     # record with no split is a training record (DeepLoc's tables leave the set empty for
@@ -224,7 +225,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         if VALID in declared:
             console.info(f"{labels}: its validation records are left out of training (--valid gives the "
                          "validation set)")
-        valid_data, _, valid_report = _load_eval(config, task, *valid, VALID)
+        valid_data, _, valid_report = _load_eval(config, task, *valid, VALID, masked=masked)
         if same_file(valid[0], embeddings):
             same_file_reports.append(valid_report)
         valid_desc = f"{valid[1]}"
@@ -250,10 +251,14 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     elif TEST in declared:
         console.info(f"{labels}: its SET=test records are left out of training (--test gives the test sets)")
     for emb, lab in tests:
-        data, name, test_report = _load_eval(config, task, emb, lab, TEST)
+        data, name, test_report = _load_eval(config, task, emb, lab, TEST, masked=masked)
         if same_file(emb, embeddings):
             same_file_reports.append(test_report)
         eval_sets.append((_unique_name(name, [s[0] for s in eval_sets]), data, str(emb), str(lab)))
+    if config.mask_path is not None and not any(masked):
+        # (training labels in another format were read without it, for a FLIP --valid/--test)
+        raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
+                         "holds, the only ones a mask file applies to")
     # (records of the label file in a split no step reads have a label: not reported as without one)
     unused = ({VALID} if valid is not None else set()) | ({TEST} if tests else set())
     set_aside = {escape_key(r.id) for r in train_labels.records if r.split in unused}
@@ -562,12 +567,18 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def _read(config: FitConfig, path, *, evaluation: bool = False) -> LabelSet:
+def _read(config: FitConfig, path, *, evaluation: bool = False, mask_elsewhere: bool = False,
+          masked: list | None = None) -> LabelSet:
     """A label file as the fit's settings say. An evaluation set (--valid, --test) may be in another
-    format than the training labels (train on FLIP's masked split, test on CB513's NetSurfP CSV):
-    the FLIP --mask applies to it where it is FLIP-style and the mask holds its ids."""
+    format than the training labels (train on FLIP's masked split, test on CB513's NetSurfP CSV,
+    or the reverse): the FLIP --mask applies to it where it is FLIP-style and the mask holds its
+    ids, and to the training labels where they are (`mask_elsewhere`: else read without it).
+    `masked` collects whether the mask applied to the file."""
     label_set = read_labels(path, config.label_format, mask_path=config.mask_path,
-                            mask_columns=config.mask_columns, mask_optional=evaluation)
+                            mask_columns=config.mask_columns, mask_optional=evaluation,
+                            mask_elsewhere=mask_elsewhere)
+    if masked is not None:
+        masked.append(any(r.mask is not None for r in label_set.records) and label_set.format == "flip")
     if config.dual == "first" and "loc" in get_task(config.task).output_names:
         # (DeepLoc's 23 Cytoplasm-Nucleus proteins became Cytoplasm without a word; --dual skip said so)
         dual = collections.Counter(value for r in label_set.records
@@ -599,9 +610,9 @@ def _only(label_set: LabelSet, splits: set) -> LabelSet:
     return replace(label_set, records=[r for r in label_set.records if r.split in splits])
 
 
-def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str):
+def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str, *, masked: list | None = None):
     """Data of an evaluation set; a label file that assigns splits contributes only `split`'s records."""
-    label_set = _read(config, labels, evaluation=True)
+    label_set = _read(config, labels, evaluation=True, masked=masked)
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
     if warning := unmasked_flip_warning(label_set, task.output_names):

@@ -106,11 +106,13 @@ def _decoded_line(line: bytes) -> str:
 
 
 def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[str, ...] = ("disorder",),
-                mask_optional: bool = False) -> LabelSet:
+                mask_optional: bool = False, mask_elsewhere: bool = False) -> LabelSet:
     """Read any supported label file; `mask_path` is a FLIP mask FASTA, `mask_columns` NetSurfP's.
     `mask_optional` (an evaluation set beside FLIP-style training labels): the mask applies where
     the file is FLIP-style and the mask holds its ids; a file in another format, or whose ids the
-    mask holds none of, is read without it (one the mask holds some of is an error)."""
+    mask holds none of, is read without it (one the mask holds some of is an error).
+    `mask_elsewhere` (training labels beside evaluation files the mask may be meant for): a file
+    in another format is read without it; a FLIP-style one takes it as without the flag."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown label format {fmt!r} (choose from {', '.join(FORMATS)})")
     name = display_name(path)
@@ -154,7 +156,7 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
     except csv.Error as exc:  # e.g. a NUL byte, an unterminated quote
         raise InputError(f"not a readable {fmt} file: {exc}", path=name) from None
     if mask_path is not None:
-        if fmt != "flip" and not mask_optional:
+        if fmt != "flip" and not mask_optional and not mask_elsewhere:
             raise UsageError(f"{name}: a mask file is only read with FLIP-style labels, not {fmt}")
         if fmt == "flip":
             _apply_flip_mask(label_set, mask_path, optional=mask_optional)
