@@ -1151,7 +1151,6 @@ def test_a_stopped_training_run_given_as_the_model_names_its_latest_checkpoint(t
     assert r.exit_code == 1, r.stderr
     assert r.stderr.strip() == (f"protrans: error: {run}: a training run without its final model (it stopped "
                                 f"before its last step): its latest checkpoint, {latest}, is a model directory "
-                                f"(give it to -m), or `protrans train --config {run / 'train_config.json'} --resume -o {run}` "
-                                "finishes the run")
+                                f"(give it to -m), or `protrans train --resume -o {run}` finishes the run")
     r = run_cli("embed", fasta, "-m", latest, "-o", tmp_path / "e.h5")
     assert r.exit_code == 0, r.stderr

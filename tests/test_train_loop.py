@@ -1543,3 +1543,31 @@ def test_find_lr_num_steps_goes_with_phases(tmp_path, run_cli):
     res = run_cli("train", "--corpus", LEARNABLE, "--phase", "32:1000:4:4", "--find-lr", "--max-length", 64,
                   "-o", tmp_path / "lr2")
     assert res.exit_code == 2 and "--max-length cannot go with --phase" in res.stderr
+
+
+def test_resume_without_config_reads_the_runs_own_settings(tmp_path, run_cli):
+    """`train --resume -o RUN` refused "no training corpus"; with --corpus alone, every other
+    setting the run was started with differed from a default ("max_length: 64 there, 512 here").
+    The run's train_config.json is the base, and the flags given override it (more steps)."""
+    run = tmp_path / "run"
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", run, "--num-steps", 6, "--stop-after", 2, "--max-length", 64,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "--save-every", 2, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    res = run_cli("train", "--resume", "-o", run, "--num-steps", 8)
+    assert res.exit_code == 0, res.stderr
+    assert f"the run's settings from {run / 'train_config.json'}" in res.stderr
+    assert "done, 8 steps" in res.stderr
+    latest = sorted((run / "checkpoints").iterdir())[-1]  # (a checkpoint's own settings, without -o)
+    res = run_cli("train", "--resume-from", latest, "--max-length", 32)
+    assert res.exit_code == 2 and "max_length: 64 there, 32 here" in res.stderr, res.stderr
+
+
+def test_a_resumed_run_keeps_the_explicit_settings_of_the_first_in_its_config(tmp_path):
+    """--warmup-steps 3 --precision fp32 given to the first run became null and auto in
+    train_config.json after a --resume that did not repeat them."""
+    train(_config(tmp_path, num_steps=10, stop_after=2, save_every=2, warmup_steps=3, precision="fp32"))
+    result = train(_config(tmp_path, num_steps=10, stop_after=4, save_every=2, warmup_steps=None), resume=True)
+    for path in (result.run_dir / "train_config.json",
+                 result.run_dir / "checkpoints" / "step_00000004" / "train_config.json"):
+        saved = json.loads(path.read_text())
+        assert (saved["warmup_steps"], saved["precision"]) == (3, "fp32"), path

@@ -106,6 +106,18 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
     if list_presets:
         _print_presets(flags.get("family"))
         return
+    if not config_file and (resume or resume_from) and not find_lr:
+        # The run's own settings (flags still override): `train --resume -o RUN` refused "no
+        # training corpus", and with --corpus alone, every other setting the run had changed
+        # ("max_length: 128 there, 512 here") until all of its flags were given again.
+        from pathlib import Path
+
+        own = (Path(resume_from) if resume_from else Path(flags.get("output_dir") or TrainConfig.output_dir)) \
+            / "train_config.json"
+        if own.is_file():
+            config_file = str(own)
+            if _rank_zero():
+                console.info(f"train: the run's settings from {own} (flags given override them)")
     config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
     if config_file:
         # The file's own values first, so that an error names the file (checked after the flags

@@ -163,7 +163,7 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
             if latest := _latest_checkpoint(path):
                 raise ModelError(f"{name}: a training run without its final model (it stopped before its last "
                                  f"step): its latest checkpoint, {latest}, is a model directory (give it to {flag}), "
-                                 f"or `protrans train --config {Path(name) / 'train_config.json'} --resume -o {name}` finishes the run")
+                                 f"or `protrans train --resume -o {name}` finishes the run")
             raise ModelError(f"{name}: directory has no config.json, so it is not a model directory "
                              "(give the directory that `protrans train` or save_pretrained wrote)")
         return str(path), None, True

@@ -516,6 +516,22 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
     return config
 
 
+def given_settings(where: Path, given: dict) -> dict:
+    """The automatic settings as given for a resumed run (saved so in its train_config.json):
+    this invocation's where it set them, else the checkpoint's. A first run's explicit
+    `--warmup-steps 3 --precision fp32` became null and auto in the file after a `--resume`
+    that did not repeat them, and the file as a template then meant a tenth of the run and bf16."""
+    automatic = {"precision": "auto", "warmup_steps": None}
+    try:
+        saved = json.loads((where / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return given
+    if not isinstance(saved, dict):
+        return given
+    return {key: saved.get(key, value) if value == automatic.get(key, value) else value
+            for key, value in given.items()}
+
+
 def check_phase_position(where: Path, phases, step: int, data_phase: int) -> None:
     """A resumed run may change the steps of the phase its checkpoint is in (not below the steps
     it ran) and of later phases; the phases before it ran as they ran. Lengthened on a resume,

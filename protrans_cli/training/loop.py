@@ -529,6 +529,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         # The settings first: another preset or family is named as such (exit 2), not met as
         # weights that do not fit.
         config = run.config = ckpt.resumed_config(config, where, family=run.family, device=info.device.type)
+        run.given = ckpt.given_settings(where, run.given)
         ckpt.load_weights(where, run.model)
         state = ckpt.load_training_state(where)
         changed = changed_corpus_file(state.get("corpus"), config.corpus, run.corpus_id)
