@@ -1571,3 +1571,47 @@ def test_a_resumed_run_keeps_the_explicit_settings_of_the_first_in_its_config(tm
                  result.run_dir / "checkpoints" / "step_00000004" / "train_config.json"):
         saved = json.loads(path.read_text())
         assert (saved["warmup_steps"], saved["precision"]) == (3, "fp32"), path
+
+
+def test_a_runs_config_as_a_template_takes_init_from(tmp_path, run_cli):
+    """--init-from over a run's train_config.json was refused ("preset 'tiny' cannot go with
+    init_from"): the file records the preset its run was built from, a default nobody gave."""
+    first = tmp_path / "first"
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", first, "--num-steps", 2, "--max-length", 64,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    res = run_cli("train", "--config", first / "train_config.json", "--init-from", first, "-o", tmp_path / "second",
+                  "--num-steps", 2)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((tmp_path / "second" / "train_config.json").read_text())["preset"] is None
+
+
+@pytest.mark.parametrize("family, settings, problem", [
+    ("bert", ["hidden_act=\"swiglu\""], "unknown name 'swiglu'"),
+    ("albert", ["type_vocab_size=1"], "sop (sentence-order prediction) needs at least 2 token types"),
+    ("t5", ["relative_attention_num_buckets=2"], "relative_attention_num_buckets 2 is below 4"),
+    ("t5", ["relative_attention_max_distance=16"], "relative_attention_max_distance 16 must exceed half"),
+    ("transfo_xl", ["d_head=0"], "--set d_head=0 (model_overrides): must be at least 1"),
+    ("xlnet", ["n_layer=0"], "--set n_layer=0 (model_overrides): must be at least 1"),
+])
+def test_set_values_that_crashed_at_step_one_are_refused(tmp_path, run_cli, family, settings, problem):
+    """Each of these passed every check and failed at the first step with a traceback (exit 1),
+    or for a layer or head count of 0 trained a model without layers and exited 0."""
+    sets = [a for s in settings for a in ("--set", s)]
+    extra = ["--sop"] if family == "albert" else []
+    res = run_cli("train", "--family", family, "--corpus", LEARNABLE, "-o", tmp_path / "run", *sets, *extra,
+                  "--num-steps", 1, "--global-batch-size", 4, "--micro-batch-size", 4, "--max-length", 64)
+    assert res.exit_code == 2 and problem in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_esm_odd_head_size_is_refused_only_under_rotary_positions():
+    from protrans_cli.models import FAMILIES
+
+    esm = FAMILIES["esm"]
+    tokenizer = esm.build_tokenizer()
+    rotary = esm.build_config("tiny", tokenizer, hidden_size=36, num_attention_heads=4)
+    absolute = esm.build_config("tiny", tokenizer, hidden_size=36, num_attention_heads=4,
+                                position_embedding_type="absolute")
+    assert "rotary positions need an even one" in esm.shape_problem(rotary)
+    assert esm.shape_problem(absolute) is None

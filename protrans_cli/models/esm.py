@@ -57,7 +57,8 @@ class EsmFamily(Family):
 
     def shape_problem(self, config):
         heads = config.num_attention_heads
-        if heads and config.hidden_size % heads == 0 and (config.hidden_size // heads) % 2:
+        if (getattr(config, "position_embedding_type", None) == "rotary" and heads
+                and config.hidden_size % heads == 0 and (config.hidden_size // heads) % 2):
             # (rotary positions turn pairs of a head's features)
             return (f"the head size {config.hidden_size // heads} (hidden_size {config.hidden_size} / "
                     f"num_attention_heads {heads}) is odd: rotary positions need an even one")

@@ -47,6 +47,17 @@ class T5Family(Family):
     description = "T5 encoder-decoder; embeddings from the encoder (ProtT5)"
     flex_attention = True
 
+    def shape_problem(self, config):
+        buckets, reach = config.relative_attention_num_buckets, config.relative_attention_max_distance
+        # (the encoder's buckets are halved by direction, and half of those are exact offsets:
+        # below 4, no exact one is left and the logarithmic ones divide by zero)
+        if buckets < 4:
+            return f"relative_attention_num_buckets {buckets} is below 4, the fewest T5's relative positions take"
+        if reach <= buckets // 2:
+            return (f"relative_attention_max_distance {reach} must exceed half of relative_attention_num_buckets "
+                    f"{buckets}: the offsets below that half have exact buckets, the logarithmic ones reach beyond")
+        return None
+
     def build_tokenizer(self):
         return residue_tokenizer(
             T5_SPECIALS + list(RESIDUES) + SENTINELS, unk_token="<unk>",

@@ -212,6 +212,10 @@ class TrainConfig:
                 raise UsageError(f"{setting_name(name)} must be at least {least}, got {getattr(self, name)}")
         if self.sop and (self.objective or "mlm") != "mlm":
             raise UsageError("sop (sentence-order prediction) goes with the mlm objective only")
+        if self.sop and self.model_overrides.get("type_vocab_size", 2) < 2:
+            # (the two segments are token types 0 and 1: an IndexError at step 1)
+            raise UsageError(f"--set type_vocab_size={self.model_overrides['type_vocab_size']} (model_overrides): "
+                             "sop (sentence-order prediction) needs at least 2 token types")
         for name in ("log_every", "save_every", "keep_last", "bucket_batches", "pad_multiple", "num_eval_batches"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
@@ -224,7 +228,8 @@ class TrainConfig:
                 raise UsageError(f"{setting_name(name)} must be 0 or more, got {getattr(self, name)}")
         for key, value in self.model_overrides.items():
             if (isinstance(value, int) and not isinstance(value, bool) and value < 1
-                    and (key.startswith("num_") or key.endswith("_size") or key in ("d_model", "d_ff", "d_kv"))):
+                    and (key.startswith(("num_", "n_")) or key.endswith("_size")
+                         or key in ("d_model", "d_ff", "d_kv", "d_head", "d_inner"))):
                 raise UsageError(f"--set {key}={value} (model_overrides): must be at least 1")
         for i, phase in enumerate(self.resolved_phases(), 1):
             where = f"phase {i} ({phase.max_length}:{phase.num_steps})" if self.phases else "training"
@@ -343,6 +348,11 @@ class TrainConfig:
                 was_default = False
             if was_default:
                 changes["objective"] = None
+        if changes.get("init_from") and not self.init_from and "preset" not in changes and self.preset is not None:
+            # --init-from over a config file (a run's train_config.json, which records the preset
+            # the run was built from): the model it names has its architecture; the file's preset
+            # gives way, as a flag overrides the file ("preset 'tiny' cannot go with init_from").
+            changes["preset"] = None
         for key in ("corpus", "val_corpus"):
             if key in changes:
                 changes[key] = expand_corpus_paths(changes[key])

@@ -337,6 +337,9 @@ def _pretraining_model(config: TrainConfig, family, tokenizer):
         return family.pretraining_model(model_config).float()
     except ModelError as exc:
         raise UsageError(f"--set / model_overrides ({shown}): {exc.message}") from None
+    except KeyError as exc:  # transformers' ACT2FN[...]: an activation it does not know
+        raise UsageError(f"--set / model_overrides ({shown}): unknown name {exc.args[0]!r} (an activation "
+                         "function or another choice the model does not have)") from None
     except (ValueError, TypeError, RuntimeError, IndexError, AssertionError) as exc:
         raise UsageError(f"--set / model_overrides ({shown}): {first_line(exc)}") from None
 
