@@ -557,7 +557,7 @@ def test_resume_after_the_hub_moved_on_is_refused(tmp_path):
     (dict(max_length=10, long_policy="skip"), dict(max_length=10, long_policy="truncate"),
      "long_policy='skip', this run uses long_policy='truncate'"),
     (dict(max_length=10, long_policy="skip"), dict(long_policy="skip"),
-     "max_length=10, this run uses max_length=0"),
+     r"max_length=10, this run uses max_length=none \(the model takes any length\)"),
     (dict(max_length=10, long_policy="chunk", chunk_overlap=2),
      dict(max_length=10, long_policy="chunk", chunk_overlap=4), "chunk_overlap=2, this run uses chunk_overlap=4"),
 ])

@@ -517,13 +517,16 @@ def test_resume_compares_the_length_limit_that_applied(tmp_path, tiny_models):
     assert embed(SMALL, out, EmbedOptions(**again)).num_resumed == 6
     with h5py.File(out, "a") as f:
         f.attrs["max_length"] = 0
-    with pytest.raises(UsageError, match=f"max_length=0, this run uses max_length={limit - 1}"):
+    with pytest.raises(UsageError, match=f"no max_length \\(the model takes any length\\), this run uses "
+                                         f"max_length={limit - 1}"):
         embed(SMALL, out, EmbedOptions(max_length=limit - 1, **again))
     t5 = tmp_path / "t5.h5"
     embed(SMALL, t5, EmbedOptions(model=str(tiny_models["t5"]), device="cpu"))
     with EmbeddingsReader(t5) as r:
         assert r.attrs["max_length"] == 0
-    with pytest.raises(UsageError, match="max_length=0, this run uses max_length=50"):
+    # (stored 0: no limit, said so rather than as a setting of 0)
+    with pytest.raises(UsageError, match=r"written with no max_length \(the model takes any length\), this run "
+                                         "uses max_length=50"):
         embed(SMALL, t5, EmbedOptions(model=str(tiny_models["t5"]), device="cpu", max_length=50,
                                       long_policy="skip", resume=True))
 

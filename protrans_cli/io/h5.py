@@ -1515,6 +1515,11 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
                 if key == "layers" and states and isinstance(now, list):
                     # stored counted from the last (-1): `--layer 0` reads -3 on a 2-layer model
                     shown += " (" + ", ".join(f"--layer {int(v) + int(states)} = {int(v)}" for v in now) + ")"
-                raise UsageError(f"cannot resume: the file was written with {key}={before!r}, "
+                was = f"{key}={before!r}"
+                if key == "max_length" and before == 0:  # (stored 0: a model that takes any length)
+                    was, shown = "no max_length (the model takes any length)", shown
+                elif key == "max_length" and now == 0:
+                    shown = "none (the model takes any length)"
+                raise UsageError(f"cannot resume: the file was written with {was}, "
                                  f"this run uses {key}={shown} (use the same settings, or write to a new file)",
                                  path=str(path))
