@@ -2334,3 +2334,30 @@ def test_fit_mask_applies_to_a_flip_test_file_beside_csv_training_labels(run_cli
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
                 "--test", ss_data / "test.h5", ss_data / "test.csv", "--mask", mask, *FAST, "-o", tmp_path / "h2")
     assert r.exit_code == 2 and "none of the label files is FLIP-style labels whose ids it holds" in r.stderr
+
+
+def test_a_value_head_without_a_spearman_to_validate_stops_by_the_loss(run_cli, loc_data, tmp_path):
+    """One validation protein has no Spearman's rho: every epoch logged "value 0.0000", early
+    stopping compared those zeros, and the member's line said "mean Spearman 0.0000"."""
+    table = tmp_path / "v.csv"
+    ids = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"][:6]
+    table.write_text("id,label\n" + "".join(f"{ident},{i * 0.5}\n" for i, ident in enumerate(ids)))
+    head = tmp_path / "h"
+    r = run_cli("fit", "value", "--embeddings", loc_data / "train.h5", "--labels", table, "--max-epochs", "3",
+                *FAST, "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "value 0.0000" not in r.stderr and "(by validation loss" in r.stderr, r.stderr
+    lines = [json.loads(line) for line in (head / "metrics.jsonl").read_text().splitlines()]
+    assert lines and not any("valid_value" in line for line in lines)
+
+
+def test_fit_settings_errors_name_the_setting(run_cli, loc_data, tmp_path):
+    """--cache-gb 1e300 was an OverflowError traceback; --valid-fraction 0.99 of 2 proteins said
+    "too few training proteins" (exit 1) where the fraction left none to train on."""
+    args = ["fit", "protein", "--embeddings", loc_data / "train.h5", "-j", "1", "-o", tmp_path / "h"]
+    table = tmp_path / "t.csv"
+    table.write_text("id,label\ntrain0,A\ntrain1,B\n")
+    r = run_cli(*args, "--labels", table, "--cache-gb", "1e300")
+    assert r.exit_code == 2 and "--cache-gb must be a size in GB, 0 or more, got 1e+300" in r.stderr, r.stderr
+    r = run_cli(*args, "--labels", table, "--valid-fraction", "0.99")
+    assert r.exit_code == 2 and "--valid-fraction 0.99 holds out 2 of the 2 training proteins" in r.stderr, r.stderr

@@ -119,7 +119,9 @@ def test_spearman_by_hand_with_and_without_ties():
     assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
     assert ranks([10, 20, 20, 30]).tolist() == [1, 2.5, 2.5, 4]  # ties share their mean rank
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman([1, 1, 1], [1, 2, 3]) == 0.0  # constant side: no correlation, not NaN
+    # a constant side has no rank correlation (as scipy says): NaN, null in the JSON, where 0 read
+    # as a measured "no correlation" and early stopping compared it
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(pearson([2, 2], [1, 3]))
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     m = evaluate_values(np.array([1.0, 2.0, np.nan, 4.0]), np.array([1.5, 2.0, 9.0, 3.5]), n_boot=50)
     assert m["n"] == 3 and m["spearman"] == pytest.approx(1.0)  # the NaN target is left out
@@ -145,3 +147,17 @@ def test_evaluate_gives_the_majority_class_floor():
     m = evaluate(y_true, y_pred, "HEC", metric="Q3", n_boot=10)
     assert m["majority"] == {"class": "C", "accuracy": pytest.approx(4 / 6)}
     assert m["accuracy"] == m["majority"]["accuracy"]
+
+
+def test_a_ci_of_one_protein_and_a_correlation_of_a_constant_target_do_not_exist():
+    """One protein gave "95% CI 0.2811-0.2811"; constant targets gave Spearman 0.0 with a CI
+    [0, 0]. Neither number exists: NaN (null in the JSON files), and the summary says why."""
+    from protrans_cli.heads.metrics import evaluate, evaluate_values, summary_line
+
+    one = evaluate([np.array([0, 1, 2, 2])], [np.array([0, 1, 1, 2])], ["H", "E", "C"], metric="Q3", n_boot=50)
+    assert one["accuracy"] == 0.75 and all(math.isnan(v) for v in one["ci95"])
+    assert summary_line("valid", "ss3", one).startswith("valid ss3: Q3 0.7500 (no CI: one protein), MCC")
+    flat = evaluate_values(np.array([3.0, 3.0, 3.0]), np.array([1.0, 2.0, 4.0]), n_boot=50)
+    assert math.isnan(flat["spearman"]) and all(math.isnan(v) for v in flat["ci95"]) and math.isnan(flat["pearson"])
+    assert summary_line("test", "value", flat).startswith("test value: Spearman undefined (the targets or the "
+                                                          "predictions are constant)")

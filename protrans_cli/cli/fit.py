@@ -98,6 +98,7 @@ def _cache_bytes(cache_gb: float) -> int:
 
     from protrans_cli.errors import UsageError
 
-    if not (math.isfinite(cache_gb) and cache_gb >= 0):
+    # (the bytes checked too: 1e300 GB is finite, its bytes are not, and int() raised OverflowError)
+    if not (math.isfinite(cache_gb) and cache_gb >= 0 and math.isfinite(cache_gb * (1 << 30))):
         raise UsageError(f"--cache-gb must be a size in GB, 0 or more, got {cache_gb}")
     return int(cache_gb * (1 << 30))

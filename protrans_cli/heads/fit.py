@@ -238,6 +238,9 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         order = rng.permutation(len(train.items))
         n_valid = max(1, int(round(config.valid_fraction * len(order))))
         if len(order) - n_valid < 1:
+            if len(order) >= 2:  # (the fraction leaves nothing to train on, not the proteins)
+                raise UsageError(f"--valid-fraction {config.valid_fraction} holds out {n_valid} of the {len(order)} "
+                                 "training proteins, leaving none to train on: give a smaller fraction")
             raise InputError("too few training proteins to hold out a validation set", path=str(labels))
         valid_data, train = subset(train, order[:n_valid]), subset(train, order[n_valid:])
         held_out = sorted(m.id for m in valid_data.items)
@@ -821,7 +824,10 @@ def _train_one(config: FitConfig, task: Task, train, valid, seed: int, member: i
     model.load_state_dict(best_state)
     model.eval()
     # the score is the mean of the outputs' headline metrics (Spearman for a value head)
-    console.info(f"member {member}: best validation epoch {best_epoch} (mean {_metric_names(task)} {best_score:.4f})")
+    scored = any(k.startswith("valid_") and k != "valid_loss" for line in lines for k in line)
+    console.info(f"member {member}: best validation epoch {best_epoch} "
+                 + (f"(mean {_metric_names(task)} {best_score:.4f})" if scored
+                    else f"(by validation loss {kept_loss:.4f}: no {_metric_names(task)} to score)"))
     return model, lines
 
 
@@ -862,8 +868,10 @@ def _validate(model, task: Task, data, config: FitConfig) -> tuple[float, dict]:
     # the early-stopping score).
     scores = {k: correct[k] / total[k] for k in correct if total[k]}
     for name, (predicted, true) in values.items():  # value outputs: Spearman's rho, as evaluated
-        if predicted and sum(len(p) for p in predicted):
-            scores[name] = spearman(np.concatenate(predicted), np.concatenate(true))
+        if predicted and sum(len(p) for p in predicted) >= 2:
+            rho = spearman(np.concatenate(predicted), np.concatenate(true))
+            if not np.isnan(rho):  # (constant predictions or targets: no rho; early stopping goes by the loss)
+                scores[name] = rho
     loss = sum(loss_sums[k] / loss_counts[k] for k in loss_sums if loss_counts[k])
     return float(loss), scores
 
@@ -956,7 +964,10 @@ def _plot_curves(history: list[dict], task: Task, path: Path) -> None:
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel(f"validation {_metric_names(task)}")
     ax_loss.legend(fontsize=7)
-    ax_acc.legend(fontsize=7)
+    if ax_acc.lines:
+        ax_acc.legend(fontsize=7)
+    else:  # (no output had a score to plot: matplotlib warned of an empty legend)
+        ax_acc.text(0.5, 0.5, "no validation score", ha="center", va="center", transform=ax_acc.transAxes)
     fig.suptitle(f"{task.name} head", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -53,7 +53,7 @@ def bootstrap_ci(correct: np.ndarray, total: np.ndarray, *, n_boot: int = 1000, 
     correct = np.asarray(correct, dtype=np.float64)
     total = np.asarray(total, dtype=np.float64)
     n = len(correct)
-    if n == 0 or total.sum() == 0:
+    if n < 2 or total.sum() == 0:  # (one protein has no spread to resample: no CI, not [x, x])
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
@@ -130,11 +130,12 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64) - np.mean(x)
     y = np.asarray(y, dtype=np.float64) - np.mean(y)
     denom = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denom) if denom > 0 else 0.0
+    # (a constant side has no correlation at all: NaN, as scipy says, not a measured 0)
+    return float((x * y).sum() / denom) if denom > 0 else float("nan")
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho: Pearson's r of the (tie-averaged) ranks; 0 when either side is constant."""
+    """Spearman's rho: Pearson's r of the (tie-averaged) ranks; NaN when either side is constant."""
     return pearson(ranks(x), ranks(y))
 
 
@@ -158,7 +159,10 @@ def evaluate_values(y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = 100
     rng = np.random.default_rng(seed)
     stats = np.array([spearman(p[i], t[i]) for i in rng.integers(0, n, size=(n_boot, n))])
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+    # (resamples drawing one value only have no rho; none with one: no CI)
+    lo, hi = np.nanquantile(stats, [alpha, 1 - alpha]) if (~np.isnan(stats)).any() else (np.nan, np.nan)
+    if math.isnan(spearman(p, t)):
+        lo = hi = np.nan
     residual = p - t
     nan_ = float("nan")
     return {"kind": "value", "metric": "Spearman", "spearman": spearman(p, t), "ci95": [float(lo), float(hi)],
@@ -179,10 +183,14 @@ def summary_line(name: str, output: str, m: dict) -> str:
     if m.get("kind") == "value" and m["n"] < 2:
         return f"{name} {output}: 1 protein with a value, too few for Spearman's rho"
     lo, hi = m["ci95"]
+    ci = f"95% CI {lo:.4f}-{hi:.4f}" if not (math.isnan(lo) or math.isnan(hi)) else "no CI: one protein"
     if m.get("kind") == "value":
-        return (f"{name} {output}: Spearman {m['spearman']:.4f} (95% CI {lo:.4f}-{hi:.4f}), Pearson {m['pearson']:.3f}, "
+        if math.isnan(m["spearman"]):
+            return (f"{name} {output}: Spearman undefined (the targets or the predictions are constant), "
+                    f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {m['n']} proteins")
+        return (f"{name} {output}: Spearman {m['spearman']:.4f} ({ci}), Pearson {m['pearson']:.3f}, "
                 f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {m['n']} proteins")
-    return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), MCC {m['mcc']:.3f}, "
+    return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} ({ci}), MCC {m['mcc']:.3f}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f}, "
             + (f"{m['n']} proteins" if m["n"] == m["n_proteins"]  # per protein: one position each
                else f"{m['n']} positions in {m['n_proteins']} proteins"))

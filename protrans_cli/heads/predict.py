@@ -191,7 +191,9 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     layer = head_layer(config)
     per_residue = task.kind == PER_RESIDUE
     if probabilities is not None and not per_residue:
-        raise UsageError("--probabilities is for per-residue heads; the CSV already holds probabilities")
+        raise UsageError("--probabilities is for per-residue heads; a per-protein head's CSV holds its class "
+                         "probabilities already" + (" (a value head has none: the CSV holds its values)"
+                                                    if any(o.is_value for o in task.outputs) else ""))
     _warn_extension(out, per_residue)
     chosen = output or task.output_names[0]
     classes = next(o.classes for o in task.outputs if o.name == chosen)
