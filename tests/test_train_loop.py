@@ -1615,3 +1615,26 @@ def test_esm_odd_head_size_is_refused_only_under_rotary_positions():
                                 position_embedding_type="absolute")
     assert "rotary positions need an even one" in esm.shape_problem(rotary)
     assert esm.shape_problem(absolute) is None
+
+
+def test_resume_from_a_moved_run_or_another_directory_stays_in_the_run(tmp_path, run_cli, monkeypatch):
+    """`--resume-from RUN/checkpoints/step_N` without -o went on in the run directory its config
+    recorded as typed: a moved run was continued in a second folder (past the check for the later
+    checkpoints of the run abandoned), and a relative corpus was "no such file" from elsewhere."""
+    import shutil
+
+    start = tmp_path / "start"
+    start.mkdir()
+    shutil.copy(LEARNABLE, start / "c.txt")
+    monkeypatch.chdir(start)
+    res = run_cli("train", "--corpus", "c.txt", "-o", "run", "--num-steps", 8, "--stop-after", 6, "--save-every", 2,
+                  "--max-length", 64, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    shutil.move(start / "run", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    res = run_cli("train", "--resume-from", tmp_path / "moved" / "checkpoints" / "step_00000004")
+    assert res.exit_code == 2 and "holds checkpoints after step 4 (step_00000006)" in res.stderr, res.stderr
+    assert not (start / "run").exists()
+    res = run_cli("train", "--resume", "-o", tmp_path / "moved")  # the corpus found where the run recorded it
+    assert res.exit_code == 0, res.stderr
+    assert "done, 8 steps" in res.stderr and not (tmp_path / "run").exists()

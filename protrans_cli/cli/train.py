@@ -9,6 +9,8 @@ saved as RUN/train_config.json and in every checkpoint.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from protrans_cli.attention import SDPA_KERNELS
@@ -106,19 +108,27 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
     if list_presets:
         _print_presets(flags.get("family"))
         return
+    if resume_from and not flags.get("output_dir") and Path(resume_from).parent.name == "checkpoints":
+        # The checkpoint's own run (RUN/checkpoints/step_N): the run dir its config records was
+        # the first run's as typed, and a moved run, or one started from another directory, went
+        # on in a second folder, past the check for the later checkpoints of the run abandoned.
+        flags["output_dir"] = str(Path(resume_from).parent.parent)
+    own = None
     if not config_file and (resume or resume_from) and not find_lr:
         # The run's own settings (flags still override): `train --resume -o RUN` refused "no
         # training corpus", and with --corpus alone, every other setting the run had changed
         # ("max_length: 128 there, 512 here") until all of its flags were given again.
-        from pathlib import Path
-
         own = (Path(resume_from) if resume_from else Path(flags.get("output_dir") or TrainConfig.output_dir)) \
             / "train_config.json"
         if own.is_file():
             config_file = str(own)
             if _rank_zero():
                 console.info(f"train: the run's settings from {own} (flags given override them)")
+        else:
+            own = None
     config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
+    if own is not None:
+        config = _corpus_found_from_here(config, own)
     if config_file:
         # The file's own values first, so that an error names the file (checked after the flags
         # are merged, `precision = "fp8"` said only "precision must be one of ...").
@@ -172,6 +182,30 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
         raise stop from None
     if not result.completed and _rank_zero():
         console.info(f"train: stopped after step {result.step}; continue with --resume")
+
+
+def _corpus_found_from_here(config, saved_file):
+    """The run's own config with each relative corpus path that is not found from this working
+    directory replaced by the absolute one the run recorded (under "resolved"): a run started
+    with `--corpus c.txt` in one directory, resumed from another, failed with "c.txt: no such file"."""
+    import dataclasses
+    import json
+    import os
+
+    try:
+        resolved = json.loads(Path(saved_file).read_text()).get("resolved") or {}
+    except (OSError, ValueError, AttributeError):
+        return config
+    changes = {}
+    for key in ("corpus", "val_corpus"):
+        paths, absolute = getattr(config, key), resolved.get(key)
+        if not paths or not isinstance(absolute, list) or len(absolute) != len(paths):
+            continue
+        found = [b if (not os.path.isabs(a) and not os.path.exists(a) and isinstance(b, str) and os.path.exists(b))
+                 else a for a, b in zip(paths, absolute)]
+        if found != paths:
+            changes[key] = found
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def _rank_zero() -> bool:

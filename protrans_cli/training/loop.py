@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
 import signal
 import threading
 import time
@@ -100,7 +101,10 @@ class _Run:
         when one is given."""
         as_given = dataclasses.replace(self.config, **self.given)
         resolved = {"precision": self.config.precision, "warmup_steps": self.config.resolved_warmup_steps,
-                    "compile": self.compiled}
+                    "compile": self.compiled,
+                    # where the corpus files are, whatever the working directory of a resume
+                    "corpus": [os.path.abspath(p) if p != "-" else p for p in self.config.corpus],
+                    "val_corpus": [os.path.abspath(p) for p in self.config.val_corpus or []]}
         if path is not None:
             as_given.save(path, resolved=resolved)
         return as_given, resolved
