@@ -820,7 +820,9 @@ class _Background:
             try:
                 item = self.queue.get(timeout=0.2)
             except queue.Empty:
-                if self.finished.is_set():
+                # (finished is set after the last submit: what it put is in the queue by then,
+                # and a batch put while this wait ran out is still to be written)
+                if self.finished.is_set() and self.queue.empty():
                     return
                 continue
             if item is None:

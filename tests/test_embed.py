@@ -2096,3 +2096,25 @@ def test_a_merge_stopped_by_sigterm_names_the_merged_file(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert read_all(out).keys() == read_all(_run(tmp_path / "single.h5")).keys()
+
+
+def test_writer_thread_writes_a_batch_submitted_while_its_wait_timed_out():
+    """The writer's timed wait ran out, and before it looked at `finished` the main thread put the
+    last batch and finished: the thread left with that batch in the queue, never written."""
+    import threading
+    import time
+
+    from protrans_cli.embed import _Background
+
+    class LateLook(threading.Event):  # the writer pauses between its timed-out wait and this look
+        def is_set(self):
+            time.sleep(0.1)
+            return super().is_set()
+
+    written = []
+    background = _Background(lambda x: written.append(x))
+    background.finished = LateLook()
+    with background:
+        time.sleep(0.25)
+        background.submit("last batch")
+    assert written == ["last batch"]
