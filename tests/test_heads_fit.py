@@ -2255,6 +2255,10 @@ def test_proteins_embed_skipped_are_left_out_and_said_so_not_missing(run_cli, lo
     assert "without an embedding" not in r.stderr
     r = run_cli("predict", tmp_path / "h", "--embeddings", emb, "--labels", fasta, "-o", tmp_path / "p.csv")
     assert r.exit_code == 0 and "1 label record(s) have no embedding because embed left them out" in r.stderr
+    only = tmp_path / "only.fasta"  # labels of the skipped protein alone: said so, not "none matched"
+    only.write_text(">" + records[0])
+    r = run_cli("predict", tmp_path / "h", "--embeddings", emb, "--labels", only, "-o", tmp_path / "p2.csv")
+    assert r.exit_code == 1 and "every labelled protein (1) was left out by embed" in r.stderr, r.stderr
 
 
 def test_an_ss3_ss8_head_is_scored_on_a_csv_with_a_three_state_column_only(run_cli, ss_data, tmp_path):
@@ -2361,3 +2365,18 @@ def test_fit_settings_errors_name_the_setting(run_cli, loc_data, tmp_path):
     assert r.exit_code == 2 and "--cache-gb must be a size in GB, 0 or more, got 1e+300" in r.stderr, r.stderr
     r = run_cli(*args, "--labels", table, "--valid-fraction", "0.99")
     assert r.exit_code == 2 and "--valid-fraction 0.99 holds out 2 of the 2 training proteins" in r.stderr, r.stderr
+
+
+def test_a_constant_test_set_is_undefined_in_the_scatter_title_too(run_cli, loc_data, tmp_path, monkeypatch):
+    from protrans_cli.heads import fit as fit_module
+
+    titles = []
+    monkeypatch.setattr(fit_module, "save_scatter_png", lambda true, predicted, path, title: titles.append(title))
+    ids = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("id,label\n" + "".join(f"{i},{n % 7}\n" for n, i in enumerate(ids[:40])))
+    test.write_text("id,label\n" + "".join(f"{i},1.0\n" for i in ids[40:50]))
+    r = run_cli("fit", "value", "--embeddings", loc_data / "train.h5", "--labels", train, "--test",
+                loc_data / "train.h5", test, "--max-epochs", "2", *FAST, "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    assert "test value: Spearman undefined" in r.stderr and "test value: Spearman undefined" in titles

@@ -509,3 +509,13 @@ def test_labels_missing_sequences_write_nothing_and_name_the_sequences_file(tmp_
     seqs.write_text(">a\nMKT\n>b\nMKV\n>c\nMKVW\n")  # the last record's labels are one short
     r = run_cli("labels", flip, "--sequences", seqs, "-o", "-")
     assert r.exit_code == 1 and r.stdout == "" and "record 'c': 3 per-residue labels for a sequence of 4" in r.stderr
+
+
+def test_a_biotrainer_file_whose_first_record_is_to_predict_is_recognised(tmp_path):
+    """The format was sniffed from the first header alone: a first SET=pred record (no TARGET=)
+    made the file FLIP, refused for its unknown set 'pred'."""
+    bio = tmp_path / "bt.fasta"
+    bio.write_text(">q0 SET=pred\nMKT\n>q1 TARGET=A SET=train VALIDATION=False\nMKV\n>q2 TARGET=B SET=test\nMKW\n")
+    label_set = read_labels(bio)
+    assert label_set.format == "biotrainer"
+    assert [(r.id, r.labels["label"], r.split) for r in label_set.records] == [("q1", "A", "train"), ("q2", "B", "test")]

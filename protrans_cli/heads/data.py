@@ -225,6 +225,9 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             raise InputError(f"{report.problems} label records do not match the embeddings: {report.describe()} "
                              "(--skip-mismatched leaves them out)", path=where)
     if not matched:
+        if report.left_out and not report.problems:
+            raise InputError(f"every labelled protein ({len(report.left_out)}) was left out by embed (its 'failed' "
+                             "attribute, above): none has an embedding", path=f"{label_set.path} vs {reader.path}")
         raise InputError("no label record matched an embedding", path=f"{label_set.path} vs {reader.path}")
     return matched, report
 

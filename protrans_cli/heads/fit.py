@@ -923,8 +923,9 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
         console.info(summary_line(name, output, m))
         if m.get("kind") == "value":
             if m.get("n", 0) >= 2:
+                rho = "undefined" if np.isnan(m["spearman"]) else f"{m['spearman']:.3f}"  # (a constant side)
                 save_scatter_png(m["true"], m["predicted"], directory / f"{safe}.{output}.png",
-                                 f"{name} {output}: Spearman {m['spearman']:.3f}")
+                                 f"{name} {output}: Spearman {rho}")
             headline[output] = {k: m.get(k) for k in ("metric", "spearman", "ci95", "pearson", "mse", "mae", "r2",
                                                        "n", "n_proteins")}
             continue

@@ -208,7 +208,10 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
     first = next((line for line in text.splitlines() if line.strip()), "")
     if first.startswith(">"):
         tokens = first[1:].split()
-        if any(t.startswith("TARGET=") for t in tokens[1:]):  # biotrainer: the label in the header
+        # biotrainer: the label in the header (any header: a first record to predict, SET=pred,
+        # has none)
+        if any(t.startswith("TARGET=") for line in text.splitlines() if line.startswith(">")
+               for t in line[1:].split()[1:]):
             return "biotrainer"
         # (a known location with a wrong membrane letter is DeepLoc too: its reader says what is wrong)
         if len(tokens) >= 2 and (_DEEPLOC_LABEL.match(tokens[1]) or tokens[1].rsplit("-", 1)[0] in LOCATIONS):
