@@ -1638,3 +1638,32 @@ def test_resume_from_a_moved_run_or_another_directory_stays_in_the_run(tmp_path,
     res = run_cli("train", "--resume", "-o", tmp_path / "moved")  # the corpus found where the run recorded it
     assert res.exit_code == 0, res.stderr
     assert "done, 8 steps" in res.stderr and not (tmp_path / "run").exists()
+
+
+def test_resume_paths_name_the_run_and_keep_its_recorded_corpus(tmp_path, run_cli, monkeypatch):
+    """`--resume-from .` inside a checkpoint started a run inside it; a checkpoint copied out of
+    its run started a second run wherever the command ran; `--resume` where no run is said "no
+    training corpus"; and a corpus found from another directory was saved as the run's setting."""
+    import shutil
+
+    start = tmp_path / "start"
+    start.mkdir()
+    shutil.copy(LEARNABLE, start / "c.txt")
+    monkeypatch.chdir(start)
+    res = run_cli("train", "--corpus", "c.txt", "-o", "run", "--num-steps", 10, "--stop-after", 4, "--save-every", 2,
+                  "--max-length", 64, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    monkeypatch.chdir(tmp_path)
+    res = run_cli("train", "--resume-from", start / "run" / "checkpoints" / "step_00000004", "--stop-after", 6)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((start / "run" / "train_config.json").read_text())["corpus"] == ["c.txt"]  # as the run had it
+    monkeypatch.chdir(start / "run" / "checkpoints" / "step_00000006")
+    res = run_cli("train", "--resume-from", ".", "--stop-after", 8)
+    assert res.exit_code == 0, res.stderr
+    assert not (start / "run" / "checkpoints" / "step_00000006" / "run").exists()
+    shutil.copytree(start / "run" / "checkpoints" / "step_00000008", tmp_path / "copied")
+    monkeypatch.chdir(tmp_path)
+    res = run_cli("train", "--resume-from", tmp_path / "copied")
+    assert res.exit_code == 2 and "is not in a run's checkpoints/ folder: give -o" in res.stderr, res.stderr
+    res = run_cli("train", "--resume", "-o", tmp_path / "nothing")
+    assert res.exit_code == 2 and "holds no run to resume (no train_config.json): give -o" in res.stderr, res.stderr

@@ -108,11 +108,15 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
     if list_presets:
         _print_presets(flags.get("family"))
         return
-    if resume_from and not flags.get("output_dir") and Path(resume_from).parent.name == "checkpoints":
+    if resume_from and not flags.get("output_dir"):
         # The checkpoint's own run (RUN/checkpoints/step_N): the run dir its config records was
         # the first run's as typed, and a moved run, or one started from another directory, went
         # on in a second folder, past the check for the later checkpoints of the run abandoned.
-        flags["output_dir"] = str(Path(resume_from).parent.parent)
+        where = Path(resume_from).resolve()  # (`--resume-from .` inside the checkpoint too)
+        if where.parent.name != "checkpoints":
+            raise UsageError(f"--resume-from {resume_from} is not in a run's checkpoints/ folder: give -o, the run "
+                             "directory to continue in")
+        flags["output_dir"] = str(where.parent.parent)
     own = None
     if not config_file and (resume or resume_from) and not find_lr:
         # The run's own settings (flags still override): `train --resume -o RUN` refused "no
@@ -124,11 +128,20 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
             config_file = str(own)
             if _rank_zero():
                 console.info(f"train: the run's settings from {own} (flags given override them)")
+        elif resume and not flags.get("corpus"):
+            # (not "no training corpus": there is no run there to resume)
+            raise UsageError(f"{own.parent} holds no run to resume (no train_config.json): give -o, the run "
+                             "directory")
         else:
             own = None
     config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
+    saved_as = {}
     if own is not None:
+        # (the run's paths as it recorded them stay so in its config: found elsewhere for this
+        # invocation only)
+        saved_as = {key: getattr(config, key) for key in ("corpus", "val_corpus")}
         config = _corpus_found_from_here(config, own)
+        saved_as = {k: v for k, v in saved_as.items() if v != getattr(config, k)}
     if config_file:
         # The file's own values first, so that an error names the file (checked after the flags
         # are merged, `precision = "fp8"` said only "precision must be one of ...").
@@ -172,7 +185,8 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
     from protrans_cli.training.loop import train
 
     try:
-        result = train(config, resume=resume_from or resume or None)
+        result = train(config, resume=resume_from or resume or None,
+                       saved_as={k: v for k, v in saved_as.items() if not flags.get(k)})
     except KeyboardInterrupt as exc:  # Ctrl-C/SIGTERM: the one error line says what was kept
         from protrans_cli.cli import EXIT_INTERRUPTED, stopped
 

@@ -528,7 +528,7 @@ def given_settings(where: Path, given: dict) -> dict:
         return given
     if not isinstance(saved, dict):
         return given
-    return {key: saved.get(key, value) if value == automatic.get(key, value) else value
+    return {key: saved.get(key, value) if key in automatic and value == automatic[key] else value
             for key, value in given.items()}
 
 

@@ -170,8 +170,10 @@ class StopRequest:
 
 
 @torch_threads()  # puts the caller's torch thread count back
-def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
-    """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path)."""
+def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | None = None) -> TrainResult:
+    """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path).
+    `saved_as`: settings to write into train_config.json instead of the config's (the CLI's
+    corpus paths as the run recorded them, where this invocation found the files elsewhere)."""
     expect_options(config, TrainConfig, "config")
     info = dist.setup()
     try:
@@ -198,6 +200,7 @@ def train(config: TrainConfig, *, resume=None, family=None) -> TrainResult:
                                      "from step 0")
                     resume = None
                 run = build_run(config, info, family, resume=resume)
+                run.given.update(saved_as or {})
                 with StopRequest() as stop:
                     return _loop(run, resume, stop)
     finally:
