@@ -1617,6 +1617,20 @@ def test_esm_odd_head_size_is_refused_only_under_rotary_positions():
     assert esm.shape_problem(absolute) is None
 
 
+def _stopped_run_started_in(start, run_cli, monkeypatch, num_steps: int, stop_after: int):
+    """A run started in `start` with the relative corpus `c.txt` and `-o run`, stopped at
+    `stop_after` (checkpoints every 2 steps); the working directory is then start's parent."""
+    import shutil
+
+    start.mkdir()
+    shutil.copy(LEARNABLE, start / "c.txt")
+    monkeypatch.chdir(start)
+    res = run_cli("train", "--corpus", "c.txt", "-o", "run", "--num-steps", num_steps, "--stop-after", stop_after,
+                  "--save-every", 2, "--max-length", 64, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    monkeypatch.chdir(start.parent)
+
+
 def test_resume_from_a_moved_run_or_another_directory_stays_in_the_run(tmp_path, run_cli, monkeypatch):
     """`--resume-from RUN/checkpoints/step_N` without -o went on in the run directory its config
     recorded as typed: a moved run was continued in a second folder (past the check for the later
@@ -1624,14 +1638,8 @@ def test_resume_from_a_moved_run_or_another_directory_stays_in_the_run(tmp_path,
     import shutil
 
     start = tmp_path / "start"
-    start.mkdir()
-    shutil.copy(LEARNABLE, start / "c.txt")
-    monkeypatch.chdir(start)
-    res = run_cli("train", "--corpus", "c.txt", "-o", "run", "--num-steps", 8, "--stop-after", 6, "--save-every", 2,
-                  "--max-length", 64, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
-    assert res.exit_code == 0, res.stderr
+    _stopped_run_started_in(start, run_cli, monkeypatch, num_steps=8, stop_after=6)
     shutil.move(start / "run", tmp_path / "moved")
-    monkeypatch.chdir(tmp_path)
     res = run_cli("train", "--resume-from", tmp_path / "moved" / "checkpoints" / "step_00000004")
     assert res.exit_code == 2 and "holds checkpoints after step 4 (step_00000006)" in res.stderr, res.stderr
     assert not (start / "run").exists()
@@ -1647,13 +1655,7 @@ def test_resume_paths_name_the_run_and_keep_its_recorded_corpus(tmp_path, run_cl
     import shutil
 
     start = tmp_path / "start"
-    start.mkdir()
-    shutil.copy(LEARNABLE, start / "c.txt")
-    monkeypatch.chdir(start)
-    res = run_cli("train", "--corpus", "c.txt", "-o", "run", "--num-steps", 10, "--stop-after", 4, "--save-every", 2,
-                  "--max-length", 64, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
-    assert res.exit_code == 0, res.stderr
-    monkeypatch.chdir(tmp_path)
+    _stopped_run_started_in(start, run_cli, monkeypatch, num_steps=10, stop_after=4)
     res = run_cli("train", "--resume-from", start / "run" / "checkpoints" / "step_00000004", "--stop-after", 6)
     assert res.exit_code == 0, res.stderr
     assert json.loads((start / "run" / "train_config.json").read_text())["corpus"] == ["c.txt"]  # as the run had it
