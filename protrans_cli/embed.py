@@ -992,8 +992,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         raise UsageError(f"under torchrun the FASTA must be a regular file: {name} reaches one process, not "
                          "every rank")
     if streamed:  # the copy is named after the output: a live run's own copy must not be replaced
-        for path in (partial_path(output), output, *map(Path, _shard_files(output))):
-            refuse_if_in_use(path)
+        _refuse_live_outputs(output)
     spool = _spool_input(output, fasta) if streamed else None
     try:
         source = spool or fasta
@@ -1216,9 +1215,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # What is already done: the main output (or its partial file) and, under torchrun, every
     # shard file a previous run left behind.
     done = _Done.empty()
+    _refuse_live_outputs(output)  # another run's live files: hands off
     shard_files = _shard_files(output)
-    for path in (partial_path(output), output, *shard_files):  # another run's live files: hands off
-        refuse_if_in_use(path)
     # --resume of a finished output (no partial file, no shards): it may be extended
     extending = options.resume and output.exists() and not partial_path(output).exists() and not shard_files
     if options.resume:
@@ -1374,6 +1372,12 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                                      "merge them") from None
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _refuse_live_outputs(output) -> None:
+    """Refuse OUTPUT, OUTPUT.partial or a torchrun shard of it that another run is writing."""
+    for path in (partial_path(output), output, *map(Path, _shard_files(output))):
+        refuse_if_in_use(path)
 
 
 def _shard_files(output) -> list[str]:

@@ -1517,7 +1517,7 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
                     shown += " (" + ", ".join(f"--layer {int(v) + int(states)} = {int(v)}" for v in now) + ")"
                 was = f"{key}={before!r}"
                 if key == "max_length" and before == 0:  # (stored 0: a model that takes any length)
-                    was, shown = "no max_length (the model takes any length)", shown
+                    was = "no max_length (the model takes any length)"
                 elif key == "max_length" and now == 0:
                     shown = "none (the model takes any length)"
                 raise UsageError(f"cannot resume: the file was written with {was}, "
