@@ -438,13 +438,8 @@ def _read_biotrainer(text: str, name: str) -> LabelSet:
             raise InputError("has no sequence line", path=name, line=rec.line, record=rec.id)
         mask = None
         if "MASK" in attrs:  # per-residue: 1 = the residue is trained on and scored
-            raw, target = attrs["MASK"], attrs["TARGET"]
-            if set(raw) - {"0", "1"}:
-                raise InputError("MASK= holds characters other than 0 and 1", path=name, line=rec.line, record=rec.id)
-            if len(raw) != len(target):
-                raise InputError(f"MASK= has {len(raw)} positions, TARGET= {len(target)}", path=name, line=rec.line,
-                                 record=rec.id)
-            mask = np.frombuffer(raw.encode(), dtype=np.uint8) == ord("1")
+            mask = _mask_bits(attrs["MASK"], len(attrs["TARGET"]), "MASK=", "TARGET=", path=name, line=rec.line,
+                              record=rec.id)
         records.append(LabelRecord(rec.id, rec.sequence.upper(), {"label": attrs["TARGET"]}, mask,
                                    _split_of(attrs, name, rec), rec.line))
     label_set = LabelSet(name, "biotrainer", records)
@@ -468,15 +463,19 @@ def _apply_flip_mask(label_set: LabelSet, mask_path, *, optional: bool = False) 
                          f"{some_ids(missing)}",
                          path=name)
     for record in label_set.records:
-        raw = masks[record.id].sequence
-        if set(raw) - {"0", "1"}:
-            raise InputError("mask holds characters other than 0 and 1", path=name,
-                             line=masks[record.id].line, record=record.id)
-        if len(raw) != len(record.labels["label"]):
-            raise InputError(f"mask has {len(raw)} positions, the labels {len(record.labels['label'])}",
-                             path=name, line=masks[record.id].line, record=record.id)
-        record.mask = np.frombuffer(raw.encode(), dtype=np.uint8) == ord("1")
+        record.mask = _mask_bits(masks[record.id].sequence, len(record.labels["label"]), "mask", "the labels",
+                                 path=name, line=masks[record.id].line, record=record.id)
     label_set.notes.append(f"mask from {name} (1 = evaluated)")
+
+
+def _mask_bits(raw: str, positions: int, mask_name: str, labels_name: str, **where) -> np.ndarray:
+    """A per-residue mask of 0/1 characters as booleans (True = evaluated), one per label
+    position; anything else is an error naming `where` (path, line, record)."""
+    if set(raw) - {"0", "1"}:
+        raise InputError(f"{mask_name} holds characters other than 0 and 1", **where)
+    if len(raw) != positions:
+        raise InputError(f"{mask_name} has {len(raw)} positions, {labels_name} {positions}", **where)
+    return np.frombuffer(raw.encode(), dtype=np.uint8) == ord("1")
 
 
 # --- DeepLoc FASTA -------------------------------------------------------------------------

@@ -156,16 +156,18 @@ def evaluate_values(y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = 100
         return {"kind": "value", "metric": "Spearman", "spearman": nan, "ci95": [nan, nan], "pearson": nan,
                 "mse": float(np.mean(residual ** 2)) if n else nan, "mae": float(np.mean(np.abs(residual))) if n else nan,
                 "r2": nan, "n": int(n), "n_proteins": int(n)}
-    rng = np.random.default_rng(seed)
-    stats = np.array([spearman(p[i], t[i]) for i in rng.integers(0, n, size=(n_boot, n))])
-    alpha = (1 - level) / 2
-    # (resamples drawing one value only have no rho; none with one: no CI)
-    lo, hi = np.nanquantile(stats, [alpha, 1 - alpha]) if (~np.isnan(stats)).any() else (np.nan, np.nan)
-    if math.isnan(spearman(p, t)):
-        lo = hi = np.nan
+    rho = spearman(p, t)
+    lo = hi = np.nan  # (no rho, a constant side: no CI either)
+    if not math.isnan(rho):
+        rng = np.random.default_rng(seed)
+        stats = np.array([spearman(p[i], t[i]) for i in rng.integers(0, n, size=(n_boot, n))])
+        alpha = (1 - level) / 2
+        # (resamples drawing one value only have no rho; none with one: no CI)
+        if (~np.isnan(stats)).any():
+            lo, hi = np.nanquantile(stats, [alpha, 1 - alpha])
     residual = p - t
     nan_ = float("nan")
-    return {"kind": "value", "metric": "Spearman", "spearman": spearman(p, t), "ci95": [float(lo), float(hi)],
+    return {"kind": "value", "metric": "Spearman", "spearman": rho, "ci95": [float(lo), float(hi)],
             "pearson": pearson(p, t), "mse": float(np.mean(residual ** 2)), "mae": float(np.mean(np.abs(residual))),
             # (a constant target has no R^2: it was 1 - x / 1e-300, about -1e300)
             "r2": float(1 - np.sum(residual ** 2) / spread) if (spread := np.sum((t - t.mean()) ** 2)) > 0 else nan_,
