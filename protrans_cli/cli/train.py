@@ -139,9 +139,9 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
     if own is not None:
         # (the run's paths as it recorded them stay so in its config: found elsewhere for this
         # invocation only)
-        saved_as = {key: getattr(config, key) for key in ("corpus", "val_corpus")}
-        config = _corpus_found_from_here(config, own)
-        saved_as = {k: v for k, v in saved_as.items() if v != getattr(config, k)}
+        recorded, config = config, _corpus_found_from_here(config, own)
+        saved_as = {key: getattr(recorded, key) for key in ("corpus", "val_corpus")
+                    if getattr(recorded, key) != getattr(config, key)}
     if config_file:
         # The file's own values first, so that an error names the file (checked after the flags
         # are merged, `precision = "fp8"` said only "precision must be one of ...").

@@ -14,10 +14,8 @@ ProtTXL directory without `trust_remote_code`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,18 +132,6 @@ def _looks_like_path(name: str) -> bool:
             or name in (".", ".."))
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    """The latest complete checkpoint (`checkpoints/step_N` holding config.json) of a training run
-    directory, as `protrans train` writes them; None when there is none."""
-    steps = []
-    with contextlib.suppress(OSError):
-        for entry in (run_dir / "checkpoints").iterdir():
-            match = re.fullmatch(r"step_(\d+)", entry.name)
-            if match and (entry / "config.json").is_file():
-                steps.append((int(match.group(1)), entry))
-    return max(steps)[1] if steps else None
-
-
 def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint | None, bool]:
     """(path or hub id, the Checkpoint when a short name was given, whether it is a local dir);
     `flag`: the option that named it (what a message tells the user to give)."""
@@ -160,7 +146,10 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
         return CHECKPOINTS[name].hub_id, CHECKPOINTS[name], False
     if path.is_dir():
         if not (path / "config.json").is_file():
-            if latest := _latest_checkpoint(path):
+            from protrans_cli.training.checkpoint import list_checkpoints  # (an error path: torch is fine)
+
+            if checkpoints := list_checkpoints(path):  # a training run stopped before its end
+                latest = checkpoints[-1]
                 raise ModelError(f"{name}: a training run without its final model (it stopped before its last "
                                  f"step): its latest checkpoint, {latest}, is a model directory (give it to {flag}), "
                                  f"or `protrans train --resume -o {name}` finishes the run")
