@@ -1571,6 +1571,34 @@ def test_a_tie_in_validation_accuracy_keeps_the_tied_epoch_with_the_lower_loss(l
     assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
 
 
+def test_an_epoch_without_a_score_never_beats_a_scored_epoch(loc_data, monkeypatch):
+    """A value head's epoch with no Spearman's rho (constant predictions) was scored 0.0, so it was
+    kept over an earlier epoch whose rho was negative, however much lower that epoch's loss."""
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.heads.data import load_data
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import get_task
+
+    task = get_task("loc")
+    data, _ = load_data(loc_data / "train.h5", read_labels(loc_data / "train.fasta"), task)
+    scripted = iter([(0.9, {}), (0.5, {"loc": -0.2}), (0.8, {}), (0.7, {"loc": -0.4}), (0.1, {})])
+    monkeypatch.setattr(fit_module, "_validate", lambda *a: next(scripted))
+
+    class Record:
+        saved: list = []
+
+        def save_epoch(self, current):
+            self.saved.append(current)
+
+    record = Record()
+    config = FitConfig(task="loc", max_epochs=5, patience=10, threads=1)
+    model, lines = fit_module._train_member(config, task, data, data, 0, 0, None, state=record)
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+    assert [saved["best_epoch"] for saved in record.saved] == [1, 2, 2, 2, 2]
+    kept = record.saved[1]["model"]
+    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+
+
 def test_validation_loss_is_each_outputs_mean_over_the_set_summed(loc_data):
     """metrics.jsonl's valid_loss (and early stopping's loss) for loc: each output's mean
     cross-entropy over the proteins it counts, summed over outputs, as the training loss is per

@@ -747,7 +747,7 @@ def _train_one(config: FitConfig, task: Task, train, valid, seed: int, member: i
     # The kept state is the one with the best validation accuracy (lower loss breaks ties); patience
     # counts epochs that improve neither accuracy nor loss, so a head whose accuracy sits on the
     # majority class while its loss still falls keeps training.
-    best_score, best_loss, best_state, best_epoch, last_progress, lines = -1.0, float("inf"), None, 0, 0, []
+    best_score, best_loss, best_state, best_epoch, last_progress, lines = float("-inf"), float("inf"), None, 0, 0, []
     # The validation loss of the kept epoch: a tie in accuracy is broken against it. Compared with
     # best_loss (the lowest loss of any epoch) instead, a tied later epoch with a lower loss than
     # the kept one lost to it whenever another epoch had had a lower loss still.
@@ -791,7 +791,10 @@ def _train_one(config: FitConfig, task: Task, train, valid, seed: int, member: i
         train_seconds = time.perf_counter() - start
         train_cpu_seconds = time.process_time() - cpu_start  # all threads; robust to a busy machine
         valid_loss, valid_acc = _validate(model, task, valid, config)
-        score = float(np.mean(list(valid_acc.values()))) if valid_acc else 0.0
+        # An epoch with nothing to score (a value head's constant predictions: no rho) ranks below
+        # every scored epoch, and such epochs among themselves go by the loss; scored 0.0 it beat
+        # an earlier epoch with a negative rho.
+        score = float(np.mean(list(valid_acc.values()))) if valid_acc else float("-inf")
         line = {"member": member, "seed": seed, "epoch": epoch, "train_loss": loss_sum / max(batches, 1),
                 "valid_loss": valid_loss, **{f"valid_{k}": v for k, v in valid_acc.items()},
                 "train_seconds": round(train_seconds, 3), "train_cpu_seconds": round(train_cpu_seconds, 3),
