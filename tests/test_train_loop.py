@@ -392,6 +392,9 @@ def test_cli_errors(tmp_path, run_cli):
     (tmp_path / "empty").mkdir()
     res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r1", "--resume-from", tmp_path / "empty")
     assert res.exit_code == 1 and "no checkpoint to resume from" in res.stderr
+    assert "train: bert/" not in res.stderr  # refused before the model was built
+    res = run_cli("train", "--corpus", LEARNABLE, "--resume-from", tmp_path / "nowhere" / "checkpoints" / "step_9")
+    assert res.exit_code == 1 and "nowhere/checkpoints/step_9: no checkpoint to resume from" in res.stderr, res.stderr
     res = run_cli("train", "--corpus", str(TRAIN / "too_few_proteins.txt"), "-o", tmp_path / "r2",
                   "--global-batch-size", 8, "--micro-batch-size", 8)
     assert res.exit_code == 1 and "fewer than one global batch" in res.stderr

@@ -108,6 +108,12 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
     if list_presets:
         _print_presets(flags.get("family"))
         return
+    if resume_from:
+        # before anything else: a mistyped path failed only after the model was built (minutes
+        # for a ProtT5-XL-sized preset)
+        from protrans_cli.training.checkpoint import find_checkpoint
+
+        find_checkpoint(resume_from)
     if resume_from and not flags.get("output_dir"):
         # The checkpoint's own run (RUN/checkpoints/step_N): the run dir its config records was
         # the first run's as typed, and a moved run, or one started from another directory, went
