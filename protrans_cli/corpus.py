@@ -44,7 +44,7 @@ from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_o
 from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, disk_full, display_name,
                                    input_named_by, make_temporary, names_stdout, open_input, output_directory,
-                                   same_file, signals_held, special_output, stdout_binary)
+                                   same_file, signals_held, special_output, stdin_binary, stdout_binary)
 from protrans_cli.residues import (
     RARE,
     RARE_POLICIES,
@@ -271,6 +271,12 @@ _CR_ONLY = ("a carriage return inside the header line: lines that end in CR alon
 _BOM_HEADER = re.compile(rb"\n\xef\xbb\xbf(?=[ \t\r\n]*(?:>|\Z))")  # (\Z: a block cut at that header)
 
 
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
+# What may come before the first record: blank lines and byte-order marks, in any order (a file
+# that starts with a blank line, concatenated to one that starts with a mark)
+_LEADING = re.compile(rb"(?:\xef\xbb\xbf|[ \t\r\n])*")
+
+
 def _plain_file(path: str) -> bool:
     """An uncompressed regular file, which workers can read by offset."""
     if path == "-" or not os.path.isfile(path):
@@ -286,17 +292,16 @@ def _plain_blocks(path: str, block_bytes: int, index: int, name: str) -> Iterato
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
         start, line = 0, 1
-        if handle.read(3) == b"\xef\xbb\xbf":  # UTF-8 byte-order mark
-            start = 3
-        handle.seek(start)
-        while True:  # blank lines before the first record
+        while True:  # blank lines and byte-order marks before the first record
+            handle.seek(start)  # (read again from there: a mark cut at the end of a read is whole next time)
             chunk = handle.read(1 << 16)
             if not chunk:
                 return
-            stripped = chunk.lstrip(b" \t\r\n")
-            line += chunk.count(b"\n", 0, len(chunk) - len(stripped))
-            start += len(chunk) - len(stripped)
-            if stripped:
+            skipped = _LEADING.match(chunk).end()
+            line += chunk.count(b"\n", 0, skipped)
+            start += skipped
+            if not skipped:
+                stripped = chunk
                 break
         if not stripped.startswith(b">"):
             raise InputError(not_fasta(stripped), path=name, line=line)
@@ -332,7 +337,7 @@ def _iter_blocks(paths: Sequence, block_bytes: int, names: Sequence[str] | None 
                 yield block
                 index = block.index + 1
             continue
-        with open_input(path) as stream:
+        with open_input(path, name) as stream:  # (a damaged --dedup spool of stdin is `<stdin>`)
             line = 1
             buf = b""
             search_from = 0
@@ -343,12 +348,11 @@ def _iter_blocks(paths: Sequence, block_bytes: int, names: Sequence[str] | None 
                     buf += more
                     if more and len(buf) < 4:
                         continue
-                    if buf.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
-                        buf = buf[3:]
-                    stripped = buf.lstrip(b" \t\r\n")
-                    if not stripped and more:
-                        continue
-                    line += buf.count(b"\n", 0, len(buf) - len(stripped))
+                    skipped = _LEADING.match(buf).end()
+                    stripped = buf[skipped:]
+                    if more and (not stripped or (len(stripped) < 3 and _BOM.startswith(stripped))):
+                        continue  # only blank lines and marks so far, or a mark cut by the read
+                    line += buf.count(b"\n", 0, skipped)
                     buf = stripped
                     if buf and not buf.startswith(b">"):
                         raise InputError(not_fasta(buf), path=name, line=line)
@@ -1190,12 +1194,10 @@ def _raise_open_file_limit(needed: int) -> int | None:
 
 def _spool(directory: Path, source: str, index: int) -> Path:
     """Dedup reads its input twice: stdin or a pipe is copied (as it came, compressed or not) to disk."""
-    import sys
-
     path = directory / f"input{index}"
     with open(path, "wb") as out:
         if source == "-":
-            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+            shutil.copyfileobj(stdin_binary(), out, 1 << 20)
         else:
             with open(source, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)

@@ -43,7 +43,7 @@ from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFa
 from protrans_cli.errors import first_line as errors_first_line
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import (create_fresh, display_name, input_named_by, open_input, output_directory,
-                                   refuse_special_output)
+                                   refuse_special_output, stdin_binary, through_link, writable_or_refused)
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128, partial_path,
                                 refuse_if_in_use)
 from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
@@ -954,8 +954,9 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
     refuse_special_output(output, "-o", "an HDF5 file")
+    output = through_link(output)
     output_directory(output)  # before anything is read or loaded
-    output = Path(output)
+    writable_or_refused(output)
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
     # truncated it on opening): refused, as prep, labels and predict do.
     for target in (output, partial_path(output)):
@@ -1120,7 +1121,7 @@ def _spool_input(output: Path, fasta) -> Path:
     try:
         with open(fd, "wb") as spool:
             if str(fasta) == "-":
-                shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+                shutil.copyfileobj(stdin_binary(), spool, 1 << 20)
             else:
                 try:
                     source = open(fasta, "rb")

@@ -30,7 +30,8 @@ class ProtransError(Exception):
     def format(self) -> str:
         where = []
         if self.path is not None:
-            where.append(str(self.path) + (f":{self.line}" if self.line is not None else ""))
+            # (an empty name, `protrans prep ''`, read "error: : no such file")
+            where.append((str(self.path) or "''") + (f":{self.line}" if self.line is not None else ""))
         if self.record is not None:
             where.append(f"record {self.record!r}")
         return (", ".join(where) + ": " if where else "") + self.message

@@ -75,6 +75,26 @@ def test_error_formats_name_file_and_record():
     assert UsageError("bad").exit_code == 2
 
 
+@pytest.mark.parametrize("closed,args,message", [
+    (0, ["prep", "-"], "<stdin>: standard input is closed"),
+    (0, ["prep", "-", "--dedup"], "<stdin>: standard input is closed"),
+    (0, ["embed", "-", "-m", "onehot", "-o", "{tmp}/x.h5"], "<stdin>: standard input is closed"),
+    (1, ["prep", "{fasta}"], "standard output is closed: give -o FILE"),
+])
+def test_a_closed_stdin_or_stdout_is_one_line(tmp_path, closed, args, message):
+    """`protrans prep - <&-` and `protrans prep x.fa >&-` were AttributeError tracebacks."""
+    import os
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMK\n")
+    args = [a.format(tmp=tmp_path, fasta=fasta) for a in args]
+    out = subprocess.run([sys.executable, "-m", "protrans_cli", *args], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: os.close(closed))
+    assert out.returncode == 1 and out.stderr == f"protrans: error: {message}\n", out.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_shell_completion_lists_commands_and_options():
     import os
 

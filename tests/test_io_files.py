@@ -8,7 +8,9 @@ import io
 import lzma
 import os
 import random
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -280,6 +282,7 @@ def test_signals_held_delays_sigterm_to_the_end_of_the_block():
     (b">a\xc2\xa0x\nMKTA\n>a\xc2\xa0y\nMKKL\n", [("a\xa0x", "MKTA"), ("a\xa0y", "MKKL")]),  # ids end at ASCII space
     (b">P1\xa0desc\nMK\n", [("P1\xa0desc", "MK")]),                        # latin-1: as prep reads it
     (b">\xc3\xbc1 37\xb0C\nMK\n", [("\xfc1", "MK")]),  # a latin-1 description leaves the UTF-8 id as it is
+    (b">a\rb\nMKV\n>c\nMK\n", [("a", "MKV"), ("c", "MK")]),  # a stray CR ends the id (was refused as a Mac file)
 ])
 def test_fasta_ids_and_byte_order_marks_as_prep_reads_them(tmp_path, data, expected):
     path = tmp_path / "x.fa"
@@ -403,6 +406,49 @@ def test_a_link_to_a_file_in_dev_shm_is_replaced_too(tmp_path):
             with atomic_output(link) as out:
                 out.write(text)
         assert link.read_bytes() == b"second\n"
+
+
+def test_an_output_named_by_a_link_is_written_where_the_link_leads(tmp_path, run_cli):
+    """A link onto scratch storage: the renamed temporary file replaced the link with a regular file
+    beside it, and the link's target kept its old contents (prep, embed's HDF5 alike)."""
+    import h5py
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "corpus.txt").write_text("old\n")
+    (tmp_path / "corpus.txt").symlink_to(scratch / "corpus.txt")
+    (tmp_path / "e.h5").symlink_to(scratch / "e.h5")  # (dangling: created where it leads)
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    assert run_cli("-q", "prep", fasta, "-o", tmp_path / "corpus.txt").exit_code == 0
+    assert run_cli("-q", "embed", fasta, "-m", "onehot", "-o", tmp_path / "e.h5").exit_code == 0
+    assert (tmp_path / "corpus.txt").is_symlink() and (scratch / "corpus.txt").read_text() == "M K V\n\n"
+    assert (tmp_path / "e.h5").is_symlink()
+    with h5py.File(scratch / "e.h5", "r") as f:
+        assert f["per_residue/a"].shape[0] == 3
+    assert sorted(p.name for p in scratch.iterdir()) == ["corpus.txt", "e.h5"]
+
+
+def test_a_read_only_output_is_refused_as_the_shell_refuses_it(tmp_path, run_cli, monkeypatch):
+    """A file the user may not write was replaced (renamed over) wherever its folder allowed it."""
+    target = tmp_path / "c.txt"
+    target.write_text("kept\n")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == target else real_access(p, mode, **kw))
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    r = run_cli("prep", fasta, "-o", target)
+    assert r.exit_code == 1 and "c.txt: permission denied: the file exists and is read-only to you" in r.stderr
+    assert target.read_text() == "kept\n" and sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "x.fa"]
+
+
+def test_an_output_that_is_the_piped_stdin_is_refused_not_a_hang(tmp_path):
+    """`cat x.fa | protrans prep - -o /dev/stdin` waited forever: the output held the pipe's write end open."""
+    if not os.path.exists("/dev/stdin"):
+        pytest.skip("no /dev/stdin")
+    r = subprocess.run([sys.executable, "-m", "protrans_cli", "prep", "-", "-o", "/dev/stdin"], input=b">a\nMK\n",
+                       capture_output=True, timeout=60)
+    assert r.returncode == 2 and b"/dev/stdin: is standard input: an output cannot go there" in r.stderr, r.stderr
 
 
 def test_a_compressed_pipe_whose_first_read_is_short_is_still_decompressed(tmp_path):

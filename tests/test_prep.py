@@ -756,6 +756,24 @@ def test_files_concatenated_with_a_byte_order_mark_keep_every_record(tmp_path, r
     assert result.stdout == "M K T A\n\nM K K L\n\nM K T A W\n\nG G\n\n"
 
 
+@pytest.mark.parametrize("how", ["file", "stdin", "gzip"])
+def test_a_byte_order_mark_after_leading_blank_lines_is_read(tmp_path, run_cli, how):
+    """`cat blank_first.fa bom.fa`: the mark was stripped only at byte 0, so prep refused the file
+    as "not FASTA" (embed read it); a bad first line is still counted from the right line."""
+    import gzip
+
+    data = b"\n\xef\xbb\xbf\n\xef\xbb\xbf>a\nMK\n>b\nGG\n"
+    fasta = tmp_path / ("c.fa.gz" if how == "gzip" else "c.fa")
+    fasta.write_bytes(gzip.compress(data) if how == "gzip" else data)
+    args = ("-", ) if how == "stdin" else (fasta,)
+    result = run_cli("-q", "prep", *args, "-o", "-", input=data if how == "stdin" else None)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "M K\n\nG G\n\n"
+    fasta.write_bytes(b"\n\xef\xbb\xbfMK\n")
+    result = run_cli("prep", fasta, "-o", "-")
+    assert result.exit_code == 1 and f"{fasta}:2: not FASTA" in result.stderr, result.stderr
+
+
 def _large_reply(block, extra):
     return b"x" * (4 << 20)  # more than a pipe holds: the worker waits for the main process to read it
 

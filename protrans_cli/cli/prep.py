@@ -24,7 +24,10 @@ def parse_size(text: str) -> int:
     if not match:
         raise UsageError(f"--shard-size: cannot read {text!r} as a size (examples: 500M, 2G)")
     number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * 1024 ** " kmgt".index(unit or " "))
+    size = int(number * 1024 ** " kmgt".index(unit or " "))
+    if size < 1:  # (0.1 said "must be positive, got 0")
+        raise UsageError(f"--shard-size must be at least one byte, got {text!r}")
+    return size
 
 
 @click.command("prep", context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,7 +75,7 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
         output=output, rare=rare, strict=strict, rejects=rejects, min_length=min_length,
         max_length=max_length, long=long_policy, dedup=dedup, valid_fraction=valid_fraction,
         valid_output=valid_output, num_shards=num_shards,
-        shard_size=parse_size(shard_size) if shard_size else None,
+        shard_size=parse_size(shard_size) if shard_size is not None else None,  # ('' is refused, not ignored)
         threads=resolve_threads(threads), tmp_dir=tmp_dir, progress=console.show_progress(), stats=stats_path,
     )
     stats = build_corpus(inputs, options)

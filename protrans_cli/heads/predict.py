@@ -30,7 +30,7 @@ from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_
                                      report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
-                                   output_directory)
+                                   output_directory, through_link)
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, dataset_attrs, dataset_id, ensure_room, escape_key,
                                 h5_file, one_protein_twice, stored_length)
 from protrans_cli.threads import torch_threads
@@ -254,7 +254,7 @@ class _ProbabilityWriter:
     temporary file that replaces `path` only when the run succeeds."""
 
     def __init__(self, path, task):
-        self.target = Path(path)
+        self.target = through_link(path)
         self.task = task
 
     def __enter__(self):

@@ -78,8 +78,9 @@ def decode_word(word: bytes) -> str:
 
 
 def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRecord:
-    if b"\r" in header:
-        # A whole file read as one header line: its lines end in CR alone (classic Mac OS).
+    if b"\r" in header and not chunks:
+        # A whole file read as one header line: its lines end in CR alone (classic Mac OS). (A
+        # stray CR inside the header of a record with a sequence ends the id, as prep reads it.)
         raise InputError("a carriage return inside the header line: lines that end in CR alone (old Mac "
                          "line endings) are not read; convert them first (tr '\\r' '\\n')", path=name, line=line)
     try:

@@ -184,6 +184,15 @@ def folder_lock(folder, busy: str):
             folder.rmdir()  # only when empty; still locked, so no other process took it meanwhile
         os.close(fd)
 
+def stdin_binary() -> BinaryIO:
+    """stdin's bytes. A closed stdin (`<&-`: sys.stdin is None) is one line, not an AttributeError."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:
+        raise InputError("standard input is closed" if sys.stdin is None else "standard input gives no bytes to read",
+                         path="<stdin>")
+    return buffer
+
+
 def display_name(path) -> str:
     return "<stdin>" if str(path) == "-" else str(path)
 
@@ -288,7 +297,7 @@ def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
     name `name` when given (stdin spooled to a temporary file is still `<stdin>` to the user)."""
     name = name or display_name(path)
     if str(path) == "-":
-        raw = sys.stdin.buffer
+        raw = stdin_binary()
         own = False
     else:
         try:
@@ -414,6 +423,32 @@ def output_directory(path) -> Path:
     return directory
 
 
+def _is_piped_stdin(path: Path) -> bool:
+    """Whether `path` is this process's standard input, a pipe or a file (not a terminal)."""
+    import stat
+
+    try:
+        st, stdin = os.stat(path), os.fstat(0)
+    except OSError:
+        return False
+    return os.path.samestat(st, stdin) and not stat.S_ISCHR(stdin.st_mode)
+
+
+def through_link(path) -> Path:
+    """Where an output named by a symbolic link goes: where the link leads, as the shell's `>`
+    writes it (a link onto scratch storage). Renamed over, the link became a regular file beside
+    it, and its target was never written."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def writable_or_refused(path: Path) -> None:
+    """An existing file the user may not write is refused, as the shell's `>` refuses it (renamed
+    over, a read-only file was replaced wherever its folder let us)."""
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise RuntimeFailure("permission denied: the file exists and is read-only to you", path=str(path))
+
+
 def special_output(path) -> str | None:
     """Why `path` cannot take an output that is renamed into place (an HDF5 file, a head or run
     directory), or None: an existing device, pipe or socket (a link to one included), or a path
@@ -468,6 +503,8 @@ class AtomicFile:
         """`compress=False`: the caller writes data already compressed for the extension;
         `level`: the compression level (default: as atomic_output)."""
         self.path = Path(path)
+        if not _in_place(self.path):
+            self.path = through_link(self.path)
         directory = output_directory(self.path)
         self.tmp = None
         if _in_place(self.path):
@@ -475,10 +512,15 @@ class AtomicFile:
             # over one would replace the device itself (as root: /dev/null becomes a file).
             if self.path.is_dir():
                 raise InputError("is a directory, expected a file", path=str(self.path))
+            if _is_piped_stdin(self.path):
+                # `cat x.fa | protrans prep - -o /dev/stdin` hung: opened for writing, the pipe
+                # never reached its end for the reader
+                raise UsageError("is standard input: an output cannot go there", path=str(self.path))
             # Appended to: "wb" truncated what /dev/stdout or /dev/stderr leads to, so
             # `--stats /dev/stderr 2>> run.log` emptied the log first
             self._raw = open(self.path, "ab")
         else:
+            writable_or_refused(self.path)
             self.tmp = str(make_temporary(directory, f".{self.path.name}."))
             # Opened by descriptor: a named file object would put the temporary's name in a gzip header.
             self._raw = os.fdopen(os.open(self.tmp, os.O_WRONLY | os.O_TRUNC), "wb", buffering=1 << 20)
@@ -592,6 +634,8 @@ class _WholeWrites:
 def stdout_binary():
     """Where `-` writes bytes: stdout's binary buffer (every write whole), or stdout itself
     through a decoder when it has none (`sys.stdout.buffer` was an AttributeError in a notebook)."""
+    if sys.stdout is None:  # `>&-`: one line, not an AttributeError (nothing can be written)
+        raise RuntimeFailure("standard output is closed: give -o FILE")
     buffer = getattr(sys.stdout, "buffer", None)
     return _WholeWrites(buffer) if buffer is not None else _TextStdout(sys.stdout)
 

@@ -296,7 +296,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path) -> "TrainConfig":
         """Read a `.json` or `.toml` file (TOML: top-level keys, `[[phases]]` tables)."""
-        import sys
+        from protrans_cli.io.files import stdin_binary
 
         try:
             import tomllib
@@ -310,7 +310,7 @@ class TrainConfig:
             raise UsageError(f"a config file is JSON (.json) or TOML (.toml), not {suffix or 'a file without a suffix'}",
                              path=name)
         try:
-            raw = sys.stdin.buffer.read() if name == "<stdin>" else path.read_bytes()
+            raw = stdin_binary().read() if name == "<stdin>" else path.read_bytes()
         except FileNotFoundError:
             raise UsageError("no such config file", path=name) from None
         except OSError as exc:
