@@ -1541,11 +1541,9 @@ def test_fit_refuses_a_test_file_of_another_layer_than_train(run_cli, ss_data, t
     assert not (tmp_path / "ss3").exists()
 
 
-def test_a_tie_in_validation_accuracy_keeps_the_tied_epoch_with_the_lower_loss(loc_data, monkeypatch):
-    """docs/heads.md: the kept weights are the epoch with the best validation accuracy, a lower
-    validation loss breaking ties. The tie was compared with the lowest loss of *any* epoch, so
-    here epoch 4 (accuracy 0.8 like epoch 2, loss 0.4 < 0.5) lost to epoch 2 because epoch 3,
-    a worse epoch, had had loss 0.3."""
+def _member_with_scripted_validation(loc_data, monkeypatch, scripted):
+    """Train a loc member for len(scripted) epochs, `_validate` returning the scripted (loss,
+    scores) in turn; the member's lines and what FitState.save_epoch was given after each epoch."""
     from protrans_cli.heads import fit as fit_module
     from protrans_cli.heads.data import load_data
     from protrans_cli.heads.labels import read_labels
@@ -1553,36 +1551,8 @@ def test_a_tie_in_validation_accuracy_keeps_the_tied_epoch_with_the_lower_loss(l
 
     task = get_task("loc")
     data, _ = load_data(loc_data / "train.h5", read_labels(loc_data / "train.fasta"), task)
-    scripted = iter([(1.0, 0.5), (0.5, 0.8), (0.3, 0.7), (0.4, 0.8), (0.9, 0.6)])  # (valid loss, accuracy)
-    monkeypatch.setattr(fit_module, "_validate", lambda *a: (lambda loss, acc: (loss, {"loc": acc}))(*next(scripted)))
-
-    class Record:  # what FitState.save_epoch is given after every epoch
-        saved: list = []
-
-        def save_epoch(self, current):
-            self.saved.append(current)
-
-    record = Record()
-    config = FitConfig(task="loc", max_epochs=5, patience=10, threads=1)
-    model, lines = fit_module._train_member(config, task, data, data, 0, 0, None, state=record)
-    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5]
-    assert record.saved[-1]["best_epoch"] == 4
-    kept = record.saved[3]["model"]  # the weights after epoch 4 are the head's
-    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
-
-
-def test_an_epoch_without_a_score_never_beats_a_scored_epoch(loc_data, monkeypatch):
-    """A value head's epoch with no Spearman's rho (constant predictions) was scored 0.0, so it was
-    kept over an earlier epoch whose rho was negative, however much lower that epoch's loss."""
-    from protrans_cli.heads import fit as fit_module
-    from protrans_cli.heads.data import load_data
-    from protrans_cli.heads.labels import read_labels
-    from protrans_cli.heads.tasks import get_task
-
-    task = get_task("loc")
-    data, _ = load_data(loc_data / "train.h5", read_labels(loc_data / "train.fasta"), task)
-    scripted = iter([(0.9, {}), (0.5, {"loc": -0.2}), (0.8, {}), (0.7, {"loc": -0.4}), (0.1, {})])
-    monkeypatch.setattr(fit_module, "_validate", lambda *a: next(scripted))
+    answers = iter(scripted)
+    monkeypatch.setattr(fit_module, "_validate", lambda *a: next(answers))
 
     class Record:
         saved: list = []
@@ -1591,11 +1561,31 @@ def test_an_epoch_without_a_score_never_beats_a_scored_epoch(loc_data, monkeypat
             self.saved.append(current)
 
     record = Record()
-    config = FitConfig(task="loc", max_epochs=5, patience=10, threads=1)
+    config = FitConfig(task="loc", max_epochs=len(scripted), patience=10, threads=1)
     model, lines = fit_module._train_member(config, task, data, data, 0, 0, None, state=record)
-    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5]
-    assert [saved["best_epoch"] for saved in record.saved] == [1, 2, 2, 2, 2]
-    kept = record.saved[1]["model"]
+    assert [line["epoch"] for line in lines] == list(range(1, len(scripted) + 1))
+    return model, record.saved
+
+
+def test_a_tie_in_validation_accuracy_keeps_the_tied_epoch_with_the_lower_loss(loc_data, monkeypatch):
+    """docs/heads.md: the kept weights are the epoch with the best validation accuracy, a lower
+    validation loss breaking ties. The tie was compared with the lowest loss of *any* epoch, so
+    here epoch 4 (accuracy 0.8 like epoch 2, loss 0.4 < 0.5) lost to epoch 2 because epoch 3,
+    a worse epoch, had had loss 0.3."""
+    scripted = [(loss, {"loc": acc}) for loss, acc in [(1.0, 0.5), (0.5, 0.8), (0.3, 0.7), (0.4, 0.8), (0.9, 0.6)]]
+    model, saved = _member_with_scripted_validation(loc_data, monkeypatch, scripted)
+    assert saved[-1]["best_epoch"] == 4
+    kept = saved[3]["model"]  # the weights after epoch 4 are the head's
+    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_epoch_without_a_score_never_beats_a_scored_epoch(loc_data, monkeypatch):
+    """A value head's epoch with no Spearman's rho (constant predictions) was scored 0.0, so it was
+    kept over an earlier epoch whose rho was negative, however much lower that epoch's loss."""
+    scripted = [(0.9, {}), (0.5, {"loc": -0.2}), (0.8, {}), (0.7, {"loc": -0.4}), (0.1, {})]
+    model, saved = _member_with_scripted_validation(loc_data, monkeypatch, scripted)
+    assert [epoch["best_epoch"] for epoch in saved] == [1, 2, 2, 2, 2]
+    kept = saved[1]["model"]
     assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
 
 
