@@ -5,6 +5,7 @@ errors: label/embedding mismatches, wrong dimension or model, an existing head d
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import re
@@ -1118,6 +1119,12 @@ def test_predict_fasta_embeds_long_proteins_as_the_training_embeddings_were(run_
     # the flags replace the recorded policy; without --fasta they are refused
     r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "--long-policy", "skip", "-o", tmp_path / "s.fa")
     assert r.exit_code == 0 and "protein(s) have no embedding" in r.stderr, r.stderr
+    # every protein skipped: the same warning and an empty output (it was "holds no per_residue
+    # embeddings", exit 1, with no word of the skipped proteins)
+    r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "--long-policy", "skip", "--max-length", "2",
+                "-o", tmp_path / "none.fa")
+    assert r.exit_code == 0 and "20 protein(s) have no embedding" in r.stderr, r.stderr
+    assert (tmp_path / "none.fa").read_text() == ""
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--max-length", "30", "-o", tmp_path / "x.fa")
     assert r.exit_code == 2 and "--max-length goes with --fasta" in r.stderr
 
@@ -2097,10 +2104,17 @@ def test_predict_warns_when_the_extension_names_another_format(run_cli, loc_data
     assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
                    "--max-epochs", "1", "-j", "1", "-o", head).exit_code == 0
     r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "p.fasta.gz")
-    assert r.exit_code == 0 and "p.fasta.gz: this head's predictions are CSV (id, then each output's columns), " \
-        "whatever the file's extension" in r.stderr
+    assert r.exit_code == 0 and "p.fasta.gz: this head's predictions are CSV, tab-separated for a .tsv name (id, " \
+        "then each output's columns), whatever the file's extension" in r.stderr
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "p.json")
+    assert r.exit_code == 0 and "p.json: this head's predictions are CSV" in r.stderr
     r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "p.csv")
     assert r.exit_code == 0 and "extension" not in r.stderr
+    # a .tsv name: the same table, tab-separated (it was CSV, which tools that go by the name misread)
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "p.tsv.gz")
+    assert r.exit_code == 0 and "extension" not in r.stderr
+    with gzip.open(tmp_path / "p.tsv.gz", "rt") as tsv, open(tmp_path / "p.csv") as comma:
+        assert list(csv.reader(tsv, delimiter="\t")) == list(csv.reader(comma))
 
 
 def test_predict_fasta_to_a_device_keeps_its_embeddings_elsewhere(run_cli, ss_data, tmp_path):

@@ -87,6 +87,22 @@ def test_flip_sets_and_mask():
     assert ls.records[0].sequence is None
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"])
+def test_utf16_mask_and_sequences_beside_flip_labels_are_read(tmp_path, encoding):
+    """The FASTA files beside a FLIP label file (its mask, --sequences) saved as UTF-16 were refused
+    as "not FASTA", where the label file beside them was read in UTF-16."""
+    from protrans_cli.heads.labels import read_sequences
+
+    mask = tmp_path / "mask.fasta"
+    mask.write_bytes((HEADS / "flip_mask.fasta").read_text().encode(encoding))
+    original = read_labels(HEADS / "flip_with_sets.fasta", mask_path=HEADS / "flip_mask.fasta")
+    wide = read_labels(HEADS / "flip_with_sets.fasta", mask_path=mask)
+    assert [r.mask.tolist() for r in wide.records] == [r.mask.tolist() for r in original.records]
+    sequences = tmp_path / "seqs.fasta"
+    sequences.write_bytes(">p1 x\r\nMKTAW\r\n>p2\r\nGG\r\n".encode(encoding))
+    assert read_sequences(sequences) == {"p1": "MKTAW", "p2": "GG"}
+
+
 def test_flip_mask_length_mismatch(tmp_path):
     bad = tmp_path / "mask.fasta"
     bad.write_text(">p1\n0111\n>p2\n1111\n>p3\n1110\n")

@@ -34,12 +34,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.tasks import LOCATIONS
-from protrans_cli.io.fasta import ASCII_SPACE, decode_word, parse_fasta, read_fasta
+from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, parse_fasta
 from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import SequenceRejected, normalise
@@ -105,6 +106,34 @@ def _decoded_line(line: bytes) -> str:
         return "".join(decode_word(part) for part in re.split(rb"([\s,;]+)", line))
 
 
+def _utf16_text(data: bytes, name: str) -> str | None:
+    """The text of a UTF-16 file, with or without its byte-order mark; None for any other file."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
+        # Read as latin-1, every other character was a NUL ("expected 'id,label'" on line 3).
+        return data.decode("utf-16")
+    wide = _utf16_without_bom(data)
+    if wide is None:
+        return None
+    try:
+        return data.decode(wide)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"is UTF-16 text without a byte-order mark that does not decode ({exc.reason} at byte "
+                         f"{exc.start}): save it as UTF-8", path=name) from None
+
+
+def _companion_fasta(path) -> Iterator[FastaRecord]:
+    """The records of a FASTA given beside a label file (FLIP's mask, `--sequences`), UTF-16
+    read as the label file beside it is (it was refused as "not FASTA")."""
+    name = display_name(path)
+    with open_input(path) as stream:
+        data = stream.read()
+    text = _utf16_text(data, name)
+    if text is not None:
+        data = text.encode("utf-8")
+    yield from parse_fasta(io.BytesIO(data), name)
+
+
 def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[str, ...] = ("disorder",),
                 mask_optional: bool = False, mask_elsewhere: bool = False) -> LabelSet:
     """Read any supported label file; `mask_path` is a FLIP mask FASTA, `mask_columns` NetSurfP's.
@@ -118,21 +147,11 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
     name = display_name(path)
     with open_input(path) as stream:
         data = stream.read()
-    wide = _utf16_without_bom(data)
-    if wide is None:
+    if _utf16_without_bom(data) is None:
         _refuse_binary(data, name)
     try:
-        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-            # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
-            # Read as latin-1, every other character was a NUL ("expected 'id,label'" on line 3).
-            text = data.decode("utf-16")
-        elif wide is not None:
-            try:
-                text = data.decode(wide)
-            except UnicodeDecodeError as exc:
-                raise InputError(f"is UTF-16 text without a byte-order mark that does not decode ({exc.reason} at byte "
-                                 f"{exc.start}): save it as UTF-8", path=name) from None
-        else:
+        text = _utf16_text(data, name)
+        if text is None:
             text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         # Field by field, as the FASTA reader decodes a header word by word: one non-UTF-8 byte
@@ -452,8 +471,7 @@ def _read_biotrainer(text: str, name: str) -> LabelSet:
 
 def _apply_flip_mask(label_set: LabelSet, mask_path, *, optional: bool = False) -> None:
     name = display_name(mask_path)
-    with open_input(mask_path) as stream:
-        masks = {rec.id: rec for rec in parse_fasta(stream, name)}
+    masks = {rec.id: rec for rec in _companion_fasta(mask_path)}
     missing = [r.id for r in label_set.records if r.id not in masks]
     if optional and len(missing) == len(label_set.records):
         label_set.notes.append(f"read without the mask {name}, which holds none of its ids")
@@ -581,7 +599,7 @@ def read_sequences(path) -> dict[str, str]:
     name = display_name(path)
     seqs: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for rec in read_fasta(path):
+    for rec in _companion_fasta(path):
         sequence = rec.sequence
         if not sequence:
             raise InputError("empty sequence", path=name, line=rec.line, record=rec.id)

@@ -39,6 +39,10 @@ from protrans_cli.threads import torch_threads
 def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mismatch: bool = False) -> None:
     kind = config["kind"]
     source = _source_kind(reader, kind)
+    if not reader.keys(source) and reader.failed():
+        # every protein left out by embed (too long, out of memory): nothing to check, nothing to
+        # predict, and the caller says which (it was "holds no per_residue embeddings", exit 1)
+        return
     dim = reader.dim(source)
     if dim != config["input_dim"]:
         model = config["embedding"].get("model")
@@ -195,6 +199,8 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                          "probabilities already" + (" (a value head has none: the CSV holds its values)"
                                                     if any(o.is_value for o in task.outputs) else ""))
     _warn_extension(out, per_residue)
+    # a table named .tsv/.tab is tab-separated (it was CSV, which tools that go by the name misread)
+    delimiter = "\t" if _bare_name(out).endswith((".tsv", ".tab")) else ","
     chosen = output or task.output_names[0]
     classes = next(o.classes for o in task.outputs if o.name == chosen)
     table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
@@ -205,7 +211,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             header = ["id"]
             for o in task.outputs:
                 header += [o.name] + [f"{o.name}:{c}" for c in o.classes]  # a value output: its column only
-            stream.write(_csv_line(header))
+            stream.write(_csv_line(header, delimiter))
         # A slice of the proteins at a time, written as it is predicted: memory stays bounded
         # (embeddings read and probabilities held) whatever the size of the file.
         for part in _slices(items, CHUNK_RESIDUES if per_residue else CHUNK_PROTEINS, per_residue):
@@ -222,7 +228,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                     for o in task.outputs:
                         p = probs[o.name][i]
                         row += [f"{p[0]:.6g}"] if o.is_value else [o.classes[int(p.argmax())]] + [f"{v:.4f}" for v in p]
-                    stream.write(_csv_line(row))
+                    stream.write(_csv_line(row, delimiter))
     return {"proteins": len(items)}
 
 
@@ -243,9 +249,9 @@ def _slices(items: list[Matched], budget: int, by_residues: bool):
         yield items[start:]
 
 
-def _csv_line(row: list) -> bytes:
+def _csv_line(row: list, delimiter: str = ",") -> bytes:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(row)
+    csv.writer(buffer, delimiter=delimiter, lineterminator="\n").writerow(row)
     return buffer.getvalue().encode()
 
 
@@ -294,15 +300,23 @@ class _ProbabilityWriter:
                 os.unlink(self.tmp)
 
 
-def _warn_extension(out, per_residue: bool) -> None:
-    """The format follows the head, not the file name: `-o x.csv` on an ss3 head wrote FASTA-like
-    text, and `-o x.h5` on a loc head a CSV, without a word."""
+def _bare_name(out) -> str:
+    """An output's name in lower case, less a compression suffix."""
     name = str(out).lower()
     for compressed in (".gz", ".bz2", ".xz", ".zst"):
         name = name.removesuffix(compressed)
-    other = (".csv", ".tsv", ".h5", ".hdf5", ".json") if per_residue else (".fa", ".fasta", ".faa", ".h5", ".hdf5")
+    return name
+
+
+def _warn_extension(out, per_residue: bool) -> None:
+    """The format follows the head, not the file name: `-o x.csv` on an ss3 head wrote FASTA-like
+    text, and `-o x.h5` on a loc head a CSV, without a word."""
+    name = _bare_name(out)
+    other = ((".csv", ".tsv", ".tab", ".h5", ".hdf5", ".json") if per_residue
+             else (".fa", ".fasta", ".faa", ".h5", ".hdf5", ".json"))
     if str(out) != "-" and name.endswith(other):
-        what = "FASTA-like text (>id, then a line of states)" if per_residue else "CSV (id, then each output's columns)"
+        what = ("FASTA-like text (>id, then a line of states)" if per_residue
+                else "CSV, tab-separated for a .tsv name (id, then each output's columns)")
         console.warn(f"{out}: this head's predictions are {what}, whatever the file's extension")
 
 
