@@ -33,7 +33,7 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("--chunk-overlap", type=int, default=None,
               help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  [default: 64]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-              help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads); "
+              help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads; TSV for a .tsv name); "
                    "'-' = stdout; .gz/.bz2/.xz/.zst compress.  [default: stdout, unless only --labels is given]")
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None,
               help="Per-residue heads: also write per-residue class probabilities to this HDF5 file.")
