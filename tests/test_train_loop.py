@@ -252,6 +252,22 @@ def test_find_lr_plots_and_suggests(tmp_path):
     assert not (result.run_dir / "checkpoints").exists()
 
 
+def test_the_suggested_lr_comes_before_the_loss_minimum():
+    """A short range test: the smoothed loss falls to its minimum, spikes, and falls back a
+    little; the steepest fall over the whole curve was that recovery, already in divergence
+    (seen: 1.9e-1, the minimum at 8.4e-2)."""
+    from protrans_cli.training.lr_finder import suggest_lr
+
+    lrs = [10 ** (-7 + 7 * i / 39) for i in range(40)]
+    smoothed = [3.3 - 0.01 * i for i in range(20)] + [3.1 - 0.03 * i for i in range(14)]  # minimum at 33
+    smoothed += [3.69, 3.67, 3.5, 3.9, 4.1, 4.3]  # a spike, then a steep fall back
+    assert smoothed.index(min(smoothed)) == 33
+    suggestion = suggest_lr(lrs, smoothed)
+    assert lrs[20] <= suggestion <= lrs[32], suggestion  # the steepest part of the descent
+    rising = [3.0 + 0.1 * i for i in range(40)]  # no descent at all: the smallest lr's neighbourhood
+    assert suggest_lr(lrs, rising) == lrs[0]
+
+
 def test_find_lr_reads_the_data_through_the_runs_workers(tmp_path, monkeypatch):
     """--find-lr ignored --num-workers (the range test read the corpus in the main process, so
     it could not show whether the run's data loading keeps up); the losses are the same."""

@@ -83,16 +83,19 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
 
 
 def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
-    """The lr at the steepest descent of the smoothed loss against log(lr), ignoring the
-    first and last tenth of the curve (start-up noise and divergence)."""
+    """The lr at the steepest descent of the smoothed loss against log(lr), before its minimum,
+    ignoring the first and last tenth of the curve (start-up noise and divergence). (Searched
+    past the minimum, a short test suggested the lr where the loss fell back from its first
+    spike: already in divergence.)"""
     n = len(lrs)
     if n < 3:
         return lrs[0] if lrs else float("nan")
-    lo, hi = max(1, n // 10), max(2, n - n // 10)
+    lowest = min(range(n), key=smoothed.__getitem__)
+    lo, hi = max(1, n // 10), min(max(2, n - n // 10), lowest + 1)
     slopes = [(smoothed[i + 1] - smoothed[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
               for i in range(lo, min(hi, n - 1))]
-    if not slopes:
-        return lrs[n // 2]
+    if not slopes:  # (no descent to speak of: halfway to the minimum)
+        return lrs[lowest // 2]
     best = min(range(len(slopes)), key=slopes.__getitem__)
     return lrs[lo + best]
 
