@@ -39,3 +39,8 @@ def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'protrans_cli' has no attribute {name!r}")
+
+
+def __dir__():
+    """The lazy exports too: tab completion on `protrans_cli.` offered none of them until used."""
+    return sorted(set(globals()) | set(__all__))

@@ -1842,6 +1842,9 @@ def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
     from protrans_cli.io.h5 import remove_ledger
 
     for shard in shards:
+        # (a copy HDF5 meets the full disk in was a traceback and a segmentation fault; the shards
+        # stay until the whole merge is flushed, so --resume merges them again)
+        writer.ensure_room(os.path.getsize(shard), what=f"the proteins of {Path(shard).name}")
         writer.copy_from(shard)
     writer.flush(failures=True)  # (the shards go next)
     for shard in shards:

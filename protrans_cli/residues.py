@@ -10,6 +10,8 @@ Rules (documented in docs/prep.md):
 
 from __future__ import annotations
 
+from protrans_cli.errors import InputError, UsageError
+
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 RARE = "UZOB"
 UNKNOWN = "X"
@@ -29,8 +31,10 @@ _IDENTITY = bytes(range(256))
 _VALID = set(ALPHABET.encode())
 
 
-class SequenceRejected(ValueError):
-    """A sequence that cannot be normalised; `reason` is one of the REASON_* keys."""
+class SequenceRejected(InputError, ValueError):
+    """A sequence that cannot be normalised; `reason` is one of the REASON_* keys. An InputError
+    (`except protrans_cli.ProtransError` catches it, as it does every library error), and a
+    ValueError as before."""
 
     def __init__(self, reason: str, detail: str):
         self.reason = reason
@@ -55,7 +59,7 @@ def normalise(seq: bytes | str, rare: str = "x") -> str:
     if rare == "x":
         data = data.translate(_RARE_TO_X)
     elif rare != "keep":
-        raise ValueError(f"rare must be one of {RARE_POLICIES}, got {rare!r}")
+        raise UsageError(f"rare must be one of {RARE_POLICIES}, got {rare!r}")
     bad = set(data) - _VALID
     if bad:  # the first offending residue
         pos, char = next((i + 1, c) for i, c in enumerate(data) if c in bad)

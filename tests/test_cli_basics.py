@@ -30,6 +30,17 @@ def test_help_lists_commands_without_importing_torch():
     assert "prep" in out.stdout
 
 
+def test_the_package_lists_its_lazy_exports_without_importing_them():
+    """dir(protrans_cli) (tab completion in IPython) offered none of embed, train, fit...: they are
+    loaded on first use. Listing them imports nothing heavy."""
+    code = ("import sys, protrans_cli\n"
+            "names = dir(protrans_cli)\n"
+            "assert set(protrans_cli.__all__) <= set(names), set(protrans_cli.__all__) - set(names)\n"
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 def test_unknown_command_is_usage_error(run_cli):
     result = run_cli("frobnicate")
     assert result.exit_code == 2

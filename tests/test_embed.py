@@ -16,7 +16,7 @@ from protrans_cli.embed import (EmbedOptions, OneHotEmbedder, _Piece, _Unit, chu
 from protrans_cli.embedders import ONEHOT_ALPHABET
 from protrans_cli.errors import InputError, ModelError, UsageError
 from protrans_cli.io.fasta import read_fasta
-from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, partial_path
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, EmbeddingsWriter, partial_path
 
 SMALL = DATA / "embed" / "small.fa"
 
@@ -515,6 +515,30 @@ def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, mo
         assert sorted(got.ids()) == sorted(ref.ids())
         for ident in ref.ids():
             np.testing.assert_array_equal(got.get(ident), ref.get(ident))
+
+
+def test_a_merge_of_shards_without_room_is_one_line_and_keeps_the_shards(tmp_path, monkeypatch):
+    """torchrun's merge (and a one-process --resume of it) copied the shards without a room check:
+    on a full disk, an h5py traceback and a segmentation fault."""
+    import types
+
+    from protrans_cli.embed import _absorb_shards, shard_path
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import h5
+
+    out = tmp_path / "o.h5"
+    shards = []
+    for rank in (0, 1):
+        with EmbeddingsWriter(shard_path(out, rank, 2), finalize=False) as writer:  # (as embed's ranks write them)
+            writer.write(f"p{rank}", f"p{rank}", "MKV", per_residue=np.ones((3, 4), np.float32))
+        shards.append(partial_path(shard_path(out, rank, 2)))
+    with EmbeddingsWriter(out) as merged:
+        monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=4 << 10, f_frsize=1))
+        with pytest.raises(RuntimeFailure, match=r"no room for the proteins of o.h5.shard-000-of-002.partial: 0 MiB free .* "
+                                                 r"run the same command with --resume once there is room"):
+            _absorb_shards(merged, shards)
+        monkeypatch.undo()
+    assert all(shard.exists() for shard in shards)
 
 
 def test_a_disk_without_room_for_the_new_file_is_said_before_hdf5_meets_it(tmp_path, monkeypatch):

@@ -56,5 +56,19 @@ def test_rejections_carry_reason_and_position(raw, reason, detail):
 
 
 def test_unknown_rare_policy_is_an_error():
-    with pytest.raises(ValueError):
+    from protrans_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"rare must be one of \('x', 'keep'\), got 'drop'"):
         normalise("MKT", rare="drop")
+
+
+def test_a_rejected_sequence_is_a_library_error_and_still_a_value_error():
+    """README: the library raises ProtransError and its subclasses; `normalise`, exported by the
+    package, raised a bare ValueError subclass that `except ProtransError` let through."""
+    import protrans_cli
+
+    for bad in ("MK1T", "", "MK*T"):
+        with pytest.raises(protrans_cli.ProtransError) as info:
+            protrans_cli.normalise(bad)
+        assert isinstance(info.value, ValueError) and info.value.exit_code == 1
+        assert str(info.value) == info.value.detail

@@ -1296,11 +1296,11 @@ class EmbeddingsWriter:
             for name, value in attrs.items():
                 _set_attr(ds, name, _attr_value(value))
 
-    def ensure_room(self, nbytes: int) -> None:
+    def ensure_room(self, nbytes: int, what: str = "the next batch") -> None:
         """Refuse a batch of about `nbytes` that would not fit (see `ensure_room`); the file
         stays as it was after the last batch, resumable."""
         ensure_room(self.partial, nbytes, f"what was computed is kept in {self.partial}; run the same command "
-                                          "with --resume once there is room")
+                                          "with --resume once there is room", what=what)
 
     def record_failure(self, ident: str, reason: str) -> None:
         """A protein with no embedding: listed in the file's `failed` attribute, never dropped silently."""
