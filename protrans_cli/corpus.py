@@ -974,20 +974,21 @@ class _Writers:
         elif options.shard_size is not None:
             self._open(shard_path(out, 0))
         else:
-            self._open(Path(out))
+            self._open(Path(out), named=True)
         if options.valid_output:
             self.valid = self._handle(options.valid_output, self.valid_kind)
 
-    def _open(self, path) -> None:
+    def _open(self, path, named: bool = False) -> None:
         """One more training output (a file, a shard, or stdout)."""
-        self.train.append(self._handle(path, self.train_kind))
+        self.train.append(self._handle(path, self.train_kind, named))
         self.train_files.append(self.files[-1])
         self.paths.append(str(path))
 
-    def _handle(self, path, kind: str | None):
+    def _handle(self, path, kind: str | None, named: bool = True):
         """The stream of an output: stdout (`-`) as it comes, else an AtomicFile that compresses
-        unless the workers already did (`kind`)."""
-        handle = _output(path, compress=kind is None, level=FAST_LEVELS.get(compression_for_output(path)))
+        unless the workers already did (`kind`). `named`: the name is the user's (not a shard's)."""
+        handle = _output(path, compress=kind is None, level=FAST_LEVELS.get(compression_for_output(path)),
+                         follow_link=named)
         if kind and isinstance(handle, AtomicFile):
             self.precompressed[id(handle)] = kind
         self.files.append(handle)
@@ -1221,7 +1222,8 @@ class _Stdout:
 
 
 def _output(path, **atomic):
-    """stdout for `-`, else an AtomicFile (with `atomic`'s compression settings)."""
+    """stdout for `-`, else an AtomicFile (with `atomic`'s compression settings; a name the user
+    gave follows the user's own link)."""
     return _Stdout() if str(path) == "-" else AtomicFile(path, **atomic)
 
 
@@ -1315,8 +1317,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         threads = 1  # starting workers would take longer than the whole job
     try:
         writers = _Writers(options)
-        rejects = _output(options.rejects) if options.rejects else None
-        summary = _output(options.stats) if options.stats else None
+        rejects = _output(options.rejects, follow_link=True) if options.rejects else None
+        summary = _output(options.stats, follow_link=True) if options.stats else None
         if threads > 1:
             spill_dir = str(make_temporary(_spill_base(options) or tempfile.gettempdir(), "protrans-prep.", "",
                                            folder=True))

@@ -954,8 +954,9 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
     refuse_special_output(output, "-o", "an HDF5 file")
-    output = through_link(output)
     output_directory(output)  # before anything is read or loaded
+    output = through_link(output)  # (the user's own link: where it leads)
+    output_directory(output)
     writable_or_refused(output)
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
     # truncated it on opening): refused, as prep, labels and predict do.

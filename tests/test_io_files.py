@@ -429,6 +429,22 @@ def test_an_output_named_by_a_link_is_written_where_the_link_leads(tmp_path, run
     assert sorted(p.name for p in scratch.iterdir()) == ["corpus.txt", "e.h5"]
 
 
+def test_a_link_someone_else_owns_is_replaced_not_written_through(tmp_path, run_cli):
+    """A link planted in a shared folder under the name an output will take: written through, it
+    would overwrite the file it leads to (what the kernel's protected_symlinks stops for `>`)."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a link to another user needs root")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    link = tmp_path / "out.txt"
+    link.symlink_to(victim)
+    os.lchown(link, 65534, -1)
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    assert run_cli("-q", "prep", fasta, "-o", link).exit_code == 0
+    assert victim.read_text() == "keep\n" and not link.is_symlink() and link.read_text() == "M K V\n\n"
+
+
 def test_a_read_only_output_is_refused_as_the_shell_refuses_it(tmp_path, run_cli, monkeypatch):
     """A file the user may not write was replaced (renamed over) wherever its folder allowed it."""
     target = tmp_path / "c.txt"

@@ -58,7 +58,7 @@ def command(labels, output, fmt, sequences, split):
             raise InputError(f"--split {split}: no record is in that split ({where})", path=label_set.path)
         label_set = dataclasses.replace(label_set, records=kept)
     seqs = read_sequences(sequences) if sequences else None
-    with atomic_output(output) as stream:
+    with atomic_output(output, follow_link=True) as stream:
         count = write_embed_fasta(label_set, stream, seqs,
                                   sequences_name=None if sequences is None else display_name(sequences))
     console.output_complete("standard output" if output in (None, "-") else str(output))

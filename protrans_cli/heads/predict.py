@@ -205,7 +205,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     classes = next(o.classes for o in task.outputs if o.name == chosen)
     table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
     with contextlib.ExitStack() as stack:
-        stream = stack.enter_context(atomic_output(out))
+        stream = stack.enter_context(atomic_output(out, follow_link=True))
         writer = stack.enter_context(_ProbabilityWriter(probabilities, task)) if probabilities is not None else None
         if not per_residue:
             header = ["id"]

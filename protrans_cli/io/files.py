@@ -435,11 +435,21 @@ def _is_piped_stdin(path: Path) -> bool:
 
 
 def through_link(path) -> Path:
-    """Where an output named by a symbolic link goes: where the link leads, as the shell's `>`
-    writes it (a link onto scratch storage). Renamed over, the link became a regular file beside
-    it, and its target was never written."""
+    """Where an output the user named goes when the name is a symbolic link of the user's own:
+    where the link leads, as the shell's `>` writes it (a link onto scratch storage; renamed over,
+    the link became a regular file beside it and its target was never written). A link someone
+    else owns (planted in a shared folder) is not followed, and is replaced; names protrans
+    chooses itself (metrics, checkpoints, shards) are never followed (AtomicFile's default)."""
+    import stat
+
     path = Path(path)
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return path
+    if stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid():
+        return Path(os.path.realpath(path))
+    return path
 
 
 def writable_or_refused(path: Path) -> None:
@@ -499,11 +509,12 @@ class AtomicFile:
     where one job writes several files that must all appear or none (shards).
     """
 
-    def __init__(self, path, compress: bool = True, level: int | None = None):
+    def __init__(self, path, compress: bool = True, level: int | None = None, follow_link: bool = False):
         """`compress=False`: the caller writes data already compressed for the extension;
-        `level`: the compression level (default: as atomic_output)."""
+        `level`: the compression level (default: as atomic_output); `follow_link`: a name the
+        user gave, written where the user's own link leads (`through_link`)."""
         self.path = Path(path)
-        if not _in_place(self.path):
+        if follow_link and not _in_place(self.path):
             self.path = through_link(self.path)
         directory = output_directory(self.path)
         self.tmp = None
@@ -641,7 +652,7 @@ def stdout_binary():
 
 
 @contextlib.contextmanager
-def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
+def atomic_output(path, mode: str = "wb", *, follow_link: bool = False) -> Iterator[BinaryIO]:
     """Write `path` atomically (or stdout for `-`/None), compressing by extension.
 
     The data goes to a hidden temporary file in the target's directory and is renamed over
@@ -653,7 +664,7 @@ def atomic_output(path, mode: str = "wb") -> Iterator[BinaryIO]:
         yield out
         out.flush()
         return
-    handle = AtomicFile(path)
+    handle = AtomicFile(path, follow_link=follow_link)
     try:
         yield handle.stream
     except OSError as exc:

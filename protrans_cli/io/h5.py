@@ -38,7 +38,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
 from protrans_cli.io.fasta import header_id
-from protrans_cli.io.files import output_directory, through_link, utf8_text
+from protrans_cli.io.files import output_directory, utf8_text
 
 PER_RESIDUE = "per_residue"
 PER_PROTEIN = "per_protein"
@@ -1158,7 +1158,7 @@ class EmbeddingsWriter:
             raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
         if compression not in (None, *COMPRESSIONS):
             raise UsageError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
-        self.path = through_link(path)
+        self.path = Path(path)
         self.partial = partial_path(self.path)
         self.layout = layout
         self.storage_dtype = np.dtype(storage_dtype)
