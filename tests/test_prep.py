@@ -1013,8 +1013,8 @@ def test_a_full_disk_at_a_later_shard_names_that_shard(tmp_path, monkeypatch, ru
         def write(self, data):
             raise OSError(28, "No space left on device")
 
-    def handle(self, path, kind):
-        stream = real(self, path, kind)
+    def handle(self, path, kind, *named):
+        stream = real(self, path, kind, *named)
         return Full() if str(path).endswith(".00002.txt") else stream
 
     monkeypatch.setattr(corpus._Writers, "_handle", handle)
