@@ -184,6 +184,7 @@ def folder_lock(folder, busy: str):
             folder.rmdir()  # only when empty; still locked, so no other process took it meanwhile
         os.close(fd)
 
+
 def stdin_binary() -> BinaryIO:
     """stdin's bytes. A closed stdin (`<&-`: sys.stdin is None) is one line, not an AttributeError."""
     buffer = getattr(sys.stdin, "buffer", None)
