@@ -56,6 +56,7 @@ from protrans_cli.residues import (
     SequenceRejected,
     normalise,
 )
+from protrans_cli.threads import check_threads
 
 # Reasons a record is left out, beyond the normalisation ones of residues.py.
 REASON_NO_ID = "missing_id"
@@ -162,8 +163,7 @@ class CorpusOptions:
                 if index is not None:
                     raise UsageError(f"{flag} {path} has the name of shard {index} of -o {self.output}: one would "
                                      "replace the other; choose another name")
-        if self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        check_threads(self.threads)
         if self.block_bytes < 1024:
             raise UsageError("block_bytes must be at least 1024")
 

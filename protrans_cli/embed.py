@@ -49,7 +49,7 @@ from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, chec
 from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
                                     fits, mean_rows, mps_available, resolve_device)
 from protrans_cli.residues import SequenceRejected, normalise
-from protrans_cli.threads import torch_threads
+from protrans_cli.threads import check_threads, torch_threads
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -109,8 +109,8 @@ class EmbedOptions:
                                                      if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
         if self.window < 1:
             raise UsageError("--window must be at least 1")
-        if self.threads is not None and self.threads < 1:  # 0 was ignored, -2 a RuntimeError from torch
-            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.threads is not None:  # 0 was ignored, -2 a RuntimeError from torch
+            check_threads(self.threads)
         if isinstance(self.layers, int):  # EmbedOptions(layers=-1) from Python: a TypeError further on
             raise UsageError(f"layers is a tuple of layer indices: layers=({self.layers},), not layers={self.layers}")
         if not self.layers:
@@ -1595,13 +1595,13 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
     """(False, _Done) from a forked child running _done_in_process; (False, ...) re-raises its
     error here; (True, the HDF5 call it crashed in, or None) when it died by a signal."""
     import pickle
-    import tempfile
 
     from protrans_cli import errors
     from protrans_cli.io import h5 as h5_module
+    from protrans_cli.io.files import temporary_folder
 
     # (beside the output: for tens of millions of proteins the result takes hundreds of MB)
-    with tempfile.TemporaryDirectory(prefix=".protrans-resume-", dir=path.parent) as tmp:
+    with temporary_folder(path.parent, ".protrans-resume-") as tmp:
         log_path, result_path = os.path.join(tmp, "log"), os.path.join(tmp, "result")
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         sys.stdout.flush()

@@ -16,20 +16,31 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# More threads than any machine has cores: 32768 crashed torch's thread pool (a segmentation
+# fault once the work was done, or libgomp's "Thread creation failed").
+MAX_THREADS = 4096
+
+
+def check_threads(value: int, name: str = "--threads") -> int:
+    """`value` as a thread count, or a usage error naming `name`."""
+    if value < 1:
+        raise UsageError(f"{name} must be at least 1, got {value}")
+    if value > MAX_THREADS:
+        raise UsageError(f"{name} must be at most {MAX_THREADS}, got {value} (this machine has "
+                         f"{available_cores()} cores)")
+    return value
+
+
 def resolve_threads(requested: int | None) -> int:
     if requested is not None:
-        if requested < 1:
-            raise UsageError(f"--threads must be at least 1, got {requested}")
-        return requested
+        return check_threads(requested)
     env = os.environ.get("PROTRANS_THREADS")
     if env:
         try:
             value = int(env)
         except ValueError:
             raise UsageError(f"PROTRANS_THREADS must be a whole number, got {env!r}") from None
-        if value < 1:
-            raise UsageError(f"PROTRANS_THREADS must be at least 1, got {value}")
-        return value
+        return check_threads(value, "PROTRANS_THREADS")
     return min(available_cores(), 4)
 
 

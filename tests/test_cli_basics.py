@@ -290,6 +290,22 @@ def test_env_reports_offline_and_threads_as_the_commands_read_them(run_cli, monk
     assert json.loads(run_cli("env", "--json").stdout)["hub"]["offline"] is True
 
 
+def test_a_thread_count_beyond_any_machine_is_a_usage_error(run_cli, monkeypatch, tmp_path):
+    """-j 99999 (or PROTRANS_THREADS) segfaulted after the work (torch's thread pool), fit left its
+    .partial folder behind, train printed an ImportError traceback: refused before any work now."""
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    for args in (["prep", fasta], ["embed", fasta, "-m", "onehot", "-o", tmp_path / "x.h5"],
+                 ["fit", "loc", "--embeddings", tmp_path / "x.h5", "--labels", fasta, "-o", tmp_path / "h"],
+                 ["train", "--corpus", fasta, "-o", tmp_path / "run"]):
+        r = run_cli(*args, "-j", "99999")
+        assert r.exit_code == 2 and "--threads must be at most 4096, got 99999" in r.stderr, (args, r.stderr)
+    monkeypatch.setenv("PROTRANS_THREADS", "40000")
+    r = run_cli("prep", fasta)
+    assert r.exit_code == 2 and "PROTRANS_THREADS must be at most 4096, got 40000" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.fa"]
+
+
 def test_env_check_compile_says_when_the_compiler_fails(run_cli, monkeypatch):
     """--check-compile builds a small kernel: a compiler that cannot (here a backend that
     raises, as dynamo wraps inductor's failures) is reported with its first line, exit 0 (a

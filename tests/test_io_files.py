@@ -458,6 +458,30 @@ def test_a_read_only_output_is_refused_as_the_shell_refuses_it(tmp_path, run_cli
     assert target.read_text() == "kept\n" and sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "x.fa"]
 
 
+def test_a_temporary_folder_a_killed_run_left_is_removed_by_the_next(tmp_path):
+    """predict --fasta's embeddings and embed --resume's read-back folder were plain
+    TemporaryDirectory folders: a SIGKILL left them (112 MB for 6000 proteins) for ever."""
+    import time
+
+    from protrans_cli.io.files import make_temporary, temporary_folder
+
+    probe = make_temporary(tmp_path, ".probe.")
+    host = probe.name.split(".")[2]
+    probe.unlink()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    dead = tmp_path / f".protrans-predict-{host}.{gone}-abcd"
+    dead.mkdir()
+    (dead / "e.h5").write_bytes(b"x" * 100)
+    hours_ago = time.time() - 7200
+    for path in (dead / "e.h5", dead):
+        os.utime(path, (hours_ago, hours_ago))
+    with temporary_folder(tmp_path, ".protrans-predict-") as tmp:
+        assert Path(tmp).is_dir() and Path(tmp).parent == tmp_path and not dead.exists()
+        (Path(tmp) / "e.h5").write_bytes(b"y")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_output_that_is_the_piped_stdin_is_refused_not_a_hang(tmp_path):
     """`cat x.fa | protrans prep - -o /dev/stdin` waited forever: the output held the pipe's write end open."""
     if not os.path.exists("/dev/stdin"):

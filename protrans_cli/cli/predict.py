@@ -91,7 +91,7 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
     import os
 
     from protrans_cli.io.files import (input_named_by, output_directory, refuse_special_output, same_file,
-                                       special_output)
+                                       special_output, temporary_folder)
 
     if probabilities is not None:
         refuse_special_output(probabilities, "--probabilities", "an HDF5 file")
@@ -115,8 +115,6 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         raise UsageError(f"--metrics {metrics_dir} is inside the head directory {head}: its files could replace "
                          "the head's (choose another directory)")
     if fasta is not None:
-        import tempfile
-
         from protrans_cli.heads.model import load_head
         from protrans_cli.heads.predict import check_head_output, embed_for_head
 
@@ -126,7 +124,7 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         # (not /dev for `-o /dev/stdout`: the embeddings are no output to write in place)
         where = (os.path.dirname(os.path.abspath(output)) if output and output != "-" and special_output(output) is None
                  else None)
-        with tempfile.TemporaryDirectory(prefix=".protrans-predict-", dir=where) as tmp:
+        with temporary_folder(where, ".protrans-predict-") as tmp:
             embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads,
                                                long_policy=long_policy, max_length=max_length,
                                                chunk_overlap=chunk_overlap)

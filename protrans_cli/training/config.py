@@ -219,10 +219,12 @@ class TrainConfig:
         for name in ("log_every", "save_every", "keep_last", "bucket_batches", "pad_multiple", "num_eval_batches"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("stop_after", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"{setting_name(name)} must be at least 1, got {value}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise UsageError(f"{setting_name('stop_after')} must be at least 1, got {self.stop_after}")
+        if self.threads is not None:
+            from protrans_cli.threads import check_threads
+
+            check_threads(self.threads, setting_name("threads"))
         for name in ("num_workers", "warmup_steps", "eval_every"):
             if (getattr(self, name) or 0) < 0:
                 raise UsageError(f"{setting_name(name)} must be 0 or more, got {getattr(self, name)}")
