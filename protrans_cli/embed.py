@@ -1249,7 +1249,12 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
 
             with EmbeddingsReader(output) as reader:
                 settled = {i for i, why in reader.failed().items() if str(why).startswith("skipped:")}
-        left = _check_before_compute(source, name, options, max_length, done, output, settled)
+        left, found = _check_before_compute(source, name, options, max_length, done, output, settled)
+        gone = len(np.unique(done.ids)) - found
+        if gone > 0 and dist.is_main:
+            # (resume only adds: the file is not what a fresh run on this FASTA makes)
+            console.warn(f"{output}: {gone:,} protein(s) in the output are not in {name} (removed from it since?): "
+                         "kept; write to a new file for an output of this FASTA alone")
         if left == 0 and not partial_path(output).exists() and not shard_files:
             # --resume of a finished file with nothing to add: the file stays as it is (it
             # would otherwise become OUTPUT.partial until the run ends).
@@ -1441,17 +1446,18 @@ def _model_key(name: str) -> str:
 
 
 def _check_before_compute(source, name, options, max_length, done: "_Done", output,
-                          settled: set[str] = frozenset()) -> int:
+                          settled: set[str] = frozenset()) -> tuple[int, int]:
     """Pass two, before any batch: an id the output already holds must carry the same sequence
     (--resume), and with --long-policy error no protein left to do may exceed `max_length`.
     Returns the number of proteins left to do (`settled`: ids not counted, a finished file's
-    proteins that its length policy skipped)."""
+    proteins that its length policy skipped) and the number of the input's ids already done."""
     from protrans_cli.io.h5 import sequence_checksum
 
-    left = 0
+    left = found = 0
     for window in read_windows(source, name, options.window):
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
+            found += checksum is not None
             if checksum is None:
                 # (a protein skipped before counts as done only if its sequence is skipped again:
                 # one shortened since is embedded)
@@ -1462,7 +1468,7 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
                 where = partial_path(output) if partial_path(output).exists() else output
                 raise InputError("cannot resume: the output holds another sequence under this id "
                                  "(a different FASTA?); write to a new file instead", path=str(where), record=prot.id)
-    return left
+    return left, found
 
 
 def _kept(sequence: str, max_length: int | None, options) -> str:

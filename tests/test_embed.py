@@ -2170,3 +2170,22 @@ def test_ctrl_c_in_the_first_second_exits_130_not_by_the_signal(shared_data, tmp
         proc.send_signal(signal.SIGINT)
         codes.append(proc.wait(timeout=60))
     assert set(codes) <= {0, 130}, codes  # (0: the run ended before the interrupt)
+
+
+def test_resume_says_when_the_output_holds_proteins_the_fasta_no_longer_has(tmp_path, run_cli):
+    """--resume only adds: records removed from the FASTA since stay in the output, which is then
+    not what a fresh run on the edited FASTA makes. That was silent."""
+    records = SMALL.read_text().split(">")[1:]
+    edited = tmp_path / "edited.fa"
+    edited.write_text("".join(">" + r for r in records[2:]) + ">new1\nMKTAYIAK\n")
+    out = tmp_path / "o.h5"
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 0
+    r = run_cli("embed", edited, "-m", "onehot", "-o", out, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert f"{out}: 2 protein(s) in the output are not in {edited} (removed from it since?): kept" in r.stderr
+    with EmbeddingsReader(out) as reader:
+        assert len(reader.ids()) == len(records) + 1
+    every = tmp_path / "every.fa"
+    every.write_text(SMALL.read_text() + ">new1\nMKTAYIAK\n")
+    r = run_cli("embed", every, "-m", "onehot", "-o", out, "--resume")  # nothing gone: nothing said
+    assert r.exit_code == 0 and "not in" not in r.stderr, r.stderr

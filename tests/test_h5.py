@@ -4,6 +4,7 @@ partial files, resume) and the reader others rely on."""
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -663,3 +664,39 @@ def test_a_protein_embedded_after_it_failed_is_not_left_failed_by_a_kill(tmp_pat
     w3.close(complete=True)
     with EmbeddingsReader(path) as reader:
         assert reader.failed() == {} and len(reader.ids(PER_PROTEIN)) == 2000
+
+
+def test_a_small_file_size_limit_takes_a_small_file(tmp_path, monkeypatch):
+    """ulimit -f 10 MiB: the 16 MiB kept for HDF5's own data on a disk refused a 22 KB output
+    ("the batch needs 16 MiB ... free some space"); the limit is checked against the file's
+    growth, and the remedy named is the limit."""
+    import resource
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io.h5 import ensure_room
+
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (10 << 20, resource.RLIM_INFINITY)
+                        if which == resource.RLIMIT_FSIZE else real(which))
+    path = tmp_path / "o.h5"
+    ensure_room(path, 100_000, "nothing was written; free some space and run the command again")
+    with pytest.raises(RuntimeFailure, match=r"o.h5: no room for the next batch: the file-size limit \(ulimit -f\) "
+                                             r"is 10.0 MiB, the file 0.0 MiB and the next batch about 12.3 MiB; nothing "
+                                             r"was written; raise the limit and run the command again"):
+        ensure_room(path, 9 << 20, "nothing was written; free some space and run the command again")
+
+
+def test_a_partial_file_removed_during_the_run_is_said(tmp_path):
+    """`rm OUT.partial` mid-run: embed ran on and ended saying the finished embeddings were in the
+    file that was gone."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io.h5 import EmbeddingsWriter, partial_path
+
+    out = tmp_path / "r.h5"
+    writer = EmbeddingsWriter(out)
+    writer.write("a", "a", "MK", per_residue=np.ones((2, 3), np.float32))
+    os.unlink(partial_path(out))
+    with pytest.raises(RuntimeFailure, match=r"r.h5: r.h5.partial was removed during the run: the embeddings "
+                                             r"written there are lost; run the command again"):
+        writer.close(complete=True)
+    assert not out.exists()

@@ -1158,3 +1158,35 @@ def test_a_checkpoint_keeps_a_second_copy_of_the_weights_only_where_the_hf_direc
         with torch.no_grad():  # weights that changed since the save: not these
             next(model.parameters())[0] += 1
         assert not _holds_every_weight(tmp_path / HF_WEIGHTS, model)
+
+
+def test_a_run_directory_removed_during_the_run_is_said(tmp_path):
+    """`rm -rf RUN` mid-run: the next checkpoint made RUN/checkpoints again with its parents and the
+    run exited 0 without its config; a moved RUN ended on "metrics.jsonl: No such file or directory"."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training.checkpoint import checkpoint_dir, save_checkpoint
+    from protrans_cli.training.metrics import append_metrics
+
+    run = tmp_path / "gone"
+    with pytest.raises(RuntimeFailure, match=r"gone: the run directory was removed or moved during the run"):
+        save_checkpoint(checkpoint_dir(run, 200), family=None, model=None, tokenizer=None, training_state={},
+                        config=None)
+    with pytest.raises(RuntimeFailure, match=r"gone: the run directory was removed or moved during the run"):
+        append_metrics(run / "metrics.jsonl", {"step": 3})
+    assert not run.exists()
+
+
+def test_a_checkpoint_cut_by_the_file_size_limit_says_so(tmp_path, monkeypatch):
+    """torch's writer says "[enforce fail at inline_container.cc:672] . unexpected pos ..." when
+    ulimit -f stops it: the one line named no cause."""
+    import resource
+
+    from protrans_cli.training.checkpoint import _no_room
+
+    (tmp_path / "training_state.pt").write_bytes(b"x" * 300_000)
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (300_000, resource.RLIM_INFINITY)
+                        if which == resource.RLIMIT_FSIZE else real(which))
+    assert _no_room(tmp_path) == "File too large: the file-size limit (ulimit -f) is 0.3 MiB"
+    monkeypatch.setattr(resource, "getrlimit", real)
+    assert _no_room(tmp_path) is None  # (a disk with room)

@@ -874,10 +874,16 @@ def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next 
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
         size = path.stat().st_size if path.exists() else 0
-        if size + need > limit:
+        # The file's growth, not the disk's slack: HDF5's own data grows with the file (16 MiB
+        # kept for it refused a 22 KB output under a 10 MiB limit)
+        grows = int(nbytes * 1.05) + min(ROOM_MARGIN, (2 << 20) + (size + nbytes) // 10)
+        if size + grows > limit:
+            # (the remedy is the limit, not free space)
+            then = then.replace("free some space and", "raise the limit and").replace("once there is room",
+                                                                                      "once the limit is raised")
             raise RuntimeFailure(f"no room for {what}: the file-size limit (ulimit -f) is "
-                                 f"{limit / 2**20:.0f} MiB, the file {size / 2**20:.0f} MiB and the batch needs "
-                                 f"{need / 2**20:.0f} MiB; {then}", path=str(shown or path))
+                                 f"{limit / 2**20:.1f} MiB, the file {size / 2**20:.1f} MiB and {what} about "
+                                 f"{grows / 2**20:.1f} MiB; {then}", path=str(shown or path))
 
 
 # errno values of a file system that grants no locks: ENOSYS, EOPNOTSUPP/ENOTSUP, ENOLCK (NFS
@@ -1391,6 +1397,9 @@ class EmbeddingsWriter:
             self._ledger.drop()  # (it belongs to the partial file)
             try:
                 os.replace(self.partial, self.path)
+            except FileNotFoundError:  # (it said the embeddings were in the file that was gone)
+                raise RuntimeFailure(f"{self.partial.name} was removed during the run: the embeddings written "
+                                     "there are lost; run the command again", path=str(self.path)) from None
             except OSError as exc:  # it said only "OUT.partial: Operation not permitted"
                 raise RuntimeFailure(f"cannot replace it with the finished {self.partial.name} "
                                      f"({exc.strerror or exc}); the finished embeddings are in {self.partial}",

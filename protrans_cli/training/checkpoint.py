@@ -218,10 +218,19 @@ def _temporary(final: Path) -> Path:
 
 
 def _no_room(folder: Path) -> str | None:
-    """What a write into `folder` that failed met, when its disk is full: torch's writer says
-    "[enforce fail at inline_container.cc:672] . unexpected pos 285184 vs 285072" there, which
-    names no cause (asked for that error only: another one on a nearly full disk keeps its own
-    words). Read before the partial checkpoint is removed, which frees its room."""
+    """What a write into `folder` that failed met, when its disk is full or a file reached the
+    file-size limit (ulimit -f): torch's writer says "[enforce fail at inline_container.cc:672]
+    . unexpected pos 285184 vs 285072" there, which names no cause (asked for that error only:
+    another one on a nearly full disk keeps its own words). Read before the partial checkpoint
+    is removed, which frees its room."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        with contextlib.suppress(OSError):
+            largest = max((entry.stat().st_size for entry in os.scandir(folder) if entry.is_file()), default=0)
+            if largest + (64 << 10) >= limit:
+                return f"File too large: the file-size limit (ulimit -f) is {limit / 2**20:.1f} MiB"
     try:
         st = os.statvfs(folder)
     except OSError:
@@ -236,12 +245,17 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
     from safetensors.torch import save_model
 
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    run_dir = directory.parent.parent
+    if not run_dir.is_dir():
+        # (checkpoints/ was made with its parents: a run directory removed during the run came
+        # back with checkpoints alone, and the run went on to exit 0 without its config)
+        raise RuntimeFailure("the run directory was removed or moved during the run", path=str(run_dir))
     tmp = _temporary(directory)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
+        directory.parent.mkdir(exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()  # (in the try: a folder refused here named the hidden temporary, not the checkpoint)
         with _quiet_transformers():
             family.save_pretrained(model, tokenizer, tmp)
         if not _holds_every_weight(tmp / HF_WEIGHTS, model):

@@ -80,6 +80,9 @@ def append_metrics(path: Path, record: dict) -> None:
     try:
         with open(path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+    except FileNotFoundError:  # (it said "metrics.jsonl: No such file or directory")
+        raise RuntimeFailure("the run directory was removed or moved during the run",
+                             path=str(Path(path).parent)) from None
     except OSError as exc:
         if (reason := disk_full(exc)) is None:
             raise
