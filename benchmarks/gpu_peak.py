@@ -34,7 +34,11 @@ def _time(fn, repeats: int = 10) -> float:
     return statistics.median(times)
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    # (no options: --help must not start the measurement)
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     import torch
 
     if not torch.cuda.is_available():

@@ -20,8 +20,9 @@
 # 15 minutes of device time, machine start included: quick, then levers at once while the machine
 # is warm (it goes back after 30 s idle).
 #
-# Without a mode, every step (up to 25 minutes: more than two 10-minute device calls, so pick
-# steps with STEPS="profile embed_t5 ..." and run the rest later).
+# Without a mode (or with `full`), every step (step limits adding up to 36 minutes: more than two
+# 10-minute device calls, so pick steps by their exact names, STEPS="profile train_variants ...",
+# and run the rest later). The exit status is 1 when a step failed, 3 without a CUDA device.
 #
 # Runs from the repository root with the machine's own python3 (torch and transformers already
 # there): the package is used from the source tree through PYTHONPATH, nothing is installed.
@@ -44,12 +45,19 @@ SCRATCH=/dev/shm
 [ -d "$SCRATCH" ] || SCRATCH=${TMPDIR:-/tmp}
 
 MODE=${1:-full}
-if [ -z "${STEPS:-}" ]; then
-    case $MODE in
-        quick) STEPS="env profile_t5 embed_t5_flex train_variants embed_bert_fair" ;;
-        levers) STEPS="train_levers train_profile tests_quick" ;;
-    esac
+case $MODE in  # (a mistyped mode ran every step)
+    quick) STEPS=${STEPS:-"env profile_t5 embed_t5_flex train_variants embed_bert_fair"} ;;
+    levers) STEPS=${STEPS:-"train_levers train_profile tests_quick"} ;;
+    full) ;;
+    *) echo "gpu_session.sh: unknown mode '$MODE' (quick, levers or full)" >&2; exit 2 ;;
+esac
+# Without a GPU every step failed with a traceback (train_bench measured the CPU instead, for its
+# whole limit) and the script exited 0.
+if ! $PY -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    echo "gpu_session.sh: no CUDA device (torch.cuda.is_available() is False): nothing to measure" >&2
+    exit 3
 fi
+FAILED=""
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
     local name=$1 limit=$2 start rc
@@ -62,6 +70,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     timeout -k 5 "$limit" "$@" >"$OUT/$name.log" 2>&1
     rc=$?
     echo "=== $name: exit $rc after $(($(date +%s) - start)) s"
+    [ "$rc" -eq 0 ] || FAILED="$FAILED $name($rc)"
 }
 
 step env 50 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
@@ -133,11 +142,17 @@ step tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_embed_model
 kill $CLOCKS 2>/dev/null
 echo "=== summary"
 echo "--- clocks.csv: SM clock MHz (min / median / max), most frequent throttle reasons"
-awk -F', ' 'NR > 1 && $2 ~ /MHz/ {split($2, a, " "); print a[1]}' "$OUT/clocks.csv" | sort -n | \
-    awk '{v[NR] = $1} END {if (NR) print v[1] " / " v[int((NR + 1) / 2)] " / " v[NR] " over " NR " samples"}'
-awk -F', ' 'NR > 1 {print $NF}' "$OUT/clocks.csv" | sort | uniq -c | sort -rn | head -3
+if [ -s "$OUT/clocks.csv" ]; then  # (a short run can end before the sampler wrote anything)
+    awk -F', ' 'NR > 1 && $2 ~ /MHz/ {split($2, a, " "); print a[1]}' "$OUT/clocks.csv" | sort -n | \
+        awk '{v[NR] = $1} END {if (NR) print v[1] " / " v[int((NR + 1) / 2)] " / " v[NR] " over " NR " samples"}'
+    awk -F', ' 'NR > 1 {print $NF}' "$OUT/clocks.csv" | sort | uniq -c | sort -rn | head -3
+fi
 for log in "$OUT"/*.log; do
     echo "--- $(basename "$log")"
     grep -E "^(torch|name|NVIDIA|cuda:|varlen|FlexAttention|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|tokens/s \(best of| run [0-9]+: |passed|failed|rror|^partial|^baseline run" \
         "$log" | tail -n 40
 done
+if [ -n "$FAILED" ]; then
+    echo "=== steps that failed or ran past their limit:$FAILED"
+    exit 1
+fi

@@ -35,14 +35,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "netsurfp2" / "Train_HHblits.csv.gz"
 
 
-def make_set(directory: Path, n_proteins: int, dim: int, seed: int = 0) -> tuple[Path, Path, int]:
-    """A NetSurfP-style CSV subset and a matching random-embedding HDF5; returns paths and residues."""
+def make_set(directory: Path, n_proteins: int, dim: int, seed: int = 0) -> tuple[Path, Path, int, str]:
+    """A NetSurfP-style CSV subset and a matching random-embedding HDF5; returns paths, residues
+    and what the labels are (printed: the figures differ with the length distribution)."""
     import gzip
 
     from protrans_cli.io.h5 import EmbeddingsWriter
 
     rng = np.random.default_rng(seed)
     csv_path = directory / "train.csv"
+    data = f"{SHARED.name}, first {n_proteins} proteins" if SHARED.is_file() else \
+        f"random proteins of 40-499 residues ({SHARED} is absent)"
     if SHARED.is_file():
         with gzip.open(SHARED, "rt") as fh, open(csv_path, "w") as out:
             for i, line in enumerate(fh):
@@ -65,7 +68,7 @@ def make_set(directory: Path, n_proteins: int, dim: int, seed: int = 0) -> tuple
         for record in records:
             emb = rng.standard_normal((len(record.sequence), dim), dtype=np.float32)  # (L, D)
             writer.write(record.id, record.id, record.sequence, per_residue=emb)
-    return csv_path, h5_path, sum(len(r.sequence) for r in records)
+    return csv_path, h5_path, sum(len(r.sequence) for r in records), data
 
 
 def epoch_seconds(h5_path: Path, csv_path: Path, out: Path, *, stream: bool, threads: int,
@@ -120,7 +123,7 @@ def main(argv=None) -> int:
     console.configure(verbosity=-1)
     with tempfile.TemporaryDirectory(prefix="heads_bench.") as tmp:
         tmp = Path(tmp)
-        csv_path, h5_path, residues = make_set(tmp, args.proteins, args.dim)
+        csv_path, h5_path, residues, data = make_set(tmp, args.proteins, args.dim)
         mb_s = read_rate(h5_path)
         rss_before = _status_mb("VmRSS")
         reset_peak_rss()
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
     train_residues = residues * 0.95  # 5% held out for validation
     (streamed, streamed_cpu), (in_memory, in_memory_cpu) = streamed, in_memory
     figures = {
-        "proteins": args.proteins, "residues": residues, "dim": args.dim, "threads": args.threads,
+        "data": data, "proteins": args.proteins, "residues": residues, "dim": args.dim, "threads": args.threads,
         "float32_gb": round(residues * args.dim * 4 / 1e9, 3),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "streamed_s_per_epoch": round(streamed, 2), "in_memory_s_per_epoch": round(in_memory, 2),

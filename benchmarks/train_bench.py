@@ -4,7 +4,7 @@ Both train the same masked-LM model (the family's stock transformers class, same
 seed) on the same proteins with the same global batch, micro-batch, optimizer and precision:
 
   baseline  the loop most scripts write: proteins in file order, tokenized by the tokenizer
-            (truncated at the N-terminus), DataCollatorForLanguageModeling (pads each
+            (truncated to the N-terminal residues: the C-terminus cut), DataCollatorForLanguageModeling (pads each
             micro-batch to its longest protein), `model(**batch).loss / accum`, AdamW
   protrans  `protrans_cli.training.loop.train` itself: length-bucketed batches, random crops,
             loss per predicted token over the whole step, checkpoints and metrics
@@ -305,11 +305,13 @@ def main(argv=None) -> int:
                         help="print what has been measured so far after this many seconds (a run cut by a "
                              "time limit, e.g. one still compiling, then leaves its figures)")
     args = parser.parse_args(argv)
+    if args.fasta != ECOLI and not args.fasta.is_file():  # (it measured random proteins, exit 0)
+        parser.error(f"--fasta {args.fasta}: no such file")
     import torch
 
     gpu = args.gpu and torch.cuda.is_available()
-    if args.gpu and not gpu:
-        print("no CUDA device: running the CPU benchmark", file=sys.stderr)
+    if args.gpu and not gpu:  # (it measured the CPU instead, and said so on a line easy to miss)
+        parser.error("--gpu: no CUDA device (torch.cuda.is_available() is False)")
     args.preset = args.preset or ("prot_bert" if gpu else "small")
     args.max_length = args.max_length or (512 if gpu else 256)
     args.global_batch_size = args.global_batch_size or (64 if gpu else 32)
