@@ -907,6 +907,39 @@ def test_resume_refuses_a_corpus_file_changed_since_the_checkpoint(tmp_path):
     assert train(_config(tmp_path, stop_after=3, **kw), resume=True).step == 3
 
 
+def test_a_corpus_error_met_mid_run_says_the_step_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
+    """A gzip shard found truncated at step 220 said only the file's problem; and once repaired
+    (a whole copy: another size), --resume refused the changed corpus with no way on but a new
+    run. The error names the step and the last checkpoint; --accept-corpus-change resumes."""
+    import shutil
+
+    from protrans_cli.training import loop as loop_module
+
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(LEARNABLE, corpus)
+    kw = dict(corpus=[str(corpus)], output_dir=str(tmp_path / "run"), save_every=2, num_steps=6)
+    real = loop_module.step_batches
+
+    def damaged(stream, num_workers=0):  # the shard's bytes end after four steps' batches
+        for k, batch in enumerate(real(stream, num_workers)):
+            if k == 4:
+                raise InputError("corrupt or truncated compressed data (EOFError)", path=str(corpus))
+            yield batch
+
+    monkeypatch.setattr(loop_module, "step_batches", damaged)
+    with pytest.raises(InputError, match=r"corpus.txt: corrupt or truncated compressed data \(EOFError\) \(met "
+                                         r"reading step 5's batch; the last checkpoint is step_00000004: repair the "
+                                         r"file, then --resume \(--accept-corpus-change if its size or contents "
+                                         r"changed\)\)"):
+        train(_config(tmp_path, **kw))
+    monkeypatch.setattr(loop_module, "step_batches", real)
+    corpus.write_bytes(corpus.read_bytes() + b"M K T A\n\n")  # the repaired file: another size
+    with pytest.raises(InputError, match=r"add --accept-corpus-change"):
+        train(_config(tmp_path, **kw), resume=True)
+    result = train(_config(tmp_path, **kw), resume=True, accept_corpus_change=True)
+    assert result.completed and result.step == 6
+
+
 def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):
     # The error used to end in torch's bare header "(Error(s) in loading state_dict for ...:)"; then it
     # named the weights the checkpoint holds (exit 1); the settings are compared first now (exit 2).
@@ -1210,6 +1243,21 @@ def test_init_from_a_text_for_a_number_in_set_is_a_usage_error(tmp_path, run_cli
         assert res.exit_code == 2, res.stderr
         assert "--set" in res.stderr and "hidden_dropout_prob expects a float, got 'abc'" in res.stderr
         assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("hidden_dropout_prob=1", "hidden_dropout_prob is a probability of dropping, from 0 up to (not including) 1, "
+                              "got 1.0"),
+    ("attention_probs_dropout_prob=-0.1", "attention_probs_dropout_prob is a probability of dropping"),
+    ("layer_norm_eps=-1", "layer_norm_eps must be greater than 0, got -1.0"),
+    ("dtype=float16", "dtype is not a model setting here: --precision sets the training precision"),
+])
+def test_set_values_a_config_takes_but_training_cannot_are_usage_errors(tmp_path, run_cli, setting, message):
+    """A dropout of 1 or a negative epsilon passed the config class and stopped at step 1 with
+    "the gradient is not finite ... lower --lr"; --set dtype=float16 was ignored (fp32 run)."""
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "bad", "--num-steps", "1", "--set", setting)
+    assert res.exit_code == 2 and message in res.stderr, res.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("save_every", [2, 1000])

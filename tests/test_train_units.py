@@ -365,6 +365,17 @@ def test_every_corpus_line_is_checked_whole_with_its_position_in_the_protein(tmp
             count_proteins([str(corpus)])
 
 
+@pytest.mark.parametrize("sep,name", [("\t", "tab"), ("\f", "form feed")])
+def test_a_table_as_corpus_is_refused_not_trained_on_name_and_sequence(tmp_path, sep, name):
+    """`Gene<TAB>Sequence` rows (a TSV of names and sequences) trained on "GeneSequence" and
+    name+sequence proteins, exit 0: a tab passed as a space."""
+    corpus = tmp_path / "genes.tsv"
+    corpus.write_text(f"Gene{sep}Sequence\nINS{sep}MKTAYIAK\nALB{sep}MKWVTFIS\n")
+    with pytest.raises(InputError, match=re.escape(f"genes.tsv:1: a {name} at column 5 (a table?): a corpus line "
+                                                   "holds one protein")):
+        count_proteins([str(corpus)])
+
+
 def test_a_fasta_file_as_corpus_says_to_run_prep(tmp_path, run_cli):
     fasta = tmp_path / "raw.fasta"
     fasta.write_text(">sp|P1|TEST a protein\nMKTAYIAKQRGSSG\n>sp|P2|TEST\nGSSGSSGHHHHHH\n" * 20)
@@ -899,6 +910,31 @@ def test_loss_curve_is_not_written_through_a_planted_link(tmp_path):
     plot_metrics(metrics, tmp_path / "loss_curve.png")
     assert victim.read_bytes() == b"precious\n"
     assert (tmp_path / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_config_files_with_a_byte_order_mark_are_read_and_phase_keys_are_named(tmp_path):
+    """A BOM (Notepad's UTF-8): TOML refused it ("Invalid statement at line 1"), and JSON from
+    stdin was read as TOML. An unknown or missing phase key said "Phase.__init__() got ..."."""
+    import io
+    import sys
+
+    toml = tmp_path / "c.toml"
+    toml.write_bytes(b"\xef\xbb\xbfcorpus = \"c.txt\"\nlr = 0.002\n[[phases]]\nmax_length = 64\nnum_steps = 5\n")
+    config = TrainConfig.from_file(toml)
+    assert config.lr == 0.002 and config.phases[0].max_length == 64
+    stdin = sys.stdin
+    try:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(b'\xef\xbb\xbf{"corpus": "c.txt", "lr": 0.003}'))
+        assert TrainConfig.from_file("-").lr == 0.003
+    finally:
+        sys.stdin = stdin
+    toml.write_text('corpus = "c.txt"\n[[phases]]\nmax_length = 64\nnum_steps = 5\nsteps = 3\n')
+    with pytest.raises(UsageError, match=r"c.toml: unknown phase setting\(s\) steps \(a phase has max_length, "
+                                         r"num_steps, global_batch_size, micro_batch_size\)"):
+        TrainConfig.from_file(toml)
+    toml.write_text('corpus = "c.txt"\n[[phases]]\nmax_length = 64\n')
+    with pytest.raises(UsageError, match=r"c.toml: a phase needs num_steps"):
+        TrainConfig.from_file(toml)
 
 
 def test_a_config_file_nested_too_deeply_is_a_usage_error(tmp_path, run_cli):

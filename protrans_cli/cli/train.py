@@ -88,11 +88,15 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
                    "time-limited job); --resume continues.")
 @click.option("--resume", "resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
 @click.option("--resume-from", type=click.Path(file_okay=False), default=None, help="Continue from this checkpoint directory.")
+@click.option("--accept-corpus-change", is_flag=True,
+              help="With --resume: go on although a corpus file changed since the checkpoint (a damaged shard "
+                   "replaced by a whole copy); warns.")
 @click.option("--find-lr", is_flag=True, help="Run a learning-rate range test (lr_find.png) instead of training "
               "(100 steps, or --num-steps).")
 @click.option("--list-presets", is_flag=True, help="List families and presets with parameter counts, then exit.")
 @click.option("-j", "--threads", type=int, default=None, help="CPU threads per process (default min(cores, 4)).")
-def command(config_file, model_set, phases, resume, resume_from, find_lr, list_presets, threads, **flags):
+def command(config_file, model_set, phases, resume, resume_from, accept_corpus_change, find_lr, list_presets,
+            threads, **flags):
     """Pretrain a protein language model (one GPU, many GPUs or nodes via torchrun).
 
     \b
@@ -173,6 +177,8 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
         raise UsageError("no training corpus: give --corpus (or 'corpus' in --config)")
     if resume and resume_from:
         raise UsageError("give --resume or --resume-from, not both")
+    if accept_corpus_change and not (resume or resume_from):
+        raise UsageError("--accept-corpus-change goes with --resume or --resume-from")
     if find_lr:
         ignored = [name for name, given in (("--resume", resume), ("--resume-from", resume_from),
                                             ("--stop-after", flags.get("stop_after"))) if given]
@@ -192,7 +198,8 @@ def command(config_file, model_set, phases, resume, resume_from, find_lr, list_p
 
     try:
         result = train(config, resume=resume_from or resume or None,
-                       saved_as={k: v for k, v in saved_as.items() if not flags.get(k)})
+                       saved_as={k: v for k, v in saved_as.items() if not flags.get(k)},
+                       accept_corpus_change=accept_corpus_change)
     except KeyboardInterrupt as exc:  # Ctrl-C/SIGTERM: the one error line says what was kept
         from protrans_cli.cli import EXIT_INTERRUPTED, stopped
 

@@ -130,6 +130,9 @@ class Family:
             raise ModelError(f"unknown {type(defaults).__name__} field(s): {', '.join(unknown)}")
         kwargs.update({key: self.typed_override(key, getattr(defaults, key), value)
                        for key, value in overrides.items()})
+        for key in overrides:
+            if problem := _override_problem(key, kwargs[key]):
+                raise ModelError(f"invalid {self.name} config: {problem}")
         try:
             return self.config_class(**kwargs)
         except Exception as exc:  # TypeError/ValueError, or huggingface_hub's strict validation
@@ -449,6 +452,21 @@ def unknown_residues(family: Family, tokenizer) -> list[str]:
 
 # Weights an encoder may lack in a pretraining checkpoint without changing its hidden states.
 _OPTIONAL_ENCODER_KEYS = ("pooler.",)
+
+
+def _override_problem(key: str, value) -> str | None:
+    """Why a `--set` value a config class takes would still wreck the run, or None: a dropout
+    of 1 (every activation zeroed) or a layer norm epsilon of 0 or less trained to "the gradient
+    is not finite" at step 1, with advice about the learning rate; a dtype was ignored."""
+    if key in ("dtype", "torch_dtype"):
+        return f"{key} is not a model setting here: --precision sets the training precision"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if ("dropout" in key or key.endswith("_prob")) and not 0 <= value < 1:
+        return f"{key} is a probability of dropping, from 0 up to (not including) 1, got {value}"
+    if ("eps" in key.split("_") or "epsilon" in key) and not value > 0:
+        return f"{key} must be greater than 0, got {value}"
+    return None
 
 
 def load_checked(model_class, name_or_path, *, dtype=None, **kwargs):

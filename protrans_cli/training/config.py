@@ -278,7 +278,7 @@ class TrainConfig:
             if key in data:
                 if not isinstance(data[key], list) or not all(isinstance(p, str) for p in data[key]):
                     raise UsageError(f"{source}: {key} must be a path or a list of paths, got {data[key]!r}")
-                data[key] = expand_corpus_paths(data[key])
+                data[key] = expand_corpus_paths(data[key], key)
         if "model_overrides" in data and not isinstance(data["model_overrides"], dict):
             raise UsageError(f"{source}: model_overrides must be a table of model config fields, "
                              f"got {data['model_overrides']!r}")
@@ -317,6 +317,7 @@ class TrainConfig:
             raise UsageError("no such config file", path=name) from None
         except OSError as exc:
             raise UsageError(f"cannot read the config file: {exc.strerror or exc}", path=name) from None
+        raw = raw.removeprefix(b"\xef\xbb\xbf")  # (a byte-order mark: TOML refused it, and JSON from stdin was read as TOML)
         try:
             if suffix == ".toml" or (name == "<stdin>" and not raw.lstrip().startswith(b"{")):
                 data = tomllib.loads(raw.decode())
@@ -357,7 +358,7 @@ class TrainConfig:
             changes["preset"] = None
         for key in ("corpus", "val_corpus"):
             if key in changes:
-                changes[key] = expand_corpus_paths(changes[key])
+                changes[key] = expand_corpus_paths(changes[key], key)
         if "phases" in changes:
             changes["phases"] = [p if isinstance(p, Phase) else Phase.parse(p) for p in changes["phases"]]
             # The phases replace a config file's single length and step count (so that the saved
@@ -447,9 +448,10 @@ def _check_types(cls, data: dict, source: str) -> None:
             data[f.name] = float(value)
 
 
-def expand_corpus_paths(paths) -> list[str]:
+def expand_corpus_paths(paths, key: str = "corpus") -> list[str]:
     """Corpus paths with shell patterns expanded (`corpus.*.txt.gz`, sorted), so a config file or
-    a quoted flag can name hundreds of `prep --shards` files; a literal file name wins."""
+    a quoted flag can name hundreds of `prep --shards` files; a literal file name wins. `key`:
+    corpus or val_corpus, which the error names."""
     import glob
     import os
 
@@ -459,7 +461,7 @@ def expand_corpus_paths(paths) -> list[str]:
         if path != "-" and glob.has_magic(path) and not os.path.exists(path):
             matches = sorted(glob.glob(path))
             if not matches:
-                raise UsageError(f"no corpus file matches {path!r}")
+                raise UsageError(f"no {'validation ' if key == 'val_corpus' else ''}corpus file matches {path!r}")
             out.extend(matches)
         else:
             out.append(path)
@@ -481,9 +483,18 @@ def _phase_from(value, source: str) -> Phase:
                 continue  # the config's own batch sizes (as a saved config writes them)
             if not isinstance(number, int) or isinstance(number, bool):
                 raise UsageError(f"{source}: phase {key} must be a whole number, got {number!r}")
+        known = [f.name for f in dataclasses.fields(Phase)]
+        unknown = [key for key in value if key not in known]
+        if unknown:  # (it said "Phase.__init__() got an unexpected keyword argument")
+            raise UsageError(f"{source}: unknown phase setting(s) {', '.join(map(str, unknown))} (a phase has "
+                             f"{', '.join(known)})")
         try:
             return Phase(**value)
         except TypeError as exc:
+            missing = [f.name for f in dataclasses.fields(Phase)
+                       if f.name not in value and f.default is dataclasses.MISSING]
+            if missing:
+                raise UsageError(f"{source}: a phase needs {', '.join(missing)}: {value!r}") from None
             raise UsageError(f"{source}: bad phase {value!r} ({exc})") from None
     raise UsageError(f"{source}: bad phase {value!r}")
 

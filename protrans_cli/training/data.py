@@ -132,7 +132,9 @@ class Sample:
 
 _RESIDUE_LETTERS = ALPHABET + ALPHABET.lower()  # what every family's TokenLayout maps
 _BLANK = b" \t\r\n\v\f"
-_LINE_BYTES = _RESIDUE_LETTERS.encode() + _BLANK
+# (a tab inside a line is no corpus's: a TSV of names and sequences trained on name+sequence)
+_LINE_BYTES = _RESIDUE_LETTERS.encode() + b" \r\n"
+_OTHER_SPACE = {"\t": "tab", "\v": "vertical tab", "\f": "form feed"}
 
 
 @dataclass
@@ -240,11 +242,17 @@ def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
     except UnicodeDecodeError:
         line = raw.decode("latin-1")
     blank = _BLANK.decode()  # what the reader skips: str.split() also skipped a no-break space or
-    line = line.strip(blank)  # \x1c-\x1f, found no bad letter, and next() raised StopIteration
-    if line.startswith(">"):
+    stripped = line.strip(blank)  # \x1c-\x1f, found no bad letter, and next() raised StopIteration
+    if stripped.startswith(">"):
         return InputError("a FASTA header line ('>...'): the corpus must come from `protrans prep` "
                           "(one protein per line), e.g. protrans prep proteins.fasta -o corpus.txt",
                           path=path, line=lineno)
+    for char, name in _OTHER_SPACE.items():
+        if char in line:
+            return InputError(f"a {name} at column {line.index(char) + 1} (a table?): a corpus line holds one "
+                              "protein, its residues separated by single spaces; make one with `protrans prep`",
+                              path=path, line=lineno)
+    line = stripped
     residues = "".join(c for c in line if c not in blank)
     pos = next(i for i, c in enumerate(residues) if c not in _RESIDUE_LETTERS)
     return InputError(f"invalid residue {residues[pos]!r} at residue {pos + 1} of the protein "

@@ -170,10 +170,13 @@ class StopRequest:
 
 
 @torch_threads()  # puts the caller's torch thread count back
-def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | None = None) -> TrainResult:
+def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | None = None,
+          accept_corpus_change: bool = False) -> TrainResult:
     """Train (or resume: `resume=True` for the run's latest checkpoint, or a checkpoint path).
     `saved_as`: settings to write into train_config.json instead of the config's (the CLI's
-    corpus paths as the run recorded them, where this invocation found the files elsewhere)."""
+    corpus paths as the run recorded them, where this invocation found the files elsewhere).
+    `accept_corpus_change`: resume although a corpus file changed since the checkpoint (a
+    damaged shard replaced by a whole copy), with a warning."""
     expect_options(config, TrainConfig, "config")
     info = dist.setup()
     try:
@@ -202,7 +205,7 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                 run = build_run(config, info, family, resume=resume)
                 run.given.update(saved_as or {})
                 with StopRequest() as stop:
-                    return _loop(run, resume, stop)
+                    return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
     finally:
         dist.cleanup()
 
@@ -519,7 +522,7 @@ def _initial_model(config: TrainConfig, resume):
     return family, tokenizer, model
 
 
-def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
+def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_change: bool = False) -> TrainResult:
     config, info = run.config, run.info
     phases = config.resolved_phases()
     total_steps = config.total_steps
@@ -543,12 +546,20 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
         ckpt.load_weights(where, run.model)
         state = ckpt.load_training_state(where)
         changed = changed_corpus_file(state.get("corpus"), config.corpus, run.corpus_id)
-        if changed:
+        if changed and accept_corpus_change:
+            if info.is_main:
+                console.warn(f"the corpus changed since {where} was saved ({changed}): resumed at its data "
+                             "position anyway (--accept-corpus-change); the batches from there on may differ "
+                             "from an uninterrupted run's")
+        elif changed:
             # The saved data position counts proteins of the corpus as it was: applied to
-            # another one, the run would go on silently with other batches.
+            # another one, the run would go on silently with other batches. (A shard found
+            # damaged mid-run and replaced by a whole copy is the case for the switch: its
+            # proteins before the position are the same.)
             raise InputError(f"the corpus changed since {where} was saved ({changed}): its data position no "
-                             "longer applies; restore the corpus, or start a new run with --init-from that "
-                             "checkpoint")
+                             "longer applies; restore the corpus, or where the change is a repair (a damaged "
+                             "shard replaced by a whole copy) add --accept-corpus-change, or start a new run "
+                             "with --init-from that checkpoint")
         # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
         # Left in place, --keep-last pruned the new checkpoints (by step number) in their favour
         # and a later --resume continued the abandoned run.
@@ -647,7 +658,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None) -> TrainResult:
                     + (f"; micro-batches cut by tokens, up to {sizing['micro_batch_tokens']} each" if sizing else ""))
         batches = step_batches(stream, config.num_workers)
         while step < phase_end:
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except InputError as exc:  # a bad line or a damaged shard met mid-run: where to go on from
+                raise _met_in_training(exc, config, step + 1) from None
             data_state = batch.state_after
             lr_used = optimizer.param_groups[0]["lr"]
             try:
@@ -810,6 +824,18 @@ class NonFiniteGradient(Exception):
         super().__init__(f"non-finite gradient (loss {loss})")
         self.loss = loss
         self.fp16 = fp16
+
+
+def _met_in_training(exc: InputError, config: TrainConfig, step: int) -> InputError:
+    """A corpus error met at `step` (a truncated gzip shard, a bad line), with where to go on from:
+    it said only the file's problem, and a run of hours left the user to find its checkpoints."""
+    from protrans_cli.training.checkpoint import list_checkpoints
+
+    kept = list_checkpoints(config.output_dir)
+    advice = (f"the last checkpoint is {kept[-1].name}: repair the file, then --resume (--accept-corpus-change "
+              "if its size or contents changed)" if kept else "no checkpoint was written yet")
+    return InputError(f"{exc.message} (met reading step {step}'s batch; {advice})", path=exc.path,
+                      record=exc.record, line=exc.line)
 
 
 def _diverged(config: TrainConfig, step: int, loss: float, fp16: bool = False) -> RuntimeFailure:
