@@ -409,7 +409,7 @@ def test_a_corpus_error_in_a_data_loader_worker_is_one_line_and_the_run_exits(tm
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"protrans: error: {corpus}:3: invalid residue 'J' at residue 3 of the protein "
-        "(the corpus must come from `protrans prep`)")
+        "(the corpus must come from `protrans prep`) (met reading step 1's batch; no checkpoint was written yet)")
     assert "Traceback" not in proc.stderr
 
 
