@@ -778,6 +778,9 @@ def temporary_folder(directory, prefix: str) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_SWEPT: set[tuple[str, str, str]] = set()  # (folder, prefix family, suffix) this process has swept
+
+
 def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool = False) -> Path:
     """A new temporary file (or folder) `PREFIX<host>.<pid>-XXXX<suffix>` in `directory`, after
     removing the ones of that prefix that a killed run of this host left (its process is gone):
@@ -788,16 +791,24 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
     import socket
 
     host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
-    stale = re.compile(re.escape(prefix) + re.escape(host) + r"\.(\d+)-.*" + re.escape(suffix) + "$")
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(directory):
-            match = stale.match(entry.name)
-            if match and not _pid_alive(int(match.group(1))) and _untouched_for(entry.path, STALE_SECONDS):
-                with contextlib.suppress(OSError):
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
+    # One sweep per folder and family of prefixes a process: the prefix's numbers stand for any
+    # (`.c.00001.txt.` sweeps every shard's), and a folder swept for a family is not scanned
+    # again. Scanned for every temporary, 5000 shards took 15 s of rescans of a folder filling
+    # with the run's own temporaries.
+    family = re.sub(r"\d+", r"\\d+", re.escape(prefix))
+    key = (os.path.realpath(directory), family, suffix)
+    if key not in _SWEPT:
+        stale = re.compile(family + re.escape(host) + r"\.(\d+)-.*" + re.escape(suffix) + "$")
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                match = stale.match(entry.name)
+                if match and not _pid_alive(int(match.group(1))) and _untouched_for(entry.path, STALE_SECONDS):
+                    with contextlib.suppress(OSError):
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(entry.path, ignore_errors=True)
+                        else:
+                            os.unlink(entry.path)
+        _SWEPT.add(key)
     mine = f"{prefix}{host}.{os.getpid()}-"
     try:
         if folder:
