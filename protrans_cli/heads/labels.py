@@ -124,14 +124,17 @@ def _utf16_text(data: bytes, name: str) -> str | None:
 
 def _companion_fasta(path) -> Iterator[FastaRecord]:
     """The records of a FASTA given beside a label file (FLIP's mask, `--sequences`), UTF-16
-    read as the label file beside it is (it was refused as "not FASTA")."""
+    read as the label file beside it is (it was refused as "not FASTA"). Only a UTF-16 file is
+    read whole; any other is streamed, its start told apart by the same bytes."""
+    import itertools
+
     name = display_name(path)
     with open_input(path) as stream:
-        data = stream.read()
-    text = _utf16_text(data, name)
-    if text is not None:
-        data = text.encode("utf-8")
-    yield from parse_fasta(io.BytesIO(data), name)
+        head = stream.read(1024)  # (what _utf16_text looks at)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _utf16_without_bom(head) is not None:
+            yield from parse_fasta(io.BytesIO(_utf16_text(head + stream.read(), name).encode("utf-8")), name)
+        else:  # (the line the head cut completed, then the rest line by line)
+            yield from parse_fasta(itertools.chain(io.BytesIO(head + stream.readline()), stream), name)
 
 
 def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[str, ...] = ("disorder",),
