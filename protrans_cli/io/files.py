@@ -515,11 +515,12 @@ class AtomicFile:
         `level`: the compression level (default: as atomic_output); `follow_link`: a name the
         user gave, written where the user's own link leads (`through_link`)."""
         self.path = Path(path)
-        if follow_link and not _in_place(self.path):
+        in_place = _in_place(self.path)  # (a link into /dev is in place as it is: never resolved)
+        if follow_link and not in_place:
             self.path = through_link(self.path)
         directory = output_directory(self.path)
         self.tmp = None
-        if _in_place(self.path):
+        if in_place:
             # /dev/null, /dev/stdout, a named pipe: written in place. Renaming a temporary file
             # over one would replace the device itself (as root: /dev/null becomes a file).
             if self.path.is_dir():
