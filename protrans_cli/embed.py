@@ -43,7 +43,8 @@ from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFa
 from protrans_cli.errors import first_line as errors_first_line
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import (create_fresh, display_name, input_named_by, open_input, output_directory,
-                                   refuse_special_output, stdin_binary, through_link, writable_or_refused)
+                                   output_lock, refuse_special_output, stdin_binary, through_link,
+                                   writable_or_refused)
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128, partial_path,
                                 refuse_if_in_use)
 from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
@@ -972,6 +973,19 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
                              "model's files (choose another -o)")
     if options.resume and options.force:
         raise UsageError("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both")
+    # Held from the "exists" check to the final rename (by rank 0 under torchrun: the other ranks
+    # write shards of their own): a second run on the same output is refused instead of replacing
+    # this run's file, or removing its partial file, when it ends.
+    rank = _torchrun_rank()[0] if distributed else 0
+    lock = (output_lock(output, "is the output of another protrans embed that is running now: wait for it to end, "
+                                "or choose another -o") if rank == 0 else contextlib.nullcontext())
+    with lock:
+        return _embed_locked(fasta, output, options, embedder, distributed, input_name)
+
+
+def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distributed: bool,
+                  input_name: str | None) -> EmbedSummary:
+    """`embed` once the output is this process's (its arguments checked)."""
     if output.exists() and not options.resume and not options.force:
         # Hours of embedding, replaced by a command run again without --resume.
         raise UsageError(f"{output} exists: --resume keeps its proteins and embeds what it lacks, --force "

@@ -382,6 +382,29 @@ def test_an_output_another_run_is_writing_is_left_alone(tmp_path, run_cli):
     assert run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--force").exit_code == 0
 
 
+def test_a_second_run_on_the_output_of_a_live_run_is_refused(tmp_path, run_cli):
+    """Two `embed -o out.h5` started together both passed the "exists" check while their models
+    loaded; the later one then replaced the first one's finished file (exit 0 both), or removed
+    its partial file ("the embeddings written there are lost"). The output is now locked for the
+    whole run: a second run is refused, whatever its flags, and leaves the output as it was."""
+    out = tmp_path / "busy.h5"
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 0
+    before = out.read_bytes()
+    holder = ("from protrans_cli.io.files import output_lock\n"
+              f"lock = output_lock({str(out)!r}, 'busy'); lock.__enter__()")
+    with another_process(holder):
+        for extra in ([], ["--force"], ["--resume"]):
+            result = run_cli("embed", SMALL, "-m", "onehot", "--per-residue", "-o", out, *extra)
+            assert result.exit_code == 1, result.stderr
+            assert result.stderr.strip() == (f"protrans: error: {out}: is the output of another protrans embed that "
+                                             "is running now: wait for it to end, or choose another -o")
+            assert out.read_bytes() == before and not partial_path(out).exists()
+    # the lock goes with its holder, and a run removes its lock file as it ends, failed or not
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 2  # (exists)
+    assert run_cli("embed", SMALL, "-m", "onehot", "--per-residue", "-o", out, "--force").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.h5"]
+
+
 def test_a_refused_second_run_leaves_the_live_runs_copy_of_stdin(tmp_path, run_cli):
     """The copy of stdin is named after the output. A second `embed - -o OUT --resume` (or
     --force) replaced the live run's copy before it found OUTPUT.partial in use, and the first

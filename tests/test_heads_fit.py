@@ -1369,6 +1369,30 @@ def test_proteins_embed_truncated_are_named_by_predict_and_by_label_matching(run
     assert r.exit_code == 1 and f"{len(cut)} that embed truncated" in r.stderr and "sequence differs" not in r.stderr
 
 
+def test_a_per_protein_head_takes_proteins_embed_truncated(run_cli, loc_data, tmp_path):
+    """A localization label is one per protein: `fit loc` refused every protein that `embed
+    --long-policy truncate` cut short (13% of a DeepLoc set at --max-length 1000), the usual
+    remedy for proteins over a model's limit. They are matched now, with a note; a label record
+    whose sequence is not the one embedded (its kept prefix) is still refused."""
+    h5 = tmp_path / "cut.h5"
+    assert run_cli("embed", loc_data / "train.fasta", "-m", "onehot", "--per-protein", "--max-length", "50",
+                   "--long-policy", "truncate", "-o", h5).exit_code == 0
+    r = run_cli("fit", "loc", "--embeddings", h5, "--labels", loc_data / "train.fasta", "--max-epochs", "1",
+                "-j", "1", "--bootstrap", "10", "-o", tmp_path / "head")
+    assert r.exit_code == 0, r.stderr
+    assert "150 labelled protein(s) were truncated by embed (--long-policy truncate)" in r.stderr
+    summary = json.loads((tmp_path / "head" / "metrics.json").read_text())
+    assert summary["valid"]["loc"]["n"] == 15  # a tenth of the 150, every one matched
+    text = (loc_data / "train.fasta").read_text().splitlines()
+    text[1] = "W" + text[1][1:]  # train0's first residue: inside the kept 50
+    text[3] = text[3][:55] + "W" + text[3][56:]  # train1's 56th: beyond them, as embedded
+    changed = tmp_path / "changed.fasta"
+    changed.write_text("\n".join(text) + "\n")
+    r = run_cli("fit", "loc", "--embeddings", h5, "--labels", changed, "--max-epochs", "1", "-j", "1",
+                "-o", tmp_path / "head2")
+    assert r.exit_code == 1 and "1 whose sequence differs from the embedded one (train0)" in r.stderr, r.stderr
+
+
 def test_a_head_fit_on_a_file_of_one_other_layer_predicts_from_that_layer_only(run_cli, ss_data, tmp_path):
     """fit's default --layer -1 on a file of `embed --layer -2` reads layer -2, but the head
     recorded -1: predict took a file of the last layer (same model, same width) without a word,

@@ -50,6 +50,7 @@ class MatchReport:
     wrong_length: list[str] = field(default_factory=list)
     wrong_sequence: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)  # embedded truncated (--long-policy truncate)
+    truncated_used: list[str] = field(default_factory=list)  # the same, per protein: matched, with a note
     unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched
     key_ids: dict[str, str] = field(default_factory=dict)  # key -> id where the key is not the id's (bio_embeddings)
     extra_rows: list[int] = field(default_factory=list)  # embedding rows - labels, of wrong_length
@@ -96,6 +97,19 @@ def _checksums(sequence: str) -> set[str]:
         sums.add(sequence_checksum(normalise(sequence)))
     except SequenceRejected:
         pass
+    return sums
+
+
+def _prefix_checksums(sequence: str, length: int) -> set[str]:
+    """The checksums a protein's first `length` residues may be stored under (embed's truncate
+    policy keeps a prefix of the normalised sequence, rare residues as they are)."""
+    sums = {sequence_checksum(sequence[:length])}
+    for rare in ("keep", None):
+        try:
+            kept = normalise(sequence, rare=rare) if rare else normalise(sequence)
+        except SequenceRejected:
+            continue
+        sums.add(sequence_checksum(kept[:length]))
     return sums
 
 
@@ -189,7 +203,19 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             continue
         length, cut, stored = dataset_facts(group, key)
         if cut is not None:  # its checksum is the kept prefix's: not another sequence
-            report.truncated.append(f"{record.id} ({length} of {cut})")
+            if task.kind == PER_RESIDUE:  # labels for residues that have no row
+                report.truncated.append(f"{record.id} ({length} of {cut})")
+                continue
+            # One label for the protein, and its embedding the mean of the residues kept: DeepLoc's
+            # proteins over the model's limit were refused (13% of a set embedded with
+            # --long-policy truncate --max-length 1000), though truncating them is the usual remedy.
+            if record.sequence is not None and stored is not None and length is not None \
+                    and stored not in _prefix_checksums(record.sequence, length):
+                report.wrong_sequence.append(record.id)
+                continue
+            report.truncated_used.append(f"{record.id} ({length} of {cut})")
+            taken.add(key)
+            matched.append(Matched(record.id, key, length or 0, targets, stored))
             continue
         if record.sequence is not None and not via_checksum and stored is not None:
             if stored not in _checksums(record.sequence):
@@ -211,6 +237,10 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         console.info(f"{label_set.path}: {len(report.no_label)} record(s) give no usable label (empty or nan, "
                      "every residue masked, or a dual location under --dual skip) and are left out "
                      f"({some_ids(report.no_label)})")
+    if report.truncated_used:
+        console.info(f"{reader.path}: {len(report.truncated_used)} labelled protein(s) were truncated by embed "
+                     "(--long-policy truncate): their embeddings are the mean of the residues kept "
+                     f"({some_ids(report.truncated_used, 3)})")
     if report.left_out:
         console.warn(f"{label_set.path} vs {reader.path}: {len(report.left_out)} label record(s) have no embedding "
                      f"because embed left them out ({some_ids(report.left_out, 3)}): left out")

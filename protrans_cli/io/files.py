@@ -185,6 +185,54 @@ def folder_lock(folder, busy: str):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def output_lock(target, busy: str):
+    """An exclusive lock (flock) on the hidden file `.NAME.lock` beside the output `target`, held
+    for the block and removed after it; another process asking for it meets RuntimeFailure(busy).
+    Two `embed -o out.h5` runs started together both passed the "exists" check before their models
+    loaded, and the later one replaced the other's finished file (or removed its partial file).
+    Where no lock file can be made (a read-only folder, a file system without flock) the block
+    runs unlocked: the command's own checks then say what is wrong."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    target = Path(target)
+    lock = target.with_name(f".{target.name}.lock")
+    while True:
+        try:  # (read-only is enough for flock; O_NOFOLLOW: never a link planted in a shared folder)
+            fd = os.open(lock, os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeFailure(busy, path=str(target)) from None
+        except OSError:  # no flock here (NFS mounted nolock): unlocked
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            yield
+            return
+        # Its holder removes the file as it ends: the lock just taken may be on a removed file,
+        # while a third process locks a new one under the name. Only the file under the name counts.
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock, follow_symlinks=False)):
+                break
+        except OSError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # (still held: whoever opened it meanwhile finds it gone and tries again)
+        os.close(fd)
+
+
 def stdin_binary() -> BinaryIO:
     """stdin's bytes. A closed stdin (`<&-`: sys.stdin is None) is one line, not an AttributeError."""
     buffer = getattr(sys.stdin, "buffer", None)

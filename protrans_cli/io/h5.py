@@ -608,13 +608,12 @@ def stored_length(attrs, shape) -> int | None:
 def dataset_facts(group, key: str) -> tuple[int | None, int | None, str | None]:
     """(length, truncated_from, checksum) of the dataset `key` of a group: `length` its attribute,
     else the rows of an (L, D) or (n_layers, L, D) array, else None; `truncated_from` its
-    attribute or None; `checksum` as `dataset_checksum` gives it (not read for a truncated
-    protein: None). Through h5py's low-level calls (see `read_attr`)."""
+    attribute or None; `checksum` as `dataset_checksum` gives it (for a truncated protein its
+    kept prefix's). Through h5py's low-level calls (see `read_attr`)."""
     attrs, shape = dataset_attrs(group, key)
     length = stored_length(attrs, shape)
-    if "truncated_from" in attrs:
-        return length, int(_plain(attrs["truncated_from"])), None
-    return length, None, dataset_checksum(key, attrs)
+    cut = int(_plain(attrs["truncated_from"])) if "truncated_from" in attrs else None
+    return length, cut, dataset_checksum(key, attrs)
 
 
 def dataset_checksum_of(group, key: str) -> str | None:
