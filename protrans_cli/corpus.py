@@ -357,6 +357,9 @@ def _iter_blocks(paths: Sequence, block_bytes: int, names: Sequence[str] | None 
                     if buf and not buf.startswith(b">"):
                         raise InputError(not_fasta(buf), path=name, line=line)
                     started = True
+                    # (a bytearray: `bytes += more` copied the whole of a giant record at every
+                    # read, 60 s for a 256 MiB record from gzip and quadratic beyond)
+                    buf = bytearray(buf)
                     if more:
                         continue
                 elif more:
@@ -367,7 +370,8 @@ def _iter_blocks(paths: Sequence, block_bytes: int, names: Sequence[str] | None 
                     if cut < 0:
                         search_from = max(len(buf) - 1, 0)
                         continue
-                    data, buf = buf[: cut + 1], buf[cut + 1:]
+                    data = bytes(buf[: cut + 1])
+                    del buf[: cut + 1]  # (from the front of a bytearray: no copy of the rest)
                     search_from = max(len(buf) - 1, 0)
                     yield _Block(data, name, line, index, size=len(data))
                     line = 0
@@ -375,7 +379,7 @@ def _iter_blocks(paths: Sequence, block_bytes: int, names: Sequence[str] | None 
                     continue
                 # end of this input
                 if buf:  # (size: the bytes read, not the newline load() adds to a last line without one)
-                    yield _Block(buf, name, line, index, size=len(buf))
+                    yield _Block(bytes(buf), name, line, index, size=len(buf))
                     index += 1
                 break
 
