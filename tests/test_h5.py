@@ -248,15 +248,15 @@ def test_dataset_facts_read_low_level_what_h5py_reads(tmp_path, monkeypatch):
     with h5py.File(tmp_path / "o.h5", "r") as f:
         for key in f.keys():
             ds = f[key]
-            length = int(_plain(ds.attrs["length"])) if "length" in ds.attrs else \
-                int(ds.shape[-2]) if ds.ndim >= 2 else None
+            length = int(ds.shape[-2]) if ds.ndim >= 2 else \
+                int(_plain(ds.attrs["length"])) if "length" in ds.attrs else None
             cut = int(ds.attrs["truncated_from"]) if "truncated_from" in ds.attrs else None
-            want = (length, cut, None if cut is not None else dataset_checksum(key, ds.attrs))
+            want = (length, cut, dataset_checksum(key, ds.attrs))  # (a truncated one's: its prefix's)
             assert dataset_facts(f, key) == want, key
             assert dataset_checksum_of(f, key) == dataset_checksum(key, ds.attrs), key
         assert dataset_facts(f, "int32") == (4, None, "md5:fixed")
         assert dataset_facts(f, md5) == (6, None, "md5:" + md5)
-        assert dataset_facts(f, "cut") == (2, 9, None) and dataset_checksum_of(f, "cut") == "md5:prefix"
+        assert dataset_facts(f, "cut") == (2, 9, "md5:prefix") and dataset_checksum_of(f, "cut") == "md5:prefix"
         assert dataset_facts(f, "per_protein") == (None, None, None)
 
 

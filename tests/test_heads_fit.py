@@ -985,6 +985,62 @@ def one_epoch_ss3(ss_data, tmp_path_factory):
     return head
 
 
+def test_hostile_attributes_and_values_of_an_embeddings_file_are_one_line(run_cli, ss_data, one_epoch_ss3,
+                                                                         tmp_path):
+    """What a damaged or hostile file held made tracebacks, or worse: a `length` attribute of
+    10**12 made predict allocate 116 TiB; `layers="abc"` and an `id` that is an array were
+    ValueErrors; a dataset of text was converted to numbers where it held them."""
+    import shutil
+
+    import h5py
+
+    expected = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "ok.fa")
+    assert expected.exit_code == 0, expected.stderr
+    bad = tmp_path / "bad.h5"
+
+    def edited(change):
+        shutil.copy(ss_data / "test.h5", bad)
+        with h5py.File(bad, "r+") as f:
+            change(f, f["per_residue"], sorted(f["per_residue"])[0])
+
+    # a per-residue array's rows are its length, whatever its attribute says; an odd id is no id
+    edited(lambda f, g, k: g[k].attrs.__setitem__("length", 10**12))
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", bad, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0 and (tmp_path / "p.fa").read_bytes() == (tmp_path / "ok.fa").read_bytes()
+    edited(lambda f, g, k: g[k].attrs.__setitem__("id", np.arange(3)))
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", bad, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0, r.stderr
+    edited(lambda f, g, k: f.attrs.__setitem__("layers", "abc"))
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", bad, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        f"protrans: error: {bad}: its `layers` (abc) and `num_hidden_states` (1) attributes are not layer "
+        "numbers (a damaged file, or not embed's)")
+
+    def text(f, g, k):
+        rows = g[k].shape[0]
+        del g[k]
+        g.create_dataset(k, data=np.full((rows, 21), b"1", dtype="S1"))
+    edited(text)
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", bad, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and "embedding holds |S1 values, not floating-point numbers" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_running_out_of_memory_is_one_line(run_cli, monkeypatch, ss_data, one_epoch_ss3):
+    """numpy's MemoryError ("Unable to allocate 23.8 GiB for an array with shape ...") was a
+    traceback: one line now, exit 1."""
+    import protrans_cli.heads.predict as predict_module
+
+    def huge(*args, **kwargs):
+        raise MemoryError("Unable to allocate 23.8 GiB for an array with shape (1, 200000000, 32) and data type float32")
+
+    monkeypatch.setattr(predict_module, "predict", huge)
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", "-")
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        "protrans: error: out of memory (Unable to allocate 23.8 GiB for an array with shape (1, 200000000, 32) "
+        "and data type float32)")
+
+
 def test_predict_output_names_are_checked_before_any_work(run_cli, ss_data, one_epoch_ss3, tmp_path):
     head = one_epoch_ss3
     same = tmp_path / "same.h5"

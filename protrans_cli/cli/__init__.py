@@ -310,6 +310,11 @@ def _main(console, argv):
         terminated = isinstance(exc, _Terminated) or getattr(exc, "terminated", False)
         console.error(str(exc) if isinstance(exc, _Stopped) else "terminated" if terminated else "interrupted")
         sys.exit(128 + signal.SIGTERM if terminated else EXIT_INTERRUPTED)
+    except MemoryError as exc:  # (numpy's "Unable to allocate 23.8 GiB ..." was a traceback)
+        if console.state.debug:
+            raise
+        console.error(f"out of memory ({' '.join(str(exc).split()) or 'MemoryError'})")
+        sys.exit(1)
     except BrokenPipeError:
         _quiet_broken_pipe()
     except OSError as exc:

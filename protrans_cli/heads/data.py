@@ -323,10 +323,15 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int,
     stored = reader.attrs.get("layers")
     if stored is None:  # a file written elsewhere: the number is an index into its layer axis
         return layer
-    stored = [int(x) for x in np.atleast_1d(stored)]
     states = reader.attrs.get("num_hidden_states")
+    try:
+        stored = [int(x) for x in np.atleast_1d(stored)]
+        states = None if states is None else int(states)
+    except (TypeError, ValueError):  # (another tool's attribute, or an edited one: a traceback)
+        raise InputError(f"its `layers` ({str(stored)[:40]}) and `num_hidden_states` ({str(states)[:40]}) "
+                         "attributes are not layer numbers (a damaged file, or not embed's)", path=reader.path) from None
     # `embed --layer 0` is stored as -num_hidden_states: accept the number the user gave embed.
-    wanted = layer - int(states) if layer >= 0 and states is not None else layer
+    wanted = layer - states if layer >= 0 and states is not None else layer
     if wanted in stored:
         return stored.index(wanted)
     if len(stored) == 1 and wanted == -1 and not exact:  # the default, with one layer stored (no layer axis)
@@ -361,6 +366,10 @@ def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path
 
     obj = open_local(group, key.encode("utf-8"), data=True)  # (values from other files refused)
     shape = tuple(obj.shape) if isinstance(obj, h5py.h5d.DatasetID) else ()
+    if isinstance(obj, h5py.h5d.DatasetID) and obj.dtype.kind != "f":
+        # (text was converted where it held numbers, and was a traceback where it did not)
+        raise InputError(f"embedding holds {obj.dtype} values, not floating-point numbers (a damaged file, or "
+                         "not embeddings)", path=path, record=ident)
     if not layers_recorded:
         _check_foreign_layer(shape, base_ndim, layer, path, ident)
     rows = shape[1:] if len(shape) == base_ndim + 1 else shape

@@ -85,8 +85,11 @@ def dataset_id(key: str, attrs) -> str:
 def _attribute_id(attrs) -> str | None:
     """The id a dataset's attributes give it (`id`, else `original_id`'s first word), or None."""
     ident = _plain(attrs["id"]) if "id" in attrs else None
+    if not isinstance(ident, (str, int)):  # (an array or a reference, in another tool's file: no id)
+        ident = None
     if not ident and "original_id" in attrs:
-        ident = _original_id(_plain(attrs["original_id"]))
+        original = _plain(attrs["original_id"])
+        ident = _original_id(original) if isinstance(original, str) else None
     return str(ident) if ident else None
 
 
@@ -598,11 +601,16 @@ def read_array(group, key: str, obj=None) -> np.ndarray:
 
 
 def stored_length(attrs, shape) -> int | None:
-    """A dataset's residue count: its `length` attribute, else the rows of an (L, D) or
-    (n_layers, L, D) array, else None (a per-protein vector without the attribute)."""
+    """A dataset's residue count: the rows of an (L, D) or (n_layers, L, D) array, else its
+    `length` attribute (a per-protein vector), else None. (The attribute of a per-residue array
+    was taken over its rows: a file whose `length` said 10**12 made predict allocate 116 TiB.)"""
+    if len(shape) >= 2:
+        return int(shape[-2])
     if "length" in attrs:
-        return int(_plain(attrs["length"]))
-    return int(shape[-2]) if len(shape) >= 2 else None
+        value = _plain(attrs["length"])
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and value == int(value):
+            return int(value)
+    return None
 
 
 def dataset_facts(group, key: str) -> tuple[int | None, int | None, str | None]:
