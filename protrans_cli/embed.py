@@ -53,6 +53,7 @@ from protrans_cli.residues import SequenceRejected, normalise
 from protrans_cli.threads import check_threads, torch_threads
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
+INVALID_POLICIES = ("error", "skip")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_CHUNK_OVERLAP = 64
@@ -78,6 +79,7 @@ class EmbedOptions:
     max_length: int | None = None        # residues; longer proteins follow long_policy
     long_policy: str = "error"
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP  # residues shared by neighbouring windows (chunk policy)
+    invalid_policy: str = "error"        # a sequence normalise refuses (J, an inner '*', empty): error | skip
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
     packing: bool | None = None          # each batch one row without padding; None: auto (packing_by_default)
     sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
@@ -101,6 +103,8 @@ class EmbedOptions:
             raise UsageError("--max-tokens and --max-batch-size must be at least 1")
         if self.long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
+        if self.invalid_policy not in INVALID_POLICIES:
+            raise UsageError(f"--invalid-policy must be one of {', '.join(INVALID_POLICIES)}")
         if self.max_length is not None and self.max_length < 1:
             raise UsageError("--max-length must be at least 1")
         if self.long_policy == "chunk" and self.max_length is not None \
@@ -301,6 +305,7 @@ class _Protein:
     header: str
     sequence: str          # normalised (rare residues kept: the checksum's sequence)
     line: int
+    rejected: str | None = None  # --invalid-policy skip: why normalise refused it (its sequence is "")
 
 
 @dataclass
@@ -318,21 +323,27 @@ def _digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def _records(source, name: str) -> Iterator[_Protein]:
-    """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>)."""
+def _records(source, name: str, skip_invalid: bool = False) -> Iterator[_Protein]:
+    """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>).
+    `skip_invalid`: a sequence normalise refuses is yielded with its reason in `rejected`
+    (--invalid-policy skip: one bad ORF in a metagenome stopped the whole run)."""
     with open_input(source, name=name) as stream:
         for rec in parse_fasta(stream, name):
             try:
                 seq = normalise(rec.sequence, rare="keep")
             except SequenceRejected as exc:
-                raise InputError(exc.detail, path=name, line=rec.line, record=rec.id) from None
+                if not skip_invalid:
+                    raise InputError(exc.detail, path=name, line=rec.line, record=rec.id) from None
+                yield _Protein(rec.id, rec.description, "", rec.line, rejected=f"skipped: {exc.detail} "
+                                                                               "(--invalid-policy skip)")
+                continue
             yield _Protein(rec.id, rec.description, seq, rec.line)
 
 
-def read_windows(source, name: str, size: int) -> Iterator[list[_Protein]]:
+def read_windows(source, name: str, size: int, skip_invalid: bool = False) -> Iterator[list[_Protein]]:
     """The records in consecutive lists of at most `size`: all the pipeline holds at a time."""
     window: list[_Protein] = []
-    for prot in _records(source, name):
+    for prot in _records(source, name, skip_invalid):
         window.append(prot)
         if len(window) >= size:
             yield window
@@ -360,15 +371,17 @@ class InputScan:
 _SAY_FIRST_PASS_BYTES = 256 << 20  # inputs from which the first pass is announced
 
 
-def scan_input(source, name: str) -> InputScan:
+def scan_input(source, name: str, skip_invalid: bool = False) -> InputScan:
     """The first streaming pass: every record is parsed and normalised (so unusable sequences
     fail before any computation) and duplicate ids are refused, keeping only an 8-byte digest of
     each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
     which names the duplicate (and ignores a mere digest collision)."""
     ids, seqs = array("Q"), array("Q")
     residues = longest = 0
-    for prot in _records(source, name):
-        ids.append(_digest64(prot.id))
+    for prot in _records(source, name, skip_invalid):
+        ids.append(_digest64(prot.id))  # (a skipped record's id is the output's too: not twice)
+        if prot.rejected is not None:
+            continue
         seqs.append(_digest64(prot.sequence))
         residues += len(prot.sequence)
         longest = max(longest, len(prot.sequence))
@@ -465,6 +478,9 @@ def plan_units(proteins: list[_Protein], options: EmbedOptions, max_length: int 
     duplicates = 0
     for prot in proteins:
         if prot.id in done:
+            continue
+        if prot.rejected is not None:
+            record_failure(prot.id, prot.rejected)
             continue
         seq, windows = prot.sequence, None
         if max_length is not None and len(seq) > max_length:
@@ -1017,7 +1033,7 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
                 # (a silent minute per GB of FASTA before the model even loads: ~10 minutes for
                 # 50 million proteins)
                 console.info(f"reading {name}: checking every record and id before embedding")
-        scan = scan_input(source, name)
+        scan = scan_input(source, name, options.invalid_policy == "skip")
         summary = EmbedSummary(output=output, num_records=scan.num_records)
         dist = _setup_distributed(options.device) if distributed else _Dist()
         # -j for this call only (torch's count is the process's); without -j, as it is (the
@@ -1180,6 +1196,7 @@ def _build_on_every_rank(options, device, dist) -> Embedder:
 
 
 def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:
+    skip = options.invalid_policy == "skip"  # (records normalise refuses: recorded as failed)
     if embedder is None:
         device = options.device
         if dist.world_size > 1 and device in ("auto", "cuda"):
@@ -1242,7 +1259,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
                 found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
-                    source, name, options.window) for p in window), seal=path != output and dist.is_main))
+                    source, name, options.window, skip) for p in window), seal=path != output and dist.is_main))
         if dist.is_main:  # (two ranks mending one file at once both gave up: "delete it to start again")
             dist.barrier()
         done = _Done.union(found)
@@ -1320,7 +1337,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                            unit="res", unit_scale=True)
     try:
         with writer, _Background(lambda work, *args: work(*args)) as background:
-            for window in read_windows(source, name, options.window):
+            for window in read_windows(source, name, options.window, skip):
                 done_here = done.members(window)
                 summary.num_resumed += len(done_here)
                 failures: dict[str, str] = {}
@@ -1468,10 +1485,13 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
     from protrans_cli.io.h5 import sequence_checksum
 
     left = found = 0
-    for window in read_windows(source, name, options.window):
+    for window in read_windows(source, name, options.window, options.invalid_policy == "skip"):
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
             found += checksum is not None
+            if prot.rejected is not None and checksum is None:  # (skipped again, as a finished file's was)
+                left += prot.id not in settled
+                continue
             if checksum is None:
                 # (a protein skipped before counts as done only if its sequence is skipped again:
                 # one shortened since is embedded)

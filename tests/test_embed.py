@@ -126,6 +126,40 @@ def test_skip_and_truncate_policies(tmp_path):
     np.testing.assert_array_equal(truncated["P1"], onehot_reference("MKTAYIAKQRQISFVKSHFSRQ"[:10]))
 
 
+def test_invalid_policy_skip_records_bad_sequences_and_embeds_the_rest(tmp_path, run_cli):
+    """One record with a J or an inner '*' (a translated ORF) stopped a whole run before any work,
+    with no way to go on. `--invalid-policy skip` records each in `failed` with its reason and
+    embeds the others exactly as a run without them does; the default still stops."""
+    good = SMALL.read_text()
+    bad = ">bad J protein\nMKJVL\n>orf\nMKV*LLA\n>empty\n\n"
+    mixed = tmp_path / "mixed.fa"
+    mixed.write_text(bad + good)
+    result = run_cli("embed", mixed, "-m", "onehot", "-o", tmp_path / "strict.h5")
+    assert result.exit_code == 1 and "record 'bad': invalid character 'J' at residue 3" in result.stderr
+    assert not (tmp_path / "strict.h5").exists()
+    out = tmp_path / "o.h5"
+    result = run_cli("embed", mixed, "-m", "onehot", "--invalid-policy", "skip", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "3 protein(s) have no embedding" in result.stderr
+    with EmbeddingsReader(out) as r:
+        assert r.failed() == {"bad": "skipped: invalid character 'J' at residue 3 (--invalid-policy skip)",
+                              "orf": "skipped: internal stop '*' at residue 4 (--invalid-policy skip)",
+                              "empty": "skipped: empty sequence (--invalid-policy skip)"}
+    reference = read_all(_run(tmp_path / "ref.h5"))
+    got = read_all(out)
+    assert sorted(got) == sorted(reference)
+    for ident, rows in reference.items():
+        np.testing.assert_array_equal(got[ident], rows)
+    # the same policy on --resume: nothing left to do, the file as it was
+    before = out.read_bytes()
+    result = run_cli("embed", mixed, "-m", "onehot", "--invalid-policy", "skip", "-o", out, "--resume")
+    assert result.exit_code == 0 and out.read_bytes() == before, result.stderr
+    # a skipped record's id is still a key: a duplicate of it is refused before any work
+    (tmp_path / "dup.fa").write_text(bad + ">bad\nMKV\n")
+    result = run_cli("embed", tmp_path / "dup.fa", "-m", "onehot", "--invalid-policy", "skip", "-o", tmp_path / "d.h5")
+    assert result.exit_code == 1 and "record 'bad': duplicate id" in result.stderr
+
+
 def test_long_policy_error_names_the_record(tmp_path):
     with pytest.raises(InputError, match="P1.*--max-length"):
         _run(tmp_path / "e.h5", max_length=10)

@@ -14,7 +14,7 @@ import click
 
 from protrans_cli.attention import ATTENTIONS, SDPA_KERNELS
 from protrans_cli.cli import INPUT_FILE
-from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
+from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, INVALID_POLICIES, LONG_POLICIES
 
 
 @click.command("embed", context_settings={"show_default": True})
@@ -47,6 +47,9 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="Proteins over --max-length: fail, skip (recorded as failed), truncate, or chunk into "
                    "overlapping windows stitched back together.")
 @click.option("--chunk-overlap", type=int, default=64, help="Residues shared by neighbouring windows.")
+@click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default="error",
+              help="Sequences that cannot be embedded (a J, an inner '*', no residues): fail before any "
+                   "work, or skip them (recorded as failed, with the reason).")
 @click.option("--cpu-fallback", is_flag=True,
               help="Retry on the CPU a protein that alone does not fit in GPU memory.")
 @click.option("--packing/--no-packing", default=None,
@@ -76,7 +79,8 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, LONG_POLICIES
               help="CPU threads for torch (default: $PROTRANS_THREADS, else min(cores, 4)).")
 def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
-            cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force, window, threads):
+            invalid_policy, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force, window,
+            threads):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
     \b
@@ -95,7 +99,8 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         layers=tuple(layers) or (-1,), layout=layout, storage_dtype=storage_dtype,
         compression=None if compression == "none" else compression, device=device, dtype=dtype,
         max_tokens=max_tokens, max_batch_size=max_batch_size, max_length=max_length,
-        long_policy=long_policy, chunk_overlap=chunk_overlap, cpu_fallback=cpu_fallback, packing=packing,
+        long_policy=long_policy, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
+        cpu_fallback=cpu_fallback, packing=packing,
         sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
         window=window, threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]),
     )
