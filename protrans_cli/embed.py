@@ -460,6 +460,23 @@ def resolve_max_length(options: EmbedOptions, model_max: int | None = None) -> i
     return max_length
 
 
+def _warn_beyond_training(embedder, scan: InputScan, max_length: int | None, name: str, main: bool) -> None:
+    """A protein longer than any the model saw whole in training is embedded with positions it
+    never learned (a learned table's untrained rows, rotations it never met): said once, with the
+    remedy. A model of `protrans train --max-length 128` has a table of 2048 positions, and embed
+    took proteins of 1,148 residues without a word."""
+    trained = getattr(embedder, "trained_residues", None)
+    if not trained or not main:
+        return
+    residues, source = trained
+    if scan.longest <= residues or (max_length is not None and max_length <= residues):
+        return
+    overlap = f" --chunk-overlap {residues // 4}" if residues <= DEFAULT_CHUNK_OVERLAP else ""
+    console.warn(f"{name}: its longest protein has {scan.longest:,} residues, more than the {residues:,} that "
+                 f"{embedder.name} saw whole in training ({source}); rows beyond them come from positions it never "
+                 f"learned. --max-length {residues} --long-policy chunk{overlap} keeps every window within them")
+
+
 def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str | None = None) -> InputError:
     limit = (f"--max-length {max_length}" if options.max_length
              else f"the {max_length} residues the model accepts")
@@ -1214,6 +1231,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # (the model's own limit when --max-length was not given; 0 for none).
     model_max = getattr(embedder, "max_residues", None)
     max_length = resolve_max_length(options, model_max)
+    _warn_beyond_training(embedder, scan, max_length, name, dist.is_main)
     attrs = {
         "model": model_attr(embedder.name), "revision": embedder.revision or "",
         "commit": getattr(embedder, "commit", None) or "", "family": embedder.family,

@@ -148,6 +148,8 @@ class TransformerEmbedder:
         self._position_tokens = _absolute_positions(self.model)
         self.special_tokens = _count_special_tokens(self.family_impl, self.tokenizer)
         self.max_residues = _max_residues(self.model, self.special_tokens)
+        # (residues, where it is known): embed warns about proteins beyond it
+        self.trained_residues = _trained_residues(loaded, self.special_tokens)
         self._cpu_copy = None
         self._staging = _HostStaging(pinned=str(device).startswith("cuda"))
         # On a GPU a batch's length is rounded up to a multiple of 8 (tensor-core shapes, as
@@ -549,6 +551,36 @@ def _max_residues(model, special_tokens: int) -> int | None:
     # RoBERTa-style tables start counting after the padding index.
     offset = table.padding_idx + 1 if table.padding_idx is not None else 0
     return table.num_embeddings - offset - special_tokens
+
+
+def _trained_residues(loaded, special_tokens: int) -> tuple[int, str] | None:
+    """The longest protein a model saw whole in training, and how that is known: a model of
+    `protrans train` records its crops (the longest phase, in tokens) in train_config.json;
+    ESM-2's rotary positions were trained on crops of 1024 tokens (its config's position count
+    less the padding offset). None where it is not known (a published checkpoint of another family,
+    or a run that began from another model: `--init-from`)."""
+    import json
+    from pathlib import Path
+
+    where = Path(str(getattr(loaded, "path_or_hub_id", "")))
+    try:
+        config = json.loads((where / "train_config.json").read_text())
+    except (OSError, ValueError):
+        config = None
+    if isinstance(config, dict):
+        if config.get("init_from"):
+            return None
+        try:
+            lengths = [int(p["max_length"]) for p in config.get("phases") or []] or [int(config["max_length"])]
+        except (KeyError, TypeError, ValueError):
+            return None
+        return max(lengths) - special_tokens, f"crops of {max(lengths)} tokens, train_config.json"
+    model_config = getattr(loaded.model, "config", None)
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if getattr(model_config, "position_embedding_type", None) == "rotary" and isinstance(positions, int):
+        offset = (getattr(model_config, "pad_token_id", None) or 0) + 1
+        return positions - offset - special_tokens, f"crops of {positions - offset} tokens"
+    return None
 
 
 def _count_special_tokens(family, tokenizer) -> int:

@@ -121,10 +121,11 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     _run("prep", ["prep", str(data / "proteins.fasta"), "-o", p("corpus", "train.txt"),
                   "--valid-fraction", "0.05", "--valid-output", p("corpus", "valid.txt"),
                   "--stats", p("corpus", "stats.json")], s)
-    # 2. Pretrain a tiny model on it (seconds on a CPU).
+    # 2. Pretrain a tiny model on it (seconds on a CPU), on crops longer than any example protein
+    #    (400 residues): embed warns about proteins longer than a model's training crops.
     _run("train", ["train", "--family", family, "--preset", "tiny", "--corpus", p("corpus", "train.txt"),
                    "--val-corpus", p("corpus", "valid.txt"), "-o", p("model"), "--num-steps", str(num_steps),
-                   "--warmup-steps", str(max(1, num_steps // 10)), "--lr", "2e-3", "--max-length", "256",
+                   "--warmup-steps", str(max(1, num_steps // 10)), "--lr", "2e-3", "--max-length", "512",
                    "--global-batch-size", "16", "--micro-batch-size", "16", "--log-every", "10",
                    "--save-every", str(num_steps), "--seed", "0"], s)
     # 3. Label files to the FASTA that embed reads (NetSurfP CSVs have no ids: ids from checksums).

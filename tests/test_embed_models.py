@@ -1157,3 +1157,40 @@ def test_a_stopped_training_run_given_as_the_model_names_its_latest_checkpoint(t
                                 f"(give it to -m), or `protrans train --resume -o {run}` finishes the run")
     r = run_cli("embed", fasta, "-m", latest, "-o", tmp_path / "e.h5")
     assert r.exit_code == 0, r.stderr
+
+
+def test_proteins_longer_than_the_training_crops_are_warned_about(tiny_models, tmp_path, run_cli):
+    """A model of `protrans train --max-length 128` keeps a table of 2048 positions, and embed took
+    proteins of 1,148 residues without a word: their rows beyond 126 come from positions training
+    never reached. embed now says so, once, with the remedy; ESM-2's rotary positions the same
+    for its crops of 1024 tokens."""
+    import json
+    import shutil
+    import types
+
+    from protrans_cli.embedders import _trained_residues
+
+    model = tmp_path / "bert"
+    shutil.copytree(tiny_models["bert"], model)
+    (model / "train_config.json").write_text(json.dumps({"max_length": 32, "phases": [], "init_from": None}))
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">short\n" + "MKTAY" * 4 + "\n>long\n" + "MKTAYIAKQR" * 5 + "\n")
+    r = run_cli("embed", fasta, "-m", model, "-o", tmp_path / "a.h5")
+    assert r.exit_code == 0, r.stderr
+    assert (f"its longest protein has 50 residues, more than the 30 that {model} saw whole in training (crops of 32 "
+            "tokens, train_config.json); rows beyond them come from positions it never learned. --max-length 30 "
+            "--long-policy chunk --chunk-overlap 7 keeps every window within them") in r.stderr
+    r = run_cli("embed", fasta, "-m", model, "-o", tmp_path / "b.h5", "--max-length", "30", "--long-policy", "chunk",
+                "--chunk-overlap", "7")
+    assert r.exit_code == 0 and "saw whole in training" not in r.stderr
+    # phases: the longest; a run that began from another model: not known
+    (model / "train_config.json").write_text(json.dumps({"max_length": 32, "phases": [
+        {"max_length": 16, "num_steps": 1}, {"max_length": 64, "num_steps": 1}]}))
+    assert "saw whole in training" not in run_cli("embed", fasta, "-m", model, "-o", tmp_path / "c.h5").stderr
+    (model / "train_config.json").write_text(json.dumps({"max_length": 32, "phases": [], "init_from": "prot_bert"}))
+    assert "saw whole in training" not in run_cli("embed", fasta, "-m", model, "-o", tmp_path / "d.h5").stderr
+    # ESM-2's published config: 1026 positions, padding index 1 -> 1024 tokens, 1022 residues
+    config = types.SimpleNamespace(position_embedding_type="rotary", max_position_embeddings=1026, pad_token_id=1)
+    loaded = types.SimpleNamespace(path_or_hub_id="facebook/esm2_t33_650M_UR50D",
+                                   model=types.SimpleNamespace(config=config))
+    assert _trained_residues(loaded, 2) == (1022, "crops of 1024 tokens")

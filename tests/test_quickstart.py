@@ -9,13 +9,16 @@ from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
 
 
-def test_quickstart_end_to_end(tmp_path, run_cli):
+def test_quickstart_end_to_end(tmp_path, run_cli, capsys):
     # One test, one run: a module fixture shared by several tests ran the pipeline once per
     # pytest-xdist worker (twice in CI).
     from protrans_cli.quickstart import run_quickstart
 
     out = tmp_path / "run"
     summary = run_quickstart(out, num_steps=8, head_epochs=2)
+    # what a first run shows models good practice: the pretrained model is not asked to embed
+    # proteins longer than its training crops (it was, with a warning for each embed step)
+    assert "saw whole in training" not in capsys.readouterr().err
     _every_output_exists(out, summary)
     _outputs_are_consistent(out)
     _refuses_to_overwrite(out, run_cli)
