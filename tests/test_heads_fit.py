@@ -360,6 +360,61 @@ def test_predict_with_labels_reports_the_ci_that_fit_reported(run_cli, loc_data,
     assert by_predict == by_fit
 
 
+@pytest.mark.parametrize("task", ["ss3+ss8", "loc", "value"])
+def test_predict_with_labels_scores_the_predictions_it_writes(run_cli, ss_data, loc_data, tmp_path, monkeypatch,
+                                                              task):
+    """`predict --labels -o` read every protein and ran the head twice: once to write the
+    predictions, once more (the labelled proteins) to score them, 45% of its CPU time on DeepLoc's
+    test set. The prediction pass now keeps what the metrics need of the labelled proteins: the head
+    runs once, and the files and the summary lines are those of predicting and scoring apart."""
+    import protrans_cli.heads.fit as fit_module
+
+    head = tmp_path / "head"
+    if task == "ss3+ss8":
+        train, embeddings, labels, out = (ss_data / "train.h5", ss_data / "train.csv"), ss_data / "test.h5", \
+            ss_data / "test.csv", "p.fa"
+    else:
+        embeddings, labels, out = loc_data / "test.h5", loc_data / "test.fasta", "p.csv"
+        train = (loc_data / "train.h5", loc_data / "train.fasta")
+    if task == "value":  # a number per protein that follows its composition, as an id,label table
+        for name in ("train", "test"):
+            lines = (loc_data / f"{name}.fasta").read_text().split("\n")
+            rows = [f"{h[1:].split()[0]},{(q.count('K') + q.count('R')) / len(q):.4f}"
+                    for h, q in zip(lines[0::2], lines[1::2])]
+            (tmp_path / f"{name}.csv").write_text("id,label\n" + "\n".join(rows) + "\n")
+        train, labels = (loc_data / "train.h5", tmp_path / "train.csv"), tmp_path / "test.csv"
+    assert run_cli("fit", task, "--embeddings", train[0], "--labels", train[1], "--max-epochs", "2", *FAST,
+                   "-o", head).exit_code == 0
+    probabilities = ["--probabilities"] if task == "ss3+ss8" else []
+    # apart: the predictions alone, then the scores alone (which read and predict the labelled proteins)
+    apart, together = tmp_path / "apart", tmp_path / "together"
+    apart.mkdir(), together.mkdir()
+    r = run_cli("predict", head, "--embeddings", embeddings, "-o", apart / out,
+                *(probabilities and [*probabilities, apart / "p.h5"]))
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", head, "--embeddings", embeddings, "--labels", labels, "--metrics", apart / "m")
+    assert r.exit_code == 0, r.stderr
+    summary = [line for line in r.stderr.splitlines() if line.startswith("test ")]
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[2].items))
+        return predict_data(*args, **kwargs)
+
+    predict_data = fit_module.predict_data
+    monkeypatch.setattr(fit_module, "predict_data", counted)
+    r = run_cli("predict", head, "--embeddings", embeddings, "-o", together / out, "--labels", labels,
+                "--metrics", together / "m", *(probabilities and [*probabilities, together / "p.h5"]))
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(embeddings) as reader:
+        assert calls == [len(reader.keys(reader.kinds[0]))]  # every protein once, the labelled ones not again
+    assert summary and [line for line in r.stderr.splitlines() if line.startswith("test ")] == summary
+    names = sorted(p.name for p in (apart / "m").iterdir())
+    assert names == sorted(p.name for p in (together / "m").iterdir()) and "test.json" in names
+    for name in [out, *(["p.h5"] if probabilities else []), *(f"m/{n}" for n in names)]:
+        assert (together / name).read_bytes() == (apart / name).read_bytes(), name
+
+
 def test_labels_command_writes_embed_fasta(run_cli, tmp_path):
     from conftest import DATA
 

@@ -149,7 +149,7 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
     from protrans_cli.heads.predict import evaluate_head, predict, scored_labels
 
     warn_unfinished(embeddings)
-    scored = None
+    scored = predicted = None
     if labels is not None:  # read and matched first: a bad label file fails before any prediction is written
         scored = scored_labels(head, embeddings, labels, label_format=label_format, mask_path=mask_path,
                                mask_columns=mask_columns, on_mismatch="skip" if skip_mismatched else "error",
@@ -157,7 +157,8 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
     if output is not None:
         summary = predict(head, embeddings, output, probabilities=probabilities, output=head_output,
                           max_residues=max_residues, allow_model_mismatch=allow_model_mismatch, threads=threads,
-                          device=device, order=order)
+                          device=device, order=order, labelled=None if scored is None else scored[1])
+        predicted = summary.get("predicted")  # (what scoring needs: the head is not run twice)
         if output != "-":
             console.info(f"wrote predictions for {summary['proteins']} proteins to {output}")
     if labels is not None:
@@ -165,5 +166,5 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
                       mask_path=mask_path, mask_columns=mask_columns,
                       on_mismatch="skip" if skip_mismatched else "error",
                       allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
-                      device=device, scored=scored)
+                      device=device, scored=scored, predicted=predicted)
     console.output_complete("standard output" if output == "-" else output or metrics_dir or "the scores")

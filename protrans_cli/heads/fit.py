@@ -897,19 +897,32 @@ def predict_data(ensemble, task: Task, data, *, max_residues: int = 8192, batch_
 def evaluate_data(ensemble, task: Task, data, *, n_boot: int = 1000, max_residues: int = 8192, seed: int = 0) -> dict:
     """{output: metrics dict} of an ensemble on matched data."""
     probs = predict_data(ensemble, task, data, max_residues=max_residues)
+    return score_predictions(task, data.items, kept_for_scoring(task, probs), n_boot=n_boot, seed=seed)
+
+
+def kept_for_scoring(task: Task, probs: dict) -> dict:
+    """What the metrics need of `predict_data`'s probabilities: per protein, the predicted class
+    of each class output (an (L,) array per residue, a number per protein) and the (1,) value of
+    each value output. (A proteome's per-residue probabilities are not held to be scored.)"""
+    return {o.name: [p if o.is_value else p.argmax(-1) for p in probs[o.name]] for o in task.outputs}
+
+
+def score_predictions(task: Task, items: list, predicted: dict, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """{output: metrics dict} of `predicted` (`kept_for_scoring`, in the order of `items`)
+    against the targets of the matched `items`."""
     # The bootstrap resamples proteins by position: in order of their ids, so that one set read
     # from two files (another order) gets one CI, not [0.300, 0.410] and [0.300, 0.4067].
-    by_id = sorted(range(len(data.items)), key=lambda i: data.items[i].id)
+    by_id = sorted(range(len(items)), key=lambda i: items[i].id)
     result = {}
     for output in task.outputs:
         if output.is_value:
-            y_true = np.array([item.targets[output.name] for item in data.items], dtype=np.float64)
-            y_pred = np.array([p[0] for p in probs[output.name]], dtype=np.float64)
+            y_true = np.array([item.targets[output.name] for item in items], dtype=np.float64)
+            y_pred = np.array([p[0] for p in predicted[output.name]], dtype=np.float64)
             result[output.name] = {**evaluate_values(y_true[by_id], y_pred[by_id], n_boot=n_boot, seed=seed),
                                    "true": y_true.tolist(), "predicted": y_pred.tolist()}
             continue
-        y_true = [np.atleast_1d(data.items[i].targets[output.name]) for i in by_id]
-        y_pred = [np.atleast_1d(probs[output.name][i].argmax(-1)) for i in by_id]
+        y_true = [np.atleast_1d(items[i].targets[output.name]) for i in by_id]
+        y_pred = [np.atleast_1d(predicted[output.name][i]) for i in by_id]
         result[output.name] = evaluate(y_true, y_pred, output.classes, metric=output.metric, n_boot=n_boot,
                                        seed=seed)
     return result

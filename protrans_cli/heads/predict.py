@@ -159,12 +159,15 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
 @torch_threads()  # puts the caller's torch thread count back
 def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None = None,
             max_residues: int = 8192, allow_model_mismatch: bool = False, threads: int | None = None,
-            device: str = "auto", order: list[str] | None = None) -> dict:
+            device: str = "auto", order: list[str] | None = None, labelled: list[Matched] | None = None) -> dict:
     """Write predictions for every protein in `embeddings` to `out`; returns {"proteins": n}.
-    `order`: ids in the order to write them (e.g. the FASTA's); others follow in file order."""
+    `order`: ids in the order to write them (e.g. the FASTA's); others follow in file order.
+    `labelled`: the matched items of `scored_labels` (`predict --labels`): what scoring needs of
+    their predictions (`kept_for_scoring`, in their order) is returned too, as "predicted", for
+    `evaluate_head` to score without reading the embeddings and running the head a second time."""
     import torch
 
-    from protrans_cli.heads.fit import predict_data
+    from protrans_cli.heads.fit import kept_for_scoring, predict_data
     from protrans_cli.heads.model import load_head
     from protrans_cli.threads import resolve_threads
 
@@ -204,6 +207,10 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     chosen = output or task.output_names[0]
     classes = next(o.classes for o in task.outputs if o.name == chosen)
     table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
+    wanted: dict[str, list[int]] = {}  # key -> positions in `labelled` (two records may match one protein)
+    for i, item in enumerate(labelled or ()):
+        wanted.setdefault(item.key, []).append(i)
+    predicted = {o.name: [None] * len(labelled) for o in task.outputs} if labelled is not None else None
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(atomic_output(out, follow_link=True))
         writer = stack.enter_context(_ProbabilityWriter(probabilities, task)) if probabilities is not None else None
@@ -217,6 +224,12 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         for part in _slices(items, CHUNK_RESIDUES if per_residue else CHUNK_PROTEINS, per_residue):
             data = (ResidueData if per_residue else ProteinData)(embeddings, part, layer=layer)
             probs = predict_data(ensemble, task, data, max_residues=max_residues)
+            if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
+                kept = kept_for_scoring(task, probs)
+                for j, item in enumerate(part):
+                    for i in wanted.get(item.key, ()):
+                        for name in predicted:
+                            predicted[name][i] = kept[name][j]
             if per_residue:
                 stream.write(b"".join(b">" + item.id.encode() + b"\n" + table[p.argmax(-1)].tobytes() + b"\n"
                                       for item, p in zip(part, probs[chosen])))
@@ -229,7 +242,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                         p = probs[o.name][i]
                         row += [f"{p[0]:.6g}"] if o.is_value else [o.classes[int(p.argmax())]] + [f"{v:.4f}" for v in p]
                     stream.write(_csv_line(row, delimiter))
-    return {"proteins": len(items)}
+    return {"proteins": len(items)} if predicted is None else {"proteins": len(items), "predicted": predicted}
 
 
 CHUNK_RESIDUES = 2_000_000  # per-residue heads: residues predicted at a time (< 100 MB of ss3+ss8 probabilities)
@@ -382,14 +395,16 @@ def _check_max_residues(max_residues) -> None:
 def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
                   mask_columns=None, on_mismatch: str = "error", allow_model_mismatch: bool = False,
                   n_boot: int | None = None, max_residues: int = 8192, threads: int | None = None,
-                  device: str = "auto", scored=None, seed: int | None = None) -> dict:
+                  device: str = "auto", scored=None, seed: int | None = None, predicted: dict | None = None) -> dict:
     """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json/png if given.
     `scored`: what `scored_labels` returned for the same arguments (else it is called here).
+    `predicted`: what `predict(..., labelled=<scored's items>)` returned as "predicted" (`predict
+    --labels -o`): scored as it is; else the matched proteins are read and predicted here.
     `n_boot`/`seed` of the bootstrap CI: by default those the head's fit used (its --bootstrap and
     --seed), so that predict reports the very CI that fit reported for the same test set."""
     import torch
 
-    from protrans_cli.heads.fit import evaluate_data, head_device, write_metrics
+    from protrans_cli.heads.fit import head_device, kept_for_scoring, predict_data, score_predictions, write_metrics
     from protrans_cli.heads.model import load_head
     from protrans_cli.threads import resolve_threads
 
@@ -401,16 +416,17 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     label_set, items, report = scored
     torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
-    ensemble.to(head_device(device))
-    layer = head_layer(config)
-    data = (ResidueData if task.kind == PER_RESIDUE else ProteinData)(embeddings, items, layer=layer)
+    if predicted is None:  # (no `predict` before: the matched proteins are read and predicted here)
+        ensemble.to(head_device(device))
+        data = (ResidueData if task.kind == PER_RESIDUE else ProteinData)(embeddings, items, layer=head_layer(config))
+        predicted = kept_for_scoring(task, predict_data(ensemble, task, data, max_residues=max_residues))
     report_unlabelled(embeddings, labels, [report], "not scored")
     # fit seeds its bootstrap with --seed: with seed 0 always, `fit --seed 3` and `predict --labels`
     # printed different CIs for the same predictions on the same set.
     fitted = config.get("config", {})
     n_boot = int(fitted.get("n_bootstrap", 1000)) if n_boot is None else n_boot
     seed = int(fitted.get("seed", 0)) if seed is None else seed
-    result = evaluate_data(ensemble, task, data, n_boot=n_boot, max_residues=max_residues, seed=seed)
+    result = score_predictions(task, items, predicted, n_boot=n_boot, seed=seed)
     if metrics_dir is not None:
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         write_metrics(Path(metrics_dir), label_set.name, result, str(embeddings), str(labels))
