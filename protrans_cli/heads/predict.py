@@ -416,6 +416,8 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     label_set, items, report = scored
     torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
+    if predicted is not None and any(v is None for values in predicted.values() for v in values):
+        predicted = None  # (a labelled protein the prediction pass did not meet: read and predicted here)
     if predicted is None:  # (no `predict` before: the matched proteins are read and predicted here)
         ensemble.to(head_device(device))
         data = (ResidueData if task.kind == PER_RESIDUE else ProteinData)(embeddings, items, layer=head_layer(config))
