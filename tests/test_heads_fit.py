@@ -1480,6 +1480,19 @@ def test_proteins_embed_truncated_are_named_by_predict_and_by_label_matching(run
     assert r.exit_code == 1 and f"{len(cut)} that embed truncated" in r.stderr and "sequence differs" not in r.stderr
 
 
+def test_a_fasta_of_sequences_given_as_loc_labels_says_so(run_cli, loc_data, tmp_path):
+    """`protrans labels` writes the FASTA that embed reads; given to `fit loc --labels`, each whole
+    sequence was printed as an unknown location, with no word of the mix-up (ss3 already said)."""
+    sequences = tmp_path / "seqs.fa"
+    assert run_cli("labels", loc_data / "test.fasta", "-o", sequences).exit_code == 0
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "test.h5", "--labels", sequences, "-o", tmp_path / "h")
+    assert r.exit_code == 1, r.stderr
+    message = r.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "(60 residue letters) is not a loc class" in message and sequences.read_text().split()[1] not in message
+    assert message.endswith("if the file holds sequences, not labels, give it to embed, and the labels to --labels)")
+
+
 def test_a_per_protein_head_takes_proteins_embed_truncated(run_cli, loc_data, tmp_path):
     """A localization label is one per protein: `fit loc` refused every protein that `embed
     --long-policy truncate` cut short (13% of a DeepLoc set at --max-length 1000), the usual

@@ -179,7 +179,13 @@ class Task:
             except ValueError:
                 whose = ("; a generic head's classes are those of its training labels: one it never saw "
                          "cannot be predicted or scored" if self.generic else "")
-                raise InputError(f"label {value!r} is not a {output.name} class ({', '.join(output.classes)}{whose})",
+                shown = repr(value)
+                if len(value) > 20 and set(value) <= set("ACDEFGHIKLMNPQRSTVWYXUZOB"):
+                    # a sequence read as a label (the FASTA `protrans labels` writes, given as
+                    # --labels): the whole sequence was printed as the unknown class
+                    shown = f"{value[:12]!r}... ({len(value)} residue letters)"
+                    whose += "; if the file holds sequences, not labels, give it to embed, and the labels to --labels"
+                raise InputError(f"label {shown} is not a {output.name} class ({', '.join(output.classes)}{whose})",
                                  record=record.id, line=record.line) from None
         return out
 
