@@ -1480,6 +1480,27 @@ def test_proteins_embed_truncated_are_named_by_predict_and_by_label_matching(run
     assert r.exit_code == 1 and f"{len(cut)} that embed truncated" in r.stderr and "sequence differs" not in r.stderr
 
 
+def test_a_per_protein_head_takes_one_thread_unless_told(loc_data, ss_data, tmp_path, monkeypatch):
+    """A per-protein head's operations are a few thousand numbers: on two threads with the
+    machine's other core busy an epoch of DeepLoc took 1.9-2.2 s, on one 0.04 s. One thread is
+    its default now; -j and PROTRANS_THREADS still decide, and a per-residue head keeps min(cores, 4)."""
+    from protrans_cli.threads import available_cores, resolve_threads
+
+    assert resolve_threads(None, small_work=True) == 1 and resolve_threads(3, small_work=True) == 3
+    set_to = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (set_to.append(n), real(n)))
+    common = dict(max_epochs=1, n_bootstrap=10)
+    fit(FitConfig(task="loc", **common), loc_data / "train.h5", loc_data / "train.fasta", tmp_path / "a")
+    fit(FitConfig(task="loc", threads=2, **common), loc_data / "train.h5", loc_data / "train.fasta", tmp_path / "b")
+    monkeypatch.setenv("PROTRANS_THREADS", "2")
+    fit(FitConfig(task="loc", **common), loc_data / "train.h5", loc_data / "train.fasta", tmp_path / "c")
+    monkeypatch.delenv("PROTRANS_THREADS")
+    fit(FitConfig(task="ss3", max_residues=300, **common), ss_data / "train.h5", ss_data / "train.csv", tmp_path / "d")
+    # (each call puts the caller's count back as it ends: every second value)
+    assert set_to[::2] == [1, 2, 2, min(available_cores(), 4)]
+
+
 def test_a_fasta_of_sequences_given_as_loc_labels_says_so(run_cli, loc_data, tmp_path):
     """`protrans labels` writes the FASTA that embed reads; given to `fit loc --labels`, each whole
     sequence was printed as an unknown location, with no word of the mix-up (ss3 already said)."""

@@ -178,7 +178,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     # first's without --force. (Also an unwritable folder is found here, not after an epoch.)
     held.enter_context(folder_lock(partial_path(out_dir), "is in use by another protrans fit (it holds the "
                                    "lock of this head's unfinished state): wait for it to end, or choose another -o"))
-    torch.set_num_threads(resolve_threads(config.threads))
+    torch.set_num_threads(resolve_threads(config.threads, small_work=not per_residue))
     device = head_device(config.device)
     # Checked before any data is read: an interrupted fit is continued or knowingly replaced.
     state = FitState.open(partial_path(out_dir), fingerprint, resume=config.resume, force=config.force)

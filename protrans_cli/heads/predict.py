@@ -174,8 +174,8 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     from protrans_cli.heads.fit import head_device
 
     _check_max_residues(max_residues)
-    torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
+    torch.set_num_threads(resolve_threads(threads, small_work=task.kind != PER_RESIDUE))
     ensemble.to(head_device(device))
     check_head_output(task, output)
     with EmbeddingsReader(embeddings) as reader:
@@ -414,8 +414,8 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
                                mask_columns=mask_columns, on_mismatch=on_mismatch,
                                allow_model_mismatch=allow_model_mismatch)
     label_set, items, report = scored
-    torch.set_num_threads(resolve_threads(threads))
     ensemble, task, config = load_head(head_dir)
+    torch.set_num_threads(resolve_threads(threads, small_work=task.kind != PER_RESIDUE))
     if predicted is not None and any(v is None for values in predicted.values() for v in values):
         predicted = None  # (a labelled protein the prediction pass did not meet: read and predicted here)
     if predicted is None:  # (no `predict` before: the matched proteins are read and predicted here)
