@@ -1077,23 +1077,40 @@ def test_hostile_attributes_and_values_of_an_embeddings_file_are_one_line(run_cl
         g.create_dataset(k, data=np.full((rows, 21), b"1", dtype="S1"))
     edited(text)
     r = run_cli("predict", one_epoch_ss3, "--embeddings", bad, "-o", tmp_path / "p.fa")
-    assert r.exit_code == 1 and "embedding holds |S1 values, not floating-point numbers" in r.stderr, r.stderr
+    assert r.exit_code == 1 and "embedding holds |S1 values, not numbers" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
+    # numbers of another type (another tool's one-hot rows as integers) are numbers
+    def integers(f, g, k):
+        rows = g[k][()]
+        del g[k]
+        g.create_dataset(k, data=rows.astype(np.int16))
+    edited(integers)
+    assert run_cli("predict", one_epoch_ss3, "--embeddings", bad, "-o", tmp_path / "p.fa").exit_code == 0
+    # a `truncated_from` that is no count is no truncation (it was a traceback)
+    edited(lambda f, g, k: g[k].attrs.__setitem__("truncated_from", "abc"))
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", bad, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0 and "truncated" not in r.stderr, r.stderr
 
-def test_running_out_of_memory_is_one_line(run_cli, monkeypatch, ss_data, one_epoch_ss3):
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_running_out_of_memory_is_one_line(run_cli, monkeypatch, ss_data, one_epoch_ss3, worker):
     """numpy's MemoryError ("Unable to allocate 23.8 GiB for an array with shape ...") was a
-    traceback: one line now, exit 1."""
+    traceback: one line now, exit 1. A DataLoader worker's comes as "Caught MemoryError in
+    DataLoader worker process 0." and the worker's traceback: its last line is the message."""
     import protrans_cli.heads.predict as predict_module
 
+    numpy_says = "Unable to allocate 23.8 GiB for an array with shape (1, 200000000, 32) and data type float32"
+    text = (f"Caught MemoryError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+            f'  File "worker.py", line 374, in _worker_loop\n    data = fetcher.fetch(index)\nMemoryError: {numpy_says}\n'
+            if worker else numpy_says)
+
     def huge(*args, **kwargs):
-        raise MemoryError("Unable to allocate 23.8 GiB for an array with shape (1, 200000000, 32) and data type float32")
+        raise MemoryError(text)
 
     monkeypatch.setattr(predict_module, "predict", huge)
     r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", "-")
-    assert r.exit_code == 1 and r.stderr.strip() == (
-        "protrans: error: out of memory (Unable to allocate 23.8 GiB for an array with shape (1, 200000000, 32) "
-        "and data type float32)")
+    assert r.exit_code == 1 and r.stderr.strip() == f"protrans: error: out of memory ({numpy_says})"
 
 
 def test_predict_output_names_are_checked_before_any_work(run_cli, ss_data, one_epoch_ss3, tmp_path):
@@ -1478,6 +1495,27 @@ def test_proteins_embed_truncated_are_named_by_predict_and_by_label_matching(run
     assert f"{cut[0]} (30 of " in r.stderr
     r = run_cli("predict", one_epoch_ss3, "--embeddings", h5, "--labels", ss_data / "test.csv")
     assert r.exit_code == 1 and f"{len(cut)} that embed truncated" in r.stderr and "sequence differs" not in r.stderr
+
+
+def test_per_protein_embeddings_of_several_layers_match_their_labels(run_cli, loc_data, tmp_path):
+    """A per-protein array of several layers is (n_layers, D): its length is its `length`
+    attribute, not its first axis (label matching took the layer count for the protein's length
+    and refused every record that carries a sequence)."""
+    import shutil
+
+    h5 = tmp_path / "two.h5"
+    shutil.copy(loc_data / "train.h5", h5)
+    with h5py.File(h5, "r+") as f:  # as `embed --layer -2 --layer -1` writes them (one-hot twice)
+        f.attrs["layers"], f.attrs["num_hidden_states"] = [-2, -1], 2
+        group = f["per_protein"]
+        for key in list(group):
+            attrs, rows = dict(group[key].attrs), group[key][()]
+            del group[key]
+            group.create_dataset(key, data=np.stack([rows, rows])).attrs.update(attrs)
+        assert group["train0"].shape == (2, 21) and group["train0"].attrs["length"] == 60
+    r = run_cli("fit", "loc", "--embeddings", h5, "--labels", loc_data / "train.fasta", "--max-epochs", "1",
+                "-j", "1", "--bootstrap", "10", "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
 
 
 def test_a_per_protein_head_takes_one_thread_unless_told(loc_data, ss_data, tmp_path, monkeypatch):

@@ -313,7 +313,11 @@ def _main(console, argv):
     except MemoryError as exc:  # (numpy's "Unable to allocate 23.8 GiB ..." was a traceback)
         if console.state.debug:
             raise
-        console.error(f"out of memory ({' '.join(str(exc).split()) or 'MemoryError'})")
+        # (a DataLoader worker's is "Caught MemoryError in DataLoader worker process 0." and its
+        # whole traceback: the original message is its last line)
+        text = str(exc).strip().splitlines()
+        text = text[-1].removeprefix("MemoryError: ") if text and text[0].startswith("Caught ") else " ".join(text)
+        console.error(f"out of memory ({text or 'MemoryError'})")
         sys.exit(1)
     except BrokenPipeError:
         _quiet_broken_pipe()

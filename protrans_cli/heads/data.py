@@ -201,7 +201,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             else:
                 report.missing.append(record.id)
             continue
-        length, cut, stored = dataset_facts(group, key)
+        length, cut, stored = dataset_facts(group, key, per_residue=source == PER_RESIDUE)
         if cut is not None:  # its checksum is the kept prefix's: not another sequence
             if task.kind == PER_RESIDUE:  # labels for residues that have no row
                 report.truncated.append(f"{record.id} ({length} of {cut})")
@@ -366,10 +366,11 @@ def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path
 
     obj = open_local(group, key.encode("utf-8"), data=True)  # (values from other files refused)
     shape = tuple(obj.shape) if isinstance(obj, h5py.h5d.DatasetID) else ()
-    if isinstance(obj, h5py.h5d.DatasetID) and obj.dtype.kind != "f":
-        # (text was converted where it held numbers, and was a traceback where it did not)
-        raise InputError(f"embedding holds {obj.dtype} values, not floating-point numbers (a damaged file, or "
-                         "not embeddings)", path=path, record=ident)
+    if isinstance(obj, h5py.h5d.DatasetID) and obj.dtype.kind not in "fiub":
+        # (text was converted where it held numbers, and was a traceback where it did not;
+        # another tool's one-hot rows as integers or booleans are numbers)
+        raise InputError(f"embedding holds {obj.dtype} values, not numbers (a damaged file, or not embeddings)",
+                         path=path, record=ident)
     if not layers_recorded:
         _check_foreign_layer(shape, base_ndim, layer, path, ident)
     rows = shape[1:] if len(shape) == base_ndim + 1 else shape

@@ -32,7 +32,7 @@ from protrans_cli.heads.labels import read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, through_link)
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, dataset_attrs, dataset_id, ensure_room, escape_key,
-                                h5_file, one_protein_twice, stored_length)
+                                h5_file, one_protein_twice, stored_length, truncated_from)
 from protrans_cli.threads import torch_threads
 
 
@@ -84,10 +84,10 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
     for key in reader.keys(source):
         attrs, shape = dataset_attrs(group, key)  # (h5py's low-level calls: group[key].attrs cost 3x as much)
         ident = dataset_id(key, attrs)  # embed's `id`, bio_embeddings' `original_id`, else the key
-        length = stored_length(attrs, shape) or 0
+        length = stored_length(attrs, shape, per_residue=source == PER_RESIDUE) or 0
         items.append(Matched(str(ident), key, length, {}))
-        if "truncated_from" in attrs:
-            truncated.append(f"{ident} ({length} of {int(attrs['truncated_from'])})")
+        if (cut := truncated_from(attrs)) is not None:
+            truncated.append(f"{ident} ({length} of {cut})")
     # Two datasets naming one protein (another tool's `original_id`s sharing a first word):
     # predictions were written twice under one id, and --probabilities failed with a traceback.
     first: dict[str, str] = {}

@@ -600,28 +600,40 @@ def read_array(group, key: str, obj=None) -> np.ndarray:
     return group[key][()]
 
 
-def stored_length(attrs, shape) -> int | None:
-    """A dataset's residue count: the rows of an (L, D) or (n_layers, L, D) array, else its
-    `length` attribute (a per-protein vector), else None. (The attribute of a per-residue array
-    was taken over its rows: a file whose `length` said 10**12 made predict allocate 116 TiB.)"""
-    if len(shape) >= 2:
+def stored_length(attrs, shape, per_residue: bool = True) -> int | None:
+    """A dataset's residue count: per residue the rows of its (L, D) or (n_layers, L, D) array;
+    per protein (a (D,) or (n_layers, D) vector) its `length` attribute; else None. (A per-residue
+    array's attribute was taken over its rows: a file whose `length` said 10**12 made predict
+    allocate 116 TiB.)"""
+    if per_residue and len(shape) >= 2:
         return int(shape[-2])
-    if "length" in attrs:
-        value = _plain(attrs["length"])
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and value == int(value):
-            return int(value)
+    return _whole_number(attrs, "length")
+
+
+def _whole_number(attrs, name: str) -> int | None:
+    """An attribute that holds a count (`length`, `truncated_from`), or None where it is missing
+    or is not a whole number of at least 0 (a damaged or hostile file's: a traceback before)."""
+    if name not in attrs:
+        return None
+    value = _plain(attrs[name])
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and value == int(value):
+        return int(value)
     return None
 
 
-def dataset_facts(group, key: str) -> tuple[int | None, int | None, str | None]:
-    """(length, truncated_from, checksum) of the dataset `key` of a group: `length` its attribute,
-    else the rows of an (L, D) or (n_layers, L, D) array, else None; `truncated_from` its
-    attribute or None; `checksum` as `dataset_checksum` gives it (for a truncated protein its
+def dataset_facts(group, key: str, per_residue: bool = True) -> tuple[int | None, int | None, str | None]:
+    """(length, truncated_from, checksum) of the dataset `key` of a group: `length` as
+    `stored_length` gives it (`per_residue`: the group holds per-residue arrays); `truncated_from`
+    its attribute or None; `checksum` as `dataset_checksum` gives it (for a truncated protein its
     kept prefix's). Through h5py's low-level calls (see `read_attr`)."""
     attrs, shape = dataset_attrs(group, key)
-    length = stored_length(attrs, shape)
-    cut = int(_plain(attrs["truncated_from"])) if "truncated_from" in attrs else None
-    return length, cut, dataset_checksum(key, attrs)
+    return stored_length(attrs, shape, per_residue), truncated_from(attrs), dataset_checksum(key, attrs)
+
+
+def truncated_from(attrs) -> int | None:
+    """A protein's full length where `embed --long-policy truncate` cut it short (its attribute),
+    else None."""
+    return _whole_number(attrs, "truncated_from")
 
 
 def dataset_checksum_of(group, key: str) -> str | None:
