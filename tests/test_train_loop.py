@@ -717,6 +717,49 @@ def test_crafted_checkpoints_are_refused_in_one_line(tmp_path):
         shutil.rmtree(last)
         shutil.copytree(tmp_path / "good", last)
 
+def test_a_tampered_training_state_that_loads_is_refused_on_resume_in_one_line(tmp_path):
+    """training_state.pt rewritten with entries of the wrong form, its SHA256SUMS line updated
+    (a run directory shipped whole): torch.load reads it, and the resume stopped with a traceback
+    from random.setstate, a bare "Invalid argument" from the corpus reader's seek, or a shape
+    error at the first step."""
+    import shutil
+
+    from protrans_cli.training import checkpoint as ckpt
+
+    first = train(_config(tmp_path, num_steps=2, save_every=1))
+    last = first.run_dir / "checkpoints" / "step_00000002"
+    shutil.copytree(last, tmp_path / "good")
+    state = torch.load(last / ckpt.STATE_FILE, weights_only=True)
+    moment = next(iter(state["optimizer"]["state"]))
+
+    def python_rng(s):
+        s["rng"][0]["python"] = [1, 2]
+
+    def negative_offset(s):
+        s["data_state"]["at"]["offset"] = -5
+
+    def optimizer_shape(s):
+        s["optimizer"]["state"][moment]["exp_avg"] = torch.zeros(7)
+
+    def scheduler_lambdas(s):
+        s["scheduler"]["lr_lambdas"] = [5]
+
+    for craft, said in ((python_rng, "passed to Random.setstate()"), (negative_offset, "at.offset is -5, not a count"),
+                        (optimizer_shape, "optimizer state 'exp_avg' is (7,) for a parameter of shape"),
+                        (scheduler_lambdas, "not iterable")):
+        crafted = torch.load(tmp_path / "good" / ckpt.STATE_FILE, weights_only=True)
+        craft(crafted)
+        torch.save(crafted, last / ckpt.STATE_FILE)
+        ckpt._write_sums(last)
+        with pytest.raises(InputError, match=r"damaged checkpoint: cannot read training_state.pt \(.*\); continue "
+                                             r"from the one before with --resume-from .*step_00000001") as info:
+            train(_config(tmp_path, num_steps=3, save_every=1), resume=True)
+        assert said in str(info.value) and "\n" not in info.value.format(), str(info.value)
+        shutil.rmtree(last)
+        shutil.copytree(tmp_path / "good", last)
+    assert train(_config(tmp_path, num_steps=3, save_every=1), resume=True).step == 3
+
+
 def test_every_checkpoint_file_is_in_its_sha256sums_which_sha256sum_checks(tmp_path):
     import shutil
     import subprocess

@@ -391,7 +391,68 @@ def load_training_state(directory) -> dict:
     if missing or not state["rng"]:
         raise _damaged(directory, STATE_FILE, ValueError(f"no usable {', '.join(missing) or 'rng'} entry: not a "
                                                          "training state protrans wrote"))
+    problem = _data_state_problem(state["data_state"])
+    if problem:
+        raise _damaged(directory, STATE_FILE, ValueError(f"data_state: {problem}"))
     return state
+
+
+_STREAM_FIELDS = ("epoch", "buffer_start", "batches_done")
+_CURSOR_FIELDS = ("file", "offset", "line", "proteins")
+
+
+def _data_state_problem(data_state: dict) -> str | None:
+    """What is wrong with a saved data position (data.StreamState.to_dict), or None. Checked
+    here because a bad one fails only later, inside the corpus reader: a negative byte offset
+    stopped the resume with a bare "Invalid argument" from seek, naming no file."""
+    at = data_state.get("at")
+    fields = [(k, data_state.get(k, 0)) for k in _STREAM_FIELDS]
+    if at is not None:
+        if not isinstance(at, dict):
+            return f"at is a {type(at).__name__}, not a cursor"
+        fields += [(f"at.{k}", at.get(k, 0)) for k in _CURSOR_FIELDS]
+        unknown = set(at) - set(_CURSOR_FIELDS)
+    else:
+        unknown = set()
+    unknown |= set(data_state) - {*_STREAM_FIELDS, "at"}
+    if unknown:
+        return f"unknown field {sorted(map(str, unknown))[0]!r}"
+    for key, value in fields:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{key} is {value!r}, not a count"
+    return None
+
+
+@contextlib.contextmanager
+def restoring(directory):
+    """Around putting a checkpoint's training state back (optimizer, scheduler, random generators,
+    data position): an entry of the wrong form (a tampered or foreign training_state.pt that
+    torch.load still reads) is the damaged-checkpoint error naming the file, not a traceback from
+    deep inside random.setstate or the optimizer. Running out of memory is not the file's fault."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RuntimeError) as exc:
+        raise _damaged(directory, STATE_FILE, exc) from None
+
+
+def check_optimizer_state(directory, optimizer) -> None:
+    """Refuse optimizer statistics whose shapes are not those of the parameters they belong to:
+    load_state_dict takes them as they are, and the first step then failed with a shape error
+    (or, for a tensor that broadcasts, trained on with wrong statistics)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                shape = tuple(param.shape)
+                # Adafactor's factored second moments: a row and a column mean of a matrix
+                expected = {"exp_avg_sq_row": shape[:-1], "exp_avg_sq_col": shape[:-2] + shape[-1:]}.get(key, shape)
+                if key == "step" and (isinstance(value, (int, float)) or torch.is_tensor(value) and value.numel() == 1):
+                    continue
+                if not torch.is_tensor(value) or tuple(value.shape) != expected:
+                    got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                    raise _damaged(directory, STATE_FILE, ValueError(
+                        f"optimizer state {key!r} is {got} for a parameter of shape {shape}"))
 
 
 def _damaged(directory, name: str, exc: BaseException) -> InputError:

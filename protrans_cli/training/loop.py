@@ -585,28 +585,34 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, data_phase, data_state = 0, 0, StreamState()
     if state is not None:
-        if run.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        with ckpt.restoring(where):
+            if run.strategy == "fsdp":
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(run.wrapped, optimizer, options=StateDictOptions(full_state_dict=True),
-                                     optim_state_dict=_by_parameter_name(state["optimizer"], run.wrapped, optimizer))
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-        # The schedule's position comes from the checkpoint, its shape (total steps, warmup) from
-        # this run: load_state_dict restores the saved lambda's fields too, and a run resumed
-        # for more steps then never decayed again. Same shape: the very lr the checkpoint holds.
-        shape = dict(scheduler.lr_lambdas[0].__dict__)
-        scheduler.load_state_dict(state["scheduler"])
-        for fn in scheduler.lr_lambdas:
-            fn.__dict__.update(shape)
-        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * fn(scheduler.last_epoch)
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-        ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)], info.device)
-        step, data_phase = state["step"], state["data_phase"]
-        data_state = StreamState.from_dict(state["data_state"])
-        if run.loss_scale is not None and state.get("loss_scale"):
-            run.loss_scale.load_state_dict(state["loss_scale"])
+                set_optimizer_state_dict(run.wrapped, optimizer, options=StateDictOptions(full_state_dict=True),
+                                         optim_state_dict=_by_parameter_name(state["optimizer"], run.wrapped,
+                                                                             optimizer))
+            else:
+                optimizer.load_state_dict(state["optimizer"])
+                ckpt.check_optimizer_state(where, optimizer)
+            # The schedule's position comes from the checkpoint, its shape (total steps, warmup) from
+            # this run: load_state_dict restores the saved lambda's fields too, and a run resumed
+            # for more steps then never decayed again. Same shape: the very lr the checkpoint holds.
+            shape = dict(scheduler.lr_lambdas[0].__dict__)
+            scheduler.load_state_dict(state["scheduler"])
+            if isinstance(scheduler.last_epoch, bool) or not isinstance(scheduler.last_epoch, int) \
+                    or scheduler.last_epoch < 0:
+                raise ValueError(f"scheduler last_epoch is {scheduler.last_epoch!r}, not a step")
+            for fn in scheduler.lr_lambdas:
+                fn.__dict__.update(shape)
+            for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * fn(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)], info.device)
+            step, data_phase = state["step"], state["data_phase"]
+            data_state = StreamState.from_dict(state["data_state"])
+            if run.loss_scale is not None and state.get("loss_scale"):
+                run.loss_scale.load_state_dict(state["loss_scale"])
         if config.stop_after is not None and config.stop_after <= step < total_steps:
             # it trained one step, saved nothing and said to resume: the same step again each time
             raise UsageError(f"--stop-after {config.stop_after} (stop_after) is not after {where}'s step {step}: "
