@@ -1064,6 +1064,30 @@ def test_damaged_tokenizer_files_and_weights_of_other_shapes_are_one_line(run_cl
         assert problem in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "albert"])  # (ALBERT's layers share weights)
+def test_a_config_deeper_than_its_weights_is_refused_before_the_model_is_built(run_cli, tmp_path, tiny_models,
+                                                                               monkeypatch, name):
+    # num_hidden_layers: 2000 in a tiny model's config.json: from_pretrained built and initialised
+    # every layer before the missing weights were noticed (a minute; 20000 ran for more than five)
+    import json
+    import shutil
+
+    deep = tmp_path / "deep"
+    shutil.copytree(tiny_models[name], deep)
+    config = json.loads((deep / "config.json").read_text())
+    key = next(k for k in ("num_hidden_layers", "num_layers", "n_layer") if k in config)
+    (deep / "config.json").write_text(json.dumps({**config, key: 20000}))
+
+    def built(*args, **kwargs):
+        raise AssertionError("from_pretrained was called: the model was built before the check")
+
+    monkeypatch.setattr(FAMILIES[name].encoder_class, "from_pretrained", classmethod(built))
+    result = run_cli("embed", SMALL, "-m", deep, "-o", tmp_path / "x.h5", "--device", "cpu")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "its config.json gives 20000 layers (num_hidden_layers), more than its weights hold: none for " \
+        in result.stderr, result.stderr
+
+
 def test_offline_hub_model_with_only_its_config_cached_is_named_as_such(tmp_path, tiny_models):
     # transformers made an empty tokenizer from the cached config, and the message said the
     # published model "is not a protein tokenizer this tool can use"

@@ -473,6 +473,9 @@ def load_checked(model_class, name_or_path, *, dtype=None, **kwargs):
     """`model_class.from_pretrained`, in eval mode, refusing a checkpoint that leaves any weight
     the hidden states depend on freshly initialised (a wrong or truncated checkpoint would
     otherwise give random embeddings without a word). Unused heads are fine."""
+    problem = _depth_problem(model_class, name_or_path, kwargs)
+    if problem:
+        raise ModelError(f"{name_or_path}: {problem}")
     model, info = model_class.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True,
                                               **kwargs)
     missing = [k for k in info.get("missing_keys", []) if not k.startswith(_OPTIONAL_ENCODER_KEYS)]
@@ -481,6 +484,93 @@ def load_checked(model_class, name_or_path, *, dtype=None, **kwargs):
                          f"{model_class.__name__} (e.g. {sorted(missing)[0]}); it is not a complete "
                          "checkpoint of this model")
     return model.eval()
+
+
+# from_pretrained's own options, not the model class's (the rest of load_checked's kwargs are)
+_LOADING_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "subfolder")
+
+
+def _depth_problem(model_class, directory, kwargs: dict) -> str | None:
+    """Why a model directory's config.json asks for more layers than its safetensors weights hold,
+    or None. from_pretrained builds and initialises every layer the config gives before the
+    missing weights are known: `num_hidden_layers: 2000` on a 2-layer model took a minute to be
+    refused, 20000 ran for more than five. Compared here on the meta device, from the tensor names
+    in the weights' header (or the sharded index), so nothing is allocated. Only whole layers
+    missing after complete ones are refused here: anything else (a weight missing inside a layer,
+    weights renamed on loading, .bin only, a hub id) goes on to from_pretrained and load_checked's
+    own check after it, as before."""
+    import copy
+    import re
+
+    import torch
+
+    saved = _safetensors_names(directory)
+    if not saved:
+        return None
+    try:
+        config = model_class.config_class.from_pretrained(str(directory))
+        depth = int(config.num_hidden_layers)
+        # Layer i has the same names in a model of any depth, and each layer adds at least one:
+        # a depth beyond the number of tensors saved already lacks some, so build no deeper.
+        config = copy.deepcopy(config)
+        config.num_hidden_layers = built = min(depth, len(saved) + 1)
+        with torch.device("meta"):
+            model = model_class(config, **{k: v for k, v in kwargs.items() if k not in _LOADING_KWARGS})
+    except Exception:  # noqa: BLE001 - a config the class cannot read or build: from_pretrained says why
+        return None
+    prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
+    # (transformers reads a layer norm's legacy gamma and beta, which it still writes for ESM,
+    # as its weight and bias)
+    saved = {re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", n.removeprefix(prefix))) for n in saved}
+    lacking = _names_missing(model, saved, prefix)
+    if not lacking:
+        return None
+    # The layer stacks: the module lists as long as the model is deep (a shared-weight stack,
+    # ALBERT's groups, is not one, and is never refused here).
+    stacks = [name.removeprefix(prefix) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.ModuleList) and len(module) == built and name]
+    first_absent = None
+    for name in lacking:
+        layer = next((f"{stack}.{i}." for stack in stacks for i in range(1, built)
+                      if name.startswith(f"{stack}.{i}.")), None)
+        if layer is None or any(n.startswith(layer) for n in saved):
+            return None  # a weight missing outside the layers, or inside a layer that is there
+        first_absent = first_absent or name
+    return (f"its config.json gives {depth} layers (num_hidden_layers), more than its weights hold: none for "
+            f"{first_absent} (a config edited, or another model's weights)")
+
+
+def _safetensors_names(directory) -> set[str]:
+    """The tensor names in a model directory's model.safetensors (its header only) or in the
+    weight map of its model.safetensors.index.json; empty when there is neither (a hub id, a
+    pytorch_model.bin) or it cannot be read (from_pretrained then reports it)."""
+    import json
+
+    directory = Path(directory)
+    try:
+        if (directory / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(directory / "model.safetensors"), "pt", device="cpu") as f:
+                return set(f.keys())
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text()).get("weight_map")
+            return set(weight_map) if isinstance(weight_map, dict) else set()
+    except Exception:  # noqa: BLE001 - a damaged file: from_pretrained's error names it
+        return set()
+    return set()
+
+
+def _names_missing(model, saved: set[str], prefix: str) -> list[str]:
+    """The parameters of `model` (in module order) that `saved` (names without the base model's
+    `prefix`: an encoder is read from a pretraining checkpoint too) holds under no name, a tied
+    weight under none of its names."""
+    tied: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(param), []).append(name.removeprefix(prefix))
+    return [names[0] for names in tied.values()
+            if not names[0].startswith(_OPTIONAL_ENCODER_KEYS) and not any(n in saved for n in names)]
 
 
 def _count_on_meta(build) -> int:
