@@ -717,6 +717,7 @@ def test_crafted_checkpoints_are_refused_in_one_line(tmp_path):
         shutil.rmtree(last)
         shutil.copytree(tmp_path / "good", last)
 
+
 def test_a_tampered_training_state_that_loads_is_refused_on_resume_in_one_line(tmp_path):
     """training_state.pt rewritten with entries of the wrong form, its SHA256SUMS line updated
     (a run directory shipped whole): torch.load reads it, and the resume stopped with a traceback
