@@ -333,7 +333,8 @@ def _records(source, name: str, skip_invalid: bool = False) -> Iterator[_Protein
                 seq = normalise(rec.sequence, rare="keep")
             except SequenceRejected as exc:
                 if not skip_invalid:
-                    raise InputError(exc.detail, path=name, line=rec.line, record=rec.id) from None
+                    raise InputError(f"{exc.detail} (--invalid-policy skip leaves such records out)", path=name,
+                                     line=rec.line, record=rec.id) from None
                 yield _Protein(rec.id, rec.description, "", rec.line, rejected=f"skipped: {exc.detail} "
                                                                                "(--invalid-policy skip)")
                 continue

@@ -135,7 +135,8 @@ def test_invalid_policy_skip_records_bad_sequences_and_embeds_the_rest(tmp_path,
     mixed = tmp_path / "mixed.fa"
     mixed.write_text(bad + good)
     result = run_cli("embed", mixed, "-m", "onehot", "-o", tmp_path / "strict.h5")
-    assert result.exit_code == 1 and "record 'bad': invalid character 'J' at residue 3" in result.stderr
+    assert result.exit_code == 1 and "record 'bad': invalid character 'J' at residue 3 (--invalid-policy skip " \
+        "leaves such records out)" in result.stderr
     assert not (tmp_path / "strict.h5").exists()
     out = tmp_path / "o.h5"
     result = run_cli("embed", mixed, "-m", "onehot", "--invalid-policy", "skip", "-o", out)
@@ -1854,7 +1855,8 @@ def test_embed_sequences_odd_inputs_and_torchrun_environment(tmp_path, monkeypat
         embed_sequences("MKTAY", opts, kind="per_protein")
     with pytest.raises(InputError) as caught:
         embed_sequences({"good": "MKT", "bad": "M*KT"}, opts, kind="per_residue")
-    assert str(caught.value) == "record 'bad': internal stop '*' at residue 2"
+    assert str(caught.value) == "record 'bad': internal stop '*' at residue 2 (--invalid-policy skip leaves such " \
+        "records out)"
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them, with no group to join
     monkeypatch.setenv("RANK", "1")

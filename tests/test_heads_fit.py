@@ -858,8 +858,15 @@ def test_predict_from_fasta_embeds_with_the_heads_model_and_keeps_the_fasta_orde
     assert [row.split(",")[0] for row in r.stdout.splitlines()[1:]] == ids
     # messages name stdin, not the hidden copy of it
     r = run_cli("predict", loc_head, "--fasta", "-", input=b">p1\n>p2\nMVL\n")
-    assert r.exit_code == 1 and "<stdin>:1, record 'p1': empty sequence" in r.stderr, r.stderr
+    assert r.exit_code == 1 and "<stdin>:1, record 'p1': empty sequence (--invalid-policy skip leaves such records " \
+        "out)" in r.stderr, r.stderr
+    # --invalid-policy skip, as embed's: no prediction for them, and a warning naming them
+    r = run_cli("predict", loc_head, "--fasta", "-", "--invalid-policy", "skip", input=b">p1\n>p2\nMVL\n>p3\nMJK\n")
+    assert r.exit_code == 0, r.stderr
+    assert [row.split(",")[0] for row in r.stdout.splitlines()[1:]] == ["p2"]
+    assert "2 protein(s) have no embedding" in r.stderr and "p3" in r.stderr, r.stderr
     # usage errors
+    assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--invalid-policy", "skip").exit_code == 2
     assert run_cli("predict", head).exit_code == 2
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-m", "onehot")
     assert r.exit_code == 2 and "--model goes with --fasta" in r.stderr

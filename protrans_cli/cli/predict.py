@@ -12,7 +12,7 @@ import click
 
 from protrans_cli.cli import INPUT_FILE
 
-from protrans_cli.embed import LONG_POLICIES
+from protrans_cli.embed import INVALID_POLICIES, LONG_POLICIES
 from protrans_cli.heads.labels import FORMATS
 
 
@@ -32,6 +32,9 @@ from protrans_cli.heads.labels import FORMATS
                    "chunked as embed does.  [default: as the head's training embeddings, else error]")
 @click.option("--chunk-overlap", type=int, default=None,
               help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  [default: 64]")
+@click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default=None,
+              help="With --fasta: sequences that cannot be embedded (a J, an inner '*', no residues) fail, or are "
+                   "skipped (no prediction, with a warning), as embed does.  [default: error]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads; TSV for a .tsv name); "
                    "'-' = stdout; .gz/.bz2/.xz/.zst compress.  [default: stdout, unless only --labels is given]")
@@ -57,7 +60,7 @@ from protrans_cli.heads.labels import FORMATS
                    "head and 1 for a per-protein one).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
-def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overlap, output, probabilities,
+def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overlap, invalid_policy, output, probabilities,
             head_output, labels, metrics_dir, label_format, mask_path, mask_columns, skip_mismatched,
             allow_model_mismatch, max_residues, threads, device):
     """Apply a trained head to embeddings.
@@ -74,7 +77,7 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
     if model is not None and fasta is None:
         raise UsageError("--model goes with --fasta (--embeddings were already made by a model)")
     for given, flag in ((max_length, "--max-length"), (long_policy, "--long-policy"),
-                        (chunk_overlap, "--chunk-overlap")):
+                        (chunk_overlap, "--chunk-overlap"), (invalid_policy, "--invalid-policy")):
         if given is not None and fasta is None:
             raise UsageError(f"{flag} goes with --fasta (--embeddings were already made)")
     if output is None and labels is None:
@@ -128,7 +131,7 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         with temporary_folder(where, ".protrans-predict-") as tmp:
             embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads,
                                                long_policy=long_policy, max_length=max_length,
-                                               chunk_overlap=chunk_overlap)
+                                               chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error")
             from protrans_cli import console
             from protrans_cli.io.files import display_name
 

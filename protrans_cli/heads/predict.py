@@ -100,7 +100,7 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
 
 def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, device: str = "auto",
                    threads: int | None = None, long_policy: str | None = None, max_length: int | None = None,
-                   chunk_overlap: int | None = None) -> tuple[Path, list[str]]:
+                   chunk_overlap: int | None = None, invalid_policy: str = "error") -> tuple[Path, list[str]]:
     """Embed a FASTA the way the head's training embeddings were made (its recorded model and
     layer, per residue or per protein as the head needs, and long-protein policy): (HDF5 file in
     `directory`, the FASTA's ids in input order). `model` replaces the recorded model (e.g. the
@@ -149,7 +149,8 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     given = dict(long_policy=long_policy, max_length=max_length, chunk_overlap=chunk_overlap)
     long = {k: v for k, v in given.items() if v is not None}
     options = EmbedOptions(model=name, per_residue=per_residue, per_protein=not per_residue,
-                           layers=(head_layer(config),), device=device, threads=threads, **long)
+                           layers=(head_layer(config),), device=device, threads=threads,
+                           invalid_policy=invalid_policy, **long)
     output = directory / "embeddings.h5"
     console.info(f"embedding {len(ids)} proteins with {name} for the {config.get('task', {}).get('name', kind)} head")
     embed(fasta, output, options, input_name=shown)
