@@ -100,17 +100,13 @@ def _checksums(sequence: str) -> set[str]:
     return sums
 
 
-def _prefix_checksums(sequence: str, length: int) -> set[str]:
-    """The checksums a protein's first `length` residues may be stored under (embed's truncate
-    policy keeps a prefix of the normalised sequence, rare residues as they are)."""
-    sums = {sequence_checksum(sequence[:length])}
-    for rare in ("keep", None):
-        try:
-            kept = normalise(sequence, rare=rare) if rare else normalise(sequence)
-        except SequenceRejected:
-            continue
-        sums.add(sequence_checksum(kept[:length]))
-    return sums
+def _prefix_checksum(sequence: str, length: int) -> str | None:
+    """The checksum embed's truncate policy stores for a protein: that of the first `length`
+    residues of its normalised sequence, rare residues as they are (None: one embed refuses)."""
+    try:
+        return sequence_checksum(normalise(sequence, rare="keep")[:length])
+    except SequenceRejected:
+        return None
 
 
 def _source_kind(reader: EmbeddingsReader, kind: str) -> str:
@@ -210,7 +206,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             # proteins over the model's limit were refused (13% of a set embedded with
             # --long-policy truncate --max-length 1000), though truncating them is the usual remedy.
             if record.sequence is not None and stored is not None and length is not None \
-                    and stored not in _prefix_checksums(record.sequence, length):
+                    and stored != _prefix_checksum(record.sequence, length):
                 report.wrong_sequence.append(record.id)
                 continue
             report.truncated_used.append(f"{record.id} ({length} of {cut})")
