@@ -94,6 +94,11 @@ class EmbedOptions:
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k, on in ((PER_RESIDUE, self.per_residue), (PER_PROTEIN, self.per_protein)) if on)
 
+    @property
+    def skip_invalid(self) -> bool:
+        """Records normalise refuses are recorded as failed (`_records`), not an error."""
+        return self.invalid_policy == "skip"
+
     def validate(self) -> None:
         if not (self.per_residue or self.per_protein):
             raise UsageError("nothing to write: ask for --per-residue and/or --per-protein")
@@ -1051,7 +1056,7 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
                 # (a silent minute per GB of FASTA before the model even loads: ~10 minutes for
                 # 50 million proteins)
                 console.info(f"reading {name}: checking every record and id before embedding")
-        scan = scan_input(source, name, options.invalid_policy == "skip")
+        scan = scan_input(source, name, options.skip_invalid)
         summary = EmbedSummary(output=output, num_records=scan.num_records)
         dist = _setup_distributed(options.device) if distributed else _Dist()
         # -j for this call only (torch's count is the process's); without -j, as it is (the
@@ -1214,7 +1219,6 @@ def _build_on_every_rank(options, device, dist) -> Embedder:
 
 
 def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:
-    skip = options.invalid_policy == "skip"  # (records normalise refuses: recorded as failed)
     if embedder is None:
         device = options.device
         if dist.world_size > 1 and device in ("auto", "cuda"):
@@ -1278,7 +1282,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
                 found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
-                    source, name, options.window, skip) for p in window), seal=path != output and dist.is_main))
+                    source, name, options.window, options.skip_invalid) for p in window),
+                    seal=path != output and dist.is_main))
         if dist.is_main:  # (two ranks mending one file at once both gave up: "delete it to start again")
             dist.barrier()
         done = _Done.union(found)
@@ -1356,7 +1361,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                            unit="res", unit_scale=True)
     try:
         with writer, _Background(lambda work, *args: work(*args)) as background:
-            for window in read_windows(source, name, options.window, skip):
+            for window in read_windows(source, name, options.window, options.skip_invalid):
                 done_here = done.members(window)
                 summary.num_resumed += len(done_here)
                 failures: dict[str, str] = {}
@@ -1504,7 +1509,7 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
     from protrans_cli.io.h5 import sequence_checksum
 
     left = found = 0
-    for window in read_windows(source, name, options.window, options.invalid_policy == "skip"):
+    for window in read_windows(source, name, options.window, options.skip_invalid):
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
             found += checksum is not None
