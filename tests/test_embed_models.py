@@ -1218,3 +1218,17 @@ def test_proteins_longer_than_the_training_crops_are_warned_about(tiny_models, t
     loaded = types.SimpleNamespace(path_or_hub_id="facebook/esm2_t33_650M_UR50D",
                                    model=types.SimpleNamespace(config=config))
     assert _trained_residues(loaded, 2) == (1022, "crops of 1024 tokens")
+
+
+@pytest.mark.parametrize("family_name", ["bert", "t5"])
+def test_loading_a_model_leaves_the_callers_random_numbers_alone(tiny_models, family_name):
+    # A notebook seeds torch, loads a model, then draws: it must draw what it would have drawn
+    # without the load (BERT's encoder initialised the pooler an MLM checkpoint lacks from the
+    # global generator).
+    from protrans_cli.models import load_model
+
+    torch.manual_seed(1)
+    expected = torch.rand(4)
+    torch.manual_seed(1)
+    load_model(tiny_models[family_name])
+    assert torch.equal(torch.rand(4), expected)

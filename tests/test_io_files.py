@@ -604,3 +604,49 @@ def test_names_stdout_means_the_same_file_not_the_same_terminal(tmp_path):
     with open(tmp_path / "log", "w") as log:
         subprocess.run([*probe, str(tmp_path / "file")], stdout=log, stderr=log, check=True)
     assert (tmp_path / "file").read_text().split() == ["True", "True"]
+
+
+def test_folder_lock_never_holds_a_removed_folder(tmp_path, monkeypatch):
+    # The race: this process opened the folder just as its holder removed it on the way out and
+    # a third process made and locked a new one under the name. Locking the removed folder would
+    # let two processes both think they hold the lock; the lock is taken again on the new folder.
+    import fcntl
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io.files import folder_lock
+
+    folder = tmp_path / "head.partial"
+    real_flock, calls = fcntl.flock, []
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:  # between our open and our flock: the holder leaves, a newcomer arrives
+            folder.rmdir()
+            folder.mkdir()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with folder_lock(folder, "busy"):
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        assert len(calls) == 2
+        other = os.open(folder, os.O_RDONLY)  # the folder now under the name is the one held
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+        with pytest.raises(RuntimeFailure, match="busy"):
+            with folder_lock(folder, "busy"):
+                pass
+    assert not folder.exists()  # left empty: removed
+
+
+def test_folder_lock_through_a_link_to_a_folder(tmp_path):
+    # A link to a folder is locked as the folder it names (the re-check follows it too).
+    from protrans_cli.io.files import folder_lock
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with folder_lock(tmp_path / "link", "busy"):
+        (tmp_path / "real" / "x").write_text("kept")
+    assert (tmp_path / "real" / "x").read_text() == "kept"

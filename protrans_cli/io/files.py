@@ -165,18 +165,27 @@ def folder_lock(folder, busy: str):
         yield
         return
     folder = Path(folder)
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)  # (the folder is the holder's: left as it is)
-        raise RuntimeFailure(busy, path=str(folder)) from None
-    except OSError:
-        pass
+    while True:
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # (the folder is the holder's: left as it is)
+            raise RuntimeFailure(busy, path=str(folder)) from None
+        except OSError:
+            break  # no flock here (NFS mounted nolock): unlocked
+        # Its holder removes the folder as it ends: the lock just taken may be on a removed
+        # folder, while a third process locks a new one under the name (as in output_lock).
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(folder)):  # (followed, as os.open did)
+                break
+        except OSError:
+            pass
+        os.close(fd)
     try:
         yield
     finally:

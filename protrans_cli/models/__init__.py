@@ -246,6 +246,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
     checkpoint's half precision by surprise); the caller picks bf16/fp16 for a GPU.
     A model that cannot be found (offline, not cached, no such repo) is a one-line ModelError.
     """
+    import torch
+
     name = str(name_or_path)
     torch_dtype = _parse_dtype(dtype)
     source = open_config(name, revision=revision, local_files_only=local_files_only)
@@ -289,7 +291,11 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             raise ModelError(_not_found_message(name, target, is_dir, "", what="its tokenizer files"))
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None))
         try:
-            model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
+            # (on the CPU; the caller's random numbers are put back: BERT's encoder initialised
+            # the pooler that an MLM checkpoint lacks from them, so a notebook seeded before
+            # load_model drew other numbers after it)
+            with torch.random.fork_rng(devices=[]):
+                model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
             raise ModelError(_not_found_message(name, target, is_dir, first_line(exc))) from None
         except weight_errors() as exc:
