@@ -2626,3 +2626,30 @@ def test_a_constant_test_set_is_undefined_in_the_scatter_title_too(run_cli, loc_
                 loc_data / "train.h5", test, "--max-epochs", "2", *FAST, "-o", tmp_path / "h")
     assert r.exit_code == 0, r.stderr
     assert "test value: Spearman undefined" in r.stderr and "test value: Spearman undefined" in titles
+
+
+def test_no_plots_writes_every_number_and_no_png(run_cli, loc_data, tmp_path):
+    # Run as a user runs it, in a fresh process: with --no-plots matplotlib is never imported
+    # (the plots were 13-20% of a small fit), and the JSON files hold the same numbers.
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom protrans_cli.cli import main\n"
+              "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+              "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n")
+    head = tmp_path / "loc"
+    common = ["--embeddings", str(loc_data / "train.h5"), "--labels", str(loc_data / "train.fasta"),
+              "--max-epochs", "5", "-j", "1", "--bootstrap", "50"]
+    for args in (["fit", "loc", *common, "-o", str(head), "--no-plots"],
+                 ["predict", str(head), "--embeddings", str(loc_data / "test.h5"), "--labels",
+                  str(loc_data / "test.fasta"), "--metrics", str(tmp_path / "m"), "--no-plots"]):
+        r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert not list(head.rglob("*.png")) and not list((tmp_path / "m").rglob("*.png"))
+    assert json.loads((head / "metrics.json").read_text())["valid"]["loc"]["n"] > 0
+    assert json.loads((tmp_path / "m" / "test.json").read_text())["outputs"]["loc"]["n"] == 45
+    # the same fit with plots: the same head, and the PNGs besides
+    r = run_cli("fit", "loc", *common, "-o", tmp_path / "plotted")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "plotted" / "curves.png").is_file() and (tmp_path / "plotted" / "metrics" / "valid.loc.png").is_file()
+    assert ((tmp_path / "plotted" / "weights.safetensors").read_bytes() == (head / "weights.safetensors").read_bytes())

@@ -64,10 +64,12 @@ _PAIR = (INPUT_FILE, INPUT_FILE)
 @click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted fit kept in OUTPUT.partial (saved after every epoch).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
+@click.option("--plots/--no-plots", default=True, show_default=True,
+              help="Write curves.png and a confusion (or scatter) PNG per set and output.")
 def command(task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
             patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
             hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, cache_gb, n_bootstrap, threads, device,
-            resume, force):
+            resume, force, plots):
     """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein/value) on embeddings.
 
     \b
@@ -83,7 +85,7 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
                        on_mismatch="skip" if skip_mismatched else "error", cache_bytes=_cache_bytes(cache_gb),
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
                        mask_columns=tuple(mask_columns), force=force, standardise=standardise, device=device,
-                       resume=resume)
+                       resume=resume, plots=plots)
     try:
         fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None, tests=[tuple(t) for t in tests])
     except KeyboardInterrupt as exc:

@@ -60,9 +60,11 @@ from protrans_cli.heads.labels import FORMATS
                    "head and 1 for a per-protein one).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
+@click.option("--plots/--no-plots", default=True, show_default=True,
+              help="With --metrics: write a confusion (or scatter) PNG per output next to its JSON.")
 def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overlap, invalid_policy, output, probabilities,
             head_output, labels, metrics_dir, label_format, mask_path, mask_columns, skip_mismatched,
-            allow_model_mismatch, max_residues, threads, device):
+            allow_model_mismatch, max_residues, threads, device, plots):
     """Apply a trained head to embeddings.
 
     \b
@@ -139,15 +141,15 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
             with console.naming(embeddings, f"the embeddings of {display_name(fasta)}"):
                 _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format,
                      mask_path, mask_columns or None, skip_mismatched, allow_model_mismatch or model is not None,
-                     max_residues, threads, device, order)
+                     max_residues, threads, device, order, plots)
         return
     # (no --mask-column: None, the head's own columns)
     _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
-         mask_columns or None, skip_mismatched, allow_model_mismatch, max_residues, threads, device, None)
+         mask_columns or None, skip_mismatched, allow_model_mismatch, max_residues, threads, device, None, plots)
 
 
 def _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
-         mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device, order):
+         mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device, order, plots):
     from protrans_cli import console
     from protrans_cli.heads.data import warn_unfinished
     from protrans_cli.heads.predict import evaluate_head, predict, scored_labels
@@ -170,5 +172,5 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
                       mask_path=mask_path, mask_columns=mask_columns,
                       on_mismatch="skip" if skip_mismatched else "error",
                       allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
-                      device=device, scored=scored, predicted=predicted)
+                      device=device, scored=scored, predicted=predicted, plots=plots)
     console.output_complete("standard output" if output == "-" else output or metrics_dir or "the scores")

@@ -83,6 +83,7 @@ class FitConfig:
     device: str = "auto"  # cuda when there is one, else cpu; or cpu, cuda, cuda:N, mps
     resume: bool = False  # continue the interrupted fit kept in OUTPUT.partial
     standardise: bool = True  # per-protein heads: z-score the inputs with the training mean/std
+    plots: bool = True  # curves.png and metrics/<set>.<output>.png (False: no matplotlib at all)
 
     def check(self) -> None:
         for name in ("max_epochs", "patience", "ensemble", "max_residues", "batch_size", "n_bootstrap", "hidden",
@@ -328,12 +329,13 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         with open(tmp / "metrics.jsonl", "w") as fh:
             for line in history:
                 fh.write(metrics_json(line, indent=None) + "\n")
-        _plot_curves(history, task, tmp / "curves.png")
+        if config.plots:
+            _plot_curves(history, task, tmp / "curves.png")
         summary = {}
         for name, data, emb, lab in eval_sets:
             result = evaluate_data(ensemble, task, data, n_boot=config.n_bootstrap, max_residues=config.max_residues,
                                    seed=config.seed)
-            summary[name] = write_metrics(tmp / "metrics", name, result, emb, lab)
+            summary[name] = write_metrics(tmp / "metrics", name, result, emb, lab, plots=config.plots)
         head_config = {
             "format": "protrans-head", "format_version": FORMAT_VERSION, "protrans_version": __version__,
             "task": task.to_json(), "kind": task.kind,
@@ -376,7 +378,7 @@ def partial_path(out_dir) -> Path:
 
 
 # Settings that do not change what is trained: a resumed fit may differ in these.
-_NOT_IN_FINGERPRINT = ("threads", "force", "resume", "device", "n_bootstrap", "cache_bytes")
+_NOT_IN_FINGERPRINT = ("threads", "force", "resume", "device", "n_bootstrap", "cache_bytes", "plots")
 
 
 def _finished(out_dir: Path, fingerprint: dict) -> FitResult | None:
@@ -928,8 +930,10 @@ def score_predictions(task: Task, items: list, predicted: dict, *, n_boot: int =
     return result
 
 
-def write_metrics(directory: Path, name: str, result: dict, embeddings: str, labels: str) -> dict:
-    """metrics/<name>.json and one confusion PNG per output; prints the report; returns headlines."""
+def write_metrics(directory: Path, name: str, result: dict, embeddings: str, labels: str, *,
+                  plots: bool = True) -> dict:
+    """metrics/<name>.json and (with `plots`) one confusion or scatter PNG per output; prints the
+    report; returns headlines."""
     safe = name.replace("/", "_")
     with atomic_output(directory / f"{safe}.json") as stream:  # (never half written, never through a link)
         stream.write((metrics_json({"set": name, "embeddings": embeddings, "labels": labels, "outputs": result})
@@ -938,7 +942,7 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
     for output, m in result.items():
         console.info(summary_line(name, output, m))
         if m.get("kind") == "value":
-            if m.get("n", 0) >= 2:
+            if plots and m.get("n", 0) >= 2:
                 rho = "undefined" if np.isnan(m["spearman"]) else f"{m['spearman']:.3f}"  # (a constant side)
                 save_scatter_png(m["true"], m["predicted"], directory / f"{safe}.{output}.png",
                                  f"{name} {output}: Spearman {rho}")
@@ -947,7 +951,7 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
             continue
         if console.state.verbosity >= 1:
             print_report(name, output, m)
-        if m.get("n"):
+        if plots and m.get("n"):
             save_confusion_png(m, directory / f"{safe}.{output}.png", f"{name} {output}: {m['metric']} "
                                f"{m['accuracy']:.3f}")
         headline[output] = {k: m.get(k) for k in ("metric", "accuracy", "ci95", "mcc", "balanced_accuracy",

@@ -396,8 +396,10 @@ def _check_max_residues(max_residues) -> None:
 def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_format: str = "auto", mask_path=None,
                   mask_columns=None, on_mismatch: str = "error", allow_model_mismatch: bool = False,
                   n_boot: int | None = None, max_residues: int = 8192, threads: int | None = None,
-                  device: str = "auto", scored=None, seed: int | None = None, predicted: dict | None = None) -> dict:
-    """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json/png if given.
+                  device: str = "auto", scored=None, seed: int | None = None, predicted: dict | None = None,
+                  plots: bool = True) -> dict:
+    """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json if
+    given, and its PNGs unless `plots` is False.
     `scored`: what `scored_labels` returned for the same arguments (else it is called here).
     `predicted`: what `predict(..., labelled=<scored's items>)` returned as "predicted" (`predict
     --labels -o`): scored as it is; else the matched proteins are read and predicted here.
@@ -432,7 +434,7 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     result = score_predictions(task, items, predicted, n_boot=n_boot, seed=seed)
     if metrics_dir is not None:
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
-        write_metrics(Path(metrics_dir), label_set.name, result, str(embeddings), str(labels))
+        write_metrics(Path(metrics_dir), label_set.name, result, str(embeddings), str(labels), plots=plots)
     else:
         from protrans_cli.heads.metrics import summary_line
 
