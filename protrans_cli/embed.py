@@ -1561,6 +1561,13 @@ class _Done:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def without(self, digests: np.ndarray) -> "_Done":
+        """These proteins less those whose id digests are in `digests`."""
+        if not len(digests) or not len(self.ids):
+            return self
+        keep = ~np.isin(self.ids, digests)
+        return _Done(self.ids[keep], self.sums[keep])
+
     def _find(self, proteins: list[_Protein]) -> tuple[np.ndarray, np.ndarray]:
         query = np.frombuffer(b"".join(digest128(p.id) for p in proteins), dtype="S16")
         at = np.minimum(np.searchsorted(self.ids, query), max(len(self.ids) - 1, 0))
@@ -1601,13 +1608,14 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None, *, seal: bool = False)
     (io.h5, "the ledger"), read instead when its seal matches the file as it is now. `seal`
     (a partial file, which the run goes on writing): a file read whole gets a sealed ledger of
     what was read, for the next resume."""
-    from protrans_cli.io.h5 import read_ledger, write_ledger
+    from protrans_cli.io.h5 import read_ledger, untrusted_digests, write_ledger
 
     ledger = read_ledger(path)
     if ledger is not None:
         _check_made_alike(path, writer_kw)
-        return _Done.union([_Done(*ledger)])
-    done = _read_whole(path, writer_kw, input_ids)
+        return _Done.union([_Done(*ledger)]).without(untrusted_digests(path))
+    # (the proteins written after the last flush before a write failed: embedded again)
+    done = _read_whole(path, writer_kw, input_ids).without(untrusted_digests(path))
     if seal:
         write_ledger(path, done.ids, done.sums)
     return done

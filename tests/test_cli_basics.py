@@ -399,3 +399,35 @@ def test_tables_on_a_narrow_terminal_keep_the_names_whole():
     assert "prot_t5_xl_uniref50" in text and "…" not in text
     assert "".join(line.split("│")[2].strip() for line in text.splitlines() if line.count("│") == 3) \
         == "Rostlab/prot_t5_xl_uniref50"
+
+
+def test_a_ctrl_c_while_torch_is_being_imported_is_delivered_once_it_is(monkeypatch):
+    # Raised inside torch's import, a KeyboardInterrupt could land in torch's C++ while it ran
+    # Python code: "terminate called after throwing an instance of 'pybind11::error_already_set'"
+    # and an abort (status -6) for about one Ctrl-C in fifteen in embed's first second.
+    import importlib.machinery
+    import signal
+    import sys
+    import time
+    import types
+
+    from protrans_cli import cli, console
+
+    fake = types.ModuleType("torch._being_imported")
+    fake.__spec__ = importlib.machinery.ModuleSpec("torch._being_imported", None)
+    fake.__spec__._initializing = True
+    monkeypatch.setitem(sys.modules, "torch._being_imported", fake)
+    monkeypatch.setattr(cli, "_INTERRUPTED", [])
+    monkeypatch.setattr(console.state, "complete", None)
+    previous = signal.signal(signal.SIGINT, cli._on_sigint)
+    try:
+        cli._on_sigint(signal.SIGINT, None)  # deferred: nothing raised while the import runs
+        time.sleep(0.1)
+        assert cli._INTERRUPTED == []
+        fake.__spec__._initializing = False
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(300):
+                time.sleep(0.01)
+        assert cli._INTERRUPTED == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)

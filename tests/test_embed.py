@@ -562,7 +562,7 @@ def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, mo
 
     monkeypatch.setattr(h5.os, "statvfs", filling)
     out = tmp_path / "full.h5"
-    with pytest.raises(RuntimeFailure, match=r"no room for the next batch: 1 MiB free on the output's disk, 16 MiB "
+    with pytest.raises(RuntimeFailure, match=r"no room for the next batch: 1.0 MiB free on the output's disk, 16.0 MiB "
                                              r"needed; what was computed is kept in .*full.h5.partial"):
         _run(out, fasta, max_batch_size=4)
     monkeypatch.setattr(h5.os, "statvfs", real)
@@ -573,6 +573,104 @@ def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, mo
         assert sorted(got.ids()) == sorted(ref.ids())
         for ident in ref.ids():
             np.testing.assert_array_equal(got.get(ident), ref.get(ident))
+
+
+def test_a_write_failing_inside_hdf5_is_one_line_and_resume_embeds_what_it_may_have_lost(tmp_path):
+    """A full disk the room check cannot see (a quota, another process filling it): HDF5 wrote a
+    small dataset's data as h5py dropped it and the error was only printed ("Exception ignored"),
+    the ledger recorded the protein, the process crashed at exit (segmentation fault), and
+    --resume kept arrays of zeros. Here the file-size limit makes the writes fail for real with
+    the room check off: one line, exit 1, and a resume equal to an uninterrupted run."""
+    import subprocess
+    import sys
+
+    fasta = generated_fasta(tmp_path / "g.fa", 80, repeat_every=0)
+    reference = _run(tmp_path / "ref.h5", fasta, max_batch_size=4, per_protein=False)
+    out = tmp_path / "o.h5"
+    script = (
+        "import resource, sys\n"
+        "import protrans_cli.io.h5 as h5\n"
+        "h5.ensure_room = lambda *a, **k: 0  # (the race it cannot see)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "from protrans_cli.cli import main\n"
+        f"sys.argv = ['protrans', 'embed', {str(fasta)!r}, '-m', 'onehot', '--per-residue', '-o', {str(out)!r},"
+        " '--max-batch-size', '4']\n"
+        "main()\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        rf"protrans: error: {re.escape(str(partial_path(out)))}: cannot write to it: File too large; the proteins "
+        r"written before are kept in it, and --resume embeds again the \d+ proteins? written since its last flush: "
+        r"run the same command with --resume once the problem is solved", lines[0]), r.stderr
+    assert (tmp_path / "o.h5.partial.untrusted").stat().st_size % 16 == 0
+    _run(out, fasta, max_batch_size=4, per_protein=False, resume=True)
+    assert not (tmp_path / "o.h5.partial.untrusted").exists()
+    with EmbeddingsReader(out) as got, EmbeddingsReader(reference) as ref:
+        assert sorted(got.ids()) == sorted(ref.ids())
+        for ident in ref.ids():
+            np.testing.assert_array_equal(got.get(ident), ref.get(ident))
+
+
+def test_the_proteins_written_after_the_last_flush_of_a_failed_write_are_embedded_again(tmp_path, monkeypatch):
+    """What --resume does with the list a failed write leaves: those proteins are not done, even
+    where the file holds readable records of them (their data may never have reached the disk)."""
+    from protrans_cli.io import h5
+
+    fasta = generated_fasta(tmp_path / "g.fa", 12, repeat_every=0)
+    out = _run(tmp_path / "o.h5", fasta)
+    names = [p.id for p in read_fasta(fasta)]
+    os.replace(out, partial_path(out))  # (as an interrupted run leaves it)
+    h5.untrusted_path(partial_path(out)).write_bytes(b"".join(h5.digest128(i) for i in names[:3]))
+    summary = _run_summary(out, fasta, resume=True)
+    assert summary.num_embedded == 3 and summary.num_resumed == 9
+    assert not h5.untrusted_path(partial_path(out)).exists()
+
+
+def test_a_quota_the_free_space_does_not_show_is_said_before_hdf5_meets_it(tmp_path, monkeypatch):
+    """The disk has room, the user's quota has not (cluster scratch): statvfs cannot tell, so the
+    room is taken for real before each batch; a reservation refused is the one-line "no room"
+    and the file stays resumable. A reservation ahead (64 MiB) that fails where the batch's own
+    would fit is not a refusal."""
+    import errno
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import h5
+
+    fasta = generated_fasta(tmp_path / "g.fa", 40, repeat_every=0)
+    reference = _run(tmp_path / "ref.h5", fasta, max_batch_size=4)
+    real, sizes = os.posix_fallocate, []
+
+    def quota(fd, offset, length):
+        sizes.append(length)
+        if length > (8 << 20) or len(sizes) > 12:  # room for 8 MiB at a time, and for 12 batches
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(h5.os, "posix_fallocate", quota)
+    out = tmp_path / "o.h5"
+    with pytest.raises(RuntimeFailure, match=r"o.h5.partial: no room for the next batch: Disk quota exceeded \(a "
+                                             r"reservation of 1.\d MiB failed\); what was computed is kept in"):
+        _run(out, fasta, max_batch_size=4)
+    assert (64 << 20) in sizes  # (tried ahead first)
+    monkeypatch.undo()
+    with EmbeddingsReader(partial_path(out)) as r:
+        assert 0 < len(r.ids()) < 40
+    _run(out, fasta, max_batch_size=4, resume=True)
+    with EmbeddingsReader(out) as got, EmbeddingsReader(reference) as ref:
+        assert sorted(got.ids()) == sorted(ref.ids())
+
+
+def test_a_read_only_file_system_is_not_called_full(tmp_path, monkeypatch):
+    """A read-only mount counts 0 bytes free: "no room ... free some space" was the wrong advice."""
+    import types
+
+    from protrans_cli.io import h5
+
+    fasta = generated_fasta(tmp_path / "g.fa", 4, repeat_every=0)
+    monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=0, f_frsize=4096,
+                                                                             f_flag=os.ST_RDONLY))
+    assert h5.ensure_room(tmp_path / "o.h5", 1 << 20, "then") == 0  # (the writing says what is wrong)
 
 
 def test_a_merge_of_shards_without_room_is_one_line_and_keeps_the_shards(tmp_path, monkeypatch):
@@ -592,7 +690,7 @@ def test_a_merge_of_shards_without_room_is_one_line_and_keeps_the_shards(tmp_pat
         shards.append(partial_path(shard_path(out, rank, 2)))
     with EmbeddingsWriter(out) as merged:
         monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=4 << 10, f_frsize=1))
-        with pytest.raises(RuntimeFailure, match=r"no room for the proteins of o.h5.shard-000-of-002.partial: 0 MiB free .* "
+        with pytest.raises(RuntimeFailure, match=r"no room for the proteins of o.h5.shard-000-of-002.partial: 0.0 MiB free .* "
                                                  r"run the same command with --resume once there is room"):
             _absorb_shards(merged, shards)
         monkeypatch.undo()
@@ -609,7 +707,7 @@ def test_a_disk_without_room_for_the_new_file_is_said_before_hdf5_meets_it(tmp_p
 
     fasta = generated_fasta(tmp_path / "g.fa", 4, repeat_every=0)
     monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=8 << 10, f_frsize=1))
-    with pytest.raises(RuntimeFailure, match=r"o.h5: no room for a new output file: 0 MiB free on the output's disk"):
+    with pytest.raises(RuntimeFailure, match=r"o.h5: no room for a new output file: 0.0 MiB free on the output's disk"):
         _run(tmp_path / "o.h5", fasta)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa"]
 

@@ -330,7 +330,7 @@ def test_mending_a_damaged_partial_on_a_full_disk_is_one_line(tmp_path, monkeypa
     data[40:48], data[header:header + 64] = early, bytes(64)  # a kill during a flush, as in test_embed
     partial.write_bytes(bytes(data))
     monkeypatch.setattr(h5_module.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1))
-    with pytest.raises(RuntimeFailure, match=r"o.h5.partial: no room for a mended copy of this damaged file: 1 MiB "
+    with pytest.raises(RuntimeFailure, match=r"o.h5.partial: no room for a mended copy of this damaged file: 1.0 MiB "
                                              r"free .*; free some space and run the same command with --resume"):
         repair_after_kill(partial, (PER_RESIDUE,), "grouped")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.h5.partial", "o.h5.partial.ledger"]  # (no salvage)

@@ -181,7 +181,7 @@ def _on_sigterm(main_pid):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        if _after_completion(signum):
+        if _after_completion(signum) or _deferred_past_torch_import(signum):
             return
         # Noted as well as raised: Python drops an exception raised while a weakref callback or
         # a destructor runs ("Exception ignored in ..."), and the command then ended with exit 0.
@@ -194,10 +194,45 @@ def _on_sigterm(main_pid):
 def _on_sigint(signum, frame):
     # Python's own handler raises KeyboardInterrupt, which is dropped the same way when it
     # lands in a weakref callback: `predict` went on to write its output and exit 0. Noted.
-    if _after_completion(signum):
+    if _after_completion(signum) or _deferred_past_torch_import(signum):
         return
     _INTERRUPTED.append(signum)
     raise KeyboardInterrupt
+
+
+_REDELIVERING: list[int] = []
+
+
+def _deferred_past_torch_import(signum) -> bool:
+    """Whether the signal came while torch was being imported, and is delivered again once it is.
+    Raised there, the exception could land inside torch's C++ (pybind11) while it ran Python code:
+    "terminate called after throwing an instance of 'pybind11::error_already_set'" and an abort
+    (status -6), for about one Ctrl-C in fifteen in embed's first second."""
+    if not _importing_torch():
+        return False
+    if not _REDELIVERING:
+        import _thread
+        import threading
+        import time
+
+        _REDELIVERING.append(signum)
+
+        def redeliver():
+            while _importing_torch():
+                time.sleep(0.01)
+            _REDELIVERING.clear()
+            _thread.interrupt_main(signum)  # (runs this signal's handler in the main thread)
+
+        threading.Thread(target=redeliver, name="protrans-signal", daemon=True).start()
+    return True
+
+
+def _importing_torch() -> bool:
+    for name, module in list(sys.modules.items()):
+        if (name == "torch" or name.startswith("torch.")) and getattr(getattr(module, "__spec__", None),
+                                                                      "_initializing", False):
+            return True
+    return False
 
 
 def _after_completion(signum) -> bool:
@@ -252,6 +287,11 @@ def main(argv=None):
         _main(console, argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        h5 = sys.modules.get("protrans_cli.io.h5")
+        if argv is None and h5 is not None and h5.abandoned_files():
+            # A write failed inside HDF5 and the file was left open: HDF5's own teardown at exit
+            # would flush it and crash (a segmentation fault after the error line).
+            _exit_now(code)(None, None)
         if argv is None and installed and _INTERRUPTED and code == EXIT_INTERRUPTED:
             # The command has unwound and said so. A Ctrl-C in the first second (while modules
             # were being imported) left Python to kill itself by SIGINT at exit, as for an

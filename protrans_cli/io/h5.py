@@ -872,12 +872,15 @@ def _unreadable_records(group, names: list[bytes]) -> set[bytes]:
 ROOM_MARGIN = 16 << 20  # room kept beside a write for HDF5's own metadata and the attributes
 
 
-def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next batch") -> None:
+def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next batch",
+                reserve: int | None = None) -> int:
     """Refuse a write of about `nbytes` into the HDF5 file `path` that the disk or the file-size
     limit (ulimit -f) cannot take, before HDF5 meets it: a write that fails inside HDF5 leaves
     its metadata half written, and h5py then crashed (segmentation fault) with the file at risk.
     `then` says what the user has and does next; `shown` is the file the message names (`path`
-    when it is not a hidden temporary)."""
+    when it is not a hidden temporary). `reserve`: the bytes to take for real (`_reserve`;
+    default: the write's, with a margin; 0: none; more than the write's: tried first, then the
+    write's). Returns the bytes that were taken."""
     import resource
 
     path = Path(path)
@@ -886,10 +889,13 @@ def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next 
         stat = os.statvfs(path.parent)
         free = stat.f_bavail * stat.f_frsize
     except OSError:
-        free = None
+        stat = free = None
+    if stat is not None and getattr(stat, "f_flag", 0) & getattr(os, "ST_RDONLY", 1):
+        return 0  # (a read-only mount counts 0 bytes free: the writing says "Read-only file system")
     if free is not None and free < need:
-        raise RuntimeFailure(f"no room for {what}: {free / 2**20:.0f} MiB free on the output's disk, "
-                             f"{need / 2**20:.0f} MiB needed; {then}", path=str(shown or path))
+        free_text, need_text = _sizes(free, need)
+        raise RuntimeFailure(f"no room for {what}: {free_text} free on the output's disk, "
+                             f"{need_text} needed; {then}", path=str(shown or path))
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
         size = path.stat().st_size if path.exists() else 0
@@ -903,6 +909,55 @@ def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next 
             raise RuntimeFailure(f"no room for {what}: the file-size limit (ulimit -f) is "
                                  f"{limit / 2**20:.1f} MiB, the file {size / 2**20:.1f} MiB and {what} about "
                                  f"{grows / 2**20:.1f} MiB; {then}", path=str(shown or path))
+    # The free space is the disk's, not the user's: a quota (the rule on cluster scratch) or
+    # another process filling the disk met HDF5 in the middle of a write, after which it loses
+    # data without a word and crashes on close (HDF5 2.0: "Slist already enabled?", a segmentation
+    # fault). The room is taken for real in a file of no name, and given back for HDF5 to use:
+    # a quota only this user's writes consume, and the race shrinks to the write itself.
+    taken = room_for(nbytes) if reserve is None else reserve
+    problem = _reserve(path.parent, taken) if taken else None
+    if problem is not None and taken > room_for(nbytes):
+        taken = room_for(nbytes)
+        problem = _reserve(path.parent, taken)
+    if problem is not None:
+        raise RuntimeFailure(f"no room for {what}: {problem}; {then}", path=str(shown or path))
+    return taken
+
+
+def room_for(nbytes: int) -> int:
+    """What a write of `nbytes` into an HDF5 file takes on disk at most: the data, a tenth for
+    HDF5's own, and a MiB."""
+    return int(nbytes * 1.1) + (1 << 20)
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def _sizes(free: int, need: int) -> tuple[str, str]:
+    """Free and needed bytes in MiB, or in KiB where MiB would print them equal (a shortfall
+    of a few KiB read "16 MiB free on the output's disk, 16 MiB needed")."""
+    if _mib(free) != _mib(need):
+        return _mib(free), _mib(need)
+    return f"{free / 1024:,.0f} KiB", f"{-(-need // 1024):,} KiB"
+
+
+def _reserve(folder: Path, nbytes: int) -> str | None:
+    """Allocate `nbytes` of disk in `folder` and free them again: the reason ("Disk quota
+    exceeded") when the disk or the quota cannot give them; None when it can, or when the file
+    system cannot say (no posix_fallocate, or it refuses the call)."""
+    import tempfile
+
+    if not hasattr(os, "posix_fallocate") or nbytes <= 0:
+        return None
+    try:
+        # (unnamed on Linux, O_TMPFILE: a kill leaves nothing behind; freed as it is closed)
+        with tempfile.TemporaryFile(dir=folder, prefix=".protrans-room-") as fh:
+            os.posix_fallocate(fh.fileno(), 0, nbytes)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # (not EFBIG: the file-size limit is checked above)
+            return f"{exc.strerror or os.strerror(exc.errno)} (a reservation of {_mib(nbytes)} failed)"
+    return None
 
 
 # errno values of a file system that grants no locks: ENOSYS, EOPNOTSUPP/ENOTSUP, ENOLCK (NFS
@@ -1070,6 +1125,101 @@ def write_ledger(path, ids: np.ndarray, sums: np.ndarray) -> None:
 def remove_ledger(path) -> None:
     with contextlib.suppress(OSError):
         ledger_path(path).unlink()
+    with contextlib.suppress(OSError):
+        untrusted_path(path).unlink()
+
+
+def untrusted_path(path) -> Path:
+    """`out.h5.partial.untrusted`: the 128-bit digests of the proteins a run wrote into `path`
+    after its last flush, before a write failed inside HDF5: their records may be readable while
+    their data never reached the disk, so --resume embeds them again (`untrusted_digests`)."""
+    path = Path(path)
+    return path.with_name(path.name + ".untrusted")
+
+
+def untrusted_digests(path) -> np.ndarray:
+    """The digests (S16) listed in `untrusted_path(path)`; empty without one."""
+    try:
+        raw = untrusted_path(path).read_bytes()
+    except FileNotFoundError:
+        return np.empty(0, dtype="S16")
+    return np.frombuffer(raw[: len(raw) // 16 * 16], dtype="S16")
+
+
+# Files a failed write left HDF5 unable to close (EmbeddingsWriter._abandon): the CLI ends the
+# process without HDF5's teardown when there are any (protrans_cli.cli.main), which would crash.
+_ABANDONED: list = []
+
+
+def abandoned_files() -> bool:
+    return bool(_ABANDONED)
+
+
+def _exit_before_hdf5_teardown() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(1)
+
+
+class _MarkerRoom:
+    """Disk kept for `untrusted_path(partial)` while a writer runs: a write failing inside HDF5
+    is mostly a full disk, where the list could not be written otherwise. On Linux, a file of no
+    name (O_TMPFILE: a kill leaves nothing behind) with `SIZE` bytes allocated at the start; the
+    list is written into it and the file given its name. Elsewhere the list is written as any
+    file is."""
+
+    SIZE = 1 << 20  # 65,536 ids
+
+    def __init__(self, partial: Path):
+        import tempfile
+
+        self.partial = partial
+        self.fh = None
+        if not (sys.platform.startswith("linux") and hasattr(os, "posix_fallocate")):
+            return
+        try:
+            self.fh = tempfile.TemporaryFile(dir=partial.parent, prefix=".protrans-untrusted-")
+            os.posix_fallocate(self.fh.fileno(), 0, self.SIZE)
+        except OSError:
+            self.release()
+
+    def write(self, digests: bytes) -> None:
+        """Add `digests` to the partial file's list (OSError when it cannot be written)."""
+        target = untrusted_path(self.partial)
+        try:
+            payload = target.read_bytes() + digests  # (a resumed run's list goes on)
+        except FileNotFoundError:
+            payload = digests
+        if self.fh is not None and len(payload) <= self.SIZE:
+            fd = self.fh.fileno()
+            staged = target.with_name(f".{target.name}.tmp")
+            try:
+                if os.pwrite(fd, payload, 0) == len(payload):
+                    os.ftruncate(fd, len(payload))
+                    os.fsync(fd)
+                    with contextlib.suppress(FileNotFoundError):
+                        staged.unlink()
+                    os.link(f"/proc/self/fd/{fd}", staged)  # (an O_TMPFILE file gets its name)
+                    os.replace(staged, target)
+                    return
+            except OSError:
+                pass
+            finally:
+                self.release()
+        with open(target, "ab") as fh:
+            fh.write(digests)
+
+    def release(self) -> None:
+        if self.fh is not None:
+            with contextlib.suppress(OSError):
+                self.fh.close()
+            self.fh = None
+
+
+def _write_failed(exc: BaseException) -> bool:
+    """Whether an h5py error is a write HDF5 could not make (its message: "file write failed")."""
+    return "write failed" in str(exc)
 
 
 class _Ledger:
@@ -1128,6 +1278,14 @@ class _Ledger:
             self.fd = None
         except OSError:
             self.drop()
+
+    def abandon(self) -> None:
+        """A write failed: the records of the flushes before stay, unsealed (as after a kill)."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+        self.pending.clear()
 
     def drop(self) -> None:
         """No ledger (proteins were copied in without records, or it could not be written)."""
@@ -1265,7 +1423,12 @@ class EmbeddingsWriter:
         self.file.flush()
         if not resumed:
             os.replace(creating, self.partial)  # the open file follows its inode
+            with contextlib.suppress(OSError):
+                untrusted_path(self.partial).unlink()  # (an earlier partial file's)
         self._ledger = _Ledger(self.partial, fresh=not resumed, keep=keep_ledger)
+        self._unflushed: list[str] = []  # ids written since the last flush (what a failed write taints)
+        self._room_taken = 0  # bytes the last reservation showed room for, less the batches since
+        self._marker_room = _MarkerRoom(self.partial)
 
     # --- state ------------------------------------------------------------------------
     def done_ids(self) -> set[str]:
@@ -1291,9 +1454,12 @@ class EmbeddingsWriter:
             if arrays[kind] is None:
                 raise ValueError(f"{kind} array missing for {ident!r}")
             arrays[kind] = np.asarray(arrays[kind]).astype(self.storage_dtype, copy=False)
+        self._unflushed.append(ident)
         try:
             self._write_kinds(key, arrays, attrs)
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, OSError) as exc:
+            if _write_failed(exc):
+                raise self._abandon(exc) from None
             if not self.resumed:
                 raise
             # (HDF5 meeting damage a kill left that reading the file back passed over)
@@ -1320,12 +1486,24 @@ class EmbeddingsWriter:
                 ds = _create_dataset(group, key, data)
             for name, value in attrs.items():
                 _set_attr(ds, name, _attr_value(value))
+            # Closed here, not whenever Python drops it: HDF5 writes a small dataset's data as it
+            # closes, and an error there (a full disk, a quota) was only printed by h5py
+            # ("Exception ignored"), while the ledger recorded the protein as complete.
+            ds.close()
 
     def ensure_room(self, nbytes: int, what: str = "the next batch") -> None:
         """Refuse a batch of about `nbytes` that would not fit (see `ensure_room`); the file
         stays as it was after the last batch, resumable."""
-        ensure_room(self.partial, nbytes, f"what was computed is kept in {self.partial}; run the same command "
-                                          "with --resume once there is room", what=what)
+        # The room is taken for real for 64 MiB of batches at a time: freeing it cost 2-3 ms a
+        # batch (ext4 mounted with discard), 3% of a one-hot run of small batches.
+        need = room_for(nbytes)
+        reserve = 0 if need <= self._room_taken else max(need, self.ROOM_AHEAD)
+        taken = ensure_room(self.partial, nbytes, f"what was computed is kept in {self.partial}; run the same "
+                                                  "command with --resume once there is room", what=what,
+                            reserve=reserve)
+        self._room_taken = (taken if reserve else self._room_taken) - need
+
+    ROOM_AHEAD = 64 << 20
 
     def record_failure(self, ident: str, reason: str) -> None:
         """A protein with no embedding: listed in the file's `failed` attribute, never dropped silently."""
@@ -1374,9 +1552,43 @@ class EmbeddingsWriter:
     def flush(self, *, failures: bool = False) -> None:
         """Make what was written so far durable. `failures`: write the `failed` attribute
         whatever its growth (see _write_failed)."""
-        self._write_failed(force=failures)
-        self.file.flush()
+        try:
+            self._write_failed(force=failures)
+            self.file.flush()
+        except (RuntimeError, OSError) as exc:
+            if _write_failed(exc):
+                raise self._abandon(exc) from None
+            raise
         self._ledger.flushed()
+        self._unflushed.clear()
+
+    def _abandon(self, exc: BaseException) -> RuntimeFailure:
+        """A write failed inside HDF5 (a full disk or quota the room check could not see, an
+        I/O error): the error to raise. HDF5 cannot go on from there: a flush or close after it
+        crashed the process (HDF5 2.0: "Slist already enabled?", a segmentation fault), so the
+        file is never touched again in this process (see `abandoned_files`). What the last flush
+        made durable stays; the proteins written since are listed in `untrusted_path` so that
+        --resume embeds them again (their data may never have reached the disk)."""
+        if not _ABANDONED:  # (a library caller's process, at its end: exit 1, not a crash)
+            import atexit
+
+            atexit.register(_exit_before_hdf5_teardown)
+        _ABANDONED.append((self.file, self._groups))  # (never closed, never deallocated)
+        self.file = None
+        self._ledger.abandon()
+        why = re.search(r"error message = '([^']*)'", str(exc))
+        reason = why.group(1) if why else first_line(exc)
+        try:
+            self._marker_room.write(b"".join(digest128(ident) for ident in self._unflushed))
+        except OSError as marker:
+            return RuntimeFailure(f"cannot write to it: {reason}; it cannot be resumed (its last proteins may not "
+                                  f"have reached the disk, and that could not be noted: {marker.strerror or marker}): "
+                                  "delete it and run the command again", path=str(self.partial))
+        count = len(self._unflushed)
+        return RuntimeFailure(f"cannot write to it: {reason}; the proteins written before are kept in it, and "
+                              f"--resume embeds again the {count} protein{'s' * (count != 1)} written since its "
+                              "last flush: run the same command with --resume once the problem is solved",
+                              path=str(self.partial))
 
     _FAILED_ALWAYS = 1024  # up to this many failures the attribute is kept current at every flush
 
@@ -1412,6 +1624,10 @@ class EmbeddingsWriter:
         self.flush(failures=True)
         self.file.close()
         self.file = None
+        self._marker_room.release()
+        if complete:  # (every protein it listed was written again and flushed)
+            with contextlib.suppress(OSError):
+                untrusted_path(self.partial).unlink()
         if complete and self.finalize:
             self._ledger.drop()  # (it belongs to the partial file)
             try:
