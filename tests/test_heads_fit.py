@@ -2142,6 +2142,14 @@ def test_foreign_files_are_matched_by_original_id_and_their_layers_checked(run_c
                     "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "-o", tmp_path / f"h_{name}")
         assert r.exit_code == 1, r.stderr
         assert ("holds one layer (no layer axis" if name == "one" else "holds 3 layers on its first axis") in r.stderr
+    # predict has no --layer: a head of layer 1 on the one-layer file is told what to do instead
+    r = run_cli("fit", "ss3", "--embeddings", tmp_path / "three.h5", "--labels", labels, "--layer", "1",
+                "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "-o", tmp_path / "h1")
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", tmp_path / "h1", "--embeddings", tmp_path / "one.h5", "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and r.stderr.strip().endswith(
+        "holds one layer (no layer axis, no layer numbers recorded), not layer 1: fit a head on it with --layer -1 "
+        "(the default), or embed with --layer 1"), r.stderr
 
 
 @pytest.mark.gpu

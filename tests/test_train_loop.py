@@ -1242,12 +1242,21 @@ def test_init_from_with_a_size_changed_by_set_is_named_as_such(tmp_path, run_cli
     tokenizer = bert.build_tokenizer()
     BertForMaskedLM(bert.build_config("tiny", tokenizer)).save_pretrained(tmp_path / "mlm")
     tokenizer.save_pretrained(tmp_path / "mlm")
-    for bad in ("hidden_size=64", "vocab_size=5", "vocab_size=64"):
+    # A depth keeps every tensor's shape: one layer fewer dropped the checkpoint's last layer
+    # without a word (exit 0), one more trained a random layer.
+    layers = bert.build_config("tiny", tokenizer).num_hidden_layers
+    for bad in ("hidden_size=64", "vocab_size=5", "vocab_size=64", f"num_hidden_layers={layers - 1}",
+                f"num_hidden_layers={layers + 1}"):
         res = run_cli("train", "--init-from", tmp_path / "mlm", "--corpus", LEARNABLE, "-o", tmp_path / "no",
                       "--set", bad, "--num-steps", 1)
         assert res.exit_code == 2, (bad, res.stderr)
         assert f"--set / model_overrides ({bad})" in res.stderr and "not sizes" in res.stderr, res.stderr
+    assert "1 of its tensors would be left out" not in res.stderr and "would start from random" in res.stderr
     assert not (tmp_path / "no").exists()
+    # a setting that keeps the weights still goes
+    res = run_cli("train", "--init-from", tmp_path / "mlm", "--corpus", LEARNABLE, "-o", tmp_path / "yes",
+                  "--set", "hidden_dropout_prob=0.0", "--num-steps", 1, "-j", 1)
+    assert res.exit_code == 0, res.stderr
 
 
 def test_init_from_set_values_are_typed_as_for_a_preset(tmp_path, run_cli):

@@ -387,12 +387,14 @@ def _check_foreign_layer(shape: tuple, base_ndim: int, layer: int, path: str, id
                          "no `layers` attribute says its first axis is layers (a flat file mixing per-residue and "
                          "per-protein arrays?)", path=path, record=ident)
     if len(shape) == base_ndim + 1 and not -shape[0] <= layer < shape[0]:
-        raise InputError(f"holds {shape[0]} layers on its first axis (the file records no layer numbers: --layer "
+        raise InputError(f"holds {shape[0]} layers on its first axis (the file records no layer numbers: a layer "
                          f"indexes that axis, {-shape[0]} to {shape[0] - 1}), not layer {layer}", path=path,
                          record=ident)
     if len(shape) == base_ndim and layer not in (-1, 0):
-        raise InputError(f"holds one layer (no layer axis, no layer numbers recorded): --layer {layer} does not "
-                         "apply (leave it out)", path=path, record=ident)
+        # (predict has no --layer: there the layer is the head's, from fit's --layer)
+        raise InputError(f"holds one layer (no layer axis, no layer numbers recorded), not layer {layer}: fit a "
+                         f"head on it with --layer -1 (the default), or embed with --layer {layer}", path=path,
+                         record=ident)
 
 
 @dataclass

@@ -18,6 +18,7 @@ forward passes and summed over ranks), so the gradient does not depend on how th
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import itertools
 import math
@@ -446,6 +447,26 @@ def _use_packing(family, model, objective, objective_name: str, config: TrainCon
     dist.print0(f"train: packing micro-batches into one row each; {kernel}")
 
 
+def _weights_changed(family, saved, changed) -> str | None:
+    """How the pretraining model of config `changed` differs in its weights' names or shapes
+    from that of `saved` (both built on the meta device: no memory, no time); None if alike."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            before = {k: tuple(v.shape) for k, v in family.pretraining_model(saved).state_dict().items()}
+            after = {k: tuple(v.shape) for k, v in family.pretraining_model(changed).state_dict().items()}
+    except Exception:  # noqa: BLE001 - what cannot be built is said by the loading that follows
+        return None
+    if gone := sorted(set(before) - set(after)):
+        return f"{len(gone)} of its tensors would be left out, e.g. {gone[0]}"
+    if new := sorted(set(after) - set(before)):
+        return f"{len(new)} tensors would start from random, e.g. {new[0]}"
+    if reshaped := sorted(k for k in before if before[k] != after[k]):
+        return f"{reshaped[0]} would be {after[reshaped[0]]} instead of {before[reshaped[0]]}"
+    return None
+
+
 # Above this share of missing weights, --init-from is refused rather than half random.
 _MAX_MISSING_SHARE = 0.1
 
@@ -469,6 +490,7 @@ def _initial_model(config: TrainConfig, resume):
                          f"that is {'an' if family.name[0] in 'aeiou' else 'a'} {family.name} model")
     _check_objective(config, family)
     saved_vocab = getattr(hf_config, "vocab_size", None)
+    saved_config = copy.deepcopy(hf_config) if config.model_overrides and not resume else None
     for key, value in config.model_overrides.items():
         if not hasattr(hf_config, key):
             raise UsageError(f"--set {key}: the {family.name} config of {source.name} has no field {key!r}")
@@ -495,6 +517,11 @@ def _initial_model(config: TrainConfig, resume):
                 raise UsageError(f"{resized}: the weights of {source.name} have {saved_vocab} "
                                  "vocabulary rows; with --init-from, --set can change settings such as dropout, "
                                  "not sizes")
+            if saved_config is not None and (change := _weights_changed(family, saved_config, hf_config)):
+                # A depth keeps every shape: num_hidden_layers=1 dropped the checkpoint's other
+                # layers without a word, =3 added random ones ("usually a pretraining head").
+                raise UsageError(f"{resized}: the model would not hold the weights of {source.name} ({change}); "
+                                 "with --init-from, --set can change settings such as dropout, not sizes")
             # the same guard as embed: a directory without its tokenizer would train on [UNK] rows
             _check_tokenizer(f"--init-from {source.name}", family, tokenizer, source.is_dir,
                              getattr(hf_config, "vocab_size", None))
