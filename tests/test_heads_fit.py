@@ -637,6 +637,25 @@ def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_
     assert probs.read_bytes() == b"an older file" and not (tmp_path / "q.fa").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
+    # A write that fails inside HDF5 all the same (the room check off: a disk filled during the
+    # write; here the file-size limit): one line, exit 1, the old file kept, no crash at exit.
+    import subprocess
+    import sys
+
+    script = ("import resource, sys\n"
+              "import protrans_cli.io.h5 as h5, protrans_cli.heads.predict as p\n"
+              "h5.ensure_room = p.ensure_room = lambda *a, **k: 0\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+              "from protrans_cli.cli import main\n"
+              f"sys.argv = ['protrans', 'predict', {str(head)!r}, '--embeddings', {str(ss_data / 'train.h5')!r}, "
+              f"'-o', {str(tmp_path / 'q.fa')!r}, '--probabilities', {str(probs)!r}]\n"
+              "main()\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.strip() == (f"protrans: error: {probs}: cannot write the probabilities: File "
+                                                      "too large; the file was not written"), (r.returncode, r.stderr)
+    assert probs.read_bytes() == b"an older file" and not (tmp_path / "q.fa").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
 
 def test_predict_never_writes_into_its_head_and_a_damaged_head_is_one_line(run_cli, ss_data, tmp_path):
     """`predict HEAD -o HEAD/config.json` replaced the head's config with predictions (exit 0);

@@ -31,8 +31,9 @@ from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_
 from protrans_cli.heads.labels import read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, through_link)
-from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, dataset_attrs, dataset_id, ensure_room, escape_key,
-                                h5_file, one_protein_twice, stored_length, truncated_from)
+from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id, ensure_room,
+                                escape_key, h5_file, one_protein_twice, stored_length, truncated_from,
+                                write_failure_reason)
 from protrans_cli.threads import torch_threads
 
 
@@ -291,17 +292,32 @@ class _ProbabilityWriter:
     def add(self, items, probs) -> None:
         ensure_room(self.tmp, sum(p.size * 4 for o in self.task.outputs for p in probs[o.name]),
                     "the file was not written", shown=self.target)
-        for o in self.task.outputs:
-            group = self.h5[o.name]
-            for item, p in zip(items, probs[o.name]):
-                ds = group.create_dataset(escape_key(item.id), data=p.astype(np.float32))  # (L, C)
-                ds.attrs["id"] = item.id
+        try:
+            for o in self.task.outputs:
+                group = self.h5[o.name]
+                for item, p in zip(items, probs[o.name]):
+                    ds = group.create_dataset(escape_key(item.id), data=p.astype(np.float32))  # (L, C)
+                    ds.attrs["id"] = item.id
+                    # (closed here: HDF5 writes the data as it closes, and h5py only printed an
+                    # error there, so a file missing rows could be completed and put in place)
+                    ds.id.close()
+        except (RuntimeError, OSError) as exc:
+            if "write failed" not in str(exc):
+                raise
+            abandon(self.h5)  # (HDF5 cannot flush or close it any more)
+            self.h5 = None
+            raise RuntimeFailure(f"cannot write the probabilities: {write_failure_reason(exc)}; the file was not "
+                                 "written", path=str(self.target)) from None
 
     def __exit__(self, exc_type, exc, tb):
         try:
+            if self.h5 is None:  # (abandoned after a failed write: the temporary goes, unclosed)
+                return
             try:
                 self.h5.close()
             except Exception as close_error:  # noqa: BLE001 - HDF5's own two-line message names the temporary
+                if "write failed" in str(close_error):
+                    abandon(self.h5)  # (what is left of it is not closed again at exit)
                 if exc_type is not None:
                     return  # the error under way (a full disk's "no room") says what happened
                 raise RuntimeFailure(f"cannot write the probabilities ({first_line(close_error)})",

@@ -1155,6 +1155,24 @@ def abandoned_files() -> bool:
     return bool(_ABANDONED)
 
 
+def abandon(*objects) -> None:
+    """Leave an HDF5 file whose write failed open for good: never flushed, closed or deallocated
+    in this process (HDF5 2.0 crashed on the next flush or close: "Slist already enabled?", a
+    segmentation fault). The process then ends without HDF5's teardown: the CLI's main, or, for
+    a library caller, an exit handler (exit 1, not a crash)."""
+    if not _ABANDONED:
+        import atexit
+
+        atexit.register(_exit_before_hdf5_teardown)
+    _ABANDONED.append(objects)
+
+
+def write_failure_reason(exc: BaseException) -> str:
+    """"No space left on device" out of HDF5's message for a failed write (else its first line)."""
+    why = re.search(r"error message = '([^']*)'", str(exc))
+    return why.group(1) if why else first_line(exc)
+
+
 def _exit_before_hdf5_teardown() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -1569,15 +1587,10 @@ class EmbeddingsWriter:
         file is never touched again in this process (see `abandoned_files`). What the last flush
         made durable stays; the proteins written since are listed in `untrusted_path` so that
         --resume embeds them again (their data may never have reached the disk)."""
-        if not _ABANDONED:  # (a library caller's process, at its end: exit 1, not a crash)
-            import atexit
-
-            atexit.register(_exit_before_hdf5_teardown)
-        _ABANDONED.append((self.file, self._groups))  # (never closed, never deallocated)
+        abandon(self.file, self._groups)
         self.file = None
         self._ledger.abandon()
-        why = re.search(r"error message = '([^']*)'", str(exc))
-        reason = why.group(1) if why else first_line(exc)
+        reason = write_failure_reason(exc)
         try:
             self._marker_room.write(b"".join(digest128(ident) for ident in self._unflushed))
         except OSError as marker:
@@ -1585,10 +1598,10 @@ class EmbeddingsWriter:
                                   f"have reached the disk, and that could not be noted: {marker.strerror or marker}): "
                                   "delete it and run the command again", path=str(self.partial))
         count = len(self._unflushed)
-        return RuntimeFailure(f"cannot write to it: {reason}; the proteins written before are kept in it, and "
-                              f"--resume embeds again the {count} protein{'s' * (count != 1)} written since its "
-                              "last flush: run the same command with --resume once the problem is solved",
-                              path=str(self.partial))
+        again = (f", and --resume embeds again the {count} protein{'s' * (count != 1)} written since its last flush"
+                 if count else "")
+        return RuntimeFailure(f"cannot write to it: {reason}; the proteins written before are kept in it{again}: run "
+                              "the same command with --resume once the problem is solved", path=str(self.partial))
 
     _FAILED_ALWAYS = 1024  # up to this many failures the attribute is kept current at every flush
 
@@ -1622,7 +1635,12 @@ class EmbeddingsWriter:
         if self.file is None:
             return
         self.flush(failures=True)
-        self.file.close()
+        try:
+            self.file.close()
+        except (RuntimeError, OSError) as exc:
+            if _write_failed(exc):
+                raise self._abandon(exc) from None
+            raise
         self.file = None
         self._marker_room.release()
         if complete:  # (every protein it listed was written again and flushed)
