@@ -87,6 +87,16 @@ def test_chunk_windows_cover_and_stitch_exactly():
     np.testing.assert_array_equal(stitched, truth)
 
 
+@pytest.mark.parametrize("length,window,overlap", [(100, 30, 10), (33, 12, 4), (50, 10, 9), (1000, 100, 0)])
+def test_chunk_windows_share_at_least_the_overlap_asked_for(length, window, overlap):
+    # --chunk-overlap N: every row near a window's edge has N residues of context from its
+    # neighbour; windows that overlapped by less than asked passed every stitching test
+    windows = chunk_windows(length, window, overlap)
+    assert windows[0][0] == 0 and windows[-1][1] == length
+    assert all(e - s == window for s, e in windows)
+    assert all(a[1] - b[0] >= overlap for a, b in zip(windows, windows[1:]))
+
+
 @pytest.mark.parametrize("length,window,overlap", [(160, 100, 60), (100, 30, 10), (33, 12, 4), (50, 10, 9)])
 def test_stitching_takes_each_row_from_the_window_with_the_most_context(length, window, overlap):
     # bidirectional: the window where the row is farthest from either edge; causal (Transformer-XL,

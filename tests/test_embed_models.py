@@ -1232,3 +1232,21 @@ def test_loading_a_model_leaves_the_callers_random_numbers_alone(tiny_models, fa
     torch.manual_seed(1)
     load_model(tiny_models[family_name])
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_roberta_table_counts_its_positions_after_the_padding_index(tmp_path):
+    # RoBERTa/ESM-1b tables start counting at padding_idx + 1: a 40-position table holds 38
+    # tokens, 36 residues. Counted from the padding index, a 37-residue protein was let through
+    # and ran past the table (an index error on the CPU, a device assert on a GPU).
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    family = FAMILIES["roberta"]
+    tokenizer = family.build_tokenizer()
+    torch.manual_seed(0)
+    model = family.pretraining_model(family.build_config("tiny", tokenizer, max_position_embeddings=40)).eval()
+    family.save_pretrained(model, tokenizer, tmp_path / "roberta40")
+    embedder = build_embedder(EmbedOptions(model=str(tmp_path / "roberta40"), device="cpu"))
+    assert embedder.max_residues == 36
+    sequence = ("MKTAYIAKQRQISFVKSHFSRQ" * 2)[:36]
+    rows = embedder.embed_batch([sequence])[0]
+    np.testing.assert_allclose(rows, reference_rows(family, tmp_path / "roberta40", sequence), atol=1e-5, rtol=0)
