@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from protrans_cli.errors import InputError, UsageError
-from protrans_cli.io.fasta import read_fasta
+from protrans_cli.io.fasta import parse_fasta, read_fasta
 from protrans_cli.io.files import AtomicFile, atomic_output, open_input
 
 TEXT = b">a desc\nMKT\n"
@@ -650,3 +650,11 @@ def test_folder_lock_through_a_link_to_a_folder(tmp_path):
     with folder_lock(tmp_path / "link", "busy"):
         (tmp_path / "real" / "x").write_text("kept")
     assert (tmp_path / "real" / "x").read_text() == "kept"
+
+
+def test_a_tab_or_other_ascii_space_ends_the_id():
+    # prep's reader splits ids on any ASCII whitespace (bytes.split); embed and the label readers
+    # must take the same id from a tab-separated header, or labels and embeddings stop matching
+    records = list(parse_fasta([b">P1\tdesc x\n", b"MK\n", b">P2\x0bv\n", b"MK\n", b">P3\x0cw\n", b"MK\n"]))
+    assert [r.id for r in records] == ["P1", "P2", "P3"]
+    assert records[0].description == "P1\tdesc x"
