@@ -1781,7 +1781,7 @@ def test_fit_refuses_a_test_file_of_another_layer_than_train(run_cli, ss_data, t
     assert not (tmp_path / "ss3").exists()
 
 
-def _member_with_scripted_validation(loc_data, monkeypatch, scripted):
+def _member_with_scripted_validation(loc_data, monkeypatch, scripted, patience=10):
     """Train a loc member for len(scripted) epochs, `_validate` returning the scripted (loss,
     scores) in turn; the member's lines and what FitState.save_epoch was given after each epoch."""
     from protrans_cli.heads import fit as fit_module
@@ -1801,9 +1801,10 @@ def _member_with_scripted_validation(loc_data, monkeypatch, scripted):
             self.saved.append(current)
 
     record = Record()
-    config = FitConfig(task="loc", max_epochs=len(scripted), patience=10, threads=1)
+    config = FitConfig(task="loc", max_epochs=len(scripted), patience=patience, threads=1)
     model, lines = fit_module._train_member(config, task, data, data, 0, 0, None, state=record)
-    assert [line["epoch"] for line in lines] == list(range(1, len(scripted) + 1))
+    if patience >= len(scripted):
+        assert [line["epoch"] for line in lines] == list(range(1, len(scripted) + 1))
     return model, record.saved
 
 
@@ -1817,6 +1818,75 @@ def test_a_tie_in_validation_accuracy_keeps_the_tied_epoch_with_the_lower_loss(l
     assert saved[-1]["best_epoch"] == 4
     kept = saved[3]["model"]  # the weights after epoch 4 are the head's
     assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_tie_in_validation_accuracy_with_a_higher_loss_keeps_the_earlier_epoch(loc_data, monkeypatch):
+    """The other half of the tie rule: a later epoch as accurate but with a higher validation
+    loss is not kept (a mutant keeping every tie, `score >= best_score`, passed the suite)."""
+    scripted = [(loss, {"loc": acc}) for loss, acc in [(1.0, 0.5), (0.5, 0.8), (0.6, 0.8), (0.7, 0.8)]]
+    model, saved = _member_with_scripted_validation(loc_data, monkeypatch, scripted)
+    assert [epoch["best_epoch"] for epoch in saved] == [1, 2, 2, 2]
+    kept = saved[1]["model"]
+    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+
+
+def test_patience_counts_epochs_that_improve_neither_accuracy_nor_loss(loc_data, monkeypatch):
+    """docs/heads.md: training stops after `patience` epochs improving neither the validation
+    accuracy nor the loss. Epoch 2 lowers the loss only (progress); epochs 3 and 4 improve
+    nothing, so --patience 2 stops after epoch 4 (not after 3, counting accuracy alone, nor
+    after 5, one epoch too many)."""
+    scripted = [(loss, {"loc": acc}) for loss, acc in
+                [(1.0, 0.5), (0.8, 0.4), (0.9, 0.4), (0.95, 0.4), (0.97, 0.4), (0.99, 0.4)]]
+    _, saved = _member_with_scripted_validation(loc_data, monkeypatch, scripted, patience=2)
+    assert [epoch["epoch"] for epoch in saved] == [1, 2, 3, 4]
+    assert [epoch["stopped"] for epoch in saved] == [False, False, False, True]
+    assert saved[-1]["best_epoch"] == 1
+
+
+def test_validation_accuracy_counts_only_labelled_residues():
+    """The valid_ss3 of metrics.jsonl (and the early-stopping score) is over the residues with a
+    label: an unresolved residue (IGNORE) counted in the denominator halved it here."""
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.heads.data import Batch
+    from protrans_cli.heads.tasks import get_task
+
+    task = get_task("ss3")
+    (output,) = task.outputs
+    targets = torch.tensor([[0, 1, IGNORE, IGNORE]])
+    logits = torch.full((1, 4, len(output.classes)), -5.0)
+    logits[0, 0, 0] = logits[0, 1, 1] = logits[0, 2, 0] = logits[0, 3, 0] = 5.0
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, mask):
+            return {output.name: logits}
+
+    class Data:
+        def batches(self, *args, **kwargs):
+            yield Batch(torch.zeros(1, 4, 3), torch.ones(1, 4, dtype=torch.bool), {output.name: targets},
+                        np.arange(1))
+
+    _, scores = fit_module._validate(Scripted(), task, Data(), FitConfig(task="ss3"))
+    assert scores == {output.name: 1.0}
+
+
+def test_class_weights_are_inverse_frequencies_of_the_labelled_residues():
+    """--class-weights: n / (k * count_c) from the training labels, IGNORE left out (a rare
+    class weighs more; inverted weights, which passed the suite, made it weigh less)."""
+    from types import SimpleNamespace
+
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.heads.tasks import get_task
+
+    task = get_task("ss3")
+    (output,) = task.outputs
+    items = [SimpleNamespace(targets={output.name: np.array([0, 0, 0, 0, 1, IGNORE])}),
+             SimpleNamespace(targets={output.name: np.array([0, 0, 1, IGNORE])})]
+    weights = fit_module._class_weights(task, SimpleNamespace(items=items))[output.name]
+    np.testing.assert_allclose(weights.numpy(), [8 / (3 * 6), 8 / (3 * 2), 8 / 3], rtol=1e-6)
 
 
 def test_an_epoch_without_a_score_never_beats_a_scored_epoch(loc_data, monkeypatch):

@@ -161,3 +161,14 @@ def test_a_ci_of_one_protein_and_a_correlation_of_a_constant_target_do_not_exist
     assert math.isnan(flat["spearman"]) and all(math.isnan(v) for v in flat["ci95"]) and math.isnan(flat["pearson"])
     assert summary_line("test", "value", flat).startswith("test value: Spearman undefined (the targets or the "
                                                           "predictions are constant)")
+
+
+def test_a_class_absent_from_the_set_counts_in_no_mean_and_the_floor_is_the_true_majority():
+    # No true C (coil) here: balanced accuracy and macro F1 average over the classes present
+    # (H 1/3 recall and E 1; F1 0.5 each), not with C's 0 dragging them to 4/9 and 1/3. The
+    # majority floor is the most frequent *true* class (H, 3 of 4), not the most predicted (E).
+    m = evaluate([np.array([0, 0, 0, 1])], [np.array([0, 1, 1, 1])], "HEC", metric="Q3", n_boot=50)
+    assert m["accuracy"] == pytest.approx(2 / 4)
+    assert m["balanced_accuracy"] == pytest.approx((1 / 3 + 1) / 2)
+    assert m["macro_f1"] == pytest.approx(0.5)
+    assert m["majority"] == {"class": "H", "accuracy": pytest.approx(3 / 4)}
