@@ -239,6 +239,36 @@ def test_long_proteins_are_cropped_at_random_windows():
     assert len(starts) > 1 and starts != {0}  # not truncated at the N-terminus
 
 
+def test_a_random_crop_reaches_either_end_of_the_protein():
+    # a protein one residue longer than the crop has two windows; a draw that excluded the last
+    # start (integers(0, L - max)) always cut the C-terminal residue, truncation at the other end
+    layout = _layout("bert")
+    stream = _stream(max_length=50)
+    length = 50 - layout.num_special + 1
+    long = "".join(np.random.default_rng(1).choice(list("ACDEFGHIKLMNPQRSTVWY"), size=length))
+    ids = layout.encode(long)
+    starts = set()
+    for epoch in range(40):
+        s = stream._sample([("x", 1, long)], 0, StreamState(epoch, 0, 0))
+        starts.add(0 if np.array_equal(s.residues, ids[:-1]) else 1 if np.array_equal(s.residues, ids[1:]) else None)
+    assert starts == {0, 1}
+
+
+def test_the_proteins_left_over_from_whole_batches_are_drawn_not_always_the_longest(tmp_path):
+    # 20 proteins, global batches of 16: four are left out each epoch, at random. Taking the
+    # four longest after the length sort instead meant they were never trained on.
+    corpus = tmp_path / "c.txt"
+    rng = np.random.default_rng(2)
+    corpus.write_text("".join(" ".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=5 + i)) + "\n\n"
+                              for i in range(20)))
+    longest = {16, 17, 18, 19}
+    batches = list(_stream([str(corpus)], max_epochs=3))  # one global batch per epoch
+    assert len(batches) == 3
+    left_out = [set(range(20)) - set(_indices(sb)) for sb in batches]
+    assert all(len(d) == 4 for d in left_out)
+    assert any(d != longest for d in left_out)
+
+
 def test_length_buckets_reduce_padding():
     def padding(bucket_batches):
         pad = real = 0
