@@ -700,3 +700,14 @@ def test_a_partial_file_removed_during_the_run_is_said(tmp_path):
                                              r"written there are lost; run the command again"):
         writer.close(complete=True)
     assert not out.exists()
+
+
+def test_an_id_the_file_lacks_is_one_line_naming_it(tmp_path):
+    # embed's own files answer key_for from the key alone; a key returned without checking that
+    # it exists made reader.get("absent") a raw h5py error instead of this InputError
+    out = tmp_path / "e.h5"
+    _write(out, ["a", "b"])
+    with EmbeddingsReader(out) as r:
+        assert r.key_for("absent") is None
+        with pytest.raises(InputError, match="no per_residue embedding for this id"):
+            r.get("absent")
