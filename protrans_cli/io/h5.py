@@ -1547,14 +1547,7 @@ class EmbeddingsWriter:
                         continue
                     if group.id.links.exists(name):  # a protein copied before a kill, or written twice
                         group.id.unlink(name)
-                    self._unflushed.append(unescape_key(name.decode("utf-8")))
-                    try:
-                        h5py.h5o.copy(source.id, name, group.id, name)
-                    except (RuntimeError, OSError) as exc:
-                        # (the shard stays: --resume merges it again over what is listed untrusted)
-                        if _write_failed(exc):
-                            raise self._abandon(exc) from None
-                        raise
+                    h5py.h5o.copy(source.id, name, group.id, name)
                     copied.add(name)
             self.failed.update(failed_attr(src.attrs.get("failed"), str(other_path)))
             # The shard's runs before this one (a torchrun run resumed in one process); its
