@@ -847,6 +847,7 @@ class _Background:
         self.work = work
         self.queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self.failed = False  # (stays set once `error` is raised: the batches queued behind it are dropped)
         self.finished = threading.Event()
         self.thread = threading.Thread(target=self._run, name="protrans-embed-writer", daemon=True)
 
@@ -867,11 +868,15 @@ class _Background:
                 continue
             if item is None:
                 return
-            if self.error is None:
+            # Not after an error, even once the caller raised it: a write that failed inside
+            # HDF5 left the file abandoned (io.h5, EmbeddingsWriter._abandon), and the batches
+            # queued behind it were written into it as the caller unwound.
+            if not self.failed:
                 try:
                     self.work(*item)
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                     self.error = exc
+                    self.failed = True
 
     def submit(self, *args):
         self._raise()
@@ -1912,7 +1917,7 @@ def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_si
 def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
     """Copy the ranks' shard files into `writer`'s file, flush it, then remove the shards (a run
     killed in between finds the shards again and copies them over what it had copied)."""
-    from protrans_cli.io.h5 import remove_ledger
+    from protrans_cli.io.h5 import remove_ledger, untrusted_digests, untrusted_path
 
     for shard in shards:
         # (a copy HDF5 meets the full disk in was a traceback and a segmentation fault; the shards
@@ -1920,6 +1925,14 @@ def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
         writer.ensure_room(os.path.getsize(shard), what=f"the proteins of {Path(shard).name}")
         writer.copy_from(shard)
     writer.flush(failures=True)  # (the shards go next)
+    # A shard's list of proteins a failed write may have lost goes on in the merged file's:
+    # removed with the shard, they counted as done there at the next --resume.
+    untrusted = b"".join(untrusted_digests(shard).tobytes() for shard in shards)
+    if untrusted:
+        with open(untrusted_path(writer.partial), "ab") as fh:
+            fh.write(untrusted)
+            fh.flush()
+            os.fsync(fh.fileno())
     for shard in shards:
         remove_ledger(shard)  # (first: a kill in between leaves no ledger without its file)
         os.unlink(shard)

@@ -1530,37 +1530,45 @@ class EmbeddingsWriter:
 
     def copy_from(self, other_path) -> int:
         """Merge another file of the same layout (a torchrun shard) into this one; returns proteins copied."""
-        import h5py
-
         copied = set()
         self._ledger.drop()  # (the copied proteins have no records: the next resume reads the file)
         with h5_file(other_path, "r") as src:
-            for kind in self.kinds:
-                source = src if self.layout == "flat" else src.get(kind)
-                if source is None:
-                    continue
-                group = self._groups[kind]
-                # Object by object through the low-level calls: h5py's Group.copy and its
-                # dictionary interface cost 3-8x as much (docs/benchmarks.md).
-                for name in _link_names(source):
-                    if h5py.h5o.get_info(source.id, name).type != h5py.h5o.TYPE_DATASET:
-                        continue
-                    if group.id.links.exists(name):  # a protein copied before a kill, or written twice
-                        group.id.unlink(name)
-                    h5py.h5o.copy(source.id, name, group.id, name)
-                    copied.add(name)
-            self.failed.update(failed_attr(src.attrs.get("failed"), str(other_path)))
-            # The shard's runs before this one (a torchrun run resumed in one process); its
-            # ranks' own entries of this run differ from rank 0's by the device only.
-            for run in recorded_runs(src):
-                if not any(_same_run(run, known) for known in self.runs):
-                    self.runs.insert(len(self.runs) - 1, run)
-            self.file.attrs["runs"] = json.dumps(self.runs, sort_keys=True)
+            try:
+                self._copy_objects(src, copied)
+                self.failed.update(failed_attr(src.attrs.get("failed"), str(other_path)))
+                # The shard's runs before this one (a torchrun run resumed in one process); its
+                # ranks' own entries of this run differ from rank 0's by the device only.
+                for run in recorded_runs(src):
+                    if not any(_same_run(run, known) for known in self.runs):
+                        self.runs.insert(len(self.runs) - 1, run)
+                self.file.attrs["runs"] = json.dumps(self.runs, sort_keys=True)
+            except (RuntimeError, OSError) as exc:  # (as `write`: HDF5 crashed at the next flush or close)
+                if _write_failed(exc):
+                    raise self._abandon(exc) from None
+                raise
         # A protein that failed in one run (or rank) and was embedded in another is done.
         for ident in [i for i in self.failed if self._holds(i)]:
             del self.failed[ident]
         self._failed_changed = True
         return len(copied)
+
+    def _copy_objects(self, src, copied: set) -> None:
+        import h5py
+
+        for kind in self.kinds:
+            source = src if self.layout == "flat" else src.get(kind)
+            if source is None:
+                continue
+            group = self._groups[kind]
+            # Object by object through the low-level calls: h5py's Group.copy and its
+            # dictionary interface cost 3-8x as much (docs/benchmarks.md).
+            for name in _link_names(source):
+                if h5py.h5o.get_info(source.id, name).type != h5py.h5o.TYPE_DATASET:
+                    continue
+                if group.id.links.exists(name):  # a protein copied before a kill, or written twice
+                    group.id.unlink(name)
+                h5py.h5o.copy(source.id, name, group.id, name)
+                copied.add(name)
 
     def _holds(self, ident: str) -> bool:
         """Whether every requested kind has a dataset for `ident`."""
