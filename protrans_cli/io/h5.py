@@ -1567,6 +1567,9 @@ class EmbeddingsWriter:
                     continue
                 if group.id.links.exists(name):  # a protein copied before a kill, or written twice
                     group.id.unlink(name)
+                # (listed untrusted if a write fails before the next flush: the shard stays, and
+                # --resume merges it again)
+                self._unflushed.append(unescape_key(name.decode("utf-8")))
                 h5py.h5o.copy(source.id, name, group.id, name)
                 copied.add(name)
 
