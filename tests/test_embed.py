@@ -770,10 +770,18 @@ def test_a_read_only_file_system_is_not_called_full(tmp_path, monkeypatch):
 
     from protrans_cli.io import h5
 
+    from protrans_cli.errors import RuntimeFailure
+
     fasta = generated_fasta(tmp_path / "g.fa", 4, repeat_every=0)
-    monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=0, f_frsize=4096,
-                                                                             f_flag=os.ST_RDONLY))
-    assert h5.ensure_room(tmp_path / "o.h5", 1 << 20, "then") == 0  # (the writing says what is wrong)
+    for flag in (0, os.ST_RDONLY):
+        monkeypatch.setattr(h5.os, "statvfs", lambda path, flag=flag: types.SimpleNamespace(
+            f_bavail=0, f_frsize=4096, f_flag=flag))
+        if flag:  # not refused here: the writing says what is wrong (here, a writable folder, it works)
+            assert h5.ensure_room(tmp_path / "o.h5", 1 << 20, "then") == 0
+            _run(tmp_path / "o.h5", fasta)
+        else:
+            with pytest.raises(RuntimeFailure, match="no room for a new output file"):
+                _run(tmp_path / "o.h5", fasta)
 
 
 def test_a_merge_of_shards_without_room_is_one_line_and_keeps_the_shards(tmp_path, monkeypatch):

@@ -1112,22 +1112,27 @@ def test_offline_hub_model_with_only_its_config_cached_is_named_as_such(tmp_path
             in result.stderr), result.stderr
 
 
+def _tiny_embedder(family_name: str, path, *, positions: int):
+    """The embedder of a tiny random model of `family_name` with a table of `positions`, saved at `path`."""
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    family = FAMILIES[family_name]
+    tokenizer = family.build_tokenizer()
+    torch.manual_seed(0)
+    model = family.pretraining_model(family.build_config("tiny", tokenizer, max_position_embeddings=positions)).eval()
+    family.save_pretrained(model, tokenizer, path)
+    return build_embedder(EmbedOptions(model=str(path), device="cpu"))
+
+
 def test_rounding_a_batch_up_stays_inside_a_learned_position_table(tmp_path):
     # a BERT whose table (100 positions) is no multiple of 8: on a GPU (pad_multiple 8) a batch of
     # 95-98 residues was rounded to 104 tokens, past the table, and the run died
-    from protrans_cli.embed import EmbedOptions, build_embedder
-
-    family = FAMILIES["bert"]
-    tokenizer = family.build_tokenizer()
-    torch.manual_seed(0)
-    model = family.pretraining_model(family.build_config("tiny", tokenizer, max_position_embeddings=100)).eval()
-    family.save_pretrained(model, tokenizer, tmp_path / "bert100")
-    embedder = build_embedder(EmbedOptions(model=str(tmp_path / "bert100"), device="cpu"))
+    embedder = _tiny_embedder("bert", tmp_path / "bert100", positions=100)
     embedder.pad_multiple = 8  # what a CUDA device sets
     assert embedder.max_residues == 98
     sequence = ("MKTAYIAKQRQISFVKSHFSRQ" * 5)[:98]
     rows = embedder.embed_batch([sequence, sequence[:40]])[0]  # (n_layers, L, D)
-    np.testing.assert_allclose(rows, reference_rows(family, tmp_path / "bert100", sequence), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(rows, reference_rows(FAMILIES["bert"], tmp_path / "bert100", sequence), atol=1e-5, rtol=0)
 
 
 def test_half_precision_casts_parameters_only_as_from_pretrained_does(tiny_models):
@@ -1238,15 +1243,8 @@ def test_a_roberta_table_counts_its_positions_after_the_padding_index(tmp_path):
     # RoBERTa/ESM-1b tables start counting at padding_idx + 1: a 40-position table holds 38
     # tokens, 36 residues. Counted from the padding index, a 37-residue protein was let through
     # and ran past the table (an index error on the CPU, a device assert on a GPU).
-    from protrans_cli.embed import EmbedOptions, build_embedder
-
-    family = FAMILIES["roberta"]
-    tokenizer = family.build_tokenizer()
-    torch.manual_seed(0)
-    model = family.pretraining_model(family.build_config("tiny", tokenizer, max_position_embeddings=40)).eval()
-    family.save_pretrained(model, tokenizer, tmp_path / "roberta40")
-    embedder = build_embedder(EmbedOptions(model=str(tmp_path / "roberta40"), device="cpu"))
+    embedder = _tiny_embedder("roberta", tmp_path / "roberta40", positions=40)
     assert embedder.max_residues == 36
     sequence = ("MKTAYIAKQRQISFVKSHFSRQ" * 2)[:36]
     rows = embedder.embed_batch([sequence])[0]
-    np.testing.assert_allclose(rows, reference_rows(family, tmp_path / "roberta40", sequence), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(rows, reference_rows(FAMILIES["roberta"], tmp_path / "roberta40", sequence), atol=1e-5, rtol=0)

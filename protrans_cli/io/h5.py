@@ -1341,11 +1341,7 @@ class _Ledger:
 
     def drop(self) -> None:
         """No ledger (proteins were copied in without records, or it could not be written)."""
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
-        self.pending.clear()
+        self.abandon()
         remove_ledger(self.partial)
 
 
