@@ -1230,6 +1230,19 @@ def test_a_corpus_without_proteins_is_refused_before_a_model_is_built(tmp_path, 
     assert res.exit_code == 0, res.stderr
 
 
+def test_a_corpus_smaller_than_a_later_phases_batch_is_refused_before_a_model_is_built(tmp_path, run_cli):
+    """8 proteins, phase 1 batches of 8, phase 2 of 16: phase 1 trained, then step 3 failed
+    ("met reading step 3's batch"; after the checkpoints of a long phase 1, advice to repair the
+    file and --resume, which fails again)."""
+    corpus = tmp_path / "eight.txt"
+    corpus.write_text("".join(" ".join("MKTAYIAKQR"[: 3 + i]) + "\n\n" for i in range(8)))
+    res = run_cli("train", "--corpus", corpus, "-o", tmp_path / "r", "--phase", "32:2:8:4", "--phase", "32:2:16:4")
+    assert res.exit_code == 1, res.stderr
+    assert ("eight.txt: the corpus holds 8 protein(s), fewer than one global batch (16 of phase 2, 32:2)"
+            in res.stderr), res.stderr
+    assert "parameters" not in res.stderr and not (tmp_path / "r").exists()  # no model was built
+
+
 def test_init_from_with_a_size_changed_by_set_is_named_as_such(tmp_path, run_cli):
     """--set hidden_size / vocab_size with --init-from: the weights cannot take it. That was exit 1
     with "cannot load the weights ... see the above report" (no report shown), or a tokenizer said

@@ -233,9 +233,12 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     config.validate(info.world_size)
     # Before any model is built: a missing shard, a FASTA file as corpus or an unusable
     # validation corpus fails now, not at the first step or after the last one.
-    check_corpus(config.corpus)
+    phases = config.resolved_phases()
+    largest = max(range(len(phases)), key=lambda i: phases[i].global_batch_size)
+    check_corpus(config.corpus, phases[largest].global_batch_size,
+                 batch_text=(f" of phase {largest + 1}, {phases[largest].max_length}:{phases[largest].num_steps}"
+                             if len(phases) > 1 else ""))
     if evaluates and config.val_corpus:
-        phases = config.resolved_phases()
         batch = max(p.micro_batch_size for p in phases)
         check_validation_corpus(config.val_corpus, batch * info.world_size,
                                 batch_text=f"micro batch size {batch} x {info.world_size} process(es)",
