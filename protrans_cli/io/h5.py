@@ -1188,19 +1188,32 @@ class _MarkerRoom:
     file is."""
 
     SIZE = 1 << 20  # 65,536 ids
+    SMALL = 4096  # 256 ids: what a nearly full disk still gives
 
     def __init__(self, partial: Path):
         import tempfile
 
         self.partial = partial
         self.fh = None
+        self.size = 0
         if _native_fallocate() is None:
             return
         try:
-            self.fh = tempfile.TemporaryFile(dir=partial.parent, prefix=".protrans-untrusted-")
-            fallocate(self.fh.fileno(), self.SIZE)
-        except OSError:
-            self.release()
+            # (not tempfile.TemporaryFile: it opens O_TMPFILE with O_EXCL, a file that can never
+            # be given a name, so the list always fell back to a new file on the full disk)
+            self.fh = os.fdopen(os.open(partial.parent, os.O_TMPFILE | os.O_RDWR, 0o644), "r+b")
+        except (OSError, AttributeError):
+            return
+        # (a disk with less than SIZE free still keeps one block: a batch's ids fit in it, where
+        # nothing kept left "it cannot be resumed" after the first failed write)
+        for size in (self.SIZE, self.SMALL):
+            try:
+                fallocate(self.fh.fileno(), size)
+                self.size = size
+                return
+            except OSError:
+                continue
+        self.release()
 
     def write(self, digests: bytes) -> None:
         """Add `digests` to the partial file's list (OSError when it cannot be written)."""
@@ -1209,7 +1222,7 @@ class _MarkerRoom:
             payload = target.read_bytes() + digests  # (a resumed run's list goes on)
         except FileNotFoundError:
             payload = digests
-        if self.fh is not None and len(payload) <= self.SIZE:
+        if self.fh is not None and len(payload) <= self.size:
             fd = self.fh.fileno()
             staged = target.with_name(f".{target.name}.tmp")
             try:
@@ -1218,7 +1231,7 @@ class _MarkerRoom:
                     os.fsync(fd)
                     with contextlib.suppress(FileNotFoundError):
                         staged.unlink()
-                    os.link(f"/proc/self/fd/{fd}", staged)  # (an O_TMPFILE file gets its name)
+                    _link_fd(fd, staged)  # (an O_TMPFILE file gets its name)
                     os.replace(staged, target)
                     return
             except OSError:
@@ -1233,6 +1246,17 @@ class _MarkerRoom:
             with contextlib.suppress(OSError):
                 self.fh.close()
             self.fh = None
+
+
+def _link_fd(fd: int, target: Path) -> None:
+    """Give the open file `fd` (O_TMPFILE) the name `target`: linkat(2) following the /proc
+    link (os.link calls link(2), which links the /proc symlink itself: EXDEV)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, os.fsencode(target), 0x400) != 0:  # AT_FDCWD, AT_SYMLINK_FOLLOW
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(target))
 
 
 _FALLOCATE: list = []
