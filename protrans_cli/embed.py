@@ -1641,6 +1641,7 @@ def _read_whole(path: Path, writer_kw: dict, input_ids=None) -> _Done:
                 return _done_in_process(path, writer_kw, input_ids)
             if not crashed:
                 return result
+            result, hung = result
             if result is None or result in seen:  # no progress: the same call crashed again
                 break
             seen.add(result)
@@ -1651,7 +1652,8 @@ def _read_whole(path: Path, writer_kw: dict, input_ids=None) -> _Done:
             else:
                 skip.add((group, name))
                 what = f"reading record {name.decode('utf-8', 'replace')!r}; it is left out"
-            console.warn(f"{path}: HDF5 crashed {what} (a SIGKILL cut the file off in the middle of a write)")
+            console.warn(f"{path}: HDF5 {'hung' if hung else 'crashed'} {what} (a SIGKILL cut the file off in the "
+                         "middle of a write, or a write failed)")
     finally:
         path.with_name(path.name + ".salvage").unlink(missing_ok=True)  # (a crashed child's half-made copy)
     raise UnreadableFile("cannot resume: HDF5 crashed reading this damaged file, and it could not be mended; delete "
@@ -1662,15 +1664,17 @@ class _NoFork(Exception):
     pass
 
 
-# What HDF5 crashing looks like; any other signal (the out-of-memory killer's SIGKILL, a
-# SIGTERM) is no sign of a damaged file and is reported as it is.
-_CRASH_SIGNALS = {getattr(signal, name) for name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE")
+# What HDF5 crashing looks like, and SIGALRM: hanging (io.h5.CrashGuard.HANG_SECONDS); any
+# other signal (the out-of-memory killer's SIGKILL, a SIGTERM) is no sign of a damaged file and
+# is reported as it is.
+_CRASH_SIGNALS = {getattr(signal, name) for name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE", "SIGALRM")
                   if hasattr(signal, name)}
 
 
 def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate: set, repair_first: bool):
     """(False, _Done) from a forked child running _done_in_process; (False, ...) re-raises its
-    error here; (True, the HDF5 call it crashed in, or None) when it died by a signal."""
+    error here; (True, (the HDF5 call it crashed or hung in, or None; whether it hung)) when it
+    died by a signal."""
     import pickle
 
     from protrans_cli import errors
@@ -1691,6 +1695,8 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
         if pid == 0:  # the child: read, write the outcome, and leave without any cleanup of the parent's
             code = 1
             try:
+                if hasattr(signal, "SIGALRM"):  # (its default action: the end of a hung child)
+                    signal.signal(signal.SIGALRM, signal.SIG_DFL)
                 h5_module._CRASH_GUARD = h5_module.CrashGuard(log_fd, skip, no_iterate)
                 notes: list[str] = []  # (said by the parent: a child's stderr may be a copy of an in-memory one)
                 try:
@@ -1702,6 +1708,8 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
                     outcome = ("interrupted",)
                 except BaseException as exc:  # noqa: BLE001 - reported by the parent
                     outcome = ("other", errors.described(exc))
+                if hasattr(signal, "alarm"):
+                    signal.alarm(0)  # (HDF5's part is over)
                 with open(result_path + ".tmp", "wb") as fh:  # (whole, or not there: a full disk)
                     pickle.dump(outcome, fh, protocol=5)
                 os.replace(result_path + ".tmp", result_path)
@@ -1723,7 +1731,7 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
                 raise RuntimeFailure(f"reading it for --resume was stopped by {signal.Signals(number).name} "
                                      "(the out-of-memory killer sends SIGKILL)", path=str(path))
             with open(log_path, "rb") as fh:
-                return True, h5_module.CrashGuard.last(fh.read())
+                return True, (h5_module.CrashGuard.last(fh.read()), number == getattr(signal, "SIGALRM", None))
         try:
             with open(result_path, "rb") as fh:
                 outcome = pickle.load(fh)

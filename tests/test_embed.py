@@ -2232,10 +2232,49 @@ def test_resume_survives_hdf5_crashing_on_a_record(tmp_path, monkeypatch):
         summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
     monkeypatch.undo()
     assert (f"protrans: warning: {out}: HDF5 crashed reading record {victim.decode()!r}; it is left out (a SIGKILL "
-            "cut the file off in the middle of a write)") in messages.getvalue()
+            "cut the file off in the middle of a write, or a write failed)") in messages.getvalue()
     assert summary.num_embedded == 1 and summary.num_resumed == 39  # the one left out, embedded again
     assert_same_content(file_content(out), dict(full))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.h5", "g.fa", "out.h5"]
+
+
+def test_resume_survives_hdf5_hanging_on_a_record(tmp_path, monkeypatch):
+    """After failed writes HDF5 looped for good in C reading a record's string attribute from a
+    damaged global heap: --resume hung with no word, and a kill left its files behind. The
+    forked reader is ended by an alarm when a call takes too long, and the record is left out
+    as for a crash."""
+    import time
+
+    import h5py
+
+    from protrans_cli.io import h5 as h5_module
+
+    fasta = generated_fasta(tmp_path / "g.fa", 20, repeat_every=0)
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4))
+    out = _run(tmp_path / "out.h5", fasta=fasta, max_batch_size=4)
+    victim = sorted(h5py.File(out)["per_residue"].keys())[3].encode()
+    real_open, parent = h5py.h5o.open, os.getpid()
+
+    def hanging_open(loc, name, *args, **kwargs):
+        if name == victim and os.getpid() != parent:
+            time.sleep(600)
+        return real_open(loc, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.h5o, "open", hanging_open)
+    monkeypatch.setattr(h5_module.CrashGuard, "HANG_DEFAULT", 1)
+    import contextlib
+    import io
+
+    messages = io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stderr(messages):
+        summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+    monkeypatch.undo()
+    assert time.monotonic() - started < 60
+    assert (f"protrans: warning: {out}: HDF5 hung reading record {victim.decode()!r}; it is left out"
+            in messages.getvalue()), messages.getvalue()
+    assert summary.num_embedded == 1 and summary.num_resumed == 19
+    assert_same_content(file_content(out), dict(full))
 
 
 def test_resume_reads_a_group_that_crashes_hdf5_when_iterated_by_name(tmp_path, monkeypatch):

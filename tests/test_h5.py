@@ -711,3 +711,18 @@ def test_an_id_the_file_lacks_is_one_line_naming_it(tmp_path):
         assert r.key_for("absent") is None
         with pytest.raises(InputError, match="no per_residue embedding for this id"):
             r.get("absent")
+
+
+def test_a_merged_record_can_be_written_again(tmp_path):
+    # A shard's record listed untrusted (a write failed after it) is merged, then embedded again
+    # by the same run: the fresh writer refused it ("name already exists", a traceback).
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    shard = tmp_path / "o.h5.shard-000-of-002"
+    with EmbeddingsWriter(shard, finalize=False) as w:
+        w.write("a", "a", "MKV", per_residue=np.zeros((3, 4), np.float32), per_protein=np.zeros(4, np.float32))
+    with EmbeddingsWriter(tmp_path / "o.h5") as w:
+        w.copy_from(partial_path(shard))
+        w.write("a", "a", "MKV", per_residue=np.ones((3, 4), np.float32), per_protein=np.ones(4, np.float32))
+    with EmbeddingsReader(tmp_path / "o.h5") as r:
+        np.testing.assert_array_equal(r.get("a"), np.ones((3, 4), np.float32))

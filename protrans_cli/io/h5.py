@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -686,12 +687,22 @@ class CrashGuard:
         self.skip = {(g, bytes(n)) for g, n in skip}
         self.no_iterate = set(no_iterate)
 
+    # Seconds a child may spend after a note before it is taken for hung: HDF5 looped for good in
+    # C on a global heap a failed write left damaged (reading a record's string attribute), where
+    # no Python code runs again. The alarm's default action ends the child (SIGALRM), and the
+    # record is left out as for a crash. Iterating a group reads all of its names at once.
+    HANG_SECONDS = {"iterate": 3600}
+    HANG_DEFAULT = 300
+
     def note(self, op: str, group: str, name: bytes = b"") -> None:
         if self.log_fd is not None:
             try:
                 os.write(self.log_fd, json.dumps([op, group, name.hex()]).encode() + b"\n")
             except OSError:  # (a full disk: a later crash is then blamed on nothing, never the file itself)
                 self.log_fd = None
+                return
+            if hasattr(signal, "alarm"):
+                signal.alarm(self.HANG_SECONDS.get(op, self.HANG_DEFAULT))
 
     @staticmethod
     def last(log: bytes) -> tuple[str, str, bytes] | None:
@@ -1499,6 +1510,7 @@ class EmbeddingsWriter:
                 untrusted_path(self.partial).unlink()  # (an earlier partial file's)
         self._ledger = _Ledger(self.partial, fresh=not resumed, keep=keep_ledger)
         self._unflushed: list[str] = []  # ids written since the last flush (what a failed write taints)
+        self._merged = False  # shards copied in (copy_from): their records may be written again
         self._room_taken = 0  # bytes the last reservation showed room for, less the batches since
         self._marker_room = _MarkerRoom(self.partial)
 
@@ -1545,8 +1557,10 @@ class EmbeddingsWriter:
         for kind in self.kinds:
             data = arrays[kind]
             group = self._groups[kind]
-            if self.resumed and group.id.links.exists(link := key.encode("utf-8")):
-                group.id.unlink(link)  # left by a run killed half-way through this protein
+            if (self.resumed or self._merged) and group.id.links.exists(link := key.encode("utf-8")):
+                # left by a run killed half-way through this protein, or a merged shard's record
+                # listed untrusted (a write failed after it), embedded again
+                group.id.unlink(link)
             # (not per-protein vectors: each compressed dataset carries a chunk index of about 2 KB,
             # and a 100,000-protein per-protein file came out 4x larger with gzip than without)
             if self.compression is not None and data.size and kind != PER_PROTEIN:
@@ -1585,6 +1599,7 @@ class EmbeddingsWriter:
     def copy_from(self, other_path) -> int:
         """Merge another file of the same layout (a torchrun shard) into this one; returns proteins copied."""
         copied = set()
+        self._merged = True
         self._ledger.drop()  # (the copied proteins have no records: the next resume reads the file)
         with h5_file(other_path, "r") as src:
             try:
@@ -1659,9 +1674,10 @@ class EmbeddingsWriter:
         try:
             self._marker_room.write(b"".join(digest128(ident) for ident in self._unflushed))
         except OSError as marker:
-            return RuntimeFailure(f"cannot write to it: {reason}; it cannot be resumed (its last proteins may not "
-                                  f"have reached the disk, and that could not be noted: {marker.strerror or marker}): "
-                                  "delete it and run the command again", path=str(self.partial))
+            return RuntimeFailure(f"cannot write to it: {reason}; do not resume it: the last proteins written may "
+                                  "not have reached the disk, and that could not be noted for --resume "
+                                  f"({marker.strerror or marker}); delete it and run the command again",
+                                  path=str(self.partial))
         count = len(self._unflushed)
         again = (f", and --resume embeds again the {count} protein{'s' * (count != 1)} written since its last flush"
                  if count else "")
