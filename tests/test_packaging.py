@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -22,13 +23,16 @@ def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True)
+    # (the installed wheel, not a checkout a PYTHONPATH names: the suite run from a clone set one)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True,
+                   env=env)
     code = ("import protrans_cli.quickstart as q, sys; d = q.example_data_dir(); "
             "assert 'site-packages' in str(d), d; print(d / 'proteins.fasta')")
-    out = subprocess.run([str(py), "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run([str(py), "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True, env=env)
     fasta = out.stdout.strip()
     corpus = subprocess.run([str(venv / "bin" / "protrans"), "-q", "prep", fasta], cwd=tmp_path,
-                            capture_output=True, text=True, check=True).stdout
+                            capture_output=True, text=True, check=True, env=env).stdout
     assert corpus.count("\n\n") == 720
 
 
