@@ -2277,6 +2277,35 @@ def test_resume_survives_hdf5_hanging_on_a_record(tmp_path, monkeypatch):
     assert_same_content(file_content(out), dict(full))
 
 
+def test_resume_does_not_take_slow_sorting_after_the_reads_for_a_hang(tmp_path, monkeypatch):
+    """The alarm a note arms stayed armed after the last HDF5 call: sorting the ids of tens of
+    millions of proteins past HANG_DEFAULT was blamed on the last record read, which was left
+    out, then the one before it in the next child, and so on: every record "hung"."""
+    import contextlib
+    import io
+    import time
+
+    from protrans_cli import embed as embed_module
+    from protrans_cli.io import h5 as h5_module
+
+    fasta = generated_fasta(tmp_path / "g.fa", 6, repeat_every=0)
+    out = _run(tmp_path / "out.h5", fasta=fasta, max_batch_size=4)
+    parent, real = os.getpid(), embed_module._Done.union.__func__
+
+    def slow_union(cls, parts):  # (as sorting tens of millions of digests)
+        if os.getpid() != parent:
+            time.sleep(2.5)
+        return real(cls, parts)
+
+    monkeypatch.setattr(embed_module._Done, "union", classmethod(slow_union))
+    monkeypatch.setattr(h5_module.CrashGuard, "HANG_DEFAULT", 1)
+    messages = io.StringIO()
+    with contextlib.redirect_stderr(messages):
+        summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+    assert "hung" not in messages.getvalue(), messages.getvalue()
+    assert summary.num_embedded == 0 and summary.num_resumed == 6
+
+
 def test_resume_reads_a_group_that_crashes_hdf5_when_iterated_by_name(tmp_path, monkeypatch):
     from protrans_cli.io import h5 as h5_module
 

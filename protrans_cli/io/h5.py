@@ -407,7 +407,9 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
         checksum = None
         if checksums and (prefixes or not h5py.h5a.exists(obj, b"truncated_from")):
             checksum = _read_text_attr(obj, b"checksum")
+        _CRASH_GUARD.settle()  # (the consumer's time between records is not HDF5's)
         yield ident, checksum
+    _CRASH_GUARD.settle()  # (the last name was not a dataset)
 
 
 def _link_names(group) -> list[bytes]:
@@ -430,6 +432,7 @@ def _link_names(group) -> list[bytes]:
         tracked = False
     _CRASH_GUARD.note("iterate", _label(group))
     group.id.links.iterate(add, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME, info=True)
+    _CRASH_GUARD.settle()
     if outside:
         _refuse_link(group, outside[0])
     for name in names:
@@ -704,6 +707,12 @@ class CrashGuard:
             if hasattr(signal, "alarm"):
                 signal.alarm(self.HANG_SECONDS.get(op, self.HANG_DEFAULT))
 
+    def settle(self) -> None:
+        """The guarded HDF5 calls are over: the alarm stops, so that the Python work after them
+        (sorting tens of millions of ids) is never taken for the last noted record hanging."""
+        if self.log_fd is not None and hasattr(signal, "alarm"):
+            signal.alarm(0)
+
     @staticmethod
     def last(log: bytes) -> tuple[str, str, bytes] | None:
         lines = [line for line in log.splitlines() if line.strip()]
@@ -807,6 +816,8 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                             h5py.h5o.copy(group.id, name, target.id, name)
                         except UNREADABLE:
                             bad[kind].add(name)
+                        finally:
+                            _CRASH_GUARD.settle()
     except UNREADABLE:  # damage it cannot read past: the EOA as it was, and the original error stands
         if moved:
             with open(path, "r+b") as fh:
@@ -844,6 +855,8 @@ def _findable_names(group, candidates=None) -> tuple[list[bytes], bool]:
     except UNREADABLE:
         if candidates is None:
             raise
+    finally:
+        _CRASH_GUARD.settle()
     seen = set(found)
     for ident in candidates():
         name = escape_key(ident).encode("utf-8")
@@ -856,6 +869,8 @@ def _findable_names(group, candidates=None) -> tuple[list[bytes], bool]:
                 seen.add(name)
         except UNREADABLE:  # its node is the one lost
             pass
+        finally:
+            _CRASH_GUARD.settle()  # (the next candidate is read from the input first)
     return found, True
 
 
@@ -877,6 +892,8 @@ def _unreadable_records(group, names: list[bytes]) -> set[bytes]:
                 obj.shape, [attrs[key] for key in attrs.keys()]
         except UNREADABLE:
             bad.add(name)
+        finally:
+            _CRASH_GUARD.settle()
     return bad
 
 
