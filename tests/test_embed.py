@@ -2205,12 +2205,21 @@ def _dies_in_children(parent: int, signame: str = "SIGSEGV"):
         os.kill(os.getpid(), getattr(signal, signame))
 
 
-def test_resume_survives_hdf5_crashing_on_a_record(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", ["crashed", "hung"])
+def test_resume_survives_hdf5_failing_on_a_record(tmp_path, monkeypatch, failure):
     """On some files a SIGKILL cut off mid-flush HDF5 crashed the process (segmentation fault)
-    while --resume read them: opening a record, or copying it into the mended file. The reader is
-    a forked child now: the record it died on is left out, the rest copied into a fresh file,
-    and the resumed run equals an uninterrupted one."""
+    while --resume read them: opening a record, or copying it into the mended file. After failed
+    writes it looped for good in C instead, reading a record's string attribute from a damaged
+    global heap (--resume hung with no word, and a kill left its files behind). The reader is a
+    forked child now, ended by an alarm when a call takes too long: the record it died or hung on
+    is left out, the rest copied into a fresh file, and the resumed run equals an uninterrupted one."""
+    import contextlib
+    import io
+    import time
+
     import h5py
+
+    from protrans_cli.io import h5 as h5_module
 
     fasta = generated_fasta(tmp_path / "g.fa", 40, repeat_every=0)
     full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4))
@@ -2218,63 +2227,28 @@ def test_resume_survives_hdf5_crashing_on_a_record(tmp_path, monkeypatch):
     victim = sorted(h5py.File(out)["per_residue"].keys())[5].encode()
     real_open, parent = h5py.h5o.open, os.getpid()
 
-    def crashing_open(loc, name, *args, **kwargs):
+    def failing_open(loc, name, *args, **kwargs):
         if name == victim:
-            _dies_in_children(parent)
+            if failure == "crashed":
+                _dies_in_children(parent)
+            elif os.getpid() != parent:
+                time.sleep(600)
         return real_open(loc, name, *args, **kwargs)
 
-    monkeypatch.setattr(h5py.h5o, "open", crashing_open)
-    import contextlib
-    import io
-
-    messages = io.StringIO()
-    with contextlib.redirect_stderr(messages):
-        summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
-    monkeypatch.undo()
-    assert (f"protrans: warning: {out}: HDF5 crashed reading record {victim.decode()!r}; it is left out (a SIGKILL "
-            "cut the file off in the middle of a write, or a write failed)") in messages.getvalue()
-    assert summary.num_embedded == 1 and summary.num_resumed == 39  # the one left out, embedded again
-    assert_same_content(file_content(out), dict(full))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.h5", "g.fa", "out.h5"]
-
-
-def test_resume_survives_hdf5_hanging_on_a_record(tmp_path, monkeypatch):
-    """After failed writes HDF5 looped for good in C reading a record's string attribute from a
-    damaged global heap: --resume hung with no word, and a kill left its files behind. The
-    forked reader is ended by an alarm when a call takes too long, and the record is left out
-    as for a crash."""
-    import time
-
-    import h5py
-
-    from protrans_cli.io import h5 as h5_module
-
-    fasta = generated_fasta(tmp_path / "g.fa", 20, repeat_every=0)
-    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4))
-    out = _run(tmp_path / "out.h5", fasta=fasta, max_batch_size=4)
-    victim = sorted(h5py.File(out)["per_residue"].keys())[3].encode()
-    real_open, parent = h5py.h5o.open, os.getpid()
-
-    def hanging_open(loc, name, *args, **kwargs):
-        if name == victim and os.getpid() != parent:
-            time.sleep(600)
-        return real_open(loc, name, *args, **kwargs)
-
-    monkeypatch.setattr(h5py.h5o, "open", hanging_open)
-    monkeypatch.setattr(h5_module.CrashGuard, "HANG_DEFAULT", 1)
-    import contextlib
-    import io
-
+    monkeypatch.setattr(h5py.h5o, "open", failing_open)
+    if failure == "hung":
+        monkeypatch.setattr(h5_module.CrashGuard, "HANG_DEFAULT", 2)
     messages = io.StringIO()
     started = time.monotonic()
     with contextlib.redirect_stderr(messages):
         summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
     monkeypatch.undo()
     assert time.monotonic() - started < 60
-    assert (f"protrans: warning: {out}: HDF5 hung reading record {victim.decode()!r}; it is left out"
-            in messages.getvalue()), messages.getvalue()
-    assert summary.num_embedded == 1 and summary.num_resumed == 19
+    assert (f"protrans: warning: {out}: HDF5 {failure} reading record {victim.decode()!r}; it is left out (a SIGKILL "
+            "cut the file off in the middle of a write, or a write failed)") in messages.getvalue(), messages.getvalue()
+    assert summary.num_embedded == 1 and summary.num_resumed == 39  # the one left out, embedded again
     assert_same_content(file_content(out), dict(full))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.h5", "g.fa", "out.h5"]
 
 
 def test_resume_does_not_take_slow_sorting_after_the_reads_for_a_hang(tmp_path, monkeypatch):

@@ -1219,8 +1219,6 @@ class _MarkerRoom:
     SMALL = 4096  # 256 ids: what a nearly full disk still gives
 
     def __init__(self, partial: Path):
-        import tempfile
-
         self.partial = partial
         self.fh = None
         self.size = 0
