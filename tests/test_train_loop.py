@@ -1802,3 +1802,16 @@ def test_resume_paths_name_the_run_and_keep_its_recorded_corpus(tmp_path, run_cl
     assert res.exit_code == 2 and "is not in a run's checkpoints/ folder: give -o" in res.stderr, res.stderr
     res = run_cli("train", "--resume", "-o", tmp_path / "nothing")
     assert res.exit_code == 2 and "holds no run to resume (no train_config.json): give -o" in res.stderr, res.stderr
+
+
+def test_a_stop_after_at_or_beyond_the_last_step_says_the_run_trains_to_the_end(tmp_path, run_cli):
+    # --num-steps 2 --stop-after 5 ran to the end without a word (a time-limited job's
+    # arithmetic gone wrong goes unseen until the job is killed).
+    res = run_cli("train", "--corpus", LEARNABLE, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1,
+                  "--num-steps", 2, "--max-length", 32, "--stop-after", 5, "-o", tmp_path / "r")
+    assert res.exit_code == 0, res.stderr
+    assert "--stop-after 5 is not before the run's last step (2): it trains to the end" in res.stderr
+    assert (tmp_path / "r" / "config.json").exists()
+    res = run_cli("train", "--corpus", LEARNABLE, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1,
+                  "--num-steps", 2, "--max-length", 32, "--stop-after", 1, "-o", tmp_path / "s")
+    assert res.exit_code == 0 and "trains to the end" not in res.stderr, res.stderr

@@ -648,6 +648,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
             raise UsageError(f"--stop-after {config.stop_after} (stop_after) is not after {where}'s step {step}: "
                              "nothing to train; give a later step, or none to train to the end (a config file's "
                              "stop_after, e.g. a run's train_config.json of an earlier version: remove it)")
+    if info.is_main and config.stop_after is not None and config.stop_after >= total_steps > step:
+        # (it ran to the end without a word: a time-limited job's arithmetic gone wrong, say)
+        console.warn(f"--stop-after {config.stop_after} is not before the run's last step ({total_steps}): "
+                     "it trains to the end")
 
     metrics_path = run.run_dir / "metrics.jsonl"
     if info.is_main:
