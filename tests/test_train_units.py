@@ -420,7 +420,7 @@ def test_a_fasta_file_as_corpus_says_to_run_prep(tmp_path, run_cli):
 
 
 def test_a_corpus_error_in_a_data_loader_worker_is_one_line_and_the_run_exits(tmp_path):
-    # The bad line is past the first protein (checked before training), so a worker meets it:
+    # The bad line is past the first global batch (read before training), so a worker meets it:
     # it was re-raised as "Caught InputError in DataLoader worker process 0" with a traceback,
     # and the process then hung at exit (multiprocessing joins workers that ignore SIGTERM).
     import os
@@ -430,7 +430,7 @@ def test_a_corpus_error_in_a_data_loader_worker_is_one_line_and_the_run_exits(tm
     from conftest import ROOT
 
     corpus = tmp_path / "bad.txt"
-    corpus.write_text("M K T A Y\n\nA C J D\n\n" + "M K T\n\n" * 6)
+    corpus.write_text("M K T A Y\n\nM K V\n\nA C J D\n\n" + "M K T\n\n" * 6)
     cmd = [sys.executable, "-m", "protrans_cli", "train", "--corpus", str(corpus), "-o", str(tmp_path / "run"),
            "--num-steps", "3", "--max-length", "32", "--global-batch-size", "2", "--micro-batch-size", "2",
            "-j", "1", "--num-workers", "2"]
@@ -438,7 +438,7 @@ def test_a_corpus_error_in_a_data_loader_worker_is_one_line_and_the_run_exits(tm
                           text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"protrans: error: {corpus}:3: invalid residue 'J' at residue 3 of the protein "
+        f"protrans: error: {corpus}:5: invalid residue 'J' at residue 3 of the protein "
         "(the corpus must come from `protrans prep`) (met reading step 1's batch; no checkpoint was written yet)")
     assert "Traceback" not in proc.stderr
 
