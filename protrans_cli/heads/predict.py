@@ -32,8 +32,8 @@ from protrans_cli.heads.labels import read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, through_link)
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id, ensure_room,
-                                escape_key, h5_file, one_protein_twice, stored_length, truncated_from,
-                                write_failure_reason)
+                                escape_key, h5_file, is_write_failure, one_protein_twice, stored_length,
+                                truncated_from, write_failure_reason)
 from protrans_cli.threads import torch_threads
 
 
@@ -302,7 +302,7 @@ class _ProbabilityWriter:
                     # error there, so a file missing rows could be completed and put in place)
                     ds.id.close()
         except (RuntimeError, OSError) as exc:
-            if "write failed" not in str(exc):
+            if not is_write_failure(exc):
                 raise
             abandon(self.h5)  # (HDF5 cannot flush or close it any more)
             self.h5 = None
@@ -316,7 +316,7 @@ class _ProbabilityWriter:
             try:
                 self.h5.close()
             except Exception as close_error:  # noqa: BLE001 - HDF5's own two-line message names the temporary
-                if "write failed" in str(close_error):
+                if is_write_failure(close_error):
                     abandon(self.h5)  # (what is left of it is not closed again at exit)
                 if exc_type is not None:
                     return  # the error under way (a full disk's "no room") says what happened

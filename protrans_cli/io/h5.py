@@ -1319,7 +1319,7 @@ def fallocate(fd: int, nbytes: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def _write_failed(exc: BaseException) -> bool:
+def is_write_failure(exc: BaseException) -> bool:
     """Whether an h5py error is a write HDF5 could not make (its message: "file write failed")."""
     return "write failed" in str(exc)
 
@@ -1557,7 +1557,7 @@ class EmbeddingsWriter:
         try:
             self._write_kinds(key, arrays, attrs)
         except (KeyError, RuntimeError, ValueError, OSError) as exc:
-            if _write_failed(exc):
+            if is_write_failure(exc):
                 raise self._abandon(exc) from None
             if not self.resumed:
                 raise
@@ -1627,7 +1627,7 @@ class EmbeddingsWriter:
                         self.runs.insert(len(self.runs) - 1, run)
                 self.file.attrs["runs"] = json.dumps(self.runs, sort_keys=True)
             except (RuntimeError, OSError) as exc:  # (as `write`: HDF5 crashed at the next flush or close)
-                if _write_failed(exc):
+                if is_write_failure(exc):
                     raise self._abandon(exc) from None
                 raise
         # A protein that failed in one run (or rank) and was embedded in another is done.
@@ -1669,7 +1669,7 @@ class EmbeddingsWriter:
             self._write_failed(force=failures)
             self.file.flush()
         except (RuntimeError, OSError) as exc:
-            if _write_failed(exc):
+            if is_write_failure(exc):
                 raise self._abandon(exc) from None
             raise
         self._ledger.flushed()
@@ -1734,7 +1734,7 @@ class EmbeddingsWriter:
         try:
             self.file.close()
         except (RuntimeError, OSError) as exc:
-            if _write_failed(exc):
+            if is_write_failure(exc):
                 raise self._abandon(exc) from None
             raise
         self.file = None
