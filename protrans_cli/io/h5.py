@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -1220,21 +1221,21 @@ class _MarkerRoom:
 
     def __init__(self, partial: Path):
         self.partial = partial
-        self.fh = None
+        self.fd: int | None = None
         self.size = 0
         if _native_fallocate() is None:
             return
         try:
             # (not tempfile.TemporaryFile: it opens O_TMPFILE with O_EXCL, a file that can never
             # be given a name, so the list always fell back to a new file on the full disk)
-            self.fh = os.fdopen(os.open(partial.parent, os.O_TMPFILE | os.O_RDWR, 0o644), "r+b")
+            self.fd = os.open(partial.parent, os.O_TMPFILE | os.O_RDWR, 0o644)
         except (OSError, AttributeError):
             return
         # (a disk with less than SIZE free still keeps one block: a batch's ids fit in it, where
         # nothing kept left "it cannot be resumed" after the first failed write)
         for size in (self.SIZE, self.SMALL):
             try:
-                fallocate(self.fh.fileno(), size)
+                fallocate(self.fd, size)
                 self.size = size
                 return
             except OSError:
@@ -1248,8 +1249,8 @@ class _MarkerRoom:
             payload = target.read_bytes() + digests  # (a resumed run's list goes on)
         except FileNotFoundError:
             payload = digests
-        if self.fh is not None and len(payload) <= self.size:
-            fd = self.fh.fileno()
+        if self.fd is not None and len(payload) <= self.size:
+            fd = self.fd
             staged = target.with_name(f".{target.name}.tmp")
             try:
                 if os.pwrite(fd, payload, 0) == len(payload):
@@ -1268,55 +1269,68 @@ class _MarkerRoom:
             fh.write(digests)
 
     def release(self) -> None:
-        if self.fh is not None:
+        if self.fd is not None:
             with contextlib.suppress(OSError):
-                self.fh.close()
-            self.fh = None
+                os.close(self.fd)
+            self.fd = None
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """The C library through ctypes, errno kept, on Linux (fallocate(2), linkat(2)); else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _errno_error(*path) -> OSError:
+    """The OSError of the C call that just failed (`_libc`)."""
+    import ctypes
+
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code), *map(str, path))
+
+
+_AT_FDCWD, _AT_SYMLINK_FOLLOW = -100, 0x400
 
 
 def _link_fd(fd: int, target: Path) -> None:
     """Give the open file `fd` (O_TMPFILE) the name `target`: linkat(2) following the /proc
     link (os.link calls link(2), which links the /proc symlink itself: EXDEV)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, os.fsencode(target), 0x400) != 0:  # AT_FDCWD, AT_SYMLINK_FOLLOW
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(target))
-
-
-_FALLOCATE: list = []
+    libc = _libc()
+    if libc is None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), str(target))
+    if libc.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, os.fsencode(target),
+                   _AT_SYMLINK_FOLLOW) != 0:
+        raise _errno_error(target)
 
 
+@functools.lru_cache(maxsize=1)
 def _native_fallocate():
     """Linux's fallocate(2) through ctypes, or None. Not os.posix_fallocate: where the file
     system has no fallocate, glibc writes a byte into every block instead, which on NFS or ZFS
     costs as much I/O as the room it takes (64 MiB written for each 64 MiB of room)."""
-    if not _FALLOCATE:
-        function = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
+    import ctypes
 
-                function = ctypes.CDLL(None, use_errno=True).fallocate64
-                function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-                function.restype = ctypes.c_int
-            except (OSError, AttributeError):
-                function = None
-        _FALLOCATE.append(function)
-    return _FALLOCATE[0]
+    function = getattr(_libc(), "fallocate64", None)
+    if function is not None:
+        function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        function.restype = ctypes.c_int
+    return function
 
 
 def fallocate(fd: int, nbytes: int) -> None:
     """Allocate the first `nbytes` of the file `fd` (OSError: ENOSPC, EDQUOT, EOPNOTSUPP, ...)."""
-    import ctypes
-
     function = _native_fallocate()
     if function is None:
         raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
     if function(fd, 0, 0, nbytes) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
+        raise _errno_error()
 
 
 def is_write_failure(exc: BaseException) -> bool:
