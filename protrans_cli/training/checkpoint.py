@@ -418,9 +418,14 @@ def _data_state_problem(data_state: dict) -> str | None:
     if unknown:
         return f"unknown field {sorted(map(str, unknown))[0]!r}"
     for key, value in fields:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_count(value):
             return f"{key} is {value!r}, not a count"
     return None
+
+
+def is_count(value) -> bool:
+    """Whether a restored value is a whole number of at least 0 (not a bool, a float or text)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @contextlib.contextmanager

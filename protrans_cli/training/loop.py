@@ -630,8 +630,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
             # for more steps then never decayed again. Same shape: the very lr the checkpoint holds.
             shape = dict(scheduler.lr_lambdas[0].__dict__)
             scheduler.load_state_dict(state["scheduler"])
-            if isinstance(scheduler.last_epoch, bool) or not isinstance(scheduler.last_epoch, int) \
-                    or scheduler.last_epoch < 0:
+            if not ckpt.is_count(scheduler.last_epoch):
                 raise ValueError(f"scheduler last_epoch is {scheduler.last_epoch!r}, not a step")
             for fn in scheduler.lr_lambdas:
                 fn.__dict__.update(shape)
