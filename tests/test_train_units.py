@@ -1256,3 +1256,41 @@ def test_a_checkpoint_cut_by_the_file_size_limit_says_so(tmp_path, monkeypatch):
     assert _no_room(tmp_path) == "File too large: the file-size limit (ulimit -f) is 0.3 MiB"
     monkeypatch.setattr(resource, "getrlimit", real)
     assert _no_room(tmp_path) is None  # (a disk with room)
+
+
+def test_a_step_with_nothing_to_predict_leaves_the_weights_and_the_optimizer_alone():
+    # its gradient is zero, but AdamW's step would still decay every weight and move it by the
+    # momentum of the steps before
+    import contextlib
+    from types import SimpleNamespace
+
+    from protrans_cli.models import get_family
+    from protrans_cli.training import dist
+    from protrans_cli.training.loop import LossModule, train_step
+
+    fam = get_family("bert")
+    tokenizer = fam.build_tokenizer()
+    layout = TokenLayout.from_tokenizer(tokenizer, fam.prepare)
+    config = TrainConfig(family="bert", grad_clip=0.0)
+    objective = make_objective(fam.objective, layout, config)
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tokenizer, hidden_dropout_prob=0.0,
+                                                   attention_probs_dropout_prob=0.0))
+    samples = [Sample(i, 0, layout.encode("MKTAYIK"), 5) for i in range(200)]
+    masked = [s for s in samples if objective.collate([s])["num_predicted"] > 0][:2]
+    unmasked = [s for s in samples if objective.collate([s])["num_predicted"] == 0][:2]
+    assert len(masked) == 2 and len(unmasked) == 2
+    module = LossModule(model, objective)
+    run = SimpleNamespace(config=config, info=dist.DistInfo(), layout=layout, loss_scale=None, wrapped=module,
+                          strategy="none", autocast=contextlib.nullcontext, model=model)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.1)
+    first = train_step(run, optimizer, [objective.collate(masked)])  # momentum, and a step count
+    assert first["loss"][1] > 0 and "grad_norm" in first
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    steps = [s["step"].clone() for s in optimizer.state.values()]
+    stats = train_step(run, optimizer, [objective.collate(unmasked)])
+    assert stats["loss"] == (0.0, 0.0) and "grad_norm" not in stats
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [s["step"] for s in optimizer.state.values()] == steps
+    again = train_step(run, optimizer, [objective.collate(masked)])  # and the next step trains
+    assert again["loss"][1] > 0 and not all(torch.equal(before[k], v) for k, v in model.state_dict().items())

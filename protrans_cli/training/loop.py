@@ -844,10 +844,14 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
         return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "skipped_steps": (share, share)}
     if not finite:
         raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0))
-    optimizer.step()
+    if total_predicted:
+        optimizer.step()
+    # else no rank predicted a token (short proteins, a small batch): the gradient is zero, and a
+    # step would still decay the weights and move them by the optimizer's momentum
     optimizer.zero_grad(set_to_none=True)
-    stats = {"loss": (host[0], total_predicted / info.world_size), "grad_norm": host[-1], "tokens": tokens,
-             "stop": stop}
+    stats = {"loss": (host[0], total_predicted / info.world_size), "tokens": tokens, "stop": stop}
+    if total_predicted:
+        stats["grad_norm"] = host[-1]
     if run.loss_scale is not None:
         stats["skipped_steps"] = (0.0, 1.0 / info.world_size)  # (summed over ranks: the fraction of steps)
     for k, name in enumerate(names):

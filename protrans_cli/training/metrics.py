@@ -20,7 +20,7 @@ class Accumulator:
         self.sums: dict[str, list[float]] = {}
         self.grad_norm = 0.0
         self.steps = 0
-        self.norm_steps = 0  # steps applied (with a gradient norm): fp16 skips overflowed ones
+        self.norm_steps = 0  # steps applied (with a gradient norm): not fp16's overflows, nor steps with nothing to predict
         self.tokens = 0
 
     def add(self, stats: dict) -> None:
