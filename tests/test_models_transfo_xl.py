@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +157,50 @@ def test_loss_decreases_on_a_toy_batch():
 @pytest.mark.parametrize("preset", ["prot_txl"])
 def test_prot_txl_preset_size(preset):
     assert abs(FAMILY.num_params(preset) - 562e6) / 562e6 < 0.02
+
+
+# --- against transformers 4.x's TransfoXLLMHeadModel (tests/data/transfo_xl_reference/README.md) ---
+
+REFERENCE = Path(__file__).parent / "data" / "transfo_xl_reference"
+
+
+def _reference_model():
+    from safetensors.torch import load_file
+
+    config = TransfoXLConfig(**json.loads((REFERENCE / "config.json").read_text()))
+    model = TransfoXLLMHeadModel(config).eval()
+    missing, unexpected = model.load_state_dict(load_file(REFERENCE / "model.safetensors"), strict=False)
+    assert missing == ["lm_head.weight"] and not unexpected  # lm_head is tied to the embeddings
+    assert model.lm_head.weight.data_ptr() == model.transformer.word_emb.weight.data_ptr()
+    return model, load_file(REFERENCE / "reference.safetensors")
+
+
+def test_segments_with_memory_equal_transformers_4():
+    # Three segments, the second longer than mem_len (memory cut), distances past clamp_len,
+    # n_head * d_head != d_model: hidden states, log-probabilities, losses and memories.
+    model, ref = _reference_model()
+    mems = None
+    with torch.no_grad():
+        for k in range(3):
+            ids = ref[f"ids_{k}"]
+            out = model(input_ids=ids, mems=mems, labels=ids)
+            torch.testing.assert_close(out.last_hidden_state, ref[f"hidden_{k}"], rtol=0, atol=1e-5)
+            torch.testing.assert_close(out.logits.log_softmax(-1), ref[f"logprobs_{k}"], rtol=0, atol=1e-5)
+            torch.testing.assert_close(out.loss, ref[f"loss_{k}"], rtol=0, atol=1e-5)
+            mems = out.mems
+    for n, m in enumerate(mems):
+        torch.testing.assert_close(m, ref[f"mems_{n}"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_rows_equal_transformers_4_on_their_tokens(side):
+    # transformers 4.x had no attention_mask: a padded row's tokens match its unpadded reference.
+    model, ref = _reference_model()
+    ids = ref["ids_0"]
+    pads = torch.zeros(ids.shape[0], 3, dtype=torch.long)
+    padded = torch.cat([pads, ids] if side == "left" else [ids, pads], dim=1)
+    mask = torch.cat([pads, torch.ones_like(ids)] if side == "left" else [torch.ones_like(ids), pads], dim=1)
+    with torch.no_grad():
+        out = model(input_ids=padded, attention_mask=mask).last_hidden_state
+    real = out[:, 3:] if side == "left" else out[:, :ids.shape[1]]
+    torch.testing.assert_close(real, ref["hidden_0"], rtol=0, atol=1e-5)
