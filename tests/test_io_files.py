@@ -658,3 +658,53 @@ def test_a_tab_or_other_ascii_space_ends_the_id():
     records = list(parse_fasta([b">P1\tdesc x\n", b"MK\n", b">P2\x0bv\n", b"MK\n", b">P3\x0cw\n", b"MK\n"]))
     assert [r.id for r in records] == ["P1", "P2", "P3"]
     assert records[0].description == "P1\tdesc x"
+
+
+def test_output_lock_never_holds_a_removed_lock_file(tmp_path, monkeypatch):
+    # output_lock's twin of the race above: the holder unlinks .NAME.lock on the way out while a
+    # newcomer makes and locks a new one; only the file under the name counts.
+    import fcntl
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io.files import output_lock
+
+    target = tmp_path / "out.h5"
+    lock = tmp_path / ".out.h5.lock"
+    real_flock, calls = fcntl.flock, []
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            lock.unlink()
+            lock.touch()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with output_lock(target, "busy"):
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        assert len(calls) == 2
+        with pytest.raises(RuntimeFailure, match="busy"):
+            with output_lock(target, "busy"):
+                pass
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "output"])
+def test_a_file_system_without_flock_runs_the_block_unlocked_and_leaves_nothing(tmp_path, monkeypatch, kind):
+    # NFS mounted nolock: flock fails with ENOLCK; the block runs, and no lock file or empty
+    # folder is left behind
+    import errno
+    import fcntl
+
+    from protrans_cli.io.files import folder_lock, output_lock
+
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    ran = []
+    with (folder_lock(tmp_path / "x.partial", "busy") if kind == "folder" else output_lock(tmp_path / "x", "busy")):
+        ran.append(True)
+        with (folder_lock(tmp_path / "x.partial", "busy") if kind == "folder" else output_lock(tmp_path / "x", "busy")):
+            ran.append(True)  # (unlocked: a second holder is not refused)
+    assert ran == [True, True] and list(tmp_path.iterdir()) == []

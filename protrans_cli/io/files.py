@@ -153,39 +153,51 @@ def check_replaceable(directory, what: str, ours) -> None:
                          f"{what}'s own output; choose another folder, or move them")
 
 
+def _flock_under_name(path: Path, open_fd, busy: str, shown: str, follow_symlinks: bool) -> tuple[int, bool]:
+    """An fd from `open_fd()` holding an exclusive flock on the file or folder now under `path`,
+    and whether it is locked (False where the file system has no flock). Another process holding
+    it: RuntimeFailure(busy). Its holder removes `path` as it ends, so the lock just taken may be
+    on a removed one while a third process locks a new one under the name: only the one under
+    the name counts, and the loop tries again."""
+    import fcntl
+
+    while True:
+        fd = open_fd()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # (the path is the holder's: left as it is)
+            raise RuntimeFailure(busy, path=shown) from None
+        except OSError:
+            return fd, False
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=follow_symlinks)):
+                return fd, True
+        except OSError:
+            pass
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def folder_lock(folder, busy: str):
     """An exclusive lock (flock) on `folder`, made if missing and removed again if it is left
     empty, held for the block; another process asking for it meets RuntimeFailure(busy). File
     systems without flock (NFS mounted nolock) go unlocked. The block must not remove the folder
     (another process would lock a new one)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
+    if os.name != "posix":  # pragma: no cover - no flock: no lock
         yield
         return
     folder = Path(folder)
-    while True:
+
+    def open_folder():
         try:
             folder.mkdir(exist_ok=True)
         except OSError as exc:
             raise RuntimeFailure(f"cannot write here ({exc.strerror or exc})", path=str(folder.parent)) from None
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)  # (the folder is the holder's: left as it is)
-            raise RuntimeFailure(busy, path=str(folder)) from None
-        except OSError:
-            break  # no flock here (NFS mounted nolock): unlocked
-        # Its holder removes the folder as it ends: the lock just taken may be on a removed
-        # folder, while a third process locks a new one under the name (as in output_lock).
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(folder)):  # (followed, as os.open did)
-                break
-        except OSError:
-            pass
-        os.close(fd)
+        return os.open(folder, os.O_RDONLY)
+
+    # (no flock here, as on NFS mounted nolock: unlocked, the folder kept open until the end)
+    fd, _ = _flock_under_name(folder, open_folder, busy, str(folder), follow_symlinks=True)
     try:
         yield
     finally:
@@ -202,38 +214,26 @@ def output_lock(target, busy: str):
     loaded, and the later one replaced the other's finished file (or removed its partial file).
     Where no lock file can be made (a read-only folder, a file system without flock) the block
     runs unlocked: the command's own checks then say what is wrong."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
+    if os.name != "posix":  # pragma: no cover - no flock: no lock
         yield
         return
     target = Path(target)
     lock = target.with_name(f".{target.name}.lock")
-    while True:
-        try:  # (read-only is enough for flock; O_NOFOLLOW: never a link planted in a shared folder)
-            fd = os.open(lock, os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError:
-            yield
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeFailure(busy, path=str(target)) from None
-        except OSError:  # no flock here (NFS mounted nolock): unlocked
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(lock)
-            yield
-            return
-        # Its holder removes the file as it ends: the lock just taken may be on a removed file,
-        # while a third process locks a new one under the name. Only the file under the name counts.
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(lock, follow_symlinks=False)):
-                break
-        except OSError:
-            pass
+
+    def open_lock():  # (read-only is enough for flock; O_NOFOLLOW: never a link planted in a shared folder)
+        return os.open(lock, os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+
+    try:
+        fd, locked = _flock_under_name(lock, open_lock, busy, str(target), follow_symlinks=False)
+    except OSError:  # no lock file here (a read-only folder): unlocked
+        yield
+        return
+    if not locked:  # no flock here (NFS mounted nolock): unlocked
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        yield
+        return
     try:
         yield
     finally:
