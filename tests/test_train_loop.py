@@ -1815,3 +1815,24 @@ def test_a_stop_after_at_or_beyond_the_last_step_says_the_run_trains_to_the_end(
     res = run_cli("train", "--corpus", LEARNABLE, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1,
                   "--num-steps", 2, "--max-length", 32, "--stop-after", 1, "-o", tmp_path / "s")
     assert res.exit_code == 0 and "trains to the end" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("family", ["bert", "electra"])
+def test_init_from_a_config_with_more_layers_than_its_weights_is_refused(tmp_path, run_cli, family):
+    """A config.json edited (or another model's) to give one layer more than the weights hold:
+    the extra layer trained from random, with "usually a pretraining head" as the only word."""
+    from protrans_cli.models import FAMILIES
+
+    fam = FAMILIES[family]
+    tokenizer = fam.build_tokenizer()
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tokenizer))
+    fam.save_pretrained(model, tokenizer, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    r = run_cli("train", "--init-from", tmp_path / "m", "--corpus", LEARNABLE, "-o", tmp_path / "run",
+                "--num-steps", "1")
+    assert r.exit_code == 1, r.stderr
+    assert f"gives {config['num_hidden_layers']} layers (num_hidden_layers), more than its weights hold" in r.stderr
+    assert "start from random" not in r.stderr and not (tmp_path / "run").exists()

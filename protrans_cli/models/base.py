@@ -192,6 +192,7 @@ class Family:
             config = AutoConfig.from_pretrained(str(directory), **hub)
         with torch.device("meta"):
             model_class = type(self.pretraining_model(config))
+        refuse_missing_layers(model_class, directory)
         return model_class.from_pretrained(str(directory), config=config, **kwargs)
 
     def save_pretrained(self, model, tokenizer, directory) -> None:
@@ -484,6 +485,15 @@ def load_checked(model_class, name_or_path, *, dtype=None, **kwargs):
                          f"{model_class.__name__} (e.g. {sorted(missing)[0]}); it is not a complete "
                          "checkpoint of this model")
     return model.eval()
+
+
+def refuse_missing_layers(model_class, directory) -> None:
+    """Before a model directory is loaded to train on (`train --init-from`): ModelError when its
+    config.json gives more layers than its weights hold. The extra layers trained from random,
+    with "usually a pretraining head" as the only word."""
+    problem = _depth_problem(model_class, directory, {})
+    if problem:
+        raise ModelError(f"{directory}: {problem}")
 
 
 # from_pretrained's own options, not the model class's (the rest of load_checked's kwargs are)

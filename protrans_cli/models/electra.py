@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protrans_cli.models.base import Family
+from protrans_cli.models.base import Family, refuse_missing_layers
 from protrans_cli.models.bert import BERT_SPECIALS
 from protrans_cli.models.tokenizers import RESIDUES, residue_tokenizer
 
@@ -241,6 +241,10 @@ class ElectraFamily(Family):
             tokenizer.save_pretrained(Path(directory) / "generator")
 
     def load_pretraining_model(self, directory, *, config=None, **kwargs):
+        from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+        refuse_missing_layers(ElectraForPreTraining, directory)
+        refuse_missing_layers(ElectraForMaskedLM, Path(directory) / "generator")
         return electra_pair_class().from_pretrained(directory, config=config, **kwargs)
 
 
