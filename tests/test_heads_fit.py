@@ -633,7 +633,8 @@ def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_
     monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1))
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa", "--probabilities", probs)
     assert r.exit_code == 1 and r.stderr.strip() == (f"protrans: error: {probs}: no room for the next batch: 1.0 MiB "
-                                                     "free on the output's disk, 16.0 MiB needed; the file was not written")
+                                                     "free on the output's disk, 16.0 MiB needed (8 KiB of data and 16 MiB kept for "
+                                                     "HDF5's own); the file was not written")
     assert probs.read_bytes() == b"an older file" and not (tmp_path / "q.fa").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

@@ -923,8 +923,10 @@ def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next 
         return 0  # (a read-only mount counts 0 bytes free: the writing says "Read-only file system")
     if free is not None and free < need:
         free_text, need_text = _sizes(free, need)
-        raise RuntimeFailure(f"no room for {what}: {free_text} free on the output's disk, "
-                             f"{need_text} needed; {then}", path=str(shown or path))
+        # (the margin named: "16.2 MiB needed" for a batch of 200 KB read as a miscount)
+        raise RuntimeFailure(f"no room for {what}: {free_text} free on the output's disk, {need_text} needed "
+                             f"({_size(int(nbytes * 1.05))} of data and {ROOM_MARGIN >> 20} MiB kept for HDF5's "
+                             f"own); {then}", path=str(shown or path))
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
         size = path.stat().st_size if path.exists() else 0
@@ -961,6 +963,11 @@ def room_for(nbytes: int) -> int:
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.1f} MiB"
+
+
+def _size(nbytes: int) -> str:
+    """MiB with one decimal, or KiB below a tenth of a MiB."""
+    return _mib(nbytes) if nbytes >= (1 << 20) // 10 else f"{-(-nbytes // 1024):,} KiB"
 
 
 def _sizes(free: int, need: int) -> tuple[str, str]:
