@@ -5,10 +5,13 @@ same run on the same corpus. A process pays this once per resume, every rank and
 worker alike.
 
 The corpus is made of random proteins (lengths 50-1000) in `--shards` files, plain or gzip;
-the checkpoint's position is `--fraction` of the way through it.
+the checkpoint's position is `--fraction` of the way through it. A gzip file is written as prep
+writes it, a member for each block of about 1 MiB of text (`--one-member`: one gzip stream, as
+`gzip` writes, which a resume must decompress from its beginning).
 
     python benchmarks/train_resume_bench.py                        # 256 MB, 4 plain shards
     python benchmarks/train_resume_bench.py --megabytes 1024 --gzip --tmpdir /dev/shm
+    python benchmarks/train_resume_bench.py --gzip --shards 1 [--one-member]
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ from pathlib import Path
 import numpy as np
 
 
-def make_corpus(directory: Path, megabytes: int, shards: int, compress: bool) -> tuple[list[str], int]:
+def make_corpus(directory: Path, megabytes: int, shards: int, compress: bool,
+                one_member: bool = False) -> tuple[list[str], int]:
     rng = np.random.default_rng(0)
     letters = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
     per_shard = megabytes * (1 << 20) // shards
     paths, proteins = [], 0
     for k in range(shards):
         path = directory / f"corpus_{k}.txt{'.gz' if compress else ''}"
-        opener = gzip.open(path, "wb", compresslevel=1) if compress else open(path, "wb")
+        opener = gzip.open(path, "wb", compresslevel=1) if compress and one_member else open(path, "wb")
         written = 0
         with opener as out:
             while written < per_shard:
@@ -41,7 +45,8 @@ def make_corpus(directory: Path, megabytes: int, shards: int, compress: bool) ->
                     line[-1] = 10
                     chunk.append(line.tobytes() + b"\n")
                 data = b"".join(chunk)
-                out.write(data)
+                # (prep's workers compress each block as a gzip member of its own)
+                out.write(gzip.compress(data, compresslevel=1) if compress and not one_member else data)
                 written += len(data)
                 proteins += len(chunk)
         paths.append(str(path))
@@ -66,6 +71,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=256)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--gzip", action="store_true")
+    parser.add_argument("--one-member", action="store_true", help="each gzip file one stream, not a member per block")
     parser.add_argument("--fraction", type=float, default=0.9, help="where the checkpoint is (default 0.9)")
     parser.add_argument("--tmpdir", default=None)
     args = parser.parse_args()
@@ -76,10 +82,10 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="resume_bench_", dir=args.tmpdir))
     try:
         t = time.perf_counter()
-        paths, total = make_corpus(directory, args.megabytes, args.shards, args.gzip)
+        paths, total = make_corpus(directory, args.megabytes, args.shards, args.gzip, args.one_member)
         size = sum(Path(p).stat().st_size for p in paths)
         print(f"corpus: {total:,} proteins, {args.megabytes} MiB of text in {args.shards} "
-              f"{'gzip' if args.gzip else 'plain'} shard(s), {size / 1e6:,.0f} MB on disk "
+              f"{('gzip, one member' if args.one_member else 'gzip') if args.gzip else 'plain'} shard(s), {size / 1e6:,.0f} MB on disk "
               f"({time.perf_counter() - t:.0f} s to make)")
         # The checkpoint: a buffer start `fraction` of the way in, with the cursor a run would save.
         buffer = 64 * 16

@@ -953,6 +953,12 @@ class _Writers:
         # Blocks arrive compressed by the workers (one gzip member / zstd frame each), except
         # with --shard-size, whose cuts need the text: then the main process compresses.
         self.train_kind, self.valid_kind = worker_compression(options)
+        # With --shard-size the main process compresses each piece of a block as a member of its
+        # own all the same, so that a train --resume decompresses from its position's member,
+        # not from the shard's beginning.
+        self.sized_kind = None
+        if options.shard_size is not None and options.output and str(options.output) != "-":
+            self.sized_kind = compression_for_output(options.output)
         self.precompressed: dict[int, str] = {}  # id(AtomicFile) -> kind
         try:
             self._open_all(options)
@@ -984,7 +990,7 @@ class _Writers:
 
     def _open(self, path, named: bool = False) -> None:
         """One more training output (a file, a shard, or stdout)."""
-        self.train.append(self._handle(path, self.train_kind, named))
+        self.train.append(self._handle(path, self.train_kind or self.sized_kind, named))
         self.train_files.append(self.files[-1])
         self.paths.append(str(path))
 
@@ -1032,14 +1038,14 @@ class _Writers:
         while text:
             room = limit - self.current_bytes
             if len(text) <= room:
-                self.train[self.current].write(text)
+                self._write_piece(text)
                 self.current_bytes += len(text)
                 return
             cut = text.rfind(b"\n\n", 0, room) if room > 0 else -1
             if cut < 0 and self.current_bytes == 0:
                 cut = text.find(b"\n\n")  # one protein bigger than a shard: it gets a shard alone
             if cut >= 0:
-                self.train[self.current].write(text[: cut + 2])
+                self._write_piece(text[: cut + 2])
                 text = text[cut + 2:]
             self.current_bytes = limit  # full: the next text opens the next shard
             if text:  # never a shard without a protein (the last one ended exactly at a cut)
@@ -1050,11 +1056,15 @@ class _Writers:
                 self.current_bytes = 0
                 self._open(shard_path(self.options.output, self.current))
 
+    def _write_piece(self, text: bytes) -> None:
+        self.train[self.current].write(compress_bytes(text, self.sized_kind, FAST_LEVELS.get(self.sized_kind))
+                                       if self.sized_kind else text)
+
     def prepare(self) -> list[str]:
         """Every output written out (not renamed yet); the paths they will have."""
         for handle in self.files:
             kind = self.precompressed.get(id(handle))  # AtomicFiles only
-            if kind and handle.stream.tell() == 0:
+            if kind and not handle.stream.closed and handle.stream.tell() == 0:  # (a full shard: prepared)
                 handle.stream.write(compress_bytes(b"", kind, FAST_LEVELS.get(kind)))  # a valid empty .gz
             handle.prepare()
         paths = list(self.paths)

@@ -1294,3 +1294,89 @@ def test_a_step_with_nothing_to_predict_leaves_the_weights_and_the_optimizer_alo
     assert [s["step"] for s in optimizer.state.values()] == steps
     again = train_step(run, optimizer, [objective.collate(masked)])  # and the next step trains
     assert again["loss"][1] > 0 and not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _members_corpus(tmp_path, kind, member_bytes=4096):
+    """LEARNABLE's text as gzip members or zstd frames of member_bytes of text each, cut
+    anywhere (not at line ends), as prep (a member per block) and bgzip write them."""
+    import gzip
+
+    text = open(LEARNABLE, "rb").read() * 4
+    parts = [text[i:i + member_bytes] for i in range(0, len(text), member_bytes)]
+    if kind == "gzip":
+        data = b"".join(gzip.compress(p, compresslevel=1) for p in parts)
+    else:
+        import zstandard
+
+        data = b"".join(zstandard.ZstdCompressor(level=1).compress(p) for p in parts)
+    path = tmp_path / f"c.txt.{'gz' if kind == 'gzip' else 'zst'}"
+    path.write_bytes(data)
+    return path, text
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_corpus_of_many_members_resumes_from_the_member_of_its_position(tmp_path, kind):
+    # A resume decompressed a single large .gz from its beginning (UniRef50: about 100 s in every
+    # process); the cursor now names the member to start from. Proof that it does: the file's
+    # first member spoilt after the checkpoint, the resume still reads on from the cursor.
+    from protrans_cli.training.data import Cursor, iter_proteins
+
+    path, text = _members_corpus(tmp_path, kind)
+    every = [line.replace(b" ", b"").decode() for line in text.split(b"\n") if line.strip()]
+    cursor, snaps = Cursor(), {}
+    for k, (_, _, residues) in enumerate(iter_proteins([str(path)], cursor=cursor)):
+        assert residues == every[k]
+        snaps[k] = cursor.copy()
+    assert k + 1 == len(every)
+    late = snaps[len(every) - 20]
+    assert 0 < late.member_text < late.offset and late.member > 0
+    assert late.offset - late.member_text <= 4096 + 2 * max(map(len, text.split(b"\n")))
+    for k in (0, 1, len(every) // 3, len(every) - 20, len(every) - 1):
+        assert [r for _, _, r in iter_proteins([str(path)], snaps[k])] == every[k + 1:]
+    data = bytearray(path.read_bytes())
+    data[4:64] = bytes(60)
+    path.write_bytes(bytes(data))
+    assert [r for _, _, r in iter_proteins([str(path)], late)] == every[len(every) - 19:]
+    with pytest.raises(InputError, match="corrupt or truncated compressed data"):
+        list(iter_proteins([str(path)]))
+
+
+def test_a_member_that_is_not_one_falls_back_to_counting_proteins(tmp_path):
+    # the file replaced by one compressed otherwise (the fingerprint check aside), and a
+    # checkpoint of an earlier version (no member in its cursor)
+    import dataclasses
+    import gzip
+
+    from protrans_cli.training.data import Cursor, iter_proteins
+
+    path, text = _members_corpus(tmp_path, "gzip")
+    every = [line.replace(b" ", b"").decode() for line in text.split(b"\n") if line.strip()]
+    cursor = Cursor()
+    for k, _ in zip(range(300), iter_proteins([str(path)], cursor=cursor)):
+        pass
+    assert cursor.member > 0
+    path.write_bytes(gzip.compress(text))  # one member: the cursor's names no member start
+    assert [r for _, _, r in iter_proteins([str(path)], cursor.copy())] == every[300:]
+    old = {k: v for k, v in dataclasses.asdict(cursor).items() if k not in ("member", "member_text")}
+    state = StreamState.from_dict({"epoch": 0, "buffer_start": 300, "batches_done": 0, "at": old})
+    assert state.at.member == 0 and [r for _, _, r in iter_proteins([str(path)], state.at)] == every[300:]
+
+
+def test_member_reader_reads_what_gzip_reads(tmp_path):
+    # empty members, zero padding after the last (gzip takes it), a cut member, data after padding
+    import gzip
+
+    from protrans_cli.io.files import open_members
+
+    parts = [b"M K\n", b"", b"A C D\nE F", b"\nG H\n"]
+    data = b"".join(gzip.compress(p) for p in parts)
+    for tail, expected in ((b"", None), (bytes(100), None), (bytes(10) + b"x", "data after the zero padding"),
+                           (gzip.compress(b"K\n")[:-3], "corrupt or truncated")):
+        (tmp_path / "f.gz").write_bytes(data + tail)
+        with open_members(tmp_path / "f.gz") as (stream, members):
+            if expected is None:
+                assert stream.read() == gzip.decompress(data + tail) == b"".join(parts)
+                assert [t for _, t in members.starts] == [0, 4, 4, 13]
+            else:
+                with pytest.raises(InputError, match=expected):
+                    stream.read()

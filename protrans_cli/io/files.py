@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import io
@@ -347,6 +348,115 @@ class _ZstdReader(io.RawIOBase):
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+
+class MemberReader(io.RawIOBase):
+    """The text of concatenated gzip members or zstd frames (prep writes one per block of its
+    input; bgzip writes them too), noting where each member begins: its byte in the file and
+    the byte of the text it starts at. A reader made with `start`, a member's pair, reads the
+    file from there, so that a place in the text far into a large file is reached by
+    decompressing part of one member rather than everything before it. Like gzip and zstd's
+    own readers, it fails on a cut member and takes zero bytes of padding after the last."""
+
+    def __init__(self, raw: BinaryIO, kind: str, start: tuple[int, int] = (0, 0)):
+        self._raw, self._kind = raw, kind
+        self._read_at, self.text = start  # the file's next byte to read; the text's bytes given
+        self.starts: collections.deque[tuple[int, int]] = collections.deque()  # (file byte, text byte)
+        self._obj = None  # the decoder of the member under way
+        self._padding = False  # zero bytes after a gzip member: only more of them may follow
+        self._buf = memoryview(b"")
+        if kind == "zstd":
+            import zstandard
+
+            self._dctx, self._error = zstandard.ZstdDecompressor(), zstandard.ZstdError
+
+    def readable(self) -> bool:
+        return True
+
+    def _decoder(self):
+        if self._kind == "gzip":
+            import zlib
+
+            return zlib.decompressobj(31)
+        return self._dctx.decompressobj()
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            at = self._read_at
+            chunk = self._raw.read(1 << 20)
+            self._read_at += len(chunk)
+            if not chunk:
+                if self._obj is not None:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                return 0
+            out, produced = [], self.text
+            while chunk:
+                if self._padding or (self._obj is None and self._kind == "gzip" and self.starts and chunk[:1] == b"\0"):
+                    if chunk.strip(b"\0"):
+                        raise OSError("Not a gzipped file: data after the zero padding at the end")
+                    self._padding = True
+                    break
+                if self._obj is None:
+                    self.starts.append((at, produced))
+                    self._obj = self._decoder()
+                try:
+                    data = self._obj.decompress(chunk)
+                except Exception as exc:  # noqa: BLE001 - zlib.error, zstandard.ZstdError
+                    if self._kind == "zstd" and isinstance(exc, self._error):
+                        raise OSError(f"zstd compressed data is corrupt: {exc}") from None
+                    raise
+                out.append(data)
+                produced += len(data)
+                if self._obj.eof:
+                    rest = self._obj.unused_data
+                    at += len(chunk) - len(rest)
+                    chunk, self._obj = rest, None
+                else:
+                    at, chunk = at + len(chunk), b""
+            joined = b"".join(out)
+            self.text += len(joined)
+            self._buf = memoryview(joined)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def member_before(self, offset: int) -> tuple[int, int] | None:
+        """The member begun last before byte `offset` of the text (strictly before, so that the
+        byte before `offset` can be checked on reopening), as (file byte, text byte); None when
+        none is. Earlier members are forgotten: `offset` must not go back."""
+        starts = self.starts
+        while len(starts) > 1 and starts[1][1] < offset:
+            starts.popleft()
+        return starts[0] if starts and starts[0][1] < offset else None
+
+
+@contextlib.contextmanager
+def open_members(path, start: tuple[int, int] | None = None) -> Iterator[tuple[BinaryIO, MemberReader | None]]:
+    """A file to read as open_input does, and, for a gzip or zstd file, its MemberReader (None
+    otherwise). `start`: a member's (file byte, text byte), from `member_before`, to read from;
+    the stream then begins at that byte of the text. A `start` that is not a member of the file
+    (it has changed) is ValueError."""
+    kind = None
+    if str(path) != "-":
+        with contextlib.suppress(OSError):  # (open_input names what is wrong)
+            with open(path, "rb") as probe:
+                kind = sniff_compression(probe.read(8))
+    if kind not in ("gzip", "zstd"):
+        if start is not None:
+            raise ValueError(f"{display_name(path)}: not a gzip or zstd file")
+        with open_input(path) as stream:
+            yield stream, None
+        return
+    name = display_name(path)
+    with open(path, "rb") as raw:
+        begin = start or (0, 0)
+        raw.seek(begin[0])
+        if sniff_compression(raw.read(8)) != kind:
+            raise ValueError(f"{name}: byte {begin[0]} does not begin a {kind} member")
+        raw.seek(begin[0])
+        reader = MemberReader(raw, kind, begin)
+        yield io.BufferedReader(_NamedErrors(reader, name), buffer_size=1 << 20), reader
 
 
 @contextlib.contextmanager

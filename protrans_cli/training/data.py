@@ -23,6 +23,7 @@ exactly the batches it would have seen, reading from that byte on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -148,9 +149,14 @@ class Cursor:
     offset: int = 0
     line: int = 0
     proteins: int = 0
+    # A compressed file of many gzip members or zstd frames (prep writes one per block): the
+    # last member begun before `offset`, its byte in the file and in the text (0, 0: none), for
+    # a resume to decompress from there rather than from the file's beginning.
+    member: int = 0
+    member_text: int = 0
 
     def copy(self) -> "Cursor":
-        return Cursor(self.file, self.offset, self.line, self.proteins)
+        return dataclasses.replace(self)
 
 
 class _StalePosition(Exception):
@@ -187,20 +193,21 @@ def iter_proteins(paths, start: Cursor | None = None, cursor: Cursor | None = No
 
 
 def _read_proteins(paths: list, start: Cursor, cursor: Cursor) -> Iterator[tuple[str, int, str]]:
-    from protrans_cli.io.files import open_input
-
     if start.file > 0 and start.file >= len(paths):
         raise _StalePosition
     cursor.proteins = start.proteins
     for index in range(start.file, len(paths)):
         path = paths[index]
-        with open_input(path) as stream:
+        resuming = index == start.file and start.offset > 0
+        member = (start.member, start.member_text) if resuming and 0 < start.member_text < start.offset else None
+        with _open_corpus_file(path, member) as (stream, members):
             offset = lineno = 0
-            if index == start.file and start.offset:
-                if not _skip_to(stream, start.offset):
+            if resuming:
+                if not _skip_to(stream, start.offset - (member[1] if member else 0)):
                     raise _StalePosition
                 offset, lineno = start.offset, start.line
             cursor.file, cursor.offset, cursor.line = index, offset, lineno
+            cursor.member, cursor.member_text = member or (0, 0)
             for raw in stream:
                 lineno += 1
                 offset += len(raw)
@@ -215,8 +222,26 @@ def _read_proteins(paths: list, start: Cursor, cursor: Cursor) -> Iterator[tuple
                 text = raw.translate(None, _BLANK).decode("latin-1")
                 if text:
                     cursor.offset, cursor.line = offset, lineno
+                    if members is not None:
+                        cursor.member, cursor.member_text = members.member_before(offset) or (0, 0)
                     cursor.proteins += 1
                     yield str(path), lineno, text
+
+
+@contextlib.contextmanager
+def _open_corpus_file(path, member: tuple[int, int] | None):
+    """open_members, with a member that is not one of the file's (the file changed) as a
+    stale position."""
+    from protrans_cli.io.files import open_members
+
+    opened = open_members(path, member)
+    try:
+        stream, members = opened.__enter__()
+    except ValueError:
+        raise _StalePosition from None
+    with contextlib.ExitStack() as stack:
+        stack.push(opened)
+        yield stream, members
 
 
 def _skip_to(stream, offset: int) -> bool:
