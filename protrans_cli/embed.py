@@ -973,6 +973,28 @@ def _setup_distributed(device: str) -> _Dist:
     return _Dist(rank, world, local, here)
 
 
+# Settings that change only the speed, not what the file holds: a node may have its own.
+_PER_NODE_OPTIONS = ("threads", "command_line", "device", "max_tokens", "max_batch_size", "sdpa_kernels",
+                     "compile", "cpu_fallback")
+
+
+def _same_on_every_rank(options: EmbedOptions, output, scan: InputScan | None, failure) -> None:
+    """Every rank shares out the proteins by the same input and writes the same kinds: a node
+    started with another FASTA or without --per-residue gave a finished file lacking proteins or
+    kinds (exit 0); one whose FASTA was missing left the others waiting at the first barrier."""
+    from dataclasses import asdict
+
+    from protrans_cli.training.dist import same_on_every_rank
+
+    values = {key: value for key, value in asdict(options).items() if key not in _PER_NODE_OPTIONS}
+    values["output"] = str(output)
+    if scan is not None:
+        values["input (records, residues, longest)"] = (scan.num_records, scan.num_residues, scan.longest)
+    same_on_every_rank(values, failure=failure,
+                       remedy="Start every node with the same command, on the same FASTA, with the output "
+                              "on a file system every node sees.")
+
+
 def shard_path(output, rank: int, world_size: int) -> Path:
     output = Path(output)
     return output.with_name(f"{output.name}.shard-{rank:03d}-of-{world_size:03d}")
@@ -1061,9 +1083,17 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
                 # (a silent minute per GB of FASTA before the model even loads: ~10 minutes for
                 # 50 million proteins)
                 console.info(f"reading {name}: checking every record and id before embedding")
-        scan = scan_input(source, name, options.skip_invalid)
-        summary = EmbedSummary(output=output, num_records=scan.num_records)
+        ranked = distributed and _torchrun_rank()[1] > 1
+        try:
+            scan, failure = scan_input(source, name, options.skip_invalid), None
+        except (ProtransError, OSError) as exc:
+            if not ranked:
+                raise
+            scan, failure = None, exc  # raised once every rank has joined: the others stop too
         dist = _setup_distributed(options.device) if distributed else _Dist()
+        if ranked:
+            _same_on_every_rank(options, output, scan, failure)
+        summary = EmbedSummary(output=output, num_records=scan.num_records)
         # -j for this call only (torch's count is the process's); without -j, as it is (the
         # onehot embedder then never imports torch).
         threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()

@@ -101,6 +101,40 @@ def broadcast_object(obj):
     return holder[0]
 
 
+def same_on_every_rank(values: dict, *, failure: BaseException | None = None, remedy: str) -> None:
+    """Under torchrun: every rank's `values` (its settings as it was started) must equal rank 0's.
+    Nodes started with different flags (another --global-batch-size, --num-steps, --seed, FASTA,
+    or a run directory one node sees empty) trained silently on mixed batches, wrote half a
+    file, or hung in a collective that only some ranks reached. One exchange, every rank in it;
+    `failure`: this rank's own error before the exchange (raised after it, the others stopping
+    in one line instead of waiting for it). A no-op without a process group."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() < 2:
+        if failure is not None:
+            raise failure
+        return
+    everyone: list = [None] * tdist.get_world_size()
+    tdist.all_gather_object(everyone, (values, failure is not None))
+    if failure is not None:
+        raise failure
+    failed = [rank for rank, (_, f) in enumerate(everyone) if f]
+    if failed:
+        from protrans_cli.errors import RuntimeFailure
+
+        raise RuntimeFailure(f"rank(s) {', '.join(map(str, failed))} stopped before starting (their error is "
+                             "in their node's log): no rank runs")
+    first = everyone[0][0]
+    differences = []
+    for rank, (theirs, _) in enumerate(everyone[1:], start=1):
+        for key in sorted(set(first) | set(theirs), key=str):
+            if first.get(key) != theirs.get(key):
+                differences.append(f"{key} {theirs.get(key)!r} on rank {rank}, {first.get(key)!r} on rank 0")
+    if differences:
+        shown = "; ".join(differences[:3]) + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
+        raise UsageError(f"the ranks were not started alike: {shown}. {remedy}")
+
+
 def cleanup() -> None:
     global _info
     # A group the caller started (a script under torchrun that calls train, then its own

@@ -35,7 +35,7 @@ import torch
 
 from protrans_cli import console
 from protrans_cli.attention import sdpa_kernels
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, described, expect_options, first_line
+from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError, described, expect_options, first_line
 from protrans_cli.models import packing
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
@@ -189,13 +189,21 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
             with _discarded_on_failure(config.output_dir, made_here and not resume):
                 # the settings first: a bad value on a directory holding a run was met as "already
                 # holds a run, add --resume", and only --resume showed the real error
-                config.validate(info.world_size)
-                if not resume and ckpt.list_checkpoints(config.output_dir):
-                    # A fresh run here would mix its checkpoints with the old ones, and a later
-                    # --resume would pick whichever step number is highest (checked before any model).
-                    latest = ckpt.list_checkpoints(config.output_dir)[-1].name
-                    raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to "
-                                     "continue it, or choose another -o")
+                failure = None
+                try:
+                    config.validate(info.world_size)
+                    if not resume and ckpt.list_checkpoints(config.output_dir):
+                        # A fresh run here would mix its checkpoints with the old ones, and a later
+                        # --resume would pick whichever step number is highest (checked before any model).
+                        latest = ckpt.list_checkpoints(config.output_dir)[-1].name
+                        raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to "
+                                         "continue it, or choose another -o")
+                except ProtransError as exc:
+                    failure = exc
+                # Under torchrun, nodes started alike (and seeing the same run directory) or not at all.
+                dist.same_on_every_rank(_rank_settings(config, resume), failure=failure,
+                                        remedy="Start every node with the same command, with the run "
+                                               "directory on a file system every node sees.")
                 if resume is True and not ckpt.list_checkpoints(config.output_dir):
                     # A job script that always passes --resume (a requeued job) must start the
                     # first time, and again after a kill before the first save.
@@ -209,6 +217,30 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
     finally:
         dist.cleanup()
+
+
+def _rank_settings(config: TrainConfig, resume) -> dict:
+    """What every rank of a torchrun job must agree on: the settings that shape the batches, the
+    model and the schedule (not -j or --num-workers), the corpus files by size (each node may
+    hold its own copy), and the checkpoint a resume starts from as this rank sees it."""
+    import os
+
+    values = {key: value for key, value in dataclasses.asdict(config).items()
+              if key not in ("threads", "num_workers", "corpus", "val_corpus")}
+    for key in ("corpus", "val_corpus"):
+        sizes = []
+        for path in getattr(config, key) or []:
+            try:
+                sizes.append(os.path.getsize(path))
+            except OSError:
+                sizes.append(None)
+        values[f"{key} (file sizes)"] = sizes
+    if resume is True:
+        found = ckpt.list_checkpoints(config.output_dir)
+        values["resume from"] = found[-1].name if found else None
+    else:
+        values["resume from"] = str(resume) if resume else None
+    return values
 
 
 # What a run writes at the root of its directory besides checkpoints and the final model.

@@ -1,0 +1,91 @@
+"""Under torchrun every rank must be started alike (multi-node: one command per node).
+
+Ranks started with different settings trained silently on mixed batches, wrote a finished file
+lacking proteins or kinds, or waited for good in a collective the other rank never reached.
+Each rank here gets its own flags through `sh -c` and $RANK, as two nodes given different
+commands would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA, ROOT
+
+FASTA = str(ROOT / "protrans_cli" / "example_data" / "proteins.fasta")
+LEARNABLE = str(DATA / "train" / "learnable.txt")
+
+
+def _torchrun_per_rank(script: str, timeout=240):
+    """Two ranks running `script` (sh), $RANK telling them apart."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1", PY=sys.executable)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--no-python", "sh", "-c", script]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_embed_ranks_asking_for_different_kinds_are_refused(tmp_path):
+    out = tmp_path / "e.h5"
+    proc = _torchrun_per_rank(f'exec "$PY" -m protrans_cli embed {FASTA} -m onehot --per-protein -o {out} '
+                              '$([ "$RANK" = 1 ] && echo --per-residue)')
+    assert proc.returncode != 0
+    assert "the ranks were not started alike: per_residue True on rank 1, False on rank 0" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # (it wrote a file with half the per-residue arrays, exit 0)
+
+
+@pytest.mark.slow
+def test_embed_ranks_given_different_fastas_are_refused(tmp_path):
+    half = tmp_path / "half.fa"
+    half.write_text("".join(open(FASTA).readlines()[:20]))
+    out = tmp_path / "e.h5"
+    proc = _torchrun_per_rank(f'F={FASTA}; [ "$RANK" = 1 ] && F={half}; '
+                              f'exec "$PY" -m protrans_cli embed "$F" -m onehot --per-protein -o {out}')
+    assert proc.returncode != 0
+    assert "not started alike: input (records, residues, longest)" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_embed_rank_whose_fasta_is_missing_stops_the_others(tmp_path):
+    out = tmp_path / "e.h5"
+    # (rank 0 waited for rank 1 in the group's set-up, for up to 24 hours)
+    proc = _torchrun_per_rank(f'F={FASTA}; [ "$RANK" = 1 ] && F={tmp_path}/missing.fa; '
+                              f'exec "$PY" -m protrans_cli embed "$F" -m onehot --per-protein -o {out}',
+                              timeout=120)
+    assert proc.returncode != 0
+    assert "missing.fa: no such file" in proc.stderr
+    assert "rank(s) 1 stopped before starting" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_train_ranks_with_different_global_batch_sizes_are_refused(tmp_path):
+    out = tmp_path / "run"
+    args = (f"--family bert --corpus {LEARNABLE} --num-steps 4 --max-length 64 --micro-batch-size 4 "
+            f"--warmup-steps 1 -j 1 -o {out}")
+    proc = _torchrun_per_rank(f'B=16; [ "$RANK" = 1 ] && B=32; '
+                              f'exec "$PY" -m protrans_cli train {args} --global-batch-size "$B"')
+    assert proc.returncode != 0
+    # (it trained to the end, exit 0, each rank accumulating its own number of micro-batches)
+    assert "not started alike: global_batch_size 32 on rank 1, 16 on rank 0" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_train_resume_on_a_rank_that_sees_no_checkpoint_is_refused(tmp_path):
+    out, other = tmp_path / "run", tmp_path / "other"
+    args = f"--family bert --corpus {LEARNABLE} --num-steps 4 --max-length 64 --micro-batch-size 4 -j 1"
+    first = _torchrun_per_rank(f'exec "$PY" -m protrans_cli train {args} -o {out} --stop-after 2 --save-every 2')
+    assert first.returncode == 0, first.stderr[-2000:]
+    # A run directory one node does not see (not on a shared file system): that rank started at
+    # step 0, the other resumed at step 2, and both hung in their last collectives.
+    proc = _torchrun_per_rank(f'O={out}; [ "$RANK" = 1 ] && O={other}; '
+                              f'exec "$PY" -m protrans_cli train {args} -o "$O" --resume')
+    assert proc.returncode != 0
+    assert "protrans: error: the ranks were not started alike" in proc.stderr and f"'{other}' on rank 1" in proc.stderr
