@@ -21,6 +21,7 @@ balanced share of every window into its own file and rank 0 merges them into the
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import hashlib
 import os
@@ -908,6 +909,7 @@ class _Dist:
     world_size: int = 1
     local_rank: int = 0
     initialised_here: bool = False
+    group: object = None  # the group of the barriers and exchanges (None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -917,7 +919,7 @@ class _Dist:
         if self.world_size > 1:
             import torch.distributed as dist
 
-            dist.barrier()
+            dist.barrier(group=self.group)
 
     def sum_counts(self, *counts: int) -> list[int]:
         """Totals over all ranks (also the barrier before rank 0 merges the shards)."""
@@ -930,7 +932,7 @@ class _Dist:
         if dist.get_backend() == "nccl" and torch.cuda.is_available():
             device = torch.device("cuda", torch.cuda.current_device())
         totals = torch.tensor(counts, dtype=torch.int64, device=device)
-        dist.all_reduce(totals)
+        dist.all_reduce(totals, group=self.group)
         return totals.cpu().tolist()
 
     def close(self) -> None:
@@ -960,17 +962,27 @@ def _setup_distributed(device: str) -> _Dist:
     rank, world = _torchrun_rank()
     if world <= 1:
         return _Dist()
-    import datetime
-
     import torch.distributed as dist
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    here = False
-    if not dist.is_initialized():
-        # Ranks finish at different times and wait in the final barrier: a generous timeout.
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-        here = True
-    return _Dist(rank, world, local, here)
+    if dist.is_initialized():  # the caller's group, and its timeouts
+        return _Dist(rank, world, local, False)
+    try:
+        # Joining waits for every rank: one that stopped before it (an error on one node alone)
+        # was waited for 24 hours, the timeout the barriers need.
+        dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
+    except dist.DistError as exc:
+        seconds = JOIN_TIMEOUT.total_seconds()
+        waited = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} s"
+        raise RuntimeFailure(f"rank {rank}: the other ranks did not join within {waited} (one stopped "
+                             f"before starting, its error in its node's log, or was not started): "
+                             f"{errors_first_line(exc)}") from None
+    # Ranks finish at different times (or load the model at different speeds) and wait for each
+    # other at the barriers: a generous timeout there.
+    return _Dist(rank, world, local, True, dist.new_group(timeout=datetime.timedelta(hours=24)))
+
+
+JOIN_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 # Settings that change only the speed, not what the file holds: a node may have its own.
@@ -1239,7 +1251,7 @@ def _build_on_every_rank(options, device, dist) -> Embedder:
         except Exception as exc:  # noqa: BLE001 - raised below, after every rank has taken part
             failure = exc
     everyone: list = [None] * dist.world_size
-    torch_dist.all_gather_object(everyone, (said, failure is not None))
+    torch_dist.all_gather_object(everyone, (said, failure is not None), group=dist.group)
     if not dist.is_main:
         for kind, text in said:
             if (kind, text) not in everyone[0][0]:

@@ -2499,3 +2499,28 @@ def test_resume_says_when_the_output_holds_proteins_the_fasta_no_longer_has(tmp_
     every.write_text(SMALL.read_text() + ">new1\nMKTAYIAK\n")
     r = run_cli("embed", every, "-m", "onehot", "-o", out, "--resume")  # nothing gone: nothing said
     assert r.exit_code == 0 and "not in" not in r.stderr, r.stderr
+
+
+def test_a_rank_whose_peers_never_join_stops_after_the_join_timeout(monkeypatch):
+    # A node that stopped before joining (an error on it alone) was waited for 24 hours, the
+    # barriers' timeout; joining now has its own (30 minutes; 2 s here), then one line.
+    import datetime
+    import socket
+
+    import torch.distributed as torch_dist
+
+    from protrans_cli import embed as embed_module
+    from protrans_cli.errors import RuntimeFailure
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setattr(embed_module, "JOIN_TIMEOUT", datetime.timedelta(seconds=2))
+    with pytest.raises(RuntimeFailure, match=r"rank 0: the other ranks did not join within 2 s "
+                                             r"\(one stopped before starting"):
+        embed_module._setup_distributed("cpu")
+    assert not torch_dist.is_initialized()
