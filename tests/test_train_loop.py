@@ -662,6 +662,44 @@ def test_resume_removes_what_a_killed_save_left(tmp_path, capsys):
     assert all(f"removed {p}: a save that was killed" in err for p in stale), err
 
 
+class _Killed(BaseException):
+    pass
+
+
+def test_a_kill_while_old_checkpoints_are_pruned_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    """--keep-last deleted an old checkpoint in place: a SIGKILL in that rmtree, once it had
+    removed training_state.pt, left `step_N/` with the rest of its files, which no later run counted
+    as a checkpoint or removed (found by scripts/train_kill_stress.py). It is renamed aside first."""
+    from protrans_cli.training import checkpoint as ckpt
+
+    rmtree = ckpt.shutil.rmtree
+
+    def killed_half_way(path, ignore_errors=False):
+        state = os.path.join(path, "training_state.pt")
+        if os.path.exists(state):
+            os.unlink(state)
+            raise _Killed
+        rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_half_way)
+    with pytest.raises(_Killed):
+        train(_config(tmp_path, num_steps=2, save_every=1, keep_last=1))
+    monkeypatch.setattr(ckpt.shutil, "rmtree", rmtree)
+    result = train(_config(tmp_path, num_steps=3, save_every=1, keep_last=1), resume=True)
+    assert result.step == 3
+    assert sorted(p.name for p in (result.run_dir / "checkpoints").iterdir()) == ["step_00000003"]
+
+
+def test_a_complete_run_resumed_keeps_only_the_last_checkpoints(tmp_path):
+    """A kill between the last checkpoint's rename and the pruning after it, or a --keep-last
+    lowered on resume: the resumed run had no save left to prune at, and kept them all."""
+    train(_config(tmp_path, num_steps=4, save_every=1, keep_last=3))
+    result = train(_config(tmp_path, num_steps=4, save_every=1, keep_last=2), resume=True)
+    assert result.completed
+    assert sorted(p.name for p in (result.run_dir / "checkpoints").iterdir()) == \
+        ["step_00000003", "step_00000004"]
+
+
 def test_a_run_resumed_for_more_steps_decays_over_its_new_length(tmp_path):
     """The restored scheduler kept the checkpoint's total steps: a 20-step run resumed to 40 sat
     at the minimum lr from step 20 on (found in review). Same length: the same lrs as before."""

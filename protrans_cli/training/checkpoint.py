@@ -275,10 +275,24 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep_last:
-        for old in list_checkpoints(directory.parent.parent)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(directory.parent.parent, keep_last)
     return directory
+
+
+def prune_checkpoints(run_dir, keep_last: int | None) -> None:
+    """Delete all but the last `keep_last` checkpoints. Each is first renamed to a hidden
+    `.step_N.old.PID` (what `remove_stale_temporaries` removes): deleted in place, a SIGKILL in the
+    middle of the rmtree left `step_N/` without its training_state.pt, which no later run counted
+    as a checkpoint or removed."""
+    if not keep_last:
+        return
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        aside = old.parent / f".{old.name}.old.{os.getpid()}"
+        try:
+            os.replace(old, aside)
+        except OSError:
+            aside = old
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",

@@ -813,6 +813,9 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     if stop is not None:
         stop.finishing = True
     if info.is_main:
+        # (a run killed between its last checkpoint's rename and the pruning after it resumes
+        # here, with no save left to prune: the checkpoints kept are --keep-last all the same)
+        ckpt.prune_checkpoints(run.run_dir, config.keep_last)
         ckpt.export_model(run.run_dir, family=run.family, model=_full_model(run), tokenizer=run.tokenizer)
         plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
     else:
