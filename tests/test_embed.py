@@ -1203,7 +1203,7 @@ def test_each_rank_adds_only_what_it_said_differently_of_the_model_set_up(monkey
     main_said = [("info", "packing each batch into one row"), ("warning", "the same on every rank")]
     exchanged = []
 
-    def gather(out, mine):
+    def gather(out, mine, group=None):
         exchanged.append(mine)
         out[:] = [(main_said, False), mine] if rank == 1 else [mine, (mine[0], False)]
 
@@ -1227,7 +1227,7 @@ def test_each_rank_adds_only_what_it_said_differently_of_the_model_set_up(monkey
     assert exchanged[-1][1] is True
     monkeypatch.setattr(E, "build_embedder", build)
     monkeypatch.setattr(torch.distributed, "all_gather_object",
-                        lambda out, mine: out.__setitem__(slice(None), [mine, (mine[0], True)] if rank == 0
+                        lambda out, mine, group=None: out.__setitem__(slice(None), [mine, (mine[0], True)] if rank == 0
                                                           else [(main_said, True), mine]))
     with pytest.raises(RuntimeFailure, match=f"rank\\(s\\) {1 - rank} could not load or build the model"):
         E._build_on_every_rank(EmbedOptions(model="m"), "cpu", dist)
@@ -2118,7 +2118,8 @@ def test_torchrun_ranks_share_the_visible_gpus_as_train_does(monkeypatch, tmp_pa
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: chosen.append(index))
     monkeypatch.setattr(embed_mod, "build_embedder", build)
     # (the ranks' exchange after the build, without a process group here: every rank alike)
-    monkeypatch.setattr(torch.distributed, "all_gather_object", lambda out, mine: out.__setitem__(slice(None), [mine] * 2))
+    monkeypatch.setattr(torch.distributed, "all_gather_object",
+                        lambda out, mine, group=None: out.__setitem__(slice(None), [mine] * 2))
     with pytest.raises(Stop):
         embed_mod._embed_ranked(SMALL, "small.fa", None, tmp_path / "o.h5", EmbedOptions(model="prot_bert"), None,
                                 embed_mod._Dist(1, 2, 1, False), None)

@@ -412,7 +412,12 @@ def load_training_state(directory) -> dict:
 
 
 _STREAM_FIELDS = ("epoch", "buffer_start", "batches_done")
-_CURSOR_FIELDS = ("file", "offset", "line", "proteins")
+
+
+def _cursor_fields() -> tuple[str, ...]:
+    from protrans_cli.training.data import Cursor
+
+    return tuple(f.name for f in dataclasses.fields(Cursor))
 
 
 def _data_state_problem(data_state: dict) -> str | None:
@@ -424,8 +429,8 @@ def _data_state_problem(data_state: dict) -> str | None:
     if at is not None:
         if not isinstance(at, dict):
             return f"at is a {type(at).__name__}, not a cursor"
-        fields += [(f"at.{k}", at.get(k, 0)) for k in _CURSOR_FIELDS]
-        unknown = set(at) - set(_CURSOR_FIELDS)
+        fields += [(f"at.{k}", at.get(k, 0)) for k in _cursor_fields()]
+        unknown = set(at) - set(_cursor_fields())
     else:
         unknown = set()
     unknown |= set(data_state) - {*_STREAM_FIELDS, "at"}
