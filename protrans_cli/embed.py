@@ -990,7 +990,7 @@ _PER_NODE_OPTIONS = ("threads", "command_line", "device", "max_tokens", "max_bat
                      "compile", "cpu_fallback")
 
 
-def _same_on_every_rank(options: EmbedOptions, output, scan: InputScan | None, failure) -> None:
+def _same_on_every_rank(options: EmbedOptions, output, scan: InputScan | None, failure, group=None) -> None:
     """Every rank shares out the proteins by the same input and writes the same kinds: a node
     started with another FASTA or without --per-residue gave a finished file lacking proteins or
     kinds (exit 0); one whose FASTA was missing left the others waiting at the first barrier."""
@@ -1002,7 +1002,7 @@ def _same_on_every_rank(options: EmbedOptions, output, scan: InputScan | None, f
     values["output"] = str(output)
     if scan is not None:
         values["input (records, residues, longest)"] = (scan.num_records, scan.num_residues, scan.longest)
-    same_on_every_rank(values, failure=failure,
+    same_on_every_rank(values, failure=failure, group=group,
                        remedy="Start every node with the same command, on the same FASTA, with the output "
                               "on a file system every node sees.")
 
@@ -1096,20 +1096,22 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
                 # 50 million proteins)
                 console.info(f"reading {name}: checking every record and id before embedding")
         ranked = distributed and _torchrun_rank()[1] > 1
-        try:
-            scan, failure = scan_input(source, name, options.skip_invalid), None
-        except (ProtransError, OSError) as exc:
-            if not ranked:
-                raise
-            scan, failure = None, exc  # raised once every rank has joined: the others stop too
+        # Joined before the input is checked: the ranks arrive together, and the check (minutes
+        # for a large FASTA, longer on a slow node) falls under the barriers' timeout, not the join's.
         dist = _setup_distributed(options.device) if distributed else _Dist()
-        if ranked:
-            _same_on_every_rank(options, output, scan, failure)
-        summary = EmbedSummary(output=output, num_records=scan.num_records)
-        # -j for this call only (torch's count is the process's); without -j, as it is (the
-        # onehot embedder then never imports torch).
-        threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
         try:
+            try:
+                scan, failure = scan_input(source, name, options.skip_invalid), None
+            except (ProtransError, OSError) as exc:
+                if not ranked:
+                    raise
+                scan, failure = None, exc  # raised once every rank has taken part: the others stop too
+            if ranked:
+                _same_on_every_rank(options, output, scan, failure, dist.group)
+            summary = EmbedSummary(output=output, num_records=scan.num_records)
+            # -j for this call only (torch's count is the process's); without -j, as it is (the
+            # onehot embedder then never imports torch).
+            threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
             with threads:
                 return _embed_ranked(source, name, scan, output, options, embedder, dist, summary)
         finally:

@@ -356,14 +356,13 @@ class MemberReader(io.RawIOBase):
     the byte of the text it starts at. A reader made with `start`, a member's pair, reads the
     file from there, so that a place in the text far into a large file is reached by
     decompressing part of one member rather than everything before it. Like gzip and zstd's
-    own readers, it fails on a cut member and takes zero bytes of padding after the last."""
+    own readers, it fails on a cut member and takes zero bytes of padding after a member."""
 
     def __init__(self, raw: BinaryIO, kind: str, start: tuple[int, int] = (0, 0)):
         self._raw, self._kind = raw, kind
         self._read_at, self.text = start  # the file's next byte to read; the text's bytes given
         self.starts: collections.deque[tuple[int, int]] = collections.deque()  # (file byte, text byte)
         self._obj = None  # the decoder of the member under way
-        self._padding = False  # zero bytes after a gzip member: only more of them may follow
         self._buf = memoryview(b"")
         if kind == "zstd":
             import zstandard
@@ -391,11 +390,15 @@ class MemberReader(io.RawIOBase):
                 return 0
             out, produced = [], self.text
             while chunk:
-                if self._padding or (self._obj is None and self._kind == "gzip" and self.starts and chunk[:1] == b"\0"):
-                    if chunk.strip(b"\0"):
-                        raise OSError("Not a gzipped file: data after the zero padding at the end")
-                    self._padding = True
-                    break
+                if self._obj is None and self._kind == "gzip" and self.starts:
+                    # After a member: zero bytes of padding may follow, then another member (as
+                    # Python's gzip reads them), or nothing.
+                    rest = chunk.lstrip(b"\0")
+                    at, chunk = at + len(chunk) - len(rest), rest
+                    if not chunk:
+                        break
+                    if chunk[:2] != b"\x1f\x8b"[:len(chunk[:2])]:
+                        raise OSError(f"Not a gzipped file: {chunk[:8]!r}... after the last member (trailing data)")
                 if self._obj is None:
                     self.starts.append((at, produced))
                     self._obj = self._decoder()

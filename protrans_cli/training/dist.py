@@ -101,13 +101,14 @@ def broadcast_object(obj):
     return holder[0]
 
 
-def same_on_every_rank(values: dict, *, failure: BaseException | None = None, remedy: str) -> None:
+def same_on_every_rank(values: dict, *, failure: BaseException | None = None, remedy: str, group=None) -> None:
     """Under torchrun: every rank's `values` (its settings as it was started) must equal rank 0's.
     Nodes started with different flags (another --global-batch-size, --num-steps, --seed, FASTA,
     or a run directory one node sees empty) trained silently on mixed batches, wrote half a
     file, or hung in a collective that only some ranks reached. One exchange, every rank in it;
     `failure`: this rank's own error before the exchange (raised after it, the others stopping
-    in one line instead of waiting for it). A no-op without a process group."""
+    in one line instead of waiting for it); `group`: the group to exchange in (None: the default).
+    A no-op without a process group."""
     import torch.distributed as tdist
 
     if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() < 2:
@@ -115,7 +116,7 @@ def same_on_every_rank(values: dict, *, failure: BaseException | None = None, re
             raise failure
         return
     everyone: list = [None] * tdist.get_world_size()
-    tdist.all_gather_object(everyone, (values, failure is not None))
+    tdist.all_gather_object(everyone, (values, failure is not None), group=group)
     if failure is not None:
         raise failure
     failed = [rank for rank, (_, f) in enumerate(everyone) if f]
