@@ -1288,10 +1288,15 @@ def test_a_step_with_nothing_to_predict_leaves_the_weights_and_the_optimizer_alo
     assert first["loss"][1] > 0 and "grad_norm" in first
     before = {k: v.clone() for k, v in model.state_dict().items()}
     steps = [s["step"].clone() for s in optimizer.state.values()]
+    from protrans_cli.training.optim import LossScale
+
+    run.loss_scale = LossScale(scale=1.0, interval=1)  # (fp16's: nothing to say of the scale either)
     stats = train_step(run, optimizer, [objective.collate(unmasked)])
     assert stats["loss"] == (0.0, 0.0) and "grad_norm" not in stats
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [s["step"] for s in optimizer.state.values()] == steps
+    assert (run.loss_scale.scale, run.loss_scale.good_steps) == (1.0, 0)
+    run.loss_scale = None
     again = train_step(run, optimizer, [objective.collate(masked)])  # and the next step trains
     assert again["loss"][1] > 0 and not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

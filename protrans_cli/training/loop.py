@@ -870,7 +870,8 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     # update so that a non-finite gradient never reaches the weights.
     host = torch.cat([torch.stack(parts).sum(0), grad_norm.detach().double().reshape(1).to(device)]).tolist()
     finite = math.isfinite(host[-1])
-    if run.loss_scale is not None and not run.loss_scale.update(finite):
+    # (a step with nothing to predict says nothing of the scale: its gradient is zero)
+    if run.loss_scale is not None and total_predicted and not run.loss_scale.update(finite):
         # float16 overflowed: the step is skipped (its statistics too), the scale halved
         optimizer.zero_grad(set_to_none=True)
         if run.loss_scale.diverged:
