@@ -89,3 +89,23 @@ def test_train_resume_on_a_rank_that_sees_no_checkpoint_is_refused(tmp_path):
                               f'exec "$PY" -m protrans_cli train {args} -o "$O" --resume')
     assert proc.returncode != 0
     assert "protrans: error: the ranks were not started alike" in proc.stderr and f"'{other}' on rank 1" in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_run_directory_held_by_another_run_stops_every_rank(tmp_path):
+    # Rank 0 alone takes the run directory's lock: refused it ("in use by another protrans
+    # train"), rank 0 stopped while rank 1 waited for it at its first collective (30 minutes).
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    args = f"--family bert --corpus {LEARNABLE} --num-steps 4 --max-length 64 --micro-batch-size 4 -j 1"
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the other run holds
+        proc = _torchrun_per_rank(f'exec "$PY" -m protrans_cli train {args} -o {out}', timeout=120)
+    finally:
+        os.close(fd)
+    assert proc.returncode != 0
+    assert "is in use by another protrans train" in proc.stderr
+    assert "rank(s) 0 stopped before starting" in proc.stderr

@@ -182,39 +182,42 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
     info = dist.setup()
     try:
         # (gradients on whatever the caller set: torch.set_grad_enabled(False) in an inference notebook)
-        with torch.enable_grad(), ckpt.callers_rng(), ckpt.run_lock(config.output_dir, active=info.is_main) as made_here:
-            # A fresh run that made its directory and fails before its first checkpoint (a bad
-            # corpus line met at step 500, a truncated gzip shard, a diverged loss) takes its
-            # half-made directory with it; never a --resume run's, nor one that was there before.
-            with _discarded_on_failure(config.output_dir, made_here and not resume):
+        with torch.enable_grad(), ckpt.callers_rng(), contextlib.ExitStack() as held:
+            failure = None
+            try:
+                made_here = held.enter_context(ckpt.run_lock(config.output_dir, active=info.is_main))
+                # A fresh run that made its directory and fails before its first checkpoint (a bad
+                # corpus line met at step 500, a truncated gzip shard, a diverged loss) takes its
+                # half-made directory with it; never a --resume run's, nor one that was there before.
+                held.enter_context(_discarded_on_failure(config.output_dir, made_here and not resume))
                 # the settings first: a bad value on a directory holding a run was met as "already
                 # holds a run, add --resume", and only --resume showed the real error
-                failure = None
-                try:
-                    config.validate(info.world_size)
-                    if not resume and ckpt.list_checkpoints(config.output_dir):
-                        # A fresh run here would mix its checkpoints with the old ones, and a later
-                        # --resume would pick whichever step number is highest (checked before any model).
-                        latest = ckpt.list_checkpoints(config.output_dir)[-1].name
-                        raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to "
-                                         "continue it, or choose another -o")
-                except ProtransError as exc:
-                    failure = exc
-                # Under torchrun, nodes started alike (and seeing the same run directory) or not at all.
-                dist.same_on_every_rank(_rank_settings(config, resume), failure=failure,
-                                        remedy="Start every node with the same command, with the run "
-                                               "directory on a file system every node sees.")
-                if resume is True and not ckpt.list_checkpoints(config.output_dir):
-                    # A job script that always passes --resume (a requeued job) must start the
-                    # first time, and again after a kill before the first save.
-                    if info.is_main:
-                        console.warn(f"{config.output_dir}: no checkpoint yet, so --resume starts the run "
-                                     "from step 0")
-                    resume = None
-                run = build_run(config, info, family, resume=resume)
-                run.given.update(saved_as or {})
-                with StopRequest() as stop:
-                    return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
+                config.validate(info.world_size)
+                if not resume and ckpt.list_checkpoints(config.output_dir):
+                    # A fresh run here would mix its checkpoints with the old ones, and a later
+                    # --resume would pick whichever step number is highest (checked before any model).
+                    latest = ckpt.list_checkpoints(config.output_dir)[-1].name
+                    raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to "
+                                     "continue it, or choose another -o")
+            except (ProtransError, OSError) as exc:  # (rank 0's lock too: another run holds the directory)
+                failure = exc
+            # Under torchrun, nodes started alike (and seeing the same run directory) or not at all;
+            # a rank that failed above raises its error here, and the others stop too rather than
+            # wait for it at their first collective.
+            dist.same_on_every_rank(_rank_settings(config, resume), failure=failure,
+                                    remedy="Start every node with the same command, with the run "
+                                           "directory on a file system every node sees.")
+            if resume is True and not ckpt.list_checkpoints(config.output_dir):
+                # A job script that always passes --resume (a requeued job) must start the
+                # first time, and again after a kill before the first save.
+                if info.is_main:
+                    console.warn(f"{config.output_dir}: no checkpoint yet, so --resume starts the run "
+                                 "from step 0")
+                resume = None
+            run = build_run(config, info, family, resume=resume)
+            run.given.update(saved_as or {})
+            with StopRequest() as stop:
+                return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
     finally:
         dist.cleanup()
 
