@@ -367,6 +367,7 @@ class InputScan:
     num_residues: int
     longest: int
     repeated: np.ndarray   # sorted uint64 digests of the sequences that more than one record carries
+    digest: str = ""       # of every id and sequence in order: torchrun's ranks compare their inputs by it
 
     def may_repeat(self, sequence: str) -> bool:
         """False: no other record has this sequence. True: probably one has (digests can collide)."""
@@ -395,6 +396,8 @@ def scan_input(source, name: str, skip_invalid: bool = False) -> InputScan:
     if not ids:
         raise InputError("no FASTA records", path=name)
     num = len(ids)
+    digest = hashlib.blake2b(ids, digest_size=16)
+    digest.update(seqs)
     # Sorted in place, in the arrays' own buffers: 16 bytes per protein at the peak.
     ordered = np.frombuffer(ids, dtype=np.uint64)
     ordered.sort()
@@ -405,7 +408,7 @@ def scan_input(source, name: str, skip_invalid: bool = False) -> InputScan:
     ordered = np.frombuffer(seqs, dtype=np.uint64)
     ordered.sort()
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    return InputScan(num, residues, longest, repeated)
+    return InputScan(num, residues, longest, repeated, digest.hexdigest())
 
 
 def _raise_duplicate_id(source, name: str, suspects: set[int]) -> None:
@@ -1001,7 +1004,10 @@ def _same_on_every_rank(options: EmbedOptions, output, scan: InputScan | None, f
     values = {key: value for key, value in asdict(options).items() if key not in _PER_NODE_OPTIONS}
     values["output"] = str(output)
     if scan is not None:
+        # (the digest too: two FASTAs of one size and length, or one sorted otherwise, share out
+        # their proteins otherwise)
         values["input (records, residues, longest)"] = (scan.num_records, scan.num_residues, scan.longest)
+        values["input's ids and sequences (digest)"] = scan.digest
     same_on_every_rank(values, failure=failure, group=group,
                        remedy="Start every node with the same command, on the same FASTA, with the output "
                               "on a file system every node sees.")

@@ -109,3 +109,18 @@ def test_train_run_directory_held_by_another_run_stops_every_rank(tmp_path):
     assert proc.returncode != 0
     assert "is in use by another protrans train" in proc.stderr
     assert "rank(s) 0 stopped before starting" in proc.stderr
+
+
+@pytest.mark.slow
+def test_embed_ranks_given_the_same_records_in_another_order_are_refused(tmp_path):
+    # Same count, residues and longest protein: the ranks shared out the proteins by their own
+    # order, and some were embedded twice and others never.
+    records = open(FASTA).read().split(">")[1:]
+    swapped = tmp_path / "swapped.fa"
+    swapped.write_text("".join(">" + r for r in [records[1], records[0], *records[2:]]))
+    out = tmp_path / "e.h5"
+    proc = _torchrun_per_rank(f'F={FASTA}; [ "$RANK" = 1 ] && F={swapped}; '
+                              f'exec "$PY" -m protrans_cli embed "$F" -m onehot --per-protein -o {out}')
+    assert proc.returncode != 0
+    assert "not started alike: input's ids and sequences (digest)" in proc.stderr
+    assert not out.exists()
