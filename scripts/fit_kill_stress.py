@@ -6,7 +6,7 @@ and early in a --resume.
 
     python scripts/fit_kill_stress.py --trials 20 --seed 1
 
-One-hot embeddings of the example data (ss3: a CNN, loc: an FNN), two ensemble members.
+One-hot embeddings of the example data (ss3, ss8: a CNN, loc: an FNN), two ensemble members.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def protrans(*args, cwd=None) -> None:
 
 def fit_args(task: str, tmp: Path) -> list[str]:
     common = ["-o", "head", "-j", "1", "--bootstrap", "100", "--ensemble", "2"]
-    if task == "ss3":
-        return [sys.executable, "-m", "protrans_cli", "fit", "ss3", "--embeddings", str(tmp / "ss_train.h5"),
+    if task in ("ss3", "ss8"):
+        return [sys.executable, "-m", "protrans_cli", "fit", task, "--embeddings", str(tmp / "ss_train.h5"),
                 "--labels", str(DATA / "ss_train.csv"), "--test", str(tmp / "ss_test.h5"), str(DATA / "ss_test.csv"),
                 "--max-epochs", "12", *common]
     return [sys.executable, "-m", "protrans_cli", "fit", "loc", "--embeddings", str(tmp / "loc_train.h5"),
@@ -141,7 +141,7 @@ def trial(i, task, refs, tmp, seed, out, log):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", action="append", choices=["ss3", "loc"])
+    p.add_argument("--task", action="append", choices=["ss3", "ss8", "loc"])
     p.add_argument("--trials", type=int, default=10, help="per task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)

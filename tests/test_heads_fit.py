@@ -590,6 +590,35 @@ def test_resume_after_a_kill_between_the_heads_rename_and_the_states_removal(run
     assert "resume" not in config and "force" not in config  # how it was run, not what it is
 
 
+def test_resume_removes_the_head_temporary_of_a_fit_killed_while_writing_it(run_cli, ss_data, tmp_path):
+    """A SIGKILL while the head was written left `.HEAD.<host>.<pid>-XXXX.tmp/` (fit_kill_stress,
+    mode head_tmp): the resumed fit wrote the head beside it, and make_temporary's sweep leaves a
+    temporary of the last hour. Under the lock on HEAD.partial/ no live fit can own one."""
+    import socket
+    import subprocess
+    import sys
+
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    head = tmp_path / "ss3"
+    killed = tmp_path / f".ss3.{host}.{gone.pid}-abcd.tmp"
+    (killed / "metrics").mkdir(parents=True)
+    (killed / "metrics.jsonl").write_text("{}\n")
+    aside = tmp_path / f".ss3.old.{host}.{gone.pid}-efgh"  # an old head set aside by --force
+    aside.mkdir()
+    alive = tmp_path / f".ss3.{host}.{os.getppid()}-ijkl.tmp"  # a live process's: kept
+    alive.mkdir()
+    other = tmp_path / f".ss8.{host}.{gone.pid}-mnop.tmp"  # another head's: its own fit's to remove
+    other.mkdir()
+    args = ["fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", "--max-epochs", "1",
+            *FAST, "-o", head]
+    assert run_cli(*args).exit_code == 0
+    assert not killed.exists() and not aside.exists()
+    assert alive.is_dir() and other.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "ss3"])
+
+
 def test_a_full_disk_names_the_fits_state_or_the_head_and_resume_finishes(run_cli, ss_data, tmp_path, monkeypatch):
     """A full disk at the state's save said "No space left on device" naming no file; at the
     head's write it named a file in the hidden temporary folder. Now the file or the head, and

@@ -42,6 +42,7 @@ from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluat
 from protrans_cli.heads.tasks import DUAL_LABELS, IGNORE, Task, get_task
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    folder_lock, holds_working_directory, is_inside, make_temporary,
+                                   remove_dead_temporaries,
                                    refuse_special_output, replace_directory, same_file, signals_held)
 from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
 from protrans_cli.threads import torch_threads
@@ -179,6 +180,11 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     # first's without --force. (Also an unwritable folder is found here, not after an epoch.)
     held.enter_context(folder_lock(partial_path(out_dir), "is in use by another protrans fit (it holds the "
                                    "lock of this head's unfinished state): wait for it to end, or choose another -o"))
+    # The head's temporary folder of a fit killed while writing it (or an old head set aside by
+    # --force): every fit of this head holds the lock, so none is a live one's. make_temporary's
+    # sweep leaves those of the last hour: the resumed fit left it beside the head it wrote.
+    remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.")
+    remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.old.", "")  # (replace_directory's)
     torch.set_num_threads(resolve_threads(config.threads, small_work=not per_residue))
     device = head_device(config.device)
     # Checked before any data is read: an interrupted fit is continued or knowingly replaced.

@@ -997,6 +997,30 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
 STALE_SECONDS = 3600
 
 
+def remove_dead_temporaries(directory, prefix: str, suffix: str = ".tmp") -> list[str]:
+    """Remove the temporaries `PREFIX<host>.<pid>-XXXX<suffix>` (make_temporary's, this exact
+    prefix) that a process of this host that is gone left in `directory`, however recent: for a
+    caller that holds the lock every writer of these temporaries holds (fit's on HEAD.partial/),
+    so that none of them can belong to a live run, not even one in another container that shares
+    the host name. make_temporary's own sweep waits an hour for lack of such a lock."""
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+    stale = re.compile(re.escape(prefix + host) + r"\.(\d+)-.*" + re.escape(suffix) + "$")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            match = stale.match(entry.name)
+            if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+                    removed.append(entry.path)
+    return removed
+
+
 def _untouched_for(path: str, seconds: float) -> bool:
     """Whether `path` (and, for a folder, what it holds directly) was last modified that long ago."""
     import time
