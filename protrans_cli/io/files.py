@@ -959,9 +959,7 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
     is in the name so that on a shared file system another node's live run is never touched,
     and one untouched for an hour only is removed: containers that share a host name and a
     folder do not see each other's processes."""
-    import socket
-
-    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+    host = _host_tag()
     # One sweep per folder and family of prefixes a process: the prefix's numbers stand for any
     # (`.c.00001.txt.` sweeps every shard's), and a folder swept for a family is not scanned
     # again. Scanned for every temporary, 5000 shards took 15 s of rescans of a folder filling
@@ -997,15 +995,20 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
 STALE_SECONDS = 3600
 
 
+def _host_tag() -> str:
+    """This host's name as temporaries carry it (letters, digits, _ and - only; 32 at most)."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+
+
 def remove_dead_temporaries(directory, prefix: str, suffix: str = ".tmp") -> list[str]:
     """Remove the temporaries `PREFIX<host>.<pid>-XXXX<suffix>` (make_temporary's, this exact
     prefix) that a process of this host that is gone left in `directory`, however recent: for a
     caller that holds the lock every writer of these temporaries holds (fit's on HEAD.partial/),
     so that none of them can belong to a live run, not even one in another container that shares
     the host name. make_temporary's own sweep waits an hour for lack of such a lock."""
-    import socket
-
-    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32] or "host"
+    host = _host_tag()
     stale = re.compile(re.escape(prefix + host) + r"\.(\d+)-.*" + re.escape(suffix) + "$")
     removed = []
     with contextlib.suppress(OSError):
