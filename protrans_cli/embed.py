@@ -1250,7 +1250,7 @@ def _build_on_every_rank(options, device, dist) -> Embedder:
     only what it said differently, as `rank R: ...` (a kernel that one node could not build). A
     rank whose build failed raises its error after the exchange; the others stop too, in one line,
     rather than wait for it at the first barrier."""
-    import torch.distributed as torch_dist
+    from protrans_cli.training.dist import exchange
 
     failure = None
     with console.recording(hold=not dist.is_main) as said:
@@ -1258,15 +1258,13 @@ def _build_on_every_rank(options, device, dist) -> Embedder:
             embedder = build_embedder(options, device=device)
         except Exception as exc:  # noqa: BLE001 - raised below, after every rank has taken part
             failure = exc
-    everyone: list = [None] * dist.world_size
-    torch_dist.all_gather_object(everyone, (said, failure is not None), group=dist.group)
+    said_by, failed = exchange(said, dist.world_size, failed=failure is not None, group=dist.group)
     if not dist.is_main:
         for kind, text in said:
-            if (kind, text) not in everyone[0][0]:
+            if (kind, text) not in said_by[0]:
                 console.say(kind, f"rank {dist.rank}: {text}")
     if failure is not None:
         raise failure
-    failed = [rank for rank, (_, f) in enumerate(everyone) if f]
     if failed:
         raise RuntimeFailure(f"rank(s) {', '.join(map(str, failed))} could not load or build the model "
                              "(their error is above): no rank embeds")

@@ -101,6 +101,17 @@ def broadcast_object(obj):
     return holder[0]
 
 
+def exchange(value, world_size: int, *, failed: bool = False, group=None) -> tuple[list, list[int]]:
+    """Every rank's `value` (rank order) and the ranks that said they `failed`, in one
+    all_gather_object that every rank takes part in, a failed one too: it raises its own error
+    after, and the others can stop in one line rather than wait for it at a later collective."""
+    import torch.distributed as tdist
+
+    everyone: list = [None] * world_size
+    tdist.all_gather_object(everyone, (value, failed), group=group)
+    return [v for v, _ in everyone], [rank for rank, (_, f) in enumerate(everyone) if f]
+
+
 def same_on_every_rank(values: dict, *, failure: BaseException | None = None, remedy: str, group=None) -> None:
     """Under torchrun: every rank's `values` (its settings as it was started) must equal rank 0's.
     Nodes started with different flags (another --global-batch-size, --num-steps, --seed, FASTA,
@@ -115,19 +126,17 @@ def same_on_every_rank(values: dict, *, failure: BaseException | None = None, re
         if failure is not None:
             raise failure
         return
-    everyone: list = [None] * tdist.get_world_size()
-    tdist.all_gather_object(everyone, (values, failure is not None), group=group)
+    everyone, failed = exchange(values, tdist.get_world_size(), failed=failure is not None, group=group)
     if failure is not None:
         raise failure
-    failed = [rank for rank, (_, f) in enumerate(everyone) if f]
     if failed:
         from protrans_cli.errors import RuntimeFailure
 
         raise RuntimeFailure(f"rank(s) {', '.join(map(str, failed))} stopped before starting (their error is "
                              "in their node's log): no rank runs")
-    first = everyone[0][0]
+    first = everyone[0]
     differences = []
-    for rank, (theirs, _) in enumerate(everyone[1:], start=1):
+    for rank, theirs in enumerate(everyone[1:], start=1):
         for key in sorted(set(first) | set(theirs), key=str):
             if first.get(key) != theirs.get(key):
                 differences.append(f"{key} {theirs.get(key)!r} on rank {rank}, {first.get(key)!r} on rank 0")
