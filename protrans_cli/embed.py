@@ -1108,10 +1108,10 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
         try:
             try:
                 scan, failure = scan_input(source, name, options.skip_invalid), None
-            except (ProtransError, OSError) as exc:
-                if not ranked:
+            except Exception as exc:  # noqa: BLE001 - any failure, raised once every rank has taken part:
+                if not ranked:       # the others stop too (they would wait for it at the barriers for hours)
                     raise
-                scan, failure = None, exc  # raised once every rank has taken part: the others stop too
+                scan, failure = None, exc
             if ranked:
                 _same_on_every_rank(options, output, scan, failure, dist.group)
             summary = EmbedSummary(output=output, num_records=scan.num_records)
