@@ -1637,20 +1637,15 @@ class EmbeddingsWriter:
         copied = set()
         self._merged = True
         self._ledger.drop()  # (the copied proteins have no records: the next resume reads the file)
-        with h5_file(other_path, "r") as src:
-            try:
-                self._copy_objects(src, copied)
-                self.failed.update(failed_attr(src.attrs.get("failed"), str(other_path)))
-                # The shard's runs before this one (a torchrun run resumed in one process); its
-                # ranks' own entries of this run differ from rank 0's by the device only.
-                for run in recorded_runs(src):
-                    if not any(_same_run(run, known) for known in self.runs):
-                        self.runs.insert(len(self.runs) - 1, run)
-                self.file.attrs["runs"] = json.dumps(self.runs, sort_keys=True)
-            except (RuntimeError, OSError) as exc:  # (as `write`: HDF5 crashed at the next flush or close)
-                if is_write_failure(exc):
-                    raise self._abandon(exc) from None
-                raise
+        with h5_file(other_path, "r") as src, self._abandoned_on_write_failure():
+            self._copy_objects(src, copied)
+            self.failed.update(failed_attr(src.attrs.get("failed"), str(other_path)))
+            # The shard's runs before this one (a torchrun run resumed in one process); its
+            # ranks' own entries of this run differ from rank 0's by the device only.
+            for run in recorded_runs(src):
+                if not any(_same_run(run, known) for known in self.runs):
+                    self.runs.insert(len(self.runs) - 1, run)
+            self.file.attrs["runs"] = json.dumps(self.runs, sort_keys=True)
         # A protein that failed in one run (or rank) and was embedded in another is done.
         for ident in [i for i in self.failed if self._holds(i)]:
             del self.failed[ident]
@@ -1686,15 +1681,22 @@ class EmbeddingsWriter:
     def flush(self, *, failures: bool = False) -> None:
         """Make what was written so far durable. `failures`: write the `failed` attribute
         whatever its growth (see _write_failed)."""
-        try:
+        with self._abandoned_on_write_failure():
             self._write_failed(force=failures)
             self.file.flush()
+        self._ledger.flushed()
+        self._unflushed.clear()
+
+    @contextlib.contextmanager
+    def _abandoned_on_write_failure(self):
+        """A write that fails inside HDF5 in the block (a flush, a close, a copy: HDF5 crashed at
+        the next one) abandons the file (`_abandon`); other errors go on as they are."""
+        try:
+            yield
         except (RuntimeError, OSError) as exc:
             if is_write_failure(exc):
                 raise self._abandon(exc) from None
             raise
-        self._ledger.flushed()
-        self._unflushed.clear()
 
     def _abandon(self, exc: BaseException) -> RuntimeFailure:
         """A write failed inside HDF5 (a full disk or quota the room check could not see, an
@@ -1752,12 +1754,8 @@ class EmbeddingsWriter:
         if self.file is None:
             return
         self.flush(failures=True)
-        try:
+        with self._abandoned_on_write_failure():
             self.file.close()
-        except (RuntimeError, OSError) as exc:
-            if is_write_failure(exc):
-                raise self._abandon(exc) from None
-            raise
         self.file = None
         self._marker_room.release()
         if complete:  # (every protein it listed was written again and flushed)

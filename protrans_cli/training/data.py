@@ -234,13 +234,11 @@ def _open_corpus_file(path, member: tuple[int, int] | None):
     stale position."""
     from protrans_cli.io.files import open_members
 
-    opened = open_members(path, member)
-    try:
-        stream, members = opened.__enter__()
-    except ValueError:
-        raise _StalePosition from None
     with contextlib.ExitStack() as stack:
-        stack.push(opened)
+        try:
+            stream, members = stack.enter_context(open_members(path, member))
+        except ValueError:
+            raise _StalePosition from None
         yield stream, members
 
 

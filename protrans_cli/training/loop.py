@@ -226,8 +226,6 @@ def _rank_settings(config: TrainConfig, resume) -> dict:
     """What every rank of a torchrun job must agree on: the settings that shape the batches, the
     model and the schedule (not -j or --num-workers), the corpus files by size (each node may
     hold its own copy), and the checkpoint a resume starts from as this rank sees it."""
-    import os
-
     values = {key: value for key, value in dataclasses.asdict(config).items()
               if key not in ("threads", "num_workers", "corpus", "val_corpus")}
     for key in ("corpus", "val_corpus"):
