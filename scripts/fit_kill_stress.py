@@ -23,15 +23,11 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _kill_stress import ROOT, env, run_trials, wait_for  # (scripts/, beside this file)
+
 DATA = ROOT / "protrans_cli" / "example_data"
 MODES = ("random", "state_tmp", "head_tmp", "resume_early", "term", "int")
 TIMING = ("train_seconds", "train_cpu_seconds", "seconds")
-
-
-def env() -> dict:
-    return {**os.environ, "PROTRANS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def protrans(*args, cwd=None) -> None:
@@ -72,12 +68,6 @@ def content(head: Path) -> dict:
 
 def leftovers(cwd: Path) -> list[str]:
     return sorted(p.name for p in cwd.iterdir() if p.name not in ("head", "stderr.txt"))
-
-
-def wait_for(proc, predicate, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < end and not predicate():
-        time.sleep(0.0005)
 
 
 def one_kill(args_, cwd: Path, mode: str, rng: random.Random, duration: float, resume: bool) -> tuple[int, str]:
@@ -170,16 +160,8 @@ def main(argv=None) -> None:
         refs[task] = (content(cwd / "head"), time.monotonic() - t0)
         log(f"reference {task}: {refs[task][1]:.1f} s")
     out: list = []
-    threads: list[threading.Thread] = []
-    for task in tasks:
-        for i in range(opts.trials):
-            while len([t for t in threads if t.is_alive()]) >= opts.jobs:
-                time.sleep(0.2)
-            t = threading.Thread(target=trial, args=(i, task, refs, tmp, opts.seed, out, log))
-            t.start()
-            threads.append(t)
-    for t in threads:
-        t.join()
+    run_trials(trial, [(i, task, refs, tmp, opts.seed, out, log) for task in tasks for i in range(opts.trials)],
+               opts.jobs, log)
     failed = [x for x in out if x[3]]
     log(f"{len(out)} trials ({', '.join(tasks)}), {len(out) - len(failed)} matched the uninterrupted fit, "
         f"{len(failed)} failed; directories in {tmp}")

@@ -34,7 +34,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _kill_stress import ROOT, env, run_trials, wait_for  # (scripts/, beside this file)
+
 MODES = ("random", "ckpt_tmp", "ckpt_new", "final_tmp", "resume_early", "term", "int")
 AIM_STEP = None  # --aim-step: the "aim" mode kills around this step's checkpoint
 
@@ -61,11 +62,6 @@ def random_fasta(path: Path, megabytes: float, seed: int) -> None:
             text = f">p{n}\n" + "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n"
             f.write(text)
             n, size = n + 1, size + len(text)
-
-
-def env() -> dict:
-    return {**os.environ, "PROTRANS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def weights(run: Path) -> dict:
@@ -182,15 +178,6 @@ def compare(ref: Path, run: Path, stopped: bool = False) -> list[str]:
     problems += same_files(ref, run, stopped)
     problems += [f"left behind: {x}" for x in leftovers(run)]
     return problems
-
-
-def wait_for(proc, predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.0005)
-    return False
 
 
 def one_kill(args_, cwd: Path, mode: str, rng: random.Random, duration: float, resume: bool, log) -> tuple[int, str]:
@@ -356,16 +343,8 @@ def main(argv=None) -> None:
         assert not leftovers(cwd / "run")
         log(f"reference {family}: {refs[family][1]:.1f} s")
     out: list = []
-    jobs = [(i, f) for f in families for i in range(opts.trials)]
-    threads: list[threading.Thread] = []
-    for i, family in jobs:
-        while len([t for t in threads if t.is_alive()]) >= opts.jobs:
-            time.sleep(0.2)
-        t = threading.Thread(target=trial, args=(i, family, refs, corpus, tmp, opts, opts.seed, out, log))
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join()
+    run_trials(trial, [(i, family, refs, corpus, tmp, opts, opts.seed, out, log)
+                       for family in families for i in range(opts.trials)], opts.jobs, log)
     failed = [x for x in out if x[3]]
     log(f"{len(out)} trials ({', '.join(families)}), {len(out) - len(failed)} matched the uninterrupted run, "
         f"{len(failed)} failed; directories in {tmp}")
