@@ -1403,3 +1403,24 @@ def test_a_checkpoint_cursor_with_its_member_is_not_taken_for_a_damaged_one():
     assert _data_state_problem(StreamState(at=Cursor()).to_dict()) is None  # a plain corpus's (0, 0)
     bad = {**state, "at": {**state["at"], "member_text": -1}}
     assert "at.member_text is -1" in _data_state_problem(bad)
+
+
+def test_ranks_compare_their_corpus_files_by_content_not_only_by_size(tmp_path):
+    """Node-local copies of one size but other content (another prep of the same proteins, a
+    corpus rewritten on one node) passed the ranks' comparison: each node trained on its own
+    batches. Copies in other places still compare equal."""
+    from protrans_cli.training.loop import _rank_settings
+
+    node0, node1, elsewhere = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "copy" / "a.txt"
+    node0.write_text("M K V L\n\nA G\n")
+    node1.write_text("M K V I\n\nA G\n")  # the same size
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(node0.read_text())
+
+    def settings(path):
+        return _rank_settings(TrainConfig(corpus=[str(path)]), None)
+
+    assert settings(node0)["corpus (file sizes)"] == settings(node1)["corpus (file sizes)"]
+    assert settings(node0) != settings(node1)
+    assert settings(node0) == settings(elsewhere)
+    assert settings(tmp_path / "missing.txt")["corpus (file sizes)"] == [None]  # its own error says why

@@ -224,18 +224,22 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
 
 def _rank_settings(config: TrainConfig, resume) -> dict:
     """What every rank of a torchrun job must agree on: the settings that shape the batches, the
-    model and the schedule (not -j or --num-workers), the corpus files by size (each node may
-    hold its own copy), and the checkpoint a resume starts from as this rank sees it."""
+    model and the schedule (not -j or --num-workers), the corpus files by size and content (each
+    node may hold its own copy: not by path), and the checkpoint a resume starts from as this
+    rank sees it."""
     values = {key: value for key, value in dataclasses.asdict(config).items()
               if key not in ("threads", "num_workers", "corpus", "val_corpus")}
     for key in ("corpus", "val_corpus"):
-        sizes = []
+        prints = []
         for path in getattr(config, key) or []:
             try:
-                sizes.append(os.path.getsize(path))
-            except OSError:
-                sizes.append(None)
-        values[f"{key} (file sizes)"] = sizes
+                prints.append(corpus_fingerprint([path])[0])
+            except InputError:  # (this rank's own check names the file)
+                prints.append(None)
+        values[f"{key} (file sizes)"] = [p and p["size"] for p in prints]
+        # Node-local copies of one size but other content (another prep of the same proteins,
+        # a corpus rewritten in place on one node) trained each node on its own batches.
+        values[f"{key} (sha256 of each file's first and last 64 KiB)"] = [p and p["ends_sha256"][:12] for p in prints]
     if resume is True:
         found = ckpt.list_checkpoints(config.output_dir)
         values["resume from"] = found[-1].name if found else None
