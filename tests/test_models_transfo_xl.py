@@ -204,3 +204,21 @@ def test_padded_rows_equal_transformers_4_on_their_tokens(side):
         out = model(input_ids=padded, attention_mask=mask).last_hidden_state
     real = out[:, 3:] if side == "left" else out[:, :ids.shape[1]]
     torch.testing.assert_close(real, ref["hidden_0"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("option", [{"adaptive": True}, {"same_length": True}, {"div_val": 4}, {"pre_lnorm": True},
+                                    {"untie_r": False}, {"d_embed": 16}])
+def test_transformers_4_options_this_model_lacks_are_refused(tmp_path, option):
+    """transformers 4.x's TransfoXLConfig options (its defaults were adaptive softmax and
+    same_length) were kept as unknown attributes and the model built without them."""
+    sizes = dict(n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64)
+    with pytest.raises(ValueError, match=f"does not implement {next(iter(option))}="):
+        TransfoXLConfig(**sizes, **option)
+    # the same in a model directory's config.json: from_pretrained refuses it too
+    TransfoXLConfig(**sizes).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, **option}))
+    with pytest.raises(ValueError, match="docs/models.md#transformer-xl"):
+        TransfoXLConfig.from_pretrained(tmp_path)
+    # the values that turn them off are fine
+    assert TransfoXLConfig(**sizes, adaptive=False, same_length=False, div_val=1, d_embed=32).d_model == 32

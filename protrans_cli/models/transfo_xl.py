@@ -57,6 +57,22 @@ class TransfoXLConfig(PreTrainedConfig):
     eos_token_id: int | None = None
     tie_word_embeddings: bool = True
 
+    def __post_init__(self, **kwargs):
+        # transformers 4.x's TransfoXLConfig options that this model does not implement, each
+        # with the value that turns it off: given otherwise (a config of that class rebuilt
+        # here, its defaults were adaptive softmax and same_length), they were kept as unknown
+        # attributes and the model silently built without them.
+        off = {"adaptive": False, "div_val": 1, "same_length": False, "pre_lnorm": False, "untie_r": True,
+               "sample_softmax": -1, "attn_type": 0}
+        given = [f"{key}={kwargs[key]!r}" for key, value in off.items() if key in kwargs and kwargs[key] != value]
+        if kwargs.get("d_embed") not in (None, self.d_model):
+            given.append(f"d_embed={kwargs['d_embed']!r} (not d_model)")
+        if given:
+            raise ValueError(f"TransfoXLConfig: protrans's Transformer-XL does not implement {', '.join(given)} "
+                             "(it has no adaptive softmax or input, same_length, pre_lnorm or biases shared "
+                             "across layers: docs/models.md#transformer-xl)")
+        super().__post_init__(**kwargs)
+
 
 @dataclass
 class TransfoXLOutput(ModelOutput):
