@@ -301,6 +301,25 @@ def test_find_lr_ends_its_range_where_the_gradient_blows_up(tmp_path, monkeypatc
     assert result.step == 9 and 1e-5 <= result.lr_suggestion <= 1.0
 
 
+@pytest.mark.parametrize("fp16, said", [(True, "--precision fp32"), (False, "first step (lr 1.0e-05)")])
+def test_find_lr_that_measures_nothing_says_why(tmp_path, monkeypatch, fp16, said):
+    """A range test whose first step already blew up (float16 overflowing in the activations at
+    every loss scale, as T5's do on a V100) plotted an empty curve: a matplotlib traceback ("Data
+    cannot be log-scaled"), where the run itself says to use --precision fp32."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training import lr_finder
+    from protrans_cli.training.loop import NonFiniteGradient
+
+    def blows_up(*args, **kwargs):
+        raise NonFiniteGradient(float("nan"), fp16=fp16)
+
+    monkeypatch.setattr(lr_finder, "train_step", blows_up)
+    with pytest.raises(RuntimeFailure, match="--find-lr measured no loss") as caught:
+        find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=10)
+    assert said in str(caught.value)
+    assert not (tmp_path / "run_bert" / "lr_find.png").exists()
+
+
 # --- CLI ---------------------------------------------------------------------------------
 
 def test_cli_config_file_and_flag_override(tmp_path, run_cli):

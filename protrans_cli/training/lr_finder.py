@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from protrans_cli.errors import expect_options
+from protrans_cli.errors import RuntimeFailure, expect_options
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
@@ -49,6 +49,7 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
     lrs, losses, smoothed = [], [], []
     best = float("inf")
     avg = 0.0
+    blown = None  # the NonFiniteGradient that ended the range, if one did
     try:
         for i in range(num_steps):
             lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
@@ -56,7 +57,8 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
                 group["lr"] = lr
             try:
                 stats = train_step(run, optimizer, next(batches).micro_batches)
-            except NonFiniteGradient:  # the range's end: the lr has made the gradient blow up
+            except NonFiniteGradient as exc:  # the range's end: the lr has made the gradient blow up
+                blown = exc
                 break
             num, den = stats["loss"]
             t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
@@ -73,6 +75,10 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
                 break
     finally:
         batches.close()  # the DataLoader's workers, now, also after an error
+    if not lrs:
+        # Nothing measured: an empty curve was a matplotlib traceback ("Data cannot be
+        # log-scaled") where the run itself says why (every rank has the same, reduced, count).
+        raise _nothing_measured(blown, min_lr, num_steps, run.loss_scale)
     suggestion = suggest_lr(lrs, smoothed)
     if info.is_main:
         _plot_lr(run.run_dir / "lr_find.png", lrs, losses, smoothed, suggestion)
@@ -80,6 +86,23 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
             {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggestion}, indent=1))
     dist.print0(f"train: suggested learning rate {suggestion:.2e} (plot: {run.run_dir / 'lr_find.png'})")
     return TrainResult(run.run_dir, len(lrs), True, losses, None, suggestion)
+
+
+def _nothing_measured(blown, min_lr: float, num_steps: int, loss_scale) -> RuntimeFailure:
+    """Why a range test measured no loss at all, with what to do."""
+    fp16 = ("float16 may overflow in this model's activations: --precision fp32 (or bf16 on a GPU that has "
+            "it)")
+    if blown is not None and blown.fp16:
+        return RuntimeFailure("--find-lr measured no loss: every step overflowed float16 and was skipped, down to a "
+                              f"loss scale below 1; {fp16}")
+    if blown is not None:
+        return RuntimeFailure(f"--find-lr measured no loss: the gradient of its first step (lr {min_lr:.1e}) is not "
+                              f"finite (loss {blown.loss:.4g}); check the corpus and the model settings (--set)")
+    if loss_scale is None:  # (no step had a residue to predict: proteins too short, batches too small)
+        return RuntimeFailure(f"--find-lr measured no loss: none of its {num_steps} steps had a token to predict; "
+                              "larger batches or longer proteins")
+    return RuntimeFailure(f"--find-lr measured no loss: each of its {num_steps} steps overflowed float16 and was "
+                          f"skipped (loss scale now {loss_scale.scale:g}); more steps (--num-steps), or {fp16}")
 
 
 def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
