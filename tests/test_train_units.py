@@ -756,6 +756,36 @@ def test_lamb_trust_ratio_scales_the_step_with_the_weight_norm():
         opt.step()
         assert (before - w.detach()).norm().item() == pytest.approx(0.01 * before.norm().item(), rel=1e-4)
 
+def test_lamb_takes_adams_steps_for_biases_and_norms():
+    """LAMB as BERT's and ALBERT's code has it (ProtBert, ProtAlbert): the trust ratio for the
+    weights that decay, plain Adam steps for biases and norms. With the ratio, a bias that starts
+    at zero moved once and then by lr x its own norm: still ~0.01 after hundreds of steps."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    torch.nn.init.zeros_(model.bias)
+    ref = {"weight": model.weight.detach().clone(), "bias": model.bias.detach().clone()}
+    moments = {name: [torch.zeros_like(t), torch.zeros_like(t)] for name, t in ref.items()}
+    lr, (b1, b2), eps, wd = 1e-2, (0.9, 0.98), 1e-8, 0.01
+    opt = build_optimizer(model, _cfg(optimizer="lamb", lr=lr, weight_decay=wd))
+    for t in range(1, 21):
+        x, y = torch.randn(16, 8), torch.randn(16, 4) + 1.0
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        grads = {"weight": model.weight.grad.clone(), "bias": model.bias.grad.clone()}
+        opt.step()
+        for name, w in ref.items():  # You et al. 2019, Algorithm 2; no ratio where no decay
+            m, v = moments[name]
+            m.mul_(b1).add_((1 - b1) * grads[name])
+            v.mul_(b2).add_((1 - b2) * grads[name] ** 2)
+            r = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+            if name == "weight":
+                r = r + wd * w
+                r = r * (w.norm() / r.norm())
+            w -= lr * r
+        torch.testing.assert_close(model.weight.detach(), ref["weight"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.bias.detach(), ref["bias"], rtol=1e-5, atol=1e-6)
+    assert model.bias.detach().abs().max() > 0.1  # (with the ratio: about 0.01)
+
 
 def test_albert_sentence_order_collate():
     layout = _layout("albert")

@@ -101,7 +101,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     warmup_steps: int | None = None  # None: a tenth of the run, at most 2000 (resolved_warmup_steps)
     schedule: str = "linear"
-    min_lr_ratio: float = 0.1      # the decay ends at lr * min_lr_ratio
+    min_lr_ratio: float = 0.1      # linear and cosine decay end at lr * min_lr_ratio (inverse_sqrt: no floor)
     grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
     # engine
     seed: int = 0

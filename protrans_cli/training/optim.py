@@ -4,7 +4,7 @@ AdamW is the default with ESM-2's settings (betas 0.9/0.98, eps 1e-8, weight dec
 LAMB (You et al. 2019) is what ProtBert/ProtAlbert used for their very large batches; it is
 written here (small) because torch has none. Adafactor (ProtT5) is written here too: the
 transformers and torch ones fail under FSDP (see `Adafactor`).
-Biases and normalisation weights (1-D parameters) get no weight decay.
+Biases and normalisation weights (1-D parameters) get no weight decay, and under LAMB no trust ratio.
 """
 
 from __future__ import annotations
@@ -25,12 +25,19 @@ def _loss_of(closure):
 
 
 class Lamb(torch.optim.Optimizer):
-    """LAMB: Adam's update rescaled per parameter tensor by ||w|| / ||update|| (the trust ratio)."""
+    """LAMB: Adam's update rescaled per parameter tensor by ||w|| / ||update|| (the trust ratio).
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+    A group with `layer_adaptation=False` takes plain Adam steps (with its weight decay), as the
+    LAMB of BERT's and ALBERT's code (which ProtBert and ProtAlbert were trained with) does for
+    the parameters excluded from weight decay: biases and normalisation weights. With the ratio,
+    a bias that starts at zero moved by lr x ||update|| once, then by lr x its own tiny norm:
+    it stayed near zero for thousands of steps."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, layer_adaptation=True):
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      layer_adaptation=layer_adaptation))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -56,6 +63,10 @@ class Lamb(torch.optim.Optimizer):
                 update = m_hat / (v_hat.sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update.add_(p.float(), alpha=group["weight_decay"])
+                # (a group saved by an earlier version has no such key: it resumes as it was trained)
+                if not group.get("layer_adaptation", True):
+                    p.add_(update.to(p.dtype), alpha=-group["lr"])
+                    continue
                 w_norm = p.float().norm()
                 u_norm = update.norm()
                 # A layer whose weights or update are zero takes a plain Adam step.
@@ -182,6 +193,7 @@ def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.adam_eps,
                                  **({"fused": True} if fused else {}))
     if config.optimizer == "lamb":
+        groups[1]["layer_adaptation"] = False  # biases and norms: Adam's steps (see Lamb)
         return Lamb(groups, lr=config.lr, betas=betas, eps=config.adam_eps)
     if config.optimizer == "adafactor":
         return Adafactor(groups, lr=config.lr)
