@@ -1192,6 +1192,33 @@ def test_init_from_errors_are_one_line(tmp_path, run_cli):
     assert r.exit_code == 2 and "--set no_such_field" in r.stderr
 
 
+def test_init_from_a_vocab_without_a_mask_token_is_one_line(tmp_path, run_cli):
+    """ProtBert's layout (vocab.txt, no tokenizer.json) whose vocabulary lacks [MASK]:
+    BertTokenizer adds its default mask token with id 30, one past the model's 30 rows, and the
+    first step died with an IndexError traceback. Refused before training, naming the token."""
+    import json
+
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = tmp_path / "prot_bert_nomask"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(model)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[UNUSED]", *"LAGVESIKRDTPNQFYMHCWXUBZO"]
+    (model / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (model / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    r = run_cli("train", "--init-from", model, "--corpus", LEARNABLE, "-o", tmp_path / "run", "--num-steps", 1,
+                "--global-batch-size", 4, "--micro-batch-size", 4, "--max-length", 32)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "its mask token ('[MASK]', id 30) is beyond the model's vocabulary of 30 entries" in r.stderr
+    # with the [MASK] entry where ProtBert has it, the same weights train
+    vocab[4] = "[MASK]"
+    (model / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    r = run_cli("train", "--init-from", model, "--corpus", LEARNABLE, "-o", tmp_path / "run2", "--num-steps", 1,
+                "--global-batch-size", 4, "--micro-batch-size", 4, "--max-length", 32)
+    assert r.exit_code == 0, r.stderr
+
+
 def test_eval_every_is_honoured_off_the_logging_grid(tmp_path):
     """--eval-every 3 with --log-every 2 evaluated only at step 6 (a step both divide) and at the end."""
     val = tmp_path / "val.txt"

@@ -324,6 +324,8 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
                              f"the {objective_name} objective does not use it")
     layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
     layout.use_pair = config.sop
+    if config.init_from and (problem := _ids_beyond_vocabulary(layout, objective_name, tokenizer, model)):
+        raise ModelError(f"--init-from {config.init_from}: {problem}")
     objective = make_objective(objective_name, layout, config)
     if config.packing:
         _use_packing(family, model, objective, objective_name, config, info)
@@ -405,6 +407,32 @@ def _heads_problem(model_config) -> str | None:
         return None
     if model_config.hidden_size % heads:
         return (f"hidden_size {model_config.hidden_size} is not a multiple of num_attention_heads {heads}")
+    return None
+
+
+def _ids_beyond_vocabulary(layout: TokenLayout, objective_name: str, tokenizer, model) -> str | None:
+    """Why the ids an objective writes (its mask token or sentinels, padding, special tokens,
+    residues) would not all be rows of the model's embedding table, or None. A tokenizer whose
+    vocabulary lacks a mask token gets one added by its class (BertTokenizer's `[MASK]`,
+    AlbertTokenizer's), with the next free id: one past the model's vocabulary, met as an
+    IndexError traceback at the first step."""
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not vocab_size:
+        return None
+    named = [("its mask token", [layout.mask_id] if objective_name in ("mlm", "electra", "t5") else []),
+             ("its sentinel tokens", layout.sentinel_ids if objective_name == "t5_span" else []),
+             ("its padding token", [layout.pad_id]),
+             ("its special tokens", [*layout.prefix, *layout.suffix]
+              + ([*layout.pair_prefix, *layout.pair_middle, *layout.pair_suffix] if layout.use_pair else [])),
+             ("its residue tokens", layout.residue_ids.tolist())]
+    for what, ids in named:
+        beyond = [int(i) for i in ids if i is not None and int(i) >= vocab_size]
+        if beyond:
+            token = tokenizer.convert_ids_to_tokens(beyond[0])
+            return (f"{what} ({token!r}, id {beyond[0]}) {'is' if what.endswith('token') else 'are'} beyond the "
+                    f"model's vocabulary of {vocab_size} entries: the tokenizer's vocabulary lacks it (its class "
+                    f"added it past the end) or belongs to another model; the {objective_name} objective needs "
+                    "a token the model knows")
     return None
 
 
