@@ -88,3 +88,22 @@ def test_a_discriminator_without_its_generator_is_named_as_such(tmp_path):
     with pytest.raises(ModelError, match=r"an ELECTRA discriminator without its generator \(.*/generator/\)"):
         FAMILY.load_pretraining_model(tmp_path)
     assert load_model(tmp_path).family is FAMILY  # embed needs the discriminator only
+
+
+def test_a_generator_with_embeddings_of_its_own_is_warned_about(tmp_path, capsys):
+    """The pair shares the discriminator's embeddings: a generator saved with other ones (paired
+    with a discriminator it was not trained with) lost them without a word."""
+    from transformers import ElectraForMaskedLM
+
+    tokenizer, pair = _pair(seed=2)
+    FAMILY.save_pretrained(pair, tokenizer, tmp_path)
+    FAMILY.load_pretraining_model(tmp_path)  # a pair saved by protrans: shared, nothing to say
+    assert "embeddings" not in capsys.readouterr().err
+    generator = ElectraForMaskedLM.from_pretrained(tmp_path / "generator")
+    with torch.no_grad():
+        generator.electra.embeddings.word_embeddings.weight.add_(1.0)
+    generator.save_pretrained(tmp_path / "generator")
+    reloaded = FAMILY.load_pretraining_model(tmp_path)
+    err = capsys.readouterr().err
+    assert "the generator's embeddings (word_embeddings.weight) differ from the discriminator's" in err
+    assert reloaded.generator.electra.embeddings is reloaded.discriminator.electra.embeddings

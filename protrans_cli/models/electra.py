@@ -97,6 +97,24 @@ def _require_generator(directory: str, kwargs: dict) -> None:
                          "(for ProtElectra, Rostlab/prot_electra_generator_bfd)")
 
 
+def _warn_unshared_embeddings(directory: str, discriminator, generator) -> None:
+    """The pair shares the discriminator's embeddings (as ELECTRA trains): a generator saved with
+    embeddings of its own (one paired with a discriminator it was not trained with) loses them,
+    which went without a word."""
+    import torch
+
+    from protrans_cli import console
+
+    own = generator.electra.embeddings.state_dict()
+    shared = discriminator.electra.embeddings.state_dict()
+    differ = sorted(name for name, tensor in own.items()
+                    if name in shared and (tensor.shape != shared[name].shape or not torch.equal(tensor, shared[name])))
+    if differ:
+        console.warn(f"{directory}: the generator's embeddings ({', '.join(differ)}) differ from the "
+                     "discriminator's; the pair shares the discriminator's, as ELECTRA trains, and the "
+                     "generator's own are not used")
+
+
 def _pair_class():
     import torch
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
@@ -130,6 +148,7 @@ def _pair_class():
                                                                           **kwargs_d)
             generator, g_info = ElectraForMaskedLM.from_pretrained(directory, subfolder="generator",
                                                                    output_loading_info=True, **kwargs_g)
+            _warn_unshared_embeddings(directory, discriminator, generator)
             pair = cls(discriminator, generator)
             if not output_loading_info:
                 return pair
