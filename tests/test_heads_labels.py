@@ -143,6 +143,18 @@ def test_tables_with_and_without_header():
     assert task.outputs[0].classes == ("enzyme", "other")
 
 
+@pytest.mark.parametrize("text", [
+    'id,label\n0,"\n00,\n',                              # found by fuzzing: record 00 was lost
+    'id,label\nP1,"cyto\nP2,nucleus\nP3,cyto\n',        # P2 and P3 went into P1's label, exit 0
+    'id\tlabel\nP1\t"cyto\nP2\tnucleus\n',                  # a TSV
+])
+def test_a_table_quote_that_is_not_closed_is_an_error_naming_its_line(tmp_path, text):
+    path = tmp_path / "open_quote.csv"
+    path.write_bytes(text.encode())
+    with pytest.raises(InputError, match=r"open_quote.csv:2: a quoted field runs over several lines"):
+        read_labels(path)
+
+
 def test_duplicate_ids_refused(tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text("a,x\nb,y\na,y\n")

@@ -535,6 +535,16 @@ def _read_deeploc(text: str, name: str) -> LabelSet:
 _ID_HEADERS = {"id", "identifier", "name", "accession", "protein", "sequence_id", "key"}
 
 
+def _refuse_open_quote(row: list[str], name: str, lineno: int) -> None:
+    """A field of an id,label table that runs over several lines: a quote that is never closed
+    took the lines after it into one field (`P1,"cyto` swallowed every later row into P1's label,
+    silently, exit 0). No id or label holds a line break; the rows before this one were one line
+    each, so `lineno` is where it starts."""
+    if any("\n" in f for f in row):
+        raise InputError("a quoted field runs over several lines (a '\"' that is not closed?): quote a whole "
+                         "field, or none of it", path=name, line=lineno)
+
+
 def _read_table(text: str, name: str) -> LabelSet:
     lines = text.splitlines()
     first = next((line for line in lines if line.strip()), "")
@@ -547,6 +557,7 @@ def _read_table(text: str, name: str) -> LabelSet:
     width = 2  # fields a row may fill: id and label, or the header's columns
     for lineno, row in enumerate(rows, 1):
         # (the id, first, ends at ASCII whitespace as a FASTA id does; a value loses any)
+        _refuse_open_quote(row, name, lineno)
         row = [f.strip(ASCII_SPACE) if i == 0 else f.strip() for i, f in enumerate(row)]
         if not row or not any(row):
             continue
