@@ -283,6 +283,13 @@ def test_signals_held_delays_sigterm_to_the_end_of_the_block():
     (b">P1\xa0desc\nMK\n", [("P1\xa0desc", "MK")]),                        # latin-1: as prep reads it
     (b">\xc3\xbc1 37\xb0C\nMK\n", [("\xfc1", "MK")]),  # a latin-1 description leaves the UTF-8 id as it is
     (b">a\rb\nMKV\n>c\nMK\n", [("a", "MKV"), ("c", "MK")]),  # a stray CR ends the id (was refused as a Mac file)
+    (b">a\nMK\n\xef\xbb\xbf\n>b\nGG\n", [("a", "MK"), ("b", "GG")]),   # a mark, a blank line, then a header
+    (b">a\nMK\n\xef\xbb\xbf", [("a", "MK")]),                            # a mark at the end
+    # a mark before residues is a character of the sequence, as prep reads it (it rejects the
+    # record): it was dropped, and embed read MKTA where prep left the record out
+    (b">z\n\xef\xbb\xbfMK", [("z", "\xef\xbb\xbfMK")]),                 # found by fuzzing
+    (b">a\nMK\n\xef\xbb\xbfTA\n", [("a", "MK\xef\xbb\xbfTA")]),
+    (b">a\nMK\n\xef\xbb\xbf\nTA\n", [("a", "MK\xef\xbb\xbfTA")]),
 ])
 def test_fasta_ids_and_byte_order_marks_as_prep_reads_them(tmp_path, data, expected):
     path = tmp_path / "x.fa"

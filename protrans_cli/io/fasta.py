@@ -46,17 +46,29 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[Fasta
     header_line = 0
     chunks: list[bytes] = []
     lineno = 0
+    pending = b""  # lines of a mark and blanks inside a record: dropped if blank lines, then a header or the end follow
     for lineno, line in enumerate(lines, 1):
         if line[:1] == b"\xef" and line.startswith(BOM):
-            # at the start of the file, or of a file concatenated to another (cat a.fa b.fa)
-            line = line[3:]
+            # At the start of the file, or of a file concatenated to another (cat a.fa b.fa):
+            # before a header, or before blank lines and then a header, as prep drops it. Any
+            # other mark is a character of the sequence, which normalise refuses, as prep does
+            # (it was dropped from the middle of a sequence: MK, a mark, TA read as MKTA).
+            if header is None or line[3:].startswith(b">"):
+                line = line[3:]
+            elif not line[3:].strip(b" \t\r\n"):
+                pending += line
+                continue
         if line.startswith(b">"):
             if header is not None:
                 yield _record(header, chunks, header_line, name)
             header = line[1:].rstrip(b"\r\n")
             header_line = lineno
             chunks = []
+            pending = b""
         elif header is not None:
+            if pending and line.strip(b" \t\r\n"):
+                chunks.append(pending)
+                pending = b""
             chunks.append(line)
         elif line.strip():
             raise InputError(not_fasta(line), path=name, line=lineno)
