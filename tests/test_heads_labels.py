@@ -54,6 +54,30 @@ def test_netsurfp_label_count_mismatch_names_line():
         read_labels(HEADS / "netsurfp_label_length_mismatch.csv")
 
 
+def test_netsurfp_state_tokens_of_several_letters_name_their_line(tmp_path):
+    """'C HH' for two residues passed as three states, met later as a length mismatch."""
+    path = tmp_path / "multi.csv"
+    path.write_text("input,dssp3,disorder\nM K,C H,1.0 1.0\nM K,C HH,1.0 1.0\n")
+    with pytest.raises(InputError, match=r"multi.csv:3.*dssp3 holds 'HH': one state per residue"):
+        read_labels(path)
+
+
+@pytest.mark.parametrize("fmt", ["netsurfp", "pisces"])
+def test_blank_lines_before_a_csv_header_are_skipped(tmp_path, fmt):
+    """The format was told by the first line that is not blank, the header read as the blank one:
+    "NetSurfP CSV without a sequence column; header is " (empty). Lines are still counted."""
+    path = tmp_path / "blank_first.csv"
+    if fmt == "netsurfp":
+        path.write_text("\n\ninput,dssp3,disorder\nM K,C H,1.0 1.0\nM K V,C H,1.0 1.0 1.0\n")
+    else:
+        path.write_text("\n\nid,seq,sst3\nP1,MK,CH\nP2,MKV,CH\n")
+    with pytest.raises(InputError, match=r"blank_first.csv:5"):
+        read_labels(path)
+    path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n")
+    records = read_labels(path).records
+    assert [r.sequence for r in records] == ["MK"] and records[0].line == 4
+
+
 def test_netsurfp_missing_mask_column():
     with pytest.raises(InputError, match="no mask column cb513_mask"):
         read_labels(HEADS / "netsurfp_seq_header_repeated_sequence.csv", mask_columns=("cb513_mask",))

@@ -252,16 +252,23 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
 
 
 def _csv_rows(text: str, name: str):
-    """(lower-cased header, iterator of (line number, row)) of a CSV with a header row: blank rows
-    are skipped, and a row with fewer fields than the header is an error naming its line."""
+    """(lower-cased header, iterator of (line number, row), the header's line number) of a CSV with
+    a header row: blank rows are skipped, and a row with fewer fields than the header is an error
+    naming its line."""
     reader = csv.reader(io.StringIO(text))
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise InputError("is empty", path=name) from None
+    # (blank lines before the header too: the format was told by the first line that is not
+    # blank, and the header read here was the empty one, "without a sequence column; header is ")
+    header = next(([h.strip().lower() for h in row] for row in reader if any(f.strip() for f in row)), None)
+    if header is None:
+        raise InputError("is empty", path=name)
+    header_line = reader.line_num
 
     def rows():
-        for lineno, row in enumerate(reader, 2):
+        while True:
+            lineno = reader.line_num + 1  # where the row starts (a quoted field may span lines)
+            row = next(reader, None)
+            if row is None:
+                return
             if not row or not any(f.strip() for f in row):
                 continue
             # (more fields than the header: a comma in an unquoted field shifted the columns; empty
@@ -270,7 +277,7 @@ def _csv_rows(text: str, name: str):
                 raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=lineno)
             yield lineno, row
 
-    return header, rows()
+    return header, rows(), header_line
 
 
 # --- NetSurfP-2.0 CSV ---------------------------------------------------------------------
@@ -279,16 +286,16 @@ _NSP_SEQUENCE = ("input", "seq", "sequence")
 
 
 def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> LabelSet:
-    header, rows = _csv_rows(text, name)
+    header, rows, header_line = _csv_rows(text, name)
     seq_col = next((header.index(c) for c in _NSP_SEQUENCE if c in header), None)
     if seq_col is None:
         raise InputError(f"NetSurfP CSV without a sequence column ({'/'.join(_NSP_SEQUENCE)}); "
-                         f"header is {', '.join(header)}", path=name, line=1)
+                         f"header is {', '.join(header)}", path=name, line=header_line)
     label_cols = {c: header.index(c) for c in ("dssp3", "dssp8") if c in header}
     missing = [c for c in mask_columns if c not in header]
     if missing:
         raise InputError(f"has no mask column {', '.join(missing)} (header is {', '.join(header)})",
-                         path=name, line=1)
+                         path=name, line=header_line)
     mask_cols = [header.index(c) for c in mask_columns]
     records: list[LabelRecord] = []
     seen: dict[str, int] = {}
@@ -300,6 +307,10 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
             tokens = row[idx].split()
             if len(tokens) != length:
                 raise InputError(f"{col} has {len(tokens)} labels for {length} residues", path=name, line=lineno)
+            # (joined, "C HH" for two residues was three states, met later as a length mismatch)
+            if any(len(t) != 1 for t in tokens):
+                raise InputError(f"{col} holds {next(t for t in tokens if len(t) != 1)!r}: one state per residue, "
+                                 "separated by spaces", path=name, line=lineno)
             labels[col.replace("dssp", "ss")] = "".join(tokens)
         mask = np.ones(length, dtype=bool)
         for col_name, idx in zip(mask_columns, mask_cols):
@@ -341,11 +352,11 @@ def _sequence_id(seq: str, seen: dict[str, int]) -> str:
 
 
 def _read_flip_csv(text: str, name: str) -> LabelSet:
-    header, rows = _csv_rows(text, name)
+    header, rows, header_line = _csv_rows(text, name)
     missing = [c for c in ("sequence", "target") if c not in header]
     if missing:
         raise InputError(f"FLIP CSV without a {' or '.join(missing)} column; header is {', '.join(header)}",
-                         path=name, line=1)
+                         path=name, line=header_line)
     seq_col, target_col = header.index("sequence"), header.index("target")
     set_col = header.index("set") if "set" in header else None
     valid_col = header.index("validation") if "validation" in header else None
@@ -368,13 +379,13 @@ _PISCES_LABELS = {"sst3": "ss3", "sst8": "ss8"}
 
 
 def _read_pisces(text: str, name: str) -> LabelSet:
-    header, rows = _csv_rows(text, name)
+    header, rows, header_line = _csv_rows(text, name)
     if "seq" not in header:
-        raise InputError(f"PISCES CSV without a seq column; header is {', '.join(header)}", path=name, line=1)
+        raise InputError(f"PISCES CSV without a seq column; header is {', '.join(header)}", path=name, line=header_line)
     seq_col = header.index("seq")
     label_cols = {task: header.index(col) for col, task in _PISCES_LABELS.items() if col in header}
     if not label_cols:
-        raise InputError("PISCES CSV without an sst3 or sst8 column", path=name, line=1)
+        raise InputError("PISCES CSV without an sst3 or sst8 column", path=name, line=header_line)
     id_cols = [header.index(c) for c in ("pdb_id", "chain_code") if c in header]
     records: list[LabelRecord] = []
     seen: dict[str, int] = {}
