@@ -617,55 +617,98 @@ def _initial_model(config: TrainConfig, resume):
     return family, tokenizer, model
 
 
+def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
+    """The checkpoint a resume starts from, checked against its sums, the run's settings, the
+    corpus and the run's later checkpoints: (its path, its training state), with the checkpoint's
+    settings in run.config and its weights loaded (before the model is wrapped)."""
+    config, info = run.config, run.info
+    phases = config.resolved_phases()
+    where = ckpt.find_checkpoint(run.run_dir if resume is True else resume)
+    # Rank 0 reads the checkpoint once against its SHA256SUMS; every rank stops on its verdict.
+    problem = dist.broadcast_object(ckpt.check_sums(where) if info.is_main else None)
+    if problem:
+        raise InputError(problem)
+    # The settings first: another preset or family is named as such (exit 2), not met as
+    # weights that do not fit.
+    config = run.config = ckpt.resumed_config(config, where, family=run.family, device=info.device.type)
+    run.given = ckpt.given_settings(where, run.given)
+    ckpt.load_weights(where, run.model)
+    state = ckpt.load_training_state(where)
+    changed = changed_corpus_file(state.get("corpus"), config.corpus, run.corpus_id)
+    if changed and accept_corpus_change:
+        if info.is_main:
+            console.warn(f"the corpus changed since {where} was saved ({changed}): resumed at its data "
+                         "position anyway (--accept-corpus-change); the batches from there on may differ "
+                         "from an uninterrupted run's")
+    elif changed:
+        # The saved data position counts proteins of the corpus as it was: applied to
+        # another one, the run would go on silently with other batches. (A shard found
+        # damaged mid-run and replaced by a whole copy is the case for the switch: its
+        # proteins before the position are the same.)
+        raise InputError(f"the corpus changed since {where} was saved ({changed}): its data position no "
+                         "longer applies; restore the corpus, or where the change is a repair (a damaged "
+                         "shard replaced by a whole copy) add --accept-corpus-change, or start a new run "
+                         "with --init-from that checkpoint")
+    # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
+    # Left in place, --keep-last pruned the new checkpoints (by step number) in their favour
+    # and a later --resume continued the abandoned run.
+    later = [p.name for p in ckpt.list_checkpoints(run.run_dir)
+             if ckpt.checkpoint_step(p) > state["step"]]
+    if later:
+        raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
+                         f"({', '.join(later)}): they belong to the run continued from there; move or "
+                         "delete them to resume from this one")
+    ckpt.check_phase_position(where, phases, state["step"], state["data_phase"])
+    dist.print0(f"train: resuming from {where} (step {state['step']})")
+    return where, state
+
+
+def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict) -> tuple[int, int, StreamState]:
+    """The optimizer, scheduler, RNG and fp16 loss scale of a checkpoint, once the model is
+    wrapped: (its step, its data phase, its data position)."""
+    info = run.info
+    with ckpt.restoring(where):
+        if run.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(run.wrapped, optimizer, options=StateDictOptions(full_state_dict=True),
+                                     optim_state_dict=_by_parameter_name(state["optimizer"], run.wrapped,
+                                                                         optimizer))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+            ckpt.check_optimizer_state(where, optimizer)
+        # The schedule's position comes from the checkpoint, its shape (total steps, warmup) from
+        # this run: load_state_dict restores the saved lambda's fields too, and a run resumed
+        # for more steps then never decayed again. Same shape: the very lr the checkpoint holds.
+        shape = dict(scheduler.lr_lambdas[0].__dict__)
+        scheduler.load_state_dict(state["scheduler"])
+        if not ckpt.is_count(scheduler.last_epoch):
+            raise ValueError(f"scheduler last_epoch is {scheduler.last_epoch!r}, not a step")
+        for fn in scheduler.lr_lambdas:
+            fn.__dict__.update(shape)
+        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)], info.device)
+        if run.loss_scale is not None and state.get("loss_scale"):
+            run.loss_scale.load_state_dict(state["loss_scale"])
+        return state["step"], state["data_phase"], StreamState.from_dict(state["data_state"])
+
+
 def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_change: bool = False) -> TrainResult:
     config, info = run.config, run.info
     phases = config.resolved_phases()
     total_steps = config.total_steps
 
     # --- resume: weights before wrapping, optimizer state after --------------------------
-    state = None
+    state = where = None
     run.corpus_id = corpus_fingerprint(config.corpus)
     if info.is_main:
         for path in ckpt.remove_stale_temporaries(run.run_dir):
             console.warn(f"removed {path}: a save that was killed before it completed")
     if resume:
-        where = ckpt.find_checkpoint(run.run_dir if resume is True else resume)
-        # Rank 0 reads the checkpoint once against its SHA256SUMS; every rank stops on its verdict.
-        problem = dist.broadcast_object(ckpt.check_sums(where) if info.is_main else None)
-        if problem:
-            raise InputError(problem)
-        # The settings first: another preset or family is named as such (exit 2), not met as
-        # weights that do not fit.
-        config = run.config = ckpt.resumed_config(config, where, family=run.family, device=info.device.type)
-        run.given = ckpt.given_settings(where, run.given)
-        ckpt.load_weights(where, run.model)
-        state = ckpt.load_training_state(where)
-        changed = changed_corpus_file(state.get("corpus"), config.corpus, run.corpus_id)
-        if changed and accept_corpus_change:
-            if info.is_main:
-                console.warn(f"the corpus changed since {where} was saved ({changed}): resumed at its data "
-                             "position anyway (--accept-corpus-change); the batches from there on may differ "
-                             "from an uninterrupted run's")
-        elif changed:
-            # The saved data position counts proteins of the corpus as it was: applied to
-            # another one, the run would go on silently with other batches. (A shard found
-            # damaged mid-run and replaced by a whole copy is the case for the switch: its
-            # proteins before the position are the same.)
-            raise InputError(f"the corpus changed since {where} was saved ({changed}): its data position no "
-                             "longer applies; restore the corpus, or where the change is a repair (a damaged "
-                             "shard replaced by a whole copy) add --accept-corpus-change, or start a new run "
-                             "with --init-from that checkpoint")
-        # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
-        # Left in place, --keep-last pruned the new checkpoints (by step number) in their favour
-        # and a later --resume continued the abandoned run.
-        later = [p.name for p in ckpt.list_checkpoints(run.run_dir)
-                 if ckpt.checkpoint_step(p) > state["step"]]
-        if later:
-            raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
-                             f"({', '.join(later)}): they belong to the run continued from there; move or "
-                             "delete them to resume from this one")
-        ckpt.check_phase_position(where, phases, state["step"], state["data_phase"])
-        dist.print0(f"train: resuming from {where} (step {state['step']})")
+        where, state = _read_checkpoint(run, resume, accept_corpus_change)
+        config = run.config
 
     wrap_model(run)
     optimizer = build_optimizer(run.wrapped, config)
@@ -680,33 +723,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     scheduler = build_scheduler(optimizer, config, total_steps)
     step, data_phase, data_state = 0, 0, StreamState()
     if state is not None:
-        with ckpt.restoring(where):
-            if run.strategy == "fsdp":
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-                set_optimizer_state_dict(run.wrapped, optimizer, options=StateDictOptions(full_state_dict=True),
-                                         optim_state_dict=_by_parameter_name(state["optimizer"], run.wrapped,
-                                                                             optimizer))
-            else:
-                optimizer.load_state_dict(state["optimizer"])
-                ckpt.check_optimizer_state(where, optimizer)
-            # The schedule's position comes from the checkpoint, its shape (total steps, warmup) from
-            # this run: load_state_dict restores the saved lambda's fields too, and a run resumed
-            # for more steps then never decayed again. Same shape: the very lr the checkpoint holds.
-            shape = dict(scheduler.lr_lambdas[0].__dict__)
-            scheduler.load_state_dict(state["scheduler"])
-            if not ckpt.is_count(scheduler.last_epoch):
-                raise ValueError(f"scheduler last_epoch is {scheduler.last_epoch!r}, not a step")
-            for fn in scheduler.lr_lambdas:
-                fn.__dict__.update(shape)
-            for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                group["lr"] = base * fn(scheduler.last_epoch)
-            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-            ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)], info.device)
-            step, data_phase = state["step"], state["data_phase"]
-            data_state = StreamState.from_dict(state["data_state"])
-            if run.loss_scale is not None and state.get("loss_scale"):
-                run.loss_scale.load_state_dict(state["loss_scale"])
+        step, data_phase, data_state = _restore_training_state(run, optimizer, scheduler, where, state)
         if config.stop_after is not None and config.stop_after <= step < total_steps:
             # it trained one step, saved nothing and said to resume: the same step again each time
             raise UsageError(f"--stop-after {config.stop_after} (stop_after) is not after {where}'s step {step}: "
