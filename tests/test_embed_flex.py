@@ -665,3 +665,41 @@ def test_the_probe_builds_every_graph_the_run_needs(tiny_t5, monkeypatch, packed
     seqs = list(SEQUENCES.values())
     for seq, rows in zip(seqs, embedder.embed_batch(seqs)):
         np.testing.assert_allclose(rows, reference(tiny_t5, seq), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_embed_bench_flex_warm_up_builds_every_graph_its_timed_runs_need(monkeypatch, packed):
+    """benchmarks/embed_bench.py's flex strategies are warmed up before their timed runs; their
+    warm-up (batches under 128 tokens) built no graph of several blocks, and a padded flex run
+    compiled one inside its first timed run (the GPU session's only one). Simulated here with
+    a counting backend and the GPU's pad multiple of 8."""
+    import importlib.util
+    from pathlib import Path
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from protrans_cli.embedders import TransformerEmbedder
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "embed_bench.py"
+    spec = importlib.util.spec_from_file_location("embed_bench_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    built = []
+
+    def counting(graph, example_inputs):
+        built.append(graph)
+        return graph
+
+    monkeypatch.setattr(t5_module, "flex_attention_function",
+                        lambda device: torch.compile(flex_attention, backend=counting, dynamic=True))
+    torch._dynamo.reset()
+    loaded = bench.build_loaded("t5", "tiny", "cpu", "float32")
+    embedder = TransformerEmbedder(loaded, (-1,), "cpu", "float32", attention="flex", packed=packed)
+    embedder.pad_multiple = 8  # (a CUDA GPU's)
+    rng = np.random.default_rng(1)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    bench._flex_warm_up(embedder, "".join(rng.choice(letters, 221)))
+    warmed = len(built)
+    for lengths in ((300, 250, 180), (400, 20), (260,), (500, 480, 470, 300)):
+        embedder.embed_batch(["".join(rng.choice(letters, n)) for n in lengths])
+    assert len(built) == warmed, f"{len(built) - warmed} compilations after the warm-up"
