@@ -1271,25 +1271,8 @@ def _build_on_every_rank(options, device, dist) -> Embedder:
     return embedder
 
 
-def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:
-    if embedder is None:
-        device = options.device
-        if dist.world_size > 1 and device in ("auto", "cuda"):
-            import torch
-
-            if torch.cuda.is_available():
-                # as train does: more ranks than visible GPUs share them (rank 1 of two on a
-                # one-GPU machine asked for cuda:1, "invalid device ordinal")
-                index = dist.local_rank % torch.cuda.device_count()
-                device = f"cuda:{index}"
-                torch.cuda.set_device(index)
-        embedder = _build_on_every_rank(options, device, dist) if dist.world_size > 1 \
-            else build_embedder(options, device=device)
-    # Resolved before the attributes: the file records the length at which --long-policy applied
-    # (the model's own limit when --max-length was not given; 0 for none).
-    model_max = getattr(embedder, "max_residues", None)
-    max_length = resolve_max_length(options, model_max)
-    _warn_beyond_training(embedder, scan, max_length, name, dist.is_main)
+def _file_attrs(embedder, options, max_length) -> dict:
+    """The output file's attributes: what made these embeddings (docs/formats.md)."""
     attrs = {
         "model": model_attr(embedder.name), "revision": embedder.revision or "",
         "commit": getattr(embedder, "commit", None) or "", "family": embedder.family,
@@ -1312,6 +1295,60 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     if getattr(embedder, "num_hidden_states", None):
         # With `layers` (stored negative), lets readers accept `--layer 0` for the embedding layer.
         attrs["num_hidden_states"] = int(embedder.num_hidden_states)
+    return attrs
+
+
+def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist) -> None:
+    """Under torchrun, once every rank has written its shard: the counts summed, rank 0 merging
+    the shards into the output while the others wait for it."""
+    try:
+        summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
+    except RuntimeError as exc:  # a rank that stopped (killed, out of memory): gloo's traceback before
+        raise RuntimeFailure(f"another process of this torchrun run stopped before the end ({errors_first_line(exc)}); "
+                             f"what this one computed is in {interrupted_output(output)}: run the same command "
+                             "with --resume to finish") from None
+    # The other ranks wait while rank 0 merges: one that left at once tore its process group
+    # down, and an abort there (gloo) made torchrun stop rank 0 in the middle of the merge.
+    # (rank 0: the merge's own error, or its finished file, is what counts, not the others' exit)
+    if dist.is_main:
+        try:
+            summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
+        except Exception:
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
+            raise
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
+    else:
+        summary.output = None  # rank 0 reports
+        try:
+            dist.barrier()
+        except RuntimeError as exc:  # rank 0 stopped while merging: gloo's traceback before
+            raise RuntimeFailure(f"the process merging the shards (rank 0) stopped ({errors_first_line(exc)}); "
+                                 "every protein is computed: run the same command with --resume to "
+                                 "merge them") from None
+
+
+def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:
+    if embedder is None:
+        device = options.device
+        if dist.world_size > 1 and device in ("auto", "cuda"):
+            import torch
+
+            if torch.cuda.is_available():
+                # as train does: more ranks than visible GPUs share them (rank 1 of two on a
+                # one-GPU machine asked for cuda:1, "invalid device ordinal")
+                index = dist.local_rank % torch.cuda.device_count()
+                device = f"cuda:{index}"
+                torch.cuda.set_device(index)
+        embedder = _build_on_every_rank(options, device, dist) if dist.world_size > 1 \
+            else build_embedder(options, device=device)
+    # Resolved before the attributes: the file records the length at which --long-policy applied
+    # (the model's own limit when --max-length was not given; 0 for none).
+    model_max = getattr(embedder, "max_residues", None)
+    max_length = resolve_max_length(options, model_max)
+    _warn_beyond_training(embedder, scan, max_length, name, dist.is_main)
+    attrs = _file_attrs(embedder, options, max_length)
     writer_kw = dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
                      compression=options.compression, attrs=attrs,
                      resume_equal={"model": same_model, "max_length": _same_max_length(model_max),
@@ -1459,32 +1496,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     summary.failed = dict(writer.failed)
 
     if dist.world_size > 1:
-        try:
-            summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
-        except RuntimeError as exc:  # a rank that stopped (killed, out of memory): gloo's traceback before
-            raise RuntimeFailure(f"another process of this torchrun run stopped before the end ({errors_first_line(exc)}); "
-                                 f"what this one computed is in {interrupted_output(output)}: run the same command "
-                                 "with --resume to finish") from None
-        # The other ranks wait while rank 0 merges: one that left at once tore its process group
-        # down, and an abort there (gloo) made torchrun stop rank 0 in the middle of the merge.
-        # (rank 0: the merge's own error, or its finished file, is what counts, not the others' exit)
-        if dist.is_main:
-            try:
-                summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
-            except Exception:
-                with contextlib.suppress(RuntimeError):
-                    dist.barrier()
-                raise
-            with contextlib.suppress(RuntimeError):
-                dist.barrier()
-        else:
-            summary.output = None  # rank 0 reports
-            try:
-                dist.barrier()
-            except RuntimeError as exc:  # rank 0 stopped while merging: gloo's traceback before
-                raise RuntimeFailure(f"the process merging the shards (rank 0) stopped ({errors_first_line(exc)}); "
-                                     "every protein is computed: run the same command with --resume to "
-                                     "merge them") from None
+        _finish_ranks(summary, output, options, writer_kw, dist)
     summary.seconds = time.perf_counter() - start
     return summary
 
