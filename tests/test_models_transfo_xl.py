@@ -222,3 +222,19 @@ def test_transformers_4_options_this_model_lacks_are_refused(tmp_path, option):
         TransfoXLConfig.from_pretrained(tmp_path)
     # the values that turn them off are fine
     assert TransfoXLConfig(**sizes, adaptive=False, same_length=False, div_val=1, d_embed=32).d_model == 32
+
+
+def test_a_transformers_4_config_of_the_implemented_model_is_taken_and_cutoffs_are_refused(tmp_path):
+    """transformers 4.x never read `adaptive` and wrote `adaptive: true` into every config.json,
+    that of the model built here (`cutoffs: []`, as scripts/make_transfo_xl_reference.py builds
+    it) too: that config was refused, and one with cutoffs (4.x's adaptive softmax) taken."""
+    sizes = dict(n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64)
+    # (what 4.44's TransfoXLConfig(cutoffs=[], div_val=1, same_length=False, ...).save_pretrained writes)
+    saved = {**sizes, "model_type": "transfo-xl", "adaptive": True, "attn_type": 0, "clamp_len": 4, "cutoffs": [],
+             "d_embed": 32, "div_val": 1, "init": "normal", "init_range": 0.01, "init_std": 0.02, "mem_len": 5,
+             "pre_lnorm": False, "proj_init_std": 0.01, "same_length": False, "sample_softmax": -1,
+             "tie_projs": [False], "untie_r": True, "vocab_size": 16, "transformers_version": "4.44.2"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert TransfoXLConfig.from_pretrained(tmp_path).d_model == 32
+    with pytest.raises(ValueError, match=r"does not implement cutoffs=\[4, 8\]"):
+        TransfoXLConfig(**sizes, cutoffs=[4, 8], adaptive=False)

@@ -62,9 +62,17 @@ class TransfoXLConfig(PreTrainedConfig):
         # with the value that turns it off: given otherwise (a config of that class rebuilt
         # here, its defaults were adaptive softmax and same_length), they were kept as unknown
         # attributes and the model silently built without them.
-        off = {"adaptive": False, "div_val": 1, "same_length": False, "pre_lnorm": False, "untie_r": True,
+        off = {"div_val": 1, "same_length": False, "pre_lnorm": False, "untie_r": True,
                "sample_softmax": -1, "attn_type": 0}
         given = [f"{key}={kwargs[key]!r}" for key, value in off.items() if key in kwargs and kwargs[key] != value]
+        # The adaptive softmax and input are on where `cutoffs` holds any: 4.x stored `adaptive`
+        # but never read it, and wrote `adaptive: true` into every config.json (also that of a
+        # model with `cutoffs: []`, the one implemented here). Without `cutoffs`, `adaptive=True`
+        # asks for 4.x's default cutoffs.
+        if kwargs.get("cutoffs"):
+            given.append(f"cutoffs={kwargs['cutoffs']!r}")
+        elif "cutoffs" not in kwargs and kwargs.get("adaptive", False) is not False:
+            given.append(f"adaptive={kwargs['adaptive']!r}")
         if kwargs.get("d_embed") not in (None, self.d_model):
             given.append(f"d_embed={kwargs['d_embed']!r} (not d_model)")
         if given:
