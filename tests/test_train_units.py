@@ -1454,3 +1454,86 @@ def test_ranks_compare_their_corpus_files_by_content_not_only_by_size(tmp_path):
     assert settings(node0) != settings(node1)
     assert settings(node0) == settings(elsewhere)
     assert settings(tmp_path / "missing.txt")["corpus (file sizes)"] == [None]  # its own error says why
+
+
+# --- what a prediction may see, read from the models' outputs ----------------------------
+
+def _tiny_model(name, **overrides):
+    fam = _family(name)
+    tok = fam.build_tokenizer()
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tok, **overrides)).eval()
+    return model, TokenLayout.from_tokenizer(tok, fam.prepare)
+
+
+def _other_residue(layout, token):
+    ids = layout.standard_ids.tolist()
+    return ids[(ids.index(token) + 7) % len(ids)] if token in ids else ids[0]
+
+
+def test_xlnet_targets_see_earlier_targets_and_context_never_themselves_or_later_targets():
+    # perm_mask as transformers' XLNet reads it: a target's prediction does not move when its own
+    # token or a later target's changes, and does move with an earlier target or a neighbour.
+    model, layout = _tiny_model("xlnet")
+    obj = make_objective("plm", layout, _cfg())
+    batch = obj.collate(_random_samples(layout, n=2, length=40))
+    kw = {k: batch[k] for k in ("attention_mask", "perm_mask", "target_mapping")}
+    with torch.no_grad():
+        base = model(input_ids=batch["input_ids"], **kw).logits
+        for b in range(2):
+            positions = batch["target_mapping"][b][batch["labels"][b] != IGNORE].argmax(-1).tolist()
+            assert len(positions) >= 3
+            for k, target in enumerate(positions):
+                changed = []
+                for other in positions + [p for p in (target - 1, target + 1) if p not in positions]:
+                    ids = batch["input_ids"].clone()
+                    ids[b, other] = _other_residue(layout, int(ids[b, other]))
+                    out = model(input_ids=ids, **kw).logits
+                    changed.append(bool((out[b, k] - base[b, k]).abs().max() > 1e-6))
+                earlier = len(positions[:k])
+                assert not any(changed[k:len(positions)])                  # itself and later targets
+                assert all(changed[:earlier] + changed[len(positions):])   # earlier targets, neighbours
+
+
+@pytest.mark.parametrize("objective", ["t5", "t5_span"])
+def test_t5_decoder_reads_the_labels_shifted_right_as_transformers_does(objective):
+    # The objective builds the decoder inputs itself; transformers' own `labels=` path (shift
+    # right after the decoder start token) gives the same loss, and no position's prediction
+    # moves when its own label or a later one changes.
+    model, layout = _tiny_model("t5", dropout_rate=0.0)
+    obj = make_objective(objective, layout, _cfg())
+    batch = obj.collate(_random_samples(layout, n=4, length=30))
+    logits = []
+    hook = model.register_forward_hook(lambda m, a, out: logits.append(out.logits))
+    with torch.no_grad():
+        total, n, _ = obj.loss(model, batch)
+        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).loss
+        t = 5
+        labels = batch["labels"].clone()
+        labels[:, t] = torch.where(labels[:, t] == IGNORE, labels[:, t], (labels[:, t] + 1) % 25 + 3)
+        obj.loss(model, dict(batch, labels=labels))
+    hook.remove()
+    assert torch.allclose(total / n, reference, rtol=1e-5)
+    assert torch.equal(logits[2][:, :t + 1], logits[0][:, :t + 1])
+    assert not torch.equal(logits[2][:, t + 1:], logits[0][:, t + 1:])
+
+
+def test_clm_predictions_never_see_later_tokens_across_segments():
+    model, layout = _tiny_model("transfo_xl", dropout=0.0)
+    obj = make_objective("clm", layout, _cfg(segment_length=8))
+    batch = obj.collate(_random_samples(layout, n=3, length=30))
+    logits = []
+    hook = model.register_forward_hook(lambda m, a, out: logits.append(out.logits))
+    with torch.no_grad():
+        obj.loss(model, batch)
+        for t in (3, 7, 8, 20):  # inside a segment, at its end, at the next one's start
+            ids = batch["input_ids"].clone()
+            ids[:, t + 1] = torch.as_tensor([_other_residue(layout, int(x)) for x in ids[:, t + 1]])
+            obj.loss(model, dict(batch, input_ids=ids))
+    hook.remove()
+    per_run = len(logits) // 5
+    runs = [torch.cat(logits[i * per_run:(i + 1) * per_run], 1) for i in range(5)]
+    for t, run in zip((3, 7, 8, 20), runs[1:]):
+        assert torch.equal(run[:, :t + 1], runs[0][:, :t + 1])
+        assert not torch.equal(run[:, t + 1:], runs[0][:, t + 1:])
