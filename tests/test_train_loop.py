@@ -301,7 +301,7 @@ def test_find_lr_ends_its_range_where_the_gradient_blows_up(tmp_path, monkeypatc
     assert result.step == 9 and 1e-5 <= result.lr_suggestion <= 1.0
 
 
-@pytest.mark.parametrize("fp16, said", [(True, "--precision fp32"), (False, "first step (lr 1.0e-05)")])
+@pytest.mark.parametrize("fp16, said", [(True, "--precision fp32"), (False, "its step 1 (lr 1.0e-05) is not finite")])
 def test_find_lr_that_measures_nothing_says_why(tmp_path, monkeypatch, fp16, said):
     """A range test whose first step already blew up (float16 overflowing in the activations at
     every loss scale, as T5's do on a V100) plotted an empty curve: a matplotlib traceback ("Data
@@ -318,6 +318,31 @@ def test_find_lr_that_measures_nothing_says_why(tmp_path, monkeypatch, fp16, sai
         find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=10)
     assert said in str(caught.value)
     assert not (tmp_path / "run_bert" / "lr_find.png").exists()
+
+
+def test_find_lr_that_met_nothing_to_predict_says_so(tmp_path, monkeypatch):
+    """Steps without a token to predict, then a gradient that blew up: the message named "its
+    first step" and its lr. Without a token in any step (float16 too, where such a step is
+    skipped without lowering the loss scale), it blamed a float16 overflow."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training import lr_finder
+    from protrans_cli.training.loop import NonFiniteGradient
+
+    calls = []
+
+    def nothing_then_blows_up(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise NonFiniteGradient(float("inf"))
+        return {"loss": (0.0, 0.0)}
+
+    monkeypatch.setattr(lr_finder, "train_step", nothing_then_blows_up)
+    with pytest.raises(RuntimeFailure, match=r"its step 3 \(lr 1.0e-04\) is not finite \(loss inf\), and the 2 "
+                                             r"step\(s\) before it had no token to predict"):
+        find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1e-3, num_steps=5)
+    monkeypatch.setattr(lr_finder, "train_step", lambda *a, **k: {"loss": (0.0, 0.0)})
+    with pytest.raises(RuntimeFailure, match="none of its 4 steps had a token to predict"):
+        find_lr(_config(tmp_path, precision="fp16"), min_lr=1e-5, max_lr=1e-3, num_steps=4)
 
 
 # --- CLI ---------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
     lrs, losses, smoothed = [], [], []
     best = float("inf")
     avg = 0.0
-    blown = None  # the NonFiniteGradient that ended the range, if one did
+    blown = None  # the NonFiniteGradient that ended the range, if one did, and its step and lr
+    first_scale = run.loss_scale.scale if run.loss_scale is not None else None
     try:
         for i in range(num_steps):
             lr = min_lr * (max_lr / min_lr) ** (i / max(num_steps - 1, 1))
@@ -58,7 +59,7 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
             try:
                 stats = train_step(run, optimizer, next(batches).micro_batches)
             except NonFiniteGradient as exc:  # the range's end: the lr has made the gradient blow up
-                blown = exc
+                blown = (exc, i + 1, lr)
                 break
             num, den = stats["loss"]
             t = dist.all_reduce_sum(torch.tensor([num, den], dtype=torch.float64, device=info.device))
@@ -78,7 +79,7 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
     if not lrs:
         # Nothing measured: an empty curve was a matplotlib traceback ("Data cannot be
         # log-scaled") where the run itself says why (every rank has the same, reduced, count).
-        raise _nothing_measured(blown, min_lr, num_steps, run.loss_scale)
+        raise _nothing_measured(blown, num_steps, run.loss_scale, first_scale)
     suggestion = suggest_lr(lrs, smoothed)
     if info.is_main:
         _plot_lr(run.run_dir / "lr_find.png", lrs, losses, smoothed, suggestion)
@@ -88,17 +89,23 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
     return TrainResult(run.run_dir, len(lrs), True, losses, None, suggestion)
 
 
-def _nothing_measured(blown, min_lr: float, num_steps: int, loss_scale) -> RuntimeFailure:
-    """Why a range test measured no loss at all, with what to do."""
+def _nothing_measured(blown, num_steps: int, loss_scale, first_scale) -> RuntimeFailure:
+    """Why a range test measured no loss at all, with what to do. `blown`: (the NonFiniteGradient
+    that ended it, its step, its lr), or None; `first_scale`: the fp16 loss scale it started at."""
     fp16 = ("float16 may overflow in this model's activations: --precision fp32 (or bf16 on a GPU that has "
             "it)")
-    if blown is not None and blown.fp16:
+    if blown is not None and blown[0].fp16:
         return RuntimeFailure("--find-lr measured no loss: every step overflowed float16 and was skipped, down to a "
                               f"loss scale below 1; {fp16}")
     if blown is not None:
-        return RuntimeFailure(f"--find-lr measured no loss: the gradient of its first step (lr {min_lr:.1e}) is not "
-                              f"finite (loss {blown.loss:.4g}); check the corpus and the model settings (--set)")
-    if loss_scale is None:  # (no step had a residue to predict: proteins too short, batches too small)
+        exc, step, lr = blown
+        return RuntimeFailure(f"--find-lr measured no loss: the gradient of its step {step} (lr {lr:.1e}) is not "
+                              f"finite (loss {exc.loss:.4g})"
+                              + (f", and the {step - 1} step(s) before it had no token to predict" if step > 1 else "")
+                              + "; check the corpus and the model settings (--set)")
+    if loss_scale is None or loss_scale.scale == first_scale:
+        # (no step had a residue to predict: proteins too short, batches too small; in fp16 too,
+        # where a step without one is skipped as an overflow is, without lowering the scale)
         return RuntimeFailure(f"--find-lr measured no loss: none of its {num_steps} steps had a token to predict; "
                               "larger batches or longer proteins")
     return RuntimeFailure(f"--find-lr measured no loss: each of its {num_steps} steps overflowed float16 and was "
