@@ -628,20 +628,11 @@ def test_an_embedder_is_built_with_a_resolved_attention(tiny_t5):
                             attention="auto")
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_the_probe_builds_every_graph_the_run_needs(tiny_t5, monkeypatch, packed):
-    """Where the kernel builds, auto keeps FlexAttention (packed when packing is on), built on
-    probe batches before the first real one, so that a kernel which cannot be built fails (or,
-    under auto, falls back) before any output, and the run then compiles nothing more: batches
-    of one to five proteins, padded or packed, of lengths from 1 to 300 residues meet no new
-    compilation, and rows still equal the plain forward pass."""
+def _count_flex_graphs(monkeypatch) -> list:
+    """FlexAttention compiled with a backend that records each graph it is asked to build: the
+    list it fills (a new graph after the warm-up is a compilation inside a timed run)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    from protrans_cli import embed as embed_module
-    from protrans_cli.embed import EmbedOptions, build_embedder
-
-    monkeypatch.setattr(embed_module, "flex_by_default", lambda *a, **k: True)
-    monkeypatch.setattr(embed_module, "packing_by_default", lambda *a, **k: packed)
     built = []
 
     def counting(graph, example_inputs):
@@ -651,6 +642,22 @@ def test_the_probe_builds_every_graph_the_run_needs(tiny_t5, monkeypatch, packed
     monkeypatch.setattr(t5_module, "flex_attention_function",
                         lambda device: torch.compile(flex_attention, backend=counting, dynamic=True))
     torch._dynamo.reset()
+    return built
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_probe_builds_every_graph_the_run_needs(tiny_t5, monkeypatch, packed):
+    """Where the kernel builds, auto keeps FlexAttention (packed when packing is on), built on
+    probe batches before the first real one, so that a kernel which cannot be built fails (or,
+    under auto, falls back) before any output, and the run then compiles nothing more: batches
+    of one to five proteins, padded or packed, of lengths from 1 to 300 residues meet no new
+    compilation, and rows still equal the plain forward pass."""
+    from protrans_cli import embed as embed_module
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    monkeypatch.setattr(embed_module, "flex_by_default", lambda *a, **k: True)
+    monkeypatch.setattr(embed_module, "packing_by_default", lambda *a, **k: packed)
+    built = _count_flex_graphs(monkeypatch)
     embedder = build_embedder(EmbedOptions(model=str(tiny_t5), device="cpu", dtype="float32"))
     assert embedder.attention == "flex" and embedder.packed == packed
     after_probe = len(built)
@@ -676,23 +683,13 @@ def test_embed_bench_flex_warm_up_builds_every_graph_its_timed_runs_need(monkeyp
     import importlib.util
     from pathlib import Path
 
-    from torch.nn.attention.flex_attention import flex_attention
-
     from protrans_cli.embedders import TransformerEmbedder
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "embed_bench.py"
     spec = importlib.util.spec_from_file_location("embed_bench_under_test", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    built = []
-
-    def counting(graph, example_inputs):
-        built.append(graph)
-        return graph
-
-    monkeypatch.setattr(t5_module, "flex_attention_function",
-                        lambda device: torch.compile(flex_attention, backend=counting, dynamic=True))
-    torch._dynamo.reset()
+    built = _count_flex_graphs(monkeypatch)
     loaded = bench.build_loaded("t5", "tiny", "cpu", "float32")
     embedder = TransformerEmbedder(loaded, (-1,), "cpu", "float32", attention="flex", packed=packed)
     embedder.pad_multiple = 8  # (a CUDA GPU's)
