@@ -274,7 +274,9 @@ _BOM_HEADER = re.compile(rb"\n\xef\xbb\xbf(?=[ \t\r\n]*(?:>|\Z))")  # (\Z: a blo
 _BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
 # What may come before the first record: blank lines and byte-order marks, in any order (a file
 # that starts with a blank line, concatenated to one that starts with a mark)
-_LEADING = re.compile(rb"(?:\xef\xbb\xbf|[ \t\r\n])*")
+# (ASCII whitespace as bytes.strip() takes it, vertical tab and form feed too: embed's reader
+# skips such lines before the first header, and prep called the file "not FASTA")
+_LEADING = re.compile(rb"(?:\xef\xbb\xbf|[ \t\r\n\x0b\x0c])*")
 
 
 def _plain_file(path: str) -> bool:
