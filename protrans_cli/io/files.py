@@ -967,16 +967,7 @@ def make_temporary(directory, prefix: str, suffix: str = ".tmp", *, folder: bool
     family = re.sub(r"\d+", r"\\d+", re.escape(prefix))
     key = (os.path.realpath(directory), family, suffix)
     if key not in _SWEPT:
-        stale = re.compile(family + re.escape(host) + r"\.(\d+)-.*" + re.escape(suffix) + "$")
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(directory):
-                match = stale.match(entry.name)
-                if match and not _pid_alive(int(match.group(1))) and _untouched_for(entry.path, STALE_SECONDS):
-                    with contextlib.suppress(OSError):
-                        if entry.is_dir(follow_symlinks=False):
-                            shutil.rmtree(entry.path, ignore_errors=True)
-                        else:
-                            os.unlink(entry.path)
+        _remove_dead(directory, family, suffix, untouched_for=STALE_SECONDS)
         _SWEPT.add(key)
     mine = f"{prefix}{host}.{os.getpid()}-"
     try:
@@ -1008,19 +999,27 @@ def remove_dead_temporaries(directory, prefix: str, suffix: str = ".tmp") -> lis
     caller that holds the lock every writer of these temporaries holds (fit's on HEAD.partial/),
     so that none of them can belong to a live run, not even one in another container that shares
     the host name. make_temporary's own sweep waits an hour for lack of such a lock."""
-    host = _host_tag()
-    stale = re.compile(re.escape(prefix + host) + r"\.(\d+)-.*" + re.escape(suffix) + "$")
+    return _remove_dead(directory, re.escape(prefix), suffix)
+
+
+def _remove_dead(directory, prefix_pattern: str, suffix: str, *, untouched_for: float = 0) -> list[str]:
+    """Remove from `directory` the temporaries `<prefix_pattern><host>.<pid>-XXXX<suffix>` (the
+    prefix a regular expression) of this host whose process is gone, and with `untouched_for`
+    only those last modified that many seconds ago: the paths removed."""
+    stale = re.compile(prefix_pattern + re.escape(_host_tag()) + r"\.(\d+)-.*" + re.escape(suffix) + "$")
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
             match = stale.match(entry.name)
-            if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            if (match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1)))
+                    and (not untouched_for or _untouched_for(entry.path, untouched_for))):
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path)
+                        shutil.rmtree(entry.path, ignore_errors=True)  # (what can go, goes)
                     else:
                         os.unlink(entry.path)
-                    removed.append(entry.path)
+                    if not os.path.lexists(entry.path):
+                        removed.append(entry.path)
     return removed
 
 
