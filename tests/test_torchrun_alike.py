@@ -29,6 +29,12 @@ def _torchrun_per_rank(script: str, timeout=240):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _embed_another_fasta_on_rank_1(other, out):
+    """`embed` of FASTA per protein on rank 0, of `other` on rank 1, into `out`."""
+    return _torchrun_per_rank(f'F={FASTA}; [ "$RANK" = 1 ] && F={other}; '
+                              f'exec "$PY" -m protrans_cli embed "$F" -m onehot --per-protein -o {out}')
+
+
 @pytest.mark.slow
 def test_embed_ranks_asking_for_different_kinds_are_refused(tmp_path):
     out = tmp_path / "e.h5"
@@ -44,8 +50,7 @@ def test_embed_ranks_given_different_fastas_are_refused(tmp_path):
     half = tmp_path / "half.fa"
     half.write_text("".join(open(FASTA).readlines()[:20]))
     out = tmp_path / "e.h5"
-    proc = _torchrun_per_rank(f'F={FASTA}; [ "$RANK" = 1 ] && F={half}; '
-                              f'exec "$PY" -m protrans_cli embed "$F" -m onehot --per-protein -o {out}')
+    proc = _embed_another_fasta_on_rank_1(half, out)
     assert proc.returncode != 0
     assert "not started alike: input (records, residues, longest)" in proc.stderr
     assert not out.exists()
@@ -119,8 +124,7 @@ def test_embed_ranks_given_the_same_records_in_another_order_are_refused(tmp_pat
     swapped = tmp_path / "swapped.fa"
     swapped.write_text("".join(">" + r for r in [records[1], records[0], *records[2:]]))
     out = tmp_path / "e.h5"
-    proc = _torchrun_per_rank(f'F={FASTA}; [ "$RANK" = 1 ] && F={swapped}; '
-                              f'exec "$PY" -m protrans_cli embed "$F" -m onehot --per-protein -o {out}')
+    proc = _embed_another_fasta_on_rank_1(swapped, out)
     assert proc.returncode != 0
     assert "not started alike: input's ids and sequences (digest)" in proc.stderr
     assert not out.exists()

@@ -429,8 +429,9 @@ def _data_state_problem(data_state: dict) -> str | None:
     if at is not None:
         if not isinstance(at, dict):
             return f"at is a {type(at).__name__}, not a cursor"
-        fields += [(f"at.{k}", at.get(k, 0)) for k in _cursor_fields()]
-        unknown = set(at) - set(_cursor_fields())
+        names = _cursor_fields()
+        fields += [(f"at.{k}", at.get(k, 0)) for k in names]
+        unknown = set(at) - set(names)
     else:
         unknown = set()
     unknown |= set(data_state) - {*_STREAM_FIELDS, "at"}
