@@ -204,7 +204,9 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
             # Under torchrun, nodes started alike (and seeing the same run directory) or not at all;
             # a rank that failed above raises its error here, and the others stop too rather than
             # wait for it at their first collective.
-            dist.same_on_every_rank(_rank_settings(config, resume), failure=failure,
+            # (one process compares nothing: its settings, corpus files read included, are not made)
+            settings = _rank_settings(config, resume) if info.world_size > 1 else {}
+            dist.same_on_every_rank(settings, failure=failure,
                                     remedy="Start every node with the same command, with the run "
                                            "directory on a file system every node sees.")
             if resume is True and not ckpt.list_checkpoints(config.output_dir):
