@@ -1539,7 +1539,12 @@ def test_refused_runs_leave_no_folders_behind(tmp_path, run_cli):
     assert res.exit_code == 2
     res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--max-length", 4096, "--num-steps", 1,
                   "--global-batch-size", 4, "--micro-batch-size", 4)
-    assert res.exit_code == 2 and "beyond the model's 2048 positions" in res.stderr, res.stderr
+    assert res.exit_code == 2 and "--max-length 4096 (tokens" in res.stderr, res.stderr
+    assert "beyond the model's 2048 positions" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
+    # a phase's length is named as the phase the user gave, not as a --max-length never typed
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--phase", "64:1:4:4", "--phase", "4096:1:4:4")
+    assert res.exit_code == 2 and "--phase 2's length 4096 (tokens" in res.stderr, res.stderr
     assert list(tmp_path.iterdir()) == []
     for bad in ("num_attention_heads=3", "vocab_size=5", "foo=1"):
         res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--set", bad, "--num-steps", 1)

@@ -302,10 +302,14 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
         model = _pretraining_model(config, family, tokenizer)
     # saved as resolved (train_config.json said "objective": null for the family's default)
     config = dataclasses.replace(config, objective=objective_name)
-    longest = max(p.max_length for p in config.resolved_phases())
+    phases = config.resolved_phases()
+    longest = max(p.max_length for p in phases)
     limit = _position_limit(model)
     if limit is not None and longest > limit:
-        raise UsageError(f"--max-length {longest} (tokens, special tokens included) is beyond the model's "
+        # (named as given: "--max-length 100000" for a --phase 100000:... the user never typed)
+        where = (f"--max-length {longest}" if not config.phases else
+                 f"--phase {next(i for i, p in enumerate(phases, 1) if p.max_length == longest)}'s length {longest}")
+        raise UsageError(f"{where} (tokens, special tokens included) is beyond the model's "
                          f"{limit} positions: lower it, or raise max_position_embeddings with --set")
     # A padded micro-batch is as wide as its longest row rounded up to pad_multiple (a packed
     # row's padding tail, fewer than pad_multiple tokens, is numbered from 0): wider than a
