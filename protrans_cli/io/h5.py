@@ -658,14 +658,6 @@ def _plain(value):
     return value
 
 
-def existing_keys(path, kind: str) -> set[str]:
-    """Keys already present in an output file (for --resume); empty when there is no file."""
-    if not Path(path).exists():
-        return set()
-    with EmbeddingsReader(path) as reader:
-        return set(reader.keys(kind)) if kind in reader.kinds else set()
-
-
 # What h5py raises for a file whose structure is damaged (truncated, bytes overwritten): OSError
 # on opening, KeyError/RuntimeError/ValueError from an object header it cannot read.
 UNREADABLE = (OSError, KeyError, RuntimeError, ValueError)
