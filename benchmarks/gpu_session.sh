@@ -5,12 +5,13 @@
 #
 #   FASTA=path/to/UP000000625_83333.fasta bash benchmarks/gpu_session.sh [quick]
 #
-# quick (one device call, step limits adding up to 540 s): the ceilings; the T5 forward pass
+# quick (one device call, step limits adding up to 565 s): the ceilings; the T5 forward pass
 # profiled; ProtT5-XL-sized embedding under embed's default (FlexAttention, packed, since
-# 2026-11-30) and padded flex against the ProtTrans strategy; one train benchmark with three
-# protrans settings against one baseline (the default: compiled blocks on a CUDA GPU since
-# 2026-11-30; uncompiled; with --token-micro-batches --packing); ProtBert-sized embedding against
-# the ProtTrans batches under both kernel policies.
+# 2026-11-30) and padded flex against the ProtTrans strategy; the host's data path per step (no
+# model); one train benchmark with three protrans settings against one baseline (the default:
+# compiled blocks on a CUDA GPU since 2026-11-30; with --token-micro-batches --packing; the same
+# with 2 data-loader workers); ProtBert-sized embedding against the ProtTrans batches under both
+# kernel policies.
 #
 # levers (the second call of a session, step limits 360 s, in order of what it decides):
 # the train levers left (one micro-batch of 64 per step, with and without token micro-batches
@@ -46,7 +47,7 @@ SCRATCH=/dev/shm
 
 MODE=${1:-full}
 case $MODE in  # (a mistyped mode ran every step)
-    quick) STEPS=${STEPS:-"env profile_t5 embed_t5_flex train_variants embed_bert_fair"} ;;
+    quick) STEPS=${STEPS:-"env profile_t5 embed_t5_flex train_data train_variants embed_bert_fair"} ;;
     levers) STEPS=${STEPS:-"train_levers train_profile tests_quick"} ;;
     full) ;;
     *) echo "gpu_session.sh: unknown mode '$MODE' (quick, levers or full)" >&2; exit 2 ;;
@@ -120,12 +121,17 @@ step embed_t5_fp16 120 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device c
 # what embed spends around the model on this machine (pinned staging, host copies, HDF5 writes)
 step embed_host 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --host-only --strategies prottrans,protrans --max-tokens 4000,default --tmpdir "$SCRATCH"
+# The host's data path alone on this machine's CPU (no model): with --num-workers 0 the device
+# waits this long every step (on the 2-core CPU machine 8-13 ms, against ~140 ms a step at 125k
+# tokens/s, 2026-12-01).
+step train_data 25 $PY benchmarks/train_bench.py --data-only --repeats 1 --fasta "$FASTA" --token-micro-batches --packing
 # 10 warm-up steps: what a long run's steady state looks like, not its first shapes.
 # Several protrans settings against one baseline run, each printed as it ends ("cudnn+pad64": the
 # baseline's cuDNN attention, its plans built once each over few shapes)
-# ("plain": train's default, which compiles the blocks on a CUDA GPU since 2026-11-30)
+# ("plain": train's default, which compiles the blocks on a CUDA GPU since 2026-11-30; "workers":
+# the next step's data made by 2 forked workers while the device computes)
 step train_variants 150 $PY benchmarks/train_bench.py --report-after 142 --gpu --fasta "$FASTA" --repeats 1 --num-steps 40 \
-    --warmup 10 --variants plain,eager,tokens+packing --json "$OUT/train_variants.json"
+    --warmup 10 --variants plain,tokens+packing,tokens+packing+workers --json "$OUT/train_variants.json"
 # one micro-batch of 64 per step (the step was 72% device-busy at 16 x 512 on 2026-11-30: fewer,
 # larger launches), with the token micro-batches and packing first, then alone
 step train_levers 200 $PY benchmarks/train_bench.py --report-after 192 --gpu --fasta "$FASTA" --repeats 1 \

@@ -79,6 +79,9 @@ VARIANT_FLAGS = {
     "pad64": {"pad_multiple": 64},
     "recompute": {"activation_checkpointing": True},
     "cudnn": {"sdpa_kernels": "torch"},
+    # the step's data made by 2 forked workers while the device computes (train's default, 0: in
+    # the main process, between one step's update and the next step's first launch)
+    "workers": {"num_workers": 2},
 }
 
 
@@ -164,7 +167,7 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
                       seed=args.seed, threads=args.threads, compile=args.compile, pad_multiple=args.pad_multiple,
                       packing=args.packing, sdpa_kernels=args.sdpa_kernels,
                       activation_checkpointing=args.activation_checkpointing,
-                      token_micro_batches=args.token_micro_batches)
+                      token_micro_batches=args.token_micro_batches, num_workers=args.num_workers)
     train(cfg)
     _, _, rate = _logged_rate(run_dir / "metrics.jsonl", args.warmup)
     return {"tokens_per_s": float("nan") if rate is None else rate, "padding": _protrans_padding(args, corpus, cfg)}
@@ -250,6 +253,74 @@ def _attention_length(args, corpus: Path) -> float:
     return squares / max(tokens, 1)
 
 
+def bench_data(args, corpus: Path) -> None:
+    """--data-only: the host's side of a step alone, no model. Milliseconds per step batch
+    (global batch, tokenized, masked and collated into micro-batches) of the baseline's path
+    (tokenizer + DataCollatorForLanguageModeling) and of protrans's (CorpusStream and the
+    objective's collate), same proteins, alternating, best of --repeats. With --num-workers 0
+    (train's default) a GPU waits this long every step for its next batch."""
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    from protrans_cli.models import get_family
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.data import CorpusStream, TokenLayout, iter_proteins
+    from protrans_cli.training.objectives import make_objective
+
+    family = get_family(args.family)
+    tokenizer = family.build_tokenizer()
+    layout = TokenLayout.from_tokenizer(tokenizer, family.prepare)
+    cfg = TrainConfig(family=args.family, preset=args.preset, corpus=[str(corpus)], max_length=args.max_length,
+                      global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
+                      seed=args.seed, token_micro_batches=args.token_micro_batches, packing=args.packing,
+                      pad_multiple=args.pad_multiple)
+    objective = make_objective(family.objective, layout, cfg)
+    if args.packing:  # (as train's _use_packing sets it: rows of several proteins, positions from each start)
+        objective.packed_position_offset = family.packed_position_offset(
+            family.build_config(args.preset, tokenizer))
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    texts = [family.prepare(t) for _, _, t in iter_proteins([corpus])]
+    accum = args.global_batch_size // args.micro_batch_size
+    steps = args.num_steps
+
+    def baseline() -> tuple[float, int]:
+        torch.manual_seed(args.seed)
+        t0, real, cursor = time.perf_counter(), 0, 0
+        for _ in range(steps):
+            for _ in range(accum):
+                chunk = [texts[(cursor + i) % len(texts)] for i in range(args.micro_batch_size)]
+                cursor += args.micro_batch_size
+                batch = collator([tokenizer(t, truncation=True, max_length=args.max_length) for t in chunk])
+                real += int(batch["attention_mask"].sum())
+        return time.perf_counter() - t0, real
+
+    def protrans() -> tuple[float, int]:
+        stream = iter(CorpusStream([str(corpus)], layout, max_length=args.max_length,
+                                   global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
+                                   seed=args.seed, collate=objective.collate,
+                                   **cfg.stream_sizing(cfg.resolved_phases()[0])))
+        next(stream)  # (the first buffer's read and sort, once per run, out of the timing)
+        t0, real = time.perf_counter(), 0
+        for _ in range(steps):
+            real += sum(int((b["input_ids"] != layout.pad_id).sum()) for b in next(stream).micro_batches)
+        return time.perf_counter() - t0, real
+
+    best = {"baseline": (float("inf"), 0), "protrans": (float("inf"), 0)}
+    for _ in range(args.repeats):
+        for name, fn in (("baseline", baseline), ("protrans", protrans)):
+            best[name] = min(best[name], fn())
+    print(f"{args.family}/{args.preset} data only: length {args.max_length}, global batch {args.global_batch_size}, "
+          f"micro-batch {args.micro_batch_size}, {steps} steps, one process, {args.threads} thread(s)")
+    for name, (seconds, real) in best.items():
+        print(f"{name:9s} {seconds / steps * 1e3:7.1f} ms per step batch, {real / seconds:10.0f} real tokens/s")
+    ratio = best["baseline"][0] / best["protrans"][0]
+    print(f"speed-up  {ratio:.2f}x (milliseconds per step batch, baseline / protrans)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({name: {"ms_per_step": seconds / steps * 1e3,
+                                                      "tokens_per_s": real / seconds}
+                                               for name, (seconds, real) in best.items()}, indent=1) + "\n")
+
+
 def _sync(device):
     import torch
 
@@ -296,6 +367,11 @@ def main(argv=None) -> int:
                         help="protrans train --packing (one row per micro-batch; varlen attention on a GPU)")
     parser.add_argument("--sdpa-kernels", default="auto", choices=("auto", "torch"),
                         help="protrans train --sdpa-kernels (the baseline keeps PyTorch's choice)")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="protrans train --num-workers (data-loader workers; variant word 'workers': 2)")
+    parser.add_argument("--data-only", action="store_true",
+                        help="time the host's data path alone (no model): ms per step batch of the baseline's "
+                             "tokenizer + collator and of protrans's stream, as --gpu sizes them")
     parser.add_argument("--variants", default=None,
                         help="comma-separated protrans settings timed against the same baseline runs, each a "
                              f"'+'-joined set of {', '.join(VARIANT_FLAGS)} (e.g. plain,tokens+packing); "
@@ -312,13 +388,20 @@ def main(argv=None) -> int:
     gpu = args.gpu and torch.cuda.is_available()
     if args.gpu and not gpu:  # (it measured the CPU instead, and said so on a line easy to miss)
         parser.error("--gpu: no CUDA device (torch.cuda.is_available() is False)")
-    args.preset = args.preset or ("prot_bert" if gpu else "small")
-    args.max_length = args.max_length or (512 if gpu else 256)
-    args.global_batch_size = args.global_batch_size or (64 if gpu else 32)
-    args.micro_batch_size = args.micro_batch_size or (32 if gpu else 8)
-    args.num_steps = args.num_steps or (30 if gpu else 12)
+    sized = gpu or args.data_only  # (--data-only: the host's part of the GPU's steps)
+    args.preset = args.preset or ("prot_bert" if sized else "small")
+    args.max_length = args.max_length or (512 if sized else 256)
+    args.global_batch_size = args.global_batch_size or (64 if sized else 32)
+    args.micro_batch_size = args.micro_batch_size or (32 if sized else 8)
+    args.num_steps = args.num_steps or (30 if sized else 12)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if gpu else "cpu")
+    if args.data_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus, source = write_corpus(Path(tmp), args.num_proteins, args.seed, args.fasta)
+            print(f"data: {source}")
+            bench_data(args, corpus)
+        return 0
 
     from protrans_cli.models import get_family
 
