@@ -610,6 +610,19 @@ def _free_accelerator_bytes(device: str) -> int | None:
     return int(free)
 
 
+def _input_residues(piece: _Piece) -> int:
+    """The input residues a piece's computation accounts for (what the progress bar counts):
+    its proteins' whole lengths (a truncated protein's too), or for a chunk window the residues
+    no earlier window of its protein covered (its windows add up to the protein once, not its
+    overlaps twice)."""
+    unit = piece.unit
+    if unit.windows is None:
+        return sum(len(p.sequence) for p in unit.proteins)
+    start, end = unit.windows[piece.index]
+    covered = unit.windows[piece.index - 1][1] if piece.index else 0
+    return (end - max(start, covered)) * len(unit.proteins)
+
+
 def make_batches(pieces: list[_Piece], max_tokens: int, max_batch_size: int,
                  special_tokens: int = 2) -> list[list[_Piece]]:
     """Longest first, then greedy packing: a batch's padded size (longest x count) stays within
@@ -1468,9 +1481,14 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                         pieces.append(_Piece(unit, 0, unit.sequence))
                     else:
                         pieces += [_Piece(unit, i, unit.sequence[s:e]) for i, (s, e) in enumerate(unit.windows)]
-                # The bar counts every residue of the input once: what this rank computes as it
-                # goes, the rest (done, copies, other ranks' shares) when the window ends.
+                # The bar counts every residue of the input once: what needs no computation
+                # (done, skipped, invalid) at once, what this rank computes as it goes (each
+                # protein its whole length, truncated or not, and its copies in the window), the
+                # rest (copies of earlier windows, other ranks' shares) when the window ends.
                 to_count = sum(len(p.sequence) for p in window)
+                settled = sum(len(p.sequence) for p in window if p.id in done_here or p.id in failures)
+                to_count -= settled
+                bar.update(settled)
                 del window, units
                 for batch in make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens):
                     # Means computed beside the model, rows converted to the storage dtype there;
@@ -1482,7 +1500,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                     results = embed_with_retry(embedder, [p.sequence for p in batch], want=want,
                                                cpu_fallback=options.cpu_fallback, on_split=splits.append)
                     background.submit(write_batch, batch, results)
-                    step = min(sum(len(p.sequence) for p in batch), to_count)
+                    step = min(sum(_input_residues(p) for p in batch), to_count)
                     to_count -= step
                     bar.update(step)
                     elapsed = max(time.perf_counter() - start, 1e-9)

@@ -899,6 +899,24 @@ def test_skipped_protein_names_the_users_max_length(tmp_path):
     assert summary.failed["P1"] == "skipped: 22 residues > --max-length 10"
 
 
+def test_the_progress_counts_each_protein_whole_as_its_batch_ends(run_cli, tmp_path, monkeypatch):
+    """The bar's total is the input's residues. A truncated protein counted only the residues it
+    kept, a skipped one nothing until the window ended: with --max-length 10 --long-policy
+    truncate the bar read 25 of 75 residues (33%, its ETA twice too long) when only the jump to
+    the end was left. A chunked protein counts each residue once, not its overlaps twice."""
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")  # one line per update
+    fasta = tmp_path / "p.fa"
+    fasta.write_text(">a\n" + "MKTAYIAKQR" * 4 + "\n>b\n" + "ACDEFGHIKL" * 3 + "\n>c\nMKTAY\n")  # 40, 30, 5
+    for policy, expected in (("truncate", [30, 70, 75]), ("skip", [70, 75]), ("chunk", [10, 12, 18, 24, 30, 36,
+                                                                                       46, 52, 58, 64, 70, 75])):
+        result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / f"{policy}.h5", "--max-length", "10",
+                         "--long-policy", policy, "--chunk-overlap", "4", "--max-batch-size", "1")
+        assert result.exit_code == 0, result.stderr
+        counts = [int(m.group(1)) for m in re.finditer(r"^embed: (\d+)/75 res", result.stderr, re.M)]
+        assert sorted(set(counts) - {0}) == expected, (policy, counts)
+
+
 def test_compressed_stdin_error_names_stdin_not_the_spool_file(run_cli, tmp_path):
     import gzip
 
