@@ -4,6 +4,7 @@ DeepLoc's dual label and membrane U, and the errors a malformed label file gets.
 from __future__ import annotations
 
 import gzip
+import re
 
 import numpy as np
 import pytest
@@ -571,3 +572,13 @@ def test_a_biotrainer_file_whose_first_record_is_to_predict_is_recognised(tmp_pa
     label_set = read_labels(bio)
     assert label_set.format == "biotrainer"
     assert [(r.id, r.labels["label"], r.split) for r in label_set.records] == [("q1", "A", "train"), ("q2", "B", "test")]
+
+
+def test_a_generic_task_on_labels_of_a_named_task_names_the_task_that_reads_them():
+    # `fit residue` on a NetSurfP CSV, `fit protein` on a DeepLoc FASTA: the error said only
+    # "has no plain labels", not which labels the file holds nor which task reads them.
+    for name, labels, said in [
+            ("residue", "netsurfp_input_spaced_header.csv", "(it holds ss3, ss8: the ss3, ss8 or ss3+ss8 task reads them)"),
+            ("protein", "deeploc_dual_label_trailing_space.fasta", "(it holds loc, membrane: the loc task reads them)")]:
+        with pytest.raises(InputError, match=re.escape(said)):
+            get_task(name).with_classes_from(read_labels(HEADS / labels).records)

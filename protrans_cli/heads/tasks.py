@@ -215,7 +215,12 @@ class Task:
         for record in records:
             value = record.labels.get("label")
             if value is None:
-                raise InputError(f"has no plain labels for the {self.name} task", record=record.id)
+                held = sorted(record.labels)
+                readers = [name for name, task in TASKS.items()
+                           if not task.generic and held and {o.name for o in task.outputs} <= set(held)]
+                which = ", ".join(readers[:-1]) + " or " + readers[-1] if len(readers) > 1 else "".join(readers)
+                raise InputError(f"has no plain labels for the {self.name} task (it holds {', '.join(held) or 'none'}"
+                                 + (f": the {which} task reads them" if readers else "") + ")", record=record.id)
             if self.kind == PER_RESIDUE:
                 letters = value if record.mask is None else "".join(
                     c for c, m in zip(value, record.mask) if m)
