@@ -52,6 +52,16 @@ def test_evaluate_ignores_masked_and_reports_everything():
     assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     lo, hi = m["ci95"]
     assert lo <= m["accuracy"] <= hi
+    # the other convention of papers: each protein's own accuracy, averaged (1/2 and 3/4)
+    assert m["accuracy_per_protein"]["mean"] == pytest.approx((1 / 2 + 3 / 4) / 2)
+    assert m["accuracy_per_protein"]["std_error"] == pytest.approx(np.std([0.5, 0.75], ddof=1) / np.sqrt(2))
+
+
+def test_per_protein_outputs_have_no_second_accuracy():
+    """One position per protein: the mean of the proteins' accuracies is the accuracy itself."""
+    m = evaluate([np.array([0]), np.array([1]), np.array([1])], [np.array([0]), np.array([0]), np.array([1])],
+                 "ab", n_boot=50)
+    assert m["accuracy"] == pytest.approx(2 / 3) and "accuracy_per_protein" not in m
 
 
 def test_bootstrap_ci_resamples_proteins():

@@ -95,7 +95,7 @@ def evaluate(y_true: list[np.ndarray], y_pred: list[np.ndarray], classes, *, met
     recalls = [v["recall"] for v in per_class(cm, classes).values() if v["support"] > 0]
     lo, hi = bootstrap_ci(np.array(correct), np.array(total), n_boot=n_boot, seed=seed)
     classes_metrics = per_class(cm, classes)
-    return {
+    out = {
         "metric": metric,
         "accuracy": float(np.trace(cm) / cm.sum()),
         "ci95": [lo, hi],
@@ -112,6 +112,15 @@ def evaluate(y_true: list[np.ndarray], y_pred: list[np.ndarray], classes, *, met
         "classes": list(classes),
         "confusion": cm.tolist(),
     }
+    if max(total) > 1:
+        # Per-residue outputs: "accuracy" pools every residue of the set (NetSurfP-2.0's and
+        # TAPE's Q3); some papers average each protein's own accuracy instead, which weighs a
+        # short protein as much as a long one. Both, so that either convention compares.
+        share = np.array(correct) / np.array(total)
+        out["accuracy_per_protein"] = {"mean": float(share.mean()),
+                                       "std_error": float(share.std(ddof=1) / np.sqrt(len(share)))
+                                       if len(share) > 1 else float("nan")}
+    return out
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
