@@ -1096,6 +1096,30 @@ def one_epoch_ss3(ss_data, tmp_path_factory):
     return head
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--max-residues", "0"], "--max-residues must be at least 1, got 0"),
+    (["--max-length", "0"], "--max-length must be at least 1"),
+    (["--long-policy", "chunk", "--max-length", "5", "--chunk-overlap", "-1"], "--chunk-overlap -1 must be at least 0"),
+    (["--device", "gpu"], "--device gpu: use auto, cpu, cuda, cuda:N or mps"),
+])
+def test_predict_fasta_refuses_bad_values_before_reading_or_embedding(run_cli, monkeypatch, one_epoch_ss3,
+                                                                      tmp_path, args, message):
+    """`predict --fasta` embedded the whole FASTA before `--max-residues 0` was refused, and read it
+    (or spooled stdin) before `--max-length 0`, a negative overlap or an unknown --device were."""
+    import protrans_cli.embed as embed_module
+    import protrans_cli.heads.predict as predict_module
+    import protrans_cli.io.fasta as fasta_module
+
+    def no_work(*a, **k):
+        raise AssertionError("the FASTA was read or embedded before the options were checked")
+
+    for module, name in ((predict_module, "open_input"), (fasta_module, "parse_fasta"), (embed_module, "embed")):
+        monkeypatch.setattr(module, name, no_work)
+    r = run_cli("predict", one_epoch_ss3, "--fasta", "-", *args, "-o", tmp_path / "p.fa", input=b">p\nMKV\n")
+    assert r.exit_code == 2 and r.stderr.startswith(f"protrans: error: {message}"), r.stderr
+    assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "p.fa").exists()
+
+
 def test_hostile_attributes_and_values_of_an_embeddings_file_are_one_line(run_cli, ss_data, one_epoch_ss3,
                                                                          tmp_path):
     """What a damaged or hostile file held made tracebacks, or worse: a `length` attribute of

@@ -121,10 +121,15 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         raise UsageError(f"--metrics {metrics_dir} is inside the head directory {head}: its files could replace "
                          "the head's (choose another directory)")
     if fasta is not None:
+        from protrans_cli.heads.fit import head_device
         from protrans_cli.heads.model import load_head
-        from protrans_cli.heads.predict import check_head_output, embed_for_head
+        from protrans_cli.heads.predict import _check_max_residues, check_head_output, embed_for_head
 
-        check_head_output(load_head(head)[1], head_output)  # before the sequences are embedded
+        # before the sequences are embedded: `--max-residues 0` or `--device cuda` on a machine
+        # without one was refused only after the whole FASTA had been embedded
+        check_head_output(load_head(head)[1], head_output)
+        _check_max_residues(max_residues)
+        head_device(device)
 
         # Next to the output (embeddings of a proteome can be large), else in $TMPDIR.
         # (not /dev for `-o /dev/stdout`: the embeddings are no output to write in place)

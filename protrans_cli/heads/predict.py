@@ -123,16 +123,6 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     if not name:
         raise UsageError(f"{head_dir} does not record which model made its embeddings: give --model")
     directory = Path(directory)
-    shown = display_name(fasta)
-    if str(fasta) == "-" or is_stream(fasta):
-        # read twice (ids, then embed): stdin, a FIFO or <(zcat ...) kept on disk (a pipe was
-        # read to its end by the first pass: "no FASTA records"); messages still name the input
-        spooled = directory / "input.fasta"
-        with open_input(fasta, shown) as stream, open(spooled, "wb") as fh:
-            shutil.copyfileobj(stream, fh, 1 << 20)
-        fasta = spooled
-    with open_input(fasta, shown) as stream:
-        ids = [record.id for record in parse_fasta(stream, shown)]
     per_residue = kind == PER_RESIDUE
     recorded = config.get("embedding", {})
     # A proteome with one protein beyond the model's limit failed, and predict had no option to
@@ -152,6 +142,19 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     options = EmbedOptions(model=name, per_residue=per_residue, per_protein=not per_residue,
                            layers=(head_layer(config),), device=device, threads=threads,
                            invalid_policy=invalid_policy, **long)
+    # (before the FASTA is read: `--max-length 0` or `--device gpu` was refused only once a whole
+    # proteome had been read, or spooled from stdin)
+    options.validate()
+    shown = display_name(fasta)
+    if str(fasta) == "-" or is_stream(fasta):
+        # read twice (ids, then embed): stdin, a FIFO or <(zcat ...) kept on disk (a pipe was
+        # read to its end by the first pass: "no FASTA records"); messages still name the input
+        spooled = directory / "input.fasta"
+        with open_input(fasta, shown) as stream, open(spooled, "wb") as fh:
+            shutil.copyfileobj(stream, fh, 1 << 20)
+        fasta = spooled
+    with open_input(fasta, shown) as stream:
+        ids = [record.id for record in parse_fasta(stream, shown)]
     output = directory / "embeddings.h5"
     console.info(f"embedding {len(ids)} proteins with {name} for the {config.get('task', {}).get('name', kind)} head")
     embed(fasta, output, options, input_name=shown)
