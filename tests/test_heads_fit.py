@@ -2328,8 +2328,16 @@ def test_a_fit_resumed_on_the_gpu_draws_the_dropout_masks_an_uninterrupted_fit_d
 
 def test_stdin_and_pipes_where_they_cannot_work_are_said(run_cli, ss_data, tmp_path):
     """`fit --embeddings -` said "-: no such file"; stdin named twice said "<stdin>: is empty"."""
-    r = run_cli("fit", "ss3", "--embeddings", "-", "--labels", ss_data / "train.csv", "-o", tmp_path / "h")
-    assert r.exit_code == 1 and "<stdin>: an HDF5 file is read in place" in r.stderr, r.stderr
+    # `-` for an HDF5 input is a usage error, refused before the labels are read (exit 2, as
+    # `embed -o -` and `predict --probabilities -`; it was exit 1 after the labels' notes)
+    for args in (["--embeddings", "-", "--labels", ss_data / "train.csv"],
+                 ["--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                  "--test", "-", ss_data / "test.csv"]):
+        r = run_cli("fit", "ss3", *args, "-o", tmp_path / "h")
+        assert r.exit_code == 2 and r.stderr == ("protrans: error: an HDF5 file is read in place, not from stdin "
+                                                 "('-'): give the embeddings as a file\n"), r.stderr
+    r = run_cli("predict", tmp_path, "--embeddings", "-")
+    assert r.exit_code == 2 and "an HDF5 file is read in place, not from stdin" in r.stderr, r.stderr
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", "-", "--test", ss_data / "test.h5", "-",
                 "-o", tmp_path / "h", input=b"")
     assert r.exit_code == 2 and "stdin ('-') can be one label file at most" in r.stderr, r.stderr

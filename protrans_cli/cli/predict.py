@@ -88,6 +88,10 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         # with --labels alone nothing is predicted to a file: these were silently ignored
         given = "--probabilities" if probabilities is not None else "--head-output"
         raise UsageError(f"{given} goes with the predictions: add -o FILE (or -o - for stdout) next to --labels")
+    if embeddings == "-":  # (exit 2 before any work, as --probabilities -; it was exit 1 once the head was loaded)
+        from protrans_cli.io.h5 import HDF5_FROM_STDIN
+
+        raise UsageError(HDF5_FROM_STDIN)
     if [fasta, labels, mask_path].count("-") > 1:  # the first read would take it all ("<stdin>: is empty")
         raise UsageError("stdin ('-') can be one input at most: give the others as files")
     if probabilities == "-":

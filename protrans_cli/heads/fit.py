@@ -44,7 +44,7 @@ from protrans_cli.io.files import (atomic_output, check_replaceable, create_fres
                                    folder_lock, holds_working_directory, is_inside, make_temporary,
                                    remove_dead_temporaries,
                                    refuse_special_output, replace_directory, same_file, signals_held)
-from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsReader, escape_key
+from protrans_cli.io.h5 import HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key
 from protrans_cli.threads import torch_threads
 
 
@@ -133,6 +133,10 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     label_inputs = [labels, *(pair[1] for pair in ([valid] if valid else []) + list(tests))]
     if sum(str(path) == "-" for path in label_inputs) > 1:  # the first read takes it all ("<stdin>: is empty")
         raise UsageError("stdin ('-') can be one label file at most: give the others as files")
+    # (before the labels are read, and exit 2 as `embed -o -` and `predict --probabilities -`: this
+    # was an input error once the training labels had been read)
+    if any(str(pair[0]) == "-" for pair in [(embeddings,), *([valid] if valid else []), *tests]):
+        raise UsageError(HDF5_FROM_STDIN)
     if str(config.mask_path) == "-":  # read for each label file: the evaluation sets' reads found it empty
         raise UsageError("--mask cannot be stdin ('-'): it is read for each label file; give it as a file")
     refuse_special_output(out_dir, "-o", "a head directory")

@@ -148,6 +148,10 @@ def _starts_like_fasta(path) -> bool:
     return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b">")
 
 
+# `--embeddings -` (fit, predict): refused before any work, a usage error
+HDF5_FROM_STDIN = "an HDF5 file is read in place, not from stdin ('-'): give the embeddings as a file"
+
+
 class EmbeddingsReader:
     """Read an embeddings file of either layout.
 
