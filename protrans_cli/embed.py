@@ -48,8 +48,8 @@ from protrans_cli.io.files import (create_fresh, display_name, input_named_by, o
                                    writable_or_refused)
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128, partial_path,
                                 refuse_if_in_use)
-from protrans_cli.embedders import (ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder, beyond_range,
-                                    fits, mean_rows, mps_available, resolve_device)
+from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder,
+                                    beyond_range, fits, mean_rows, mps_available, resolve_device)
 from protrans_cli.residues import SequenceRejected, normalise
 from protrans_cli.threads import check_threads, torch_threads
 
@@ -129,8 +129,8 @@ class EmbedOptions:
         repeated = [x for i, x in enumerate(self.layers) if x in self.layers[:i]]
         if repeated:
             raise UsageError(f"--layer {repeated[0]} is given twice: each hidden state is written once")
-        if self.device not in DEVICES and not self.device.startswith(("cuda:", "mps:")):
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N")
+        if not DEVICE_NAME.fullmatch(self.device):  # (the words of fit and predict, and of resolve_device)
+            raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
         if self.sdpa_kernels not in SDPA_KERNELS:

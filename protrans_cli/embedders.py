@@ -15,6 +15,7 @@ conventions, layer selection, packing, compilation and the GPU-to-host staging o
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -591,14 +592,16 @@ def _count_special_tokens(family, tokenizer) -> int:
         return 2
 
 
+# what --device takes (embed, fit, predict): the same words refuse anything else everywhere
+DEVICE_NAME = re.compile(r"auto|cpu|mps(:0)?|cuda(:\d+)?")
+
+
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
     """(device, compute dtype): a GPU with bf16 (fp16 without bf16 support) when there is one,
     else the CPU in float32. Half precision on the CPU is refused: it is slow and inexact there."""
-    import re
-
     import torch
 
-    if not re.fullmatch(r"auto|cpu|mps(:0)?|cuda(:\d+)?", device):
+    if not DEVICE_NAME.fullmatch(device):
         raise UsageError(f"--device {device}: use auto, cpu, cuda, cuda:N or mps")
     if device == "auto":
         if torch.cuda.is_available():

@@ -948,6 +948,19 @@ def test_unavailable_mps_is_a_usage_error_before_the_model_is_loaded(run_cli, tm
     assert result.exit_code == 2 and "use auto, cpu, cuda, cuda:N or mps" in result.stderr
 
 
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps:1"], ids=["a-word", "cuda-x", "mps-1"])  # (not "gpu": a marker)
+def test_an_unknown_device_is_refused_in_the_same_words_by_embed_and_fit(run_cli, tmp_path, device):
+    """embed said "--device must be one of auto, cpu, cuda, mps or cuda:N" for `gpu` (and the other
+    words for `mps:1`; with onehot, `cuda:x` was ignored); fit and predict say "--device gpu: use ...": one
+    message for one option."""
+    expected = f"protrans: error: --device {device}: use auto, cpu, cuda, cuda:N or mps\n"
+    for args in (["embed", SMALL, "-m", "onehot", "-o", tmp_path / "x.h5"],
+                 ["fit", "ss3", "--embeddings", tmp_path / "x.h5", "--labels", tmp_path / "x.csv", "-o", tmp_path / "h"]):
+        result = run_cli(*args, "--device", device)
+        assert result.exit_code == 2 and result.stderr == expected, (args[0], result.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_cuda_index_the_machine_lacks_is_a_usage_error(monkeypatch):
     torch = pytest.importorskip("torch")
     from protrans_cli.embed import resolve_device

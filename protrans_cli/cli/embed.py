@@ -14,7 +14,7 @@ import click
 
 from protrans_cli.attention import ATTENTIONS, SDPA_KERNELS
 from protrans_cli.cli import INPUT_FILE
-from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, INVALID_POLICIES, LONG_POLICIES
+from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_POLICIES
 
 
 @click.command("embed", context_settings={"show_default": True})
@@ -35,7 +35,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DEVICES, DTYPES, INVALID_POLICIES
               help="dtype of the arrays in the file.")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none",
               help="HDF5 dataset compression.")
-@click.option("--device", default="auto", help=f"One of {', '.join(DEVICES)}, or cuda:N.")
+@click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto",
               help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without "
                    "(V100, T4), float32 on the CPU.")
