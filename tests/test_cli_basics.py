@@ -136,6 +136,24 @@ def test_shared_option_names_are_consistent():
     assert {"-o", "-m", "-j"} <= seen
 
 
+def test_shared_options_are_described_alike():
+    """-j said "[default: min(cores, 4), or $PROTRANS_THREADS]" (prep), "(default: $PROTRANS_THREADS,
+    else ...)" (embed, fit, predict) and "(default min(cores, 4))" (train, which reads
+    $PROTRANS_THREADS too); train's -o was a TEXT where every other command's is a FILE or DIRECTORY."""
+    import click
+
+    from protrans_cli.cli import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        for param in command.params:
+            if "-j" in param.opts:
+                assert "[default: " in param.help and "$PROTRANS_THREADS" in param.help, (name, param.help)
+            if "-o" in param.opts:
+                assert param.make_metavar(click.Context(command)) in ("FILE", "DIRECTORY"), name
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
 @pytest.mark.parametrize("name, code, message", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
 def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, capsys, name, code, message):

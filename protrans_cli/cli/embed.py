@@ -76,7 +76,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
 @click.option("--window", type=int, default=DEFAULT_WINDOW,
               help="Proteins read, length-sorted and embedded at a time: bounds memory whatever the input size.")
 @click.option("-j", "--threads", type=int, default=None,
-              help="CPU threads for torch (default: $PROTRANS_THREADS, else min(cores, 4)).")
+              help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
             invalid_policy, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force, window,

@@ -59,8 +59,8 @@ _PAIR = (INPUT_FILE, INPUT_FILE)
               help="Per-residue sets up to this size (float32) are read into RAM; larger ones are streamed.")
 @click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI.")
 @click.option("-j", "--threads", type=int, default=None,
-              help="CPU threads for torch (default: $PROTRANS_THREADS, else min(cores, 4) for a per-residue "
-                   "head and 1 for a per-protein one).")
+              help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a per-residue "
+                   "head and 1 for a per-protein one]")
 @click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted fit kept in OUTPUT.partial (saved after every epoch).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")

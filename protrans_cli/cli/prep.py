@@ -53,7 +53,7 @@ def parse_size(text: str) -> int:
 @click.option("--shard-size", metavar="SIZE", help="Or start a new file every SIZE bytes (500M, 2G).")
 @click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-': stdout).")
 @click.option("-j", "--threads", type=int, default=None,
-              help="Worker processes [default: min(cores, 4), or $PROTRANS_THREADS].")
+              help="Worker processes.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 @click.option("--tmp-dir", metavar="DIR", help="Scratch space for --dedup and for the -j workers' hand-over files [default: dedup beside the output, workers /dev/shm when it has room, else $TMPDIR].")
 def command(inputs, output, rare, strict, rejects, min_length, max_length, long_policy, dedup,
             valid_fraction, valid_output, num_shards, shard_size, stats_path, threads, tmp_dir):

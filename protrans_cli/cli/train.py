@@ -34,7 +34,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--corpus", multiple=True, help="Corpus file from `protrans prep` (plain or compressed); repeat, or quote a pattern "
                    "such as 'corpus.*.txt.gz', for shards.")
 @click.option("--val-corpus", multiple=True, help="Validation corpus (repeatable) for the eval loss.")
-@click.option("-o", "--output", "--output-dir", "output_dir", default=None, help="Run directory: final model, checkpoints/, metrics.jsonl.  [default: runs/protrans]")
+@click.option("-o", "--output", "--output-dir", "output_dir", default=None, metavar="DIRECTORY", help="Run directory: final model, checkpoints/, metrics.jsonl.  [default: runs/protrans]")
 @click.option("--max-length", type=int, default=None, help="Tokens per protein incl. special tokens; longer ones are cropped at random.  [default: 512]")
 @click.option("--num-steps", type=int, default=None, help="Optimizer steps (without --phase).  [default: 1000]")
 @click.option("--phase", "phases", multiple=True, metavar="LEN:STEPS[:GLOBAL[:MICRO]]",
@@ -94,7 +94,8 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--find-lr", is_flag=True, help="Run a learning-rate range test (lr_find.png) instead of training "
               "(100 steps, or --num-steps).")
 @click.option("--list-presets", is_flag=True, help="List families and presets with parameter counts, then exit.")
-@click.option("-j", "--threads", type=int, default=None, help="CPU threads per process (default min(cores, 4)).")
+@click.option("-j", "--threads", type=int, default=None, help="CPU threads per process.  [default: the config file's threads, else "
+                   "$PROTRANS_THREADS, else min(cores, 4)]")
 def command(config_file, model_set, phases, resume, resume_from, accept_corpus_change, find_lr, list_presets,
             threads, **flags):
     """Pretrain a protein language model (one GPU, many GPUs or nodes via torchrun).
