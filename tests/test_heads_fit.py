@@ -1096,6 +1096,25 @@ def one_epoch_ss3(ss_data, tmp_path_factory):
     return head
 
 
+def test_predict_fasta_reads_a_bad_label_file_before_embedding(run_cli, monkeypatch, one_epoch_ss3, tmp_path):
+    """`predict --fasta --labels BAD` embedded the whole FASTA, then failed on the label file's
+    second line: the labels are read first now (a file; stdin is read once, later)."""
+    from pathlib import Path
+
+    import protrans_cli.embed as embed_module
+
+    def no_embedding(*a, **k):
+        raise AssertionError("the FASTA was embedded before the label file was read")
+
+    monkeypatch.setattr(embed_module, "embed", no_embedding)
+    bad = Path(__file__).parent / "data" / "heads" / "netsurfp_label_length_mismatch.csv"
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">p\nMKVL\n")
+    r = run_cli("predict", one_epoch_ss3, "--fasta", fasta, "--labels", bad, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and "netsurfp_label_length_mismatch.csv:2" in r.stderr, r.stderr
+    assert "dssp3 has 3 labels for 4 residues" in r.stderr and not (tmp_path / "p.fa").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--max-residues", "0"], "--max-residues must be at least 1, got 0"),
     (["--max-length", "0"], "--max-length must be at least 1"),

@@ -127,13 +127,18 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
     if fasta is not None:
         from protrans_cli.heads.fit import head_device
         from protrans_cli.heads.model import load_head
-        from protrans_cli.heads.predict import _check_max_residues, check_head_output, embed_for_head
+        from protrans_cli.heads.predict import (_check_max_residues, check_head_output, check_labels_first,
+                                                embed_for_head)
 
         # before the sequences are embedded: `--max-residues 0` or `--device cuda` on a machine
-        # without one was refused only after the whole FASTA had been embedded
+        # without one was refused only after the whole FASTA had been embedded, a bad --labels
+        # file too
         check_head_output(load_head(head)[1], head_output)
         _check_max_residues(max_residues)
         head_device(device)
+        if labels is not None:
+            check_labels_first(head, labels, label_format=label_format, mask_path=mask_path,
+                               mask_columns=mask_columns or None)
 
         # Next to the output (embeddings of a proteome can be large), else in $TMPDIR.
         # (not /dev for `-o /dev/stdout`: the embeddings are no output to write in place)

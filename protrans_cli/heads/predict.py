@@ -353,6 +353,26 @@ def _warn_extension(out, per_residue: bool) -> None:
         console.warn(f"{out}: this head's predictions are {what}, whatever the file's extension")
 
 
+def _fitted_mask_columns(config: dict) -> tuple:
+    recorded = (config.get("config") or {}).get("mask_columns")
+    return ("disorder",) if recorded is None else tuple(recorded)  # ([]: fit without a mask)
+
+
+def check_labels_first(head_dir, labels, *, label_format: str = "auto", mask_path=None, mask_columns=None) -> None:
+    """`predict --fasta --labels`: read the label file before the FASTA is embedded, so that a bad
+    one fails at once, not after hours of embedding (it is read again, and matched, once the
+    embeddings exist). stdin or a pipe, which can be read once, is left to that later reading."""
+    from protrans_cli.embed import is_stream
+    from protrans_cli.heads.model import load_head
+
+    if str(labels) == "-" or is_stream(labels) or (mask_path is not None and (str(mask_path) == "-"
+                                                                            or is_stream(mask_path))):
+        return
+    config = load_head(head_dir)[2]
+    columns = _fitted_mask_columns(config) if mask_columns is None else tuple(mask_columns)
+    read_labels(labels, label_format, mask_path=mask_path, mask_columns=columns)
+
+
 def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", mask_path=None,
                   mask_columns=None, on_mismatch: str = "error", allow_model_mismatch: bool = False):
     """The labels `evaluate_head` scores, read and matched to `embeddings`: (label set, matched
@@ -363,8 +383,7 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
     from protrans_cli.heads.model import load_head
 
     _, task, config = load_head(head_dir)
-    recorded = (config.get("config") or {}).get("mask_columns")
-    fitted = ("disorder",) if recorded is None else tuple(recorded)  # ([]: fit without a mask)
+    fitted = _fitted_mask_columns(config)
     if mask_columns is None:
         # The head's own (`fit --mask-column disorder --mask-column cb513_mask`): predict scored
         # CB513 on disorder alone, 140,486 positions where fit --test had 83,427, without a word
