@@ -1386,6 +1386,33 @@ def test_resume_refuses_labels_rewritten_at_the_same_path(ss_data, tmp_path, mon
         fit(FitConfig(**cfg, resume=True), ss_data / "train.h5", labels, tmp_path / "h")
 
 
+def test_resume_of_a_state_saved_before_input_files_were_recorded(ss_data, tmp_path, monkeypatch, capsys):
+    """Versions before 2026-11-29 recorded the inputs by name only: their interrupted fit was
+    refused "made with other settings or inputs (embeddings_file, labels_file, test_files)"
+    after the same command. It resumes (with a warning) to the head an uninterrupted fit gives."""
+    import io
+
+    from safetensors.torch import load_file
+
+    from protrans_cli.heads.fit import FitState, partial_path
+
+    cfg = dict(task="ss3", max_epochs=2, max_residues=300, lr=0.02, threads=1, n_bootstrap=10)
+    fit(FitConfig(**cfg), ss_data / "train.h5", ss_data / "train.csv", tmp_path / "whole")
+    _fit_stopped_after_an_epoch(monkeypatch, cfg, ss_data / "train.h5", ss_data / "train.csv", tmp_path / "h")
+    path = partial_path(tmp_path / "h") / FitState.FILE
+    header, _, data = path.read_bytes().partition(b"\n")
+    assert header.startswith(FitState.MAGIC)
+    state = torch.load(io.BytesIO(data), weights_only=True)
+    for key in ("embeddings_file", "labels_file", "valid_files", "test_files", "mask_file"):
+        del state["fingerprint"][key]
+    torch.save(state, path)  # as those versions wrote it: the torch file alone
+    capsys.readouterr()
+    fit(FitConfig(**cfg, resume=True), ss_data / "train.h5", ss_data / "train.csv", tmp_path / "h")
+    assert "saved by an earlier version, which recorded the input files by name only" in capsys.readouterr().err
+    whole, resumed = load_file(tmp_path / "whole" / "weights.safetensors"), load_file(tmp_path / "h" / "weights.safetensors")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_a_single_class_error_names_the_label_file(run_cli, loc_data, tmp_path):
     table = tmp_path / "one.csv"
     rows = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]

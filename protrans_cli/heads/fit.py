@@ -431,10 +431,23 @@ def _changed(saved: dict, now: dict) -> list[str]:
     def value(fp: dict, key: str):
         return _real_paths(fp.get(key)) if key in _PATH_KEYS else fp.get(key)
 
-    return sorted(k for k in set(saved) | set(now) if value(saved, k) != value(now, k))
+    keys = set(saved) | set(now)
+    if not recorded_files(saved):
+        # (a state or head of a version before the files were recorded: compared by name, as
+        # that version did; counted as changed, it was refused "made with other settings or
+        # inputs (embeddings_file, labels_file, ...)" after the same command)
+        keys -= set(_FILE_KEYS)
+    return sorted(k for k in keys if value(saved, k) != value(now, k))
 
 
 _PATH_KEYS = ("embeddings", "labels", "valid", "tests", "mask_path")
+# What the fingerprint records of the input files themselves (size and modification time).
+_FILE_KEYS = ("embeddings_file", "labels_file", "valid_files", "test_files", "mask_file")
+
+
+def recorded_files(fingerprint: dict) -> bool:
+    """Whether a saved fingerprint records its input files (versions before 2026-11-29 did not)."""
+    return any(key in fingerprint for key in _FILE_KEYS)
 
 
 def _real_paths(value):
@@ -517,6 +530,9 @@ class FitState:
             if differ:
                 raise UsageError(f"{directory} was made with other settings or inputs ({', '.join(differ)}): "
                                  "run the same command with --resume, or --force to start over")
+            if not recorded_files(saved["fingerprint"]):
+                console.warn(f"{directory} was saved by an earlier version, which recorded the input files by name "
+                             "only: resumed on the files now at those paths")
             state.members, state.history, state.current = saved["members"], saved["history"], saved["current"]
             where = f"member {state.current['member']} after epoch {state.current['epoch']}" if state.current \
                 else f"{len(state.members)} member(s) finished"
