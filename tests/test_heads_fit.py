@@ -1413,6 +1413,22 @@ def test_resume_of_a_state_saved_before_input_files_were_recorded(ss_data, tmp_p
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+def test_a_scale_saved_by_earlier_versions_loads_as_standardise_with_gives_it():
+    """Before 2026-11-29 a feature constant in training was saved with scale 1e-6 (a query that
+    differs there reached the network a million times too large); heads and interrupted fits of
+    those versions load with scale 1, as standardise_with gives it now."""
+    from protrans_cli.heads.fnn import ProteinFNN
+
+    x = torch.tensor([[0.1, 0.0, 0.5], [0.3, 0.0, 0.5], [0.2, 0.0, 0.5]])
+    now = ProteinFNN(3, {"loc": 2})
+    now.standardise_with(x)
+    old = {k: v.clone() for k, v in now.state_dict().items()}
+    old["scale"] = x.std(dim=0).clamp_min(1e-6)  # what those versions saved
+    loaded = ProteinFNN(3, {"loc": 2})
+    loaded.load_state_dict(old)
+    assert torch.equal(loaded.scale, now.scale) and loaded.scale.tolist()[1:] == [1.0, 1.0]
+
+
 def test_a_single_class_error_names_the_label_file(run_cli, loc_data, tmp_path):
     table = tmp_path / "one.csv"
     rows = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]

@@ -37,4 +37,17 @@ class ProteinFNN(nn.Module):
         every output of the head)."""
         std = x.std(dim=0, correction=1 if len(x) > 1 else 0)
         self.shift.copy_(x.mean(dim=0))
-        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        self.scale.copy_(_kept(std))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Versions before 2026-11-29 saved max(std, 1e-6): the head or interrupted fit of such a
+        # version loads with the scale standardise_with gives now (the feature was constant in
+        # training, so its weights saw only zeros either way).
+        key = prefix + "scale"
+        if isinstance(state_dict.get(key), torch.Tensor):
+            state_dict[key] = _kept(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _kept(std: torch.Tensor) -> torch.Tensor:
+    return torch.where(std > 1e-6, std, torch.ones_like(std))
