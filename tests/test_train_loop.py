@@ -1809,6 +1809,27 @@ def test_resume_without_config_reads_the_runs_own_settings(tmp_path, run_cli):
     assert res.exit_code == 2 and "max_length: 64 there, 32 here" in res.stderr, res.stderr
 
 
+def test_resume_without_config_of_a_run_whose_config_an_earlier_version_saved_stop_after_in(tmp_path, run_cli):
+    """Versions before 2026-11-30 saved the first invocation's --stop-after in train_config.json:
+    `train --resume -o RUN` of such a run read it back and was refused ("--stop-after 2 ... is not
+    after ... step 2"). The run's own file gives the run's settings, not one invocation's."""
+    run = tmp_path / "run"
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", run, "--num-steps", 4, "--stop-after", 2, "--max-length", 64,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "--save-every", 2, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    for path in (run / "train_config.json", run / "checkpoints" / "step_00000002" / "train_config.json"):
+        saved = json.loads(path.read_text())
+        path.write_text(json.dumps({**saved, "stop_after": 2}))  # as those versions wrote it
+    (run / "checkpoints" / "step_00000002" / "SHA256SUMS").unlink()  # (nor did they write sums)
+    import shutil
+
+    shutil.copytree(run, tmp_path / "copy")
+    res = run_cli("train", "--resume", "-o", run)
+    assert res.exit_code == 0 and "done, 4 steps" in res.stderr, res.stderr
+    res = run_cli("train", "--resume-from", tmp_path / "copy" / "checkpoints" / "step_00000002")  # (its own file)
+    assert res.exit_code == 0 and "done, 4 steps" in res.stderr, res.stderr
+
+
 def test_a_resumed_run_keeps_the_explicit_settings_of_the_first_in_its_config(tmp_path):
     """--warmup-steps 3 --precision fp32 given to the first run became null and auto in
     train_config.json after a --resume that did not repeat them."""

@@ -147,6 +147,13 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
             own = None
     config = TrainConfig.from_file(config_file) if config_file else TrainConfig()
     saved_as = {}
+    if own is not None and config.stop_after is not None:
+        # Versions before 2026-11-30 saved the first invocation's --stop-after in the run's
+        # train_config.json: read back here, it refused every `train --resume -o RUN` of such a
+        # run ("--stop-after N is not after ... step N"). It belongs to one invocation.
+        import dataclasses
+
+        config = dataclasses.replace(config, stop_after=None)
     if own is not None:
         # (the run's paths as it recorded them stay so in its config: found elsewhere for this
         # invocation only)
