@@ -130,6 +130,64 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
 
     expect_options(config, FitConfig, "config")
     config.check()
+    out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
+    task = get_task(config.task, dual=config.dual)
+    per_residue = task.kind == PER_RESIDUE
+    config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
+                     patience=config.patience or (5 if per_residue else 10))
+    fingerprint = _fingerprint(config, embeddings, labels, valid, tests)
+    for path in dict.fromkeys(str(p) for p in [embeddings, *(valid[:1] if valid else ()), *(t[0] for t in tests)]):
+        warn_unfinished(path)
+    if out_dir.exists():
+        finished = _existing_head(config, out_dir, fingerprint, embeddings, labels, valid, tests)
+        if finished is not None:
+            return finished
+    _lock_head(held, out_dir)
+    torch.set_num_threads(resolve_threads(config.threads, small_work=not per_residue))
+    device = head_device(config.device)
+    # Checked before any data is read: an interrupted fit is continued or knowingly replaced.
+    state = FitState.open(partial_path(out_dir), fingerprint, resume=config.resume, force=config.force)
+
+    # --- labels and data ---
+    sets = _read_sets(config, task, embeddings, labels, valid, tests)
+    task, train = sets.task, sets.train
+    if any(o.is_value for o in task.outputs):
+        if config.class_weights:
+            raise UsageError("--class-weights is for classification; the value task is a regression")
+        with located(labels):
+            task = task.with_scale_from(train.targets)
+    weights = _class_weights(task, train) if config.class_weights else None
+
+    # --- train each ensemble member, keeping a resumable state after every epoch ---
+    members, history = _train_ensemble(config, task, train, sets.valid, weights, device, state)
+
+    # --- evaluate and write the head directory ---
+    from protrans_cli.heads.model import Ensemble, save_head
+
+    ensemble = Ensemble(members, task).eval()  # on `device`: evaluation runs there too
+    tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
+    try:
+        summary = _write_evaluation(tmp, ensemble, task, history, sets.eval_sets, config)
+        save_head(tmp, ensemble, _head_config(config, task, sets, weights, fingerprint, embeddings, labels))
+        (tmp / "metrics.json").write_text(metrics_json(summary) + "\n")
+        default_permissions(tmp)
+        replace_directory(tmp, out_dir)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (reason := disk_full(exc)) is not None:  # (the error named a file in the hidden temporary)
+            raise RuntimeFailure(f"cannot write the head: {reason} (its state is kept: --resume finishes it)",
+                                 path=str(out_dir)) from None
+        raise
+    with signals_held():  # a Ctrl-C half-way through left an empty HEAD.partial/ behind
+        state.remove()
+        console.output_complete(str(out_dir))  # (before a signal held meanwhile is delivered)
+    console.info(f"wrote {out_dir}")
+    return FitResult(out_dir, summary, history)
+
+
+def _checked_output(config: FitConfig, out_dir, embeddings, labels, valid, tests) -> Path:
+    """The head directory -o names (through a link, the folder it names), after the checks that
+    need nothing read: stdin given twice, or where a file is needed; an -o that cannot be a head."""
     label_inputs = [labels, *(pair[1] for pair in ([valid] if valid else []) + list(tests))]
     if sum(str(path) == "-" for path in label_inputs) > 1:  # the first read takes it all ("<stdin>: is empty")
         raise UsageError("stdin ('-') can be one label file at most: give the others as files")
@@ -152,14 +210,14 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         # written through the link (-o head -> /scratch/heads/x): its HEAD.partial and the swap
         # happen beside the folder it names
         out_dir = Path(os.path.realpath(out_dir))
-    task = get_task(config.task, dual=config.dual)
-    per_residue = task.kind == PER_RESIDUE
-    config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
-                     patience=config.patience or (5 if per_residue else 10))
-    fingerprint = _fingerprint(config, embeddings, labels, valid, tests)
-    for path in dict.fromkeys(str(p) for p in [embeddings, *(valid[:1] if valid else ()), *(t[0] for t in tests)]):
-        warn_unfinished(path)
-    if out_dir.exists() and not config.force:
+    return out_dir
+
+
+def _existing_head(config: FitConfig, out_dir: Path, fingerprint: dict, embeddings, labels, valid,
+                   tests) -> FitResult | None:
+    """For an -o that exists: the finished head a `--resume` asks for again, else None where --force
+    may replace it; anything else is refused."""
+    if not config.force:
         partial = partial_path(out_dir)
         if config.resume and (not partial.exists() or _left_behind(partial, out_dir)):
             finished = _finished(out_dir, fingerprint)  # a job script's retry after a success
@@ -169,15 +227,19 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
                 console.info(f"{out_dir} is complete: nothing to resume")
                 return finished
         raise UsageError(f"{out_dir} exists (--force replaces it)")
-    if out_dir.exists():
-        # --force replaces the whole directory: never one that holds this run's own inputs,
-        inputs = [embeddings, labels, *(p for pair in ([valid] if valid else []) + list(tests) for p in pair)]
-        for path in inputs:
-            if path is not None and str(path) != "-" and is_inside(path, out_dir):
-                raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
-        # and only a head (not a project folder given as -o).
-        head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
-        check_replaceable(out_dir, "fit", lambda entry: head)
+    # --force replaces the whole directory: never one that holds this run's own inputs,
+    inputs = [embeddings, labels, *(p for pair in ([valid] if valid else []) + list(tests) for p in pair)]
+    for path in inputs:
+        if path is not None and str(path) != "-" and is_inside(path, out_dir):
+            raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
+    # and only a head (not a project folder given as -o).
+    head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
+    check_replaceable(out_dir, "fit", lambda entry: head)
+    return None
+
+
+def _lock_head(held: contextlib.ExitStack, out_dir: Path) -> None:
+    """Take the lock on the head's unfinished state for the whole fit, and clear what dead fits left."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # `-o heads/ss3` should just work
     # One fit at a time on a head: two at once on one -o (a job started twice) overwrote each
     # other's state, --force deleted the other's under it, and the last one's head replaced the
@@ -189,45 +251,29 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     # sweep leaves those of the last hour: the resumed fit left it beside the head it wrote.
     remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.")
     remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.old.", "")  # (replace_directory's)
-    torch.set_num_threads(resolve_threads(config.threads, small_work=not per_residue))
-    device = head_device(config.device)
-    # Checked before any data is read: an interrupted fit is continued or knowingly replaced.
-    state = FitState.open(partial_path(out_dir), fingerprint, resume=config.resume, force=config.force)
 
-    # --- labels and data ---
+
+@dataclass
+class _Sets:
+    """The training set and every evaluation set, read and checked, with what config.json says of them."""
+    task: Task  # with the training labels' classes and outputs
+    train: object
+    train_labels: LabelSet
+    valid: object
+    valid_desc: str
+    held_out: list[str] | None  # ids of the --valid-fraction hold-out (config.json: the split, recoverable)
+    eval_sets: list[tuple[str, object, str, str]]  # (name, data, embeddings, labels)
+    embedding_info: dict
+    model_layer: int
+
+
+def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) -> _Sets:
+    """Read train, then the validation set (--valid, declared by the label file, or held out of
+    train) and the test sets, and check that they can be compared with train."""
     masked: list[bool] = []  # whether --mask applied, file by file
-    train_labels = _read(config, labels, mask_elsewhere=bool(valid or tests), masked=masked)
-    # A file that assigns its records to splits (FLIP's SET=/VALIDATION=, a table's set column)
-    # provides train, and unless --valid/--test are given, validation and test sets too. A
-    # record with no split is a training record (DeepLoc's tables leave the set empty for
-    # train), as `protrans labels --split train` reads it.
-    declared = {r.split for r in train_labels.records if r.split}
-    train_set = _only(train_labels, {None, TRAIN}) if declared else train_labels
-    if not train_set.records:
-        raise InputError(f"no training records: the file assigns every record to {', '.join(sorted(declared))} "
-                         "(give the training labels as --labels)", path=str(labels))
-    with located(labels):
-        task = task.with_classes_from(train_set.records)
-    for note in train_labels.notes:
-        console.info(f"{train_labels.path}: {note}")
-    if warning := unmasked_flip_warning(train_labels, task.output_names):
-        console.warn(f"{train_labels.path}: {warning}")
-    train, report = _load(config, embeddings, train_set, task)
-    console.info(f"train: {report.matched} proteins from {embeddings}"
-                 + (f" ({report.by_checksum} matched by sequence checksum)" if report.by_checksum else ""))
-    if isinstance(train, ProteinData):
-        task = _outputs_with_labels(task, train, labels)
-    with EmbeddingsReader(embeddings) as reader:
-        # (the long-protein policy too: `predict --fasta` embeds long proteins as these were)
-        embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "family", "layers", "pooling",
-                                                                  "storage_dtype", "embedding_dim", "max_length",
-                                                                  "long_policy", "chunk_overlap")
-                          if k in reader.attrs and reader.attrs[k] is not None}
-        # The model layer learned from, as embed numbers it (what predict and `predict --fasta` use):
-        # the default -1 on a file holding one other layer (`embed --layer -2`) reads that layer.
-        model_layer = config.layer
-        if "layers" in reader.attrs:
-            model_layer = int(np.atleast_1d(reader.attrs["layers"])[stored_layer_index(reader, config.layer)])
+    task, train_labels, declared, train, report = _read_train(config, task, embeddings, labels, masked,
+                                                              mask_elsewhere=bool(valid or tests))
+    embedding_info, model_layer = _embedding_info(config, embeddings)
 
     eval_sets: list[tuple[str, object, str, str]] = []  # (name, data, embeddings, labels)
     held_out: list[str] | None = None  # ids of the --valid-fraction hold-out (config.json: the split, recoverable)
@@ -245,17 +291,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         same_file_reports.append(valid_report)
         valid_desc = f"{labels} (its validation records)"
     else:
-        rng = np.random.default_rng(config.seed)
-        order = rng.permutation(len(train.items))
-        n_valid = max(1, int(round(config.valid_fraction * len(order))))
-        if len(order) - n_valid < 1:
-            if len(order) >= 2:  # (the fraction leaves nothing to train on, not the proteins)
-                raise UsageError(f"--valid-fraction {config.valid_fraction} holds out {n_valid} of the {len(order)} "
-                                 "training proteins, leaving none to train on: give a smaller fraction")
-            raise InputError("too few training proteins to hold out a validation set", path=str(labels))
-        valid_data, train = subset(train, order[:n_valid]), subset(train, order[n_valid:])
-        held_out = sorted(m.id for m in valid_data.items)
-        valid_desc = f"{n_valid} proteins held out of train (seed {config.seed}; {len(train.items)} left to train on)"
+        train, valid_data, held_out, valid_desc = _hold_out(config, train, labels)
     console.info(f"validation: {valid_desc}")
     eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
     if not tests and TEST in declared:
@@ -277,6 +313,71 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     unused = ({VALID} if valid is not None else set()) | ({TEST} if tests else set())
     set_aside = {escape_key(r.id) for r in train_labels.records if r.split in unused}
     report_unlabelled(embeddings, labels, same_file_reports, "not used", set_aside=set_aside)
+    _check_comparable(eval_sets, train, embedding_info, model_layer)
+    _warn_overlap(train, eval_sets)
+    return _Sets(task, train, train_labels, valid_data, valid_desc, held_out, eval_sets, embedding_info, model_layer)
+
+
+def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list, *, mask_elsewhere: bool):
+    """(task with its classes and outputs, the label file, the splits it declares, train, its load report)."""
+    train_labels = _read(config, labels, mask_elsewhere=mask_elsewhere, masked=masked)
+    # A file that assigns its records to splits (FLIP's SET=/VALIDATION=, a table's set column)
+    # provides train, and unless --valid/--test are given, validation and test sets too. A
+    # record with no split is a training record (DeepLoc's tables leave the set empty for
+    # train), as `protrans labels --split train` reads it.
+    declared = {r.split for r in train_labels.records if r.split}
+    train_set = _only(train_labels, {None, TRAIN}) if declared else train_labels
+    if not train_set.records:
+        raise InputError(f"no training records: the file assigns every record to {', '.join(sorted(declared))} "
+                         "(give the training labels as --labels)", path=str(labels))
+    with located(labels):
+        task = task.with_classes_from(train_set.records)
+    for note in train_labels.notes:
+        console.info(f"{train_labels.path}: {note}")
+    if warning := unmasked_flip_warning(train_labels, task.output_names):
+        console.warn(f"{train_labels.path}: {warning}")
+    train, report = _load(config, embeddings, train_set, task)
+    console.info(f"train: {report.matched} proteins from {embeddings}"
+                 + (f" ({report.by_checksum} matched by sequence checksum)" if report.by_checksum else ""))
+    if isinstance(train, ProteinData):
+        task = _outputs_with_labels(task, train, labels)
+    return task, train_labels, declared, train, report
+
+
+def _embedding_info(config: FitConfig, embeddings) -> tuple[dict, int]:
+    """What config.json records of the training embeddings, and the model layer learned from."""
+    with EmbeddingsReader(embeddings) as reader:
+        # (the long-protein policy too: `predict --fasta` embeds long proteins as these were)
+        embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "family", "layers", "pooling",
+                                                                  "storage_dtype", "embedding_dim", "max_length",
+                                                                  "long_policy", "chunk_overlap")
+                          if k in reader.attrs and reader.attrs[k] is not None}
+        # The model layer learned from, as embed numbers it (what predict and `predict --fasta` use):
+        # the default -1 on a file holding one other layer (`embed --layer -2`) reads that layer.
+        model_layer = config.layer
+        if "layers" in reader.attrs:
+            model_layer = int(np.atleast_1d(reader.attrs["layers"])[stored_layer_index(reader, config.layer)])
+    return embedding_info, model_layer
+
+
+def _hold_out(config: FitConfig, train, labels):
+    """(train, validation, its ids, its description): --valid-fraction of train, drawn with --seed."""
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(train.items))
+    n_valid = max(1, int(round(config.valid_fraction * len(order))))
+    if len(order) - n_valid < 1:
+        if len(order) >= 2:  # (the fraction leaves nothing to train on, not the proteins)
+            raise UsageError(f"--valid-fraction {config.valid_fraction} holds out {n_valid} of the {len(order)} "
+                             "training proteins, leaving none to train on: give a smaller fraction")
+        raise InputError("too few training proteins to hold out a validation set", path=str(labels))
+    valid_data, train = subset(train, order[:n_valid]), subset(train, order[n_valid:])
+    held_out = sorted(m.id for m in valid_data.items)
+    valid_desc = f"{n_valid} proteins held out of train (seed {config.seed}; {len(train.items)} left to train on)"
+    return train, valid_data, held_out, valid_desc
+
+
+def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer: int) -> None:
+    """Refuse an evaluation set embedded otherwise than train: another dimension, layer or model."""
     from protrans_cli.embed import same_model  # a directory named two ways, a short name and its hub id
 
     for name, data, emb, _ in eval_sets:
@@ -291,6 +392,9 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
 
+
+def _warn_overlap(train, eval_sets: list) -> None:
+    """Warn of evaluation proteins that are in train too, by id or by sequence."""
     trained_on = TrainingSet(train.items)
     for name, data, emb, _ in eval_sets:
         same_id, same_sequence = trained_on.overlap(data.items)
@@ -302,14 +406,12 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
                          f"{', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); their scores are not independent "
                          "of training")
 
-    if any(o.is_value for o in task.outputs):
-        if config.class_weights:
-            raise UsageError("--class-weights is for classification; the value task is a regression")
-        with located(labels):
-            task = task.with_scale_from(train.targets)
-    weights = _class_weights(task, train) if config.class_weights else None
 
-    # --- train each ensemble member, keeping a resumable state after every epoch ---
+def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, device, state: FitState):
+    """(members, history): the members `state` holds, then the rest trained (the one it was
+    training resumed from its last epoch)."""
+    import torch
+
     from protrans_cli.heads.model import build_head
 
     members, history = [], list(state.history)
@@ -328,57 +430,50 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
             members.append(model)
             history.extend(lines)
             state.finish_member(model, lines)
+    return members, history
 
-    # --- evaluate and write the head directory ---
-    from protrans_cli.heads.model import FORMAT_VERSION, Ensemble, save_head
 
-    ensemble = Ensemble(members, task).eval()  # on `device`: evaluation runs there too
-    tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
-    try:
-        (tmp / "metrics").mkdir()
-        with open(tmp / "metrics.jsonl", "w") as fh:
-            for line in history:
-                fh.write(metrics_json(line, indent=None) + "\n")
-        if config.plots:
-            _plot_curves(history, task, tmp / "curves.png")
-        summary = {}
-        for name, data, emb, lab in eval_sets:
-            result = evaluate_data(ensemble, task, data, n_boot=config.n_bootstrap, max_residues=config.max_residues,
-                                   seed=config.seed)
-            summary[name] = write_metrics(tmp / "metrics", name, result, emb, lab, plots=config.plots)
-        head_config = {
-            "format": "protrans-head", "format_version": FORMAT_VERSION, "protrans_version": __version__,
-            "task": task.to_json(), "kind": task.kind,
-            "input_dim": int(train.dim), "embedding": embedding_info, "layer": model_layer,
-            "ensemble": config.ensemble, "seeds": [config.seed + i for i in range(config.ensemble)],
-            "hyperparameters": {"hidden": config.hidden, "kernel": config.kernel, "dropout": config.dropout,
-                                "lr": config.lr, "weight_decay": config.weight_decay,
-                                "max_epochs": config.max_epochs, "patience": config.patience,
-                                "max_residues": config.max_residues, "batch_size": config.batch_size,
-                                "standardise": config.standardise and not per_residue,
-                                "class_weights": None if weights is None else
-                                {k: v.tolist() for k, v in weights.items()}},
-            "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(train.items),
-                         "validation": valid_desc, "notes": train_labels.notes,
-                         **({"held_out": held_out} if held_out is not None else {})},
-            "config": _jsonable({k: v for k, v in asdict(config).items() if k not in ("resume", "force")}),
-            "fingerprint": _jsonable(fingerprint),  # what `fit --resume` of the finished head compares
-        }
-        save_head(tmp, ensemble, head_config)
-        (tmp / "metrics.json").write_text(metrics_json(summary) + "\n")
-        default_permissions(tmp)
-        replace_directory(tmp, out_dir)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (reason := disk_full(exc)) is not None:  # (the error named a file in the hidden temporary)
-            raise RuntimeFailure(f"cannot write the head: {reason} (its state is kept: --resume finishes it)",
-                                 path=str(out_dir)) from None
-        raise
-    with signals_held():  # a Ctrl-C half-way through left an empty HEAD.partial/ behind
-        state.remove()
-        console.output_complete(str(out_dir))  # (before a signal held meanwhile is delivered)
-    console.info(f"wrote {out_dir}")
-    return FitResult(out_dir, summary, history)
+def _write_evaluation(tmp: Path, ensemble, task: Task, history: list[dict], eval_sets: list,
+                      config: FitConfig) -> dict:
+    """metrics.jsonl, curves.png and metrics/<set>.json into `tmp`; the headline numbers of every set."""
+    (tmp / "metrics").mkdir()
+    with open(tmp / "metrics.jsonl", "w") as fh:
+        for line in history:
+            fh.write(metrics_json(line, indent=None) + "\n")
+    if config.plots:
+        _plot_curves(history, task, tmp / "curves.png")
+    summary = {}
+    for name, data, emb, lab in eval_sets:
+        result = evaluate_data(ensemble, task, data, n_boot=config.n_bootstrap, max_residues=config.max_residues,
+                               seed=config.seed)
+        summary[name] = write_metrics(tmp / "metrics", name, result, emb, lab, plots=config.plots)
+    return summary
+
+
+def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprint: dict, embeddings,
+                 labels) -> dict:
+    """The head's config.json."""
+    from protrans_cli.heads.model import FORMAT_VERSION
+
+    per_residue = task.kind == PER_RESIDUE
+    return {
+        "format": "protrans-head", "format_version": FORMAT_VERSION, "protrans_version": __version__,
+        "task": task.to_json(), "kind": task.kind,
+        "input_dim": int(sets.train.dim), "embedding": sets.embedding_info, "layer": sets.model_layer,
+        "ensemble": config.ensemble, "seeds": [config.seed + i for i in range(config.ensemble)],
+        "hyperparameters": {"hidden": config.hidden, "kernel": config.kernel, "dropout": config.dropout,
+                            "lr": config.lr, "weight_decay": config.weight_decay,
+                            "max_epochs": config.max_epochs, "patience": config.patience,
+                            "max_residues": config.max_residues, "batch_size": config.batch_size,
+                            "standardise": config.standardise and not per_residue,
+                            "class_weights": None if weights is None else
+                            {k: v.tolist() for k, v in weights.items()}},
+        "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(sets.train.items),
+                     "validation": sets.valid_desc, "notes": sets.train_labels.notes,
+                     **({"held_out": sets.held_out} if sets.held_out is not None else {})},
+        "config": _jsonable({k: v for k, v in asdict(config).items() if k not in ("resume", "force")}),
+        "fingerprint": _jsonable(fingerprint),  # what `fit --resume` of the finished head compares
+    }
 
 
 def partial_path(out_dir) -> Path:
