@@ -504,6 +504,25 @@ def in_validation(record_id: str, fraction: float) -> bool:
     return int.from_bytes(digest, "big") < fraction * 2.0 ** 64
 
 
+class _Headers:
+    """Where the lines and the records' headers of a block are."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.arr = arr = np.frombuffer(data, dtype=np.uint8)
+        self.newlines = newlines = np.flatnonzero(arr == 10)      # (lines,)
+        line_starts = np.concatenate(([0], newlines[:-1] + 1))    # (lines,)
+        is_header = arr[line_starts] == 62                        # '>' at the start of a line
+        self.start = line_starts[is_header]                       # (R,) position of '>'
+        self.end = newlines[is_header]                            # (R,) position of its newline
+
+    def id_at(self, i: int) -> str:
+        return _record_id(self.data[int(self.start[i]) + 1:int(self.end[i])])
+
+    def line_of(self, i: int) -> int:
+        return 1 + int(np.searchsorted(self.newlines, self.start[i]))
+
+
 def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = None,
                    data: bytes | None = None) -> _BlockResult:
     """Normalise, filter, split and space the records of one block (`data`: its bytes, when
@@ -512,36 +531,11 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     `drops` holds the indices (within the block) of duplicates to leave out (dedup pass 2).
     """
     data = block.load() if data is None else data
-    arr = np.frombuffer(data, dtype=np.uint8)
-    newlines = np.flatnonzero(arr == 10)                      # (lines,)
-    line_starts = np.concatenate(([0], newlines[:-1] + 1))    # (lines,)
-    is_header = arr[line_starts] == 62                        # '>' at the start of a line
-    header_start = line_starts[is_header]                     # (R,) position of '>'
-    header_end = newlines[is_header]                          # (R,) position of its newline
-    n = len(header_start)
-    result = _BlockResult(records=n, lines=len(newlines))
-
-    # One buffer of all sequences, each after a separator (its header's newline, the only
-    # newline kept), then whole-buffer normalisation. Headers and line breaks go in one
-    # boolean compress.
-    seq_end = np.append(header_start[1:], len(data))          # (R,) one past each sequence's text
-    segments = np.empty(2 * n, dtype=np.int64)                # header, sequence, header, ...
-    segments[0::2] = header_end - header_start
-    segments[1::2] = seq_end - header_end
-    take = np.repeat(np.tile(np.array([False, True]), n), segments)
-    take[newlines] = False
-    take[header_end] = True
-    if header_end[-1] == len(data) - 1:  # the last record has no sequence line
-        s = arr[take].tobytes() + _SEP
-    else:
-        take[-1] = True  # the block's final newline closes the last record
-        s = arr[take].tobytes()
-    odd = s.translate(None, _PLAIN)
-    if odd and odd.translate(None, RARE.encode() + b"*"):
-        # lower case, gaps, whitespace, CR or an invalid letter somewhere: the general rule
-        s = s.translate(_UPPER, _DELETE)
-    if odd and b"*" in s:
-        s = s.replace(b"*" + _SEP, _SEP)                      # one terminal stop per record
+    heads = _Headers(data)
+    n = len(heads.start)
+    result = _BlockResult(records=n, lines=len(heads.newlines))
+    seq_end = np.append(heads.start[1:], len(data))           # (R,) one past each sequence's text
+    s, odd = _joined_sequences(heads, seq_end)
     sa = np.frombuffer(s, dtype=np.uint8)
     sep = np.flatnonzero(sa == 10)                            # (R + 1,) separators
     starts = sep[:-1] + 1                                     # (R,) first residue of each record
@@ -570,20 +564,77 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
             s = s.translate(_RARE_TO_X)
             sa = np.frombuffer(s, dtype=np.uint8)
 
-    def id_at(i: int) -> str:
-        return _record_id(data[int(header_start[i]) + 1:int(header_end[i])])
-
-    def line_of(i: int) -> int:
-        return 1 + int(np.searchsorted(newlines, header_start[i]))
-
     keep = ~flagged
     reasons: dict[int, str] = {}
     details: dict[int, str] = {}
+    result.fatal = _normalisation_rejects(block, cfg, heads, seq_end, flagged, keep, reasons, details)
+    if result.fatal:
+        return result
+    if reasons:
+        first = min(reasons)
+        result.first_invalid = (heads.id_at(first) or "<no id>", details[first], heads.line_of(first))
+    _length_rejects(cfg, lengths, keep, reasons, details)
+
+    if cfg.digests:
+        result.digests = _digests(s, starts, stops, keep)
+        result.rejected = _count(reasons)
+        return result
+
+    if drops is not None and len(drops):
+        _duplicate_rejects(drops, keep, reasons, details)
+
+    result.rejected = _count(reasons)
+    if cfg.want_rejects and reasons:
+        result.rejects = [(heads.id_at(i), reasons[i], details[i], heads.line_of(i)) for i in sorted(reasons)]
+
+    kept = np.flatnonzero(keep)
+    spaced, doc_end, lines_out, windows = _spaced(sa, starts, stops, lengths, kept, cfg)
+    valid, dest = _destinations(heads, kept, cfg)
+    result.outputs = _block_outputs(spaced, starts, stops, kept, doc_end, valid, dest, n, lines_out, cfg)
+    result.lines_out = lines_out
+    _count_written(result, starts[kept], lengths[kept], doc_end, valid, windows, rare_positions, cfg)
+    return result
+
+
+def _joined_sequences(heads: _Headers, seq_end: np.ndarray) -> tuple[bytes, bytes]:
+    """(s, odd): the sequences of a block, normalised in bulk, each after a separator; the bytes
+    of the raw sequences outside the plain alphabet."""
+    arr, newlines, header_start, header_end = heads.arr, heads.newlines, heads.start, heads.end
+    n = len(header_start)
+    # One buffer of all sequences, each after a separator (its header's newline, the only
+    # newline kept), then whole-buffer normalisation. Headers and line breaks go in one
+    # boolean compress.
+    segments = np.empty(2 * n, dtype=np.int64)                # header, sequence, header, ...
+    segments[0::2] = header_end - header_start
+    segments[1::2] = seq_end - header_end
+    take = np.repeat(np.tile(np.array([False, True]), n), segments)
+    take[newlines] = False
+    take[header_end] = True
+    if header_end[-1] == len(arr) - 1:  # the last record has no sequence line
+        s = arr[take].tobytes() + _SEP
+    else:
+        take[-1] = True  # the block's final newline closes the last record
+        s = arr[take].tobytes()
+    odd = s.translate(None, _PLAIN)
+    if odd and odd.translate(None, RARE.encode() + b"*"):
+        # lower case, gaps, whitespace, CR or an invalid letter somewhere: the general rule
+        s = s.translate(_UPPER, _DELETE)
+    if odd and b"*" in s:
+        s = s.replace(b"*" + _SEP, _SEP)                      # one terminal stop per record
+    return s, odd
+
+
+def _normalisation_rejects(block: _Block, cfg: _BlockConfig, heads: _Headers, seq_end: np.ndarray,
+                           flagged: np.ndarray, keep: np.ndarray, reasons: dict, details: dict):
+    """Record in `reasons`/`details` (and clear in `keep`) the records without an id, with a NUL
+    byte in the header, or that normalise() rejects; the (id, detail, line) of an input prep
+    cannot read at all, else None."""
+    data, arr, header_start, header_end = heads.data, heads.arr, heads.start, heads.end
     # An empty id makes the record unusable for the split, the rejects file and messages. Only
     # headers whose first byte after '>' is blank can have one.
     blank_after = _BLANK_LUT[arr[header_start + 1]]
     for i in np.flatnonzero(blank_after).tolist():
-        if not id_at(i):
+        if not heads.id_at(i):
             keep[i] = False
             reasons[i] = REASON_NO_ID
             details[i] = "header has no id"
@@ -603,8 +654,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
             continue
         if b"\r" in data[int(header_start[i]):int(header_end[i])].rstrip(b"\r"):
             # The whole file (or a part) read as one header line: lines that end in CR alone.
-            result.fatal = (id_at(i).split("\r")[0] or "<no id>", _CR_ONLY, line_of(i))
-            return result
+            return (heads.id_at(i).split("\r")[0] or "<no id>", _CR_ONLY, heads.line_of(i))
         raw = data[int(header_end[i]) + 1:int(seq_end[i])]
         try:
             normalise(raw, rare=cfg.rare)
@@ -613,14 +663,15 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
             details[i] = exc.detail
         else:  # pragma: no cover - the bulk rules and normalise() disagree
             raise AssertionError(f"{block.name}: record {i} flagged but normalise() accepts it")
-    if reasons:
-        first = min(reasons)
-        result.first_invalid = (id_at(first) or "<no id>", details[first], line_of(first))
+    return None
 
-    # Length filters.
+
+def _length_rejects(cfg: _BlockConfig, lengths: np.ndarray, keep: np.ndarray, reasons: dict, details: dict) -> None:
+    """Leave out (clear in `keep`, record why) the kept records below --min-length, and above
+    --max-length where --long skip."""
     too_short = keep & (lengths < cfg.min_length)
     keep &= ~too_short
-    too_long = np.zeros(n, dtype=bool)
+    too_long = np.zeros(len(keep), dtype=bool)
     if cfg.max_length is not None and cfg.long == "skip":
         too_long = keep & (lengths > cfg.max_length)
         keep &= ~too_long
@@ -631,35 +682,37 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         reasons[i] = REASON_TOO_LONG
         details[i] = f"{int(lengths[i])} residues, above --max-length {cfg.max_length}"
 
-    if cfg.digests:
-        idx = np.flatnonzero(keep)
-        mv = memoryview(s)
-        raw_digests = b"".join(hashlib.blake2b(mv[a:b], digest_size=16).digest()
-                               for a, b in zip(starts[idx].tolist(), stops[idx].tolist()))
-        dig = np.frombuffer(raw_digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
-        result.digests = np.column_stack([dig, idx.astype(np.uint64)])
-        result.rejected = _count(reasons)
-        return result
 
-    if drops is not None and len(drops):
-        dup = np.zeros(n, dtype=bool)
-        dup[drops] = True
-        dup &= keep
-        keep &= ~dup
-        for i in np.flatnonzero(dup).tolist():
-            reasons[i] = REASON_DUPLICATE
-            details[i] = "same sequence as an earlier record"
+def _digests(s: bytes, starts: np.ndarray, stops: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """(K, 3) uint64 of the kept records: digest hi, digest lo, record index in block (dedup pass 1)."""
+    idx = np.flatnonzero(keep)
+    mv = memoryview(s)
+    raw_digests = b"".join(hashlib.blake2b(mv[a:b], digest_size=16).digest()
+                           for a, b in zip(starts[idx].tolist(), stops[idx].tolist()))
+    dig = np.frombuffer(raw_digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+    return np.column_stack([dig, idx.astype(np.uint64)])
 
-    result.rejected = _count(reasons)
-    if cfg.want_rejects and reasons:
-        result.rejects = [(id_at(i), reasons[i], details[i], line_of(i)) for i in sorted(reasons)]
 
+def _duplicate_rejects(drops: np.ndarray, keep: np.ndarray, reasons: dict, details: dict) -> None:
+    """Leave out the kept records that dedup found duplicates of earlier ones (dedup pass 2)."""
+    dup = np.zeros(len(keep), dtype=bool)
+    dup[drops] = True
+    dup &= keep
+    keep &= ~dup
+    for i in np.flatnonzero(dup).tolist():
+        reasons[i] = REASON_DUPLICATE
+        details[i] = "same sequence as an earlier record"
+
+
+def _spaced(sa: np.ndarray, starts: np.ndarray, stops: np.ndarray, lengths: np.ndarray, kept: np.ndarray,
+            cfg: _BlockConfig):
+    """(spaced, doc_end, lines_out, windows): the spaced text of the whole buffer, where each kept
+    protein's text ends, the lines written, and the line lengths of every cropped protein."""
     # Spaced text for the whole buffer at once: (residue, ' ') byte pairs as little-endian
     # uint16, then each line's last space becomes '\n'.
-    spaced = np.empty(len(s), dtype=np.uint16)
+    spaced = np.empty(len(sa), dtype=np.uint16)
     spaced[:] = sa
     spaced |= 0x2000
-    kept = np.flatnonzero(keep)
     ends = stops[kept]                                        # (K,) one past each protein's last residue
     doc_end = ends.copy()
     lines_out = len(kept)
@@ -677,12 +730,16 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
             lines_out += num_windows - 1
             windows.append(np.diff(win_ends, prepend=a))
     spaced[doc_end - 1] = (spaced[doc_end - 1] & 0xFF) | 0x0A00
-    text = memoryview(spaced).cast("B")
+    return spaced, doc_end, lines_out, windows
 
+
+def _destinations(heads: _Headers, kept: np.ndarray, cfg: _BlockConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, dest) of each kept protein: whether it is a validation one, and its output."""
     valid = np.zeros(len(kept), dtype=bool)
     if cfg.valid_fraction > 0:
+        data = heads.data
         kept_ids = [_record_id(data[a + 1:b]) for a, b in
-                    zip(header_start[kept].tolist(), header_end[kept].tolist())]
+                    zip(heads.start[kept].tolist(), heads.end[kept].tolist())]
         valid = np.array([in_validation(rid, cfg.valid_fraction) for rid in kept_ids], dtype=bool)
     # Destination of each kept protein: -1 validation, else (its rank among the block's training
     # proteins) mod num_shards; the caller rotates that by the proteins written before the block,
@@ -692,6 +749,16 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         train = np.flatnonzero(~valid)
         dest[train] = np.arange(len(train)) % cfg.num_shards
     dest[valid] = -1
+    return valid, dest
+
+
+def _block_outputs(spaced: np.ndarray, starts: np.ndarray, stops: np.ndarray, kept: np.ndarray,
+                   doc_end: np.ndarray, valid: np.ndarray, dest: np.ndarray, n: int, lines_out: int,
+                   cfg: _BlockConfig) -> dict:
+    """Shard index (-1 validation) -> the text (or _Spill) of its proteins, each followed by an
+    empty line, compressed as the output is."""
+    outputs = {}
+    text = memoryview(spaced).cast("B")
     kept_starts = 2 * starts[kept]
     kept_ends = 2 * doc_end
     groups = range(-1, cfg.num_shards)
@@ -702,7 +769,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         spaced[stops] = 0x000A
         out = spaced[1:].tobytes().replace(b"\x00", b"")
         out = compress_bytes(out, cfg.train_compression, FAST_LEVELS.get(cfg.train_compression))
-        result.outputs[0] = _spill(out, cfg.spill_dir) if cfg.spill_dir else out
+        outputs[0] = _spill(out, cfg.spill_dir) if cfg.spill_dir else out
         groups = ()
     # (np.unique would import a numpy submodule that costs 0.1 s at start-up)
     for d in groups:
@@ -715,27 +782,29 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         out = b"\n".join(pieces)
         kind = cfg.valid_compression if d == -1 else cfg.train_compression
         out = compress_bytes(out, kind, FAST_LEVELS.get(kind))
-        result.outputs[d] = _spill(out, cfg.spill_dir) if cfg.spill_dir else out
+        outputs[d] = _spill(out, cfg.spill_dir) if cfg.spill_dir else out
+    return outputs
 
+
+def _count_written(result: _BlockResult, kept_starts: np.ndarray, kept_lengths: np.ndarray, doc_end: np.ndarray,
+                   valid: np.ndarray, windows: list, rare_positions: np.ndarray | None, cfg: _BlockConfig) -> None:
+    """The counts of what the kept proteins wrote (`kept_starts`: where each starts in the buffer)."""
     if rare_positions is not None:
         # U/Z/O/B written as X: within what each kept protein wrote (a crop's dropped last
         # window holds residues that were never written)
         result.rare_to_x = int((np.searchsorted(rare_positions, doc_end)
-                                - np.searchsorted(rare_positions, starts[kept])).sum())
-    kept_lengths = lengths[kept]
-    written = np.minimum(doc_end - starts[kept], kept_lengths)
+                                - np.searchsorted(rare_positions, kept_starts)).sum())
+    written = np.minimum(doc_end - kept_starts, kept_lengths)
     line_lengths = kept_lengths
     if windows:  # each window a line of its own length
         line_lengths = np.concatenate([kept_lengths[kept_lengths <= cfg.max_length], *windows])
-    result.proteins_out = len(kept)
+    result.proteins_out = len(kept_starts)
     result.residues_out = int(written.sum())
-    result.lines_out = lines_out
     result.valid_proteins = int(valid.sum())
     result.valid_residues = int(written[valid].sum())
     short = line_lengths[line_lengths < _HIST_CAP]
     result.length_counts = np.bincount(short) if len(short) else np.zeros(0, dtype=np.int64)
     result.long_lengths = dict(collections.Counter(line_lengths[line_lengths >= _HIST_CAP].tolist()))
-    return result
 
 
 def _count(reasons: dict[int, str]) -> dict[str, int]:
