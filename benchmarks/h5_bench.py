@@ -132,7 +132,7 @@ def resume_read(path: Path, ledger: bool) -> tuple[float, int]:
     kw = dict(kinds=(PER_PROTEIN,), layout="grouped", storage_dtype="float16",
               attrs={"model": "bench", "family": "bench"}, resume_equal={})
     start = time.perf_counter()
-    done = _done_in(path, kw)  # (the scan seals a ledger of what it read)
+    done = _done_in(path, kw, seal=True)  # (the scan seals a ledger of what it read, as for a partial file)
     return time.perf_counter() - start, len(done)
 
 
