@@ -1096,6 +1096,15 @@ def one_epoch_ss3(ss_data, tmp_path_factory):
     return head
 
 
+def test_the_heads_metrics_json_gives_the_per_protein_accuracy(one_epoch_ss3):
+    """CHANGELOG and docs/heads.md say metrics.json gives `accuracy_per_protein` beside the pooled
+    Q3: it was only in metrics/<set>.json (the headlines left it out)."""
+    summary = json.loads((one_epoch_ss3 / "metrics.json").read_text())["valid"]["ss3"]
+    detail = json.loads((one_epoch_ss3 / "metrics" / "valid.json").read_text())["outputs"]["ss3"]
+    assert summary["accuracy_per_protein"] == detail["accuracy_per_protein"]
+    assert 0 <= summary["accuracy_per_protein"]["mean"] <= 1
+
+
 def test_predict_fasta_reads_a_bad_label_file_before_embedding(run_cli, monkeypatch, one_epoch_ss3, tmp_path):
     """`predict --fasta --labels BAD` embedded the whole FASTA, then failed on the label file's
     second line: the labels are read first now (a file; stdin is read once, later)."""

@@ -1077,6 +1077,8 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
                                f"{m['accuracy']:.3f}")
         headline[output] = {k: m.get(k) for k in ("metric", "accuracy", "ci95", "mcc", "balanced_accuracy",
                                                    "majority", "n", "n_proteins")}
+        if "accuracy_per_protein" in m:  # (per-residue outputs: the other convention, beside the pooled Q3/Q8)
+            headline[output]["accuracy_per_protein"] = m["accuracy_per_protein"]
     return headline
 
 
