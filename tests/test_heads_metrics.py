@@ -62,6 +62,10 @@ def test_per_protein_outputs_have_no_second_accuracy():
     m = evaluate([np.array([0]), np.array([1]), np.array([1])], [np.array([0]), np.array([0]), np.array([1])],
                  "ab", n_boot=50)
     assert m["accuracy"] == pytest.approx(2 / 3) and "accuracy_per_protein" not in m
+    # per residue with one scored residue left in each protein (the rest masked): still given
+    m = evaluate([np.array([0, IGNORE]), np.array([IGNORE, 1])], [np.array([0, 1]), np.array([1, 1])], "ab",
+                 n_boot=50)
+    assert m["accuracy_per_protein"]["mean"] == pytest.approx(1.0)
 
 
 def test_bootstrap_ci_resamples_proteins():

@@ -112,7 +112,7 @@ def evaluate(y_true: list[np.ndarray], y_pred: list[np.ndarray], classes, *, met
         "classes": list(classes),
         "confusion": cm.tolist(),
     }
-    if max(total) > 1:
+    if any(np.size(t) > 1 for t in y_true):  # (per residue: arrays of residues, masked or not)
         # Per-residue outputs: "accuracy" pools every residue of the set (NetSurfP-2.0's and
         # TAPE's Q3); some papers average each protein's own accuracy instead, which weighs a
         # short protein as much as a long one. Both, so that either convention compares.
