@@ -55,7 +55,6 @@ from protrans_cli.threads import check_threads, torch_threads
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
 INVALID_POLICIES = ("error", "skip")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_CHUNK_OVERLAP = 64
 DEFAULT_WINDOW = 100_000  # proteins held at a time: ~60 MB of UniRef50 records, long enough sorted runs
