@@ -133,11 +133,12 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         # before the sequences are embedded: `--max-residues 0` or `--device cuda` on a machine
         # without one was refused only after the whole FASTA had been embedded, a bad --labels
         # file too
-        check_head_output(load_head(head)[1], head_output)
+        _, task, head_config = load_head(head)
+        check_head_output(task, head_output)
         _check_max_residues(max_residues)
         head_device(device)
         if labels is not None:
-            check_labels_first(head, labels, label_format=label_format, mask_path=mask_path,
+            check_labels_first(head_config, labels, label_format=label_format, mask_path=mask_path,
                                mask_columns=mask_columns or None)
 
         # Next to the output (embeddings of a proteome can be large), else in $TMPDIR.

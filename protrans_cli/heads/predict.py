@@ -358,18 +358,18 @@ def _fitted_mask_columns(config: dict) -> tuple:
     return ("disorder",) if recorded is None else tuple(recorded)  # ([]: fit without a mask)
 
 
-def check_labels_first(head_dir, labels, *, label_format: str = "auto", mask_path=None, mask_columns=None) -> None:
+def check_labels_first(head_config: dict, labels, *, label_format: str = "auto", mask_path=None,
+                       mask_columns=None) -> None:
     """`predict --fasta --labels`: read the label file before the FASTA is embedded, so that a bad
     one fails at once, not after hours of embedding (it is read again, and matched, once the
-    embeddings exist). stdin or a pipe, which can be read once, is left to that later reading."""
+    embeddings exist). stdin or a pipe, which can be read once, is left to that later reading.
+    `head_config`: the head's config.json (load_head's third item)."""
     from protrans_cli.embed import is_stream
-    from protrans_cli.heads.model import load_head
 
     if str(labels) == "-" or is_stream(labels) or (mask_path is not None and (str(mask_path) == "-"
                                                                             or is_stream(mask_path))):
         return
-    config = load_head(head_dir)[2]
-    columns = _fitted_mask_columns(config) if mask_columns is None else tuple(mask_columns)
+    columns = _fitted_mask_columns(head_config) if mask_columns is None else tuple(mask_columns)
     read_labels(labels, label_format, mask_path=mask_path, mask_columns=columns)
 
 
