@@ -130,7 +130,7 @@ def bench_baseline(args, corpus: Path, device) -> dict:
     accum = args.global_batch_size // args.micro_batch_size
     texts = [family.prepare(t) for _, _, t in iter_proteins([corpus])]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else None
-    cursor = 0
+    batches = _baseline_batches(args, texts, tokenizer, collator)
     real = padded = 0
     t0 = None
     for step in range(args.num_steps):
@@ -139,10 +139,7 @@ def bench_baseline(args, corpus: Path, device) -> dict:
             t0 = time.perf_counter()
             real = padded = 0
         for _ in range(accum):
-            chunk = [texts[(cursor + i) % len(texts)] for i in range(args.micro_batch_size)]
-            cursor += args.micro_batch_size
-            features = [tokenizer(t, truncation=True, max_length=args.max_length) for t in chunk]
-            batch = {k: v.to(device) for k, v in collator(features).items()}
+            batch = {k: v.to(device) for k, v in next(batches).items()}
             real += int(batch["attention_mask"].sum())
             padded += batch["attention_mask"].numel()
             with autocast if autocast is not None else _null():
@@ -154,6 +151,16 @@ def bench_baseline(args, corpus: Path, device) -> dict:
     _sync(device)
     elapsed = time.perf_counter() - t0
     return {"tokens_per_s": real / elapsed, "padding": 1 - real / padded}
+
+
+def _baseline_batches(args, texts: list[str], tokenizer, collator):
+    """The plain loop's micro-batches, endlessly: proteins in file order, tokenized (truncated to
+    the N-terminal residues), padded to the longest and masked by the collator."""
+    cursor = 0
+    while True:
+        chunk = [texts[(cursor + i) % len(texts)] for i in range(args.micro_batch_size)]
+        cursor += args.micro_batch_size
+        yield collator([tokenizer(t, truncation=True, max_length=args.max_length) for t in chunk])
 
 
 def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
@@ -285,13 +292,10 @@ def bench_data(args, corpus: Path) -> None:
 
     def baseline() -> tuple[float, int]:
         torch.manual_seed(args.seed)
-        t0, real, cursor = time.perf_counter(), 0, 0
-        for _ in range(steps):
-            for _ in range(accum):
-                chunk = [texts[(cursor + i) % len(texts)] for i in range(args.micro_batch_size)]
-                cursor += args.micro_batch_size
-                batch = collator([tokenizer(t, truncation=True, max_length=args.max_length) for t in chunk])
-                real += int(batch["attention_mask"].sum())
+        batches = _baseline_batches(args, texts, tokenizer, collator)
+        t0, real = time.perf_counter(), 0
+        for _ in range(steps * accum):
+            real += int(next(batches)["attention_mask"].sum())
         return time.perf_counter() - t0, real
 
     def protrans() -> tuple[float, int]:
