@@ -186,7 +186,8 @@ def wrap(module: torch.nn.Module, strategy: str, dist_info: DistInfo, *,
     """DDP or FSDP2 around the module (the loss module holding the model); as is for 'none'.
 
     find_unused_parameters: DDP must be told when some parameters get no gradient (ALBERT's
-    sentence-order head trained without --sop), or it waits for them forever.
+    sentence-order head trained without --sop), or its second step fails ("Expected to have finished
+    reduction in the prior iteration").
     param_dtype: FSDP on a GPU gathers the parameters in this dtype (the run's autocast dtype;
     None: float32, for --precision fp32), the gradients reduced in float32."""
     if strategy == "none":
