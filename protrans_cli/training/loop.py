@@ -1159,7 +1159,7 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
                                                options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
         optim_state = optimizer.state_dict()
-    # Each rank's RNG (dropout differs per rank only through the data; keep them all).
+    # Each rank's RNG (build_run seeds each rank with seed + rank, so their dropout differs: keep them all).
     rng_states = _gather_objects(ckpt.rng_state(run.info.device))
     directory = None
     if info.is_main:
