@@ -1,8 +1,9 @@
 """The training configuration: one dataclass, read from a JSON/TOML file, overridden by flags.
 
-Precedence: dataclass defaults < config file < command-line flags. The resolved config is
-written as `train_config.json` into the run directory and into every checkpoint, so a run can
-always be reproduced or resumed from what it actually used.
+Precedence: dataclass defaults < config file < command-line flags. The config is written as
+`train_config.json` into the run directory and into every checkpoint: the settings as given, and
+under "resolved" what its automatic ones meant (precision auto, the default warmup, compile auto),
+so a run can always be reproduced or resumed from what it actually used.
 
 Defaults follow ESM-2's pretraining recipe where one exists (AdamW, betas 0.9/0.98, eps 1e-8,
 weight decay 0.01, lr 4e-4, 2,000 warmup steps, linear decay to a tenth of the peak).
