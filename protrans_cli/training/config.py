@@ -119,7 +119,7 @@ class TrainConfig:
     num_eval_batches: int = 20
     save_every: int = 1000
     keep_last: int = 3
-    stop_after: int | None = None  # stop (with a checkpoint) after this many steps; for interrupt/resume tests
+    stop_after: int | None = None  # stop (with a checkpoint) after this step of the run, also on --resume
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self):
