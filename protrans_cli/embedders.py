@@ -588,7 +588,7 @@ def _count_special_tokens(family, tokenizer) -> int:
     try:
         inputs, mask = family.encode(tokenizer, ["A"])
         return int(inputs["input_ids"].shape[1]) - 1
-    except Exception:  # budget estimate only; two is right for most families
+    except Exception:  # two is right for most families (the count also sets max_residues and trained_residues)
         return 2
 
 
