@@ -13,8 +13,8 @@ in the flat layout also `original_id` (the FASTA id, where bio_embeddings' reade
 The file's attributes describe the run (model, family, layers, pooling, dtypes, version,
 command line, `failed` as JSON {id: reason}).
 
-Keys are FASTA ids with `%`, `/`, control characters and a lone `.` percent-escaped, so two
-ids never collapse into one key and `unescape_key(escape_key(x)) == x`.
+Keys are FASTA ids with `%`, `/`, control characters and the ids `.` and `..` percent-escaped, so
+two ids never collapse into one key and `unescape_key(escape_key(x)) == x`.
 
 `EmbeddingsWriter` streams into `<output>.partial` (a valid HDF5 file after every `flush()`), and
 renames it to `<output>` only when the run completes; `resume=True` reopens the partial file (or
