@@ -31,7 +31,8 @@ from protrans_cli.heads.labels import FORMATS
               help="With --fasta: proteins over --max-length fail, are skipped (no prediction), truncated, or "
                    "chunked as embed does.  [default: as the head's training embeddings, else error]")
 @click.option("--chunk-overlap", type=int, default=None,
-              help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  [default: 64]")
+              help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  [default: as the "
+                   "head's training embeddings where they were chunked, else 64]")
 @click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default=None,
               help="With --fasta: sequences that cannot be embedded (a J, an inner '*', no residues) fail, or are "
                    "skipped (no prediction, with a warning), as embed does.  [default: error]")
