@@ -3,8 +3,9 @@
     protrans train --family bert --preset tiny --corpus corpus.txt.gz -o runs/bert --num-steps 200
     torchrun --nproc-per-node 8 -m protrans_cli train --config prot_bert.toml -o runs/prot_bert
 
-Every flag left out keeps the config file's value (or the default); the resolved config is
-saved as RUN/train_config.json and in every checkpoint.
+Every flag left out keeps the config file's value (or the default); the config is saved as
+RUN/train_config.json and in every checkpoint: the settings as given, and under "resolved" what
+the automatic ones meant (TrainConfig.save).
 """
 
 from __future__ import annotations
