@@ -1053,12 +1053,14 @@ def partial_path(path) -> Path:
 # `out.h5.partial.ledger` lists the proteins of `out.h5.partial` that are complete (every kind
 # written, flushed): 24 bytes each, the blake2b-128 digest of the id and the first 8 bytes of the
 # sequence checksum (what a resume compares). A record is appended only after the HDF5 flush that
-# holds its protein. When the writer closes the file cleanly (the run ended, failed, or was
-# stopped by Ctrl-C or SIGTERM) it seals the ledger: the file's size, mtime and a hash of both
-# ends. --resume trusts a ledger whose seal matches the file as it is now, and reads the file's
-# proteins one by one (~90 us each, with the crash guard) otherwise: after a SIGKILL, or a file
-# written by an earlier version or another tool. Reading a sealed ledger costs about 1 us a
-# protein (a UniRef50 run stopped half-way: seconds rather than an hour).
+# holds its protein. When the writer closes a file that stays partial (the run failed, was
+# stopped by Ctrl-C or SIGTERM, or wrote a torchrun rank's shard) it seals the ledger: the file's
+# size, mtime and a hash of both ends. A run that completes removes the ledger as the file takes
+# its final name. --resume trusts a ledger whose seal matches the file as it is now, and reads
+# the file's proteins one by one (~90 us each, with the crash guard) otherwise: after a SIGKILL,
+# for a finished output that the run extends, or a file written by an earlier version or
+# another tool. Reading a sealed ledger costs about 1 us a protein (a UniRef50 run stopped
+# half-way: seconds rather than an hour).
 
 LEDGER_MAGIC = b"protrans-ledger1"   # 16 bytes
 _SEAL_MARK = b"\xff" * 16
