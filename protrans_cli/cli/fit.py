@@ -24,7 +24,8 @@ _PAIR = (INPUT_FILE, INPUT_FILE)
               help="Training labels (NetSurfP CSV, PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, id,label CSV/TSV).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
 @click.option("--valid", nargs=2, type=_PAIR, default=None, metavar="EMBEDDINGS LABELS",
-              help="Validation set for early stopping.  [default: FLIP VALIDATION=True records, else "
+              help="Validation set for early stopping.  [default: the --labels file's validation records "
+                   "(FLIP SET=/VALIDATION=, a table's set column, a DeepLoc header's split), else "
                    "--valid-fraction of train]")
 @click.option("--test", "tests", nargs=2, type=_PAIR, multiple=True, metavar="EMBEDDINGS LABELS",
               help="A set to evaluate after training; repeat for several.")
