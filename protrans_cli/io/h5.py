@@ -397,9 +397,9 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
     of a flat file), through h5py's low-level calls: a resume or a torchrun merge of UniRef50
     meets tens of millions of them, and h5py's dictionary interface costs about 3x as much
     (docs/benchmarks.md, "HDF5 files of many proteins"). The id is the `id` attribute, else
-    the unescaped key (files without it); the checksum is None for a truncated protein (it
-    describes the kept prefix; with `prefixes`, that checksum) or a dataset without one, and with
-    `checksums=False`."""
+    `original_id`'s first word (bio_embeddings' files), else the unescaped key; the checksum is
+    None for a truncated protein (it describes the kept prefix; with `prefixes`, that checksum)
+    or a dataset without one, and with `checksums=False`."""
     import h5py
 
     where = _label(group)
