@@ -813,8 +813,9 @@ def _batches(data, config: FitConfig, shuffle: bool, rng=None):
 
 
 def _loss(task: Task, logits: dict, targets: dict, weights: dict | None, parts: dict | None = None):
-    """Sum over outputs of the mean cross-entropy over counted positions; and the count per output.
-    `parts`, if given, receives each output's mean loss (a tensor) by name."""
+    """Sum over outputs of the mean loss over counted positions (cross-entropy for a class output,
+    squared error on z-scores for a value output); and the count per output. `parts`, if given,
+    receives each output's mean loss (a tensor) by name."""
     import torch.nn.functional as F
 
     total, counts = 0.0, {}
