@@ -676,7 +676,8 @@ def load_data(embeddings, label_set: LabelSet, task: Task, *, on_mismatch: str =
 
 
 def subset(data, positions: np.ndarray):
-    """The same data restricted to some items (a held-out validation fraction), sharing storage."""
+    """The same data restricted to some items (a held-out validation fraction): per residue it
+    shares the cache (where there is one), per protein the rows are copied."""
     positions = np.sort(np.asarray(positions))
     if isinstance(data, ProteinData):
         new = object.__new__(ProteinData)
