@@ -759,3 +759,34 @@ def test_marker_room_keeps_a_block_when_a_mebibyte_is_not_free(tmp_path, monkeyp
     digests = h5.digest128("P1") + h5.digest128("P2")
     room.write(digests)
     assert h5.untrusted_path(partial).read_bytes() == digests
+
+
+@pytest.mark.parametrize("how", ["no ledger", "shards merged"])
+def test_a_resumed_writer_keeps_the_files_list_of_untrusted_proteins_until_it_completes(tmp_path, how):
+    """The proteins a failed write may have lost are embedded again by the next --resume; a
+    resumed writer without a sealed ledger (or one merging shards) removed their list as it
+    opened, so a run stopped before it reached them left them counted as done."""
+    from protrans_cli.io import h5
+
+    out = tmp_path / "o.h5"
+    with EmbeddingsWriter(out, finalize=False) as w:
+        for ident in "abc":
+            w.write(ident, ident, "MKV", per_residue=np.ones((3, 4), np.float32))
+    partial = partial_path(out)
+    listed = h5.digest128("a")
+    h5.untrusted_path(partial).write_bytes(listed)
+    if how == "no ledger":
+        h5.ledger_path(partial).unlink()
+        w = EmbeddingsWriter(out, resume=True)
+    else:
+        shard = tmp_path / "o.h5.shard-000-of-002"
+        with EmbeddingsWriter(shard, finalize=False) as s:
+            s.write("d", "d", "MKV", per_residue=np.ones((3, 4), np.float32))
+        w = EmbeddingsWriter(out, resume=True)
+        w.copy_from(partial_path(shard))
+    w.close()  # stopped before "a" was embedded again
+    assert h5.untrusted_path(partial).read_bytes() == listed
+    w = EmbeddingsWriter(out, resume=True)
+    w.write("a", "a", "MKV", per_residue=np.ones((3, 4), np.float32))
+    w.close(complete=True)
+    assert not h5.untrusted_path(partial).exists() and out.exists()

@@ -1409,9 +1409,13 @@ class _Ledger:
         self.pending.clear()
 
     def drop(self) -> None:
-        """No ledger (proteins were copied in without records, or it could not be written)."""
+        """No ledger (proteins were copied in without records, or it could not be written). The
+        file's list of untrusted proteins stays (`untrusted_path`): removed with the ledger, a
+        run stopped before it had embedded them again left them counted as done at the next
+        --resume. It goes when the file is complete (`EmbeddingsWriter.close`)."""
         self.abandon()
-        remove_ledger(self.partial)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
 
 def run_attributes(attrs: dict | None, *, kinds: Iterable[str], layout: str, storage_dtype: str) -> dict:
