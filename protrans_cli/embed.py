@@ -979,13 +979,17 @@ def _setup_distributed(device: str) -> _Dist:
         return _Dist()
     import torch.distributed as dist
 
+    from protrans_cli.io.files import signals_end_wait
+
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():  # the caller's group, and its timeouts
         return _Dist(rank, world, local, False)
     try:
         # Joining waits for every rank: one that stopped before it (an error on one node alone)
         # was waited for 24 hours, the timeout the barriers need.
-        dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
+        with signals_end_wait(f"rank {rank} was waiting for the other processes to join; nothing was "
+                              "computed or written"):
+            dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
     except dist.DistError as exc:
         seconds = JOIN_TIMEOUT.total_seconds()
         waited = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} s"

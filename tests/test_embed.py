@@ -2558,3 +2558,60 @@ def test_a_rank_whose_peers_never_join_stops_after_the_join_timeout(monkeypatch)
                                              r"\(one stopped before starting"):
         embed_module._setup_distributed("cpu")
     assert not torch_dist.is_initialized()
+
+
+@pytest.mark.parametrize("command, signame", [("embed", "SIGINT"), ("train", "SIGTERM")])
+def test_a_signal_while_a_rank_waits_for_the_others_to_join_ends_it_at_once(tmp_path, command, signame):
+    """Joining the process group waits inside a C call that runs no Python handler: a Ctrl-C (or
+    a scheduler's SIGTERM) there was ignored until the 30-minute join timeout, and under torchrun
+    the rank was killed after the launcher's grace without a word."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    signum = getattr(signal, signame)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("M K V L A A G\n\nM K T A Y I A K Q R\n")
+    args = (["embed", str(SMALL), "-m", "onehot", "-o", str(tmp_path / "o.h5")] if command == "embed" else
+            ["train", "--family", "bert", "--preset", "tiny", "--corpus", str(corpus), "-o", str(tmp_path / "run"),
+             "--num-steps", "2"])
+    marker = tmp_path / "joining"
+    script = ("import sys, torch.distributed as d\n"
+              "join = d.init_process_group\n"
+              "def marked(*a, **k):\n"
+              f"    open({str(marker)!r}, 'w').close()\n"
+              "    return join(*a, **k)\n"
+              "d.init_process_group = marked\n"
+              "from protrans_cli.cli import main\n"
+              f"sys.argv = ['protrans', *{args!r}]\n"
+              "main()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    # rank 1 of two, whose rank 0 (the store's host) never starts
+    env.update(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "never joined"
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        code = proc.wait(timeout=15)  # (it waited 30 minutes)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    word, expected = ("interrupted", 130) if signum == signal.SIGINT else ("terminated", 143)
+    assert code == expected, err
+    assert err.strip().splitlines() == [f"protrans: error: {word}: rank 1 was waiting for the other processes to "
+                                        f"join; nothing was {'computed' if command == 'embed' else 'trained'} or "
+                                        "written"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["corpus.txt", "joining"])

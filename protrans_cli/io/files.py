@@ -1131,6 +1131,61 @@ def signals_held():
             os.kill(os.getpid(), noted[0])
 
 
+@contextlib.contextmanager
+def signals_end_wait(what: str):
+    """SIGINT and SIGTERM end the process at once while the block waits inside a C call that
+    does not return for them: joining a torchrun process group waits for every rank, and a
+    Ctrl-C there ran no Python handler until the join timed out (30 minutes; under torchrun the
+    launcher killed the rank after its 30 s grace, without a word). The signal's byte reaches a
+    thread through Python's wakeup fd, which writes "protrans: error: interrupted: `what`" and
+    exits 130 (143 for SIGTERM). Only for a block that has written nothing: no cleanup runs."""
+    import select
+    import signal
+    import threading
+
+    ends = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
+    # A signal reaches the wakeup fd only through a handler set in Python (not one that is
+    # SIG_DFL, which kills the process anyway, or SIG_IGN); only the main thread can set the fd.
+    if threading.current_thread() is not threading.main_thread() or not any(
+            callable(signal.getsignal(s)) for s in ends):
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        os.close(read_end)
+        os.close(write_end)
+        yield
+        return
+    finished = threading.Event()
+
+    def watch():
+        while not finished.is_set():
+            if not select.select([read_end], [], [], 0.1)[0]:
+                continue
+            for signum in os.read(read_end, 64):
+                if signum in ends and callable(signal.getsignal(signum)) and not finished.is_set():
+                    word, code = ends[signum]
+                    with contextlib.suppress(OSError):
+                        os.write(2, f"protrans: error: {word}: {what}\n".encode())
+                    os._exit(code)
+
+    watcher = threading.Thread(target=watch, name="protrans-wait-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        signal.set_wakeup_fd(previous)
+        with contextlib.suppress(OSError):
+            os.write(write_end, b"\0")  # (no signal's number: the watcher wakes and ends)
+        watcher.join()
+        os.close(read_end)
+        os.close(write_end)
+
+
 def _umask() -> int:
     # Read where the kernel shows it (Linux 4.7+): setting it to 0 and back left every other
     # thread of the process (a web app's, a notebook's) creating world-writable files meanwhile.

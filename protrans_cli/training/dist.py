@@ -52,7 +52,11 @@ def setup() -> DistInfo:
         if not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             kwargs = {"device_id": device} if device.type == "cuda" else {}
-            dist.init_process_group(backend=backend, **kwargs)
+            from protrans_cli.io.files import signals_end_wait
+
+            with signals_end_wait(f"rank {rank} was waiting for the other processes to join; nothing was "
+                                  "trained or written"):
+                dist.init_process_group(backend=backend, **kwargs)
             started = True
         initialised = True
     _info = DistInfo(rank, world_size, local_rank, device, initialised, started)
