@@ -1146,7 +1146,8 @@ def signals_end_wait(what: str):
     ends = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
     # A signal reaches the wakeup fd only through a handler set in Python (not one that is
     # SIG_DFL, which kills the process anyway, or SIG_IGN); only the main thread can set the fd.
-    if threading.current_thread() is not threading.main_thread() or not any(
+    # (Windows: the wakeup fd must be a socket, and select() takes no pipe)
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread() or not any(
             callable(signal.getsignal(s)) for s in ends):
         yield
         return
