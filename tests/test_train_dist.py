@@ -113,6 +113,24 @@ def test_a_one_process_checkpoint_resumes_under_fsdp(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_one_process_checkpoint_resumed_by_two_gives_rank_1_its_own_random_stream(tmp_path):
+    # A job requeued on more GPUs: rank 1, which the checkpoint has no RNG state for, took rank
+    # 0's, and both ranks drew the same dropout masks for the rest of the run (every later
+    # checkpoint saving the two equal states).
+    import torch
+
+    out = tmp_path / "grown"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "protrans_cli", "train", *ARGS, "-o", str(out), "--stop-after", "2"],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    proc = _torchrun("-o", out, "--resume", "--stop-after", "3")
+    state = torch.load(out / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    assert "step_00000002 was written by 1 process(es), resumed by 2" in proc.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 @pytest.mark.parametrize("flag, said", [
     # Ranks whose shares cut into different numbers of micro-batches would leave FSDP's

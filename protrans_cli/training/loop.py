@@ -695,9 +695,24 @@ def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict)
         for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * fn(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-        ckpt.set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)], info.device)
+        saved = state["rng"]
+        ckpt.set_rng_state(saved[min(info.rank, len(saved) - 1)], info.device)
+        if info.rank >= len(saved):
+            # A checkpoint of fewer processes (a job requeued on more GPUs): this rank had no
+            # generator of its own, and taking the last rank's gave two ranks one stream, the same
+            # dropout masks for the rest of the run (saved so in every later checkpoint). Its own
+            # stream instead, fixed by the seed, the rank and the step (a re-resume draws the same).
+            torch.manual_seed(int(np.random.SeedSequence([run.config.seed, info.rank, state["step"]])
+                                  .generate_state(1, np.uint64)[0] >> 1))
         if run.loss_scale is not None and state.get("loss_scale"):
             run.loss_scale.load_state_dict(state["loss_scale"])
+        written_by = state.get("world_size", len(saved))
+        if written_by != info.world_size:
+            added = info.world_size - len(saved)
+            dist.print0(f"train: {where.name} was written by {written_by} process(es), resumed by {info.world_size}: "
+                        "the same global batches from the saved data position"
+                        + ("" if added < 1 else f"; rank {len(saved)} draws dropout of its own" if added == 1 else
+                           f"; ranks {len(saved)}-{info.world_size - 1} draw dropout of their own"))
         return state["step"], state["data_phase"], StreamState.from_dict(state["data_state"])
 
 
