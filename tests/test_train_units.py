@@ -91,6 +91,12 @@ def test_grad_accumulation_must_divide():
     assert grad_accum_steps(32, 4, 2) == 4
     with pytest.raises(UsageError, match="32 is not divisible by micro batch size 6 x 2"):
         grad_accum_steps(32, 6, 2)
+    # and says what to do: a job requeued on 4 GPUs (global batch 12, micro 2) cannot change its
+    # global batch on --resume, but may its micro batch
+    with pytest.raises(UsageError, match=r"= 8: use a micro batch size that divides 3, e\.g\. 1 \(it may change on --resume"):
+        grad_accum_steps(12, 2, 4)
+    with pytest.raises(UsageError, match="use a number of processes that divides 12"):
+        grad_accum_steps(12, 2, 5)
     cfg = TrainConfig(corpus=["x"], global_batch_size=32, micro_batch_size=8, phases=[Phase(64, 5, 24)])
     with pytest.raises(UsageError, match="phase 1"):
         cfg.validate(world_size=2)

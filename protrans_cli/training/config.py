@@ -508,9 +508,18 @@ def grad_accum_steps(global_batch_size: int, micro_batch_size: int, world_size: 
                          f"({micro_batch_size}) must be at least 1")
     per_step = micro_batch_size * world_size
     if global_batch_size % per_step:
+        # What to do: a run requeued on fewer or more GPUs keeps its global batch (--resume
+        # refuses another) but may change its micro-batch size.
+        if global_batch_size % world_size:
+            advice = f"use a number of processes that divides {global_batch_size}"
+        else:
+            share = global_batch_size // world_size
+            fits = max(d for d in range(1, min(micro_batch_size, share) + 1) if share % d == 0)
+            advice = (f"use a micro batch size that divides {share}, e.g. {fits} (it may change on --resume; "
+                      "the global batch size may not)")
         raise UsageError(
             f"{where}: global batch size {global_batch_size} is not divisible by micro batch size "
-            f"{micro_batch_size} x {world_size} process(es) = {per_step}")
+            f"{micro_batch_size} x {world_size} process(es) = {per_step}: {advice}")
     return global_batch_size // per_step
 
 
