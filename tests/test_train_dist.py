@@ -98,14 +98,19 @@ def test_torchrun_fsdp_with_adafactor_and_resume_matches_one_process(tmp_path, f
     np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)
 
 
+def _stopped_one_process_run(out, step: int):
+    """A one-process run of ARGS in `out`, stopped with a checkpoint after `step`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "protrans_cli", "train", *ARGS, "-o", str(out), "--stop-after", str(step)],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    return out
+
+
 @pytest.mark.slow
 def test_a_one_process_checkpoint_resumes_under_fsdp(tmp_path):
     # The strategy may change on --resume: one process (or DDP) to FSDP was a KeyError
     # ('state.0.step') from set_optimizer_state_dict on every rank.
-    out = tmp_path / "moved"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "protrans_cli", "train", *ARGS, "-o", str(out), "--stop-after", "3"],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    out = _stopped_one_process_run(tmp_path / "moved", 3)
     proc = _torchrun("-o", out, "--strategy", "fsdp", "--resume")
     assert "strategy fsdp" in proc.stderr and "resuming from" in proc.stderr
     losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
@@ -119,10 +124,7 @@ def test_a_one_process_checkpoint_resumed_by_two_gives_rank_1_its_own_random_str
     # checkpoint saving the two equal states).
     import torch
 
-    out = tmp_path / "grown"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "protrans_cli", "train", *ARGS, "-o", str(out), "--stop-after", "2"],
-                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    out = _stopped_one_process_run(tmp_path / "grown", 2)
     proc = _torchrun("-o", out, "--resume", "--stop-after", "3")
     state = torch.load(out / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
