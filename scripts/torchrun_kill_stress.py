@@ -21,7 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _kill_stress import ROOT, env  # (scripts/, beside this file)
+
 sys.path.insert(0, str(ROOT / "tests"))
 
 OPTIONS = ["-m", "onehot", "--window", "100", "--max-batch-size", "4", "--max-length", "110",
@@ -53,12 +54,12 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _attempt(rng, command, env, may_stop: bool) -> tuple[int, str | None, str]:
+def _attempt(rng, command, environment, may_stop: bool) -> tuple[int, str | None, str]:
     """Run `command`, perhaps stopped by a random signal; (exit code, the signal sent, stderr)."""
     signum = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGINT, signal.SIGTERM]) \
         if may_stop and rng.random() < 0.85 else None
     at = rng.uniform(0.5, 10)
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(command, env=environment, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     sent = None
     if signum is not None:
@@ -96,14 +97,13 @@ def main(argv=None) -> None:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job's is ignored: its ranks' too)
     rng = random.Random(args.seed)
-    env = {**os.environ, "PROTRANS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    environment = env()
     passed = stops = other_counts = 0
     with tempfile.TemporaryDirectory(prefix="torchrun_kill_stress.") as tmp:
         tmp = Path(tmp)
         fasta = generated_fasta(tmp / "g.fa", args.proteins, repeat_every=7, long_every=3)
         reference = tmp / "reference.h5"
-        subprocess.run(_command(fasta, reference, 1, False), env=env, cwd=ROOT, check=True,
+        subprocess.run(_command(fasta, reference, 1, False), env=environment, cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         full = dict(file_content(reference))
         for trial in range(args.trials):
@@ -113,7 +113,8 @@ def main(argv=None) -> None:
             for attempt in range(8):
                 processes = rng.choice([1, 2, 3])
                 other_counts += previous is not None and processes != previous
-                code, sent, err = _attempt(rng, _command(fasta, out, processes, attempt > 0), env, attempt < 5)
+                code, sent, err = _attempt(rng, _command(fasta, out, processes, attempt > 0), environment,
+                                         attempt < 5)
                 stops += sent is not None
                 history.append(f"{processes} process(es)" + (f", {sent}" if sent else "") + f": exit {code}")
                 previous = processes
