@@ -951,6 +951,31 @@ def test_predict_in_slices_writes_what_one_pass_writes(run_cli, ss_data, loc_dat
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_predict_lets_go_of_a_slice_before_it_reads_the_next(run_cli, ss_data, tmp_path, monkeypatch):
+    """Each slice's embeddings (read into RAM up to --cache-gb) and probabilities are freed before
+    the next slice is read: two slices were held at once, and peak RSS grew with the file."""
+    import weakref
+
+    from protrans_cli.heads import predict as predict_module
+    from protrans_cli.heads.data import ResidueData
+
+    head = tmp_path / "ss"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    alive, seen = [], []
+
+    class Watched(ResidueData):
+        def __init__(self, *args, **kwargs):
+            seen.append(sum(ref() is not None for ref in alive))  # earlier slices still held
+            super().__init__(*args, **kwargs)
+            alive.append(weakref.ref(self))
+
+    monkeypatch.setattr(predict_module, "ResidueData", Watched)
+    monkeypatch.setattr(predict_module, "CHUNK_RESIDUES", 70)  # a protein or two at a time
+    predict_module.predict(head, ss_data / "test.h5", tmp_path / "out.fa", threads=1)
+    assert len(seen) > 3 and seen == [0] * len(seen), seen
+
+
 def test_value_task_regression_from_a_flip_csv(run_cli, tmp_path):
     """FLIP's per-protein regression splits: fit learns a value that follows the composition."""
     rng = np.random.default_rng(3)

@@ -247,6 +247,10 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                         p = probs[o.name][i]
                         row += [f"{p[0]:.6g}"] if o.is_value else [o.classes[int(p.argmax())]] + [f"{v:.4f}" for v in p]
                     stream.write(_csv_line(row, delimiter))
+            # (let go before the next slice is read: the names held this slice's embeddings, up to
+            # --cache-gb of them, and its probabilities while the next slice loaded, so two slices
+            # were in memory at once: peak RSS 780 MB for 5.5 M one-hot residues, 627 MB for 2.8 M)
+            data = probs = None
     return {"proteins": len(items)} if predicted is None else {"proteins": len(items), "predicted": predicted}
 
 
