@@ -342,6 +342,21 @@ def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
     assert not (tmp_path / "m" / "test.json").is_symlink() and (tmp_path / "m" / "test.loc.png").stat().st_size > 1000
 
 
+def test_predict_metrics_of_labels_from_stdin_are_named_stdin(run_cli, loc_data, tmp_path):
+    """`--labels - --metrics DIR` wrote DIR/<stdin>.json (a name a shell has to quote)."""
+    from protrans_cli.heads.labels import LabelSet
+
+    assert LabelSet("<stdin>", "deeploc", []).name == "stdin"
+    assert LabelSet("test.fasta.gz", "deeploc", []).name == "test"
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "2", "-j", "1", "--bootstrap", "10", "--no-plots", "-o", head).exit_code == 0
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "--labels", "-", "--metrics", tmp_path / "m",
+                "--no-plots", input=(loc_data / "test.fasta").read_bytes())
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["stdin.json"]
+
+
 def test_predict_with_labels_reports_the_ci_that_fit_reported(run_cli, loc_data, tmp_path):
     """predict --labels seeded its bootstrap with 0 and drew 1000 resamples whatever the fit had
     used: after `fit --seed 3 --bootstrap 100`, fit and predict printed different CIs for the

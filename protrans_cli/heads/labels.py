@@ -92,7 +92,9 @@ class LabelSet:
     @property
     def name(self) -> str:
         """A short name for reports: the file name without compression and format suffixes."""
-        name = Path(self.path).name
+        # (`--labels -` is read as "<stdin>": `predict --metrics DIR` wrote DIR/<stdin>.json, a name
+        # a shell has to quote and Windows refuses)
+        name = Path(self.path).name.strip("<>")
         for suffix in (".gz", ".bz2", ".xz", ".zst", ".csv", ".tsv", ".txt", ".fasta", ".fa"):
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
