@@ -54,12 +54,14 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _attempt(rng, command, environment, may_stop: bool) -> tuple[int, str | None, str]:
-    """Run `command`, perhaps stopped by a random signal; (exit code, the signal sent, stderr)."""
+def _attempt(rng, command, environment, may_stop: bool, *, cwd=ROOT, at=(0.5, 10),
+             timeout: float = 180, chance: float = 0.85) -> tuple[int, str | None, str]:
+    """Run `command` in `cwd`, perhaps stopped by a random signal after `at` (a range of seconds);
+    (exit code, the signal sent, stderr). A run still going `timeout` s after is killed (hung)."""
     signum = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGINT, signal.SIGTERM]) \
-        if may_stop and rng.random() < 0.85 else None
-    at = rng.uniform(0.5, 10)
-    proc = subprocess.Popen(command, env=environment, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        if may_stop and rng.random() < chance else None
+    at = rng.uniform(*at)
+    proc = subprocess.Popen(command, env=environment, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     sent = None
     if signum is not None:
@@ -74,7 +76,7 @@ def _attempt(rng, command, environment, may_stop: bool) -> tuple[int, str | None
                     pass
             sent = signum.name + ("" if every else " to the launcher")
     try:
-        _, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         for pid in _tree(proc.pid):
             try:
@@ -82,7 +84,7 @@ def _attempt(rng, command, environment, may_stop: bool) -> tuple[int, str | None
             except ProcessLookupError:
                 pass
         _, err = proc.communicate()
-        err += "\n(hung: killed after 180 s)"
+        err += f"\n(hung: killed after {timeout} s)"
     return proc.returncode, sent, err
 
 
