@@ -61,6 +61,7 @@ def run_checks(run: Path) -> list[str]:
         from transformers.utils import logging
 
         logging.set_verbosity_error()  # (the heads' weights, which AutoModel leaves out, listed)
+        logging.disable_progress_bar()
         AutoModel.from_pretrained(run)
     except Exception as exc:  # noqa: BLE001
         problems.append(f"AutoModel.from_pretrained: {exc!r}"[:200])
