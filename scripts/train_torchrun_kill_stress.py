@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from _kill_stress import ROOT, env  # (scripts/, beside this file)
-from torchrun_kill_stress import _attempt, _tree  # noqa: F401  (_tree: for --keep debugging)
+from torchrun_kill_stress import _attempt
 from train_kill_stress import compare, leftovers, train_args
 
 STEPS, SAVE_EVERY, KEEP_LAST, LOG_EVERY = 30, 4, 2, 3
