@@ -62,6 +62,36 @@ def test_tokenizer_round_trip(name, tmp_path):
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(mask_a, mask_b)
 
 
+
+@pytest.mark.parametrize("name", NAMES)
+def test_saved_tokenizer_config_is_readable_by_transformers_4(name, tmp_path):
+    """transformers 4.x (4.46-4.57 checked by hand) has no class TokenizersBackend and takes
+    `extra_special_tokens` for a dict: the tokenizer_config.json a family writes names
+    PreTrainedTokenizerFast and lists its extra specials as additional_special_tokens, and
+    transformers 5 reads that back to the tokenizer it reads from its own save."""
+    from transformers import AutoTokenizer
+
+    from protrans_cli.models.tokenizers import save_tokenizer
+
+    family = FAMILIES[name]
+    tokenizer = family.build_tokenizer()
+    plain, portable = tmp_path / "plain", tmp_path / "portable"
+    tokenizer.save_pretrained(plain)
+    save_tokenizer(tokenizer, portable)
+    data = json.loads((portable / "tokenizer_config.json").read_text())
+    assert data["tokenizer_class"] != "TokenizersBackend"
+    assert not isinstance(data.get("extra_special_tokens", {}), list)
+    if name in ("t5", "xlnet"):
+        assert data["additional_special_tokens"]
+    a, b = AutoTokenizer.from_pretrained(plain), AutoTokenizer.from_pretrained(portable)
+    assert type(a) is type(b)
+    assert a.get_vocab() == b.get_vocab() and a.all_special_ids == b.all_special_ids
+    assert a.all_special_tokens == b.all_special_tokens and a.padding_side == b.padding_side
+    texts = [family.prepare(s) for s in SEQS]
+    assert [a(t)["input_ids"] for t in texts] == [b(t)["input_ids"] for t in texts]
+    ids = a(texts[0])["input_ids"]
+    assert a.decode(ids, skip_special_tokens=True) == b.decode(ids, skip_special_tokens=True)
+
 @pytest.mark.parametrize("name", NAMES)
 def test_one_token_per_residue(name):
     family = FAMILIES[name]

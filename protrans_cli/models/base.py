@@ -197,8 +197,10 @@ class Family:
 
     def save_pretrained(self, model, tokenizer, directory) -> None:
         """Write an HF model directory that `load_encoder` and `AutoModel` read back."""
+        from protrans_cli.models.tokenizers import save_tokenizer
+
         model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
+        save_tokenizer(tokenizer, directory)  # (a tokenizer_config.json transformers 4.x reads too)
         stamp_versions(directory)
 
     # --- embedding (embed) ------------------------------------------------------------

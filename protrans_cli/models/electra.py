@@ -22,7 +22,7 @@ from pathlib import Path
 
 from protrans_cli.models.base import Family, refuse_missing_layers
 from protrans_cli.models.bert import BERT_SPECIALS
-from protrans_cli.models.tokenizers import RESIDUES, residue_tokenizer
+from protrans_cli.models.tokenizers import RESIDUES, residue_tokenizer, save_tokenizer
 
 DEFAULT_GENERATOR_SIZE = 0.25
 
@@ -257,7 +257,7 @@ class ElectraFamily(Family):
         complete HF model directory of its own (AutoTokenizer and AutoModelForMaskedLM load it)."""
         super().save_pretrained(model, tokenizer, directory)
         if hasattr(model, "generator"):
-            tokenizer.save_pretrained(Path(directory) / "generator")
+            save_tokenizer(tokenizer, Path(directory) / "generator")
 
     def load_pretraining_model(self, directory, *, config=None, **kwargs):
         from transformers import ElectraForMaskedLM, ElectraForPreTraining

@@ -10,6 +10,8 @@ time (unspaced families), so a residue can never become two tokens or merge with
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # ProtBert's residue order (vocab.txt of Rostlab/prot_bert); the other families reuse it so
 # that residue ids differ between families only by their number of leading special tokens.
 RESIDUES = tuple("LAGVESIKRDTPNQFYMHCWXUBZO")
@@ -54,3 +56,31 @@ def residue_tokenizer(vocab: list[str], *, unk_token: str, single: str, pair: st
     if len(tokenizer) != len(vocab):
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, vocabulary {len(vocab)}")
     return tokenizer
+
+
+def save_tokenizer(tokenizer, directory) -> None:
+    """`tokenizer.save_pretrained(directory)`, with a tokenizer_config.json that transformers 4.x
+    reads as well (a model directory is often handed to a collaborator on 4.x). transformers 5
+    writes two things 4.x refuses: `"tokenizer_class": "TokenizersBackend"` (a class 4.x does not
+    have: AutoTokenizer raises "Tokenizer class TokenizersBackend does not exist") and
+    `extra_special_tokens` as a list (T5's sentinels, XLNet's <eod>/<eop>: 4.48-4.57 take that key
+    for a dict and raise AttributeError: 'list' object has no attribute 'keys'). They become
+    `PreTrainedTokenizerFast` (5 still knows the name, as an alias of TokenizersBackend) and
+    `additional_special_tokens` (5 reads it as extra_special_tokens); transformers 5 loads the
+    rewritten file to the same tokenizer (class, special tokens, ids)."""
+    import json
+
+    tokenizer.save_pretrained(str(directory))
+    path = Path(directory) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    changed = False
+    if data.get("tokenizer_class") == "TokenizersBackend":
+        data["tokenizer_class"] = "PreTrainedTokenizerFast"
+        changed = True
+    if isinstance(data.get("extra_special_tokens"), list) and "additional_special_tokens" not in data:
+        data["additional_special_tokens"] = data.pop("extra_special_tokens")
+        changed = True
+    if changed:
+        path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
