@@ -62,7 +62,6 @@ def test_tokenizer_round_trip(name, tmp_path):
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(mask_a, mask_b)
 
 
-
 @pytest.mark.parametrize("name", NAMES)
 def test_saved_tokenizer_config_is_readable_by_transformers_4(name, tmp_path):
     """transformers 4.x (4.46-4.57 checked by hand) has no class TokenizersBackend and takes
@@ -91,6 +90,7 @@ def test_saved_tokenizer_config_is_readable_by_transformers_4(name, tmp_path):
     assert [a(t)["input_ids"] for t in texts] == [b(t)["input_ids"] for t in texts]
     ids = a(texts[0])["input_ids"]
     assert a.decode(ids, skip_special_tokens=True) == b.decode(ids, skip_special_tokens=True)
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_token_per_residue(name):
