@@ -790,3 +790,34 @@ def test_a_resumed_writer_keeps_the_files_list_of_untrusted_proteins_until_it_co
     w.write("a", "a", "MKV", per_residue=np.ones((3, 4), np.float32))
     w.close(complete=True)
     assert not h5.untrusted_path(partial).exists() and out.exists()
+
+
+def _format_readable_by_old_hdf5(path) -> None:
+    """Files that older HDF5 libraries open (checked by hand with 1.10.8, 1.12.2, 1.14.2-1.14.6; the
+    suite has only the installed one): the superblock and objects in the oldest format their
+    features allow (creation order needs HDF5 1.8), not the newest the writing library knows
+    (`libver="latest"` gives superblock 3, which HDF5 1.8 cannot open, and whatever object
+    versions a later library adds)."""
+    with open(path, "rb") as raw:
+        head = raw.read(9)
+    assert head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] <= 2, f"{path}: superblock version {head[8]}"
+    with h5py.File(path, "r") as f:
+        assert f.libver[0] == "earliest", f"{path}: format lower bound {f.libver}"
+
+
+@pytest.mark.parametrize("layout", ["grouped", "flat"])
+def test_written_merged_and_mended_files_keep_the_oldest_format(tmp_path, layout):
+    from protrans_cli.io.h5 import repair_after_kill
+
+    kinds = (PER_RESIDUE, PER_PROTEIN) if layout == "grouped" else (PER_RESIDUE,)
+    out = tmp_path / "e.h5"
+    _write(out, ["a", "b"], kinds=kinds, layout=layout, storage_dtype="float16", compression="gzip")
+    _format_readable_by_old_hdf5(out)
+    with EmbeddingsWriter(tmp_path / "m.h5", kinds=kinds, layout=layout) as m:  # a torchrun merge
+        m.copy_from(str(out))
+    _format_readable_by_old_hdf5(tmp_path / "m.h5")
+    w = EmbeddingsWriter(tmp_path / "p.h5", kinds=kinds, layout=layout, finalize=False)
+    w.write("c", "c", "MKV", per_residue=np.ones((3, 4), np.float32), per_protein=np.ones(4, np.float32))
+    w.close()
+    assert repair_after_kill(partial_path(tmp_path / "p.h5"), kinds, layout, force=True)  # the mended copy
+    _format_readable_by_old_hdf5(partial_path(tmp_path / "p.h5"))
