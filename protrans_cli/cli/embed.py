@@ -34,7 +34,8 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
 @click.option("--storage-dtype", type=click.Choice(["float32", "float16"]), default="float32",
               help="dtype of the arrays in the file.")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none",
-              help="HDF5 dataset compression.")
+              help="HDF5 dataset compression of per-residue arrays; lzf is faster but only h5py reads it "
+                   "(gzip for files read by other HDF5 tools).")
 @click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto",
               help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without "
