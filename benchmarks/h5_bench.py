@@ -124,7 +124,7 @@ def scan_dictionary(path: Path) -> tuple[float, list]:
 def resume_read(path: Path, ledger: bool) -> tuple[float, int]:
     """What `embed --resume` reads of a stopped run's file before it computes anything: its
     sealed ledger, or (the ledger removed: a SIGKILLed run) every protein, in a forked child."""
-    from protrans_cli.embed import _done_in
+    from protrans_cli.embed_resume import _done_in
     from protrans_cli.io.h5 import PER_PROTEIN, remove_ledger
 
     if not ledger:

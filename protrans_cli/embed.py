@@ -16,6 +16,8 @@ embedder and every transformer family share this code. The transformer embedder 
 `embed_arrays`, which returns rows already in the storage dtype and means taken where the model
 runs, in one pass (what the pipeline uses when it is there). Under torchrun, each rank embeds a
 balanced share of every window into its own file and rank 0 merges them into the one output.
+With --resume, what the output already holds is read by embed_resume.py (in a forked child: a
+file a SIGKILL damaged can crash HDF5) and compared here with the input before any computation.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def main(argv=None) -> None:
             except Exception as exc:  # noqa: BLE001 - counted and shown, the next trial goes on
                 failed += 1
                 print(f"trial {trial}: {type(exc).__name__}: {exc}", flush=True)
-            # (HDF5 crashing the forked reader of the partial file: embed._done_in)
+            # (HDF5 crashing the forked reader of the partial file: embed_resume._done_in)
             crashes += messages.getvalue().count("HDF5 crashed")
             if "repaired the damaged file" in messages.getvalue():
                 repaired += 1

@@ -746,7 +746,8 @@ except h5.RuntimeFailure as exc:
 def test_a_shards_list_of_untrusted_proteins_survives_the_merge(tmp_path):
     """A one-process --resume of a torchrun run merges the shards and removes them with their
     lists: a protein a failed write may have lost counted as done at the next --resume."""
-    from protrans_cli.embed import _absorb_shards, _done_in, shard_path
+    from protrans_cli.embed import _absorb_shards, shard_path
+    from protrans_cli.embed_resume import _done_in
     from protrans_cli.io import h5
 
     out = tmp_path / "o.h5"
@@ -2293,19 +2294,19 @@ def test_resume_does_not_take_slow_sorting_after_the_reads_for_a_hang(tmp_path, 
     import io
     import time
 
-    from protrans_cli import embed as embed_module
+    from protrans_cli import embed_resume
     from protrans_cli.io import h5 as h5_module
 
     fasta = generated_fasta(tmp_path / "g.fa", 6, repeat_every=0)
     out = _run(tmp_path / "out.h5", fasta=fasta, max_batch_size=4)
-    parent, real = os.getpid(), embed_module._Done.union.__func__
+    parent, real = os.getpid(), embed_resume._Done.union.__func__
 
     def slow_union(cls, parts):  # (as sorting tens of millions of digests)
         if os.getpid() != parent:
             time.sleep(2.5)
         return real(cls, parts)
 
-    monkeypatch.setattr(embed_module._Done, "union", classmethod(slow_union))
+    monkeypatch.setattr(embed_resume._Done, "union", classmethod(slow_union))
     monkeypatch.setattr(h5_module.CrashGuard, "HANG_DEFAULT", 1)
     messages = io.StringIO()
     with contextlib.redirect_stderr(messages):

@@ -680,7 +680,7 @@ class CrashGuard:
     """What a child process that reads a damaged file notes before each HDF5 call that can crash
     (a segmentation fault inside HDF5 on metadata a SIGKILL left half written), and what earlier
     children's crashes taught: records to leave alone (`skip`: (group, name)) and groups whose
-    index is not to be iterated (`no_iterate`: read by name instead). See embed._done_in."""
+    index is not to be iterated (`no_iterate`: read by name instead). See embed_resume._done_in."""
 
     def __init__(self, log_fd: int | None = None, skip=(), no_iterate=()):
         self.log_fd = log_fd
@@ -745,7 +745,7 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
     `run_attrs` (this run's settings). When a group's own index lost a node, its records are
     found by name: `candidates()` gives the ids that may be there (the input's). Only the
     version-0 superblock h5py writes is handled. `force`: copy the readable proteins into a
-    fresh file even where no damage is seen (HDF5 crashed reading this file: embed._done_in)."""
+    fresh file even where no damage is seen (HDF5 crashed reading this file: embed_resume._done_in)."""
     import struct
 
     import h5py
@@ -787,7 +787,7 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
             if not lost_attrs and not damaged_index and not any(bad.values()) and not force and not moved:
                 return None
             # (a write failing inside HDF5 can crash h5py: the room is checked first, without a
-            # half-made copy that a crashed reader left: embed._done_in)
+            # half-made copy that a crashed reader left: embed_resume._done_in)
             salvage.unlink(missing_ok=True)
             ensure_room(salvage, size, "free some space and run the same command with --resume", shown=path,
                         what="a mended copy of this damaged file")
