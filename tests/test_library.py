@@ -476,6 +476,36 @@ def test_train_and_fit_work_where_the_caller_switched_gradients_off(tmp_path, lo
     assert (tmp_path / "head" / "weights.safetensors").exists()
 
 
+def test_a_signal_after_the_runs_last_check_still_ends_it_as_stopped():
+    """SIGTERM or Ctrl-C in the moment between train's last look at a stop request and the end of
+    its StopRequest block was swallowed (exit 0 after SIGTERM); the previous handler now acts on
+    it when the block ends (the CLI's maps SIGTERM to exit 143)."""
+    import os
+    import signal
+
+    import pytest
+
+    from protrans_cli.training.loop import StopRequest
+
+    called = []
+
+    def handler(signum, frame):
+        called.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            with StopRequest():
+                os.kill(os.getpid(), signal.SIGTERM)  # noted by StopRequest, not acted on yet
+                assert called == []
+        assert called == [signal.SIGTERM] and "completed" in info.value.protrans_detail
+        with StopRequest():  # no signal: nothing raised, the handlers put back
+            pass
+        assert signal.getsignal(signal.SIGTERM) is handler and called == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_train_leaves_a_signal_the_caller_ignores_ignored():
     """nohup, a script's `cmd &`: SIGINT is ignored, and a stop request must not take it over."""
     import signal

@@ -131,7 +131,12 @@ class StopRequest:
                 signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None and self.signum is not None and self._previous:
+            # A signal after the run's last look at it (its model written, "done" printed): the
+            # run is complete, but the exit still says that it was stopped, as one a moment
+            # earlier does (it exited 0, the signal swallowed: seen in the torchrun kill stress).
+            self.raise_now(detail="the run had completed when the signal came")
         self.restore()
 
     def restore(self) -> None:
