@@ -31,9 +31,10 @@ from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_
 from protrans_cli.heads.labels import read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, through_link)
-from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id, ensure_room,
-                                escape_key, h5_file, is_write_failure, one_protein_twice, stored_length,
-                                truncated_from, write_failure_reason)
+from protrans_cli.io.disk import ensure_room
+from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id, escape_key,
+                                h5_file, is_write_failure, one_protein_twice, stored_length, truncated_from,
+                                write_failure_reason)
 from protrans_cli.threads import torch_threads
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import json
 import os
@@ -39,6 +38,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
+from protrans_cli.io import disk
 from protrans_cli.io.fasta import header_id
 from protrans_cli.io.files import output_directory, utf8_text
 
@@ -789,8 +789,8 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
             # (a write failing inside HDF5 can crash h5py: the room is checked first, without a
             # half-made copy that a crashed reader left: embed_resume._done_in)
             salvage.unlink(missing_ok=True)
-            ensure_room(salvage, size, "free some space and run the same command with --resume", shown=path,
-                        what="a mended copy of this damaged file")
+            disk.ensure_room(salvage, size, "free some space and run the same command with --resume", shown=path,
+                             what="a mended copy of this damaged file")
             # (creation order tracked, as the writer makes its groups: in old-style groups every
             # later flush rewrote every name, growing with the square of the proteins)
             with h5_file(salvage, "w", track_order=True) as out:
@@ -892,104 +892,6 @@ def _unreadable_records(group, names: list[bytes]) -> set[bytes]:
         finally:
             _CRASH_GUARD.settle()
     return bad
-
-
-ROOM_MARGIN = 16 << 20  # room kept beside a write for HDF5's own metadata and the attributes
-
-
-def ensure_room(path, nbytes: int, then: str, shown=None, what: str = "the next batch",
-                reserve: int | None = None) -> int:
-    """Refuse a write of about `nbytes` into the HDF5 file `path` that the disk or the file-size
-    limit (ulimit -f) cannot take, before HDF5 meets it: a write that fails inside HDF5 leaves
-    its metadata half written, and h5py then crashed (segmentation fault) with the file at risk.
-    `then` says what the user has and does next; `shown` is the file the message names (`path`
-    when it is not a hidden temporary). `reserve`: the bytes to take for real (`_reserve`;
-    default: the write's, with a margin; 0: none; more than the write's: tried first, then the
-    write's). Returns the bytes that were taken."""
-    import resource
-
-    path = Path(path)
-    need = int(nbytes * 1.05) + ROOM_MARGIN
-    try:
-        stat = os.statvfs(path.parent)
-        free = stat.f_bavail * stat.f_frsize
-    except OSError:
-        stat = free = None
-    if stat is not None and getattr(stat, "f_flag", 0) & getattr(os, "ST_RDONLY", 1):
-        return 0  # (a read-only mount counts 0 bytes free: the writing says "Read-only file system")
-    if free is not None and free < need:
-        free_text, need_text = _sizes(free, need)
-        # (the margin named: "16.2 MiB needed" for a batch of 200 KB read as a miscount)
-        raise RuntimeFailure(f"no room for {what}: {free_text} free on the output's disk, {need_text} needed "
-                             f"({_size(int(nbytes * 1.05))} of data and {ROOM_MARGIN >> 20} MiB kept for HDF5's "
-                             f"own); {then}", path=str(shown or path))
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY:
-        size = path.stat().st_size if path.exists() else 0
-        # The file's growth, not the disk's slack: HDF5's own data grows with the file (16 MiB
-        # kept for it refused a 22 KB output under a 10 MiB limit)
-        grows = int(nbytes * 1.05) + min(ROOM_MARGIN, (2 << 20) + (size + nbytes) // 10)
-        if size + grows > limit:
-            # (the remedy is the limit, not free space)
-            then = then.replace("free some space and", "raise the limit and").replace("once there is room",
-                                                                                      "once the limit is raised")
-            raise RuntimeFailure(f"no room for {what}: the file-size limit (ulimit -f) is "
-                                 f"{limit / 2**20:.1f} MiB, the file {size / 2**20:.1f} MiB and {what} about "
-                                 f"{grows / 2**20:.1f} MiB; {then}", path=str(shown or path))
-    # The free space is the disk's, not the user's: a quota (the rule on cluster scratch) or
-    # another process filling the disk met HDF5 in the middle of a write, after which it loses
-    # data without a word and crashes on close (HDF5 2.0: "Slist already enabled?", a segmentation
-    # fault). The room is taken for real in a file of no name, and given back for HDF5 to use:
-    # a quota only this user's writes consume, and the race shrinks to the write itself.
-    taken = room_for(nbytes) if reserve is None else reserve
-    problem = _reserve(path.parent, taken) if taken else None
-    if problem is not None and taken > room_for(nbytes):
-        taken = room_for(nbytes)
-        problem = _reserve(path.parent, taken)
-    if problem is not None:
-        raise RuntimeFailure(f"no room for {what}: {problem}; {then}", path=str(shown or path))
-    return taken
-
-
-def room_for(nbytes: int) -> int:
-    """What a write of `nbytes` into an HDF5 file takes on disk at most: the data, a tenth for
-    HDF5's own, and a MiB."""
-    return int(nbytes * 1.1) + (1 << 20)
-
-
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"
-
-
-def _size(nbytes: int) -> str:
-    """MiB with one decimal, or KiB below a tenth of a MiB."""
-    return _mib(nbytes) if nbytes >= (1 << 20) // 10 else f"{-(-nbytes // 1024):,} KiB"
-
-
-def _sizes(free: int, need: int) -> tuple[str, str]:
-    """Free and needed bytes in MiB, or in KiB where MiB would print them equal (a shortfall
-    of a few KiB read "16 MiB free on the output's disk, 16 MiB needed")."""
-    if _mib(free) != _mib(need):
-        return _mib(free), _mib(need)
-    return f"{free / 1024:,.0f} KiB", f"{-(-need // 1024):,} KiB"
-
-
-def _reserve(folder: Path, nbytes: int) -> str | None:
-    """Allocate `nbytes` of disk in `folder` and free them again: the reason ("Disk quota
-    exceeded") when the disk or the quota cannot give them; None when it can, or when the file
-    system cannot say (not Linux, or a file system without fallocate: NFS before 4.2, ZFS)."""
-    import tempfile
-
-    if _native_fallocate() is None or nbytes <= 0:
-        return None
-    try:
-        # (unnamed on Linux, O_TMPFILE: a kill leaves nothing behind; freed as it is closed)
-        with tempfile.TemporaryFile(dir=folder, prefix=".protrans-room-") as fh:
-            fallocate(fh.fileno(), nbytes)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # (not EFBIG: the file-size limit is checked above)
-            return f"{exc.strerror or os.strerror(exc.errno)} (a reservation of {_mib(nbytes)} failed)"
-    return None
 
 
 # errno values of a file system that grants no locks: ENOSYS, EOPNOTSUPP/ENOTSUP, ENOLCK (NFS
@@ -1228,7 +1130,7 @@ class _MarkerRoom:
         self.partial = partial
         self.fd: int | None = None
         self.size = 0
-        if _native_fallocate() is None:
+        if disk._native_fallocate() is None:
             return
         try:
             # (not tempfile.TemporaryFile: it opens O_TMPFILE with O_EXCL, a file that can never
@@ -1240,7 +1142,7 @@ class _MarkerRoom:
         # nothing kept left "it cannot be resumed" after the first failed write)
         for size in (self.SIZE, self.SMALL):
             try:
-                fallocate(self.fd, size)
+                disk.fallocate(self.fd, size)
                 self.size = size
                 return
             except OSError:
@@ -1263,7 +1165,7 @@ class _MarkerRoom:
                     os.fsync(fd)
                     with contextlib.suppress(FileNotFoundError):
                         staged.unlink()
-                    _link_fd(fd, staged)  # (an O_TMPFILE file gets its name)
+                    disk._link_fd(fd, staged)  # (an O_TMPFILE file gets its name)
                     os.replace(staged, target)
                     return
             except OSError:
@@ -1278,64 +1180,6 @@ class _MarkerRoom:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
-
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    """The C library through ctypes, errno kept, on Linux (fallocate(2), linkat(2)); else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-def _errno_error(*path) -> OSError:
-    """The OSError of the C call that just failed (`_libc`)."""
-    import ctypes
-
-    code = ctypes.get_errno()
-    return OSError(code, os.strerror(code), *map(str, path))
-
-
-_AT_FDCWD, _AT_SYMLINK_FOLLOW = -100, 0x400
-
-
-def _link_fd(fd: int, target: Path) -> None:
-    """Give the open file `fd` (O_TMPFILE) the name `target`: linkat(2) following the /proc
-    link (os.link calls link(2), which links the /proc symlink itself: EXDEV)."""
-    libc = _libc()
-    if libc is None:
-        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), str(target))
-    if libc.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, os.fsencode(target),
-                   _AT_SYMLINK_FOLLOW) != 0:
-        raise _errno_error(target)
-
-
-@functools.lru_cache(maxsize=1)
-def _native_fallocate():
-    """Linux's fallocate(2) through ctypes, or None. Not os.posix_fallocate: where the file
-    system has no fallocate, glibc writes a byte into every block instead, which on NFS or ZFS
-    costs as much I/O as the room it takes (64 MiB written for each 64 MiB of room)."""
-    import ctypes
-
-    function = getattr(_libc(), "fallocate64", None)
-    if function is not None:
-        function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-        function.restype = ctypes.c_int
-    return function
-
-
-def fallocate(fd: int, nbytes: int) -> None:
-    """Allocate the first `nbytes` of the file `fd` (OSError: ENOSPC, EDQUOT, EOPNOTSUPP, ...)."""
-    function = _native_fallocate()
-    if function is None:
-        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
-    if function(fd, 0, 0, nbytes) != 0:
-        raise _errno_error()
 
 
 def is_write_failure(exc: BaseException) -> bool:
@@ -1493,8 +1337,8 @@ class EmbeddingsWriter:
         if resume and self.partial.exists():
             _check_resumable(self.partial, run_attrs, resume_equal)
             keep_ledger = _sealed_size(self.partial)  # (before this run changes the file)
-            ensure_room(self.partial, 0, f"what was computed is kept in {self.partial}; run the same command with "
-                                         "--resume once there is room", what="the run's attributes")
+            disk.ensure_room(self.partial, 0, f"what was computed is kept in {self.partial}; run the same command "
+                                              "with --resume once there is room", what="the run's attributes")
             self.file = h5_file(self.partial, "a")
             self.failed = failed_attr(self.file.attrs.get("failed"), str(self.partial))
             resumed = True
@@ -1507,8 +1351,8 @@ class EmbeddingsWriter:
             # link) is removed, and the file created exclusively ("x": O_EXCL, never through a link).
             with contextlib.suppress(OSError):
                 creating.unlink()
-            ensure_room(creating, 0, "nothing was written; free some space and run the command again",
-                        shown=self.path, what="a new output file")
+            disk.ensure_room(creating, 0, "nothing was written; free some space and run the command again",
+                             shown=self.path, what="a new output file")
             try:
                 # Groups that track creation order are HDF5's new-style groups: in the default,
                 # old-style ones every name sits in one heap that each flush (each batch) writes
@@ -1620,11 +1464,11 @@ class EmbeddingsWriter:
         stays as it was after the last batch, resumable."""
         # The room is taken for real for 64 MiB of batches at a time: freeing it cost 2-3 ms a
         # batch (ext4 mounted with discard), 3% of a one-hot run of small batches.
-        need = room_for(nbytes)
+        need = disk.room_for(nbytes)
         reserve = 0 if need <= self._room_taken else max(need, self.ROOM_AHEAD)
-        taken = ensure_room(self.partial, nbytes, f"what was computed is kept in {self.partial}; run the same "
-                                                  "command with --resume once there is room", what=what,
-                            reserve=reserve)
+        taken = disk.ensure_room(self.partial, nbytes, f"what was computed is kept in {self.partial}; run the same "
+                                                       "command with --resume once there is room", what=what,
+                                 reserve=reserve)
         self._room_taken = (taken if reserve else self._room_taken) - need
 
     ROOM_AHEAD = 64 << 20
