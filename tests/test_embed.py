@@ -559,7 +559,7 @@ def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, mo
     import types
 
     from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.io import h5
+    from protrans_cli.io import disk
 
     fasta = generated_fasta(tmp_path / "g.fa", 60, repeat_every=0)
     reference = _run(tmp_path / "ref.h5", fasta, max_batch_size=4)
@@ -570,12 +570,12 @@ def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, mo
         free = 10**12 if len(calls) < 5 else 1 << 20  # after the file's creation and three batches
         return types.SimpleNamespace(f_bavail=free, f_frsize=1)
 
-    monkeypatch.setattr(h5.os, "statvfs", filling)
+    monkeypatch.setattr(disk.os, "statvfs", filling)
     out = tmp_path / "full.h5"
     with pytest.raises(RuntimeFailure, match=r"no room for the next batch: 1.0 MiB free on the output's disk, 16.0 MiB "
                                              r"needed \(\d+ KiB of data and 16 MiB kept for HDF5's own\); what was computed is kept in .*full.h5.partial"):
         _run(out, fasta, max_batch_size=4)
-    monkeypatch.setattr(h5.os, "statvfs", real)
+    monkeypatch.setattr(disk.os, "statvfs", real)
     with EmbeddingsReader(partial_path(out)) as r:
         assert len(r.ids()) == 12  # three batches of four
     _run(out, fasta, max_batch_size=4, resume=True)
@@ -599,8 +599,8 @@ def test_a_write_failing_inside_hdf5_is_one_line_and_resume_embeds_what_it_may_h
     out = tmp_path / "o.h5"
     script = (
         "import resource, sys\n"
-        "import protrans_cli.io.h5 as h5\n"
-        "h5.ensure_room = lambda *a, **k: 0  # (the race it cannot see)\n"
+        "import protrans_cli.io.disk as disk\n"
+        "disk.ensure_room = lambda *a, **k: 0  # (the race it cannot see)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
         "from protrans_cli.cli import main\n"
         f"sys.argv = ['protrans', 'embed', {str(fasta)!r}, '-m', 'onehot', '--per-residue', '-o', {str(out)!r},"
@@ -645,11 +645,11 @@ def test_a_quota_the_free_space_does_not_show_is_said_before_hdf5_meets_it(tmp_p
     import errno
 
     from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.io import h5
+    from protrans_cli.io import disk
 
     fasta = generated_fasta(tmp_path / "g.fa", 40, repeat_every=0)
     reference = _run(tmp_path / "ref.h5", fasta, max_batch_size=4)
-    real, sizes = h5.fallocate, []
+    real, sizes = disk.fallocate, []
 
     def quota(fd, length):
         sizes.append(length)
@@ -657,7 +657,7 @@ def test_a_quota_the_free_space_does_not_show_is_said_before_hdf5_meets_it(tmp_p
             raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
         return real(fd, length)
 
-    monkeypatch.setattr(h5, "fallocate", quota)
+    monkeypatch.setattr(disk, "fallocate", quota)
     out = tmp_path / "o.h5"
     with pytest.raises(RuntimeFailure, match=r"o.h5.partial: no room for the next batch: Disk quota exceeded \(a "
                                              r"reservation of 1.\d MiB failed\); what was computed is kept in"):
@@ -720,6 +720,7 @@ def test_a_merge_failing_inside_hdf5_is_one_line_not_a_crash(tmp_path):
 
     script = f"""
 import resource, numpy as np
+import protrans_cli.io.disk as disk
 import protrans_cli.io.h5 as h5
 from protrans_cli.embed import _absorb_shards, shard_path
 out = {str(tmp_path / "o.h5")!r}
@@ -729,7 +730,7 @@ for rank in (0, 1):
         for i in range(8):
             w.write(f"p{{rank}}_{{i}}", "h", "M" * 100, per_residue=np.ones((100, 256), np.float32))
     shards.append(h5.partial_path(shard_path(out, rank, 2)))
-h5.ensure_room = lambda *a, **k: 0  # (the race it cannot see)
+disk.ensure_room = lambda *a, **k: 0  # (the race it cannot see)
 resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, resource.RLIM_INFINITY))
 try:
     with h5.EmbeddingsWriter(out) as merged:
@@ -769,16 +770,16 @@ def test_a_read_only_file_system_is_not_called_full(tmp_path, monkeypatch):
     """A read-only mount counts 0 bytes free: "no room ... free some space" was the wrong advice."""
     import types
 
-    from protrans_cli.io import h5
+    from protrans_cli.io import disk
 
     from protrans_cli.errors import RuntimeFailure
 
     fasta = generated_fasta(tmp_path / "g.fa", 4, repeat_every=0)
     for flag in (0, os.ST_RDONLY):
-        monkeypatch.setattr(h5.os, "statvfs", lambda path, flag=flag: types.SimpleNamespace(
+        monkeypatch.setattr(disk.os, "statvfs", lambda path, flag=flag: types.SimpleNamespace(
             f_bavail=0, f_frsize=4096, f_flag=flag))
         if flag:  # not refused here: the writing says what is wrong (here, a writable folder, it works)
-            assert h5.ensure_room(tmp_path / "o.h5", 1 << 20, "then") == 0
+            assert disk.ensure_room(tmp_path / "o.h5", 1 << 20, "then") == 0
             _run(tmp_path / "o.h5", fasta)
         else:
             with pytest.raises(RuntimeFailure, match="no room for a new output file"):
@@ -792,7 +793,7 @@ def test_a_merge_of_shards_without_room_is_one_line_and_keeps_the_shards(tmp_pat
 
     from protrans_cli.embed import _absorb_shards, shard_path
     from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.io import h5
+    from protrans_cli.io import disk
 
     out = tmp_path / "o.h5"
     shards = []
@@ -801,7 +802,7 @@ def test_a_merge_of_shards_without_room_is_one_line_and_keeps_the_shards(tmp_pat
             writer.write(f"p{rank}", f"p{rank}", "MKV", per_residue=np.ones((3, 4), np.float32))
         shards.append(partial_path(shard_path(out, rank, 2)))
     with EmbeddingsWriter(out) as merged:
-        monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=4 << 10, f_frsize=1))
+        monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=4 << 10, f_frsize=1))
         with pytest.raises(RuntimeFailure, match=r"no room for the proteins of o.h5.shard-000-of-002.partial: 0.0 MiB free .* "
                                                  r"run the same command with --resume once there is room"):
             _absorb_shards(merged, shards)
@@ -815,10 +816,10 @@ def test_a_disk_without_room_for_the_new_file_is_said_before_hdf5_meets_it(tmp_p
     import types
 
     from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.io import h5
+    from protrans_cli.io import disk
 
     fasta = generated_fasta(tmp_path / "g.fa", 4, repeat_every=0)
-    monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=8 << 10, f_frsize=1))
+    monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=8 << 10, f_frsize=1))
     with pytest.raises(RuntimeFailure, match=r"o.h5: no room for a new output file: 0.0 MiB free on the output's disk"):
         _run(tmp_path / "o.h5", fasta)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.fa"]

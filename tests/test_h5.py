@@ -312,7 +312,7 @@ def test_mending_a_damaged_partial_on_a_full_disk_is_one_line(tmp_path, monkeypa
     import types
 
     from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.io import h5 as h5_module
+    from protrans_cli.io import disk
     from protrans_cli.io.h5 import repair_after_kill
 
     out = tmp_path / "o.h5"
@@ -329,7 +329,7 @@ def test_mending_a_damaged_partial_on_a_full_disk_is_one_line(tmp_path, monkeypa
     data = bytearray(partial.read_bytes())
     data[40:48], data[header:header + 64] = early, bytes(64)  # a kill during a flush, as in test_embed
     partial.write_bytes(bytes(data))
-    monkeypatch.setattr(h5_module.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1))
+    monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1))
     with pytest.raises(RuntimeFailure, match=r"o.h5.partial: no room for a mended copy of this damaged file: 1.0 MiB "
                                              r"free .*; free some space and run the same command with --resume"):
         repair_after_kill(partial, (PER_RESIDUE,), "grouped")
@@ -673,7 +673,7 @@ def test_a_small_file_size_limit_takes_a_small_file(tmp_path, monkeypatch):
     import resource
 
     from protrans_cli.errors import RuntimeFailure
-    from protrans_cli.io.h5 import ensure_room
+    from protrans_cli.io.disk import ensure_room
 
     real = resource.getrlimit
     monkeypatch.setattr(resource, "getrlimit", lambda which: (10 << 20, resource.RLIM_INFINITY)
@@ -733,18 +733,19 @@ def test_marker_room_keeps_a_block_when_a_mebibyte_is_not_free(tmp_path, monkeyp
     import builtins
     import errno
 
+    import protrans_cli.io.disk as disk
     import protrans_cli.io.h5 as h5
 
-    if h5._native_fallocate() is None:
+    if disk._native_fallocate() is None:
         pytest.skip("no fallocate(2)")
-    real = h5.fallocate
+    real = disk.fallocate
 
     def small_disk(fd, nbytes):
         if nbytes > 64 << 10:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, nbytes)
 
-    monkeypatch.setattr(h5, "fallocate", small_disk)
+    monkeypatch.setattr(disk, "fallocate", small_disk)
     partial = tmp_path / "o.h5.partial"
     room = h5._MarkerRoom(partial)
     assert room.fd is not None

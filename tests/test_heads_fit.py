@@ -667,14 +667,14 @@ def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_
     # A full disk under --probabilities gave dozens of h5py tracebacks and a segmentation fault.
     import types
 
-    from protrans_cli.io import h5
+    from protrans_cli.io import disk
 
     head = tmp_path / "ss3"
     assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
                    "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
     probs = tmp_path / "p.h5"
     probs.write_bytes(b"an older file")
-    monkeypatch.setattr(h5.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1))
+    monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1 << 20, f_frsize=1))
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa", "--probabilities", probs)
     assert r.exit_code == 1 and r.stderr.strip() == (f"protrans: error: {probs}: no room for the next batch: 1.0 MiB "
                                                      "free on the output's disk, 16.0 MiB needed (8 KiB of data and 16 MiB kept for "
@@ -688,8 +688,8 @@ def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_
     import sys
 
     script = ("import resource, sys\n"
-              "import protrans_cli.io.h5 as h5, protrans_cli.heads.predict as p\n"
-              "h5.ensure_room = p.ensure_room = lambda *a, **k: 0\n"
+              "import protrans_cli.io.disk as disk, protrans_cli.heads.predict as p\n"
+              "disk.ensure_room = p.ensure_room = lambda *a, **k: 0\n"
               "resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
               "from protrans_cli.cli import main\n"
               f"sys.argv = ['protrans', 'predict', {str(head)!r}, '--embeddings', {str(ss_data / 'train.h5')!r}, "

@@ -1460,7 +1460,7 @@ class EmbeddingsWriter:
             ds.close()
 
     def ensure_room(self, nbytes: int, what: str = "the next batch") -> None:
-        """Refuse a batch of about `nbytes` that would not fit (see `ensure_room`); the file
+        """Refuse a batch of about `nbytes` that would not fit (see `disk.ensure_room`); the file
         stays as it was after the last batch, resumable."""
         # The room is taken for real for 64 MiB of batches at a time: freeing it cost 2-3 ms a
         # batch (ext4 mounted with discard), 3% of a one-hot run of small batches.
