@@ -748,7 +748,7 @@ def test_marker_room_keeps_a_block_when_a_mebibyte_is_not_free(tmp_path, monkeyp
     monkeypatch.setattr(disk, "fallocate", small_disk)
     partial = tmp_path / "o.h5.partial"
     room = h5._MarkerRoom(partial)
-    assert room.fd is not None
+    assert room.fd is not None and room.size == room.SMALL  # (the patch reached it: the small block kept)
     real_open = open
 
     def full_open(path, mode="r", *a, **k):  # the disk is full by now: no new file's data fits
