@@ -736,7 +736,7 @@ def test_marker_room_keeps_a_block_when_a_mebibyte_is_not_free(tmp_path, monkeyp
     import protrans_cli.io.disk as disk
     import protrans_cli.io.h5 as h5
 
-    if disk._native_fallocate() is None:
+    if disk.native_fallocate() is None:
         pytest.skip("no fallocate(2)")
     real = disk.fallocate
 

@@ -4,7 +4,7 @@ fallocate(2), and an unnamed (O_TMPFILE) file given a name.
 
 A write that fails inside HDF5 leaves its metadata half written (h5py then crashed with the file at
 risk), so io/h5.py and heads/predict.py ask `ensure_room` before each batch; io/h5.py's _MarkerRoom
-keeps the disk for its list of untrusted proteins with `fallocate` and `_link_fd`. Nothing here
+keeps the disk for its list of untrusted proteins with `fallocate` and `link_fd`. Nothing here
 opens an HDF5 file.
 """
 
@@ -104,7 +104,7 @@ def _reserve(folder: Path, nbytes: int) -> str | None:
     system cannot say (not Linux, or a file system without fallocate: NFS before 4.2, ZFS)."""
     import tempfile
 
-    if _native_fallocate() is None or nbytes <= 0:
+    if native_fallocate() is None or nbytes <= 0:
         return None
     try:
         # (unnamed on Linux, O_TMPFILE: a kill leaves nothing behind; freed as it is closed)
@@ -140,7 +140,7 @@ def _errno_error(*path) -> OSError:
 _AT_FDCWD, _AT_SYMLINK_FOLLOW = -100, 0x400
 
 
-def _link_fd(fd: int, target: Path) -> None:
+def link_fd(fd: int, target: Path) -> None:
     """Give the open file `fd` (O_TMPFILE) the name `target`: linkat(2) following the /proc
     link (os.link calls link(2), which links the /proc symlink itself: EXDEV)."""
     libc = _libc()
@@ -152,7 +152,7 @@ def _link_fd(fd: int, target: Path) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _native_fallocate():
+def native_fallocate():
     """Linux's fallocate(2) through ctypes, or None. Not os.posix_fallocate: where the file
     system has no fallocate, glibc writes a byte into every block instead, which on NFS or ZFS
     costs as much I/O as the room it takes (64 MiB written for each 64 MiB of room)."""
@@ -167,7 +167,7 @@ def _native_fallocate():
 
 def fallocate(fd: int, nbytes: int) -> None:
     """Allocate the first `nbytes` of the file `fd` (OSError: ENOSPC, EDQUOT, EOPNOTSUPP, ...)."""
-    function = _native_fallocate()
+    function = native_fallocate()
     if function is None:
         raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
     if function(fd, 0, 0, nbytes) != 0:

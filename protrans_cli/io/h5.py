@@ -1130,7 +1130,7 @@ class _MarkerRoom:
         self.partial = partial
         self.fd: int | None = None
         self.size = 0
-        if disk._native_fallocate() is None:
+        if disk.native_fallocate() is None:
             return
         try:
             # (not tempfile.TemporaryFile: it opens O_TMPFILE with O_EXCL, a file that can never
@@ -1165,7 +1165,7 @@ class _MarkerRoom:
                     os.fsync(fd)
                     with contextlib.suppress(FileNotFoundError):
                         staged.unlink()
-                    disk._link_fd(fd, staged)  # (an O_TMPFILE file gets its name)
+                    disk.link_fd(fd, staged)  # (an O_TMPFILE file gets its name)
                     os.replace(staged, target)
                     return
             except OSError:
