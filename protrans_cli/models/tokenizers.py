@@ -74,7 +74,7 @@ def save_tokenizer(tokenizer, directory) -> None:
     path = Path(directory) / "tokenizer_config.json"
     if not path.is_file():
         return
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     changed = False
     if data.get("tokenizer_class") == "TokenizersBackend":
         data["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -83,4 +83,4 @@ def save_tokenizer(tokenizer, directory) -> None:
         data["additional_special_tokens"] = data.pop("extra_special_tokens")
         changed = True
     if changed:
-        path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
