@@ -4,6 +4,7 @@ loads back to the same hidden states; published presets have the published sizes
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,6 +91,26 @@ def test_saved_tokenizer_config_is_readable_by_transformers_4(name, tmp_path):
     assert [a(t)["input_ids"] for t in texts] == [b(t)["input_ids"] for t in texts]
     ids = a(texts[0])["input_ids"]
     assert a.decode(ids, skip_special_tokens=True) == b.decode(ids, skip_special_tokens=True)
+
+
+def test_saved_tokenizer_of_a_t5_saved_by_transformers_4_keeps_no_add_prefix_space(tmp_path):
+    """`train --init-from` a T5 that transformers 4.x saved (spiece.model, `add_prefix_space`):
+    transformers 5 writes tokenizer.json only, and 4.x's T5TokenizerFast, given
+    `add_prefix_space`, rebuilds itself from the spiece.model that is not there (4.57.6: "Either
+    model_file or model_proto must be specified"). The key is dropped; 5 reads the same ids."""
+    from transformers import AutoTokenizer
+
+    from protrans_cli.models.tokenizers import save_tokenizer
+
+    source = Path(__file__).parent / "data" / "tf4_reference" / "t5_full"
+    assert json.loads((source / "tokenizer_config.json").read_text())["add_prefix_space"] is True
+    tokenizer = FAMILIES["t5"].load_tokenizer(source)
+    save_tokenizer(tokenizer, tmp_path)
+    assert not (tmp_path / "spiece.model").exists()  # (else 4.x could rebuild, and the key may stay)
+    assert "add_prefix_space" not in json.loads((tmp_path / "tokenizer_config.json").read_text())
+    texts = [FAMILIES["t5"].prepare(s) for s in SEQS]
+    assert [tokenizer(t)["input_ids"] for t in texts] == [AutoTokenizer.from_pretrained(tmp_path)(t)["input_ids"]
+                                                           for t in texts]
 
 
 @pytest.mark.parametrize("name", NAMES)

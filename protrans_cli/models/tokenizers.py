@@ -82,5 +82,12 @@ def save_tokenizer(tokenizer, directory) -> None:
     if isinstance(data.get("extra_special_tokens"), list) and "additional_special_tokens" not in data:
         data["additional_special_tokens"] = data.pop("extra_special_tokens")
         changed = True
+    if ("add_prefix_space" in data and data.get("tokenizer_class") == "T5Tokenizer"
+            and not (Path(directory) / "spiece.model").is_file()):
+        # (`train --init-from` of a T5 saved by 4.x, which wrote the key: 4.x's T5TokenizerFast
+        # then rebuilds itself from spiece.model, which transformers 5 does not write ("Either
+        # model_file or model_proto must be specified"); tokenizer.json's Metaspace says it already)
+        del data["add_prefix_space"]
+        changed = True
     if changed:
         path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
