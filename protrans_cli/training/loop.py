@@ -119,6 +119,8 @@ class StopRequest:
     def __init__(self):
         self.signum: int | None = None
         self.finishing = False  # every step is done: the final model is being written
+        # what the exit says of a signal after the run's last look at one (__exit__)
+        self.late_detail = "the signal came as the run ended, its work saved"
         self._previous: dict = {}
 
     def __enter__(self):
@@ -136,7 +138,7 @@ class StopRequest:
             # A signal after the run's last look at it (its model written, "done" printed): the
             # run is complete, but the exit still says that it was stopped, as one a moment
             # earlier does (it exited 0, the signal swallowed: seen in the torchrun kill stress).
-            self.raise_now(detail="the run had completed when the signal came")
+            self.raise_now(detail=self.late_detail)
         self.restore()
 
     def restore(self) -> None:
@@ -880,6 +882,9 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
             if info.is_main:
                 plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
             result.step = step
+            if stop is not None:  # (a signal from here on: StopRequest.__exit__)
+                stop.late_detail = (f"the signal came as --stop-after ended the run at step {step}; checkpoint "
+                                    f"{result.last_checkpoint}; continue with the same command and --resume")
             return result
 
     if bar is not None:
@@ -900,6 +905,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     result.step = step
     result.completed = True
     dist.print0(f"train: done, {step} steps; model in {run.run_dir}")
+    if stop is not None:  # (what a signal after the check below says: StopRequest.__exit__)
+        stop.late_detail = f"the run had completed when the signal came ({step} steps; model in {run.run_dir})"
     if stop is not None and stop.signum is not None:
         # asked to stop while the final model was written: it is complete, and the exit says so
         stop.raise_now(detail=f"the run is complete ({step} steps; model in {run.run_dir})")
