@@ -19,6 +19,8 @@ two ids never collapse into one key and `unescape_key(escape_key(x)) == x`.
 `EmbeddingsWriter` streams into `<output>.partial` (a valid HDF5 file after every `flush()`), and
 renames it to `<output>` only when the run completes; `resume=True` reopens the partial file (or
 the finished output) and reports which ids are already present so that a rerun skips them.
+Before each batch it asks io/disk.py whether the disk, the quota and `ulimit -f` have room for
+it (a write that fails inside HDF5 leaves the file's metadata half written).
 """
 
 from __future__ import annotations
