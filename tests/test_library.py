@@ -498,8 +498,8 @@ def test_a_signal_after_the_runs_last_check_still_ends_it_as_stopped():
             with StopRequest() as stop:
                 os.kill(os.getpid(), signal.SIGTERM)  # noted by StopRequest, not acted on yet
                 assert called == []
-                stop.late_detail = "the run had completed when the signal came"  # (as train sets it)
-        assert called == [signal.SIGTERM] and "completed" in info.value.protrans_detail
+                stop.late_detail = "the run is complete (2 steps; model in run)"  # (as train sets it)
+        assert called == [signal.SIGTERM] and info.value.protrans_detail == "the run is complete (2 steps; model in run)"
         with StopRequest():  # no signal: nothing raised, the handlers put back
             pass
         assert signal.getsignal(signal.SIGTERM) is handler and called == [signal.SIGTERM]

@@ -119,7 +119,7 @@ class StopRequest:
     def __init__(self):
         self.signum: int | None = None
         self.finishing = False  # every step is done: the final model is being written
-        # what the exit says of a signal after the run's last look at one (__exit__)
+        # what the exit says of a signal the run did not stop for (__exit__)
         self.late_detail = "the signal came as the run ended, its work saved"
         self._previous: dict = {}
 
@@ -135,9 +135,10 @@ class StopRequest:
 
     def __exit__(self, exc_type, *exc):
         if exc_type is None and self.signum is not None and self._previous:
-            # A signal after the run's last look at it (its model written, "done" printed): the
-            # run is complete, but the exit still says that it was stopped, as one a moment
-            # earlier does (it exited 0, the signal swallowed: seen in the torchrun kill stress).
+            # A signal the run did not stop for (it came while the final model was written, or
+            # after): the run ended with its work saved, and the exit still says that a signal
+            # stopped it. (One after "done" was printed exited 0, the signal swallowed: seen in
+            # the torchrun kill stress.)
             self.raise_now(detail=self.late_detail)
         self.restore()
 
@@ -905,11 +906,10 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     result.step = step
     result.completed = True
     dist.print0(f"train: done, {step} steps; model in {run.run_dir}")
-    if stop is not None:  # (what a signal after the check below says: StopRequest.__exit__)
-        stop.late_detail = f"the run had completed when the signal came ({step} steps; model in {run.run_dir})"
-    if stop is not None and stop.signum is not None:
-        # asked to stop while the final model was written: it is complete, and the exit says so
-        stop.raise_now(detail=f"the run is complete ({step} steps; model in {run.run_dir})")
+    if stop is not None:
+        # A signal while the final model was written, or from here on: the run is complete, and
+        # the exit says so (StopRequest.__exit__ acts on it as this returns).
+        stop.late_detail = f"the run is complete ({step} steps; model in {run.run_dir})"
     return result
 
 
