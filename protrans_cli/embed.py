@@ -1,4 +1,4 @@
-"""FASTA to embeddings: batching, inference, pooling, OOM handling, long sequences, writing, resume, sharding.
+"""FASTA to embeddings: batching, inference, pooling, long sequences, writing, resume, sharding.
 
     from protrans_cli.embed import EmbedOptions, embed
     summary = embed("proteome.fa", "proteome.h5", EmbedOptions(model="onehot", per_protein=True))
@@ -15,7 +15,9 @@ means `(n_layers, D)`, asked for when no per-residue array is written): the buil
 embedder and every transformer family share this code. The transformer embedder also has
 `embed_arrays`, which returns rows already in the storage dtype and means taken where the model
 runs, in one pass (what the pipeline uses when it is there). Under torchrun, each rank embeds a
-balanced share of every window into its own file and rank 0 merges them into the one output.
+balanced share of every window into its own file and rank 0 merges them into the one output
+(embed_dist.py).
+A batch's forward pass, with its out-of-memory and half-precision retries, is embed_retry.py.
 With --resume, what the output already holds is read by embed_resume.py (in a forked child: a
 file a SIGKILL damaged can crash HDF5) and compared here with the input before any computation.
 """
@@ -23,7 +25,6 @@ file a SIGKILL damaged can crash HDF5) and compared here with the input before a
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import hashlib
 import os
@@ -42,7 +43,6 @@ from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options
-from protrans_cli.errors import first_line as errors_first_line
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import (create_fresh, display_name, input_named_by, open_input, output_directory,
                                    output_lock, refuse_special_output, stdin_binary, through_link,
@@ -50,8 +50,11 @@ from protrans_cli.io.files import (create_fresh, display_name, input_named_by, o
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128, partial_path,
                                 refuse_if_in_use)
 from protrans_cli.embed_resume import _Done, _done_in
-from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, Embedder, NonFinite, OneHotEmbedder, TransformerEmbedder,
-                                    beyond_range, fits, mean_rows, mps_available, resolve_device)
+from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same_on_every_rank, _setup_distributed,
+                                     _shard_files, _torchrun_rank, shard_path)
+from protrans_cli.embed_retry import Recomputed, _Want, embed_with_retry
+from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, Embedder, OneHotEmbedder, TransformerEmbedder,
+                                    beyond_range, fits, mean_rows, resolve_device)
 from protrans_cli.residues import SequenceRejected, normalise
 from protrans_cli.threads import check_threads, torch_threads
 
@@ -671,188 +674,6 @@ def shard_units(units: list[_Unit], rank: int, world_size: int, pinned=None) -> 
     return mine
 
 
-# --- out of memory ------------------------------------------------------------------------
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def _free_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    elif mps_available():
-        torch.mps.empty_cache()  # (Apple's GPU keeps freed blocks cached too: the split retry needs them)
-
-
-def _takes_pooled(embedder) -> bool:
-    import inspect
-
-    try:
-        params = inspect.signature(embedder.embed_batch).parameters
-    except (TypeError, ValueError):
-        return False
-    return "pooled" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-@dataclass(frozen=True)
-class _Want:
-    """What a batch's forward pass hands back: per-residue rows (in `dtype`), means, or both."""
-
-    rows: bool
-    means: bool
-    dtype: str = "float32"
-
-
-def _call(embedder, sequences, want: _Want) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
-    """(rows, mean) per sequence. An embedder of the library API may implement
-    embed_batch(sequences) alone: its rows come back as they are, and the means that are still
-    None are taken from them where the batch is written (_deliver)."""
-    if _uses_arrays(embedder):
-        return embedder.embed_arrays(sequences, rows=want.rows, means=want.means, dtype=want.dtype)
-    if not want.rows and _takes_pooled(embedder):
-        pairs = [(None, mean) for mean in embedder.embed_batch(sequences, pooled=True)]
-    else:
-        pairs = [(rows, None) for rows in embedder.embed_batch(sequences)]
-    # embed_arrays checks where the model runs; another embedder's arrays are checked here.
-    pairs = _checked_shapes(embedder, sequences, pairs)
-    return [pair if all(a is None or np.isfinite(a).all() for a in pair)
-            else NonFinite("NaN or infinity in the embedder's output", False) for pair in pairs]
-
-
-def _checked_shapes(embedder, sequences, pairs) -> list:
-    """A library embedder's arrays as numpy arrays of the documented shapes: (n_layers, L, D)
-    rows, (n_layers, D) means. Rows that kept the special tokens' (L + 2), a missing layer axis
-    or another width were written as they came: a per-residue array longer than the protein,
-    its mean over the special tokens' rows too, a width other than the file's embedding_dim."""
-    if len(pairs) != len(sequences):
-        raise ModelError(f"{embedder.name}: embed_batch returned {len(pairs)} arrays for {len(sequences)} sequences")
-    layers = len(getattr(embedder, "layers", None) or (-1,))
-    width = embedder.embedding_dim
-    checked = []
-    for seq, pair in zip(sequences, pairs):
-        out = []
-        for values, expected in zip(pair, ((layers, len(seq), width), (layers, width))):
-            if values is not None:
-                values = np.asarray(values)
-                if values.shape != expected:
-                    raise ModelError(f"{embedder.name}: embed_batch returned an array of shape {values.shape} for a "
-                                     f"sequence of {len(seq)} residues; expected {expected}, (layers, residues, "
-                                     "embedding_dim) for rows or (layers, embedding_dim) for a mean: one row per "
-                                     "residue, no special tokens'")
-            out.append(values)
-        checked.append(tuple(out))
-    return checked
-
-
-def _uses_arrays(embedder) -> bool:
-    """Whether `embed_arrays` is the embedder's way to embed: not when a subclass overrides
-    `embed_batch` below the class that defines `embed_arrays` (its own embed_batch is then what
-    it means, as before embed_arrays existed)."""
-    mro = type(embedder).__mro__
-    arrays = next((c for c in mro if "embed_arrays" in c.__dict__), None)
-    batch = next((c for c in mro if "embed_batch" in c.__dict__), None)
-    return arrays is not None and (batch is None or issubclass(arrays, batch))
-
-
-class Recomputed(tuple):
-    """(rows, mean) of a sequence computed otherwise than the run's device and dtype: on the CPU
-    after running out of memory, or in float32 after its half-precision output overflowed.
-    `how` goes into its datasets' `computed` attribute."""
-
-    how: str
-
-    def __new__(cls, pair, how: str):
-        made = super().__new__(cls, pair)
-        made.how = how
-        return made
-
-
-def embed_with_retry(embedder, sequences: list[str], *, cpu_fallback: bool = False,
-                     on_split=None, want: _Want = _Want(rows=True, means=False)) -> list[tuple | str]:
-    """Embed a batch into (rows, mean) pairs (see _call); on out-of-memory split it in halves
-    down to single sequences, then try the CPU (when allowed). A sequence whose half-precision
-    output held NaN or infinity is embedded again with the model in float32. A sequence that
-    still fails comes back as a reason string: arrays with NaN or infinity are never written."""
-    results = _embed_or_split(embedder, sequences, cpu_fallback, on_split, want)
-    return [r.reason if isinstance(r, NonFinite) else r for r in results]
-
-
-def _embed_or_split(embedder, sequences, cpu_fallback, on_split, want) -> list[tuple | str | NonFinite]:
-    try:
-        results = _call(embedder, sequences, want)
-    except Exception as exc:  # noqa: BLE001 - only memory failures are handled, the rest re-raised
-        if not _is_oom_safe(exc):
-            raise
-        _free_memory()
-    else:
-        return _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want)
-    if len(sequences) > 1:
-        if on_split:
-            on_split(len(sequences))
-        half = len(sequences) // 2
-        return (_embed_or_split(embedder, sequences[:half], cpu_fallback, on_split, want)
-                + _embed_or_split(embedder, sequences[half:], cpu_fallback, on_split, want))
-    reason = f"out of memory on {embedder.device} ({len(sequences[0])} residues)"
-    twin = embedder.on_cpu() if cpu_fallback and hasattr(embedder, "on_cpu") else None
-    if twin is not None:
-        try:
-            how = f"float32 on the CPU (out of memory on {embedder.device})"
-            return [r if isinstance(r, NonFinite) else Recomputed(r, how) for r in _call(twin, sequences, want)]
-        except Exception as exc:  # noqa: BLE001
-            if not _is_oom_safe(exc):
-                raise
-            _free_memory()
-            reason += "; out of memory on the CPU too"
-    return [reason]
-
-
-def _redo_in_float32(embedder, sequences, results, cpu_fallback, on_split, want) -> list:
-    """The sequences whose output overflowed in half precision, once more with the model in
-    float32 on the same device (TransformerEmbedder.in_float32); what is still not finite keeps
-    a NonFinite that says so."""
-    redo = [i for i, r in enumerate(results) if isinstance(r, NonFinite) and r.compute]
-    if not redo or getattr(embedder, "compute_dtype", "float32") == "float32" or not hasattr(embedder, "in_float32"):
-        return results
-    results = list(results)
-    try:
-        with embedder.in_float32() as exact:
-            again = _embed_or_split(exact, [sequences[i] for i in redo], cpu_fallback, on_split, want)
-    except Exception as exc:  # noqa: BLE001 - casting the weights to float32 ran out of memory
-        if not _is_oom_safe(exc):
-            raise
-        _free_memory()
-        for i in redo:
-            results[i] = f"{results[i].reason}; out of memory for a float32 retry"
-        return results
-    for i, result in zip(redo, again):
-        if isinstance(result, NonFinite) and result.compute:
-            result = NonFinite(f"{results[i].reason}, and in float32 too", True)
-        elif isinstance(result, str):  # the retry ran out of memory
-            result = f"{results[i].reason}; the float32 retry: {result}"
-        elif not isinstance(result, (NonFinite, Recomputed)):
-            why = results[i].retried_because or f"NaN or infinity in {embedder.compute_dtype}"
-            result = Recomputed(result, f"float32 on {embedder.device} ({why})")
-        results[i] = result
-    return results
-
-
-def _is_oom_safe(exc) -> bool:
-    try:
-        return is_out_of_memory(exc)
-    except ImportError:  # pragma: no cover
-        return False
-
-
 class _Background:
     """Runs `work(*args)` calls in order on one thread, so that writing a batch to HDF5 overlaps
     the next forward pass (the main thread waits on the accelerator with the GIL released).
@@ -916,124 +737,6 @@ class _Background:
         self.thread.join()
         if exc_type is None:
             self._raise()
-
-
-# --- distributed --------------------------------------------------------------------------
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    initialised_here: bool = False
-    group: object = None  # the group of the barriers and exchanges (None: the default group)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier(group=self.group)
-
-    def sum_counts(self, *counts: int) -> list[int]:
-        """Totals over all ranks (also the barrier before rank 0 merges the shards)."""
-        import torch
-        import torch.distributed as dist
-
-        # On the group's own device: a caller's torchrun script that set up NCCL before calling
-        # embed() (the group is reused) refused a CPU tensor after all the embedding work
-        device = "cpu"
-        if dist.get_backend() == "nccl" and torch.cuda.is_available():
-            device = torch.device("cuda", torch.cuda.current_device())
-        totals = torch.tensor(counts, dtype=torch.int64, device=device)
-        dist.all_reduce(totals, group=self.group)
-        return totals.cpu().tolist()
-
-    def close(self) -> None:
-        if self.initialised_here:
-            from protrans_cli.training.dist import destroy_process_group
-
-            destroy_process_group()
-
-
-def _torchrun_rank() -> tuple[int, int]:
-    """(rank, world size) as torchrun sets them in the environment; (0, 1) without torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else (0, 1)
-
-
-def interrupted_output(output) -> Path:
-    """Where an interrupted run leaves its work: OUTPUT.partial, or under torchrun this rank's
-    OUTPUT.shard-RRR-of-NNN.partial (the ranks merge into OUTPUT only at the end)."""
-    from protrans_cli.io.h5 import partial_path
-
-    rank, world = _torchrun_rank()
-    return partial_path(shard_path(output, rank, world) if world > 1 else output)
-
-
-def _setup_distributed(device: str) -> _Dist:
-    """torchrun sets RANK/WORLD_SIZE: join the group (gloo for the barriers, the data never moves)."""
-    rank, world = _torchrun_rank()
-    if world <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    from protrans_cli.io.files import signals_end_wait
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if dist.is_initialized():  # the caller's group, and its timeouts
-        return _Dist(rank, world, local, False)
-    try:
-        # Joining waits for every rank: one that stopped before it (an error on one node alone)
-        # was waited for 24 hours, the timeout the barriers need.
-        with signals_end_wait(f"rank {rank} was waiting for the other processes to join; nothing was "
-                              "computed or written"):
-            dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
-    except dist.DistError as exc:
-        seconds = JOIN_TIMEOUT.total_seconds()
-        waited = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} s"
-        raise RuntimeFailure(f"rank {rank}: the other ranks did not join within {waited} (one stopped "
-                             f"before starting, its error in its node's log, or was not started): "
-                             f"{errors_first_line(exc)}") from None
-    # Ranks finish at different times (or load the model at different speeds) and wait for each
-    # other at the barriers: a generous timeout there.
-    return _Dist(rank, world, local, True, dist.new_group(timeout=datetime.timedelta(hours=24)))
-
-
-JOIN_TIMEOUT = datetime.timedelta(minutes=30)
-
-
-# Settings that change only the speed, not what the file holds: a node may have its own.
-_PER_NODE_OPTIONS = ("threads", "command_line", "device", "max_tokens", "max_batch_size", "sdpa_kernels",
-                     "compile", "cpu_fallback")
-
-
-def _same_on_every_rank(options: EmbedOptions, output, scan: InputScan | None, failure, group=None) -> None:
-    """Every rank shares out the proteins by the same input and writes the same kinds: a node
-    started with another FASTA or without --per-residue gave a finished file lacking proteins or
-    kinds (exit 0); one whose FASTA was missing left the others waiting at the first barrier."""
-    from dataclasses import asdict
-
-    from protrans_cli.training.dist import same_on_every_rank
-
-    values = {key: value for key, value in asdict(options).items() if key not in _PER_NODE_OPTIONS}
-    values["output"] = str(output)
-    if scan is not None:
-        # (the digest too: two FASTAs of one size and length, or one sorted otherwise, share out
-        # their proteins otherwise)
-        values["input (records, residues, longest)"] = (scan.num_records, scan.num_residues, scan.longest)
-        values["input's ids and sequences (digest)"] = scan.digest
-    same_on_every_rank(values, failure=failure, group=group,
-                       remedy="Start every node with the same command, on the same FASTA, with the output "
-                              "on a file system every node sees.")
-
-
-def shard_path(output, rank: int, world_size: int) -> Path:
-    output = Path(output)
-    return output.with_name(f"{output.name}.shard-{rank:03d}-of-{world_size:03d}")
 
 
 # --- the pipeline -------------------------------------------------------------------------
@@ -1316,37 +1019,6 @@ def _file_attrs(embedder, options, max_length) -> dict:
     return attrs
 
 
-def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist) -> None:
-    """Under torchrun, once every rank has written its shard: the counts summed, rank 0 merging
-    the shards into the output while the others wait for it."""
-    try:
-        summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
-    except RuntimeError as exc:  # a rank that stopped (killed, out of memory): gloo's traceback before
-        raise RuntimeFailure(f"another process of this torchrun run stopped before the end ({errors_first_line(exc)}); "
-                             f"what this one computed is in {interrupted_output(output)}: run the same command "
-                             "with --resume to finish") from None
-    # The other ranks wait while rank 0 merges: one that left at once tore its process group
-    # down, and an abort there (gloo) made torchrun stop rank 0 in the middle of the merge.
-    # (rank 0: the merge's own error, or its finished file, is what counts, not the others' exit)
-    if dist.is_main:
-        try:
-            summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
-        except Exception:
-            with contextlib.suppress(RuntimeError):
-                dist.barrier()
-            raise
-        with contextlib.suppress(RuntimeError):
-            dist.barrier()
-    else:
-        summary.output = None  # rank 0 reports
-        try:
-            dist.barrier()
-        except RuntimeError as exc:  # rank 0 stopped while merging: gloo's traceback before
-            raise RuntimeFailure(f"the process merging the shards (rank 0) stopped ({errors_first_line(exc)}); "
-                                 "every protein is computed: run the same command with --resume to "
-                                 "merge them") from None
-
-
 def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist, summary) -> EmbedSummary:
     if embedder is None:
         device = options.device
@@ -1530,13 +1202,6 @@ def _refuse_live_outputs(output) -> None:
         refuse_if_in_use(path)
 
 
-def _shard_files(output) -> list[str]:
-    """The shard files an interrupted torchrun run left for `output`, in rank order."""
-    import glob
-
-    return sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
-
-
 def _model_directory(name) -> Path | None:
     """`-m name` as a local model directory (one holding config.json), None for onehot, a short
     name or a hub id (a folder that merely bears such a name holds no model)."""
@@ -1714,44 +1379,6 @@ def _deliver_copy(unit: _Unit, writer: EmbeddingsWriter, summary: EmbedSummary) 
         arrays[kind] = source[()]
         computed = source.attrs.get("computed", computed)
     _write_unit(unit, writer, summary, arrays.get(PER_RESIDUE), arrays.get(PER_PROTEIN), computed)
-
-
-def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> dict[str, str]:
-    """Rank 0: fold every rank's shard into the one output, then remove the shards. Stopped
-    (Ctrl-C, SIGTERM), the work is in OUTPUT.partial, which the interrupt names as `kept`."""
-    shards = _shard_files(output)
-    try:
-        with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as merged:
-            _absorb_shards(merged, shards)
-            failed = dict(merged.failed)
-    except KeyboardInterrupt as exc:
-        exc.kept = partial_path(output)  # (not this rank's shard: interrupted_output)
-        raise
-    return failed
-
-
-def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
-    """Copy the ranks' shard files into `writer`'s file, flush it, then remove the shards (a run
-    killed in between finds the shards again and copies them over what it had copied)."""
-    from protrans_cli.io.h5 import remove_ledger, untrusted_digests, untrusted_path
-
-    for shard in shards:
-        # (a copy HDF5 meets the full disk in was a traceback and a segmentation fault; the shards
-        # stay until the whole merge is flushed, so --resume merges them again)
-        writer.ensure_room(os.path.getsize(shard), what=f"the proteins of {Path(shard).name}")
-        writer.copy_from(shard)
-    writer.flush(failures=True)  # (the shards go next)
-    # A shard's list of proteins a failed write may have lost goes on in the merged file's:
-    # removed with the shard, they counted as done there at the next --resume.
-    untrusted = b"".join(untrusted_digests(shard).tobytes() for shard in shards)
-    if untrusted:
-        with open(untrusted_path(writer.partial), "ab") as fh:
-            fh.write(untrusted)
-            fh.flush()
-            os.fsync(fh.fileno())
-    for shard in shards:
-        remove_ledger(shard)  # (first: a kill in between leaves no ledger without its file)
-        os.unlink(shard)
 
 
 class _CallableModule(types.ModuleType):

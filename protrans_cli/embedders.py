@@ -34,7 +34,7 @@ class NonFinite:
     """What `embed_arrays` hands back for a sequence whose output held NaN or infinity: why,
     and whether the model's own output did (`compute`: half precision overflowed, float32 may
     give finite numbers) or only the conversion to the storage dtype (values beyond float16's
-    range). The pipeline never writes such arrays (embed.embed_with_retry)."""
+    range). The pipeline never writes such arrays (embed_retry.embed_with_retry)."""
 
     reason: str
     compute: bool
@@ -344,7 +344,7 @@ class TransformerEmbedder:
         if any(met):
             # (a packed batch is one row: all of its proteins)
             hit = list(range(len(lengths))) if encoded else [i for i, m in enumerate(met) if m]
-            if check:  # the pipeline redoes them in float32 (embed._redo_in_float32)
+            if check:  # the pipeline redoes them in float32 (embed_retry._redo_in_float32)
                 bad.update({i: OVERFLOWED for i in hit})
             else:  # embed_batch: the model's numbers, not T5's clamped ones
                 with self.in_float32() as exact:

@@ -113,6 +113,14 @@ def fix_config(directory: Path, drop=(), **set_) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def save_random(model, directory: Path, half: bool = False, drop=(), **set_) -> None:
+    """`model` randomised (see randomise), saved as pytorch_model.bin (in float16 with `half`),
+    its config.json then made as the published checkpoints have it (see fix_config)."""
+    randomise(model)
+    (model.half() if half else model).save_pretrained(directory, safe_serialization=False)
+    fix_config(directory, drop=drop, **set_)
+
+
 def build(name: str, out: Path):
     """Save the published layout of `name` under out/name; return (encoder class, tokenizer class,
     tokenizer kwargs, how rows are taken, rare -> X)."""
@@ -133,15 +141,11 @@ def build(name: str, out: Path):
                              pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
         if name == "t5_full":
             model = tf.T5ForConditionalGeneration(config)
-            randomise(model)
-            model.save_pretrained(d, safe_serialization=False)
-            fix_config(d, drop=("feed_forward_proj", "dense_act_fn", "is_gated_act", "use_cache"),
-                       architectures=["T5WithLMHeadModel"], n_positions=512, output_past=True)
+            save_random(model, d, drop=("feed_forward_proj", "dense_act_fn", "is_gated_act", "use_cache"),
+                        architectures=["T5WithLMHeadModel"], n_positions=512, output_past=True)
         else:
             model = tf.T5EncoderModel(config)
-            randomise(model)
-            model.half().save_pretrained(d, safe_serialization=False)
-            fix_config(d, architectures=["T5EncoderModel"])
+            save_random(model, d, half=True, architectures=["T5EncoderModel"])
         tok.save_pretrained(d)
         return tf.T5EncoderModel, tf.T5Tokenizer, {"do_lower_case": False}, "t5", True
     if name in ("bert", "electra"):
@@ -151,18 +155,14 @@ def build(name: str, out: Path):
                                    intermediate_size=INNER, max_position_embeddings=64, hidden_dropout_prob=0.0,
                                    attention_probs_dropout_prob=0.0)
             model = tf.BertForMaskedLM(config)
-            randomise(model)
-            model.save_pretrained(d, safe_serialization=False)
-            fix_config(d, drop=("model_type",), architectures=["BertForMaskedLM"])
+            save_random(model, d, drop=("model_type",), architectures=["BertForMaskedLM"])
             (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}) + "\n")
             return tf.BertModel, tf.BertTokenizer, {"do_lower_case": False}, "cls", True
         config = tf.ElectraConfig(vocab_size=30, embedding_size=4, hidden_size=DIM, num_hidden_layers=LAYERS,
                                   num_attention_heads=HEADS, intermediate_size=INNER, max_position_embeddings=64,
                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = tf.ElectraForPreTraining(config)
-        randomise(model)
-        model.save_pretrained(d, safe_serialization=False)
-        fix_config(d)
+        save_random(model, d)
         (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}) + "\n")
         return tf.ElectraModel, tf.ElectraTokenizer, {"do_lower_case": False}, "cls", True
     if name == "albert":
@@ -174,9 +174,7 @@ def build(name: str, out: Path):
                                  num_attention_heads=HEADS, intermediate_size=INNER, max_position_embeddings=64,
                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = tf.AlbertForMaskedLM(config)
-        randomise(model)
-        model.save_pretrained(d, safe_serialization=False)
-        fix_config(d)
+        save_random(model, d)
         tok.save_pretrained(d)
         return tf.AlbertModel, tf.AlbertTokenizer, {"do_lower_case": False}, "cls", True
     if name == "xlnet":
@@ -188,9 +186,7 @@ def build(name: str, out: Path):
         config = tf.XLNetConfig(vocab_size=len(tok), d_model=DIM, n_layer=LAYERS, n_head=HEADS, d_inner=INNER,
                                 dropout=0.0, pad_token_id=5, bos_token_id=1, eos_token_id=2)
         model = tf.XLNetLMHeadModel(config)
-        randomise(model)
-        model.save_pretrained(d, safe_serialization=False)
-        fix_config(d)
+        save_random(model, d)
         tok.save_pretrained(d)
         return tf.XLNetModel, tf.XLNetTokenizer, {"do_lower_case": False}, "xlnet", False
     if name == "esm":
@@ -201,9 +197,7 @@ def build(name: str, out: Path):
                               layer_norm_eps=1e-5, position_embedding_type="rotary", emb_layer_norm_before=False,
                               token_dropout=True)
         model = tf.EsmForMaskedLM(config)
-        randomise(model)
-        model.save_pretrained(d, safe_serialization=False)
-        fix_config(d, architectures=["EsmForMaskedLM"])
+        save_random(model, d, architectures=["EsmForMaskedLM"])
         tf.EsmTokenizer(str(d / "vocab.txt")).save_pretrained(d)
         return tf.EsmModel, tf.EsmTokenizer, {}, "esm", False
     raise KeyError(name)

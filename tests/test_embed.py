@@ -722,7 +722,7 @@ def test_a_merge_failing_inside_hdf5_is_one_line_not_a_crash(tmp_path):
 import resource, numpy as np
 import protrans_cli.io.disk as disk
 import protrans_cli.io.h5 as h5
-from protrans_cli.embed import _absorb_shards, shard_path
+from protrans_cli.embed_dist import _absorb_shards, shard_path
 out = {str(tmp_path / "o.h5")!r}
 shards = []
 for rank in (0, 1):
@@ -747,7 +747,7 @@ except h5.RuntimeFailure as exc:
 def test_a_shards_list_of_untrusted_proteins_survives_the_merge(tmp_path):
     """A one-process --resume of a torchrun run merges the shards and removes them with their
     lists: a protein a failed write may have lost counted as done at the next --resume."""
-    from protrans_cli.embed import _absorb_shards, shard_path
+    from protrans_cli.embed_dist import _absorb_shards, shard_path
     from protrans_cli.embed_resume import _done_in
     from protrans_cli.io import h5
 
@@ -791,7 +791,7 @@ def test_a_merge_of_shards_without_room_is_one_line_and_keeps_the_shards(tmp_pat
     on a full disk, an h5py traceback and a segmentation fault."""
     import types
 
-    from protrans_cli.embed import _absorb_shards, shard_path
+    from protrans_cli.embed_dist import _absorb_shards, shard_path
     from protrans_cli.errors import RuntimeFailure
     from protrans_cli.io import disk
 
@@ -1064,7 +1064,8 @@ def test_protein_that_never_fits_is_recorded_not_dropped(tmp_path):
 def test_a_subclass_that_overrides_embed_batch_is_still_called():
     """The pipeline asks a TransformerEmbedder for embed_arrays; a library subclass that
     overrides embed_batch (its own post-processing) was bypassed (found in review)."""
-    from protrans_cli.embed import TransformerEmbedder, _uses_arrays
+    from protrans_cli.embed import TransformerEmbedder
+    from protrans_cli.embed_retry import _uses_arrays
 
     class Scaled(TransformerEmbedder):
         def embed_batch(self, sequences, pooled=False):
@@ -1267,14 +1268,15 @@ def test_each_rank_adds_only_what_it_said_differently_of_the_model_set_up(monkey
 
 
 def _two_ranks_patched(tmp_path, out, patch: str, port_base: int = 29500):
-    """`embed SMALL -m onehot -o out` as two torchrun ranks (gloo) whose protrans_cli.embed (`E`)
-    is patched by `patch` first: (exit codes, stderrs, the environment without RANK)."""
+    """`embed SMALL -m onehot -o out` as two torchrun ranks (gloo) whose protrans_cli.embed (`E`) or
+    protrans_cli.embed_dist (`D`) is patched by `patch` first: (exit codes, stderrs, the environment
+    without RANK)."""
     import os
     import subprocess
     import sys
 
     wrapper = tmp_path / "wrap.py"
-    wrapper.write_text("import os, signal, sys\nimport protrans_cli.embed as E\n" + patch
+    wrapper.write_text("import os, signal, sys\nimport protrans_cli.embed as E\nimport protrans_cli.embed_dist as D\n" + patch
                        + "from protrans_cli.cli import main\nmain(sys.argv[1:])\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1", MASTER_ADDR="127.0.0.1", WORLD_SIZE="2",
@@ -1295,7 +1297,7 @@ def test_a_rank_whose_merger_died_says_so_in_one_line_and_resume_merges(tmp_path
 
     out = tmp_path / "m.h5"
     codes, errs, env = _two_ranks_patched(tmp_path, out, "def merge(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-                                                         "E._merge_shards = merge\n")
+                                                         "D._merge_shards = merge\n")
     assert codes[1] == 1
     assert errs[1].strip().splitlines() == [
         line for line in errs[1].strip().splitlines() if line.startswith("protrans: error: the process merging")]
@@ -2545,7 +2547,7 @@ def test_a_rank_whose_peers_never_join_stops_after_the_join_timeout(monkeypatch)
 
     import torch.distributed as torch_dist
 
-    from protrans_cli import embed as embed_module
+    from protrans_cli import embed_dist
     from protrans_cli.errors import RuntimeFailure
 
     with socket.socket() as s:
@@ -2555,10 +2557,10 @@ def test_a_rank_whose_peers_never_join_stops_after_the_join_timeout(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(port))
-    monkeypatch.setattr(embed_module, "JOIN_TIMEOUT", datetime.timedelta(seconds=2))
+    monkeypatch.setattr(embed_dist, "JOIN_TIMEOUT", datetime.timedelta(seconds=2))
     with pytest.raises(RuntimeFailure, match=r"rank 0: the other ranks did not join within 2 s "
                                              r"\(one stopped before starting"):
-        embed_module._setup_distributed("cpu")
+        embed_dist._setup_distributed("cpu")
     assert not torch_dist.is_initialized()
 
 

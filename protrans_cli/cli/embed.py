@@ -90,7 +90,8 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
     torchrun --nproc-per-node 4 -m protrans_cli embed proteome.fa -o proteome.h5
     """
     from protrans_cli import console
-    from protrans_cli.embed import EmbedOptions, embed, interrupted_output
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.embed_dist import interrupted_output
     from protrans_cli.threads import resolve_threads
 
     if not per_residue and not per_protein:

@@ -1,0 +1,219 @@
+"""embed under torchrun: each rank embeds a balanced share of every window into its own file
+(OUTPUT.shard-RRR-of-NNN), and once all are done rank 0 merges the shards into the one output.
+
+    dist = _setup_distributed(device)        # joins torchrun's group (gloo), or (0, 1) alone
+    _same_on_every_rank(options, output, scan, failure, dist.group)
+    ...                                      # the pipeline (embed.py) writes this rank's shard
+    _finish_ranks(summary, output, options, writer_kw, dist)
+
+The data never moves between ranks: the group carries only the barriers, a check that every
+node runs the same command on the same input, and the summed counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from protrans_cli.errors import RuntimeFailure
+from protrans_cli.errors import first_line as errors_first_line
+from protrans_cli.io.h5 import EmbeddingsWriter, partial_path
+
+if TYPE_CHECKING:
+    from protrans_cli.embed import EmbedOptions, EmbedSummary, InputScan
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+    group: object = None  # the group of the barriers and exchanges (None: the default group)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.group)
+
+    def sum_counts(self, *counts: int) -> list[int]:
+        """Totals over all ranks (also the barrier before rank 0 merges the shards)."""
+        import torch
+        import torch.distributed as dist
+
+        # On the group's own device: a caller's torchrun script that set up NCCL before calling
+        # embed() (the group is reused) refused a CPU tensor after all the embedding work
+        device = "cpu"
+        if dist.get_backend() == "nccl" and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+        totals = torch.tensor(counts, dtype=torch.int64, device=device)
+        dist.all_reduce(totals, group=self.group)
+        return totals.cpu().tolist()
+
+    def close(self) -> None:
+        if self.initialised_here:
+            from protrans_cli.training.dist import destroy_process_group
+
+            destroy_process_group()
+
+
+def _torchrun_rank() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them in the environment; (0, 1) without torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else (0, 1)
+
+
+def interrupted_output(output) -> Path:
+    """Where an interrupted run leaves its work: OUTPUT.partial, or under torchrun this rank's
+    OUTPUT.shard-RRR-of-NNN.partial (the ranks merge into OUTPUT only at the end)."""
+    from protrans_cli.io.h5 import partial_path
+
+    rank, world = _torchrun_rank()
+    return partial_path(shard_path(output, rank, world) if world > 1 else output)
+
+
+def _setup_distributed(device: str) -> _Dist:
+    """torchrun sets RANK/WORLD_SIZE: join the group (gloo for the barriers, the data never moves)."""
+    rank, world = _torchrun_rank()
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    from protrans_cli.io.files import signals_end_wait
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():  # the caller's group, and its timeouts
+        return _Dist(rank, world, local, False)
+    try:
+        # Joining waits for every rank: one that stopped before it (an error on one node alone)
+        # was waited for 24 hours, the timeout the barriers need.
+        with signals_end_wait(f"rank {rank} was waiting for the other processes to join; nothing was "
+                              "computed or written"):
+            dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
+    except dist.DistError as exc:
+        seconds = JOIN_TIMEOUT.total_seconds()
+        waited = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} s"
+        raise RuntimeFailure(f"rank {rank}: the other ranks did not join within {waited} (one stopped "
+                             f"before starting, its error in its node's log, or was not started): "
+                             f"{errors_first_line(exc)}") from None
+    # Ranks finish at different times (or load the model at different speeds) and wait for each
+    # other at the barriers: a generous timeout there.
+    return _Dist(rank, world, local, True, dist.new_group(timeout=datetime.timedelta(hours=24)))
+
+
+JOIN_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+# Settings that change only the speed, not what the file holds: a node may have its own.
+_PER_NODE_OPTIONS = ("threads", "command_line", "device", "max_tokens", "max_batch_size", "sdpa_kernels",
+                     "compile", "cpu_fallback")
+
+
+def _same_on_every_rank(options: EmbedOptions, output, scan: InputScan | None, failure, group=None) -> None:
+    """Every rank shares out the proteins by the same input and writes the same kinds: a node
+    started with another FASTA or without --per-residue gave a finished file lacking proteins or
+    kinds (exit 0); one whose FASTA was missing left the others waiting at the first barrier."""
+    from dataclasses import asdict
+
+    from protrans_cli.training.dist import same_on_every_rank
+
+    values = {key: value for key, value in asdict(options).items() if key not in _PER_NODE_OPTIONS}
+    values["output"] = str(output)
+    if scan is not None:
+        # (the digest too: two FASTAs of one size and length, or one sorted otherwise, share out
+        # their proteins otherwise)
+        values["input (records, residues, longest)"] = (scan.num_records, scan.num_residues, scan.longest)
+        values["input's ids and sequences (digest)"] = scan.digest
+    same_on_every_rank(values, failure=failure, group=group,
+                       remedy="Start every node with the same command, on the same FASTA, with the output "
+                              "on a file system every node sees.")
+
+
+def shard_path(output, rank: int, world_size: int) -> Path:
+    output = Path(output)
+    return output.with_name(f"{output.name}.shard-{rank:03d}-of-{world_size:03d}")
+
+
+def _finish_ranks(summary: EmbedSummary, output, options, writer_kw: dict, dist) -> None:
+    """Under torchrun, once every rank has written its shard: the counts summed, rank 0 merging
+    the shards into the output while the others wait for it."""
+    try:
+        summary.num_embedded, summary.num_residues = dist.sum_counts(summary.num_embedded, summary.num_residues)
+    except RuntimeError as exc:  # a rank that stopped (killed, out of memory): gloo's traceback before
+        raise RuntimeFailure(f"another process of this torchrun run stopped before the end ({errors_first_line(exc)}); "
+                             f"what this one computed is in {interrupted_output(output)}: run the same command "
+                             "with --resume to finish") from None
+    # The other ranks wait while rank 0 merges: one that left at once tore its process group
+    # down, and an abort there (gloo) made torchrun stop rank 0 in the middle of the merge.
+    # (rank 0: the merge's own error, or its finished file, is what counts, not the others' exit)
+    if dist.is_main:
+        try:
+            summary.failed = _merge_shards(output, options, writer_kw, dist.world_size)
+        except Exception:
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
+            raise
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
+    else:
+        summary.output = None  # rank 0 reports
+        try:
+            dist.barrier()
+        except RuntimeError as exc:  # rank 0 stopped while merging: gloo's traceback before
+            raise RuntimeFailure(f"the process merging the shards (rank 0) stopped ({errors_first_line(exc)}); "
+                                 "every protein is computed: run the same command with --resume to "
+                                 "merge them") from None
+
+
+def _shard_files(output) -> list[str]:
+    """The shard files an interrupted torchrun run left for `output`, in rank order."""
+    import glob
+
+    return sorted(glob.glob(glob.escape(str(output)) + ".shard-*.partial"))
+
+
+def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> dict[str, str]:
+    """Rank 0: fold every rank's shard into the one output, then remove the shards. Stopped
+    (Ctrl-C, SIGTERM), the work is in OUTPUT.partial, which the interrupt names as `kept`."""
+    shards = _shard_files(output)
+    try:
+        with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as merged:
+            _absorb_shards(merged, shards)
+            failed = dict(merged.failed)
+    except KeyboardInterrupt as exc:
+        exc.kept = partial_path(output)  # (not this rank's shard: interrupted_output)
+        raise
+    return failed
+
+
+def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
+    """Copy the ranks' shard files into `writer`'s file, flush it, then remove the shards (a run
+    killed in between finds the shards again and copies them over what it had copied)."""
+    from protrans_cli.io.h5 import remove_ledger, untrusted_digests, untrusted_path
+
+    for shard in shards:
+        # (a copy HDF5 meets the full disk in was a traceback and a segmentation fault; the shards
+        # stay until the whole merge is flushed, so --resume merges them again)
+        writer.ensure_room(os.path.getsize(shard), what=f"the proteins of {Path(shard).name}")
+        writer.copy_from(shard)
+    writer.flush(failures=True)  # (the shards go next)
+    # A shard's list of proteins a failed write may have lost goes on in the merged file's:
+    # removed with the shard, they counted as done there at the next --resume.
+    untrusted = b"".join(untrusted_digests(shard).tobytes() for shard in shards)
+    if untrusted:
+        with open(untrusted_path(writer.partial), "ab") as fh:
+            fh.write(untrusted)
+            fh.flush()
+            os.fsync(fh.fileno())
+    for shard in shards:
+        remove_ledger(shard)  # (first: a kill in between leaves no ledger without its file)
+        os.unlink(shard)
