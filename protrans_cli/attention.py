@@ -17,12 +17,19 @@ before any arithmetic.
          training run whose few shapes all recur, after its first steps have built them)
 
 CPU runs are never affected (the setting only concerns CUDA kernels). Packed batches
-(`--packing`) call the Flash varlen kernel directly, which this setting does not change.
+(`--packing`) call `torch.nn.attention.varlen.varlen_attn`, which does not ask SDPA's flags:
+up to PyTorch 2.13 it always runs Flash Attention; from 2.14 it runs cuDNN's ragged attention
+on Hopper and Blackwell GPUs (cuDNN 9.18 or later), which builds its plan for every new
+(number of proteins, longest protein) as the padded kernel does for every (B, L), and a packed
+batch of embed or train is nearly always a new one. `auto` keeps it on Flash too, for the
+forward and the backward pass alike (the varlen backward chooses its kernel again: both must
+run inside the policy, as train's do).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 
 SDPA_KERNELS = ("auto", "torch")
 
@@ -56,6 +63,53 @@ def sdpa_kernels(device, policy: str = "auto"):
         raise ValueError(f"unknown --sdpa-kernels {policy!r} (choose from {', '.join(SDPA_KERNELS)})")
     if policy == "torch" or torch.device(device).type != "cuda":
         return contextlib.nullcontext()
+    return _without_cudnn()
+
+
+@contextlib.contextmanager
+def _without_cudnn():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]), \
+            varlen_on_flash():
+        yield
+
+
+# varlen_on_flash's state: how many of its blocks are running (in any thread), and the
+# module's own choice, put back when the last one ends
+_VARLEN_LOCK = threading.Lock()
+_varlen_blocks = 0
+_varlen_choice = None
+
+
+def _never_cudnn(device_index) -> bool:
+    return False
+
+
+@contextlib.contextmanager
+def varlen_on_flash():
+    """Inside the block, `varlen_attn` runs Flash Attention, never cuDNN (PyTorch 2.14 and
+    later choose cuDNN on Hopper and Blackwell GPUs, in `varlen._should_use_cudnn`, once for the
+    forward and again for the backward pass). Process-wide while any such block runs (the
+    backward pass runs in autograd's own threads), restored when the last one ends. Nothing
+    changes where PyTorch has no such choice (before 2.14 it always runs Flash)."""
+    global _varlen_blocks, _varlen_choice
+    try:
+        from torch.nn.attention import varlen
+    except ImportError:  # PyTorch before 2.9: no varlen kernel at all
+        varlen = None
+    if varlen is None or not callable(getattr(varlen, "_should_use_cudnn", None)):
+        yield
+        return
+    with _VARLEN_LOCK:
+        if _varlen_blocks == 0:
+            _varlen_choice = varlen._should_use_cudnn
+            varlen._should_use_cudnn = _never_cudnn
+        _varlen_blocks += 1
+    try:
+        yield
+    finally:
+        with _VARLEN_LOCK:
+            _varlen_blocks -= 1
+            if _varlen_blocks == 0:
+                varlen._should_use_cudnn, _varlen_choice = _varlen_choice, None

@@ -1,8 +1,9 @@
 """`--sdpa-kernels`: which attention kernels `embed` and `train` allow on a GPU.
 
 PyTorch's first choice on Hopper GPUs, cuDNN attention, builds a plan for every new batch shape,
-and protrans's batches change shape all the time; `auto` leaves it out. These tests check the
-switch itself (the global SDPA flags, restored afterwards) and that both commands run their
+and protrans's batches change shape all the time; `auto` leaves it out, from the padded SDPA
+calls and (PyTorch 2.14+) from the packed varlen calls. These tests check the switch itself (the
+global SDPA flags and varlen's choice, restored afterwards) and that both commands run their
 forward (and, in training, backward) passes under the policy they were given."""
 
 from __future__ import annotations
@@ -47,6 +48,49 @@ def test_the_cpu_and_the_torch_policy_leave_pytorch_its_choice(device, policy):
     before = _flags()
     with attention.sdpa_kernels(device, policy):
         assert _flags() == before
+
+
+def _varlen():
+    return pytest.importorskip("torch.nn.attention.varlen", reason="no varlen kernel in this PyTorch")
+
+
+def test_auto_keeps_packed_attention_on_flash_where_pytorch_would_pick_cudnn(monkeypatch):
+    # PyTorch 2.14+ on a Hopper or Blackwell GPU: varlen_attn's _should_use_cudnn says True, and
+    # its forward and backward then run cuDNN, which builds a plan per new packed shape
+    varlen = _varlen()
+    if not callable(getattr(varlen, "_should_use_cudnn", None)):
+        pytest.skip("this PyTorch's varlen_attn has no cuDNN choice")
+
+    def hopper(device_index):
+        return True
+
+    monkeypatch.setattr(varlen, "_should_use_cudnn", hopper)
+    with attention.sdpa_kernels("cuda", "auto"):
+        assert varlen._should_use_cudnn(0) is False
+    assert varlen._should_use_cudnn is hopper
+    for device, policy in (("cuda", "torch"), ("cpu", "auto")):
+        with attention.sdpa_kernels(device, policy):
+            assert varlen._should_use_cudnn is hopper
+    with pytest.raises(RuntimeError), attention.sdpa_kernels("cuda"):
+        raise RuntimeError("an error inside still restores PyTorch's choice")
+    assert varlen._should_use_cudnn is hopper
+
+
+def test_packed_attention_stays_on_flash_until_the_last_overlapping_block_ends(monkeypatch):
+    # A forward pass's choice and its backward's must agree (the backward chooses again, in
+    # autograd's threads): one block ending must not hand the choice back under another.
+    varlen = _varlen()
+    if not callable(getattr(varlen, "_should_use_cudnn", None)):
+        pytest.skip("this PyTorch's varlen_attn has no cuDNN choice")
+    monkeypatch.setattr(varlen, "_should_use_cudnn", lambda device_index: True)
+    chosen = varlen._should_use_cudnn
+    first, second = attention.varlen_on_flash(), attention.varlen_on_flash()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # (not nested: the first one ends before the second)
+    assert varlen._should_use_cudnn(0) is False
+    second.__exit__(None, None, None)
+    assert varlen._should_use_cudnn is chosen
 
 
 def test_an_unknown_policy_is_refused_everywhere(tmp_path, run_cli):
@@ -141,6 +185,32 @@ def test_train_runs_forward_and_backward_under_the_policy(tmp_path, monkeypatch)
     assert len(spy.calls) >= train_calls + 1  # + the evaluation's forward passes
     assert set(spy.calls) == {("cpu", "torch")}
     assert backward_inside and all(backward_inside), "every backward pass runs inside the policy"
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_auto_runs_packed_attention_forward_and_backward_on_flash():
+    import logging
+
+    varlen = _varlen()
+    if not callable(getattr(varlen, "_should_use_cudnn", None)):
+        pytest.skip("this PyTorch's varlen_attn has no cuDNN choice (nor says which kernel it runs)")
+    t, h, d = 700, 8, 64
+    q, k, v = (torch.randn(t, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, 300, 700], device="cuda", dtype=torch.int32)
+    said = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: said.append(record.getMessage())  # (the backward's thread too)
+    log = logging.getLogger(varlen.__name__)  # where varlen_attn says which kernel it runs
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with attention.sdpa_kernels("cuda"):
+            varlen.varlen_attn(q, k, v, cu, cu, 400, 400).float().sum().backward()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert len(said) == 2 and all("Flash" in m for m in said), said  # forward, backward
 
 
 @pytest.mark.gpu
