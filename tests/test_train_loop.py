@@ -691,9 +691,11 @@ def test_a_fresh_run_into_a_used_run_directory_is_refused(tmp_path, run_cli):
 
 def test_resume_removes_what_a_killed_save_left(tmp_path, capsys):
     """A SIGKILL in the middle of a save leaves `.step_*.tmp-PID` (as large as a checkpoint) and
-    `.final.tmp-PID`; the next run on the directory removes them, says so, and keeps the rest."""
+    `.final.tmp-PID`, one in the middle of pruning `.step_*.old.PID`; the next run on the directory
+    removes them, says so, and keeps the rest."""
     first = train(_config(tmp_path, num_steps=2, save_every=1))
-    stale = [first.run_dir / "checkpoints" / ".step_00000003.tmp-4242", first.run_dir / ".final.tmp-4242"]
+    stale = [first.run_dir / "checkpoints" / ".step_00000003.tmp-4242", first.run_dir / ".final.tmp-4242",
+             first.run_dir / "checkpoints" / ".step_00000000.old.4242"]
     for path in stale:
         path.mkdir()
         (path / "model.safetensors").write_bytes(b"half written")

@@ -345,8 +345,11 @@ def remove_stale_temporaries(run_dir) -> list[Path]:
     for folder, name in ((run_dir / "checkpoints", "step_*"), (run_dir, "final")):
         if folder.is_dir():
             stale += [p for p in folder.glob(f".{name}.tmp-*") if p.is_dir() and not p.is_symlink()]
-            # a checkpoint set aside by replace_directory, killed before it was deleted
-            stale += [p for p in folder.glob(f".{name}.old.*") if p.is_dir() and not p.is_symlink()]
+    # a checkpoint set aside by prune_checkpoints or replace_directory, killed before it was
+    # deleted (the final model is replaced file by file; its generator/ folder's old copy, where
+    # the two cannot be swapped, is removed by the next replace_directory)
+    if (run_dir / "checkpoints").is_dir():
+        stale += [p for p in (run_dir / "checkpoints").glob(".step_*.old.*") if p.is_dir() and not p.is_symlink()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
