@@ -239,10 +239,12 @@ def train_shapes(args, records) -> None:
         profile_failed = _run_parts([("train step profile", train_step_profile,
                                       (args, lambda: step(args.train_length), args.train_length * batch))])
     # Last, as it switches the model's attention for good: the steps of "varying" packed into one
-    # row each (varlen attention on CUDA; the row lengths are new shapes, as "varying"'s were).
+    # row each (varlen attention on CUDA; the row lengths are new shapes, as "varying"'s were),
+    # under protrans's kernel choice as `train --packing` runs them: from PyTorch 2.14 varlen_attn
+    # left to itself runs cuDNN's ragged attention on Hopper and Blackwell, not Flash.
     if family.packable:
         packing.use_packed_attention(model)
-        _time_train_mode(args, "packed", contextlib.nullcontext, "varying", lengths_varying, lambda n: batch,
+        _time_train_mode(args, "packed", ctx, "varying", lengths_varying, lambda n: batch,
                          step, "packed", warm=True)
     if profile_failed:  # (after the packed figure: the exit status says it, as for the other parts)
         raise RuntimeError("the train step profile failed (its traceback is above)")
