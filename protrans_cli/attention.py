@@ -19,8 +19,9 @@ before any arithmetic.
 CPU runs are never affected (the setting only concerns CUDA kernels). Packed batches
 (`--packing`) call `torch.nn.attention.varlen.varlen_attn`, which does not ask SDPA's flags:
 up to PyTorch 2.13 it always runs Flash Attention; from 2.14 it runs cuDNN's ragged attention
-on Hopper and Blackwell GPUs (cuDNN 9.18 or later) for every row whose longest protein is over
-128 tokens (half precision, head size a multiple of 8), which builds its plan for every new
+on Hopper and data-centre Blackwell GPUs (compute capability 9.x and 10.x, cuDNN 9.18 or later)
+for every row whose longest protein is over 128 tokens (half precision, head size a multiple of
+8), which builds its plan for every new
 (number of proteins, longest protein) as the padded kernel does for every (B, L), and a packed
 batch of embed or train is nearly always a new one. `auto` keeps it on Flash too, for the
 forward and the backward pass alike (the varlen backward chooses its kernel again: both must

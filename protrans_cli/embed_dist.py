@@ -6,8 +6,10 @@
     ...                                      # the pipeline (embed.py) writes this rank's shard
     _finish_ranks(summary, output, options, writer_kw, dist)
 
-The data never moves between ranks: the group carries only the barriers, a check that every
-node runs the same command on the same input, and the summed counts.
+The data never moves between ranks: the group carries the barriers, a check that every node
+runs the same command on the same input, what each rank said of building its model (embed.py's
+_build_on_every_rank) and the summed counts. Which proteins a rank embeds is embed.py's
+shard_units.
 """
 
 from __future__ import annotations
