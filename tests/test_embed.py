@@ -1276,7 +1276,8 @@ def _two_ranks_patched(tmp_path, out, patch: str, port_base: int = 29500):
     import sys
 
     wrapper = tmp_path / "wrap.py"
-    wrapper.write_text("import os, signal, sys\nimport protrans_cli.embed as E\nimport protrans_cli.embed_dist as D\n" + patch
+    wrapper.write_text("import os, signal, sys\nimport protrans_cli.embed as E\n"
+                       "import protrans_cli.embed_dist as D\n" + patch
                        + "from protrans_cli.cli import main\nmain(sys.argv[1:])\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1", MASTER_ADDR="127.0.0.1", WORLD_SIZE="2",
