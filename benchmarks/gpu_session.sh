@@ -121,6 +121,13 @@ step embed_t5_fp16 120 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device c
 # what embed spends around the model on this machine (pinned staging, host copies, HDF5 writes)
 step embed_host 60 $PY benchmarks/embed_bench.py --fasta "$FASTA" --device cuda --family bert --preset prot_bert \
     --host-only --strategies prottrans,protrans --max-tokens 4000,default --tmpdir "$SCRATCH"
+# PyTorch 2.14+ on Hopper or data-centre Blackwell: packed batches' varlen_attn under PyTorch's
+# choice (cuDNN's ragged attention, a plan per new shape) against protrans's (Flash, the default
+# --sdpa-kernels auto). Before 2.14 varlen_attn always runs Flash and the two should tie (not in
+# quick or levers).
+step embed_bert_packed_policy 90 bash -c "for policy in auto torch; do echo \"## --sdpa-kernels \$policy\"; \
+    $PY benchmarks/embed_bench.py --fasta '$FASTA' --device cuda --family bert --preset prot_bert \
+    --strategies packed --max-tokens default --per-protein --sdpa-kernels \$policy || exit 1; done"
 # The host's data path alone on this machine's CPU (no model): with --num-workers 0 the device
 # waits this long every step (on the 2-core CPU machine 8-13 ms, against ~140 ms a step at 125k
 # tokens/s, 2026-12-01).
