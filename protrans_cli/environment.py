@@ -78,6 +78,9 @@ def describe(check_compile: bool = False) -> dict:
             # what embed and train choose (bfloat16 in hardware, compute capability 8.0+), for
             # every device: is_bf16_supported() counts emulation (a T4 said yes, and runs float16)
             "bf16": native_bf16(f"cuda:{i}"),
+            # PyTorch 2.14+: varlen_attn (packed batches) takes cuDNN's ragged attention on this
+            # device unless --sdpa-kernels auto (the default) keeps it on Flash; None: no choice
+            "varlen_cudnn": _varlen_picks_cudnn(i),
         })
     cuda = bool(info["cuda_devices"])
     kernels = info["kernels"]
@@ -89,6 +92,22 @@ def describe(check_compile: bool = False) -> dict:
         if cuda:
             kernels["compile_cuda"] = compile_check("cuda")
     return info
+
+
+def _varlen_picks_cudnn(index: int) -> bool | None:
+    """Whether PyTorch's own choice for varlen_attn on CUDA device `index` is cuDNN (2.14+ on
+    Hopper and data-centre Blackwell, cuDNN 9.18+); None where this PyTorch has no such choice."""
+    try:
+        from torch.nn.attention import varlen
+    except ImportError:
+        return None
+    choose = getattr(varlen, "_should_use_cudnn", None)
+    if not callable(choose):
+        return None
+    try:
+        return bool(choose(index))
+    except Exception:  # noqa: BLE001 - a private function of PyTorch's: no answer rather than a traceback
+        return None
 
 
 def _hub_cache() -> str:
@@ -144,6 +163,9 @@ def format_lines(info: dict) -> list[str]:
         lines.append(f"cuda:{d['index']}: {d['name']}, compute capability {d['capability']}, "
                      f"{d['memory_gib']} GiB ({d['free_gib']} free)"
                      + ("" if d["bf16"] is None else f", bfloat16 {'yes' if d['bf16'] else 'no (float16 instead)'}"))
+        if d.get("varlen_cudnn"):
+            lines.append(f"cuda:{d['index']}: packed attention (varlen_attn) is cuDNN's by PyTorch's choice here; "
+                         "--sdpa-kernels auto (the default) keeps it on Flash Attention")
     k = info["kernels"]
     yes = {True: "yes", False: "no"}
     lines.append(f"varlen attention in this PyTorch (--packing's fused kernel on CUDA): {yes[k['varlen_attention']]}")

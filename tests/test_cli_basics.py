@@ -373,6 +373,34 @@ def test_env_says_bfloat16_as_the_commands_choose_it_for_every_device(monkeypatc
     assert [d["bf16"] for d in describe()["cuda_devices"]] == [False, True]
 
 
+def test_env_says_where_pytorch_would_run_packed_attention_on_cudnn(monkeypatch):
+    # PyTorch 2.14+ on a Hopper GPU: varlen_attn takes cuDNN unless --sdpa-kernels auto
+    import types
+
+    import torch
+
+    from protrans_cli.environment import describe, format_lines
+
+    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    capability = {0: (8, 0), 1: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(name=f"GPU{i}", major=capability[i][0], minor=capability[i][1]))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=None: (2**30, 2**31))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capability[i or 0])
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(varlen, "_should_use_cudnn", lambda index: capability[index][0] in (9, 10), raising=False)
+    info = describe()
+    assert [d["varlen_cudnn"] for d in info["cuda_devices"]] == [False, True]
+    said = [line for line in format_lines(info) if "packed attention" in line]
+    assert said == ["cuda:1: packed attention (varlen_attn) is cuDNN's by PyTorch's choice here; "
+                    "--sdpa-kernels auto (the default) keeps it on Flash Attention"]
+    monkeypatch.delattr(varlen, "_should_use_cudnn")  # a PyTorch without the choice
+    assert [d["varlen_cudnn"] for d in describe()["cuda_devices"]] == [None, None]
+
+
 def test_output_flags_after_the_command_name(run_cli, tmp_path):
     # `protrans embed x.fa -q` (esm-extract and bio_embeddings take their flags there) was
     # "No such option: -q", exit 2.
