@@ -348,6 +348,10 @@ def test_predict_metrics_of_labels_from_stdin_are_named_stdin(run_cli, loc_data,
 
     assert LabelSet("<stdin>", "deeploc", []).name == "stdin"
     assert LabelSet("test.fasta.gz", "deeploc", []).name == "test"
+    # a shell's process substitution, `--labels <(zcat test.fasta.gz)`, was named 63
+    for fd in ("/dev/fd/63", "/proc/self/fd/12", "/proc/4242/fd/3"):
+        assert LabelSet(fd, "deeploc", []).name == "labels"
+    assert LabelSet("/data/fd/63", "deeploc", []).name == "63"  # (only the descriptor folders)
     head = tmp_path / "loc"
     assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
                    "--max-epochs", "2", "-j", "1", "--bootstrap", "10", "--no-plots", "-o", head).exit_code == 0

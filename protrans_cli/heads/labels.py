@@ -93,7 +93,10 @@ class LabelSet:
     def name(self) -> str:
         """A short name for reports: the file name without compression and format suffixes."""
         # (`--labels -` is read as "<stdin>": `predict --metrics DIR` wrote DIR/<stdin>.json, a name
-        # a shell has to quote and Windows refuses)
+        # a shell has to quote and Windows refuses; `--labels <(zcat x.gz)`, /dev/fd/63, wrote
+        # DIR/63.json)
+        if re.fullmatch(r"/(dev/fd|proc/(self|\d+)/fd)/\d+", str(self.path)):
+            return "labels"
         name = Path(self.path).name.strip("<>")
         for suffix in (".gz", ".bz2", ".xz", ".zst", ".csv", ".tsv", ".txt", ".fasta", ".fa"):
             if name.lower().endswith(suffix):
