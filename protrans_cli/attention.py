@@ -77,8 +77,8 @@ def _without_cudnn():
         yield
 
 
-# varlen_on_flash's state: how many of its blocks are running (in any thread), and the
-# module's own choice, put back when the last one ends
+# varlen_on_flash's state: how many of its blocks are running (in any thread), and PyTorch's
+# own choice, put back when the last one ends
 _VARLEN_LOCK = threading.Lock()
 _varlen_blocks = 0
 _varlen_choice = None
@@ -105,7 +105,10 @@ def varlen_on_flash():
         return
     with _VARLEN_LOCK:
         if _varlen_blocks == 0:
-            _varlen_choice = varlen._should_use_cudnn
+            # (not our own stand-in: one a Ctrl-C left in place, between the count and the
+            # restore below, is put back by the next block that ends)
+            if varlen._should_use_cudnn is not _never_cudnn:
+                _varlen_choice = varlen._should_use_cudnn
             varlen._should_use_cudnn = _never_cudnn
         _varlen_blocks += 1
     try:
@@ -113,5 +116,5 @@ def varlen_on_flash():
     finally:
         with _VARLEN_LOCK:
             _varlen_blocks -= 1
-            if _varlen_blocks == 0:
-                varlen._should_use_cudnn, _varlen_choice = _varlen_choice, None
+            if _varlen_blocks == 0 and _varlen_choice is not None:
+                varlen._should_use_cudnn = _varlen_choice

@@ -91,6 +91,12 @@ def test_packed_attention_stays_on_flash_until_the_last_overlapping_block_ends(m
     assert varlen._should_use_cudnn(0) is False
     second.__exit__(None, None, None)
     assert varlen._should_use_cudnn is chosen
+    # a Ctrl-C between the count and the restore leaves the stand-in in place, no block running:
+    # the next block that ends puts PyTorch's own choice back
+    monkeypatch.setattr(varlen, "_should_use_cudnn", attention._never_cudnn)
+    with attention.varlen_on_flash():
+        assert varlen._should_use_cudnn(0) is False
+    assert varlen._should_use_cudnn is chosen
 
 
 def test_an_unknown_policy_is_refused_everywhere(tmp_path, run_cli):
