@@ -88,6 +88,26 @@ def _never_cudnn(device_index) -> bool:
     return False
 
 
+def _varlen_module():
+    """torch.nn.attention.varlen where it chooses varlen_attn's kernel in `_should_use_cudnn`
+    (2.11 to 2.14 have it; it says True on Hopper and data-centre Blackwell from 2.14), else None."""
+    try:
+        from torch.nn.attention import varlen
+    except ImportError:  # PyTorch before 2.9: no varlen kernel at all
+        return None
+    return varlen if callable(getattr(varlen, "_should_use_cudnn", None)) else None
+
+
+def varlen_kernel_choice():
+    """PyTorch's own `_should_use_cudnn(device_index)` for varlen_attn (also while
+    varlen_on_flash's stand-in is in place), or None where this PyTorch has no such choice."""
+    varlen = _varlen_module()
+    if varlen is None:
+        return None
+    choose = varlen._should_use_cudnn
+    return _varlen_choice if choose is _never_cudnn else choose
+
+
 @contextlib.contextmanager
 def varlen_on_flash():
     """Inside the block, `varlen_attn` runs Flash Attention, never cuDNN (PyTorch 2.14 and
@@ -96,11 +116,8 @@ def varlen_on_flash():
     backward pass runs in autograd's own threads), restored when the last one ends. Nothing
     changes where PyTorch has no such choice (before 2.14 it always runs Flash)."""
     global _varlen_blocks, _varlen_choice
-    try:
-        from torch.nn.attention import varlen
-    except ImportError:  # PyTorch before 2.9: no varlen kernel at all
-        varlen = None
-    if varlen is None or not callable(getattr(varlen, "_should_use_cudnn", None)):
+    varlen = _varlen_module()
+    if varlen is None:
         yield
         return
     with _VARLEN_LOCK:

@@ -97,12 +97,10 @@ def describe(check_compile: bool = False) -> dict:
 def _varlen_picks_cudnn(index: int) -> bool | None:
     """Whether PyTorch's own choice for varlen_attn on CUDA device `index` is cuDNN (2.14+ on
     Hopper and data-centre Blackwell, cuDNN 9.18+); None where this PyTorch has no such choice."""
-    try:
-        from torch.nn.attention import varlen
-    except ImportError:
-        return None
-    choose = getattr(varlen, "_should_use_cudnn", None)
-    if not callable(choose):
+    from protrans_cli.attention import varlen_kernel_choice
+
+    choose = varlen_kernel_choice()
+    if choose is None:
         return None
     try:
         return bool(choose(index))

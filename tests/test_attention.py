@@ -57,9 +57,7 @@ def _varlen():
 def test_auto_keeps_packed_attention_on_flash_where_pytorch_would_pick_cudnn(monkeypatch):
     # PyTorch 2.14+ on a Hopper or Blackwell GPU: varlen_attn's _should_use_cudnn says True, and
     # its forward and backward then run cuDNN, which builds a plan per new packed shape
-    varlen = _varlen()
-    if not callable(getattr(varlen, "_should_use_cudnn", None)):
-        pytest.skip("this PyTorch's varlen_attn has no cuDNN choice")
+    varlen = attention._varlen_module() or pytest.skip("this PyTorch's varlen_attn has no cuDNN choice")
 
     def hopper(device_index):
         return True
@@ -79,9 +77,7 @@ def test_auto_keeps_packed_attention_on_flash_where_pytorch_would_pick_cudnn(mon
 def test_packed_attention_stays_on_flash_until_the_last_overlapping_block_ends(monkeypatch):
     # A forward pass's choice and its backward's must agree (the backward chooses again, in
     # autograd's threads): one block ending must not hand the choice back under another.
-    varlen = _varlen()
-    if not callable(getattr(varlen, "_should_use_cudnn", None)):
-        pytest.skip("this PyTorch's varlen_attn has no cuDNN choice")
+    varlen = attention._varlen_module() or pytest.skip("this PyTorch's varlen_attn has no cuDNN choice")
     monkeypatch.setattr(varlen, "_should_use_cudnn", lambda device_index: True)
     chosen = varlen._should_use_cudnn
     first, second = attention.varlen_on_flash(), attention.varlen_on_flash()

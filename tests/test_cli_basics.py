@@ -394,6 +394,10 @@ def test_env_says_where_pytorch_would_run_packed_attention_on_cudnn(monkeypatch)
     monkeypatch.setattr(varlen, "_should_use_cudnn", lambda index: capability[index][0] in (9, 10), raising=False)
     info = describe()
     assert [d["varlen_cudnn"] for d in info["cuda_devices"]] == [False, True]
+    from protrans_cli.attention import varlen_on_flash
+
+    with varlen_on_flash():  # (PyTorch's own choice, not protrans's stand-in, in a library caller's block)
+        assert [d["varlen_cudnn"] for d in describe()["cuda_devices"]] == [False, True]
     said = [line for line in format_lines(info) if "packed attention" in line]
     assert said == ["cuda:1: packed attention (varlen_attn) is cuDNN's by PyTorch's choice here; "
                     "--sdpa-kernels auto (the default) keeps it on Flash Attention"]
