@@ -17,15 +17,19 @@ before any arithmetic.
          training run whose few shapes all recur, after its first steps have built them)
 
 CPU runs are never affected (the setting only concerns CUDA kernels). Packed batches
-(`--packing`) call `torch.nn.attention.varlen.varlen_attn`, which does not ask SDPA's flags:
-up to PyTorch 2.13 it always runs Flash Attention; from 2.14 it runs cuDNN's ragged attention
-on Hopper and data-centre Blackwell GPUs (compute capability 9.x and 10.x, cuDNN 9.18 or later)
-for every row whose longest protein is over 128 tokens (half precision, head size a multiple of
-8), which builds its plan for every new
-(number of proteins, longest protein) as the padded kernel does for every (B, L), and a packed
-batch of embed or train is nearly always a new one. `auto` keeps it on Flash too, for the
-forward and the backward pass alike (the varlen backward chooses its kernel again: both must
-run inside the policy, as train's do).
+(`--packing`) call `torch.nn.attention.varlen.varlen_attn`. Up to PyTorch 2.13 it always runs
+Flash Attention. From 2.14 it runs cuDNN's ragged attention on Hopper and data-centre Blackwell
+GPUs (compute capability 9.x and 10.x, cuDNN 9.18 or later; half precision, head size a
+multiple of 8), which builds its plan for every new (number of proteins, longest protein) as
+the padded kernel does for every (B, L), and a packed batch of embed or train is nearly always
+a new one:
+  2.14   for every row whose longest protein is over 128 tokens, whatever SDPA's flags say,
+         chosen in `varlen._should_use_cudnn` for the forward and again for the backward pass
+  2.15   by SDPA's flags and priority order (cuDNN first on those GPUs), chosen once for both
+         passes, and for rows of any length with cuDNN 9.24 or later (2.15 bundles 9.26)
+`auto` keeps it on Flash too, for the forward and the backward pass alike: its flags leave cuDNN
+out (enough from 2.15), and `varlen_on_flash` answers 2.14's own question (the train and embed
+passes, backward ones included, all run inside the policy).
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def _never_cudnn(device_index) -> bool:
 
 def _varlen_module():
     """torch.nn.attention.varlen where it chooses varlen_attn's kernel in `_should_use_cudnn`
-    (2.11 to 2.14 have it; it says True on Hopper and data-centre Blackwell from 2.14), else None."""
+    (2.11 to 2.15 have it; it says True on Hopper and data-centre Blackwell from 2.14), else None."""
     try:
         from torch.nn.attention import varlen
     except ImportError:  # PyTorch before 2.9: no varlen kernel at all
@@ -110,11 +114,13 @@ def varlen_kernel_choice():
 
 @contextlib.contextmanager
 def varlen_on_flash():
-    """Inside the block, `varlen_attn` runs Flash Attention, never cuDNN (PyTorch 2.14 and
-    later choose cuDNN on Hopper and Blackwell GPUs, in `varlen._should_use_cudnn`, once for the
-    forward and again for the backward pass). Process-wide while any such block runs (the
-    backward pass runs in autograd's own threads), restored when the last one ends. Nothing
-    changes where PyTorch has no such choice (before 2.14 it always runs Flash)."""
+    """Inside the block, `varlen_attn` runs Flash Attention, never cuDNN (PyTorch 2.14 chooses
+    cuDNN on Hopper and Blackwell GPUs in `varlen._should_use_cudnn`, without asking SDPA's
+    flags, once for the forward and again for the backward pass; 2.15 asks it too, as one of
+    cuDNN's conditions, after SDPA's flags, which `_without_cudnn` already sets). Process-wide
+    while any such block runs (the backward pass runs in autograd's own threads), restored when
+    the last one ends. Nothing changes where PyTorch has no such choice (before 2.14 it always
+    runs Flash)."""
     global _varlen_blocks, _varlen_choice
     varlen = _varlen_module()
     if varlen is None:

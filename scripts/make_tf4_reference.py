@@ -10,13 +10,17 @@ keys; slow-tokenizer files: vocab.txt for BERT/ELECTRA/ESM, a sentencepiece spie
 T5/ALBERT/XLNet), and computes the hidden states as the ProtTrans notebooks do (slow
 tokenizers, residues spaced, U/Z/O/B -> X for BERT/ALBERT/ELECTRA/T5, `add_special_tokens=True`,
 a padded batch; rows 1..L for [CLS]-first models and ESM, 0..L-1 for T5, the L rows before
-XLNet's trailing `<sep> <cls>` on its left-padded rows). It writes what
+XLNet's trailing `<sep> <cls>` on its left-padded rows; 1..L for ProstT5, after its prefix). It writes what
 tests/test_embed_tf4_reference.py compares `protrans embed` with:
 
   <model>/                   a model directory per published layout:
       t5_enc_half            T5EncoderModel in float16 (Rostlab/prot_t5_xl_half_uniref50-enc)
       t5_full                T5ForConditionalGeneration (Rostlab/prot_t5_xl_uniref50), config
                              as 3.x wrote it (architectures T5WithLMHeadModel, n_positions, ...)
+      prostt5                T5ForConditionalGeneration whose spiece.model adds 3Di letters (ids
+                             28-47 here, ProtT5's letters lower-cased) and the user-defined
+                             pieces <AA2fold> <fold2AA> (Rostlab/ProstT5); rows 1..L of
+                             "<AA2fold> M K ...", as its model card takes them
       bert                   BertForMaskedLM, no model_type in config.json (Rostlab/prot_bert)
       albert                 AlbertForMaskedLM, spiece.model (Rostlab/prot_albert)
       xlnet                  XLNetLMHeadModel, spiece.model (Rostlab/prot_xlnet)
@@ -54,7 +58,7 @@ STANDARD_AND_X = "".join(r for r in RESIDUES if r not in "UBZO")
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P",
              "K", "Q", "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-",
              "<null_1>", "<mask>"]
-MODELS = ("t5_enc_half", "t5_full", "bert", "albert", "xlnet", "electra", "esm")
+MODELS = ("t5_enc_half", "t5_full", "prostt5", "bert", "albert", "xlnet", "electra", "esm")
 
 
 def proteins() -> dict[str, str]:
@@ -148,6 +152,23 @@ def build(name: str, out: Path):
             save_random(model, d, half=True, architectures=["T5EncoderModel"])
         tok.save_pretrained(d)
         return tf.T5EncoderModel, tf.T5Tokenizer, {"do_lower_case": False}, "t5", True
+    if name == "prostt5":
+        (d / "spiece.model").write_bytes(spiece_model(
+            [("<pad>", "control"), ("</s>", "control"), ("<unk>", "unk")] + [("▁" + r, "normal") for r in RESIDUES]
+            + [("▁" + r.lower(), "normal") for r in STANDARD_AND_X if r != "X"]
+            + [("<AA2fold>", "user"), ("<fold2AA>", "user")],
+            pad_id=0, eos_id=1, unk_id=2))
+        # legacy=False: "<AA2fold> M" is the prefix and one residue (legacy's sentencepiece call
+        # adds an <unk> for the space before a user-defined piece; the model card's rows 1..L
+        # say the published tokenizer does not)
+        tok = tf.T5Tokenizer(str(d / "spiece.model"), do_lower_case=False, legacy=False, extra_ids=0)
+        config = tf.T5Config(vocab_size=len(tok), d_model=DIM, d_ff=INNER, d_kv=DIM // HEADS, num_heads=HEADS,
+                             num_layers=LAYERS, num_decoder_layers=LAYERS, dropout_rate=0.1,
+                             relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        save_random(tf.T5ForConditionalGeneration(config), d, architectures=["T5ForConditionalGeneration"])
+        tok.save_pretrained(d)
+        return tf.T5EncoderModel, tf.T5Tokenizer, {"do_lower_case": False, "legacy": False}, "prostt5", True
     if name in ("bert", "electra"):
         (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *RESIDUES]) + "\n")
         if name == "bert":
@@ -218,6 +239,8 @@ def reference(name: str, out: Path, records: dict[str, str]) -> dict:
         if rare_to_x:
             s = re.sub(r"[UZOB]", "X", s)
         seqs[pid] = s if name == "esm" else " ".join(s)
+        if name == "prostt5":
+            seqs[pid] = "<AA2fold> " + seqs[pid]
 
     def rows(texts):
         enc = tok(list(texts), add_special_tokens=True, padding=True, return_tensors="pt")
@@ -226,12 +249,15 @@ def reference(name: str, out: Path, records: dict[str, str]) -> dict:
                            output_hidden_states=True).hidden_states
         got = []
         for i, text in enumerate(texts):
-            n = len(text.replace(" ", ""))
+            n = len(text.replace("<AA2fold>", "").replace(" ", ""))
             valid = int(enc["attention_mask"][i].sum())
             width = enc["attention_mask"].shape[1]
             if rows_of == "t5":
                 sl = slice(0, n)
                 assert valid == n + 1
+            elif rows_of == "prostt5":  # <AA2fold> first, </s> last
+                sl = slice(1, n + 1)
+                assert valid == n + 2 and int(enc["input_ids"][i, 0]) == tok.convert_tokens_to_ids("<AA2fold>")
             elif rows_of == "xlnet":  # left padding; <sep> <cls> at the end
                 sl = slice(width - valid, width - 2)
                 assert valid == n + 2, (text, valid, n)

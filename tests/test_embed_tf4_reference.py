@@ -19,7 +19,7 @@ import pytest
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
 
 REFERENCE = Path(__file__).parent / "data" / "tf4_reference"
-MODELS = ["t5_enc_half", "t5_full", "bert", "albert", "xlnet", "electra", "esm"]
+MODELS = ["t5_enc_half", "t5_full", "prostt5", "bert", "albert", "xlnet", "electra", "esm"]
 LAYERS = (0, 1, -1)  # protrans --layer; the reference numbers hidden states 0, 1, 2
 
 

@@ -217,6 +217,15 @@ class Family:
         """The model whose hidden states are the embeddings (T5 encoder, ELECTRA discriminator...)."""
         return load_checked(self.encoder_class, name_or_path, dtype=dtype, **hub_kwargs)
 
+    def prefix_ids(self, tokenizer) -> list[int]:
+        """Token ids a model expects before every protein, after its tokenizer's own leading
+        special tokens ([] for none): one of `INPUT_PREFIXES` that its vocabulary holds
+        (ProstT5 reads amino acids after `<AA2fold>`). Inserted as ids, never as text: how a
+        tokenizer splits "<AA2fold> M K" varies (transformers 5 makes `<unk> <AA2fold> ▁M ▁K` of
+        a spiece.model that has it as a user-defined piece, 4.x `<AA2fold> ▁M ▁K`)."""
+        lead = input_prefix(tokenizer)
+        return [tokenizer.convert_tokens_to_ids(lead)] if lead else []
+
     def normalise(self, sequence: str) -> str:
         """The residues as the model reads them: upper-case, rare residues as `rare_to` says."""
         seq = sequence.upper()
@@ -264,12 +273,15 @@ class Family:
         wrong = None
         # Spaced families: spaced text first; a tokenizer that does not split on spaces (Ankh's)
         # makes unknown tokens of it, and takes one residue per word instead.
+        lead = self.prefix_ids(tokenizer)
         for words in (False, True) if self.spaced else (False,):
             # Python lists, converted through numpy: return_tensors="pt" spends most of its time
             # flattening nested lists in Python (3x slower for a batch of 50 x 300 residues).
-            enc = self.tokenize(tokenizer, sequences, words, padding=True, truncation=False,
+            enc = self.tokenize(tokenizer, sequences, words, padding=not lead, truncation=False,
                                 return_special_tokens_mask=True, return_attention_mask=True,
                                 add_special_tokens=True, pad_to_multiple_of=multiple if multiple > 1 else None)
+            if lead:
+                enc = _insert_prefix(tokenizer, enc, lead, multiple)
             tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in enc.items()}
             special = tensors["special_tokens_mask"].bool()  # (B, T)
             attention = tensors["attention_mask"].bool()      # (B, T)
@@ -426,7 +438,38 @@ def _probe_layout(family, tokenizer, alphabet, np, words=False):
     special = [1] * len(layout.prefix) + [0] * len(probe) + [1] * len(layout.suffix)
     if list(enc["input_ids"]) != expected or list(enc["special_tokens_mask"]) != special:
         return None
+    layout.prefix += family.prefix_ids(tokenizer)  # (ProstT5's <AA2fold>) after the tokenizer's own
     return layout
+
+
+# Tokens a model's authors put before every protein; a vocabulary that holds one takes it.
+# ProstT5 (Heinzinger et al. 2024, ProtT5-XL fine-tuned to translate to and from Foldseek's 3Di
+# letters): "<AA2fold>" before amino acids ("<fold2AA>" before lower-case 3Di strings, which
+# embed does not read: it upper-cases every sequence).
+INPUT_PREFIXES = ("<AA2fold>",)
+
+
+def input_prefix(tokenizer) -> str:
+    """The first of `INPUT_PREFIXES` that `tokenizer` holds as a token of its own, '' for none."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, TypeError, ValueError, NotImplementedError):
+        return ""
+    return next((p for p in INPUT_PREFIXES if p in vocab), "")
+
+
+def _insert_prefix(tokenizer, enc, lead: list[int], multiple: int):
+    """Unpadded tokenizer output `enc` with the ids `lead` before each row's first residue
+    (after the tokenizer's own leading special tokens), flagged special, then padded as the
+    tokenizer pads (its side, to a multiple of `multiple`)."""
+    rows = {k: [list(v) for v in values] for k, values in enc.items()}
+    fill = {"input_ids": lead, "special_tokens_mask": [1] * len(lead), "attention_mask": [1] * len(lead)}
+    for i, special in enumerate(enc["special_tokens_mask"]):
+        at = next((j for j, flag in enumerate(special) if not flag), len(special))
+        for key, values in rows.items():
+            row = values[i]  # token_type_ids and the like: the first residue's value
+            row[at:at] = fill.get(key, [row[at] if at < len(row) else 0] * len(lead))
+    return tokenizer.pad(rows, padding=True, pad_to_multiple_of=multiple if multiple > 1 else None)
 
 
 def unknown_residues(family: Family, tokenizer) -> list[str]:

@@ -41,6 +41,13 @@ _ROWS = [
     Checkpoint("prot_t5_xxl_bfd", "Rostlab/prot_t5_xxl_bfd", "t5", _T5_XXL_ENCODER, 1024,
                "ProtT5-XXL pretrained on BFD (encoder + decoder)",
                num_layers=24, total_params=_T5_XXL_TOTAL, preset="prot_t5_xxl"),
+    # ProstT5 (Heinzinger et al. 2024): ProtT5-XL-U50 fine-tuned to translate between amino acids
+    # and Foldseek's 3Di structure letters; embed puts "<AA2fold>" before each protein, as its
+    # authors do (base.INPUT_PREFIXES). Counted on ProtT5-XL's vocabulary: its 3Di letters and two
+    # prefixes add some 22,000 weights per embedding table (under 0.01%).
+    Checkpoint("prostt5", "Rostlab/ProstT5", "t5", _T5_XL_ENCODER, 1024,
+               "ProstT5: ProtT5-XL-U50 fine-tuned on amino acids <-> 3Di structure (encoder + decoder)",
+               num_layers=24, total_params=_T5_XL_TOTAL, preset="prot_t5_xl"),
     Checkpoint("prot_bert", "Rostlab/prot_bert", "bert", _BERT, 1024,
                "ProtBert pretrained on UniRef100", num_layers=30, preset="prot_bert"),
     Checkpoint("prot_bert_bfd", "Rostlab/prot_bert_bfd", "bert", _BERT, 1024,
