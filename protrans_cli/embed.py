@@ -1013,6 +1013,8 @@ def _file_attrs(embedder, options, max_length) -> dict:
     }
     if getattr(embedder, "sdpa_kernels", None):
         attrs["sdpa_kernels"] = embedder.sdpa_kernels
+    if getattr(embedder, "input_prefix", ""):
+        attrs["input_prefix"] = embedder.input_prefix  # ProstT5's <AA2fold>, before every protein
     if getattr(embedder, "num_hidden_states", None):
         # With `layers` (stored negative), lets readers accept `--layer 0` for the embedding layer.
         attrs["num_hidden_states"] = int(embedder.num_hidden_states)

@@ -148,6 +148,9 @@ class TransformerEmbedder:
         # to pad_multiple must stay inside the learned table (one of 100 positions took 104)
         self._position_tokens = _absolute_positions(self.model)
         self.special_tokens = _count_special_tokens(self.family_impl, self.tokenizer)
+        # a token put before every protein (ProstT5's <AA2fold>, models/base.py), '' for none
+        from protrans_cli.models.base import input_prefix
+        self.input_prefix = input_prefix(self.tokenizer)
         self.max_residues = _max_residues(self.model, self.special_tokens)
         # (residues, where it is known): embed warns about proteins beyond it
         self.trained_residues = _trained_residues(loaded, self.special_tokens)

@@ -92,6 +92,7 @@ def test_embed_equals_plain_forward_of_each_protein(run_cli, tmp_path, tiny_mode
         np.testing.assert_allclose(prot[rec.id], ref.mean(0), atol=1e-5, rtol=0)
     with EmbeddingsReader(out) as r:
         assert r.attrs["family"] == family_name and r.attrs["compute_dtype"] == "float32"
+        assert "input_prefix" not in r.attrs
 
 
 def _protbert_layout(tiny_bert, path):
@@ -200,6 +201,8 @@ def test_a_prostt5_vocabulary_gets_its_aa2fold_prefix_and_no_row_for_it(run_cli,
     result = run_cli("embed", SMALL, "-m", model_dir, "-o", out, "--max-tokens", "64", "--device", "cpu", "-j", "1")
     assert result.exit_code == 0, result.stderr
     rows, means = _read(out), _read(out, PER_PROTEIN)
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["input_prefix"] == "<AA2fold>"
     encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     for rec in read_fasta(SMALL):
         letters = rec.sequence.replace("-", "").replace(".", "").upper().translate(str.maketrans("UZOB", "XXXX"))
