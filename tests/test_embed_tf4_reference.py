@@ -53,3 +53,23 @@ def test_embed_equals_transformers4(run_cli, tmp_path, reference, model):
             assert rows[pid][i].dtype == np.float32
             np.testing.assert_allclose(rows[pid][i], expected, atol=1e-5, rtol=0, err_msg=f"{pid} {layer}")
             np.testing.assert_allclose(means[pid][i], expected.mean(0), atol=1e-5, rtol=0, err_msg=f"{pid} {layer}")
+
+
+def test_prostt5_packed_under_flex_equals_transformers4(reference):
+    """ProstT5 as embed runs a T5 model on a GPU in bfloat16 by default (FlexAttention, the
+    proteins packed into one row), here in float32 on the CPU: each protein's segment starts
+    with its own <AA2fold>, and its rows are 4.x's rows 1..L of "<AA2fold> M K ..."."""
+    from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.models import load_model
+
+    embedder = TransformerEmbedder(load_model(str(REFERENCE / "prostt5"), device="cpu", dtype="float32"),
+                                   LAYERS, "cpu", "float32", attention="flex", packed=True)
+    assert embedder.packed and embedder.attention == "flex" and embedder.input_prefix == "<AA2fold>"
+    records = list(read_fasta(REFERENCE / "input.fa"))
+    pairs = embedder.embed_arrays([r.sequence for r in records], rows=True, means=True)
+    for rec, (rows, mean) in zip(records, pairs):
+        for i, layer in enumerate(LAYERS):
+            expected = reference[f"rows/prostt5/{rec.id}/{layer % 3}"]
+            np.testing.assert_allclose(rows[i], expected, atol=1e-5, rtol=0, err_msg=f"{rec.id} {layer}")
+            np.testing.assert_allclose(mean[i], expected.mean(0), atol=1e-5, rtol=0, err_msg=f"{rec.id} {layer}")
