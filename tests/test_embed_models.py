@@ -157,14 +157,20 @@ def test_a_t5_tokenizer_that_does_not_split_on_spaces_gets_one_residue_per_word(
         np.testing.assert_allclose(rows[rec.id], ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("special", [False, True], ids=["added", "added_special"])
-def test_a_prostt5_vocabulary_gets_its_aa2fold_prefix_and_no_row_for_it(run_cli, tmp_path, tiny_models, special):
+@pytest.mark.parametrize("prefix,words,special", [("<AA2fold>", False, False), ("<AA2fold>", False, True),
+                                                  ("[NLU]", True, True)],
+                         ids=["prostt5_added", "prostt5_added_special", "ankh3_like"])
+def test_a_vocabulary_with_an_input_prefix_gets_it_and_no_row_for_it(run_cli, tmp_path, tiny_models, prefix, words,
+                                                                     special):
     """ProstT5 (Rostlab/ProstT5: ProtT5-XL fine-tuned on 3Di) reads amino acids after a
-    `<AA2fold>` token: its authors' code embeds "<AA2fold> M K ..." and keeps rows 1..L. A T5
-    directory whose vocabulary has that token gets it before every protein (and every chunked
-    window), whether its tokenizer calls the token special or not, and its row is in no output;
-    the rows equal that plain transformers forward pass (and differ from the one without it).
-    tests/test_embed_tf4_reference.py checks a spiece.model holding it against transformers 4."""
+    `<AA2fold>` token: its authors' code embeds "<AA2fold> M K ..." and keeps rows 1..L; Ankh3
+    (ElnaggarLab/ankh3-*: an Ankh-style tokenizer that does not split on spaces) embeds after
+    `[NLU]`. A T5 directory whose vocabulary has such a token gets it before every protein (and
+    every chunked window), whether its tokenizer calls the token special or not, and its row is
+    in no output; the rows equal the plain transformers forward pass of prefix, residues, `</s>`
+    (and differ from the one without the prefix). tests/test_embed_tf4_reference.py checks a
+    spiece.model holding `<AA2fold>` against transformers 4."""
+    import json
     import shutil
 
     from transformers import AutoTokenizer
@@ -173,28 +179,32 @@ def test_a_prostt5_vocabulary_gets_its_aa2fold_prefix_and_no_row_for_it(run_cli,
     from protrans_cli.models.tokenizers import save_tokenizer
 
     family = FAMILIES["t5"]
-    model_dir = tmp_path / "prostt5_like"
+    model_dir = tmp_path / "prefixed"
     shutil.copytree(tiny_models["t5"], model_dir)
+    if words:  # no splitting on spaces, as Ankh's tokenizers
+        spec = json.loads((model_dir / "tokenizer.json").read_text())
+        spec["pre_tokenizer"] = None
+        (model_dir / "tokenizer.json").write_text(json.dumps(spec))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     assert family.prefix_ids(tokenizer) == []
-    tokenizer.add_tokens([f"\u2581{c}" for c in "acdefghiklmnpqrstvwy"] + ["<AA2fold>", "<fold2AA>"],
+    tokenizer.add_tokens([f"\u2581{c}" for c in "acdefghiklmnpqrstvwy"] + [prefix, "<fold2AA>"],
                          special_tokens=special)
     model = family.pretraining_model(family.build_config("tiny", tokenizer))
     model.resize_token_embeddings(len(tokenizer))
     model.save_pretrained(model_dir)
     save_tokenizer(tokenizer, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    prefix = tokenizer.convert_tokens_to_ids("<AA2fold>")
-    assert family.prefix_ids(tokenizer) == [prefix]
+    lead = tokenizer.convert_tokens_to_ids(prefix)
+    assert family.prefix_ids(tokenizer) == [lead]
 
     seqs = [r.sequence.replace("-", "").replace(".", "") for r in read_fasta(SMALL)]
     layout = residue_layout(family, tokenizer)
-    assert layout is not None and layout.prefix == [prefix]  # the fast path, prefix included
+    assert layout is not None and layout.prefix == [lead]  # the fast path, prefix included
     fast, fast_mask = family.encode(tokenizer, seqs, multiple=8)
     slow, slow_mask = family.encode_with_tokenizer(tokenizer, seqs, multiple=8)
     assert torch.equal(fast["input_ids"], slow["input_ids"]) and torch.equal(fast_mask, slow_mask)
     assert torch.equal(fast["attention_mask"], slow["attention_mask"]) and fast["input_ids"].shape[1] % 8 == 0
-    assert (fast["input_ids"][:, 0] == prefix).all() and not fast_mask[:, 0].any()
+    assert (fast["input_ids"][:, 0] == lead).all() and not fast_mask[:, 0].any()
     assert fast_mask.sum(1).tolist() == [len(s) for s in seqs]
 
     out = tmp_path / "e.h5"
@@ -202,15 +212,17 @@ def test_a_prostt5_vocabulary_gets_its_aa2fold_prefix_and_no_row_for_it(run_cli,
     assert result.exit_code == 0, result.stderr
     rows, means = _read(out), _read(out, PER_PROTEIN)
     with EmbeddingsReader(out) as r:
-        assert r.attrs["input_prefix"] == "<AA2fold>"
+        assert r.attrs["input_prefix"] == prefix
     encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     for rec in read_fasta(SMALL):
         letters = rec.sequence.replace("-", "").replace(".", "").upper().translate(str.maketrans("UZOB", "XXXX"))
-        # as ProstT5's model card writes it: prefix, space, spaced residues; rows 1..L
-        ids = tokenizer(["<AA2fold> " + " ".join(letters)], return_tensors="pt")["input_ids"]
-        assert ids.shape[1] == len(letters) + 2 and int(ids[0, 0]) == prefix
+        if words:  # prefix and residues one word each
+            ids = tokenizer([[prefix] + list(letters)], is_split_into_words=True, return_tensors="pt")["input_ids"]
+        else:  # as ProstT5's model card writes it: prefix, space, spaced residues
+            ids = tokenizer([f"{prefix} " + " ".join(letters)], return_tensors="pt")["input_ids"]
+        assert ids[0].tolist() == [lead] + tokenizer.convert_tokens_to_ids(list(letters)) + [tokenizer.eos_token_id]
         with torch.no_grad():
-            ref = encoder(input_ids=ids).last_hidden_state[0, 1:-1].numpy()
+            ref = encoder(input_ids=ids).last_hidden_state[0, 1:-1].numpy()  # rows 1..L
             bare = encoder(input_ids=ids[:, 1:]).last_hidden_state[0, :-1].numpy()
         np.testing.assert_allclose(rows[rec.id], ref, atol=1e-5, rtol=0)
         np.testing.assert_allclose(means[rec.id], ref.mean(0), atol=1e-5, rtol=0)
@@ -230,7 +242,7 @@ def test_a_prostt5_vocabulary_gets_its_aa2fold_prefix_and_no_row_for_it(run_cli,
     pieces = [s for batch in windows for s in batch]
     assert sum(len(s) == 12 for s in pieces) >= 4  # windows of the longer proteins were embedded
     inputs, mask = family.encode(tokenizer, pieces)
-    assert (inputs["input_ids"][:, 0] == prefix).all() and mask.sum(1).tolist() == [len(s) for s in pieces]
+    assert (inputs["input_ids"][:, 0] == lead).all() and mask.sum(1).tolist() == [len(s) for s in pieces]
 
 
 def test_the_published_protbert_layout_loads_without_model_type(run_cli, tmp_path, tiny_models):

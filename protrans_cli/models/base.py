@@ -445,8 +445,10 @@ def _probe_layout(family, tokenizer, alphabet, np, words=False):
 # Tokens a model's authors put before every protein; a vocabulary that holds one takes it.
 # ProstT5 (Heinzinger et al. 2024, ProtT5-XL fine-tuned to translate to and from Foldseek's 3Di
 # letters): "<AA2fold>" before amino acids ("<fold2AA>" before lower-case 3Di strings, which
-# embed does not read: it upper-cases every sequence).
-INPUT_PREFIXES = ("<AA2fold>",)
+# embed does not read: it upper-cases every sequence). Ankh3 (Alsamkary et al. 2025, T5 trained
+# on two tasks, each named by a token before the protein): "[NLU]", the masked-LM task, whose
+# encoder states its model card extracts as embeddings ("[S2S]" asks for sequence completion).
+INPUT_PREFIXES = ("<AA2fold>", "[NLU]")
 
 
 def input_prefix(tokenizer) -> str:
