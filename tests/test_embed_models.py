@@ -537,6 +537,44 @@ def test_resume_finds_a_model_directory_however_it_is_named(tmp_path, tiny_model
     assert embed(SMALL, out, EmbedOptions(model="bert", device="cpu", resume=True)).num_resumed == 6
 
 
+def test_resume_refuses_to_mix_rows_with_and_without_an_input_prefix(tmp_path, tiny_models):
+    """A file of a model whose vocabulary holds <AA2fold> written before embed put it in has no
+    `input_prefix` and unprefixed rows: --resume extended it with prefixed rows (0.4 apart) and
+    labelled the whole file input_prefix=<AA2fold>. A missing attribute is no prefix."""
+    import shutil
+
+    import h5py
+    from transformers import AutoTokenizer
+
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models.tokenizers import save_tokenizer
+
+    family = FAMILIES["t5"]
+    model_dir = tmp_path / "prefixed"
+    shutil.copytree(tiny_models["t5"], model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer.add_tokens(["<AA2fold>"])
+    model = family.pretraining_model(family.build_config("tiny", tokenizer))
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(model_dir)
+    save_tokenizer(tokenizer, model_dir)
+    first = tmp_path / "first.fa"
+    first.write_text(">a\nMKV\n")
+    out = tmp_path / "e.h5"
+    embed(first, out, EmbedOptions(model=str(model_dir), device="cpu"))
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["input_prefix"] == "<AA2fold>"
+    # the same model and file: resumed as before
+    assert embed(first, out, EmbedOptions(model=str(model_dir), device="cpu", resume=True)).num_resumed == 1
+    with h5py.File(out, "r+") as f:  # as a file written before the prefix
+        del f.attrs["input_prefix"]
+    with pytest.raises(UsageError, match="cannot resume.*no token before each protein.*input_prefix='<AA2fold>'"):
+        embed(SMALL, out, EmbedOptions(model=str(model_dir), device="cpu", resume=True))
+    with EmbeddingsReader(out) as r:
+        assert "input_prefix" not in r.attrs and len(r.keys(PER_RESIDUE)) == 1
+
+
 def test_a_revision_ignored_for_a_directory_is_not_recorded(tmp_path, tiny_models, run_cli):
     # Warned "ignored" but recorded in the file, so a resume without it was refused (exit 2)
     out = tmp_path / "r.h5"

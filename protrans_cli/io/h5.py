@@ -1748,3 +1748,13 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
                 raise UsageError(f"cannot resume: the file was written with {was}, "
                                  f"this run uses {key}={shown} (use the same settings, or write to a new file)",
                                  path=str(path))
+    # A token before every protein (ProstT5's <AA2fold>) changes every row. It is recorded only
+    # where there is one, and no file written before embed put one in records it: a missing
+    # attribute is no prefix, on both sides (a file of such a model from before must not be
+    # extended with prefixed rows, nor the reverse).
+    before, now = (str(_plain(attrs.get("input_prefix")) or "") for attrs in (old, run_attrs))
+    if before != now:
+        was = f"input_prefix={before!r}" if before else "no token before each protein (as every earlier file)"
+        shown = f"{now!r} before every protein" if now else "none"
+        raise UsageError(f"cannot resume: the file was written with {was}, this run puts input_prefix={shown} "
+                         "(its rows would differ from the file's: write to a new file)", path=str(path))
