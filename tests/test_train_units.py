@@ -516,6 +516,27 @@ def test_t5_masks_single_residues_and_targets_the_whole_protein():
     assert batch["num_predicted"] == sum(len(s.residues) + 1 for s in samples)
 
 
+@pytest.mark.parametrize("objective", ["t5", "t5_span"])
+def test_a_model_with_an_input_prefix_trains_with_it_as_embed_feeds_it(objective):
+    """A tokenizer holding ProstT5's <AA2fold> (`train --init-from` such a model): every
+    training input starts with it, as embed's (models/base.py), and no label is it."""
+    from protrans_cli.models.base import residue_layout
+
+    fam = _family("t5")
+    tok = fam.build_tokenizer()
+    tok.add_tokens(["<AA2fold>"])
+    lead = tok.convert_tokens_to_ids("<AA2fold>")
+    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    assert layout.prefix == [lead] == residue_layout(fam, tok).prefix and layout.suffix == [1]
+    samples = _random_samples(layout, n=20, length=30)
+    batch = make_objective(objective, layout, _cfg()).collate(samples)
+    assert (batch["input_ids"][:, 0] == lead).all()
+    assert not (batch["labels"] == lead).any()
+    if objective == "t5":  # the decoder still reconstructs the residues and </s>, not the prefix
+        for i, s in enumerate(samples):
+            assert batch["labels"][i, :len(s.residues)].tolist() == s.residues.tolist()
+
+
 def test_t5_span_corruption_statistics_and_reconstruction():
     layout = _layout("t5")
     obj = make_objective("t5_span", layout, _cfg())

@@ -98,13 +98,18 @@ class TokenLayout:
         pair_ids = list(pair["input_ids"])
         at_a, at_c = pair_ids.index(a_id), pair_ids.index(c_id)
         types = pair.get("token_type_ids") or [0] * len(pair_ids)
+        # a token the model reads before every protein (ProstT5's <AA2fold>, continued with
+        # --init-from): trained with as embed feeds it (models/base.py input_prefix)
+        from protrans_cli.models.base import input_prefix
+
+        lead = [int(tokenizer.convert_tokens_to_ids(p))] if (p := input_prefix(tokenizer)) else []
         return cls(
-            residue_table=table, prefix=list(probe[:at]), suffix=list(probe[at + 1:]),
+            residue_table=table, prefix=list(probe[:at]) + lead, suffix=list(probe[at + 1:]),
             pad_id=int(pad_id), mask_id=None if mask_id is None else int(mask_id),
             vocab_size=len(tokenizer),
             standard_ids=np.array(sorted({int(table[ord(c)]) for c in STANDARD}), dtype=np.int64),
             residue_ids=np.array(sorted({int(t) for t in ids}), dtype=np.int64),
-            sentinel_ids=sentinels, pair_prefix=pair_ids[:at_a], pair_middle=pair_ids[at_a + 1:at_c],
+            sentinel_ids=sentinels, pair_prefix=pair_ids[:at_a] + lead, pair_middle=pair_ids[at_a + 1:at_c],
             pair_suffix=pair_ids[at_c + 1:], pair_type_b=int(types[at_c]))
 
     def encode(self, residues: str, *, path: str | None = None, line: int | None = None) -> np.ndarray:
