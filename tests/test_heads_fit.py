@@ -319,6 +319,44 @@ def test_predict_refuses_other_dimension_and_model(run_cli, loc_data, ss_data, t
     assert r.exit_code == 0 and (tmp_path / "o.csv").read_text().count("\n") == 2
 
 
+def test_fit_and_predict_refuse_rows_made_with_another_input_prefix(run_cli, loc_data, tmp_path):
+    """embed puts ProstT5's <AA2fold> before every protein (the file's `input_prefix`); files
+    written before had none, and their rows differ. fit refuses an evaluation set made otherwise
+    than train, predict a file made otherwise than the head's training file (a missing attribute
+    is no prefix, on both sides); the head records what it learned from."""
+    import shutil
+
+    prefixed = tmp_path / "test_prefixed.h5"
+    shutil.copy(loc_data / "test.h5", prefixed)
+    with h5py.File(prefixed, "r+") as f:
+        f.attrs["input_prefix"] = "<AA2fold>"
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--test", prefixed, loc_data / "test.fasta", "--max-epochs", "1", "-j", "1", "-o", head)
+    assert r.exit_code == 1 and "with <AA2fold> before every protein, train's with no token" in r.stderr, r.stderr
+    assert not head.exists()
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "1", "-j", "1", "-o", head).exit_code == 0
+    assert json.loads((head / "config.json").read_text())["embedding"]["input_prefix"] == ""
+    r = run_cli("predict", head, "--embeddings", prefixed, "-o", tmp_path / "o.csv")
+    assert r.exit_code == 1 and "fit the head again" in r.stderr and not (tmp_path / "o.csv").exists()
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "o.csv")
+    assert r.exit_code == 0, r.stderr
+    # a head fit on prefixed rows takes prefixed files only
+    train_prefixed = tmp_path / "train_prefixed.h5"
+    shutil.copy(loc_data / "train.h5", train_prefixed)
+    with h5py.File(train_prefixed, "r+") as f:
+        f.attrs["input_prefix"] = "<AA2fold>"
+    head2 = tmp_path / "loc2"
+    r = run_cli("fit", "loc", "--embeddings", train_prefixed, "--labels", loc_data / "train.fasta",
+                "--test", prefixed, loc_data / "test.fasta", "--max-epochs", "1", "-j", "1", "-o", head2)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((head2 / "config.json").read_text())["embedding"]["input_prefix"] == "<AA2fold>"
+    assert run_cli("predict", head2, "--embeddings", prefixed, "-o", tmp_path / "p.csv").exit_code == 0
+    r = run_cli("predict", head2, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "q.csv")
+    assert r.exit_code == 1 and "with no token before the proteins, the head's" in r.stderr
+
+
 def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
     head = tmp_path / "loc"
     assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",

@@ -44,7 +44,8 @@ from protrans_cli.io.files import (atomic_output, check_replaceable, create_fres
                                    folder_lock, holds_working_directory, is_inside, make_temporary,
                                    remove_dead_temporaries,
                                    refuse_special_output, replace_directory, same_file, signals_held)
-from protrans_cli.io.h5 import HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key
+from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
+                                prefix_words)
 from protrans_cli.threads import torch_threads
 
 
@@ -352,6 +353,9 @@ def _embedding_info(config: FitConfig, embeddings) -> tuple[dict, int]:
                                                                   "storage_dtype", "embedding_dim", "max_length",
                                                                   "long_policy", "chunk_overlap")
                           if k in reader.attrs and reader.attrs[k] is not None}
+        # the token embed put before every protein (ProstT5's <AA2fold>): "" for none, as in
+        # every file written before embed put one there
+        embedding_info["input_prefix"] = input_prefix_of(reader)
         # The model layer learned from, as embed numbers it (what predict and `predict --fasta` use):
         # the default -1 on a file holding one other layer (`embed --layer -2`) reads that layer.
         model_layer = config.layer
@@ -388,9 +392,14 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
             if "layers" in embedding_info:  # the layer train was read from, not a lone other one
                 stored_layer_index(reader, model_layer, f"train was read from layer {model_layer}: "
                                    f"embed the {name} set with --layer {model_layer}", exact=True)
+            prefix = input_prefix_of(reader)
         if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]):
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
+        if prefix != embedding_info.get("input_prefix", ""):
+            raise ModelError(f"{name} embeddings were made {prefix_words(prefix)}, train's "
+                             f"{prefix_words(embedding_info.get('input_prefix', ''))} (its rows differ): embed both "
+                             "with the same protrans version", path=emb)
 
 
 def _warn_overlap(train, eval_sets: list) -> None:

@@ -33,8 +33,8 @@ from protrans_cli.io.files import (atomic_output, default_permissions, display_n
                                    output_directory, through_link)
 from protrans_cli.io.disk import ensure_room
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id, escape_key,
-                                h5_file, is_write_failure, one_protein_twice, stored_length, truncated_from,
-                                write_failure_reason)
+                                h5_file, input_prefix_of, is_write_failure, one_protein_twice, prefix_words,
+                                stored_length, truncated_from, write_failure_reason)
 from protrans_cli.threads import torch_threads
 
 
@@ -62,6 +62,16 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
 
     if head_model and file_model and not same_model(head_model, file_model):
         message = f"embeddings come from model {file_model!r}, the head was trained on {head_model!r}"
+        if not allow_model_mismatch:
+            raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
+        console.warn(f"{reader.path}: {message}")
+    # the token embed put before every protein (ProstT5's <AA2fold>): a head fit before embed put
+    # one there learned rows made without it
+    head_prefix, file_prefix = config.get("embedding", {}).get("input_prefix") or "", input_prefix_of(reader)
+    if head_prefix != file_prefix:
+        message = (f"embeddings were made {prefix_words(file_prefix)}, the head's training embeddings "
+                   f"{prefix_words(head_prefix)} (the rows differ: fit the head again on embeddings of this "
+                   "protrans version)")
         if not allow_model_mismatch:
             raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
         console.warn(f"{reader.path}: {message}")

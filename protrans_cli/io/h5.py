@@ -154,6 +154,18 @@ def _starts_like_fasta(path) -> bool:
 HDF5_FROM_STDIN = "an HDF5 file is read in place, not from stdin ('-'): give the embeddings as a file"
 
 
+def input_prefix_of(reader) -> str:
+    """The token embed put before every protein of `reader`'s file (the `input_prefix` attribute:
+    ProstT5's <AA2fold>), '' for none, as in every file written before embed put one there."""
+    value = reader.attrs.get("input_prefix")
+    return str(_plain(value)) if value else ""
+
+
+def prefix_words(prefix: str) -> str:
+    """How embed fed the proteins, for messages: 'with <AA2fold> before every protein'."""
+    return f"with {prefix} before every protein" if prefix else "with no token before the proteins"
+
+
 class EmbeddingsReader:
     """Read an embeddings file of either layout.
 
