@@ -55,7 +55,7 @@ from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same
 from protrans_cli.embed_retry import Recomputed, _Want, embed_with_retry
 from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, Embedder, OneHotEmbedder, TransformerEmbedder,
                                     beyond_range, fits, mean_rows, resolve_device)
-from protrans_cli.residues import SequenceRejected, normalise
+from protrans_cli.residues import REASON_INVALID, SequenceRejected, normalise
 from protrans_cli.threads import check_threads, torch_threads
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
@@ -85,6 +85,7 @@ class EmbedOptions:
     long_policy: str = "error"
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP  # residues shared by neighbouring windows (chunk policy)
     invalid_policy: str = "error"        # a sequence normalise refuses (J, an inner '*', empty): error | skip
+    three_di: bool = False               # the sequences are Foldseek 3Di strings (ProstT5), not amino acids
     cpu_fallback: bool = False           # retry a protein on the CPU when it alone runs out of memory
     packing: bool | None = None          # each batch one row without padding; None: auto (packing_by_default)
     sdpa_kernels: str = "auto"           # attention kernels on a GPU (protrans_cli/attention.py)
@@ -98,6 +99,13 @@ class EmbedOptions:
 
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k, on in ((PER_RESIDUE, self.per_residue), (PER_PROTEIN, self.per_protein)) if on)
+
+    @property
+    def alphabet(self) -> str | None:
+        """The letters a sequence may hold beyond normalise's rules (3Di: its 20 states), or None."""
+        from protrans_cli.models.base import THREE_DI
+
+        return THREE_DI if self.three_di else None
 
     @property
     def skip_invalid(self) -> bool:
@@ -124,6 +132,8 @@ class EmbedOptions:
                                                      if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
         if self.window < 1:
             raise UsageError("--window must be at least 1")
+        if self.three_di and self.model == ONEHOT:
+            raise UsageError("--3di is for a model that reads 3Di strings (ProstT5: -m prostt5), not onehot")
         if self.threads is not None:  # 0 was ignored, -2 a RuntimeError from torch
             check_threads(self.threads)
         if isinstance(self.layers, int):  # EmbedOptions(layers=-1) from Python: a TypeError further on
@@ -187,7 +197,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
         attention = "flex" if flex_by_default(loaded.family, device_name, dtype, compiled=options.compile) else "sdpa"
     build = functools.partial(TransformerEmbedder, loaded, options.layers, device_name, dtype,
                               packed=bool(options.packing), sdpa_kernels=options.sdpa_kernels,
-                              compile=options.compile)
+                              compile=options.compile, three_di=options.three_di)
     try:
         embedder = build(attention=attention)
     except ModelError as exc:
@@ -333,14 +343,17 @@ def _digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def _records(source, name: str, skip_invalid: bool = False) -> Iterator[_Protein]:
+def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None = None) -> Iterator[_Protein]:
     """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>).
     `skip_invalid`: a sequence normalise refuses is yielded with its reason in `rejected`
-    (--invalid-policy skip: one bad ORF in a metagenome stopped the whole run)."""
+    (--invalid-policy skip: one bad ORF in a metagenome stopped the whole run). `alphabet`: the
+    only letters allowed (--3di: the 20 3Di states; no X or rare letters)."""
     with open_input(source, name=name) as stream:
         for rec in parse_fasta(stream, name):
             try:
                 seq = normalise(rec.sequence, rare="keep")
+                if alphabet is not None:
+                    _check_alphabet(seq, alphabet)
             except SequenceRejected as exc:
                 if not skip_invalid:
                     raise InputError(f"{exc.detail} (--invalid-policy skip leaves such records out)", path=name,
@@ -351,10 +364,18 @@ def _records(source, name: str, skip_invalid: bool = False) -> Iterator[_Protein
             yield _Protein(rec.id, rec.description, seq, rec.line)
 
 
-def read_windows(source, name: str, size: int, skip_invalid: bool = False) -> Iterator[list[_Protein]]:
+def _check_alphabet(seq: str, alphabet: str) -> None:
+    bad = next(((i, c) for i, c in enumerate(seq) if c not in alphabet), None)
+    if bad is not None:
+        raise SequenceRejected(REASON_INVALID, f"{bad[1]!r} at residue {bad[0] + 1} is not a 3Di letter "
+                               f"(--3di: one of {alphabet})")
+
+
+def read_windows(source, name: str, size: int, skip_invalid: bool = False,
+                 alphabet: str | None = None) -> Iterator[list[_Protein]]:
     """The records in consecutive lists of at most `size`: all the pipeline holds at a time."""
     window: list[_Protein] = []
-    for prot in _records(source, name, skip_invalid):
+    for prot in _records(source, name, skip_invalid, alphabet):
         window.append(prot)
         if len(window) >= size:
             yield window
@@ -383,14 +404,14 @@ class InputScan:
 _SAY_FIRST_PASS_BYTES = 256 << 20  # inputs from which the first pass is announced
 
 
-def scan_input(source, name: str, skip_invalid: bool = False) -> InputScan:
+def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | None = None) -> InputScan:
     """The first streaming pass: every record is parsed and normalised (so unusable sequences
     fail before any computation) and duplicate ids are refused, keeping only an 8-byte digest of
     each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
     which names the duplicate (and ignores a mere digest collision)."""
     ids, seqs = array("Q"), array("Q")
     residues = longest = 0
-    for prot in _records(source, name, skip_invalid):
+    for prot in _records(source, name, skip_invalid, alphabet):
         ids.append(_digest64(prot.id))  # (a skipped record's id is the output's too: not twice)
         if prot.rejected is not None:
             continue
@@ -828,7 +849,7 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
         dist = _setup_distributed(options.device) if distributed else _Dist()
         try:
             try:
-                scan, failure = scan_input(source, name, options.skip_invalid), None
+                scan, failure = scan_input(source, name, options.skip_invalid, options.alphabet), None
             except Exception as exc:  # noqa: BLE001 - any failure, raised once every rank has taken part:
                 if not ranked:       # the others stop too (they would wait for it at the barriers for hours)
                     raise
@@ -1064,7 +1085,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
                 found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
-                    source, name, options.window, options.skip_invalid) for p in window),
+                    source, name, options.window, options.skip_invalid, options.alphabet) for p in window),
                     seal=path != output and dist.is_main))
         if dist.is_main:  # (two ranks mending one file at once both gave up: "delete it to start again")
             dist.barrier()
@@ -1143,7 +1164,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                            unit="res", unit_scale=True)
     try:
         with writer, _Background(lambda work, *args: work(*args)) as background:
-            for window in read_windows(source, name, options.window, options.skip_invalid):
+            for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet):
                 done_here = done.members(window)
                 summary.num_resumed += len(done_here)
                 failures: dict[str, str] = {}
@@ -1264,7 +1285,7 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
     from protrans_cli.io.h5 import sequence_checksum
 
     left = found = 0
-    for window in read_windows(source, name, options.window, options.skip_invalid):
+    for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet):
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
             found += checksum is not None

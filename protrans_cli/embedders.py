@@ -113,11 +113,17 @@ class TransformerEmbedder:
     hidden states at the requested layers and returns exactly the rows of the residues."""
 
     def __init__(self, loaded, layers: Sequence[int], device: str, compute_dtype: str, packed: bool = False,
-                 sdpa_kernels: str = "auto", compile: bool = False, attention: str = "sdpa"):
+                 sdpa_kernels: str = "auto", compile: bool = False, attention: str = "sdpa", three_di: bool = False):
         import torch
+
+        from protrans_cli.models.base import input_prefix
 
         self.loaded = loaded
         self.family_impl = loaded.family
+        # a token put before every protein (ProstT5's <AA2fold>, models/base.py), '' for none
+        self.input_prefix = input_prefix(loaded.tokenizer)
+        if three_di:  # the sequences are Foldseek 3Di strings (embed --3di)
+            self.family_impl, self.input_prefix = _three_di(loaded)
         self.name = loaded.name
         self.family = getattr(loaded.family, "name", str(loaded.family))
         self.revision = getattr(loaded, "revision", None)
@@ -148,9 +154,6 @@ class TransformerEmbedder:
         # to pad_multiple must stay inside the learned table (one of 100 positions took 104)
         self._position_tokens = _absolute_positions(self.model)
         self.special_tokens = _count_special_tokens(self.family_impl, self.tokenizer)
-        # a token put before every protein (ProstT5's <AA2fold>, models/base.py), '' for none
-        from protrans_cli.models.base import input_prefix
-        self.input_prefix = input_prefix(self.tokenizer)
         self.max_residues = _max_residues(self.model, self.special_tokens)
         # (residues, where it is known): embed warns about proteins beyond it
         self.trained_residues = _trained_residues(loaded, self.special_tokens)
@@ -585,6 +588,22 @@ def _trained_residues(loaded, special_tokens: int) -> tuple[int, str] | None:
         offset = (getattr(model_config, "pad_token_id", None) or 0) + 1
         return positions - offset - special_tokens, f"crops of {positions - offset} tokens"
     return None
+
+
+def _three_di(loaded):
+    """(family reading 3Di strings, its prefix) for `loaded`, or a usage error where the model
+    does not read them: its vocabulary lacks `<fold2AA>` or a 3Di letter (ProstT5 has both)."""
+    from protrans_cli.models.base import THREE_DI_PREFIX, three_di_input, unknown_residues
+
+    family = three_di_input(loaded.family)
+    if THREE_DI_PREFIX not in loaded.tokenizer.get_vocab():
+        raise UsageError(f"--3di: {loaded.name} does not read 3Di strings (its vocabulary has no {THREE_DI_PREFIX}); "
+                         "ProstT5 does: -m prostt5")
+    missing = unknown_residues(family, loaded.tokenizer)
+    if missing:
+        raise UsageError(f"--3di: {loaded.name} has {THREE_DI_PREFIX} but no token for the 3Di letter(s) "
+                         f"{', '.join(m.lower() for m in missing)}")
+    return family, THREE_DI_PREFIX
 
 
 def _count_special_tokens(family, tokenizer) -> int:

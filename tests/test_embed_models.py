@@ -157,6 +157,35 @@ def test_a_t5_tokenizer_that_does_not_split_on_spaces_gets_one_residue_per_word(
         np.testing.assert_allclose(rows[rec.id], ref, atol=1e-5, rtol=0)
 
 
+def _prefixed_t5(model_dir, tiny_models, prefix="<AA2fold>", words=False, special=False):
+    """The tiny T5 model given ProstT5's extra tokens (lower-case 3Di letters, `prefix` and
+    <fold2AA>), its embedding table grown to them; `words`: a tokenizer that does not split on
+    spaces (Ankh's)."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from protrans_cli.models.tokenizers import save_tokenizer
+
+    family = FAMILIES["t5"]
+    shutil.copytree(tiny_models["t5"], model_dir)
+    if words:  # no splitting on spaces, as Ankh's tokenizers
+        spec = json.loads((model_dir / "tokenizer.json").read_text())
+        spec["pre_tokenizer"] = None
+        (model_dir / "tokenizer.json").write_text(json.dumps(spec))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    assert family.prefix_ids(tokenizer) == []
+    # (ProstT5's sentencepiece has them as "\u2581a"...; this word-level tokenizer's residues are bare letters)
+    tokenizer.add_tokens(list("acdefghiklmnpqrstvwy") + [prefix, "<fold2AA>"], special_tokens=special)
+    torch.manual_seed(1)
+    model = family.pretraining_model(family.build_config("tiny", tokenizer))
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(model_dir)
+    save_tokenizer(tokenizer, model_dir)
+    return model_dir
+
+
 @pytest.mark.parametrize("prefix,words,special", [("<AA2fold>", False, False), ("<AA2fold>", False, True),
                                                   ("[NLU]", True, True)],
                          ids=["prostt5_added", "prostt5_added_special", "ankh3_like"])
@@ -170,29 +199,12 @@ def test_a_vocabulary_with_an_input_prefix_gets_it_and_no_row_for_it(run_cli, tm
     in no output; the rows equal the plain transformers forward pass of prefix, residues, `</s>`
     (and differ from the one without the prefix). tests/test_embed_tf4_reference.py checks a
     spiece.model holding `<AA2fold>` against transformers 4."""
-    import json
-    import shutil
-
     from transformers import AutoTokenizer
 
     from protrans_cli.models.base import residue_layout
-    from protrans_cli.models.tokenizers import save_tokenizer
 
     family = FAMILIES["t5"]
-    model_dir = tmp_path / "prefixed"
-    shutil.copytree(tiny_models["t5"], model_dir)
-    if words:  # no splitting on spaces, as Ankh's tokenizers
-        spec = json.loads((model_dir / "tokenizer.json").read_text())
-        spec["pre_tokenizer"] = None
-        (model_dir / "tokenizer.json").write_text(json.dumps(spec))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    assert family.prefix_ids(tokenizer) == []
-    tokenizer.add_tokens([f"\u2581{c}" for c in "acdefghiklmnpqrstvwy"] + [prefix, "<fold2AA>"],
-                         special_tokens=special)
-    model = family.pretraining_model(family.build_config("tiny", tokenizer))
-    model.resize_token_embeddings(len(tokenizer))
-    model.save_pretrained(model_dir)
-    save_tokenizer(tokenizer, model_dir)
+    model_dir = _prefixed_t5(tmp_path / "prefixed", tiny_models, prefix, words, special)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     lead = tokenizer.convert_tokens_to_ids(prefix)
     assert family.prefix_ids(tokenizer) == [lead]
@@ -243,6 +255,74 @@ def test_a_vocabulary_with_an_input_prefix_gets_it_and_no_row_for_it(run_cli, tm
     assert sum(len(s) == 12 for s in pieces) >= 4  # windows of the longer proteins were embedded
     inputs, mask = family.encode(tokenizer, pieces)
     assert (inputs["input_ids"][:, 0] == lead).all() and mask.sum(1).tolist() == [len(s) for s in pieces]
+
+
+def test_3di_strings_are_read_lower_case_after_fold2aa(run_cli, tmp_path, tiny_models):
+    """`embed --3di` (ProstT5's other input: Foldseek 3Di strings): every letter becomes its
+    lower-case 3Di token, `<fold2AA>` goes before every protein, and the rows equal the plain
+    forward pass of that (as the model card's "<fold2AA> d v v ..."); letters that are no 3Di
+    state are refused (or skipped), a model without 3Di tokens is a usage error, and a file of
+    amino-acid embeddings is not resumed with 3Di ones."""
+    from transformers import AutoTokenizer
+
+    model_dir = _prefixed_t5(tmp_path / "prostt5_like", tiny_models)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    fold = tokenizer.convert_tokens_to_ids("<fold2AA>")
+    states = {"s1": "DVVLVVCCPPLDPVNLVSLVQ", "s2": "dpvq", "s3": "A" * 13 + "wy"}  # as foldseek writes them, or not
+    fasta = tmp_path / "3di.fa"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in states.items()))
+    out = tmp_path / "s.h5"
+    result = run_cli("embed", fasta, "-m", model_dir, "-o", out, "--3di", "--device", "cpu", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    rows, means = _read(out), _read(out, PER_PROTEIN)
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["input_prefix"] == "<fold2AA>"
+    encoder = FAMILIES["t5"].encoder_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    for pid, letters in states.items():
+        ids = tokenizer(["<fold2AA> " + " ".join(letters.lower())], return_tensors="pt")["input_ids"]
+        assert ids[0].tolist() == [fold] + tokenizer.convert_tokens_to_ids(list(letters.lower())) + [
+            tokenizer.eos_token_id]
+        assert not set(ids[0].tolist()) & set(tokenizer.convert_tokens_to_ids(list(letters.upper())))
+        with torch.no_grad():
+            ref = encoder(input_ids=ids).last_hidden_state[0, 1:-1].numpy()
+        np.testing.assert_allclose(rows[pid], ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(means[pid], ref.mean(0), atol=1e-5, rtol=0)
+    # a head fit on such embeddings has `predict --fasta` embed its FASTA as 3Di strings too
+    import json
+
+    from protrans_cli.heads.predict import embed_for_head
+
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "config.json").write_text(json.dumps({"kind": "per_protein", "layer": -1, "embedding": {
+        "model": str(model_dir), "input_prefix": "<fold2AA>"}}))
+    (tmp_path / "work").mkdir()
+    again, ids = embed_for_head(head, fasta, tmp_path / "work", device="cpu")
+    assert ids == list(states)
+    for pid, mean in _read(again, PER_PROTEIN).items():
+        np.testing.assert_allclose(mean, means[pid], atol=1e-5, rtol=0)
+    # the same letters as amino acids are other rows (and another file: no resume across)
+    aa = tmp_path / "aa.h5"
+    assert run_cli("embed", fasta, "-m", model_dir, "-o", aa, "--device", "cpu", "-j", "1").exit_code == 0
+    assert np.abs(_read(aa)["s1"] - rows["s1"]).max() > 1e-3
+    result = run_cli("embed", fasta, "-m", model_dir, "-o", aa, "--3di", "--resume", "--device", "cpu", "-j", "1")
+    assert result.exit_code == 2 and "input_prefix" in result.stderr, result.stderr
+    # X (or a rare letter) is no 3Di state
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">ok\nDVVL\n>x\nDVXL\n")
+    result = run_cli("embed", bad, "-m", model_dir, "-o", tmp_path / "b.h5", "--3di", "--device", "cpu", "-j", "1")
+    assert result.exit_code == 1 and "'X' at residue 3 is not a 3Di letter" in result.stderr and "x" in result.stderr
+    assert not (tmp_path / "b.h5").exists()
+    result = run_cli("embed", bad, "-m", model_dir, "-o", tmp_path / "b.h5", "--3di", "--invalid-policy", "skip",
+                     "--device", "cpu", "-j", "1")
+    assert result.exit_code == 0, result.stderr
+    with EmbeddingsReader(tmp_path / "b.h5") as r:
+        assert sorted(i for i, _, _ in r.items(PER_PROTEIN)) == ["ok"] and "x" in r.failed()
+    # models that do not read 3Di strings
+    result = run_cli("embed", fasta, "-m", tiny_models["t5"], "-o", tmp_path / "n.h5", "--3di", "--device", "cpu")
+    assert result.exit_code == 2 and "does not read 3Di strings" in result.stderr
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "n.h5", "--3di")
+    assert result.exit_code == 2 and "--3di is for a model that reads 3Di strings" in result.stderr
 
 
 def test_the_published_protbert_layout_loads_without_model_type(run_cli, tmp_path, tiny_models):

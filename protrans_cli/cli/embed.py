@@ -51,6 +51,9 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
 @click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default="error",
               help="Sequences that cannot be embedded (a J, an inner '*', no residues): fail before any "
                    "work, or skip them (recorded as failed, with the reason).")
+@click.option("--3di", "three_di", is_flag=True,
+              help="The sequences are Foldseek 3Di strings (one structure state per residue), not amino "
+                   "acids: ProstT5 reads them lower-case after <fold2AA>.")
 @click.option("--cpu-fallback", is_flag=True,
               help="Retry on the CPU a protein that alone does not fit in GPU memory.")
 @click.option("--packing/--no-packing", default=None,
@@ -80,8 +83,8 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
-            invalid_policy, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force, window,
-            threads):
+            invalid_policy, three_di, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force,
+            window, threads):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
     \b
@@ -102,7 +105,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         compression=None if compression == "none" else compression, device=device, dtype=dtype,
         max_tokens=max_tokens, max_batch_size=max_batch_size, max_length=max_length,
         long_policy=long_policy, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
-        cpu_fallback=cpu_fallback, packing=packing,
+        three_di=three_di, cpu_fallback=cpu_fallback, packing=packing,
         sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
         window=window, threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]),
     )

@@ -75,6 +75,7 @@ class Family:
     sentence_order: ClassVar[bool] = False
     tokenizer_kwargs: ClassVar[dict] = {}
     causal: ClassVar[bool] = False  # a row sees only the residues before it (chunked windows stitch so)
+    input_kind: ClassVar[str] = "aa"  # what the sequences are: amino acids, or "3di" (three_di_input)
     flex_attention: ClassVar[bool] = False  # use_flex_attention switches its encoder (embed --attention flex)
 
     def use_flex_attention(self, model) -> None:
@@ -401,7 +402,7 @@ def residue_layout(family: Family, tokenizer) -> ResidueLayout | None:
 
     key = id(tokenizer)
     cached = _LAYOUTS.get(key)
-    if cached is not None and cached[0] is tokenizer and cached[2] == family.name:
+    if cached is not None and cached[0] is tokenizer and cached[2] == (family.name, family.input_kind):
         return cached[1]
     layout = None
     if family.spaced or type(tokenizer).__name__ == "EsmTokenizer":
@@ -415,7 +416,7 @@ def residue_layout(family: Family, tokenizer) -> ResidueLayout | None:
                 break
     if len(_LAYOUTS) > 64:  # tokenizers are few; never let the cache grow without bound
         _LAYOUTS.clear()
-    _LAYOUTS[key] = (tokenizer, layout, family.name)
+    _LAYOUTS[key] = (tokenizer, layout, (family.name, family.input_kind))
     return layout
 
 
@@ -444,8 +445,8 @@ def _probe_layout(family, tokenizer, alphabet, np, words=False):
 
 # Tokens a model's authors put before every protein; a vocabulary that holds one takes it.
 # ProstT5 (Heinzinger et al. 2024, ProtT5-XL fine-tuned to translate to and from Foldseek's 3Di
-# letters): "<AA2fold>" before amino acids ("<fold2AA>" before lower-case 3Di strings, which
-# embed does not read: it upper-cases every sequence). Ankh3 (Alsamkary et al. 2025, T5 trained
+# letters): "<AA2fold>" before amino acids ("<fold2AA>" before lower-case 3Di strings: `embed
+# --3di`, three_di_input). Ankh3 (Alsamkary et al. 2025, T5 trained
 # on two tasks, each named by a token before the protein): "[NLU]", the masked-LM task, whose
 # encoder states its model card extracts as embeddings ("[S2S]" asks for sequence completion).
 INPUT_PREFIXES = ("<AA2fold>", "[NLU]")
@@ -458,6 +459,31 @@ def input_prefix(tokenizer) -> str:
     except (AttributeError, TypeError, ValueError, NotImplementedError):
         return ""
     return next((p for p in INPUT_PREFIXES if p in vocab), "")
+
+
+# `embed --3di`: ProstT5 also reads Foldseek's 3Di strings (a structure's states, one letter per
+# residue from the same 20 letters as amino acids), lower-case, after "<fold2AA>".
+THREE_DI_PREFIX = "<fold2AA>"
+THREE_DI = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def three_di_input(family: Family) -> Family:
+    """`family` reading 3Di strings: each letter lower-cased (ProstT5's 3Di tokens) and kept as it
+    is (there are no rare ones), `<fold2AA>` before every protein. Everything else (special
+    tokens, rows, packing, attention) is the family's."""
+    base = type(family)
+    cls = _THREE_DI_CLASSES.get(base)
+    if cls is None:
+        cls = _THREE_DI_CLASSES[base] = type(f"{base.__name__}ThreeDi", (base,), {
+            "input_kind": "3di",
+            "normalise": lambda self, sequence: sequence.lower(),
+            "prefix_ids": lambda self, tokenizer: ([tokenizer.convert_tokens_to_ids(THREE_DI_PREFIX)]
+                                                   if THREE_DI_PREFIX in tokenizer.get_vocab() else []),
+        })
+    return cls()
+
+
+_THREE_DI_CLASSES: dict[type, type] = {}
 
 
 def _insert_prefix(tokenizer, enc, lead: list[int], multiple: int):
