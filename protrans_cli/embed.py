@@ -778,6 +778,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     options.validate()
     if embedder is not None:
         _check_embedder_layers(options, embedder)
+        _check_embedder_input(options, embedder)
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
     refuse_special_output(output, "-o", "an HDF5 file")
@@ -879,6 +880,19 @@ def _check_embedder_layers(options: EmbedOptions, embedder) -> None:
         raise UsageError(f"options.layers is {tuple(options.layers)} but the embedder given computes layers "
                          f"{tuple(embedder.layers)}: build it with these options (build_embedder(options)), "
                          "or give its layers")
+
+
+def _check_embedder_input(options: EmbedOptions, embedder) -> None:
+    """An embedder given in memory reads the sequences as it was built to (amino acids, or 3Di
+    strings: TransformerEmbedder(three_di=True)), whatever `options.three_di` says: 3Di strings
+    were embedded as amino acids (a file saying <AA2fold>) by an embedder built without it, and
+    amino acids with X or U by a 3Di one (each such letter an unknown token), without a word."""
+    three_di = getattr(getattr(embedder, "family_impl", None), "input_kind", "aa") == "3di"
+    if bool(options.three_di) != three_di:
+        built, asked = (("3Di strings", "amino acids") if three_di else ("amino acids", "3Di strings"))
+        raise UsageError(f"options.three_di is {bool(options.three_di)} but the embedder given reads {built}, not "
+                         f"{asked}: build it with these options (build_embedder(options)), or give three_di="
+                         f"{three_di}")
 
 
 def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str,

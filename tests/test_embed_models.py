@@ -325,6 +325,41 @@ def test_3di_strings_are_read_lower_case_after_fold2aa(run_cli, tmp_path, tiny_m
     assert result.exit_code == 2 and "--3di is for a model that reads 3Di strings" in result.stderr
 
 
+def test_3di_and_amino_acid_embeddings_are_told_apart(run_cli, tmp_path, tiny_models):
+    """An embedder given to `embed` in memory must read what `options.three_di` says (one built
+    without three_di embedded 3Di strings as amino acids, one built with it amino acids with X
+    as unknown tokens, without a word); and where a 3Di file meets an amino-acid one (--resume,
+    predict, fit's evaluation sets), the message says so instead of blaming protrans versions."""
+    from protrans_cli.embed import EmbedOptions, build_embedder, embed
+    from protrans_cli.embedders import OneHotEmbedder
+    from protrans_cli.errors import ModelError, UsageError
+    from protrans_cli.heads.predict import check_compatible
+
+    model_dir = _prefixed_t5(tmp_path / "prostt5_like", tiny_models)
+    fasta = tmp_path / "3di.fa"
+    fasta.write_text(">s1\nDVVLVVCC\n>s2\nDPVQ\n")
+    plain = EmbedOptions(model=str(model_dir), device="cpu", per_residue=False)
+    three_di = EmbedOptions(model=str(model_dir), device="cpu", per_residue=False, three_di=True)
+    for options, embedder, reads in ((three_di, build_embedder(plain), "amino acids"),
+                                     (plain, build_embedder(three_di), "3Di strings"),
+                                     (three_di, OneHotEmbedder((-1,)), "amino acids")):
+        with pytest.raises(UsageError, match=f"the embedder given reads {reads}"):
+            embed(fasta, tmp_path / "x.h5", options, embedder=embedder)
+        assert not (tmp_path / "x.h5").exists()
+    embed(fasta, tmp_path / "3di.h5", three_di)
+    embed(fasta, tmp_path / "aa.h5", plain)
+    result = run_cli("embed", fasta, "-m", model_dir, "-o", tmp_path / "3di.h5", "--per-protein", "--resume",
+                     "--device", "cpu")
+    assert result.exit_code == 2 and "the file holds embeddings of 3Di strings (embed --3di)" in result.stderr, \
+        result.stderr
+    config = {"kind": "per_protein", "input_dim": 32, "layer": -1,
+              "embedding": {"model": str(model_dir), "input_prefix": "<fold2AA>"}}
+    with EmbeddingsReader(tmp_path / "aa.h5") as reader, pytest.raises(ModelError) as raised:
+        check_compatible(config, reader)
+    assert "these are embeddings of amino acids (embed without --3di), the head's of 3Di strings" in str(raised.value)
+    assert "protrans version" not in str(raised.value)
+
+
 def test_the_published_protbert_layout_loads_without_model_type(run_cli, tmp_path, tiny_models):
     """transformers 5 no longer guesses a missing model_type from the repository name, so
     `-m prot_bert` failed ("unsupported model"): the family now comes from `architectures`.

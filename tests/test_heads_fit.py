@@ -355,6 +355,18 @@ def test_fit_and_predict_refuse_rows_made_with_another_input_prefix(run_cli, loc
     assert run_cli("predict", head2, "--embeddings", prefixed, "-o", tmp_path / "p.csv").exit_code == 0
     r = run_cli("predict", head2, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "q.csv")
     assert r.exit_code == 1 and "with no token before the proteins, the head's" in r.stderr
+    # embed --3di (<fold2AA>) against amino acids (<AA2fold>): the message says which is which
+    three_di = tmp_path / "test_3di.h5"
+    shutil.copy(loc_data / "test.h5", three_di)
+    with h5py.File(three_di, "r+") as f:
+        f.attrs["input_prefix"] = "<fold2AA>"
+    r = run_cli("fit", "loc", "--embeddings", train_prefixed, "--labels", loc_data / "train.fasta",
+                "--test", three_di, loc_data / "test.fasta", "--max-epochs", "1", "-j", "1", "-o", tmp_path / "loc3")
+    assert r.exit_code == 1 and "the test set holds embeddings of 3Di strings (embed --3di), train of amino acids" \
+        in r.stderr and "protrans version" not in r.stderr, r.stderr
+    r = run_cli("predict", head2, "--embeddings", three_di, "-o", tmp_path / "r.csv")
+    assert r.exit_code == 1 and "these are embeddings of 3Di strings (embed --3di), the head's of amino acids" \
+        in r.stderr and "fit the head again" not in r.stderr, r.stderr
 
 
 def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):

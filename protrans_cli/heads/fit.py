@@ -45,7 +45,7 @@ from protrans_cli.io.files import (atomic_output, check_replaceable, create_fres
                                    remove_dead_temporaries,
                                    refuse_special_output, replace_directory, same_file, signals_held)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
-                                prefix_words)
+                                prefix_words, three_di_words)
 from protrans_cli.threads import torch_threads
 
 
@@ -397,9 +397,13 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
         if prefix != embedding_info.get("input_prefix", ""):
+            theirs = embedding_info.get("input_prefix", "")
+            held = three_di_words(prefix, theirs)
+            remedy = (f"the {name} set holds embeddings of {held}, train of {three_di_words(theirs, prefix)}: "
+                      "embed both from the same kind of sequence" if held
+                      else "embed both with the same protrans version")
             raise ModelError(f"{name} embeddings were made {prefix_words(prefix)}, train's "
-                             f"{prefix_words(embedding_info.get('input_prefix', ''))} (its rows differ): embed both "
-                             "with the same protrans version", path=emb)
+                             f"{prefix_words(theirs)} (its rows differ): {remedy}", path=emb)
 
 
 def _warn_overlap(train, eval_sets: list) -> None:

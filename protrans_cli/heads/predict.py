@@ -34,7 +34,7 @@ from protrans_cli.io.files import (atomic_output, default_permissions, display_n
 from protrans_cli.io.disk import ensure_room
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id, escape_key,
                                 h5_file, input_prefix_of, is_write_failure, one_protein_twice, prefix_words,
-                                stored_length, truncated_from, write_failure_reason)
+                                stored_length, three_di_words, truncated_from, write_failure_reason)
 from protrans_cli.threads import torch_threads
 
 
@@ -69,9 +69,12 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
     # one there learned rows made without it
     head_prefix, file_prefix = config.get("embedding", {}).get("input_prefix") or "", input_prefix_of(reader)
     if head_prefix != file_prefix:
+        held = three_di_words(file_prefix, head_prefix)
+        remedy = (f"these are embeddings of {held}, the head's of {three_di_words(head_prefix, file_prefix)}: "
+                  "embed the sequences the head was fit on" if held
+                  else "fit the head again on embeddings of this protrans version")
         message = (f"embeddings were made {prefix_words(file_prefix)}, the head's training embeddings "
-                   f"{prefix_words(head_prefix)} (the rows differ: fit the head again on embeddings of this "
-                   "protrans version)")
+                   f"{prefix_words(head_prefix)} (the rows differ: {remedy})")
         if not allow_model_mismatch:
             raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
         console.warn(f"{reader.path}: {message}")

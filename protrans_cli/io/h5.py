@@ -166,6 +166,17 @@ def prefix_words(prefix: str) -> str:
     return f"with {prefix} before every protein" if prefix else "with no token before the proteins"
 
 
+def three_di_words(this: str, that: str) -> str | None:
+    """For messages about two files' input prefixes that differ because one holds embeddings of
+    3Di strings (embed --3di: <fold2AA>) and the other of amino acids: which is which, or None
+    where neither is a 3Di file (the prefixes then differ by protrans version)."""
+    from protrans_cli.models.base import THREE_DI_PREFIX
+
+    if THREE_DI_PREFIX not in (this, that):
+        return None
+    return "3Di strings (embed --3di)" if this == THREE_DI_PREFIX else "amino acids (embed without --3di)"
+
+
 class EmbeddingsReader:
     """Read an embeddings file of either layout.
 
@@ -1768,5 +1779,8 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
     if before != now:
         was = f"input_prefix={before!r}" if before else "no token before each protein (as every earlier file)"
         shown = f"{now!r} before every protein" if now else "none"
+        held = three_di_words(before, now)
+        remedy = (f"the file holds embeddings of {held}: give the same sequences as it, or write to a new file"
+                  if held else "write to a new file")
         raise UsageError(f"cannot resume: the file was written with {was}, this run puts input_prefix={shown} "
-                         "(its rows would differ from the file's: write to a new file)", path=str(path))
+                         f"(its rows would differ from the file's: {remedy})", path=str(path))
