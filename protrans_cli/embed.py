@@ -368,7 +368,7 @@ def _check_alphabet(seq: str, alphabet: str) -> None:
     bad = next(((i, c) for i, c in enumerate(seq) if c not in alphabet), None)
     if bad is not None:
         raise SequenceRejected(REASON_INVALID, f"{bad[1]!r} at residue {bad[0] + 1} is not a 3Di letter "
-                               f"(--3di: one of {alphabet})")
+                               f"(3Di strings hold only {alphabet})")
 
 
 def read_windows(source, name: str, size: int, skip_invalid: bool = False,
