@@ -355,7 +355,7 @@ def _embedding_info(config: FitConfig, embeddings) -> tuple[dict, int]:
                           if k in reader.attrs and reader.attrs[k] is not None}
         # the token embed put before every protein (ProstT5's <AA2fold>): "" for none, as in
         # every file written before embed put one there
-        embedding_info["input_prefix"] = input_prefix_of(reader)
+        embedding_info["input_prefix"] = input_prefix_of(reader.attrs)
         # The model layer learned from, as embed numbers it (what predict and `predict --fasta` use):
         # the default -1 on a file holding one other layer (`embed --layer -2`) reads that layer.
         model_layer = config.layer
@@ -392,7 +392,7 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
             if "layers" in embedding_info:  # the layer train was read from, not a lone other one
                 stored_layer_index(reader, model_layer, f"train was read from layer {model_layer}: "
                                    f"embed the {name} set with --layer {model_layer}", exact=True)
-            prefix = input_prefix_of(reader)
+            prefix = input_prefix_of(reader.attrs)
         if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]):
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)

@@ -67,7 +67,7 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
         console.warn(f"{reader.path}: {message}")
     # the token embed put before every protein (ProstT5's <AA2fold>): a head fit before embed put
     # one there learned rows made without it
-    head_prefix, file_prefix = config.get("embedding", {}).get("input_prefix") or "", input_prefix_of(reader)
+    head_prefix, file_prefix = config.get("embedding", {}).get("input_prefix") or "", input_prefix_of(reader.attrs)
     if head_prefix != file_prefix:
         held = three_di_words(file_prefix, head_prefix)
         remedy = (f"these are embeddings of {held}, the head's of {three_di_words(head_prefix, file_prefix)}: "

@@ -154,11 +154,11 @@ def _starts_like_fasta(path) -> bool:
 HDF5_FROM_STDIN = "an HDF5 file is read in place, not from stdin ('-'): give the embeddings as a file"
 
 
-def input_prefix_of(reader) -> str:
-    """The token embed put before every protein of `reader`'s file (the `input_prefix` attribute:
-    ProstT5's <AA2fold>), '' for none, as in every file written before embed put one there."""
-    value = reader.attrs.get("input_prefix")
-    return str(_plain(value)) if value else ""
+def input_prefix_of(attrs) -> str:
+    """The token embed put before every protein of a file with attributes `attrs` (the
+    `input_prefix` attribute: ProstT5's <AA2fold>), '' for none, as in every file written before
+    embed put one there, and in a run's attributes without one."""
+    return str(_plain(attrs.get("input_prefix")) or "")
 
 
 def prefix_words(prefix: str) -> str:
@@ -1775,7 +1775,7 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
     # where there is one, and no file written before embed put one in records it: a missing
     # attribute is no prefix, on both sides (a file of such a model from before must not be
     # extended with prefixed rows, nor the reverse).
-    before, now = (str(_plain(attrs.get("input_prefix")) or "") for attrs in (old, run_attrs))
+    before, now = input_prefix_of(old), input_prefix_of(run_attrs)
     if before != now:
         was = f"input_prefix={before!r}" if before else "no token before each protein (as every earlier file)"
         shown = f"{now!r} before every protein" if now else "none"

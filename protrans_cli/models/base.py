@@ -224,8 +224,7 @@ class Family:
         (ProstT5 reads amino acids after `<AA2fold>`). Inserted as ids, never as text: how a
         tokenizer splits "<AA2fold> M K" varies (transformers 5 makes `<unk> <AA2fold> ▁M ▁K` of
         a spiece.model that has it as a user-defined piece, 4.x `<AA2fold> ▁M ▁K`)."""
-        lead = input_prefix(tokenizer)
-        return [tokenizer.convert_tokens_to_ids(lead)] if lead else []
+        return input_prefix_ids(tokenizer)
 
     def normalise(self, sequence: str) -> str:
         """The residues as the model reads them: upper-case, rare residues as `rare_to` says."""
@@ -452,13 +451,19 @@ def _probe_layout(family, tokenizer, alphabet, np, words=False):
 INPUT_PREFIXES = ("<AA2fold>", "[NLU]")
 
 
-def input_prefix(tokenizer) -> str:
-    """The first of `INPUT_PREFIXES` that `tokenizer` holds as a token of its own, '' for none."""
+def input_prefix(tokenizer, prefixes=INPUT_PREFIXES) -> str:
+    """The first of `prefixes` that `tokenizer` holds as a token of its own, '' for none."""
     try:
         vocab = tokenizer.get_vocab()
     except (AttributeError, TypeError, ValueError, NotImplementedError):
         return ""
-    return next((p for p in INPUT_PREFIXES if p in vocab), "")
+    return next((p for p in prefixes if p in vocab), "")
+
+
+def input_prefix_ids(tokenizer, prefixes=INPUT_PREFIXES) -> list[int]:
+    """The id of `input_prefix(tokenizer, prefixes)` as a one-item list, [] for none."""
+    lead = input_prefix(tokenizer, prefixes)
+    return [tokenizer.convert_tokens_to_ids(lead)] if lead else []
 
 
 # `embed --3di`: ProstT5 also reads Foldseek's 3Di strings (a structure's states, one letter per
@@ -477,8 +482,7 @@ def three_di_input(family: Family) -> Family:
         cls = _THREE_DI_CLASSES[base] = type(f"{base.__name__}ThreeDi", (base,), {
             "input_kind": "3di",
             "normalise": lambda self, sequence: sequence.lower(),
-            "prefix_ids": lambda self, tokenizer: ([tokenizer.convert_tokens_to_ids(THREE_DI_PREFIX)]
-                                                   if THREE_DI_PREFIX in tokenizer.get_vocab() else []),
+            "prefix_ids": lambda self, tokenizer: input_prefix_ids(tokenizer, (THREE_DI_PREFIX,)),
         })
     return cls()
 

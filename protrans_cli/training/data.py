@@ -100,9 +100,9 @@ class TokenLayout:
         types = pair.get("token_type_ids") or [0] * len(pair_ids)
         # a token the model reads before every protein (ProstT5's <AA2fold>, continued with
         # --init-from): trained with as embed feeds it (models/base.py input_prefix)
-        from protrans_cli.models.base import input_prefix
+        from protrans_cli.models.base import input_prefix_ids
 
-        lead = [int(tokenizer.convert_tokens_to_ids(p))] if (p := input_prefix(tokenizer)) else []
+        lead = [int(i) for i in input_prefix_ids(tokenizer)]
         return cls(
             residue_table=table, prefix=list(probe[:at]) + lead, suffix=list(probe[at + 1:]),
             pad_id=int(pad_id), mask_id=None if mask_id is None else int(mask_id),
