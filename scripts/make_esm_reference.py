@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Rebuild tests/data/esm_reference/: ESM-2 embeddings as fair-esm's `esm-extract` makes them.
+"""Rebuild tests/data/esm_reference/ (ESM-2) or esm1b_reference/ (ESM-1b): embeddings as fair-esm's `esm-extract` makes them.
 
 ESM users compare embeddings with those of `esm-extract` (fair-esm's scripts/extract.py), which
 runs ESM's own model code, not transformers'. This script builds a tiny ESM-2 in fair-esm
 (`esm.model.esm2.ESM2`, random weights, token_dropout as in every published ESM-2), converts it
 to a transformers model directory laid out as the published facebook/esm2_* checkpoints are,
 and runs esm-extract's extraction on a small FASTA, writing what
-tests/test_embed_esm_reference.py compares `protrans embed` with:
+tests/test_embed_esm_reference.py compares `protrans embed` with. `--arch esm1b` builds an
+ESM-1b instead (`esm.model.esm1.ProteinBertModel` with arch roberta_large: a learned position
+table of 1,024 positions after the padding index, a layer norm before the first block, token
+dropout), laid out as facebook/esm1b_t33_650M_UR50S is; its table holds no protein longer than
+1,022 residues, so it has no `long_full_*` keys:
 
   config.json, model.safetensors   the model as transformers' EsmForMaskedLM (`save_pretrained`)
   vocab.txt, tokenizer_config.json transformers' EsmTokenizer over fair-esm's alphabet (ESM-1b's
@@ -34,6 +38,8 @@ embeddings.word_embeddings; layers.N -> encoder.layer.N with self_attn.{q,k,v}_p
 attention.self.{query,key,value}, self_attn.out_proj -> attention.output.dense,
 self_attn_layer_norm -> attention.LayerNorm, fc1 -> intermediate.dense, fc2 -> output.dense,
 final_layer_norm -> LayerNorm; emb_layer_norm_after -> encoder.emb_layer_norm_after;
+ESM-1b's embed_positions -> embeddings.position_embeddings, emb_layer_norm_before ->
+embeddings.layer_norm;
 contact_head -> contact_head; lm_head.weight (tied) -> lm_head.decoder.weight, the rest of
 lm_head unchanged; rot_emb.inv_freq is not stored (both compute it). The script checks that the
 converted model's hidden states equal fair-esm's before writing anything.
@@ -42,6 +48,7 @@ fair-esm 2.0.0 (the PyPI release) needs no dependencies beyond torch:
 
     pip install --target /tmp/fairesm --no-deps "fair-esm==2.0.0"
     python scripts/make_esm_reference.py --fair-esm /tmp/fairesm
+    python scripts/make_esm_reference.py --fair-esm /tmp/fairesm --arch esm1b
 """
 
 from __future__ import annotations
@@ -79,9 +86,13 @@ def proteins() -> dict[str, str]:
 
 
 def hf_name(name: str) -> str | None:
-    """fair-esm ESM2 parameter name -> transformers EsmForMaskedLM's (None: not stored)."""
+    """fair-esm ESM2 or ESM-1b parameter name -> transformers EsmForMaskedLM's (None: not stored)."""
     if name == "embed_tokens.weight":
         return "esm.embeddings.word_embeddings.weight"
+    if name == "embed_positions.weight":
+        return "esm.embeddings.position_embeddings.weight"
+    if name.startswith("emb_layer_norm_before."):
+        return "esm.embeddings.layer_norm." + name.split(".", 1)[1]
     if name.startswith("emb_layer_norm_after."):
         return "esm.encoder." + name
     if name.startswith("contact_head."):
@@ -125,9 +136,13 @@ def extract(esm, model, alphabet, fasta: Path, truncation: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fair-esm", required=True, help="directory holding fair-esm (the `esm` package)")
-    parser.add_argument("-o", "--out", default=str(Path(__file__).resolve().parent.parent
-                                                   / "tests" / "data" / "esm_reference"))
+    parser.add_argument("--arch", choices=("esm2", "esm1b"), default="esm2")
+    parser.add_argument("-o", "--out", help="default: tests/data/esm_reference (esm2) or esm1b_reference")
     args = parser.parse_args()
+    esm1b = args.arch == "esm1b"
+    if args.out is None:
+        args.out = str(Path(__file__).resolve().parent.parent / "tests" / "data"
+                       / ("esm1b_reference" if esm1b else "esm_reference"))
     sys.path.insert(0, args.fair_esm)
 
     import esm
@@ -139,13 +154,19 @@ def main() -> None:
 
     torch.manual_seed(SEED)
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    model = esm.model.esm2.ESM2(num_layers=LAYERS, embed_dim=DIM, attention_heads=HEADS,
-                                alphabet=alphabet, token_dropout=True).eval()
+    if esm1b:
+        hub = argparse.Namespace(arch="roberta_large", layers=LAYERS, embed_dim=DIM, ffn_embed_dim=4 * DIM,
+                                 attention_heads=HEADS, max_positions=1024, emb_layer_norm_before=True,
+                                 token_dropout=True)
+        model = esm.model.esm1.ProteinBertModel(hub, alphabet).eval()
+    else:
+        model = esm.model.esm2.ESM2(num_layers=LAYERS, embed_dim=DIM, attention_heads=HEADS,
+                                    alphabet=alphabet, token_dropout=True).eval()
     with torch.no_grad():  # layer norms and biases away from 1 and 0, so every term counts
         for name, p in model.named_parameters():
             if "layer_norm.weight" in name:
                 p.copy_(1 + 0.3 * torch.randn_like(p))
-            elif name.endswith("bias") or name == "embed_tokens.weight":
+            elif name.endswith("bias") or name in ("embed_tokens.weight", "embed_positions.weight"):
                 p.copy_(0.3 * torch.randn_like(p) if name.endswith("bias") else torch.randn_like(p))
 
     out_dir = Path(args.out)
@@ -154,12 +175,14 @@ def main() -> None:
         vocab_size=len(alphabet), mask_token_id=alphabet.mask_idx, pad_token_id=alphabet.padding_idx,
         hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=4 * DIM,
         hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        max_position_embeddings=1026, layer_norm_eps=1e-5, position_embedding_type="rotary",
-        emb_layer_norm_before=False, token_dropout=True, architectures=["EsmForMaskedLM"])
+        max_position_embeddings=1026, layer_norm_eps=1e-5,
+        position_embedding_type="absolute" if esm1b else "rotary",
+        emb_layer_norm_before=esm1b, token_dropout=True, architectures=["EsmForMaskedLM"])
     hf = EsmForMaskedLM(config).eval()
     weights = {hf_name(n): t for n, t in model.state_dict().items() if hf_name(n) is not None}
     missing, unexpected = hf.load_state_dict(weights, strict=False)
-    assert not unexpected and set(missing) <= {"esm.rotary_embeddings.inv_freq"}, (missing, unexpected)
+    allowed = {"esm.embeddings.position_ids"} if esm1b else {"esm.rotary_embeddings.inv_freq"}
+    assert not unexpected and set(missing) <= allowed, (missing, unexpected)
 
     records = proteins()
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,7 +190,7 @@ def main() -> None:
         upper = Path(tmp) / "upper.fa"  # esm-extract raises KeyError on lowercase letters
         upper.write_text("".join(f">{k}\n{v.upper()}\n" for k, v in records.items()))
         default = extract(esm, model, alphabet, upper, TRUNCATION)
-        full = extract(esm, model, alphabet, upper, LONG)
+        full = None if esm1b else extract(esm, model, alphabet, upper, LONG)
 
         # the converted model gives fair-esm's hidden states (a padded batch of two proteins)
         _, _, tokens = alphabet.get_batch_converter()([("a", records["rare"]), ("b", "MK")])
@@ -187,12 +210,12 @@ def main() -> None:
                 ref[f"long_truncated_mean/{k}"] = mean
             else:
                 ref[f"rows/{label}/{k}"], ref[f"mean/{label}/{k}"] = rows, mean
-    for k, (rows, mean) in full["long"].items():
+    for k, (rows, mean) in (full["long"].items() if full else ()):
         assert rows.shape[0] == LONG
         ref[f"long_full_rows/{k}"] = torch.cat([rows[list(LONG_ROWS)], rows[-len(LONG_ROWS):]])
         ref[f"long_full_mean/{k}"] = mean
 
-    meta = {"fair_esm": esm_version, "transformers": transformers.__version__, "torch": torch.__version__}
+    meta = {"fair_esm": esm_version, "arch": args.arch, "transformers": transformers.__version__, "torch": torch.__version__}
     hf.save_pretrained(out_dir)
     (out_dir / "vocab.txt").write_text("\n".join(alphabet.all_toks) + "\n")
     EsmTokenizer(str(out_dir / "vocab.txt")).save_pretrained(out_dir)

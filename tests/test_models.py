@@ -267,6 +267,8 @@ PUBLISHED = [
     ("esm", "esm2_t33_650M", "num_params", 650e6),
     ("esm", "esm2_t36_3B", "num_params", 3e9),
     ("esm", "esm2_t48_15B", "num_params", 15e9),
+    ("esm", "esm1b_t33_650M", "num_params", 650e6),
+    ("esm", "esm1v_t33_650M", "num_params", 650e6),
 ]
 
 
@@ -347,6 +349,30 @@ def test_checkpoint_missing_encoder_weights_is_refused(tmp_path):
     dropped = {k: v for k, v in weights.items() if "layer.1.output.dense" not in k}
     assert len(dropped) < len(weights)
     save_file(dropped, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="no weights for 2 parameters"):
+        load_model(tmp_path)
+
+
+def test_an_esm_checkpoint_without_its_contact_head_loads(tmp_path):
+    # The contact head reads attention maps, not hidden states: a checkpoint without it (ESM-1v,
+    # other tools' ESM exports) embeds as one with it. Another weight missing is still refused.
+    from safetensors.torch import load_file, save_file
+
+    family = FAMILIES["esm"]
+    tokenizer, config, model = _tiny(family)
+    family.save_pretrained(model, tokenizer, tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    inputs, _ = family.encode(tokenizer, SEQS[:2])
+    with torch.no_grad():
+        want = load_model(tmp_path).model(**inputs).last_hidden_state
+    dropped = {k: v for k, v in weights.items() if ".contact_head." not in k}
+    assert len(dropped) == len(weights) - 2
+    save_file(dropped, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with torch.no_grad():
+        got = load_model(tmp_path).model(**inputs).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    save_file({k: v for k, v in dropped.items() if "layer.1.output.dense" not in k},
+              tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelError, match="no weights for 2 parameters"):
         load_model(tmp_path)
 

@@ -528,8 +528,10 @@ def unknown_residues(family: Family, tokenizer) -> list[str]:
     return bad
 
 
-# Weights an encoder may lack in a pretraining checkpoint without changing its hidden states.
-_OPTIONAL_ENCODER_KEYS = ("pooler.",)
+# Weights an encoder may lack in a pretraining checkpoint without changing its hidden states:
+# BERT's pooler, ESM's contact head (a regression on the attention maps; fair-esm published none
+# for ESM-1v, and ESM checkpoints saved by other tools often leave it out).
+_OPTIONAL_ENCODER_KEYS = ("pooler.", "contact_head.")
 
 
 def _override_problem(key: str, value) -> str | None:

@@ -79,6 +79,15 @@ _ROWS = [
           ("t36_3B", 2_832_444_321, 2560, 36),
           ("t48_15B", 15_102_870_401, 5120, 48),
       ]),
+    # ESM-1b (Rives et al. 2021; UniRef50, S: sparse) and ESM-1v (Meier et al. 2021; five models
+    # of one architecture, UniRef90, seeds 1-5): learned positions, 1,022 residues at most
+    # (longer proteins take --long-policy chunk)
+    Checkpoint("esm1b_t33_650M_UR50S", "facebook/esm1b_t33_650M_UR50S", "esm", 650_716_821, 1280,
+               "ESM-1b 650M (33 layers, learned positions)", num_layers=33, preset="esm1b_t33_650M"),
+    *(Checkpoint(f"esm1v_t33_650M_UR90S_{i}", f"facebook/esm1v_t33_650M_UR90S_{i}", "esm", 650_714_261, 1280,
+                 f"ESM-1v 650M, model {i} of 5 (33 layers, learned positions)", num_layers=33,
+                 preset="esm1v_t33_650M")
+      for i in range(1, 6)),
 ]
 
 CHECKPOINTS: dict[str, Checkpoint] = {c.name: c for c in _ROWS}

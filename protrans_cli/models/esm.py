@@ -1,9 +1,12 @@
-"""The ESM-2 family: rotary-position masked-LM encoders, `<cls> residues <eos>`, unspaced.
+"""The ESM family: masked-LM encoders, `<cls> residues <eos>`, unspaced. ESM-2 has rotary
+positions; ESM-1b and ESM-1v (Rives et al. 2021, Meier et al. 2021) a learned table of 1,024
+positions after the padding index (1,022 residues), ESM-1b also a layer norm before the first block.
 
 The tokenizer is transformers' own EsmTokenizer built from ESM-2's 33-token vocabulary (written
 to a temporary vocab.txt), so a model trained here tokenizes exactly as facebook/esm2_*
 checkpoints do. U/Z/O/B have their own tokens in ESM's vocabulary and are kept.
-Presets are the ESM-2 sizes (Lin et al. 2023): esm2_t6_8M ... esm2_t48_15B.
+Presets are the ESM-2 sizes (Lin et al. 2023): esm2_t6_8M ... esm2_t48_15B, and the ESM-1b and
+ESM-1v architecture (esm1b_t33_650M, esm1v_t33_650M); `tiny` is an ESM-2.
 """
 
 from __future__ import annotations
@@ -16,20 +19,33 @@ from protrans_cli.models.base import Family, load_checked
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
 
 
+_ROTARY = dict(position_embedding_type="rotary", emb_layer_norm_before=False)
+
+
 def _esm2(layers, hidden, heads):
     return dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                intermediate_size=4 * hidden, max_position_embeddings=1026)
+                intermediate_size=4 * hidden, max_position_embeddings=1026, **_ROTARY)
+
+
+def _esm1(layer_norm_before: bool):
+    # As the published configs: facebook/esm1b_t33_650M_UR50S has the layer norm before the first
+    # block, facebook/esm1v_t33_650M_UR90S_1..5 do not (fair-esm's emb_layer_norm_before).
+    return dict(num_hidden_layers=33, hidden_size=1280, num_attention_heads=20, intermediate_size=5120,
+                max_position_embeddings=1026, position_embedding_type="absolute",
+                emb_layer_norm_before=layer_norm_before)
 
 
 PRESETS = {
     "tiny": dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                 max_position_embeddings=1026),
+                 max_position_embeddings=1026, **_ROTARY),
     "esm2_t6_8M": _esm2(6, 320, 20),
     "esm2_t12_35M": _esm2(12, 480, 20),
     "esm2_t30_150M": _esm2(30, 640, 20),
     "esm2_t33_650M": _esm2(33, 1280, 20),
     "esm2_t36_3B": _esm2(36, 2560, 40),
     "esm2_t48_15B": _esm2(48, 5120, 40),
+    "esm1b_t33_650M": _esm1(True),
+    "esm1v_t33_650M": _esm1(False),
 }
 
 
@@ -41,7 +57,7 @@ class EsmFamily(Family):
     presets = PRESETS
     spaced = False
     rare_to = None  # ESM has tokens for U, Z, O and B
-    description = "ESM-2 masked-LM encoder with rotary positions"
+    description = "ESM-2 masked-LM encoder with rotary positions (ESM-1b/1v: learned positions)"
 
     def build_tokenizer(self):
         from transformers import EsmTokenizer
@@ -74,8 +90,7 @@ class EsmFamily(Family):
 
     def token_config(self, tokenizer):
         return {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-                "mask_token_id": tokenizer.mask_token_id, "position_embedding_type": "rotary",
-                "emb_layer_norm_before": False, "token_dropout": True, "layer_norm_eps": 1e-5,
+                "mask_token_id": tokenizer.mask_token_id, "token_dropout": True, "layer_norm_eps": 1e-5,
                 "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
     @property
