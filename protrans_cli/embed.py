@@ -785,6 +785,9 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     output_directory(output)  # before anything is read or loaded
     output = through_link(output)  # (the user's own link: where it leads)
     output_directory(output)
+    if output.is_dir():  # (was found only by the final rename, after every protein was embedded)
+        raise UsageError("is a directory: the embeddings are one HDF5 file (give -o a file name, such as "
+                         f"{output / 'embeddings.h5'})", path=str(output))
     writable_or_refused(output)
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
     # truncated it on opening): refused, as prep, labels and predict do.

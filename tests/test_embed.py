@@ -1729,6 +1729,29 @@ def test_an_empty_or_directory_like_output_name_is_a_usage_error(tmp_path, run_c
     assert r.exit_code == 2 and not (tmp_path / "c.txt").exists()
 
 
+def test_an_existing_directory_as_output_is_refused_before_any_work(tmp_path, monkeypatch, run_cli):
+    # From Python it embedded every protein, then failed the final rename ("Is a directory") and
+    # left DIR.partial; without force it said "DIR exists: --resume ... --force ...", which led
+    # there. (The command's -o already refused a directory.)
+    import protrans_cli.embed as embed_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    monkeypatch.setattr(embed_module, "build_embedder", no_model)
+    for options in (EmbedOptions(model="onehot"), EmbedOptions(model="onehot", force=True),
+                    EmbedOptions(model="onehot", resume=True)):
+        with pytest.raises(UsageError, match="results: is a directory"):
+            embed(SMALL, out, options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--force")
+    assert r.exit_code == 2 and "is a directory" in r.stderr
+
+
 def test_a_failed_final_rename_says_where_the_finished_embeddings_are(tmp_path, monkeypatch):
     # It said only "OUT.partial: Operation not permitted" (an immutable OUT under --force).
     import protrans_cli.io.h5 as h5_module
