@@ -57,11 +57,63 @@ class RuntimeFailure(ProtransError):
 
 def expect_options(value, cls: type, name: str) -> None:
     """A library call's settings object is `cls`: a dict or a task name in its place was a
-    TypeError/AttributeError naming neither (`fit("loc", ...)`: 'str' object has no attribute)."""
+    TypeError/AttributeError naming neither (`fit("loc", ...)`: 'str' object has no attribute).
+    Its fields of plain types (bool, int, float, str, or None where allowed) hold such values
+    (`type_problem`): `max_tokens="100"` (read from a YAML file as text) was a TypeError deep
+    inside, and `per_residue="no"` counted as true without a word."""
     if not isinstance(value, cls):
         hint = f" ({cls.__name__}(**your_dict))" if isinstance(value, dict) else ""
         article = "an" if cls.__name__[0] in "AEIOU" else "a"
         raise UsageError(f"{name} must be {article} {cls.__name__}{hint}, got {type(value).__name__} {value!r:.60}")
+    import dataclasses
+
+    if not dataclasses.is_dataclass(value):
+        return
+    for field in dataclasses.fields(value):
+        current = getattr(value, field.name)
+        if problem := type_problem(field.type, current):
+            raise UsageError(f"{cls.__name__}.{field.name} must be {problem}, got {type(current).__name__} "
+                             f"{current!r:.60}")
+
+
+_PLAIN = {"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}
+_ARTICLE = {bool: "a bool", int: "an int", float: "a float", str: "a str", type(None): "None"}
+
+
+def type_problem(annotation, value) -> str | None:
+    """What a setting annotated `annotation` must be ("an int", "an int or None"), where it is
+    made of plain types (bool, int, float, str, None) and `value` is none of them; None where
+    it is (or the annotation is another kind: lists, literals, classes are checked where used).
+    A whole number serves a float; a bool serves nothing else; a path serves a str (a model
+    directory); numpy's scalars count as Python's."""
+    import numbers
+    import os
+    import types
+    import typing
+
+    if isinstance(annotation, str):  # (under `from __future__ import annotations`)
+        names = [name.strip() for name in annotation.split("|")]
+        if not all(name in _PLAIN for name in names):
+            return None
+        wanted = tuple(_PLAIN[name] for name in names)
+    else:
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        wanted = typing.get_args(annotation) if union else (annotation,)
+        if not all(t in _ARTICLE for t in wanted):
+            return None
+    if value is None:
+        ok = type(None) in wanted
+    elif isinstance(value, (str, os.PathLike)):
+        ok = str in wanted
+    elif isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):
+        ok = bool in wanted
+    elif isinstance(value, numbers.Integral):
+        ok = int in wanted or float in wanted
+    elif isinstance(value, numbers.Real):
+        ok = float in wanted
+    else:
+        ok = False
+    return None if ok else " or ".join(_ARTICLE[t] for t in wanted)
 
 
 def first_line(exc: BaseException) -> str:

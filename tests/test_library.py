@@ -387,6 +387,42 @@ def test_a_settings_object_of_the_wrong_type_is_a_usage_error(tmp_path):
         train({"corpus": ["c.txt"]})
 
 
+def test_settings_of_the_wrong_type_are_usage_errors_before_any_work(tmp_path):
+    """Settings a pipeline read as text (YAML, environment) were a TypeError deep inside
+    (`max_tokens="100"`: '<' not supported between 'str' and 'int'), or, for a flag, counted as
+    true without a word (`per_residue="no"` wrote per-residue arrays)."""
+    import numpy as np
+
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.errors import UsageError
+    from protrans_cli.heads.fit import FitConfig, fit
+    from protrans_cli.training.config import TrainConfig
+    from protrans_cli.training.loop import train
+
+    fasta = tmp_path / "p.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    out = tmp_path / "e.h5"
+    for options, message in ((EmbedOptions(model="onehot", max_tokens="100"),
+                              r"EmbedOptions.max_tokens must be an int or None, got str '100'"),
+                             (EmbedOptions(model="onehot", per_residue="no"),
+                              r"EmbedOptions.per_residue must be a bool, got str 'no'"),
+                             (EmbedOptions(model="onehot", chunk_overlap=2.5),
+                              r"EmbedOptions.chunk_overlap must be an int, got float 2.5")):
+        with pytest.raises(UsageError, match=message):
+            embed(fasta, out, options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.fa"]
+    with pytest.raises(UsageError, match="FitConfig.max_epochs must be an int or None, got str '5'"):
+        fit(FitConfig(task="loc", max_epochs="5"), tmp_path / "e.h5", tmp_path / "l.csv", tmp_path / "h")
+    with pytest.raises(UsageError, match="CorpusOptions.dedup must be a bool"):
+        build_corpus([fasta], CorpusOptions(output=str(tmp_path / "c.txt"), dedup="yes"))
+    with pytest.raises(UsageError, match="TrainConfig.num_steps must be an int, got str '10'"):
+        train(TrainConfig(corpus=[str(fasta)], num_steps="10"))
+    # numpy's scalars are what they stand for
+    embed(fasta, out, EmbedOptions(model="onehot", max_tokens=np.int64(64), per_residue=np.True_))
+    assert out.is_file()
+
+
 def test_overlapping_calls_in_two_threads_leave_the_callers_thread_count(caller_threads):
     """Calls whose spans overlap (two threads of a web app): the first one in ends first. Saved
     and restored per call, the second one put back the count the first had set."""

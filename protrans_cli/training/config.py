@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from protrans_cli.attention import SDPA_KERNELS
-from protrans_cli.errors import UsageError
+from protrans_cli.errors import UsageError, type_problem
 
 RESOLVED = "resolved"  # the key of a saved config that records what its automatic settings meant
 DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
@@ -429,24 +429,13 @@ def setting_name(name: str) -> str:
     return name if name in CONFIG_ONLY else f"--{name.replace('_', '-')} ({name})"
 
 
-_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
 def _check_types(cls, data: dict, source: str) -> None:
     """A config file's scalar settings have the field's type (`num_steps = "ten"` was a traceback)."""
     for f in dataclasses.fields(cls):
-        if f.name not in data or data[f.name] is None and "None" in str(f.type):
-            continue
-        base = str(f.type).replace("| None", "").strip()
-        allowed = _SCALARS.get(base)
-        value = data[f.name]
-        if allowed is None:
-            continue
-        if not isinstance(value, allowed) or (isinstance(value, bool) and base != "bool"):
-            raise UsageError(f"{source}: {f.name} must be a{'n' if base == 'int' else ''} {base}, "
-                             f"got {value!r}")
-        if base == "float":
-            data[f.name] = float(value)
+        if f.name in data and (problem := type_problem(f.type, data[f.name])):
+            raise UsageError(f"{source}: {f.name} must be {problem}, got {data[f.name]!r}")
+        if f.name in data and f.type.replace("| None", "").strip() == "float" and data[f.name] is not None:
+            data[f.name] = float(data[f.name])
 
 
 def expand_corpus_paths(paths, key: str = "corpus") -> list[str]:
