@@ -793,6 +793,8 @@ def test_a_misspelt_model_name_is_named_as_such(run_cli, tmp_path, tiny_models, 
     shutil.copytree(tiny_models["bert"], tmp_path / "runs" / "bert-tiny")
     (tmp_path / "runs" / "notes").mkdir()
     for model, said in (("prot_bertt", "not a short name: did you mean prot_bert? (`protrans models` lists them)"),
+                        # fair-esm's name of ESM-1v's model 1: of five equally close names, _1
+                        ("esm1v_t33_650M_UR90S", "did you mean esm1v_t33_650M_UR90S_1? (`protrans models`"),
                         ("runs/bert-tnyi", "no model directory of that name: did you mean runs/bert-tiny?"),
                         ("runs/esm", "no model directory of that name in runs (the model directories there: "
                                      "bert-tiny)")):

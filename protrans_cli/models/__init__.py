@@ -543,9 +543,13 @@ def _near_miss(name: str) -> str | None:
     if name in CHECKPOINTS:  # a short name whose hub model is missing: the download advice is right
         return None
     if "/" not in name:
-        close = difflib.get_close_matches(name, list(CHECKPOINTS), n=1, cutoff=0.75)
+        # Of names equally close, the first in the registry's order: difflib breaks a tie by the
+        # greatest name, so fair-esm's `esm1v_t33_650M_UR90S` (its model 1) was offered `_5`.
+        order = list(CHECKPOINTS)
+        close = difflib.get_close_matches(name, order, n=len(order), cutoff=0.75)
         if close:
-            return f"not a short name: did you mean {close[0]}? (`protrans models` lists them)"
+            best = max(close, key=lambda c: (difflib.SequenceMatcher(None, name, c).ratio(), -order.index(c)))
+            return f"not a short name: did you mean {best}? (`protrans models` lists them)"
         return None
     parent = Path(name).expanduser().parent
     try:
