@@ -1765,6 +1765,8 @@ def test_fsdp_gathers_parameters_in_the_runs_precision(tmp_path, monkeypatch, pr
 @pytest.mark.parametrize("family, settings, problem", [
     ("esm", ["hidden_size=120", "num_attention_heads=8"],
      "the head size 15 (hidden_size 120 / num_attention_heads 8) is odd: rotary positions need an even one"),
+    ("esm", ["position_embedding_type=relative_key"],  # (a model without positions, trained silently)
+     "position_embedding_type 'relative_key': ESM has 'rotary' (ESM-2) or 'absolute' (ESM-1b/1v"),
     ("transfo_xl", ["d_model=33"], "d_model 33 is odd: the sinusoidal relative positions need an even one"),
     ("xlnet", ["d_model=33", "n_head=3", "d_head=11"],
      "d_model 33 is odd: the sinusoidal relative positions need an even one"),
@@ -1885,6 +1887,10 @@ def test_esm_odd_head_size_is_refused_only_under_rotary_positions():
                                 position_embedding_type="absolute")
     assert "rotary positions need an even one" in esm.shape_problem(rotary)
     assert esm.shape_problem(absolute) is None
+    for preset in ("tiny", "esm2_t6_8M", "esm1b_t33_650M", "esm1v_t33_650M"):
+        assert esm.shape_problem(esm.build_config(preset, tokenizer)) is None, preset
+    none = esm.build_config("tiny", tokenizer, position_embedding_type="foo")
+    assert "any other value builds a model without positions" in esm.shape_problem(none)
 
 
 def _stopped_run_started_in(start, run_cli, monkeypatch, num_steps: int, stop_after: int):

@@ -72,6 +72,12 @@ class EsmFamily(Family):
         return config.pad_token_id + 1  # as ESM numbers an unpadded protein
 
     def shape_problem(self, config):
+        kind = getattr(config, "position_embedding_type", None)
+        if kind not in ("absolute", "rotary"):
+            # transformers' ESM knows these two; under any other name (BERT's "relative_key", a
+            # typo) it builds a model with no positions at all, which trained without a word
+            return (f"position_embedding_type {kind!r}: ESM has 'rotary' (ESM-2) or 'absolute' (ESM-1b/1v, "
+                    "a learned table) positions; any other value builds a model without positions")
         heads = config.num_attention_heads
         if (getattr(config, "position_embedding_type", None) == "rotary" and heads
                 and config.hidden_size % heads == 0 and (config.hidden_size // heads) % 2):
