@@ -103,7 +103,7 @@ class EmbedOptions:
     @property
     def alphabet(self) -> str | None:
         """The letters a sequence may hold beyond normalise's rules (3Di: its 20 states), or None."""
-        from protrans_cli.models.base import THREE_DI
+        from protrans_cli.residues import THREE_DI
 
         return THREE_DI if self.three_di else None
 

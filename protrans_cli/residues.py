@@ -19,6 +19,12 @@ ALPHABET = STANDARD + RARE + UNKNOWN  # every letter a sequence may hold after n
 
 RARE_POLICIES = ("x", "keep")
 
+# `embed --3di`: ProstT5 also reads Foldseek's 3Di strings (a structure's states, one letter per
+# residue from the same 20 letters as amino acids), lower-case, after "<fold2AA>" (models.base's
+# three_di_input). Here, not there, so that reading a file's attributes imports no model code.
+THREE_DI_PREFIX = "<fold2AA>"
+THREE_DI = STANDARD
+
 # Rejection reasons: stable keys used in summaries, --rejects files and JSON stats.
 REASON_EMPTY = "empty"
 REASON_INTERNAL_STOP = "internal_stop"

@@ -30,6 +30,24 @@ def test_help_lists_commands_without_importing_torch():
     assert "prep" in out.stdout
 
 
+def test_a_onehot_embedding_imports_no_model_code(tmp_path):
+    """`embed -m onehot` (the weight-free baseline) needs no transformers: reading the options'
+    alphabet imported every model family (and transformers' model code behind Transformer-XL's),
+    4 of the 14 s it took over the E. coli proteome here."""
+    fasta = tmp_path / "p.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMKV\n")
+    code = (
+        "import sys; from protrans_cli.cli import main\n"
+        f"try:\n    main(['embed', {str(fasta)!r}, '-m', 'onehot', '-o', {str(tmp_path / 'o.h5')!r}, '-q'])\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('transformers', 'protrans_cli.models') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "o.h5").is_file()
+
+
 def test_the_package_lists_its_lazy_exports_without_importing_them():
     """dir(protrans_cli) (tab completion in IPython) offered none of embed, train, fit...: they are
     loaded on first use. Listing them imports nothing heavy."""

@@ -153,7 +153,7 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
         console.info(f"proteins over {limit}: --long-policy {long_policy}, as in the head's training embeddings")
     given = dict(long_policy=long_policy, max_length=max_length, chunk_overlap=chunk_overlap)
     long = {k: v for k, v in given.items() if v is not None}
-    from protrans_cli.models.base import THREE_DI_PREFIX
+    from protrans_cli.residues import THREE_DI_PREFIX
 
     # a head fit on 3Di embeddings (embed --3di) reads 3Di strings
     three_di = recorded.get("input_prefix") == THREE_DI_PREFIX

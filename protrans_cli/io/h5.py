@@ -170,7 +170,7 @@ def three_di_words(this: str, that: str) -> str | None:
     """For messages about two files' input prefixes that differ because one holds embeddings of
     3Di strings (embed --3di: <fold2AA>) and the other of amino acids: which is which, or None
     where neither is a 3Di file (the prefixes then differ by protrans version)."""
-    from protrans_cli.models.base import THREE_DI_PREFIX
+    from protrans_cli.residues import THREE_DI_PREFIX
 
     if THREE_DI_PREFIX not in (this, that):
         return None

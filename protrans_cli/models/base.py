@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from protrans_cli.errors import ModelError, UsageError
+from protrans_cli.residues import THREE_DI, THREE_DI_PREFIX  # noqa: F401 (used here and by importers)
 
 
 @dataclass(frozen=True)
@@ -466,10 +467,8 @@ def input_prefix_ids(tokenizer, prefixes=INPUT_PREFIXES) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(lead)] if lead else []
 
 
-# `embed --3di`: ProstT5 also reads Foldseek's 3Di strings (a structure's states, one letter per
-# residue from the same 20 letters as amino acids), lower-case, after "<fold2AA>".
-THREE_DI_PREFIX = "<fold2AA>"
-THREE_DI = "ACDEFGHIKLMNPQRSTVWY"
+# `embed --3di` (THREE_DI, THREE_DI_PREFIX: defined in protrans_cli.residues, which commands that
+# only read files import without the model code and transformers behind this module).
 
 
 def three_di_input(family: Family) -> Family:
