@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from protrans_cli.errors import ModelError, UsageError
-from protrans_cli.residues import THREE_DI, THREE_DI_PREFIX  # noqa: F401 (used here and by importers)
+from protrans_cli.residues import THREE_DI_PREFIX
 
 
 @dataclass(frozen=True)
@@ -467,8 +467,8 @@ def input_prefix_ids(tokenizer, prefixes=INPUT_PREFIXES) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(lead)] if lead else []
 
 
-# `embed --3di` (THREE_DI, THREE_DI_PREFIX: defined in protrans_cli.residues, which commands that
-# only read files import without the model code and transformers behind this module).
+# `embed --3di`: THREE_DI and THREE_DI_PREFIX are defined in protrans_cli.residues, which commands
+# that only read files import without the model code and transformers behind this module.
 
 
 def three_di_input(family: Family) -> Family:
