@@ -609,6 +609,29 @@ def test_clm_labels_are_the_next_token():
         assert (batch["labels"][i, len(full) - 1:] == IGNORE).all()
 
 
+def test_clm_predicts_no_terminus_where_a_crop_cut_the_protein(tmp_path):
+    # A window cropped out of a longer protein is still framed by <s> ... </s>; the labels must
+    # not teach that the protein starts at the window's first residue or ends after its last.
+    layout = _layout("transfo_xl")
+    obj = make_objective("clm", layout, _cfg())
+    corpus = tmp_path / "long.txt"
+    corpus.write_text(" ".join("M" + "ACDEFGHIKL" * 12) + "\n" + " ".join("MKV") + "\n")
+    stream = CorpusStream([str(corpus)], layout, max_length=30, global_batch_size=2, micro_batch_size=2,
+                          collate=obj.collate, max_epochs=1)
+    batch = next(iter(stream)).micro_batches[0]
+    for row in range(2):
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        n = int((ids != layout.pad_id).sum())
+        if n == 5:  # M K V, whole: <s> predicts M, V predicts </s>
+            assert labels[:n - 1].tolist() == ids[1:n].tolist()
+            continue
+        assert n == 30 and ids[0] == layout.prefix[0] and ids[n - 1] == layout.suffix[-1]
+        # (the seed's crop starts inside the protein and ends before its end)
+        assert labels[0] == IGNORE and labels[n - 2] == IGNORE
+        assert labels[1:n - 2].tolist() == ids[2:n - 1].tolist()  # every residue still predicts the next
+        assert batch["num_predicted"] == 4 + (n - 3)
+
+
 def test_clm_segments_carry_memory_as_one_pass():
     # Segments of 8 tokens with memory (mem_len 32 >= the batch width) give the loss of one pass
     # over the whole protein: the memory is carried, and nothing from the future is seen.

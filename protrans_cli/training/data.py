@@ -130,6 +130,10 @@ class Sample:
     epoch: int
     residues: np.ndarray  # (L,) token ids, L <= max_length - layout.num_special
     seed: int
+    # Whether the residues begin / end where the protein does (False: a random crop cut it
+    # there, and the special token on that side marks no terminus)
+    n_terminus: bool = True
+    c_terminus: bool = True
 
     def rng(self, purpose: int) -> np.random.Generator:
         """The generator for this protein, this epoch and one purpose (0 crop, 1 mask, ...)."""
@@ -568,6 +572,7 @@ class CorpusStream:
         ids = self.layout.encode(text, path=path, line=lineno)  # the whole protein: positions are its own
         if len(ids) > self.max_residues:
             start = int(sample.rng(0).integers(0, len(ids) - self.max_residues + 1))
+            sample.n_terminus, sample.c_terminus = start == 0, start + self.max_residues == len(ids)
             ids = ids[start:start + self.max_residues]
         sample.residues = ids
         return sample

@@ -474,6 +474,15 @@ class CausalLM(Objective):
     def collate(self, samples):
         ids = [self._with_specials(s.residues) for s in samples]
         labels = [np.concatenate([r[1:], [IGNORE]]) for r in ids]  # next token; none after the last
+        pre, suf = len(self.layout.prefix), len(self.layout.suffix)
+        for s, y in zip(samples, labels):
+            # A window cut out of a longer protein: its first residue is not the protein's first
+            # (nothing to learn from the prefix about it), and the protein does not end after its
+            # last residue (no end-of-protein token to predict there).
+            if not s.n_terminus and pre:
+                y[pre - 1] = IGNORE
+            if not s.c_terminus and suf:
+                y[len(y) - suf - 1:] = IGNORE
         input_ids = self._pad(ids, self.layout.pad_id)
         labels_t = self._pad(labels, IGNORE)
         return {"input_ids": input_ids, "labels": labels_t,
