@@ -167,12 +167,17 @@ class MaskedLM(Objective):
 
     def _collate_sop(self, samples):
         """ALBERT sentence order: each protein cut at a random point into A and B; half the
-        proteins are given as B, A (label 1). Masking is that of the whole protein."""
+        proteins are given as B, A (label 1). Masking is that of the whole protein. A protein's
+        first residue (nearly always the start methionine) is left out where the sample keeps
+        it: "A starts with M" told the order apart without reading it (0.93 accuracy over
+        DeepLoc proteins, every one of which starts with M)."""
         lay = self.layout
         pre, mid, suf = (np.array(x, dtype=np.int64) for x in (lay.pair_prefix, lay.pair_middle, lay.pair_suffix))
         inputs, labels, residue, types, order = [], [], [], [], []
         for s in samples:
             x, y = self._bert_mask(s)
+            if s.n_terminus and len(x) > 2:
+                x, y = x[1:], y[1:]
             rng = s.rng(2)
             cut = int(rng.integers(1, len(x))) if len(x) > 1 else len(x)
             swapped = bool(rng.random() < 0.5) and 0 < cut < len(x)
