@@ -98,11 +98,16 @@ class Objective:
         return np.concatenate([np.array(lay.prefix, dtype=np.int64), residues,
                                np.array(lay.suffix, dtype=np.int64)])
 
+    # Of the chosen residues: the share that becomes the mask token, and the share that becomes
+    # a random standard residue; the rest stay as they are.
+    mask_split = (0.8, 0.1)
+
     def _bert_mask(self, sample: Sample):
         """BERT masking of one protein: (inputs, labels) over its residues only.
 
         mask_prob of the residues are chosen; of those 80% become the mask token, 10% a random
-        standard residue (never a special token), 10% stay; labels are IGNORE elsewhere.
+        standard residue (never a special token), 10% stay (`mask_split`); labels are IGNORE
+        elsewhere.
         """
         lay = self.layout
         res = sample.residues
@@ -110,8 +115,9 @@ class Objective:
         chosen = rng.random(len(res)) < self.config.mask_prob
         action = rng.random(len(res))
         inputs = res.copy()
-        inputs[chosen & (action < 0.8)] = lay.mask_id
-        random_pos = chosen & (action >= 0.8) & (action < 0.9)
+        to_mask, to_random = self.mask_split
+        inputs[chosen & (action < to_mask)] = lay.mask_id
+        random_pos = chosen & (action >= to_mask) & (action < to_mask + to_random)
         inputs[random_pos] = rng.choice(lay.standard_ids, size=int(random_pos.sum()))
         labels = np.where(chosen, res, IGNORE)
         return inputs, labels
@@ -240,6 +246,10 @@ class Electra(MaskedLM):
     """
 
     name = "electra"
+    # The generator's input as ELECTRA's own code masks it (pretrain_helpers.mask, which
+    # ProtElectra was trained with): 85% of the chosen residues become the mask token, 15% stay,
+    # none a random residue (every chosen one is replaced by a generator sample anyway).
+    mask_split = (0.85, 0.0)
 
     def collate(self, samples):
         batch = super().collate(samples)
