@@ -861,9 +861,11 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
             if ranked:
                 _same_on_every_rank(options, output, scan, failure, dist.group)
             summary = EmbedSummary(output=output, num_records=scan.num_records)
-            # -j for this call only (torch's count is the process's); without -j, as it is (the
-            # onehot embedder then never imports torch).
-            threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
+            # -j for this call only (torch's count is the process's); without -j, as it is. The
+            # onehot embedder computes with numpy alone: it never imports torch (1.5-2 s of a
+            # proteome's 8 s run went to importing torch to set a count nothing used).
+            onehot = isinstance(embedder, OneHotEmbedder) or (embedder is None and options.model == ONEHOT)
+            threads = torch_threads(options.threads) if options.threads and not onehot else contextlib.nullcontext()
             with threads:
                 return _embed_ranked(source, name, scan, output, options, embedder, dist, summary)
         finally:

@@ -33,14 +33,15 @@ def test_help_lists_commands_without_importing_torch():
 def test_a_onehot_embedding_imports_no_model_code(tmp_path):
     """`embed -m onehot` (the weight-free baseline) needs no transformers: reading the options'
     alphabet imported every model family (and transformers' model code behind Transformer-XL's),
-    4 of the 14 s it took over the E. coli proteome here."""
+    4 of the 14 s it took over the E. coli proteome here. Nor torch, -j given or not (setting
+    torch's thread count imported it: 1.5 s of an 8 s run)."""
     fasta = tmp_path / "p.fa"
     fasta.write_text(">a\nMKTAYIAKQR\n>b\nMKV\n")
     code = (
         "import sys; from protrans_cli.cli import main\n"
-        f"try:\n    main(['embed', {str(fasta)!r}, '-m', 'onehot', '-o', {str(tmp_path / 'o.h5')!r}, '-q'])\n"
+        f"try:\n    main(['embed', {str(fasta)!r}, '-m', 'onehot', '-o', {str(tmp_path / 'o.h5')!r}, '-q', '-j', '2'])\n"
         "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-        "heavy = [m for m in ('transformers', 'protrans_cli.models') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'protrans_cli.models') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
