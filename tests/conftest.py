@@ -18,6 +18,20 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
+def heavy_imports_of(argvs: list[list[str]], modules: tuple[str, ...]):
+    """Run each `protrans` command line of `argvs` (each must exit 0) in one fresh Python process;
+    the process fails (returncode 1, the names on stderr) if any of `modules` was imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom protrans_cli.cli import main\n"
+            f"for argv in {argvs!r}:\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+            f"heavy = [m for m in {tuple(modules)!r} if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
 @contextlib.contextmanager
 def another_process(setup: str):
     """A second Python process that runs `setup` (takes a lock, opens a file...) and holds on

@@ -35,16 +35,12 @@ def test_a_onehot_embedding_imports_no_model_code(tmp_path):
     alphabet imported every model family (and transformers' model code behind Transformer-XL's),
     4 of the 14 s it took over the E. coli proteome here. Nor torch, -j given or not (setting
     torch's thread count imported it: 1.5 s of an 8 s run)."""
+    from conftest import heavy_imports_of
+
     fasta = tmp_path / "p.fa"
     fasta.write_text(">a\nMKTAYIAKQR\n>b\nMKV\n")
-    code = (
-        "import sys; from protrans_cli.cli import main\n"
-        f"try:\n    main(['embed', {str(fasta)!r}, '-m', 'onehot', '-o', {str(tmp_path / 'o.h5')!r}, '-q', '-j', '2'])\n"
-        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-        "heavy = [m for m in ('torch', 'transformers', 'protrans_cli.models') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    argv = ["embed", str(fasta), "-m", "onehot", "-o", str(tmp_path / "o.h5"), "-q", "-j", "2"]
+    out = heavy_imports_of([argv], ("torch", "transformers", "protrans_cli.models"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "o.h5").is_file()
 

@@ -397,14 +397,10 @@ def test_library_errors():
 # ---------------------------------------------------------------------------------- process-level
 
 def test_prep_never_imports_heavy_modules(tmp_path):
-    code = (
-        "import sys\nfrom protrans_cli.cli import main\n"
-        f"for argv in (['prep', '--help'], ['prep', {str(DATA / 'format.fa')!r}, '-o', {str(tmp_path / 'c.txt')!r}]):\n"
-        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
-        "heavy = [m for m in ('torch', 'transformers', 'h5py') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    from conftest import heavy_imports_of
+
+    out = heavy_imports_of([["prep", "--help"], ["prep", str(DATA / "format.fa"), "-o", str(tmp_path / "c.txt")]],
+                           ("torch", "transformers", "h5py"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "c.txt").read_bytes() == (DATA / "format.expected.txt").read_bytes()
 
