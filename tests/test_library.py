@@ -423,6 +423,26 @@ def test_settings_of_the_wrong_type_are_usage_errors_before_any_work(tmp_path):
     assert out.is_file()
 
 
+def test_numpy_scalars_in_a_train_config_are_the_numbers_they_stand_for(tmp_path):
+    """type_problem accepts numpy's scalars for plain settings (CHANGELOG: "numpy's scalars are
+    accepted"), but for TrainConfig np.float32 then failed check_values ("--lr (lr) must be a
+    number, got np.float32(0.001)") and np.int64 the run's train_config.json (TypeError: Object
+    of type int64 is not JSON serializable, a traceback once the model was built)."""
+    import numpy as np
+
+    from protrans_cli.errors import expect_options
+    from protrans_cli.training.config import TrainConfig
+
+    config = TrainConfig(family="bert", corpus=["c.txt"], num_steps=np.int64(5), lr=np.float32(1e-3),
+                         sop=np.True_, warmup_steps=np.int64(2))
+    expect_options(config, TrainConfig, "config")
+    config.check_values()
+    config.save(tmp_path / "train_config.json")
+    back = TrainConfig.from_file(tmp_path / "train_config.json")
+    assert (back.num_steps, back.warmup_steps, back.sop) == (5, 2, True)
+    assert type(back.num_steps) is int and back.lr == pytest.approx(1e-3)
+
+
 def test_overlapping_calls_in_two_threads_leave_the_callers_thread_count(caller_threads):
     """Calls whose spans overlap (two threads of a web app): the first one in ends first. Saved
     and restored per call, the second one put back the count the first had set."""

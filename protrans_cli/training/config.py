@@ -135,6 +135,13 @@ class TrainConfig:
         for name in ("output_dir", "init_from"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
+        # numpy's scalars (a setting taken from an array or a data frame), which errors.type_problem
+        # accepts for plain settings: np.float32 failed check_values ("--lr (lr) must be a number,
+        # got np.float32(0.001)") and np.int64 the saved config's json.dumps (not JSON serializable)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+                setattr(self, f.name, value.item())
 
     def stream_sizing(self, phase: "Phase") -> dict:
         """How CorpusStream cuts a rank's share of a step into micro-batches: `micro_batch_size`
