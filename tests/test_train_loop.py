@@ -948,6 +948,38 @@ def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(t
     assert result.step == 4
 
 
+@pytest.mark.parametrize("family,extra,said", [
+    ("electra", {}, "the generator's input is masked as ELECTRA's own code masks it"),
+    ("albert", {"sop": True}, "first residue is left out of the sentence-order pair"),
+    ("bert", {}, None),  # its objective did not change
+])
+def test_a_run_resumed_across_an_objective_change_says_so(tmp_path, capsys, family, extra, said):
+    """A checkpoint written before an objective changed (no objective_revision in its
+    train_config.json: before 2026-12-02) resumed with the new one without a word."""
+    import json
+
+    from protrans_cli.training.objectives import OBJECTIVE_REVISION
+
+    train(_config(tmp_path, family=family, stop_after=2, **extra))
+    saved = tmp_path / f"run_{family}" / "checkpoints" / "step_00000002" / "train_config.json"
+    assert json.loads(saved.read_text())["resolved"]["objective_revision"] == OBJECTIVE_REVISION
+    train(_config(tmp_path, family=family, stop_after=3, **extra), resume=True)  # today's: nothing said
+    assert "objective differed" not in capsys.readouterr().err
+    saved = tmp_path / f"run_{family}" / "checkpoints" / "step_00000003" / "train_config.json"
+    data = json.loads(saved.read_text())
+    del data["resolved"]["objective_revision"]
+    saved.write_text(json.dumps(data))
+    (saved.parent / "SHA256SUMS").unlink(missing_ok=True)  # (an older checkpoint may have none)
+    result = train(_config(tmp_path, family=family, stop_after=4, **extra), resume=True)
+    assert result.step == 4
+    err = capsys.readouterr().err
+    if said:
+        assert "step_00000003 was written by an earlier protrans, whose objective differed" in err and said in err
+        assert "The steps after 3 train with today's" in err
+    else:
+        assert "objective differed" not in err
+
+
 def test_resume_with_phases_added_names_the_phases_not_a_default_length(tmp_path):
     """--phase on a resumed single-phase run read "max_length: 64 there, 512 here": 512 is the
     default of a flag nobody gave."""

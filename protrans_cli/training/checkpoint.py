@@ -619,6 +619,18 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
     return config
 
 
+def saved_objective_revision(where: Path) -> int:
+    """The objective revision (objectives.OBJECTIVE_REVISION) a checkpoint was written under: 1
+    for checkpoints from before it was recorded (or an unreadable train_config.json)."""
+    from protrans_cli.training.config import RESOLVED
+
+    try:
+        resolved = json.loads((where / CONFIG_FILE).read_text()).get(RESOLVED) or {}
+        return int(resolved.get("objective_revision", 1))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 1
+
+
 def given_settings(where: Path, given: dict) -> dict:
     """The automatic settings as given for a resumed run (saved so in its train_config.json):
     this invocation's where it set them, else the checkpoint's. A first run's explicit

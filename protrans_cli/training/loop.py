@@ -47,7 +47,7 @@ from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, 
                                         check_validation_corpus, corpus_fingerprint, count_proteins,
                                         evaluation_step_size, step_batches)
 from protrans_cli.training.metrics import Accumulator, append_metrics, plot_metrics, truncate_metrics
-from protrans_cli.training.objectives import make_objective
+from protrans_cli.training.objectives import OBJECTIVE_REVISION, make_objective, objective_changes
 from protrans_cli.training.optim import LossScale, build_optimizer, build_scheduler
 
 
@@ -102,7 +102,7 @@ class _Run:
         when one is given."""
         as_given = dataclasses.replace(self.config, **self.given)
         resolved = {"precision": self.config.precision, "warmup_steps": self.config.resolved_warmup_steps,
-                    "compile": self.compiled,
+                    "compile": self.compiled, "objective_revision": OBJECTIVE_REVISION,
                     # where the corpus files are, whatever the working directory of a resume
                     "corpus": [os.path.abspath(p) if p != "-" else p for p in self.config.corpus],
                     "val_corpus": [os.path.abspath(p) for p in self.config.val_corpus or []]}
@@ -648,6 +648,13 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     run.given = ckpt.given_settings(where, run.given)
     ckpt.load_weights(where, run.model)
     state = ckpt.load_training_state(where)
+    if info.is_main:
+        changes = objective_changes(ckpt.saved_objective_revision(where), config.objective or run.family.objective,
+                                    config.sop)
+        if changes:
+            console.warn(f"{where.name} was written by an earlier protrans, whose objective differed: "
+                         f"{'; '.join(changes)}. The steps after {state.get('step')} train with today's, so the "
+                         "run differs from an uninterrupted one (see CHANGELOG.md)")
     changed = changed_corpus_file(state.get("corpus"), config.corpus, run.corpus_id)
     if changed and accept_corpus_change:
         if info.is_main:

@@ -27,6 +27,24 @@ from protrans_cli.training.data import Sample, TokenLayout
 
 IGNORE = -100
 
+# Raised whenever an objective's inputs or labels change for the same settings; recorded with every
+# checkpoint (train_config.json's "resolved"), so that a run resumed across such a change says so.
+# Revision N's changes, by what they apply to (an objective's name, or "sop").
+OBJECTIVE_REVISION = 2
+OBJECTIVE_CHANGES = {
+    2: {"electra": "the generator's input is masked as ELECTRA's own code masks it (85% the mask token, "
+                   "15% unchanged), not 80/10/10",
+        "sop": "a protein's first residue is left out of the sentence-order pair",
+        "clm": "the labels at a cropped window's cut ends (<s> -> first residue, </s>) are ignored"},
+}
+
+
+def objective_changes(since: int, objective: str, sop: bool) -> list[str]:
+    """What changed in `objective` (and sentence order, with `sop`) after revision `since`."""
+    keys = (objective, "sop") if sop else (objective,)
+    return [changes[k] for rev, changes in sorted(OBJECTIVE_CHANGES.items()) if rev > since
+            for k in keys if k in changes]
+
 
 def _pad(rows: list[np.ndarray], value: int, multiple: int = 8) -> torch.Tensor:
     """(B, T) tensor of right-padded rows; T rounded up to `multiple` (8 by default, for tensor
