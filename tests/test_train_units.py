@@ -905,7 +905,8 @@ def test_config_file_values_of_the_wrong_type_are_usage_errors(tmp_path):
     path = tmp_path / "c.toml"
     for text, match in (('num_steps = "ten"', "num_steps must be an int, got 'ten'"),
                         ("compile = 1", "compile must be a bool"),
-                        ("global_batch_size = true", "global_batch_size must be an int")):
+                        ("global_batch_size = true", "global_batch_size must be an int"),
+                        ("lr = 1" + "0" * 400, "lr is too large a number")):  # (float(): OverflowError)
         path.write_text(text + "\n")
         with pytest.raises(UsageError, match=match):
             TrainConfig.from_file(path)

@@ -442,7 +442,10 @@ def _check_types(cls, data: dict, source: str) -> None:
         if f.name in data and (problem := type_problem(f.type, data[f.name])):
             raise UsageError(f"{source}: {f.name} must be {problem}, got {data[f.name]!r}")
         if f.name in data and f.type.replace("| None", "").strip() == "float" and data[f.name] is not None:
-            data[f.name] = float(data[f.name])
+            try:
+                data[f.name] = float(data[f.name])
+            except OverflowError:  # a JSON integer of hundreds of digits: a traceback
+                raise UsageError(f"{source}: {f.name} is too large a number ({str(data[f.name])[:20]}...)") from None
 
 
 def expand_corpus_paths(paths, key: str = "corpus") -> list[str]:
