@@ -55,7 +55,7 @@ from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same
 from protrans_cli.embed_retry import Recomputed, _Want, embed_with_retry
 from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, Embedder, OneHotEmbedder, TransformerEmbedder,
                                     beyond_range, fits, mean_rows, resolve_device)
-from protrans_cli.residues import REASON_INVALID, SequenceRejected, normalise
+from protrans_cli.residues import REASON_INVALID, THREE_DI, SequenceRejected, normalise
 from protrans_cli.threads import check_threads, torch_threads
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
@@ -103,8 +103,6 @@ class EmbedOptions:
     @property
     def alphabet(self) -> str | None:
         """The letters a sequence may hold beyond normalise's rules (3Di: its 20 states), or None."""
-        from protrans_cli.residues import THREE_DI
-
         return THREE_DI if self.three_di else None
 
     @property

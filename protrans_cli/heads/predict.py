@@ -35,6 +35,7 @@ from protrans_cli.io.disk import ensure_room
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id, escape_key,
                                 h5_file, input_prefix_of, is_write_failure, one_protein_twice, prefix_words,
                                 stored_length, three_di_words, truncated_from, write_failure_reason)
+from protrans_cli.residues import THREE_DI_PREFIX
 from protrans_cli.threads import torch_threads
 
 
@@ -153,8 +154,6 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
         console.info(f"proteins over {limit}: --long-policy {long_policy}, as in the head's training embeddings")
     given = dict(long_policy=long_policy, max_length=max_length, chunk_overlap=chunk_overlap)
     long = {k: v for k, v in given.items() if v is not None}
-    from protrans_cli.residues import THREE_DI_PREFIX
-
     # a head fit on 3Di embeddings (embed --3di) reads 3Di strings
     three_di = recorded.get("input_prefix") == THREE_DI_PREFIX
     options = EmbedOptions(model=name, per_residue=per_residue, per_protein=not per_residue,

@@ -43,6 +43,7 @@ from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_li
 from protrans_cli.io import disk
 from protrans_cli.io.fasta import header_id
 from protrans_cli.io.files import output_directory, utf8_text
+from protrans_cli.residues import THREE_DI_PREFIX
 
 PER_RESIDUE = "per_residue"
 PER_PROTEIN = "per_protein"
@@ -170,8 +171,6 @@ def three_di_words(this: str, that: str) -> str | None:
     """For messages about two files' input prefixes that differ because one holds embeddings of
     3Di strings (embed --3di: <fold2AA>) and the other of amino acids: which is which, or None
     where neither is a 3Di file (the prefixes then differ by protrans version)."""
-    from protrans_cli.residues import THREE_DI_PREFIX
-
     if THREE_DI_PREFIX not in (this, that):
         return None
     return "3Di strings (embed --3di)" if this == THREE_DI_PREFIX else "amino acids (embed without --3di)"

@@ -543,12 +543,16 @@ def _near_miss(name: str) -> str | None:
     if name in CHECKPOINTS:  # a short name whose hub model is missing: the download advice is right
         return None
     if "/" not in name:
-        # Of names equally close, the first in the registry's order: difflib breaks a tie by the
-        # greatest name, so fair-esm's `esm1v_t33_650M_UR90S` (its model 1) was offered `_5`.
-        order = list(CHECKPOINTS)
-        close = difflib.get_close_matches(name, order, n=len(order), cutoff=0.75)
-        if close:
-            best = max(close, key=lambda c: (difflib.SequenceMatcher(None, name, c).ratio(), -order.index(c)))
+        # Scored as difflib.get_close_matches scores (cutoff 0.75), but of names equally close the
+        # first in the registry's order: difflib breaks a tie by the greatest name, so fair-esm's
+        # `esm1v_t33_650M_UR90S` (its model 1) was offered `_5`.
+        matcher = difflib.SequenceMatcher(b=name)
+        scores = {}
+        for candidate in CHECKPOINTS:
+            matcher.set_seq1(candidate)
+            scores[candidate] = matcher.ratio()
+        best = max(scores, key=scores.__getitem__)  # (the first of equal scores)
+        if scores[best] >= 0.75:
             return f"not a short name: did you mean {best}? (`protrans models` lists them)"
         return None
     parent = Path(name).expanduser().parent

@@ -79,7 +79,7 @@ class EsmFamily(Family):
             return (f"position_embedding_type {kind!r}: ESM has 'rotary' (ESM-2) or 'absolute' (ESM-1b/1v, "
                     "a learned table) positions; any other value builds a model without positions")
         heads = config.num_attention_heads
-        if (getattr(config, "position_embedding_type", None) == "rotary" and heads
+        if (kind == "rotary" and heads
                 and config.hidden_size % heads == 0 and (config.hidden_size // heads) % 2):
             # (rotary positions turn pairs of a head's features)
             return (f"the head size {config.hidden_size // heads} (hidden_size {config.hidden_size} / "

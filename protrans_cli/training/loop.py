@@ -649,8 +649,8 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     ckpt.load_weights(where, run.model)
     state = ckpt.load_training_state(where)
     if info.is_main:
-        changes = objective_changes(ckpt.saved_objective_revision(where), config.objective or run.family.objective,
-                                    config.sop)
+        # (config.objective is resolved: the family's default where none was given)
+        changes = objective_changes(ckpt.saved_objective_revision(where), config.objective, config.sop)
         if changes:
             console.warn(f"{where.name} was written by an earlier protrans, whose objective differed: "
                          f"{'; '.join(changes)}. The steps after {state.get('step')} train with today's, so the "
