@@ -45,7 +45,7 @@ def reference_rows(family, model_dir, sequence: str, layers=(-1,)) -> np.ndarray
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32, use_kernels=False).eval()
     letters = sequence.upper()
     if family.rare_to == "X":
         letters = letters.translate(str.maketrans("UZOB", "XXXX"))
@@ -147,7 +147,7 @@ def test_a_t5_tokenizer_that_does_not_split_on_spaces_gets_one_residue_per_word(
     result = run_cli("embed", SMALL, "-m", model_dir, "-o", out, "--max-tokens", "64", "--device", "cpu", "-j", "1")
     assert result.exit_code == 0, result.stderr
     rows = _read(out)
-    encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32, use_kernels=False).eval()
     for rec in read_fasta(SMALL):
         letters = rec.sequence.replace("-", "").replace(".", "").upper().translate(str.maketrans("UZOB", "XXXX"))
         ids = tokenizer([list(letters)], is_split_into_words=True, return_tensors="pt")["input_ids"]
@@ -225,7 +225,7 @@ def test_a_vocabulary_with_an_input_prefix_gets_it_and_no_row_for_it(run_cli, tm
     rows, means = _read(out), _read(out, PER_PROTEIN)
     with EmbeddingsReader(out) as r:
         assert r.attrs["input_prefix"] == prefix
-    encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32, use_kernels=False).eval()
     for rec in read_fasta(SMALL):
         letters = rec.sequence.replace("-", "").replace(".", "").upper().translate(str.maketrans("UZOB", "XXXX"))
         if words:  # prefix and residues one word each
@@ -277,7 +277,7 @@ def test_3di_strings_are_read_lower_case_after_fold2aa(run_cli, tmp_path, tiny_m
     rows, means = _read(out), _read(out, PER_PROTEIN)
     with EmbeddingsReader(out) as r:
         assert r.attrs["input_prefix"] == "<fold2AA>"
-    encoder = FAMILIES["t5"].encoder_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    encoder = FAMILIES["t5"].encoder_class.from_pretrained(str(model_dir), dtype=torch.float32, use_kernels=False).eval()
     for pid, letters in states.items():
         ids = tokenizer(["<fold2AA> " + " ".join(letters.lower())], return_tensors="pt")["input_ids"]
         assert ids[0].tolist() == [fold] + tokenizer.convert_tokens_to_ids(list(letters.lower())) + [
@@ -372,7 +372,7 @@ def test_the_published_protbert_layout_loads_without_model_type(run_cli, tmp_pat
     result = run_cli("embed", SMALL, "-m", model, "--device", "cpu", "-o", out)
     assert result.exit_code == 0, result.stderr
     tokenizer = BertTokenizer.from_pretrained(str(model), do_lower_case=False)
-    encoder = BertModel.from_pretrained(str(model)).eval()
+    encoder = BertModel.from_pretrained(str(model), use_kernels=False).eval()
     rows = _read(out)
     for rec in read_fasta(SMALL):
         seq = rec.sequence.replace("-", "").replace(".", "").upper().translate(str.maketrans("UZOB", "XXXX"))

@@ -404,6 +404,29 @@ def test_pretraining_model_round_trip(name, tmp_path):
     torch.testing.assert_close(getattr(a, first), getattr(b, first), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_no_load_swaps_in_kernels_from_the_hub(name, tmp_path, monkeypatch):
+    """transformers 5.25 "kernelizes" every from_pretrained model unless told not to: layers
+    swapped for compiled kernels fetched from the Hub (and, without the `kernels` package, a
+    failed load). Neither embed's nor train's loading asks for that."""
+    from transformers import PreTrainedModel
+
+    asked = []
+    real = PreTrainedModel.set_use_kernels
+
+    def record(self, use_kernels, *args, **kwargs):
+        asked.append(bool(use_kernels))
+        return real(self, use_kernels, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", record)
+    family = FAMILIES[name]
+    tokenizer, config, model = _tiny(family)
+    family.save_pretrained(model, tokenizer, tmp_path)
+    load_model(tmp_path)
+    family.load_pretraining_model(tmp_path)
+    assert asked and not any(asked)
+
+
 def test_local_directory_named_like_a_short_name_wins(tmp_path, monkeypatch):
     family = FAMILIES["bert"]
     tokenizer, config, model = _tiny(family)

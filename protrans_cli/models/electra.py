@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protrans_cli.models.base import Family, refuse_missing_layers
+from protrans_cli.models.base import NO_HUB_KERNELS, Family, refuse_missing_layers
 from protrans_cli.models.bert import BERT_SPECIALS
 from protrans_cli.models.tokenizers import RESIDUES, residue_tokenizer, save_tokenizer
 
@@ -139,6 +139,7 @@ def _pair_class():
             missing keys of both, prefixed like the pair's own state dict."""
             directory = str(directory)
             _require_generator(directory, kwargs)
+            kwargs = {**NO_HUB_KERNELS, **kwargs}  # (models/base.py says why)
             kwargs_d, kwargs_g = dict(kwargs), dict(kwargs)
             if config is not None:  # overridden fields apply to both networks
                 hub = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only")}
