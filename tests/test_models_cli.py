@@ -31,6 +31,39 @@ def test_json_lists_every_family_preset_and_checkpoint(run_cli):
     assert packs == {name: name in ("bert", "roberta", "albert", "electra", "esm") for name in FAMILIES}
 
 
+def test_the_stored_catalog_is_what_the_models_give():
+    """`protrans models` and `train --list-presets` read protrans_cli/catalog.json; it must hold
+    what the families, presets and checkpoints give now (parameter counts built on the meta
+    device). If this fails, regenerate it:
+    python -m protrans_cli.models.listing > protrans_cli/catalog.json"""
+    from protrans_cli.catalog import PATH
+    from protrans_cli.models.listing import describe
+
+    assert json.loads(PATH.read_text()) == json.loads(json.dumps(describe())), \
+        "stale catalog: python -m protrans_cli.models.listing > protrans_cli/catalog.json"
+
+
+def test_listing_imports_no_model_code(tmp_path):
+    """The listings read the stored catalog: no torch, transformers or model registry (they took
+    about 6 s, counting 40 presets' parameters on the meta device)."""
+    from conftest import heavy_imports_of
+
+    argvs = [["models"], ["models", "--json", "--family", "t5"], ["train", "--list-presets"],
+             ["train", "--list-presets", "--family", "esm"]]
+    out = heavy_imports_of(argvs, ("torch", "transformers", "protrans_cli.models"))
+    assert out.returncode == 0, out.stderr
+
+
+def test_train_lists_one_familys_presets_and_refuses_an_unknown_one(run_cli):
+    result = run_cli("train", "--list-presets", "--family", "esm")
+    assert result.exit_code == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert {r[0] for r in rows} == {"esm"} and [r[1] for r in rows] == list(FAMILIES["esm"].presets)
+    assert ("esm2_t33_650M", "651.04M") in {(r[1], r[2]) for r in rows}
+    result = run_cli("train", "--list-presets", "--family", "gpt7")
+    assert result.exit_code == 2 and "unknown model family 'gpt7'" in result.stderr
+
+
 def test_family_filter_and_sections(run_cli):
     result = run_cli("models", "--checkpoints", "--family", "esm", "--json")
     assert result.exit_code == 0

@@ -20,6 +20,7 @@ def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for f in ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta"):
         assert f"protrans_cli/example_data/{f}" in names
+    assert "protrans_cli/catalog.json" in names  # (what `protrans models` reads)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
@@ -34,6 +35,9 @@ def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
     corpus = subprocess.run([str(venv / "bin" / "protrans"), "-q", "prep", fasta], cwd=tmp_path,
                             capture_output=True, text=True, check=True, env=env).stdout
     assert corpus.count("\n\n") == 720
+    listing = subprocess.run([str(venv / "bin" / "protrans"), "models", "--json"], cwd=tmp_path,
+                             capture_output=True, text=True, check=True, env=env).stdout
+    assert '"prot_t5_xl_half"' in listing
 
 
 def test_changelog_has_an_entry_for_the_packaged_version():

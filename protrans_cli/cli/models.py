@@ -5,8 +5,9 @@
     protrans models --presets --family t5 # T5 presets with parameter counts
     protrans models --json | jq '.checkpoints[] | .name'
 
-Preset parameter counts are computed by building each preset on the meta device (no memory,
-a few seconds for all of them); checkpoint figures are those of the published weights.
+Preset parameter counts are those of each preset built on the meta device, read from
+protrans_cli/catalog.json (kept equal to the computation by a test, so the listing needs
+neither torch nor transformers); checkpoint figures are those of the published weights.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def command(show_families, show_presets, show_checkpoints, family, as_json):
     protrans models --checkpoints
     protrans models --presets --family esm --json
     """
-    from protrans_cli.models.listing import describe
+    from protrans_cli.catalog import describe
 
     if not (show_families or show_presets or show_checkpoints):
         show_families = show_presets = show_checkpoints = True

@@ -253,9 +253,10 @@ def _rank_zero() -> bool:
 
 def _print_presets(family: str | None) -> None:
     """One row per preset on stdout: family, preset, parameters of the pretraining model."""
-    from protrans_cli.models import list_presets
+    from protrans_cli.catalog import describe
 
-    rows = [(p.family, p.name, f"{p.num_params / 1e6:,.2f}M") for p in list_presets(family)]
+    rows = [(p["family"], p["name"], f"{p['num_params'] / 1e6:,.2f}M")
+            for p in describe(family=family, families=False, checkpoints=False)["presets"]]
     widths = [max(len(r[i]) for r in rows + [("family", "preset", "parameters")]) for i in range(3)]
     for row in [("family", "preset", "parameters"), *rows]:
         click.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}")

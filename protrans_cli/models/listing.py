@@ -1,4 +1,9 @@
-"""What `protrans models` shows, as plain data: families, presets with sizes, checkpoints."""
+"""What `protrans models` shows, as plain data: families, presets with sizes, checkpoints.
+
+Computed here (torch, transformers, every preset built on the meta device); the commands read
+the copy in `protrans_cli/catalog.json`, which `python -m protrans_cli.models.listing` writes
+(protrans_cli/catalog.py).
+"""
 
 from __future__ import annotations
 
@@ -37,3 +42,11 @@ def describe(*, family: str | None = None, families: bool = True, presets: bool 
         data["checkpoints"] = [dict(asdict(c), default=c.name == DEFAULT_CHECKPOINT)
                                for c in CHECKPOINTS.values() if c.family in names]
     return data
+
+
+if __name__ == "__main__":  # python -m protrans_cli.models.listing > protrans_cli/catalog.json
+    import json
+    import sys
+
+    json.dump(describe(), sys.stdout, indent=1)
+    sys.stdout.write("\n")
