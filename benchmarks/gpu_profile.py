@@ -255,7 +255,6 @@ def train_step_profile(args, one_step, tokens_per_step: int, steps: int = 3) -> 
     device's summed kernel time and its share of the wall, kernel launches, and the kernels (or
     on the CPU the operations) that take the most time. Printed and, with --profile-out, written
     beside the embedding tables (suffix .train.txt)."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     cuda = args.device.startswith("cuda")
@@ -268,10 +267,21 @@ def train_step_profile(args, one_step, tokens_per_step: int, steps: int = 3) -> 
             one_step()
         _sync(args.device)
         wall = (time.perf_counter() - start) / steps
-    averages = prof.key_averages()
     # (wall time under the profiler: its own bookkeeping slows the host a little)
-    lines = [f"train step profile: {args.train_micro_batch} x {args.train_length} tokens, {steps} steps: "
-             f"{wall * 1e3:.1f} ms wall per step ({tokens_per_step / wall:,.0f} tokens/s under the profiler)"]
+    title = (f"train step profile: {args.train_micro_batch} x {args.train_length} tokens, {steps} steps: "
+             f"{wall * 1e3:.1f} ms wall per step ({tokens_per_step / wall:,.0f} tokens/s under the profiler)")
+    report_profile(prof.key_averages(), wall, steps, cuda, title, "train step profile",
+                   args.profile_out.with_suffix(".train.txt") if args.profile_out else None)
+
+
+def report_profile(averages, wall: float, steps: int, cuda: bool, title: str, label: str,
+                   out: Path | None) -> None:
+    """Print (and write to `out`) a profile of `steps` steps of `wall` seconds each: on a GPU the
+    device's summed kernel time per step and its share of the wall, kernel launches per step,
+    and the kernels that take the most time (on the CPU the operations)."""
+    from torch.autograd import DeviceType
+
+    lines = [title]
     if cuda:
         # (not the GPU-side user annotations, e.g. Optimizer.step's range: they span kernels counted
         # already, and "device busy" overstated the step's kernel time)
@@ -279,17 +289,15 @@ def train_step_profile(args, one_step, tokens_per_step: int, steps: int = 3) -> 
                    if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
         busy = sum(e.self_device_time_total for e in kernels) / 1e6 / steps  # us -> s
         launches = sum(e.count for e in averages if "LaunchKernel" in e.key or "cudaLaunch" in e.key) / steps
-        lines.append(f"train step profile: device busy {busy * 1e3:.1f} ms per step ({100 * busy / wall:.0f}% of "
+        lines.append(f"{label}: device busy {busy * 1e3:.1f} ms per step ({100 * busy / wall:.0f}% of "
                      f"wall), {launches:.0f} kernel launches per step ({wall / max(launches, 1) * 1e6:.1f} us of "
                      f"wall each)")
         table = averages.table(sort_by="self_device_time_total", row_limit=20)
     else:
         table = averages.table(sort_by="self_cpu_time_total", row_limit=20)
-    text = "\n".join(lines) + "\n" + table
-    if args.profile_out:
-        out = args.profile_out.with_suffix(".train.txt")
-        out.write_text(text)
-        lines.append(f"train step profile: tables written to {out}")
+    if out:
+        out.write_text("\n".join(lines) + "\n" + table)
+        lines.append(f"{label}: tables written to {out}")
     print("\n".join(lines))
     print("\n".join(table.splitlines()[:26]))
 

@@ -13,11 +13,13 @@
 # with 2 data-loader workers); ProtBert-sized embedding against the ProtTrans batches under both
 # kernel policies.
 #
-# levers (the second call of a session, step limits 360 s, in order of what it decides):
+# levers (the second call of a session, step limits 380 s, in order of what it decides):
 # the train levers left (one micro-batch of 64 per step, with and without token micro-batches
-# and packing), the training part of gpu_profile.py (fixed, new, repeated lengths, token-sized
-# micro-batches; then a profile of one fixed-length step: device busy against wall time) and
-# the GPU tests of packing and flex. A session has
+# and packing), a profile of protrans's own training loop at its best setting (compiled blocks,
+# token micro-batches, packing: device busy against wall time, launches, top kernels; since
+# 2026-12-02, in place of gpu_profile.py's training part, whose tables were measured on
+# 2026-11-30 and which profiles an eager model outside the loop) and the GPU tests of packing
+# and flex. A session has
 # 15 minutes of device time, machine start included: quick, then levers at once while the machine
 # is warm (it goes back after 30 s idle).
 #
@@ -48,7 +50,7 @@ SCRATCH=/dev/shm
 MODE=${1:-full}
 case $MODE in  # (a mistyped mode ran every step)
     quick) STEPS=${STEPS:-"env profile_t5 embed_t5_flex train_data train_variants embed_bert_fair"} ;;
-    levers) STEPS=${STEPS:-"train_levers train_profile tests_quick"} ;;
+    levers) STEPS=${STEPS:-"train_levers train_loop_profile tests_quick"} ;;
     full) ;;
     *) echo "gpu_session.sh: unknown mode '$MODE' (quick, levers or full)" >&2; exit 2 ;;
 esac
@@ -143,8 +145,13 @@ step train_variants 150 $PY benchmarks/train_bench.py --report-after 142 --gpu -
 # larger launches), with the token micro-batches and packing first, then alone
 step train_levers 200 $PY benchmarks/train_bench.py --report-after 192 --gpu --fasta "$FASTA" --repeats 1 \
     --num-steps 40 --warmup 10 --variants tokens+packing+mb64,mb64 --json "$OUT/train_levers.json"
-# the training part of gpu_profile.py alone (levers: second, before the GPU tests; steps run in
-# the order of these lines, not of STEPS)
+# where the time of protrans's own step goes at its best setting (levers: second, before the
+# GPU tests; steps run in the order of these lines, not of STEPS): 3 steps profiled after 11
+# (compilation and first shapes), the step marked by the optimizer's step
+step train_loop_profile 120 $PY benchmarks/train_bench.py --gpu --fasta "$FASTA" --warmup 10 --profile-steps 3 \
+    --variants tokens+packing --profile-out "$OUT/train_loop_profile.txt"
+# the training part of gpu_profile.py alone: an eager model outside the loop, fixed, new and
+# repeated lengths, token-sized micro-batches, a fixed-length step's profile (not in quick or levers)
 step train_profile 100 $PY benchmarks/gpu_profile.py --fasta "$FASTA" --skip-embed
 step train_recompute 100 $PY benchmarks/train_bench.py --report-after 92 --gpu --fasta "$FASTA" --repeats 1 --activation-checkpointing
 step tests_quick 60 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_train_packing.py \

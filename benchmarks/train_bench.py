@@ -180,6 +180,46 @@ def bench_protrans(args, corpus: Path, run_dir: Path) -> dict:
     return {"tokens_per_s": float("nan") if rate is None else rate, "padding": _protrans_padding(args, corpus, cfg)}
 
 
+def profile_protrans(args, corpus: Path, run_dir: Path, gpu: bool) -> None:
+    """--profile-steps N: torch.profiler over N steps of protrans's own loop (train() as the
+    comparison runs it, compiled blocks, packing, data path and logging included), after
+    --warmup steps and one more untimed. A step ends at the optimizer's step (a global post-hook
+    marks it), so the loop runs unchanged; no baseline runs."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from gpu_profile import report_profile
+    from protrans_cli.training.metrics import read_metrics
+
+    ends: list[float] = []
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    prof = profile(activities=activities,
+                   schedule=schedule(wait=args.warmup, warmup=1, active=args.profile_steps, repeat=1))
+
+    def step_ended(optimizer, *_):
+        ends.append(time.perf_counter())
+        prof.step()
+
+    hook = register_optimizer_step_post_hook(step_ended)
+    try:
+        with prof:
+            bench_protrans(args, corpus, run_dir)
+    finally:
+        hook.remove()
+    first, n = args.warmup + 1, args.profile_steps  # profiled: steps first + 1 ... first + n
+    if len(ends) < first + n:
+        raise SystemExit(f"--profile-steps: {len(ends)} optimizer steps ran, {first + n} needed")
+    wall = (ends[first + n - 1] - ends[first - 1]) / n
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if first < r.get("step", 0) <= first + n]
+    tokens = sum(r["tokens"] for r in rows) / n if len(rows) == n else float("nan")
+    title = (f"train loop profile: protrans train ({args.family}/{args.preset}, micro-batch "
+             f"{args.micro_batch_size}, global {args.global_batch_size}, length {args.max_length}), steps "
+             f"{first + 1}-{first + n}: {wall * 1e3:.1f} ms wall per step, {tokens:,.0f} real tokens per step "
+             f"({tokens / wall:,.0f} tokens/s under the profiler)")
+    report_profile(prof.key_averages(), wall, n, gpu, title, "train loop profile", args.profile_out)
+
+
 def _logged_rate(metrics: Path, warmup: int) -> tuple[int, int, float | None]:
     """(steps logged, steps past the warm-up, real tokens/s over those: None before any) from
     a protrans run's metrics.jsonl."""
@@ -380,6 +420,12 @@ def main(argv=None) -> int:
                         help="comma-separated protrans settings timed against the same baseline runs, each a "
                              f"'+'-joined set of {', '.join(VARIANT_FLAGS)} (e.g. plain,tokens+packing); "
                              "default: one run with the flags above")
+    parser.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                        help="instead of the comparison: profile N steps of protrans's own loop after --warmup "
+                             "steps (device busy against wall time, kernel launches, top kernels); with "
+                             "--variants, the first variant's settings")
+    parser.add_argument("--profile-out", type=Path, default=None,
+                        help="with --profile-steps: also write the profile's table to this file")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--report-after", type=float, default=None, metavar="SECONDS",
                         help="print what has been measured so far after this many seconds (a run cut by a "
@@ -424,6 +470,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         corpus, source = write_corpus(Path(tmp), args.num_proteins, args.seed, args.fasta)
         attention_length = _attention_length(args, corpus)
+        if args.profile_steps:
+            name, flags = variants[0]
+            run_args = argparse.Namespace(**{**vars(args), **flags,
+                                             "num_steps": args.warmup + 1 + args.profile_steps})
+            print(f"profiling {name}: {run_args.num_steps} steps, the last {args.profile_steps}", flush=True)
+            profile_protrans(run_args, corpus, Path(tmp) / "profiled", gpu)
+            return 0
         # Alternate baseline and variants, and keep each one's best run: a shared machine's load varies.
         bases, runs = [], {name: [] for name, _ in variants}
         if args.report_after:
