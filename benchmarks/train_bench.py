@@ -185,7 +185,6 @@ def profile_protrans(args, corpus: Path, run_dir: Path, gpu: bool) -> None:
     comparison runs it, compiled blocks, packing, data path and logging included), after
     --warmup steps and one more untimed. A step ends at the optimizer's step (a global post-hook
     marks it), so the loop runs unchanged; no baseline runs."""
-    import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
     from torch.profiler import ProfilerActivity, profile, schedule
 
