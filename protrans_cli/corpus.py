@@ -30,6 +30,7 @@ import math
 import os
 import re
 import shutil
+import stat as _stat
 import sys
 import tempfile
 import time
@@ -1358,6 +1359,24 @@ def _bar(options: CorpusOptions, paths: Sequence[str], desc: str):
     return console.progress(total=total, desc=desc, unit="B", unit_scale=True)
 
 
+def _refuse_a_stream_read_twice(inputs: Sequence[str]) -> None:
+    """A pipe or other stream named twice (`- /dev/stdin`, `/dev/fd/3 /dev/fd/3`) is read once:
+    the second name met its end and added nothing, a silently short corpus. A regular file may
+    be named twice (it is read twice)."""
+    seen: dict[tuple[int, int], str] = {}
+    for path in inputs:
+        try:
+            st = os.fstat(0) if path == "-" else os.stat(path)
+        except OSError:
+            continue  # (a closed stdin: open_input names it)
+        if _stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode):
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise UsageError(f"{path} and {seen[key]} are one stream, which can be read only once")
+        seen[key] = path
+
+
 def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> CorpusStats:
     """Turn FASTA files (`-` is stdin; compression detected) into the corpus; returns the stats.
 
@@ -1377,6 +1396,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     for path in inputs:
         if path != "-" and not os.path.exists(path):
             raise InputError("no such file", path=path)
+    _refuse_a_stream_read_twice(inputs)
     for out in (options.output, options.valid_output, options.rejects, options.stats):
         # `prep x.fa -o x.fa` replaced the FASTA with the corpus on success: the input was lost.
         if input_named_by(out, inputs):

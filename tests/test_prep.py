@@ -1101,3 +1101,22 @@ def test_crop_stats_give_the_lengths_of_the_lines_written(run_cli, tmp_path):
     assert sorted(lines) == [5, 5, 10, 10] and stats["lines_out"] == 4
     assert stats["length_percentiles"]["p100"] == 10 and stats["length_percentiles"]["p0"] == 5
     assert stats["mean_length"] == 7.5 == stats["residues_out"] / stats["lines_out"]
+
+
+def test_a_pipe_named_twice_is_refused_not_read_as_empty(tmp_path):
+    # `prep - /dev/stdin`: the second name met the pipe's end and added nothing (exit 0, a
+    # silently short corpus); a regular file named twice is still read twice.
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b">a\nMK\n")
+        os.close(write_end)
+        fd = f"/dev/fd/{read_end}"
+        with pytest.raises(UsageError, match="one stream"):
+            build_corpus([fd, fd], CorpusOptions(output=str(tmp_path / "c.txt"), threads=1))
+        assert not (tmp_path / "c.txt").exists()
+    finally:
+        os.close(read_end)
+    fasta = tmp_path / "a.fa"
+    fasta.write_bytes(b">a\nMK\n")
+    build_corpus([str(fasta), str(fasta)], CorpusOptions(output=str(tmp_path / "c.txt"), threads=1))
+    assert (tmp_path / "c.txt").read_bytes() == b"M K\n\n" * 2
