@@ -653,13 +653,16 @@ def _normalisation_rejects(block: _Block, cfg: _BlockConfig, heads: _Headers, se
     for i in np.flatnonzero(flagged).tolist():
         if i in reasons:
             continue
-        if b"\r" in data[int(header_start[i]):int(header_end[i])].rstrip(b"\r"):
-            # The whole file (or a part) read as one header line: lines that end in CR alone.
-            return (heads.id_at(i).split("\r")[0] or "<no id>", _CR_ONLY, heads.line_of(i))
         raw = data[int(header_end[i]) + 1:int(seq_end[i])]
         try:
             normalise(raw, rare=cfg.rare)
         except SequenceRejected as exc:
+            if (exc.reason == REASON_EMPTY
+                    and b"\r" in data[int(header_start[i]):int(header_end[i])].rstrip(b"\r")):
+                # The whole file (or a part) read as one header line, with nothing after it:
+                # lines that end in CR alone. (A CR inside the header of a record rejected for
+                # another reason is that record's stray byte: it was the whole run's error.)
+                return (heads.id_at(i).split("\r")[0] or "<no id>", _CR_ONLY, heads.line_of(i))
             reasons[i] = exc.reason
             details[i] = exc.detail
         else:  # pragma: no cover - the bulk rules and normalise() disagree

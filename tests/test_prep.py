@@ -793,6 +793,18 @@ def test_stopping_early_ends_the_workers_at_once():
     assert time.perf_counter() - start < 3
 
 
+def test_a_stray_cr_in_one_header_rejects_that_record_alone(run_cli, tmp_path):
+    # A record with a carriage return inside its header and an invalid residue was taken for a
+    # file with old Mac line endings: the whole run failed (exit 1, no corpus), where the same
+    # record with valid residues was kept. It is rejected for its residue now, the run goes on.
+    fasta = tmp_path / "cr.fa"
+    fasta.write_bytes(b">a\nMK\n>b note\rmore\nMKJ\n>c\nAA\n")
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--rejects", tmp_path / "r.tsv")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "c.txt").read_text() == "M K\n\nA A\n\n"
+    assert "invalid_character" in (tmp_path / "r.tsv").read_text()
+
+
 def test_dedup_of_an_old_mac_file_is_the_one_line_error(run_cli, tmp_path):
     # pass 1 of --dedup met the unreadable block without its digests: a TypeError traceback
     fasta = tmp_path / "cr.fa"
