@@ -1085,6 +1085,12 @@ def test_value_task_regression_from_a_flip_csv(run_cli, tmp_path):
     r = run_cli("fit", "value", "--embeddings", tmp_path / "all.h5", "--labels", labels, "--class-weights",
                 "-o", tmp_path / "cw")
     assert r.exit_code == 2 and "regression" in r.stderr
+    # ... before any file is read (it was refused once every set had been read and matched)
+    junk = tmp_path / "junk.csv"
+    junk.write_text("not a label file\n")
+    r = run_cli("fit", "value", "--embeddings", tmp_path / "all.h5", "--labels", junk, "--class-weights",
+                "-o", tmp_path / "cw")
+    assert r.exit_code == 2 and "regression" in r.stderr
     bad = tmp_path / "bad.csv"
     bad.write_text(labels.read_text().replace(rows[3].split(",")[1], "high", 1))
     r = run_cli("fit", "value", "--embeddings", tmp_path / "all.h5", "--labels", bad, "-o", tmp_path / "b")

@@ -133,6 +133,9 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     config.check()
     out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
     task = get_task(config.task, dual=config.dual)
+    if config.class_weights and any(o.is_value for o in task.outputs):
+        # (before any file is read: it was refused only once every set had been read and matched)
+        raise UsageError("--class-weights is for classification; the value task is a regression")
     per_residue = task.kind == PER_RESIDUE
     config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
                      patience=config.patience or (5 if per_residue else 10))
@@ -153,8 +156,6 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     sets = _read_sets(config, task, embeddings, labels, valid, tests)
     task, train = sets.task, sets.train
     if any(o.is_value for o in task.outputs):
-        if config.class_weights:
-            raise UsageError("--class-weights is for classification; the value task is a regression")
         with located(labels):
             task = task.with_scale_from(train.targets)
     weights = _class_weights(task, train) if config.class_weights else None
