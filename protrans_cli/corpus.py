@@ -153,6 +153,8 @@ class CorpusOptions:
         files = [(flag, path) for flag, path in outputs.items() if path != "-"]
         for i, (flag, path) in enumerate(files):
             output_directory(path)  # every output's directory, before anything is opened
+            if os.path.isdir(path):  # (found once the output was opened: exit 1, as bad input)
+                raise UsageError(f"{flag} {path} is a directory: give a file name")
             for other, path2 in files[:i]:
                 # (/dev/null twice discards both: nothing there to replace)
                 if same_file(path, path2) and os.path.realpath(path) != os.devnull:

@@ -793,6 +793,21 @@ def test_stopping_early_ends_the_workers_at_once():
     assert time.perf_counter() - start < 3
 
 
+def test_an_output_that_is_a_directory_is_a_usage_error(run_cli, tmp_path):
+    # (exit 1 as bad input, where a missing directory was already exit 2)
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMK\n")
+    (tmp_path / "d").mkdir()
+    for flag in ("-o", "--rejects", "--stats", "--valid-output"):
+        extra = ["--valid-fraction", "0.5", "-o", tmp_path / "c.txt"] if flag == "--valid-output" else []
+        if flag in ("--rejects", "--stats"):
+            extra = ["-o", tmp_path / "c.txt"]
+        result = run_cli("prep", fasta, *extra, flag, tmp_path / "d")
+        assert result.exit_code == 2, (flag, result.stderr)
+        assert f"{flag} {tmp_path / 'd'} is a directory" in result.stderr
+    assert not (tmp_path / "c.txt").exists()
+
+
 def test_a_stray_cr_in_one_header_rejects_that_record_alone(run_cli, tmp_path):
     # A record with a carriage return inside its header and an invalid residue was taken for a
     # file with old Mac line endings: the whole run failed (exit 1, no corpus), where the same
