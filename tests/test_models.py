@@ -324,6 +324,17 @@ def test_unsupported_model_type_is_model_error(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", '"x"', "null", "3", '{"model_type": ["bert"]}', '{"architectures": [5]}',
+                                  '{"architectures": 5}'])
+def test_a_config_json_that_is_not_an_object_of_settings_is_one_line(tmp_path, text):
+    """A config.json of valid JSON that is no object (or whose model_type / architectures are of
+    another type) was an AttributeError or TypeError traceback from inside the loader."""
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ModelError, match=f"^{tmp_path}: ") as caught:
+        load_model(tmp_path)
+    assert len(str(caught.value).splitlines()) == 1
+
+
 def test_layer_selection(tmp_path):
     family = FAMILIES["bert"]
     tokenizer, config, model = _tiny(family)

@@ -66,7 +66,11 @@ def family_for_config(config) -> Family:
 
 def _family_by_architecture(architectures) -> Family | None:
     """A config without a known model_type may still name its architecture ("BertForMaskedLM")."""
-    for arch in architectures or []:
+    if not isinstance(architectures, (list, tuple)):  # (a config.json's `"architectures": 5`)
+        return None
+    for arch in architectures:
+        if not isinstance(arch, str):
+            continue
         for family in FAMILIES.values():
             if any(arch.lower().startswith(t.replace("-", "").replace("_", "")) for t in family.model_types):
                 return family
@@ -198,6 +202,8 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
 
     name = str(name_or_path)
     target, checkpoint, is_dir = resolve_model(name, flag)
+    if is_dir and (problem := _config_json_problem(target)):
+        raise ModelError(f"{name}: cannot load the model directory: {problem}")
     hub_kwargs: dict[str, Any] = {}
     if is_dir and revision is not None:
         from protrans_cli import console
@@ -236,6 +242,25 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
                              "id (owner/name)") from None
         raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag)) from None
     return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
+
+
+def _config_json_problem(directory) -> str | None:
+    """Why a model directory's config.json is not a JSON object whose `model_type` (if any) is a
+    string, or None (also for a file that is not JSON: transformers' own message says so).
+    transformers read `[1, 2]`, `"x"`, `null` or `{"model_type": ["bert"]}` into a traceback."""
+    import json
+
+    path = Path(directory) / "config.json"
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        return f"{path} holds {kind}, not a JSON object of settings"
+    if "model_type" in data and not isinstance(data["model_type"], str):
+        return f"{path}: its model_type is {data['model_type']!r}, not a name"
+    return None
 
 
 def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_files_only=None) -> LoadedModel:
