@@ -1356,6 +1356,35 @@ def test_offline_hub_model_with_only_its_config_cached_is_named_as_such(tmp_path
             in result.stderr), result.stderr
 
 
+def test_a_cached_hub_model_records_its_commit_and_a_resume_after_main_moved_is_refused(tmp_path, tiny_models):
+    """transformers 5 keeps no `_commit_hash` on a config: every file recorded `commit` empty, and
+    `--resume` after the hub's `main` moved on mixed rows of two models in one file."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny"
+    for commit in ("a" * 40, "b" * 40):
+        shutil.copytree(tiny_models["bert"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    out = tmp_path / "x.h5"
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "protrans_cli", "embed", str(SMALL), "-m", "someone/tiny", "-o",
+                               str(out), "--device", "cpu", *extra], capture_output=True, text=True, env=env,
+                              timeout=120)
+
+    assert run().returncode == 0
+    with EmbeddingsReader(out) as r:
+        assert r.attrs["commit"] == "a" * 40
+    (repo / "refs" / "main").write_text("b" * 40)
+    result = run("--resume")
+    assert result.returncode == 2 and f"this run uses commit='{'b' * 40}'" in result.stderr, result.stderr
+
+
 def _tiny_embedder(family_name: str, path, *, positions: int):
     """The embedder of a tiny random model of `family_name` with a table of `positions`, saved at `path`."""
     from protrans_cli.embed import EmbedOptions, build_embedder

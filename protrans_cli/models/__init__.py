@@ -334,7 +334,24 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
     return LoadedModel(name=name, path_or_hub_id=target, revision=None if is_dir else revision, family=family,
                        tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(model.config),
                        num_layers=family.num_layers(model.config), checkpoint=checkpoint,
-                       commit=None if is_dir else getattr(source.config, "_commit_hash", None))
+                       commit=None if is_dir else _hub_commit(target, hub_kwargs, source.config))
+
+
+def _hub_commit(repo_id: str, hub_kwargs: dict, config) -> str | None:
+    """The hub commit a hub model's files came from: the snapshot its config.json was read from
+    in the local cache (transformers 5 no longer keeps it on the config as `_commit_hash`, so
+    every file recorded an empty `commit` and `--resume` could not tell a `main` that moved on)."""
+    commit = getattr(config, "_commit_hash", None)
+    if commit:
+        return commit
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from transformers.utils.hub import extract_commit_hash
+
+        path = try_to_load_from_cache(repo_id, "config.json", revision=hub_kwargs.get("revision"))
+        return extract_commit_hash(path, None) if isinstance(path, str) else None
+    except Exception:  # noqa: BLE001 - provenance only: unknown, as for a local directory
+        return None
 
 
 _COPY_TOKENIZER = ("copy the tokenizer files (tokenizer.json, or vocab.txt / spiece.model, with "
