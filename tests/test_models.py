@@ -320,7 +320,7 @@ def test_unsupported_model_type_is_model_error(tmp_path):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
-    with pytest.raises(ModelError, match="unsupported model type 'gpt2'"):
+    with pytest.raises(ModelError, match=f"^{tmp_path}: unsupported model type 'gpt2'"):
         load_model(tmp_path)
 
 

@@ -229,7 +229,7 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         config = _config_without_model_type(target, checkpoint, hub_kwargs) if "`model_type`" in text else None
         if config is not None:
-            return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
+            return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, _family_of(name, config))
         if "model type" in text or "model_type" in text:
             if is_dir and _is_head(target):  # `embed -m heads/ss3`: transformers' "Unrecognized model"
                 raise ModelError(f"{name}: a prediction head, not a language model: apply it with `protrans "
@@ -241,7 +241,7 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
             raise ModelError(f"{name}: not a model directory, a short name (`protrans models`) or a valid hub "
                              "id (owner/name)") from None
         raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag)) from None
-    return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, family_for_config(config))
+    return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, _family_of(name, config))
 
 
 def _config_json_problem(directory) -> str | None:
@@ -261,6 +261,15 @@ def _config_json_problem(directory) -> str | None:
     if "model_type" in data and not isinstance(data["model_type"], str):
         return f"{path}: its model_type is {data['model_type']!r}, not a name"
     return None
+
+
+def _family_of(name: str, config) -> Family:
+    """`family_for_config`, its error naming the model (`-m gpt2dir` said only "unsupported
+    model type 'gpt2'", not which model or directory it was)."""
+    try:
+        return family_for_config(config)
+    except ModelError as exc:
+        raise ModelError(f"{name}: {exc}") from None
 
 
 def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_files_only=None) -> LoadedModel:
