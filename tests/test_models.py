@@ -190,6 +190,10 @@ def test_offline_missing_hub_model_is_one_line_model_error():
     assert "Rostlab/prot_bert" in message and "-m DIR" in message and "offline" in message
     with pytest.raises(ModelError, match="-m DIR"):
         load_model("someone/not_a_model_xyz")
+    # the download hint names the revision asked for (`hf download` alone fetches main)
+    with pytest.raises(ModelError, match=r"`hf download Rostlab/prot_bert --revision v2 --local-dir DIR`"):
+        load_model("prot_bert", revision="v2")
+    assert "--revision" not in message
 
 
 def test_no_network_without_hf_hub_offline_uses_the_cache_at_once(monkeypatch):

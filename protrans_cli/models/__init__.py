@@ -235,12 +235,14 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
                 raise ModelError(f"{name}: a prediction head, not a language model: apply it with `protrans "
                                  f"predict {name} --fasta FILE` (it embeds with its own model)") from None
             raise ModelError(f"{name}: unsupported model ({text})") from None
-        raise ModelError(_not_found_message(name, target, is_dir, text, flag)) from None
+        raise ModelError(_not_found_message(name, target, is_dir, text, flag,
+                                             revision=hub_kwargs.get("revision"))) from None
     except (OSError, KeyError) as exc:
         if _invalid_repo_id(exc):  # "foo bar": nothing to download, whatever the network
             raise ModelError(f"{name}: not a model directory, a short name (`protrans models`) or a valid hub "
                              "id (owner/name)") from None
-        raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag)) from None
+        raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag,
+                                             revision=hub_kwargs.get("revision"))) from None
     return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, _family_of(name, config))
 
 
@@ -308,7 +310,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                 # transformers fails in odd ways then ("expected str, bytes or os.PathLike object")
                 raise ModelError(f"{name}: the model directory has no tokenizer files; {_COPY_TOKENIZER}") from None
             if isinstance(exc, OSError):
-                raise ModelError(_not_found_message(name, target, is_dir, first_line(exc))) from None
+                raise ModelError(_not_found_message(name, target, is_dir, first_line(exc),
+                                             revision=hub_kwargs.get("revision"))) from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
             hint = " (pip install sentencepiece protobuf)" if _names_missing_sentencepiece(str(exc)) else ""
             if "tiktoken" in str(exc) or not isinstance(exc, (ImportError, ValueError)):
@@ -322,7 +325,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
         if not is_dir and unknown_residues(family, tokenizer) and not _tokenizer_cached(target, hub_kwargs):
             # offline with the hub model's config cached but not its tokenizer: transformers made an
             # empty tokenizer from the config, which read as "not a protein tokenizer"
-            raise ModelError(_not_found_message(name, target, is_dir, "", what="its tokenizer files"))
+            raise ModelError(_not_found_message(name, target, is_dir, "", what="its tokenizer files",
+                                             revision=hub_kwargs.get("revision")))
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None))
         try:
             # (on the CPU; the caller's random numbers are put back: BERT's encoder initialised
@@ -331,7 +335,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             with torch.random.fork_rng(devices=[]):
                 model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
-            raise ModelError(_not_found_message(name, target, is_dir, first_line(exc))) from None
+            raise ModelError(_not_found_message(name, target, is_dir, first_line(exc),
+                                             revision=hub_kwargs.get("revision"))) from None
         except weight_errors() as exc:
             raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
     try:
@@ -552,8 +557,10 @@ def _offline() -> bool:
 
 
 def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: str = "-m",
-                       what: str = "") -> str:
-    """`what`: the part of the hub model that is missing from the cache (all of it when empty)."""
+                       what: str = "", revision: str | None = None) -> str:
+    """`what`: the part of the hub model that is missing from the cache (all of it when empty);
+    `revision`: the one asked for, which the download hint names (without it `hf download`
+    fetches `main`, and the run still could not find its revision)."""
     if is_dir:
         return f"{name}: cannot load the model directory: {reason}"
     if _offline():
@@ -568,7 +575,8 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
         return f"cannot load model {name!r}: {typo} ({missing} not in the local Hugging Face cache and {why})"
     return (f"cannot load model {name!r}: no local directory of that name, and {missing} "
             f"not in the local Hugging Face cache and {why}; "
-            f"download it where there is network (`hf download {target} --local-dir DIR`) "
+            f"download it where there is network "
+            f"(`hf download {target}{f' --revision {revision}' if revision else ''} --local-dir DIR`) "
             f"and pass the directory: {flag} DIR")
 
 
