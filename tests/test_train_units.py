@@ -1595,3 +1595,13 @@ def test_clm_predictions_never_see_later_tokens_across_segments():
     for t, run in zip((3, 7, 8, 20), runs[1:]):
         assert torch.equal(run[:, :t + 1], runs[0][:, :t + 1])
         assert not torch.equal(run[:, t + 1:], runs[0][:, t + 1:])
+
+
+@pytest.mark.parametrize("seed", [2**63, 10**23])
+def test_a_seed_beyond_64_bits_is_a_usage_error(tmp_path, run_cli, seed):
+    """torch.manual_seed takes 64 bits: `--seed 18446744073709551616` (or a config file's) was a
+    traceback, "Overflow when unpacking long long", once the run was being built."""
+    r = run_cli("train", "--corpus", "c.txt", "--seed", seed, "-o", tmp_path / "r")
+    assert r.exit_code == 2 and r.stderr == (f"protrans: error: --seed (seed) must be at most 2**63 - 1 "
+                                             f"(9223372036854775807), got {seed}\n"), r.stderr
+    TrainConfig(corpus=["c.txt"], seed=2**63 - 1).check_values()

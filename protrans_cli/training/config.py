@@ -29,6 +29,7 @@ OPTIMIZERS = ("adamw", "lamb", "adafactor")
 SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
+MAX_SEED = 2**63 - 1  # torch's generators take 64 bits, and rank r seeds seed + r
 
 
 @dataclass
@@ -218,6 +219,10 @@ class TrainConfig:
         for name, least in (("seed", 0), ("segment_length", 1), ("fsdp_min_params", 0)):
             if getattr(self, name) < least:
                 raise UsageError(f"{setting_name(name)} must be at least {least}, got {getattr(self, name)}")
+        if self.seed > MAX_SEED:
+            # torch.manual_seed takes 64 bits (each rank seeds seed + rank): a larger seed was a
+            # traceback ("Overflow when unpacking long long") once the run was being built
+            raise UsageError(f"{setting_name('seed')} must be at most 2**63 - 1 ({MAX_SEED}), got {self.seed}")
         if self.sop and (self.objective or "mlm") != "mlm":
             raise UsageError("sop (sentence-order prediction) goes with the mlm objective only")
         if self.sop and self.model_overrides.get("type_vocab_size", 2) < 2:
