@@ -1605,3 +1605,27 @@ def test_a_seed_beyond_64_bits_is_a_usage_error(tmp_path, run_cli, seed):
     assert r.exit_code == 2 and r.stderr == (f"protrans: error: --seed (seed) must be at most 2**63 - 1 "
                                              f"(9223372036854775807), got {seed}\n"), r.stderr
     TrainConfig(corpus=["c.txt"], seed=2**63 - 1).check_values()
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(phases=["32:2"]), "TrainConfig.phases must be a list of Phase (Phase(512, 1000) or "
+                            "Phase.parse('512:1000')), got str '32:2'"),
+    (dict(phases=[(32, 2)]), "TrainConfig.phases must be a list of Phase (Phase(512, 1000) or "
+                             "Phase.parse('512:1000')), got tuple (32, 2)"),
+    (dict(phases=[Phase("32", 2)]), "Phase.max_length must be an int, got '32'"),
+    (dict(model_overrides=[("hidden_dropout_prob", 0.0)]),
+     "TrainConfig.model_overrides must be a dict of model config fields, got [('hidden_dropout_prob', 0.0)]"),
+    (dict(corpus=3), "TrainConfig.corpus must be a path or a list of paths, got 3"),
+    (dict(corpus=[3]), "TrainConfig.corpus must be a path or a list of paths, got [3]"),
+])
+def test_train_config_of_the_wrong_structure_from_python_is_a_usage_error(tmp_path, settings, message):
+    """train(TrainConfig(phases=["512:1000"])) (the --phase syntax, which a config file takes) was an
+    AttributeError deep inside; a list of pairs as model_overrides or a number as the corpus a
+    TypeError: the README promises a UsageError naming the field, before any work."""
+    from protrans_cli.training.loop import train
+
+    settings = {"corpus": ["c.txt"], **settings}
+    with pytest.raises(UsageError) as err:
+        train(TrainConfig(output_dir=str(tmp_path / "r"), **settings))
+    assert err.value.message == message
+    assert not (tmp_path / "r").exists()

@@ -174,6 +174,7 @@ class TrainConfig:
 
     def validate(self, world_size: int = 1) -> None:
         """Refuse contradictory settings up front, before any model is built."""
+        self._check_structure()
         if not self.corpus:
             raise UsageError("no training corpus: give --corpus (or 'corpus' in the config file)")
         from protrans_cli.io.files import utf8_path_problem, utf8_text
@@ -201,6 +202,7 @@ class TrainConfig:
     def check_values(self) -> None:
         """Each setting's own range and the pairs that cannot go together, whatever the corpus and
         the number of processes: run on a config file alone too, so that its errors name it."""
+        self._check_structure()
         for name, allowed in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES), ("precision", PRECISIONS),
                               ("strategy", STRATEGIES), ("sdpa_kernels", SDPA_KERNELS)):
@@ -255,6 +257,27 @@ class TrainConfig:
             for name in ("global_batch_size", "micro_batch_size"):
                 if getattr(phase, name) < 1:
                     raise UsageError(f"{where}: {setting_name(name)} must be at least 1, got {getattr(phase, name)}")
+
+    def _check_structure(self) -> None:
+        """The settings that are not plain values (which errors.expect_options checks): from
+        Python, phases as "512:1000" strings or tuples, a list of pairs as model_overrides or a
+        corpus of numbers were an AttributeError or TypeError deep inside train()."""
+        for name in ("corpus", "val_corpus"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                raise UsageError(f"TrainConfig.{name} must be a path or a list of paths, got {value!r:.60}")
+        if not isinstance(self.model_overrides, dict) or not all(isinstance(k, str) for k in self.model_overrides):
+            raise UsageError("TrainConfig.model_overrides must be a dict of model config fields, got "
+                             f"{self.model_overrides!r:.60}")
+        if not isinstance(self.phases, (list, tuple)):
+            raise UsageError(f"TrainConfig.phases must be a list of Phase, got {self.phases!r:.60}")
+        for phase in self.phases:
+            if not isinstance(phase, Phase):
+                raise UsageError(f"TrainConfig.phases must be a list of Phase (Phase(512, 1000) or "
+                                 f"Phase.parse('512:1000')), got {type(phase).__name__} {phase!r:.60}")
+            for f in dataclasses.fields(Phase):
+                if problem := type_problem(f.type, getattr(phase, f.name)):
+                    raise UsageError(f"Phase.{f.name} must be {problem}, got {getattr(phase, f.name)!r:.60}")
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
