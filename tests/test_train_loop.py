@@ -505,6 +505,21 @@ def test_cli_threads_from_the_config_file_unless_given(tmp_path, run_cli, monkey
         torch.set_num_threads(1)
 
 
+def test_cli_threads_left_out_are_saved_as_not_given(tmp_path, run_cli, monkeypatch):
+    """Neither -j nor the file's threads: PROTRANS_THREADS (or the default) runs, and
+    train_config.json records threads as not given; saved as the number, the file as a template
+    (or a --resume on another machine) overrode that machine's PROTRANS_THREADS and default."""
+    monkeypatch.setenv("PROTRANS_THREADS", "1")
+    try:
+        res = run_cli("train", "--corpus", LEARNABLE, "--num-steps", 1, "--max-length", 32, "--global-batch-size", 4,
+                      "--micro-batch-size", 4, "-o", tmp_path / "a")
+        assert res.exit_code == 0, res.stderr
+        assert json.loads((tmp_path / "a" / "train_config.json").read_text())["threads"] is None
+        assert TrainConfig.from_file(tmp_path / "a" / "train_config.json").threads is None
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_cli_list_presets(run_cli):
     res = run_cli("train", "--list-presets")
     assert res.exit_code == 0

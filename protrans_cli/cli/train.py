@@ -177,7 +177,11 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         where = "--phase" if phases else f"the phases of {config_file}"
         raise UsageError(f"{' and '.join(single)} cannot go with {where}: each phase sets its own "
                          "length and steps (LEN:STEPS[:GLOBAL[:MICRO]])")
-    # -j overrides the config file's threads only when given; neither: PROTRANS_THREADS or the default.
+    # -j overrides the config file's threads only when given; neither: PROTRANS_THREADS or the default,
+    # which train_config.json records as not given (null): saved as a number, it came back from the
+    # file as a template or on --resume and overrode PROTRANS_THREADS and another machine's default.
+    if threads is None and config.threads is None:
+        saved_as["threads"] = None
     if threads is not None or config.threads is None:
         threads = resolve_threads(threads)
     config = config.override(model_overrides=parse_set(model_set) or None, phases=list(phases) or None,
