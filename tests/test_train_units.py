@@ -1629,3 +1629,16 @@ def test_train_config_of_the_wrong_structure_from_python_is_a_usage_error(tmp_pa
         train(TrainConfig(output_dir=str(tmp_path / "r"), **settings))
     assert err.value.message == message
     assert not (tmp_path / "r").exists()
+
+
+def test_a_model_override_that_is_not_a_json_value_is_a_usage_error(tmp_path, run_cli):
+    """A TOML date in [model_overrides] (for a field the model's config takes as it is) was a
+    TypeError traceback, "Object of type date is not JSON serializable", once the model was built
+    and train_config.json written."""
+    config = tmp_path / "c.toml"
+    config.write_text('[model_overrides]\narchitectures = ["x", 1979-05-27]\n')
+    r = run_cli("train", "--config", config, "--corpus", "c.txt", "-o", tmp_path / "r")
+    assert r.exit_code == 2 and r.stderr.startswith(
+        f"protrans: error: {config}: --set / model_overrides (architectures=['x', datetime.date(1979, 5, 27)]): "
+        "not a JSON value"), r.stderr
+    assert not (tmp_path / "r").exists()

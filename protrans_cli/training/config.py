@@ -269,6 +269,14 @@ class TrainConfig:
         if not isinstance(self.model_overrides, dict) or not all(isinstance(k, str) for k in self.model_overrides):
             raise UsageError("TrainConfig.model_overrides must be a dict of model config fields, got "
                              f"{self.model_overrides!r:.60}")
+        for key, value in self.model_overrides.items():
+            # (saved in train_config.json: a TOML date, `architectures = 2024-01-01`, which the
+            # model's config took, was a TypeError once the model was built and the run started)
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"--set / model_overrides ({key}={value!r:.60}): not a JSON value ({exc}); "
+                                 "the settings are saved as JSON") from None
         if not isinstance(self.phases, (list, tuple)):
             raise UsageError(f"TrainConfig.phases must be a list of Phase, got {self.phases!r:.60}")
         for phase in self.phases:
