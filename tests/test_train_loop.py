@@ -1005,6 +1005,18 @@ def test_resume_with_phases_added_names_the_phases_not_a_default_length(tmp_path
     assert "phases (LEN:GLOBAL_BATCH): '64:16 (no phases)' there, '64:16, 32:16' here" in message, message
     # (not "512" alone: the checkpoint's path in the message may hold it, as in /tmp/pytest-512/)
     assert "512 here" not in message and "max_length:" not in message, message
+    # the run's own length and global batch as its one phase is the same run (it was refused:
+    # "'64:16 (no phases)' there, '64:16' here"), and ends where the run without phases ends
+    resumed = train(_config(tmp_path, phases=[Phase(64, 30)]), resume=True)
+    assert resumed.completed and resumed.step == 30
+    straight = train(_config(tmp_path / "straight"))
+    from safetensors.torch import load_file
+
+    a, b = (load_file(r.run_dir / "model.safetensors") for r in (resumed, straight))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train(_config(tmp_path / "again", stop_after=2))
+    with pytest.raises(UsageError, match="'64:16 \\(no phases\\)' there, '64:8' here"):
+        train(_config(tmp_path / "again", phases=[Phase(64, 30, 8)]), resume=True)
 
 
 def test_resume_may_change_the_current_phase_but_not_a_finished_one(tmp_path):

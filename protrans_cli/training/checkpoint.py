@@ -554,6 +554,11 @@ def _same_file(saved_path: str, path: str) -> bool:
             and os.path.basename(os.path.normpath(saved_path)) == os.path.basename(os.path.normpath(path)))
 
 
+def _phase_shapes(side: dict, shapes: list) -> list:
+    """(max length, global batch) of each phase; a run without phases is one such phase."""
+    return shapes or [(side.get("max_length"), side.get("global_batch_size"))]
+
+
 def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="cpu") -> "TrainConfig":
     """`config`, checked against the checkpoint's train_config.json: a resumed run with another
     corpus, batch, seed or optimizer setting went on silently (the saved data position applied to
@@ -601,17 +606,21 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
             saved[key] = new
     if now["init_from"] and saved.get("init_from"):
         saved["preset"] = now["preset"]  # meaningless there; earlier versions recorded the default
-    saved_phases = [(p.get("max_length"), p.get("global_batch_size")) for p in saved.get("phases") or []]
-    now_phases = [(p["max_length"], p["global_batch_size"]) for p in now["phases"]]
     differ = [k for k in RESUME_SETTINGS if k in saved and saved[k] != now[k]]
-    if "phases" in saved and saved_phases != now_phases:
-        # Phases on one side at least: the single-phase max_length is a default nobody gave there
-        # (it read "max_length: 64 there, 512 here" for --phase 64:2 --phase 32:2); name the phases.
-        differ = [k for k in differ if k != "max_length"]
-        for side, phases in ((saved, saved_phases), (now, now_phases)):
-            side[_PHASES_SHOWN] = ", ".join(f"{n}:{g or side.get('global_batch_size')}" for n, g in phases) \
-                or f"{side.get('max_length')}:{side.get('global_batch_size')} (no phases)"
-        differ.append(_PHASES_SHOWN)
+    if "phases" in saved and (saved["phases"] or now["phases"]):
+        # Phases on one side at least: compared as the lengths and global batches they train at,
+        # a run without phases being one phase of its max_length and global batch (a run started
+        # without phases and resumed with the same one as --phase was refused). The single-phase
+        # max_length is then a default nobody gave (it read "max_length: 64 there, 512 here" for
+        # --phase 64:2 --phase 32:2); name the phases instead.
+        differ = [k for k in differ if k not in ("max_length", "global_batch_size")]
+        shapes = {id(side): [(p.get("max_length"), p.get("global_batch_size") or side.get("global_batch_size"))
+                             for p in side.get("phases") or []] for side in (saved, now)}
+        if _phase_shapes(saved, shapes[id(saved)]) != _phase_shapes(now, shapes[id(now)]):
+            for side in (saved, now):
+                side[_PHASES_SHOWN] = ", ".join(f"{n}:{g}" for n, g in shapes[id(side)]) \
+                    or f"{side.get('max_length')}:{side.get('global_batch_size')} (no phases)"
+            differ.append(_PHASES_SHOWN)
     if differ:
         shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" if k in now else k for k in differ[:4])
         raise UsageError(f"cannot resume from {where} with other settings ({shown}): use the run's settings "
