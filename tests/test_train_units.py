@@ -1597,14 +1597,29 @@ def test_clm_predictions_never_see_later_tokens_across_segments():
         assert not torch.equal(run[:, t + 1:], runs[0][:, t + 1:])
 
 
-@pytest.mark.parametrize("seed", [2**63, 10**23])
+@pytest.mark.parametrize("seed", [2**64, 10**23])
 def test_a_seed_beyond_64_bits_is_a_usage_error(tmp_path, run_cli, seed):
     """torch.manual_seed takes 64 bits: `--seed 18446744073709551616` (or a config file's) was a
     traceback, "Overflow when unpacking long long", once the run was being built."""
     r = run_cli("train", "--corpus", "c.txt", "--seed", seed, "-o", tmp_path / "r")
-    assert r.exit_code == 2 and r.stderr == (f"protrans: error: --seed (seed) must be at most 2**63 - 1 "
-                                             f"(9223372036854775807), got {seed}\n"), r.stderr
-    TrainConfig(corpus=["c.txt"], seed=2**63 - 1).check_values()
+    assert r.exit_code == 2 and r.stderr == (f"protrans: error: --seed (seed) must be at most 2**64 - 1 "
+                                             f"(18446744073709551615), got {seed}\n"), r.stderr
+
+
+def test_a_seed_from_2_63_to_2_64_is_taken_and_each_rank_stays_in_64_bits(tmp_path):
+    """torch.manual_seed takes an unsigned 64-bit seed: 2**63 and above trained, and a limit of
+    2**63 - 1 refused them (and the --resume of a run started with one). Rank r seeds seed + r."""
+    import torch
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("MKT\n\n")
+    for seed in (2**63, 2**64 - 1):
+        TrainConfig(corpus=[str(corpus)], seed=seed).validate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # (what build_run does on rank 0)
+    TrainConfig(corpus=[str(corpus)], seed=2**64 - 2).validate(world_size=2)
+    with pytest.raises(UsageError, match=r"at most 2\*\*64 - 2 with 2 processes"):
+        TrainConfig(corpus=[str(corpus)], seed=2**64 - 1).validate(world_size=2)
 
 
 @pytest.mark.parametrize("settings,message", [

@@ -29,7 +29,7 @@ OPTIMIZERS = ("adamw", "lamb", "adafactor")
 SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
-MAX_SEED = 2**63 - 1  # torch's generators take 64 bits, and rank r seeds seed + r
+MAX_SEED = 2**64 - 1  # torch.manual_seed takes an unsigned 64-bit seed, and rank r seeds seed + r
 
 
 @dataclass
@@ -195,6 +195,9 @@ class TrainConfig:
             raise UsageError(f"--strategy none (strategy) is for one process, not {world_size}: under torchrun use "
                              "auto, ddp or fsdp")
         self.check_values()
+        if self.seed + world_size - 1 > MAX_SEED:  # (rank r seeds seed + r)
+            raise UsageError(f"{setting_name('seed')} must be at most 2**64 - {world_size} with {world_size} "
+                             f"processes (rank r seeds seed + r), got {self.seed}")
         for i, phase in enumerate(self.resolved_phases(), 1):
             where = f"phase {i} ({phase.max_length}:{phase.num_steps})" if self.phases else "training"
             grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, world_size, where=where)
@@ -222,9 +225,10 @@ class TrainConfig:
             if getattr(self, name) < least:
                 raise UsageError(f"{setting_name(name)} must be at least {least}, got {getattr(self, name)}")
         if self.seed > MAX_SEED:
-            # torch.manual_seed takes 64 bits (each rank seeds seed + rank): a larger seed was a
-            # traceback ("Overflow when unpacking long long") once the run was being built
-            raise UsageError(f"{setting_name('seed')} must be at most 2**63 - 1 ({MAX_SEED}), got {self.seed}")
+            # torch.manual_seed takes 64 bits, unsigned: a larger seed was a traceback ("Overflow
+            # when unpacking long long") once the run was being built. (2**63 to 2**64 - 1 train:
+            # an earlier limit of 2**63 - 1 refused them, and the runs started with one on --resume.)
+            raise UsageError(f"{setting_name('seed')} must be at most 2**64 - 1 ({MAX_SEED}), got {self.seed}")
         if self.sop and (self.objective or "mlm") != "mlm":
             raise UsageError("sop (sentence-order prediction) goes with the mlm objective only")
         if self.sop and self.model_overrides.get("type_vocab_size", 2) < 2:
