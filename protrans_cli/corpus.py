@@ -1374,8 +1374,8 @@ def _refuse_a_stream_read_twice(inputs: Sequence[str]) -> None:
             st = os.fstat(0) if path == "-" else os.stat(path)
         except OSError:
             continue  # (a closed stdin: open_input names it)
-        if _stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode):
-            continue
+        if not (_stat.S_ISFIFO(st.st_mode) or _stat.S_ISSOCK(st.st_mode)):
+            continue  # (a file, or a device such as /dev/null, which reads the same each time)
         key = (st.st_dev, st.st_ino)
         if key in seen:
             raise UsageError(f"{path} and {seen[key]} are one stream, which can be read only once")

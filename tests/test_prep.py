@@ -1147,3 +1147,12 @@ def test_a_pipe_named_twice_is_refused_not_read_as_empty(tmp_path):
     fasta.write_bytes(b">a\nMK\n")
     build_corpus([str(fasta), str(fasta)], CorpusOptions(output=str(tmp_path / "c.txt"), threads=1))
     assert (tmp_path / "c.txt").read_bytes() == b"M K\n\n" * 2
+
+
+def test_dev_null_named_twice_is_not_one_stream(tmp_path):
+    """Only a pipe or socket is read once: /dev/null twice (an empty placeholder in a list of
+    inputs) was refused as "one stream, which can be read only once", and adds nothing either way."""
+    fasta = tmp_path / "a.fa"
+    fasta.write_bytes(b">a\nMK\n")
+    build_corpus([str(fasta), os.devnull, os.devnull], CorpusOptions(output=str(tmp_path / "c.txt"), threads=1))
+    assert (tmp_path / "c.txt").read_bytes() == b"M K\n\n"
