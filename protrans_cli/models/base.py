@@ -28,7 +28,7 @@ from protrans_cli.residues import THREE_DI_PREFIX
 # the network run without being asked for (the policy that keeps trust_remote_code off), a
 # download an offline cluster cannot make, and numbers that no longer come from the model's own
 # code; without the `kernels` package installed, every load failed. transformers 5.15-5.24 take
-# the same keyword with False as its default.
+# the same keyword with False as its default. A caller's own `use_kernels` wins.
 NO_HUB_KERNELS = {"use_kernels": False}
 
 
@@ -205,7 +205,7 @@ class Family:
         with torch.device("meta"):
             model_class = type(self.pretraining_model(config))
         refuse_missing_layers(model_class, directory)
-        return model_class.from_pretrained(str(directory), config=config, **NO_HUB_KERNELS, **kwargs)
+        return model_class.from_pretrained(str(directory), config=config, **{**NO_HUB_KERNELS, **kwargs})
 
     def save_pretrained(self, model, tokenizer, directory) -> None:
         """Write an HF model directory that `load_encoder` and `AutoModel` read back."""
@@ -566,7 +566,7 @@ def load_checked(model_class, name_or_path, *, dtype=None, **kwargs):
     if problem:
         raise ModelError(f"{name_or_path}: {problem}")
     model, info = model_class.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True,
-                                              **NO_HUB_KERNELS, **kwargs)
+                                              **{**NO_HUB_KERNELS, **kwargs})
     missing = [k for k in info.get("missing_keys", []) if not k.startswith(_OPTIONAL_ENCODER_KEYS)]
     if missing:
         raise ModelError(f"{name_or_path}: the checkpoint has no weights for {len(missing)} parameters of "
