@@ -554,9 +554,16 @@ def _same_file(saved_path: str, path: str) -> bool:
             and os.path.basename(os.path.normpath(saved_path)) == os.path.basename(os.path.normpath(path)))
 
 
-def _phase_shapes(side: dict, shapes: list) -> list:
-    """(max length, global batch) of each phase; a run without phases is one such phase."""
-    return shapes or [(side.get("max_length"), side.get("global_batch_size"))]
+def _phase_shapes(side: dict) -> list[tuple]:
+    """(max length, global batch) of each phase a config gives (a phase without a global batch
+    has the run's); none for a config without phases."""
+    return [(p.get("max_length"), p.get("global_batch_size") or side.get("global_batch_size"))
+            for p in side.get("phases") or []]
+
+
+def _single_phase(side: dict) -> tuple:
+    """(max length, global batch) of a config without phases: its one phase."""
+    return side.get("max_length"), side.get("global_batch_size")
 
 
 def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="cpu") -> "TrainConfig":
@@ -614,12 +621,11 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
         # max_length is then a default nobody gave (it read "max_length: 64 there, 512 here" for
         # --phase 64:2 --phase 32:2); name the phases instead.
         differ = [k for k in differ if k not in ("max_length", "global_batch_size")]
-        shapes = {id(side): [(p.get("max_length"), p.get("global_batch_size") or side.get("global_batch_size"))
-                             for p in side.get("phases") or []] for side in (saved, now)}
-        if _phase_shapes(saved, shapes[id(saved)]) != _phase_shapes(now, shapes[id(now)]):
-            for side in (saved, now):
-                side[_PHASES_SHOWN] = ", ".join(f"{n}:{g}" for n, g in shapes[id(side)]) \
-                    or f"{side.get('max_length')}:{side.get('global_batch_size')} (no phases)"
+        saved_phases, now_phases = _phase_shapes(saved), _phase_shapes(now)
+        if (saved_phases or [_single_phase(saved)]) != (now_phases or [_single_phase(now)]):
+            for side, phases in ((saved, saved_phases), (now, now_phases)):
+                side[_PHASES_SHOWN] = (", ".join(f"{n}:{g}" for n, g in phases)
+                                       or "{}:{} (no phases)".format(*_single_phase(side)))
             differ.append(_PHASES_SHOWN)
     if differ:
         shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" if k in now else k for k in differ[:4])
