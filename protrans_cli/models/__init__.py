@@ -235,14 +235,12 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
                 raise ModelError(f"{name}: a prediction head, not a language model: apply it with `protrans "
                                  f"predict {name} --fasta FILE` (it embeds with its own model)") from None
             raise ModelError(f"{name}: unsupported model ({text})") from None
-        raise ModelError(_not_found_message(name, target, is_dir, text, flag,
-                                             revision=hub_kwargs.get("revision"))) from None
+        raise ModelError(_not_found_message(name, target, is_dir, text, flag, revision=revision)) from None
     except (OSError, KeyError) as exc:
         if _invalid_repo_id(exc):  # "foo bar": nothing to download, whatever the network
             raise ModelError(f"{name}: not a model directory, a short name (`protrans models`) or a valid hub "
                              "id (owner/name)") from None
-        raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag,
-                                             revision=hub_kwargs.get("revision"))) from None
+        raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), flag, revision=revision)) from None
     return ModelSource(name, target, checkpoint, is_dir, hub_kwargs, config, _family_of(name, config))
 
 
@@ -310,8 +308,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                 # transformers fails in odd ways then ("expected str, bytes or os.PathLike object")
                 raise ModelError(f"{name}: the model directory has no tokenizer files; {_COPY_TOKENIZER}") from None
             if isinstance(exc, OSError):
-                raise ModelError(_not_found_message(name, target, is_dir, first_line(exc),
-                                             revision=hub_kwargs.get("revision"))) from None
+                raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
             hint = " (pip install sentencepiece protobuf)" if _names_missing_sentencepiece(str(exc)) else ""
             if "tiktoken" in str(exc) or not isinstance(exc, (ImportError, ValueError)):
@@ -326,7 +323,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             # offline with the hub model's config cached but not its tokenizer: transformers made an
             # empty tokenizer from the config, which read as "not a protein tokenizer"
             raise ModelError(_not_found_message(name, target, is_dir, "", what="its tokenizer files",
-                                             revision=hub_kwargs.get("revision")))
+                                                revision=revision))
         _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None))
         try:
             # (on the CPU; the caller's random numbers are put back: BERT's encoder initialised
@@ -335,8 +332,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             with torch.random.fork_rng(devices=[]):
                 model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
-            raise ModelError(_not_found_message(name, target, is_dir, first_line(exc),
-                                             revision=hub_kwargs.get("revision"))) from None
+            raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
         except weight_errors() as exc:
             raise ModelError(f"{name}: cannot load the weights: {weights_problem(exc)}") from None
     try:
