@@ -433,13 +433,24 @@ def test_no_load_swaps_in_kernels_from_the_hub(name, tmp_path, monkeypatch):
         asked.append(bool(use_kernels))
         return real(self, use_kernels, *args, **kwargs)
 
+    # and each load says so itself: under transformers 5.15-5.24 (False by default) the choice
+    # recorded above is False whether protrans passes use_kernels or not
+    passed = []
+    real_load = PreTrainedModel.from_pretrained.__func__
+
+    def load(cls, *args, **kwargs):
+        passed.append(kwargs.get("use_kernels"))
+        return real_load(cls, *args, **kwargs)
+
     monkeypatch.setattr(PreTrainedModel, "set_use_kernels", record)
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(load))
     family = FAMILIES[name]
     tokenizer, config, model = _tiny(family)
     family.save_pretrained(model, tokenizer, tmp_path)
     load_model(tmp_path)
     family.load_pretraining_model(tmp_path)
     assert asked and not any(asked)
+    assert passed and all(p is False for p in passed), passed
 
 
 def test_local_directory_named_like_a_short_name_wins(tmp_path, monkeypatch):
