@@ -1457,6 +1457,12 @@ def test_a_stopped_training_run_given_as_the_model_names_its_latest_checkpoint(t
     assert r.stderr.strip() == (f"protrans: error: {run}: a training run without its final model (it stopped "
                                 f"before its last step): its latest checkpoint, {latest}, is a model directory "
                                 f"(give it to -m), or `protrans train --resume -o {run}` finishes the run")
+    # the run's checkpoints/ folder itself (what a user lists to find them) names the latest too
+    r = run_cli("embed", fasta, "-m", run / "checkpoints", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1, r.stderr
+    assert r.stderr.strip() == (f"protrans: error: {run / 'checkpoints'}: a training run's checkpoints folder, not "
+                                f"a model directory: each step_N inside is one; give -m {latest} for the latest")
+    assert not list(tmp_path.glob("e.h5*"))
     r = run_cli("embed", fasta, "-m", latest, "-o", tmp_path / "e.h5")
     assert r.exit_code == 0, r.stderr
 
