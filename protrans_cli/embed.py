@@ -1179,6 +1179,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     start = time.perf_counter()  # rates count the embedding itself, not loading the model
     bar = console.progress(total=scan.num_residues, desc="embed" if dist.world_size == 1 else f"embed[{dist.rank}]",
                            unit="res", unit_scale=True)
+    computed = 0.0
     try:
         with writer, _Background(lambda work, *args: work(*args)) as background:
             for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet):
@@ -1220,8 +1221,10 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                     step = min(sum(_input_residues(p) for p in batch), to_count)
                     to_count -= step
                     bar.update(step)
-                    elapsed = max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix_str(f"{summary.num_embedded / elapsed:.1f} proteins/s", refresh=False)
+                    # proteins computed, a chunked one a share per window (the writer's count
+                    # lags, and stood at 0 through a run of one long protein)
+                    computed += sum(1 / len(p.unit.windows) if p.unit.windows else 1 for p in batch)
+                    bar.set_postfix_str(_protein_rate(computed, time.perf_counter() - start), refresh=False)
                 bar.update(to_count)
     finally:
         bar.close()
@@ -1234,6 +1237,12 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         _finish_ranks(summary, output, options, writer_kw, dist)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _protein_rate(proteins: float, seconds: float) -> str:
+    """The progress bar's protein rate: proteins/s, or s/protein below one a second."""
+    rate = proteins / max(seconds, 1e-9)
+    return f"{rate:.1f} proteins/s" if rate >= 1 else f"{1 / rate:.1f} s/protein" if rate > 0 else ""
 
 
 def _refuse_live_outputs(output) -> None:

@@ -329,6 +329,15 @@ def test_logs_get_a_progress_line_every_interval(monkeypatch, run_cli, tmp_path)
              and "%" in line]
     assert len(lines) == 3, result.stderr
     assert re.match(r"train: 3/3 step \(100%\) \[.*, loss \d+\.\d{4}, lr \d\.\d\de-\d\d, \d+ tokens/s\]$", lines[-1])
+    # one long protein in windows: its rate counts a share per window, not 0.0 until its end
+    fasta.write_text(">long\n" + "MKTAYIAKQRQISFVKSHFSRQ" * 20 + "\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "l.h5", "--max-length", "64",
+                     "--chunk-overlap", "16", "--long", "chunk", "--max-tokens", "70")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("embed: ")]
+    assert result.exit_code == 0 and len(lines) > 2, result.stderr
+    # (the first lines come before the first batch's postfix)
+    assert all(re.search(r", (\d+\.\d proteins/s|\d+\.\d s/protein)\]$", line) for line in lines[2:]), lines
+    assert not any(" 0.0 proteins/s" in line for line in lines), lines
     monkeypatch.setenv("PROTRANS_NO_PROGRESS", "1")
     result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o2.h5")
     assert result.exit_code == 0 and "embed: " not in result.stderr.replace("embedded", "")
@@ -577,3 +586,11 @@ def test_train_leaves_a_signal_the_caller_ignores_ignored():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_the_protein_rate_turns_to_seconds_per_protein_below_one_a_second():
+    from protrans_cli.embed import _protein_rate
+
+    assert _protein_rate(30, 2) == "15.0 proteins/s"
+    assert _protein_rate(0.25, 10) == "40.0 s/protein"  # a quarter of one long protein's windows
+    assert _protein_rate(0, 5) == ""
