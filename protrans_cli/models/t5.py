@@ -1,8 +1,10 @@
 """The T5 family (ProtT5-XL, ProtT5-XXL): encoder-decoder; embed uses the encoder alone.
 
 Input layout: spaced residues (U/Z/O/B -> X) followed by one `</s>`; no leading special
-token. The vocabulary mirrors ProtT5's 128 ids: `<pad>` 0, `</s>` 1, `<unk>` 2, 25 residues,
-and the 100 `<extra_id_*>` sentinels used by span corruption.
+token. The vocabulary has ProtT5's 128 ids: `<pad>` 0, `</s>` 1, `<unk>` 2 and 25 residues as
+ProtT5's, then the 100 `<extra_id_*>` sentinels of span corruption, numbered upwards from 28
+(ProtT5 numbers them downwards from 127; the objectives take them by name, and a model trained
+from ProtT5 with --init-from keeps ProtT5's tokenizer).
 ProtT5-XL: 24 + 24 layers, d_model 1024, d_ff 16384, 32 heads of d_kv 128 (~3B parameters,
 1.2B in the encoder); ProtT5-XXL: d_ff 65536, 128 heads (~11B, 4.8B in the encoder).
 """
