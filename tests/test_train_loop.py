@@ -1144,6 +1144,29 @@ def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):
     assert "\n" not in info.value.format()
 
 
+def test_resume_with_another_vocabulary_than_the_checkpoints_is_refused(tmp_path):
+    """A resumed run rebuilds its family's tokenizer: had a protrans release renumbered it, every
+    id would mean another token to the trained embeddings, silently. The ids the checkpoint saved
+    are compared (here the checkpoint's tokenizer.json has two residues swapped)."""
+    from protrans_cli.training import checkpoint as ckpt
+
+    train(_config(tmp_path, num_steps=4, save_every=2, stop_after=2))
+    where = tmp_path / "run_bert" / "checkpoints" / "step_00000002"
+    tokenizer = json.loads((where / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["A"], vocab["L"] = vocab["L"], vocab["A"]
+    (where / "tokenizer.json").write_text(json.dumps(tokenizer))
+    ckpt._write_sums(where)
+    with pytest.raises(InputError, match=r"trained with another vocabulary than this protrans builds for its "
+                                         r"family: 2 token\(s\) have other ids \(e.g. 'A': ") as info:
+        train(_config(tmp_path, num_steps=4, save_every=2), resume=True)
+    assert "\n" not in info.value.format()
+    vocab["A"], vocab["L"] = vocab["L"], vocab["A"]  # as saved: resumes
+    (where / "tokenizer.json").write_text(json.dumps(tokenizer))
+    ckpt._write_sums(where)
+    assert train(_config(tmp_path, num_steps=4, save_every=2), resume=True).step == 4
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_nothing(tmp_path, monkeypatch, signum):
     from protrans_cli.training import loop

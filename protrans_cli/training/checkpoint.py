@@ -530,6 +530,45 @@ def load_weights(directory, model) -> None:
                          path=str(directory)) from None
 
 
+def saved_vocabulary(directory) -> dict[str, int] | None:
+    """The token ids of the tokenizer a checkpoint saved (tokenizer.json, or ESM's vocab.txt), or
+    None where it saved neither."""
+    directory = Path(directory)
+    path = directory / "tokenizer.json"
+    try:
+        if path.is_file():
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
+        path = directory / "vocab.txt"
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                return {line.rstrip("\n"): i for i, line in enumerate(f)}
+    except Exception as exc:  # a damaged file: a tokenizers parse error, bad UTF-8
+        raise _damaged(directory, path.name, exc) from None
+    return None
+
+
+def check_vocabulary(directory, tokenizer) -> None:
+    """Refuse to resume with a tokenizer whose ids differ from those the checkpoint was trained
+    with (a protrans release that changed a family's vocabulary): every id would mean another
+    token to the trained embeddings, and nothing else would tell. For a run built from the family's
+    own tokenizer (an --init-from run resumes with the checkpoint's tokenizer itself)."""
+    saved = saved_vocabulary(directory)
+    if saved is None:
+        return
+    built = tokenizer.get_vocab()
+    if saved == built:
+        return
+    moved = sorted(t for t in saved.keys() & built.keys() if saved[t] != built[t])
+    what = (f"{len(moved)} token(s) have other ids (e.g. {moved[0]!r}: {saved[moved[0]]} there, "
+            f"{built[moved[0]]} here)" if moved else
+            f"{len(saved.keys() ^ built.keys())} token(s) are in one vocabulary only")
+    raise InputError(f"the checkpoint was trained with another vocabulary than this protrans builds for its "
+                     f"family: {what}; resume it with the protrans version that started the run, or start a new "
+                     "run with --init-from this checkpoint (which keeps its tokenizer)", path=str(directory))
+
+
 # Settings a resumed run must share with its checkpoint: what the model, the data, the order of
 # the batches, the masks and the optimizer's path depend on. The rest may change on a resume
 # (longer runs: num_steps and phase steps; logging, checkpoints, workers, threads, distribution,

@@ -646,7 +646,9 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     # weights that do not fit.
     config = run.config = ckpt.resumed_config(config, where, family=run.family, device=info.device.type)
     run.given = ckpt.given_settings(where, run.given)
-    ckpt.load_weights(where, run.model)
+    ckpt.load_weights(where, run.model)  # (another family's weights named as such first)
+    if not config.init_from:
+        ckpt.check_vocabulary(where, run.tokenizer)
     state = ckpt.load_training_state(where)
     if info.is_main:
         # (config.objective is resolved: the family's default where none was given)
