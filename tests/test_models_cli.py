@@ -29,6 +29,7 @@ def test_json_lists_every_family_preset_and_checkpoint(run_cli):
     assert layouts["xlnet"].startswith("M K T <sep> <cls>")
     packs = {f["name"]: f["packing"] for f in data["families"]}
     assert packs == {name: name in ("bert", "roberta", "albert", "electra", "esm") for name in FAMILIES}
+    assert {f["name"] for f in data["families"] if f["flex_attention"]} == {"t5"}
 
 
 def test_the_stored_catalog_is_what_the_models_give():
@@ -113,3 +114,14 @@ def test_tables_into_a_closed_pipe_exit_141_quietly(monkeypatch):
     finally:
         os.close(closed._fd)
     assert info.value.code == 141
+
+
+def test_the_families_table_says_where_each_family_packs(run_cli):
+    """T5 packs in embed under --attention flex; the table said "no" (the JSON's `packing` is
+    the --packing of train and embed's default attention, unchanged)."""
+    result = run_cli("models", "--families")
+    assert result.exit_code == 0, result.stderr
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:]]
+            for line in result.stdout.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
+    assert rows["t5"][2] == "embed --attention flex"
+    assert rows["bert"][2] == "yes" and rows["xlnet"][2] == "no" and rows["transfo_xl"][2] == "no"

@@ -65,7 +65,10 @@ def _print_tables(data: dict) -> None:
         for col in ("family", "objective", "input", "--packing", "presets", "description"):
             table.add_column(col)
         for f in data["families"]:
-            table.add_row(f["name"], f["objective"], f["input_layout"], "yes" if f["packing"] else "no",
+            # (T5 packs in embed under --attention flex only; "flex_attention" is absent from a catalog
+            # an older protrans wrote)
+            packs = "yes" if f["packing"] else "embed --attention flex" if f.get("flex_attention") else "no"
+            table.add_row(f["name"], f["objective"], f["input_layout"], packs,
                           ", ".join(f["presets"]), f["description"])
         out.print(_whole_names(table))
     if "presets" in data:

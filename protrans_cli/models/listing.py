@@ -31,7 +31,7 @@ def describe(*, family: str | None = None, families: bool = True, presets: bool 
             {"name": f.name, "model_types": list(f.model_types), "objective": f.objective,
              "description": f.description, "spaced": f.spaced, "rare_to": f.rare_to,
              "padding_side": f.padding_side, "input_layout": _input_layout(f), "packing": f.packable,
-             "presets": list(f.presets)}
+             "flex_attention": f.flex_attention, "presets": list(f.presets)}
             for f in (FAMILIES[n] for n in names)]
     if presets:
         data["presets"] = [
