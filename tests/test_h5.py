@@ -409,6 +409,25 @@ def test_an_empty_file_and_an_esm_extract_file_are_one_line_saying_what_they_are
         EmbeddingsReader(tmp_path / "P1.pt")
 
 
+def test_a_file_another_process_writes_is_said_to_be_in_use_not_unreadable(tmp_path):
+    """`fit --embeddings out.h5.partial` while embed still writes it: HDF5's lock refused it as
+    "not a readable HDF5 file (... unable to lock file ...)", which reads like a damaged file."""
+    from conftest import another_process
+
+    partial, other = tmp_path / "e.h5.partial", tmp_path / "other.h5"
+    holder = "import h5py\n" + "\n".join(f"f{i} = h5py.File({str(p)!r}, 'w'); f{i}.flush()"
+                                          for i, p in enumerate((partial, other)))
+    with another_process(holder):
+        with pytest.raises(InputError) as info:
+            EmbeddingsReader(partial)
+        assert info.value.format() == (f"{partial}: another process has it open for writing (HDF5's file lock); "
+                                       "protrans embed writes OUTPUT.partial and renames it OUTPUT once the run "
+                                       "ends: read that file when it is done")
+        with pytest.raises(InputError, match=r"other.h5: another process has it open for writing \(HDF5's file "
+                                             r"lock\): read it once that process is done$"):
+            EmbeddingsReader(other)
+
+
 def test_writer_does_not_create_through_a_planted_link(tmp_path):
     # `.OUT.partial.creating` has a fixed name: HDF5's "w" truncated the file a link planted
     # there pointed to, wrote the embeddings into it, and the link became OUT.
