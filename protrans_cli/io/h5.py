@@ -197,14 +197,14 @@ class EmbeddingsReader:
             self.file = h5_file(self.path, "r")
         except FileNotFoundError:
             raise InputError("no such file", path=self.path) from None
+        except BlockingIOError:  # a writer holds HDF5's lock on it (see h5_file): not a damaged file
+            ours = self.path.endswith(".partial")
+            raise InputError("another process has it open for writing (HDF5's file lock)" +
+                             ("; protrans embed writes OUTPUT.partial and renames it OUTPUT once the run ends: "
+                              "read that file when it is done" if ours else ": read it once that process is done"),
+                             path=self.path) from None
         except OSError as exc:
             hint = ""
-            if "unable to lock file" in str(exc):  # a writer holds it: HDF5's lock, not a damaged file
-                ours = self.path.endswith(".partial")
-                raise InputError("another process has it open for writing (HDF5's file lock)" +
-                                 ("; protrans embed writes OUTPUT.partial and renames it OUTPUT once the run ends: "
-                                  "read that file when it is done" if ours else ": read it once that process is done"),
-                                 path=self.path) from None
             if self.path.endswith(".pt"):  # esm-extract writes one torch file per protein
                 hint = ("; esm-extract's .pt files are not read: embed the FASTA with protrans embed -m "
                         "<the ESM model> for an HDF5 file")
