@@ -505,7 +505,10 @@ def _warn_beyond_training(embedder, scan: InputScan, max_length: int | None, nam
     if scan.longest <= residues or (max_length is not None and max_length <= residues):
         return
     overlap = f" --chunk-overlap {residues // 4}" if residues <= DEFAULT_CHUNK_OVERLAP else ""
-    console.warn(f"{name}: its longest protein has {scan.longest:,} residues, more than the {residues:,} that "
+    # (under --max-length, what a window or a truncated protein reaches: not the longest protein)
+    reach = (f" ({max_length:,} at most under --max-length {max_length})"
+             if max_length is not None and max_length < scan.longest else "")
+    console.warn(f"{name}: its longest protein has {scan.longest:,} residues{reach}, more than the {residues:,} that "
                  f"{embedder.name} saw whole in training ({source}); rows beyond them come from positions it never "
                  f"learned. --max-length {residues} --long-policy chunk{overlap} keeps every window within them")
 

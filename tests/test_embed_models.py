@@ -1491,6 +1491,11 @@ def test_proteins_longer_than_the_training_crops_are_warned_about(tiny_models, t
     r = run_cli("embed", fasta, "-m", model, "-o", tmp_path / "b.h5", "--max-length", "30", "--long-policy", "chunk",
                 "--chunk-overlap", "7")
     assert r.exit_code == 0 and "saw whole in training" not in r.stderr
+    # a --max-length between the two: what is embedded reaches it, not the longest protein
+    r = run_cli("embed", fasta, "-m", model, "-o", tmp_path / "e.h5", "--max-length", "40", "--long-policy", "chunk",
+                "--chunk-overlap", "8")
+    assert r.exit_code == 0, r.stderr
+    assert "its longest protein has 50 residues (40 at most under --max-length 40), more than the 30" in r.stderr
     # phases: the longest; a run that began from another model: not known
     (model / "train_config.json").write_text(json.dumps({"max_length": 32, "phases": [
         {"max_length": 16, "num_steps": 1}, {"max_length": 64, "num_steps": 1}]}))
