@@ -1408,6 +1408,55 @@ def test_metrics_of_a_stopped_and_resumed_run_are_the_uninterrupted_runs(tmp_pat
         train(_config(tmp_path / "again", stop_after=2, **kw), resume=True)
 
 
+def _board(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """The TensorBoard scalars of a run directory as TensorBoard itself reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_mirrors_metrics_and_a_resume_hides_what_came_after_the_checkpoint(tmp_path, run_cli):
+    """--tensorboard writes metrics.jsonl's lines as scalars (train/*, eval/*). A run killed after
+    logging steps its last checkpoint does not hold logs them again when resumed: TensorBoard must
+    show them once (purge_step), as metrics.jsonl drops the lines after the checkpoint."""
+    pytest.importorskip("tensorboard")  # in the [test] extra: present in CI
+    kw = dict(num_steps=6, log_every=1, save_every=2, tensorboard=True, val_corpus=[LEARNABLE], eval_every=3,
+              num_eval_batches=1)
+    whole = train(_config(tmp_path / "whole", **kw)).run_dir
+    board, rows = _board(whole), read_metrics(whole / "metrics.jsonl")
+    assert board["train/loss"] == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in rows]
+    assert board["train/lr"] == [(r["step"], pytest.approx(r["lr"], rel=1e-6)) for r in rows]
+    assert board["eval/loss"] == [(r["step"], pytest.approx(r["eval_loss"], rel=1e-6)) for r in rows if "eval_loss" in r]
+    assert [s for s, _ in board["eval/loss"]] == [3, 6]
+    # killed after logging step 5 (stopped there, its checkpoint removed): resumed from step 4
+    parts = train(_config(tmp_path / "parts", stop_after=5, **kw)).run_dir
+    import shutil
+
+    shutil.rmtree(parts / "checkpoints" / "step_00000005")
+    train(_config(tmp_path / "parts", **kw), resume=True)
+    resumed = _board(parts)
+    assert [s for s, _ in resumed["train/loss"]] == [1, 2, 3, 4, 5, 6]
+    for tag in ("train/loss", "eval/loss"):
+        assert resumed[tag] == [(s, pytest.approx(v, rel=1e-5)) for s, v in board[tag]], tag
+    # nothing logged (a run that fails before its first line): no folder, so its directory goes
+    from protrans_cli.training.metrics import TensorBoardLog
+
+    TensorBoardLog(tmp_path / "empty").close()
+    assert not (tmp_path / "empty").exists()
+    # without the package: one line before any model is built
+    import importlib.util
+
+    real = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+        result = run_cli("train", "--family", "bert", "--preset", "tiny", "--corpus", LEARNABLE, "-o",
+                         tmp_path / "none", "--num-steps", "2", "--tensorboard")
+    assert result.exit_code == 2 and "--tensorboard needs the tensorboard package" in result.stderr, result.stderr
+    assert "parameters" not in result.stderr and not (tmp_path / "none").exists()
+
+
 def test_a_corpus_without_proteins_is_refused_before_a_model_is_built(tmp_path, run_cli):
     empty, other = tmp_path / "empty.txt", tmp_path / "empty2.txt.gz"
     empty.write_text("")

@@ -69,6 +69,9 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--save-every", type=int, default=None, help="Checkpoint every N steps.  [default: 1000]")
 @click.option("--keep-last", type=int, default=None, help="Checkpoints kept.  [default: 3]")
 @click.option("--log-every", type=int, default=None, help="Steps per line of metrics.jsonl.  [default: 10]")
+@click.option("--tensorboard/--no-tensorboard", "tensorboard", default=None,
+              help="Also log metrics.jsonl's lines as TensorBoard scalars in RUN/tensorboard/ (needs the "
+                   "tensorboard package: pip install tensorboard).  [default: off]")
 @click.option("--eval-every", type=int, default=None, help="Steps between eval losses (0: at the end).  [default: 0]")
 @click.option("--num-workers", type=int, default=None, help="Data loader worker processes per rank.  [default: 0]")
 @click.option("--pad-multiple", type=int, default=None,

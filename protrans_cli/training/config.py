@@ -116,6 +116,7 @@ class TrainConfig:
     threads: int | None = None     # CPU threads per process
     # logging / checkpoints
     log_every: int = 10
+    tensorboard: bool = False      # metrics.jsonl's lines also as TensorBoard scalars under RUN/tensorboard/
     eval_every: int = 0            # 0: evaluate only at the end (when a val corpus is given)
     num_eval_batches: int = 20
     save_every: int = 1000

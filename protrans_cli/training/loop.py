@@ -46,7 +46,8 @@ from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainC
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_file, check_corpus,
                                         check_validation_corpus, corpus_fingerprint, count_proteins,
                                         evaluation_step_size, step_batches)
-from protrans_cli.training.metrics import Accumulator, append_metrics, plot_metrics, truncate_metrics
+from protrans_cli.training.metrics import (Accumulator, TensorBoardLog, append_metrics, plot_metrics,
+                                           require_tensorboard, truncate_metrics)
 from protrans_cli.training.objectives import OBJECTIVE_REVISION, make_objective, objective_changes
 from protrans_cli.training.optim import LossScale, build_optimizer, build_scheduler
 
@@ -278,6 +279,8 @@ def _discarded_on_failure(run_dir, active: bool):
 
 def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *, evaluates: bool = True) -> _Run:
     config.validate(info.world_size)
+    if config.tensorboard and evaluates:  # (not for --find-lr, which logs no metrics)
+        require_tensorboard()
     # Before any model is built: a missing shard, a FASTA file as corpus or an unusable
     # validation corpus fails now, not at the first step or after the last one.
     phases = config.resolved_phases()
@@ -773,9 +776,23 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
                      "it trains to the end")
 
     metrics_path = run.run_dir / "metrics.jsonl"
+    board = None
     if info.is_main:
         run.save_config(run.run_dir / ckpt.CONFIG_FILE)
         truncate_metrics(metrics_path, step)
+        board = TensorBoardLog(run.run_dir, step) if config.tensorboard else None
+    try:
+        return _train_steps(run, optimizer, scheduler, stop, phases, total_steps, step, data_phase, data_state,
+                            state, metrics_path, board)
+    finally:
+        if board is not None:
+            board.close()
+
+
+def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int, step: int, data_phase: int,
+                 data_state, state, metrics_path: Path, board) -> TrainResult:
+    """The steps of `_loop` from its start (or checkpoint) to the end of the run or a stop."""
+    config, info = run.config, run.info
     result = TrainResult(run.run_dir, step, False)
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
     log = Accumulator()
@@ -863,6 +880,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
                 result.losses.append(record["loss"])
                 if info.is_main:
                     append_metrics(metrics_path, record)
+                    if board is not None:
+                        board.add(record)
                     # (no loss: every fp16 step of the interval overflowed and was skipped)
                     shown = "-" if record["loss"] is None else f"{record['loss']:.4f}"
                     # (on a terminal the bar's, in a log the progress line's: console.progress)

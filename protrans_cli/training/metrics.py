@@ -91,6 +91,48 @@ def append_metrics(path: Path, record: dict) -> None:
         raise RuntimeFailure(f"cannot append step {record.get('step')}'s line: {reason}", path=str(path)) from None
 
 
+class TensorBoardLog:
+    """metrics.jsonl's lines as TensorBoard scalars in RUN/tensorboard/ (rank 0, `--tensorboard`):
+    `train/loss`, `train/lr`, ... and `eval/loss`, each line flushed as it is written. A resumed
+    run hides the events an earlier run logged after its checkpoint (TensorBoard's purge_step), as
+    metrics.jsonl drops those lines, so the curves are the uninterrupted run's. The folder is made
+    with the first line: a run that fails before it leaves nothing (its directory is removed)."""
+
+    def __init__(self, run_dir: Path, resumed_at: int = 0):
+        require_tensorboard()
+        self.folder, self.resumed_at, self.writer = Path(run_dir) / "tensorboard", resumed_at, None
+
+    @staticmethod
+    def tag(name: str) -> str:
+        return "eval/" + name[len("eval_"):] if name.startswith("eval_") else "train/" + name
+
+    def add(self, record: dict) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.folder),
+                                        purge_step=self.resumed_at + 1 if self.resumed_at else None)
+        for name, value in record.items():
+            if name not in ("step", "phase") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(self.tag(name), value, record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def require_tensorboard() -> None:
+    """--tensorboard without the package: a usage error before any model is built."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        from protrans_cli.errors import UsageError
+
+        raise UsageError("--tensorboard needs the tensorboard package, which is not installed: "
+                         "pip install tensorboard (or leave --tensorboard out: metrics.jsonl has the same lines)")
+
+
 def read_metrics(path) -> list[dict]:
     """The lines of metrics.jsonl. A last line cut short (a full disk or a power cut while it was
     appended: the one file written in place) is left out; a damaged line elsewhere is an error."""
