@@ -1457,6 +1457,35 @@ def test_tensorboard_mirrors_metrics_and_a_resume_hides_what_came_after_the_chec
     assert "parameters" not in result.stderr and not (tmp_path / "none").exists()
 
 
+def test_tensorboard_hides_an_abandoned_runs_events_however_the_resumed_runs_log(tmp_path):
+    """Events an earlier run logged after the checkpoint are hidden as soon as a run resumes from
+    it: they stayed on view for good where the resumed run wrote no line before its own next
+    checkpoint (another --log-every, a stop) or ran without --tensorboard, though metrics.jsonl had
+    dropped their lines. TensorBoard shows metrics.jsonl's lines, none of another's."""
+    pytest.importorskip("tensorboard")
+    import shutil
+    import time
+
+    kw = dict(num_steps=8, save_every=2, global_batch_size=4, micro_batch_size=4, max_length=32)
+
+    def same(run_dir, steps):
+        board, rows = _board(run_dir), {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl")}
+        assert [s for s, _ in board["train/tokens_per_s"]] == steps
+        assert all(v == pytest.approx(rows[s]["tokens_per_s"], rel=1e-5) for s, v in board["train/tokens_per_s"])
+
+    for name, between in (("log_every", dict(log_every=4, tensorboard=True)), ("off", dict(log_every=1))):
+        run_dir = tmp_path / name / "run_bert"
+        # killed after logging step 5: its last checkpoint is step 4
+        train(_config(tmp_path / name, stop_after=5, log_every=1, tensorboard=True, **kw))
+        shutil.rmtree(run_dir / "checkpoints" / "step_00000005")
+        time.sleep(1.05)  # (TensorBoard reads event files in the order of their names: whole seconds)
+        train(_config(tmp_path / name, stop_after=6, **between, **kw), resume=True)
+        same(run_dir, [1, 2, 3, 4])
+        time.sleep(1.05)
+        train(_config(tmp_path / name, log_every=1, tensorboard=True, **kw), resume=True)
+        same(run_dir, [1, 2, 3, 4, 7, 8])
+
+
 def test_a_corpus_without_proteins_is_refused_before_a_model_is_built(tmp_path, run_cli):
     empty, other = tmp_path / "empty.txt", tmp_path / "empty2.txt.gz"
     empty.write_text("")

@@ -106,12 +106,24 @@ class TensorBoardLog:
     def tag(name: str) -> str:
         return "eval/" + name[len("eval_"):] if name.startswith("eval_") else "train/" + name
 
-    def add(self, record: dict) -> None:
+    def _open(self) -> None:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.folder),
                                         purge_step=self.resumed_at + 1 if self.resumed_at else None)
+
+    def hide_later(self) -> None:
+        """On a resume, hide the earlier events after the checkpoint now, where an earlier run left
+        any: left to the first line, they stayed on view (and for good where that line came later
+        than the next checkpoint: another --log-every, a stop before it, or a resume without
+        --tensorboard in between) though metrics.jsonl had dropped their lines."""
+        if self.resumed_at and self.folder.is_dir():
+            self._open()
+            self.writer.flush()
+
+    def add(self, record: dict) -> None:
+        self._open()
         for name, value in record.items():
             if name not in ("step", "phase") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(self.tag(name), value, record["step"])
@@ -120,6 +132,12 @@ class TensorBoardLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def tensorboard_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def require_tensorboard() -> None:
