@@ -1435,6 +1435,11 @@ def test_tensorboard_mirrors_metrics_and_a_resume_hides_what_came_after_the_chec
     import shutil
 
     shutil.rmtree(parts / "checkpoints" / "step_00000005")
+    import time
+
+    # (TensorBoard reads event files in the order of their names: whole seconds, then a counter of
+    # the process's writers, whose 10 sorts before 9)
+    time.sleep(1.05)
     train(_config(tmp_path / "parts", **kw), resume=True)
     resumed = _board(parts)
     assert [s for s, _ in resumed["train/loss"]] == [1, 2, 3, 4, 5, 6]
@@ -1484,6 +1489,35 @@ def test_tensorboard_hides_an_abandoned_runs_events_however_the_resumed_runs_log
         time.sleep(1.05)
         train(_config(tmp_path / name, log_every=1, tensorboard=True, **kw), resume=True)
         same(run_dir, [1, 2, 3, 4, 7, 8])
+
+
+def test_tensorboard_of_a_new_run_hides_a_failed_runs_events_in_its_directory(tmp_path, monkeypatch):
+    """A run that diverges before its first checkpoint keeps its directory (its loss curve tells a
+    better --lr); a new run there empties metrics.jsonl and must hide the old events too: the
+    diverged run's line showed beside the new run's at the same step."""
+    pytest.importorskip("tensorboard")
+    import time
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training import loop
+
+    kw = dict(num_steps=6, log_every=3, tensorboard=True, global_batch_size=4, micro_batch_size=4, max_length=32)
+    real, calls = loop.train_step, []
+
+    def diverging(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise loop.NonFiniteGradient(float("nan"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", diverging)
+    with pytest.raises(RuntimeFailure):
+        train(_config(tmp_path, lr=1.0, **kw))
+    monkeypatch.setattr(loop, "train_step", real)
+    time.sleep(1.05)  # (TensorBoard reads event files in the order of their names: whole seconds)
+    run_dir = train(_config(tmp_path, **kw)).run_dir
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert _board(run_dir)["train/loss"] == [(r["step"], pytest.approx(r["loss"], rel=1e-5)) for r in rows]
 
 
 def test_a_corpus_without_proteins_is_refused_before_a_model_is_built(tmp_path, run_cli):

@@ -784,8 +784,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
         board = TensorBoardLog(run.run_dir, step) if config.tensorboard else None
         if board is not None:
             board.hide_later()
-        elif step and (run.run_dir / "tensorboard").is_dir() and tensorboard_installed():
-            # resumed without --tensorboard: the events an earlier run logged after the checkpoint
+        elif (run.run_dir / "tensorboard").is_dir() and tensorboard_installed():
+            # without --tensorboard: the events an earlier run logged after the checkpoint (or at all)
             # are hidden all the same (a later --tensorboard would not hide those before its own)
             hidden = TensorBoardLog(run.run_dir, step)
             hidden.hide_later()

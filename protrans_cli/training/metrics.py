@@ -95,7 +95,8 @@ class TensorBoardLog:
     """metrics.jsonl's lines as TensorBoard scalars in RUN/tensorboard/ (rank 0, `--tensorboard`):
     `train/loss`, `train/lr`, ... and `eval/loss`, each line flushed as it is written. A resumed
     run hides the events an earlier run logged after its checkpoint (TensorBoard's purge_step), as
-    metrics.jsonl drops those lines, so the curves are the uninterrupted run's. The folder is made
+    metrics.jsonl drops those lines, so the curves are the uninterrupted run's (a run from step 0 hides them all, as
+    metrics.jsonl is emptied: a diverged run's line showed beside the next one's at its step). The folder is made
     with the first line: a run that fails before it leaves nothing (its directory is removed)."""
 
     def __init__(self, run_dir: Path, resumed_at: int = 0):
@@ -111,14 +112,15 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.folder),
-                                        purge_step=self.resumed_at + 1 if self.resumed_at else None)
+                                        purge_step=self.resumed_at + 1)
 
     def hide_later(self) -> None:
-        """On a resume, hide the earlier events after the checkpoint now, where an earlier run left
+        """On a resume (or a new run in a directory an earlier one left events in: all of them),
+        hide the earlier events after the checkpoint now, where an earlier run left
         any: left to the first line, they stayed on view (and for good where that line came later
         than the next checkpoint: another --log-every, a stop before it, or a resume without
         --tensorboard in between) though metrics.jsonl had dropped their lines."""
-        if self.resumed_at and self.folder.is_dir():
+        if self.folder.is_dir():
             self._open()
             self.writer.flush()
 
