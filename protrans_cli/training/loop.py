@@ -46,9 +46,8 @@ from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainC
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_file, check_corpus,
                                         check_validation_corpus, corpus_fingerprint, count_proteins,
                                         evaluation_step_size, step_batches)
-from protrans_cli.training.metrics import (Accumulator, TensorBoardLog, append_metrics, plot_metrics,
-                                           require_tensorboard, tensorboard_installed,
-                                           truncate_metrics)
+from protrans_cli.training.metrics import (Accumulator, append_metrics, open_tensorboard, plot_metrics,
+                                           require_tensorboard, truncate_metrics)
 from protrans_cli.training.objectives import OBJECTIVE_REVISION, make_objective, objective_changes
 from protrans_cli.training.optim import LossScale, build_optimizer, build_scheduler
 
@@ -781,15 +780,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     if info.is_main:
         run.save_config(run.run_dir / ckpt.CONFIG_FILE)
         truncate_metrics(metrics_path, step)
-        board = TensorBoardLog(run.run_dir, step) if config.tensorboard else None
-        if board is not None:
-            board.hide_later()
-        elif (run.run_dir / "tensorboard").is_dir() and tensorboard_installed():
-            # without --tensorboard: the events an earlier run logged after the checkpoint (or at all)
-            # are hidden all the same (a later --tensorboard would not hide those before its own)
-            hidden = TensorBoardLog(run.run_dir, step)
-            hidden.hide_later()
-            hidden.close()
+        board = open_tensorboard(run.run_dir, step, config.tensorboard)
     try:
         return _train_steps(run, optimizer, scheduler, stop, phases, total_steps, step, data_phase, data_state,
                             state, metrics_path, board)

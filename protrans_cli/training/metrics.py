@@ -93,10 +93,9 @@ def append_metrics(path: Path, record: dict) -> None:
 
 class TensorBoardLog:
     """metrics.jsonl's lines as TensorBoard scalars in RUN/tensorboard/ (rank 0, `--tensorboard`):
-    `train/loss`, `train/lr`, ... and `eval/loss`, each line flushed as it is written. A resumed
-    run hides the events an earlier run logged after its checkpoint (TensorBoard's purge_step), as
-    metrics.jsonl drops those lines, so the curves are the uninterrupted run's (a run from step 0 hides them all, as
-    metrics.jsonl is emptied: a diverged run's line showed beside the next one's at its step). The folder is made
+    `train/loss`, `train/lr`, ... and `eval/loss`, each line flushed as it is written. A run from
+    step N hides the events earlier runs logged after it (TensorBoard's purge step, N + 1), as
+    metrics.jsonl drops their lines: the curves are the uninterrupted run's. The folder is made
     with the first line: a run that fails before it leaves nothing (its directory is removed)."""
 
     def __init__(self, run_dir: Path, resumed_at: int = 0):
@@ -111,15 +110,12 @@ class TensorBoardLog:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.folder),
-                                        purge_step=self.resumed_at + 1)
+            self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=self.resumed_at + 1)
 
     def hide_later(self) -> None:
-        """On a resume (or a new run in a directory an earlier one left events in: all of them),
-        hide the earlier events after the checkpoint now, where an earlier run left
-        any: left to the first line, they stayed on view (and for good where that line came later
-        than the next checkpoint: another --log-every, a stop before it, or a resume without
-        --tensorboard in between) though metrics.jsonl had dropped their lines."""
+        """Hide now what earlier runs logged after this run's start, where they left events: left
+        to the first line, they stayed on view for good where that line came after the next
+        checkpoint (another --log-every, a stop before it)."""
         if self.folder.is_dir():
             self._open()
             self.writer.flush()
@@ -136,6 +132,21 @@ class TensorBoardLog:
             self.writer.close()
 
 
+def open_tensorboard(run_dir: Path, step: int, wanted: bool) -> TensorBoardLog | None:
+    """The run's TensorBoardLog (`wanted`: --tensorboard), starting at `step`. Without
+    --tensorboard, the events earlier runs logged after `step` are hidden all the same where
+    there are any (a later run with it would not hide those before its own start)."""
+    if wanted:
+        board = TensorBoardLog(run_dir, step)
+        board.hide_later()
+        return board
+    if (Path(run_dir) / "tensorboard").is_dir() and tensorboard_installed():
+        hidden = TensorBoardLog(run_dir, step)
+        hidden.hide_later()
+        hidden.close()
+    return None
+
+
 def tensorboard_installed() -> bool:
     import importlib.util
 
@@ -144,9 +155,7 @@ def tensorboard_installed() -> bool:
 
 def require_tensorboard() -> None:
     """--tensorboard without the package: a usage error before any model is built."""
-    import importlib.util
-
-    if importlib.util.find_spec("tensorboard") is None:
+    if not tensorboard_installed():
         from protrans_cli.errors import UsageError
 
         raise UsageError("--tensorboard needs the tensorboard package, which is not installed: "
