@@ -1463,6 +1463,9 @@ def test_a_stopped_training_run_given_as_the_model_names_its_latest_checkpoint(t
     assert r.stderr.strip() == (f"protrans: error: {run / 'checkpoints'}: a training run's checkpoints folder, not "
                                 f"a model directory: each step_N inside is one; give -m {latest} for the latest")
     assert not list(tmp_path.glob("e.h5*"))
+    (run / "other").mkdir()  # another folder of the run is not its checkpoints
+    r = run_cli("embed", fasta, "-m", run / "other", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and "checkpoints folder" not in r.stderr and "has no config.json" in r.stderr, r.stderr
     r = run_cli("embed", fasta, "-m", latest, "-o", tmp_path / "e.h5")
     assert r.exit_code == 0, r.stderr
 

@@ -157,7 +157,7 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
                 raise ModelError(f"{name}: a training run without its final model (it stopped before its last "
                                  f"step): its latest checkpoint, {latest}, is a model directory (give it to {flag}), "
                                  f"or `protrans train --resume -o {name}` finishes the run")
-            if checkpoints := list_checkpoints(path.parent):  # a run's checkpoints/ folder itself
+            if path.name == "checkpoints" and (checkpoints := list_checkpoints(path.parent)):  # a run's folder of them
                 final = (f", or the run directory {path.parent} for its final model"
                          if (path.parent / "config.json").is_file() else "")
                 raise ModelError(f"{name}: a training run's checkpoints folder, not a model directory: each step_N "
