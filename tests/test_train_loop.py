@@ -1450,6 +1450,12 @@ def test_tensorboard_mirrors_metrics_and_a_resume_hides_what_came_after_the_chec
 
     TensorBoardLog(tmp_path / "empty").close()
     assert not (tmp_path / "empty").exists()
+    # the CLI says where the events go
+    result = run_cli("train", "--family", "bert", "--preset", "tiny", "--corpus", LEARNABLE, "-o", tmp_path / "cli",
+                     "--num-steps", "1", "--tensorboard")
+    assert result.exit_code == 0, result.stderr
+    assert (f"train: TensorBoard scalars in {tmp_path / 'cli' / 'tensorboard'} (tensorboard --logdir "
+            f"{tmp_path / 'cli'})") in result.stderr
     # without the package: one line before any model is built
     import importlib.util
 

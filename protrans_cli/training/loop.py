@@ -781,6 +781,8 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
         run.save_config(run.run_dir / ckpt.CONFIG_FILE)
         truncate_metrics(metrics_path, step)
         board = open_tensorboard(run.run_dir, step, config.tensorboard)
+        if board is not None:
+            dist.print0(f"train: TensorBoard scalars in {board.folder} (tensorboard --logdir {run.run_dir})")
     try:
         return _train_steps(run, optimizer, scheduler, stop, phases, total_steps, step, data_phase, data_state,
                             state, metrics_path, board)
