@@ -400,3 +400,29 @@ def test_a_head_size_the_varlen_kernel_refuses_falls_back_once_with_a_warning(mo
     err = capsys.readouterr().err
     assert err.count("varlen kernel refused head size 8") == 1 and "more detail" not in err
     torch.testing.assert_close(out[:len(rows[0])], refs[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("capability, fused", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_a_gpu_before_ampere_never_calls_the_varlen_kernel(monkeypatch, capability, fused):
+    """varlen_attn runs Flash Attention, which raises on a GPU of compute capability below 8.0
+    (V100, T4: "FlashAttention only supports Ampere GPUs or newer"). Eager, the except around the
+    call fell back; inside a compiled block (train compiles BERT's on a GPU by default) an error a
+    kernel raises at run time passes by the traced code's except (tracing ran the fake kernel,
+    which raised nothing), and the run ended: such a GPU must not call it at all."""
+    from types import SimpleNamespace
+
+    asked = []
+
+    def capability_of(device=None):
+        asked.append(device)
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability_of)
+    for half in (torch.float16, torch.bfloat16):
+        q = SimpleNamespace(is_cuda=True, dtype=half, device=torch.device("cuda", 1))
+        assert packing._fused(q, 0.0) is fused
+    assert asked and set(asked) == {1}
+    if packing._varlen() is not None:
+        assert packing.varlen_available("cuda:1") is fused
+        assert packing.varlen_available("cpu") is False
+

@@ -43,8 +43,21 @@ def _takes_scale(fn) -> bool:
 
 
 def varlen_available(device) -> bool:
-    """Whether packed attention on `device` runs as one fused varlen kernel."""
-    return torch.device(device).type == "cuda" and _varlen() is not None
+    """Whether packed attention on `device` runs as one fused varlen kernel (half precision, no
+    attention dropout: `_fused`)."""
+    device = torch.device(device)
+    return device.type == "cuda" and _varlen() is not None and _flash_capable(device.index)
+
+
+@torch.compiler.assume_constant_result
+def _flash_capable(index) -> bool:
+    """Whether CUDA device `index` (None: the current one) runs PyTorch's Flash Attention kernels,
+    which varlen_attn calls: compute capability 8.0 or later. On a V100 or T4 varlen_attn raises
+    ("FlashAttention only supports Ampere GPUs or newer") at run time, and inside a compiled block
+    (train compiles BERT's and RoBERTa's on a GPU by default) no `except` around the call sees
+    that: the error ended the run instead of falling back. A constant to torch.compile (a
+    device's capability does not change)."""
+    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -94,8 +107,10 @@ def _call_varlen(varlen, q, k, v, cu, longest: int, scaling):
 
 
 def _fused(q, dropout) -> bool:
-    """Whether the varlen kernel can take this call (Flash Attention: CUDA, half precision, no dropout)."""
-    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not dropout
+    """Whether the varlen kernel can take this call (Flash Attention: CUDA, compute capability 8.0
+    or later, half precision, no dropout)."""
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not dropout
+            and _flash_capable(q.device.index))
 
 
 # Eager under `train --compile`: its shapes come from the protein lengths on the host
