@@ -167,9 +167,11 @@ if [ -s "$OUT/clocks.csv" ]; then  # (a short run can end before the sampler wro
         awk '{v[NR] = $1} END {if (NR) print v[1] " / " v[int((NR + 1) / 2)] " / " v[NR] " over " NR " samples"}'
     awk -F', ' 'NR > 1 {print $NF}' "$OUT/clocks.csv" | sort | uniq -c | sort -rn | head -3
 fi
+# ("[1/1] name ... residues/s": embed_bench's line as each run ends, the only figure of a step its
+# limit cut before the "best" lines; "NAME: left out:": a strategy that could not be built)
 for log in "$OUT"/*.log; do
     echo "--- $(basename "$log")"
-    grep -E "^(torch|name|NVIDIA|cuda:|varlen|FlexAttention|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|tokens/s \(best of| run [0-9]+: |passed|failed|rror|^partial|^baseline run" \
+    grep -E "^(torch|name|NVIDIA|cuda:|varlen|FlexAttention|bf16|sustained|linear|copy|host|embed phases|  |train )|^## |budgets|^best|/ (naive|prottrans)|TFLOP/s =|^(baseline|protrans|speed-up)|tokens/s \(best of| run [0-9]+: |passed|failed|rror|^partial|^baseline run|^\[[0-9]+/[0-9]+\] |: left out: " \
         "$log" | tail -n 40
 done
 if [ -n "$FAILED" ]; then
