@@ -94,6 +94,7 @@ def _setup_distributed(device: str) -> _Dist:
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():  # the caller's group, and its timeouts
+        _select_callers_gpu(local)
         return _Dist(rank, world, local, False)
     try:
         # Joining waits for every rank: one that stopped before it (an error on one node alone)
@@ -113,6 +114,23 @@ def _setup_distributed(device: str) -> _Dist:
 
 
 JOIN_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def _select_callers_gpu(local: int) -> None:
+    """A caller's NCCL group exchanges objects (the start check, what the model build said) on
+    torch.cuda.current_device(): this rank's GPU is made current before the first exchange, as
+    train's setup does. It was chosen only once the ranks had compared their settings (and not
+    at all with --device cpu or an embedder given in memory): a script that bound its group with
+    init_process_group(device_id=...) without torch.cuda.set_device ran every rank's first
+    exchange on cuda:0. The GPU the group is bound to, else cuda:LOCAL_RANK (shared as
+    _embed_ranked shares them)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() != "nccl" or not torch.cuda.is_available():
+        return
+    bound = getattr(dist.group.WORLD, "bound_device_id", None)
+    torch.cuda.set_device(bound if bound is not None else local % torch.cuda.device_count())
 
 
 # Settings that change only the speed, not what the file holds: a node may have its own.

@@ -2187,6 +2187,57 @@ def test_torchrun_ranks_share_the_visible_gpus_as_train_does(monkeypatch, tmp_pa
     assert chosen == [0, "cuda:0"]
 
 
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_a_callers_nccl_group_exchanges_on_this_ranks_gpu_from_the_first_exchange(monkeypatch, tmp_path, device):
+    # NCCL's object collectives run on torch.cuda.current_device(): the GPU was made current only
+    # after the ranks had compared their settings (never with --device cpu), so in a script that
+    # bound its group with init_process_group(device_id=...) alone rank 1 exchanged on cuda:0
+    import types
+
+    import torch
+    import torch.distributed as tdist
+
+    from protrans_cli import embed as embed_mod
+
+    current, seen = [0], []
+
+    class Stop(Exception):
+        pass
+
+    def build(options, device=None):
+        raise Stop
+
+    def gather(out, mine, group=None):
+        seen.append(current[0])
+        out[:] = [mine] * 2
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: current.__setitem__(0, getattr(index, "index", index)))
+    monkeypatch.setattr(tdist, "is_initialized", lambda: True)
+    monkeypatch.setattr(tdist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(tdist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(tdist, "group", types.SimpleNamespace(WORLD=None))
+    monkeypatch.setattr(tdist, "all_gather_object", gather)
+    monkeypatch.setattr(embed_mod, "build_embedder", build)
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    with pytest.raises(Stop):
+        embed_mod.embed(fasta, tmp_path / "o.h5", EmbedOptions(model="prot_bert", device=device))
+    assert seen == [1, 1]
+    # bound by the caller to another GPU: that one
+    monkeypatch.setattr(tdist, "group", types.SimpleNamespace(WORLD=types.SimpleNamespace(
+        bound_device_id=torch.device("cuda", 0))))
+    from protrans_cli import embed_dist
+
+    current[0] = 1
+    embed_dist._select_callers_gpu(1)
+    assert current[0] == 0
+
+
 def test_a_skipped_protein_shortened_since_is_embedded_on_resume(tmp_path):
     # a finished file's skipped proteins counted as done whatever the FASTA now says: one
     # shortened below the limit was never embedded
