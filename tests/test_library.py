@@ -181,6 +181,36 @@ def test_train_ends_only_a_process_group_it_started(monkeypatch, callers_group):
                      else {"up": False, "started": 1, "destroyed": 1})
 
 
+@pytest.mark.parametrize("callers_backend", [None, "nccl", "gloo"])
+def test_train_refuses_more_ranks_on_a_node_than_gpus_under_nccl(monkeypatch, callers_backend):
+    """NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): rank 2 of three on a
+    two-GPU node was given cuda:0, rank 0's, and the group's start failed with NCCL's traceback.
+    A caller's gloo group can share them."""
+    import torch.distributed
+
+    from protrans_cli.errors import UsageError
+    from protrans_cli.training import dist
+
+    started, chosen = [], []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: callers_backend is not None)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: callers_backend)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kwargs: started.append(kwargs))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for name, value in (("RANK", "2"), ("WORLD_SIZE", "3"), ("LOCAL_RANK", "2")):
+        monkeypatch.setenv(name, value)
+    try:
+        if callers_backend == "gloo":
+            assert dist.setup().device == torch.device("cuda", 0)
+        else:
+            with pytest.raises(UsageError, match=r"rank 2 is process 3 on its node, which has 2 visible GPU"):
+                dist.setup()
+            assert not started and not chosen
+    finally:
+        dist.cleanup()
+
+
 def test_output_permissions_read_the_umask_without_changing_it(tmp_path, monkeypatch):
     """Setting the umask to 0 and back, to read it, let another thread of the process create
     world-writable files in between."""

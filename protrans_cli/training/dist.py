@@ -41,6 +41,12 @@ def setup() -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
+        if world_size > 1 and local_rank >= torch.cuda.device_count() and _nccl_here():
+            # NCCL refuses two ranks on one GPU ("Duplicate GPU detected", invalid usage) once the
+            # group starts: sharing them as gloo can (local_rank % count) gave that traceback
+            raise UsageError(f"rank {rank} is process {local_rank + 1} on its node, which has "
+                             f"{torch.cuda.device_count()} visible GPU(s): NCCL runs one process per GPU, so "
+                             "start at most that many (torchrun --nproc-per-node)")
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
@@ -61,6 +67,13 @@ def setup() -> DistInfo:
         initialised = True
     _info = DistInfo(rank, world_size, local_rank, device, initialised, started)
     return _info
+
+
+def _nccl_here() -> bool:
+    """Whether this process's group is (or, started by setup(), will be) NCCL's."""
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_backend() == "nccl"
 
 
 def info() -> DistInfo:
