@@ -26,7 +26,7 @@
 # mfu (one device call, step limits 580 s): what the one target still open needs (train's MFU;
 # embed's targets are met): env, the train variants, the levers and the loop profile, the GPU
 # tests last. Since 2026-12-02 the first call of a session: quick + levers (945 s of limits) do
-# not fit 15 minutes with the machine's start, and levers (the MFU part) was the one cut.
+# not fit 15 minutes with the machine's start, so levers (the MFU part) would be the one cut.
 #
 # Without a mode (or with `full`), every step (step limits adding up to 36 minutes: more than two
 # 10-minute device calls, so pick steps by their exact names, STEPS="profile train_variants ...",
