@@ -98,9 +98,9 @@ class TensorBoardLog:
     metrics.jsonl drops their lines: the curves are the uninterrupted run's. The folder is made
     with the first line: a run that fails before it leaves nothing (its directory is removed)."""
 
-    def __init__(self, run_dir: Path, resumed_at: int = 0):
-        require_tensorboard()
-        self.folder, self.resumed_at, self.writer = Path(run_dir) / "tensorboard", resumed_at, None
+    def __init__(self, run_dir: Path, start_step: int = 0):
+        # (the package: checked by build_run's require_tensorboard, or open_tensorboard)
+        self.folder, self.start_step, self.writer = Path(run_dir) / "tensorboard", start_step, None
 
     @staticmethod
     def tag(name: str) -> str:
@@ -110,7 +110,7 @@ class TensorBoardLog:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=self.resumed_at + 1)
+            self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=self.start_step + 1)
 
     def hide_later(self) -> None:
         """Hide now what earlier runs logged after this run's start, where they left events: left
@@ -136,14 +136,13 @@ def open_tensorboard(run_dir: Path, step: int, wanted: bool) -> TensorBoardLog |
     """The run's TensorBoardLog (`wanted`: --tensorboard), starting at `step`. Without
     --tensorboard, the events earlier runs logged after `step` are hidden all the same where
     there are any (a later run with it would not hide those before its own start)."""
+    board = TensorBoardLog(run_dir, step)
+    if not wanted and not (board.folder.is_dir() and tensorboard_installed()):
+        return None
+    board.hide_later()
     if wanted:
-        board = TensorBoardLog(run_dir, step)
-        board.hide_later()
         return board
-    if (Path(run_dir) / "tensorboard").is_dir() and tensorboard_installed():
-        hidden = TensorBoardLog(run_dir, step)
-        hidden.hide_later()
-        hidden.close()
+    board.close()
     return None
 
 
