@@ -1069,9 +1069,11 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
             import torch
 
             if torch.cuda.is_available():
+                from protrans_cli.training.dist import local_gpu
+
                 # as train does: more ranks than visible GPUs share them (rank 1 of two on a
                 # one-GPU machine asked for cuda:1, "invalid device ordinal")
-                index = dist.local_rank % torch.cuda.device_count()
+                index = local_gpu(dist.local_rank)
                 device = f"cuda:{index}"
                 torch.cuda.set_device(index)
         embedder = _build_on_every_rank(options, device, dist) if dist.world_size > 1 \

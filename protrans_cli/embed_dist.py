@@ -129,8 +129,10 @@ def _select_callers_gpu(local: int) -> None:
 
     if dist.get_backend() != "nccl" or not torch.cuda.is_available():
         return
+    from protrans_cli.training.dist import local_gpu
+
     bound = getattr(dist.group.WORLD, "bound_device_id", None)
-    torch.cuda.set_device(bound if bound is not None else local % torch.cuda.device_count())
+    torch.cuda.set_device(bound if bound is not None else local_gpu(local))
 
 
 # Settings that change only the speed, not what the file holds: a node may have its own.

@@ -47,7 +47,7 @@ def setup() -> DistInfo:
             raise UsageError(f"rank {rank} is process {local_rank + 1} on its node, which has "
                              f"{torch.cuda.device_count()} visible GPU(s): NCCL runs one process per GPU, so "
                              "start at most that many (torchrun --nproc-per-node)")
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", local_gpu(local_rank))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -67,6 +67,12 @@ def setup() -> DistInfo:
         initialised = True
     _info = DistInfo(rank, world_size, local_rank, device, initialised, started)
     return _info
+
+
+def local_gpu(local_rank: int) -> int:
+    """The GPU of process `local_rank` on its node (train's and embed's rule): more processes than
+    visible GPUs share them, which gloo allows (NCCL does not: `setup` refuses it for train)."""
+    return local_rank % torch.cuda.device_count()
 
 
 def _nccl_here() -> bool:
