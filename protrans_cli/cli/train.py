@@ -90,6 +90,10 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--stop-after", type=int, default=None,
               help="Stop with a checkpoint after step N (a step number of the run, also with --resume; a "
                    "time-limited job); --resume continues.")
+@click.option("--time-limit", default=None, metavar="DURATION",
+              help="Stop with a checkpoint before DURATION has passed since the start (the job's wall time "
+                   "less a margin: 23:45:00, 1-12:00:00, 90m): after the last step whose next step and "
+                   "checkpoint would end later, at the pace measured; exits 0, --resume continues.")
 @click.option("--resume", "resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
 @click.option("--resume-from", type=click.Path(file_okay=False), default=None, help="Continue from this checkpoint directory.")
 @click.option("--accept-corpus-change", is_flag=True,
@@ -197,7 +201,8 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         raise UsageError("--accept-corpus-change goes with --resume or --resume-from")
     if find_lr:
         ignored = [name for name, given in (("--resume", resume), ("--resume-from", resume_from),
-                                            ("--stop-after", flags.get("stop_after"))) if given]
+                                            ("--stop-after", flags.get("stop_after")),
+                                            ("--time-limit", flags.get("time_limit"))) if given]
         if ignored:
             raise UsageError(f"--find-lr runs a learning-rate range test from fresh weights: {', '.join(ignored)} "
                              "cannot go with it")
@@ -224,7 +229,12 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
             raise SystemExit(143 if stop.terminated else EXIT_INTERRUPTED) from None
         raise stop from None
     if not result.completed and _rank_zero():
-        console.info(f"train: stopped after step {result.step}; continue with --resume")
+        if result.stopped_by == "time_limit":
+            console.info(f"train: --time-limit {config.time_limit}: stopped after step {result.step} of "
+                         f"{config.total_steps}, its checkpoint saved (the next step and its checkpoint would "
+                         "have ended later); continue with --resume")
+        else:
+            console.info(f"train: stopped after step {result.step}; continue with --resume")
 
 
 def _corpus_found_from_here(config, saved_file):

@@ -122,6 +122,9 @@ class TrainConfig:
     save_every: int = 1000
     keep_last: int = 3
     stop_after: int | None = None  # stop (with a checkpoint) after this step of the run, also on --resume
+    # stop (with a checkpoint) so that it is saved before this much time since the process started
+    # ("23:45:00", "1-12:00:00", "90m": training/timelimit.py); like stop_after, one invocation's
+    time_limit: str | None = None
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self):
@@ -241,6 +244,13 @@ class TrainConfig:
                 raise UsageError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
         if self.stop_after is not None and self.stop_after < 1:
             raise UsageError(f"{setting_name('stop_after')} must be at least 1, got {self.stop_after}")
+        if self.time_limit is not None:
+            from protrans_cli.training.timelimit import parse_duration
+
+            try:
+                parse_duration(self.time_limit)
+            except ValueError as exc:
+                raise UsageError(f"{setting_name('time_limit')}: {exc}") from None
         if self.threads is not None:
             from protrans_cli.threads import check_threads
 
@@ -304,8 +314,9 @@ class TrainConfig:
         from protrans_cli.io.files import atomic_output
 
         # stop_after belongs to one invocation, not to the run: saved, it came back with
-        # `--config RUN/train_config.json --resume` and stopped the resumed run at once.
-        saved = {**self.to_dict(), "stop_after": None}
+        # `--config RUN/train_config.json --resume` and stopped the resumed run at once. So does
+        # time_limit (the next job's time is its own).
+        saved = {**self.to_dict(), "stop_after": None, "time_limit": None}
         if resolved:
             saved[RESOLVED] = resolved
         with atomic_output(path) as out:

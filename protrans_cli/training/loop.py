@@ -56,11 +56,13 @@ from protrans_cli.training.optim import LossScale, build_optimizer, build_schedu
 class TrainResult:
     run_dir: Path
     step: int                     # optimizer steps done
-    completed: bool               # False when stopped early by stop_after
+    completed: bool               # False when stopped early by stop_after or time_limit
     # per logged step, in order (None: every fp16 step of the interval overflowed and was skipped)
     losses: list[float | None] = field(default_factory=list)
     last_checkpoint: Path | None = None
     lr_suggestion: float | None = None
+    # why a run that is not complete stopped: "stop_after" or "time_limit" (a signal raises instead)
+    stopped_by: str | None = None
 
 
 class LossModule(torch.nn.Module):
@@ -807,6 +809,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         t_log -= state["log"].get("seconds", 0.0)
     final_eval = None
     last_eval = ""  # the progress line's mention of the latest evaluation
+    deadline = _deadline(run)
 
     phase_start = 0
     for phase_index, phase in enumerate(phases):
@@ -823,6 +826,10 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                                          data_state.buffer_start + prev.global_batch_size * config.bucket_batches, 0,
                                          data_state.at)
             data_phase = phase_index
+        if deadline is not None and phase_index:
+            # (the steps measured were the previous phase's: scaled by the tokens a step takes)
+            before = phases[phase_index - 1]
+            deadline.rescale(phase.global_batch_size * phase.max_length / (before.global_batch_size * before.max_length))
         sizing = config.stream_sizing(phase)
         stream = CorpusStream(config.corpus, run.layout, max_length=phase.max_length,
                               global_batch_size=phase.global_batch_size,
@@ -842,9 +849,10 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 raise _met_in_training(exc, config, step + 1) from None
             data_state = batch.state_after
             lr_used = optimizer.param_groups[0]["lr"]
+            time_up = deadline is not None and _out_of_time(deadline, config, step + 1, total_steps)
             try:
                 stats = train_step(run, optimizer, batch.micro_batches,
-                                   stop_requested=stop is not None and stop.signum is not None)
+                                   stop_requested=(stop is not None and stop.signum is not None) or time_up)
             except NonFiniteGradient as exc:
                 raise _diverged(config, step + 1, exc.loss, exc.fp16) from None
             stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
@@ -872,7 +880,10 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 if run.loss_scale is not None:
                     record["loss_scale"] = run.loss_scale.scale
                 if want_eval:
+                    evaluating = time.perf_counter()
                     eval_loss = evaluate(run, phase)
+                    if deadline is not None:
+                        deadline.evaluated(time.perf_counter() - evaluating)
                     if math.isfinite(eval_loss):
                         record["eval_loss"] = eval_loss
                         last_eval = f", eval loss {eval_loss:.4f} at step {step}"
@@ -897,11 +908,21 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log,
                                                seconds=saving - t_log - paused)
                 paused += time.perf_counter() - saving
+                if deadline is not None:
+                    deadline.saved(time.perf_counter() - saving)
             if stop_now and not last:
                 if bar is not None:
                     bar.close()
                 if info.is_main:  # a stopped run has its loss curve so far too
                     plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
+                if deadline is not None and (stop is None or stop.signum is None):
+                    # --time-limit (on this rank or another: the step's exchange told them all)
+                    result.step, result.stopped_by = step, "time_limit"
+                    if stop is not None:  # (a signal from here on: StopRequest.__exit__)
+                        stop.late_detail = (f"the signal came as --time-limit stopped the run at step {step}; "
+                                            f"checkpoint {result.last_checkpoint}; continue with the same command "
+                                            "and --resume")
+                    return result
                 stop.raise_now(detail=f"train stopped at step {step}/{total_steps}; checkpoint "
                                       f"{result.last_checkpoint}; continue with the same command and --resume")
             if config.stop_after is not None and step >= config.stop_after:
@@ -912,7 +933,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 bar.close()
             if info.is_main:
                 plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
-            result.step = step
+            result.step, result.stopped_by = step, "stop_after"
             if stop is not None:  # (a signal from here on: StopRequest.__exit__)
                 stop.late_detail = (f"the signal came as --stop-after ended the run at step {step}; checkpoint "
                                     f"{result.last_checkpoint}; continue with the same command and --resume")
@@ -941,6 +962,28 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         # the exit says so (StopRequest.__exit__ acts on it as this returns).
         stop.late_detail = f"the run is complete ({step} steps; model in {run.run_dir})"
     return result
+
+
+def _deadline(run: _Run):
+    """The run's --time-limit as a timelimit.Deadline (None without one)."""
+    if run.config.time_limit is None:
+        return None
+    from protrans_cli.training.timelimit import Deadline, checkpoint_bytes, parse_duration
+
+    params = sum(p.numel() for p in run.model.parameters())
+    return Deadline(parse_duration(run.config.time_limit), checkpoint_bytes=checkpoint_bytes(params, run.config.optimizer))
+
+
+def _out_of_time(deadline, config: TrainConfig, step: int, total_steps: int) -> bool:
+    """Whether `step` (about to run) must be the run's last of this invocation under --time-limit:
+    never the run's last step or --stop-after's (the run stops there anyway)."""
+    if step >= total_steps or (config.stop_after is not None and step >= config.stop_after):
+        return False
+    evaluates = bool(config.val_corpus) and (step + 1 == total_steps or bool(config.eval_every) and (
+        step % config.eval_every == 0 or (step + 1) % config.eval_every == 0))
+    # (before an evaluation is measured: as many passes as a step's, forward only, about a third of one each)
+    guess = deadline.step_seconds * max(1, config.num_eval_batches) / 3
+    return deadline.stop_after_next(saves_after=step % config.save_every == 0, evaluates=evaluates, eval_guess=guess)
 
 
 def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False) -> dict:

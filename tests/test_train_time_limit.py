@@ -1,0 +1,206 @@
+"""`train --time-limit`: a run stops, its checkpoint saved, before the job's wall time is up, and
+`--resume` continues it as if it had never stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import DATA, ROOT
+from protrans_cli.errors import UsageError
+from protrans_cli.training import timelimit
+from protrans_cli.training.config import TrainConfig
+from protrans_cli.training.loop import train
+from protrans_cli.training.metrics import read_metrics
+from protrans_cli.training.timelimit import EXIT_SECONDS, Deadline, parse_duration
+
+LEARNABLE = str(DATA / "train" / "learnable.txt")
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("23:45:00", 23 * 3600 + 45 * 60), ("0:30", 1800), ("1-12:00:00", 36 * 3600), ("2-0", 48 * 3600),
+    ("1-2:30", 26.5 * 3600), ("90m", 5400), ("1h30m", 5400), ("2d", 172800), ("45s", 45), ("1.5h", 5400),
+    (" 1H 30M ", 5400), ("0:00:01.5", 1.5),
+])
+def test_durations_are_read_as_slurm_and_people_write_them(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text, said", [
+    ("90", "a bare number: give its unit"), ("1:2:3:4", "not a duration"), ("soon", "not a duration"),
+    ("", "not a duration"), ("0m", "more than 0"), ("0:00:00", "more than 0"), ("h", "not a duration"),
+    (90, "a duration is text"), (True, "a duration is text"),
+])
+def test_what_is_not_a_duration_is_refused_saying_what_is(text, said):
+    with pytest.raises(ValueError, match=said):
+        parse_duration(text)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_last_step_is_the_one_after_which_a_step_and_a_checkpoint_no_longer_fit():
+    clock = _Clock()
+    # 100 s from now; a save measured at 5 s; steps of 10 s
+    deadline = Deadline(100, clock=clock, started_ago=0, checkpoint_bytes=0)
+    deadline.saved(5.0)
+    decisions = []
+    for _ in range(9):
+        decisions.append(deadline.stop_after_next())
+        clock.now += 10.0
+    # before the step at t: it runs, then another (10 s) and a save (5 s) and the exit must end by 100
+    # t=0: no step measured yet (need 5 + exit): go on; t=k*10 with step 10: t + 20 + 5 + 2 > 100 from t=80
+    assert decisions == [False] * 8 + [True]
+    assert deadline.step_seconds == pytest.approx(10.0)
+
+
+def test_saves_and_evaluations_between_steps_are_not_counted_as_step_time_but_reserved():
+    clock = _Clock()
+    deadline = Deadline(60, clock=clock, started_ago=0)
+    assert deadline.save_seconds == timelimit.SAVE_FLOOR_SECONDS  # nothing measured, a tiny checkpoint
+    deadline.stop_after_next()
+    clock.now += 2.0
+    deadline.stop_after_next()  # one step of 2 s measured
+    clock.now += 2.0 + 8.0
+    deadline.saved(8.0)  # a save of 8 s after that step
+    assert not deadline.stop_after_next()
+    assert deadline.step_seconds == pytest.approx(2.0)
+    # 48 s left: a step, another and a save fit (12 s) but not with a periodic save between (20 s) and
+    # an evaluation not measured yet, guessed at 30 s
+    left = deadline.left()
+    assert left == pytest.approx(48.0)
+    clock.now += 2.0
+    assert deadline.stop_after_next(saves_after=True, evaluates=True, eval_guess=30.0)
+    # once an evaluation is measured (1 s, after that step), its time stands for the next one
+    deadline.evaluated(1.0)
+    clock.now += 1.0
+    assert deadline.left() == pytest.approx(45.0)
+    assert not deadline.stop_after_next(saves_after=True, evaluates=True, eval_guess=30.0)
+
+
+def test_the_first_save_is_estimated_from_the_checkpoints_size_and_the_clock_from_the_process_start():
+    clock = _Clock()
+    big = Deadline(3600, clock=clock, started_ago=600, checkpoint_bytes=timelimit.checkpoint_bytes(3_000_000_000, "adamw"))
+    assert big.save_seconds == pytest.approx(3e9 * 12 / timelimit.ASSUMED_WRITE_RATE)
+    assert big.left() == pytest.approx(3000.0)  # the process started 10 minutes ago
+    big.saved(20.0)  # measured: the estimate gives way to it
+    assert big.save_seconds == 20.0
+    big.saved(10.0)  # the longest measured stands
+    assert big.save_seconds == 20.0
+    # a new phase of steps four times the tokens: the steps measured stand for steps four times as long
+    big.stop_after_next()
+    clock.now += 3.0
+    big.stop_after_next()
+    big.rescale(4.0)
+    assert big.step_seconds == pytest.approx(12.0)
+
+
+def test_the_process_age_is_the_time_since_this_process_started():
+    script = "import time; time.sleep(1.0); from protrans_cli.training.timelimit import process_age; print(process_age())"
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    wall = time.monotonic() - started
+    assert 1.0 <= float(out) <= wall + 0.05
+
+
+def _config(path, **kw):
+    args = dict(family="bert", corpus=[LEARNABLE], output_dir=str(path), num_steps=12, max_length=64,
+                global_batch_size=16, micro_batch_size=8, lr=3e-3, warmup_steps=3, log_every=4, save_every=1000,
+                threads=1, bucket_batches=4)
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+def test_a_run_out_of_time_stops_with_a_checkpoint_and_resumes_as_the_uninterrupted_run(tmp_path, monkeypatch):
+    whole = train(_config(tmp_path / "whole"))
+    # the process started an hour and a minute ago: a limit of one hour is past, and the run
+    # stops after its first step (at least one step each time: a job always makes progress)
+    monkeypatch.setattr(timelimit, "process_age", lambda: 3660.0)
+    stopped = train(_config(tmp_path / "parts", time_limit="1h"))
+    assert (stopped.completed, stopped.step, stopped.stopped_by) == (False, 1, "time_limit")
+    run = tmp_path / "parts"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000001"]
+    assert stopped.last_checkpoint == run / "checkpoints" / "step_00000001"
+    assert not (run / "config.json").exists()  # no final model: the run is not done
+    # the limit belongs to one invocation: the run's own config resumes it without one
+    assert json.loads((run / "train_config.json").read_text())["time_limit"] is None
+    again = train(_config(run, time_limit="1h"), resume=True)
+    assert again.step == 2 and again.stopped_by == "time_limit"
+    monkeypatch.setattr(timelimit, "process_age", lambda: 0.0)
+    done = train(_config(run, time_limit="1h"), resume=True)  # an hour is plenty for the rest
+    assert done.completed and done.step == 12 and done.stopped_by is None
+    np.testing.assert_allclose([r["loss"] for r in read_metrics(run / "metrics.jsonl")], whole.losses, rtol=1e-6)
+
+
+def test_time_limit_on_the_command_line(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setattr(timelimit, "process_age", lambda: 7200.0)
+    out = tmp_path / "run"
+    args = ["train", "--family", "bert", "--corpus", LEARNABLE, "--num-steps", "20", "--max-length", "64",
+            "--global-batch-size", "8", "--micro-batch-size", "8", "-j", "1", "-o", out]
+    res = run_cli(*args, "--time-limit", "1:00:00")
+    assert res.exit_code == 0, res.stderr
+    assert "train: --time-limit 1:00:00: stopped after step 1 of 20, its checkpoint saved" in res.stderr
+    assert "continue with --resume" in res.stderr and res.stdout == ""
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001"]
+    # a bad duration: exit 2 naming the flag, before any model is built
+    res = run_cli(*args[:-2], "-o", tmp_path / "bad", "--time-limit", "90")
+    assert res.exit_code == 2 and "--time-limit (time_limit): not a duration: '90' (a bare number" in res.stderr
+    assert not (tmp_path / "bad").exists()
+    # a config file's value is checked and named as the file's
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('time_limit = "soon"\n')
+    res = run_cli(*args[:-2], "-o", tmp_path / "bad", "--config", cfg)
+    assert res.exit_code == 2 and str(cfg) in res.stderr and "not a duration: 'soon'" in res.stderr
+    res = run_cli(*args[:-2], "-o", tmp_path / "lr", "--find-lr", "--time-limit", "1h")
+    assert res.exit_code == 2 and "--time-limit cannot go with it" in res.stderr
+    with pytest.raises(UsageError, match="time_limit"):
+        _config(tmp_path / "x", time_limit="1:2:3:4").check_values()
+
+
+@pytest.mark.slow
+def test_a_real_time_limit_ends_the_process_in_time(tmp_path):
+    """The real clock, the real process: `--time-limit 15s` of a run that would take minutes ends
+    before 15 s have passed since its start, with a checkpoint at the step it stopped after."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "protrans_cli", "train", "--family", "bert", "--corpus", LEARNABLE,
+           "--num-steps", "100000", "--max-length", "64", "--global-batch-size", "16", "--micro-batch-size", "8",
+           "-j", "1", "--save-every", "40", "-o", str(out), "--time-limit", "15s"]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    step = int(proc.stderr.split("stopped after step ")[1].split()[0])
+    assert (out / "checkpoints" / f"step_{step:08d}").is_dir()
+    assert wall < 15 + 0.5, (wall, step)  # (the process's own start came after `started`)
+    assert wall > 15 - EXIT_SECONDS - 10, (wall, step)  # it did not stop at once either
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_out_of_time_stop_after_the_same_step(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "protrans_cli", "train", "--family", "bert", "--corpus", LEARNABLE, "--num-steps", "100000",
+           "--max-length", "64", "--global-batch-size", "16", "--micro-batch-size", "4", "-j", "1",
+           "--save-every", "100000", "-o", str(out), "--time-limit", "25s"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("train: --time-limit 25s: stopped after step") == 1, proc.stderr[-3000:]  # rank 0's
+    step = int(proc.stderr.split("stopped after step ")[1].split()[0])
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{step:08d}"]
+    import torch
+
+    state = torch.load(out / "checkpoints" / f"step_{step:08d}" / "training_state.pt", weights_only=True)
+    assert state["step"] == step and state["world_size"] == 2 and len(state["rng"]) == 2
