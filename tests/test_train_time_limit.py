@@ -1,5 +1,5 @@
 """`train --time-limit`: a run stops, its checkpoint saved, before the job's wall time is up, and
-`--resume` continues it as if it had never stopped."""
+`--resume` continues it as if it had never stopped; `--dist-timeout`, how long ranks wait for each other."""
 
 from __future__ import annotations
 
@@ -204,3 +204,38 @@ def test_torchrun_ranks_out_of_time_stop_after_the_same_step(tmp_path):
 
     state = torch.load(out / "checkpoints" / f"step_{step:08d}" / "training_state.pt", weights_only=True)
     assert state["step"] == step and state["world_size"] == 2 and len(state["rng"]) == 2
+
+
+def test_the_process_group_waits_as_long_as_dist_timeout_says(monkeypatch):
+    """Under torchrun the ranks wait in a collective while rank 0 writes a checkpoint: NCCL's own
+    10 minutes were short of a large model's save to a slow file system, and the job failed
+    there. The group gets --dist-timeout (30 minutes unless given)."""
+    import datetime
+
+    import torch
+    import torch.distributed as tdist
+
+    from protrans_cli.training import dist
+
+    real = tdist.init_process_group
+    seen = []
+
+    def one_rank(backend, **kwargs):  # the group of a world of one: the settings are what is tested
+        seen.append(kwargs.get("timeout"))
+        real(backend, rank=0, world_size=1, store=tdist.HashStore(), **kwargs)
+
+    monkeypatch.setattr(tdist, "init_process_group", one_rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    for given, seconds in ((None, 1800), ("2h", 7200)):
+        config = TrainConfig() if given is None else TrainConfig(dist_timeout=given)
+        dist.setup(timeout=config.duration("dist_timeout"))
+        try:
+            group = tdist.distributed_c10d._get_default_group()
+            assert group._get_backend(torch.device("cpu")).options._timeout == datetime.timedelta(seconds=seconds)
+        finally:
+            dist.cleanup()
+    assert seen == [datetime.timedelta(seconds=1800), datetime.timedelta(seconds=7200)]
+    with pytest.raises(UsageError, match=r"--dist-timeout \(dist_timeout\): not a duration: '10'"):
+        TrainConfig(dist_timeout="10").check_values()

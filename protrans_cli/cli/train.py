@@ -58,6 +58,10 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
                    "one without (V100, T4), fp32 on the CPU.  [default: auto]")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="Multi-process strategy; auto: DDP below 1B parameters, FSDP2 above.  [default: auto]")
+@click.option("--dist-timeout", default=None, metavar="DURATION",
+              help="torchrun: how long a rank waits for the others (while rank 0 writes a checkpoint, say) "
+                   "before the job fails (NCCL's own default, 10 minutes, is short of a large model's "
+                   "save to a slow file system).  [default: 30m]")
 @click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile each transformer block (dynamic shapes; one compilation serves them all); "
                    "the first steps wait for the compiler.  [default: on for BERT and RoBERTa models on a "

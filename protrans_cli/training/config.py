@@ -110,6 +110,9 @@ class TrainConfig:
     precision: str = "auto"        # auto: bf16 autocast on a GPU that has it, else fp16 (loss scaling); fp32 on CPU
     strategy: str = "auto"         # auto: FSDP above fsdp_min_params, else DDP (with >1 rank)
     fsdp_min_params: int = 1_000_000_000
+    # how long a collective may wait for the other ranks (torchrun) before the job fails: they
+    # wait while rank 0 writes a checkpoint or the final model, or checks a checkpoint's sums
+    dist_timeout: str = "30m"
     compile: bool | None = None    # None: auto (recompute.resolve_compile): on for BERT and RoBERTa
                                    # models on a CUDA GPU whose torch.compile builds a kernel, else off
     activation_checkpointing: bool = False  # recompute each block in the backward pass (training/recompute.py)
@@ -244,13 +247,9 @@ class TrainConfig:
                 raise UsageError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
         if self.stop_after is not None and self.stop_after < 1:
             raise UsageError(f"{setting_name('stop_after')} must be at least 1, got {self.stop_after}")
-        if self.time_limit is not None:
-            from protrans_cli.training.timelimit import parse_duration
-
-            try:
-                parse_duration(self.time_limit)
-            except ValueError as exc:
-                raise UsageError(f"{setting_name('time_limit')}: {exc}") from None
+        for name in ("time_limit", "dist_timeout"):
+            if getattr(self, name) is not None:
+                self.duration(name)
         if self.threads is not None:
             from protrans_cli.threads import check_threads
 
@@ -301,6 +300,15 @@ class TrainConfig:
             for f in dataclasses.fields(Phase):
                 if problem := type_problem(f.type, getattr(phase, f.name)):
                     raise UsageError(f"Phase.{f.name} must be {problem}, got {getattr(phase, f.name)!r:.60}")
+
+    def duration(self, name: str) -> float:
+        """Seconds of a duration setting (time_limit, dist_timeout); a UsageError naming it."""
+        from protrans_cli.training.timelimit import parse_duration
+
+        try:
+            return parse_duration(getattr(self, name))
+        except ValueError as exc:
+            raise UsageError(f"{setting_name(name)}: {exc}") from None
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -7,6 +7,7 @@ torchrun's own rendezvous flags (see docs/train.md); nothing here is a launcher.
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ class DistInfo:
 _info = DistInfo()
 
 
-def setup() -> DistInfo:
-    """Read torchrun's environment, pick the device, start the process group when needed."""
+def setup(timeout: float | None = None) -> DistInfo:
+    """Read torchrun's environment, pick the device, start the process group when needed, its
+    collectives failing after `timeout` seconds of waiting (None: PyTorch's default, 10 minutes
+    for NCCL, 30 for gloo)."""
     global _info
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -58,6 +61,8 @@ def setup() -> DistInfo:
         if not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             kwargs = {"device_id": device} if device.type == "cuda" else {}
+            if timeout is not None:
+                kwargs["timeout"] = datetime.timedelta(seconds=timeout)
             from protrans_cli.io.files import signals_end_wait
 
             with signals_end_wait(f"rank {rank} was waiting for the other processes to join; nothing was "

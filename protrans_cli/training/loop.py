@@ -190,7 +190,7 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
     `accept_corpus_change`: resume although a corpus file changed since the checkpoint (a
     damaged shard replaced by a whole copy), with a warning."""
     expect_options(config, TrainConfig, "config")
-    info = dist.setup()
+    info = dist.setup(timeout=config.duration("dist_timeout"))
     try:
         # (gradients on whatever the caller set: torch.set_grad_enabled(False) in an inference notebook)
         with torch.enable_grad(), ckpt.callers_rng(), contextlib.ExitStack() as held:
@@ -968,10 +968,10 @@ def _deadline(run: _Run):
     """The run's --time-limit as a timelimit.Deadline (None without one)."""
     if run.config.time_limit is None:
         return None
-    from protrans_cli.training.timelimit import Deadline, checkpoint_bytes, parse_duration
+    from protrans_cli.training.timelimit import Deadline, checkpoint_bytes
 
     params = sum(p.numel() for p in run.model.parameters())
-    return Deadline(parse_duration(run.config.time_limit), checkpoint_bytes=checkpoint_bytes(params, run.config.optimizer))
+    return Deadline(run.config.duration("time_limit"), checkpoint_bytes=checkpoint_bytes(params, run.config.optimizer))
 
 
 def _out_of_time(deadline, config: TrainConfig, step: int, total_steps: int) -> bool:

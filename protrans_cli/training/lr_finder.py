@@ -25,7 +25,7 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     stop when it diverges; plot loss against lr (lr_find.png) and suggest the lr where the
     smoothed loss falls fastest. Writes no checkpoint."""
     expect_options(config, TrainConfig, "config")
-    info = dist.setup()
+    info = dist.setup(timeout=config.duration("dist_timeout"))
     try:
         with torch.enable_grad(), ckpt.callers_rng():
             return _find_lr(config, info, family, min_lr, max_lr, num_steps)
