@@ -47,8 +47,8 @@ from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import (create_fresh, display_name, input_named_by, open_input, output_directory,
                                    output_lock, refuse_special_output, stdin_binary, through_link,
                                    writable_or_refused)
-from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128, partial_path,
-                                refuse_if_in_use)
+from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
+                                partial_path, refuse_if_in_use)
 from protrans_cli.embed_resume import _Done, _done_in
 from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same_on_every_rank, _setup_distributed,
                                      _shard_files, _torchrun_rank, shard_path)
@@ -74,7 +74,7 @@ class EmbedOptions:
     per_residue: bool = True
     per_protein: bool = True
     layers: tuple[int, ...] = (-1,)
-    layout: str = "grouped"              # grouped | flat
+    layout: str = "grouped"              # grouped | flat | stacked (per-protein only)
     storage_dtype: str = "float32"       # float32 | float16
     compression: str | None = None       # None | gzip | lzf
     device: str = "auto"
@@ -115,6 +115,11 @@ class EmbedOptions:
             raise UsageError("nothing to write: ask for --per-residue and/or --per-protein")
         if self.layout == "flat" and self.per_residue and self.per_protein:
             raise UsageError("the flat layout holds one kind only: add --per-residue or --per-protein")
+        if self.layout == "stacked" and (self.per_residue or not self.per_protein):
+            raise UsageError("the stacked layout holds per-protein vectors only (one (N, D) array): give "
+                             "--per-protein alone, or --layout grouped for per-residue arrays")
+        if self.layout not in LAYOUTS:
+            raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if (self.max_tokens is not None and self.max_tokens < 1) or self.max_batch_size < 1:
             raise UsageError("--max-tokens and --max-batch-size must be at least 1")
         if self.long_policy not in LONG_POLICIES:

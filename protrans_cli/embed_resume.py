@@ -288,6 +288,12 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
     _check_made_alike(path, writer_kw)
     try:
         with h5_file(path, "r") as f:
+            from protrans_cli.io.stacked import is_stacked, stacked_done
+
+            if writer_kw["layout"] == "stacked" and is_stacked(f):  # a finished stacked file
+                ids, sums = stacked_done(f)
+                return _Done.union([_Done(np.frombuffer(b"".join(map(digest128, ids)), dtype="S16"),
+                                          np.array([checksum64(s) for s in sums], dtype=np.uint64))])
             per_kind = []
             for kind in writer_kw["kinds"]:
                 group = f if writer_kw["layout"] == "flat" else f.get(kind)

@@ -990,7 +990,7 @@ def test_one_pass_gives_rows_in_the_storage_dtype_and_the_same_means(tmp_path, t
         np.testing.assert_array_equal(rows, rows32[ident])
 
 
-def test_pooled_per_protein_with_several_layers_and_the_flat_layout(tmp_path, tiny_models):
+def test_pooled_per_protein_with_several_layers_and_the_flat_and_stacked_layouts(tmp_path, tiny_models):
     from protrans_cli.embed import EmbedOptions, embed
 
     model = str(tiny_models["t5"])
@@ -999,12 +999,17 @@ def test_pooled_per_protein_with_several_layers_and_the_flat_layout(tmp_path, ti
                                                            per_residue=False, layout="flat"))
     with EmbeddingsReader(full.output) as r:
         want = {i: a for i, a, _ in r.items(PER_PROTEIN)}
+    stacked = embed(SMALL, tmp_path / "stacked.h5", EmbedOptions(model=model, device="cpu", layers=(0, -1),
+                                                                 per_residue=False, layout="stacked"))
     with EmbeddingsReader(only.output) as r:
         got = {i: a for i, a, _ in r.items(PER_PROTEIN)}
-    assert sorted(got) == sorted(want)
+    with EmbeddingsReader(stacked.output) as r:
+        ids, matrix = r.matrix()
+    assert sorted(got) == sorted(want) == ids and matrix.shape == (len(ids), 2, matrix.shape[-1])
     for ident, vec in want.items():
         assert vec.shape == got[ident].shape == (2, vec.shape[-1])
         np.testing.assert_allclose(got[ident], vec, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(matrix[ids.index(ident)], vec, rtol=1e-5, atol=1e-6)
 
 
 def test_pooled_means_ignore_whatever_padding_positions_hold(tiny_models, monkeypatch):

@@ -26,11 +26,14 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
 @click.option("--per-residue", "per_residue", is_flag=True, help="Write (L, D) per-residue arrays.")
 @click.option("--per-protein", "per_protein", is_flag=True,
-              help="Write (D,) per-protein arrays (mean over residues). Neither flag: both.")
+              help="Write (D,) per-protein arrays (mean over residues). Neither flag: both (--layout stacked: "
+                   "per-protein).")
 @click.option("--layer", "layers", type=int, multiple=True,
               help="Hidden state to keep: -1 last layer, 0 embedding layer; repeat for several.  [default: -1]")
-@click.option("--layout", type=click.Choice(["grouped", "flat"]), default="grouped",
-              help="grouped: /per_residue/<id>, /per_protein/<id>; flat: /<id> (ProtTrans, bio_embeddings).")
+@click.option("--layout", type=click.Choice(["grouped", "flat", "stacked"]), default="grouped",
+              help="grouped: /per_residue/<id>, /per_protein/<id>; flat: /<id> (ProtTrans, bio_embeddings); "
+                   "stacked: per-protein vectors as one (N, D) array /per_protein, ids in /ids (numpy, "
+                   "millions of proteins).")
 @click.option("--storage-dtype", type=click.Choice(["float32", "float16"]), default="float32",
               help="dtype of the arrays in the file.")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none",
@@ -98,7 +101,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
     from protrans_cli.threads import resolve_threads
 
     if not per_residue and not per_protein:
-        per_residue = per_protein = True
+        per_residue, per_protein = layout != "stacked", True
     options = EmbedOptions(
         model=model, revision=revision, per_residue=per_residue, per_protein=per_protein,
         layers=tuple(layers) or (-1,), layout=layout, storage_dtype=storage_dtype,

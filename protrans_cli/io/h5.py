@@ -6,6 +6,8 @@ Layout (docs/formats.md is the user-facing description):
     /per_protein/<key>   float16|float32 (D,),   or (n_layers, D)
   or, with layout="flat" (the files ProtTrans' script and bio_embeddings write):
     /<key>               one kind only, at the root
+  or, with layout="stacked" (per-protein only; io/stacked.py), once the run completes:
+    /per_protein         (N, D) or (N, n_layers, D), rows sorted by id; /ids, /headers, ... beside it
 
 Each dataset has attributes `id` (the FASTA id), `header` (the whole header line), `length`
 (residues) and `checksum` ("md5:<hex>" of the upper-cased sequence, see `sequence_checksum`);
@@ -48,7 +50,7 @@ from protrans_cli.residues import THREE_DI_PREFIX
 PER_RESIDUE = "per_residue"
 PER_PROTEIN = "per_protein"
 KINDS = (PER_RESIDUE, PER_PROTEIN)
-LAYOUTS = ("grouped", "flat")
+LAYOUTS = ("grouped", "flat", "stacked")
 STORAGE_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "gzip", "lzf")
 
@@ -177,11 +179,12 @@ def three_di_words(this: str, that: str) -> str | None:
 
 
 class EmbeddingsReader:
-    """Read an embeddings file of either layout.
+    """Read an embeddings file of any layout.
 
         with EmbeddingsReader("x.h5") as r:
             r.kinds                   # ("per_residue", "per_protein") present
             for ident in r.ids(PER_RESIDUE): r.get(ident, PER_RESIDUE)  # np.ndarray
+            ids, X = r.matrix()       # per-protein vectors as one (N, D) array, rows sorted by id
     """
 
     def __init__(self, path):
@@ -215,16 +218,20 @@ class EmbeddingsReader:
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
         try:
             root = [name.decode("utf-8") for name in _link_names(self.file)]  # (links out of the file refused)
+            self._stacked = _stacked_view(self.file, self.path)
         except BaseException:
             self.file.close()
             raise
+        self.subgroups: list[str] = []
+        self._foreign_ids: dict[str, _ForeignKeys] = {}
+        self._kind_guessed = False
+        if self._stacked is not None:
+            self.layout, self.kinds = "stacked", (PER_PROTEIN,)
+            return
         present = set(root)
         groups = [k for k in KINDS if k in present and not _is_dataset(self.file[k])]
         # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
         # group a): not proteins, and the datasets in them are not read (see `subgroups`).
-        self.subgroups: list[str] = []
-        self._foreign_ids: dict[str, _ForeignKeys] = {}
-        self._kind_guessed = False
         if groups:
             self.layout = "grouped"
             self.kinds = tuple(groups)
@@ -248,9 +255,16 @@ class EmbeddingsReader:
     def close(self):
         self.file.close()
 
-    def _group(self, kind):
+    def _check_kind(self, kind) -> None:
         if kind not in self.kinds:
             raise InputError(f"has no {kind} embeddings (it holds {', '.join(self.kinds)})", path=self.path)
+
+    def _group(self, kind):
+        self._check_kind(kind)
+        if self._stacked is not None:  # (fit's and predict's way in: one dataset per protein)
+            raise InputError("is in the stacked layout (one (N, D) array): fit and predict read the grouped and "
+                             "flat layouts (embed --layout grouped); EmbeddingsReader and h5py read this one",
+                             path=self.path)
         if self.layout == "flat":
             return self.file
         local_link(self.file, kind.encode("utf-8"))  # (a group linked in from another file)
@@ -260,6 +274,9 @@ class EmbeddingsReader:
         """The proteins' ids, each once: two datasets naming one protein (another tool's file
         whose `original_id`s share a first word, "P1 isoform a" and "P1 isoform b") are refused,
         as duplicate FASTA ids are: predict wrote both under one id, and a label went to either."""
+        if self._stacked is not None:
+            self._check_kind(kind)
+            return self._stacked.ids()
         ids = [ident for ident, _ in stored_proteins(self._group(kind), checksums=False)]
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
@@ -267,7 +284,10 @@ class EmbeddingsReader:
         return ids
 
     def keys(self, kind: str = PER_RESIDUE) -> list[str]:
-        """The dataset names of a kind (groups in a flat file from another tool left out)."""
+        """The dataset names of a kind (groups in a flat file from another tool left out; for a
+        stacked file, the keys its ids have in the other layouts)."""
+        if self._stacked is not None:
+            return [escape_key(ident) for ident in self.ids(kind)]
         keys = [name.decode("utf-8") for name in _link_names(self._group(kind))]
         if self.subgroups:
             skip = set(self.subgroups)
@@ -317,6 +337,9 @@ class EmbeddingsReader:
         says that dataset is another protein's (biotrainer's keys "0", "1", ...: protein "1" is
         not the dataset "1", the second protein, and it was read as such); else a key that is a
         whole header line starting with it (the ProtTrans script's, `EX0029 Plastid-S`)."""
+        if self._stacked is not None:
+            self._check_kind(kind)
+            return escape_key(ident) if ident in self._stacked.rows() else None
         group, key = self._group(kind), escape_key(ident)
         if "layout" in self.attrs:  # embed's own file: every key is its id's
             return key if key in group else None
@@ -341,13 +364,40 @@ class EmbeddingsReader:
         return group[key]
 
     def get(self, ident: str, kind: str = PER_RESIDUE) -> np.ndarray:
+        if self._stacked is not None:
+            self._check_kind(kind)
+            return self._stacked.get(ident)
         return self.dataset(ident, kind)[()]
+
+    def matrix(self, kind: str = PER_PROTEIN) -> tuple[list[str], np.ndarray]:
+        """(ids, vectors): the per-protein vectors as one (N, D) array (N, n_layers, D with
+        several layers), row i protein ids[i], sorted by id; from a stacked file in one read."""
+        self._check_kind(kind)
+        if kind != PER_PROTEIN:
+            raise InputError("matrix() stacks per-protein vectors; per-residue arrays differ in length",
+                             path=self.path)
+        if self._stacked is not None:
+            return self._stacked.ids(), self._stacked.data[()]
+        ids, rows = [], []
+        for ident, values, _ in self.items(kind):
+            ids.append(ident)
+            rows.append(values)
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        dim = rows[0].shape if rows else (int(self.attrs.get("embedding_dim") or 0),)
+        stacked = np.stack([rows[i] for i in order]) if rows else np.empty((0, *dim), dtype=np.float32)
+        return [ids[i] for i in order], stacked
 
     def items(self, kind: str = PER_RESIDUE) -> Iterator[tuple[str, np.ndarray, dict]]:
         """(id, array, attributes) of every protein, through h5py's low-level calls: its
         dictionary interface cost about 3x a plain h5py loop (375 us a protein)."""
         import h5py
 
+        if self._stacked is not None:
+            self._check_kind(kind)
+            for rows, attrs in self._stacked.blocks():
+                for row, record in zip(rows, attrs):
+                    yield record["id"], row, record
+            return
         group = self._group(kind)
         for key in self.keys(kind):
             obj = open_local(group, key.encode("utf-8"), data=True)
@@ -364,6 +414,9 @@ class EmbeddingsReader:
 
     def checksums(self, kind: str = PER_RESIDUE) -> dict[str, str]:
         """checksum -> id, for matching label files that carry only sequences."""
+        if self._stacked is not None:
+            self._check_kind(kind)
+            return dict(zip(self._stacked.column("checksums"), self._stacked.ids()))
         group, sums = self._group(kind), {}
         for key in self.keys(kind):
             attrs = dataset_attrs(group, key)[0]
@@ -373,6 +426,9 @@ class EmbeddingsReader:
         return sums
 
     def dim(self, kind: str = PER_RESIDUE) -> int:
+        if self._stacked is not None:
+            self._check_kind(kind)
+            return int(self._stacked.data.shape[-1])
         group = self._group(kind)
         for key in self.keys(kind):
             return int(group[key].shape[-1])
@@ -385,6 +441,13 @@ class EmbeddingsReader:
     def runs(self) -> list[dict]:
         """The settings of every run that wrote the file, oldest first (the `runs` attribute)."""
         return recorded_runs(self.file)
+
+
+def _stacked_view(f, path: str):
+    """The stacked layout's view of an open file (io/stacked.py), None for the other layouts."""
+    from protrans_cli.io.stacked import StackedView, is_stacked
+
+    return StackedView(f, path) if is_stacked(f) else None
 
 
 def one_protein_twice(path: str, ident: str, *keys: str) -> InputError:
@@ -805,6 +868,8 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                 except UNREADABLE:
                     lost_attrs.append(key)
             groups = {kind: f if layout == "flat" else f.get(kind) for kind in kinds}
+            if any(group is not None and not isinstance(group, h5py.Group) for group in groups.values()):
+                return None  # (a finished stacked file, written whole and renamed: not this damage)
             names, damaged_index = {}, False
             for kind, group in groups.items():
                 if group is not None:
@@ -1332,6 +1397,8 @@ class EmbeddingsWriter:
             raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if layout == "flat" and len(self.kinds) != 1:
             raise UsageError("the flat layout holds one kind only: choose --per-residue or --per-protein")
+        if layout == "stacked" and self.kinds != (PER_PROTEIN,):
+            raise UsageError("the stacked layout holds per-protein vectors only: choose --per-protein alone")
         if storage_dtype not in STORAGE_DTYPES:
             raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
         if compression not in (None, *COMPRESSIONS):
@@ -1355,7 +1422,14 @@ class EmbeddingsWriter:
         if resume and not self.partial.exists() and self.path.exists():
             # A finished file extended by a resumed run: it becomes partial again until done.
             _check_resumable(self.path, run_attrs, resume_equal)
-            os.replace(self.path, self.partial)
+            if layout == "stacked":
+                # (written back in the grouped structure the run appends to; the finished file
+                # stays as it is until the run replaces it)
+                from protrans_cli.io.stacked import unstack_file
+
+                unstack_file(self.path, self.partial)
+            else:
+                os.replace(self.path, self.partial)
             if finished_proteins is not None:
                 # Sealed for the file as renamed (size, mtime and contents unchanged): the run
                 # goes on appending to it, so a stop and the next --resume need not read the
@@ -1637,7 +1711,9 @@ class EmbeddingsWriter:
         if complete:  # (every protein it listed was written again and flushed)
             with contextlib.suppress(OSError):
                 untrusted_path(self.partial).unlink()
-        if complete and self.finalize:
+        if complete and self.finalize and self.layout == "stacked":
+            self._finish_stacked()
+        elif complete and self.finalize:
             self._ledger.drop()  # (it belongs to the partial file)
             try:
                 os.replace(self.partial, self.path)
@@ -1650,6 +1726,21 @@ class EmbeddingsWriter:
                                      path=str(self.path)) from None
         else:
             self._ledger.seal()  # closed cleanly: the next --resume may trust the ledger
+
+    def _finish_stacked(self) -> None:
+        """The complete partial file written out as the stacked file (io/stacked.py), then
+        removed. Until the stacked file is whole the partial file stays, its ledger sealed: a
+        stop or a full disk on the way leaves what --resume finishes without computing again."""
+        from protrans_cli.io.stacked import stack_file, stacking_failure
+
+        self._ledger.seal()
+        try:
+            stack_file(self.partial, self.path, then=f"every protein is in {self.partial}: run the same command "
+                                                     "with --resume once there is room")
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise stacking_failure(exc, self.partial) from None
+        remove_ledger(self.partial)
+        self.partial.unlink()
 
     def __enter__(self):
         return self

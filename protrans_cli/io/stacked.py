@@ -1,0 +1,261 @@
+"""The stacked layout: every per-protein vector in one (N, D) array, with the ids beside it.
+
+    /per_protein      float32|float16 (N, D), or (N, n_layers, D) with several --layer
+    /ids              variable-length UTF-8 (N,)   the FASTA ids (row i is protein ids[i])
+    /headers          variable-length UTF-8 (N,)   the header lines
+    /lengths          int64 (N,)                   residues
+    /checksums        ASCII (N,)                   "md5:<hex>" of each sequence (io.h5.sequence_checksum)
+    /truncated_from   int64 (N,)                   full length of a truncated protein, 0 for the others
+    /chunks           int64 (N,)                   windows stitched for a chunked protein, 0 for the others
+    /computed         variable-length UTF-8 (N,)   as the `computed` attribute of the other layouts, "" for the others
+
+Rows are sorted by id, so the file does not depend on batching, `--resume` or torchrun: the
+file of an interrupted and resumed run is that of an uninterrupted one. A file of a million
+proteins is two reads for numpy (`f["per_protein"][()]`, `f["ids"].asstr()[()]`), where one
+dataset per protein costs a lookup each.
+
+A run writes its partial file in the grouped structure (`/per_protein/<key>`, with the
+`layout` attribute "stacked"), resumable as any other, and `stack_file` writes the stacked
+file from it when the run completes; `unstack_file` does the reverse for a finished file that
+a `--resume` extends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli.errors import InputError, RuntimeFailure, first_line
+from protrans_cli.io import disk
+
+PER_PROTEIN = "per_protein"
+TEXT_COLUMNS = ("ids", "headers", "computed")
+COUNT_COLUMNS = ("lengths", "truncated_from", "chunks")
+COLUMNS = ("ids", "headers", "lengths", "checksums", "truncated_from", "chunks", "computed")
+# dataset attribute of the other layouts -> column
+_ATTRIBUTE_COLUMNS = {"id": "ids", "header": "headers", "length": "lengths", "checksum": "checksums",
+                      "truncated_from": "truncated_from", "chunks": "chunks", "computed": "computed"}
+BLOCK_BYTES = 32 << 20  # rows read and written at a time
+
+
+def is_stacked(f) -> bool:
+    """Whether an open h5py file has the stacked structure (not a stacked run's partial file)."""
+    import h5py
+
+    return f.get(PER_PROTEIN, getclass=True) is h5py.Dataset and f.get("ids", getclass=True) is h5py.Dataset
+
+
+def _rows_per_block(row_bytes: int) -> int:
+    return max(1, BLOCK_BYTES // max(1, row_bytes))
+
+
+def stack_file(source, target, *, then: str) -> int:
+    """Write `target` in the stacked layout from `source`, a file of the grouped structure (a
+    stacked run's partial file): its attributes, and its per-protein vectors sorted by id. Made
+    under a hidden name in the same folder and renamed, so `target` is whole or as it was;
+    `source` is left as it is. `then`: what the user does when there is no room. Returns rows."""
+    import h5py
+
+    from protrans_cli.io.h5 import _link_names, _plain, h5_file, read_attr
+
+    target = Path(target)
+    temporary = target.with_name(f".{target.name}.stacking")
+    with contextlib.suppress(OSError):
+        temporary.unlink()
+    with h5_file(source, "r") as src:
+        group = src.get(PER_PROTEIN)
+        names = _link_names(group) if group is not None else []
+        records = []
+        for name in names:
+            obj = h5py.h5o.open(group.id, name)
+            ident = read_attr(obj, "id")
+            records.append((str(_plain(ident)) if ident is not None else name.decode("utf-8"), name))
+        records.sort()
+        shape, dtype = _row_shape(src, group, records)
+        row_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        disk.ensure_room(temporary, len(records) * (row_bytes + 256), then, shown=target,
+                         what="the stacked file")
+        try:
+            with h5_file(temporary, "x") as out:
+                for key, value in src.attrs.items():
+                    out.attrs[key] = value
+                n = len(records)
+                data = out.create_dataset(PER_PROTEIN, shape=(n, *shape), dtype=dtype)
+                text = h5py.string_dtype("utf-8")
+                columns = {name: out.create_dataset(name, shape=(n,), dtype=text) for name in TEXT_COLUMNS}
+                columns.update({name: out.create_dataset(name, shape=(n,), dtype=np.int64) for name in COUNT_COLUMNS})
+                columns["checksums"] = out.create_dataset("checksums", shape=(n,), dtype=h5py.string_dtype("ascii"))
+                step = _rows_per_block(row_bytes)
+                for start in range(0, n, step):
+                    block = records[start:start + step]
+                    rows = np.empty((len(block), *shape), dtype=dtype)
+                    values = {name: [] for name in COLUMNS}
+                    for i, (ident, name) in enumerate(block):
+                        obj = h5py.h5o.open(group.id, name)
+                        if obj.shape != shape or obj.dtype != dtype:
+                            raise RuntimeFailure(f"protein {ident!r} has a vector of shape {obj.shape} {obj.dtype}, the "
+                                                 f"others {shape} {dtype}: not one embedding run's", path=str(source))
+                        if rows[i].size:
+                            obj.read(h5py.h5s.ALL, h5py.h5s.ALL, rows[i])
+                        for attribute, column in _ATTRIBUTE_COLUMNS.items():
+                            value = _plain(read_attr(obj, attribute))
+                            if column in COUNT_COLUMNS:
+                                value = int(value) if value is not None else 0
+                            elif value is None:
+                                value = ident if column == "ids" else ""
+                            values[column].append(value)
+                    end = start + len(block)
+                    data[start:end] = rows
+                    for column, dataset in columns.items():
+                        dataset[start:end] = (np.array(values[column], dtype=np.int64) if column in COUNT_COLUMNS
+                                              else values[column])
+                out.flush()
+            with open(temporary, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+    return len(records)
+
+
+def _row_shape(src, group, records) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of one row: the first protein's, else (none written: every protein
+    failed) from the file's attributes."""
+    import h5py
+
+    if records:
+        obj = h5py.h5o.open(group.id, records[0][1])
+        return tuple(obj.shape), obj.dtype
+    layers = np.atleast_1d(src.attrs.get("layers", [-1]))
+    dim = int(src.attrs.get("embedding_dim", 0))
+    dtype = np.dtype(str(src.attrs.get("storage_dtype", "float32")))
+    return ((len(layers), dim) if len(layers) > 1 else (dim,)), dtype
+
+
+def unstack_file(source, target) -> int:
+    """Write `target`, a partial file of the grouped structure (what a stacked run writes), from
+    the finished stacked file `source`: the start of a `--resume` that extends it. Made under a
+    hidden name and renamed; returns the proteins."""
+    from protrans_cli.io.h5 import _create_dataset, _set_attr, escape_key, h5_file
+
+    target = Path(target)
+    temporary = target.with_name(f".{target.name}.unstacking")
+    with contextlib.suppress(OSError):
+        temporary.unlink()
+    try:
+        with h5_file(source, "r") as src:
+            view = StackedView(src, str(source))
+            disk.ensure_room(temporary, os.path.getsize(source) + 512 * len(view), "free some space and run the "
+                             "same command with --resume", shown=target, what="a partial copy of the stacked file")
+            with h5_file(temporary, "x", track_order=True) as out:
+                for key, value in src.attrs.items():
+                    out.attrs[key] = value
+                group = out.create_group(PER_PROTEIN, track_order=True)
+                for rows, attrs in view.blocks():
+                    for row, record in zip(rows, attrs):
+                        ds = _create_dataset(group, escape_key(record["id"]), row)
+                        for name, value in record.items():
+                            _set_attr(ds, name, value)
+                        ds.close()
+                out.flush()
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    return len(view)
+
+
+class StackedView:
+    """Read access to an open stacked file (EmbeddingsReader's, and `--resume`'s)."""
+
+    def __init__(self, f, path: str):
+        self.file = f
+        self.path = path
+        self.data = f[PER_PROTEIN]
+        missing = [name for name in COLUMNS if name not in f]
+        if missing:
+            raise InputError(f"a stacked embeddings file without its {', '.join(missing)} column(s): damaged, "
+                             "or not written by protrans embed", path=path)
+        self._rows: dict[str, int] | None = None
+        if any(f[name].shape != (len(self.data),) for name in COLUMNS):
+            raise InputError("a stacked embeddings file whose columns are not one per row of per_protein: damaged",
+                             path=path)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def ids(self) -> list[str]:
+        return list(self.file["ids"].asstr()[()])
+
+    def rows(self) -> dict[str, int]:
+        """id -> row."""
+        if self._rows is None:
+            ids = self.ids()
+            self._rows = {ident: i for i, ident in enumerate(ids)}
+            if len(self._rows) != len(ids):
+                seen: set[str] = set()
+                twice = next(i for i in ids if i in seen or seen.add(i))
+                raise InputError(f"protein {twice!r} has two rows: ids must be unique (damaged, or not written "
+                                 "by protrans embed)", path=self.path)
+        return self._rows
+
+    def column(self, name: str) -> np.ndarray:
+        dataset = self.file[name]
+        return dataset.asstr()[()] if name in TEXT_COLUMNS or name == "checksums" else dataset[()]
+
+    def record(self, i: int, columns: dict | None = None) -> dict:
+        """Row `i`'s attributes as the other layouts' datasets carry them (the optional ones
+        only where they apply)."""
+        get = (lambda name: columns[name][i]) if columns is not None else (lambda name: self._cell(name, i))
+        attrs = {"id": get("ids"), "header": get("headers"), "length": int(get("lengths")),
+                 "checksum": get("checksums")}
+        for attribute, column in (("truncated_from", "truncated_from"), ("chunks", "chunks")):
+            value = int(get(column))
+            if value:
+                attrs[attribute] = value
+        computed = get("computed")
+        if computed:
+            attrs["computed"] = computed
+        return attrs
+
+    def _cell(self, name: str, i: int):
+        dataset = self.file[name]
+        value = dataset[i]
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        return value.item() if isinstance(value, np.generic) else value
+
+    def get(self, ident: str) -> np.ndarray:
+        row = self.rows().get(ident)
+        if row is None:
+            raise InputError("no per_protein embedding for this id", path=self.path, record=ident)
+        return self.data[row]
+
+    def blocks(self):
+        """(rows, their attributes) a block at a time, in row order."""
+        n = len(self)
+        row_bytes = int(np.prod(self.data.shape[1:], dtype=np.int64)) * self.data.dtype.itemsize
+        step = _rows_per_block(row_bytes)
+        for start in range(0, n, step):
+            end = min(n, start + step)
+            columns = {name: (self.file[name].asstr()[start:end] if name in TEXT_COLUMNS or name == "checksums"
+                              else self.file[name][start:end]) for name in COLUMNS}
+            yield self.data[start:end], [self.record(i, columns) for i in range(end - start)]
+
+
+def stacked_done(f) -> tuple[list[str], list[str | None]]:
+    """(ids, checksums) of a finished stacked file, as `--resume` compares them (a truncated
+    protein's checksum is its kept prefix's, as the other layouts record it)."""
+    view = StackedView(f, f.filename)
+    return view.ids(), list(view.column("checksums"))
+
+
+def stacking_failure(exc: BaseException, partial) -> RuntimeFailure:
+    return RuntimeFailure(f"cannot write the stacked file ({first_line(exc)}); every protein is in {partial}: run "
+                          "the same command with --resume to write it again", path=str(partial)[:-len(".partial")])

@@ -1,0 +1,229 @@
+"""`embed --layout stacked`: every per-protein vector in one (N, D) array with the ids beside it,
+equal to the other layouts' vectors, and as safe on long jobs (interrupted, resumed, extended,
+a disk filling up while it is written)."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import DATA
+from protrans_cli.embed import EmbedOptions, OneHotEmbedder, embed
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
+from protrans_cli.io import stacked as stacked_module
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, ledger_path, partial_path
+from test_embed import _ctrl_c_on_batch, _reads_no_protein
+
+SMALL = DATA / "embed" / "small.fa"
+
+
+def _stacked(out, fasta=SMALL, **kw):
+    return embed(fasta, out, EmbedOptions(model="onehot", per_residue=False, layout="stacked", **kw))
+
+
+def _columns(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {name: (f[name].asstr()[()].tolist() if f[name].dtype.kind == "O" else f[name][()])
+                for name in f}
+
+
+def test_the_stacked_file_holds_the_grouped_files_vectors_and_attributes_as_rows_sorted_by_id(tmp_path):
+    grouped = tmp_path / "g.h5"
+    embed(SMALL, grouped, EmbedOptions(model="onehot"))
+    out = tmp_path / "s.h5"
+    summary = _stacked(out)
+    assert summary.num_embedded == 6 and summary.num_duplicates == 1
+    with h5py.File(out, "r") as f:
+        assert sorted(f) == ["checksums", "chunks", "computed", "headers", "ids", "lengths", "per_protein",
+                             "truncated_from"]
+        ids = f["ids"].asstr()[()].tolist()
+        vectors = f["per_protein"][()]
+        assert ids == sorted(ids) and len(ids) == 6 and "sp|Q9/slash" in ids  # ids as written, not escaped
+        assert vectors.shape == (6, 21) and vectors.dtype == np.float32
+        assert f.attrs["layout"] == "stacked" and f.attrs["kinds"] == "per_protein"
+        assert f.attrs["family"] == "onehot" and json.loads(f.attrs["failed"]) == {}
+        headers = dict(zip(ids, f["headers"].asstr()[()]))
+        lengths = dict(zip(ids, f["lengths"][()]))
+    assert headers["sp|Q9/slash"] == "sp|Q9/slash id with slash" and lengths["one"] == 1 and lengths["rare"] == 8
+    with EmbeddingsReader(grouped) as g, EmbeddingsReader(out) as s:
+        assert s.layout == "stacked" and s.kinds == (PER_PROTEIN,)
+        want = {i: (a, attrs) for i, a, attrs in g.items(PER_PROTEIN)}
+        got = {i: (a, attrs) for i, a, attrs in s.items(PER_PROTEIN)}
+        assert got.keys() == want.keys()
+        for ident, (vector, attrs) in want.items():
+            np.testing.assert_array_equal(got[ident][0], vector)
+            assert got[ident][1] == attrs  # id, header, length, checksum: the same attributes
+            np.testing.assert_array_equal(vectors[ids.index(ident)], vector)
+            np.testing.assert_array_equal(s.get(ident, PER_PROTEIN), vector)
+        assert s.ids(PER_PROTEIN) == ids and s.dim(PER_PROTEIN) == 21
+        assert s.checksums(PER_PROTEIN) == g.checksums(PER_PROTEIN)
+        assert s.key_for("sp|Q9/slash", PER_PROTEIN) == "sp|Q9%2Fslash" and s.key_for("nope", PER_PROTEIN) is None
+        # matrix(): the one call for (ids, X), whatever the layout
+        ids_g, x_g = g.matrix()
+        ids_s, x_s = s.matrix()
+        assert ids_g == ids_s == ids
+        np.testing.assert_array_equal(x_g, x_s)
+        with pytest.raises(InputError, match="has no per_residue embeddings"):
+            s.get("one", PER_RESIDUE)
+        with pytest.raises(InputError, match="no per_protein embedding for this id"):
+            s.get("nope", PER_PROTEIN)
+    # nothing left beside it: no partial file, no ledger, no hidden temporary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.h5", "s.h5"]
+
+
+def test_several_layers_and_float16_storage(tmp_path):
+    out = tmp_path / "s.h5"
+    _stacked(out, storage_dtype="float16")
+    with EmbeddingsReader(out) as r:
+        ids, x = r.matrix()
+    assert x.dtype == np.float16 and x.shape == (6, 21)
+    with h5py.File(out) as f:
+        assert f["per_protein"].dtype == np.float16
+
+
+def test_an_interrupted_run_resumes_to_the_file_an_uninterrupted_run_writes(tmp_path, monkeypatch):
+    whole = tmp_path / "whole.h5"
+    _stacked(whole, max_batch_size=1)
+    out = tmp_path / "s.h5"
+    original = _ctrl_c_on_batch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        _stacked(out, max_batch_size=1)
+    assert not out.exists() and partial_path(out).exists() and ledger_path(partial_path(out)).exists()
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    summary = _stacked(out, max_batch_size=1, resume=True)
+    assert 0 < summary.num_resumed < 6  # (what the batches before the Ctrl-C wrote)
+    a, b = _columns(whole), _columns(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not partial_path(out).exists() and not ledger_path(partial_path(out)).exists()
+
+
+def test_a_finished_file_is_extended_by_resume_and_stays_whole_until_the_extension_is(tmp_path, monkeypatch):
+    first = tmp_path / "first.fa"
+    records = SMALL.read_text().split(">")[1:]
+    first.write_text("".join(">" + r for r in records[:3]))
+    out = tmp_path / "s.h5"
+    _stacked(out, fasta=first)
+    before = _columns(out)
+    assert len(before["ids"]) == 3
+    original = _ctrl_c_on_batch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        _stacked(out, resume=True, max_batch_size=1)
+    # the finished file is as it was (readable by whoever uses it) while the extension waits
+    now = _columns(out)
+    assert all(np.array_equal(before[k], now[k]) for k in before)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    summary = _stacked(out, resume=True)
+    assert summary.num_resumed == 3 and summary.num_embedded == 3
+    whole = tmp_path / "whole.h5"
+    _stacked(whole)
+    a, b = _columns(whole), _columns(out)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    with h5py.File(out) as f:
+        assert len(json.loads(f.attrs["runs"])) == 3  # the first run, the one stopped, the one that finished
+    # once more: nothing to add, the file is left as it is
+    mtime = out.stat().st_mtime_ns
+    assert _stacked(out, resume=True).num_resumed == 6
+    assert out.stat().st_mtime_ns == mtime and not partial_path(out).exists()
+
+
+def test_no_room_for_the_stacked_file_keeps_every_protein_for_resume(tmp_path, monkeypatch):
+    out = tmp_path / "s.h5"
+    real = stacked_module.stack_file
+
+    def full_disk(source, target, then):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stacked_module, "stack_file", full_disk)
+    with pytest.raises(RuntimeFailure, match=r"cannot write the stacked file \(.*No space left on device\); every "
+                                             r"protein is in .*s\.h5\.partial: run the same command with --resume"):
+        _stacked(out)
+    assert not out.exists() and partial_path(out).exists()
+    monkeypatch.setattr(stacked_module, "stack_file", real)
+    # the partial file's sealed ledger says every protein is done: nothing computed, nothing read
+    _reads_no_protein(monkeypatch)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", lambda *a, **k: pytest.fail("computed again"))
+    summary = _stacked(out, resume=True)
+    assert summary.num_resumed == 6 and summary.num_embedded == 0
+    assert len(_columns(out)["ids"]) == 6 and not partial_path(out).exists()
+
+
+def test_truncated_chunked_and_failed_proteins_in_the_columns(tmp_path):
+    out = tmp_path / "t.h5"
+    _stacked(out, max_length=10, long_policy="truncate")
+    cols = _columns(out)
+    cut = dict(zip(cols["ids"], cols["truncated_from"]))
+    assert cut["P1"] == 22 and cut["sp|Q9/slash"] == 20 and cut["one"] == 0
+    assert dict(zip(cols["ids"], cols["lengths"]))["P1"] == 10
+    out = tmp_path / "c.h5"
+    _stacked(out, max_length=10, long_policy="chunk", chunk_overlap=2)
+    cols = _columns(out)
+    assert dict(zip(cols["ids"], cols["chunks"]))["P1"] == 3 and dict(zip(cols["ids"], cols["chunks"]))["one"] == 0
+    with EmbeddingsReader(out) as r:
+        attrs = {i: a for i, _, a in r.items(PER_PROTEIN)}
+    assert attrs["P1"]["chunks"] == 3 and "chunks" not in attrs["one"] and "truncated_from" not in attrs["one"]
+    out = tmp_path / "k.h5"
+    _stacked(out, max_length=10, long_policy="skip")
+    with EmbeddingsReader(out) as r:
+        assert sorted(r.failed()) == ["P1", "P1copy", "sp|Q9/slash"] and len(r.ids(PER_PROTEIN)) == 3
+
+
+def test_no_protein_embedded_is_an_empty_array_of_the_models_width(tmp_path):
+    out = tmp_path / "e.h5"
+    _stacked(out, max_length=1, long_policy="skip")
+    with EmbeddingsReader(out) as r:
+        ids, x = r.matrix()
+        assert r.failed()
+    assert ids == ["one"] and x.shape == (1, 21)
+    fasta = tmp_path / "long.fa"
+    fasta.write_text(">a\nMKV\n")
+    _stacked(tmp_path / "n.h5", fasta=fasta, max_length=1, long_policy="skip")
+    with EmbeddingsReader(tmp_path / "n.h5") as r:
+        ids, x = r.matrix()
+    assert ids == [] and x.shape == (0, 21)
+
+
+def test_the_command_line(tmp_path, run_cli):
+    out = tmp_path / "s.h5"
+    r = run_cli("embed", SMALL, "-m", "onehot", "--layout", "stacked", "-o", out)  # neither kind: per-protein
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out) as f:
+        assert f["per_protein"].shape == (6, 21)
+    r = run_cli("embed", SMALL, "-m", "onehot", "--layout", "stacked", "--per-residue", "-o", tmp_path / "x.h5")
+    assert r.exit_code == 2 and "the stacked layout holds per-protein vectors only" in r.stderr
+    assert not list(tmp_path.glob("x.h5*"))
+    with pytest.raises(UsageError, match="stacked layout holds per-protein vectors only"):
+        embed(SMALL, tmp_path / "y.h5", EmbedOptions(model="onehot", layout="stacked"))
+    # fit and predict read the layouts with one dataset per protein: one line saying so
+    labels = tmp_path / "loc.fa"
+    labels.write_text(">P1 Nucleus-S\nMKTAYIAKQRQISFVKSHFSRQ\n>one Cytoplasm-M\nM\n")
+    r = run_cli("fit", "loc", "--embeddings", out, "--labels", labels, "-o", tmp_path / "head")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "is in the stacked layout (one (N, D) array): fit and predict read the grouped and flat" in r.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_give_the_stacked_file_of_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    single = tmp_path / "single.h5"
+    _stacked(single)
+    out = tmp_path / "dist.h5"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out), "--layout", "stacked"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = _columns(single), _columns(out)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "single.h5"]  # shards and partial gone
