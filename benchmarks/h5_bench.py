@@ -3,7 +3,10 @@ attributes per protein), the torchrun merge (every rank's shard copied into the 
 the --resume scan (the id and sequence checksum of every protein already there), each against
 h5py's dictionary interface, which is what protrans 0.1 used and what a script would write, in
 the same run on the same files; and what --resume reads of a cleanly stopped run (its sealed
-ledger) against what it reads of a SIGKILLed one (every protein of the file).
+ledger) against what it reads of a SIGKILLed one (every protein of the file); and reading every
+per-protein vector into one array (`EmbeddingsReader.matrix()`) from a stacked file
+(`--layout stacked`) against the grouped file it was made from, with what the stacking costs
+when a run completes.
 
 Per-protein arrays of UniRef50 are the case that matters: tens of millions of small datasets,
 so the cost per dataset, not per byte, is what a run pays (50 M proteins x 100 us = 83 minutes).
@@ -136,6 +139,25 @@ def resume_read(path: Path, ledger: bool) -> tuple[float, int]:
     return time.perf_counter() - start, len(done)
 
 
+def stack(shard: Path, out: Path) -> float:
+    """What a stacked run does when it completes: the stacked file written from its partial file."""
+    from protrans_cli.io.stacked import stack_file
+
+    start = time.perf_counter()
+    stack_file(shard, out, then="")
+    return time.perf_counter() - start
+
+
+def read_matrix(path: Path) -> tuple[float, list, np.ndarray]:
+    """Every per-protein vector as one array, as a user's script loads them (EmbeddingsReader.matrix)."""
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    start = time.perf_counter()
+    with EmbeddingsReader(path) as reader:
+        ids, vectors = reader.matrix()
+    return time.perf_counter() - start, ids, vectors
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-proteins", type=int, default=100_000)
@@ -176,11 +198,22 @@ def main(argv=None) -> None:
                 best[name] = min(best.get(name, float("inf")), took)
             if counts != {args.num_proteins}:
                 raise SystemExit(f"the two resume reads found {counts} proteins, not {args.num_proteins}")
+            stacked = folder / "stacked.h5"
+            best["stack"] = min(best.get("stack", float("inf")), stack(shard, stacked))
+            read = {}
+            for name, path in (("matrix, grouped", shard), ("matrix, stacked", stacked)):
+                took, *read[name] = read_matrix(path)
+                best[name] = min(best.get(name, float("inf")), took)
+            (ids_a, x_a), (ids_b, x_b) = read.values()
+            if ids_a != ids_b or not np.array_equal(x_a, x_b):
+                raise SystemExit("the grouped and stacked files disagree")
+            stacked.unlink()
         for name, took in best.items():
             print(f"{name:26s} {took * per:8.1f} us per protein")
         for what in ("write", "merge", "scan"):
             print(f"{what} protrans / dictionary: {best[f'{what} dictionary'] / best[f'{what} protrans']:.2f}x")
         print(f"resume read, file / ledger: {best['resume, file read'] / best['resume, ledger']:.1f}x")
+        print(f"all vectors as one array, grouped / stacked: {best['matrix, grouped'] / best['matrix, stacked']:.0f}x")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
