@@ -24,11 +24,19 @@ LEARNABLE = str(DATA / "train" / "learnable.txt")
 
 
 @pytest.mark.parametrize("text, seconds", [
-    ("23:45:00", 23 * 3600 + 45 * 60), ("0:30", 1800), ("1-12:00:00", 36 * 3600), ("2-0", 48 * 3600),
+    ("23:45:00", 23 * 3600 + 45 * 60), ("0:30:00", 1800), ("1-12:00:00", 36 * 3600), ("2-0", 48 * 3600),
     ("1-2:30", 26.5 * 3600), ("90m", 5400), ("1h30m", 5400), ("2d", 172800), ("45s", 45), ("1.5h", 5400),
     (" 1H 30M ", 5400), ("0:00:01.5", 1.5),
 ])
 def test_durations_are_read_as_slurm_and_people_write_them(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text, seconds", [("45:00", 45 * 60), ("0:30", 30), ("30:30", 30 * 60 + 30),
+                                           ("1-2:30", 26.5 * 3600)])
+def test_two_numbers_without_a_day_are_minutes_and_seconds_as_slurm_reads_them(text, seconds):
+    """sbatch --time: "minutes:seconds", but "days-hours:minutes". `--time-limit 45:00` (Slurm's
+    45 minutes) was read as 45 hours: the limit never came and the job was killed unsaved."""
     assert parse_duration(text) == pytest.approx(seconds)
 
 

@@ -34,14 +34,15 @@ EXIT_SECONDS = 2.0
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _WITH_UNITS = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
-# Slurm's forms with a colon or a day: [D-]H:MM[:SS], D-H
+# Slurm's forms with a colon or a day (sbatch --time): M:SS, H:MM:SS, D-H, D-H:MM, D-H:MM:SS. Two
+# numbers without a day are minutes and seconds, as Slurm reads them ("30:00" is half an hour)
 _CLOCK = re.compile(r"(?:(\d+)-)?(\d+):(\d+)(?::(\d+(?:\.\d+)?))?|(\d+)-(\d+)")
 
 
 def parse_duration(text) -> float:
-    """Seconds of a duration written as 23:45:00, 1-12:00:00 or 2-0 (Slurm's
-    [D-]H:MM[:SS] and D-H), or with units: 90m, 1h30m, 2d, 45s. A bare number is refused:
-    Slurm reads it as minutes, most tools as seconds. Raises ValueError saying what is accepted."""
+    """Seconds of a duration written as 23:45:00, 1-12:00:00, 2-0 or 45:00 (Slurm's H:MM:SS,
+    D-H[:MM[:SS]] and M:SS: two numbers without a day are minutes and seconds), or with units:
+    90m, 1h30m, 2d, 45s. A bare number is refused: Slurm reads it as minutes, most tools as seconds. Raises ValueError saying what is accepted."""
     if isinstance(text, bool) or not isinstance(text, str):
         raise ValueError(f"a duration is text such as '23:45:00' or '90m', got {text!r}")
     value = text.strip().lower().replace(" ", "")
@@ -51,6 +52,8 @@ def parse_duration(text) -> float:
         days, hours, minutes, secs, day_only, day_hours = clock.groups()
         if day_only is not None:
             seconds = int(day_only) * 86400 + int(day_hours) * 3600
+        elif days is None and secs is None:  # M:SS (Slurm's "minutes:seconds")
+            seconds = int(hours) * 60 + int(minutes)
         else:
             seconds = int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(secs or 0)
     elif value and (units := _WITH_UNITS.fullmatch(value)) and any(units.groups()):
