@@ -247,3 +247,28 @@ def test_the_process_group_waits_as_long_as_dist_timeout_says(monkeypatch):
     assert seen == [datetime.timedelta(seconds=1800), datetime.timedelta(seconds=7200)]
     with pytest.raises(UsageError, match=r"--dist-timeout \(dist_timeout\): not a duration: '10'"):
         TrainConfig(dist_timeout="10").check_values()
+
+
+def test_a_signal_on_another_rank_stops_every_rank_as_a_signal_not_as_the_time_limit(tmp_path, monkeypatch):
+    """Under torchrun a signal on one rank reaches the others through the step's exchange. With
+    --time-limit given, the ranks without the signal took the stop for the time limit's: they
+    printed "--time-limit ...: stopped after step N" and exited 0 while the signalled rank exited
+    143 (seen with two torchrun ranks, SIGTERM to rank 1 only). Here one process, its exchange
+    bringing another rank's signal at step 3."""
+    from protrans_cli.training import loop
+
+    real = loop._shared_counts
+    calls = []
+
+    def another_rank_signalled(micro_batches, info, flag, *rest):
+        counts = list(real(micro_batches, info, flag, *rest))
+        calls.append(1)
+        if len(calls) == 3:
+            counts[1] = True  # a signal on another rank (none here, no time out either)
+        return tuple(counts)
+
+    monkeypatch.setattr(loop, "_shared_counts", another_rank_signalled)
+    monkeypatch.setattr(timelimit, "process_age", lambda: 0.0)  # an hour is plenty
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path / "run", time_limit="1h"))
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000003"]

@@ -852,10 +852,12 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
             time_up = deadline is not None and _out_of_time(deadline, config, step + 1, total_steps)
             try:
                 stats = train_step(run, optimizer, batch.micro_batches,
-                                   stop_requested=(stop is not None and stop.signum is not None) or time_up)
+                                   stop_requested=stop is not None and stop.signum is not None, time_up=time_up)
             except NonFiniteGradient as exc:
                 raise _diverged(config, step + 1, exc.loss, exc.fp16) from None
             stop_now = stats.pop("stop")  # asked on any rank before this step's exchange
+            # --time-limit's alone (on this rank or another), no rank having had a signal
+            time_stop = stats.pop("time_up")
             with warnings.catch_warnings():  # a skipped fp16 step moves the schedule on too
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
                 scheduler.step()
@@ -915,7 +917,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                     bar.close()
                 if info.is_main:  # a stopped run has its loss curve so far too
                     plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
-                if deadline is not None and (stop is None or stop.signum is None):
+                if time_stop and (stop is None or stop.signum is None):
                     # --time-limit (on this rank or another: the step's exchange told them all)
                     result.step, result.stopped_by = step, "time_limit"
                     if stop is not None:  # (a signal from here on: StopRequest.__exit__)
@@ -986,10 +988,12 @@ def _out_of_time(deadline, config: TrainConfig, step: int, total_steps: int) -> 
     return deadline.stop_after_next(saves_after=step % config.save_every == 0, evaluates=evaluates, eval_guess=guess)
 
 
-def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False) -> dict:
-    """One optimizer step over this rank's micro-batches; returns summed statistics, and under
-    "stop" whether any rank was asked to stop (told to all ranks within the step's one exchange,
-    so that they all stop after the same step)."""
+def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False, time_up: bool = False) -> dict:
+    """One optimizer step over this rank's micro-batches; returns summed statistics, under
+    "stop" whether any rank was asked to stop (a signal, `stop_requested`, or --time-limit,
+    `time_up`: told to all ranks within the step's one exchange, so that they all stop after the
+    same step), and under "time_up" whether that was --time-limit's alone (no rank had a signal:
+    a signal on one rank stops every rank as a signal, none of them as the time limit)."""
     config, info = run.config, run.info
     device = info.device
     # Counted on the host before the transfer: no device synchronisation inside the step.
@@ -997,7 +1001,8 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     micro_batches = [_to_device(b, device) for b in micro_batches]
     # Predicted tokens of the whole step on every rank (the loss denominator), and whether any
     # rank was asked to stop, in the step's one exchange.
-    total_predicted, stop = _shared_counts(micro_batches, info, stop_requested)
+    total_predicted, signalled, out_of_time = _shared_counts(micro_batches, info, stop_requested, time_up)
+    stop, time_up = signalled or out_of_time, out_of_time and not signalled
     # DDP and FSDP average gradients over ranks; undo that so the result is sum / total_predicted.
     scale = info.world_size / max(total_predicted, 1.0)
     loss_scale = run.loss_scale.scale if run.loss_scale is not None else 1.0
@@ -1033,7 +1038,8 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
         if run.loss_scale.diverged:
             raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0), fp16=True)
         share = 1.0 / info.world_size  # (summed over ranks: one skipped step)
-        return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "skipped_steps": (share, share)}
+        return {"loss": (0.0, 0.0), "tokens": tokens, "stop": stop, "time_up": time_up,
+                "skipped_steps": (share, share)}
     if not finite:
         raise NonFiniteGradient(host[0] / max(total_predicted / info.world_size, 1.0))
     if total_predicted:
@@ -1041,7 +1047,7 @@ def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False
     # else no rank predicted a token (short proteins, a small batch): the gradient is zero, and a
     # step would still decay the weights and move them by the optimizer's momentum
     optimizer.zero_grad(set_to_none=True)
-    stats = {"loss": (host[0], total_predicted / info.world_size), "tokens": tokens, "stop": stop}
+    stats = {"loss": (host[0], total_predicted / info.world_size), "tokens": tokens, "stop": stop, "time_up": time_up}
     if total_predicted:
         stats["grad_norm"] = host[-1]
     if run.loss_scale is not None:
@@ -1126,17 +1132,17 @@ def _no_sync(run: _Run, sync: bool):
     return contextlib.nullcontext()
 
 
-def _shared_counts(micro_batches: list[dict], info, flag: bool) -> tuple[float, bool]:
+def _shared_counts(micro_batches: list[dict], info, flag: bool, second: bool = False) -> tuple[float, bool, bool]:
     """The predicted tokens of `micro_batches` on every rank, and whether any rank's `flag` is
-    set, in one exchange (none in one process). A second loss term that is a mean over
+    set, and any rank's `second`, in one exchange (none in one process). A second loss term that is a mean over
     something else (ELECTRA's detection over real tokens, ALBERT's sentence order over
     proteins) gets its weight over all of them as each batch's `step_ratio`."""
     predicted = float(sum(b["num_predicted"] for b in micro_batches))
     aux = float(sum(b.get("num_aux", 0) for b in micro_batches))
-    flags = float(flag)
+    flags, seconds = float(flag), float(second)
     if info.initialised:
-        counts = torch.tensor([predicted, aux, flags], dtype=torch.float64, device=info.device)
-        predicted, aux, flags = dist.all_reduce_sum(counts).tolist()
+        counts = torch.tensor([predicted, aux, flags, seconds], dtype=torch.float64, device=info.device)
+        predicted, aux, flags, seconds = dist.all_reduce_sum(counts).tolist()
     if aux:
         # A step without any masked residue (short proteins, a tiny batch) still has its second
         # term: normalised by its own count then (its weight was predicted / aux = 0, and the
@@ -1144,7 +1150,7 @@ def _shared_counts(micro_batches: list[dict], info, flag: bool) -> tuple[float, 
         predicted = predicted or aux
         for batch in micro_batches:
             batch["step_ratio"] = predicted / aux
-    return predicted, flags > 0
+    return predicted, flags > 0, seconds > 0
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -1186,7 +1192,7 @@ def evaluate(run: _Run, phase) -> float:
     # Weighted over the whole evaluation as a step is (per micro-batch, the eval loss of a
     # two-term objective moved with the micro-batch size). Every rank takes part in this
     # exchange, one whose reading failed too; then none evaluates.
-    denominator, failed = _shared_counts(micro_batches, info, not micro_batches)
+    denominator, failed, _ = _shared_counts(micro_batches, info, not micro_batches)
     try:
         for batch in micro_batches if not failed else []:
             batch = _to_device(batch, info.device)
