@@ -272,3 +272,25 @@ def test_a_signal_on_another_rank_stops_every_rank_as_a_signal_not_as_the_time_l
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path / "run", time_limit="1h"))
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000003"]
+
+
+def test_two_evaluations_between_the_decision_and_the_next_steps_checkpoint_are_both_reserved(tmp_path):
+    """With --eval-every 1 an evaluation follows this step and another the next: only one was
+    reserved, and a run of 1 s steps and 10 s evaluations saved its last checkpoint as the 100 s
+    limit came (and exited 2 s after it)."""
+    from protrans_cli.training.loop import _out_of_time
+
+    config = _config(tmp_path, val_corpus=[LEARNABLE], eval_every=1, num_steps=100)
+    clock = _Clock()
+    deadline = Deadline(100, clock=clock, started_ago=0)
+    deadline.saved(1.0)
+    start, step = clock.now, 0
+    while True:
+        step += 1
+        stop = _out_of_time(deadline, config, step, 100)
+        clock.now += 1.0 + 10.0  # the step, then its evaluation
+        deadline.evaluated(10.0)
+        if stop:
+            clock.now += 1.0  # its checkpoint
+            break
+    assert clock.now - start + EXIT_SECONDS <= 100, step

@@ -981,8 +981,11 @@ def _out_of_time(deadline, config: TrainConfig, step: int, total_steps: int) -> 
     never the run's last step or --stop-after's (the run stops there anyway)."""
     if step >= total_steps or (config.stop_after is not None and step >= config.stop_after):
         return False
-    evaluates = bool(config.val_corpus) and (step + 1 == total_steps or bool(config.eval_every) and (
-        step % config.eval_every == 0 or (step + 1) % config.eval_every == 0))
+    # the evaluations after this step and after the next (both with --eval-every 1, or one step
+    # before the last at an evaluation step): each takes its time
+    evaluates = int(bool(config.val_corpus)) * (
+        int(bool(config.eval_every) and step % config.eval_every == 0)
+        + int(step + 1 == total_steps or bool(config.eval_every) and (step + 1) % config.eval_every == 0))
     # (before an evaluation is measured: as many passes as a step's, forward only, about a third of one each)
     guess = deadline.step_seconds * max(1, config.num_eval_batches) / 3
     return deadline.stop_after_next(saves_after=step % config.save_every == 0, evaluates=evaluates, eval_guess=guess)

@@ -126,18 +126,18 @@ class Deadline:
     def left(self) -> float:
         return self.end - self.clock()
 
-    def stop_after_next(self, *, saves_after: bool = False, evaluates: bool = False,
+    def stop_after_next(self, *, saves_after: bool = False, evaluates: int = 0,
                         eval_guess: float = 0.0) -> bool:
         """Whether the step about to run must be the last: True when, after it, the step after
-        it and a checkpoint (with what falls between: a periodic save, `saves_after`; an
-        evaluation, `evaluates`, timed as measured, else `eval_guess`) would not end before
-        the limit."""
+        it and a checkpoint (with what falls between: a periodic save, `saves_after`; the
+        evaluations, `evaluates` of them (True: one), each timed as measured, else `eval_guess`)
+        would not end before the limit."""
         now = self.clock()
         if self._last is not None:
             self.steps.append(max(0.0, now - self._last - self._paused))
         self._last, self._paused = now, 0.0
         step = self.step_seconds
-        evaluation = (self.eval_seconds if self.eval_seconds is not None else eval_guess) if evaluates else 0.0
+        evaluation = (self.eval_seconds if self.eval_seconds is not None else eval_guess) * int(evaluates)
         need = 2 * step + self.save_seconds * (2 if saves_after else 1) + evaluation + EXIT_SECONDS
         return now + need > self.end
 
