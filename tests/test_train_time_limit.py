@@ -43,6 +43,7 @@ def test_two_numbers_without_a_day_are_minutes_and_seconds_as_slurm_reads_them(t
 @pytest.mark.parametrize("text, said", [
     ("90", "a bare number: give its unit"), ("1:2:3:4", "not a duration"), ("soon", "not a duration"),
     ("", "not a duration"), ("0m", "more than 0"), ("0:00:00", "more than 0"), ("h", "not a duration"),
+    ("99999999999d", "at most 365 days"), ("366d", "at most 365 days"),
     (90, "a duration is text"), (True, "a duration is text"),
 ])
 def test_what_is_not_a_duration_is_refused_saying_what_is(text, said):
@@ -71,6 +72,20 @@ def test_the_last_step_is_the_one_after_which_a_step_and_a_checkpoint_no_longer_
     # t=0: no step measured yet (need 5 + exit): go on; t=k*10 with step 10: t + 20 + 5 + 2 > 100 from t=80
     assert decisions == [False] * 8 + [True]
     assert deadline.step_seconds == pytest.approx(10.0)
+
+
+def test_before_the_runs_last_step_the_final_model_is_reserved_too():
+    answers = []
+    for exports in (False, True):
+        clock = _Clock()
+        deadline = Deadline(50, clock=clock, started_ago=0)
+        deadline.saved(10.0)
+        deadline.stop_after_next()
+        clock.now += 10.0
+        # 40 s left: two steps (20), a checkpoint (10) and the exit (2) fit; the final model after
+        # them (timed as a checkpoint, 10) does not
+        answers.append(deadline.stop_after_next(exports=exports))
+    assert answers == [False, True]
 
 
 def test_saves_and_evaluations_between_steps_are_not_counted_as_step_time_but_reserved():

@@ -988,7 +988,8 @@ def _out_of_time(deadline, config: TrainConfig, step: int, total_steps: int) -> 
         + int(step + 1 == total_steps or bool(config.eval_every) and (step + 1) % config.eval_every == 0))
     # (before an evaluation is measured: as many passes as a step's, forward only, about a third of one each)
     guess = deadline.step_seconds * max(1, config.num_eval_batches) / 3
-    return deadline.stop_after_next(saves_after=step % config.save_every == 0, evaluates=evaluates, eval_guess=guess)
+    return deadline.stop_after_next(saves_after=step % config.save_every == 0, evaluates=evaluates, eval_guess=guess,
+                                    exports=step + 1 == total_steps)
 
 
 def train_step(run: _Run, optimizer, micro_batches, stop_requested: bool = False, time_up: bool = False) -> dict:

@@ -27,6 +27,7 @@ from collections import deque
 ASSUMED_WRITE_RATE = 100e6
 # The least a checkpoint is taken to cost (directory, config, tokenizer, SHA256SUMS, fsyncs).
 SAVE_FLOOR_SECONDS = 1.0
+MAX_DURATION = 365 * 86400
 RECENT_STEPS = 20  # steps whose longest duration stands for the next ones
 # Left after the checkpoint for what a stopped run does before it exits (the loss curve, the
 # interpreter's teardown: about a second for a tiny model on a CPU)
@@ -63,6 +64,8 @@ def parse_duration(text) -> float:
         raise ValueError(f"not a duration: {text!r}{hint}; write 23:45:00, 1-12:00:00, 90m or 1h30m")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"a duration must be more than 0, got {text!r}")
+    if seconds > MAX_DURATION:  # (a timedelta of 99999999999d overflowed, a traceback under torchrun)
+        raise ValueError(f"a duration must be at most 365 days, got {text!r}")
     return float(seconds)
 
 
@@ -127,18 +130,19 @@ class Deadline:
         return self.end - self.clock()
 
     def stop_after_next(self, *, saves_after: bool = False, evaluates: int = 0,
-                        eval_guess: float = 0.0) -> bool:
+                        eval_guess: float = 0.0, exports: bool = False) -> bool:
         """Whether the step about to run must be the last: True when, after it, the step after
         it and a checkpoint (with what falls between: a periodic save, `saves_after`; the
         evaluations, `evaluates` of them (True: one), each timed as measured, else `eval_guess`)
-        would not end before the limit."""
+        would not end before the limit; `exports`: the step after it is the run's last, and the
+        final model (timed as a checkpoint) is written after its checkpoint."""
         now = self.clock()
         if self._last is not None:
             self.steps.append(max(0.0, now - self._last - self._paused))
         self._last, self._paused = now, 0.0
         step = self.step_seconds
         evaluation = (self.eval_seconds if self.eval_seconds is not None else eval_guess) * int(evaluates)
-        need = 2 * step + self.save_seconds * (2 if saves_after else 1) + evaluation + EXIT_SECONDS
+        need = 2 * step + self.save_seconds * (1 + saves_after + exports) + evaluation + EXIT_SECONDS
         return now + need > self.end
 
 
