@@ -227,3 +227,25 @@ def test_torchrun_ranks_give_the_stacked_file_of_one_process(tmp_path):
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "single.h5"]  # shards and partial gone
+
+
+def test_the_stacked_file_keeps_the_permissions_of_the_file_it_is_written_from(tmp_path):
+    # as in the other layouts, whose partial file is renamed: a finished file made private
+    # (0600) and extended by --resume stays private, and a partial file's mode is the output's
+    import os
+    import stat
+
+    first = tmp_path / "first.fa"
+    first.write_text("".join(">" + r for r in SMALL.read_text().split(">")[1:][:3]))
+    for layout in ("grouped", "stacked"):
+        out = tmp_path / f"{layout}.h5"
+        embed(first, out, EmbedOptions(model="onehot", per_residue=False, layout=layout))
+        os.chmod(out, 0o600)
+        embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False, layout=layout, resume=True))
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600, layout
+    partial = tmp_path / "p.h5.partial"
+    embed(SMALL, tmp_path / "g.h5", EmbedOptions(model="onehot", per_residue=False, layout="stacked"))
+    stacked_module.unstack_file(tmp_path / "g.h5", partial)
+    os.chmod(partial, 0o640)
+    stacked_module.stack_file(partial, tmp_path / "p.h5", then="")
+    assert stat.S_IMODE((tmp_path / "p.h5").stat().st_mode) == 0o640

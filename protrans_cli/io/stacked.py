@@ -111,6 +111,7 @@ def stack_file(source, target, *, then: str) -> int:
                         dataset[start:end] = (np.array(values[column], dtype=np.int64) if column in COUNT_COLUMNS
                                               else values[column])
                 out.flush()
+            _same_mode(temporary, source)
             with open(temporary, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(temporary, target)
@@ -159,6 +160,14 @@ def _attributes(obj) -> dict:
     return found
 
 
+def _same_mode(made, source) -> None:
+    """`made` gets the permissions of the file it was written from, as a renamed partial file
+    keeps its own in the other layouts (a finished file chmod-ed 0600 stays 0600 when --resume
+    extends it), not the umask's."""
+    with contextlib.suppress(OSError):
+        os.chmod(made, os.stat(source).st_mode & 0o777)
+
+
 def _row_shape(src, group, records) -> tuple[tuple[int, ...], np.dtype]:
     """The shape and dtype of one row: the first protein's, else (none written: every protein
     failed) from the file's attributes."""
@@ -199,6 +208,7 @@ def unstack_file(source, target) -> int:
                             _set_attr(ds, name, value)
                         ds.close()
                 out.flush()
+        _same_mode(temporary, source)
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
