@@ -249,3 +249,17 @@ def test_the_stacked_file_keeps_the_permissions_of_the_file_it_is_written_from(t
     os.chmod(partial, 0o640)
     stacked_module.stack_file(partial, tmp_path / "p.h5", then="")
     assert stat.S_IMODE((tmp_path / "p.h5").stat().st_mode) == 0o640
+
+
+def test_matrix_of_no_protein_has_the_storage_dtype_in_every_layout(tmp_path):
+    # an empty matrix() is what a non-empty one would be but for N: float16 stays float16 in
+    # the grouped and flat layouts too (they gave float32), as the stacked file gives it
+    fasta = tmp_path / "long.fa"
+    fasta.write_text(">a\nMKV\n")
+    for layout in ("grouped", "flat", "stacked"):
+        out = tmp_path / f"{layout}.h5"
+        embed(fasta, out, EmbedOptions(model="onehot", per_residue=False, layout=layout, storage_dtype="float16",
+                                       max_length=1, long_policy="skip"))
+        with EmbeddingsReader(out) as r:
+            ids, x = r.matrix()
+        assert ids == [] and x.shape == (0, 21) and x.dtype == np.float16, layout

@@ -383,9 +383,12 @@ class EmbeddingsReader:
             ids.append(ident)
             rows.append(values)
         order = sorted(range(len(ids)), key=ids.__getitem__)
-        dim = rows[0].shape if rows else (int(self.attrs.get("embedding_dim") or 0),)
-        stacked = np.stack([rows[i] for i in order]) if rows else np.empty((0, *dim), dtype=np.float32)
-        return [ids[i] for i in order], stacked
+        if not rows:  # (the shape and dtype a stacked file of no protein has)
+            from protrans_cli.io.stacked import row_from_attributes
+
+            shape, dtype = row_from_attributes(self.file.attrs)
+            return [], np.empty((0, *shape), dtype=dtype)
+        return [ids[i] for i in order], np.stack([rows[i] for i in order])
 
     def items(self, kind: str = PER_RESIDUE) -> Iterator[tuple[str, np.ndarray, dict]]:
         """(id, array, attributes) of every protein, through h5py's low-level calls: its

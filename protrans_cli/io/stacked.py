@@ -176,9 +176,15 @@ def _row_shape(src, group, records) -> tuple[tuple[int, ...], np.dtype]:
     if records:
         obj = h5py.h5o.open(group.id, records[0][1])
         return tuple(obj.shape), obj.dtype
-    layers = np.atleast_1d(src.attrs.get("layers", [-1]))
-    dim = int(src.attrs.get("embedding_dim", 0))
-    dtype = np.dtype(str(src.attrs.get("storage_dtype", "float32")))
+    return row_from_attributes(src.attrs)
+
+
+def row_from_attributes(attrs) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of a per-protein vector as a file's attributes give them (a file
+    that holds none): (n_layers, D) with several layers, else (D,); the storage dtype."""
+    layers = np.atleast_1d(attrs.get("layers", [-1]))
+    dim = int(attrs.get("embedding_dim", 0) or 0)
+    dtype = np.dtype(str(attrs.get("storage_dtype", "float32") or "float32"))
     return ((len(layers), dim) if len(layers) > 1 else (dim,)), dtype
 
 
