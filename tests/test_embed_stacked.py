@@ -200,13 +200,37 @@ def test_the_command_line(tmp_path, run_cli):
     assert not list(tmp_path.glob("x.h5*"))
     with pytest.raises(UsageError, match="stacked layout holds per-protein vectors only"):
         embed(SMALL, tmp_path / "y.h5", EmbedOptions(model="onehot", layout="stacked"))
-    # fit and predict read the layouts with one dataset per protein: one line saying so
-    labels = tmp_path / "loc.fa"
-    labels.write_text(">P1 Nucleus-S\nMKTAYIAKQRQISFVKSHFSRQ\n>one Cytoplasm-M\nM\n")
-    r = run_cli("fit", "loc", "--embeddings", out, "--labels", labels, "-o", tmp_path / "head")
-    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
-    assert "is in the stacked layout (one (N, D) array): fit and predict read the grouped and flat" in r.stderr
 
+
+def test_fit_and_predict_read_a_stacked_file_as_they_read_the_grouped_one(tmp_path, run_cli):
+    """The same proteins in both layouts: the same head (fit is seeded) and the same predictions,
+    per protein; a per-residue task is refused in one line (a stacked file has no rows)."""
+    from conftest import ROOT
+
+    example = ROOT / "protrans_cli" / "example_data"
+    outputs = {}
+    for layout in ("grouped", "stacked"):
+        emb = tmp_path / f"{layout}.h5"
+        for fasta, h5 in ((example / "loc_train.fasta", emb), (example / "loc_test.fasta", tmp_path / f"t_{layout}.h5")):
+            r = run_cli("embed", fasta, "-m", "onehot", "--per-protein", "--layout", layout, "-o", h5)
+            assert r.exit_code == 0, r.stderr
+        head = tmp_path / f"head_{layout}"
+        r = run_cli("fit", "loc", "--embeddings", emb, "--labels", example / "loc_train.fasta", "--max-epochs", "3",
+                    "-j", "1", "--valid-fraction", "0.2", "-o", head)
+        assert r.exit_code == 0, r.stderr
+        pred = tmp_path / f"p_{layout}.csv"
+        r = run_cli("predict", head, "--embeddings", tmp_path / f"t_{layout}.h5", "-o", pred,
+                    "--labels", example / "loc_test.fasta")
+        assert r.exit_code == 0, r.stderr
+        outputs[layout] = (pred.read_text(), json.loads((head / "metrics.json").read_text())
+                           if (head / "metrics.json").exists() else None, r.stderr.splitlines()[-3:])
+    assert outputs["grouped"][0] == outputs["stacked"][0] and outputs["grouped"][0].count("\n") > 100
+    assert outputs["grouped"][1] == outputs["stacked"][1]
+    r = run_cli("fit", "ss3", "--embeddings", tmp_path / "stacked.h5", "--labels", example / "ss_train.csv",
+                "-o", tmp_path / "ss")
+    assert r.exit_code == 1 and r.stderr.count("protrans: error:") == 1
+    assert "has no per_residue embeddings (it holds per_protein): a stacked file holds per-protein vectors only: " \
+           "embed with --layout grouped for per-residue rows" in r.stderr
 
 @pytest.mark.slow
 def test_torchrun_ranks_give_the_stacked_file_of_one_process(tmp_path):

@@ -26,8 +26,8 @@ from protrans_cli import console
 from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
-from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_checksum_of,
-                                dataset_facts, h5_file, open_local, read_array, sequence_checksum, unescape_key)
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, h5_file, open_local,
+                                read_array, sequence_checksum, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -117,6 +117,8 @@ def _source_kind(reader: EmbeddingsReader, kind: str) -> str:
         return PER_RESIDUE
     remedy = ("embed without --per-protein (or with --per-residue too)" if kind == PER_RESIDUE
               else "embed with --per-protein (or without --per-residue)")
+    if reader.layout == "stacked":  # (it holds nothing else)
+        remedy = "a stacked file holds per-protein vectors only: embed with --layout grouped for per-residue rows"
     raise InputError(f"has no {kind} embeddings (it holds {', '.join(reader.kinds)}): {remedy}", path=reader.path)
 
 
@@ -142,7 +144,6 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     `evaluating`: the labels score a head (fit's --valid/--test, predict --labels), so an output
     they hold no labels for is left with nothing to evaluate rather than refused."""
     source = _source_kind(reader, task.kind)
-    group = reader._group(source)
     keys = set(reader.keys(source))
     other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
     by_checksum: dict[str, list[str]] | None = None
@@ -181,7 +182,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             if by_checksum is None:
                 by_checksum = {}
                 for k in sorted(keys):
-                    if (c := dataset_checksum_of(group, k)) is not None:
+                    if (c := reader.checksum_of(k, source)) is not None:
                         by_checksum.setdefault(c, []).append(k)
             # Several proteins of one sequence: each label takes a key of its own while there are
             # any (the same rows all the same), so that none of them is said to have no label.
@@ -197,7 +198,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
             else:
                 report.missing.append(record.id)
             continue
-        length, cut, stored = dataset_facts(group, key, per_residue=source == PER_RESIDUE)
+        length, cut, stored = reader.facts(key, source)
         if cut is not None:  # its checksum is the kept prefix's: not another sequence
             if task.kind == PER_RESIDUE:  # labels for residues that have no row
                 report.truncated.append(f"{record.id} ({length} of {cut})")
@@ -630,10 +631,14 @@ class ProteinData:
             source = _source_kind(reader, PER_PROTEIN)
             if source != PER_PROTEIN:
                 console.info(f"{self.path}: no per-protein embeddings; using the mean of the per-residue ones")
-            group = reader._group(source)
+            stacked = reader.layout == "stacked"
+            group = None if stacked else reader._group(source)
             dim = reader.dim(source) if items else None
             rows = []
-            for item in items:
+            if stacked and items:  # one (N, D) array: the rows picked from it
+                at = reader._stacked.rows()
+                rows = list(reader._stacked.take([at[unescape_key(item.key)] for item in items], layer))
+            for item in items if not stacked else ():
                 if source == PER_RESIDUE:
                     length = item.length or None  # (0: not known)
                     array = read_rows(group, item.key, 2, layer, (length, dim), self.path, item.id,

@@ -95,6 +95,12 @@ def head_layer(config: dict) -> int:
 def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list[str]]:
     """Every protein of the file, and the ids of those `embed --long-policy truncate` cut short."""
     source = _source_kind(reader, kind)
+    if reader.layout == "stacked":  # (one row a protein, its facts in columns)
+        view = reader._stacked
+        cuts = view.column("truncated_from")
+        items = [Matched(ident, escape_key(ident), int(length), {})
+                 for ident, length in zip(view.ids(), view.column("lengths"))]
+        return items, [f"{m.id} ({m.length} of {int(cut)})" for m, cut in zip(items, cuts) if cut]
     group = reader._group(source)
     items, truncated = [], []
     for key in reader.keys(source):

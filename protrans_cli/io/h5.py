@@ -261,9 +261,8 @@ class EmbeddingsReader:
 
     def _group(self, kind):
         self._check_kind(kind)
-        if self._stacked is not None:  # (fit's and predict's way in: one dataset per protein)
-            raise InputError("is in the stacked layout (one (N, D) array): fit and predict read the grouped and "
-                             "flat layouts (embed --layout grouped); EmbeddingsReader and h5py read this one",
+        if self._stacked is not None:  # (no dataset per protein: the callers that need one branch before)
+            raise InputError("is in the stacked layout (one (N, D) array): it has no dataset per protein",
                              path=self.path)
         if self.layout == "flat":
             return self.file
@@ -414,6 +413,21 @@ class EmbeddingsReader:
                 attrs = {k: _plain(v) for k, v in ds.attrs.items()}
                 values = ds[()]
             yield dataset_id(key, attrs), values, attrs
+
+    def facts(self, key: str, kind: str = PER_RESIDUE) -> tuple[int | None, int | None, str | None]:
+        """(length, truncated_from, checksum) of the protein at `key`, as `dataset_facts` gives them
+        (a stacked file's from its columns)."""
+        if self._stacked is not None:
+            self._check_kind(kind)
+            record = self._stacked.record(self._stacked.rows()[unescape_key(key)])
+            return record["length"], record.get("truncated_from"), record["checksum"]
+        return dataset_facts(self._group(kind), key, per_residue=kind == PER_RESIDUE)
+
+    def checksum_of(self, key: str, kind: str = PER_RESIDUE) -> str | None:
+        """The sequence checksum of the protein at `key` (`dataset_checksum_of`)."""
+        if self._stacked is not None:
+            return self.facts(key, kind)[2]
+        return dataset_checksum_of(self._group(kind), key)
 
     def checksums(self, kind: str = PER_RESIDUE) -> dict[str, str]:
         """checksum -> id, for matching label files that carry only sequences."""

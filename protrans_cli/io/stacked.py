@@ -237,6 +237,7 @@ class StackedView:
             raise InputError(f"a stacked embeddings file without its {', '.join(missing)} column(s): damaged, "
                              "or not written by protrans embed", path=path)
         self._rows: dict[str, int] | None = None
+        self._columns: dict[str, np.ndarray] = {}
         if any(f[name].shape != (len(self.data),) for name in COLUMNS):
             raise InputError("a stacked embeddings file whose columns are not one per row of per_protein: damaged",
                              path=path)
@@ -260,13 +261,40 @@ class StackedView:
         return self._rows
 
     def column(self, name: str) -> np.ndarray:
-        dataset = self.file[name]
-        return dataset.asstr()[()] if name in TEXT_COLUMNS or name == "checksums" else dataset[()]
+        """A whole column, read once."""
+        if name not in self._columns:
+            dataset = self.file[name]
+            self._columns[name] = dataset.asstr()[()] if name in TEXT_COLUMNS or name == "checksums" else dataset[()]
+        return self._columns[name]
+
+    def take(self, rows, layer: int | None = None) -> np.ndarray:
+        """The vectors of `rows` (in that order) as float32, at stored layer index `layer` where
+        the file holds several; read a block at a time in row order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        shape = self.data.shape[1:]
+        out = np.empty((len(rows), shape[-1]), dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        row_bytes = int(np.prod(shape, dtype=np.int64)) * self.data.dtype.itemsize
+        step = _rows_per_block(row_bytes)
+        at = 0
+        while at < len(order):
+            start = int(rows[order[at]])
+            end = min(len(self), start + step)
+            block = self.data[start:end]
+            if block.ndim == 3:
+                block = block[:, -1 if layer is None else layer]
+            stop = at
+            while stop < len(order) and rows[order[stop]] < end:
+                stop += 1
+            picked = order[at:stop]
+            out[picked] = block[rows[picked] - start]
+            at = stop
+        return out
 
     def record(self, i: int, columns: dict | None = None) -> dict:
         """Row `i`'s attributes as the other layouts' datasets carry them (the optional ones
-        only where they apply)."""
-        get = (lambda name: columns[name][i]) if columns is not None else (lambda name: self._cell(name, i))
+        only where they apply); `columns`: a block's, else the whole columns (read once)."""
+        get = (lambda name: columns[name][i]) if columns is not None else (lambda name: self.column(name)[i])
         attrs = {"id": get("ids"), "header": get("headers"), "length": int(get("lengths")),
                  "checksum": get("checksums")}
         for attribute, column in (("truncated_from", "truncated_from"), ("chunks", "chunks")):
@@ -277,13 +305,6 @@ class StackedView:
         if computed:
             attrs["computed"] = computed
         return attrs
-
-    def _cell(self, name: str, i: int):
-        dataset = self.file[name]
-        value = dataset[i]
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "replace")
-        return value.item() if isinstance(value, np.generic) else value
 
     def get(self, ident: str) -> np.ndarray:
         row = self.rows().get(ident)
