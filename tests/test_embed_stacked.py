@@ -287,3 +287,29 @@ def test_matrix_of_no_protein_has_the_storage_dtype_in_every_layout(tmp_path):
         with EmbeddingsReader(out) as r:
             ids, x = r.matrix()
         assert ids == [] and x.shape == (0, 21) and x.dtype == np.float16, layout
+
+
+def test_rows_picked_from_the_array_in_any_order_at_any_layer(tmp_path, monkeypatch):
+    """What fit and predict read of a stacked file: rows in the labels' order (repeats too), at
+    the layer asked for, read a block at a time whatever the block size."""
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    rng = np.random.default_rng(0)
+    vectors = {f"p{i:03d}": rng.standard_normal((2, 5)).astype(np.float32) for i in range(40)}
+    out = tmp_path / "s.h5"
+    with EmbeddingsWriter(out, kinds=(PER_PROTEIN,), layout="stacked", attrs={"layers": [-2, -1]}) as w:
+        for ident, vector in reversed(list(vectors.items())):
+            w.write(ident, ident, "MKV", per_protein=vector)
+            w.flush()
+    monkeypatch.setattr(stacked_module, "BLOCK_BYTES", 7 * 2 * 5 * 4)  # 7 rows a block
+    ids = sorted(vectors)
+    wanted = [ids[i] for i in rng.integers(0, 40, size=60)]
+    with EmbeddingsReader(out) as r:
+        at = r._stacked.rows()
+        for layer in (0, 1, -1, None):
+            got = r._stacked.take([at[i] for i in wanted], layer)
+            expected = np.stack([vectors[i][-1 if layer is None else layer] for i in wanted])
+            np.testing.assert_array_equal(got, expected)
+        all_ids, matrix = r.matrix()
+    assert all_ids == ids and matrix.shape == (40, 2, 5)
+    np.testing.assert_array_equal(matrix, np.stack([vectors[i] for i in ids]))
