@@ -313,3 +313,20 @@ def test_rows_picked_from_the_array_in_any_order_at_any_layer(tmp_path, monkeypa
         all_ids, matrix = r.matrix()
     assert all_ids == ids and matrix.shape == (40, 2, 5)
     np.testing.assert_array_equal(matrix, np.stack([vectors[i] for i in ids]))
+
+
+def test_a_layer_the_stacked_file_does_not_hold_is_refused_in_one_line(tmp_path):
+    # a stacked file that records no layer numbers (EmbeddingsWriter from Python without a
+    # `layers` attribute): fit --layer 3 on its (N, 2, D) array was an IndexError traceback
+    from protrans_cli.heads.data import Matched, ProteinData
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    items = [Matched(i, i, 3, {"y": n}) for n, i in enumerate(("a", "b"))]
+    for shape in ((2, 4), (4,)):
+        out = tmp_path / f"s{len(shape)}.h5"
+        with EmbeddingsWriter(out, kinds=(PER_PROTEIN,), layout="stacked") as w:
+            for item in items:
+                w.write(item.id, item.id, "MKV", per_protein=np.ones(shape, np.float32))
+        with pytest.raises(InputError, match=r"not layer 3"):
+            ProteinData(str(out), items, layer=3)
+        assert ProteinData(str(out), items, layer=-1).x.shape == (2, 4)

@@ -272,6 +272,12 @@ class StackedView:
         the file holds several; read a block at a time in row order."""
         rows = np.asarray(rows, dtype=np.int64)
         shape = self.data.shape[1:]
+        # (a file that records no layer numbers: the layer indexes its layer axis, as read_rows
+        # checks it in the other layouts; an index past it was an IndexError traceback)
+        layers = shape[0] if len(shape) == 2 else 1
+        if layer is not None and not -layers <= layer < layers:
+            raise InputError(f"holds {layers} layer(s) a protein (the file records no layer numbers: a layer "
+                             f"indexes that axis, {-layers} to {layers - 1}), not layer {layer}", path=self.path)
         out = np.empty((len(rows), shape[-1]), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
         row_bytes = int(np.prod(shape, dtype=np.int64)) * self.data.dtype.itemsize
