@@ -83,6 +83,21 @@ def test_several_layers_and_float16_storage(tmp_path):
     assert x.dtype == np.float16 and x.shape == (6, 21)
     with h5py.File(out) as f:
         assert f["per_protein"].dtype == np.float16
+    # several layers (the onehot embedder has one): the (N, n_layers, D) array, float16 kept
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    rng = np.random.default_rng(1)
+    vectors = {ident: rng.standard_normal((3, 5)).astype(np.float16) for ident in ("b", "a", "c")}
+    out = tmp_path / "layers.h5"
+    with EmbeddingsWriter(out, kinds=(PER_PROTEIN,), layout="stacked", storage_dtype="float16",
+                          attrs={"layers": [-3, -2, -1]}) as w:
+        for ident, vector in vectors.items():
+            w.write(ident, ident, "MKV", per_protein=vector)
+    with EmbeddingsReader(out) as r:
+        ids, x = r.matrix()
+        assert ids == ["a", "b", "c"] and x.shape == (3, 3, 5) and x.dtype == np.float16
+        np.testing.assert_array_equal(x, np.stack([vectors[i] for i in ids]))
+        np.testing.assert_array_equal(r.get("c", PER_PROTEIN), vectors["c"])
 
 
 def test_an_interrupted_run_resumes_to_the_file_an_uninterrupted_run_writes(tmp_path, monkeypatch):
