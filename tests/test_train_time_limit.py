@@ -309,3 +309,14 @@ def test_two_evaluations_between_the_decision_and_the_next_steps_checkpoint_are_
             clock.now += 1.0  # its checkpoint
             break
     assert clock.now - start + EXIT_SECONDS <= 100, step
+
+
+def test_dist_timeout_none_is_pytorchs_default_as_validate_accepts_it():
+    # validate() let dist_timeout=None through (from Python, or null in a JSON config), and
+    # train() then refused it: "--dist-timeout (dist_timeout): a duration is text ..., got None"
+    from protrans_cli.training.config import TrainConfig
+
+    config = TrainConfig(corpus=["c.txt"], dist_timeout=None)
+    config.validate()
+    assert config.duration("dist_timeout") is None and config.duration("time_limit") is None
+    assert TrainConfig(corpus=["c.txt"]).duration("dist_timeout") == 1800

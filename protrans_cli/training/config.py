@@ -301,10 +301,13 @@ class TrainConfig:
                 if problem := type_problem(f.type, getattr(phase, f.name)):
                     raise UsageError(f"Phase.{f.name} must be {problem}, got {getattr(phase, f.name)!r:.60}")
 
-    def duration(self, name: str) -> float:
-        """Seconds of a duration setting (time_limit, dist_timeout); a UsageError naming it."""
+    def duration(self, name: str) -> float | None:
+        """Seconds of a duration setting (time_limit, dist_timeout); a UsageError naming it. None
+        for None (validate accepts it: no time limit; dist_timeout None is PyTorch's default)."""
         from protrans_cli.training.timelimit import parse_duration
 
+        if getattr(self, name) is None:
+            return None
         try:
             return parse_duration(getattr(self, name))
         except ValueError as exc:
