@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,11 @@ def is_stacked(f) -> bool:
     return f.get(PER_PROTEIN, getclass=True) is h5py.Dataset and f.get("ids", getclass=True) is h5py.Dataset
 
 
+BLOCK_ROWS = 8192  # and at most this many rows (their columns are Python objects until written)
+
+
 def _rows_per_block(row_bytes: int) -> int:
-    return max(1, BLOCK_BYTES // max(1, row_bytes))
+    return max(1, min(BLOCK_ROWS, BLOCK_BYTES // max(1, row_bytes)))
 
 
 def stack_file(source, target, *, then: str) -> int:
@@ -59,7 +63,7 @@ def stack_file(source, target, *, then: str) -> int:
     `source` is left as it is. `then`: what the user does when there is no room. Returns rows."""
     import h5py
 
-    from protrans_cli.io.h5 import _link_names, h5_file, unescape_key
+    from protrans_cli.io.h5 import h5_file, unescape_key
 
     target = Path(target)
     temporary = target.with_name(f".{target.name}.stacking")
@@ -67,11 +71,7 @@ def stack_file(source, target, *, then: str) -> int:
         temporary.unlink()
     with h5_file(source, "r") as src:
         group = src.get(PER_PROTEIN)
-        # (every key of embed's own file is its id's, escaped: sorted by id without opening anything;
-        # the names alone are kept; with the sort's keys and HDF5's metadata the peak is about 1 KB
-        # a protein, measured up to 400,000: about 50 GB for UniRef50's 50 million)
-        records = _link_names(group) if group is not None else []
-        records.sort(key=lambda name: unescape_key(name.decode("utf-8")))
+        records = _Names(group)
         shape, dtype = _row_shape(src, group, records)
         row_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         disk.ensure_room(temporary, len(records) * (row_bytes + 256), then, shown=target,
@@ -88,7 +88,7 @@ def stack_file(source, target, *, then: str) -> int:
                 columns["checksums"] = out.create_dataset("checksums", shape=(n,), dtype=h5py.string_dtype("ascii"))
                 step = _rows_per_block(row_bytes)
                 for start in range(0, n, step):
-                    block = records[start:start + step]
+                    block = records.slice(start, start + step)
                     rows = np.empty((len(block), *shape), dtype=dtype)
                     values = {name: [] for name in COLUMNS}
                     for i, name in enumerate(block):
@@ -169,6 +169,43 @@ def _same_mode(made, source) -> None:
     extends it), not the umask's."""
     with contextlib.suppress(OSError):
         os.chmod(made, os.stat(source).st_mode & 0o777)
+
+
+class _Names:
+    """The names of a partial file's per-protein datasets in the order HDF5's name index keeps
+    them (the keys' bytes, which is the rows' order), packed: the bytes of all of them and an
+    offset each. A list of Python bytes cost about 1 KB a protein at the peak with its sort
+    (about 50 GB for UniRef50's 50 million); this is the names' length and 8 bytes."""
+
+    def __init__(self, group):
+        import h5py
+
+        from protrans_cli.io.h5 import _refuse_link
+
+        self.data = bytearray()
+        self.ends = array("Q")
+        outside: list[bytes] = []
+
+        def add(name, info):  # (None returned: on to the next)
+            if info.type != h5py.h5l.TYPE_HARD:  # (links out of the file refused, as everywhere)
+                outside.append(name)
+            else:
+                self.data += name
+                self.ends.append(len(self.data))
+
+        if group is not None:
+            group.id.links.iterate(add, idx_type=h5py.h5.INDEX_NAME, order=h5py.h5.ITER_INC, info=True)
+            if outside:
+                _refuse_link(group, outside[0])
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> bytes:
+        return bytes(self.data[self.ends[i - 1] if i else 0:self.ends[i]])
+
+    def slice(self, start: int, end: int) -> list[bytes]:
+        return [self[i] for i in range(start, min(end, len(self)))]
 
 
 def _row_shape(src, group, records) -> tuple[tuple[int, ...], np.dtype]:
