@@ -345,3 +345,32 @@ def test_a_layer_the_stacked_file_does_not_hold_is_refused_in_one_line(tmp_path)
         with pytest.raises(InputError, match=r"not layer 3"):
             ProteinData(str(out), items, layer=3)
         assert ProteinData(str(out), items, layer=-1).x.shape == (2, 4)
+
+
+def _matched(embeddings, labels, task="protein", **kw):
+    """(matched items, report, ProteinData) for `labels` against `embeddings`, as fit reads them."""
+    from protrans_cli.heads.data import ProteinData, match_labels
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import get_task
+
+    label_set = read_labels(labels, "auto")
+    task = get_task(task)
+    if task.name == "protein":
+        task = task.with_classes_from(label_set.records)
+    with EmbeddingsReader(embeddings) as r:
+        items, report = match_labels(label_set, r, task, **kw)
+    return items, report, ProteinData(embeddings, items, layer=kw.get("layer", -1))
+
+
+def test_a_stacked_file_without_embeds_attributes_is_matched_as_one_with_them(tmp_path):
+    # another tool's stacked file (the columns, no `layout` attribute): the labels were matched
+    # through the per-dataset keys of a grouped file, which it has not ("it has no dataset per protein")
+    out = tmp_path / "s.h5"
+    _stacked(out)
+    with h5py.File(out, "r+") as f:
+        for name in list(f.attrs):
+            del f.attrs[name]
+    labels = tmp_path / "l.csv"
+    labels.write_text("id,label\none,A\nrare,B\nsp|Q9/slash,A\n")
+    items, _, data = _matched(out, labels)
+    assert [m.id for m in items] == ["one", "rare", "sp|Q9/slash"] and data.x.shape == (3, 21)

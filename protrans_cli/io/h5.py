@@ -303,8 +303,10 @@ class EmbeddingsReader:
 
     def _foreign(self, kind: str) -> "_ForeignKeys":
         """How another tool's keys name proteins (see `key_for`), read once per kind through
-        h5py's low-level calls (its dictionary interface cost 60 us a protein: 30 s for 500,000)."""
-        if "layout" in self.attrs:
+        h5py's low-level calls (its dictionary interface cost 60 us a protein: 30 s for 500,000).
+        A stacked file's ids are in its ids column, whoever wrote it (one without embed's
+        `layout` attribute has no dataset per protein to read them from)."""
+        if "layout" in self.attrs or self._stacked is not None:
             return _ForeignKeys({}, set(), {})
         if kind not in self._foreign_ids:
             import h5py
