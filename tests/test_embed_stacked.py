@@ -374,3 +374,20 @@ def test_a_stacked_file_without_embeds_attributes_is_matched_as_one_with_them(tm
     labels.write_text("id,label\none,A\nrare,B\nsp|Q9/slash,A\n")
     items, _, data = _matched(out, labels)
     assert [m.id for m in items] == ["one", "rare", "sp|Q9/slash"] and data.x.shape == (3, 21)
+
+
+def test_a_stacked_row_without_a_checksum_or_length_is_not_another_sequence(tmp_path):
+    # stack_file writes "" and 0 where a protein records no checksum or length (another tool's
+    # file): they were compared with the labels' sequences as if recorded, so every DeepLoc
+    # record was "whose sequence differs", where the grouped file without them matched each
+    out = tmp_path / "s.h5"
+    _stacked(out)
+    with h5py.File(out, "r+") as f:
+        f["checksums"][...] = np.array([b""] * len(f["ids"]), dtype=object)
+        f["lengths"][...] = 0
+    labels = tmp_path / "deeploc.fasta"
+    labels.write_text(">P1 Nucleus-S\nMKTAYIAKQRQISFVKSHFSRQ\n>one Cytoplasm-M\nM\n>rare Nucleus-U\nMKXUZOBA\n")
+    items, report, data = _matched(out, labels, "loc")
+    assert [m.id for m in items] == ["P1", "one", "rare"] and not report.problems and data.x.shape == (3, 21)
+    with EmbeddingsReader(out) as r:
+        assert r.facts("P1", PER_PROTEIN) == (None, None, None) and r.checksum_of("one", PER_PROTEIN) is None

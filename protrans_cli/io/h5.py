@@ -418,11 +418,12 @@ class EmbeddingsReader:
 
     def facts(self, key: str, kind: str = PER_RESIDUE) -> tuple[int | None, int | None, str | None]:
         """(length, truncated_from, checksum) of the protein at `key`, as `dataset_facts` gives them
-        (a stacked file's from its columns)."""
+        (a stacked file's from its columns, where "" and 0 are what stack_file writes for a
+        checksum or length not recorded: None, as for a dataset without the attribute)."""
         if self._stacked is not None:
             self._check_kind(kind)
             record = self._stacked.record(self._stacked.rows()[unescape_key(key)])
-            return record["length"], record.get("truncated_from"), record["checksum"]
+            return record["length"] or None, record.get("truncated_from"), record["checksum"] or None
         return dataset_facts(self._group(kind), key, per_residue=kind == PER_RESIDUE)
 
     def checksum_of(self, key: str, kind: str = PER_RESIDUE) -> str | None:
