@@ -391,3 +391,36 @@ def test_a_stacked_row_without_a_checksum_or_length_is_not_another_sequence(tmp_
     assert [m.id for m in items] == ["P1", "one", "rare"] and not report.problems and data.x.shape == (3, 21)
     with EmbeddingsReader(out) as r:
         assert r.facts("P1", PER_PROTEIN) == (None, None, None) and r.checksum_of("one", PER_PROTEIN) is None
+
+
+def _replace(f, name, data, **kw):
+    del f[name]
+    f.create_dataset(name, data=data, **kw)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: _replace(f, "ids", np.arange(len(f["ids"]))), "ids column(s) hold int64"),
+    (lambda f: _replace(f, "checksums", np.arange(len(f["ids"]))), "checksums column(s) hold int64"),
+    (lambda f: _replace(f, "lengths", f["lengths"][()].astype(float)), "lengths column(s) hold float64"),
+    (lambda f: _replace(f, "ids", np.array([b"\xff" + i.encode() for i in f["ids"].asstr()[()]], dtype="S20")),
+     "ids column is not UTF-8 text"),
+    (lambda f: _replace(f, "per_protein", np.zeros(len(f["ids"]), np.float32)), "not (N, D) or (N, n_layers, D)"),
+    (lambda f: _replace(f, "per_protein", np.zeros((len(f["ids"]), 2, 2, 21), np.float32)),
+     "not (N, D) or (N, n_layers, D)"),
+    (lambda f: _replace(f, "per_protein", np.array(["x"] * len(f["ids"]), dtype=object),
+                        dtype=h5py.string_dtype()), "not (N, D) or (N, n_layers, D) numbers"),
+    (lambda f: f.__delitem__("ids"), "without its ids column"),
+    (lambda f: (f.__delitem__("headers"), f.create_group("headers")), "without its headers column"),
+], ids=["int ids", "int checksums", "float lengths", "ids not utf-8", "1-d", "4-d", "text", "no ids", "a group"])
+def test_a_damaged_stacked_file_is_one_error_line(tmp_path, run_cli, damage, message):
+    # another tool's or a damaged stacked file: a traceback where a column was first read (or a
+    # flat file of one protein "per_protein", where the ids were lost), or taken as it came
+    out = tmp_path / "s.h5"
+    _stacked(out)
+    with h5py.File(out, "r+") as f:
+        damage(f)
+    labels = tmp_path / "l.csv"
+    labels.write_text("id,label\none,A\nrare,B\n")
+    r = run_cli("fit", "protein", "--embeddings", out, "--labels", labels, "-o", tmp_path / "head")
+    assert r.exit_code == 1 and r.stderr.count("protrans: error:") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert message in r.stderr

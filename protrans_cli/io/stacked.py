@@ -46,7 +46,12 @@ def is_stacked(f) -> bool:
     """Whether an open h5py file has the stacked structure (not a stacked run's partial file)."""
     import h5py
 
-    return f.get(PER_PROTEIN, getclass=True) is h5py.Dataset and f.get("ids", getclass=True) is h5py.Dataset
+    if f.get(PER_PROTEIN, getclass=True) is not h5py.Dataset:
+        return False
+    # (one whose ids column is lost is a damaged stacked file, said so, not a flat file of one protein)
+    layout = f.attrs.get("layout")
+    return f.get("ids", getclass=True) is h5py.Dataset or (layout.decode("utf-8", "replace") if isinstance(
+        layout, bytes) else layout) == "stacked"
 
 
 BLOCK_ROWS = 8192  # and at most this many rows (their columns are Python objects until written)
@@ -267,24 +272,50 @@ class StackedView:
     """Read access to an open stacked file (EmbeddingsReader's, and `--resume`'s)."""
 
     def __init__(self, f, path: str):
+        import h5py
+
         self.file = f
         self.path = path
         self.data = f[PER_PROTEIN]
-        missing = [name for name in COLUMNS if name not in f]
+        missing = [name for name in COLUMNS if f.get(name, getclass=True) is not h5py.Dataset]
         if missing:
             raise InputError(f"a stacked embeddings file without its {', '.join(missing)} column(s): damaged, "
                              "or not written by protrans embed", path=path)
         self._rows: dict[str, int] | None = None
         self._columns: dict[str, np.ndarray] = {}
+        # (checked here, once: another type was a traceback where it was first read, or read as it came)
+        if self.data.ndim not in (2, 3) or self.data.dtype.kind not in "fiub":
+            raise InputError(f"a stacked embeddings file whose per_protein is a {self.data.dtype} array of shape "
+                             f"{self.data.shape}, not (N, D) or (N, n_layers, D) numbers: damaged, or not written "
+                             "by protrans embed", path=path)
         if any(f[name].shape != (len(self.data),) for name in COLUMNS):
             raise InputError("a stacked embeddings file whose columns are not one per row of per_protein: damaged",
                              path=path)
+        wrong = [name for name in COLUMNS
+                 if (f[name].dtype.kind not in "iu" if name in COUNT_COLUMNS
+                     else h5py.check_string_dtype(f[name].dtype) is None)]
+        if wrong:
+            raise InputError(f"a stacked embeddings file whose {', '.join(wrong)} column(s) hold "
+                             f"{', '.join('text' if h5py.check_string_dtype(f[name].dtype) else str(f[name].dtype) for name in wrong)} "
+                             f"(text expected in "
+                             f"{', '.join(n for n in COLUMNS if n not in COUNT_COLUMNS)}, integers in "
+                             f"{', '.join(COUNT_COLUMNS)}): "
+                             "damaged, or not written by protrans embed", path=path)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def ids(self) -> list[str]:
-        return list(self.file["ids"].asstr()[()])
+        return list(self._text("ids"))
+
+    def _text(self, name: str, selection=()) -> np.ndarray:
+        """A text column (or `selection` of it) as str: UTF-8, which ASCII (the checksums, another
+        tool's fixed-length strings) is part of."""
+        try:
+            return self.file[name].asstr("utf-8")[selection]
+        except UnicodeDecodeError:
+            raise InputError(f"a stacked embeddings file whose {name} column is not UTF-8 text: damaged, or not "
+                             "written by protrans embed", path=self.path) from None
 
     def rows(self) -> dict[str, int]:
         """id -> row."""
@@ -302,7 +333,7 @@ class StackedView:
         """A whole column, read once."""
         if name not in self._columns:
             dataset = self.file[name]
-            self._columns[name] = dataset.asstr()[()] if name in TEXT_COLUMNS or name == "checksums" else dataset[()]
+            self._columns[name] = self._text(name) if name in TEXT_COLUMNS or name == "checksums" else dataset[()]
         return self._columns[name]
 
     def take(self, rows, layer: int | None = None) -> np.ndarray:
@@ -363,7 +394,7 @@ class StackedView:
         step = _rows_per_block(row_bytes)
         for start in range(0, n, step):
             end = min(n, start + step)
-            columns = {name: (self.file[name].asstr()[start:end] if name in TEXT_COLUMNS or name == "checksums"
+            columns = {name: (self._text(name, slice(start, end)) if name in TEXT_COLUMNS or name == "checksums"
                               else self.file[name][start:end]) for name in COLUMNS}
             yield self.data[start:end], [self.record(i, columns) for i in range(end - start)]
 
