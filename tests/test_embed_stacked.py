@@ -347,7 +347,7 @@ def test_a_layer_the_stacked_file_does_not_hold_is_refused_in_one_line(tmp_path)
         assert ProteinData(str(out), items, layer=-1).x.shape == (2, 4)
 
 
-def _matched(embeddings, labels, task="protein", **kw):
+def _matched(embeddings, labels, task="protein", layer=-1, **kw):
     """(matched items, report, ProteinData) for `labels` against `embeddings`, as fit reads them."""
     from protrans_cli.heads.data import ProteinData, match_labels
     from protrans_cli.heads.labels import read_labels
@@ -359,7 +359,7 @@ def _matched(embeddings, labels, task="protein", **kw):
         task = task.with_classes_from(label_set.records)
     with EmbeddingsReader(embeddings) as r:
         items, report = match_labels(label_set, r, task, **kw)
-    return items, report, ProteinData(embeddings, items, layer=kw.get("layer", -1))
+    return items, report, ProteinData(embeddings, items, layer=layer)
 
 
 def test_a_stacked_file_without_embeds_attributes_is_matched_as_one_with_them(tmp_path):
@@ -424,3 +424,30 @@ def test_a_damaged_stacked_file_is_one_error_line(tmp_path, run_cli, damage, mes
     r = run_cli("fit", "protein", "--embeddings", out, "--labels", labels, "-o", tmp_path / "head")
     assert r.exit_code == 1 and r.stderr.count("protrans: error:") == 1 and "Traceback" not in r.stderr, r.stderr
     assert message in r.stderr
+
+
+def test_a_layer_a_stacked_file_without_layer_numbers_does_not_hold_is_refused(tmp_path):
+    # as a grouped file's is: a 2-D file read at any --layer (silently its one layer), and an
+    # index past a 3-D file's layer axis a traceback (IndexError)
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    one = tmp_path / "one.h5"
+    _stacked(one)
+    three = tmp_path / "three.h5"
+    vectors = {f"p{i}": np.arange(i, i + 15, dtype=np.float32).reshape(3, 5) for i in range(4)}
+    with EmbeddingsWriter(three, kinds=(PER_PROTEIN,), layout="stacked", attrs={"layers": [-3, -2, -1]}) as w:
+        for ident, vector in vectors.items():
+            w.write(ident, ident, "MKV", per_protein=vector)
+    for path in (one, three):
+        with h5py.File(path, "r+") as f:
+            for name in ("layers", "num_hidden_states"):
+                f.attrs.pop(name, None)
+    labels = tmp_path / "l.csv"
+    labels.write_text("id,label\none,A\nrare,B\n")
+    with pytest.raises(InputError, match="holds one layer .* not layer 2"):
+        _matched(one, labels, layer=2)
+    assert _matched(one, labels, layer=0)[2].x.shape == (2, 21)
+    labels.write_text("id,label\np1,A\np3,B\n")
+    with pytest.raises(InputError, match="holds 3 layers on the layer axis .* not layer 5"):
+        _matched(three, labels, layer=5)
+    np.testing.assert_array_equal(_matched(three, labels, layer=1)[2].x, [vectors["p1"][1], vectors["p3"][1]])

@@ -398,6 +398,19 @@ def _check_foreign_layer(shape: tuple, base_ndim: int, layer: int, path: str, id
                          record=ident)
 
 
+def _check_stacked_layer(shape: tuple, layer: int, path: str, layers_recorded: bool) -> None:
+    """--layer (the stored index `stored_layer_index` gives, or in a file that records no layers
+    the number itself) against a stacked file's (N, D) or (N, n_layers, D) array, as
+    `_check_foreign_layer` checks a grouped file's datasets: an index past the layer axis was a
+    traceback, and any --layer on a file of one layer and no layer numbers was taken silently."""
+    if len(shape) == 3 and not -shape[1] <= layer < shape[1]:
+        raise InputError(f"holds {shape[1]} layers on the layer axis of its per_protein array (a layer indexes that "
+                         f"axis, {-shape[1]} to {shape[1] - 1}), not layer {layer}", path=path)
+    if len(shape) == 2 and not layers_recorded and layer not in (-1, 0):
+        raise InputError(f"holds one layer (no layer axis, no layer numbers recorded), not layer {layer}: fit a "
+                         f"head on it with --layer -1 (the default), or embed with --layer {layer}", path=path)
+
+
 @dataclass
 class Batch:
     x: "object"  # torch.Tensor (B, L, D) per residue or (B, D) per protein, float32
@@ -636,6 +649,7 @@ class ProteinData:
             dim = reader.dim(source) if items else None
             rows = []
             if stacked and items:  # one (N, D) array: the rows picked from it
+                _check_stacked_layer(reader._stacked.data.shape, layer, self.path, recorded)
                 at = reader._stacked.rows()
                 rows = list(reader._stacked.take([at[unescape_key(item.key)] for item in items], layer))
             for item in items if not stacked else ():
