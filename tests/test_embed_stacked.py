@@ -451,3 +451,32 @@ def test_a_layer_a_stacked_file_without_layer_numbers_does_not_hold_is_refused(t
     with pytest.raises(InputError, match="holds 3 layers on the layer axis .* not layer 5"):
         _matched(three, labels, layer=5)
     np.testing.assert_array_equal(_matched(three, labels, layer=1)[2].x, [vectors["p1"][1], vectors["p3"][1]])
+
+
+def test_rows_are_in_key_order_in_every_layout_and_run(tmp_path, monkeypatch):
+    """`a/` is keyed `a%2F`, before `a&` as bytes though after it as an id: the stacked rows, a
+    resumed run's and matrix() of a grouped file all take the keys' order."""
+    fasta = tmp_path / "k.fa"
+    want = ["a!", "a\x01", "a%", "a/", "a&", "b"]
+    fasta.write_text(">a&\nMKV\n>a/\nMKL\n>a\x01\nMKI\n>a!\nMKA\n>b\nMKW\n>a%\nMKQ\n")
+    from protrans_cli.io.h5 import escape_key
+
+    assert want == sorted(want, key=lambda i: escape_key(i).encode()) != sorted(want)
+    out = tmp_path / "s.h5"
+    _stacked(out, fasta=fasta)
+    assert _columns(out)["ids"] == want
+    grouped = tmp_path / "g.h5"
+    embed(fasta, grouped, EmbedOptions(model="onehot", per_residue=False))
+    with EmbeddingsReader(grouped) as g, EmbeddingsReader(out) as s:
+        (ids_g, x_g), (ids_s, x_s) = g.matrix(), s.matrix()
+    assert ids_g == ids_s == want
+    np.testing.assert_array_equal(x_g, x_s)
+    resumed = tmp_path / "r.h5"
+    original = _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _stacked(resumed, fasta=fasta, max_batch_size=1)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    _stacked(resumed, fasta=fasta, max_batch_size=1, resume=True)
+    a, b = _columns(out), _columns(resumed)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

@@ -7,7 +7,7 @@ Layout (docs/formats.md is the user-facing description):
   or, with layout="flat" (the files ProtTrans' script and bio_embeddings write):
     /<key>               one kind only, at the root
   or, with layout="stacked" (per-protein only; io/stacked.py), once the run completes:
-    /per_protein         (N, D) or (N, n_layers, D), rows sorted by id; /ids, /headers, ... beside it
+    /per_protein         (N, D) or (N, n_layers, D), rows in key order; /ids, /headers, ... beside it
 
 Each dataset has attributes `id` (the FASTA id), `header` (the whole header line), `length`
 (residues) and `checksum` ("md5:<hex>" of the upper-cased sequence, see `sequence_checksum`);
@@ -184,7 +184,7 @@ class EmbeddingsReader:
         with EmbeddingsReader("x.h5") as r:
             r.kinds                   # ("per_residue", "per_protein") present
             for ident in r.ids(PER_RESIDUE): r.get(ident, PER_RESIDUE)  # np.ndarray
-            ids, X = r.matrix()       # per-protein vectors as one (N, D) array, rows sorted by id
+            ids, X = r.matrix()       # per-protein vectors as one (N, D) array, rows in key order
     """
 
     def __init__(self, path):
@@ -372,7 +372,8 @@ class EmbeddingsReader:
 
     def matrix(self, kind: str = PER_PROTEIN) -> tuple[list[str], np.ndarray]:
         """(ids, vectors): the per-protein vectors as one (N, D) array (N, n_layers, D with
-        several layers), row i protein ids[i], sorted by id; from a stacked file in one read."""
+        several layers), row i protein ids[i], in the order of their keys (escape_key, as bytes:
+        a stacked file's order); from a stacked file in one read."""
         self._check_kind(kind)
         if kind != PER_PROTEIN:
             raise InputError("matrix() stacks per-protein vectors; per-residue arrays differ in length",
@@ -383,7 +384,7 @@ class EmbeddingsReader:
         for ident, values, _ in self.items(kind):
             ids.append(ident)
             rows.append(values)
-        order = sorted(range(len(ids)), key=ids.__getitem__)
+        order = sorted(range(len(ids)), key=lambda i: escape_key(ids[i]).encode("utf-8"))
         if not rows:  # (the shape and dtype a stacked file of no protein has)
             from protrans_cli.io.stacked import row_from_attributes
 

@@ -9,7 +9,8 @@
     /chunks           int64 (N,)                   windows stitched for a chunked protein, 0 for the others
     /computed         variable-length UTF-8 (N,)   as the `computed` attribute of the other layouts, "" for the others
 
-Rows are sorted by id, so the file does not depend on batching, `--resume` or torchrun: the
+Rows are in the order of their keys (io.h5.escape_key of the ids, as bytes: the order of HDF5's
+name index of the partial file), so the file does not depend on batching, `--resume` or torchrun: the
 file of an interrupted and resumed run is that of an uninterrupted one. A file of a million
 proteins is two reads for numpy (`f["per_protein"][()]`, `f["ids"].asstr()[()]`), where one
 dataset per protein costs a lookup each.
@@ -63,7 +64,7 @@ def _rows_per_block(row_bytes: int) -> int:
 
 def stack_file(source, target, *, then: str) -> int:
     """Write `target` in the stacked layout from `source`, a file of the grouped structure (a
-    stacked run's partial file): its attributes, and its per-protein vectors sorted by id. Made
+    stacked run's partial file): its attributes, and its per-protein vectors in key order. Made
     under a hidden name in the same folder and renamed, so `target` is whole or as it was;
     `source` is left as it is. `then`: what the user does when there is no room. Returns rows."""
     import h5py
