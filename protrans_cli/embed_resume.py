@@ -291,9 +291,11 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
             from protrans_cli.io.stacked import is_stacked, stacked_done
 
             if writer_kw["layout"] == "stacked" and is_stacked(f):  # a finished stacked file
-                ids, sums = stacked_done(f)
-                return _Done.union([_Done(np.frombuffer(b"".join(map(digest128, ids)), dtype="S16"),
-                                          np.array([checksum64(s) for s in sums], dtype=np.uint64))])
+                ids, sums = bytearray(), array("Q")
+                for block_ids, block_sums in stacked_done(f):
+                    ids += b"".join(map(digest128, block_ids))
+                    sums.extend(checksum64(s or None) for s in block_sums)
+                return _Done.union([_Done(np.frombuffer(bytes(ids), dtype="S16"), np.frombuffer(sums, dtype=np.uint64))])
             per_kind = []
             for kind in writer_kw["kinds"]:
                 group = f if writer_kw["layout"] == "flat" else f.get(kind)

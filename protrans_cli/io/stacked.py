@@ -400,11 +400,14 @@ class StackedView:
             yield self.data[start:end], [self.record(i, columns) for i in range(end - start)]
 
 
-def stacked_done(f) -> tuple[list[str], list[str | None]]:
-    """(ids, checksums) of a finished stacked file, as `--resume` compares them (a truncated
-    protein's checksum is its kept prefix's, as the other layouts record it)."""
+def stacked_done(f):
+    """(ids, checksums) of a finished stacked file a block at a time, as `--resume` compares
+    them (a truncated protein's checksum is its kept prefix's, as the other layouts record it);
+    never the whole columns as Python strings (about 130 bytes a protein)."""
     view = StackedView(f, f.filename)
-    return view.ids(), list(view.column("checksums"))
+    for start in range(0, len(view), BLOCK_ROWS):
+        selection = np.s_[start:start + BLOCK_ROWS]
+        yield view._text("ids", selection), view._text("checksums", selection)
 
 
 def stacking_failure(exc: BaseException, partial) -> RuntimeFailure:
