@@ -71,63 +71,50 @@ def stack_file(source, target, *, then: str) -> int:
 
     from protrans_cli.io.h5 import h5_file, unescape_key
 
-    target = Path(target)
-    temporary = target.with_name(f".{target.name}.stacking")
-    with contextlib.suppress(OSError):
-        temporary.unlink()
-    with h5_file(source, "r") as src:
+    with h5_file(source, "r") as src, _written_as(Path(target), "stacking", source) as temporary:
         group = src.get(PER_PROTEIN)
         records = _Names(group)
         shape, dtype = _row_shape(src, group, records)
         row_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         disk.ensure_room(temporary, len(records) * (row_bytes + 256), then, shown=target,
                          what="the stacked file")
-        try:
-            with h5_file(temporary, "x") as out:
-                for key, value in src.attrs.items():
-                    out.attrs[key] = value
-                n = len(records)
-                data = out.create_dataset(PER_PROTEIN, shape=(n, *shape), dtype=dtype)
-                text = h5py.string_dtype("utf-8")
-                columns = {name: out.create_dataset(name, shape=(n,), dtype=text) for name in TEXT_COLUMNS}
-                columns.update({name: out.create_dataset(name, shape=(n,), dtype=np.int64) for name in COUNT_COLUMNS})
-                columns["checksums"] = out.create_dataset("checksums", shape=(n,), dtype=h5py.string_dtype("ascii"))
-                step = _rows_per_block(row_bytes)
-                for start in range(0, n, step):
-                    block = records.slice(start, start + step)
-                    rows = np.empty((len(block), *shape), dtype=dtype)
-                    values = {name: [] for name in COLUMNS}
-                    for i, name in enumerate(block):
-                        ident = unescape_key(name.decode("utf-8"))
-                        obj = h5py.h5o.open(group.id, name)
-                        try:  # (HDF5 checks the shape; the dtype is the run's storage dtype)
-                            obj.read(h5py.h5s.ALL, h5py.h5s.ALL, rows[i])
-                        except (TypeError, ValueError, OSError, RuntimeError):
-                            raise RuntimeFailure(f"protein {ident!r} has a vector of shape {obj.shape}, the others "
-                                                 f"{shape}: not one embedding run's", path=str(source)) from None
-                        found = _attributes(obj)
-                        found["id"] = ident
-                        for attribute, column in _ATTRIBUTE_COLUMNS.items():
-                            value = found.get(attribute)
-                            if column in COUNT_COLUMNS:
-                                value = int(value) if value is not None else 0
-                            elif value is None:
-                                value = ""
-                            values[column].append(value)
-                    end = start + len(block)
-                    data[start:end] = rows
-                    for column, dataset in columns.items():
-                        dataset[start:end] = (np.array(values[column], dtype=np.int64) if column in COUNT_COLUMNS
-                                              else values[column])
-                out.flush()
-            _same_mode(temporary, source)
-            with open(temporary, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
+        with h5_file(temporary, "x") as out:
+            for key, value in src.attrs.items():
+                out.attrs[key] = value
+            n = len(records)
+            data = out.create_dataset(PER_PROTEIN, shape=(n, *shape), dtype=dtype)
+            text = h5py.string_dtype("utf-8")
+            columns = {name: out.create_dataset(name, shape=(n,), dtype=text) for name in TEXT_COLUMNS}
+            columns.update({name: out.create_dataset(name, shape=(n,), dtype=np.int64) for name in COUNT_COLUMNS})
+            columns["checksums"] = out.create_dataset("checksums", shape=(n,), dtype=h5py.string_dtype("ascii"))
+            step = _rows_per_block(row_bytes)
+            for start in range(0, n, step):
+                block = records.slice(start, start + step)
+                rows = np.empty((len(block), *shape), dtype=dtype)
+                values = {name: [] for name in COLUMNS}
+                for i, name in enumerate(block):
+                    ident = unescape_key(name.decode("utf-8"))
+                    obj = h5py.h5o.open(group.id, name)
+                    try:  # (HDF5 checks the shape; the dtype is the run's storage dtype)
+                        obj.read(h5py.h5s.ALL, h5py.h5s.ALL, rows[i])
+                    except (TypeError, ValueError, OSError, RuntimeError):
+                        raise RuntimeFailure(f"protein {ident!r} has a vector of shape {obj.shape}, the others "
+                                             f"{shape}: not one embedding run's", path=str(source)) from None
+                    found = _attributes(obj)
+                    found["id"] = ident
+                    for attribute, column in _ATTRIBUTE_COLUMNS.items():
+                        value = found.get(attribute)
+                        if column in COUNT_COLUMNS:
+                            value = int(value) if value is not None else 0
+                        elif value is None:
+                            value = ""
+                        values[column].append(value)
+                end = start + len(block)
+                data[start:end] = rows
+                for column, dataset in columns.items():
+                    dataset[start:end] = (np.array(values[column], dtype=np.int64) if column in COUNT_COLUMNS
+                                          else values[column])
+            out.flush()
     return len(records)
 
 
@@ -169,12 +156,27 @@ def _attributes(obj) -> dict:
     return found
 
 
-def _same_mode(made, source) -> None:
-    """`made` gets the permissions of the file it was written from, as a renamed partial file
-    keeps its own in the other layouts (a finished file chmod-ed 0600 stays 0600 when --resume
-    extends it), not the umask's."""
+@contextlib.contextmanager
+def _written_as(target: Path, what: str, source):
+    """A hidden file beside `target` (`.TARGET.what`, one a killed run left removed first) for the
+    block to write; when the block ends it gets the permissions of `source` (as a renamed partial
+    file keeps its own in the other layouts: a finished file chmod-ed 0600 stays 0600 when
+    --resume extends it, not the umask's), is synced and renamed `target`, so that `target` is
+    whole or as it was; when the block fails, it is removed."""
+    temporary = target.with_name(f".{target.name}.{what}")
     with contextlib.suppress(OSError):
-        os.chmod(made, os.stat(source).st_mode & 0o777)
+        temporary.unlink()
+    try:
+        yield temporary
+        with contextlib.suppress(OSError):
+            os.chmod(temporary, os.stat(source).st_mode & 0o777)
+        with open(temporary, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 class _Names:
@@ -240,33 +242,23 @@ def unstack_file(source, target) -> int:
     hidden name and renamed; returns the proteins."""
     from protrans_cli.io.h5 import _create_dataset, _set_attr, escape_key, h5_file
 
-    target = Path(target)
-    temporary = target.with_name(f".{target.name}.unstacking")
-    with contextlib.suppress(OSError):
-        temporary.unlink()
-    try:
-        with h5_file(source, "r") as src:
-            view = StackedView(src, str(source))
-            disk.ensure_room(temporary, os.path.getsize(source) + 512 * len(view), "free some space and run the "
-                             "same command with --resume", shown=target, what="a partial copy of the stacked file")
-            with h5_file(temporary, "x", track_order=True) as out:
-                for key, value in src.attrs.items():
-                    out.attrs[key] = value
-                group = out.create_group(PER_PROTEIN, track_order=True)
-                for rows, attrs in view.blocks():
-                    for row, record in zip(rows, attrs):
-                        ds = _create_dataset(group, escape_key(record["id"]), row)
-                        for name, value in record.items():
-                            _set_attr(ds, name, value)
-                        ds.close()
-                out.flush()
-        _same_mode(temporary, source)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-    return len(view)
+    with h5_file(source, "r") as src, _written_as(Path(target), "unstacking", source) as temporary:
+        view = StackedView(src, str(source))
+        count = len(view)
+        disk.ensure_room(temporary, os.path.getsize(source) + 512 * count, "free some space and run the "
+                         "same command with --resume", shown=target, what="a partial copy of the stacked file")
+        with h5_file(temporary, "x", track_order=True) as out:
+            for key, value in src.attrs.items():
+                out.attrs[key] = value
+            group = out.create_group(PER_PROTEIN, track_order=True)
+            for rows, attrs in view.blocks():
+                for row, record in zip(rows, attrs):
+                    ds = _create_dataset(group, escape_key(record["id"]), row)
+                    for name, value in record.items():
+                        _set_attr(ds, name, value)
+                    ds.close()
+            out.flush()
+    return count
 
 
 class StackedView:
