@@ -2983,3 +2983,46 @@ def test_no_plots_writes_every_number_and_no_png(run_cli, loc_data, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "plotted" / "curves.png").is_file() and (tmp_path / "plotted" / "metrics" / "valid.loc.png").is_file()
     assert ((tmp_path / "plotted" / "weights.safetensors").read_bytes() == (head / "weights.safetensors").read_bytes())
+
+
+def test_a_label_file_without_ids_finds_the_proteins_embed_truncated(run_cli, tmp_path, monkeypatch):
+    """FLIP's CSVs carry sequences, not ids: a protein embedded with --long-policy truncate has
+    its kept prefix's checksum, and was reported without an embedding. It is found by that
+    prefix and its recorded full length."""
+    rng = np.random.default_rng(5)
+    long_seq = "".join(rng.choice(list(AA), size=60))
+    others = ["".join(rng.choice(list(AA), size=int(rng.integers(12, 25)))) for _ in range(20)]
+    rows = ["sequence,target,set,validation", f"{long_seq},1.5,train,False"]
+    rows += [f"{s},{i / 10:.2f},train,False" for i, s in enumerate(others)]
+    labels = tmp_path / "flip.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    fasta = tmp_path / "all.fa"
+    fasta.write_text(f">long\n{long_seq}\n" + "".join(f">o{i}\n{s}\n" for i, s in enumerate(others)))
+    out = tmp_path / "t.h5"
+    r = run_cli("embed", fasta, "-m", "onehot", "--per-protein", "--max-length", "30", "--long-policy", "truncate",
+                "-o", out)
+    assert r.exit_code == 0, r.stderr
+    from protrans_cli.heads.data import match_labels
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import get_task
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    with EmbeddingsReader(out) as reader:
+        items, report = match_labels(read_labels(labels, "auto"), reader, get_task("value"))
+    assert report.missing == [] and len(items) == 21
+    truncated = [m for m in items if m.key == "long"]
+    assert len(truncated) == 1 and truncated[0].length == 30 and truncated[0].targets["value"] == 1.5
+    assert len(report.truncated_used) == 1 and report.truncated_used[0].endswith("(30 of 60)")
+    # before: only whole sequences were looked up, and the long protein had no embedding
+    import protrans_cli.heads.data as data_module
+
+    whole_only = data_module._checksum_maps
+
+    def without_prefixes(*args):
+        whole, _ = whole_only(*args)
+        return whole, {}
+
+    monkeypatch.setattr(data_module, "_checksum_maps", without_prefixes)
+    with EmbeddingsReader(out) as reader:
+        _, report = match_labels(read_labels(labels, "auto"), reader, get_task("value"), on_mismatch="skip")
+    assert len(report.missing) == 1

@@ -100,6 +100,23 @@ def _checksums(sequence: str) -> set[str]:
     return sums
 
 
+def _checksum_maps(reader: EmbeddingsReader, keys, source: str) -> tuple[dict, dict]:
+    """The file's keys by sequence checksum: {checksum: keys} of the whole proteins, and
+    {(checksum, full length, kept length): keys} of those embed truncated, whose checksum is their
+    kept prefix's (a whole protein that happens to be that prefix is another protein)."""
+    whole: dict[str, list[str]] = {}
+    prefixes: dict[tuple, list[str]] = {}
+    for k in sorted(keys):
+        length, cut, checksum = reader.facts(k, source)
+        if checksum is None:
+            continue
+        if cut is None or length is None:
+            whole.setdefault(checksum, []).append(k)
+        else:
+            prefixes.setdefault((checksum, cut, length), []).append(k)
+    return whole, prefixes
+
+
 def _prefix_checksum(sequence: str, length: int) -> str | None:
     """The checksum embed's truncate policy stores for a protein: that of the first `length`
     residues of its normalised sequence, rare residues as they are (None: one embed refuses)."""
@@ -147,6 +164,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     keys = set(reader.keys(source))
     other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
     by_checksum: dict[str, list[str]] | None = None
+    by_prefix: dict[tuple, list[str]] = {}
     failed: dict[str, str] | None = None  # (the file's `failed` attribute, read when first needed)
     taken: set[str] = set()  # keys matched so far
     # (another tool's keys: by their attributes first; ids are unique in a label set)
@@ -180,13 +198,19 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         via_checksum = False
         if key not in keys and record.sequence is not None:
             if by_checksum is None:
-                by_checksum = {}
-                for k in sorted(keys):
-                    if (c := reader.checksum_of(k, source)) is not None:
-                        by_checksum.setdefault(c, []).append(k)
+                by_checksum, by_prefix = _checksum_maps(reader, keys, source)
             # Several proteins of one sequence: each label takes a key of its own while there are
             # any (the same rows all the same), so that none of them is said to have no label.
             candidates = [k for c in _checksums(record.sequence) for k in by_checksum.get(c, ())]
+            if not candidates and by_prefix:
+                # a protein embed truncated: its checksum is its kept prefix's, and its full
+                # length is recorded (a label file without ids, FLIP's, found no embedding for it)
+                full = _residue_count(record)
+                candidates = [k for kept in sorted({kept for _, _, kept in by_prefix}) if full and full > kept
+                              for k in by_prefix.get((_prefix_checksum(record.sequence, kept), full, kept), ())]
+                if not candidates:  # the label file's sequence is the kept prefix itself (as before)
+                    own = _checksums(record.sequence)
+                    candidates = [k for (c, _, _), found in by_prefix.items() if c in own for k in found]
             key = next((k for k in candidates if k not in taken and k not in by_id),
                        next((k for k in candidates if k not in taken), candidates[0] if candidates else None))
             via_checksum = key is not None
