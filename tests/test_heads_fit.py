@@ -3026,3 +3026,27 @@ def test_a_label_file_without_ids_finds_the_proteins_embed_truncated(run_cli, tm
     with EmbeddingsReader(out) as reader:
         _, report = match_labels(read_labels(labels, "auto"), reader, get_task("value"), on_mismatch="skip")
     assert len(report.missing) == 1
+
+
+def test_a_label_sequence_with_gaps_and_a_rare_residue_finds_its_protein(run_cli, tmp_path):
+    """embed stores the checksum of the normalised sequence with U/Z/O/B kept: a label file's
+    sequence with gaps (or a final '*') and a rare residue matched neither the checksum as read
+    nor the one with rare residues as X, and its protein was said to have no embedding."""
+    rng = np.random.default_rng(7)
+    rare = "".join(rng.choice(list(AA), size=10)) + "U" + "".join(rng.choice(list(AA), size=10))
+    others = ["".join(rng.choice(list(AA), size=int(rng.integers(12, 25)))) for _ in range(6)]
+    fasta = tmp_path / "all.fa"
+    fasta.write_text(f">rare\n{rare}\n" + "".join(f">o{i}\n{s}\n" for i, s in enumerate(others)))
+    out = tmp_path / "r.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-protein", "-o", out).exit_code == 0
+    from protrans_cli.heads.data import match_labels
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import get_task
+
+    for written in (f"{rare[:5]}-{rare[5:]}", f"{rare.lower()}*"):
+        labels = tmp_path / "flip.csv"
+        labels.write_text("sequence,target,set,validation\n" + f"{written},1.5,train,False\n"
+                          + "".join(f"{s},{i / 10:.2f},train,False\n" for i, s in enumerate(others)))
+        with EmbeddingsReader(out) as reader:
+            items, report = match_labels(read_labels(labels, "auto"), reader, get_task("value"))
+        assert report.missing == [] and [m.targets["value"] for m in items if m.key == "rare"] == [1.5], written

@@ -92,11 +92,15 @@ class MatchReport:
 
 
 def _checksums(sequence: str) -> set[str]:
+    """The checksums a label record's sequence may have been stored under: as read, normalised
+    with rare residues as X, and normalised with them kept (embed's: a sequence with both gaps or
+    a final '*' and a U/Z/O/B matched neither of the others)."""
     sums = {sequence_checksum(sequence)}
-    try:
-        sums.add(sequence_checksum(normalise(sequence)))
-    except SequenceRejected:
-        pass
+    for rare in ("x", "keep"):
+        try:
+            sums.add(sequence_checksum(normalise(sequence, rare=rare)))
+        except SequenceRejected:
+            pass
     return sums
 
 
