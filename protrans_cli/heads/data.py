@@ -169,6 +169,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
     by_checksum: dict[str, list[str]] | None = None
     by_prefix: dict[tuple, list[str]] = {}
+    kept_lengths: list[int] = []  # by_prefix's kept lengths, and its keys by checksum alone (the fallback)
+    prefix_keys: dict[str, list[str]] = {}
     failed: dict[str, str] | None = None  # (the file's `failed` attribute, read when first needed)
     taken: set[str] = set()  # keys matched so far
     # (another tool's keys: by their attributes first; ids are unique in a label set)
@@ -203,6 +205,11 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         if key not in keys and record.sequence is not None:
             if by_checksum is None:
                 by_checksum, by_prefix = _checksum_maps(reader, keys, source)
+                # (once: gathered for each record, they took a pass over every truncated protein,
+                # 8 s for 10,000 records, growing with the square)
+                kept_lengths = sorted({kept for _, _, kept in by_prefix})
+                for (c, _, _), found in by_prefix.items():
+                    prefix_keys.setdefault(c, []).extend(found)
             # Several proteins of one sequence: each label takes a key of its own while there are
             # any (the same rows all the same), so that none of them is said to have no label.
             candidates = [k for c in _checksums(record.sequence) for k in by_checksum.get(c, ())]
@@ -210,11 +217,10 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                 # a protein embed truncated: its checksum is its kept prefix's, and its full
                 # length is recorded (a label file without ids, FLIP's, found no embedding for it)
                 full = _residue_count(record)
-                candidates = [k for kept in sorted({kept for _, _, kept in by_prefix}) if full and full > kept
+                candidates = [k for kept in kept_lengths if full and full > kept
                               for k in by_prefix.get((_prefix_checksum(record.sequence, kept), full, kept), ())]
                 if not candidates:  # the label file's sequence is the kept prefix itself (as before)
-                    own = _checksums(record.sequence)
-                    candidates = [k for (c, _, _), found in by_prefix.items() if c in own for k in found]
+                    candidates = [k for c in _checksums(record.sequence) for k in prefix_keys.get(c, ())]
             key = next((k for k in candidates if k not in taken and k not in by_id),
                        next((k for k in candidates if k not in taken), candidates[0] if candidates else None))
             via_checksum = key is not None
