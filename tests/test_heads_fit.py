@@ -3090,3 +3090,21 @@ def test_matching_by_prefix_passes_over_the_truncated_proteins_once(run_cli, tmp
                                                  on_mismatch="skip")
     assert len(items) == 40 and len(report.missing) == 10 and len(report.truncated_used) == 40
     assert len(passes) <= 2
+
+
+def test_a_protein_whose_labels_were_refused_as_truncated_is_not_also_said_to_have_no_label(run_cli, tmp_path):
+    """With --skip-mismatched a truncated protein's per-residue labels are skipped as truncated;
+    a second note then said the protein had no label at all."""
+    rng = np.random.default_rng(2)
+    long_seq = "".join(rng.choice(list(AA), size=60))
+    others = ["".join(rng.choice(list(AA), size=int(rng.integers(12, 25)))) for _ in range(20)]
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(f">long\n{long_seq}\n" + "".join(f">o{i}\n{s}\n" for i, s in enumerate(others)))
+    out = tmp_path / "r.h5"
+    r = run_cli("embed", fasta, "-m", "onehot", "--max-length", "30", "--long-policy", "truncate", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    _netsurfp(tmp_path / "n.csv", [long_seq] + others)
+    r = run_cli("fit", "ss3", "--embeddings", out, "--labels", tmp_path / "n.csv", "--max-epochs", "1",
+                "--max-residues", "300", "-j", "1", "--skip-mismatched", "-o", tmp_path / "head")
+    assert r.exit_code == 0, r.stderr
+    assert "truncated" in r.stderr and "have no label" not in r.stderr, r.stderr

@@ -186,6 +186,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                          "nothing to evaluate, ss3 is scored")
     report = MatchReport()
     matched: list[Matched] = []
+    passed_over: set[str] = set()  # keys whose label records were refused, the protein being theirs
     for record in label_set.records:
         with located(label_set.path):
             if task.kind == PER_RESIDUE:
@@ -236,6 +237,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         if cut is not None:  # its checksum is the kept prefix's: not another sequence
             if task.kind == PER_RESIDUE:  # labels for residues that have no row
                 report.truncated.append(f"{record.id} ({length} of {cut})")
+                passed_over.add(key)
                 continue
             # One label for the protein, and its embedding the mean of the residues kept: DeepLoc's
             # proteins over the model's limit were refused (13% of a set embedded with
@@ -255,6 +257,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         if label_length is not None and length is not None and label_length != length:
             report.wrong_length.append(f"{record.id} ({label_length} vs {length})")
             report.extra_rows.append(length - label_length)
+            passed_over.add(key)
             continue
         if length is None:
             length = label_length or 0
@@ -263,7 +266,9 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         matched.append(Matched(record.id, key, length, targets, stored))
     report.matched = len(matched)
     # (the keys of records without a label are said so here, not again as "no label in FILE")
-    report.unlabelled = keys - {m.key for m in matched} - {named[i] for i in report.no_label}
+    # (a protein whose labels were refused as truncated or of another length has a label: it is
+    # said so among the mismatches, not again as "no label")
+    report.unlabelled = keys - {m.key for m in matched} - {named[i] for i in report.no_label} - passed_over
     if report.no_label:
         console.info(f"{label_set.path}: {len(report.no_label)} record(s) give no usable label (empty or nan, "
                      "every residue masked, or a dual location under --dual skip) and are left out "
