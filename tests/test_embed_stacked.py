@@ -480,3 +480,49 @@ def test_rows_are_in_key_order_in_every_layout_and_run(tmp_path, monkeypatch):
     a, b = _columns(out), _columns(resumed)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_and_while_stacking_loses_nothing(tmp_path):
+    """SIGKILL cannot be caught: killed while it embeds, or while it writes the stacked file at
+    the end (the hidden .OUT.stacking there), a run's --resume gives the uninterrupted file."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_embed import generated_fasta
+
+    fasta = generated_fasta(tmp_path / "g.fa", 20000, repeat_every=0, long_every=0)
+    whole = tmp_path / "whole.h5"
+    _stacked(whole, fasta=fasta, max_batch_size=8)
+    want = _columns(whole)
+    rng, killed, while_stacking = random.Random(1), 0, 0
+    env = {**os.environ, "PROTRANS_NO_PROGRESS": "1"}
+    for trial in range(4):
+        out = tmp_path / f"k{trial}.h5"
+        stacking = out.with_name(f".{out.name}.stacking")
+        proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot",
+                                 "--layout", "stacked", "--max-batch-size", "8", "-o", str(out)], env=env,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        aimed = trial % 2 == 1  # every other run: killed while the stacked file is written
+        while proc.poll() is None and time.time() < deadline:
+            if (stacking.exists() if aimed else partial_path(out).exists()):
+                break
+            time.sleep(0.002)
+        if not aimed:
+            time.sleep(rng.uniform(0.0, 0.5))
+        if proc.poll() is None:
+            killed += 1
+            while_stacking += stacking.exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _stacked(out, fasta=fasta, max_batch_size=8, resume=True)
+        got = _columns(out)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+        assert not stacking.exists() and not partial_path(out).exists()
+    assert killed >= 2 and while_stacking >= 1, (killed, while_stacking)
