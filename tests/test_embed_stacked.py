@@ -526,3 +526,25 @@ def test_sigkill_at_random_moments_and_while_stacking_loses_nothing(tmp_path):
             np.testing.assert_array_equal(got[name], want[name])
         assert not stacking.exists() and not partial_path(out).exists()
     assert killed >= 2 and while_stacking >= 1, (killed, while_stacking)
+
+
+def test_matrix_of_a_grouped_or_flat_file_equals_its_items_in_key_order(tmp_path):
+    """matrix() reads embed's own files by their keys, without the attributes items() reads;
+    another tool's file (no `layout` attribute) goes through items()."""
+    from protrans_cli.io.h5 import escape_key
+
+    for layout in ("grouped", "flat"):
+        out = tmp_path / f"{layout}.h5"
+        embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False, layout=layout, storage_dtype="float16"))
+        with EmbeddingsReader(out) as r:
+            ids, x = r.matrix()
+            items = sorted(((i, a) for i, a, _ in r.items(PER_PROTEIN)), key=lambda t: escape_key(t[0]).encode())
+        assert ids == [i for i, _ in items] and x.dtype == np.float16
+        np.testing.assert_array_equal(x, np.stack([a for _, a in items]))
+        with h5py.File(out, "r+") as f:  # another tool's file now
+            for name in list(f.attrs):
+                del f.attrs[name]
+        with EmbeddingsReader(out) as r:
+            ids_foreign, x_foreign = r.matrix()
+        assert ids_foreign == ids
+        np.testing.assert_array_equal(x_foreign, x)
