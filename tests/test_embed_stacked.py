@@ -548,3 +548,22 @@ def test_matrix_of_a_grouped_or_flat_file_equals_its_items_in_key_order(tmp_path
             ids_foreign, x_foreign = r.matrix()
         assert ids_foreign == ids
         np.testing.assert_array_equal(x_foreign, x)
+
+
+def test_matrix_of_an_own_file_whose_datasets_are_scalars_goes_through_items(tmp_path):
+    """A file with embed's `layout` attribute whose datasets are scalars (not vectors): the
+    fast path read each into a numpy scalar and failed with h5py's TypeError; items() reads them."""
+    out = tmp_path / "g.h5"
+    embed(SMALL, out, EmbedOptions(model="onehot", per_residue=False))
+    with h5py.File(out, "r+") as f:
+        group = f[PER_PROTEIN]
+        for i, name in enumerate(sorted(group)):
+            del group[name]
+            group[name] = np.float32(i)
+    from protrans_cli.io.h5 import escape_key
+
+    with EmbeddingsReader(out) as r:
+        ids, x = r.matrix()
+        want = {i: a for i, a, _ in r.items(PER_PROTEIN)}
+    assert ids == sorted(want, key=lambda i: escape_key(i).encode()) and x.shape == (len(ids),)
+    np.testing.assert_array_equal(x, np.array([want[i] for i in ids]))

@@ -408,8 +408,8 @@ class EmbeddingsReader:
         if not names:
             return None
         first = open_local(group, names[0], data=True)
-        if not isinstance(first, h5py.h5d.DatasetID) or first.dtype not in PLAIN_FLOAT_DTYPES:
-            return None
+        if not isinstance(first, h5py.h5d.DatasetID) or first.rank < 1 or first.dtype not in PLAIN_FLOAT_DTYPES:
+            return None  # (a scalar too: h5py reads into an array, and out[i] was a numpy scalar)
         shape, dtype = tuple(first.shape), first.dtype
         out = np.empty((len(names), *shape), dtype=dtype)
         for i, name in enumerate(names):
