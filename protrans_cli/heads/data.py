@@ -91,17 +91,19 @@ class MatchReport:
         return "; ".join(parts)
 
 
-def _checksums(sequence: str) -> set[str]:
-    """The checksums a label record's sequence may have been stored under: as read, normalised
-    with rare residues as X, and normalised with them kept (embed's: a sequence with both gaps or
-    a final '*' and a U/Z/O/B matched neither of the others)."""
-    sums = {sequence_checksum(sequence)}
-    for rare in ("x", "keep"):
+def _checksums(sequence: str) -> list[str]:
+    """The checksums a label record's sequence may have been stored under, the closest first: as
+    read, normalised with rare residues kept (embed's: a sequence with both gaps or a final '*'
+    and a U/Z/O/B matched neither of the others), and normalised with them as X. In that order:
+    a set's order (the hash seed's) matched a selenoprotein's label to the protein with X for
+    its U in about half the runs, where the file held both."""
+    sums = [sequence_checksum(sequence)]
+    for rare in ("keep", "x"):
         try:
-            sums.add(sequence_checksum(normalise(sequence, rare=rare)))
+            sums.append(sequence_checksum(normalise(sequence, rare=rare)))
         except SequenceRejected:
             pass
-    return sums
+    return list(dict.fromkeys(sums))
 
 
 def _checksum_maps(reader: EmbeddingsReader, keys, source: str) -> tuple[dict, dict]:
