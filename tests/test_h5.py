@@ -841,3 +841,33 @@ def test_written_merged_and_mended_files_keep_the_oldest_format(tmp_path, layout
     w.close()
     assert repair_after_kill(partial_path(tmp_path / "p.h5"), kinds, layout, force=True)  # the mended copy
     _format_readable_by_old_hdf5(partial_path(tmp_path / "p.h5"))
+
+
+def test_a_ctrl_c_while_the_proteins_are_listed_is_a_keyboardinterrupt(tmp_path, monkeypatch):
+    """h5py turns an exception raised in a link-iteration callback into a SystemError; a Ctrl-C
+    while a large file's proteins were listed reached a library caller as one."""
+    import h5py
+
+    from protrans_cli.io import h5 as h5_module
+
+    out = tmp_path / "o.h5"
+    with EmbeddingsWriter(out, kinds=(PER_RESIDUE,)) as w:
+        for ident in ("a", "b", "c"):
+            w.write(ident, ident, "MKV", per_residue=np.zeros((3, 4), np.float32))
+
+    def interrupted(name, info=None):
+        raise KeyboardInterrupt
+
+    with h5py.File(out, "r") as f:
+        with pytest.raises(KeyboardInterrupt):
+            h5_module.iterate_links(f["per_residue"].id, interrupted, info=True)
+        with pytest.raises(ValueError, match="mine"):
+            h5_module.iterate_links(f["per_residue"].id, lambda *a: (_ for _ in ()).throw(ValueError("mine")))
+    real = h5_module.iterate_links
+
+    def ctrl_c_inside(gid, callback, **kwargs):
+        return real(gid, lambda *a: interrupted(*a), **kwargs)
+
+    monkeypatch.setattr(h5_module, "iterate_links", ctrl_c_inside)
+    with pytest.raises(KeyboardInterrupt):
+        EmbeddingsReader(out)

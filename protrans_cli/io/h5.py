@@ -571,7 +571,7 @@ def _link_names(group) -> list[bytes]:
     names: list[bytes] = []
     outside: list[bytes] = []
 
-    def add(name, info):  # (an exception raised in here reaches the caller as h5py's SystemError)
+    def add(name, info):  # (an exception raised in here reaches the caller as itself: iterate_links)
         (names if info.type == h5py.h5l.TYPE_HARD else outside).append(name)  # (None returned: on to the next)
 
     gid = group.id if not isinstance(group.id, h5py.h5f.FileID) else h5py.h5g.open(group.id, b"/")
@@ -579,7 +579,7 @@ def _link_names(group) -> list[bytes]:
     if tracked and h5py.h5a.exists(group.file.id, b"layout"):  # (embed's own file: see EmbeddingsReader.key_for)
         tracked = False
     _CRASH_GUARD.note("iterate", _label(group))
-    group.id.links.iterate(add, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME, info=True)
+    iterate_links(group.id, add, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME, info=True)
     _CRASH_GUARD.settle()
     if outside:
         _refuse_link(group, outside[0])
@@ -591,6 +591,20 @@ def _link_names(group) -> list[bytes]:
                              "file as UTF-8; rename the datasets (h5py's move) or write them with str keys",
                              path=group.file.filename) from None
     return names
+
+
+def iterate_links(gid, callback, **kwargs):
+    """`gid.links.iterate(callback, **kwargs)`, an exception raised in `callback` raised as itself:
+    h5py gives it as SystemError ("... returned a result with an exception set"), the real one its
+    cause, so a Ctrl-C (or SIGTERM's KeyboardInterrupt) while a group of many proteins was listed
+    reached a library caller as a SystemError."""
+    try:
+        return gid.links.iterate(callback, **kwargs)
+    except SystemError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _refuse_external(group, name: bytes, what: str):

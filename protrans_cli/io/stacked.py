@@ -188,7 +188,7 @@ class _Names:
     def __init__(self, group):
         import h5py
 
-        from protrans_cli.io.h5 import _refuse_link
+        from protrans_cli.io.h5 import _refuse_link, iterate_links
 
         self.data = bytearray()
         self.ends = array("Q")
@@ -202,7 +202,7 @@ class _Names:
                 self.ends.append(len(self.data))
 
         if group is not None:
-            group.id.links.iterate(add, idx_type=h5py.h5.INDEX_NAME, order=h5py.h5.ITER_INC, info=True)
+            iterate_links(group.id, add, idx_type=h5py.h5.INDEX_NAME, order=h5py.h5.ITER_INC, info=True)
             if outside:
                 _refuse_link(group, outside[0])
 
