@@ -569,20 +569,15 @@ def _link_names(group) -> list[bytes]:
     import h5py
 
     names: list[bytes] = []
-    outside: list[bytes] = []
-
-    def add(name, info):  # (an exception raised in here reaches the caller as itself: iterate_links)
-        (names if info.type == h5py.h5l.TYPE_HARD else outside).append(name)  # (None returned: on to the next)
-
     gid = group.id if not isinstance(group.id, h5py.h5f.FileID) else h5py.h5g.open(group.id, b"/")
     tracked = gid.get_create_plist().get_link_creation_order() & h5py.h5p.CRT_ORDER_INDEXED
     if tracked and h5py.h5a.exists(group.file.id, b"layout"):  # (embed's own file: see EmbeddingsReader.key_for)
         tracked = False
     _CRASH_GUARD.note("iterate", _label(group))
-    iterate_links(group.id, add, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME, info=True)
-    _CRASH_GUARD.settle()
-    if outside:
-        _refuse_link(group, outside[0])
+    try:
+        hard_links(group, names.append, idx_type=h5py.h5.INDEX_CRT_ORDER if tracked else h5py.h5.INDEX_NAME)
+    finally:
+        _CRASH_GUARD.settle()
     for name in names:
         try:
             name.decode("utf-8")
@@ -591,6 +586,25 @@ def _link_names(group) -> list[bytes]:
                              "file as UTF-8; rename the datasets (h5py's move) or write them with str keys",
                              path=group.file.filename) from None
     return names
+
+
+def hard_links(group, take, **kwargs) -> None:
+    """`take(name)` for each member of `group` stored in the file itself, in the order
+    `kwargs` (idx_type, order) ask of h5py's iteration; a link to elsewhere (soft, external) is
+    refused once the iteration is over (`_refuse_link`)."""
+    import h5py
+
+    outside: list[bytes] = []
+
+    def add(name, info):  # (None returned: on to the next; an exception raised here reaches the caller as itself)
+        if info.type == h5py.h5l.TYPE_HARD:
+            take(name)
+        else:
+            outside.append(name)
+
+    iterate_links(group.id, add, info=True, **kwargs)
+    if outside:
+        _refuse_link(group, outside[0])
 
 
 def iterate_links(gid, callback, **kwargs):

@@ -188,23 +188,17 @@ class _Names:
     def __init__(self, group):
         import h5py
 
-        from protrans_cli.io.h5 import _refuse_link, iterate_links
+        from protrans_cli.io.h5 import hard_links
 
         self.data = bytearray()
         self.ends = array("Q")
-        outside: list[bytes] = []
 
-        def add(name, info):  # (None returned: on to the next)
-            if info.type != h5py.h5l.TYPE_HARD:  # (links out of the file refused, as everywhere)
-                outside.append(name)
-            else:
-                self.data += name
-                self.ends.append(len(self.data))
+        def add(name):  # (links out of the file refused, as everywhere: hard_links)
+            self.data += name
+            self.ends.append(len(self.data))
 
         if group is not None:
-            iterate_links(group.id, add, idx_type=h5py.h5.INDEX_NAME, order=h5py.h5.ITER_INC, info=True)
-            if outside:
-                _refuse_link(group, outside[0])
+            hard_links(group, add, idx_type=h5py.h5.INDEX_NAME, order=h5py.h5.ITER_INC)
 
     def __len__(self) -> int:
         return len(self.ends)
