@@ -41,6 +41,7 @@ COLUMNS = ("ids", "headers", "lengths", "checksums", "truncated_from", "chunks",
 _ATTRIBUTE_COLUMNS = {"id": "ids", "header": "headers", "length": "lengths", "checksum": "checksums",
                       "truncated_from": "truncated_from", "chunks": "chunks", "computed": "computed"}
 BLOCK_BYTES = 32 << 20  # rows read and written at a time
+BLOCK_ROWS = 8192  # and at most this many rows (their columns are Python objects until written)
 
 
 def is_stacked(f) -> bool:
@@ -53,9 +54,6 @@ def is_stacked(f) -> bool:
     layout = f.attrs.get("layout")
     return f.get("ids", getclass=True) is h5py.Dataset or (layout.decode("utf-8", "replace") if isinstance(
         layout, bytes) else layout) == "stacked"
-
-
-BLOCK_ROWS = 8192  # and at most this many rows (their columns are Python objects until written)
 
 
 def _rows_per_block(row_bytes: int) -> int:
@@ -319,25 +317,25 @@ class StackedView:
     def column(self, name: str) -> np.ndarray:
         """A whole column, read once."""
         if name not in self._columns:
-            dataset = self.file[name]
-            self._columns[name] = self._text(name) if name in TEXT_COLUMNS or name == "checksums" else dataset[()]
+            self._columns[name] = self._read(name)
         return self._columns[name]
+
+    def _read(self, name: str, selection=()) -> np.ndarray:
+        """A column (or `selection` of it): a count column's integers, another's text as str."""
+        return self.file[name][selection] if name in COUNT_COLUMNS else self._text(name, selection)
+
+    def _block_rows(self) -> int:
+        """Rows read at a time (`_rows_per_block` of one row's bytes)."""
+        return _rows_per_block(int(np.prod(self.data.shape[1:], dtype=np.int64)) * self.data.dtype.itemsize)
 
     def take(self, rows, layer: int | None = None) -> np.ndarray:
         """The vectors of `rows` (in that order) as float32, at stored layer index `layer` where
-        the file holds several; read a block at a time in row order."""
+        the file holds several (checked by the caller: heads.data._check_stacked_layer); read a
+        block at a time in row order."""
         rows = np.asarray(rows, dtype=np.int64)
-        shape = self.data.shape[1:]
-        # (a file that records no layer numbers: the layer indexes its layer axis, as read_rows
-        # checks it in the other layouts; an index past it was an IndexError traceback)
-        layers = shape[0] if len(shape) == 2 else 1
-        if layer is not None and not -layers <= layer < layers:
-            raise InputError(f"holds {layers} layer(s) a protein (the file records no layer numbers: a layer "
-                             f"indexes that axis, {-layers} to {layers - 1}), not layer {layer}", path=self.path)
-        out = np.empty((len(rows), shape[-1]), dtype=np.float32)
+        out = np.empty((len(rows), self.data.shape[-1]), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
-        row_bytes = int(np.prod(shape, dtype=np.int64)) * self.data.dtype.itemsize
-        step = _rows_per_block(row_bytes)
+        step = self._block_rows()
         at = 0
         while at < len(order):
             start = int(rows[order[at]])
@@ -377,12 +375,10 @@ class StackedView:
     def blocks(self):
         """(rows, their attributes) a block at a time, in row order."""
         n = len(self)
-        row_bytes = int(np.prod(self.data.shape[1:], dtype=np.int64)) * self.data.dtype.itemsize
-        step = _rows_per_block(row_bytes)
+        step = self._block_rows()
         for start in range(0, n, step):
             end = min(n, start + step)
-            columns = {name: (self._text(name, slice(start, end)) if name in TEXT_COLUMNS or name == "checksums"
-                              else self.file[name][start:end]) for name in COLUMNS}
+            columns = {name: self._read(name, slice(start, end)) for name in COLUMNS}
             yield self.data[start:end], [self.record(i, columns) for i in range(end - start)]
 
 
