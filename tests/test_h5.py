@@ -399,6 +399,21 @@ def test_groups_in_a_flat_file_from_another_tool_are_not_proteins(tmp_path):
         assert [(ident, a.shape) for ident, a, _ in r.items()] == [("P2", (5, 4))]
 
 
+def test_a_group_among_a_grouped_files_proteins_is_not_a_protein(tmp_path):
+    """A group inside /per_protein (another tool's "P1/1-100" written through h5py, or a user's
+    addition): ids() passed over it, but items(), matrix() and dim() met it and failed with a
+    TypeError or AttributeError."""
+    arrays = _write(tmp_path / "g.h5", ["A", "B"], kinds=(PER_PROTEIN,))
+    with h5py.File(tmp_path / "g.h5", "a") as f:
+        f.create_dataset("per_protein/0grp/x", data=np.zeros(4, np.float32))
+    with EmbeddingsReader(tmp_path / "g.h5") as r:
+        assert r.ids(PER_PROTEIN) == ["A", "B"] and r.dim(PER_PROTEIN) == 4
+        assert [ident for ident, _, _ in r.items(PER_PROTEIN)] == ["A", "B"]
+        ids, x = r.matrix()
+        assert ids == ["A", "B"]
+        np.testing.assert_allclose(x, [arrays["A"].mean(0), arrays["B"].mean(0)], rtol=1e-6)
+
+
 def test_an_empty_file_and_an_esm_extract_file_are_one_line_saying_what_they_are(tmp_path):
     # An empty file read as "holds no per_residue embeddings" for a per-protein head (the kind was a guess).
     h5py.File(tmp_path / "empty.h5", "w").close()

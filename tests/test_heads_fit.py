@@ -122,6 +122,23 @@ def test_predictions_match_a_plain_torch_reference(run_cli, ss_data, tmp_path):
     assert r.exit_code == 0 and r.stdout == out.read_text() and len(lines) > 0
 
 
+def test_a_group_among_the_proteins_is_passed_over_by_predict(run_cli, ss_data, tmp_path):
+    """A group inside /per_residue (a name with '/' written through h5py by another tool) is no
+    protein, as EmbeddingsReader.ids has it: predict failed with an AttributeError traceback."""
+    import shutil
+
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    shutil.copy(ss_data / "test.h5", tmp_path / "g.h5")
+    with h5py.File(tmp_path / "g.h5", "a") as f:
+        f.create_dataset("per_residue/0grp/x", data=np.zeros((5, 21), np.float32))
+    plain = run_cli("predict", head, "--embeddings", ss_data / "test.h5")
+    r = run_cli("predict", head, "--embeddings", tmp_path / "g.h5")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == plain.stdout and r.stdout.count(">") == 20
+
+
 def test_joint_ss3_ss8_ensemble(run_cli, ss_data, tmp_path, monkeypatch):
     head = tmp_path / "joint"
     r = run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",

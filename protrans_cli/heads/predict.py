@@ -105,6 +105,8 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
     items, truncated = [], []
     for key in reader.keys(source):
         attrs, shape = dataset_attrs(group, key)  # (h5py's low-level calls: group[key].attrs cost 3x as much)
+        if shape is None:  # a group among the proteins: none (as EmbeddingsReader.ids has it)
+            continue
         ident = dataset_id(key, attrs)  # embed's `id`, bio_embeddings' `original_id`, else the key
         length = stored_length(attrs, shape, per_residue=source == PER_RESIDUE) or 0
         items.append(Matched(str(ident), key, length, {}))

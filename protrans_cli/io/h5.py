@@ -435,16 +435,14 @@ class EmbeddingsReader:
         group = self._group(kind)
         for key in self.keys(kind):
             obj = open_local(group, key.encode("utf-8"), data=True)
-            if isinstance(obj, h5py.h5d.DatasetID):
-                names: list[bytes] = []
-                h5py.h5a.iterate(obj, names.append)  # (None returned: on to the next)
-                attrs = {name.decode("utf-8"): _plain(read_attr(obj, name.decode("utf-8"))) for name in names}
-                values = read_array(group, key, obj)
-            else:  # (not a dataset: h5py's own view of it, as before)
-                ds = group[key]
-                attrs = {k: _plain(v) for k, v in ds.attrs.items()}
-                values = ds[()]
-            yield dataset_id(key, attrs), values, attrs
+            if not isinstance(obj, h5py.h5d.DatasetID):
+                # a group among the proteins (another tool's, or "a/b" written by h5py): not a
+                # protein, as ids() and a flat file's subgroups have it (it was a TypeError)
+                continue
+            names: list[bytes] = []
+            h5py.h5a.iterate(obj, names.append)  # (None returned: on to the next)
+            attrs = {name.decode("utf-8"): _plain(read_attr(obj, name.decode("utf-8"))) for name in names}
+            yield dataset_id(key, attrs), read_array(group, key, obj), attrs
 
     def facts(self, key: str, kind: str = PER_RESIDUE) -> tuple[int | None, int | None, str | None]:
         """(length, truncated_from, checksum) of the protein at `key`, as `dataset_facts` gives them
@@ -476,12 +474,16 @@ class EmbeddingsReader:
         return sums
 
     def dim(self, kind: str = PER_RESIDUE) -> int:
+        import h5py
+
         if self._stacked is not None:
             self._check_kind(kind)
             return int(self._stacked.data.shape[-1])
         group = self._group(kind)
         for key in self.keys(kind):
-            return int(group[key].shape[-1])
+            obj = open_local(group, key.encode("utf-8"))
+            if isinstance(obj, h5py.h5d.DatasetID):  # (a group among them is no protein: see items)
+                return int(obj.shape[-1])
         # (an empty file from another tool: no kind to name; its `kind` was a guess)
         raise InputError(f"holds no {'' if self._kind_guessed else kind + ' '}embeddings", path=self.path)
 
@@ -750,14 +752,14 @@ class _LowAttrs:
 
 def dataset_attrs(group, key: str):
     """(attributes, shape) of the dataset `key` of a group, as `group[key].attrs` and `.shape`
-    give them, through h5py's low-level calls where it is a dataset (see `read_attr`)."""
+    give them, through h5py's low-level calls (see `read_attr`); shape None where `key` is a
+    group (not a protein: callers pass over it, as `stored_proteins` does)."""
     import h5py
 
     obj = open_local(group, key.encode("utf-8"))
     if isinstance(obj, h5py.h5d.DatasetID):
         return _LowAttrs(obj), obj.shape
-    ds = group[key]  # not a dataset: h5py's own view of it, as before
-    return ds.attrs, ds.shape
+    return group[key].attrs, None  # (h5py's own view of it; a group has no shape)
 
 
 # float datasets read through h5py's low-level calls (read_array; heads/data.py's _read_into)
@@ -785,7 +787,7 @@ def stored_length(attrs, shape, per_residue: bool = True) -> int | None:
     per protein (a (D,) or (n_layers, D) vector) its `length` attribute; else None. (A per-residue
     array's attribute was taken over its rows: a file whose `length` said 10**12 made predict
     allocate 116 TiB.)"""
-    if per_residue and len(shape) >= 2:
+    if per_residue and shape is not None and len(shape) >= 2:
         return int(shape[-2])
     return _whole_number(attrs, "length")
 
