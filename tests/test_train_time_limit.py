@@ -191,6 +191,58 @@ def test_time_limit_on_the_command_line(tmp_path, monkeypatch, run_cli):
         _config(tmp_path / "x", time_limit="1:2:3:4").check_values()
 
 
+def test_auto_is_the_slurm_jobs_end_less_a_margin_counted_from_the_process_start():
+    env = {"SLURM_JOB_END_TIME": "100000"}
+    # the process started 300 s ago, at 99000 - 300; the job ends 1000 s from now
+    assert timelimit.slurm_limit(env, now=lambda: 99000.0, started_ago=300.0) == pytest.approx(
+        1000 + 300 - timelimit.AUTO_MARGIN)
+    # a job without a time limit (Slurm puts its end a year on): no limit
+    assert timelimit.slurm_limit({"SLURM_JOB_END_TIME": str(99000 + 366 * 86400)}, now=lambda: 99000.0,
+                                 started_ago=0.0) is None
+
+
+@pytest.mark.parametrize("env, said", [
+    ({}, "SLURM_JOB_END_TIME is not set: this is not a Slurm job"),
+    ({"SLURM_JOB_END_TIME": " "}, "SLURM_JOB_END_TIME is not set"),
+    ({"SLURM_JOB_END_TIME": "tomorrow"}, "SLURM_JOB_END_TIME='tomorrow' is not a time"),
+    ({"SLURM_JOB_END_TIME": "99030"}, r"the Slurm job ends in 30 s \(SLURM_JOB_END_TIME=99030\), less than the 60 s"),
+    ({"SLURM_JOB_END_TIME": "98000"}, "the Slurm job ends now"),
+])
+def test_auto_outside_a_slurm_job_or_at_its_end_is_refused_saying_why(env, said):
+    with pytest.raises(ValueError, match=said):
+        timelimit.slurm_limit(env, now=lambda: 99000.0, started_ago=10.0)
+
+
+def test_time_limit_auto_on_the_command_line(tmp_path, monkeypatch, run_cli):
+    """`--time-limit auto` in a job script: the limit is the Slurm job's end (less AUTO_MARGIN),
+    counted from the process start like a written duration; outside Slurm, exit 2 before anything
+    is built."""
+    monkeypatch.setattr(timelimit, "process_age", lambda: 7200.0)
+    out = tmp_path / "run"
+    args = ["train", "--family", "bert", "--corpus", LEARNABLE, "--num-steps", "20", "--max-length", "64",
+            "--global-batch-size", "8", "--micro-batch-size", "8", "-j", "1", "--time-limit", "auto"]
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    res = run_cli(*args, "-o", tmp_path / "bad")
+    assert res.exit_code == 2 and "--time-limit (time_limit): SLURM_JOB_END_TIME is not set" in res.stderr
+    assert not (tmp_path / "bad").exists()
+    # the process started 2 h ago in a job that ends in 30 min: plenty for 20 tiny steps
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 1800))
+    res = run_cli(*args, "-o", out)
+    assert res.exit_code == 0, res.stderr
+    assert "train: --time-limit auto: the Slurm job ends at " in res.stderr and "train: done, 20 steps" in res.stderr
+    assert json.loads((out / "train_config.json").read_text())["time_limit"] is None
+    # a job that ends 61 s from now: after the first step, the next one and its checkpoint would
+    # come later than 1 s from now by the pace measured (the first save, estimated, takes 1 s)
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(time.time() + timelimit.AUTO_MARGIN + 1.0))
+    res = run_cli(*args, "-o", tmp_path / "short")
+    assert res.exit_code == 0, res.stderr
+    assert "train: --time-limit auto: stopped after step 1 of 20, its checkpoint saved" in res.stderr
+    # a job without a time limit
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 400 * 86400))
+    res = run_cli(*args, "-o", tmp_path / "unlimited")
+    assert res.exit_code == 0 and "the Slurm job has no time limit" in res.stderr
+
+
 @pytest.mark.slow
 def test_a_real_time_limit_ends_the_process_in_time(tmp_path):
     """The real clock, the real process: `--time-limit 15s` of a run that would take minutes ends

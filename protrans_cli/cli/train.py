@@ -96,8 +96,9 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
                    "time-limited job); --resume continues.")
 @click.option("--time-limit", default=None, metavar="DURATION",
               help="Stop with a checkpoint before DURATION has passed since the start (the job's wall time "
-                   "less a margin: 23:45:00, 1-12:00:00, 90m): after the last step whose next step and "
-                   "checkpoint would end later, at the pace measured; exits 0, --resume continues.")
+                   "less a margin: 23:45:00, 1-12:00:00, 90m; auto: the Slurm job's end less 60 s): after "
+                   "the last step whose next step and checkpoint would end later, at the pace measured; "
+                   "exits 0, --resume continues.")
 @click.option("--resume", "resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
 @click.option("--resume-from", type=click.Path(file_okay=False), default=None, help="Continue from this checkpoint directory.")
 @click.option("--accept-corpus-change", is_flag=True,

@@ -126,7 +126,8 @@ class TrainConfig:
     keep_last: int = 3
     stop_after: int | None = None  # stop (with a checkpoint) after this step of the run, also on --resume
     # stop (with a checkpoint) so that it is saved before this much time since the process started
-    # ("23:45:00", "1-12:00:00", "90m": training/timelimit.py); like stop_after, one invocation's
+    # ("23:45:00", "1-12:00:00", "90m"; "auto": the Slurm job's end: training/timelimit.py); like
+    # stop_after, one invocation's
     time_limit: str | None = None
 
     # ------------------------------------------------------------------------------------
@@ -303,12 +304,16 @@ class TrainConfig:
 
     def duration(self, name: str) -> float | None:
         """Seconds of a duration setting (time_limit, dist_timeout); a UsageError naming it. None
-        for None (validate accepts it: no time limit; dist_timeout None is PyTorch's default)."""
-        from protrans_cli.training.timelimit import parse_duration
+        for None (validate accepts it: no time limit; dist_timeout None is PyTorch's default).
+        time_limit "auto": from this process's start to shortly before its Slurm job's end,
+        computed when asked (timelimit.slurm_limit); None for a job without an end."""
+        from protrans_cli.training.timelimit import AUTO, parse_duration, slurm_limit
 
         if getattr(self, name) is None:
             return None
         try:
+            if name == "time_limit" and isinstance(self.time_limit, str) and self.time_limit.strip().lower() == AUTO:
+                return slurm_limit()
             return parse_duration(getattr(self, name))
         except ValueError as exc:
             raise UsageError(f"{setting_name(name)}: {exc}") from None

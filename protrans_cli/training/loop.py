@@ -970,10 +970,25 @@ def _deadline(run: _Run):
     """The run's --time-limit as a timelimit.Deadline (None without one)."""
     if run.config.time_limit is None:
         return None
-    from protrans_cli.training.timelimit import Deadline, checkpoint_bytes
+    from protrans_cli.training.timelimit import AUTO_MARGIN, Deadline, checkpoint_bytes
 
+    limit = run.config.duration("time_limit")
+    if run.config.time_limit.strip().lower() == "auto":
+        if limit is None:
+            dist.print0("train: --time-limit auto: the Slurm job has no time limit; the run is not stopped for one")
+            return None
+        dist.print0(f"train: --time-limit auto: the Slurm job ends at {_clock_time(limit + AUTO_MARGIN)}; the run "
+                    f"stops in time to have saved its checkpoint {AUTO_MARGIN:.0f} s before")
     params = sum(p.numel() for p in run.model.parameters())
-    return Deadline(run.config.duration("time_limit"), checkpoint_bytes=checkpoint_bytes(params, run.config.optimizer))
+    return Deadline(limit, checkpoint_bytes=checkpoint_bytes(params, run.config.optimizer))
+
+
+def _clock_time(since_start: float) -> str:
+    """The local time `since_start` seconds after this process started (process_age)."""
+    from protrans_cli.training.timelimit import process_age
+
+    at = time.time() - process_age() + since_start
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 def _out_of_time(deadline, config: TrainConfig, step: int, total_steps: int) -> bool:

@@ -69,6 +69,37 @@ def parse_duration(text) -> float:
     return float(seconds)
 
 
+AUTO = "auto"
+# Slurm's job environment: the job's end time, seconds since the epoch
+SLURM_END = "SLURM_JOB_END_TIME"
+# `--time-limit auto` plans to have saved this long before Slurm's end time: the node's clock
+# against the controller's, and a step slower than those measured
+AUTO_MARGIN = 60.0
+
+
+def slurm_limit(environ=None, *, now=time.time, started_ago: float | None = None) -> float | None:
+    """`--time-limit auto`: the seconds from this process's start to AUTO_MARGIN before the end of
+    its Slurm job (`SLURM_JOB_END_TIME`); None when that end is more than MAX_DURATION away (a
+    job without a time limit: Slurm puts its end a year on). Raises ValueError, saying why, outside
+    a Slurm job or when the end has passed."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(SLURM_END, "").strip()
+    if not value:
+        raise ValueError(f"{SLURM_END} is not set: this is not a Slurm job (or its Slurm does not export "
+                         "the job's end time); give the job's wall time less a margin, e.g. 23:45:00")
+    try:
+        end = float(value)
+    except ValueError:
+        raise ValueError(f"{SLURM_END}={value!r} is not a time (seconds since 1970)") from None
+    age = process_age() if started_ago is None else started_ago
+    limit = end - (now() - age) - AUTO_MARGIN
+    if not math.isfinite(limit) or limit <= 0:
+        ago = now() - end
+        raise ValueError(f"the Slurm job ends {'in ' + format(-ago, '.0f') + ' s' if ago < 0 else 'now'}"
+                         f" ({SLURM_END}={value}), less than the {AUTO_MARGIN:.0f} s kept before it")
+    return None if limit > MAX_DURATION else limit
+
+
 def process_age() -> float:
     """Seconds since this process started (Linux: /proc), 0 where that cannot be read: a time
     limit then counts from when it is asked for."""
