@@ -2,10 +2,13 @@
 
 The slow test `test_sigkill_at_random_moments_loses_nothing_resume_completes` does this 4 times
 on every run of the suite; this script does it as often as asked, for figures such as those in
-docs/embed.md ("Long jobs"). The run is write-bound on purpose (onehot, batches of 4, a flush
-after each), so that kills often land inside HDF5's flush, where the partial file needs repair.
+docs/embed.md ("Long jobs"). The run is write-bound on purpose (onehot, batches of 4). embed
+flushes once a second at most, so most kills land between flushes, with a second of proteins
+written since; `--flush-seconds 0` flushes after every batch, as embed did before 2026-12-02,
+so that kills often land inside HDF5's flush, where the partial file needs repair.
 
     python scripts/sigkill_stress.py --trials 120 --seed 11
+    python scripts/sigkill_stress.py --trials 120 --seed 11 --flush-seconds 0
 """
 
 from __future__ import annotations
@@ -36,9 +39,15 @@ def main(argv=None) -> None:
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--proteins", type=int, default=3000)
+    p.add_argument("--flush-seconds", type=float, default=None,
+                   help="the killed runs' io.h5.FLUSH_SECONDS (0: a flush after every batch); default embed's")
     args = p.parse_args(argv)
 
     rng = random.Random(args.seed)
+    command = [sys.executable, "-m", "protrans_cli"]
+    if args.flush_seconds is not None:
+        command = [sys.executable, "-c", "import sys, protrans_cli.io.h5 as h5; "
+                   f"h5.FLUSH_SECONDS = {args.flush_seconds!r}; from protrans_cli.cli import main; main(sys.argv[1:])"]
     env = {**os.environ, "PROTRANS_NO_PROGRESS": "1"}
     with tempfile.TemporaryDirectory(prefix="sigkill_stress.") as tmp:
         tmp = Path(tmp)
@@ -49,7 +58,7 @@ def main(argv=None) -> None:
             out = tmp / "k.h5"
             for path in (out, partial_path(out)):
                 path.unlink(missing_ok=True)
-            proc = subprocess.Popen([sys.executable, "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot",
+            proc = subprocess.Popen([*command, "embed", str(fasta), "-m", "onehot",
                                      "--max-batch-size", "4", "-o", str(out)], env=env, stderr=subprocess.DEVNULL)
             while not partial_path(out).exists() and proc.poll() is None:
                 time.sleep(0.002)

@@ -1451,9 +1451,14 @@ def _peak_bytes(fasta, out, window):
         tracemalloc.stop()
 
 
-def test_memory_is_bounded_by_the_window_not_the_input(tmp_path):
+def test_memory_is_bounded_by_the_window_not_the_input(tmp_path, monkeypatch):
     """Peak Python memory grows by a few bytes per protein (the id and sequence digests) with a
-    window, by the whole records without one."""
+    window, by the whole records without one. (A flush after every batch: these runs take less
+    than the second between embed's flushes, and what waits for a flush, a second's proteins at
+    most, would count as growth with the input.)"""
+    import protrans_cli.io.h5 as h5
+
+    monkeypatch.setattr(h5, "FLUSH_SECONDS", 0.0)
     small = generated_fasta(tmp_path / "small.fa", 300, repeat_every=0)
     large = generated_fasta(tmp_path / "large.fa", 1500, repeat_every=0)
     extra = 1500 - 300
@@ -1676,7 +1681,7 @@ def test_signal_after_first_batch_leaves_a_resumable_partial_and_one_line(tmp_pa
 def test_sigkill_at_random_moments_loses_nothing_resume_completes(tmp_path):
     """SIGKILL (the out-of-memory killer, a hard time limit) cannot be caught: what was flushed
     must survive it. Killed at random moments of a write-heavy run (onehot, batches of 4, a flush
-    after each), the partial file stays readable and --resume gives the uninterrupted content."""
+    once a second), the partial file stays readable and --resume gives the uninterrupted content."""
     import os
     import random
     import signal
@@ -2694,3 +2699,50 @@ def test_a_signal_while_a_rank_waits_for_the_others_to_join_ends_it_at_once(tmp_
                                         f"join; nothing was {'computed' if command == 'embed' else 'trained'} or "
                                         "written"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["corpus.txt", "joining"])
+
+
+def test_the_file_is_flushed_once_a_second_at_most_and_a_clean_stop_keeps_every_batch(tmp_path, monkeypatch):
+    """A flush after each of many small batches was a third of the writer's time: embed flushes
+    after a batch when the last flush is FLUSH_SECONDS old (the first batch's at once), and a
+    stop between flushes (an error here, as Ctrl-C) still leaves every written batch in the
+    partial file, which --resume completes to the uninterrupted content."""
+    import protrans_cli.io.h5 as h5
+
+    fasta = generated_fasta(tmp_path / "g.fa", 60, repeat_every=0)
+    clock = [100.0]
+    monkeypatch.setattr(h5.time, "monotonic", lambda: clock[0])
+    calls, flushed = [], []
+    real_due, real_flush, real_embed = (EmbeddingsWriter.flush_due, EmbeddingsWriter.flush,
+                                        OneHotEmbedder.embed_batch)
+
+    def timed_due(self, *args):
+        calls.append(len(calls) + 1)
+        clock[0] += 0.3  # each batch's writing takes 0.3 s
+        return real_due(self, *args)
+
+    def counted_flush(self, **kw):
+        if calls:
+            flushed.append(calls[-1])
+        return real_flush(self, **kw)
+
+    def failing_embed(self, seqs, **kw):
+        if failing_embed.n == 11:
+            raise RuntimeError("stopped")
+        failing_embed.n += 1
+        return real_embed(self, seqs, **kw)
+
+    failing_embed.n = 0
+    monkeypatch.setattr(EmbeddingsWriter, "flush_due", timed_due)
+    monkeypatch.setattr(EmbeddingsWriter, "flush", counted_flush)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", failing_embed)
+    out = tmp_path / "g.h5"
+    with pytest.raises(RuntimeError, match="stopped"):
+        embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=3, threads=1))
+    # batch k written at 100 + 0.3 k s: flushed after batches 1, 5 and 9, none after the others
+    assert len(calls) == 11 and flushed[:3] == [1, 5, 9], (calls, flushed)
+    kept = read_all(partial_path(out))
+    assert len(kept) == 3 * len(calls)  # those after the last flush too: the stop closed the file whole
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", real_embed)
+    summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=3, threads=1, resume=True))
+    assert summary.num_resumed == len(kept)
+    assert_same_content(file_content(out), file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=3)))
