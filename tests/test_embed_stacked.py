@@ -247,6 +247,48 @@ def test_fit_and_predict_read_a_stacked_file_as_they_read_the_grouped_one(tmp_pa
     assert "has no per_residue embeddings (it holds per_protein): a stacked file holds per-protein vectors only: " \
            "embed with --layout grouped for per-residue rows" in r.stderr
 
+def test_predict_streams_a_stacked_file_a_slice_of_rows_at_a_time(tmp_path, run_cli, monkeypatch):
+    """predict over a stacked file reads a slice of rows at a time and lists only that slice's
+    proteins: a list of every protein (about 1 KB each) and a dictionary of every id, built for
+    each slice, made a 50-million-protein file take hours and tens of GB. The predictions are those
+    of the grouped file, --labels scores them the same, and truncated proteins are still named."""
+    from conftest import ROOT
+
+    import protrans_cli.heads.predict as predict_module
+    from protrans_cli.io.stacked import StackedView
+
+    example = ROOT / "protrans_cli" / "example_data"
+    for layout in ("grouped", "stacked"):
+        r = run_cli("embed", example / "loc_test.fasta", "-m", "onehot", "--per-protein", "--layout", layout,
+                    "--max-length", "60", "--long-policy", "truncate", "-o", tmp_path / f"t_{layout}.h5")
+        assert r.exit_code == 0, r.stderr
+    r = run_cli("embed", example / "loc_train.fasta", "-m", "onehot", "--per-protein", "-o", tmp_path / "train.h5")
+    head = tmp_path / "head"
+    assert run_cli("fit", "loc", "--embeddings", tmp_path / "train.h5", "--labels", example / "loc_train.fasta",
+                   "--max-epochs", "2", "-j", "1", "-o", head).exit_code == 0
+    monkeypatch.setattr(predict_module, "CHUNK_PROTEINS", 7)  # several slices, the last one short
+    runs = {layout: run_cli("predict", head, "--embeddings", tmp_path / f"t_{layout}.h5", "--labels",
+                            example / "loc_test.fasta", "-o", tmp_path / f"{layout}.csv")
+            for layout in ("grouped", "stacked")}
+    for r in runs.values():
+        assert r.exit_code == 0, r.stderr
+    predicted = (tmp_path / "grouped.csv").read_text()
+    assert (tmp_path / "stacked.csv").read_text() == predicted and predicted.count("\n") > 40
+    # the same warning naming the truncated proteins, the same scores
+    assert runs["stacked"].stderr == runs["grouped"].stderr.replace("grouped", "stacked")
+    assert "were truncated by embed" in runs["stacked"].stderr
+
+    def no_dictionary(self):
+        raise AssertionError("a dictionary of every id was built")
+
+    # without labels to match, no list or dictionary of every protein
+    monkeypatch.setattr(StackedView, "rows", no_dictionary)
+    monkeypatch.setattr(StackedView, "ids", no_dictionary)
+    r = run_cli("predict", head, "--embeddings", tmp_path / "t_stacked.h5")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == predicted
+
+
 @pytest.mark.slow
 def test_torchrun_ranks_give_the_stacked_file_of_one_process(tmp_path):
     import os

@@ -676,7 +676,9 @@ def _prefetched(iterator, depth: int):
 class ProteinData:
     """Per-protein embeddings + targets, held in RAM ((N, D) is small even for 1024-d models)."""
 
-    def __init__(self, path: str, items: list[Matched], *, layer: int = -1):
+    def __init__(self, path: str, items: list[Matched], *, layer: int = -1, rows=None):
+        """`rows`: a stacked file's rows of `items`, where the caller knows them (predict's slices
+        of a stacked file, in row order); else found by id (a dictionary of every id in the file)."""
         self.path = str(path)
         self.items = items
         with EmbeddingsReader(self.path) as reader:
@@ -688,11 +690,13 @@ class ProteinData:
             stacked = reader.layout == "stacked"
             group = None if stacked else reader._group(source)
             dim = reader.dim(source) if items else None
-            rows = []
+            picked, rows = rows, []
             if stacked and items:  # one (N, D) array: the rows picked from it
                 _check_stacked_layer(reader._stacked.data.shape, layer, self.path, recorded)
-                at = reader._stacked.rows()
-                rows = list(reader._stacked.take([at[unescape_key(item.key)] for item in items], layer))
+                if picked is None:
+                    at = reader._stacked.rows()
+                    picked = [at[unescape_key(item.key)] for item in items]
+                rows = list(reader._stacked.take(picked, layer))
             for item in items if not stacked else ():
                 if source == PER_RESIDUE:
                     length = item.length or None  # (0: not known)

@@ -42,7 +42,8 @@ from protrans_cli.threads import torch_threads
 def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mismatch: bool = False) -> None:
     kind = config["kind"]
     source = _source_kind(reader, kind)
-    if not reader.keys(source) and reader.failed():
+    empty = len(reader._stacked) == 0 if reader.layout == "stacked" else not reader.keys(source)  # (no id list)
+    if empty and reader.failed():
         # every protein left out by embed (too long, out of memory): nothing to check, nothing to
         # predict, and the caller says which (it was "holds no per_residue embeddings", exit 1)
         return
@@ -210,7 +211,16 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     check_head_output(task, output)
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
-        items, truncated = _all_items(reader, task.kind)
+        # A stacked file without an order to follow is read a slice of rows at a time, its
+        # proteins listed slice by slice (a list of them all took about 1 KB a protein, and
+        # each slice looked its rows up in a dictionary of every id: 50 M proteins, hours).
+        streamed = reader.layout == "stacked" and order is None
+        if streamed:
+            _source_kind(reader, task.kind)  # (a per-residue head: refused, naming --layout grouped)
+            count, truncated = len(reader._stacked), _stacked_truncated(reader._stacked)
+        else:
+            items, truncated = _all_items(reader, task.kind)
+            count = len(items)
         failed = reader.failed()
         subgroups = reader.subgroups
     if subgroups:  # datasets nested in groups (ids with '/' written as they were): no prediction either
@@ -222,7 +232,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
         console.warn(f"{embeddings}: {len(failed)} protein(s) have no embedding (the file's 'failed' "
                      f"attribute) and get no prediction: {some_ids(sorted(failed))}")
-    if order is not None:
+    if order is not None and not streamed:
         rank = {ident: i for i, ident in enumerate(order)}
         items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
     layer = head_layer(config)
@@ -251,8 +261,12 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             stream.write(_csv_line(header, delimiter))
         # A slice of the proteins at a time, written as it is predicted: memory stays bounded
         # (embeddings read and probabilities held) whatever the size of the file.
-        for part in _slices(items, CHUNK_RESIDUES if per_residue else CHUNK_PROTEINS, per_residue):
-            data = (ResidueData if per_residue else ProteinData)(embeddings, part, layer=layer)
+        parts = (_stacked_slices(embeddings, count, CHUNK_PROTEINS) if streamed
+                 else ((part, None) for part in _slices(items, CHUNK_RESIDUES if per_residue else CHUNK_PROTEINS,
+                                                        per_residue)))
+        for part, rows in parts:
+            data = (ResidueData(embeddings, part, layer=layer) if per_residue
+                    else ProteinData(embeddings, part, layer=layer, rows=rows))
             probs = predict_data(ensemble, task, data, max_residues=max_residues)
             if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
                 kept = kept_for_scoring(task, probs)
@@ -276,11 +290,33 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             # --cache-gb of them, and its probabilities while the next slice loaded, so two slices
             # were in memory at once: peak RSS 780 MB for 5.5 M one-hot residues, 627 MB for 2.8 M)
             data = probs = None
-    return {"proteins": len(items)} if predicted is None else {"proteins": len(items), "predicted": predicted}
+    return {"proteins": count} if predicted is None else {"proteins": count, "predicted": predicted}
 
 
 CHUNK_RESIDUES = 2_000_000  # per-residue heads: residues predicted at a time (< 100 MB of ss3+ss8 probabilities)
 CHUNK_PROTEINS = 50_000     # per-protein heads: proteins at a time (200 MB of 1024-d embeddings)
+
+
+def _stacked_truncated(view) -> list[str]:
+    """"id (kept of full)" of the proteins of a stacked file that embed truncated (its columns)."""
+    cuts = view.column("truncated_from")
+    where = np.flatnonzero(cuts)
+    if not len(where):
+        return []
+    ids, lengths = view._read("ids", where), view._read("lengths", where)
+    return [f"{ident} ({int(length)} of {int(cut)})" for ident, length, cut in zip(ids, lengths, cuts[where])]
+
+
+def _stacked_slices(path, count: int, size: int):
+    """(items, their rows) of a stacked file, `size` rows at a time in row order: only a slice's
+    ids are held (a whole list of them grew by about 1 KB a protein)."""
+    for start in range(0, count, size):
+        end = min(count, start + size)
+        with EmbeddingsReader(path) as reader:
+            view = reader._stacked
+            ids, lengths = view._read("ids", np.s_[start:end]), view._read("lengths", np.s_[start:end])
+        yield ([Matched(str(ident), escape_key(str(ident)), int(length), {}) for ident, length in zip(ids, lengths)],
+               np.arange(start, end))
 
 
 def _slices(items: list[Matched], budget: int, by_residues: bool):
