@@ -1666,13 +1666,15 @@ class EmbeddingsWriter:
         self.failed[ident] = reason
         self._failed_changed = True
 
-    def copy_from(self, other_path) -> int:
-        """Merge another file of the same layout (a torchrun shard) into this one; returns proteins copied."""
+    def copy_from(self, other_path, *, layout: str | None = None, skip: set[bytes] = frozenset()) -> int:
+        """Merge another file into this one (a torchrun shard, a part of `protrans merge`);
+        returns the proteins copied. `layout`: the other file's, grouped or flat (default: this
+        file's structure); `skip`: keys (bytes) not to copy."""
         copied = set()
         self._merged = True
         self._ledger.drop()  # (the copied proteins have no records: the next resume reads the file)
         with h5_file(other_path, "r") as src, self._abandoned_on_write_failure():
-            self._copy_objects(src, copied)
+            self._copy_objects(src, copied, flat=(layout or self.layout) == "flat", skip=skip)
             self.failed.update(failed_attr(src.attrs.get("failed"), str(other_path)))
             # The shard's runs before this one (a torchrun run resumed in one process); its
             # ranks' own entries of this run differ from rank 0's by the device only.
@@ -1686,18 +1688,18 @@ class EmbeddingsWriter:
         self._failed_changed = True
         return len(copied)
 
-    def _copy_objects(self, src, copied: set) -> None:
+    def _copy_objects(self, src, copied: set, *, flat: bool, skip) -> None:
         import h5py
 
         for kind in self.kinds:
-            source = src if self.layout == "flat" else src.get(kind)
+            source = src if flat else src.get(kind)
             if source is None:
                 continue
             group = self._groups[kind]
             # Object by object through the low-level calls: h5py's Group.copy and its
             # dictionary interface cost 3-8x as much (docs/benchmarks.md).
             for name in _link_names(source):
-                if h5py.h5o.get_info(source.id, name).type != h5py.h5o.TYPE_DATASET:
+                if name in skip or h5py.h5o.get_info(source.id, name).type != h5py.h5o.TYPE_DATASET:
                     continue
                 if group.id.links.exists(name):  # a protein copied before a kill, or written twice
                     group.id.unlink(name)

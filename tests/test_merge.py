@@ -1,0 +1,160 @@
+"""`protrans merge`: the embed outputs of a split input into one file, equal to embedding the
+whole input at once."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from protrans_cli.embed import EmbedOptions, embed
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader, partial_path
+from protrans_cli.merge import merge
+from test_embed import assert_same_content, file_content, generated_fasta
+
+
+def _split(fasta, parts, tmp_path, overlap=0):
+    """The records of `fasta` in `parts` consecutive FASTA files, each but the first starting with
+    the last `overlap` records of the one before (the same ids and sequences again)."""
+    records = [">" + r for r in fasta.read_text().split(">")[1:]]
+    size = -(-len(records) // parts)
+    paths = []
+    for i in range(parts):
+        path = tmp_path / f"part{i}.fa"
+        path.write_text("".join(records[max(0, i * size - overlap):(i + 1) * size]))
+        paths.append(path)
+    return paths
+
+
+def _embed(fasta, out, **kw):
+    embed(fasta, out, EmbedOptions(model="onehot", threads=1, **kw))
+    return out
+
+
+def test_merged_parts_equal_the_whole_input_embedded_at_once(tmp_path):
+    """Three parts of a split FASTA (the second and third repeating records of the part before):
+    every dataset and attribute of the merged file equals one run over the whole input, each
+    repeated protein kept once, and the file records the parts' runs and the merge's."""
+    fasta = generated_fasta(tmp_path / "all.fa", 90, repeat_every=0, long_every=9)
+    whole = _embed(fasta, tmp_path / "whole.h5", max_length=100, long_policy="skip")
+    parts = [_embed(p, tmp_path / f"{p.stem}.h5", max_length=100, long_policy="skip")
+             for p in _split(fasta, 3, tmp_path, overlap=4)]
+    summary = merge(parts, tmp_path / "merged.h5", command_line="protrans merge parts")
+    overlap = {f"g{i}" for start in (30, 60) for i in range(start - 4, start)}  # the records parts repeat
+    assert summary.proteins + len(summary.failed) == 90 and summary.repeated == len(overlap - set(summary.failed))
+    assert summary.failed and set(summary.failed) <= {f"g{i}" for i in range(0, 90, 9)}  # longer than 100
+    assert_same_content(file_content(tmp_path / "merged.h5"), file_content(whole))
+    with h5py.File(tmp_path / "merged.h5", "r") as f:
+        runs = json.loads(f.attrs["runs"])
+        # the parts' runs (three alike here, recorded once) and the merge's
+        assert [r["command_line"].split(" called")[0] for r in runs] == ["protrans_cli.embed()", "protrans merge parts"]
+        assert f.attrs["model"] == "onehot" and f.attrs["layout"] == "grouped"
+    assert not partial_path(tmp_path / "merged.h5").exists()
+
+
+def test_parts_of_any_layout_merge_into_a_stacked_file(tmp_path):
+    """A grouped and a stacked part, merged into the stacked layout: the stacked file one run
+    over the whole input writes."""
+    fasta = generated_fasta(tmp_path / "all.fa", 40, repeat_every=0)
+    first, second = _split(fasta, 2, tmp_path)
+    parts = [_embed(first, tmp_path / "a.h5", per_residue=False, layout="flat"),
+             _embed(second, tmp_path / "b.h5", per_residue=False, layout="stacked")]
+    whole = _embed(fasta, tmp_path / "whole.h5", per_residue=False, layout="stacked")
+    summary = merge(parts, tmp_path / "merged.h5", layout="stacked")
+    assert summary.proteins == 40 and summary.repeated == 0
+    with EmbeddingsReader(tmp_path / "merged.h5") as merged, EmbeddingsReader(whole) as one:
+        assert merged.layout == "stacked"
+        ids, x = merged.matrix()
+        assert (ids, x.tolist()) == (lambda m: (m[0], m[1].tolist()))(one.matrix())
+        for name in ("headers", "lengths", "checksums"):
+            assert merged._stacked.column(name).tolist() == one._stacked.column(name).tolist()
+    # and back into a grouped file, as the first part was flat
+    merge([tmp_path / "merged.h5"], tmp_path / "grouped.h5", layout="grouped")
+    with EmbeddingsReader(tmp_path / "grouped.h5") as r:
+        assert r.layout == "grouped" and sorted(r.ids(PER_PROTEIN)) == sorted(ids)
+
+
+def test_an_id_in_two_parts_with_other_sequences_is_refused_before_anything_is_written(tmp_path, run_cli):
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n>P2\nMKV\n")
+    (tmp_path / "b.fa").write_text(">P3\nGGG\n>P1\nMKTAYIAR\n")
+    for name in ("a", "b"):
+        _embed(tmp_path / f"{name}.fa", tmp_path / f"{name}.h5")
+    r = run_cli("merge", tmp_path / "a.h5", tmp_path / "b.h5", "-o", tmp_path / "m.h5")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert f"protrans: error: {tmp_path / 'b.h5'}: protein 'P1' is also in {tmp_path / 'a.h5'}, with another " \
+           "sequence: an id names one protein" in r.stderr
+    assert not (tmp_path / "m.h5").exists() and not partial_path(tmp_path / "m.h5").exists()
+
+
+@pytest.mark.parametrize("other, said", [
+    ({"storage_dtype": "float16"}, "was written with storage_dtype='float16', "),
+    ({"per_residue": False}, "was written with kinds='per_protein', "),
+])
+def test_parts_of_other_settings_are_refused_naming_the_setting(tmp_path, other, said):
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    _embed(tmp_path / "a.fa", tmp_path / "a.h5")
+    _embed(tmp_path / "b.fa", tmp_path / "b.h5", **other)
+    with pytest.raises(InputError, match=said):
+        merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    a = _embed(tmp_path / "a.fa", tmp_path / "a.h5")
+    (tmp_path / "m.h5").write_bytes(b"keep")
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["P1"] = np.zeros(3)
+    (tmp_path / "x.h5.partial").write_bytes(b"")
+    cases = [
+        (["-o", tmp_path / "m.h5", a], 2, "m.h5: exists: give --force to replace it"),
+        (["-o", tmp_path / "n.h5", a, a], 2, "a.h5: named twice"),
+        (["-o", a, a], 2, "a.h5: is also the output"),
+        (["-o", tmp_path / "n.h5", tmp_path / "x.h5.partial"], 2, "an unfinished embed run's file"),
+        (["-o", tmp_path / "n.h5", tmp_path / "missing.h5"], 1, "missing.h5: no such file"),
+        (["-o", tmp_path / "n.h5", tmp_path / "foreign.h5"], 1, "not an output of protrans embed"),
+        (["-o", tmp_path / "n.h5", a, "--layout", "stacked"], 2, "the stacked layout holds per-protein vectors only"),
+    ]
+    for args, code, said in cases:
+        r = run_cli("merge", *args)
+        assert r.exit_code == code and said in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+    assert (tmp_path / "m.h5").read_bytes() == b"keep" and not (tmp_path / "n.h5").exists()
+    r = run_cli("merge", a, "-o", tmp_path / "m.h5", "--force")
+    assert r.exit_code == 0 and "merge: 1 proteins from 1 file(s) into" in r.stderr
+    with pytest.raises(UsageError, match="at least one"):
+        merge([], tmp_path / "z.h5")
+
+
+def test_the_failures_of_the_parts_are_the_merged_files(tmp_path):
+    """A protein a part's run skipped (longer than --max-length) stays recorded as failed."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAKQRQISFVKSHFSRQ\n>P2\nMKV\n")
+    (tmp_path / "b.fa").write_text(">P3\nGGG\n")
+    a = _embed(tmp_path / "a.fa", tmp_path / "a.h5", max_length=10, long_policy="skip")
+    b = _embed(tmp_path / "b.fa", tmp_path / "b.h5", max_length=10, long_policy="skip")
+    summary = merge([a, b], tmp_path / "m.h5")
+    assert summary.proteins == 2 and set(summary.failed) == {"P1"}
+    with EmbeddingsReader(tmp_path / "m.h5") as r:
+        assert sorted(r.ids()) == ["P2", "P3"] and set(r.failed()) == {"P1"}
+
+
+def test_digests_ending_in_a_nul_byte_still_name_the_repeated_protein(tmp_path, monkeypatch):
+    """numpy's 16-byte strings drop trailing NUL bytes: a repeated id whose digest ended in one
+    was a KeyError (1 in 256 ids), and a checksum digest ending so could pass for none."""
+    import hashlib
+
+    import protrans_cli.merge as merge_module
+
+    monkeypatch.setattr(merge_module, "digest128",
+                        lambda text: hashlib.blake2b(text.encode(), digest_size=16).digest()[:14] + b"\0\0")
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n>P2\nMKV\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n>P3\nGGG\n")
+    (tmp_path / "c.fa").write_text(">P3\nGGA\n")
+    parts = [_embed(tmp_path / f"{n}.fa", tmp_path / f"{n}.h5") for n in "abc"]
+    summary = merge(parts[:2], tmp_path / "m.h5")
+    assert summary.proteins == 3 and summary.repeated == 1
+    with pytest.raises(InputError, match="protein 'P3' is also in .*b.h5, with another sequence"):
+        merge(parts, tmp_path / "n.h5")
