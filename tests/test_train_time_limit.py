@@ -201,12 +201,35 @@ def test_auto_is_the_slurm_jobs_end_less_a_margin_counted_from_the_process_start
                                  started_ago=0.0) is None
 
 
+@pytest.mark.parametrize("job_age", [5.0, 3600.0, 3 * 86400.0])
+def test_auto_in_a_job_without_a_time_limit_is_no_limit(job_age):
+    """Slurm puts the end of a job without a time limit 365 days after its start, so the end less
+    the margin, counted from a process that started after the job, was always under the 365 days
+    taken for "no limit": the run printed an end a year on instead of "no time limit"."""
+    now, started_ago = 99000.0, 2.0
+    job_start = now - started_ago - job_age
+    end = str(int(job_start + 365 * 86400))
+    assert timelimit.slurm_limit({"SLURM_JOB_END_TIME": end, "SLURM_JOB_START_TIME": str(int(job_start))},
+                                 now=lambda: now, started_ago=started_ago) is None
+    assert timelimit.slurm_limit({"SLURM_JOB_END_TIME": end}, now=lambda: now, started_ago=started_ago) is None
+    # a 30-day job is one with a limit, with or without its start time
+    end = str(int(job_start + 30 * 86400))
+    for env in ({"SLURM_JOB_END_TIME": end}, {"SLURM_JOB_END_TIME": end, "SLURM_JOB_START_TIME": str(int(job_start))}):
+        assert timelimit.slurm_limit(env, now=lambda: now, started_ago=started_ago) == pytest.approx(
+            int(end) - (now - started_ago) - timelimit.AUTO_MARGIN)
+
+
 @pytest.mark.parametrize("env, said", [
     ({}, "SLURM_JOB_END_TIME is not set: this is not a Slurm job"),
     ({"SLURM_JOB_END_TIME": " "}, "SLURM_JOB_END_TIME is not set"),
     ({"SLURM_JOB_END_TIME": "tomorrow"}, "SLURM_JOB_END_TIME='tomorrow' is not a time"),
     ({"SLURM_JOB_END_TIME": "99030"}, r"the Slurm job ends in 30 s \(SLURM_JOB_END_TIME=99030\), less than the 60 s"),
-    ({"SLURM_JOB_END_TIME": "98000"}, "the Slurm job ends now"),
+    ({"SLURM_JOB_END_TIME": "98000"}, r"the Slurm job has ended \(SLURM_JOB_END_TIME=98000\)"),
+    # no time Slurm writes: it was "the Slurm job ends now" (0, -5, nan) or "ends in inf s"
+    ({"SLURM_JOB_END_TIME": "0"}, "SLURM_JOB_END_TIME='0' is not a time"),
+    ({"SLURM_JOB_END_TIME": "-5"}, "SLURM_JOB_END_TIME='-5' is not a time"),
+    ({"SLURM_JOB_END_TIME": "1e309"}, "SLURM_JOB_END_TIME='1e309' is not a time"),
+    ({"SLURM_JOB_END_TIME": "nan"}, "SLURM_JOB_END_TIME='nan' is not a time"),
 ])
 def test_auto_outside_a_slurm_job_or_at_its_end_is_refused_saying_why(env, said):
     with pytest.raises(ValueError, match=said):

@@ -70,18 +70,25 @@ def parse_duration(text) -> float:
 
 
 AUTO = "auto"
-# Slurm's job environment: the job's end time, seconds since the epoch
+# Slurm's job environment: the job's end time and start time, seconds since the epoch
 SLURM_END = "SLURM_JOB_END_TIME"
+SLURM_START = "SLURM_JOB_START_TIME"
 # `--time-limit auto` plans to have saved this long before Slurm's end time: the node's clock
 # against the controller's, and a step slower than those measured
 AUTO_MARGIN = 60.0
+# Slurm gives a job without a time limit the end `UNLIMITED_END` after its start. Without
+# SLURM_JOB_START_TIME to compare with, an end more than UNLIMITED_AFTER from now is taken for
+# one (the process starts after the job: the end is less than a year from it, never more).
+UNLIMITED_END = 365 * 86400
+UNLIMITED_AFTER = 300 * 86400
 
 
 def slurm_limit(environ=None, *, now=time.time, started_ago: float | None = None) -> float | None:
     """`--time-limit auto`: the seconds from this process's start to AUTO_MARGIN before the end of
-    its Slurm job (`SLURM_JOB_END_TIME`); None when that end is more than MAX_DURATION away (a
-    job without a time limit: Slurm puts its end a year on). Raises ValueError, saying why, outside
-    a Slurm job or when the end has passed."""
+    its Slurm job (`SLURM_JOB_END_TIME`); None for a job without a time limit (Slurm puts its end
+    a year after its start: `SLURM_JOB_START_TIME` + 365 days, or an end more than
+    UNLIMITED_AFTER away). Raises ValueError, saying why, outside a Slurm job or when the end has
+    passed."""
     environ = os.environ if environ is None else environ
     value = environ.get(SLURM_END, "").strip()
     if not value:
@@ -90,14 +97,23 @@ def slurm_limit(environ=None, *, now=time.time, started_ago: float | None = None
     try:
         end = float(value)
     except ValueError:
-        raise ValueError(f"{SLURM_END}={value!r} is not a time (seconds since 1970)") from None
+        end = math.nan
+    if not math.isfinite(end) or end <= 0:  # ("0", "-5", "inf", "nan": no time Slurm writes)
+        raise ValueError(f"{SLURM_END}={value!r} is not a time (seconds since 1970)")
+    try:
+        start = float(environ.get(SLURM_START, "").strip())
+    except ValueError:
+        start = math.nan
+    current = now()
+    if (math.isfinite(start) and end - start >= UNLIMITED_END) or end - current > UNLIMITED_AFTER:
+        return None  # a job without a time limit
     age = process_age() if started_ago is None else started_ago
-    limit = end - (now() - age) - AUTO_MARGIN
-    if not math.isfinite(limit) or limit <= 0:
-        ago = now() - end
-        raise ValueError(f"the Slurm job ends {'in ' + format(-ago, '.0f') + ' s' if ago < 0 else 'now'}"
+    limit = end - (current - age) - AUTO_MARGIN
+    if limit <= 0:
+        ago = current - end
+        raise ValueError(f"the Slurm job {'ends in ' + format(-ago, '.0f') + ' s' if ago < 0 else 'has ended'}"
                          f" ({SLURM_END}={value}), less than the {AUTO_MARGIN:.0f} s kept before it")
-    return None if limit > MAX_DURATION else limit
+    return min(limit, MAX_DURATION)
 
 
 def process_age() -> float:
