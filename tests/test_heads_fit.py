@@ -3153,3 +3153,31 @@ def test_a_label_sequence_with_a_rare_residue_matches_its_own_protein_not_the_on
         items, report = match_labels(read_labels(labels, "auto"), reader, get_task("value"))
     assert {m.key: m.targets["value"] for m in items} == {f"selU{i}": i for i in range(16)}
     assert report.by_checksum == 16 and report.problems == 0
+
+
+def test_a_group_named_like_a_label_record_is_no_embedding_for_it(run_cli, tmp_path):
+    """predict --labels over a grouped file where a label record's id names a group among the
+    proteins (another tool's "P1/1-100"): the group was taken for the record's embedding ("has
+    shape scalar, expected 21", exit 1, after the predictions were written); now the record has
+    no embedding, the group is no unlabelled protein and no near miss of the id."""
+    from conftest import ROOT
+
+    example = ROOT / "protrans_cli" / "example_data"
+    assert run_cli("embed", example / "loc_train.fasta", "-m", "onehot", "--per-protein",
+                   "-o", tmp_path / "train.h5").exit_code == 0
+    assert run_cli("embed", example / "loc_test.fasta", "-m", "onehot", "--per-protein",
+                   "-o", tmp_path / "test.h5").exit_code == 0
+    head = tmp_path / "head"
+    assert run_cli("fit", "loc", "--embeddings", tmp_path / "train.h5", "--labels", example / "loc_train.fasta",
+                   "--max-epochs", "1", "-j", "1", "-o", head).exit_code == 0
+    with h5py.File(tmp_path / "test.h5", "a") as f:
+        vector = f["per_protein/EX0004"][()]
+        del f["per_protein/EX0004"]
+        f.create_dataset("per_protein/EX0004/x", data=vector)
+    args = ["predict", head, "--embeddings", tmp_path / "test.h5", "--labels", example / "loc_test.fasta"]
+    r = run_cli(*args, "-o", tmp_path / "p.csv")
+    assert r.exit_code == 1
+    assert "1 label records do not match the embeddings: 1 without an embedding (EX0004) (" in r.stderr, r.stderr
+    r = run_cli(*args, "--skip-mismatched", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.stderr
+    assert "have no label" not in r.stderr and "99 proteins" in r.stderr

@@ -271,6 +271,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
     # (a protein whose labels were refused as truncated or of another length has a label: it is
     # said so among the mismatches, not again as "no label")
     report.unlabelled = keys - {m.key for m in matched} - {named[i] for i in report.no_label} - passed_over
+    if reader.layout != "stacked":  # (a group among the proteins is no protein without a label)
+        report.unlabelled = {k for k in report.unlabelled if reader._is_dataset(source, k)}
     if report.no_label:
         console.info(f"{label_set.path}: {len(report.no_label)} record(s) give no usable label (empty or nan, "
                      "every residue masked, or a dual location under --dual skip) and are left out "
@@ -284,7 +286,10 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                      f"because embed left them out ({some_ids(report.left_out, 3)}): left out")
     report.key_ids = {key: ident for ident, key in other_ids.items()}
     if report.missing and report.unlabelled:
-        report.near_misses = _near_misses(report.missing, report.unlabelled, report.key_ids)
+        # (a group among the proteins named like a label record is no protein: no near miss)
+        report.near_misses = [(ident, stored) for ident, stored in
+                              _near_misses(report.missing, report.unlabelled, report.key_ids)
+                              if reader.key_for(stored, source) is not None]
     if report.problems:
         where = f"{label_set.path} vs {reader.path}"
         if on_mismatch == "skip":

@@ -344,6 +344,17 @@ class EmbeddingsReader:
         if self._stacked is not None:
             self._check_kind(kind)
             return escape_key(ident) if ident in self._stacked.rows() else None
+        key = self._key_for(ident, kind)
+        if key is not None and not self._is_dataset(kind, key):
+            return None  # a group among the proteins is none (items() passes over it too)
+        return key
+
+    def _is_dataset(self, kind: str, key: str) -> bool:
+        import h5py
+
+        return isinstance(open_local(self._group(kind), key.encode("utf-8")), h5py.h5d.DatasetID)
+
+    def _key_for(self, ident: str, kind: str) -> str | None:
         group, key = self._group(kind), escape_key(ident)
         if "layout" in self.attrs:  # embed's own file: every key is its id's
             return key if key in group else None
