@@ -886,3 +886,50 @@ def test_a_ctrl_c_while_the_proteins_are_listed_is_a_keyboardinterrupt(tmp_path,
     monkeypatch.setattr(h5_module, "iterate_links", ctrl_c_inside)
     with pytest.raises(KeyboardInterrupt):
         EmbeddingsReader(out)
+
+
+def test_a_failed_write_between_flushes_on_a_nearly_full_disk_stays_resumable(tmp_path):
+    """embed flushes once a second; on a disk with less than 1 MiB free the list of the ids
+    written since the last flush has a 4 KiB block (256 ids), and a second of small batches is
+    more: a write failing inside HDF5 then said "do not resume it ... delete it" (the whole run
+    lost) where a flush after each batch left it resumable. flush_due flushes when half the
+    block is used."""
+    import subprocess
+    import sys
+
+    import protrans_cli.io.disk as disk
+
+    if disk.native_fallocate() is None:
+        pytest.skip("no fallocate(2)")
+    script = f"""
+import builtins, errno, resource, numpy as np
+import protrans_cli.io.disk as disk
+import protrans_cli.io.h5 as h5
+h5.FLUSH_SECONDS = 3600.0  # (a fast run: every batch within the second)
+real = disk.fallocate
+def small_disk(fd, nbytes):  # less than 1 MiB free when the run starts
+    if nbytes > 64 << 10:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    real(fd, nbytes)
+disk.fallocate = small_disk
+disk.ensure_room = lambda *a, **k: 0  # (the race it cannot see)
+real_open = builtins.open
+def full_open(path, mode="r", *a, **k):  # the disk is full by then
+    if "untrusted" in str(path) and "a" in mode:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real_open(path, mode, *a, **k)
+builtins.open = full_open
+try:
+    with h5.EmbeddingsWriter({str(tmp_path / "o.h5")!r}, kinds=(h5.PER_PROTEIN,)) as w:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, resource.RLIM_INFINITY))
+        for b in range(100000):
+            for i in range(9):
+                w.write(f"p{{b}}_{{i}}", "h", "M" * 50, per_protein=np.ones(1024, np.float32))
+            w.flush_due()
+except h5.RuntimeFailure as exc:
+    print("FAILURE", exc, flush=True)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "FAILURE" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "do not resume it" not in r.stdout, r.stdout
+    assert "the proteins written before are kept in it, and --resume embeds again the" in r.stdout, r.stdout

@@ -31,6 +31,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import signal
@@ -1364,6 +1365,13 @@ class _MarkerRoom:
         with open(target, "ab") as fh:
             fh.write(digests)
 
+    def ids_kept(self) -> float:
+        """How many ids written since the last flush make the next one due (`flush_due`): half of
+        what the kept block holds, so that a batch more still fits it (a second of small batches
+        on a nearly full disk was 1,000 ids or more, and the list, past the 256 of the small
+        block, could not be written: "do not resume it"). No bound without a block kept."""
+        return self.size // 32 if self.fd is not None else math.inf
+
     def release(self) -> None:
         if self.fd is not None:
             with contextlib.suppress(OSError):
@@ -1742,7 +1750,8 @@ class EmbeddingsWriter:
         of the last second, embedded again by --resume (a clean stop closes the file whole).
         What waits for the next flush (the ledger's records, the ids a failed write taints) is
         a second's proteins at most, a few hundred bytes each."""
-        if time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
+        if (time.monotonic() - self._flushed_at >= FLUSH_SECONDS
+                or len(self._unflushed) >= self._marker_room.ids_kept()):
             self.flush()
 
     @contextlib.contextmanager
