@@ -158,3 +158,29 @@ def test_digests_ending_in_a_nul_byte_still_name_the_repeated_protein(tmp_path, 
     assert summary.proteins == 3 and summary.repeated == 1
     with pytest.raises(InputError, match="protein 'P3' is also in .*b.h5, with another sequence"):
         merge(parts, tmp_path / "n.h5")
+
+
+def test_stacked_parts_merge_row_by_row_into_the_stacked_file_of_one_run(tmp_path, monkeypatch):
+    """Stacked parts into a stacked file: columns and rows copied in key order, never a dataset
+    per protein on the way; the file equals one run over the whole input (repeated proteins kept
+    once, the parts' failures and runs carried)."""
+    from protrans_cli.io import stacked
+
+    fasta = generated_fasta(tmp_path / "all.fa", 60, repeat_every=0, long_every=7)
+    options = dict(per_residue=False, layout="stacked", max_length=100, long_policy="skip", storage_dtype="float16")
+    whole = _embed(fasta, tmp_path / "whole.h5", **options)
+    parts = [_embed(p, tmp_path / f"{p.stem}.h5", **options) for p in _split(fasta, 3, tmp_path, overlap=5)]
+
+    def no_unstacking(*args, **kw):
+        raise AssertionError("written back into datasets")
+
+    monkeypatch.setattr(stacked, "unstack_file", no_unstacking)
+    monkeypatch.setattr(stacked, "stack_file", no_unstacking)
+    summary = merge(parts[::-1], tmp_path / "merged.h5")  # (any order of the parts: rows in key order)
+    assert summary.failed and summary.proteins + len(summary.failed) == 60
+    assert_same_content(file_content(tmp_path / "merged.h5"), file_content(whole))
+    with h5py.File(tmp_path / "merged.h5", "r") as f:
+        assert f.attrs["layout"] == "stacked" and f.attrs["storage_dtype"] == "float16"
+        assert json.loads(f.attrs["runs"])[-1]["command_line"] == "protrans merge"
+    with EmbeddingsReader(tmp_path / "merged.h5") as r:
+        assert r.layout == "stacked" and len(r.ids(PER_PROTEIN)) == summary.proteins

@@ -28,8 +28,8 @@ def command(inputs, output, layout, force):
     another sequence it is an error before anything is written.
 
     \b
-    protrans embed parts/part_007.fa --per-protein -o out/part_007.h5 --resume
-    protrans merge out/*.h5 --layout stacked -o proteome.h5
+    protrans embed parts/part_007.fa --layout stacked -o out/part_007.h5 --resume
+    protrans merge out/*.h5 -o proteome.h5
     """
     import shlex
     import sys
