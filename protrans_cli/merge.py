@@ -11,12 +11,15 @@ structure), into OUTPUT.partial, which is renamed when complete and removed if n
 
     summary = merge(["part_001.h5", "part_002.h5"], "all.h5")
 
-What is held per protein while the parts are compared is two 16-byte digests (id, sequence).
+What is held per protein is two 16-byte digests (id, sequence); ids are read a block at a time,
+and stacked parts are merged by key as streams.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import os
 import shutil
 import tempfile
@@ -135,17 +138,19 @@ def _read_part(path: Path) -> _Part:
             raise InputError("not an output of protrans embed (no 'layout' or 'kinds' attribute; a file from "
                              "another tool?): merge reads embed's files only", path=str(path))
         kinds = tuple(k for k in KINDS if k in str(attrs["kinds"]).split(","))
-        if reader.layout == "stacked":
-            view = reader._stacked
-            pairs = zip(view.ids(), view.column("checksums"))
+        if reader.layout == "stacked":  # (a block of the columns at a time)
+            from protrans_cli.io.stacked import stacked_done
+
+            pairs = (pair for ids, sums in stacked_done(reader.file) for pair in zip(ids, sums))
         else:
             # (a truncated protein's checksum is its kept prefix's, as a stacked file records it)
             pairs = stored_proteins(reader._group(kinds[0]), prefixes=True)
-        ids, sums = [], []
-        for ident, checksum in pairs:
-            ids.append(digest128(ident))
-            sums.append(digest128(checksum) if checksum else _NO_SUM)
-    return _Part(path, attrs, reader.layout, kinds, np.array(ids, dtype="S16"), np.array(sums, dtype="S16"))
+        ids, sums = [], []  # (as arrays of 4096: a list of bytes objects took about 110 bytes a protein)
+        for block in iter(lambda: list(itertools.islice(pairs, 4096)), []):
+            ids.append(np.array([digest128(ident) for ident, _ in block], dtype="S16"))
+            sums.append(np.array([digest128(c) if c else _NO_SUM for _, c in block], dtype="S16"))
+    return _Part(path, attrs, reader.layout, kinds, np.concatenate(ids or [np.empty(0, "S16")]),
+                 np.concatenate(sums or [np.empty(0, "S16")]))
 
 
 def _check_same(first: _Part, other: _Part) -> None:
@@ -249,16 +254,8 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], output: Path, at
             if view.data.shape[1:] != shape or view.data.dtype != dtype:
                 raise InputError(f"holds vectors of shape {view.data.shape[1:]} ({view.data.dtype}), "
                                  f"{parts[0].path} {shape} ({dtype}): not one embedding's", path=str(part.path))
-        keys, owner, local = [], [], []
-        for index, (view, skip) in enumerate(zip(views, repeats)):
-            for row, ident in enumerate(view.ids()):
-                if ident not in skip:
-                    keys.append(escape_key(ident).encode("utf-8"))
-                    owner.append(index)
-                    local.append(row)
-        order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
-        del keys
-        owner, local = np.array(owner, dtype=np.int64)[order], np.array(local, dtype=np.int64)[order]
+        # the parts' rows merged by key (each part's are in key order), a block at a time
+        merged = heapq.merge(*(_keyed_rows(view, index, skip) for index, (view, skip) in enumerate(zip(views, repeats))))
         failed: dict[str, str] = {}
         runs: list[dict] = []
         for f, part in zip(files, parts):
@@ -272,7 +269,7 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], output: Path, at
             failed = {ident: why for ident, why, done in zip(list(failed), failed.values(), held) if not done}
         file_attrs = run_attributes(attrs, kinds=(PER_PROTEIN,), layout="stacked", storage_dtype=str(dtype))
         runs.append({k: file_attrs[k] for k in RUN_ATTRS if file_attrs.get(k) is not None})
-        n = len(order)
+        n = sum(len(p.ids) for p in parts) - sum(len(skip) for skip in repeats)
         row_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         with _written_as(output, "merging", parts[0].path) as temporary:
             disk.ensure_room(temporary, n * (row_bytes + 256), "free some space and run the merge again",
@@ -291,12 +288,15 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], output: Path, at
                 step = _rows_per_block(row_bytes)
                 for start in range(0, n, step):
                     end = min(n, start + step)
+                    block = list(itertools.islice(merged, end - start))
+                    owner = np.array([b[1] for b in block], dtype=np.int64)
+                    local = np.array([b[2] for b in block], dtype=np.int64)
                     rows = np.empty((end - start, *shape), dtype=dtype)
                     values = {name: np.empty(end - start, dtype=np.int64 if name in COUNT_COLUMNS else object)
                               for name in COLUMNS}
-                    for index in np.unique(owner[start:end]):
-                        at = np.flatnonzero(owner[start:end] == index)  # this part's rows of the block,
-                        wanted = local[start:end][at]                   # in its own (key) order
+                    for index in np.unique(owner):
+                        at = np.flatnonzero(owner == index)  # this part's rows of the block,
+                        wanted = local[at]                   # in its own (key) order
                         first, last = int(wanted[0]), int(wanted[-1]) + 1
                         rows[at] = views[index].data[first:last][wanted - first]
                         for name in COLUMNS:
@@ -306,3 +306,20 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], output: Path, at
                         dataset[start:end] = values[name] if name in COUNT_COLUMNS else list(values[name])
                 out.flush()
     return failed
+
+
+def _keyed_rows(view, index: int, skip: set[str]):
+    """(key as bytes, part index, row) of a stacked part's rows but those in `skip`, read a block
+    of ids at a time; rows out of key order (not embed's file) are an InputError."""
+    from protrans_cli.io.stacked import BLOCK_ROWS
+
+    previous = b""
+    for start in range(0, len(view), BLOCK_ROWS):
+        for offset, ident in enumerate(view._read("ids", np.s_[start:start + BLOCK_ROWS])):
+            key = escape_key(ident).encode("utf-8")
+            if key <= previous:
+                raise InputError(f"a stacked file whose rows are not in the order of their keys (row {start + offset}, "
+                                 f"{ident!r}): damaged, or not written by protrans embed", path=view.path)
+            previous = key
+            if ident not in skip:
+                yield key, index, start + offset
