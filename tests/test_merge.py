@@ -184,3 +184,16 @@ def test_stacked_parts_merge_row_by_row_into_the_stacked_file_of_one_run(tmp_pat
         assert json.loads(f.attrs["runs"])[-1]["command_line"] == "protrans merge"
     with EmbeddingsReader(tmp_path / "merged.h5") as r:
         assert r.layout == "stacked" and len(r.ids(PER_PROTEIN)) == summary.proteins
+
+
+@pytest.mark.parametrize("part_layout, layout", [("flat", "grouped"), ("grouped", "flat"), ("stacked", "flat")])
+def test_parts_of_another_layout_carry_the_attributes_of_the_merged_layout(tmp_path, part_layout, layout):
+    """embed gives a flat file's datasets an `original_id` (bio_embeddings' readers), the other
+    layouts' none: a part of another layout merged kept its own (a flat part into a grouped file
+    had one, a grouped or stacked part into a flat file none)."""
+    fasta = generated_fasta(tmp_path / "all.fa", 20, repeat_every=0)
+    first, second = _split(fasta, 2, tmp_path)
+    parts = [_embed(p, tmp_path / f"{p.stem}.h5", per_residue=False, layout=part_layout) for p in (first, second)]
+    whole = _embed(fasta, tmp_path / "whole.h5", per_residue=False, layout=layout)
+    merge(parts, tmp_path / "merged.h5", layout=layout)
+    assert_same_content(file_content(tmp_path / "merged.h5"), file_content(whole))

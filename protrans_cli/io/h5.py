@@ -1726,7 +1726,23 @@ class EmbeddingsWriter:
                 # --resume merges it again)
                 self._unflushed.append(unescape_key(name.decode("utf-8")))
                 h5py.h5o.copy(source.id, name, group.id, name)
+                if flat != (self.layout == "flat"):  # (a part of another layout: `protrans merge`)
+                    self._relabel_original_id(group, name)
                 copied.add(name)
+
+    def _relabel_original_id(self, group, name: bytes) -> None:
+        """A dataset copied from a file of the other structure carries the `original_id` that
+        `write` gives this file's layout: the flat layout's (its id), none in the others."""
+        import h5py
+
+        obj = h5py.h5o.open(group.id, name)
+        has = h5py.h5a.exists(obj, b"original_id")
+        if self.layout == "flat" and not has:
+            ident = _read_text_attr(obj, b"id")
+            if ident is not None:
+                _set_attr(obj, "original_id", ident)
+        elif self.layout != "flat" and has:
+            h5py.h5a.delete(obj, b"original_id")
 
     def _holds(self, ident: str) -> bool:
         """Whether every requested kind has a dataset for `ident`."""
