@@ -30,7 +30,8 @@ import numpy as np
 
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_ATTRS, EmbeddingsReader,
-                                EmbeddingsWriter, _comparable, digest128, escape_key, partial_path, stored_proteins)
+                                EmbeddingsWriter, _comparable, digest128, escape_key, partial_path, remove_ledger,
+                                stored_proteins)
 
 # What the writer records itself: its layout and kinds, and the failures and runs of the parts
 _OWN_ATTRS = {"layout", "kinds", "kind", "storage_dtype", "failed", "runs"}
@@ -108,6 +109,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
     except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink()  # (nothing was computed: merging again costs what this did)
+        remove_ledger(partial)  # (and its side files: the writer seals the ledger as it closes)
         raise
     total = sum(len(p.ids) for p in parts) - sum(len(s) for s in repeats)
     return MergeSummary(proteins=total, repeated=sum(len(s) for s in repeats), failed=failed)

@@ -197,3 +197,21 @@ def test_parts_of_another_layout_carry_the_attributes_of_the_merged_layout(tmp_p
     whole = _embed(fasta, tmp_path / "whole.h5", per_residue=False, layout=layout)
     merge(parts, tmp_path / "merged.h5", layout=layout)
     assert_same_content(file_content(tmp_path / "merged.h5"), file_content(whole))
+
+
+def test_a_merge_stopped_leaves_nothing_beside_the_output(tmp_path, monkeypatch):
+    """Ctrl-C while a stacked part was written back (before any protein was copied): the partial
+    file was removed, but its ledger, sealed as the writer closed, stayed (OUT.partial.ledger)."""
+    from protrans_cli.io import stacked
+
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n>P2\nMKV\n")
+    part = _embed(tmp_path / "a.fa", tmp_path / "a.h5", per_residue=False, layout="stacked")
+    (tmp_path / "out").mkdir()
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stacked, "unstack_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        merge([part], tmp_path / "out" / "m.h5", layout="grouped")
+    assert list((tmp_path / "out").iterdir()) == []
