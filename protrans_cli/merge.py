@@ -63,16 +63,36 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
           command_line: str | None = None) -> MergeSummary:
     """Merge the embed outputs `inputs` into `output` (see the module docstring). `layout`: the
     merged file's (default: the first part's); `force`: replace an existing `output`."""
-    from protrans_cli import __version__
-    from protrans_cli.io.files import output_directory
+    from protrans_cli.io.files import (output_directory, output_lock, refuse_special_output, through_link,
+                                       writable_or_refused)
 
     paths, output = [Path(p) for p in inputs], Path(output)
     if not paths:
         raise UsageError("merge needs at least one embeddings file")
     if layout is not None and layout not in LAYOUTS:
         raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    _check_paths(paths, output)
+    # (embed's checks of its output: a pipe or device is not renamed over, the user's own link
+    # is followed, a read-only file is refused)
+    refuse_special_output(output, "-o", "an HDF5 file")
     output_directory(output)
+    output = through_link(output)
+    output_directory(output)
+    if output.is_dir():
+        raise UsageError("is a directory: the merged embeddings are one HDF5 file", path=str(output))
+    writable_or_refused(output)
+    _check_paths(paths, output)
+    # Held from the "exists" check to the final rename, as embed holds it: a merge with --force
+    # into the output of an embed (or merge) running now removed its partial file, and both said
+    # they had written the output.
+    with output_lock(output, "is the output of another protrans embed or merge that is running now: wait for it "
+                             "to end, or choose another -o"):
+        return _merge_locked(paths, output, layout, force, command_line)
+
+
+def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bool,
+                  command_line: str | None) -> MergeSummary:
+    from protrans_cli import __version__
+
     if output.exists() and not force:
         raise UsageError("exists: give --force to replace it", path=str(output))
     partial = partial_path(output)

@@ -215,3 +215,29 @@ def test_a_merge_stopped_leaves_nothing_beside_the_output(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         merge([part], tmp_path / "out" / "m.h5", layout="grouped")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_output_is_checked_and_locked_as_embed_does(tmp_path):
+    """merge's output: a pipe was opened and waited on (merge hung), the user's own link to
+    another folder was replaced by a regular file (embed writes where it leads), and a merge with
+    --force into the output of an embed running now removed that run's partial file (both said
+    they had written the output)."""
+    import os
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io.files import output_lock
+
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n>P2\nMKV\n")
+    part = _embed(tmp_path / "a.fa", tmp_path / "a.h5")
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "link.h5").symlink_to(tmp_path / "scratch" / "m.h5")
+    merge([part], tmp_path / "link.h5")
+    assert (tmp_path / "link.h5").is_symlink() and (tmp_path / "scratch" / "m.h5").is_file()
+    with output_lock(tmp_path / "busy.h5", "busy"):
+        partial_path(tmp_path / "busy.h5").write_bytes(b"an embed's live file")
+        with pytest.raises(RuntimeFailure, match="another protrans embed or merge that is running now"):
+            merge([part], tmp_path / "busy.h5", force=True)
+        assert partial_path(tmp_path / "busy.h5").read_bytes() == b"an embed's live file"
+    os.mkfifo(tmp_path / "pipe.h5")
+    with pytest.raises(UsageError, match="is a device, pipe or socket"):
+        merge([part], tmp_path / "pipe.h5", force=True)
