@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, ProtransError, UsageError
 from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_ATTRS, EmbeddingsReader,
                                 EmbeddingsWriter, _comparable, digest128, escape_key, partial_path, remove_ledger,
                                 stored_proteins)
@@ -126,13 +126,28 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
                 _copy_part(writer, part, skip, output)
             writer.flush(failures=True)
             failed = dict(writer.failed)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             partial.unlink()  # (nothing was computed: merging again costs what this did)
         remove_ledger(partial)  # (and its side files: the writer seals the ledger as it closes)
+        if isinstance(exc, ProtransError) and "--resume" in exc.message:
+            # (the writer's and the stacking's advice is embed's: the partial file, --resume)
+            raise type(exc)(_merge_advice(exc.message), path=str(output)) from None
         raise
     total = sum(len(p.ids) for p in parts) - sum(len(s) for s in repeats)
     return MergeSummary(proteins=total, repeated=sum(len(s) for s in repeats), failed=failed)
+
+
+def _merge_advice(message: str) -> str:
+    """A failure's message as merge says it: what failed, without embed's advice (what was
+    computed is kept in OUT.partial, run the same command with --resume): merge has no
+    --resume, and it removed its partial file."""
+    kept = []
+    for clause in message.split("; "):
+        if "--resume" in clause or ".partial" in clause:
+            break
+        kept.append(clause)
+    return "; ".join(kept) + "; nothing was kept: free some space (or remove the cause) and run the merge again"
 
 
 def _check_paths(paths: list[Path], output: Path) -> None:

@@ -241,3 +241,28 @@ def test_the_output_is_checked_and_locked_as_embed_does(tmp_path):
     os.mkfifo(tmp_path / "pipe.h5")
     with pytest.raises(UsageError, match="is a device, pipe or socket"):
         merge([part], tmp_path / "pipe.h5", force=True)
+
+
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_no_room_says_what_merge_does_next(tmp_path, monkeypatch, layout):
+    """A full disk said embed's advice: "what was computed is kept in OUT.partial; run the same
+    command with --resume" (or, writing the stacked file, "every protein is in OUT.partial"),
+    but merge has no --resume and had removed its partial file."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import disk
+
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n>P2\nMKV\n")
+    part = _embed(tmp_path / "a.fa", tmp_path / "a.h5", per_residue=False)
+
+    def full(path, nbytes, then, *args, what="", **kw):
+        # (the copy of the part's proteins; stacked: the stacked file written after it)
+        if what == ("the stacked file" if layout == "stacked" else "the proteins of a.h5"):
+            raise RuntimeFailure(f"no room for the next batch: 1 MiB free; {then}", path=str(path))
+        return 0
+
+    monkeypatch.setattr(disk, "ensure_room", full)
+    with pytest.raises(RuntimeFailure) as caught:
+        merge([part], tmp_path / "m.h5", layout=layout)
+    said = caught.value.format()
+    assert "--resume" not in said and ".partial" not in said and "run the merge again" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fa", "a.h5"]
