@@ -28,6 +28,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import shlex
 import sys
 import time
@@ -96,6 +97,15 @@ class EmbedOptions:
     window: int = DEFAULT_WINDOW         # proteins read, length-sorted and embedded at a time
     threads: int | None = None
     command_line: str | None = None
+    part: str | None = None              # "K/N": only part K of N of the input (a job array's share)
+
+    @property
+    def part_of(self) -> tuple[int, int] | None:
+        """(K, N) of `part` (validate checked it), or None."""
+        if self.part is None:
+            return None
+        k, n = str(self.part).split("/")
+        return int(k), int(n)
 
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k, on in ((PER_RESIDUE, self.per_residue), (PER_PROTEIN, self.per_protein)) if on)
@@ -135,6 +145,11 @@ class EmbedOptions:
                                                      if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
         if self.window < 1:
             raise UsageError("--window must be at least 1")
+        if self.part is not None:
+            found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(self.part))
+            if not found or not 1 <= int(found.group(1)) <= int(found.group(2)):
+                raise UsageError(f"--part {self.part}: give K/N, part K of N (1 <= K <= N), e.g. 7/100")
+            self.part = f"{int(found.group(1))}/{int(found.group(2))}"
         if self.three_di and self.model == ONEHOT:
             raise UsageError("--3di is for a model that reads 3Di strings (ProstT5: -m prostt5), not onehot")
         if self.threads is not None:  # 0 was ignored, -2 a RuntimeError from torch
@@ -346,11 +361,13 @@ def _digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None = None) -> Iterator[_Protein]:
+def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None = None,
+             part: tuple[int, int] | None = None) -> Iterator[_Protein]:
     """Every record of `source`, normalised; errors name `name` (the user's path, or <stdin>).
     `skip_invalid`: a sequence normalise refuses is yielded with its reason in `rejected`
     (--invalid-policy skip: one bad ORF in a metagenome stopped the whole run). `alphabet`: the
-    only letters allowed (--3di: the 20 3Di states; no X or rare letters)."""
+    only letters allowed (--3di: the 20 3Di states; no X or rare letters). `part` (K, N): only
+    the records of part K of N (`in_part`)."""
     with open_input(source, name=name) as stream:
         for rec in parse_fasta(stream, name):
             try:
@@ -358,13 +375,26 @@ def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None
                 if alphabet is not None:
                     _check_alphabet(seq, alphabet)
             except SequenceRejected as exc:
+                if part is not None and not in_part(rec.id, "", part):
+                    continue
                 if not skip_invalid:
                     raise InputError(f"{exc.detail} (--invalid-policy skip leaves such records out)", path=name,
                                      line=rec.line, record=rec.id) from None
                 yield _Protein(rec.id, rec.description, "", rec.line, rejected=f"skipped: {exc.detail} "
                                                                                "(--invalid-policy skip)")
                 continue
+            if part is not None and not in_part(rec.id, seq, part):
+                continue
             yield _Protein(rec.id, rec.description, seq, rec.line)
+
+
+def in_part(ident: str, sequence: str, part: tuple[int, int]) -> bool:
+    """Whether a record is in part K of N (`--part K/N`): chosen by its normalised sequence's
+    digest, so that every copy of a sequence is in one part (computed once there, the copies
+    written from it, as in one run over the whole input); a record without a usable sequence by
+    its id's. The same record is in the same part in every run, on every machine."""
+    k, n = part
+    return _digest64(sequence or ident) % n == k - 1
 
 
 def _check_alphabet(seq: str, alphabet: str) -> None:
@@ -375,10 +405,10 @@ def _check_alphabet(seq: str, alphabet: str) -> None:
 
 
 def read_windows(source, name: str, size: int, skip_invalid: bool = False,
-                 alphabet: str | None = None) -> Iterator[list[_Protein]]:
-    """The records in consecutive lists of at most `size`: all the pipeline holds at a time."""
+                 alphabet: str | None = None, part: tuple[int, int] | None = None) -> Iterator[list[_Protein]]:
+    """The records (of `part`) in consecutive lists of at most `size`: all the pipeline holds at a time."""
     window: list[_Protein] = []
-    for prot in _records(source, name, skip_invalid, alphabet):
+    for prot in _records(source, name, skip_invalid, alphabet, part):
         window.append(prot)
         if len(window) >= size:
             yield window
@@ -407,14 +437,15 @@ class InputScan:
 _SAY_FIRST_PASS_BYTES = 256 << 20  # inputs from which the first pass is announced
 
 
-def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | None = None) -> InputScan:
+def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | None = None,
+               part: tuple[int, int] | None = None) -> InputScan:
     """The first streaming pass: every record is parsed and normalised (so unusable sequences
     fail before any computation) and duplicate ids are refused, keeping only an 8-byte digest of
     each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
     which names the duplicate (and ignores a mere digest collision)."""
     ids, seqs = array("Q"), array("Q")
     residues = longest = 0
-    for prot in _records(source, name, skip_invalid, alphabet):
+    for prot in _records(source, name, skip_invalid, alphabet, part):
         ids.append(_digest64(prot.id))  # (a skipped record's id is the output's too: not twice)
         if prot.rejected is not None:
             continue
@@ -422,7 +453,7 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
         residues += len(prot.sequence)
         longest = max(longest, len(prot.sequence))
     if not ids:
-        raise InputError("no FASTA records", path=name)
+        raise InputError("no FASTA records" + (f" in part {part[0]}/{part[1]} (--part)" if part else ""), path=name)
     num = len(ids)
     digest = hashlib.blake2b(ids, digest_size=16)
     digest.update(seqs)
@@ -859,7 +890,7 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
         dist = _setup_distributed(options.device) if distributed else _Dist()
         try:
             try:
-                scan, failure = scan_input(source, name, options.skip_invalid, options.alphabet), None
+                scan, failure = scan_input(source, name, options.skip_invalid, options.alphabet, options.part_of), None
             except Exception as exc:  # noqa: BLE001 - any failure, raised once every rank has taken part:
                 if not ranked:       # the others stop too (they would wait for it at the barriers for hours)
                     raise
@@ -1052,6 +1083,9 @@ def _file_attrs(embedder, options, max_length) -> dict:
         "max_length": max_length or 0, "long_policy": options.long_policy,
         # Only where it changes the rows, so that --resume compares it only then.
         "chunk_overlap": options.chunk_overlap if options.long_policy == "chunk" else None,
+        # "K/N" of --part, "" for the whole input: --resume compares it (a part extended by a run
+        # over the whole input, or by another part, would hold what its name does not say)
+        "part": options.part or "",
         "packing": bool(getattr(embedder, "packed", False)),
         "compiled": bool(getattr(embedder, "compiled", False)),
         # sdpa or flex (--attention); none for the onehot embedder
@@ -1112,7 +1146,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         for path in [partial_path(output) if partial_path(output).exists() else output, *map(Path, shard_files)]:
             if path.exists():
                 found.append(_done_in(path, writer_kw, lambda: (p.id for window in read_windows(
-                    source, name, options.window, options.skip_invalid, options.alphabet) for p in window),
+                    source, name, options.window, options.skip_invalid, options.alphabet, options.part_of)
+                    for p in window),
                     seal=path != output and dist.is_main))
         if dist.is_main:  # (two ranks mending one file at once both gave up: "delete it to start again")
             dist.barrier()
@@ -1192,7 +1227,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     computed = 0.0
     try:
         with writer, _Background(lambda work, *args: work(*args)) as background:
-            for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet):
+            for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet,
+                                       options.part_of):
                 done_here = done.members(window)
                 summary.num_resumed += len(done_here)
                 failures: dict[str, str] = {}
@@ -1321,7 +1357,8 @@ def _check_before_compute(source, name, options, max_length, done: "_Done", outp
     from protrans_cli.io.h5 import sequence_checksum
 
     left = found = 0
-    for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet):
+    for window in read_windows(source, name, options.window, options.skip_invalid, options.alphabet,
+                               options.part_of):
         stored = done.stored_checksums(window)
         for prot, checksum in zip(window, stored):
             found += checksum is not None

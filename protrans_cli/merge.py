@@ -102,6 +102,7 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
     parts = [_read_part(path) for path in paths]
     for part in parts[1:]:
         _check_same(parts[0], part)
+    _check_parts_of_one_input(parts)
     kinds, layout = parts[0].kinds, layout or parts[0].layout
     if layout == "flat" and len(kinds) != 1:
         raise UsageError(f"the parts hold {' and '.join(kinds)} embeddings; the flat layout holds one kind: "
@@ -111,6 +112,8 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
                          "vectors only: merge into --layout grouped")
     repeats = _repeats(parts)  # (an id in two parts with other sequences: refused before anything is written)
     attrs = {k: v for k, v in parts[0].attrs.items() if k not in _OWN_ATTRS and k not in RUN_ATTRS}
+    if "part" in attrs:  # (the merged file is the whole input's, as one run over it records it)
+        attrs["part"] = ""
     attrs.update(command_line=command_line or "protrans merge", protrans_version=__version__)
     if force:
         with contextlib.suppress(FileNotFoundError):
@@ -192,11 +195,40 @@ def _read_part(path: Path) -> _Part:
 
 def _check_same(first: _Part, other: _Part) -> None:
     """The settings `--resume` compares (the layout aside), equal in every part."""
-    for key in (*[k for k in RESUME_ATTRS if k != "layout"], *_ALSO_SAME):
+    for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part")], *_ALSO_SAME):
         a, b = first.attrs.get(key), other.attrs.get(key)
         if (a is None) != (b is None) or (a is not None and _comparable(a) != _comparable(b)):
             raise InputError(f"was written with {key}={_shown(b)}, {first.path} with {key}={_shown(a)}: the parts "
                              "of one merge come from one model with the same settings", path=str(other.path))
+
+
+def _check_parts_of_one_input(parts: list[_Part]) -> None:
+    """Parts written with `embed --part K/N`: each K once, one N, every K from 1 to N; a part of
+    the whole input (no --part) is not merged with them. (Parts of a split FASTA record none.)"""
+    marked = [(part, str(_comparable(part.attrs.get("part")) or "")) for part in parts]
+    given = [(part, spec) for part, spec in marked if spec]
+    if not given:
+        return
+    if len(given) != len(marked):
+        whole = next(part for part, spec in marked if not spec)
+        raise InputError(f"holds the whole input, {given[0][0].path} its part {given[0][1]} (embed --part): "
+                         "merge the parts of one input", path=str(whole.path))
+    seen: dict[int, Path] = {}
+    total = None
+    for part, spec in given:
+        k, n = (int(x) for x in spec.split("/"))
+        if total is not None and n != total:
+            raise InputError(f"is part {spec}, {given[0][0].path} part {given[0][1]}: parts of one split (one N)",
+                             path=str(part.path))
+        total = n
+        if k in seen:
+            raise InputError(f"is part {spec} of the input, and so is {seen[k]}: each part once", path=str(part.path))
+        seen[k] = part.path
+    missing = [k for k in range(1, total + 1) if k not in seen]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise InputError(f"part(s) {shown} of {total} are missing (embed --part K/{total}): the merged file "
+                         "would lack their proteins; merge every part", path=str(given[0][0].path))
 
 
 def _shown(value) -> str:

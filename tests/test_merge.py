@@ -266,3 +266,56 @@ def test_no_room_says_what_merge_does_next(tmp_path, monkeypatch, layout):
     said = caught.value.format()
     assert "--resume" not in said and ".partial" not in said and "run the merge again" in said, said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fa", "a.h5"]
+
+
+def test_parts_chosen_by_embed_part_merge_into_the_whole_runs_file(tmp_path, run_cli):
+    """`embed --part K/N` over the whole FASTA (no split files): every record in exactly one part,
+    copies of one sequence together (computed once, as one run does), and the merged parts equal
+    one run over the whole input, its `part` attribute included ("")."""
+    fasta = generated_fasta(tmp_path / "all.fa", 80, repeat_every=7, long_every=9)
+    options = dict(max_length=100, long_policy="skip")
+    whole = _embed(fasta, tmp_path / "whole.h5", **options)
+    parts = [_embed(fasta, tmp_path / f"p{k}.h5", part=f"{k}/3", **options) for k in (1, 2, 3)]
+    held = []
+    for path in parts:
+        with EmbeddingsReader(path) as r:
+            held.append(set(r.ids()) | set(r.failed()))
+            assert r.attrs["part"] == f"{path.stem[1]}/3"
+    assert sum(map(len, held)) == 80 and set().union(*held) == {f"g{i}" for i in range(80)}
+    assert all(len(h) > 10 for h in held)  # (spread by digest: none empty)
+    r = run_cli("merge", *parts[::-1], "-o", tmp_path / "merged.h5")
+    assert r.exit_code == 0, r.stderr
+    assert_same_content(file_content(tmp_path / "merged.h5"), file_content(whole))
+    with h5py.File(tmp_path / "merged.h5", "r") as f:
+        assert f.attrs["part"] == ""
+
+
+def test_what_is_not_every_part_of_one_input_is_refused(tmp_path, run_cli):
+    fasta = generated_fasta(tmp_path / "all.fa", 30, repeat_every=0)
+    p = {spec: _embed(fasta, tmp_path / f"p{spec.replace('/', 'of')}.h5", part=spec) for spec in ("1/3", "2/3", "3/3", "1/2")}
+    whole = _embed(fasta, tmp_path / "whole.h5")
+    cases = [
+        ([p["1/3"], p["3/3"]], "part(s) 2 of 3 are missing (embed --part K/3)"),
+        ([p["1/3"], p["2/3"], p["3/3"], p["1/2"]], "is part 1/2, "),
+        ([p["1/3"], p["2/3"], p["3/3"], whole], "whole.h5: holds the whole input"),
+    ]
+    for parts, said in cases:
+        r = run_cli("merge", *parts, "-o", tmp_path / "m.h5")
+        assert r.exit_code == 1 and said in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.parametrize("spec", ["0/3", "4/3", "3", "a/b", "1/0"])
+def test_a_part_that_is_not_k_of_n_is_a_usage_error(tmp_path, run_cli, spec):
+    (tmp_path / "a.fa").write_text(">P1\nMKV\n")
+    r = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "--part", spec, "-o", tmp_path / "a.h5")
+    assert r.exit_code == 2 and f"--part {spec}: give K/N" in r.stderr
+
+
+def test_a_part_is_resumed_as_that_part_only(tmp_path):
+    fasta = generated_fasta(tmp_path / "all.fa", 30, repeat_every=0)
+    _embed(fasta, tmp_path / "p.h5", part="1/3")
+    for other in (None, "2/3"):
+        with pytest.raises(UsageError, match=f"written with part='1/3', this run uses part='{other or ''}'"):
+            _embed(fasta, tmp_path / "p.h5", part=other, resume=True)
+    _embed(fasta, tmp_path / "p.h5", part="1/3", resume=True)  # (its own part: nothing left to do)

@@ -80,6 +80,10 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
                    "sdpa elsewhere.")
 @click.option("--resume", is_flag=True, help="Keep the proteins already in OUTPUT (or OUTPUT.partial); embed the rest.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT (without it, or --resume, an existing OUTPUT is refused).")
+@click.option("--part", default=None, metavar="K/N",
+              help="Embed only part K of N of the input (its proteins chosen by sequence digest; the same in "
+                   "every run): a job array's share without splitting the FASTA; join the parts with "
+                   "protrans merge.")
 @click.option("--window", type=int, default=DEFAULT_WINDOW,
               help="Proteins read, length-sorted and embedded at a time: bounds memory whatever the input size.")
 @click.option("-j", "--threads", type=int, default=None,
@@ -87,7 +91,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
 def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
             invalid_policy, three_di, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force,
-            window, threads):
+            part, window, threads):
     """FASTA to per-residue and per-protein embeddings in HDF5.
 
     \b
@@ -111,6 +115,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         three_di=three_di, cpu_fallback=cpu_fallback, packing=packing,
         sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
         window=window, threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]),
+        part=part,
     )
     try:
         summary = embed(fasta, output, options)

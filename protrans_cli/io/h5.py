@@ -61,7 +61,7 @@ FLUSH_SECONDS = 1.0
 # File attributes that must agree between a partial file and the run that resumes it (one
 # missing from an older file is not compared).
 RESUME_ATTRS = ("model", "revision", "commit", "family", "layers", "pooling", "layout", "kinds", "storage_dtype",
-                "max_length", "long_policy", "chunk_overlap")
+                "max_length", "long_policy", "chunk_overlap", "part")
 
 # Settings a resumed run may change (RESUME_ATTRS may not): the file attributes hold the last
 # run's; the `runs` attribute lists every run's, oldest first.
