@@ -444,17 +444,22 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
     which names the duplicate (and ignores a mere digest collision)."""
     ids, seqs = array("Q"), array("Q")
-    residues = longest = 0
-    for prot in _records(source, name, skip_invalid, alphabet, part):
+    residues = longest = num = 0
+    # With `part`, still every record of the input: each is checked and every id counts for the
+    # duplicate check (as one run over the whole input refuses them, whichever parts the two
+    # copies fall in), but only the part's records are counted.
+    for prot in _records(source, name, skip_invalid, alphabet):
         ids.append(_digest64(prot.id))  # (a skipped record's id is the output's too: not twice)
+        if part is not None and not in_part(prot.id, prot.sequence, part):
+            continue
+        num += 1
         if prot.rejected is not None:
             continue
         seqs.append(_digest64(prot.sequence))
         residues += len(prot.sequence)
         longest = max(longest, len(prot.sequence))
-    if not ids:
+    if not num:
         raise InputError("no FASTA records" + (f" in part {part[0]}/{part[1]} (--part)" if part else ""), path=name)
-    num = len(ids)
     digest = hashlib.blake2b(ids, digest_size=16)
     digest.update(seqs)
     # Sorted in place, in the arrays' own buffers: 16 bytes per protein at the peak.

@@ -319,3 +319,44 @@ def test_a_part_is_resumed_as_that_part_only(tmp_path):
         with pytest.raises(UsageError, match=f"written with part='1/3', this run uses part='{other or ''}'"):
             _embed(fasta, tmp_path / "p.h5", part=other, resume=True)
     _embed(fasta, tmp_path / "p.h5", part="1/3", resume=True)  # (its own part: nothing left to do)
+
+
+def _seq_in_part(k, n, ident="x"):
+    """A sequence of part k of n (`in_part`)."""
+    from itertools import product
+
+    from protrans_cli.embed import in_part
+
+    return next(s for s in ("MKV" + "".join(p) for p in product("ACDEFGHIK", repeat=4)) if in_part(ident, s, (k, n)))
+
+
+@pytest.mark.parametrize("first", ["other", "invalid"])
+def test_a_duplicate_id_is_refused_by_every_part_whichever_part_each_copy_is_in(tmp_path, first):
+    """One run over the whole input refuses a duplicate id: so does every part, whichever parts
+    the two copies fall in (a copy with another sequence in another part was embedded by both
+    parts and refused only by merge, hours later; an invalid copy skipped in one part and a valid
+    one in the other were merged without a word, the skipped record's `failed` entry lost)."""
+    from protrans_cli.embed import in_part
+
+    valid = _seq_in_part(2, 2)
+    if first == "other":
+        ident, copy = "d", _seq_in_part(1, 2)
+    else:  # (a record without a usable sequence is in the part of its id)
+        ident, copy = next(i for i in (f"d{n}" for n in range(100)) if in_part(i, "", (1, 2))), "MK1V"
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(f">{ident}\n{copy}\n>e\nMKVLA\n>{ident}\n{valid}\n")
+    with pytest.raises(InputError, match="duplicate id"):
+        _embed(fasta, tmp_path / "whole.h5", invalid_policy="skip")
+    for k in (1, 2):
+        with pytest.raises(InputError, match="duplicate id"):
+            _embed(fasta, tmp_path / f"p{k}.h5", part=f"{k}/2", invalid_policy="skip")
+
+
+def test_every_part_checks_every_record_as_one_run_does(tmp_path):
+    """An invalid record fails every part (docs: each job's first pass checks every record), not
+    only the part its id falls in: one run over the whole input fails on it."""
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(f">a\n{_seq_in_part(1, 2)}\n>b\n{_seq_in_part(2, 2)}\n>bad\nMK1V\n")
+    for k in (1, 2):
+        with pytest.raises(InputError, match="invalid character"):
+            _embed(fasta, tmp_path / f"p{k}.h5", part=f"{k}/2")
