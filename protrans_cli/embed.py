@@ -447,7 +447,8 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     residues = longest = num = 0
     # With `part`, still every record of the input: each is checked and every id counts for the
     # duplicate check (as one run over the whole input refuses them, whichever parts the two
-    # copies fall in), but only the part's records are counted.
+    # copies fall in), but only the part's records are counted. A part may hold no record at
+    # all (N near or above the number of records): its file is empty, and merge still has it.
     for prot in _records(source, name, skip_invalid, alphabet):
         ids.append(_digest64(prot.id))  # (a skipped record's id is the output's too: not twice)
         if part is not None and not in_part(prot.id, prot.sequence, part):
@@ -458,8 +459,8 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
         seqs.append(_digest64(prot.sequence))
         residues += len(prot.sequence)
         longest = max(longest, len(prot.sequence))
-    if not num:
-        raise InputError("no FASTA records" + (f" in part {part[0]}/{part[1]} (--part)" if part else ""), path=name)
+    if not ids:
+        raise InputError("no FASTA records", path=name)
     digest = hashlib.blake2b(ids, digest_size=16)
     digest.update(seqs)
     # Sorted in place, in the arrays' own buffers: 16 bytes per protein at the peak.

@@ -360,3 +360,29 @@ def test_every_part_checks_every_record_as_one_run_does(tmp_path):
     for k in (1, 2):
         with pytest.raises(InputError, match="invalid character"):
             _embed(fasta, tmp_path / f"p{k}.h5", part=f"{k}/2")
+
+
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_a_part_with_no_record_writes_an_empty_file_that_merge_takes(tmp_path, run_cli, layout):
+    """More parts than records (a job array of 100 over a small FASTA): a part with no record is
+    an empty file with its `part` attribute (it failed, exit 1, so its job failed and merge could
+    never have every part), and merging every part still gives the one run's file."""
+    fasta = generated_fasta(tmp_path / "all.fa", 5, repeat_every=0)
+    kw = dict(layout=layout, per_residue=layout != "stacked")
+    whole = _embed(fasta, tmp_path / "whole.h5", **kw)
+    parts = []
+    for k in range(1, 9):
+        r = run_cli("embed", fasta, "-m", "onehot", "--part", f"{k}/8", "--layout", layout,
+                    *(["--per-protein"] if layout == "stacked" else []), "-o", tmp_path / f"p{k}.h5")
+        assert r.exit_code == 0, r.stderr
+        parts.append(tmp_path / f"p{k}.h5")
+    sizes = []
+    for path in parts:
+        with EmbeddingsReader(path) as reader:
+            sizes.append(len(reader.ids(PER_PROTEIN)))
+            assert reader.attrs["part"] == f"{path.stem[1:]}/8"
+    assert 0 in sizes and sum(sizes) == 5
+    _embed(fasta, parts[sizes.index(0)], resume=True, part=f"{sizes.index(0) + 1}/8", **kw)  # (resumable too)
+    r = run_cli("merge", *parts, "-o", tmp_path / "merged.h5")
+    assert r.exit_code == 0, r.stderr
+    assert_same_content(file_content(tmp_path / "merged.h5"), file_content(whole))
