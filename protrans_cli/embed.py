@@ -976,8 +976,10 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
         return [] if as_list else {}
     options = options or EmbedOptions()
     expect_options(options, EmbedOptions, "options")
+    # (part: a job array's share of a FASTA; every sequence given here is wanted: with it, those
+    # of the other parts were missing from the temporary file, an error naming that file)
     options = replace(options, per_residue=kind == PER_RESIDUE, per_protein=kind == PER_PROTEIN,
-                      layout="grouped", resume=False, force=False)
+                      layout="grouped", resume=False, force=False, part=None)
     with tempfile.TemporaryDirectory(prefix="protrans-embed-") as tmp:
         fasta, output = Path(tmp) / "sequences.fa", Path(tmp) / "embeddings.h5"
         with open(fasta, "wb") as fh:

@@ -386,3 +386,19 @@ def test_a_part_with_no_record_writes_an_empty_file_that_merge_takes(tmp_path, r
     r = run_cli("merge", *parts, "-o", tmp_path / "merged.h5")
     assert r.exit_code == 0, r.stderr
     assert_same_content(file_content(tmp_path / "merged.h5"), file_content(whole))
+
+
+def test_embed_sequences_embeds_every_sequence_whatever_options_part_says():
+    """`embed_sequences` with the options of a `--part` job (reused in a notebook): every sequence
+    given is embedded; it failed with "no per_protein embedding for this id" naming its
+    temporary file, for the sequences of the other parts."""
+    from protrans_cli.embed import embed_sequences
+
+    seqs = [_seq_in_part(1, 2), _seq_in_part(2, 2), "MKVLA", "ACDEFG"]
+    options = EmbedOptions(model="onehot", threads=1, part="1/2")
+    got = embed_sequences(seqs, options, kind=PER_PROTEIN)
+    want = embed_sequences(seqs, EmbedOptions(model="onehot", threads=1), kind=PER_PROTEIN)
+    assert len(got) == 4 and all(a is not None for a in got)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert options.part == "1/2"  # (the caller's options as they were)
