@@ -426,6 +426,7 @@ class InputScan:
     longest: int
     repeated: np.ndarray   # sorted uint64 digests of the sequences that more than one record carries
     digest: str = ""       # of every id and sequence in order: torchrun's ranks compare their inputs by it
+    input_digest: str = ""  # with --part: of the whole input's ids and sequences (merge compares the parts')
 
     def may_repeat(self, sequence: str) -> bool:
         """False: no other record has this sequence. True: probably one has (digests can collide)."""
@@ -449,10 +450,13 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     # duplicate check (as one run over the whole input refuses them, whichever parts the two
     # copies fall in), but only the part's records are counted. A part may hold no record at
     # all (N near or above the number of records): its file is empty, and merge still has it.
+    whole = hashlib.blake2b(digest_size=16)  # (with `part`: of the whole input's ids and sequences)
     for prot in _records(source, name, skip_invalid, alphabet):
         ids.append(_digest64(prot.id))  # (a skipped record's id is the output's too: not twice)
-        if part is not None and not in_part(prot.id, prot.sequence, part):
-            continue
+        if part is not None:
+            whole.update(ids[-1].to_bytes(8, "little") + _digest64(prot.sequence).to_bytes(8, "little"))
+            if not in_part(prot.id, prot.sequence, part):
+                continue
         num += 1
         if prot.rejected is not None:
             continue
@@ -473,7 +477,8 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     ordered = np.frombuffer(seqs, dtype=np.uint64)
     ordered.sort()
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    return InputScan(num, residues, longest, repeated, digest.hexdigest())
+    return InputScan(num, residues, longest, repeated, digest.hexdigest(),
+                     input_digest=whole.hexdigest() if part is not None else "")
 
 
 def _raise_duplicate_id(source, name: str, suspects: set[int]) -> None:
@@ -1131,6 +1136,10 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     max_length = resolve_max_length(options, model_max)
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main)
     attrs = _file_attrs(embedder, options, max_length)
+    if options.part is not None:
+        # the whole input's (the last run's, as the other attributes): `protrans merge` refuses
+        # parts embedded from different inputs
+        attrs["input_digest"] = scan.input_digest
     writer_kw = dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
                      compression=options.compression, attrs=attrs,
                      resume_equal={"model": same_model, "max_length": _same_max_length(model_max),

@@ -213,6 +213,15 @@ def _check_parts_of_one_input(parts: list[_Part]) -> None:
         whole = next(part for part, spec in marked if not spec)
         raise InputError(f"holds the whole input, {given[0][0].path} its part {given[0][1]} (embed --part): "
                          "merge the parts of one input", path=str(whole.path))
+    def input_of(part: _Part) -> str:
+        return str(_comparable(part.attrs.get("input_digest")) or "")
+
+    (first, first_spec) = given[0]
+    for part, spec in given[1:]:
+        if input_of(part) != input_of(first):
+            raise InputError(f"part {spec} was embedded from another input than part {first_spec} ({first.path}): "
+                             "their inputs' ids and sequences differ; embed every part from one FASTA",
+                             path=str(part.path))
     seen: dict[int, Path] = {}
     total = None
     for part, spec in given:

@@ -294,7 +294,12 @@ def test_what_is_not_every_part_of_one_input_is_refused(tmp_path, run_cli):
     fasta = generated_fasta(tmp_path / "all.fa", 30, repeat_every=0)
     p = {spec: _embed(fasta, tmp_path / f"p{spec.replace('/', 'of')}.h5", part=spec) for spec in ("1/3", "2/3", "3/3", "1/2")}
     whole = _embed(fasta, tmp_path / "whole.h5")
+    # part 2 of a FASTA with one more record: its parts are not this input's
+    other = tmp_path / "other.fa"
+    other.write_text(fasta.read_text() + ">extra\nMKVLA\n")
+    p["2/3 other"] = _embed(other, tmp_path / "p2other.h5", part="2/3")
     cases = [
+        ([p["1/3"], p["2/3 other"], p["3/3"]], "part 2/3 was embedded from another input than part 1/3"),
         ([p["1/3"], p["3/3"]], "part(s) 2 of 3 are missing (embed --part K/3)"),
         ([p["1/3"], p["2/3"], p["3/3"], p["1/2"]], "is part 1/2, "),
         ([p["1/3"], p["2/3"], p["3/3"], whole], "whole.h5: holds the whole input"),
