@@ -14,7 +14,8 @@ from protrans_cli.cli import INPUT_FILE
 @click.command("merge", context_settings={"show_default": True})
 @click.argument("inputs", nargs=-1, required=True, type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="HDF5 file to write (written to OUTPUT.partial until complete).")
+              help="HDF5 file to write (written to OUTPUT.partial until complete; stacked parts into a stacked "
+                   "file: to .OUTPUT.merging).")
 @click.option("--layout", type=click.Choice(["grouped", "flat", "stacked"]), default=None,
               help="The merged file's layout.  [default: the first input's]")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
