@@ -2695,9 +2695,15 @@ def test_a_signal_while_a_rank_waits_for_the_others_to_join_ends_it_at_once(tmp_
     err = proc.stderr.read()
     word, expected = ("interrupted", 130) if signum == signal.SIGINT else ("terminated", 143)
     assert code == expected, err
-    assert err.strip().splitlines() == [f"protrans: error: {word}: rank 1 was waiting for the other processes to "
-                                        f"join; nothing was {'computed' if command == 'embed' else 'trained'} or "
-                                        "written"], err
+    lines = err.strip().splitlines()
+    # (a signal that cuts the TCP connect to the store short makes torch's own C++ code log its
+    # retry first, "[W... TCPStore.cpp:...] [c10d] TCP client failed to connect ... Interrupted
+    # system call" with a C++ stack, before Python runs any handler: about 1 run in 12 here)
+    if lines and lines[0].startswith("[W") and "[c10d]" in lines[0]:
+        lines = lines[[i for i, line in enumerate(lines) if line.startswith("protrans:")][0]:]
+    assert lines == [f"protrans: error: {word}: rank 1 was waiting for the other processes to "
+                     f"join; nothing was {'computed' if command == 'embed' else 'trained'} or "
+                     "written"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["corpus.txt", "joining"])
 
 
