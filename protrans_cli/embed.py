@@ -393,8 +393,13 @@ def in_part(ident: str, sequence: str, part: tuple[int, int]) -> bool:
     digest, so that every copy of a sequence is in one part (computed once there, the copies
     written from it, as in one run over the whole input); a record without a usable sequence by
     its id's. The same record is in the same part in every run, on every machine."""
+    return _digest_in_part(_digest64(sequence or ident), part)
+
+
+def _digest_in_part(digest: int, part: tuple[int, int]) -> bool:
+    """`in_part` of a record whose part digest (its sequence's, else its id's) is known."""
     k, n = part
-    return _digest64(sequence or ident) % n == k - 1
+    return digest % n == k - 1
 
 
 def _check_alphabet(seq: str, alphabet: str) -> None:
@@ -452,15 +457,16 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     # all (N near or above the number of records): its file is empty, and merge still has it.
     whole = hashlib.blake2b(digest_size=16)  # (with `part`: of the whole input's ids and sequences)
     for prot in _records(source, name, skip_invalid, alphabet):
-        ids.append(_digest64(prot.id))  # (a skipped record's id is the output's too: not twice)
+        id_digest, seq_digest = _digest64(prot.id), _digest64(prot.sequence)  # (each once: `in_part`'s too)
+        ids.append(id_digest)  # (a skipped record's id is the output's too: not twice)
         if part is not None:
-            whole.update(ids[-1].to_bytes(8, "little") + _digest64(prot.sequence).to_bytes(8, "little"))
-            if not in_part(prot.id, prot.sequence, part):
+            whole.update(id_digest.to_bytes(8, "little") + seq_digest.to_bytes(8, "little"))
+            if not _digest_in_part(seq_digest if prot.sequence else id_digest, part):
                 continue
         num += 1
         if prot.rejected is not None:
             continue
-        seqs.append(_digest64(prot.sequence))
+        seqs.append(seq_digest)
         residues += len(prot.sequence)
         longest = max(longest, len(prot.sequence))
     if not ids:
