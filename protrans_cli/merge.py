@@ -118,10 +118,11 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
     if force:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+    repeated = sum(len(s) for s in repeats)
+    total = sum(len(p.ids) for p in parts) - repeated
     if layout == "stacked" and all(p.layout == "stacked" for p in parts):
-        failed = _merge_stacked(parts, repeats, output, attrs)
-        total = sum(len(p.ids) for p in parts) - sum(len(s) for s in repeats)
-        return MergeSummary(proteins=total, repeated=sum(len(s) for s in repeats), failed=failed)
+        failed = _merge_stacked(parts, repeats, total, output, attrs)
+        return MergeSummary(proteins=total, repeated=repeated, failed=failed)
     try:
         with EmbeddingsWriter(output, kinds=kinds, layout=layout, storage_dtype=parts[0].attrs["storage_dtype"],
                               attrs=attrs) as writer:
@@ -137,8 +138,7 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
             # (the writer's and the stacking's advice is embed's: the partial file, --resume)
             raise type(exc)(_merge_advice(exc.message), path=str(output)) from None
         raise
-    total = sum(len(p.ids) for p in parts) - sum(len(s) for s in repeats)
-    return MergeSummary(proteins=total, repeated=sum(len(s) for s in repeats), failed=failed)
+    return MergeSummary(proteins=total, repeated=repeated, failed=failed)
 
 
 def _merge_advice(message: str) -> str:
@@ -309,20 +309,17 @@ def _copy_part(writer: EmbeddingsWriter, part: _Part, skip: set[str], output: Pa
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _merge_stacked(parts: list[_Part], repeats: list[set[str]], output: Path, attrs: dict) -> dict:
-    """Stacked parts into a stacked file, rows and columns copied a block at a time in key order
+def _merge_stacked(parts: list[_Part], repeats: list[set[str]], n: int, output: Path, attrs: dict) -> dict:
+    """Stacked parts into a stacked file of `n` rows, rows and columns copied a block at a time in key order
     (each part's rows are in that order already): no dataset per protein on the way (written
     back, copied and stacked again, a protein cost about 300 us). Written under a hidden name,
     synced and renamed (io/stacked.py's `_written_as`). Returns the `failed` entries."""
     import json
 
-    import h5py
-
     from protrans_cli.io import disk
     from protrans_cli.io.h5 import (_attr_value, _same_run, failed_attr, h5_file, recorded_runs,
                                     run_attributes)
-    from protrans_cli.io.stacked import (COLUMNS, COUNT_COLUMNS, TEXT_COLUMNS, StackedView, _rows_per_block,
-                                         _written_as)
+    from protrans_cli.io.stacked import COLUMNS, COUNT_COLUMNS, StackedView, _rows_per_block, _written_as, create_stacked
 
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(h5_file(part.path, "r")) for part in parts]
@@ -347,7 +344,6 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], output: Path, at
             failed = {ident: why for ident, why, done in zip(list(failed), failed.values(), held) if not done}
         file_attrs = run_attributes(attrs, kinds=(PER_PROTEIN,), layout="stacked", storage_dtype=str(dtype))
         runs.append({k: file_attrs[k] for k in RUN_ATTRS if file_attrs.get(k) is not None})
-        n = sum(len(p.ids) for p in parts) - sum(len(skip) for skip in repeats)
         row_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         with _written_as(output, "merging", parts[0].path) as temporary:
             disk.ensure_room(temporary, n * (row_bytes + 256), "free some space and run the merge again",
@@ -358,11 +354,7 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], output: Path, at
                         out.attrs[key] = _attr_value(value)
                 out.attrs["runs"] = json.dumps(runs, sort_keys=True)
                 out.attrs["failed"] = json.dumps(failed, sort_keys=True)
-                data = out.create_dataset(PER_PROTEIN, shape=(n, *shape), dtype=dtype)
-                columns = {name: out.create_dataset(name, shape=(n,), dtype=h5py.string_dtype("utf-8"))
-                           for name in TEXT_COLUMNS}
-                columns.update({name: out.create_dataset(name, shape=(n,), dtype=np.int64) for name in COUNT_COLUMNS})
-                columns["checksums"] = out.create_dataset("checksums", shape=(n,), dtype=h5py.string_dtype("ascii"))
+                data, columns = create_stacked(out, n, shape, dtype)
                 step = _rows_per_block(row_bytes)
                 for start in range(0, n, step):
                     end = min(n, start + step)

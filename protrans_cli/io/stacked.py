@@ -80,11 +80,7 @@ def stack_file(source, target, *, then: str) -> int:
             for key, value in src.attrs.items():
                 out.attrs[key] = value
             n = len(records)
-            data = out.create_dataset(PER_PROTEIN, shape=(n, *shape), dtype=dtype)
-            text = h5py.string_dtype("utf-8")
-            columns = {name: out.create_dataset(name, shape=(n,), dtype=text) for name in TEXT_COLUMNS}
-            columns.update({name: out.create_dataset(name, shape=(n,), dtype=np.int64) for name in COUNT_COLUMNS})
-            columns["checksums"] = out.create_dataset("checksums", shape=(n,), dtype=h5py.string_dtype("ascii"))
+            data, columns = create_stacked(out, n, shape, dtype)
             step = _rows_per_block(row_bytes)
             for start in range(0, n, step):
                 block = records.slice(start, start + step)
@@ -114,6 +110,19 @@ def stack_file(source, target, *, then: str) -> int:
                                           else values[column])
             out.flush()
     return len(records)
+
+
+def create_stacked(out, n: int, shape, dtype) -> tuple:
+    """The stacked layout's datasets of `n` rows in an open h5py file: (the (n, *shape) array,
+    {column name: its dataset}), to be filled."""
+    import h5py
+
+    data = out.create_dataset(PER_PROTEIN, shape=(n, *shape), dtype=dtype)
+    text = h5py.string_dtype("utf-8")
+    columns = {name: out.create_dataset(name, shape=(n,), dtype=text) for name in TEXT_COLUMNS}
+    columns.update({name: out.create_dataset(name, shape=(n,), dtype=np.int64) for name in COUNT_COLUMNS})
+    columns["checksums"] = out.create_dataset("checksums", shape=(n,), dtype=h5py.string_dtype("ascii"))
+    return data, columns
 
 
 _READERS: dict = {}  # memory types and buffers for reading attributes (made once)
