@@ -8,8 +8,8 @@ record and refuses duplicate ids before any computation, keeping only 8-byte dig
 sequences. The input is then read again in windows of `EmbedOptions.window` proteins: each
 window applies the --max-length policy, computes each distinct sequence once, sorts the work by
 length, packs it into batches bounded by a padded-token budget and streams each batch's results
-into the HDF5 writer (flushed after a batch once a second at most: `FLUSH_SECONDS`). A sequence met again in a later window is
-copied from the dataset already written. An `Embedder` is anything with
+into the HDF5 writer (flushed after a batch once a second at most: `FLUSH_SECONDS`). A sequence
+met again in a later window is copied from the dataset already written. An `Embedder` is anything with
 `embed_batch(sequences, pooled=False) -> [array (n_layers, L, D)]` (with `pooled`, the per-protein
 means `(n_layers, D)`, asked for when no per-residue array is written): the built-in `onehot`
 embedder and every transformer family share this code. The transformer embedder also has

@@ -319,7 +319,8 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], n: int, output: 
     from protrans_cli.io import disk
     from protrans_cli.io.h5 import (_attr_value, _same_run, failed_attr, h5_file, recorded_runs,
                                     run_attributes)
-    from protrans_cli.io.stacked import COLUMNS, COUNT_COLUMNS, StackedView, _rows_per_block, _written_as, create_stacked
+    from protrans_cli.io.stacked import (COLUMNS, COUNT_COLUMNS, StackedView, _rows_per_block, _written_as,
+                                         create_stacked)
 
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(h5_file(part.path, "r")) for part in parts]
@@ -330,7 +331,8 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], n: int, output: 
                 raise InputError(f"holds vectors of shape {view.data.shape[1:]} ({view.data.dtype}), "
                                  f"{parts[0].path} {shape} ({dtype}): not one embedding's", path=str(part.path))
         # the parts' rows merged by key (each part's are in key order), a block at a time
-        merged = heapq.merge(*(_keyed_rows(view, index, skip) for index, (view, skip) in enumerate(zip(views, repeats))))
+        merged = heapq.merge(*(_keyed_rows(view, index, skip)
+                               for index, (view, skip) in enumerate(zip(views, repeats))))
         failed: dict[str, str] = {}
         runs: list[dict] = []
         for f, part in zip(files, parts):
