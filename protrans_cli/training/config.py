@@ -307,12 +307,12 @@ class TrainConfig:
         for None (validate accepts it: no time limit; dist_timeout None is PyTorch's default).
         time_limit "auto": from this process's start to shortly before its Slurm job's end,
         computed when asked (timelimit.slurm_limit); None for a job without an end."""
-        from protrans_cli.training.timelimit import AUTO, parse_duration, slurm_limit
+        from protrans_cli.training.timelimit import is_auto, parse_duration, slurm_limit
 
         if getattr(self, name) is None:
             return None
         try:
-            if name == "time_limit" and isinstance(self.time_limit, str) and self.time_limit.strip().lower() == AUTO:
+            if name == "time_limit" and is_auto(self.time_limit):
                 return slurm_limit()
             return parse_duration(getattr(self, name))
         except ValueError as exc:

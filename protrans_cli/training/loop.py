@@ -970,10 +970,10 @@ def _deadline(run: _Run):
     """The run's --time-limit as a timelimit.Deadline (None without one)."""
     if run.config.time_limit is None:
         return None
-    from protrans_cli.training.timelimit import AUTO_MARGIN, Deadline, checkpoint_bytes
+    from protrans_cli.training.timelimit import AUTO_MARGIN, Deadline, checkpoint_bytes, is_auto
 
     limit = run.config.duration("time_limit")
-    if run.config.time_limit.strip().lower() == "auto":
+    if is_auto(run.config.time_limit):
         if limit is None:
             dist.print0("train: --time-limit auto: the Slurm job has no time limit; the run is not stopped for one")
             return None

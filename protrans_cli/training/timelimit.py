@@ -83,6 +83,11 @@ UNLIMITED_END = 365 * 86400
 UNLIMITED_AFTER = 300 * 86400
 
 
+def is_auto(text) -> bool:
+    """Whether a time_limit setting is "auto" (`slurm_limit`), as written: any case, spaces around."""
+    return isinstance(text, str) and text.strip().lower() == AUTO
+
+
 def slurm_limit(environ=None, *, now=time.time, started_ago: float | None = None) -> float | None:
     """`--time-limit auto`: the seconds from this process's start to AUTO_MARGIN before the end of
     its Slurm job (`SLURM_JOB_END_TIME`); None for a job without a time limit (Slurm puts its end
