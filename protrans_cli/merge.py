@@ -112,6 +112,7 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
                          "vectors only: merge into --layout grouped")
     repeats = _repeats(parts)  # (an id in two parts with other sequences: refused before anything is written)
     attrs = {k: v for k, v in parts[0].attrs.items() if k not in _OWN_ATTRS and k not in RUN_ATTRS}
+    attrs.update(_shared_run_attrs(parts))
     if "part" in attrs:  # (the merged file is the whole input's, as one run over it records it)
         attrs["part"] = ""
     attrs.update(command_line=command_line or "protrans merge", protrans_version=__version__)
@@ -139,6 +140,24 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
             raise type(exc)(_merge_advice(exc.message), path=str(output)) from None
         raise
     return MergeSummary(proteins=total, repeated=repeated, failed=failed)
+
+
+def _shared_run_attrs(parts) -> dict:
+    """The last run's settings (`device`, `compute_dtype`, `packing`, ...) the parts agree on, as
+    one run over the whole input records them (a protein's `computed` attribute is read against
+    `device` and `compute_dtype`); one the parts differ in is left out (each part's are in `runs`)."""
+    shared = {}
+    for key in RUN_ATTRS:
+        if key in ("command_line", "protrans_version"):  # (the merge's own)
+            continue
+        values = [part.attrs.get(key) for part in parts]
+        if values[0] is not None and all(_equal(value, values[0]) for value in values[1:]):
+            shared[key] = values[0]
+    return shared
+
+
+def _equal(a, b) -> bool:
+    return bool(np.array_equal(a, b)) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) else a == b
 
 
 def _merge_advice(message: str) -> str:

@@ -52,7 +52,27 @@ def test_merged_parts_equal_the_whole_input_embedded_at_once(tmp_path):
         # the parts' runs (three alike here, recorded once) and the merge's
         assert [r["command_line"].split(" called")[0] for r in runs] == ["protrans_cli.embed()", "protrans merge parts"]
         assert f.attrs["model"] == "onehot" and f.attrs["layout"] == "grouped"
+        with h5py.File(whole, "r") as one:  # the settings every part ran with, as one run records them
+            for key in ("device", "compute_dtype", "packing", "compiled"):
+                assert f.attrs[key] == one.attrs[key], key
     assert not partial_path(tmp_path / "merged.h5").exists()
+
+
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_a_setting_the_parts_ran_with_differently_is_left_to_their_runs(tmp_path, layout):
+    """A part embedded on a GPU in bfloat16, the other on the CPU: the merged file's `device` and
+    `compute_dtype` would be one part's, so it has neither; the settings they share are kept, and
+    each part's are in `runs`."""
+    fasta = generated_fasta(tmp_path / "all.fa", 20, repeat_every=0)
+    parts = [_embed(p, tmp_path / f"{p.stem}.h5", per_residue=False, layout=layout) for p in _split(fasta, 2, tmp_path)]
+    with h5py.File(parts[1], "r+") as f:
+        f.attrs["device"], f.attrs["compute_dtype"] = "cuda:0", "bfloat16"
+        f.attrs["runs"] = json.dumps([dict(run, device="cuda:0", compute_dtype="bfloat16")
+                                      for run in json.loads(f.attrs["runs"])])
+    merge(parts, tmp_path / "merged.h5")
+    with h5py.File(tmp_path / "merged.h5", "r") as f:
+        assert "device" not in f.attrs and "compute_dtype" not in f.attrs and f.attrs["packing"] == False  # noqa: E712
+        assert {run.get("compute_dtype") for run in json.loads(f.attrs["runs"])} >= {"float32", "bfloat16"}
 
 
 def test_parts_of_any_layout_merge_into_a_stacked_file(tmp_path):
