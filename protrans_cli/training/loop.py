@@ -49,7 +49,7 @@ from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, 
 from protrans_cli.training.metrics import (Accumulator, append_metrics, open_tensorboard, plot_metrics,
                                            require_tensorboard, truncate_metrics)
 from protrans_cli.training.objectives import OBJECTIVE_REVISION, make_objective, objective_changes
-from protrans_cli.training.optim import LossScale, build_optimizer, build_scheduler
+from protrans_cli.training.optim import LossScale, LRLambda, build_optimizer, build_scheduler
 
 
 @dataclass
@@ -712,8 +712,12 @@ def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict)
         scheduler.load_state_dict(state["scheduler"])
         if not ckpt.is_count(scheduler.last_epoch):
             raise ValueError(f"scheduler last_epoch is {scheduler.last_epoch!r}, not a step")
+        saved_shape = dict(scheduler.lr_lambdas[0].__dict__)
         for fn in scheduler.lr_lambdas:
             fn.__dict__.update(shape)
+        if info.is_main:
+            _warn_if_lr_rises(where, saved_shape, scheduler.lr_lambdas[0], scheduler.last_epoch,
+                              scheduler.base_lrs[0])
         for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * fn(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
@@ -736,6 +740,24 @@ def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict)
                         + ("" if added < 1 else f"; rank {len(saved)} draws dropout of its own" if added == 1 else
                            f"; ranks {len(saved)}-{info.world_size - 1} draw dropout of their own"))
         return state["step"], state["data_phase"], StreamState.from_dict(state["data_state"])
+
+
+def _warn_if_lr_rises(where, saved_shape: dict, fn: LRLambda, step: int, peak: float) -> None:
+    """A run resumed for more steps decays over its new length: where its checkpoint had already
+    decayed, the learning rate goes back up at once (a completed 30-step linear run lengthened to
+    40: from 5.3e-05 at step 30 to 1.4e-04 at step 31), which a loss curve shows as a bump. Said,
+    not refused: a longer decay is what lengthening a run means."""
+    try:
+        before = LRLambda(**{key: saved_shape[key] for key in ("schedule", "warmup_steps", "total_steps",
+                                                                 "min_ratio")})
+        last, was, now = peak * before(step - 1), peak * before(step), peak * fn(step)
+    except (KeyError, TypeError, UsageError):  # (a checkpoint whose schedule was saved otherwise)
+        return
+    # (a rise from the last step that the old schedule did not have: not a warmup going on)
+    if step >= 1 and now > last * (1 + 1e-6) and now > was * (1 + 1e-6):
+        console.warn(f"the schedule now spans {fn.total_steps} steps ({where.name}'s run had {before.total_steps}): "
+                     f"the learning rate goes back up from {last:.3g} at step {step} to {now:.3g} at step {step + 1} "
+                     f"({fn.schedule} decay over the longer run)")
 
 
 def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_change: bool = False) -> TrainResult:
