@@ -318,6 +318,20 @@ def test_find_lr_that_measures_nothing_says_why(tmp_path, monkeypatch, fp16, sai
         find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=10)
     assert said in str(caught.value)
     assert not (tmp_path / "run_bert" / "lr_find.png").exists()
+    # the directory it made for the plot, left empty, goes with it (with the parents it made)
+    with pytest.raises(RuntimeFailure, match="--find-lr measured no loss"):
+        find_lr(_config(tmp_path, output_dir=str(tmp_path / "new" / "lr")), min_lr=1e-5, max_lr=1.0, num_steps=10)
+    assert not (tmp_path / "new").exists()
+
+
+def test_find_lr_takes_the_run_directorys_lock(tmp_path, run_cli):
+    """A range test wrote its plot into a directory a run was training in (found in review)."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    with another_process(f"import fcntl, os\nfd = os.open({str(out)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)"):
+        res = run_cli("train", "--corpus", LEARNABLE, "-o", out, "--find-lr", "--num-steps", 10, "-j", 1)
+        assert res.exit_code == 1 and "is in use by another protrans train" in res.stderr, res.stderr
+        assert list(out.iterdir()) == []
 
 
 def test_find_lr_that_met_nothing_to_predict_says_so(tmp_path, monkeypatch):

@@ -27,7 +27,10 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     expect_options(config, TrainConfig, "config")
     info = dist.setup(timeout=config.duration("dist_timeout"))
     try:
-        with torch.enable_grad(), ckpt.callers_rng():
+        # The run directory's lock, as a run takes it (a range test and a run on one directory
+        # wrote into each other), and the folders it made removed where the test failed before
+        # its plot: a corpus error or a test that measured nothing left them empty.
+        with torch.enable_grad(), ckpt.callers_rng(), ckpt.run_lock(config.output_dir, active=info.is_main):
             return _find_lr(config, info, family, min_lr, max_lr, num_steps)
     finally:
         dist.cleanup()
