@@ -324,6 +324,21 @@ def test_find_lr_that_measures_nothing_says_why(tmp_path, monkeypatch, fp16, sai
     assert not (tmp_path / "new").exists()
 
 
+def test_find_lr_says_which_run_flags_it_ignores(tmp_path, run_cli):
+    """--find-lr trains no run: --val-corpus, --save-every, --tensorboard ... given beside it did
+    nothing without a word (and --eval-every warned of a missing --val-corpus); found in review.
+    A config file's (the run's own, as a template) are not warned about."""
+    args = ["train", "--corpus", LEARNABLE, "--find-lr", "--num-steps", 10, "--max-length", 32, "-j", 1]
+    res = run_cli(*args, "--val-corpus", LEARNABLE, "--eval-every", 3, "--save-every", 2, "-o", tmp_path / "a")
+    assert res.exit_code == 0, res.stderr
+    assert ("--find-lr trains no run: --val-corpus, --eval-every, --save-every ignored (it writes lr_find.png "
+            "and lr_find.json: no evaluation, metrics or checkpoint)") in res.stderr
+    assert "without --val-corpus" not in res.stderr
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"val_corpus": [LEARNABLE], "eval_every": 3, "save_every": 2}))
+    res = run_cli(*args, "--config", config, "-o", tmp_path / "b")
+    assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
+
 def test_find_lr_takes_the_run_directorys_lock(tmp_path, run_cli):
     """A range test wrote its plot into a directory a run was training in (found in review)."""
     out = tmp_path / "busy"

@@ -211,6 +211,12 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         if ignored:
             raise UsageError(f"--find-lr runs a learning-rate range test from fresh weights: {', '.join(ignored)} "
                              "cannot go with it")
+        # (given as flags, not a config file's: --config prot_bert.toml --find-lr is the run's own file)
+        unused = [f"--{name.replace('_', '-')}" for name in ("val_corpus", "eval_every", "log_every", "save_every",
+                                                              "keep_last", "tensorboard") if flags.get(name)]
+        if unused and _rank_zero():
+            console.warn(f"--find-lr trains no run: {', '.join(unused)} ignored (it writes lr_find.png and "
+                         "lr_find.json: no evaluation, metrics or checkpoint)")
         from protrans_cli.training.lr_finder import find_lr as run_find_lr
 
         # --num-steps, ignored before (always 100), sets the number of test steps

@@ -356,7 +356,7 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     run_dir = Path(config.output_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if config.eval_every and not config.val_corpus:
+        if evaluates and config.eval_every and not config.val_corpus:
             console.warn(f"--eval-every {config.eval_every} without --val-corpus: no evaluation")
     precision = resolve_precision(config.precision, info.device)
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
