@@ -1065,7 +1065,12 @@ def test_a_config_file_nested_too_deeply_is_a_usage_error(tmp_path, run_cli):
 
 @pytest.mark.parametrize("setting,message", [
     ('precision = "fp8"', "precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
-    ("micro_batch_size = 0", "training: --micro-batch-size (micro_batch_size) must be at least 1, got 0"),
+    ("micro_batch_size = 0", "--micro-batch-size (micro_batch_size) must be at least 1, got 0"),
+    # "training: max_length must be at least 8" named neither the flag nor the key as the others do
+    ("max_length = 4", "--max-length (max_length) must be at least 8, got 4"),
+    ("num_steps = 0", "--num-steps (num_steps) must be at least 1, got 0"),
+    ('corpus = "c.txt"\n[[phases]]\nmax_length = 4\nnum_steps = 2',
+     "phase 1 (4:2): max_length must be at least 8, got 4"),
     ("lr = -1", "--lr (lr) must be positive, got -1.0"),
 ])
 def test_a_config_files_bad_value_names_the_file(tmp_path, run_cli, setting, message):

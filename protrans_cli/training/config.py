@@ -264,14 +264,17 @@ class TrainConfig:
                          or key in ("d_model", "d_ff", "d_kv", "d_head", "d_inner"))):
                 raise UsageError(f"--set {key}={value} (model_overrides): must be at least 1")
         for i, phase in enumerate(self.resolved_phases(), 1):
-            where = f"phase {i} ({phase.max_length}:{phase.num_steps})" if self.phases else "training"
+            # (without phases, named as the flags are: "training: max_length must be at least 8"
+            # named neither --max-length nor where it came from)
+            where = f"phase {i} ({phase.max_length}:{phase.num_steps}): " if self.phases else ""
+            named = (lambda name: name) if self.phases else setting_name
             if phase.max_length < 8:
-                raise UsageError(f"{where}: max_length must be at least 8, got {phase.max_length}")
+                raise UsageError(f"{where}{named('max_length')} must be at least 8, got {phase.max_length}")
             if phase.num_steps < 1:
-                raise UsageError(f"{where}: num_steps must be at least 1")
+                raise UsageError(f"{where}{named('num_steps')} must be at least 1, got {phase.num_steps}")
             for name in ("global_batch_size", "micro_batch_size"):
                 if getattr(phase, name) < 1:
-                    raise UsageError(f"{where}: {setting_name(name)} must be at least 1, got {getattr(phase, name)}")
+                    raise UsageError(f"{where}{setting_name(name)} must be at least 1, got {getattr(phase, name)}")
 
     def _check_structure(self) -> None:
         """The settings that are not plain values (which errors.expect_options checks): from
