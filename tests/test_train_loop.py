@@ -1775,12 +1775,24 @@ def test_a_runs_config_as_a_template_resolves_its_defaults_anew(tmp_path, run_cl
     assert resolved["warmup_steps"] == 20 and resolved["compile"] is False
 
 
-def test_resume_with_another_preset_is_named_as_a_setting(tmp_path):
+def test_resume_with_another_preset_is_named_as_a_setting(tmp_path, monkeypatch):
+    """... before the other preset's model is built (a prot_t5_xl took a minute and 11 GB of
+    memory to be refused)."""
     from protrans_cli.errors import UsageError
+    from protrans_cli.training import loop
 
     train(_config(tmp_path, num_steps=2, save_every=2))
-    with pytest.raises(UsageError, match=r"preset: 'tiny' there, 'small' here"):
-        train(_config(tmp_path, num_steps=4, preset="small"), resume=True)
+
+    def built(*args, **kw):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(loop, "_pretraining_model", built)
+    for change, named in ((dict(preset="small"), "preset: 'tiny' there, 'small' here"),
+                          (dict(family="t5", output_dir=str(tmp_path / "run_bert")), "family: 'bert' there, 't5' here")):
+        with pytest.raises(UsageError, match=named):
+            train(_config(tmp_path, num_steps=4, **change), resume=True)
+        with pytest.raises(UsageError, match=named):  # a checkpoint named as --resume's path
+            train(_config(tmp_path, num_steps=4, **change), resume=tmp_path / "run_bert" / "checkpoints" / "step_00000002")
 
 
 def test_refused_runs_leave_no_folders_behind(tmp_path, run_cli):

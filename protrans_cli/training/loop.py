@@ -210,6 +210,8 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     latest = ckpt.list_checkpoints(config.output_dir)[-1].name
                     raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to "
                                      "continue it, or choose another -o")
+                if resume:
+                    _check_resume_settings(config, resume, family, info)
             except (ProtransError, OSError) as exc:  # (rank 0's lock too: another run holds the directory)
                 failure = exc
             # Under torchrun, nodes started alike (and seeing the same run directory) or not at all;
@@ -233,6 +235,26 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                 return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
     finally:
         dist.cleanup()
+
+
+def _check_resume_settings(config: TrainConfig, resume, family, info) -> None:
+    """A resume with another preset, family or setting, refused before any model is built:
+    `--resume --preset prot_t5_xl` on a tiny run built 2.8 billion parameters (a minute and 11 GB
+    on a CPU) to be told no. The checkpoint's own check (_read_checkpoint, after its sums) stays;
+    a run started --init-from is left to it (its family comes from the weights)."""
+    if config.init_from:
+        return
+    try:
+        where = ckpt.find_checkpoint(config.output_dir if resume is True else resume)
+    except InputError:  # (none yet: --resume starts the run; a wrong path is said where it is read)
+        return
+    checked = dataclasses.replace(config, family=config.family or DEFAULT_FAMILY,
+                                  preset=config.preset or DEFAULT_PRESET)
+    if family is None:
+        from protrans_cli.models import get_family
+
+        family = get_family(checked.family)
+    ckpt.resumed_config(checked, where, family=family, device=info.device.type)
 
 
 def _rank_settings(config: TrainConfig, resume) -> dict:
