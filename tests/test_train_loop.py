@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import types
 
@@ -338,6 +339,19 @@ def test_find_lr_says_which_run_flags_it_ignores(tmp_path, run_cli):
     config.write_text(json.dumps({"val_corpus": [LEARNABLE], "eval_every": 3, "save_every": 2}))
     res = run_cli(*args, "--config", config, "-o", tmp_path / "b")
     assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
+
+
+def test_find_lr_says_which_of_its_steps_met_a_bad_corpus_line(tmp_path, run_cli):
+    """A run's corpus error says which step's batch met it; the range test's said only the line,
+    and left the user to guess whether the test or the check before it had read that far."""
+    corpus = tmp_path / "bad.txt"
+    corpus.write_text(open(LEARNABLE).read() + "\nM K J K\n")
+    res = run_cli("train", "--corpus", corpus, "--find-lr", "--num-steps", 100, "--max-length", 32, "-j", 1,
+                  "-o", tmp_path / "lr")
+    assert res.exit_code == 1, res.stderr
+    assert re.search(r"bad.txt:\d+: .*J.* \(met reading --find-lr's step \d+ of 100: fix the corpus", res.stderr), res.stderr
+    assert not (tmp_path / "lr").exists()
+
 
 def test_find_lr_takes_the_run_directorys_lock(tmp_path, run_cli):
     """A range test wrote its plot into a directory a run was training in (found in review)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from protrans_cli.errors import RuntimeFailure, expect_options
+from protrans_cli.errors import InputError, RuntimeFailure, expect_options
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
@@ -60,7 +60,12 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
             for group in optimizer.param_groups:
                 group["lr"] = lr
             try:
-                stats = train_step(run, optimizer, next(batches).micro_batches)
+                batch = next(batches)
+            except InputError as exc:  # (a bad line, a truncated shard: which of the test's steps met it)
+                raise InputError(f"{exc.message} (met reading --find-lr's step {i + 1} of {num_steps}: fix the corpus "
+                                 "and run the test again)", path=exc.path, record=exc.record, line=exc.line) from None
+            try:
+                stats = train_step(run, optimizer, batch.micro_batches)
             except NonFiniteGradient as exc:  # the range's end: the lr has made the gradient blow up
                 blown = (exc, i + 1, lr)
                 break
