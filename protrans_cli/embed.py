@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import numbers
 import os
 import re
 import shlex
@@ -156,6 +157,18 @@ class EmbedOptions:
             check_threads(self.threads)
         if isinstance(self.layers, int):  # EmbedOptions(layers=-1) from Python: a TypeError further on
             raise UsageError(f"layers is a tuple of layer indices: layers=({self.layers},), not layers={self.layers}")
+        # ("-1" or ("-1",), read from a YAML file or a form: a TypeError from inside the model's
+        # layer check once the model had loaded, or "--layer - does not exist" for onehot; True
+        # was layer 1, -1.0 layer -1, without a word)
+        try:
+            layers = None if isinstance(self.layers, (str, bytes)) else tuple(self.layers)
+        except TypeError:  # (None, an object that is no sequence)
+            layers = None
+        if layers is None or not all(isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+                                     for x in layers):
+            raise UsageError(f"EmbedOptions.layers must be a tuple of ints (layer indices, e.g. (-1,)), got "
+                             f"{type(self.layers).__name__} {self.layers!r:.60}")
+        self.layers = tuple(int(x) for x in layers)
         if not self.layers:
             raise UsageError("--layer needs at least one index")
         repeated = [x for i, x in enumerate(self.layers) if x in self.layers[:i]]
@@ -188,6 +201,8 @@ class EmbedSummary:
 
 def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embedder:
     """The onehot embedder, or a registry model loaded from a short name, directory or hub id."""
+    expect_options(options, EmbedOptions, "options")
+    options.validate()  # (before the model loads: a bad setting was found after minutes of loading)
     if options.model == ONEHOT:
         if options.device not in ("auto", "cpu") or options.dtype not in ("auto", "float32"):
             console.warn("the onehot embedder runs on the CPU in float32: --device/--dtype ignored")

@@ -624,3 +624,25 @@ def test_the_protein_rate_turns_to_seconds_per_protein_below_one_a_second():
     assert _protein_rate(30, 2) == "15.0 proteins/s"
     assert _protein_rate(0.25, 10) == "40.0 s/protein"  # a quarter of one long protein's windows
     assert _protein_rate(0, 5) == ""
+
+
+
+
+
+@pytest.mark.parametrize("layers", ["-1", ("-1",), (True,), (-1.0,), None])
+def test_embed_options_layers_of_another_type_are_refused_before_the_model_loads(layers):
+    """layers=("-1",) (read from a YAML file) was a TypeError from inside the model's layer check
+    once the model had loaded, "-1" told onehot's user "--layer - does not exist", and (True,)
+    was layer 1 without a word."""
+    from protrans_cli.embed import build_embedder
+
+    for call in (lambda: embed_sequences(["MKT"], EmbedOptions(model="onehot", layers=layers), kind="per_protein"),
+                 # (refused before loading: this model does not exist)
+                 lambda: build_embedder(EmbedOptions(model="./no/such/model", layers=layers))):
+        with pytest.raises(UsageError, match=r"EmbedOptions\.layers must be a tuple of ints"):
+            call()
+
+
+def test_embed_options_layers_as_a_list_or_numpy_ints_still_work():
+    rows = embed_sequences(["MKT"], EmbedOptions(model="onehot", layers=[np.int64(-1)]), kind="per_residue")
+    assert rows[0].shape == (3, 21)
