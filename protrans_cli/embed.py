@@ -842,6 +842,9 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     file's `failed` attribute. `input_name`: what messages call `fasta` (a caller's copy of stdin
     is still `<stdin>` to the user).
     """
+    _check_path_argument("fasta", fasta, "; '-' is stdin, and sequences in memory go to "
+                                         "embed_sequences({id: sequence}, options, kind=...)")
+    _check_path_argument("output", output, "")
     options = options or EmbedOptions()
     expect_options(options, EmbedOptions, "options")
     options.validate()
@@ -880,6 +883,14 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
                                 "or choose another -o") if rank == 0 else contextlib.nullcontext())
     with lock:
         return _embed_locked(fasta, output, options, embedder, distributed, input_name)
+
+
+def _check_path_argument(name: str, value, hint: str) -> None:
+    """`embed`'s FASTA and output are paths: a list of files, read_fasta's records, an open file or
+    None was a TypeError from os.stat deep inside (after the model's name had been checked)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{name} must be a path (a str or pathlib.Path), got {type(value).__name__} "
+                         f"{value!r:.60}{hint}")
 
 
 def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distributed: bool,

@@ -646,3 +646,18 @@ def test_embed_options_layers_of_another_type_are_refused_before_the_model_loads
 def test_embed_options_layers_as_a_list_or_numpy_ints_still_work():
     rows = embed_sequences(["MKT"], EmbedOptions(model="onehot", layers=[np.int64(-1)]), kind="per_residue")
     assert rows[0].shape == (3, 21)
+
+
+@pytest.mark.parametrize("make_fasta", [lambda p: [str(p)], lambda p: iter(["MKT"]), lambda p: None,
+                                        lambda p: open(p, "rb")])
+def test_embed_refuses_a_fasta_that_is_not_a_path(tmp_path, make_fasta):
+    """A list of files, read_fasta's records or an open file was a TypeError from os.stat."""
+    fasta = make_fasta(DATA / "embed" / "small.fa")
+    try:
+        with pytest.raises(UsageError, match=r"fasta must be a path .*embed_sequences"):
+            embed(fasta, tmp_path / "o.h5", EmbedOptions(model="onehot"))
+    finally:
+        getattr(fasta, "close", lambda: None)()
+    with pytest.raises(UsageError, match=r"output must be a path"):
+        embed(DATA / "embed" / "small.fa", None, EmbedOptions(model="onehot"))
+    assert not list(tmp_path.iterdir())
