@@ -661,3 +661,16 @@ def test_embed_refuses_a_fasta_that_is_not_a_path(tmp_path, make_fasta):
     with pytest.raises(UsageError, match=r"output must be a path"):
         embed(DATA / "embed" / "small.fa", None, EmbedOptions(model="onehot"))
     assert not list(tmp_path.iterdir())
+
+
+def test_fit_refuses_one_test_pair_not_in_a_list(loc_data, tmp_path):
+    """tests=("t.h5", "t.fasta") (one pair, not in a list) was "ValueError: too many values to
+    unpack", and a dict an IndexError: both a UsageError saying what to give, before any work."""
+    pair = (str(loc_data / "train.h5"), str(loc_data / "train.fasta"))
+    with pytest.raises(UsageError, match=r"one pair goes in a list, tests=\["):
+        fit(FitConfig(task="loc", max_epochs=1, plots=False), *pair, tmp_path / "head", tests=pair)
+    with pytest.raises(UsageError, match="tests must be a list of"):
+        fit(FitConfig(task="loc", max_epochs=1, plots=False), *pair, tmp_path / "head", tests={"t": pair})
+    with pytest.raises(UsageError, match="valid must be one"):
+        fit(FitConfig(task="loc", max_epochs=1, plots=False), *pair, tmp_path / "head", valid=[pair])
+    assert not (tmp_path / "head").exists()

@@ -131,6 +131,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
 
     expect_options(config, FitConfig, "config")
     config.check()
+    _check_pairs(valid, tests)
     out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
     task = get_task(config.task, dual=config.dual)
     if config.class_weights and any(o.is_value for o in task.outputs):
@@ -185,6 +186,27 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         console.output_complete(str(out_dir))  # (before a signal held meanwhile is delivered)
     console.info(f"wrote {out_dir}")
     return FitResult(out_dir, summary, history)
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _check_pairs(valid, tests) -> None:
+    """`valid` is one (embeddings, labels) pair and `tests` a list of them: `tests=("t.h5", "t.csv")`
+    (one pair, not in a list) was a ValueError "too many values to unpack", and a dict an IndexError."""
+    def pair(value) -> bool:
+        return isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_path(p) for p in value)
+
+    if valid is not None and not pair(valid):
+        raise UsageError(f"valid must be one (embeddings, labels) pair of paths, got {type(valid).__name__} "
+                         f"{valid!r:.80}")
+    if isinstance(tests, (str, bytes, os.PathLike, dict)) or not isinstance(tests, (tuple, list)) \
+            or not all(pair(t) for t in tests):
+        one = isinstance(tests, (tuple, list)) and len(tests) == 2 and all(_is_path(p) for p in tests)
+        hint = f": one pair goes in a list, tests=[{tuple(tests)!r:.80}]" if one else ""
+        raise UsageError(f"tests must be a list of (embeddings, labels) pairs of paths, got {type(tests).__name__} "
+                         f"{tests!r:.80}{hint}")
 
 
 def _checked_output(config: FitConfig, out_dir, embeddings, labels, valid, tests) -> Path:
