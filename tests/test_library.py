@@ -674,3 +674,16 @@ def test_fit_refuses_one_test_pair_not_in_a_list(loc_data, tmp_path):
     with pytest.raises(UsageError, match="valid must be one"):
         fit(FitConfig(task="loc", max_epochs=1, plots=False), *pair, tmp_path / "head", valid=[pair])
     assert not (tmp_path / "head").exists()
+
+
+def test_reader_without_a_kind_reads_a_one_kind_files_kind(loc_data):
+    """r.ids(), r.get(ident) and r.dim() on a per-protein file said it "has no per_residue
+    embeddings": the default is the file's one kind (per_residue when it holds both)."""
+    from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader
+
+    with EmbeddingsReader(loc_data / "train.h5") as r:
+        assert r.kinds == (PER_PROTEIN,)
+        ids = r.ids()
+        assert ids == r.ids(PER_PROTEIN) and len(ids) == 24
+        assert np.array_equal(r.get(ids[0]), r.get(ids[0], PER_PROTEIN))
+        assert r.dim() == 21 and len(list(r.items())) == 24

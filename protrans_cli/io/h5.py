@@ -187,6 +187,7 @@ class EmbeddingsReader:
 
         with EmbeddingsReader("x.h5") as r:
             r.kinds                   # ("per_residue", "per_protein") present
+            r.ids(), r.get(ident)     # no kind given: the file's one kind (per_residue when it holds both)
             for ident in r.ids(PER_RESIDUE): r.get(ident, PER_RESIDUE)  # np.ndarray
             ids, X = r.matrix()       # per-protein vectors as one (N, D) array, rows in key order
     """
@@ -259,6 +260,14 @@ class EmbeddingsReader:
     def close(self):
         self.file.close()
 
+    def _default_kind(self, kind: str | None) -> str:
+        """`kind` as given, or None: the file's one kind, per_residue when it holds both (a
+        per-protein file's `r.ids()`, `r.get(ident)` and `r.dim()` said it "has no per_residue
+        embeddings")."""
+        if kind is not None:
+            return kind
+        return PER_RESIDUE if PER_RESIDUE in self.kinds or not self.kinds else self.kinds[0]
+
     def _check_kind(self, kind) -> None:
         if kind not in self.kinds:
             raise InputError(f"has no {kind} embeddings (it holds {', '.join(self.kinds)})", path=self.path)
@@ -273,10 +282,11 @@ class EmbeddingsReader:
         local_link(self.file, kind.encode("utf-8"))  # (a group linked in from another file)
         return self.file[kind]
 
-    def ids(self, kind: str = PER_RESIDUE) -> list[str]:
+    def ids(self, kind: str | None = None) -> list[str]:
         """The proteins' ids, each once: two datasets naming one protein (another tool's file
         whose `original_id`s share a first word, "P1 isoform a" and "P1 isoform b") are refused,
         as duplicate FASTA ids are: predict wrote both under one id, and a label went to either."""
+        kind = self._default_kind(kind)
         if self._stacked is not None:
             self._check_kind(kind)
             return self._stacked.ids()
@@ -286,9 +296,10 @@ class EmbeddingsReader:
             raise one_protein_twice(self.path, next(i for i in ids if i in seen or seen.add(i)))
         return ids
 
-    def keys(self, kind: str = PER_RESIDUE) -> list[str]:
+    def keys(self, kind: str | None = None) -> list[str]:
         """The dataset names of a kind (groups in a flat file from another tool left out; for a
         stacked file, the keys its ids have in the other layouts)."""
+        kind = self._default_kind(kind)
         if self._stacked is not None:
             return [escape_key(ident) for ident in self.ids(kind)]
         keys = [name.decode("utf-8") for name in _link_names(self._group(kind))]
@@ -297,11 +308,12 @@ class EmbeddingsReader:
             keys = [k for k in keys if k not in skip]
         return keys
 
-    def foreign_ids(self, kind: str = PER_RESIDUE) -> dict[str, str]:
+    def foreign_ids(self, kind: str | None = None) -> dict[str, str]:
         """id -> key of the datasets whose key is not their escaped id: those of a bio_embeddings
         file (md5 keys, the id in `original_id`), of biotrainer's (keys "0", "1", ... in input
         order) and of the ProtTrans script's (whole header lines: by their first word). {} for
         embed's files (every key is the id's)."""
+        kind = self._default_kind(kind)
         keys = self._foreign(kind)
         return {**keys.loose, **keys.declared}
 
@@ -336,12 +348,13 @@ class EmbeddingsReader:
             self._foreign_ids[kind] = _ForeignKeys(declared, owned, loose, ambiguous)
         return self._foreign_ids[kind]
 
-    def key_for(self, ident: str, kind: str = PER_RESIDUE) -> str | None:
+    def key_for(self, ident: str, kind: str | None = None) -> str | None:
         """The key of protein `ident`'s dataset, None when the file has none: the dataset whose
         `id`/`original_id` attribute names it; else the key that spells it, unless an attribute
         says that dataset is another protein's (biotrainer's keys "0", "1", ...: protein "1" is
         not the dataset "1", the second protein, and it was read as such); else a key that is a
         whole header line starting with it (the ProtTrans script's, `EX0029 Plastid-S`)."""
+        kind = self._default_kind(kind)
         if self._stacked is not None:
             self._check_kind(kind)
             return escape_key(ident) if ident in self._stacked.rows() else None
@@ -371,7 +384,8 @@ class EmbeddingsReader:
             raise one_protein_twice(self.path, ident, *sorted(k for k in self._group(kind) if _key_id(k) == ident)[:2])
         return keys.loose.get(ident)
 
-    def dataset(self, ident: str, kind: str = PER_RESIDUE):
+    def dataset(self, ident: str, kind: str | None = None):
+        kind = self._default_kind(kind)
         key = self.key_for(ident, kind)
         if key is None:
             raise InputError(f"no {kind} embedding for this id", path=self.path, record=ident)
@@ -379,7 +393,8 @@ class EmbeddingsReader:
         open_local(group, key.encode("utf-8"), data=True)
         return group[key]
 
-    def get(self, ident: str, kind: str = PER_RESIDUE) -> np.ndarray:
+    def get(self, ident: str, kind: str | None = None) -> np.ndarray:
+        kind = self._default_kind(kind)
         if self._stacked is not None:
             self._check_kind(kind)
             return self._stacked.get(ident)
@@ -436,9 +451,10 @@ class EmbeddingsReader:
         # (listed by name, which is the keys' order: see _link_names)
         return [unescape_key(name.decode("utf-8")) for name in names], out
 
-    def items(self, kind: str = PER_RESIDUE) -> Iterator[tuple[str, np.ndarray, dict]]:
+    def items(self, kind: str | None = None) -> Iterator[tuple[str, np.ndarray, dict]]:
         """(id, array, attributes) of every protein, through h5py's low-level calls: its
         dictionary interface cost about 3x a plain h5py loop (375 us a protein)."""
+        kind = self._default_kind(kind)
         import h5py
 
         if self._stacked is not None:
@@ -459,24 +475,27 @@ class EmbeddingsReader:
             attrs = {name.decode("utf-8"): _plain(read_attr(obj, name.decode("utf-8"))) for name in names}
             yield dataset_id(key, attrs), read_array(group, key, obj), attrs
 
-    def facts(self, key: str, kind: str = PER_RESIDUE) -> tuple[int | None, int | None, str | None]:
+    def facts(self, key: str, kind: str | None = None) -> tuple[int | None, int | None, str | None]:
         """(length, truncated_from, checksum) of the protein at `key`, as `dataset_facts` gives them
         (a stacked file's from its columns, where "" and 0 are what stack_file writes for a
         checksum or length not recorded: None, as for a dataset without the attribute)."""
+        kind = self._default_kind(kind)
         if self._stacked is not None:
             self._check_kind(kind)
             record = self._stacked.record(self._stacked.rows()[unescape_key(key)])
             return record["length"] or None, record.get("truncated_from"), record["checksum"] or None
         return dataset_facts(self._group(kind), key, per_residue=kind == PER_RESIDUE)
 
-    def checksum_of(self, key: str, kind: str = PER_RESIDUE) -> str | None:
+    def checksum_of(self, key: str, kind: str | None = None) -> str | None:
         """The sequence checksum of the protein at `key` (`dataset_checksum_of`)."""
+        kind = self._default_kind(kind)
         if self._stacked is not None:
             return self.facts(key, kind)[2]
         return dataset_checksum_of(self._group(kind), key)
 
-    def checksums(self, kind: str = PER_RESIDUE) -> dict[str, str]:
+    def checksums(self, kind: str | None = None) -> dict[str, str]:
         """checksum -> id, for matching label files that carry only sequences."""
+        kind = self._default_kind(kind)
         if self._stacked is not None:
             self._check_kind(kind)
             return dict(zip(self._stacked.column("checksums"), self._stacked.ids()))
@@ -488,7 +507,8 @@ class EmbeddingsReader:
                 sums[checksum] = dataset_id(key, attrs)
         return sums
 
-    def dim(self, kind: str = PER_RESIDUE) -> int:
+    def dim(self, kind: str | None = None) -> int:
+        kind = self._default_kind(kind)
         import h5py
 
         if self._stacked is not None:
