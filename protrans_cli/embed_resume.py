@@ -33,6 +33,8 @@ from protrans_cli.io.h5 import checksum64, digest128
 if TYPE_CHECKING:
     from protrans_cli.embed import _Protein
 
+_SAY_READ_BACK_BYTES = 64 << 20  # files from which reading their proteins back is announced
+
 
 @dataclass
 class _Done:
@@ -111,6 +113,15 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None, *, seal: bool = False)
     if ledger is not None:
         _check_made_alike(path, writer_kw)
         return _Done.union([_Done(*ledger)]).without(untrusted_digests(path))
+    # Said before it starts: with no sealed ledger every protein is read back from the file, at
+    # about 120 us each (some 2 minutes per million proteins), and nothing else was said
+    # meanwhile: a resume of a large partial file looked hung for minutes, or hours.
+    size = path.stat().st_size
+    why = ("no sealed ledger: its run was killed, or the file changed since; about 2 minutes per million "
+           "proteins" if path.name.endswith(".partial") else "a finished file, extended")
+    if size >= _SAY_READ_BACK_BYTES:  # (a small file is read in seconds: no line)
+        console.info(f"{path}: reading back the proteins it holds ({size / 2**20:,.0f} MiB; {why}) before "
+                     "embedding any")
     # (the proteins written after the last flush before a write failed: embedded again)
     done = _read_whole(path, writer_kw, input_ids).without(untrusted_digests(path))
     if seal:

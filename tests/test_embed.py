@@ -269,7 +269,7 @@ def test_a_cleanly_stopped_run_resumes_from_its_ledger_without_reading_its_prote
 
 
 @pytest.mark.parametrize("change", ["killed", "touched", "rewritten"])
-def test_a_ledger_not_sealed_for_the_file_as_it_is_is_not_trusted(tmp_path, monkeypatch, change):
+def test_a_ledger_not_sealed_for_the_file_as_it_is_is_not_trusted(tmp_path, monkeypatch, capsys, change):
     # A SIGKILL leaves the ledger unsealed; a file changed after its run (touched, rewritten by
     # another program) no longer matches the seal: the resume reads the proteins from the file,
     # and seals a ledger of what it read, so the next resume need not.
@@ -291,7 +291,11 @@ def test_a_ledger_not_sealed_for_the_file_as_it_is_is_not_trusted(tmp_path, monk
         with h5py.File(partial, "a") as f:
             del f[PER_RESIDUE][sorted(f[PER_RESIDUE])[0]]
     assert read_ledger(partial) is None
+    monkeypatch.setattr("protrans_cli.embed_resume._SAY_READ_BACK_BYTES", 0)  # (said from 64 MiB on)
+    capsys.readouterr()
     _interrupt(out, fasta, monkeypatch, 2, max_batch_size=4, resume=True)  # read from the file, then stopped again
+    # said before the read, which took minutes on a large file with nothing on stderr
+    assert f"{partial}: reading back the proteins it holds (" in capsys.readouterr().err
     assert read_ledger(partial) is not None and ledger.read_bytes().startswith(LEDGER_MAGIC)
     _reads_no_protein(monkeypatch)
     embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
