@@ -10,6 +10,8 @@ Rules (documented in docs/prep.md):
 
 from __future__ import annotations
 
+import contextlib
+
 from protrans_cli.errors import InputError, UsageError
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
@@ -48,6 +50,19 @@ class SequenceRejected(InputError, ValueError):
         super().__init__(detail)
 
 
+def _shown_byte(data: bytes, at: int) -> str:
+    """The offending byte at `at` as the character it stands for, quoted once: the character a
+    UTF-8 sequence starting there spells ('Ä' in a UTF-8 file, or a str given to embed_sequences,
+    was shown as its first byte, '\\xc3'; a zero-width space is '\\u200b'), else the latin-1
+    letter (0xA0-0xFF), else the byte ('\\x00')."""
+    char = data[at]
+    size = 2 if 0xC2 <= char <= 0xDF else 3 if 0xE0 <= char <= 0xEF else 4 if 0xF0 <= char <= 0xF4 else 0
+    if size:
+        with contextlib.suppress(UnicodeDecodeError):
+            return repr(data[at:at + size].decode("utf-8"))
+    return repr(chr(char)) if char >= 0xA0 else f"'\\x{char:02x}'"
+
+
 def normalise(seq: bytes | str, rare: str = "x") -> str:
     """Return the normalised sequence, or raise SequenceRejected with the reason."""
     if isinstance(seq, str):
@@ -71,6 +86,6 @@ def normalise(seq: bytes | str, rare: str = "x") -> str:
         pos, char = next((i + 1, c) for i, c in enumerate(data) if c in bad)
         if char == b"*"[0]:
             raise SequenceRejected(REASON_INTERNAL_STOP, f"internal stop '*' at residue {pos}")
-        shown = repr(chr(char)) if 32 < char < 127 else f"'\\x{char:02x}'"  # a byte, quoted once
+        shown = repr(chr(char)) if 32 < char < 127 else _shown_byte(data, pos - 1)
         raise SequenceRejected(REASON_INVALID, f"invalid character {shown} at residue {pos}")
     return data.decode("ascii")
