@@ -53,14 +53,14 @@ class SequenceRejected(InputError, ValueError):
 def _shown_byte(data: bytes, at: int) -> str:
     """The offending byte at `at` as the character it stands for, quoted once: the character a
     UTF-8 sequence starting there spells ('Ä' in a UTF-8 file, or a str given to embed_sequences,
-    was shown as its first byte, '\\xc3'; a zero-width space is '\\u200b'), else the latin-1
-    letter (0xA0-0xFF), else the byte ('\\x00')."""
+    was shown as its first byte, '\\xc3'; a zero-width space is '\\u200b'), else the byte as it
+    is in the file ('\\xef': a latin-1 letter guessed from a lone byte could mislead)."""
     char = data[at]
     size = 2 if 0xC2 <= char <= 0xDF else 3 if 0xE0 <= char <= 0xEF else 4 if 0xF0 <= char <= 0xF4 else 0
     if size:
         with contextlib.suppress(UnicodeDecodeError):
             return repr(data[at:at + size].decode("utf-8"))
-    return repr(chr(char)) if char >= 0xA0 else f"'\\x{char:02x}'"
+    return f"'\\x{char:02x}'"
 
 
 def normalise(seq: bytes | str, rare: str = "x") -> str:

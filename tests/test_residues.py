@@ -45,7 +45,7 @@ def test_rare_keep():
     ("MK\x00T", REASON_INVALID, "invalid character '\\x00' at residue 3"),  # the backslash once
     ("MK#T\x01", REASON_INVALID, "invalid character '#' at residue 3"),  # the first, not the lowest byte
     ("MKJ*T", REASON_INVALID, "invalid character 'J' at residue 3"),
-    ("MKé", REASON_INVALID, "invalid character 'é' at residue 3"),
+    ("MKé", REASON_INVALID, "invalid character '\\xe9' at residue 3"),  # (latin-1: a lone byte)
     # the character, not its first byte ('\xc3'): a UTF-8 file's bytes (read_fasta's str is them
     # decoded as latin-1), bytes, and a str with characters beyond latin-1
     ("MKÃ\x84T", REASON_INVALID, "invalid character 'Ä' at residue 3"),
