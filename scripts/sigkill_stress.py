@@ -9,6 +9,11 @@ so that kills often land inside HDF5's flush, where the partial file needs repai
 
     python scripts/sigkill_stress.py --trials 120 --seed 11
     python scripts/sigkill_stress.py --trials 120 --seed 11 --flush-seconds 0
+    python scripts/sigkill_stress.py --trials 20 --proteins 30000 --kill-within 4 --layout stacked
+
+A large group (thousands of proteins written between two kills) is what met HDF5's metadata
+cache writing half an index between flushes (io.h5._MetadataHold): `--proteins 30000
+--kill-within 4`. "kept" counts the proteins --resume found already embedded.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ def main(argv=None) -> None:
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--proteins", type=int, default=3000)
+    p.add_argument("--kill-within", type=float, default=0.6,
+                   help="seconds after the partial file appears within which the kill lands (uniform)")
+    p.add_argument("--layout", choices=("grouped", "flat", "stacked"), default="grouped")
     p.add_argument("--flush-seconds", type=float, default=None,
                    help="the killed runs' io.h5.FLUSH_SECONDS (0: a flush after every batch); default embed's")
     args = p.parse_args(argv)
@@ -52,24 +60,29 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="sigkill_stress.") as tmp:
         tmp = Path(tmp)
         fasta = generated_fasta(tmp / "g.fa", args.proteins, repeat_every=0, long_every=3)
-        full = file_content(_run(tmp / "full.h5", fasta=fasta, max_batch_size=4))
-        killed = repaired = failed = crashes = 0
+        kinds = {"per_residue": False} if args.layout != "grouped" else {}
+        full = file_content(_run(tmp / "full.h5", fasta=fasta, max_batch_size=4, layout=args.layout, **kinds))
+        layout = ["--layout", args.layout, "--per-protein"] if args.layout != "grouped" else []
+        killed = repaired = failed = crashes = kept = 0
         for trial in range(args.trials):
             out = tmp / "k.h5"
             for path in (out, partial_path(out)):
                 path.unlink(missing_ok=True)
             proc = subprocess.Popen([*command, "embed", str(fasta), "-m", "onehot",
-                                     "--max-batch-size", "4", "-o", str(out)], env=env, stderr=subprocess.DEVNULL)
+                                     "--max-batch-size", "4", *layout, "-o", str(out)], env=env,
+                                    stderr=subprocess.DEVNULL)
             while not partial_path(out).exists() and proc.poll() is None:
                 time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.6))
+            time.sleep(rng.uniform(0.0, args.kill_within))
             killed += proc.poll() is None
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             messages = io.StringIO()
             try:
                 with contextlib.redirect_stderr(messages):
-                    embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+                    summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True,
+                                                             layout=args.layout, **kinds))
+                kept += summary.num_resumed
                 assert_same_content(file_content(out), dict(full))
             except Exception as exc:  # noqa: BLE001 - counted and shown, the next trial goes on
                 failed += 1
@@ -81,7 +94,8 @@ def main(argv=None) -> None:
                 print(f"trial {trial}: {messages.getvalue().strip().splitlines()[-1]}", flush=True)
     print(f"{args.trials} trials, {killed} killed while running, {repaired} repaired "
           f"({crashes} crashes of HDF5 in the resume reader survived), "
-          f"{args.trials - failed} resumed to the uninterrupted content, {failed} failed")
+          f"{args.trials - failed} resumed to the uninterrupted content, {failed} failed; "
+          f"{kept:,} proteins kept from the killed runs")
 
 
 if __name__ == "__main__":

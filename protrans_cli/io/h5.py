@@ -1399,6 +1399,47 @@ class _MarkerRoom:
             self.fd = None
 
 
+class _MetadataHold:
+    """Keeps HDF5's metadata cache from writing anything between two flushes of a file being
+    written, so that the file on disk is always the last flush's (plus data no index points to
+    yet), which is what a SIGKILL leaves. The cache (2 MiB by default) wrote parts of a group's
+    index whenever it overflowed, past some 5,000 proteins in a group, and a kill then left the
+    index half-updated ("incorrect metadata checksum"): --resume found none of the proteins
+    already embedded (tests/test_h5.py). Held, the cache grows by some 330 bytes a protein; after
+    a flush (everything in it clean) one that has passed LIMIT is let shrink to SHRUNK at the next
+    write, the clean entries least used going, and held again."""
+
+    LIMIT = 32 << 20
+    SHRUNK = 4 << 20
+
+    def __init__(self, file):
+        self.file = file
+        self.shrinking = False
+        self._set(hold=True)
+
+    def _set(self, *, hold: bool) -> None:
+        config = self.file.id.get_mdc_config()
+        # (evictions can be turned off only with the cache's automatic resizing off)
+        config.evictions_enabled = not hold
+        config.incr_mode = config.flash_incr_mode = config.decr_mode = 0
+        if not hold:
+            config.set_initial_size = True
+            config.initial_size = self.SHRUNK
+        self.file.id.set_mdc_config(config)
+
+    def flushed(self) -> None:
+        """After a flush: past LIMIT, the next write shrinks the cache (`written`)."""
+        if not self.shrinking and self.file.id.get_mdc_size()[2] > self.LIMIT:
+            self._set(hold=False)
+            self.shrinking = True
+
+    def written(self) -> None:
+        """After a write (the first after a flush made room, evicting only clean entries)."""
+        if self.shrinking:
+            self._set(hold=True)
+            self.shrinking = False
+
+
 def is_write_failure(exc: BaseException) -> bool:
     """Whether an h5py error is a write HDF5 could not make (its message: "file write failed")."""
     return "write failed" in str(exc)
@@ -1590,6 +1631,7 @@ class EmbeddingsWriter:
                 why = re.search(r"error message = '([^']*)'", str(exc))
                 raise RuntimeFailure(f"cannot create the output: {why.group(1) if why else first_line(exc)}",
                                      path=str(self.path)) from None
+        self._cache = _MetadataHold(self.file)
         self.resumed = resumed
         self.runs = recorded_runs(self.file) if resumed else []
         this_run = {k: run_attrs[k] for k in RUN_ATTRS if run_attrs.get(k) is not None}
@@ -1685,6 +1727,7 @@ class EmbeddingsWriter:
             # closes, and an error there (a full disk, a quota) was only printed by h5py
             # ("Exception ignored"), while the ledger recorded the protein as complete.
             ds.close()
+        self._cache.written()
 
     def ensure_room(self, nbytes: int, what: str = "the next batch") -> None:
         """Refuse a batch of about `nbytes` that would not fit (see `disk.ensure_room`); the file
@@ -1748,6 +1791,7 @@ class EmbeddingsWriter:
                 h5py.h5o.copy(source.id, name, group.id, name)
                 if flat != (self.layout == "flat"):  # (a part of another layout: `protrans merge`)
                     self._relabel_original_id(group, name)
+                self._cache.written()
                 copied.add(name)
 
     def _relabel_original_id(self, group, name: bytes) -> None:
@@ -1775,6 +1819,7 @@ class EmbeddingsWriter:
         with self._abandoned_on_write_failure():
             self._write_failed(force=failures)
             self.file.flush()
+        self._cache.flushed()
         self._ledger.flushed()
         self._unflushed.clear()
         self._flushed_at = time.monotonic()
