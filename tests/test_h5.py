@@ -959,3 +959,34 @@ def test_the_file_on_disk_between_two_flushes_is_the_last_flush_s(tmp_path, layo
         group.id.links.iterate(names.append)  # (raised on the index a kill left)
         assert len(names) >= 2000
         assert f[PER_PROTEIN]["p1999"].attrs["length"] == 30
+
+
+def test_a_merge_that_never_flushes_keeps_the_metadata_cache_bounded(tmp_path, monkeypatch):
+    """Held until a flush, HDF5's metadata cache grows with every protein copied; a merge of a
+    million proteins (torchrun's shards, `protrans merge`) has no flush of its own, and would
+    have held some 330 MB: past _MetadataHold.LIMIT the writer flushes, and the cache shrinks."""
+    import protrans_cli.io.h5 as h5
+
+    vector = np.ones(21, np.float32)
+    with EmbeddingsWriter(tmp_path / "a.h5", kinds=(PER_PROTEIN,)) as w:
+        for i in range(3000):
+            w.write(f"p{i}", f"p{i}", "M" * 30, per_protein=vector)
+    monkeypatch.setattr(h5._MetadataHold, "LIMIT", 256 << 10)
+    monkeypatch.setattr(h5._MetadataHold, "CHECK_EVERY", 64)
+    monkeypatch.setattr(h5._MetadataHold, "SHRUNK", 1 << 20)  # (HDF5's smallest cache)
+    sizes = []
+    real_flushed = h5._MetadataHold.flushed
+
+    def flushed(self):
+        sizes.append(self.file.id.get_mdc_size()[2])
+        real_flushed(self)
+    monkeypatch.setattr(h5._MetadataHold, "flushed", flushed)
+    with EmbeddingsWriter(tmp_path / "b.h5", kinds=(PER_PROTEIN,)) as w:
+        first = len(sizes)
+        assert w.copy_from(tmp_path / "a.h5") == 3000
+        during = sizes[first:]
+        largest = w.file.id.get_mdc_size()[2]
+    assert len(during) >= 3 and max(during) < 2 << 20, during  # flushed on the way, never far past LIMIT
+    assert largest < 2 << 20
+    with EmbeddingsReader(tmp_path / "b.h5") as r:
+        assert len(r.ids(PER_PROTEIN)) == 3000

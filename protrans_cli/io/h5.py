@@ -1407,14 +1407,17 @@ class _MetadataHold:
     index half-updated ("incorrect metadata checksum"): --resume found none of the proteins
     already embedded (tests/test_h5.py). Held, the cache grows by some 330 bytes a protein; after
     a flush (everything in it clean) one that has passed LIMIT is let shrink to SHRUNK at the next
-    write, the clean entries least used going, and held again."""
+    write, the clean entries least used going, and held again. Writes with no flush between them
+    (a merge copies a million proteins) ask for one once the cache passes LIMIT (`written`)."""
 
     LIMIT = 32 << 20
     SHRUNK = 4 << 20
+    CHECK_EVERY = 256  # writes between two looks at the cache's size
 
     def __init__(self, file):
         self.file = file
         self.shrinking = False
+        self.writes = 0
         self._set(hold=True)
 
     def _set(self, *, hold: bool) -> None:
@@ -1433,11 +1436,14 @@ class _MetadataHold:
             self._set(hold=False)
             self.shrinking = True
 
-    def written(self) -> None:
-        """After a write (the first after a flush made room, evicting only clean entries)."""
+    def written(self) -> bool:
+        """After a write (the first after a flush made room, evicting only clean entries):
+        whether the cache has grown past LIMIT since the last flush, and wants one."""
         if self.shrinking:
             self._set(hold=True)
             self.shrinking = False
+        self.writes += 1
+        return self.writes % self.CHECK_EVERY == 0 and self.file.id.get_mdc_size()[2] > self.LIMIT
 
 
 def is_write_failure(exc: BaseException) -> bool:
@@ -1703,6 +1709,8 @@ class EmbeddingsWriter:
         if self.failed.pop(ident, None) is not None:
             self._failed_changed = True
         self._ledger.add(ident, attrs["checksum"])
+        if self._cache.written():  # (a caller that never flushes: the cache bounded all the same)
+            self.flush()
 
     def _write_kinds(self, key: str, arrays: dict, attrs: dict) -> None:
         for kind in self.kinds:
@@ -1727,7 +1735,6 @@ class EmbeddingsWriter:
             # closes, and an error there (a full disk, a quota) was only printed by h5py
             # ("Exception ignored"), while the ledger recorded the protein as complete.
             ds.close()
-        self._cache.written()
 
     def ensure_room(self, nbytes: int, what: str = "the next batch") -> None:
         """Refuse a batch of about `nbytes` that would not fit (see `disk.ensure_room`); the file
@@ -1791,7 +1798,8 @@ class EmbeddingsWriter:
                 h5py.h5o.copy(source.id, name, group.id, name)
                 if flat != (self.layout == "flat"):  # (a part of another layout: `protrans merge`)
                     self._relabel_original_id(group, name)
-                self._cache.written()
+                if self._cache.written():  # (a merge of many proteins: flushed on the way, the cache bounded)
+                    self.flush()
                 copied.add(name)
 
     def _relabel_original_id(self, group, name: bytes) -> None:
