@@ -5,6 +5,7 @@ and formats their output. Heavy modules (torch, transformers) load on first use 
 that need them, so `import protrans_cli` stays cheap.
 
     from protrans_cli import read_fasta, build_corpus, embed, load_model, train, fit, predict
+    from protrans_cli import embed_sequences, build_embedder, EmbeddingsReader
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ _LAZY = {
     "FAMILIES": "protrans_cli.models",
     "embed": "protrans_cli.embed",
     "EmbedOptions": "protrans_cli.embed",
+    "embed_sequences": "protrans_cli.embed",
+    "build_embedder": "protrans_cli.embed",
+    "EmbeddingsReader": "protrans_cli.io.h5",
     "train": "protrans_cli.training.loop",
     "TrainConfig": "protrans_cli.training.config",
     "fit": "protrans_cli.heads.fit",

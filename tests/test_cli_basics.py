@@ -56,6 +56,17 @@ def test_the_package_lists_its_lazy_exports_without_importing_them():
     assert out.returncode == 0, out.stderr
 
 
+def test_the_package_exports_what_the_library_docs_use():
+    """embed_sequences, build_embedder and EmbeddingsReader (docs/embed.md, docs/formats.md) were
+    only reachable through their modules: `from protrans_cli import embed_sequences` failed."""
+    import protrans_cli
+    from protrans_cli.embed import build_embedder, embed_sequences
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    assert protrans_cli.embed_sequences is embed_sequences and protrans_cli.build_embedder is build_embedder
+    assert protrans_cli.EmbeddingsReader is EmbeddingsReader
+
+
 def test_unknown_command_is_usage_error(run_cli):
     result = run_cli("frobnicate")
     assert result.exit_code == 2
