@@ -964,7 +964,8 @@ def test_the_file_on_disk_between_two_flushes_is_the_last_flush_s(tmp_path, layo
 def test_a_merge_that_never_flushes_keeps_the_metadata_cache_bounded(tmp_path, monkeypatch):
     """Held until a flush, HDF5's metadata cache grows with every protein copied; a merge of a
     million proteins (torchrun's shards, `protrans merge`) has no flush of its own, and would
-    have held some 330 MB: past _MetadataHold.LIMIT the writer flushes, and the cache shrinks."""
+    have held some 7 GB of memory: past _MetadataHold.LIMIT the writer flushes, and the cache
+    shrinks."""
     import protrans_cli.io.h5 as h5
 
     vector = np.ones(21, np.float32)
