@@ -802,6 +802,8 @@ def test_a_complete_run_resumed_keeps_only_the_last_checkpoints(tmp_path):
     assert result.completed
     assert sorted(p.name for p in (result.run_dir / "checkpoints").iterdir()) == \
         ["step_00000003", "step_00000004"]
+    # (it said last_checkpoint=None beside the checkpoint it had resumed from)
+    assert result.last_checkpoint == result.run_dir / "checkpoints" / "step_00000004"
 
 
 def test_a_run_resumed_for_more_steps_decays_over_its_new_length(tmp_path):
@@ -1662,7 +1664,7 @@ def test_init_from_set_values_are_typed_as_for_a_preset(tmp_path, run_cli):
     assert (saved["family"], saved["preset"]) == ("esm", None)  # it recorded the default preset, tiny
     # --preset and another --family than the model's were silently ignored
     for extra, message in ((["--preset", "small"], "preset 'small' cannot go with init_from"),
-                           (["--family", "bert"], "--family bert does not go with --init-from")):
+                           (["--family", "bert"], "--family bert (family) does not go with --init-from")):
         res = run_cli("train", "--init-from", base.run_dir, "--corpus", LEARNABLE, "-o", tmp_path / "no", *extra)
         assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "no").exists()
@@ -2218,7 +2220,13 @@ def test_resume_paths_name_the_run_and_keep_its_recorded_corpus(tmp_path, run_cl
     res = run_cli("train", "--resume-from", tmp_path / "copied")
     assert res.exit_code == 2 and "is not in a run's checkpoints/ folder: give -o" in res.stderr, res.stderr
     res = run_cli("train", "--resume", "-o", tmp_path / "nothing")
-    assert res.exit_code == 2 and "holds no run to resume (no train_config.json): give -o" in res.stderr, res.stderr
+    # (not "give -o" to a user who had given it)
+    assert res.exit_code == 2 and "holds no run to resume (no train_config.json): -o names the run directory " \
+        "to resume" in res.stderr and "without --resume" in res.stderr, res.stderr
+    monkeypatch.chdir(tmp_path / "copied")  # (no run in the default -o here either)
+    res = run_cli("train", "--resume")
+    assert res.exit_code == 2 and "holds no run to resume (no train_config.json): give -o, the run directory" \
+        in res.stderr, res.stderr
 
 
 def test_a_stop_after_at_or_beyond_the_last_step_says_the_run_trains_to_the_end(tmp_path, run_cli):

@@ -154,8 +154,11 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
                 console.info(f"train: the run's settings from {own} (flags given override them)")
         elif resume and not flags.get("corpus"):
             # (not "no training corpus": there is no run there to resume)
-            raise UsageError(f"{own.parent} holds no run to resume (no train_config.json): give -o, the run "
-                             "directory")
+            # ("give -o" to a user who had given it: what -o must name, and how to start a run)
+            hint = ("-o names the run directory to resume (the one holding train_config.json and checkpoints/); "
+                    "to start a run there, give its settings (--corpus ...) without --resume"
+                    if flags.get("output_dir") else "give -o, the run directory")
+            raise UsageError(f"{own.parent} holds no run to resume (no train_config.json): {hint}")
         else:
             own = None
     config = TrainConfig.from_file(config_file) if config_file else TrainConfig()

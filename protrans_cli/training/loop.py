@@ -595,7 +595,9 @@ def _initial_model(config: TrainConfig, resume):
     if source.is_dir and (problem := utf8_path_problem(source.target)) is not None:
         raise ModelError(f"--init-from {utf8_text(str(source.target))}: cannot load the tokenizer: {problem}")
     if config.family and config.family != family.name:
-        raise UsageError(f"--family {config.family} does not go with --init-from {config.init_from}: "
+        # (the family may be a config file's, a run's train_config.json: "--family bert" named a
+        # flag the user had not given)
+        raise UsageError(f"--family {config.family} (family) does not go with --init-from {config.init_from}: "
                          f"that is {'an' if family.name[0] in 'aeiou' else 'a'} {family.name} model")
     _check_objective(config, family)
     saved_vocab = getattr(hf_config, "vocab_size", None)
@@ -830,8 +832,13 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
         if board is not None:
             dist.print0(f"train: TensorBoard scalars in {board.folder} (tensorboard --logdir {run.run_dir})")
     try:
-        return _train_steps(run, optimizer, scheduler, stop, phases, total_steps, step, data_phase, data_state,
-                            state, metrics_path, board)
+        result = _train_steps(run, optimizer, scheduler, stop, phases, total_steps, step, data_phase, data_state,
+                              state, metrics_path, board)
+        if result.last_checkpoint is None and where is not None:
+            # (a resumed run that saved none: `train(config, resume=True)` on a complete run
+            # said last_checkpoint=None beside the checkpoint it had resumed from)
+            result.last_checkpoint = Path(where)
+        return result
     finally:
         if board is not None:
             board.close()
