@@ -1007,3 +1007,25 @@ def test_done_ids_of_a_resumed_file_keeps_the_metadata_cache_bounded(tmp_path):
         w.write("new", "new", "M" * 30, per_protein=vector)
     with EmbeddingsReader(tmp_path / "a.h5") as r:
         assert len(r.ids(PER_PROTEIN)) == 6001
+
+
+def test_a_write_failing_in_a_merge_of_shards_says_resume_copies_them_again(tmp_path):
+    """torchrun's rank 0 copies the ranks' shards into the output; a write failing there said
+    --resume "embeds again" the proteins since the last flush, which it copies again from the
+    shards it keeps (they are removed only once the merged file is flushed)."""
+    vector = np.ones(21, np.float32)
+    with EmbeddingsWriter(tmp_path / "shard.h5", kinds=(PER_PROTEIN,)) as w:
+        for i in range(3):
+            w.write(f"p{i}", f"p{i}", "MKV", per_protein=vector)
+    for merged, says in ((True, "--resume copies again from the shards it keeps the 3 proteins written since"),
+                         (False, "--resume embeds again the 3 proteins written since")):
+        out = tmp_path / f"out{merged}.h5"
+        w = EmbeddingsWriter(out, kinds=(PER_PROTEIN,))
+        w.flush()
+        if merged:
+            w.copy_from(tmp_path / "shard.h5")
+        else:
+            for i in range(3):
+                w.write(f"p{i}", f"p{i}", "MKV", per_protein=vector)
+        failure = w._abandon(OSError("file write failed"))
+        assert says in str(failure), failure

@@ -1889,7 +1889,9 @@ class EmbeddingsWriter:
                                   f"({marker.strerror or marker}); delete it and run the command again",
                                   path=str(self.partial))
         count = len(self._unflushed)
-        again = (f", and --resume embeds again the {count} protein{'s' * (count != 1)} written since its last flush"
+        # (a merge's proteins, torchrun's shards, are copied again from them, not embedded)
+        redo = "copies again from the shards it keeps" if self._merged else "embeds again"
+        again = (f", and --resume {redo} the {count} protein{'s' * (count != 1)} written since its last flush"
                  if count else "")
         return RuntimeFailure(f"cannot write to it: {reason}; the proteins written before are kept in it{again}: run "
                               "the same command with --resume once the problem is solved", path=str(self.partial))
