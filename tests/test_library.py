@@ -687,3 +687,17 @@ def test_reader_without_a_kind_reads_a_one_kind_files_kind(loc_data):
         assert ids == r.ids(PER_PROTEIN) and len(ids) == 24
         assert np.array_equal(r.get(ids[0]), r.get(ids[0], PER_PROTEIN))
         assert r.dim() == 21 and len(list(r.items())) == 24
+
+
+@pytest.mark.parametrize("kw", [{"num_steps": "5"}, {"num_steps": 0}, {"num_steps": 2.5}, {"min_lr": "1e-6"},
+                                {"min_lr": 1.0, "max_lr": 1e-3}, {"max_lr": float("nan")}])
+def test_find_lr_arguments_of_the_wrong_type_or_range_are_usage_errors_before_any_model(kw, tmp_path, monkeypatch):
+    import protrans_cli.training.lr_finder as lr_finder
+
+    def never(*a, **k):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(lr_finder, "build_run", never)
+    with pytest.raises(UsageError, match="find_lr: (min_lr|max_lr|num_steps)"):
+        find_lr(_train_config(tmp_path, threads=1), **kw)
+    assert not (tmp_path / "run").exists()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 
 import torch
 
-from protrans_cli.errors import InputError, RuntimeFailure, expect_options
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
@@ -25,6 +26,7 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     stop when it diverges; plot loss against lr (lr_find.png) and suggest the lr where the
     smoothed loss falls fastest. Writes no checkpoint."""
     expect_options(config, TrainConfig, "config")
+    _check_range(min_lr, max_lr, num_steps)
     info = dist.setup(timeout=config.duration("dist_timeout"))
     try:
         # The run directory's lock, as a run takes it (a range test and a run on one directory
@@ -34,6 +36,19 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
             return _find_lr(config, info, family, min_lr, max_lr, num_steps)
     finally:
         dist.cleanup()
+
+
+def _check_range(min_lr, max_lr, num_steps) -> None:
+    """The range's arguments, before any model is built: `num_steps="100"` was a TypeError and 0 a
+    RuntimeFailure ("measured no loss") once the model was built, and min_lr above max_lr ran the
+    range downwards and suggested a learning rate from it."""
+    for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+            raise UsageError(f"find_lr: {name} must be a positive number, got {value!r:.60}")
+    if min_lr >= max_lr:
+        raise UsageError(f"find_lr: min_lr ({min_lr}) must be below max_lr ({max_lr})")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+        raise UsageError(f"find_lr: num_steps must be a whole number of at least 1, got {num_steps!r:.60}")
 
 
 def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, num_steps: int) -> TrainResult:
