@@ -701,3 +701,17 @@ def test_find_lr_arguments_of_the_wrong_type_or_range_are_usage_errors_before_an
     with pytest.raises(UsageError, match="find_lr: (min_lr|max_lr|num_steps)"):
         find_lr(_train_config(tmp_path, threads=1), **kw)
     assert not (tmp_path / "run").exists()
+
+
+def test_train_and_find_lr_take_a_family_by_name_and_refuse_other_values(tmp_path):
+    from protrans_cli.models import get_family
+
+    result = train(_train_config(tmp_path / "named", threads=1), family="bert")
+    assert result.completed
+    for call in (train, find_lr):
+        with pytest.raises(UsageError, match="unknown model family"):
+            call(_train_config(tmp_path / "bad", threads=1), family="nosuch")
+        with pytest.raises(UsageError, match="family must be"):
+            call(_train_config(tmp_path / "bad", threads=1), family=3)
+        assert not (tmp_path / "bad").exists()
+    assert train(_train_config(tmp_path / "object", threads=1), family=get_family("bert")).completed

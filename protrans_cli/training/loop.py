@@ -190,6 +190,7 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
     `accept_corpus_change`: resume although a corpus file changed since the checkpoint (a
     damaged shard replaced by a whole copy), with a warning."""
     expect_options(config, TrainConfig, "config")
+    family = given_family(family)
     info = dist.setup(timeout=config.duration("dist_timeout"))
     try:
         # (gradients on whatever the caller set: torch.set_grad_enabled(False) in an inference notebook)
@@ -235,6 +236,20 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                 return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
     finally:
         dist.cleanup()
+
+
+def given_family(family):
+    """train's and find_lr's `family`: a Family object (one not registered), or a registered
+    family's name, which `family="esm"` reads as (it was an AttributeError, "'str' object has no
+    attribute 'objective'", once the run was being built); anything else a UsageError."""
+    from protrans_cli.models import get_family
+    from protrans_cli.models.base import Family
+
+    if family is None or isinstance(family, Family):
+        return family
+    if isinstance(family, str):
+        return get_family(family)
+    raise UsageError(f"family must be a family's name or a Family, got {type(family).__name__} {family!r:.60}")
 
 
 def _check_resume_settings(config: TrainConfig, resume, family, info) -> None:

@@ -15,7 +15,7 @@ from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
 from protrans_cli.training.config import TrainConfig
 from protrans_cli.training.data import CorpusStream, step_batches
-from protrans_cli.training.loop import NonFiniteGradient, TrainResult, build_run, train_step, wrap_model
+from protrans_cli.training.loop import NonFiniteGradient, TrainResult, build_run, given_family, train_step, wrap_model
 from protrans_cli.training.optim import build_optimizer
 
 
@@ -27,6 +27,7 @@ def find_lr(config: TrainConfig, *, min_lr: float = 1e-7, max_lr: float = 1.0, n
     smoothed loss falls fastest. Writes no checkpoint."""
     expect_options(config, TrainConfig, "config")
     _check_range(min_lr, max_lr, num_steps)
+    family = given_family(family)
     info = dist.setup(timeout=config.duration("dist_timeout"))
     try:
         # The run directory's lock, as a run takes it (a range test and a run on one directory
