@@ -66,6 +66,17 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
     from protrans_cli.io.files import (output_directory, output_lock, refuse_special_output, through_link,
                                        writable_or_refused)
 
+    # From Python: one file as a bare path (it was read letter by letter: "e: not a file"); an
+    # output or a force that is no path or bool (a TypeError, or "no" taken as true)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = list(inputs)  # (a generator: read once)
+    if not all(isinstance(p, (str, os.PathLike)) for p in inputs):
+        raise UsageError(f"merge: inputs must be paths of embeddings files, got {inputs!r:.60}")
+    if not isinstance(output, (str, os.PathLike)):
+        raise UsageError(f"merge: output must be a path, got {type(output).__name__} {output!r:.60}")
+    if not isinstance(force, bool):
+        raise UsageError(f"merge: force must be a bool, got {type(force).__name__} {force!r:.60}")
     paths, output = [Path(p) for p in inputs], Path(output)
     if not paths:
         raise UsageError("merge needs at least one embeddings file")

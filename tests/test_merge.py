@@ -427,3 +427,16 @@ def test_embed_sequences_embeds_every_sequence_whatever_options_part_says():
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
     assert options.part == "1/2"  # (the caller's options as they were)
+
+
+def test_merge_takes_one_path_or_a_generator_and_refuses_a_wrong_output_or_force(tmp_path):
+    fasta = generated_fasta(tmp_path / "all.fa", 6)
+    part = _embed(fasta, tmp_path / "part.h5")
+    for name, inputs in (("one_str.h5", str(part)), ("one_path.h5", part), ("gen.h5", (p for p in [part]))):
+        assert merge(inputs, tmp_path / name).proteins == 6
+    for kw, match in (({"output": None}, "output must be a path"), ({"force": "no"}, "force must be a bool"),
+                      ({"inputs": [part, 3]}, "inputs must be paths")):
+        args = {"inputs": [part], "output": tmp_path / "x.h5", **kw}
+        with pytest.raises(UsageError, match=match):
+            merge(args.pop("inputs"), args.pop("output"), **args)
+    assert not (tmp_path / "x.h5").exists()
