@@ -23,6 +23,13 @@ MAX_THREADS = 4096
 
 def check_threads(value: int, name: str = "--threads") -> int:
     """`value` as a thread count, or a usage error naming `name`."""
+    import numbers
+
+    # (predict(..., threads="2") from Python: a TypeError comparing a str with an int; 2.0 one
+    # from torch.set_num_threads)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"{name} must be a whole number, got {type(value).__name__} {value!r:.60}")
+    value = int(value)
     if value < 1:
         raise UsageError(f"{name} must be at least 1, got {value}")
     if value > MAX_THREADS:

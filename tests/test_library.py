@@ -715,3 +715,18 @@ def test_train_and_find_lr_take_a_family_by_name_and_refuse_other_values(tmp_pat
             call(_train_config(tmp_path / "bad", threads=1), family=3)
         assert not (tmp_path / "bad").exists()
     assert train(_train_config(tmp_path / "object", threads=1), family=get_family("bert")).completed
+
+
+@pytest.mark.parametrize("kw, match", [({"threads": "1"}, "--threads must be a whole number"),
+                                       ({"threads": 2.0}, "--threads must be a whole number"),
+                                       ({"max_residues": "100"}, "max_residues.* must be a whole number, got str"),
+                                       ({"max_residues": True}, "max_residues.* must be a whole number, got bool")])
+def test_predict_arguments_of_the_wrong_type_are_usage_errors(kw, match, loc_data, tmp_path):
+    head = tmp_path / "head"
+    fit(FitConfig(task="loc", max_epochs=1, threads=1, plots=False), loc_data / "train.h5", loc_data / "train.fasta",
+        head)
+    with pytest.raises(UsageError, match=match):
+        predict(head, loc_data / "train.h5", tmp_path / "p.csv", **kw)
+    assert not (tmp_path / "p.csv").exists()
+    with pytest.raises(UsageError, match=match):
+        evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", **kw)
