@@ -730,3 +730,13 @@ def test_predict_arguments_of_the_wrong_type_are_usage_errors(kw, match, loc_dat
     assert not (tmp_path / "p.csv").exists()
     with pytest.raises(UsageError, match=match):
         evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", **kw)
+
+
+@pytest.mark.parametrize("which, value", [("embeddings", ["train.h5"]), ("embeddings", None), ("labels", None),
+                                          ("out_dir", None), ("out_dir", 3)])
+def test_fit_refuses_an_embeddings_labels_or_output_that_is_not_a_path(which, value, loc_data, tmp_path):
+    args = {"embeddings": loc_data / "train.h5", "labels": loc_data / "train.fasta", "out_dir": tmp_path / "head"}
+    args[which] = value
+    with pytest.raises(UsageError, match=f"{which} must be a path"):
+        fit(FitConfig(task="loc", max_epochs=1, threads=1), args["embeddings"], args["labels"], args["out_dir"])
+    assert list(tmp_path.iterdir()) == []

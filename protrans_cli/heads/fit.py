@@ -132,6 +132,10 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     expect_options(config, FitConfig, "config")
     config.check()
     _check_pairs(valid, tests)
+    for name, value in (("embeddings", embeddings), ("labels", labels), ("out_dir", out_dir)):
+        # (a list of files was a TypeError, None as out_dir too, None as embeddings "None: no such file")
+        if not _is_path(value):
+            raise UsageError(f"{name} must be a path (one file or directory), got {type(value).__name__} {value!r:.60}")
     out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
     task = get_task(config.task, dual=config.dual)
     if config.class_weights and any(o.is_value for o in task.outputs):
