@@ -1393,6 +1393,12 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     options.validate()
     if isinstance(inputs, (str, os.PathLike)):  # one file, not a list of them (read letter by letter)
         inputs = [inputs]
+    # (None was a TypeError, "'NoneType' object is not iterable"; a number was "1: no such file")
+    if inputs is None or isinstance(inputs, bytes) or not hasattr(inputs, "__iter__"):
+        raise UsageError(f"inputs must be a FASTA path or a list of them, got {type(inputs).__name__} {inputs!r:.60}")
+    inputs = list(inputs)
+    if not all(isinstance(p, (str, os.PathLike)) for p in inputs):
+        raise UsageError(f"inputs must be a FASTA path or a list of them, got {inputs!r:.60}")
     inputs = [str(p) for p in inputs]
     if not inputs:
         raise UsageError("no input: give one or more FASTA files, or - for stdin")

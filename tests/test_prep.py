@@ -1156,3 +1156,16 @@ def test_dev_null_named_twice_is_not_one_stream(tmp_path):
     fasta.write_bytes(b">a\nMK\n")
     build_corpus([str(fasta), os.devnull, os.devnull], CorpusOptions(output=str(tmp_path / "c.txt"), threads=1))
     assert (tmp_path / "c.txt").read_bytes() == b"M K\n\n"
+
+
+def test_read_fasta_and_build_corpus_refuse_inputs_that_are_not_paths(tmp_path):
+    for value in (None, [DATA / "lengths.fa"], 3):
+        with pytest.raises(UsageError, match="read_fasta reads one file"):
+            next(read_fasta(value))
+    out = tmp_path / "c.txt"
+    for value in (None, 3, [DATA / "lengths.fa", None]):
+        with pytest.raises(UsageError, match="inputs must be a FASTA path or a list of them"):
+            build_corpus(value, CorpusOptions(output=str(out)))
+    assert not out.exists()
+    # a generator of paths still works
+    assert build_corpus((p for p in [DATA / "lengths.fa"]), CorpusOptions(output=str(out))).records_in > 0

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from protrans_cli.errors import InputError
+from protrans_cli.errors import InputError, UsageError
 from protrans_cli.io.files import display_name, open_input
 
 
@@ -112,6 +112,10 @@ def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRe
 
 def read_fasta(path) -> Iterator[FastaRecord]:
     """Yield the records of a FASTA file (`-` is stdin; gzip/bz2/xz/zstd detected)."""
+    import os
+
+    if not isinstance(path, (str, os.PathLike)):  # (None or a list of files: a TypeError from open)
+        raise UsageError(f"read_fasta reads one file: give its path, got {type(path).__name__} {path!r:.60}")
     name = display_name(path)
     with open_input(path) as stream:
         yield from parse_fasta(stream, name)
