@@ -732,6 +732,17 @@ def test_predict_arguments_of_the_wrong_type_are_usage_errors(kw, match, loc_dat
         evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", **kw)
 
 
+def test_predict_order_given_as_one_string_is_a_usage_error(loc_data, tmp_path):
+    """order="P12345" (one id, or a FASTA's path) was read letter by letter, matched no id, and
+    the order asked for was silently not followed."""
+    head = tmp_path / "head"
+    fit(FitConfig(task="loc", max_epochs=1, threads=1, plots=False), loc_data / "train.h5", loc_data / "train.fasta",
+        head)
+    with pytest.raises(UsageError, match="order is a list of ids"):
+        predict(head, loc_data / "train.h5", tmp_path / "p.csv", order=str(loc_data / "train.fasta"))
+    assert not (tmp_path / "p.csv").exists()
+
+
 @pytest.mark.parametrize("which, value", [("embeddings", ["train.h5"]), ("embeddings", None), ("labels", None),
                                           ("out_dir", None), ("out_dir", 3)])
 def test_fit_refuses_an_embeddings_labels_or_output_that_is_not_a_path(which, value, loc_data, tmp_path):

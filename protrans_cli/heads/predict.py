@@ -205,6 +205,8 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     from protrans_cli.heads.fit import head_device
 
     _check_max_residues(max_residues)
+    if isinstance(order, (str, bytes)):  # (one id, or a FASTA's path: read letter by letter, matching nothing)
+        raise UsageError(f"order is a list of ids (e.g. [r.id for r in read_fasta(path)]), got {order!r:.60}")
     ensemble, task, config = load_head(head_dir)
     torch.set_num_threads(resolve_threads(threads, small_work=task.kind != PER_RESIDUE))
     ensemble.to(head_device(device))
