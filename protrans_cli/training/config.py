@@ -307,7 +307,7 @@ class TrainConfig:
 
     def duration(self, name: str) -> float | None:
         """Seconds of a duration setting (time_limit, dist_timeout); a UsageError naming it. None
-        for None (validate accepts it: no time limit; dist_timeout None is PyTorch's default).
+        for a time_limit of None (no limit; dist_timeout is always a duration: None is refused).
         time_limit "auto": from this process's start to shortly before its Slurm job's end,
         computed when asked (timelimit.slurm_limit); None for a job without an end."""
         from protrans_cli.training.timelimit import is_auto, parse_duration, slurm_limit
