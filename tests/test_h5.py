@@ -1029,3 +1029,16 @@ def test_a_write_failing_in_a_merge_of_shards_says_resume_copies_them_again(tmp_
                 w.write(f"p{i}", f"p{i}", "MKV", per_protein=vector)
         failure = w._abandon(OSError("file write failed"))
         assert says in str(failure), failure
+
+
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_a_reader_used_after_its_with_block_says_it_is_closed(tmp_path, layout):
+    """r.ids() after `with EmbeddingsReader(...) as r:` was h5py's bare "ValueError: Invalid
+    location identifier"."""
+    with EmbeddingsWriter(tmp_path / "o.h5", kinds=(PER_PROTEIN,), layout=layout) as w:
+        w.write("a", "a", "MKV", per_protein=np.ones(3, np.float32))
+    with EmbeddingsReader(tmp_path / "o.h5") as r:
+        assert r.ids() == ["a"]
+    for call in (r.ids, r.matrix, lambda: r.get("a"), r.dim, lambda: list(r.items())):
+        with pytest.raises(UsageError, match="this EmbeddingsReader is closed: use it inside its with block"):
+            call()

@@ -264,11 +264,19 @@ class EmbeddingsReader:
         """`kind` as given, or None: the file's one kind, per_residue when it holds both (a
         per-protein file's `r.ids()`, `r.get(ident)` and `r.dim()` said it "has no per_residue
         embeddings")."""
+        self._check_open()
         if kind is not None:
             return kind
         return PER_RESIDUE if PER_RESIDUE in self.kinds or not self.kinds else self.kinds[0]
 
+    def _check_open(self) -> None:
+        """A reader used after its `with` block: h5py's bare "ValueError: Invalid location
+        identifier" (the first method every public one calls: `_default_kind`, `_check_kind`)."""
+        if not self.file:
+            raise UsageError(f"{self.path}: this EmbeddingsReader is closed: use it inside its with block")
+
     def _check_kind(self, kind) -> None:
+        self._check_open()
         if kind not in self.kinds:
             raise InputError(f"has no {kind} embeddings (it holds {', '.join(self.kinds)})", path=self.path)
 
