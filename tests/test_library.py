@@ -732,6 +732,16 @@ def test_predict_arguments_of_the_wrong_type_are_usage_errors(kw, match, loc_dat
         evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", **kw)
 
 
+def test_predict_probabilities_of_a_per_protein_head_is_refused_before_the_embeddings_are_read(loc_data, tmp_path):
+    """It was refused once the whole embeddings file had been read (minutes on a large one): here
+    a file that does not exist would have been the error."""
+    head = tmp_path / "head"
+    fit(FitConfig(task="loc", max_epochs=1, threads=1, plots=False), loc_data / "train.h5", loc_data / "train.fasta",
+        head)
+    with pytest.raises(UsageError, match="--probabilities is for per-residue heads"):
+        predict(head, tmp_path / "absent.h5", tmp_path / "p.csv", probabilities=tmp_path / "p.h5")
+
+
 def test_predict_order_given_as_one_string_is_a_usage_error(loc_data, tmp_path):
     """order="P12345" (one id, or a FASTA's path) was read letter by letter, matched no id, and
     the order asked for was silently not followed."""

@@ -211,6 +211,11 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     torch.set_num_threads(resolve_threads(threads, small_work=task.kind != PER_RESIDUE))
     ensemble.to(head_device(device))
     check_head_output(task, output)
+    # (before the embeddings are read: a wrong call refused after minutes of reading a large file)
+    if probabilities is not None and task.kind != PER_RESIDUE:
+        raise UsageError("--probabilities is for per-residue heads; a per-protein head's CSV holds its class "
+                         "probabilities already" + (" (a value head has none: the CSV holds its values)"
+                                                    if any(o.is_value for o in task.outputs) else ""))
     with EmbeddingsReader(embeddings) as reader:
         check_compatible(config, reader, allow_model_mismatch=allow_model_mismatch)
         # A stacked file without an order to follow is read a slice of rows at a time, its
@@ -239,10 +244,6 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         items.sort(key=lambda m: rank.get(m.id, len(rank)))  # stable: unknown ids keep file order
     layer = head_layer(config)
     per_residue = task.kind == PER_RESIDUE
-    if probabilities is not None and not per_residue:
-        raise UsageError("--probabilities is for per-residue heads; a per-protein head's CSV holds its class "
-                         "probabilities already" + (" (a value head has none: the CSV holds its values)"
-                                                    if any(o.is_value for o in task.outputs) else ""))
     _warn_extension(out, per_residue)
     # a table named .tsv/.tab is tab-separated (it was CSV, which tools that go by the name misread)
     delimiter = "\t" if _bare_name(out).endswith((".tsv", ".tab")) else ","
