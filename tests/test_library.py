@@ -732,14 +732,19 @@ def test_predict_arguments_of_the_wrong_type_are_usage_errors(kw, match, loc_dat
         evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", **kw)
 
 
-def test_predict_probabilities_of_a_per_protein_head_is_refused_before_the_embeddings_are_read(loc_data, tmp_path):
-    """It was refused once the whole embeddings file had been read (minutes on a large one): here
-    a file that does not exist would have been the error."""
+def test_predict_wrong_calls_are_refused_before_the_embeddings_are_read(loc_data, tmp_path):
+    """probabilities with a per-protein head was refused once the whole embeddings file had been
+    read (minutes on a large one): here a file that does not exist would have been the error."""
     head = tmp_path / "head"
     fit(FitConfig(task="loc", max_epochs=1, threads=1, plots=False), loc_data / "train.h5", loc_data / "train.fasta",
         head)
     with pytest.raises(UsageError, match="--probabilities is for per-residue heads"):
         predict(head, tmp_path / "absent.h5", tmp_path / "p.csv", probabilities=tmp_path / "p.h5")
+    # (a list of files was "['x.h5']: no such file", an InputError for a wrong call)
+    with pytest.raises(UsageError, match="embeddings must be a path"):
+        predict(head, [loc_data / "train.h5"], tmp_path / "p.csv")
+    with pytest.raises(UsageError, match="out must be a path"):
+        predict(head, loc_data / "train.h5", None)
 
 
 def test_predict_order_given_as_one_string_is_a_usage_error(loc_data, tmp_path):
