@@ -1412,8 +1412,8 @@ class _MetadataHold:
     written, so that the file on disk is always the last flush's (plus data no index points to
     yet), which is what a SIGKILL leaves. The cache (2 MiB by default) wrote parts of a group's
     index whenever it overflowed, past some 5,000 proteins in a group, and a kill then left the
-    index half-updated ("incorrect metadata checksum"): --resume found none of the proteins
-    already embedded (tests/test_h5.py). Held, the cache grows by some 330 bytes a protein as HDF5
+    index half-updated ("incorrect metadata checksum"): --resume found few or none of the
+    proteins already embedded (tests/test_h5.py). Held, the cache grows by some 330 bytes a protein as HDF5
     counts it, and about 20 times that in memory (7 KB: a cache of 21 MiB was 444 MB more of the
     process): once it passes LIMIT, HDF5's own default size, the writer flushes (`written`, checked
     every CHECK_EVERY writes), and after a flush (everything in it clean) the cache is let shrink
