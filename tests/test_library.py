@@ -766,3 +766,12 @@ def test_fit_refuses_an_embeddings_labels_or_output_that_is_not_a_path(which, va
     with pytest.raises(UsageError, match=f"{which} must be a path"):
         fit(FitConfig(task="loc", max_epochs=1, threads=1), args["embeddings"], args["labels"], args["out_dir"])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", [None, 3, ["/tmp/model"]])
+def test_load_model_given_no_name_or_path_is_a_usage_error(value):
+    """load_model(None) was looked up as the hub id "None": "cannot load model 'None'"."""
+    from protrans_cli import load_model
+
+    with pytest.raises(UsageError, match="load_model needs a short name, a model directory or a hub id"):
+        load_model(value)

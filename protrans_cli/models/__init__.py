@@ -287,6 +287,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
     """
     import torch
 
+    if not isinstance(name_or_path, (str, os.PathLike)):  # (None was looked up as the hub id "None")
+        raise UsageError(f"load_model needs a short name, a model directory or a hub id, got "
+                         f"{type(name_or_path).__name__} {name_or_path!r:.60}")
     name = str(name_or_path)
     torch_dtype = _parse_dtype(dtype)
     source = open_config(name, revision=revision, local_files_only=local_files_only)
