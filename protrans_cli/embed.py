@@ -44,7 +44,8 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli.attention import SDPA_KERNELS, check_attention
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options
+from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
+                                 expect_path)
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import (create_fresh, display_name, input_named_by, open_input, output_directory,
                                    output_lock, refuse_special_output, stdin_binary, through_link,
@@ -842,9 +843,11 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     file's `failed` attribute. `input_name`: what messages call `fasta` (a caller's copy of stdin
     is still `<stdin>` to the user).
     """
-    _check_path_argument("fasta", fasta, "; '-' is stdin, and sequences in memory go to "
-                                         "embed_sequences({id: sequence}, options, kind=...)")
-    _check_path_argument("output", output, "")
+    # (a list of files, read_fasta's records, an open file or None: a TypeError from os.stat deep
+    # inside, after the model's name had been checked)
+    expect_path(fasta, "fasta", " (a str or pathlib.Path)", "; '-' is stdin, and sequences in memory go to "
+                                                            "embed_sequences({id: sequence}, options, kind=...)")
+    expect_path(output, "output", " (a str or pathlib.Path)")
     options = options or EmbedOptions()
     expect_options(options, EmbedOptions, "options")
     options.validate()
@@ -883,14 +886,6 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
                                 "or choose another -o") if rank == 0 else contextlib.nullcontext())
     with lock:
         return _embed_locked(fasta, output, options, embedder, distributed, input_name)
-
-
-def _check_path_argument(name: str, value, hint: str) -> None:
-    """`embed`'s FASTA and output are paths: a list of files, read_fasta's records, an open file or
-    None was a TypeError from os.stat deep inside (after the model's name had been checked)."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise UsageError(f"{name} must be a path (a str or pathlib.Path), got {type(value).__name__} "
-                         f"{value!r:.60}{hint}")
 
 
 def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distributed: bool,

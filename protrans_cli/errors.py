@@ -76,6 +76,16 @@ def expect_options(value, cls: type, name: str) -> None:
                              f"{current!r:.60}")
 
 
+def expect_path(value, name: str, kind: str = "", hint: str = "") -> None:
+    """A library call's file argument is a path (a str or os.PathLike): a list of files, None or
+    an open file was a TypeError from deep inside (os.stat, open), or "['x.h5']: no such file".
+    `kind` follows "a path" in the message (" (one file or directory)"); `hint` ends it."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{name} must be a path{kind}, got {type(value).__name__} {value!r:.60}{hint}")
+
+
 _PLAIN = {"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}
 _ARTICLE = {bool: "a bool", int: "an int", float: "a float", str: "a str", type(None): "None"}
 

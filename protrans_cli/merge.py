@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, ProtransError, UsageError
+from protrans_cli.errors import InputError, ProtransError, UsageError, expect_path
 from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_ATTRS, EmbeddingsReader,
                                 EmbeddingsWriter, _comparable, digest128, escape_key, partial_path, remove_ledger,
                                 stored_proteins)
@@ -73,8 +73,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
     inputs = list(inputs)  # (a generator: read once)
     if not all(isinstance(p, (str, os.PathLike)) for p in inputs):
         raise UsageError(f"merge: inputs must be paths of embeddings files, got {inputs!r:.60}")
-    if not isinstance(output, (str, os.PathLike)):
-        raise UsageError(f"merge: output must be a path, got {type(output).__name__} {output!r:.60}")
+    expect_path(output, "merge: output")
     if not isinstance(force, bool):
         raise UsageError(f"merge: force must be a bool, got {type(force).__name__} {force!r:.60}")
     paths, output = [Path(p) for p in inputs], Path(output)

@@ -32,8 +32,8 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, first_line,
-                                 located, torch_load_problem)
+from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path,
+                                 first_line, located, torch_load_problem)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
@@ -134,8 +134,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     _check_pairs(valid, tests)
     for name, value in (("embeddings", embeddings), ("labels", labels), ("out_dir", out_dir)):
         # (a list of files was a TypeError, None as out_dir too, None as embeddings "None: no such file")
-        if not _is_path(value):
-            raise UsageError(f"{name} must be a path (one file or directory), got {type(value).__name__} {value!r:.60}")
+        expect_path(value, name, " (one file or directory)")
     out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
     task = get_task(config.task, dual=config.dual)
     if config.class_weights and any(o.is_value for o in task.outputs):

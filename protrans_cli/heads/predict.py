@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, first_line
+from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, expect_path, first_line
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
                                      report_unlabelled, stored_layer_index)
 from protrans_cli.heads.labels import read_labels, some_ids
@@ -207,9 +207,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     _check_max_residues(max_residues)
     for name, value in (("head_dir", head_dir), ("embeddings", embeddings), ("out", out)):
         # (a list of files was "['x.h5']: no such file", an InputError for a wrong call)
-        if not isinstance(value, (str, os.PathLike)):
-            raise UsageError(f"{name} must be a path (one file or directory), got {type(value).__name__} "
-                             f"{value!r:.60}")
+        expect_path(value, name, " (one file or directory)")
     if isinstance(order, (str, bytes)):  # (one id, or a FASTA's path: read letter by letter, matching nothing)
         raise UsageError(f"order is a list of ids (e.g. [r.id for r in read_fasta(path)]), got {order!r:.60}")
     ensemble, task, config = load_head(head_dir)
