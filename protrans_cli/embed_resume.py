@@ -307,6 +307,9 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
                     ids += b"".join(map(digest128, block_ids))
                     sums.extend(checksum64(s or None) for s in block_sums)
                 return _Done.union([_Done(np.frombuffer(bytes(ids), dtype="S16"), np.frombuffer(sums, dtype=np.uint64))])
+            from protrans_cli.io.stacked import extension_base
+
+            base = extension_base(f, path) if writer_kw["layout"] == "stacked" else None
             per_kind = []
             for kind in writer_kw["kinds"]:
                 group = f if writer_kw["layout"] == "flat" else f.get(kind)
@@ -325,4 +328,7 @@ def _read_done(path: Path, writer_kw: dict) -> _Done:
     keep = np.ones(len(ids), dtype=bool)
     for other, _ in per_kind[1:]:  # done only when every requested kind is there
         keep &= np.isin(ids, other)
-    return _Done.union([_Done(ids[keep], sums[keep])])
+    done = [_Done(ids[keep], sums[keep])]
+    if base is not None:  # a partial file of the proteins a --resume adds to a finished stacked file
+        done.append(_read_done(base, writer_kw))
+    return _Done.union(done)

@@ -349,7 +349,7 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], n: int, output: 
     from protrans_cli.io.h5 import (_attr_value, _same_run, failed_attr, h5_file, recorded_runs,
                                     run_attributes)
     from protrans_cli.io.stacked import (COLUMNS, COUNT_COLUMNS, StackedView, _rows_per_block, _written_as,
-                                         create_stacked)
+                                         create_stacked, keyed_rows)
 
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(h5_file(part.path, "r")) for part in parts]
@@ -360,7 +360,7 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], n: int, output: 
                 raise InputError(f"holds vectors of shape {view.data.shape[1:]} ({view.data.dtype}), "
                                  f"{parts[0].path} {shape} ({dtype}): not one embedding's", path=str(part.path))
         # the parts' rows merged by key (each part's are in key order), a block at a time
-        merged = heapq.merge(*(_keyed_rows(view, index, skip)
+        merged = heapq.merge(*(keyed_rows(view, index, skip)
                                for index, (view, skip) in enumerate(zip(views, repeats))))
         failed: dict[str, str] = {}
         runs: list[dict] = []
@@ -407,20 +407,3 @@ def _merge_stacked(parts: list[_Part], repeats: list[set[str]], n: int, output: 
                         dataset[start:end] = values[name] if name in COUNT_COLUMNS else list(values[name])
                 out.flush()
     return failed
-
-
-def _keyed_rows(view, index: int, skip: set[str]):
-    """(key as bytes, part index, row) of a stacked part's rows but those in `skip`, read a block
-    of ids at a time; rows out of key order (not embed's file) are an InputError."""
-    from protrans_cli.io.stacked import BLOCK_ROWS
-
-    previous = b""
-    for start in range(0, len(view), BLOCK_ROWS):
-        for offset, ident in enumerate(view._read("ids", np.s_[start:start + BLOCK_ROWS])):
-            key = escape_key(ident).encode("utf-8")
-            if key <= previous:
-                raise InputError(f"a stacked file whose rows are not in the order of their keys (row {start + offset}, "
-                                 f"{ident!r}): damaged, or not written by protrans embed", path=view.path)
-            previous = key
-            if ident not in skip:
-                yield key, index, start + offset

@@ -148,11 +148,147 @@ def test_a_finished_file_is_extended_by_resume_and_stays_whole_until_the_extensi
     assert out.stat().st_mtime_ns == mtime and not partial_path(out).exists()
 
 
+def _first_three(tmp_path):
+    first = tmp_path / "first.fa"
+    first.write_text("".join(">" + r for r in SMALL.read_text().split(">")[1:4]))
+    return first
+
+
+def test_an_extension_writes_the_new_proteins_alone_and_merges_them_with_the_finished_rows(tmp_path, monkeypatch):
+    """--resume adding proteins to a finished stacked file wrote all of its proteins back as one
+    dataset each, then stacked them again: 29 of the 35 s that adding 10 proteins to 99,990 took.
+    Its partial file now holds the new proteins alone, beside a hard link to the finished file."""
+    out = tmp_path / "s.h5"
+    _stacked(out, fasta=_first_three(tmp_path))
+    monkeypatch.setattr(stacked_module, "unstack_file", lambda *a, **k: pytest.fail("written back"))
+    original = _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _stacked(out, resume=True, max_batch_size=1)
+    partial = partial_path(out)
+    base = stacked_module.base_path(partial)
+    assert base.exists() and base.stat().st_ino == out.stat().st_ino  # (a link: no copy)
+    with h5py.File(partial, "r") as f:
+        assert f.attrs["extends"] == 3 and len(f["per_protein"]) == 1  # the one batch it computed
+    with EmbeddingsReader(partial) as r:
+        assert len(r.ids(PER_PROTEIN)) == 1
+    # the next resume reads the finished file's proteins through the link, from its columns
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    summary = _stacked(out, resume=True)
+    assert summary.num_resumed == 4 and summary.num_embedded == 2
+    whole = tmp_path / "whole.h5"
+    _stacked(whole)
+    a, b = _columns(whole), _columns(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    with h5py.File(out) as f:
+        assert "extends" not in f.attrs and len(json.loads(f.attrs["runs"])) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.fa", "s.h5", "whole.h5"]
+
+
+def test_an_extension_killed_after_its_rename_is_finished_again_by_resume(tmp_path, monkeypatch):
+    """A kill between the rename of the merged file and the removal of the partial file and its
+    link: the next --resume merges them again into the same file."""
+    import os
+
+    out = tmp_path / "s.h5"
+    _stacked(out, fasta=_first_three(tmp_path))
+    original = _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _stacked(out, resume=True, max_batch_size=1)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    partial = partial_path(out)
+    kept = {path: tmp_path / f"kept{i}" for i, path in enumerate(
+        (partial, ledger_path(partial), stacked_module.base_path(partial)))}
+    for path, copy in kept.items():
+        os.link(path, copy)
+    _stacked(out, resume=True)
+    finished = _columns(out)
+    for path, copy in kept.items():  # (as the kill left them)
+        os.replace(copy, path)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", lambda *a, **k: pytest.fail("computed again"))
+    assert _stacked(out, resume=True).num_resumed == 6
+    again = _columns(out)
+    for name in finished:
+        np.testing.assert_array_equal(finished[name], again[name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.fa", "s.h5"]
+
+
+@pytest.mark.parametrize("damage", ["gone", "other"])
+def test_an_extension_whose_finished_file_went_is_one_error_line(tmp_path, monkeypatch, damage):
+    out = tmp_path / "s.h5"
+    _stacked(out, fasta=_first_three(tmp_path))
+    original = _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _stacked(out, resume=True, max_batch_size=1)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    base = stacked_module.base_path(partial_path(out))
+    base.unlink()
+    if damage == "other":  # another stacked file in its place
+        _stacked(base, fasta=SMALL)
+    message = "which is gone" if damage == "gone" else "to the 3 of the finished file linked as s.h5.partial.base, " \
+                                                         "which now holds 6"
+    with pytest.raises(RuntimeFailure, match=message + r".*remove s\.h5\.partial and run the same command with --resume"):
+        _stacked(out, resume=True)
+    assert len(_columns(out)["ids"]) == 3  # the finished file as it was
+
+
+@pytest.mark.parametrize("why", ["no hard link", "rows out of key order"])
+def test_an_extension_that_cannot_link_or_merge_the_finished_file_writes_it_back(tmp_path, monkeypatch, why):
+    """A folder without hard links, or a stacked file not in key order (not embed's): the finished
+    file is written back into the partial file, as before, and the result is the same."""
+    import os
+
+    out = tmp_path / "s.h5"
+    _stacked(out, fasta=_first_three(tmp_path))
+    if why == "no hard link":
+        def no_link(*args, **kw):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    else:
+        with h5py.File(out, "r+") as f:  # rows 0 and 1 swapped
+            for name in f:
+                rows = f[name][()]
+                rows[[0, 1]] = rows[[1, 0]]
+                f[name][...] = rows
+    unstacked = []
+    real = stacked_module.unstack_file
+    monkeypatch.setattr(stacked_module, "unstack_file", lambda *a: unstacked.append(a) or real(*a))
+    summary = _stacked(out, resume=True)
+    assert summary.num_resumed == 3 and summary.num_embedded == 3 and len(unstacked) == 1
+    whole = tmp_path / "whole.h5"
+    _stacked(whole)
+    a, b = _columns(whole), _columns(out)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_a_writer_extending_a_stacked_file_takes_a_protein_it_writes_again_from_this_run(tmp_path):
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    out = tmp_path / "s.h5"
+    kw = dict(kinds=(PER_PROTEIN,), layout="stacked")
+    with EmbeddingsWriter(out, **kw) as w:
+        for ident in ("c", "a", "e"):
+            w.write(ident, ident, "MKV", per_protein=np.full(4, ord(ident), dtype=np.float32))
+    with EmbeddingsWriter(out, resume=True, **kw) as w:
+        assert w.done_ids() == {"a", "c", "e"}
+        w.write("b", "b", "MK", per_protein=np.full(4, 1.0, dtype=np.float32))
+        w.write("c", "c again", "MKV", per_protein=np.full(4, 2.0, dtype=np.float32))
+        w.write("f", "f", "M", per_protein=np.full(4, 3.0, dtype=np.float32))
+        assert w.done_ids() == {"a", "b", "c", "e", "f"}
+    columns = _columns(out)
+    assert columns["ids"] == ["a", "b", "c", "e", "f"]
+    assert columns["headers"] == ["a", "b", "c again", "e", "f"] and list(columns["lengths"]) == [3, 2, 3, 3, 1]
+    np.testing.assert_array_equal(columns["per_protein"][:, 0], [ord("a"), 1, 2, ord("e"), 3])
+
+
 def test_no_room_for_the_stacked_file_keeps_every_protein_for_resume(tmp_path, monkeypatch):
     out = tmp_path / "s.h5"
     real = stacked_module.stack_file
 
-    def full_disk(source, target, then):
+    def full_disk(source, target, then, base=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(stacked_module, "stack_file", full_disk)
@@ -290,7 +426,10 @@ def test_predict_streams_a_stacked_file_a_slice_of_rows_at_a_time(tmp_path, run_
 
 
 @pytest.mark.slow
-def test_torchrun_ranks_give_the_stacked_file_of_one_process(tmp_path):
+@pytest.mark.parametrize("start", ["fresh", "extending"])
+def test_torchrun_ranks_give_the_stacked_file_of_one_process(tmp_path, start):
+    """Also when the ranks' shards extend a finished stacked file (--resume): rank 0 merges them
+    with its rows through OUTPUT.partial.base."""
     import os
     import subprocess
     import sys
@@ -298,10 +437,14 @@ def test_torchrun_ranks_give_the_stacked_file_of_one_process(tmp_path):
     single = tmp_path / "single.h5"
     _stacked(single)
     out = tmp_path / "dist.h5"
+    if start == "extending":
+        _stacked(out, fasta=_first_three(tmp_path))
+        (tmp_path / "first.fa").unlink()
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PROTRANS_NO_PROGRESS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out), "--layout", "stacked"]
+           "-m", "protrans_cli", "embed", str(SMALL), "-m", "onehot", "-o", str(out), "--layout", "stacked",
+           *(["--resume"] if start == "extending" else [])]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = _columns(single), _columns(out)

@@ -1011,6 +1011,10 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                              what="a mended copy of this damaged file")
             # (creation order tracked, as the writer makes its groups: in old-style groups every
             # later flush rewrote every name, growing with the square of the proteins)
+            if "extends" in lost_attrs:  # (io/stacked.py: which finished file completes it is unknown)
+                raise RuntimeFailure(f"a kill left the record of the finished file this partial file adds to unreadable: "
+                                     f"remove {path.name} and run the same command with --resume (what that run "
+                                     "added is embedded again)", path=str(path))
             with h5_file(salvage, "w", track_order=True) as out:
                 for key in lost_attrs:
                     if key == "failed":
@@ -1614,11 +1618,13 @@ class EmbeddingsWriter:
             # A finished file extended by a resumed run: it becomes partial again until done.
             _check_resumable(self.path, run_attrs, resume_equal)
             if layout == "stacked":
-                # (written back in the grouped structure the run appends to; the finished file
-                # stays as it is until the run replaces it)
-                from protrans_cli.io.stacked import unstack_file
+                # (a partial file of the new proteins alone, merged with the finished file when
+                # the run completes; written back whole in the grouped structure where they
+                # cannot be merged. The finished file stays as it is until the run replaces it.)
+                from protrans_cli.io.stacked import start_extension, unstack_file
 
-                unstack_file(self.path, self.partial)
+                if not start_extension(self.path, self.partial):
+                    unstack_file(self.path, self.partial)
             else:
                 os.replace(self.path, self.partial)
             if finished_proteins is not None:
@@ -1637,6 +1643,13 @@ class EmbeddingsWriter:
             self.file = h5_file(self.partial, "a")
             self.failed = failed_attr(self.file.attrs.get("failed"), str(self.partial))
             resumed = True
+            from protrans_cli.io.stacked import extension_base
+
+            try:  # the finished file whose proteins this one's complete (io/stacked.py), if any
+                self._base = extension_base(self.file, self.partial)
+            except BaseException:
+                self.file.close()
+                raise
         else:
             # Made under a hidden name and renamed once its attributes and groups are flushed: a
             # kill in the first milliseconds left a 96-byte OUT.partial that --resume could not read.
@@ -1644,8 +1657,11 @@ class EmbeddingsWriter:
             # A fixed name: HDF5's "w" truncated whatever a link planted there (a shared output
             # folder) pointed to and wrote the file into it. One left by a killed run (or such a
             # link) is removed, and the file created exclusively ("x": O_EXCL, never through a link).
-            with contextlib.suppress(OSError):
-                creating.unlink()
+            from protrans_cli.io.stacked import base_path
+
+            for stale in (creating, base_path(self.partial)):  # (and a stacked extension's link: stacked.py)
+                with contextlib.suppress(OSError):
+                    stale.unlink()
             disk.ensure_room(creating, 0, "nothing was written; free some space and run the command again",
                              shown=self.path, what="a new output file")
             try:
@@ -1659,6 +1675,8 @@ class EmbeddingsWriter:
                 why = re.search(r"error message = '([^']*)'", str(exc))
                 raise RuntimeFailure(f"cannot create the output: {why.group(1) if why else first_line(exc)}",
                                      path=str(self.path)) from None
+        if not resumed:
+            self._base = None
         self._cache = _MetadataHold(self.file)
         self.resumed = resumed
         self.runs = recorded_runs(self.file) if resumed else []
@@ -1695,12 +1713,19 @@ class EmbeddingsWriter:
 
     # --- state ------------------------------------------------------------------------
     def done_ids(self) -> set[str]:
-        """Ids with a dataset in every requested kind (what --resume skips)."""
+        """Ids with a dataset in every requested kind (what --resume skips), and those of the
+        finished file a stacked run extends."""
         self.flush()  # (everything clean: the read below may evict, `_MetadataHold.reading`)
         with self._cache.reading():
             per_kind = [{ident for ident, _ in stored_proteins(self._groups[kind], checksums=False)}
                         for kind in self.kinds]
-        return set.intersection(*per_kind) if per_kind else set()
+        done = set.intersection(*per_kind) if per_kind else set()
+        if self._base is not None:
+            from protrans_cli.io.stacked import StackedView
+
+            with h5_file(self._base, "r") as f:
+                done.update(StackedView(f, str(self._base)).ids())
+        return done
 
     # --- writing ----------------------------------------------------------------------
     def write(self, ident: str, header: str, sequence: str, *, per_residue=None, per_protein=None,
@@ -1966,13 +1991,17 @@ class EmbeddingsWriter:
         from protrans_cli.io.stacked import stack_file, stacking_failure
 
         self._ledger.seal()
+        kept = str(self.partial) + (f" and {self._base.name}" if self._base is not None else "")
         try:
-            stack_file(self.partial, self.path, then=f"every protein is in {self.partial}: run the same command "
-                                                     "with --resume once there is room")
+            stack_file(self.partial, self.path, base=self._base,
+                       then=f"every protein is in {kept}: run the same command with --resume once there is room")
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
-            raise stacking_failure(exc, self.partial) from None
+            raise stacking_failure(exc, self.partial, kept) from None
         remove_ledger(self.partial)
         self.partial.unlink()
+        if self._base is not None:  # (after the partial file: a kill in between leaves a link the next run removes)
+            with contextlib.suppress(OSError):
+                self._base.unlink()
 
     def __enter__(self):
         return self

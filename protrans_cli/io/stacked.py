@@ -17,8 +17,13 @@ dataset per protein costs a lookup each.
 
 A run writes its partial file in the grouped structure (`/per_protein/<key>`, with the
 `layout` attribute "stacked"), resumable as any other, and `stack_file` writes the stacked
-file from it when the run completes; `unstack_file` does the reverse for a finished file that
-a `--resume` extends.
+file from it when the run completes. A `--resume` that extends a finished stacked file starts
+a partial file of its new proteins alone (`start_extension`: the `extends` attribute, and
+OUT.partial.base, a hard link to the finished file), and `stack_file` merges the two, in key
+order, a block of rows at a time: adding 10 proteins to 99,990 wrote every one of them twice
+(unstacked into the partial file, then stacked again), 29 of the run's 35 s. `unstack_file`
+is that older way, kept for a finished file whose rows are not in key order (another tool's)
+or a folder that takes no hard link.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ _ATTRIBUTE_COLUMNS = {"id": "ids", "header": "headers", "length": "lengths", "ch
                       "truncated_from": "truncated_from", "chunks": "chunks", "computed": "computed"}
 BLOCK_BYTES = 32 << 20  # rows read and written at a time
 BLOCK_ROWS = 8192  # and at most this many rows (their columns are Python objects until written)
+EXTENDS = "extends"  # a partial file's attribute: the rows of the finished file it adds to (base_path)
 
 
 def is_stacked(f) -> bool:
@@ -60,56 +66,147 @@ def _rows_per_block(row_bytes: int) -> int:
     return max(1, min(BLOCK_ROWS, BLOCK_BYTES // max(1, row_bytes)))
 
 
-def stack_file(source, target, *, then: str) -> int:
+def stack_file(source, target, *, then: str, base=None) -> int:
     """Write `target` in the stacked layout from `source`, a file of the grouped structure (a
-    stacked run's partial file): its attributes, and its per-protein vectors in key order. Made
-    under a hidden name in the same folder and renamed, so `target` is whole or as it was;
-    `source` is left as it is. `then`: what the user does when there is no room. Returns rows."""
-    import h5py
+    stacked run's partial file): its attributes, and its per-protein vectors in key order; with
+    `base` (a finished stacked file that `source` extends: start_extension), its rows merged in,
+    a protein in both taken from `source`. Made under a hidden name in the same folder and
+    renamed, so `target` is whole or as it was; `source` and `base` are left as they are.
+    `then`: what the user does when there is no room. Returns rows."""
+    from protrans_cli.io.h5 import h5_file
 
-    from protrans_cli.io.h5 import h5_file, unescape_key
-
-    with h5_file(source, "r") as src, _written_as(Path(target), "stacking", source) as temporary:
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(h5_file(source, "r"))
+        view = StackedView(stack.enter_context(h5_file(base, "r")), str(base)) if base is not None else None
+        temporary = stack.enter_context(_written_as(Path(target), "stacking", source))
         group = src.get(PER_PROTEIN)
         records = _Names(group)
         shape, dtype = _row_shape(src, group, records)
+        if view is not None:
+            found = (tuple(view.data.shape[1:]), view.data.dtype)
+            if not records:
+                shape, dtype = found
+            elif found != (shape, dtype):
+                raise RuntimeFailure(f"the finished file it extends ({base}) holds rows of shape {found[0]} and "
+                                     f"{found[1]}, this run {shape} and {dtype}: not one embedding run's",
+                                     path=str(source))
+        plan = _merge_plan(view, records) if view is not None else [[False, 0, len(records)]]
+        n = sum(end - start for _, start, end in plan)
         row_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        disk.ensure_room(temporary, len(records) * (row_bytes + 256), then, shown=target,
-                         what="the stacked file")
+        disk.ensure_room(temporary, n * (row_bytes + 256), then, shown=target, what="the stacked file")
         with h5_file(temporary, "x") as out:
             for key, value in src.attrs.items():
-                out.attrs[key] = value
-            n = len(records)
+                if key != EXTENDS:
+                    out.attrs[key] = value
             data, columns = create_stacked(out, n, shape, dtype)
-            step = _rows_per_block(row_bytes)
-            for start in range(0, n, step):
-                block = records.slice(start, start + step)
-                rows = np.empty((len(block), *shape), dtype=dtype)
-                values = {name: [] for name in COLUMNS}
-                for i, name in enumerate(block):
-                    ident = unescape_key(name.decode("utf-8"))
-                    obj = h5py.h5o.open(group.id, name)
-                    try:  # (HDF5 checks the shape; the dtype is the run's storage dtype)
-                        obj.read(h5py.h5s.ALL, h5py.h5s.ALL, rows[i])
-                    except (TypeError, ValueError, OSError, RuntimeError):
-                        raise RuntimeFailure(f"protein {ident!r} has a vector of shape {obj.shape}, the others "
-                                             f"{shape}: not one embedding run's", path=str(source)) from None
-                    found = _attributes(obj)
-                    found["id"] = ident
-                    for attribute, column in _ATTRIBUTE_COLUMNS.items():
-                        value = found.get(attribute)
-                        if column in COUNT_COLUMNS:
-                            value = int(value) if value is not None else 0
-                        elif value is None:
-                            value = ""
-                        values[column].append(value)
-                end = start + len(block)
-                data[start:end] = rows
-                for column, dataset in columns.items():
-                    dataset[start:end] = (np.array(values[column], dtype=np.int64) if column in COUNT_COLUMNS
-                                          else values[column])
+            _fill(data, columns, plan, view, group, records, source)
             out.flush()
-    return len(records)
+    return n
+
+
+def _merge_plan(view: StackedView, records: _Names) -> list[list]:
+    """The rows of the merged file in key order, as runs [from the base file?, start, end]: the
+    base file's rows are in key order (keyed_rows checks), the partial file's names too (HDF5's
+    name index); a protein in both is the partial file's (this run's)."""
+    import heapq
+
+    plan: list[list] = []
+    last = None
+    news = ((records[j], 0, j) for j in range(len(records)))
+    for key, from_base, i in heapq.merge(news, keyed_rows(view, 1)):
+        if key == last:  # (the base file's row of a protein this run wrote again)
+            continue
+        last = key
+        if plan and plan[-1][0] == from_base and plan[-1][2] == i:
+            plan[-1][2] = i + 1
+        else:
+            plan.append([from_base, i, i + 1])
+    return plan
+
+
+def keyed_rows(view: StackedView, tag: int, skip=frozenset()):
+    """(key as bytes, `tag`, row) of a stacked file's rows but those of the ids in `skip`, read a
+    block of ids at a time; rows out of key order (not embed's file) are an InputError."""
+    from protrans_cli.io.h5 import escape_key
+
+    previous = b""
+    for start in range(0, len(view), BLOCK_ROWS):
+        for offset, ident in enumerate(view._read("ids", np.s_[start:start + BLOCK_ROWS])):
+            key = escape_key(ident).encode("utf-8")
+            if key <= previous:
+                raise InputError(f"a stacked file whose rows are not in the order of their keys (row {start + offset}, "
+                                 f"{ident!r}): damaged, or not written by protrans embed", path=view.path)
+            previous = key
+            if ident not in skip:
+                yield key, tag, start + offset
+
+
+def _fill(data, columns: dict, plan: list, view: StackedView | None, group, records: _Names, source) -> None:
+    """Write the stacked datasets a block of rows at a time, in `plan`'s order: a base row from
+    the base file's block read once, a partial file's protein from its dataset."""
+    step = _rows_per_block(int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize)
+    rows = np.empty((step, *data.shape[1:]), dtype=data.dtype)
+    values: dict[str, list] = {name: [] for name in COLUMNS}
+    filled = at = 0
+    cached: tuple = (None, None, None)  # (block index, its rows, its columns) of the base file
+
+    def emit():
+        nonlocal filled, at
+        data[at:at + filled] = rows[:filled]
+        for column, dataset in columns.items():
+            dataset[at:at + filled] = (np.array(values[column], dtype=np.int64) if column in COUNT_COLUMNS
+                                       else values[column])
+            values[column].clear()
+        at += filled
+        filled = 0
+
+    for from_base, start, end in plan:
+        pos = start
+        while pos < end:
+            if from_base:
+                block = pos // step
+                if cached[0] != block:
+                    rows_slice = np.s_[block * step:(block + 1) * step]
+                    cached = (block, view.data[rows_slice], {name: view._read(name, rows_slice) for name in COLUMNS})
+                stop = min(end, (block + 1) * step, pos + step - filled)
+                first, last = pos - block * step, stop - block * step
+                rows[filled:filled + stop - pos] = cached[1][first:last]
+                for name in COLUMNS:
+                    values[name].extend(cached[2][name][first:last].tolist())
+            else:
+                stop = min(end, pos + step - filled)
+                for i in range(pos, stop):
+                    _read_record(group, records[i], rows, filled + i - pos, values, source)
+            filled += stop - pos
+            pos = stop
+            if filled == step:
+                emit()
+    if filled:
+        emit()
+
+
+def _read_record(group, name: bytes, rows: np.ndarray, i: int, values: dict, source) -> None:
+    """One protein of a partial file into row `i` of `rows` and its attributes onto `values`."""
+    import h5py
+
+    from protrans_cli.io.h5 import unescape_key
+
+    ident = unescape_key(name.decode("utf-8"))
+    obj = h5py.h5o.open(group.id, name)
+    try:  # (HDF5 checks the shape; the dtype is the run's storage dtype)
+        obj.read(h5py.h5s.ALL, h5py.h5s.ALL, rows[i])
+    except (TypeError, ValueError, OSError, RuntimeError):
+        raise RuntimeFailure(f"protein {ident!r} has a vector of shape {obj.shape}, the others "
+                             f"{rows.shape[1:]}: not one embedding run's", path=str(source)) from None
+    found = _attributes(obj)
+    found["id"] = ident
+    for attribute, column in _ATTRIBUTE_COLUMNS.items():
+        value = found.get(attribute)
+        if column in COUNT_COLUMNS:
+            value = int(value) if value is not None else 0
+        elif value is None:
+            value = ""
+        values[column].append(value)
 
 
 def create_stacked(out, n: int, shape, dtype) -> tuple:
@@ -262,6 +359,80 @@ def unstack_file(source, target) -> int:
     return count
 
 
+def base_path(partial) -> Path:
+    """`out.h5.partial.base`: the finished stacked file that the partial file of a `--resume`
+    extends, as a hard link (the run replaces `out.h5` by a rename; the link keeps the rows it
+    adds to, whatever happens to `out.h5` meanwhile)."""
+    partial = Path(partial)
+    return partial.with_name(partial.name + ".base")
+
+
+def start_extension(finished, partial) -> bool:
+    """The start of a `--resume` that adds proteins to the finished stacked file `finished`:
+    `partial` made with its attributes and no protein, `extends` set to its rows, and
+    base_path(partial) linked to it; stack_file merges the two when the run completes. False,
+    with nothing made, where its rows are not in key order (another tool's file) or the folder
+    takes no hard link: the caller unstacks it then (unstack_file)."""
+    from protrans_cli.io.h5 import h5_file
+
+    finished, partial = Path(finished), Path(partial)
+    with h5_file(finished, "r") as src:
+        view = StackedView(src, str(finished))
+        try:
+            for _ in keyed_rows(view, 0):
+                pass
+        except InputError:
+            return False
+        rows = len(view)
+        attrs = dict(src.attrs.items())
+    base = base_path(partial)
+    with contextlib.suppress(OSError):
+        base.unlink()  # (one a killed run left)
+    try:
+        os.link(finished, base)
+    except OSError:
+        return False
+    try:
+        with _written_as(partial, "extending", finished) as temporary:
+            disk.ensure_room(temporary, 0, "free some space and run the same command with --resume",
+                             shown=partial.with_name(partial.name[:-len(".partial")]), what="a partial file")
+            with h5_file(temporary, "x", track_order=True) as out:
+                for key, value in attrs.items():
+                    out.attrs[key] = value
+                out.attrs[EXTENDS] = np.int64(rows)
+                out.create_group(PER_PROTEIN, track_order=True)
+                out.flush()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            base.unlink()
+        raise
+    return True
+
+
+def extension_base(f, partial) -> Path | None:
+    """The finished stacked file that the open partial file `f` (at `partial`) adds proteins
+    to (start_extension), None where it adds to none. A RuntimeFailure where that file is gone
+    or holds another number of rows than when the run began."""
+    from protrans_cli.io.h5 import h5_file
+
+    rows = f.attrs.get(EXTENDS)
+    if rows is None:
+        return None
+    partial = Path(partial)
+    base = base_path(partial)
+    again = (f"remove {partial.name} and run the same command with --resume (what that run added is embedded "
+             "again; the output is as it was before it)")
+    if not base.exists():
+        raise RuntimeFailure(f"{partial.name} holds the proteins a --resume adds to the finished file linked as "
+                             f"{base.name}, which is gone: {again}", path=str(partial))
+    with h5_file(base, "r") as b:
+        found = len(StackedView(b, str(base)))
+    if found != int(rows):
+        raise RuntimeFailure(f"{partial.name} adds proteins to the {int(rows):,} of the finished file linked as "
+                             f"{base.name}, which now holds {found:,}: {again}", path=str(partial))
+    return base
+
+
 class StackedView:
     """Read access to an open stacked file (EmbeddingsReader's, and `--resume`'s)."""
 
@@ -401,6 +572,7 @@ def stacked_done(f):
         yield view._text("ids", selection), view._text("checksums", selection)
 
 
-def stacking_failure(exc: BaseException, partial) -> RuntimeFailure:
-    return RuntimeFailure(f"cannot write the stacked file ({first_line(exc)}); every protein is in {partial}: run "
-                          "the same command with --resume to write it again", path=str(partial)[:-len(".partial")])
+def stacking_failure(exc: BaseException, partial, kept: str | None = None) -> RuntimeFailure:
+    """`kept`: where the proteins are (the partial file, and the finished file it extends)."""
+    return RuntimeFailure(f"cannot write the stacked file ({first_line(exc)}); every protein is in {kept or partial}: "
+                          "run the same command with --resume to write it again", path=str(partial)[:-len(".partial")])
