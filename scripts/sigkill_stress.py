@@ -13,7 +13,12 @@ so that kills often land inside HDF5's flush, where the partial file needs repai
 
 A large group (thousands of proteins written between two kills) is what met HDF5's metadata
 cache writing half an index between flushes (io.h5._MetadataHold): `--proteins 30000
---kill-within 4`. "kept" counts the proteins --resume found already embedded.
+--kill-within 4`. "kept" counts the proteins --resume found already embedded. `--extend N`: each
+killed run is a --resume that adds the other proteins to a finished file of the first N (for the
+stacked layout, the partial file of the new proteins and its link to the finished file, merged
+at the end):
+
+    python scripts/sigkill_stress.py --trials 20 --proteins 6000 --extend 4000 --layout stacked --kill-within 3
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import io
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +55,8 @@ def main(argv=None) -> None:
     p.add_argument("--layout", choices=("grouped", "flat", "stacked"), default="grouped")
     p.add_argument("--flush-seconds", type=float, default=None,
                    help="the killed runs' io.h5.FLUSH_SECONDS (0: a flush after every batch); default embed's")
+    p.add_argument("--extend", type=int, default=0, metavar="N",
+                   help="kill --resume runs that extend a finished file of the first N proteins")
     args = p.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -63,11 +71,19 @@ def main(argv=None) -> None:
         kinds = {"per_residue": False} if args.layout != "grouped" else {}
         full = file_content(_run(tmp / "full.h5", fasta=fasta, max_batch_size=4, layout=args.layout, **kinds))
         layout = ["--layout", args.layout, "--per-protein"] if args.layout != "grouped" else []
+        finished = None
+        if args.extend:
+            first = tmp / "first.fa"
+            first.write_text("".join(">" + r for r in fasta.read_text().split(">")[1:args.extend + 1]))
+            finished = _run(tmp / "finished.h5", fasta=first, max_batch_size=4, layout=args.layout, **kinds)
+            layout.append("--resume")
         killed = repaired = failed = crashes = kept = 0
         for trial in range(args.trials):
             out = tmp / "k.h5"
-            for path in (out, partial_path(out)):
+            for path in out.parent.glob(out.name + "*"):
                 path.unlink(missing_ok=True)
+            if finished is not None:
+                shutil.copy(finished, out)
             proc = subprocess.Popen([*command, "embed", str(fasta), "-m", "onehot",
                                      "--max-batch-size", "4", *layout, "-o", str(out)], env=env,
                                     stderr=subprocess.DEVNULL)
