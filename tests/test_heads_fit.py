@@ -3181,3 +3181,26 @@ def test_a_group_named_like_a_label_record_is_no_embedding_for_it(run_cli, tmp_p
     r = run_cli(*args, "--skip-mismatched", "-o", tmp_path / "p.csv")
     assert r.exit_code == 0, r.stderr
     assert "have no label" not in r.stderr and "99 proteins" in r.stderr
+
+
+def test_valid_fraction_holds_out_proteins_of_one_sequence_together(run_cli, tmp_path):
+    """The --valid-fraction hold-out drew proteins one by one: of a sequence given twice (CB513
+    repeats 79), one copy was held out and its twin trained on (CB513: 12 of the 51 held out), so
+    early stopping scored training proteins. Copies now fall on one side together."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    rng = np.random.default_rng(3)
+    seqs = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 20 + i)) for i in range(20)]
+    # 20 sequences, each under two ids: 40 proteins, 20 pairs
+    (tmp_path / "e.fa").write_text("".join(f">p{i}a\n{s}\n>p{i}b\n{s}\n" for i, s in enumerate(seqs)))
+    embed(tmp_path / "e.fa", tmp_path / "e.h5", EmbedOptions(model="onehot", per_protein=True, threads=1))
+    (tmp_path / "l.csv").write_text("".join(f"p{i}a,{'AB'[i % 2]}\np{i}b,{'AB'[i % 2]}\n" for i in range(20)))
+    head = tmp_path / "h"
+    r = run_cli("fit", "protein", "--embeddings", tmp_path / "e.h5", "--labels", tmp_path / "l.csv",
+                "--max-epochs", "1", "--valid-fraction", "0.25", "--no-plots", "-j", "1", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    held_out = json.loads((head / "config.json").read_text())["training"]["held_out"]
+    assert len(held_out) == 10 and "proteins of one sequence on one side" in r.stderr
+    pairs = {ident[:-1] for ident in held_out}
+    assert all(f"{p}a" in held_out and f"{p}b" in held_out for p in pairs)  # both copies, or neither
+    assert "in the training set too" not in r.stderr

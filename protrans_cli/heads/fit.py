@@ -392,17 +392,36 @@ def _embedding_info(config: FitConfig, embeddings) -> tuple[dict, int]:
 
 def _hold_out(config: FitConfig, train, labels):
     """(train, validation, its ids, its description): --valid-fraction of train, drawn with --seed."""
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(train.items))
-    n_valid = max(1, int(round(config.valid_fraction * len(order))))
-    if len(order) - n_valid < 1:
-        if len(order) >= 2:  # (the fraction leaves nothing to train on, not the proteins)
-            raise UsageError(f"--valid-fraction {config.valid_fraction} holds out {n_valid} of the {len(order)} "
+    # Proteins of one sequence (CB513 repeats 79; two label records matched to one embedding) are
+    # held out together: one on each side put its own twin in the validation set (CB513: 12 of the
+    # 51 held out), and early stopping chose the epoch that best recalled training proteins.
+    # Without repeats the groups are the proteins, and the split is the one drawn before.
+    total = len(train.items)
+    n_valid = max(1, int(round(config.valid_fraction * total)))
+    if total - n_valid < 1:
+        if total >= 2:  # (the fraction leaves nothing to train on, not the proteins)
+            raise UsageError(f"--valid-fraction {config.valid_fraction} holds out {n_valid} of the {total} "
                              "training proteins, leaving none to train on: give a smaller fraction")
         raise InputError("too few training proteins to hold out a validation set", path=str(labels))
-    valid_data, train = subset(train, order[:n_valid]), subset(train, order[n_valid:])
+    grouped: dict = {}
+    for i, m in enumerate(train.items):
+        grouped.setdefault(m.checksum if m.checksum is not None else ("key", m.key), []).append(i)
+    for groups in (list(grouped.values()), [[i] for i in range(total)]):
+        # (the second, protein by protein, only where the groups leave nothing to train on: a
+        # file whose proteins share one sequence but not their rows)
+        order = np.random.default_rng(config.seed).permutation(len(groups))
+        valid_idx: list[int] = []
+        cut = 0
+        while len(valid_idx) < n_valid:
+            valid_idx += groups[order[cut]]
+            cut += 1
+        train_idx = [i for g in order[cut:] for i in groups[g]]
+        if train_idx:
+            break
+    valid_data, train = subset(train, valid_idx), subset(train, train_idx)
     held_out = sorted(m.id for m in valid_data.items)
-    valid_desc = f"{n_valid} proteins held out of train (seed {config.seed}; {len(train.items)} left to train on)"
+    valid_desc = (f"{len(valid_idx)} proteins held out of train (seed {config.seed}; {len(train.items)} left to "
+                  "train on" + ("; proteins of one sequence on one side)" if len(groups) < total else ")"))
     return train, valid_data, held_out, valid_desc
 
 
