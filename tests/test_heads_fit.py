@@ -2174,6 +2174,14 @@ def test_predict_probabilities_to_stdout_is_refused(run_cli, ss_data, one_epoch_
     assert not (tmp_path / "-").exists() and not (tmp_path / "x.fa").exists()
 
 
+def test_predict_probabilities_with_a_compression_suffix_is_refused(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    # `-o x.fa.gz` compresses, but `--probabilities x.h5.gz` wrote plain HDF5 under a gzip name (exit 0).
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "x.fa",
+                "--probabilities", tmp_path / "p.h5.gz")
+    assert r.exit_code == 2 and "without a compression suffix" in r.stderr
+    assert not (tmp_path / "p.h5.gz").exists() and not (tmp_path / "x.fa").exists()
+
+
 def test_embeddings_that_are_a_directory_is_one_line(run_cli, ss_data, one_epoch_ss3, tmp_path):
     # HDF5's message for a directory ran to two lines of C struct fields ("file descriptor = 3,
     # errno = 21, ... buf = 0x7ffc...").
