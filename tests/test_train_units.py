@@ -1662,3 +1662,21 @@ def test_a_model_override_that_is_not_a_json_value_is_a_usage_error(tmp_path, ru
         f"protrans: error: {config}: --set / model_overrides (architectures=['x', datetime.date(1979, 5, 27)]): "
         "not a JSON value"), r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_corpus_file_named_twice_or_also_the_val_corpus_is_warned(tmp_path):
+    # `--corpus 'corpus.*.txt'` matched prep's `corpus.valid.txt` (the eval loss measured on
+    # training proteins), and a pattern with a name it matches trained that shard twice an
+    # epoch: both without a word.
+    from protrans_cli.training.data import corpus_overlaps
+
+    for name in ("corpus.00000.txt", "corpus.00001.txt", "corpus.valid.txt"):
+        (tmp_path / name).write_text("M K\n\n")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "corpus.00001.txt")
+    shards = [str(tmp_path / n) for n in ("corpus.00000.txt", "corpus.00001.txt")]
+    assert corpus_overlaps(shards, [str(tmp_path / "corpus.valid.txt")]) == []
+    (twice,) = corpus_overlaps(shards + [str(tmp_path / "link.txt")])
+    assert "corpus.00001.txt is named 2 times" in twice
+    (val,) = corpus_overlaps(shards + [str(tmp_path / "corpus.valid.txt")], [str(tmp_path / "corpus.valid.txt")])
+    assert val.startswith("validation corpus file") and "also a training corpus file" in val
+    assert corpus_overlaps(shards + [str(tmp_path / "missing.txt")]) == []

@@ -366,6 +366,41 @@ def check_corpus(paths, batch_size: int = 0, *, batch_text: str = "") -> None:
                              f"{batch_text})", path=", ".join(map(str, paths)))
 
 
+def corpus_overlaps(corpus, val_corpus=()) -> list[str]:
+    """Warnings for a corpus file named more than once (a pattern and a name, or a name twice:
+    its proteins are trained that many times an epoch) and for a validation file that is also a
+    training file (`--corpus 'corpus.*.txt'` matching prep's `corpus.valid.txt`: the eval loss
+    measured on proteins trained on). Files are compared as files (links, other spellings)."""
+    def key(path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # (check_corpus names a missing file)
+        return st.st_dev, st.st_ino
+
+    seen: dict = {}
+    warned: set = set()
+    out = []
+    for path in corpus:
+        k = key(path)
+        if k is None:
+            continue
+        if k not in seen:
+            seen[k] = path
+        elif k not in warned:
+            warned.add(k)
+            times = sum(1 for p in corpus if key(p) == k)
+            out.append(f"corpus file {seen[k]} is named {times} times (--corpus names and patterns): each of its "
+                       f"proteins is trained {times} times an epoch")
+    for path in val_corpus:
+        k = key(path)
+        if k is not None and k in seen:
+            also = "" if seen[k] == path else f" ({seen[k]})"
+            out.append(f"validation corpus file {path} is also a training corpus file{also}: the eval loss is "
+                       "measured on proteins the model trains on")
+    return out
+
+
 def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluated: int = 0) -> None:
     """A validation corpus must exist and hold at least one evaluation batch (`batch_size`
     proteins, described by `batch_text`); read before training starts as far as the proteins an

@@ -44,8 +44,8 @@ from protrans_cli.training import recompute
 from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainConfig, grad_accum_steps,
                                           resolve_precision)
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_file, check_corpus,
-                                        check_validation_corpus, corpus_fingerprint, count_proteins,
-                                        evaluation_step_size, step_batches)
+                                        check_validation_corpus, corpus_fingerprint, corpus_overlaps,
+                                        count_proteins, evaluation_step_size, step_batches)
 from protrans_cli.training.metrics import (Accumulator, append_metrics, open_tensorboard, plot_metrics,
                                            require_tensorboard, truncate_metrics)
 from protrans_cli.training.objectives import OBJECTIVE_REVISION, make_objective, objective_changes
@@ -327,6 +327,9 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     check_corpus(config.corpus, phases[largest].global_batch_size,
                  batch_text=(f" of phase {largest + 1}, {phases[largest].max_length}:{phases[largest].num_steps}"
                              if len(phases) > 1 else ""))
+    if info.is_main:
+        for problem in corpus_overlaps(config.corpus, config.val_corpus if evaluates else ()):
+            console.warn(problem)
     if evaluates and config.val_corpus:
         batch = max(p.micro_batch_size for p in phases)
         check_validation_corpus(config.val_corpus, batch * info.world_size,
