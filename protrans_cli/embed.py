@@ -48,8 +48,8 @@ from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeF
                                  expect_path)
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import (create_fresh, display_name, input_named_by, open_input, output_directory,
-                                   output_lock, refuse_special_output, stdin_binary, through_link,
-                                   writable_or_refused)
+                                   output_lock, refuse_compressed_hdf5, refuse_special_output, stdin_binary,
+                                   through_link, writable_or_refused)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
                                 partial_path, refuse_if_in_use)
 from protrans_cli.embed_resume import _Done, _done_in
@@ -857,6 +857,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
     refuse_special_output(output, "-o", "an HDF5 file")
+    refuse_compressed_hdf5(output, "-o", " (--compression gzip compresses its arrays)")
     output_directory(output)  # before anything is read or loaded
     output = through_link(output)  # (the user's own link: where it leads)
     output_directory(output)

@@ -63,8 +63,8 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
           command_line: str | None = None) -> MergeSummary:
     """Merge the embed outputs `inputs` into `output` (see the module docstring). `layout`: the
     merged file's (default: the first part's); `force`: replace an existing `output`."""
-    from protrans_cli.io.files import (output_directory, output_lock, refuse_special_output, through_link,
-                                       writable_or_refused)
+    from protrans_cli.io.files import (output_directory, output_lock, refuse_compressed_hdf5, refuse_special_output,
+                                       through_link, writable_or_refused)
 
     # From Python: one file as a bare path (it was read letter by letter: "e: not a file"); an
     # output or a force that is no path or bool (a TypeError, or "no" taken as true)
@@ -84,6 +84,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
     # (embed's checks of its output: a pipe or device is not renamed over, the user's own link
     # is followed, a read-only file is refused)
     refuse_special_output(output, "-o", "an HDF5 file")
+    refuse_compressed_hdf5(output, "-o")
     output_directory(output)
     output = through_link(output)
     output_directory(output)

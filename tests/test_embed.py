@@ -1139,6 +1139,12 @@ def test_cli_usage_errors(run_cli, tmp_path):
     assert r.exit_code == 0 and "has no effect" in r.stderr  # prep's spelling of the option
     r = run_cli("embed", SMALL, "-m", "onehot", "-o", "-")
     assert r.exit_code == 2 and "stdout" in r.stderr
+    # a gzip name: plain HDF5 was written under it (zcat and readers of the name failed on it)
+    for name in ("x.h5.gz", "x.h5.ZST"):
+        r = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / name)
+        assert r.exit_code == 2 and r.stderr.strip().endswith(
+            "an HDF5 file is written uncompressed (--compression gzip compresses its arrays): give a name without "
+            f"the {name[4:]} suffix (e.g. .h5)") and not (tmp_path / name).exists()
     r = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "no" / "x.h5")
     assert r.exit_code == 2 and "output directory does not exist" in r.stderr  # as docs/embed.md says
     r = run_cli("embed", SMALL, "-m", "onehot", "--layer", "-3", "-o", tmp_path / "y.h5")

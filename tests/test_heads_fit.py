@@ -2178,7 +2178,7 @@ def test_predict_probabilities_with_a_compression_suffix_is_refused(run_cli, ss_
     # `-o x.fa.gz` compresses, but `--probabilities x.h5.gz` wrote plain HDF5 under a gzip name (exit 0).
     r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "x.fa",
                 "--probabilities", tmp_path / "p.h5.gz")
-    assert r.exit_code == 2 and "without a compression suffix" in r.stderr
+    assert r.exit_code == 2 and "an HDF5 file is written uncompressed: give a name without the .gz suffix" in r.stderr
     assert not (tmp_path / "p.h5.gz").exists() and not (tmp_path / "x.fa").exists()
 
 

@@ -253,6 +253,9 @@ def test_the_output_is_checked_and_locked_as_embed_does(tmp_path):
     (tmp_path / "link.h5").symlink_to(tmp_path / "scratch" / "m.h5")
     merge([part], tmp_path / "link.h5")
     assert (tmp_path / "link.h5").is_symlink() and (tmp_path / "scratch" / "m.h5").is_file()
+    with pytest.raises(UsageError, match=r"an HDF5 file is written uncompressed: give a name without the \.gz suffix"):
+        merge([part], tmp_path / "m.h5.gz")
+    assert not (tmp_path / "m.h5.gz").exists()
     with output_lock(tmp_path / "busy.h5", "busy"):
         partial_path(tmp_path / "busy.h5").write_bytes(b"an embed's live file")
         with pytest.raises(RuntimeFailure, match="another protrans embed or merge that is running now"):

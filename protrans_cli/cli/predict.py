@@ -99,11 +99,10 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         # `-` means stdout in every command, but HDF5 cannot be streamed: this wrote a file named
         # `-` in the current directory. Refused as `embed -o -` is.
         raise UsageError("--probabilities is an HDF5 file, which cannot be written to stdout: give a file name")
-    if probabilities is not None and str(probabilities).lower().endswith((".gz", ".bz2", ".xz", ".zst")):
-        # -o x.fa.gz compresses; --probabilities x.h5.gz wrote plain HDF5 under a gzip name (zcat and
-        # h5py's readers of the name both failed on it)
-        raise UsageError(f"--probabilities {probabilities}: the probabilities are an HDF5 file, written "
-                         "uncompressed: give a name without a compression suffix (e.g. .h5)")
+    if probabilities is not None:  # (-o x.fa.gz compresses; this wrote plain HDF5 under a gzip name)
+        from protrans_cli.io.files import refuse_compressed_hdf5
+
+        refuse_compressed_hdf5(probabilities, "--probabilities")
     import os
 
     from protrans_cli.io.files import (input_named_by, output_directory, refuse_special_output, same_file,

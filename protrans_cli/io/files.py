@@ -649,6 +649,15 @@ def special_output(path) -> str | None:
     return None
 
 
+def refuse_compressed_hdf5(path, flag: str, inside: str = "") -> None:
+    """A usage error (exit 2) for an HDF5 output named like a compressed stream (`x.h5.gz`): the
+    file is plain HDF5, which zcat and the readers of such a name then failed on (a FASTA or CSV
+    output of that name is compressed). `inside`: how to compress inside the file, if there is one."""
+    if compression_for_output(path):
+        raise UsageError(f"{flag} {path}: an HDF5 file is written uncompressed{inside}: give a name without the "
+                         f"{Path(str(path)).suffix} suffix (e.g. .h5)")
+
+
 def refuse_special_output(path, flag: str, what: str) -> None:
     """A usage error (exit 2), before any work, for an output `special_output` refuses."""
     if str(path) == "-":
