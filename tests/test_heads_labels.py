@@ -85,22 +85,25 @@ def test_netsurfp_missing_mask_column():
 
 
 @pytest.mark.parametrize("tokens", [["1.0", "0.0", "1.0"], ["1.0"] * 4, ["0.0", "0.0"], [],
-                                    ["1", "1.00000001", "0.99", "nan", "-1", "1e0", "inf", "1.0"]])
+                                    ["1", "0", "-0.0", "1e0", "0.00", "1.0"]])
 def test_mask_values_are_read_as_numpy_reads_them(tokens):
     """Each distinct mask value is converted once (speed): the same mask as numpy's conversion
-    of every value, and the same ValueError for one that is not a number."""
+    of every value; a ValueError naming a value that is not 0 or 1."""
     from protrans_cli.heads.labels import _is_one
 
     assert _is_one(tokens).dtype == bool
     np.testing.assert_array_equal(_is_one(tokens), np.asarray(tokens, dtype=np.float32) == 1.0)
-    with pytest.raises(ValueError):
-        _is_one(tokens + ["one"])
+    for bad in ("one", "0.99", "nan", "-1", "inf", "1.00000001"):
+        with pytest.raises(ValueError, match=bad):
+            _is_one(tokens + [bad])
 
 
-def test_netsurfp_mask_value_that_is_not_a_number_names_line(tmp_path):
+@pytest.mark.parametrize("value", ["x", "2.0", "nan", "0.5"])
+def test_netsurfp_mask_value_that_is_not_0_or_1_names_line(tmp_path, value):
+    """2.0, nan or 0.5 (a damaged column) were taken as 0: fewer residues evaluated without a word."""
     bad = tmp_path / "bad.csv"
-    bad.write_text("input,dssp3,disorder\nM K,C C,1.0 0.0\nM K,C C,1.0 x\n")
-    with pytest.raises(InputError, match=r"bad.csv:3.*disorder holds a value that is not a number"):
+    bad.write_text(f"input,dssp3,disorder\nM K,C C,1.0 0.0\nM K,C C,1 {value}\n")
+    with pytest.raises(InputError, match=rf"bad.csv:3.*disorder holds '{value}': a mask value is 1 \(evaluated\) or 0"):
         read_labels(bad)
 
 

@@ -327,8 +327,9 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
                                  path=name, line=lineno)
             try:
                 mask &= _is_one(tokens)
-            except ValueError:
-                raise InputError(f"{col_name} holds a value that is not a number", path=name, line=lineno) from None
+            except ValueError as exc:
+                raise InputError(f"{col_name} holds {exc.args[0]!r}: a mask value is 1 (evaluated) or 0", path=name,
+                                 line=lineno) from None
         records.append(LabelRecord(_sequence_id(seq, seen), seq, labels, mask, None, lineno, id_from_sequence=True))
     notes = ["NetSurfP CSVs carry no ids: ids are made from the sequence checksum (seq-<md5 prefix>)",
              f"evaluation mask: {' and '.join(mask_columns) or 'none'} = 1.0"]
@@ -336,11 +337,19 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
 
 
 def _is_one(tokens: list[str]) -> np.ndarray:
-    """`np.asarray(tokens, dtype=np.float32) == 1.0` (ValueError for a token that is not a number),
-    with each distinct token converted once: a mask column holds two spellings ("1.0", "0.0")
-    of 2.8 M values in NetSurfP's training set, and numpy's conversion of every string was a
-    third of `labels`'s time."""
+    """`np.asarray(tokens, dtype=np.float32) == 1.0`, with each distinct token converted once: a
+    mask column holds two spellings ("1.0", "0.0") of 2.8 M values in NetSurfP's training set,
+    and numpy's conversion of every string was a third of `labels`'s time. ValueError(token) for
+    a token that is not 0 or 1 (a number or not: 2.0 and nan were taken as 0, a damaged column
+    evaluated on fewer residues without a word)."""
     distinct = list(set(tokens))
+    for token in distinct:
+        try:
+            value = float(token)
+        except ValueError:
+            raise ValueError(token) from None
+        if value not in (0.0, 1.0):
+            raise ValueError(token)
     ones = (np.asarray(distinct, dtype=np.float32) == 1.0).tolist()
     if all(ones):
         return np.ones(len(tokens), dtype=bool)
