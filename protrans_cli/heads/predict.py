@@ -290,7 +290,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                     row = [item.id]
                     for o in task.outputs:
                         p = probs[o.name][i]
-                        row += [f"{p[0]:.6g}"] if o.is_value else [o.classes[int(p.argmax())]] + [f"{v:.4f}" for v in p]
+                        row += [f"{p[0]:.6g}"] if o.is_value else [o.classes[int(p.argmax())]] + [f"{v:.6g}" for v in p]
                     stream.write(_csv_line(row, delimiter))
             # (let go before the next slice is read: the names held this slice's embeddings, up to
             # --cache-gb of them, and its probabilities while the next slice loaded, so two slices
