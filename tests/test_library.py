@@ -73,6 +73,8 @@ def test_fit_predict_and_evaluate_leave_the_callers_torch_thread_count(caller_th
     assert torch.get_num_threads() == caller_threads
     evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", n_boot=10, threads=1)
     assert torch.get_num_threads() == caller_threads
+    with pytest.raises(UsageError, match="n_boot must be at least 10"):  # (a "95% CI" of one resample)
+        evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", n_boot=1)
 
 
 @pytest.fixture

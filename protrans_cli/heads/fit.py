@@ -92,6 +92,7 @@ class FitConfig:
                      "kernel"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{_FIT_FLAGS[name]} must be at least 1, got {getattr(self, name)}")
+        check_resamples(self.n_bootstrap, "--bootstrap")
         if self.kernel % 2 != 1:
             raise UsageError(f"--kernel must be odd (every residue keeps its position), got {self.kernel}")
         for name, text, ok in (("valid_fraction", "between 0 and 1", lambda v: 0 < v < 1),
@@ -388,6 +389,18 @@ def _embedding_info(config: FitConfig, embeddings) -> tuple[dict, int]:
         if "layers" in reader.attrs:
             model_layer = int(np.atleast_1d(reader.attrs["layers"])[stored_layer_index(reader, config.layer)])
     return embedding_info, model_layer
+
+
+MIN_RESAMPLES = 10
+
+
+def check_resamples(n, what: str) -> None:
+    """A bootstrap of fewer than MIN_RESAMPLES resamples is refused: its 2.5th and 97.5th
+    percentiles are one or two resamples (`--bootstrap 1` reported Q3 0.3977 with the "95% CI"
+    0.3309-0.3309, which does not hold it)."""
+    if n is not None and n < MIN_RESAMPLES:
+        raise UsageError(f"{what} must be at least {MIN_RESAMPLES} (a 95% interval needs resamples beyond its 2.5% "
+                         f"tails; 1000 is the default), got {n}")
 
 
 def _hold_out(config: FitConfig, train, labels):

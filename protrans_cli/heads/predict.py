@@ -524,6 +524,10 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     from protrans_cli.threads import resolve_threads
 
     _check_max_residues(max_residues)
+    if n_boot is not None:
+        from protrans_cli.heads.fit import check_resamples
+
+        check_resamples(n_boot, "n_boot")
     if scored is None:
         scored = scored_labels(head_dir, embeddings, labels, label_format=label_format, mask_path=mask_path,
                                mask_columns=mask_columns, on_mismatch=on_mismatch,
