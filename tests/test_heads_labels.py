@@ -565,6 +565,9 @@ def test_labels_missing_sequences_write_nothing_and_name_the_sequences_file(tmp_
     seqs.write_text(">a\nMKT\n>b\nMKV\n>c\nMKVW\n")  # the last record's labels are one short
     r = run_cli("labels", flip, "--sequences", seqs, "-o", "-")
     assert r.exit_code == 1 and r.stdout == "" and "record 'c': 3 per-residue labels for a sequence of 4" in r.stderr
+    seqs.write_text(">a\nMKT\n>b\nMKV\n>c\nMKV\n")
+    r = run_cli("labels", flip, "--sequences", seqs, "-o", "-")  # (it said "to -")
+    assert r.exit_code == 0 and r.stdout.count(">") == 3 and "wrote 3 sequences (flip labels) to standard output" in r.stderr
 
 
 def test_a_biotrainer_file_whose_first_record_is_to_predict_is_recognised(tmp_path):

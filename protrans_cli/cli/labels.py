@@ -61,7 +61,8 @@ def command(labels, output, fmt, sequences, split):
     with atomic_output(output, follow_link=True) as stream:
         count = write_embed_fasta(label_set, stream, seqs,
                                   sequences_name=None if sequences is None else display_name(sequences))
-    console.output_complete("standard output" if output in (None, "-") else str(output))
+    shown = "standard output" if output in (None, "-") else str(output)
+    console.output_complete(shown)
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
-    console.info(f"wrote {count} sequences ({label_set.format} labels) to {output}")
+    console.info(f"wrote {count} sequence{'' if count == 1 else 's'} ({label_set.format} labels) to {shown}")

@@ -204,7 +204,7 @@ def summary_line(name: str, output: str, m: dict) -> str:
     return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} ({ci}), MCC {m['mcc']:.3f}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f}, "
             + (f"{m['n']} proteins" if m["n"] == m["n_proteins"]  # per protein: one position each
-               else f"{m['n']} positions in {m['n_proteins']} proteins"))
+               else f"{m['n']} positions in {m['n_proteins']} protein{'' if m['n_proteins'] == 1 else 's'}"))
 
 
 def print_report(name: str, output: str, m: dict) -> None:
