@@ -58,7 +58,7 @@ _PAIR = (INPUT_FILE, INPUT_FILE)
               help="Leave out (with a count) labels without a matching embedding instead of failing.")
 @click.option("--cache-gb", type=float, default=2.0,
               help="Per-residue sets up to this size (float32) are read into RAM; larger ones are streamed.")
-@click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI.")
+@click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI (at least 10).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a per-residue "
                    "head and 1 for a per-protein one]")
