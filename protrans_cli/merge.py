@@ -128,8 +128,13 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
         attrs["part"] = ""
     attrs.update(command_line=command_line or "protrans merge", protrans_version=__version__)
     if force:
+        from protrans_cli.io.stacked import base_path
+
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+        remove_ledger(partial)
+        with contextlib.suppress(OSError):  # (an interrupted stacked extension's link: it kept the old file's space)
+            base_path(partial).unlink()
     repeated = sum(len(s) for s in repeats)
     total = sum(len(p.ids) for p in parts) - repeated
     if layout == "stacked" and all(p.layout == "stacked" for p in parts):

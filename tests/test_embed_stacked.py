@@ -752,3 +752,20 @@ def test_matrix_of_an_own_file_whose_datasets_are_scalars_goes_through_items(tmp
         want = {i: a for i, a, _ in r.items(PER_PROTEIN)}
     assert ids == sorted(want, key=lambda i: escape_key(i).encode()) and x.shape == (len(ids),)
     np.testing.assert_array_equal(x, np.array([want[i] for i in ids]))
+
+
+def test_merge_force_over_an_interrupted_extension_removes_its_link_and_ledger(tmp_path, monkeypatch):
+    """merge --force removed OUT.partial alone: OUT.partial.base, a link to the replaced finished
+    file, kept all of its space, and the ledger stayed beside nothing."""
+    from protrans_cli.merge import merge
+
+    out = tmp_path / "s.h5"
+    _stacked(out, fasta=_first_three(tmp_path))
+    original = _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _stacked(out, resume=True, max_batch_size=1)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    part = tmp_path / "part.h5"
+    _stacked(part)
+    merge([part], out, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.fa", "part.h5", "s.h5"]
