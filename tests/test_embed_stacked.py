@@ -769,3 +769,24 @@ def test_merge_force_over_an_interrupted_extension_removes_its_link_and_ledger(t
     _stacked(part)
     merge([part], out, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.fa", "part.h5", "s.h5"]
+
+
+def test_an_extension_whose_finished_file_was_replaced_by_one_of_as_many_rows_is_one_error_line(tmp_path, monkeypatch):
+    """Only the row count was compared: another stacked file of as many rows in the link's place
+    (here the same ids, other sequences) was merged silently, its rows taken for the finished ones."""
+    out = tmp_path / "s.h5"
+    first = _first_three(tmp_path)
+    _stacked(out, fasta=first)
+    original = _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _stacked(out, resume=True, max_batch_size=1)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    base = stacked_module.base_path(partial_path(out))
+    other = tmp_path / "other.fa"
+    other.write_text("".join(f">{r.splitlines()[0]}\nMKV{i}\n".replace(str(i), "W" * i)
+                             for i, r in enumerate(first.read_text().split(">")[1:])))
+    base.unlink()
+    _stacked(base, fasta=other)
+    with pytest.raises(RuntimeFailure, match=r"been changed or replaced since.*remove s\.h5\.partial"):
+        _stacked(out, resume=True)
+    assert len(_columns(out)["ids"]) == 3  # the finished file as it was

@@ -48,6 +48,7 @@ _ATTRIBUTE_COLUMNS = {"id": "ids", "header": "headers", "length": "lengths", "ch
 BLOCK_BYTES = 32 << 20  # rows read and written at a time
 BLOCK_ROWS = 8192  # and at most this many rows (their columns are Python objects until written)
 EXTENDS = "extends"  # a partial file's attribute: the rows of the finished file it adds to (base_path)
+EXTENDS_FILE = "extends_file"  # and that file's size and modification time ("SIZE MTIME_NS"): another file of as many rows
 
 
 def is_stacked(f) -> bool:
@@ -96,7 +97,7 @@ def stack_file(source, target, *, then: str, base=None) -> int:
         disk.ensure_room(temporary, n * (row_bytes + 256), then, shown=target, what="the stacked file")
         with h5_file(temporary, "x") as out:
             for key, value in src.attrs.items():
-                if key != EXTENDS:
+                if key not in (EXTENDS, EXTENDS_FILE):
                     out.attrs[key] = value
             data, columns = create_stacked(out, n, shape, dtype)
             _fill(data, columns, plan, view, group, records, source)
@@ -400,6 +401,7 @@ def start_extension(finished, partial) -> bool:
                 for key, value in attrs.items():
                     out.attrs[key] = value
                 out.attrs[EXTENDS] = np.int64(rows)
+                out.attrs[EXTENDS_FILE] = _file_stamp(base)
                 out.create_group(PER_PROTEIN, track_order=True)
                 out.flush()
     except BaseException:
@@ -430,7 +432,18 @@ def extension_base(f, partial) -> Path | None:
     if found != int(rows):
         raise RuntimeFailure(f"{partial.name} adds proteins to the {int(rows):,} of the finished file linked as "
                              f"{base.name}, which now holds {found:,}: {again}", path=str(partial))
+    stamp = f.attrs.get(EXTENDS_FILE)
+    if stamp is not None and (stamp.decode() if isinstance(stamp, bytes) else str(stamp)) != _file_stamp(base):
+        raise RuntimeFailure(f"{partial.name} adds proteins to the finished file linked as {base.name}, which has "
+                             f"been changed or replaced since (its size or modification time): {again}",
+                             path=str(partial))
     return base
+
+
+def _file_stamp(path) -> str:
+    """A file's size and modification time, as `extends_file` records them (a hard link's are its file's)."""
+    st = os.stat(path)
+    return f"{st.st_size} {st.st_mtime_ns}"
 
 
 class StackedView:
