@@ -1224,6 +1224,11 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
             # --resume of a finished file with nothing to add: the file stays as it is (it
             # would otherwise become OUTPUT.partial until the run ends).
             summary.num_resumed = scan.num_records
+            if dist.is_main:  # a stacked extension's link that a kill after its partial file's removal left
+                from protrans_cli.io.stacked import base_path
+
+                with contextlib.suppress(OSError):  # (the file before the extension: all of its space)
+                    base_path(partial_path(output)).unlink()
             if not dist.is_main:
                 summary.output = None  # rank 0 reports
             return summary

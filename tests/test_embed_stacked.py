@@ -790,3 +790,18 @@ def test_an_extension_whose_finished_file_was_replaced_by_one_of_as_many_rows_is
     with pytest.raises(RuntimeFailure, match=r"been changed or replaced since.*remove s\.h5\.partial"):
         _stacked(out, resume=True)
     assert len(_columns(out)["ids"]) == 3  # the finished file as it was
+
+
+def test_a_link_left_by_a_kill_after_the_partial_file_went_is_removed_by_the_next_resume(tmp_path, monkeypatch):
+    """A kill between the removal of OUT.partial and of OUT.partial.base left the link, holding
+    the file before the extension (all of its space), and a --resume with nothing to add kept it."""
+    import os
+    import shutil
+
+    out = tmp_path / "s.h5"
+    _stacked(out)
+    base = stacked_module.base_path(partial_path(out))
+    shutil.copy(out, tmp_path / "before.h5")
+    os.link(tmp_path / "before.h5", base)  # (the pre-extension file: another inode than OUT's now)
+    assert _stacked(out, resume=True).num_resumed == 6
+    assert not base.exists()
