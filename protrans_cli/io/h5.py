@@ -1012,8 +1012,8 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
             # (creation order tracked, as the writer makes its groups: in old-style groups every
             # later flush rewrote every name, growing with the square of the proteins)
             if "extends" in lost_attrs:  # (io/stacked.py: which finished file completes it is unknown)
-                raise RuntimeFailure(f"a kill left the record of the finished file this partial file adds to unreadable: "
-                                     f"remove {path.name} and run the same command with --resume (what that run "
+                raise RuntimeFailure("a kill left the record of the finished file this partial file adds to "
+                                     f"unreadable: remove {path.name} and run the same command with --resume (what that run "
                                      "added is embedded again)", path=str(path))
             with h5_file(salvage, "w", track_order=True) as out:
                 for key in lost_attrs:

@@ -48,7 +48,7 @@ _ATTRIBUTE_COLUMNS = {"id": "ids", "header": "headers", "length": "lengths", "ch
 BLOCK_BYTES = 32 << 20  # rows read and written at a time
 BLOCK_ROWS = 8192  # and at most this many rows (their columns are Python objects until written)
 EXTENDS = "extends"  # a partial file's attribute: the rows of the finished file it adds to (base_path)
-EXTENDS_FILE = "extends_file"  # and that file's size and modification time ("SIZE MTIME_NS"): another file of as many rows
+EXTENDS_FILE = "extends_file"  # and its size and modification time ("SIZE MTIME_NS"): not another of as many rows
 
 
 def is_stacked(f) -> bool:
