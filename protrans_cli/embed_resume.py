@@ -181,6 +181,7 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
     import pickle
 
     from protrans_cli import errors
+    from protrans_cli.corpus import _die_with_parent
     from protrans_cli.io import h5 as h5_module
     from protrans_cli.io.files import temporary_folder
 
@@ -190,6 +191,7 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         try:
             pid = os.fork()
         except OSError:
@@ -198,6 +200,10 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
         if pid == 0:  # the child: read, write the outcome, and leave without any cleanup of the parent's
             code = 1
             try:
+                # Gone with its parent, even by SIGKILL (Linux): it read on alone, holding the
+                # output's lock (the next --resume was refused as "running now") and leaving its
+                # result beside the output (about 1.2 GB for 50 million proteins).
+                _die_with_parent(parent)
                 if hasattr(signal, "SIGALRM"):  # (its default action: the end of a hung child)
                     signal.signal(signal.SIGALRM, signal.SIG_DFL)
                 h5_module._CRASH_GUARD = h5_module.CrashGuard(log_fd, skip, no_iterate)

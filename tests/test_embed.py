@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -2427,6 +2428,51 @@ def test_resume_reads_a_group_that_crashes_hdf5_when_iterated_by_name(tmp_path, 
     summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
     assert summary.num_embedded == 0 and summary.num_resumed == 30 and marker.exists()
     assert_same_content(file_content(out), dict(full))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_resume_reader_dies_with_a_killed_parent(tmp_path):
+    """A SIGKILL of embed while its forked child read the partial file back: the child read on
+    alone, holding the output's lock (the next --resume was refused as "running now") and leaving
+    its result in the output folder."""
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "reader.py"
+    script.write_text(f"""
+import os, sys, time
+from pathlib import Path
+from protrans_cli import embed_resume
+
+def slow(*args, **kwargs):
+    Path({str(tmp_path / "child")!r}).write_text(str(os.getpid()))
+    time.sleep(60)
+
+embed_resume._done_in_process = slow
+embed_resume._done_in_child(Path({str(tmp_path / "x.h5")!r}), {{}}, None, set(), set(), False)
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        for _ in range(600):
+            if (tmp_path / "child").exists() and (tmp_path / "child").read_text():
+                break
+            time.sleep(0.05)
+        child = int((tmp_path / "child").read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for _ in range(100):
+            try:  # (gone, or a zombie that no init reaps in a container)
+                if open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the reader outlived its killed parent")
+    finally:
+        proc.kill()
 
 
 @pytest.mark.parametrize("where,signame,message", [
