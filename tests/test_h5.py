@@ -1042,3 +1042,31 @@ def test_a_reader_used_after_its_with_block_says_it_is_closed(tmp_path, layout):
     for call in (r.ids, r.matrix, lambda: r.get("a"), r.dim, lambda: list(r.items())):
         with pytest.raises(UsageError, match="this EmbeddingsReader is closed: use it inside its with block"):
             call()
+
+
+def test_cached_types_write_the_same_values_and_types(tmp_path):
+    """The writer reuses its HDF5 types, dataspaces and memory types from one dataset to the next
+    (io.h5._create_dataset, _set_attr): every dataset and attribute still holds its own value and
+    the type h5py gives it (UTF-8 variable-length text, int64), whatever dtype and shape came before."""
+    proteins = [("ü1", "ü1 37°C 蛋白", "MKT", np.float32, 3), ("p/2", "p/2 x", "MKTAY", np.float16, 3),
+                ("p3", "p3 y", "MK", np.float32, 5), ("p4", "p4 z", "M", np.float32, 3)]
+    for dtype in ("float32", "float16"):
+        out = tmp_path / f"{dtype}.h5"
+        with EmbeddingsWriter(out, kinds=(PER_RESIDUE, PER_PROTEIN), storage_dtype=dtype, attrs={}) as w:
+            for i, (ident, header, seq, kind, dim) in enumerate(proteins):
+                rows = (np.arange(len(seq) * dim, dtype=kind).reshape(len(seq), dim) + i)
+                w.write(ident, header, seq, per_residue=rows, per_protein=rows.mean(axis=0),
+                        extra_attrs={"computed": f"float32 ({i}) ß"} if i % 2 else {"truncated_from": 10 + i})
+        with h5py.File(out, "r") as f:
+            for i, (ident, header, seq, kind, dim) in enumerate(proteins):
+                ds = f[PER_RESIDUE][escape_key(ident)]
+                assert ds.dtype == np.dtype(dtype) and ds.shape == (len(seq), dim)
+                np.testing.assert_array_equal(ds[()], (np.arange(len(seq) * dim).reshape(len(seq), dim) + i)
+                                              .astype(kind).astype(dtype))
+                assert ds.attrs["id"] == ident and ds.attrs["header"] == header and ds.attrs["length"] == len(seq)
+                assert ds.attrs.get_id("header").get_type().get_cset() == h5py.h5t.CSET_UTF8
+                assert ds.attrs.get_id("length").dtype == np.dtype("int64")
+                if i % 2:
+                    assert ds.attrs["computed"] == f"float32 ({i}) ß"
+                else:
+                    assert ds.attrs["truncated_from"] == 10 + i
