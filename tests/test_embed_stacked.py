@@ -754,6 +754,7 @@ def test_matrix_of_an_own_file_whose_datasets_are_scalars_goes_through_items(tmp
     np.testing.assert_array_equal(x, np.array([want[i] for i in ids]))
 
 
+<<<<<<< HEAD
 def test_merge_force_over_an_interrupted_extension_removes_its_link_and_ledger(tmp_path, monkeypatch):
     """merge --force removed OUT.partial alone: OUT.partial.base, a link to the replaced finished
     file, kept all of its space, and the ledger stayed beside nothing."""
@@ -805,3 +806,28 @@ def test_a_link_left_by_a_kill_after_the_partial_file_went_is_removed_by_the_nex
     os.link(tmp_path / "before.h5", base)  # (the pre-extension file: another inode than OUT's now)
     assert _stacked(out, resume=True).num_resumed == 6
     assert not base.exists()
+=======
+def test_stack_file_reads_rows_and_counts_through_cached_types(tmp_path):
+    """stack_file reads each vector and int attribute with memory types made once (io/stacked.py):
+    the rows, counts and texts are each protein's."""
+    import numpy as np
+
+    from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsWriter
+    from protrans_cli.io.stacked import stack_file
+
+    for dtype in ("float16", "float32"):
+        part = tmp_path / f"{dtype}.partial"
+        with EmbeddingsWriter(tmp_path / f"{dtype}.h5", kinds=(PER_PROTEIN,), storage_dtype=dtype, attrs={},
+                              finalize=False) as w:
+            for i in range(5):
+                w.write(f"p{i}", f"p{i} h", "M" * (i + 1), per_protein=np.full(4, i, np.float32),
+                        extra_attrs={"truncated_from": 10 + i} if i % 2 else {"chunks": i})
+        stack_file(tmp_path / f"{dtype}.h5.partial", tmp_path / f"{dtype}.stacked.h5", then="")
+        with h5py.File(tmp_path / f"{dtype}.stacked.h5", "r") as f:
+            np.testing.assert_array_equal(f["per_protein"][()], np.repeat(np.arange(5.0), 4).reshape(5, 4))
+            assert f["per_protein"].dtype == np.dtype(dtype)
+            assert f["lengths"][()].tolist() == [1, 2, 3, 4, 5]
+            assert f["truncated_from"][()].tolist() == [0, 11, 0, 13, 0]
+            assert f["chunks"][()].tolist() == [0, 0, 2, 0, 4]
+            assert f["headers"].asstr()[()].tolist() == [f"p{i} h" for i in range(5)]
+>>>>>>> stack_file: a row's and an int attribute's memory types made once, not per protein (100k proteins 7.30 -> 6.51 s)

@@ -194,8 +194,11 @@ def _read_record(group, name: bytes, rows: np.ndarray, i: int, values: dict, sou
 
     ident = unescape_key(name.decode("utf-8"))
     obj = h5py.h5o.open(group.id, name)
+    memory_type = _ROW_TYPES.get(rows.dtype)
+    if memory_type is None:  # (made once: `read` made it from the array's dtype for every protein)
+        memory_type = _ROW_TYPES[rows.dtype] = h5py.h5t.py_create(rows.dtype)
     try:  # (HDF5 checks the shape; the dtype is the run's storage dtype)
-        obj.read(h5py.h5s.ALL, h5py.h5s.ALL, rows[i])
+        obj.read(h5py.h5s.ALL, h5py.h5s.ALL, rows[i], mtype=memory_type)
     except (TypeError, ValueError, OSError, RuntimeError):
         raise RuntimeFailure(f"protein {ident!r} has a vector of shape {obj.shape}, the others "
                              f"{rows.shape[1:]}: not one embedding run's", path=str(source)) from None
@@ -224,6 +227,7 @@ def create_stacked(out, n: int, shape, dtype) -> tuple:
 
 
 _READERS: dict = {}  # memory types and buffers for reading attributes (made once)
+_ROW_TYPES: dict = {}  # numpy dtype -> h5py memory type for reading a row (_read_record)
 
 
 def _attributes(obj) -> dict:
@@ -238,6 +242,7 @@ def _attributes(obj) -> dict:
     if not _READERS:
         _READERS["text"] = _text_type()
         _READERS["int"] = np.empty((), dtype=np.int64)
+        _READERS["int type"] = h5py.h5t.py_create(np.dtype(np.int64))
     names: list[bytes] = []
     h5py.h5a.iterate(obj, names.append)
     found = {}
@@ -249,7 +254,7 @@ def _attributes(obj) -> dict:
             attr = h5py.h5a.open(obj, raw)
             if _ATTRIBUTE_COLUMNS[name] in COUNT_COLUMNS:
                 out = _READERS["int"]
-                attr.read(out)
+                attr.read(out, mtype=_READERS["int type"])
                 found[name] = int(out)
             else:
                 mtype, dtype = _READERS["text"]
