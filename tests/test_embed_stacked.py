@@ -754,7 +754,6 @@ def test_matrix_of_an_own_file_whose_datasets_are_scalars_goes_through_items(tmp
     np.testing.assert_array_equal(x, np.array([want[i] for i in ids]))
 
 
-<<<<<<< HEAD
 def test_merge_force_over_an_interrupted_extension_removes_its_link_and_ledger(tmp_path, monkeypatch):
     """merge --force removed OUT.partial alone: OUT.partial.base, a link to the replaced finished
     file, kept all of its space, and the ledger stayed beside nothing."""
@@ -806,7 +805,8 @@ def test_a_link_left_by_a_kill_after_the_partial_file_went_is_removed_by_the_nex
     os.link(tmp_path / "before.h5", base)  # (the pre-extension file: another inode than OUT's now)
     assert _stacked(out, resume=True).num_resumed == 6
     assert not base.exists()
-=======
+
+
 def test_stack_file_reads_rows_and_counts_through_cached_types(tmp_path):
     """stack_file reads each vector and int attribute with memory types made once (io/stacked.py):
     the rows, counts and texts are each protein's."""
@@ -830,4 +830,3 @@ def test_stack_file_reads_rows_and_counts_through_cached_types(tmp_path):
             assert f["truncated_from"][()].tolist() == [0, 11, 0, 13, 0]
             assert f["chunks"][()].tolist() == [0, 0, 2, 0, 4]
             assert f["headers"].asstr()[()].tolist() == [f"p{i} h" for i in range(5)]
->>>>>>> stack_file: a row's and an int attribute's memory types made once, not per protein (100k proteins 7.30 -> 6.51 s)
