@@ -816,7 +816,6 @@ def test_stack_file_reads_rows_and_counts_through_cached_types(tmp_path):
     from protrans_cli.io.stacked import stack_file
 
     for dtype in ("float16", "float32"):
-        part = tmp_path / f"{dtype}.partial"
         with EmbeddingsWriter(tmp_path / f"{dtype}.h5", kinds=(PER_PROTEIN,), storage_dtype=dtype, attrs={},
                               finalize=False) as w:
             for i in range(5):
@@ -830,3 +829,19 @@ def test_stack_file_reads_rows_and_counts_through_cached_types(tmp_path):
             assert f["truncated_from"][()].tolist() == [0, 11, 0, 13, 0]
             assert f["chunks"][()].tolist() == [0, 0, 2, 0, 4]
             assert f["headers"].asstr()[()].tolist() == [f"p{i} h" for i in range(5)]
+
+
+@pytest.mark.parametrize("odd", [5, 3])
+def test_a_vector_of_another_width_in_the_partial_file_is_refused_not_read_past_its_row(tmp_path, odd):
+    """HDF5 read each vector into its row without comparing shapes: a longer one was written past
+    the row (past the buffer at the last row), a shorter one left the row's old values."""
+    from protrans_cli.io.h5 import EmbeddingsWriter
+    from protrans_cli.io.stacked import stack_file
+
+    with EmbeddingsWriter(tmp_path / "x.h5", kinds=(PER_PROTEIN,), attrs={}, finalize=False) as w:
+        for i in range(4):
+            w.write(f"p{i}", f"p{i}", "MKV", per_protein=np.full(odd if i == 3 else 4, i, np.float32))
+    with pytest.raises(RuntimeFailure, match=rf"protein 'p3' has a vector of shape \({odd},\), the others \(4,\): "
+                                             "not one embedding run's"):
+        stack_file(tmp_path / "x.h5.partial", tmp_path / "s.h5", then="")
+    assert not (tmp_path / "s.h5").exists()

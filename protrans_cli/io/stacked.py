@@ -197,11 +197,16 @@ def _read_record(group, name: bytes, rows: np.ndarray, i: int, values: dict, sou
     memory_type = _ROW_TYPES.get(rows.dtype)
     if memory_type is None:  # (made once: `read` made it from the array's dtype for every protein)
         memory_type = _ROW_TYPES[rows.dtype] = h5py.h5t.py_create(rows.dtype)
-    try:  # (HDF5 checks the shape; the dtype is the run's storage dtype)
+    # (compared here: HDF5's read into the row with both selections ALL does not, and a longer
+    # vector was written past its row, a shorter one left the row's old values; the dtype is the
+    # run's storage dtype)
+    if tuple(obj.shape) != rows.shape[1:]:
+        raise RuntimeFailure(f"protein {ident!r} has a vector of shape {tuple(obj.shape)}, the others "
+                             f"{rows.shape[1:]}: not one embedding run's", path=str(source))
+    try:
         obj.read(h5py.h5s.ALL, h5py.h5s.ALL, rows[i], mtype=memory_type)
     except (TypeError, ValueError, OSError, RuntimeError):
-        raise RuntimeFailure(f"protein {ident!r} has a vector of shape {obj.shape}, the others "
-                             f"{rows.shape[1:]}: not one embedding run's", path=str(source)) from None
+        raise RuntimeFailure(f"protein {ident!r}: its vector cannot be read as {rows.dtype}", path=str(source)) from None
     found = _attributes(obj)
     found["id"] = ident
     for attribute, column in _ATTRIBUTE_COLUMNS.items():
