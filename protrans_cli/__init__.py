@@ -6,6 +6,7 @@ that need them, so `import protrans_cli` stays cheap.
 
     from protrans_cli import read_fasta, build_corpus, embed, load_model, train, fit, predict
     from protrans_cli import embed_sequences, build_embedder, EmbeddingsReader
+    from protrans_cli import predict_sequences, predict_embeddings   # a head's predictions in memory
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _LAZY = {
     "fit": "protrans_cli.heads.fit",
     "FitConfig": "protrans_cli.heads.fit",
     "predict": "protrans_cli.heads.predict",
+    "predict_sequences": "protrans_cli.heads.arrays",
+    "predict_embeddings": "protrans_cli.heads.arrays",
 }
 
 __all__ = ["__version__", "ProtransError", "UsageError", "InputError", "ModelError", *_LAZY]

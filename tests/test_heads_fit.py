@@ -3224,3 +3224,57 @@ def test_valid_fraction_holds_out_proteins_of_one_sequence_together(run_cli, tmp
     pairs = {ident[:-1] for ident in held_out}
     assert all(f"{p}a" in held_out and f"{p}b" in held_out for p in pairs)  # both copies, or neither
     assert "in the training set too" not in r.stderr
+
+
+def test_predictions_in_memory_are_what_predict_writes(run_cli, ss_data, loc_data, tmp_path):
+    """predict_embeddings on a file's arrays and predict_sequences on its FASTA (a notebook's
+    calls, no file on either side) give the letters, classes and probabilities `protrans
+    predict` writes."""
+    from protrans_cli import predict_embeddings, predict_sequences
+    from protrans_cli.io.h5 import escape_key
+
+    ss_head, loc_head = tmp_path / "ss", tmp_path / "loc"
+    assert run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "2", *FAST, "-o", ss_head).exit_code == 0
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "3", "-j", "1", "--bootstrap", "10", "-o", loc_head).exit_code == 0
+    r = run_cli("predict", ss_head, "--embeddings", ss_data / "test.h5", "--head-output", "ss8", "-o",
+                tmp_path / "p.fa", "--probabilities", tmp_path / "p.h5")
+    assert r.exit_code == 0, r.stderr
+    lines = (tmp_path / "p.fa").read_text().splitlines()
+    written = dict(zip((line[1:] for line in lines[::2]), lines[1::2]))
+    with EmbeddingsReader(ss_data / "test.h5") as reader:
+        arrays = {ident: array for ident, array, _ in reader.items("per_residue")}
+    got = predict_embeddings(ss_head, arrays, threads=1, max_residues=300)
+    assert got.keys() == written.keys() == arrays.keys() and len(got) == 20
+    with h5py.File(tmp_path / "p.h5") as f:
+        for ident, prediction in got.items():
+            assert prediction["ss8"].labels == written[ident] and len(written[ident]) == len(arrays[ident])
+            assert set(prediction["ss3"].labels) <= set(SS3) and prediction["ss3"].classes == SS3
+            key = escape_key(ident)
+            np.testing.assert_allclose(prediction["ss8"].probabilities, f["ss8"][key][()], atol=1e-6)
+            np.testing.assert_allclose(prediction["ss3"].probabilities, f["ss3"][key][()], atol=1e-6)
+    # a list in, a list out; the same sequences embedded here give the same predictions
+    fasta = dict(line.split("\n", 1) for line in ss_data.joinpath("test.fa").read_text().split(">")[1:])
+    sequences = {header.split()[0]: body.replace("\n", "") for header, body in fasta.items()}
+    again = predict_sequences(ss_head, list(sequences.values()), threads=1)
+    assert [p["ss8"].labels for p in again] == [written[i] for i in sequences]
+    # per protein: class and probabilities as the CSV gives them (6 significant digits)
+    assert run_cli("predict", loc_head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "l.csv").exit_code == 0
+    rows = {row["id"]: row for row in csv.DictReader((tmp_path / "l.csv").open())}
+    with EmbeddingsReader(loc_data / "test.h5") as reader:
+        vectors = {ident: array for ident, array, _ in reader.items("per_protein")}
+    for ident, prediction in predict_embeddings(loc_head, vectors, threads=1).items():
+        assert prediction["loc"].labels == rows[ident]["loc"] and prediction["membrane"].labels == rows[ident]["membrane"]
+        np.testing.assert_allclose(prediction["loc"].probabilities,
+                                   [float(rows[ident][f"loc:{c}"]) for c in LOCATIONS], rtol=1e-5, atol=1e-6)
+    # wrong calls: one line each, naming the protein
+    with pytest.raises(UsageError, match=r"protein 'x': an embedding of shape \(5, 7\), the head takes \(L, D\) "
+                                         r"with D = 21"):
+        predict_embeddings(ss_head, {"x": np.zeros((5, 7))})
+    with pytest.raises(UsageError, match=r"protein 'x': an embedding of shape \(2, 5, 21\).*several layers"):
+        predict_embeddings(ss_head, {"x": np.zeros((2, 5, 21))})
+    with pytest.raises(UsageError, match="protein 0: its embedding holds NaN"):
+        predict_embeddings(loc_head, [np.full(21, np.nan)])
+    with pytest.raises(UsageError, match="an embeddings file goes to protrans_cli.predict"):
+        predict_embeddings(loc_head, str(loc_data / "test.h5"))

@@ -133,9 +133,38 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     (a head that records none: error, at the model's own limit, as embed does)."""
     import shutil
 
-    from protrans_cli.embed import EmbedOptions, embed, is_stream
-    from protrans_cli.heads.model import CONFIG
+    from protrans_cli.embed import embed, is_stream
     from protrans_cli.io.fasta import parse_fasta
+
+    options, config = head_embed_options(head_dir, model=model, device=device, threads=threads,
+                                         long_policy=long_policy, max_length=max_length,
+                                         chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
+    directory = Path(directory)
+    shown = display_name(fasta)
+    if str(fasta) == "-" or is_stream(fasta):
+        # read twice (ids, then embed): stdin, a FIFO or <(zcat ...) kept on disk (a pipe was
+        # read to its end by the first pass: "no FASTA records"); messages still name the input
+        spooled = directory / "input.fasta"
+        with open_input(fasta, shown) as stream, open(spooled, "wb") as fh:
+            shutil.copyfileobj(stream, fh, 1 << 20)
+        fasta = spooled
+    with open_input(fasta, shown) as stream:
+        ids = [record.id for record in parse_fasta(stream, shown)]
+    output = directory / "embeddings.h5"
+    console.info(f"embedding {len(ids)} proteins with {options.model} for the "
+                 f"{config.get('task', {}).get('name', config['kind'])} head")
+    embed(fasta, output, options, input_name=shown)
+    return output, ids
+
+
+def head_embed_options(head_dir, *, model: str | None = None, device: str = "auto", threads: int | None = None,
+                       long_policy: str | None = None, max_length: int | None = None,
+                       chunk_overlap: int | None = None, invalid_policy: str = "error", word: str = "--model"):
+    """(EmbedOptions, the head's config): how to embed proteins the way the head's training
+    embeddings were made (embed_for_head; heads.arrays.predict_sequences). `word`: how a message
+    names `model`."""
+    from protrans_cli.embed import EmbedOptions
+    from protrans_cli.heads.model import CONFIG
 
     head_dir = Path(head_dir)
     try:
@@ -145,8 +174,7 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
         raise ModelError(f"not a readable head directory ({type(exc).__name__})", path=str(head_dir)) from None
     name = model or config.get("embedding", {}).get("model")
     if not name:
-        raise UsageError(f"{head_dir} does not record which model made its embeddings: give --model")
-    directory = Path(directory)
+        raise UsageError(f"{head_dir} does not record which model made its embeddings: give {word}")
     per_residue = kind == PER_RESIDUE
     recorded = config.get("embedding", {})
     # A proteome with one protein beyond the model's limit failed, and predict had no option to
@@ -171,20 +199,7 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     # (before the FASTA is read: `--max-length 0` or `--device gpu` was refused only once a whole
     # proteome had been read, or spooled from stdin)
     options.validate()
-    shown = display_name(fasta)
-    if str(fasta) == "-" or is_stream(fasta):
-        # read twice (ids, then embed): stdin, a FIFO or <(zcat ...) kept on disk (a pipe was
-        # read to its end by the first pass: "no FASTA records"); messages still name the input
-        spooled = directory / "input.fasta"
-        with open_input(fasta, shown) as stream, open(spooled, "wb") as fh:
-            shutil.copyfileobj(stream, fh, 1 << 20)
-        fasta = spooled
-    with open_input(fasta, shown) as stream:
-        ids = [record.id for record in parse_fasta(stream, shown)]
-    output = directory / "embeddings.h5"
-    console.info(f"embedding {len(ids)} proteins with {name} for the {config.get('task', {}).get('name', kind)} head")
-    embed(fasta, output, options, input_name=shown)
-    return output, ids
+    return options, config
 
 
 @torch_threads()  # puts the caller's torch thread count back

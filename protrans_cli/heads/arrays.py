@@ -1,0 +1,152 @@
+"""Predictions in memory, for a notebook: a head run on arrays, or on sequences embedded with the
+model the head was fit on, with no file on either side.
+
+    from protrans_cli import predict_sequences, predict_embeddings, embed_sequences
+    predict_sequences("heads/ss3", {"P1": "MKTAYIAKQR"})["P1"]["ss3"].labels    # 'CHHHHHHHCC'
+    vectors = embed_sequences(seqs, EmbedOptions(model="prot_t5_xl_half"), kind="per_protein")
+    predict_embeddings("heads/loc", vectors)["P1"]["loc"].probabilities          # (10,) in class order
+
+Each output of the head gives a `Prediction`: `labels`, a string of one class letter per residue
+(a per-residue head) or the class name (a per-protein head) or the value (a value head);
+`probabilities`, the ensemble's mean class probabilities ((L, C) or (C,), in `classes` order;
+None for a value). They are what `protrans predict` writes for the same embeddings (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from protrans_cli.errors import UsageError, expect_path
+from protrans_cli.io.h5 import PER_RESIDUE
+from protrans_cli.threads import torch_threads
+
+
+@dataclass
+class Prediction:
+    labels: str | float          # per residue: one letter each; per protein: the class name; a value head: the value
+    probabilities: np.ndarray | None  # (L, C) or (C,), float32, in `classes` order; None for a value
+    classes: tuple[str, ...]     # the output's classes (empty for a value)
+
+
+@torch_threads()  # puts the caller's torch thread count back
+def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: int | None = None,
+                       max_residues: int = 8192):
+    """The head's predictions for embeddings in memory: `embeddings` is {id: array} (returns
+    {id: {output: Prediction}}) or a list of arrays (returns a list, in order). A per-residue
+    head takes (L, D) arrays; a per-protein head (D,) vectors, or (L, D) arrays, averaged over
+    their rows as `predict` averages a file's per-residue embeddings. D must be the head's input
+    width; the arrays must come from the model and layer the head was fit on (an array carries
+    neither, so that cannot be checked here: `predict_sequences` embeds with them)."""
+    import torch
+
+    from protrans_cli.heads.fit import head_device
+    from protrans_cli.heads.model import load_head
+    from protrans_cli.threads import resolve_threads
+
+    expect_path(head_dir, "head_dir", " (the head's directory)")
+    if isinstance(embeddings, (str, bytes)) or hasattr(embeddings, "read") or not hasattr(embeddings, "__iter__"):
+        raise UsageError("embeddings is {id: array} or a list of arrays (an embeddings file goes to "
+                         f"protrans_cli.predict), got {type(embeddings).__name__}")
+    if isinstance(max_residues, bool) or not isinstance(max_residues, int) or max_residues < 1:
+        raise UsageError(f"max_residues must be a whole number of at least 1, got {max_residues!r:.40}")
+    as_list = not isinstance(embeddings, Mapping)
+    pairs = list(enumerate(embeddings)) if as_list else list(embeddings.items())
+    ensemble, task, config = load_head(head_dir)
+    per_residue = task.kind == PER_RESIDUE
+    width = int(config["input_dim"])
+    arrays = [_checked(ident, array, width, per_residue) for ident, array in pairs]
+    torch.set_num_threads(resolve_threads(threads, small_work=not per_residue))
+    target = head_device(device)
+    ensemble.to(target)
+    probs: list[dict] = [{} for _ in arrays]
+    lengths = np.array([len(a) if per_residue else 0 for a in arrays], dtype=np.int64)
+    for batch in _batches(lengths, max_residues if per_residue else 256, per_residue):
+        if per_residue:
+            longest = max(1, int(lengths[batch].max()))
+            x = np.zeros((len(batch), longest, width), dtype=np.float32)
+            mask = np.zeros((len(batch), longest), dtype=bool)
+            for row, i in enumerate(batch):
+                x[row, :lengths[i]] = arrays[i]
+                mask[row, :lengths[i]] = True
+            out = ensemble.probabilities(torch.from_numpy(x).to(target), torch.from_numpy(mask).to(target))
+        else:
+            x = np.stack([arrays[i] for i in batch])
+            out = ensemble.probabilities(torch.from_numpy(x).to(target), None)
+        for name, p in out.items():
+            p = p.cpu().numpy()
+            for row, i in enumerate(batch):
+                probs[i][name] = p[row, :lengths[i]] if per_residue else p[row]
+    results = [{o.name: _prediction(o, p[o.name], per_residue) for o in task.outputs} for p in probs]
+    return results if as_list else {ident: result for (ident, _), result in zip(pairs, results)}
+
+
+def predict_sequences(head_dir, sequences, *, model: str | None = None, device: str = "auto",
+                      threads: int | None = None):
+    """Embed `sequences` ({id: sequence}, or a list) with the model and layer the head was fit on
+    (as `protrans predict --fasta` does: its recorded model, per residue or per protein as the
+    head needs, and its training embeddings' long-protein policy; `model` replaces the recorded
+    model, e.g. the same weights in a local directory) and predict: {id: {output: Prediction}},
+    or a list in order. A protein that could not be embedded is left out (None in a list), with
+    a warning naming it, as `embed_sequences` leaves it out."""
+    from protrans_cli.embed import embed_sequences
+    from protrans_cli.heads.predict import head_embed_options
+
+    expect_path(head_dir, "head_dir", " (the head's directory)")
+    options, config = head_embed_options(head_dir, model=model, device=device, threads=threads, word="model=")
+    embedded = embed_sequences(sequences, options, kind=config["kind"])
+    if isinstance(embedded, list):
+        kept = [i for i, a in enumerate(embedded) if a is not None]
+        found = predict_embeddings(head_dir, [embedded[i] for i in kept], device=device, threads=threads)
+        results: list = [None] * len(embedded)
+        for i, result in zip(kept, found):
+            results[i] = result
+        return results
+    return predict_embeddings(head_dir, embedded, device=device, threads=threads)
+
+
+def _checked(ident, array, width: int, per_residue: bool) -> np.ndarray:
+    """`array` as float32 of the shape the head takes, or a usage error naming the protein."""
+    try:
+        a = np.asarray(array, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise UsageError(f"protein {ident!r}: its embedding is not an array of numbers ({type(array).__name__})") from None
+    want = "(L, D)" if per_residue else "(D,) or (L, D)"
+    if a.ndim not in ((2,) if per_residue else (1, 2)) or a.shape[-1] != width:
+        layers = " (several layers: pick the one the head was fit on)" if a.ndim == 3 else ""
+        raise UsageError(f"protein {ident!r}: an embedding of shape {a.shape}, the head takes {want} with D = "
+                         f"{width}{layers}")
+    if not np.isfinite(a).all():
+        raise UsageError(f"protein {ident!r}: its embedding holds NaN or infinite values")
+    if not per_residue and a.ndim == 2:
+        if not len(a):
+            raise UsageError(f"protein {ident!r}: an embedding of no residue has no mean")
+        a = a.mean(axis=0)
+    return np.ascontiguousarray(a)
+
+
+def _batches(lengths: np.ndarray, budget: int, per_residue: bool):
+    """Positions in batches: per residue, sorted by length, each at most `budget` padded residues
+    (a longer protein alone); per protein, `budget` vectors at a time."""
+    order = np.argsort(lengths, kind="stable") if per_residue else np.arange(len(lengths))
+    batch: list[int] = []
+    for i in order:
+        longest = int(lengths[i]) if per_residue else 0  # (sorted: the newest is the longest)
+        if batch and (len(batch) + 1) * (longest if per_residue else 1) > budget:
+            yield batch
+            batch = []
+        batch.append(int(i))
+    if batch:
+        yield batch
+
+
+def _prediction(output, p: np.ndarray, per_residue: bool) -> Prediction:
+    if output.is_value:
+        return Prediction(float(p[0]), None, ())
+    if per_residue:
+        labels = "".join(output.classes[k] for k in p.argmax(-1)) if len(p) else ""
+    else:
+        labels = output.classes[int(p.argmax())]
+    return Prediction(labels, p.astype(np.float32, copy=False), tuple(output.classes))
