@@ -2,7 +2,7 @@
 model the head was fit on, with no file on either side.
 
     from protrans_cli import predict_sequences, predict_embeddings, embed_sequences
-    predict_sequences("heads/ss3", {"P1": "MKTAYIAKQR"})["P1"]["ss3"].labels    # 'CHHHHHHHCC'
+    predict_sequences("heads/ss3", {"P1": "MKTAYIAKQR"})["P1"]["ss3"].labels    # H, E or C a residue
     vectors = embed_sequences(seqs, EmbedOptions(model="prot_t5_xl_half"), kind="per_protein")
     predict_embeddings("heads/loc", vectors)["P1"]["loc"].probabilities          # (10,) in class order
 
