@@ -135,11 +135,7 @@ def test_a_finished_file_is_extended_by_resume_and_stays_whole_until_the_extensi
     monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
     summary = _stacked(out, resume=True)
     assert summary.num_resumed == 3 and summary.num_embedded == 3
-    whole = tmp_path / "whole.h5"
-    _stacked(whole)
-    a, b = _columns(whole), _columns(out)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name])
+    _assert_one_runs_file(out, tmp_path / "whole.h5")
     with h5py.File(out) as f:
         assert len(json.loads(f.attrs["runs"])) == 3  # the first run, the one stopped, the one that finished
     # once more: nothing to add, the file is left as it is
@@ -148,22 +144,39 @@ def test_a_finished_file_is_extended_by_resume_and_stays_whole_until_the_extensi
     assert out.stat().st_mtime_ns == mtime and not partial_path(out).exists()
 
 
+def _assert_one_runs_file(out, whole, fasta=SMALL):
+    """`out` holds, column by column, what one uninterrupted run over `fasta` writes (into `whole`)."""
+    _stacked(whole, fasta=fasta)
+    a, b = _columns(whole), _columns(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
 def _first_three(tmp_path):
     first = tmp_path / "first.fa"
     first.write_text("".join(">" + r for r in SMALL.read_text().split(">")[1:4]))
     return first
 
 
+def _interrupted_extension(tmp_path, monkeypatch):
+    """s.h5 finished with SMALL's first three proteins, then a --resume over SMALL stopped by a
+    Ctrl-C on its second batch (of one protein each): its partial file holds one protein."""
+    out = tmp_path / "s.h5"
+    _stacked(out, fasta=_first_three(tmp_path))
+    original = _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _stacked(out, resume=True, max_batch_size=1)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    return out
+
+
 def test_an_extension_writes_the_new_proteins_alone_and_merges_them_with_the_finished_rows(tmp_path, monkeypatch):
     """--resume adding proteins to a finished stacked file wrote all of its proteins back as one
     dataset each, then stacked them again: 21.5 s and more to add 10 proteins to 99,990 (2.6 s now).
     Its partial file now holds the new proteins alone, beside a hard link to the finished file."""
-    out = tmp_path / "s.h5"
-    _stacked(out, fasta=_first_three(tmp_path))
     monkeypatch.setattr(stacked_module, "unstack_file", lambda *a, **k: pytest.fail("written back"))
-    original = _ctrl_c_on_batch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        _stacked(out, resume=True, max_batch_size=1)
+    out = _interrupted_extension(tmp_path, monkeypatch)
     partial = partial_path(out)
     base = stacked_module.base_path(partial)
     assert base.exists() and base.stat().st_ino == out.stat().st_ino  # (a link: no copy)
@@ -172,15 +185,9 @@ def test_an_extension_writes_the_new_proteins_alone_and_merges_them_with_the_fin
     with EmbeddingsReader(partial) as r:
         assert len(r.ids(PER_PROTEIN)) == 1
     # the next resume reads the finished file's proteins through the link, from its columns
-    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
     summary = _stacked(out, resume=True)
     assert summary.num_resumed == 4 and summary.num_embedded == 2
-    whole = tmp_path / "whole.h5"
-    _stacked(whole)
-    a, b = _columns(whole), _columns(out)
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name])
+    _assert_one_runs_file(out, tmp_path / "whole.h5")
     with h5py.File(out) as f:
         assert "extends" not in f.attrs and len(json.loads(f.attrs["runs"])) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.fa", "s.h5", "whole.h5"]
@@ -191,12 +198,7 @@ def test_an_extension_killed_after_its_rename_is_finished_again_by_resume(tmp_pa
     link: the next --resume merges them again into the same file."""
     import os
 
-    out = tmp_path / "s.h5"
-    _stacked(out, fasta=_first_three(tmp_path))
-    original = _ctrl_c_on_batch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        _stacked(out, resume=True, max_batch_size=1)
-    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    out = _interrupted_extension(tmp_path, monkeypatch)
     partial = partial_path(out)
     kept = {path: tmp_path / f"kept{i}" for i, path in enumerate(
         (partial, ledger_path(partial), stacked_module.base_path(partial)))}
@@ -216,12 +218,7 @@ def test_an_extension_killed_after_its_rename_is_finished_again_by_resume(tmp_pa
 
 @pytest.mark.parametrize("damage", ["gone", "other"])
 def test_an_extension_whose_finished_file_went_is_one_error_line(tmp_path, monkeypatch, damage):
-    out = tmp_path / "s.h5"
-    _stacked(out, fasta=_first_three(tmp_path))
-    original = _ctrl_c_on_batch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        _stacked(out, resume=True, max_batch_size=1)
-    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    out = _interrupted_extension(tmp_path, monkeypatch)
     base = stacked_module.base_path(partial_path(out))
     base.unlink()
     if damage == "other":  # another stacked file in its place
@@ -257,11 +254,7 @@ def test_an_extension_that_cannot_link_or_merge_the_finished_file_writes_it_back
     monkeypatch.setattr(stacked_module, "unstack_file", lambda *a: unstacked.append(a) or real(*a))
     summary = _stacked(out, resume=True)
     assert summary.num_resumed == 3 and summary.num_embedded == 3 and len(unstacked) == 1
-    whole = tmp_path / "whole.h5"
-    _stacked(whole)
-    a, b = _columns(whole), _columns(out)
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name])
+    _assert_one_runs_file(out, tmp_path / "whole.h5")
 
 
 def test_a_writer_extending_a_stacked_file_takes_a_protein_it_writes_again_from_this_run(tmp_path):
@@ -759,12 +752,7 @@ def test_merge_force_over_an_interrupted_extension_removes_its_link_and_ledger(t
     file, kept all of its space, and the ledger stayed beside nothing."""
     from protrans_cli.merge import merge
 
-    out = tmp_path / "s.h5"
-    _stacked(out, fasta=_first_three(tmp_path))
-    original = _ctrl_c_on_batch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        _stacked(out, resume=True, max_batch_size=1)
-    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    out = _interrupted_extension(tmp_path, monkeypatch)
     part = tmp_path / "part.h5"
     _stacked(part)
     merge([part], out, force=True)
