@@ -833,3 +833,14 @@ def test_a_vector_of_another_width_in_the_partial_file_is_refused_not_read_past_
                                              "not one embedding run's"):
         stack_file(tmp_path / "x.h5.partial", tmp_path / "s.h5", then="")
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_full_disk_while_stacking_is_said_in_balanced_words(tmp_path):
+    """HDF5's message for a full disk, cut at its first line, left a parenthesis open."""
+    hdf5 = OSError(28, "Unable to synchronously write data (file write failed: time = Thu Dec  3 05:59:01 2026\n, "
+                       "filename = '/x/.s.h5.stacking', file descriptor = 5, errno = 28, error message = 'No space "
+                       "left on device', buf = 0x55d0, total write size = 4096, bytes this sub-write = 4096, bytes "
+                       "actually written = 18446744073709551615, offset = 0)")
+    message = stacked_module.stacking_failure(hdf5, tmp_path / "s.h5.partial").message
+    assert message.startswith("cannot write the stacked file (No space left on device); every protein is in ")
+    assert message.count("(") == message.count(")")

@@ -1672,8 +1672,7 @@ class EmbeddingsWriter:
                 # computed; protrans's readers list them by name: `_link_names`.)
                 self.file = h5_file(creating, "x", track_order=True)
             except OSError as exc:  # named by the output the user chose, not by the hidden file
-                why = re.search(r"error message = '([^']*)'", str(exc))
-                raise RuntimeFailure(f"cannot create the output: {why.group(1) if why else first_line(exc)}",
+                raise RuntimeFailure(f"cannot create the output: {write_failure_reason(exc)}",
                                      path=str(self.path)) from None
         if not resumed:
             self._base = None

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protrans_cli.errors import InputError, RuntimeFailure, first_line
+from protrans_cli.errors import InputError, RuntimeFailure
 from protrans_cli.io import disk
 
 PER_PROTEIN = "per_protein"
@@ -597,5 +597,10 @@ def stacked_done(f):
 
 def stacking_failure(exc: BaseException, partial, kept: str | None = None) -> RuntimeFailure:
     """`kept`: where the proteins are (the partial file, and the finished file it extends)."""
-    return RuntimeFailure(f"cannot write the stacked file ({first_line(exc)}); every protein is in {kept or partial}: "
-                          "run the same command with --resume to write it again", path=str(partial)[:-len(".partial")])
+    from protrans_cli.io.h5 import write_failure_reason
+
+    # (HDF5's own message for a full disk, "... (file write failed: time = ..., error message =
+    # 'No space left on device', ...", cut at its first line, left a parenthesis open)
+    return RuntimeFailure(f"cannot write the stacked file ({write_failure_reason(exc)}); every protein is in "
+                          f"{kept or partial}: run the same command with --resume to write it again",
+                          path=str(partial)[:-len(".partial")])
