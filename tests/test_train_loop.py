@@ -325,6 +325,16 @@ def test_find_lr_that_measures_nothing_says_why(tmp_path, monkeypatch, fp16, sai
     assert not (tmp_path / "new").exists()
 
 
+def test_valid_corpus_is_val_corpus(tmp_path, run_cli):
+    """`prep --valid-output` writes the validation corpus and `fit` calls its set `--valid`:
+    `train --valid-corpus` was 'No such option' (found by a new user); it is --val-corpus."""
+    args = ["train", "--corpus", LEARNABLE, "--num-steps", 2, "--max-length", 32, "-j", 1, "--log-every", 1]
+    res = run_cli(*args, "--valid-corpus", LEARNABLE, "-o", tmp_path / "run")
+    assert res.exit_code == 0, res.stderr
+    assert "eval loss" in res.stderr
+    assert "eval_loss" in read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+
+
 def test_find_lr_says_which_run_flags_it_ignores(tmp_path, run_cli):
     """--find-lr trains no run: --val-corpus, --save-every, --tensorboard ... given beside it did
     nothing without a word (and --eval-every warned of a missing --val-corpus); found in review.

@@ -34,7 +34,9 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="Pretraining objective.  [default: the family's]")
 @click.option("--corpus", multiple=True, help="Corpus file from `protrans prep` (plain or compressed); repeat, or quote a pattern "
                    "such as 'corpus.*.txt.gz', for shards.")
-@click.option("--val-corpus", multiple=True, help="Validation corpus (repeatable) for the eval loss.")
+@click.option("--val-corpus", "--valid-corpus", "val_corpus", multiple=True,
+              help="Validation corpus (repeatable) for the eval loss (--valid-corpus, as prep's --valid-output "
+                   "and fit's --valid call it).")
 @click.option("-o", "--output", "--output-dir", "output_dir", default=None, metavar="DIRECTORY", help="Run directory: final model, checkpoints/, metrics.jsonl.  [default: runs/protrans]")
 @click.option("--max-length", type=int, default=None, help="Tokens per protein incl. special tokens; longer ones are cropped at random.  [default: 512]")
 @click.option("--num-steps", type=int, default=None, help="Optimizer steps (without --phase).  [default: 1000]")
