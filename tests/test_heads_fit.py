@@ -3278,3 +3278,38 @@ def test_predictions_in_memory_are_what_predict_writes(run_cli, ss_data, loc_dat
         predict_embeddings(loc_head, [np.full(21, np.nan)])
     with pytest.raises(UsageError, match="an embeddings file goes to protrans_cli.predict"):
         predict_embeddings(loc_head, str(loc_data / "test.h5"))
+
+
+def test_only_embedded_leaves_out_records_without_an_embedding_and_no_other_mismatch(run_cli, ss_data, tmp_path):
+    """A head trained on part of a label file needed --skip-mismatched, which also hides labels of
+    the wrong length; --only-embedded (on_mismatch="missing") leaves out only the records that
+    have no embedding."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    records = ss_data.joinpath("train.fa").read_text().split(">")[1:]
+    part = tmp_path / "part.fa"
+    part.write_text("".join(">" + r for r in records[:30]))
+    embed(part, tmp_path / "part.h5", EmbedOptions(model="onehot", per_protein=False, threads=1))
+    args = ["fit", "ss3", "--embeddings", tmp_path / "part.h5", "--labels", ss_data / "train.csv", "--max-epochs", "1",
+            *FAST, "--no-plots"]
+    r = run_cli(*args, "-o", tmp_path / "h0")
+    assert r.exit_code == 1 and "40 label records do not match the embeddings: 40 without an embedding" in r.stderr
+    assert "--only-embedded (on_mismatch='missing') leaves out the records without an embedding" in r.stderr
+    r = run_cli(*args, "--only-embedded", "-o", tmp_path / "h1")
+    assert r.exit_code == 0, r.stderr
+    assert "40 label record(s) without an embedding left out (--only-embedded; 30 matched)" in r.stderr
+    # predict --labels scores the embedded part of the file the same way
+    r = run_cli("predict", tmp_path / "h1", "--embeddings", tmp_path / "part.h5", "--labels", ss_data / "train.csv",
+                "--only-embedded", "--metrics", tmp_path / "m")
+    assert r.exit_code == 0 and json.loads((tmp_path / "m" / "train.json").read_text())["outputs"]["ss3"]["n_proteins"] == 30
+    # a label of the wrong length is still an error
+    with EmbeddingsReader(tmp_path / "part.h5") as reader:
+        first = next(iter(reader.items("per_residue")))
+    flip = tmp_path / "labels.fasta"
+    flip.write_text(f">{first[0]} SET=train VALIDATION=False\n{'C' * (len(first[1]) - 1)}\n"
+                    ">nope SET=train VALIDATION=False\nCCH\n")
+    r = run_cli("fit", "ss3", "--embeddings", tmp_path / "part.h5", "--labels", flip, "--only-embedded",
+                "--max-epochs", "1", *FAST, "--no-plots", "-o", tmp_path / "h2")
+    assert r.exit_code == 1 and "whose label length differs" in r.stderr and "--skip-mismatched" in r.stderr
+    with pytest.raises(UsageError, match="on_mismatch must be 'error', 'skip' or 'missing'"):
+        FitConfig(task="ss3", on_mismatch="some").check()

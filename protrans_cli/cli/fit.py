@@ -56,6 +56,9 @@ _PAIR = (INPUT_FILE, INPUT_FILE)
 @click.option("--layer", type=int, default=-1, help="Layer to use when the embeddings hold several.")
 @click.option("--skip-mismatched", is_flag=True,
               help="Leave out (with a count) labels without a matching embedding instead of failing.")
+@click.option("--only-embedded", is_flag=True,
+              help="Leave out the label records without an embedding (a head trained on part of a label file); "
+                   "a length or sequence that disagrees is still an error.")
 @click.option("--cache-gb", type=float, default=2.0,
               help="Per-residue sets up to this size (float32) are read into RAM; larger ones are streamed.")
 @click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI (at least 10).")
@@ -69,7 +72,7 @@ _PAIR = (INPUT_FILE, INPUT_FILE)
               help="Write curves.png and a confusion (or scatter) PNG per set and output.")
 def command(task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
             patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
-            hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, cache_gb, n_bootstrap, threads, device,
+            hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, only_embedded, cache_gb, n_bootstrap, threads, device,
             resume, force, plots):
     """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein/value) on embeddings.
 
@@ -83,7 +86,7 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
                        max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
                        ensemble=ensemble, seed=seed, valid_fraction=valid_fraction, hidden=hidden, kernel=kernel,
                        dropout=dropout, dual=dual, layer=layer,
-                       on_mismatch="skip" if skip_mismatched else "error", cache_bytes=_cache_bytes(cache_gb),
+                       on_mismatch=on_mismatch(skip_mismatched, only_embedded), cache_bytes=_cache_bytes(cache_gb),
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
                        mask_columns=tuple(mask_columns), force=force, standardise=standardise, device=device,
                        resume=resume, plots=plots)
@@ -106,3 +109,8 @@ def _cache_bytes(cache_gb: float) -> int:
     if not (math.isfinite(cache_gb) and cache_gb >= 0 and math.isfinite(cache_gb * (1 << 30))):
         raise UsageError(f"--cache-gb must be a size in GB, 0 or more, got {cache_gb}")
     return int(cache_gb * (1 << 30))
+
+
+def on_mismatch(skip_mismatched: bool, only_embedded: bool) -> str:
+    """The library's on_mismatch for the two flags (fit's and predict's)."""
+    return "skip" if skip_mismatched else "missing" if only_embedded else "error"

@@ -53,6 +53,9 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("--mask-column", "mask_columns", multiple=True, default=(),
               help="NetSurfP mask columns for --labels.  [default: the head's, as fit recorded them (disorder)]")
 @click.option("--skip-mismatched", is_flag=True, help="With --labels: leave out labels without a matching embedding.")
+@click.option("--only-embedded", is_flag=True,
+              help="With --labels: leave out the label records without an embedding (scoring part of a label file); "
+                   "a length or sequence that disagrees is still an error.")
 @click.option("--allow-model-mismatch", is_flag=True,
               help="Use embeddings from another model than the head was trained on (same dimension).")
 @click.option("--max-residues", type=int, default=8192, help="Padded residues per batch.")
@@ -65,7 +68,7 @@ from protrans_cli.heads.labels import FORMATS
               help="With --metrics: write a confusion (or scatter) PNG per output next to its JSON.")
 def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overlap, invalid_policy, output, probabilities,
             head_output, labels, metrics_dir, label_format, mask_path, mask_columns, skip_mismatched,
-            allow_model_mismatch, max_residues, threads, device, plots):
+            only_embedded, allow_model_mismatch, max_residues, threads, device, plots):
     """Apply a trained head to embeddings.
 
     \b
@@ -73,8 +76,10 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
     protrans predict heads/loc --embeddings query.h5 -o query.loc.csv
     protrans predict heads/ss3 --fasta query.fa -o query.ss3.fa
     """
+    from protrans_cli.cli.fit import on_mismatch
     from protrans_cli.errors import UsageError
 
+    mismatch = on_mismatch(skip_mismatched, only_embedded)
     if (embeddings is None) == (fasta is None):
         raise UsageError("give --embeddings (an HDF5 file from embed) or --fasta (sequences), one of them")
     if model is not None and fasta is None:
@@ -160,16 +165,16 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
             # (the temporary file is gone when the command ends: messages name the FASTA)
             with console.naming(embeddings, f"the embeddings of {display_name(fasta)}"):
                 _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format,
-                     mask_path, mask_columns or None, skip_mismatched, allow_model_mismatch or model is not None,
+                     mask_path, mask_columns or None, mismatch, allow_model_mismatch or model is not None,
                      max_residues, threads, device, order, plots)
         return
     # (no --mask-column: None, the head's own columns)
     _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
-         mask_columns or None, skip_mismatched, allow_model_mismatch, max_residues, threads, device, None, plots)
+         mask_columns or None, mismatch, allow_model_mismatch, max_residues, threads, device, None, plots)
 
 
 def _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
-         mask_columns, skip_mismatched, allow_model_mismatch, max_residues, threads, device, order, plots):
+         mask_columns, mismatch, allow_model_mismatch, max_residues, threads, device, order, plots):
     from protrans_cli import console
     from protrans_cli.heads.data import warn_unfinished
     from protrans_cli.heads.predict import evaluate_head, predict, scored_labels
@@ -178,7 +183,7 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
     scored = predicted = None
     if labels is not None:  # read and matched first: a bad label file fails before any prediction is written
         scored = scored_labels(head, embeddings, labels, label_format=label_format, mask_path=mask_path,
-                               mask_columns=mask_columns, on_mismatch="skip" if skip_mismatched else "error",
+                               mask_columns=mask_columns, on_mismatch=mismatch,
                                allow_model_mismatch=allow_model_mismatch)
     if output is not None:
         summary = predict(head, embeddings, output, probabilities=probabilities, output=head_output,
@@ -190,7 +195,7 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
     if labels is not None:
         evaluate_head(head, embeddings, labels, metrics_dir=metrics_dir, label_format=label_format,
                       mask_path=mask_path, mask_columns=mask_columns,
-                      on_mismatch="skip" if skip_mismatched else "error",
+                      on_mismatch=mismatch,
                       allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
                       device=device, scored=scored, predicted=predicted, plots=plots)
     console.output_complete("standard output" if output == "-" else output or metrics_dir or "the scores")

@@ -5,7 +5,9 @@ the id is not in the file and the record carries a sequence (NetSurfP, DeepLoc),
 checksum that `protrans embed` stores (of the sequence as read, or after the usual normalisation).
 Every match is checked: the embedding's length must equal the number of per-residue labels, and
 where both sides know the sequence the checksums must agree. Mismatches and missing embeddings
-are one error listing the offending ids, or, with `on_mismatch="skip"`, dropped with a count.
+are one error listing the offending ids, or, with `on_mismatch="skip"`, dropped with a count;
+`on_mismatch="missing"` drops only the records without an embedding (a head trained on part of
+a label file), and a length or sequence that disagrees stays an error.
 
 Per-residue data is streamed: each batch reads its proteins' datasets from the HDF5 file (a
 reader thread prefetches the next batches while the head trains on the current one), so a 1024-d
@@ -292,11 +294,18 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                               if reader.key_for(stored, source) is not None]
     if report.problems:
         where = f"{label_set.path} vs {reader.path}"
+        only_missing = report.problems == len(report.missing)
         if on_mismatch == "skip":
             console.warn(f"{where}: skipped {report.problems} label records: {report.describe()}")
+        elif on_mismatch == "missing" and only_missing:
+            console.info(f"{where}: {len(report.missing)} label record(s) without an embedding left out "
+                         f"(--only-embedded; {len(matched)} matched)")
         else:
+            how = ("--only-embedded (on_mismatch='missing') leaves out the records without an embedding, "
+                   "--skip-mismatched ('skip') every mismatch" if only_missing
+                   else "--skip-mismatched (on_mismatch='skip') leaves them out")
             raise InputError(f"{report.problems} label records do not match the embeddings: {report.describe()} "
-                             "(--skip-mismatched leaves them out)", path=where)
+                             f"({how})", path=where)
     if not matched:
         if report.left_out and not report.problems:
             raise InputError(f"every labelled protein ({len(report.left_out)}) was left out by embed (its 'failed' "

@@ -74,7 +74,7 @@ class FitConfig:
     dropout: float = 0.25
     dual: str = "first"  # loc: Cytoplasm-Nucleus -> Cytoplasm ("first") or left out ("skip")
     layer: int = -1  # which layer when the embeddings hold several
-    on_mismatch: str = "error"  # or "skip"
+    on_mismatch: str = "error"  # "skip": leave out mismatched records; "missing": only those without an embedding
     cache_bytes: int = DEFAULT_CACHE_BYTES  # per-residue sets smaller than this are read into RAM
     n_bootstrap: int = 1000
     threads: int | None = None
@@ -106,8 +106,8 @@ class FitConfig:
             raise UsageError(f"--seed must be 0 or more, got {self.seed}")
         if self.cache_bytes < 0:
             raise UsageError(f"--cache-gb must be 0 or more, got {self.cache_bytes / (1 << 30):g}")
-        if self.on_mismatch not in ("error", "skip"):
-            raise UsageError(f"on_mismatch must be 'error' or 'skip', got {self.on_mismatch!r}")
+        if self.on_mismatch not in ("error", "skip", "missing"):
+            raise UsageError(f"on_mismatch must be 'error', 'skip' or 'missing', got {self.on_mismatch!r}")
 
 
 @dataclass
