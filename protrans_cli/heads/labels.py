@@ -332,7 +332,7 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
                                  line=lineno) from None
         records.append(LabelRecord(_sequence_id(seq, seen), seq, labels, mask, None, lineno, id_from_sequence=True))
     notes = ["NetSurfP CSVs carry no ids: ids are made from the sequence checksum (seq-<md5 prefix>)",
-             f"evaluation mask: {' and '.join(mask_columns) or 'none'} = 1.0"]
+             f"residue mask: {' and '.join(mask_columns) or 'none'} = 1.0 (the residues trained on and scored)"]
     return LabelSet(name, "netsurfp", records, notes)
 
 
