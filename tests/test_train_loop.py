@@ -415,6 +415,10 @@ def test_cli_config_file_and_flag_override(tmp_path, run_cli):
     model_config = json.loads((out / "config.json").read_text())
     assert model_config["num_hidden_layers"] == 1 and model_config["hidden_size"] == 16
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [2, 4]
+    # the last line sums the run up: steps, time, tokens/s, the last loss logged, where the files are
+    last = read_metrics(out / "metrics.jsonl")[-1]["loss"]
+    assert re.search(rf"train: done, 4 steps; model in .*run \(4 steps in \d+ s, [\d,]+ tokens/s, last train loss "
+                     rf"{last:.4f}; metrics.jsonl and loss_curve.png in it\)\n$", res.stderr), res.stderr
 
 
 def test_default_warmup_is_a_tenth_of_the_run_so_a_short_run_peaks_and_decays(tmp_path, run_cli):

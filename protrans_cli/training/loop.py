@@ -870,6 +870,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
     bar = console.progress(total=total_steps, initial=step, desc="train", unit="step") if info.is_main else None
     log = Accumulator()
     t_log, paused = time.perf_counter(), 0.0  # paused: seconds of checkpoint saves since the last line
+    began, first_step, run_tokens = time.perf_counter(), step, 0  # (this process's part, for the summary)
     if state is not None and state.get("log") and info.is_main:
         # the steps since the last metrics line before the checkpoint: the next line averages
         # them too, as the uninterrupted run's does; with their training time, or its tokens/s
@@ -944,6 +945,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 reduced = log.reduce()
                 now = time.perf_counter()
                 tokens = reduced.pop("tokens")
+                run_tokens += tokens
                 # tokens/s of the training steps alone: evaluations and checkpoint saves excluded
                 seconds = max(now - t_log - paused, 1e-9)
                 record = {"step": step, "phase": phase_index + 1, "loss": reduced.pop("loss"), "lr": lr_used,
@@ -1027,7 +1029,15 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
     dist.barrier()
     result.step = step
     result.completed = True
-    dist.print0(f"train: done, {step} steps; model in {run.run_dir}")
+    # One summary line: the last line of a log, where a user looked for the loss, the time and the
+    # files (it said only the steps and the folder; the rest was in metrics.jsonl).
+    elapsed = time.perf_counter() - began
+    last_loss = next((loss for loss in reversed(result.losses) if loss is not None), None)
+    dist.print0(f"train: done, {step} steps; model in {run.run_dir}"
+                + (f" ({step - first_step} steps in {_duration(elapsed)}, {run_tokens / max(elapsed, 1e-9):,.0f} "
+                   "tokens/s" + (f", last train loss {last_loss:.4f}" if last_loss is not None else "")
+                   + (f", eval loss {final_eval:.4f}" if final_eval is not None else "")
+                   + "; metrics.jsonl and loss_curve.png in it)" if step > first_step else ""))
     if stop is not None:
         # A signal while the final model was written, or from here on: the run is complete, and
         # the exit says so (StopRequest.__exit__ acts on it as this returns).
@@ -1380,3 +1390,11 @@ def _gather_objects(obj) -> list:
     return out
 
 
+def _duration(seconds: float) -> str:
+    """`42 s`, `3 min 5 s`, `2 h 7 min`: the summary's wall time."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
