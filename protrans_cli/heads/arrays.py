@@ -42,7 +42,8 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
     neither, so that cannot be checked here: `predict_sequences` embeds with them)."""
     import torch
 
-    from protrans_cli.heads.fit import head_device
+    from protrans_cli.heads.data import ProteinData, ResidueData
+    from protrans_cli.heads.fit import head_device, predict_data
     from protrans_cli.heads.model import load_head
     from protrans_cli.threads import resolve_threads
 
@@ -59,26 +60,15 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
     width = int(config["input_dim"])
     arrays = [_checked(ident, array, width, per_residue) for ident, array in pairs]
     torch.set_num_threads(resolve_threads(threads, small_work=not per_residue))
-    target = head_device(device)
-    ensemble.to(target)
-    probs: list[dict] = [{} for _ in arrays]
-    lengths = np.array([len(a) if per_residue else 0 for a in arrays], dtype=np.int64)
-    for batch in _batches(lengths, max_residues if per_residue else 256, per_residue):
-        if per_residue:
-            longest = max(1, int(lengths[batch].max()))
-            x = np.zeros((len(batch), longest, width), dtype=np.float32)
-            mask = np.zeros((len(batch), longest), dtype=bool)
-            for row, i in enumerate(batch):
-                x[row, :lengths[i]] = arrays[i]
-                mask[row, :lengths[i]] = True
-            out = ensemble.probabilities(torch.from_numpy(x).to(target), torch.from_numpy(mask).to(target))
-        else:
-            x = np.stack([arrays[i] for i in batch])
-            out = ensemble.probabilities(torch.from_numpy(x).to(target), None)
-        for name, p in out.items():
-            p = p.cpu().numpy()
-            for row, i in enumerate(batch):
-                probs[i][name] = p[row, :lengths[i]] if per_residue else p[row]
+    ensemble.to(head_device(device))
+    # batched, padded and run as `predict` runs a file's (an empty per-residue array: nothing to run)
+    kept = [i for i, a in enumerate(arrays) if len(a) or not per_residue]
+    data = (ResidueData.in_memory([arrays[i] for i in kept], width) if per_residue
+            else ProteinData.in_memory(np.stack(arrays) if arrays else np.zeros((0, width), np.float32)))
+    found = predict_data(ensemble, task, data, max_residues=max_residues)
+    probs: list[dict] = [{o.name: np.zeros((0, len(o.classes)), np.float32) for o in task.outputs} for _ in arrays]
+    for j, i in enumerate(kept):
+        probs[i] = {name: found[name][j] for name in found}
     results = [{o.name: _prediction(o, p[o.name], per_residue) for o in task.outputs} for p in probs]
     return results if as_list else {ident: result for (ident, _), result in zip(pairs, results)}
 
@@ -125,21 +115,6 @@ def _checked(ident, array, width: int, per_residue: bool) -> np.ndarray:
             raise UsageError(f"protein {ident!r}: an embedding of no residue has no mean")
         a = a.mean(axis=0)
     return np.ascontiguousarray(a)
-
-
-def _batches(lengths: np.ndarray, budget: int, per_residue: bool):
-    """Positions in batches: per residue, sorted by length, each at most `budget` padded residues
-    (a longer protein alone); per protein, `budget` vectors at a time."""
-    order = np.argsort(lengths, kind="stable") if per_residue else np.arange(len(lengths))
-    batch: list[int] = []
-    for i in order:
-        longest = int(lengths[i]) if per_residue else 0  # (sorted: the newest is the longest)
-        if batch and (len(batch) + 1) * (longest if per_residue else 1) > budget:
-            yield batch
-            batch = []
-        batch.append(int(i))
-    if batch:
-        yield batch
 
 
 def _prediction(output, p: np.ndarray, per_residue: bool) -> Prediction:

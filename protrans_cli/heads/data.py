@@ -503,6 +503,18 @@ class ResidueData:
         if self.nbytes <= cache_bytes:
             self._load_cache()
 
+    @classmethod
+    def in_memory(cls, arrays: list[np.ndarray], dim: int) -> "ResidueData":
+        """(L, D) float32 arrays already in memory (checked by the caller), batched as a file's
+        cached rows are (heads.arrays.predict_embeddings)."""
+        data = cls.__new__(cls)
+        data.path, data.dim = "<memory>", dim
+        data.items = [Matched(str(i), str(i), len(a), {}) for i, a in enumerate(arrays)]
+        data.lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        data.starts = np.concatenate([[0], np.cumsum(data.lengths)[:-1]]).astype(np.int64)
+        data.cached = np.concatenate(arrays) if arrays else np.zeros((0, dim), np.float32)
+        return data
+
     @property
     def residues(self) -> int:
         return int(self.lengths.sum())
@@ -726,6 +738,15 @@ class ProteinData:
         # Class indices (int64), or float32 for value outputs (NaN = not counted).
         self.targets = {name: _target_array([m.targets[name] for m in items]) for name in (items[0].targets if items else {})}
         self.lengths = np.array([m.length for m in items], dtype=np.int64)
+
+    @classmethod
+    def in_memory(cls, x: np.ndarray) -> "ProteinData":
+        """(N, D) float32 vectors already in memory (checked by the caller: heads.arrays)."""
+        data = cls.__new__(cls)
+        data.path, data.x, data.dim = "<memory>", x, int(x.shape[1])
+        data.items = [Matched(str(i), str(i), 0, {}) for i in range(len(x))]
+        data.targets, data.lengths = {}, np.zeros(len(x), dtype=np.int64)
+        return data
 
     def batches(self, batch_size: int = 64, shuffle: bool = False, rng=None, **_) -> Iterator[Batch]:
         import torch
