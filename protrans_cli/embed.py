@@ -1236,10 +1236,9 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
             # would otherwise become OUTPUT.partial until the run ends).
             summary.num_resumed = scan.num_records
             if dist.is_main:  # a stacked extension's link that a kill after its partial file's removal left
-                from protrans_cli.io.stacked import base_path
+                from protrans_cli.io.h5 import remove_partial
 
-                with contextlib.suppress(OSError):  # (the file before the extension: all of its space)
-                    base_path(partial_path(output)).unlink()
+                remove_partial(partial_path(output))  # (there is none: its side files, the link's old file's space)
             if not dist.is_main:
                 summary.output = None  # rank 0 reports
             return summary

@@ -30,7 +30,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, ProtransError, UsageError, expect_path
 from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_ATTRS, EmbeddingsReader,
-                                EmbeddingsWriter, _comparable, digest128, escape_key, partial_path, remove_ledger,
+                                EmbeddingsWriter, _comparable, digest128, escape_key, partial_path, remove_partial,
                                 stored_proteins)
 
 # What the writer records itself: its layout and kinds, and the failures and runs of the parts
@@ -128,13 +128,7 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
         attrs["part"] = ""
     attrs.update(command_line=command_line or "protrans merge", protrans_version=__version__)
     if force:
-        from protrans_cli.io.stacked import base_path
-
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-        remove_ledger(partial)
-        with contextlib.suppress(OSError):  # (an interrupted stacked extension's link: it kept the old file's space)
-            base_path(partial).unlink()
+        remove_partial(partial)
     repeated = sum(len(s) for s in repeats)
     total = sum(len(p.ids) for p in parts) - repeated
     if layout == "stacked" and all(p.layout == "stacked" for p in parts):
@@ -148,9 +142,7 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
             writer.flush(failures=True)
             failed = dict(writer.failed)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink()  # (nothing was computed: merging again costs what this did)
-        remove_ledger(partial)  # (and its side files: the writer seals the ledger as it closes)
+        remove_partial(partial)  # (nothing was computed: merging again costs what this did)
         if isinstance(exc, ProtransError) and "--resume" in exc.message:
             # (the writer's and the stacking's advice is embed's: the partial file, --resume)
             raise type(exc)(_merge_advice(exc.message), path=str(output)) from None

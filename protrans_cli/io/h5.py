@@ -1287,6 +1287,18 @@ def remove_ledger(path) -> None:
         untrusted_path(path).unlink()
 
 
+def remove_partial(partial) -> None:
+    """A partial file that is given up, with its side files: its ledger, its list of untrusted
+    proteins and a stacked extension's link to the finished file (io/stacked.py: it keeps that
+    file's space)."""
+    from protrans_cli.io.stacked import base_path
+
+    for path in (partial, base_path(partial)):
+        with contextlib.suppress(OSError):
+            Path(path).unlink()
+    remove_ledger(partial)
+
+
 def untrusted_path(path) -> Path:
     """`out.h5.partial.untrusted`: the 128-bit digests of the proteins a run wrote into `path`
     after its last flush, before a write failed inside HDF5: their records may be readable while
