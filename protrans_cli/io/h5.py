@@ -1004,6 +1004,12 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
             # over and the next insertion does not ("incorrect metadata checksum" on resuming).
             if not lost_attrs and not damaged_index and not any(bad.values()) and not force and not moved:
                 return None
+            from protrans_cli.io.stacked import EXTENDS
+
+            if EXTENDS in lost_attrs:  # (io/stacked.py: which finished file completes it is unknown)
+                raise RuntimeFailure("a kill left the record of the finished file this partial file adds to "
+                                     f"unreadable: remove {path.name} and run the same command with --resume "
+                                     "(what that run added is embedded again)", path=str(path))
             # (a write failing inside HDF5 can crash h5py: the room is checked first, without a
             # half-made copy that a crashed reader left: embed_resume._done_in)
             salvage.unlink(missing_ok=True)
@@ -1011,10 +1017,6 @@ def repair_after_kill(path, kinds: Iterable[str], layout: str, run_attrs: dict |
                              what="a mended copy of this damaged file")
             # (creation order tracked, as the writer makes its groups: in old-style groups every
             # later flush rewrote every name, growing with the square of the proteins)
-            if "extends" in lost_attrs:  # (io/stacked.py: which finished file completes it is unknown)
-                raise RuntimeFailure("a kill left the record of the finished file this partial file adds to "
-                                     f"unreadable: remove {path.name} and run the same command with --resume (what that run "
-                                     "added is embedded again)", path=str(path))
             with h5_file(salvage, "w", track_order=True) as out:
                 for key in lost_attrs:
                     if key == "failed":
