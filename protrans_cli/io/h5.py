@@ -1628,6 +1628,7 @@ class EmbeddingsWriter:
         for busy in (self.partial, self.path):
             refuse_if_in_use(busy)
         resumed = False
+        self._base = None  # the finished stacked file this run's proteins are merged with (io/stacked.py)
         if resume and not self.partial.exists() and self.path.exists():
             # A finished file extended by a resumed run: it becomes partial again until done.
             _check_resumable(self.path, run_attrs, resume_equal)
@@ -1659,7 +1660,7 @@ class EmbeddingsWriter:
             resumed = True
             from protrans_cli.io.stacked import extension_base
 
-            try:  # the finished file whose proteins this one's complete (io/stacked.py), if any
+            try:
                 self._base = extension_base(self.file, self.partial)
             except BaseException:
                 self.file.close()
@@ -1688,8 +1689,6 @@ class EmbeddingsWriter:
             except OSError as exc:  # named by the output the user chose, not by the hidden file
                 raise RuntimeFailure(f"cannot create the output: {write_failure_reason(exc)}",
                                      path=str(self.path)) from None
-        if not resumed:
-            self._base = None
         self._cache = _MetadataHold(self.file)
         self.resumed = resumed
         self.runs = recorded_runs(self.file) if resumed else []

@@ -423,8 +423,9 @@ def start_extension(finished, partial) -> bool:
 
 def extension_base(f, partial) -> Path | None:
     """The finished stacked file that the open partial file `f` (at `partial`) adds proteins
-    to (start_extension), None where it adds to none. A RuntimeFailure where that file is gone
-    or holds another number of rows than when the run began."""
+    to (start_extension), None where it adds to none. A RuntimeFailure where that file is gone,
+    or holds another number of rows, or has another size or modification time (`extends_file`)
+    than when the run began."""
     from protrans_cli.io.h5 import h5_file
 
     rows = f.attrs.get(EXTENDS)
