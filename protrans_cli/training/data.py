@@ -378,18 +378,18 @@ def corpus_overlaps(corpus, val_corpus=()) -> list[str]:
             return None  # (check_corpus names a missing file)
         return st.st_dev, st.st_ino
 
+    keys = [key(path) for path in corpus]  # (each file stat-ed once)
     seen: dict = {}
     warned: set = set()
     out = []
-    for path in corpus:
-        k = key(path)
+    for path, k in zip(corpus, keys):
         if k is None:
             continue
         if k not in seen:
             seen[k] = path
         elif k not in warned:
             warned.add(k)
-            times = sum(1 for p in corpus if key(p) == k)
+            times = keys.count(k)
             out.append(f"corpus file {seen[k]} is named {times} times (--corpus names and patterns): each of its "
                        f"proteins is trained {times} times an epoch")
     for path in val_corpus:
