@@ -2275,3 +2275,25 @@ def test_init_from_a_config_with_more_layers_than_its_weights_is_refused(tmp_pat
     assert r.exit_code == 1, r.stderr
     assert f"gives {config['num_hidden_layers']} layers (num_hidden_layers), more than its weights hold" in r.stderr
     assert "start from random" not in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_resume_from_another_runs_checkpoint_into_a_directory_holding_a_run_is_refused(tmp_path):
+    """`--resume-from T5_RUN/checkpoints/step_N -o BERT_RUN` went on in BERT_RUN: BERT's and T5's
+    checkpoints side by side, metrics.jsonl with lines of both runs, train_config.json replaced."""
+    bert = _config(tmp_path, "bert", num_steps=4, save_every=1, stop_after=1)
+    t5 = _config(tmp_path, "t5", num_steps=4, save_every=2, stop_after=2)
+    train(bert)
+    train(t5)
+    before = sorted(p.name for p in (tmp_path / "run_bert" / "checkpoints").iterdir())
+    with pytest.raises(UsageError, match=r"run_bert holds another run than .*step_00000002's \(family: 'bert' "
+                                         r"there, 't5' here.*give -o one that holds no run"):
+        train(dataclasses.replace(t5, output_dir=bert.output_dir, stop_after=None),
+              resume=t5.output_dir + "/checkpoints/step_00000002")
+    assert sorted(p.name for p in (tmp_path / "run_bert" / "checkpoints").iterdir()) == before
+    assert json.loads((tmp_path / "run_bert" / "train_config.json").read_text())["family"] == "bert"
+    # A checkpoint of the run itself, copied out and back, still resumes there.
+    import shutil
+
+    shutil.move(t5.output_dir + "/checkpoints/step_00000002", tmp_path / "kept")
+    result = train(dataclasses.replace(t5, stop_after=None), resume=str(tmp_path / "kept"))
+    assert result.completed and result.step == 4

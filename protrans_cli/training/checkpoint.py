@@ -605,13 +605,15 @@ def _single_phase(side: dict) -> tuple:
     return side.get("max_length"), side.get("global_batch_size")
 
 
-def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="cpu") -> "TrainConfig":
+def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="cpu",
+                   refusal=None) -> "TrainConfig":
     """`config`, checked against the checkpoint's train_config.json: a resumed run with another
     corpus, batch, seed or optimizer setting went on silently (the saved data position applied to
     another corpus; --lr overridden by the restored scheduler). A setting left at None
     (warmup_steps) takes the checkpoint's value; one that an older checkpoint lacks is not compared.
     Defaults are compared as what they mean: no objective is the family's (`family`), precision
-    auto is what it is on this `device` (a torch.device or its type)."""
+    auto is what it is on this `device` (a torch.device or its type). `refusal`: the error's
+    message made of the settings that differ (by default "cannot resume from WHERE ...")."""
     from protrans_cli.training.config import DEFAULT_MAX_WARMUP, RESOLVED, resolve_precision
 
     path = where / CONFIG_FILE
@@ -668,6 +670,8 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
             differ.append(_PHASES_SHOWN)
     if differ:
         shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} here" if k in now else k for k in differ[:4])
+        if refusal is not None:
+            raise UsageError(refusal(shown))
         raise UsageError(f"cannot resume from {where} with other settings ({shown}): use the run's settings "
                          "(its train_config.json), or start a new run with --init-from that checkpoint")
     return config

@@ -269,6 +269,16 @@ def _check_resume_settings(config: TrainConfig, resume, family, info) -> None:
         from protrans_cli.models import get_family
 
         family = get_family(checked.family)
+    run_dir = Path(config.output_dir)
+    if (resume is not True and (run_dir / ckpt.CONFIG_FILE).is_file()
+            and where.resolve().parent != (run_dir / "checkpoints").resolve()):
+        # --resume-from another run's checkpoint with -o naming a directory that holds a run of
+        # its own: a T5 checkpoint continued in a BERT run's directory left BERT's and T5's
+        # checkpoints side by side, metrics.jsonl with lines of both, and train_config.json
+        # overwritten. (A checkpoint of this run copied back from elsewhere has its settings.)
+        ckpt.resumed_config(checked, run_dir, family=family, device=info.device.type, refusal=lambda shown: (
+            f"{run_dir} holds another run than {where}'s ({shown}): --resume-from a checkpoint of "
+            "another run continues it in a new directory (give -o one that holds no run)"))
     ckpt.resumed_config(checked, where, family=family, device=info.device.type)
 
 
