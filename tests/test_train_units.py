@@ -1680,3 +1680,17 @@ def test_a_corpus_file_named_twice_or_also_the_val_corpus_is_warned(tmp_path):
     (val,) = corpus_overlaps(shards + [str(tmp_path / "corpus.valid.txt")], [str(tmp_path / "corpus.valid.txt")])
     assert val.startswith("validation corpus file") and "also a training corpus file" in val
     assert corpus_overlaps(shards + [str(tmp_path / "missing.txt")]) == []
+
+
+def test_an_empty_run_directory_is_a_usage_error(tmp_path, run_cli, monkeypatch):
+    """`-o ""` (an unset shell variable) is Path("") == ".": train wrote its checkpoints/ and model
+    files into the working directory."""
+    monkeypatch.chdir(tmp_path)
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", "", "--num-steps", 2, "--max-length", 32,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 2 and "--output-dir (output_dir) is empty" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"corpus": LEARNABLE, "output_dir": ""}))
+    res = run_cli("train", "--config", config)
+    assert res.exit_code == 2 and f"{config}: --output-dir (output_dir) is empty" in res.stderr, res.stderr

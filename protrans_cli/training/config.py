@@ -220,6 +220,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if isinstance(self.output_dir, str) and not self.output_dir.strip():
+            # (Path("") is "."): `-o ""` (an unset shell variable, `-o "$RUN"`) trained into the
+            # working directory, its checkpoints/ and model files among whatever was there
+            raise UsageError(f"{setting_name('output_dir')} is empty: give the run directory")
         if self.init_from and self.preset:
             raise UsageError(f"preset {self.preset!r} cannot go with init_from: the architecture comes from "
                              f"{self.init_from} (--set KEY=VALUE changes settings such as dropout, not sizes)")
