@@ -1694,3 +1694,14 @@ def test_an_empty_run_directory_is_a_usage_error(tmp_path, run_cli, monkeypatch)
     config.write_text(json.dumps({"corpus": LEARNABLE, "output_dir": ""}))
     res = run_cli("train", "--config", config)
     assert res.exit_code == 2 and f"{config}: --output-dir (output_dir) is empty" in res.stderr, res.stderr
+
+
+def test_an_empty_corpus_path_is_a_usage_error_naming_the_setting(tmp_path, run_cli):
+    """`--corpus "$CORPUS"` with the variable unset said "'': no such file", naming nothing."""
+    base = ("-o", tmp_path / "run", "--num-steps", 2, "--max-length", 32, "--global-batch-size", 4,
+            "--micro-batch-size", 4, "-j", 1)
+    res = run_cli("train", "--corpus", "", *base)
+    assert res.exit_code == 2 and "--corpus (corpus) names an empty path" in res.stderr, res.stderr
+    res = run_cli("train", "--corpus", LEARNABLE, "--val-corpus", " ", *base)
+    assert res.exit_code == 2 and "--val-corpus (val_corpus) names an empty path" in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()

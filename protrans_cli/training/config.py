@@ -224,6 +224,10 @@ class TrainConfig:
             # (Path("") is "."): `-o ""` (an unset shell variable, `-o "$RUN"`) trained into the
             # working directory, its checkpoints/ and model files among whatever was there
             raise UsageError(f"{setting_name('output_dir')} is empty: give the run directory")
+        for name in ("corpus", "val_corpus"):
+            # (`--corpus "$CORPUS"` with the variable unset said only "'': no such file")
+            if any(not path.strip() for path in getattr(self, name)):
+                raise UsageError(f"{setting_name(name)} names an empty path: give the corpus file")
         if self.init_from and self.preset:
             raise UsageError(f"preset {self.preset!r} cannot go with init_from: the architecture comes from "
                              f"{self.init_from} (--set KEY=VALUE changes settings such as dropout, not sizes)")
