@@ -184,6 +184,8 @@ def _check_paths(paths: list[Path], output: Path) -> None:
     seen: dict[Path, Path] = {}
     targets = {output.resolve(), partial_path(output).resolve()}
     for path in paths:
+        if str(path) == "-":  # (it was "-: no such file", exit 1; fit and predict say this, exit 2)
+            raise UsageError("an HDF5 file is read in place, not from stdin ('-'): give each part as a file")
         if str(path).endswith(".partial"):
             raise UsageError("an unfinished embed run's file: finish it first (the same embed command with "
                              "--resume), then merge its output", path=str(path))

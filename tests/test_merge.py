@@ -136,6 +136,7 @@ def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
         (["-o", a, a], 2, "a.h5: is also the output"),
         (["-o", tmp_path / "n.h5", tmp_path / "x.h5.partial"], 2, "an unfinished embed run's file"),
         (["-o", tmp_path / "n.h5", tmp_path / "missing.h5"], 1, "missing.h5: no such file"),
+        (["-o", tmp_path / "n.h5", a, "-"], 2, "not from stdin ('-'): give each part as a file"),
         (["-o", tmp_path / "n.h5", tmp_path / "foreign.h5"], 1, "not an output of protrans embed"),
         (["-o", tmp_path / "n.h5", a, "--layout", "stacked"], 2, "the stacked layout holds per-protein vectors only"),
     ]
