@@ -297,6 +297,22 @@ def test_click_usage_errors_are_one_line(run_cli, args, message):
     assert r.stderr.startswith("protrans: error: ") and message in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("args,option", [
+    (["--test", "t.h5", "-o", "heads/ss3"], "--test"),
+    (["-o", "heads/ss3", "--test", "t.h5", "--max-epochs", "1"], "--test"),
+    (["-o", "heads/ss3", "--test", "t.h5", "--no-plots"], "--test"),
+    (["-o", "heads/ss3", "--valid", "v.h5", "--seed=3"], "--valid"),
+])
+def test_fit_valid_and_test_without_their_labels_file_say_so(run_cli, tmp_path, args, option):
+    """`fit --test EMB.h5` with the labels file left out took the next option as the labels file:
+    "Missing option '-o'" (given), "Got unexpected extra argument (1)", or (a flag) a fit that
+    trained and then failed on "--no-plots: no such file", exit 1."""
+    r = run_cli("fit", "ss3", "--embeddings", tmp_path / "x.h5", "--labels", tmp_path / "x.csv", *args)
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert f"Invalid value for '{option}': takes two files, EMBEDDINGS LABELS, and got" in r.stderr, r.stderr
+    assert "give the labels file after the embeddings file" in r.stderr
+
+
 def test_env_reports_versions_devices_and_fast_paths(run_cli):
     """`protrans env`: what a bug report needs, from the libraries themselves (no GPU here: no
     device, CPU build)."""

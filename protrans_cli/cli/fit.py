@@ -17,17 +17,33 @@ from protrans_cli.heads.tasks import DUAL_POLICIES, TASKS
 _PAIR = (INPUT_FILE, INPUT_FILE)
 
 
+def _files_not_options(ctx, param, value):
+    """--valid and --test take two files each: `--test cb513.h5 -o heads/ss3` (the labels file
+    left out) took `-o` as the labels file, and said "Missing option '-o'"; before another option
+    it said "Got unexpected extra argument (1)", or trained and then failed on "--no-plots: no
+    such file" (exit 1)."""
+    names = {name for p in ctx.command.params for name in (*p.opts, *p.secondary_opts)}
+    for pair in (value if param.multiple else [value] if value else []):
+        for given in pair:
+            if given.split("=", 1)[0] in names:
+                raise click.BadParameter(
+                    f"takes two files, EMBEDDINGS LABELS, and got {pair[0]!r} then the option {given!r}: "
+                    "give the labels file after the embeddings file", ctx, param)
+    return value
+
+
 @click.command("fit", context_settings={"show_default": True})
 @click.argument("task", type=click.Choice(list(TASKS)))
 @click.option("--embeddings", required=True, type=INPUT_FILE, metavar="FILE", help="Training embeddings (HDF5).")
 @click.option("--labels", required=True, type=INPUT_FILE, metavar="FILE",
               help="Training labels (NetSurfP CSV, PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, id,label CSV/TSV).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
-@click.option("--valid", nargs=2, type=_PAIR, default=None, metavar="EMBEDDINGS LABELS",
+@click.option("--valid", nargs=2, type=_PAIR, default=None, metavar="EMBEDDINGS LABELS", callback=_files_not_options,
               help="Validation set for early stopping.  [default: the --labels file's validation records "
                    "(FLIP SET=/VALIDATION=, a table's set column, a DeepLoc header's split), else "
                    "--valid-fraction of train]")
 @click.option("--test", "tests", nargs=2, type=_PAIR, multiple=True, metavar="EMBEDDINGS LABELS",
+              callback=_files_not_options,
               help="A set to evaluate after training; repeat for several.")
 @click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of every label file.")
 @click.option("--mask", "mask_path", type=INPUT_FILE, metavar="FILE", default=None,
