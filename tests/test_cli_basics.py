@@ -313,6 +313,28 @@ def test_fit_valid_and_test_without_their_labels_file_say_so(run_cli, tmp_path, 
     assert "give the labels file after the embeddings file" in r.stderr
 
 
+@pytest.mark.parametrize("args,option,value", [
+    (["embed", "{fa}", "-m", "onehot", "-o", "--per-protein"], "--output", "--per-protein"),
+    (["prep", "{fa}", "-o", "-q"], "--output", "-q"),
+    (["train", "--corpus", "--val-corpus", "v.txt"], "--corpus", "--val-corpus"),
+    (["embed", "{fa}", "-m", "--layer=2", "-o", "x.h5"], "--model", "--layer=2"),
+    (["predict", "head", "--embeddings", "x.h5", "-o", "--help"], "--output", "--help"),
+])
+def test_an_option_taken_as_a_value_is_a_usage_error(run_cli, tmp_path, monkeypatch, args, option, value):
+    """An option's value left out made the next option its value: `embed x.fa -o --per-protein`
+    wrote an HDF5 file named `--per-protein` (exit 0), `prep x.fa -o -q` a corpus named `-q`."""
+    monkeypatch.chdir(tmp_path)
+    fa = tmp_path / "a.fa"
+    fa.write_text(">a\nMKV\n")
+    r = run_cli(*[a.format(fa=fa) for a in args])
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert f"'{option}': '{value}' is an option of this command, not a value" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fa"]
+    # a file really named so is given with its folder
+    r = run_cli("prep", fa, "-o", "./-q")
+    assert r.exit_code == 0 and (tmp_path / "-q").read_text().startswith("M K V"), r.stderr
+
+
 def test_env_reports_versions_devices_and_fast_paths(run_cli):
     """`protrans env`: what a bug report needs, from the libraries themselves (no GPU here: no
     device, CPU build)."""

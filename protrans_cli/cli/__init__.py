@@ -52,7 +52,7 @@ class LazyGroup(click.Group):
         if ctx is not None and ctx.resilient_parsing is False and _listing_help(ctx):
             return _HelpStub(name, help=COMMANDS[name][1])
         module = importlib.import_module(module_name)
-        return _with_output_flags(getattr(module, "command"))
+        return _values_not_options(_with_output_flags(getattr(module, "command")))
 
 
 def _set_quiet(ctx, param, value):
@@ -89,6 +89,37 @@ def _with_output_flags(command: click.Command) -> click.Command:
         ]
         command._protrans_output_flags = True
     return command
+
+
+def _values_not_options(command: click.Command) -> click.Command:
+    """An option's value that is one of the command's own options is a usage error: `embed x.fa
+    -o --per-protein` (the file name left out) wrote an HDF5 file named `--per-protein`, and `prep
+    x.fa -o -q` a corpus named `-q`. Text and path options only (a number option already refuses
+    it); a file really named so is given as `./--per-protein`."""
+    if getattr(command, "_protrans_values_checked", False):
+        return command
+    for param in command.params:
+        if (isinstance(param, click.Option) and not param.is_flag and not param.count
+                and isinstance(param.type, (click.Path, click.types.StringParamType))):
+            param.callback = _checked_value(param.callback)
+    command._protrans_values_checked = True
+    return command
+
+
+def _checked_value(callback):
+    def check(ctx, param, value):
+        if callback is not None:  # the option's own check first (fit's --test pair says more)
+            value = callback(ctx, param, value)
+        names = {name for p in ctx.command.get_params(ctx) if isinstance(p, click.Option)
+                 for name in (*p.opts, *p.secondary_opts)}
+        given = value if isinstance(value, (tuple, list)) else [value]
+        for item in (v for g in given for v in (g if isinstance(g, (tuple, list)) else [g])):
+            if isinstance(item, str) and item.split("=", 1)[0] in names:
+                raise click.BadParameter(f"{item!r} is an option of this command, not a value: give "
+                                         f"{param.opts[0]} its value first (a file named so: ./{item})", ctx, param)
+        return value
+
+    return check
 
 
 class _HelpStub(click.Command):
