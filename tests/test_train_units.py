@@ -1705,3 +1705,10 @@ def test_an_empty_corpus_path_is_a_usage_error_naming_the_setting(tmp_path, run_
     res = run_cli("train", "--corpus", LEARNABLE, "--val-corpus", " ", *base)
     assert res.exit_code == 2 and "--val-corpus (val_corpus) names an empty path" in res.stderr, res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_counts_one_step_in_the_singular():
+    """`train: done, 1 steps; ... (1 steps in 1 s, ...)` after a one-step run."""
+    from protrans_cli.training.loop import _steps
+
+    assert (_steps(1), _steps(0), _steps(20)) == ("1 step", "0 steps", "20 steps")
