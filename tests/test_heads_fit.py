@@ -2743,6 +2743,23 @@ def test_a_head_fit_without_a_mask_is_scored_without_one(ss_data, tmp_path):
         assert scores["ss3"]["accuracy"] >= 0
 
 
+def test_one_mask_column_given_as_a_str_is_that_column(ss_data, tmp_path):
+    # FitConfig(mask_columns="disorder") (a name, not a tuple of names) was read letter by letter:
+    # "has no mask column d, i, s, o, r, d, e, r"; evaluate_head(mask_columns="disorder") too
+    from protrans_cli.heads.predict import evaluate_head
+
+    head = tmp_path / "h"
+    fit(FitConfig(task="ss3", max_epochs=1, max_residues=300, threads=1, n_bootstrap=10, mask_columns="disorder"),
+        ss_data / "train.h5", ss_data / "train.csv", head)
+    assert json.loads((head / "config.json").read_text())["config"]["mask_columns"] == ["disorder"]
+    for columns in ("disorder", ["disorder"], None):
+        assert evaluate_head(head, ss_data / "test.h5", ss_data / "test.csv", mask_columns=columns)["ss3"]["accuracy"] >= 0
+    with pytest.raises(UsageError, match="mask_columns must be a column name or a list of them, got int 1"):
+        evaluate_head(head, ss_data / "test.h5", ss_data / "test.csv", mask_columns=1)
+    with pytest.raises(UsageError, match=r"FitConfig.mask_columns must be a column name or a list of them, got \(1,\)"):
+        fit(FitConfig(task="ss3", mask_columns=(1,)), ss_data / "train.h5", ss_data / "train.csv", tmp_path / "h2")
+
+
 @pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_predict_fasta_still_stops_on_a_signal_after_its_embedding_step(tmp_path, loc_data, run_cli, monkeypatch,
                                                                           name, code):

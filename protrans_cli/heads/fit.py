@@ -36,7 +36,8 @@ from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageEr
                                  first_line, located, torch_load_problem)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
-from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, unmasked_flip_warning
+from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, read_labels,
+                                      unmasked_flip_warning)
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
                                         save_confusion_png, save_scatter_png, spearman, summary_line)
 from protrans_cli.heads.tasks import DUAL_LABELS, IGNORE, Task, get_task
@@ -132,6 +133,8 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
 
     expect_options(config, FitConfig, "config")
     config.check()
+    # (one column given as a str: that column, also in config.json, which predict reads back)
+    config = replace(config, mask_columns=mask_column_names(config.mask_columns, "FitConfig.mask_columns"))
     _check_pairs(valid, tests)
     for name, value in (("embeddings", embeddings), ("labels", labels), ("out_dir", out_dir)):
         # (a list of files was a TypeError, None as out_dir too, None as embeddings "None: no such file")

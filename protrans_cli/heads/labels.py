@@ -142,6 +142,21 @@ def _companion_fasta(path) -> Iterator[FastaRecord]:
             yield from parse_fasta(itertools.chain(io.BytesIO(head + stream.readline()), stream), name)
 
 
+def mask_column_names(columns, name: str = "mask_columns") -> tuple[str, ...]:
+    """NetSurfP mask columns as a tuple of names: one name given as a str is that column
+    (`mask_columns="cb513_mask"` was read letter by letter, "has no mask column c, b, 5, ...",
+    and recorded so in a head's config.json); anything but names is a usage error."""
+    if isinstance(columns, str):
+        return (columns,)
+    if columns is None or isinstance(columns, bytes) or not hasattr(columns, "__iter__"):
+        raise UsageError(f"{name} must be a column name or a list of them, got {type(columns).__name__} "
+                         f"{columns!r:.60}")
+    columns = tuple(columns)
+    if not all(isinstance(c, str) for c in columns):
+        raise UsageError(f"{name} must be a column name or a list of them, got {columns!r:.60}")
+    return columns
+
+
 def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[str, ...] = ("disorder",),
                 mask_optional: bool = False, mask_elsewhere: bool = False) -> LabelSet:
     """Read any supported label file; `mask_path` is a FLIP mask FASTA, `mask_columns` NetSurfP's.
@@ -152,6 +167,7 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
     in another format is read without it; a FLIP-style one takes it as without the flag."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown label format {fmt!r} (choose from {', '.join(FORMATS)})")
+    mask_columns = mask_column_names(mask_columns)
     name = display_name(path)
     with open_input(path) as stream:
         data = stream.read()

@@ -28,7 +28,7 @@ from protrans_cli import console
 from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, expect_path, first_line
 from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
                                      report_unlabelled, stored_layer_index)
-from protrans_cli.heads.labels import read_labels, some_ids
+from protrans_cli.heads.labels import mask_column_names, read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, through_link)
 from protrans_cli.io.disk import ensure_room
@@ -441,7 +441,8 @@ def _warn_extension(out, per_residue: bool) -> None:
 
 def _fitted_mask_columns(config: dict) -> tuple:
     recorded = (config.get("config") or {}).get("mask_columns")
-    return ("disorder",) if recorded is None else tuple(recorded)  # ([]: fit without a mask)
+    # ([]: fit without a mask; a str: one column, as heads fit with FitConfig(mask_columns="name") recorded it)
+    return ("disorder",) if recorded is None else mask_column_names(recorded)
 
 
 def check_labels_first(head_config: dict, labels, *, label_format: str = "auto", mask_path=None,
@@ -455,7 +456,7 @@ def check_labels_first(head_config: dict, labels, *, label_format: str = "auto",
     if str(labels) == "-" or is_stream(labels) or (mask_path is not None and (str(mask_path) == "-"
                                                                             or is_stream(mask_path))):
         return
-    columns = _fitted_mask_columns(head_config) if mask_columns is None else tuple(mask_columns)
+    columns = _fitted_mask_columns(head_config) if mask_columns is None else mask_column_names(mask_columns)
     read_labels(labels, label_format, mask_path=mask_path, mask_columns=columns)
 
 
@@ -474,7 +475,7 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
         # The head's own (`fit --mask-column disorder --mask-column cb513_mask`): predict scored
         # CB513 on disorder alone, 140,486 positions where fit --test had 83,427, without a word
         mask_columns = fitted
-    elif tuple(mask_columns) != fitted:
+    elif (mask_columns := mask_column_names(mask_columns)) != fitted:
         console.info(f"scoring with --mask-column {' '.join(mask_columns) or '(none)'}; the head was fit with "
                      f"{' '.join(fitted) or 'no mask column'}")
     with EmbeddingsReader(embeddings) as reader:
