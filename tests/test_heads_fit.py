@@ -3297,6 +3297,23 @@ def test_predictions_in_memory_are_what_predict_writes(run_cli, ss_data, loc_dat
         predict_embeddings(loc_head, str(loc_data / "test.h5"))
 
 
+def test_predict_embeddings_takes_torch_tensors_as_a_model_gives_them(loc_data, tmp_path):
+    # a tensor that requires grad was a RuntimeError from inside numpy ("Can't call numpy() on
+    # Tensor that requires grad"); a bfloat16 one "its embedding is not an array of numbers"
+    from protrans_cli import predict_embeddings
+
+    head = tmp_path / "loc"
+    fit(FitConfig(task="loc", max_epochs=1, threads=1, n_bootstrap=10, plots=False), loc_data / "train.h5",
+        loc_data / "train.fasta", head)
+    with EmbeddingsReader(loc_data / "test.h5") as reader:
+        vector = reader.get("test0", "per_protein")
+    want = predict_embeddings(head, [vector], threads=1)[0]["loc"].probabilities
+    for tensor, tolerance in ((torch.from_numpy(vector).requires_grad_(), 1e-6),
+                              (torch.from_numpy(vector).bfloat16(), 1e-2)):
+        got = predict_embeddings(head, [tensor], threads=1)[0]["loc"].probabilities
+        np.testing.assert_allclose(got, want, atol=tolerance)
+
+
 def test_only_embedded_leaves_out_records_without_an_embedding_and_no_other_mismatch(run_cli, ss_data, tmp_path):
     """A head trained on part of a label file needed --skip-mismatched, which also hides labels of
     the wrong length; --only-embedded (on_mismatch="missing") leaves out only the records that

@@ -99,6 +99,10 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
 
 def _checked(ident, array, width: int, per_residue: bool) -> np.ndarray:
     """`array` as float32 of the shape the head takes, or a usage error naming the protein."""
+    if _is_tensor(array):
+        # a model's output as it comes: one that requires grad (RuntimeError "Can't call numpy()"),
+        # in bfloat16 or on a GPU ("not an array of numbers") could not be read as numpy reads it
+        array = array.detach().to("cpu", copy=False).float()
     try:
         a = np.asarray(array, dtype=np.float32)
     except (TypeError, ValueError):
@@ -115,6 +119,14 @@ def _checked(ident, array, width: int, per_residue: bool) -> np.ndarray:
             raise UsageError(f"protein {ident!r}: an embedding of no residue has no mean")
         a = a.mean(axis=0)
     return np.ascontiguousarray(a)
+
+
+def _is_tensor(value) -> bool:
+    """Whether `value` is a torch tensor (without importing torch where the caller has not)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _prediction(output, p: np.ndarray, per_residue: bool) -> Prediction:
