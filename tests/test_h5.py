@@ -43,6 +43,22 @@ def _write(path, ids, kinds=(PER_RESIDUE, PER_PROTEIN), layout="grouped", **kw):
     return arrays
 
 
+@pytest.mark.parametrize("layout, kinds", [("grouped", (PER_RESIDUE, PER_PROTEIN)), ("stacked", (PER_PROTEIN,))])
+def test_an_id_that_is_not_a_str_is_a_usage_error(tmp_path, layout, kinds):
+    # get(0) (ids read from a table as numbers, a list position) was a TypeError from inside the
+    # key escaping: "expected string or bytes-like object, got 'int'"
+    out = tmp_path / "e.h5"
+    _write(out, ["0", "b"], kinds=kinds, layout=layout)
+    with EmbeddingsReader(out) as r:
+        for ident, hint in ((0, r"int 0 \(str\(0\) if that is its id\)"), (np.int64(0), r"int64 .*\(str\(0\) if"),
+                            (None, "NoneType None")):
+            with pytest.raises(UsageError, match=f"a protein id is a str, got {hint}"):
+                r.get(ident, PER_PROTEIN)
+            with pytest.raises(UsageError, match="a protein id is a str"):
+                r.key_for(ident, PER_PROTEIN)
+        assert r.get("0", PER_PROTEIN).shape == (4,)
+
+
 def test_grouped_layout_round_trip(tmp_path):
     out = tmp_path / "e.h5"
     arrays = _write(out, ["a/1", "b"])

@@ -362,6 +362,7 @@ class EmbeddingsReader:
         says that dataset is another protein's (biotrainer's keys "0", "1", ...: protein "1" is
         not the dataset "1", the second protein, and it was read as such); else a key that is a
         whole header line starting with it (the ProtTrans script's, `EX0029 Plastid-S`)."""
+        _expect_id(ident)
         kind = self._default_kind(kind)
         if self._stacked is not None:
             self._check_kind(kind)
@@ -402,6 +403,7 @@ class EmbeddingsReader:
         return group[key]
 
     def get(self, ident: str, kind: str | None = None) -> np.ndarray:
+        _expect_id(ident)
         kind = self._default_kind(kind)
         if self._stacked is not None:
             self._check_kind(kind)
@@ -543,6 +545,14 @@ def _stacked_view(f, path: str):
     from protrans_cli.io.stacked import StackedView, is_stacked
 
     return StackedView(f, path) if is_stacked(f) else None
+
+
+def _expect_id(ident) -> None:
+    """A protein id is a str: `get(0)` (an id read as a number, a list position) was a TypeError
+    from inside the key escaping, "expected string or bytes-like object, got 'int'"."""
+    if not isinstance(ident, str):
+        hint = f" (str({int(ident)}) if that is its id)" if isinstance(ident, (int, np.integer)) else ""
+        raise UsageError(f"a protein id is a str, got {type(ident).__name__} {ident!r:.60}{hint}")
 
 
 def one_protein_twice(path: str, ident: str, *keys: str) -> InputError:
