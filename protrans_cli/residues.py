@@ -70,8 +70,10 @@ def normalise(seq: bytes | str, rare: str = "x") -> str:
             raw = seq.encode("latin-1")
         except UnicodeEncodeError:
             raw = seq.encode()
-    else:
+    elif isinstance(seq, (bytes, bytearray, memoryview)):
         raw = bytes(seq)
+    else:  # (5 made five zero bytes, "invalid character '\x00'"; a list of letters a TypeError)
+        raise UsageError(f"a sequence is a str or bytes, got {type(seq).__name__} {seq!r:.60}")
     data = raw.translate(_UPPER, _DELETE)
     if data.endswith(b"*"):
         data = data[:-1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from protrans_cli.errors import UsageError
 from protrans_cli.residues import (
     REASON_EMPTY,
     REASON_INTERNAL_STOP,
@@ -66,6 +67,15 @@ def test_unknown_rare_policy_is_an_error():
 
     with pytest.raises(UsageError, match=r"rare must be one of \('x', 'keep'\), got 'drop'"):
         normalise("MKT", rare="drop")
+
+
+@pytest.mark.parametrize("seq", [5, None, ["M", "K"], 1.5])
+def test_a_sequence_that_is_not_text_is_a_usage_error(seq):
+    """normalise(5) made five zero bytes and said "invalid character '\\x00' at residue 1"; None
+    and a list of letters were a TypeError from bytes()."""
+    with pytest.raises(UsageError, match="a sequence is a str or bytes, got "):
+        normalise(seq)
+    assert normalise(bytearray(b"mkv")) == normalise(memoryview(b"MKV")) == "MKV"
 
 
 def test_a_rejected_sequence_is_a_library_error_and_still_a_value_error():
