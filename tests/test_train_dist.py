@@ -232,3 +232,56 @@ def test_fsdp_checkpoints_leave_the_random_stream_alone(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         losses.append([r["loss"] for r in read_metrics(out / "metrics.jsonl")])
     assert losses[0] == losses[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(*args, rdzv_id: str):
+    """The documented multi-node command, as two nodes of one process each on this machine:
+    every rank is LOCAL_RANK 0 of its node, so anything that took the node's first process for
+    rank 0 (writing, logging, merging) would run twice. `--nproc-per-node 2` never shows that."""
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--node-rank", str(rank), "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                               f"127.0.0.1:{port}", "--rdzv-id", rdzv_id, "-m", "protrans_cli", *map(str, args)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    return [err for _, err in outputs]
+
+
+@pytest.mark.slow
+def test_two_nodes_through_c10d_rendezvous_train_and_embed_as_one_process(tmp_path):
+    out = tmp_path / "nodes"
+    errs = _two_nodes("train", *ARGS, "-o", out, rdzv_id="protrans-train")
+    assert "2 process(es) on cpu, strategy ddp" in errs[0] and "train: done, 6 steps" in errs[0]
+    assert "train:" not in errs[1]  # rank 1 (its node's first process) logs nothing
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    np.testing.assert_allclose(losses, _single(tmp_path), rtol=1e-5)
+
+    import h5py
+
+    fasta = ROOT / "protrans_cli" / "example_data" / "proteins.fasta"
+    errs = _two_nodes("embed", fasta, "-m", out, "-o", tmp_path / "two.h5", "-j", 1, rdzv_id="protrans-embed")
+    assert "embedded" in errs[0] and "embedded" not in errs[1]
+    subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "embed", fasta, "-m", out, "-o", tmp_path / "one.h5",
+                    "-j", "1"], cwd=ROOT, check=True)
+    with h5py.File(tmp_path / "two.h5") as two, h5py.File(tmp_path / "one.h5") as one:
+        for kind in ("per_residue", "per_protein"):
+            assert sorted(two[kind]) == sorted(one[kind]) and len(one[kind]) > 100
+            for key in one[kind]:
+                np.testing.assert_allclose(two[kind][key][()], one[kind][key][()], atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nodes", "one", "one.h5", "two.h5"]
