@@ -546,6 +546,18 @@ def stitch_windows(windows: list[tuple[int, int]], arrays: list[np.ndarray], len
     return out
 
 
+def _record_input_digest(output: Path, digest: str) -> None:
+    """Set a finished part file's `input_digest` (one attribute of the same size, written in place)
+    where it differs."""
+    from protrans_cli.io.h5 import _attr_value, _comparable, h5_file
+
+    with h5_file(output, "r") as f:
+        if str(_comparable(f.attrs.get("input_digest")) or "") == digest:
+            return
+    with h5_file(output, "r+") as f:
+        f.attrs["input_digest"] = _attr_value(digest)
+
+
 def resolve_max_length(options: EmbedOptions, model_max: int | None = None) -> int | None:
     """The length at which --long-policy applies: --max-length, else the model's own limit."""
     max_length = options.max_length
@@ -1239,6 +1251,11 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 from protrans_cli.io.h5 import remove_partial
 
                 remove_partial(partial_path(output))  # (there is none: its side files, the link's old file's space)
+                if options.part is not None:
+                    # this part of the input is what it holds: it records the input it is now a
+                    # part of, as a resume that adds proteins does (the other parts, resumed on this
+                    # input, record it; merge refused a part kept as it was)
+                    _record_input_digest(output, scan.input_digest)
             if not dist.is_main:
                 summary.output = None  # rank 0 reports
             return summary

@@ -444,3 +444,21 @@ def test_merge_takes_one_path_or_a_generator_and_refuses_a_wrong_output_or_force
         with pytest.raises(UsageError, match=match):
             merge(args.pop("inputs"), args.pop("output"), **args)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_parts_resumed_on_an_extended_input_merge_whether_or_not_they_gained_proteins(tmp_path, run_cli):
+    """Parts embedded from a FASTA, then each resumed on the FASTA with records added: a part that
+    got none of the new records (its resume had nothing to add) recorded the old input's digest,
+    and merge refused it as a part of another input."""
+    fasta = generated_fasta(tmp_path / "v1.fa", 20, repeat_every=0)
+    parts = [_embed(fasta, tmp_path / f"p{k}.h5", part=f"{k}/2") for k in (1, 2)]
+    extended = tmp_path / "v2.fa"
+    extended.write_text(fasta.read_text() + f">new1\n{_seq_in_part(1, 2, 'new1')}\n")
+    for k, path in zip((1, 2), parts):
+        _embed(extended, path, part=f"{k}/2", resume=True)
+    with h5py.File(parts[0], "r") as a, h5py.File(parts[1], "r") as b:
+        assert a.attrs["input_digest"] == b.attrs["input_digest"]
+        assert "new1" in a["per_protein"] and "new1" not in b["per_protein"]  # (part 2's resume: nothing to add)
+    r = run_cli("merge", *parts, "-o", tmp_path / "merged.h5")
+    assert r.exit_code == 0, r.stderr
+    assert_same_content(file_content(tmp_path / "merged.h5"), file_content(_embed(extended, tmp_path / "whole.h5")))
