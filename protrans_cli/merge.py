@@ -31,7 +31,7 @@ import numpy as np
 from protrans_cli.errors import InputError, ProtransError, UsageError, expect_path
 from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_ATTRS, EmbeddingsReader,
                                 EmbeddingsWriter, _comparable, digest128, escape_key, partial_path, remove_partial,
-                                stored_proteins)
+                                refuse_replacing_other_file, stored_proteins)
 
 # What the writer records itself: its layout and kinds, and the failures and runs of the parts
 _OWN_ATTRS = {"layout", "kinds", "kind", "storage_dtype", "failed", "runs"}
@@ -106,6 +106,8 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
 
     if output.exists() and not force:
         raise UsageError("exists: give --force to replace it", path=str(output))
+    if force and output.exists():
+        refuse_replacing_other_file(output, "embed or merge")
     partial = partial_path(output)
     if partial.exists() and not force:
         raise UsageError(f"{partial.name} exists (a run into this output that did not finish): give --force to "

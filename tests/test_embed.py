@@ -2824,3 +2824,21 @@ def test_a_chunked_proteins_windows_are_batched_together(tmp_path):
     pieces += [_Piece(u, 0, u.sequence) for u in units[1:]]
     order = [(p.unit.sequence[:1], p.index) for batch in make_batches(pieces, 1000, 1) for p in batch]
     assert order == [("M", 0), ("M", 1), ("M", 2), ("M", 3), ("A", 0), ("K", 0), ("C", 0)]
+
+
+def test_force_replaces_an_earlier_output_not_a_file_of_another_kind(tmp_path, run_cli):
+    """`-o proteome.fa --force` (or an -o that is a link to a FASTA, which embed writes through)
+    replaced the FASTA with embeddings; --force is for an earlier output, an HDF5 file."""
+    fasta = tmp_path / "other.fa"
+    fasta.write_bytes(SMALL.read_bytes())
+    (tmp_path / "link.h5").symlink_to(fasta)
+    for out in (fasta, tmp_path / "link.h5"):
+        r = run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--force")
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"{fasta}: is not an HDF5 file, it begins b'>" in r.stderr and "--force replaces an earlier embed " \
+            "output only" in r.stderr, r.stderr
+    assert fasta.read_bytes() == SMALL.read_bytes()
+    empty = tmp_path / "empty.h5"
+    empty.write_bytes(b"")  # (an empty file holds nothing to lose)
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", empty, "--force").exit_code == 0
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", empty, "--force").exit_code == 0  # an output: replaced

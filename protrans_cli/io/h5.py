@@ -1178,6 +1178,27 @@ def refuse_if_in_use(path) -> None:
         pass
 
 
+def refuse_replacing_other_file(path, command: str) -> None:
+    """--force replaces an earlier output, an HDF5 file (damaged or not): a usage error (exit 2),
+    before any work, for an existing file that is not one (`-o proteome.fa --force`, or an -o
+    that is a link to a FASTA, replaced the FASTA with embeddings). An empty file is replaced."""
+    target = Path(os.path.realpath(path))
+    if not target.is_file() or target.stat().st_size == 0:
+        return
+    import h5py
+
+    try:
+        hdf5 = h5py.is_hdf5(str(target))
+    except OSError:  # unreadable: the write says so
+        return
+    if not hdf5:
+        with open(target, "rb") as stream:
+            start = stream.read(16)
+        shown = "" if target == Path(os.path.abspath(path)) else f" (the file {target} it links to)"
+        raise UsageError(f"is not an HDF5 file{shown}, it begins {start!r}: --force replaces an earlier "
+                         f"{command} output only (remove this file yourself, or choose another -o)", path=str(path))
+
+
 def partial_path(path) -> Path:
     """Where a run writes until it completes (`out.h5` -> `out.h5.partial`)."""
     path = Path(path)
