@@ -1639,6 +1639,8 @@ def test_infinity_in_a_per_protein_embedding_names_the_protein(tmp_path):
     (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"), (["--dropout", "nan"], "--dropout must be in"),
     (["--hidden", "0"], "--hidden must be at least 1"), (["--kernel", "6"], "--kernel must be odd"),
     (["--kernel", "-1"], "--kernel must be at least 1"), (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--seed", str(2**64)], "--seed must be at most 18446744073709551615"),
+    (["--seed", str(2**64 - 1), "--ensemble", "2"], "--seed must be at most 18446744073709551614"),
     (["--cache-gb", "nan"], "--cache-gb must be a size in GB"), (["--bootstrap", "0"], "--bootstrap must be at least 1"),
     (["--bootstrap", "9"], "--bootstrap must be at least 10 (a 95% interval needs resamples beyond its 2.5% tails"),
 ])

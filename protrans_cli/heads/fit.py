@@ -57,6 +57,9 @@ _FIT_FLAGS = {"max_epochs": "--max-epochs", "patience": "--patience", "ensemble"
               "weight_decay": "--weight-decay", "dropout": "--dropout"}
 
 
+_MAX_SEED = 2**64 - 1  # torch.manual_seed's range
+
+
 @dataclass
 class FitConfig:
     task: str = "ss3"
@@ -105,6 +108,13 @@ class FitConfig:
                 raise UsageError(f"{_FIT_FLAGS[name]} must be {text}, got {value}")
         if self.seed < 0:
             raise UsageError(f"--seed must be 0 or more, got {self.seed}")
+        # (torch seeds are unsigned 64-bit: a larger one was a traceback, "Overflow when unpacking
+        # long long", and with --ensemble only at the member whose seed passed 2**64 - 1, after
+        # the members before it had been trained)
+        if self.seed + self.ensemble - 1 > _MAX_SEED:
+            raise UsageError(f"--seed must be at most {_MAX_SEED - self.ensemble + 1} (2**64 - 1 less the "
+                             f"{self.ensemble - 1} members after the first, --ensemble {self.ensemble}: seeds are "
+                             f"64-bit), got {self.seed}")
         if self.cache_bytes < 0:
             raise UsageError(f"--cache-gb must be 0 or more, got {self.cache_bytes / (1 << 30):g}")
         if self.on_mismatch not in ("error", "skip", "missing"):
