@@ -30,6 +30,24 @@ def test_netsurfp_spaced_header_masks_and_ids():
     assert first.id_from_sequence and second.mask.all()
 
 
+def test_quoted_csv_headers_are_detected_as_their_format(tmp_path):
+    """A CSV quoted throughout (R's write.csv, csv.QUOTE_ALL, pandas' quoting=1) was taken for an
+    id,label table by its header `"input"," dssp3",...`: "has 5 fields, more than the 2 of
+    'id,label'" (NetSurfP, PISCES), or every row a record (FLIP's CSV)."""
+    import csv
+
+    plain = (HEADS / "netsurfp_input_spaced_header.csv").read_text()
+    quoted = tmp_path / "q.csv"
+    with open(quoted, "w", newline="") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerows(csv.reader(plain.splitlines()))
+    assert quoted.read_text().startswith('"input"," dssp3"')
+    got, want = read_labels(quoted), read_labels(HEADS / "netsurfp_input_spaced_header.csv")
+    assert got.format == "netsurfp" and [(r.id, r.labels) for r in got.records] == [(r.id, r.labels) for r in want.records]
+    assert sniff_format('"pdb_id","chain_code","seq","sst8","sst3"\n') == "pisces"
+    assert sniff_format('"sequence","target","set","validation"\n') == "flip_csv"
+    assert sniff_format('"id"\t"label"\n') == "table"
+
+
 def test_netsurfp_combined_mask_columns():
     ls = read_labels(HEADS / "netsurfp_input_spaced_header.csv", mask_columns=("disorder", "cb513_mask"))
     assert ls.records[0].mask.tolist() == [False, True, True, True, False, False, True]

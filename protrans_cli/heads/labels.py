@@ -260,7 +260,9 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
         if len(tokens) >= 2 and (_DEEPLOC_LABEL.match(tokens[1]) or tokens[1].rsplit("-", 1)[0] in LOCATIONS):
             return "deeploc"
         return "flip"
-    columns = [c.strip().lower() for c in re.split(r"[,\t]", first)]
+    # (a header quoted as R's write.csv and csv.QUOTE_ALL write it, `"input"," dssp3",...`, was
+    # read as an id,label table: "has 5 fields, more than the 2 of 'id,label'")
+    columns = [c.strip().strip('"').strip().lower() for c in re.split(r"[,\t]", first)]
     if "dssp3" in columns or "dssp8" in columns:
         return "netsurfp"
     if "sst3" in columns or "sst8" in columns:
