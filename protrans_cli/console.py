@@ -25,6 +25,11 @@ class _State:
 state = _State()
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 protein`, `2 proteins`: a count and its noun, in the singular for one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def configure(verbosity: int = 0, debug: bool = False) -> None:
     state.verbosity = verbosity
     state.debug = debug

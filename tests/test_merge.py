@@ -151,7 +151,7 @@ def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
     assert (tmp_path / "m.h5").read_bytes() == b"keep"
     (tmp_path / "m.h5").write_bytes((tmp_path / "foreign.h5").read_bytes())
     r = run_cli("merge", a, "-o", tmp_path / "m.h5", "--force")
-    assert r.exit_code == 0 and "merge: 1 proteins from 1 file(s) into" in r.stderr
+    assert r.exit_code == 0 and "merge: 1 protein from 1 file(s) into" in r.stderr
     with pytest.raises(UsageError, match="at least one"):
         merge([], tmp_path / "z.h5")
 

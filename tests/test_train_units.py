@@ -1709,6 +1709,6 @@ def test_an_empty_corpus_path_is_a_usage_error_naming_the_setting(tmp_path, run_
 
 def test_the_summary_counts_one_step_in_the_singular():
     """`train: done, 1 steps; ... (1 steps in 1 s, ...)` after a one-step run."""
-    from protrans_cli.training.loop import _steps
+    from protrans_cli.console import counted
 
-    assert (_steps(1), _steps(0), _steps(20)) == ("1 step", "0 steps", "20 steps")
+    assert (counted(1, "step"), counted(0, "step"), counted(20, "step")) == ("1 step", "0 steps", "20 steps")

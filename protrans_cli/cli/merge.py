@@ -42,4 +42,4 @@ def command(inputs, output, layout, force):
                     command_line=shlex.join(["protrans", *sys.argv[1:]]))
     repeated = f"; {summary.repeated} repeated in a later part, kept once" if summary.repeated else ""
     failed = f"; {len(summary.failed)} failed in every part (the 'failed' attribute)" if summary.failed else ""
-    console.info(f"merge: {summary.proteins} proteins from {len(inputs)} file(s) into {output}{repeated}{failed}")
+    console.info(f"merge: {console.counted(summary.proteins, 'protein')} from {len(inputs)} file(s) into {output}{repeated}{failed}")

@@ -191,7 +191,7 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
                           device=device, order=order, labelled=None if scored is None else scored[1])
         predicted = summary.get("predicted")  # (what scoring needs: the head is not run twice)
         if output != "-":
-            console.info(f"wrote predictions for {summary['proteins']} proteins to {output}")
+            console.info(f"wrote predictions for {console.counted(summary['proteins'], 'protein')} to {output}")
     if labels is not None:
         evaluate_head(head, embeddings, labels, metrics_dir=metrics_dir, label_format=label_format,
                       mask_path=mask_path, mask_columns=mask_columns,

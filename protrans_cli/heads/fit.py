@@ -378,7 +378,7 @@ def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list,
     if warning := unmasked_flip_warning(train_labels, task.output_names):
         console.warn(f"{train_labels.path}: {warning}")
     train, report = _load(config, embeddings, train_set, task)
-    console.info(f"train: {report.matched} proteins from {embeddings}"
+    console.info(f"train: {console.counted(report.matched, 'protein')} from {embeddings}"
                  + (f" ({report.by_checksum} matched by sequence checksum)" if report.by_checksum else ""))
     if isinstance(train, ProteinData):
         task = _outputs_with_labels(task, train, labels)

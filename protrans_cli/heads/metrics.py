@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from protrans_cli.console import counted
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) int64 counts, rows = true class, columns = predicted class."""
@@ -198,13 +200,14 @@ def summary_line(name: str, output: str, m: dict) -> str:
     if m.get("kind") == "value":
         if math.isnan(m["spearman"]):
             return (f"{name} {output}: Spearman undefined (the targets or the predictions are constant), "
-                    f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {m['n']} proteins")
+                    f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {counted(m['n'], 'protein')}")
         return (f"{name} {output}: Spearman {m['spearman']:.4f} ({ci}), Pearson {m['pearson']:.3f}, "
-                f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {m['n']} proteins")
+                f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {counted(m['n'], 'protein')}")
     return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} ({ci}), MCC {m['mcc']:.3f}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f}, "
-            + (f"{m['n']} proteins" if m["n"] == m["n_proteins"]  # per protein: one position each
-               else f"{m['n']} positions in {m['n_proteins']} protein{'' if m['n_proteins'] == 1 else 's'}"))
+            + (counted(m['n'], 'protein') if m["n"] == m["n_proteins"]  # per protein: one position each
+               else f"{m['n']} positions in {counted(m['n_proteins'], 'protein')}"))
+
 
 
 def print_report(name: str, output: str, m: dict) -> None:

@@ -151,8 +151,9 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     with open_input(fasta, shown) as stream:
         ids = [record.id for record in parse_fasta(stream, shown)]
     output = directory / "embeddings.h5"
-    console.info(f"embedding {len(ids)} proteins with {options.model} for the "
-                 f"{config.get('task', {}).get('name', config['kind'])} head")
+    if ids:  # (none: embed says so, in one line, without "embedding 0 proteins" before it)
+        console.info(f"embedding {console.counted(len(ids), 'protein')} with {options.model} for the "
+                     f"{config.get('task', {}).get('name', config['kind'])} head")
     embed(fasta, output, options, input_name=shown)
     return output, ids
 

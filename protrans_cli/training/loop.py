@@ -1043,8 +1043,9 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
     # files (it said only the steps and the folder; the rest was in metrics.jsonl).
     elapsed = time.perf_counter() - began
     last_loss = next((loss for loss in reversed(result.losses) if loss is not None), None)
-    dist.print0(f"train: done, {_steps(step)}; model in {run.run_dir}"
-                + (f" ({_steps(step - first_step)} in {_duration(elapsed)}, {run_tokens / max(elapsed, 1e-9):,.0f} "
+    dist.print0(f"train: done, {console.counted(step, 'step')}; model in {run.run_dir}"
+                + (f" ({console.counted(step - first_step, 'step')} in {_duration(elapsed)}, "
+                   f"{run_tokens / max(elapsed, 1e-9):,.0f} "
                    "tokens/s" + (f", last train loss {last_loss:.4f}" if last_loss is not None else "")
                    + (f", eval loss {final_eval:.4f}" if final_eval is not None else "")
                    + "; metrics.jsonl and loss_curve.png in it)" if step > first_step else ""))
@@ -1053,10 +1054,6 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         # the exit says so (StopRequest.__exit__ acts on it as this returns).
         stop.late_detail = f"the run is complete ({step} steps; model in {run.run_dir})"
     return result
-
-
-def _steps(count: int) -> str:
-    return f"{count} step{'' if count == 1 else 's'}"
 
 
 def _deadline(run: _Run):
