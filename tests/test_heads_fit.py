@@ -1416,6 +1416,9 @@ def test_a_head_config_nested_too_deeply_is_one_line(run_cli, ss_data, one_epoch
     (lambda c: c.update(layer="last"), "layer 'last' is not a whole number"),
     (lambda c: c["hyperparameters"].update(kernel=-7), "kernel -7 is not a positive whole number"),
     (lambda c: c["task"]["outputs"][0].update(classes=["Helix", "E", "C"]), "per-residue classes are single letters"),
+    (lambda c: c["task"]["outputs"][0].update(classes=["H", "E", "H"]), "output 'ss3' names a class twice"),
+    (lambda c: c.update(format_version=2), "format_version 2: this protrans reads heads of format 1 (a later "
+                                           "protrans wrote it: upgrade protrans)"),
 ])
 def test_a_hand_edited_head_config_is_one_line(run_cli, ss_data, one_epoch_ss3, tmp_path, edit, said):
     """Values predict reads besides the network (the embedding, the layer, the classes it writes)

@@ -72,6 +72,15 @@ def _check_claims(config: dict, task: Task) -> None:
     """What predict reads from a head's config besides the network: the embedding it was trained
     on (an object; its `layers` whole numbers), its layer (a whole number), and for a per-residue
     head one character per class (the letters it writes). A hand-edited config got tracebacks."""
+    version = config.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+        # (a head of a later protrans, whose fields this one may read wrongly, loaded without a word)
+        raise ValueError(f"format_version {version!r}: this protrans reads heads of format {FORMAT_VERSION} "
+                         "(a later protrans wrote it: upgrade protrans)")
+    for output in task.outputs:
+        if len(set(output.classes)) != len(output.classes):
+            # (predict wrote a CSV with two columns of one name, and its letters could not be told apart)
+            raise ValueError(f"output {output.name!r} names a class twice: {list(output.classes)[:12]}")
     embedding = config.get("embedding", {})
     if not isinstance(embedding, dict):
         raise TypeError(f"'embedding' is {type(embedding).__name__}, not an object")
