@@ -928,10 +928,10 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
         if left:
             raise UsageError(f"{left[0]} holds the work of an interrupted run: --resume finishes it, --force "
                              "replaces it")
-    if options.force and output.exists():
+    if (options.force or options.resume) and output.exists():
         from protrans_cli.io.h5 import refuse_replacing_other_file
 
-        refuse_replacing_other_file(output, "embed")
+        refuse_replacing_other_file(output, "embed", resume=options.resume)
     name = input_name or display_name(fasta)
     # stdin, a named pipe or a process substitution (<(zcat x.fa.gz)) can be read once: copied
     # first (a pipe was read to its end by the first pass, and the run wrote an empty, "finished"

@@ -2837,6 +2837,9 @@ def test_force_replaces_an_earlier_output_not_a_file_of_another_kind(tmp_path, r
         assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
         assert f"{fasta}: is not an HDF5 file, it begins b'>" in r.stderr and "--force replaces an earlier embed " \
             "output only" in r.stderr, r.stderr
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", fasta, "--resume")  # (it said "delete it to start again")
+    assert r.exit_code == 2 and "is not an HDF5 file, it begins b'>" in r.stderr and "not an output of embed to " \
+        "resume (choose another -o)" in r.stderr, r.stderr
     assert fasta.read_bytes() == SMALL.read_bytes()
     empty = tmp_path / "empty.h5"
     empty.write_bytes(b"")  # (an empty file holds nothing to lose)

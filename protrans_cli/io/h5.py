@@ -1178,10 +1178,12 @@ def refuse_if_in_use(path) -> None:
         pass
 
 
-def refuse_replacing_other_file(path, command: str) -> None:
+def refuse_replacing_other_file(path, command: str, resume: bool = False) -> None:
     """--force replaces an earlier output, an HDF5 file (damaged or not): a usage error (exit 2),
     before any work, for an existing file that is not one (`-o proteome.fa --force`, or an -o
-    that is a link to a FASTA, replaced the FASTA with embeddings). An empty file is replaced."""
+    that is a link to a FASTA, replaced the FASTA with embeddings). An empty file is replaced.
+    `resume`: the same for --resume, which said of a FASTA "not a readable HDF5 file ...; delete it
+    to start again"."""
     target = Path(os.path.realpath(path))
     if not target.is_file() or target.stat().st_size == 0:
         return
@@ -1195,6 +1197,9 @@ def refuse_replacing_other_file(path, command: str) -> None:
         with open(target, "rb") as stream:
             start = stream.read(16)
         shown = "" if target == Path(os.path.abspath(path)) else f" (the file {target} it links to)"
+        if resume:
+            raise UsageError(f"is not an HDF5 file{shown}, it begins {start!r}: not an output of {command} to "
+                             "resume (choose another -o)", path=str(path))
         raise UsageError(f"is not an HDF5 file{shown}, it begins {start!r}: --force replaces an earlier "
                          f"{command} output only (remove this file yourself, or choose another -o)", path=str(path))
 
