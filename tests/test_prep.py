@@ -881,6 +881,25 @@ def test_an_output_through_dev_stdout_appends_to_what_the_shell_opened(tmp_path)
     assert "M K T A" in log.read_text() and '"proteins_out"' in log.read_text()
 
 
+def test_an_output_through_dev_stderr_shares_the_offset_of_what_the_shell_opened(tmp_path):
+    # `--stats /dev/stderr 2> prep.log` (no `>>`): the JSON went to the log through a descriptor
+    # of its own, and the summary table printed on stderr afterwards overwrote it (exit 0); as
+    # `(echo a; prep --rejects /dev/stderr; echo b) > log 2>&1` lost the TSV's first bytes under `b`
+    fasta = tmp_path / "s.fa"
+    fasta.write_text(">a\nMKTA\n>b\nMJTA\n")
+    log = tmp_path / "prep.log"
+    shell = f"{sys.executable} -m protrans_cli prep {fasta} -o {tmp_path / 'c.txt'} --stats /dev/stderr 2> {log}"
+    assert subprocess.run(["bash", "-c", shell]).returncode == 0
+    text = log.read_text()
+    assert text.startswith("{") and json.loads(text[:text.index("\n}\n") + 2])["proteins_out"] == 1
+    assert "records in" in text  # the summary after it
+    shell = (f"(echo before; {sys.executable} -m protrans_cli -q prep {fasta} -o {tmp_path / 'd.txt'} "
+             f"--rejects /dev/stderr; echo after) > {log} 2>&1")
+    assert subprocess.run(["bash", "-c", shell]).returncode == 0
+    assert log.read_text() == ("before\nid\treason\tdetail\tfile\tline\n"
+                               f"b\tinvalid_character\tinvalid character 'J' at residue 2\t{fasta}\t3\nafter\n")
+
+
 def test_a_second_output_through_dev_stdout_is_refused_as_a_second_dash(tmp_path):
     # `-o /dev/stdout --stats - > x` wrote the stats over the corpus's first bytes, and
     # `--valid-output /dev/stdout > x` lost the validation proteins: both exit 0

@@ -676,6 +676,28 @@ def _in_place(path: Path) -> bool:
     return path.is_dir() or special_output(path) is not None
 
 
+def _standard_descriptor_on(path: Path) -> int | None:
+    """1 or 2 where `path` leads to the regular file stdout or stderr is open on (`--stats
+    /dev/stderr 2> log`), else None. (Pipes and terminals have no offset to share.)"""
+    import stat
+
+    try:
+        target = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(target.st_mode):
+        return None
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        try:
+            if os.path.samestat(target, os.fstat(fd)):
+                with contextlib.suppress(Exception):
+                    stream.flush()  # (what Python holds for it goes first)
+                return fd
+        except OSError:  # closed
+            continue
+    return None
+
+
 def _device_path(name: str) -> bool:
     """Under /dev or /proc, but not in /dev/shm (a tmpfs of ordinary files)."""
     return name.startswith(("/dev/", "/proc/")) and not name.startswith("/dev/shm/")
@@ -709,8 +731,12 @@ class AtomicFile:
                 # never reached its end for the reader
                 raise UsageError("is standard input: an output cannot go there", path=str(self.path))
             # Appended to: "wb" truncated what /dev/stdout or /dev/stderr leads to, so
-            # `--stats /dev/stderr 2>> run.log` emptied the log first
-            self._raw = open(self.path, "ab")
+            # `--stats /dev/stderr 2>> run.log` emptied the log first. The file the shell opened
+            # for stdout or stderr is written through that descriptor (its offset shared): opened
+            # anew, it kept an offset of its own, and under `2> log` (no `>>`) the summary printed
+            # on stderr afterwards overwrote the JSON of `--stats /dev/stderr`.
+            fd = _standard_descriptor_on(self.path)
+            self._raw = open(self.path, "ab") if fd is None else os.fdopen(os.dup(fd), "ab")
         else:
             writable_or_refused(self.path)
             self.tmp = str(make_temporary(directory, f".{self.path.name}."))
