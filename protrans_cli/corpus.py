@@ -166,6 +166,10 @@ class CorpusOptions:
                 if index is not None:
                     raise UsageError(f"{flag} {path} has the name of shard {index} of -o {self.output}: one would "
                                      "replace the other; choose another name")
+        if self.tmp_dir is not None and not os.path.isdir(self.tmp_dir):
+            # (exit 1, "cannot write in this folder: No such file or directory", as a failure of
+            # the run: a folder that is not there is a usage error, as a missing -o folder is)
+            raise UsageError(f"--tmp-dir {self.tmp_dir}: {'not a directory' if os.path.exists(self.tmp_dir) else 'no such directory'}")
         check_threads(self.threads)
         if self.block_bytes < 1024:
             raise UsageError("block_bytes must be at least 1024")

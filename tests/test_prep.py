@@ -189,6 +189,7 @@ def test_missing_output_directory_is_a_usage_error(run_cli, tmp_path):
     ["--shard-size", "lots", "-o", "x.txt"],
     ["-j", "0"],
     ["-o", "x.txt", "--valid-fraction", "0.5", "--valid-output", "x.txt"],  # one file for two outputs
+    ["--dedup", "--tmp-dir", "/nonexistent/scratch", "-o", "x.txt"],  # (exit 1 as a failure of the run)
 ])
 def test_contradictory_options_are_usage_errors(run_cli, tmp_path, args):
     args = [str(tmp_path / a) if a == "x.txt" else a for a in args]
