@@ -289,6 +289,30 @@ def test_length_buckets_reduce_padding():
     assert padding(8) < 0.5 * padding(1)
 
 
+def test_stream_epochs_repeat_their_global_batches_and_the_remainder_is_as_documented():
+    """docs/train.md (Data): the epochs form the same global batches in a new order within each
+    buffer; the remainder beyond the last buffer's whole batches is a fresh random choice each
+    epoch, except a last buffer smaller than one global batch, left out whole every epoch."""
+    total = count_proteins([LEARNABLE])
+    assert total == 300
+
+    def epochs(bucket_batches):
+        stream = _stream(global_batch_size=16, bucket_batches=bucket_batches, max_epochs=3)
+        out = {}
+        for step in stream:
+            out.setdefault(step.micro_batches[0][0].epoch, []).append(tuple(_indices(step)))
+        return [out[e] for e in range(3)]
+
+    # buffers of 64: the last holds 44, keeps 32; 12 left out, other ones each epoch
+    seen = epochs(4)
+    dropped = [set(range(total)) - {i for b in batches for i in b} for batches in seen]
+    assert [len(d) for d in dropped] == [12, 12, 12] and len({frozenset(d) for d in dropped}) == 3
+    assert seen[0] != seen[1] and set(seen[0][:16]) == set(seen[1][:16])  # first 4 buffers: same batches
+    # buffers of 96: the last holds 12, fewer than a global batch: the corpus's last 12, every epoch
+    dropped = [set(range(total)) - {i for b in batches for i in b} for batches in epochs(6)]
+    assert dropped == [set(range(288, 300))] * 3
+
+
 def test_stream_resumes_from_a_saved_position():
     full = [_indices(sb) for sb, _ in zip(_stream(), range(45))]  # crosses an epoch (18 steps each)
     it = iter(_stream())
