@@ -387,13 +387,26 @@ def test_utf16_label_files_without_a_byte_order_mark_are_read(tmp_path, encoding
 
 
 def test_a_sequence_longer_than_csvs_field_limit_is_read(tmp_path):
-    """csv refuses fields over 131,072 characters by default: a traceback for a 144k-residue protein."""
+    """csv refuses fields over 131,072 characters by default: a traceback for a 144k-residue protein.
+    The limit (the csv module's, for the whole process) is raised only by a file that needs it:
+    every label file raised it, changing a notebook's own csv reading."""
+    import csv
+
+    default = csv.field_size_limit(131_072)
+    short = tmp_path / "short.csv"
+    short.write_text("input,dssp3,dssp8,disorder\nM K,C C,C C,1.0 1.0\n")
+    read_labels(short)
+    assert csv.field_size_limit() == 131_072
     n = 70_000  # spaced: 140,000 characters per field
     path = tmp_path / "long.csv"
     path.write_text("input,dssp3,dssp8,disorder\n" + ",".join([" ".join("M" * n), " ".join("H" * n), " ".join("H" * n),
                                                               " ".join(["1.0"] * n)]) + "\nM K,C C,C C,1.0 1.0\n")
-    records = read_labels(path).records
-    assert [len(r.sequence) for r in records] == [n, 2]
+    try:
+        records = read_labels(path).records
+        assert [len(r.sequence) for r in records] == [n, 2]
+        assert csv.field_size_limit() > 131_072
+    finally:
+        csv.field_size_limit(default)
 
 
 def test_sequences_beside_labels_refuse_an_id_given_twice_or_an_empty_sequence(tmp_path, run_cli):

@@ -183,9 +183,6 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
         # became `protÃ©ine1`) then matched no embedding.
         # (the lines that are not UTF-8 only: a NetSurfP CSV has a field per residue)
         text = "\n".join(_decoded_line(line) for line in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"))
-    # A field holds a whole sequence (titin: 34,350 residues; gene-calling artefacts: over
-    # 100,000), beyond csv's default limit of 131,072 characters.
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     # Any line ending (CRLF, and CR alone from old Mac files) as \n: label files are read whole.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if fmt == "auto":
@@ -194,8 +191,20 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
                "flip": lambda: _read_flip(text, name), "flip_csv": lambda: _read_flip_csv(text, name),
                "biotrainer": lambda: _read_biotrainer(text, name),
                "deeploc": lambda: _read_deeploc(text, name)}
+    reader = readers.get(fmt, lambda: _read_table(text, name))
     try:
-        label_set = readers.get(fmt, lambda: _read_table(text, name))()
+        try:
+            label_set = reader()
+        except csv.Error as exc:
+            if "field limit" not in str(exc):
+                raise
+            # A field holds a whole sequence (titin: 34,350 residues; gene-calling artefacts: over
+            # 100,000), beyond csv's default limit of 131,072 characters. The limit is the csv
+            # module's, for the whole process: raised only for a file that needs it (every read
+            # raised it, a notebook's own csv reading changed by a label file), never lowered
+            # again (a read in another thread may be relying on it).
+            csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+            label_set = reader()
     except csv.Error as exc:  # e.g. a NUL byte, an unterminated quote
         raise InputError(f"not a readable {fmt} file: {exc}", path=name) from None
     if mask_path is not None:
