@@ -49,3 +49,23 @@ def test_changelog_has_an_entry_for_the_packaged_version():
     text = (ROOT / "CHANGELOG.md").read_text()
     assert "## [Unreleased]" in text
     assert re.search(rf"^## \[{re.escape(__version__)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", text, re.M)
+
+
+def test_console_script_runs_without_site_having_imported_importlib_util(tmp_path):
+    """The installed `protrans` script is `from protrans_cli.cli import main; sys.exit(main())`:
+    nothing like runpy (`python -m`) or pytest has imported `importlib.util` before it. Python
+    3.11's site module happens to import it, 3.10, 3.12 and 3.13's do not: there `protrans
+    --help` failed with "module 'importlib' has no attribute 'util'". `-S` shows that start on
+    any version (site-packages put on sys.path by hand, without its .pth files)."""
+    import click
+
+    packages = os.path.dirname(os.path.dirname(click.__file__))
+    code = ("import sys\n"
+            f"sys.path[:0] = [{str(ROOT)!r}, {packages!r}]\n"
+            "assert 'importlib.util' not in sys.modules, 'the test needs a start without it'\n"
+            "from protrans_cli.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    for argv in (["--help"], ["-q", "prep", "-"], ["models", "--json"]):
+        done = subprocess.run([sys.executable, "-S", "-c", code, *argv], input=">a\nMKTAYIAK\n", cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, (argv, done.stderr[-2000:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import importlib.util  # (not loaded by `import importlib`: only 3.11's site module happened to)
 import os
 import signal
 import sys
