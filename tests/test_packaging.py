@@ -21,6 +21,7 @@ def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
     for f in ("proteins.fasta", "ss_train.csv", "ss_test.csv", "loc_train.fasta", "loc_test.fasta"):
         assert f"protrans_cli/example_data/{f}" in names
     assert "protrans_cli/catalog.json" in names  # (what `protrans models` reads)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # (MIT: the notice travels with it)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
