@@ -70,3 +70,24 @@ def test_console_script_runs_without_site_having_imported_importlib_util(tmp_pat
         done = subprocess.run([sys.executable, "-S", "-c", code, *argv], input=">a\nMKTAYIAK\n", cwd=tmp_path,
                               capture_output=True, text=True)
         assert done.returncode == 0, (argv, done.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_sdist_carries_a_runnable_test_suite_and_no_build_output(tmp_path):
+    """The sdist had tests/test_*.py (setuptools' default) without conftest.py or tests/data, so
+    its suite could not even be collected; MANIFEST.in adds them, the docs and the licence."""
+    import shutil
+    import tarfile
+
+    # (from a copy without *.egg-info: setuptools adds every file an old SOURCES.txt lists)
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "*.egg-info", "build", "dist", "__pycache__"))
+    code = f"from setuptools import build_meta as b; print(b.build_sdist({str(tmp_path)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, check=True)
+    with tarfile.open(tmp_path / done.stdout.strip().splitlines()[-1]) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for f in ("LICENSE", "CHANGELOG.md", "tests/conftest.py", "docs/cli.md", "protrans_cli/catalog.json",
+              "protrans_cli/example_data/proteins.fasta"):
+        assert f in names, f
+    assert any(n.startswith("tests/data/") for n in names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
