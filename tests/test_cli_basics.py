@@ -144,6 +144,31 @@ def test_shell_completion_lists_commands_and_options():
     assert "plain,--layout" in out.stdout.split()
 
 
+def test_shell_completion_of_families_presets_and_models_reads_the_catalog_only():
+    """`train --family`, `--preset`, `models --family` and `embed -m` complete the names
+    `protrans models` lists (from catalog.json, without torch); `-m ./...` completes directories."""
+    code = ("import sys\n"
+            "from click.shell_completion import BashComplete\n"
+            "from protrans_cli.cli import cli\n"
+            "comp = BashComplete(cli, {}, 'protrans', '_PROTRANS_COMPLETE')\n"
+            "for args, incomplete in [(['train', '--family'], 'e'), (['train', '--family', 'esm', '--preset'], 'esm2_t3'),\n"
+            "                         (['models', '--family'], 'x'), (['embed', '-m'], 'prot_t5_xl_h'),\n"
+            "                         (['embed', '-m'], 'one'), (['embed', '-m'], './runs')]:\n"
+            "    print(' '.join(f'{c.type},{c.value}' for c in comp.get_completions(args, incomplete)))\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "plain,electra plain,esm",
+        "plain,esm2_t30_150M plain,esm2_t33_650M plain,esm2_t36_3B",
+        "plain,xlnet",
+        "plain,prot_t5_xl_half",
+        "plain,onehot",
+        "dir,./runs",
+        "False False",
+    ]
+
+
 def test_shared_option_names_are_consistent():
     """-o/--output, -m/--model, -j/--threads mean the same everywhere they appear."""
     import click

@@ -13,7 +13,7 @@ import sys
 import click
 
 from protrans_cli.attention import ATTENTIONS, SDPA_KERNELS
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, completion
 from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_POLICIES
 
 
@@ -21,7 +21,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
 @click.argument("fasta", type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="HDF5 file to write (written to OUTPUT.partial until the run completes).")
-@click.option("-m", "--model", default="prot_t5_xl_half",
+@click.option("-m", "--model", default="prot_t5_xl_half", shell_complete=completion.models,
               help="Short name (see `protrans models`), model directory, hub id, or 'onehot'.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
 @click.option("--per-residue", "per_residue", is_flag=True, help="Write (L, D) per-residue arrays.")

@@ -18,13 +18,15 @@ import sys
 
 import click
 
+from protrans_cli.cli import completion
+
 
 @click.command("models")
 @click.option("--families", "show_families", is_flag=True, help="Show the model families.")
 @click.option("--presets", "show_presets", is_flag=True, help="Show the presets with parameter counts.")
 @click.option("--checkpoints", "show_checkpoints", is_flag=True,
               help="Show the published checkpoints (short names for `embed -m`).")
-@click.option("--family", "family", default=None, metavar="NAME", help="Only this family.")
+@click.option("--family", "family", default=None, metavar="NAME", shell_complete=completion.families, help="Only this family.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 def command(show_families, show_presets, show_checkpoints, family, as_json):
     """List model families, presets (with parameter counts) and published checkpoints.

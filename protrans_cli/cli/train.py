@@ -15,15 +15,15 @@ from pathlib import Path
 import click
 
 from protrans_cli.attention import SDPA_KERNELS
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, completion
 from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
 
 
 @click.command("train")
 @click.option("--config", "config_file", type=INPUT_FILE, metavar="FILE",
               help="JSON or TOML file with any settings below (flag names with _ for -).")
-@click.option("--family", default=None, help="Model family (see --list-presets).  [default: bert; with --init-from: the model's]")
-@click.option("--preset", default=None, help="Size preset of the family: tiny, small, base, published sizes.  [default: tiny]")
+@click.option("--family", default=None, shell_complete=completion.families, help="Model family (see --list-presets).  [default: bert; with --init-from: the model's]")
+@click.option("--preset", default=None, shell_complete=completion.presets, help="Size preset of the family: tiny, small, base, published sizes.  [default: tiny]")
 @click.option("--init-from", default=None, metavar="MODEL",
               help="Continue pretraining an existing model: a protrans run/checkpoint or HF directory, a hub id "
                    "or a short name (prot_bert...); its architecture, tokenizer and weights replace "
