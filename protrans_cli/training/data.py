@@ -5,7 +5,8 @@ between proteins; plain or compressed; any number of shards read in order) with 
 only `bucket_batches` global batches are held at a time.
 
 How a global batch is formed, identically on every rank:
-  1. the stream is cut into buffers of `global_batch_size * bucket_batches` proteins;
+  1. the stream is cut into buffers of `global_batch_size * bucket_batches` proteins (the last
+     full one also takes the corpus's tail when that is shorter than one global batch);
   2. a protein longer than the maximum is cropped at a random window (not at the N-terminus);
   3. the buffer is sorted by length and cut into global batches (little padding), whose order
      is then shuffled;
@@ -506,24 +507,34 @@ class CorpusStream:
             skipped = start.proteins if start is not None else 0
             while skipped < state.buffer_start and next(stream, None) is not None:
                 skipped += 1
+            carry: list = []  # proteins read ahead, the next buffer's first ones
             while True:
-                at = cursor.copy()  # the buffer's first protein
-                buffer = []
-                for item in stream:
+                at = carry_at if carry else cursor.copy()  # the buffer's first protein
+                buffer, carry = carry, []
+                while len(buffer) < buffer_size and (item := next(stream, None)) is not None:
                     buffer.append(item)
-                    if len(buffer) == buffer_size:
-                        break
+                ended = len(buffer) < buffer_size
+                if not ended:
+                    # Read one global batch ahead: a corpus that ends within it joins this buffer.
+                    # As a buffer of its own (fewer proteins than one global batch) it made no
+                    # batch, and the corpus's last proteins were left out of every epoch.
+                    carry_at = cursor.copy()
+                    while len(carry) < self.global_batch_size and (item := next(stream, None)) is not None:
+                        carry.append(item)
+                    if len(carry) < self.global_batch_size:
+                        buffer, carry, ended = buffer + carry, [], True
+                end = carry_at if carry else cursor.copy()  # where the next buffer begins
                 batches = self._plan_buffer(buffer, state)
                 for b in range(state.batches_done, len(batches)):
                     produced += 1
                     after = StreamState(state.epoch, state.buffer_start, b + 1, at)
                     if b + 1 == len(batches):
-                        after = StreamState(state.epoch, state.buffer_start + len(buffer), 0, cursor.copy())
+                        after = StreamState(state.epoch, state.buffer_start + len(buffer), 0, end.copy())
                     if counter % num_workers == worker:
                         yield self._step_batch(batches[b], buffer, state, after)
                     counter += 1
-                state = StreamState(state.epoch, state.buffer_start + len(buffer), 0, cursor.copy())
-                if len(buffer) < buffer_size:
+                state = StreamState(state.epoch, state.buffer_start + len(buffer), 0, end.copy())
+                if ended:
                     break
             if produced == 0 and state.buffer_start < self.global_batch_size:
                 raise InputError(f"the corpus holds {state.buffer_start} protein(s), fewer than one "
