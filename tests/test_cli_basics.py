@@ -80,6 +80,21 @@ def test_protrans_alone_shows_the_help_page_on_stderr(run_cli):
     assert lines[0].startswith("Usage: protrans") and any(line.split()[:1] == ["embed"] for line in lines)
 
 
+@pytest.mark.parametrize("command", ["", "prep", "train", "embed", "models", "fit", "predict", "merge", "labels",
+                                     "quickstart", "env"])
+def test_help_fits_an_80_column_terminal(command):
+    """At 80 columns the examples of prep, train and embed (up to 95 characters) and labels'
+    `--format, --label-format [auto|netsurfp|...]` line (90) ran past the edge and wrapped."""
+    from click.testing import CliRunner
+
+    from protrans_cli.cli import cli
+
+    result = CliRunner().invoke(cli, [*command.split(), "--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    wide = [line for line in result.output.splitlines() if len(line) > 80]
+    assert not wide, wide
+
+
 def test_stdout_writes_are_whole_and_a_reader_that_left_is_a_broken_pipe():
     # a large write to a pipe whose reader left returned a short count without an error:
     # `predict | head -1` exited 0 instead of 141

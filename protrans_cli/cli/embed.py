@@ -96,7 +96,8 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
 
     \b
     protrans embed proteome.fa -m prot_t5_xl_half -o proteome.h5
-    protrans embed proteome.fa -m onehot --per-protein --layout flat -o composition.h5
+    protrans embed proteome.fa -m onehot --per-protein --layout flat \\
+        -o composition.h5
     torchrun --nproc-per-node 4 -m protrans_cli embed proteome.fa -o proteome.h5
     """
     from protrans_cli import console

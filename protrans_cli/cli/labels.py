@@ -17,8 +17,11 @@ from protrans_cli.heads.labels import FORMATS
 @click.argument("labels", type=INPUT_FILE)
 @click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
               help="FASTA to write ('-' = stdout; .gz/.bz2/.xz/.zst compress).")
+# (metavar: the choices' list beside both names ran past 80 columns; they are in the help text)
 @click.option("--format", "--label-format", "fmt", type=click.Choice(list(FORMATS)), default="auto",
-              help="Label file format (--label-format, as fit and predict call it).")
+              metavar="FORMAT",
+              help=f"Label file format: {', '.join(FORMATS[:-1])} or {FORMATS[-1]} (--label-format, as fit "
+                   "and predict call it).")
 @click.option("--sequences", type=INPUT_FILE, metavar="FILE", default=None,
               help="FASTA with the sequences, for label files that hold none (FLIP labels, id,label tables).")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default=None,

@@ -65,7 +65,8 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
     \b
     protrans prep uniref50.fasta.gz -o corpus.txt.gz
     protrans prep a.fa b.fa.gz --dedup --max-length 1024 --long crop -o corpus.txt
-    zcat x.fa.gz | protrans prep - --valid-fraction 0.05 --valid-output valid.txt -o train.txt
+    zcat x.fa.gz | protrans prep - --valid-fraction 0.05 \\
+        --valid-output valid.txt -o train.txt
     """
     from protrans_cli import console
     from protrans_cli.corpus import CorpusOptions, build_corpus

@@ -116,9 +116,12 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
     """Pretrain a protein language model (one GPU, many GPUs or nodes via torchrun).
 
     \b
-    protrans train --family bert --preset tiny --corpus corpus.txt.gz -o runs/bert --num-steps 200
-    protrans train --config prot_t5.toml --phase 512:150000 --phase 2048:150000:256:2 -o runs/t5
-    torchrun --nproc-per-node 8 -m protrans_cli train --config prot_bert.toml -o runs/prot_bert
+    protrans train --family bert --preset tiny --corpus corpus.txt.gz \\
+        -o runs/bert --num-steps 200
+    protrans train --config prot_t5.toml --phase 512:150000 \\
+        --phase 2048:150000:256:2 -o runs/t5
+    torchrun --nproc-per-node 8 -m protrans_cli train \\
+        --config prot_bert.toml -o runs/prot_bert
     """
     from protrans_cli import console
     from protrans_cli.errors import UsageError
