@@ -46,7 +46,9 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
 @click.option("--max-tokens", type=int, default=None,
               help="Padded tokens per batch (longest sequence x sequences).  [default: 512 on the CPU; on a GPU 4000 to 32000 by the memory free after loading the model and the model's memory per token]")
 @click.option("--max-batch-size", type=int, default=100, help="Sequences per batch at most.")
-@click.option("--max-length", type=int, default=None, help="Residues; longer proteins follow --long-policy.")
+@click.option("--max-length", type=int, default=None,
+              help="Residues; longer proteins follow --long-policy.  [default: the model's own limit where its "
+                   "positions are a learned table (BERT, ALBERT, ELECTRA, RoBERTa, ESM-1b/1v), else none]")
 @click.option("--long-policy", "--long", "long_policy", type=click.Choice(list(LONG_POLICIES)), default="error",
               help="Proteins over --max-length: fail, skip (recorded as failed), truncate, or chunk into "
                    "overlapping windows stitched back together.")
