@@ -50,7 +50,8 @@ def parse_size(text: str) -> int:
 @click.option("--valid-output", metavar="FILE", help="Where the validation proteins go.")
 @click.option("--shards", "num_shards", type=int, default=1, show_default=True,
               help="Deal proteins round-robin into N files (corpus.00000.txt ...).")
-@click.option("--shard-size", metavar="SIZE", help="Or start a new file every SIZE bytes (500M, 2G).")
+@click.option("--shard-size", metavar="SIZE", help="Or start a new file every SIZE bytes of text, before compression (500M, 2G, "
+                   "1.5GiB: K/M/G/T are powers of 1024).")
 @click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-': stdout).")
 @click.option("-j", "--threads", type=int, default=None,
               help="Worker processes.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
