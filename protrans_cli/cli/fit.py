@@ -76,7 +76,7 @@ def _files_not_options(ctx, param, value):
               help="Leave out the label records without an embedding (a head trained on part of a label file); "
                    "a length or sequence that disagrees is still an error.")
 @click.option("--cache-gb", type=float, default=2.0,
-              help="Per-residue sets up to this size (float32) are read into RAM; larger ones are streamed.")
+              help="Per-residue sets up to this many GiB (as float32) are read into RAM; larger ones are streamed.")
 @click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI (at least 10).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a per-residue "
