@@ -52,7 +52,8 @@ def _files_not_options(ctx, param, value):
               help="NetSurfP columns whose 1.0 marks the residues trained and evaluated; repeat to combine.")
 @click.option("--max-epochs", type=int, default=None, help="Epochs at most.  [default: 30 per residue, 200 per protein]")
 @click.option("--patience", type=int, default=None,
-              help="Stop after this many epochs improving neither validation accuracy nor loss.  [default: 5 / 10]")
+              help="Stop after this many epochs improving neither validation accuracy nor loss.  "
+                   "[default: 5 per residue, 10 per protein]")
 @click.option("--lr", type=float, default=1e-3, help="Adam learning rate.")
 @click.option("--weight-decay", type=float, default=0.0, help="Adam weight decay.")
 @click.option("--max-residues", type=int, default=8192, help="Per-residue tasks: padded residues per batch.")
