@@ -48,7 +48,7 @@ def parse_size(text: str) -> int:
 @click.option("--valid-fraction", type=float, default=0.0, show_default=True,
               help="Share of proteins for validation, chosen by a hash of the id.")
 @click.option("--valid-output", metavar="FILE", help="Where the validation proteins go.")
-@click.option("--shards", "num_shards", type=int, default=1, show_default=True,
+@click.option("--shards", "num_shards", type=int, default=1, show_default=True, metavar="N",
               help="Deal proteins round-robin into N files (corpus.00000.txt ...).")
 @click.option("--shard-size", metavar="SIZE", help="Or start a new file every SIZE bytes of text, before compression (500M, 2G, "
                    "1.5GiB: K/M/G/T are powers of 1024).")

@@ -72,7 +72,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
               help="Keep only each transformer block's input and recompute the block in the backward pass: "
                    "far less activation memory (long phases, large models) for about a third more compute; "
                    "the same losses.")
-@click.option("--save-every", type=int, default=None, help="Checkpoint every N steps.  [default: 1000]")
+@click.option("--save-every", type=int, default=None, metavar="N", help="Checkpoint every N steps.  [default: 1000]")
 @click.option("--keep-last", type=int, default=None, help="Checkpoints kept.  [default: 3]")
 @click.option("--log-every", type=int, default=None, help="Steps per line of metrics.jsonl.  [default: 10]")
 @click.option("--tensorboard/--no-tensorboard", "tensorboard", default=None,
@@ -80,7 +80,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
                    "tensorboard package: pip install tensorboard).  [default: off]")
 @click.option("--eval-every", type=int, default=None, help="Steps between eval losses (0: at the end).  [default: 0]")
 @click.option("--num-workers", type=int, default=None, help="Data loader worker processes per rank.  [default: 0]")
-@click.option("--pad-multiple", type=int, default=None,
+@click.option("--pad-multiple", type=int, default=None, metavar="N",
               help="Round each micro-batch's length up to a multiple of N (larger N: fewer distinct shapes, more padding).  [default: 8]")
 @click.option("--packing/--no-packing", "packing", default=None,
               help="Masked-LM families: pack each micro-batch into one row without padding; on a CUDA "
@@ -93,7 +93,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--sdpa-kernels", type=click.Choice(SDPA_KERNELS), default=None,
               help="GPU attention kernels: auto leaves out cuDNN attention, which builds a plan for every new "
                    "micro-batch shape; torch keeps PyTorch's own choice.  [default: auto]")
-@click.option("--stop-after", type=int, default=None,
+@click.option("--stop-after", type=int, default=None, metavar="N",
               help="Stop with a checkpoint after step N (a step number of the run, also with --resume; a "
                    "time-limited job); --resume continues.")
 @click.option("--time-limit", default=None, metavar="DURATION",
