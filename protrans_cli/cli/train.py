@@ -53,7 +53,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--grad-clip", type=float, default=None, help="Max gradient norm; 0 disables.  [default: 1.0]")
 @click.option("--mask-prob", type=float, default=None, help="Fraction of residues masked.  [default: 0.15]")
 @click.option("--sop/--no-sop", default=None,
-              help="ALBERT: add sentence-order prediction (a protein split in two, halves swapped half the time).")
+              help="ALBERT: add sentence-order prediction (a protein split in two, halves swapped half the time).  [default: off]")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="auto: bf16 autocast on a GPU with bfloat16 hardware, fp16 autocast with loss scaling on "
@@ -71,7 +71,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--activation-checkpointing/--no-activation-checkpointing", "activation_checkpointing", default=None,
               help="Keep only each transformer block's input and recompute the block in the backward pass: "
                    "far less activation memory (long phases, large models) for about a third more compute; "
-                   "the same losses.")
+                   "the same losses.  [default: off]")
 @click.option("--save-every", type=int, default=None, metavar="N", help="Checkpoint every N steps.  [default: 1000]")
 @click.option("--keep-last", type=int, default=None, help="Checkpoints kept.  [default: 3]")
 @click.option("--log-every", type=int, default=None, help="Steps per line of metrics.jsonl.  [default: 10]")
@@ -85,7 +85,7 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
 @click.option("--packing/--no-packing", "packing", default=None,
               help="Masked-LM families: pack each micro-batch into one row without padding; on a CUDA "
                    "GPU with PyTorch 2.9+, in bf16/fp16 and without attention dropout, its attention is one fused "
-                   "variable-length kernel.")
+                   "variable-length kernel.  [default: off]")
 @click.option("--token-micro-batches/--no-token-micro-batches", "token_micro_batches", default=None,
               help="Cut each step's proteins into micro-batches by padded tokens (up to micro-batch size x "
                    "max length each) rather than by count: short proteins go many to a forward pass. The same "
