@@ -36,7 +36,7 @@ def _files_not_options(ctx, param, value):
 @click.argument("task", type=click.Choice(list(TASKS)))
 @click.option("--embeddings", required=True, type=INPUT_FILE, metavar="FILE", help="Training embeddings (HDF5).")
 @click.option("--labels", required=True, type=INPUT_FILE, metavar="FILE",
-              help="Training labels (NetSurfP CSV, PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, id,label CSV/TSV).")
+              help="Training labels (NetSurfP CSV, PISCES CSV, FLIP FASTA or CSV, biotrainer FASTA, DeepLoc FASTA, id,label CSV/TSV).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Head directory to write.")
 @click.option("--valid", nargs=2, type=_PAIR, default=None, metavar="EMBEDDINGS LABELS", callback=_files_not_options,
               help="Validation set for early stopping.  [default: the --labels file's validation records "

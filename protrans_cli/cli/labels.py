@@ -27,7 +27,7 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default=None,
               help="Only the records the label file assigns to this split (FLIP SET=/VALIDATION=, a table's set).")
 def command(labels, output, fmt, sequences, split):
-    """Convert a label file (NetSurfP or PISCES CSV, FLIP, DeepLoc, id,label CSV/TSV) to FASTA for embed.
+    """Convert a label file (NetSurfP or PISCES CSV, FLIP, biotrainer, DeepLoc, id,label CSV/TSV) to FASTA for embed.
 
     NetSurfP CSVs carry no ids: each protein gets `seq-<first 12 hex of its sequence md5>` (`-2`,
     `-3` for repeats), the same id `protrans fit` gives it when reading the CSV.
