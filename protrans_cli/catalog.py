@@ -27,6 +27,14 @@ def _catalog() -> dict:
     return json.loads(PATH.read_text(encoding="utf-8"))
 
 
+def human_count(n: int) -> str:
+    """A parameter count as `protrans models` and `train --list-presets` show it: 84.9K, 3.8M, 420M."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}" if n < 100 * size else f"{n / size:.0f}{unit}"
+    return str(n)
+
+
 def family_names() -> list[str]:
     return [f["name"] for f in _catalog()["families"]]
 

@@ -60,7 +60,7 @@ def test_train_lists_one_familys_presets_and_refuses_an_unknown_one(run_cli):
     assert result.exit_code == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
     assert {r[0] for r in rows} == {"esm"} and [r[1] for r in rows] == list(FAMILIES["esm"].presets)
-    assert ("esm2_t33_650M", "651.04M") in {(r[1], r[2]) for r in rows}
+    assert ("esm2_t33_650M", "651M") in {(r[1], r[2]) for r in rows}
     result = run_cli("train", "--list-presets", "--family", "gpt7")
     assert result.exit_code == 2 and "unknown model family 'gpt7'" in result.stderr
 

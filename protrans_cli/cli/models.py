@@ -18,6 +18,7 @@ import sys
 
 import click
 
+from protrans_cli.catalog import human_count
 from protrans_cli.cli import completion
 
 
@@ -78,7 +79,7 @@ def _print_tables(data: dict) -> None:
         for col in ("family", "preset", "parameters", "layers", "dim"):
             table.add_column(col, justify="right" if col in ("parameters", "layers", "dim") else "left")
         for p in data["presets"]:
-            table.add_row(p["family"], p["name"], _human(p["num_params"]), str(p["num_layers"]),
+            table.add_row(p["family"], p["name"], human_count(p["num_params"]), str(p["num_layers"]),
                           str(p["embedding_dim"]))
         out.print(_whole_names(table, 2))
     if "checkpoints" in data:
@@ -87,9 +88,9 @@ def _print_tables(data: dict) -> None:
             table.add_column(col, justify="right" if col in ("parameters", "dim", "layers") else "left")
         for c in data["checkpoints"]:
             name = c["name"] + (" (default)" if c["default"] else "")
-            params = _human(c["num_params"])
+            params = human_count(c["num_params"])
             if c["total_params"]:
-                params += f" of {_human(c['total_params'])}"
+                params += f" of {human_count(c['total_params'])}"
             table.add_row(name, c["hub_id"], c["family"], params, str(c["embedding_dim"]), str(c["num_layers"]))
         out.print(_whole_names(table))
 
@@ -105,9 +106,3 @@ def _whole_names(table, names: int = 1):
             column.overflow = "fold"
     return table
 
-
-def _human(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}" if n < 100 * size else f"{n / size:.0f}{unit}"
-    return str(n)

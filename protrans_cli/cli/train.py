@@ -289,9 +289,10 @@ def _rank_zero() -> bool:
 
 def _print_presets(family: str | None) -> None:
     """One row per preset on stdout: family, preset, parameters of the pretraining model."""
-    from protrans_cli.catalog import describe
+    from protrans_cli.catalog import describe, human_count
 
-    rows = [(p["family"], p["name"], f"{p['num_params'] / 1e6:,.2f}M")
+    # (as `protrans models` shows them: it said 84.9K where this said 0.08M)
+    rows = [(p["family"], p["name"], human_count(p["num_params"]))
             for p in describe(family=family, families=False, checkpoints=False)["presets"]]
     widths = [max(len(r[i]) for r in rows + [("family", "preset", "parameters")]) for i in range(3)]
     for row in [("family", "preset", "parameters"), *rows]:
