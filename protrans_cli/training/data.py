@@ -508,6 +508,7 @@ class CorpusStream:
             while skipped < state.buffer_start and next(stream, None) is not None:
                 skipped += 1
             carry: list = []  # proteins read ahead, the next buffer's first ones
+            carry_at = None  # where they begin
             while True:
                 at = carry_at if carry else cursor.copy()  # the buffer's first protein
                 buffer, carry = carry, []
