@@ -1540,3 +1540,32 @@ def test_a_roberta_table_counts_its_positions_after_the_padding_index(tmp_path):
     sequence = ("MKTAYIAKQRQISFVKSHFSRQ" * 2)[:36]
     rows = embedder.embed_batch([sequence])[0]
     np.testing.assert_allclose(rows, reference_rows(FAMILIES["roberta"], tmp_path / "roberta40", sequence), atol=1e-5, rtol=0)
+
+
+def test_tokenizer_code_named_by_auto_map_never_runs_even_when_stdin_says_yes(run_cli, tmp_path):
+    """A tokenizer_config.json naming its own code (auto_map) in a model transformers maps no
+    tokenizer to (ProtTXL's config): AutoTokenizer, not told trust_remote_code=False, asked
+    "Do you wish to run the custom code? [y/N]" on stdin, and a "y" there ran the directory's
+    Python. Now it is refused, whatever stdin holds, and the code does not run."""
+    import json
+
+    family = FAMILIES["transfo_xl"]
+    tokenizer = family.build_tokenizer()
+    config = family.build_config("tiny", tokenizer)
+    model_dir = tmp_path / "hostile"
+    family.save_pretrained(family.pretraining_model(config).eval(), tokenizer, model_dir)
+    marker = tmp_path / "ran"
+    settings = json.loads((model_dir / "tokenizer_config.json").read_text())
+    settings.update(tokenizer_class="HostileTokenizer",
+                    auto_map={"AutoTokenizer": ["hostile_mod.HostileTokenizer", "hostile_mod.HostileTokenizer"]})
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(settings))
+    (model_dir / "hostile_mod.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n"
+        "class HostileTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    result = run_cli("embed", SMALL, "-m", model_dir, "--device", "cpu", "-o", tmp_path / "x.h5", input="y\ny\n")
+    assert not marker.exists(), "the model directory's tokenizer code ran"
+    assert result.exit_code == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+    assert "cannot load the tokenizer" in result.stderr
+    assert not (tmp_path / "x.h5").exists()

@@ -201,7 +201,7 @@ class Family:
 
         if config is None:
             hub = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only")}
-            config = AutoConfig.from_pretrained(str(directory), **hub)
+            config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False, **hub)
         with torch.device("meta"):
             model_class = type(self.pretraining_model(config))
         refuse_missing_layers(model_class, directory)
@@ -219,7 +219,12 @@ class Family:
     def load_tokenizer(self, name_or_path, **hub_kwargs):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **self.tokenizer_kwargs, **hub_kwargs)
+        # trust_remote_code=False, not left unset: unset, a tokenizer_config.json naming its own
+        # code (auto_map) for a config transformers maps no tokenizer to (ProtTXL's) made
+        # transformers ask "Do you wish to run the custom code? [y/N]" on stdin, and a "y" there
+        # (typed, or the first line of a piped stdin) ran that code.
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False, **self.tokenizer_kwargs,
+                                                  **hub_kwargs)
         # The special-token layout of a family depends on the padding side (XLNet pads left);
         # a hub tokenizer may not say so in its config.
         tokenizer.padding_side = self.padding_side
