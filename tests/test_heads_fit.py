@@ -3352,3 +3352,28 @@ def test_only_embedded_leaves_out_records_without_an_embedding_and_no_other_mism
     assert r.exit_code == 1 and "whose label length differs" in r.stderr and "--skip-mismatched" in r.stderr
     with pytest.raises(UsageError, match="on_mismatch must be 'error', 'skip' or 'missing'"):
         FitConfig(task="ss3", on_mismatch="some").check()
+
+
+def test_predict_fasta_output_escapes_line_breaks_and_escapes_in_ids(run_cli, ss_data, tmp_path):
+    """An embeddings file's ids (its `id` attributes) may hold anything: `a\\n>X\\nCCC` wrote a
+    forged record X into the per-residue FASTA output, and a terminal escape went in raw. The
+    id is written escaped, one record per protein."""
+    head = tmp_path / "ss3"
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                   "--max-epochs", "1", *FAST, "-o", head).exit_code == 0
+    hostile = tmp_path / "hostile.h5"
+    ids = ["a\n>FORGED\nCCCC", "b\x1b[31mred"]
+    with h5py.File(ss_data / "train.h5", "r") as src, h5py.File(hostile, "w") as out:
+        for name, value in src.attrs.items():
+            out.attrs[name] = value
+        first = src["per_residue"][sorted(src["per_residue"])[0]]
+        for i, ident in enumerate(ids):
+            dataset = out.create_dataset(f"per_residue/k{i}", data=first[()])
+            for name, value in first.attrs.items():
+                dataset.attrs[name] = value
+            dataset.attrs["id"] = ident
+    r = run_cli("predict", head, "--embeddings", hostile, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0, r.stderr
+    lines = (tmp_path / "p.fa").read_text().splitlines()
+    assert [line for line in lines if line.startswith(">")] == [">a\\n>FORGED\\nCCCC", ">b\\x1b[31mred"]
+    assert len(lines) == 4 and "\x1b" not in (tmp_path / "p.fa").read_text()

@@ -297,8 +297,10 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                         for name in predicted:
                             predicted[name][i] = kept[name][j]
             if per_residue:
-                stream.write(b"".join(b">" + item.id.encode() + b"\n" + table[p.argmax(-1)].tobytes() + b"\n"
-                                      for item, p in zip(part, probs[chosen])))
+                # (the id escaped, `\n` `\x1b`: an id from an embeddings file, unlike a FASTA's, may
+                # hold a line break, which wrote a forged record: `a\n>X\nCCC` gave proteins a and X)
+                stream.write(b"".join(b">" + console.printable(item.id).encode() + b"\n"
+                                      + table[p.argmax(-1)].tobytes() + b"\n" for item, p in zip(part, probs[chosen])))
                 if writer is not None:
                     writer.add(part, probs)
             else:
