@@ -1212,6 +1212,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # --resume of a finished output (no partial file, no shards): it may be extended
     extending = options.resume and output.exists() and not partial_path(output).exists() and not shard_files
     if options.resume:
+        _refuse_planted_links(output, shard_files)
         found = []
         if not dist.is_main:  # the main rank reads (and mends, if damaged) the files first
             dist.barrier()
@@ -1376,6 +1377,21 @@ def _refuse_live_outputs(output) -> None:
     """Refuse OUTPUT, OUTPUT.partial or a torchrun shard of it that another run is writing."""
     for path in (partial_path(output), output, *map(Path, _shard_files(output))):
         refuse_if_in_use(path)
+
+
+def _refuse_planted_links(output, shard_files) -> None:
+    """--resume writes into OUTPUT.partial (or a shard, or OUTPUT itself when it extends it): a
+    symbolic link there that protrans never made (it makes none) or that someone else owns (a
+    shared folder) was followed, and the file it led to, another user's choice, was rewritten.
+    (OUTPUT as the user's own link was resolved by through_link before.)"""
+    for path in (partial_path(output), *map(Path, shard_files)):
+        if Path(path).is_symlink():
+            raise InputError("is a symbolic link, which protrans never makes (planted in a shared folder?): "
+                             "--resume does not write through it; delete it, or --force replaces it", path=str(path))
+    output = Path(output)
+    if output.is_symlink() and os.lstat(output).st_uid != os.geteuid():
+        raise InputError("is a symbolic link someone else owns: --resume does not extend the file it leads to; "
+                         "--force replaces the link with a file of your own", path=str(output))
 
 
 def _model_directory(name) -> Path | None:

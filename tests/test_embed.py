@@ -2845,3 +2845,35 @@ def test_force_replaces_an_earlier_output_not_a_file_of_another_kind(tmp_path, r
     empty.write_bytes(b"")  # (an empty file holds nothing to lose)
     assert run_cli("embed", SMALL, "-m", "onehot", "-o", empty, "--force").exit_code == 0
     assert run_cli("embed", SMALL, "-m", "onehot", "-o", empty, "--force").exit_code == 0  # an output: replaced
+
+
+def test_resume_never_writes_through_a_planted_partial_or_someone_elses_output_link(tmp_path):
+    """A symbolic link planted as OUTPUT.partial (protrans never makes one), or as OUTPUT by
+    someone else, in a shared folder: --resume read the file it led to and wrote the new
+    proteins into it (another user chose which file of ours was rewritten). Refused now, and
+    the file is untouched; the user's own link as -o is still followed."""
+    fasta = tmp_path / "two.fa"
+    fasta.write_text(">p1\nMKTAYIAK\n>p2\nMKLLV\n")
+    first = tmp_path / "one.fa"
+    first.write_text(">p1\nMKTAYIAK\n")
+    victim = tmp_path / "victim.h5"
+    embed(first, victim, EmbedOptions(model="onehot", threads=1))
+    before = victim.read_bytes()
+    out = tmp_path / "out.h5"
+    partial_path(out).symlink_to(victim)
+    with pytest.raises(InputError, match="symbolic link"):
+        embed(fasta, out, EmbedOptions(model="onehot", threads=1, resume=True))
+    assert victim.read_bytes() == before
+    partial_path(out).unlink()
+    if os.geteuid() == 0:  # (a link owned by another user needs root to make)
+        theirs = tmp_path / "theirs.h5"
+        theirs.symlink_to(victim)
+        os.lchown(theirs, 65534, 65534)
+        with pytest.raises(InputError, match="someone else owns"):
+            embed(fasta, theirs, EmbedOptions(model="onehot", threads=1, resume=True))
+        assert victim.read_bytes() == before
+    mine = tmp_path / "mine.h5"
+    mine.symlink_to(victim)
+    embed(fasta, mine, EmbedOptions(model="onehot", threads=1, resume=True))
+    with EmbeddingsReader(victim) as reader:
+        assert sorted(reader.ids()) == ["p1", "p2"]
