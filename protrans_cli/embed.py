@@ -1251,7 +1251,13 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         if left == 0 and not partial_path(output).exists() and not shard_files:
             # --resume of a finished file with nothing to add: the file stays as it is (it
             # would otherwise become OUTPUT.partial until the run ends).
-            summary.num_resumed = scan.num_records
+            # (as a run that adds proteins counts them: those with an embedding; the file's
+            # failed proteins are reported as failed, not as already there)
+            summary.num_resumed = found
+            from protrans_cli.io.h5 import EmbeddingsReader
+
+            with EmbeddingsReader(output) as reader:
+                summary.failed = reader.failed()
             if dist.is_main:  # a stacked extension's link that a kill after its partial file's removal left
                 from protrans_cli.io.h5 import remove_partial
 

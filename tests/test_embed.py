@@ -377,6 +377,23 @@ def test_resume_of_a_finished_file_with_nothing_to_add_leaves_it_untouched(tmp_p
     assert summary.num_embedded == 1 and "new" in read_all(out)
 
 
+def test_resume_of_a_finished_file_counts_its_failed_proteins_as_failed(tmp_path, run_cli):
+    """--resume of a finished file with nothing to add counted every record "already there",
+    its skipped proteins too, and did not name them; resumed from its partial file (or a torchrun
+    run's shards) the same proteins were counted apart and listed as failed."""
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nACDEFGHIKL\n>bad\nMKJL\n")
+    out = tmp_path / "x.h5"
+    first = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--invalid-policy", "skip")
+    assert first.exit_code == 0, first.stderr
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", out, "--invalid-policy", "skip", "--resume")
+    assert result.exit_code == 0, result.stderr
+    assert "embedded 0 proteins" in result.stderr and "; 2 already there" in result.stderr
+    assert "1 protein(s) have no embedding" in result.stderr and "bad: skipped: invalid character" in result.stderr
+    summary = embed(fasta, out, EmbedOptions(model="onehot", invalid_policy="skip", resume=True))
+    assert summary.num_resumed == 2 and list(summary.failed) == ["bad"]
+
+
 def test_resume_refuses_an_id_whose_sequence_changed(tmp_path):
     out = _run(tmp_path / "r.h5")
     changed = tmp_path / "changed.fa"
@@ -2172,7 +2189,8 @@ def test_resume_of_a_finished_file_whose_only_absentees_were_skipped_leaves_it_a
     embed(fasta, tmp_path / "o.h5", EmbedOptions(**options))
     before = (tmp_path / "o.h5").read_bytes()
     summary = embed(fasta, tmp_path / "o.h5", EmbedOptions(**options, resume=True))
-    assert (tmp_path / "o.h5").read_bytes() == before and summary.num_resumed == 2
+    assert (tmp_path / "o.h5").read_bytes() == before
+    assert summary.num_resumed == 1 and list(summary.failed) == ["long"]  # (the skipped one is no embedding)
 
 
 def test_torchrun_ranks_share_the_visible_gpus_as_train_does(monkeypatch, tmp_path):
