@@ -1234,14 +1234,15 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # Checks that need the model or the output come before any computation, as the id check did:
     # one more pass over the input, only when there is something to check.
     if len(done) or (options.long_policy == "error" and max_length is not None and scan.longest > max_length):
-        settled: set[str] = set()
+        file_failed: dict = {}  # the finished file's failed proteins (extending)
         if extending:
-            # a finished file's proteins skipped by the length policy: the same settings skip them
-            # again, so they are nothing to add (the file was rewritten for them, a run recorded)
             from protrans_cli.io.h5 import EmbeddingsReader
 
             with EmbeddingsReader(output) as reader:
-                settled = {i for i, why in reader.failed().items() if str(why).startswith("skipped:")}
+                file_failed = reader.failed()
+        # a finished file's proteins skipped by the length policy: the same settings skip them
+        # again, so they are nothing to add (the file was rewritten for them, a run recorded)
+        settled = {i for i, why in file_failed.items() if str(why).startswith("skipped:")}
         left, found = _check_before_compute(source, name, options, max_length, done, output, settled)
         gone = len(np.unique(done.ids)) - found
         if gone > 0 and dist.is_main:
@@ -1252,12 +1253,10 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
             # --resume of a finished file with nothing to add: the file stays as it is (it
             # would otherwise become OUTPUT.partial until the run ends).
             # (as a run that adds proteins counts them: those with an embedding; the file's
-            # failed proteins are reported as failed, not as already there)
+            # failed proteins are reported as failed, not as already there. Proteins found with
+            # no partial file or shard were found in the finished file: `extending`, read above.)
             summary.num_resumed = found
-            from protrans_cli.io.h5 import EmbeddingsReader
-
-            with EmbeddingsReader(output) as reader:
-                summary.failed = reader.failed()
+            summary.failed = file_failed
             if dist.is_main:  # a stacked extension's link that a kill after its partial file's removal left
                 from protrans_cli.io.h5 import remove_partial
 
