@@ -107,15 +107,20 @@ def _values_not_options(command: click.Command) -> click.Command:
     return command
 
 
+def is_option(ctx, value) -> bool:
+    """Whether `value` (as an option's value) is one of the command's own options (`--name=...` too)."""
+    names = {name for p in ctx.command.get_params(ctx) if isinstance(p, click.Option)
+             for name in (*p.opts, *p.secondary_opts)}
+    return isinstance(value, str) and value.split("=", 1)[0] in names
+
+
 def _checked_value(callback):
     def check(ctx, param, value):
         if callback is not None:  # the option's own check first (fit's --test pair says more)
             value = callback(ctx, param, value)
-        names = {name for p in ctx.command.get_params(ctx) if isinstance(p, click.Option)
-                 for name in (*p.opts, *p.secondary_opts)}
         given = value if isinstance(value, (tuple, list)) else [value]
         for item in (v for g in given for v in (g if isinstance(g, (tuple, list)) else [g])):
-            if isinstance(item, str) and item.split("=", 1)[0] in names:
+            if is_option(ctx, item):
                 raise click.BadParameter(f"{item!r} is an option of this command, not a value: give "
                                          f"{param.opts[0]} its value first (a file named so: ./{item})", ctx, param)
         return value

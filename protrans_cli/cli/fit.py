@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, is_option
 from protrans_cli.heads.labels import FORMATS
 from protrans_cli.heads.tasks import DUAL_POLICIES, TASKS
 
@@ -22,10 +22,9 @@ def _files_not_options(ctx, param, value):
     left out) took `-o` as the labels file, and said "Missing option '-o'"; before another option
     it said "Got unexpected extra argument (1)", or trained and then failed on "--no-plots: no
     such file" (exit 1)."""
-    names = {name for p in ctx.command.params for name in (*p.opts, *p.secondary_opts)}
     for pair in (value if param.multiple else [value] if value else []):
         for given in pair:
-            if given.split("=", 1)[0] in names:
+            if is_option(ctx, given):
                 raise click.BadParameter(
                     f"takes two files, EMBEDDINGS LABELS, and got {pair[0]!r} then the option {given!r}: "
                     "give the labels file after the embeddings file", ctx, param)
