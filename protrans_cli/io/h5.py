@@ -2082,9 +2082,7 @@ def _create_dataset(group, key: str, data: np.ndarray):
             _SPACES.clear()
         space = _SPACES[data.shape] = (h5py.h5s.create_simple(data.shape) if data.ndim
                                        else h5py.h5s.create(h5py.h5s.SCALAR))
-    type_id = _DATA_TYPES.get(data.dtype)
-    if type_id is None:
-        type_id = _DATA_TYPES[data.dtype] = h5py.h5t.py_create(data.dtype)
+    type_id = numpy_type(data.dtype)
     dataset = h5py.h5d.create(group.id, key.encode("utf-8"), type_id, space, dcpl=_ATTR_TYPES["dcpl"])
     if data.size:
         dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, data, mtype=type_id)
@@ -2092,7 +2090,20 @@ def _create_dataset(group, key: str, data: np.ndarray):
 
 
 _SPACES: dict = {}      # shape -> h5py dataspace (_create_dataset)
-_DATA_TYPES: dict = {}  # numpy dtype -> h5py type (_create_dataset)
+_DATA_TYPES: dict = {}  # numpy dtype -> h5py type (numpy_type)
+
+
+def numpy_type(dtype):
+    """h5py's type for a numpy dtype (`h5py.h5t.py_create`), made once per dtype: the file type of
+    the datasets and integer attributes embed writes, and the memory type of reading or writing
+    them (h5py's `read`/`write` made it again from the array's dtype at every call)."""
+    import h5py
+
+    dtype = np.dtype(dtype)
+    found = _DATA_TYPES.get(dtype)
+    if found is None:
+        found = _DATA_TYPES[dtype] = h5py.h5t.py_create(dtype)
+    return found
 
 
 def _set_attr(obj, name: str, value) -> None:
@@ -2111,8 +2122,7 @@ def _set_attr(obj, name: str, value) -> None:
         # none is given, every time; for a str, h5py's Python-object type, not the file's)
         text = h5py.string_dtype("utf-8")
         _ATTR_TYPES[str] = (h5py.h5t.py_create(text, logical=True), text, h5py.h5t.py_create(text))
-        _ATTR_TYPES[int] = (h5py.h5t.py_create(np.dtype("int64")), np.dtype("int64"),
-                            h5py.h5t.py_create(np.dtype("int64")))
+        _ATTR_TYPES[int] = (numpy_type(np.int64), np.dtype("int64"), numpy_type(np.int64))
         _ATTR_TYPES["scalar"] = h5py.h5s.create(h5py.h5s.SCALAR)
     kind = str if isinstance(value, str) else int
     type_id, dtype, memory_type = _ATTR_TYPES[kind]

@@ -190,13 +190,11 @@ def _read_record(group, name: bytes, rows: np.ndarray, i: int, values: dict, sou
     """One protein of a partial file into row `i` of `rows` and its attributes onto `values`."""
     import h5py
 
-    from protrans_cli.io.h5 import unescape_key
+    from protrans_cli.io.h5 import numpy_type, unescape_key
 
     ident = unescape_key(name.decode("utf-8"))
     obj = h5py.h5o.open(group.id, name)
-    memory_type = _ROW_TYPES.get(rows.dtype)
-    if memory_type is None:  # (made once: `read` made it from the array's dtype for every protein)
-        memory_type = _ROW_TYPES[rows.dtype] = h5py.h5t.py_create(rows.dtype)
+    memory_type = numpy_type(rows.dtype)  # (made once: `read` made it from the array's dtype for every protein)
     # (compared here: HDF5's read into the row with both selections ALL does not, and a longer
     # vector was written past its row, a shorter one left the row's old values; the dtype is the
     # run's storage dtype)
@@ -232,7 +230,6 @@ def create_stacked(out, n: int, shape, dtype) -> tuple:
 
 
 _READERS: dict = {}  # memory types and buffers for reading attributes (made once)
-_ROW_TYPES: dict = {}  # numpy dtype -> h5py memory type for reading a row (_read_record)
 
 
 def _attributes(obj) -> dict:
@@ -242,12 +239,11 @@ def _attributes(obj) -> dict:
     of what stacking a file took. Another type goes through read_attr."""
     import h5py
 
-    from protrans_cli.io.h5 import _plain, _text_type, read_attr
+    from protrans_cli.io.h5 import _plain, _text_type, numpy_type, read_attr
 
     if not _READERS:
         _READERS["text"] = _text_type()
         _READERS["int"] = np.empty((), dtype=np.int64)
-        _READERS["int type"] = h5py.h5t.py_create(np.dtype(np.int64))
     names: list[bytes] = []
     h5py.h5a.iterate(obj, names.append)
     found = {}
@@ -259,7 +255,7 @@ def _attributes(obj) -> dict:
             attr = h5py.h5a.open(obj, raw)
             if _ATTRIBUTE_COLUMNS[name] in COUNT_COLUMNS:
                 out = _READERS["int"]
-                attr.read(out, mtype=_READERS["int type"])
+                attr.read(out, mtype=numpy_type(np.int64))
                 found[name] = int(out)
             else:
                 mtype, dtype = _READERS["text"]
