@@ -320,9 +320,9 @@ def test_stream_epochs_repeat_their_global_batches_and_the_remainder_is_as_docum
 def test_stream_resumes_anywhere_when_the_tail_joins_the_last_buffer(bucket_batches):
     """Read one global batch ahead: a resume from any step's saved position, before, in or after
     the buffer the tail joined, sees the batches of the uninterrupted stream."""
-    full = [_indices(sb) for sb in _stream(bucket_batches=bucket_batches, max_epochs=2)]
+    steps = list(_stream(bucket_batches=bucket_batches, max_epochs=2))
+    full, states = [_indices(sb) for sb in steps], [sb.state_after for sb in steps]
     assert all(len(b) == 16 for b in full) and len({i for b in full[:len(full) // 2] for i in b}) == 288
-    states = [sb.state_after for sb in _stream(bucket_batches=bucket_batches, max_epochs=2)]
     for k in range(len(full) - 1):
         resumed = [_indices(sb) for sb in _stream(bucket_batches=bucket_batches, max_epochs=2, state=states[k])]
         assert resumed == full[k + 1:], k
@@ -737,7 +737,6 @@ def test_electra_loss_combines_generator_and_discriminator():
     assert torch.allclose(total / n, gen + 50 * disc, rtol=1e-5)
     total.backward()
     assert model.discriminator.electra.encoder.layer[0].attention.self.query.weight.grad is not None
-
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -1284,7 +1283,6 @@ def test_a_link_to_a_missing_run_directory_is_said(tmp_path):
     with pytest.raises(UsageError, match="is a link to .*nowhere, which does not exist"):
         with run_lock(tmp_path / "run"):
             pass
-
 
 
 def test_corpora_the_reader_would_misread_are_refused(tmp_path):
