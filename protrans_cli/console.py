@@ -26,8 +26,9 @@ state = _State()
 
 
 def counted(count: int, noun: str) -> str:
-    """`1 protein`, `2 proteins`: a count and its noun, in the singular for one."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+    """`1 protein`, `2 proteins`, `12,345 proteins`: a count (thousands separated) and its noun, in
+    the singular for one."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def configure(verbosity: int = 0, debug: bool = False) -> None:

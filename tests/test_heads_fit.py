@@ -1733,14 +1733,15 @@ def test_predict_scores_with_the_mask_columns_the_head_was_fit_with(run_cli, ss_
                 "--mask-column", "disorder", "--mask-column", "cb513_mask", "--test", ss_data / "test.h5",
                 tmp_path / "test.csv", "--max-epochs", "1", "--bootstrap", "10", "-j", "1", "-o", tmp_path / "h")
     assert r.exit_code == 0, r.stderr
-    fitted = regex.search(r"test ss3: Q3 .*?(\d+) positions in", r.stderr).group(1)
+    fitted = regex.search(r"test ss3: Q3 .*?([\d,]+) positions in", r.stderr).group(1)
     r = run_cli("predict", tmp_path / "h", "--embeddings", ss_data / "test.h5", "--labels", tmp_path / "test.csv")
-    assert r.exit_code == 0 and regex.search(r"test ss3: Q3 .*?(\d+) positions in", r.stderr).group(1) == fitted
+    assert r.exit_code == 0 and regex.search(r"test ss3: Q3 .*?([\d,]+) positions in", r.stderr).group(1) == fitted
     r = run_cli("predict", tmp_path / "h", "--embeddings", ss_data / "test.h5", "--labels", tmp_path / "test.csv",
                 "--mask-column", "disorder")
     assert r.exit_code == 0 and "scoring with --mask-column disorder; the head was fit with disorder cb513_mask" \
         in r.stderr
-    assert int(regex.search(r"test ss3: Q3 .*?(\d+) positions in", r.stderr).group(1)) > int(fitted)
+    assert int(regex.search(r"test ss3: Q3 .*?([\d,]+) positions in", r.stderr).group(1).replace(",", "")) \
+        > int(fitted.replace(",", ""))
 
 
 def test_predict_scores_the_test_records_of_a_file_that_declares_splits(run_cli, ss_data, one_epoch_ss3, tmp_path):

@@ -1749,3 +1749,5 @@ def test_the_summary_counts_one_step_in_the_singular():
     from protrans_cli.console import counted
 
     assert (counted(1, "step"), counted(0, "step"), counted(20, "step")) == ("1 step", "0 steps", "20 steps")
+    # one style for every count a summary writes: embed's already separated thousands, train's did not
+    assert counted(150000, "step") == "150,000 steps"

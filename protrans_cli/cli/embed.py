@@ -132,11 +132,11 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         return
     console.output_complete(str(output))
     rate = summary.residues_per_second
-    console.info(f"embedded {summary.num_embedded:,} protein{'' if summary.num_embedded == 1 else 's'} "
+    console.info(f"embedded {console.counted(summary.num_embedded, 'protein')} "
                  f"({summary.num_residues:,} residues, {rate:,.0f} residues/s) into {output}"
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else "")
-                 + (f"; {summary.num_duplicates:,} identical sequence{'s' if summary.num_duplicates != 1 else ''} "
-                    "computed once" if summary.num_duplicates else ""))
+                 + (f"; {console.counted(summary.num_duplicates, 'identical sequence')} computed once"
+                    if summary.num_duplicates else ""))
     if summary.failed:
         console.warn(f"{len(summary.failed)} protein(s) have no embedding (listed in the file's 'failed' attribute):")
         for ident, reason in list(summary.failed.items())[:20]:

@@ -68,4 +68,4 @@ def command(labels, output, fmt, sequences, split):
     console.output_complete(shown)
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
-    console.info(f"wrote {count} sequence{'' if count == 1 else 's'} ({label_set.format} labels) to {shown}")
+    console.info(f"wrote {console.counted(count, 'sequence')} ({label_set.format} labels) to {shown}")

@@ -206,7 +206,7 @@ def summary_line(name: str, output: str, m: dict) -> str:
     return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} ({ci}), MCC {m['mcc']:.3f}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f}, "
             + (counted(m['n'], 'protein') if m["n"] == m["n_proteins"]  # per protein: one position each
-               else f"{m['n']} positions in {counted(m['n_proteins'], 'protein')}"))
+               else f"{m['n']:,} positions in {counted(m['n_proteins'], 'protein')}"))
 
 
 
