@@ -33,12 +33,12 @@ def parse_size(text: str) -> int:
 @click.command("prep", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
-              help="Corpus file; - is stdout; .gz/.bz2/.xz/.zst compress.")
+              help="Corpus file ('-' = stdout); .gz/.bz2/.xz/.zst compress.")
 @click.option("--rare", type=click.Choice(["x", "keep"]), default="x", show_default=True,
               help="U, Z, O, B become X (as ProtTrans), or are kept.")
 @click.option("--strict", is_flag=True, help="The first record that fails normalisation is an error.")
 @click.option("--rejects", metavar="FILE",
-              help="TSV of every record left out: id, reason, detail, file, line ('-': stdout).")
+              help="TSV of every record left out: id, reason, detail, file, line ('-' = stdout).")
 @click.option("--min-length", type=int, default=1, show_default=True, help="Fewer residues: left out.")
 @click.option("--max-length", type=int, default=None, help="More residues: skipped, or cropped (--long crop).")
 @click.option("--long", "--long-policy", "long_policy", type=click.Choice(["skip", "crop"]), default="skip",
@@ -52,7 +52,7 @@ def parse_size(text: str) -> int:
               help="Deal proteins round-robin into N files (corpus.00000.txt ...).")
 @click.option("--shard-size", metavar="SIZE", help="Or start a new file every SIZE bytes of text, before compression (500M, 2G, "
                    "1.5GiB: K/M/G/T are powers of 1024).")
-@click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-': stdout).")
+@click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-' = stdout).")
 @click.option("-j", "--threads", type=int, default=None,
               help="Worker processes.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 @click.option("--tmp-dir", metavar="DIR", help="Scratch space for --dedup and for the -j workers' hand-over files [default: dedup beside the output, workers /dev/shm when it has room, else $TMPDIR].")
