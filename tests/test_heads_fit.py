@@ -2009,6 +2009,24 @@ def test_embeddings_with_special_token_rows_are_refused_with_the_likely_reason(t
     assert "special-token rows" in r.stderr
 
 
+def test_labels_shorter_than_their_own_sequence_are_not_blamed_on_special_token_rows(tmp_path, run_cli):
+    # biotrainer residue_to_class: TARGET= one state short of the sequence below it. The embedding
+    # (embed's, one row per residue) is right; the labels are off, which the error says (it said
+    # the embedding had kept a special-token row).
+    fasta = tmp_path / "seqs.fa"
+    fasta.write_text(">p1\nMKTAY\n>p2\nMKTA\n")
+    h5 = tmp_path / "e.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-residue", "-o", h5).exit_code == 0
+    labels = tmp_path / "bt.fa"
+    labels.write_text(">p1 TARGET=CCHH SET=train VALIDATION=False\nMKTAY\n"
+                      ">p2 TARGET=CHHC SET=train VALIDATION=False\nMKTA\n")
+    r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", labels, "-o", tmp_path / "h", "-j", "1")
+    assert r.exit_code == 1
+    assert "(p1 (4 vs 5)); 1 of them have one row per residue of the label file's own sequence" in r.stderr
+    assert "(p1 (4 labels for 5 residues))" in r.stderr
+    assert "special-token rows" not in r.stderr
+
+
 def test_a_head_of_the_last_layer_refuses_a_file_of_one_other_layer(run_cli, one_epoch_ss3, ss_data, tmp_path):
     """The converse of the test above: a head fit on layer -1 took a file holding only layer -2
     (same model, same width) without a word, since a lone stored layer stood in for -1."""

@@ -56,6 +56,9 @@ class MatchReport:
     unlabelled: set[str] = field(default_factory=set)  # dataset keys no label record matched
     key_ids: dict[str, str] = field(default_factory=dict)  # key -> id where the key is not the id's (bio_embeddings)
     extra_rows: list[int] = field(default_factory=list)  # embedding rows - labels, of wrong_length
+    # of wrong_length, per residue: records whose own sequence has the embedding's rows, so their
+    # labels do not count one per residue (not an embedding with extra rows): "id (N labels for M residues)"
+    labels_off: list[str] = field(default_factory=list)
     no_label: list[str] = field(default_factory=list)  # records whose every label is empty, nan or masked
     # records whose protein embed left out and said why (the file's `failed` attribute: --long-policy
     # skip, a non-finite embedding): "id: why"
@@ -79,7 +82,11 @@ class MatchReport:
         if self.wrong_length:
             parts.append(f"{len(self.wrong_length)} whose label length differs from the embedding's "
                          f"({some_ids(self.wrong_length)})")
-            if set(self.extra_rows) <= {1, 2}:  # another tool's file that kept [CLS]/<s>, </s>/[SEP]
+            if self.labels_off:
+                parts[-1] += (f"; {len(self.labels_off)} of them have one row per residue of the label file's own "
+                              f"sequence, whose labels do not count one per residue "
+                              f"({some_ids(self.labels_off, 3)})")
+            if self.extra_rows and set(self.extra_rows) <= {1, 2}:  # a file that kept [CLS]/<s>, </s>/[SEP]
                 more = " or ".join(map(str, sorted(set(self.extra_rows))))
                 parts[-1] += (f"; each embedding has {more} row(s) more than its protein has residues, as if the "
                               "tool that wrote it kept the special-token rows ([CLS]/<s>, [SEP]/</s>); embed writes "
@@ -260,7 +267,11 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                 continue
         if label_length is not None and length is not None and label_length != length:
             report.wrong_length.append(f"{record.id} ({label_length} vs {length})")
-            report.extra_rows.append(length - label_length)
+            if task.kind == PER_RESIDUE and record.sequence is not None and _residue_count(record) == length:
+                # (the labels are off, not the embedding: it was said to have kept special-token rows)
+                report.labels_off.append(f"{record.id} ({label_length} labels for {length} residues)")
+            else:
+                report.extra_rows.append(length - label_length)
             passed_over.add(key)
             continue
         if length is None:
