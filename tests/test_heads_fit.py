@@ -2605,6 +2605,23 @@ def test_an_id_missing_but_for_case_or_normalisation_is_pointed_out(run_cli, tmp
             "Unicode normalisation (label 'Q9Xe\u0301', embedded 'Q9X\u00e9'): ids are compared exactly") in r.stderr
 
 
+def test_label_ids_that_are_accessions_of_uniprot_ids_are_pointed_out(run_cli, tmp_path):
+    """A table keyed by accession (P69905) against embeddings of a UniProt FASTA, whose ids are
+    sp|P69905|HBA_HUMAN: every record was "without an embedding", with no hint why."""
+    from protrans_cli.embed import EmbedOptions, embed
+
+    (tmp_path / "e.fa").write_text(">sp|P69905|HBA_HUMAN Hemoglobin subunit alpha\nMVLSPADKTN\n"
+                                   ">tr|A0A024R161|A0A024R161_HUMAN x\nMKTAYIAKQR\n>other\nMKTAY\n")
+    embed(tmp_path / "e.fa", tmp_path / "e.h5", EmbedOptions(model="onehot", per_protein=True, threads=1))
+    table = tmp_path / "l.csv"
+    table.write_text("id,label\nP69905,A\nA0A024R161,B\nother,A\n")
+    r = run_cli("fit", "protein", "--embeddings", tmp_path / "e.h5", "--labels", table, "-j", "1",
+                "-o", tmp_path / "h")
+    assert r.exit_code == 1
+    assert ("2 without an embedding (P69905, A0A024R161); 2 of them are the accession of an embedded protein's "
+            "UniProt id (label 'P69905', embedded 'sp|P69905|HBA_HUMAN')") in r.stderr
+
+
 def _strict_json(text: str):
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")

@@ -18,6 +18,7 @@ whole set fits under `cache_bytes` it is read once into one float32 array instea
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -65,6 +66,8 @@ class MatchReport:
     left_out: list[str] = field(default_factory=list)
     # missing ids that an unmatched embedding's id equals but for case or Unicode normalisation
     near_misses: list[tuple[str, str]] = field(default_factory=list)
+    # missing ids that are the accession of an unmatched embedding's UniProt id (sp|ACC|NAME)
+    accession_misses: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
@@ -79,6 +82,11 @@ class MatchReport:
                 parts[-1] += (f"; {len(self.near_misses)} of them equal an embedded protein's id but for case or "
                               f"Unicode normalisation (label {label!r}, embedded {stored!r}): ids are compared "
                               "exactly")
+            if self.accession_misses:
+                label, stored = self.accession_misses[0]
+                parts[-1] += (f"; {len(self.accession_misses)} of them are the accession of an embedded protein's "
+                              f"UniProt id (label {label!r}, embedded {stored!r}): write the whole ids into the "
+                              "labels, or embed a FASTA whose ids are the accessions")
         if self.wrong_length:
             parts.append(f"{len(self.wrong_length)} whose label length differs from the embedding's "
                          f"({some_ids(self.wrong_length)})")
@@ -303,6 +311,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
         report.near_misses = [(ident, stored) for ident, stored in
                               _near_misses(report.missing, report.unlabelled, report.key_ids)
                               if reader.key_for(stored, source) is not None]
+        report.accession_misses = _accession_misses(report.missing, report.unlabelled, report.key_ids)
     if report.problems:
         where = f"{label_set.path} vs {reader.path}"
         only_missing = report.problems == len(report.missing)
@@ -348,6 +357,21 @@ def _near_misses(missing: list[str], unlabelled: set[str], key_ids: dict[str, st
         ident = key_ids.get(key) or unescape_key(key)
         stored.setdefault(caseless(ident), ident)
     return [(ident, stored[caseless(ident)]) for ident in missing if caseless(ident) in stored]
+
+
+_UNIPROT_ID = re.compile(r"(?:sp|tr)\|([^|]+)\|")
+
+
+def _accession_misses(missing: list[str], unlabelled: set[str], key_ids: dict[str, str]) -> list[tuple[str, str]]:
+    """(label id, embedded id) pairs where the label id is the accession of a UniProt FASTA id
+    (`sp|P69905|HBA_HUMAN`, the id embed keeps whole), as tables keyed by accession have it."""
+    by_accession = {}
+    for key in sorted(unlabelled):
+        ident = key_ids.get(key) or unescape_key(key)
+        found = _UNIPROT_ID.match(ident)
+        if found:
+            by_accession.setdefault(found.group(1), ident)
+    return [(ident, by_accession[ident]) for ident in missing if ident in by_accession]
 
 
 def warn_unfinished(embeddings) -> None:
