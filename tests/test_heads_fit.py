@@ -2622,6 +2622,23 @@ def test_label_ids_that_are_accessions_of_uniprot_ids_are_pointed_out(run_cli, t
             "UniProt id (label 'P69905', embedded 'sp|P69905|HBA_HUMAN')") in r.stderr
 
 
+def test_label_ids_that_prottrans_script_rewrote_are_pointed_out(run_cli, tmp_path):
+    """ProtTrans's prott5_embedder.py keys a protein by its header with `.` and `/` written `_`:
+    a label table keyed by RefSeq ids (NP_000509.1) found no embedding, with no hint why. Such
+    ids are pointed out, not matched (NP_1.1 and NP_1_1 would become one)."""
+    h5 = tmp_path / "prottrans.h5"
+    with h5py.File(h5, "w") as f:  # the script's flat per-protein layout: one (D,) dataset per key
+        for key in ("NP_000509_1", "sp|P0_1|X_HUMAN", "plain"):
+            f.create_dataset(key, data=np.ones(4, np.float32))
+    table = tmp_path / "l.csv"
+    table.write_text("id,label\nNP_000509.1,A\nsp|P0.1|X_HUMAN,B\nplain,A\n")
+    r = run_cli("fit", "protein", "--embeddings", h5, "--labels", table, "-j", "1", "-o", tmp_path / "h")
+    assert r.exit_code == 1
+    assert ("2 of them equal an embedded protein's id with '.' and '/' written '_' (label 'NP_000509.1', "
+            "embedded 'NP_000509_1')") in r.stderr, r.stderr
+    assert not (tmp_path / "h").exists()
+
+
 def _strict_json(text: str):
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")

@@ -68,6 +68,9 @@ class MatchReport:
     near_misses: list[tuple[str, str]] = field(default_factory=list)
     # missing ids that are the accession of an unmatched embedding's UniProt id (sp|ACC|NAME)
     accession_misses: list[tuple[str, str]] = field(default_factory=list)
+    # missing ids with `.` or `/` that an unmatched embedding's id equals with those written `_`
+    # (the keys ProtTrans's prott5_embedder.py writes)
+    rewritten_misses: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
@@ -87,6 +90,12 @@ class MatchReport:
                 parts[-1] += (f"; {len(self.accession_misses)} of them are the accession of an embedded protein's "
                               f"UniProt id (label {label!r}, embedded {stored!r}): write the whole ids into the "
                               "labels, or embed a FASTA whose ids are the accessions")
+            if self.rewritten_misses:
+                label, stored = self.rewritten_misses[0]
+                parts[-1] += (f"; {len(self.rewritten_misses)} of them equal an embedded protein's id with '.' and "
+                              f"'/' written '_' (label {label!r}, embedded {stored!r}), as ProtTrans's embedding "
+                              "script writes its keys: that rewriting can join two ids into one, so ids are not "
+                              "matched so; embed the FASTA with protrans, or write those ids into the labels")
         if self.wrong_length:
             parts.append(f"{len(self.wrong_length)} whose label length differs from the embedding's "
                          f"({some_ids(self.wrong_length)})")
@@ -307,11 +316,12 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                      f"because embed left them out ({some_ids(report.left_out, 3)}): left out")
     report.key_ids = {key: ident for ident, key in other_ids.items()}
     if report.missing and report.unlabelled:
+        embedded = [report.key_ids.get(key) or unescape_key(key) for key in sorted(report.unlabelled)]
         # (a group among the proteins named like a label record is no protein: no near miss)
-        report.near_misses = [(ident, stored) for ident, stored in
-                              _near_misses(report.missing, report.unlabelled, report.key_ids)
+        report.near_misses = [(ident, stored) for ident, stored in _near_misses(report.missing, embedded)
                               if reader.key_for(stored, source) is not None]
-        report.accession_misses = _accession_misses(report.missing, report.unlabelled, report.key_ids)
+        report.accession_misses = _accession_misses(report.missing, embedded)
+        report.rewritten_misses = _rewritten_misses(report.missing, embedded)
     if report.problems:
         where = f"{label_set.path} vs {reader.path}"
         only_missing = report.problems == len(report.missing)
@@ -347,14 +357,13 @@ def _labelled(targets: dict) -> bool:
     return False
 
 
-def _near_misses(missing: list[str], unlabelled: set[str], key_ids: dict[str, str]) -> list[tuple[str, str]]:
+def _near_misses(missing: list[str], embedded: list[str]) -> list[tuple[str, str]]:
     """(label id, embedded id) pairs that differ only in case or Unicode normalisation (an id
     typed `Q9Xé` with a combining accent in one file and a precomposed é in the other)."""
     from protrans_cli.io.files import caseless
 
     stored = {}
-    for key in sorted(unlabelled):
-        ident = key_ids.get(key) or unescape_key(key)
+    for ident in embedded:
         stored.setdefault(caseless(ident), ident)
     return [(ident, stored[caseless(ident)]) for ident in missing if caseless(ident) in stored]
 
@@ -362,16 +371,26 @@ def _near_misses(missing: list[str], unlabelled: set[str], key_ids: dict[str, st
 _UNIPROT_ID = re.compile(r"(?:sp|tr)\|([^|]+)\|")
 
 
-def _accession_misses(missing: list[str], unlabelled: set[str], key_ids: dict[str, str]) -> list[tuple[str, str]]:
+def _accession_misses(missing: list[str], embedded: list[str]) -> list[tuple[str, str]]:
     """(label id, embedded id) pairs where the label id is the accession of a UniProt FASTA id
     (`sp|P69905|HBA_HUMAN`, the id embed keeps whole), as tables keyed by accession have it."""
     by_accession = {}
-    for key in sorted(unlabelled):
-        ident = key_ids.get(key) or unescape_key(key)
+    for ident in embedded:
         found = _UNIPROT_ID.match(ident)
         if found:
             by_accession.setdefault(found.group(1), ident)
     return [(ident, by_accession[ident]) for ident in missing if ident in by_accession]
+
+
+_REWRITTEN = str.maketrans({".": "_", "/": "_"})
+
+
+def _rewritten_misses(missing: list[str], embedded: list[str]) -> list[tuple[str, str]]:
+    """(label id, embedded id) pairs where the embedded id is the label id with `.` and `/` written
+    `_`, as ProtTrans's prott5_embedder.py writes its keys (`NP_000509.1` -> `NP_000509_1`)."""
+    unmatched = set(embedded)
+    return [(ident, ident.translate(_REWRITTEN)) for ident in missing
+            if ident.translate(_REWRITTEN) != ident and ident.translate(_REWRITTEN) in unmatched]
 
 
 def warn_unfinished(embeddings) -> None:
