@@ -468,3 +468,24 @@ def test_parts_resumed_on_an_extended_input_merge_whether_or_not_they_gained_pro
     r = run_cli("merge", *parts, "-o", tmp_path / "merged.h5")
     assert r.exit_code == 0, r.stderr
     assert_same_content(file_content(tmp_path / "merged.h5"), file_content(_embed(extended, tmp_path / "whole.h5")))
+
+
+@pytest.mark.parametrize("value", [np.arange(4), 5])
+def test_an_id_attribute_of_another_type_names_no_protein_in_merge_and_resume(tmp_path, run_cli, value):
+    """An `id` attribute that is an array or an integer: merge and `embed --resume` (which read
+    it through h5py's low-level calls) failed with AttributeError tracebacks ('int' object has no
+    attribute 'encode'); fit and predict read it as the other readers do: an integer is its
+    text, an array no id (the key names the protein)."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n>P2\nMKV\n")
+    a = _embed(tmp_path / "a.fa", tmp_path / "a.h5")
+    with h5py.File(a, "a") as f:
+        for kind in ("per_residue", "per_protein"):
+            f[f"{kind}/P2"].attrs["id"] = value
+    expected = ["5", "P1"] if isinstance(value, int) else ["P1", "P2"]
+    r = run_cli("merge", a, "-o", tmp_path / "m.h5")
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(tmp_path / "m.h5") as m:
+        assert sorted(m.ids()) == expected
+    r = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "-o", a, "--resume")
+    assert r.exit_code == 0 and "protrans: error" not in r.stderr, r.stderr
+

@@ -95,18 +95,25 @@ def dataset_id(key: str, attrs) -> str:
 
 def _attribute_id(attrs) -> str | None:
     """The id a dataset's attributes give it (`id`, else `original_id`'s first word), or None."""
-    ident = _plain(attrs["id"]) if "id" in attrs else None
-    if not isinstance(ident, (str, int)):  # (an array or a reference, in another tool's file: no id)
-        ident = None
-    if not ident and "original_id" in attrs:
-        original = _plain(attrs["original_id"])
-        ident = _original_id(original) if isinstance(original, str) else None
-    return str(ident) if ident else None
+    return _id_of(_plain(attrs["id"]) if "id" in attrs else None,
+                  _plain(attrs["original_id"]) if "original_id" in attrs else None)
 
 
 def _low_attribute_id(obj) -> str | None:
     """`_attribute_id` of a dataset opened through h5py's low-level calls."""
-    return _read_text_attr(obj, b"id") or _original_id(_read_text_attr(obj, b"original_id"))
+    return _id_of(_read_text_attr(obj, b"id"), _read_text_attr(obj, b"original_id"))
+
+
+def _id_of(ident, original) -> str | None:
+    """The id that `id` and `original_id` attribute values give: a string or an integer `id`,
+    else `original_id`'s first word where it is a string. An array or a reference (another
+    tool's file) names no protein: it was a traceback where the low-level readers (merge,
+    `embed --resume`) hashed or escaped it."""
+    if not isinstance(ident, (str, int)):
+        ident = None
+    if not ident and isinstance(original, str):
+        ident = _original_id(original)
+    return str(ident) if ident else None
 
 
 def _key_id(key: str) -> str:
