@@ -1086,3 +1086,14 @@ def test_cached_types_write_the_same_values_and_types(tmp_path):
                     assert ds.attrs["computed"] == f"float32 ({i}) ß"
                 else:
                     assert ds.attrs["truncated_from"] == 10 + i
+
+
+@pytest.mark.parametrize("value", [np.arange(3), 5])
+def test_a_flat_files_kind_attribute_of_another_type_is_guessed_from_the_shapes(tmp_path, value):
+    """A `kind` attribute that is not a string (another tool's file): an array was a numpy
+    traceback ("truth value of an array ... is ambiguous") in every reader, fit, predict, merge."""
+    with h5py.File(tmp_path / "k.h5", "w") as f:
+        f.create_dataset("P1", data=np.ones(4, np.float32))
+        f.attrs["kind"] = value
+    with EmbeddingsReader(tmp_path / "k.h5") as r:
+        assert r.layout == "flat" and r.kinds == (PER_PROTEIN,) and r.ids() == ["P1"]

@@ -250,7 +250,8 @@ class EmbeddingsReader:
         else:
             self.layout = "flat"
             kind = self.attrs.get("kind")
-            if kind not in KINDS:  # a file from another tool: guess from the shapes
+            # (an array there, in another tool's file, was a numpy traceback: "truth value ... ambiguous")
+            if not isinstance(kind, str) or kind not in KINDS:  # a file from another tool: guess from the shapes
                 self.subgroups = [k for k, cls in ((k, self.file.get(k, getclass=True)) for k in root)
                                   if not _is_dataset_class(cls)]
                 first = next((self.file[k] for k in root if k not in self.subgroups), None)
