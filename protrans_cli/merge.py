@@ -209,6 +209,9 @@ def _read_part(path: Path) -> _Part:
             raise InputError("not an output of protrans embed (no 'layout' or 'kinds' attribute; a file from "
                              "another tool?): merge reads embed's files only", path=str(path))
         kinds = tuple(k for k in KINDS if k in str(attrs["kinds"]).split(","))
+        if not kinds:  # (it was an IndexError traceback)
+            raise InputError(f"its 'kinds' attribute ({_shown(attrs['kinds'])}) names neither per_residue nor "
+                             "per_protein: damaged, or not written by protrans embed", path=str(path))
         if reader.layout == "stacked":  # (a block of the columns at a time)
             from protrans_cli.io.stacked import stacked_done
 

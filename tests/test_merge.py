@@ -489,3 +489,14 @@ def test_an_id_attribute_of_another_type_names_no_protein_in_merge_and_resume(tm
     r = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "-o", a, "--resume")
     assert r.exit_code == 0 and "protrans: error" not in r.stderr, r.stderr
 
+
+def test_a_kinds_attribute_naming_no_kind_is_one_line(tmp_path, run_cli):
+    """`kinds` that names neither kind (a damaged file): an IndexError traceback."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    a = _embed(tmp_path / "a.fa", tmp_path / "a.h5")
+    with h5py.File(a, "a") as f:
+        f.attrs["kinds"] = np.arange(3)
+    r = run_cli("merge", a, "-o", tmp_path / "m.h5")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{a}: its 'kinds' attribute ([0, 1, 2]) names neither per_residue nor per_protein" in r.stderr
+    assert not list(tmp_path.glob("m.h5*"))
