@@ -844,3 +844,33 @@ def test_a_full_disk_while_stacking_is_said_in_balanced_words(tmp_path):
     message = stacked_module.stacking_failure(hdf5, tmp_path / "s.h5.partial").message
     assert message.startswith("cannot write the stacked file (No space left on device); every protein is in ")
     assert message.count("(") == message.count(")")
+
+
+def test_a_stacked_file_with_two_rows_of_one_id_is_refused_in_one_line(tmp_path, run_cli):
+    """Two rows of one id (a damaged or crafted file): predict wrote a prediction for each under
+    that id, `embed --resume` failed with HDF5's "name already exists" traceback, and merge said
+    the protein was also in the same file. fit refused it already."""
+    out = tmp_path / "s.h5"
+    _stacked(out)
+    with h5py.File(out, "a") as f:
+        ids = f["ids"].asstr()[()].tolist()
+        f["ids"][1] = ids[0]
+    labels = tmp_path / "l.csv"
+    labels.write_text("id,label\n" + "".join(f"{ident},{'AB'[i % 2]}\n" for i, ident in enumerate(ids)))
+    head = tmp_path / "head"
+    r = run_cli("fit", "protein", "--embeddings", tmp_path / "s.h5", "--labels", labels, "--max-epochs", "1",
+                "--bootstrap", "10", "--no-plots", "-j", "1", "-o", head)
+    assert r.exit_code == 1 and f"protein {ids[0]!r} has two rows: ids must be unique" in r.stderr, r.stderr
+    _stacked(tmp_path / "ok.h5")
+    r = run_cli("fit", "protein", "--embeddings", tmp_path / "ok.h5", "--labels", labels, "--max-epochs", "1",
+                "--bootstrap", "10", "--no-plots", "-j", "1", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    said = f"{out}: protein {ids[0]!r} has two rows: ids must be unique"
+    for args in (("predict", head, "--embeddings", out, "-o", tmp_path / "p.csv"),
+                 ("embed", SMALL, "-m", "onehot", "--layout", "stacked", "-o", out, "--resume"),
+                 ("merge", out, "-o", tmp_path / "m.h5")):
+        r = run_cli(*args)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1 and said in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "p.csv").exists() and not list(tmp_path.glob("m.h5*"))
+    assert sorted(p.name for p in tmp_path.glob("s.h5*")) == ["s.h5"]
+

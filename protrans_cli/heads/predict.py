@@ -243,6 +243,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         streamed = reader.layout == "stacked" and order is None
         if streamed:
             _source_kind(reader, task.kind)  # (a per-residue head: refused, naming --layout grouped)
+            reader._stacked.check_unique()  # (two rows of one id: both were predicted under it)
             count, truncated = len(reader._stacked), _stacked_truncated(reader._stacked)
         else:
             items, truncated = _all_items(reader, task.kind)

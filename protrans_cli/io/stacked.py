@@ -358,7 +358,10 @@ def unstack_file(source, target) -> int:
             group = out.create_group(PER_PROTEIN, track_order=True)
             for rows, attrs in view.blocks():
                 for row, record in zip(rows, attrs):
-                    ds = _create_dataset(group, escape_key(record["id"]), row)
+                    key = escape_key(record["id"])
+                    if key in group:  # (HDF5's "name already exists" traceback, for another tool's file)
+                        view.rows()  # (raises, naming the id)
+                    ds = _create_dataset(group, key, row)
                     for name, value in record.items():
                         _set_attr(ds, name, value)
                     ds.close()
@@ -491,7 +494,8 @@ class StackedView:
         return len(self.data)
 
     def ids(self) -> list[str]:
-        return list(self._text("ids"))
+        """The ids in row order, each once (two rows of one id are refused: predict wrote both)."""
+        return list(self.rows())
 
     def _text(self, name: str, selection=()) -> np.ndarray:
         """A text column (or `selection` of it) as str: UTF-8, which ASCII (the checksums, another
@@ -505,7 +509,7 @@ class StackedView:
     def rows(self) -> dict[str, int]:
         """id -> row."""
         if self._rows is None:
-            ids = self.ids()
+            ids = list(self._text("ids"))
             self._rows = {ident: i for i, ident in enumerate(ids)}
             if len(self._rows) != len(ids):
                 seen: set[str] = set()
@@ -513,6 +517,18 @@ class StackedView:
                 raise InputError(f"protein {twice!r} has two rows: ids must be unique (damaged, or not written "
                                  "by protrans embed)", path=self.path)
         return self._rows
+
+    def check_unique(self) -> None:
+        """Refuse two rows of one id (as `rows` does) holding 16 bytes a protein, a digest of its id
+        (as merge compares parts), not every id as a string: for a caller that reads the file a
+        slice of rows at a time (predict)."""
+        from protrans_cli.io.h5 import digest128
+
+        blocks = [np.array([digest128(ident) for ident in self._read("ids", np.s_[start:start + BLOCK_ROWS])],
+                           dtype="S16") for start in range(0, len(self), BLOCK_ROWS)]
+        digests = np.concatenate(blocks) if blocks else np.empty(0, "S16")
+        if len(np.unique(digests)) != len(digests):
+            self.rows()  # (raises, naming the id)
 
     def column(self, name: str) -> np.ndarray:
         """A whole column, read once."""
