@@ -874,3 +874,15 @@ def test_a_stacked_file_with_two_rows_of_one_id_is_refused_in_one_line(tmp_path,
     assert not (tmp_path / "p.csv").exists() and not list(tmp_path.glob("m.h5*"))
     assert sorted(p.name for p in tmp_path.glob("s.h5*")) == ["s.h5"]
 
+
+def test_a_stacked_file_whose_per_protein_is_a_group_is_one_line_on_resume(tmp_path, run_cli):
+    """`embed --resume` of a finished stacked file whose per_protein is a group (damaged): an
+    AttributeError traceback ('Group' object has no attribute 'ndim')."""
+    out = tmp_path / "s.h5"
+    _stacked(out)
+    with h5py.File(out, "a") as f:
+        del f["per_protein"]
+        f.create_group("per_protein")
+    r = run_cli("embed", SMALL, "-m", "onehot", "--layout", "stacked", "-o", out, "--resume")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{out}: a stacked embeddings file without its per_protein column(s)" in r.stderr

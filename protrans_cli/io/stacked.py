@@ -464,11 +464,12 @@ class StackedView:
 
         self.file = f
         self.path = path
-        self.data = f[PER_PROTEIN]
-        missing = [name for name in COLUMNS if f.get(name, getclass=True) is not h5py.Dataset]
+        # (per_protein a group, not the (N, D) array: `embed --resume` met it as an AttributeError traceback)
+        missing = [name for name in (PER_PROTEIN, *COLUMNS) if f.get(name, getclass=True) is not h5py.Dataset]
         if missing:
             raise InputError(f"a stacked embeddings file without its {', '.join(missing)} column(s): damaged, "
                              "or not written by protrans embed", path=path)
+        self.data = f[PER_PROTEIN]
         self._rows: dict[str, int] | None = None
         self._columns: dict[str, np.ndarray] = {}
         # (checked here, once: another type was a traceback where it was first read, or read as it came)
