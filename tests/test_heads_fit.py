@@ -1419,6 +1419,8 @@ def test_a_head_config_nested_too_deeply_is_one_line(run_cli, ss_data, one_epoch
     (lambda c: c["task"]["outputs"][0].update(classes=["H", "E", "H"]), "output 'ss3' names a class twice"),
     (lambda c: c.update(format_version=2), "format_version 2: this protrans reads heads of format 1 (a later "
                                            "protrans wrote it: upgrade protrans)"),
+    # (a string was said to be "of a later protrans")
+    (lambda c: c.update(format_version="1"), "format_version '1' is not a whole number"),
 ])
 def test_a_hand_edited_head_config_is_one_line(run_cli, ss_data, one_epoch_ss3, tmp_path, edit, said):
     """Values predict reads besides the network (the embedding, the layer, the classes it writes)

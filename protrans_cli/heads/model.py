@@ -73,7 +73,9 @@ def _check_claims(config: dict, task: Task) -> None:
     on (an object; its `layers` whole numbers), its layer (a whole number), and for a per-residue
     head one character per class (the letters it writes). A hand-edited config got tracebacks."""
     version = config.get("format_version", FORMAT_VERSION)
-    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int):  # (said "a later protrans wrote it" of "1")
+        raise TypeError(f"format_version {version!r} is not a whole number")
+    if version > FORMAT_VERSION:
         # (a head of a later protrans, whose fields this one may read wrongly, loaded without a word)
         raise ValueError(f"format_version {version!r}: this protrans reads heads of format {FORMAT_VERSION} "
                          "(a later protrans wrote it: upgrade protrans)")
