@@ -4,6 +4,8 @@
         --test cb513.h5 CB513_HHblits.csv -o heads/ss3
     protrans fit loc --embeddings val.h5 --labels deeploc_our_val_set.fasta \
         --test test.h5 deeploc_test_set.fasta --ensemble 3 -o heads/loc
+    protrans fit loc --architecture light-attention --embeddings val_residues.h5 \
+        --labels deeploc_our_val_set.fasta -o heads/loc_la    # per-residue embeddings
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import click
 
 from protrans_cli.cli import INPUT_FILE, is_option
 from protrans_cli.heads.labels import FORMATS
-from protrans_cli.heads.tasks import DUAL_POLICIES, TASKS
+from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
 
 _PAIR = (INPUT_FILE, INPUT_FILE)
 
@@ -55,18 +57,26 @@ def _files_not_options(ctx, param, value):
                    "[default: 5 per residue, 10 per protein]")
 @click.option("--lr", type=float, default=1e-3, help="Adam learning rate.")
 @click.option("--weight-decay", type=float, default=0.0, help="Adam weight decay.")
-@click.option("--max-residues", type=int, default=8192, help="Per-residue tasks: padded residues per batch.")
-@click.option("--batch-size", type=int, default=64, help="Per-protein tasks: proteins per batch.")
+@click.option("--max-residues", type=int, default=8192,
+              help="Heads that read per-residue embeddings (CNN, light-attention): padded residues per batch.")
+@click.option("--batch-size", type=int, default=64, help="FNN heads: proteins per batch.")
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
 @click.option("--ensemble", type=int, default=1, help="Members trained from seeds SEED, SEED+1, ...; "
               "predictions average their probabilities.")
 @click.option("--seed", type=int, default=0, help="Seed of the first member and of the held-out split.")
 @click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given.")
+@click.option("--architecture", type=click.Choice([a for options in ARCHITECTURES.values() for a in options]),
+              default=None,
+              help="The head's network: per-residue tasks take the CNN; per-protein tasks the FNN on the mean "
+                   "embedding, or light-attention, which reads per-residue embeddings and pools them by attention "
+                   "(Stärk et al. 2021).  [default: cnn per residue, fnn per protein]")
 @click.option("--hidden", type=int, default=32, help="Hidden channels/units of the head.")
-@click.option("--kernel", type=int, default=7, help="CNN kernel width (odd).")
+@click.option("--kernel", type=int, default=None,
+              help="Convolution width (odd) of the CNN or light-attention.  [default: 7 for the CNN, 9 for "
+                   "light-attention]")
 @click.option("--dropout", type=float, default=0.25, help="Dropout after the first layer.")
 @click.option("--standardise/--no-standardise", default=True,
-              help="Per-protein heads: z-score inputs with the training mean and standard deviation.")
+              help="FNN heads: z-score inputs with the training mean and standard deviation.")
 @click.option("--dual", type=click.Choice(list(DUAL_POLICIES)), default="first",
               help="loc: DeepLoc's Cytoplasm-Nucleus counts as Cytoplasm (first) or is left out (skip).")
 @click.option("--layer", type=int, default=-1, help="Layer to use when the embeddings hold several.")
@@ -88,7 +98,7 @@ def _files_not_options(ctx, param, value):
               help="Write curves.png and a confusion (or scatter) PNG per set and output.")
 def command(task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
             patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
-            hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, only_embedded, cache_gb, n_bootstrap, threads, device,
+            architecture, hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, only_embedded, cache_gb, n_bootstrap, threads, device,
             resume, force, plots):
     """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein/value) on embeddings.
 
@@ -100,7 +110,8 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
 
     config = FitConfig(task=task, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
                        max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
-                       ensemble=ensemble, seed=seed, valid_fraction=valid_fraction, hidden=hidden, kernel=kernel,
+                       ensemble=ensemble, seed=seed, valid_fraction=valid_fraction, architecture=architecture,
+                       hidden=hidden, kernel=kernel,
                        dropout=dropout, dual=dual, layer=layer,
                        on_mismatch=on_mismatch(skip_mismatched, only_embedded), cache_bytes=_cache_bytes(cache_gb),
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,

@@ -39,12 +39,14 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
     head takes (L, D) arrays; a per-protein head (D,) vectors, or (L, D) arrays, averaged over
     their rows as `predict` averages a file's per-residue embeddings. D must be the head's input
     width; the arrays must come from the model and layer the head was fit on (an array carries
-    neither, so that cannot be checked here: `predict_sequences` embeds with them)."""
+    neither, so that cannot be checked here: `predict_sequences` embeds with them). A Light
+    Attention head (a per-protein task that reads every residue) takes (L, D) arrays of at least
+    one residue."""
     import torch
 
     from protrans_cli.heads.data import ProteinData, ResidueData
     from protrans_cli.heads.fit import head_device, predict_data
-    from protrans_cli.heads.model import load_head
+    from protrans_cli.heads.model import head_input_kind, load_head
     from protrans_cli.threads import resolve_threads
 
     expect_path(head_dir, "head_dir", " (the head's directory)")
@@ -56,14 +58,15 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
     as_list = not isinstance(embeddings, Mapping)
     pairs = list(enumerate(embeddings)) if as_list else list(embeddings.items())
     ensemble, task, config = load_head(head_dir)
-    per_residue = task.kind == PER_RESIDUE
+    per_residue = task.kind == PER_RESIDUE  # what it predicts
+    reads_residues = head_input_kind(config, task) == PER_RESIDUE  # what it reads
     width = int(config["input_dim"])
-    arrays = [_checked(ident, array, width, per_residue) for ident, array in pairs]
-    torch.set_num_threads(resolve_threads(threads, small_work=not per_residue))
+    arrays = [_checked(ident, array, width, reads_residues, pooled_here=not per_residue) for ident, array in pairs]
+    torch.set_num_threads(resolve_threads(threads, small_work=not reads_residues))
     ensemble.to(head_device(device))
     # batched, padded and run as `predict` runs a file's (an empty per-residue array: nothing to run)
-    kept = [i for i, a in enumerate(arrays) if len(a) or not per_residue]
-    data = (ResidueData.in_memory([arrays[i] for i in kept], width) if per_residue
+    kept = [i for i, a in enumerate(arrays) if len(a) or not reads_residues]
+    data = (ResidueData.in_memory([arrays[i] for i in kept], width) if reads_residues
             else ProteinData.in_memory(np.stack(arrays) if arrays else np.zeros((0, width), np.float32)))
     found = predict_data(ensemble, task, data, max_residues=max_residues)
     probs: list[dict] = [{o.name: np.zeros((0, len(o.classes)), np.float32) for o in task.outputs} for _ in arrays]
@@ -82,11 +85,12 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     or a list in order. A protein that could not be embedded is left out (None in a list), with
     a warning naming it, as `embed_sequences` leaves it out."""
     from protrans_cli.embed import embed_sequences
+    from protrans_cli.heads.model import head_input_kind
     from protrans_cli.heads.predict import head_embed_options
 
     expect_path(head_dir, "head_dir", " (the head's directory)")
     options, config = head_embed_options(head_dir, model=model, device=device, threads=threads, word="model=")
-    embedded = embed_sequences(sequences, options, kind=config["kind"])
+    embedded = embed_sequences(sequences, options, kind=head_input_kind(config))  # (checked by head_embed_options)
     if isinstance(embedded, list):
         kept = [i for i, a in enumerate(embedded) if a is not None]
         found = predict_embeddings(head_dir, [embedded[i] for i in kept], device=device, threads=threads)
@@ -97,8 +101,10 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     return predict_embeddings(head_dir, embedded, device=device, threads=threads)
 
 
-def _checked(ident, array, width: int, per_residue: bool) -> np.ndarray:
-    """`array` as float32 of the shape the head takes, or a usage error naming the protein."""
+def _checked(ident, array, width: int, per_residue: bool, *, pooled_here: bool = False) -> np.ndarray:
+    """`array` as float32 of the shape the head takes, or a usage error naming the protein.
+    `per_residue`: the head reads (L, D) rows; `pooled_here`: and pools them to one prediction
+    (Light Attention), so a protein needs one residue at least."""
     if _is_tensor(array):
         # a model's output as it comes: one that requires grad (RuntimeError "Can't call numpy()"),
         # in bfloat16 or on a GPU ("not an array of numbers") could not be read as numpy reads it
@@ -114,6 +120,8 @@ def _checked(ident, array, width: int, per_residue: bool) -> np.ndarray:
                          f"{width}{layers}")
     if not np.isfinite(a).all():
         raise UsageError(f"protein {ident!r}: its embedding holds NaN or infinite values")
+    if per_residue and pooled_here and not len(a):
+        raise UsageError(f"protein {ident!r}: an embedding of no residue has nothing to attend to")
     if not per_residue and a.ndim == 2:
         if not len(a):
             raise UsageError(f"protein {ident!r}: an embedding of no residue has no mean")

@@ -9,6 +9,9 @@ are one error listing the offending ids, or, with `on_mismatch="skip"`, dropped 
 `on_mismatch="missing"` drops only the records without an embedding (a head trained on part of
 a label file), and a length or sequence that disagrees stays an error.
 
+What is read follows the head (`tasks.input_kind`), what the targets are follows the task: a
+Light Attention head of a per-protein task reads `ResidueData` with one target per protein.
+
 Per-residue data is streamed: each batch reads its proteins' datasets from the HDF5 file (a
 reader thread prefetches the next batches while the head trains on the current one), so a 1024-d
 training set of 2.8 M residues (11 GB in float32) needs only a few batches in memory. When the
@@ -158,14 +161,18 @@ def _prefix_checksum(sequence: str, length: int) -> str | None:
         return None
 
 
-def _source_kind(reader: EmbeddingsReader, kind: str) -> str:
-    """The kind of embeddings to read for `kind`: per-protein falls back on mean-pooled per-residue."""
+def _source_kind(reader: EmbeddingsReader, kind: str, task: Task | None = None) -> str:
+    """The kind of embeddings to read for `kind` (what the head reads): per-protein falls back on
+    mean-pooled per-residue. `task`: said in the error where it predicts per protein from
+    per-residue rows (Light Attention), which a per-protein file cannot give."""
     if kind in reader.kinds:
         return kind
     if kind == PER_PROTEIN and PER_RESIDUE in reader.kinds:
         return PER_RESIDUE
     remedy = ("embed without --per-protein (or with --per-residue too)" if kind == PER_RESIDUE
               else "embed with --per-protein (or without --per-residue)")
+    if kind == PER_RESIDUE and task is not None and task.kind == PER_PROTEIN:
+        remedy = f"a light-attention head reads every residue's row, not the mean: {remedy}"
     if reader.layout == "stacked":  # (it holds nothing else)
         remedy = "a stacked file holds per-protein vectors only: embed with --layout grouped for per-residue rows"
     raise InputError(f"has no {kind} embeddings (it holds {', '.join(reader.kinds)}): {remedy}", path=reader.path)
@@ -187,12 +194,13 @@ class TrainingSet:
         return same_id, [m.id for m in eval_items if m.id not in self.ids and m.checksum in self.checksums]
 
 
-def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
+def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, kind: str | None = None,
                  on_mismatch: str = "error", evaluating: bool = False) -> tuple[list[Matched], MatchReport]:
     """Pair every label record with its embedding, checked; see the module docstring.
+    `kind`: the embeddings the head reads (`tasks.input_kind`; default the task's kind).
     `evaluating`: the labels score a head (fit's --valid/--test, predict --labels), so an output
     they hold no labels for is left with nothing to evaluate rather than refused."""
-    source = _source_kind(reader, task.kind)
+    source = _source_kind(reader, kind or task.kind, task)
     keys = set(reader.keys(source))
     other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
     by_checksum: dict[str, list[str]] | None = None
@@ -309,7 +317,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *,
                      f"({some_ids(report.no_label)})")
     if report.truncated_used:
         console.info(f"{reader.path}: {len(report.truncated_used)} labelled protein(s) were truncated by embed "
-                     "(--long-policy truncate): their embeddings are the mean of the residues kept "
+                     "(--long-policy truncate): the head reads the residues kept "
                      f"({some_ids(report.truncated_used, 3)})")
     if report.left_out:
         console.warn(f"{label_set.path} vs {reader.path}: {len(report.left_out)} label record(s) have no embedding "
@@ -540,12 +548,15 @@ class Batch:
 
 
 class ResidueData:
-    """Per-residue embeddings + targets, streamed from HDF5 in residue-budget batches."""
+    """Per-residue embeddings + targets, streamed from HDF5 in residue-budget batches. The
+    targets are per residue ((B, L) a batch), or per protein for a Light Attention head of a
+    per-protein task ((B,) a batch; `targets` then holds them all, as ProteinData's)."""
 
     def __init__(self, path: str, items: list[Matched], *, layer: int = -1, cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.path = str(path)
         self.items = items
         self.lengths = np.array([m.length for m in items], dtype=np.int64)
+        self.targets = _protein_targets(items)
         with EmbeddingsReader(self.path) as reader:
             self.layer = stored_layer_index(reader, layer)
             self.layers_recorded = "layers" in reader.attrs
@@ -565,6 +576,7 @@ class ResidueData:
         data.path, data.dim = "<memory>", dim
         data.items = [Matched(str(i), str(i), len(a), {}) for i, a in enumerate(arrays)]
         data.lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        data.targets = None
         data.starts = np.concatenate([[0], np.cumsum(data.lengths)[:-1]]).astype(np.int64)
         data.cached = np.concatenate(arrays) if arrays else np.zeros((0, dim), np.float32)
         return data
@@ -666,15 +678,19 @@ class ResidueData:
         longest = max(lengths)
         x = np.zeros((len(index), longest, self.dim), dtype=np.float32)  # (B, L, D)
         mask = np.zeros((len(index), longest), dtype=bool)  # (B, L)
-        targets = {name: np.full((len(index), longest), IGNORE, dtype=np.int64) for name in self.items[0].targets}
+        if self.targets is not None:  # one per protein: (B,)
+            targets = {name: values[index] for name, values in self.targets.items()}
+        else:  # one per residue: (B, L), IGNORE at padding
+            targets = {name: np.full((len(index), longest), IGNORE, dtype=np.int64) for name in self.items[0].targets}
         for row, (i, length) in enumerate(zip(index, lengths)):
             if arrays is None:
                 self._read_into(group, self.items[i], x[row, :length])
             else:
                 x[row, :length] = arrays[row]
             mask[row, :length] = True
-            for name, codes in self.items[i].targets.items():
-                targets[name][row, :length] = codes
+            if self.targets is None:
+                for name, codes in self.items[i].targets.items():
+                    targets[name][row, :length] = codes
         if self.cached is None:  # streamed: checked as read (the cache was checked once)
             refuse_non_finite(self.path, x.reshape(-1, self.dim), [self.items[i] for i in index],
                               np.arange(len(index)) * longest)
@@ -812,18 +828,29 @@ class ProteinData:
                         {k: torch.from_numpy(v[index]) for k, v in self.targets.items()}, index)
 
 
+def _protein_targets(items: list[Matched]) -> dict | None:
+    """{output: (N,) targets} where `items` hold one target per protein (int64 class indices, or
+    float32 values with NaN = not counted); None where they hold one per residue (arrays)."""
+    if not items or not items[0].targets or any(np.ndim(v) for v in items[0].targets.values()):
+        return None
+    return {name: _target_array([m.targets[name] for m in items]) for name in items[0].targets}
+
+
 def _target_array(values: list) -> np.ndarray:
     if any(isinstance(v, float) for v in values):
         return np.array(values, dtype=np.float32)
     return np.array(values, dtype=np.int64)
 
 
-def load_data(embeddings, label_set: LabelSet, task: Task, *, on_mismatch: str = "error", layer: int = -1,
-              cache_bytes: int = DEFAULT_CACHE_BYTES, evaluating: bool = False):
-    """Match labels to an embeddings file and return ResidueData or ProteinData, plus the report."""
+def load_data(embeddings, label_set: LabelSet, task: Task, *, kind: str | None = None, on_mismatch: str = "error",
+              layer: int = -1, cache_bytes: int = DEFAULT_CACHE_BYTES, evaluating: bool = False):
+    """Match labels to an embeddings file and return ResidueData or ProteinData, plus the report.
+    `kind`: what the head reads (`tasks.input_kind`; default the task's kind)."""
+    kind = kind or task.kind
     with EmbeddingsReader(embeddings) as reader:
-        items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch, evaluating=evaluating)
-    if task.kind == PER_RESIDUE:
+        items, report = match_labels(label_set, reader, task, kind=kind, on_mismatch=on_mismatch,
+                                     evaluating=evaluating)
+    if kind == PER_RESIDUE:
         return ResidueData(embeddings, items, layer=layer, cache_bytes=cache_bytes), report
     return ProteinData(embeddings, items, layer=layer), report
 
@@ -847,4 +874,5 @@ def subset(data, positions: np.ndarray):
     new.lengths = data.lengths[positions]
     new.starts = data.starts[positions]
     new.cached = data.cached  # shared, indexed through `starts`
+    new.targets = None if data.targets is None else {k: v[positions] for k, v in data.targets.items()}
     return new

@@ -40,7 +40,8 @@ from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column
                                       unmasked_flip_warning)
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
                                         save_confusion_png, save_scatter_png, spearman, summary_line)
-from protrans_cli.heads.tasks import DUAL_LABELS, IGNORE, Task, get_task
+from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, Task, architecture_for, get_task,
+                                     input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    folder_lock, holds_working_directory, is_inside, make_temporary,
                                    remove_dead_temporaries,
@@ -54,7 +55,7 @@ from protrans_cli.threads import torch_threads
 _FIT_FLAGS = {"max_epochs": "--max-epochs", "patience": "--patience", "ensemble": "--ensemble",
               "max_residues": "--max-residues", "batch_size": "--batch-size", "n_bootstrap": "--bootstrap",
               "hidden": "--hidden", "kernel": "--kernel", "valid_fraction": "--valid-fraction", "lr": "--lr",
-              "weight_decay": "--weight-decay", "dropout": "--dropout"}
+              "weight_decay": "--weight-decay", "dropout": "--dropout", "architecture": "--architecture"}
 
 
 _MAX_SEED = 2**64 - 1  # torch.manual_seed's range
@@ -73,8 +74,11 @@ class FitConfig:
     ensemble: int = 1  # members trained from seeds seed, seed+1, ...
     seed: int = 0
     valid_fraction: float = 0.1  # held out of train when no validation set is given
+    # The network: None is the task's default, "cnn" per residue, "fnn" per protein; a per-protein
+    # task may take "light-attention" (Stärk et al. 2021), which reads per-residue embeddings.
+    architecture: str | None = None
     hidden: int = 32
-    kernel: int = 7
+    kernel: int | None = None  # None: 7 (the CNN; recorded for the FNN too, which has none), 9 (Light Attention)
     dropout: float = 0.25
     dual: str = "first"  # loc: Cytoplasm-Nucleus -> Cytoplasm ("first") or left out ("skip")
     layer: int = -1  # which layer when the embeddings hold several
@@ -92,12 +96,15 @@ class FitConfig:
     plots: bool = True  # curves.png and metrics/<set>.<output>.png (False: no matplotlib at all)
 
     def check(self) -> None:
+        if self.architecture is not None and not isinstance(self.architecture, str):
+            raise UsageError(f"--architecture is a name, got {type(self.architecture).__name__} "
+                             f"{self.architecture!r:.40}")
         for name in ("max_epochs", "patience", "ensemble", "max_residues", "batch_size", "n_bootstrap", "hidden",
                      "kernel"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{_FIT_FLAGS[name]} must be at least 1, got {getattr(self, name)}")
         check_resamples(self.n_bootstrap, "--bootstrap")
-        if self.kernel % 2 != 1:
+        if self.kernel is not None and self.kernel % 2 != 1:
             raise UsageError(f"--kernel must be odd (every residue keeps its position), got {self.kernel}")
         for name, text, ok in (("valid_fraction", "between 0 and 1", lambda v: 0 < v < 1),
                                ("lr", "positive", lambda v: v > 0),
@@ -154,8 +161,13 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     if config.class_weights and any(o.is_value for o in task.outputs):
         # (before any file is read: it was refused only once every set had been read and matched)
         raise UsageError("--class-weights is for classification; the value task is a regression")
+    # (resolved before the fingerprint: a head fit without --architecture or --kernel records
+    # what it used, and its --resume compares the same settings as one given them)
+    architecture = architecture_for(task, config.architecture)
     per_residue = task.kind == PER_RESIDUE
-    config = replace(config, max_epochs=config.max_epochs or (30 if per_residue else 200),
+    reads_residues = input_kind(task, architecture) == PER_RESIDUE
+    config = replace(config, architecture=architecture, kernel=config.kernel or DEFAULT_KERNELS.get(architecture, 7),
+                     max_epochs=config.max_epochs or (30 if per_residue else 200),
                      patience=config.patience or (5 if per_residue else 10))
     fingerprint = _fingerprint(config, embeddings, labels, valid, tests)
     for path in dict.fromkeys(str(p) for p in [embeddings, *(valid[:1] if valid else ()), *(t[0] for t in tests)]):
@@ -165,7 +177,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
         if finished is not None:
             return finished
     _lock_head(held, out_dir)
-    torch.set_num_threads(resolve_threads(config.threads, small_work=not per_residue))
+    torch.set_num_threads(resolve_threads(config.threads, small_work=not reads_residues))
     device = head_device(config.device)
     # Checked before any data is read: an interrupted fit is continued or knowingly replaced.
     state = FitState.open(partial_path(out_dir), fingerprint, resume=config.resume, force=config.force)
@@ -380,7 +392,7 @@ def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list,
     train, report = _load(config, embeddings, train_set, task)
     console.info(f"train: {console.counted(report.matched, 'protein')} from {embeddings}"
                  + (f" ({report.by_checksum} matched by sequence checksum)" if report.by_checksum else ""))
-    if isinstance(train, ProteinData):
+    if task.kind != PER_RESIDUE:
         task = _outputs_with_labels(task, train, labels)
     return task, train_labels, declared, train, report
 
@@ -503,7 +515,8 @@ def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, d
     # afterwards, so a notebook's seeded random numbers do not depend on having called fit.
     with _fork_rng(torch, device):
         for saved in state.members:
-            model = build_head(task, train.dim, hidden=config.hidden, kernel=config.kernel, dropout=config.dropout)
+            model = build_head(task, train.dim, architecture=config.architecture, hidden=config.hidden,
+                               kernel=config.kernel, dropout=config.dropout)
             model.load_state_dict(saved)
             members.append(model.to(device).eval())
         for member in range(len(members), config.ensemble):
@@ -537,19 +550,20 @@ def _write_evaluation(tmp: Path, ensemble, task: Task, history: list[dict], eval
 def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprint: dict, embeddings,
                  labels) -> dict:
     """The head's config.json."""
-    from protrans_cli.heads.model import FORMAT_VERSION
+    from protrans_cli.heads.model import head_format
 
-    per_residue = task.kind == PER_RESIDUE
     return {
-        "format": "protrans-head", "format_version": FORMAT_VERSION, "protrans_version": __version__,
-        "task": task.to_json(), "kind": task.kind,
+        "format": "protrans-head", "format_version": head_format(config.architecture), "protrans_version": __version__,
+        # `kind` is the task's (what the head predicts); what it reads follows the architecture
+        # (model.head_input_kind)
+        "task": task.to_json(), "kind": task.kind, "architecture": config.architecture,
         "input_dim": int(sets.train.dim), "embedding": sets.embedding_info, "layer": sets.model_layer,
         "ensemble": config.ensemble, "seeds": [config.seed + i for i in range(config.ensemble)],
         "hyperparameters": {"hidden": config.hidden, "kernel": config.kernel, "dropout": config.dropout,
                             "lr": config.lr, "weight_decay": config.weight_decay,
                             "max_epochs": config.max_epochs, "patience": config.patience,
                             "max_residues": config.max_residues, "batch_size": config.batch_size,
-                            "standardise": config.standardise and not per_residue,
+                            "standardise": config.standardise and config.architecture == "fnn",
                             "class_weights": None if weights is None else
                             {k: v.tolist() for k, v in weights.items()}},
         "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(sets.train.items),
@@ -606,9 +620,13 @@ def _changed(saved: dict, now: dict) -> list[str]:
     """The fingerprint keys whose values differ (or that one side lacks). Input paths compare as
     the files they name: `--resume` from another folder, or through a link, names the same
     inputs in other words (fingerprints saved before held the paths as typed: they are read
-    from the current folder)."""
+    from the current folder). A fingerprint saved before heads had an architecture used its
+    task's default, which it is compared as."""
     def value(fp: dict, key: str):
         return _real_paths(fp.get(key)) if key in _PATH_KEYS else fp.get(key)
+
+    if "architecture" not in saved and isinstance(saved.get("task"), str) and saved["task"] in TASKS:
+        saved = {**saved, "architecture": architecture_for(TASKS[saved["task"]])}
 
     keys = set(saved) | set(now)
     if not recorded_files(saved):
@@ -848,8 +866,9 @@ def _load_split(config: FitConfig, embeddings, label_set: LabelSet, split: str, 
 
 def _load(config: FitConfig, embeddings, label_set: LabelSet, task: Task, *, evaluating: bool = False):
     """The embeddings of the labelled proteins, read as the fit's settings say."""
-    return load_data(embeddings, label_set, task, on_mismatch=config.on_mismatch, layer=config.layer,
-                     cache_bytes=config.cache_bytes, evaluating=evaluating)
+    return load_data(embeddings, label_set, task, kind=input_kind(task, config.architecture),
+                     on_mismatch=config.on_mismatch, layer=config.layer, cache_bytes=config.cache_bytes,
+                     evaluating=evaluating)
 
 
 def _fork_rng(torch, device):
@@ -945,7 +964,8 @@ def _train_one(config: FitConfig, task: Task, train, valid, seed: int, member: i
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_head(task, train.dim, hidden=config.hidden, kernel=config.kernel, dropout=config.dropout)
+    model = build_head(task, train.dim, architecture=config.architecture, hidden=config.hidden, kernel=config.kernel,
+                       dropout=config.dropout)
     if isinstance(train, ProteinData) and config.standardise:
         model.standardise_with(torch.from_numpy(train.x))
     model.to(device)

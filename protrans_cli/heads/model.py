@@ -1,7 +1,7 @@
 """A head on disk and in memory: build the network a task needs, average an ensemble, save and load.
 
-A head directory holds `config.json` (task with its label orders, input dimension, embedding
-model, hyper-parameters, members' seeds) and `weights.safetensors` (every member's tensors,
+A head directory holds `config.json` (task with its label orders, architecture, input dimension,
+embedding model, hyper-parameters, members' seeds) and `weights.safetensors` (every member's tensors,
 prefixed `members.<i>.`). Loading never unpickles anything.
 """
 
@@ -14,23 +14,58 @@ import numpy as np
 import torch
 from torch import nn
 
-from protrans_cli.errors import InputError, ModelError, first_line
+from protrans_cli.errors import InputError, ModelError, UsageError, first_line
 from protrans_cli.heads.cnn import ResidueCNN
 from protrans_cli.heads.fnn import ProteinFNN
-from protrans_cli.heads.tasks import Task
+from protrans_cli.heads.light_attention import LightAttention
+from protrans_cli.heads.tasks import ARCHITECTURES, Task, architecture_for, input_kind
 from protrans_cli.io.h5 import PER_RESIDUE
 
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
-FORMAT_VERSION = 1
+# The newest head format this protrans reads. A head records the oldest format that can read it:
+# 1 for CNN and FNN heads (as every head before), 2 for a Light Attention head, which a
+# protrans of format 1 would build as an FNN (it knows no `architecture`) and fail on obscurely:
+# it refuses format 2 instead, "a later protrans wrote it: upgrade protrans".
+FORMAT_VERSION = 2
+_FORMATS = {"cnn": 1, "fnn": 1, "light-attention": 2}
 
 
-def build_head(task: Task, input_dim: int, *, hidden: int = 32, kernel: int = 7, dropout: float = 0.25) -> nn.Module:
-    """A new head, float32 whatever torch's default dtype (heads are float32 everywhere)."""
+def head_format(architecture: str) -> int:
+    """The format_version a head of `architecture` is written with (the oldest that reads it)."""
+    return _FORMATS[architecture]
+
+
+def build_head(task: Task, input_dim: int, *, architecture: str | None = None, hidden: int = 32, kernel: int = 7,
+               dropout: float = 0.25) -> nn.Module:
+    """A new head, float32 whatever torch's default dtype (heads are float32 everywhere).
+    `architecture` None: the task's default (the CNN per residue, the FNN per protein)."""
     outputs = {o.name: 1 if o.is_value else len(o.classes) for o in task.outputs}
-    if task.kind == PER_RESIDUE:
+    architecture = architecture_for(task, architecture)
+    if architecture == "cnn":
         return ResidueCNN(input_dim, outputs, hidden=hidden, kernel=kernel, dropout=dropout).float()
+    if architecture == "light-attention":
+        return LightAttention(input_dim, outputs, hidden=hidden, kernel=kernel, dropout=dropout).float()
     return ProteinFNN(input_dim, outputs, hidden=hidden, dropout=dropout).float()
+
+
+def head_architecture(config: dict, task: Task | None = None) -> str:
+    """The architecture a head's config.json records; heads written before it was recorded are
+    their task's default (a CNN per residue, an FNN per protein)."""
+    task = task or Task.from_json(config["task"])
+    recorded = config.get("architecture")
+    try:
+        return architecture_for(task, recorded)
+    except UsageError:  # (a hand-edited config: load_head and head_embed_options say it is unreadable)
+        raise ValueError(f"architecture {recorded!r} is not one of {', '.join(ARCHITECTURES[task.kind])} "
+                         f"(a {task.kind} task)") from None
+
+
+def head_input_kind(config: dict, task: Task | None = None) -> str:
+    """What a head reads (PER_RESIDUE or PER_PROTEIN), from its config.json: a Light Attention
+    head of a per-protein task reads per-residue embeddings."""
+    task = task or Task.from_json(config["task"])
+    return input_kind(task, head_architecture(config, task))
 
 
 class Ensemble(nn.Module):
@@ -129,14 +164,15 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         task = Task.from_json(config["task"])
         hp = config["hyperparameters"]
         _check_claims(config, task)
+        architecture = head_architecture(config, task)
         if config["ensemble"] != stored:
             raise ModelError(f"the head's config says {config['ensemble']!r} ensemble members, its weights hold "
                              f"{stored}", path=str(directory))
         # (on the meta device the layers' initialisation draws nothing from the caller's
         # generator either: predict moved a notebook's seeded torch RNG along)
         with torch.device("meta"):
-            members = [build_head(task, config["input_dim"], hidden=hp["hidden"], kernel=hp["kernel"],
-                                  dropout=hp["dropout"]) for _ in range(stored)]
+            members = [build_head(task, config["input_dim"], architecture=architecture, hidden=hp["hidden"],
+                                  kernel=hp["kernel"], dropout=hp["dropout"]) for _ in range(stored)]
     except RecursionError:  # thousands of nested brackets: a traceback from the JSON parser
         raise ModelError("head config is unreadable (nested too deeply)", path=str(directory / CONFIG)) from None
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:  # (a negative kernel: RuntimeError)

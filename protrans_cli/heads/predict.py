@@ -40,8 +40,11 @@ from protrans_cli.threads import torch_threads
 
 
 def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mismatch: bool = False) -> None:
-    kind = config["kind"]
-    source = _source_kind(reader, kind)
+    from protrans_cli.heads.model import head_input_kind
+    from protrans_cli.heads.tasks import Task
+
+    task = Task.from_json(config["task"])
+    source = _source_kind(reader, head_input_kind(config, task), task)
     empty = len(reader._stacked) == 0 if reader.layout == "stacked" else not reader.keys(source)  # (no id list)
     if empty and reader.failed():
         # every protein left out by embed (too long, out of memory): nothing to check, nothing to
@@ -94,7 +97,8 @@ def head_layer(config: dict) -> int:
 
 
 def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list[str]]:
-    """Every protein of the file, and the ids of those `embed --long-policy truncate` cut short."""
+    """Every protein of the file (`kind`: what the head reads), and the ids of those `embed
+    --long-policy truncate` cut short."""
     source = _source_kind(reader, kind)
     if reader.layout == "stacked":  # (one row a protein, its facts in columns)
         view = reader._stacked
@@ -165,13 +169,13 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     embeddings were made (embed_for_head; heads.arrays.predict_sequences). `word`: how a message
     names `model`."""
     from protrans_cli.embed import EmbedOptions
-    from protrans_cli.heads.model import CONFIG
+    from protrans_cli.heads.model import CONFIG, head_input_kind
 
     head_dir = Path(head_dir)
     try:
         config = json.loads((head_dir / CONFIG).read_text())
-        kind = config["kind"]
-    except (OSError, ValueError, KeyError) as exc:
+        kind = head_input_kind(config)  # (a Light Attention head of a per-protein task: per residue)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"not a readable head directory ({type(exc).__name__})", path=str(head_dir)) from None
     name = model or config.get("embedding", {}).get("model")
     if not name:
@@ -226,8 +230,11 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         expect_path(value, name, " (one file or directory)")
     if isinstance(order, (str, bytes)):  # (one id, or a FASTA's path: read letter by letter, matching nothing)
         raise UsageError(f"order is a list of ids (e.g. [r.id for r in read_fasta(path)]), got {order!r:.60}")
+    from protrans_cli.heads.model import head_input_kind
+
     ensemble, task, config = load_head(head_dir)
-    torch.set_num_threads(resolve_threads(threads, small_work=task.kind != PER_RESIDUE))
+    reads = head_input_kind(config, task)  # what the head reads; task.kind is what it writes
+    torch.set_num_threads(resolve_threads(threads, small_work=reads != PER_RESIDUE))
     ensemble.to(head_device(device))
     check_head_output(task, output)
     # (before the embeddings are read: a wrong call refused after minutes of reading a large file)
@@ -242,11 +249,11 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         # each slice looked its rows up in a dictionary of every id: 50 M proteins, hours).
         streamed = reader.layout == "stacked" and order is None
         if streamed:
-            _source_kind(reader, task.kind)  # (a per-residue head: refused, naming --layout grouped)
+            _source_kind(reader, reads, task)  # (a per-residue head: refused, naming --layout grouped)
             reader._stacked.check_unique()  # (two rows of one id: both were predicted under it)
             count, truncated = len(reader._stacked), _stacked_truncated(reader._stacked)
         else:
-            items, truncated = _all_items(reader, task.kind)
+            items, truncated = _all_items(reader, reads)
             count = len(items)
         failed = reader.failed()
         subgroups = reader.subgroups
@@ -285,10 +292,10 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         # A slice of the proteins at a time, written as it is predicted: memory stays bounded
         # (embeddings read and probabilities held) whatever the size of the file.
         parts = (_stacked_slices(embeddings, count, CHUNK_PROTEINS) if streamed
-                 else ((part, None) for part in _slices(items, CHUNK_RESIDUES if per_residue else CHUNK_PROTEINS,
-                                                        per_residue)))
+                 else ((part, None) for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE
+                                                        else CHUNK_PROTEINS, reads == PER_RESIDUE)))
         for part, rows in parts:
-            data = (ResidueData(embeddings, part, layer=layer) if per_residue
+            data = (ResidueData(embeddings, part, layer=layer) if reads == PER_RESIDUE
                     else ProteinData(embeddings, part, layer=layer, rows=rows))
             probs = predict_data(ensemble, task, data, max_residues=max_residues)
             if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
@@ -471,7 +478,7 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
     writes any prediction. A file that assigns its records to splits (FLIP's SET=, a table's set
     column) contributes its test records only, as a `fit --test` file does."""
     from protrans_cli.heads.labels import TEST, unmasked_flip_warning
-    from protrans_cli.heads.model import load_head
+    from protrans_cli.heads.model import head_input_kind, load_head
 
     _, task, config = load_head(head_dir)
     fitted = _fitted_mask_columns(config)
@@ -500,9 +507,10 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
             label_set = dataclasses.replace(label_set, records=kept)
         else:
             aside = []
-        items, report = match_labels(label_set, reader, task, on_mismatch=on_mismatch, evaluating=True)
+        kind = head_input_kind(config, task)
+        items, report = match_labels(label_set, reader, task, kind=kind, on_mismatch=on_mismatch, evaluating=True)
         # (the file's other splits have labels: not "N protein(s) have no label in FILE")
-        source = _source_kind(reader, task.kind)
+        source = _source_kind(reader, kind)
         report.unlabelled -= {reader.key_for(ident, source) for ident in aside}
     return label_set, items, report
 
@@ -540,7 +548,7 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     import torch
 
     from protrans_cli.heads.fit import head_device, kept_for_scoring, predict_data, score_predictions, write_metrics
-    from protrans_cli.heads.model import load_head
+    from protrans_cli.heads.model import head_input_kind, load_head
     from protrans_cli.threads import resolve_threads
 
     _check_max_residues(max_residues)
@@ -554,12 +562,13 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
                                allow_model_mismatch=allow_model_mismatch)
     label_set, items, report = scored
     ensemble, task, config = load_head(head_dir)
-    torch.set_num_threads(resolve_threads(threads, small_work=task.kind != PER_RESIDUE))
+    reads = head_input_kind(config, task)
+    torch.set_num_threads(resolve_threads(threads, small_work=reads != PER_RESIDUE))
     if predicted is not None and any(v is None for values in predicted.values() for v in values):
         predicted = None  # (a labelled protein the prediction pass did not meet: read and predicted here)
     if predicted is None:  # (no `predict` before: the matched proteins are read and predicted here)
         ensemble.to(head_device(device))
-        data = (ResidueData if task.kind == PER_RESIDUE else ProteinData)(embeddings, items, layer=head_layer(config))
+        data = (ResidueData if reads == PER_RESIDUE else ProteinData)(embeddings, items, layer=head_layer(config))
         predicted = kept_for_scoring(task, predict_data(ensemble, task, data, max_residues=max_residues))
     report_unlabelled(embeddings, labels, [report], "not scored")
     # fit seeds its bootstrap with --seed: with seed 0 always, `fit --seed 3` and `predict --labels`

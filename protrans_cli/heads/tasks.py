@@ -1,5 +1,10 @@
 """Tasks: what a head predicts. A task = label reader output -> class indices, its outputs' class
-orders, which head it uses (CNN per residue, FNN per protein) and the metric it reports.
+orders, which heads can learn it (the CNN per residue; the FNN or Light Attention per protein) and
+the metric it reports.
+
+A task's `kind` is what it predicts (one label per residue, or per protein): targets, metrics
+and the output format follow it. What the head *reads* follows its architecture (`input_kind`):
+the CNN and Light Attention read per-residue embeddings, the FNN one vector per protein.
 
 Built-in tasks and their label orders (the index of a letter in these tuples is the class index
 stored in a head's config.json, so they must never be reordered):
@@ -286,6 +291,35 @@ def _as_value(label, record) -> float:
     if not np.isfinite(value):
         raise InputError(f"label {text!r} is not a finite number", record=record.id, line=record.line)
     return value
+
+
+# The networks a task of each kind can use; the first is the default.
+ARCHITECTURES = {PER_RESIDUE: ("cnn",), PER_PROTEIN: ("fnn", "light-attention")}
+_READS_RESIDUES = frozenset({"cnn", "light-attention"})
+DEFAULT_KERNELS = {"cnn": 7, "light-attention": 9}  # (the FNN has none; heads record 7 for it, as before)
+
+
+def architecture_for(task: Task, architecture: str | None = None) -> str:
+    """`architecture` checked against the task's kind, or that kind's default (None: a head
+    written before heads recorded one, or a fit that did not choose)."""
+    allowed = ARCHITECTURES[task.kind]
+    if architecture is None:
+        return allowed[0]
+    if architecture not in allowed:
+        if architecture in (a for options in ARCHITECTURES.values() for a in options):
+            what = "per-residue" if task.kind == PER_RESIDUE else "per-protein"
+            raise UsageError(f"--architecture {architecture}: {task.name} is a {what} task, whose head is "
+                             + " or ".join(allowed) + (" (light-attention and fnn are for per-protein tasks)"
+                                                       if task.kind == PER_RESIDUE else ""))
+        raise UsageError(f"unknown architecture {architecture!r} (choose from "
+                         f"{', '.join(a for options in ARCHITECTURES.values() for a in options)})")
+    return architecture
+
+
+def input_kind(task: Task, architecture: str | None = None) -> str:
+    """What a head of `architecture` for `task` reads: PER_RESIDUE (the CNN, Light Attention,
+    which pools the residues itself) or PER_PROTEIN (the FNN, on a mean-pooled vector)."""
+    return PER_RESIDUE if architecture_for(task, architecture) in _READS_RESIDUES else PER_PROTEIN
 
 
 def get_task(name: str, *, dual: str = "first") -> Task:
