@@ -606,6 +606,22 @@ def test_without_eval_every_the_validation_loss_is_on_the_last_line_once(tmp_pat
     assert f"eval loss {rows[1]['eval_loss']:.4f}" in capsys.readouterr().err
 
 
+def test_metrics_and_the_summary_say_which_pass_over_the_corpus_a_step_was_in(tmp_path, capsys):
+    # HF's Trainer logs an epoch next to the loss; train logged steps only, so 50 steps of 8 over
+    # a corpus of 40 proteins were 10 passes over it, which no line and no summary said.
+    corpus = tmp_path / "forty.txt"
+    corpus.write_text("".join(open(LEARNABLE).readlines()[:80]))  # 40 proteins, a blank line after each
+    result = train(_config(tmp_path, corpus=[str(corpus)], num_steps=50, global_batch_size=8,
+                           micro_batch_size=8, log_every=10))
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [(r["step"], r["epoch"]) for r in rows] == [(10, 2), (20, 4), (30, 6), (40, 8), (50, 10)]
+    assert ", in epoch 10 of the corpus; metrics.jsonl" in capsys.readouterr().err
+    # within the first pass: 1 on every line, and the summary says nothing of it
+    result = train(_config(tmp_path, num_steps=4, log_every=2, output_dir=str(tmp_path / "one")))
+    assert [r["epoch"] for r in read_metrics(result.run_dir / "metrics.jsonl")] == [1, 1]
+    assert "of the corpus" not in capsys.readouterr().err
+
+
 def test_evaluation_takes_the_first_proteins_of_the_validation_corpus(tmp_path, monkeypatch):
     # Its buffer was bucket_batches evaluation batches sorted by length: with fewer evaluation
     # batches than that, the evaluation saw only the buffer's shortest proteins.

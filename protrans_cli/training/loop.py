@@ -958,7 +958,11 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 run_tokens += tokens
                 # tokens/s of the training steps alone: evaluations and checkpoint saves excluded
                 seconds = max(now - t_log - paused, 1e-9)
-                record = {"step": step, "phase": phase_index + 1, "loss": reduced.pop("loss"), "lr": lr_used,
+                # epoch: the pass over the corpus the step's batch came from, counted from 1 (a
+                # step count says nothing of it: 20,000 steps of 32 were 128 passes over 5,000
+                # proteins, and neither a line nor the summary said so)
+                record = {"step": step, "phase": phase_index + 1, "epoch": data_state.epoch + 1,
+                          "loss": reduced.pop("loss"), "lr": lr_used,
                           **reduced, "tokens": int(tokens), "tokens_per_s": tokens / seconds}
                 if run.loss_scale is not None:
                     record["loss_scale"] = run.loss_scale.scale
@@ -1048,6 +1052,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                    f"{run_tokens / max(elapsed, 1e-9):,.0f} "
                    "tokens/s" + (f", last train loss {last_loss:.4f}" if last_loss is not None else "")
                    + (f", eval loss {final_eval:.4f}" if final_eval is not None else "")
+                   + (f", in epoch {data_state.epoch + 1} of the corpus" if data_state.epoch else "")
                    + "; metrics.jsonl and loss_curve.png in it)" if step > first_step else ""))
     if stop is not None:
         # A signal while the final model was written, or from here on: the run is complete, and
