@@ -1761,6 +1761,35 @@ def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_p
         assert "no checkpoint was written yet: lower --lr or lengthen --warmup-steps" in message
 
 
+def test_a_run_that_fails_mid_run_draws_its_loss_curve_as_a_stopped_one_does(tmp_path, monkeypatch):
+    """A diverged run kept metrics.jsonl but no loss_curve.png: only a completed or stopped run
+    drew it, and the diverged run's curve is the one that tells a better --lr."""
+    import protrans_cli.training.loop as loop
+    from protrans_cli.errors import RuntimeFailure
+
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        norm = real(parameters, max_norm, *args, **kwargs)
+        calls.append(1)
+        return norm * float("nan") if len(calls) == 7 else norm
+
+    monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", clip)
+    cfg = _config(tmp_path, num_steps=10, log_every=2, save_every=4)
+    with pytest.raises(RuntimeFailure, match="^step 7: the gradient is not finite"):
+        train(cfg)
+    run = tmp_path / "run_bert"
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [2, 4, 6]
+    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one that failed before its first line still leaves nothing behind
+    calls.clear()
+    cfg = _config(tmp_path, num_steps=10, log_every=8, save_every=8, output_dir=str(tmp_path / "early"))
+    with pytest.raises(RuntimeFailure, match="^step 7: "):
+        train(cfg)
+    assert not (tmp_path / "early").exists()
+
+
 def test_a_signal_while_the_final_model_is_written_stops_after_it_with_the_model_complete(tmp_path, monkeypatch):
     """Ctrl-C during the export was answered "stopping after this step" and then ignored (exit 0)."""
     import protrans_cli.training.loop as loop

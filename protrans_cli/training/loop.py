@@ -867,6 +867,14 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
             # said last_checkpoint=None beside the checkpoint it had resumed from)
             result.last_checkpoint = Path(where)
         return result
+    except ProtransError:
+        # (a diverged step, a corpus error met mid-run, a checkpoint that cannot be written) The
+        # curve up to the failure, as a stopped or completed run draws it: a diverged run's is
+        # what tells a better --lr, and it had metrics.jsonl alone.
+        if info.is_main and metrics_path.is_file() and metrics_path.stat().st_size:
+            with contextlib.suppress(Exception):  # (a full disk: the run's own error is the one to say)
+                plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
+        raise
     finally:
         if board is not None:
             board.close()
