@@ -286,6 +286,25 @@ def loc_data(tmp_path_factory):
     return root
 
 
+def test_options_of_another_kind_of_head_are_said_to_do_nothing(run_cli, loc_data, ss_data, tmp_path):
+    """--batch-size is the FNN's and --max-residues the CNN's: given for the other head, each was
+    ignored without a word (train warns of its own unused options)."""
+    loc = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+           "--max-epochs", "1", "--no-plots", "--bootstrap", "10")
+    r = run_cli(*loc, "--max-residues", "100", "-o", tmp_path / "fnn")
+    assert r.exit_code == 0 and ("--max-residues does nothing for an FNN head (the CNN and light-attention heads "
+                                 "take it): ignored") in r.stderr, r.stderr
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", "-j", "1",
+                "--max-epochs", "1", "--no-plots", "--bootstrap", "10", "--batch-size", "8", "--no-standardise",
+                "-o", tmp_path / "cnn")
+    assert r.exit_code == 0 and ("--batch-size, --standardise/--no-standardise do nothing for a CNN head (FNN heads "
+                                 "take them): ignored") in r.stderr, r.stderr
+    r = run_cli(*loc, "--batch-size", "8", "--kernel", "7", "-o", tmp_path / "plain")  # the FNN's own, and the CNN's
+    assert r.exit_code == 0 and "warning: --kernel does nothing for an FNN head" in r.stderr, r.stderr
+    r = run_cli(*loc, "--batch-size", "8", "-o", tmp_path / "quiet")
+    assert r.exit_code == 0 and "does nothing" not in r.stderr, r.stderr
+
+
 def test_loc_fit_predict_csv(run_cli, loc_data, tmp_path):
     head = tmp_path / "loc"
     r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",

@@ -96,10 +96,11 @@ def _files_not_options(ctx, param, value):
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
               help="Write curves.png and a confusion (or scatter) PNG per set and output.")
-def command(task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
+@click.pass_context
+def command(ctx, task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
             patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
-            architecture, hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, only_embedded, cache_gb, n_bootstrap, threads, device,
-            resume, force, plots):
+            architecture, hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, only_embedded, cache_gb,
+            n_bootstrap, threads, device, resume, force, plots):
     """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein/value) on embeddings.
 
     \b
@@ -108,6 +109,7 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
     """
     from protrans_cli.heads.fit import FitConfig, fit, partial_path
 
+    _warn_unused(ctx, task, architecture)
     config = FitConfig(task=task, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
                        max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
                        ensemble=ensemble, seed=seed, valid_fraction=valid_fraction, architecture=architecture,
@@ -125,6 +127,28 @@ def command(task, embeddings, labels, output, valid, tests, label_format, mask_p
         kept = partial_path(output)
         raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
                       "to continue" if (kept / "state.pt").is_file() else None) from None
+
+
+# Options of one kind of head: given for another, they change nothing (said, as train says of its own).
+_READS_RESIDUES_ONLY = {"max_residues": "--max-residues", "kernel": "--kernel"}
+_FNN_ONLY = {"batch_size": "--batch-size", "standardise": "--standardise/--no-standardise"}
+
+
+def _warn_unused(ctx, task: str, architecture: str | None) -> None:
+    from click.core import ParameterSource
+
+    from protrans_cli import console
+    from protrans_cli.heads.tasks import architecture_for, get_task
+
+    architecture = architecture_for(get_task(task), architecture)  # (a wrong pairing: exit 2, here as in fit)
+    unused = _FNN_ONLY if architecture != "fnn" else _READS_RESIDUES_ONLY
+    given = [flag for name, flag in unused.items() if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    if given:
+        one = len(given) == 1
+        console.warn(f"{', '.join(given)} {'does' if one else 'do'} nothing for "
+                     + ("an FNN head (the CNN and light-attention heads " if architecture == "fnn"
+                        else f"a {architecture.replace('cnn', 'CNN')} head (FNN heads ")
+                     + f"take {'it' if one else 'them'}): ignored")
 
 
 def _cache_bytes(cache_gb: float) -> int:

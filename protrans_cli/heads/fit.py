@@ -458,7 +458,8 @@ def _hold_out(config: FitConfig, train, labels):
             break
     valid_data, train = subset(train, valid_idx), subset(train, train_idx)
     held_out = sorted(m.id for m in valid_data.items)
-    valid_desc = (f"{len(valid_idx)} proteins held out of train (seed {config.seed}; {len(train.items)} left to "
+    valid_desc = (f"{console.counted(len(valid_idx), 'protein')} held out of train (seed {config.seed}; "
+                  f"{len(train.items):,} left to "
                   "train on" + ("; proteins of one sequence on one side)" if len(groups) < total else ")"))
     return train, valid_data, held_out, valid_desc
 
