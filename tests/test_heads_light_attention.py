@@ -103,6 +103,12 @@ def test_fit_loc_light_attention_then_predict_round_trip(run_cli, terminus_data,
     truth = {ident: label.split("-")[0] for ident, label, *_ in headers}
     assert np.mean([row["loc"] == truth[row["id"]] for row in rows]) == pytest.approx(scored["accuracy"])
 
+    # predict --fasta embeds per residue (the head's input, not its task's kind) and writes the same
+    r = run_cli("predict", head, "--fasta", terminus_data / "test.fasta", "-o", tmp_path / "fasta.tsv")
+    assert r.exit_code == 0, r.stderr
+    by_id = {row["id"]: row for row in csv.DictReader((tmp_path / "fasta.tsv").open(), delimiter="\t")}
+    assert by_id == {row["id"]: row for row in rows}  # (in the FASTA's order, the file's rows in its own)
+
     # the Python API on arrays in memory gives what predict wrote
     from protrans_cli import predict_embeddings
 
