@@ -74,6 +74,10 @@ from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCH
                    "the same losses.  [default: off]")
 @click.option("--save-every", type=int, default=None, metavar="N", help="Checkpoint every N steps.  [default: 1000]")
 @click.option("--keep-last", type=int, default=None, help="Checkpoints kept.  [default: 3]")
+@click.option("--keep-best/--no-keep-best", "keep_best", default=None,
+              help="Also keep the checkpoint with the lowest eval loss, named in RUN/best_checkpoint.json "
+                   "(needs --val-corpus, and an --eval-every that divides --save-every); the model in RUN "
+                   "stays the last step's.  [default: off]")
 @click.option("--log-every", type=int, default=None, help="Steps per line of metrics.jsonl.  [default: 10]")
 @click.option("--tensorboard/--no-tensorboard", "tensorboard", default=None,
               help="Also log metrics.jsonl's lines as TensorBoard scalars in RUN/tensorboard/ (needs the "
@@ -221,7 +225,8 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
                              "cannot go with it")
         # (given as flags, not a config file's: --config prot_bert.toml --find-lr is the run's own file)
         unused = [f"--{name.replace('_', '-')}" for name in ("val_corpus", "eval_every", "log_every", "save_every",
-                                                              "keep_last", "tensorboard") if flags.get(name)]
+                                                              "keep_last", "keep_best", "tensorboard")
+                  if flags.get(name)]
         if unused and _rank_zero():
             console.warn(f"--find-lr trains no run: {', '.join(unused)} ignored (it writes lr_find.png and "
                          "lr_find.json: no evaluation, metrics or checkpoint)")

@@ -11,6 +11,7 @@ save_pretrained: config.json, model.safetensors, tokenizer files; `protrans embe
   training_state.pt              step, optimizer, scheduler, data position, RNG states
                                  (read back with torch.load(weights_only=True))
   train_config.json              the config of the run (as given, and what its automatic settings meant)
+                                 (with --keep-best, training_state.pt also holds the best so far)
   SHA256SUMS                     the sha256 of every other file (`sha256sum -c SHA256SUMS`
                                  checks it by hand); --resume checks it before reading
 It is written into a hidden temporary directory and renamed into place, so a crash never
@@ -43,6 +44,7 @@ STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "pretraining_model.safetensors"
 HF_WEIGHTS = "model.safetensors"  # the HF directory's weights: every weight too, for most families
 CONFIG_FILE = "train_config.json"
+BEST_FILE = "best_checkpoint.json"  # at the run's root with --keep-best: record_best
 SUMS_FILE = "SHA256SUMS"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -240,8 +242,9 @@ def _no_room(folder: Path) -> str | None:
 
 
 def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict, config,
-                    keep_last: int | None = None, resolved: dict | None = None) -> Path:
-    """Write one checkpoint atomically (call on rank 0 with full, unsharded weights)."""
+                    keep_last: int | None = None, resolved: dict | None = None, keep_step: int | None = None) -> Path:
+    """Write one checkpoint atomically (call on rank 0 with full, unsharded weights); then prune
+    all but the last `keep_last` and the one of `keep_step` (--keep-best's)."""
     from safetensors.torch import save_model
 
     directory = Path(directory)
@@ -275,18 +278,21 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune_checkpoints(directory.parent.parent, keep_last)
+    prune_checkpoints(directory.parent.parent, keep_last, keep_step=keep_step)
     return directory
 
 
-def prune_checkpoints(run_dir, keep_last: int | None) -> None:
-    """Delete all but the last `keep_last` checkpoints. Each is first renamed to a hidden
+def prune_checkpoints(run_dir, keep_last: int | None, *, keep_step: int | None = None) -> None:
+    """Delete all but the last `keep_last` checkpoints and the one of step `keep_step` (the best
+    so far, --keep-best). Each is first renamed to a hidden
     `.step_N.old.PID` (what `remove_stale_temporaries` removes): deleted in place, a SIGKILL in the
     middle of the rmtree left `step_N/` without its training_state.pt, which no later run counted
     as a checkpoint or removed."""
     if not keep_last:
         return
     for old in list_checkpoints(run_dir)[:-keep_last]:
+        if keep_step is not None and checkpoint_step(old) == keep_step:
+            continue
         aside = old.parent / f".{old.name}.old.{os.getpid()}"
         try:
             os.replace(old, aside)
@@ -411,6 +417,10 @@ def load_training_state(directory) -> dict:
     problem = _data_state_problem(state["data_state"])
     if problem:
         raise _damaged(directory, STATE_FILE, ValueError(f"data_state: {problem}"))
+    best = state.get("best")  # (--keep-best's; absent otherwise and in earlier versions' states)
+    if best is not None and not (isinstance(best, dict) and is_count(best.get("step"))
+                                 and isinstance(best.get("eval_loss"), float)):
+        raise _damaged(directory, STATE_FILE, ValueError(f"best: {best!r:.60}: not a step and an eval loss"))
     return state
 
 
@@ -733,6 +743,21 @@ def check_phase_position(where: Path, phases, step: int, data_phase: int) -> Non
                              f"at least {step}, or use that checkpoint as it is")
         raise UsageError(f"{shown(data_phase)} has run {step - start} steps by {name}, and is given "
                          f"{phases[data_phase].num_steps} here: give it at least {step - start}")
+
+
+def record_best(run_dir, best: dict | None) -> None:
+    """RUN/best_checkpoint.json (--keep-best), written atomically: the step and eval loss of the
+    checkpoint with the lowest eval loss so far, and its folder relative to the run; removed for
+    `best` None (a run resumed without --keep-best no longer keeps that checkpoint)."""
+    from protrans_cli.io.files import atomic_output
+
+    path = Path(run_dir) / BEST_FILE
+    if best is None:
+        path.unlink(missing_ok=True)
+        return
+    record = {**best, "checkpoint": checkpoint_dir(".", best["step"]).as_posix()}
+    with atomic_output(path) as out:
+        out.write((json.dumps(record, indent=2) + "\n").encode())
 
 
 def export_model(run_dir, *, family, model, tokenizer) -> None:

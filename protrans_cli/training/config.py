@@ -124,6 +124,9 @@ class TrainConfig:
     num_eval_batches: int = 20
     save_every: int = 1000
     keep_last: int = 3
+    # also keep the checkpoint with the lowest eval loss so far (needs val_corpus, and eval_every
+    # dividing save_every: every checkpoint evaluated); recorded in RUN/best_checkpoint.json
+    keep_best: bool = False
     stop_after: int | None = None  # stop (with a checkpoint) after this step of the run, also on --resume
     # stop (with a checkpoint) so that it is saved before this much time since the process started
     # ("23:45:00", "1-12:00:00", "90m"; "auto": the Slurm job's end: training/timelimit.py); like
@@ -180,11 +183,27 @@ class TrainConfig:
             return self.warmup_steps
         return min(DEFAULT_MAX_WARMUP, max(1, self.total_steps // 10))
 
-    def validate(self, world_size: int = 1) -> None:
-        """Refuse contradictory settings up front, before any model is built."""
+    def validate(self, world_size: int = 1, *, evaluates: bool = True) -> None:
+        """Refuse contradictory settings up front, before any model is built. `evaluates`: False
+        for the lr range test, which evaluates nothing (and warns of the settings it ignores)."""
         self._check_structure()
         if not self.corpus:
             raise UsageError("no training corpus: give --corpus (or 'corpus' in the config file)")
+        if self.keep_best and evaluates:
+            # (here, not in check_values: a config file's keep_best may have its val corpus or
+            # intervals from the flags)
+            if not self.val_corpus:
+                raise UsageError(f"{setting_name('keep_best')} needs {setting_name('val_corpus')}: the best "
+                                 "checkpoint is the one with the lowest eval loss")
+            if not self.eval_every or self.save_every % self.eval_every:
+                # As HF's Trainer with load_best_model_at_end: a checkpoint without an eval loss
+                # could be neither kept nor compared. (Evaluating at every save instead would
+                # change the run's evaluations and metrics lines without a word.)
+                given = (f"--eval-every {self.eval_every}" if self.eval_every
+                         else "no --eval-every (eval_every 0: only at the end)")
+                raise UsageError(f"{setting_name('keep_best')} needs an eval loss at every checkpoint: "
+                                 f"--save-every {self.save_every} (save_every) must be a multiple of "
+                                 f"--eval-every (eval_every), got {given}")
         from protrans_cli.io.files import utf8_path_problem, utf8_text
 
         # (the tokenizer is saved with the first checkpoint: found there, every step before was lost)

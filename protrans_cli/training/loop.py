@@ -63,6 +63,15 @@ class TrainResult:
     lr_suggestion: float | None = None
     # why a run that is not complete stopped: "stop_after" or "time_limit" (a signal raises instead)
     stopped_by: str | None = None
+    # --keep-best: the checkpoint with the lowest eval loss so far, and that loss
+    best_checkpoint: Path | None = None
+    best_eval_loss: float | None = None
+
+    def note_best(self, best: dict | None) -> None:
+        """best_checkpoint and best_eval_loss from --keep-best's {"step", "eval_loss"} (None: none yet)."""
+        if best is not None:
+            self.best_checkpoint = ckpt.checkpoint_dir(self.run_dir, best["step"])
+            self.best_eval_loss = best["eval_loss"]
 
 
 class LossModule(torch.nn.Module):
@@ -309,7 +318,7 @@ def _rank_settings(config: TrainConfig, resume) -> dict:
 
 
 # What a run writes at the root of its directory besides checkpoints and the final model.
-_RUN_FILES = (ckpt.CONFIG_FILE, "metrics.jsonl", "loss_curve.png")
+_RUN_FILES = (ckpt.CONFIG_FILE, "metrics.jsonl", "loss_curve.png", ckpt.BEST_FILE)
 
 
 @contextlib.contextmanager
@@ -327,7 +336,7 @@ def _discarded_on_failure(run_dir, active: bool):
 
 
 def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None, *, evaluates: bool = True) -> _Run:
-    config.validate(info.world_size)
+    config.validate(info.world_size, evaluates=evaluates)
     if config.tensorboard and evaluates:  # (not for --find-lr, which logs no metrics)
         require_tensorboard()
     # Before any model is built: a missing shard, a FASTA file as corpus or an unusable
@@ -896,6 +905,12 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         log.load(state["log"])
         t_log -= state["log"].get("seconds", 0.0)
     final_eval = None
+    # --keep-best: {"step", "eval_loss"} of the best checkpoint so far, as the checkpoint resumed
+    # from recorded it (and its record rewritten so: a run resumed without --keep-best drops it)
+    best = state.get("best") if state is not None and config.keep_best else None
+    result.note_best(best)
+    if state is not None and info.is_main:
+        ckpt.record_best(run.run_dir, best)
     last_eval = ""  # the progress line's mention of the latest evaluation
     deadline = _deadline(run)
 
@@ -957,6 +972,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
             # Every eval_every steps, and once at the end; an evaluation step writes a line too.
             want_eval = bool(config.val_corpus) and (step == total_steps
                                                      or bool(config.eval_every) and step % config.eval_every == 0)
+            eval_loss = math.nan  # (this step's, when it evaluates)
             # A stop (--stop-after, a signal) writes no line of its own: its checkpoint keeps the
             # interval's sums, and the resumed run writes the line the uninterrupted one writes.
             if step % config.log_every == 0 or step == total_steps or want_eval:
@@ -999,9 +1015,16 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
             # told them all.
             stop_now = stop_now or (not info.initialised and stop is not None and stop.signum is not None)
             if step % config.save_every == 0 or last or stop_now:
+                # --keep-best's candidates: the checkpoints of --save-every and of the last step, each
+                # evaluated (config.validate); a stop's elsewhere is not one, so that a resumed run
+                # keeps the uninterrupted run's best. Ties keep the earlier (NaN: no eval loss).
+                if (config.keep_best and (step % config.save_every == 0 or step == total_steps)
+                        and math.isfinite(eval_loss) and (best is None or eval_loss < best["eval_loss"])):
+                    best = {"step": step, "eval_loss": eval_loss}
+                    result.note_best(best)
                 saving = time.perf_counter()
                 result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log,
-                                               seconds=saving - t_log - paused)
+                                               seconds=saving - t_log - paused, best=best)
                 paused += time.perf_counter() - saving
                 if deadline is not None:
                     deadline.saved(time.perf_counter() - saving)
@@ -1043,7 +1066,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
     if info.is_main:
         # (a run killed between its last checkpoint's rename and the pruning after it resumes
         # here, with no save left to prune: the checkpoints kept are --keep-last all the same)
-        ckpt.prune_checkpoints(run.run_dir, config.keep_last)
+        ckpt.prune_checkpoints(run.run_dir, config.keep_last, keep_step=best and best["step"])
         ckpt.export_model(run.run_dir, family=run.family, model=_full_model(run), tokenizer=run.tokenizer)
         plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
     else:
@@ -1061,7 +1084,9 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                    "tokens/s" + (f", last train loss {last_loss:.4f}" if last_loss is not None else "")
                    + (f", eval loss {final_eval:.4f}" if final_eval is not None else "")
                    + (f", in epoch {data_state.epoch + 1} of the corpus" if data_state.epoch else "")
-                   + "; metrics.jsonl and loss_curve.png in it)" if step > first_step else ""))
+                   + "; metrics.jsonl and loss_curve.png in it)" if step > first_step else "")
+                + (f"; best eval loss {best['eval_loss']:.4f} at step {best['step']}: {result.best_checkpoint}"
+                   if best else ""))
     if stop is not None:
         # A signal while the final model was written, or from here on: the run is complete, and
         # the exit says so (StopRequest.__exit__ acts on it as this returns).
@@ -1374,9 +1399,11 @@ def _full_model(run: _Run):
 
 
 def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Accumulator, *,
-          seconds: float = 0.0) -> Path | None:
+          seconds: float = 0.0, best: dict | None = None) -> Path | None:
     """A checkpoint of the run at `step`; `seconds`: the training time of the metrics interval
-    under way (its tokens are in `log`), so the resumed run's first line keeps their rate."""
+    under way (its tokens are in `log`), so the resumed run's first line keeps their rate.
+    `best`: --keep-best's best checkpoint so far ({"step", "eval_loss"}, this one's possibly),
+    saved in the training state, kept from pruning and recorded in RUN/best_checkpoint.json."""
     info = run.info
     log_state = {**log.state(), "seconds": max(0.0, seconds)}  # collective: every rank takes part
     model = _full_model(run)
@@ -1396,10 +1423,15 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
                  "world_size": info.world_size, "log": log_state}
         if run.loss_scale is not None:
             state["loss_scale"] = run.loss_scale.state_dict()
+        if best is not None:
+            state["best"] = best
         as_given, resolved = run.save_config()
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
                                          model=model, tokenizer=run.tokenizer, training_state=state,
-                                         config=as_given, keep_last=run.config.keep_last, resolved=resolved)
+                                         config=as_given, keep_last=run.config.keep_last, resolved=resolved,
+                                         keep_step=best and best["step"])
+        if best is not None:  # (after the checkpoint: the record never names one not yet written)
+            ckpt.record_best(run.run_dir, best)
     dist.barrier()
     return directory
 
