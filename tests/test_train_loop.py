@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,6 +140,126 @@ def test_checkpoints_keep_last_k_and_eval_loss(tmp_path):
     assert [r["step"] for r in evals] == [4, 8]  # every 4 steps; the final evaluation is step 8's, once
     assert all("loss" in r for r in rows)  # no line of its own for the final evaluation
     assert all(0 < r["eval_loss"] < 10 for r in evals)
+
+
+def _unlike_the_corpus(tmp_path):
+    """A validation corpus of random proteins: a model trained on learnable.txt's motifs gets
+    better at it for about 10 steps, then worse (a small domain corpus that overfits)."""
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path / "random_val.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(" ".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(rng.randint(20, 50)))
+                            + "\n\n" for _ in range(64)))
+    return str(path)
+
+
+def _keep_best_config(tmp_path, **kw):
+    return _config(tmp_path, num_steps=20, save_every=5, eval_every=5, keep_last=1, keep_best=True,
+                   val_corpus=[_unlike_the_corpus(tmp_path)], num_eval_batches=2, **kw)
+
+
+def _checkpoints(run_dir):
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_keep_best_keeps_the_lowest_eval_loss_checkpoint_past_keep_last(tmp_path, run_cli):
+    """--keep-last 1 deleted the checkpoint with the best eval loss, and nothing said which step
+    it was: --keep-best keeps it besides the last, records it, and the model in RUN stays the last
+    step's. Set from a config file here, as every other setting."""
+    cfg = _keep_best_config(tmp_path)
+    config_file = tmp_path / "kb.toml"
+    config_file.write_text("keep_best = true\nnum_eval_batches = 2\n")
+    res = run_cli("train", "--config", config_file, "--corpus", LEARNABLE, "--val-corpus", cfg.val_corpus[0],
+                  "-o", cfg.output_dir, "--num-steps", 20, "--max-length", 64, "--global-batch-size", 16,
+                  "--micro-batch-size", 8, "--lr", 3e-3, "--warmup-steps", 3, "--log-every", 5,
+                  "--save-every", 5, "--eval-every", 5, "--keep-last", 1, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    run = Path(cfg.output_dir)
+    evals = {r["step"]: r["eval_loss"] for r in read_metrics(run / "metrics.jsonl") if "eval_loss" in r}
+    assert sorted(evals) == [5, 10, 15, 20]  # every checkpoint evaluated
+    best_step = min(evals, key=lambda s: (evals[s], s))  # the lowest, the earliest of equals
+    assert best_step not in (5, 20), evals  # (what the test is about: neither the first nor the last)
+    recorded = json.loads((run / "best_checkpoint.json").read_text())
+    assert recorded == {"step": best_step, "eval_loss": evals[best_step],
+                        "checkpoint": f"checkpoints/step_{best_step:08d}"}
+    # kept besides the last (--keep-last 1); every other checkpoint pruned
+    assert _checkpoints(run) == [f"step_{best_step:08d}", "step_00000020"]
+    assert (f"; best eval loss {evals[best_step]:.4f} at step {best_step}: {run / recorded['checkpoint']}"
+            in res.stderr.splitlines()[-1])
+    # a complete HF directory, as every checkpoint
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    best = run / recorded["checkpoint"]
+    assert AutoModel.from_pretrained(best) is not None
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    assert run_cli("embed", fasta, "-m", best, "-o", tmp_path / "q.h5", "--per-protein").exit_code == 0
+    # the final model is the last step's, not swapped for the best
+    last, final, kept = (load_file(p / "model.safetensors") for p in (run / "checkpoints" / "step_00000020", run, best))
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert not all(torch.equal(final[k], kept[k]) for k in final)
+    assert torch.load(best / "training_state.pt", weights_only=True)["best"] == {"step": best_step,
+                                                                                "eval_loss": evals[best_step]}
+
+
+def test_keep_best_ties_keep_the_earlier_checkpoint_and_a_failed_evaluation_is_none(tmp_path, monkeypatch):
+    from protrans_cli.training import loop
+
+    scripted = iter([3.0, 2.0, math.nan, 2.0])  # the eval losses of steps 2, 4, 6, 8
+    monkeypatch.setattr(loop, "evaluate", lambda run, phase: next(scripted))
+    result = train(_config(tmp_path, num_steps=8, save_every=2, eval_every=2, keep_last=1, keep_best=True,
+                           val_corpus=[LEARNABLE]))
+    assert (result.best_checkpoint, result.best_eval_loss) == (result.run_dir / "checkpoints" / "step_00000004", 2.0)
+    assert _checkpoints(result.run_dir) == ["step_00000004", "step_00000008"]
+    assert json.loads((result.run_dir / "best_checkpoint.json").read_text())["step"] == 4
+
+
+def test_keep_best_resumed_mid_run_keeps_the_uninterrupted_runs_best(tmp_path):
+    """The best so far travels in each checkpoint's training state: a run stopped between two
+    saves (its stop checkpoint is no candidate: the uninterrupted run has none there) and resumed
+    keeps, records and reports the same best, its record removed before the resume or not."""
+    whole = train(_keep_best_config(tmp_path / "whole"))
+    part1 = train(_keep_best_config(tmp_path / "parts", stop_after=12))
+    assert not part1.completed and part1.best_checkpoint is not None
+    (part1.run_dir / "best_checkpoint.json").unlink()
+    part2 = train(_keep_best_config(tmp_path / "parts"), resume=True)
+    assert part2.completed
+    assert part2.best_eval_loss == whole.best_eval_loss
+    assert part2.best_checkpoint.name == whole.best_checkpoint.name != "step_00000020"
+    assert _checkpoints(part2.run_dir) == _checkpoints(whole.run_dir)
+    assert (json.loads((part2.run_dir / "best_checkpoint.json").read_text())
+            == json.loads((whole.run_dir / "best_checkpoint.json").read_text()))
+
+
+def test_keep_best_without_an_eval_loss_at_every_checkpoint_is_refused(tmp_path, run_cli):
+    base = ["train", "--corpus", LEARNABLE, "--num-steps", 4, "--keep-best", "-j", 1]
+    val = ["--val-corpus", LEARNABLE]
+    for i, (args, message) in enumerate([
+            ([], "--keep-best (keep_best) needs --val-corpus (val_corpus)"),
+            ([*val, "--save-every", 2], "got no --eval-every (eval_every 0: only at the end)"),
+            ([*val, "--save-every", 5, "--eval-every", 3],
+             "--save-every 5 (save_every) must be a multiple of --eval-every (eval_every), got --eval-every 3")]):
+        out = tmp_path / f"r{i}"
+        res = run_cli(*base, *args, "-o", out)
+        assert res.exit_code == 2 and message in res.stderr, (args, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+    # --no-keep-best over a config file's keep_best
+    config_file = tmp_path / "kb.json"
+    config_file.write_text('{"keep_best": true}')
+    res = run_cli("train", "--config", config_file, "--no-keep-best", "--corpus", LEARNABLE, "--num-steps", 2,
+                  "--max-length", 32, "--global-batch-size", 8, "-j", 1, "-o", tmp_path / "off")
+    assert res.exit_code == 0, res.stderr
+
+
+def test_without_keep_best_keep_last_prunes_as_before(tmp_path):
+    cfg = dataclasses.replace(_keep_best_config(tmp_path), keep_best=False)
+    result = train(cfg)
+    assert _checkpoints(result.run_dir) == ["step_00000020"]
+    assert result.best_checkpoint is None and not (result.run_dir / "best_checkpoint.json").exists()
+    assert "best" not in torch.load(result.last_checkpoint / "training_state.pt", weights_only=True)
 
 
 @pytest.mark.parametrize("family, sop", [("bert", False), ("electra", False), ("albert", True)])
