@@ -1853,22 +1853,29 @@ def test_set_values_a_config_takes_but_training_cannot_are_usage_errors(tmp_path
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("save_every", [2, 1000])
-def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_path, monkeypatch, save_every):
-    """The step is not applied (the weights stay those of the step before) and the one line names
-    the step, its loss and the last checkpoint (or says there is none)."""
+def _non_finite_gradient_at(step: int, monkeypatch) -> None:
+    """The gradient norm of the `step`-th clipping from now on is NaN (a diverged step)."""
     import protrans_cli.training.loop as loop
-    from protrans_cli.errors import RuntimeFailure
 
-    real = torch.nn.utils.clip_grad_norm_
+    real = getattr(torch.nn.utils.clip_grad_norm_, "__wrapped__", torch.nn.utils.clip_grad_norm_)
     calls = []
 
     def clip(parameters, max_norm, *args, **kwargs):
         norm = real(parameters, max_norm, *args, **kwargs)
         calls.append(1)
-        return norm * float("nan") if len(calls) == 5 else norm
+        return norm * float("nan") if len(calls) == step else norm
 
+    clip.__wrapped__ = real  # (called again, it counts afresh on the real one)
     monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", clip)
+
+
+@pytest.mark.parametrize("save_every", [2, 1000])
+def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_path, monkeypatch, save_every):
+    """The step is not applied (the weights stay those of the step before) and the one line names
+    the step, its loss and the last checkpoint (or says there is none)."""
+    from protrans_cli.errors import RuntimeFailure
+
+    _non_finite_gradient_at(5, monkeypatch)
     cfg = _config(tmp_path, num_steps=8, save_every=save_every)
     with pytest.raises(RuntimeFailure) as caught:
         train(cfg)
@@ -1885,18 +1892,9 @@ def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_p
 def test_a_run_that_fails_mid_run_draws_its_loss_curve_as_a_stopped_one_does(tmp_path, monkeypatch):
     """A diverged run kept metrics.jsonl but no loss_curve.png: only a completed or stopped run
     drew it, and the diverged run's curve is the one that tells a better --lr."""
-    import protrans_cli.training.loop as loop
     from protrans_cli.errors import RuntimeFailure
 
-    real = torch.nn.utils.clip_grad_norm_
-    calls = []
-
-    def clip(parameters, max_norm, *args, **kwargs):
-        norm = real(parameters, max_norm, *args, **kwargs)
-        calls.append(1)
-        return norm * float("nan") if len(calls) == 7 else norm
-
-    monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", clip)
+    _non_finite_gradient_at(7, monkeypatch)
     cfg = _config(tmp_path, num_steps=10, log_every=2, save_every=4)
     with pytest.raises(RuntimeFailure, match="^step 7: the gradient is not finite"):
         train(cfg)
@@ -1904,7 +1902,7 @@ def test_a_run_that_fails_mid_run_draws_its_loss_curve_as_a_stopped_one_does(tmp
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [2, 4, 6]
     assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one that failed before its first line still leaves nothing behind
-    calls.clear()
+    _non_finite_gradient_at(7, monkeypatch)
     cfg = _config(tmp_path, num_steps=10, log_every=8, save_every=8, output_dir=str(tmp_path / "early"))
     with pytest.raises(RuntimeFailure, match="^step 7: "):
         train(cfg)
