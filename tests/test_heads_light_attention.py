@@ -238,3 +238,31 @@ def test_an_interrupted_light_attention_fit_resumes_to_the_uninterrupted_head(te
     assert whole.keys() == cut.keys() and any("norm.running_mean" in k for k in whole)
     for key in whole:
         assert torch.equal(whole[key], cut[key]), key
+
+
+def test_a_protein_of_no_residue_is_refused_not_trained_on_as_nan(tmp_path):
+    """Another tool's flat file may hold an (0, D) array: a softmax over no residue is NaN. fit
+    trained on it (train loss nan: every weight NaN, a head written all the same) and predict
+    wrote it a class and NaN probabilities; both now name the protein, as the FNN's error does."""
+    from protrans_cli.errors import InputError
+    from protrans_cli.heads.predict import evaluate_head, predict
+
+    rng = np.random.default_rng(0)
+    path, whole = tmp_path / "flat.h5", tmp_path / "whole.h5"
+    for name, empty in ((whole, False), (path, True)):
+        with h5py.File(name, "w") as f:
+            for i in range(8):
+                f.create_dataset(f"p{i}", data=rng.normal(size=(5 + i, 4)).astype(np.float32))
+            if empty:
+                f.create_dataset("empty", data=np.zeros((0, 4), np.float32))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\n" + "".join(f"p{i},{'ab'[i % 2]}\n" for i in range(8)) + "empty,a\n")
+    cfg = dict(task="protein", architecture="light-attention", max_epochs=1, threads=1, n_bootstrap=10, plots=False)
+    with pytest.raises(InputError, match="'empty'.*no residue.*nothing to pool"):
+        fit(FitConfig(**cfg), path, labels, tmp_path / "h")
+    head = fit(FitConfig(**cfg, on_mismatch="missing"), whole, labels, tmp_path / "ok").head_dir
+    with pytest.raises(InputError, match="'empty'.*no residue"):
+        predict(head, path, tmp_path / "p.csv")
+    assert not (tmp_path / "p.csv").exists()
+    with pytest.raises(InputError, match="'empty'.*no residue"):  # predict --labels' scoring too
+        evaluate_head(head, path, labels, n_boot=10)

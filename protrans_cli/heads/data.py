@@ -552,10 +552,18 @@ class ResidueData:
     targets are per residue ((B, L) a batch), or per protein for a Light Attention head of a
     per-protein task ((B,) a batch; `targets` then holds them all, as ProteinData's)."""
 
-    def __init__(self, path: str, items: list[Matched], *, layer: int = -1, cache_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, path: str, items: list[Matched], *, layer: int = -1, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 pooled: bool = False):
+        """`pooled`: the head pools each protein's rows into one prediction (Light Attention), so a
+        protein of no residue is refused, naming it (it has nothing to pool: a softmax over no
+        residue is NaN, which fit trained on and predict wrote as probabilities)."""
         self.path = str(path)
         self.items = items
         self.lengths = np.array([m.length for m in items], dtype=np.int64)
+        if pooled and (empty := np.flatnonzero(self.lengths == 0)).size:
+            others = f" ({len(empty)} proteins have none)" if len(empty) > 1 else ""
+            raise InputError(f"embedding has no residue (an (0, D) array): a light-attention head has nothing to "
+                             f"pool; leave the protein out{others}", path=self.path, record=items[empty[0]].id)
         self.targets = _protein_targets(items)
         with EmbeddingsReader(self.path) as reader:
             self.layer = stored_layer_index(reader, layer)
@@ -851,7 +859,8 @@ def load_data(embeddings, label_set: LabelSet, task: Task, *, kind: str | None =
         items, report = match_labels(label_set, reader, task, kind=kind, on_mismatch=on_mismatch,
                                      evaluating=evaluating)
     if kind == PER_RESIDUE:
-        return ResidueData(embeddings, items, layer=layer, cache_bytes=cache_bytes), report
+        return ResidueData(embeddings, items, layer=layer, cache_bytes=cache_bytes,
+                           pooled=task.kind != PER_RESIDUE), report
     return ProteinData(embeddings, items, layer=layer), report
 
 

@@ -295,7 +295,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                  else ((part, None) for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE
                                                         else CHUNK_PROTEINS, reads == PER_RESIDUE)))
         for part, rows in parts:
-            data = (ResidueData(embeddings, part, layer=layer) if reads == PER_RESIDUE
+            data = (ResidueData(embeddings, part, layer=layer, pooled=not per_residue) if reads == PER_RESIDUE
                     else ProteinData(embeddings, part, layer=layer, rows=rows))
             probs = predict_data(ensemble, task, data, max_residues=max_residues)
             if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
@@ -568,7 +568,8 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
         predicted = None  # (a labelled protein the prediction pass did not meet: read and predicted here)
     if predicted is None:  # (no `predict` before: the matched proteins are read and predicted here)
         ensemble.to(head_device(device))
-        data = (ResidueData if reads == PER_RESIDUE else ProteinData)(embeddings, items, layer=head_layer(config))
+        data = (ResidueData(embeddings, items, layer=head_layer(config), pooled=task.kind != PER_RESIDUE)
+                if reads == PER_RESIDUE else ProteinData(embeddings, items, layer=head_layer(config)))
         predicted = kept_for_scoring(task, predict_data(ensemble, task, data, max_residues=max_residues))
     report_unlabelled(embeddings, labels, [report], "not scored")
     # fit seeds its bootstrap with --seed: with seed 0 always, `fit --seed 3` and `predict --labels`
