@@ -266,3 +266,20 @@ def test_a_protein_of_no_residue_is_refused_not_trained_on_as_nan(tmp_path):
     assert not (tmp_path / "p.csv").exists()
     with pytest.raises(InputError, match="'empty'.*no residue"):  # predict --labels' scoring too
         evaluate_head(head, path, labels, n_boot=10)
+
+
+@pytest.mark.parametrize("command", ["fit", "predict"])
+def test_threads_help_says_what_a_light_attention_head_gets(run_cli, command, monkeypatch):
+    """A Light Attention head is per-protein but convolves every residue: it takes min(cores, 4)
+    threads as the CNN does (resolve_threads' small_work is the FNN's alone); -j's help said "1
+    for a per-protein one"."""
+    import re
+
+    from protrans_cli.threads import resolve_threads
+
+    monkeypatch.delenv("PROTRANS_THREADS", raising=False)
+    r = run_cli(command, "--help")
+    text = " ".join(r.stdout.split())
+    helped = re.search(r"-j, --threads INTEGER (.*?)\]", text).group(1)
+    assert "light-attention" in helped and "1 for an FNN" in helped and "per-protein one" not in helped
+    assert resolve_threads(None, small_work=False) >= 1 and resolve_threads(None, small_work=True) == 1

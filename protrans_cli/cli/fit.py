@@ -89,8 +89,8 @@ def _files_not_options(ctx, param, value):
               help="Per-residue sets up to this many GiB (as float32) are read into RAM; larger ones are streamed.")
 @click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI (at least 10).")
 @click.option("-j", "--threads", type=int, default=None,
-              help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a per-residue "
-                   "head and 1 for a per-protein one]")
+              help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a head that reads "
+                   "per-residue embeddings (CNN, light-attention) and 1 for an FNN]")
 @click.option("--device", default="auto", help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted fit kept in OUTPUT.partial (saved after every epoch).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")

@@ -60,8 +60,8 @@ from protrans_cli.heads.labels import FORMATS
               help="Use embeddings from another model than the head was trained on (same dimension).")
 @click.option("--max-residues", type=int, default=8192, help="Padded residues per batch.")
 @click.option("-j", "--threads", type=int, default=None,
-              help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a per-residue "
-                   "head and 1 for a per-protein one]")
+              help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a head that reads "
+                   "per-residue embeddings (CNN, light-attention) and 1 for an FNN]")
 @click.option("--device", default="auto", show_default=True,
               help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
