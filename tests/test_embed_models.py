@@ -294,8 +294,11 @@ def test_3di_strings_are_read_lower_case_after_fold2aa(run_cli, tmp_path, tiny_m
 
     head = tmp_path / "head"
     head.mkdir()
-    (head / "config.json").write_text(json.dumps({"kind": "per_protein", "layer": -1, "embedding": {
-        "model": str(model_dir), "input_prefix": "<fold2AA>"}}))
+    from protrans_cli.heads.tasks import get_task
+
+    embedding = {"model": str(model_dir), "input_prefix": "<fold2AA>"}
+    (head / "config.json").write_text(json.dumps({"kind": "per_protein", "task": get_task("loc").to_json(),
+                                                  "layer": -1, "embedding": embedding}))
     (tmp_path / "work").mkdir()
     again, ids = embed_for_head(head, fasta, tmp_path / "work", device="cpu")
     assert ids == list(states)
@@ -352,7 +355,9 @@ def test_3di_and_amino_acid_embeddings_are_told_apart(run_cli, tmp_path, tiny_mo
                      "--device", "cpu")
     assert result.exit_code == 2 and "the file holds embeddings of 3Di strings (embed --3di)" in result.stderr, \
         result.stderr
-    config = {"kind": "per_protein", "input_dim": 32, "layer": -1,
+    from protrans_cli.heads.tasks import get_task
+
+    config = {"kind": "per_protein", "task": get_task("loc").to_json(), "input_dim": 32, "layer": -1,
               "embedding": {"model": str(model_dir), "input_prefix": "<fold2AA>"}}
     with EmbeddingsReader(tmp_path / "aa.h5") as reader, pytest.raises(ModelError) as raised:
         check_compatible(config, reader)
@@ -1167,6 +1172,7 @@ def test_heads_accept_the_same_model_named_another_way(tmp_path, monkeypatch):
     model is still refused."""
     from protrans_cli.errors import ModelError
     from protrans_cli.heads.predict import check_compatible
+    from protrans_cli.heads.tasks import get_task
     from protrans_cli.io.h5 import EmbeddingsWriter
 
     (tmp_path / "bert").mkdir()
@@ -1177,7 +1183,8 @@ def test_heads_accept_the_same_model_named_another_way(tmp_path, monkeypatch):
         path = tmp_path / "e.h5"
         with EmbeddingsWriter(path, kinds=(PER_PROTEIN,), attrs={"model": written}) as w:
             w.write("a", "a", "MKV", per_protein=np.zeros(3, np.float32))
-        config = {"kind": PER_PROTEIN, "input_dim": 3, "embedding": {"model": recorded}}
+        config = {"kind": PER_PROTEIN, "task": get_task("loc").to_json(), "input_dim": 3,
+                  "embedding": {"model": recorded}}
         with EmbeddingsReader(path) as reader:
             if written == "prot_bert" and recorded == "./bert":
                 with pytest.raises(ModelError, match="the head was trained on './bert'"):
