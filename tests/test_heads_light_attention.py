@@ -283,3 +283,22 @@ def test_threads_help_says_what_a_light_attention_head_gets(run_cli, command, mo
     helped = re.search(r"-j, --threads INTEGER (.*?)\]", text).group(1)
     assert "light-attention" in helped and "1 for an FNN" in helped and "per-protein one" not in helped
     assert resolve_threads(None, small_work=False) >= 1 and resolve_threads(None, small_work=True) == 1
+
+
+def test_an_architecture_its_task_cannot_take_is_said_as_load_head_says_it_by_predict_sequences(tmp_path):
+    """predict_sequences (and predict --fasta's embedding options) of a head whose config names an
+    architecture its task cannot take said "not a readable head directory (ValueError)";
+    load_head, and so `predict --embeddings`, said which architecture and task."""
+    from protrans_cli.errors import ModelError
+    from protrans_cli.heads.arrays import predict_sequences
+    from protrans_cli.heads.tasks import get_task
+
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "config.json").write_text(json.dumps({"task": get_task("loc").to_json(), "kind": "per_protein",
+                                                   "architecture": "cnn", "embedding": {"model": "onehot"}}))
+    with pytest.raises(ModelError) as caught:
+        predict_sequences(head, {"a": "MKV"})
+    assert caught.value.path == str(head / "config.json")
+    assert caught.value.message == ("head config is incomplete or unreadable (architecture 'cnn' is not one of "
+                                    "fnn, light-attention (a per_protein task))")

@@ -174,9 +174,13 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     head_dir = Path(head_dir)
     try:
         config = json.loads((head_dir / CONFIG).read_text())
-        kind = head_input_kind(config)  # (a Light Attention head of a per-protein task: per residue)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ModelError(f"not a readable head directory ({type(exc).__name__})", path=str(head_dir)) from None
+    try:
+        kind = head_input_kind(config)  # (a Light Attention head of a per-protein task: per residue)
+    except (KeyError, ValueError, TypeError, IndexError) as exc:  # (said as load_head says it)
+        raise ModelError(f"head config is incomplete or unreadable ({first_line(exc)})",
+                         path=str(head_dir / CONFIG)) from None
     name = model or config.get("embedding", {}).get("model")
     if not name:
         raise UsageError(f"{head_dir} does not record which model made its embeddings: give {word}")
