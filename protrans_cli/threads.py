@@ -40,7 +40,8 @@ def check_threads(value: int, name: str = "--threads") -> int:
 
 def resolve_threads(requested: int | None, *, small_work: bool = False) -> int:
     """-j, else $PROTRANS_THREADS, else min(cores, 4); `small_work` (operations of a few thousand
-    numbers: a per-protein head's) takes one thread by default, as more only wait on each other."""
+    numbers: an FNN head's, on one vector a protein) takes one thread by default, as more only wait on
+    each other."""
     if requested is not None:
         return check_threads(requested)
     env = os.environ.get("PROTRANS_THREADS")

@@ -92,7 +92,7 @@ class FitConfig:
     force: bool = False  # replace an existing head directory
     device: str = "auto"  # cuda when there is one, else cpu; or cpu, cuda, cuda:N, mps
     resume: bool = False  # continue the interrupted fit kept in OUTPUT.partial
-    standardise: bool = True  # per-protein heads: z-score the inputs with the training mean/std
+    standardise: bool = True  # FNN heads: z-score inputs with the training mean/std (Light Attention: raw rows)
     plots: bool = True  # curves.png and metrics/<set>.<output>.png (False: no matplotlib at all)
 
     def check(self) -> None:
