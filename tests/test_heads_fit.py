@@ -1072,6 +1072,7 @@ def test_predict_lets_go_of_a_slice_before_it_reads_the_next(run_cli, ss_data, t
     the next slice is read: two slices were held at once, and peak RSS grew with the file."""
     import weakref
 
+    from protrans_cli.heads import data as data_module
     from protrans_cli.heads import predict as predict_module
     from protrans_cli.heads.data import ResidueData
 
@@ -1086,7 +1087,7 @@ def test_predict_lets_go_of_a_slice_before_it_reads_the_next(run_cli, ss_data, t
             super().__init__(*args, **kwargs)
             alive.append(weakref.ref(self))
 
-    monkeypatch.setattr(predict_module, "ResidueData", Watched)
+    monkeypatch.setattr(data_module, "ResidueData", Watched)  # (what head_data builds)
     monkeypatch.setattr(predict_module, "CHUNK_RESIDUES", 70)  # a protein or two at a time
     predict_module.predict(head, ss_data / "test.h5", tmp_path / "out.fa", threads=1)
     assert len(seen) > 3 and seen == [0] * len(seen), seen

@@ -858,10 +858,17 @@ def load_data(embeddings, label_set: LabelSet, task: Task, *, kind: str | None =
     with EmbeddingsReader(embeddings) as reader:
         items, report = match_labels(label_set, reader, task, kind=kind, on_mismatch=on_mismatch,
                                      evaluating=evaluating)
+    return head_data(embeddings, items, task, kind, layer=layer, cache_bytes=cache_bytes), report
+
+
+def head_data(embeddings, items: list[Matched], task: Task, kind: str, *, layer: int = -1,
+              cache_bytes: int = DEFAULT_CACHE_BYTES, rows=None):
+    """`items`' embeddings as a head of `task` reads them: ResidueData where it reads per-residue
+    rows (`kind`; pooled by the head itself where the task is per protein: Light Attention), else
+    ProteinData (`rows`: a stacked file's rows of the items, where the caller knows them)."""
     if kind == PER_RESIDUE:
-        return ResidueData(embeddings, items, layer=layer, cache_bytes=cache_bytes,
-                           pooled=task.kind != PER_RESIDUE), report
-    return ProteinData(embeddings, items, layer=layer), report
+        return ResidueData(embeddings, items, layer=layer, cache_bytes=cache_bytes, pooled=task.kind != PER_RESIDUE)
+    return ProteinData(embeddings, items, layer=layer, rows=rows)
 
 
 def subset(data, positions: np.ndarray):

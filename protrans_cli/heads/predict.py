@@ -26,8 +26,8 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, expect_path, first_line
-from protrans_cli.heads.data import (Matched, ProteinData, ResidueData, _source_kind, match_labels,
-                                     report_unlabelled, stored_layer_index)
+from protrans_cli.heads.data import (Matched, _source_kind, head_data, match_labels, report_unlabelled,
+                                     stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, through_link)
@@ -299,8 +299,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                  else ((part, None) for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE
                                                         else CHUNK_PROTEINS, reads == PER_RESIDUE)))
         for part, rows in parts:
-            data = (ResidueData(embeddings, part, layer=layer, pooled=not per_residue) if reads == PER_RESIDUE
-                    else ProteinData(embeddings, part, layer=layer, rows=rows))
+            data = head_data(embeddings, part, task, reads, layer=layer, rows=rows)
             probs = predict_data(ensemble, task, data, max_residues=max_residues)
             if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
                 kept = kept_for_scoring(task, probs)
@@ -572,8 +571,7 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
         predicted = None  # (a labelled protein the prediction pass did not meet: read and predicted here)
     if predicted is None:  # (no `predict` before: the matched proteins are read and predicted here)
         ensemble.to(head_device(device))
-        data = (ResidueData(embeddings, items, layer=head_layer(config), pooled=task.kind != PER_RESIDUE)
-                if reads == PER_RESIDUE else ProteinData(embeddings, items, layer=head_layer(config)))
+        data = head_data(embeddings, items, task, reads, layer=head_layer(config))
         predicted = kept_for_scoring(task, predict_data(ensemble, task, data, max_residues=max_residues))
     report_unlabelled(embeddings, labels, [report], "not scored")
     # fit seeds its bootstrap with --seed: with seed 0 always, `fit --seed 3` and `predict --labels`
