@@ -112,7 +112,7 @@ def _check_claims(config: dict, task: Task) -> None:
         raise TypeError(f"format_version {version!r} is not a whole number")
     if version > FORMAT_VERSION:
         # (a head of a later protrans, whose fields this one may read wrongly, loaded without a word)
-        raise ValueError(f"format_version {version!r}: this protrans reads heads of format {FORMAT_VERSION} "
+        raise ValueError(f"format_version {version!r}: this protrans reads heads of formats up to {FORMAT_VERSION} "
                          "(a later protrans wrote it: upgrade protrans)")
     for output in task.outputs:
         if len(set(output.classes)) != len(output.classes):
