@@ -305,6 +305,21 @@ def test_options_of_another_kind_of_head_are_said_to_do_nothing(run_cli, loc_dat
     assert r.exit_code == 0 and "does nothing" not in r.stderr, r.stderr
 
 
+def test_options_of_another_kind_of_head_are_not_compared_on_resume(run_cli, loc_data, tmp_path):
+    """They change nothing, as the warning says: --kernel and --max-residues given to an FNN fit,
+    then left out of its --resume (or given otherwise), were refused "made with other settings
+    (kernel, max_residues)"; a setting the FNN reads still is."""
+    loc = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+           "--max-epochs", "1", "--no-plots", "--bootstrap", "10", "-o", tmp_path / "fnn")
+    r = run_cli(*loc, "--kernel", "5", "--max-residues", "100")
+    assert r.exit_code == 0 and "do nothing for an FNN head" in r.stderr, r.stderr
+    for extra in ((), ("--kernel", "3")):
+        r = run_cli(*loc, *extra, "--resume")
+        assert r.exit_code == 0 and "other settings" not in r.stderr, r.stderr
+    r = run_cli(*loc, "--batch-size", "8", "--resume")
+    assert r.exit_code == 2 and "other settings or inputs (batch_size)" in r.stderr, r.stderr
+
+
 def test_loc_fit_predict_csv(run_cli, loc_data, tmp_path):
     head = tmp_path / "loc"
     r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",

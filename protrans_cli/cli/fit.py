@@ -129,20 +129,22 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
                       "to continue" if (kept / "state.pt").is_file() else None) from None
 
 
-# Options of one kind of head: given for another, they change nothing (said, as train says of its own).
-_READS_RESIDUES_ONLY = {"max_residues": "--max-residues", "kernel": "--kernel"}
-_FNN_ONLY = {"batch_size": "--batch-size", "standardise": "--standardise/--no-standardise"}
+# Options of one kind of head: given for another, they change nothing (said, as train says of its
+# own; heads.fit.UNUSED_OPTIONS names them per architecture, and --resume does not compare them).
+_FLAGS = {"max_residues": "--max-residues", "kernel": "--kernel", "batch_size": "--batch-size",
+          "standardise": "--standardise/--no-standardise"}
 
 
 def _warn_unused(ctx, task: str, architecture: str | None) -> None:
     from click.core import ParameterSource
 
     from protrans_cli import console
+    from protrans_cli.heads.fit import UNUSED_OPTIONS
     from protrans_cli.heads.tasks import architecture_for, get_task
 
     architecture = architecture_for(get_task(task), architecture)  # (a wrong pairing: exit 2, here as in fit)
-    unused = _FNN_ONLY if architecture != "fnn" else _READS_RESIDUES_ONLY
-    given = [flag for name, flag in unused.items() if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    given = [_FLAGS[name] for name in UNUSED_OPTIONS[architecture]
+             if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
     if given:
         one = len(given) == 1
         console.warn(f"{', '.join(given)} {'does' if one else 'do'} nothing for "

@@ -630,6 +630,10 @@ def _changed(saved: dict, now: dict) -> list[str]:
         saved = {**saved, "architecture": architecture_for(TASKS[saved["task"]])}
 
     keys = set(saved) | set(now)
+    if saved.get("architecture") == now.get("architecture"):
+        # (options of another kind of head change nothing, as fit warns: `--kernel 5` given to an
+        # FNN, then left out of --resume as the warning suggests, was refused "other settings")
+        keys -= set(UNUSED_OPTIONS.get(now.get("architecture"), ()))
     if not recorded_files(saved):
         # (a state or head of a version before the files were recorded: compared by name, as
         # that version did; counted as changed, it was refused "made with other settings or
@@ -637,6 +641,11 @@ def _changed(saved: dict, now: dict) -> list[str]:
         keys -= set(_FILE_KEYS)
     return sorted(k for k in keys if value(saved, k) != value(now, k))
 
+
+# The FitConfig fields another kind of head takes, which a head of this architecture does not
+# read (fit's CLI warns when they are given; a --resume does not compare them).
+UNUSED_OPTIONS = {"fnn": ("max_residues", "kernel"), "cnn": ("batch_size", "standardise"),
+                  "light-attention": ("batch_size", "standardise")}
 
 _PATH_KEYS = ("embeddings", "labels", "valid", "tests", "mask_path")
 # What the fingerprint records of the input files themselves (size and modification time).
