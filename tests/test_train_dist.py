@@ -60,6 +60,31 @@ def test_torchrun_ddp_matches_one_process(tmp_path, family):
 
 
 @pytest.mark.slow
+def test_keep_best_under_torchrun_keeps_and_records_what_one_process_does(tmp_path):
+    """--keep-best under DDP: every rank takes the same eval loss, rank 0 alone prunes and writes
+    best_checkpoint.json, and the run keeps the checkpoints one process keeps."""
+    import json
+
+    from test_train_loop import _unlike_the_corpus
+
+    config = tmp_path / "eval.toml"
+    config.write_text("num_eval_batches = 2\n")
+    extra = ["--num-steps", "20", "--lr", "3e-3", "--warmup-steps", "3", "--val-corpus", _unlike_the_corpus(tmp_path),
+             "--config", str(config), "--eval-every", "5", "--save-every", "5", "--keep-last", "1", "--keep-best"]
+    _torchrun("-o", tmp_path / "two", *extra)
+    one = subprocess.run([sys.executable, "-m", "protrans_cli", "train", *ARGS, "-o", tmp_path / "one", *extra],
+                         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    recorded = {n: json.loads((tmp_path / n / "best_checkpoint.json").read_text()) for n in ("one", "two")}
+    assert recorded["two"]["step"] == recorded["one"]["step"] not in (5, 20), recorded  # (not the last: kept by it)
+    assert recorded["two"]["checkpoint"] == recorded["one"]["checkpoint"]
+    np.testing.assert_allclose(recorded["two"]["eval_loss"], recorded["one"]["eval_loss"], rtol=1e-5)
+    kept = {n: sorted(p.name for p in (tmp_path / n / "checkpoints").iterdir()) for n in ("one", "two")}
+    assert kept["two"] == kept["one"] == [f"step_{recorded['one']['step']:08d}", "step_00000020"]
+
+
+@pytest.mark.slow
 def test_torchrun_fsdp_with_resume_matches_one_process(tmp_path):
     out = tmp_path / "fsdp"
     _torchrun("-o", out, "--strategy", "fsdp", "--stop-after", "3")
