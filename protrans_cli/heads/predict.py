@@ -328,8 +328,8 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     return {"proteins": count} if predicted is None else {"proteins": count, "predicted": predicted}
 
 
-CHUNK_RESIDUES = 2_000_000  # per-residue heads: residues predicted at a time (< 100 MB of ss3+ss8 probabilities)
-CHUNK_PROTEINS = 50_000     # per-protein heads: proteins at a time (200 MB of 1024-d embeddings)
+CHUNK_RESIDUES = 2_000_000  # heads reading per-residue rows: residues at a time (< 100 MB of ss3+ss8 probabilities)
+CHUNK_PROTEINS = 50_000     # FNN heads: proteins at a time (200 MB of 1024-d embeddings)
 
 
 def _stacked_truncated(view) -> list[str]:
