@@ -130,7 +130,7 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
 
 
 # Options of one kind of head: given for another, they change nothing (said, as train says of its
-# own; heads.fit.UNUSED_OPTIONS names them per architecture, and --resume does not compare them).
+# own; heads.tasks.UNUSED_OPTIONS names them per architecture, and --resume does not compare them).
 _FLAGS = {"max_residues": "--max-residues", "kernel": "--kernel", "batch_size": "--batch-size",
           "standardise": "--standardise/--no-standardise"}
 
@@ -139,8 +139,7 @@ def _warn_unused(ctx, task: str, architecture: str | None) -> None:
     from click.core import ParameterSource
 
     from protrans_cli import console
-    from protrans_cli.heads.fit import UNUSED_OPTIONS
-    from protrans_cli.heads.tasks import architecture_for, get_task
+    from protrans_cli.heads.tasks import UNUSED_OPTIONS, architecture_for, get_task
 
     architecture = architecture_for(get_task(task), architecture)  # (a wrong pairing: exit 2, here as in fit)
     given = [_FLAGS[name] for name in UNUSED_OPTIONS[architecture]

@@ -40,8 +40,8 @@ from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column
                                       unmasked_flip_warning)
 from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluate_values, print_report,
                                         save_confusion_png, save_scatter_png, spearman, summary_line)
-from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, Task, architecture_for, get_task,
-                                     input_kind)
+from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
+                                     architecture_for, get_task, input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    folder_lock, holds_working_directory, is_inside, make_temporary,
                                    remove_dead_temporaries,
@@ -641,11 +641,6 @@ def _changed(saved: dict, now: dict) -> list[str]:
         keys -= set(_FILE_KEYS)
     return sorted(k for k in keys if value(saved, k) != value(now, k))
 
-
-# The FitConfig fields another kind of head takes, which a head of this architecture does not
-# read (fit's CLI warns when they are given; a --resume does not compare them).
-UNUSED_OPTIONS = {"fnn": ("max_residues", "kernel"), "cnn": ("batch_size", "standardise"),
-                  "light-attention": ("batch_size", "standardise")}
 
 _PATH_KEYS = ("embeddings", "labels", "valid", "tests", "mask_path")
 # What the fingerprint records of the input files themselves (size and modification time).

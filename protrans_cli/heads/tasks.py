@@ -297,6 +297,10 @@ def _as_value(label, record) -> float:
 ARCHITECTURES = {PER_RESIDUE: ("cnn",), PER_PROTEIN: ("fnn", "light-attention")}
 _READS_RESIDUES = frozenset({"cnn", "light-attention"})
 DEFAULT_KERNELS = {"cnn": 7, "light-attention": 9}  # (the FNN has none; heads record 7 for it, as before)
+# The FitConfig fields another kind of head takes, which a head of this architecture does not
+# read (fit's CLI warns when they are given; a --resume does not compare them).
+UNUSED_OPTIONS = {"fnn": ("max_residues", "kernel"), "cnn": ("batch_size", "standardise"),
+                  "light-attention": ("batch_size", "standardise")}
 
 
 def architecture_for(task: Task, architecture: str | None = None) -> str:
