@@ -83,22 +83,20 @@ class MatchReport:
         parts = []
         if self.missing:
             parts.append(f"{len(self.missing)} without an embedding ({some_ids(self.missing)})")
-            if self.near_misses:
-                label, stored = self.near_misses[0]
-                parts[-1] += (f"; {len(self.near_misses)} of them equal an embedded protein's id but for case or "
-                              f"Unicode normalisation (label {label!r}, embedded {stored!r}): ids are compared "
-                              "exactly")
-            if self.accession_misses:
-                label, stored = self.accession_misses[0]
-                parts[-1] += (f"; {len(self.accession_misses)} of them are the accession of an embedded protein's "
-                              f"UniProt id (label {label!r}, embedded {stored!r}): write the whole ids into the "
-                              "labels, or embed a FASTA whose ids are the accessions")
-            if self.rewritten_misses:
-                label, stored = self.rewritten_misses[0]
-                parts[-1] += (f"; {len(self.rewritten_misses)} of them equal an embedded protein's id with '.' and "
-                              f"'/' written '_' (label {label!r}, embedded {stored!r}), as ProtTrans's embedding "
-                              "script writes its keys: that rewriting can join two ids into one, so ids are not "
-                              "matched so; embed the FASTA with protrans, or write those ids into the labels")
+            # (label id, embedded id) pairs of three kinds of near miss: how the two ids relate, and
+            # what to do about it
+            for pairs, relation, remedy in (
+                    (self.near_misses, "equal an embedded protein's id but for case or Unicode normalisation",
+                     "ids are compared exactly"),
+                    (self.accession_misses, "are the accession of an embedded protein's UniProt id",
+                     "write the whole ids into the labels, or embed a FASTA whose ids are the accessions"),
+                    (self.rewritten_misses, "equal an embedded protein's id with '.' and '/' written '_'",
+                     "ProtTrans's embedding script writes its keys so, and as that can join two ids into one, "
+                     "ids are not matched so; embed the FASTA with protrans, or write those ids into the "
+                     "labels")):
+                if pairs:
+                    label, stored = pairs[0]
+                    parts[-1] += f"; {len(pairs)} of them {relation} (label {label!r}, embedded {stored!r}): {remedy}"
         if self.wrong_length:
             parts.append(f"{len(self.wrong_length)} whose label length differs from the embedding's "
                          f"({some_ids(self.wrong_length)})")
