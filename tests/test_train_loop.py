@@ -254,6 +254,21 @@ def test_keep_best_without_an_eval_loss_at_every_checkpoint_is_refused(tmp_path,
     assert res.exit_code == 0, res.stderr
 
 
+def test_a_new_run_removes_an_earlier_runs_best_checkpoint_record(tmp_path, monkeypatch):
+    """A run directory whose checkpoints were deleted (as "already holds a run" tells) started a
+    new run that left the earlier run's best_checkpoint.json naming its step: another run's
+    checkpoint, or one of the new run's that was never the best."""
+    from protrans_cli.training import loop
+
+    monkeypatch.setattr(loop, "evaluate", lambda run, phase: 2.0)
+    cfg = _config(tmp_path, num_steps=4, save_every=2, eval_every=2, keep_last=1, val_corpus=[LEARNABLE])
+    run = Path(cfg.output_dir)
+    run.mkdir(parents=True)
+    (run / "best_checkpoint.json").write_text('{"step": 2, "eval_loss": 1.5, "checkpoint": "checkpoints/step_00000002"}')
+    train(cfg)
+    assert not (run / "best_checkpoint.json").exists()
+
+
 def test_without_keep_best_keep_last_prunes_as_before(tmp_path):
     cfg = dataclasses.replace(_keep_best_config(tmp_path), keep_best=False)
     result = train(cfg)

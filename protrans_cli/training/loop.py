@@ -909,7 +909,8 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
     # from recorded it (and its record rewritten so: a run resumed without --keep-best drops it)
     best = state.get("best") if state is not None and config.keep_best else None
     result.note_best(best)
-    if state is not None and info.is_main:
+    if info.is_main:
+        # (a new run too: a record left by an earlier run in the directory named its checkpoint)
         ckpt.record_best(run.run_dir, best)
     last_eval = ""  # the progress line's mention of the latest evaluation
     deadline = _deadline(run)
