@@ -269,6 +269,30 @@ def test_a_new_run_removes_an_earlier_runs_best_checkpoint_record(tmp_path, monk
     assert not (run / "best_checkpoint.json").exists()
 
 
+def test_keep_best_resumed_where_its_best_checkpoint_is_not_tracks_it_anew(tmp_path, monkeypatch, capsys):
+    """A run's last checkpoint copied into another run directory (-o, --resume-from): its
+    training state's best named a checkpoint that is not there; recorded and reported so, and
+    with a lower eval loss than any to come, no checkpoint was kept as the best."""
+    import shutil
+
+    from protrans_cli.training import loop
+
+    scripted = iter([3.0, 1.0, 2.0, 2.5, 2.2])  # the eval losses of steps 2, 4, 6, 8, 10
+    monkeypatch.setattr(loop, "evaluate", lambda run, phase: next(scripted))
+    cfg = _config(tmp_path, num_steps=10, save_every=2, eval_every=2, keep_last=1, keep_best=True,
+                  val_corpus=[LEARNABLE])
+    first = train(dataclasses.replace(cfg, stop_after=6))
+    assert first.best_checkpoint.name == "step_00000004"
+    copied = tmp_path / "copied" / "step_00000006"
+    shutil.copytree(first.run_dir / "checkpoints" / "step_00000006", copied)
+    moved = dataclasses.replace(cfg, output_dir=str(tmp_path / "moved"))
+    result = train(moved, resume=copied)
+    assert "the best checkpoint as of step 6 (step 4, eval loss 1.0000) is not in" in capsys.readouterr().err
+    assert (result.best_checkpoint, result.best_eval_loss) == (result.run_dir / "checkpoints" / "step_00000010", 2.2)
+    assert _checkpoints(result.run_dir) == ["step_00000010"]
+    assert json.loads((result.run_dir / "best_checkpoint.json").read_text())["step"] == 10
+
+
 def test_without_keep_best_keep_last_prunes_as_before(tmp_path):
     cfg = dataclasses.replace(_keep_best_config(tmp_path), keep_best=False)
     result = train(cfg)

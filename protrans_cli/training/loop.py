@@ -908,6 +908,15 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
     # --keep-best: {"step", "eval_loss"} of the best checkpoint so far, as the checkpoint resumed
     # from recorded it (and its record rewritten so: a run resumed without --keep-best drops it)
     best = state.get("best") if state is not None and config.keep_best else None
+    if best is not None and not (ckpt.checkpoint_dir(run.run_dir, best["step"]) / ckpt.STATE_FILE).is_file():
+        # (a checkpoint copied into another run with -o, the best one deleted by hand): kept, it
+        # was recorded and reported as a folder that is not there, and no later checkpoint that
+        # was not better than it took its place
+        if info.is_main:
+            console.warn(f"--keep-best: the best checkpoint as of step {step} (step {best['step']}, eval loss "
+                         f"{best['eval_loss']:.4f}) is not in {run.run_dir / 'checkpoints'}: the best is "
+                         f"tracked from step {step} on")
+        best = None
     result.note_best(best)
     if info.is_main:
         # (a new run too: a record left by an earlier run in the directory named its checkpoint)
