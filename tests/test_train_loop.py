@@ -217,6 +217,30 @@ def test_keep_best_ties_keep_the_earlier_checkpoint_and_a_failed_evaluation_is_n
     assert json.loads((result.run_dir / "best_checkpoint.json").read_text())["step"] == 4
 
 
+def test_keep_best_records_a_new_best_before_it_prunes_the_old_one(tmp_path, monkeypatch):
+    """The record was written after the pruning: a kill between the two left it naming the best
+    before, already pruned. Every pruning now finds the record naming a checkpoint that is there."""
+    from protrans_cli.training import checkpoint as ckpt
+    from protrans_cli.training import loop
+
+    scripted = iter([3.0, 2.0, 1.0, 4.0])  # the eval losses of steps 2, 4, 6, 8: a new best twice
+    monkeypatch.setattr(loop, "evaluate", lambda run, phase: next(scripted))
+    real, seen = ckpt.prune_checkpoints, []
+
+    def prune(run_dir, keep_last, *, keep_step=None):  # (a kill right after it: what the record names)
+        real(run_dir, keep_last, keep_step=keep_step)
+        record = Path(run_dir) / "best_checkpoint.json"
+        if record.is_file():
+            named = json.loads(record.read_text())
+            seen.append((named["step"], (Path(run_dir) / named["checkpoint"]).is_dir()))
+
+    monkeypatch.setattr(ckpt, "prune_checkpoints", prune)
+    result = train(_config(tmp_path, num_steps=8, save_every=2, eval_every=2, keep_last=1, keep_best=True,
+                           val_corpus=[LEARNABLE]))
+    assert seen[:4] == [(2, True), (4, True), (6, True), (6, True)], seen  # the newest best, kept, each time
+    assert _checkpoints(result.run_dir) == ["step_00000006", "step_00000008"]
+
+
 def test_keep_best_resumed_mid_run_keeps_the_uninterrupted_runs_best(tmp_path):
     """The best so far travels in each checkpoint's training state: a run stopped between two
     saves (its stop checkpoint is no candidate: the uninterrupted run has none there) and resumed

@@ -242,9 +242,12 @@ def _no_room(folder: Path) -> str | None:
 
 
 def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict, config,
-                    keep_last: int | None = None, resolved: dict | None = None, keep_step: int | None = None) -> Path:
-    """Write one checkpoint atomically (call on rank 0 with full, unsharded weights); then prune
-    all but the last `keep_last` and the one of `keep_step` (--keep-best's)."""
+                    keep_last: int | None = None, resolved: dict | None = None, best: dict | None = None) -> Path:
+    """Write one checkpoint atomically (call on rank 0 with full, unsharded weights); then record
+    `best` (--keep-best's {"step", "eval_loss"}, this checkpoint's possibly: record_best) and prune
+    all but the last `keep_last` and the best. In that order: the record never names a checkpoint
+    not yet written, nor one already pruned (a kill between the two left it naming the best before,
+    pruned once this one became the best)."""
     from safetensors.torch import save_model
 
     directory = Path(directory)
@@ -278,7 +281,9 @@ def save_checkpoint(directory, *, family, model, tokenizer, training_state: dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune_checkpoints(directory.parent.parent, keep_last, keep_step=keep_step)
+    if best is not None:
+        record_best(run_dir, best)
+    prune_checkpoints(run_dir, keep_last, keep_step=best and best["step"])
     return directory
 
 

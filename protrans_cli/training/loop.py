@@ -1439,9 +1439,7 @@ def _save(run: _Run, optimizer, scheduler, step, data_phase, data_state, log: Ac
         directory = ckpt.save_checkpoint(ckpt.checkpoint_dir(run.run_dir, step), family=run.family,
                                          model=model, tokenizer=run.tokenizer, training_state=state,
                                          config=as_given, keep_last=run.config.keep_last, resolved=resolved,
-                                         keep_step=best and best["step"])
-        if best is not None:  # (after the checkpoint: the record never names one not yet written)
-            ckpt.record_best(run.run_dir, best)
+                                         best=best)
     dist.barrier()
     return directory
 
