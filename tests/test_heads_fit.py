@@ -4,6 +4,7 @@ errors: label/embedding mismatches, wrong dimension or model, an existing head d
 
 from __future__ import annotations
 
+import collections
 import csv
 import gzip
 import io
@@ -3468,3 +3469,179 @@ def test_predict_fasta_output_escapes_line_breaks_and_escapes_in_ids(run_cli, ss
     lines = (tmp_path / "p.fa").read_text().splitlines()
     assert [line for line in lines if line.startswith(">")] == [">a\\n>FORGED\\nCCCC", ">b\\x1b[31mred"]
     assert len(lines) == 4 and "\x1b" not in (tmp_path / "p.fa").read_text()
+
+
+# --- --folds: K-fold cross-validation -----------------------------------------------------------
+
+
+def test_folds_partition_train_stratified_and_score_each_protein_out_of_fold(run_cli, loc_data, tmp_path):
+    """--folds 3: every training protein in exactly one fold, the classes spread evenly, one member
+    per fold, and the "cv" set is each protein predicted by the member that did not train on it
+    (recomputed here member by member from the saved head)."""
+    from protrans_cli.heads.data import load_data
+    from protrans_cli.heads.fit import kept_for_scoring, predict_data, score_predictions, subset
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.model import Ensemble, load_head
+
+    head = tmp_path / "cv"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--test", loc_data / "test.h5", loc_data / "test.fasta", "--folds", "3", "--max-epochs", "20",
+                "-j", "1", "--bootstrap", "50", "--no-plots", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "validation: 3-fold cross-validation of the 150 training proteins (seed 0; folds of 50 proteins, " \
+           "stratified by class)" in r.stderr
+    config = json.loads((head / "config.json").read_text())
+    folds = config["training"]["folds"]
+    ids = [f">train{i}" for i in range(150)]
+    assert sorted(i for f in folds for i in f) == sorted(i[1:] for i in ids) and len(folds) == 3
+    for fold in folds:  # locations cycle i % 3 in the fixture: 50 a class, so 16 or 17 in every fold
+        per_class = collections.Counter(int(i[len("train"):]) % 3 for i in fold)
+        assert set(per_class.values()) <= {16, 17}, per_class
+    assert config["ensemble"] == 3 and config["seeds"] == [0, 1, 2]
+    summary = json.loads((head / "metrics.json").read_text())
+    assert list(summary) == ["cv", "test"] and summary["cv"]["loc"]["n_proteins"] == 150
+    history = [json.loads(line) for line in (head / "metrics.jsonl").read_text().splitlines()]
+    assert {h["member"] for h in history} == {0, 1, 2}
+
+    ensemble, task, _ = load_head(head)
+    train, _ = load_data(loc_data / "train.h5", read_labels(loc_data / "train.fasta"), task)
+    position = {m.id: i for i, m in enumerate(train.items)}
+    items, kept = [], {o.name: [] for o in task.outputs}
+    for member, fold in zip(ensemble.members, folds):
+        part = subset(train, np.array([position[i] for i in fold]))
+        for name, values in kept_for_scoring(task, predict_data(Ensemble([member], task), task, part)).items():
+            kept[name] += values
+        items += part.items
+    again = score_predictions(task, items, kept, n_boot=50)
+    cv = json.loads((head / "metrics" / "cv.json").read_text())["outputs"]
+    for output in ("loc", "membrane"):
+        assert cv[output]["accuracy"] == again[output]["accuracy"] and cv[output]["n"] == again[output]["n"]
+    # predict uses all three members, as --ensemble 3 heads
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0 and len((tmp_path / "p.csv").read_text().splitlines()) == 46, r.stderr
+
+
+def test_folds_score_labels_that_cannot_be_learned_at_chance(tmp_path):
+    """The point of scoring out of fold: labels drawn at random have nothing to learn, and the
+    cv accuracy stays near chance however well the members fit their own folds."""
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    rng = np.random.default_rng(5)
+    n = 300
+    emb, labels = tmp_path / "noise.h5", tmp_path / "noise.csv"
+    with EmbeddingsWriter(emb, kinds=("per_protein",)) as w:
+        for i in range(n):
+            w.write(f"p{i}", f"p{i}", "".join(rng.choice(list(AA), 30)), per_protein=rng.normal(size=64).astype(np.float32))
+    labels.write_text("id,label\n" + "".join(f"p{i},{'AB'[rng.integers(2)]}\n" for i in range(n)))
+    result = fit(FitConfig(task="protein", folds=4, max_epochs=60, patience=60, hidden=128, dropout=0.0, lr=0.01,
+                           threads=1, n_bootstrap=50, plots=False), emb, labels, tmp_path / "head")
+    assert 0.38 < result.metrics["cv"]["label"]["accuracy"] < 0.62
+    assert max(h["train_loss"] for h in result.history if h["epoch"] == 60) < 0.3  # (they did memorise)
+
+
+def test_folds_per_residue_keep_proteins_of_one_sequence_in_one_fold(run_cli, ss_data, tmp_path):
+    """ss3 with --folds: a CNN per fold, cv scored per residue; a sequence in two records (CB513
+    repeats some) never has one copy training the member that scores the other."""
+    labels = tmp_path / "twins.csv"
+    rows = (ss_data / "train.csv").read_text().splitlines()
+    labels.write_text("\n".join(rows + [rows[1], rows[2], rows[3]]) + "\n")  # three sequences twice
+    fasta = tmp_path / "twins.fa"
+    assert run_cli("labels", labels, "-o", fasta).exit_code == 0
+    emb = tmp_path / "twins.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-residue", "-o", emb).exit_code == 0
+    head = tmp_path / "ss3"
+    r = run_cli("fit", "ss3", "--embeddings", emb, "--labels", labels, "--folds", "4", "--max-epochs", "3",
+                *FAST, "--no-plots", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "proteins of one sequence in one fold" in r.stderr
+    summary = json.loads((head / "metrics.json").read_text())
+    assert summary["cv"]["ss3"]["metric"] == "Q3" and summary["cv"]["ss3"]["n_proteins"] == 73
+    with EmbeddingsReader(emb) as reader:
+        checksum = {attrs["id"]: attrs["checksum"] for _, _, attrs in reader.items("per_residue")}
+    assert len(set(checksum.values())) == 70
+    folds = json.loads((head / "config.json").read_text())["training"]["folds"]
+    assert sum(map(len, folds)) == 73 and max(map(len, folds)) - min(map(len, folds)) <= 2
+    owner = {}
+    for k, fold in enumerate(folds):
+        for i in fold:
+            assert owner.setdefault(checksum[i], k) == k
+
+
+def test_folds_of_a_value_task_span_its_range(tmp_path):
+    from protrans_cli.heads.fit import cv_folds
+    from protrans_cli.heads.data import Matched
+    from protrans_cli.heads.tasks import get_task
+
+    class Data:
+        items = [Matched(id=f"p{i}", key=f"p{i}", length=5, targets={"value": float(i)}, checksum=str(i))
+                 for i in range(100)]
+
+    folds = cv_folds(FitConfig(task="value", folds=5), get_task("value"), Data, "labels.csv")
+    assert sorted(np.concatenate(folds).tolist()) == list(range(100))
+    for fold in folds:  # dealt in order of value: one protein of each run of five values
+        assert len(fold) == 20 and sorted(f // 5 for f in fold) == list(range(20))
+    other = cv_folds(FitConfig(task="value", folds=5, seed=1), get_task("value"), Data, "labels.csv")
+    assert [f.tolist() for f in other] != [f.tolist() for f in folds]
+    assert [f.tolist() for f in cv_folds(FitConfig(task="value", folds=5), get_task("value"), Data, "x")] == \
+        [f.tolist() for f in folds]
+
+
+def test_folds_refusals(run_cli, loc_data, tmp_path):
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+            "--max-epochs", "1", "--no-plots", "-o", tmp_path / "h")
+    r = run_cli(*base, "--folds", "1")
+    assert r.exit_code == 2 and "--folds must be at least 2" in r.stderr
+    r = run_cli(*base, "--folds", "3", "--ensemble", "2")
+    assert r.exit_code == 2 and "--folds 3 trains one member per fold (3 members): leave out --ensemble 2" in r.stderr
+    r = run_cli(*base, "--folds", "3", "--valid", loc_data / "test.h5", loc_data / "test.fasta")
+    assert r.exit_code == 2 and "it takes no --valid" in r.stderr
+    r = run_cli(*base, "--folds", "151")
+    assert r.exit_code == 1 and "--folds 151 needs at least 151 training proteins, the set has 150" in r.stderr
+    assert not (tmp_path / "h").exists()
+    r = run_cli(*base, "--folds", "3", "--seed", str(2**64 - 2))
+    assert r.exit_code == 2 and "--folds 3" in r.stderr
+
+
+def test_folds_take_in_the_label_files_validation_records(ss_data, tmp_path):
+    lines = (ss_data / "train.fa").read_text().splitlines()
+    flip = tmp_path / "flip.fasta"
+    with open(flip, "w") as fh:
+        for i, (header, seq) in enumerate(zip(lines[::2], lines[1::2])):
+            split = ["SET=train VALIDATION=False"] * 5 + ["SET=train VALIDATION=True", "SET=test VALIDATION=False"]
+            fh.write(f"{header} {split[i % 7]}\n{ss8_to_ss3(''.join(RULE8.get(c, 'C') for c in seq))}\n")
+    result = fit(FitConfig(task="ss3", folds=3, max_epochs=1, threads=1, n_bootstrap=50, plots=False),
+                 ss_data / "train.h5", flip, tmp_path / "head")
+    assert result.metrics["cv"]["ss3"]["n_proteins"] == 60 and result.metrics["test"]["ss3"]["n_proteins"] == 10
+    assert "valid" not in result.metrics
+
+
+def test_an_interrupted_cross_validation_resumes_to_the_same_head(loc_data, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from protrans_cli.heads.fit import FitState, partial_path
+
+    def config(**kw):
+        return FitConfig(**{**dict(task="loc", folds=3, max_epochs=4, patience=10, threads=1, n_bootstrap=10,
+                                   plots=False), **kw})
+
+    args = (loc_data / "train.h5", loc_data / "train.fasta")
+    whole = fit(config(), *args, tmp_path / "whole")
+    save_epoch = FitState.save_epoch
+
+    def save_then_stop(self, current):
+        save_epoch(self, current)
+        if current["member"] == 1 and current["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    out = tmp_path / "parts"
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(), *args, out)
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    with pytest.raises(UsageError, match=r"other settings or inputs \(ensemble, folds\)"):
+        fit(config(resume=True, folds=4), *args, out)
+    parts = fit(config(resume=True), *args, out)
+    a, b = load_file(whole.head_dir / "weights.safetensors"), load_file(parts.head_dir / "weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert parts.metrics == whole.metrics
+    assert not partial_path(out).exists()

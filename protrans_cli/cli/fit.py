@@ -63,7 +63,11 @@ def _files_not_options(ctx, param, value):
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
 @click.option("--ensemble", type=int, default=1, help="Members trained from seeds SEED, SEED+1, ...; "
               "predictions average their probabilities.")
-@click.option("--seed", type=int, default=0, help="Seed of the first member and of the held-out split.")
+@click.option("--folds", type=int, default=None, metavar="K",
+              help="K-fold cross-validation: member k trains on the other folds of the training proteins "
+                   "(with the --labels file's validation records) and stops early on fold k; the head is the K "
+                   "members' ensemble, scored out of fold as set 'cv'.  [default: off]")
+@click.option("--seed", type=int, default=0, help="Seed of the first member and of the held-out split (or folds).")
 @click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given.")
 @click.option("--architecture", type=click.Choice([a for options in ARCHITECTURES.values() for a in options]),
               default=None,
@@ -98,7 +102,7 @@ def _files_not_options(ctx, param, value):
               help="Write curves.png and a confusion (or scatter) PNG per set and output.")
 @click.pass_context
 def command(ctx, task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
-            patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, seed, valid_fraction,
+            patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, folds, seed, valid_fraction,
             architecture, hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, only_embedded, cache_gb,
             n_bootstrap, threads, device, resume, force, plots):
     """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein/value) on embeddings.
@@ -112,7 +116,7 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
     _warn_unused(ctx, task, architecture)
     config = FitConfig(task=task, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
                        max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
-                       ensemble=ensemble, seed=seed, valid_fraction=valid_fraction, architecture=architecture,
+                       ensemble=ensemble, folds=folds, seed=seed, valid_fraction=valid_fraction, architecture=architecture,
                        hidden=hidden, kernel=kernel,
                        dropout=dropout, dual=dual, layer=layer,
                        on_mismatch=on_mismatch(skip_mismatched, only_embedded), cache_bytes=_cache_bytes(cache_gb),

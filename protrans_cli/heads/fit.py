@@ -5,8 +5,9 @@
         tests=[("cb513.h5", "CB513_HHblits.csv")])
 
 Reads top to bottom in run order: labels -> data (validation given, declared by the label file,
-or a held-out fraction of train) -> for each ensemble member: seed, head, Adam, epochs with early
-stopping on validation accuracy -> evaluation of every set -> the head directory, written to a
+a held-out fraction of train, or with `folds` K folds of train, member k validated on fold k) ->
+for each ensemble member: seed, head, Adam, epochs with early stopping on validation accuracy ->
+evaluation of every set (the folds out of fold, as set "cv") -> the head directory, written to a
 temporary directory and renamed into place only when complete.
 
 Head directory: config.json, weights.safetensors, metrics.jsonl (one line per member and epoch),
@@ -55,7 +56,8 @@ from protrans_cli.threads import torch_threads
 _FIT_FLAGS = {"max_epochs": "--max-epochs", "patience": "--patience", "ensemble": "--ensemble",
               "max_residues": "--max-residues", "batch_size": "--batch-size", "n_bootstrap": "--bootstrap",
               "hidden": "--hidden", "kernel": "--kernel", "valid_fraction": "--valid-fraction", "lr": "--lr",
-              "weight_decay": "--weight-decay", "dropout": "--dropout", "architecture": "--architecture"}
+              "weight_decay": "--weight-decay", "dropout": "--dropout", "architecture": "--architecture",
+              "folds": "--folds"}
 
 
 _MAX_SEED = 2**64 - 1  # torch.manual_seed's range
@@ -72,6 +74,9 @@ class FitConfig:
     batch_size: int = 64  # per-protein batches: proteins per batch
     class_weights: bool = False  # weight the loss by inverse class frequency in train
     ensemble: int = 1  # members trained from seeds seed, seed+1, ...
+    # K-fold cross-validation: member k trains on the other folds of the training proteins and
+    # stops early on fold k; the head is the K members' ensemble, scored out of fold ("cv").
+    folds: int | None = None
     seed: int = 0
     valid_fraction: float = 0.1  # held out of train when no validation set is given
     # The network: None is the task's default, "cnn" per residue, "fnn" per protein; a per-protein
@@ -104,6 +109,13 @@ class FitConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{_FIT_FLAGS[name]} must be at least 1, got {getattr(self, name)}")
         check_resamples(self.n_bootstrap, "--bootstrap")
+        if self.folds is not None:
+            if self.folds < 2:
+                raise UsageError(f"--folds must be at least 2 (each fold is scored by a member trained on the others), "
+                                 f"got {self.folds}")
+            if self.ensemble not in (1, self.folds):
+                raise UsageError(f"--folds {self.folds} trains one member per fold ({self.folds} members): leave out "
+                                 f"--ensemble {self.ensemble}")
         if self.kernel is not None and self.kernel % 2 != 1:
             raise UsageError(f"--kernel must be odd (every residue keeps its position), got {self.kernel}")
         for name, text, ok in (("valid_fraction", "between 0 and 1", lambda v: 0 < v < 1),
@@ -118,9 +130,10 @@ class FitConfig:
         # (torch seeds are unsigned 64-bit: a larger one was a traceback, "Overflow when unpacking
         # long long", and with --ensemble only at the member whose seed passed 2**64 - 1, after
         # the members before it had been trained)
-        if self.seed + self.ensemble - 1 > _MAX_SEED:
-            raise UsageError(f"--seed must be at most {_MAX_SEED - self.ensemble + 1} (2**64 - 1 less the "
-                             f"{self.ensemble - 1} members after the first, --ensemble {self.ensemble}: seeds are "
+        members, flag = (self.folds, "--folds") if self.folds else (self.ensemble, "--ensemble")
+        if self.seed + members - 1 > _MAX_SEED:
+            raise UsageError(f"--seed must be at most {_MAX_SEED - members + 1} (2**64 - 1 less the "
+                             f"{members - 1} members after the first, {flag} {members}: seeds are "
                              f"64-bit), got {self.seed}")
         if self.cache_bytes < 0:
             raise UsageError(f"--cache-gb must be 0 or more, got {self.cache_bytes / (1 << 30):g}")
@@ -156,6 +169,10 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     for name, value in (("embeddings", embeddings), ("labels", labels), ("out_dir", out_dir)):
         # (a list of files was a TypeError, None as out_dir too, None as embeddings "None: no such file")
         expect_path(value, name, " (one file or directory)")
+    if config.folds and valid is not None:
+        # (before any file is read)
+        raise UsageError(f"--folds {config.folds} validates each member on the fold it was not trained on: it "
+                         "takes no --valid (put those proteins in --labels, or leave out --folds)")
     out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
     task = get_task(config.task, dual=config.dual)
     if config.class_weights and any(o.is_value for o in task.outputs):
@@ -167,6 +184,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     per_residue = task.kind == PER_RESIDUE
     reads_residues = input_kind(task, architecture) == PER_RESIDUE
     config = replace(config, architecture=architecture, kernel=config.kernel or DEFAULT_KERNELS.get(architecture, 7),
+                     ensemble=config.folds or config.ensemble,  # (one member per fold)
                      max_epochs=config.max_epochs or (30 if per_residue else 200),
                      patience=config.patience or (5 if per_residue else 10))
     fingerprint = _fingerprint(config, embeddings, labels, valid, tests)
@@ -191,7 +209,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     weights = _class_weights(task, train) if config.class_weights else None
 
     # --- train each ensemble member, keeping a resumable state after every epoch ---
-    members, history = _train_ensemble(config, task, train, sets.valid, weights, device, state)
+    members, history = _train_ensemble(config, task, train, sets.valid, weights, device, state, folds=sets.folds)
 
     # --- evaluate and write the head directory ---
     from protrans_cli.heads.model import Ensemble, save_head
@@ -199,7 +217,9 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     ensemble = Ensemble(members, task).eval()  # on `device`: evaluation runs there too
     tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
     try:
-        summary = _write_evaluation(tmp, ensemble, task, history, sets.eval_sets, config)
+        summary = _write_evaluation(tmp, ensemble, task, history, sets.eval_sets, config,
+                                    cv=None if sets.folds is None else (train, sets.folds, str(embeddings),
+                                                                        sets.valid_desc))
         save_head(tmp, ensemble, _head_config(config, task, sets, weights, fingerprint, embeddings, labels))
         (tmp / "metrics.json").write_text(metrics_json(summary) + "\n")
         default_permissions(tmp)
@@ -318,6 +338,7 @@ class _Sets:
     eval_sets: list[tuple[str, object, str, str]]  # (name, data, embeddings, labels)
     embedding_info: dict
     model_layer: int
+    folds: list[np.ndarray] | None = None  # --folds: positions in train of each fold
 
 
 def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) -> _Sets:
@@ -330,8 +351,18 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
 
     eval_sets: list[tuple[str, object, str, str]] = []  # (name, data, embeddings, labels)
     held_out: list[str] | None = None  # ids of the --valid-fraction hold-out (config.json: the split, recoverable)
+    folds: list[np.ndarray] | None = None
     same_file_reports = [report]  # the label sets read from the training embeddings
-    if valid is not None:
+    if config.folds:
+        # (the label file's validation records are among train: _read_train)
+        folds = cv_folds(config, task, train, labels)
+        valid_data = None
+        valid_desc = (f"{config.folds}-fold cross-validation of the {len(train.items):,} training proteins (seed "
+                      f"{config.seed}; folds of {min(map(len, folds)):,}"
+                      + (f" to {max(map(len, folds)):,}" if max(map(len, folds)) > min(map(len, folds)) else "")
+                      + " proteins" + (", stratified by class" if _stratum_output(task) else "")
+                      + ("; proteins of one sequence in one fold" if _grouped(train) else "") + ")")
+    elif valid is not None:
         if VALID in declared:
             console.info(f"{labels}: its validation records are left out of training (--valid gives the "
                          "validation set)")
@@ -346,7 +377,8 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
     else:
         train, valid_data, held_out, valid_desc = _hold_out(config, train, labels)
     console.info(f"validation: {valid_desc}")
-    eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
+    if valid_data is not None:  # (--folds: scored out of fold once the members are trained, as "cv")
+        eval_sets.append(("valid", valid_data, str(valid[0]) if valid else str(embeddings), valid_desc))
     if not tests and TEST in declared:
         test_data, test_report = _load_split(config, embeddings, train_labels, TEST, task)
         same_file_reports.append(test_report)
@@ -368,7 +400,8 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
     report_unlabelled(embeddings, labels, same_file_reports, "not used", set_aside=set_aside)
     _check_comparable(eval_sets, train, embedding_info, model_layer)
     _warn_overlap(train, eval_sets)
-    return _Sets(task, train, train_labels, valid_data, valid_desc, held_out, eval_sets, embedding_info, model_layer)
+    return _Sets(task, train, train_labels, valid_data, valid_desc, held_out, eval_sets, embedding_info, model_layer,
+                 folds)
 
 
 def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list, *, mask_elsewhere: bool):
@@ -379,7 +412,11 @@ def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list,
     # record with no split is a training record (DeepLoc's tables leave the set empty for
     # train), as `protrans labels --split train` reads it.
     declared = {r.split for r in train_labels.records if r.split}
-    train_set = _only(train_labels, {None, TRAIN}) if declared else train_labels
+    # (--folds: the validation records are cross-validated with the rest of train)
+    train_set = _only(train_labels, {None, TRAIN} | ({VALID} if config.folds else set())) if declared \
+        else train_labels
+    if config.folds and VALID in declared:
+        console.info(f"{labels}: its validation records are among the proteins cross-validated (--folds)")
     if not train_set.records:
         raise InputError(f"no training records: the file assigns every record to {', '.join(sorted(declared))} "
                          "(give the training labels as --labels)", path=str(labels))
@@ -441,10 +478,7 @@ def _hold_out(config: FitConfig, train, labels):
             raise UsageError(f"--valid-fraction {config.valid_fraction} holds out {n_valid} of the {total} "
                              "training proteins, leaving none to train on: give a smaller fraction")
         raise InputError("too few training proteins to hold out a validation set", path=str(labels))
-    grouped: dict = {}
-    for i, m in enumerate(train.items):
-        grouped.setdefault(m.checksum if m.checksum is not None else ("key", m.key), []).append(i)
-    for groups in (list(grouped.values()), [[i] for i in range(total)]):
+    for groups in (_sequence_groups(train), [[i] for i in range(total)]):
         # (the second, protein by protein, only where the groups leave nothing to train on: a
         # file whose proteins share one sequence but not their rows)
         order = np.random.default_rng(config.seed).permutation(len(groups))
@@ -462,6 +496,66 @@ def _hold_out(config: FitConfig, train, labels):
                   f"{len(train.items):,} left to "
                   "train on" + ("; proteins of one sequence on one side)" if len(groups) < total else ")"))
     return train, valid_data, held_out, valid_desc
+
+
+def _sequence_groups(train) -> list[list[int]]:
+    """Positions in train grouped by sequence (checksum; by key where there is none), in order."""
+    grouped: dict = {}
+    for i, m in enumerate(train.items):
+        grouped.setdefault(m.checksum if m.checksum is not None else ("key", m.key), []).append(i)
+    return list(grouped.values())
+
+
+def _grouped(train) -> bool:
+    return len(_sequence_groups(train)) < len(train.items)
+
+
+def _stratum_output(task: Task):
+    """The output --folds stratifies by: a per-protein task's first class output (loc: the
+    location); None per residue (a protein holds every class) and for values."""
+    if task.kind == PER_RESIDUE or task.outputs[0].is_value:
+        return None
+    return task.outputs[0]
+
+
+def cv_folds(config: FitConfig, task: Task, train, labels) -> list[np.ndarray]:
+    """--folds K: the positions in train of each of K folds, drawn with --seed. Proteins of one
+    sequence fall in one fold (as the --valid-fraction hold-out keeps them on one side). A
+    per-protein class task is stratified: each class's proteins, shuffled, are dealt over the
+    folds in turn (a rare class in every fold where it has the proteins); a value task is dealt
+    in order of value (each fold spans the range); per residue the proteins are shuffled."""
+    k = config.folds
+    groups = _sequence_groups(train)
+    if len(groups) < k:
+        what = "proteins of distinct sequence" if len(groups) < len(train.items) else "proteins"
+        raise InputError(f"--folds {k} needs at least {k} training {what}, the set has {len(groups)}",
+                         path=str(labels))
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(groups))
+    output = _stratum_output(task)
+    if output is not None:
+        # (a protein without this label, IGNORE, is a stratum of its own)
+        stratum = [int(train.items[groups[g][0]].targets[output.name]) for g in range(len(groups))]
+        order = sorted(order, key=lambda g: stratum[g])  # stable: shuffled within each class
+    elif task.kind != PER_RESIDUE and task.outputs[0].is_value:
+        value = [float(train.items[groups[g][0]].targets[task.outputs[0].name]) for g in range(len(groups))]
+        order = sorted(order, key=lambda g: (np.isnan(value[g]), value[g]))
+        # each run of K neighbouring values in a random order: another --seed, other folds
+        order = [g for start in range(0, len(order), k) for g in rng.permutation(order[start:start + k])]
+    # Dealt in turn, each group to the next fold that holds fewest proteins (in turn exactly where
+    # every group is one protein; a pair of identical sequences does not tip one fold over).
+    counts = np.zeros(k, dtype=np.int64)
+    fold_of = np.empty(len(groups), dtype=np.int64)
+    cursor = 0
+    for g in order:
+        fewest = counts.min()
+        j = next(j % k for j in range(cursor, cursor + k) if counts[j % k] == fewest)
+        fold_of[g] = j
+        counts[j] += len(groups[g])
+        cursor = j + 1
+    fold_of = rng.permutation(k)[fold_of]  # (which fold is numbered first is drawn too)
+    return [np.array(sorted(i for g in np.flatnonzero(fold_of == j) for i in groups[g]), dtype=np.int64)
+            for j in range(k)]
 
 
 def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer: int) -> None:
@@ -504,9 +598,11 @@ def _warn_overlap(train, eval_sets: list) -> None:
                          "of training")
 
 
-def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, device, state: FitState):
+def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, device, state: FitState, *,
+                    folds: list[np.ndarray] | None = None):
     """(members, history): the members `state` holds, then the rest trained (the one it was
-    training resumed from its last epoch)."""
+    training resumed from its last epoch). With `folds` member k trains on the other folds and
+    is validated on fold k."""
     import torch
 
     from protrans_cli.heads.model import build_head
@@ -523,7 +619,11 @@ def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, d
         for member in range(len(members), config.ensemble):
             seed = config.seed + member
             current = state.current if state.current and state.current["member"] == member else None
-            model, lines = _train_member(config, task, train, valid_data, seed, member, weights, device,
+            member_train, member_valid = train, valid_data
+            if folds is not None:
+                member_train = subset(train, np.concatenate([f for j, f in enumerate(folds) if j != member]))
+                member_valid = subset(train, folds[member])
+            model, lines = _train_member(config, task, member_train, member_valid, seed, member, weights, device,
                                          state=state, resume_from=current)
             members.append(model)
             history.extend(lines)
@@ -532,8 +632,9 @@ def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, d
 
 
 def _write_evaluation(tmp: Path, ensemble, task: Task, history: list[dict], eval_sets: list,
-                      config: FitConfig) -> dict:
-    """metrics.jsonl, curves.png and metrics/<set>.json into `tmp`; the headline numbers of every set."""
+                      config: FitConfig, *, cv: tuple | None = None) -> dict:
+    """metrics.jsonl, curves.png and metrics/<set>.json into `tmp`; the headline numbers of every
+    set. `cv` (train, folds, embeddings, description): --folds, scored out of fold as set "cv"."""
     (tmp / "metrics").mkdir()
     with open(tmp / "metrics.jsonl", "w") as fh:
         for line in history:
@@ -541,6 +642,11 @@ def _write_evaluation(tmp: Path, ensemble, task: Task, history: list[dict], eval
     if config.plots:
         _plot_curves(history, task, tmp / "curves.png")
     summary = {}
+    if cv is not None:
+        train, folds, emb, desc = cv
+        result = score_out_of_fold(ensemble, task, train, folds, n_boot=config.n_bootstrap,
+                                   max_residues=config.max_residues, seed=config.seed)
+        summary["cv"] = write_metrics(tmp / "metrics", "cv", result, emb, desc, plots=config.plots)
     for name, data, emb, lab in eval_sets:
         result = evaluate_data(ensemble, task, data, n_boot=config.n_bootstrap, max_residues=config.max_residues,
                                seed=config.seed)
@@ -569,7 +675,10 @@ def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprin
                             {k: v.tolist() for k, v in weights.items()}},
         "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(sets.train.items),
                      "validation": sets.valid_desc, "notes": sets.train_labels.notes,
-                     **({"held_out": sets.held_out} if sets.held_out is not None else {})},
+                     **({"held_out": sets.held_out} if sets.held_out is not None else {}),
+                     # --folds: the ids of each fold (member k was validated on fold k, trained on the rest)
+                     **({"folds": [[sets.train.items[i].id for i in f] for f in sets.folds]}
+                        if sets.folds is not None else {})},
         "config": _jsonable({k: v for k, v in asdict(config).items() if k not in ("resume", "force")}),
         "fingerprint": _jsonable(fingerprint),  # what `fit --resume` of the finished head compares
     }
@@ -1131,6 +1240,23 @@ def evaluate_data(ensemble, task: Task, data, *, n_boot: int = 1000, max_residue
     """{output: metrics dict} of an ensemble on matched data."""
     probs = predict_data(ensemble, task, data, max_residues=max_residues)
     return score_predictions(task, data.items, kept_for_scoring(task, probs), n_boot=n_boot, seed=seed)
+
+
+def score_out_of_fold(ensemble, task: Task, train, folds: list[np.ndarray], *, n_boot: int = 1000,
+                      max_residues: int = 8192, seed: int = 0) -> dict:
+    """{output: metrics dict} of cross-validation: every training protein predicted by the one
+    member (member k of `ensemble`) that did not train on its fold, scored together."""
+    from protrans_cli.heads.model import Ensemble
+
+    items: list = []
+    kept = {o.name: [] for o in task.outputs}
+    for member, positions in zip(ensemble.members, folds):
+        part = subset(train, positions)
+        probs = predict_data(Ensemble([member], task), task, part, max_residues=max_residues)
+        items += part.items
+        for name, values in kept_for_scoring(task, probs).items():
+            kept[name] += values
+    return score_predictions(task, items, kept, n_boot=n_boot, seed=seed)
 
 
 def kept_for_scoring(task: Task, probs: dict) -> dict:
