@@ -436,7 +436,8 @@ def test_an_empty_file_and_an_esm_extract_file_are_one_line_saying_what_they_are
     with EmbeddingsReader(tmp_path / "empty.h5") as r, pytest.raises(InputError, match=r"empty.h5: holds no embeddings$"):
         r.dim()
     (tmp_path / "P1.pt").write_bytes(b"PK\x03\x04 a torch.save zip")
-    with pytest.raises(InputError, match="esm-extract's .pt files are not read: embed the FASTA with protrans embed"):
+    with pytest.raises(InputError, match="esm-extract's .pt files are not read here: convert them with "
+                       "protrans import-esm DIR -o OUT.h5, or embed the FASTA with protrans embed"):
         EmbeddingsReader(tmp_path / "P1.pt")
 
 

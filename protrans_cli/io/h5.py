@@ -221,8 +221,8 @@ class EmbeddingsReader:
         except OSError as exc:
             hint = ""
             if self.path.endswith(".pt"):  # esm-extract writes one torch file per protein
-                hint = ("; esm-extract's .pt files are not read: embed the FASTA with protrans embed -m "
-                        "<the ESM model> for an HDF5 file")
+                hint = ("; esm-extract's .pt files are not read here: convert them with protrans import-esm "
+                        "DIR -o OUT.h5, or embed the FASTA with protrans embed -m <the ESM model>")
             elif _starts_like_fasta(self.path):  # the sequences given where their embeddings go
                 hint = "; it is a FASTA file: embed it first (protrans embed; predict also takes it as --fasta)"
             # (first line: HDF5's messages can span lines, and the error is one line)
@@ -1784,14 +1784,20 @@ class EmbeddingsWriter:
         return done
 
     # --- writing ----------------------------------------------------------------------
-    def write(self, ident: str, header: str, sequence: str, *, per_residue=None, per_protein=None,
-              extra_attrs: dict | None = None) -> None:
+    def write(self, ident: str, header: str, sequence: str | None, *, per_residue=None, per_protein=None,
+              extra_attrs: dict | None = None, length: int | None = None) -> None:
         """Write one protein's arrays (`per_residue` (L, D) or (n_layers, L, D); `per_protein`
-        (D,) or (n_layers, D)); every requested kind must be given."""
+        (D,) or (n_layers, D)); every requested kind must be given. `sequence` None: a protein
+        whose sequence is not known (`import-esm` without --fasta): no `checksum` attribute, and
+        `length` only where given."""
         arrays = {PER_RESIDUE: per_residue, PER_PROTEIN: per_protein}
         key = escape_key(ident)
-        attrs = {"id": ident, "header": header, "length": len(sequence),
-                 "checksum": sequence_checksum(sequence), **(extra_attrs or {})}
+        if sequence is None:
+            attrs = {"id": ident, "header": header, **({"length": int(length)} if length is not None else {}),
+                     **(extra_attrs or {})}
+        else:
+            attrs = {"id": ident, "header": header, "length": len(sequence),
+                     "checksum": sequence_checksum(sequence), **(extra_attrs or {})}
         if self.layout == "flat":
             # The interop layout: biotrainer and code written for bio_embeddings' files map
             # datasets to proteins through `original_id` (`f[k].attrs["original_id"]`).
@@ -1813,7 +1819,7 @@ class EmbeddingsWriter:
                                  "damaged: delete it to start again", path=str(self.partial)) from None
         if self.failed.pop(ident, None) is not None:
             self._failed_changed = True
-        self._ledger.add(ident, attrs["checksum"])
+        self._ledger.add(ident, attrs.get("checksum"))
         if self._cache.written():  # (a caller that never flushes: the cache bounded all the same)
             self.flush()
 
