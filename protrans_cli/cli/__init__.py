@@ -32,6 +32,7 @@ COMMANDS = {
     "fit": ("protrans_cli.cli.fit", "Train a prediction head (ss3/ss8/loc/value/...) on embeddings."),
     "predict": ("protrans_cli.cli.predict", "Apply a trained head to embeddings."),
     "merge": ("protrans_cli.cli.merge", "Merge embed outputs of one model and settings into one file (no computation)."),
+    "import-esm": ("protrans_cli.cli.import_esm", "Import esm-extract's .pt files into one embeddings file (no computation)."),
     "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, PISCES, FLIP, biotrainer, DeepLoc, CSV) to FASTA for embed."),
     "quickstart": ("protrans_cli.cli.quickstart", "Run the whole pipeline on the bundled example data (offline, CPU)."),
     "env": ("protrans_cli.cli.env", "Versions, devices and which fast paths run here (for bug reports)."),

@@ -1,0 +1,421 @@
+"""`protrans import-esm`: fair-esm `esm-extract` outputs (one LABEL.pt per protein) into one
+embeddings file, the one `protrans embed` writes for the same model and settings.
+
+    summary = import_esm(["esm_out/"], "esm.h5", fasta="proteins.fa")
+
+esm-extract (fair-esm's scripts/extract.py) saves for each protein a dict `{"label": header line,
+"representations": {layer: (L, D)}, "mean_representations": {layer: (D,)}, ...}` whose rows are
+residues 1..L (no <cls>/<eos>), cut at --truncation_seq_length (1022 by default). Every file is
+read with `torch.load(weights_only=True)`: nothing but tensors and plain values is unpickled.
+A first pass maps each file (no tensor is read) and checks everything that can be checked before
+writing: its structure, the layers and kinds asked for, one embedding width, one file per id,
+and with a FASTA each protein's row count against its sequence. The second pass reads one file
+at a time into OUTPUT.partial, renamed when complete and removed if not (nothing was computed).
+What is held per protein is its path, label and two counts.
+
+Layers are esm-extract's numbers (0 the embedding layer .. N the last block); the file records
+them as embed does, counted from the last (`layers` -1 .. -(N + 1), `num_hidden_states` N + 1),
+where N comes from the model (`model`: a catalogued ESM checkpoint, or a fair-esm name such as
+esm2_t48_15B_UR50D), else is taken to be the highest layer in the files (esm-extract's default
+`--repr_layers -1` stores only the last).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli.errors import InputError, UsageError, expect_path
+from protrans_cli.io.h5 import LAYOUTS, PER_PROTEIN, PER_RESIDUE, STORAGE_DTYPES
+
+FAMILY = "esm"
+SOURCE = "esm-extract"
+POOLING = "mean over residue tokens (special tokens excluded)"  # embed's, and esm-extract's `mean`
+DEFAULT_TRUNCATION = 1022  # esm-extract's --truncation_seq_length
+_LAYERS_IN_NAME = re.compile(r"(?:^|[/_])esm[0-9a-z]*_t(\d+)_")  # esm2_t33_650M_UR50D: 33 blocks
+
+
+@dataclass
+class ImportSummary:
+    proteins: int = 0          # written
+    layers: list = field(default_factory=list)  # esm-extract's numbers, in the file's order
+    truncated: int = 0         # proteins esm-extract cut short (known only with a FASTA)
+    failed: dict = field(default_factory=dict)  # id -> why (values beyond the storage dtype, NaN)
+
+
+@dataclass
+class _Entry:
+    """One file as the first pass found it."""
+
+    path: Path
+    label: str
+    ident: str
+    rows: int                    # L: the rows kept (from the means alone and without a FASTA, unknown: 0)
+    header: str = ""             # the FASTA's header line (with a FASTA), else the label
+    sequence: str | None = None  # the normalised sequence (with a FASTA)
+
+
+def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | None = None,
+               per_protein: bool | None = None, layout: str = "grouped", storage_dtype: str = "float32",
+               model: str | None = None, truncation_seq_length: int = DEFAULT_TRUNCATION, force: bool = False,
+               command_line: str | None = None) -> ImportSummary:
+    """Write the esm-extract outputs `inputs` (directories of `.pt` files, searched recursively as
+    esm-extract makes folders of labels with `/`, and `.pt` files) into `output`.
+
+    `layers`: esm-extract layer numbers (negative: counted from the last, as --repr_layers);
+    default the highest in the files. `per_residue`/`per_protein`: the kinds (both None: per
+    protein, and per residue too where the files hold rows and the layout is grouped).
+    `fasta`: the sequences extracted, for the `checksum`, `length` and `truncated_from`
+    attributes embed records. `model`: the `model` attribute (default "esm-extract").
+    `truncation_seq_length`: esm-extract's (its default 1022), recorded as embed's `max_length`
+    with `long_policy` truncate.
+    """
+    from protrans_cli.io.files import (output_directory, output_lock, refuse_compressed_hdf5, refuse_special_output,
+                                       through_link, writable_or_refused)
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if not inputs:
+        raise UsageError("import-esm needs esm-extract's output: a directory of .pt files, or .pt files")
+    if not all(isinstance(p, (str, os.PathLike)) for p in inputs):
+        raise UsageError(f"import-esm: inputs must be paths, got {inputs!r:.60}")
+    expect_path(output, "import-esm: output")
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if storage_dtype not in STORAGE_DTYPES:
+        raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
+    if not isinstance(truncation_seq_length, int) or truncation_seq_length < 1:
+        raise UsageError(f"--truncation-seq-length must be a positive number, got {truncation_seq_length!r}")
+    layers = tuple(layers or ())
+    if not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
+        raise UsageError(f"layers are esm-extract layer numbers (ints), got {layers!r:.60}")
+    if len(set(layers)) != len(layers):
+        raise UsageError(f"--layer given twice: {', '.join(map(str, layers))}")
+    if per_residue and layout == "stacked":
+        raise UsageError("the stacked layout holds per-protein vectors only: choose --per-protein alone")
+    if per_residue and per_protein and layout == "flat":
+        raise UsageError("the flat layout holds one kind only: choose --per-residue or --per-protein")
+    output = Path(output)
+    refuse_special_output(output, "-o", "an HDF5 file")
+    refuse_compressed_hdf5(output, "-o")
+    output_directory(output)
+    output = through_link(output)
+    output_directory(output)
+    if output.is_dir():
+        raise UsageError("is a directory: the imported embeddings are one HDF5 file", path=str(output))
+    writable_or_refused(output)
+    paths = _pt_files(inputs, output)
+    with output_lock(output, "is the output of another protrans embed, merge or import-esm that is running now: "
+                             "wait for it to end, or choose another -o"):
+        return _import_locked(paths, output, fasta=None if fasta is None else Path(fasta), layers=layers,
+                              per_residue=per_residue, per_protein=per_protein, layout=layout,
+                              storage_dtype=storage_dtype, model=model, truncation=truncation_seq_length,
+                              force=force, command_line=command_line)
+
+
+def _pt_files(inputs, output: Path) -> list[Path]:
+    """The `.pt` files the inputs name, each once: a directory's (recursively, sorted), a file as given."""
+    from protrans_cli.io.h5 import partial_path
+
+    found: list[Path] = []
+    seen: dict[Path, Path] = {}
+    for given in map(Path, inputs):
+        if str(given) == "-":
+            raise UsageError("esm-extract's outputs are read from files, not stdin ('-'): give their directory")
+        if given.resolve() in (output.resolve(), partial_path(output).resolve()):
+            raise UsageError("is also the output: write the imported file elsewhere", path=str(given))
+        if given.is_dir():
+            files = sorted(p for p in given.rglob("*.pt") if p.is_file())
+            if not files:
+                raise InputError("holds no .pt files (esm-extract writes one LABEL.pt per protein)", path=str(given))
+        elif given.is_file():
+            files = [given]
+        else:
+            raise InputError("no such file or directory" if not given.exists() else "not a file", path=str(given))
+        for path in files:
+            real = path.resolve()
+            if real in seen:
+                raise UsageError(f"named twice (also as {seen[real]}): give each file or directory once",
+                                 path=str(path))
+            seen[real] = path
+            found.append(path)
+    return found
+
+
+def load_pt(path: Path, *, mmap: bool = False) -> dict:
+    """One esm-extract file, its tensors mapped (`mmap`) or read; a file that is not one is an
+    InputError naming it. Never unpickles anything but tensors and plain values."""
+    import pickle
+
+    import torch
+
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as exc:  # (a file of torch's legacy format cannot be mapped: read it)
+            if not mmap or "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, TypeError, AttributeError) as exc:
+        if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load failed"):
+            why = "it holds objects other than tensors and plain values, which import-esm never unpickles"
+        elif isinstance(exc, OSError) and not isinstance(exc, EOFError):
+            why = f"cannot be read ({exc.strerror or exc})"
+        else:
+            why = "torch cannot read it (damaged, or not a file torch.save wrote)"
+        raise InputError(f"not an esm-extract output: {why}", path=str(path)) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"not an esm-extract output: it holds a {type(obj).__name__}, not esm-extract's dict "
+                         "of label and representations", path=str(path))
+    label = obj.get("label")
+    if not isinstance(label, str):
+        raise InputError("not an esm-extract output: no 'label' string (esm-extract saves the FASTA header there)",
+                         path=str(path))
+    return obj
+
+
+def _layer_dict(obj: dict, key: str, path: Path) -> dict | None:
+    """`obj[key]` ({layer: tensor}) checked, or None where the file has no such entry."""
+    import torch
+
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, int) and isinstance(v, torch.Tensor)
+                                              for k, v in value.items()):
+        raise InputError(f"its '{key}' is not esm-extract's {{layer number: tensor}} dict", path=str(path))
+    for layer, tensor in value.items():
+        if not tensor.is_floating_point():
+            raise InputError(f"its '{key}' layer {layer} holds {tensor.dtype} values, not floating point",
+                             path=str(path))
+    return value
+
+
+def _available(obj: dict, path: Path) -> tuple[dict | None, dict | None]:
+    return _layer_dict(obj, "representations", path), _layer_dict(obj, "mean_representations", path)
+
+
+def model_layers(model: str | None) -> int | None:
+    """The blocks of the ESM model a name gives (a catalogued checkpoint, its hub id, or a fair-esm
+    name `esm*_tN_...`), or None."""
+    if not model:
+        return None
+    from protrans_cli.catalog import _catalog
+
+    for entry in _catalog()["checkpoints"]:
+        if model in (entry["name"], entry.get("hub_id")):
+            return int(entry["num_layers"]) if entry.get("family") == FAMILY else None
+    found = _LAYERS_IN_NAME.search(model)
+    return int(found.group(1)) if found else None
+
+
+def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residue, per_protein, layout,
+                   storage_dtype, model, truncation, force, command_line) -> ImportSummary:
+    from protrans_cli import __version__, console
+    from protrans_cli.io.h5 import EmbeddingsWriter, partial_path, refuse_replacing_other_file, remove_partial
+
+    if output.exists() and not force:
+        raise UsageError("exists: give --force to replace it", path=str(output))
+    if force and output.exists():
+        refuse_replacing_other_file(output, "embed, merge or import-esm")
+    partial = partial_path(output)
+    if partial.exists() and not force:
+        raise UsageError(f"{partial.name} exists (a run into this output that did not finish): give --force to "
+                         "replace it", path=str(output))
+
+    # The kinds and layers, from the first file (every other must hold them)
+    rows0, means0 = _available(load_pt(paths[0], mmap=True), paths[0])
+    if per_residue is None and per_protein is None:
+        per_protein, per_residue = True, rows0 is not None and layout == "grouped"
+    kinds = tuple(k for k, on in ((PER_RESIDUE, per_residue), (PER_PROTEIN, per_protein)) if on)
+    if not kinds:
+        raise UsageError("nothing to import: give --per-residue, --per-protein or neither")
+    present = sorted(set(rows0 or {}) | (set(means0 or {}) if not per_residue else set()))
+    if not present:
+        need = "'representations' (esm-extract --include per_tok)" if per_residue else \
+            "'representations' or 'mean_representations' (esm-extract --include per_tok or mean)"
+        raise InputError(f"holds no {need}", path=str(paths[0]))
+    blocks = model_layers(model)
+    last = blocks if blocks is not None else max(present)
+    chosen = [k if k >= 0 else last + 1 + k for k in layers] or [max(present)]
+    for given, k in zip(layers or chosen, chosen):
+        if not 0 <= k <= last:
+            raise UsageError(f"--layer {given}: the model's layers are 0 .. {last}" +
+                             ("" if blocks is not None else " (the highest in the files; --model names the "
+                                                            "model and its number of layers)"))
+    states = last + 1
+
+    # First pass: every file's structure, lengths and id, before anything is written
+    sequences = _fasta_records(fasta) if fasta is not None else None
+    entries, owner, dim = [], {}, None
+    for path in paths:
+        obj = load_pt(path, mmap=True)
+        entry, width = _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequences, fasta)
+        if width != dim and dim is not None:
+            raise InputError(f"holds embeddings of width {width}, {entries[0].path} of width {dim}: one model's "
+                             "outputs only", path=str(path))
+        dim = width
+        if entry.ident in owner:
+            raise InputError(f"protein id {entry.ident!r} is also that of {owner[entry.ident]} (the label's first "
+                             "word names a protein): each id once", path=str(path))
+        owner[entry.ident] = path
+        entries.append(entry)
+        del obj
+    del owner, sequences
+
+    attrs = {"model": model or SOURCE, "revision": "", "commit": "", "family": FAMILY,
+             "layers": [k - states for k in chosen], "num_hidden_states": states, "pooling": POOLING,
+             "compute_dtype": "float32",  # (esm-extract never casts the model)
+             "embedding_dim": dim, "protrans_version": __version__,
+             "command_line": command_line or "protrans_cli.esm_import.import_esm() called from Python",
+             "max_length": truncation, "long_policy": "truncate", "part": "", "packing": False, "compiled": False,
+             "imported_from": SOURCE}
+    if force:
+        remove_partial(partial)
+    summary = ImportSummary(layers=chosen)
+    try:
+        with EmbeddingsWriter(output, kinds=kinds, layout=layout, storage_dtype=storage_dtype, attrs=attrs) as writer:
+            for entry in entries:
+                _write_entry(writer, entry, chosen, kinds, summary)
+            writer.flush(failures=True)
+            summary.failed = dict(writer.failed)
+    except BaseException:
+        remove_partial(partial)  # (nothing was computed: importing again costs what this did)
+        raise
+    if summary.failed:
+        console.warn(f"{output}: {len(summary.failed)} protein(s) not written (the 'failed' attribute): "
+                     f"{next(iter(summary.failed.values()))}")
+    return summary
+
+
+def _fasta_records(fasta: Path) -> dict:
+    """id -> (header, normalised sequence) of a FASTA file (embed's normalisation: the checksum's)."""
+    from protrans_cli.io.fasta import parse_fasta
+    from protrans_cli.io.files import open_input
+    from protrans_cli.residues import SequenceRejected, normalise
+
+    records: dict = {}
+    name = str(fasta)
+    with open_input(fasta, name=name) as stream:
+        for rec in parse_fasta(stream, name):
+            if rec.id in records:
+                raise InputError(f"id {rec.id!r} is in the FASTA twice", path=name, line=rec.line)
+            try:
+                records[rec.id] = (rec.description, normalise(rec.sequence, rare="keep"))
+            except SequenceRejected as exc:
+                records[rec.id] = (rec.description, exc)
+    return records
+
+
+def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequences, fasta) -> tuple[_Entry, int]:
+    """A file's entry and embedding width, every check of it made (see the module docstring)."""
+    from protrans_cli.io.fasta import header_id
+    from protrans_cli.residues import SequenceRejected
+
+    label = obj["label"]
+    ident = header_id(label)
+    if not ident:
+        raise InputError(f"its label {label!r} has no id (the header's first word)", path=str(path))
+    rows, means = _available(obj, path)
+    shapes = []
+    for k in chosen:
+        if rows is not None and k in rows:
+            shapes.append(("representations", k, tuple(rows[k].shape), 2))
+        elif per_residue:
+            raise InputError(_missing("representations", k, rows, "--include per_tok"), path=str(path))
+        if per_protein and k in (means or {}):
+            shapes.append(("mean_representations", k, tuple(means[k].shape), 1))
+        elif per_protein and (rows is None or k not in rows):
+            raise InputError(_missing("mean_representations", k, means, "--include mean") +
+                             " nor its per-residue rows", path=str(path))
+    dims = {s[-1] if s else None for _, _, s, _ in shapes}
+    for what, k, shape, ndim in shapes:
+        if len(shape) != ndim or 0 in shape:
+            want = "(L, D) rows" if ndim == 2 else "a (D,) vector"
+            raise InputError(f"its '{what}' layer {k} has shape {shape}, not {want}", path=str(path))
+    if len(dims) != 1:
+        raise InputError("its layers have different widths: damaged, or not one model's output", path=str(path))
+    lengths = {shape[0] for what, _, shape, _ in shapes if what == "representations"}
+    if len(lengths) > 1:
+        raise InputError(f"its layers hold different numbers of rows ({sorted(lengths)})", path=str(path))
+    count = lengths.pop() if lengths else 0
+    if count > truncation:
+        raise InputError(f"holds {count} rows, more than --truncation-seq-length {truncation}: give the value "
+                         "esm-extract ran with", path=str(path))
+    entry = _Entry(path, label, ident, count, header=label)
+    if sequences is not None:
+        found = sequences.get(ident)
+        if found is None:
+            raise InputError(f"protein {ident!r} is not in {fasta}", path=str(path))
+        entry.header, sequence = found
+        if isinstance(sequence, SequenceRejected):
+            raise InputError(f"protein {ident!r}: its sequence in {fasta} is refused ({sequence.detail})",
+                             path=str(path))
+        expected = min(len(sequence), truncation)
+        if count and count != expected:
+            raise InputError(f"holds {count} rows; its sequence in {fasta} has {len(sequence)} residues"
+                             f"{f', cut at {truncation}' if len(sequence) > truncation else ''}, {expected} rows: "
+                             "another sequence (or a FASTA with gaps, which esm-extract embeds as rows)",
+                             path=str(path))
+        entry.sequence, entry.rows = sequence, expected
+    return entry, dims.pop()
+
+
+def _missing(key: str, layer: int, found: dict | None, include: str) -> str:
+    if found is None:
+        return f"has no '{key}' (esm-extract {include})"
+    return f"has no layer {layer} in '{key}' (it holds {', '.join(map(str, sorted(found)))})"
+
+
+def _write_entry(writer, entry: _Entry, chosen, kinds, summary: ImportSummary) -> None:
+    """One file's arrays into the writer, as embed writes a protein (see embed._write_unit)."""
+    from protrans_cli.embedders import beyond_range, fits, mean_rows
+
+    obj = load_pt(entry.path)  # (read again: changed since the first pass is refused below)
+    rows, means = _available(obj, entry.path)
+    label = obj["label"]
+    if label != entry.label:
+        raise InputError("changed during the import (another label): import again", path=str(entry.path))
+    per_residue = per_protein = None
+    if PER_RESIDUE in kinds or any(k not in (means or {}) for k in chosen):
+        per_residue = np.stack([rows[k].float().numpy() for k in chosen])  # (n_layers, L, D)
+        if per_residue.shape[1] != entry.rows:
+            raise InputError("changed during the import (another number of rows): import again",
+                             path=str(entry.path))
+    if PER_PROTEIN in kinds:
+        per_protein = np.stack([means[k].float().numpy() if k in (means or {}) else mean_rows(per_residue[i])
+                                for i, k in enumerate(chosen)])  # (n_layers, D)
+    del obj, rows, means
+    for values in (per_residue, per_protein):
+        if values is None:
+            continue
+        problem = None
+        if not np.isfinite(values).all():
+            problem = "NaN or infinity in esm-extract's output"
+        elif not fits(values, writer.storage_dtype):
+            problem = beyond_range(values, writer.storage_dtype.name).reason
+        if problem:
+            writer.record_failure(entry.ident, problem)
+            return
+    squeeze = (lambda a: None if a is None else (a[0] if a.shape[0] == 1 else a))
+    # (from the means alone and without a FASTA the length is not known: no `length` attribute)
+    extra, sequence, length = {}, None, entry.rows or None
+    if entry.sequence is not None:
+        sequence = entry.sequence[:entry.rows]  # the kept prefix: its checksum, as embed's truncate records
+        if len(entry.sequence) > len(sequence):
+            extra["truncated_from"] = len(entry.sequence)
+            summary.truncated += 1
+        length = len(sequence)
+    nbytes = sum(a.size * writer.storage_dtype.itemsize for a in (per_residue, per_protein)
+                 if a is not None and (a is per_protein or PER_RESIDUE in kinds))
+    writer.ensure_room(nbytes, "the next protein")
+    writer.write(entry.ident, entry.header, sequence, length=length, extra_attrs=extra,
+                 per_residue=squeeze(per_residue) if PER_RESIDUE in kinds else None,
+                 per_protein=squeeze(per_protein))
+    writer.flush_due()
+    summary.proteins += 1

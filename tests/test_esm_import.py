@@ -1,0 +1,301 @@
+"""`protrans import-esm`: esm-extract's LABEL.pt files into the file `protrans embed` writes.
+
+The .pt files are made here with torch.save in esm-extract's structure (fair-esm 2.0.0
+scripts/extract.py); the independent reference is tests/data/esm_reference, esm-extract's own
+rows and means of a tiny ESM-2, imported and compared with `protrans embed` on that model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, sequence_checksum
+
+REFERENCE = Path(__file__).parent / "data" / "esm_reference"
+
+
+def _save(folder: Path, label: str, rows=None, means=None, **more) -> Path:
+    """One esm-extract output: `rows`/`means` {layer: array}."""
+    obj = {"label": label, **more}
+    if rows is not None:
+        obj["representations"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in rows.items()}
+    if means is not None:
+        obj["mean_representations"] = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in means.items()}
+    path = folder / f"{label}.pt"  # (as esm-extract: a label with '/' makes a folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path)
+    return path
+
+
+SEQS = {"P1": "MKTAYIAKQR", "sp|Q2/x": "MAAG", "P3": "MKVL"}
+HEADERS = {"P1": "P1 first protein", "sp|Q2/x": "sp|Q2/x second", "P3": "P3"}
+
+
+@pytest.fixture
+def extracted(tmp_path):
+    """esm-extract --repr_layers 1 2 --include per_tok mean of SEQS (2 layers, D = 4)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "esm_out"
+    arrays = {}
+    for ident, seq in SEQS.items():
+        rows = {k: rng.normal(size=(len(seq), 4)).astype(np.float32) for k in (1, 2)}
+        means = {k: v.mean(0) + 0.5 for k, v in rows.items()}  # (not the rows' mean: shows which is taken)
+        _save(folder, HEADERS[ident], rows, means)
+        arrays[ident] = (rows, means)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{HEADERS[i]}\n{s}\n" for i, s in SEQS.items()))
+    return folder, fasta, arrays
+
+
+def _read(out):
+    with EmbeddingsReader(out) as r:
+        got = {kind: {i: (a, dict(meta)) for i, a, meta in r.items(kind)} for kind in r.kinds}
+        return got, dict(r.attrs), r.layout
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+def test_rows_means_and_attributes_round_trip(run_cli, tmp_path, extracted):
+    folder, fasta, arrays = extracted
+    out = tmp_path / "e.h5"
+    r = _ok(run_cli("import-esm", folder, "-o", out, "--fasta", fasta))
+    assert "3 proteins (layer 2)" in r.stderr
+    got, attrs, layout = _read(out)
+    assert layout == "grouped" and set(got) == {PER_RESIDUE, PER_PROTEIN}
+    compared = 0
+    for ident, (rows, means) in arrays.items():
+        row, meta = got[PER_RESIDUE][ident]
+        np.testing.assert_array_equal(row, rows[2])
+        np.testing.assert_array_equal(got[PER_PROTEIN][ident][0], means[2])  # esm-extract's mean, as saved
+        assert meta["id"] == ident and meta["header"] == HEADERS[ident] and meta["length"] == len(SEQS[ident])
+        assert meta["checksum"] == sequence_checksum(SEQS[ident]) and "truncated_from" not in meta
+        compared += 1
+    assert compared == 3
+    with h5py.File(out) as f:
+        assert "sp|Q2%2Fx" in f[PER_RESIDUE]  # escaped as embed escapes ids
+    assert attrs["model"] == "esm-extract" and attrs["family"] == "esm" and attrs["layout"] == "grouped"
+    assert list(np.atleast_1d(attrs["layers"])) == [-1] and attrs["num_hidden_states"] == 3
+    assert attrs["pooling"] == "mean over residue tokens (special tokens excluded)"
+    assert attrs["storage_dtype"] == "float32" and attrs["embedding_dim"] == 4 and attrs["failed"] == "{}"
+    assert attrs["max_length"] == 1022 and attrs["long_policy"] == "truncate"
+    assert attrs["command_line"].startswith("protrans") and attrs["protrans_version"]  # (sys.argv: the CLI's)
+
+
+def test_several_layers_a_model_and_means_from_rows(run_cli, tmp_path, extracted):
+    folder, _, arrays = extracted
+    for path in folder.rglob("*.pt"):  # per_tok only: the means are the rows'
+        obj = torch.load(path, weights_only=True)
+        del obj["mean_representations"]
+        torch.save(obj, path)
+    out = tmp_path / "e.h5"
+    _ok(run_cli("import-esm", folder, "-o", out, "--layer", "1", "--layer", "2", "-m", "esm2_t6_8M_UR50D",
+                "--per-protein", "--storage-dtype", "float16"))
+    got, attrs, _ = _read(out)
+    assert set(got) == {PER_PROTEIN} and attrs["model"] == "esm2_t6_8M_UR50D"
+    # esm2_t6: 6 blocks, 7 hidden states; layers 1 and 2 are -6 and -5, in the order given
+    assert list(np.atleast_1d(attrs["layers"])) == [-6, -5] and attrs["num_hidden_states"] == 7
+    for ident, (rows, _) in arrays.items():
+        vec, meta = got[PER_PROTEIN][ident]
+        assert vec.shape == (2, 4) and vec.dtype == np.float16 and "checksum" not in meta
+        np.testing.assert_allclose(vec, [rows[1].mean(0), rows[2].mean(0)], atol=2e-3)
+        assert meta["length"] == len(SEQS[ident])  # from the rows
+
+
+@pytest.mark.parametrize("layout", ["flat", "stacked"])
+def test_other_layouts_read_as_embeds(run_cli, tmp_path, extracted, layout):
+    folder, fasta, arrays = extracted
+    out = tmp_path / "e.h5"
+    _ok(run_cli("import-esm", folder, "-o", out, "--per-protein", "--layout", layout, "--fasta", fasta))
+    with EmbeddingsReader(out) as r:
+        ids, matrix = r.matrix(PER_PROTEIN)
+        assert r.layout == layout and sorted(ids) == sorted(SEQS)
+        for ident, vec in zip(ids, matrix):
+            np.testing.assert_array_equal(vec, arrays[ident][1][2])
+        assert r.checksums(PER_PROTEIN) == {sequence_checksum(s): i for i, s in SEQS.items()}
+
+
+def test_fit_and_merge_read_the_imported_file(run_cli, tmp_path, extracted):
+    folder, fasta, _ = extracted
+    out = tmp_path / "e.h5"
+    _ok(run_cli("import-esm", folder, "-o", out, "--per-protein", "--fasta", fasta))
+    labels = tmp_path / "l.csv"
+    labels.write_text("id,label\nP1,A\nsp|Q2/x,B\nP3,A\n")
+    _ok(run_cli("fit", "protein", "--embeddings", out, "--labels", labels, "--max-epochs", "1", "--bootstrap", "10",
+                "--no-plots", "-j", "1", "-o", tmp_path / "head"))
+    _ok(run_cli("predict", tmp_path / "head", "--embeddings", out, "-o", tmp_path / "p.csv"))
+    _ok(run_cli("merge", out, "-o", tmp_path / "m.h5", "--layout", "stacked"))
+
+
+def test_truncated_proteins_are_recorded_as_embeds_truncate_policy(run_cli, tmp_path):
+    folder = tmp_path / "esm_out"
+    seq = "MKTAYIAKQR"
+    rows = np.arange(6 * 2, dtype=np.float32).reshape(6, 2)
+    _save(folder, "long", {3: rows}, {3: rows.mean(0)})
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(f">long\n{seq}\n")
+    out = tmp_path / "e.h5"
+    r = _ok(run_cli("import-esm", folder, "-o", out, "--fasta", fasta, "--truncation-seq-length", "6"))
+    assert "1 truncated by esm-extract" in r.stderr
+    got, attrs, _ = _read(out)
+    meta = got[PER_RESIDUE]["long"][1]
+    assert meta["length"] == 6 and meta["truncated_from"] == 10 and meta["checksum"] == sequence_checksum(seq[:6])
+    assert attrs["max_length"] == 6
+    # the default 1022: 6 rows of a 10-residue sequence is another sequence
+    r = run_cli("import-esm", folder, "-o", tmp_path / "f.h5", "--fasta", fasta)
+    assert r.exit_code == 1 and "long.pt: holds 6 rows; its sequence" in r.stderr and "10 residues" in r.stderr
+    assert not list(tmp_path.glob("f.h5*"))
+
+
+def test_a_length_mismatch_or_a_protein_missing_from_the_fasta_writes_nothing(run_cli, tmp_path, extracted):
+    folder, fasta, _ = extracted
+    fasta.write_text(fasta.read_text().replace("MKVL", "MKVLA"))
+    out = tmp_path / "e.h5"
+    r = run_cli("import-esm", folder, "-o", out, "--fasta", fasta)
+    assert r.exit_code == 1 and "P3.pt: holds 4 rows; its sequence" in r.stderr and r.stderr.count("\n") == 1
+    fasta.write_text(">P1\nMKTAYIAKQR\n")
+    r = run_cli("import-esm", folder, "-o", out, "--fasta", fasta)
+    assert r.exit_code == 1 and "is not in" in r.stderr
+    assert not list(tmp_path.glob("e.h5*")) and not list(tmp_path.glob(".e.h5*"))
+
+
+def test_duplicate_ids_are_refused_naming_both_files(run_cli, tmp_path, extracted):
+    folder, _, arrays = extracted
+    _save(folder, "P1 another description", arrays["P1"][0], arrays["P1"][1])
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and "protein id 'P1'" in r.stderr
+    assert "P1 another description.pt" in r.stderr and "P1 first protein.pt" in r.stderr
+    assert not list(tmp_path.glob("e.h5*"))
+
+
+def test_a_pickle_with_other_objects_is_refused_unread(run_cli, tmp_path, extracted):
+    import argparse
+
+    folder, _, _ = extracted
+    # (an object of a class that weights_only does not allow: fair-esm's own checkpoints hold one)
+    torch.save({"label": "evil", "args": argparse.Namespace(a=1)}, folder / "evil.pt")
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and "evil.pt: not an esm-extract output" in r.stderr
+    assert "never unpickles" in r.stderr and r.stderr.count("\n") == 1
+    (folder / "evil.pt").write_bytes(b"not torch at all")
+    r = run_cli("import-esm", folder / "evil.pt", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and "evil.pt: not an esm-extract output" in r.stderr
+    torch.save([torch.zeros(3)], folder / "evil.pt")
+    r = run_cli("import-esm", folder / "evil.pt", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and "holds a list" in r.stderr
+    assert not list(tmp_path.glob("e.h5*"))
+
+
+def test_missing_representations_layers_and_widths_name_the_file(run_cli, tmp_path, extracted):
+    folder, _, arrays = extracted
+    _save(folder, "P9 means only", None, {2: np.zeros(4)})
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "--per-residue")
+    assert r.exit_code == 1 and "P9 means only.pt: has no 'representations'" in r.stderr
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "--layer", "1", "--per-protein")
+    assert r.exit_code == 1 and "P9 means only.pt: has no layer 1 in 'mean_representations'" in r.stderr
+    (folder / "P9 means only.pt").unlink()
+    _save(folder, "P9 wide", {2: np.zeros((3, 5))}, {2: np.zeros(5)})
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and "P9 wide.pt: holds embeddings of width 5" in r.stderr
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "--layer", "7")
+    assert r.exit_code == 2 and "--layer 7" in r.stderr
+    assert not list(tmp_path.glob("e.h5*"))
+
+
+def test_empty_input_and_stdout_are_refused(run_cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run_cli("import-esm", tmp_path / "empty", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and "holds no .pt files" in r.stderr
+    r = run_cli("import-esm", tmp_path / "empty", "-o", "-")
+    assert r.exit_code == 2 and "cannot go to stdout" in r.stderr
+
+
+def test_an_existing_output_is_refused_without_force(run_cli, tmp_path, extracted):
+    folder, _, _ = extracted
+    out = tmp_path / "e.h5"
+    out.write_bytes(b"keep me")
+    r = run_cli("import-esm", folder, "-o", out)
+    assert r.exit_code == 2 and "exists: give --force" in r.stderr and out.read_bytes() == b"keep me"
+    out.unlink()
+    _ok(run_cli("import-esm", folder, "-o", out))
+    _ok(run_cli("import-esm", folder, "-o", out, "--force", "--per-protein"))
+    assert _read(out)[1]["kinds"] == "per_protein"
+
+
+def test_predict_on_a_pt_file_points_to_import_esm(run_cli, tmp_path, extracted):
+    folder, _, _ = extracted
+    from protrans_cli.errors import InputError
+
+    with pytest.raises(InputError, match="protrans import-esm"):
+        EmbeddingsReader(next(folder.glob("P1*.pt")))
+
+
+# --- the independent reference: esm-extract's own outputs of a tiny ESM-2 ---------------
+
+PROTEINS = ["rare", "one", "lower", "mixed_5", "mixed_20", "mixed_40"]  # ("long": the fixture keeps 8 of its rows)
+
+
+def test_importing_esm_extracts_outputs_gives_what_embed_gives(run_cli, tmp_path):
+    from safetensors.numpy import load_file
+
+    reference = load_file(REFERENCE / "reference.safetensors")
+    folder = tmp_path / "esm_out"
+    for pid in PROTEINS:  # esm-extract --repr_layers 0 1 2 --include per_tok mean
+        _save(folder, pid, {k: reference[f"rows/{pid}/{k}"] for k in range(3)},
+              {k: reference[f"mean/{pid}/{k}"] for k in range(3)})
+    _save(folder, "long", None, {k: reference[f"long_truncated_mean/{k}"] for k in range(3)})
+    model_dir = tmp_path / "esm2_tiny"
+    shutil.copytree(REFERENCE, model_dir, ignore=shutil.ignore_patterns("reference.safetensors", "input.fa", "*.md"))
+    outs = {}
+    for what, args in (("embed", ("embed", REFERENCE / "input.fa", "-m", model_dir, "--device", "cpu", "-j", "1",
+                                  "--max-length", "1022", "--long-policy", "truncate")),
+                       ("import", ("import-esm", folder, "--fasta", REFERENCE / "input.fa")),
+                       ):
+        outs[what] = tmp_path / f"{what}.h5"
+        _ok(run_cli(*args, "--per-protein", "--layer", "0", "--layer", "2", "-o", outs[what]))
+    embedded, embed_attrs, _ = _read(outs["embed"])
+    imported, import_attrs, _ = _read(outs["import"])
+    assert sorted(imported[PER_PROTEIN]) == sorted(embedded[PER_PROTEIN]) == sorted([*PROTEINS, "long"])
+    compared = 0
+    for pid, (vec, meta) in embedded[PER_PROTEIN].items():
+        got, got_meta = imported[PER_PROTEIN][pid]
+        np.testing.assert_allclose(got, vec, atol=1e-5, rtol=0)
+        assert {k: v for k, v in got_meta.items() if k != "computed"} == meta  # id, header, length, checksum, truncated_from
+        compared += 1
+    assert compared == 7 and imported[PER_PROTEIN]["long"][1]["truncated_from"] == 1100
+    same = ("family", "layers", "num_hidden_states", "pooling", "embedding_dim", "storage_dtype", "layout", "kinds",
+            "max_length", "long_policy", "part", "compute_dtype")
+    assert {k: np.asarray(import_attrs[k]).tolist() for k in same} == \
+           {k: np.asarray(embed_attrs[k]).tolist() for k in same}
+    # per residue too, where the fixture holds every row
+    _ok(run_cli("import-esm", folder / "rare.pt", folder / "mixed_40.pt", "--per-residue", "--layer", "-1",
+                "-o", tmp_path / "rows.h5"))
+    rows, _, _ = _read(tmp_path / "rows.h5")
+    for pid in ("rare", "mixed_40"):
+        np.testing.assert_array_equal(rows[PER_RESIDUE][pid][0], reference[f"rows/{pid}/2"])
+
+
+def test_a_failure_while_writing_leaves_no_partial_file(tmp_path, extracted, monkeypatch):
+    from protrans_cli import esm_import
+
+    folder, _, _ = extracted
+    real, calls = esm_import._write_entry, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk went away")
+        return real(*args)
+
+    monkeypatch.setattr(esm_import, "_write_entry", failing)
+    with pytest.raises(OSError, match="disk went away"):
+        esm_import.import_esm(folder, tmp_path / "e.h5")
+    assert len(calls) == 2 and not [p for p in tmp_path.iterdir() if p.name != "esm_out" and p.suffix != ".fa"]
