@@ -20,6 +20,7 @@ class _State:
     records: list = field(default_factory=list)  # open `recording` lists (innermost last)
     held: int = 0  # open recordings that hold their messages back
     names: dict = field(default_factory=dict)  # a path -> what messages call it (`naming`)
+    last_error: str | None = None  # the last `error` line said (for torchrun's summary)
 
 
 state = _State()
@@ -85,7 +86,8 @@ def _named(message: str) -> str:
 
 def error(message: str) -> None:
     """One line, prefixed, on stderr: the form every failure takes."""
-    sys.stderr.write(f"protrans: error: {printable(message)}\n")
+    state.last_error = f"protrans: error: {printable(message)}"
+    sys.stderr.write(f"{state.last_error}\n")
     sys.stderr.flush()
 
 

@@ -128,3 +128,41 @@ def test_embed_ranks_given_the_same_records_in_another_order_are_refused(tmp_pat
     assert proc.returncode != 0
     assert "not started alike: input's ids and sequences (digest)" in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_rank_failing_alone_in_training_leaves_the_others_one_line_and_torchrun_its_message(tmp_path):
+    # Rank 1 meets a bad line in its share of the corpus at step 2: it said so in one line, and
+    # rank 0 then failed in its next all_reduce with gloo's 40-line traceback ("Connection closed
+    # by peer ... GLHF"); torchrun's summary said "To enable traceback see: <url>" for both.
+    wrapper = tmp_path / "rank1_fails.py"
+    wrapper.write_text(
+        f"import os, sys\nsys.path.insert(0, {str(ROOT)!r})\nimport protrans_cli.training.loop as L\n"
+        "from protrans_cli.errors import InputError\n"
+        "step, calls = L.train_step, []\n"
+        "def failing(*a, **k):\n    calls.append(1)\n"
+        "    if os.environ['RANK'] == '1' and len(calls) == 2:\n"
+        "        raise InputError('bad residue', path='shard.txt', line=7)\n"
+        "    return step(*a, **k)\n"
+        "L.train_step = failing\nfrom protrans_cli.cli import main\nsys.argv[0] = 'protrans'\nmain()\n")
+    args = (f"--family bert --corpus {LEARNABLE} --num-steps 4 --max-length 64 --global-batch-size 8 "
+            f"--micro-batch-size 4 -j 1 -o {tmp_path / 'run'}")
+    proc = _torchrun_per_rank(f'exec "$PY" {wrapper} train {args}', timeout=120)
+    assert proc.returncode != 0
+    assert "protrans: error: shard.txt:7: bad residue" in proc.stderr
+    assert "[rank0]: Traceback" not in proc.stderr and "Connection closed by peer" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("protrans: error:")]
+    assert len(lines) <= 2 and all("bad residue" in line or "another process of this torchrun run stopped" in line
+                                   for line in lines), lines
+    # (rank 0 may be stopped by torchrun before its own line; rank 1's is the root cause)
+    assert "traceback : protrans: error: shard.txt:7: bad residue" in proc.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_summary_quotes_each_ranks_error_line(tmp_path):
+    proc = _torchrun_per_rank(f'exec "$PY" -m protrans_cli train --family bert --corpus {LEARNABLE} --num-steps 2 '
+                              f'--global-batch-size 10 --micro-batch-size 4 -j 1 -o {tmp_path / "run"}', timeout=120)
+    assert proc.returncode != 0
+    said = "global batch size 10 is not divisible by micro batch size 4 x 2 process(es)"
+    assert proc.stderr.count(f"traceback : protrans: error: training: {said}") == 2, proc.stderr[-3000:]
+    assert "To enable traceback see" not in proc.stderr

@@ -312,6 +312,7 @@ def main(argv=None):
     _INTERRUPTED.clear()
     _LATE.clear()
     console.state.complete = None
+    console.state.last_error = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
         installed = True
@@ -326,6 +327,8 @@ def main(argv=None):
         _main(console, argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if argv is None and code not in (0, EXIT_INTERRUPTED, 128 + signal.SIGTERM):
+            _tell_torchrun(console.state.last_error)
         h5 = sys.modules.get("protrans_cli.io.h5")
         if argv is None and h5 is not None and h5.abandoned_files():
             # A write failed inside HDF5 and the file was left open: HDF5's own teardown at exit
@@ -351,6 +354,26 @@ def main(argv=None):
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if previous_int is signal.default_int_handler:
                 signal.signal(signal.SIGINT, previous_int)
+
+
+def _tell_torchrun(line: str | None) -> None:
+    """Under torchrun, this process's error line into the file torchrun reads it from
+    (TORCHELASTIC_ERROR_FILE, as torch.distributed.elastic's @record writes it): the summary that
+    ends a failed torchrun run showed, for every rank, "traceback : To enable traceback see:
+    https://pytorch.org/docs/stable/elastic/errors.html" and no error, and its "Root Cause" now
+    names the rank that failed first and its line. Not for a stop by a signal, nor a traceback."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or not line:
+        return
+    import json
+    import time
+
+    try:
+        with open(path, "w") as fh:  # (the "message" object torch's own ErrorHandler writes)
+            json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
+                                                                  "timestamp": str(int(time.time()))}}}, fh)
+    except OSError:  # torchrun's summary without it, as before
+        pass
 
 
 # a group run without a command raises this (a UsageError holding the help page; click 8.2+)

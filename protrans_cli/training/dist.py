@@ -7,6 +7,7 @@ torchrun's own rendezvous flags (see docs/train.md); nothing here is a launcher.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -171,6 +172,37 @@ def same_on_every_rank(values: dict, *, failure: BaseException | None = None, re
     if differences:
         shown = "; ".join(differences[:3]) + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
         raise UsageError(f"the ranks were not started alike: {shown}. {remedy}")
+
+
+# What gloo and NCCL say when a collective's peer process is gone (it failed, or was killed)
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "remote worker crash", "broken pipe",
+              "remote process exited", "communicator was aborted")
+
+
+def peer_gone(exc: BaseException) -> bool:
+    """Whether `exc` is a collective failing because another rank's process stopped."""
+    import torch.distributed as tdist
+
+    if isinstance(exc, getattr(tdist, "DistNetworkError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(words in str(exc).lower() for words in _PEER_GONE)
+
+
+@contextlib.contextmanager
+def peers_stopping(what: str):
+    """Under torchrun, a rank that failed on its own (a bad line in its share of the corpus, out of
+    memory) said so in one line and left; the others then failed in their next collective with
+    gloo's traceback ("Connection closed by peer ... GLHF"), forty lines after, and burying, the
+    real error. Here they say so in one line (exit 1); --debug shows the collective's error."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not (_info.initialised and _info.world_size > 1 and peer_gone(exc)):
+            raise
+        from protrans_cli.errors import RuntimeFailure
+
+        raise RuntimeFailure(f"rank {_info.rank}: another process of this torchrun run stopped (its error is "
+                             f"above, or in its node's log); {what}") from exc
 
 
 def cleanup() -> None:

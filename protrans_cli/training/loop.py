@@ -239,10 +239,11 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     console.warn(f"{config.output_dir}: no checkpoint yet, so --resume starts the run "
                                  "from step 0")
                 resume = None
-            run = build_run(config, info, family, resume=resume)
-            run.given.update(saved_as or {})
-            with StopRequest() as stop:
-                return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
+            with dist.peers_stopping("this one stopped too"):
+                run = build_run(config, info, family, resume=resume)
+                run.given.update(saved_as or {})
+                with StopRequest() as stop:
+                    return _loop(run, resume, stop, accept_corpus_change=accept_corpus_change)
     finally:
         dist.cleanup()
 
