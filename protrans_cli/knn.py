@@ -1,0 +1,320 @@
+"""Nearest neighbours in embedding space, and annotation transfer by them (EAT, goPredSim).
+
+    result = nearest("query.h5", "swissprot.h5", k=1)            # ids, distances
+    knn("query.h5", "swissprot.h5", "hits.tsv", labels="swissprot_loc.fasta")
+
+A query protein's neighbours are the reference proteins whose per-protein vectors lie closest to
+its own: Euclidean distance (the embedding-based annotation transfer of Littmann et al. 2021 and
+Heinzinger et al. 2022 with ProtT5) or cosine distance (1 - cosine similarity). The reference
+is held in memory as float32 (N x D: 570,000 Swiss-Prot proteins at 1024-d are 2.3 GB); queries
+are compared with it a slice at a time, so the distances held are bounded (QUERY_SLICE x
+REFERENCE_SLICE). Distances come from one matrix product (|q|^2 + |r|^2 - 2 q.r), which loses
+digits for near neighbours; the best k + MARGIN candidates of every query are measured again
+exactly (in float64, from the vectors) and ranked by those distances, ties by reference order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protrans_cli import console
+from protrans_cli.errors import InputError, ModelError, UsageError, expect_path
+from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader
+
+METRICS = ("euclidean", "cosine")
+QUERY_SLICE = 1024
+REFERENCE_SLICE = 16384
+MARGIN = 8  # candidates beyond k measured exactly (a near tie the product misordered)
+# DeepLoc's membrane label `U` means unknown (fit leaves it out): never a label to score against
+UNKNOWN = {"deeploc": {"membrane": {"U"}}}
+
+
+@dataclass
+class Neighbours:
+    query_ids: list[str]
+    reference_ids: list[str]
+    index: np.ndarray      # (Q, k) int64 positions in reference_ids; -1 where fewer than k exist
+    distance: np.ndarray   # (Q, k) float64; nan where index is -1
+    metric: str = "euclidean"
+
+
+@dataclass
+class Transfer:
+    """What knn() did: the neighbours, the columns transferred and the scores (with `score`)."""
+
+    neighbours: Neighbours
+    columns: list[str] = field(default_factory=list)
+    scores: dict = field(default_factory=dict)  # column -> metrics dict (heads.metrics.evaluate)
+
+
+def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, EmbeddingsReader]:
+    """(ids, (N, D) float32) of a file's per-protein vectors at `layer`."""
+    from protrans_cli.heads.data import stored_layer_index
+
+    with EmbeddingsReader(path) as reader:
+        if PER_PROTEIN not in reader.kinds:
+            raise InputError(f"{what}: holds per-residue embeddings only; knn compares per-protein vectors "
+                             "(embed with --per-protein, or without --per-residue)", path=str(path))
+        ids, matrix = reader.matrix(PER_PROTEIN)
+        attrs = dict(reader.attrs)
+        if matrix.ndim == 3:  # several layers stored: (N, n_layers, D)
+            matrix = matrix[:, stored_layer_index(reader, layer), :]
+        elif layer != -1:
+            stored_layer_index(reader, layer)  # (one layer stored: the one asked for, or an error naming it)
+    if matrix.ndim != 2:
+        raise InputError(f"{what}: per-protein vectors of shape {matrix.shape[1:]}, not (D,)", path=str(path))
+    vectors = np.ascontiguousarray(matrix, dtype=np.float32)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise InputError(f"{what}: {int(bad.sum())} protein(s) have NaN or infinite values (first: "
+                         f"{ids[int(np.flatnonzero(bad)[0])]})", path=str(path))
+    return ids, vectors, attrs
+
+
+def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: bool) -> None:
+    from protrans_cli.embed import same_model
+
+    q_model, r_model = q_attrs.get("model"), r_attrs.get("model")
+    if q_model and r_model and not same_model(str(q_model), str(r_model)):
+        message = (f"queries come from model {q_model!r}, the reference from {r_model!r}: their distances mean "
+                   "nothing")
+        if not allow:
+            raise ModelError(message + " (--allow-model-mismatch overrides)", path=str(query))
+        console.warn(f"{query}: {message}")
+
+
+def nearest(query, reference, *, k: int = 1, metric: str = "euclidean", layer: int = -1,
+            exclude_self: bool = False, allow_model_mismatch: bool = False, threads: int | None = None) -> Neighbours:
+    """The k nearest reference proteins of every query protein (per-protein vectors of two
+    embeddings files, or one file given twice with `exclude_self`)."""
+    q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
+    return _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads)
+
+
+def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch: bool):
+    """(query ids, query vectors, reference ids, reference vectors), checked, unit length for cosine."""
+    for name, value in (("query", query), ("reference", reference)):
+        expect_path(value, name)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise UsageError(f"-k must be at least 1, got {k!r}")
+    if metric not in METRICS:
+        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    ref_ids, ref, r_attrs = _vectors(reference, layer, "reference")
+    q_ids, q, q_attrs = _vectors(query, layer, "query")
+    if not len(ref_ids):
+        raise InputError("reference: holds no proteins", path=str(reference))
+    if q.shape[1] != ref.shape[1]:
+        raise ModelError(f"queries are {q.shape[1]}-d, the reference {ref.shape[1]}-d {reference}: embed both with "
+                         "one model and layer", path=str(query))
+    _check_same_model(query, reference, q_attrs, r_attrs, allow_model_mismatch)
+    if metric == "cosine":
+        for m, path in ((q, query), (ref, reference)):
+            zero = ~m.any(axis=1)
+            if zero.any():
+                raise InputError(f"a vector of length 0 has no direction (cosine): {int(zero.sum())} protein(s)",
+                                 path=str(path))
+    return q_ids, q, ref_ids, ref
+
+
+def _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads) -> Neighbours:
+    import torch
+
+    from protrans_cli.threads import resolve_threads
+
+    position = {ident: i for i, ident in enumerate(ref_ids)} if exclude_self else None
+    with _torch_threads(torch, resolve_threads(threads)):
+        index, distance = _search(torch, q, ref, k, metric, [position.get(i, -1) for i in q_ids] if position else None)
+    return Neighbours(list(q_ids), list(ref_ids), index, distance, metric)
+
+
+class _torch_threads:
+    def __init__(self, torch, n: int):
+        self.torch, self.n = torch, n
+
+    def __enter__(self):
+        self.before = self.torch.get_num_threads()
+        self.torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        self.torch.set_num_threads(self.before)
+
+
+def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: list[int] | None):
+    n_ref = len(ref)
+    keep = min(k + MARGIN + (1 if own else 0), n_ref)
+    R = torch.from_numpy(ref)
+    r_norm = (R * R).sum(1)
+    # cosine: the vectors as they are, scaled by 1 / length (in float64, for the exact pass too)
+    r_inv = 1.0 / np.linalg.norm(ref.astype(np.float64), axis=1) if metric == "cosine" else None
+    r_inv32 = torch.from_numpy(r_inv.astype(np.float32)) if r_inv is not None else None
+    index = np.full((len(q), k), -1, dtype=np.int64)
+    distance = np.full((len(q), k), np.nan, dtype=np.float64)
+    ref64 = ref.astype(np.float64) if n_ref * ref.shape[1] <= 1 << 27 else None  # (exact pass, <= 1 GiB)
+    for start in range(0, len(q), QUERY_SLICE):
+        Q = torch.from_numpy(q[start:start + QUERY_SLICE])
+        q_norm = (Q * Q).sum(1, keepdim=True)
+        queries = q[start:start + QUERY_SLICE].astype(np.float64)
+        q_inv = 1.0 / np.linalg.norm(queries, axis=1) if metric == "cosine" else None
+        best_d = best_i = None
+        for r0 in range(0, n_ref, REFERENCE_SLICE):
+            block = R[r0:r0 + REFERENCE_SLICE]
+            if metric == "euclidean":
+                d = q_norm + r_norm[r0:r0 + REFERENCE_SLICE] - 2 * (Q @ block.T)
+            else:
+                d = 1 - (Q @ block.T) * torch.from_numpy(q_inv.astype(np.float32))[:, None] \
+                    * r_inv32[r0:r0 + REFERENCE_SLICE]
+            take = min(keep, d.shape[1])
+            d_top, i_top = torch.topk(d, take, dim=1, largest=False)
+            i_top = i_top + r0
+            if best_d is not None:
+                d_top, i_top = torch.cat([best_d, d_top], 1), torch.cat([best_i, i_top], 1)
+                d_top, order = torch.topk(d_top, min(keep, d_top.shape[1]), dim=1, largest=False)
+                i_top = torch.gather(i_top, 1, order)
+            best_d, best_i = d_top, i_top
+        candidates = best_i.numpy()
+        for row, cand in enumerate(candidates):
+            if own is not None and own[start + row] >= 0:
+                cand = cand[cand != own[start + row]]
+            vectors = ref64[cand] if ref64 is not None else ref[cand].astype(np.float64)
+            if metric == "euclidean":
+                exact = np.sqrt(((vectors - queries[row]) ** 2).sum(1))
+            else:
+                exact = np.maximum(1.0 - (vectors @ queries[row]) * r_inv[cand] * q_inv[row], 0.0)
+            order = np.lexsort((cand, exact))[:k]  # by distance, ties by reference order
+            index[start + row, :len(order)] = cand[order]
+            distance[start + row, :len(order)] = exact[order]
+    return index, distance
+
+
+def _reference_labels(labels, label_format: str, ref_ids: list[str]) -> tuple[list[str], dict, dict]:
+    """(columns, id -> {column: label}, column -> labels meaning unknown) of a per-protein label file."""
+    from protrans_cli.heads.labels import read_labels
+
+    label_set = read_labels(labels, label_format)
+    per_residue = {"netsurfp", "pisces", "flip"}
+    if label_set.format in per_residue:
+        raise InputError(f"holds per-residue labels ({label_set.format}); knn transfers a label per protein "
+                         "(a DeepLoc FASTA, an id,label table, FLIP CSV)", path=str(labels))
+    columns: list[str] = []
+    by_id: dict[str, dict] = {}
+    for record in label_set.records:
+        by_id[record.id] = dict(record.labels)
+        for name in record.labels:
+            if name not in columns:
+                columns.append(name)
+    unlabelled = sum(1 for i in ref_ids if i not in by_id)
+    if unlabelled == len(ref_ids):
+        raise InputError(f"labels none of the reference's {len(ref_ids):,} proteins (ids such as "
+                         f"{ref_ids[0]!r}; the file's: {label_set.records[0].id if label_set.records else 'none'!r})",
+                         path=str(labels))
+    if unlabelled:
+        console.info(f"{labels}: {unlabelled:,} of the reference's {len(ref_ids):,} proteins have no label (an "
+                     "empty column where one is a neighbour)")
+    return columns, by_id, UNKNOWN.get(label_set.format, {})
+
+
+def _vote(labels: list[str | None]) -> str | None:
+    """The label most of the neighbours (in rank order) carry; a tie goes to the nearer."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        if label is not None:
+            counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        return None
+    top = max(counts.values())
+    return next(label for label in labels if label is not None and counts[label] == top)
+
+
+def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", layer: int = -1,
+        exclude_self: bool = False, labels=None, label_format: str = "auto", score=None,
+        allow_model_mismatch: bool = False, threads: int | None = None, n_bootstrap: int = 1000) -> Transfer:
+    """Write the k nearest reference proteins of every query as TSV (query, rank, neighbour,
+    distance, and the neighbour's label columns with `labels`); with `score` (the queries'
+    labels) score the labels transferred (the vote of the k neighbours) per column."""
+    from protrans_cli.heads.fit import check_resamples
+    from protrans_cli.heads.metrics import summary_line
+    from protrans_cli.io.files import atomic_output
+
+    if score is not None and labels is None:
+        raise UsageError("--score compares the labels transferred from the reference: give the reference's --labels")
+    check_resamples(n_bootstrap, "--bootstrap")
+    q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
+    columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format, ref_ids)
+    truth = None if score is None else _query_labels(score, label_format, q_ids)
+    result = _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads)
+    if labels is not None:
+        console.info(f"transferring {', '.join(columns)} from {labels}")
+    transfer = Transfer(result, columns)
+    with atomic_output(output) as stream:
+        stream.write(("\t".join(["query", "rank", "neighbour", "distance", *columns]) + "\n").encode())
+        for qi, ident in enumerate(result.query_ids):
+            lines = []
+            for rank in range(k):
+                ri = int(result.index[qi, rank])
+                if ri < 0:
+                    break
+                neighbour = result.reference_ids[ri]
+                found = by_id.get(neighbour, {})
+                lines.append("\t".join([_cell(ident), str(rank + 1), _cell(neighbour),
+                                        f"{result.distance[qi, rank]:.6g}",
+                                        *(_cell(found.get(c, "")) for c in columns)]))
+            stream.write(("\n".join(lines) + "\n").encode() if lines else b"")
+    if truth is not None:
+        truth, unknown_there = truth
+        for column in columns:
+            skip = unknown.get(column, set()) | unknown_there.get(column, set())
+            # Where some reference proteins have no label of this column (DeepLoc's membrane `U`),
+            # the label comes from the nearest ones that have one.
+            known = np.array([by_id.get(r, {}).get(column) not in (None, *skip) for r in ref_ids])
+            found = result if known.all() else _neighbours(
+                q_ids, q, [r for r, ok in zip(ref_ids, known) if ok], ref[known], k, metric, exclude_self, threads)
+            transfer.scores[column] = _score_column(found, column, by_id, skip, truth, n_bootstrap)
+            console.info(summary_line("transfer", column, transfer.scores[column]))
+    console.info(f"knn: {console.counted(len(result.query_ids), 'query protein')} against "
+                 f"{console.counted(len(result.reference_ids), 'reference protein')} ({metric}, k {k})"
+                 + (f" into {output}" if str(output) != "-" else ""))
+    return transfer
+
+
+def _cell(text: str) -> str:
+    """A TSV field: a tab or line break inside (a header attribute, a label) would split the row."""
+    return str(text).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+def _query_labels(score, label_format: str, q_ids: list[str]) -> tuple[dict, dict]:
+    """(id -> labels, column -> labels meaning unknown) of the queries' label file."""
+    from protrans_cli.heads.labels import read_labels
+
+    truth_set = read_labels(score, label_format)
+    truth = {r.id: r.labels for r in truth_set.records}
+    missing = sum(1 for i in q_ids if i not in truth)
+    if missing == len(q_ids):
+        raise InputError(f"labels none of the {len(q_ids):,} queries (ids such as {q_ids[0]!r})" if q_ids
+                         else "the query file holds no proteins", path=str(score))
+    if missing:
+        console.info(f"{score}: {missing:,} of the {len(q_ids):,} queries have no label and are not scored")
+    return truth, UNKNOWN.get(truth_set.format, {})
+
+
+def _score_column(result: Neighbours, column: str, by_id: dict, skip: set, truth: dict, n_bootstrap: int) -> dict:
+    from protrans_cli.heads.metrics import evaluate
+
+    true_labels, predicted = [], []
+    for qi, ident in enumerate(result.query_ids):
+        value = truth.get(ident, {}).get(column)
+        if value is None or value in skip:
+            continue
+        votes = [by_id.get(result.reference_ids[int(ri)], {}).get(column) for ri in result.index[qi] if ri >= 0]
+        predicted.append(_vote(votes))
+        true_labels.append(value)
+    if not true_labels:
+        return {"metric": "accuracy", "n": 0, "n_proteins": 0, "accuracy": math.nan}
+    classes = sorted(set(true_labels) | {p for p in predicted if p is not None})
+    code = {c: i for i, c in enumerate(classes)}
+    # (no neighbour at all: counted wrong, as a class of its own)
+    return evaluate([np.array([code[t]]) for t in true_labels],
+                    [np.array([code[p] if p is not None else len(classes)]) for p in predicted],
+                    classes + ["(none)"], metric="accuracy", n_boot=n_bootstrap)

@@ -1,0 +1,181 @@
+"""`protrans knn`: nearest neighbours of per-protein vectors against a brute-force reference
+(every distance in float64 with numpy), label transfer and its score, and the refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protrans_cli.errors import InputError, ModelError, UsageError
+from protrans_cli.io.h5 import EmbeddingsWriter
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def _write(path, vectors, ids=None, *, layout="grouped", model="onehot", residues=False):
+    ids = ids or [f"p{i:03d}" for i in range(len(vectors))]
+    rng = np.random.default_rng(len(vectors))
+    kinds = ("per_residue",) if residues else ("per_protein",)
+    with EmbeddingsWriter(path, kinds=kinds, layout=layout, attrs={"model": model}) as w:
+        for ident, v in zip(ids, vectors):
+            seq = "".join(rng.choice(list(AA), 8))
+            if residues:
+                w.write(ident, ident, seq, per_residue=np.tile(v, (8, 1)).astype(np.float32))
+            else:
+                w.write(ident, ident, seq, per_protein=np.asarray(v, dtype=np.float32))
+    return ids
+
+
+def _brute(q, r, k, metric, exclude=None):
+    q, r = q.astype(np.float64), r.astype(np.float64)
+    if metric == "cosine":
+        d = np.maximum(1 - (q @ r.T) / np.linalg.norm(q, axis=1)[:, None] / np.linalg.norm(r, axis=1)[None, :], 0)
+    else:
+        d = np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).sum(-1))
+    if exclude is not None:
+        d[exclude] = np.inf
+    index = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return index, np.take_along_axis(d, index, 1)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_neighbours_equal_a_brute_force_search(tmp_path, monkeypatch, metric, layout):
+    """Slices smaller than the sets (so the running top-k is merged across reference slices and
+    queries come in several slices) give every query the brute force's neighbours and distances."""
+    from protrans_cli import knn as knn_module
+
+    monkeypatch.setattr(knn_module, "QUERY_SLICE", 7)
+    monkeypatch.setattr(knn_module, "REFERENCE_SLICE", 11)
+    rng = np.random.default_rng(0)
+    q, r = rng.normal(size=(23, 16)), rng.normal(size=(60, 16)) + 0.3
+    q_ids = _write(tmp_path / "q.h5", q, layout=layout)
+    r_ids = _write(tmp_path / "r.h5", r, [f"r{i:02d}" for i in range(60)], layout=layout)
+    found = knn_module.nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=4, metric=metric, threads=1)
+    index, distance = _brute(q.astype(np.float32), r.astype(np.float32), 4, metric)
+    assert found.query_ids == q_ids and found.reference_ids == r_ids
+    assert np.array_equal(found.index, index)
+    np.testing.assert_allclose(found.distance, distance, rtol=1e-9, atol=1e-12)
+
+
+def test_exclude_self_is_leave_one_out_and_ties_go_to_the_earlier_reference(tmp_path):
+    from protrans_cli.knn import nearest
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(30, 8))
+    v[7] = v[3]  # a twin: each other's neighbour at distance 0
+    v[12] = v[3]
+    _write(tmp_path / "a.h5", v)
+    found = nearest(tmp_path / "a.h5", tmp_path / "a.h5", k=2, exclude_self=True, threads=1)
+    index, distance = _brute(v.astype(np.float32), v.astype(np.float32), 2, "euclidean", np.eye(30, dtype=bool))
+    assert np.array_equal(found.index, index)
+    assert found.index[3].tolist() == [7, 12] and found.index[7].tolist() == [3, 12]  # ties: reference order
+    assert found.distance[3].tolist() == [0.0, 0.0]
+    plain = nearest(tmp_path / "a.h5", tmp_path / "a.h5", k=1, threads=1)
+    assert plain.index[5, 0] == 5 and plain.distance[5, 0] == 0.0
+
+
+def test_fewer_reference_proteins_than_k(tmp_path, run_cli):
+    _write(tmp_path / "q.h5", np.eye(3))
+    _write(tmp_path / "r.h5", np.eye(3)[:2], ["a", "b"])
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "-k", "5")
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert rows[0] == ["query", "rank", "neighbour", "distance"]
+    assert [row[:3] for row in rows[1:3]] == [["p000", "1", "a"], ["p000", "2", "b"]] and len(rows) == 7
+
+
+def test_labels_are_transferred_and_scored(tmp_path, run_cli):
+    """Three clusters, each with its own location; DeepLoc's membrane `U` (unknown) is never a
+    label transferred for scoring: the nearest neighbour with M or S gives it."""
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(3, 12)) * 5
+    locs = ["Nucleus", "Cytoplasm", "Extracellular"]
+    ref = [centres[i % 3] + rng.normal(size=12) * 0.1 for i in range(30)]
+    queries = [centres[i % 3] + rng.normal(size=12) * 0.1 for i in range(9)]
+    _write(tmp_path / "r.h5", ref, [f"r{i}" for i in range(30)])
+    _write(tmp_path / "q.h5", queries, [f"q{i}" for i in range(9)])
+    # reference: every protein of cluster 0 but r0 has membrane U
+    (tmp_path / "r.fasta").write_text("".join(
+        f">r{i} {locs[i % 3]}-{'U' if i % 3 == 0 and i else 'M' if i % 3 == 0 else 'S'}\nMKV\n" for i in range(30)))
+    # queries: the last one's true location is wrong on purpose (one miss of nine)
+    (tmp_path / "q.fasta").write_text("".join(
+        f">q{i} {locs[i % 3] if i < 8 else locs[0]}-{'M' if i % 3 == 0 else 'S'}\nMKV\n" for i in range(9)))
+    out = tmp_path / "hits.tsv"
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "--labels", tmp_path / "r.fasta",
+                "--score", tmp_path / "q.fasta", "--bootstrap", "50", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert rows[0] == ["query", "rank", "neighbour", "distance", "loc", "membrane"] and len(rows) == 10
+    for row in rows[1:]:
+        assert int(row[2][1:]) % 3 == int(row[0][1:]) % 3  # the neighbour is of the query's cluster
+        assert row[4] == locs[int(row[0][1:]) % 3]
+    assert "transfer loc: accuracy 0.8889" in r.stderr and ", 9 proteins" in r.stderr
+    assert "transfer membrane: accuracy 1.0000" in r.stderr  # (cluster 0's only M protein, r0, gave it)
+
+    from protrans_cli.knn import knn
+
+    result = knn(tmp_path / "q.h5", tmp_path / "r.h5", tmp_path / "x.tsv", labels=tmp_path / "r.fasta",
+                 score=tmp_path / "q.fasta", n_bootstrap=50, k=3)
+    assert result.scores["loc"]["accuracy"] == pytest.approx(8 / 9)
+    assert result.columns == ["loc", "membrane"]
+
+
+def test_vote_of_k_neighbours_ties_to_the_nearer():
+    from protrans_cli.knn import _vote
+
+    assert _vote(["A", "B", "B"]) == "B"
+    assert _vote(["A", "B", "B", "A"]) == "A"
+    assert _vote([None, "B", "A"]) == "B"
+    assert _vote([None, None]) is None
+
+
+def test_refusals(tmp_path, run_cli):
+    _write(tmp_path / "q.h5", np.eye(4))
+    _write(tmp_path / "r.h5", np.eye(4), ["a", "b", "c", "d"])
+    _write(tmp_path / "r5.h5", np.eye(5), model="onehot")
+    _write(tmp_path / "other.h5", np.eye(4), ["a", "b", "c", "d"], model="esm2_t6_8M")
+    _write(tmp_path / "res.h5", np.eye(4), residues=True)
+    base = ("knn", tmp_path / "q.h5", "--reference")
+    r = run_cli(*base, tmp_path / "r5.h5")
+    assert r.exit_code == 1 and "queries are 4-d, the reference 5-d" in r.stderr
+    r = run_cli(*base, tmp_path / "other.h5")
+    assert r.exit_code == 1 and "--allow-model-mismatch overrides" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(*base, tmp_path / "other.h5", "--allow-model-mismatch")
+    assert r.exit_code == 0 and "warning" in r.stderr
+    r = run_cli(*base, tmp_path / "res.h5")
+    assert r.exit_code == 1 and "per-residue embeddings only" in r.stderr
+    r = run_cli(*base, tmp_path / "r.h5", "--score", tmp_path / "q.h5")
+    assert r.exit_code == 2 and "give the reference's --labels" in r.stderr
+    r = run_cli(*base, tmp_path / "r.h5", "-k", "0")
+    assert r.exit_code == 2 and "-k must be at least 1" in r.stderr
+    (tmp_path / "l.csv").write_text("id,label\nx,A\ny,B\n")
+    r = run_cli(*base, tmp_path / "r.h5", "--labels", tmp_path / "l.csv", "-o", tmp_path / "out.tsv")
+    assert r.exit_code == 1 and "labels none of the reference's 4 proteins" in r.stderr
+    assert not (tmp_path / "out.tsv").exists()
+    (tmp_path / "ss.csv").write_text("input, dssp3, dssp8, disorder\nM K V, C C C, C C C, 1.0 1.0 1.0\n")
+    r = run_cli(*base, tmp_path / "r.h5", "--labels", tmp_path / "ss.csv")
+    assert r.exit_code == 1 and "per-residue labels" in r.stderr
+    zero = tmp_path / "zero.h5"
+    _write(zero, np.zeros((2, 4)))
+    r = run_cli("knn", zero, "--reference", tmp_path / "r.h5", "--metric", "cosine")
+    assert r.exit_code == 1 and "has no direction" in r.stderr
+    with pytest.raises(UsageError):
+        from protrans_cli.knn import nearest
+        nearest(tmp_path / "q.h5", tmp_path / "r.h5", metric="manhattan")
+    with pytest.raises((InputError, ModelError)):
+        nearest(tmp_path / "q.h5", tmp_path / "r5.h5")
+
+
+def test_a_layer_of_several(tmp_path):
+    from protrans_cli.knn import nearest
+
+    path = tmp_path / "layers.h5"
+    with EmbeddingsWriter(path, kinds=("per_protein",), attrs={"layers": [-1, -2], "model": "m"}) as w:
+        for i in range(4):
+            w.write(f"p{i}", f"p{i}", "MKV", per_protein=np.stack([np.eye(4)[i], np.eye(4)[3 - i]]).astype(np.float32))
+    assert nearest(path, path, layer=-1, exclude_self=True).index[:, 0].tolist() == [1, 0, 0, 0]
+    found = nearest(path, path, layer=-2, k=1)
+    assert found.index[:, 0].tolist() == [0, 1, 2, 3] and found.distance.max() == 0
+    with pytest.raises(InputError, match="not layer -3"):
+        nearest(path, path, layer=-3)
