@@ -67,7 +67,8 @@ def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, Embedd
     if matrix.ndim != 2:
         raise InputError(f"{what}: per-protein vectors of shape {matrix.shape[1:]}, not (D,)", path=str(path))
     vectors = np.ascontiguousarray(matrix, dtype=np.float32)
-    bad = ~np.isfinite(vectors).all(axis=1)
+    bad = np.concatenate([~np.isfinite(vectors[i:i + 65536]).all(axis=1) for i in range(0, len(vectors), 65536)]
+                         or [np.zeros(0, dtype=bool)])
     if bad.any():
         raise InputError(f"{what}: {int(bad.sum())} protein(s) have NaN or infinite values (first: "
                          f"{ids[int(np.flatnonzero(bad)[0])]})", path=str(path))
@@ -146,16 +147,15 @@ def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: lis
     n_ref = len(ref)
     keep = min(k + MARGIN + (1 if own else 0), n_ref)
     R = torch.from_numpy(ref)
-    r_norm = (R * R).sum(1)
+    r_norm = torch.from_numpy(np.einsum("ij,ij->i", ref, ref))  # ((R * R) held a copy of the reference)
     # cosine: the vectors as they are, scaled by 1 / length (in float64, for the exact pass too)
     r_inv = 1.0 / np.linalg.norm(ref.astype(np.float64), axis=1) if metric == "cosine" else None
     r_inv32 = torch.from_numpy(r_inv.astype(np.float32)) if r_inv is not None else None
     index = np.full((len(q), k), -1, dtype=np.int64)
     distance = np.full((len(q), k), np.nan, dtype=np.float64)
-    ref64 = ref.astype(np.float64) if n_ref * ref.shape[1] <= 1 << 27 else None  # (exact pass, <= 1 GiB)
     for start in range(0, len(q), QUERY_SLICE):
         Q = torch.from_numpy(q[start:start + QUERY_SLICE])
-        q_norm = (Q * Q).sum(1, keepdim=True)
+        q_norm = torch.from_numpy(np.einsum("ij,ij->i", q[start:start + QUERY_SLICE], q[start:start + QUERY_SLICE]))[:, None]
         queries = q[start:start + QUERY_SLICE].astype(np.float64)
         q_inv = 1.0 / np.linalg.norm(queries, axis=1) if metric == "cosine" else None
         best_d = best_i = None
@@ -178,7 +178,7 @@ def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: lis
         for row, cand in enumerate(candidates):
             if own is not None and own[start + row] >= 0:
                 cand = cand[cand != own[start + row]]
-            vectors = ref64[cand] if ref64 is not None else ref[cand].astype(np.float64)
+            vectors = ref[cand].astype(np.float64)
             if metric == "euclidean":
                 exact = np.sqrt(((vectors - queries[row]) ** 2).sum(1))
             else:
