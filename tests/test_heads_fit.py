@@ -3645,3 +3645,56 @@ def test_an_interrupted_cross_validation_resumes_to_the_same_head(loc_data, tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert parts.metrics == whole.metrics
     assert not partial_path(out).exists()
+
+
+def test_folds_keep_a_test_set_named_cv_apart_report_each_fold_and_say_valid_fraction_is_unused(run_cli, loc_data,
+                                                                                                  tmp_path):
+    """A --test whose labels are cv.fasta took the name "cv" and replaced the cross-validation's
+    scores in metrics.json and metrics/cv.json; --valid-fraction was ignored without a word;
+    metrics/cv.json gives each fold's own score beside the pooled one."""
+    for suffix in ("h5", "fasta"):
+        (tmp_path / f"cv.{suffix}").write_bytes((loc_data / f"test.{suffix}").read_bytes())
+    head = tmp_path / "head"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--test", tmp_path / "cv.h5", tmp_path / "cv.fasta", "--folds", "3", "--valid-fraction", "0.3",
+                "--max-epochs", "5", "-j", "1", "--bootstrap", "20", "--no-plots", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "--valid-fraction does nothing with --folds" in r.stderr
+    summary = json.loads((head / "metrics.json").read_text())
+    assert list(summary) == ["cv", "cv-2"]
+    assert summary["cv"]["loc"]["n_proteins"] == 150 and summary["cv-2"]["loc"]["n_proteins"] == 45
+    cv = json.loads((head / "metrics" / "cv.json").read_text())["outputs"]
+    assert json.loads((head / "metrics" / "cv-2.json").read_text())["outputs"]["loc"]["n_proteins"] == 45
+    for output in ("loc", "membrane"):
+        folds = cv[output]["folds"]
+        assert [f["fold"] for f in folds] == [0, 1, 2] and sum(f["n"] for f in folds) == cv[output]["n"]
+        pooled = sum(f["accuracy"] * f["n"] for f in folds) / cv[output]["n"]
+        assert pooled == pytest.approx(cv[output]["accuracy"])
+    assert re.search(r"cv loc: Q10 per fold \d\.\d{4}, \d\.\d{4}, \d\.\d{4}", r.stderr)
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--valid-fraction", "0.3", "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "--no-plots",
+                "-o", tmp_path / "plain")
+    assert r.exit_code == 0 and "--valid-fraction does nothing" not in r.stderr, r.stderr
+
+
+def test_folds_group_identical_sequences_of_a_file_without_checksums(loc_data, tmp_path):
+    """An embeddings file of another tool stores no sequence checksums: the label records'
+    sequences group the proteins instead (two records of one sequence were split over the folds,
+    19 of 30 here, each scored by a member trained on its twin)."""
+    with EmbeddingsReader(loc_data / "train.h5") as reader:
+        rows = {attrs["id"]: np.asarray(x) for _, x, attrs in reader.items("per_protein")}
+    lines = (loc_data / "train.fasta").read_text().splitlines()
+    records = list(zip(lines[::2], lines[1::2]))
+    emb, fasta = tmp_path / "plain.h5", tmp_path / "plain.fasta"
+    with h5py.File(emb, "w") as f, open(fasta, "w") as fh:
+        for header, seq in records + [(">twin" + h[1:], s) for h, s in records[:30]]:
+            ident = header[1:].split()[0]
+            f.create_dataset(ident, data=rows[ident.removeprefix("twin")])
+            fh.write(f"{header}\n{seq}\n")
+    result = fit(FitConfig(task="loc", folds=3, max_epochs=1, threads=1, n_bootstrap=10, plots=False), emb, fasta,
+                 tmp_path / "head")
+    config = json.loads((result.head_dir / "config.json").read_text())["training"]
+    assert "proteins of one sequence in one fold" in config["validation"]
+    fold_of = {i: k for k, fold in enumerate(config["folds"]) for i in fold}
+    assert len(fold_of) == 180
+    assert all(fold_of[i] == fold_of[i.removeprefix("twin")] for i in fold_of if i.startswith("twin"))

@@ -111,9 +111,15 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
     protrans fit ss3 --embeddings train.h5 --labels Train_HHblits.csv.gz \\
         --test cb513.h5 CB513_HHblits.csv -o heads/ss3
     """
+    from click.core import ParameterSource
+
+    from protrans_cli import console
     from protrans_cli.heads.fit import FitConfig, fit, partial_path
 
     _warn_unused(ctx, task, architecture)
+    if folds is not None and ctx.get_parameter_source("valid_fraction") is ParameterSource.COMMANDLINE:
+        # (silently ignored: each fold is validated in turn, none held out)
+        console.warn("--valid-fraction does nothing with --folds (member k is validated on fold k): ignored")
     config = FitConfig(task=task, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
                        max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
                        ensemble=ensemble, folds=folds, seed=seed, valid_fraction=valid_fraction, architecture=architecture,

@@ -46,6 +46,9 @@ class Matched:
     length: int  # residues
     targets: dict  # output -> (L,) int64 per residue, or int per protein
     checksum: str | None = None  # the sequence checksum embed stored with it (None: a file without)
+    # the checksum of the label record's own sequence, where it gives one (fit's folds and
+    # hold-out group identical sequences by it in a file that stores no checksums)
+    label_checksum: str | None = None
 
 
 @dataclass
@@ -116,6 +119,17 @@ class MatchReport:
             parts.append(f"{len(self.truncated)} that embed truncated (--long-policy truncate; residues kept "
                          f"of all: {some_ids(self.truncated)})")
         return "; ".join(parts)
+
+
+def _label_checksum(record) -> str | None:
+    """The checksum of a label record's sequence as embed stores it (normalised, rare residues
+    kept; as read where normalising refuses it), or None for a record without one."""
+    if record.sequence is None:
+        return None
+    try:
+        return sequence_checksum(normalise(record.sequence, rare="keep"))
+    except SequenceRejected:
+        return sequence_checksum(record.sequence)
 
 
 def _checksums(sequence: str) -> list[str]:
@@ -282,7 +296,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
                 continue
             report.truncated_used.append(f"{record.id} ({length} of {cut})")
             taken.add(key)
-            matched.append(Matched(record.id, key, length or 0, targets, stored))
+            matched.append(Matched(record.id, key, length or 0, targets, stored, _label_checksum(record)))
             continue
         if record.sequence is not None and not via_checksum and stored is not None:
             if stored not in _checksums(record.sequence):
@@ -301,7 +315,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
             length = label_length or 0
         report.by_checksum += via_checksum
         taken.add(key)
-        matched.append(Matched(record.id, key, length, targets, stored))
+        matched.append(Matched(record.id, key, length, targets, stored, _label_checksum(record)))
     report.matched = len(matched)
     # (the keys of records without a label are said so here, not again as "no label in FILE")
     # (a protein whose labels were refused as truncated or of another length has a label: it is

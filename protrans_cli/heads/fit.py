@@ -389,7 +389,9 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
         data, name, test_report = _load_eval(config, task, emb, lab, TEST, masked=masked)
         if same_file(emb, embeddings):
             same_file_reports.append(test_report)
-        eval_sets.append((_unique_name(name, [s[0] for s in eval_sets]), data, str(emb), str(lab)))
+        # (with --folds "cv" is taken: a test set of labels cv.csv replaced the cross-validation's scores)
+        eval_sets.append((_unique_name(name, [s[0] for s in eval_sets] + (["cv"] if folds is not None else [])),
+                          data, str(emb), str(lab)))
     if config.mask_path is not None and not any(masked):
         # (training labels in another format were read without it, for a FLIP --valid/--test)
         raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
@@ -499,10 +501,14 @@ def _hold_out(config: FitConfig, train, labels):
 
 
 def _sequence_groups(train) -> list[list[int]]:
-    """Positions in train grouped by sequence (checksum; by key where there is none), in order."""
+    """Positions in train grouped by sequence (the checksum embed stored; in a file without, that
+    of the label record's sequence; by key where neither gives one), in order."""
+    # (a file of another tool's that stores no checksums split the two records of one sequence
+    # over the folds, 19 of 30 twins, each scored out of fold by a member trained on its twin)
     grouped: dict = {}
     for i, m in enumerate(train.items):
-        grouped.setdefault(m.checksum if m.checksum is not None else ("key", m.key), []).append(i)
+        checksum = m.checksum if m.checksum is not None else getattr(m, "label_checksum", None)
+        grouped.setdefault(checksum if checksum is not None else ("key", m.key), []).append(i)
     return list(grouped.values())
 
 
@@ -647,6 +653,11 @@ def _write_evaluation(tmp: Path, ensemble, task: Task, history: list[dict], eval
         result = score_out_of_fold(ensemble, task, train, folds, n_boot=config.n_bootstrap,
                                    max_residues=config.max_residues, seed=config.seed)
         summary["cv"] = write_metrics(tmp / "metrics", "cv", result, emb, desc, plots=config.plots)
+        for output, m in result.items():  # (metrics/cv.json holds them, with each fold's counts)
+            score = "spearman" if m.get("kind") == "value" else "accuracy"
+            console.info(f"cv {output}: {m['metric']} per fold "
+                         + ", ".join("n/a" if f[score] is None or np.isnan(f[score]) else f"{f[score]:.4f}"
+                                     for f in m["folds"]))
     for name, data, emb, lab in eval_sets:
         result = evaluate_data(ensemble, task, data, n_boot=config.n_bootstrap, max_residues=config.max_residues,
                                seed=config.seed)
@@ -1250,13 +1261,23 @@ def score_out_of_fold(ensemble, task: Task, train, folds: list[np.ndarray], *, n
 
     items: list = []
     kept = {o.name: [] for o in task.outputs}
+    per_fold = []
     for member, positions in zip(ensemble.members, folds):
         part = subset(train, positions)
         probs = predict_data(Ensemble([member], task), task, part, max_residues=max_residues)
         items += part.items
-        for name, values in kept_for_scoring(task, probs).items():
+        fold_kept = kept_for_scoring(task, probs)
+        for name, values in fold_kept.items():
             kept[name] += values
-    return score_predictions(task, items, kept, n_boot=n_boot, seed=seed)
+        # (each fold's own score, without its CI: the spread over the folds, as biotrainer reports it)
+        per_fold.append(score_predictions(task, part.items, fold_kept, n_boot=MIN_RESAMPLES, seed=seed))
+    result = score_predictions(task, items, kept, n_boot=n_boot, seed=seed)
+    for output in task.outputs:
+        score = "spearman" if output.is_value else "accuracy"
+        result[output.name]["folds"] = [{"fold": k, score: fold[output.name].get(score),
+                                         "n": fold[output.name].get("n"), "n_proteins": fold[output.name].get("n_proteins")}
+                                        for k, fold in enumerate(per_fold)]
+    return result
 
 
 def kept_for_scoring(task: Task, probs: dict) -> dict:
