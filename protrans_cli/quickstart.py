@@ -1,4 +1,4 @@
-"""The whole pipeline on the bundled example data: prep, train, labels, embed, fit, predict.
+"""The whole pipeline on the bundled example data: prep, train, labels, embed, fit, predict, knn.
 
 Every step is a real `protrans` command line, run in this process through the same entry point a
 shell uses, and printed before it runs, so a user can copy any step and run it on their own data.
@@ -156,6 +156,11 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
                      "-o", p("predictions", "ss_test.ss3.fasta")], s)
     _run("predict", ["predict", p("heads", "loc.onehot"), "--embeddings", p("embeddings", "loc_test.onehot.h5"),
                      "-o", p("predictions", "loc_test.csv")], s)
+    # 7. Annotation transfer: each test protein takes the location of its nearest training
+    #    protein in the trained model's embedding space, scored against its own.
+    _run("knn", ["knn", p("embeddings", f"loc_test.{family}.h5"), "--reference", p("embeddings", f"loc_train.{family}.h5"),
+                 "--labels", str(data / "loc_train.fasta"), "--score", str(data / "loc_test.fasta"),
+                 "--bootstrap", "200", "-o", p("predictions", "loc_test.knn.tsv")], s)
 
     for head in sorted((out / "heads").iterdir()):
         metrics = head / "metrics.json"
@@ -169,6 +174,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         "heads (fit)": out / "heads",
         "secondary structure predictions": out / "predictions" / "ss_test.ss3.fasta",
         "localization predictions": out / "predictions" / "loc_test.csv",
+        "nearest training proteins (knn)": out / "predictions" / "loc_test.knn.tsv",
     }
     write_commands(out, s.commands)
     return s

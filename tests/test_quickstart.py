@@ -28,7 +28,7 @@ def _every_output_exists(out, summary):
     for what, path in summary.outputs.items():
         assert path.exists(), f"{what}: {path} missing"
     lines = [x for x in (out / "commands.sh").read_text().splitlines() if x.startswith("protrans ")]
-    assert lines == summary.commands and len(lines) == 20
+    assert lines == summary.commands and len(lines) == 21
 
 
 def _outputs_are_consistent(out):
@@ -54,6 +54,11 @@ def _outputs_are_consistent(out):
     with open(out / "predictions" / "loc_test.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {row["id"] for row in rows} == loc_ids
+    with open(out / "predictions" / "loc_test.knn.tsv") as fh:  # one nearest training protein each
+        hits = list(csv.DictReader(fh, delimiter="\t"))
+    train_ids = {r.id for r in read_fasta(out / "fasta" / "loc_train.fasta")}
+    assert {h["query"] for h in hits} == loc_ids and len(hits) == len(loc_ids)
+    assert {h["neighbour"] for h in hits} <= train_ids and all(float(h["distance"]) >= 0 for h in hits)
     # heads record the embedding dimension they were trained on, and metrics for the test set
     for head, dim in [("ss.onehot", 21), ("ss.bert", dims["bert"]), ("loc.onehot", 21)]:
         config = json.loads((out / "heads" / head / "config.json").read_text())
