@@ -151,16 +151,19 @@ def load_pt(path: Path, *, mmap: bool = False) -> dict:
     """One esm-extract file, its tensors mapped (`mmap`) or read; a file that is not one is an
     InputError naming it. Never unpickles anything but tensors and plain values."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError as exc:  # (a file of torch's legacy format cannot be mapped: read it)
-            if not mmap or "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # (torch's own about a plain pickle's protocol: the error is one line)
+            warnings.simplefilter("ignore")
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as exc:  # (a file of torch's legacy format cannot be mapped: read it)
+                if not mmap or "mmap" not in str(exc):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, TypeError, AttributeError) as exc:
         if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load failed"):
             why = "it holds objects other than tensors and plain values, which import-esm never unpickles"
@@ -281,7 +284,7 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
     try:
         with EmbeddingsWriter(output, kinds=kinds, layout=layout, storage_dtype=storage_dtype, attrs=attrs) as writer:
             for entry in entries:
-                _write_entry(writer, entry, chosen, kinds, summary)
+                _write_entry(writer, entry, chosen, kinds, summary, dim)
             writer.flush(failures=True)
             summary.failed = dict(writer.failed)
     except BaseException:
@@ -372,24 +375,32 @@ def _missing(key: str, layer: int, found: dict | None, include: str) -> str:
     return f"has no layer {layer} in '{key}' (it holds {', '.join(map(str, sorted(found)))})"
 
 
-def _write_entry(writer, entry: _Entry, chosen, kinds, summary: ImportSummary) -> None:
+def _write_entry(writer, entry: _Entry, chosen, kinds, summary: ImportSummary, dim: int) -> None:
     """One file's arrays into the writer, as embed writes a protein (see embed._write_unit)."""
     from protrans_cli.embedders import beyond_range, fits, mean_rows
+
+    def changed(what: str) -> InputError:
+        return InputError(f"changed during the import ({what}): import again", path=str(entry.path))
 
     obj = load_pt(entry.path)  # (read again: changed since the first pass is refused below)
     rows, means = _available(obj, entry.path)
     label = obj["label"]
     if label != entry.label:
-        raise InputError("changed during the import (another label): import again", path=str(entry.path))
+        raise changed("another label")
     per_residue = per_protein = None
-    if PER_RESIDUE in kinds or any(k not in (means or {}) for k in chosen):
-        per_residue = np.stack([rows[k].float().numpy() for k in chosen])  # (n_layers, L, D)
-        if per_residue.shape[1] != entry.rows:
-            raise InputError("changed during the import (another number of rows): import again",
-                             path=str(entry.path))
-    if PER_PROTEIN in kinds:
-        per_protein = np.stack([means[k].float().numpy() if k in (means or {}) else mean_rows(per_residue[i])
-                                for i, k in enumerate(chosen)])  # (n_layers, D)
+    try:  # (the first pass checked these layers, shapes and widths: a file rewritten since may lack them)
+        if PER_RESIDUE in kinds or any(k not in (means or {}) for k in chosen):
+            per_residue = np.stack([rows[k].float().numpy() for k in chosen])  # (n_layers, L, D)
+            if per_residue.ndim != 3 or per_residue.shape[1] != entry.rows:
+                raise changed("another number of rows")
+        if PER_PROTEIN in kinds:
+            per_protein = np.stack([means[k].float().numpy() if k in (means or {}) else mean_rows(per_residue[i])
+                                    for i, k in enumerate(chosen)])  # (n_layers, D)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise changed("other layers or shapes") from None
+    if any(a is not None and a.shape[-1] != dim for a in (per_residue, per_protein)) or \
+            (per_protein is not None and per_protein.ndim != 2):
+        raise changed(f"another embedding width than {dim}")
     del obj, rows, means
     for values in (per_residue, per_protein):
         if values is None:

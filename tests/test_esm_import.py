@@ -299,3 +299,47 @@ def test_a_failure_while_writing_leaves_no_partial_file(tmp_path, extracted, mon
     with pytest.raises(OSError, match="disk went away"):
         esm_import.import_esm(folder, tmp_path / "e.h5")
     assert len(calls) == 2 and not [p for p in tmp_path.iterdir() if p.name != "esm_out" and p.suffix != ".fa"]
+
+
+@pytest.mark.parametrize("kinds", [(), ("--per-protein",)])
+def test_a_file_rewritten_between_the_passes_with_another_width_or_layers_writes_nothing(tmp_path, extracted,
+                                                                                          monkeypatch, kinds):
+    from protrans_cli import esm_import
+    from protrans_cli.errors import InputError
+
+    folder, _, _ = extracted
+    real, calls = esm_import._write_entry, []
+    rewrites = [lambda: _save(folder, "P3", {1: np.ones((4, 8)), 2: np.ones((4, 8))}, {1: np.ones(8), 2: np.ones(8)}),
+                lambda: _save(folder, "P3", {1: np.ones((4, 4))}, {1: np.ones(4)})]  # width 8; layer 2 gone
+
+    original = (folder / "P3.pt").read_bytes()
+    for rewrite in rewrites:
+        (folder / "P3.pt").write_bytes(original)
+
+        def rewriting(*args):
+            if not calls:
+                rewrite()
+            calls.append(1)
+            return real(*args)
+
+        calls.clear()
+        monkeypatch.setattr(esm_import, "_write_entry", rewriting)
+        per_protein = True if kinds else None
+        with pytest.raises(InputError, match=r"P3\.pt: changed during the import \((another embedding width than 4|"
+                                             r"other layers or shapes)\): import again$"):
+            esm_import.import_esm(folder, tmp_path / "e.h5", per_protein=per_protein)
+        assert not (tmp_path / "e.h5").exists() and not (tmp_path / "e.h5.partial").exists()
+
+
+def test_a_plain_pickle_is_refused_in_one_line_without_torchs_warning(tmp_path):
+    import pickle
+    import warnings
+
+    from protrans_cli.errors import InputError
+    from protrans_cli.esm_import import load_pt
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(print, protocol=4))  # (torch warns of the protocol, on stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"evil\.pt: not an esm-extract output: it holds objects other than"):
+            load_pt(tmp_path / "evil.pt")
