@@ -270,6 +270,11 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
         entries.append(entry)
         del obj
     del owner, sequences
+    if blocks is None:
+        # (esm-extract --repr_layers 32 alone, of a 33-block model, would be recorded as the last layer)
+        console.warn(f"no -m naming the model: layer {last}, the highest in the files, is taken to be its last "
+                     f"(what esm-extract's default --repr_layers -1 stores); give -m (e.g. esm2_t33_650M_UR50D) "
+                     "to number the layers as embed does and to match embed's files of that model")
 
     attrs = {"model": model or SOURCE, "revision": "", "commit": "", "family": FAMILY,
              "layers": [k - states for k in chosen], "num_hidden_states": states, "pooling": POOLING,
