@@ -3698,3 +3698,100 @@ def test_folds_group_identical_sequences_of_a_file_without_checksums(loc_data, t
     fold_of = {i: k for k, fold in enumerate(config["folds"]) for i in fold}
     assert len(fold_of) == 180
     assert all(fold_of[i] == fold_of[i.removeprefix("twin")] for i in fold_of if i.startswith("twin"))
+
+
+# --- --search: hyperparameter search ------------------------------------------------------------
+
+
+def test_search_keeps_the_trial_with_the_best_validation_score(run_cli, loc_data, tmp_path):
+    from safetensors.torch import load_file
+
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--test", loc_data / "test.h5", loc_data / "test.fasta", "--search", "lr=0.0001,0.01",
+                "--search", "hidden=8,32", "--max-epochs", "6", "-j", "1", "--bootstrap", "20", "--no-plots",
+                "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "search: 4 trials (2 x 2: lr, hidden), chosen by the valid score" in r.stderr
+    record = json.loads((head / "search.json").read_text())
+    assert [t["settings"] for t in record["trials"]] == [{"lr": 0.0001, "hidden": 8}, {"lr": 0.0001, "hidden": 32},
+                                                         {"lr": 0.01, "hidden": 8}, {"lr": 0.01, "hidden": 32}]
+    trials = tmp_path / "loc.search"
+    scores = []
+    for t in record["trials"]:  # each score is its trial's mean validation Q10/Q2, as metrics.json has them
+        summary = json.loads((trials / t["trial"] / "metrics.json").read_text())
+        assert t["score"] == pytest.approx(np.mean([m["accuracy"] for m in summary["valid"].values()]))
+        scores.append(t["score"])
+    best = record["trials"][int(np.argmax(scores))]["trial"]  # (np.argmax: the first of a tie, as the search)
+    assert record["best"] == best
+    a, b = load_file(head / "weights.safetensors"), load_file(trials / best / "weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((head / "config.json").read_text())
+    assert config["hyperparameters"]["lr"] == record["trials"][int(np.argmax(scores))]["settings"]["lr"]
+    assert "test" in json.loads((head / "metrics.json").read_text())  # the test set scored, never chosen on
+    # the kept head is the one `fit` with those settings gives: its --resume has nothing to do
+    settings = record["trials"][int(np.argmax(scores))]["settings"]
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--test", loc_data / "test.h5", loc_data / "test.fasta", "--lr", str(settings["lr"]),
+                "--hidden", str(settings["hidden"]), "--max-epochs", "6", "-j", "1", "--bootstrap", "20",
+                "--no-plots", "--resume", "-o", head)
+    assert r.exit_code == 0 and "member 0 epoch" not in r.stderr, r.stderr
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--search", "lr=0.0001,0.01", "--max-epochs", "6", "-j", "1", "--no-plots", "-o", head)
+    assert r.exit_code == 2 and "holds an earlier search: --resume continues it, --force starts over" in r.stderr
+
+
+def test_an_interrupted_search_resumes_to_the_same_head(loc_data, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from protrans_cli.heads.fit import FitState
+    from protrans_cli.heads.search import search
+
+    def config(**kw):
+        return FitConfig(**{**dict(task="loc", max_epochs=3, threads=1, n_bootstrap=10, plots=False), **kw})
+
+    grid = {"hidden": [8, 16, 32]}
+    args = (loc_data / "train.h5", loc_data / "train.fasta")
+    whole = search(config(), grid, *args, tmp_path / "whole")
+    save_epoch, saves = FitState.save_epoch, []
+
+    def save_then_stop(self, current):
+        save_epoch(self, current)
+        saves.append(1)
+        if len(saves) == 5:  # trial_01's second epoch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        search(config(), grid, *args, tmp_path / "parts")
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    assert (tmp_path / "parts.search" / "trial_00" / "config.json").is_file()
+    assert (tmp_path / "parts.search" / "trial_01.partial").is_dir() and not (tmp_path / "parts").exists()
+    with pytest.raises(UsageError, match="holds an earlier search: --resume continues it"):
+        search(config(), grid, *args, tmp_path / "parts")
+    parts = search(config(resume=True), grid, *args, tmp_path / "parts")
+    assert parts.best == whole.best and [t["score"] for t in parts.trials] == [t["score"] for t in whole.trials]
+    a, b = load_file(tmp_path / "whole" / "weights.safetensors"), load_file(tmp_path / "parts" / "weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_search_refusals(run_cli, loc_data, tmp_path):
+    from protrans_cli.heads.search import parse_grid
+
+    assert parse_grid(["lr=1e-3, 1e-4", "weight_decay=0,0.01", "class-weights=yes,no", "architecture=fnn,cnn"]) == {
+        "lr": [1e-3, 1e-4], "weight_decay": [0.0, 0.01], "class_weights": [True, False], "architecture": ["fnn", "cnn"]}
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+            "--max-epochs", "1", "--no-plots", "-o", tmp_path / "h")
+    for search, message in ((["lr=0.001"], "gives one setting only"),
+                            (["seed=1,2"], "give NAME=V1,V2,... with NAME one of lr,"),
+                            (["lr"], "give NAME=V1,V2,..."),
+                            (["hidden=8,x"], "'x' is not a value of hidden"),
+                            (["lr=0.1,0.1"], "a value given twice"),
+                            (["lr=0.1,0.2", "lr=0.3,0.4"], "names lr twice"),
+                            (["dropout=0.1,1.5"], "--dropout must be in [0, 1)"),
+                            (["lr=0.1,nan"], "'nan' is not a value of lr")):
+        r = run_cli(*base, *[a for s in search for a in ("--search", s)])
+        assert r.exit_code == 2 and message in r.stderr, (search, r.stderr)
+    r = run_cli(*base, "--search", "lr=0.1,0.2", "--lr", "0.3")
+    assert r.exit_code == 2 and "--lr is given and searched" in r.stderr
+    assert not (tmp_path / "h").exists() and not (tmp_path / "h.search").exists()

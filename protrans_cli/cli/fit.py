@@ -67,6 +67,11 @@ def _files_not_options(ctx, param, value):
               help="K-fold cross-validation: member k trains on the other folds of the training proteins "
                    "(with the --labels file's validation records) and stops early on fold k; the head is the K "
                    "members' ensemble, scored out of fold as set 'cv'.  [default: off]")
+@click.option("--search", "search_specs", multiple=True, metavar="NAME=V1,V2,...",
+              help="Hyperparameter search: fit every combination of the values given (lr, weight-decay, hidden, "
+                   "dropout, kernel, batch-size, max-residues, patience, max-epochs, architecture, "
+                   "class-weights; repeat for several), each into OUTPUT.search/trial_NN, and keep as OUTPUT "
+                   "the one with the best validation (or cv) score.")
 @click.option("--seed", type=int, default=0, help="Seed of the first member and of the held-out split (or folds).")
 @click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given.")
 @click.option("--architecture", type=click.Choice([a for options in ARCHITECTURES.values() for a in options]),
@@ -102,7 +107,8 @@ def _files_not_options(ctx, param, value):
               help="Write curves.png and a confusion (or scatter) PNG per set and output.")
 @click.pass_context
 def command(ctx, task, embeddings, labels, output, valid, tests, label_format, mask_path, mask_columns, max_epochs,
-            patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, folds, seed, valid_fraction,
+            patience, lr, weight_decay, max_residues, batch_size, class_weights, ensemble, folds, search_specs, seed,
+            valid_fraction,
             architecture, hidden, kernel, dropout, standardise, dual, layer, skip_mismatched, only_embedded, cache_gb,
             n_bootstrap, threads, device, resume, force, plots):
     """Train a prediction head (ss3/ss8/ss3+ss8/loc/residue/protein/value) on embeddings.
@@ -129,14 +135,45 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
                        mask_columns=tuple(mask_columns), force=force, standardise=standardise, device=device,
                        resume=resume, plots=plots)
+    grid = _search_grid(ctx, search_specs)
     try:
-        fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None, tests=[tuple(t) for t in tests])
+        if grid:
+            from protrans_cli.heads.search import search
+
+            search(config, grid, embeddings, labels, output, valid=tuple(valid) if valid else None,
+                   tests=[tuple(t) for t in tests])
+        else:
+            fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None,
+                tests=[tuple(t) for t in tests])
     except KeyboardInterrupt as exc:
         from protrans_cli.cli import stopped
 
+        if grid:
+            from protrans_cli.heads.search import trials_path
+
+            raise stopped(exc, f"the trials finished so far, and the epochs of the one in training, are kept in "
+                          f"{trials_path(output)}; run the same command with --resume to continue") from None
         kept = partial_path(output)
         raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
                       "to continue" if (kept / "state.pt").is_file() else None) from None
+
+
+def _search_grid(ctx, specs) -> dict:
+    """--search NAME=V1,V2 as {FitConfig field: values}; a setting also given as its own option is
+    refused (which one would a trial use?)."""
+    if not specs:
+        return {}
+    from click.core import ParameterSource
+
+    from protrans_cli.errors import UsageError
+    from protrans_cli.heads.search import parse_grid
+
+    grid = parse_grid(specs)
+    for key in grid:
+        if key in ctx.params and ctx.get_parameter_source(key) is ParameterSource.COMMANDLINE:
+            raise UsageError(f"--{key.replace('_', '-')} is given and searched (--search {key.replace('_', '-')}=...): "
+                             "give it one way")
+    return grid
 
 
 # Options of one kind of head: given for another, they change nothing (said, as train says of its
