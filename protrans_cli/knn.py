@@ -99,14 +99,29 @@ def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch
     """(query ids, query vectors, reference ids, reference vectors), checked, unit length for cosine."""
     for name, value in (("query", query), ("reference", reference)):
         expect_path(value, name)
+    _check_search(k, metric)
+    ref_ids, ref, r_attrs = _reference_vectors(reference, layer)
+    q_ids, q, q_attrs = _vectors(query, layer, "query")
+    _check_pair(query, reference, q, ref, q_attrs, r_attrs, metric, allow_model_mismatch)
+    return q_ids, q, ref_ids, ref
+
+
+def _check_search(k, metric: str) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise UsageError(f"-k must be at least 1, got {k!r}")
     if metric not in METRICS:
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+
+
+def _reference_vectors(reference, layer: int):
     ref_ids, ref, r_attrs = _vectors(reference, layer, "reference")
-    q_ids, q, q_attrs = _vectors(query, layer, "query")
     if not len(ref_ids):
         raise InputError("reference: holds no proteins", path=str(reference))
+    return ref_ids, ref, r_attrs
+
+
+def _check_pair(query, reference, q, ref, q_attrs: dict, r_attrs: dict, metric: str,
+                allow_model_mismatch: bool) -> None:
     if q.shape[1] != ref.shape[1]:
         raise ModelError(f"queries are {q.shape[1]}-d, the reference {ref.shape[1]}-d {reference}: embed both with "
                          "one model and layer", path=str(query))
@@ -117,7 +132,39 @@ def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch
             if zero.any():
                 raise InputError(f"a vector of length 0 has no direction (cosine): {int(zero.sum())} protein(s)",
                                  path=str(path))
-    return q_ids, q, ref_ids, ref
+
+
+def reference_embed_options(reference, *, layer: int = -1, model: str | None = None, device: str = "auto",
+                            threads: int | None = None, long_policy: str | None = None,
+                            max_length: int | None = None, chunk_overlap: int | None = None,
+                            invalid_policy: str = "error"):
+    """EmbedOptions that embed query sequences as the reference's per-protein vectors were made:
+    its `model` attribute (or `model`, e.g. a local copy), the layer of it `layer` picks, and its
+    long-protein policy, length and overlap unless given (as `predict --fasta` does a head's)."""
+    from protrans_cli.heads.data import stored_layer_index
+    from protrans_cli.heads.predict import recorded_embed_options
+    from protrans_cli.io.h5 import input_prefix_of
+
+    expect_path(reference, "reference")
+    with EmbeddingsReader(reference) as reader:
+        if PER_PROTEIN not in reader.kinds:  # (said before the queries are embedded, not after)
+            raise InputError("reference: holds per-residue embeddings only; knn compares per-protein vectors "
+                             "(embed with --per-protein, or without --per-residue)", path=str(reference))
+        attrs = dict(reader.attrs)
+        stored = attrs.get("layers")
+        # The model layer as embed numbers it: the one of the reference's that --layer picks (a
+        # file without `layers`, another tool's: --layer itself).
+        index = stored_layer_index(reader, layer)
+        model_layer = int(np.atleast_1d(stored)[index]) if stored is not None else layer
+    name = model or (str(attrs["model"]) if attrs.get("model") else None)
+    if not name:
+        raise UsageError(f"{reference} does not record which model made its embeddings: give -m (the model) "
+                         "with --fasta")
+    recorded = {key: attrs.get(key) for key in ("long_policy", "max_length", "chunk_overlap")}
+    recorded["input_prefix"] = input_prefix_of(attrs)
+    return recorded_embed_options(recorded, "the reference's embeddings", model=name, layer=model_layer,
+                                  per_residue=False, device=device, threads=threads, long_policy=long_policy,
+                                  max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
 
 
 def _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads) -> Neighbours:
@@ -230,20 +277,47 @@ def _vote(labels: list[str | None]) -> str | None:
 
 def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", layer: int = -1,
         exclude_self: bool = False, labels=None, label_format: str = "auto", score=None,
-        allow_model_mismatch: bool = False, threads: int | None = None, n_bootstrap: int = 1000) -> Transfer:
+        allow_model_mismatch: bool = False, threads: int | None = None, n_bootstrap: int = 1000,
+        fasta=None, model: str | None = None, device: str = "auto", long_policy: str | None = None,
+        max_length: int | None = None, chunk_overlap: int | None = None, invalid_policy: str | None = None) -> Transfer:
     """Write the k nearest reference proteins of every query as TSV (query, rank, neighbour,
     distance, and the neighbour's label columns with `labels`); with `score` (the queries'
-    labels) score the labels transferred (the vote of the k neighbours) per column."""
+    labels) score the labels transferred (the vote of the k neighbours) per column.
+
+    `fasta` (with `query` None): query sequences, embedded first (into a temporary file) with
+    the reference's model (`model` replaces it), layer and long-protein policy
+    (reference_embed_options); rows follow the FASTA's order."""
     from protrans_cli.heads.fit import check_resamples
     from protrans_cli.heads.metrics import summary_line
     from protrans_cli.io.files import atomic_output
 
+    if (query is None) == (fasta is None):
+        raise UsageError("give the queries' embeddings (QUERY.h5) or their sequences (--fasta), one of them")
+    if fasta is None:
+        for value, flag in ((model, "-m"), (long_policy, "--long-policy"), (max_length, "--max-length"),
+                            (chunk_overlap, "--chunk-overlap"), (invalid_policy, "--invalid-policy")):
+            if value is not None:
+                raise UsageError(f"{flag} goes with --fasta (QUERY.h5 was embedded already)")
     if score is not None and labels is None:
         raise UsageError("--score compares the labels transferred from the reference: give the reference's --labels")
     check_resamples(n_bootstrap, "--bootstrap")
-    q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
-    columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format, ref_ids)
-    truth = None if score is None else _query_labels(score, label_format, q_ids)
+    _check_search(k, metric)
+    if fasta is not None:
+        expect_path(fasta, "fasta")
+        # (every refusal before the sequences are embedded: the reference's, the options', the labels')
+        options = reference_embed_options(reference, layer=layer, model=model, device=device, threads=threads,
+                                          long_policy=long_policy, max_length=max_length,
+                                          chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error")
+        ref_ids, ref, r_attrs = _reference_vectors(reference, layer)
+        columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format, ref_ids)
+        q_ids, q, q_attrs, truth = _embedded_queries(fasta, reference, output, options, score, label_format)
+        # (-m: the same weights elsewhere, as in predict --fasta; a warning where the names differ)
+        _check_pair(f"the embeddings of {_shown(fasta)}", reference, q, ref, q_attrs, r_attrs, metric,
+                    allow_model_mismatch or model is not None)
+    else:
+        q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
+        columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format, ref_ids)
+        truth = None if score is None else _query_labels(score, label_format, q_ids)
     result = _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads)
     if labels is not None:
         console.info(f"transferring {', '.join(columns)} from {labels}")
@@ -277,6 +351,45 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
                  f"{console.counted(len(result.reference_ids), 'reference protein')} ({metric}, k {k})"
                  + (f" into {output}" if str(output) != "-" else ""))
     return transfer
+
+
+def _shown(fasta) -> str:
+    from protrans_cli.io.files import display_name
+
+    return display_name(fasta)
+
+
+def _embedded_queries(fasta, reference, output, options, score, label_format: str):
+    """(ids, vectors, file attributes, the --score labels or None) of the FASTA's sequences embedded with
+    `options`, in the FASTA's order, through a temporary file removed before returning."""
+    import os
+
+    from protrans_cli.heads.predict import embed_fasta, fasta_ids
+    from protrans_cli.io.files import special_output, temporary_folder
+
+    shown = _shown(fasta)
+    # Next to the output (the embeddings of a proteome can be large), else in $TMPDIR (not /dev
+    # for `-o /dev/stdout`), as predict --fasta does.
+    where = (os.path.dirname(os.path.abspath(output)) if output and str(output) != "-"
+             and special_output(output) is None else None)
+    with temporary_folder(where, ".protrans-knn-") as tmp:
+        readable, order = fasta_ids(fasta, tmp)
+        # the queries' labels before the sequences are embedded: a bad --score file fails at once
+        truth = None if score is None else _query_labels(score, label_format, order)
+        embeddings = embed_fasta(readable, order, tmp, options, fasta, f"to search {_shown(reference)}")
+        # (the temporary file is gone when the command ends: messages name the FASTA)
+        with console.naming(embeddings, f"the embeddings of {shown}"):
+            with EmbeddingsReader(embeddings) as reader:
+                failed = reader.failed()
+            ids, vectors, attrs = _vectors(embeddings, -1, "query")  # (the one layer embedded)
+    if failed:  # (--invalid-policy skip, --long-policy skip)
+        from protrans_cli.heads.labels import some_ids
+
+        console.warn(f"{shown}: {len(failed)} protein(s) could not be embedded and have no neighbours: "
+                     f"{some_ids(sorted(failed))}")
+    rank = {ident: i for i, ident in enumerate(order)}
+    permutation = sorted(range(len(ids)), key=lambda i: rank.get(ids[i], len(rank)))  # stable: unknown ids last
+    return [ids[i] for i in permutation], vectors[permutation], attrs, truth
 
 
 def _cell(text: str) -> str:

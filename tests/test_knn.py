@@ -179,3 +179,155 @@ def test_a_layer_of_several(tmp_path):
     assert found.index[:, 0].tolist() == [0, 1, 2, 3] and found.distance.max() == 0
     with pytest.raises(InputError, match="not layer -3"):
         nearest(path, path, layer=-3)
+
+
+# ---- knn --fasta: the queries embedded with the reference's model, layer and long-protein policy
+
+
+def _fasta(path, n, seed, lengths=(12, 90), names="q"):
+    rng = np.random.default_rng(seed)
+    path.write_text("".join(f">{names}{i} a description\n{''.join(rng.choice(list(AA), rng.integers(*lengths)))}\n"
+                            for i in range(n)))
+    return path
+
+
+def _no_temporaries(*folders):
+    return [p.name for folder in folders for p in folder.iterdir() if p.name.startswith(".protrans-knn-")] == []
+
+
+@pytest.fixture
+def own_tmpdir(tmp_path, monkeypatch):
+    """$TMPDIR of the temporary embeddings when the output is stdout: a folder of the test's."""
+    import tempfile
+
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_fasta_gives_the_rows_of_embed_then_knn_in_the_fastas_order(tmp_path, run_cli, own_tmpdir):
+    ref_fa, q_fa = _fasta(tmp_path / "ref.fa", 40, 3, names="r"), _fasta(tmp_path / "q.fa", 15, 4)
+    # a long-protein policy the queries must follow: chunked at 30 residues, overlap 4
+    r = run_cli("embed", ref_fa, "-m", "onehot", "--per-protein", "--max-length", "30", "--long-policy", "chunk",
+                "--chunk-overlap", "4", "-o", tmp_path / "ref.h5")
+    assert r.exit_code == 0, r.stderr
+    (tmp_path / "ref.csv").write_text("id,label\n" + "".join(f"r{i},{'AB'[i % 2]}\n" for i in range(40)))
+    r = run_cli("embed", q_fa, "-m", "onehot", "--per-protein", "--max-length", "30", "--long-policy", "chunk",
+                "--chunk-overlap", "4", "-o", tmp_path / "q.h5")
+    assert r.exit_code == 0, r.stderr
+    args = ("--reference", tmp_path / "ref.h5", "--labels", tmp_path / "ref.csv", "-k", "3")
+    independent = run_cli("knn", tmp_path / "q.h5", *args)
+    assert independent.exit_code == 0, independent.stderr
+    # reversed FASTA: the rows follow it (embed's file holds them in another order)
+    records = q_fa.read_text().split(">")[1:]
+    reversed_fa = tmp_path / "reversed.fa"
+    reversed_fa.write_text("".join(">" + rec for rec in reversed(records)))
+    out = tmp_path / "hits.tsv"
+    r = run_cli("knn", "--fasta", reversed_fa, *args, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert "proteins over 30 residues: --long-policy chunk, as in the reference's embeddings" in r.stderr
+    assert "with onehot" in r.stderr and ".protrans-knn-" not in r.stderr
+    lines = out.read_text().splitlines()
+    expected = independent.stdout.splitlines()
+    assert lines[0] == expected[0] and sorted(lines[1:]) == sorted(expected[1:])
+    order = list(dict.fromkeys(line.split("\t")[0] for line in lines[1:]))
+    assert order == [f"q{i}" for i in reversed(range(15))]
+    assert list(dict.fromkeys(line.split("\t")[0] for line in expected[1:])) != order  # (a test of the order)
+    # stdin; the temporary embeddings were next to -o, then in $TMPDIR: none left
+    r = run_cli("knn", "--fasta", "-", *args, input=reversed_fa.read_bytes())
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines() == lines
+    assert _no_temporaries(tmp_path, own_tmpdir)
+    # the Python API, with the scores of the labels transferred
+    from protrans_cli.knn import knn
+
+    (tmp_path / "q.csv").write_text("id,label\n" + "".join(f"q{i},A\n" for i in range(15)))
+    result = knn(None, tmp_path / "ref.h5", tmp_path / "api.tsv", fasta=reversed_fa, labels=tmp_path / "ref.csv",
+                 score=tmp_path / "q.csv", k=3, n_bootstrap=10)
+    assert (tmp_path / "api.tsv").read_text().splitlines() == lines
+    assert result.neighbours.query_ids == order and result.scores["label"]["n"] == 15
+
+
+def test_fasta_with_a_tiny_models_reference_embeds_the_layer_it_holds(tmp_path, run_cli, own_tmpdir):
+    import shutil
+
+    import torch
+
+    from protrans_cli.models import FAMILIES
+
+    bert = FAMILIES["bert"]
+    tokenizer = bert.build_tokenizer()
+    torch.manual_seed(0)
+    bert.save_pretrained(bert.pretraining_model(bert.build_config("tiny", tokenizer)), tokenizer, tmp_path / "m")
+    ref_fa, q_fa = _fasta(tmp_path / "ref.fa", 12, 5, names="r"), _fasta(tmp_path / "q.fa", 6, 6)
+    r = run_cli("embed", ref_fa, "-m", tmp_path / "m", "--per-protein", "--layer", "-1", "--layer", "-2",
+                "--device", "cpu", "-o", tmp_path / "ref.h5")
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("embed", q_fa, "-m", tmp_path / "m", "--per-protein", "--layer", "-2", "--device", "cpu",
+                "-o", tmp_path / "q.h5")
+    assert r.exit_code == 0, r.stderr
+    args = ("--reference", tmp_path / "ref.h5", "--layer", "-2", "-k", "2")
+    independent = run_cli("knn", tmp_path / "q.h5", *args)
+    assert independent.exit_code == 0, independent.stderr
+    r = run_cli("knn", "--fasta", q_fa, *args, "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == independent.stdout  # (q.h5 holds the FASTA's order already)
+    # -m: the same weights elsewhere (the reference names the first copy)
+    shutil.copytree(tmp_path / "m", tmp_path / "copy")
+    r = run_cli("knn", "--fasta", q_fa, *args, "-m", tmp_path / "copy", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == independent.stdout
+    # the other layer gives other distances
+    r = run_cli("knn", "--fasta", q_fa, "--reference", tmp_path / "ref.h5", "-k", "2", "--device", "cpu")
+    assert r.exit_code == 0 and r.stdout != independent.stdout
+    assert _no_temporaries(tmp_path, own_tmpdir)
+
+
+def test_fasta_refusals(tmp_path, run_cli, own_tmpdir):
+    import h5py
+
+    q_fa = _fasta(tmp_path / "q.fa", 3, 7)
+    assert run_cli("embed", q_fa, "-m", "onehot", "--per-protein", "-o", tmp_path / "ref.h5").exit_code == 0
+    ref = ("--reference", tmp_path / "ref.h5")
+    # both, or neither, of QUERY and --fasta; embedding options without --fasta
+    r = run_cli("knn", tmp_path / "ref.h5", "--fasta", q_fa, *ref)
+    assert r.exit_code == 2 and "QUERY.h5 (embeddings) or --fasta (sequences), one of them" in r.stderr
+    r = run_cli("knn", *ref)
+    assert r.exit_code == 2 and "one of them" in r.stderr
+    for extra in (("-m", "onehot"), ("--long-policy", "skip"), ("--invalid-policy", "skip"), ("--device", "cpu")):
+        r = run_cli("knn", tmp_path / "ref.h5", *ref, *extra)
+        assert r.exit_code == 2 and f"{extra[0]} goes with --fasta" in r.stderr, (extra, r.stderr)
+    # a reference without a `model` attribute (another tool's file): -m names the model
+    bare = tmp_path / "bare.h5"
+    _write(bare, np.eye(21)[:3], ["a", "b", "c"])
+    with h5py.File(bare, "a") as f:
+        del f.attrs["model"]
+    r = run_cli("knn", "--fasta", q_fa, "--reference", bare)
+    assert r.exit_code == 2 and r.stderr.strip().count("\n") == 0
+    assert "does not record which model made its embeddings: give -m" in r.stderr
+    r = run_cli("knn", "--fasta", q_fa, "--reference", bare, "-m", "onehot")
+    assert r.exit_code == 0, r.stderr
+    # a per-residue reference is refused before anything is embedded
+    assert run_cli("embed", q_fa, "-m", "onehot", "--per-residue", "-o", tmp_path / "res.h5").exit_code == 0
+    r = run_cli("knn", "--fasta", q_fa, "--reference", tmp_path / "res.h5")
+    assert r.exit_code == 1 and "per-residue embeddings only" in r.stderr and "embedding 3" not in r.stderr
+    # a sequence embed refuses: an error naming the FASTA, or left out with a warning
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">x1\nMKVJL\n>x2\nMKVLA\n")
+    out = tmp_path / "hits.tsv"
+    r = run_cli("knn", "--fasta", bad, *ref, "-o", out)
+    assert r.exit_code == 1 and "invalid character 'J'" in r.stderr and "bad.fa" in r.stderr
+    assert not out.exists()
+    r = run_cli("knn", "--fasta", bad, *ref, "--invalid-policy", "skip", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert "1 protein(s) could not be embedded and have no neighbours: x1" in r.stderr
+    assert [line.split("\t")[0] for line in out.read_text().splitlines()] == ["query", "x2"]
+    # an error after embedding (the reference of another width) names the FASTA, leaves no temporary file
+    _write(tmp_path / "narrow.h5", np.eye(5), model="onehot")
+    r = run_cli("knn", "--fasta", q_fa, "--reference", tmp_path / "narrow.h5", "-o", out)
+    assert r.exit_code == 1 and "the reference 5-d" in r.stderr and f"the embeddings of {q_fa}" in r.stderr
+    assert ".protrans-knn-" not in r.stderr
+    r = run_cli("knn", "--fasta", bad, *ref)  # (stdout: the temporary file in $TMPDIR)
+    assert r.exit_code == 1
+    assert _no_temporaries(tmp_path, own_tmpdir)

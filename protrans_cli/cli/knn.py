@@ -2,6 +2,7 @@
 
     protrans knn query.h5 --reference swissprot.h5 --labels swissprot_loc.fasta -o hits.tsv
     protrans knn test.h5 --reference train.h5 --labels train.fasta --score test.fasta
+    protrans knn --fasta query.fa --reference lookup.h5 --labels lookup.fasta   # embeds with the reference's model
 """
 
 from __future__ import annotations
@@ -9,13 +10,32 @@ from __future__ import annotations
 import click
 
 from protrans_cli.cli import INPUT_FILE
+from protrans_cli.embed import INVALID_POLICIES, LONG_POLICIES
 from protrans_cli.heads.labels import FORMATS
 
 
 @click.command("knn", context_settings={"show_default": True})
-@click.argument("query", type=INPUT_FILE)
+@click.argument("query", type=INPUT_FILE, required=False)
 @click.option("--reference", required=True, type=INPUT_FILE, metavar="FILE",
               help="Embeddings to search (HDF5 with per-protein vectors, any layout).")
+@click.option("--fasta", type=INPUT_FILE, metavar="FILE", default=None,
+              help="Query sequences instead of QUERY: embedded first with the model and layer of the reference "
+                   "(into a temporary file); rows follow the FASTA's order.")
+@click.option("-m", "--model", default=None,
+              help="With --fasta: the embedding model, when not the one the reference records (e.g. a local "
+                   "copy; needed where it records none).")
+@click.option("--max-length", type=int, default=None,
+              help="With --fasta: residues; longer proteins follow --long-policy.  [default: as the reference's "
+                   "embeddings, else the model's limit]")
+@click.option("--long-policy", "--long", "long_policy", type=click.Choice(list(LONG_POLICIES)), default=None,
+              help="With --fasta: proteins over --max-length fail, are skipped (no neighbours), truncated, or "
+                   "chunked as embed does.  [default: as the reference's embeddings, else error]")
+@click.option("--chunk-overlap", type=int, default=None,
+              help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  [default: as the "
+                   "reference's embeddings where they were chunked, else 64]")
+@click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default=None,
+              help="With --fasta: sequences that cannot be embedded (a J, an inner '*', no residues) fail, or are "
+                   "skipped (no neighbours, with a warning), as embed does.  [default: error]")
 @click.option("-k", "k", type=int, default=1, help="Neighbours per query.")
 @click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean",
               help="Distance: Euclidean (as EAT and goPredSim use with ProtT5), or 1 - cosine similarity.")
@@ -40,20 +60,39 @@ from protrans_cli.heads.labels import FORMATS
               help="Bootstrap resamples for the 95% CI of --score (at least 10).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
-def command(query, reference, k, metric, labels, score, label_format, exclude_self, layer, allow_model_mismatch,
-            output, n_bootstrap, threads):
+@click.option("--device", default="auto", show_default=True,
+              help="With --fasta: where to embed: auto (a GPU when there is one, else the CPU), cpu, cuda, "
+                   "cuda:N or mps.")
+def command(query, reference, fasta, model, max_length, long_policy, chunk_overlap, invalid_policy, k, metric,
+            labels, score, label_format, exclude_self, layer, allow_model_mismatch, output, n_bootstrap, threads,
+            device):
     """Nearest neighbours in embedding space; transfers and scores labels.
 
     Every query protein's K nearest reference proteins by their per-protein vectors (the
     embedding-based annotation transfer of EAT and goPredSim): one TSV row per neighbour.
+    Give the queries as embeddings (QUERY.h5) or as sequences (--fasta).
 
     \b
     protrans knn query.h5 --reference lookup.h5 --labels lookup.fasta -o hits.tsv
     protrans knn test.h5 --reference train.h5 --labels train.fasta \\
         --score test.fasta -k 3 -o -
+    protrans knn --fasta query.fa --reference lookup.h5 -o hits.tsv
     """
+    from protrans_cli.errors import UsageError
+
+    if (query is None) == (fasta is None):
+        raise UsageError("give QUERY.h5 (embeddings) or --fasta (sequences), one of them")
+    if device != "auto" and fasta is None:
+        raise UsageError("--device goes with --fasta (QUERY.h5 was embedded already)")
+    if query == "-":
+        from protrans_cli.io.h5 import HDF5_FROM_STDIN
+
+        raise UsageError(HDF5_FROM_STDIN)
+    if [fasta, labels, score].count("-") > 1:  # the first read would take it all
+        raise UsageError("stdin ('-') can be one input at most: give the others as files")
     from protrans_cli.knn import knn
 
     knn(query, reference, output, k=k, metric=metric, layer=layer, exclude_self=exclude_self, labels=labels,
         label_format=label_format, score=score, allow_model_mismatch=allow_model_mismatch, threads=threads,
-        n_bootstrap=n_bootstrap)
+        n_bootstrap=n_bootstrap, fasta=fasta, model=model, device=device, long_policy=long_policy,
+        max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)

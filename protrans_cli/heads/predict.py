@@ -135,31 +135,44 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     `directory`, the FASTA's ids in input order). `model` replaces the recorded model (e.g. the
     same weights elsewhere); `long_policy`, `max_length`, `chunk_overlap` the recorded policy
     (a head that records none: error, at the model's own limit, as embed does)."""
-    import shutil
-
-    from protrans_cli.embed import embed, is_stream
-    from protrans_cli.io.fasta import parse_fasta
-
     options, config = head_embed_options(head_dir, model=model, device=device, threads=threads,
                                          long_policy=long_policy, max_length=max_length,
                                          chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
-    directory = Path(directory)
+    readable, ids = fasta_ids(fasta, directory)
+    return embed_fasta(readable, ids, directory, options, fasta,
+                       f"for the {config.get('task', {}).get('name', config['kind'])} head"), ids
+
+
+def fasta_ids(fasta, directory) -> tuple[Path | str, list[str]]:
+    """(a path to read the FASTA from, its ids in input order): stdin, a FIFO or <(zcat ...)
+    copied into `directory` first, as it is read twice (ids, then embed)."""
+    import shutil
+
+    from protrans_cli.embed import is_stream
+    from protrans_cli.io.fasta import parse_fasta
+
     shown = display_name(fasta)
     if str(fasta) == "-" or is_stream(fasta):
-        # read twice (ids, then embed): stdin, a FIFO or <(zcat ...) kept on disk (a pipe was
-        # read to its end by the first pass: "no FASTA records"); messages still name the input
-        spooled = directory / "input.fasta"
+        # (a pipe was read to its end by the first pass: "no FASTA records"); messages still
+        # name the input
+        spooled = Path(directory) / "input.fasta"
         with open_input(fasta, shown) as stream, open(spooled, "wb") as fh:
             shutil.copyfileobj(stream, fh, 1 << 20)
         fasta = spooled
     with open_input(fasta, shown) as stream:
-        ids = [record.id for record in parse_fasta(stream, shown)]
-    output = directory / "embeddings.h5"
+        return fasta, [record.id for record in parse_fasta(stream, shown)]
+
+
+def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: str) -> Path:
+    """Embed the FASTA `fasta` (read from `readable`, of fasta_ids) with `options` into
+    `directory`/embeddings.h5; `purpose` ends the message saying so ("for the loc head")."""
+    from protrans_cli.embed import embed
+
+    output = Path(directory) / "embeddings.h5"
     if ids:  # (none: embed says so, in one line, without "embedding 0 proteins" before it)
-        console.info(f"embedding {console.counted(len(ids), 'protein')} with {options.model} for the "
-                     f"{config.get('task', {}).get('name', config['kind'])} head")
-    embed(fasta, output, options, input_name=shown)
-    return output, ids
+        console.info(f"embedding {console.counted(len(ids), 'protein')} with {options.model} {purpose}")
+    embed(readable, output, options, input_name=display_name(fasta))
+    return output
 
 
 def head_embed_options(head_dir, *, model: str | None = None, device: str = "auto", threads: int | None = None,
@@ -168,7 +181,6 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     """(EmbedOptions, the head's config): how to embed proteins the way the head's training
     embeddings were made (embed_for_head; heads.arrays.predict_sequences). `word`: how a message
     names `model`."""
-    from protrans_cli.embed import EmbedOptions
     from protrans_cli.heads.model import CONFIG, head_input_kind
 
     head_dir = Path(head_dir)
@@ -184,31 +196,45 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     name = model or config.get("embedding", {}).get("model")
     if not name:
         raise UsageError(f"{head_dir} does not record which model made its embeddings: give {word}")
-    per_residue = kind == PER_RESIDUE
-    recorded = config.get("embedding", {})
+    options = recorded_embed_options(config.get("embedding", {}), "the head's training embeddings", model=name,
+                                     layer=head_layer(config), per_residue=kind == PER_RESIDUE, device=device,
+                                     threads=threads, long_policy=long_policy, max_length=max_length,
+                                     chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
+    return options, config
+
+
+def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: int, per_residue: bool,
+                           device: str = "auto", threads: int | None = None, long_policy: str | None = None,
+                           max_length: int | None = None, chunk_overlap: int | None = None,
+                           invalid_policy: str = "error"):
+    """EmbedOptions that embed proteins as the embeddings whose settings `recorded` holds (a
+    head's config "embedding", an embeddings file's attributes) were made: their long-protein
+    policy, length and overlap unless given, and their 3Di prefix. `source`: what messages call
+    those embeddings ("the head's training embeddings"). Validated."""
+    from protrans_cli.embed import EmbedOptions
+
     # A proteome with one protein beyond the model's limit failed, and predict had no option to
-    # say what to do with it: the training embeddings' policy, at their length, unless replaced.
-    from_record = long_policy is None and recorded.get("long_policy", "error") != "error"
+    # say what to do with it: the recorded policy, at its length, unless replaced.
+    from_record = long_policy is None and (recorded.get("long_policy") or "error") != "error"
     if from_record:
-        long_policy = recorded["long_policy"]
+        long_policy = str(recorded["long_policy"])
     if long_policy not in (None, "error") and max_length is None and int(recorded.get("max_length") or 0) > 0:
         max_length = int(recorded["max_length"])
     if long_policy == "chunk" and chunk_overlap is None and recorded.get("chunk_overlap") is not None:
         chunk_overlap = int(recorded["chunk_overlap"])
     if from_record:
         limit = f"{max_length} residues" if max_length else "the model's limit"
-        console.info(f"proteins over {limit}: --long-policy {long_policy}, as in the head's training embeddings")
+        console.info(f"proteins over {limit}: --long-policy {long_policy}, as in {source}")
     given = dict(long_policy=long_policy, max_length=max_length, chunk_overlap=chunk_overlap)
     long = {k: v for k, v in given.items() if v is not None}
-    # a head fit on 3Di embeddings (embed --3di) reads 3Di strings
+    # embeddings of 3Di strings (embed --3di) are compared with embeddings of 3Di strings
     three_di = recorded.get("input_prefix") == THREE_DI_PREFIX
-    options = EmbedOptions(model=name, per_residue=per_residue, per_protein=not per_residue,
-                           layers=(head_layer(config),), device=device, threads=threads,
-                           invalid_policy=invalid_policy, three_di=three_di, **long)
+    options = EmbedOptions(model=model, per_residue=per_residue, per_protein=not per_residue, layers=(layer,),
+                           device=device, threads=threads, invalid_policy=invalid_policy, three_di=three_di, **long)
     # (before the FASTA is read: `--max-length 0` or `--device gpu` was refused only once a whole
     # proteome had been read, or spooled from stdin)
     options.validate()
-    return options, config
+    return options
 
 
 @torch_threads()  # puts the caller's torch thread count back
