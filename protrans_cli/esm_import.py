@@ -217,6 +217,18 @@ def model_layers(model: str | None) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def model_width(model: str | None) -> int | None:
+    """The embedding width of a catalogued ESM checkpoint (by name or hub id), or None."""
+    if not model:
+        return None
+    from protrans_cli.catalog import _catalog
+
+    for entry in _catalog()["checkpoints"]:
+        if model in (entry["name"], entry.get("hub_id")) and entry.get("family") == FAMILY:
+            return int(entry["embedding_dim"]) if entry.get("embedding_dim") else None
+    return None
+
+
 def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residue, per_protein, layout,
                    storage_dtype, model, truncation, force, command_line) -> ImportSummary:
     from protrans_cli import __version__, console
@@ -270,9 +282,16 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
         entries.append(entry)
         del obj
     del owner, sequences
+    # (-m esm2_t33_650M_UR50D over esm2_t6_8M's files was written as 650M's: a head fit on it then met
+    # embed's 1280-d files of that model)
+    if (width := model_width(model)) is not None and dim is not None and dim != width:
+        raise InputError(f"holds embeddings of width {dim}, but -m {model} embeds in {width}: give -m the model "
+                         "esm-extract ran", path=str(entries[0].path))
     if blocks is None:
         # (esm-extract --repr_layers 32 alone, of a 33-block model, would be recorded as the last layer)
-        console.warn(f"no -m naming the model: layer {last}, the highest in the files, is taken to be its last "
+        named = (f"-m {model} names no number of layers (neither a catalogued ESM checkpoint nor a fair-esm "
+                 "name esm*_tN_...)") if model else "no -m naming the model"
+        console.warn(f"{named}: layer {last}, the highest in the files, is taken to be its last "
                      f"(what esm-extract's default --repr_layers -1 stores); give -m (e.g. esm2_t33_650M_UR50D) "
                      "to number the layers as embed does and to match embed's files of that model")
 

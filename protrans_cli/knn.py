@@ -289,7 +289,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     (reference_embed_options); rows follow the FASTA's order."""
     from protrans_cli.heads.fit import check_resamples
     from protrans_cli.heads.metrics import summary_line
-    from protrans_cli.io.files import atomic_output
+    from protrans_cli.io.files import atomic_output, input_named_by
 
     if (query is None) == (fasta is None):
         raise UsageError("give the queries' embeddings (QUERY.h5) or their sequences (--fasta), one of them")
@@ -300,6 +300,9 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
                 raise UsageError(f"{flag} goes with --fasta (QUERY.h5 was embedded already)")
     if score is not None and labels is None:
         raise UsageError("--score compares the labels transferred from the reference: give the reference's --labels")
+    # `-o query.h5` replaced the embeddings with the TSV, as predict and labels refuse
+    if source := input_named_by(output, (query, reference, labels, score)):
+        raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")
     check_resamples(n_bootstrap, "--bootstrap")
     _check_search(k, metric)
     if fasta is not None:
@@ -343,6 +346,11 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
             # Where some reference proteins have no label of this column (DeepLoc's membrane `U`),
             # the label comes from the nearest ones that have one.
             known = np.array([by_id.get(r, {}).get(column) not in (None, *skip) for r in ref_ids])
+            if not known.any():  # (setHARD's membrane: all `U`; an empty search was a traceback)
+                transfer.scores[column] = {"metric": "accuracy", "n": 0, "n_proteins": 0, "accuracy": math.nan}
+                console.info(summary_line("transfer", column, transfer.scores[column])
+                             + " (no reference protein has a known label)")
+                continue
             found = result if known.all() else _neighbours(
                 q_ids, q, [r for r, ok in zip(ref_ids, known) if ok], ref[known], k, metric, exclude_self, threads)
             transfer.scores[column] = _score_column(found, column, by_id, skip, truth, n_bootstrap)

@@ -97,11 +97,12 @@ def test_several_layers_a_model_and_means_from_rows(run_cli, tmp_path, extracted
         del obj["mean_representations"]
         torch.save(obj, path)
     out = tmp_path / "e.h5"
-    _ok(run_cli("import-esm", folder, "-o", out, "--layer", "1", "--layer", "2", "-m", "esm2_t6_8M_UR50D",
+    # (a fair-esm name, not catalogued: its width is not checked; esm2_t6_8M_UR50D's 320 is, below)
+    _ok(run_cli("import-esm", folder, "-o", out, "--layer", "1", "--layer", "2", "-m", "esm1_t6_43M_UR50S",
                 "--per-protein", "--storage-dtype", "float16"))
     got, attrs, _ = _read(out)
-    assert set(got) == {PER_PROTEIN} and attrs["model"] == "esm2_t6_8M_UR50D"
-    # esm2_t6: 6 blocks, 7 hidden states; layers 1 and 2 are -6 and -5, in the order given
+    assert set(got) == {PER_PROTEIN} and attrs["model"] == "esm1_t6_43M_UR50S"
+    # esm1_t6: 6 blocks, 7 hidden states; layers 1 and 2 are -6 and -5, in the order given
     assert list(np.atleast_1d(attrs["layers"])) == [-6, -5] and attrs["num_hidden_states"] == 7
     for ident, (rows, _) in arrays.items():
         vec, meta = got[PER_PROTEIN][ident]
@@ -343,3 +344,14 @@ def test_a_plain_pickle_is_refused_in_one_line_without_torchs_warning(tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(InputError, match=r"evil\.pt: not an esm-extract output: it holds objects other than"):
             load_pt(tmp_path / "evil.pt")
+
+
+def test_a_catalogued_model_of_another_width_and_an_unknown_name(run_cli, tmp_path, extracted):
+    """-m esm2_t6_8M_UR50D (320-d) over 4-d files was written as that model's; -m of a name with no
+    number of layers was warned about as "no -m"."""
+    folder, _, _ = extracted
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "-m", "esm2_t6_8M_UR50D")
+    assert r.exit_code == 1 and "width 4, but -m esm2_t6_8M_UR50D embeds in 320" in r.stderr
+    assert not (tmp_path / "e.h5").exists() and "Traceback" not in r.stderr
+    r = _ok(run_cli("import-esm", folder, "-o", tmp_path / "f.h5", "-m", "my_model"))
+    assert "-m my_model names no number of layers" in r.stderr and "no -m naming" not in r.stderr

@@ -331,3 +331,21 @@ def test_fasta_refusals(tmp_path, run_cli, own_tmpdir):
     r = run_cli("knn", "--fasta", bad, *ref)  # (stdout: the temporary file in $TMPDIR)
     assert r.exit_code == 1
     assert _no_temporaries(tmp_path, own_tmpdir)
+
+
+def test_a_column_no_reference_protein_knows_and_an_input_as_output(tmp_path, run_cli):
+    """setHARD as its own reference: every membrane label is `U`, so none is transferred (an empty
+    search was a traceback); `-o` naming an input is refused (the query file was replaced by the TSV)."""
+    _write(tmp_path / "q.h5", np.eye(4), ["a", "b", "c", "d"])
+    (tmp_path / "l.fasta").write_text("".join(f">{i} {loc}-U\nMKV\n" for i, loc in
+                                              zip("abcd", ["Nucleus", "Nucleus", "Cytoplasm", "Cytoplasm"])))
+    base = ("knn", tmp_path / "q.h5", "--reference", tmp_path / "q.h5", "--exclude-self")
+    r = run_cli(*base, "--labels", tmp_path / "l.fasta", "--score", tmp_path / "l.fasta", "--bootstrap", "20",
+                "-o", tmp_path / "hits.tsv")
+    assert r.exit_code == 0, r.stderr
+    assert "transfer membrane: nothing to evaluate (no reference protein has a known label)" in r.stderr
+    before = (tmp_path / "q.h5").read_bytes()
+    for out, source in (("q.h5", "q.h5"), ("l.fasta", "l.fasta")):
+        r = run_cli(*base, "--labels", tmp_path / "l.fasta", "-o", tmp_path / out)
+        assert r.exit_code == 2 and "is also an input: writing it would replace" in r.stderr and source in r.stderr
+    assert (tmp_path / "q.h5").read_bytes() == before

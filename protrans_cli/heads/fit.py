@@ -534,7 +534,7 @@ def cv_folds(config: FitConfig, task: Task, train, labels) -> list[np.ndarray]:
     groups = _sequence_groups(train)
     if len(groups) < k:
         what = "proteins of distinct sequence" if len(groups) < len(train.items) else "proteins"
-        raise InputError(f"--folds {k} needs at least {k} training {what}, the set has {len(groups)}",
+        raise InputError(f"--folds {k} needs at least {k:,} training {what}, the set has {len(groups):,}",
                          path=str(labels))
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(groups))
