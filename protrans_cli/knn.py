@@ -289,7 +289,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     (reference_embed_options); rows follow the FASTA's order."""
     from protrans_cli.heads.fit import check_resamples
     from protrans_cli.heads.metrics import summary_line
-    from protrans_cli.io.files import atomic_output, input_named_by
+    from protrans_cli.io.files import atomic_output, input_named_by, same_file
 
     if (query is None) == (fasta is None):
         raise UsageError("give the queries' embeddings (QUERY.h5) or their sequences (--fasta), one of them")
@@ -301,7 +301,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     if score is not None and labels is None:
         raise UsageError("--score compares the labels transferred from the reference: give the reference's --labels")
     # `-o query.h5` replaced the embeddings with the TSV, as predict and labels refuse
-    if source := input_named_by(output, (query, reference, labels, score)):
+    if source := input_named_by(output, [p for p in (query, fasta, reference, labels, score) if p is not None]):
         raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")
     check_resamples(n_bootstrap, "--bootstrap")
     _check_search(k, metric)
@@ -321,6 +321,9 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
         columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format, ref_ids)
         truth = None if score is None else _query_labels(score, label_format, q_ids)
+    if query is not None and not exclude_self and same_file(query, reference):
+        console.info(f"{query} is its own reference: each protein's first neighbour is itself, at distance 0 "
+                     "(--exclude-self leaves it out)")
     result = _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads)
     if labels is not None:
         console.info(f"transferring {', '.join(columns)} from {labels}")
