@@ -47,9 +47,8 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
                                  expect_path)
 from protrans_cli.io.fasta import parse_fasta
-from protrans_cli.io.files import (create_fresh, display_name, input_named_by, open_input, output_directory,
-                                   output_lock, refuse_compressed_hdf5, refuse_special_output, stdin_binary,
-                                   through_link, writable_or_refused)
+from protrans_cli.io.files import (checked_hdf5_output, create_fresh, display_name, input_named_by, open_input,
+                                   output_lock, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
                                 partial_path, refuse_if_in_use)
 from protrans_cli.embed_resume import _Done, _done_in
@@ -879,15 +878,8 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         _check_embedder_input(options, embedder)
     if str(output) == "-":
         raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
-    refuse_special_output(output, "-o", "an HDF5 file")
-    refuse_compressed_hdf5(output, "-o", " (--compression gzip compresses its arrays)")
-    output_directory(output)  # before anything is read or loaded
-    output = through_link(output)  # (the user's own link: where it leads)
-    output_directory(output)
-    if output.is_dir():  # (was found only by the final rename, after every protein was embedded)
-        raise UsageError("is a directory: the embeddings are one HDF5 file (give -o a file name, such as "
-                         f"{output / 'embeddings.h5'})", path=str(output))
-    writable_or_refused(output)
+    output = checked_hdf5_output(output, "the embeddings", compressed_hint=" (--compression gzip compresses its arrays)",
+                                 directory_hint=f" (give -o a file name, such as {Path(output) / 'embeddings.h5'})")
     # `embed e2.fa -o e2.fa` replaced the FASTA with its embeddings (and `x.fa.partial -o x.fa`
     # truncated it on opening): refused, as prep, labels and predict do.
     for target in (output, partial_path(output)):

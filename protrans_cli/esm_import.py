@@ -74,8 +74,7 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
     `truncation_seq_length`: esm-extract's (its default 1022), recorded as embed's `max_length`
     with `long_policy` truncate.
     """
-    from protrans_cli.io.files import (output_directory, output_lock, refuse_compressed_hdf5, refuse_special_output,
-                                       through_link, writable_or_refused)
+    from protrans_cli.io.files import checked_hdf5_output, output_lock
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -100,15 +99,7 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
         raise UsageError("the stacked layout holds per-protein vectors only: choose --per-protein alone")
     if per_residue and per_protein and layout == "flat":
         raise UsageError("the flat layout holds one kind only: choose --per-residue or --per-protein")
-    output = Path(output)
-    refuse_special_output(output, "-o", "an HDF5 file")
-    refuse_compressed_hdf5(output, "-o")
-    output_directory(output)
-    output = through_link(output)
-    output_directory(output)
-    if output.is_dir():
-        raise UsageError("is a directory: the imported embeddings are one HDF5 file", path=str(output))
-    writable_or_refused(output)
+    output = checked_hdf5_output(Path(output), "the imported embeddings")
     paths = _pt_files(inputs, output)
     with output_lock(output, "is the output of another protrans embed, merge or import-esm that is running now: "
                              "wait for it to end, or choose another -o"):

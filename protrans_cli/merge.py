@@ -63,8 +63,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
           command_line: str | None = None) -> MergeSummary:
     """Merge the embed outputs `inputs` into `output` (see the module docstring). `layout`: the
     merged file's (default: the first part's); `force`: replace an existing `output`."""
-    from protrans_cli.io.files import (output_directory, output_lock, refuse_compressed_hdf5, refuse_special_output,
-                                       through_link, writable_or_refused)
+    from protrans_cli.io.files import checked_hdf5_output, output_lock
 
     # From Python: one file as a bare path (it was read letter by letter: "e: not a file"); an
     # output or a force that is no path or bool (a TypeError, or "no" taken as true)
@@ -83,14 +82,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
         raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     # (embed's checks of its output: a pipe or device is not renamed over, the user's own link
     # is followed, a read-only file is refused)
-    refuse_special_output(output, "-o", "an HDF5 file")
-    refuse_compressed_hdf5(output, "-o")
-    output_directory(output)
-    output = through_link(output)
-    output_directory(output)
-    if output.is_dir():
-        raise UsageError("is a directory: the merged embeddings are one HDF5 file", path=str(output))
-    writable_or_refused(output)
+    output = checked_hdf5_output(output, "the merged embeddings")
     _check_paths(paths, output)
     # Held from the "exists" check to the final rename, as embed holds it: a merge with --force
     # into the output of an embed (or merge) running now removed its partial file, and both said

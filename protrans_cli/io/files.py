@@ -623,6 +623,21 @@ def through_link(path) -> Path:
     return path
 
 
+def checked_hdf5_output(output, what: str, *, compressed_hint: str = "", directory_hint: str = "") -> Path:
+    """An HDF5 file `-o` names, checked before anything is read (embed, merge, import-esm): not a
+    pipe or device, not a `.gz` name, its folder there, the user's own link followed (where it
+    leads is written), not a directory, not read-only. `what`: "the embeddings", ..."""
+    refuse_special_output(output, "-o", "an HDF5 file")
+    refuse_compressed_hdf5(output, "-o", compressed_hint)
+    output_directory(output)  # before anything is read or loaded
+    output = through_link(output)  # (the user's own link: where it leads)
+    output_directory(output)
+    if output.is_dir():  # (was found only by the final rename, after the work)
+        raise UsageError(f"is a directory: {what} are one HDF5 file{directory_hint}", path=str(output))
+    writable_or_refused(output)
+    return output
+
+
 def writable_or_refused(path: Path) -> None:
     """An existing file the user may not write is refused, as the shell's `>` refuses it (renamed
     over, a read-only file was replaced wherever its folder let us)."""
