@@ -223,16 +223,9 @@ def model_width(model: str | None) -> int | None:
 def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residue, per_protein, layout,
                    storage_dtype, model, truncation, force, command_line) -> ImportSummary:
     from protrans_cli import __version__, console
-    from protrans_cli.io.h5 import EmbeddingsWriter, partial_path, refuse_replacing_other_file, remove_partial
+    from protrans_cli.io.h5 import EmbeddingsWriter, output_free, remove_partial
 
-    if output.exists() and not force:
-        raise UsageError("exists: give --force to replace it", path=str(output))
-    if force and output.exists():
-        refuse_replacing_other_file(output, "embed, merge or import-esm")
-    partial = partial_path(output)
-    if partial.exists() and not force:
-        raise UsageError(f"{partial.name} exists (a run into this output that did not finish): give --force to "
-                         "replace it", path=str(output))
+    partial = output_free(output, force, "embed, merge or import-esm")
 
     # The kinds and layers, from the first file (every other must hold them)
     rows0, means0 = _available(load_pt(paths[0], mmap=True), paths[0])

@@ -30,8 +30,8 @@ import numpy as np
 
 from protrans_cli.errors import InputError, ProtransError, UsageError, expect_path
 from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_ATTRS, EmbeddingsReader,
-                                EmbeddingsWriter, _comparable, digest128, escape_key, partial_path, remove_partial,
-                                refuse_replacing_other_file, stored_proteins)
+                                EmbeddingsWriter, _comparable, digest128, escape_key, output_free, partial_path,
+                                remove_partial, stored_proteins)
 
 # What the writer records itself: its layout and kinds, and the failures and runs of the parts
 _OWN_ATTRS = {"layout", "kinds", "kind", "storage_dtype", "failed", "runs"}
@@ -96,14 +96,7 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
                   command_line: str | None) -> MergeSummary:
     from protrans_cli import __version__
 
-    if output.exists() and not force:
-        raise UsageError("exists: give --force to replace it", path=str(output))
-    if force and output.exists():
-        refuse_replacing_other_file(output, "embed or merge")
-    partial = partial_path(output)
-    if partial.exists() and not force:
-        raise UsageError(f"{partial.name} exists (a run into this output that did not finish): give --force to "
-                         "replace it", path=str(output))
+    partial = output_free(output, force, "embed or merge")
     parts = [_read_part(path) for path in paths]
     for part in parts[1:]:
         _check_same(parts[0], part)

@@ -1186,6 +1186,21 @@ def refuse_if_in_use(path) -> None:
         pass
 
 
+def output_free(output: Path, force: bool, command: str) -> Path:
+    """merge's and import-esm's rule for their -o, before any work: an existing file (or the
+    .partial of a run that did not finish) needs --force, which replaces an HDF5 file only
+    (refuse_replacing_other_file). Returns the .partial path."""
+    if output.exists() and not force:
+        raise UsageError("exists: give --force to replace it", path=str(output))
+    if force and output.exists():
+        refuse_replacing_other_file(output, command)
+    partial = partial_path(output)
+    if partial.exists() and not force:
+        raise UsageError(f"{partial.name} exists (a run into this output that did not finish): give --force to "
+                         "replace it", path=str(output))
+    return partial
+
+
 def refuse_replacing_other_file(path, command: str, resume: bool = False) -> None:
     """--force replaces an earlier output, an HDF5 file (damaged or not): a usage error (exit 2),
     before any work, for an existing file that is not one (`-o proteome.fa --force`, or an -o
