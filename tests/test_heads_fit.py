@@ -5,6 +5,7 @@ errors: label/embedding mismatches, wrong dimension or model, an existing head d
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import gzip
 import io
@@ -936,11 +937,30 @@ def test_a_head_fit_on_the_gpu_predicts_like_on_the_cpu(run_cli, ss_data, tmp_pa
     assert agree > 0.99
 
 
+@contextlib.contextmanager
+def _stopped_after(monkeypatch, *, member: int, epoch: int):
+    """A Ctrl-C right after the state of `member`'s `epoch` is saved (inside the block)."""
+    from protrans_cli.heads.fit import FitState
+
+    save_epoch = FitState.save_epoch
+
+    def save_then_stop(self, current):
+        save_epoch(self, current)
+        if current["member"] == member and current["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+
+
 def test_an_interrupted_fit_resumes_to_the_head_an_uninterrupted_fit_gives(ss_data, tmp_path, monkeypatch, run_cli):
     from safetensors.torch import load_file
 
     from protrans_cli.heads import fit as fit_module
-    from protrans_cli.heads.fit import FitConfig, FitState, fit, partial_path
+    from protrans_cli.heads.fit import FitConfig, fit, partial_path
 
     def config(**kw):
         return FitConfig(**{**dict(task="ss3", max_epochs=4, patience=10, ensemble=2, max_residues=300, lr=0.02,
@@ -949,19 +969,10 @@ def test_an_interrupted_fit_resumes_to_the_head_an_uninterrupted_fit_gives(ss_da
     args = (ss_data / "train.h5", ss_data / "train.csv")
     whole = fit(config(), *args, tmp_path / "whole")
 
-    save_epoch = FitState.save_epoch
-
-    def save_then_stop(self, current):  # Ctrl-C right after member 1's second epoch is saved
-        save_epoch(self, current)
-        if current["member"] == 1 and current["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
     out = tmp_path / "parts"
-    with pytest.raises(KeyboardInterrupt):
+    with _stopped_after(monkeypatch, member=1, epoch=2), pytest.raises(KeyboardInterrupt):
         fit(config(), *args, out)
     assert not out.exists() and (partial_path(out) / "state.pt").is_file()
-    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
 
     # Without --resume the kept state is neither lost nor silently reused; other settings are refused.
     r = run_cli("fit", "ss3", "--embeddings", args[0], "--labels", args[1], "-o", out, "--max-epochs", "4")
@@ -3618,7 +3629,7 @@ def test_folds_take_in_the_label_files_validation_records(ss_data, tmp_path):
 def test_an_interrupted_cross_validation_resumes_to_the_same_head(loc_data, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from protrans_cli.heads.fit import FitState, partial_path
+    from protrans_cli.heads.fit import partial_path
 
     def config(**kw):
         return FitConfig(**{**dict(task="loc", folds=3, max_epochs=4, patience=10, threads=1, n_bootstrap=10,
@@ -3626,18 +3637,9 @@ def test_an_interrupted_cross_validation_resumes_to_the_same_head(loc_data, tmp_
 
     args = (loc_data / "train.h5", loc_data / "train.fasta")
     whole = fit(config(), *args, tmp_path / "whole")
-    save_epoch = FitState.save_epoch
-
-    def save_then_stop(self, current):
-        save_epoch(self, current)
-        if current["member"] == 1 and current["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
     out = tmp_path / "parts"
-    with pytest.raises(KeyboardInterrupt):
+    with _stopped_after(monkeypatch, member=1, epoch=2), pytest.raises(KeyboardInterrupt):
         fit(config(), *args, out)
-    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
     with pytest.raises(UsageError, match=r"other settings or inputs \(ensemble, folds\)"):
         fit(config(resume=True, folds=4), *args, out)
     parts = fit(config(resume=True), *args, out)
