@@ -556,13 +556,19 @@ def test_labels_command_writes_embed_fasta(run_cli, tmp_path):
     assert r.exit_code == 0 and r.stdout == ">p3\nMKVL\n"
 
 
-def test_flip_file_declares_train_valid_and_test(ss_data, tmp_path):
+def _flip_with_splits(ss_data, tmp_path):
+    """ss_data's train set as a FLIP FASTA of 3-state labels: 5 of 7 train, 1 validation, 1 test."""
     lines = (ss_data / "train.fa").read_text().splitlines()
     flip = tmp_path / "flip.fasta"
     with open(flip, "w") as fh:
         for i, (header, seq) in enumerate(zip(lines[::2], lines[1::2])):
             split = ["SET=train VALIDATION=False"] * 5 + ["SET=train VALIDATION=True", "SET=test VALIDATION=False"]
             fh.write(f"{header} {split[i % 7]}\n{ss8_to_ss3(''.join(RULE8.get(c, 'C') for c in seq))}\n")
+    return flip
+
+
+def test_flip_file_declares_train_valid_and_test(ss_data, tmp_path):
+    flip = _flip_with_splits(ss_data, tmp_path)
     result = fit(FitConfig(task="ss3", max_epochs=1, threads=1, n_bootstrap=50), ss_data / "train.h5", flip,
                  tmp_path / "head")
     assert result.metrics["valid"]["ss3"]["n_proteins"] == 10
@@ -3614,12 +3620,7 @@ def test_folds_refusals(run_cli, loc_data, tmp_path):
 
 
 def test_folds_take_in_the_label_files_validation_records(ss_data, tmp_path):
-    lines = (ss_data / "train.fa").read_text().splitlines()
-    flip = tmp_path / "flip.fasta"
-    with open(flip, "w") as fh:
-        for i, (header, seq) in enumerate(zip(lines[::2], lines[1::2])):
-            split = ["SET=train VALIDATION=False"] * 5 + ["SET=train VALIDATION=True", "SET=test VALIDATION=False"]
-            fh.write(f"{header} {split[i % 7]}\n{ss8_to_ss3(''.join(RULE8.get(c, 'C') for c in seq))}\n")
+    flip = _flip_with_splits(ss_data, tmp_path)
     result = fit(FitConfig(task="ss3", folds=3, max_epochs=1, threads=1, n_bootstrap=50, plots=False),
                  ss_data / "train.h5", flip, tmp_path / "head")
     assert result.metrics["cv"]["ss3"]["n_proteins"] == 60 and result.metrics["test"]["ss3"]["n_proteins"] == 10
