@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, sequence_checksum
+from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, sequence_checksum, truncated_by
 
 REFERENCE = Path(__file__).parent / "data" / "esm_reference"
 
@@ -150,6 +150,9 @@ def test_truncated_proteins_are_recorded_as_embeds_truncate_policy(run_cli, tmp_
     meta = got[PER_RESIDUE]["long"][1]
     assert meta["length"] == 6 and meta["truncated_from"] == 10 and meta["checksum"] == sequence_checksum(seq[:6])
     assert attrs["max_length"] == 6
+    # fit's and predict's messages say who cut it short (they said "truncated by embed")
+    with EmbeddingsReader(out) as reader:
+        assert truncated_by(reader.attrs) == "esm-extract (--truncation_seq_length)"
     # the default 1022: 6 rows of a 10-residue sequence is another sequence
     r = run_cli("import-esm", folder, "-o", tmp_path / "f.h5", "--fasta", fasta)
     assert r.exit_code == 1 and "long.pt: holds 6 rows; its sequence" in r.stderr and "10 residues" in r.stderr

@@ -33,7 +33,7 @@ from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, h5_file, open_local,
-                                read_array, sequence_checksum, unescape_key)
+                                read_array, sequence_checksum, truncated_by, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -328,8 +328,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
                      "every residue masked, or a dual location under --dual skip) and are left out "
                      f"({some_ids(report.no_label)})")
     if report.truncated_used:
-        console.info(f"{reader.path}: {len(report.truncated_used)} labelled protein(s) were truncated by embed "
-                     "(--long-policy truncate): the head reads the residues kept "
+        console.info(f"{reader.path}: {len(report.truncated_used)} labelled protein(s) were truncated by "
+                     f"{truncated_by(reader.attrs)}: the head reads the residues kept "
                      f"({some_ids(report.truncated_used, 3)})")
     if report.left_out:
         console.warn(f"{label_set.path} vs {reader.path}: {len(report.left_out)} label record(s) have no embedding "

@@ -34,7 +34,7 @@ from protrans_cli.io.files import (atomic_output, default_permissions, display_n
 from protrans_cli.io.disk import ensure_room
 from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id, escape_key,
                                 h5_file, input_prefix_of, is_write_failure, one_protein_twice, prefix_words,
-                                stored_length, three_di_words, truncated_from, write_failure_reason)
+                                stored_length, three_di_words, truncated_by, truncated_from, write_failure_reason)
 from protrans_cli.residues import THREE_DI_PREFIX
 from protrans_cli.threads import torch_threads
 
@@ -287,12 +287,13 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
             count = len(items)
         failed = reader.failed()
         subgroups = reader.subgroups
+        cut_by = truncated_by(reader.attrs)
     if subgroups:  # datasets nested in groups (ids with '/' written as they were): no prediction either
         console.warn(f"{embeddings}: {len(subgroups)} group(s) at the top of this flat file are not read, and the "
                      f"datasets in them get no prediction: {some_ids(sorted(subgroups))}")
     if truncated:  # a prediction of the first residues only, or from their mean: never silent
-        console.warn(f"{embeddings}: {len(truncated)} protein(s) were truncated by embed (--long-policy "
-                     f"truncate); their predictions are of the residues kept only: {some_ids(truncated)}")
+        console.warn(f"{embeddings}: {len(truncated)} protein(s) were truncated by {cut_by}; their predictions "
+                     f"are of the residues kept only: {some_ids(truncated)}")
     if failed:  # proteins embed could not embed (too long, out of memory): no prediction either
         console.warn(f"{embeddings}: {len(failed)} protein(s) have no embedding (the file's 'failed' "
                      f"attribute) and get no prediction: {some_ids(sorted(failed))}")

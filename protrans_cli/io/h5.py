@@ -1186,6 +1186,14 @@ def refuse_if_in_use(path) -> None:
         pass
 
 
+def truncated_by(attrs) -> str:
+    """Who cut a file's truncated proteins short, for messages: embed, or esm-extract (a file
+    `import-esm` wrote)."""
+    if attrs.get("imported_from") == "esm-extract":
+        return "esm-extract (--truncation_seq_length)"
+    return "embed (--long-policy truncate)"
+
+
 def output_free(output: Path, force: bool, command: str) -> Path:
     """merge's and import-esm's rule for their -o, before any work: an existing file (or the
     .partial of a run that did not finish) needs --force, which replaces an HDF5 file only
