@@ -123,8 +123,8 @@ def _reference_vectors(reference, layer: int):
 def _check_pair(query, reference, q, ref, q_attrs: dict, r_attrs: dict, metric: str,
                 allow_model_mismatch: bool) -> None:
     if q.shape[1] != ref.shape[1]:
-        raise ModelError(f"queries are {q.shape[1]}-d, the reference {ref.shape[1]}-d {reference}: embed both with "
-                         "one model and layer", path=str(query))
+        raise ModelError(f"queries are {q.shape[1]}-d, the reference ({reference}) {ref.shape[1]}-d: embed both "
+                         "with one model and layer", path=str(query))
     _check_same_model(query, reference, q_attrs, r_attrs, allow_model_mismatch)
     if metric == "cosine":
         for m, path in ((q, query), (ref, reference)):

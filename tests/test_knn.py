@@ -138,7 +138,7 @@ def test_refusals(tmp_path, run_cli):
     _write(tmp_path / "res.h5", np.eye(4), residues=True)
     base = ("knn", tmp_path / "q.h5", "--reference")
     r = run_cli(*base, tmp_path / "r5.h5")
-    assert r.exit_code == 1 and "queries are 4-d, the reference 5-d" in r.stderr
+    assert r.exit_code == 1 and "queries are 4-d, the reference (" in r.stderr and ") 5-d: embed both" in r.stderr
     r = run_cli(*base, tmp_path / "other.h5")
     assert r.exit_code == 1 and "--allow-model-mismatch overrides" in r.stderr and "Traceback" not in r.stderr
     r = run_cli(*base, tmp_path / "other.h5", "--allow-model-mismatch")
@@ -326,7 +326,7 @@ def test_fasta_refusals(tmp_path, run_cli, own_tmpdir):
     # an error after embedding (the reference of another width) names the FASTA, leaves no temporary file
     _write(tmp_path / "narrow.h5", np.eye(5), model="onehot")
     r = run_cli("knn", "--fasta", q_fa, "--reference", tmp_path / "narrow.h5", "-o", out)
-    assert r.exit_code == 1 and "the reference 5-d" in r.stderr and f"the embeddings of {q_fa}" in r.stderr
+    assert r.exit_code == 1 and ") 5-d: embed both" in r.stderr and f"the embeddings of {q_fa}" in r.stderr
     assert ".protrans-knn-" not in r.stderr
     r = run_cli("knn", "--fasta", bad, *ref)  # (stdout: the temporary file in $TMPDIR)
     assert r.exit_code == 1
