@@ -141,6 +141,7 @@ def reference_embed_options(reference, *, layer: int = -1, model: str | None = N
     """EmbedOptions that embed query sequences as the reference's per-protein vectors were made:
     its `model` attribute (or `model`, e.g. a local copy), the layer of it `layer` picks, and its
     long-protein policy, length and overlap unless given (as `predict --fasta` does a head's)."""
+    from protrans_cli.esm_import import SOURCE as ESM_EXTRACT  # (the model import-esm records when not told it)
     from protrans_cli.heads.data import stored_layer_index
     from protrans_cli.heads.predict import recorded_embed_options
     from protrans_cli.io.h5 import input_prefix_of
@@ -160,6 +161,11 @@ def reference_embed_options(reference, *, layer: int = -1, model: str | None = N
     if not name:
         raise UsageError(f"{reference} does not record which model made its embeddings: give -m (the model) "
                          "with --fasta")
+    if model is None and name == ESM_EXTRACT:
+        # import-esm without -m records the tool, not the model: it was loaded as a model named
+        # "esm-extract" (a hub download error) once the FASTA had been read
+        raise UsageError(f"{reference} was imported from esm-extract without naming the model (import-esm -m): "
+                         "give -m (the ESM model that made it, e.g. esm2_t33_650M_UR50D) with --fasta")
     recorded = {key: attrs.get(key) for key in ("long_policy", "max_length", "chunk_overlap")}
     recorded["input_prefix"] = input_prefix_of(attrs)
     return recorded_embed_options(recorded, "the reference's embeddings", model=name, layer=model_layer,

@@ -3798,3 +3798,68 @@ def test_search_refusals(run_cli, loc_data, tmp_path):
     r = run_cli(*base, "--search", "lr=0.1,0.2", "--lr", "0.3")
     assert r.exit_code == 2 and "--lr is given and searched" in r.stderr
     assert not (tmp_path / "h").exists() and not (tmp_path / "h.search").exists()
+
+
+def test_search_refuses_a_grid_one_trial_of_which_cannot_be_trained_before_any_is(run_cli, loc_data, tmp_path):
+    """--search architecture=fnn,light-attention on per-protein embeddings trained trial_00 and then
+    failed on trial_01 ("has no per_residue embeddings"); fnn,cnn for loc and class-weights=no,yes
+    for a value task the same. A searched kernel of FNN heads trained identical trials."""
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+            "--max-epochs", "1", "--no-plots", "-o", tmp_path / "h")
+    for search, message in (("architecture=fnn,light-attention", "has no per_residue embeddings"),
+                            ("architecture=fnn,cnn", "--architecture cnn: loc is a per-protein task"),
+                            ("kernel=3,5", "--search kernel: an FNN head does not read it")):
+        r = run_cli(*base, "--search", search)
+        assert r.exit_code != 0 and message in r.stderr and "trial_00" not in r.stderr, (search, r.stderr)
+        assert not (tmp_path / "h").exists() and not (tmp_path / "h.search").exists()
+    ids = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[:1] == ">"]
+    (tmp_path / "value.csv").write_text("id,label\n" + "".join(f"{i},{n % 5}\n" for n, i in enumerate(ids)))
+    r = run_cli("fit", "value", "--embeddings", loc_data / "train.h5", "--labels", tmp_path / "value.csv", "-j", "1",
+                "--max-epochs", "1", "--no-plots", "--search", "class-weights=no,yes", "-o", tmp_path / "h")
+    assert r.exit_code == 2 and "--class-weights is for classification" in r.stderr and "trial_00" not in r.stderr
+    # --kernel with fnn,light-attention: the light-attention trials read it (it was said to do nothing)
+    r = run_cli(*base, "--kernel", "5", "--search", "architecture=fnn,light-attention")
+    assert r.exit_code == 1 and "has no per_residue" in r.stderr and "--kernel does nothing" not in r.stderr
+
+
+def test_search_replaces_only_a_head_and_writes_through_a_link(run_cli, loc_data, tmp_path):
+    """The kept head replaced whatever -o named: with --force a project folder (and the inputs in
+    it, which fit refuses), with --resume a plain fit's head; an -o link to a folder failed after
+    every trial ("Is a directory")."""
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+            "--max-epochs", "1", "--no-plots", "--bootstrap", "10")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    r = run_cli(*base, "--search", "lr=0.001,0.01", "--force", "-o", tmp_path / "project")
+    assert r.exit_code == 2 and "holds files that are not fit's (notes.txt)" in r.stderr
+    assert (tmp_path / "project" / "notes.txt").read_text() == "mine" and not (tmp_path / "project.search").exists()
+    r = run_cli(*base, "-o", tmp_path / "plain")
+    assert r.exit_code == 0, r.stderr
+    r = run_cli(*base, "--search", "lr=0.001,0.01", "--resume", "-o", tmp_path / "plain")
+    assert r.exit_code == 2 and "is not the head a search kept" in r.stderr
+    assert not (tmp_path / "plain" / "search.json").exists()
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    r = run_cli(*base, "--search", "lr=0.001,0.01", "-o", tmp_path / "link", "--force")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "search.json").is_file()
+    assert (tmp_path / "real.search" / "trial_01").is_dir()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    r = run_cli(*base, "--search", "lr=0.001,0.01", "-o", tmp_path / "link", "--resume")  # (its own kept head)
+    assert r.exit_code == 0 and "member 0 epoch" not in r.stderr, r.stderr
+
+
+def test_a_search_no_trial_of_which_scores_says_so(run_cli, loc_data, tmp_path):
+    """Spearman undefined for every trial (two validation proteins of one value): the search said
+    "valid score -inf" and kept trial_00 as if chosen."""
+    ids = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[:1] == ">"]
+    (tmp_path / "train.csv").write_text("id,label\n" + "".join(f"{i},{n % 5}\n" for n, i in enumerate(ids[:-2])))
+    (tmp_path / "valid.csv").write_text("id,label\n" + "".join(f"{i},1.0\n" for i in ids[-2:]))
+    r = run_cli("fit", "value", "--embeddings", loc_data / "train.h5", "--labels", tmp_path / "train.csv",
+                "--valid", loc_data / "train.h5", tmp_path / "valid.csv", "-j", "1",
+                "--max-epochs", "1", "--no-plots", "--bootstrap", "10", "--search", "lr=0.001,0.01",
+                "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    assert "-inf" not in r.stderr and "search: trial_01: no valid score" in r.stderr
+    assert "no trial has a valid score" in r.stderr and "kept trial_00, the first, unchosen" in r.stderr
+    assert json.loads((tmp_path / "h" / "search.json").read_text())["trials"][0]["score"] is None

@@ -308,6 +308,15 @@ def test_fasta_refusals(tmp_path, run_cli, own_tmpdir):
     assert "does not record which model made its embeddings: give -m" in r.stderr
     r = run_cli("knn", "--fasta", q_fa, "--reference", bare, "-m", "onehot")
     assert r.exit_code == 0, r.stderr
+    # import-esm without -m records the tool as the model: it was loaded as a model "esm-extract"
+    # (a hub download error, once the FASTA had been read); -m names the model
+    with h5py.File(bare, "a") as f:
+        f.attrs["model"] = "esm-extract"
+    r = run_cli("knn", "--fasta", q_fa, "--reference", bare)
+    assert r.exit_code == 2 and "imported from esm-extract without naming the model" in r.stderr
+    assert "cannot load model" not in r.stderr and "embedding 3" not in r.stderr
+    r = run_cli("knn", "--fasta", q_fa, "--reference", bare, "-m", "onehot")
+    assert r.exit_code == 0, r.stderr
     # a per-residue reference is refused before anything is embedded
     assert run_cli("embed", q_fa, "-m", "onehot", "--per-residue", "-o", tmp_path / "res.h5").exit_code == 0
     r = run_cli("knn", "--fasta", q_fa, "--reference", tmp_path / "res.h5")

@@ -122,7 +122,8 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
     from protrans_cli import console
     from protrans_cli.heads.fit import FitConfig, fit, partial_path
 
-    _warn_unused(ctx, task, architecture)
+    grid = _search_grid(ctx, search_specs)
+    _warn_unused(ctx, task, architecture, grid.get("architecture"))
     if folds is not None and ctx.get_parameter_source("valid_fraction") is ParameterSource.COMMANDLINE:
         # (silently ignored: each fold is validated in turn, none held out)
         console.warn("--valid-fraction does nothing with --folds (member k is validated on fold k): ignored")
@@ -135,7 +136,6 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
                        n_bootstrap=n_bootstrap, threads=threads, label_format=label_format, mask_path=mask_path,
                        mask_columns=tuple(mask_columns), force=force, standardise=standardise, device=device,
                        resume=resume, plots=plots)
-    grid = _search_grid(ctx, search_specs)
     try:
         if grid:
             from protrans_cli.heads.search import search
@@ -182,15 +182,20 @@ _FLAGS = {"max_residues": "--max-residues", "kernel": "--kernel", "batch_size": 
           "standardise": "--standardise/--no-standardise"}
 
 
-def _warn_unused(ctx, task: str, architecture: str | None) -> None:
+def _warn_unused(ctx, task: str, architecture: str | None, searched: list | None = None) -> None:
+    """`searched`: the architectures of --search architecture=...: an option is said to do nothing
+    only where none of them reads it (`--kernel 5` with fnn,light-attention was said to do nothing)."""
     from click.core import ParameterSource
 
     from protrans_cli import console
     from protrans_cli.heads.tasks import UNUSED_OPTIONS, architecture_for, get_task
 
-    architecture = architecture_for(get_task(task), architecture)  # (a wrong pairing: exit 2, here as in fit)
+    # (a wrong pairing: exit 2, here as in fit)
+    architectures = [architecture_for(get_task(task), a) for a in (searched or [architecture])]
+    architecture = architectures[0]
     given = [_FLAGS[name] for name in UNUSED_OPTIONS[architecture]
-             if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+             if all(name in UNUSED_OPTIONS[a] for a in architectures)
+             and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
     if given:
         one = len(given) == 1
         console.warn(f"{', '.join(given)} {'does' if one else 'do'} nothing for "

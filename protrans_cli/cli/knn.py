@@ -23,7 +23,7 @@ from protrans_cli.heads.labels import FORMATS
                    "(into a temporary file); rows follow the FASTA's order.")
 @click.option("-m", "--model", default=None,
               help="With --fasta: the embedding model, when not the one the reference records (e.g. a local "
-                   "copy; needed where it records none).")
+                   "copy; needed where it records none, or import-esm's without -m).")
 @click.option("--max-length", type=int, default=None,
               help="With --fasta: residues; longer proteins follow --long-policy.  [default: as the reference's "
                    "embeddings, else the model's limit]")

@@ -105,9 +105,9 @@ def _score(metrics: dict, set_name: str) -> float:
 def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid: tuple | None = None,
            tests: list[tuple] = ()) -> SearchResult:
     """Fit every combination of `grid` (FitConfig field -> values) and keep the best by validation."""
-    from protrans_cli.heads.fit import fit
+    from protrans_cli.heads.fit import _checked_output, fit
     from protrans_cli.heads.metrics import dumps as metrics_json
-    from protrans_cli.io.files import make_temporary, refuse_special_output, replace_directory
+    from protrans_cli.io.files import make_temporary, replace_directory
 
     if not grid:
         raise UsageError("search needs settings to vary (--search NAME=V1,V2,...)")
@@ -119,13 +119,14 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
         raise UsageError("--search gives one setting only: give two values or more to compare")
     for settings in trials:  # every trial's settings checked before any is trained
         replace(config, **settings).check()
-    refuse_special_output(out_dir, "-o", "a head directory")
-    out_dir = Path(out_dir)
+    _check_trials(config, grid, trials, embeddings, valid, tests)
+    # (as fit's own -o: through a link, the folder it names; the trials beside it)
+    out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
     folder = trials_path(out_dir)
     if folder.exists() and not (config.resume or config.force):
         raise UsageError(f"{folder} holds an earlier search: --resume continues it, --force starts over")
-    if out_dir.exists() and not (config.resume or config.force):
-        raise UsageError(f"{out_dir} exists: --force replaces it")
+    if out_dir.exists():
+        _check_existing_head(config, out_dir, embeddings, labels, valid, tests)
     if config.force and folder.is_dir():
         _remove_trials(folder)
     set_name = "cv" if config.folds else "valid"
@@ -139,8 +140,13 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
         score = _score(result.metrics, set_name)
         done.append({"trial": name, "settings": settings, "score": score, "set": set_name,
                      "metrics": result.metrics.get(set_name)})
-        console.info(f"search: {name}: {set_name} score {score:.4f}")
+        console.info(f"search: {name}: {_said(score, set_name)}")
     best = max(done, key=lambda t: (t["score"], -int(t["trial"][len("trial_"):])))  # a tie: the earlier trial
+    if not math.isfinite(best["score"]):
+        # (it said "valid score -inf" and kept trial_00 as if it had been chosen)
+        console.warn(f"search: no trial has a {set_name} score (its headline metric is undefined for every trial, "
+                     f"e.g. Spearman on a constant or tiny set): kept {best['trial']}, the first, unchosen; "
+                     "compare the trials' other metrics in search.json, or give a larger validation set")
     record = {"grid": {key.replace("_", "-"): values for key, values in grid.items()}, "chosen_by": set_name,
               "best": best["trial"],
               "trials": [{**t, "settings": {k.replace("_", "-"): v for k, v in t["settings"].items()},
@@ -155,9 +161,64 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    console.info(f"search: best {best['trial']} ({_words(best['settings'])}), {set_name} score {best['score']:.4f}; "
+    console.info(f"search: best {best['trial']} ({_words(best['settings'])}), {_said(best['score'], set_name)}; "
                  f"kept as {out_dir} (every trial in {folder})")
     return SearchResult(out_dir, best["settings"], done)
+
+
+def _said(score: float, set_name: str) -> str:
+    return f"{set_name} score {score:.4f}" if math.isfinite(score) else f"no {set_name} score"
+
+
+def _check_trials(config, grid: dict, trials: list[dict], embeddings, valid, tests) -> None:
+    """What fit refuses of one trial's settings before it reads anything, for every trial (a grid
+    whose second trial could not be trained was refused only after the first had been), and what
+    only a grid can get wrong: a searched setting no trial's head reads (the trials would be the
+    same), an architecture whose input (per-residue rows) an embeddings file lacks."""
+    from protrans_cli.heads.data import _source_kind
+    from protrans_cli.heads.tasks import UNUSED_OPTIONS, architecture_for, get_task, input_kind
+    from protrans_cli.io.h5 import EmbeddingsReader, PER_RESIDUE
+
+    task = get_task(config.task, dual=config.dual)
+    architectures = {architecture_for(task, settings.get("architecture", config.architecture))
+                     for settings in trials}
+    if any(settings.get("class_weights", config.class_weights) for settings in trials) \
+            and any(o.is_value for o in task.outputs):
+        raise UsageError("--class-weights is for classification; the value task is a regression")
+    for key in grid:
+        if all(key in UNUSED_OPTIONS[a] for a in architectures):
+            kinds = " or ".join(sorted(architectures)).replace("fnn", "FNN").replace("cnn", "CNN")
+            article = "an" if kinds.startswith("FNN") else "a"
+            raise UsageError(f"--search {key.replace('_', '-')}: {article} {kinds} head does not read it, so the trials "
+                             "would be the same head: leave it out")
+    kinds = {input_kind(task, a) for a in architectures}
+    if len(kinds) > 1:  # (one kind for all: the first trial says it, before any is trained)
+        files = [embeddings, *(valid[:1] if valid else ()), *(t[0] for t in tests)]
+        for path in dict.fromkeys(str(p) for p in files):
+            with EmbeddingsReader(path) as reader:
+                _source_kind(reader, PER_RESIDUE, task)
+
+
+def _check_existing_head(config, out_dir: Path, embeddings, labels, valid, tests) -> None:
+    """HEAD exists: --resume continues the search that kept it (its search.json), --force replaces
+    a head (never a folder of other files, or one holding an input), as fit's -o. The search
+    replaced any folder at the end: with --force a project folder and the inputs in it, with
+    --resume the head of a plain fit."""
+    from protrans_cli.io.files import check_replaceable, is_inside
+
+    head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
+    if not config.force:
+        if not config.resume:
+            raise UsageError(f"{out_dir} exists: --force replaces it")
+        if not (head and (out_dir / "search.json").is_file()):
+            raise UsageError(f"{out_dir} exists and is not the head a search kept (no search.json): --resume "
+                             "continues a search only; --force replaces it")
+        return
+    inputs = [embeddings, labels, *(p for pair in ([valid] if valid else []) + list(tests) for p in pair)]
+    for path in inputs:
+        if path is not None and str(path) != "-" and is_inside(path, out_dir):
+            raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
+    check_replaceable(out_dir, "fit", lambda entry: head)
 
 
 def _remove_trials(folder: Path) -> None:
