@@ -88,11 +88,13 @@ def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: boo
 
 
 def nearest(query, reference, *, k: int = 1, metric: str = "euclidean", layer: int = -1,
-            exclude_self: bool = False, allow_model_mismatch: bool = False, threads: int | None = None) -> Neighbours:
+            exclude_self: bool = False, allow_model_mismatch: bool = False, threads: int | None = None,
+            device: str = "auto") -> Neighbours:
     """The k nearest reference proteins of every query protein (per-protein vectors of two
-    embeddings files, or one file given twice with `exclude_self`)."""
+    embeddings files, or one file given twice with `exclude_self`); `device`: where the
+    distances are computed (auto: a GPU when there is one)."""
     q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
-    return _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads)
+    return _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device)
 
 
 def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch: bool):
@@ -173,14 +175,16 @@ def reference_embed_options(reference, *, layer: int = -1, model: str | None = N
                                   max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
 
 
-def _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads) -> Neighbours:
+def _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device: str = "cpu") -> Neighbours:
     import torch
 
+    from protrans_cli.heads.fit import head_device
     from protrans_cli.threads import resolve_threads
 
     position = {ident: i for i, ident in enumerate(ref_ids)} if exclude_self else None
     with _torch_threads(torch, resolve_threads(threads)):
-        index, distance = _search(torch, q, ref, k, metric, [position.get(i, -1) for i in q_ids] if position else None)
+        index, distance = _search(torch, q, ref, k, metric, [position.get(i, -1) for i in q_ids] if position else None,
+                                  head_device(device))
     return Neighbours(list(q_ids), list(ref_ids), index, distance, metric)
 
 
@@ -196,29 +200,34 @@ class _torch_threads:
         self.torch.set_num_threads(self.before)
 
 
-def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: list[int] | None):
+def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: list[int] | None, device=None):
+    """(index, distance) of the k nearest; the matrix products on `device` (a GPU holds the
+    reference, N x D float32), the exact float64 pass on the CPU."""
+    device = device or torch.device("cpu")
     n_ref = len(ref)
     keep = min(k + MARGIN + (1 if own else 0), n_ref)
-    R = torch.from_numpy(ref)
-    r_norm = torch.from_numpy(np.einsum("ij,ij->i", ref, ref))  # ((R * R) held a copy of the reference)
+    R = torch.from_numpy(ref).to(device)
+    # ((R * R) held a copy of the reference)
+    r_norm = torch.from_numpy(np.einsum("ij,ij->i", ref, ref)).to(device)
     # cosine: the vectors as they are, scaled by 1 / length (in float64, for the exact pass too)
     r_inv = 1.0 / np.linalg.norm(ref.astype(np.float64), axis=1) if metric == "cosine" else None
-    r_inv32 = torch.from_numpy(r_inv.astype(np.float32)) if r_inv is not None else None
+    r_inv32 = torch.from_numpy(r_inv.astype(np.float32)).to(device) if r_inv is not None else None
     index = np.full((len(q), k), -1, dtype=np.int64)
     distance = np.full((len(q), k), np.nan, dtype=np.float64)
     for start in range(0, len(q), QUERY_SLICE):
-        Q = torch.from_numpy(q[start:start + QUERY_SLICE])
-        q_norm = torch.from_numpy(np.einsum("ij,ij->i", q[start:start + QUERY_SLICE], q[start:start + QUERY_SLICE]))[:, None]
+        Q = torch.from_numpy(q[start:start + QUERY_SLICE]).to(device)
+        q_norm = torch.from_numpy(np.einsum("ij,ij->i", q[start:start + QUERY_SLICE],
+                                            q[start:start + QUERY_SLICE]))[:, None].to(device)
         queries = q[start:start + QUERY_SLICE].astype(np.float64)
         q_inv = 1.0 / np.linalg.norm(queries, axis=1) if metric == "cosine" else None
+        q_inv32 = torch.from_numpy(q_inv.astype(np.float32))[:, None].to(device) if q_inv is not None else None
         best_d = best_i = None
         for r0 in range(0, n_ref, REFERENCE_SLICE):
             block = R[r0:r0 + REFERENCE_SLICE]
             if metric == "euclidean":
                 d = q_norm + r_norm[r0:r0 + REFERENCE_SLICE] - 2 * (Q @ block.T)
             else:
-                d = 1 - (Q @ block.T) * torch.from_numpy(q_inv.astype(np.float32))[:, None] \
-                    * r_inv32[r0:r0 + REFERENCE_SLICE]
+                d = 1 - (Q @ block.T) * q_inv32 * r_inv32[r0:r0 + REFERENCE_SLICE]
             take = min(keep, d.shape[1])
             d_top, i_top = torch.topk(d, take, dim=1, largest=False)
             i_top = i_top + r0
@@ -227,7 +236,7 @@ def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: lis
                 d_top, order = torch.topk(d_top, min(keep, d_top.shape[1]), dim=1, largest=False)
                 i_top = torch.gather(i_top, 1, order)
             best_d, best_i = d_top, i_top
-        candidates = best_i.numpy()
+        candidates = best_i.cpu().numpy()
         for row, cand in enumerate(candidates):
             if own is not None and own[start + row] >= 0:
                 cand = cand[cand != own[start + row]]
@@ -330,7 +339,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     if query is not None and not exclude_self and same_file(query, reference):
         console.info(f"{query} is its own reference: each protein's first neighbour is itself, at distance 0 "
                      "(--exclude-self leaves it out)")
-    result = _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads)
+    result = _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device)
     if labels is not None:
         console.info(f"transferring {', '.join(columns)} from {labels}")
     transfer = Transfer(result, columns)
@@ -361,7 +370,8 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
                              + " (no reference protein has a known label)")
                 continue
             found = result if known.all() else _neighbours(
-                q_ids, q, [r for r, ok in zip(ref_ids, known) if ok], ref[known], k, metric, exclude_self, threads)
+                q_ids, q, [r for r, ok in zip(ref_ids, known) if ok], ref[known], k, metric, exclude_self, threads,
+                device)
             transfer.scores[column] = _score_column(found, column, by_id, skip, truth, n_bootstrap)
             console.info(summary_line("transfer", column, transfer.scores[column]))
     console.info(f"knn: {console.counted(len(result.query_ids), 'query protein')} against "

@@ -51,7 +51,7 @@ def test_neighbours_equal_a_brute_force_search(tmp_path, monkeypatch, metric, la
     q, r = rng.normal(size=(23, 16)), rng.normal(size=(60, 16)) + 0.3
     q_ids = _write(tmp_path / "q.h5", q, layout=layout)
     r_ids = _write(tmp_path / "r.h5", r, [f"r{i:02d}" for i in range(60)], layout=layout)
-    found = knn_module.nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=4, metric=metric, threads=1)
+    found = knn_module.nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=4, metric=metric, threads=1, device="cpu")
     index, distance = _brute(q.astype(np.float32), r.astype(np.float32), 4, metric)
     assert found.query_ids == q_ids and found.reference_ids == r_ids
     assert np.array_equal(found.index, index)
@@ -295,7 +295,7 @@ def test_fasta_refusals(tmp_path, run_cli, own_tmpdir):
     assert r.exit_code == 2 and "QUERY.h5 (embeddings) or --fasta (sequences), one of them" in r.stderr
     r = run_cli("knn", *ref)
     assert r.exit_code == 2 and "one of them" in r.stderr
-    for extra in (("-m", "onehot"), ("--long-policy", "skip"), ("--invalid-policy", "skip"), ("--device", "cpu")):
+    for extra in (("-m", "onehot"), ("--long-policy", "skip"), ("--invalid-policy", "skip")):
         r = run_cli("knn", tmp_path / "ref.h5", *ref, *extra)
         assert r.exit_code == 2 and f"{extra[0]} goes with --fasta" in r.stderr, (extra, r.stderr)
     # a reference without a `model` attribute (another tool's file): -m names the model
@@ -358,3 +358,16 @@ def test_a_column_no_reference_protein_knows_and_an_input_as_output(tmp_path, ru
         r = run_cli(*base, "--labels", tmp_path / "l.fasta", "-o", tmp_path / out)
         assert r.exit_code == 2 and "is also an input: writing it would replace" in r.stderr and source in r.stderr
     assert (tmp_path / "q.h5").read_bytes() == before
+
+
+@pytest.mark.gpu
+def test_the_search_on_a_gpu_finds_what_the_cpu_finds(tmp_path):
+    from protrans_cli.knn import nearest
+
+    rng = np.random.default_rng(7)
+    _write(tmp_path / "q.h5", rng.normal(size=(50, 32)))
+    _write(tmp_path / "r.h5", rng.normal(size=(3000, 32)), [f"r{i:04d}" for i in range(3000)])
+    for metric in ("euclidean", "cosine"):
+        cpu = nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=5, metric=metric, device="cpu")
+        gpu = nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=5, metric=metric, device="cuda")
+        assert np.array_equal(cpu.index, gpu.index) and np.array_equal(cpu.distance, gpu.distance)

@@ -61,8 +61,8 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 @click.option("--device", default="auto", show_default=True,
-              help="With --fasta: where to embed: auto (a GPU when there is one, else the CPU), cpu, cuda, "
-                   "cuda:N or mps.")
+              help="Where the distances are computed (a GPU holds the reference), and with --fasta the "
+                   "queries embedded: auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
 def command(query, reference, fasta, model, max_length, long_policy, chunk_overlap, invalid_policy, k, metric,
             labels, score, label_format, exclude_self, layer, allow_model_mismatch, output, n_bootstrap, threads,
             device):
@@ -82,8 +82,6 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
 
     if (query is None) == (fasta is None):
         raise UsageError("give QUERY.h5 (embeddings) or --fasta (sequences), one of them")
-    if device != "auto" and fasta is None:
-        raise UsageError("--device goes with --fasta (QUERY.h5 was embedded already)")
     if query == "-":
         from protrans_cli.io.h5 import HDF5_FROM_STDIN
 
