@@ -19,7 +19,7 @@ def test_cli_reference_is_current():
 def test_every_command_has_a_guide():
     from protrans_cli.cli import COMMANDS
 
-    guides = {"fit": "heads", "predict": "heads", "labels": "heads", "env": "troubleshooting", "merge": "embed",
+    guides = {"fit": "heads", "finetune": "heads", "predict": "heads", "labels": "heads", "env": "troubleshooting", "merge": "embed",
               "import-esm": "embed", "knn": "heads"}
     for name in COMMANDS:
         page = ROOT / "docs" / f"{guides.get(name, name)}.md"

@@ -30,6 +30,7 @@ COMMANDS = {
     "embed": ("protrans_cli.cli.embed", "FASTA to per-residue and per-protein embeddings in HDF5."),
     "models": ("protrans_cli.cli.models", "List model families, presets and published checkpoints."),
     "fit": ("protrans_cli.cli.fit", "Train a prediction head (ss3/ss8/loc/value/...) on embeddings."),
+    "finetune": ("protrans_cli.cli.finetune", "Fine-tune a protein LM with LoRA together with a prediction head."),
     "predict": ("protrans_cli.cli.predict", "Apply a trained head to embeddings."),
     "merge": ("protrans_cli.cli.merge", "Merge embed outputs of one model and settings into one file (no computation)."),
     "import-esm": ("protrans_cli.cli.import_esm", "Import esm-extract's .pt files into one embeddings file (no computation)."),

@@ -29,6 +29,8 @@ class AlbertFamily(Family):
     name = "albert"
     tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("albert",)
+    # finetune's LoRA adapters: query, key, value and output projections (shared across layers)
+    lora_targets = ("attention.query", "attention.key", "attention.value", "attention.dense")
     objective = "mlm"
     packable = True
     sentence_order = True  # AlbertForPreTraining's sentence-order head (train --sop)

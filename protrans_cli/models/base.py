@@ -66,6 +66,7 @@ class Family:
       packable     `--packing` works (train and embed): the models take position_ids and route
                    attention through transformers' AttentionInterface (see models/packing.py)
       sentence_order  the pretraining model has a sentence-order head (`train --sop`)
+      lora_targets the attention projections `finetune` adapts (ends of module names)
       tokenizer_kwargs  given to AutoTokenizer.from_pretrained: {"do_lower_case": False} for the
                    WordPiece/sentencepiece tokenizers whose default lower-cases (a ProtBert-style
                    directory with vocab.txt but no tokenizer_config.json mapped every residue to
@@ -88,6 +89,9 @@ class Family:
     causal: ClassVar[bool] = False  # a row sees only the residues before it (chunked windows stitch so)
     input_kind: ClassVar[str] = "aa"  # what the sequences are: amino acids, or "3di" (three_di_input)
     flex_attention: ClassVar[bool] = False  # use_flex_attention switches its encoder (embed --attention flex)
+    # Linear modules that `finetune` puts LoRA adapters on, by the end of their qualified names
+    # (heads/lora.py); () where the attention has no Linear projections (XLNet, Transformer-XL)
+    lora_targets: ClassVar[tuple[str, ...]] = ()
 
     def use_flex_attention(self, model) -> None:
         """Switch `model` (this family's encoder, loaded for inference) to FlexAttention

@@ -30,6 +30,8 @@ class BertFamily(Family):
     name = "bert"
     tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("bert",)
+    # finetune's LoRA adapters: query, key, value and output projections of every layer
+    lora_targets = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
     objective = "mlm"
     packable = True
     presets = PRESETS

@@ -206,6 +206,8 @@ class ElectraFamily(Family):
     name = "electra"
     tokenizer_kwargs = {"do_lower_case": False}
     model_types = ("electra",)
+    # finetune's LoRA adapters: query, key, value and output projections of every layer (the discriminator)
+    lora_targets = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
     objective = "electra"
     packable = True
     presets = PRESETS

@@ -52,6 +52,8 @@ PRESETS = {
 class EsmFamily(Family):
     name = "esm"
     model_types = ("esm",)
+    # finetune's LoRA adapters: query, key and value of every layer
+    lora_targets = ("attention.self.query", "attention.self.key", "attention.self.value")
     objective = "mlm"
     packable = True
     presets = PRESETS

@@ -26,6 +26,8 @@ PRESETS = {
 class RobertaFamily(Family):
     name = "roberta"
     model_types = ("roberta",)
+    # finetune's LoRA adapters: query, key, value and output projections of every layer
+    lora_targets = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
     objective = "mlm"
     packable = True
     presets = PRESETS

@@ -44,6 +44,8 @@ PRESETS = {
 class T5Family(Family):
     name = "t5"
     model_types = ("t5",)
+    # finetune's LoRA adapters: q, k, v and o of every encoder block, as Schmirler et al. 2024 adapt ProtT5
+    lora_targets = ("SelfAttention.q", "SelfAttention.k", "SelfAttention.v", "SelfAttention.o")
     objective = "t5"
     presets = PRESETS
     description = "T5 encoder-decoder; embeddings from the encoder (ProtT5)"

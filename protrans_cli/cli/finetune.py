@@ -1,0 +1,81 @@
+"""`protrans finetune`: LoRA fine-tuning of a protein language model together with a prediction head.
+
+    protrans finetune ss3 -m prot_t5_xl_half --labels Train_HHblits.csv.gz \
+        --test CB513_HHblits.csv -o ft/ss3
+    protrans predict ft/ss3/head --fasta proteins.fa -o ss3.csv    # embeds with ft/ss3/model
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.cli import INPUT_FILE
+from protrans_cli.heads.labels import FORMATS
+from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
+
+
+@click.command("finetune", context_settings={"show_default": True})
+@click.argument("task", type=click.Choice(list(TASKS)))
+@click.option("-m", "--model", required=True, help="The model to fine-tune: anything `embed -m` loads.")
+@click.option("--labels", required=True, type=INPUT_FILE, metavar="FILE",
+              help="Training labels (as fit reads them); their sequences, or --fasta's.")
+@click.option("--fasta", type=INPUT_FILE, metavar="FILE", default=None,
+              help="Sequences by id, for label files that carry none (tables, FLIP).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder to write: model/, head/, finetune.json.")
+@click.option("--valid", type=INPUT_FILE, metavar="LABELS", default=None,
+              help="Validation labels for early stopping.  [default: the --labels file's validation records, "
+                   "else --valid-fraction of train]")
+@click.option("--test", "tests", type=INPUT_FILE, metavar="LABELS", multiple=True,
+              help="Labels of a set to score at the end; repeat for several.")
+@click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of every label file.")
+@click.option("--lora-rank", type=int, default=4, help="LoRA rank (Schmirler et al. 2024: 4).")
+@click.option("--lora-alpha", type=float, default=8.0, help="LoRA alpha; the update is scaled by alpha / rank.")
+@click.option("--lora-dropout", type=float, default=0.0, help="Dropout on the adapters' input.")
+@click.option("--lr", type=float, default=3e-4, help="AdamW learning rate (Schmirler et al. 2024: 3e-4).")
+@click.option("--weight-decay", type=float, default=0.01, help="AdamW weight decay.")
+@click.option("--max-epochs", type=int, default=10, help="Epochs at most.")
+@click.option("--patience", type=int, default=3,
+              help="Stop after this many epochs improving neither validation accuracy nor loss.")
+@click.option("--max-residues", type=int, default=4096, help="Padded residues per batch.")
+@click.option("--accumulate", type=int, default=1, help="Batches per optimizer step (gradient accumulation).")
+@click.option("--seed", type=int, default=0, help="Seed of the adapters, the head, the batches and the hold-out.")
+@click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given.")
+@click.option("--architecture", type=click.Choice([a for options in ARCHITECTURES.values() for a in options]),
+              default=None, help="The head's network, as fit's.  [default: cnn per residue, fnn per protein]")
+@click.option("--hidden", type=int, default=32, help="Hidden channels/units of the head.")
+@click.option("--kernel", type=int, default=None, help="Convolution width (odd).  [default: 7, light-attention 9]")
+@click.option("--dropout", type=float, default=0.25, help="The head's dropout.")
+@click.option("--dual", type=click.Choice(list(DUAL_POLICIES)), default="first",
+              help="loc: DeepLoc's Cytoplasm-Nucleus counts as Cytoplasm (first) or is left out (skip).")
+@click.option("--layer", type=int, default=-1, help="The hidden state the head reads (-1: the last).")
+@click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI.")
+@click.option("-j", "--threads", type=int, default=None, help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
+@click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (a GPU runs under bf16 autocast).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run kept in OUTPUT.partial (saved every epoch).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
+def command(task, model, labels, fasta, output, valid, tests, label_format, lora_rank, lora_alpha, lora_dropout, lr,
+            weight_decay, max_epochs, patience, max_residues, accumulate, seed, valid_fraction, architecture, hidden,
+            kernel, dropout, dual, layer, n_bootstrap, threads, device, resume, force):
+    """Fine-tune a protein LM with LoRA together with a prediction head.
+
+    \b
+    protrans finetune ss3 -m prot_t5_xl_half --labels Train_HHblits.csv.gz \\
+        --test CB513_HHblits.csv -o ft/ss3
+    """
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune, partial_path
+
+    config = FinetuneConfig(task=task, model=model, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                            lora_dropout=lora_dropout, lr=lr, weight_decay=weight_decay, max_epochs=max_epochs,
+                            patience=patience, max_residues=max_residues, accumulate=accumulate, seed=seed,
+                            valid_fraction=valid_fraction, architecture=architecture, hidden=hidden, kernel=kernel,
+                            dropout=dropout, dual=dual, layer=layer, n_bootstrap=n_bootstrap,
+                            label_format=label_format, device=device, threads=threads, resume=resume, force=force)
+    try:
+        finetune(config, labels, output, fasta=fasta, valid=valid, tests=list(tests))
+    except KeyboardInterrupt as exc:
+        from protrans_cli.cli import stopped
+
+        kept = partial_path(output)
+        raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
+                      "to continue" if (kept / "state.pt").is_file() else None) from None

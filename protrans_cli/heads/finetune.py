@@ -1,0 +1,556 @@
+"""Fine-tune a protein language model with LoRA together with a prediction head (Schmirler et al. 2024).
+
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+    finetune(FinetuneConfig(task="ss3", model="prot_t5_xl_half"), "Train_HHblits.csv.gz", "ft/ss3",
+             tests=["CB513_HHblits.csv"])
+
+Reads top to bottom in run order: labels and sequences -> validation (--valid, the file's declared
+validation records, else a --valid-fraction hold-out, as fit) -> the model as embed loads it, LoRA
+adapters on its attention projections (heads/lora.py; base weights frozen) and fit's head
+(heads/model.py build_head) on the chosen layer's residue rows, which embed's family code
+(tokenisation, special tokens, one row per residue) selects -> AdamW epochs with fit's early
+stopping rule -> OUT/model (the adapters merged into the weights, an ordinary model directory),
+OUT/head (a head directory in fit's format whose embedding model is OUT/model, so that
+`protrans predict OUT/head --fasta x.fa` works), OUT/finetune.json; the test sets are embedded with
+the saved OUT/model and scored by fit's metrics code. Written to a temporary folder renamed into
+place at the end; OUT.partial/state.pt after every epoch lets --resume continue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from protrans_cli import console
+from protrans_cli._version import __version__
+from protrans_cli.errors import InputError, UsageError, located
+from protrans_cli.heads.data import Batch, Matched, ResidueData
+from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, read_sequences
+from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
+from protrans_cli.io.h5 import PER_RESIDUE
+
+STATE = "state.pt"
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = "ss3"
+    model: str = ""  # anything `embed -m` loads
+    lora_rank: int = 4  # Schmirler et al. 2024
+    lora_alpha: float = 8.0  # scaling alpha / rank = 2
+    lora_dropout: float = 0.0
+    lr: float = 3e-4  # Schmirler et al. 2024 for LoRA
+    weight_decay: float = 0.01  # AdamW's default
+    max_epochs: int = 10
+    patience: int = 3  # epochs improving neither validation accuracy nor loss (fit's rule)
+    max_residues: int = 4096  # padded residues per batch (the model's activations grow with it)
+    accumulate: int = 1  # batches per optimizer step
+    seed: int = 0
+    valid_fraction: float = 0.1
+    architecture: str | None = None  # None: the CNN per residue, the FNN per protein
+    hidden: int = 32
+    kernel: int | None = None
+    dropout: float = 0.25
+    dual: str = "first"
+    layer: int = -1
+    n_bootstrap: int = 1000
+    label_format: str = "auto"
+    device: str = "auto"
+    threads: int | None = None
+    resume: bool = False
+    force: bool = False
+
+    def check(self) -> None:
+        for name in ("lora_rank", "max_epochs", "patience", "max_residues", "accumulate", "hidden", "n_bootstrap"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name, ok, text in (("lr", lambda v: v > 0, "positive"), ("lora_alpha", lambda v: v > 0, "positive"),
+                               ("weight_decay", lambda v: v >= 0, "0 or more"),
+                               ("valid_fraction", lambda v: 0 < v < 1, "between 0 and 1"),
+                               ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)")):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and ok(value)):
+                raise UsageError(f"--{name.replace('_', '-')} must be {text}, got {value}")
+        if self.kernel is not None and (self.kernel < 1 or self.kernel % 2 != 1):
+            raise UsageError(f"--kernel must be odd (every residue keeps its position), got {self.kernel}")
+        if not self.model:
+            raise UsageError("finetune needs a model (-m): a model directory, a short name or a hub id")
+        if self.model == "onehot":
+            raise UsageError("-m onehot has no weights to fine-tune: use `protrans fit` on its embeddings")
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+# --- sequences with their targets ----------------------------------------------------------
+
+class SequenceData:
+    """Labelled proteins as sequences: `items` (fit's Matched, key = id), `sequences`, and batches
+    by padded residue budget (fit's ResidueData.plan) whose `x` is the list of sequences."""
+
+    def __init__(self, items: list[Matched], sequences: list[str], per_residue: bool):
+        self.items, self.sequences, self.per_residue = items, sequences, per_residue
+        self.lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+
+    def subset(self, positions) -> "SequenceData":
+        positions = np.sort(np.asarray(positions, dtype=np.int64))
+        return SequenceData([self.items[i] for i in positions], [self.sequences[i] for i in positions],
+                            self.per_residue)
+
+    @property
+    def targets(self) -> dict:
+        """{output: (N,) targets} of a per-protein set (Task.with_scale_from reads them)."""
+        from protrans_cli.heads.data import _target_array
+
+        return {name: _target_array([m.targets[name] for m in self.items]) for name in self.items[0].targets}
+
+    def batches(self, max_residues: int = 4096, shuffle: bool = False, rng=None, **_):
+        for index in ResidueData.plan(self, max_residues, shuffle, rng):
+            seqs = [self.sequences[i] for i in index]
+            longest = max(len(s) for s in seqs)
+            if self.per_residue:
+                targets = {name: np.full((len(index), longest), IGNORE, dtype=np.int64) for name in self.items[0].targets}
+                for row, i in enumerate(index):
+                    for name, codes in self.items[i].targets.items():
+                        targets[name][row, :len(codes)] = codes
+            else:
+                targets = {name: values[index] for name, values in self.targets.items()}
+            mask = torch.zeros(len(index), longest, dtype=torch.bool)  # (B, L)
+            for row, s in enumerate(seqs):
+                mask[row, :len(s)] = True
+            yield _SequenceBatch(seqs, mask, {k: torch.from_numpy(v) for k, v in targets.items()}, index)
+
+
+class _SequenceBatch(Batch):
+    def to(self, device) -> "_SequenceBatch":
+        if str(device) == "cpu":
+            return self
+        return _SequenceBatch(self.x, self.mask.to(device), {k: v.to(device) for k, v in self.targets.items()},
+                              self.index)
+
+
+def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto", evaluating: bool = False):
+    """(LabelSet, {split: records}) of a label file whose records all have a sequence (from the
+    file, or `fasta` by id)."""
+    label_set = read_labels(path, label_format)
+    for note in label_set.notes:
+        console.info(f"{label_set.path}: {note}")
+    sequences = read_sequences(fasta) if fasta is not None else {}
+    missing = []
+    for record in label_set.records:
+        if record.id in sequences:
+            if record.sequence and record.sequence.upper() != sequences[record.id].upper():
+                raise InputError(f"--fasta {fasta} gives another sequence for this id", path=str(path),
+                                 record=record.id)
+            record.sequence = sequences[record.id]
+        if not record.sequence:
+            missing.append(record.id)
+    if missing:
+        where = f"neither the file nor --fasta {fasta} gives" if fasta is not None else \
+            "the file gives no sequences (give them with --fasta SEQS.fa)"
+        raise InputError(f"{len(missing):,} record(s) without a sequence: {where} ({', '.join(missing[:3])}...)",
+                         path=str(path))
+    return label_set
+
+
+def to_data(task: Task, records, path, *, evaluating: bool = False) -> SequenceData:
+    """Targets of each record (fit's Task code), records without any label left out."""
+    per_residue = task.kind == PER_RESIDUE
+    unlabelled = task.check_label_states(records, str(path), evaluating=evaluating) if per_residue else frozenset()
+    items, seqs = [], []
+    with located(path):
+        for r in records:
+            targets = task.residue_targets(r, unlabelled) if per_residue else task.protein_targets(r)
+            if per_residue:
+                if len(next(iter(targets.values()))) != len(r.sequence):
+                    raise InputError(f"{len(next(iter(targets.values())))} labels for {len(r.sequence)} residues",
+                                     path=str(path), record=r.id)
+                labelled = any((t != IGNORE).any() for t in targets.values())
+            else:
+                labelled = any(not (isinstance(v, float) and np.isnan(v)) and v != IGNORE for v in targets.values())
+            if labelled:
+                items.append(Matched(r.id, r.id, len(r.sequence), targets))
+                seqs.append(r.sequence)
+    if not items:
+        raise InputError("no labelled proteins", path=str(path))
+    return SequenceData(items, seqs, per_residue)
+
+
+def _only(label_set: LabelSet, splits: set) -> list:
+    return [r for r in label_set.records if r.split in splits]
+
+
+def _hold_out(config: FinetuneConfig, train: SequenceData):
+    """fit's --valid-fraction rule: the fraction of train drawn with --seed, identical sequences together."""
+    total = len(train.items)
+    n_valid = max(1, int(round(config.valid_fraction * total)))
+    if total - n_valid < 1:
+        raise InputError(f"too few training proteins ({total}) to hold out a validation set")
+    groups: dict = {}
+    for i, s in enumerate(train.sequences):
+        groups.setdefault(s.upper(), []).append(i)
+    grouped = list(groups.values())
+    order = np.random.default_rng(config.seed).permutation(len(grouped))
+    valid_idx: list[int] = []
+    cut = 0
+    while len(valid_idx) < n_valid:
+        valid_idx += grouped[order[cut]]
+        cut += 1
+    train_idx = [i for g in order[cut:] for i in grouped[g]]
+    if not train_idx:
+        raise InputError("the --valid-fraction hold-out leaves no training protein (the proteins share a sequence)")
+    return train.subset(train_idx), train.subset(valid_idx), (f"{len(valid_idx):,} proteins held out of train "
+                                                              f"(seed {config.seed}; {len(train_idx):,} left)")
+
+
+# --- the model: encoder with adapters + head ---------------------------------------------------
+
+class FineTuned(nn.Module):
+    """Called like a head (`model(sequences, mask) -> {output: logits}`) on top of an encoder with
+    adapters; embed's TransformerEmbedder gives the family's input conventions and residue rows."""
+
+    def __init__(self, embedder, head, reads_residues: bool, autocast: str | None = None):
+        super().__init__()
+        self.embedder = embedder  # (tokeniser, family, layer; its model is self.encoder)
+        self.encoder = embedder.model
+        self.head = head
+        self.reads_residues = reads_residues
+        self.autocast = autocast
+
+    def residue_rows(self, sequences):
+        """(x (B, L, D) float32 with exactly one row per residue, mask (B, L) bool), embed's rows."""
+        emb = self.embedder
+        inputs, mask = emb.family_impl.encode(emb.tokenizer, list(sequences), emb._multiple(sequences))
+        device = next(self.head.parameters()).device
+        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        mask = mask.to(device=device, dtype=torch.bool)  # (B, T)
+        ctx = (torch.autocast(device.type, dtype=getattr(torch, self.autocast)) if self.autocast
+               else contextlib.nullcontext())
+        with ctx:
+            states = emb.family_impl.hidden_states(self.encoder, inputs, list(emb.layers))[0]  # (B, T, D)
+        lengths = mask.sum(dim=1)  # (B,)
+        longest = int(lengths.max())
+        rows = states[mask].float()  # (sum L_i, D)
+        residue = torch.arange(longest, device=device)[None, :] < lengths[:, None]  # (B, L)
+        x = rows.new_zeros(len(sequences), longest, rows.shape[-1])
+        x[residue] = rows
+        return x, residue
+
+    def forward(self, sequences, mask=None):
+        x, residue = self.residue_rows(sequences)
+        if self.reads_residues:
+            return self.head(x, residue)
+        pooled = (x * residue[..., None]).sum(dim=1) / residue.sum(dim=1, keepdim=True)  # (B, D)
+        return self.head(pooled, None)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def partial_path(out_dir) -> Path:
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".partial")
+
+
+def finetune(config: FinetuneConfig, labels, out_dir, *, fasta=None, valid=None, tests=()) -> FinetuneResult:
+    """Fine-tune `config.model` on `labels` (sequences from the file or `fasta`); `valid` and each
+    of `tests` a label file (sequences likewise)."""
+    from protrans_cli.embedders import TransformerEmbedder, resolve_device
+    from protrans_cli.heads.fit import _loss, _validate
+    from protrans_cli.heads.lora import add_lora, lora_state
+    from protrans_cli.heads.model import build_head
+    from protrans_cli.io.files import make_temporary, refuse_special_output, replace_directory
+    from protrans_cli.models import load_model
+    from protrans_cli.threads import resolve_threads, torch_threads
+
+    config.check()
+    task = get_task(config.task, dual=config.dual)
+    refuse_special_output(out_dir, "-o", "a fine-tuning output folder")
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and not config.force and not (config.resume and partial_path(out_dir).exists()):
+        raise UsageError(f"{out_dir} exists (--force replaces it)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError("is a file, not a folder (choose another -o)", path=str(out_dir))
+    for path in (labels, fasta, valid, *tests):
+        if path is not None and Path(path).absolute().is_relative_to(out_dir):
+            raise UsageError(f"{out_dir} holds the input {path} (choose another -o)")
+    architecture = architecture_for(task, config.architecture)
+    config = replace(config, architecture=architecture, kernel=config.kernel or DEFAULT_KERNELS.get(architecture, 7))
+    reads_residues = input_kind(task, architecture) == PER_RESIDUE
+
+    # --- labels and sequences ---
+    train_set = read_sequence_data(labels, task, fasta=fasta, label_format=config.label_format)
+    declared = {r.split for r in train_set.records if r.split}
+    train_records = _only(train_set, {None, TRAIN}) if declared else train_set.records
+    if not train_records:
+        raise InputError("no training records", path=str(labels))
+    with located(labels):
+        task = task.with_classes_from(train_records)
+    train = to_data(task, train_records, labels)
+    if valid is not None:
+        valid_set = read_sequence_data(valid, task, fasta=fasta, label_format=config.label_format)
+        records = _only(valid_set, {VALID}) or valid_set.records
+        valid_data, valid_desc = to_data(task, records, valid, evaluating=True), str(valid)
+    elif VALID in declared:
+        valid_data = to_data(task, _only(train_set, {VALID}), labels, evaluating=True)
+        valid_desc = f"{labels} (its validation records)"
+    else:
+        train, valid_data, valid_desc = _hold_out(config, train)
+    console.info(f"train: {len(train.items):,} proteins; validation: {valid_desc}")
+    test_sets = [(Path(str(t)).name.split(".")[0] or "test", t) for t in tests]
+    if not tests and TEST in declared:
+        test_sets = [("test", None)]
+    if any(o.is_value for o in task.outputs):
+        with located(labels):
+            task = task.with_scale_from(train.targets)
+
+    with torch_threads():
+        torch.set_num_threads(resolve_threads(config.threads, small_work=False))
+        device, dtype = resolve_device(config.device)
+        autocast = "bfloat16" if device.startswith("cuda") and dtype == "bfloat16" else None
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        loaded = load_model(config.model, device="cpu")
+        embedder = TransformerEmbedder(loaded, (config.layer,), "cpu", "float32")
+        adapted = add_lora(embedder.model, loaded.family, rank=config.lora_rank, alpha=config.lora_alpha,
+                           dropout=config.lora_dropout)
+        head = build_head(task, embedder.embedding_dim, architecture=architecture, hidden=config.hidden,
+                          kernel=config.kernel, dropout=config.dropout)
+        model = FineTuned(embedder, head, reads_residues, autocast).to(device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        console.info(f"{config.model}: LoRA rank {config.lora_rank} on {len(adapted)} projections; "
+                     f"{sum(p.numel() for p in trainable):,} trainable parameters of "
+                     f"{sum(p.numel() for p in model.parameters()):,}")
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+
+        # --- resumable state ---
+        partial = partial_path(out_dir)
+        fingerprint = {"config": _jsonable(asdict(replace(config, resume=False, force=False, threads=None))),
+                       "labels": str(Path(labels).absolute()), "valid": str(valid), "tests": [str(t) for t in tests]}
+        best = {"score": float("-inf"), "loss": float("inf"), "kept_loss": float("inf"), "epoch": 0, "progress": 0}
+        best_state, history, first_epoch, stopped = None, [], 1, False
+        if partial.exists() and not config.resume:
+            if not config.force:
+                raise UsageError(f"{partial} holds an interrupted finetune: --resume continues it, --force "
+                                 "starts again")
+            shutil.rmtree(partial)
+        if config.resume and (partial / STATE).is_file():
+            saved = torch.load(partial / STATE, weights_only=True, map_location="cpu")
+            if json.loads(saved["fingerprint"]) != fingerprint:
+                raise UsageError(f"{partial} was made with other settings or inputs: --force starts again")
+            model.load_state_dict(saved["model"], strict=False)
+            optimizer.load_state_dict(saved["optimizer"])
+            rng.bit_generator.state = json.loads(saved["numpy_rng"])
+            torch.set_rng_state(saved["torch_rng"])
+            best_state, best, history = saved["best_state"], json.loads(saved["best"]), json.loads(saved["history"])
+            first_epoch, stopped = int(saved["epoch"]) + 1, bool(saved["stopped"])
+            console.info(f"resuming {out_dir} after epoch {first_epoch - 1}")
+        partial.mkdir(parents=True, exist_ok=True)
+
+        def trained_state():
+            return {**{f"encoder.{k}": v.detach().cpu().clone() for k, v in lora_state(model.encoder).items()},
+                    **{f"head.{k}": v.detach().cpu().clone() for k, v in model.head.state_dict().items()}}
+
+        # --- epochs ---
+        with torch.enable_grad():
+            for epoch in range(first_epoch, config.max_epochs + 1):
+                if stopped:
+                    break
+                start = time.perf_counter()
+                model.train()
+                loss_sum, steps = 0.0, 0
+                optimizer.zero_grad(set_to_none=True)
+                for step, batch in enumerate(console.progress(train.batches(config.max_residues, True, rng),
+                                                              desc=f"epoch {epoch}", unit="batch"), 1):
+                    batch = batch.to(device)
+                    loss, counts = _loss(task, model(batch.x, batch.mask), batch.targets, None)
+                    if not any(counts.values()):
+                        continue
+                    (loss / config.accumulate).backward()
+                    if step % config.accumulate == 0:
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    loss_sum += float(loss.detach())
+                    steps += 1
+                optimizer.step()  # (the last, partial accumulation; a no-op without gradients)
+                optimizer.zero_grad(set_to_none=True)
+                valid_loss, valid_acc = _validate(model, task, valid_data, config)
+                score = float(np.mean(list(valid_acc.values()))) if valid_acc else float("-inf")
+                line = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1), "valid_loss": valid_loss,
+                        **{f"valid_{k}": v for k, v in valid_acc.items()},
+                        "seconds": round(time.perf_counter() - start, 3)}
+                history.append(line)
+                # fit's rule: the best validation score is kept (a lower loss breaks ties); patience
+                # counts epochs that improve neither score nor loss
+                improved = score > best["score"] or (score == best["score"] and valid_loss < best["kept_loss"])
+                if improved:
+                    best.update(score=score, epoch=epoch, kept_loss=valid_loss)
+                    best_state = trained_state()
+                if improved or valid_loss < best["loss"]:
+                    best["progress"] = epoch
+                best["loss"] = min(best["loss"], valid_loss)
+                console.info(f"epoch {epoch}: train loss {line['train_loss']:.4f}, valid loss {valid_loss:.4f}, "
+                             + ", ".join(f"{k} {v:.4f}" for k, v in valid_acc.items())
+                             + f" ({line['seconds']:.1f} s){' *' if improved else ''}")
+                stopped = epoch - best["progress"] >= config.patience
+                torch.save({"fingerprint": json.dumps(fingerprint), "model": trained_state(),
+                            "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
+                            "torch_rng": torch.get_rng_state(), "best_state": best_state,
+                            "best": json.dumps(best), "history": json.dumps(history), "epoch": epoch,
+                            "stopped": stopped}, partial / (STATE + ".tmp"))
+                (partial / (STATE + ".tmp")).replace(partial / STATE)
+        missing, unexpected = model.load_state_dict(best_state, strict=False)
+        if unexpected or any(".lora_" in k or k.startswith("head.") for k in missing):
+            raise RuntimeError(f"the kept state does not fit the model: {(unexpected or missing)[:3]}")
+        model.eval()
+        console.info(f"best validation epoch {best['epoch']}")
+
+        # --- write OUT/model, OUT/head, OUT/finetune.json; score the tests with the saved model ---
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
+        try:
+            summary = _write(tmp, out_dir, model, loaded, embedder, task, config, train, valid_data, valid_desc,
+                             test_sets, train_set, fasta, history, best, labels)
+            replace_directory(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    console.info(f"wrote {out_dir}")
+    return FinetuneResult(out_dir, summary, history)
+
+
+def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, train, valid_data, valid_desc, test_sets,
+           train_set, fasta, history, best, labels) -> dict:
+    from protrans_cli.heads.fit import evaluate_data, write_metrics
+    from protrans_cli.heads.lora import merged_copy
+    from protrans_cli.heads.metrics import dumps as metrics_json
+    from protrans_cli.heads.model import Ensemble, head_format, save_head
+    from protrans_cli.io.files import default_permissions
+    from protrans_cli.models import load_model
+    from protrans_cli.embedders import TransformerEmbedder
+
+    merged = merged_copy(model.encoder).to("cpu")
+    loaded.family.save_pretrained(merged, loaded.tokenizer, tmp / "model")
+    # The head as fit writes it, reading embeddings of OUT/model (an absolute path: predict --fasta
+    # loads the recorded model as given, from whatever folder it runs in)
+    head_dir = tmp / "head"
+    head_dir.mkdir()
+    (head_dir / "metrics").mkdir()
+    head = model.head.to("cpu").eval()
+    layer = int(embedder.layers[0])
+    embedding = {"model": str(out_dir / "model"), "family": embedder.family, "layers": [layer],
+                 "embedding_dim": int(embedder.embedding_dim), "input_prefix": embedder.input_prefix,
+                 "finetuned_from": config.model}
+    head_config = {
+        "format": "protrans-head", "format_version": head_format(config.architecture), "protrans_version": __version__,
+        "task": task.to_json(), "kind": task.kind, "architecture": config.architecture,
+        "input_dim": int(embedder.embedding_dim), "embedding": embedding, "layer": layer,
+        "ensemble": 1, "seeds": [config.seed],
+        "hyperparameters": {"hidden": config.hidden, "kernel": config.kernel, "dropout": config.dropout,
+                            "lr": config.lr, "weight_decay": config.weight_decay, "max_epochs": config.max_epochs,
+                            "patience": config.patience, "max_residues": config.max_residues,
+                            "batch_size": None, "standardise": False, "class_weights": None},
+        "training": {"embeddings": None, "finetuned": str(out_dir), "labels": str(labels),
+                     "proteins": len(train.items), "validation": valid_desc, "notes": train_set.notes},
+        "config": {"n_bootstrap": config.n_bootstrap, "seed": config.seed, "task": config.task, "layer": layer},
+    }
+    ensemble = Ensemble([head], task).eval()
+    save_head(head_dir, ensemble, head_config)
+    with open(head_dir / "metrics.jsonl", "w") as fh:
+        for line in history:
+            fh.write(metrics_json(line, indent=None) + "\n")
+
+    # every set scored by embedding it with the saved model (embed's own code: load_model and
+    # TransformerEmbedder) and fit's head evaluation on those rows
+    saved = TransformerEmbedder(load_model(tmp / "model", device="cpu"), (layer,), "cpu", "float32")
+    reads_residues = model.reads_residues
+    summary = {}
+    sets = [("valid", valid_data, valid_desc)]
+    for name, path in test_sets:
+        if path is None:
+            records = _only(train_set, {TEST})
+            data, desc = to_data(task, records, labels, evaluating=True), f"{labels} (SET=test)"
+        else:
+            label_set = read_sequence_data(path, task, fasta=fasta, label_format=config.label_format)
+            records = _only(label_set, {TEST}) or label_set.records
+            data, desc = to_data(task, records, path, evaluating=True), str(path)
+        sets.append((_unique(name, [s[0] for s in sets]), data, desc))
+    for name, data, desc in sets:
+        rows = embedded_rows(saved, data.sequences, config.max_residues, pooled=not reads_residues)
+        result = evaluate_data(ensemble, task, rows_data(rows, data, reads_residues), n_boot=config.n_bootstrap,
+                               max_residues=config.max_residues, seed=config.seed)
+        summary[name] = write_metrics(head_dir / "metrics", name, result, str(out_dir / "model"), desc, plots=False)
+    (head_dir / "metrics.json").write_text(metrics_json(summary) + "\n")
+    (tmp / "finetune.json").write_text(metrics_json({
+        "format": "protrans-finetune", "protrans_version": __version__, "model": config.model,
+        "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                 "targets": list(loaded.family.lora_targets)},
+        "config": _jsonable(asdict(replace(config, resume=False, force=False))),
+        "labels": str(labels), "validation": valid_desc, "best_epoch": best["epoch"], "history": history,
+        "metrics": summary}) + "\n")
+    default_permissions(tmp)
+    return summary
+
+
+def embedded_rows(embedder, sequences: list[str], max_residues: int, *, pooled: bool) -> list[np.ndarray]:
+    """embed's arrays of the last (or chosen) layer: (L, D) per sequence, or (D,) with `pooled`."""
+    out = []
+    order = np.argsort([len(s) for s in sequences], kind="stable")
+    rows: dict[int, np.ndarray] = {}
+    batch: list[int] = []
+
+    def flush():
+        arrays = embedder.embed_batch([sequences[i] for i in batch], pooled=pooled)
+        for i, a in zip(batch, arrays):
+            rows[int(i)] = a[0]
+        batch.clear()
+
+    for i in order:
+        if batch and (len(batch) + 1) * len(sequences[i]) > max_residues:
+            flush()
+        batch.append(i)
+    if batch:
+        flush()
+    out = [rows[i] for i in range(len(sequences))]
+    return out
+
+
+def rows_data(rows: list[np.ndarray], data: SequenceData, reads_residues: bool):
+    """fit's in-memory data of embedded rows with `data`'s items and targets."""
+    from protrans_cli.heads.data import ProteinData
+
+    if reads_residues:
+        out = ResidueData.in_memory([r.astype(np.float32) for r in rows], int(rows[0].shape[-1]))
+        out.items = data.items
+        if not data.per_residue:
+            out.targets = data.targets
+        return out
+    out = ProteinData.in_memory(np.stack(rows).astype(np.float32))
+    out.items, out.targets = data.items, data.targets
+    return out
+
+
+def _unique(name: str, taken: list[str]) -> str:
+    from protrans_cli.heads.fit import _unique_name
+
+    return _unique_name(name, taken)
+
+
+def _jsonable(obj):
+    from protrans_cli.heads.fit import _jsonable as fit_jsonable
+
+    return fit_jsonable(obj)
