@@ -176,6 +176,11 @@ def test_refusals(finetuned, data, run_cli, tmp_path):
     assert r.exit_code == 1 and "without a sequence" in r.stderr and "--fasta" in r.stderr
     r = run_cli("finetune", "ss3", "--labels", data / "train.csv", "-o", finetuned, *base)
     assert r.exit_code == 2 and "exists" in r.stderr
+    # a --test file that cannot be scored is refused before the epochs, not after them
+    r = run_cli("finetune", "ss3", "--labels", data / "train.csv", "--test", tmp_path / "table.csv", "-o",
+                tmp_path / "c", *base)
+    assert r.exit_code == 1 and "without a sequence" in r.stderr and "epoch 1" not in r.stderr, r.stderr
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -220,3 +225,265 @@ def test_resume_after_an_interrupted_epoch_gives_the_uninterrupted_run(data, tmp
     resumed = finetune(FinetuneConfig(resume=True, **kw), data / "train.csv", tmp_path / "b")
     assert [h["valid_loss"] for h in resumed.history] == [h["valid_loss"] for h in whole.history]
     assert resumed.metrics == whole.metrics
+
+
+# --- the output folder: --force, -o ., an input's folder, a link; one run at a time ---------------
+
+def test_force_never_replaces_a_folder_of_other_files_nor_an_inputs(data, run_cli, tmp_path, monkeypatch):
+    """--force replaced any -o whole: a project folder given as -o lost its files, and `-o .` the
+    working directory (inputs given by absolute path). Each is refused before any work."""
+    base = ["--labels", data / "train.csv", "-m", data / "bert", "--max-epochs", "1", *FAST]
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "notes.txt").write_text("mine")
+    r = run_cli("finetune", "ss3", *base, "-o", project, "--force")
+    assert r.exit_code == 2 and "holds files that are not finetune's (notes.txt, sub)" in r.stderr, r.stderr
+    assert (project / "notes.txt").read_text() == "mine" and (project / "sub").is_dir()
+    monkeypatch.chdir(project)
+    for where in (".", project, project / "sub" / ".."):
+        r = run_cli("finetune", "ss3", *base, "-o", where, "--force")
+        assert r.exit_code == 2 and "a folder of its own" in r.stderr, r.stderr
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "sub"]
+    monkeypatch.chdir(tmp_path)
+    # the folder of an input (the labels; the model being fine-tuned), also named through `..`
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "train.csv").write_bytes((data / "train.csv").read_bytes())
+    r = run_cli("finetune", "ss3", "--labels", "in/../in/train.csv", "-m", data / "bert", "-o", "in", "--force", *FAST)
+    assert r.exit_code == 2 and "holds the input" in r.stderr and (tmp_path / "in" / "train.csv").is_file()
+    r = run_cli("finetune", "ss3", *base[:2], "-m", data / "bert", "-o", data, "--force")
+    assert r.exit_code == 2 and "holds the input" in r.stderr
+    # an input named through `..` that is not inside -o is no reason to refuse it
+    (tmp_path / "wd").mkdir()
+    monkeypatch.chdir(tmp_path / "wd")
+    r = run_cli("finetune", "ss3", "--labels", tmp_path / "wd" / ".." / "in" / "train.csv", "-m", data / "bert",
+                "--max-epochs", "1", *FAST, "-o", "out")
+    assert r.exit_code == 0, r.stderr
+
+
+def test_an_output_link_is_written_through(finetuned, data, run_cli, tmp_path):
+    """-o a link to a folder: the folder it names gets the output (the link stays a link), and
+    OUT.partial sits beside that folder; replace_directory renamed the link aside and put a
+    folder in its place."""
+    import shutil
+
+    real = tmp_path / "scratch" / "ft"
+    shutil.copytree(finetuned, real)
+    link = tmp_path / "ft"
+    link.symlink_to(real, target_is_directory=True)
+    r = run_cli("-q", "finetune", "ss3", "--labels", data / "train.csv", "-m", data / "bert", "--max-epochs", "1",
+                *FAST, "--seed", "7", "-o", link, "--force")
+    assert r.exit_code == 0 and "Writing model shards" not in r.stderr, r.stderr  # (transformers' bar under -q)
+    assert link.is_symlink() and json.loads((real / "finetune.json").read_text())["config"]["seed"] == 7
+    assert not (tmp_path / "ft.partial").exists() and not (tmp_path / "scratch" / "ft.partial").exists()
+
+
+def test_a_second_finetune_on_one_output_is_refused(data, run_cli, tmp_path):
+    from protrans_cli.heads.finetune import partial_path
+    from protrans_cli.io.files import folder_lock
+
+    out = tmp_path / "ft"
+    args = ["finetune", "ss3", "--labels", data / "train.csv", "-m", data / "bert", "--max-epochs", "1", *FAST, "-o", out]
+    with folder_lock(partial_path(out), "busy"):  # what the first run holds while it trains
+        for extra in ([], ["--force"], ["--resume"]):
+            r = run_cli(*args, *extra)
+            assert r.exit_code == 1 and "is in use by another protrans finetune" in r.stderr, r.stderr
+    assert not out.exists() and not partial_path(out).exists()
+
+
+# --- --resume: the same inputs, compared as files -------------------------------------------------
+
+def test_resume_refuses_changed_inputs_and_accepts_them_named_otherwise(data, tmp_path, monkeypatch):
+    """--resume compared the settings and the paths as typed: labels rewritten at the same path
+    resumed into a head trained on two label sets (and --fasta was not compared at all), while the
+    same files named from another folder were refused."""
+    import os
+
+    import protrans_cli.heads.fit as fit
+    from protrans_cli.errors import UsageError
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune, partial_path
+
+    (tmp_path / "in").mkdir()
+    labels = tmp_path / "in" / "train.csv"
+    labels.write_bytes((data / "train.csv").read_bytes())
+    kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=20,
+              device="cpu", max_epochs=3, patience=5)
+    real = fit._validate
+
+    def interrupted(*args, **kwargs):
+        if interrupted.calls == 1:
+            raise KeyboardInterrupt
+        interrupted.calls += 1
+        return real(*args, **kwargs)
+
+    interrupted.calls = 0
+    monkeypatch.setattr(fit, "_validate", interrupted)
+    monkeypatch.chdir(tmp_path / "in")
+    with pytest.raises(KeyboardInterrupt):
+        finetune(FinetuneConfig(**kw), "train.csv", "../out")  # relative paths
+    monkeypatch.setattr(fit, "_validate", real)
+    state = partial_path(tmp_path / "out") / "state.pt"
+    assert state.is_file()
+    monkeypatch.chdir(tmp_path)
+    # rewritten at the same path: refused, the file named
+    info = labels.stat()
+    labels.write_bytes(labels.read_bytes() + b"\n")
+    with pytest.raises(UsageError, match=r"other settings or inputs \(labels_file\)"):
+        finetune(FinetuneConfig(resume=True, **kw), labels, tmp_path / "out")
+    labels.write_bytes(labels.read_bytes()[:-1])
+    os.utime(labels, ns=(info.st_atime_ns, info.st_mtime_ns))
+    # another setting that changes the training: refused
+    with pytest.raises(UsageError, match=r"\(lr\)"):
+        finetune(FinetuneConfig(resume=True, **{**kw, "lr": 0.02}), labels, tmp_path / "out")
+    # the same files named from another folder (and another -j, --bootstrap): resumed
+    result = finetune(FinetuneConfig(resume=True, **{**kw, "n_bootstrap": 30}), labels, tmp_path / "out")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3] and not state.exists()
+
+
+# --- per-protein tasks: loc (two outputs) and value, with predict --fasta ----------------------------
+
+@pytest.fixture(scope="module")
+def loc_fasta(tmp_path_factory):
+    """DeepLoc-style FASTA whose location follows from the composition (test_heads_fit's loc_data, smaller)."""
+    root = tmp_path_factory.mktemp("ftloc")
+    rng = np.random.default_rng(1)
+    rich = {"Nucleus": "KR", "Extracellular": "CW", "Cell.membrane": "LIV"}
+    for name, n in (("train", 60), ("test", 21)):
+        with open(root / f"{name}.fasta", "w") as fh:
+            for i in range(n):
+                loc = list(rich)[i % 3]
+                body = rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=20).tolist() + rng.choice(list(rich[loc]), size=10).tolist()
+                rng.shuffle(body)
+                fh.write(f">{name}{i} {loc}-{'MSU'[i % 3]}{' test' if name == 'test' else ''}\n{''.join(body)}\n")
+    return root
+
+
+@pytest.mark.parametrize("architecture", ["fnn", "light-attention"])
+def test_loc_two_outputs_membrane_unknown_left_out(data, loc_fasta, run_cli, tmp_path, architecture):
+    out = tmp_path / "loc"
+    r = run_cli("finetune", "loc", "-m", data / "bert", "--labels", loc_fasta / "train.fasta", "--test",
+                loc_fasta / "test.fasta", "--architecture", architecture, "--max-epochs", "2", "--lr", "0.01",
+                *FAST, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((out / "finetune.json").read_text())
+    assert all({"valid_loc", "valid_membrane"} <= set(h) for h in report["history"])
+    metrics = json.loads((out / "head" / "metrics.json").read_text())
+    kept = report["history"][report["best_epoch"] - 1]
+    # validation scored through the saved model: the in-process figures of the kept epoch
+    for name in ("loc", "membrane"):
+        assert metrics["valid"][name]["accuracy"] == pytest.approx(kept[f"valid_{name}"], abs=1e-9)
+    assert metrics["test"]["loc"]["n"] == 21 and metrics["test"]["membrane"]["n"] == 14  # U left out
+    assert json.loads((out / "head" / "config.json").read_text())["architecture"] == architecture
+    r = run_cli("predict", out / "head", "--fasta", loc_fasta / "test.fasta", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 21 and {"loc", "membrane"} <= set(rows[0])
+    truth = {}
+    for line in (loc_fasta / "test.fasta").read_text().splitlines()[::2]:
+        ident, tag = line[1:].split()[:2]
+        truth[ident] = tag.split("-")
+    right = sum(row["loc"] == truth[row["id"]][0] for row in rows)
+    assert right / 21 == pytest.approx(metrics["test"]["loc"]["accuracy"])
+    known = [row for row in rows if truth[row["id"]][1] != "U"]
+    assert sum(row["membrane"] == truth[row["id"]][1] for row in known) / len(known) == \
+        pytest.approx(metrics["test"]["membrane"]["accuracy"])
+
+
+def test_value_task_end_to_end_with_predict_fasta(data, run_cli, tmp_path):
+    from protrans_cli.heads.metrics import spearman
+
+    rng = np.random.default_rng(3)
+    rows = ["sequence,target,set,validation"]
+    for i in range(80):
+        seq = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=int(rng.integers(20, 40))))
+        target = 10 * (seq.count("K") + seq.count("R")) / len(seq)
+        split = "test" if i >= 60 else "train"
+        rows.append(f"{seq},{target:.4f},{split},{'True' if split == 'train' and i % 5 == 0 else 'False'}")
+    labels = tmp_path / "flip.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "value"
+    r = run_cli("finetune", "value", "-m", data / "bert", "--labels", labels, "--max-epochs", "2", "--lr", "0.01",
+                *FAST, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads((out / "head" / "metrics.json").read_text())
+    assert metrics["test"]["value"]["metric"] == "Spearman" and metrics["test"]["value"]["n"] == 20
+    config = json.loads((out / "head" / "config.json").read_text())
+    mean, std = config["task"]["outputs"][0]["scale"]
+    assert std > 0 and 0 < mean < 10
+    assert run_cli("labels", labels, "-o", tmp_path / "all.fa").exit_code == 0
+    r = run_cli("predict", out / "head", "--fasta", tmp_path / "all.fa", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.stderr
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "id,value" and len(lines) == 81
+    from protrans_cli.heads.labels import read_labels
+
+    records = [rec for rec in read_labels(labels).records if rec.split == "test"]
+    predicted = {line.split(",")[0]: float(line.split(",")[1]) for line in lines[1:]}
+    rho = spearman(np.array([predicted[rec.id] for rec in records]),
+                   np.array([float(rec.labels["label"]) for rec in records]))
+    assert rho == pytest.approx(metrics["test"]["value"]["spearman"], abs=1e-6)
+
+
+# --- determinism, dropout at evaluation, refused families, the head after OUT moves ------------------
+
+def test_same_seed_same_result_and_no_dropout_at_evaluation(data, tmp_path):
+    """Two runs with one seed give the same epochs and the same merged weights (CPU); with the
+    adapters' and the head's dropout on, the in-process validation score still equals the saved
+    (dropout-free, merged) model's: evaluation runs with dropout off."""
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=20,
+              device="cpu", max_epochs=2, lora_dropout=0.3, dropout=0.5, seed=3)
+    a = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "a")
+    b = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "b")
+    drop = lambda h: [{k: v for k, v in line.items() if k != "seconds"} for line in h]  # noqa: E731
+    assert drop(a.history) == drop(b.history)
+    assert (tmp_path / "a" / "model" / "model.safetensors").read_bytes() == \
+        (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
+    kept = max(h["valid_ss3"] for h in a.history)
+    assert a.metrics["valid"]["ss3"]["accuracy"] == pytest.approx(kept, abs=1e-9)
+
+
+@pytest.mark.parametrize("family_name", [n for n, f in FAMILIES.items() if not f.lora_targets
+                                         and n in ("xlnet", "transfo_xl")])
+def test_families_without_linear_attention_projections_are_refused(family_name, data, run_cli, tmp_path):
+    model = _tiny(family_name, tmp_path / family_name)
+    r = run_cli("finetune", "ss3", "-m", model, "--labels", data / "train.csv", "--max-epochs", "1", *FAST,
+                "-o", tmp_path / "out")
+    assert r.exit_code == 2 and f"the {family_name} family has no LoRA targets" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.glob("*out*"))
+
+
+def test_the_head_finds_its_model_after_out_moves(finetuned, data, run_cli, tmp_path, monkeypatch):
+    """OUT/head records OUT/model as an absolute path (a relative -o too): predict works from any
+    folder; OUT moved whole, the model beside the head is used (and --embeddings of it match);
+    the head alone, without its model, says so and what to give."""
+    import shutil
+
+    from protrans_cli.heads.labels import read_labels
+
+    with open(tmp_path / "q.fa", "w") as fh:
+        fh.writelines(f">{r.id}\n{r.sequence}\n" for r in read_labels(data / "test.csv").records)
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("predict", finetuned / "head", "--fasta", "q.fa", "-o", "before.txt")
+    assert r.exit_code == 0, r.stderr
+    shutil.copytree(finetuned, tmp_path / "moved")
+    config = tmp_path / "moved" / "head" / "config.json"
+    recorded = json.loads(config.read_text())
+    recorded["embedding"]["model"] = str(tmp_path / "gone" / "model")  # (as if OUT had been moved away)
+    config.write_text(json.dumps(recorded))
+    r = run_cli("predict", "moved/head", "--fasta", "q.fa", "-o", "after.txt")
+    assert r.exit_code == 0 and "using" in r.stderr and "the one beside the head" in r.stderr, r.stderr
+    assert (tmp_path / "after.txt").read_text() == (tmp_path / "before.txt").read_text()
+    assert run_cli("embed", "q.fa", "-m", "moved/model", "--per-residue", "-o", "q.h5").exit_code == 0
+    r = run_cli("predict", "moved/head", "--embeddings", "q.h5", "-o", "after2.txt")
+    assert r.exit_code == 0 and "mismatch" not in r.stderr, r.stderr
+    shutil.rmtree(tmp_path / "moved" / "model")
+    r = run_cli("predict", "moved/head", "--fasta", "q.fa", "-o", "x.txt")
+    assert r.exit_code == 2 and "is gone" in r.stderr and "--model" in r.stderr, r.stderr
+
+
+def test_help_and_a_usage_error_import_no_torch(tmp_path):
+    from conftest import heavy_imports_of
+
+    out = heavy_imports_of([["finetune", "--help"]], ("torch", "transformers", "protrans_cli.models"))
+    assert out.returncode == 0, out.stderr

@@ -76,6 +76,10 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, lora
     except KeyboardInterrupt as exc:
         from protrans_cli.cli import stopped
 
-        kept = partial_path(output)
+        import os
+        from pathlib import Path
+
+        # (beside the folder an -o link names, where finetune keeps it)
+        kept = partial_path(os.path.realpath(output) if Path(output).is_symlink() else output)
         raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
                       "to continue" if (kept / "state.pt").is_file() else None) from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -265,28 +266,100 @@ def partial_path(out_dir) -> Path:
     return out_dir.with_name(out_dir.name + ".partial")
 
 
+# What finetune writes in OUT: --force replaces a folder holding these and nothing else.
+OWN_ENTRIES = frozenset({"model", "head", "finetune.json"})
+# Settings that do not change what is trained: a resumed run may differ in these (as fit's).
+_NOT_IN_FINGERPRINT = ("threads", "force", "resume", "device", "n_bootstrap")
+
+
 def finetune(config: FinetuneConfig, labels, out_dir, *, fasta=None, valid=None, tests=()) -> FinetuneResult:
     """Fine-tune `config.model` on `labels` (sequences from the file or `fasta`); `valid` and each
     of `tests` a label file (sequences likewise)."""
+    with contextlib.ExitStack() as held:  # the lock on OUT.partial/, taken once the output is checked
+        return _finetune(held, config, labels, out_dir, fasta=fasta, valid=valid, tests=tests)
+
+
+def checked_output(config: FinetuneConfig, out_dir, inputs) -> Path:
+    """The folder -o names (through a link, the folder it names), absolute, after the checks fit
+    makes of its -o: never the current folder or one above it, never a folder holding an input,
+    and an existing one only with --force (or --resume of its interrupted run) and only when it
+    holds nothing but finetune's own output."""
+    from protrans_cli.io.files import check_replaceable, holds_working_directory, is_inside, refuse_special_output
+
+    refuse_special_output(out_dir, "-o", "a fine-tuning output folder")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError("is a file, not a folder (choose another -o)", path=str(out_dir))
+    if holds_working_directory(out_dir):
+        raise UsageError(f"-o {out_dir}: finetune writes a folder of its own, which --force replaces whole; "
+                         "name one, e.g. -o ft/ss3")
+    if out_dir.is_symlink() and out_dir.is_dir():
+        # written through the link: OUT.partial and the swap happen beside the folder it names
+        out_dir = Path(os.path.realpath(out_dir))
+    out_dir = out_dir.absolute()
+    if not out_dir.exists():
+        return out_dir
+    for path in inputs:
+        if path is not None and str(path) != "-" and is_inside(path, out_dir):
+            raise UsageError(f"{out_dir} holds the input {path} (choose another -o)")
+    if not config.force and not (config.resume and (partial_path(out_dir) / STATE).is_file()):
+        raise UsageError(f"{out_dir} exists (--force replaces it)")
+    check_replaceable(out_dir, "finetune", lambda entry: entry.name in OWN_ENTRIES)
+    return out_dir
+
+
+def _model_dir(model: str) -> Path | None:
+    """The local directory `-m` names, if it names one (else a short name or a hub id)."""
+    path = Path(str(model)).expanduser()
+    return path if path.is_dir() else None
+
+
+def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests) -> dict:
+    """What a resumed run must share with the interrupted one: the settings that change what is
+    trained, the inputs as the files they name and those files' size and modification time
+    (fit's _identity), and a local model directory's files likewise."""
+    from protrans_cli.heads.fit import _identity, _real_paths
+
+    settings = {k: v for k, v in _jsonable(asdict(config)).items() if k not in _NOT_IN_FINGERPRINT}
+    model_dir = _model_dir(config.model)
+    if model_dir is not None:
+        settings["model"] = os.path.realpath(model_dir)
+        settings["model_files"] = {p.name: _identity(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
+    inputs = {"labels": _real_paths(str(labels)), "fasta": _real_paths(None if fasta is None else str(fasta)),
+              "valid": _real_paths(None if valid is None else str(valid)), "tests": [_real_paths(str(t)) for t in tests]}
+    contents = {"labels_file": _identity(labels), "fasta_file": _identity(fasta), "valid_files": _identity(valid),
+                "test_files": [_identity(t) for t in tests]}
+    return {**settings, **inputs, **contents}
+
+
+def _remove_state(partial: Path) -> None:
+    """The saved state only: OUT.partial/ itself holds the lock (removed by folder_lock when empty)."""
+    for name in (STATE, STATE + ".tmp"):
+        (partial / name).unlink(missing_ok=True)
+
+
+def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_dir, *, fasta, valid,
+              tests) -> FinetuneResult:
     from protrans_cli.embedders import TransformerEmbedder, resolve_device
-    from protrans_cli.heads.fit import _loss, _validate
+    from protrans_cli.heads.fit import _changed, _loss, _validate
     from protrans_cli.heads.lora import add_lora, lora_state
     from protrans_cli.heads.model import build_head
-    from protrans_cli.io.files import make_temporary, refuse_special_output, replace_directory
+    from protrans_cli.io.files import folder_lock, make_temporary, remove_dead_temporaries, replace_directory
     from protrans_cli.models import load_model
     from protrans_cli.threads import resolve_threads, torch_threads
 
     config.check()
     task = get_task(config.task, dual=config.dual)
-    refuse_special_output(out_dir, "-o", "a fine-tuning output folder")
-    out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and not config.force and not (config.resume and partial_path(out_dir).exists()):
-        raise UsageError(f"{out_dir} exists (--force replaces it)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError("is a file, not a folder (choose another -o)", path=str(out_dir))
-    for path in (labels, fasta, valid, *tests):
-        if path is not None and Path(path).absolute().is_relative_to(out_dir):
-            raise UsageError(f"{out_dir} holds the input {path} (choose another -o)")
+    tests = list(tests)
+    out_dir = checked_output(config, out_dir, [labels, fasta, valid, *tests, _model_dir(config.model)])
+    # One finetune at a time on an OUT (a job started twice overwrote each other's state, and
+    # --force deleted the other's under it); the temporaries of killed runs are cleared under it.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(out_dir)
+    held.enter_context(folder_lock(partial, "is in use by another protrans finetune (it holds the lock of this "
+                                   "output's unfinished state): wait for it to end, or choose another -o"))
+    remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.")
+    remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.old.", "")
     architecture = architecture_for(task, config.architecture)
     config = replace(config, architecture=architecture, kernel=config.kernel or DEFAULT_KERNELS.get(architecture, 7))
     reads_residues = input_kind(task, architecture) == PER_RESIDUE
@@ -310,9 +383,16 @@ def finetune(config: FinetuneConfig, labels, out_dir, *, fasta=None, valid=None,
     else:
         train, valid_data, valid_desc = _hold_out(config, train)
     console.info(f"train: {len(train.items):,} proteins; validation: {valid_desc}")
-    test_sets = [(Path(str(t)).name.split(".")[0] or "test", t) for t in tests]
+    # every test set read and checked now, not after the epochs (a bad file failed only then)
+    eval_sets = [("valid", valid_data, valid_desc)]
+    for path in tests:
+        label_set = read_sequence_data(path, task, fasta=fasta, label_format=config.label_format)
+        records = _only(label_set, {TEST}) or label_set.records
+        name = _unique(Path(str(path)).name.split(".")[0] or "test", [s[0] for s in eval_sets])
+        eval_sets.append((name, to_data(task, records, path, evaluating=True), str(path)))
     if not tests and TEST in declared:
-        test_sets = [("test", None)]
+        eval_sets.append(("test", to_data(task, _only(train_set, {TEST}), labels, evaluating=True),
+                          f"{labels} (SET=test)"))
     if any(o.is_value for o in task.outputs):
         with located(labels):
             task = task.with_scale_from(train.targets)
@@ -337,20 +417,20 @@ def finetune(config: FinetuneConfig, labels, out_dir, *, fasta=None, valid=None,
         optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
 
         # --- resumable state ---
-        partial = partial_path(out_dir)
-        fingerprint = {"config": _jsonable(asdict(replace(config, resume=False, force=False, threads=None))),
-                       "labels": str(Path(labels).absolute()), "valid": str(valid), "tests": [str(t) for t in tests]}
+        fingerprint = _jsonable(_fingerprint(config, labels, fasta, valid, tests))
         best = {"score": float("-inf"), "loss": float("inf"), "kept_loss": float("inf"), "epoch": 0, "progress": 0}
         best_state, history, first_epoch, stopped = None, [], 1, False
-        if partial.exists() and not config.resume:
+        if (partial / STATE).is_file() and not config.resume:
             if not config.force:
                 raise UsageError(f"{partial} holds an interrupted finetune: --resume continues it, --force "
                                  "starts again")
-            shutil.rmtree(partial)
+            _remove_state(partial)
         if config.resume and (partial / STATE).is_file():
             saved = torch.load(partial / STATE, weights_only=True, map_location="cpu")
-            if json.loads(saved["fingerprint"]) != fingerprint:
-                raise UsageError(f"{partial} was made with other settings or inputs: --force starts again")
+            differ = _changed(json.loads(saved["fingerprint"]), fingerprint)
+            if differ:
+                raise UsageError(f"{partial} was made with other settings or inputs ({', '.join(differ)}): run the "
+                                 "same command with --resume, or --force to start again")
             model.load_state_dict(saved["model"], strict=False)
             optimizer.load_state_dict(saved["optimizer"])
             rng.bit_generator.state = json.loads(saved["numpy_rng"])
@@ -358,7 +438,8 @@ def finetune(config: FinetuneConfig, labels, out_dir, *, fasta=None, valid=None,
             best_state, best, history = saved["best_state"], json.loads(saved["best"]), json.loads(saved["history"])
             first_epoch, stopped = int(saved["epoch"]) + 1, bool(saved["stopped"])
             console.info(f"resuming {out_dir} after epoch {first_epoch - 1}")
-        partial.mkdir(parents=True, exist_ok=True)
+        elif config.resume:
+            console.info(f"nothing to resume in {partial}: starting from the beginning")
 
         def trained_state():
             return {**{f"encoder.{k}": v.detach().cpu().clone() for k, v in lora_state(model.encoder).items()},
@@ -422,29 +503,30 @@ def finetune(config: FinetuneConfig, labels, out_dir, *, fasta=None, valid=None,
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
         try:
-            summary = _write(tmp, out_dir, model, loaded, embedder, task, config, train, valid_data, valid_desc,
-                             test_sets, train_set, fasta, history, best, labels)
+            summary = _write(tmp, out_dir, model, loaded, embedder, task, config, train, valid_desc, eval_sets,
+                             train_set, history, best, labels, device)
             replace_directory(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove_state(partial)
     console.info(f"wrote {out_dir}")
     return FinetuneResult(out_dir, summary, history)
 
 
-def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, train, valid_data, valid_desc, test_sets,
-           train_set, fasta, history, best, labels) -> dict:
+def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, train, valid_desc, eval_sets,
+           train_set, history, best, labels, device: str = "cpu") -> dict:
     from protrans_cli.heads.fit import evaluate_data, write_metrics
     from protrans_cli.heads.lora import merged_copy
     from protrans_cli.heads.metrics import dumps as metrics_json
     from protrans_cli.heads.model import Ensemble, head_format, save_head
     from protrans_cli.io.files import default_permissions
-    from protrans_cli.models import load_model
     from protrans_cli.embedders import TransformerEmbedder
+    from protrans_cli.models import _quiet_transformers, load_model
 
     merged = merged_copy(model.encoder).to("cpu")
-    loaded.family.save_pretrained(merged, loaded.tokenizer, tmp / "model")
+    with _quiet_transformers():  # (transformers' "Writing model shards" bar, also under -q)
+        loaded.family.save_pretrained(merged, loaded.tokenizer, tmp / "model")
     # The head as fit writes it, reading embeddings of OUT/model (an absolute path: predict --fasta
     # loads the recorded model as given, from whatever folder it runs in)
     head_dir = tmp / "head"
@@ -476,20 +558,11 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
 
     # every set scored by embedding it with the saved model (embed's own code: load_model and
     # TransformerEmbedder) and fit's head evaluation on those rows
-    saved = TransformerEmbedder(load_model(tmp / "model", device="cpu"), (layer,), "cpu", "float32")
+    # (on the training device: a GPU run embedded every set on the CPU, hours for ProtT5-XL)
+    saved = TransformerEmbedder(load_model(tmp / "model", device="cpu"), (layer,), device, "float32")
     reads_residues = model.reads_residues
     summary = {}
-    sets = [("valid", valid_data, valid_desc)]
-    for name, path in test_sets:
-        if path is None:
-            records = _only(train_set, {TEST})
-            data, desc = to_data(task, records, labels, evaluating=True), f"{labels} (SET=test)"
-        else:
-            label_set = read_sequence_data(path, task, fasta=fasta, label_format=config.label_format)
-            records = _only(label_set, {TEST}) or label_set.records
-            data, desc = to_data(task, records, path, evaluating=True), str(path)
-        sets.append((_unique(name, [s[0] for s in sets]), data, desc))
-    for name, data, desc in sets:
+    for name, data, desc in eval_sets:
         rows = embedded_rows(saved, data.sequences, config.max_residues, pooled=not reads_residues)
         result = evaluate_data(ensemble, task, rows_data(rows, data, reads_residues), n_boot=config.n_bootstrap,
                                max_residues=config.max_residues, seed=config.seed)

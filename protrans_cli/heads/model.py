@@ -186,4 +186,17 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         raise ModelError(f"weights do not fit the head's config ({(lines[1:] or lines or ['?'])[0]})",
                          path=str(directory / WEIGHTS)) from None
     ensemble.eval()
+    if (beside := moved_finetune_model(directory, config)) is not None:
+        config["embedding"]["model"] = beside  # (what --embeddings made with it are compared with)
     return ensemble, task, config
+
+
+def moved_finetune_model(directory, config: dict) -> str | None:
+    """For a head `protrans finetune` wrote (OUT/head, recording OUT/model as an absolute path)
+    whose recorded model is gone: the model beside the head, OUT having been moved whole; else None."""
+    embedding = config.get("embedding")
+    if not isinstance(embedding, dict) or not embedding.get("finetuned_from") or not embedding.get("model") \
+            or Path(str(embedding["model"])).exists():
+        return None
+    beside = Path(directory).absolute().parent / "model"
+    return str(beside) if (beside / "config.json").is_file() else None

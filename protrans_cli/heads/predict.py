@@ -196,11 +196,29 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     name = model or config.get("embedding", {}).get("model")
     if not name:
         raise UsageError(f"{head_dir} does not record which model made its embeddings: give {word}")
+    if model is None:
+        name = finetuned_model(head_dir, config, name, word)
     options = recorded_embed_options(config.get("embedding", {}), "the head's training embeddings", model=name,
                                      layer=head_layer(config), per_residue=kind == PER_RESIDUE, device=device,
                                      threads=threads, long_policy=long_policy, max_length=max_length,
                                      chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
     return options, config
+
+
+def finetuned_model(head_dir, config: dict, name: str, word: str = "--model") -> str:
+    """The model a head of `protrans finetune` embeds with: the OUT/model it records (an absolute
+    path), or, where that is gone (OUT moved or copied elsewhere), the model beside the head."""
+    from protrans_cli.heads.model import moved_finetune_model
+
+    if not config.get("embedding", {}).get("finetuned_from") or Path(name).exists():
+        return name
+    beside = moved_finetune_model(head_dir, config)
+    if beside is not None:
+        console.info(f"{name} (the fine-tuned model the head records) is gone: using {beside}, the one beside "
+                     "the head")
+        return str(beside)
+    raise UsageError(f"{head_dir}: the fine-tuned model the head records, {name}, is gone (was the finetune "
+                     f"folder moved without its model/?): give {word} with its new place")
 
 
 def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: int, per_residue: bool,
