@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from protrans_cli.errors import UsageError
+
 from protrans_cli.heads.lora import LoRALinear, add_lora, lora_modules, merged_copy
 from protrans_cli.heads.tasks import SS3, ss8_to_ss3
 from protrans_cli.models import FAMILIES
@@ -225,6 +227,8 @@ def test_resume_after_an_interrupted_epoch_gives_the_uninterrupted_run(data, tmp
     resumed = finetune(FinetuneConfig(resume=True, **kw), data / "train.csv", tmp_path / "b")
     assert [h["valid_loss"] for h in resumed.history] == [h["valid_loss"] for h in whole.history]
     assert resumed.metrics == whole.metrics
+    with pytest.raises(UsageError, match="is a finished finetune: nothing to resume"):
+        finetune(FinetuneConfig(resume=True, **kw), data / "train.csv", tmp_path / "b")
 
 
 # --- the output folder: --force, -o ., an input's folder, a link; one run at a time ---------------

@@ -303,6 +303,9 @@ def checked_output(config: FinetuneConfig, out_dir, inputs) -> Path:
         if path is not None and str(path) != "-" and is_inside(path, out_dir):
             raise UsageError(f"{out_dir} holds the input {path} (choose another -o)")
     if not config.force and not (config.resume and (partial_path(out_dir) / STATE).is_file()):
+        if config.resume and (out_dir / "finetune.json").is_file():
+            # (a finished run: the interrupted state is removed once OUT is written)
+            raise UsageError(f"{out_dir} is a finished finetune: nothing to resume (--force trains it again)")
         raise UsageError(f"{out_dir} exists (--force replaces it)")
     check_replaceable(out_dir, "finetune", lambda entry: entry.name in OWN_ENTRIES)
     return out_dir
