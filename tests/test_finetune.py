@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from protrans_cli.errors import UsageError
-
 from protrans_cli.heads.lora import LoRALinear, add_lora, lora_modules, merged_copy
 from protrans_cli.heads.tasks import SS3, ss8_to_ss3
 from protrans_cli.models import FAMILIES
