@@ -284,19 +284,9 @@ def checked_output(config: FinetuneConfig, out_dir, inputs) -> Path:
     makes of its -o: never the current folder or one above it, never a folder holding an input,
     and an existing one only with --force (or --resume of its interrupted run) and only when it
     holds nothing but finetune's own output."""
-    from protrans_cli.io.files import check_replaceable, holds_working_directory, is_inside, refuse_special_output
+    from protrans_cli.io.files import check_replaceable, is_inside, own_folder_output
 
-    refuse_special_output(out_dir, "-o", "a fine-tuning output folder")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError("is a file, not a folder (choose another -o)", path=str(out_dir))
-    if holds_working_directory(out_dir):
-        raise UsageError(f"-o {out_dir}: finetune writes a folder of its own, which --force replaces whole; "
-                         "name one, e.g. -o ft/ss3")
-    if out_dir.is_symlink() and out_dir.is_dir():
-        # written through the link: OUT.partial and the swap happen beside the folder it names
-        out_dir = Path(os.path.realpath(out_dir))
-    out_dir = out_dir.absolute()
+    out_dir = own_folder_output(out_dir, "a fine-tuning output folder", "ft/ss3").absolute()
     if not out_dir.exists():
         return out_dir
     for path in inputs:

@@ -44,9 +44,8 @@ from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluat
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
                                      architecture_for, get_task, input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
-                                   folder_lock, holds_working_directory, is_inside, make_temporary,
-                                   remove_dead_temporaries,
-                                   refuse_special_output, replace_directory, same_file, signals_held)
+                                   folder_lock, is_inside, make_temporary, own_folder_output,
+                                   remove_dead_temporaries, replace_directory, same_file, signals_held)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
                                 prefix_words, three_di_words)
 from protrans_cli.threads import torch_threads
@@ -270,20 +269,9 @@ def _checked_output(config: FitConfig, out_dir, embeddings, labels, valid, tests
         raise UsageError(HDF5_FROM_STDIN)
     if str(config.mask_path) == "-":  # read for each label file: the evaluation sets' reads found it empty
         raise UsageError("--mask cannot be stdin ('-'): it is read for each label file; give it as a file")
-    refuse_special_output(out_dir, "-o", "a head directory")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        # (--force trained every epoch and then failed on it: "Is a directory")
-        raise UsageError("is a file, not a head directory (choose another -o)", path=str(out_dir))
-    if holds_working_directory(out_dir):
-        # (a head is a directory of its own, replaced whole by --force)
-        raise UsageError(f"-o {out_dir}: the head is written as a folder of its own, which --force replaces "
-                         "whole; name one, e.g. -o heads/ss3")
-    if out_dir.is_symlink() and out_dir.is_dir():
-        # written through the link (-o head -> /scratch/heads/x): its HEAD.partial and the swap
-        # happen beside the folder it names
-        out_dir = Path(os.path.realpath(out_dir))
-    return out_dir
+    # (written through a link, -o head -> /scratch/heads/x: its HEAD.partial and the swap happen
+    # beside the folder it names)
+    return own_folder_output(out_dir, "a head directory", "heads/ss3")
 
 
 def _existing_head(config: FitConfig, out_dir: Path, fingerprint: dict, embeddings, labels, valid,

@@ -127,6 +127,24 @@ def is_inside(path, directory) -> bool:
 
 
 
+def own_folder_output(out_dir, what: str, example: str) -> Path:
+    """An -o that names a folder of a command's own (a head, a fine-tuning output), replaced whole
+    by --force: not a pipe or device, not a file, not the working directory or a folder above it;
+    a link to a folder is written through (the output, its .partial and the swap beside the
+    folder it names). `what`: "a head directory"; `example`: "heads/ss3"."""
+    refuse_special_output(out_dir, "-o", what)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        # (--force trained every epoch and then failed on it: "Is a directory")
+        raise UsageError(f"is a file, not {what} (choose another -o)", path=str(out_dir))
+    if holds_working_directory(out_dir):
+        raise UsageError(f"-o {out_dir}: {what} is a folder of its own, which --force replaces whole; name one, "
+                         f"e.g. -o {example}")
+    if out_dir.is_symlink() and out_dir.is_dir():
+        out_dir = Path(os.path.realpath(out_dir))
+    return out_dir
+
+
 def holds_working_directory(directory) -> bool:
     """Whether `directory` is the current directory or one above it (`-o .`, `-o ..`)."""
     try:
