@@ -197,6 +197,8 @@ def _only(label_set: LabelSet, splits: set) -> list:
 
 def _hold_out(config: FinetuneConfig, train: SequenceData):
     """fit's --valid-fraction rule: the fraction of train drawn with --seed, identical sequences together."""
+    from protrans_cli.heads.fit import held_out_positions
+
     total = len(train.items)
     n_valid = max(1, int(round(config.valid_fraction * total)))
     if total - n_valid < 1:
@@ -204,14 +206,7 @@ def _hold_out(config: FinetuneConfig, train: SequenceData):
     groups: dict = {}
     for i, s in enumerate(train.sequences):
         groups.setdefault(s.upper(), []).append(i)
-    grouped = list(groups.values())
-    order = np.random.default_rng(config.seed).permutation(len(grouped))
-    valid_idx: list[int] = []
-    cut = 0
-    while len(valid_idx) < n_valid:
-        valid_idx += grouped[order[cut]]
-        cut += 1
-    train_idx = [i for g in order[cut:] for i in grouped[g]]
+    valid_idx, train_idx = held_out_positions(list(groups.values()), n_valid, config.seed)
     if not train_idx:
         raise InputError("the --valid-fraction hold-out leaves no training protein (the proteins share a sequence)")
     return train.subset(train_idx), train.subset(valid_idx), (f"{len(valid_idx):,} proteins held out of train "

@@ -455,6 +455,18 @@ def check_resamples(n, what: str) -> None:
                          f"tails; 1000 is the default), got {n}")
 
 
+def held_out_positions(groups: list[list[int]], n_valid: int, seed: int) -> tuple[list[int], list[int]]:
+    """(validation, train) positions: whole groups (proteins of one sequence) drawn with `seed`
+    until at least `n_valid` proteins are held out; the rest train (fit's and finetune's rule)."""
+    order = np.random.default_rng(seed).permutation(len(groups))
+    valid_idx: list[int] = []
+    cut = 0
+    while len(valid_idx) < n_valid:
+        valid_idx += groups[order[cut]]
+        cut += 1
+    return valid_idx, [i for g in order[cut:] for i in groups[g]]
+
+
 def _hold_out(config: FitConfig, train, labels):
     """(train, validation, its ids, its description): --valid-fraction of train, drawn with --seed."""
     # Proteins of one sequence (CB513 repeats 79; two label records matched to one embedding) are
@@ -471,13 +483,7 @@ def _hold_out(config: FitConfig, train, labels):
     for groups in (_sequence_groups(train), [[i] for i in range(total)]):
         # (the second, protein by protein, only where the groups leave nothing to train on: a
         # file whose proteins share one sequence but not their rows)
-        order = np.random.default_rng(config.seed).permutation(len(groups))
-        valid_idx: list[int] = []
-        cut = 0
-        while len(valid_idx) < n_valid:
-            valid_idx += groups[order[cut]]
-            cut += 1
-        train_idx = [i for g in order[cut:] for i in groups[g]]
+        valid_idx, train_idx = held_out_positions(groups, n_valid, config.seed)
         if train_idx:
             break
     valid_data, train = subset(train, valid_idx), subset(train, train_idx)
