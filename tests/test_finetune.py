@@ -16,7 +16,7 @@ from protrans_cli.heads.lora import LoRALinear, add_lora, lora_modules, merged_c
 from protrans_cli.heads.tasks import SS3, ss8_to_ss3
 from protrans_cli.models import FAMILIES
 
-from test_heads_fit import RULE8, _netsurfp, _seqs
+from test_heads_fit import RULE8, _netsurfp, _seqs, write_loc_fastas
 
 torch.set_num_threads(1)
 LORA_FAMILIES = [name for name, family in FAMILIES.items() if family.lora_targets]
@@ -348,15 +348,7 @@ def test_resume_refuses_changed_inputs_and_accepts_them_named_otherwise(data, tm
 def loc_fasta(tmp_path_factory):
     """DeepLoc-style FASTA whose location follows from the composition (test_heads_fit's loc_data, smaller)."""
     root = tmp_path_factory.mktemp("ftloc")
-    rng = np.random.default_rng(1)
-    rich = {"Nucleus": "KR", "Extracellular": "CW", "Cell.membrane": "LIV"}
-    for name, n in (("train", 60), ("test", 21)):
-        with open(root / f"{name}.fasta", "w") as fh:
-            for i in range(n):
-                loc = list(rich)[i % 3]
-                body = rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=20).tolist() + rng.choice(list(rich[loc]), size=10).tolist()
-                rng.shuffle(body)
-                fh.write(f">{name}{i} {loc}-{'MSU'[i % 3]}{' test' if name == 'test' else ''}\n{''.join(body)}\n")
+    write_loc_fastas(root, (("train", 60), ("test", 21)), background=20, rich=10)
     return root
 
 

@@ -274,18 +274,26 @@ def loc_data(tmp_path_factory):
     from protrans_cli.embed import EmbedOptions, embed
 
     root = tmp_path_factory.mktemp("loc")
-    rng = np.random.default_rng(1)
-    rich = {"Nucleus": "KR", "Extracellular": "CW", "Cell.membrane": "LIV"}
-    for name, n in (("train", 150), ("test", 45)):
-        with open(root / f"{name}.fasta", "w") as fh:
-            for i in range(n):
-                loc = list(rich)[i % 3]
-                membrane = "MSU"[i % 3]
-                body = rng.choice(list(AA), size=40).tolist() + rng.choice(list(rich[loc]), size=20).tolist()
-                rng.shuffle(body)
-                fh.write(f">{name}{i} {loc}-{membrane}{' test' if name == 'test' else ''}\n{''.join(body)}\n")
+    write_loc_fastas(root, (("train", 150), ("test", 45)), background=40, rich=20)
+    for name in ("train", "test"):
         embed(root / f"{name}.fasta", root / f"{name}.h5", EmbedOptions(model="onehot", per_residue=False, threads=1))
     return root
+
+
+def write_loc_fastas(root, sizes, *, background: int, rich: int) -> None:
+    """ROOT/<name>.fasta for each (name, n) of `sizes`: DeepLoc headers whose location follows the
+    composition (K/R-rich Nucleus, C/W-rich Extracellular, L/I/V-rich Cell.membrane) and membrane
+    M, S, U in turn; `background` random residues and `rich` of the location's."""
+    rng = np.random.default_rng(1)
+    residues = {"Nucleus": "KR", "Extracellular": "CW", "Cell.membrane": "LIV"}
+    for name, n in sizes:
+        with open(root / f"{name}.fasta", "w") as fh:
+            for i in range(n):
+                loc = list(residues)[i % 3]
+                body = rng.choice(list(AA), size=background).tolist() + rng.choice(list(residues[loc]),
+                                                                                   size=rich).tolist()
+                rng.shuffle(body)
+                fh.write(f">{name}{i} {loc}-{'MSU'[i % 3]}{' test' if name == 'test' else ''}\n{''.join(body)}\n")
 
 
 def test_options_of_another_kind_of_head_are_said_to_do_nothing(run_cli, loc_data, ss_data, tmp_path):
