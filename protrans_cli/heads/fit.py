@@ -775,6 +775,8 @@ def _real_paths(value):
 
 def _fingerprint(config: FitConfig, embeddings, labels, valid, tests) -> dict:
     settings = {k: v for k, v in _jsonable(asdict(config)).items() if k not in _NOT_IN_FINGERPRINT}
+    if config.folds:  # (--folds holds nothing out: another --valid-fraction changes nothing, as fit warns)
+        settings.pop("valid_fraction", None)
     inputs = {"embeddings": str(embeddings), "labels": str(labels),
               "valid": [str(p) for p in valid] if valid else None, "tests": [[str(p) for p in t] for t in tests]}
     inputs = {key: _real_paths(paths) for key, paths in inputs.items()}
