@@ -247,6 +247,13 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
             raise UsageError(f"--layer {given}: the model's layers are 0 .. {last}" +
                              ("" if blocks is not None else " (the highest in the files; --model names the "
                                                             "model and its number of layers)"))
+    # (--layer -1 --layer 33 of a 33-block model: one layer written twice, `layers` [-1, -1], as
+    # embed refuses it)
+    for i, k in enumerate(chosen):
+        if k in chosen[:i]:
+            first = layers[chosen.index(k)]
+            raise UsageError(f"--layer {first} and --layer {layers[i]} name one layer ({k} of 0 .. {last}): "
+                             "each is written once")
     states = last + 1
 
     # First pass: every file's structure, lengths and id, before anything is written

@@ -98,7 +98,8 @@ def nearest(query, reference, *, k: int = 1, metric: str = "euclidean", layer: i
 
 
 def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch: bool):
-    """(query ids, query vectors, reference ids, reference vectors), checked, unit length for cosine."""
+    """(query ids, query vectors, reference ids, reference vectors), checked (as stored: cosine
+    scales by 1 / length in the search)."""
     for name, value in (("query", query), ("reference", reference)):
         expect_path(value, name)
     _check_search(k, metric)
@@ -304,7 +305,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     (reference_embed_options); rows follow the FASTA's order."""
     from protrans_cli.heads.fit import check_resamples
     from protrans_cli.heads.metrics import summary_line
-    from protrans_cli.io.files import atomic_output, input_named_by, same_file
+    from protrans_cli.io.files import atomic_output, input_named_by, output_directory, same_file
 
     if (query is None) == (fasta is None):
         raise UsageError("give the queries' embeddings (QUERY.h5) or their sequences (--fasta), one of them")
@@ -318,6 +319,8 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     # `-o query.h5` replaced the embeddings with the TSV, as predict and labels refuse
     if source := input_named_by(output, [p for p in (query, fasta, reference, labels, score) if p is not None]):
         raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")
+    if output is not None and str(output) != "-":
+        output_directory(output)  # (as predict: before the search, not when its result is written)
     check_resamples(n_bootstrap, "--bootstrap")
     _check_search(k, metric)
     if fasta is not None:

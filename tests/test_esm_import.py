@@ -358,3 +358,11 @@ def test_a_catalogued_model_of_another_width_and_an_unknown_name(run_cli, tmp_pa
     assert not (tmp_path / "e.h5").exists() and "Traceback" not in r.stderr
     r = _ok(run_cli("import-esm", folder, "-o", tmp_path / "f.h5", "-m", "my_model"))
     assert "-m my_model names no number of layers" in r.stderr and "no -m naming" not in r.stderr
+
+
+def test_two_names_of_one_layer_are_refused_as_embed_refuses_them(run_cli, tmp_path, extracted):
+    # (--layer -1 --layer 2 of files whose last layer is 2 wrote layer 2 twice, `layers` [-1, -1])
+    folder, _, _ = extracted
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "--layer", "-1", "--layer", "2")
+    assert r.exit_code == 2 and "--layer -1 and --layer 2 name one layer" in r.stderr, r.stderr
+    assert not list(tmp_path.glob("e.h5*"))

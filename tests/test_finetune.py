@@ -482,3 +482,24 @@ def test_help_and_a_usage_error_import_no_torch(tmp_path):
 
     out = heavy_imports_of([["finetune", "--help"]], ("torch", "transformers", "protrans_cli.models"))
     assert out.returncode == 0, out.stderr
+
+
+def test_a_protein_longer_than_the_model_accepts_is_refused_before_training(data, run_cli, tmp_path):
+    # (a traceback from inside BERT's embeddings at its batch; here one line naming file and record)
+    limit = _embedder(data / "bert").max_residues
+    rng = np.random.default_rng(5)
+    _netsurfp(tmp_path / "test.csv", [*_seqs(rng, 3), "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), limit + 1))])
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--test", tmp_path / "test.csv",
+                "-o", tmp_path / "out", "--max-epochs", "1", *FAST)
+    assert r.exit_code == 1 and "test.csv, record 'seq-" in r.stderr, r.stderr
+    assert f"{limit + 1:,} residues, longer than the {limit:,} residues the model accepts" in r.stderr
+    assert "Traceback" not in r.stderr and "epoch 1" not in r.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_one_protein_and_stdin_twice_are_refused_naming_the_file(data, run_cli, tmp_path):
+    _netsurfp(tmp_path / "one.csv", _seqs(np.random.default_rng(6), 1))
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", tmp_path / "one.csv", "-o", tmp_path / "out", *FAST)
+    assert r.exit_code == 1 and "one.csv: too few training proteins (1)" in r.stderr, r.stderr
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", "-", "--test", "-", "-o", tmp_path / "out", *FAST)
+    assert r.exit_code == 2 and "stdin ('-') can be one input at most" in r.stderr, r.stderr

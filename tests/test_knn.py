@@ -371,3 +371,26 @@ def test_the_search_on_a_gpu_finds_what_the_cpu_finds(tmp_path):
         cpu = nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=5, metric=metric, device="cpu")
         gpu = nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=5, metric=metric, device="cuda")
         assert np.array_equal(cpu.index, gpu.index) and np.array_equal(cpu.distance, gpu.distance)
+
+
+def test_a_missing_output_folder_and_a_reference_from_stdin_are_usage_errors_before_the_search(
+        tmp_path, run_cli, monkeypatch):
+    # (the missing folder was found when the TSV was written, after the whole search: exit 2 then,
+    # and with --fasta exit 1 "cannot write in this folder"; `--reference -` was exit 1, QUERY - exit 2)
+    from protrans_cli import knn as knn_module
+
+    _write(tmp_path / "q.h5", np.eye(3))
+    _write(tmp_path / "r.h5", np.eye(3), ["a", "b", "c"])
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched")
+
+    monkeypatch.setattr(knn_module, "_neighbours", no_search)
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "-o", tmp_path / "nodir" / "x.tsv")
+    assert r.exit_code == 2 and "output directory does not exist" in r.stderr, r.stderr
+    _fasta(tmp_path / "q.fa", 2, 0)
+    r = run_cli("knn", "--fasta", tmp_path / "q.fa", "--reference", tmp_path / "r.h5", "-o",
+                tmp_path / "nodir" / "x.tsv")
+    assert r.exit_code == 2 and "output directory does not exist" in r.stderr, r.stderr
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", "-")
+    assert r.exit_code == 2 and "read in place" in r.stderr

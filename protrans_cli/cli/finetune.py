@@ -63,6 +63,10 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, lora
     protrans finetune ss3 -m prot_t5_xl_half --labels Train_HHblits.csv.gz \\
         --test CB513_HHblits.csv -o ft/ss3
     """
+    from protrans_cli.errors import UsageError
+
+    if [labels, fasta, valid, *tests].count("-") > 1:  # (the first read took it all: "<stdin>: is empty")
+        raise UsageError("stdin ('-') can be one input at most: give the others as files")
     from protrans_cli.heads.finetune import FinetuneConfig, finetune, partial_path
 
     config = FinetuneConfig(task=task, model=model, lora_rank=lora_rank, lora_alpha=lora_alpha,

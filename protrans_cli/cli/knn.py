@@ -82,7 +82,7 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
 
     if (query is None) == (fasta is None):
         raise UsageError("give QUERY.h5 (embeddings) or --fasta (sequences), one of them")
-    if query == "-":
+    if "-" in (query, reference):  # (the reference: "read in place", exit 1, where the query's was exit 2)
         from protrans_cli.io.h5 import HDF5_FROM_STDIN
 
         raise UsageError(HDF5_FROM_STDIN)

@@ -144,9 +144,9 @@ class _SequenceBatch(Batch):
                               self.index)
 
 
-def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto", evaluating: bool = False):
-    """(LabelSet, {split: records}) of a label file whose records all have a sequence (from the
-    file, or `fasta` by id)."""
+def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto"):
+    """The LabelSet of a label file whose records all have a sequence (from the file, or `fasta`
+    by id)."""
     label_set = read_labels(path, label_format)
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
@@ -191,24 +191,38 @@ def to_data(task: Task, records, path, *, evaluating: bool = False) -> SequenceD
     return SequenceData(items, seqs, per_residue)
 
 
+def _check_lengths(sources, limit: int | None) -> None:
+    """A protein longer than the model accepts (its position table) is refused before the first
+    epoch, naming its file and record (it was a traceback from inside the model at its batch)."""
+    if limit is None:
+        return
+    for data, path in sources:
+        for item, sequence in zip(data.items, data.sequences):
+            if len(sequence) > limit:
+                raise InputError(f"{len(sequence):,} residues, longer than the {limit:,} residues the model accepts "
+                                 "(finetune neither truncates nor chunks: leave such proteins out)", path=str(path),
+                                 record=item.id)
+
+
 def _only(label_set: LabelSet, splits: set) -> list:
     return [r for r in label_set.records if r.split in splits]
 
 
-def _hold_out(config: FinetuneConfig, train: SequenceData):
+def _hold_out(config: FinetuneConfig, train: SequenceData, labels):
     """fit's --valid-fraction rule: the fraction of train drawn with --seed, identical sequences together."""
     from protrans_cli.heads.fit import held_out_positions
 
     total = len(train.items)
     n_valid = max(1, int(round(config.valid_fraction * total)))
     if total - n_valid < 1:
-        raise InputError(f"too few training proteins ({total}) to hold out a validation set")
+        raise InputError(f"too few training proteins ({total}) to hold out a validation set", path=str(labels))
     groups: dict = {}
     for i, s in enumerate(train.sequences):
         groups.setdefault(s.upper(), []).append(i)
     valid_idx, train_idx = held_out_positions(list(groups.values()), n_valid, config.seed)
     if not train_idx:
-        raise InputError("the --valid-fraction hold-out leaves no training protein (the proteins share a sequence)")
+        raise InputError("the --valid-fraction hold-out leaves no training protein (the proteins share a sequence)",
+                         path=str(labels))
     return train.subset(train_idx), train.subset(valid_idx), (f"{len(valid_idx):,} proteins held out of train "
                                                               f"(seed {config.seed}; {len(train_idx):,} left)")
 
@@ -369,18 +383,21 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         valid_data = to_data(task, _only(train_set, {VALID}), labels, evaluating=True)
         valid_desc = f"{labels} (its validation records)"
     else:
-        train, valid_data, valid_desc = _hold_out(config, train)
+        train, valid_data, valid_desc = _hold_out(config, train, labels)
     console.info(f"train: {len(train.items):,} proteins; validation: {valid_desc}")
     # every test set read and checked now, not after the epochs (a bad file failed only then)
     eval_sets = [("valid", valid_data, valid_desc)]
+    sources = [(train, labels), (valid_data, labels if valid is None else valid)]  # (each set's file, for messages)
     for path in tests:
         label_set = read_sequence_data(path, task, fasta=fasta, label_format=config.label_format)
         records = _only(label_set, {TEST}) or label_set.records
         name = _unique(Path(str(path)).name.split(".")[0] or "test", [s[0] for s in eval_sets])
         eval_sets.append((name, to_data(task, records, path, evaluating=True), str(path)))
+        sources.append((eval_sets[-1][1], path))
     if not tests and TEST in declared:
         eval_sets.append(("test", to_data(task, _only(train_set, {TEST}), labels, evaluating=True),
                           f"{labels} (SET=test)"))
+        sources.append((eval_sets[-1][1], labels))
     if any(o.is_value for o in task.outputs):
         with located(labels):
             task = task.with_scale_from(train.targets)
@@ -393,6 +410,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         rng = np.random.default_rng(config.seed)
         loaded = load_model(config.model, device="cpu")
         embedder = TransformerEmbedder(loaded, (config.layer,), "cpu", "float32")
+        _check_lengths(sources, embedder.max_residues)
         adapted = add_lora(embedder.model, loaded.family, rank=config.lora_rank, alpha=config.lora_alpha,
                            dropout=config.lora_dropout)
         head = build_head(task, embedder.embedding_dim, architecture=architecture, hidden=config.hidden,
@@ -569,7 +587,6 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
 
 def embedded_rows(embedder, sequences: list[str], max_residues: int, *, pooled: bool) -> list[np.ndarray]:
     """embed's arrays of the last (or chosen) layer: (L, D) per sequence, or (D,) with `pooled`."""
-    out = []
     order = np.argsort([len(s) for s in sequences], kind="stable")
     rows: dict[int, np.ndarray] = {}
     batch: list[int] = []
@@ -586,8 +603,7 @@ def embedded_rows(embedder, sequences: list[str], max_residues: int, *, pooled: 
         batch.append(i)
     if batch:
         flush()
-    out = [rows[i] for i in range(len(sequences))]
-    return out
+    return [rows[i] for i in range(len(sequences))]
 
 
 def rows_data(rows: list[np.ndarray], data: SequenceData, reads_residues: bool):
