@@ -3872,3 +3872,15 @@ def test_a_search_no_trial_of_which_scores_says_so(run_cli, loc_data, tmp_path):
     assert "-inf" not in r.stderr and "search: trial_01: no valid score" in r.stderr
     assert "no trial has a valid score" in r.stderr and "kept trial_00, the first, unchosen" in r.stderr
     assert json.loads((tmp_path / "h" / "search.json").read_text())["trials"][0]["score"] is None
+
+
+def test_a_stopped_fit_through_a_link_names_where_its_state_is(run_cli, loc_data, tmp_path, monkeypatch):
+    """-o a link to a folder is written through (the state beside the folder it names): the
+    message after Ctrl-C named LINK.partial, which does not exist."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with _stopped_after(monkeypatch, member=0, epoch=1):
+        r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                    "-j", "1", "--no-plots", "--force", "-o", tmp_path / "link")
+    assert r.exit_code == 130 and f"kept in {tmp_path / 'real.partial'}" in r.stderr, r.stderr
+    assert (tmp_path / "real.partial" / "state.pt").is_file()

@@ -146,14 +146,18 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
             fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None,
                 tests=[tuple(t) for t in tests])
     except KeyboardInterrupt as exc:
+        from pathlib import Path
+
         from protrans_cli.cli import stopped
 
+        # (an -o link to a folder is written through: the state is kept beside the folder it names)
+        written = Path(output).resolve() if Path(output).is_symlink() and Path(output).is_dir() else Path(output)
         if grid:
             from protrans_cli.heads.search import trials_path
 
             raise stopped(exc, f"the trials finished so far, and the epochs of the one in training, are kept in "
-                          f"{trials_path(output)}; run the same command with --resume to continue") from None
-        kept = partial_path(output)
+                          f"{trials_path(written)}; run the same command with --resume to continue") from None
+        kept = partial_path(written)
         raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
                       "to continue" if (kept / "state.pt").is_file() else None) from None
 
