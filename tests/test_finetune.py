@@ -383,6 +383,29 @@ def test_loc_two_outputs_membrane_unknown_left_out(data, loc_fasta, run_cli, tmp
         pytest.approx(metrics["test"]["membrane"]["accuracy"])
 
 
+def test_loc_from_a_table_has_no_membrane_output_and_says_what_fit_says(data, loc_fasta, run_cli, tmp_path):
+    """As fit: an output no training protein has a label for (a loc table has no membrane) is left
+    out of the head, not kept untrained; the dual label is counted aloud; the kept epoch's score is printed."""
+    rows, seqs = [["id", "label"]], []
+    for i, (header, seq) in enumerate(zip(*[iter((loc_fasta / "train.fasta").read_text().splitlines())] * 2)):
+        ident, tag = header[1:].split()[:2]
+        rows.append([ident, "Cytoplasm-Nucleus" if i == 0 else tag.split("-")[0]])
+        seqs.append(f">{ident}\n{seq}\n")
+    with open(tmp_path / "t.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    (tmp_path / "s.fa").write_text("".join(seqs))
+    out = tmp_path / "out"
+    r = run_cli("finetune", "loc", "-m", data / "bert", "--labels", tmp_path / "t.csv", "--fasta", tmp_path / "s.fa",
+                "--max-epochs", "1", *FAST, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert "no training protein has a membrane label; the head has no membrane output" in r.stderr
+    assert "1 record(s) labelled Cytoplasm-Nucleus count as Cytoplasm" in r.stderr
+    assert "best validation epoch 1 (mean Q10 " in r.stderr
+    head = json.loads((out / "head" / "config.json").read_text())
+    assert [o["name"] for o in head["task"]["outputs"]] == ["loc"]
+    assert set(json.loads((out / "head" / "metrics.json").read_text())["valid"]) == {"loc"}
+
+
 def test_value_task_end_to_end_with_predict_fasta(data, run_cli, tmp_path):
     from protrans_cli.heads.metrics import spearman
 

@@ -147,9 +147,12 @@ class _SequenceBatch(Batch):
 def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto"):
     """The LabelSet of a label file whose records all have a sequence (from the file, or `fasta`
     by id)."""
+    from protrans_cli.heads.fit import note_dual_labels
+
     label_set = read_labels(path, label_format)
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
+    note_dual_labels(label_set, task.name, task.dual)
     sequences = read_sequences(fasta) if fasta is not None else {}
     missing = []
     for record in label_set.records:
@@ -343,7 +346,7 @@ def _remove_state(partial: Path) -> None:
 def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_dir, *, fasta, valid,
               tests) -> FinetuneResult:
     from protrans_cli.embedders import TransformerEmbedder, resolve_device
-    from protrans_cli.heads.fit import _changed, _loss, _validate
+    from protrans_cli.heads.fit import _changed, _loss, _metric_names, _outputs_with_labels, _validate
     from protrans_cli.heads.lora import add_lora, lora_state
     from protrans_cli.heads.model import build_head
     from protrans_cli.io.files import folder_lock, make_temporary, remove_dead_temporaries, replace_directory
@@ -375,6 +378,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     with located(labels):
         task = task.with_classes_from(train_records)
     train = to_data(task, train_records, labels)
+    if task.kind != PER_RESIDUE:  # (fit's rule: an output no training protein has a label for is left out)
+        task = _outputs_with_labels(task, train, labels)
     if valid is not None:
         valid_set = read_sequence_data(valid, task, fasta=fasta, label_format=config.label_format)
         records = _only(valid_set, {VALID}) or valid_set.records
@@ -503,7 +508,10 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         if unexpected or any(".lora_" in k or k.startswith("head.") for k in missing):
             raise RuntimeError(f"the kept state does not fit the model: {(unexpected or missing)[:3]}")
         model.eval()
-        console.info(f"best validation epoch {best['epoch']}")
+        scored = any(k.startswith("valid_") and k != "valid_loss" for line in history for k in line)
+        console.info(f"best validation epoch {best['epoch']} "
+                     + (f"(mean {_metric_names(task)} {best['score']:.4f})" if scored
+                        else f"(by validation loss {best['kept_loss']:.4f}: no {_metric_names(task)} to score)"))
 
         # --- write OUT/model, OUT/head, OUT/finetune.json; score the tests with the saved model ---
         out_dir.parent.mkdir(parents=True, exist_ok=True)

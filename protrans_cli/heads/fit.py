@@ -928,14 +928,20 @@ def _read(config: FitConfig, path, *, evaluation: bool = False, mask_elsewhere: 
                             mask_elsewhere=mask_elsewhere)
     if masked is not None:
         masked.append(any(r.mask is not None for r in label_set.records) and label_set.format == "flip")
-    if config.dual == "first" and "loc" in get_task(config.task).output_names:
+    note_dual_labels(label_set, config.task, config.dual)
+    return label_set
+
+
+def note_dual_labels(label_set: LabelSet, task_name: str, dual: str) -> None:
+    """Says how many records carry a dual label (DeepLoc's Cytoplasm-Nucleus) that --dual first
+    counts as one location (fit's and finetune's label files)."""
+    if dual == "first" and "loc" in get_task(task_name).output_names:
         # (DeepLoc's 23 Cytoplasm-Nucleus proteins became Cytoplasm without a word; --dual skip said so)
-        dual = collections.Counter(value for r in label_set.records
-                       if (value := r.labels.get("loc", r.labels.get("label"))) in DUAL_LABELS)
-        for value, count in sorted(dual.items()):
+        counts = collections.Counter(value for r in label_set.records
+                                     if (value := r.labels.get("loc", r.labels.get("label"))) in DUAL_LABELS)
+        for value, count in sorted(counts.items()):
             console.info(f"{label_set.path}: {count} record(s) labelled {value} count as {DUAL_LABELS[value]} "
                          "(--dual first; --dual skip leaves them out)")
-    return label_set
 
 
 def _outputs_with_labels(task: Task, train: ProteinData, labels) -> Task:
