@@ -258,7 +258,11 @@ def _reference_labels(labels, label_format: str, ref_ids: list[str]) -> tuple[li
 
     label_set = read_labels(labels, label_format)
     per_residue = {"netsurfp", "pisces", "flip"}
-    if label_set.format in per_residue:
+    # (biotrainer's residue_to_class files: a TARGET of one letter per residue, or a MASK=)
+    residue_targets = label_set.format == "biotrainer" and label_set.records and (
+        any(r.mask is not None for r in label_set.records)
+        or all(r.sequence and len(r.labels.get("label", "")) == len(r.sequence) > 1 for r in label_set.records))
+    if label_set.format in per_residue or residue_targets:
         raise InputError(f"holds per-residue labels ({label_set.format}); knn transfers a label per protein "
                          "(a DeepLoc FASTA, an id,label table, FLIP CSV)", path=str(labels))
     columns: list[str] = []

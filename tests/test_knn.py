@@ -153,6 +153,9 @@ def test_refusals(tmp_path, run_cli):
     r = run_cli(*base, tmp_path / "r.h5", "--labels", tmp_path / "l.csv", "-o", tmp_path / "out.tsv")
     assert r.exit_code == 1 and "labels none of the reference's 4 proteins" in r.stderr
     assert not (tmp_path / "out.tsv").exists()
+    (tmp_path / "bt.fasta").write_text(">a TARGET=CCH SET=train\nMKV\n>b TARGET=HHE SET=train\nMKW\n")
+    r = run_cli(*base, tmp_path / "r.h5", "--labels", tmp_path / "bt.fasta")  # biotrainer residue_to_class
+    assert r.exit_code == 1 and "per-residue labels" in r.stderr
     (tmp_path / "ss.csv").write_text("input, dssp3, dssp8, disorder\nM K V, C C C, C C C, 1.0 1.0 1.0\n")
     r = run_cli(*base, tmp_path / "r.h5", "--labels", tmp_path / "ss.csv")
     assert r.exit_code == 1 and "per-residue labels" in r.stderr
