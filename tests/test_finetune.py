@@ -226,8 +226,13 @@ def test_resume_after_an_interrupted_epoch_gives_the_uninterrupted_run(data, tmp
     resumed = finetune(FinetuneConfig(resume=True, **kw), data / "train.csv", tmp_path / "b")
     assert [h["valid_loss"] for h in resumed.history] == [h["valid_loss"] for h in whole.history]
     assert resumed.metrics == whole.metrics
-    with pytest.raises(UsageError, match="is a finished finetune: nothing to resume"):
-        finetune(FinetuneConfig(resume=True, **kw), data / "train.csv", tmp_path / "b")
+    # the same command with --resume once it finished: nothing to do (a job script may always add
+    # it, as to fit); with other settings, refused naming them
+    again = finetune(FinetuneConfig(resume=True, **kw), data / "train.csv", tmp_path / "b")
+    assert again.metrics == resumed.metrics and [h["epoch"] for h in again.history] == [1, 2, 3]
+    assert not partial_path(tmp_path / "b").exists()
+    with pytest.raises(UsageError, match=r"finished finetune made with other settings or inputs \(lr\)"):
+        finetune(FinetuneConfig(resume=True, **{**kw, "lr": 0.02}), data / "train.csv", tmp_path / "b")
 
 
 # --- the output folder: --force, -o ., an input's folder, a link; one run at a time ---------------

@@ -304,10 +304,9 @@ def checked_output(config: FinetuneConfig, out_dir, inputs) -> Path:
     for path in inputs:
         if path is not None and str(path) != "-" and is_inside(path, out_dir):
             raise UsageError(f"{out_dir} holds the input {path} (choose another -o)")
+    if config.resume and not (partial_path(out_dir) / STATE).is_file() and (out_dir / "finetune.json").is_file():
+        return out_dir  # (a finished run: finetune() compares it with this command, _finished)
     if not config.force and not (config.resume and (partial_path(out_dir) / STATE).is_file()):
-        if config.resume and (out_dir / "finetune.json").is_file():
-            # (a finished run: the interrupted state is removed once OUT is written)
-            raise UsageError(f"{out_dir} is a finished finetune: nothing to resume (--force trains it again)")
         raise UsageError(f"{out_dir} exists (--force replaces it)")
     check_replaceable(out_dir, "finetune", lambda entry: entry.name in OWN_ENTRIES)
     return out_dir
@@ -335,6 +334,26 @@ def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests) -> dict:
     contents = {"labels_file": _identity(labels), "fasta_file": _identity(fasta), "valid_files": _identity(valid),
                 "test_files": [_identity(t) for t in tests]}
     return {**settings, **inputs, **contents}
+
+
+def _finished(out_dir: Path, fingerprint: dict) -> "FinetuneResult":
+    """`--resume` of a finished run: nothing to do when it was made with these settings and
+    inputs (as fit's --resume of a finished head); else a usage error naming what differs."""
+    from protrans_cli.heads.fit import _changed
+
+    try:
+        record = json.loads((out_dir / "finetune.json").read_text())
+        saved = record["fingerprint"]
+        if not isinstance(saved, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):  # (a run of a version that did not record it)
+        raise UsageError(f"{out_dir} is a finished finetune: nothing to resume (--force trains it again)") from None
+    differ = _changed(saved, fingerprint)
+    if differ:
+        raise UsageError(f"{out_dir} is a finished finetune made with other settings or inputs ({', '.join(differ)}): "
+                         "--force replaces it")
+    console.info(f"{out_dir} is complete: nothing to resume")
+    return FinetuneResult(out_dir, record.get("metrics") or {}, record.get("history") or [])
 
 
 def _remove_state(partial: Path) -> None:
@@ -368,6 +387,9 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     architecture = architecture_for(task, config.architecture)
     config = replace(config, architecture=architecture, kernel=config.kernel or DEFAULT_KERNELS.get(architecture, 7))
     reads_residues = input_kind(task, architecture) == PER_RESIDUE
+    if config.resume and not (partial / STATE).is_file() and (out_dir / "finetune.json").is_file():
+        # (the same command with --resume after the run finished: a job script may always add it)
+        return _finished(out_dir, _jsonable(_fingerprint(config, labels, fasta, valid, tests)))
 
     # --- labels and sequences ---
     train_set = read_sequence_data(labels, task, fasta=fasta, label_format=config.label_format)
@@ -518,7 +540,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
         try:
             summary = _write(tmp, out_dir, model, loaded, embedder, task, config, train, valid_desc, eval_sets,
-                             train_set, history, best, labels, device)
+                             train_set, history, best, labels, device, fingerprint)
             replace_directory(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -529,7 +551,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
 
 
 def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, train, valid_desc, eval_sets,
-           train_set, history, best, labels, device: str = "cpu") -> dict:
+           train_set, history, best, labels, device: str = "cpu", fingerprint: dict | None = None) -> dict:
     from protrans_cli.heads.fit import evaluate_data, write_metrics
     from protrans_cli.heads.lora import merged_copy
     from protrans_cli.heads.metrics import dumps as metrics_json
@@ -588,7 +610,8 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
                  "targets": list(loaded.family.lora_targets)},
         "config": _jsonable(asdict(replace(config, resume=False, force=False))),
         "labels": str(labels), "validation": valid_desc, "best_epoch": best["epoch"], "history": history,
-        "metrics": summary}) + "\n")
+        "metrics": summary,
+        "fingerprint": fingerprint}) + "\n")  # (what `finetune --resume` of the finished run compares)
     default_permissions(tmp)
     return summary
 
