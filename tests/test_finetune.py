@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from protrans_cli.errors import UsageError
+from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.lora import LoRALinear, add_lora, lora_modules, merged_copy
 from protrans_cli.heads.tasks import SS3, ss8_to_ss3
 from protrans_cli.models import FAMILIES
@@ -223,6 +223,15 @@ def test_resume_after_an_interrupted_epoch_gives_the_uninterrupted_run(data, tmp
         finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "b")
     monkeypatch.setattr(fit, "_validate", real)
     assert (partial_path(tmp_path / "b") / "state.pt").is_file() and not (tmp_path / "b").exists()
+    # bytes changed on disk (bit rot) are refused, never resumed into another model
+    state = partial_path(tmp_path / "b") / "state.pt"
+    good = state.read_bytes()
+    damaged = bytearray(good)
+    damaged[-200] ^= 0x01
+    state.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=r"state.pt: the saved finetune state is damaged \(its bytes no longer"):
+        finetune(FinetuneConfig(resume=True, **kw), data / "train.csv", tmp_path / "b")
+    state.write_bytes(good)
     resumed = finetune(FinetuneConfig(resume=True, **kw), data / "train.csv", tmp_path / "b")
     assert [h["valid_loss"] for h in resumed.history] == [h["valid_loss"] for h in whole.history]
     assert resumed.metrics == whole.metrics

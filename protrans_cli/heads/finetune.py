@@ -19,6 +19,7 @@ place at the end; OUT.partial/state.pt after every epoch lets --resume continue.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -336,6 +337,53 @@ def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests) -> dict:
     return {**settings, **inputs, **contents}
 
 
+def _write_state(path: Path, state: dict) -> None:
+    """The resumable state, behind a line with the sha256 of its bytes (fit's FitState format),
+    written to a fresh temporary (never through a link) and renamed over the last one."""
+    import io
+
+    from protrans_cli.heads.fit import FitState
+    from protrans_cli.io.files import create_fresh
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        with open(create_fresh(tmp), "wb") as fh:
+            fh.write(FitState.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
+def _read_state(path: Path) -> dict:
+    """The saved state, its sha256 checked first (bytes changed on disk are refused, never trained on)."""
+    import io
+
+    from protrans_cli.errors import torch_load_problem
+    from protrans_cli.heads.fit import FitState
+
+    data = path.read_bytes()
+    if data.startswith(FitState.MAGIC):
+        header, _, data = data.partition(b"\n")
+        if hashlib.sha256(data).hexdigest().encode() != header[len(FitState.MAGIC):]:
+            raise InputError("the saved finetune state is damaged (its bytes no longer match their sha256); "
+                             "--force starts again", path=str(path))
+    try:
+        saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem
+        why = torch_load_problem(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise InputError(f"cannot read the saved finetune state ({why}); --force starts again", path=str(path)) \
+            from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint"), str):
+        raise InputError("the saved finetune state lacks entries a finetune writes; --force starts again",
+                         path=str(path))
+    return saved
+
+
 def _finished(out_dir: Path, fingerprint: dict) -> "FinetuneResult":
     """`--resume` of a finished run: nothing to do when it was made with these settings and
     inputs (as fit's --resume of a finished head); else a usage error naming what differs."""
@@ -459,7 +507,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
                                  "starts again")
             _remove_state(partial)
         if config.resume and (partial / STATE).is_file():
-            saved = torch.load(partial / STATE, weights_only=True, map_location="cpu")
+            saved = _read_state(partial / STATE)
             differ = _changed(json.loads(saved["fingerprint"]), fingerprint)
             if differ:
                 raise UsageError(f"{partial} was made with other settings or inputs ({', '.join(differ)}): run the "
@@ -520,12 +568,11 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
                              + ", ".join(f"{k} {v:.4f}" for k, v in valid_acc.items())
                              + f" ({line['seconds']:.1f} s){' *' if improved else ''}")
                 stopped = epoch - best["progress"] >= config.patience
-                torch.save({"fingerprint": json.dumps(fingerprint), "model": trained_state(),
-                            "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
-                            "torch_rng": torch.get_rng_state(), "best_state": best_state,
-                            "best": json.dumps(best), "history": json.dumps(history), "epoch": epoch,
-                            "stopped": stopped}, partial / (STATE + ".tmp"))
-                (partial / (STATE + ".tmp")).replace(partial / STATE)
+                _write_state(partial / STATE, {
+                    "fingerprint": json.dumps(fingerprint), "model": trained_state(),
+                    "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
+                    "torch_rng": torch.get_rng_state(), "best_state": best_state, "best": json.dumps(best),
+                    "history": json.dumps(history), "epoch": epoch, "stopped": stopped})
         missing, unexpected = model.load_state_dict(best_state, strict=False)
         if unexpected or any(".lora_" in k or k.startswith("head.") for k in missing):
             raise RuntimeError(f"the kept state does not fit the model: {(unexpected or missing)[:3]}")
