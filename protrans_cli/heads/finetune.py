@@ -19,7 +19,6 @@ place at the end; OUT.partial/state.pt after every epoch lets --resume continue.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -338,21 +337,20 @@ def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests) -> dict:
 
 
 def _write_state(path: Path, state: dict) -> None:
-    """The resumable state, behind a line with the sha256 of its bytes (fit's FitState format),
-    written to a fresh temporary (never through a link) and renamed over the last one."""
+    """The resumable state, behind a line with the sha256 of its bytes (fit's format), written to
+    a fresh temporary (never through a link) and renamed over the last one."""
     import io
 
-    from protrans_cli.heads.fit import FitState
+    from protrans_cli.heads.fit import checked_state_bytes
     from protrans_cli.io.files import create_fresh
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    payload = buffer.getvalue()
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     try:
         with open(create_fresh(tmp), "wb") as fh:
-            fh.write(FitState.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+            fh.write(checked_state_bytes(buffer.getvalue()))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -361,23 +359,9 @@ def _write_state(path: Path, state: dict) -> None:
 
 def _read_state(path: Path) -> dict:
     """The saved state, its sha256 checked first (bytes changed on disk are refused, never trained on)."""
-    import io
+    from protrans_cli.heads.fit import load_checked_state
 
-    from protrans_cli.errors import torch_load_problem
-    from protrans_cli.heads.fit import FitState
-
-    data = path.read_bytes()
-    if data.startswith(FitState.MAGIC):
-        header, _, data = data.partition(b"\n")
-        if hashlib.sha256(data).hexdigest().encode() != header[len(FitState.MAGIC):]:
-            raise InputError("the saved finetune state is damaged (its bytes no longer match their sha256); "
-                             "--force starts again", path=str(path))
-    try:
-        saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem
-        why = torch_load_problem(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        raise InputError(f"cannot read the saved finetune state ({why}); --force starts again", path=str(path)) \
-            from None
+    saved = load_checked_state(path, "finetune", "--force starts again")
     if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint"), str):
         raise InputError("the saved finetune state lacks entries a finetune writes; --force starts again",
                          path=str(path))

@@ -796,6 +796,33 @@ def _identity(path) -> list[int] | None:
     return [info.st_size, info.st_mtime_ns]
 
 
+STATE_MAGIC = b"protrans-fit-state sha256:"
+
+
+def checked_state_bytes(payload: bytes) -> bytes:
+    """A saved state's bytes behind a line with their sha256 (fit's and finetune's state.pt)."""
+    return STATE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def load_checked_state(path: Path, what: str, remedy: str):
+    """A state.pt read back: its sha256 checked first (torch.load verifies nothing, and bytes
+    changed on disk, bit rot or a bad network file system, resumed into another head without a
+    word), then torch.load(weights_only=True). Files of older versions (no line) are read as they are."""
+    import torch
+
+    data = path.read_bytes()
+    if data.startswith(STATE_MAGIC):
+        header, _, data = data.partition(b"\n")
+        if hashlib.sha256(data).hexdigest().encode() != header[len(STATE_MAGIC):]:
+            raise InputError(f"the saved {what} state is damaged (its bytes no longer match their sha256); {remedy}",
+                             path=str(path))
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem
+        why = torch_load_problem(exc) or f"{type(exc).__name__}: {first_line(exc)}"
+        raise InputError(f"cannot read the saved {what} state ({why}); {remedy}", path=str(path)) from None
+
+
 class FitState:
     """The resumable state of a fit, rewritten atomically after every epoch into
     HEAD_DIR.partial/state.pt: finished members' weights, the current member's weights, Adam state,
@@ -806,7 +833,7 @@ class FitState:
     (bit rot, a bad network file system) resumed into a different head without a word."""
 
     FILE = "state.pt"
-    MAGIC = b"protrans-fit-state sha256:"
+    MAGIC = STATE_MAGIC
 
     def __init__(self, directory: Path, fingerprint: dict):
         self.directory = directory
@@ -817,8 +844,6 @@ class FitState:
 
     @classmethod
     def open(cls, directory: Path, fingerprint: dict, *, resume: bool, force: bool) -> "FitState":
-        import torch
-
         state = cls(directory, fingerprint)
         path = directory / cls.FILE
         if path.is_file() and not resume:
@@ -827,18 +852,7 @@ class FitState:
                                  "or --force to start over")
             state.remove(keep_folder=True)  # (the folder holds this fit's lock: removed, a second fit took a new one)
         if resume and path.is_file():
-            data = path.read_bytes()
-            if data.startswith(cls.MAGIC):  # older versions wrote the torch file alone
-                header, _, data = data.partition(b"\n")
-                if hashlib.sha256(data).hexdigest().encode() != header[len(cls.MAGIC):]:
-                    raise InputError("the saved fit state is damaged (its bytes no longer match their sha256); "
-                                     "--force starts over", path=str(path))
-            try:
-                saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - any unreadable state is the same problem
-                why = torch_load_problem(exc) or f"{type(exc).__name__}: {first_line(exc)}"
-                raise InputError(f"cannot read the saved fit state ({why}); --force starts over",
-                                 path=str(path)) from None
+            saved = load_checked_state(path, "fit", "--force starts over")
             entries = {"fingerprint": dict, "members": list, "history": list}
             if not isinstance(saved, dict) or any(not isinstance(saved.get(k), t) for k, t in entries.items()) \
                     or not isinstance(saved.get("current"), (dict, type(None))):
@@ -883,7 +897,7 @@ class FitState:
         # overwrote the file it pointed to with the state.
         try:
             with open(create_fresh(tmp), "wb") as fh:
-                fh.write(self.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+                fh.write(checked_state_bytes(payload))
         except OSError as exc:
             tmp.unlink(missing_ok=True)  # (the state written before stays whole)
             if (reason := disk_full(exc)) is not None:
