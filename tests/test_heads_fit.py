@@ -3725,6 +3725,8 @@ def test_search_keeps_the_trial_with_the_best_validation_score(run_cli, loc_data
                 "-o", head)
     assert r.exit_code == 0, r.stderr
     assert "search: 4 trials (2 x 2: lr, hidden), chosen by the valid score" in r.stderr
+    table = [line for line in r.stderr.splitlines() if line.startswith("search: trial_") and "  " in line]
+    assert len(table) == 4 and table[0].endswith("<- kept")  # the closing table, best first
     record = json.loads((head / "search.json").read_text())
     assert [t["settings"] for t in record["trials"]] == [{"lr": 0.0001, "hidden": 8}, {"lr": 0.0001, "hidden": 32},
                                                          {"lr": 0.01, "hidden": 8}, {"lr": 0.01, "hidden": 32}]

@@ -161,6 +161,10 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for t in sorted(done, key=lambda t: -t["score"] if math.isfinite(t["score"]) else math.inf):
+        # (a closing table, best first: the trials' lines are far apart in a long log)
+        console.info(f"search: {t['trial']}  {_said(t['score'], set_name)}  {_words(t['settings'])}"
+                     + ("  <- kept" if t is best else ""))
     console.info(f"search: best {best['trial']} ({_words(best['settings'])}), {_said(best['score'], set_name)}; "
                  f"kept as {out_dir} (every trial in {folder})")
     return SearchResult(out_dir, best["settings"], done)
