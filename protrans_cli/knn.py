@@ -431,6 +431,10 @@ def _cell(text: str) -> str:
     return str(text).replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
 
+# DeepLoc's columns scored under the names fit gives them (the same number as "accuracy")
+_METRIC_NAMES = {"loc": "Q10", "membrane": "Q2"}
+
+
 def _query_labels(score, label_format: str, q_ids: list[str]) -> tuple[dict, dict]:
     """(id -> labels, column -> labels meaning unknown) of the queries' label file."""
     from protrans_cli.heads.labels import read_labels
@@ -464,4 +468,4 @@ def _score_column(result: Neighbours, column: str, by_id: dict, skip: set, truth
     # (no neighbour at all: counted wrong, as a class of its own)
     return evaluate([np.array([code[t]]) for t in true_labels],
                     [np.array([code[p] if p is not None else len(classes)]) for p in predicted],
-                    classes + ["(none)"], metric="accuracy", n_boot=n_bootstrap)
+                    classes + ["(none)"], metric=_METRIC_NAMES.get(column, "accuracy"), n_boot=n_bootstrap)

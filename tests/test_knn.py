@@ -110,8 +110,8 @@ def test_labels_are_transferred_and_scored(tmp_path, run_cli):
     for row in rows[1:]:
         assert int(row[2][1:]) % 3 == int(row[0][1:]) % 3  # the neighbour is of the query's cluster
         assert row[4] == locs[int(row[0][1:]) % 3]
-    assert "transfer loc: accuracy 0.8889" in r.stderr and ", 9 proteins" in r.stderr
-    assert "transfer membrane: accuracy 1.0000" in r.stderr  # (cluster 0's only M protein, r0, gave it)
+    assert "transfer loc: Q10 0.8889" in r.stderr and ", 9 proteins" in r.stderr
+    assert "transfer membrane: Q2 1.0000" in r.stderr  # (cluster 0's only M protein, r0, gave it)
 
     from protrans_cli.knn import knn
 
