@@ -55,9 +55,7 @@ def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, Embedd
     from protrans_cli.heads.data import stored_layer_index
 
     with EmbeddingsReader(path) as reader:
-        if PER_PROTEIN not in reader.kinds:
-            raise InputError(f"{what}: holds per-residue embeddings only; knn compares per-protein vectors "
-                             "(embed with --per-protein, or without --per-residue)", path=str(path))
+        _refuse_residues_only(reader, what, path)
         ids, matrix = reader.matrix(PER_PROTEIN)
         attrs = dict(reader.attrs)
         if matrix.ndim == 3:  # several layers stored: (N, n_layers, D)
@@ -73,6 +71,12 @@ def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, Embedd
         raise InputError(f"{what}: {int(bad.sum())} protein(s) have NaN or infinite values (first: "
                          f"{ids[int(np.flatnonzero(bad)[0])]})", path=str(path))
     return ids, vectors, attrs
+
+
+def _refuse_residues_only(reader: EmbeddingsReader, what: str, path) -> None:
+    if PER_PROTEIN not in reader.kinds:
+        raise InputError(f"{what}: holds per-residue embeddings only; knn compares per-protein vectors "
+                         "(embed with --per-protein, or without --per-residue)", path=str(path))
 
 
 def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: bool) -> None:
@@ -151,9 +155,7 @@ def reference_embed_options(reference, *, layer: int = -1, model: str | None = N
 
     expect_path(reference, "reference")
     with EmbeddingsReader(reference) as reader:
-        if PER_PROTEIN not in reader.kinds:  # (said before the queries are embedded, not after)
-            raise InputError("reference: holds per-residue embeddings only; knn compares per-protein vectors "
-                             "(embed with --per-protein, or without --per-residue)", path=str(reference))
+        _refuse_residues_only(reader, "reference", reference)  # (before the queries are embedded, not after)
         attrs = dict(reader.attrs)
         stored = attrs.get("layers")
         # The model layer as embed numbers it: the one of the reference's that --layer picks (a
@@ -180,25 +182,13 @@ def _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device
     import torch
 
     from protrans_cli.heads.fit import head_device
-    from protrans_cli.threads import resolve_threads
+    from protrans_cli.threads import resolve_threads, torch_threads
 
     position = {ident: i for i, ident in enumerate(ref_ids)} if exclude_self else None
-    with _torch_threads(torch, resolve_threads(threads)):
+    with torch_threads(resolve_threads(threads)):
         index, distance = _search(torch, q, ref, k, metric, [position.get(i, -1) for i in q_ids] if position else None,
                                   head_device(device))
     return Neighbours(list(q_ids), list(ref_ids), index, distance, metric)
-
-
-class _torch_threads:
-    def __init__(self, torch, n: int):
-        self.torch, self.n = torch, n
-
-    def __enter__(self):
-        self.before = self.torch.get_num_threads()
-        self.torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        self.torch.set_num_threads(self.before)
 
 
 def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: list[int] | None, device=None):
@@ -372,7 +362,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
             # the label comes from the nearest ones that have one.
             known = np.array([by_id.get(r, {}).get(column) not in (None, *skip) for r in ref_ids])
             if not known.any():  # (setHARD's membrane: all `U`; an empty search was a traceback)
-                transfer.scores[column] = {"metric": "accuracy", "n": 0, "n_proteins": 0, "accuracy": math.nan}
+                transfer.scores[column] = _nothing_scored(column)
                 console.info(summary_line("transfer", column, transfer.scores[column])
                              + " (no reference protein has a known label)")
                 continue
@@ -435,6 +425,11 @@ def _cell(text: str) -> str:
 _METRIC_NAMES = {"loc": "Q10", "membrane": "Q2"}
 
 
+def _nothing_scored(column: str) -> dict:
+    """The metrics of a column with no query to score (heads.metrics.evaluate's form)."""
+    return {"metric": _METRIC_NAMES.get(column, "accuracy"), "n": 0, "n_proteins": 0, "accuracy": math.nan}
+
+
 def _query_labels(score, label_format: str, q_ids: list[str]) -> tuple[dict, dict]:
     """(id -> labels, column -> labels meaning unknown) of the queries' label file."""
     from protrans_cli.heads.labels import read_labels
@@ -462,7 +457,7 @@ def _score_column(result: Neighbours, column: str, by_id: dict, skip: set, truth
         predicted.append(_vote(votes))
         true_labels.append(value)
     if not true_labels:
-        return {"metric": "accuracy", "n": 0, "n_proteins": 0, "accuracy": math.nan}
+        return _nothing_scored(column)
     classes = sorted(set(true_labels) | {p for p in predicted if p is not None})
     code = {c: i for i, c in enumerate(classes)}
     # (no neighbour at all: counted wrong, as a class of its own)
