@@ -194,30 +194,32 @@ def _available(obj: dict, path: Path) -> tuple[dict | None, dict | None]:
     return _layer_dict(obj, "representations", path), _layer_dict(obj, "mean_representations", path)
 
 
-def model_layers(model: str | None) -> int | None:
-    """The blocks of the ESM model a name gives (a catalogued checkpoint, its hub id, or a fair-esm
-    name `esm*_tN_...`), or None."""
+def _catalog_entry(model: str | None) -> dict | None:
+    """The catalogued checkpoint a name or hub id names, or None."""
     if not model:
         return None
     from protrans_cli.catalog import _catalog
 
-    for entry in _catalog()["checkpoints"]:
-        if model in (entry["name"], entry.get("hub_id")):
-            return int(entry["num_layers"]) if entry.get("family") == FAMILY else None
-    found = _LAYERS_IN_NAME.search(model)
+    return next((entry for entry in _catalog()["checkpoints"] if model in (entry["name"], entry.get("hub_id"))),
+                None)
+
+
+def model_layers(model: str | None) -> int | None:
+    """The blocks of the ESM model a name gives (a catalogued checkpoint, its hub id, or a fair-esm
+    name `esm*_tN_...`), or None."""
+    entry = _catalog_entry(model)
+    if entry is not None:
+        return int(entry["num_layers"]) if entry.get("family") == FAMILY else None
+    found = _LAYERS_IN_NAME.search(model) if model else None
     return int(found.group(1)) if found else None
 
 
 def model_width(model: str | None) -> int | None:
     """The embedding width of a catalogued ESM checkpoint (by name or hub id), or None."""
-    if not model:
+    entry = _catalog_entry(model)
+    if entry is None or entry.get("family") != FAMILY or not entry.get("embedding_dim"):
         return None
-    from protrans_cli.catalog import _catalog
-
-    for entry in _catalog()["checkpoints"]:
-        if model in (entry["name"], entry.get("hub_id")) and entry.get("family") == FAMILY:
-            return int(entry["embedding_dim"]) if entry.get("embedding_dim") else None
-    return None
+    return int(entry["embedding_dim"])
 
 
 def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residue, per_protein, layout,
