@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from protrans_cli.cli import INPUT_FILE
-from protrans_cli.embed import INVALID_POLICIES, LONG_POLICIES
+from protrans_cli.cli.predict import fasta_embedding_options
 from protrans_cli.heads.labels import FORMATS
 
 
@@ -24,18 +24,7 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("-m", "--model", default=None,
               help="With --fasta: the embedding model, when not the one the reference records (e.g. a local "
                    "copy; needed where it records none, or import-esm's without -m).")
-@click.option("--max-length", type=int, default=None,
-              help="With --fasta: residues; longer proteins follow --long-policy.  [default: as the reference's "
-                   "embeddings, else the model's limit]")
-@click.option("--long-policy", "--long", "long_policy", type=click.Choice(list(LONG_POLICIES)), default=None,
-              help="With --fasta: proteins over --max-length fail, are skipped (no neighbours), truncated, or "
-                   "chunked as embed does.  [default: as the reference's embeddings, else error]")
-@click.option("--chunk-overlap", type=int, default=None,
-              help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  [default: as the "
-                   "reference's embeddings where they were chunked, else 64]")
-@click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default=None,
-              help="With --fasta: sequences that cannot be embedded (a J, an inner '*', no residues) fail, or are "
-                   "skipped (no neighbours, with a warning), as embed does.  [default: error]")
+@fasta_embedding_options("the reference's embeddings", "no neighbours")
 @click.option("-k", "k", type=int, default=1, help="Neighbours per query.")
 @click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean",
               help="Distance: Euclidean (as EAT and goPredSim use with ProtT5), or 1 - cosine similarity.")

@@ -16,6 +16,33 @@ from protrans_cli.embed import INVALID_POLICIES, LONG_POLICIES
 from protrans_cli.heads.labels import FORMATS
 
 
+def fasta_embedding_options(recorded: str, skipped: str):
+    """--max-length, --long-policy, --chunk-overlap, --invalid-policy: how --fasta sequences are
+    embedded (predict's and knn's), each defaulting to what `recorded` (the embeddings whose
+    settings are followed) records; `skipped`: what a skipped protein gets ("no prediction")."""
+    options = [
+        click.option("--max-length", type=int, default=None,
+                     help=f"With --fasta: residues; longer proteins follow --long-policy.  [default: as {recorded}, "
+                          "else the model's limit]"),
+        click.option("--long-policy", "--long", "long_policy", type=click.Choice(list(LONG_POLICIES)), default=None,
+                     help=f"With --fasta: proteins over --max-length fail, are skipped ({skipped}), truncated, or "
+                          f"chunked as embed does.  [default: as {recorded}, else error]"),
+        click.option("--chunk-overlap", type=int, default=None,
+                     help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  "
+                          f"[default: as {recorded} where they were chunked, else 64]"),
+        click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default=None,
+                     help="With --fasta: sequences that cannot be embedded (a J, an inner '*', no residues) fail, "
+                          f"or are skipped ({skipped}, with a warning), as embed does.  [default: error]"),
+    ]
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 @click.command("predict", context_settings={"show_default": True})
 @click.argument("head", type=click.Path(file_okay=False, exists=True))
 @click.option("--embeddings", type=INPUT_FILE, metavar="FILE", default=None, help="Embeddings to predict on (HDF5).")
@@ -24,18 +51,7 @@ from protrans_cli.heads.labels import FORMATS
                    "trained on (into a temporary file); predictions follow the FASTA's order.")
 @click.option("-m", "--model", default=None,
               help="With --fasta: the embedding model, when not the one the head records (e.g. a local copy).")
-@click.option("--max-length", type=int, default=None,
-              help="With --fasta: residues; longer proteins follow --long-policy.  [default: as the head's training "
-                   "embeddings, else the model's limit]")
-@click.option("--long-policy", "--long", "long_policy", type=click.Choice(list(LONG_POLICIES)), default=None,
-              help="With --fasta: proteins over --max-length fail, are skipped (no prediction), truncated, or "
-                   "chunked as embed does.  [default: as the head's training embeddings, else error]")
-@click.option("--chunk-overlap", type=int, default=None,
-              help="With --fasta and --long-policy chunk: residues shared by neighbouring windows.  [default: as the "
-                   "head's training embeddings where they were chunked, else 64]")
-@click.option("--invalid-policy", "invalid_policy", type=click.Choice(list(INVALID_POLICIES)), default=None,
-              help="With --fasta: sequences that cannot be embedded (a J, an inner '*', no residues) fail, or are "
-                   "skipped (no prediction, with a warning), as embed does.  [default: error]")
+@fasta_embedding_options("the head's training embeddings", "no prediction")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Predictions: FASTA-like states per protein (per-residue heads) or CSV (per-protein heads; TSV for a .tsv name); "
                    "'-' = stdout; .gz/.bz2/.xz/.zst compress.  [default: stdout, unless only --labels is given]")
