@@ -35,7 +35,10 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
-from protrans_cli.heads.labels import TEST, TRAIN, VALID, LabelSet, read_labels, read_sequences
+from protrans_cli.heads.fit import (_changed, _identity, _jsonable, _loss, _metric_names, _only, _outputs_with_labels,
+                                    _real_paths, _unique_name, checked_state_bytes, evaluate_data,
+                                    held_out_positions, load_checked_state, note_dual_labels, write_metrics)
+from protrans_cli.heads.labels import TEST, TRAIN, VALID, read_labels, read_sequences
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
 from protrans_cli.io.h5 import PER_RESIDUE
 
@@ -147,8 +150,6 @@ class _SequenceBatch(Batch):
 def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto"):
     """The LabelSet of a label file whose records all have a sequence (from the file, or `fasta`
     by id)."""
-    from protrans_cli.heads.fit import note_dual_labels
-
     label_set = read_labels(path, label_format)
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
@@ -207,14 +208,8 @@ def _check_lengths(sources, limit: int | None) -> None:
                                  record=item.id)
 
 
-def _only(label_set: LabelSet, splits: set) -> list:
-    return [r for r in label_set.records if r.split in splits]
-
-
 def _hold_out(config: FinetuneConfig, train: SequenceData, labels):
     """fit's --valid-fraction rule: the fraction of train drawn with --seed, identical sequences together."""
-    from protrans_cli.heads.fit import held_out_positions
-
     total = len(train.items)
     n_valid = max(1, int(round(config.valid_fraction * total)))
     if total - n_valid < 1:
@@ -296,14 +291,13 @@ def checked_output(config: FinetuneConfig, out_dir, inputs) -> Path:
     makes of its -o: never the current folder or one above it, never a folder holding an input,
     and an existing one only with --force (or --resume of its interrupted run) and only when it
     holds nothing but finetune's own output."""
-    from protrans_cli.io.files import check_replaceable, is_inside, own_folder_output
+    from protrans_cli.io.files import check_replaceable, input_inside, own_folder_output
 
     out_dir = own_folder_output(out_dir, "a fine-tuning output folder", "ft/ss3").absolute()
     if not out_dir.exists():
         return out_dir
-    for path in inputs:
-        if path is not None and str(path) != "-" and is_inside(path, out_dir):
-            raise UsageError(f"{out_dir} holds the input {path} (choose another -o)")
+    if (path := input_inside(out_dir, inputs)) is not None:
+        raise UsageError(f"{out_dir} holds the input {path} (choose another -o)")
     if config.resume and not (partial_path(out_dir) / STATE).is_file() and (out_dir / "finetune.json").is_file():
         return out_dir  # (a finished run: finetune() compares it with this command, _finished)
     if not config.force and not (config.resume and (partial_path(out_dir) / STATE).is_file()):
@@ -322,8 +316,6 @@ def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests) -> dict:
     """What a resumed run must share with the interrupted one: the settings that change what is
     trained, the inputs as the files they name and those files' size and modification time
     (fit's _identity), and a local model directory's files likewise."""
-    from protrans_cli.heads.fit import _identity, _real_paths
-
     settings = {k: v for k, v in _jsonable(asdict(config)).items() if k not in _NOT_IN_FINGERPRINT}
     model_dir = _model_dir(config.model)
     if model_dir is not None:
@@ -341,7 +333,6 @@ def _write_state(path: Path, state: dict) -> None:
     a fresh temporary (never through a link) and renamed over the last one."""
     import io
 
-    from protrans_cli.heads.fit import checked_state_bytes
     from protrans_cli.io.files import create_fresh
 
     buffer = io.BytesIO()
@@ -359,8 +350,6 @@ def _write_state(path: Path, state: dict) -> None:
 
 def _read_state(path: Path) -> dict:
     """The saved state, its sha256 checked first (bytes changed on disk are refused, never trained on)."""
-    from protrans_cli.heads.fit import load_checked_state
-
     saved = load_checked_state(path, "finetune", "--force starts again")
     if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint"), str):
         raise InputError("the saved finetune state lacks entries a finetune writes; --force starts again",
@@ -371,8 +360,6 @@ def _read_state(path: Path) -> dict:
 def _finished(out_dir: Path, fingerprint: dict) -> "FinetuneResult":
     """`--resume` of a finished run: nothing to do when it was made with these settings and
     inputs (as fit's --resume of a finished head); else a usage error naming what differs."""
-    from protrans_cli.heads.fit import _changed
-
     try:
         record = json.loads((out_dir / "finetune.json").read_text())
         saved = record["fingerprint"]
@@ -397,7 +384,7 @@ def _remove_state(partial: Path) -> None:
 def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_dir, *, fasta, valid,
               tests) -> FinetuneResult:
     from protrans_cli.embedders import TransformerEmbedder, resolve_device
-    from protrans_cli.heads.fit import _changed, _loss, _metric_names, _outputs_with_labels, _validate
+    from protrans_cli.heads.fit import _validate  # (looked up at the call: tests stop a run inside it)
     from protrans_cli.heads.lora import add_lora, lora_state
     from protrans_cli.heads.model import build_head
     from protrans_cli.io.files import folder_lock, make_temporary, remove_dead_temporaries, replace_directory
@@ -426,7 +413,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     # --- labels and sequences ---
     train_set = read_sequence_data(labels, task, fasta=fasta, label_format=config.label_format)
     declared = {r.split for r in train_set.records if r.split}
-    train_records = _only(train_set, {None, TRAIN}) if declared else train_set.records
+    train_records = _only(train_set, {None, TRAIN}).records if declared else train_set.records
     if not train_records:
         raise InputError("no training records", path=str(labels))
     with located(labels):
@@ -436,10 +423,10 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         task = _outputs_with_labels(task, train, labels)
     if valid is not None:
         valid_set = read_sequence_data(valid, task, fasta=fasta, label_format=config.label_format)
-        records = _only(valid_set, {VALID}) or valid_set.records
+        records = _only(valid_set, {VALID}).records or valid_set.records
         valid_data, valid_desc = to_data(task, records, valid, evaluating=True), str(valid)
     elif VALID in declared:
-        valid_data = to_data(task, _only(train_set, {VALID}), labels, evaluating=True)
+        valid_data = to_data(task, _only(train_set, {VALID}).records, labels, evaluating=True)
         valid_desc = f"{labels} (its validation records)"
     else:
         train, valid_data, valid_desc = _hold_out(config, train, labels)
@@ -449,12 +436,12 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     sources = [(train, labels), (valid_data, labels if valid is None else valid)]  # (each set's file, for messages)
     for path in tests:
         label_set = read_sequence_data(path, task, fasta=fasta, label_format=config.label_format)
-        records = _only(label_set, {TEST}) or label_set.records
-        name = _unique(Path(str(path)).name.split(".")[0] or "test", [s[0] for s in eval_sets])
+        records = _only(label_set, {TEST}).records or label_set.records
+        name = _unique_name(Path(str(path)).name.split(".")[0] or "test", [s[0] for s in eval_sets])
         eval_sets.append((name, to_data(task, records, path, evaluating=True), str(path)))
         sources.append((eval_sets[-1][1], path))
     if not tests and TEST in declared:
-        eval_sets.append(("test", to_data(task, _only(train_set, {TEST}), labels, evaluating=True),
+        eval_sets.append(("test", to_data(task, _only(train_set, {TEST}).records, labels, evaluating=True),
                           f"{labels} (SET=test)"))
         sources.append((eval_sets[-1][1], labels))
     if any(o.is_value for o in task.outputs):
@@ -583,7 +570,6 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
 
 def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, train, valid_desc, eval_sets,
            train_set, history, best, labels, device: str = "cpu", fingerprint: dict | None = None) -> dict:
-    from protrans_cli.heads.fit import evaluate_data, write_metrics
     from protrans_cli.heads.lora import merged_copy
     from protrans_cli.heads.metrics import dumps as metrics_json
     from protrans_cli.heads.model import Ensemble, head_format, save_head
@@ -681,15 +667,3 @@ def rows_data(rows: list[np.ndarray], data: SequenceData, reads_residues: bool):
     out = ProteinData.in_memory(np.stack(rows).astype(np.float32))
     out.items, out.targets = data.items, data.targets
     return out
-
-
-def _unique(name: str, taken: list[str]) -> str:
-    from protrans_cli.heads.fit import _unique_name
-
-    return _unique_name(name, taken)
-
-
-def _jsonable(obj):
-    from protrans_cli.heads.fit import _jsonable as fit_jsonable
-
-    return fit_jsonable(obj)

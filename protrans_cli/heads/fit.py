@@ -44,7 +44,7 @@ from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluat
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
                                      architecture_for, get_task, input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
-                                   folder_lock, is_inside, make_temporary, own_folder_output,
+                                   folder_lock, input_inside, make_temporary, own_folder_output,
                                    remove_dead_temporaries, replace_directory, same_file, signals_held)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
                                 prefix_words, three_di_words)
@@ -288,15 +288,18 @@ def _existing_head(config: FitConfig, out_dir: Path, fingerprint: dict, embeddin
                 console.info(f"{out_dir} is complete: nothing to resume")
                 return finished
         raise UsageError(f"{out_dir} exists (--force replaces it)")
-    # --force replaces the whole directory: never one that holds this run's own inputs,
+    replaceable_head(out_dir, embeddings, labels, valid, tests)
+    return None
+
+
+def replaceable_head(out_dir: Path, embeddings, labels, valid, tests) -> None:
+    """--force replaces the whole directory (fit's and a search's -o): never one that holds this
+    run's own inputs, and only a head (not a project folder given as -o)."""
     inputs = [embeddings, labels, *(p for pair in ([valid] if valid else []) + list(tests) for p in pair)]
-    for path in inputs:
-        if path is not None and str(path) != "-" and is_inside(path, out_dir):
-            raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
-    # and only a head (not a project folder given as -o).
+    if (path := input_inside(out_dir, inputs)) is not None:
+        raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
     head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
     check_replaceable(out_dir, "fit", lambda entry: head)
-    return None
 
 
 def _lock_head(held: contextlib.ExitStack, out_dir: Path) -> None:

@@ -141,7 +141,7 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
         done.append({"trial": name, "settings": settings, "score": score, "set": set_name,
                      "metrics": result.metrics.get(set_name)})
         console.info(f"search: {name}: {_said(score, set_name)}")
-    best = max(done, key=lambda t: (t["score"], -int(t["trial"][len("trial_"):])))  # a tie: the earlier trial
+    best = max(done, key=lambda t: t["score"])  # (max keeps the first of a tie: the earlier trial)
     if not math.isfinite(best["score"]):
         # (it said "valid score -inf" and kept trial_00 as if it had been chosen)
         console.warn(f"search: no trial has a {set_name} score (its headline metric is undefined for every trial, "
@@ -208,7 +208,7 @@ def _check_existing_head(config, out_dir: Path, embeddings, labels, valid, tests
     a head (never a folder of other files, or one holding an input), as fit's -o. The search
     replaced any folder at the end: with --force a project folder and the inputs in it, with
     --resume the head of a plain fit."""
-    from protrans_cli.io.files import check_replaceable, is_inside
+    from protrans_cli.heads.fit import replaceable_head
 
     head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
     if not config.force:
@@ -218,11 +218,7 @@ def _check_existing_head(config, out_dir: Path, embeddings, labels, valid, tests
             raise UsageError(f"{out_dir} exists and is not the head a search kept (no search.json): --resume "
                              "continues a search only; --force replaces it")
         return
-    inputs = [embeddings, labels, *(p for pair in ([valid] if valid else []) + list(tests) for p in pair)]
-    for path in inputs:
-        if path is not None and str(path) != "-" and is_inside(path, out_dir):
-            raise UsageError(f"{out_dir} holds the input {path}: --force would delete it (choose another -o)")
-    check_replaceable(out_dir, "fit", lambda entry: head)
+    replaceable_head(out_dir, embeddings, labels, valid, tests)
 
 
 def _remove_trials(folder: Path) -> None:

@@ -110,6 +110,12 @@ def input_named_by(output, inputs, directories=()) -> str | None:
                  and (same_file(src, output) or (src in directories and is_inside(output, src)))), None)
 
 
+def input_inside(directory, inputs) -> str | None:
+    """The first of `inputs` (paths; None and stdin skipped) that lies in `directory`: an output
+    folder replaced whole would delete it."""
+    return next((str(p) for p in inputs if p is not None and str(p) != "-" and is_inside(p, directory)), None)
+
+
 def is_inside(path, directory) -> bool:
     """Whether `path` is the existing directory `directory` or lies anywhere below it."""
     if not os.path.isdir(directory):
