@@ -46,8 +46,8 @@ class Matched:
     length: int  # residues
     targets: dict  # output -> (L,) int64 per residue, or int per protein
     checksum: str | None = None  # the sequence checksum embed stored with it (None: a file without)
-    # the checksum of the label record's own sequence, where it gives one (fit's folds and
-    # hold-out group identical sequences by it in a file that stores no checksums)
+    # the checksum of the label record's own sequence, where it gives one and `checksum` is None
+    # (fit's folds and hold-out group identical sequences by it in a file that stores no checksums)
     label_checksum: str | None = None
 
 
@@ -296,7 +296,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
                 continue
             report.truncated_used.append(f"{record.id} ({length} of {cut})")
             taken.add(key)
-            matched.append(Matched(record.id, key, length or 0, targets, stored, _label_checksum(record)))
+            matched.append(Matched(record.id, key, length or 0, targets, stored,
+                                   _label_checksum(record) if stored is None else None))
             continue
         if record.sequence is not None and not via_checksum and stored is not None:
             if stored not in _checksums(record.sequence):
@@ -315,7 +316,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
             length = label_length or 0
         report.by_checksum += via_checksum
         taken.add(key)
-        matched.append(Matched(record.id, key, length, targets, stored, _label_checksum(record)))
+        matched.append(Matched(record.id, key, length, targets, stored,
+                               _label_checksum(record) if stored is None else None))
     report.matched = len(matched)
     # (the keys of records without a label are said so here, not again as "no label in FILE")
     # (a protein whose labels were refused as truncated or of another length has a label: it is

@@ -504,7 +504,7 @@ def _sequence_groups(train) -> list[list[int]]:
     # over the folds, 19 of 30 twins, each scored out of fold by a member trained on its twin)
     grouped: dict = {}
     for i, m in enumerate(train.items):
-        checksum = m.checksum if m.checksum is not None else getattr(m, "label_checksum", None)
+        checksum = m.checksum if m.checksum is not None else m.label_checksum
         grouped.setdefault(checksum if checksum is not None else ("key", m.key), []).append(i)
     return list(grouped.values())
 
