@@ -1815,12 +1815,12 @@ class EmbeddingsWriter:
         `length` only where given."""
         arrays = {PER_RESIDUE: per_residue, PER_PROTEIN: per_protein}
         key = escape_key(ident)
-        if sequence is None:
-            attrs = {"id": ident, "header": header, **({"length": int(length)} if length is not None else {}),
-                     **(extra_attrs or {})}
-        else:
-            attrs = {"id": ident, "header": header, "length": len(sequence),
-                     "checksum": sequence_checksum(sequence), **(extra_attrs or {})}
+        attrs = {"id": ident, "header": header}
+        if sequence is not None:
+            attrs.update(length=len(sequence), checksum=sequence_checksum(sequence))
+        elif length is not None:
+            attrs["length"] = int(length)
+        attrs.update(extra_attrs or {})
         if self.layout == "flat":
             # The interop layout: biotrainer and code written for bio_embeddings' files map
             # datasets to proteins through `original_id` (`f[k].attrs["original_id"]`).
