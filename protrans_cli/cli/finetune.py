@@ -63,10 +63,6 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, lora
     protrans finetune ss3 -m prot_t5_xl_half --labels Train_HHblits.csv.gz \\
         --test CB513_HHblits.csv -o ft/ss3
     """
-    from protrans_cli.errors import UsageError
-
-    if [labels, fasta, valid, *tests].count("-") > 1:  # (the first read took it all: "<stdin>: is empty")
-        raise UsageError("stdin ('-') can be one input at most: give the others as files")
     from protrans_cli.heads.finetune import FinetuneConfig, finetune, partial_path
 
     config = FinetuneConfig(task=task, model=model, lora_rank=lora_rank, lora_alpha=lora_alpha,
@@ -79,11 +75,8 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, lora
         finetune(config, labels, output, fasta=fasta, valid=valid, tests=list(tests))
     except KeyboardInterrupt as exc:
         from protrans_cli.cli import stopped
+        from protrans_cli.io.files import written_through
 
-        import os
-        from pathlib import Path
-
-        # (beside the folder an -o link names, where finetune keeps it)
-        kept = partial_path(os.path.realpath(output) if Path(output).is_symlink() else output)
+        kept = partial_path(written_through(output))  # (an -o link: beside the folder it names)
         raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
                       "to continue" if (kept / "state.pt").is_file() else None) from None

@@ -146,12 +146,10 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
             fit(config, embeddings, labels, output, valid=tuple(valid) if valid else None,
                 tests=[tuple(t) for t in tests])
     except KeyboardInterrupt as exc:
-        from pathlib import Path
-
         from protrans_cli.cli import stopped
+        from protrans_cli.io.files import written_through
 
-        # (an -o link to a folder is written through: the state is kept beside the folder it names)
-        written = Path(output).resolve() if Path(output).is_symlink() and Path(output).is_dir() else Path(output)
+        written = written_through(output)  # (an -o link: the state is kept beside the folder it names)
         if grid:
             from protrans_cli.heads.search import trials_path
 

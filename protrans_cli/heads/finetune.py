@@ -394,6 +394,9 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     config.check()
     task = get_task(config.task, dual=config.dual)
     tests = list(tests)
+    if [str(p) for p in (labels, fasta, valid, *tests)].count("-") > 1:
+        # (the first read took it all: "<stdin>: is empty")
+        raise UsageError("stdin ('-') can be one input at most: give the others as files")
     out_dir = checked_output(config, out_dir, [labels, fasta, valid, *tests, _model_dir(config.model)])
     # One finetune at a time on an OUT (a job started twice overwrote each other's state, and
     # --force deleted the other's under it); the temporaries of killed runs are cleared under it.

@@ -146,9 +146,14 @@ def own_folder_output(out_dir, what: str, example: str) -> Path:
     if holds_working_directory(out_dir):
         raise UsageError(f"-o {out_dir}: {what} is a folder of its own, which --force replaces whole; name one, "
                          f"e.g. -o {example}")
-    if out_dir.is_symlink() and out_dir.is_dir():
-        out_dir = Path(os.path.realpath(out_dir))
-    return out_dir
+    return written_through(out_dir)
+
+
+def written_through(out_dir) -> Path:
+    """Where an output folder is written: a link to a folder, the folder it names (its .partial and
+    the swap beside that folder); else the path as given."""
+    out_dir = Path(out_dir)
+    return Path(os.path.realpath(out_dir)) if out_dir.is_symlink() and out_dir.is_dir() else out_dir
 
 
 def holds_working_directory(directory) -> bool:
