@@ -24,6 +24,10 @@ dropout), laid out as facebook/esm1b_t33_650M_UR50S is; its table holds no prote
       long_truncated_mean/<k>       1018-1021 of its 1,022, and the mean over them
       long_full_rows/<k>            the same protein with `--truncation_seq_length 1100`: rows
       long_full_mean/<k>            0-3 and 1096-1099, and the mean over all 1,100
+      contacts/<id>                 `--include contacts`: the (L, L) contact probabilities of
+                                    fair-esm's contact head (`return_contacts=True`)
+      long_truncated_contacts/first the long protein's at the default truncation: rows 0-3 and
+      long_truncated_contacts/last  1018-1021 of its 1,022 x 1,022 map
 
 esm-extract's logic is followed with fair-esm's own pieces: `FastaBatchedDataset.from_file`,
 `get_batch_indices(toks_per_batch, extra_toks_per_seq=1)` (the short proteins share one padded
@@ -114,8 +118,9 @@ def hf_name(name: str) -> str | None:
     raise KeyError(name)
 
 
-def extract(esm, model, alphabet, fasta: Path, truncation: int) -> dict:
-    """esm-extract's per_tok and mean outputs: {label: {k: (rows, mean)}}."""
+def extract(esm, model, alphabet, fasta: Path, truncation: int, contacts: dict | None = None) -> dict:
+    """esm-extract's per_tok and mean outputs: {label: {k: (rows, mean)}}; with `contacts`, its
+    `--include contacts` output as well, into that dict: {label: (L, L) contact probabilities}."""
     import torch
 
     dataset = esm.FastaBatchedDataset.from_file(fasta)
@@ -127,9 +132,14 @@ def extract(esm, model, alphabet, fasta: Path, truncation: int) -> dict:
         for batch in batches:
             labels, strs, tokens = converter([dataset[i] for i in batch])
             reps = model(tokens, repr_layers=repr_layers)["representations"]
+            # (a pass of its own: with return_contacts fair-esm computes attention another way, and
+            # the hidden states differ in the last bits from those esm-extract writes without it)
+            maps = model(tokens, return_contacts=True)["contacts"] if contacts is not None else None
             for i, label in enumerate(labels):
                 n = min(truncation, len(strs[i]))
                 out[label] = {k: (t[i, 1:n + 1].clone(), t[i, 1:n + 1].mean(0).clone()) for k, t in reps.items()}
+                if contacts is not None:  # (as esm-extract: the first n rows and columns of the batch's map)
+                    contacts[label] = maps[i, :n, :n].clone()
     return out
 
 
@@ -189,7 +199,8 @@ def main() -> None:
         (out_dir / "input.fa").write_text("".join(f">{k}\n{v}\n" for k, v in records.items()))
         upper = Path(tmp) / "upper.fa"  # esm-extract raises KeyError on lowercase letters
         upper.write_text("".join(f">{k}\n{v.upper()}\n" for k, v in records.items()))
-        default = extract(esm, model, alphabet, upper, TRUNCATION)
+        contact_maps: dict = {}
+        default = extract(esm, model, alphabet, upper, TRUNCATION, contact_maps)
         full = None if esm1b else extract(esm, model, alphabet, upper, LONG)
 
         # the converted model gives fair-esm's hidden states (a padded batch of two proteins)
@@ -210,6 +221,12 @@ def main() -> None:
                 ref[f"long_truncated_mean/{k}"] = mean
             else:
                 ref[f"rows/{label}/{k}"], ref[f"mean/{label}/{k}"] = rows, mean
+    for label, contact in contact_maps.items():
+        if label == "long":  # (1,022 x 1,022: its corners and a band of rows)
+            ref["long_truncated_contacts/first"] = contact[list(LONG_ROWS)]
+            ref["long_truncated_contacts/last"] = contact[-len(LONG_ROWS):]
+        else:
+            ref[f"contacts/{label}"] = contact
     for k, (rows, mean) in (full["long"].items() if full else ()):
         assert rows.shape[0] == LONG
         ref[f"long_full_rows/{k}"] = torch.cat([rows[list(LONG_ROWS)], rows[-len(LONG_ROWS):]])

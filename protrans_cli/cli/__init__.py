@@ -34,6 +34,7 @@ COMMANDS = {
     "predict": ("protrans_cli.cli.predict", "Apply a trained head to embeddings."),
     "merge": ("protrans_cli.cli.merge", "Merge embed outputs of one model and settings into one file (no computation)."),
     "import-esm": ("protrans_cli.cli.import_esm", "Import esm-extract's .pt files into one embeddings file (no computation)."),
+    "contacts": ("protrans_cli.cli.contacts", "Residue-residue contact maps from ESM's contact head, into HDF5."),
     "knn": ("protrans_cli.cli.knn", "Nearest neighbours in embedding space; transfers and scores labels."),
     "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, PISCES, FLIP, biotrainer, DeepLoc, CSV) to FASTA for embed."),
     "quickstart": ("protrans_cli.cli.quickstart", "Run the whole pipeline on the bundled example data (offline, CPU)."),

@@ -52,6 +52,9 @@ from protrans_cli.residues import THREE_DI_PREFIX
 PER_RESIDUE = "per_residue"
 PER_PROTEIN = "per_protein"
 KINDS = (PER_RESIDUE, PER_PROTEIN)
+# `protrans contacts`: (L, L) contact maps in a group of their own (written by EmbeddingsWriter,
+# refused by EmbeddingsReader: they are not embeddings)
+CONTACTS = "contacts"
 LAYOUTS = ("grouped", "flat", "stacked")
 STORAGE_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "gzip", "lzf")
@@ -242,6 +245,10 @@ class EmbeddingsReader:
             return
         present = set(root)
         groups = [k for k in KINDS if k in present and not _is_dataset(self.file[k])]
+        if not groups and CONTACTS in present and self.attrs.get("kinds") == CONTACTS:
+            self.file.close()
+            raise InputError("holds contact maps (protrans contacts), not embeddings: read them with h5py "
+                             "(f['contacts'][id]); embeddings come from protrans embed", path=self.path)
         # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
         # group a): not proteins, and the datasets in them are not read (see `subgroups`).
         if groups:
@@ -1667,8 +1674,10 @@ class EmbeddingsWriter:
                  attrs: dict | None = None, resume: bool = False, finalize: bool = True,
                  resume_equal: dict | None = None, finished_proteins: tuple | None = None):
         self.kinds = tuple(kinds)
-        if not self.kinds or any(k not in KINDS for k in self.kinds):
-            raise UsageError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
+        if self.kinds != (CONTACTS,) and (not self.kinds or any(k not in KINDS for k in self.kinds)):
+            raise UsageError(f"kinds must be a non-empty subset of {KINDS} (or ({CONTACTS!r},)), got {self.kinds}")
+        if self.kinds == (CONTACTS,) and layout != "grouped":
+            raise UsageError("contact maps are written in the grouped layout only")
         if layout not in LAYOUTS:
             raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if layout == "flat" and len(self.kinds) != 1:
@@ -1808,12 +1817,12 @@ class EmbeddingsWriter:
 
     # --- writing ----------------------------------------------------------------------
     def write(self, ident: str, header: str, sequence: str | None, *, per_residue=None, per_protein=None,
-              extra_attrs: dict | None = None, length: int | None = None) -> None:
+              contacts=None, extra_attrs: dict | None = None, length: int | None = None) -> None:
         """Write one protein's arrays (`per_residue` (L, D) or (n_layers, L, D); `per_protein`
         (D,) or (n_layers, D)); every requested kind must be given. `sequence` None: a protein
         whose sequence is not known (`import-esm` without --fasta): no `checksum` attribute, and
         `length` only where given."""
-        arrays = {PER_RESIDUE: per_residue, PER_PROTEIN: per_protein}
+        arrays = {PER_RESIDUE: per_residue, PER_PROTEIN: per_protein, CONTACTS: contacts}
         key = escape_key(ident)
         attrs = {"id": ident, "header": header}
         if sequence is not None:

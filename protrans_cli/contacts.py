@@ -1,0 +1,484 @@
+"""Residue-residue contact maps from ESM's contact head (`protrans contacts`).
+
+ESM-2 and ESM-1b carry a logistic regression over their attention maps (Rao et al. 2021, "Transformer
+protein language models are unsupervised structure learners"): every layer's every head's
+attention, without the special tokens, made symmetric and corrected by the average product
+(APC), weighted and summed, through a sigmoid: the probability that two residues are in contact
+(C-beta within 8 A). It is what `esm-extract --include contacts`, fair-esm's
+`model(tokens, return_contacts=True)` and transformers' `EsmModel.predict_contacts` give.
+
+Those collect the attention maps of every layer before the head reads them (layers x heads maps
+of (L, L) per protein: 660 for ESM-2 650M, 2.7 GB in float32 for a protein of 1,000 residues).
+Here the head's sum is taken layer by layer as the model runs (a hook on each layer's attention),
+so only one layer's maps are held at a time; the numbers are the same (`tests/test_contacts.py`
+compares them with `predict_contacts` and with fair-esm's own contacts). The APC term of a layer
+is computed from its maps' row sums, without a corrected copy of the maps.
+
+    with contacts to out.h5:  /contacts/<id>  (L, L) float16 (or float32) probabilities, symmetric;
+    attributes as embed writes them (id, header, length, checksum; the model, its commit, ...).
+
+Written through OUT.partial as embed writes (flushed every batch, `--resume` goes on after a
+stop); the resume machinery, the FASTA checks and the batch budget are embed's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli import console
+from protrans_cli._version import __version__
+from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path
+from protrans_cli.io.h5 import CONTACTS
+
+DEFAULT_MODEL = "esm2_t33_650M"
+# ESM-2 and ESM-1b were trained on crops of 1,022 residues (1,024 tokens with <cls> and <eos>);
+# esm-extract truncates there by default. Longer proteins follow --long-policy.
+TRAINED_RESIDUES = 1022
+LONG_POLICIES = ("error", "skip", "truncate")
+CPU_MAX_TOKENS, GPU_MAX_TOKENS = 1024, 4096  # padded tokens per batch (esm-extract: 4096)
+
+
+@dataclass
+class ContactOptions:
+    """Everything `protrans contacts` can be asked for; the CLI fills it from its options."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"                  # compute dtype: auto = bf16/fp16 on a GPU, fp32 on the CPU
+    max_tokens: int | None = None        # padded tokens per batch; None: 1024 on the CPU, 4096 on a GPU
+    max_batch_size: int = 100
+    max_length: int | None = None        # residues; None: 1,022 (ESM's training crops)
+    long_policy: str = "error"           # error | skip | truncate
+    invalid_policy: str = "error"        # error | skip
+    storage_dtype: str = "float16"       # float16 | float32
+    compression: str | None = None       # None | gzip | lzf
+    resume: bool = False
+    force: bool = False
+    window: int = 10_000                 # proteins read, length-sorted and computed at a time
+    threads: int | None = None
+    command_line: str | None = None
+
+    # (what embed's readers and checks ask of their options)
+    long_policies = LONG_POLICIES
+    alphabet = None
+    part_of = None
+    chunk_overlap = 0
+
+    @property
+    def skip_invalid(self) -> bool:
+        return self.invalid_policy == "skip"
+
+    def validate(self) -> None:
+        from protrans_cli.embed import DTYPES, INVALID_POLICIES
+        from protrans_cli.embedders import DEVICE_NAME
+        from protrans_cli.io.h5 import COMPRESSIONS, STORAGE_DTYPES
+        from protrans_cli.threads import check_threads
+
+        if self.long_policy not in LONG_POLICIES:
+            raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)} (a contact map is not "
+                             "stitched from windows)")
+        if self.invalid_policy not in INVALID_POLICIES:
+            raise UsageError(f"--invalid-policy must be one of {', '.join(INVALID_POLICIES)}")
+        if self.max_length is not None and self.max_length < 1:
+            raise UsageError("--max-length must be at least 1")
+        if (self.max_tokens is not None and self.max_tokens < 1) or self.max_batch_size < 1:
+            raise UsageError("--max-tokens and --max-batch-size must be at least 1")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise UsageError(f"--storage-dtype must be one of {', '.join(STORAGE_DTYPES)}")
+        if self.compression not in (None, "none", *COMPRESSIONS):
+            raise UsageError(f"--compression must be one of none, {', '.join(COMPRESSIONS)}")
+        if not DEVICE_NAME.fullmatch(self.device):
+            raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
+        if self.window < 1:
+            raise UsageError("--window must be at least 1")
+        if self.threads is not None:
+            check_threads(self.threads)
+        if self.resume and self.force:
+            raise UsageError("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both")
+
+
+@dataclass
+class ContactSummary:
+    output: Path | None
+    num_records: int = 0
+    num_written: int = 0
+    num_resumed: int = 0
+    num_residues: int = 0
+    seconds: float = 0.0
+    failed: dict | None = None
+
+
+# --- the head, layer by layer --------------------------------------------------------------
+
+class ContactPredictor:
+    """ESM's contact head over a loaded model (`models.load_model`), computed as the model runs.
+
+        predictor = ContactPredictor(load_model("esm2_t6_8M"))
+        maps = predictor.predict(["MKTAYIAK", "MAAG"])   # [(8, 8), (4, 4)] float32 arrays
+    """
+
+    def __init__(self, loaded):
+        import torch
+
+        refuse_without_head(loaded)
+        model = loaded.model
+        self.loaded, self.model, self.tokenizer = loaded, model, loaded.tokenizer
+        self.family = loaded.family
+        self.device = next(model.parameters()).device
+        # (attention weights are returned only by the eager attention; SDPA returns None)
+        model.set_attn_implementation("eager")
+        layers = list(model.encoder.layer)
+        heads = model.config.num_attention_heads
+        regression = model.contact_head.regression
+        if regression.in_features != len(layers) * heads:
+            raise ModelError(f"{loaded.name}: its contact head reads {regression.in_features} attention maps, the "
+                             f"model has {len(layers)} layers x {heads} heads")
+        self.weights = regression.weight.detach().float().view(len(layers), heads)
+        self.bias = float(regression.bias.detach().float()) if regression.bias is not None else 0.0
+        self._layers = layers
+        self._sum = None  # (B, T, T) float32 while a batch runs
+        self._mask = None
+        self.compute_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self._torch = torch
+
+    def predict(self, sequences: list[str]) -> list[np.ndarray]:
+        """(L, L) float32 contact probabilities per sequence (one padded batch)."""
+        torch = self._torch
+        inputs, mask = self.family.encode(self.tokenizer, list(sequences), 1)
+        lengths = mask.sum(dim=1).tolist()
+        for seq, n in zip(sequences, lengths):
+            if n != len(seq):
+                raise RuntimeFailure(f"the {self.family.name} family produced {n} residue rows for a "
+                                     f"{len(seq)}-residue sequence (a bug in its encode())")
+        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        self._mask = mask.to(self.device, dtype=torch.float32)  # (B, T): the residues, no special tokens
+        self._sum = None
+        hooks = [layer.attention.self.register_forward_hook(self._hook(i)) for i, layer in enumerate(self._layers)]
+        try:
+            with torch.inference_mode():
+                self.model(**inputs)
+                if self._sum is None:
+                    raise RuntimeFailure(f"{self.loaded.name}: the model returned no attention maps")
+                probs = torch.sigmoid(self._sum + self.bias)
+                keep = mask.to(self.device, dtype=torch.bool)
+                out = [probs[b][keep[b]][:, keep[b]].cpu().numpy() for b in range(len(sequences))]
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self._sum = self._mask = None
+        return out
+
+    def _hook(self, index: int):
+        def hook(module, args, output):
+            attn = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if attn is None:
+                raise RuntimeFailure(f"{self.loaded.name}: layer {index} returned no attention weights (the "
+                                     "eager attention gives them)")
+            part = layer_contribution(attn, self._mask, self.weights[index].to(attn.device))
+            self._sum = part if self._sum is None else self._sum.add_(part)
+        return hook
+
+
+def layer_contribution(attn, mask, weights):
+    """One layer's term of the contact head's logits, (B, T, T) float32.
+
+    `attn` (B, H, T, T) the layer's attention probabilities, `mask` (B, T) 1.0 at the residues
+    (0 at special tokens and padding), `weights` (H,) the head's weights of this layer's maps. The
+    head (as fair-esm and transformers compute it) zeroes the maps outside the residues, makes
+    each symmetric, S = A + A^T, corrects it by the average product, S - r r^T / t (r the row
+    sums of S, t their total), and sums the weighted heads. The weighted sum of the symmetric
+    maps is W + W^T for W the weighted sum of the masked maps, and the correction needs only r:
+    the (B, H, T, T) corrected maps are never made."""
+    import torch
+
+    a = attn.float()
+    outer = mask[:, :, None] * mask[:, None, :]                     # (B, T, T)
+    w = torch.einsum("bhij,h->bij", a, weights) * outer             # weighted masked maps
+    rows = torch.einsum("bhij,bj->bhi", a, mask) * mask[:, None, :]  # row sums of the masked maps
+    cols = torch.einsum("bhij,bi->bhj", a, mask) * mask[:, None, :]  # their column sums
+    r = rows + cols                                                  # row sums of S (B, H, T)
+    total = r.sum(dim=-1)                                            # (B, H)
+    scale = weights[None, :] / total.clamp_min(torch.finfo(torch.float32).tiny)
+    apc = torch.einsum("bh,bhi,bhj->bij", scale, r, r)
+    return w + w.transpose(1, 2) - apc
+
+
+def refuse_without_head(loaded) -> None:
+    """ModelError unless `loaded` is an ESM model whose checkpoint holds a trained contact head."""
+    if loaded.family.name != "esm":
+        raise ModelError(f"{loaded.name}: a {loaded.family.name} model has no contact head; contact maps come from "
+                         "ESM-2 or ESM-1b checkpoints (e.g. -m esm2_t33_650M)")
+    if getattr(loaded.model, "contact_head", None) is None:
+        raise ModelError(f"{loaded.name}: the model has no contact head")
+    names = checkpoint_tensor_names(loaded)
+    if names is not None and not any(n.endswith("contact_head.regression.weight") for n in names):
+        raise ModelError(f"{loaded.name}: the checkpoint holds no contact head weights (a model saved without "
+                         "them): use a published ESM-2 or ESM-1b checkpoint")
+    trained_here = _trained_by_protrans(loaded)
+    if trained_here:
+        raise ModelError(f"{loaded.name}: {trained_here}; ESM's contact head is a regression fitted to known "
+                         "structures after pretraining, so this model's contact maps would be noise. Use a "
+                         "published ESM-2 or ESM-1b checkpoint")
+
+
+def checkpoint_tensor_names(loaded) -> set[str] | None:
+    """The tensor names of the loaded checkpoint's safetensors weights, or None where they cannot be
+    read without loading (a .bin checkpoint, a hub id not in the cache)."""
+    from protrans_cli.models.base import _safetensors_names
+
+    target = Path(str(loaded.path_or_hub_id))
+    if target.is_dir():
+        return _safetensors_names(target) or None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(str(loaded.path_or_hub_id), "model.safetensors",
+                                       revision=loaded.commit or loaded.revision)
+    except Exception:  # noqa: BLE001 - no cache, an odd id: the check is skipped
+        return None
+    if not isinstance(found, str):
+        return None
+    return _safetensors_names(Path(found).parent) or None
+
+
+def _trained_by_protrans(loaded) -> str | None:
+    """Why the model's contact head is untrained (pretrained by `protrans train` from scratch), or None."""
+    import json
+
+    target = Path(str(loaded.path_or_hub_id))
+    config = target / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    if "protrans_version" not in data:
+        return None
+    init_from = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        init_from = json.loads((target / "train_config.json").read_text()).get("init_from")
+    if init_from:
+        return None  # continued from a published model: its head came with it (warned by the caller)
+    return "it was pretrained by protrans train, whose masked-LM objective leaves the contact head as initialised"
+
+
+def _continued_from(loaded) -> str | None:
+    import json
+
+    target = Path(str(loaded.path_or_hub_id))
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if "protrans_version" in json.loads((target / "config.json").read_text()):
+            return json.loads((target / "train_config.json").read_text()).get("init_from")
+    return None
+
+
+# --- the command ---------------------------------------------------------------------------
+
+def predict_contacts(fasta, output, options: ContactOptions | None = None, *, predictor: ContactPredictor | None = None,
+                     input_name: str | None = None) -> ContactSummary:
+    """Contact maps of every protein of `fasta` into the HDF5 file `output` (docs/contacts.md)."""
+    from protrans_cli.embed import _model_directory, _refuse_live_outputs, _spool_input, is_stream
+    from protrans_cli.io.files import checked_hdf5_output, display_name, input_named_by, output_lock
+    from protrans_cli.io.h5 import partial_path, refuse_if_in_use, refuse_replacing_other_file
+
+    expect_path(fasta, "fasta", " (a str or pathlib.Path)")
+    expect_path(output, "output", " (a str or pathlib.Path)")
+    options = options or ContactOptions()
+    expect_options(options, ContactOptions, "options")
+    options.validate()
+    if str(output) == "-":
+        raise UsageError("an HDF5 file cannot be written to stdout: give -o FILE.h5")
+    output = checked_hdf5_output(output, "the contact maps", compressed_hint=" (--compression gzip compresses its "
+                                                                              "arrays)",
+                                 directory_hint=f" (give -o a file name, such as {Path(output) / 'contacts.h5'})")
+    model_path = _model_directory(options.model)
+    for target in (output, partial_path(output)):
+        if input_named_by(target, (fasta,)):
+            raise UsageError(f"{target} is also the input: writing it would replace the FASTA (choose another -o)")
+        if model_path and input_named_by(target, (), directories=(str(model_path),)):
+            raise UsageError(f"{target} is inside the model directory {model_path}: writing it could replace the "
+                             "model's files (choose another -o)")
+    with output_lock(output, "is the output of another protrans run that is running now: wait for it to end, or "
+                             "choose another -o"):
+        if output.exists() and not options.resume and not options.force:
+            raise UsageError(f"{output} exists: --resume keeps its proteins and computes what it lacks, --force "
+                             "replaces it")
+        left = partial_path(output)
+        if left.exists() and not options.resume and not options.force:
+            refuse_if_in_use(left)
+            raise UsageError(f"{left} holds the work of an interrupted run: --resume finishes it, --force replaces it")
+        if (options.force or options.resume) and output.exists():
+            refuse_replacing_other_file(output, "contacts", resume=options.resume)
+        name = input_name or display_name(fasta)
+        streamed = str(fasta) == "-" or is_stream(fasta)
+        if streamed:
+            _refuse_live_outputs(output)
+        spool = _spool_input(output, fasta) if streamed else None
+        try:
+            return _run(spool or fasta, name, output, options, predictor)
+        finally:
+            if spool is not None:
+                spool.unlink(missing_ok=True)
+
+
+def _run(source, name: str, output: Path, options: ContactOptions, predictor) -> ContactSummary:
+    import time
+
+    from protrans_cli.embed import (_check_before_compute, _Done, _same_commit, model_attr, read_windows, same_model,
+                                    scan_input)
+    from protrans_cli.embed_resume import _done_in
+    from protrans_cli.io.h5 import EmbeddingsWriter, partial_path
+    from protrans_cli.threads import torch_threads
+
+    start = time.perf_counter()
+    scan = scan_input(source, name, options.skip_invalid)
+    summary = ContactSummary(output=output, num_records=scan.num_records)
+    threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
+    with threads:
+        if predictor is None:
+            from protrans_cli.embedders import resolve_device
+            from protrans_cli.models import load_model
+
+            device, dtype = resolve_device(options.device, options.dtype)
+            predictor = ContactPredictor(load_model(options.model, device=device, dtype=dtype,
+                                                    revision=options.revision))
+        loaded = predictor.loaded
+        if (origin := _continued_from(loaded)):
+            console.warn(f"{loaded.name} was trained further by protrans train from {origin}: its contact head is "
+                         f"{origin}'s, fitted to that model's attention, not to this one's")
+        max_length = options.max_length or TRAINED_RESIDUES
+        if max_length > TRAINED_RESIDUES:
+            console.warn(f"--max-length {max_length}: ESM's contact head was fitted on proteins of at most "
+                         f"{TRAINED_RESIDUES} residues; longer maps come from positions it never met")
+        attrs = {"model": model_attr(loaded.name), "revision": loaded.revision or "", "commit": loaded.commit or "",
+                 "family": loaded.family.name, "compute_dtype": predictor.compute_dtype,
+                 "device": str(predictor.device), "protrans_version": __version__,
+                 "command_line": options.command_line or f"protrans_cli.contacts called from "
+                                                         f"{shlex.join(sys.argv) or 'python'}",
+                 "max_length": max_length, "long_policy": options.long_policy,
+                 "contacts": "ESM's contact head: logistic regression over the symmetrised, APC-corrected "
+                             "attention maps of every layer and head (Rao et al. 2021); P(contact), (L, L)"}
+        writer_kw = dict(kinds=(CONTACTS,), layout="grouped", storage_dtype=options.storage_dtype,
+                         compression=None if options.compression in (None, "none") else options.compression,
+                         attrs=attrs, resume_equal={"model": same_model, "commit": _same_commit})
+        done = _Done.empty()
+        if options.resume:
+            for path in (partial_path(output), output):
+                if path.exists():
+                    done = _done_in(path, writer_kw, lambda: (p.id for window in read_windows(
+                        source, name, options.window, options.skip_invalid) for p in window), seal=path != output)
+                    break
+            if len(done):
+                left, found = _check_before_compute(source, name, options, max_length, done, output)
+                summary.num_resumed = found
+                if left == 0 and not partial_path(output).exists():
+                    summary.seconds = time.perf_counter() - start
+                    return summary
+        elif options.long_policy == "error" and scan.longest > max_length:
+            _check_before_compute(source, name, options, max_length, done, output)
+        with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as writer:
+            _compute(source, name, options, predictor, writer, done, max_length, summary, scan.num_residues)
+            summary.failed = dict(writer.failed)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _compute(source, name, options, predictor, writer, done, max_length, summary, total_residues) -> None:
+    from protrans_cli.embed import read_windows
+
+    max_tokens = options.max_tokens or (CPU_MAX_TOKENS if str(predictor.device) == "cpu" else GPU_MAX_TOKENS)
+    bar = console.progress(total=total_residues, desc="contacts", unit="res")
+    try:
+        for window in read_windows(source, name, options.window, options.skip_invalid):
+            skip = done.members(window)
+            todo: dict[str, list] = {}  # kept sequence -> its proteins (identical sequences computed once)
+            for prot in window:
+                if prot.id in skip:
+                    bar.update(len(prot.sequence))
+                    continue
+                if prot.rejected is not None:
+                    writer.record_failure(prot.id, prot.rejected)
+                    continue
+                kept = prot.sequence
+                if len(kept) > max_length:
+                    if options.long_policy == "skip":
+                        writer.record_failure(prot.id, f"skipped: {len(kept)} residues, longer than --max-length "
+                                                       f"{max_length} (--long-policy skip)")
+                        bar.update(len(kept))
+                        continue
+                    if options.long_policy == "error":  # (checked before any computation; a file changed since)
+                        raise InputError(f"{len(kept)} residues, longer than {max_length}", path=name,
+                                         record=prot.id)
+                    kept = kept[:max_length]
+                todo.setdefault(kept, []).append(prot)
+            for batch in _batches(list(todo), max_tokens, options.max_batch_size):
+                results = _predict_or_split(predictor, batch)
+                writer.ensure_room(sum(r.size * writer.storage_dtype.itemsize for r in results
+                                       if not isinstance(r, str)))
+                for seq, result in zip(batch, results):
+                    for prot in todo[seq]:
+                        _write(writer, prot, seq, result, summary)
+                    bar.update(sum(len(p.sequence) for p in todo[seq]))
+                writer.flush()
+    finally:
+        bar.close()
+
+
+def _write(writer, prot, seq: str, result, summary: ContactSummary) -> None:
+    if isinstance(result, str):
+        writer.record_failure(prot.id, result)
+        return
+    if not np.isfinite(result).all():
+        writer.record_failure(prot.id, f"NaN or infinity in the model's {writer.storage_dtype} contact map")
+        return
+    extra = {"truncated_from": len(prot.sequence)} if len(prot.sequence) > len(seq) else {}
+    # (symmetric as computed; made exactly so in the stored dtype)
+    stored = ((result + result.T) / 2).astype(writer.storage_dtype)
+    writer.write(prot.id, prot.header, seq, contacts=stored, extra_attrs=extra)
+    summary.num_written += 1
+    summary.num_residues += len(seq)
+
+
+def _batches(sequences: list[str], max_tokens: int, max_batch_size: int) -> list[list[str]]:
+    """Longest first; a batch's padded tokens (longest + 2 special tokens, times its count) within
+    `max_tokens`, at most `max_batch_size` proteins; a protein over the budget alone."""
+    batches, current, width = [], [], 0
+    for seq in sorted(sequences, key=lambda s: (-len(s), s)):
+        tokens = len(seq) + 2
+        wider = max(width, tokens)
+        if current and (wider * (len(current) + 1) > max_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current, wider = [], tokens
+        current.append(seq)
+        width = wider
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _predict_or_split(predictor: ContactPredictor, batch: list[str]) -> list:
+    """The batch's maps; out of memory, its halves again, then one protein at a time; a protein that
+    alone does not fit gets the reason (recorded as failed) instead of its map."""
+    from protrans_cli.embed_retry import _free_memory, is_out_of_memory
+
+    try:
+        return predictor.predict(batch)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+    _free_memory()
+    if len(batch) == 1:
+        return [f"out of memory on {predictor.device} ({len(batch[0])} residues; a smaller --max-length, with "
+                "--long-policy truncate or skip, leaves such proteins out)"]
+    half = len(batch) // 2
+    return _predict_or_split(predictor, batch[:half]) + _predict_or_split(predictor, batch[half:])

@@ -1,0 +1,276 @@
+"""`protrans contacts`: ESM's contact head, layer by layer, against two independent references.
+
+The references: fair-esm 2.0.0's own contacts (`model(tokens, return_contacts=True)`, what
+`esm-extract --include contacts` writes) for the tiny ESM-2 and ESM-1b of tests/data/*_reference
+(scripts/make_esm_reference.py), and transformers' `EsmForMaskedLM.predict_contacts` on a padded
+batch, which collects every layer's attention maps before the head reads them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+REFERENCES = {"esm2": DATA / "esm_reference", "esm1b": DATA / "esm1b_reference"}
+
+
+def _reference(arch: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(REFERENCES[arch] / "reference.safetensors")
+
+
+def _maps(path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {f["contacts"][k].attrs["id"]: f["contacts"][k][()] for k in f["contacts"]}
+
+
+def _attrs(path, ident=None) -> dict:
+    with h5py.File(path, "r") as f:
+        obj = f if ident is None else f["contacts"][ident]
+        return {k: obj.attrs[k] for k in obj.attrs}
+
+
+@pytest.mark.parametrize("arch", sorted(REFERENCES))
+def test_maps_equal_fair_esm_contacts(run_cli, tmp_path, arch):
+    """Every protein of the reference FASTA (rare residues, lowercase, one residue, a padded batch,
+    1,100 residues truncated at 1,022 as esm-extract truncates) against fair-esm's own maps."""
+    model = REFERENCES[arch]
+    out = tmp_path / "c.h5"
+    r = run_cli("contacts", model / "input.fa", "-m", model, "-o", out, "--long-policy", "truncate",
+                "--storage-dtype", "float32")
+    assert r.exit_code == 0, r.stderr
+    assert "contacts: 7 proteins" in r.stderr
+    ref, got = _reference(arch), _maps(out)
+    assert set(got) == {"rare", "one", "lower", "mixed_5", "mixed_20", "mixed_40", "long"}
+    for ident, values in got.items():
+        assert values.dtype == np.float32 and np.array_equal(values, values.T)
+        if ident == "long":
+            assert values.shape == (1022, 1022) and _attrs(out, "long")["truncated_from"] == 1100
+            np.testing.assert_allclose(values[:4], ref["long_truncated_contacts/first"], atol=1e-5, rtol=0)
+            np.testing.assert_allclose(values[-4:], ref["long_truncated_contacts/last"], atol=1e-5, rtol=0)
+        else:
+            np.testing.assert_allclose(values, ref[f"contacts/{ident}"], atol=1e-5, rtol=0)
+    attrs = _attrs(out)
+    assert attrs["kinds"] == "contacts" and attrs["family"] == "esm" and attrs["max_length"] == 1022
+    # float16, the default: the same maps to float16's precision
+    r = run_cli("contacts", model / "input.fa", "-m", model, "-o", tmp_path / "h.h5", "--long", "truncate")
+    assert r.exit_code == 0, r.stderr
+    for ident, values in _maps(tmp_path / "h.h5").items():
+        assert values.dtype == np.float16
+        np.testing.assert_allclose(values.astype(np.float32), got[ident], atol=5e-4, rtol=0)
+
+
+def test_maps_equal_transformers_predict_contacts_in_any_batching(tmp_path):
+    """transformers' predict_contacts over one padded batch of mixed lengths is the second
+    reference; the maps do not depend on how proteins were batched."""
+    from transformers import EsmForMaskedLM, EsmTokenizer
+
+    from protrans_cli.contacts import ContactOptions, predict_contacts
+
+    model = REFERENCES["esm2"]
+    rng = np.random.default_rng(1)
+    seqs = {f"p{i}": "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=n)) for i, n in
+            enumerate((3, 57, 120, 8, 33, 120, 2))}
+    seqs["copy"] = seqs["p1"]  # an identical sequence: computed once, written under both ids
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    hf = EsmForMaskedLM.from_pretrained(str(model), attn_implementation="eager").eval()
+    tok = EsmTokenizer.from_pretrained(str(model))
+    enc = tok(list(seqs.values()), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ref = hf.predict_contacts(enc["input_ids"], enc["attention_mask"]).numpy()
+    for budget, name in ((10_000, "one"), (130, "each"), (300, "some")):
+        out = tmp_path / f"{name}.h5"
+        summary = predict_contacts(fasta, out, ContactOptions(model=str(model), device="cpu", max_tokens=budget,
+                                                             storage_dtype="float32"))
+        assert summary.num_written == len(seqs) and not summary.failed
+        got = _maps(out)
+        for i, (ident, seq) in enumerate(seqs.items()):
+            n = len(seq)
+            np.testing.assert_allclose(got[ident], ref[i, :n, :n], atol=1e-5, rtol=0, err_msg=f"{name} {ident}")
+
+
+def test_layer_contribution_is_the_heads_sum_of_corrected_maps():
+    """The APC shortcut (row sums, no corrected copy of the maps) against the head's own steps."""
+    from transformers.models.esm.modeling_esm import average_product_correct, symmetrize
+
+    from protrans_cli.contacts import layer_contribution
+
+    torch.manual_seed(0)
+    attn = torch.softmax(torch.randn(2, 3, 9, 9), dim=-1)
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.float32)
+    weights = torch.randn(3)
+    got = layer_contribution(attn, mask, weights)
+    for b in range(2):
+        keep = mask[b].bool()
+        block = attn[b][:, keep][:, :, keep][None]  # (1, H, L, L): the residues' maps
+        want = torch.einsum("bhij,h->bij", average_product_correct(symmetrize(block)), weights)[0]
+        torch.testing.assert_close(got[b][keep][:, keep], want, atol=1e-6, rtol=1e-5)
+
+
+def test_out_of_memory_splits_the_batch_and_records_a_protein_that_never_fits(tmp_path, monkeypatch):
+    from protrans_cli.contacts import ContactOptions, ContactPredictor, predict_contacts
+
+    model = str(REFERENCES["esm2"])
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMAAG\n>c\nMKVLAAGIVGLLLAW\n")
+    ref = _maps(predict_contacts(fasta, tmp_path / "ref.h5", ContactOptions(model=model, device="cpu",
+                                                                            storage_dtype="float32")).output)
+    original = ContactPredictor.predict
+    sizes = []
+
+    def oom(self, seqs):
+        sizes.append(len(seqs))
+        if len(seqs) > 1 or len(seqs[0]) > 12:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, seqs)
+
+    monkeypatch.setattr(ContactPredictor, "predict", oom)
+    out = tmp_path / "oom.h5"
+    summary = predict_contacts(fasta, out, ContactOptions(model=model, device="cpu", storage_dtype="float32"))
+    assert sizes[0] == 3 and set(summary.failed) == {"c"} and "out of memory" in summary.failed["c"]
+    got = _maps(out)
+    assert set(got) == {"a", "b"}
+    for k in got:
+        np.testing.assert_allclose(got[k], ref[k], atol=1e-6, rtol=0)
+    assert "out of memory" in _attrs(out)["failed"]
+
+
+def test_resume_after_a_stop_gives_the_uninterrupted_file(tmp_path, monkeypatch):
+    from protrans_cli.contacts import ContactOptions, ContactPredictor, predict_contacts
+    from protrans_cli.errors import InputError
+
+    model = str(REFERENCES["esm2"])
+    rng = np.random.default_rng(2)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">p{i}\n{''.join(rng.choice(list('ACDEFGHIKLMNPQRSTVWY'), size=10 + 7 * i))}\n"
+                             for i in range(6)))
+    options = dict(model=model, device="cpu", max_batch_size=2)
+    full = _maps(predict_contacts(fasta, tmp_path / "full.h5", ContactOptions(**options)).output)
+    original, calls = ContactPredictor.predict, []
+
+    def stop_on_the_second_batch(self, seqs):
+        calls.append(seqs)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, seqs)
+
+    monkeypatch.setattr(ContactPredictor, "predict", stop_on_the_second_batch)
+    out = tmp_path / "out.h5"
+    with pytest.raises(KeyboardInterrupt):
+        predict_contacts(fasta, out, ContactOptions(**options))
+    monkeypatch.setattr(ContactPredictor, "predict", original)
+    partial = tmp_path / "out.h5.partial"
+    assert partial.exists() and not out.exists() and len(_maps(partial)) == 2
+    with pytest.raises(Exception, match="holds the work of an interrupted run"):
+        predict_contacts(fasta, out, ContactOptions(**options))
+    summary = predict_contacts(fasta, out, ContactOptions(**options, resume=True))
+    assert summary.num_resumed == 2 and summary.num_written == 4
+    got = _maps(out)
+    assert got.keys() == full.keys() and all(np.array_equal(got[k], full[k]) for k in full)
+    # the same id with another sequence: refused before any computation
+    other = tmp_path / "other.fa"
+    other.write_text(fasta.read_text().replace(">p0\n", ">p0\nW"))
+    with pytest.raises(InputError, match="another sequence under this id"):
+        predict_contacts(other, out, ContactOptions(**options, resume=True))
+    # nothing left: the finished file stays as it is
+    before = out.stat().st_mtime_ns
+    assert predict_contacts(fasta, out, ContactOptions(**options, resume=True)).num_written == 0
+    assert out.stat().st_mtime_ns == before
+
+
+def test_long_and_invalid_proteins_follow_their_policies(run_cli, tmp_path):
+    model = REFERENCES["esm2"]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">ok\nMKTAYIAKQR\n>long\n" + "MKV" * 10 + "\n>bad\nMKJT\n")
+    out = tmp_path / "c.h5"
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-length", "20")
+    assert r.exit_code == 1 and "record 'bad'" in r.stderr and r.stderr.count("\n") == 1
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-length", "20", "--invalid-policy", "skip")
+    assert r.exit_code == 1 and "record 'long'" in r.stderr and "30 residues, longer than --max-length 20" in r.stderr
+    assert "--long-policy skip or truncate" in r.stderr and "chunk" not in r.stderr and not out.exists()
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-length", "20", "--invalid-policy", "skip",
+                "--long", "skip")
+    assert r.exit_code == 0, r.stderr
+    assert set(_maps(out)) == {"ok"} and "2 protein(s) have no contact map" in r.stderr
+    failed = _attrs(out)["failed"]
+    assert "long" in failed and "bad" in failed
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-length", "20", "--invalid-policy", "skip",
+                "--long", "truncate", "--force")
+    assert r.exit_code == 0, r.stderr
+    assert _maps(out)["long"].shape == (20, 20) and _attrs(out, "long")["truncated_from"] == 30
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--long", "chunk")
+    assert r.exit_code == 2
+
+
+def test_stdin_and_gzip_inputs(run_cli, tmp_path):
+    import gzip
+
+    model = REFERENCES["esm2"]
+    text = ">a/1 first\nMKTAYIAKQR\n>b\nmaag*\n"
+    (tmp_path / "in.fa.gz").write_bytes(gzip.compress(text.encode()))
+    r = run_cli("contacts", "-", "-m", model, "-o", tmp_path / "s.h5", input=text.encode())
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("contacts", tmp_path / "in.fa.gz", "-m", model, "-o", tmp_path / "g.h5")
+    assert r.exit_code == 0, r.stderr
+    s, g = _maps(tmp_path / "s.h5"), _maps(tmp_path / "g.h5")
+    assert set(s) == {"a/1", "b"} and s["b"].shape == (4, 4)
+    assert all(np.array_equal(s[k], g[k]) for k in s)
+    assert _attrs(tmp_path / "s.h5", "a%2F1")["header"] == "a/1 first"
+
+
+def test_models_without_a_trained_contact_head_are_refused(run_cli, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from protrans_cli.models import get_family
+
+    fasta = REFERENCES["esm2"] / "input.fa"
+    # a model that protrans train pretrained: its head was never fitted
+    family = get_family("esm")
+    tokenizer = family.build_tokenizer()
+    trained = tmp_path / "trained"
+    family.save_pretrained(family.pretraining_model(family.build_config("tiny", tokenizer)), tokenizer, trained)
+    r = run_cli("contacts", fasta, "-m", trained, "-o", tmp_path / "a.h5")
+    assert r.exit_code == 1 and "pretrained by protrans train" in r.stderr and r.stderr.count("\n") == 1
+    # a checkpoint saved without the head's weights
+    headless = tmp_path / "headless"
+    shutil.copytree(REFERENCES["esm2"], headless)
+    weights = load_file(headless / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "contact_head" not in k}, headless / "model.safetensors",
+              metadata={"format": "pt"})
+    r = run_cli("contacts", fasta, "-m", headless, "-o", tmp_path / "b.h5")
+    assert r.exit_code == 1 and "no contact head weights" in r.stderr
+    # another family
+    bert = get_family("bert")
+    tokenizer = bert.build_tokenizer()
+    bert.save_pretrained(bert.pretraining_model(bert.build_config("tiny", tokenizer)), tokenizer, tmp_path / "bert")
+    r = run_cli("contacts", fasta, "-m", tmp_path / "bert", "-o", tmp_path / "c.h5")
+    assert r.exit_code == 1 and "a bert model has no contact head" in r.stderr
+    assert not any(tmp_path.glob("*.h5*"))
+
+
+def test_a_contacts_file_is_not_read_as_embeddings(run_cli, tmp_path):
+    from protrans_cli.errors import InputError
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    model = REFERENCES["esm2"]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    out = tmp_path / "c.h5"
+    assert run_cli("contacts", fasta, "-m", model, "-o", out).exit_code == 0
+    with pytest.raises(InputError, match="holds contact maps"):
+        EmbeddingsReader(out)
+    # nor resumed by embed (other kinds), nor the reverse
+    r = run_cli("embed", fasta, "-m", model, "-o", out, "--resume")
+    assert r.exit_code == 2 and "kinds" in r.stderr
+    assert run_cli("embed", fasta, "-m", model, "-o", tmp_path / "e.h5").exit_code == 0
+    r = run_cli("contacts", fasta, "-m", model, "-o", tmp_path / "e.h5", "--resume")
+    assert r.exit_code == 2 and "kinds" in r.stderr
