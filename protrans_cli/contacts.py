@@ -219,6 +219,11 @@ def refuse_without_head(loaded) -> None:
                          "ESM-2 or ESM-1b checkpoints (e.g. -m esm2_t33_650M)")
     if getattr(loaded.model, "contact_head", None) is None:
         raise ModelError(f"{loaded.name}: the model has no contact head")
+    if "esm1v" in f"{loaded.name} {loaded.path_or_hub_id}".lower():
+        # fair-esm ships no contact regression for ESM-1v (its `_has_regression_weights`); the
+        # converted checkpoints carry the head as it was initialised
+        raise ModelError(f"{loaded.name}: ESM-1v was released without a fitted contact regression; use ESM-2 or "
+                         "ESM-1b (e.g. -m esm2_t33_650M or esm1b_t33_650M)")
     names = checkpoint_tensor_names(loaded)
     if names is not None and not any(n.endswith("contact_head.regression.weight") for n in names):
         raise ModelError(f"{loaded.name}: the checkpoint holds no contact head weights (a model saved without "

@@ -254,6 +254,10 @@ def test_models_without_a_trained_contact_head_are_refused(run_cli, tmp_path):
     bert.save_pretrained(bert.pretraining_model(bert.build_config("tiny", tokenizer)), tokenizer, tmp_path / "bert")
     r = run_cli("contacts", fasta, "-m", tmp_path / "bert", "-o", tmp_path / "c.h5")
     assert r.exit_code == 1 and "a bert model has no contact head" in r.stderr
+    # ESM-1v, released without a fitted regression (a copy named as the checkpoint is)
+    shutil.copytree(REFERENCES["esm1b"], tmp_path / "esm1v_t33_650M_UR90S_1")
+    r = run_cli("contacts", fasta, "-m", tmp_path / "esm1v_t33_650M_UR90S_1", "-o", tmp_path / "d.h5")
+    assert r.exit_code == 1 and "ESM-1v was released without" in r.stderr
     assert not any(tmp_path.glob("*.h5*"))
 
 
@@ -274,3 +278,17 @@ def test_a_contacts_file_is_not_read_as_embeddings(run_cli, tmp_path):
     assert run_cli("embed", fasta, "-m", model, "-o", tmp_path / "e.h5").exit_code == 0
     r = run_cli("contacts", fasta, "-m", model, "-o", tmp_path / "e.h5", "--resume")
     assert r.exit_code == 2 and "kinds" in r.stderr
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_in_bfloat16_the_maps_are_the_cpus_within_its_precision(tmp_path):
+    from protrans_cli.contacts import ContactOptions, predict_contacts
+
+    model = REFERENCES["esm2"]
+    cpu = _maps(predict_contacts(model / "input.fa", tmp_path / "cpu.h5", ContactOptions(
+        model=str(model), device="cpu", long_policy="truncate", storage_dtype="float32")).output)
+    gpu = predict_contacts(model / "input.fa", tmp_path / "gpu.h5", ContactOptions(
+        model=str(model), device="cuda", long_policy="truncate", storage_dtype="float32"))
+    assert _attrs(gpu.output)["compute_dtype"] in ("bfloat16", "float16") and not gpu.failed
+    for ident, values in _maps(gpu.output).items():
+        np.testing.assert_allclose(values, cpu[ident], atol=2e-2, rtol=0, err_msg=ident)
