@@ -540,3 +540,85 @@ def test_one_protein_and_stdin_twice_are_refused_naming_the_file(data, run_cli, 
     assert r.exit_code == 1 and "one.csv: too few training proteins (1)" in r.stderr, r.stderr
     r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", "-", "--test", "-", "-o", tmp_path / "out", *FAST)
     assert r.exit_code == 2 and "stdin ('-') can be one input at most" in r.stderr, r.stderr
+
+
+def _flip_set(root, rng, n=40):
+    """FLIP-style ss3 labels (SET=/VALIDATION=), their sequences and a mask FASTA whose 0s mark
+    residues labelled against the rule (what the mask leaves out is what a model must not learn)."""
+    seqs = _seqs(rng, n)
+    labels, fasta, mask = [], [], []
+    for i, seq in enumerate(seqs):
+        truth = ss8_to_ss3("".join(RULE8.get(c, "C") for c in seq))
+        keep = rng.random(len(seq)) > 0.3
+        shown = "".join(t if k else "H" for t, k in zip(truth, keep))  # wrong where masked
+        split = "test" if i >= n - 8 else "train"
+        valid = "True" if split == "train" and i % 5 == 0 else "False"
+        labels.append(f">p{i} SET={split} VALIDATION={valid}\n{shown}\n")
+        fasta.append(f">p{i}\n{seq}\n")
+        mask.append(f">p{i}\n{''.join('1' if k else '0' for k in keep)}\n")
+    (root / "flip.fasta").write_text("".join(labels))
+    (root / "seqs.fasta").write_text("".join(fasta))
+    (root / "mask.fasta").write_text("".join(mask))
+
+
+def test_flip_mask_and_mask_columns_as_fit_reads_them(data, run_cli, tmp_path):
+    from protrans_cli.heads.finetune import FinetuneConfig, read_sequence_data, to_data
+    from protrans_cli.heads.tasks import IGNORE, get_task
+
+    _flip_set(tmp_path, np.random.default_rng(3))
+    task = get_task("ss3")
+    config = FinetuneConfig(task="ss3", model=str(data / "bert"), mask_path=str(tmp_path / "mask.fasta"))
+    label_set = read_sequence_data(tmp_path / "flip.fasta", task, fasta=tmp_path / "seqs.fasta", config=config)
+    lines = (tmp_path / "mask.fasta").read_text().splitlines()
+    masks = {lines[i][1:]: np.array([c == "1" for c in lines[i + 1]]) for i in range(0, len(lines), 2)}
+    data_set = to_data(task.with_classes_from(label_set.records), label_set.records, tmp_path / "flip.fasta")
+    for item in data_set.items:
+        targets = item.targets["ss3"]
+        assert np.array_equal(targets == IGNORE, ~masks[item.id])  # every masked residue, and only those, left out
+    base = ["finetune", "ss3", "-m", data / "bert", "--labels", tmp_path / "flip.fasta", "--fasta",
+            tmp_path / "seqs.fasta", "--max-epochs", "1", *FAST]
+    r = run_cli(*base, "-o", tmp_path / "unmasked")
+    assert r.exit_code == 0, r.stderr
+    assert "FLIP labels without a mask" in r.stderr
+    r = run_cli(*base, "--mask", tmp_path / "mask.fasta", "-o", tmp_path / "masked")
+    assert r.exit_code == 0, r.stderr
+    assert "without a mask" not in r.stderr
+    fingerprint = json.loads((tmp_path / "masked" / "finetune.json").read_text())
+    assert "mask.fasta" in json.dumps(fingerprint)
+    # a mask for labels it does not apply to (NetSurfP's), as fit says
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--mask",
+                tmp_path / "mask.fasta", "-o", tmp_path / "x", *FAST)
+    assert r.exit_code == 2 and "a mask file is only read with FLIP-style labels, not netsurfp" in r.stderr
+    # NetSurfP's mask column is fit's: a column the file lacks is named
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--mask-column",
+                "cb513_mask", "-o", tmp_path / "y", *FAST)
+    assert r.exit_code == 1 and "has no mask column cb513_mask" in r.stderr
+
+
+def test_class_weights_are_the_inverse_training_frequencies(data, run_cli, tmp_path):
+    from protrans_cli.heads.labels import read_labels
+
+    out = tmp_path / "w"
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--valid", data / "test.csv",
+                "--class-weights", "--max-epochs", "1", "-o", out, *FAST)
+    assert r.exit_code == 0, r.stderr
+    head = json.loads((out / "head" / "config.json").read_text())
+    counts = np.zeros(3)
+    for record in read_labels(data / "train.csv").records:  # (every record: validation is --valid)
+        counts += [record.labels["ss3"].count(c) for c in SS3]
+    np.testing.assert_allclose(head["hyperparameters"]["class_weights"]["ss3"], counts.sum() / (3 * counts),
+                               rtol=1e-5)
+    # and the loss is weighted: the same run without them has another training loss
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--valid", data / "test.csv",
+                "--max-epochs", "1", "-o", tmp_path / "plain", *FAST)
+    assert r.exit_code == 0, r.stderr
+
+    def first_loss(run):
+        return json.loads((run / "head" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+
+    assert json.loads((tmp_path / "plain" / "head" / "config.json").read_text())["hyperparameters"][
+        "class_weights"] is None
+    assert abs(first_loss(out) - first_loss(tmp_path / "plain")) > 1e-3
+    r = run_cli("finetune", "value", "-m", data / "bert", "--labels", data / "train.csv", "--class-weights",
+                "-o", tmp_path / "v", *FAST)
+    assert r.exit_code == 2 and "--class-weights is for classification" in r.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli.fit import mask_options
 from protrans_cli.heads.labels import FORMATS
 from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
 
@@ -29,6 +30,8 @@ from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
 @click.option("--test", "tests", type=INPUT_FILE, metavar="LABELS", multiple=True,
               help="Labels of a set to score at the end; repeat for several.")
 @click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of every label file.")
+@mask_options
+@click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
 @click.option("--lora-rank", type=int, default=4, help="LoRA rank (Schmirler et al. 2024: 4).")
 @click.option("--lora-alpha", type=float, default=8.0, help="LoRA alpha; the update is scaled by alpha / rank.")
 @click.option("--lora-dropout", type=float, default=0.0, help="Dropout on the adapters' input.")
@@ -54,7 +57,8 @@ from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (a GPU runs under bf16 autocast).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run kept in OUTPUT.partial (saved every epoch).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
-def command(task, model, labels, fasta, output, valid, tests, label_format, lora_rank, lora_alpha, lora_dropout, lr,
+def command(task, model, labels, fasta, output, valid, tests, label_format, mask_path, mask_columns, class_weights,
+            lora_rank, lora_alpha, lora_dropout, lr,
             weight_decay, max_epochs, patience, max_residues, accumulate, seed, valid_fraction, architecture, hidden,
             kernel, dropout, dual, layer, n_bootstrap, threads, device, resume, force):
     """Fine-tune a protein LM with LoRA together with a prediction head.
@@ -70,7 +74,8 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, lora
                             patience=patience, max_residues=max_residues, accumulate=accumulate, seed=seed,
                             valid_fraction=valid_fraction, architecture=architecture, hidden=hidden, kernel=kernel,
                             dropout=dropout, dual=dual, layer=layer, n_bootstrap=n_bootstrap,
-                            label_format=label_format, device=device, threads=threads, resume=resume, force=force)
+                            label_format=label_format, mask_path=mask_path, mask_columns=tuple(mask_columns),
+                            class_weights=class_weights, device=device, threads=threads, resume=resume, force=force)
     try:
         finetune(config, labels, output, fasta=fasta, valid=valid, tests=list(tests))
     except KeyboardInterrupt as exc:

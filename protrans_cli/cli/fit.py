@@ -33,6 +33,15 @@ def _files_not_options(ctx, param, value):
     return value
 
 
+def mask_options(command):
+    """--mask and --mask-column (fit's and finetune's): which residues are trained and evaluated."""
+    command = click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
+                           help="NetSurfP columns whose 1.0 marks the residues trained and evaluated; repeat to "
+                                "combine.")(command)
+    return click.option("--mask", "mask_path", type=INPUT_FILE, metavar="FILE", default=None,
+                        help="FLIP mask FASTA (0/1 per residue) for FLIP-style labels.")(command)
+
+
 @click.command("fit", context_settings={"show_default": True})
 @click.argument("task", type=click.Choice(list(TASKS)))
 @click.option("--embeddings", required=True, type=INPUT_FILE, metavar="FILE", help="Training embeddings (HDF5).")
@@ -47,10 +56,7 @@ def _files_not_options(ctx, param, value):
               callback=_files_not_options,
               help="A set to evaluate after training; repeat for several.")
 @click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of every label file.")
-@click.option("--mask", "mask_path", type=INPUT_FILE, metavar="FILE", default=None,
-              help="FLIP mask FASTA (0/1 per residue) for FLIP-style labels.")
-@click.option("--mask-column", "mask_columns", multiple=True, default=("disorder",),
-              help="NetSurfP columns whose 1.0 marks the residues trained and evaluated; repeat to combine.")
+@mask_options
 @click.option("--max-epochs", type=int, default=None, help="Epochs at most.  [default: 30 per residue, 200 per protein]")
 @click.option("--patience", type=int, default=None,
               help="Stop after this many epochs improving neither validation accuracy nor loss.  "

@@ -19,6 +19,7 @@ place at the end; OUT.partial/state.pt after every epoch lets --resume continue.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -35,10 +36,10 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
-from protrans_cli.heads.fit import (_changed, _identity, _jsonable, _loss, _metric_names, _only, _outputs_with_labels,
-                                    _real_paths, _unique_name, checked_state_bytes, evaluate_data,
+from protrans_cli.heads.fit import (_changed, _class_weights, _identity, _jsonable, _loss, _metric_names, _only,
+                                    _outputs_with_labels, _real_paths, _unique_name, checked_state_bytes, evaluate_data,
                                     held_out_positions, load_checked_state, note_dual_labels, write_metrics)
-from protrans_cli.heads.labels import TEST, TRAIN, VALID, read_labels, read_sequences
+from protrans_cli.heads.labels import TEST, TRAIN, VALID, read_labels, read_sequences, unmasked_flip_warning
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
 from protrans_cli.io.h5 import PER_RESIDUE
 
@@ -68,6 +69,9 @@ class FinetuneConfig:
     layer: int = -1
     n_bootstrap: int = 1000
     label_format: str = "auto"
+    mask_path: str | None = None  # FLIP mask FASTA (fit's --mask)
+    mask_columns: tuple[str, ...] = ("disorder",)  # NetSurfP columns whose 1.0 marks evaluated residues
+    class_weights: bool = False  # weight the loss by inverse class frequency in train (fit's)
     device: str = "auto"
     threads: int | None = None
     resume: bool = False
@@ -91,6 +95,8 @@ class FinetuneConfig:
             raise UsageError("finetune needs a model (-m): a model directory, a short name or a hub id")
         if self.model == "onehot":
             raise UsageError("-m onehot has no weights to fine-tune: use `protrans fit` on its embeddings")
+        if str(self.mask_path) == "-":  # (read for each label file, as fit's)
+            raise UsageError("--mask cannot be stdin ('-'): it is read for each label file; give it as a file")
 
 
 @dataclass
@@ -147,10 +153,19 @@ class _SequenceBatch(Batch):
                               self.index)
 
 
-def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto"):
+def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto", config=None,
+                       evaluation: bool = False, mask_elsewhere: bool = False, masked: list | None = None):
     """The LabelSet of a label file whose records all have a sequence (from the file, or `fasta`
-    by id)."""
-    label_set = read_labels(path, label_format)
+    by id). `config` (a FinetuneConfig): its --mask and --mask-column, applied as fit applies them
+    (`evaluation`, `mask_elsewhere`: read_labels' mask_optional and mask_elsewhere); `masked`
+    collects whether the FLIP mask applied to the file."""
+    label_set = read_labels(path, label_format, mask_path=getattr(config, "mask_path", None),
+                            mask_columns=getattr(config, "mask_columns", ("disorder",)), mask_optional=evaluation,
+                            mask_elsewhere=mask_elsewhere)
+    if masked is not None:
+        masked.append(label_set.format == "flip" and any(r.mask is not None for r in label_set.records))
+    if warning := unmasked_flip_warning(label_set, task.output_names):
+        console.warn(f"{label_set.path}: {warning}")
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
     note_dual_labels(label_set, task.name, task.dual)
@@ -321,9 +336,12 @@ def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests) -> dict:
     if model_dir is not None:
         settings["model"] = os.path.realpath(model_dir)
         settings["model_files"] = {p.name: _identity(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
-    inputs = {"labels": _real_paths(str(labels)), "fasta": _real_paths(None if fasta is None else str(fasta)),
+    settings.pop("mask_path", None)  # (an input: as the file it names, with its size and time, below)
+    inputs = {"mask": _real_paths(None if config.mask_path is None else str(config.mask_path)),
+              "labels": _real_paths(str(labels)), "fasta": _real_paths(None if fasta is None else str(fasta)),
               "valid": _real_paths(None if valid is None else str(valid)), "tests": [_real_paths(str(t)) for t in tests]}
-    contents = {"labels_file": _identity(labels), "fasta_file": _identity(fasta), "valid_files": _identity(valid),
+    contents = {"mask_file": _identity(config.mask_path),
+                "labels_file": _identity(labels), "fasta_file": _identity(fasta), "valid_files": _identity(valid),
                 "test_files": [_identity(t) for t in tests]}
     return {**settings, **inputs, **contents}
 
@@ -413,8 +431,13 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         # (the same command with --resume after the run finished: a job script may always add it)
         return _finished(out_dir, _jsonable(_fingerprint(config, labels, fasta, valid, tests)))
 
+    if config.class_weights and any(o.is_value for o in task.outputs):
+        raise UsageError("--class-weights is for classification; the value task is a regression")
     # --- labels and sequences ---
-    train_set = read_sequence_data(labels, task, fasta=fasta, label_format=config.label_format)
+    masked: list[bool] = []  # whether --mask applied, file by file
+    read = functools.partial(read_sequence_data, fasta=fasta, label_format=config.label_format, config=config,
+                             masked=masked)
+    train_set = read(labels, task, mask_elsewhere=bool(valid or tests))
     declared = {r.split for r in train_set.records if r.split}
     train_records = _only(train_set, {None, TRAIN}).records if declared else train_set.records
     if not train_records:
@@ -425,7 +448,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if task.kind != PER_RESIDUE:  # (fit's rule: an output no training protein has a label for is left out)
         task = _outputs_with_labels(task, train, labels)
     if valid is not None:
-        valid_set = read_sequence_data(valid, task, fasta=fasta, label_format=config.label_format)
+        valid_set = read(valid, task, evaluation=True)
         records = _only(valid_set, {VALID}).records or valid_set.records
         valid_data, valid_desc = to_data(task, records, valid, evaluating=True), str(valid)
     elif VALID in declared:
@@ -438,7 +461,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     eval_sets = [("valid", valid_data, valid_desc)]
     sources = [(train, labels), (valid_data, labels if valid is None else valid)]  # (each set's file, for messages)
     for path in tests:
-        label_set = read_sequence_data(path, task, fasta=fasta, label_format=config.label_format)
+        label_set = read(path, task, evaluation=True)
         records = _only(label_set, {TEST}).records or label_set.records
         name = _unique_name(Path(str(path)).name.split(".")[0] or "test", [s[0] for s in eval_sets])
         eval_sets.append((name, to_data(task, records, path, evaluating=True), str(path)))
@@ -447,9 +470,13 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         eval_sets.append(("test", to_data(task, _only(train_set, {TEST}).records, labels, evaluating=True),
                           f"{labels} (SET=test)"))
         sources.append((eval_sets[-1][1], labels))
+    if config.mask_path is not None and not any(masked):
+        raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
+                         "holds, the only ones a mask file applies to")
     if any(o.is_value for o in task.outputs):
         with located(labels):
             task = task.with_scale_from(train.targets)
+    weights = _class_weights(task, train) if config.class_weights else None
 
     with torch_threads():
         torch.set_num_threads(resolve_threads(config.threads, small_work=False))
@@ -465,6 +492,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         head = build_head(task, embedder.embedding_dim, architecture=architecture, hidden=config.hidden,
                           kernel=config.kernel, dropout=config.dropout)
         model = FineTuned(embedder, head, reads_residues, autocast).to(device)
+        if weights is not None:
+            weights = {k: v.to(device) for k, v in weights.items()}
         trainable = [p for p in model.parameters() if p.requires_grad]
         console.info(f"{config.model}: LoRA rank {config.lora_rank} on {len(adapted)} projections; "
                      f"{sum(p.numel() for p in trainable):,} trainable parameters of "
@@ -512,7 +541,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
                 for step, batch in enumerate(console.progress(train.batches(config.max_residues, True, rng),
                                                               desc=f"epoch {epoch}", unit="batch"), 1):
                     batch = batch.to(device)
-                    loss, counts = _loss(task, model(batch.x, batch.mask), batch.targets, None)
+                    loss, counts = _loss(task, model(batch.x, batch.mask), batch.targets, weights)
                     if not any(counts.values()):
                         continue
                     (loss / config.accumulate).backward()
@@ -560,7 +589,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
         try:
-            summary = _write(tmp, out_dir, model, loaded, embedder, task, config, train, valid_desc, eval_sets,
+            summary = _write(tmp, out_dir, model, loaded, embedder, task, config, train, valid_desc, eval_sets, weights,
                              train_set, history, best, labels, device, fingerprint)
             replace_directory(tmp, out_dir)
         except BaseException:
@@ -571,7 +600,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     return FinetuneResult(out_dir, summary, history)
 
 
-def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, train, valid_desc, eval_sets,
+def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, train, valid_desc, eval_sets, weights,
            train_set, history, best, labels, device: str = "cpu", fingerprint: dict | None = None) -> dict:
     from protrans_cli.heads.lora import merged_copy
     from protrans_cli.heads.metrics import dumps as metrics_json
@@ -601,7 +630,8 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
         "hyperparameters": {"hidden": config.hidden, "kernel": config.kernel, "dropout": config.dropout,
                             "lr": config.lr, "weight_decay": config.weight_decay, "max_epochs": config.max_epochs,
                             "patience": config.patience, "max_residues": config.max_residues,
-                            "batch_size": None, "standardise": False, "class_weights": None},
+                            "batch_size": None, "standardise": False,
+                            "class_weights": None if weights is None else {k: v.tolist() for k, v in weights.items()}},
         "training": {"embeddings": None, "finetuned": str(out_dir), "labels": str(labels),
                      "proteins": len(train.items), "validation": valid_desc, "notes": train_set.notes},
         "config": {"n_bootstrap": config.n_bootstrap, "seed": config.seed, "task": config.task, "layer": layer},
