@@ -167,6 +167,28 @@ def test_predict_fasta_on_the_head_scores_what_finetune_reported(finetuned, data
     assert total == metrics["test"]["ss3"]["n"] and right / total == pytest.approx(metrics["test"]["ss3"]["accuracy"])
 
 
+def test_the_held_out_ids_are_recorded_and_are_the_validation_set(finetuned, data, run_cli, tmp_path):
+    """--valid-fraction's proteins are in the head's config.json, as fit records them: predicting
+    exactly those gives the validation score finetune reported."""
+    from protrans_cli.heads.labels import read_labels
+
+    config = json.loads((finetuned / "head" / "config.json").read_text())
+    held = config["training"]["held_out"]
+    records = {r.id: r for r in read_labels(data / "train.csv").records}
+    assert len(held) == 6 and set(held) <= set(records) and config["training"]["proteins"] == 54
+    with open(tmp_path / "held.fa", "w") as fh:
+        for ident in held:
+            fh.write(f">{ident}\n{records[ident].sequence}\n")
+    r = run_cli("predict", finetuned / "head", "--fasta", tmp_path / "held.fa", "-o", tmp_path / "p.txt")
+    assert r.exit_code == 0, r.stderr
+    lines = (tmp_path / "p.txt").read_text().split()
+    predicted = dict(zip([x[1:] for x in lines[::2]], lines[1::2]))
+    right = sum(a == b for i in held for a, b in zip(predicted[i], records[i].labels["ss3"]))
+    total = sum(len(records[i].labels["ss3"]) for i in held)
+    metrics = json.loads((finetuned / "head" / "metrics.json").read_text())
+    assert right / total == pytest.approx(metrics["valid"]["ss3"]["accuracy"])
+
+
 def test_refusals(finetuned, data, run_cli, tmp_path):
     base = ["-m", data / "bert", "--max-epochs", "1", *FAST]
     r = run_cli("finetune", "nope", "--labels", data / "train.csv", "-o", tmp_path / "a", *base)

@@ -434,6 +434,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if config.class_weights and any(o.is_value for o in task.outputs):
         raise UsageError("--class-weights is for classification; the value task is a regression")
     # --- labels and sequences ---
+    held_out = None  # ids of the --valid-fraction hold-out
     masked: list[bool] = []  # whether --mask applied, file by file
     read = functools.partial(read_sequence_data, fasta=fasta, label_format=config.label_format, config=config,
                              masked=masked)
@@ -456,6 +457,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         valid_desc = f"{labels} (its validation records)"
     else:
         train, valid_data, valid_desc = _hold_out(config, train, labels)
+        held_out = sorted(m.id for m in valid_data.items)  # (recorded as fit records it: the split, recoverable)
     console.info(f"train: {len(train.items):,} proteins; validation: {valid_desc}")
     # every test set read and checked now, not after the epochs (a bad file failed only then)
     eval_sets = [("valid", valid_data, valid_desc)]
@@ -590,7 +592,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
         try:
             summary = _write(tmp, out_dir, model, loaded, embedder, task, config, train, valid_desc, eval_sets, weights,
-                             train_set, history, best, labels, device, fingerprint)
+                             train_set, history, best, labels, device, fingerprint, held_out=held_out)
             replace_directory(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -601,7 +603,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
 
 
 def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, train, valid_desc, eval_sets, weights,
-           train_set, history, best, labels, device: str = "cpu", fingerprint: dict | None = None) -> dict:
+           train_set, history, best, labels, device: str = "cpu", fingerprint: dict | None = None,
+           held_out: list[str] | None = None) -> dict:
     from protrans_cli.heads.lora import merged_copy
     from protrans_cli.heads.metrics import dumps as metrics_json
     from protrans_cli.heads.model import Ensemble, head_format, save_head
@@ -633,7 +636,8 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
                             "batch_size": None, "standardise": False,
                             "class_weights": None if weights is None else {k: v.tolist() for k, v in weights.items()}},
         "training": {"embeddings": None, "finetuned": str(out_dir), "labels": str(labels),
-                     "proteins": len(train.items), "validation": valid_desc, "notes": train_set.notes},
+                     "proteins": len(train.items), "validation": valid_desc, "notes": train_set.notes,
+                     **({"held_out": held_out} if held_out is not None else {})},
         "config": {"n_bootstrap": config.n_bootstrap, "seed": config.seed, "task": config.task, "layer": layer},
     }
     ensemble = Ensemble([head], task).eval()
