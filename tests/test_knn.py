@@ -397,3 +397,42 @@ def test_a_missing_output_folder_and_a_reference_from_stdin_are_usage_errors_bef
     assert r.exit_code == 2 and "output directory does not exist" in r.stderr, r.stderr
     r = run_cli("knn", tmp_path / "q.h5", "--reference", "-")
     assert r.exit_code == 2 and "read in place" in r.stderr
+
+
+def test_fasta_queries_are_embedded_from_the_hub_commit_the_reference_was(tmp_path):
+    """A reference embedded from a hub model records its revision and commit: `--fasta` queries
+    are embedded from that commit (the hub model may have changed since), unless -m names
+    another model; `predict --fasta` does the same with a head fit on such a file."""
+    import json
+
+    import h5py
+
+    from protrans_cli.heads.predict import head_embed_options
+    from protrans_cli.knn import reference_embed_options
+
+    ref = tmp_path / "ref.h5"
+    with h5py.File(ref, "w") as f:
+        f.attrs.update(model="Rostlab/prot_t5_xl_half_uniref50-enc", revision="main",
+                       commit="0123456789abcdef0123456789abcdef01234567", layout="flat", kind="per_protein",
+                       kinds="per_protein", layers=[-1])
+        f.create_dataset("P1", data=np.zeros(4, dtype=np.float32)).attrs["id"] = "P1"
+    assert reference_embed_options(ref).revision == "0123456789abcdef0123456789abcdef01234567"
+    from protrans_cli.heads.fit import FitConfig, _embedding_info
+
+    info, _ = _embedding_info(FitConfig(task="loc"), ref)  # (what fit's head records: predict --fasta reads it)
+    assert info["commit"] == "0123456789abcdef0123456789abcdef01234567" and info["revision"] == "main"
+    assert reference_embed_options(ref, model="./my_copy").revision is None
+    with h5py.File(ref, "a") as f:
+        f.attrs["commit"] = ""  # (a hub model whose commit was not known: its revision)
+    assert reference_embed_options(ref).revision == "main"
+    head = tmp_path / "head"
+    head.mkdir()
+    from protrans_cli.heads.tasks import get_task
+
+    (head / "config.json").write_text(json.dumps({
+        "format": "protrans-head", "task": get_task("loc").to_json(), "kind": "per_protein", "architecture": "fnn",
+        "layer": -1, "embedding": {"model": "Rostlab/prot_t5_xl_half_uniref50-enc", "revision": "main",
+                                   "commit": "fedcba9876543210fedcba9876543210fedcba98", "layers": [-1]}}))
+    options, _ = head_embed_options(head)
+    assert options.revision == "fedcba9876543210fedcba9876543210fedcba98" and options.model.startswith("Rostlab/")
+    assert head_embed_options(head, model="./local")[0].revision is None

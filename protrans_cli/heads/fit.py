@@ -431,10 +431,12 @@ def _embedding_info(config: FitConfig, embeddings) -> tuple[dict, int]:
     """What config.json records of the training embeddings, and the model layer learned from."""
     with EmbeddingsReader(embeddings) as reader:
         # (the long-protein policy too: `predict --fasta` embeds long proteins as these were)
-        embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "family", "layers", "pooling",
-                                                                  "storage_dtype", "embedding_dim", "max_length",
-                                                                  "long_policy", "chunk_overlap")
-                          if k in reader.attrs and reader.attrs[k] is not None}
+        # (and the hub revision and commit: `predict --fasta` embeds with the weights these came from)
+        embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "revision", "commit", "family", "layers",
+                                                                  "pooling", "storage_dtype", "embedding_dim",
+                                                                  "max_length", "long_policy", "chunk_overlap")
+                          if k in reader.attrs and reader.attrs[k] is not None
+                          and not (isinstance(reader.attrs[k], str) and reader.attrs[k] == "")}
         # the token embed put before every protein (ProstT5's <AA2fold>): "" for none, as in
         # every file written before embed put one there
         embedding_info["input_prefix"] = input_prefix_of(reader.attrs)

@@ -201,7 +201,8 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     options = recorded_embed_options(config.get("embedding", {}), "the head's training embeddings", model=name,
                                      layer=head_layer(config), per_residue=kind == PER_RESIDUE, device=device,
                                      threads=threads, long_policy=long_policy, max_length=max_length,
-                                     chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
+                                     chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
+                                     same_model=model is None)
     return options, config
 
 
@@ -224,11 +225,13 @@ def finetuned_model(head_dir, config: dict, name: str, word: str = "--model") ->
 def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: int, per_residue: bool,
                            device: str = "auto", threads: int | None = None, long_policy: str | None = None,
                            max_length: int | None = None, chunk_overlap: int | None = None,
-                           invalid_policy: str = "error"):
+                           invalid_policy: str = "error", same_model: bool = False):
     """EmbedOptions that embed proteins as the embeddings whose settings `recorded` holds (a
     head's config "embedding", an embeddings file's attributes) were made: their long-protein
     policy, length and overlap unless given, and their 3Di prefix. `source`: what messages call
-    those embeddings ("the head's training embeddings"). Validated."""
+    those embeddings ("the head's training embeddings"). `same_model` (`model` is the recorded
+    one, not a caller's): the hub commit (else revision) the embeddings were made from, so that a
+    hub model updated since is not used in its place. Validated."""
     from protrans_cli.embed import EmbedOptions
 
     # A proteome with one protein beyond the model's limit failed, and predict had no option to
@@ -247,8 +250,10 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     long = {k: v for k, v in given.items() if v is not None}
     # embeddings of 3Di strings (embed --3di) are compared with embeddings of 3Di strings
     three_di = recorded.get("input_prefix") == THREE_DI_PREFIX
-    options = EmbedOptions(model=model, per_residue=per_residue, per_protein=not per_residue, layers=(layer,),
-                           device=device, threads=threads, invalid_policy=invalid_policy, three_di=three_di, **long)
+    revision = (str(recorded.get("commit") or recorded.get("revision") or "") or None) if same_model else None
+    options = EmbedOptions(model=model, revision=revision, per_residue=per_residue, per_protein=not per_residue,
+                           layers=(layer,), device=device, threads=threads, invalid_policy=invalid_policy,
+                           three_di=three_di, **long)
     # (before the FASTA is read: `--max-length 0` or `--device gpu` was refused only once a whole
     # proteome had been read, or spooled from stdin)
     options.validate()
