@@ -728,6 +728,29 @@ def test_matrix_of_a_grouped_or_flat_file_equals_its_items_in_key_order(tmp_path
         np.testing.assert_array_equal(x_foreign, x)
 
 
+@pytest.mark.parametrize("kind", ["per_protein", "per_residue"])
+def test_a_flat_file_of_proteins_named_per_protein_and_ids_is_not_taken_for_a_stacked_one(tmp_path, run_cli, kind):
+    """Its root holds datasets "per_protein" and "ids" as a stacked file's does, and its `layout`
+    attribute says flat: it was "a stacked embeddings file without its lengths ... column(s):
+    damaged" for the reader, --resume and merge."""
+    fasta = tmp_path / "names.fa"
+    fasta.write_text(">per_protein\nMKT\n>ids\nMKA\n>headers\nMKW\n")
+    out = tmp_path / "flat.h5"
+    result = run_cli("embed", fasta, "-m", "onehot", "--layout", "flat", f"--{kind.replace('_', '-')}", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    with EmbeddingsReader(out) as r:
+        assert r.layout == "flat" and sorted(r.ids()) == ["headers", "ids", "per_protein"]
+    with fasta.open("a") as f:
+        f.write(">extra\nMMM\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "--layout", "flat", f"--{kind.replace('_', '-')}", "-o", out,
+                     "--resume")
+    assert result.exit_code == 0, result.stderr
+    result = run_cli("merge", out, "-o", tmp_path / "merged.h5")
+    assert result.exit_code == 0, result.stderr
+    with EmbeddingsReader(tmp_path / "merged.h5") as r:
+        assert sorted(r.ids()) == ["extra", "headers", "ids", "per_protein"]
+
+
 def test_matrix_of_an_own_file_whose_datasets_are_scalars_goes_through_items(tmp_path):
     """A file with embed's `layout` attribute whose datasets are scalars (not vectors): the
     fast path read each into a numpy scalar and failed with h5py's TypeError; items() reads them."""

@@ -59,8 +59,10 @@ def is_stacked(f) -> bool:
         return False
     # (one whose ids column is lost is a damaged stacked file, said so, not a flat file of one protein)
     layout = f.attrs.get("layout")
-    return f.get("ids", getclass=True) is h5py.Dataset or (layout.decode("utf-8", "replace") if isinstance(
-        layout, bytes) else layout) == "stacked"
+    layout = layout.decode("utf-8", "replace") if isinstance(layout, bytes) else layout
+    if layout == "flat":  # (embed's flat file of proteins whose ids are "per_protein" and "ids")
+        return False
+    return f.get("ids", getclass=True) is h5py.Dataset or layout == "stacked"
 
 
 def _rows_per_block(row_bytes: int) -> int:
