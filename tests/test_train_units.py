@@ -71,6 +71,11 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     (tmp_path / "bad.json").write_text('{"learning_rate": 1}')
     with pytest.raises(UsageError, match="learning_rate"):
         TrainConfig.from_file(tmp_path / "bad.json")
+    # the flags whose settings have other names (--help: "flag names with _ for -"): said which
+    (tmp_path / "flags.json").write_text('{"set": {"num_hidden_layers": 3}, "phase": ["64:10"]}')
+    with pytest.raises(UsageError, match=r"flags.json: unknown setting\(s\) phase, set \(phase is phases in a config "
+                                         r"file; set is model_overrides in a config file\)"):
+        TrainConfig.from_file(tmp_path / "flags.json")
     (tmp_path / "broken.toml").write_text("lr = = 1")
     with pytest.raises(UsageError, match="broken.toml: cannot parse config"):
         TrainConfig.from_file(tmp_path / "broken.toml")

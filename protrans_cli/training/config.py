@@ -375,7 +375,12 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UsageError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+            # (the flags whose names are not their settings': --help says "flag names with _ for -")
+            named = {"set": "model_overrides", "phase": "phases", "output": "output_dir",
+                     "valid_corpus": "val_corpus"}
+            hints = [f"{k} is {named[k]} in a config file" for k in unknown if k in named]
+            raise UsageError(f"{source}: unknown setting(s) {', '.join(unknown)}"
+                             + (f" ({'; '.join(hints)})" if hints else ""))
         data = dict(data)
         _check_types(cls, data, source)
         for key in ("corpus", "val_corpus"):
