@@ -633,7 +633,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[str, str]
         else:
             device = "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (try --device cpu)")
+        raise UsageError(f"--device {device}: no CUDA device is available (try --device cpu)")
     if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
         raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                          f"numbered from 0")

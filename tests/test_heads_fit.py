@@ -926,6 +926,8 @@ def test_device_choice_is_checked_before_any_work(run_cli, ss_data, tmp_path):
     if not torch.cuda.is_available():
         r = run_cli(*fit_args, "--device", "cuda")
         assert r.exit_code == 2 and "no CUDA device is available" in r.stderr
+        r = run_cli(*fit_args, "--device", "cuda:1")  # (the device as given: it said "--device cuda")
+        assert r.exit_code == 2 and "--device cuda:1: no CUDA device is available" in r.stderr
     assert run_cli(*fit_args, "--device", "cpu").exit_code == 0
     r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--device", "gpu")
     assert r.exit_code == 2 and "--device gpu" in r.stderr
