@@ -36,7 +36,7 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path
 from protrans_cli.io.h5 import CONTACTS
 
-DEFAULT_MODEL = "esm2_t33_650M"
+DEFAULT_MODEL = "esm2_t33_650M_UR50D"
 # ESM-2 and ESM-1b were trained on crops of 1,022 residues (1,024 tokens with <cls> and <eos>);
 # esm-extract truncates there by default. Longer proteins follow --long-policy.
 TRAINED_RESIDUES = 1022
@@ -122,7 +122,7 @@ class ContactSummary:
 class ContactPredictor:
     """ESM's contact head over a loaded model (`models.load_model`), computed as the model runs.
 
-        predictor = ContactPredictor(load_model("esm2_t6_8M"))
+        predictor = ContactPredictor(load_model("esm2_t6_8M_UR50D"))
         maps = predictor.predict(["MKTAYIAK", "MAAG"])   # [(8, 8), (4, 4)] float32 arrays
     """
 
@@ -216,14 +216,14 @@ def refuse_without_head(loaded) -> None:
     """ModelError unless `loaded` is an ESM model whose checkpoint holds a trained contact head."""
     if loaded.family.name != "esm":
         raise ModelError(f"{loaded.name}: a {loaded.family.name} model has no contact head; contact maps come from "
-                         "ESM-2 or ESM-1b checkpoints (e.g. -m esm2_t33_650M)")
+                         "ESM-2 or ESM-1b checkpoints (e.g. -m esm2_t33_650M_UR50D)")
     if getattr(loaded.model, "contact_head", None) is None:
         raise ModelError(f"{loaded.name}: the model has no contact head")
     if "esm1v" in f"{loaded.name} {loaded.path_or_hub_id}".lower():
         # fair-esm ships no contact regression for ESM-1v (its `_has_regression_weights`); the
         # converted checkpoints carry the head as it was initialised
         raise ModelError(f"{loaded.name}: ESM-1v was released without a fitted contact regression; use ESM-2 or "
-                         "ESM-1b (e.g. -m esm2_t33_650M or esm1b_t33_650M)")
+                         "ESM-1b (e.g. -m esm2_t33_650M_UR50D or esm1b_t33_650M_UR50S)")
     names = checkpoint_tensor_names(loaded)
     if names is not None and not any(n.endswith("contact_head.regression.weight") for n in names):
         raise ModelError(f"{loaded.name}: the checkpoint holds no contact head weights (a model saved without "

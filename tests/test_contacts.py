@@ -292,3 +292,25 @@ def test_on_a_gpu_in_bfloat16_the_maps_are_the_cpus_within_its_precision(tmp_pat
     assert _attrs(gpu.output)["compute_dtype"] in ("bfloat16", "float16") and not gpu.failed
     for ident, values in _maps(gpu.output).items():
         np.testing.assert_allclose(values, cpu[ident], atol=2e-2, rtol=0, err_msg=ident)
+
+
+def test_the_default_model_and_every_model_named_to_users_are_short_names():
+    """The default was `esm2_t33_650M`, a `train` preset and no checkpoint: `protrans contacts
+    in.fa -o out.h5` failed ("not a short name: did you mean esm2_t33_650M_UR50D?"), and so did
+    the docs' example and the `-m` the refusals suggest."""
+    import re
+
+    from protrans_cli.cli.contacts import command
+    from protrans_cli.contacts import DEFAULT_MODEL, ContactOptions
+    from protrans_cli.models.checkpoints import CHECKPOINTS
+
+    default = next(p.default for p in command.params if p.name == "model")
+    assert default in CHECKPOINTS and DEFAULT_MODEL in CHECKPOINTS and ContactOptions().model in CHECKPOINTS
+    root = DATA.parent.parent
+    guide = (root / "docs" / "embed.md").read_text()
+    section = guide[guide.index("### Contact maps: `protrans contacts`"):]
+    section = section[:section.index("\n## ")]
+    texts = [(root / "protrans_cli" / "contacts.py").read_text(), (root / "protrans_cli" / "cli" / "contacts.py")
+             .read_text(), section]
+    named = {n for text in texts for n in re.findall(r"\besm(?:2|1b|1v)_t\d+_\w+", text)}
+    assert named and not named - set(CHECKPOINTS), named - set(CHECKPOINTS)

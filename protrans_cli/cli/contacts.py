@@ -1,6 +1,6 @@
 """`protrans contacts`: residue-residue contact maps from ESM's contact head into HDF5.
 
-    protrans contacts proteins.fa -m esm2_t33_650M -o contacts.h5
+    protrans contacts proteins.fa -m esm2_t33_650M_UR50D -o contacts.h5
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from protrans_cli.cli import INPUT_FILE
 @click.argument("fasta", type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="HDF5 file to write (written to OUTPUT.partial until the run completes).")
-@click.option("-m", "--model", default="esm2_t33_650M",
+@click.option("-m", "--model", default="esm2_t33_650M_UR50D",
               help="An ESM-2 or ESM-1b checkpoint with its contact head: short name (see `protrans models`), "
                    "model directory or hub id.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
@@ -57,7 +57,7 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
     ESM-1b checkpoints only: a model pretrained by protrans train has no trained contact head.
 
     \b
-    protrans contacts proteins.fa -m esm2_t33_650M -o contacts.h5
+    protrans contacts proteins.fa -m esm2_t33_650M_UR50D -o contacts.h5
     python -c "import h5py; print(h5py.File('contacts.h5')['contacts']['P1'][:])"
     """
     import shlex
