@@ -148,11 +148,19 @@ class ContactPredictor:
         self._sum = None  # (B, T, T) float32 while a batch runs
         self._mask = None
         self.compute_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        # ESM-1b's learned positions end at 1,022 residues (ESM-2's rotary ones take any length)
+        from protrans_cli.embedders import _count_special_tokens, _max_residues
+
+        self.max_residues = _max_residues(model, _count_special_tokens(self.family, self.tokenizer))
         self._torch = torch
 
     def predict(self, sequences: list[str]) -> list[np.ndarray]:
         """(L, L) float32 contact probabilities per sequence (one padded batch)."""
         torch = self._torch
+        longest = max((len(s) for s in sequences), default=0)
+        if self.max_residues is not None and longest > self.max_residues:
+            raise UsageError(f"{self.loaded.name}: a sequence of {longest} residues; the model accepts at most "
+                             f"{self.max_residues} (learned positions)")
         inputs, mask = self.family.encode(self.tokenizer, list(sequences), 1)
         lengths = mask.sum(dim=1).tolist()
         for seq, n in zip(sequences, lengths):
@@ -361,7 +369,11 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor) ->
         if (origin := _continued_from(loaded)):
             console.warn(f"{loaded.name} was trained further by protrans train from {origin}: its contact head is "
                          f"{origin}'s, fitted to that model's attention, not to this one's")
-        max_length = options.max_length or TRAINED_RESIDUES
+        model_max = predictor.max_residues
+        if options.max_length and model_max is not None and options.max_length > model_max:
+            raise UsageError(f"--max-length {options.max_length} is more than the model accepts ({model_max} residues, "
+                             "its special tokens besides)")
+        max_length = options.max_length or min(TRAINED_RESIDUES, model_max or TRAINED_RESIDUES)
         if max_length > TRAINED_RESIDUES:
             console.warn(f"--max-length {max_length}: ESM's contact head was fitted on proteins of at most "
                          f"{TRAINED_RESIDUES} residues; longer maps come from positions it never met")

@@ -314,3 +314,21 @@ def test_the_default_model_and_every_model_named_to_users_are_short_names():
              .read_text(), section]
     named = {n for text in texts for n in re.findall(r"\besm(?:2|1b|1v)_t\d+_\w+", text)}
     assert named and not named - set(CHECKPOINTS), named - set(CHECKPOINTS)
+
+
+def test_a_max_length_beyond_esm1b_learned_positions_is_a_usage_error(run_cli, tmp_path):
+    """ESM-1b's position table ends at 1,022 residues: --max-length 1100 ran into it, an IndexError
+    traceback (exit 1) that left OUTPUT.partial behind. embed refuses it; so does contacts now."""
+    from protrans_cli.contacts import ContactPredictor
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+
+    model = REFERENCES["esm1b"]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">big\n" + "MKTAYIAKQR" * 110 + "\n")
+    out = tmp_path / "c.h5"
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-length", "1100")
+    assert r.exit_code == 2 and "--max-length 1100 is more than" in r.stderr and "1022 residues" in r.stderr
+    assert r.stderr.count("\n") == 1 and not any(tmp_path.glob("c.h5*"))
+    with pytest.raises(UsageError, match="1100 residues"):
+        ContactPredictor(load_model(model)).predict(["MKTAYIAKQR" * 110])
