@@ -67,6 +67,7 @@ class ContactOptions:
 
     # (what embed's readers and checks ask of their options)
     long_policies = LONG_POLICIES
+    default_limit = "the default --max-length {n} (the crops ESM was trained on)"
     alphabet = None
     part_of = None
     chunk_overlap = 0

@@ -594,13 +594,14 @@ def _warn_beyond_training(embedder, scan: InputScan, max_length: int | None, nam
 
 
 def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str | None = None) -> InputError:
+    # (`protrans contacts` has a default --max-length of its own, not the model's limit, and no chunk)
+    default = getattr(options, "default_limit", None)
     limit = (f"--max-length {max_length}" if options.max_length
-             else f"the {max_length} residues the model accepts")
-    # (the policies of the options' own command: `protrans contacts` has no chunk)
+             else default.format(n=max_length) if default else f"the {max_length} residues the model accepts")
     others = [p for p in getattr(options, "long_policies", LONG_POLICIES) if p != "error"]
     remedy = f"--long-policy {', '.join(others[:-1])} or {others[-1]}"
     if not options.max_length:
-        remedy += ", with --max-length N for a smaller limit"
+        remedy += f", with --max-length N for {'another' if default else 'a smaller'} limit"
     return InputError(f"{len(prot.sequence)} residues, longer than {limit} (add {remedy})",
                       path=name, line=prot.line, record=prot.id)
 

@@ -332,3 +332,15 @@ def test_a_max_length_beyond_esm1b_learned_positions_is_a_usage_error(run_cli, t
     assert r.stderr.count("\n") == 1 and not any(tmp_path.glob("c.h5*"))
     with pytest.raises(UsageError, match="1100 residues"):
         ContactPredictor(load_model(model)).predict(["MKTAYIAKQR" * 110])
+
+
+def test_a_protein_over_the_default_length_is_not_said_to_be_more_than_the_model_accepts(run_cli, tmp_path):
+    """Without --max-length the limit is contacts' default, 1,022 (ESM's training crops), not the
+    model's: ESM-2 takes a protein of 1,100 residues with --max-length 1100. The error said
+    "longer than the 1022 residues the model accepts (... --max-length N for a smaller limit)"."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">big\n" + "MKTAYIAKQR" * 110 + "\n")
+    r = run_cli("contacts", fasta, "-m", REFERENCES["esm2"], "-o", tmp_path / "c.h5")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "record 'big'" in r.stderr
+    assert "1100 residues, longer than the default --max-length 1022" in r.stderr
+    assert "the model accepts" not in r.stderr and "smaller limit" not in r.stderr
