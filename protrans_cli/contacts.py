@@ -276,8 +276,8 @@ def _trained_by_protrans(loaded) -> str | None:
         data = json.loads(config.read_text())
     except (OSError, ValueError):
         return None
-    if "protrans_version" not in data:
-        return None
+    if "protrans_version" not in data or _finetuned_from(target):
+        return None  # (a `protrans finetune` output: the head of the model it was fine-tuned from)
     init_from = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
         init_from = json.loads((target / "train_config.json").read_text()).get("init_from")
@@ -286,13 +286,29 @@ def _trained_by_protrans(loaded) -> str | None:
     return "it was pretrained by protrans train, whose masked-LM objective leaves the contact head as initialised"
 
 
+def _finetuned_from(target: Path) -> str | None:
+    """The model that the `protrans finetune` output `target` (OUT/model, beside OUT/finetune.json)
+    was fine-tuned from, or None."""
+    import json
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        data = json.loads((target.parent / "finetune.json").read_text())
+        if target.name == "model" and data.get("format") == "protrans-finetune":
+            return str(data.get("model") or "an unrecorded model")
+    return None
+
+
 def _continued_from(loaded) -> str | None:
+    """How a model of protrans came by a published model's contact head (a warning's words), or None."""
     import json
 
     target = Path(str(loaded.path_or_hub_id))
     with contextlib.suppress(OSError, ValueError, AttributeError):
         if "protrans_version" in json.loads((target / "config.json").read_text()):
-            return json.loads((target / "train_config.json").read_text()).get("init_from")
+            if (origin := _finetuned_from(target)):
+                return f"fine-tuned by protrans finetune from {origin}"
+            if (origin := json.loads((target / "train_config.json").read_text()).get("init_from")):
+                return f"trained further by protrans train from {origin}"
     return None
 
 
@@ -367,9 +383,10 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor) ->
             predictor = ContactPredictor(load_model(options.model, device=device, dtype=dtype,
                                                     revision=options.revision))
         loaded = predictor.loaded
-        if (origin := _continued_from(loaded)):
-            console.warn(f"{loaded.name} was trained further by protrans train from {origin}: its contact head is "
-                         f"{origin}'s, fitted to that model's attention, not to this one's")
+        if (how := _continued_from(loaded)):
+            origin = how.rsplit(" from ", 1)[1]
+            console.warn(f"{loaded.name} was {how}: its contact head is {origin}'s, fitted to that model's "
+                         "attention, not to this one's")
         model_max = predictor.max_residues
         if options.max_length and model_max is not None and options.max_length > model_max:
             raise UsageError(f"--max-length {options.max_length} is more than the model accepts ({model_max} residues, "

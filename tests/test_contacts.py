@@ -344,3 +344,24 @@ def test_a_protein_over_the_default_length_is_not_said_to_be_more_than_the_model
     assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "record 'big'" in r.stderr
     assert "1100 residues, longer than the default --max-length 1022" in r.stderr
     assert "the model accepts" not in r.stderr and "smaller limit" not in r.stderr
+
+
+def test_a_model_fine_tuned_by_protrans_finetune_keeps_its_published_head_with_a_warning(run_cli, tmp_path):
+    """`protrans finetune` writes OUT/model (save_pretrained: protrans_version in its config.json, no
+    train_config.json) beside OUT/finetune.json: its contact head is the published model's, as for
+    `train --init-from`. It was refused as "pretrained by protrans train"."""
+    import json
+
+    from protrans_cli.models import load_model
+
+    loaded = load_model(REFERENCES["esm2"])
+    out_dir = tmp_path / "ft"
+    loaded.family.save_pretrained(loaded.model, loaded.tokenizer, out_dir / "model")
+    (out_dir / "finetune.json").write_text(json.dumps({"format": "protrans-finetune",
+                                                       "model": str(REFERENCES["esm2"])}))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    r = run_cli("contacts", fasta, "-m", out_dir / "model", "-o", tmp_path / "c.h5")
+    assert r.exit_code == 0, r.stderr
+    assert "fine-tuned by protrans finetune from" in r.stderr and "pretrained by protrans train" not in r.stderr
+    assert set(_maps(tmp_path / "c.h5")) == {"a"}
