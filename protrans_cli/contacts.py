@@ -114,7 +114,8 @@ class ContactSummary:
     num_written: int = 0
     num_resumed: int = 0
     num_residues: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0          # the whole call, the model's loading included
+    compute_seconds: float = 0.0  # reading the input, computing and writing the maps
     failed: dict | None = None
 
 
@@ -143,8 +144,9 @@ class ContactPredictor:
         if regression.in_features != len(layers) * heads:
             raise ModelError(f"{loaded.name}: its contact head reads {regression.in_features} attention maps, the "
                              f"model has {len(layers)} layers x {heads} heads")
-        self.weights = regression.weight.detach().float().view(len(layers), heads)
-        self.bias = float(regression.bias.detach().float()) if regression.bias is not None else 0.0
+        weight, bias = _head_weights(loaded, regression)
+        self.weights = weight.view(len(layers), heads)
+        self.bias = bias
         self._layers = layers
         self._sum = None  # (B, T, T) float32 while a batch runs
         self._mask = None
@@ -156,8 +158,17 @@ class ContactPredictor:
         self._torch = torch
 
     def predict(self, sequences: list[str]) -> list[np.ndarray]:
-        """(L, L) float32 contact probabilities per sequence (one padded batch)."""
+        """(L, L) float32 contact probabilities per sequence (one padded batch). Sequences are read
+        as embed reads them (upper-cased, gaps and a final `*` removed); one it refuses (a J, an
+        inner `*`, no residues) is an InputError."""
+        from protrans_cli.residues import normalise
+
         torch = self._torch
+        if isinstance(sequences, str):
+            raise UsageError("predict takes a list of sequences, not one str")
+        sequences = [normalise(s, rare="keep") for s in sequences]
+        if not sequences:
+            return []
         longest = max((len(s) for s in sequences), default=0)
         if self.max_residues is not None and longest > self.max_residues:
             raise UsageError(f"{self.loaded.name}: a sequence of {longest} residues; the model accepts at most "
@@ -195,6 +206,29 @@ class ContactPredictor:
             part = layer_contribution(attn, self._mask, self.weights[index].to(attn.device))
             self._sum = part if self._sum is None else self._sum.add_(part)
         return hook
+
+
+def _head_weights(loaded, regression):
+    """The contact head's weights (flat) and bias in float32: from the checkpoint's own tensors
+    where its safetensors file can be read (a model loaded in bfloat16 has them rounded to 8 bits
+    of mantissa), else the loaded module's."""
+    weight = regression.weight.detach().float().reshape(-1)
+    bias = float(regression.bias.detach().float()) if regression.bias is not None else 0.0
+    if regression.weight.dtype == weight.dtype:
+        return weight, bias
+    folder = _checkpoint_folder(loaded)
+    # (a sharded or .bin checkpoint, a hub id not cached, a file unreadable: the loaded weights)
+    with contextlib.suppress(Exception):  # noqa: BLE001
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), "pt", device="cpu") as f:
+            key = next(n for n in f.keys() if n.endswith("contact_head.regression.weight"))
+            exact = f.get_tensor(key).float().reshape(-1)
+            bias_key = key.removesuffix("weight") + "bias"
+            exact_bias = float(f.get_tensor(bias_key).float()) if bias_key in f.keys() else bias
+        if exact.shape == weight.shape:
+            return exact.to(weight.device), exact_bias
+    return weight, bias
 
 
 def layer_contribution(attn, mask, weights):
@@ -249,9 +283,16 @@ def checkpoint_tensor_names(loaded) -> set[str] | None:
     read without loading (a .bin checkpoint, a hub id not in the cache)."""
     from protrans_cli.models.base import _safetensors_names
 
+    folder = _checkpoint_folder(loaded)
+    return None if folder is None else (_safetensors_names(folder) or None)
+
+
+def _checkpoint_folder(loaded) -> Path | None:
+    """The local folder of the loaded checkpoint's files: its directory, or a hub id's snapshot in
+    the cache (None: not cached, or not found)."""
     target = Path(str(loaded.path_or_hub_id))
     if target.is_dir():
-        return _safetensors_names(target) or None
+        return target
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -259,9 +300,7 @@ def checkpoint_tensor_names(loaded) -> set[str] | None:
                                        revision=loaded.commit or loaded.revision)
     except Exception:  # noqa: BLE001 - no cache, an odd id: the check is skipped
         return None
-    if not isinstance(found, str):
-        return None
-    return _safetensors_names(Path(found).parent) or None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _trained_by_protrans(loaded) -> str | None:
@@ -422,7 +461,9 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor) ->
         elif options.long_policy == "error" and scan.longest > max_length:
             _check_before_compute(source, name, options, max_length, done, output)
         with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as writer:
+            began = time.perf_counter()
             _compute(source, name, options, predictor, writer, done, max_length, summary, scan.num_residues)
+            summary.compute_seconds = time.perf_counter() - began
             summary.failed = dict(writer.failed)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -462,19 +503,20 @@ def _compute(source, name, options, predictor, writer, done, max_length, summary
                                        if not isinstance(r, str)))
                 for seq, result in zip(batch, results):
                     for prot in todo[seq]:
-                        _write(writer, prot, seq, result, summary)
+                        _write(writer, prot, seq, result, summary, predictor.compute_dtype)
                     bar.update(sum(len(p.sequence) for p in todo[seq]))
                 writer.flush()
     finally:
         bar.close()
 
 
-def _write(writer, prot, seq: str, result, summary: ContactSummary) -> None:
+def _write(writer, prot, seq: str, result, summary: ContactSummary, compute_dtype: str) -> None:
     if isinstance(result, str):
         writer.record_failure(prot.id, result)
         return
     if not np.isfinite(result).all():
-        writer.record_failure(prot.id, f"NaN or infinity in the model's {writer.storage_dtype} contact map")
+        writer.record_failure(prot.id, "NaN or infinity in its contact map (the attention maps of the model's "
+                                       f"{compute_dtype} pass)")
         return
     extra = {"truncated_from": len(prot.sequence)} if len(prot.sequence) > len(seq) else {}
     # (symmetric as computed; made exactly so in the stored dtype)

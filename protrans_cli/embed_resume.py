@@ -121,7 +121,7 @@ def _done_in(path: Path, writer_kw: dict, input_ids=None, *, seal: bool = False)
            "proteins" if path.name.endswith(".partial") else "a finished file, extended")
     if size >= _SAY_READ_BACK_BYTES:  # (a small file is read in seconds: no line)
         console.info(f"{path}: reading back the proteins it holds ({size / 2**20:,.0f} MiB; {why}) before "
-                     "embedding any")
+                     "computing any")
     # (the proteins written after the last flush before a write failed: embedded again)
     done = _read_whole(path, writer_kw, input_ids).without(untrusted_digests(path))
     if seal:

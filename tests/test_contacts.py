@@ -365,3 +365,24 @@ def test_a_model_fine_tuned_by_protrans_finetune_keeps_its_published_head_with_a
     assert r.exit_code == 0, r.stderr
     assert "fine-tuned by protrans finetune from" in r.stderr and "pretrained by protrans train" not in r.stderr
     assert set(_maps(tmp_path / "c.h5")) == {"a"}
+
+
+def test_library_predict_reads_sequences_as_embed_and_keeps_the_heads_float32_weights():
+    from safetensors.torch import load_file
+
+    from protrans_cli.contacts import ContactPredictor
+    from protrans_cli.errors import InputError
+    from protrans_cli.models import load_model
+
+    model = REFERENCES["esm2"]
+    predictor = ContactPredictor(load_model(str(model), device="cpu"))
+    assert predictor.predict([]) == []
+    upper, lower = predictor.predict(["MKTAYIAKQR", "mkt-ayiakqr*"])
+    assert np.array_equal(upper, lower)
+    with pytest.raises(InputError):
+        predictor.predict(["MKJT"])
+    # a model loaded in bfloat16: the head's weights as the checkpoint stores them, not rounded
+    half = ContactPredictor(load_model(str(model), device="cpu", dtype="bfloat16"))
+    stored = load_file(model / "model.safetensors")["esm.contact_head.regression.weight"].reshape(-1)
+    assert half.weights.dtype == torch.float32 and torch.equal(half.weights.reshape(-1), stored)
+    assert not torch.equal(stored.bfloat16().float(), stored)  # (which rounding would have changed)

@@ -83,7 +83,7 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
         raise stopped(exc, f"what was computed is in {kept}; run the same command with --resume to finish"
                       if kept.exists() else None) from None
     console.output_complete(str(output))
-    rate = summary.num_residues / summary.seconds if summary.seconds else 0.0
+    rate = summary.num_residues / summary.compute_seconds if summary.compute_seconds else 0.0
     console.info(f"contacts: {console.counted(summary.num_written, 'protein')} ({summary.num_residues:,} residues, "
                  f"{rate:,.0f} residues/s) into {output}"
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else ""))

@@ -2,7 +2,7 @@
 
     protrans embed proteome.fa -m prot_t5_xl_half -o proteome.h5
     protrans embed proteome.fa -m onehot --per-protein -o composition.h5
-    torchrun --nproc-per-node 4 -m protrans_cli embed uniref50.fa.gz -m esm2_t33_650M -o u50.h5
+    torchrun --nproc-per-node 4 -m protrans_cli embed uniref50.fa.gz -m esm2_t33_650M_UR50D -o u50.h5
 """
 
 from __future__ import annotations
