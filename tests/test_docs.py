@@ -20,7 +20,8 @@ def test_every_command_has_a_guide():
     from protrans_cli.cli import COMMANDS
 
     guides = {"fit": "heads", "finetune": "heads", "predict": "heads", "labels": "heads", "env": "troubleshooting", "merge": "embed",
-              "import-esm": "embed", "contacts": "embed", "knn": "heads"}
+              "import-esm": "embed", "contacts": "embed", "import-head": "heads",
+              "knn": "heads"}
     for name in COMMANDS:
         page = ROOT / "docs" / f"{guides.get(name, name)}.md"
         assert page.exists(), f"docs/{page.name} (guide for `protrans {name}`) is missing"

@@ -1,0 +1,170 @@
+"""Published prediction heads as protrans head directories (`protrans import-head`).
+
+`prottrans-secstruct`: the ProtT5 secondary-structure CNN that the ProtTrans notebooks, bio_embeddings
+and biocentral use (`secstruct_checkpoint.pt`, from data.bioembeddings.com/public/embeddings/
+feature_models/t5/; Elnaggar et al. 2021): a `torch.save` of `{"state_dict": ..., "epoch": ...}` whose
+network is the CNN `fit` builds for `ss3+ss8` (heads/cnn.py), written with Conv2d layers of
+(7, 1) kernels over a trailing axis of one:
+
+    elmo_feature_extractor.0   Conv2d(1024 -> 32, (7, 1), padding (3, 0)), then ReLU, Dropout(0.25)
+    dssp3_classifier.0         Conv2d(32 -> 3, (7, 1)):  H, E, L (coil)    -> protrans ss3 H, E, C
+    dssp8_classifier.0         Conv2d(32 -> 8, (7, 1)):  G, H, I, B, E, S, T, C (NetSurfP's Q8 order)
+    diso_classifier.0          Conv2d(32 -> 2, (7, 1)):  disorder (left out: no protrans task)
+
+The 8-state classifier's rows are put in protrans's ss8 order (H G I E B T S C); the weights are
+otherwise the checkpoint's, so `protrans predict HEAD --fasta x.fa` (which embeds with the
+recorded model, ProtT5-XL-U50's encoder in half precision unless `--model` says otherwise) gives
+the notebook's predictions. The checkpoint is read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from protrans_cli._version import __version__
+from protrans_cli.errors import InputError, UsageError, expect_path
+
+PROTTRANS_SECSTRUCT = "prottrans-secstruct"
+SOURCES = (PROTTRANS_SECSTRUCT,)
+# The embeddings the ProtTrans CNN was trained on: ProtT5-XL-U50's encoder (the notebooks embed
+# with its half-precision copy, as protrans's default model does)
+DEFAULT_MODEL = "Rostlab/prot_t5_xl_half_uniref50-enc"
+CHECKPOINT_SS3 = "HEC"        # its 3-state rows: H, E, L (coil, protrans's C)
+CHECKPOINT_SS8 = "GHIBESTC"   # its 8-state rows
+
+
+@dataclass
+class ImportedHead:
+    out_dir: Path
+    source: str
+    input_dim: int
+    epoch: float | None
+
+
+def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model: str | None = None,
+                force: bool = False) -> ImportedHead:
+    """Write the head directory `out_dir` from the published checkpoint file `checkpoint`."""
+    from protrans_cli.io.files import (check_replaceable, input_inside, make_temporary, own_folder_output,
+                                       replace_directory)
+
+    expect_path(checkpoint, "checkpoint")
+    expect_path(out_dir, "out_dir")
+    if source not in SOURCES:
+        raise UsageError(f"--from {source}: one of {', '.join(SOURCES)}")
+    if str(checkpoint) == "-":
+        raise UsageError("the checkpoint is read in place: give a file, not stdin")
+    checkpoint = Path(checkpoint)
+    out_dir = own_folder_output(out_dir, "a head directory", "heads/prott5_ss")
+    if out_dir.exists():
+        if not force:
+            raise UsageError(f"{out_dir} exists (--force replaces it)")
+        if input_inside(out_dir, [checkpoint]) is not None:
+            raise UsageError(f"{out_dir} holds the checkpoint {checkpoint}: --force would delete it (choose another -o)")
+        head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
+        check_replaceable(out_dir, "import-head", lambda entry: head)
+    state, digest = _load(checkpoint)
+    ensemble, config, input_dim = _secstruct(state, checkpoint, digest, model or DEFAULT_MODEL)
+    from protrans_cli.heads.model import save_head
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
+    try:
+        save_head(tmp, ensemble, config)
+        replace_directory(tmp, out_dir)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    epoch = config["training"].get("epoch")
+    return ImportedHead(out_dir, source, input_dim, epoch)
+
+
+def _load(path: Path) -> tuple[dict, str]:
+    """The checkpoint's dict (weights only: no pickled code runs) and its sha256."""
+    import io
+    import warnings
+
+    import torch
+
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise InputError("is a directory, expected the checkpoint file (secstruct_checkpoint.pt)",
+                         path=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the checkpoint: {exc.strerror or exc}", path=str(path)) from None
+    try:
+        with warnings.catch_warnings():  # (torch's note on the pickle protocol of a file it then refuses)
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - not a torch file, or one holding more than tensors and plain values
+        from protrans_cli.errors import first_line
+
+        raise InputError(f"not a checkpoint torch.load reads weights-only ({first_line(exc)})", path=str(path)) from None
+    if not isinstance(state, dict):
+        raise InputError(f"holds a {type(state).__name__}, not a checkpoint dict", path=str(path))
+    return state, hashlib.sha256(data).hexdigest()
+
+
+_SHAPES = {"elmo_feature_extractor.0.weight": ("hidden", "dim", 7, 1), "elmo_feature_extractor.0.bias": ("hidden",),
+           "dssp3_classifier.0.weight": (3, "hidden", 7, 1), "dssp3_classifier.0.bias": (3,),
+           "dssp8_classifier.0.weight": (8, "hidden", 7, 1), "dssp8_classifier.0.bias": (8,)}
+
+
+def _secstruct(state: dict, path: Path, digest: str, model: str):
+    import torch
+
+    from protrans_cli.heads.cnn import ResidueCNN
+    from protrans_cli.heads.model import Ensemble, head_format
+    from protrans_cli.heads.tasks import SS3, SS8, get_task
+
+    weights = state.get("state_dict", state)
+    if not isinstance(weights, dict):
+        raise InputError("its state_dict is not a dict of tensors", path=str(path))
+    missing = [k for k in _SHAPES if not isinstance(weights.get(k), torch.Tensor)]
+    if missing:
+        raise InputError(f"not the ProtTrans secondary-structure CNN: no tensor {missing[0]} (its state_dict holds "
+                         f"{', '.join(sorted(map(str, weights))[:6]) or 'nothing'})", path=str(path))
+    first = weights["elmo_feature_extractor.0.weight"]
+    sizes = {"hidden": first.shape[0], "dim": first.shape[1] if first.dim() > 1 else 0}
+    for key, shape in _SHAPES.items():
+        want = tuple(sizes.get(s, s) if isinstance(s, str) else s for s in shape)
+        if tuple(weights[key].shape) != want:
+            raise InputError(f"not the ProtTrans secondary-structure CNN: {key} has shape "
+                             f"{tuple(weights[key].shape)}, expected {want}", path=str(path))
+    hidden, dim = sizes["hidden"], sizes["dim"]
+    task = get_task("ss3+ss8")
+    head = ResidueCNN(dim, {"ss3": len(SS3), "ss8": len(SS8)}, hidden=hidden, kernel=7, dropout=0.25).float()
+    rows3 = [CHECKPOINT_SS3.index(c) for c in SS3]  # protrans's class i <- the checkpoint's row
+    rows8 = [CHECKPOINT_SS8.index(c) for c in SS8]
+    with torch.no_grad():
+        head.features.weight.copy_(weights["elmo_feature_extractor.0.weight"][..., 0].float())
+        head.features.bias.copy_(weights["elmo_feature_extractor.0.bias"].float())
+        for name, key, rows in (("ss3", "dssp3_classifier.0", rows3), ("ss8", "dssp8_classifier.0", rows8)):
+            head.heads[name].weight.copy_(weights[f"{key}.weight"][rows][..., 0].float())
+            head.heads[name].bias.copy_(weights[f"{key}.bias"][rows].float())
+    if not all(torch.isfinite(p).all() for p in head.parameters()):
+        raise InputError("holds NaN or infinite weights", path=str(path))
+    epoch = state.get("epoch")
+    epoch = float(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+    config = {
+        "format": "protrans-head", "format_version": head_format("cnn"), "protrans_version": __version__,
+        "task": task.to_json(), "kind": task.kind, "architecture": "cnn", "input_dim": int(dim),
+        "embedding": {"model": model, "family": "t5", "layers": [-1], "embedding_dim": int(dim), "input_prefix": ""},
+        "layer": -1, "ensemble": 1, "seeds": [0],
+        "hyperparameters": {"hidden": int(hidden), "kernel": 7, "dropout": 0.25},
+        "training": {"imported_from": str(path.resolve()), "source": PROTTRANS_SECSTRUCT, "sha256": digest,
+                     "epoch": epoch,
+                     "notes": ["the ProtTrans secondary-structure CNN (trained on NetSurfP-2.0's training set with "
+                               "ProtT5-XL-U50 embeddings); its disorder output is not imported"]},
+        "config": {"task": "ss3+ss8", "layer": -1},
+    }
+    return Ensemble([head.eval()], task).eval(), config, int(dim)
+
+
+def describe(imported: ImportedHead) -> str:
+    epoch = f", epoch {imported.epoch:g}" if imported.epoch is not None else ""
+    return f"import-head: {imported.source} ({imported.input_dim}-d input{epoch}) into {imported.out_dir}"

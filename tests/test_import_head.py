@@ -1,0 +1,140 @@
+"""`protrans import-head`: the ProtTrans secondary-structure CNN (secstruct_checkpoint.pt) as a head.
+
+The reference is the network as the ProtTrans notebook defines it (Conv2d layers of (7, 1) kernels,
+its class orders: 3 states H, E, L; 8 states G, H, I, B, E, S, T, C), written out here, with random
+weights saved in the checkpoint's layout ({"state_dict": ..., "epoch": ...}); predictions through
+the imported head must be its argmax, letter for letter, and its softmax, class for class.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+D = 32  # the tiny T5's width, so that `predict --fasta --model` runs end to end
+
+
+class NotebookConvNet(nn.Module):
+    """The ProtTrans notebook's ConvNet, in its own layout and names."""
+
+    def __init__(self, dim=D):
+        super().__init__()
+        self.elmo_feature_extractor = nn.Sequential(nn.Conv2d(dim, 32, kernel_size=(7, 1), padding=(3, 0)), nn.ReLU(),
+                                                    nn.Dropout(0.25))
+        self.dssp3_classifier = nn.Sequential(nn.Conv2d(32, 3, kernel_size=(7, 1), padding=(3, 0)))
+        self.dssp8_classifier = nn.Sequential(nn.Conv2d(32, 8, kernel_size=(7, 1), padding=(3, 0)))
+        self.diso_classifier = nn.Sequential(nn.Conv2d(32, 2, kernel_size=(7, 1), padding=(3, 0)))
+
+    def forward(self, x):  # (B, L, D) -> (B, L, 3), (B, L, 8)
+        x = self.elmo_feature_extractor(x.permute(0, 2, 1).unsqueeze(dim=-1))
+        return (self.dssp3_classifier(x).squeeze(dim=-1).permute(0, 2, 1),
+                self.dssp8_classifier(x).squeeze(dim=-1).permute(0, 2, 1))
+
+
+NOTEBOOK_SS3 = {0: "H", 1: "E", 2: "C"}  # (its L, coil, is protrans's C)
+NOTEBOOK_SS8 = dict(enumerate("GHIBESTC"))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    root = tmp_path_factory.mktemp("secstruct")
+    torch.manual_seed(0)
+    net = NotebookConvNet().eval()
+    torch.save({"state_dict": net.state_dict(), "epoch": 17}, root / "secstruct_checkpoint.pt")
+    return root, net
+
+
+def _notebook(net, rows: np.ndarray):
+    with torch.no_grad():
+        d3, d8 = net(torch.from_numpy(rows)[None])
+    return d3[0], d8[0]
+
+
+def test_imported_head_predicts_the_notebooks_states_and_probabilities(published, tmp_path):
+    from protrans_cli import predict_embeddings
+    from protrans_cli.heads.imported import import_head
+    from protrans_cli.heads.tasks import SS8
+
+    root, net = published
+    imported = import_head(root / "secstruct_checkpoint.pt", tmp_path / "head")
+    assert imported.epoch == 17 and imported.input_dim == D
+    rng = np.random.default_rng(0)
+    arrays = {f"p{i}": rng.normal(size=(n, D)).astype(np.float32) for i, n in enumerate((1, 5, 40, 121))}
+    found = predict_embeddings(tmp_path / "head", arrays)
+    for ident, rows in arrays.items():
+        d3, d8 = _notebook(net, rows)
+        assert found[ident]["ss3"].labels == "".join(NOTEBOOK_SS3[i] for i in d3.argmax(-1).tolist())
+        assert found[ident]["ss8"].labels == "".join(NOTEBOOK_SS8[i] for i in d8.argmax(-1).tolist())
+        np.testing.assert_allclose(found[ident]["ss3"].probabilities, torch.softmax(d3, -1).numpy(), atol=1e-5)
+        order = ["GHIBESTC".index(c) for c in SS8]  # protrans's columns are its ss8 order
+        np.testing.assert_allclose(found[ident]["ss8"].probabilities, torch.softmax(d8, -1)[:, order].numpy(),
+                                   atol=1e-5)
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert config["embedding"]["model"] == "Rostlab/prot_t5_xl_half_uniref50-enc"
+    assert config["training"]["source"] == "prottrans-secstruct" and len(config["training"]["sha256"]) == 64
+
+
+def test_cli_import_then_predict_fasta_with_a_model(published, run_cli, tmp_path):
+    """predict --fasta embeds with the model given (here a tiny T5 of the same width) and applies
+    the imported head: the notebook's network on embed's rows of that model."""
+    from protrans_cli.models import FAMILIES
+
+    root, net = published
+    t5 = FAMILIES["t5"]
+    tokenizer = t5.build_tokenizer()
+    torch.manual_seed(1)
+    t5.save_pretrained(t5.pretraining_model(t5.build_config("tiny", tokenizer)).eval(), tokenizer, tmp_path / "t5")
+    head = tmp_path / "prott5_ss"
+    r = run_cli("import-head", root / "secstruct_checkpoint.pt", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "prottrans-secstruct (32-d input, epoch 17)" in r.stderr
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nMAAGW\n")
+    r = run_cli("predict", head, "--fasta", fasta, "--model", tmp_path / "t5", "--head-output", "ss8", "-o",
+                tmp_path / "p.fa")
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("embed", fasta, "-m", tmp_path / "t5", "--per-residue", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 0, r.stderr
+    lines = (tmp_path / "p.fa").read_text().split()
+    got = dict(zip([x[1:] for x in lines[::2]], lines[1::2]))
+    with h5py.File(tmp_path / "e.h5") as f:
+        for ident in ("a", "b"):
+            _, d8 = _notebook(net, f["per_residue"][ident][()])
+            assert got[ident] == "".join(NOTEBOOK_SS8[i] for i in d8.argmax(-1).tolist())
+
+
+def test_refusals(published, run_cli, tmp_path):
+    root, net = published
+    ckpt = root / "secstruct_checkpoint.pt"
+    assert run_cli("import-head", ckpt, "-o", tmp_path / "h").exit_code == 0
+    r = run_cli("import-head", ckpt, "-o", tmp_path / "h")
+    assert r.exit_code == 2 and "exists (--force replaces it)" in r.stderr
+    assert run_cli("import-head", ckpt, "-o", tmp_path / "h", "--force").exit_code == 0
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    r = run_cli("import-head", ckpt, "-o", tmp_path / "project", "--force")
+    assert r.exit_code == 2 and (tmp_path / "project" / "notes.txt").exists()
+    # another network's weights; a file that is no checkpoint; pickled code
+    other = {"state_dict": {"fc.weight": torch.zeros(3, 3)}, "epoch": 1}
+    torch.save(other, tmp_path / "other.pt")
+    r = run_cli("import-head", tmp_path / "other.pt", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and "not the ProtTrans secondary-structure CNN" in r.stderr and r.stderr.count("\n") == 1
+    state = net.state_dict()
+    state["dssp8_classifier.0.weight"] = state["dssp8_classifier.0.weight"][:5]
+    torch.save({"state_dict": state}, tmp_path / "cut.pt")
+    r = run_cli("import-head", tmp_path / "cut.pt", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and "dssp8_classifier.0.weight has shape (5, 32, 7, 1), expected (8, 32, 7, 1)" in r.stderr
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    r = run_cli("import-head", tmp_path / "text.pt", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and "weights-only" in r.stderr
+    with open(tmp_path / "code.pt", "wb") as fh:
+        pickle.dump({"state_dict": NotebookConvNet()}, fh)  # a module object: code to unpickle
+    r = run_cli("import-head", tmp_path / "code.pt", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and "weights-only" in r.stderr
+    assert not (tmp_path / "o").exists()
