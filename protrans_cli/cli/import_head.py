@@ -30,8 +30,10 @@ def command(checkpoint, output, source, model, force):
     `protrans predict` applies as it applies fit's heads: `--fasta` embeds with ProtT5 and
     predicts as the ProtTrans notebook does.
 
+    The checkpoint: secstruct_checkpoint.pt under
+    http://data.bioembeddings.com/public/embeddings/feature_models/t5/
+
     \b
-    wget http://data.bioembeddings.com/public/embeddings/feature_models/t5/secstruct_checkpoint.pt
     protrans import-head secstruct_checkpoint.pt -o heads/prott5_ss
     protrans predict heads/prott5_ss --fasta proteins.fa -o proteins.ss.fa
     """
