@@ -138,3 +138,61 @@ def test_refusals(published, run_cli, tmp_path):
     r = run_cli("import-head", tmp_path / "code.pt", "-o", tmp_path / "o")
     assert r.exit_code == 1 and "weights-only" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+class BioEmbeddingsLightAttention(nn.Module):
+    """bio_embeddings' LightAttention (Staerk et al. 2021), in its own layout and names."""
+
+    def __init__(self, dim=D, output_dim=10):
+        super().__init__()
+        self.feature_convolution = nn.Conv1d(dim, dim, 9, stride=1, padding=4)
+        self.attention_convolution = nn.Conv1d(dim, dim, 9, stride=1, padding=4)
+        self.softmax = nn.Softmax(dim=-1)
+        self.dropout = nn.Dropout(0.25)
+        self.linear = nn.Sequential(nn.Linear(2 * dim, 32), nn.Dropout(0.25), nn.ReLU(), nn.BatchNorm1d(32))
+        self.output = nn.Linear(32, output_dim)
+
+    def forward(self, x, mask):  # x (B, D, L)
+        state = self.dropout(self.feature_convolution(x))
+        attention = self.attention_convolution(x).masked_fill(mask[:, None, :] == False, -1e9)  # noqa: E712
+        pooled = torch.sum(state * self.softmax(attention), dim=-1)
+        peak, _ = torch.max(state, dim=-1)
+        return self.output(self.linear(torch.cat([pooled, peak], dim=-1)))
+
+
+BIO_EMBEDDINGS_LOCATIONS = {0: "Cell.membrane", 1: "Cytoplasm", 2: "Endoplasmic.reticulum", 3: "Golgi.apparatus",
+                            4: "Lysosome/Vacuole", 5: "Mitochondrion", 6: "Nucleus", 7: "Peroxisome", 8: "Plastid",
+                            9: "Extracellular"}
+
+
+@pytest.mark.parametrize("source,outputs,name", [("la-location", 10, "loc"), ("la-membrane", 2, "membrane")])
+def test_light_attention_models_predict_as_bio_embeddings(source, outputs, name, run_cli, tmp_path):
+    from protrans_cli import predict_embeddings
+    from protrans_cli.heads.tasks import LOCATIONS, MEMBRANE
+
+    torch.manual_seed(2)
+    net = BioEmbeddingsLightAttention(output_dim=outputs)
+    with torch.no_grad():  # running statistics away from 0 and 1, so that they count
+        net.linear[3].running_mean.normal_()
+        net.linear[3].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    torch.save({"state_dict": net.state_dict(), "epoch": 3}, tmp_path / "la.pt")
+    r = run_cli("import-head", tmp_path / "la.pt", "--from", source, "-o", tmp_path / "head")
+    assert r.exit_code == 0, r.stderr
+    rng = np.random.default_rng(3)
+    arrays = {f"p{i}": rng.normal(size=(n, D)).astype(np.float32) for i, n in enumerate((1, 7, 60))}
+    found = predict_embeddings(tmp_path / "head", arrays)
+    labels = BIO_EMBEDDINGS_LOCATIONS if name == "loc" else {0: "M", 1: "S"}
+    ours = LOCATIONS if name == "loc" else MEMBRANE
+    for ident, rows in arrays.items():
+        x = torch.from_numpy(rows).T[None]
+        with torch.no_grad():
+            logits = net(x, torch.ones(1, rows.shape[0], dtype=torch.bool))[0]
+        assert set(found[ident]) == {name}
+        assert found[ident][name].labels == labels[int(logits.argmax())]
+        want = torch.softmax(logits, -1).numpy()[[list(labels.values()).index(c) for c in ours]]
+        np.testing.assert_allclose(found[ident][name].probabilities, want, atol=1e-5)
+    # the other model's checkpoint for this kind: its output width says which it is
+    other = "la-membrane" if source == "la-location" else "la-location"
+    r = run_cli("import-head", tmp_path / "la.pt", "--from", other, "-o", tmp_path / "wrong")
+    assert r.exit_code == 1 and "give --from it" in r.stderr and not (tmp_path / "wrong").exists()

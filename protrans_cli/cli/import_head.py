@@ -15,9 +15,12 @@ from protrans_cli.cli import INPUT_FILE
 @click.argument("checkpoint", type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Head directory to write (as fit writes them).")
-@click.option("--from", "source", type=click.Choice(["prottrans-secstruct"]), default="prottrans-secstruct",
-              help="The checkpoint's kind: prottrans-secstruct is the ProtT5 secondary-structure CNN of the "
-                   "ProtTrans notebooks and bio_embeddings (secstruct_checkpoint.pt).")
+@click.option("--from", "source", type=click.Choice(["prottrans-secstruct", "la-location", "la-membrane"]),
+              default="prottrans-secstruct",
+              help="The checkpoint's kind: prottrans-secstruct, the ProtT5 secondary-structure CNN of the "
+                   "ProtTrans notebooks and bio_embeddings (secstruct_checkpoint.pt); la-location and "
+                   "la-membrane, bio_embeddings' Light Attention DeepLoc models "
+                   "(la_prott5_subcellular_localization.pt, la_prott5_subcellular_solubility.pt).")
 @click.option("-m", "--model", default=None,
               help="The embedding model to record (what predict --fasta embeds with).  [default: "
                    "Rostlab/prot_t5_xl_half_uniref50-enc, the model the notebooks embed with]")
@@ -28,7 +31,8 @@ def command(checkpoint, output, source, model, force):
     The ProtTrans secondary-structure CNN (3 and 8 states, trained on NetSurfP-2.0 with ProtT5-XL-U50
     embeddings; `secstruct_checkpoint.pt`, loaded weights-only) becomes a head directory that
     `protrans predict` applies as it applies fit's heads: `--fasta` embeds with ProtT5 and
-    predicts as the ProtTrans notebook does.
+    predicts as the ProtTrans notebook does. bio_embeddings' Light Attention location and
+    membrane models (DeepLoc) become `loc` heads with one output each.
 
     The checkpoint: secstruct_checkpoint.pt under
     http://data.bioembeddings.com/public/embeddings/feature_models/t5/

@@ -14,7 +14,21 @@ network is the CNN `fit` builds for `ss3+ss8` (heads/cnn.py), written with Conv2
 The 8-state classifier's rows are put in protrans's ss8 order (H G I E B T S C); the weights are
 otherwise the checkpoint's, so `protrans predict HEAD --fasta x.fa` (which embeds with the
 recorded model, ProtT5-XL-U50's encoder in half precision unless `--model` says otherwise) gives
-the notebook's predictions. The checkpoint is read with `torch.load(weights_only=True)`.
+the notebook's predictions.
+
+`la-location` and `la-membrane`: bio_embeddings' Light Attention models of DeepLoc (Staerk et al.
+2021; `la_prott5_subcellular_localization.pt` and `la_prott5_subcellular_solubility.pt`, from
+data.bioembeddings.com/public/embeddings/feature_models/light_attention/), each its own network,
+the one `fit --architecture light-attention` builds (heads/light_attention.py):
+
+    feature_convolution, attention_convolution   Conv1d(1024 -> 1024, 9, padding 4)
+    linear.0, linear.3                           Linear(2048 -> 32), (Dropout, ReLU,) BatchNorm1d(32)
+    output                                       Linear(32 -> 10): CM, Cyto, ER, Golgi, Lys/Vac, Mito,
+                                                 Nucleus, Perox, Plastid, Extracellular (bio_embeddings'
+                                                 order; put in protrans's) / Linear(32 -> 2): M, S
+
+Each becomes a `loc` head with that one output. Checkpoints are read with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -27,7 +41,11 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, UsageError, expect_path
 
 PROTTRANS_SECSTRUCT = "prottrans-secstruct"
-SOURCES = (PROTTRANS_SECSTRUCT,)
+LA_LOCATION, LA_MEMBRANE = "la-location", "la-membrane"
+SOURCES = (PROTTRANS_SECSTRUCT, LA_LOCATION, LA_MEMBRANE)
+# bio_embeddings' index of each location in the Light Attention location model's output
+LA_LOCATIONS = ("Cell.membrane", "Cytoplasm", "Endoplasmic.reticulum", "Golgi.apparatus", "Lysosome/Vacuole",
+                "Mitochondrion", "Nucleus", "Peroxisome", "Plastid", "Extracellular")
 # The embeddings the ProtTrans CNN was trained on: ProtT5-XL-U50's encoder (the notebooks embed
 # with its half-precision copy, as protrans's default model does)
 DEFAULT_MODEL = "Rostlab/prot_t5_xl_half_uniref50-enc"
@@ -65,7 +83,10 @@ def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model
         head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
         check_replaceable(out_dir, "import-head", lambda entry: head)
     state, digest = _load(checkpoint)
-    ensemble, config, input_dim = _secstruct(state, checkpoint, digest, model or DEFAULT_MODEL)
+    if source == PROTTRANS_SECSTRUCT:
+        ensemble, config, input_dim = _secstruct(state, checkpoint, digest, model or DEFAULT_MODEL)
+    else:
+        ensemble, config, input_dim = _light_attention(state, checkpoint, digest, model or DEFAULT_MODEL, source)
     from protrans_cli.heads.model import save_head
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -121,9 +142,7 @@ def _secstruct(state: dict, path: Path, digest: str, model: str):
     from protrans_cli.heads.model import Ensemble, head_format
     from protrans_cli.heads.tasks import SS3, SS8, get_task
 
-    weights = state.get("state_dict", state)
-    if not isinstance(weights, dict):
-        raise InputError("its state_dict is not a dict of tensors", path=str(path))
+    weights = _state_dict(state, path)
     missing = [k for k in _SHAPES if not isinstance(weights.get(k), torch.Tensor)]
     if missing:
         raise InputError(f"not the ProtTrans secondary-structure CNN: no tensor {missing[0]} (its state_dict holds "
@@ -163,6 +182,81 @@ def _secstruct(state: dict, path: Path, digest: str, model: str):
         "config": {"task": "ss3+ss8", "layer": -1},
     }
     return Ensemble([head.eval()], task).eval(), config, int(dim)
+
+
+def _state_dict(state: dict, path: Path) -> dict:
+    weights = state.get("state_dict", state.get("model_state_dict", state))
+    if not isinstance(weights, dict):
+        raise InputError("its state_dict is not a dict of tensors", path=str(path))
+    return weights
+
+
+def _light_attention(state: dict, path: Path, digest: str, model: str, source: str):
+    import torch
+
+    from protrans_cli.heads.light_attention import LightAttention
+    from protrans_cli.heads.model import Ensemble, head_format
+    from protrans_cli.heads.tasks import LOCATIONS, MEMBRANE, get_task
+
+    weights = _state_dict(state, path)
+    what = "bio_embeddings' Light Attention model"
+    needed = ("feature_convolution.weight", "feature_convolution.bias", "attention_convolution.weight",
+              "attention_convolution.bias", "linear.0.weight", "linear.0.bias", "linear.3.weight", "linear.3.bias",
+              "linear.3.running_mean", "linear.3.running_var", "output.weight", "output.bias")
+    missing = [k for k in needed if not isinstance(weights.get(k), torch.Tensor)]
+    if missing:
+        raise InputError(f"not {what}: no tensor {missing[0]} (its state_dict holds "
+                         f"{', '.join(sorted(map(str, weights))[:6]) or 'nothing'})", path=str(path))
+    conv = weights["feature_convolution.weight"]
+    if conv.dim() != 3 or conv.shape[0] != conv.shape[1] or conv.shape[2] % 2 != 1:
+        raise InputError(f"not {what}: feature_convolution.weight has shape {tuple(conv.shape)}, expected "
+                         "(D, D, odd kernel)", path=str(path))
+    dim, kernel = int(conv.shape[0]), int(conv.shape[2])
+    hidden = int(weights["linear.0.weight"].shape[0])
+    name, classes, order = (("loc", LOCATIONS, [LA_LOCATIONS.index(c) for c in LOCATIONS]) if source == LA_LOCATION
+                            else ("membrane", MEMBRANE, [0, 1]))
+    expected = {"attention_convolution.weight": (dim, dim, kernel), "attention_convolution.bias": (dim,),
+                "feature_convolution.bias": (dim,), "linear.0.weight": (hidden, 2 * dim), "linear.0.bias": (hidden,),
+                "linear.3.weight": (hidden,), "linear.3.bias": (hidden,), "linear.3.running_mean": (hidden,),
+                "linear.3.running_var": (hidden,), "output.weight": (len(classes), hidden),
+                "output.bias": (len(classes),)}
+    for key, want in expected.items():
+        if tuple(weights[key].shape) != want:
+            hint = (f" (the {LA_MEMBRANE if source == LA_LOCATION else LA_LOCATION} model? give --from it)"
+                    if key.startswith("output") else "")
+            raise InputError(f"not {what} for {source}: {key} has shape {tuple(weights[key].shape)}, expected "
+                             f"{want}{hint}", path=str(path))
+    base = get_task("loc")
+    task = type(base)(base.name, base.kind, tuple(o for o in base.outputs if o.name == name), base.dual,
+                      base.generic, base.notes)
+    head = LightAttention(dim, {name: len(classes)}, hidden=hidden, kernel=kernel, dropout=0.25).float()
+    with torch.no_grad():
+        head.features.weight.copy_(conv.float())
+        head.features.bias.copy_(weights["feature_convolution.bias"].float())
+        head.attention.weight.copy_(weights["attention_convolution.weight"].float())
+        head.attention.bias.copy_(weights["attention_convolution.bias"].float())
+        head.linear.weight.copy_(weights["linear.0.weight"].float())
+        head.linear.bias.copy_(weights["linear.0.bias"].float())
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            getattr(head.norm, attr).copy_(weights[f"linear.3.{attr}"].float())
+        head.heads[name].weight.copy_(weights["output.weight"][order].float())
+        head.heads[name].bias.copy_(weights["output.bias"][order].float())
+    if not all(torch.isfinite(t).all() for t in head.state_dict().values()):
+        raise InputError("holds NaN or infinite weights", path=str(path))
+    epoch = state.get("epoch")
+    epoch = float(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+    config = {
+        "format": "protrans-head", "format_version": head_format("light-attention"), "protrans_version": __version__,
+        "task": task.to_json(), "kind": task.kind, "architecture": "light-attention", "input_dim": dim,
+        "embedding": {"model": model, "family": "t5", "layers": [-1], "embedding_dim": dim, "input_prefix": ""},
+        "layer": -1, "ensemble": 1, "seeds": [0],
+        "hyperparameters": {"hidden": hidden, "kernel": kernel, "dropout": 0.25},
+        "training": {"imported_from": str(path.resolve()), "source": source, "sha256": digest, "epoch": epoch,
+                     "notes": [f"bio_embeddings' Light Attention {name} model (DeepLoc, ProtT5-XL-U50 embeddings; "
+                               "Staerk et al. 2021)"]},
+        "config": {"task": "loc", "layer": -1},
+    }
+    return Ensemble([head.eval()], task).eval(), config, dim
 
 
 def describe(imported: ImportedHead) -> str:
