@@ -26,6 +26,18 @@ class _State:
 state = _State()
 
 
+def list_failed(failed: dict, what: str) -> None:
+    """Warn of the proteins a run left without output (`failed`: id -> reason), the first 20 by
+    name: `what` is what they lack ("embedding", "contact map")."""
+    if not failed:
+        return
+    warn(f"{len(failed)} protein(s) have no {what} (listed in the file's 'failed' attribute):")
+    for ident, reason in list(failed.items())[:20]:
+        warn(f"  {ident}: {reason}")
+    if len(failed) > 20:
+        warn(f"  ... and {len(failed) - 20} more")
+
+
 def counted(count: int, noun: str) -> str:
     """`1 protein`, `2 proteins`, `12,345 proteins`: a count (thousands separated) and its noun, in
     the singular for one."""

@@ -355,7 +355,7 @@ def _continued_from(loaded) -> str | None:
 
 def predict_contacts(fasta, output, options: ContactOptions | None = None, *, predictor: ContactPredictor | None = None,
                      input_name: str | None = None) -> ContactSummary:
-    """Contact maps of every protein of `fasta` into the HDF5 file `output` (docs/contacts.md)."""
+    """Contact maps of every protein of `fasta` into the HDF5 file `output` (docs/embed.md, "Contact maps")."""
     from protrans_cli.embed import _model_directory, _refuse_live_outputs, _spool_input, is_stream
     from protrans_cli.io.files import checked_hdf5_output, display_name, input_named_by, output_lock
     from protrans_cli.io.h5 import partial_path, refuse_if_in_use, refuse_replacing_other_file
@@ -527,20 +527,13 @@ def _write(writer, prot, seq: str, result, summary: ContactSummary, compute_dtyp
 
 
 def _batches(sequences: list[str], max_tokens: int, max_batch_size: int) -> list[list[str]]:
-    """Longest first; a batch's padded tokens (longest + 2 special tokens, times its count) within
-    `max_tokens`, at most `max_batch_size` proteins; a protein over the budget alone."""
-    batches, current, width = [], [], 0
-    for seq in sorted(sequences, key=lambda s: (-len(s), s)):
-        tokens = len(seq) + 2
-        wider = max(width, tokens)
-        if current and (wider * (len(current) + 1) > max_tokens or len(current) >= max_batch_size):
-            batches.append(current)
-            current, wider = [], tokens
-        current.append(seq)
-        width = wider
-    if current:
-        batches.append(current)
-    return batches
+    """embed's batches (make_batches): longest first; a batch's padded tokens (longest + 2 special
+    tokens, times its count) within `max_tokens`, at most `max_batch_size` proteins; a protein over
+    the budget alone."""
+    from protrans_cli.embed import _Piece, _Unit, make_batches
+
+    pieces = [_Piece(_Unit(seq, []), 0, seq) for seq in sequences]
+    return [[piece.sequence for piece in batch] for batch in make_batches(pieces, max_tokens, max_batch_size)]
 
 
 def _predict_or_split(predictor: ContactPredictor, batch: list[str]) -> list:

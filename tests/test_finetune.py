@@ -147,22 +147,23 @@ def test_finetune_learns_a_synthetic_task(finetuned):
     assert (finetuned / "model" / "config.json").is_file() and not (finetuned.parent / "out.partial").exists()
 
 
-def test_predict_fasta_on_the_head_scores_what_finetune_reported(finetuned, data, run_cli, tmp_path):
-    from protrans_cli.heads.labels import read_labels
-
-    records = read_labels(data / "test.csv").records
-    with open(tmp_path / "test.fa", "w") as fh:
-        for r in records:
-            fh.write(f">{r.id}\n{r.sequence}\n")
-    r = run_cli("predict", finetuned / "head", "--fasta", tmp_path / "test.fa", "-o", tmp_path / "p.txt")
+def _predicted_q3(run_cli, head, records, tmp_path) -> tuple[int, int]:
+    """`predict HEAD --fasta` of `records` (label records with sequences): (right, total) residues."""
+    with open(tmp_path / "q.fa", "w") as fh:
+        for rec in records:
+            fh.write(f">{rec.id}\n{rec.sequence}\n")
+    r = run_cli("predict", head, "--fasta", tmp_path / "q.fa", "-o", tmp_path / "p.txt")
     assert r.exit_code == 0, r.stderr
     lines = (tmp_path / "p.txt").read_text().split()
     predicted = dict(zip([x[1:] for x in lines[::2]], lines[1::2]))
-    right = total = 0
-    for rec in records:
-        truth = rec.labels["ss3"]
-        right += sum(a == b for a, b in zip(predicted[rec.id], truth))
-        total += len(truth)
+    right = sum(a == b for rec in records for a, b in zip(predicted[rec.id], rec.labels["ss3"]))
+    return right, sum(len(rec.labels["ss3"]) for rec in records)
+
+
+def test_predict_fasta_on_the_head_scores_what_finetune_reported(finetuned, data, run_cli, tmp_path):
+    from protrans_cli.heads.labels import read_labels
+
+    right, total = _predicted_q3(run_cli, finetuned / "head", read_labels(data / "test.csv").records, tmp_path)
     metrics = json.loads((finetuned / "head" / "metrics.json").read_text())
     assert total == metrics["test"]["ss3"]["n"] and right / total == pytest.approx(metrics["test"]["ss3"]["accuracy"])
 
@@ -176,15 +177,7 @@ def test_the_held_out_ids_are_recorded_and_are_the_validation_set(finetuned, dat
     held = config["training"]["held_out"]
     records = {r.id: r for r in read_labels(data / "train.csv").records}
     assert len(held) == 6 and set(held) <= set(records) and config["training"]["proteins"] == 54
-    with open(tmp_path / "held.fa", "w") as fh:
-        for ident in held:
-            fh.write(f">{ident}\n{records[ident].sequence}\n")
-    r = run_cli("predict", finetuned / "head", "--fasta", tmp_path / "held.fa", "-o", tmp_path / "p.txt")
-    assert r.exit_code == 0, r.stderr
-    lines = (tmp_path / "p.txt").read_text().split()
-    predicted = dict(zip([x[1:] for x in lines[::2]], lines[1::2]))
-    right = sum(a == b for i in held for a, b in zip(predicted[i], records[i].labels["ss3"]))
-    total = sum(len(records[i].labels["ss3"]) for i in held)
+    right, total = _predicted_q3(run_cli, finetuned / "head", [records[i] for i in held], tmp_path)
     metrics = json.loads((finetuned / "head" / "metrics.json").read_text())
     assert right / total == pytest.approx(metrics["valid"]["ss3"]["accuracy"])
 

@@ -87,9 +87,4 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
     console.info(f"contacts: {console.counted(summary.num_written, 'protein')} ({summary.num_residues:,} residues, "
                  f"{rate:,.0f} residues/s) into {output}"
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else ""))
-    if summary.failed:
-        console.warn(f"{len(summary.failed)} protein(s) have no contact map (listed in the file's 'failed' attribute):")
-        for ident, reason in list(summary.failed.items())[:20]:
-            console.warn(f"  {ident}: {reason}")
-        if len(summary.failed) > 20:
-            console.warn(f"  ... and {len(summary.failed) - 20} more")
+    console.list_failed(summary.failed, "contact map")

@@ -137,10 +137,5 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else "")
                  + (f"; {console.counted(summary.num_duplicates, 'identical sequence')} computed once"
                     if summary.num_duplicates else ""))
-    if summary.failed:
-        console.warn(f"{len(summary.failed)} protein(s) have no embedding (listed in the file's 'failed' attribute):")
-        for ident, reason in list(summary.failed.items())[:20]:
-            console.warn(f"  {ident}: {reason}")
-        if len(summary.failed) > 20:
-            console.warn(f"  ... and {len(summary.failed) - 20} more")
+    console.list_failed(summary.failed, "embedding")
 
