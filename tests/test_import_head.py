@@ -196,3 +196,21 @@ def test_light_attention_models_predict_as_bio_embeddings(source, outputs, name,
     other = "la-membrane" if source == "la-location" else "la-location"
     r = run_cli("import-head", tmp_path / "la.pt", "--from", other, "-o", tmp_path / "wrong")
     assert r.exit_code == 1 and "give --from it" in r.stderr and not (tmp_path / "wrong").exists()
+
+
+def test_the_head_directory_has_the_permissions_fits_heads_have(published, tmp_path):
+    """The head was written through mkdtemp (0700) and safetensors (0600): a lab's other users could
+    not read an imported head, where fit's heads get the umask's permissions."""
+    import os
+
+    from protrans_cli.heads.imported import import_head
+
+    root, _ = published
+    old = os.umask(0o022)
+    try:
+        import_head(root / "secstruct_checkpoint.pt", tmp_path / "head")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "head").stat().st_mode & 0o777 == 0o755
+    for name in ("config.json", "weights.safetensors"):
+        assert (tmp_path / "head" / name).stat().st_mode & 0o777 == 0o644

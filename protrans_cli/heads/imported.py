@@ -64,8 +64,8 @@ class ImportedHead:
 def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model: str | None = None,
                 force: bool = False) -> ImportedHead:
     """Write the head directory `out_dir` from the published checkpoint file `checkpoint`."""
-    from protrans_cli.io.files import (check_replaceable, input_inside, make_temporary, own_folder_output,
-                                       replace_directory)
+    from protrans_cli.io.files import (check_replaceable, default_permissions, input_inside, make_temporary,
+                                       own_folder_output, replace_directory)
 
     expect_path(checkpoint, "checkpoint")
     expect_path(out_dir, "out_dir")
@@ -93,6 +93,7 @@ def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model
     tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
     try:
         save_head(tmp, ensemble, config)
+        default_permissions(tmp)  # (mkdtemp's 0700 and safetensors' 0600: fit's heads are readable by others)
         replace_directory(tmp, out_dir)
     except BaseException:
         import shutil
