@@ -637,3 +637,37 @@ def test_class_weights_are_the_inverse_training_frequencies(data, run_cli, tmp_p
     r = run_cli("finetune", "value", "-m", data / "bert", "--labels", data / "train.csv", "--class-weights",
                 "-o", tmp_path / "v", *FAST)
     assert r.exit_code == 2 and "--class-weights is for classification" in r.stderr
+
+
+def test_predict_scores_with_the_mask_columns_the_head_was_finetuned_with(data, run_cli, tmp_path):
+    """fit records --mask-column in the head's config and `predict --labels` scores with it; the
+    head finetune wrote recorded none, so predict scored on disorder alone: other positions than
+    finetune's --test, without a word."""
+    from protrans_cli.heads.labels import read_labels
+
+    rng = np.random.default_rng(5)
+    for name in ("train", "test"):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as fh:
+            fh.write("input, dssp3, dssp8, disorder, cb513_mask\n")
+            writer = csv.writer(fh)
+            for record in read_labels(data / f"{name}.csv").records:
+                n = len(record.labels["ss3"])
+                writer.writerow([" ".join(record.sequence), " ".join(record.labels["ss3"]),
+                                 " ".join(record.labels["ss8"]), " ".join(["1.0"] * n),
+                                 " ".join(rng.choice(["0.0", "1.0"], n))])
+    out = tmp_path / "out"
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", tmp_path / "train.csv", "--mask-column",
+                "disorder", "--mask-column", "cb513_mask", "--test", tmp_path / "test.csv", "--max-epochs", "1",
+                "-o", out, *FAST)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((out / "head" / "config.json").read_text())["config"]["mask_columns"] == ["disorder",
+                                                                                               "cb513_mask"]
+    finetuned = json.loads((out / "head" / "metrics.json").read_text())["test"]["ss3"]
+    with open(tmp_path / "test.fa", "w") as fh:
+        for record in read_labels(tmp_path / "test.csv").records:
+            fh.write(f">{record.id}\n{record.sequence}\n")
+    r = run_cli("predict", out / "head", "--fasta", tmp_path / "test.fa", "--labels", tmp_path / "test.csv",
+                "--metrics", tmp_path / "m", "--no-plots")
+    assert r.exit_code == 0, r.stderr
+    scored = json.loads((tmp_path / "m" / "test.json").read_text())["outputs"]["ss3"]
+    assert scored["n"] == finetuned["n"] and scored["accuracy"] == pytest.approx(finetuned["accuracy"])

@@ -39,7 +39,8 @@ from protrans_cli.heads.data import Batch, Matched, ResidueData
 from protrans_cli.heads.fit import (_changed, _class_weights, _identity, _jsonable, _loss, _metric_names, _only,
                                     _outputs_with_labels, _real_paths, _unique_name, checked_state_bytes, evaluate_data,
                                     held_out_positions, load_checked_state, note_dual_labels, write_metrics)
-from protrans_cli.heads.labels import TEST, TRAIN, VALID, read_labels, read_sequences, unmasked_flip_warning
+from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
+                                      unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
 from protrans_cli.io.h5 import PER_RESIDUE
 
@@ -638,7 +639,10 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
         "training": {"embeddings": None, "finetuned": str(out_dir), "labels": str(labels),
                      "proteins": len(train.items), "validation": valid_desc, "notes": train_set.notes,
                      **({"held_out": held_out} if held_out is not None else {})},
-        "config": {"n_bootstrap": config.n_bootstrap, "seed": config.seed, "task": config.task, "layer": layer},
+        # (--mask-column and --mask as fit records them: `predict --labels` scores with the head's own
+        # columns, and names its FLIP mask)
+        "config": {"n_bootstrap": config.n_bootstrap, "seed": config.seed, "task": config.task, "layer": layer,
+                   "mask_path": config.mask_path, "mask_columns": list(mask_column_names(config.mask_columns))},
     }
     ensemble = Ensemble([head], task).eval()
     save_head(head_dir, ensemble, head_config)
