@@ -436,3 +436,53 @@ def test_fasta_queries_are_embedded_from_the_hub_commit_the_reference_was(tmp_pa
     options, _ = head_embed_options(head)
     assert options.revision == "fedcba9876543210fedcba9876543210fedcba98" and options.model.startswith("Rostlab/")
     assert head_embed_options(head, model="./local")[0].revision is None
+
+
+def test_fasta_queries_offline_with_the_model_cached_at_another_commit(tmp_path):
+    """Offline, a hub model cached at another commit than the reference's (any commit of the
+    repository moves `main`) is used, with a warning: passing the recorded commit made `knn
+    --fasta` fail "not in the local Hugging Face cache" with the model in it. A hub name that is
+    a local model directory here is loaded without a word of a `--revision` no one gave."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+
+    from protrans_cli.io.h5 import EmbeddingsReader
+    from protrans_cli.models import FAMILIES
+
+    family = FAMILIES["bert"]
+    tokenizer = family.build_tokenizer()
+    torch.manual_seed(0)
+    family.save_pretrained(family.pretraining_model(family.build_config("tiny", tokenizer)).eval(), tokenizer,
+                           tmp_path / "tiny")
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny"
+    shutil.copytree(tmp_path / "tiny", repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    (tmp_path / "q.fa").write_text(">p1\nMKTAYIAKQR\n>p2\nMAAGWLLK\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+
+    def run(*args, cwd=tmp_path):
+        return subprocess.run([sys.executable, "-m", "protrans_cli", *map(str, args)], capture_output=True,
+                              text=True, env=env, cwd=cwd, timeout=120)
+
+    r = run("embed", tmp_path / "q.fa", "-m", "someone/tiny", "-o", tmp_path / "ref.h5", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    with EmbeddingsReader(tmp_path / "ref.h5") as reader:
+        assert reader.attrs["commit"] == "a" * 40
+    (repo / "snapshots" / ("a" * 40)).rename(repo / "snapshots" / ("b" * 40))  # `main` moved on
+    (repo / "refs" / "main").write_text("b" * 40)
+    r = run("knn", "--fasta", tmp_path / "q.fa", "--reference", tmp_path / "ref.h5", "-k", "1", "-o", "-")
+    assert r.returncode == 0, r.stderr
+    assert f"made from its commit {'a' * 40}, which the local Hugging Face cache lacks (offline): using the " \
+           f"cached {'b' * 40}" in r.stderr
+    assert [line.split("\t")[:3] for line in r.stdout.splitlines()[1:]] == [["p1", "1", "p1"], ["p2", "1", "p2"]]
+    (tmp_path / "here" / "someone").mkdir(parents=True)  # a local copy under the hub name
+    shutil.copytree(tmp_path / "tiny", tmp_path / "here" / "someone" / "tiny")
+    r = run("knn", "--fasta", tmp_path / "q.fa", "--reference", tmp_path / "ref.h5", "-k", "1", "-o", "-",
+            cwd=tmp_path / "here")
+    assert r.returncode == 0 and "--revision" not in r.stderr and "warning" not in r.stderr, r.stderr

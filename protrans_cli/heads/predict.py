@@ -250,7 +250,7 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     long = {k: v for k, v in given.items() if v is not None}
     # embeddings of 3Di strings (embed --3di) are compared with embeddings of 3Di strings
     three_di = recorded.get("input_prefix") == THREE_DI_PREFIX
-    revision = (str(recorded.get("commit") or recorded.get("revision") or "") or None) if same_model else None
+    revision = _recorded_revision(model, recorded, source) if same_model else None
     options = EmbedOptions(model=model, revision=revision, per_residue=per_residue, per_protein=not per_residue,
                            layers=(layer,), device=device, threads=threads, invalid_policy=invalid_policy,
                            three_di=three_di, **long)
@@ -258,6 +258,50 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     # proteome had been read, or spooled from stdin)
     options.validate()
     return options
+
+
+def _recorded_revision(model: str, recorded: dict, source: str) -> str | None:
+    """The hub commit (else revision) `recorded` names, to load `model` at. None for a model that
+    is a local directory here (a directory has no revisions: loading warned of a `--revision` no
+    one gave), and, offline, where the local Hugging Face cache lacks that commit but holds the
+    model at another (any commit of the repository, a README's too, moves `main`): that one, with
+    a warning (the command worked offline before the commit was passed, and failed "not in the
+    local Hugging Face cache" with the model in it)."""
+    wanted = [str(v) for v in dict.fromkeys((recorded.get("commit"), recorded.get("revision"))) if v]
+    if not wanted:
+        return None
+    from protrans_cli.errors import ProtransError
+    from protrans_cli.models import _offline, hub_reachable, resolve_model
+
+    try:
+        target, _, is_dir = resolve_model(model)
+    except ProtransError:  # (loading it says why)
+        return wanted[0]
+    if is_dir:
+        return None
+    if not (_offline() or not hub_reachable()):
+        return wanted[0]
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(revision):
+        try:
+            return try_to_load_from_cache(target, "config.json", revision=revision)
+        except Exception:  # noqa: BLE001 - (a malformed id: loading it says so)
+            return None
+
+    for revision in wanted:
+        if isinstance(cached(revision), str):
+            return revision
+    path = cached(None)
+    if not isinstance(path, str):
+        return wanted[0]  # (not cached at all: loading says so, naming the revision to download)
+    from transformers.utils.hub import extract_commit_hash
+
+    other = extract_commit_hash(path, None) or "main"
+    what = "commit" if recorded.get("commit") else "revision"
+    console.warn(f"{model}: {source} were made from its {what} {wanted[0]}, which the local Hugging Face cache "
+                 f"lacks (offline): using the cached {other} (the same weights unless the model changed since)")
+    return None
 
 
 @torch_threads()  # puts the caller's torch thread count back
