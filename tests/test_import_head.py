@@ -214,3 +214,20 @@ def test_the_head_directory_has_the_permissions_fits_heads_have(published, tmp_p
     assert (tmp_path / "head").stat().st_mode & 0o777 == 0o755
     for name in ("config.json", "weights.safetensors"):
         assert (tmp_path / "head" / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_local_model_directory_is_recorded_as_its_absolute_path(published, tmp_path, monkeypatch):
+    """`-m t5` (a folder in the current directory) was recorded as "t5": `predict --fasta` run
+    from another folder looked it up as a hub id. embed records a directory's absolute path."""
+    from protrans_cli.heads.imported import import_head
+
+    root, _ = published
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "t5" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    import_head(root / "secstruct_checkpoint.pt", tmp_path / "head", model="t5")
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert config["embedding"]["model"] == str((tmp_path / "t5").resolve())
+    import_head(root / "secstruct_checkpoint.pt", tmp_path / "hub", model="Rostlab/prot_t5_xl_uniref50")
+    assert json.loads((tmp_path / "hub" / "config.json").read_text())["embedding"]["model"] == \
+        "Rostlab/prot_t5_xl_uniref50"

@@ -82,6 +82,12 @@ def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model
             raise UsageError(f"{out_dir} holds the checkpoint {checkpoint}: --force would delete it (choose another -o)")
         head = (out_dir / "config.json").is_file() and (out_dir / "weights.safetensors").is_file()
         check_replaceable(out_dir, "import-head", lambda entry: head)
+    if model is not None:
+        from protrans_cli.embed import model_attr
+
+        # a local model directory as its absolute path, as embed records it (a relative `-m t5` was
+        # looked up as the hub id "t5" by `predict --fasta` run from another folder)
+        model = model_attr(model)
     state, digest = _load(checkpoint)
     if source == PROTTRANS_SECSTRUCT:
         ensemble, config, input_dim = _secstruct(state, checkpoint, digest, model or DEFAULT_MODEL)
