@@ -93,6 +93,8 @@ def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model
         ensemble, config, input_dim = _secstruct(state, checkpoint, digest, model or DEFAULT_MODEL)
     else:
         ensemble, config, input_dim = _light_attention(state, checkpoint, digest, model or DEFAULT_MODEL, source)
+    if model is not None:  # (the family of a model -m names is not known without reading it: not recorded)
+        config["embedding"].pop("family", None)
     from protrans_cli.heads.model import save_head
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
