@@ -42,6 +42,9 @@ DEFAULT_MODEL = "esm2_t33_650M_UR50D"
 TRAINED_RESIDUES = 1022
 LONG_POLICIES = ("error", "skip", "truncate")
 CPU_MAX_TOKENS, GPU_MAX_TOKENS = 1024, 4096  # padded tokens per batch (esm-extract: 4096)
+# the file's `contacts` attribute: what its maps are
+CONTACTS_DESCRIPTION = ("ESM's contact head: logistic regression over the symmetrised, APC-corrected attention maps "
+                        "of every layer and head (Rao et al. 2021); P(contact), (L, L)")
 
 
 @dataclass
@@ -440,8 +443,7 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor) ->
                  "command_line": options.command_line or f"protrans_cli.contacts called from "
                                                          f"{shlex.join(sys.argv) or 'python'}",
                  "max_length": max_length, "long_policy": options.long_policy,
-                 "contacts": "ESM's contact head: logistic regression over the symmetrised, APC-corrected "
-                             "attention maps of every layer and head (Rao et al. 2021); P(contact), (L, L)"}
+                 "contacts": CONTACTS_DESCRIPTION}
         writer_kw = dict(kinds=(CONTACTS,), layout="grouped", storage_dtype=options.storage_dtype,
                          compression=None if options.compression in (None, "none") else options.compression,
                          attrs=attrs, resume_equal={"model": same_model, "commit": _same_commit})

@@ -447,3 +447,122 @@ def _write_entry(writer, entry: _Entry, chosen, kinds, summary: ImportSummary, d
                  per_protein=squeeze(per_protein))
     writer.flush_due()
     summary.proteins += 1
+
+
+# --- contacts ------------------------------------------------------------------------------------
+
+def import_esm_contacts(inputs, output, *, fasta=None, storage_dtype: str = "float16", model: str | None = None,
+                        truncation_seq_length: int = DEFAULT_TRUNCATION, force: bool = False,
+                        command_line: str | None = None) -> ImportSummary:
+    """Write the contact maps of esm-extract's outputs (`--include contacts`: each LABEL.pt's
+    `contacts`, (L, L)) into the file `protrans contacts` writes (`/contacts/<id>`), with the same
+    checks in a first pass and the same attributes as the embeddings' import."""
+    from protrans_cli.contacts import CONTACTS_DESCRIPTION
+    from protrans_cli.io.files import checked_hdf5_output, output_lock
+    from protrans_cli.io.h5 import CONTACTS
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if not inputs:
+        raise UsageError("import-esm needs esm-extract's output: a directory of .pt files, or .pt files")
+    if storage_dtype not in STORAGE_DTYPES:
+        raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
+    if not isinstance(truncation_seq_length, int) or truncation_seq_length < 1:
+        raise UsageError(f"--truncation-seq-length must be a positive number, got {truncation_seq_length!r}")
+    output = checked_hdf5_output(Path(output), "the imported contact maps")
+    paths = _pt_files(inputs, output)
+    with output_lock(output, "is the output of another protrans run that is running now: wait for it to end, or "
+                             "choose another -o"):
+        from protrans_cli import __version__
+        from protrans_cli.io.h5 import EmbeddingsWriter, output_free, remove_partial
+
+        partial = output_free(output, force, "contacts or import-esm")
+        sequences = _fasta_records(Path(fasta)) if fasta is not None else None
+        entries, owner = [], {}
+        for path in paths:  # every file checked before anything is written
+            entry = _check_contacts(load_pt(path, mmap=True), path, truncation_seq_length, sequences, fasta)
+            if entry.ident in owner:
+                raise InputError(f"protein id {entry.ident!r} is also that of {owner[entry.ident]} (the label's "
+                                 "first word names a protein): each id once", path=str(path))
+            owner[entry.ident] = path
+            entries.append(entry)
+        attrs = {"model": model or SOURCE, "revision": "", "commit": "", "family": FAMILY,
+                 "compute_dtype": "float32", "protrans_version": __version__,
+                 "command_line": command_line or "protrans_cli.esm_import.import_esm_contacts() called from Python",
+                 "max_length": truncation_seq_length, "long_policy": "truncate", "contacts": CONTACTS_DESCRIPTION,
+                 "imported_from": SOURCE}
+        if force:
+            remove_partial(partial)
+        summary = ImportSummary()
+        try:
+            with EmbeddingsWriter(output, kinds=(CONTACTS,), layout="grouped", storage_dtype=storage_dtype,
+                                  attrs=attrs) as writer:
+                for entry in entries:
+                    _write_contacts(writer, entry, summary)
+                writer.flush(failures=True)
+                summary.failed = dict(writer.failed)
+        except BaseException:
+            remove_partial(partial)
+            raise
+    return summary
+
+
+def _check_contacts(obj, path: Path, truncation: int, sequences, fasta) -> _Entry:
+    import torch
+
+    from protrans_cli.io.fasta import header_id
+    from protrans_cli.residues import SequenceRejected
+
+    label = obj["label"]
+    ident = header_id(label)
+    if not ident:
+        raise InputError(f"its label {label!r} has no id (the header's first word)", path=str(path))
+    maps = obj.get("contacts")
+    if maps is None:
+        raise InputError("has no 'contacts' (esm-extract --include contacts)", path=str(path))
+    if not isinstance(maps, torch.Tensor) or not maps.is_floating_point() or maps.dim() != 2 \
+            or maps.shape[0] != maps.shape[1] or maps.shape[0] == 0:
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise InputError(f"its 'contacts' is {shape}, not an (L, L) floating-point map", path=str(path))
+    count = int(maps.shape[0])
+    if count > truncation:
+        raise InputError(f"holds a map of {count} residues, more than --truncation-seq-length {truncation}: give "
+                         "the value esm-extract ran with", path=str(path))
+    entry = _Entry(path, label, ident, count, header=label)
+    if sequences is not None:
+        found = sequences.get(ident)
+        if found is None:
+            raise InputError(f"protein {ident!r} is not in {fasta}", path=str(path))
+        entry.header, sequence = found
+        if isinstance(sequence, SequenceRejected):
+            raise InputError(f"protein {ident!r}: its sequence in {fasta} is refused ({sequence.detail})",
+                             path=str(path))
+        if count != min(len(sequence), truncation):
+            raise InputError(f"holds a map of {count} residues; its sequence in {fasta} has {len(sequence)}: "
+                             "another sequence", path=str(path))
+        entry.sequence = sequence
+    return entry
+
+
+def _write_contacts(writer, entry: _Entry, summary: ImportSummary) -> None:
+    obj = load_pt(entry.path)  # (read again: a file changed since the first pass is refused)
+    maps = obj.get("contacts")
+    if obj["label"] != entry.label or getattr(maps, "shape", None) != (entry.rows, entry.rows):
+        raise InputError("changed during the import: import again", path=str(entry.path))
+    values = maps.float().numpy()
+    del obj, maps
+    if not np.isfinite(values).all():
+        writer.record_failure(entry.ident, "NaN or infinity in esm-extract's contact map")
+        return
+    extra, sequence, length = {}, None, entry.rows
+    if entry.sequence is not None:
+        sequence = entry.sequence[:entry.rows]
+        if len(entry.sequence) > len(sequence):
+            extra["truncated_from"] = len(entry.sequence)
+            summary.truncated += 1
+    writer.ensure_room(values.size * writer.storage_dtype.itemsize, "the next protein")
+    writer.write(entry.ident, entry.header, sequence, length=length, extra_attrs=extra,
+                 contacts=values.astype(writer.storage_dtype))
+    writer.flush_due()
+    summary.proteins += 1

@@ -366,3 +366,46 @@ def test_two_names_of_one_layer_are_refused_as_embed_refuses_them(run_cli, tmp_p
     r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "--layer", "-1", "--layer", "2")
     assert r.exit_code == 2 and "--layer -1 and --layer 2 name one layer" in r.stderr, r.stderr
     assert not list(tmp_path.glob("e.h5*"))
+
+
+def test_contacts_are_imported_into_the_file_protrans_contacts_writes(run_cli, tmp_path):
+    """esm-extract --include contacts: each file's (L, L) map, written as `protrans contacts`
+    writes it (here: fair-esm's own contacts of the reference proteins, saved as esm-extract saves
+    them, against `protrans contacts` on the same model)."""
+    from safetensors.numpy import load_file
+
+    ref = load_file(REFERENCE / "reference.safetensors")
+    seqs = {line[1:]: nxt for line, nxt in zip(*[iter((REFERENCE / "input.fa").read_text().split())] * 2)}
+    folder = tmp_path / "esm_out"
+    folder.mkdir()
+    kept = [i for i in seqs if f"contacts/{i}" in ref]
+    for ident in kept:
+        torch.save({"label": ident, "contacts": torch.from_numpy(ref[f"contacts/{ident}"])}, folder / f"{ident}.pt")
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{i}\n{seqs[i]}\n" for i in kept))
+    out = tmp_path / "imported.h5"
+    r = run_cli("import-esm", folder, "--contacts", "--fasta", fasta, "--storage-dtype", "float32", "-m",
+                "esm2_t6_8M_UR50D", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert f"import-esm: {len(kept)} contact maps" in r.stderr
+    computed = tmp_path / "computed.h5"
+    r = run_cli("contacts", fasta, "-m", REFERENCE, "--storage-dtype", "float32", "-o", computed)
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(out) as a, h5py.File(computed) as b:
+        assert a.attrs["kinds"] == b.attrs["kinds"] == "contacts" and a.attrs["imported_from"] == "esm-extract"
+        assert set(a["contacts"]) == set(b["contacts"]) == set(kept)
+        for key in kept:
+            np.testing.assert_allclose(a["contacts"][key][()], b["contacts"][key][()], atol=1e-5)
+            for name in ("id", "header", "length", "checksum"):
+                assert a["contacts"][key].attrs[name] == b["contacts"][key].attrs[name], (key, name)
+    # the embeddings' options, and files without contacts, are refused in one line
+    r = run_cli("import-esm", folder, "--contacts", "--per-residue", "-o", tmp_path / "x.h5")
+    assert r.exit_code == 2 and "--per-residue is for embeddings" in r.stderr
+    _save(tmp_path / "plain", "P9", rows={1: np.zeros((3, 4), np.float32)})
+    r = run_cli("import-esm", tmp_path / "plain", "--contacts", "-o", tmp_path / "y.h5")
+    assert r.exit_code == 1 and "has no 'contacts' (esm-extract --include contacts)" in r.stderr
+    assert not (tmp_path / "y.h5").exists() and not (tmp_path / "y.h5.partial").exists()
+    # a map of another size than the FASTA's sequence
+    torch.save({"label": "rare", "contacts": torch.zeros(5, 5)}, folder / "rare.pt")
+    r = run_cli("import-esm", folder, "--contacts", "--fasta", fasta, "-o", tmp_path / "z.h5")
+    assert r.exit_code == 1 and "holds a map of 5 residues" in r.stderr

@@ -27,15 +27,18 @@ from protrans_cli.cli import INPUT_FILE
                    "flag: per-protein, and per-residue too where the files hold rows (--layout grouped).")
 @click.option("--layout", type=click.Choice(["grouped", "flat", "stacked"]), default="grouped",
               help="As embed's: grouped, flat (one kind) or stacked (per-protein).")
-@click.option("--storage-dtype", type=click.Choice(["float32", "float16"]), default="float32",
-              help="dtype of the stored arrays.")
+@click.option("--storage-dtype", type=click.Choice(["float32", "float16"]), default=None,
+              help="dtype of the stored arrays.  [default: float32; float16 with --contacts, as protrans contacts]")
+@click.option("--contacts", is_flag=True,
+              help="Import the contact maps instead (esm-extract --include contacts) into the file protrans "
+                   "contacts writes (/contacts/<id>); no --layer, --per-residue, --per-protein or --layout.")
 @click.option("-m", "--model", default=None,
               help="The ESM model esm-extract ran (e.g. esm2_t48_15B_UR50D): the file's `model` attribute and "
                    "its number of layers.  [default: esm-extract, its last layer the highest in the files]")
 @click.option("--truncation-seq-length", type=click.IntRange(min=1), default=1022,
               help="esm-extract's --truncation_seq_length (recorded as --max-length with --long-policy truncate).")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
-def command(inputs, output, fasta, layers, per_residue, per_protein, layout, storage_dtype, model,
+def command(inputs, output, fasta, layers, per_residue, per_protein, layout, storage_dtype, contacts, model,
             truncation_seq_length, force):
     """Import esm-extract's .pt files into one embeddings file (no computation).
 
@@ -55,8 +58,23 @@ def command(inputs, output, fasta, layers, per_residue, per_protein, layout, sto
     import sys
 
     from protrans_cli import console
-    from protrans_cli.esm_import import import_esm
+    from protrans_cli.errors import UsageError
+    from protrans_cli.esm_import import import_esm, import_esm_contacts
 
+    if contacts:
+        given = [flag for flag, on in (("--layer", layers), ("--per-residue", per_residue),
+                                       ("--per-protein", per_protein), ("--layout", layout != "grouped")) if on]
+        if given:
+            raise UsageError(f"{given[0]} is for embeddings: --contacts imports the contact maps alone")
+        summary = import_esm_contacts(list(inputs), output, fasta=fasta, storage_dtype=storage_dtype or "float16",
+                                      model=model, truncation_seq_length=truncation_seq_length, force=force,
+                                      command_line=shlex.join(["protrans", *sys.argv[1:]]))
+        truncated = f"; {summary.truncated} truncated by esm-extract" if summary.truncated else ""
+        console.output_complete(str(output))
+        console.info(f"import-esm: {console.counted(summary.proteins, 'contact map')} into {output}{truncated}")
+        console.list_failed(summary.failed, "contact map")
+        return
+    storage_dtype = storage_dtype or "float32"
     if not per_residue and not per_protein:
         per_residue = per_protein = None
     summary = import_esm(list(inputs), output, fasta=fasta, layers=layers, per_residue=per_residue,
