@@ -335,7 +335,6 @@ def _fasta_records(fasta: Path) -> dict:
 def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequences, fasta) -> tuple[_Entry, int]:
     """A file's entry and embedding width, every check of it made (see the module docstring)."""
     from protrans_cli.io.fasta import header_id
-    from protrans_cli.residues import SequenceRejected
 
     label = obj["label"]
     ident = header_id(label)
@@ -369,13 +368,7 @@ def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequen
                          "esm-extract ran with", path=str(path))
     entry = _Entry(path, label, ident, count, header=label)
     if sequences is not None:
-        found = sequences.get(ident)
-        if found is None:
-            raise InputError(f"protein {ident!r} is not in {fasta}", path=str(path))
-        entry.header, sequence = found
-        if isinstance(sequence, SequenceRejected):
-            raise InputError(f"protein {ident!r}: its sequence in {fasta} is refused ({sequence.detail})",
-                             path=str(path))
+        entry.header, sequence = _fasta_entry(sequences, ident, path, fasta)
         expected = min(len(sequence), truncation)
         if count and count != expected:
             raise InputError(f"holds {count} rows; its sequence in {fasta} has {len(sequence)} residues"
@@ -384,6 +377,20 @@ def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequen
                              path=str(path))
         entry.sequence, entry.rows = sequence, expected
     return entry, dims.pop()
+
+
+def _fasta_entry(sequences: dict, ident: str, path: Path, fasta) -> tuple[str, str]:
+    """(header, normalised sequence) of protein `ident` in the FASTA given (`sequences`:
+    _fasta_records'), or the InputError naming the file that holds it."""
+    from protrans_cli.residues import SequenceRejected
+
+    found = sequences.get(ident)
+    if found is None:
+        raise InputError(f"protein {ident!r} is not in {fasta}", path=str(path))
+    header, sequence = found
+    if isinstance(sequence, SequenceRejected):
+        raise InputError(f"protein {ident!r}: its sequence in {fasta} is refused ({sequence.detail})", path=str(path))
+    return header, sequence
 
 
 def _missing(key: str, layer: int, found: dict | None, include: str) -> str:
@@ -512,7 +519,6 @@ def _check_contacts(obj, path: Path, truncation: int, sequences, fasta) -> _Entr
     import torch
 
     from protrans_cli.io.fasta import header_id
-    from protrans_cli.residues import SequenceRejected
 
     label = obj["label"]
     ident = header_id(label)
@@ -531,13 +537,7 @@ def _check_contacts(obj, path: Path, truncation: int, sequences, fasta) -> _Entr
                          "the value esm-extract ran with", path=str(path))
     entry = _Entry(path, label, ident, count, header=label)
     if sequences is not None:
-        found = sequences.get(ident)
-        if found is None:
-            raise InputError(f"protein {ident!r} is not in {fasta}", path=str(path))
-        entry.header, sequence = found
-        if isinstance(sequence, SequenceRejected):
-            raise InputError(f"protein {ident!r}: its sequence in {fasta} is refused ({sequence.detail})",
-                             path=str(path))
+        entry.header, sequence = _fasta_entry(sequences, ident, path, fasta)
         if count != min(len(sequence), truncation):
             raise InputError(f"holds a map of {count} residues; its sequence in {fasta} has {len(sequence)}: "
                              "another sequence", path=str(path))
