@@ -14,8 +14,8 @@ so only one layer's maps are held at a time; the numbers are the same (`tests/te
 compares them with `predict_contacts` and with fair-esm's own contacts). The APC term of a layer
 is computed from its maps' row sums, without a corrected copy of the maps.
 
-    with contacts to out.h5:  /contacts/<id>  (L, L) float16 (or float32) probabilities, symmetric;
-    attributes as embed writes them (id, header, length, checksum; the model, its commit, ...).
+    out.h5:  /contacts/<id>  (L, L) float16 (or float32) probabilities, symmetric; attributes as
+    embed writes them (id, header, length, checksum; the model, its commit, ...).
 
 Written through OUT.partial as embed writes (flushed every batch, `--resume` goes on after a
 stop); the resume machinery, the FASTA checks and the batch budget are embed's own.
@@ -139,7 +139,9 @@ class ContactPredictor:
         self.loaded, self.model, self.tokenizer = loaded, model, loaded.tokenizer
         self.family = loaded.family
         self.device = next(model.parameters()).device
-        # (attention weights are returned only by the eager attention; SDPA returns None)
+        # (attention weights are returned only by the eager attention; SDPA returns None. The
+        # loaded model is switched for good: a caller embedding with it afterwards gets the same
+        # numbers, computed more slowly)
         model.set_attn_implementation("eager")
         layers = list(model.encoder.layer)
         heads = model.config.num_attention_heads
