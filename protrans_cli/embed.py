@@ -55,8 +55,8 @@ from protrans_cli.embed_resume import _Done, _done_in
 from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same_on_every_rank, _setup_distributed,
                                      _shard_files, _torchrun_rank, shard_path)
 from protrans_cli.embed_retry import Recomputed, _Want, embed_with_retry
-from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, Embedder, OneHotEmbedder, TransformerEmbedder,
-                                    beyond_range, fits, mean_rows, resolve_device)
+from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, POOLINGS, Embedder, OneHotEmbedder, TransformerEmbedder,
+                                    beyond_range, fits, mean_rows, pooling_text, resolve_device)
 from protrans_cli.residues import REASON_INVALID, THREE_DI, SequenceRejected, normalise
 from protrans_cli.threads import check_threads, torch_threads
 
@@ -76,6 +76,7 @@ class EmbedOptions:
     per_residue: bool = True
     per_protein: bool = True
     layers: tuple[int, ...] = (-1,)
+    pooling: str = "mean"                # per-protein vectors: mean over the residues | cls (the cls token's row)
     layout: str = "grouped"              # grouped | flat | stacked (per-protein only)
     storage_dtype: str = "float32"       # float32 | float16
     compression: str | None = None       # None | gzip | lzf
@@ -146,6 +147,16 @@ class EmbedOptions:
                                                      if self.chunk_overlap == DEFAULT_CHUNK_OVERLAP else ""))
         if self.window < 1:
             raise UsageError("--window must be at least 1")
+        if self.pooling not in POOLINGS:
+            raise UsageError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling == "cls":
+            if self.model == ONEHOT:
+                raise UsageError("--pooling cls reads a model's cls token: the onehot embedder has none")
+            if self.long_policy == "chunk":
+                raise UsageError("--pooling cls with --long-policy chunk: each window would have a cls token of "
+                                 "its own (use truncate or skip, or --pooling mean)")
+            if self.packing:
+                raise UsageError("--pooling cls reads each protein's cls token from padded batches: no --packing")
         if self.part is not None:
             found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(self.part))
             if not found or not 1 <= int(found.group(1)) <= int(found.group(2)):
@@ -230,7 +241,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
         attention = "flex" if flex_by_default(loaded.family, device_name, dtype, compiled=options.compile) else "sdpa"
     build = functools.partial(TransformerEmbedder, loaded, options.layers, device_name, dtype,
                               packed=bool(options.packing), sdpa_kernels=options.sdpa_kernels,
-                              compile=options.compile, three_di=options.three_di)
+                              compile=options.compile, three_di=options.three_di, pooling=options.pooling)
     try:
         embedder = build(attention=attention)
     except ModelError as exc:
@@ -991,6 +1002,11 @@ def _check_embedder_input(options: EmbedOptions, embedder) -> None:
     strings: TransformerEmbedder(three_di=True)), whatever `options.three_di` says: 3Di strings
     were embedded as amino acids (a file saying <AA2fold>) by an embedder built without it, and
     amino acids with X or U by a 3Di one (each such letter an unknown token), without a word."""
+    pooling = getattr(embedder, "pooling", "mean")
+    if options.per_protein and options.pooling != pooling:
+        # (an embedder built for one pooling wrote its vectors under the other's name)
+        raise UsageError(f"options.pooling is {options.pooling!r} but the embedder given pools by {pooling!r}: build "
+                         "it with these options (build_embedder(options)), or give its pooling")
     three_di = getattr(getattr(embedder, "family_impl", None), "input_kind", "aa") == "3di"
     if bool(options.three_di) != three_di:
         built, asked = (("3Di strings", "amino acids") if three_di else ("amino acids", "3Di strings"))
@@ -1138,7 +1154,7 @@ def _file_attrs(embedder, options, max_length) -> dict:
     attrs = {
         "model": model_attr(embedder.name), "revision": embedder.revision or "",
         "commit": getattr(embedder, "commit", None) or "", "family": embedder.family,
-        "layers": list(embedder.layers), "pooling": "mean over residue tokens (special tokens excluded)",
+        "layers": list(embedder.layers), "pooling": pooling_text(embedder),
         "compute_dtype": embedder.compute_dtype, "device": embedder.device,
         "embedding_dim": embedder.embedding_dim, "protrans_version": __version__,
         # Called from Python, sys.argv is the script's (in a notebook, the kernel launcher's):

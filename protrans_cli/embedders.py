@@ -113,7 +113,8 @@ class TransformerEmbedder:
     hidden states at the requested layers and returns exactly the rows of the residues."""
 
     def __init__(self, loaded, layers: Sequence[int], device: str, compute_dtype: str, packed: bool = False,
-                 sdpa_kernels: str = "auto", compile: bool = False, attention: str = "sdpa", three_di: bool = False):
+                 sdpa_kernels: str = "auto", compile: bool = False, attention: str = "sdpa", three_di: bool = False,
+                 pooling: str = "mean"):
         import torch
 
         from protrans_cli.models.base import input_prefix
@@ -145,6 +146,15 @@ class TransformerEmbedder:
         self.device = device
         self.compute_dtype = compute_dtype
         self.tokenizer = loaded.tokenizer
+        # The per-protein vector: the mean over the residue rows, or (--pooling cls) the hidden
+        # state of the tokenizer's cls token ([CLS], <cls>, <s>; XLNet's <cls> at the end)
+        self.pooling = pooling
+        if pooling not in POOLINGS:
+            raise UsageError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if pooling == "cls":
+            problem = cls_problem(self.family_impl, self.tokenizer)
+            if problem:
+                raise UsageError(f"--pooling cls: {self.name}: {problem}")
         self.model = loaded.model.to(device=device).eval()
         # float16: a family that can see its own overflows (T5) runs every module in float16,
         # as the ProtTrans script does; the proteins where it overflowed are redone in float32
@@ -237,6 +247,8 @@ class TransformerEmbedder:
         from protrans_cli.models.base import residue_layout
 
         fam = self.family_impl
+        if self.pooling == "cls":  # (its token's row is found in a padded batch's rows)
+            return "--pooling cls reads each protein's cls token from padded batches"
         problem = None if self.attention == "flex" else fam.packing_problem(self.model.config, training=False)
         if problem is None and residue_layout(fam, self.tokenizer) is None:
             problem = "its tokenizer does not give one token per residue letter"
@@ -319,7 +331,13 @@ class TransformerEmbedder:
             stacked = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(list(states), dim=0)
             residue_rows = stacked[:, mask] if rows or encoded else None  # (n_layers, sum L_i, D)
             bad: dict[int, NonFinite] = {}
-            if means:
+            if means and self.pooling == "cls":
+                out_means = self._cls_vectors(stacked, inputs["input_ids"])
+                if check:
+                    for i, vector in enumerate(out_means):
+                        if not np.isfinite(vector).all():
+                            bad[i] = NonFinite(f"NaN or infinity in the model's {self.compute_dtype} output", True)
+            elif means:
                 # Sums in float32 over the residue positions only (whatever padding positions
                 # hold, NaN included, is replaced, not multiplied by zero).
                 if encoded:  # one row: sum each protein's segment of the residue rows
@@ -359,6 +377,19 @@ class TransformerEmbedder:
                 for i, pair in zip(hit, again):
                     pairs[i] = pair
         return [bad.get(i, pair) for i, pair in enumerate(pairs)]
+
+    def _cls_vectors(self, stacked, input_ids) -> list[np.ndarray]:
+        """(n_layers, D) float32 per sequence: the hidden states at its cls token, one per row
+        of a padded batch (`stacked` (n_layers, B, T, D))."""
+        import torch
+
+        where = input_ids == self.tokenizer.cls_token_id  # (B, T)
+        counts = where.sum(dim=1)
+        if bool((counts != 1).any()):
+            raise RuntimeFailure(f"the {self.family} family's input holds {counts.tolist()} cls tokens per row, not "
+                                 "one (a bug in its encode())")
+        rows = stacked[:, where].to(torch.float32)  # (n_layers, B, D), in row order
+        return list(rows.transpose(0, 1).cpu().numpy())
 
     def _non_finite_rows(self, stored, computed, lengths: list[int], dtype: str) -> dict[int, NonFinite]:
         """Which sequences of a batch whose sum was not finite hold NaN or infinity in their
@@ -669,6 +700,27 @@ def mps_available() -> bool:
 
     mps = getattr(torch.backends, "mps", None)
     return mps is not None and mps.is_available()
+
+
+POOLINGS = ("mean", "cls")
+
+
+def cls_problem(family, tokenizer) -> str | None:
+    """Why `--pooling cls` cannot be had of this model (None: it can): a causal model's first token
+    has seen nothing of the protein, and a tokenizer without a cls token (T5's) has none to read."""
+    if getattr(family, "causal", False):
+        return (f"a causal model ({family.name}) has no token that sees the whole protein but its last: use "
+                "--pooling mean")
+    if getattr(tokenizer, "cls_token_id", None) is None:
+        return f"the {family.name} tokenizer has no cls token (T5 models have none): use --pooling mean"
+    return None
+
+
+def pooling_text(embedder) -> str:
+    """The file's `pooling` attribute: how its per-protein vectors were made."""
+    if getattr(embedder, "pooling", "mean") == "cls":
+        return f"cls: the hidden state of the {embedder.tokenizer.cls_token} token"
+    return "mean over residue tokens (special tokens excluded)"
 
 
 def mean_rows(rows: np.ndarray) -> np.ndarray:

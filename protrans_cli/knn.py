@@ -171,7 +171,8 @@ def reference_embed_options(reference, *, layer: int = -1, model: str | None = N
         # "esm-extract" (a hub download error) once the FASTA had been read
         raise UsageError(f"{reference} was imported from esm-extract without naming the model (import-esm -m): "
                          "give -m (the ESM model that made it, e.g. esm2_t33_650M_UR50D) with --fasta")
-    recorded = {key: attrs.get(key) for key in ("long_policy", "max_length", "chunk_overlap", "revision", "commit")}
+    recorded = {key: attrs.get(key) for key in ("long_policy", "max_length", "chunk_overlap", "revision", "commit",
+                                                "pooling")}
     recorded["input_prefix"] = input_prefix_of(attrs)
     return recorded_embed_options(recorded, "the reference's embeddings", model=name, layer=model_layer,
                                   per_residue=False, device=device, threads=threads, long_policy=long_policy,

@@ -1576,3 +1576,71 @@ def test_tokenizer_code_named_by_auto_map_never_runs_even_when_stdin_says_yes(ru
     assert "Do you wish to run the custom code" not in result.stdout + result.stderr
     assert "cannot load the tokenizer" in result.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+def reference_cls(family, model_dir, sequence: str, layers=(-1,)) -> np.ndarray:
+    """Plain transformers: the hidden states at the tokenizer's cls token of one protein, (n_layers, D)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    encoder = family.encoder_class.from_pretrained(str(model_dir), dtype=torch.float32, use_kernels=False).eval()
+    letters = sequence.upper()
+    if family.rare_to == "X":
+        letters = letters.translate(str.maketrans("UZOB", "XXXX"))
+    ids = tokenizer(" ".join(letters) if family.spaced else letters, return_tensors="pt")["input_ids"]
+    where = (ids[0] == tokenizer.cls_token_id).nonzero().flatten().tolist()
+    assert len(where) == 1, ids
+    with torch.no_grad():
+        out = encoder(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+    states = [out.hidden_states[i] if i != -1 else out.last_hidden_state for i in layers]
+    return torch.stack([s[0, where[0]] for s in states]).numpy()
+
+
+CLS_FAMILIES = [name for name in FAMILY_NAMES if name not in ("t5", "transfo_xl")]
+
+
+@pytest.mark.parametrize("family_name", CLS_FAMILIES)
+def test_pooling_cls_is_the_cls_tokens_hidden_state_in_any_batching(run_cli, tmp_path, tiny_models, family_name):
+    """embed --pooling cls (esm-extract's --include bos): each per-protein vector is the hidden
+    state at the tokenizer's cls token of a plain forward pass of that protein alone ([CLS] first
+    for BERT-likes, <cls> for ESM, XLNet's <cls> last in its left-padded rows), whatever the batch."""
+    family = FAMILIES[family_name]
+    records = list(read_fasta(SMALL))
+    for budget in ("64", "10000"):
+        out = tmp_path / f"cls{budget}.h5"
+        r = run_cli("embed", SMALL, "-m", tiny_models[family_name], "--pooling", "cls", "--layer", "-1", "--layer",
+                    "1", "-o", out, "--max-tokens", budget, "--device", "cpu", "-j", "1")
+        assert r.exit_code == 0, r.stderr
+        prot = _read(out, PER_PROTEIN)
+        for rec in records:
+            seq = rec.sequence.replace("-", "").replace(".", "")
+            ref = reference_cls(family, tiny_models[family_name], seq, layers=(-1, 1))
+            np.testing.assert_allclose(prot[rec.id], ref, atol=1e-5, rtol=0, err_msg=f"{budget} {rec.id}")
+        with EmbeddingsReader(out) as reader:
+            assert reader.attrs["pooling"].startswith("cls: the hidden state of the")
+            # the rows are the same as with mean pooling: only the per-protein vector changes
+            rows = {i: a for i, a, _ in reader.items(PER_RESIDUE)}
+    mean_out = tmp_path / "mean.h5"
+    assert run_cli("embed", SMALL, "-m", tiny_models[family_name], "--layer", "-1", "--layer", "1", "-o", mean_out,
+                   "--device", "cpu", "-j", "1").exit_code == 0
+    for ident, values in _read(mean_out).items():
+        np.testing.assert_allclose(rows[ident], values, atol=1e-6, rtol=0)
+    # a file of one pooling is not resumed, nor merged, with the other
+    r = run_cli("embed", SMALL, "-m", tiny_models[family_name], "--layer", "-1", "--layer", "1", "-o", mean_out,
+                "--device", "cpu", "--pooling", "cls", "--resume")
+    assert r.exit_code == 2 and "pooling" in r.stderr
+
+
+@pytest.mark.parametrize("family_name", ["t5", "transfo_xl", "onehot"])
+def test_pooling_cls_is_refused_where_there_is_no_cls_token_to_read(run_cli, tmp_path, tiny_models, family_name):
+    model = "onehot" if family_name == "onehot" else tiny_models[family_name]
+    r = run_cli("embed", SMALL, "-m", model, "--pooling", "cls", "-o", tmp_path / "x.h5", "--device", "cpu")
+    assert r.exit_code == 2 and "--pooling cls" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.partial").exists()
+
+
+def test_pooling_cls_with_chunks_or_packing_is_refused(run_cli, tmp_path, tiny_models):
+    model = tiny_models["esm"]
+    for extra in (["--long-policy", "chunk", "--max-length", "200"], ["--packing"]):
+        r = run_cli("embed", SMALL, "-m", model, "--pooling", "cls", "-o", tmp_path / "x.h5", *extra)
+        assert r.exit_code == 2 and "--pooling cls" in r.stderr, (extra, r.stderr)

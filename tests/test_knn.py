@@ -422,6 +422,10 @@ def test_fasta_queries_are_embedded_from_the_hub_commit_the_reference_was(tmp_pa
     info, _ = _embedding_info(FitConfig(task="loc"), ref)  # (what fit's head records: predict --fasta reads it)
     assert info["commit"] == "0123456789abcdef0123456789abcdef01234567" and info["revision"] == "main"
     assert reference_embed_options(ref, model="./my_copy").revision is None
+    assert reference_embed_options(ref).pooling == "mean"
+    with h5py.File(ref, "a") as f:  # (a reference of cls vectors: queries embedded the same way)
+        f.attrs["pooling"] = "cls: the hidden state of the <cls> token"
+    assert reference_embed_options(ref).pooling == "cls"
     with h5py.File(ref, "a") as f:
         f.attrs["commit"] = ""  # (a hub model whose commit was not known: its revision)
     assert reference_embed_options(ref).revision == "main"
@@ -436,6 +440,10 @@ def test_fasta_queries_are_embedded_from_the_hub_commit_the_reference_was(tmp_pa
     options, _ = head_embed_options(head)
     assert options.revision == "fedcba9876543210fedcba9876543210fedcba98" and options.model.startswith("Rostlab/")
     assert head_embed_options(head, model="./local")[0].revision is None
+    config = json.loads((head / "config.json").read_text())
+    config["embedding"]["pooling"] = "cls: the hidden state of the [CLS] token"  # (fit on embed --pooling cls)
+    (head / "config.json").write_text(json.dumps(config))
+    assert head_embed_options(head)[0].pooling == "cls"
 
 
 def test_fasta_queries_offline_with_the_model_cached_at_another_commit(tmp_path):

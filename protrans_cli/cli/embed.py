@@ -28,6 +28,10 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
 @click.option("--per-protein", "per_protein", is_flag=True,
               help="Write (D,) per-protein arrays (mean over residues). Neither flag: both (--layout stacked: "
                    "per-protein).")
+@click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean",
+              help="Per-protein vectors: the mean over the residue rows (special tokens excluded, as ProtTrans "
+                   "and bio_embeddings), or the hidden state of the model's cls token ([CLS], <cls>, <s>; "
+                   "esm-extract's --include bos; not for T5, Transformer-XL or onehot).")
 @click.option("--layer", "layers", type=int, multiple=True,
               help="Hidden state to keep: -1 last layer, 0 embedding layer; repeat for several.  [default: -1]")
 @click.option("--layout", type=click.Choice(["grouped", "flat", "stacked"]), default="grouped",
@@ -90,7 +94,7 @@ from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_PO
               help="Proteins read, length-sorted and embedded at a time: bounds memory whatever the input size.")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
-def command(fasta, output, model, revision, per_residue, per_protein, layers, layout, storage_dtype,
+def command(fasta, output, model, revision, per_residue, per_protein, pooling, layers, layout, storage_dtype,
             compression, device, dtype, max_tokens, max_batch_size, max_length, long_policy, chunk_overlap,
             invalid_policy, three_di, cpu_fallback, packing, sdpa_kernels, compile_model, attention, resume, force,
             part, window, threads):
@@ -111,7 +115,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, layers, la
         per_residue, per_protein = layout != "stacked", True
     options = EmbedOptions(
         model=model, revision=revision, per_residue=per_residue, per_protein=per_protein,
-        layers=tuple(layers) or (-1,), layout=layout, storage_dtype=storage_dtype,
+        layers=tuple(layers) or (-1,), pooling=pooling, layout=layout, storage_dtype=storage_dtype,
         compression=None if compression == "none" else compression, device=device, dtype=dtype,
         max_tokens=max_tokens, max_batch_size=max_batch_size, max_length=max_length,
         long_policy=long_policy, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,

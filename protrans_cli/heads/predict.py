@@ -251,9 +251,11 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     # embeddings of 3Di strings (embed --3di) are compared with embeddings of 3Di strings
     three_di = recorded.get("input_prefix") == THREE_DI_PREFIX
     revision = _recorded_revision(model, recorded, source) if same_model else None
+    # vectors of a cls token (embed --pooling cls) are compared with vectors of a cls token
+    pooling = "cls" if str(recorded.get("pooling") or "").startswith("cls") and not per_residue else "mean"
     options = EmbedOptions(model=model, revision=revision, per_residue=per_residue, per_protein=not per_residue,
-                           layers=(layer,), device=device, threads=threads, invalid_policy=invalid_policy,
-                           three_di=three_di, **long)
+                           pooling=pooling, layers=(layer,), device=device, threads=threads,
+                           invalid_policy=invalid_policy, three_di=three_di, **long)
     # (before the FASTA is read: `--max-length 0` or `--device gpu` was refused only once a whole
     # proteome had been read, or spooled from stdin)
     options.validate()
