@@ -671,3 +671,42 @@ def test_predict_scores_with_the_mask_columns_the_head_was_finetuned_with(data, 
     assert r.exit_code == 0, r.stderr
     scored = json.loads((tmp_path / "m" / "test.json").read_text())["outputs"]["ss3"]
     assert scored["n"] == finetuned["n"] and scored["accuracy"] == pytest.approx(finetuned["accuracy"])
+
+
+def test_activation_checkpointing_trains_the_same_and_saves_a_plain_model(data, tmp_path, monkeypatch):
+    """--activation-checkpointing recomputes each block in the backward pass (training/recompute.py):
+    the same losses and the same merged weights as without it, and OUT/model is an ordinary model
+    (the merged copy does not keep wrappers that would run the training model's blocks)."""
+    from safetensors.torch import load_file
+
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    settings = dict(task="ss3", model=str(data / "bert"), max_epochs=2, lr=0.01, max_residues=600, threads=1,
+                    n_bootstrap=50, device="cpu")
+    import torch.utils.checkpoint as torch_checkpoint
+
+    calls = []
+    original = torch_checkpoint.checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch_checkpoint, "checkpoint", counted)
+    plain = finetune(FinetuneConfig(**settings), data / "train.csv", tmp_path / "plain")
+    assert not calls
+    recomputed = finetune(FinetuneConfig(**settings, activation_checkpointing=True), data / "train.csv",
+                          tmp_path / "rc")
+    assert calls  # (the blocks were recomputed)
+    for a, b in zip(plain.history, recomputed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-7)
+    merged_a = load_file(tmp_path / "plain" / "model" / "model.safetensors")
+    merged_b = load_file(tmp_path / "rc" / "model" / "model.safetensors")
+    assert merged_a.keys() == merged_b.keys()
+    for key in merged_a:
+        torch.testing.assert_close(merged_a[key], merged_b[key], atol=1e-6, rtol=1e-5)
+    rows_a = _embedder(tmp_path / "plain" / "model").embed_batch(["MKTAYIAKQRQISFVKSH"])[0]
+    rows_b = _embedder(tmp_path / "rc" / "model").embed_batch(["MKTAYIAKQRQISFVKSH"])[0]
+    np.testing.assert_allclose(rows_a, rows_b, atol=1e-5)
+    base = _embedder(data / "bert").embed_batch(["MKTAYIAKQRQISFVKSH"])[0]
+    assert np.abs(rows_b - base).max() > 1e-4  # (the adapters were merged into the weights)

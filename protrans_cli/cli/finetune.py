@@ -42,6 +42,9 @@ from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
               help="Stop after this many epochs improving neither validation accuracy nor loss.")
 @click.option("--max-residues", type=int, default=4096, help="Padded residues per batch.")
 @click.option("--accumulate", type=int, default=1, help="Batches per optimizer step (gradient accumulation).")
+@click.option("--activation-checkpointing", is_flag=True,
+              help="Recompute each transformer block in the backward pass: the model's activations in memory "
+                   "for about a third more time (a larger model or batch on one GPU); the same numbers.")
 @click.option("--seed", type=int, default=0, help="Seed of the adapters, the head, the batches and the hold-out.")
 @click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given.")
 @click.option("--architecture", type=click.Choice([a for options in ARCHITECTURES.values() for a in options]),
@@ -59,7 +62,7 @@ from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
 def command(task, model, labels, fasta, output, valid, tests, label_format, mask_path, mask_columns, class_weights,
             lora_rank, lora_alpha, lora_dropout, lr,
-            weight_decay, max_epochs, patience, max_residues, accumulate, seed, valid_fraction, architecture, hidden,
+            weight_decay, max_epochs, patience, max_residues, accumulate, activation_checkpointing, seed, valid_fraction, architecture, hidden,
             kernel, dropout, dual, layer, n_bootstrap, threads, device, resume, force):
     """Fine-tune a protein LM with LoRA together with a prediction head.
 
@@ -71,7 +74,8 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, mask
 
     config = FinetuneConfig(task=task, model=model, lora_rank=lora_rank, lora_alpha=lora_alpha,
                             lora_dropout=lora_dropout, lr=lr, weight_decay=weight_decay, max_epochs=max_epochs,
-                            patience=patience, max_residues=max_residues, accumulate=accumulate, seed=seed,
+                            patience=patience, max_residues=max_residues, accumulate=accumulate,
+                            activation_checkpointing=activation_checkpointing, seed=seed,
                             valid_fraction=valid_fraction, architecture=architecture, hidden=hidden, kernel=kernel,
                             dropout=dropout, dual=dual, layer=layer, n_bootstrap=n_bootstrap,
                             label_format=label_format, mask_path=mask_path, mask_columns=tuple(mask_columns),

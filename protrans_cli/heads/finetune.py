@@ -60,6 +60,7 @@ class FinetuneConfig:
     patience: int = 3  # epochs improving neither validation accuracy nor loss (fit's rule)
     max_residues: int = 4096  # padded residues per batch (the model's activations grow with it)
     accumulate: int = 1  # batches per optimizer step
+    activation_checkpointing: bool = False  # recompute each block in the backward pass (train's option)
     seed: int = 0
     valid_fraction: float = 0.1
     architecture: str | None = None  # None: the CNN per residue, the FNN per protein
@@ -292,7 +293,7 @@ def partial_path(out_dir) -> Path:
 # What finetune writes in OUT: --force replaces a folder holding these and nothing else.
 OWN_ENTRIES = frozenset({"model", "head", "finetune.json"})
 # Settings that do not change what is trained: a resumed run may differ in these (as fit's).
-_NOT_IN_FINGERPRINT = ("threads", "force", "resume", "device", "n_bootstrap")
+_NOT_IN_FINGERPRINT = ("threads", "force", "resume", "device", "n_bootstrap", "activation_checkpointing")
 
 
 def finetune(config: FinetuneConfig, labels, out_dir, *, fasta=None, valid=None, tests=()) -> FinetuneResult:
@@ -492,6 +493,10 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         _check_lengths(sources, embedder.max_residues)
         adapted = add_lora(embedder.model, loaded.family, rank=config.lora_rank, alpha=config.lora_alpha,
                            dropout=config.lora_dropout)
+        if config.activation_checkpointing:  # (the same numbers: training/recompute.py)
+            from protrans_cli.training.recompute import checkpoint_blocks
+
+            checkpoint_blocks(embedder.model)
         head = build_head(task, embedder.embedding_dim, architecture=architecture, hidden=config.hidden,
                           kernel=config.kernel, dropout=config.dropout)
         model = FineTuned(embedder, head, reads_residues, autocast).to(device)

@@ -111,7 +111,10 @@ def merged_copy(model):
     """A copy of `model` with every LoRALinear merged back into a plain nn.Linear: the same
     module names and state-dict keys as the base model, so save_pretrained writes an ordinary
     checkpoint that `protrans embed -m` loads."""
+    from protrans_cli.training.recompute import drop_recomputed_blocks
+
     merged = copy.deepcopy(model)
+    drop_recomputed_blocks(merged)  # (the copy's wrappers would run the original's blocks)
     for name, module in list(lora_modules(merged).items()):
         parent_name, _, child = name.rpartition(".")
         parent = merged.get_submodule(parent_name) if parent_name else merged

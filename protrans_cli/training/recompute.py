@@ -126,6 +126,15 @@ def resolve_compile(setting: bool | None, family: str, device, *, warn: bool = T
     return True
 
 
+def drop_recomputed_blocks(model: torch.nn.Module) -> None:
+    """Undo `checkpoint_blocks` on this model object: each block runs its class's forward again.
+    For a deep copy above all (finetune's merged model): it shares the original's wrappers (a
+    function is copied by reference), which would run the original blocks."""
+    for block in transformer_blocks(model):
+        if block.__dict__.pop(_MARK, False):
+            block.__dict__.pop("forward", None)
+
+
 def drop_compiled_blocks(model: torch.nn.Module) -> None:
     """Undo `compile_blocks` on this model object: each block runs its class's forward again.
     For a deep copy above all: it shares the original's compiled functions (a function is copied
