@@ -1154,7 +1154,7 @@ def _file_attrs(embedder, options, max_length) -> dict:
     attrs = {
         "model": model_attr(embedder.name), "revision": embedder.revision or "",
         "commit": getattr(embedder, "commit", None) or "", "family": embedder.family,
-        "layers": list(embedder.layers), "pooling": pooling_text(embedder),
+        "layers": list(embedder.layers), "pooling": pooling_text(embedder, options.per_protein),
         "compute_dtype": embedder.compute_dtype, "device": embedder.device,
         "embedding_dim": embedder.embedding_dim, "protrans_version": __version__,
         # Called from Python, sys.argv is the script's (in a notebook, the kernel launcher's):

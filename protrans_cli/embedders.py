@@ -716,11 +716,16 @@ def cls_problem(family, tokenizer) -> str | None:
     return None
 
 
-def pooling_text(embedder) -> str:
-    """The file's `pooling` attribute: how its per-protein vectors were made."""
-    if getattr(embedder, "pooling", "mean") == "cls":
+MEAN_POOLING = "mean over residue tokens (special tokens excluded)"
+
+
+def pooling_text(embedder, per_protein: bool = True) -> str:
+    """The file's `pooling` attribute: how its per-protein vectors were made. A file without
+    them (`per_protein` False) says mean: what fit, predict and knn take of its rows, whatever
+    the embedder would have pooled (its rows are the same)."""
+    if per_protein and getattr(embedder, "pooling", "mean") == "cls":
         return f"cls: the hidden state of the {embedder.tokenizer.cls_token} token"
-    return "mean over residue tokens (special tokens excluded)"
+    return MEAN_POOLING
 
 
 def mean_rows(rows: np.ndarray) -> np.ndarray:

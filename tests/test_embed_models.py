@@ -1644,3 +1644,17 @@ def test_pooling_cls_with_chunks_or_packing_is_refused(run_cli, tmp_path, tiny_m
     for extra in (["--long-policy", "chunk", "--max-length", "200"], ["--packing"]):
         r = run_cli("embed", SMALL, "-m", model, "--pooling", "cls", "-o", tmp_path / "x.h5", *extra)
         assert r.exit_code == 2 and "--pooling cls" in r.stderr, (extra, r.stderr)
+
+
+def test_pooling_cls_is_not_recorded_in_a_file_without_per_protein_vectors(run_cli, tmp_path, tiny_models):
+    """--per-residue --pooling cls writes the rows --pooling mean writes: the file says mean, as fit,
+    predict and knn pool its rows (a head fit on it recorded cls, and predict --fasta then fed it cls
+    vectors where it had learned the mean of the rows), and --resume with either pooling goes on."""
+    out = tmp_path / "rows.h5"
+    r = run_cli("embed", SMALL, "-m", tiny_models["bert"], "--per-residue", "--pooling", "cls", "-o", out,
+                "--device", "cpu", "-j", "1")
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(out) as reader:
+        assert reader.attrs["pooling"] == "mean over residue tokens (special tokens excluded)"
+    r = run_cli("embed", SMALL, "-m", tiny_models["bert"], "--per-residue", "-o", out, "--device", "cpu", "--resume")
+    assert r.exit_code == 0, r.stderr
