@@ -91,6 +91,19 @@ def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: boo
         console.warn(f"{query}: {message}")
 
 
+def _check_same_pooling(query, reference, q_attrs: dict, r_attrs: dict, allow: bool) -> None:
+    """Vectors of a cls token (embed --pooling cls) are compared with vectors of a cls token."""
+    from protrans_cli.io.h5 import pooling_kind
+
+    q_pooling, r_pooling = pooling_kind(q_attrs.get("pooling")), pooling_kind(r_attrs.get("pooling"))
+    if q_pooling != r_pooling:
+        message = (f"queries are pooled by {q_pooling}, the reference by {r_pooling} (embed --pooling): their "
+                   f"distances mean nothing; embed the queries with --pooling {r_pooling}")
+        if not allow:
+            raise ModelError(message + " (--allow-model-mismatch overrides)", path=str(query))
+        console.warn(f"{query}: {message}")
+
+
 def nearest(query, reference, *, k: int = 1, metric: str = "euclidean", layer: int = -1,
             exclude_self: bool = False, allow_model_mismatch: bool = False, threads: int | None = None,
             device: str = "auto") -> Neighbours:
@@ -133,6 +146,7 @@ def _check_pair(query, reference, q, ref, q_attrs: dict, r_attrs: dict, metric: 
         raise ModelError(f"queries are {q.shape[1]}-d, the reference ({reference}) {ref.shape[1]}-d: embed both "
                          "with one model and layer", path=str(query))
     _check_same_model(query, reference, q_attrs, r_attrs, allow_model_mismatch)
+    _check_same_pooling(query, reference, q_attrs, r_attrs, allow_model_mismatch)
     if metric == "cosine":
         for m, path in ((q, query), (ref, reference)):
             zero = ~m.any(axis=1)

@@ -433,6 +433,35 @@ def test_fit_and_predict_refuse_rows_made_with_another_input_prefix(run_cli, loc
         in r.stderr and "fit the head again" not in r.stderr, r.stderr
 
 
+def test_fit_and_predict_refuse_per_protein_vectors_of_another_pooling(run_cli, loc_data, tmp_path):
+    """embed --pooling cls: per-protein vectors of the cls token, as wide as the means and nothing
+    like them. fit refuses an evaluation set pooled otherwise than train, predict a file pooled
+    otherwise than the head's training file (it predicted from them without a word)."""
+    import shutil
+
+    cls = {}
+    for name in ("train", "test"):
+        cls[name] = tmp_path / f"{name}_cls.h5"
+        shutil.copy(loc_data / f"{name}.h5", cls[name])
+        with h5py.File(cls[name], "r+") as f:
+            f.attrs["pooling"] = "cls: the hidden state of the [CLS] token"
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", cls["train"], "--labels", loc_data / "train.fasta",
+                "--test", loc_data / "test.h5", loc_data / "test.fasta", "--max-epochs", "1", "-j", "1", "-o", head)
+    assert r.exit_code == 1 and "test embeddings are per-protein vectors pooled by mean, train's by cls" in r.stderr
+    assert not head.exists()
+    r = run_cli("fit", "loc", "--embeddings", cls["train"], "--labels", loc_data / "train.fasta",
+                "--test", cls["test"], loc_data / "test.fasta", "--max-epochs", "1", "-j", "1", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "o.csv")
+    assert r.exit_code == 1 and "pooled by mean, the head was trained on vectors pooled by cls" in r.stderr
+    assert not (tmp_path / "o.csv").exists()
+    assert run_cli("predict", head, "--embeddings", cls["test"], "-o", tmp_path / "o.csv").exit_code == 0
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "--allow-model-mismatch", "-o",
+                tmp_path / "p.csv")
+    assert r.exit_code == 0 and "pooled by mean" in r.stderr
+
+
 def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
     head = tmp_path / "loc"
     assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",

@@ -494,3 +494,23 @@ def test_fasta_queries_offline_with_the_model_cached_at_another_commit(tmp_path)
     r = run("knn", "--fasta", tmp_path / "q.fa", "--reference", tmp_path / "ref.h5", "-k", "1", "-o", "-",
             cwd=tmp_path / "here")
     assert r.returncode == 0 and "--revision" not in r.stderr and "warning" not in r.stderr, r.stderr
+
+
+def test_vectors_of_another_pooling_are_refused(tmp_path):
+    """embed --pooling cls against the mean: vectors of one width and nothing alike (knn compared
+    them without a word)."""
+    import h5py
+
+    from protrans_cli.knn import nearest
+
+    rng = np.random.default_rng(0)
+    _write(tmp_path / "q.h5", rng.normal(size=(3, 4)))
+    _write(tmp_path / "r.h5", rng.normal(size=(5, 4)))
+    with h5py.File(tmp_path / "r.h5", "a") as f:
+        f.attrs["pooling"] = "cls: the hidden state of the <cls> token"
+    with pytest.raises(ModelError, match="queries are pooled by mean, the reference by cls"):
+        nearest(tmp_path / "q.h5", tmp_path / "r.h5")
+    assert len(nearest(tmp_path / "q.h5", tmp_path / "r.h5", allow_model_mismatch=True).query_ids) == 3
+    with h5py.File(tmp_path / "q.h5", "a") as f:
+        f.attrs["pooling"] = "cls: the hidden state of the <cls> token"
+    assert len(nearest(tmp_path / "q.h5", tmp_path / "r.h5").query_ids) == 3

@@ -47,7 +47,7 @@ from protrans_cli.io.files import (atomic_output, check_replaceable, create_fres
                                    folder_lock, input_inside, make_temporary, own_folder_output,
                                    remove_dead_temporaries, replace_directory, same_file, signals_held)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
-                                prefix_words, three_di_words)
+                                pooling_kind, prefix_words, three_di_words)
 from protrans_cli.threads import torch_threads
 
 
@@ -576,6 +576,7 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
                 stored_layer_index(reader, model_layer, f"train was read from layer {model_layer}: "
                                    f"embed the {name} set with --layer {model_layer}", exact=True)
             prefix = input_prefix_of(reader.attrs)
+            pooling = pooling_kind(reader.attrs.get("pooling"))
         if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]):
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
@@ -587,6 +588,11 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
                       else "embed both with the same protrans version")
             raise ModelError(f"{name} embeddings were made {prefix_words(prefix)}, train's "
                              f"{prefix_words(theirs)} (its rows differ): {remedy}", path=emb)
+        # (per-protein vectors: a cls token's against means; rows, and the means of rows, are alike)
+        theirs = pooling_kind(embedding_info.get("pooling"))
+        if isinstance(data, ProteinData) and pooling != theirs:
+            raise ModelError(f"{name} embeddings are per-protein vectors pooled by {pooling}, train's by {theirs}: "
+                             f"embed the {name} set with --pooling {theirs}", path=emb)
 
 
 def _warn_overlap(train, eval_sets: list) -> None:

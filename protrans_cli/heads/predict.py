@@ -32,9 +32,10 @@ from protrans_cli.heads.labels import mask_column_names, read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
                                    output_directory, through_link)
 from protrans_cli.io.disk import ensure_room
-from protrans_cli.io.h5 import (PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id, escape_key,
-                                h5_file, input_prefix_of, is_write_failure, one_protein_twice, prefix_words,
-                                stored_length, three_di_words, truncated_by, truncated_from, write_failure_reason)
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id,
+                                escape_key, h5_file, input_prefix_of, is_write_failure, one_protein_twice,
+                                pooling_kind, prefix_words, stored_length, three_di_words, truncated_by,
+                                truncated_from, write_failure_reason)
 from protrans_cli.residues import THREE_DI_PREFIX
 from protrans_cli.threads import torch_threads
 
@@ -83,6 +84,16 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
         if not allow_model_mismatch:
             raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
         console.warn(f"{reader.path}: {message}")
+    # a head fit on per-protein vectors of one pooling (embed --pooling) reads vectors of it
+    if head_input_kind(config, task) == PER_PROTEIN:
+        head_pooling = pooling_kind(config.get("embedding", {}).get("pooling"))
+        file_pooling = pooling_kind(reader.attrs.get("pooling")) if source == PER_PROTEIN else "mean"
+        if head_pooling != file_pooling:
+            message = (f"per-protein vectors pooled by {file_pooling}, the head was trained on vectors pooled by "
+                       f"{head_pooling}: embed with --pooling {head_pooling}, or give the sequences with --fasta")
+            if not allow_model_mismatch:
+                raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
+            console.warn(f"{reader.path}: {message}")
 
 
 def head_layer(config: dict) -> int:
@@ -252,7 +263,7 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     three_di = recorded.get("input_prefix") == THREE_DI_PREFIX
     revision = _recorded_revision(model, recorded, source) if same_model else None
     # vectors of a cls token (embed --pooling cls) are compared with vectors of a cls token
-    pooling = "cls" if str(recorded.get("pooling") or "").startswith("cls") and not per_residue else "mean"
+    pooling = pooling_kind(recorded.get("pooling")) if not per_residue else "mean"
     options = EmbedOptions(model=model, revision=revision, per_residue=per_residue, per_protein=not per_residue,
                            pooling=pooling, layers=(layer,), device=device, threads=threads,
                            invalid_policy=invalid_policy, three_di=three_di, **long)

@@ -171,6 +171,12 @@ def _starts_like_fasta(path) -> bool:
 HDF5_FROM_STDIN = "an HDF5 file is read in place, not from stdin ('-'): give the embeddings as a file"
 
 
+def pooling_kind(text) -> str:
+    """"cls" or "mean": how per-protein vectors were pooled, from a file's (or a head's recorded)
+    `pooling` attribute; files written before --pooling, and import-esm's, say mean."""
+    return "cls" if str(text or "").startswith("cls") else "mean"
+
+
 def input_prefix_of(attrs) -> str:
     """The token embed put before every protein of a file with attributes `attrs` (the
     `input_prefix` attribute: ProstT5's <AA2fold>), '' for none, as in every file written before
