@@ -473,6 +473,10 @@ def import_esm_contacts(inputs, output, *, fasta=None, storage_dtype: str = "flo
     inputs = list(inputs)
     if not inputs:
         raise UsageError("import-esm needs esm-extract's output: a directory of .pt files, or .pt files")
+    # (as import_esm's: a TypeError from pathlib where the embeddings' import says which argument)
+    if not all(isinstance(p, (str, os.PathLike)) for p in inputs):
+        raise UsageError(f"import-esm: inputs must be paths, got {inputs!r:.60}")
+    expect_path(output, "import-esm: output")
     if storage_dtype not in STORAGE_DTYPES:
         raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
     if not isinstance(truncation_seq_length, int) or truncation_seq_length < 1:

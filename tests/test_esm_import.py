@@ -409,3 +409,16 @@ def test_contacts_are_imported_into_the_file_protrans_contacts_writes(run_cli, t
     torch.save({"label": "rare", "contacts": torch.zeros(5, 5)}, folder / "rare.pt")
     r = run_cli("import-esm", folder, "--contacts", "--fasta", fasta, "-o", tmp_path / "z.h5")
     assert r.exit_code == 1 and "holds a map of 5 residues" in r.stderr
+
+
+def test_contacts_from_python_with_arguments_that_are_not_paths_name_them(tmp_path):
+    """import_esm_contacts([1], ...) or an output that is no path: a UsageError saying which, as
+    import_esm's (a TypeError from pathlib)."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.esm_import import import_esm_contacts
+
+    with pytest.raises(UsageError, match="inputs must be paths"):
+        import_esm_contacts([1], tmp_path / "c.h5")
+    with pytest.raises(UsageError, match="output"):
+        import_esm_contacts([tmp_path], 5)
+    assert not list(tmp_path.iterdir())
