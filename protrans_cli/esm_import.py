@@ -373,10 +373,17 @@ def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequen
         if count and count != expected:
             raise InputError(f"holds {count} rows; its sequence in {fasta} has {len(sequence)} residues"
                              f"{f', cut at {truncation}' if len(sequence) > truncation else ''}, {expected} rows: "
-                             "another sequence (or a FASTA with gaps, which esm-extract embeds as rows)",
-                             path=str(path))
+                             "another sequence (or a FASTA with gaps, which esm-extract embeds as rows)"
+                             + _cut_otherwise(count, len(sequence)), path=str(path))
         entry.sequence, entry.rows = sequence, expected
     return entry, dims.pop()
+
+
+def _cut_otherwise(count: int, residues: int) -> str:
+    """A row count short of the sequence may be esm-extract's cut at another length: said so."""
+    if 0 < count < residues:
+        return (f", or esm-extract ran with --truncation_seq_length {count}: give --truncation-seq-length {count}")
+    return ""
 
 
 def _fasta_entry(sequences: dict, ident: str, path: Path, fasta) -> tuple[str, str]:
@@ -544,7 +551,7 @@ def _check_contacts(obj, path: Path, truncation: int, sequences, fasta) -> _Entr
         entry.header, sequence = _fasta_entry(sequences, ident, path, fasta)
         if count != min(len(sequence), truncation):
             raise InputError(f"holds a map of {count} residues; its sequence in {fasta} has {len(sequence)}: "
-                             "another sequence", path=str(path))
+                             "another sequence" + _cut_otherwise(count, len(sequence)), path=str(path))
         entry.sequence = sequence
     return entry
 

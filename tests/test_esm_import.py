@@ -422,3 +422,16 @@ def test_contacts_from_python_with_arguments_that_are_not_paths_name_them(tmp_pa
     with pytest.raises(UsageError, match="output"):
         import_esm_contacts([tmp_path], 5)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_map_cut_at_another_length_names_the_truncation_to_give(run_cli, tmp_path):
+    folder = tmp_path / "esm_out"
+    folder.mkdir()
+    torch.save({"label": "P1", "contacts": torch.zeros(6, 6)}, folder / "P1.pt")
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">P1\nMKTAYIAKQR\n")
+    r = run_cli("import-esm", folder, "--contacts", "--fasta", fasta, "-o", tmp_path / "c.h5")
+    assert r.exit_code == 1 and "give --truncation-seq-length 6" in r.stderr and r.stderr.count("\n") == 1
+    r = run_cli("import-esm", folder, "--contacts", "--fasta", fasta, "--truncation-seq-length", "6",
+                "-o", tmp_path / "c.h5")
+    assert r.exit_code == 0, r.stderr
