@@ -76,20 +76,9 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
     """
     from protrans_cli.io.files import checked_hdf5_output, output_lock
 
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    inputs = list(inputs)
-    if not inputs:
-        raise UsageError("import-esm needs esm-extract's output: a directory of .pt files, or .pt files")
-    if not all(isinstance(p, (str, os.PathLike)) for p in inputs):
-        raise UsageError(f"import-esm: inputs must be paths, got {inputs!r:.60}")
-    expect_path(output, "import-esm: output")
+    inputs = _checked_arguments(inputs, output, storage_dtype, truncation_seq_length)
     if layout not in LAYOUTS:
         raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if storage_dtype not in STORAGE_DTYPES:
-        raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
-    if not isinstance(truncation_seq_length, int) or truncation_seq_length < 1:
-        raise UsageError(f"--truncation-seq-length must be a positive number, got {truncation_seq_length!r}")
     layers = tuple(layers or ())
     if not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
         raise UsageError(f"layers are esm-extract layer numbers (ints), got {layers!r:.60}")
@@ -107,6 +96,24 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
                               per_residue=per_residue, per_protein=per_protein, layout=layout,
                               storage_dtype=storage_dtype, model=model, truncation=truncation_seq_length,
                               force=force, command_line=command_line)
+
+
+def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length) -> list:
+    """The inputs as a list, after the checks both imports make of their arguments (before any file
+    is read)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if not inputs:
+        raise UsageError("import-esm needs esm-extract's output: a directory of .pt files, or .pt files")
+    if not all(isinstance(p, (str, os.PathLike)) for p in inputs):
+        raise UsageError(f"import-esm: inputs must be paths, got {inputs!r:.60}")
+    expect_path(output, "import-esm: output")
+    if storage_dtype not in STORAGE_DTYPES:
+        raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
+    if not isinstance(truncation_seq_length, int) or truncation_seq_length < 1:
+        raise UsageError(f"--truncation-seq-length must be a positive number, got {truncation_seq_length!r}")
+    return inputs
 
 
 def _pt_files(inputs, output: Path) -> list[Path]:
@@ -475,19 +482,8 @@ def import_esm_contacts(inputs, output, *, fasta=None, storage_dtype: str = "flo
     from protrans_cli.io.files import checked_hdf5_output, output_lock
     from protrans_cli.io.h5 import CONTACTS
 
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    inputs = list(inputs)
-    if not inputs:
-        raise UsageError("import-esm needs esm-extract's output: a directory of .pt files, or .pt files")
     # (as import_esm's: a TypeError from pathlib where the embeddings' import says which argument)
-    if not all(isinstance(p, (str, os.PathLike)) for p in inputs):
-        raise UsageError(f"import-esm: inputs must be paths, got {inputs!r:.60}")
-    expect_path(output, "import-esm: output")
-    if storage_dtype not in STORAGE_DTYPES:
-        raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
-    if not isinstance(truncation_seq_length, int) or truncation_seq_length < 1:
-        raise UsageError(f"--truncation-seq-length must be a positive number, got {truncation_seq_length!r}")
+    inputs = _checked_arguments(inputs, output, storage_dtype, truncation_seq_length)
     output = checked_hdf5_output(Path(output), "the imported contact maps")
     paths = _pt_files(inputs, output)
     with output_lock(output, "is the output of another protrans run that is running now: wait for it to end, or "
