@@ -36,6 +36,8 @@ FAMILY = "esm"
 SOURCE = "esm-extract"
 POOLING = "mean over residue tokens (special tokens excluded)"  # embed's, and esm-extract's `mean`
 DEFAULT_TRUNCATION = 1022  # esm-extract's --truncation_seq_length
+BOS = "bos_representations"  # esm-extract --include bos: the hidden state of <cls>
+BOS_POOLING = "cls: the hidden state of the <cls> token"  # embed --pooling cls's words for an ESM model
 _LAYERS_IN_NAME = re.compile(r"(?:^|[/_])esm[0-9a-z]*_t(\d+)_")  # esm2_t33_650M_UR50D: 33 blocks
 
 
@@ -62,7 +64,7 @@ class _Entry:
 def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | None = None,
                per_protein: bool | None = None, layout: str = "grouped", storage_dtype: str = "float32",
                model: str | None = None, truncation_seq_length: int = DEFAULT_TRUNCATION, force: bool = False,
-               command_line: str | None = None) -> ImportSummary:
+               command_line: str | None = None, bos: bool = False) -> ImportSummary:
     """Write the esm-extract outputs `inputs` (directories of `.pt` files, searched recursively as
     esm-extract makes folders of labels with `/`, and `.pt` files) into `output`.
 
@@ -84,6 +86,8 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
         raise UsageError(f"layers are esm-extract layer numbers (ints), got {layers!r:.60}")
     if len(set(layers)) != len(layers):
         raise UsageError(f"--layer given twice: {', '.join(map(str, layers))}")
+    if bos and per_residue:
+        raise UsageError("--bos imports per-protein vectors (the <cls> token's): no --per-residue")
     if per_residue and layout == "stacked":
         raise UsageError("the stacked layout holds per-protein vectors only: choose --per-protein alone")
     if per_residue and per_protein and layout == "flat":
@@ -95,7 +99,7 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
         return _import_locked(paths, output, fasta=None if fasta is None else Path(fasta), layers=layers,
                               per_residue=per_residue, per_protein=per_protein, layout=layout,
                               storage_dtype=storage_dtype, model=model, truncation=truncation_seq_length,
-                              force=force, command_line=command_line)
+                              force=force, command_line=command_line, bos=bos)
 
 
 def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length) -> list:
@@ -197,7 +201,11 @@ def _layer_dict(obj: dict, key: str, path: Path) -> dict | None:
     return value
 
 
-def _available(obj: dict, path: Path) -> tuple[dict | None, dict | None]:
+def _available(obj: dict, path: Path, bos: bool = False) -> tuple[dict | None, dict | None]:
+    """(rows, per-protein vectors) of a file: `mean_representations`, or with `bos` its
+    `bos_representations` (the <cls> token's; no rows then: a mean of them is another pooling)."""
+    if bos:
+        return None, _layer_dict(obj, BOS, path)
     return _layer_dict(obj, "representations", path), _layer_dict(obj, "mean_representations", path)
 
 
@@ -230,14 +238,14 @@ def model_width(model: str | None) -> int | None:
 
 
 def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residue, per_protein, layout,
-                   storage_dtype, model, truncation, force, command_line) -> ImportSummary:
+                   storage_dtype, model, truncation, force, command_line, bos=False) -> ImportSummary:
     from protrans_cli import __version__, console
     from protrans_cli.io.h5 import EmbeddingsWriter, output_free, remove_partial
 
     partial = output_free(output, force, "embed, merge or import-esm")
 
     # The kinds and layers, from the first file (every other must hold them)
-    rows0, means0 = _available(load_pt(paths[0], mmap=True), paths[0])
+    rows0, means0 = _available(load_pt(paths[0], mmap=True), paths[0], bos)
     if per_residue is None and per_protein is None:
         per_protein, per_residue = True, rows0 is not None and layout == "grouped"
     kinds = tuple(k for k, on in ((PER_RESIDUE, per_residue), (PER_PROTEIN, per_protein)) if on)
@@ -245,8 +253,9 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
         raise UsageError("nothing to import: give --per-residue, --per-protein or neither")
     present = sorted(set(rows0 or {}) | (set(means0 or {}) if not per_residue else set()))
     if not present:
-        need = "'representations' (esm-extract --include per_tok)" if per_residue else \
-            "'representations' or 'mean_representations' (esm-extract --include per_tok or mean)"
+        need = ("'representations' (esm-extract --include per_tok)" if per_residue else
+                f"'{BOS}' (esm-extract --include bos)" if bos else
+                "'representations' or 'mean_representations' (esm-extract --include per_tok or mean)")
         raise InputError(f"holds no {need}", path=str(paths[0]))
     blocks = model_layers(model)
     last = blocks if blocks is not None else max(present)
@@ -270,7 +279,8 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
     entries, owner, dim = [], {}, None
     for path in paths:
         obj = load_pt(path, mmap=True)
-        entry, width = _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequences, fasta)
+        entry, width = _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequences, fasta,
+                                    bos=bos)
         if width != dim and dim is not None:
             raise InputError(f"holds embeddings of width {width}, {entries[0].path} of width {dim}: one model's "
                              "outputs only", path=str(path))
@@ -296,7 +306,8 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
                      "to number the layers as embed does and to match embed's files of that model")
 
     attrs = {"model": model or SOURCE, "revision": "", "commit": "", "family": FAMILY,
-             "layers": [k - states for k in chosen], "num_hidden_states": states, "pooling": POOLING,
+             "layers": [k - states for k in chosen], "num_hidden_states": states,
+             "pooling": BOS_POOLING if bos else POOLING,
              "compute_dtype": "float32",  # (esm-extract never casts the model)
              "embedding_dim": dim, "protrans_version": __version__,
              "command_line": command_line or "protrans_cli.esm_import.import_esm() called from Python",
@@ -308,7 +319,7 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
     try:
         with EmbeddingsWriter(output, kinds=kinds, layout=layout, storage_dtype=storage_dtype, attrs=attrs) as writer:
             for entry in entries:
-                _write_entry(writer, entry, chosen, kinds, summary, dim)
+                _write_entry(writer, entry, chosen, kinds, summary, dim, bos=bos)
             writer.flush(failures=True)
             summary.failed = dict(writer.failed)
     except BaseException:
@@ -339,7 +350,8 @@ def _fasta_records(fasta: Path) -> dict:
     return records
 
 
-def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequences, fasta) -> tuple[_Entry, int]:
+def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequences, fasta,
+                 bos: bool = False) -> tuple[_Entry, int]:
     """A file's entry and embedding width, every check of it made (see the module docstring)."""
     from protrans_cli.io.fasta import header_id
 
@@ -347,7 +359,8 @@ def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequen
     ident = header_id(label)
     if not ident:
         raise InputError(f"its label {label!r} has no id (the header's first word)", path=str(path))
-    rows, means = _available(obj, path)
+    rows, means = _available(obj, path, bos)
+    vectors, include = (BOS, "--include bos") if bos else ("mean_representations", "--include mean")
     shapes = []
     for k in chosen:
         if rows is not None and k in rows:
@@ -355,10 +368,10 @@ def _check_entry(obj, path, chosen, per_residue, per_protein, truncation, sequen
         elif per_residue:
             raise InputError(_missing("representations", k, rows, "--include per_tok"), path=str(path))
         if per_protein and k in (means or {}):
-            shapes.append(("mean_representations", k, tuple(means[k].shape), 1))
+            shapes.append((vectors, k, tuple(means[k].shape), 1))
         elif per_protein and (rows is None or k not in rows):
-            raise InputError(_missing("mean_representations", k, means, "--include mean") +
-                             " nor its per-residue rows", path=str(path))
+            raise InputError(_missing(vectors, k, means, include) + ("" if bos else " nor its per-residue rows"),
+                             path=str(path))
     dims = {s[-1] if s else None for _, _, s, _ in shapes}
     for what, k, shape, ndim in shapes:
         if len(shape) != ndim or 0 in shape:
@@ -413,7 +426,7 @@ def _missing(key: str, layer: int, found: dict | None, include: str) -> str:
     return f"has no layer {layer} in '{key}' (it holds {', '.join(map(str, sorted(found)))})"
 
 
-def _write_entry(writer, entry: _Entry, chosen, kinds, summary: ImportSummary, dim: int) -> None:
+def _write_entry(writer, entry: _Entry, chosen, kinds, summary: ImportSummary, dim: int, bos: bool = False) -> None:
     """One file's arrays into the writer, as embed writes a protein (see embed._write_unit)."""
     from protrans_cli.embedders import beyond_range, fits, mean_rows
 
@@ -421,7 +434,7 @@ def _write_entry(writer, entry: _Entry, chosen, kinds, summary: ImportSummary, d
         return InputError(f"changed during the import ({what}): import again", path=str(entry.path))
 
     obj = load_pt(entry.path)  # (read again: changed since the first pass is refused below)
-    rows, means = _available(obj, entry.path)
+    rows, means = _available(obj, entry.path, bos)
     label = obj["label"]
     if label != entry.label:
         raise changed("another label")

@@ -293,11 +293,11 @@ def test_a_failure_while_writing_leaves_no_partial_file(tmp_path, extracted, mon
     folder, _, _ = extracted
     real, calls = esm_import._write_entry, []
 
-    def failing(*args):
+    def failing(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise OSError("disk went away")
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(esm_import, "_write_entry", failing)
     with pytest.raises(OSError, match="disk went away"):
@@ -320,11 +320,11 @@ def test_a_file_rewritten_between_the_passes_with_another_width_or_layers_writes
     for rewrite in rewrites:
         (folder / "P3.pt").write_bytes(original)
 
-        def rewriting(*args):
+        def rewriting(*args, **kwargs):
             if not calls:
                 rewrite()
             calls.append(1)
-            return real(*args)
+            return real(*args, **kwargs)
 
         calls.clear()
         monkeypatch.setattr(esm_import, "_write_entry", rewriting)
@@ -435,3 +435,40 @@ def test_a_map_cut_at_another_length_names_the_truncation_to_give(run_cli, tmp_p
     r = run_cli("import-esm", folder, "--contacts", "--fasta", fasta, "--truncation-seq-length", "6",
                 "-o", tmp_path / "c.h5")
     assert r.exit_code == 0, r.stderr
+
+
+def test_bos_representations_import_as_embed_pooling_cls_writes_them(run_cli, tmp_path):
+    """esm-extract --include bos: the <cls> token's hidden state per layer, imported as per-protein
+    vectors with the pooling embed --pooling cls records, so fit/predict/knn take them as cls
+    vectors of that model (and refuse them beside means)."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">P1\nMKTAYIAKQR\n>P2\nMAAGW\n")
+    embedded = tmp_path / "cls.h5"
+    r = run_cli("embed", fasta, "-m", REFERENCE, "--per-protein", "--pooling", "cls", "--layer", "-1", "-o", embedded)
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(embedded) as reader:
+        vectors = {i: a for i, a, _ in reader.items(PER_PROTEIN)}
+        pooling = reader.attrs["pooling"]
+    folder = tmp_path / "esm_out"
+    for ident, vector in vectors.items():  # (layer 2: the last of the reference's two blocks)
+        _save(folder, ident, bos_representations={2: torch.from_numpy(vector)},
+              mean_representations={2: torch.zeros_like(torch.from_numpy(vector))})
+    out = tmp_path / "imported.h5"
+    r = run_cli("import-esm", folder, "--bos", "--fasta", fasta, "-m", REFERENCE.resolve(), "-o", out)
+    assert r.exit_code == 0, r.stderr
+    got, attrs, _ = _read(out)
+    assert attrs["pooling"] == pooling and set(got) == {PER_PROTEIN}
+    for ident, vector in vectors.items():
+        np.testing.assert_array_equal(got[PER_PROTEIN][ident][0], vector)
+    # knn compares it with embed's cls file, and refuses embed's means
+    assert run_cli("knn", out, "--reference", embedded).exit_code == 0
+    means = tmp_path / "mean.h5"
+    assert run_cli("embed", fasta, "-m", REFERENCE, "--per-protein", "-o", means).exit_code == 0
+    r = run_cli("knn", out, "--reference", means)
+    assert r.exit_code == 1 and "pool" in r.stderr
+    r = run_cli("import-esm", folder, "--bos", "--per-residue", "-o", tmp_path / "x.h5")
+    assert r.exit_code == 2 and "--bos imports per-protein vectors" in r.stderr
+    plain = tmp_path / "plain"
+    _save(plain, "P9", means={2: np.zeros(8, np.float32)})
+    r = run_cli("import-esm", plain, "--bos", "-o", tmp_path / "y.h5")
+    assert r.exit_code == 1 and "bos_representations" in r.stderr and "--include bos" in r.stderr

@@ -29,6 +29,9 @@ from protrans_cli.cli import INPUT_FILE
               help="As embed's: grouped, flat (one kind) or stacked (per-protein).")
 @click.option("--storage-dtype", type=click.Choice(["float32", "float16"]), default=None,
               help="dtype of the stored arrays.  [default: float32; float16 with --contacts, as protrans contacts]")
+@click.option("--bos", is_flag=True,
+              help="Per-protein vectors from esm-extract's bos_representations (--include bos: the <cls> token's "
+                   "hidden state), as embed --pooling cls writes them, instead of the means.")
 @click.option("--contacts", is_flag=True,
               help="Import the contact maps instead (esm-extract --include contacts) into the file protrans "
                    "contacts writes (/contacts/<id>); no --layer, --per-residue, --per-protein or --layout.")
@@ -38,7 +41,7 @@ from protrans_cli.cli import INPUT_FILE
 @click.option("--truncation-seq-length", type=click.IntRange(min=1), default=1022,
               help="esm-extract's --truncation_seq_length (recorded as --max-length with --long-policy truncate).")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT.")
-def command(inputs, output, fasta, layers, per_residue, per_protein, layout, storage_dtype, contacts, model,
+def command(inputs, output, fasta, layers, per_residue, per_protein, layout, storage_dtype, bos, contacts, model,
             truncation_seq_length, force):
     """Import esm-extract's .pt files into one embeddings file (no computation).
 
@@ -62,7 +65,7 @@ def command(inputs, output, fasta, layers, per_residue, per_protein, layout, sto
     from protrans_cli.esm_import import import_esm, import_esm_contacts
 
     if contacts:
-        given = [flag for flag, on in (("--layer", layers), ("--per-residue", per_residue),
+        given = [flag for flag, on in (("--bos", bos), ("--layer", layers), ("--per-residue", per_residue),
                                        ("--per-protein", per_protein), ("--layout", layout != "grouped")) if on]
         if given:
             raise UsageError(f"{given[0]} is for embeddings: --contacts imports the contact maps alone")
@@ -80,7 +83,7 @@ def command(inputs, output, fasta, layers, per_residue, per_protein, layout, sto
     summary = import_esm(list(inputs), output, fasta=fasta, layers=layers, per_residue=per_residue,
                          per_protein=per_protein, layout=layout, storage_dtype=storage_dtype, model=model,
                          truncation_seq_length=truncation_seq_length, force=force,
-                         command_line=shlex.join(["protrans", *sys.argv[1:]]))
+                         command_line=shlex.join(["protrans", *sys.argv[1:]]), bos=bos)
     truncated = f"; {summary.truncated} truncated by esm-extract" if summary.truncated else ""
     failed = f"; {len(summary.failed)} not written (the 'failed' attribute)" if summary.failed else ""
     layers_said = ", ".join(map(str, summary.layers))
