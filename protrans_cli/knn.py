@@ -81,27 +81,25 @@ def _refuse_residues_only(reader: EmbeddingsReader, what: str, path) -> None:
 
 def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: bool) -> None:
     from protrans_cli.embed import same_model
+    from protrans_cli.heads.predict import mismatch
 
     q_model, r_model = q_attrs.get("model"), r_attrs.get("model")
     if q_model and r_model and not same_model(str(q_model), str(r_model)):
         message = (f"queries come from model {q_model!r}, the reference from {r_model!r}: their distances mean "
                    "nothing")
-        if not allow:
-            raise ModelError(message + " (--allow-model-mismatch overrides)", path=str(query))
-        console.warn(f"{query}: {message}")
+        mismatch(message, query, allow)
 
 
 def _check_same_pooling(query, reference, q_attrs: dict, r_attrs: dict, allow: bool) -> None:
     """Vectors of a cls token (embed --pooling cls) are compared with vectors of a cls token."""
+    from protrans_cli.heads.predict import mismatch
     from protrans_cli.io.h5 import pooling_kind
 
     q_pooling, r_pooling = pooling_kind(q_attrs.get("pooling")), pooling_kind(r_attrs.get("pooling"))
     if q_pooling != r_pooling:
         message = (f"queries are pooled by {q_pooling}, the reference by {r_pooling} (embed --pooling): their "
                    f"distances mean nothing; embed the queries with --pooling {r_pooling}")
-        if not allow:
-            raise ModelError(message + " (--allow-model-mismatch overrides)", path=str(query))
-        console.warn(f"{query}: {message}")
+        mismatch(message, query, allow)
 
 
 def nearest(query, reference, *, k: int = 1, metric: str = "euclidean", layer: int = -1,

@@ -61,8 +61,8 @@ from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
 @click.option("--resume", is_flag=True, help="Continue the interrupted run kept in OUTPUT.partial (saved every epoch).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (and an interrupted OUTPUT.partial) if it exists.")
 def command(task, model, labels, fasta, output, valid, tests, label_format, mask_path, mask_columns, class_weights,
-            lora_rank, lora_alpha, lora_dropout, lr,
-            weight_decay, max_epochs, patience, max_residues, accumulate, activation_checkpointing, seed, valid_fraction, architecture, hidden,
+            lora_rank, lora_alpha, lora_dropout, lr, weight_decay, max_epochs, patience, max_residues, accumulate,
+            activation_checkpointing, seed, valid_fraction, architecture, hidden,
             kernel, dropout, dual, layer, n_bootstrap, threads, device, resume, force):
     """Fine-tune a protein LM with LoRA together with a prediction head.
 

@@ -176,8 +176,7 @@ def _secstruct(state: dict, path: Path, digest: str, model: str):
             head.heads[name].bias.copy_(weights[f"{key}.bias"][rows].float())
     if not all(torch.isfinite(p).all() for p in head.parameters()):
         raise InputError("holds NaN or infinite weights", path=str(path))
-    epoch = state.get("epoch")
-    epoch = float(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+    epoch = _epoch(state)
     config = {
         "format": "protrans-head", "format_version": head_format("cnn"), "protrans_version": __version__,
         "task": task.to_json(), "kind": task.kind, "architecture": "cnn", "input_dim": int(dim),
@@ -191,6 +190,12 @@ def _secstruct(state: dict, path: Path, digest: str, model: str):
         "config": {"task": "ss3+ss8", "layer": -1},
     }
     return Ensemble([head.eval()], task).eval(), config, int(dim)
+
+
+def _epoch(state: dict) -> float | None:
+    """The checkpoint's `epoch`, where it records a number."""
+    epoch = state.get("epoch")
+    return float(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
 
 
 def _state_dict(state: dict, path: Path) -> dict:
@@ -252,8 +257,7 @@ def _light_attention(state: dict, path: Path, digest: str, model: str, source: s
         head.heads[name].bias.copy_(weights["output.bias"][order].float())
     if not all(torch.isfinite(t).all() for t in head.state_dict().values()):
         raise InputError("holds NaN or infinite weights", path=str(path))
-    epoch = state.get("epoch")
-    epoch = float(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+    epoch = _epoch(state)
     config = {
         "format": "protrans-head", "format_version": head_format("light-attention"), "protrans_version": __version__,
         "task": task.to_json(), "kind": task.kind, "architecture": "light-attention", "input_dim": dim,

@@ -68,9 +68,7 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
 
     if head_model and file_model and not same_model(head_model, file_model):
         message = f"embeddings come from model {file_model!r}, the head was trained on {head_model!r}"
-        if not allow_model_mismatch:
-            raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
-        console.warn(f"{reader.path}: {message}")
+        mismatch(message, reader.path, allow_model_mismatch)
     # the token embed put before every protein (ProstT5's <AA2fold>): a head fit before embed put
     # one there learned rows made without it
     head_prefix, file_prefix = config.get("embedding", {}).get("input_prefix") or "", input_prefix_of(reader.attrs)
@@ -81,9 +79,7 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
                   else "fit the head again on embeddings of this protrans version")
         message = (f"embeddings were made {prefix_words(file_prefix)}, the head's training embeddings "
                    f"{prefix_words(head_prefix)} (the rows differ: {remedy})")
-        if not allow_model_mismatch:
-            raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
-        console.warn(f"{reader.path}: {message}")
+        mismatch(message, reader.path, allow_model_mismatch)
     # a head fit on per-protein vectors of one pooling (embed --pooling) reads vectors of it
     if head_input_kind(config, task) == PER_PROTEIN:
         head_pooling = pooling_kind(config.get("embedding", {}).get("pooling"))
@@ -91,9 +87,15 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
         if head_pooling != file_pooling:
             message = (f"per-protein vectors pooled by {file_pooling}, the head was trained on vectors pooled by "
                        f"{head_pooling}: embed with --pooling {head_pooling}, or give the sequences with --fasta")
-            if not allow_model_mismatch:
-                raise ModelError(message + " (--allow-model-mismatch overrides)", path=reader.path)
-            console.warn(f"{reader.path}: {message}")
+            mismatch(message, reader.path, allow_model_mismatch)
+
+
+def mismatch(message: str, path, allow: bool) -> None:
+    """Embeddings that do not match what they are compared with (another model, input prefix or
+    pooling): a ModelError, or with --allow-model-mismatch a warning naming `path`."""
+    if not allow:
+        raise ModelError(message + " (--allow-model-mismatch overrides)", path=str(path))
+    console.warn(f"{path}: {message}")
 
 
 def head_layer(config: dict) -> int:

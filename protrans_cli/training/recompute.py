@@ -130,15 +130,18 @@ def drop_recomputed_blocks(model: torch.nn.Module) -> None:
     """Undo `checkpoint_blocks` on this model object: each block runs its class's forward again.
     For a deep copy above all (finetune's merged model): it shares the original's wrappers (a
     function is copied by reference), which would run the original blocks."""
-    for block in transformer_blocks(model):
-        if block.__dict__.pop(_MARK, False):
-            block.__dict__.pop("forward", None)
+    _unwrap_blocks(model, _MARK)
 
 
 def drop_compiled_blocks(model: torch.nn.Module) -> None:
     """Undo `compile_blocks` on this model object: each block runs its class's forward again.
     For a deep copy above all: it shares the original's compiled functions (a function is copied
     by reference), which would run the original blocks."""
+    _unwrap_blocks(model, _COMPILED)
+
+
+def _unwrap_blocks(model: torch.nn.Module, mark: str) -> None:
+    """The blocks that `mark` says were wrapped in place get their class's forward back."""
     for block in transformer_blocks(model):
-        if block.__dict__.pop(_COMPILED, False):
+        if block.__dict__.pop(mark, False):
             block.__dict__.pop("forward", None)
