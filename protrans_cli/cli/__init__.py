@@ -35,6 +35,7 @@ COMMANDS = {
     "merge": ("protrans_cli.cli.merge", "Merge embed outputs of one model and settings into one file (no computation)."),
     "import-esm": ("protrans_cli.cli.import_esm", "Import esm-extract's .pt files into one embeddings file (no computation)."),
     "contacts": ("protrans_cli.cli.contacts", "Residue-residue contact maps from ESM's contact head, into HDF5."),
+    "variants": ("protrans_cli.cli.variants", "Zero-shot variant effects (masked marginals) from a masked language model."),
     "import-head": ("protrans_cli.cli.import_head", "Import a published prediction head (no training)."),
     "knn": ("protrans_cli.cli.knn", "Nearest neighbours in embedding space; transfers and scores labels."),
     "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, PISCES, FLIP, biotrainer, DeepLoc, CSV) to FASTA for embed."),

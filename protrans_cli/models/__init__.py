@@ -277,13 +277,16 @@ def _family_of(name: str, config) -> Family:
         raise ModelError(f"{name}: {exc}") from None
 
 
-def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_files_only=None) -> LoadedModel:
+def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_files_only=None,
+               masked_lm: bool = False) -> LoadedModel:
     """Load a short name, a local model directory or a hub id for embedding.
 
     The family comes from the checkpoint's config (model_type), the tokenizer and encoder
     through the real `from_pretrained` code paths. `dtype=None` loads float32 (never the
     checkpoint's half precision by surprise); the caller picks bf16/fp16 for a GPU.
     A model that cannot be found (offline, not cached, no such repo) is a one-line ModelError.
+    `masked_lm`: the encoder with its masked-LM head (`Family.load_masked_lm`), for scoring
+    residues (`protrans variants`), in place of the encoder alone.
     """
     import torch
 
@@ -338,7 +341,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             # the pooler that an MLM checkpoint lacks from them, so a notebook seeded before
             # load_model drew other numbers after it)
             with torch.random.fork_rng(devices=[]):
-                model = family.load_encoder(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
+                load = family.load_masked_lm if masked_lm else family.load_encoder
+                model = load(target, dtype=torch_dtype or _default_dtype(), **hub_kwargs)
         except (OSError, ValueError) as exc:
             raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
         except weight_errors() as exc:

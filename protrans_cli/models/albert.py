@@ -32,6 +32,7 @@ class AlbertFamily(Family):
     # finetune's LoRA adapters: query, key, value and output projections (shared across layers)
     lora_targets = ("attention.query", "attention.key", "attention.value", "attention.dense")
     objective = "mlm"
+    masked_lm_class = "AlbertForMaskedLM"
     packable = True
     sentence_order = True  # AlbertForPreTraining's sentence-order head (train --sop)
     presets = PRESETS

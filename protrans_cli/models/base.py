@@ -92,6 +92,9 @@ class Family:
     # Linear modules that `finetune` puts LoRA adapters on, by the end of their qualified names
     # (heads/lora.py); () where the attention has no Linear projections (XLNet, Transformer-XL)
     lora_targets: ClassVar[tuple[str, ...]] = ()
+    # The transformers class holding the encoder with its masked-LM head (`protrans variants`
+    # scores residues with it); None for a family that predicts no masked residue from both sides
+    masked_lm_class: ClassVar[str | None] = None
 
     def use_flex_attention(self, model) -> None:
         """Switch `model` (this family's encoder, loaded for inference) to FlexAttention
@@ -237,6 +240,20 @@ class Family:
     def load_encoder(self, name_or_path, *, dtype=None, **hub_kwargs):
         """The model whose hidden states are the embeddings (T5 encoder, ELECTRA discriminator...)."""
         return load_checked(self.encoder_class, name_or_path, dtype=dtype, **hub_kwargs)
+
+    def load_masked_lm(self, name_or_path, *, dtype=None, **hub_kwargs):
+        """The encoder with its masked-LM head (`masked_lm_class`): logits over the vocabulary at
+        every position. A checkpoint without the head's trained weights (an encoder saved alone,
+        ProtT5's `-enc`) is refused, not given a random head."""
+        if self.masked_lm_class is None:
+            raise ModelError(f"{name_or_path}: a {self.name} model, not a masked language model: it does not score a "
+                             "masked residue from both sides (use an ESM, ProtBert, ProtAlbert, RoBERTa-style BERT or "
+                             "ELECTRA generator checkpoint)")
+        import transformers
+
+        return load_checked(getattr(transformers, self.masked_lm_class), name_or_path, dtype=dtype,
+                            lacking="its masked-LM head is not in the checkpoint (an encoder saved without it); "
+                                    "masked-LM scores need the head the model was pretrained with", **hub_kwargs)
 
     def prefix_ids(self, tokenizer) -> list[int]:
         """Token ids a model expects before every protein, after its tokenizer's own leading
@@ -567,16 +584,20 @@ def _override_problem(key: str, value) -> str | None:
     return None
 
 
-def load_checked(model_class, name_or_path, *, dtype=None, **kwargs):
+def load_checked(model_class, name_or_path, *, dtype=None, lacking: str | None = None, **kwargs):
     """`model_class.from_pretrained`, in eval mode, refusing a checkpoint that leaves any weight
     the hidden states depend on freshly initialised (a wrong or truncated checkpoint would
-    otherwise give random embeddings without a word). Unused heads are fine."""
+    otherwise give random embeddings without a word). Unused heads are fine. `lacking`: what to
+    say when every weight missing is outside the base model (a head the checkpoint does not hold)."""
     problem = _depth_problem(model_class, name_or_path, kwargs)
     if problem:
         raise ModelError(f"{name_or_path}: {problem}")
     model, info = model_class.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True,
                                               **{**NO_HUB_KERNELS, **kwargs})
     missing = [k for k in info.get("missing_keys", []) if not k.startswith(_OPTIONAL_ENCODER_KEYS)]
+    prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
+    if missing and lacking and prefix and not any(k.startswith(prefix) for k in missing):
+        raise ModelError(f"{name_or_path}: {lacking} (no weights for {sorted(missing)[0]})")
     if missing:
         raise ModelError(f"{name_or_path}: the checkpoint has no weights for {len(missing)} parameters of "
                          f"{model_class.__name__} (e.g. {sorted(missing)[0]}); it is not a complete "

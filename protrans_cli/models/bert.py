@@ -33,6 +33,7 @@ class BertFamily(Family):
     # finetune's LoRA adapters: query, key, value and output projections of every layer
     lora_targets = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
     objective = "mlm"
+    masked_lm_class = "BertForMaskedLM"
     packable = True
     presets = PRESETS
     description = "BERT masked-LM encoder (ProtBert)"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from protrans_cli.errors import ModelError
 from protrans_cli.models.base import NO_HUB_KERNELS, Family, refuse_missing_layers
 from protrans_cli.models.bert import BERT_SPECIALS
 from protrans_cli.models.tokenizers import RESIDUES, residue_tokenizer, save_tokenizer
@@ -209,6 +210,7 @@ class ElectraFamily(Family):
     # finetune's LoRA adapters: query, key, value and output projections of every layer (the discriminator)
     lora_targets = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
     objective = "electra"
+    masked_lm_class = "ElectraForMaskedLM"
     packable = True
     presets = PRESETS
     description = "ELECTRA generator + discriminator; embeddings from the discriminator (ProtElectra)"
@@ -261,6 +263,23 @@ class ElectraFamily(Family):
         super().save_pretrained(model, tokenizer, directory)
         if hasattr(model, "generator"):
             save_tokenizer(tokenizer, Path(directory) / "generator")
+
+    def load_masked_lm(self, name_or_path, *, dtype=None, **hub_kwargs):
+        """The generator (the discriminator has no masked-LM head): the model itself when it is a
+        generator (Rostlab/prot_electra_generator_bfd, a run's `generator/` folder), else the
+        `generator/` folder of a `protrans train` run directory."""
+        from transformers import AutoConfig
+
+        hub = {k: v for k, v in hub_kwargs.items() if k in ("revision", "local_files_only")}
+        config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False, **hub)
+        if self.masked_lm_class in (getattr(config, "architectures", None) or []):
+            return super().load_masked_lm(name_or_path, dtype=dtype, **hub_kwargs)
+        generator = Path(str(name_or_path)) / "generator"
+        if (generator / "config.json").is_file():
+            return super().load_masked_lm(generator, dtype=dtype, **hub_kwargs)
+        raise ModelError(f"{name_or_path}: an ELECTRA discriminator, which has no masked-LM head; score with its "
+                         "generator (Rostlab/prot_electra_generator_bfd for ProtElectra; a protrans train run keeps "
+                         "it in RUN/generator)")
 
     def load_pretraining_model(self, directory, *, config=None, **kwargs):
         from transformers import ElectraForMaskedLM, ElectraForPreTraining

@@ -55,6 +55,7 @@ class EsmFamily(Family):
     # finetune's LoRA adapters: query, key and value of every layer
     lora_targets = ("attention.self.query", "attention.self.key", "attention.self.value")
     objective = "mlm"
+    masked_lm_class = "EsmForMaskedLM"
     packable = True
     presets = PRESETS
     spaced = False

@@ -29,6 +29,7 @@ class RobertaFamily(Family):
     # finetune's LoRA adapters: query, key, value and output projections of every layer
     lora_targets = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
     objective = "mlm"
+    masked_lm_class = "RobertaForMaskedLM"
     packable = True
     presets = PRESETS
     description = "RoBERTa-style BERT (no NSP, dynamic masking)"

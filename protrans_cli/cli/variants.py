@@ -1,0 +1,84 @@
+"""`protrans variants`: zero-shot variant effects from a masked language model.
+
+    protrans variants dms.csv --fasta wt.fa -m esm1v_t33_650M_UR90S_1 -o scored.csv
+    protrans variants --all-singles --sequence MKTAYIAK... > scan.csv
+"""
+
+from __future__ import annotations
+
+import click
+
+from protrans_cli.cli import INPUT_FILE
+
+
+@click.command("variants", context_settings={"show_default": True})
+@click.argument("variants_file", metavar="[VARIANTS]", required=False, type=INPUT_FILE)
+@click.option("--sequence", default=None, help="The wild-type sequence (or --fasta).")
+@click.option("--fasta", type=INPUT_FILE, default=None,
+              help="FASTA holding the wild type (one record, or pick it with --id; --all-singles scans every "
+                   "record).")
+@click.option("--id", "record_id", default=None, help="The record of --fasta that is the wild type.")
+@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+              help="CSV to write (the table with a score column per model and scoring); - for stdout.")
+@click.option("-m", "--model", "models", multiple=True, default=("esm2_t33_650M_UR50D",),
+              help="A masked LM with its head: short name (see `protrans models`), model directory or hub id. "
+                   "Repeat for an ensemble (e.g. the five ESM-1v models): a column each, and their mean.")
+@click.option("--scoring", "strategies", multiple=True, default=("masked-marginals",),
+              type=click.Choice(["masked-marginals", "wt-marginals", "pseudo-ppl"]),
+              help="masked-marginals: mask the site in the wild type, log p(mutant) - log p(wild type); "
+                   "wt-marginals: the same from one unmasked pass; pseudo-ppl: pseudo-log-likelihood of the "
+                   "mutant less the wild type's (one pass per residue of each mutant: slow). Repeatable.")
+@click.option("--all-singles", is_flag=True,
+              help="No table: score every single substitution of the wild type (19 per residue).")
+@click.option("--mutation-column", default="mutant",
+              help="The table's column of substitutions: A24G, A24G:K30R (ProteinGym), p.Ala24Gly (HGVS).")
+@click.option("--offset", type=int, default=1,
+              help="The number of the sequence's first residue in the mutations (esm's --offset-idx).")
+@click.option("--truth-column", default=None,
+              help="A measured column (e.g. DMS_score): print Spearman's rho of each score against it.")
+@click.option("--column", default=None, help="Name of the score column (one model and one scoring).  "
+                                             "[default: MODEL_SCORING]")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")
+@click.option("--device", default="auto",
+              help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              help="Compute dtype; auto = bfloat16 on a GPU with bfloat16 hardware, float16 on one without, "
+                   "float32 on the CPU. Log-probabilities are taken in float32.")
+@click.option("--max-tokens", type=int, default=None,
+              help="Tokens per forward pass.  [default: 4096 on the CPU, 16384 on a GPU]")
+@click.option("--max-length", type=int, default=None,
+              help="Residues read at once; longer proteins follow --long-policy.  [default: what the model was "
+                   "trained on or holds: 1022 for ESM]")
+@click.option("--long-policy", "--long", "long_policy", type=click.Choice(["error", "window"]), default="error",
+              help="A wild type over --max-length: fail before any work, or read each site in a window of "
+                   "--max-length residues centred on it (as ProteinGym scores long proteins).")
+@click.option("-j", "--threads", type=int, default=None,
+              help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
+def command(variants_file, sequence, fasta, record_id, output, models, strategies, all_singles, mutation_column,
+            offset, truth_column, column, revision, device, dtype, max_tokens, max_length, long_policy, threads):
+    """Zero-shot variant effects from a masked language model.
+
+    Reads a table of substitutions (CSV or TSV, `-` for stdin, .gz read) and writes it back with a
+    score column per model and scoring: the log-odds of mutant against wild type (Meier et al.
+    2021, ESM's variant-prediction/predict.py), higher = more like what the model expects.
+    Multi-site variants add their sites' log-odds. Stops (*) get no score. Every mutation is
+    checked against the wild type before a model is loaded. ESM, ProtBert, ProtAlbert and ELECTRA
+    generators; T5, XLNet and Transformer-XL are refused.
+
+    \b
+    protrans variants dms.csv --fasta wt.fa -m esm1v_t33_650M_UR90S_1 \\
+        --truth-column DMS_score -o scored.csv
+    protrans variants --all-singles --sequence MKTAYIAKQRQ -m esm2_t6_8M_UR50D
+    """
+    from protrans_cli.threads import resolve_threads
+    from protrans_cli.variants import VariantOptions, run_variants
+
+    options = VariantOptions(models=tuple(models), strategies=tuple(strategies), revision=revision, device=device,
+                             dtype=dtype, max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
+                             mutation_column=mutation_column, offset=offset, truth_column=truth_column,
+                             column=column, all_singles=all_singles, threads=resolve_threads(threads))
+    run_variants(output, options, variants_file=variants_file, sequence=sequence, fasta=fasta, record_id=record_id)
+    if output not in (None, "-"):
+        from protrans_cli import console
+
+        console.output_complete(str(output))

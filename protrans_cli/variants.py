@@ -1,0 +1,669 @@
+"""Zero-shot variant effects from masked language models (`protrans variants`).
+
+A masked language model scores a substitution without any training on the protein: the log-odds
+of the mutant against the wild-type residue at the mutated site (Meier et al. 2021, "Language
+models enable zero-shot prediction of the effects of mutations on protein function"; what
+fair-esm's examples/variant-prediction/predict.py computes for ESM-1v and ESM-2, and ProteinGym
+reports for every masked model). Three ways to read the model, `--scoring`:
+
+    masked-marginals  mask the site alone in the wild type; log p(mt) - log p(wt) there.
+                      The default, and the best of the three in Meier et al.: one forward
+                      pass per distinct mutated site (predict.py makes one per residue).
+    wt-marginals      the same log-odds from one pass over the unmasked wild type.
+    pseudo-ppl        the pseudo-log-likelihood (every residue masked in turn, its log
+                      probability summed) of the mutant sequence less that of the wild type:
+                      one pass per residue of every distinct mutant (slow; it reads context
+                      effects the marginals cannot).
+
+A variant of several substitutions scores the sum of its sites' log-odds under the marginals
+(predict.py's additive rule). Log-probabilities are over the model's whole vocabulary, as
+predict.py takes them, in float32 whatever the compute precision. A protein longer than the
+model's trained length (`--max-length`: ESM's crops of 1,022 residues, a learned position table,
+the crops `protrans train` recorded) is an error unless `--long-policy window`: each masked site
+is then read in a window of that many residues centred on it, clipped to the protein's ends (as
+ProteinGym scores long proteins), and the unmasked pass in overlapping windows, each site taken
+from the window it is most central in.
+
+    scorer = VariantScorer(load_model("esm2_t33_650M_UR50D", masked_lm=True))
+    scorer.score("MKTAYIAKQR", [parse_variant("K2A", "MKTAYIAKQR")])   # array([...])
+
+Families: those whose checkpoints carry a masked-LM head (`Family.masked_lm_class`: ESM, ProtBert,
+ProtAlbert, RoBERTa-style BERT, the ELECTRA generator); T5, XLNet and Transformer-XL are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli import console
+from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, expect_options
+
+DEFAULT_MODEL = "esm2_t33_650M_UR50D"
+STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl")
+LONG_POLICIES = ("error", "window")
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+CPU_MAX_TOKENS, GPU_MAX_TOKENS = 4096, 16384  # tokens per forward pass (masked copies are never padded)
+
+_THREE_LETTER = {"Ala": "A", "Arg": "R", "Asn": "N", "Asp": "D", "Cys": "C", "Gln": "Q", "Glu": "E", "Gly": "G",
+                 "His": "H", "Ile": "I", "Leu": "L", "Lys": "K", "Met": "M", "Phe": "F", "Pro": "P", "Ser": "S",
+                 "Thr": "T", "Trp": "W", "Tyr": "Y", "Val": "V", "Sec": "U", "Pyl": "O", "Xaa": "X", "Asx": "B",
+                 "Glx": "Z", "Ter": "*"}
+# what DMS tables write for the wild type itself or a synonymous (DNA-level) variant: scored 0
+_UNCHANGED = {"", "wt", "_wt", "wildtype", "wild-type", "wild_type", "p.=", "p.(=)", "_sy", "syn", "synonymous"}
+_ONE_LETTER = re.compile(r"([A-Za-z])(-?\d+)([A-Za-z*])")
+_HGVS = re.compile(r"([A-Z][a-z]{2})(-?\d+)([A-Z][a-z]{2}|\*|=)")
+_NOT_SUBSTITUTION = re.compile(r"(del|ins|dup|fs|ext|delins|_|-$|\?)", re.IGNORECASE)
+_SEPARATORS = re.compile(r"[:;,+\s]+")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One substitution: `position` 0-based in the wild-type sequence; `mt` may be `*` (a stop)."""
+
+    position: int
+    wt: str
+    mt: str
+
+    def label(self, offset: int = 1) -> str:
+        return f"{self.wt}{self.position + offset}{self.mt}"
+
+
+Variant = tuple  # tuple[Mutation, ...]; () is the wild type itself
+
+
+def parse_variant(text: str, sequence: str, offset: int = 1) -> Variant:
+    """The substitutions `text` names, checked against `sequence` (its first residue numbered
+    `offset`). Forms: `A24G`, several joined by `:` (ProteinGym), `;`, `,` or `+`; HGVS protein
+    notation (`p.Ala24Gly`, `p.(Ala24Gly)`, `p.[Ala24Gly;Lys30Arg]`, `p.Ala24=`); the wild type
+    or a synonymous variant (`WT`, `_wt`, `p.=`, `_sy`, empty) is (). A ValueError says what is wrong."""
+    raw = str(text).strip()
+    if raw.lower() in _UNCHANGED:
+        return ()
+    body = raw[2:] if raw[:2] in ("p.", "P.") else raw
+    body = body.strip("[]()")
+    mutations: list[Mutation] = []
+    seen: dict[int, str] = {}
+    for word in (w for w in _SEPARATORS.split(body) if w):
+        word = word.strip("()[]")
+        word = word[2:].strip("()[]") if word[:2] in ("p.", "P.") else word
+        match = _HGVS.fullmatch(word)
+        if match:
+            wt, number, mt = _THREE_LETTER.get(match[1]), int(match[2]), match[3]
+            mt = wt if mt == "=" else _THREE_LETTER.get(mt, "*" if mt == "*" else None)
+            if wt is None or mt is None:
+                raise ValueError(f"{word}: not a three-letter amino acid code")
+        elif (match := _ONE_LETTER.fullmatch(word)):
+            wt, number, mt = match[1].upper(), int(match[2]), match[3].upper()
+        elif _NOT_SUBSTITUTION.search(word):
+            raise ValueError(f"{word}: an insertion, deletion or frameshift; masked-LM scores are for substitutions")
+        else:
+            raise ValueError(f"{word}: not a substitution such as A24G, A24G:K30R or p.Ala24Gly")
+        index = number - offset
+        if not 0 <= index < len(sequence):
+            raise ValueError(f"{word}: position {number} is outside the sequence (residues {offset}.."
+                             f"{len(sequence) + offset - 1}; --offset gives the number of its first residue)")
+        if sequence[index] != wt:
+            raise ValueError(f"{word}: residue {number} of the wild type is {sequence[index]}, not {wt} (check "
+                             f"--offset, the number of the sequence's first residue: {offset})")
+        if mt not in AMINO_ACIDS and mt != "*":
+            raise ValueError(f"{word}: {mt} is not one of the 20 amino acids ({AMINO_ACIDS}) or * (a stop)")
+        if index in seen:
+            raise ValueError(f"{raw}: position {number} is mutated twice")
+        seen[index] = mt
+        if mt != wt:  # (a synonymous site scores 0)
+            mutations.append(Mutation(index, wt, mt))
+    if not seen:
+        raise ValueError(f"{raw!r}: names no substitution")
+    return tuple(mutations)
+
+
+def all_singles(sequence: str) -> list[Variant]:
+    """Every single substitution of `sequence` to another of the 20 amino acids, site by site."""
+    return [(Mutation(i, wt, aa),) for i, wt in enumerate(sequence) for aa in AMINO_ACIDS if aa != wt]
+
+
+def has_stop(variant: Variant) -> bool:
+    return any(m.mt == "*" for m in variant)
+
+
+# --- the scorer ------------------------------------------------------------------------------
+
+class VariantScorer:
+    """Masked-LM scores over a model loaded with its head (`load_model(name, masked_lm=True)`).
+
+    `max_length`: the longest protein read whole (None: the model's trained length, see the
+    module docstring); `long_policy` "error" refuses a longer one, "window" reads windows of it.
+    `max_tokens` bounds the tokens of one forward pass (copies of one length: no padding)."""
+
+    def __init__(self, loaded, *, max_tokens: int | None = None, max_length: int | None = None,
+                 long_policy: str = "error", progress: bool = True):
+        import torch
+
+        from protrans_cli.embedders import _count_special_tokens, _max_residues, _trained_residues
+
+        if long_policy not in LONG_POLICIES:
+            raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
+        if max_length is not None and max_length < 1:
+            raise UsageError("--max-length must be at least 1")
+        if max_tokens is not None and max_tokens < 1:
+            raise UsageError("--max-tokens must be at least 1")
+        model = loaded.model
+        if not type(model).__name__.endswith("ForMaskedLM"):
+            raise ModelError(f"{loaded.name}: loaded without its masked-LM head (load it with "
+                             "load_model(..., masked_lm=True))")
+        self.loaded, self.model, self.family, self.tokenizer = loaded, model, loaded.family, loaded.tokenizer
+        self.mask_id = self.tokenizer.mask_token_id
+        if self.mask_id is None:
+            raise ModelError(f"{loaded.name}: its tokenizer has no mask token")
+        self.device = next(model.parameters()).device
+        self.compute_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        specials = _count_special_tokens(self.family, self.tokenizer)
+        table = _max_residues(model.base_model, specials)
+        trained = _trained_residues(loaded, specials)
+        self.model_limit = table  # what the position table holds (None: any length runs)
+        known = [n for n in (table, trained[0] if trained else None) if n]
+        if max_length is not None and table is not None and max_length > table:
+            raise UsageError(f"--max-length {max_length} is more than {loaded.name} accepts ({table} residues, its "
+                             "learned positions)")
+        self.max_length = max_length or (min(known) if known else None)
+        self.long_policy = long_policy
+        cuda = self.device.type == "cuda"
+        self.max_tokens = max_tokens or (GPU_MAX_TOKENS if cuda else CPU_MAX_TOKENS)
+        self.progress = progress
+        self._letter_ids: dict[str, int] = {}
+        self._torch = torch
+
+    # the token the model reads for one residue letter (its rare-residue rules applied)
+    def token_id(self, letter: str) -> int:
+        if letter not in self._letter_ids:
+            inputs, mask = self.family.encode(self.tokenizer, [letter])
+            self._letter_ids[letter] = int(inputs["input_ids"][0][mask[0]][0])
+        return self._letter_ids[letter]
+
+    def check_length(self, sequence: str, what: str = "the sequence") -> None:
+        """InputError for a protein longer than max_length under --long-policy error."""
+        if self.max_length is not None and len(sequence) > self.max_length and self.long_policy == "error":
+            raise InputError(f"{what} has {len(sequence):,} residues, more than --max-length {self.max_length:,} "
+                             f"(what {self.loaded.name} was trained on or holds); --long-policy window scores each "
+                             "site in a window of that many residues around it")
+
+    # -- forward passes ---------------------------------------------------------------------
+
+    def site_log_probs(self, sequences: list[str], sites: list[tuple[int, int]], *, masked: bool = True) -> np.ndarray:
+        """(len(sites), V) float32 log-probabilities over the vocabulary at each (sequence index,
+        0-based position) site: with the site masked alone (`masked`), else from the unmasked
+        sequence. Identical sites are computed once."""
+        torch = self._torch
+        for seq in sequences:
+            self.check_length(seq)
+        vocab = None
+        out: np.ndarray | None = None
+        items = self._items(sequences, sites, masked)
+        encoded: dict[tuple[int, int], tuple] = {}
+        total = sum(len(locals_) for _, _, locals_, _ in items)
+        bar = console.progress(total=total, desc="scoring", unit="site") if self.progress and total > 1 else None
+        try:
+            for batch in self._batches(sequences, items):
+                rows, positions, where = [], [], []
+                for seq_index, start, locals_, targets in batch:
+                    key = (seq_index, start)
+                    if key not in encoded:
+                        encoded[key] = self._encode_window(sequences[seq_index], start)
+                    ids, extra, token_at = encoded[key]
+                    row = ids.clone()
+                    if masked:
+                        row[token_at[locals_[0]]] = self.mask_id
+                    rows.append((row, extra))
+                    positions.append(token_at[list(locals_)])
+                    where.append(targets)
+                logits = self._forward(rows)  # (B, T, V)
+                with torch.inference_mode():
+                    for b, (tokens, targets) in enumerate(zip(positions, where)):
+                        values = logits[b, tokens.to(logits.device)].float().log_softmax(-1).cpu().numpy()
+                        if out is None:
+                            vocab = values.shape[-1]
+                            out = np.empty((len(sites), vocab), dtype=np.float32)
+                        for row_values, target in zip(values, targets):
+                            out[target] = row_values
+                if bar is not None:
+                    bar.update(sum(len(t) for t in where))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+    def _items(self, sequences, sites, masked):
+        """Work items (sequence index, window start, local positions, indices into `sites`)."""
+        by_site: dict[tuple[int, int], list[int]] = {}
+        for k, site in enumerate(sites):
+            by_site.setdefault((int(site[0]), int(site[1])), []).append(k)
+        for s, p in by_site:
+            if not 0 <= p < len(sequences[s]):
+                raise UsageError(f"site {p} is outside sequence {s} ({len(sequences[s])} residues)")
+        if masked:  # one item a site: its window, the site in it, and where its values go
+            items = []
+            for (s, p), targets in sorted(by_site.items()):
+                start = window_start(p, len(sequences[s]), self._window(sequences[s]))
+                items.append((s, start, (p - start,), [targets]))
+            return items
+        groups: dict[tuple[int, int], tuple[list[int], list[list[int]]]] = {}
+        for (s, p), targets in sorted(by_site.items()):
+            start = covering_window(p, len(sequences[s]), self._window(sequences[s]))
+            local, target = groups.setdefault((s, start), ([], []))
+            local.append(p - start)
+            target.append(targets)
+        return [(s, start, tuple(local), target) for (s, start), (local, target) in groups.items()]
+
+    def _window(self, sequence: str) -> int:
+        return len(sequence) if self.max_length is None else min(len(sequence), self.max_length)
+
+    def _batches(self, sequences, items):
+        """Items of one token length together, `max_tokens` tokens a pass at most."""
+        by_length: dict[int, list] = {}
+        for item in items:
+            by_length.setdefault(self._window(sequences[item[0]]), []).append(item)
+        for length, group in sorted(by_length.items()):
+            per_pass = max(1, self.max_tokens // (length + 2))
+            for i in range(0, len(group), per_pass):
+                yield group[i:i + per_pass]
+
+    def _encode_window(self, sequence: str, start: int):
+        window = sequence[start:start + self._window(sequence)]
+        inputs, mask = self.family.encode(self.tokenizer, [window])
+        ids = inputs["input_ids"][0]
+        extra = {k: v[0] for k, v in inputs.items() if k != "input_ids"}
+        token_at = mask[0].nonzero().squeeze(1)  # token index of each residue
+        if len(token_at) != len(window):
+            raise RuntimeFailure(f"the {self.family.name} family produced {len(token_at)} residue tokens for "
+                                 f"{len(window)} residues")
+        return ids, extra, token_at
+
+    def _forward(self, rows):
+        """Logits (B, T, V) of the stacked rows; a GPU out of memory halves the pass and retries."""
+        torch = self._torch
+        inputs = {"input_ids": torch.stack([r for r, _ in rows])}
+        for key in rows[0][1]:
+            inputs[key] = torch.stack([extra[key] for _, extra in rows])
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        try:
+            with torch.inference_mode():
+                return self.model(**inputs).logits
+        except torch.OutOfMemoryError:
+            if len(rows) == 1:
+                raise RuntimeFailure(f"{self.loaded.name}: out of memory scoring one sequence of "
+                                     f"{inputs['input_ids'].shape[1]} tokens (give --max-length and --long-policy "
+                                     "window for shorter windows)") from None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(rows) // 2
+            first = self._forward(rows[:half])
+            return torch.cat([first, self._forward(rows[half:])])
+
+    # -- scores -----------------------------------------------------------------------------
+
+    def score(self, sequence: str, variants: list[Variant], strategy: str = "masked-marginals") -> np.ndarray:
+        """One score per variant (float64; NaN for a variant with a stop, 0 for the wild type)."""
+        if strategy not in STRATEGIES:
+            raise UsageError(f"unknown scoring {strategy!r} (choose from {', '.join(STRATEGIES)})")
+        sequence = checked_sequence(sequence)
+        scores = np.full(len(variants), np.nan)
+        scorable = [i for i, v in enumerate(variants) if not has_stop(v)]
+        if strategy == "pseudo-ppl":
+            return self._pseudo_ppl_scores(sequence, variants, scorable, scores)
+        sites = sorted({m.position for i in scorable for m in variants[i]})
+        log_probs = self.site_log_probs([sequence], [(0, p) for p in sites], masked=strategy == "masked-marginals")
+        row_of = {p: k for k, p in enumerate(sites)}
+        for i in scorable:
+            scores[i] = sum(float(log_probs[row_of[m.position], self.token_id(m.mt)])
+                            - float(log_probs[row_of[m.position], self.token_id(m.wt)]) for m in variants[i])
+        return scores
+
+    def pseudo_log_likelihood(self, sequences: list[str]) -> np.ndarray:
+        """Sum over residues of log p(residue | the rest), each masked in turn (float64 per sequence)."""
+        sequences = [checked_sequence(s) for s in sequences]
+        sites = [(s, p) for s, seq in enumerate(sequences) for p in range(len(seq))]
+        log_probs = self.site_log_probs(sequences, sites, masked=True)
+        totals = np.zeros(len(sequences))
+        for k, (s, p) in enumerate(sites):
+            totals[s] += float(log_probs[k, self.token_id(sequences[s][p])])
+        return totals
+
+    def _pseudo_ppl_scores(self, sequence, variants, scorable, scores):
+        mutants = {i: mutate(sequence, variants[i]) for i in scorable}
+        distinct = [sequence] + sorted(set(mutants.values()) - {sequence})
+        index = {s: k for k, s in enumerate(distinct)}
+        pll = self.pseudo_log_likelihood(distinct)
+        for i, mutant in mutants.items():
+            scores[i] = pll[index[mutant]] - pll[0]
+        return scores
+
+
+def mutate(sequence: str, variant: Variant) -> str:
+    letters = list(sequence)
+    for m in variant:
+        letters[m.position] = m.mt
+    return "".join(letters)
+
+
+def checked_sequence(sequence: str) -> str:
+    """The wild type as the scorer reads it: upper-case, gaps and a final `*` removed; an
+    InputError for anything that is not a protein sequence."""
+    from protrans_cli.residues import SequenceRejected, normalise
+
+    try:
+        return normalise(sequence, rare="keep")
+    except SequenceRejected as exc:
+        raise InputError(f"the wild-type sequence: {exc}") from None
+
+
+def window_start(position: int, length: int, window: int) -> int:
+    """Start of the `window`-residue window centred on `position`, clipped to the protein."""
+    return min(max(position - window // 2, 0), length - window)
+
+
+def covering_window(position: int, length: int, window: int) -> int:
+    """Start of the window (of those every `window // 2` residues, and the last one) in which
+    `position` lies farthest from an edge: the unmasked windows of a long protein."""
+    if window >= length:
+        return 0
+    stride = max(1, window // 2)
+    starts = sorted({*range(0, length - window, stride), length - window})
+    return max((s for s in starts if s <= position < s + window), key=lambda s: min(position - s, s + window - 1 - position))
+
+
+# --- the command -----------------------------------------------------------------------------
+
+@dataclass
+class VariantOptions:
+    """Everything `protrans variants` can be asked for; the CLI fills it from its options."""
+
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    strategies: tuple[str, ...] = ("masked-marginals",)
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_tokens: int | None = None
+    max_length: int | None = None
+    long_policy: str = "error"
+    mutation_column: str = "mutant"
+    offset: int = 1
+    truth_column: str | None = None
+    column: str | None = None
+    all_singles: bool = False
+    threads: int | None = None
+
+    def validate(self) -> None:
+        from protrans_cli.embed import DTYPES
+        from protrans_cli.embedders import DEVICE_NAME
+        from protrans_cli.threads import check_threads
+
+        if isinstance(self.models, str) or isinstance(self.strategies, str):
+            raise UsageError("models and strategies are tuples of names, not one str")
+        if not self.models:
+            raise UsageError("no model given")
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise UsageError(f"--scoring must be one of {', '.join(STRATEGIES)}")
+        if len(set(self.strategies)) != len(self.strategies) or len(set(self.models)) != len(self.models):
+            raise UsageError("a model or a scoring is given twice")
+        if self.long_policy not in LONG_POLICIES:
+            raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
+        if self.max_length is not None and self.max_length < 1:
+            raise UsageError("--max-length must be at least 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UsageError("--max-tokens must be at least 1")
+        if not DEVICE_NAME.fullmatch(self.device):
+            raise UsageError(f"--device {self.device}: use auto, cpu, cuda, cuda:N or mps")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
+        if self.column is not None and len(self.models) * len(self.strategies) > 1:
+            raise UsageError("--column names the one score column of one model and one scoring; with several, "
+                             "the columns are MODEL_SCORING")
+        if self.revision is not None and len(self.models) > 1:
+            raise UsageError("--revision applies to one model; with several -m, name each by a directory or pin "
+                             "each in a local copy")
+        if self.all_singles and self.truth_column:
+            raise UsageError("--truth-column reads the variants table; --all-singles has none")
+        if self.threads is not None:
+            check_threads(self.threads)
+
+
+@dataclass
+class VariantTable:
+    """A variants CSV/TSV as read: its header and rows (as text, written back unchanged)."""
+
+    name: str
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]
+    delimiter: str = ","
+    variants: list = field(default_factory=list)
+
+
+def read_variant_table(path, sequence: str, options: VariantOptions) -> VariantTable:
+    """Read and check every row before any model is loaded: a one-line InputError naming the file,
+    line and mutation for the first that does not fit the wild type."""
+    from protrans_cli.io.files import display_name, open_input
+
+    name = display_name(path)
+    with open_input(path) as stream:
+        data = stream.read()
+    if data.startswith(b"\x89HDF") or b"\0" in data[:4096]:
+        raise InputError("is a binary file, not a variants table (CSV or TSV with a mutant column)", path=name)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"is not UTF-8 text (byte {exc.start})", path=name) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    first = next((line for line in text.split("\n") if line.strip()), None)
+    if first is None:
+        raise InputError("is empty", path=name)
+    delimiter = "\t" if "\t" in first and "," not in first else ","
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # (mutated_sequence columns of long proteins)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = next(row for row in reader if any(f.strip() for f in row))
+    stripped = [h.strip() for h in header]
+    column = options.mutation_column
+    if column not in stripped:
+        raise InputError(f"has no {column!r} column (columns: {', '.join(stripped)}; --mutation-column names it)",
+                         path=name)
+    if options.truth_column is not None and options.truth_column not in stripped:
+        raise InputError(f"has no {options.truth_column!r} column for --truth-column (columns: "
+                         f"{', '.join(stripped)})", path=name)
+    at = stripped.index(column)
+    table = VariantTable(name, header, [], [], delimiter)
+    try:
+        while True:
+            line = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                break
+            if not any(f.strip() for f in row):
+                continue
+            if len(row) < len(header):
+                raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=line)
+            try:
+                variant = parse_variant(row[at], sequence, options.offset)
+            except ValueError as exc:
+                raise InputError(str(exc), path=name, line=line) from None
+            table.rows.append(row)
+            table.lines.append(line)
+            table.variants.append(variant)
+    except csv.Error as exc:
+        raise InputError(f"not a readable CSV: {exc}", path=name, line=reader.line_num) from None
+    if not table.rows:
+        raise InputError("holds no variants", path=name)
+    return table
+
+
+def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bool) -> list[tuple[str, str]]:
+    """[(id, sequence)]: `--sequence`, or the FASTA's record(s); one unless `many` (--all-singles)."""
+    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.io.files import display_name
+    from protrans_cli.residues import SequenceRejected, normalise
+
+    if (sequence is None) == (fasta is None):
+        raise UsageError("give the wild type: --sequence SEQ or --fasta FILE (one of them)")
+    if sequence is not None:
+        if record_id is not None:
+            raise UsageError("--id picks a record of --fasta")
+        return [("sequence", checked_sequence(sequence))]
+    name = display_name(fasta)
+    found = []
+    for record in read_fasta(fasta):
+        if record_id is not None and record.id != record_id:
+            continue
+        try:
+            found.append((record.id, normalise(record.sequence, rare="keep")))
+        except SequenceRejected as exc:
+            raise InputError(str(exc), path=name, record=record.id) from None
+    if not found:
+        raise InputError(f"holds no record {record_id!r}" if record_id else "holds no sequence", path=name)
+    if len(found) > 1 and not many:
+        raise UsageError(f"{name} holds {len(found)} sequences; a variants table has one wild type: pick it with "
+                         f"--id (first ids: {', '.join(i for i, _ in found[:3])})")
+    ids = [i for i, _ in found]
+    if len(set(ids)) != len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"the id {twice!r} is given twice", path=name)
+    return found
+
+
+def model_label(name: str) -> str:
+    """A column-friendly label of a model: its short name, a directory's or hub id's last part."""
+    label = Path(str(name).rstrip("/")).name or str(name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+def score_columns(options: VariantOptions) -> list[tuple[str, str, str]]:
+    """[(column, model, strategy)] in the order written, plus ensemble means when several models."""
+    if options.column is not None:
+        return [(options.column, options.models[0], options.strategies[0])]
+    labels = [model_label(m) for m in options.models]
+    if len(set(labels)) != len(labels):
+        raise UsageError("two -m models have the same name; give them distinct directory names")
+    return [(f"{label}_{strategy.replace('-', '_')}", model, strategy)
+            for model, label in zip(options.models, labels) for strategy in options.strategies]
+
+
+def run_variants(output, options: VariantOptions, *, variants_file=None, sequence: str | None = None,
+                 fasta=None, record_id: str | None = None) -> dict:
+    """Score the variants of `variants_file` (or every single substitution, `all_singles`) and write
+    the table with a score column per model and scoring to `output` (a path, `-`/None: stdout),
+    atomically. Returns {column: Spearman rho} when `truth_column` is given, else {}."""
+    from protrans_cli.io.files import atomic_output, input_named_by
+
+    options = options or VariantOptions()
+    expect_options(options, VariantOptions, "options")
+    options.validate()
+    if options.all_singles == (variants_file is not None):
+        raise UsageError("give a variants table (CSV or TSV with a mutant column) or --all-singles, one of them")
+    if output not in (None, "-") and input_named_by(output, [p for p in (variants_file, fasta) if p is not None]):
+        raise UsageError(f"{output} is also an input: writing it would replace it (choose another -o)")
+    wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles)
+    columns = score_columns(options)
+    if options.all_singles:
+        header = (["id"] if fasta is not None else []) + ["mutant"]
+        rows, variants, owners = [], [], []
+        for k, (ident, seq) in enumerate(wild_types):
+            for variant in all_singles(seq):
+                rows.append(([ident] if fasta is not None else []) + [variant[0].label(options.offset)])
+                variants.append(variant)
+                owners.append(k)
+        table = VariantTable("--all-singles", header, rows, list(range(len(rows))), ",", variants)
+    else:
+        table = read_variant_table(variants_file, wild_types[0][1], options)
+        owners = [0] * len(table.rows)
+    taken = {h.strip() for h in table.header}
+    for column, _, _ in columns:
+        if column in taken:
+            raise UsageError(f"{table.name} already has a column {column!r}; --column names the new one")
+    stops = sum(has_stop(v) for v in table.variants)
+    if stops:
+        console.warn(f"{console.counted(stops, 'variant')} with a stop (*) left without a score: a language model "
+                     "has no residue for it")
+    results = _score_all(table, wild_types, owners, columns, options)
+    ensemble = []
+    if len(options.models) > 1:
+        for strategy in options.strategies:
+            parts = [results[c] for c, _, s in columns if s == strategy]
+            ensemble.append((f"ensemble_{strategy.replace('-', '_')}", np.mean(parts, axis=0)))
+    written = [(c, results[c]) for c, _, _ in columns] + ensemble
+    with atomic_output(output, "wb") as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        writer = csv.writer(text, delimiter=table.delimiter, lineterminator="\n")
+        writer.writerow(table.header + [c for c, _ in written])
+        for i, row in enumerate(table.rows):
+            writer.writerow(row[:len(table.header)] + [_formatted(values[i]) for _, values in written])
+        text.flush()
+        text.detach()
+    return _report_truth(table, written, options) if options.truth_column else {}
+
+
+def _score_all(table, wild_types, owners, columns, options) -> dict[str, np.ndarray]:
+    import gc
+
+    from protrans_cli.embedders import resolve_device
+    from protrans_cli.models import load_model
+    from protrans_cli.threads import torch_threads
+
+    device, dtype = resolve_device(options.device, options.dtype)
+    results: dict[str, np.ndarray] = {}
+    threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
+    with threads:
+        for model_name in dict.fromkeys(m for _, m, _ in columns):
+            loaded = load_model(model_name, device=device, dtype=dtype, revision=options.revision, masked_lm=True)
+            scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
+                                   long_policy=options.long_policy, progress=console.show_progress())
+            for ident, seq in wild_types:
+                scorer.check_length(seq, f"the wild type {ident!r}" if len(wild_types) > 1 or ident != "sequence"
+                                    else "the wild-type sequence")
+            for column, name, strategy in columns:
+                if name != model_name:
+                    continue
+                values = np.full(len(table.rows), np.nan)
+                for k, (ident, seq) in enumerate(wild_types):
+                    mine = [i for i, owner in enumerate(owners) if owner == k]
+                    values[mine] = scorer.score(seq, [table.variants[i] for i in mine], strategy)
+                results[column] = values
+                console.info(f"variants: {column}: {console.counted(int(np.isfinite(values).sum()), 'variant')} scored with "
+                             f"{loaded.name} ({strategy}, {scorer.compute_dtype} on {scorer.device})")
+            del scorer, loaded
+            gc.collect()
+    return results
+
+
+def _formatted(value: float) -> str:
+    return "" if not math.isfinite(value) else f"{value:.6f}"
+
+
+def _report_truth(table: VariantTable, written, options: VariantOptions) -> dict:
+    """Spearman's rho of each score column against the measured `truth_column` (rows with a number)."""
+    from protrans_cli.heads.metrics import spearman
+
+    at = [h.strip() for h in table.header].index(options.truth_column)
+    truth = np.array([_number(row[at]) for row in table.rows])
+    out = {}
+    for column, values in written:
+        keep = np.isfinite(truth) & np.isfinite(values)
+        rho = spearman(values[keep], truth[keep]) if keep.sum() > 1 else float("nan")
+        out[column] = rho
+        console.info(f"Spearman rho {column} vs {options.truth_column}: {rho:.4f} over "
+                     f"{console.counted(int(keep.sum()), 'variant')}")
+    return out
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        return float("nan")
+    return value

@@ -1,0 +1,334 @@
+"""`protrans variants`: zero-shot variant scores against two independent references.
+
+The references: fair-esm 2.0.0's own masked-LM log-probabilities (fair-esm's model code, each
+residue masked alone in a batch of one, as its examples/variant-prediction/predict.py does) for
+the tiny ESM-2 and ESM-1b of tests/data/*_reference (scripts/make_esm_reference.py
+--add-variants), and, for every masked-LM family, a plain transformers forward pass of
+AutoModelForMaskedLM over the protein tokenized as text, one masked copy at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from protrans_cli.variants import Mutation, all_singles, covering_window, parse_variant, window_start  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+REFERENCES = {"esm2": DATA / "esm_reference", "esm1b": DATA / "esm1b_reference"}
+MASKED_FAMILIES = ("bert", "roberta", "albert", "electra", "esm")
+SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAV"
+
+
+def _reference(arch: str):
+    from safetensors import safe_open
+
+    with safe_open(str(REFERENCES[arch] / "reference.safetensors"), "np") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith("variants/")}, f.metadata()
+
+
+def _proteins(arch: str) -> dict[str, str]:
+    lines = (REFERENCES[arch] / "input.fa").read_text().split()
+    return {lines[i][1:]: lines[i + 1] for i in range(0, len(lines), 2)}
+
+
+def _table(text: str, delimiter: str = ",") -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+
+
+def _expected(log_probs: np.ndarray, vocab: list[str], sequence: str, mutant: str) -> float:
+    """A variant's masked marginal from a reference's (L, V) log-probabilities: the sum over its
+    sites of log p(mutant) - log p(wild type) (predict.py's additive rule)."""
+    col = {t: i for i, t in enumerate(vocab)}
+    total = 0.0
+    for word in mutant.split(":"):
+        wt, pos, mt = word[0], int(word[1:-1]) - 1, word[-1]
+        assert sequence[pos] == wt
+        total += float(log_probs[pos, col[mt]]) - float(log_probs[pos, col[wt]])
+    return total
+
+
+@pytest.mark.parametrize("arch", sorted(REFERENCES))
+@pytest.mark.parametrize("scoring", ["masked-marginals", "wt-marginals"])
+def test_every_single_substitution_equals_fair_esm(run_cli, arch, scoring):
+    """--all-singles over two proteins (one with X, U, Z, O and B residues, scored as wild-type
+    letters through ESM's own tokens) against fair-esm's log-probabilities, to 2e-5."""
+    ref, meta = _reference(arch)
+    vocab = meta["variants_vocab"].split()
+    proteins = _proteins(arch)
+    kind = "masked" if scoring == "masked-marginals" else "unmasked"
+    for ident in ("mixed_40", "rare"):
+        seq = proteins[ident]
+        r = run_cli("variants", "--all-singles", "--sequence", seq, "-m", REFERENCES[arch], "--scoring", scoring)
+        assert r.exit_code == 0, r.stderr
+        rows = _table(r.stdout)
+        column = f"{arch}_reference_{scoring.replace('-', '_')}".replace("esm2_", "esm_")
+        assert len(rows) == sum(20 - (c in "ACDEFGHIKLMNPQRSTVWY") for c in seq)
+        got = np.array([float(row[column]) for row in rows])
+        want = np.array([_expected(ref[f"variants/{kind}/{ident}"], vocab, seq, row["mutant"]) for row in rows])
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+        assert {row["mutant"][:-1] for row in rows} == {f"{c}{i + 1}" for i, c in enumerate(seq)}
+
+
+@pytest.mark.parametrize("arch", sorted(REFERENCES))
+def test_pseudo_ppl_and_multi_site_variants_equal_fair_esm(run_cli, tmp_path, arch):
+    ref, meta = _reference(arch)
+    vocab = meta["variants_vocab"].split()
+    col = {t: i for i, t in enumerate(vocab)}
+    seq = _proteins(arch)["mixed_40"]
+    double = meta["variants_double_mutant"]
+    single = double.split(":")[0]
+    table = tmp_path / "dms.csv"
+    table.write_text(f"mutant,score\n{double},1\n{single},2\nWT,3\n")
+    r = run_cli("variants", table, "--sequence", seq, "-m", REFERENCES[arch], "--scoring", "pseudo-ppl",
+                "--scoring", "masked-marginals", "--scoring", "wt-marginals")
+    assert r.exit_code == 0, r.stderr
+    rows = _table(r.stdout)
+    prefix = f"{REFERENCES[arch].name}_"
+    mutant = list(seq)
+    for word in double.split(":"):
+        mutant[int(word[1:-1]) - 1] = word[-1]
+    pll = lambda lp, s: sum(float(lp[i, col[c]]) for i, c in enumerate(s))  # noqa: E731
+    want = pll(ref["variants/masked/mixed_40_double"], mutant) - pll(ref["variants/masked/mixed_40"], seq)
+    assert float(rows[0][prefix + "pseudo_ppl"]) == pytest.approx(want, abs=2e-4)
+    assert float(rows[0][prefix + "masked_marginals"]) == pytest.approx(
+        _expected(ref["variants/masked/mixed_40"], vocab, seq, double), abs=2e-5)
+    assert float(rows[0][prefix + "wt_marginals"]) == pytest.approx(
+        _expected(ref["variants/unmasked/mixed_40"], vocab, seq, double), abs=2e-5)
+    # additive: the double's marginal is the sum of its sites'
+    assert float(rows[2][prefix + "masked_marginals"]) == 0.0 and float(rows[2][prefix + "pseudo_ppl"]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A tiny random model directory per family, as `protrans train` writes them."""
+    from protrans_cli.models import FAMILIES
+
+    torch.manual_seed(0)
+    dirs = {}
+    for name, family in FAMILIES.items():
+        tokenizer = family.build_tokenizer()
+        model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
+        path = tmp_path_factory.mktemp(f"tiny_{name}")
+        family.save_pretrained(model, tokenizer, path)
+        dirs[name] = path
+    return dirs
+
+
+def _plain_log_probs(model_dir: Path, family_name: str, sequence: str, position: int | None) -> np.ndarray:
+    """Plain transformers: the tokenizer called on the text, the residue's token found by its id,
+    replaced by the mask token (unless None), log-softmax of AutoModelForMaskedLM's logits there
+    (position None: every residue's row of the unmasked pass)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    if family_name == "electra":
+        model_dir = model_dir / "generator"
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForMaskedLM.from_pretrained(str(model_dir), use_kernels=False).eval()
+    letters = sequence.translate(str.maketrans("UZOB", "XXXX")) if family_name != "esm" else sequence
+    text = letters if family_name == "esm" else " ".join(letters)
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    residue_ids = tokenizer.convert_tokens_to_ids(list(letters))
+    start = next(i for i in range(ids.shape[1]) if ids[0, i:i + len(letters)].tolist() == residue_ids)
+    with torch.no_grad():
+        if position is None:
+            logits = model(input_ids=ids).logits[0, start:start + len(letters)]
+        else:
+            ids[0, start + position] = tokenizer.mask_token_id
+            logits = model(input_ids=ids).logits[0, start + position]
+    return logits.log_softmax(-1).numpy(), tokenizer
+
+
+@pytest.mark.parametrize("family_name", MASKED_FAMILIES)
+def test_every_masked_family_equals_plain_transformers(run_cli, tmp_path, tiny_models, family_name):
+    """Masked and wild-type marginals of each family with a masked-LM head (ELECTRA: the run's
+    generator) against AutoModelForMaskedLM one masked copy at a time, a multi-site variant and
+    a batch split to one copy per pass (--max-tokens 1) included."""
+    variants = ["K2A", "T3W:Q9E", "p.Ser13Pro", "V15V", "WT"]
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\n" + "\n".join(variants) + "\n")
+    model = tiny_models[family_name]
+    out = {}
+    for tokens in ("4096", "1"):
+        r = run_cli("variants", table, "--sequence", SEQ, "-m", model, "--scoring", "masked-marginals",
+                    "--scoring", "wt-marginals", "--max-tokens", tokens)
+        assert r.exit_code == 0, r.stderr
+        out[tokens] = _table(r.stdout)
+    label = model.name
+    for a, b in zip(out["4096"], out["1"]):
+        for key in a:
+            if key != "mutant":
+                assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5)
+    unmasked, tokenizer = _plain_log_probs(model, family_name, SEQ, None)
+    for row, variant in zip(out["4096"], variants):
+        masked_want = wt_want = 0.0
+        for m in parse_variant(variant, SEQ):
+            lp, _ = _plain_log_probs(model, family_name, SEQ, m.position)
+            mt, wt = tokenizer.convert_tokens_to_ids([m.mt, m.wt])
+            masked_want += float(lp[mt] - lp[wt])
+            wt_want += float(unmasked[m.position, mt] - unmasked[m.position, wt])
+        assert float(row[f"{label}_masked_marginals"]) == pytest.approx(masked_want, abs=2e-5)
+        assert float(row[f"{label}_wt_marginals"]) == pytest.approx(wt_want, abs=2e-5)
+
+
+def test_long_proteins_are_refused_or_read_in_windows_centred_on_each_site(run_cli, tmp_path, tiny_models):
+    """--max-length 10 on a 55-residue protein: an error naming the way out, no output written;
+    with --long-policy window, each masked site read in the 10 residues centred on it."""
+    model = tiny_models["esm"]
+    out = tmp_path / "o.csv"
+    r = run_cli("variants", "--all-singles", "--sequence", SEQ, "-m", model, "--max-length", "10", "-o", out)
+    assert r.exit_code == 1 and "--long-policy window" in r.stderr and "55 residues" in r.stderr
+    assert not out.exists()
+    r = run_cli("variants", "--all-singles", "--sequence", SEQ, "-m", model, "--max-length", "10", "--long", "window",
+                "-o", out, "--scoring", "masked-marginals", "--scoring", "wt-marginals")
+    assert r.exit_code == 0, r.stderr
+    rows = {row["mutant"]: row for row in _table(out.read_text())}
+    for position in (0, 3, 27, 50, 54):
+        start = window_start(position, len(SEQ), 10)
+        assert 0 <= start <= position < start + 10 and start == min(max(position - 5, 0), 45)
+        window = SEQ[start:start + 10]
+        lp, tokenizer = _plain_log_probs(model, "esm", window, position - start)
+        wt = SEQ[position]
+        for aa in "ACW":
+            if aa == wt:
+                continue
+            want = float(lp[tokenizer.convert_tokens_to_ids(aa)] - lp[tokenizer.convert_tokens_to_ids(wt)])
+            assert float(rows[f"{wt}{position + 1}{aa}"][f"{model.name}_masked_marginals"]) == pytest.approx(
+                want, abs=2e-5)
+        # the unmasked pass: the window of stride 5 in which the site is farthest from an edge
+        start = covering_window(position, len(SEQ), 10)
+        lp, _ = _plain_log_probs(model, "esm", SEQ[start:start + 10], None)
+        aa = "A" if wt != "A" else "C"
+        want = float(lp[position - start, tokenizer.convert_tokens_to_ids(aa)]
+                     - lp[position - start, tokenizer.convert_tokens_to_ids(wt)])
+        assert float(rows[f"{wt}{position + 1}{aa}"][f"{model.name}_wt_marginals"]) == pytest.approx(want, abs=2e-5)
+    # (a tie goes to the earlier window)
+    assert [covering_window(p, 55, 10) for p in (0, 7, 8, 12, 13, 54)] == [0, 0, 5, 5, 10, 45]
+
+
+def test_mutation_notations():
+    seq = "MKTAYIAK"
+    assert parse_variant("K2A", seq) == (Mutation(1, "K", "A"),)
+    assert parse_variant("k2a", seq) == (Mutation(1, "K", "A"),)
+    both = (Mutation(1, "K", "A"), Mutation(3, "A", "W"))
+    for text in ("K2A:A4W", "K2A;A4W", "K2A,A4W", "K2A+A4W", "p.[Lys2Ala;Ala4Trp]", "p.Lys2Ala:p.Ala4Trp"):
+        assert parse_variant(text, seq) == both, text
+    assert parse_variant("p.(Lys2Ala)", seq) == (Mutation(1, "K", "A"),)
+    assert parse_variant("K2*", seq) == (Mutation(1, "K", "*"),) == parse_variant("p.Lys2Ter", seq)
+    for same in ("WT", "_wt", "", "p.=", "_sy", "K2K", "p.Lys2="):
+        assert parse_variant(same, seq) == (), same
+    assert parse_variant("M0A", seq, offset=0) == (Mutation(0, "M", "A"),)
+    assert parse_variant("K25A", seq, offset=24) == (Mutation(1, "K", "A"),)
+    errors = {"A2K": "residue 2 of the wild type is K, not A", "K9A": "outside the sequence",
+              "K2del": "insertion, deletion", "K2_A4del": "insertion, deletion", "K2J": "not one of the 20",
+              "K2A:K2C": "mutated twice", "p.Foo2Ala": "three-letter", "hello": "not a substitution",
+              "::": "names no substitution"}
+    for text, message in errors.items():
+        with pytest.raises(ValueError, match=message):
+            parse_variant(text, seq)
+    assert len(all_singles(seq)) == 19 * len(seq)
+
+
+def test_the_table_comes_back_whole_with_its_score_columns(run_cli, tmp_path, tiny_models):
+    """Quoted fields, TSV in and out, stdin, gzip, stops left empty with a warning, Spearman's rho
+    against a measured column, and the table's rows in their order."""
+    model = tiny_models["esm"]
+    text = 'mutant,DMS_score,note\nK2A,0.5,"a, quoted"\nT3W:Q9E,-1.0,x\nK2*,-2,stop\nWT,0.0,\nS13P,1.5,y\n'
+    r = run_cli("variants", "-", "--sequence", SEQ, "-m", model, "--truth-column", "DMS_score", "--column", "llr",
+                input=text.encode())
+    assert r.exit_code == 0, r.stderr
+    rows = _table(r.stdout)
+    assert [row["mutant"] for row in rows] == ["K2A", "T3W:Q9E", "K2*", "WT", "S13P"]
+    assert rows[0]["note"] == "a, quoted" and rows[2]["llr"] == "" and rows[3]["llr"] == "0.000000"
+    assert "1 variant with a stop" in r.stderr
+    scores = np.array([float(rows[i]["llr"]) for i in (0, 1, 3, 4)])
+    truth = np.array([0.5, -1.0, 0.0, 1.5])
+    rho = np.corrcoef(np.argsort(np.argsort(scores)), np.argsort(np.argsort(truth)))[0, 1]
+    assert f"Spearman rho llr vs DMS_score: {rho:.4f} over 4 variants" in r.stderr
+    gz = tmp_path / "v.tsv.gz"
+    gz.write_bytes(gzip.compress(text.replace(",", "\t").replace('"a\t quoted"', "q").encode()))
+    r = run_cli("variants", gz, "--sequence", SEQ, "-m", model, "--column", "llr")
+    assert r.exit_code == 0, r.stderr
+    tsv = _table(r.stdout, "\t")
+    assert [row["llr"] for row in tsv] == [row["llr"] for row in rows]
+
+
+def test_bad_tables_are_refused_before_any_model_and_leave_the_output_alone(run_cli, tmp_path, tiny_models):
+    model = tiny_models["esm"]
+    out = tmp_path / "scored.csv"
+    out.write_text("previous\n")
+    cases = {"mutant\nK2A\nA3W\n": ("v.csv:3: A3W: residue 3 of the wild type is T, not A", 1),
+             "variant\nK2A\n": ("has no 'mutant' column", 1),
+             "mutant\n": ("holds no variants", 1),
+             "mutant,x\nK2A\n": ("has 1 fields, the header has 2", 1)}
+    for text, (message, code) in cases.items():
+        (tmp_path / "v.csv").write_text(text)
+        r = run_cli("variants", tmp_path / "v.csv", "--sequence", SEQ, "-m", tmp_path / "no_such_model", "-o", out)
+        assert r.exit_code == code and message in r.stderr, r.stderr
+        assert out.read_text() == "previous\n"
+    (tmp_path / "v.csv").write_text("mutant,llr\nK2A,1\n")
+    r = run_cli("variants", tmp_path / "v.csv", "--sequence", SEQ, "-m", model, "--column", "llr", "-o", out)
+    assert r.exit_code == 2 and "already has a column 'llr'" in r.stderr
+    r = run_cli("variants", tmp_path / "v.csv", "-m", model)
+    assert r.exit_code == 2 and "--sequence SEQ or --fasta FILE" in r.stderr
+    r = run_cli("variants", "--sequence", SEQ, "-m", model)
+    assert r.exit_code == 2 and "--all-singles" in r.stderr
+    fasta = tmp_path / "two.fa"
+    fasta.write_text(f">a\n{SEQ}\n>b\n{SEQ[:20]}\n")
+    r = run_cli("variants", tmp_path / "v.csv", "--fasta", fasta, "-m", model, "--column", "s")
+    assert r.exit_code == 2 and "holds 2 sequences" in r.stderr and "--id" in r.stderr
+    r = run_cli("variants", tmp_path / "v.csv", "--fasta", fasta, "--id", "a", "-m", model, "--column", "s",
+                "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert float(_table(out.read_text())[0]["s"]) != 0
+    r = run_cli("variants", tmp_path / "v.csv", "--fasta", fasta, "-m", model, "-o", fasta)
+    assert r.exit_code == 2 and "also an input" in r.stderr
+
+
+def test_models_without_a_masked_lm_head_are_refused(run_cli, tmp_path, tiny_models):
+    from protrans_cli.models import FAMILIES
+
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    for family_name in ("t5", "xlnet", "transfo_xl"):
+        r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models[family_name])
+        assert r.exit_code == 1 and "not a masked language model" in r.stderr
+        assert str(tiny_models[family_name]) in r.stderr
+    # an ESM encoder saved without its head (what `save_pretrained` of EsmModel writes)
+    from transformers import EsmModel
+
+    family = FAMILIES["esm"]
+    encoder = EsmModel.from_pretrained(str(tiny_models["esm"]), add_pooling_layer=False, use_kernels=False)
+    encoder.save_pretrained(tmp_path / "encoder")
+    family.build_tokenizer().save_pretrained(tmp_path / "encoder")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "encoder")
+    assert r.exit_code == 1 and "masked-LM head is not in the checkpoint" in r.stderr
+    # an ELECTRA discriminator alone (no generator folder)
+    from transformers import ElectraForPreTraining
+
+    disc = ElectraForPreTraining.from_pretrained(str(tiny_models["electra"]), use_kernels=False)
+    disc.save_pretrained(tmp_path / "disc")
+    FAMILIES["electra"].build_tokenizer().save_pretrained(tmp_path / "disc")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "disc")
+    assert r.exit_code == 1 and "ELECTRA discriminator" in r.stderr and "generator" in r.stderr
+
+
+def test_several_models_give_a_column_each_and_their_mean(run_cli, tmp_path, tiny_models):
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\nT3W:Q9E\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "-m", tiny_models["bert"])
+    assert r.exit_code == 0, r.stderr
+    rows = _table(r.stdout)
+    a, b = (f"{tiny_models[f].name}_masked_marginals" for f in ("esm", "bert"))
+    for row in rows:
+        assert float(row["ensemble_masked_marginals"]) == pytest.approx((float(row[a]) + float(row[b])) / 2, abs=2e-6)
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "-m", tiny_models["bert"],
+                "--column", "x")
+    assert r.exit_code == 2 and "--column" in r.stderr
