@@ -332,3 +332,23 @@ def test_several_models_give_a_column_each_and_their_mean(run_cli, tmp_path, tin
     r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "-m", tiny_models["bert"],
                 "--column", "x")
     assert r.exit_code == 2 and "--column" in r.stderr
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_in_bfloat16_the_scores_are_the_cpus_within_its_precision(tmp_path):
+    """The default GPU path (bfloat16 compute, float32 log-softmax) against the CPU in float32."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    seq = _proteins("esm2")["mixed_40"]
+    variants = all_singles(seq)
+    cpu = VariantScorer(load_model(REFERENCES["esm2"], masked_lm=True), progress=False)
+    gpu = VariantScorer(load_model(REFERENCES["esm2"], device="cuda", dtype="bfloat16", masked_lm=True),
+                        progress=False)
+    assert gpu.compute_dtype == "bfloat16"
+    for strategy in ("masked-marginals", "wt-marginals"):
+        want, got = cpu.score(seq, variants, strategy), gpu.score(seq, variants, strategy)
+        np.testing.assert_allclose(got, want, atol=0.1, rtol=0, err_msg=strategy)
+        assert np.corrcoef(got, want)[0, 1] > 0.99
