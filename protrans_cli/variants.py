@@ -396,6 +396,7 @@ class VariantOptions:
     mutation_column: str = "mutant"
     offset: int = 1
     truth_column: str | None = None
+    id_column: str | None = None         # the table's column naming each row's wild type (a --fasta record)
     column: str | None = None
     all_singles: bool = False
     threads: int | None = None
@@ -430,8 +431,8 @@ class VariantOptions:
         if self.revision is not None and len(self.models) > 1:
             raise UsageError("--revision applies to one model; with several -m, name each by a directory or pin "
                              "each in a local copy")
-        if self.all_singles and self.truth_column:
-            raise UsageError("--truth-column reads the variants table; --all-singles has none")
+        if self.all_singles and (self.truth_column or self.id_column):
+            raise UsageError("--truth-column and --id-column read the variants table; --all-singles has none")
         if self.threads is not None:
             check_threads(self.threads)
 
@@ -446,11 +447,13 @@ class VariantTable:
     lines: list[int]
     delimiter: str = ","
     variants: list = field(default_factory=list)
+    owners: list = field(default_factory=list)  # each row's wild type: an index into the wild types
 
 
-def read_variant_table(path, sequence: str, options: VariantOptions) -> VariantTable:
+def read_variant_table(path, wild_types: list[tuple[str, str]], options: VariantOptions) -> VariantTable:
     """Read and check every row before any model is loaded: a one-line InputError naming the file,
-    line and mutation for the first that does not fit the wild type."""
+    line and mutation for the first that does not fit its wild type (the one of `wild_types`, or
+    the one its `id_column` names)."""
     from protrans_cli.io.files import display_name, open_input
 
     name = display_name(path)
@@ -475,10 +478,12 @@ def read_variant_table(path, sequence: str, options: VariantOptions) -> VariantT
     if column not in stripped:
         raise InputError(f"has no {column!r} column (columns: {', '.join(stripped)}; --mutation-column names it)",
                          path=name)
-    if options.truth_column is not None and options.truth_column not in stripped:
-        raise InputError(f"has no {options.truth_column!r} column for --truth-column (columns: "
-                         f"{', '.join(stripped)})", path=name)
+    for flag, wanted in (("--truth-column", options.truth_column), ("--id-column", options.id_column)):
+        if wanted is not None and wanted not in stripped:
+            raise InputError(f"has no {wanted!r} column for {flag} (columns: {', '.join(stripped)})", path=name)
     at = stripped.index(column)
+    by_id = {ident: k for k, (ident, _) in enumerate(wild_types)}
+    id_at = stripped.index(options.id_column) if options.id_column is not None else None
     table = VariantTable(name, header, [], [], delimiter)
     try:
         while True:
@@ -490,13 +495,20 @@ def read_variant_table(path, sequence: str, options: VariantOptions) -> VariantT
                 continue
             if len(row) < len(header):
                 raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=line)
+            owner = 0
+            if id_at is not None:
+                owner = by_id.get(row[id_at].strip())
+                if owner is None:
+                    raise InputError(f"{options.id_column} {row[id_at].strip()!r}: no such record in the wild types' "
+                                     "FASTA", path=name, line=line)
             try:
-                variant = parse_variant(row[at], sequence, options.offset)
+                variant = parse_variant(row[at], wild_types[owner][1], options.offset)
             except ValueError as exc:
                 raise InputError(str(exc), path=name, line=line) from None
             table.rows.append(row)
             table.lines.append(line)
             table.variants.append(variant)
+            table.owners.append(owner)
     except csv.Error as exc:
         raise InputError(f"not a readable CSV: {exc}", path=name, line=reader.line_num) from None
     if not table.rows:
@@ -568,20 +580,26 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         raise UsageError("give a variants table (CSV or TSV with a mutant column) or --all-singles, one of them")
     if output not in (None, "-") and input_named_by(output, [p for p in (variants_file, fasta) if p is not None]):
         raise UsageError(f"{output} is also an input: writing it would replace it (choose another -o)")
-    wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles)
+    if options.id_column is not None and (fasta is None or record_id is not None):
+        raise UsageError("--id-column names each row's wild type among the records of --fasta (without --id)")
+    wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles or options.id_column is not None)
     columns = score_columns(options)
     if options.all_singles:
         header = (["id"] if fasta is not None else []) + ["mutant"]
-        rows, variants, owners = [], [], []
+        table = VariantTable("--all-singles", header, [], [])
         for k, (ident, seq) in enumerate(wild_types):
             for variant in all_singles(seq):
-                rows.append(([ident] if fasta is not None else []) + [variant[0].label(options.offset)])
-                variants.append(variant)
-                owners.append(k)
-        table = VariantTable("--all-singles", header, rows, list(range(len(rows))), ",", variants)
+                table.rows.append(([ident] if fasta is not None else []) + [variant[0].label(options.offset)])
+                table.variants.append(variant)
+                table.owners.append(k)
+        table.lines = list(range(len(table.rows)))
     else:
-        table = read_variant_table(variants_file, wild_types[0][1], options)
-        owners = [0] * len(table.rows)
+        table = read_variant_table(variants_file, wild_types, options)
+        if options.id_column is not None:  # (only the wild types the table names are checked and scored)
+            named = sorted(set(table.owners))
+            renumber = {old: new for new, old in enumerate(named)}
+            wild_types = [wild_types[k] for k in named]
+            table.owners = [renumber[k] for k in table.owners]
     taken = {h.strip() for h in table.header}
     for column, _, _ in columns:
         if column in taken:
@@ -590,7 +608,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     if stops:
         console.warn(f"{console.counted(stops, 'variant')} with a stop (*) left without a score: a language model "
                      "has no residue for it")
-    results = _score_all(table, wild_types, owners, columns, options)
+    results = _score_all(table, wild_types, columns, options)
     ensemble = []
     if len(options.models) > 1:
         for strategy in options.strategies:
@@ -608,7 +626,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     return _report_truth(table, written, options) if options.truth_column else {}
 
 
-def _score_all(table, wild_types, owners, columns, options) -> dict[str, np.ndarray]:
+def _score_all(table, wild_types, columns, options) -> dict[str, np.ndarray]:
     import gc
 
     from protrans_cli.embedders import resolve_device
@@ -631,7 +649,7 @@ def _score_all(table, wild_types, owners, columns, options) -> dict[str, np.ndar
                     continue
                 values = np.full(len(table.rows), np.nan)
                 for k, (ident, seq) in enumerate(wild_types):
-                    mine = [i for i, owner in enumerate(owners) if owner == k]
+                    mine = [i for i, owner in enumerate(table.owners) if owner == k]
                     values[mine] = scorer.score(seq, [table.variants[i] for i in mine], strategy)
                 results[column] = values
                 console.info(f"variants: {column}: {console.counted(int(np.isfinite(values).sum()), 'variant')} scored with "

@@ -352,3 +352,30 @@ def test_on_a_gpu_in_bfloat16_the_scores_are_the_cpus_within_its_precision(tmp_p
         want, got = cpu.score(seq, variants, strategy), gpu.score(seq, variants, strategy)
         np.testing.assert_allclose(got, want, atol=0.1, rtol=0, err_msg=strategy)
         assert np.corrcoef(got, want)[0, 1] > 0.99
+
+
+def test_one_table_of_many_proteins_names_each_rows_wild_type(run_cli, tmp_path, tiny_models):
+    """--id-column: the rows of two proteins in one table, each checked and scored against its own
+    record of --fasta, the same scores as a run per protein; a record the table does not name is
+    neither checked nor scored."""
+    model = tiny_models["esm"]
+    other = SEQ[::-1]
+    fasta = tmp_path / "wt.fa"
+    fasta.write_text(f">a\n{SEQ}\n>b\n{other}\n>unused\n{'M' * 5000}\n")
+    table = tmp_path / "v.csv"
+    table.write_text(f"protein,mutant\na,K2A\nb,{other[1]}2W\na,T3W:Q9E\n")
+    r = run_cli("variants", table, "--fasta", fasta, "--id-column", "protein", "-m", model, "--column", "s")
+    assert r.exit_code == 0, r.stderr
+    got = [float(row["s"]) for row in _table(r.stdout)]
+    for ident, seq, rows in (("a", SEQ, (0, 2)), ("b", other, (1,))):
+        lines = [table.read_text().splitlines()[1 + i].split(",", 1)[1] for i in rows]
+        (tmp_path / f"{ident}.csv").write_text("mutant\n" + "\n".join(lines) + "\n")
+        alone = run_cli("variants", tmp_path / f"{ident}.csv", "--sequence", seq, "-m", model, "--column", "s")
+        assert alone.exit_code == 0, alone.stderr
+        for i, row in zip(rows, _table(alone.stdout)):
+            assert got[i] == pytest.approx(float(row["s"]), abs=1e-6)
+    table.write_text("protein,mutant\na,K2A\nc,K2A\n")
+    r = run_cli("variants", table, "--fasta", fasta, "--id-column", "protein", "-m", model)
+    assert r.exit_code == 1 and "v.csv:3: protein 'c': no such record" in r.stderr
+    r = run_cli("variants", table, "--sequence", SEQ, "--id-column", "protein", "-m", model)
+    assert r.exit_code == 2 and "--id-column" in r.stderr

@@ -18,6 +18,9 @@ from protrans_cli.cli import INPUT_FILE
               help="FASTA holding the wild type (one record, or pick it with --id; --all-singles scans every "
                    "record).")
 @click.option("--id", "record_id", default=None, help="The record of --fasta that is the wild type.")
+@click.option("--id-column", default=None,
+              help="The table's column naming each row's wild type among the records of --fasta: one run (one "
+                   "model load) for the tables of many proteins.")
 @click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
               help="CSV to write (the table with a score column per model and scoring); - for stdout.")
 @click.option("-m", "--model", "models", multiple=True, default=("esm2_t33_650M_UR50D",),
@@ -54,7 +57,7 @@ from protrans_cli.cli import INPUT_FILE
                    "--max-length residues centred on it (as ProteinGym scores long proteins).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
-def command(variants_file, sequence, fasta, record_id, output, models, strategies, all_singles, mutation_column,
+def command(variants_file, sequence, fasta, record_id, id_column, output, models, strategies, all_singles, mutation_column,
             offset, truth_column, column, revision, device, dtype, max_tokens, max_length, long_policy, threads):
     """Zero-shot variant effects from a masked language model.
 
@@ -76,7 +79,7 @@ def command(variants_file, sequence, fasta, record_id, output, models, strategie
     options = VariantOptions(models=tuple(models), strategies=tuple(strategies), revision=revision, device=device,
                              dtype=dtype, max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                              mutation_column=mutation_column, offset=offset, truth_column=truth_column,
-                             column=column, all_singles=all_singles, threads=resolve_threads(threads))
+                             id_column=id_column, column=column, all_singles=all_singles, threads=resolve_threads(threads))
     run_variants(output, options, variants_file=variants_file, sequence=sequence, fasta=fasta, record_id=record_id)
     if output not in (None, "-"):
         from protrans_cli import console
