@@ -57,11 +57,14 @@ _THREE_LETTER = {"Ala": "A", "Arg": "R", "Asn": "N", "Asp": "D", "Cys": "C", "Gl
                  "Thr": "T", "Trp": "W", "Tyr": "Y", "Val": "V", "Sec": "U", "Pyl": "O", "Xaa": "X", "Asx": "B",
                  "Glx": "Z", "Ter": "*"}
 # what DMS tables write for the wild type itself or a synonymous (DNA-level) variant: scored 0
-_UNCHANGED = {"", "wt", "_wt", "wildtype", "wild-type", "wild_type", "p.=", "p.(=)", "_sy", "syn", "synonymous"}
+_UNCHANGED = {"wt", "_wt", "wildtype", "wild-type", "wild_type", "p.=", "p.(=)", "_sy", "syn", "synonymous"}
 _ONE_LETTER = re.compile(r"([A-Za-z])(-?\d+)([A-Za-z*])")
 _HGVS = re.compile(r"([A-Z][a-z]{2})(-?\d+)([A-Z][a-z]{2}|\*|=)")
 _NOT_SUBSTITUTION = re.compile(r"(del|ins|dup|fs|ext|delins|_|-$|\?)", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[:;,+\s]+")
+# an empty cell or a missing value (MaveDB's NA for a variant without a protein-level name): no
+# variant, left without a score (never taken for the wild type)
+_MISSING = {"", "na", "nan", "n/a", "none", "null"}
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,25 @@ Variant = tuple  # tuple[Mutation, ...]; () is the wild type itself
 
 def parse_variant(text: str, sequence: str, offset: int = 1) -> Variant:
     """The substitutions `text` names, checked against `sequence` (its first residue numbered
-    `offset`). Forms: `A24G`, several joined by `:` (ProteinGym), `;`, `,` or `+`; HGVS protein
-    notation (`p.Ala24Gly`, `p.(Ala24Gly)`, `p.[Ala24Gly;Lys30Arg]`, `p.Ala24=`); the wild type
-    or a synonymous variant (`WT`, `_wt`, `p.=`, `_sy`, empty) is (). A ValueError says what is wrong."""
+    `offset`; read as the scorer reads it: upper-case, gaps and a final `*` removed). Forms: `A24G`,
+    several joined by `:` (ProteinGym), `;`, `,` or `+`; HGVS protein notation (`p.Ala24Gly`,
+    `p.(Ala24Gly)`, `p.[Ala24Gly;Lys30Arg]`, `p.Ala24=`); the wild type or a synonymous variant
+    (`WT`, `_wt`, `p.=`, `_sy`) is (). A ValueError says what is wrong (an empty or NA text too)."""
+    from protrans_cli.residues import normalise
+
+    return _parse_variant(text, normalise(sequence, rare="keep"), offset)
+
+
+def is_missing(text: str) -> bool:
+    """Whether a table's cell names no variant at all (empty, NA): left without a score."""
+    return str(text).strip().lower() in _MISSING
+
+
+def _parse_variant(text: str, sequence: str, offset: int) -> Variant:
+    """parse_variant against a wild type already normalised (a table's rows: once, not per row)."""
     raw = str(text).strip()
+    if is_missing(raw):
+        raise ValueError(f"{raw!r}: names no variant (an empty or missing value)")
     if raw.lower() in _UNCHANGED:
         return ()
     body = raw[2:] if raw[:2] in ("p.", "P.") else raw
@@ -314,6 +332,12 @@ class VariantScorer:
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown scoring {strategy!r} (choose from {', '.join(STRATEGIES)})")
         sequence = checked_sequence(sequence)
+        for variant in variants:
+            for m in variant:
+                if not (0 <= m.position < len(sequence) and sequence[m.position] == m.wt):
+                    found = sequence[m.position] if 0 <= m.position < len(sequence) else "outside the sequence"
+                    raise UsageError(f"{m.label()}: not a substitution of this wild type (residue {m.position + 1} "
+                                     f"of {len(sequence)}: {found}); parse variants against the sequence scored")
         scores = np.full(len(variants), np.nan)
         scorable = [i for i, v in enumerate(variants) if not has_stop(v)]
         if strategy == "pseudo-ppl":
@@ -464,7 +488,8 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"is not UTF-8 text (byte {exc.start})", path=name) from None
+        raise InputError(f"is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}; save it as UTF-8)",
+                         path=name, line=data.count(b"\n", 0, exc.start) + 1) from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     first = next((line for line in text.split("\n") if line.strip()), None)
     if first is None:
@@ -493,7 +518,9 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
                 break
             if not any(f.strip() for f in row):
                 continue
-            if len(row) < len(header):
+            if len(row) < len(header) or any(f.strip() for f in row[len(header):]):
+                # (more fields than the header: an unquoted delimiter in a field; written back,
+                # they were dropped without a word. Empty trailing fields are fine.)
                 raise InputError(f"has {len(row)} fields, the header has {len(header)}", path=name, line=line)
             owner = 0
             if id_at is not None:
@@ -501,17 +528,20 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
                 if owner is None:
                     raise InputError(f"{options.id_column} {row[id_at].strip()!r}: no such record in the wild types' "
                                      "FASTA", path=name, line=line)
-            try:
-                variant = parse_variant(row[at], wild_types[owner][1], options.offset)
-            except ValueError as exc:
-                raise InputError(str(exc), path=name, line=line) from None
+            if is_missing(row[at]):
+                variant = None  # (no variant named: no score)
+            else:
+                try:
+                    variant = _parse_variant(row[at], wild_types[owner][1], options.offset)
+                except ValueError as exc:
+                    raise InputError(str(exc), path=name, line=line) from None
             table.rows.append(row)
             table.lines.append(line)
             table.variants.append(variant)
             table.owners.append(owner)
     except csv.Error as exc:
         raise InputError(f"not a readable CSV: {exc}", path=name, line=reader.line_num) from None
-    if not table.rows:
+    if not table.rows or all(v is None for v in table.variants):
         raise InputError("holds no variants", path=name)
     return table
 
@@ -539,13 +569,14 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
             raise InputError(str(exc), path=name, record=record.id) from None
     if not found:
         raise InputError(f"holds no record {record_id!r}" if record_id else "holds no sequence", path=name)
+    ids = [i for i, _ in found]
+    if len(set(ids)) != len(ids):  # (before the count: two records of the --id asked for are this error)
+        seen: set[str] = set()
+        twice = next(i for i in ids if i in seen or seen.add(i))
+        raise InputError(f"the id {twice!r} is given twice", path=name)
     if len(found) > 1 and not many:
         raise UsageError(f"{name} holds {len(found)} sequences; a variants table has one wild type: pick it with "
                          f"--id (first ids: {', '.join(i for i, _ in found[:3])})")
-    ids = [i for i, _ in found]
-    if len(set(ids)) != len(ids):
-        twice = next(i for i in ids if ids.count(i) > 1)
-        raise InputError(f"the id {twice!r} is given twice", path=name)
     return found
 
 
@@ -571,15 +602,19 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     """Score the variants of `variants_file` (or every single substitution, `all_singles`) and write
     the table with a score column per model and scoring to `output` (a path, `-`/None: stdout),
     atomically. Returns {column: Spearman rho} when `truth_column` is given, else {}."""
-    from protrans_cli.io.files import atomic_output, input_named_by
+    from protrans_cli.io.files import atomic_output, input_named_by, output_directory
 
     options = options or VariantOptions()
     expect_options(options, VariantOptions, "options")
     options.validate()
     if options.all_singles == (variants_file is not None):
         raise UsageError("give a variants table (CSV or TSV with a mutant column) or --all-singles, one of them")
+    if variants_file is not None and fasta is not None and str(variants_file) == str(fasta) == "-":
+        raise UsageError("the variants table and --fasta cannot both be read from stdin (-)")
     if output not in (None, "-") and input_named_by(output, [p for p in (variants_file, fasta) if p is not None]):
         raise UsageError(f"{output} is also an input: writing it would replace it (choose another -o)")
+    if output not in (None, "-"):
+        output_directory(output)  # (before the scoring, not when its result is written)
     if options.id_column is not None and (fasta is None or record_id is not None):
         raise UsageError("--id-column names each row's wild type among the records of --fasta (without --id)")
     wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles or options.id_column is not None)
@@ -600,20 +635,26 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
             renumber = {old: new for new, old in enumerate(named)}
             wild_types = [wild_types[k] for k in named]
             table.owners = [renumber[k] for k in table.owners]
+    ensemble_columns = ([f"ensemble_{strategy.replace('-', '_')}" for strategy in options.strategies]
+                        if len(options.models) > 1 else [])
     taken = {h.strip() for h in table.header}
-    for column, _, _ in columns:
+    for column in [c for c, _, _ in columns] + ensemble_columns:
         if column in taken:
-            raise UsageError(f"{table.name} already has a column {column!r}; --column names the new one")
-    stops = sum(has_stop(v) for v in table.variants)
+            raise UsageError(f"{table.name} already has a column {column!r}; --column names the new one"
+                             if len(columns) == 1 else f"{table.name} already has a column {column!r} (a table "
+                             "scored before?): drop it, or rename the models' directories")
+    stops = sum(has_stop(v) for v in table.variants if v is not None)
     if stops:
         console.warn(f"{console.counted(stops, 'variant')} with a stop (*) left without a score: a language model "
                      "has no residue for it")
+    missing = sum(v is None for v in table.variants)
+    if missing:
+        console.warn(f"{console.counted(missing, 'row')} of {table.name} with no variant in "
+                     f"{options.mutation_column!r} (empty or NA) left without a score")
     results = _score_all(table, wild_types, columns, options)
     ensemble = []
-    if len(options.models) > 1:
-        for strategy in options.strategies:
-            parts = [results[c] for c, _, s in columns if s == strategy]
-            ensemble.append((f"ensemble_{strategy.replace('-', '_')}", np.mean(parts, axis=0)))
+    for column, strategy in zip(ensemble_columns, options.strategies):
+        ensemble.append((column, np.mean([results[c] for c, _, s in columns if s == strategy], axis=0)))
     written = [(c, results[c]) for c, _, _ in columns] + ensemble
     with atomic_output(output, "wb") as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
@@ -635,6 +676,12 @@ def _score_all(table, wild_types, columns, options) -> dict[str, np.ndarray]:
 
     device, dtype = resolve_device(options.device, options.dtype)
     results: dict[str, np.ndarray] = {}
+    # each wild type's rows that name a variant (grouped once: a scan of every record of a FASTA
+    # looked through all rows once per record)
+    rows_of: list[list[int]] = [[] for _ in wild_types]
+    for i, owner in enumerate(table.owners):
+        if table.variants[i] is not None:
+            rows_of[owner].append(i)
     threads = torch_threads(options.threads) if options.threads else contextlib.nullcontext()
     with threads:
         for model_name in dict.fromkeys(m for _, m, _ in columns):
@@ -649,7 +696,7 @@ def _score_all(table, wild_types, columns, options) -> dict[str, np.ndarray]:
                     continue
                 values = np.full(len(table.rows), np.nan)
                 for k, (ident, seq) in enumerate(wild_types):
-                    mine = [i for i, owner in enumerate(table.owners) if owner == k]
+                    mine = rows_of[k]
                     values[mine] = scorer.score(seq, [table.variants[i] for i in mine], strategy)
                 results[column] = values
                 console.info(f"variants: {column}: {console.counted(int(np.isfinite(values).sum()), 'variant')} scored with "

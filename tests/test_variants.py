@@ -222,14 +222,17 @@ def test_mutation_notations():
         assert parse_variant(text, seq) == both, text
     assert parse_variant("p.(Lys2Ala)", seq) == (Mutation(1, "K", "A"),)
     assert parse_variant("K2*", seq) == (Mutation(1, "K", "*"),) == parse_variant("p.Lys2Ter", seq)
-    for same in ("WT", "_wt", "", "p.=", "_sy", "K2K", "p.Lys2="):
+    for same in ("WT", "_wt", "p.=", "_sy", "K2K", "p.Lys2="):
         assert parse_variant(same, seq) == (), same
+    # the wild type read as the scorer reads it (upper-case, gaps dropped): positions of its residues
+    assert parse_variant("K2A", "mktayiak") == (Mutation(1, "K", "A"),)
+    assert parse_variant("T3A", "MK-TAY.IAK") == (Mutation(2, "T", "A"),)
     assert parse_variant("M0A", seq, offset=0) == (Mutation(0, "M", "A"),)
     assert parse_variant("K25A", seq, offset=24) == (Mutation(1, "K", "A"),)
     errors = {"A2K": "residue 2 of the wild type is K, not A", "K9A": "outside the sequence",
               "K2del": "insertion, deletion", "K2_A4del": "insertion, deletion", "K2J": "not one of the 20",
               "K2A:K2C": "mutated twice", "p.Foo2Ala": "three-letter", "hello": "not a substitution",
-              "::": "names no substitution"}
+              "::": "names no substitution", "": "names no variant", "NA": "names no variant"}
     for text, message in errors.items():
         with pytest.raises(ValueError, match=message):
             parse_variant(text, seq)
@@ -290,6 +293,10 @@ def test_bad_tables_are_refused_before_any_model_and_leave_the_output_alone(run_
     assert float(_table(out.read_text())[0]["s"]) != 0
     r = run_cli("variants", tmp_path / "v.csv", "--fasta", fasta, "-m", model, "-o", fasta)
     assert r.exit_code == 2 and "also an input" in r.stderr
+    # a missing output folder: refused before any model is loaded (it was found after the scoring)
+    r = run_cli("variants", tmp_path / "v.csv", "--sequence", SEQ, "-m", tmp_path / "no_such_model", "-o",
+                tmp_path / "no_dir" / "o.csv")
+    assert r.exit_code == 2 and "output directory does not exist" in r.stderr
 
 
 def test_models_without_a_masked_lm_head_are_refused(run_cli, tmp_path, tiny_models):
@@ -379,3 +386,76 @@ def test_one_table_of_many_proteins_names_each_rows_wild_type(run_cli, tmp_path,
     assert r.exit_code == 1 and "v.csv:3: protein 'c': no such record" in r.stderr
     r = run_cli("variants", table, "--sequence", SEQ, "--id-column", "protein", "-m", model)
     assert r.exit_code == 2 and "--id-column" in r.stderr
+
+
+def test_the_library_scores_what_parse_variant_read_and_refuses_other_variants(tiny_models):
+    """parse_variant and VariantScorer.score read a wild type alike (lower case, gaps): the site
+    scored is the residue named; a variant of another sequence is refused, not scored elsewhere."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
+    gapped = SEQ[:5] + "--" + SEQ[5:].lower()
+    want = scorer.score(SEQ, [parse_variant("I6W", SEQ)])
+    assert scorer.score(gapped, [parse_variant("I6W", gapped)]) == pytest.approx(want, abs=1e-6)
+    with pytest.raises(UsageError, match="not a substitution of this wild type"):
+        scorer.score(SEQ, [(Mutation(5, "A", "W"),)])
+    with pytest.raises(UsageError, match="outside the sequence"):
+        scorer.score(SEQ[:5], [parse_variant("I6W", SEQ)])
+
+
+def test_rows_without_a_variant_and_misaligned_rows(run_cli, tmp_path, tiny_models):
+    """An empty or NA cell (MaveDB's missing hgvs_pro) is no variant: no score, not the wild
+    type's 0, and out of Spearman's rho; a row with more fields than the header is refused (they
+    were dropped from the output), empty trailing fields are not."""
+    model = tiny_models["esm"]
+    table = tmp_path / "v.csv"
+    table.write_text("hgvs_pro,score\np.Lys2Ala,1\nNA,2\n,3\n_wt,0\np.Thr3Trp,4\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model, "--mutation-column", "hgvs_pro", "--column", "s",
+                "--truth-column", "score")
+    assert r.exit_code == 0, r.stderr
+    rows = _table(r.stdout)
+    assert [row["s"] for row in rows][1:3] == ["", ""] and rows[3]["s"] == "0.000000" and rows[0]["s"] != ""
+    assert "2 rows of " in r.stderr and "v.csv with no variant in 'hgvs_pro'" in r.stderr and "over 3 variants" in r.stderr
+    table.write_text("mutant\nNA\n\"\"\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model)
+    assert r.exit_code == 1 and "holds no variants" in r.stderr
+    out = tmp_path / "o.csv"
+    table.write_text("mutant,note\nK2A,a\nT3W,b,c\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model, "-o", out)
+    assert r.exit_code == 1 and "v.csv:3: has 3 fields, the header has 2" in r.stderr and not out.exists()
+    table.write_bytes(b"mutant,note\nK2A,a\nT3W,\xb5m\n")  # (latin-1: the line named)
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model)
+    assert r.exit_code == 1 and "v.csv:3: is not UTF-8 text" in r.stderr
+    table.write_text("mutant,note\nK2A,a,\nT3W,b\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model, "--column", "s")
+    assert r.exit_code == 0, r.stderr
+    assert [row["note"] for row in _table(r.stdout)] == ["a", "b"]
+
+
+def test_column_clashes_stdin_twice_and_duplicate_ids_are_refused(run_cli, tmp_path, tiny_models):
+    table = tmp_path / "v.csv"
+    table.write_text("mutant,ensemble_masked_marginals\nK2A,1\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "-m", tiny_models["bert"])
+    assert r.exit_code == 2 and "already has a column 'ensemble_masked_marginals'" in r.stderr
+    r = run_cli("variants", "-", "--fasta", "-", "-m", tiny_models["esm"], input=f">a\n{SEQ}\n".encode())
+    assert r.exit_code == 2 and "stdin" in r.stderr
+    fasta = tmp_path / "twice.fa"
+    fasta.write_text(f">a\n{SEQ}\n>a\n{SEQ}\n")
+    r = run_cli("variants", tmp_path / "v.csv", "--fasta", fasta, "--id", "a", "-m", tiny_models["esm"])
+    assert r.exit_code == 1 and "the id 'a' is given twice" in r.stderr
+
+
+def test_all_singles_of_several_records_score_each_against_its_own(run_cli, tmp_path, tiny_models):
+    model = tiny_models["esm"]
+    fasta = tmp_path / "two.fa"
+    fasta.write_text(f">a\n{SEQ[:12]}\n>b\n{SEQ[20:30]}\n")
+    r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", model, "--column", "s")
+    assert r.exit_code == 0, r.stderr
+    rows = _table(r.stdout)
+    assert [row["id"] for row in rows] == ["a"] * 19 * 12 + ["b"] * 19 * 10
+    for ident, seq in (("a", SEQ[:12]), ("b", SEQ[20:30])):
+        alone = _table(run_cli("variants", "--all-singles", "--sequence", seq, "-m", model, "--column", "s").stdout)
+        assert [(row["mutant"], row["s"]) for row in rows if row["id"] == ident] == [
+            (row["mutant"], row["s"]) for row in alone]

@@ -22,7 +22,8 @@ from protrans_cli.cli import INPUT_FILE
               help="The table's column naming each row's wild type among the records of --fasta: one run (one "
                    "model load) for the tables of many proteins.")
 @click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
-              help="CSV to write (the table with a score column per model and scoring); - for stdout.")
+              help="The table to write, with a score column per model and scoring (CSV, TSV for a TSV "
+                   "table; .gz compresses); - for stdout.")
 @click.option("-m", "--model", "models", multiple=True, default=("esm2_t33_650M_UR50D",),
               help="A masked LM with its head: short name (see `protrans models`), model directory or hub id. "
                    "Repeat for an ensemble (e.g. the five ESM-1v models): a column each, and their mean.")
@@ -64,9 +65,10 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
     Reads a table of substitutions (CSV or TSV, `-` for stdin, .gz read) and writes it back with a
     score column per model and scoring: the log-odds of mutant against wild type (Meier et al.
     2021, ESM's variant-prediction/predict.py), higher = more like what the model expects.
-    Multi-site variants add their sites' log-odds. Stops (*) get no score. Every mutation is
-    checked against the wild type before a model is loaded. ESM, ProtBert, ProtAlbert and ELECTRA
-    generators; T5, XLNet and Transformer-XL are refused.
+    Multi-site variants add their sites' log-odds (the marginals). Stops (*) and rows with no
+    variant (empty, NA) get no score; WT and synonymous rows score 0. Every mutation is checked
+    against the wild type before a model is loaded. ESM, ProtBert, ProtAlbert, RoBERTa-style BERT
+    and ELECTRA generators; T5, XLNet and Transformer-XL are refused.
 
     \b
     protrans variants dms.csv --fasta wt.fa -m esm1v_t33_650M_UR90S_1 \\
