@@ -222,37 +222,40 @@ class VariantScorer:
         torch = self._torch
         for seq in sequences:
             self.check_length(seq)
-        vocab = None
         out: np.ndarray | None = None
         items = self._items(sequences, sites, masked)
-        encoded: dict[tuple[int, int], tuple] = {}
+        # the encoded window of the items in hand: items of one window are consecutive (one per
+        # site of a windowed protein: a cache of them all held every window of a long protein)
+        cached: tuple | None = None
         total = sum(len(locals_) for _, _, locals_, _ in items)
         bar = console.progress(total=total, desc="scoring", unit="site") if self.progress and total > 1 else None
         try:
             for batch in self._batches(sequences, items):
-                rows, positions, where = [], [], []
-                for seq_index, start, locals_, targets in batch:
+                rows, row_of, token_of, where = [], [], [], []
+                for b, (seq_index, start, locals_, targets) in enumerate(batch):
                     key = (seq_index, start)
-                    if key not in encoded:
-                        encoded[key] = self._encode_window(sequences[seq_index], start)
-                    ids, extra, token_at = encoded[key]
+                    if cached is None or cached[0] != key:
+                        cached = (key, self._encode_window(sequences[seq_index], start))
+                    ids, extra, token_at = cached[1]
                     row = ids.clone()
                     if masked:
                         row[token_at[locals_[0]]] = self.mask_id
                     rows.append((row, extra))
-                    positions.append(token_at[list(locals_)])
-                    where.append(targets)
+                    row_of.extend([b] * len(locals_))
+                    token_of.append(token_at[list(locals_)])
+                    where.extend(targets)
                 logits = self._forward(rows)  # (B, T, V)
                 with torch.inference_mode():
-                    for b, (tokens, targets) in enumerate(zip(positions, where)):
-                        values = logits[b, tokens.to(logits.device)].float().log_softmax(-1).cpu().numpy()
-                        if out is None:
-                            vocab = values.shape[-1]
-                            out = np.empty((len(sites), vocab), dtype=np.float32)
-                        for row_values, target in zip(values, targets):
-                            out[target] = row_values
+                    # every site's row at once, one copy off the device a pass
+                    picked = logits[torch.tensor(row_of, device=logits.device), torch.cat(token_of).to(logits.device)]
+                    values = picked.float().log_softmax(-1).cpu().numpy()  # (sites, V)
+                del logits, picked
+                if out is None:
+                    out = np.empty((len(sites), values.shape[-1]), dtype=np.float32)
+                for row_values, targets in zip(values, where):
+                    out[targets] = row_values
                 if bar is not None:
-                    bar.update(sum(len(t) for t in where))
+                    bar.update(len(where))
         finally:
             if bar is not None:
                 bar.close()
@@ -284,14 +287,17 @@ class VariantScorer:
         return len(sequence) if self.max_length is None else min(len(sequence), self.max_length)
 
     def _batches(self, sequences, items):
-        """Items of one token length together, `max_tokens` tokens a pass at most."""
+        """Items of one token length together, `max_tokens` tokens a pass at most (read again for
+        each pass: a GPU out of memory lowers it for the passes after, see `_forward`)."""
         by_length: dict[int, list] = {}
         for item in items:
             by_length.setdefault(self._window(sequences[item[0]]), []).append(item)
         for length, group in sorted(by_length.items()):
-            per_pass = max(1, self.max_tokens // (length + 2))
-            for i in range(0, len(group), per_pass):
+            i = 0
+            while i < len(group):
+                per_pass = max(1, self.max_tokens // (length + 2))
                 yield group[i:i + per_pass]
+                i += per_pass
 
     def _encode_window(self, sequence: str, start: int):
         window = sequence[start:start + self._window(sequence)]
@@ -305,25 +311,35 @@ class VariantScorer:
         return ids, extra, token_at
 
     def _forward(self, rows):
-        """Logits (B, T, V) of the stacked rows; a GPU out of memory halves the pass and retries."""
+        """Logits (B, T, V) of the stacked rows; a GPU out of memory halves `max_tokens` and runs
+        the rows again in passes of that size, and the passes after keep it (each would run out
+        of memory again first)."""
         torch = self._torch
         inputs = {"input_ids": torch.stack([r for r, _ in rows])}
         for key in rows[0][1]:
             inputs[key] = torch.stack([extra[key] for _, extra in rows])
+        tokens = int(inputs["input_ids"].numel())
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         try:
             with torch.inference_mode():
                 return self.model(**inputs).logits
         except torch.OutOfMemoryError:
-            if len(rows) == 1:
-                raise RuntimeFailure(f"{self.loaded.name}: out of memory scoring one sequence of "
-                                     f"{inputs['input_ids'].shape[1]} tokens (give --max-length and --long-policy "
-                                     "window for shorter windows)") from None
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = len(rows) // 2
-            first = self._forward(rows[:half])
-            return torch.cat([first, self._forward(rows[half:])])
+            pass
+        # (out of the except block: its traceback held the failed pass's frames, and with them its
+        # activations, through the retry)
+        del inputs
+        if len(rows) == 1:
+            raise RuntimeFailure(f"{self.loaded.name}: out of memory scoring one sequence of {tokens} tokens (give "
+                                 "--max-length and --long-policy window for shorter windows)")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.max_tokens = max(1, min(self.max_tokens, tokens // 2))
+        width, parts, i = tokens // len(rows), [], 0
+        while i < len(rows):  # (in passes of what max_tokens allows now: a pass may lower it again)
+            per = max(1, self.max_tokens // width)
+            parts.append(self._forward(rows[i:i + per]))
+            i += per
+        return torch.cat(parts)
 
     # -- scores -----------------------------------------------------------------------------
 

@@ -459,3 +459,32 @@ def test_all_singles_of_several_records_score_each_against_its_own(run_cli, tmp_
         alone = _table(run_cli("variants", "--all-singles", "--sequence", seq, "-m", model, "--column", "s").stdout)
         assert [(row["mutant"], row["s"]) for row in rows if row["id"] == ident] == [
             (row["mutant"], row["s"]) for row in alone]
+
+
+def test_out_of_memory_halves_the_pass_and_the_passes_after(tiny_models):
+    """A GPU out of memory (simulated: passes of more than 3 rows fail) retries the halves, gives
+    the same numbers, and lowers --max-tokens so that later passes do not fail first again."""
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
+    variants = all_singles(SEQ[:30])
+    want = scorer.score(SEQ[:30], variants)
+    model, calls = scorer.model, []
+
+    def limited(**inputs):
+        calls.append(len(inputs["input_ids"]))
+        if len(inputs["input_ids"]) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return model(**inputs)
+
+    scorer.model = limited
+    got = scorer.score(SEQ[:30], variants)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert sorted(c for c in calls if c > 3) == [7, 15, 30] and scorer.max_tokens < 4 * 32
+    calls.clear()
+    np.testing.assert_allclose(scorer.score(SEQ[:30], variants, "wt-marginals"),
+                               VariantScorer(load_model(tiny_models["esm"], masked_lm=True),
+                                             progress=False).score(SEQ[:30], variants, "wt-marginals"), atol=1e-6)
+    np.testing.assert_allclose(scorer.score(SEQ[:30], variants), want, atol=1e-6)
+    assert calls and max(calls) <= 3
