@@ -215,10 +215,12 @@ class VariantScorer:
 
     # -- forward passes ---------------------------------------------------------------------
 
-    def site_log_probs(self, sequences: list[str], sites: list[tuple[int, int]], *, masked: bool = True) -> np.ndarray:
+    def site_log_probs(self, sequences: list[str], sites: list[tuple[int, int]], *, masked: bool = True,
+                       bar=None) -> np.ndarray:
         """(len(sites), V) float32 log-probabilities over the vocabulary at each (sequence index,
         0-based position) site: with the site masked alone (`masked`), else from the unmasked
-        sequence. Identical sites are computed once."""
+        sequence. Identical sites are computed once. `bar`: a progress bar to advance (one of its
+        own otherwise)."""
         torch = self._torch
         for seq in sequences:
             self.check_length(seq)
@@ -227,8 +229,10 @@ class VariantScorer:
         # the encoded window of the items in hand: items of one window are consecutive (one per
         # site of a windowed protein: a cache of them all held every window of a long protein)
         cached: tuple | None = None
-        total = sum(len(locals_) for _, _, locals_, _ in items)
-        bar = console.progress(total=total, desc="scoring", unit="site") if self.progress and total > 1 else None
+        own_bar = bar is None
+        if own_bar:
+            total = sum(len(locals_) for _, _, locals_, _ in items)
+            bar = console.progress(total=total, desc="scoring", unit="site") if self.progress and total > 1 else None
         try:
             for batch in self._batches(sequences, items):
                 rows, row_of, token_of, where = [], [], [], []
@@ -257,7 +261,7 @@ class VariantScorer:
                 if bar is not None:
                     bar.update(len(where))
         finally:
-            if bar is not None:
+            if own_bar and bar is not None:
                 bar.close()
         return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
@@ -343,8 +347,13 @@ class VariantScorer:
 
     # -- scores -----------------------------------------------------------------------------
 
-    def score(self, sequence: str, variants: list[Variant], strategy: str = "masked-marginals") -> np.ndarray:
-        """One score per variant (float64; NaN for a variant with a stop, 0 for the wild type)."""
+    def score(self, sequence: str, variants: list[Variant], strategy: str = "masked-marginals", *,
+              store=None) -> np.ndarray:
+        """One score per variant (float64; NaN for a variant with a stop, 0 for the wild type).
+
+        The work runs in units (`SITES_PER_UNIT` sites, `MUTANTS_PER_UNIT` mutants of pseudo-ppl),
+        each through `store(key, compute)` when given: a unit's result is what `compute()` returns
+        or what a store kept from an earlier run under the same key (`protrans variants --resume`)."""
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown scoring {strategy!r} (choose from {', '.join(STRATEGIES)})")
         sequence = checked_sequence(sequence)
@@ -354,36 +363,101 @@ class VariantScorer:
                     found = sequence[m.position] if 0 <= m.position < len(sequence) else "outside the sequence"
                     raise UsageError(f"{m.label()}: not a substitution of this wild type (residue {m.position + 1} "
                                      f"of {len(sequence)}: {found}); parse variants against the sequence scored")
+        store = store or _compute
         scores = np.full(len(variants), np.nan)
         scorable = [i for i, v in enumerate(variants) if not has_stop(v)]
         if strategy == "pseudo-ppl":
-            return self._pseudo_ppl_scores(sequence, variants, scorable, scores)
+            return self._pseudo_ppl_scores(sequence, variants, scorable, scores, store)
+        masked = strategy == "masked-marginals"
         sites = sorted({m.position for i in scorable for m in variants[i]})
-        log_probs = self.site_log_probs([sequence], [(0, p) for p in sites], masked=strategy == "masked-marginals")
+        bar = self._bar(len(sites))
+        rows = []
+        try:
+            for chunk in _chunks(sites, SITES_PER_UNIT):
+                key = _unit_key("masked" if masked else "unmasked", sequence, chunk)
+                rows.append(_run_unit(store, key, lambda c=chunk: self.site_log_probs(
+                    [sequence], [(0, p) for p in c], masked=masked, bar=bar), bar, len(chunk)))
+        finally:
+            if bar is not None:
+                bar.close()
+        log_probs = np.concatenate(rows) if rows else np.empty((0, 0), dtype=np.float32)
         row_of = {p: k for k, p in enumerate(sites)}
         for i in scorable:
             scores[i] = sum(float(log_probs[row_of[m.position], self.token_id(m.mt)])
                             - float(log_probs[row_of[m.position], self.token_id(m.wt)]) for m in variants[i])
         return scores
 
-    def pseudo_log_likelihood(self, sequences: list[str]) -> np.ndarray:
+    def pseudo_log_likelihood(self, sequences: list[str], *, bar=None) -> np.ndarray:
         """Sum over residues of log p(residue | the rest), each masked in turn (float64 per sequence)."""
         sequences = [checked_sequence(s) for s in sequences]
-        sites = [(s, p) for s, seq in enumerate(sequences) for p in range(len(seq))]
-        log_probs = self.site_log_probs(sequences, sites, masked=True)
         totals = np.zeros(len(sequences))
-        for k, (s, p) in enumerate(sites):
-            totals[s] += float(log_probs[k, self.token_id(sequences[s][p])])
+        # (a few sequences at a time: every site's (V,) row of them all was held at once, 0.4 GB for
+        # 10,000 mutants of 300 residues)
+        for first in range(0, len(sequences), MUTANTS_PER_UNIT):
+            part = sequences[first:first + MUTANTS_PER_UNIT]
+            sites = [(s, p) for s, seq in enumerate(part) for p in range(len(seq))]
+            log_probs = self.site_log_probs(part, sites, masked=True, bar=bar)
+            ids = np.array([self.token_id(part[s][p]) for s, p in sites])
+            picked = log_probs[np.arange(len(sites)), ids].astype(np.float64)
+            np.add.at(totals, first + np.array([s for s, _ in sites]), picked)
         return totals
 
-    def _pseudo_ppl_scores(self, sequence, variants, scorable, scores):
+    def _pseudo_ppl_scores(self, sequence, variants, scorable, scores, store):
         mutants = {i: mutate(sequence, variants[i]) for i in scorable}
-        distinct = [sequence] + sorted(set(mutants.values()) - {sequence})
-        index = {s: k for k, s in enumerate(distinct)}
-        pll = self.pseudo_log_likelihood(distinct)
+        distinct = sorted(set(mutants.values()) - {sequence})
+        bar = self._bar(len(sequence) * (1 + len(distinct)))
+        pll: dict[str, float] = {}
+        try:
+            for chunk in [[sequence]] + _chunks(distinct, MUTANTS_PER_UNIT):
+                values = _run_unit(store, _unit_key("pll", sequence, chunk),
+                                   lambda c=chunk: self.pseudo_log_likelihood(c, bar=bar), bar, len(sequence) * len(chunk))
+                pll.update(zip(chunk, values.tolist()))
+        finally:
+            if bar is not None:
+                bar.close()
         for i, mutant in mutants.items():
-            scores[i] = pll[index[mutant]] - pll[0]
+            scores[i] = pll[mutant] - pll[sequence]
         return scores
+
+    def _bar(self, total: int):
+        return console.progress(total=total, desc="scoring", unit="site") if self.progress and total > 1 else None
+
+
+SITES_PER_UNIT = 1024   # sites whose log-probabilities one unit of work computes (and --resume keeps)
+MUTANTS_PER_UNIT = 64   # mutants whose pseudo-log-likelihoods one unit computes
+
+
+def _compute(key, compute):
+    return compute()
+
+
+def _run_unit(store, key: str, compute, bar, size: int):
+    """A unit through `store`; a unit it kept from before advances the bar by its `size` at once
+    (one computed now advanced it as it ran)."""
+    ran = []
+
+    def counted():
+        ran.append(True)
+        return compute()
+
+    value = store(key, counted)
+    if not ran and bar is not None:
+        bar.update(size)
+    return value
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _unit_key(kind: str, sequence: str, chunk) -> str:
+    """A unit's name: what it computes, of which wild type, over which sites or mutants."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{kind}\n{sequence}\n".encode())
+    for item in chunk:
+        digest.update(f"{item}\n".encode())
+    return f"{kind}-{digest.hexdigest()[:32]}"
 
 
 def mutate(sequence: str, variant: Variant) -> str:
@@ -439,6 +513,7 @@ class VariantOptions:
     id_column: str | None = None         # the table's column naming each row's wild type (a --fasta record)
     column: str | None = None
     all_singles: bool = False
+    resume: bool = False                 # go on with OUTPUT.partial/, what an interrupted run kept
     threads: int | None = None
 
     def validate(self) -> None:
@@ -618,7 +693,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     """Score the variants of `variants_file` (or every single substitution, `all_singles`) and write
     the table with a score column per model and scoring to `output` (a path, `-`/None: stdout),
     atomically. Returns {column: Spearman rho} when `truth_column` is given, else {}."""
-    from protrans_cli.io.files import atomic_output, input_named_by, output_directory
+    from protrans_cli.io.files import input_named_by, output_directory
 
     options = options or VariantOptions()
     expect_options(options, VariantOptions, "options")
@@ -631,6 +706,8 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         raise UsageError(f"{output} is also an input: writing it would replace it (choose another -o)")
     if output not in (None, "-"):
         output_directory(output)  # (before the scoring, not when its result is written)
+    elif options.resume:
+        raise UsageError("--resume goes on with the work kept beside -o FILE; stdout keeps none")
     if options.id_column is not None and (fasta is None or record_id is not None):
         raise UsageError("--id-column names each row's wild type among the records of --fasta (without --id)")
     wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles or options.id_column is not None)
@@ -667,11 +744,35 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     if missing:
         console.warn(f"{console.counted(missing, 'row')} of {table.name} with no variant in "
                      f"{options.mutation_column!r} (empty or NA) left without a score")
-    results = _score_all(table, wild_types, columns, options)
+    if output in (None, "-"):
+        results = _score_all(table, wild_types, columns, options, None)
+    else:
+        from protrans_cli.io.files import output_lock
+
+        with output_lock(output, "is the output of another protrans run that is running now: wait for it to end, "
+                                 "or choose another -o"):
+            store = UnitStore(partial_folder(output), resume=options.resume)
+            results = _score_all(table, wild_types, columns, options, store)
+            _write_table(output, table, columns, ensemble_columns, results, options)
+            store.remove()
+        return _report_truth(table, _written(columns, ensemble_columns, results, options), options) \
+            if options.truth_column else {}
+    _write_table(output, table, columns, ensemble_columns, results, options)
+    return _report_truth(table, _written(columns, ensemble_columns, results, options), options) \
+        if options.truth_column else {}
+
+
+def _written(columns, ensemble_columns, results, options) -> list[tuple[str, np.ndarray]]:
     ensemble = []
     for column, strategy in zip(ensemble_columns, options.strategies):
         ensemble.append((column, np.mean([results[c] for c, _, s in columns if s == strategy], axis=0)))
-    written = [(c, results[c]) for c, _, _ in columns] + ensemble
+    return [(c, results[c]) for c, _, _ in columns] + ensemble
+
+
+def _write_table(output, table, columns, ensemble_columns, results, options) -> None:
+    from protrans_cli.io.files import atomic_output
+
+    written = _written(columns, ensemble_columns, results, options)
     with atomic_output(output, "wb") as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
         writer = csv.writer(text, delimiter=table.delimiter, lineterminator="\n")
@@ -680,10 +781,9 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
             writer.writerow(row[:len(table.header)] + [_formatted(values[i]) for _, values in written])
         text.flush()
         text.detach()
-    return _report_truth(table, written, options) if options.truth_column else {}
 
 
-def _score_all(table, wild_types, columns, options) -> dict[str, np.ndarray]:
+def _score_all(table, wild_types, columns, options, store: "UnitStore | None") -> dict[str, np.ndarray]:
     import gc
 
     from protrans_cli.embedders import resolve_device
@@ -707,19 +807,97 @@ def _score_all(table, wild_types, columns, options) -> dict[str, np.ndarray]:
             for ident, seq in wild_types:
                 scorer.check_length(seq, f"the wild type {ident!r}" if len(wild_types) > 1 or ident != "sequence"
                                     else "the wild-type sequence")
+            units = store.for_model(loaded, scorer) if store is not None else None
             for column, name, strategy in columns:
                 if name != model_name:
                     continue
                 values = np.full(len(table.rows), np.nan)
                 for k, (ident, seq) in enumerate(wild_types):
                     mine = rows_of[k]
-                    values[mine] = scorer.score(seq, [table.variants[i] for i in mine], strategy)
+                    values[mine] = scorer.score(seq, [table.variants[i] for i in mine], strategy, store=units)
                 results[column] = values
                 console.info(f"variants: {column}: {console.counted(int(np.isfinite(values).sum()), 'variant')} scored with "
                              f"{loaded.name} ({strategy}, {scorer.compute_dtype} on {scorer.device})")
             del scorer, loaded
             gc.collect()
     return results
+
+
+def partial_folder(output) -> Path:
+    """Where a run writing `output` keeps its finished units until it completes (`x.csv.partial/`)."""
+    path = Path(output)
+    return path.with_name(path.name + ".partial")
+
+
+class UnitStore:
+    """The finished units of work of a `protrans variants -o FILE` run, kept in FILE.partial/ (one
+    .npy a unit, written through a temporary file and renamed) so that an interrupted run goes on
+    with `--resume` where it stopped; removed when FILE is written. A unit's file is named by what
+    its numbers depend on: the model (its path or hub id and commit), the compute dtype, the
+    window, what the unit computes of which wild type (`_unit_key`). A table changed between runs
+    reuses what still applies; nothing computed under other settings is ever read."""
+
+    MARKER = "protrans-variants.json"
+
+    def __init__(self, folder: Path, *, resume: bool):
+        self.folder = Path(folder)
+        if self.folder.exists():
+            if not (self.folder / self.MARKER).is_file():
+                raise UsageError(f"{self.folder} exists and is not the work of a protrans variants run: move it "
+                                 "away, or choose another -o")
+            if not resume:
+                raise UsageError(f"{self.folder} holds the work of an interrupted run: --resume goes on with it "
+                                 "(delete it to start afresh)")
+            self.kept = len(list(self.folder.glob("*.npy")))
+            if self.kept:
+                console.info(f"variants: --resume: {console.counted(self.kept, 'unit')} of work kept in {self.folder}")
+        else:
+            if resume:
+                console.info(f"variants: --resume: no {self.folder}: nothing kept, everything computed")
+            self.kept = 0
+
+    def _create(self) -> None:
+        """The folder, made with the first unit (a run that fails before any leaves nothing)."""
+        import json
+
+        if (self.folder / self.MARKER).is_file():
+            return
+        try:
+            self.folder.mkdir(exist_ok=True)
+            (self.folder / self.MARKER).write_text(json.dumps({"format": "protrans-variants-units"}) + "\n")
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot create {self.folder}: {exc.strerror}") from None
+
+    def for_model(self, loaded, scorer):
+        """`store(key, compute)` for VariantScorer.score under this model and its settings."""
+        import hashlib
+
+        settings = "\n".join(str(v) for v in (loaded.path_or_hub_id, loaded.commit or "", scorer.compute_dtype,
+                                               scorer.max_length, scorer.long_policy))
+        prefix = hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+        def store(key: str, compute):
+            path = self.folder / f"{prefix}-{key}.npy"
+            with contextlib.suppress(OSError, ValueError):
+                return np.load(path, allow_pickle=False)
+            value = np.asarray(compute())
+            self._create()
+            temporary = path.with_name(f".{path.name}.tmp")
+            try:
+                with open(temporary, "wb") as f:
+                    np.save(f, value, allow_pickle=False)
+                temporary.replace(path)
+            except OSError as exc:
+                temporary.unlink(missing_ok=True)
+                raise RuntimeFailure(f"cannot write {path}: {exc.strerror}") from None
+            return value
+
+        return store
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _formatted(value: float) -> str:

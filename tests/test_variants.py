@@ -488,3 +488,53 @@ def test_out_of_memory_halves_the_pass_and_the_passes_after(tiny_models):
                                              progress=False).score(SEQ[:30], variants, "wt-marginals"), atol=1e-6)
     np.testing.assert_allclose(scorer.score(SEQ[:30], variants), want, atol=1e-6)
     assert calls and max(calls) <= 3
+
+
+@pytest.mark.parametrize("scoring", ["masked-marginals", "pseudo-ppl"])
+def test_an_interrupted_run_goes_on_with_resume_to_the_uninterrupted_table(run_cli, tmp_path, tiny_models,
+                                                                             monkeypatch, scoring):
+    """A Ctrl-C after two units of work: exit 130 naming --resume, no table written, the units kept
+    in OUT.partial/; the same command with --resume computes only the rest and writes the table an
+    uninterrupted run writes, then removes OUT.partial/. Without --resume the kept work is not
+    silently dropped."""
+    import protrans_cli.variants as variants
+
+    monkeypatch.setattr(variants, "SITES_PER_UNIT", 4)
+    monkeypatch.setattr(variants, "MUTANTS_PER_UNIT", 2)
+    model = tiny_models["esm"]
+    seq = SEQ[:24]
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\n" + "\n".join(f"{seq[p]}{p + 1}{'W' if seq[p] != 'W' else 'A'}" for p in range(0, 24, 2))
+                     + "\nK2A:T3G\n")
+    whole = run_cli("variants", table, "--sequence", seq, "-m", model, "--scoring", scoring, "-o", tmp_path / "w.csv")
+    assert whole.exit_code == 0, whole.stderr
+    out = tmp_path / "o.csv"
+    original = variants.VariantScorer.site_log_probs
+    calls = []
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3 and interrupt:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(variants.VariantScorer, "site_log_probs", counting)
+    interrupt = True
+    r = run_cli("variants", table, "--sequence", seq, "-m", model, "--scoring", scoring, "-o", out)
+    assert r.exit_code == 130 and "--resume" in r.stderr and "o.csv.partial" in r.stderr
+    assert not out.exists() and len(list((tmp_path / "o.csv.partial").glob("*.npy"))) == 2
+    interrupt = False
+    r = run_cli("variants", table, "--sequence", seq, "-m", model, "--scoring", scoring, "-o", out)
+    assert r.exit_code == 2 and "--resume goes on with it" in r.stderr
+    calls.clear()
+    r = run_cli("variants", table, "--sequence", seq, "-m", model, "--scoring", scoring, "-o", out, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert "2 units of work kept" in r.stderr
+    # 13 distinct sites by fours; pseudo-ppl: the wild type's unit, then the 13 mutants' by twos
+    total = 4 if scoring == "masked-marginals" else 1 + 7
+    assert len(calls) == total - 2
+    assert out.read_text() == (tmp_path / "w.csv").read_text()
+    assert not (tmp_path / "o.csv.partial").exists()
+    r = run_cli("variants", table, "--sequence", seq, "-m", model, "-o", tmp_path / "x.csv", "--resume")
+    assert r.exit_code == 0 and "nothing kept" in r.stderr
+    assert run_cli("variants", table, "--sequence", seq, "-m", model, "--resume").exit_code == 2

@@ -56,10 +56,12 @@ from protrans_cli.cli import INPUT_FILE
 @click.option("--long-policy", "--long", "long_policy", type=click.Choice(["error", "window"]), default="error",
               help="A wild type over --max-length: fail before any work, or read each site in a window of "
                    "--max-length residues centred on it (as ProteinGym scores long proteins).")
+@click.option("--resume", is_flag=True,
+              help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(variants_file, sequence, fasta, record_id, id_column, output, models, strategies, all_singles, mutation_column,
-            offset, truth_column, column, revision, device, dtype, max_tokens, max_length, long_policy, threads):
+            offset, truth_column, column, revision, device, dtype, max_tokens, max_length, long_policy, resume, threads):
     """Zero-shot variant effects from a masked language model.
 
     Reads a table of substitutions (CSV or TSV, `-` for stdin, .gz read) and writes it back with a
@@ -81,8 +83,17 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
     options = VariantOptions(models=tuple(models), strategies=tuple(strategies), revision=revision, device=device,
                              dtype=dtype, max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                              mutation_column=mutation_column, offset=offset, truth_column=truth_column,
-                             id_column=id_column, column=column, all_singles=all_singles, threads=resolve_threads(threads))
-    run_variants(output, options, variants_file=variants_file, sequence=sequence, fasta=fasta, record_id=record_id)
+                             id_column=id_column, column=column, all_singles=all_singles, resume=resume, threads=resolve_threads(threads))
+    try:
+        run_variants(output, options, variants_file=variants_file, sequence=sequence, fasta=fasta,
+                     record_id=record_id)
+    except KeyboardInterrupt as exc:
+        from protrans_cli.cli import stopped
+        from protrans_cli.variants import partial_folder
+
+        kept = partial_folder(output) if output not in (None, "-") else None
+        raise stopped(exc, f"what was computed is in {kept}; run the same command with --resume to go on"
+                      if kept is not None and kept.exists() else None) from None
     if output not in (None, "-"):
         from protrans_cli import console
 
