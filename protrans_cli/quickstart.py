@@ -1,4 +1,5 @@
-"""The whole pipeline on the bundled example data: prep, train, labels, embed, fit, predict, knn.
+"""The whole pipeline on the bundled example data: prep, train, labels, embed, fit, predict, knn,
+variants.
 
 Every step is a real `protrans` command line, run in this process through the same entry point a
 shell uses, and printed before it runs, so a user can copy any step and run it on their own data.
@@ -161,6 +162,16 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     _run("knn", ["knn", p("embeddings", f"loc_test.{family}.h5"), "--reference", p("embeddings", f"loc_train.{family}.h5"),
                  "--labels", str(data / "loc_train.fasta"), "--score", str(data / "loc_test.fasta"),
                  "--bootstrap", "200", "-o", p("predictions", "loc_test.knn.tsv")], s)
+    # 8. Zero-shot variant effects: every substitution of the first test protein scored by the
+    #    trained model's masked-LM head (families with one: BERT, RoBERTa, ALBERT, ELECTRA, ESM).
+    scan = None
+    if get_family(family).masked_lm_class is not None:
+        from protrans_cli.io.fasta import read_fasta
+
+        first = next(iter(read_fasta(out / "fasta" / "loc_test.fasta"))).id
+        scan = out / "predictions" / f"{first}.variants.csv"
+        _run("variants", ["variants", "--all-singles", "--fasta", p("fasta", "loc_test.fasta"), "--id", first,
+                          "-m", p("model"), "-o", str(scan)], s)
 
     for head in sorted((out / "heads").iterdir()):
         metrics = head / "metrics.json"
@@ -176,6 +187,8 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         "localization predictions": out / "predictions" / "loc_test.csv",
         "nearest training proteins (knn)": out / "predictions" / "loc_test.knn.tsv",
     }
+    if scan is not None:
+        s.outputs["variant effects of one protein (variants)"] = scan
     write_commands(out, s.commands)
     return s
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
@@ -28,7 +29,14 @@ def _every_output_exists(out, summary):
     for what, path in summary.outputs.items():
         assert path.exists(), f"{what}: {path} missing"
     lines = [x for x in (out / "commands.sh").read_text().splitlines() if x.startswith("protrans ")]
-    assert lines == summary.commands and len(lines) == 21
+    assert lines == summary.commands and len(lines) == 22
+    # every substitution of the first test protein, scored by the trained model
+    scan = summary.outputs["variant effects of one protein (variants)"]
+    first = next(iter(read_fasta(out / "fasta" / "loc_test.fasta")))
+    with open(scan) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 19 * len(first.sequence) and rows[0]["id"] == first.id
+    assert all(math.isfinite(float(row["model_masked_marginals"])) for row in rows)
 
 
 def _outputs_are_consistent(out):
