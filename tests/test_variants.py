@@ -538,3 +538,24 @@ def test_an_interrupted_run_goes_on_with_resume_to_the_uninterrupted_table(run_c
     r = run_cli("variants", table, "--sequence", seq, "-m", model, "-o", tmp_path / "x.csv", "--resume")
     assert r.exit_code == 0 and "nothing kept" in r.stderr
     assert run_cli("variants", table, "--sequence", seq, "-m", model, "--resume").exit_code == 2
+
+
+def test_a_masked_lm_checkpoint_without_a_contact_head_scores(run_cli, tmp_path, tiny_models):
+    """The contact head is not part of what scores residues: an EsmForMaskedLM checkpoint saved
+    without it (another tool's fine-tuned copy) scores as the full one does."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    source = tiny_models["esm"]
+    copy = tmp_path / "no_contact_head"
+    shutil.copytree(source, copy)
+    weights = load_file(copy / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "contact_head" not in k}, copy / "model.safetensors",
+              metadata={"format": "pt"})
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\nT3W:Q9E\n")
+    full = run_cli("variants", table, "--sequence", SEQ, "-m", source, "--column", "s")
+    lacking = run_cli("variants", table, "--sequence", SEQ, "-m", copy, "--column", "s")
+    assert full.exit_code == 0 and lacking.exit_code == 0, lacking.stderr
+    assert full.stdout == lacking.stdout

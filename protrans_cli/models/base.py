@@ -594,8 +594,10 @@ def load_checked(model_class, name_or_path, *, dtype=None, lacking: str | None =
         raise ModelError(f"{name_or_path}: {problem}")
     model, info = model_class.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True,
                                               **{**NO_HUB_KERNELS, **kwargs})
-    missing = [k for k in info.get("missing_keys", []) if not k.startswith(_OPTIONAL_ENCODER_KEYS)]
     prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
+    # (under a head class the encoder's names carry its prefix: `esm.contact_head.` in EsmForMaskedLM)
+    missing = [k for k in info.get("missing_keys", [])
+               if not k.startswith(_OPTIONAL_ENCODER_KEYS) and not k.removeprefix(prefix).startswith(_OPTIONAL_ENCODER_KEYS)]
     if missing and lacking and prefix and not any(k.startswith(prefix) for k in missing):
         raise ModelError(f"{name_or_path}: {lacking} (no weights for {sorted(missing)[0]})")
     if missing:
