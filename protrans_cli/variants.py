@@ -514,6 +514,7 @@ class VariantOptions:
     column: str | None = None
     all_singles: bool = False
     resume: bool = False                 # go on with OUTPUT.partial/, what an interrupted run kept
+    plot: str | None = None              # --all-singles of one wild type: its landscape as a PNG heatmap
     threads: int | None = None
 
     def validate(self) -> None:
@@ -546,6 +547,8 @@ class VariantOptions:
         if self.revision is not None and len(self.models) > 1:
             raise UsageError("--revision applies to one model; with several -m, name each by a directory or pin "
                              "each in a local copy")
+        if self.plot is not None and not self.all_singles:
+            raise UsageError("--plot draws the landscape of an --all-singles scan (20 amino acids x residues)")
         if self.all_singles and (self.truth_column or self.id_column):
             raise UsageError("--truth-column and --id-column read the variants table; --all-singles has none")
         if self.threads is not None:
@@ -712,6 +715,13 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         raise UsageError("--id-column names each row's wild type among the records of --fasta (without --id)")
     wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles or options.id_column is not None)
     columns = score_columns(options)
+    if options.plot is not None:
+        if len(wild_types) > 1:
+            raise UsageError(f"--plot draws one wild type's scan; {fasta} holds {len(wild_types)} (pick one with --id)")
+        from protrans_cli.io.files import refuse_special_output
+
+        refuse_special_output(options.plot, "--plot", "the heatmap")
+        output_directory(options.plot)
     if options.all_singles:
         header = (["id"] if fasta is not None else []) + ["mutant"]
         table = VariantTable("--all-singles", header, [], [])
@@ -754,10 +764,12 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
             store = UnitStore(partial_folder(output), resume=options.resume)
             results = _score_all(table, wild_types, columns, options, store)
             _write_table(output, table, columns, ensemble_columns, results, options)
+            _plot(table, wild_types, columns, ensemble_columns, results, options)
             store.remove()
         return _report_truth(table, _written(columns, ensemble_columns, results, options), options) \
             if options.truth_column else {}
     _write_table(output, table, columns, ensemble_columns, results, options)
+    _plot(table, wild_types, columns, ensemble_columns, results, options)
     return _report_truth(table, _written(columns, ensemble_columns, results, options), options) \
         if options.truth_column else {}
 
@@ -767,6 +779,16 @@ def _written(columns, ensemble_columns, results, options) -> list[tuple[str, np.
     for column, strategy in zip(ensemble_columns, options.strategies):
         ensemble.append((column, np.mean([results[c] for c, _, s in columns if s == strategy], axis=0)))
     return [(c, results[c]) for c, _, _ in columns] + ensemble
+
+
+def _plot(table, wild_types, columns, ensemble_columns, results, options) -> None:
+    if options.plot is None:
+        return
+    ident, sequence = wild_types[0]
+    models = ", ".join(model_label(m) for m in options.models)
+    save_scan_png(sequence, table.variants, _written(columns, ensemble_columns, results, options), options.plot,
+                  offset=options.offset, title=f"every substitution of {ident} ({len(sequence)} residues): {models}")
+    console.info(f"variants: the landscape drawn in {options.plot}")
 
 
 def _write_table(output, table, columns, ensemble_columns, results, options) -> None:
@@ -926,3 +948,45 @@ def _number(text: str) -> float:
     except ValueError:
         return float("nan")
     return value
+
+
+def save_scan_png(sequence: str, variants: list, columns: list[tuple[str, np.ndarray]], path, *,
+                  offset: int = 1, title: str = "") -> None:
+    """The landscape of an `--all-singles` scan: per score column, a heatmap of the 20 amino acids
+    (rows) at every residue (columns), coloured by score around 0 (blue: below the wild type,
+    red: above), the wild-type residue's cell marked. Written atomically (a full disk leaves no
+    truncated PNG)."""
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    from protrans_cli.heads.metrics import _save_png
+
+    length = len(sequence)
+    row_of = {aa: i for i, aa in enumerate(AMINO_ACIDS)}
+    width = min(40.0, max(6.0, 1.5 + 0.09 * length))
+    fig = Figure(figsize=(width, 0.6 + 2.6 * len(columns)))
+    axes = fig.subplots(len(columns), 1, squeeze=False)[:, 0]
+    for ax, (name, values) in zip(axes, columns):
+        grid = np.full((len(AMINO_ACIDS), length), np.nan)
+        for variant, value in zip(variants, values):
+            if variant and len(variant) == 1 and variant[0].mt in row_of:
+                grid[row_of[variant[0].mt], variant[0].position] = value
+        finite = grid[np.isfinite(grid)]
+        low = float(min(finite.min(), -1e-6)) if finite.size else -1.0
+        high = float(max(finite.max(), 1e-6)) if finite.size else 1.0
+        image = ax.imshow(grid, aspect="auto", cmap="RdBu_r", interpolation="nearest",
+                          norm=TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high))
+        wild = [(i, row_of[c]) for i, c in enumerate(sequence) if c in row_of]
+        if wild:
+            ax.scatter([i for i, _ in wild], [r for _, r in wild], s=4, c="black", marker="o", linewidths=0)
+        ax.set_yticks(range(len(AMINO_ACIDS)), list(AMINO_ACIDS), fontsize=6)
+        step = max(1, round(length / 30 / 5) * 5) if length > 30 else 1
+        ticks = [t for t in range(0, length, step)]
+        ax.set_xticks(ticks, [str(t + offset) for t in ticks], fontsize=6)
+        ax.set_xlabel("residue", fontsize=7)
+        ax.set_title(name, fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.02, pad=0.01)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save_png(fig, path)

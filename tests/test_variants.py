@@ -559,3 +559,25 @@ def test_a_masked_lm_checkpoint_without_a_contact_head_scores(run_cli, tmp_path,
     lacking = run_cli("variants", table, "--sequence", SEQ, "-m", copy, "--column", "s")
     assert full.exit_code == 0 and lacking.exit_code == 0, lacking.stderr
     assert full.stdout == lacking.stdout
+
+
+def test_an_all_singles_scan_draws_its_landscape(run_cli, tmp_path, tiny_models):
+    """--plot: a PNG heatmap per score column (20 amino acids x residues); refused without
+    --all-singles or for several wild types, before any work."""
+    model = tiny_models["esm"]
+    png = tmp_path / "scan.png"
+    r = run_cli("variants", "--all-singles", "--sequence", SEQ[:30], "-m", model, "--plot", png, "--scoring",
+                "masked-marginals", "--scoring", "wt-marginals", "-o", tmp_path / "scan.csv")
+    assert r.exit_code == 0, r.stderr
+    from matplotlib.image import imread
+
+    image = imread(png)
+    assert image.ndim == 3 and image.shape[0] > 400 and image.shape[1] > 500  # two panels
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model, "--plot", tmp_path / "x.png")
+    assert r.exit_code == 2 and "--all-singles" in r.stderr
+    fasta = tmp_path / "two.fa"
+    fasta.write_text(f">a\n{SEQ}\n>b\n{SEQ[:20]}\n")
+    r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", model, "--plot", tmp_path / "y.png")
+    assert r.exit_code == 2 and "holds 2" in r.stderr and not (tmp_path / "y.png").exists()

@@ -34,6 +34,9 @@ from protrans_cli.cli import INPUT_FILE
                    "mutant less the wild type's (one pass per residue of each mutant: slow). Repeatable.")
 @click.option("--all-singles", is_flag=True,
               help="No table: score every single substitution of the wild type (19 per residue).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="With --all-singles of one wild type: its landscape as a PNG heatmap (20 amino acids x "
+                   "residues, a panel per score column).")
 @click.option("--mutation-column", default="mutant",
               help="The table's column of substitutions: A24G, A24G:K30R (ProteinGym), p.Ala24Gly (HGVS).")
 @click.option("--offset", type=int, default=1,
@@ -60,8 +63,9 @@ from protrans_cli.cli import INPUT_FILE
               help="Go on with the work an interrupted run kept in OUTPUT.partial/ (-o FILE only).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
-def command(variants_file, sequence, fasta, record_id, id_column, output, models, strategies, all_singles, mutation_column,
-            offset, truth_column, column, revision, device, dtype, max_tokens, max_length, long_policy, resume, threads):
+def command(variants_file, sequence, fasta, record_id, id_column, output, models, strategies, all_singles, plot,
+            mutation_column, offset, truth_column, column, revision, device, dtype, max_tokens, max_length,
+            long_policy, resume, threads):
     """Zero-shot variant effects from a masked language model.
 
     Reads a table of substitutions (CSV or TSV, `-` for stdin, .gz read) and writes it back with a
@@ -83,7 +87,7 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
     options = VariantOptions(models=tuple(models), strategies=tuple(strategies), revision=revision, device=device,
                              dtype=dtype, max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                              mutation_column=mutation_column, offset=offset, truth_column=truth_column,
-                             id_column=id_column, column=column, all_singles=all_singles, resume=resume, threads=resolve_threads(threads))
+                             id_column=id_column, column=column, all_singles=all_singles, plot=plot, resume=resume, threads=resolve_threads(threads))
     try:
         run_variants(output, options, variants_file=variants_file, sequence=sequence, fasta=fasta,
                      record_id=record_id)
