@@ -171,7 +171,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         first = next(iter(read_fasta(out / "fasta" / "loc_test.fasta"))).id
         scan = out / "predictions" / f"{first}.variants.csv"
         _run("variants", ["variants", "--all-singles", "--fasta", p("fasta", "loc_test.fasta"), "--id", first,
-                          "-m", p("model"), "-o", str(scan)], s)
+                          "-m", p("model"), "-o", str(scan), "--plot", str(scan.with_suffix(".png"))], s)
 
     for head in sorted((out / "heads").iterdir()):
         metrics = head / "metrics.json"
@@ -189,6 +189,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     }
     if scan is not None:
         s.outputs["variant effects of one protein (variants)"] = scan
+        s.outputs["their landscape"] = scan.with_suffix(".png")
     write_commands(out, s.commands)
     return s
 
