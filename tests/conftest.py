@@ -32,6 +32,24 @@ def heavy_imports_of(argvs: list[list[str]], modules: tuple[str, ...]):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
+def save_tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """One tiny random model directory per family of the registry (what `protrans train` would
+    write), seeded: {family name: directory}."""
+    import torch
+
+    from protrans_cli.models import FAMILIES
+
+    torch.manual_seed(0)
+    dirs = {}
+    for name, family in FAMILIES.items():
+        tokenizer = family.build_tokenizer()
+        model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
+        path = tmp_path_factory.mktemp(f"tiny_{name}")
+        family.save_pretrained(model, tokenizer, path)
+        dirs[name] = path
+    return dirs
+
+
 @contextlib.contextmanager
 def another_process(setup: str):
     """A second Python process that runs `setup` (takes a lock, opens a file...) and holds on

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, save_tiny_models
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
 
@@ -27,16 +27,7 @@ KNOWN_LAYOUT = {"bert": (1, 1), "roberta": (1, 1), "albert": (1, 1), "electra": 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """One tiny random model directory per family (what `protrans train` would write)."""
-    torch.manual_seed(0)
-    dirs = {}
-    for name, family in FAMILIES.items():
-        tokenizer = family.build_tokenizer()
-        config = family.build_config("tiny", tokenizer)
-        model = family.pretraining_model(config).eval()
-        path = tmp_path_factory.mktemp(f"tiny_{name}")
-        family.save_pretrained(model, tokenizer, path)
-        dirs[name] = path
-    return dirs
+    return save_tiny_models(tmp_path_factory)
 
 
 def reference_rows(family, model_dir, sequence: str, layers=(-1,)) -> np.ndarray:

@@ -19,6 +19,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import save_tiny_models  # noqa: E402
 from protrans_cli.variants import Mutation, all_singles, covering_window, parse_variant, window_start  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -109,17 +110,7 @@ def test_pseudo_ppl_and_multi_site_variants_equal_fair_esm(run_cli, tmp_path, ar
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """A tiny random model directory per family, as `protrans train` writes them."""
-    from protrans_cli.models import FAMILIES
-
-    torch.manual_seed(0)
-    dirs = {}
-    for name, family in FAMILIES.items():
-        tokenizer = family.build_tokenizer()
-        model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
-        path = tmp_path_factory.mktemp(f"tiny_{name}")
-        family.save_pretrained(model, tokenizer, path)
-        dirs[name] = path
-    return dirs
+    return save_tiny_models(tmp_path_factory)
 
 
 def _plain_log_probs(model_dir: Path, family_name: str, sequence: str, position: int | None) -> np.ndarray:
