@@ -28,7 +28,9 @@ from the window it is most central in.
     scorer.score("MKTAYIAKQR", [parse_variant("K2A", "MKTAYIAKQR")])   # array([...])
 
 Families: those whose checkpoints carry a masked-LM head (`Family.masked_lm_class`: ESM, ProtBert,
-ProtAlbert, RoBERTa-style BERT, the ELECTRA generator); T5, XLNet and Transformer-XL are refused.
+ProtAlbert, RoBERTa-style BERT, the ELECTRA generator) and T5 with its decoder (ProtT5's objective:
+a site masked by `<extra_id_0>` in the encoder's input, read from the decoder teacher-forced on the
+wild type; no wt-marginals); XLNet and Transformer-XL are refused.
 """
 
 from __future__ import annotations
@@ -174,13 +176,27 @@ class VariantScorer:
         if max_tokens is not None and max_tokens < 1:
             raise UsageError("--max-tokens must be at least 1")
         model = loaded.model
-        if not type(model).__name__.endswith("ForMaskedLM"):
+        if type(model).__name__ != loaded.family.masked_lm_class:
             raise ModelError(f"{loaded.name}: loaded without its masked-LM head (load it with "
                              "load_model(..., masked_lm=True))")
         self.loaded, self.model, self.family, self.tokenizer = loaded, model, loaded.family, loaded.tokenizer
+        # T5 (ProtT5's objective, protrans train's `t5`): a masked site of the encoder's input is
+        # read from the decoder rebuilding the whole protein (teacher-forced on the wild type)
+        self.decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         self.mask_id = self.tokenizer.mask_token_id
+        if self.mask_id is None and self.decoder:
+            sentinel = self.tokenizer.convert_tokens_to_ids("<extra_id_0>")
+            self.mask_id = None if sentinel == self.tokenizer.unk_token_id else sentinel
         if self.mask_id is None:
-            raise ModelError(f"{loaded.name}: its tokenizer has no mask token")
+            raise ModelError(f"{loaded.name}: its tokenizer has no mask token"
+                             + (" and no <extra_id_0>" if self.decoder else ""))
+        if self.decoder and self.family.prefix_ids(self.tokenizer):
+            # ProstT5 reads amino acids after <AA2fold> and its decoder writes 3Di letters
+            raise ModelError(f"{loaded.name}: its input starts with a translation prefix (ProstT5's <AA2fold>): its "
+                             "decoder writes another alphabet, not the protein back; score with ProtT5")
+        self.decoder_start = getattr(model.config, "decoder_start_token_id", None)
+        if self.decoder and self.decoder_start is None:
+            self.decoder_start = self.tokenizer.pad_token_id
         self.device = next(model.parameters()).device
         self.compute_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         specials = _count_special_tokens(self.family, self.tokenizer)
@@ -240,13 +256,13 @@ class VariantScorer:
                     key = (seq_index, start)
                     if cached is None or cached[0] != key:
                         cached = (key, self._encode_window(sequences[seq_index], start))
-                    ids, extra, token_at = cached[1]
+                    ids, extra, token_at, logit_at = cached[1]
                     row = ids.clone()
                     if masked:
                         row[token_at[locals_[0]]] = self.mask_id
                     rows.append((row, extra))
                     row_of.extend([b] * len(locals_))
-                    token_of.append(token_at[list(locals_)])
+                    token_of.append(logit_at[list(locals_)])
                     where.extend(targets)
                 logits = self._forward(rows)  # (B, T, V)
                 with torch.inference_mode():
@@ -312,7 +328,14 @@ class VariantScorer:
         if len(token_at) != len(window):
             raise RuntimeFailure(f"the {self.family.name} family produced {len(token_at)} residue tokens for "
                                  f"{len(window)} residues")
-        return ids, extra, token_at
+        if not self.decoder:
+            return ids, extra, token_at, token_at  # (the logits of a residue are at its token)
+        # The decoder's input: its start token, then the wild type's residues (what it was trained
+        # to write: the residues, then </s>); its output at position i is residue i's.
+        torch = self._torch
+        start = torch.tensor([self.decoder_start], dtype=ids.dtype)
+        extra = {**extra, "decoder_input_ids": torch.cat([start, ids[token_at][:-1]])}
+        return ids, extra, token_at, torch.arange(len(window))
 
     def _forward(self, rows):
         """Logits (B, T, V) of the stacked rows; a GPU out of memory halves `max_tokens` and runs
@@ -369,6 +392,9 @@ class VariantScorer:
         if strategy == "pseudo-ppl":
             return self._pseudo_ppl_scores(sequence, variants, scorable, scores, store)
         masked = strategy == "masked-marginals"
+        if self.decoder and not masked:
+            raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; a T5 decoder rebuilding "
+                             "an unmasked protein copies it from the input (use masked-marginals or pseudo-ppl)")
         sites = sorted({m.position for i in scorable for m in variants[i]})
         bar = self._bar(len(sites))
         rows = []

@@ -295,7 +295,7 @@ def test_models_without_a_masked_lm_head_are_refused(run_cli, tmp_path, tiny_mod
 
     table = tmp_path / "v.csv"
     table.write_text("mutant\nK2A\n")
-    for family_name in ("t5", "xlnet", "transfo_xl"):
+    for family_name in ("xlnet", "transfo_xl"):
         r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models[family_name])
         assert r.exit_code == 1 and "not a masked language model" in r.stderr
         assert str(tiny_models[family_name]) in r.stderr
@@ -572,3 +572,52 @@ def test_an_all_singles_scan_draws_its_landscape(run_cli, tmp_path, tiny_models)
     fasta.write_text(f">a\n{SEQ}\n>b\n{SEQ[:20]}\n")
     r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", model, "--plot", tmp_path / "y.png")
     assert r.exit_code == 2 and "holds 2" in r.stderr and not (tmp_path / "y.png").exists()
+
+
+def test_t5_reads_a_masked_site_from_the_decoder_rebuilding_the_protein(run_cli, tmp_path, tiny_models):
+    """ProtT5's objective (protrans train's t5): the site replaced by <extra_id_0> in the encoder's
+    input, read from the decoder teacher-forced on the wild type. Reference: transformers'
+    T5ForConditionalGeneration given the wild type as `labels` (its own shift to decoder inputs),
+    the tokenizer called on the spaced text. wt-marginals are refused (the decoder would copy the
+    residue), and so is an encoder saved without its decoder (ProtT5's -enc)."""
+    from transformers import AutoTokenizer, T5EncoderModel, T5ForConditionalGeneration
+
+    model_dir = tiny_models["t5"]
+    variants = ["K2A", "T3W:Q9E", "S13P", "WT"]
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\n" + "\n".join(variants) + "\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model_dir, "--scoring", "masked-marginals",
+                "--scoring", "pseudo-ppl", "--max-tokens", "300")
+    assert r.exit_code == 0, r.stderr
+    rows = _table(r.stdout)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = T5ForConditionalGeneration.from_pretrained(str(model_dir), use_kernels=False).eval()
+    sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
+
+    def site_log_probs(sequence, position):
+        ids = tokenizer(" ".join(sequence), return_tensors="pt")["input_ids"]
+        labels = ids.clone()
+        ids[0, position] = sentinel
+        with torch.no_grad():
+            return model(input_ids=ids, labels=labels).logits[0, position].log_softmax(-1).numpy()
+
+    def pll(sequence):
+        return sum(float(site_log_probs(sequence, i)[tokenizer.convert_tokens_to_ids(c)]) for i, c in enumerate(sequence))
+
+    wild = pll(SEQ)
+    for row, text in zip(rows, variants):
+        want = 0.0
+        for m in parse_variant(text, SEQ):
+            lp = site_log_probs(SEQ, m.position)
+            want += float(lp[tokenizer.convert_tokens_to_ids(m.mt)] - lp[tokenizer.convert_tokens_to_ids(m.wt)])
+        assert float(row[f"{model_dir.name}_masked_marginals"]) == pytest.approx(want, abs=2e-5)
+        mutant = SEQ
+        for m in parse_variant(text, SEQ):
+            mutant = mutant[:m.position] + m.mt + mutant[m.position + 1:]
+        assert float(row[f"{model_dir.name}_pseudo_ppl"]) == pytest.approx(pll(mutant) - wild, abs=2e-4)
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model_dir, "--scoring", "wt-marginals")
+    assert r.exit_code == 2 and "copies it from the input" in r.stderr
+    T5EncoderModel.from_pretrained(str(model_dir), use_kernels=False).save_pretrained(tmp_path / "enc")
+    tokenizer.save_pretrained(tmp_path / "enc")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "enc")
+    assert r.exit_code == 1 and "without its decoder" in r.stderr

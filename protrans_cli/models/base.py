@@ -95,6 +95,8 @@ class Family:
     # The transformers class holding the encoder with its masked-LM head (`protrans variants`
     # scores residues with it); None for a family that predicts no masked residue from both sides
     masked_lm_class: ClassVar[str | None] = None
+    masked_lm_lacking: ClassVar[str] = ("its masked-LM head is not in the checkpoint (an encoder saved without it); "
+                                        "masked-LM scores need the head the model was pretrained with")
 
     def use_flex_attention(self, model) -> None:
         """Switch `model` (this family's encoder, loaded for inference) to FlexAttention
@@ -247,13 +249,12 @@ class Family:
         ProtT5's `-enc`) is refused, not given a random head."""
         if self.masked_lm_class is None:
             raise ModelError(f"{name_or_path}: a {self.name} model, not a masked language model: it does not score a "
-                             "masked residue from both sides (use an ESM, ProtBert, ProtAlbert, RoBERTa-style BERT or "
-                             "ELECTRA generator checkpoint)")
+                             "masked residue from both sides (use an ESM, ProtBert, ProtAlbert, ProtT5, RoBERTa-style "
+                             "BERT or ELECTRA generator checkpoint)")
         import transformers
 
         return load_checked(getattr(transformers, self.masked_lm_class), name_or_path, dtype=dtype,
-                            lacking="its masked-LM head is not in the checkpoint (an encoder saved without it); "
-                                    "masked-LM scores need the head the model was pretrained with", **hub_kwargs)
+                            lacking=self.masked_lm_lacking, **hub_kwargs)
 
     def prefix_ids(self, tokenizer) -> list[int]:
         """Token ids a model expects before every protein, after its tokenizer's own leading

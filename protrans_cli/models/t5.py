@@ -47,6 +47,11 @@ class T5Family(Family):
     # finetune's LoRA adapters: q, k, v and o of every encoder block, as Schmirler et al. 2024 adapt ProtT5
     lora_targets = ("SelfAttention.q", "SelfAttention.k", "SelfAttention.v", "SelfAttention.o")
     objective = "t5"
+    # `protrans variants`: a site masked by <extra_id_0> in the encoder's input, read from the decoder
+    # rebuilding the protein, as ProtT5 and `protrans train`'s t5 objective were trained
+    masked_lm_class = "T5ForConditionalGeneration"
+    masked_lm_lacking = ("an encoder saved without its decoder (ProtT5's -enc checkpoints): scoring residues needs "
+                         "the decoder that was pretrained to rebuild the protein (e.g. -m prot_t5_xl_uniref50)")
     presets = PRESETS
     description = "T5 encoder-decoder; embeddings from the encoder (ProtT5)"
     flex_attention = True
