@@ -30,7 +30,8 @@ from the window it is most central in.
 Families: those whose checkpoints carry a masked-LM head (`Family.masked_lm_class`: ESM, ProtBert,
 ProtAlbert, RoBERTa-style BERT, the ELECTRA generator) and T5 with its decoder (ProtT5's objective:
 a site masked by `<extra_id_0>` in the encoder's input, read from the decoder teacher-forced on the
-wild type; no wt-marginals); XLNet and Transformer-XL are refused.
+wild type; no wt-marginals) and XLNet (ProtXLNet's permutation LM: the site hidden from every
+position, predicted by the query stream at it; no wt-marginals); Transformer-XL is refused.
 """
 
 from __future__ import annotations
@@ -183,6 +184,9 @@ class VariantScorer:
         # T5 (ProtT5's objective, protrans train's `t5`): a masked site of the encoder's input is
         # read from the decoder rebuilding the whole protein (teacher-forced on the wild type)
         self.decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        # XLNet (ProtXLNet's permutation LM): the site hidden from every position by `perm_mask`,
+        # predicted by the query stream at it (`target_mapping`) from all other residues
+        self.permutation = getattr(model.config, "model_type", "") == "xlnet"
         self.mask_id = self.tokenizer.mask_token_id
         if self.mask_id is None and self.decoder:
             sentinel = self.tokenizer.convert_tokens_to_ids("<extra_id_0>")
@@ -258,9 +262,12 @@ class VariantScorer:
                         cached = (key, self._encode_window(sequences[seq_index], start))
                     ids, extra, token_at, logit_at = cached[1]
                     row = ids.clone()
-                    if masked:
-                        row[token_at[locals_[0]]] = self.mask_id
-                    rows.append((row, extra))
+                    if self.permutation:  # (the input as it is: no position sees the site's token)
+                        rows.append((row, self._hidden_site(extra, int(token_at[locals_[0]]), len(ids))))
+                    else:
+                        if masked:
+                            row[token_at[locals_[0]]] = self.mask_id
+                        rows.append((row, extra))
                     row_of.extend([b] * len(locals_))
                     token_of.append(logit_at[list(locals_)])
                     where.extend(targets)
@@ -328,6 +335,8 @@ class VariantScorer:
         if len(token_at) != len(window):
             raise RuntimeFailure(f"the {self.family.name} family produced {len(token_at)} residue tokens for "
                                  f"{len(window)} residues")
+        if self.permutation:  # (one target a row: its logits are the row's only ones)
+            return ids, extra, token_at, self._torch.zeros(len(window), dtype=self._torch.long)
         if not self.decoder:
             return ids, extra, token_at, token_at  # (the logits of a residue are at its token)
         # The decoder's input: its start token, then the wild type's residues (what it was trained
@@ -336,6 +345,17 @@ class VariantScorer:
         start = torch.tensor([self.decoder_start], dtype=ids.dtype)
         extra = {**extra, "decoder_input_ids": torch.cat([start, ids[token_at][:-1]])}
         return ids, extra, token_at, torch.arange(len(window))
+
+    def _hidden_site(self, extra: dict, token: int, length: int) -> dict:
+        """XLNet's inputs for predicting the residue at `token` from every other one: no position
+        attends to it (perm_mask[:, token] = 1, the query stream at it included), and the query
+        stream reads out there alone (target_mapping)."""
+        torch = self._torch
+        perm_mask = torch.zeros(length, length)
+        perm_mask[:, token] = 1.0
+        target_mapping = torch.zeros(1, length)
+        target_mapping[0, token] = 1.0
+        return {**extra, "perm_mask": perm_mask, "target_mapping": target_mapping}
 
     def _forward(self, rows):
         """Logits (B, T, V) of the stacked rows; a GPU out of memory halves `max_tokens` and runs
@@ -395,6 +415,9 @@ class VariantScorer:
         if self.decoder and not masked:
             raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; a T5 decoder rebuilding "
                              "an unmasked protein copies it from the input (use masked-marginals or pseudo-ppl)")
+        if self.permutation and not masked:
+            raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; XLNet predicts a residue "
+                             "only from the others (use masked-marginals or pseudo-ppl)")
         sites = sorted({m.position for i in scorable for m in variants[i]})
         bar = self._bar(len(sites))
         rows = []

@@ -295,7 +295,7 @@ def test_models_without_a_masked_lm_head_are_refused(run_cli, tmp_path, tiny_mod
 
     table = tmp_path / "v.csv"
     table.write_text("mutant\nK2A\n")
-    for family_name in ("xlnet", "transfo_xl"):
+    for family_name in ("transfo_xl",):
         r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models[family_name])
         assert r.exit_code == 1 and "not a masked language model" in r.stderr
         assert str(tiny_models[family_name]) in r.stderr
@@ -621,3 +621,45 @@ def test_t5_reads_a_masked_site_from_the_decoder_rebuilding_the_protein(run_cli,
     tokenizer.save_pretrained(tmp_path / "enc")
     r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "enc")
     assert r.exit_code == 1 and "without its decoder" in r.stderr
+
+
+def test_xlnet_predicts_a_hidden_site_from_all_the_others(run_cli, tmp_path, tiny_models):
+    """ProtXLNet's permutation LM: the site hidden from every position by perm_mask and predicted
+    by the query stream at it (target_mapping). Reference: XLNetLMHeadModel on the tokenizer's own
+    encoding of the text (left padding, `<sep> <cls>` at the end), the masks built here; the
+    result does not depend on the site's own token (it is never seen). wt-marginals refused."""
+    from transformers import AutoTokenizer, XLNetLMHeadModel
+
+    model_dir = tiny_models["xlnet"]
+    variants = ["K2A", "T3W:Q9E", "S13P"]
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\n" + "\n".join(variants) + "\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model_dir, "--max-tokens", "100")
+    assert r.exit_code == 0, r.stderr
+    rows = _table(r.stdout)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = XLNetLMHeadModel.from_pretrained(str(model_dir), use_kernels=False).eval()
+
+    def site_log_probs(sequence, position, shown=None):
+        text = list(sequence)
+        if shown is not None:
+            text[position] = shown
+        ids = tokenizer(" ".join(text), return_tensors="pt")["input_ids"]
+        assert ids.shape[1] == len(sequence) + 2  # residues, <sep>, <cls>
+        perm_mask = torch.zeros(1, ids.shape[1], ids.shape[1])
+        perm_mask[0, :, position] = 1.0
+        target_mapping = torch.zeros(1, 1, ids.shape[1])
+        target_mapping[0, 0, position] = 1.0
+        with torch.no_grad():
+            out = model(input_ids=ids, perm_mask=perm_mask, target_mapping=target_mapping)
+        return out.logits[0, 0].log_softmax(-1).numpy()
+
+    np.testing.assert_allclose(site_log_probs(SEQ, 4), site_log_probs(SEQ, 4, shown="W"), atol=1e-6)
+    for row, text in zip(rows, variants):
+        want = 0.0
+        for m in parse_variant(text, SEQ):
+            lp = site_log_probs(SEQ, m.position)
+            want += float(lp[tokenizer.convert_tokens_to_ids(m.mt)] - lp[tokenizer.convert_tokens_to_ids(m.wt)])
+        assert float(row[f"{model_dir.name}_masked_marginals"]) == pytest.approx(want, abs=2e-5)
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model_dir, "--scoring", "wt-marginals")
+    assert r.exit_code == 2 and "only from the others" in r.stderr

@@ -74,8 +74,8 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
     Multi-site variants add their sites' log-odds (the marginals). Stops (*) and rows with no
     variant (empty, NA) get no score; WT and synonymous rows score 0. Every mutation is checked
     against the wild type before a model is loaded. ESM, ProtBert, ProtAlbert, RoBERTa-style BERT,
-    ELECTRA generators and ProtT5 with its decoder (a masked site read from the decoder
-    rebuilding the protein); XLNet and Transformer-XL are refused.
+    ELECTRA generators, ProtT5 with its decoder (a masked site read from the decoder rebuilding
+    the protein) and ProtXLNet (a site hidden from every position); Transformer-XL is refused.
 
     \b
     protrans variants dms.csv --fasta wt.fa -m esm1v_t33_650M_UR90S_1 \\

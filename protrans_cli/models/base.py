@@ -249,8 +249,8 @@ class Family:
         ProtT5's `-enc`) is refused, not given a random head."""
         if self.masked_lm_class is None:
             raise ModelError(f"{name_or_path}: a {self.name} model, not a masked language model: it does not score a "
-                             "masked residue from both sides (use an ESM, ProtBert, ProtAlbert, ProtT5, RoBERTa-style "
-                             "BERT or ELECTRA generator checkpoint)")
+                             "masked residue from both sides (use an ESM, ProtBert, ProtAlbert, ProtT5, ProtXLNet, "
+                             "RoBERTa-style BERT or ELECTRA generator checkpoint)")
         import transformers
 
         return load_checked(getattr(transformers, self.masked_lm_class), name_or_path, dtype=dtype,

@@ -26,6 +26,9 @@ class XLNetFamily(Family):
     name = "xlnet"
     model_types = ("xlnet",)
     objective = "plm"
+    # `protrans variants`: a site hidden from every position (perm_mask), predicted by the query
+    # stream at it from all the others, as the permutation LM predicts its targets
+    masked_lm_class = "XLNetLMHeadModel"
     presets = PRESETS
     rare_to = None  # not in the vocabulary: the tokenizer makes them <unk>
     padding_side = "left"
