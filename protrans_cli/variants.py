@@ -31,7 +31,8 @@ Families: those whose checkpoints carry a masked-LM head (`Family.masked_lm_clas
 ProtAlbert, RoBERTa-style BERT, the ELECTRA generator) and T5 with its decoder (ProtT5's objective:
 a site masked by `<extra_id_0>` in the encoder's input, read from the decoder teacher-forced on the
 wild type; no wt-marginals) and XLNet (ProtXLNet's permutation LM: the site hidden from every
-position, predicted by the query stream at it; no wt-marginals); Transformer-XL is refused.
+position, predicted by the query stream at it; no wt-marginals); Transformer-XL, a causal LM,
+takes `log-likelihood` alone (log p(mutant) - log p(wild type), each residue given those before it).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from protrans_cli import console
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, expect_options
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
-STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl")
+STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood")
+CAUSAL_STRATEGIES = ("log-likelihood",)  # what a causal LM (Transformer-XL) reads; the rest need both sides
 LONG_POLICIES = ("error", "window")
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 CPU_MAX_TOKENS, GPU_MAX_TOKENS = 4096, 16384  # tokens per forward pass (masked copies are never padded)
@@ -187,11 +189,12 @@ class VariantScorer:
         # XLNet (ProtXLNet's permutation LM): the site hidden from every position by `perm_mask`,
         # predicted by the query stream at it (`target_mapping`) from all other residues
         self.permutation = getattr(model.config, "model_type", "") == "xlnet"
+        self.causal = bool(self.family.causal)
         self.mask_id = self.tokenizer.mask_token_id
         if self.mask_id is None and self.decoder:
             sentinel = self.tokenizer.convert_tokens_to_ids("<extra_id_0>")
             self.mask_id = None if sentinel == self.tokenizer.unk_token_id else sentinel
-        if self.mask_id is None:
+        if self.mask_id is None and not self.causal:
             raise ModelError(f"{loaded.name}: its tokenizer has no mask token"
                              + (" and no <extra_id_0>" if self.decoder else ""))
         if self.decoder and self.family.prefix_ids(self.tokenizer):
@@ -407,10 +410,15 @@ class VariantScorer:
                     raise UsageError(f"{m.label()}: not a substitution of this wild type (residue {m.position + 1} "
                                      f"of {len(sequence)}: {found}); parse variants against the sequence scored")
         store = store or _compute
+        if self.causal != (strategy in CAUSAL_STRATEGIES):
+            raise UsageError(f"{self.loaded.name}: a causal language model reads left to right: give --scoring "
+                             "log-likelihood" if self.causal else f"{self.loaded.name}: --scoring {strategy} is for "
+                             "causal language models (Transformer-XL); a masked LM reads both sides (pseudo-ppl is "
+                             "its likelihood)")
         scores = np.full(len(variants), np.nan)
         scorable = [i for i, v in enumerate(variants) if not has_stop(v)]
-        if strategy == "pseudo-ppl":
-            return self._pseudo_ppl_scores(sequence, variants, scorable, scores, store)
+        if strategy in ("pseudo-ppl", "log-likelihood"):
+            return self._pseudo_ppl_scores(sequence, variants, scorable, scores, store, causal=self.causal)
         masked = strategy == "masked-marginals"
         if self.decoder and not masked:
             raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; a T5 decoder rebuilding "
@@ -451,15 +459,46 @@ class VariantScorer:
             np.add.at(totals, first + np.array([s for s, _ in sites]), picked)
         return totals
 
-    def _pseudo_ppl_scores(self, sequence, variants, scorable, scores, store):
+    def log_likelihood(self, sequences: list[str], *, bar=None) -> np.ndarray:
+        """A causal LM's log-likelihood of each sequence, sum over residues of log p(residue | those
+        before it) (float64 per sequence); sequences of one length share passes."""
+        torch = self._torch
+        sequences = [checked_sequence(s) for s in sequences]
+        for seq in sequences:
+            if self.max_length is not None and len(seq) > self.max_length:
+                raise InputError(f"a sequence of {len(seq):,} residues, more than --max-length {self.max_length:,}: a "
+                                 "causal LM's likelihood is not read in windows")
+        totals = np.zeros(len(sequences))
+        by_length: dict[int, list[int]] = {}
+        for k, seq in enumerate(sequences):
+            by_length.setdefault(len(seq), []).append(k)
+        for length, members in sorted(by_length.items()):
+            per_pass = max(1, self.max_tokens // (length + 2))
+            for first in range(0, len(members), per_pass):
+                part = members[first:first + per_pass]
+                encoded = [self._encode_window(sequences[k], 0) for k in part]
+                logits = self._forward([(ids, extra) for ids, extra, _, _ in encoded])  # (B, T, V)
+                with torch.inference_mode():
+                    for b, (ids, _, token_at, _) in enumerate(encoded):
+                        # the logits before a token predict it
+                        rows = logits[b, (token_at - 1).to(logits.device)].float().log_softmax(-1)
+                        picked = rows.gather(1, ids[token_at].to(rows.device)[:, None])
+                        totals[part[b]] = float(picked.double().sum())
+                del logits
+                if bar is not None:
+                    bar.update(length * len(part))
+        return totals
+
+    def _pseudo_ppl_scores(self, sequence, variants, scorable, scores, store, causal: bool = False):
         mutants = {i: mutate(sequence, variants[i]) for i in scorable}
         distinct = sorted(set(mutants.values()) - {sequence})
         bar = self._bar(len(sequence) * (1 + len(distinct)))
         pll: dict[str, float] = {}
+        likelihood = self.log_likelihood if causal else self.pseudo_log_likelihood
         try:
             for chunk in [[sequence]] + _chunks(distinct, MUTANTS_PER_UNIT):
-                values = _run_unit(store, _unit_key("pll", sequence, chunk),
-                                   lambda c=chunk: self.pseudo_log_likelihood(c, bar=bar), bar, len(sequence) * len(chunk))
+                values = _run_unit(store, _unit_key("ll" if causal else "pll", sequence, chunk),
+                                   lambda c=chunk: likelihood(c, bar=bar), bar, len(sequence) * len(chunk))
                 pll.update(zip(chunk, values.tolist()))
         finally:
             if bar is not None:

@@ -295,10 +295,6 @@ def test_models_without_a_masked_lm_head_are_refused(run_cli, tmp_path, tiny_mod
 
     table = tmp_path / "v.csv"
     table.write_text("mutant\nK2A\n")
-    for family_name in ("transfo_xl",):
-        r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models[family_name])
-        assert r.exit_code == 1 and "not a masked language model" in r.stderr
-        assert str(tiny_models[family_name]) in r.stderr
     # an ESM encoder saved without its head (what `save_pretrained` of EsmModel writes)
     from transformers import EsmModel
 
@@ -663,3 +659,41 @@ def test_xlnet_predicts_a_hidden_site_from_all_the_others(run_cli, tmp_path, tin
         assert float(row[f"{model_dir.name}_masked_marginals"]) == pytest.approx(want, abs=2e-5)
     r = run_cli("variants", table, "--sequence", SEQ, "-m", model_dir, "--scoring", "wt-marginals")
     assert r.exit_code == 2 and "only from the others" in r.stderr
+
+
+def test_a_causal_lm_scores_the_log_likelihood_ratio(run_cli, tmp_path, tiny_models):
+    """Transformer-XL (ProtTXL): log p(mutant) - log p(wild type), each the sum over residues of
+    log p(residue | those before it), from AutoModelForCausalLM's logits over the tokenizer's own
+    encoding (`<s> residues </s>`); a causal LM is refused the two-sided scorings, and a masked LM
+    the causal one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tiny_models["transfo_xl"]
+    variants = ["K2A", "T3W:Q9E", "S13P", "WT"]
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\n" + "\n".join(variants) + "\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model_dir, "--scoring", "log-likelihood",
+                "--max-tokens", "120")
+    assert r.exit_code == 0, r.stderr
+    rows = _table(r.stdout)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+
+    def log_likelihood(sequence):
+        ids = tokenizer(" ".join(sequence), return_tensors="pt")["input_ids"]
+        assert ids.shape[1] == len(sequence) + 2
+        with torch.no_grad():
+            lp = model(input_ids=ids).logits[0].log_softmax(-1)
+        return sum(float(lp[t - 1, ids[0, t]]) for t in range(1, len(sequence) + 1))
+
+    wild = log_likelihood(SEQ)
+    for row, text in zip(rows, variants):
+        mutant = SEQ
+        for m in parse_variant(text, SEQ):
+            mutant = mutant[:m.position] + m.mt + mutant[m.position + 1:]
+        want = log_likelihood(mutant) - wild
+        assert float(row[f"{model_dir.name}_log_likelihood"]) == pytest.approx(want, abs=1e-4)
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model_dir)
+    assert r.exit_code == 2 and "--scoring log-likelihood" in r.stderr
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "--scoring", "log-likelihood")
+    assert r.exit_code == 2 and "causal" in r.stderr

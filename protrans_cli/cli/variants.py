@@ -28,10 +28,11 @@ from protrans_cli.cli import INPUT_FILE
               help="A masked LM with its head: short name (see `protrans models`), model directory or hub id. "
                    "Repeat for an ensemble (e.g. the five ESM-1v models): a column each, and their mean.")
 @click.option("--scoring", "strategies", multiple=True, default=("masked-marginals",),
-              type=click.Choice(["masked-marginals", "wt-marginals", "pseudo-ppl"]),
+              type=click.Choice(["masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood"]),
               help="masked-marginals: mask the site in the wild type, log p(mutant) - log p(wild type); "
                    "wt-marginals: the same from one unmasked pass; pseudo-ppl: pseudo-log-likelihood of the "
-                   "mutant less the wild type's (one pass per residue of each mutant: slow). Repeatable.")
+                   "mutant less the wild type's (one pass per residue of each mutant: slow); log-likelihood: "
+                   "a causal LM's (Transformer-XL) log-likelihood of the mutant less the wild type's. Repeatable.")
 @click.option("--all-singles", is_flag=True,
               help="No table: score every single substitution of the wild type (19 per residue).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
@@ -75,7 +76,8 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
     variant (empty, NA) get no score; WT and synonymous rows score 0. Every mutation is checked
     against the wild type before a model is loaded. ESM, ProtBert, ProtAlbert, RoBERTa-style BERT,
     ELECTRA generators, ProtT5 with its decoder (a masked site read from the decoder rebuilding
-    the protein) and ProtXLNet (a site hidden from every position); Transformer-XL is refused.
+    the protein) and ProtXLNet (a site hidden from every position); Transformer-XL (causal) takes
+    --scoring log-likelihood.
 
     \b
     protrans variants dms.csv --fasta wt.fa -m esm1v_t33_650M_UR90S_1 \\

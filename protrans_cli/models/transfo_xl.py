@@ -338,5 +338,14 @@ class TransfoXLFamily(Family):
     def pretraining_model(self, config):
         return TransfoXLLMHeadModel(config)
 
+    # `protrans variants --scoring log-likelihood`: the causal LM with its head
+    masked_lm_class = "TransfoXLLMHeadModel"
+
+    def load_masked_lm(self, name_or_path, *, dtype=None, **hub_kwargs):
+        from protrans_cli.models.base import load_checked
+
+        return load_checked(TransfoXLLMHeadModel, name_or_path, dtype=dtype, lacking=self.masked_lm_lacking,
+                            **hub_kwargs)
+
 
 FAMILY = TransfoXLFamily()
