@@ -163,15 +163,16 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
                  "--labels", str(data / "loc_train.fasta"), "--score", str(data / "loc_test.fasta"),
                  "--bootstrap", "200", "-o", p("predictions", "loc_test.knn.tsv")], s)
     # 8. Zero-shot variant effects: every substitution of the first test protein scored by the
-    #    trained model's masked-LM head (families with one: BERT, RoBERTa, ALBERT, ELECTRA, ESM).
+    #    trained model (masked marginals; a causal Transformer-XL: the log-likelihood ratio).
     scan = None
     if get_family(family).masked_lm_class is not None:
         from protrans_cli.io.fasta import read_fasta
 
         first = next(iter(read_fasta(out / "fasta" / "loc_test.fasta"))).id
         scan = out / "predictions" / f"{first}.variants.csv"
+        scoring = ["--scoring", "log-likelihood"] if get_family(family).causal else []
         _run("variants", ["variants", "--all-singles", "--fasta", p("fasta", "loc_test.fasta"), "--id", first,
-                          "-m", p("model"), "-o", str(scan), "--plot", str(scan.with_suffix(".png"))], s)
+                          "-m", p("model"), *scoring, "-o", str(scan), "--plot", str(scan.with_suffix(".png"))], s)
 
     for head in sorted((out / "heads").iterdir()):
         metrics = head / "metrics.json"
