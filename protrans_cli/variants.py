@@ -231,10 +231,12 @@ class VariantScorer:
 
     def check_length(self, sequence: str, what: str = "the sequence") -> None:
         """InputError for a protein longer than max_length under --long-policy error."""
-        if self.max_length is not None and len(sequence) > self.max_length and self.long_policy == "error":
+        if self.max_length is not None and len(sequence) > self.max_length and (
+                self.long_policy == "error" or self.causal):
+            way_out = ("a causal LM's likelihood is not read in windows" if self.causal else "--long-policy window "
+                       "scores each site in a window of that many residues around it")
             raise InputError(f"{what} has {len(sequence):,} residues, more than --max-length {self.max_length:,} "
-                             f"(what {self.loaded.name} was trained on or holds); --long-policy window scores each "
-                             "site in a window of that many residues around it")
+                             f"(what {self.loaded.name} was trained on or holds); {way_out}")
 
     # -- forward passes ---------------------------------------------------------------------
 
