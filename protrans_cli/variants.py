@@ -247,6 +247,9 @@ class VariantScorer:
         sequence. Identical sites are computed once. `bar`: a progress bar to advance (one of its
         own otherwise)."""
         torch = self._torch
+        if self.causal or (not masked and (self.decoder or self.permutation)):
+            raise UsageError(f"{self.loaded.name}: " + ("a causal LM reads no site from both sides (its scoring is "
+                             "log-likelihood)" if self.causal else "this model reads a site only masked (masked=True)"))
         for seq in sequences:
             self.check_length(seq)
         out: np.ndarray | None = None
