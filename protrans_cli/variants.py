@@ -403,8 +403,9 @@ class VariantScorer:
         """One score per variant (float64; NaN for a variant with a stop, 0 for the wild type).
 
         The work runs in units (`SITES_PER_UNIT` sites, `MUTANTS_PER_UNIT` mutants of pseudo-ppl),
-        each through `store(key, compute)` when given: a unit's result is what `compute()` returns
-        or what a store kept from an earlier run under the same key (`protrans variants --resume`)."""
+        each through `store(key, compute, check)` when given: a unit's result is what `compute()`
+        returns or what a store kept from an earlier run under the same key (`protrans variants
+        --resume`) and `check(value)` accepts (the shape and dtype `compute()` gives)."""
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown scoring {strategy!r} (choose from {', '.join(STRATEGIES)})")
         sequence = checked_sequence(sequence)
@@ -438,7 +439,8 @@ class VariantScorer:
             for chunk in _chunks(sites, SITES_PER_UNIT):
                 key = _unit_key("masked" if masked else "unmasked", sequence, chunk)
                 rows.append(_run_unit(store, key, lambda c=chunk: self.site_log_probs(
-                    [sequence], [(0, p) for p in c], masked=masked, bar=bar), bar, len(chunk)))
+                    [sequence], [(0, p) for p in c], masked=masked, bar=bar), bar, len(chunk),
+                    _log_probs_check(len(chunk), self._vocabulary_width())))
         finally:
             if bar is not None:
                 bar.close()
@@ -503,7 +505,8 @@ class VariantScorer:
         try:
             for chunk in [[sequence]] + _chunks(distinct, MUTANTS_PER_UNIT):
                 values = _run_unit(store, _unit_key("ll" if causal else "pll", sequence, chunk),
-                                   lambda c=chunk: likelihood(c, bar=bar), bar, len(sequence) * len(chunk))
+                                   lambda c=chunk: likelihood(c, bar=bar), bar, len(sequence) * len(chunk),
+                                   _totals_check(len(chunk)))
                 pll.update(zip(chunk, values.tolist()))
         finally:
             if bar is not None:
@@ -511,6 +514,12 @@ class VariantScorer:
         for i, mutant in mutants.items():
             scores[i] = pll[mutant] - pll[sequence]
         return scores
+
+    def _vocabulary_width(self) -> int | None:
+        """The width of the masked-LM head's logits (its output layer's), None where unknown."""
+        get_head = getattr(self.model, "get_output_embeddings", None)
+        width = getattr(get_head(), "out_features", None) if callable(get_head) else None
+        return int(width) if isinstance(width, int) else None
 
     def _bar(self, total: int):
         return console.progress(total=total, desc="scoring", unit="site") if self.progress and total > 1 else None
@@ -520,11 +529,22 @@ SITES_PER_UNIT = 1024   # sites whose log-probabilities one unit of work compute
 MUTANTS_PER_UNIT = 64   # mutants whose pseudo-log-likelihoods one unit computes
 
 
-def _compute(key, compute):
+def _compute(key, compute, check=None):
     return compute()
 
 
-def _run_unit(store, key: str, compute, bar, size: int):
+def _log_probs_check(rows: int, width: int | None):
+    """A kept unit of site log-probabilities: (rows, width) float32."""
+    return lambda v: (v.dtype == np.float32 and v.ndim == 2 and v.shape[0] == rows
+                      and (width is None or v.shape[1] == width))
+
+
+def _totals_check(rows: int):
+    """A kept unit of pseudo-log-likelihoods: (rows,) float64."""
+    return lambda v: v.dtype == np.float64 and v.shape == (rows,)
+
+
+def _run_unit(store, key: str, compute, bar, size: int, check):
     """A unit through `store`; a unit it kept from before advances the bar by its `size` at once
     (one computed now advanced it as it ran)."""
     ran = []
@@ -533,7 +553,7 @@ def _run_unit(store, key: str, compute, bar, size: int):
         ran.append(True)
         return compute()
 
-    value = store(key, counted)
+    value = store(key, counted, check)
     if not ran and bar is not None:
         bar.update(size)
     return value
@@ -984,17 +1004,21 @@ class UnitStore:
             raise RuntimeFailure(f"cannot create {self.folder}: {exc.strerror}") from None
 
     def for_model(self, loaded, scorer):
-        """`store(key, compute)` for VariantScorer.score under this model and its settings."""
+        """`store(key, compute, check)` for VariantScorer.score under this model and its settings."""
         import hashlib
 
         settings = "\n".join(str(v) for v in (loaded.path_or_hub_id, loaded.commit or "", scorer.compute_dtype,
                                                scorer.max_length, scorer.long_policy))
         prefix = hashlib.sha256(settings.encode()).hexdigest()[:16]
 
-        def store(key: str, compute):
+        def store(key: str, compute, check=None):
             path = self.folder / f"{prefix}-{key}.npy"
-            with contextlib.suppress(OSError, ValueError):
-                return np.load(path, allow_pickle=False)
+            # (a damaged file is computed again: an empty one, which a crash can leave, is numpy's
+            # EOFError, which click took for a Ctrl-C, and every --resume ended "interrupted")
+            with contextlib.suppress(OSError, ValueError, EOFError):
+                kept = np.load(path, allow_pickle=False)
+                if isinstance(kept, np.ndarray) and (check is None or check(kept)):
+                    return kept
             value = np.asarray(compute())
             self._create()
             temporary = path.with_name(f".{path.name}.tmp")

@@ -548,6 +548,54 @@ def test_a_masked_lm_checkpoint_without_a_contact_head_scores(run_cli, tmp_path,
     assert full.stdout == lacking.stdout
 
 
+def test_a_damaged_unit_kept_for_resume_is_computed_again(tmp_path, tiny_models, monkeypatch):
+    """A unit file that cannot be what its unit computed (empty, as a crash can leave one; cut
+    short; another shape or dtype; not an array) is computed again, not read: an empty one was
+    numpy's EOFError, which click took for a Ctrl-C (every --resume ended "interrupted", exit
+    130), and a wrong shape a traceback."""
+    import protrans_cli.variants as variants
+    from protrans_cli.models import load_model
+
+    monkeypatch.setattr(variants, "SITES_PER_UNIT", 4)
+    monkeypatch.setattr(variants, "MUTANTS_PER_UNIT", 2)
+    loaded = load_model(tiny_models["esm"], masked_lm=True)
+    scorer = variants.VariantScorer(loaded, progress=False)
+    seq = SEQ[:20]
+    singles, some = all_singles(seq), all_singles(seq)[:40:3]
+    want = scorer.score(seq, singles), scorer.score(seq, some, "pseudo-ppl")
+    folder = tmp_path / "o.csv.partial"
+    units = variants.UnitStore(folder, resume=False).for_model(loaded, scorer)
+    scorer.score(seq, singles, store=units), scorer.score(seq, some, "pseudo-ppl", store=units)
+    masked = sorted(folder.glob("*-masked-*.npy"))
+    pll = sorted(folder.glob("*-pll-*.npy"))
+    assert len(masked) == 5 and len(pll) == 8
+    masked[0].write_bytes(b"")
+    masked[1].write_bytes(masked[1].read_bytes()[:200])
+    np.save(masked[2], np.zeros(3, dtype=np.float32))
+    np.save(masked[3], np.load(masked[3]).astype(np.float64))
+    kept = np.load(masked[4])
+    with open(masked[4], "wb") as fh:
+        np.savez(fh, kept)
+    pll[0].write_bytes(b"")
+    np.save(pll[1], np.zeros(5))
+    calls = []
+    original = variants.VariantScorer.site_log_probs
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(variants.VariantScorer, "site_log_probs", counting)
+    units = variants.UnitStore(folder, resume=True).for_model(loaded, scorer)
+    np.testing.assert_array_equal(scorer.score(seq, singles, store=units), want[0])
+    np.testing.assert_array_equal(scorer.score(seq, some, "pseudo-ppl", store=units), want[1])
+    assert len(calls) == 5 + 2
+    # and written again whole: read the next time
+    calls.clear()
+    units = variants.UnitStore(folder, resume=True).for_model(loaded, scorer)
+    np.testing.assert_array_equal(scorer.score(seq, singles, store=units), want[0])
+    np.testing.assert_array_equal(scorer.score(seq, some, "pseudo-ppl", store=units), want[1])
+    assert not calls
 def test_an_all_singles_scan_draws_its_landscape(run_cli, tmp_path, tiny_models):
     """--plot: a PNG heatmap per score column (20 amino acids x residues); refused without
     --all-singles or for several wild types, before any work."""
