@@ -968,9 +968,10 @@ class UnitStore:
     """The finished units of work of a `protrans variants -o FILE` run, kept in FILE.partial/ (one
     .npy a unit, written through a temporary file and renamed) so that an interrupted run goes on
     with `--resume` where it stopped; removed when FILE is written. A unit's file is named by what
-    its numbers depend on: the model (its path or hub id and commit), the compute dtype, the
-    window, what the unit computes of which wild type (`_unit_key`). A table changed between runs
-    reuses what still applies; nothing computed under other settings is ever read."""
+    its numbers depend on: the model (its hub id and commit, or its folder's path and model files'
+    sizes and times), the device type and compute dtype, the window, what the unit computes of
+    which wild type (`_unit_key`). A table changed between runs reuses what still applies; nothing
+    computed under other settings is ever read, nor a damaged file (computed again)."""
 
     MARKER = "protrans-variants.json"
 
@@ -1007,8 +1008,12 @@ class UnitStore:
         """`store(key, compute, check)` for VariantScorer.score under this model and its settings."""
         import hashlib
 
-        settings = "\n".join(str(v) for v in (loaded.path_or_hub_id, loaded.commit or "", scorer.compute_dtype,
-                                               scorer.max_length, scorer.long_policy))
+        # (a model directory has no commit: its files' sizes and times stand for it, so that one
+        # trained again in place, or replaced, does not lend its old numbers to a --resume; the
+        # device too, whose kernels give other last digits, as a dtype does)
+        settings = "\n".join(str(v) for v in (loaded.path_or_hub_id, loaded.commit or "",
+                                               _directory_state(loaded.path_or_hub_id), scorer.device.type,
+                                               scorer.compute_dtype, scorer.max_length, scorer.long_policy))
         prefix = hashlib.sha256(settings.encode()).hexdigest()[:16]
 
         def store(key: str, compute, check=None):
@@ -1037,6 +1042,28 @@ class UnitStore:
         import shutil
 
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# what a model directory's numbers come from: weights, config and tokenizer files (not a log a
+# training run appends to, metrics.jsonl, or its plots)
+_MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".txt", ".model")
+
+
+def _directory_state(path) -> str:
+    """The name, size and modification time of each model file of a directory ("" for a hub id)."""
+    import os
+
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:  # a hub id (or no such folder: its model loaded from elsewhere)
+        return ""
+    state = []
+    for entry in entries:
+        if entry.name.endswith(_MODEL_FILE_SUFFIXES):
+            with contextlib.suppress(OSError):
+                info = entry.stat()
+                state.append(f"{entry.name} {info.st_size} {info.st_mtime_ns}")
+    return "\n".join(state)
 
 
 def _formatted(value: float) -> str:

@@ -596,6 +596,40 @@ def test_a_damaged_unit_kept_for_resume_is_computed_again(tmp_path, tiny_models,
     np.testing.assert_array_equal(scorer.score(seq, singles, store=units), want[0])
     np.testing.assert_array_equal(scorer.score(seq, some, "pseudo-ppl", store=units), want[1])
     assert not calls
+
+
+def test_resume_reads_no_unit_of_a_model_folder_trained_again_in_place_or_another_device(tmp_path, tiny_models,
+                                                                                        monkeypatch):
+    """A model folder has no commit: its path alone named the units, so a --resume after the
+    folder was trained again (`protrans train -o model` anew, a checkpoint replaced) mixed the old
+    model's kept units into the new model's table. The files' sizes and times name it now; so
+    does the device, whose kernels give other last digits."""
+    import shutil
+
+    import protrans_cli.variants as variants
+    from protrans_cli.models import FAMILIES, load_model
+
+    monkeypatch.setattr(variants, "SITES_PER_UNIT", 4)
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_models["esm"], folder)
+    seq, store = SEQ[:20], variants.UnitStore(tmp_path / "o.csv.partial", resume=False)
+    singles = all_singles(seq)
+    loaded = load_model(str(folder), masked_lm=True)
+    scorer = variants.VariantScorer(loaded, progress=False)
+    scorer.score(seq, singles, store=store.for_model(loaded, scorer))
+    family = FAMILIES["esm"]
+    tokenizer = family.build_tokenizer()
+    torch.manual_seed(123)
+    family.save_pretrained(family.pretraining_model(family.build_config("tiny", tokenizer)).eval(), tokenizer, folder)
+    loaded = load_model(str(folder), masked_lm=True)
+    scorer = variants.VariantScorer(loaded, progress=False)
+    want = scorer.score(seq, singles)
+    np.testing.assert_array_equal(scorer.score(seq, singles, store=store.for_model(loaded, scorer)), want)
+    # the same settings read what they kept; another device type does not
+    units = store.for_model(loaded, scorer)
+    assert units("k", lambda: np.zeros(2)).shape == (2,) and units("k", lambda: np.ones(3)).shape == (2,)
+    scorer.device = torch.device("meta")
+    assert store.for_model(loaded, scorer)("k", lambda: np.ones(3)).shape == (3,)
 def test_an_all_singles_scan_draws_its_landscape(run_cli, tmp_path, tiny_models):
     """--plot: a PNG heatmap per score column (20 amino acids x residues); refused without
     --all-singles or for several wild types, before any work."""
