@@ -56,6 +56,16 @@ def _expected(log_probs: np.ndarray, vocab: list[str], sequence: str, mutant: st
     return total
 
 
+def _log_odds(text: str, log_probs_at, token_id) -> float:
+    """A variant's marginal from a reference: the sum over its sites of log p(mutant) - log
+    p(wild type) in the site's log-probabilities (`log_probs_at(position)`)."""
+    total = 0.0
+    for m in parse_variant(text, SEQ):
+        lp = log_probs_at(m.position)
+        total += float(lp[token_id(m.mt)] - lp[token_id(m.wt)])
+    return total
+
+
 @pytest.mark.parametrize("arch", sorted(REFERENCES))
 @pytest.mark.parametrize("scoring", ["masked-marginals", "wt-marginals"])
 def test_every_single_substitution_equals_fair_esm(run_cli, arch, scoring):
@@ -684,10 +694,7 @@ def test_t5_reads_a_masked_site_from_the_decoder_rebuilding_the_protein(run_cli,
 
     wild = pll(SEQ)
     for row, text in zip(rows, variants):
-        want = 0.0
-        for m in parse_variant(text, SEQ):
-            lp = site_log_probs(SEQ, m.position)
-            want += float(lp[tokenizer.convert_tokens_to_ids(m.mt)] - lp[tokenizer.convert_tokens_to_ids(m.wt)])
+        want = _log_odds(text, lambda p: site_log_probs(SEQ, p), tokenizer.convert_tokens_to_ids)
         assert float(row[f"{model_dir.name}_masked_marginals"]) == pytest.approx(want, abs=2e-5)
         mutant = SEQ
         for m in parse_variant(text, SEQ):
@@ -734,10 +741,7 @@ def test_xlnet_predicts_a_hidden_site_from_all_the_others(run_cli, tmp_path, tin
 
     np.testing.assert_allclose(site_log_probs(SEQ, 4), site_log_probs(SEQ, 4, shown="W"), atol=1e-6)
     for row, text in zip(rows, variants):
-        want = 0.0
-        for m in parse_variant(text, SEQ):
-            lp = site_log_probs(SEQ, m.position)
-            want += float(lp[tokenizer.convert_tokens_to_ids(m.mt)] - lp[tokenizer.convert_tokens_to_ids(m.wt)])
+        want = _log_odds(text, lambda p: site_log_probs(SEQ, p), tokenizer.convert_tokens_to_ids)
         assert float(row[f"{model_dir.name}_masked_marginals"]) == pytest.approx(want, abs=2e-5)
     r = run_cli("variants", table, "--sequence", SEQ, "-m", model_dir, "--scoring", "wt-marginals")
     assert r.exit_code == 2 and "only from the others" in r.stderr
