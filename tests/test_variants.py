@@ -783,3 +783,24 @@ def test_a_causal_lm_scores_the_log_likelihood_ratio(run_cli, tmp_path, tiny_mod
     assert r.exit_code == 2 and "--scoring log-likelihood" in r.stderr
     r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "--scoring", "log-likelihood")
     assert r.exit_code == 2 and "causal" in r.stderr
+
+
+def test_prostt5_is_refused_its_decoder_writes_3di(run_cli, tmp_path, tiny_models):
+    """A T5 whose input starts with ProstT5's <AA2fold>: its decoder translates into 3Di letters,
+    so reading amino acids from it would be noise: refused naming the reason."""
+    from transformers import AutoTokenizer
+
+    from protrans_cli.models import FAMILIES
+    from protrans_cli.models.tokenizers import save_tokenizer
+
+    family = FAMILIES["t5"]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_models["t5"]))
+    tokenizer.add_tokens(list("acdefghiklmnpqrstvwy") + ["<AA2fold>", "<fold2AA>"])
+    model = family.pretraining_model(family.build_config("tiny", tokenizer))
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(tmp_path / "prostt5")
+    save_tokenizer(tokenizer, tmp_path / "prostt5")
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "prostt5")
+    assert r.exit_code == 1 and "<AA2fold>" in r.stderr and "score with ProtT5" in r.stderr
