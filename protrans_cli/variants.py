@@ -690,10 +690,14 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     name = display_name(path)
     with open_input(path) as stream:
         data = stream.read()
-    if data.startswith(b"\x89HDF") or b"\0" in data[:4096]:
+    from protrans_cli.heads.labels import _utf16_text
+
+    # (UTF-16, Excel's "Unicode Text" and PowerShell's `>`, holds NULs: read as such, not refused)
+    wide = _utf16_text(data, name)
+    if wide is None and (data.startswith(b"\x89HDF") or b"\0" in data[:4096]):
         raise InputError("is a binary file, not a variants table (CSV or TSV with a mutant column)", path=name)
     try:
-        text = data.decode("utf-8-sig")
+        text = wide if wide is not None else data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}; save it as UTF-8)",
                          path=name, line=data.count(b"\n", 0, exc.start) + 1) from None

@@ -804,3 +804,21 @@ def test_prostt5_is_refused_its_decoder_writes_3di(run_cli, tmp_path, tiny_model
     table.write_text("mutant\nK2A\n")
     r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "prostt5")
     assert r.exit_code == 1 and "<AA2fold>" in r.stderr and "score with ProtT5" in r.stderr
+
+
+def test_a_utf16_table_is_read_and_a_binary_file_refused(run_cli, tmp_path, tiny_models):
+    """Excel's "Unicode Text" (UTF-16 with a byte-order mark, tab-separated) and UTF-16 without
+    one are tables like any other; an HDF5 file given as the table is refused in one line."""
+    model = tiny_models["esm"]
+    text = "mutant\tnote\nK2A\tx\nT3W:Q9E\ty\n"
+    (tmp_path / "plain.tsv").write_text(text)
+    want = run_cli("variants", tmp_path / "plain.tsv", "--sequence", SEQ, "-m", model, "--column", "s")
+    assert want.exit_code == 0, want.stderr
+    for name, data in (("bom.tsv", text.encode("utf-16")), ("le.tsv", text.encode("utf-16-le"))):
+        (tmp_path / name).write_bytes(data)
+        r = run_cli("variants", tmp_path / name, "--sequence", SEQ, "-m", model, "--column", "s")
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == want.stdout
+    (tmp_path / "e.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    r = run_cli("variants", tmp_path / "e.h5", "--sequence", SEQ, "-m", model)
+    assert r.exit_code == 1 and "binary file" in r.stderr
