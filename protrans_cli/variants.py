@@ -4,7 +4,7 @@ A masked language model scores a substitution without any training on the protei
 of the mutant against the wild-type residue at the mutated site (Meier et al. 2021, "Language
 models enable zero-shot prediction of the effects of mutations on protein function"; what
 fair-esm's examples/variant-prediction/predict.py computes for ESM-1v and ESM-2, and ProteinGym
-reports for every masked model). Three ways to read the model, `--scoring`:
+reports for every masked model). The ways to read the model, `--scoring`:
 
     masked-marginals  mask the site alone in the wild type; log p(mt) - log p(wt) there.
                       The default, and the best of the three in Meier et al.: one forward
@@ -14,6 +14,8 @@ reports for every masked model). Three ways to read the model, `--scoring`:
                       probability summed) of the mutant sequence less that of the wild type:
                       one pass per residue of every distinct mutant (slow; it reads context
                       effects the marginals cannot).
+    log-likelihood    a causal LM's log-likelihood of the mutant less the wild type's (each
+                      residue given those before it): one pass per distinct mutant.
 
 A variant of several substitutions scores the sum of its sites' log-odds under the marginals
 (predict.py's additive rule). Log-probabilities are over the model's whole vocabulary, as
@@ -247,9 +249,7 @@ class VariantScorer:
         sequence. Identical sites are computed once. `bar`: a progress bar to advance (one of its
         own otherwise)."""
         torch = self._torch
-        if self.causal or (not masked and (self.decoder or self.permutation)):
-            raise UsageError(f"{self.loaded.name}: " + ("a causal LM reads no site from both sides (its scoring is "
-                             "log-likelihood)" if self.causal else "this model reads a site only masked (masked=True)"))
+        self._refuse_reading(masked)
         for seq in sequences:
             self.check_length(seq)
         out: np.ndarray | None = None
@@ -424,14 +424,9 @@ class VariantScorer:
         scores = np.full(len(variants), np.nan)
         scorable = [i for i, v in enumerate(variants) if not has_stop(v)]
         if strategy in ("pseudo-ppl", "log-likelihood"):
-            return self._pseudo_ppl_scores(sequence, variants, scorable, scores, store, causal=self.causal)
+            return self._likelihood_scores(sequence, variants, scorable, scores, store)
         masked = strategy == "masked-marginals"
-        if self.decoder and not masked:
-            raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; a T5 decoder rebuilding "
-                             "an unmasked protein copies it from the input (use masked-marginals or pseudo-ppl)")
-        if self.permutation and not masked:
-            raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; XLNet predicts a residue "
-                             "only from the others (use masked-marginals or pseudo-ppl)")
+        self._refuse_reading(masked)  # (before any unit: a resumed run refused as a fresh one)
         sites = sorted({m.position for i in scorable for m in variants[i]})
         bar = self._bar(len(sites))
         rows = []
@@ -450,6 +445,19 @@ class VariantScorer:
             scores[i] = sum(float(log_probs[row_of[m.position], self.token_id(m.mt)])
                             - float(log_probs[row_of[m.position], self.token_id(m.wt)]) for m in variants[i])
         return scores
+
+    def _refuse_reading(self, masked: bool) -> None:
+        """UsageError for a site reading the model has none of: a causal LM reads no site from both
+        sides; T5's decoder and XLNet read a site only masked."""
+        if self.causal:
+            raise UsageError(f"{self.loaded.name}: a causal LM reads no site from both sides (its scoring is "
+                             "log-likelihood)")
+        if not masked and self.decoder:
+            raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; a T5 decoder rebuilding "
+                             "an unmasked protein copies it from the input (use masked-marginals or pseudo-ppl)")
+        if not masked and self.permutation:
+            raise UsageError(f"{self.loaded.name}: wt-marginals read a residue the model sees; XLNet predicts a residue "
+                             "only from the others (use masked-marginals or pseudo-ppl)")
 
     def pseudo_log_likelihood(self, sequences: list[str], *, bar=None) -> np.ndarray:
         """Sum over residues of log p(residue | the rest), each masked in turn (float64 per sequence)."""
@@ -472,39 +480,34 @@ class VariantScorer:
         torch = self._torch
         sequences = [checked_sequence(s) for s in sequences]
         for seq in sequences:
-            if self.max_length is not None and len(seq) > self.max_length:
-                raise InputError(f"a sequence of {len(seq):,} residues, more than --max-length {self.max_length:,}: a "
-                                 "causal LM's likelihood is not read in windows")
+            self.check_length(seq)  # (over --max-length: refused, a causal LM is not read in windows)
         totals = np.zeros(len(sequences))
-        by_length: dict[int, list[int]] = {}
-        for k, seq in enumerate(sequences):
-            by_length.setdefault(len(seq), []).append(k)
-        for length, members in sorted(by_length.items()):
-            per_pass = max(1, self.max_tokens // (length + 2))
-            for first in range(0, len(members), per_pass):
-                part = members[first:first + per_pass]
-                encoded = [self._encode_window(sequences[k], 0) for k in part]
-                logits = self._forward([(ids, extra) for ids, extra, _, _ in encoded])  # (B, T, V)
-                with torch.inference_mode():
-                    for b, (ids, _, token_at, _) in enumerate(encoded):
-                        # the logits before a token predict it
-                        rows = logits[b, (token_at - 1).to(logits.device)].float().log_softmax(-1)
-                        picked = rows.gather(1, ids[token_at].to(rows.device)[:, None])
-                        totals[part[b]] = float(picked.double().sum())
-                del logits
-                if bar is not None:
-                    bar.update(length * len(part))
+        for batch in self._batches(sequences, [(k,) for k in range(len(sequences))]):
+            part = [k for k, in batch]
+            encoded = [self._encode_window(sequences[k], 0) for k in part]
+            logits = self._forward([(ids, extra) for ids, extra, _, _ in encoded])  # (B, T, V)
+            with torch.inference_mode():
+                for b, (ids, _, token_at, _) in enumerate(encoded):
+                    # the logits before a token predict it
+                    rows = logits[b, (token_at - 1).to(logits.device)].float().log_softmax(-1)
+                    picked = rows.gather(1, ids[token_at].to(rows.device)[:, None])
+                    totals[part[b]] = float(picked.double().sum())
+            del logits
+            if bar is not None:
+                bar.update(sum(len(sequences[k]) for k in part))
         return totals
 
-    def _pseudo_ppl_scores(self, sequence, variants, scorable, scores, store, causal: bool = False):
+    def _likelihood_scores(self, sequence, variants, scorable, scores, store):
+        """pseudo-ppl (a masked LM) or log-likelihood (a causal one): each distinct mutant's less the
+        wild type's."""
         mutants = {i: mutate(sequence, variants[i]) for i in scorable}
         distinct = sorted(set(mutants.values()) - {sequence})
         bar = self._bar(len(sequence) * (1 + len(distinct)))
         pll: dict[str, float] = {}
-        likelihood = self.log_likelihood if causal else self.pseudo_log_likelihood
+        likelihood = self.log_likelihood if self.causal else self.pseudo_log_likelihood
         try:
             for chunk in [[sequence]] + _chunks(distinct, MUTANTS_PER_UNIT):
-                values = _run_unit(store, _unit_key("ll" if causal else "pll", sequence, chunk),
+                values = _run_unit(store, _unit_key("ll" if self.causal else "pll", sequence, chunk),
                                    lambda c=chunk: likelihood(c, bar=bar), bar, len(sequence) * len(chunk),
                                    _totals_check(len(chunk)))
                 pll.update(zip(chunk, values.tolist()))
@@ -685,13 +688,12 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     """Read and check every row before any model is loaded: a one-line InputError naming the file,
     line and mutation for the first that does not fit its wild type (the one of `wild_types`, or
     the one its `id_column` names)."""
+    from protrans_cli.heads.labels import _utf16_text
     from protrans_cli.io.files import display_name, open_input
 
     name = display_name(path)
     with open_input(path) as stream:
         data = stream.read()
-    from protrans_cli.heads.labels import _utf16_text
-
     # (UTF-16, Excel's "Unicode Text" and PowerShell's `>`, holds NULs: read as such, not refused)
     wide = _utf16_text(data, name)
     if wide is None and (data.startswith(b"\x89HDF") or b"\0" in data[:4096]):
@@ -871,24 +873,20 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     if missing:
         console.warn(f"{console.counted(missing, 'row')} of {table.name} with no variant in "
                      f"{options.mutation_column!r} (empty or NA) left without a score")
-    if output in (None, "-"):
-        results = _score_all(table, wild_types, columns, options, None)
-    else:
-        from protrans_cli.io.files import output_lock
+    to_file = output not in (None, "-")
+    from protrans_cli.io.files import output_lock
 
-        with output_lock(output, "is the output of another protrans run that is running now: wait for it to end, "
-                                 "or choose another -o"):
-            store = UnitStore(partial_folder(output), resume=options.resume)
-            results = _score_all(table, wild_types, columns, options, store)
-            _write_table(output, table, columns, ensemble_columns, results, options)
-            _plot(table, wild_types, columns, ensemble_columns, results, options)
+    # (a file: locked against another run on it, its finished work kept beside it for --resume)
+    with output_lock(output, "is the output of another protrans run that is running now: wait for it to end, "
+                             "or choose another -o") if to_file else contextlib.nullcontext():
+        store = UnitStore(partial_folder(output), resume=options.resume) if to_file else None
+        results = _score_all(table, wild_types, columns, options, store)
+        written = _written(columns, ensemble_columns, results, options)
+        _write_table(output, table, written)
+        _plot(table, wild_types, written, options)
+        if store is not None:
             store.remove()
-        return _report_truth(table, _written(columns, ensemble_columns, results, options), options) \
-            if options.truth_column else {}
-    _write_table(output, table, columns, ensemble_columns, results, options)
-    _plot(table, wild_types, columns, ensemble_columns, results, options)
-    return _report_truth(table, _written(columns, ensemble_columns, results, options), options) \
-        if options.truth_column else {}
+    return _report_truth(table, written, options) if options.truth_column else {}
 
 
 def _written(columns, ensemble_columns, results, options) -> list[tuple[str, np.ndarray]]:
@@ -898,20 +896,19 @@ def _written(columns, ensemble_columns, results, options) -> list[tuple[str, np.
     return [(c, results[c]) for c, _, _ in columns] + ensemble
 
 
-def _plot(table, wild_types, columns, ensemble_columns, results, options) -> None:
+def _plot(table, wild_types, written, options) -> None:
     if options.plot is None:
         return
     ident, sequence = wild_types[0]
     models = ", ".join(model_label(m) for m in options.models)
-    save_scan_png(sequence, table.variants, _written(columns, ensemble_columns, results, options), options.plot,
+    save_scan_png(sequence, table.variants, written, options.plot,
                   offset=options.offset, title=f"every substitution of {ident} ({len(sequence)} residues): {models}")
     console.info(f"variants: the landscape drawn in {options.plot}")
 
 
-def _write_table(output, table, columns, ensemble_columns, results, options) -> None:
+def _write_table(output, table, written) -> None:
     from protrans_cli.io.files import atomic_output
 
-    written = _written(columns, ensemble_columns, results, options)
     with atomic_output(output, "wb") as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
         writer = csv.writer(text, delimiter=table.delimiter, lineterminator="\n")
@@ -1012,6 +1009,8 @@ class UnitStore:
         """`store(key, compute, check)` for VariantScorer.score under this model and its settings."""
         import hashlib
 
+        from protrans_cli.io.files import atomic_output
+
         # (a model directory has no commit: its files' sizes and times stand for it, so that one
         # trained again in place, or replaced, does not lend its old numbers to a --resume; the
         # device too, whose kernels give other last digits, as a dtype does)
@@ -1030,13 +1029,10 @@ class UnitStore:
                     return kept
             value = np.asarray(compute())
             self._create()
-            temporary = path.with_name(f".{path.name}.tmp")
             try:
-                with open(temporary, "wb") as f:
-                    np.save(f, value, allow_pickle=False)
-                temporary.replace(path)
+                with atomic_output(path) as stream:  # (a temporary of its own, renamed into place)
+                    np.save(stream, value, allow_pickle=False)
             except OSError as exc:
-                temporary.unlink(missing_ok=True)
                 raise RuntimeFailure(f"cannot write {path}: {exc.strerror}") from None
             return value
 
