@@ -24,24 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from contacts_bench import build_model  # noqa: E402  (the same random ESM-2-shaped checkpoint)
+
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def build_model(preset: str, directory: Path) -> None:
-    import torch
-    from transformers import EsmForMaskedLM
-
-    from protrans_cli.models import get_family
-    from protrans_cli.models.tokenizers import save_tokenizer
-
-    family = get_family("esm")
-    tokenizer = family.build_tokenizer()
-    torch.manual_seed(0)
-    EsmForMaskedLM(family.build_config(preset, tokenizer)).eval().save_pretrained(directory)
-    save_tokenizer(tokenizer, directory)
-
-
-def baseline_site_log_probs(model, tokenizer, sequence: str, device, sequences_positions=None):
+def baseline_site_log_probs(model, tokenizer, sequence: str, device):
     """predict.py: every residue masked in turn, one copy a pass; (L, V) log-probabilities."""
     import torch
 
