@@ -258,6 +258,20 @@ def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: lis
 
 def _reference_labels(labels, label_format: str, ref_ids: list[str]) -> tuple[list[str], dict, dict]:
     """(columns, id -> {column: label}, column -> labels meaning unknown) of a per-protein label file."""
+    columns, by_id, unknown, first = protein_labels(labels, label_format, "knn transfers a label per protein")
+    unlabelled = sum(1 for i in ref_ids if i not in by_id)
+    if unlabelled == len(ref_ids):
+        raise InputError(f"labels none of the reference's {len(ref_ids):,} proteins (ids such as "
+                         f"{ref_ids[0]!r}; the file's: {first or 'none'!r})", path=str(labels))
+    if unlabelled:
+        console.info(f"{labels}: {unlabelled:,} of the reference's {len(ref_ids):,} proteins have no label (an "
+                     "empty column where one is a neighbour)")
+    return columns, by_id, unknown
+
+
+def protein_labels(labels, label_format: str, use: str) -> tuple[list[str], dict, dict, str | None]:
+    """(columns, id -> {column: label}, column -> labels meaning unknown, the first id) of a
+    per-protein label file; a file of per-residue labels refused (`use` says why)."""
     from protrans_cli.heads.labels import read_labels
 
     label_set = read_labels(labels, label_format)
@@ -267,8 +281,8 @@ def _reference_labels(labels, label_format: str, ref_ids: list[str]) -> tuple[li
         any(r.mask is not None for r in label_set.records)
         or all(r.sequence and len(r.labels.get("label", "")) == len(r.sequence) > 1 for r in label_set.records))
     if label_set.format in per_residue or residue_targets:
-        raise InputError(f"holds per-residue labels ({label_set.format}); knn transfers a label per protein "
-                         "(a DeepLoc FASTA, an id,label table, FLIP CSV)", path=str(labels))
+        raise InputError(f"holds per-residue labels ({label_set.format}); {use} (a DeepLoc FASTA, an id,label "
+                         "table, FLIP CSV)", path=str(labels))
     columns: list[str] = []
     by_id: dict[str, dict] = {}
     for record in label_set.records:
@@ -276,15 +290,8 @@ def _reference_labels(labels, label_format: str, ref_ids: list[str]) -> tuple[li
         for name in record.labels:
             if name not in columns:
                 columns.append(name)
-    unlabelled = sum(1 for i in ref_ids if i not in by_id)
-    if unlabelled == len(ref_ids):
-        raise InputError(f"labels none of the reference's {len(ref_ids):,} proteins (ids such as "
-                         f"{ref_ids[0]!r}; the file's: {label_set.records[0].id if label_set.records else 'none'!r})",
-                         path=str(labels))
-    if unlabelled:
-        console.info(f"{labels}: {unlabelled:,} of the reference's {len(ref_ids):,} proteins have no label (an "
-                     "empty column where one is a neighbour)")
-    return columns, by_id, UNKNOWN.get(label_set.format, {})
+    first = label_set.records[0].id if label_set.records else None
+    return columns, by_id, UNKNOWN.get(label_set.format, {}), first
 
 
 def _vote(labels: list[str | None]) -> str | None:

@@ -153,7 +153,7 @@ def test_shell_completion_lists_commands_and_options():
     env = {**os.environ, "_PROTRANS_COMPLETE": "bash_complete", "COMP_WORDS": "protrans pr", "COMP_CWORD": "1"}
     out = subprocess.run([sys.executable, "-m", "protrans_cli"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["plain,prep", "plain,predict"]
+    assert out.stdout.split() == ["plain,prep", "plain,predict", "plain,project"]
     env.update(COMP_WORDS="protrans embed --lay", COMP_CWORD="2")
     out = subprocess.run([sys.executable, "-m", "protrans_cli"], env=env, capture_output=True, text=True)
     assert "plain,--layout" in out.stdout.split()

@@ -1,0 +1,677 @@
+"""Maps of embedding space: every protein's per-protein vector placed in two (or three)
+dimensions by PCA, t-SNE or UMAP, written as a table, a picture and an interactive page
+(bio_embeddings' `project` and `visualize` stages).
+
+    result = project(["train.h5", "test.h5"], "map.tsv", method="umap", labels=["deeploc.fasta"],
+                     plot="map.png", html="map.html")
+    coords, explained = reduce(vectors, method="pca", dims=2)     # a notebook's (N, D) array
+
+PCA needs nothing beyond numpy: the covariance is summed a slice of rows at a time in float64 (a
+proteome's vectors are never copied whole), its eigenvectors are the axes, each signed so that
+its largest loading is positive (the same map from the same file, run after run). t-SNE is
+scikit-learn's, UMAP is umap-learn's (`pip install 'protrans[project]'`), both seeded.
+
+How far a map can be trusted is measured, not assumed: `kept` is the fraction of every
+protein's 10 nearest neighbours in embedding space (by the metric) that are among its 10
+nearest on the map (Euclidean), averaged over the proteins (at most 2,000 of them, drawn by the
+seed, each against all). 1.0 keeps every neighbourhood; a random placement keeps about 10/N.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli import console
+from protrans_cli.errors import InputError, UsageError
+
+METHODS = ("pca", "tsne", "umap")
+METRICS = ("euclidean", "cosine")
+NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+# method -> (module imported, the package that provides it)
+EXTRAS = {"tsne": ("sklearn", "scikit-learn"), "umap": ("umap", "umap-learn")}
+ROWS_PER_SLICE = 16384       # rows of vectors in float64 at a time (16,384 x 1,024: 128 MiB)
+KEPT_NEIGHBOURS = 10
+KEPT_QUERIES = 2000
+MAX_COLOURS = 20             # categories beyond the most frequent 19 are drawn as one "other"
+CONTINUOUS_MIN_VALUES = 12   # numeric labels with at least this many distinct values: a colour scale
+SOURCE = "source"            # the column naming each row's input file
+
+
+@dataclass
+class Projection:
+    """What `project` made: a row per protein of every input, in input order."""
+
+    ids: list[str]
+    sources: list[str]                 # the input file each row came from
+    coords: np.ndarray                 # (N, dims) float64
+    method: str = "pca"
+    metric: str = "euclidean"
+    labels: dict = field(default_factory=dict)   # column -> [label or None per row]
+    explained: np.ndarray | None = None          # PCA: the variance fraction of each axis
+    kept: float | None = None                    # neighbourhoods kept (module docstring)
+    colour_by: str | None = None                 # the column the picture and the page colour by
+
+    def axis_names(self) -> list[str]:
+        name = "PC" if self.method == "pca" else f"{NAMES[self.method]} "
+        names = [f"{name}{i + 1}" for i in range(self.coords.shape[1])]
+        if self.explained is not None:
+            names = [f"{n} ({100 * e:.1f}%)" for n, e in zip(names, self.explained)]
+        return names
+
+
+def check_method(method: str, dims: int, metric: str) -> None:
+    """The settings' own refusals, before anything is read (and the optional package's)."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
+    if metric not in METRICS:
+        raise UsageError(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
+    if dims not in (2, 3):
+        raise UsageError(f"--dims {dims}: a map has 2 or 3 dimensions")
+    if method in EXTRAS:
+        module, package = EXTRAS[method]
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # (a module set to None in sys.modules, or half-installed)
+            found = False
+        if not found:
+            raise UsageError(f"--method {method} needs {package}, which is not installed: "
+                             f"pip install 'protrans[project]' (or {package}); --method pca needs nothing more")
+
+
+def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: str = "euclidean", seed: int = 0,
+           perplexity: float | None = None, neighbors: int | None = None, min_dist: float = 0.1,
+           threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(coords (N, dims) float64, the PCA axes' variance fractions or None) of (N, D) vectors.
+
+    `metric` cosine compares directions: the rows are scaled to unit length first (for PCA:
+    the map of the unit vectors; t-SNE and UMAP are given metric="cosine" as well). t-SNE's
+    `perplexity` defaults to 30 and UMAP's `neighbors` to 15, lowered for a small N (said
+    on stderr); given, they must fit N."""
+    check_method(method, dims, metric)
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        raise InputError(f"vectors of shape {vectors.shape}: expected (proteins, dimensions)")
+    n, width = vectors.shape
+    least = 2 if method == "pca" else 4
+    if n < least:
+        raise InputError(f"{n} protein(s): {NAMES[method]} places {least} at least")
+    if width < dims:
+        raise InputError(f"vectors of {width} dimension(s) cannot be mapped into {dims}")
+    if metric == "cosine":
+        _check_norms(vectors)
+    if method == "pca":
+        return pca(vectors, dims, metric=metric)
+    if method == "tsne":
+        return _tsne(vectors, dims, metric, seed, perplexity, threads), None
+    return _umap(vectors, dims, metric, seed, neighbors, min_dist), None
+
+
+def _slices(n: int, size: int = ROWS_PER_SLICE):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _rows(vectors: np.ndarray, part: slice, metric: str) -> np.ndarray:
+    rows = np.asarray(vectors[part], dtype=np.float64)
+    if metric == "cosine":
+        rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+def _check_norms(vectors: np.ndarray, ids: list[str] | None = None) -> None:
+    for part in _slices(len(vectors)):
+        norms = np.linalg.norm(np.asarray(vectors[part], dtype=np.float64), axis=1)
+        if (zero := np.flatnonzero(norms == 0)).size:
+            which = ids[part.start + int(zero[0])] if ids is not None else f"row {part.start + int(zero[0])}"
+            raise InputError(f"{which}: a vector of zeros has no direction, so no cosine distance "
+                             "(--metric euclidean places it)")
+
+
+def pca(vectors: np.ndarray, dims: int = 2, *, metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
+    """Principal components: (coords (N, dims), each axis's fraction of the total variance).
+
+    The covariance is summed in float64 a slice of rows at a time; the axes are its top
+    eigenvectors, each signed so that its largest loading is positive."""
+    n, width = vectors.shape
+    total = np.zeros(width)
+    for part in _slices(n):
+        total += _rows(vectors, part, metric).sum(axis=0)
+    mean = total / n
+    scatter = np.zeros((width, width))
+    for part in _slices(n):
+        centred = _rows(vectors, part, metric) - mean
+        scatter += centred.T @ centred
+    values, axes = np.linalg.eigh(scatter)  # ascending
+    order = np.argsort(values)[::-1][:dims]
+    values, axes = np.clip(values[order], 0.0, None), axes[:, order]
+    strongest = np.abs(axes).argmax(axis=0)
+    axes = axes * np.where(axes[strongest, range(dims)] < 0, -1.0, 1.0)
+    coords = np.empty((n, dims))
+    for part in _slices(n):
+        coords[part] = (_rows(vectors, part, metric) - mean) @ axes
+    variance = float(np.clip(np.trace(scatter), 0.0, None))
+    explained = values / variance if variance > 0 else np.zeros(dims)
+    return coords, explained
+
+
+def _tsne(vectors, dims: int, metric: str, seed: int, perplexity: float | None, threads: int | None) -> np.ndarray:
+    from sklearn.manifold import TSNE
+
+    n = len(vectors)
+    most = (n - 1) / 3  # (sklearn refuses a perplexity >= N; 3 perplexities of neighbours are what it reads)
+    if perplexity is None:
+        perplexity = min(30.0, most)
+        if perplexity < 30.0:
+            console.info(f"t-SNE: perplexity {perplexity:.3g} for {n} proteins (30 needs 91 at least)")
+    elif not 0 < perplexity < n:
+        raise UsageError(f"--perplexity {perplexity:g}: between 0 and the number of proteins ({n}), "
+                         f"at most {most:.3g} is usual")
+    model = TSNE(n_components=dims, perplexity=float(perplexity), metric=metric, init="pca",
+                 learning_rate="auto", random_state=seed, n_jobs=threads)
+    data = np.asarray(vectors, dtype=np.float32)
+    if metric == "cosine":  # (init="pca" projects the vectors themselves: the unit ones, as for PCA)
+        data = data / np.linalg.norm(data, axis=1, keepdims=True)
+    return np.asarray(model.fit_transform(data), dtype=np.float64)
+
+
+def _umap(vectors, dims: int, metric: str, seed: int, neighbors: int | None, min_dist: float) -> np.ndarray:
+    import warnings
+
+    n = len(vectors)
+    if neighbors is None:
+        neighbors = min(15, n - 1)
+        if neighbors < 15:
+            console.info(f"UMAP: {neighbors} neighbours for {n} proteins")
+    elif not 2 <= neighbors < n:
+        raise UsageError(f"--neighbors {neighbors}: between 2 and the number of proteins less one ({n - 1})")
+    if not 0 <= min_dist <= 1:
+        raise UsageError(f"--min-dist {min_dist:g}: between 0 and 1")
+    with warnings.catch_warnings():
+        # (umap-learn warns that a seed makes it run on one thread, and numba about its caches)
+        warnings.simplefilter("ignore")
+        import umap
+
+        model = umap.UMAP(n_components=dims, n_neighbors=int(neighbors), min_dist=float(min_dist), metric=metric,
+                          random_state=seed, init="spectral" if n > dims + 1 else "random")
+        coords = model.fit_transform(np.asarray(vectors, dtype=np.float32))
+    return np.asarray(coords, dtype=np.float64)
+
+
+def neighbourhoods_kept(vectors: np.ndarray, coords: np.ndarray, *, metric: str = "euclidean",
+                        k: int = KEPT_NEIGHBOURS, queries: int = KEPT_QUERIES, seed: int = 0) -> float:
+    """The mean fraction of a protein's k nearest neighbours in `vectors` (by `metric`) that
+    are among its k nearest in `coords` (Euclidean), over `queries` proteins drawn by `seed`
+    (every protein when there are no more), each against all; itself excluded."""
+    n = len(vectors)
+    k = min(k, n - 1)
+    if k < 1:
+        return math.nan
+    chosen = np.arange(n) if n <= queries else np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
+    high_norms = np.concatenate([(_rows(vectors, part, metric) ** 2).sum(axis=1) for part in _slices(n)])
+    low = np.asarray(coords, dtype=np.float64)
+    low_norms = (low ** 2).sum(axis=1)
+    per_slice = max(1, (1 << 24) // n)  # query rows x N distances in float64 at a time: 128 MiB
+    kept = 0.0
+    for start in range(0, len(chosen), per_slice):
+        rows = chosen[start:start + per_slice]
+        q = _rows(vectors, rows, metric)
+        high = high_norms[None, :] - 2.0 * _product(q, vectors, metric) + high_norms[rows, None]
+        near_low = low_norms[None, :] - 2.0 * (low[rows] @ low.T) + low_norms[rows, None]
+        for distances in (high, near_low):
+            distances[np.arange(len(rows)), rows] = np.inf  # (itself)
+        high_k = np.argpartition(high, k - 1, axis=1)[:, :k]
+        low_k = np.argpartition(near_low, k - 1, axis=1)[:, :k]
+        for a, b in zip(high_k, low_k):
+            kept += len(np.intersect1d(a, b, assume_unique=True)) / k
+    return kept / len(chosen)
+
+
+def _product(q: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
+    """q @ vectors.T with the vectors read a slice at a time (as `_rows` gives them)."""
+    out = np.empty((len(q), len(vectors)))
+    for part in _slices(len(vectors)):
+        out[:, part] = q @ _rows(vectors, part, metric).T
+    return out
+
+
+def read_vectors(paths, *, layer: int = -1, allow_model_mismatch: bool = False):
+    """(ids, sources, (N, D) float32) of every input's per-protein vectors, in input order.
+    A file of per-residue embeddings only gives each protein's mean over its residues (what
+    embed stores as per-protein). The files must come from one model and pooling."""
+    from protrans_cli.knn import _check_same_model, _check_same_pooling
+
+    ids: list[str] = []
+    sources: list[str] = []
+    blocks: list[np.ndarray] = []
+    first = None
+    for path in paths:
+        file_ids, matrix, attrs = _file_vectors(path, layer)
+        if first is None:
+            first = (path, matrix.shape[1], attrs)
+        else:
+            _check_same_model(path, first[0], attrs, first[2], allow_model_mismatch)
+            _check_same_pooling(path, first[0], attrs, first[2], allow_model_mismatch)
+            if matrix.shape[1] != first[1]:
+                raise InputError(f"vectors of {matrix.shape[1]} dimensions, where {first[0]}'s have {first[1]}: "
+                                 "one map places vectors of one model", path=str(path))
+        ids += file_ids
+        sources += [Path(str(path)).name] * len(file_ids)
+        blocks.append(matrix)
+    vectors = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    return ids, sources, vectors
+
+
+def _file_vectors(path, layer: int):
+    from protrans_cli.heads.data import stored_layer_index
+    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
+    from protrans_cli.knn import _vectors
+
+    with EmbeddingsReader(path) as reader:
+        residues_only = PER_PROTEIN not in reader.kinds
+        if residues_only:
+            if PER_RESIDUE not in reader.kinds:
+                raise InputError("holds no embeddings", path=str(path))
+            attrs = dict(reader.attrs)
+            ids, rows = [], []
+            for ident, array, _ in reader.items(PER_RESIDUE):
+                if len(array) == 0:
+                    continue
+                mean = np.asarray(array, dtype=np.float64).mean(axis=0)
+                if mean.ndim == 2:  # several layers stored: (n_layers, D)
+                    mean = mean[stored_layer_index(reader, layer)]
+                elif layer != -1:
+                    stored_layer_index(reader, layer)
+                ids.append(ident)
+                rows.append(mean.astype(np.float32))
+    if not residues_only:
+        ids, matrix, attrs = _vectors(path, layer, "embeddings")
+    else:
+        if not ids:
+            raise InputError("holds no protein", path=str(path))
+        matrix = np.stack(rows)
+        console.info(f"{path}: per-residue embeddings only; each protein is placed by their mean (as embed's "
+                     "per-protein vectors)")
+        if not np.isfinite(matrix).all():
+            bad = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
+            raise InputError(f"embeddings: {ids[bad]} has NaN or infinite values", path=str(path))
+    if not ids:
+        raise InputError("holds no protein", path=str(path))
+    return ids, matrix, attrs
+
+
+def read_colour_labels(label_files, label_format: str, ids: list[str]) -> tuple[list[str], dict]:
+    """(columns, id -> {column: label}) of one or more per-protein label files (DeepLoc FASTA,
+    id,label tables, FLIP CSV) for the proteins `ids`; labels meaning unknown (DeepLoc's
+    membrane U) are left out. A protein two files label differently is an error; files that
+    label none of the proteins are an error, those that label some are said on stderr."""
+    from protrans_cli.knn import protein_labels
+
+    wanted = set(ids)
+    columns: list[str] = []
+    by_id: dict[str, dict] = {}
+    found_in: dict[tuple[str, str], str] = {}
+    for path in label_files:
+        file_columns, file_by_id, unknown, first = protein_labels(path, label_format,
+                                                                  "a map colours each protein by one label")
+        if not wanted & file_by_id.keys():
+            raise InputError(f"labels none of the {len(ids):,} proteins mapped (ids such as {ids[0]!r}; the "
+                             f"file's: {first or 'none'!r})", path=str(path))
+        for column in file_columns:
+            if column not in columns:
+                columns.append(column)
+        for ident, labels in file_by_id.items():
+            if ident not in wanted:
+                continue
+            into = by_id.setdefault(ident, {})
+            for column, value in labels.items():
+                if value is None or value == "" or value in unknown.get(column, ()):
+                    continue
+                if column in into and into[column] != value:
+                    raise InputError(f"{ident}: {column} {value!r} here, {into[column]!r} in "
+                                     f"{found_in[(ident, column)]}", path=str(path))
+                into[column] = value
+                found_in[(ident, column)] = str(path)
+    unlabelled = sum(1 for i in wanted if i not in by_id)
+    if unlabelled:
+        console.info(f"{unlabelled:,} of the {len(wanted):,} proteins mapped have no label (drawn in grey)")
+    return columns, by_id
+
+
+def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: str = "euclidean", layer: int = -1,
+            labels=(), label_format: str = "auto", colour_by: str | None = None, seed: int = 0,
+            perplexity: float | None = None, neighbors: int | None = None, min_dist: float = 0.1,
+            plot=None, html_path=None, threads: int | None = None, allow_model_mismatch: bool = False,
+            measure: bool = True) -> Projection:
+    """Place the per-protein vectors of `inputs` (embeddings files of one model) on a map and
+    write it: `output` a TSV (id, source with several inputs, x, y[, z], the label columns;
+    '-' stdout, None nothing), `plot` a PNG/SVG/PDF picture, `html_path` a page to explore it
+    in a browser (2 dimensions). Every output is written whole or not at all."""
+    from protrans_cli.io.files import input_named_by, output_directory
+
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    labels = [labels] if isinstance(labels, (str, Path)) else list(labels or ())
+    if not inputs:
+        raise UsageError("no embeddings to map: give one file or more")
+    check_method(method, dims, metric)
+    if html_path is not None and dims != 2:
+        raise UsageError("--html draws 2 dimensions: leave out --dims 3 (or --html)")
+    if plot is not None and Path(str(plot)).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"--plot {plot}: a picture is .png, .svg or .pdf")
+    outputs = [(o, flag) for o, flag in ((output, "-o"), (plot, "--plot"), (html_path, "--html"))
+               if o is not None and str(o) != "-"]
+    for out, flag in outputs:
+        if source := input_named_by(out, [*inputs, *labels]):
+            raise UsageError(f"{flag} {out} is also an input: writing it would replace {source} (choose another name)")
+        output_directory(out)
+    for i, (out, flag) in enumerate(outputs):
+        for other, other_flag in outputs[i + 1:]:
+            from protrans_cli.io.files import same_file
+
+            if same_file(out, other) or str(out) == str(other):
+                raise UsageError(f"{flag} and {other_flag} name one file ({out}): give each its own")
+    ids, sources, vectors = read_vectors(inputs, layer=layer, allow_model_mismatch=allow_model_mismatch)
+    if metric == "cosine":
+        _check_norms(vectors, ids)
+    columns, by_id = read_colour_labels(labels, label_format, ids) if labels else ([], {})
+    label_rows = {c: [by_id.get(i, {}).get(c) for i in ids] for c in columns}
+    several = len(inputs) > 1
+    if several:
+        label_rows = {SOURCE: list(sources), **label_rows}
+    if colour_by is not None and colour_by not in label_rows:
+        known = ", ".join(label_rows) or "none: give --labels"
+        raise UsageError(f"--color-by {colour_by}: no such label column (the columns: {known})")
+    chosen = colour_by or next((c for c in columns), SOURCE if several else None)
+    console.info(f"placing {console.counted(len(ids), 'protein')} ({vectors.shape[1]} dimensions) by "
+                 f"{NAMES[method]} ({metric})")
+    coords, explained = reduce(vectors, method=method, dims=dims, metric=metric, seed=seed, perplexity=perplexity,
+                               neighbors=neighbors, min_dist=min_dist, threads=threads)
+    result = Projection(ids, sources, coords, method, metric, label_rows, explained, None, chosen)
+    if measure:
+        result.kept = neighbourhoods_kept(vectors, coords, metric=metric, seed=seed)
+    if output is not None:
+        write_table(result, output)
+    if plot is not None:
+        save_map_picture(result, plot, title=_title(result, inputs))
+    if html_path is not None:
+        save_map_page(result, html_path, title=_title(result, inputs))
+    console.info(_summary(result, output))
+    return result
+
+
+def _title(result: Projection, inputs) -> str:
+    names = ", ".join(Path(str(p)).name for p in inputs)
+    return f"{NAMES[result.method]} ({result.metric}) of {names}: {console.counted(len(result.ids), 'protein')}"
+
+
+def _summary(result: Projection, output) -> str:
+    parts = [f"project: {console.counted(len(result.ids), 'protein')} by {NAMES[result.method]}"]
+    if result.explained is not None:
+        parts.append("axes explain " + ", ".join(f"{100 * e:.1f}%" for e in result.explained) + " of the variance")
+    if result.kept is not None and not math.isnan(result.kept):
+        k = min(KEPT_NEIGHBOURS, len(result.ids) - 1)
+        parts.append(f"{k} nearest neighbours kept on the map: {result.kept:.2f} (random: {k / max(1, len(result.ids) - 1):.2f})")
+    text = "; ".join(parts)
+    return text + (f"; into {output}" if output is not None and str(output) != "-" else "")
+
+
+def write_table(result: Projection, output) -> None:
+    """The TSV: id, source (with several inputs), one column per axis, the label columns."""
+    from protrans_cli.io.files import atomic_output
+    from protrans_cli.knn import _cell
+
+    axes = ["x", "y", "z"][:result.coords.shape[1]]
+    label_columns = [c for c in result.labels if c != SOURCE]
+    head = ["id", *([SOURCE] if SOURCE in result.labels else []), *axes, *label_columns]
+    with atomic_output(output) as stream:
+        stream.write(("\t".join(head) + "\n").encode())
+        lines = []
+        for row, ident in enumerate(result.ids):
+            cells = [_cell(ident)]
+            if SOURCE in result.labels:
+                cells.append(_cell(result.sources[row]))
+            cells += [f"{v:.6g}" for v in result.coords[row]]
+            cells += [_cell("" if result.labels[c][row] is None else result.labels[c][row]) for c in label_columns]
+            lines.append("\t".join(cells))
+            if len(lines) == 4096:
+                stream.write(("\n".join(lines) + "\n").encode())
+                lines = []
+        if lines:
+            stream.write(("\n".join(lines) + "\n").encode())
+
+
+@dataclass
+class Colouring:
+    """How the points are coloured: by category (a colour each, an `other` for the rare ones),
+    by a scale of numbers, or one colour."""
+
+    kind: str                      # "category", "scale" or "none"
+    colours: list[str]             # one per row, "#rrggbb"
+    legend: list[tuple[str, str, int]] = field(default_factory=list)  # (label, colour, count), categories
+    low: float = math.nan
+    high: float = math.nan
+    column: str | None = None
+
+
+UNLABELLED = "#c8c8c8"
+OTHER = "#7f7f7f"
+
+
+def colouring(result: Projection) -> Colouring:
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    n = len(result.ids)
+    column = result.colour_by
+    if column is None:
+        return Colouring("none", ["#1f77b4"] * n)
+    values = result.labels[column]
+    present = [v for v in values if v is not None]
+    numbers = _numbers(present)
+    if numbers is not None and len(set(numbers)) >= CONTINUOUS_MIN_VALUES:
+        low, high = float(min(numbers)), float(max(numbers))
+        scale = colormaps["viridis"]
+        span = high - low or 1.0
+        colours = [UNLABELLED if v is None else to_hex(scale((float(v) - low) / span)) for v in values]
+        unlabelled = n - len(present)
+        legend = [("no label", UNLABELLED, unlabelled)] if unlabelled else []
+        return Colouring("scale", colours, legend, low, high, column)
+    counts: dict[str, int] = {}
+    for v in present:
+        counts[str(v)] = counts.get(str(v), 0) + 1
+    ranked = sorted(counts, key=lambda c: (-counts[c], c))
+    shown = ranked if len(ranked) <= MAX_COLOURS else ranked[:MAX_COLOURS - 1]
+    palette = colormaps["tab10" if len(shown) <= 10 else "tab20"]
+    colour_of = {c: to_hex(palette(i % palette.N)) for i, c in enumerate(sorted(shown))}
+    legend = [(c, colour_of[c], counts[c]) for c in sorted(shown)]
+    rest = [c for c in ranked if c not in colour_of]
+    if rest:
+        legend.append((f"other ({len(rest)} labels)", OTHER, sum(counts[c] for c in rest)))
+    if len(present) < n:
+        legend.append(("no label", UNLABELLED, n - len(present)))
+    colours = [UNLABELLED if v is None else colour_of.get(str(v), OTHER) for v in values]
+    return Colouring("category", colours, legend, column=column)
+
+
+def _numbers(values: list) -> list[float] | None:
+    out = []
+    for v in values:
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(number):
+            return None
+        out.append(number)
+    return out if out else None
+
+
+def _draw_order(colours: Colouring) -> np.ndarray:
+    """Unlabelled points first (underneath), then the rest in row order."""
+    grey = np.array([c == UNLABELLED for c in colours.colours])
+    return np.concatenate([np.flatnonzero(grey), np.flatnonzero(~grey)])
+
+
+def save_map_picture(result: Projection, path, *, title: str = "") -> None:
+    """The map as a scatter plot (PNG, SVG or PDF by the name), coloured by `colour_by` with a
+    legend (or a colour bar for numbers); written atomically."""
+    from matplotlib.figure import Figure
+
+    from protrans_cli.io.files import atomic_output
+
+    colours = colouring(result)
+    n, dims = result.coords.shape
+    size = float(np.clip(3000.0 / max(n, 1), 1.0, 30.0))
+    fig = Figure(figsize=(8.5 if colours.legend or colours.kind == "scale" else 6.5, 6))
+    ax = fig.add_subplot(projection="3d" if dims == 3 else None)
+    order = _draw_order(colours)
+    points = result.coords[order]
+    scatter_colours = [colours.colours[i] for i in order]
+    ax.scatter(*points.T, c=scatter_colours, s=size, linewidths=0, alpha=0.85)
+    names = result.axis_names()
+    ax.set_xlabel(names[0], fontsize=8)
+    ax.set_ylabel(names[1], fontsize=8)
+    if dims == 3:
+        ax.set_zlabel(names[2], fontsize=8)
+    ax.tick_params(labelsize=7)
+    if colours.kind == "scale":
+        from matplotlib import colormaps
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        mappable = ScalarMappable(norm=Normalize(colours.low, colours.high), cmap=colormaps["viridis"])
+        fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02).set_label(colours.column, fontsize=8)
+    if colours.legend:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=5, markerfacecolor=colour,
+                          markeredgewidth=0, label=f"{label} ({count:,})") for label, colour, count in colours.legend]
+        ax.legend(handles=handles, title=colours.column, fontsize=7, title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    suffix = Path(str(path)).suffix.lower().lstrip(".") or "png"
+    with atomic_output(path) as stream:
+        fig.savefig(stream, format=suffix, dpi=130)
+
+
+def save_map_page(result: Projection, path, *, title: str = "") -> None:
+    """A self-contained HTML page (no script or style from elsewhere): the map as SVG, a point's
+    id and labels on hover, the mouse wheel zooms, dragging pans, a click on a legend entry
+    hides or shows its points. 2 dimensions. Written atomically."""
+    from protrans_cli.io.files import atomic_output
+
+    if result.coords.shape[1] != 2:
+        raise UsageError("the HTML map draws 2 dimensions")
+    colours = colouring(result)
+    xy = result.coords
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    span = np.where(high - low > 0, high - low, 1.0)
+    side = 1000.0
+    scaled = np.empty_like(xy)
+    scaled[:, 0] = 20 + (xy[:, 0] - low[0]) / span[0] * (side - 40)
+    scaled[:, 1] = side - 20 - (xy[:, 1] - low[1]) / span[1] * (side - 40)  # (SVG's y runs down)
+    radius = float(np.clip(60.0 / math.sqrt(max(len(xy), 1)), 1.5, 6.0))
+    group_of = {label: i for i, (label, _, _) in enumerate(colours.legend)}
+    label_columns = list(result.labels)
+    circles = []
+    for row in _draw_order(colours):
+        tip = [result.ids[row]] + [f"{c}: {result.labels[c][row]}" for c in label_columns
+                                   if result.labels[c][row] is not None]
+        group = _legend_entry(colours, result, row)
+        klass = f' class="g{group_of[group]}"' if group in group_of else ""
+        circles.append(f'<circle cx="{scaled[row, 0]:.1f}" cy="{scaled[row, 1]:.1f}" r="{radius:.2g}" '
+                       f'fill="{colours.colours[row]}"{klass}><title>{html.escape(chr(10).join(tip))}</title></circle>')
+    legend = "".join(
+        f'<li data-group="g{i}"><span style="background:{colour}"></span>{html.escape(str(label))} ({count:,})</li>'
+        for i, (label, colour, count) in enumerate(colours.legend))
+    if colours.kind == "scale":
+        legend = (f'<li class="scale"><span class="bar"></span>{colours.low:.4g} to {colours.high:.4g}</li>'
+                  + legend)
+    axes = result.axis_names()
+    page = _PAGE.format(title=html.escape(title), legend_title=html.escape(colours.column or ""),
+                        legend=legend, circles="\n".join(circles), side=int(side), x=html.escape(axes[0]),
+                        y=html.escape(axes[1]), facts=html.escape(json.dumps(
+                            {"method": result.method, "metric": result.metric, "proteins": len(result.ids),
+                             "neighbourhoods_kept": None if result.kept is None or math.isnan(result.kept)
+                             else round(result.kept, 4)})))
+    with atomic_output(path) as stream:
+        stream.write(page.encode("utf-8"))
+
+
+def _legend_entry(colours: Colouring, result: Projection, row: int) -> str | None:
+    if colours.kind == "none":
+        return None
+    value = result.labels[colours.column][row]
+    if value is None:
+        return "no label"
+    if colours.kind == "scale":
+        return None
+    label = str(value)
+    if any(entry == label for entry, _, _ in colours.legend):
+        return label
+    return next(entry for entry, _, _ in colours.legend if entry.startswith("other ("))
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="generator" content="protrans project" data-facts="{facts}">
+<style>
+body {{ font: 13px sans-serif; margin: 12px; }}
+#wrap {{ display: flex; gap: 16px; align-items: flex-start; }}
+svg {{ width: min(85vh, 70vw); height: min(85vh, 70vw); border: 1px solid #ddd; cursor: grab; }}
+circle {{ fill-opacity: 0.85; }}
+circle:hover {{ stroke: black; stroke-width: 1px; }}
+.hidden {{ display: none; }}
+ul {{ list-style: none; padding: 0; margin: 4px 0; }}
+li {{ cursor: pointer; margin: 2px 0; user-select: none; }}
+li.off {{ opacity: 0.35; }}
+li span {{ display: inline-block; width: 10px; height: 10px; border-radius: 5px; margin-right: 6px; }}
+li span.bar {{ width: 60px; border-radius: 0; background: linear-gradient(to right, #440154, #21918c, #fde725); }}
+</style></head>
+<body><h3>{title}</h3>
+<div id="wrap"><svg id="map" viewBox="0 0 {side} {side}" xmlns="http://www.w3.org/2000/svg">
+<g id="points">
+{circles}
+</g></svg>
+<div><b>{legend_title}</b><ul id="legend">{legend}</ul>
+<p>x: {x}<br>y: {y}</p><p>wheel: zoom; drag: move; double click: whole map;<br>
+a legend entry: hide or show its points</p></div></div>
+<script>
+(function () {{
+  var svg = document.getElementById("map"), side = {side};
+  var box = [0, 0, side, side], drag = null;
+  function show() {{ svg.setAttribute("viewBox", box.join(" ")); }}
+  function point(e) {{
+    var r = svg.getBoundingClientRect();
+    return [box[0] + (e.clientX - r.left) / r.width * box[2], box[1] + (e.clientY - r.top) / r.height * box[3]];
+  }}
+  svg.addEventListener("wheel", function (e) {{
+    e.preventDefault();
+    var p = point(e), f = e.deltaY < 0 ? 0.8 : 1.25;
+    box = [p[0] - (p[0] - box[0]) * f, p[1] - (p[1] - box[1]) * f, box[2] * f, box[3] * f]; show();
+  }}, {{passive: false}});
+  svg.addEventListener("mousedown", function (e) {{ drag = point(e); }});
+  window.addEventListener("mouseup", function () {{ drag = null; }});
+  svg.addEventListener("mousemove", function (e) {{
+    if (!drag) return;
+    var p = point(e); box[0] -= p[0] - drag[0]; box[1] -= p[1] - drag[1]; show();
+  }});
+  svg.addEventListener("dblclick", function () {{ box = [0, 0, side, side]; show(); }});
+  document.querySelectorAll("#legend li[data-group]").forEach(function (li) {{
+    li.addEventListener("click", function () {{
+      li.classList.toggle("off");
+      svg.querySelectorAll("circle." + li.dataset.group).forEach(function (c) {{ c.classList.toggle("hidden"); }});
+    }});
+  }});
+}})();
+</script></body></html>
+"""

@@ -1,0 +1,343 @@
+"""`protrans project`: PCA against numpy's SVD (and scikit-learn's PCA where installed), the
+neighbourhood figure against a brute-force count, t-SNE and UMAP on separable clusters, the
+outputs (TSV, picture, HTML page) and the refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from protrans_cli.errors import InputError, UsageError
+from protrans_cli.io.h5 import EmbeddingsWriter
+
+from conftest import heavy_imports_of
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+HAS_SKLEARN = importlib.util.find_spec("sklearn") is not None
+HAS_UMAP = importlib.util.find_spec("umap") is not None
+
+
+def _write(path, vectors, ids, *, model="onehot", residues=False, pooling=None):
+    attrs = {"model": model} | ({"pooling": pooling} if pooling else {})
+    rng = np.random.default_rng(len(vectors))
+    with EmbeddingsWriter(path, kinds=("per_residue",) if residues else ("per_protein",), attrs=attrs) as w:
+        for ident, v in zip(ids, vectors):
+            seq = "".join(rng.choice(list(AA), 6))
+            if residues:  # rows whose mean is v
+                noise = rng.normal(size=(6, len(v)))
+                w.write(ident, ident, seq, per_residue=(v + noise - noise.mean(axis=0)).astype(np.float32))
+            else:
+                w.write(ident, ident, seq, per_protein=np.asarray(v, dtype=np.float32))
+
+
+def _clusters(n_per=15, dims=16, seed=0, spread=0.3):
+    """Three well-separated clusters: (vectors (3n, dims), cluster of each row)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, dims)) * 6
+    vectors = np.concatenate([c + spread * rng.normal(size=(n_per, dims)) for c in centres])
+    return vectors, np.repeat(np.arange(3), n_per)
+
+
+def _svd_reference(x, dims):
+    centred = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    return u[:, :dims] * s[:dims], s[:dims] ** 2 / (s ** 2).sum()
+
+
+def _same_up_to_sign(a, b, tol):
+    for axis in range(a.shape[1]):
+        sign = np.sign(np.dot(a[:, axis], b[:, axis])) or 1.0
+        np.testing.assert_allclose(a[:, axis], sign * b[:, axis], atol=tol)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pca_equals_numpys_svd(monkeypatch, dims):
+    """Covariance summed over slices of 7 rows: the coordinates of numpy's SVD (up to each axis's
+    sign) and its variance fractions; scikit-learn's PCA agrees where it is installed."""
+    from protrans_cli import project as project_module
+
+    monkeypatch.setattr(project_module, "ROWS_PER_SLICE", 7)
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(40, 12)) * np.linspace(3, 0.1, 12) + 5).astype(np.float32)
+    coords, explained = project_module.reduce(x, method="pca", dims=dims)
+    ref, ref_explained = _svd_reference(x.astype(np.float64), dims)
+    _same_up_to_sign(coords, ref, 1e-9)
+    np.testing.assert_allclose(explained, ref_explained, rtol=1e-9)
+    if HAS_SKLEARN:
+        from sklearn.decomposition import PCA
+
+        theirs = PCA(n_components=dims, svd_solver="full").fit(x.astype(np.float64))
+        _same_up_to_sign(coords, theirs.transform(x.astype(np.float64)), 1e-8)
+        np.testing.assert_allclose(explained, theirs.explained_variance_ratio_, rtol=1e-8)
+
+
+def test_pca_is_fixed_by_the_data_not_the_row_order():
+    """Each axis is signed by its largest loading: the rows shuffled give each protein the same
+    point (a map redrawn from a merged or resumed file does not flip)."""
+    from protrans_cli.project import pca
+
+    x, _ = _clusters()
+    coords, _ = pca(x, 2)
+    order = np.random.default_rng(3).permutation(len(x))
+    shuffled, _ = pca(x[order], 2)
+    np.testing.assert_allclose(shuffled, coords[order], atol=1e-9)
+    flipped, _ = pca(-x, 2)  # (the same cloud mirrored: the axes follow it, signed by their loadings)
+    assert np.allclose(np.abs(flipped), np.abs(coords), atol=1e-9)
+
+
+def test_pca_cosine_maps_the_unit_vectors():
+    from protrans_cli.project import reduce
+
+    x, _ = _clusters()
+    x = x * np.random.default_rng(2).uniform(0.5, 5, size=(len(x), 1))  # lengths that cosine ignores
+    coords, explained = reduce(x, method="pca", metric="cosine")
+    ref, ref_explained = _svd_reference(x / np.linalg.norm(x, axis=1, keepdims=True), 2)
+    _same_up_to_sign(coords, ref, 1e-9)
+    np.testing.assert_allclose(explained, ref_explained, rtol=1e-9)
+
+
+def _kept_brute(x, y, k, metric):
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    high = ((x[:, None] - x[None]) ** 2).sum(-1)
+    low = ((y[:, None] - y[None]) ** 2).sum(-1)
+    np.fill_diagonal(high, np.inf)
+    np.fill_diagonal(low, np.inf)
+    a, b = np.argsort(high, axis=1)[:, :k], np.argsort(low, axis=1)[:, :k]
+    return float(np.mean([len(set(p) & set(q)) / k for p, q in zip(a, b)]))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_neighbourhoods_kept_equal_a_brute_force_count(monkeypatch, metric):
+    from protrans_cli import project as project_module
+
+    monkeypatch.setattr(project_module, "ROWS_PER_SLICE", 5)
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(37, 9)), rng.normal(size=(37, 2))
+    kept = project_module.neighbourhoods_kept(x, y, metric=metric, k=4)
+    assert kept == pytest.approx(_kept_brute(x, y, 4, metric), abs=1e-12)
+    # a map that only rotates the vectors keeps every neighbourhood
+    plane = rng.normal(size=(37, 2))
+    rotation = np.array([[0.6, -0.8], [0.8, 0.6]])
+    assert project_module.neighbourhoods_kept(plane, plane @ rotation) == 1.0
+    # over a sample of the proteins: the sample's own brute-force figure
+    sample = project_module.neighbourhoods_kept(x, y, k=4, queries=10, seed=5)
+    chosen = np.sort(np.random.default_rng(5).choice(37, 10, replace=False))
+    high = ((x[chosen, None] - x[None]) ** 2).sum(-1)
+    low = ((y[chosen, None] - y[None]) ** 2).sum(-1)
+    high[range(10), chosen] = low[range(10), chosen] = np.inf
+    expected = np.mean([len(set(np.argsort(h)[:4]) & set(np.argsort(lo)[:4])) / 4 for h, lo in zip(high, low)])
+    assert sample == pytest.approx(expected, abs=1e-12)
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.circles, self.titles, self.legend, self._in = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "circle":
+            self.circles.append(dict(attrs))
+        elif tag == "li":
+            self.legend.append(dict(attrs))
+        self._in = tag
+
+    def handle_data(self, data):
+        if self._in == "title" and self.circles:
+            self.titles.append(data)
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+
+def _table(text):
+    lines = text.rstrip("\n").split("\n")
+    head = lines[0].split("\t")
+    return head, [dict(zip(head, line.split("\t"))) for line in lines[1:]]
+
+
+def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_cli):
+    """Train and test files, each labelled by its own file: one row per protein of each (in input
+    order, a source column), the label columns, a PNG and a page with one point per protein
+    whose hover text is the id (escaped) and its labels."""
+    from protrans_cli.project import pca
+
+    x, cluster = _clusters()
+    ids = [f"sp|P{i:04d}|X_<b>&" if i == 0 else f"P{i:04d}" for i in range(len(x))]
+    train, test = list(range(0, 45, 3)) + list(range(1, 45, 3)), list(range(2, 45, 3))
+    _write(tmp_path / "train.h5", x[train], [ids[i] for i in train])
+    _write(tmp_path / "test.h5", x[test], [ids[i] for i in test])
+    names = ["Nucleus", "Cytoplasm", "Mitochondrion"]
+    (tmp_path / "train.csv").write_text("id,label\n" + "".join(f"{ids[i]},{names[cluster[i]]}\n" for i in train[:-1]))
+    (tmp_path / "test.csv").write_text("id,label\n" + "".join(f"{ids[i]},{names[cluster[i]]}\n" for i in test))
+    r = run_cli("project", tmp_path / "train.h5", tmp_path / "test.h5", "--labels", tmp_path / "train.csv",
+                "--labels", tmp_path / "test.csv", "--plot", tmp_path / "map.png", "--html", tmp_path / "map.html")
+    assert r.exit_code == 0, r.stderr
+    head, rows = _table(r.stdout)
+    assert head == ["id", "source", "x", "y", "label"]
+    row_of = {ident: i for i, ident in enumerate(ids)}
+    order = [row_of[row["id"]] for row in rows]  # (each file's rows in its key order, as knn reads them)
+    assert sorted(order[:len(train)]) == sorted(train) and sorted(order[len(train):]) == sorted(test)
+    assert [row["source"] for row in rows] == ["train.h5"] * len(train) + ["test.h5"] * len(test)
+    assert [row["label"] for row in rows] == ["" if i == train[-1] else names[cluster[i]] for i in order]
+    coords, explained = pca(x[order], 2)
+    np.testing.assert_allclose([[float(row["x"]), float(row["y"])] for row in rows], coords, rtol=1e-5, atol=1e-5)
+    assert "1 of the 45 proteins mapped have no label" in r.stderr
+    assert f"axes explain {100 * explained[0]:.1f}%, {100 * explained[1]:.1f}%" in r.stderr
+    assert "10 nearest neighbours kept on the map" in r.stderr
+    assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = _Page()
+    page.feed((tmp_path / "map.html").read_text())
+    assert len(page.circles) == 45
+    assert sorted(t.split("\n")[0] for t in page.titles) == sorted(ids)
+    first = page.titles[[t.split("\n")[0] for t in page.titles].index(ids[0])]
+    assert first == f"sp|P0000|X_<b>&\nsource: train.h5\nlabel: {names[cluster[0]]}"
+    assert "<b>&" not in (tmp_path / "map.html").read_text().split("<title>")[2].split("</title>")[0]  # (escaped)
+    groups = {li.get("data-group") for li in page.legend}
+    assert groups == {"g0", "g1", "g2", "g3"}  # three labels and "no label"
+    assert all(c["class"] in groups for c in page.circles)
+
+
+def test_per_residue_files_are_placed_by_their_mean(tmp_path, run_cli):
+    x, _ = _clusters(n_per=5)
+    ids = [f"q{i}" for i in range(len(x))]
+    _write(tmp_path / "proteins.h5", x, ids)
+    _write(tmp_path / "residues.h5", x, ids, residues=True)
+    a = run_cli("project", tmp_path / "proteins.h5")
+    b = run_cli("project", tmp_path / "residues.h5")
+    assert a.exit_code == 0 and b.exit_code == 0, b.stderr
+    assert "per-residue embeddings only; each protein is placed by their mean" in b.stderr
+    ha, ra = _table(a.stdout)
+    hb, rb = _table(b.stdout)
+    assert ha == hb == ["id", "x", "y"]
+    np.testing.assert_allclose([[float(r["x"]), float(r["y"])] for r in rb],
+                               [[float(r["x"]), float(r["y"])] for r in ra], rtol=1e-4, atol=1e-5)
+
+
+def _separated(coords, cluster) -> float:
+    """The fraction of points whose nearest point on the map is of their own cluster."""
+    d = ((coords[:, None] - coords[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return float(np.mean(cluster[d.argmin(axis=1)] == cluster))
+
+
+@pytest.mark.skipif(not HAS_SKLEARN, reason="scikit-learn is not installed")
+def test_tsne_separates_clusters_and_repeats_itself(tmp_path, run_cli):
+    x, cluster = _clusters()
+    ids = [f"t{i:02d}" for i in range(len(x))]
+    _write(tmp_path / "e.h5", x, ids)
+    runs = [run_cli("project", tmp_path / "e.h5", "--method", "tsne", "--seed", "3", "-j", "1") for _ in range(2)]
+    assert all(r.exit_code == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout
+    assert "t-SNE: perplexity 14.7 for 45 proteins" in runs[0].stderr
+    _, rows = _table(runs[0].stdout)
+    coords = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+    assert _separated(coords, cluster) == 1.0
+    r = run_cli("project", tmp_path / "e.h5", "--method", "tsne", "--perplexity", "45")
+    assert r.exit_code == 2 and "--perplexity 45: between 0 and the number of proteins (45)" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_UMAP, reason="umap-learn is not installed")
+def test_umap_separates_clusters_and_repeats_itself(tmp_path, run_cli):
+    x, cluster = _clusters()
+    _write(tmp_path / "e.h5", x, [f"u{i:02d}" for i in range(len(x))])
+    runs = [run_cli("project", tmp_path / "e.h5", "--method", "umap", "--metric", "cosine", "--dims", "3")
+            for _ in range(2)]
+    assert all(r.exit_code == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout
+    head, rows = _table(runs[0].stdout)
+    assert head == ["id", "x", "y", "z"]
+    coords = np.array([[float(r[a]) for a in "xyz"] for r in rows])
+    assert _separated(coords, cluster) == 1.0
+
+
+def test_colours_by_category_by_scale_and_the_rare_ones_together():
+    from protrans_cli.project import MAX_COLOURS, OTHER, UNLABELLED, Projection, colouring
+
+    n = 60
+    coords = np.zeros((n, 2))
+    numbers = Projection([f"p{i}" for i in range(n)], ["a"] * n, coords,
+                         labels={"tm": [None if i % 10 == 0 else f"{40 + i * 0.5}" for i in range(n)]}, colour_by="tm")
+    scale = colouring(numbers)
+    assert scale.kind == "scale" and (scale.low, scale.high) == (40.5, 69.5)
+    assert scale.colours[0] == UNLABELLED and len(set(scale.colours)) > 20
+    many = [f"c{i % 30}" for i in range(n)]
+    many[:10] = ["c0"] * 10  # the most frequent
+    categories = Projection([f"p{i}" for i in range(n)], ["a"] * n, coords, labels={"go": many}, colour_by="go")
+    c = colouring(categories)
+    assert c.kind == "category"
+    assert len(c.legend) == MAX_COLOURS and c.legend[-1][0] == "other (11 labels)" and c.legend[-1][1] == OTHER
+    assert ("c0", c.colours[0], 11) in c.legend
+    assert sum(count for _, _, count in c.legend) == n
+
+
+def test_refusals(tmp_path, run_cli, monkeypatch):
+    x, _ = _clusters(n_per=4)
+    ids = [f"r{i}" for i in range(len(x))]
+    _write(tmp_path / "a.h5", x, ids)
+    _write(tmp_path / "b.h5", x[:, :8], ids)
+    _write(tmp_path / "other.h5", x, ids, model="esm2_t6_8M_UR50D")
+    zero = x.copy()
+    zero[3] = 0
+    _write(tmp_path / "zero.h5", zero, ids)
+    (tmp_path / "l1.csv").write_text("id,label\nr0,Nucleus\n")
+    (tmp_path / "l2.csv").write_text("id,label\nr0,Cytoplasm\n")
+    (tmp_path / "none.csv").write_text("id,label\nzz,Nucleus\n")
+    (tmp_path / "ss.csv").write_text("input, dssp3, dssp8, disorder, cb513_mask\nA C D, C C E, C C E, 1.0 1.0 1.0, 1 1 1\n")
+    a = tmp_path / "a.h5"
+    cases = [
+        (["project"], 2, "give one embeddings file (HDF5) or more"),
+        (["project", "-"], 2, "an HDF5 file is read in place"),
+        (["project", a, tmp_path / "b.h5"], 1, "vectors of 8 dimensions, where"),
+        (["project", a, tmp_path / "other.h5"], 1, "--allow-model-mismatch overrides"),
+        (["project", a, "--labels", tmp_path / "l1.csv", "--labels", tmp_path / "l2.csv"], 1,
+         "r0: label 'Cytoplasm' here, 'Nucleus' in"),
+        (["project", a, "--labels", tmp_path / "none.csv"], 1, "labels none of the 12 proteins mapped"),
+        (["project", a, "--labels", tmp_path / "ss.csv"], 1, "holds per-residue labels (netsurfp)"),
+        (["project", a, "--color-by", "loc"], 2, "--color-by loc: no such label column (the columns: none"),
+        (["project", a, "--dims", "3", "--html", tmp_path / "m.html"], 2, "--html draws 2 dimensions"),
+        (["project", a, "--plot", tmp_path / "m.jpg"], 2, "a picture is .png, .svg or .pdf"),
+        (["project", a, "-o", a], 2, "is also an input"),
+        (["project", a, "-o", tmp_path / "m.x.png", "--plot", tmp_path / "m.x.png"], 2, "name one file"),
+        (["project", a, "--perplexity", "5"], 2, "--perplexity goes with --method tsne"),
+        (["project", tmp_path / "zero.h5", "--metric", "cosine"], 1, "r3: a vector of zeros has no direction"),
+        (["project", tmp_path / "missing.h5"], 1, "no such file"),
+    ]
+    for argv, code, text in cases:
+        out = tmp_path / "m.tsv"
+        r = run_cli(*argv, "-o", out) if "-o" not in argv else run_cli(*argv)
+        assert r.exit_code == code and text in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
+        assert not out.exists() and not (tmp_path / "m.x.png").exists()
+    r = run_cli("project", a, tmp_path / "other.h5", "--allow-model-mismatch")
+    assert r.exit_code == 0 and "warning" in r.stderr
+    # t-SNE without scikit-learn: what to install, before anything is read
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    r = run_cli("project", tmp_path / "missing.h5", "--method", "tsne")
+    assert r.exit_code == 2 and "--method tsne needs scikit-learn, which is not installed: pip install" in r.stderr
+
+
+def test_library_call_and_few_proteins(tmp_path):
+    from protrans_cli.project import project, reduce
+
+    x, cluster = _clusters(n_per=6)
+    _write(tmp_path / "e.h5", x, [f"e{i}" for i in range(len(x))])
+    result = project(tmp_path / "e.h5", None, measure=True)
+    assert result.coords.shape == (18, 2) and result.ids[0] == "e0" and result.explained.sum() <= 1.0
+    assert 0.0 <= result.kept <= 1.0 and result.axis_names()[0].startswith("PC1 (")
+    with pytest.raises(InputError, match="1 protein\\(s\\): PCA places 2 at least"):
+        reduce(x[:1])
+    with pytest.raises(UsageError, match="a map has 2 or 3 dimensions"):
+        reduce(x, dims=4)
+
+
+def test_pca_imports_no_torch(tmp_path):
+    x, _ = _clusters(n_per=3)
+    _write(tmp_path / "e.h5", x, [f"e{i}" for i in range(len(x))])
+    done = heavy_imports_of([["project", str(tmp_path / "e.h5"), "-o", str(tmp_path / "m.tsv"), "-q"]],
+                            ("torch", "transformers", "sklearn"))
+    assert done.returncode == 0, done.stderr
