@@ -1,5 +1,5 @@
 """The whole pipeline on the bundled example data: prep, train, labels, embed, fit, predict, knn,
-variants.
+variants, project.
 
 Every step is a real `protrans` command line, run in this process through the same entry point a
 shell uses, and printed before it runs, so a user can copy any step and run it on their own data.
@@ -174,6 +174,13 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         _run("variants", ["variants", "--all-singles", "--fasta", p("fasta", "loc_test.fasta"), "--id", first,
                           "-m", p("model"), *scoring, "-o", str(scan), "--plot", str(scan.with_suffix(".png"))], s)
 
+    # 9. A map of the trained model's embedding space: the training and test proteins by PCA,
+    #    coloured by their location (a table, a picture and a page to explore in a browser).
+    _run("project", ["project", p("embeddings", f"loc_train.{family}.h5"), p("embeddings", f"loc_test.{family}.h5"),
+                     "--labels", str(data / "loc_train.fasta"), "--labels", str(data / "loc_test.fasta"),
+                     "-o", p("predictions", "loc.map.tsv"), "--plot", p("predictions", "loc.map.png"),
+                     "--html", p("predictions", "loc.map.html")], s)
+
     for head in sorted((out / "heads").iterdir()):
         metrics = head / "metrics.json"
         if metrics.exists():
@@ -188,6 +195,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         "localization predictions": out / "predictions" / "loc_test.csv",
         "nearest training proteins (knn)": out / "predictions" / "loc_test.knn.tsv",
     }
+    s.outputs["map of the embedding space (project)"] = out / "predictions" / "loc.map.html"
     if scan is not None:
         s.outputs["variant effects of one protein (variants)"] = scan
         s.outputs["their landscape"] = scan.with_suffix(".png")

@@ -29,7 +29,7 @@ def _every_output_exists(out, summary):
     for what, path in summary.outputs.items():
         assert path.exists(), f"{what}: {path} missing"
     lines = [x for x in (out / "commands.sh").read_text().splitlines() if x.startswith("protrans ")]
-    assert lines == summary.commands and len(lines) == 22
+    assert lines == summary.commands and len(lines) == 23
     # every substitution of the first test protein, scored by the trained model
     scan = summary.outputs["variant effects of one protein (variants)"]
     first = next(iter(read_fasta(out / "fasta" / "loc_test.fasta")))
@@ -37,6 +37,12 @@ def _every_output_exists(out, summary):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 19 * len(first.sequence) and rows[0]["id"] == first.id
     assert all(math.isfinite(float(row["model_masked_marginals"])) for row in rows)
+    # the map: every training and test protein once, coloured by location (labels from both files)
+    with open(out / "predictions" / "loc.map.tsv") as fh:
+        placed = list(csv.DictReader(fh, delimiter="\t"))
+    assert len(placed) == 400 and {row["source"] for row in placed} == {"loc_train.bert.h5", "loc_test.bert.h5"}
+    assert all(row["loc"] and math.isfinite(float(row["x"])) for row in placed)
+    assert (out / "predictions" / "loc.map.html").read_text().count("<circle ") == 400
 
 
 def _outputs_are_consistent(out):
