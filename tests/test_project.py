@@ -341,3 +341,24 @@ def test_pca_imports_no_torch(tmp_path):
     done = heavy_imports_of([["project", str(tmp_path / "e.h5"), "-o", str(tmp_path / "m.tsv"), "-q"]],
                             ("torch", "transformers", "sklearn"))
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SKLEARN, reason="scikit-learn is not installed")
+def test_deeploc_maps(tmp_path, run_cli, shared_data):
+    """DeepLoc's validation split (1,678 proteins, one-hot composition vectors): every protein
+    placed and labelled from its header (membrane U left blank), and t-SNE keeps far more of the
+    neighbourhoods than PCA, which keeps far more than chance."""
+    fasta = shared_data / "deeploc_light_attention" / "deeploc_our_val_set.fasta"
+    r = run_cli("embed", fasta, "-m", "onehot", "--per-protein", "-o", tmp_path / "val.h5")
+    assert r.exit_code == 0, r.stderr
+    kept = {}
+    for method in ("pca", "tsne"):
+        r = run_cli("project", tmp_path / "val.h5", "--method", method, "--labels", fasta,
+                    "-o", tmp_path / f"{method}.tsv", "--html", tmp_path / f"{method}.html")
+        assert r.exit_code == 0, r.stderr
+        head, rows = _table((tmp_path / f"{method}.tsv").read_text())
+        assert head == ["id", "x", "y", "loc", "membrane"] and len(rows) == 1678
+        assert all(row["loc"] for row in rows) and {row["membrane"] for row in rows} == {"M", "S", ""}
+        kept[method] = float(r.stderr.split("kept on the map: ")[1].split(" ")[0])
+    assert kept["tsne"] > 3 * kept["pca"] > 3 * 10 * 10 / 1677
