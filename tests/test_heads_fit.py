@@ -3917,3 +3917,36 @@ def test_a_stopped_fit_through_a_link_names_where_its_state_is(run_cli, loc_data
                     "-j", "1", "--no-plots", "--force", "-o", tmp_path / "link")
     assert r.exit_code == 130 and f"kept in {tmp_path / 'real.partial'}" in r.stderr, r.stderr
     assert (tmp_path / "real.partial" / "state.pt").is_file()
+
+
+def test_folds_class_weights_count_only_the_folds_a_member_trains_on(tmp_path, monkeypatch):
+    """--folds --class-weights: member k's loss weights come from the labels of the folds it
+    trains on (fold k, which scores it, is not counted), and config.json records each member's."""
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    rng = np.random.default_rng(6)
+    n = 40
+    emb, labels = tmp_path / "e.h5", tmp_path / "l.csv"
+    with EmbeddingsWriter(emb, kinds=("per_protein",)) as w:
+        for i in range(n):
+            w.write(f"p{i:02d}", f"p{i:02d}", "".join(rng.choice(list(AA), 20)), per_protein=rng.normal(size=8).astype(np.float32))
+    labels.write_text("id,label\n" + "".join(f"p{i:02d},{'A' if i < 30 else 'B'}\n" for i in range(n)))
+    seen = []
+    real = fit_module._train_member
+
+    def spy(config, task, member_train, member_valid, seed, member, weights, *args, **kwargs):
+        counts = np.bincount(np.concatenate([np.atleast_1d(i.targets["label"]) for i in member_train.items]),
+                             minlength=2)
+        seen.append((weights["label"].numpy().copy(), counts))
+        return real(config, task, member_train, member_valid, seed, member, weights, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "_train_member", spy)
+    fit(FitConfig(task="protein", folds=4, class_weights=True, max_epochs=2, threads=1, n_bootstrap=20, plots=False),
+        emb, labels, tmp_path / "head")
+    assert len(seen) == 4
+    for weights, counts in seen:
+        assert counts.sum() == 30  # (three folds of 10)
+        np.testing.assert_allclose(weights, counts.sum() / (2 * counts), rtol=1e-6)
+    recorded = json.loads((tmp_path / "head" / "config.json").read_text())["training"]["class_weights_per_member"]
+    np.testing.assert_allclose([r["label"] for r in recorded], [w for w, _ in seen], rtol=1e-6)

@@ -630,12 +630,14 @@ def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, d
         for member in range(len(members), config.ensemble):
             seed = config.seed + member
             current = state.current if state.current and state.current["member"] == member else None
-            member_train, member_valid = train, valid_data
+            member_train, member_valid, member_weights = train, valid_data, weights
             if folds is not None:
                 member_train = subset(train, np.concatenate([f for j, f in enumerate(folds) if j != member]))
                 member_valid = subset(train, folds[member])
-            model, lines = _train_member(config, task, member_train, member_valid, seed, member, weights, device,
-                                         state=state, resume_from=current)
+                if weights is not None:  # (counted on the folds it trains on: fold k's labels are held out)
+                    member_weights = _class_weights(task, member_train)
+            model, lines = _train_member(config, task, member_train, member_valid, seed, member, member_weights,
+                                         device, state=state, resume_from=current)
             members.append(model)
             history.extend(lines)
             state.finish_member(model, lines)
@@ -694,7 +696,13 @@ def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprin
                      **({"held_out": sets.held_out} if sets.held_out is not None else {}),
                      # --folds: the ids of each fold (member k was validated on fold k, trained on the rest)
                      **({"folds": [[sets.train.items[i].id for i in f] for f in sets.folds]}
-                        if sets.folds is not None else {})},
+                        if sets.folds is not None else {}),
+                     # (--folds --class-weights: member k's, counted on the folds it trained on)
+                     **({"class_weights_per_member": [
+                         {k: v.tolist() for k, v in _class_weights(task, subset(sets.train, np.concatenate(
+                             [f for j, f in enumerate(sets.folds) if j != member]))).items()}
+                         for member in range(len(sets.folds))]}
+                        if sets.folds is not None and weights is not None else {})},
         "config": _jsonable({k: v for k, v in asdict(config).items() if k not in ("resume", "force")}),
         "fingerprint": _jsonable(fingerprint),  # what `fit --resume` of the finished head compares
     }
