@@ -269,12 +269,14 @@ def _reference_labels(labels, label_format: str, ref_ids: list[str]) -> tuple[li
     return columns, by_id, unknown
 
 
-def protein_labels(labels, label_format: str, use: str) -> tuple[list[str], dict, dict, str | None]:
+def protein_labels(labels, label_format: str, use: str, *,
+                   all_columns: bool = False) -> tuple[list[str], dict, dict, str | None]:
     """(columns, id -> {column: label}, column -> labels meaning unknown, the first id) of a
-    per-protein label file; a file of per-residue labels refused (`use` says why)."""
+    per-protein label file; a file of per-residue labels refused (`use` says why).
+    `all_columns`: a table's every column by its header's name (read_labels)."""
     from protrans_cli.heads.labels import read_labels
 
-    label_set = read_labels(labels, label_format)
+    label_set = read_labels(labels, label_format, all_columns=all_columns)
     per_residue = {"netsurfp", "pisces", "flip"}
     # (biotrainer's residue_to_class files: a TARGET of one letter per residue, or a MASK=)
     residue_targets = label_set.format == "biotrainer" and label_set.records and (

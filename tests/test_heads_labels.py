@@ -189,6 +189,20 @@ def test_tables_with_and_without_header():
     assert task.outputs[0].classes == ("enzyme", "other")
 
 
+def test_a_table_read_with_all_its_columns(tmp_path):
+    """all_columns (project's annotation tables): every column after the id under its header's
+    name, an unnamed one as column<N>; the tasks' reading (the second column as `label`) and a
+    table without a header are unchanged."""
+    path = tmp_path / "annotations.csv"
+    path.write_text('id,family,tm,,set\nP1,kinase,55.1,x,train\nP2,"protease, serine",60.2,,test\n')
+    records = read_labels(path, all_columns=True).records
+    assert [r.labels for r in records] == [{"family": "kinase", "tm": "55.1", "column4": "x", "set": "train"},
+                                           {"family": "protease, serine", "tm": "60.2", "column4": "", "set": "test"}]
+    assert [r.labels for r in read_labels(path).records] == [{"label": "kinase"}, {"label": "protease, serine"}]
+    assert [r.labels for r in read_labels(HEADS / "id_label_no_header.csv", all_columns=True).records] == \
+        [r.labels for r in read_labels(HEADS / "id_label_no_header.csv").records]
+
+
 @pytest.mark.parametrize("text", [
     'id,label\n0,"\n00,\n',                              # found by fuzzing: record 00 was lost
     'id,label\nP1,"cyto\nP2,nucleus\nP3,cyto\n',        # P2 and P3 went into P1's label, exit 0

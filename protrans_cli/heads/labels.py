@@ -158,13 +158,15 @@ def mask_column_names(columns, name: str = "mask_columns") -> tuple[str, ...]:
 
 
 def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[str, ...] = ("disorder",),
-                mask_optional: bool = False, mask_elsewhere: bool = False) -> LabelSet:
+                mask_optional: bool = False, mask_elsewhere: bool = False, all_columns: bool = False) -> LabelSet:
     """Read any supported label file; `mask_path` is a FLIP mask FASTA, `mask_columns` NetSurfP's.
     `mask_optional` (an evaluation set beside FLIP-style training labels): the mask applies where
     the file is FLIP-style and the mask holds its ids; a file in another format, or whose ids the
     mask holds none of, is read without it (one the mask holds some of is an error).
     `mask_elsewhere` (training labels beside evaluation files the mask may be meant for): a file
-    in another format is read without it; a FLIP-style one takes it as without the flag."""
+    in another format is read without it; a FLIP-style one takes it as without the flag.
+    `all_columns` (a table with a header): every column after the id is a label named by its
+    header (`id,family,tm`: `family` and `tm`), where the tasks read the second as `label`."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown label format {fmt!r} (choose from {', '.join(FORMATS)})")
     mask_columns = mask_column_names(mask_columns)
@@ -191,7 +193,7 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
                "flip": lambda: _read_flip(text, name), "flip_csv": lambda: _read_flip_csv(text, name),
                "biotrainer": lambda: _read_biotrainer(text, name),
                "deeploc": lambda: _read_deeploc(text, name)}
-    reader = readers.get(fmt, lambda: _read_table(text, name))
+    reader = readers.get(fmt, lambda: _read_table(text, name, all_columns))
     try:
         try:
             label_set = reader()
@@ -599,7 +601,7 @@ def _refuse_open_quote(row: list[str], name: str, lineno: int) -> None:
                          "field, or none of it", path=name, line=lineno)
 
 
-def _read_table(text: str, name: str) -> LabelSet:
+def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
     lines = text.splitlines()
     first = next((line for line in lines if line.strip()), "")
     delimiter = "\t" if "\t" in first else ","
@@ -640,7 +642,11 @@ def _read_table(text: str, name: str) -> LabelSet:
         split = None
         if set_col is not None and set_col < len(row):
             split = split_name(row[set_col], path=name, line=lineno)
-        records.append(LabelRecord(row[0], None, {"label": row[1]}, None, split, lineno))
+        if all_columns and header is not None:
+            labels = {column or f"column{i}": value for i, (column, value) in enumerate(zip(header[1:], row[1:]), 2)}
+        else:
+            labels = {"label": row[1]}
+        records.append(LabelRecord(row[0], None, labels, None, split, lineno))
     return LabelSet(name, "table", records)
 
 
