@@ -282,15 +282,15 @@ def _file_vectors(path, layer: int):
             attrs = dict(reader.attrs)
             ids, rows = [], []
             for ident, array, _ in reader.items(PER_RESIDUE):
-                if len(array) == 0:
-                    continue
-                mean = np.asarray(array, dtype=np.float64).mean(axis=0)
-                if mean.ndim == 2:  # several layers stored: (n_layers, D)
-                    mean = mean[stored_layer_index(reader, layer)]
+                array = np.asarray(array)
+                if array.ndim == 3:  # several layers stored: (n_layers, L, D)
+                    array = array[stored_layer_index(reader, layer)]
                 elif layer != -1:
                     stored_layer_index(reader, layer)
+                if len(array) == 0:
+                    continue
                 ids.append(ident)
-                rows.append(mean.astype(np.float32))
+                rows.append(array.astype(np.float64).mean(axis=0).astype(np.float32))
     if not residues_only:
         ids, matrix, attrs = _vectors(path, layer, "embeddings")
     else:

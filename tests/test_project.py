@@ -218,6 +218,27 @@ def test_per_residue_files_are_placed_by_their_mean(tmp_path, run_cli):
                                [[float(r["x"]), float(r["y"])] for r in ra], rtol=1e-4, atol=1e-5)
 
 
+def test_per_residue_files_of_several_layers_are_placed_by_each_layers_mean(tmp_path, run_cli):
+    """(n_layers, L, D) per-residue arrays: the mean over the residues of the layer asked for
+    (the mean over the layers, read as a layer axis, placed every protein by its first residue)."""
+    x, _ = _clusters(n_per=5, dims=8)
+    y = -2 * x[::-1] + 1
+    ids = [f"q{i}" for i in range(len(x))]
+    attrs = {"model": "esm2_t6_8M_UR50D", "layers": [-1, -2], "num_hidden_states": 7}
+    rng = np.random.default_rng(0)
+    with EmbeddingsWriter(tmp_path / "residues.h5", kinds=("per_residue",), attrs=attrs) as w:
+        for ident, a, b in zip(ids, x, y):
+            noise = rng.normal(size=(2, 6, 8))
+            w.write(ident, ident, "ACDEFG", per_residue=(np.stack([a, b])[:, None, :] + noise
+                                                         - noise.mean(axis=1, keepdims=True)).astype(np.float32))
+    for layer, vectors in (("-1", x), ("-2", y)):
+        r = run_cli("project", tmp_path / "residues.h5", "--layer", layer, "-q")
+        assert r.exit_code == 0, r.stderr
+        _, rows = _table(r.stdout)
+        ref, _ = _svd_reference(vectors[[ids.index(row["id"]) for row in rows]], 2)
+        _same_up_to_sign(np.array([[float(row["x"]), float(row["y"])] for row in rows]), ref, 1e-3)
+
+
 def _separated(coords, cluster) -> float:
     """The fraction of points whose nearest point on the map is of their own cluster."""
     d = ((coords[:, None] - coords[None]) ** 2).sum(-1)
