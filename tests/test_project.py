@@ -297,6 +297,21 @@ def test_colours_by_category_by_scale_and_the_rare_ones_together():
     assert sum(count for _, _, count in c.legend) == n
 
 
+def test_dollars_in_labels_and_file_names_are_drawn_as_they_are(tmp_path, run_cli):
+    """matplotlib reads text between two `$` as mathtext: a label `$\\frac{a$` was a traceback
+    from savefig (and `$x$` drawn as math); they are drawn literally."""
+    x, _ = _clusters(n_per=3)
+    ids = [f"d{i}" for i in range(len(x))]
+    _write(tmp_path / "run_$1$.h5", x, ids)
+    (tmp_path / "l.csv").write_text("id,label\nd0,$\\frac{a$\nd1,$x^$\nd2,plain\n")
+    for picture in ("m.png", "m.svg"):
+        r = run_cli("project", tmp_path / "run_$1$.h5", "--labels", tmp_path / "l.csv", "--plot", tmp_path / picture,
+                    "-o", tmp_path / "m.tsv")
+        assert r.exit_code == 0 and "Traceback" not in r.stderr, r.stderr
+    svg = (tmp_path / "m.svg").read_text()
+    assert "run_$1$.h5" in svg and "$\\frac{a$ (1)" in svg
+
+
 def test_refusals(tmp_path, run_cli, monkeypatch):
     x, _ = _clusters(n_per=4)
     ids = [f"r{i}" for i in range(len(x))]
