@@ -86,6 +86,12 @@ def check_method(method: str, dims: int, metric: str) -> None:
                              f"pip install 'protrans[project]' (or {package}); --method pca needs nothing more")
 
 
+def check_seed(seed: int) -> None:
+    """scikit-learn, umap-learn and numpy take seeds of 0 to 2**32 - 1 (-1 was a traceback)."""
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed {seed}: between 0 and {2**32 - 1}")
+
+
 def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: str = "euclidean", seed: int = 0,
            perplexity: float | None = None, neighbors: int | None = None, min_dist: float = 0.1,
            threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -96,6 +102,7 @@ def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: s
     `perplexity` defaults to 30 and UMAP's `neighbors` to 15, lowered for a small N (said
     on stderr); given, they must fit N."""
     check_method(method, dims, metric)
+    check_seed(seed)
     vectors = np.asarray(vectors)
     if vectors.ndim != 2:
         raise InputError(f"vectors of shape {vectors.shape}: expected (proteins, dimensions)")
@@ -361,6 +368,7 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     if not inputs:
         raise UsageError("no embeddings to map: give one file or more")
     check_method(method, dims, metric)
+    check_seed(seed)
     if html_path is not None and dims != 2:
         raise UsageError("--html draws 2 dimensions: leave out --dims 3 (or --html)")
     if plot is not None and Path(str(plot)).suffix.lower() not in (".png", ".svg", ".pdf"):

@@ -341,6 +341,8 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
         (["project", a, "-o", a], 2, "is also an input"),
         (["project", a, "-o", tmp_path / "m.x.png", "--plot", tmp_path / "m.x.png"], 2, "name one file"),
         (["project", a, "--perplexity", "5"], 2, "--perplexity goes with --method tsne"),
+        (["project", a, "--method", "tsne", "--seed", "-1"], 2, "--seed -1: between 0 and 4294967295"),
+        (["project", a, "--seed", str(2**32)], 2, "--seed 4294967296: between 0 and"),
         (["project", tmp_path / "zero.h5", "--metric", "cosine"], 1, "r3: a vector of zeros has no direction"),
         (["project", tmp_path / "missing.h5"], 1, "no such file"),
     ]
