@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,13 +254,19 @@ def read_vectors(paths, *, layer: int = -1, allow_model_mismatch: bool = False):
     """(ids, sources, (N, D) float32) of every input's per-protein vectors, in input order.
     A file of per-residue embeddings only gives each protein's mean over its residues (what
     embed stores as per-protein). The files must come from one model and pooling."""
+    from protrans_cli.io.files import same_file
     from protrans_cli.knn import _check_same_model, _check_same_pooling
 
+    paths = list(paths)
+    for i, path in enumerate(paths):
+        if twice := next((p for p in paths[:i] if same_file(p, path)), None):
+            raise UsageError(f"{path} is given twice ({twice}): every protein would be placed twice")
+    names = _source_names(paths)
     ids: list[str] = []
     sources: list[str] = []
     blocks: list[np.ndarray] = []
     first = None
-    for path in paths:
+    for path, name in zip(paths, names):
         file_ids, matrix, attrs = _file_vectors(path, layer)
         if first is None:
             first = (path, matrix.shape[1], attrs)
@@ -270,10 +277,24 @@ def read_vectors(paths, *, layer: int = -1, allow_model_mismatch: bool = False):
                 raise InputError(f"vectors of {matrix.shape[1]} dimensions, where {first[0]}'s have {first[1]}: "
                                  "one map places vectors of one model", path=str(path))
         ids += file_ids
-        sources += [Path(str(path)).name] * len(file_ids)
+        sources += [name] * len(file_ids)
         blocks.append(matrix)
     vectors = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return ids, sources, vectors
+
+
+def _source_names(paths) -> list[str]:
+    """Each input's name in the source column: its file name, or as many of its path's last parts
+    as tell it from the other inputs (run1/embed/e.h5 beside run2/embed/e.h5: run1/embed/e.h5;
+    their file names alone coloured two inputs as one)."""
+    full = [Path(os.path.abspath(str(p))).parts for p in paths]
+    names = []
+    for i, parts in enumerate(full):
+        for depth in range(1, len(parts) + 1):
+            if all(other[-depth:] != parts[-depth:] for j, other in enumerate(full) if j != i):
+                break
+        names.append(str(Path(*parts[-depth:])))
+    return names
 
 
 def _file_vectors(path, layer: int):

@@ -202,6 +202,21 @@ def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_c
     assert all(c["class"] in groups for c in page.circles)
 
 
+def test_inputs_of_one_file_name_are_told_apart_by_their_folders(tmp_path, run_cli):
+    """Two runs' run1/embed/e.h5 and run2/embed/e.h5 (bio_embeddings names every run's file
+    alike): two sources, named by as much of their paths as tells them apart, not one `e.h5`."""
+    x, _ = _clusters(n_per=4)
+    for run, rows in (("run1", slice(0, 6)), ("run2", slice(6, 12))):
+        (tmp_path / run / "embed").mkdir(parents=True)
+        _write(tmp_path / run / "embed" / "e.h5", x[rows], [f"{run}_{i}" for i in range(6)])
+    _write(tmp_path / "f.h5", x[:6], [f"f{i}" for i in range(6)])
+    r = run_cli("project", tmp_path / "run1" / "embed" / "e.h5", tmp_path / "run2" / "embed" / "e.h5",
+                tmp_path / "f.h5", "-q")
+    assert r.exit_code == 0, r.stderr
+    _, rows = _table(r.stdout)
+    assert [row["source"] for row in rows] == ["run1/embed/e.h5"] * 6 + ["run2/embed/e.h5"] * 6 + ["f.h5"] * 6
+
+
 def test_per_residue_files_are_placed_by_their_mean(tmp_path, run_cli):
     x, _ = _clusters(n_per=5)
     ids = [f"q{i}" for i in range(len(x))]
@@ -341,6 +356,7 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
         (["project", a, "-o", a], 2, "is also an input"),
         (["project", a, "-o", tmp_path / "m.x.png", "--plot", tmp_path / "m.x.png"], 2, "name one file"),
         (["project", a, "--perplexity", "5"], 2, "--perplexity goes with --method tsne"),
+        (["project", a, tmp_path / "." / "a.h5"], 2, "is given twice"),
         (["project", a, "--method", "tsne", "--seed", "-1"], 2, "--seed -1: between 0 and 4294967295"),
         (["project", a, "--seed", str(2**32)], 2, "--seed 4294967296: between 0 and"),
         (["project", tmp_path / "zero.h5", "--metric", "cosine"], 1, "r3: a vector of zeros has no direction"),
