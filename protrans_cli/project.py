@@ -491,6 +491,8 @@ class Colouring:
 
 UNLABELLED = "#c8c8c8"
 OTHER = "#7f7f7f"
+# tab20's greys are OTHER and (all but) UNLABELLED: two of tab20b's colours in their place
+GREYS = {"#7f7f7f": "#393b79", "#c7c7c7": "#637939"}
 
 
 def colouring(result: Projection) -> Colouring:
@@ -517,8 +519,8 @@ def colouring(result: Projection) -> Colouring:
         counts[str(v)] = counts.get(str(v), 0) + 1
     ranked = sorted(counts, key=lambda c: (-counts[c], c))
     shown = ranked if len(ranked) <= MAX_COLOURS else ranked[:MAX_COLOURS - 1]
-    palette = colormaps["tab10" if len(shown) <= 10 else "tab20"]
-    colour_of = {c: to_hex(palette(i % palette.N)) for i, c in enumerate(sorted(shown))}
+    palette = _palette(len(shown))
+    colour_of = {c: palette[i % len(palette)] for i, c in enumerate(sorted(shown))}
     legend = [(c, colour_of[c], counts[c]) for c in sorted(shown)]
     rest = [c for c in ranked if c not in colour_of]
     if rest:
@@ -527,6 +529,17 @@ def colouring(result: Projection) -> Colouring:
         legend.append(("no label", UNLABELLED, n - len(present)))
     colours = [UNLABELLED if v is None else colour_of.get(str(v), OTHER) for v in values]
     return Colouring("category", colours, legend, column=column)
+
+
+def _palette(count: int) -> list[str]:
+    """Colours of `count` categories: tab10's (tab20's beyond 9) without the greys that say
+    "other" and "no label" (a category drawn in OTHER's grey was one with the rare labels)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    if count <= 9:
+        return [c for c in map(to_hex, colormaps["tab10"].colors) if c not in GREYS]
+    return [GREYS.get(c, c) for c in map(to_hex, colormaps["tab20"].colors)]
 
 
 def _numbers(values: list) -> list[float] | None:
@@ -543,9 +556,11 @@ def _numbers(values: list) -> list[float] | None:
 
 
 def _draw_order(colours: Colouring) -> np.ndarray:
-    """Unlabelled points first (underneath), then the rest in row order."""
+    """Unlabelled points first (underneath), then the rare labels' (other), then the rest in
+    row order (thousands of `other` points drawn over the coloured ones hid them)."""
     grey = np.array([c == UNLABELLED for c in colours.colours])
-    return np.concatenate([np.flatnonzero(grey), np.flatnonzero(~grey)])
+    other = np.array([colours.kind == "category" and c == OTHER for c in colours.colours], dtype=bool)
+    return np.concatenate([np.flatnonzero(grey), np.flatnonzero(other), np.flatnonzero(~grey & ~other)])
 
 
 def save_map_picture(result: Projection, path, *, title: str = "") -> None:

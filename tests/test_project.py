@@ -310,6 +310,19 @@ def test_colours_by_category_by_scale_and_the_rare_ones_together():
     assert len(c.legend) == MAX_COLOURS and c.legend[-1][0] == "other (11 labels)" and c.legend[-1][1] == OTHER
     assert ("c0", c.colours[0], 11) in c.legend
     assert sum(count for _, _, count in c.legend) == n
+    # no category in the grey of `other` or of `no label` (tab10's and tab20's greys), whatever their number
+    from protrans_cli.project import _draw_order
+
+    for kinds in (3, 8, 10, 15, 20, 30):
+        labels = [f"k{i % kinds:02d}" for i in range(n)] + [None]
+        shown = colouring(Projection([f"p{i}" for i in range(n + 1)], ["a"] * (n + 1), np.zeros((n + 1, 2)),
+                                     labels={"go": labels}, colour_by="go"))
+        greys = {OTHER, UNLABELLED, "#c7c7c7"}
+        assert not greys & {colour for label, colour, _ in shown.legend if not label.startswith(("other", "no label"))}
+        assert len({colour for _, colour, _ in shown.legend}) == len(shown.legend)
+    # the rare labels' points are drawn beneath the coloured ones (only the unlabelled further down)
+    layer = [{UNLABELLED: 0, OTHER: 1}.get(shown.colours[i], 2) for i in _draw_order(shown)]
+    assert layer == sorted(layer) and layer.count(0) == 1 and layer.count(1) > 0
 
 
 def test_dollars_in_labels_and_file_names_are_drawn_as_they_are(tmp_path, run_cli):
