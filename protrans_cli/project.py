@@ -122,7 +122,8 @@ def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: s
     return _umap(vectors, dims, metric, seed, neighbors, min_dist), None
 
 
-def _slices(n: int, size: int = ROWS_PER_SLICE):
+def _slices(n: int, size: int | None = None):
+    size = size or ROWS_PER_SLICE  # (read when called: a default of ROWS_PER_SLICE was fixed at import)
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
 

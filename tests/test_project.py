@@ -61,6 +61,7 @@ def test_pca_equals_numpys_svd(monkeypatch, dims):
     from protrans_cli import project as project_module
 
     monkeypatch.setattr(project_module, "ROWS_PER_SLICE", 7)
+    assert len(list(project_module._slices(40))) == 6  # (the slices are those of 7 rows)
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(40, 12)) * np.linspace(3, 0.1, 12) + 5).astype(np.float32)
     coords, explained = project_module.reduce(x, method="pca", dims=dims)
@@ -116,6 +117,7 @@ def test_neighbourhoods_kept_equal_a_brute_force_count(monkeypatch, metric):
     from protrans_cli import project as project_module
 
     monkeypatch.setattr(project_module, "ROWS_PER_SLICE", 5)
+    assert len(list(project_module._slices(37))) == 8
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(37, 9)), rng.normal(size=(37, 2))
     kept = project_module.neighbourhoods_kept(x, y, metric=metric, k=4)
