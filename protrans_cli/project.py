@@ -649,7 +649,8 @@ def save_map_page(result: Projection, path, *, title: str = "") -> None:
                   + legend)
     axes = result.axis_names()
     page = _PAGE.format(title=html.escape(title), legend_title=html.escape(colours.column or ""),
-                        legend=legend, circles="\n".join(circles), side=int(side), x=html.escape(axes[0]),
+                        legend=legend, circles="\n".join(circles), side=int(side), radius=f"{radius:.2g}",
+                        x=html.escape(axes[0]),
                         y=html.escape(axes[1]), facts=html.escape(json.dumps(
                             {"method": result.method, "metric": result.metric, "proteins": len(result.ids),
                              "neighbourhoods_kept": None if result.kept is None or math.isnan(result.kept)
@@ -679,7 +680,7 @@ _PAGE = """<!DOCTYPE html>
 body {{ font: 13px sans-serif; margin: 12px; }}
 #wrap {{ display: flex; gap: 16px; align-items: flex-start; }}
 svg {{ width: min(85vh, 70vw); height: min(85vh, 70vw); border: 1px solid #ddd; cursor: grab; }}
-circle {{ fill-opacity: 0.85; }}
+circle {{ fill-opacity: 0.85; vector-effect: non-scaling-stroke; }}
 circle:hover {{ stroke: black; stroke-width: 1px; }}
 .hidden {{ display: none; }}
 ul {{ list-style: none; padding: 0; margin: 4px 0; }}
@@ -698,9 +699,14 @@ li span.bar {{ width: 60px; border-radius: 0; background: linear-gradient(to rig
 a legend entry: hide or show its points</p></div></div>
 <script>
 (function () {{
-  var svg = document.getElementById("map"), side = {side};
-  var box = [0, 0, side, side], drag = null;
-  function show() {{ svg.setAttribute("viewBox", box.join(" ")); }}
+  var svg = document.getElementById("map"), side = {side}, radius = {radius};
+  var box = [0, 0, side, side], drag = null, circles = svg.getElementsByTagName("circle");
+  function show() {{
+    svg.setAttribute("viewBox", box.join(" "));
+    // the points keep their size on the screen: zooming in draws apart the ones that overlap
+    var r = String(+(radius * box[2] / side).toPrecision(3));
+    for (var i = 0; i < circles.length; i++) circles[i].setAttribute("r", r);
+  }}
   function point(e) {{
     var r = svg.getBoundingClientRect();
     return [box[0] + (e.clientX - r.left) / r.width * box[2], box[1] + (e.clientY - r.top) / r.height * box[3]];

@@ -5,6 +5,7 @@ outputs (TSV, picture, HTML page) and the refusals."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from html.parser import HTMLParser
 
@@ -217,6 +218,78 @@ def test_inputs_of_one_file_name_are_told_apart_by_their_folders(tmp_path, run_c
     assert r.exit_code == 0, r.stderr
     _, rows = _table(r.stdout)
     assert [row["source"] for row in rows] == ["run1/embed/e.h5"] * 6 + ["run2/embed/e.h5"] * 6 + ["f.h5"] * 6
+
+
+_FAKE_DOM = """
+function element(tag, attrs, classes) {
+  var names = new Set(classes || []);
+  return {tag: tag, attrs: attrs || {}, listeners: {}, dataset: {},
+    classList: {toggle: function (c) { names.has(c) ? names.delete(c) : names.add(c); },
+                contains: function (c) { return names.has(c); }},
+    setAttribute: function (k, v) { this.attrs[k] = String(v); },
+    addEventListener: function (t, f) { this.listeners[t] = f; },
+    getBoundingClientRect: function () { return {left: 0, top: 0, width: 500, height: 500}; }};
+}
+var circles = PAGE.circles.map(function (c) { return element("circle", {r: c.r}, c.classes); });
+var items = PAGE.groups.map(function (g) { var li = element("li"); li.dataset.group = g; return li; });
+var svg = element("svg", {viewBox: "0 0 1000 1000"});
+svg.getElementsByTagName = function () { return circles; };
+svg.querySelectorAll = function (q) { var c = q.split(".")[1];
+  return circles.filter(function (e) { return e.classList.contains(c); }); };
+var window = element("window");
+var document = {getElementById: function () { return svg; }, querySelectorAll: function () { return items; }};
+"""
+
+
+def _page_in_node(tmp_path, page_text, actions):
+    """The page's script run by node against a stand-in for the DOM (an SVG of 500 x 500 pixels
+    on the screen): what `actions` (JavaScript) print."""
+    import json
+    import re
+    import subprocess
+
+    page = _Page()
+    page.feed(page_text)
+    dom = {"circles": [{"r": c["r"], "classes": [c["class"]] if "class" in c else []} for c in page.circles],
+           "groups": [li["data-group"] for li in page.legend if "data-group" in li]}
+    script = re.search(r"<script>(.*)</script>", page_text, re.S).group(1)
+    (tmp_path / "page.js").write_text(f"var PAGE = {json.dumps(dom)};\n{_FAKE_DOM}\n{script}\n{actions}")
+    done = subprocess.run(["node", str(tmp_path / "page.js")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_pages_script_zooms_about_the_pointer_pans_and_hides_a_legend_entry(tmp_path):
+    """Zooming in keeps the point under the pointer where it is and the points their size on the
+    screen (their radius scaled with the view: before, they grew with the zoom and the ones
+    that overlapped never drew apart); dragging moves the view; a legend entry hides its points."""
+    from protrans_cli.project import Projection, save_map_page
+
+    n = 40
+    coords = np.random.default_rng(0).normal(size=(n, 2))
+    result = Projection([f"p{i}" for i in range(n)], ["a"] * n, coords,
+                        labels={"loc": ["Nucleus" if i % 2 else "Cytoplasm" for i in range(n)]}, colour_by="loc")
+    save_map_page(result, tmp_path / "m.html")
+    out = _page_in_node(tmp_path, (tmp_path / "m.html").read_text(), """
+      var r0 = +circles[0].attrs.r;
+      svg.listeners.wheel({deltaY: -1, clientX: 125, clientY: 250, preventDefault: function () {}});
+      var zoomed = svg.attrs.viewBox.split(" ").map(Number);
+      svg.listeners.mousedown({clientX: 100, clientY: 100});
+      svg.listeners.mousemove({clientX: 150, clientY: 100});
+      window.listeners.mouseup({});
+      var moved = svg.attrs.viewBox.split(" ").map(Number);
+      items[0].listeners.click();
+      console.log(JSON.stringify({r0: r0, r: +circles[0].attrs.r, zoomed: zoomed, moved: moved,
+        hidden: circles.filter(function (c) { return c.classList.contains("hidden"); }).length,
+        group0: circles.filter(function (c) { return c.classList.contains("g0"); }).length}));
+    """)
+    x, y, width, height = out["zoomed"]
+    assert width == height == pytest.approx(800)
+    assert (x + 125 / 500 * width, y + 250 / 500 * height) == pytest.approx((250, 500))  # (the pointer's point)
+    assert out["r"] == pytest.approx(out["r0"] * 0.8, rel=1e-2)
+    assert out["moved"] == pytest.approx([x - 50 / 500 * width, y, width, height])
+    assert out["hidden"] == out["group0"] == n // 2
 
 
 def test_per_residue_files_are_placed_by_their_mean(tmp_path, run_cli):
