@@ -520,9 +520,10 @@ def colouring(result: Projection) -> Colouring:
         counts[str(v)] = counts.get(str(v), 0) + 1
     ranked = sorted(counts, key=lambda c: (-counts[c], c))
     shown = ranked if len(ranked) <= MAX_COLOURS else ranked[:MAX_COLOURS - 1]
+    shown = sorted(shown, key=float) if _numbers(shown) is not None else sorted(shown)  # (2 before 10)
     palette = _palette(len(shown))
-    colour_of = {c: palette[i % len(palette)] for i, c in enumerate(sorted(shown))}
-    legend = [(c, colour_of[c], counts[c]) for c in sorted(shown)]
+    colour_of = {c: palette[i % len(palette)] for i, c in enumerate(shown)}
+    legend = [(c, colour_of[c], counts[c]) for c in shown]
     rest = [c for c in ranked if c not in colour_of]
     if rest:
         legend.append((f"other ({len(rest)} labels)", OTHER, sum(counts[c] for c in rest)))

@@ -398,6 +398,10 @@ def test_colours_by_category_by_scale_and_the_rare_ones_together():
     # the rare labels' points are drawn beneath the coloured ones (only the unlabelled further down)
     layer = [{UNLABELLED: 0, OTHER: 1}.get(shown.colours[i], 2) for i in _draw_order(shown)]
     assert layer == sorted(layer) and layer.count(0) == 1 and layer.count(1) > 0
+    # a few numbers (classes 0 to 10) are categories in the order of the numbers, not of their text
+    classes = Projection([f"p{i}" for i in range(n)], ["a"] * n, coords, labels={"c": [str(i % 11) for i in range(n)]},
+                         colour_by="c")
+    assert [label for label, _, _ in colouring(classes).legend] == [str(i) for i in range(11)]
 
 
 def test_dollars_in_labels_and_file_names_are_drawn_as_they_are(tmp_path, run_cli):
