@@ -79,26 +79,29 @@ def _refuse_residues_only(reader: EmbeddingsReader, what: str, path) -> None:
                          "(embed with --per-protein, or without --per-residue)", path=str(path))
 
 
-def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: bool) -> None:
+def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: bool,
+                      roles: tuple[str, str] = ("the queries", "the reference")) -> None:
+    """`roles`: what the message calls the two files' proteins (project: an input's and the first's)."""
     from protrans_cli.embed import same_model
     from protrans_cli.heads.predict import mismatch
 
     q_model, r_model = q_attrs.get("model"), r_attrs.get("model")
     if q_model and r_model and not same_model(str(q_model), str(r_model)):
-        message = (f"queries come from model {q_model!r}, the reference from {r_model!r}: their distances mean "
+        message = (f"{roles[0]} come from model {q_model!r}, {roles[1]} from {r_model!r}: their distances mean "
                    "nothing")
         mismatch(message, query, allow)
 
 
-def _check_same_pooling(query, reference, q_attrs: dict, r_attrs: dict, allow: bool) -> None:
+def _check_same_pooling(query, reference, q_attrs: dict, r_attrs: dict, allow: bool,
+                        roles: tuple[str, str] = ("the queries", "the reference")) -> None:
     """Vectors of a cls token (embed --pooling cls) are compared with vectors of a cls token."""
     from protrans_cli.heads.predict import mismatch
     from protrans_cli.io.h5 import pooling_kind
 
     q_pooling, r_pooling = pooling_kind(q_attrs.get("pooling")), pooling_kind(r_attrs.get("pooling"))
     if q_pooling != r_pooling:
-        message = (f"queries are pooled by {q_pooling}, the reference by {r_pooling} (embed --pooling): their "
-                   f"distances mean nothing; embed the queries with --pooling {r_pooling}")
+        message = (f"{roles[0]} are pooled by {q_pooling}, {roles[1]} by {r_pooling} (embed --pooling): their "
+                   f"distances mean nothing; embed {roles[0]} with --pooling {r_pooling}")
         mismatch(message, query, allow)
 
 

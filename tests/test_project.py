@@ -425,6 +425,7 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
     _write(tmp_path / "a.h5", x, ids)
     _write(tmp_path / "b.h5", x[:, :8], ids)
     _write(tmp_path / "other.h5", x, ids, model="esm2_t6_8M_UR50D")
+    _write(tmp_path / "cls.h5", x, ids, pooling="cls")
     zero = x.copy()
     zero[3] = 0
     _write(tmp_path / "zero.h5", zero, ids)
@@ -437,7 +438,9 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
         (["project"], 2, "give one embeddings file (HDF5) or more"),
         (["project", "-"], 2, "an HDF5 file is read in place"),
         (["project", a, tmp_path / "b.h5"], 1, "vectors of 8 dimensions, where"),
-        (["project", a, tmp_path / "other.h5"], 1, "--allow-model-mismatch overrides"),
+        (["project", a, tmp_path / "other.h5"], 1, "other.h5: its proteins come from model 'esm2_t6_8M_UR50D', "
+         f"{a}'s from 'onehot'"),
+        (["project", a, tmp_path / "cls.h5"], 1, f"cls.h5: its proteins are pooled by cls, {a}'s by mean"),
         (["project", a, "--labels", tmp_path / "l1.csv", "--labels", tmp_path / "l2.csv"], 1,
          "r0: label 'Cytoplasm' here, 'Nucleus' in"),
         (["project", a, "--labels", tmp_path / "none.csv"], 1, "labels none of the 12 proteins mapped"),
