@@ -113,6 +113,9 @@ def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: s
         raise InputError(f"{n} protein(s): {NAMES[method]} places {least} at least")
     if width < dims:
         raise InputError(f"vectors of {width} dimension(s) cannot be mapped into {dims}")
+    for part in _slices(n):  # (a notebook's array: PCA's eigh failed to converge, t-SNE and UMAP refused it)
+        if (bad := np.flatnonzero(~np.isfinite(np.asarray(vectors[part])).all(axis=1))).size:
+            raise InputError(f"row {part.start + int(bad[0])} has NaN or infinite values")
     if metric == "cosine":
         _check_norms(vectors)
     if method == "pca":

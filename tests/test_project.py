@@ -482,6 +482,9 @@ def test_library_call_and_few_proteins(tmp_path):
         reduce(x[:1])
     with pytest.raises(UsageError, match="a map has 2 or 3 dimensions"):
         reduce(x, dims=4)
+    x[7, 2] = np.nan
+    with pytest.raises(InputError, match="row 7 has NaN or infinite values"):
+        reduce(x)
 
 
 def test_pca_imports_no_torch(tmp_path):
