@@ -441,7 +441,7 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
 
 
 def _title(result: Projection, inputs) -> str:
-    names = ", ".join(Path(str(p)).name for p in inputs)
+    names = ", ".join(_source_names(inputs))  # (run1/embed/e.h5, run2/embed/e.h5: not e.h5, e.h5)
     return f"{NAMES[result.method]} ({result.metric}) of {names}: {console.counted(len(result.ids), 'protein')}"
 
 

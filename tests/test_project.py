@@ -214,8 +214,10 @@ def test_inputs_of_one_file_name_are_told_apart_by_their_folders(tmp_path, run_c
         _write(tmp_path / run / "embed" / "e.h5", x[rows], [f"{run}_{i}" for i in range(6)])
     _write(tmp_path / "f.h5", x[:6], [f"f{i}" for i in range(6)])
     r = run_cli("project", tmp_path / "run1" / "embed" / "e.h5", tmp_path / "run2" / "embed" / "e.h5",
-                tmp_path / "f.h5", "-q")
+                tmp_path / "f.h5", "-q", "--html", tmp_path / "m.html")
     assert r.exit_code == 0, r.stderr
+    assert "<title>PCA (euclidean) of run1/embed/e.h5, run2/embed/e.h5, f.h5: 18 proteins</title>" in (
+        tmp_path / "m.html").read_text()
     _, rows = _table(r.stdout)
     assert [row["source"] for row in rows] == ["run1/embed/e.h5"] * 6 + ["run2/embed/e.h5"] * 6 + ["f.h5"] * 6
 
