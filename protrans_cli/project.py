@@ -13,7 +13,7 @@ scikit-learn's, UMAP is umap-learn's (`pip install 'protrans[project]'`), both s
 
 How far a map can be trusted is measured, not assumed: `kept` is the fraction of every
 protein's 10 nearest neighbours in embedding space (by the metric) that are among its 10
-nearest on the map (Euclidean), averaged over the proteins (at most 2,000 of them, drawn by the
+nearest on the map (Euclidean), averaged over the proteins (at most 1,000 of them, drawn by the
 seed, each against all). 1.0 keeps every neighbourhood; a random placement keeps about 10/N.
 """
 
@@ -38,10 +38,11 @@ NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 EXTRAS = {"tsne": ("sklearn", "scikit-learn"), "umap": ("umap", "umap-learn")}
 ROWS_PER_SLICE = 16384       # rows of vectors in float64 at a time (16,384 x 1,024: 128 MiB)
 KEPT_NEIGHBOURS = 10
-KEPT_QUERIES = 2000
+KEPT_QUERIES = 1000  # (its figure's standard error about 0.006; each query is compared with every protein)
 MAX_COLOURS = 20             # categories beyond the most frequent 19 are drawn as one "other"
 CONTINUOUS_MIN_VALUES = 12   # numeric labels with at least this many distinct values: a colour scale
 SOURCE = "source"            # the column naming each row's input file
+RESERVED = ("id", SOURCE, "x", "y", "z")  # the table's own columns: a label column of one such name is renamed
 
 
 @dataclass
@@ -313,7 +314,7 @@ def _file_vectors(path, layer: int):
             if PER_RESIDUE not in reader.kinds:
                 raise InputError("holds no embeddings", path=str(path))
             attrs = dict(reader.attrs)
-            ids, rows = [], []
+            ids, rows, empty = [], [], []
             for ident, array, _ in reader.items(PER_RESIDUE):
                 array = np.asarray(array)
                 if array.ndim == 3:  # several layers stored: (n_layers, L, D)
@@ -321,6 +322,7 @@ def _file_vectors(path, layer: int):
                 elif layer != -1:
                     stored_layer_index(reader, layer)
                 if len(array) == 0:
+                    empty.append(ident)
                     continue
                 ids.append(ident)
                 rows.append(array.astype(np.float64).mean(axis=0).astype(np.float32))
@@ -332,6 +334,9 @@ def _file_vectors(path, layer: int):
         matrix = np.stack(rows)
         console.info(f"{path}: per-residue embeddings only; each protein is placed by their mean (as embed's "
                      "per-protein vectors)")
+        if empty:
+            console.warn(f"{path}: {console.counted(len(empty), 'protein')} without a residue left off the map "
+                         f"({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})")
         if not np.isfinite(matrix).all():
             bad = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
             raise InputError(f"embeddings: {ids[bad]} has NaN or infinite values", path=str(path))
@@ -342,7 +347,8 @@ def _file_vectors(path, layer: int):
 
 def read_colour_labels(label_files, label_format: str, ids: list[str]) -> tuple[list[str], dict]:
     """(columns, id -> {column: label}) of one or more per-protein label files (DeepLoc FASTA,
-    id,label tables, FLIP CSV) for the proteins `ids`; labels meaning unknown (DeepLoc's
+    tables: every column after the id, by its header's name; FLIP CSV) for the proteins `ids`;
+    labels meaning unknown (DeepLoc's
     membrane U) are left out. A protein two files label differently is an error; files that
     label none of the proteins are an error, those that label some are said on stderr."""
     from protrans_cli.knn import protein_labels
@@ -353,7 +359,13 @@ def read_colour_labels(label_files, label_format: str, ids: list[str]) -> tuple[
     found_in: dict[tuple[str, str], str] = {}
     for path in label_files:
         file_columns, file_by_id, unknown, first = protein_labels(path, label_format,
-                                                                  "a map colours each protein by one label")
+                                                                  "a map colours each protein by one label",
+                                                                  all_columns=True)
+        # (an annotation table's own `source` or `x` column beside the map's: renamed label_source, label_x)
+        renamed = {c: f"label_{c}" if c in RESERVED else c for c in file_columns}
+        file_columns = [renamed[c] for c in file_columns]
+        file_by_id = {i: {renamed.get(c, c): v for c, v in labels.items()} for i, labels in file_by_id.items()}
+        unknown = {renamed.get(c, c): v for c, v in unknown.items()}
         if not wanted & file_by_id.keys():
             raise InputError(f"labels none of the {len(ids):,} proteins mapped (ids such as {ids[0]!r}; the "
                              f"file's: {first or 'none'!r})", path=str(path))
@@ -382,11 +394,12 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
             labels=(), label_format: str = "auto", colour_by: str | None = None, seed: int = 0,
             perplexity: float | None = None, neighbors: int | None = None, min_dist: float = 0.1,
             plot=None, html_path=None, threads: int | None = None, allow_model_mismatch: bool = False,
-            measure: bool = True) -> Projection:
+            measure: bool = True, sample: int | None = None) -> Projection:
     """Place the per-protein vectors of `inputs` (embeddings files of one model) on a map and
     write it: `output` a TSV (id, source with several inputs, x, y[, z], the label columns;
     '-' stdout, None nothing), `plot` a PNG/SVG/PDF picture, `html_path` a page to explore it
-    in a browser (2 dimensions). Every output is written whole or not at all."""
+    in a browser (2 dimensions). Every output is written whole or not at all. `sample`: place
+    that many of the proteins, drawn by `seed` (t-SNE of a UniRef-sized set), in input order."""
     from protrans_cli.io.files import input_named_by, output_directory
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -395,6 +408,8 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         raise UsageError("no embeddings to map: give one file or more")
     check_method(method, dims, metric)
     check_seed(seed)
+    if sample is not None and sample < 4:
+        raise UsageError(f"--sample {sample}: a map of 4 proteins at least")
     if html_path is not None and dims != 2:
         raise UsageError("--html draws 2 dimensions: leave out --dims 3 (or --html)")
     if plot is not None and Path(str(plot)).suffix.lower() not in (".png", ".svg", ".pdf"):
@@ -412,6 +427,11 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
             if same_file(out, other) or str(out) == str(other):
                 raise UsageError(f"{flag} and {other_flag} name one file ({out}): give each its own")
     ids, sources, vectors = read_vectors(inputs, layer=layer, allow_model_mismatch=allow_model_mismatch)
+    if sample is not None and sample < len(ids):
+        chosen_rows = np.sort(np.random.default_rng(seed).choice(len(ids), sample, replace=False))
+        console.info(f"placing {sample:,} of the {len(ids):,} proteins, drawn by --seed {seed} (--sample)")
+        ids, sources = [ids[i] for i in chosen_rows], [sources[i] for i in chosen_rows]
+        vectors = vectors[chosen_rows]
     if metric == "cosine":
         _check_norms(vectors, ids)
     columns, by_id = read_colour_labels(labels, label_format, ids) if labels else ([], {})

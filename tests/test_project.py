@@ -516,3 +516,51 @@ def test_deeploc_maps(tmp_path, run_cli, shared_data):
         assert all(row["loc"] for row in rows) and {row["membrane"] for row in rows} == {"M", "S", ""}
         kept[method] = float(r.stderr.split("kept on the map: ")[1].split(" ")[0])
     assert kept["tsne"] > 3 * kept["pca"] > 3 * 10 * 10 / 1677
+
+
+def test_an_annotation_table_colours_by_any_of_its_columns_and_a_sample_places_fewer(tmp_path, run_cli):
+    """A headed table gives every column after the id (its own `source` renamed label_source,
+    beside the map's); numbers colour by a scale; --sample places a seeded subset in input order."""
+    from protrans_cli.project import Projection, colouring
+
+    x, cluster = _clusters()
+    ids = [f"a{i:02d}" for i in range(len(x))]
+    _write(tmp_path / "one.h5", x[:20], ids[:20])
+    _write(tmp_path / "two.h5", x[20:], ids[20:])
+    table = tmp_path / "annotations.tsv"
+    table.write_text("id\tfamily\ttm\tsource\n" + "".join(
+        f"{ident}\t{'kinase protease lipase'.split()[cluster[i]]}\t{40 + i * 0.7:.1f}\tlab{i % 2}\n"
+        for i, ident in enumerate(ids)))
+    r = run_cli("project", tmp_path / "one.h5", tmp_path / "two.h5", "--labels", table, "--color-by", "tm",
+                "--html", tmp_path / "m.html")
+    assert r.exit_code == 0, r.stderr
+    head, rows = _table(r.stdout)
+    assert head == ["id", "source", "x", "y", "family", "tm", "label_source"]
+    assert [row["source"] for row in rows] == ["one.h5"] * 20 + ["two.h5"] * 25
+    assert [row["tm"] for row in rows] == [f"{40 + i * 0.7:.1f}" for i in range(45)]
+    assert [row["label_source"] for row in rows] == [f"lab{i % 2}" for i in range(45)]
+    page = (tmp_path / "m.html").read_text()
+    assert 'class="scale"' in page and ">tm<" in page
+    by_family = colouring(Projection(ids, [""] * 45, np.zeros((45, 2)),
+                                     labels={"family": [row["family"] for row in rows]}, colour_by="family"))
+    assert by_family.kind == "category" and [entry[0] for entry in by_family.legend] == ["kinase", "lipase", "protease"]
+    sampled = [run_cli("project", tmp_path / "one.h5", tmp_path / "two.h5", "--sample", "10", "--seed", str(seed))
+               for seed in (1, 1, 2)]
+    assert all(s.exit_code == 0 for s in sampled), sampled[0].stderr
+    assert "placing 10 of the 45 proteins, drawn by --seed 1 (--sample)" in sampled[0].stderr
+    picked = [[row["id"] for row in _table(s.stdout)[1]] for s in sampled]
+    assert picked[0] == picked[1] != picked[2] and len(picked[0]) == 10 and picked[0] == sorted(picked[0])
+    r = run_cli("project", tmp_path / "one.h5", "--sample", "3")
+    assert r.exit_code == 2 and "--sample 3: a map of 4 proteins at least" in r.stderr
+
+
+def test_a_protein_without_residues_is_left_off_with_a_warning(tmp_path, run_cli):
+    x, _ = _clusters(n_per=3)
+    with EmbeddingsWriter(tmp_path / "r.h5", kinds=("per_residue",), attrs={"model": "onehot"}) as w:
+        for i, v in enumerate(x):
+            w.write(f"r{i}", f"r{i}", "ACD", per_residue=np.tile(v, (3, 1)).astype(np.float32))
+        w.write("empty", "empty", "", per_residue=np.zeros((0, x.shape[1]), dtype=np.float32))
+    r = run_cli("project", tmp_path / "r.h5")
+    assert r.exit_code == 0, r.stderr
+    assert "1 protein without a residue left off the map (empty)" in r.stderr
+    assert len(_table(r.stdout)[1]) == 9

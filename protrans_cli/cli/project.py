@@ -22,8 +22,9 @@ from protrans_cli.heads.labels import FORMATS
               help="How vectors are compared: Euclidean distance, or cosine (the vectors scaled to unit "
                    "length; for PCA, the map of those).")
 @click.option("--labels", "label_files", multiple=True, type=INPUT_FILE, metavar="FILE",
-              help="Per-protein labels to colour by (DeepLoc FASTA, id,label table, FLIP CSV); repeat for "
-                   "several files (a training and a test set).")
+              help="Per-protein labels to colour by: a DeepLoc FASTA, a CSV/TSV table (with a header, every "
+                   "column after the id: id,family,organism,tm), FLIP CSV; repeat for several files (a "
+                   "training and a test set).")
 @click.option("--label-format", type=click.Choice(list(FORMATS)), default="auto", help="Format of --labels.")
 @click.option("--color-by", "colour_by", default=None, metavar="COLUMN",
               help="The label column the picture and page colour by (`source`: the input file).  "
@@ -41,14 +42,17 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("--neighbors", type=int, default=None,
               help="UMAP's neighbours.  [default: 15, fewer than the proteins]")
 @click.option("--min-dist", type=float, default=0.1, help="UMAP's minimum distance between placed points.")
-@click.option("--seed", type=int, default=0, help="Seed of t-SNE, UMAP and the proteins the quality figure samples.")
+@click.option("--seed", type=int, default=0, help="Seed of t-SNE, UMAP, --sample and the proteins the quality figure samples.")
+@click.option("--sample", type=int, default=None, metavar="N",
+              help="Place N of the proteins, drawn by --seed (t-SNE or UMAP of a UniRef-sized file).  "
+                   "[default: all]")
 @click.option("--layer", type=int, default=-1, help="Layer to use when the embeddings hold several.")
 @click.option("--allow-model-mismatch", is_flag=True,
               help="Map embeddings of two models together (their positions mean nothing unless the models are one).")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for t-SNE's neighbour search.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 def command(embeddings, method, dims, metric, label_files, label_format, colour_by, output, plot, html_path,
-            perplexity, neighbors, min_dist, seed, layer, allow_model_mismatch, threads):
+            perplexity, neighbors, min_dist, seed, sample, layer, allow_model_mismatch, threads):
     """A map of embedding space: PCA, t-SNE or UMAP of per-protein vectors.
 
     Places every protein of one or more embeddings files (of one model) in 2 or 3 dimensions
@@ -83,4 +87,4 @@ def command(embeddings, method, dims, metric, label_files, label_format, colour_
     project(list(embeddings), output, method=method, dims=dims, metric=metric, layer=layer, labels=list(label_files),
             label_format=label_format, colour_by=colour_by, seed=seed, perplexity=perplexity, neighbors=neighbors,
             min_dist=min_dist, plot=plot, html_path=html_path, threads=resolve_threads(threads),
-            allow_model_mismatch=allow_model_mismatch)
+            allow_model_mismatch=allow_model_mismatch, sample=sample)
