@@ -85,12 +85,13 @@ def interrupted_output(output) -> Path:
 
 def _setup_distributed(device: str) -> _Dist:
     """torchrun sets RANK/WORLD_SIZE: join the group (gloo for the barriers, the data never moves)."""
+    from protrans_cli.io.files import signals_end_wait, stop_with_launcher
+
+    stop_with_launcher()  # (torchrun SIGKILLed: the ranks keep their work and stop, not embed on as orphans)
     rank, world = _torchrun_rank()
     if world <= 1:
         return _Dist()
     import torch.distributed as dist
-
-    from protrans_cli.io.files import signals_end_wait
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():  # the caller's group, and its timeouts

@@ -715,3 +715,52 @@ def test_a_file_system_without_flock_runs_the_block_unlocked_and_leaves_nothing(
         with (folder_lock(tmp_path / "x.partial", "busy") if kind == "folder" else output_lock(tmp_path / "x", "busy")):
             ran.append(True)  # (unlocked: a second holder is not refused)
     assert ran == [True, True] and list(tmp_path.iterdir()) == []
+
+
+_RANK = """
+import signal, sys, time
+from protrans_cli.io.files import stop_with_launcher
+flag = sys.argv[1]
+def stop(*_):
+    open(flag, "w").write("terminated")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print(stop_with_launcher(), flush=True)
+time.sleep(60)
+"""
+_LAUNCHER = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE, text=True)
+print(child.pid, child.stdout.readline().strip(), flush=True)
+child.wait()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("under_torchrun", [True, False])
+def test_a_rank_is_sent_sigterm_when_its_launcher_is_killed(tmp_path, under_torchrun):
+    """The launcher (torchrun) SIGKILLed: a rank it started gets SIGTERM (and checkpoints, as for
+    torchrun's own SIGTERM) instead of running on as an orphan; outside torchrun nothing is set."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"}
+    if under_torchrun:
+        env["TORCHELASTIC_RUN_ID"] = "test"
+    flag = tmp_path / "flag"
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, _RANK, str(flag)], env=env,
+                                stdout=subprocess.PIPE, text=True)
+    pid, was_set = launcher.stdout.readline().split()
+    try:
+        assert was_set == str(under_torchrun)
+        launcher.kill()
+        launcher.wait()
+        deadline = time.time() + (20 if under_torchrun else 1)
+        while not flag.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert flag.exists() == under_torchrun and (not under_torchrun or flag.read_text() == "terminated")
+    finally:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -239,6 +239,59 @@ def test_sigterm_to_torchrun_saves_one_checkpoint_of_all_ranks_and_resume_matche
     np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)
 
 
+def _processes_naming(text: str) -> list[int]:
+    """PIDs of the processes whose command line holds `text` (Linux's /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if text.encode() in fh.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_sigkill_to_torchrun_stops_its_ranks_with_a_checkpoint_and_resume_matches(tmp_path):
+    """`kill -9` of the launcher alone: its ranks used to train on to the end as orphans; each now
+    gets SIGTERM as the launcher dies, so they stop together after one step with one checkpoint."""
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    steps = ["--num-steps", "40"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "protrans_cli", "train", *ARGS, *steps, "-o", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 120
+    while _processes_naming(str(out)) and time.time() < deadline:
+        time.sleep(0.1)
+    left = _processes_naming(str(out))
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "the ranks ran on after their launcher was killed"
+    stopped = [r["step"] for r in read_metrics(metrics)][-1]
+    assert 3 <= stopped < 40
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{stopped:08d}"]
+    _torchrun("-o", out, *steps, "--resume")
+    losses = [r["loss"] for r in read_metrics(metrics)]
+    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=40,
+                      max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
+                      log_every=1, threads=1, save_every=100,
+                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
+    np.testing.assert_allclose(losses, train(cfg).losses, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_fsdp_checkpoints_leave_the_random_stream_alone(tmp_path):
     # rank 0 built its full copy of the model for every save from the global generator: with

@@ -1210,6 +1210,29 @@ def signals_held():
             os.kill(os.getpid(), noted[0])
 
 
+def stop_with_launcher() -> bool:
+    """Under torchrun (Linux): a SIGTERM reaches this rank when the launcher that started it dies,
+    even by SIGKILL (`kill -9` of torchrun's PID, the OOM killer, a node agent's hard stop), so the
+    rank stops as it does for torchrun's own SIGTERM (train: one checkpoint at the step under way;
+    embed: its work kept for --resume) instead of running on to the end as an orphan, its GPU and
+    the run's lock held. True where it is set. A launcher already gone before this call (the rank
+    adopted by init or a subreaper) gets the SIGTERM at once."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return False
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() == 1:  # (adopted by init before prctl took effect: the launcher is gone)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 @contextlib.contextmanager
 def signals_end_wait(what: str):
     """SIGINT and SIGTERM end the process at once while the block waits inside a C call that

@@ -41,6 +41,9 @@ def setup(timeout: float | None = None) -> DistInfo:
     collectives failing after `timeout` seconds of waiting (None: PyTorch's default, 10 minutes
     for NCCL, 30 for gloo)."""
     global _info
+    from protrans_cli.io.files import stop_with_launcher
+
+    stop_with_launcher()  # (torchrun SIGKILLed: the ranks checkpoint and stop, not train on as orphans)
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
