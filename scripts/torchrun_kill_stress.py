@@ -1,8 +1,8 @@
 """Stop `protrans embed` under 1, 2 or 3 processes at random moments, resume with another count.
 
 Each trial starts a run with a random process count (torchrun for more than one), sends it
-SIGKILL (the launcher and every rank), SIGTERM or SIGINT (to every process, or to the launcher
-alone) after 0.5-10 s, and resumes with a random count until a run completes; the final file
+SIGKILL, SIGTERM or SIGINT (to every process, or to the launcher alone: a SIGKILLed launcher's
+ranks must stop by themselves, with their work kept, before the next attempt) after 0.5-10 s, and resumes with a random count until a run completes; the final file
 must equal an uninterrupted one-process run's (ids, arrays, means, attributes, `failed`), with
 no partial, ledger, untrusted or shard file left. The one-process counterpart is
 scripts/sigkill_stress.py.
@@ -13,12 +13,14 @@ scripts/sigkill_stress.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from _kill_stress import ROOT, env  # (scripts/, beside this file)
@@ -54,6 +56,14 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """Not a zombie (an orphan's exit is reaped by init, a moment later)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _attempt(rng, command, environment, may_stop: bool, *, cwd=ROOT, at=(0.5, 10),
              timeout: float = 180, chance: float = 0.85) -> tuple[int, str | None, str]:
     """Run `command` in `cwd`, perhaps stopped by a random signal after `at` (a range of seconds);
@@ -68,13 +78,25 @@ def _attempt(rng, command, environment, may_stop: bool, *, cwd=ROOT, at=(0.5, 10
         try:
             proc.wait(timeout=at)
         except subprocess.TimeoutExpired:
-            every = signum == signal.SIGKILL or rng.random() < 0.5
-            for pid in _tree(proc.pid) if every else [proc.pid]:
+            every = rng.random() < 0.5
+            tree = _tree(proc.pid)
+            for pid in tree if every else [proc.pid]:
                 try:
                     os.kill(pid, signum)
                 except ProcessLookupError:
                     pass
             sent = signum.name + ("" if every else " to the launcher")
+            if signum == signal.SIGKILL and not every and len(tree) > 1:
+                # (its ranks, orphans now, are sent SIGTERM by the kernel and must stop by themselves)
+                proc.wait()
+                deadline = time.time() + 60
+                while any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in tree[1:]):
+                    if time.time() > deadline:
+                        for pid in tree[1:]:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, signal.SIGKILL)
+                        return proc.returncode, sent, "(orphans: the ranks ran on 60 s after their launcher was killed)"
+                    time.sleep(0.1)
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -111,7 +133,7 @@ def main(argv=None) -> None:
         for trial in range(args.trials):
             folder = tmp / f"trial{trial}"
             folder.mkdir()
-            out, history, previous, code = folder / "k.h5", [], None, None
+            out, history, previous, code, orphaned = folder / "k.h5", [], None, None, False
             for attempt in range(8):
                 processes = rng.choice([1, 2, 3])
                 other_counts += previous is not None and processes != previous
@@ -119,12 +141,15 @@ def main(argv=None) -> None:
                                          attempt < 5)
                 stops += sent is not None
                 history.append(f"{processes} process(es)" + (f", {sent}" if sent else "") + f": exit {code}")
+                orphaned = orphaned or "(orphans:" in err
                 previous = processes
                 if code == 0:
                     break
                 if sent is None:
                     print(f"trial {trial}: exit {code} without a signal: {err.strip()[-500:]}", flush=True)
             problem = None if code == 0 else "never completed"
+            if orphaned:
+                problem = "a SIGKILLed launcher's ranks ran on (orphans)"
             if problem is None:
                 try:
                     assert_same_content(file_content(out), dict(full))  # (it pops 'failed' from both)
