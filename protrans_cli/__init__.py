@@ -12,9 +12,24 @@ that need them, so `import protrans_cli` stays cheap.
 from __future__ import annotations
 
 import importlib
+import os as _os
 
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, ModelError, ProtransError, UsageError
+
+# The process that started this one, when the package was first imported (early: a rank's first
+# import). io.files.stop_with_launcher tells a launcher that died since by a parent that changed;
+# a parent of PID 1 alone is no sign (torchrun is PID 1 as a container's command).
+_PARENT_AT_IMPORT = _os.getppid()
+
+
+def _note_parent() -> None:  # (a rank forked from a process that had imported the package: its own parent)
+    global _PARENT_AT_IMPORT
+    _PARENT_AT_IMPORT = _os.getppid()
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_note_parent)
 
 # public name -> module that defines it (imported lazily on first access)
 _LAZY = {

@@ -8,8 +8,11 @@ import io
 import lzma
 import os
 import random
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -764,3 +767,94 @@ def test_a_rank_is_sent_sigterm_when_its_launcher_is_killed(tmp_path, under_torc
             os.kill(int(pid), signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+_LATE_RANK = """
+import os, signal, sys, time
+import protrans_cli
+from protrans_cli.io.files import stop_with_launcher
+flag = sys.argv[1]
+def stop(*_):
+    open(flag, "w").write("terminated")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print(os.getpid(), flush=True)
+parent = os.getppid()
+deadline = time.time() + 20
+while os.getppid() == parent and time.time() < deadline:  # (the launcher killed before the call)
+    time.sleep(0.02)
+stop_with_launcher()
+time.sleep(5)
+open(flag, "w").write("ran on")
+"""
+_PID1_LAUNCHER = """
+import os, subprocess, sys
+child = subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2]], capture_output=True, text=True)
+print(os.getpid(), child.returncode, child.stdout.strip(), flush=True)
+"""
+_PID1_RANK = """
+import os, signal, sys
+from protrans_cli.io.files import stop_with_launcher
+signal.signal(signal.SIGTERM, lambda *_: (print("terminated", flush=True), sys.exit(3)))
+print(os.getppid(), stop_with_launcher(), "ran on", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_rank_whose_launcher_died_before_it_asked_is_sent_sigterm_at_once(tmp_path):
+    """The launcher killed after the rank started (protrans_cli imported) but before it set the
+    death signal: its parent changed (init or a subreaper adopted it), and the SIGTERM comes at once."""
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test"}
+    flag = tmp_path / "flag"
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, _LATE_RANK, str(flag)], env=env,
+                                stdout=subprocess.PIPE, text=True)
+    pid = launcher.stdout.readline().split()[0]
+    try:
+        launcher.kill()
+        launcher.wait()
+        deadline = time.time() + 30
+        while not flag.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert flag.read_text() == "terminated"
+    finally:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or not sys.platform.startswith("linux"),
+                    reason="needs Linux's unshare")
+def test_a_rank_of_a_launcher_that_is_pid_1_runs_on(tmp_path):
+    """torchrun as a container's command is PID 1: its ranks' parent is PID 1 while it lives,
+    and a rank read that as its launcher gone and stopped itself at once (every rank, every run)."""
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test"}
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _PID1_LAUNCHER,
+                        _PID1_RANK, "x"], env=env, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0 or not r.stdout.startswith("1 "):
+        pytest.skip(f"no PID namespace here: {r.stderr.strip()[:200]}")
+    assert r.stdout.split() == ["1", "0", "1", "True", "ran", "on"], r.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_rank_forked_from_a_process_that_imported_protrans_runs_on(tmp_path):
+    """A rank forked (multiprocessing's fork) by a launcher that had imported protrans_cli: its
+    parent is the launcher, not the launcher's parent the package saw at import."""
+    code = """
+import multiprocessing as mp, os, signal, sys
+import protrans_cli
+from protrans_cli.io.files import stop_with_launcher
+def rank(queue):
+    signal.signal(signal.SIGTERM, lambda *_: (queue.put("terminated"), sys.exit(3)))
+    queue.put(str(stop_with_launcher()))
+    queue.put("ran on")
+ctx = mp.get_context("fork")
+queue = ctx.Queue()
+child = ctx.Process(target=rank, args=(queue,))
+child.start()
+child.join(30)
+print(queue.get(timeout=5), queue.get(timeout=5), child.exitcode)
+"""
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TORCHELASTIC_RUN_ID": "test"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["True", "ran", "on", "0"], r.stdout + r.stderr

@@ -1215,20 +1215,26 @@ def stop_with_launcher() -> bool:
     even by SIGKILL (`kill -9` of torchrun's PID, the OOM killer, a node agent's hard stop), so the
     rank stops as it does for torchrun's own SIGTERM (train: one checkpoint at the step under way;
     embed: its work kept for --resume) instead of running on to the end as an orphan, its GPU and
-    the run's lock held. True where it is set. A launcher already gone before this call (the rank
-    adopted by init or a subreaper) gets the SIGTERM at once."""
+    the run's lock held. True where it is set. A launcher that died after protrans_cli was first
+    imported and before this call (the rank adopted by init or a subreaper: its parent changed)
+    gets the SIGTERM at once. (A parent of PID 1 is not that sign: torchrun as a container's
+    command is PID 1, and its every rank stopped at once.)"""
     if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
         return False
     import ctypes
     import signal
 
+    from protrans_cli import _PARENT_AT_IMPORT
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        prctl = libc.prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        if prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
             return False
     except (OSError, AttributeError):
         return False
-    if os.getppid() == 1:  # (adopted by init before prctl took effect: the launcher is gone)
+    if os.getppid() != _PARENT_AT_IMPORT:  # (adopted before prctl took effect: the launcher is gone)
         os.kill(os.getpid(), signal.SIGTERM)
     return True
 
