@@ -203,6 +203,18 @@ def test_a_table_read_with_all_its_columns(tmp_path):
         [r.labels for r in read_labels(HEADS / "id_label_no_header.csv").records]
 
 
+@pytest.mark.parametrize("header, twice", [("id,family,tm,family", "'family' twice (columns 2, 4)"),
+                                           ("id,,column2", "'column2' twice (columns 2, 3)")])
+def test_a_table_read_with_all_its_columns_refuses_a_column_name_given_twice(tmp_path, header, twice):
+    """all_columns: two columns of one name (or an unnamed one and a column2) are an error naming
+    the line; the second's values took the name and the first's were lost, silently."""
+    path = tmp_path / "annotations.csv"
+    path.write_text(f"{header}\n" + ",".join(["P1", "a", "b", "c"][:header.count(",") + 1]) + "\n")
+    with pytest.raises(InputError, match="annotations.csv:1: the header names " + re.escape(twice)):
+        read_labels(path, all_columns=True)
+    assert [r.labels for r in read_labels(path).records] == [{"label": "a"}]  # (the tasks read the second)
+
+
 @pytest.mark.parametrize("text", [
     'id,label\n0,"\n00,\n',                              # found by fuzzing: record 00 was lost
     'id,label\nP1,"cyto\nP2,nucleus\nP3,cyto\n',        # P2 and P3 went into P1's label, exit 0

@@ -624,6 +624,15 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
                 set_col = lowered.index("set") if "set" in lowered else None
                 width = len(row)
                 header = row
+                if all_columns:
+                    names = [column or f"column{i}" for i, column in enumerate(row[1:], 2)]
+                    # (`id,family,family`: the second's values took the first's name, the first's lost)
+                    twice = next((c for i, c in enumerate(names) if c in names[:i]), None)
+                    if twice is not None:
+                        columns = [i for i, c in enumerate(names, 2) if c == twice]
+                        raise InputError(f"the header names {twice!r} twice (columns "
+                                         f"{', '.join(map(str, columns))}): give each column its own name",
+                                         path=name, line=lineno)
                 continue
             if set(lowered) & (_ID_HEADERS | {"label", "set", "target"}):  # a header, ids not first
                 raise InputError(f"the header {','.join(row)!r} does not start with the id column (the first "
@@ -643,7 +652,7 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
         if set_col is not None and set_col < len(row):
             split = split_name(row[set_col], path=name, line=lineno)
         if all_columns and header is not None:
-            labels = {column or f"column{i}": value for i, (column, value) in enumerate(zip(header[1:], row[1:]), 2)}
+            labels = dict(zip(names, row[1:]))
         else:
             labels = {"label": row[1]}
         records.append(LabelRecord(row[0], None, labels, None, split, lineno))
