@@ -203,6 +203,18 @@ def test_a_table_read_with_all_its_columns(tmp_path):
         [r.labels for r in read_labels(HEADS / "id_label_no_header.csv").records]
 
 
+def test_a_table_read_with_all_its_columns_keeps_a_set_column_as_a_label(tmp_path):
+    """all_columns: a column named `set` is one more label (an annotation's gene set), not a split
+    (`A` was refused as an unknown set); the tasks still read it as the split."""
+    path = tmp_path / "annotations.csv"
+    path.write_text("id,set,family\nP1,A,kinase\nP2,test,protease\n")
+    records = read_labels(path, all_columns=True).records
+    assert [(r.labels, r.split) for r in records] == [({"set": "A", "family": "kinase"}, None),
+                                                      ({"set": "test", "family": "protease"}, None)]
+    with pytest.raises(InputError, match="annotations.csv:2: unknown set 'A'"):
+        read_labels(path)
+
+
 @pytest.mark.parametrize("header, twice", [("id,family,tm,family", "'family' twice (columns 2, 4)"),
                                            ("id,,column2", "'column2' twice (columns 2, 3)")])
 def test_a_table_read_with_all_its_columns_refuses_a_column_name_given_twice(tmp_path, header, twice):

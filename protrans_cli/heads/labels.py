@@ -625,6 +625,9 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
                 width = len(row)
                 header = row
                 if all_columns:
+                    # (an annotation's `set` is a label like the others, not a split: `set,family` of
+                    # gene sets, A and B, was refused as "unknown set 'A': train, valid or test")
+                    set_col = None
                     names = [column or f"column{i}" for i, column in enumerate(row[1:], 2)]
                     # (`id,family,family`: the second's values took the first's name, the first's lost)
                     twice = next((c for i, c in enumerate(names) if c in names[:i]), None)
