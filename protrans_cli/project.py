@@ -363,6 +363,10 @@ def read_colour_labels(label_files, label_format: str, ids: list[str]) -> tuple[
                                                                   all_columns=True)
         # (an annotation table's own `source` or `x` column beside the map's: renamed label_source, label_x)
         renamed = {c: f"label_{c}" if c in RESERVED else c for c in file_columns}
+        if clash := next((c for c in file_columns if c in RESERVED and f"label_{c}" in file_columns), None):
+            # (`id,x,label_x`: the renamed x and the file's own label_x were one column, x's values lost)
+            raise InputError(f"its column {clash!r}, a name the map's table has, would be label_{clash}, and it has "
+                             f"a label_{clash} column too: rename one of them", path=str(path))
         file_columns = [renamed[c] for c in file_columns]
         file_by_id = {i: {renamed.get(c, c): v for c, v in labels.items()} for i, labels in file_by_id.items()}
         unknown = {renamed.get(c, c): v for c, v in unknown.items()}

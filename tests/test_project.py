@@ -554,6 +554,23 @@ def test_an_annotation_table_colours_by_any_of_its_columns_and_a_sample_places_f
     assert r.exit_code == 2 and "--sample 3: a map of 4 proteins at least" in r.stderr
 
 
+def test_a_renamed_column_that_meets_the_tables_own_is_an_error(tmp_path, run_cli):
+    """`id,x,label_x`: the table's x becomes label_x beside the map's x, and its own label_x was
+    the same column (x's values lost, silently): an error naming the file, exit 1."""
+    x, _ = _clusters(n_per=3)
+    ids = [f"a{i}" for i in range(len(x))]
+    _write(tmp_path / "e.h5", x, ids)
+    table = tmp_path / "t.csv"
+    table.write_text("id,x,label_x\n" + "".join(f"{ident},{i},lx\n" for i, ident in enumerate(ids)))
+    r = run_cli("project", tmp_path / "e.h5", "--labels", table, "-o", tmp_path / "m.tsv")
+    assert r.exit_code == 1 and not (tmp_path / "m.tsv").exists()
+    assert r.stderr.strip().endswith(f"{table}: its column 'x', a name the map's table has, would be label_x, "
+                                     "and it has a label_x column too: rename one of them"), r.stderr
+    table.write_text("id,x,y_label\n" + "".join(f"{ident},{i},lx\n" for i, ident in enumerate(ids)))
+    r = run_cli("project", tmp_path / "e.h5", "--labels", table)
+    assert r.exit_code == 0 and _table(r.stdout)[0] == ["id", "x", "y", "label_x", "y_label"], r.stderr
+
+
 def test_a_protein_without_residues_is_left_off_with_a_warning(tmp_path, run_cli):
     x, _ = _clusters(n_per=3)
     with EmbeddingsWriter(tmp_path / "r.h5", kinds=("per_residue",), attrs={"model": "onehot"}) as w:
