@@ -203,6 +203,17 @@ def test_a_table_read_with_all_its_columns(tmp_path):
         [r.labels for r in read_labels(HEADS / "id_label_no_header.csv").records]
 
 
+def test_a_table_read_with_all_its_columns_gives_every_row_the_headers_columns(tmp_path):
+    """all_columns: a row short of the header's last columns has them empty (no label); a table
+    whose every row ended before `tm` lost the column."""
+    path = tmp_path / "annotations.csv"
+    path.write_text("id,family,tm\nP1,kinase\nP2,protease,60\n")
+    assert [r.labels for r in read_labels(path, all_columns=True).records] == [
+        {"family": "kinase", "tm": ""}, {"family": "protease", "tm": "60"}]
+    path.write_text("id,family,tm\nP1,kinase\n")
+    assert [r.labels for r in read_labels(path, all_columns=True).records] == [{"family": "kinase", "tm": ""}]
+
+
 def test_a_table_read_with_all_its_columns_keeps_a_set_column_as_a_label(tmp_path):
     """all_columns: a column named `set` is one more label (an annotation's gene set), not a split
     (`A` was refused as an unknown set); the tasks still read it as the split."""

@@ -655,7 +655,9 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
         if set_col is not None and set_col < len(row):
             split = split_name(row[set_col], path=name, line=lineno)
         if all_columns and header is not None:
-            labels = dict(zip(names, row[1:]))
+            # (a row short of the header's columns: those are empty, no label; every row short of
+            # `tm` left the column out of the map, and --color-by tm said "no such label column")
+            labels = {column: row[i] if i < len(row) else "" for i, column in enumerate(names, 1)}
         else:
             labels = {"label": row[1]}
         records.append(LabelRecord(row[0], None, labels, None, split, lineno))
