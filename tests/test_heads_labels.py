@@ -214,6 +214,21 @@ def test_a_table_read_with_all_its_columns_gives_every_row_the_headers_columns(t
     assert [r.labels for r in read_labels(path, all_columns=True).records] == [{"family": "kinase", "tm": ""}]
 
 
+def test_a_table_read_with_all_its_columns_and_a_sequence_column_is_no_flip_csv(tmp_path):
+    """all_columns: `id,sequence,family,set` (an annotation export) is a table with its ids, not a
+    FLIP CSV (ids made from the sequences, or "without a target column"); the tasks read it as before."""
+    path = tmp_path / "annotations.csv"
+    path.write_text("id,sequence,family,set\nP1,ACDE,kinase,train\nP2,FGHI,protease,test\n")
+    label_set = read_labels(path, all_columns=True)
+    assert label_set.format == "table" and [(r.id, r.labels) for r in label_set.records] == [
+        ("P1", {"sequence": "ACDE", "family": "kinase", "set": "train"}),
+        ("P2", {"sequence": "FGHI", "family": "protease", "set": "test"})]
+    with pytest.raises(InputError, match="FLIP CSV without a target column"):
+        read_labels(path)
+    path.write_text("sequence,target,set\nACDE,1.5,train\n")  # (FLIP's own: still FLIP)
+    assert read_labels(path, all_columns=True).format == "flip_csv"
+
+
 def test_a_table_read_with_all_its_columns_keeps_a_set_column_as_a_label(tmp_path):
     """all_columns: a column named `set` is one more label (an annotation's gene set), not a split
     (`A` was refused as an unknown set); the tasks still read it as the split."""

@@ -189,6 +189,10 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if fmt == "auto":
         fmt = sniff_format(text, name)
+        if all_columns and fmt == "flip_csv" and _first_header_field(text) in _ID_HEADERS:
+            # (an annotation table `id,sequence,family,set` is no FLIP CSV, which has no ids: it was
+            # read as one, "without a target column", or its ids made from the sequences)
+            fmt = "table"
     readers = {"netsurfp": lambda: _read_netsurfp(text, name, mask_columns), "pisces": lambda: _read_pisces(text, name),
                "flip": lambda: _read_flip(text, name), "flip_csv": lambda: _read_flip_csv(text, name),
                "biotrainer": lambda: _read_biotrainer(text, name),
@@ -283,6 +287,12 @@ def sniff_format(text: str, name: str = "<labels>") -> str:
     if not first:
         raise InputError("is empty", path=name)
     return "table"
+
+
+def _first_header_field(text: str) -> str:
+    """The first field of the first line that is not blank, lower-cased (a header's first column)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return re.split(r"[,\t]", first)[0].strip().strip('"').strip().lower()
 
 
 def _csv_rows(text: str, name: str):
