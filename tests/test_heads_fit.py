@@ -3948,5 +3948,8 @@ def test_folds_class_weights_count_only_the_folds_a_member_trains_on(tmp_path, m
     for weights, counts in seen:
         assert counts.sum() == 30  # (three folds of 10)
         np.testing.assert_allclose(weights, counts.sum() / (2 * counts), rtol=1e-6)
-    recorded = json.loads((tmp_path / "head" / "config.json").read_text())["training"]["class_weights_per_member"]
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    recorded = config["training"]["class_weights_per_member"]
     np.testing.assert_allclose([r["label"] for r in recorded], [w for w, _ in seen], rtol=1e-6)
+    # (the weights of all 40, which no member trained with, are not recorded as the head's)
+    assert config["hyperparameters"]["class_weights"] is None and config["config"]["class_weights"] is True

@@ -689,7 +689,9 @@ def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprin
                             "max_epochs": config.max_epochs, "patience": config.patience,
                             "max_residues": config.max_residues, "batch_size": config.batch_size,
                             "standardise": config.standardise and config.architecture == "fnn",
-                            "class_weights": None if weights is None else
+                            # (--folds: no member trained with the weights of all of train, so
+                            # none here: each member's are training.class_weights_per_member)
+                            "class_weights": None if weights is None or sets.folds is not None else
                             {k: v.tolist() for k, v in weights.items()}},
         "training": {"embeddings": str(embeddings), "labels": str(labels), "proteins": len(sets.train.items),
                      "validation": sets.valid_desc, "notes": sets.train_labels.notes,
