@@ -721,11 +721,12 @@ def test_a_file_system_without_flock_runs_the_block_unlocked_and_leaves_nothing(
 
 
 _RANK = """
-import signal, sys, time
+import os, signal, sys, time
 from protrans_cli.io.files import stop_with_launcher
 flag = sys.argv[1]
 def stop(*_):
-    open(flag, "w").write("terminated")
+    open(flag + ".tmp", "w").write("terminated")
+    os.replace(flag + ".tmp", flag)  # (whole: the test polls for the file, and read it empty)
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 print(stop_with_launcher(), flush=True)
@@ -775,7 +776,8 @@ import protrans_cli
 from protrans_cli.io.files import stop_with_launcher
 flag = sys.argv[1]
 def stop(*_):
-    open(flag, "w").write("terminated")
+    open(flag + ".tmp", "w").write("terminated")
+    os.replace(flag + ".tmp", flag)  # (whole: the test polls for the file, and read it empty)
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 print(os.getpid(), flush=True)
@@ -785,7 +787,8 @@ while os.getppid() == parent and time.time() < deadline:  # (the launcher killed
     time.sleep(0.02)
 stop_with_launcher()
 time.sleep(5)
-open(flag, "w").write("ran on")
+open(flag + ".tmp", "w").write("ran on")
+os.replace(flag + ".tmp", flag)
 """
 _PID1_LAUNCHER = """
 import os, subprocess, sys
