@@ -1,9 +1,9 @@
 """Stop `protrans train` under 1, 2 or 3 processes at random moments, resume with a random count.
 
 Each trial starts a run (tiny preset, global batch 12 of micro-batches of 2, so that 1, 2 and 3
-processes divide it) with a random process count (torchrun for more than one), sends it SIGKILL
-(the launcher and every rank), SIGTERM or SIGINT (to every process, or to the launcher alone)
-at a random moment, and resumes with a random count until a run completes. Where the count never
+processes divide it) with a random process count (torchrun for more than one), sends it SIGKILL,
+SIGTERM or SIGINT (to every process, or to the launcher alone: a SIGKILLed launcher's ranks must
+stop by themselves) at a random moment, and resumes with a random count until a run completes. Where the count never
 changed, the result must equal an uninterrupted run with that count (as scripts/train_kill_stress.py
 checks: weights, kept checkpoints, metrics.jsonl without tokens_per_s); where it changed, the run
 must reach its last step with every logging step once, in order, finite losses, no temporaries,
@@ -113,6 +113,8 @@ def main(argv=None) -> None:
                 (cwd / "stderr.txt").open("a").write(f"--- {processes} {sent}\n{err}")
                 history.append(f"{processes}p" + (f" {sent}" if sent else "") + f" rc={code}"
                                f" {time.monotonic() - t0:.0f}s")
+                if "(orphans:" in err:
+                    problems.append(f"attempt {attempt} ({processes}p, {sent}): the ranks ran on as orphans")
                 if "hung" in err:
                     problems.append(f"attempt {attempt} ({processes}p, {sent}) hung: {err.strip()[-300:]}")
                 stopped_cleanly |= bool(sent and "KILL" not in sent and code != 0 and
