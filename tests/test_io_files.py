@@ -720,8 +720,10 @@ def test_a_file_system_without_flock_runs_the_block_unlocked_and_leaves_nothing(
     assert ran == [True, True] and list(tmp_path.iterdir()) == []
 
 
-_RANK = """
+# A rank's start: on SIGTERM it writes "terminated" to the flag file named by its argument.
+_FLAG_ON_SIGTERM = """
 import os, signal, sys, time
+import protrans_cli
 from protrans_cli.io.files import stop_with_launcher
 flag = sys.argv[1]
 def stop(*_):
@@ -729,6 +731,8 @@ def stop(*_):
     os.replace(flag + ".tmp", flag)  # (whole: the test polls for the file, and read it empty)
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
+"""
+_RANK = _FLAG_ON_SIGTERM + """
 print(stop_with_launcher(), flush=True)
 time.sleep(60)
 """
@@ -770,16 +774,7 @@ def test_a_rank_is_sent_sigterm_when_its_launcher_is_killed(tmp_path, under_torc
             pass
 
 
-_LATE_RANK = """
-import os, signal, sys, time
-import protrans_cli
-from protrans_cli.io.files import stop_with_launcher
-flag = sys.argv[1]
-def stop(*_):
-    open(flag + ".tmp", "w").write("terminated")
-    os.replace(flag + ".tmp", flag)  # (whole: the test polls for the file, and read it empty)
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
+_LATE_RANK = _FLAG_ON_SIGTERM + """
 print(os.getpid(), flush=True)
 parent = os.getppid()
 deadline = time.time() + 20
