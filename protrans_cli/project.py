@@ -11,10 +11,13 @@ proteome's vectors are never copied whole), its eigenvectors are the axes, each 
 its largest loading is positive (the same map from the same file, run after run). t-SNE is
 scikit-learn's, UMAP is umap-learn's (`pip install 'protrans[project]'`), both seeded.
 
-How far a map can be trusted is measured, not assumed: `kept` is the fraction of every
-protein's 10 nearest neighbours in embedding space (by the metric) that are among its 10
-nearest on the map (Euclidean), averaged over the proteins (at most 1,000 of them, drawn by the
-seed, each against all). 1.0 keeps every neighbourhood; a random placement keeps about 10/N.
+How far a map can be trusted is measured, not assumed (`map_quality`): `kept` is the fraction
+of every protein's 10 nearest neighbours in embedding space (by the metric) that are among its
+10 nearest on the map (Euclidean), averaged over the proteins (at most 1,000 of them, drawn by
+the seed, each against all). 1.0 keeps every neighbourhood; a random placement keeps about
+10/N. With class labels, `agreement` says how often the nearest labelled protein shares a
+protein's label in embedding space and on the map: whether the map's colours separate as the
+vectors do.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class Projection:
     explained: np.ndarray | None = None          # PCA: the variance fraction of each axis
     kept: float | None = None                    # neighbourhoods kept (module docstring)
     colour_by: str | None = None                 # the column the picture and the page colour by
+    # the colour column's nearest-labelled-neighbour agreement (map_quality): in the space, on the
+    # map, proteins counted; None for numbers on a colour scale
+    agreement: tuple[float, float, int] | None = None
 
     def axis_names(self) -> list[str]:
         name = "PC" if self.method == "pca" else f"{NAMES[self.method]} "
@@ -223,11 +229,31 @@ def neighbourhoods_kept(vectors: np.ndarray, coords: np.ndarray, *, metric: str 
     """The mean fraction of a protein's k nearest neighbours in `vectors` (by `metric`) that
     are among its k nearest in `coords` (Euclidean), over `queries` proteins drawn by `seed`
     (every protein when there are no more), each against all; itself excluded."""
+    return map_quality(vectors, coords, metric=metric, k=k, queries=queries, seed=seed)[0]
+
+
+def map_quality(vectors: np.ndarray, coords: np.ndarray, *, metric: str = "euclidean", labels=None,
+                k: int = KEPT_NEIGHBOURS, queries: int = KEPT_QUERIES,
+                seed: int = 0) -> tuple[float, tuple[float, float, int] | None]:
+    """(neighbourhoods kept, as `neighbourhoods_kept`; with `labels`, one per row or None: the
+    fraction of the sampled labelled proteins whose nearest labelled protein carries their label,
+    in `vectors` and on the map, and how many were counted; None where fewer than 2 are labelled).
+    The second says whether the map separates the labels as the embedding space does: a map
+    whose figure is far below the space's draws clusters the vectors do not have, or mixes
+    what they keep apart."""
     n = len(vectors)
     k = min(k, n - 1)
     if k < 1:
-        return math.nan
+        return math.nan, None
     chosen = np.arange(n) if n <= queries else np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
+    labelled = None
+    if labels is not None:
+        labelled = np.array([v is not None for v in labels])
+        if labelled.sum() < 2:
+            labelled = None
+    codes = None if labelled is None else np.unique([str(v) for v in labels], return_inverse=True)[1]
+    same = [0, 0]
+    counted = 0
     high_norms = np.concatenate([(_rows(vectors, part, metric) ** 2).sum(axis=1) for part in _slices(n)])
     low = np.asarray(coords, dtype=np.float64)
     low_norms = (low ** 2).sum(axis=1)
@@ -244,7 +270,15 @@ def neighbourhoods_kept(vectors: np.ndarray, coords: np.ndarray, *, metric: str 
         low_k = np.argpartition(near_low, k - 1, axis=1)[:, :k]
         for a, b in zip(high_k, low_k):
             kept += len(np.intersect1d(a, b, assume_unique=True)) / k
-    return kept / len(chosen)
+        if labelled is not None:
+            asked = labelled[rows]
+            for side, distances in enumerate((high, near_low)):
+                distances[:, ~labelled] = np.inf  # (the nearest labelled protein)
+                nearest = distances[asked].argmin(axis=1)
+                same[side] += int((codes[nearest] == codes[rows[asked]]).sum())
+            counted += int(asked.sum())
+    agreement = (same[0] / counted, same[1] / counted, counted) if counted else None
+    return kept / len(chosen), agreement
 
 
 def _product(q: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -453,14 +487,21 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
                                neighbors=neighbors, min_dist=min_dist, threads=threads)
     result = Projection(ids, sources, coords, method, metric, label_rows, explained, None, chosen)
     if measure:
-        result.kept = neighbourhoods_kept(vectors, coords, metric=metric, seed=seed)
+        categories = None
+        if chosen is not None:
+            present = [v for v in label_rows[chosen] if v is not None]
+            numbers = _numbers(present)
+            if numbers is None or len(set(numbers)) < CONTINUOUS_MIN_VALUES:  # (not a colour scale)
+                categories = label_rows[chosen]
+        result.kept, result.agreement = map_quality(vectors, coords, metric=metric, labels=categories, seed=seed)
     if output is not None:
         write_table(result, output)
     if plot is not None:
         save_map_picture(result, plot, title=_title(result, inputs))
     if html_path is not None:
         save_map_page(result, html_path, title=_title(result, inputs))
-    console.info(_summary(result, output))
+    for line in _summary(result, output):
+        console.info(line)
     return result
 
 
@@ -469,15 +510,26 @@ def _title(result: Projection, inputs) -> str:
     return f"{NAMES[result.method]} ({result.metric}) of {names}: {console.counted(len(result.ids), 'protein')}"
 
 
-def _summary(result: Projection, output) -> str:
-    parts = [f"project: {console.counted(len(result.ids), 'protein')} by {NAMES[result.method]}"]
+def _summary(result: Projection, output) -> list[str]:
+    """The lines said at the end: what was made, then how far to trust it (module docstring)."""
+    made = f"project: {console.counted(len(result.ids), 'protein')} by {NAMES[result.method]}"
+    if output is not None and str(output) != "-":
+        made += f" into {output}"
     if result.explained is not None:
-        parts.append("axes explain " + ", ".join(f"{100 * e:.1f}%" for e in result.explained) + " of the variance")
+        made += "; axes explain " + ", ".join(f"{100 * e:.1f}%" for e in result.explained) + " of the variance"
+    lines = [made]
+    quality = []
     if result.kept is not None and not math.isnan(result.kept):
         k = min(KEPT_NEIGHBOURS, len(result.ids) - 1)
-        parts.append(f"{k} nearest neighbours kept on the map: {result.kept:.2f} (random: {k / max(1, len(result.ids) - 1):.2g})")
-    text = "; ".join(parts)
-    return text + (f"; into {output}" if output is not None and str(output) != "-" else "")
+        quality.append(f"{k} nearest neighbours kept on the map: {result.kept:.2f} "
+                       f"(random: {k / max(1, len(result.ids) - 1):.2g})")
+    if result.agreement is not None:
+        space, on_map, counted = result.agreement
+        quality.append(f"the nearest labelled protein has the same {result.colour_by}: {space:.2f} in embedding "
+                       f"space, {on_map:.2f} on the map ({console.counted(counted, 'protein')})")
+    if quality:
+        lines.append("map quality: " + "; ".join(quality))
+    return lines
 
 
 def write_table(result: Projection, output) -> None:
@@ -683,7 +735,10 @@ def save_map_page(result: Projection, path, *, title: str = "") -> None:
                         y=html.escape(axes[1]), facts=html.escape(json.dumps(
                             {"method": result.method, "metric": result.metric, "proteins": len(result.ids),
                              "neighbourhoods_kept": None if result.kept is None or math.isnan(result.kept)
-                             else round(result.kept, 4)})))
+                             else round(result.kept, 4),
+                             "same_label_nearest": None if result.agreement is None else
+                             {"column": result.colour_by, "space": round(result.agreement[0], 4),
+                              "map": round(result.agreement[1], 4), "proteins": result.agreement[2]}})))
     with atomic_output(path) as stream:
         stream.write(page.encode("utf-8"))
 

@@ -581,3 +581,44 @@ def test_a_protein_without_residues_is_left_off_with_a_warning(tmp_path, run_cli
     assert r.exit_code == 0, r.stderr
     assert "1 protein without a residue left off the map (empty)" in r.stderr
     assert len(_table(r.stdout)[1]) == 9
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_label_agreement_equals_a_brute_force_count(monkeypatch, metric):
+    """map_quality's second figure: over the labelled proteins, how often the nearest other
+    labelled protein carries the same label, in the space and on the map (brute force here)."""
+    from protrans_cli import project as project_module
+
+    monkeypatch.setattr(project_module, "ROWS_PER_SLICE", 6)
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(41, 7)), rng.normal(size=(41, 2))
+    labels = [None if i % 5 == 0 else "abc"[rng.integers(3)] for i in range(41)]
+    kept, (space, on_map, counted) = project_module.map_quality(x, y, metric=metric, labels=labels, k=3)
+    assert kept == pytest.approx(_kept_brute(x, y, 3, metric), abs=1e-12)
+
+    def agreement(points):
+        d = ((points[:, None] - points[None]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        d[:, [i for i, v in enumerate(labels) if v is None]] = np.inf
+        asked = [i for i, v in enumerate(labels) if v is not None]
+        return np.mean([labels[int(d[i].argmin())] == labels[i] for i in asked]), len(asked)
+
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
+    assert (space, counted) == pytest.approx(agreement(unit), abs=1e-12)
+    assert on_map == pytest.approx(agreement(y)[0], abs=1e-12)
+    assert project_module.map_quality(x, y, labels=[None] * 40 + ["a"])[1] is None
+
+
+def test_the_quality_line_names_the_colour_column_and_leaves_out_numbers(tmp_path, run_cli):
+    x, cluster = _clusters()
+    ids = [f"c{i:02d}" for i in range(len(x))]
+    _write(tmp_path / "e.h5", x, ids)
+    (tmp_path / "l.csv").write_text("id,family,tm\n" + "".join(
+        f"{ident},{'kinase protease lipase'.split()[cluster[i]]},{40 + i}\n" for i, ident in enumerate(ids)))
+    r = run_cli("project", tmp_path / "e.h5", "--labels", tmp_path / "l.csv")
+    assert r.exit_code == 0, r.stderr
+    assert "the nearest labelled protein has the same family: 1.00 in embedding space, 1.00 on the map (45 proteins)" \
+        in r.stderr
+    r = run_cli("project", tmp_path / "e.h5", "--labels", tmp_path / "l.csv", "--color-by", "tm")
+    assert r.exit_code == 0 and "map quality: 10 nearest neighbours kept" in r.stderr
+    assert "the nearest labelled protein" not in r.stderr  # (a colour scale: no classes to agree on)
