@@ -3577,18 +3577,24 @@ def test_folds_partition_train_stratified_and_score_each_protein_out_of_fold(run
     assert r.exit_code == 0 and len((tmp_path / "p.csv").read_text().splitlines()) == 46, r.stderr
 
 
-def test_folds_score_labels_that_cannot_be_learned_at_chance(tmp_path):
-    """The point of scoring out of fold: labels drawn at random have nothing to learn, and the
-    cv accuracy stays near chance however well the members fit their own folds."""
+def _noise_proteins(tmp_path, rng, n: int, dim: int, label_of):
+    """(embeddings, labels): n proteins p0, p1, ... of random 30-residue sequences and random
+    per-protein vectors of `dim`, then an id,label table of label_of(i)."""
     from protrans_cli.io.h5 import EmbeddingsWriter
 
-    rng = np.random.default_rng(5)
-    n = 300
     emb, labels = tmp_path / "noise.h5", tmp_path / "noise.csv"
     with EmbeddingsWriter(emb, kinds=("per_protein",)) as w:
         for i in range(n):
-            w.write(f"p{i}", f"p{i}", "".join(rng.choice(list(AA), 30)), per_protein=rng.normal(size=64).astype(np.float32))
-    labels.write_text("id,label\n" + "".join(f"p{i},{'AB'[rng.integers(2)]}\n" for i in range(n)))
+            w.write(f"p{i}", f"p{i}", "".join(rng.choice(list(AA), 30)), per_protein=rng.normal(size=dim).astype(np.float32))
+    labels.write_text("id,label\n" + "".join(f"p{i},{label_of(i)}\n" for i in range(n)))
+    return emb, labels
+
+
+def test_folds_score_labels_that_cannot_be_learned_at_chance(tmp_path):
+    """The point of scoring out of fold: labels drawn at random have nothing to learn, and the
+    cv accuracy stays near chance however well the members fit their own folds."""
+    rng = np.random.default_rng(5)
+    emb, labels = _noise_proteins(tmp_path, rng, 300, 64, lambda i: "AB"[rng.integers(2)])
     result = fit(FitConfig(task="protein", folds=4, max_epochs=60, patience=60, hidden=128, dropout=0.0, lr=0.01,
                            threads=1, n_bootstrap=50, plots=False), emb, labels, tmp_path / "head")
     assert 0.38 < result.metrics["cv"]["label"]["accuracy"] < 0.62
@@ -3923,15 +3929,8 @@ def test_folds_class_weights_count_only_the_folds_a_member_trains_on(tmp_path, m
     """--folds --class-weights: member k's loss weights come from the labels of the folds it
     trains on (fold k, which scores it, is not counted), and config.json records each member's."""
     from protrans_cli.heads import fit as fit_module
-    from protrans_cli.io.h5 import EmbeddingsWriter
 
-    rng = np.random.default_rng(6)
-    n = 40
-    emb, labels = tmp_path / "e.h5", tmp_path / "l.csv"
-    with EmbeddingsWriter(emb, kinds=("per_protein",)) as w:
-        for i in range(n):
-            w.write(f"p{i:02d}", f"p{i:02d}", "".join(rng.choice(list(AA), 20)), per_protein=rng.normal(size=8).astype(np.float32))
-    labels.write_text("id,label\n" + "".join(f"p{i:02d},{'A' if i < 30 else 'B'}\n" for i in range(n)))
+    emb, labels = _noise_proteins(tmp_path, np.random.default_rng(6), 40, 8, lambda i: "A" if i < 30 else "B")
     seen = []
     real = fit_module._train_member
 
