@@ -201,8 +201,8 @@ def test_keep_best_keeps_the_lowest_eval_loss_checkpoint_past_keep_last(tmp_path
     last, final, kept = (load_file(p / "model.safetensors") for p in (run / "checkpoints" / "step_00000020", run, best))
     assert all(torch.equal(final[k], last[k]) for k in final)
     assert not all(torch.equal(final[k], kept[k]) for k in final)
-    assert torch.load(best / "training_state.pt", weights_only=True)["best"] == {"step": best_step,
-                                                                                "eval_loss": evals[best_step]}
+    assert torch.load(best / "training_state.pt", weights_only=True)["best"] == {
+        "step": best_step, "eval_loss": evals[best_step], "val_corpus": [os.path.abspath(cfg.val_corpus[0])]}
 
 
 def test_keep_best_ties_keep_the_earlier_checkpoint_and_a_failed_evaluation_is_none(tmp_path, monkeypatch):
@@ -2525,3 +2525,38 @@ def test_resume_from_another_runs_checkpoint_into_a_directory_holding_a_run_is_r
     shutil.move(t5.output_dir + "/checkpoints/step_00000002", tmp_path / "kept")
     result = train(dataclasses.replace(t5, stop_after=None), resume=str(tmp_path / "kept"))
     assert result.completed and result.step == 4
+
+
+def test_keep_best_resumed_with_another_validation_corpus_tracks_it_anew(tmp_path, monkeypatch, capsys):
+    """Eval losses on another --val-corpus are not comparable with the best's: a resumed run with
+    another one warns and tracks the best from the resumed step (it kept the old one, lower on the
+    other file, and never took a checkpoint of the new file's losses); with the same file, by
+    another path, it goes on."""
+    import shutil
+
+    from protrans_cli.training import loop
+
+    other = tmp_path / "other_valid.txt"
+    shutil.copyfile(LEARNABLE, other)
+    link = tmp_path / "link_valid.txt"
+    link.symlink_to(LEARNABLE)
+    losses = {}  # the eval losses of steps 2, 4, 6, 8, 10 in each run
+    monkeypatch.setattr(loop, "evaluate", lambda run, phase: next(losses[run.run_dir.parent.name]))
+    for name, val in (("changed", other), ("same", link)):
+        losses[name] = iter([3.0, 1.0, 2.0, 2.5, 2.2])
+        cfg = _config(tmp_path / name, num_steps=10, save_every=2, eval_every=2, keep_last=1, keep_best=True,
+                      val_corpus=[LEARNABLE])
+        first = train(dataclasses.replace(cfg, stop_after=6))
+        assert first.best_checkpoint.name == "step_00000004"
+        capsys.readouterr()
+        result = train(dataclasses.replace(cfg, val_corpus=[str(val)]), resume=True)
+        said = capsys.readouterr().err
+        if name == "changed":
+            assert ("the best checkpoint as of step 6 (step 4, eval loss 1.0000) was evaluated on another "
+                    "validation corpus") in said
+            assert (result.best_checkpoint.name, result.best_eval_loss) == ("step_00000010", 2.2)
+            assert _checkpoints(result.run_dir) == ["step_00000010"]
+        else:
+            assert "another validation corpus" not in said
+            assert (result.best_checkpoint.name, result.best_eval_loss) == ("step_00000004", 1.0)
+            assert _checkpoints(result.run_dir) == ["step_00000004", "step_00000010"]

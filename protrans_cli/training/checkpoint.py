@@ -608,6 +608,16 @@ def _same_file(saved_path: str, path: str) -> bool:
             and os.path.basename(os.path.normpath(saved_path)) == os.path.basename(os.path.normpath(path)))
 
 
+def same_validation(saved, paths) -> bool:
+    """Whether a best checkpoint's validation corpus (--keep-best's record; None: recorded by a
+    version that did not record it) is this run's, file by file as `_same_file` compares."""
+    if saved is None:
+        return True
+    paths = list(paths or [])
+    return isinstance(saved, list) and len(saved) == len(paths) and all(
+        isinstance(a, str) and _same_file(a, str(b)) for a, b in zip(saved, paths))
+
+
 def _phase_shapes(side: dict) -> list[tuple]:
     """(max length, global batch) of each phase a config gives (a phase without a global batch
     has the run's); none for a config without phases."""
@@ -760,7 +770,9 @@ def record_best(run_dir, best: dict | None) -> None:
     if best is None:
         path.unlink(missing_ok=True)
         return
-    record = {**best, "checkpoint": checkpoint_dir(".", best["step"]).as_posix()}
+    # (the validation corpus it was evaluated on stays in the training state: resume compares it)
+    record = {"step": best["step"], "eval_loss": best["eval_loss"],
+              "checkpoint": checkpoint_dir(".", best["step"]).as_posix()}
     with atomic_output(path) as out:
         out.write((json.dumps(record, indent=2) + "\n").encode())
 

@@ -918,6 +918,14 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                          f"{best['eval_loss']:.4f}) is not in {run.run_dir / 'checkpoints'}: the best is "
                          f"tracked from step {step} on")
         best = None
+    if best is not None and not ckpt.same_validation(best.get("val_corpus"), config.val_corpus):
+        # (resumed with another --val-corpus: its eval losses are not comparable with the best's, and
+        # a checkpoint no better than the old best would never have been kept, nor one worse pruned)
+        if info.is_main:
+            console.warn(f"--keep-best: the best checkpoint as of step {step} (step {best['step']}, eval loss "
+                         f"{best['eval_loss']:.4f}) was evaluated on another validation corpus "
+                         f"({', '.join(best['val_corpus'])}): the best is tracked from step {step} on")
+        best = None
     result.note_best(best)
     if info.is_main:
         # (a new run too: a record left by an earlier run in the directory named its checkpoint)
@@ -1031,7 +1039,8 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 # keeps the uninterrupted run's best. Ties keep the earlier (NaN: no eval loss).
                 if (config.keep_best and (step % config.save_every == 0 or step == total_steps)
                         and math.isfinite(eval_loss) and (best is None or eval_loss < best["eval_loss"])):
-                    best = {"step": step, "eval_loss": eval_loss}
+                    best = {"step": step, "eval_loss": eval_loss,  # (and what it was evaluated on)
+                            "val_corpus": [os.path.abspath(p) for p in config.val_corpus]}
                     result.note_best(best)
                 saving = time.perf_counter()
                 result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log,
