@@ -438,7 +438,7 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     '-' stdout, None nothing), `plot` a PNG/SVG/PDF picture, `html_path` a page to explore it
     in a browser (2 dimensions). Every output is written whole or not at all. `sample`: place
     that many of the proteins, drawn by `seed` (t-SNE of a UniRef-sized set), in input order."""
-    from protrans_cli.io.files import input_named_by, output_directory
+    from protrans_cli.io.files import input_named_by, output_directory, same_file
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     labels = [labels] if isinstance(labels, (str, Path)) else list(labels or ())
@@ -460,8 +460,6 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         output_directory(out)
     for i, (out, flag) in enumerate(outputs):
         for other, other_flag in outputs[i + 1:]:
-            from protrans_cli.io.files import same_file
-
             if same_file(out, other) or str(out) == str(other):
                 raise UsageError(f"{flag} and {other_flag} name one file ({out}): give each its own")
     ids, sources, vectors = read_vectors(inputs, layer=layer, allow_model_mismatch=allow_model_mismatch)
@@ -487,12 +485,8 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
                                neighbors=neighbors, min_dist=min_dist, threads=threads)
     result = Projection(ids, sources, coords, method, metric, label_rows, explained, None, chosen)
     if measure:
-        categories = None
-        if chosen is not None:
-            present = [v for v in label_rows[chosen] if v is not None]
-            numbers = _numbers(present)
-            if numbers is None or len(set(numbers)) < CONTINUOUS_MIN_VALUES:  # (not a colour scale)
-                categories = label_rows[chosen]
+        # (the label agreement of classes: not of numbers on a colour scale)
+        categories = label_rows[chosen] if chosen is not None and _scale_numbers(label_rows[chosen]) is None else None
         result.kept, result.agreement = map_quality(vectors, coords, metric=metric, labels=categories, seed=seed)
     if output is not None:
         write_table(result, output)
@@ -586,8 +580,7 @@ def colouring(result: Projection) -> Colouring:
         return Colouring("none", ["#1f77b4"] * n)
     values = result.labels[column]
     present = [v for v in values if v is not None]
-    numbers = _numbers(present)
-    if numbers is not None and len(set(numbers)) >= CONTINUOUS_MIN_VALUES:
+    if (numbers := _scale_numbers(values)) is not None:
         low, high = float(min(numbers)), float(max(numbers))
         scale = colormaps["viridis"]
         span = high - low or 1.0
@@ -622,6 +615,13 @@ def _palette(count: int) -> list[str]:
     if count <= 9:
         return [c for c in map(to_hex, colormaps["tab10"].colors) if c not in GREYS]
     return [GREYS.get(c, c) for c in map(to_hex, colormaps["tab20"].colors)]
+
+
+def _scale_numbers(values: list) -> list[float] | None:
+    """The labels present as numbers where they are drawn on a colour scale (numbers, at least
+    CONTINUOUS_MIN_VALUES distinct), else None: a column of classes."""
+    numbers = _numbers([v for v in values if v is not None])
+    return numbers if numbers is not None and len(set(numbers)) >= CONTINUOUS_MIN_VALUES else None
 
 
 def _numbers(values: list) -> list[float] | None:
