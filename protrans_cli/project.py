@@ -562,6 +562,7 @@ class Colouring:
     low: float = math.nan
     high: float = math.nan
     column: str | None = None
+    groups: list = field(default_factory=list)  # per row: its legend entry's index, or None (none, a scale's number)
 
 
 UNLABELLED = "#c8c8c8"
@@ -587,7 +588,8 @@ def colouring(result: Projection) -> Colouring:
         colours = [UNLABELLED if v is None else to_hex(scale((float(v) - low) / span)) for v in values]
         unlabelled = n - len(present)
         legend = [("no label", UNLABELLED, unlabelled)] if unlabelled else []
-        return Colouring("scale", colours, legend, low, high, column)
+        groups = [0 if v is None else None for v in values]
+        return Colouring("scale", colours, legend, low, high, column, groups)
     counts: dict[str, int] = {}
     for v in present:
         counts[str(v)] = counts.get(str(v), 0) + 1
@@ -597,13 +599,18 @@ def colouring(result: Projection) -> Colouring:
     palette = _palette(len(shown))
     colour_of = {c: palette[i % len(palette)] for i, c in enumerate(shown)}
     legend = [(c, colour_of[c], counts[c]) for c in shown]
+    group_of = {c: i for i, c in enumerate(shown)}
     rest = [c for c in ranked if c not in colour_of]
+    other = unlabelled = None
     if rest:
+        other = len(legend)
         legend.append((f"other ({len(rest)} labels)", OTHER, sum(counts[c] for c in rest)))
     if len(present) < n:
+        unlabelled = len(legend)
         legend.append(("no label", UNLABELLED, n - len(present)))
     colours = [UNLABELLED if v is None else colour_of.get(str(v), OTHER) for v in values]
-    return Colouring("category", colours, legend, column=column)
+    groups = [unlabelled if v is None else group_of.get(str(v), other) for v in values]
+    return Colouring("category", colours, legend, column=column, groups=groups)
 
 
 def _palette(count: int) -> list[str]:
@@ -712,14 +719,13 @@ def save_map_page(result: Projection, path, *, title: str = "") -> None:
     scaled[:, 0] = 20 + (xy[:, 0] - low[0]) / span[0] * (side - 40)
     scaled[:, 1] = side - 20 - (xy[:, 1] - low[1]) / span[1] * (side - 40)  # (SVG's y runs down)
     radius = float(np.clip(60.0 / math.sqrt(max(len(xy), 1)), 1.5, 6.0))
-    group_of = {label: i for i, (label, _, _) in enumerate(colours.legend)}
     label_columns = list(result.labels)
     circles = []
     for row in _draw_order(colours):
         tip = [result.ids[row]] + [f"{c}: {result.labels[c][row]}" for c in label_columns
                                    if result.labels[c][row] is not None]
-        group = _legend_entry(colours, result, row)
-        klass = f' class="g{group_of[group]}"' if group in group_of else ""
+        group = colours.groups[row] if colours.groups else None
+        klass = f' class="g{group}"' if group is not None else ""
         circles.append(f'<circle cx="{scaled[row, 0]:.1f}" cy="{scaled[row, 1]:.1f}" r="{radius:.2g}" '
                        f'fill="{colours.colours[row]}"{klass}><title>{html.escape(chr(10).join(tip))}</title></circle>')
     legend = "".join(
@@ -741,20 +747,6 @@ def save_map_page(result: Projection, path, *, title: str = "") -> None:
                               "map": round(result.agreement[1], 4), "proteins": result.agreement[2]}})))
     with atomic_output(path) as stream:
         stream.write(page.encode("utf-8"))
-
-
-def _legend_entry(colours: Colouring, result: Projection, row: int) -> str | None:
-    if colours.kind == "none":
-        return None
-    value = result.labels[colours.column][row]
-    if value is None:
-        return "no label"
-    if colours.kind == "scale":
-        return None
-    label = str(value)
-    if any(entry == label for entry, _, _ in colours.legend):
-        return label
-    return next(entry for entry, _, _ in colours.legend if entry.startswith("other ("))
 
 
 _PAGE = """<!DOCTYPE html>
