@@ -632,7 +632,7 @@ def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, d
             current = state.current if state.current and state.current["member"] == member else None
             member_train, member_valid, member_weights = train, valid_data, weights
             if folds is not None:
-                member_train = subset(train, np.concatenate([f for j, f in enumerate(folds) if j != member]))
+                member_train = fold_training(train, folds, member)
                 member_valid = subset(train, folds[member])
                 if weights is not None:  # (counted on the folds it trains on: fold k's labels are held out)
                     member_weights = _class_weights(task, member_train)
@@ -642,6 +642,11 @@ def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, d
             history.extend(lines)
             state.finish_member(model, lines)
     return members, history
+
+
+def fold_training(train, folds: list[np.ndarray], member: int):
+    """--folds: the training proteins member `member` trains on (every fold but its own)."""
+    return subset(train, np.concatenate([f for j, f in enumerate(folds) if j != member]))
 
 
 def _write_evaluation(tmp: Path, ensemble, task: Task, history: list[dict], eval_sets: list,
@@ -701,8 +706,8 @@ def _head_config(config: FitConfig, task: Task, sets: _Sets, weights, fingerprin
                         if sets.folds is not None else {}),
                      # (--folds --class-weights: member k's, counted on the folds it trained on)
                      **({"class_weights_per_member": [
-                         {k: v.tolist() for k, v in _class_weights(task, subset(sets.train, np.concatenate(
-                             [f for j, f in enumerate(sets.folds) if j != member]))).items()}
+                         {name: w.tolist() for name, w in
+                          _class_weights(task, fold_training(sets.train, sets.folds, member)).items()}
                          for member in range(len(sets.folds))]}
                         if sets.folds is not None and weights is not None else {})},
         "config": _jsonable({k: v for k, v in asdict(config).items() if k not in ("resume", "force")}),
