@@ -39,15 +39,23 @@ def _command(fasta: Path, out: Path, processes: int, resume: bool) -> list[str]:
             "-m", "protrans_cli", *embed]
 
 
+def _stat(path: Path) -> list[str]:
+    """The fields of a /proc/PID/stat after the command's name (state, parent, ...); [] when gone."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _tree(pid: int) -> list[int]:
     """`pid` and its descendants: torchrun starts its workers in sessions of their own, so a
     signal to the launcher's process group does not reach them."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+        fields = _stat(stat)
+        if len(fields) < 2 or not fields[1].isdigit():
             continue
+        parent = int(fields[1])
         children.setdefault(parent, []).append(int(stat.parent.name))
     found, todo = [], [pid]
     while todo:
@@ -57,11 +65,9 @@ def _tree(pid: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    """Not a zombie (an orphan's exit is reaped by init, a moment later)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    """Running, not gone or a zombie (an orphan's exit is reaped by init, a moment later)."""
+    fields = _stat(Path(f"/proc/{pid}/stat"))
+    return bool(fields) and fields[0] != "Z"
 
 
 def _attempt(rng, command, environment, may_stop: bool, *, cwd=ROOT, at=(0.5, 10),
@@ -90,7 +96,7 @@ def _attempt(rng, command, environment, may_stop: bool, *, cwd=ROOT, at=(0.5, 10
                 # (its ranks, orphans now, are sent SIGTERM by the kernel and must stop by themselves)
                 proc.wait()
                 deadline = time.time() + 60
-                while any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in tree[1:]):
+                while any(_alive(pid) for pid in tree[1:]):
                     if time.time() > deadline:
                         for pid in tree[1:]:
                             with contextlib.suppress(ProcessLookupError):
