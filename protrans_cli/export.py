@@ -1,0 +1,606 @@
+"""An embeddings file as a plain table or NumPy arrays (`protrans export`), and what a file
+holds (`protrans info`).
+
+HDF5 is what embed writes; R, spreadsheets, scikit-learn scripts and colleagues without h5py
+want a table or an .npz (bio_embeddings' users asked for "a CSV from the h5" from the start).
+`export` writes one kind and one layer of any layout, in the file's key order or in the order
+of an id list or FASTA (which also selects proteins and, for a FASTA, checks that each
+embedding is of that sequence); nothing is computed, and the output is written whole or not at
+all. Formats:
+
+- TSV/CSV: per protein `id, dim_0 .. dim_{D-1}`; per residue `id, position[, residue], dim_...`
+  (position 1-based; the residue column when a FASTA gives the sequences). Numbers are written
+  with the digits that give back the stored value exactly (9 for float32, 5 for float16)
+  unless `digits` says fewer.
+- NPZ (numpy.load, no pickle): `ids` (N,), `embeddings` (N, D) per protein or (sum of
+  lengths, D) per residue with `offsets` (N + 1,) and `lengths` (N,): protein i is
+  `embeddings[offsets[i]:offsets[i + 1]]`; `metadata`, a JSON text of where the arrays came
+  from. Written a protein at a time, so memory stays at one protein whatever the file's size.
+
+`info` reads the file's attributes, counts its proteins from their names and opens one dataset
+for the dimension and dtype, so it answers at once for a file of millions of proteins; the
+residue counts (`residues=True`) read every protein's length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protrans_cli import console
+from protrans_cli.errors import InputError, UsageError
+
+FORMATS = ("tsv", "csv", "npz")
+_SUFFIXES = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".npz": "npz"}
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+# significant digits that give back every value of the dtype exactly
+ROUND_TRIP_DIGITS = {"float16": 5, "float32": 9, "float64": 17}
+
+
+@dataclass
+class Exported:
+    """What `export` wrote."""
+
+    proteins: int
+    rows: int        # table rows (proteins or residues)
+    kind: str        # per_protein or per_residue
+    dim: int
+    format: str
+
+
+def output_format(output, fmt: str | None = None) -> str:
+    """The format to write: `fmt`, else from the output's name (.tsv/.txt, .csv, .npz, each but
+    .npz optionally compressed: .tsv.gz), else TSV (stdout)."""
+    to_stdout = output is None or str(output) == "-"
+    name = "" if to_stdout else Path(str(output)).name.lower()
+    compressed = next((c for c in _COMPRESSED if name.endswith(c)), "")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise UsageError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
+        chosen = fmt
+    elif to_stdout:
+        chosen = "tsv"
+    else:
+        chosen = _SUFFIXES.get(Path(name[:len(name) - len(compressed)]).suffix)
+        if chosen is None:
+            raise UsageError(f"-o {output}: name the file .tsv, .csv or .npz (.tsv.gz compresses), or say "
+                             "the format with --format")
+    if chosen == "npz":
+        if to_stdout:
+            raise UsageError("an .npz is written to a file: give -o FILE.npz")
+        if compressed:
+            raise UsageError(f"-o {output}: an .npz is a zip archive of its own: leave out {compressed}")
+    return chosen
+
+
+def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
+    """(ids, id -> sequence or None) of a FASTA file (its ids and sequences) or of a list of ids,
+    one per line (the first word of each; blank lines and lines starting with # skipped), in
+    their order; an id given twice is refused."""
+    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.io.files import display_name, open_input
+
+    name = display_name(path)
+    with open_input(path) as stream:
+        head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else b""
+        first = next((line for line in head.splitlines() if line.strip()), b"")
+        is_fasta = first.lstrip(b"\xef\xbb\xbf").lstrip().startswith(b">")
+        if not is_fasta:
+            ids, lines = [], []
+            for number, raw in enumerate(stream, 1):
+                words = raw.split()
+                if not words or words[0].startswith(b"#"):
+                    continue
+                try:
+                    ids.append(words[0].decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise InputError("not UTF-8 text: a list of ids or a FASTA file expected",
+                                     path=name, line=number) from None
+                lines.append(number)
+            _refuse_twice(ids, name, lines)
+            if not ids:
+                raise InputError("holds no id: a FASTA file, or one id a line", path=name)
+            return ids, None
+    sequences: dict[str, str] = {}
+    ids, lines = [], []
+    for record in read_fasta(path):
+        ids.append(record.id)
+        lines.append(record.line)
+        sequences.setdefault(record.id, record.sequence)
+    _refuse_twice(ids, name, lines)
+    if not ids:
+        raise InputError("holds no FASTA record", path=name)
+    return ids, sequences
+
+
+def _refuse_twice(ids: list[str], name: str, lines: list[int]) -> None:
+    seen: dict[str, int] = {}
+    for ident, line in zip(ids, lines):
+        if ident in seen:
+            raise InputError(f"id {ident!r} is given twice (first at line {seen[ident]}): each protein is "
+                             "written once", path=name, line=line)
+        seen[ident] = line
+
+
+def _chosen_kind(reader, kind: str | None) -> str:
+    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE
+
+    if kind is None:
+        return PER_PROTEIN if PER_PROTEIN in reader.kinds or PER_RESIDUE not in reader.kinds else PER_RESIDUE
+    if kind == PER_RESIDUE and kind not in reader.kinds:
+        raise InputError("holds per-protein vectors only: per-residue rows are not in it (embed with "
+                         "--per-residue)", path=reader.path)
+    return kind
+
+
+def _layer_index(reader, array_ndim: int, kind: str, layer: int) -> int | None:
+    """Where `layer` lies on the file's layer axis (None: one layer stored, no axis)."""
+    from protrans_cli.heads.data import stored_layer_index
+    from protrans_cli.io.h5 import PER_PROTEIN
+
+    layered = array_ndim == (2 if kind == PER_PROTEIN else 3)
+    index = stored_layer_index(reader, layer)  # (one layer stored: the one asked for, or an error naming it)
+    return index if layered else None
+
+
+def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=None, fmt: str | None = None,
+           digits: int | None = None) -> Exported:
+    """Write one kind (`per_protein`, `per_residue`; None: per-protein where the file has it) and
+    one layer of the embeddings file `path` to `output` as TSV, CSV or NPZ (module docstring).
+    `ids`: a FASTA or id-list file whose proteins, in its order, are written (each must be in
+    the file; a FASTA's sequences must be the embedded ones). A per-protein export of a file of
+    per-residue rows only writes each protein's mean over its residues (as embed pools)."""
+    from protrans_cli.io.files import atomic_output, input_named_by, output_directory
+    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
+
+    if kind not in (None, PER_PROTEIN, PER_RESIDUE):
+        raise UsageError(f"kind {kind!r}: per_protein or per_residue")
+    chosen_format = output_format(output, fmt)
+    if digits is not None and not 1 <= digits <= 17:
+        raise UsageError(f"--digits {digits}: from 1 to 17")
+    if digits is not None and chosen_format == "npz":
+        raise UsageError("--digits rounds the numbers of a table: an .npz keeps the stored values")
+    if output is not None and str(output) != "-":
+        inputs = [path] + ([ids] if ids is not None else [])
+        if source := input_named_by(output, inputs):
+            raise UsageError(f"-o {output} is also an input: writing it would replace {source} (choose another name)")
+        output_directory(output)
+    wanted, sequences = read_id_list(ids) if ids is not None else (None, None)
+    with EmbeddingsReader(path) as reader:
+        source_kind = _chosen_kind(reader, kind)
+        pooled = source_kind == PER_PROTEIN and PER_PROTEIN not in reader.kinds
+        if pooled:
+            source_kind = PER_RESIDUE
+            console.info(f"{path}: per-residue embeddings only; each protein's vector is the mean of its residues "
+                         "(as embed's per-protein vectors)")
+        order = _order(reader, source_kind, wanted, ids)
+        if sequences is not None:
+            _check_sequences(reader, source_kind, order, sequences, ids)
+        plan = _Plan(reader, source_kind, layer, pooled, order, sequences)
+        out_kind = PER_PROTEIN if pooled else source_kind
+        with atomic_output(output) as stream:
+            if chosen_format == "npz":
+                rows = _write_npz(stream, plan, out_kind, reader, path)
+            else:
+                rows = _write_table(stream, plan, out_kind, chosen_format, digits)
+    shown = "stdout" if output is None or str(output) == "-" else str(output)
+    console.info(f"export: {console.counted(len(order), 'protein')} ({out_kind.replace('_', '-')}, "
+                 f"{plan.dim} dimensions{'' if out_kind == PER_PROTEIN else f', {rows:,} residues'}) "
+                 f"into {shown}")
+    return Exported(len(order), rows, out_kind, plan.dim, chosen_format)
+
+
+def _order(reader, kind: str, wanted: list[str] | None, source) -> list[str]:
+    """The ids to write, in order: `wanted`'s (each must be in the file), else the file's keys'."""
+    from protrans_cli.io.h5 import escape_key
+
+    present = reader.ids(kind)
+    if wanted is None:
+        if reader.layout == "stacked":
+            return present  # (row order, which is key order)
+        return sorted(present, key=lambda i: escape_key(i).encode("utf-8"))
+    have = set(present)
+    missing = [i for i in wanted if i not in have]
+    if missing:
+        failed = reader.failed()
+        why = "; ".join(f"{i}: {failed[i]}" for i in missing[:3] if i in failed)
+        raise InputError(f"{console.counted(len(missing), 'protein')} of the {len(wanted):,} it names "
+                         f"{'is' if len(missing) == 1 else 'are'} not in {reader.path} (first: "
+                         f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+                         f"{f'; failed in embed: {why}' if why else ''}", path=str(source))
+    return list(wanted)
+
+
+def _check_sequences(reader, kind: str, order: list[str], sequences: dict, source) -> None:
+    """Each protein's embedding is of the FASTA's sequence (the checksum embed stored; a protein
+    embed truncated by the prefix it kept); a file without checksums is not checked."""
+    from protrans_cli.heads.data import _checksums, _prefix_checksum
+
+    for ident in order:
+        key = reader.key_for(ident, kind)
+        length, cut, checksum = reader.facts(key, kind)
+        if checksum is None:
+            continue
+        sequence = sequences[ident]
+        if cut is not None and length is not None:
+            ok = checksum == _prefix_checksum(sequence, length)
+        else:
+            ok = checksum in _checksums(sequence)
+        if not ok:
+            raise InputError(f"the embedding in {reader.path} is of another sequence than this FASTA's (its "
+                             "checksum differs): embed this FASTA, or give the FASTA that was embedded",
+                             path=str(source), record=ident)
+
+
+class _Plan:
+    """The arrays to write, a protein at a time, in order: (id, rows (L, D) or vector (D,),
+    residues or None)."""
+
+    def __init__(self, reader, kind: str, layer: int, pooled: bool, order: list[str], sequences):
+        from protrans_cli.io.h5 import PER_PROTEIN
+
+        self.reader, self.kind, self.pooled, self.order, self.sequences = reader, kind, pooled, order, sequences
+        self.per_protein = kind == PER_PROTEIN
+        first = self._raw(order[0]) if order else None
+        if first is None:
+            shape, self.dtype = (reader.dim(kind),), np.dtype(np.float32)
+            self.index = None
+        else:
+            self.index = _layer_index(reader, first.ndim, kind, layer)
+            shape, self.dtype = first.shape, first.dtype
+            if self.dtype.kind != "f":
+                raise InputError(f"holds {self.dtype} arrays, not floating-point embeddings", path=reader.path)
+        self.dim = int(shape[-1])
+        if pooled:
+            self.dtype = np.dtype(np.float32)
+
+    def _raw(self, ident: str) -> np.ndarray:
+        return np.asarray(self.reader.get(ident, self.kind))
+
+    def array(self, ident: str) -> np.ndarray:
+        array = self._raw(ident)
+        if self.index is not None:
+            array = array[self.index]
+        if array.shape[-1] != self.dim:
+            raise InputError(f"an array of shape {array.shape}, where the first protein's rows have "
+                             f"{self.dim} dimensions", path=self.reader.path, record=ident)
+        if self.pooled:
+            if len(array) == 0:
+                raise InputError("has no residue rows: no mean to export", path=self.reader.path, record=ident)
+            array = array.astype(np.float64).mean(axis=0).astype(np.float32)
+        return array
+
+    def residues(self, ident: str, rows: int) -> str | None:
+        """The residue letters of the protein's rows (rows are residues of the normalised sequence,
+        rare residues as written), None without a FASTA."""
+        from protrans_cli.residues import SequenceRejected, normalise
+
+        if self.sequences is None:
+            return None
+        try:
+            letters = normalise(self.sequences[ident], rare="keep")
+        except SequenceRejected:
+            letters = self.sequences[ident].upper()
+        if len(letters) < rows:
+            raise InputError(f"{rows} residue rows, where the FASTA's sequence has {len(letters)} residues",
+                             path=self.reader.path, record=ident)
+        return letters[:rows]  # (a protein embed truncated: its first rows)
+
+
+def _number_format(dtype: np.dtype, digits: int | None) -> str:
+    return f"%.{digits or ROUND_TRIP_DIGITS.get(np.dtype(dtype).name, 9)}g"
+
+
+def _field(text: str, fmt: str) -> str:
+    if fmt == "csv":
+        if any(c in text for c in ',"\n\r'):
+            return '"' + text.replace('"', '""') + '"'
+        return text
+    return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+def _write_table(stream, plan: _Plan, kind: str, fmt: str, digits: int | None) -> int:
+    from protrans_cli.io.h5 import PER_PROTEIN
+
+    sep = "\t" if fmt == "tsv" else ","
+    number = _number_format(plan.dtype, digits)
+    dims = [f"dim_{i}" for i in range(plan.dim)]
+    per_protein = kind == PER_PROTEIN
+    residue_column = not per_protein and plan.sequences is not None
+    head = ["id", *([] if per_protein else ["position"]), *(["residue"] if residue_column else []), *dims]
+    stream.write((sep.join(head) + "\n").encode())
+    rows = 0
+    for ident in console.progress(plan.order, desc="export", unit="protein"):
+        array = plan.array(ident)
+        name = _field(ident, fmt)
+        if per_protein:
+            text = name + sep + sep.join(number % v for v in array.tolist()) + "\n"
+            rows += 1
+        else:
+            letters = plan.residues(ident, len(array)) if residue_column else None
+            lines = []
+            for i, row in enumerate(array.tolist()):
+                cells = [name, str(i + 1)]
+                if letters is not None:
+                    cells.append(letters[i])
+                lines.append(sep.join(cells) + sep + sep.join(number % v for v in row))
+            text = "".join(line + "\n" for line in lines)
+            rows += len(array)
+        stream.write(text.encode("utf-8"))
+    return rows
+
+
+def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
+    """The header of a .npy file of `shape` and `dtype` (format 1.0, or 2.0 past 64 KiB)."""
+    import io
+
+    buffer = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buffer, header)
+    return buffer.getvalue()
+
+
+def _member(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
+    with archive.open(name + ".npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+
+
+def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
+    """The arrays of the module docstring, `embeddings` streamed a protein at a time."""
+    from protrans_cli import __version__
+    from protrans_cli.io.h5 import PER_PROTEIN
+
+    per_protein = kind == PER_PROTEIN
+    if per_protein:
+        lengths = None
+        shape = (len(plan.order), plan.dim)
+    else:
+        # the rows of every protein, for the header: from the datasets' shapes, no data read
+        lengths = np.array([_rows_of(reader, plan, ident) for ident in plan.order], dtype=np.int64)
+        shape = (int(lengths.sum()), plan.dim)
+    metadata = {"source": os.path.abspath(str(path)), "kind": kind, "layout": reader.layout,
+                "exported_by": f"protrans {__version__}"}
+    for name in ("model", "revision", "commit", "family", "layers", "num_hidden_states", "pooling",
+                 "compute_dtype", "storage_dtype", "protrans_version", "command_line"):
+        if name in reader.attrs:
+            value = reader.attrs[name]
+            metadata[name] = value.tolist() if isinstance(value, np.ndarray) else value
+    if plan.index is not None:
+        metadata["layer_index"] = plan.index
+    rows = 0
+    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        _member(archive, "ids", np.array(plan.order, dtype=str) if plan.order else np.empty(0, dtype="<U1"))
+        if lengths is not None:
+            _member(archive, "lengths", lengths)
+            _member(archive, "offsets", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        _member(archive, "metadata", np.array(json.dumps(metadata, default=str)))
+        with archive.open("embeddings.npy", "w", force_zip64=True) as member:
+            member.write(_npy_header(plan.dtype, shape))
+            for i, ident in enumerate(console.progress(plan.order, desc="export", unit="protein")):
+                array = np.ascontiguousarray(plan.array(ident), dtype=plan.dtype)
+                if lengths is not None and len(array) != lengths[i]:
+                    raise InputError(f"{len(array)} rows, where its dataset's shape said {lengths[i]}",
+                                     path=reader.path, record=ident)
+                member.write(array.tobytes())
+                rows += 1 if per_protein else len(array)
+    return rows
+
+
+def _rows_of(reader, plan: _Plan, ident: str) -> int:
+    shape = reader.dataset(ident, plan.kind).shape
+    return int(shape[1] if plan.index is not None else shape[0])
+
+
+# --- info ------------------------------------------------------------------------------------
+
+_SHOWN_ATTRIBUTES = ("model", "revision", "commit", "family", "layers", "num_hidden_states", "input_prefix",
+                     "pooling", "compute_dtype", "storage_dtype", "device", "embedding_dim", "max_length",
+                     "long_policy", "chunk_overlap", "part", "packing", "compiled", "attention",
+                     "imported_from", "protrans_version", "command_line")
+
+
+def info(path, *, residues: bool = False) -> dict:
+    """What the embeddings (or contact maps) file `path` holds: layout, kinds, proteins per kind,
+    dimension, stored dtype, the file attributes embed writes, failed proteins, whether it is
+    an unfinished run's; with `residues`, the residues (read from every protein's length)."""
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    path = str(path)
+    facts: dict = {"file": path}
+    try:
+        facts["bytes"] = os.path.getsize(path)
+    except OSError:
+        pass
+    if path.endswith(".partial"):
+        facts["status"] = "unfinished: a run is writing it or was stopped (embed --resume continues it)"
+    elif os.path.exists(path + ".partial"):
+        facts["status"] = f"finished; {path}.partial beside it is a later run's (embed --resume), still unfinished"
+    else:
+        facts["status"] = "finished"
+    contacts = _contacts_file(path)
+    if contacts is not None:
+        facts.update(contacts)
+        return facts
+    with EmbeddingsReader(path) as reader:
+        own = "layout" in reader.attrs
+        facts["written_by"] = "protrans" if own else "another tool (no protrans attributes: ProtTrans script, " \
+                                                     "bio_embeddings, ...)"
+        facts["layout"] = reader.layout
+        facts["kinds"] = list(reader.kinds)
+        facts["proteins"] = {kind: len(reader.keys(kind)) for kind in reader.kinds}
+        for kind in reader.kinds:
+            shape, dtype = _first_shape(reader, kind)
+            if shape is not None:
+                facts.setdefault("dim", int(shape[-1]))
+                facts.setdefault("stored_dtype", str(dtype))
+                layered = len(shape) == (2 if kind == "per_protein" else 3)
+                if layered:
+                    facts.setdefault("layers_stored", int(shape[0]))
+        for name in _SHOWN_ATTRIBUTES:
+            if name in reader.attrs:
+                value = reader.attrs[name]
+                facts[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        runs = reader.runs() if own else []
+        if runs:
+            facts["runs"] = len(runs)
+        failed = reader.failed()
+        facts["failed"] = failed
+        if residues:
+            facts["residues"] = _residue_counts(reader)
+    return facts
+
+
+def _contacts_file(path: str) -> dict | None:
+    """info of a contacts file (protrans contacts), None for any other."""
+    from protrans_cli.io.h5 import CONTACTS, h5_file, _link_names, failed_attr
+
+    try:
+        with h5_file(path, "r") as f:
+            if f.attrs.get("kinds") != CONTACTS or CONTACTS not in f:
+                return None
+            group = f[CONTACTS]
+            names = _link_names(group)
+            facts = {"written_by": "protrans", "layout": "contacts", "kinds": [CONTACTS],
+                     "proteins": {CONTACTS: len(names)}}
+            if names:
+                facts["stored_dtype"] = str(group[names[0].decode("utf-8")].dtype)
+            for name in ("model", "revision", "commit", "family", "compute_dtype", "device", "protrans_version",
+                         "command_line"):
+                if name in f.attrs:
+                    value = f.attrs[name]
+                    facts[name] = value.decode() if isinstance(value, bytes) else (
+                        value.tolist() if isinstance(value, np.ndarray) else value)
+            facts["failed"] = failed_attr(f.attrs.get("failed"), path)
+            return facts
+    except (OSError, KeyError):
+        return None  # (EmbeddingsReader then says what is wrong with it, in its words)
+
+
+def _first_shape(reader, kind: str):
+    """(shape, dtype) of the first protein's array of `kind` (a stacked file's one row), or
+    (None, None) for a file without one."""
+    import h5py
+
+    from protrans_cli.io.h5 import open_local
+
+    if reader.layout == "stacked":
+        data = reader._stacked.data
+        return tuple(data.shape[1:]), data.dtype
+    group = reader._group(kind)
+    for key in reader.keys(kind):
+        obj = open_local(group, key.encode("utf-8"))
+        if isinstance(obj, h5py.h5d.DatasetID):
+            return tuple(obj.shape), obj.dtype
+    return None, None
+
+
+def _residue_counts(reader) -> dict:
+    """Residues of the proteins (per-residue rows where the file has them, else the `length`
+    attributes or column): total, mean, shortest, longest; truncated and chunked proteins."""
+    from protrans_cli.io.h5 import PER_RESIDUE
+
+    kind = PER_RESIDUE if PER_RESIDUE in reader.kinds else reader.kinds[0]
+    if reader.layout == "stacked":
+        view = reader._stacked
+        lengths = np.asarray(view.column("lengths"), dtype=np.int64)
+        truncated = int((np.asarray(view.column("truncated_from")) > 0).sum())
+        chunked = int((np.asarray(view.column("chunks")) > 0).sum())
+    else:
+        from protrans_cli.io.h5 import _whole_number, dataset_attrs, stored_length, truncated_from
+
+        group, values, truncated, chunked = reader._group(kind), [], 0, 0
+        for key in console.progress(reader.keys(kind), desc="lengths", unit="protein"):
+            attrs, shape = dataset_attrs(group, key)
+            length = stored_length(attrs, shape, per_residue=kind == PER_RESIDUE)
+            if length is None:
+                continue
+            values.append(length)
+            truncated += truncated_from(attrs) is not None
+            chunked += bool(_whole_number(attrs, "chunks"))
+        lengths = np.asarray(values, dtype=np.int64)
+    if not len(lengths):
+        return {"counted": 0}
+    return {"counted": int(len(lengths)), "total": int(lengths.sum()), "mean": round(float(lengths.mean()), 1),
+            "shortest": int(lengths.min()), "longest": int(lengths.max()), "truncated": truncated,
+            "chunked": chunked}
+
+
+def file_ids(path) -> list[str]:
+    """The ids of an embeddings file (its per-protein vectors' where it has them), in key order
+    (export's default order)."""
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    with EmbeddingsReader(path) as reader:
+        return _order(reader, _chosen_kind(reader, None), None, path)
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,} bytes" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return ""
+
+
+def info_lines(facts: dict) -> list[str]:
+    """`info`'s facts as aligned lines for people."""
+    lines: list[tuple[str, str]] = [("file", facts["file"] + (f" ({_size(facts['bytes'])})" if "bytes" in facts else ""))]
+    lines.append(("status", facts["status"]))
+    lines.append(("written by", facts.get("written_by", "")))
+    lines.append(("layout", f"{facts['layout']} ({', '.join(facts['kinds'])})"))
+    lines.append(("proteins", ", ".join(f"{count:,} {kind.replace('_', '-')}" for kind, count in facts["proteins"].items())))
+    if "dim" in facts:
+        lines.append(("dimension", str(facts["dim"])))
+    if "layers" in facts:
+        layers = ", ".join(map(str, facts["layers"] if isinstance(facts["layers"], list) else [facts["layers"]]))
+        states = facts.get("num_hidden_states")
+        lines.append(("layers", layers + (f" (of {states} hidden states; -1 the last)" if states else "")))
+    elif "layers_stored" in facts:
+        lines.append(("layers", f"{facts['layers_stored']} stored"))
+    if "model" in facts:
+        model = str(facts["model"])
+        extra = [f"{n} {facts[n]}" for n in ("family", "revision", "commit") if facts.get(n)]
+        lines.append(("model", model + (f" ({', '.join(extra)})" if extra else "")))
+    dtypes = []
+    if facts.get("compute_dtype"):
+        dtypes.append(f"computed in {facts['compute_dtype']}" + (f" on {facts['device']}" if facts.get("device") else ""))
+    if facts.get("stored_dtype"):
+        dtypes.append(f"stored as {facts['stored_dtype']}")
+    if dtypes:
+        lines.append(("dtype", ", ".join(dtypes)))
+    if facts.get("pooling"):
+        lines.append(("pooling", str(facts["pooling"])))
+    if "long_policy" in facts:
+        limit = facts.get("max_length")
+        lines.append(("long proteins", f"{facts['long_policy']} beyond {limit:,} residues" if limit
+                      else f"{facts['long_policy']} (no limit)"))
+    if facts.get("part"):
+        lines.append(("part", str(facts["part"])))
+    if "residues" in facts:
+        r = facts["residues"]
+        if r.get("counted"):
+            lines.append(("residues", f"{r['total']:,} in {r['counted']:,} proteins (mean {r['mean']:,}, "
+                                      f"{r['shortest']:,} to {r['longest']:,}); truncated {r['truncated']:,}, "
+                                      f"chunked {r['chunked']:,}"))
+        else:
+            lines.append(("residues", "no lengths recorded"))
+    failed = facts.get("failed") or {}
+    shown = "; ".join(f"{i}: {why}" for i, why in list(failed.items())[:3])
+    lines.append(("failed", f"{len(failed):,}" + (f" ({shown}{'; ...' if len(failed) > 3 else ''})" if failed else "")))
+    if facts.get("protrans_version") or facts.get("command_line"):
+        runs = facts.get("runs")
+        lines.append(("written with", f"protrans {facts.get('protrans_version', '?')}"
+                                      + (f" ({runs} runs; the last:)" if runs and runs > 1 else "")))
+        if facts.get("command_line"):
+            lines.append(("command", str(facts["command_line"])))
+    width = max(len(name) for name, _ in lines)
+    return [f"{name + ':':<{width + 1}} {console.printable(value)}" for name, value in lines]

@@ -1,0 +1,253 @@
+"""`protrans export` and `protrans info`: tables and .npz files equal to the arrays h5py reads
+from the file (every layout, float16 and float32, a layer of several, a FASTA's order and
+residues), and the refusals that leave no output behind."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from protrans_cli.io.h5 import EmbeddingsWriter, escape_key, sequence_checksum
+
+from conftest import heavy_imports_of
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def _proteins(n=5, seed=0):
+    """{id: sequence} with ids a table must quote or escape (a comma, a slash, a quote)."""
+    rng = np.random.default_rng(seed)
+    names = ["sp|P1|A_HUMAN", "b,comma", "c/slash", 'd"quote', "e"][:n] + [f"x{i}" for i in range(n - 5)]
+    return {name: "".join(rng.choice(list(AA), int(rng.integers(1, 9)))) for name in names}
+
+
+def _write(path, proteins, *, dim=6, dtype=np.float32, layers=None, kinds=("per_residue", "per_protein"),
+           layout="grouped", seed=1):
+    """An embed-like file of random rows: {id: (per_residue array, per_protein array)} back."""
+    rng = np.random.default_rng(seed)
+    attrs = {"model": "tiny", "family": "bert"}
+    if layers:
+        attrs |= {"layers": np.array(layers), "num_hidden_states": 3}
+    out = {}
+    with EmbeddingsWriter(path, kinds=kinds, layout=layout, attrs=attrs, storage_dtype=np.dtype(dtype).name) as w:
+        for ident, seq in proteins.items():
+            shape = (len(layers), len(seq), dim) if layers else (len(seq), dim)
+            rows = rng.normal(size=shape).astype(dtype)
+            mean = rows.astype(np.float32).mean(axis=-2).astype(dtype)
+            given = {}
+            if "per_residue" in kinds:
+                given["per_residue"] = rows
+            if "per_protein" in kinds:
+                given["per_protein"] = mean
+            w.write(ident, ident + " some protein", seq, **given)
+            out[ident] = (rows, mean)
+    return out
+
+
+def _table(text: str, sep: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text), delimiter=sep)) if sep == "," else \
+        [line.split("\t") for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_per_protein_tsv_gives_back_the_stored_values(tmp_path, run_cli, dtype):
+    proteins = _proteins()
+    arrays = _write(tmp_path / "e.h5", proteins, dtype=dtype)
+    done = run_cli("export", tmp_path / "e.h5")
+    assert done.exit_code == 0, done.stderr
+    rows = _table(done.stdout, "\t")
+    assert rows[0] == ["id"] + [f"dim_{i}" for i in range(6)]
+    # in key order (the escaped ids as bytes): the file's order whatever the layout
+    assert [r[0] for r in rows[1:]] == sorted(proteins, key=lambda i: escape_key(i).encode())
+    for row in rows[1:]:
+        np.testing.assert_array_equal(np.array(row[1:], dtype=np.float64).astype(dtype), arrays[row[0]][1])
+    assert "export: 5 proteins (per-protein, 6 dimensions) into stdout" in done.stderr
+
+
+def test_every_layout_exports_the_same_table(tmp_path, run_cli):
+    """grouped, flat and stacked files of one set of proteins: one table."""
+    proteins = _proteins()
+    tables = []
+    for layout in ("grouped", "flat", "stacked"):
+        _write(tmp_path / f"{layout}.h5", proteins, kinds=("per_protein",), layout=layout)
+        done = run_cli("export", tmp_path / f"{layout}.h5", "-o", tmp_path / f"{layout}.csv")
+        assert done.exit_code == 0, done.stderr
+        tables.append((tmp_path / f"{layout}.csv").read_text())
+    assert tables[0] == tables[1] == tables[2]
+    rows = _table(tables[0], ",")
+    assert {r[0] for r in rows[1:]} == set(proteins)  # the comma and the quote read back by csv
+
+
+def test_per_residue_npz(tmp_path, run_cli):
+    proteins = _proteins(8)
+    arrays = _write(tmp_path / "e.h5", proteins, dtype=np.float16)
+    done = run_cli("export", tmp_path / "e.h5", "--per-residue", "-o", tmp_path / "r.npz")
+    assert done.exit_code == 0, done.stderr
+    with np.load(tmp_path / "r.npz", allow_pickle=False) as z:
+        ids, x, offsets, lengths = list(z["ids"]), z["embeddings"], z["offsets"], z["lengths"]
+        metadata = json.loads(str(z["metadata"]))
+    assert x.dtype == np.float16 and x.shape == (sum(map(len, proteins.values())), 6)
+    assert ids == sorted(proteins, key=lambda i: escape_key(i).encode())
+    assert list(lengths) == [len(proteins[i]) for i in ids] and offsets[0] == 0 and offsets[-1] == len(x)
+    for i, ident in enumerate(ids):
+        np.testing.assert_array_equal(x[offsets[i]:offsets[i + 1]], arrays[ident][0])
+    assert metadata["model"] == "tiny" and metadata["kind"] == "per_residue"
+
+
+def test_per_protein_npz_and_a_layer_of_several(tmp_path, run_cli):
+    proteins = _proteins()
+    arrays = _write(tmp_path / "e.h5", proteins, layers=[-1, -2])
+    done = run_cli("export", tmp_path / "e.h5", "--layer", "-2", "-o", tmp_path / "p.npz")
+    assert done.exit_code == 0, done.stderr
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as z:
+        for ident, vector in zip(z["ids"], z["embeddings"]):
+            np.testing.assert_array_equal(vector, arrays[str(ident)][1][1])  # -2: the second stored
+        assert set(z.files) == {"ids", "embeddings", "metadata"}
+    done = run_cli("export", tmp_path / "e.h5", "--layer", "0", "-o", tmp_path / "q.npz")  # 0 = -3: the embeddings
+    assert done.exit_code == 1 and "holds layer(s) -1, -2" in done.stderr
+    assert not (tmp_path / "q.npz").exists()
+
+
+def test_ids_file_orders_selects_and_adds_residues(tmp_path, run_cli):
+    proteins = _proteins()
+    arrays = _write(tmp_path / "e.h5", proteins)
+    chosen = ["e", "sp|P1|A_HUMAN"]
+    (tmp_path / "q.fa").write_text("".join(f">{i} x\n{proteins[i].lower()}\n" for i in chosen))
+    done = run_cli("export", tmp_path / "e.h5", "--per-residue", "--ids", tmp_path / "q.fa")
+    assert done.exit_code == 0, done.stderr
+    rows = _table(done.stdout, "\t")
+    assert rows[0][:3] == ["id", "position", "residue"]
+    expected = [(i, str(p + 1), proteins[i][p]) for i in chosen for p in range(len(proteins[i]))]
+    assert [tuple(r[:3]) for r in rows[1:]] == expected
+    values = np.array([r[3:] for r in rows[1:]], dtype=np.float64).astype(np.float32)
+    np.testing.assert_array_equal(values, np.concatenate([arrays[i][0] for i in chosen]))
+    # a list of ids: first words, # comments and blank lines skipped
+    (tmp_path / "ids.txt").write_text("# picked\nc/slash\tlabel\n\ne\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt")
+    assert [r[0] for r in _table(done.stdout, "\t")[1:]] == ["c/slash", "e"]
+
+
+def test_ids_file_refusals_leave_no_output(tmp_path, run_cli):
+    proteins = _proteins()
+    _write(tmp_path / "e.h5", proteins)
+    (tmp_path / "ids.txt").write_text("e\nnot_there\n")
+    out = tmp_path / "o.tsv"
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", out)
+    assert done.exit_code == 1 and "1 protein of the 2 it names is not in" in done.stderr and "not_there" in done.stderr
+    assert not out.exists()
+    (tmp_path / "twice.txt").write_text("e\ne\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "twice.txt", "-o", out)
+    assert done.exit_code == 1 and "'e' is given twice" in done.stderr
+    (tmp_path / "other.fa").write_text(">e\nMKV" + proteins["e"] + "\n")  # another sequence under the id
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "other.fa", "-o", out)
+    assert done.exit_code == 1 and "record 'e'" in done.stderr and "another sequence" in done.stderr
+    assert not out.exists()
+
+
+def test_a_failure_midway_keeps_an_existing_output(tmp_path, run_cli):
+    """Another tool's flat file whose third protein has another width: an error naming it, and the
+    output of an earlier export left as it was."""
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        for i, dim in enumerate([4, 4, 5, 4]):
+            f[f"p{i}"] = np.ones((3, dim), dtype=np.float32)
+    out = tmp_path / "o.tsv"
+    out.write_text("earlier\n")
+    done = run_cli("export", tmp_path / "f.h5", "--per-residue", "-o", out)
+    assert done.exit_code == 1 and "record 'p2'" in done.stderr and "4 dimensions" in done.stderr
+    assert out.read_text() == "earlier\n"
+
+
+def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
+    proteins = _proteins()
+    arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",))
+    done = run_cli("export", tmp_path / "e.h5", "--per-protein")
+    assert done.exit_code == 0, done.stderr
+    for row in _table(done.stdout, "\t")[1:]:
+        np.testing.assert_allclose(np.array(row[1:], dtype=float), arrays[row[0]][0].mean(axis=0), rtol=1e-6)
+    assert "the mean of its residues" in done.stderr
+    _write(tmp_path / "p.h5", proteins, kinds=("per_protein",))
+    done = run_cli("export", tmp_path / "p.h5", "--per-residue")
+    assert done.exit_code == 1 and "per-protein vectors only" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "npz"], "an .npz is written to a file"),
+    (["-o", "{tmp}/x.npz.gz"], "leave out .gz"),
+    (["-o", "{tmp}/x.dat"], "name the file .tsv, .csv or .npz"),
+    (["-o", "{tmp}/x.npz", "--digits", "4"], "an .npz keeps the stored values"),
+    (["--digits", "0"], "from 1 to 17"),
+    (["--format", "tsv", "-o", "{tmp}/e.h5"], "is also an input"),
+])
+def test_usage_errors(tmp_path, run_cli, args, message):
+    _write(tmp_path / "e.h5", _proteins())
+    before = (tmp_path / "e.h5").read_bytes()
+    done = run_cli("export", tmp_path / "e.h5", *[a.format(tmp=tmp_path) for a in args])
+    assert done.exit_code == 2 and message in done.stderr, done.stderr
+    assert (tmp_path / "e.h5").read_bytes() == before
+
+
+def test_digits_and_compression(tmp_path, run_cli):
+    import gzip
+
+    _write(tmp_path / "e.h5", _proteins())
+    done = run_cli("export", tmp_path / "e.h5", "--digits", "3", "-o", tmp_path / "e.tsv.gz")
+    assert done.exit_code == 0, done.stderr
+    rows = _table(gzip.decompress((tmp_path / "e.tsv.gz").read_bytes()).decode(), "\t")
+    assert all(len(v.lstrip("-").replace(".", "").lstrip("0").split("e")[0]) <= 3 for r in rows[1:] for v in r[1:])
+
+
+def test_info(tmp_path, run_cli):
+    proteins = _proteins()
+    _write(tmp_path / "e.h5", proteins)
+    with h5py.File(tmp_path / "e.h5", "a") as f:
+        f.attrs["failed"] = json.dumps({"big": "out of memory"})
+    done = run_cli("info", tmp_path / "e.h5", "--json", "--residues")
+    assert done.exit_code == 0, done.stderr
+    facts = json.loads(done.stdout)
+    assert facts["proteins"] == {"per_residue": 5, "per_protein": 5} and facts["dim"] == 6
+    assert facts["layout"] == "grouped" and facts["stored_dtype"] == "float32" and facts["model"] == "tiny"
+    assert facts["failed"] == {"big": "out of memory"} and facts["status"] == "finished"
+    lengths = [len(s) for s in proteins.values()]
+    assert facts["residues"]["total"] == sum(lengths) and facts["residues"]["longest"] == max(lengths)
+    text = run_cli("info", tmp_path / "e.h5").stdout
+    assert "proteins:" in text and "5 per-residue, 5 per-protein" in text and "failed:" in text and "big" in text
+    ids = run_cli("info", tmp_path / "e.h5", "--ids").stdout.splitlines()
+    assert ids == sorted(proteins, key=lambda i: escape_key(i).encode())
+
+
+def test_info_of_a_partial_a_stacked_and_another_tools_file(tmp_path, run_cli):
+    proteins = _proteins()
+    _write(tmp_path / "s.h5", proteins, kinds=("per_protein",), layout="stacked")
+    with h5py.File(tmp_path / "bio.h5", "w") as f:  # bio_embeddings: md5 keys, the id in original_id
+        for ident, seq in proteins.items():
+            f[sequence_checksum(seq).split(":")[1]] = np.zeros(4, dtype=np.float32)
+            f[sequence_checksum(seq).split(":")[1]].attrs["original_id"] = ident
+    (tmp_path / "s.h5").rename(tmp_path / "t.h5.partial")
+    done = run_cli("info", tmp_path / "t.h5.partial", tmp_path / "bio.h5", "--json")
+    assert done.exit_code == 0, done.stderr
+    partial, bio = map(json.loads, done.stdout.splitlines())
+    assert partial["status"].startswith("unfinished") and partial["layout"] == "stacked"
+    assert bio["written_by"].startswith("another tool") and bio["proteins"] == {"per_protein": 5} and bio["dim"] == 4
+    assert run_cli("info", tmp_path / "bio.h5", "--ids").stdout.splitlines() == sorted(proteins, key=lambda i: escape_key(i).encode())
+    done = run_cli("info", tmp_path / "missing.h5")
+    assert done.exit_code == 1 and "no such file" in done.stderr
+
+
+def test_info_of_a_contacts_file(tmp_path, run_cli):
+    with EmbeddingsWriter(tmp_path / "c.h5", kinds=("contacts",), attrs={"model": "esm2_t6_8M_UR50D"},
+                          storage_dtype="float16") as w:
+        w.write("p", "p", "MKV", contacts=np.eye(3, dtype=np.float16))
+    facts = json.loads(run_cli("info", tmp_path / "c.h5", "--json").stdout)
+    assert facts["layout"] == "contacts" and facts["proteins"] == {"contacts": 1} and facts["stored_dtype"] == "float16"
+
+
+def test_export_and_info_import_no_torch(tmp_path):
+    _write(tmp_path / "e.h5", _proteins())
+    done = heavy_imports_of([["export", str(tmp_path / "e.h5"), "-o", str(tmp_path / "e.npz"), "-q"],
+                             ["info", str(tmp_path / "e.h5"), "--residues"]], ("torch", "transformers"))
+    assert done.returncode == 0, done.stderr
