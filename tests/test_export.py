@@ -251,3 +251,32 @@ def test_export_and_info_import_no_torch(tmp_path):
     done = heavy_imports_of([["export", str(tmp_path / "e.h5"), "-o", str(tmp_path / "e.npz"), "-q"],
                              ["info", str(tmp_path / "e.h5"), "--residues"]], ("torch", "transformers"))
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_ecoli_proteome_residues_line_up_with_the_fasta(shared_data, tmp_path, run_cli):
+    """The E. coli proteome embedded one-hot: every exported residue row's one-hot position is the
+    letter of the residue column the FASTA gives (rare residues as X), in the FASTA's order, and
+    the .npz's offsets are the sequences' lengths."""
+    from protrans_cli.embedders import ONEHOT_ALPHABET
+    from protrans_cli.io.fasta import read_fasta
+    from protrans_cli.residues import normalise
+
+    fasta = shared_data / "proteomes" / "UP000000625_83333.fasta"
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-residue", "-o", tmp_path / "e.h5", "-q").exit_code == 0
+    done = run_cli("export", tmp_path / "e.h5", "--per-residue", "--ids", fasta, "-o", tmp_path / "e.npz")
+    assert done.exit_code == 0, done.stderr
+    records = list(read_fasta(fasta))
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as z:
+        assert list(z["ids"]) == [r.id for r in records]
+        sequences = [normalise(r.sequence) for r in records]
+        assert list(z["lengths"]) == [len(s) for s in sequences]
+        letters = np.array(list(ONEHOT_ALPHABET))[z["embeddings"].argmax(axis=1)]
+        assert "".join(letters) == "".join(sequences)
+    # the table's residue column, for a few proteins, against the one-hot rows beside it
+    (tmp_path / "some.fa").write_text("".join(f">{r.id}\n{r.sequence}\n" for r in records[:40]))
+    done = run_cli("export", tmp_path / "e.h5", "--per-residue", "--ids", tmp_path / "some.fa", "--digits", "1")
+    rows = [line.split("\t") for line in done.stdout.splitlines()[1:]]
+    assert len(rows) == sum(len(s) for s in sequences[:40])
+    for row in rows:
+        assert ONEHOT_ALPHABET[row[3:].index("1")] == (row[2] if row[2] in ONEHOT_ALPHABET else "X")
