@@ -1,5 +1,5 @@
 """The whole pipeline on the bundled example data: prep, train, labels, embed, fit, predict, knn,
-variants, project.
+variants, project, export.
 
 Every step is a real `protrans` command line, run in this process through the same entry point a
 shell uses, and printed before it runs, so a user can copy any step and run it on their own data.
@@ -180,6 +180,8 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
                      "--labels", str(data / "loc_train.fasta"), "--labels", str(data / "loc_test.fasta"),
                      "-o", p("predictions", "loc.map.tsv"), "--plot", p("predictions", "loc.map.png"),
                      "--html", p("predictions", "loc.map.html")], s)
+    # 10. The test proteins' vectors as a table, for R, a spreadsheet or any script without h5py.
+    _run("export", ["export", p("embeddings", f"loc_test.{family}.h5"), "-o", p("embeddings", f"loc_test.{family}.csv")], s)
 
     for head in sorted((out / "heads").iterdir()):
         metrics = head / "metrics.json"
@@ -196,6 +198,7 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
         "nearest training proteins (knn)": out / "predictions" / "loc_test.knn.tsv",
     }
     s.outputs["map of the embedding space (project)"] = out / "predictions" / "loc.map.html"
+    s.outputs["embeddings as a table (export)"] = out / "embeddings" / f"loc_test.{family}.csv"
     if scan is not None:
         s.outputs["variant effects of one protein (variants)"] = scan
         s.outputs["their landscape"] = scan.with_suffix(".png")

@@ -29,7 +29,7 @@ def _every_output_exists(out, summary):
     for what, path in summary.outputs.items():
         assert path.exists(), f"{what}: {path} missing"
     lines = [x for x in (out / "commands.sh").read_text().splitlines() if x.startswith("protrans ")]
-    assert lines == summary.commands and len(lines) == 23
+    assert lines == summary.commands and len(lines) == 24
     # every substitution of the first test protein, scored by the trained model
     scan = summary.outputs["variant effects of one protein (variants)"]
     first = next(iter(read_fasta(out / "fasta" / "loc_test.fasta")))
