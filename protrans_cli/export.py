@@ -81,18 +81,31 @@ def output_format(output, fmt: str | None = None) -> str:
 def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
     """(ids, id -> sequence or None) of a FASTA file (its ids and sequences) or of a list of ids,
     one per line (the first word of each; blank lines and lines starting with # skipped), in
-    their order; an id given twice is refused."""
-    from protrans_cli.io.fasta import read_fasta
+    their order; an id given twice is refused. A FASTA of headers alone (`>id` lines, an id
+    list written as headers) is a list of ids: it has no sequences to check."""
+    from protrans_cli.io.fasta import BOM, parse_fasta
     from protrans_cli.io.files import display_name, open_input
 
     name = display_name(path)
     with open_input(path) as stream:
         head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else b""
         first = next((line for line in head.splitlines() if line.strip()), b"")
-        is_fasta = first.lstrip(b"\xef\xbb\xbf").lstrip().startswith(b">")
-        if not is_fasta:
+        is_fasta = first.lstrip(BOM).lstrip().startswith(b">")
+        if is_fasta:
+            # (parsed from this stream: stdin opened a second time had lost what a decompressor
+            # or a short first read of a pipe had taken from it, and a gzipped FASTA on stdin
+            # "held no FASTA record")
+            sequences: dict[str, str] = {}
+            ids, lines = [], []
+            for record in parse_fasta(stream, name):
+                ids.append(record.id)
+                lines.append(record.line)
+                sequences.setdefault(record.id, record.sequence)
+        else:
             ids, lines = [], []
             for number, raw in enumerate(stream, 1):
+                if number == 1:  # (a byte-order mark from a Windows editor was part of the first id)
+                    raw = raw.removeprefix(BOM)
                 words = raw.split()
                 if not words or words[0].startswith(b"#"):
                     continue
@@ -106,15 +119,11 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
             if not ids:
                 raise InputError("holds no id: a FASTA file, or one id a line", path=name)
             return ids, None
-    sequences: dict[str, str] = {}
-    ids, lines = [], []
-    for record in read_fasta(path):
-        ids.append(record.id)
-        lines.append(record.line)
-        sequences.setdefault(record.id, record.sequence)
     _refuse_twice(ids, name, lines)
     if not ids:
         raise InputError("holds no FASTA record", path=name)
+    if not any(sequences.values()):  # headers alone: their checksums were "another sequence"
+        return ids, None
     return ids, sequences
 
 

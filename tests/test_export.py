@@ -132,6 +132,23 @@ def test_ids_file_orders_selects_and_adds_residues(tmp_path, run_cli):
     assert [r[0] for r in _table(done.stdout, "\t")[1:]] == ["c/slash", "e"]
 
 
+def test_ids_file_on_stdin_with_a_bom_or_headers_alone(tmp_path, run_cli):
+    """A gzipped FASTA on stdin (read twice, it "held no FASTA record"), an id list that starts
+    with a byte-order mark (its first id had the mark), and `>id` lines without sequences (each
+    was "of another sequence"): each is the list it looks like."""
+    import gzip
+
+    proteins = _proteins()
+    _write(tmp_path / "e.h5", proteins)
+    chosen = ["e", "c/slash"]
+    fasta = "".join(f">{i} x\n{proteins[i]}\n" for i in chosen).encode()
+    for given in (fasta, gzip.compress(fasta), b"\xef\xbb\xbf" + "\r\n".join(chosen).encode() + b"\r\n",
+                  "".join(f">{i}\n" for i in chosen).encode()):
+        done = run_cli("export", tmp_path / "e.h5", "--ids", "-", input=given)
+        assert done.exit_code == 0, done.stderr
+        assert [r[0] for r in _table(done.stdout, "\t")[1:]] == chosen
+
+
 def test_ids_file_refusals_leave_no_output(tmp_path, run_cli):
     proteins = _proteins()
     _write(tmp_path / "e.h5", proteins)
