@@ -147,12 +147,33 @@ def _chosen_kind(reader, kind: str | None) -> str:
     return kind
 
 
-def _layer_index(reader, array_ndim: int, kind: str, layer: int) -> int | None:
-    """Where `layer` lies on the file's layer axis (None: one layer stored, no axis)."""
+def _layer_index(reader, shape: tuple, kind: str, layer: int) -> int | None:
+    """Where `layer` lies on the file's layer axis (None: one layer stored, no axis), from the
+    first protein's array `shape`. In a file that records no layer numbers (another tool's)
+    `layer` indexes the layer axis, and must exist there; an array without one holds one layer
+    (-1 or 0), as `fit` reads such files (an index past the axis was an IndexError traceback, and
+    any --layer on one layer was taken silently)."""
     from protrans_cli.heads.data import stored_layer_index
     from protrans_cli.io.h5 import PER_PROTEIN
 
-    layered = array_ndim == (2 if kind == PER_PROTEIN else 3)
+    base = 1 if kind == PER_PROTEIN else 2
+    if len(shape) not in (base, base + 1):
+        raise InputError(f"holds an array of shape {'x'.join(map(str, shape)) or 'scalar'} where "
+                         f"{'(D,) vectors' if base == 1 else '(L, D) rows'} are read (not embeddings of that kind)",
+                         path=reader.path)
+    layered = len(shape) == base + 1
+    if "layers" not in reader.attrs:
+        if layered and base == 1:
+            raise InputError(f"holds {'x'.join(map(str, shape))} arrays where per-protein (D,) vectors are read, "
+                             "and no `layers` attribute says their first axis is layers", path=reader.path)
+        if layered and not -shape[0] <= layer < shape[0]:
+            raise InputError(f"holds {shape[0]} layers on its arrays' first axis (the file records no layer "
+                             f"numbers: --layer indexes that axis, {-shape[0]} to {shape[0] - 1}), not layer {layer}",
+                             path=reader.path)
+        if not layered and layer not in (-1, 0):
+            raise InputError(f"holds one layer (no layer axis, no layer numbers recorded), not layer {layer}",
+                             path=reader.path)
+        return layer if layered else None
     index = stored_layer_index(reader, layer)  # (one layer stored: the one asked for, or an error naming it)
     return index if layered else None
 
@@ -265,10 +286,10 @@ class _Plan:
         first = self._raw(order[0]) if order else None
         if first is None:
             shape, self.dtype = (reader.dim(kind),), np.dtype(np.float32)
-            self.index = None
+            self.index, self.ndim = None, None
         else:
-            self.index = _layer_index(reader, first.ndim, kind, layer)
-            shape, self.dtype = first.shape, first.dtype
+            self.index = _layer_index(reader, first.shape, kind, layer)
+            shape, self.dtype, self.ndim = first.shape, first.dtype, first.ndim
             if self.dtype.kind != "f":
                 raise InputError(f"holds {self.dtype} arrays, not floating-point embeddings", path=reader.path)
         self.dim = int(shape[-1])
@@ -282,8 +303,14 @@ class _Plan:
             return read_array(self.group, escape_key(ident))
         return np.asarray(self.reader.get(ident, self.kind))
 
+    def shape_error(self, ident: str, shape: tuple) -> InputError:
+        return InputError(f"an array of shape {shape}, where the first protein's is {self.ndim}-dimensional with "
+                          f"{self.dim} dimensions (a flat file mixing kinds?)", path=self.reader.path, record=ident)
+
     def array(self, ident: str) -> np.ndarray:
         array = self._raw(ident)
+        if array.ndim != self.ndim:  # (a (D,) vector among (L, D) rows was written as D rows of the table's
+            raise self.shape_error(ident, array.shape)  # width: a TypeError, or an .npz numpy cannot read)
         if self.index is not None:
             array = array[self.index]
         if array.shape[-1] != self.dim:
@@ -418,6 +445,8 @@ def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
 
 def _rows_of(reader, plan: _Plan, ident: str) -> int:
     shape = reader.dataset(ident, plan.kind).shape
+    if len(shape) != plan.ndim:
+        raise plan.shape_error(ident, shape)
     return int(shape[1] if plan.index is not None else shape[0])
 
 

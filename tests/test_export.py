@@ -179,6 +179,25 @@ def test_a_failure_midway_keeps_an_existing_output(tmp_path, run_cli):
     assert out.read_text() == "earlier\n"
 
 
+@pytest.mark.parametrize("arrays, args, message", [
+    # bio_embeddings' SeqVec (3, L, D): --layer indexes the axis (it was an IndexError traceback)
+    ([np.ones((3, 2, 4))] * 2, ["--layer", "5"], "holds 3 layers on its arrays' first axis"),
+    ([np.ones((2, 4))] * 2, ["--layer", "7"], "holds one layer"),  # (it was taken silently)
+    # a (D,) vector among (L, D) rows: a TypeError in a table, D rows of garbage in an .npz numpy cannot read
+    ([np.ones((2, 4)), np.ones(4)], [], "record 'p1': an array of shape (4,)"),
+    ([np.float32(1)], [], "holds an array of shape scalar"),
+])
+@pytest.mark.parametrize("suffix", ["npz", "tsv"])
+def test_another_tools_arrays_that_do_not_fit_are_refused(tmp_path, run_cli, arrays, args, message, suffix):
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        for i, array in enumerate(arrays):
+            f[f"p{i}"] = np.asarray(array, dtype=np.float32)
+    out = tmp_path / f"o.{suffix}"
+    done = run_cli("export", tmp_path / "f.h5", *args, "-o", out)
+    assert done.exit_code == 1 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
     proteins = _proteins()
     arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",))
