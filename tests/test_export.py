@@ -274,6 +274,24 @@ def test_info_of_a_partial_a_stacked_and_another_tools_file(tmp_path, run_cli):
     assert done.exit_code == 1 and "no such file" in done.stderr
 
 
+@pytest.mark.parametrize("stdout, message", [
+    (None, "standard output is closed: info writes there"),  # `>&-`: an AttributeError traceback
+    ("/dev/full", "standard output: cannot write: No space left on device"),  # named nothing
+])
+def test_info_to_a_closed_or_full_stdout_is_one_line(tmp_path, stdout, message):
+    import os
+    import subprocess
+    import sys
+
+    if stdout and not os.path.exists(stdout):
+        pytest.skip(f"needs {stdout}")
+    _write(tmp_path / "e.h5", _proteins())
+    with open(stdout or os.devnull, "wb") as out:
+        done = subprocess.run([sys.executable, "-m", "protrans_cli", "info", str(tmp_path / "e.h5")], stdout=out,
+                              stderr=subprocess.PIPE, text=True, preexec_fn=None if stdout else lambda: os.close(1))
+    assert done.returncode == 1 and done.stderr == f"protrans: error: {message}\n", done.stderr
+
+
 def test_info_of_a_contacts_file(tmp_path, run_cli):
     with EmbeddingsWriter(tmp_path / "c.h5", kinds=("contacts",), attrs={"model": "esm2_t6_8M_UR50D"},
                           storage_dtype="float16") as w:

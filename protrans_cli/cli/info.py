@@ -41,21 +41,22 @@ def command(files, as_json, list_ids, residues):
         raise UsageError("--ids lists ids alone: leave out --json and --residues")
     import sys
 
+    from protrans_cli.errors import RuntimeFailure
     from protrans_cli.export import file_ids, info, info_lines
+    from protrans_cli.io.files import atomic_output
 
-    out = sys.stdout
-    for n, path in enumerate(files):
-        if list_ids:
-            for ident in file_ids(path):
-                out.write(ident + "\n")
-            continue
-        facts = info(path, residues=residues)
-        if as_json:
-            import json
+    if sys.stdout is None:  # `>&-` (sys.stdout.write was an AttributeError traceback)
+        raise RuntimeFailure("standard output is closed: info writes there")
+    # (stdout as export writes it: a full disk names it, and every write is whole)
+    with atomic_output("-") as out:
+        for n, path in enumerate(files):
+            if list_ids:
+                out.write("".join(ident + "\n" for ident in file_ids(path)).encode("utf-8"))
+                continue
+            facts = info(path, residues=residues)
+            if as_json:
+                import json
 
-            out.write(json.dumps(facts, default=str) + "\n")
-        else:
-            if n:
-                out.write("\n")
-            out.write("".join(line + "\n" for line in info_lines(facts)))
-    out.flush()
+                out.write((json.dumps(facts, default=str) + "\n").encode("utf-8"))
+            else:
+                out.write((("\n" if n else "") + "".join(line + "\n" for line in info_lines(facts))).encode("utf-8"))
