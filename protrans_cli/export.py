@@ -218,11 +218,24 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
                 rows = _write_npz(stream, plan, out_kind, reader, path)
             else:
                 rows = _write_table(stream, plan, out_kind, chosen_format, digits)
+            _stop_if_signalled()  # (before the output is committed)
     shown = "stdout" if output is None or str(output) == "-" else str(output)
     console.info(f"export: {console.counted(len(order), 'protein')} ({out_kind.replace('_', '-')}, "
                  f"{plan.dim} dimensions{'' if out_kind == PER_PROTEIN else f', {rows:,} residues'}) "
                  f"into {shown}")
     return Exported(len(order), rows, out_kind, plan.dim, chosen_format)
+
+
+def _stop_if_signalled() -> None:
+    """Stop for a Ctrl-C or SIGTERM whose exception Python dropped: h5py drops its objects through
+    weakref callbacks, and one that Ctrl-C raised in was lost ("Exception ignored in ..."), so an
+    export went on to the end and committed its output (one Ctrl-C in three on a per-residue .npz).
+    The CLI notes every such signal; outside it (the library) there is nothing to check."""
+    import sys
+
+    cli = sys.modules.get("protrans_cli.cli")
+    if cli is not None:
+        cli.raise_if_stopped()
 
 
 def _order(reader, kind: str, wanted: list[str] | None, source) -> list[str]:
@@ -364,6 +377,7 @@ def _write_table(stream, plan: _Plan, kind: str, fmt: str, digits: int | None) -
     stream.write((sep.join(head) + "\n").encode())
     rows = 0
     for ident in console.progress(plan.order, desc="export", unit="protein"):
+        _stop_if_signalled()
         array = plan.array(ident)
         name = _field(ident, fmt)
         if per_protein:
@@ -434,6 +448,7 @@ def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
         with archive.open("embeddings.npy", "w", force_zip64=True) as member:
             member.write(_npy_header(plan.dtype, shape))
             for i, ident in enumerate(console.progress(plan.order, desc="export", unit="protein")):
+                _stop_if_signalled()
                 array = np.ascontiguousarray(plan.array(ident), dtype=plan.dtype)
                 if lengths is not None and len(array) != lengths[i]:
                     raise InputError(f"{len(array)} rows, where its dataset's shape said {lengths[i]}",

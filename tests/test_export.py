@@ -198,6 +198,39 @@ def test_another_tools_arrays_that_do_not_fit_are_refused(tmp_path, run_cli, arr
     assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
+@pytest.mark.parametrize("suffix", ["npz", "tsv"])
+def test_a_ctrl_c_python_dropped_stops_the_export(tmp_path, monkeypatch, capsys, suffix):
+    """Ctrl-C while h5py dropped an object (a weakref callback: "Exception ignored in ...") was
+    lost: the export went on to the end, committed its output and exited 130."""
+    import signal
+    import weakref
+
+    import protrans_cli.cli as cli_module
+    import protrans_cli.export as export_module
+
+    _write(tmp_path / "e.h5", _proteins())
+    array = export_module._Plan.array
+
+    def dropped(self, ident):
+        if ident == "e":
+            class Thing:
+                pass
+
+            thing = Thing()
+            ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))  # noqa: F841
+            del thing  # (the handler raises inside the callback: dropped)
+        return array(self, ident)
+
+    monkeypatch.setattr(export_module._Plan, "array", dropped)
+    out = tmp_path / f"o.{suffix}"
+    with pytest.raises(SystemExit) as caught:
+        cli_module.main(["export", str(tmp_path / "e.h5"), "--per-residue", "-o", str(out)])
+    assert caught.value.code == 130 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "protrans: error: interrupted"
+    assert [p.name for p in tmp_path.iterdir()] == ["e.h5"]  # no temporary left
+
+
 def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
     proteins = _proteins()
     arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",))

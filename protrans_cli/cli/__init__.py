@@ -222,6 +222,16 @@ _INTERRUPTED: list[int] = []  # and SIGINTs (Ctrl-C)
 _LATE: list[int] = []  # either, once the command's output was complete (console.output_complete)
 
 
+def raise_if_stopped() -> None:
+    """Raise the stop a SIGTERM or Ctrl-C asked for if Python dropped its exception (raised while a
+    weakref callback ran: "Exception ignored in ..."). A loop that builds an output calls it as
+    it goes: `export` interrupted so went on to the end, committed its output, then exited 130."""
+    if _TERMINATED:
+        raise _Terminated()
+    if _INTERRUPTED:
+        raise KeyboardInterrupt
+
+
 def _on_sigterm(main_pid):
     def handler(signum, frame):
         if os.getpid() != main_pid:  # a forked worker: die as before, the main process cleans up

@@ -52,4 +52,7 @@ def command(embeddings, output, fmt, kind, layer, ids_file, digits):
         raise UsageError(HDF5_FROM_STDIN)
     from protrans_cli.export import export
 
+    from protrans_cli import console
+
     export(embeddings, output, kind=kind, layer=layer, ids=ids_file, fmt=fmt, digits=digits)
+    console.output_complete("standard output" if output == "-" else str(output))
