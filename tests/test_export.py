@@ -231,6 +231,20 @@ def test_a_ctrl_c_python_dropped_stops_the_export(tmp_path, monkeypatch, capsys,
     assert [p.name for p in tmp_path.iterdir()] == ["e.h5"]  # no temporary left
 
 
+def test_prottrans_keys_that_are_header_lines_with_a_tab(tmp_path, run_cli):
+    """The ProtTrans script keys a protein by its whole header line: one with a tab was listed
+    by its line (info --ids) and then not found ("no per_protein embedding for this id")."""
+    headers = ["sp|P1|A_HUMAN Alpha OS=Homo", "tr|Q2|B Beta\tfragment", "c 100%41"]
+    with h5py.File(tmp_path / "pt.h5", "w") as f:
+        for i, header in enumerate(headers):
+            f[header] = np.full(3, i, dtype=np.float32)
+    done = run_cli("export", tmp_path / "pt.h5", "-o", tmp_path / "pt.csv")
+    assert done.exit_code == 0, done.stderr
+    rows = _table((tmp_path / "pt.csv").read_text(), ",")[1:]
+    assert {(r[0], float(r[1])) for r in rows} == {("sp|P1|A_HUMAN Alpha OS=Homo", 0), ("tr|Q2|B Beta\tfragment", 1),
+                                                   ("c 100A", 2)}  # (the key unescaped, as for embed's keys)
+
+
 def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
     proteins = _proteins()
     arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",))

@@ -370,10 +370,13 @@ class EmbeddingsReader:
                             raise one_protein_twice(self.path, ident, declared[ident], key)
                         owned.add(key)
                 else:
-                    word = _key_id(key)
-                    if escape_key(word) != key:  # a whole header line as the key (the ProtTrans script)
-                        if loose.setdefault(word, key) != key:  # "P1 isoform a", "P1 isoform b"
-                            ambiguous.add(word)
+                    # a whole header line as the key (the ProtTrans script): its first word, and the
+                    # line itself where escaping it spells another key (a tab or a control
+                    # character in it: ids() lists the line, and get() of it found nothing)
+                    for spelled in dict.fromkeys((_key_id(key), unescape_key(key))):
+                        if escape_key(spelled) != key:
+                            if loose.setdefault(spelled, key) != key:  # "P1 isoform a", "P1 isoform b"
+                                ambiguous.add(spelled)
             self._foreign_ids[kind] = _ForeignKeys(declared, owned, loose, ambiguous)
         return self._foreign_ids[kind]
 
