@@ -284,6 +284,16 @@ def _check_sequences(reader, kind: str, order: list[str], sequences: dict, sourc
                              path=str(source), record=ident)
 
 
+def _empty_dim(reader, kind: str) -> int:
+    """The width of a file of no protein: embed's `embedding_dim` where a grouped or flat file
+    has no dataset to say it (it was refused, "holds no per_protein embeddings", where a stacked
+    file of none gave a header and empty arrays)."""
+    dim = reader.attrs.get("embedding_dim")
+    if reader.layout != "stacked" and "layout" in reader.attrs and isinstance(dim, (int, np.integer)) and dim > 0:
+        return int(dim)
+    return reader.dim(kind)
+
+
 class _Plan:
     """The arrays to write, a protein at a time, in order: (id, rows (L, D) or vector (D,),
     residues or None)."""
@@ -297,8 +307,10 @@ class _Plan:
         self.own = "layout" in reader.attrs and reader.layout != "stacked"
         self.group = reader._group(kind) if self.own else None
         first = self._raw(order[0]) if order else None
-        if first is None:
-            shape, self.dtype = (reader.dim(kind),), np.dtype(np.float32)
+        if first is None:  # no protein (every one failed in embed): the table's columns, the arrays' shape
+            shape, self.dtype = (_empty_dim(reader, kind),), np.dtype(np.float32)
+            if reader.attrs.get("storage_dtype") in ("float16", "float32"):
+                self.dtype = np.dtype(reader.attrs["storage_dtype"])
             self.index, self.ndim = None, None
         else:
             self.index = _layer_index(reader, first.shape, kind, layer)

@@ -245,6 +245,23 @@ def test_prottrans_keys_that_are_header_lines_with_a_tab(tmp_path, run_cli):
                                                    ("c 100A", 2)}  # (the key unescaped, as for embed's keys)
 
 
+@pytest.mark.parametrize("layout", ["grouped", "flat", "stacked"])
+def test_a_file_whose_every_protein_failed_exports_no_row(tmp_path, run_cli, layout):
+    """Every protein skipped as too long: a header and empty arrays in every layout (grouped and
+    flat files were refused, "holds no per_protein embeddings", where a stacked one was not)."""
+    (tmp_path / "a.fa").write_text(">a\nMKVLA\n>b\nMKVLAW\n")
+    kind = ["--per-protein"] if layout == "flat" else []
+    done = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "--max-length", "3", "--long-policy", "skip",
+                   "--layout", layout, *kind, "-o", tmp_path / "e.h5", "-q")
+    assert done.exit_code == 0, done.stderr
+    done = run_cli("export", tmp_path / "e.h5")
+    assert done.exit_code == 0, done.stderr
+    assert done.stdout == "\t".join(["id"] + [f"dim_{i}" for i in range(21)]) + "\n"
+    assert run_cli("export", tmp_path / "e.h5", "-o", tmp_path / "e.npz").exit_code == 0
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as z:
+        assert z["ids"].shape == (0,) and z["embeddings"].shape == (0, 21) and z["embeddings"].dtype == np.float32
+
+
 def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
     proteins = _proteins()
     arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",))
