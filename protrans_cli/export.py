@@ -358,10 +358,16 @@ class _Plan:
             letters = normalise(self.sequences[ident], rare="keep")
         except SequenceRejected:
             letters = self.sequences[ident].upper()
-        if len(letters) < rows:
+        # more letters than rows: a protein embed truncated (its first rows), else another sequence
+        # (a file without checksums: the residue column named the rows after a longer sequence's)
+        if len(letters) < rows or (len(letters) > rows and self._cut(ident) is None):
             raise InputError(f"{rows} residue rows, where the FASTA's sequence has {len(letters)} residues",
                              path=self.reader.path, record=ident)
-        return letters[:rows]  # (a protein embed truncated: its first rows)
+        return letters[:rows]
+
+    def _cut(self, ident: str) -> int | None:
+        """The full length of a protein embed truncated (`truncated_from`), else None."""
+        return self.reader.facts(self.reader.key_for(ident, self.kind), self.kind)[1]
 
 
 def _number_format(dtype: np.dtype, digits: int | None) -> str:

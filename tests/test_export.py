@@ -262,6 +262,24 @@ def test_a_file_whose_every_protein_failed_exports_no_row(tmp_path, run_cli, lay
         assert z["ids"].shape == (0,) and z["embeddings"].shape == (0, 21) and z["embeddings"].dtype == np.float32
 
 
+def test_residue_column_of_a_truncated_protein_and_of_a_file_without_checksums(tmp_path, run_cli):
+    """A protein embed truncated is its sequence's first residues; rows of a file without checksums
+    are not named after a longer sequence's first residues (they were, silently)."""
+    (tmp_path / "a.fa").write_text(">a\nMKVLA\n>b\nWC\n")
+    done = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "--max-length", "3", "--long-policy", "truncate",
+                   "-o", tmp_path / "e.h5", "-q")
+    assert done.exit_code == 0, done.stderr
+    done = run_cli("export", tmp_path / "e.h5", "--per-residue", "--ids", tmp_path / "a.fa")
+    assert done.exit_code == 0, done.stderr
+    assert [tuple(r[:3]) for r in _table(done.stdout, "\t")[1:]] == [
+        ("a", "1", "M"), ("a", "2", "K"), ("a", "3", "V"), ("b", "1", "W"), ("b", "2", "C")]
+    with h5py.File(tmp_path / "f.h5", "w") as f:  # another tool's: no checksum, no truncated_from
+        f["a"] = np.ones((3, 4), dtype=np.float32)
+        f["b"] = np.ones((2, 4), dtype=np.float32)
+    done = run_cli("export", tmp_path / "f.h5", "--per-residue", "--ids", tmp_path / "a.fa")
+    assert done.exit_code == 1 and "record 'a': 3 residue rows, where the FASTA's sequence has 5" in done.stderr
+
+
 def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
     proteins = _proteins()
     arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",))
