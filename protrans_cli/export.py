@@ -200,8 +200,14 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
         if source := input_named_by(output, inputs):
             raise UsageError(f"-o {output} is also an input: writing it would replace {source} (choose another name)")
         output_directory(output)
+    if str(path) != "-" and os.path.isfile(str(path)) and (other := _other_output(str(path))) is not None:
+        raise InputError(f"holds the output of {other['written_by']} ({other['layout']}), not embeddings: "
+                         "export writes embeddings files (read this one with h5py: docs/formats.md)", path=str(path))
     wanted, sequences = read_id_list(ids) if ids is not None else (None, None)
     with EmbeddingsReader(path) as reader:
+        if str(path).endswith(".partial"):
+            console.warn(f"{path} is an unfinished run's file: it holds the proteins done so far (embed --resume "
+                         "finishes it)")
         source_kind = _chosen_kind(reader, kind)
         pooled = source_kind == PER_PROTEIN and PER_PROTEIN not in reader.kinds
         if pooled:
@@ -509,15 +515,22 @@ def info(path, *, residues: bool = False) -> dict:
         facts["status"] = f"finished; {path}.partial beside it is a later run's (embed --resume), still unfinished"
     else:
         facts["status"] = "finished"
-    contacts = _contacts_file(path)
-    if contacts is not None:
-        facts.update(contacts)
+    other = _other_output(path)
+    if other is not None:
+        if residues:
+            raise UsageError(f"{path}: --residues counts an embeddings file's residues; this is "
+                             f"{other['written_by']}'s output")
+        facts.update(other)
+        del facts["groups"]
         return facts
     with EmbeddingsReader(path) as reader:
         own = "layout" in reader.attrs
         facts["written_by"] = "protrans" if own else "another tool (no protrans attributes: ProtTrans script, " \
                                                      "bio_embeddings, ...)"
         facts["layout"] = reader.layout
+        if reader.attrs.get("layout") == "stacked" and reader.layout != "stacked":
+            # (a stacked run's OUTPUT.partial: a dataset a protein until the run completes)
+            facts["layout"] = "stacked (its proteins one dataset each until the run completes)"
         facts["kinds"] = list(reader.kinds)
         facts["proteins"] = {kind: len(reader.keys(kind)) for kind in reader.kinds}
         for kind in reader.kinds:
@@ -542,30 +555,46 @@ def info(path, *, residues: bool = False) -> dict:
     return facts
 
 
-def _contacts_file(path: str) -> dict | None:
-    """info of a contacts file (protrans contacts), None for any other."""
-    from protrans_cli.io.h5 import CONTACTS, h5_file, _link_names, failed_attr
+def _other_output(path: str) -> dict | None:
+    """info of protrans's other HDF5 outputs: a contact-map file (`protrans contacts`) or a
+    probabilities file (`predict --probabilities`: no embeddings, one group per output, the
+    class order in `classes_<output>`); None for any other file. `groups` (not shown): the
+    groups holding the proteins' datasets."""
+    from protrans_cli.io.h5 import CONTACTS, _link_names, failed_attr, h5_file
 
     try:
         with h5_file(path, "r") as f:
-            if f.attrs.get("kinds") != CONTACTS or CONTACTS not in f:
+            task = f.attrs.get("task")
+            classes = {name[len("classes_"):]: _text(f.attrs[name]) for name in f.attrs if name.startswith("classes_")}
+            if _text(f.attrs.get("kinds")) == CONTACTS and CONTACTS in f:
+                facts = {"written_by": "protrans contacts", "layout": "contacts", "kinds": [CONTACTS]}
+            elif isinstance(task, str) and classes and all(name in f for name in classes):
+                facts = {"written_by": "protrans predict --probabilities", "layout": "probabilities",
+                         "kinds": list(classes), "task": task, "classes": classes}
+            else:
                 return None
-            group = f[CONTACTS]
-            names = _link_names(group)
-            facts = {"written_by": "protrans", "layout": "contacts", "kinds": [CONTACTS],
-                     "proteins": {CONTACTS: len(names)}}
-            if names:
-                facts["stored_dtype"] = str(group[names[0].decode("utf-8")].dtype)
+            facts["proteins"], groups = {}, []
+            for kind in facts["kinds"]:
+                names = _link_names(f[kind])
+                facts["proteins"][kind] = len(names)
+                groups.append(kind)
+                if names and "stored_dtype" not in facts:
+                    facts["stored_dtype"] = str(f[kind][names[0].decode("utf-8")].dtype)
             for name in ("model", "revision", "commit", "family", "compute_dtype", "device", "protrans_version",
                          "command_line"):
                 if name in f.attrs:
                     value = f.attrs[name]
-                    facts[name] = value.decode() if isinstance(value, bytes) else (
-                        value.tolist() if isinstance(value, np.ndarray) else value)
-            facts["failed"] = failed_attr(f.attrs.get("failed"), path)
+                    facts[name] = value.tolist() if isinstance(value, np.ndarray) else _text(value)
+            if "failed" in f.attrs:
+                facts["failed"] = failed_attr(f.attrs.get("failed"), path)
+            facts["groups"] = groups
             return facts
     except (OSError, KeyError):
         return None  # (EmbeddingsReader then says what is wrong with it, in its words)
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _first_shape(reader, kind: str):
@@ -620,8 +649,12 @@ def _residue_counts(reader) -> dict:
 def file_ids(path) -> list[str]:
     """The ids of an embeddings file (its per-protein vectors' where it has them), in key order
     (export's default order)."""
-    from protrans_cli.io.h5 import EmbeddingsReader
+    from protrans_cli.io.h5 import EmbeddingsReader, h5_file, stored_proteins
 
+    other = _other_output(str(path))
+    if other is not None:  # a contacts or probabilities file: its first group's proteins
+        with h5_file(path, "r") as f:
+            return [ident for ident, _ in stored_proteins(f[other["groups"][0]], checksums=False)]
     with EmbeddingsReader(path) as reader:
         return _order(reader, _chosen_kind(reader, None), None, path)
 
@@ -640,6 +673,9 @@ def info_lines(facts: dict) -> list[str]:
     lines.append(("status", facts["status"]))
     lines.append(("written by", facts.get("written_by", "")))
     lines.append(("layout", f"{facts['layout']} ({', '.join(facts['kinds'])})"))
+    if facts.get("classes"):
+        lines.append(("classes", "; ".join(f"{name} {order}" for name, order in facts["classes"].items())
+                      + f" (task {facts.get('task')})"))
     lines.append(("proteins", ", ".join(f"{count:,} {kind.replace('_', '-')}" for kind, count in facts["proteins"].items())))
     if "dim" in facts:
         lines.append(("dimension", str(facts["dim"])))
@@ -678,7 +714,8 @@ def info_lines(facts: dict) -> list[str]:
             lines.append(("residues", "no lengths recorded"))
     failed = facts.get("failed") or {}
     shown = "; ".join(f"{i}: {why}" for i, why in list(failed.items())[:3])
-    lines.append(("failed", f"{len(failed):,}" + (f" ({shown}{'; ...' if len(failed) > 3 else ''})" if failed else "")))
+    if "failed" in facts:  # (a probabilities file has no such record)
+        lines.append(("failed", f"{len(failed):,}" + (f" ({shown}{'; ...' if len(failed) > 3 else ''})" if failed else "")))
     if facts.get("protrans_version") or facts.get("command_line"):
         runs = facts.get("runs")
         lines.append(("written with", f"protrans {facts.get('protrans_version', '?')}"

@@ -380,6 +380,36 @@ def test_info_of_a_contacts_file(tmp_path, run_cli):
         w.write("p", "p", "MKV", contacts=np.eye(3, dtype=np.float16))
     facts = json.loads(run_cli("info", tmp_path / "c.h5", "--json").stdout)
     assert facts["layout"] == "contacts" and facts["proteins"] == {"contacts": 1} and facts["stored_dtype"] == "float16"
+    assert facts["model"] == "esm2_t6_8M_UR50D" and facts["written_by"] == "protrans contacts"
+    assert run_cli("info", tmp_path / "c.h5", "--ids").stdout == "p\n"
+    done = run_cli("info", tmp_path / "c.h5", "--residues")
+    assert done.exit_code == 2 and "counts an embeddings file's residues" in done.stderr
+
+
+def test_info_of_a_probabilities_file(tmp_path, run_cli):
+    """predict --probabilities' file (no embeddings: a group per output) is described as such,
+    not as another tool's flat file of no protein."""
+    with h5py.File(tmp_path / "p.h5", "w") as f:  # as heads/predict.py writes it
+        f.attrs["task"] = "ss3+ss8"
+        f.attrs["classes_ss3"], f.attrs["classes_ss8"] = "HEC", "HGIEBTSC"
+        for output, width in (("ss3", 3), ("ss8", 8)):
+            group = f.create_group(output)
+            for ident in ("a/1", "b"):
+                group.create_dataset(escape_key(ident), data=np.full((4, width), 1 / width, dtype=np.float32))
+                group[escape_key(ident)].attrs["id"] = ident
+    facts = json.loads(run_cli("info", tmp_path / "p.h5", "--json").stdout)
+    assert facts["layout"] == "probabilities" and facts["proteins"] == {"ss3": 2, "ss8": 2}
+    assert facts["classes"] == {"ss3": "HEC", "ss8": "HGIEBTSC"} and facts["task"] == "ss3+ss8"
+    assert "classes:" in run_cli("info", tmp_path / "p.h5").stdout
+    assert run_cli("info", tmp_path / "p.h5", "--ids").stdout.splitlines() == ["a/1", "b"]
+    done = run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "p.tsv")
+    assert done.exit_code == 1 and "predict --probabilities" in done.stderr and not (tmp_path / "p.tsv").exists()
+
+
+def test_export_of_a_partial_file_warns(tmp_path, run_cli):
+    _write(tmp_path / "e.h5.partial", _proteins(), kinds=("per_protein",))
+    done = run_cli("export", tmp_path / "e.h5.partial", "-o", tmp_path / "e.tsv")
+    assert done.exit_code == 0 and "unfinished run's file" in done.stderr
 
 
 def test_export_and_info_import_no_torch(tmp_path):
