@@ -241,15 +241,34 @@ def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, caps
         return 0
 
     monkeypatch.setattr(cli_module.cli, "main", swallowed)
+    seen = []  # what reached the unraisable hook in place before main(): Python's printer
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
     with pytest.raises(SystemExit) as caught:
         cli_module.main(["prep", "x.fa"])
     assert caught.value.code == code
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"protrans: error: {message}"
+    # the dropped exception is not printed ("Exception ignored in ..." and a traceback above the
+    # one line), and the hook is put back for an in-process caller
+    assert seen == [] and sys.unraisablehook == seen.append
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     monkeypatch.setattr(cli_module.cli, "main", lambda *a, **k: 0)
     with pytest.raises(SystemExit) as caught:  # the next call in this process is not stopped
         cli_module.main(["prep", "x.fa"])
     assert caught.value.code == 0
+
+    def other_unraisable(*args, **kwargs):  # not a signal's: reported as before
+        class Thing:
+            pass
+
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _: 1 / 0)  # noqa: F841
+        del thing
+        return 0
+
+    monkeypatch.setattr(cli_module.cli, "main", other_unraisable)
+    with pytest.raises(SystemExit):
+        cli_module.main(["prep", "x.fa"])
+    assert [type(u.exc_value) for u in seen] == [ZeroDivisionError]
 
 
 @pytest.mark.parametrize("name, message", [("SIGTERM", "terminated"), ("SIGINT", "interrupted")])

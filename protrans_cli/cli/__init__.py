@@ -232,6 +232,21 @@ def raise_if_stopped() -> None:
         raise KeyboardInterrupt
 
 
+def _quiet_dropped_stops(previous):
+    """An unraisable-exception hook that says nothing of a Ctrl-C's or SIGTERM's exception
+    Python dropped (raised while a weakref callback or destructor ran, inside h5py's teardown
+    of an object): the handlers noted the signal, and the command stops on it as if raised
+    (`raise_if_stopped`, and main() at the end), with its own one line. Python printed
+    "Exception ignored in: <function ...>" and a traceback above that line. Any other
+    unraisable exception goes to `previous`, as before."""
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and (_TERMINATED or _INTERRUPTED):
+            return
+        previous(unraisable)
+
+    return hook
+
+
 def _on_sigterm(main_pid):
     def handler(signum, frame):
         if os.getpid() != main_pid:  # a forked worker: die as before, the main process cleans up
@@ -340,6 +355,9 @@ def main(argv=None):
     previous_int = signal.getsignal(signal.SIGINT) if installed else None
     if previous_int is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
+    previous_hook = sys.unraisablehook
+    if installed:
+        sys.unraisablehook = _quiet_dropped_stops(previous_hook)
     code = 1
     try:
         _main(console, argv)
@@ -369,6 +387,7 @@ def main(argv=None):
             if previous_int is signal.default_int_handler:
                 signal.signal(signal.SIGINT, _exit_now(code))
         elif installed:  # in-process callers (tests, notebooks) get their handlers back
+            sys.unraisablehook = previous_hook
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if previous_int is signal.default_int_handler:
                 signal.signal(signal.SIGINT, previous_int)
