@@ -17,6 +17,9 @@ all. Formats:
   `embeddings[offsets[i]:offsets[i + 1]]`; `metadata`, a JSON text of where the arrays came
   from. Written a protein at a time, so memory stays at one protein whatever the file's size.
 
+A `predict --probabilities` file (a group per output of (L, C) probabilities) exports the same
+way: a row a residue, `id, position, <output>:<class> ...`, or an .npz with an array per output.
+
 `info` reads the file's attributes, counts its proteins from their names and opens one dataset
 for the dimension and dtype, so it answers at once for a file of millions of proteins; the
 residue counts (`residues=True`) read every protein's length.
@@ -201,8 +204,14 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
             raise UsageError(f"-o {output} is also an input: writing it would replace {source} (choose another name)")
         output_directory(output)
     if str(path) != "-" and os.path.isfile(str(path)) and (other := _other_output(str(path))) is not None:
+        if other["layout"] == "probabilities":
+            if kind is not None or layer != -1:
+                raise UsageError(f"{path} holds predict --probabilities' per-residue probabilities: --per-protein, "
+                                 "--per-residue and --layer are for embeddings files")
+            return _export_probabilities(path, output, other, chosen_format, ids, digits)
         raise InputError(f"holds the output of {other['written_by']} ({other['layout']}), not embeddings: "
-                         "export writes embeddings files (read this one with h5py: docs/formats.md)", path=str(path))
+                         "export writes embeddings and probabilities files (read this one with h5py: "
+                         "docs/formats.md)", path=str(path))
     wanted, sequences = read_id_list(ids) if ids is not None else (None, None)
     with EmbeddingsReader(path) as reader:
         if str(path).endswith(".partial"):
@@ -230,6 +239,99 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
                  f"{plan.dim} dimensions{'' if out_kind == PER_PROTEIN else f', {rows:,} residues'}) "
                  f"into {shown}")
     return Exported(len(order), rows, out_kind, plan.dim, chosen_format)
+
+
+def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int | None) -> Exported:
+    """`predict --probabilities`' file (a group per output of (L, C) float32 arrays) as a table
+    of one row a residue, `id, position, <output>:<class> ...` (predict's per-protein CSV's
+    column names), or an .npz of `ids`, `offsets`, `lengths` and one (sum of lengths, C) array
+    per output, classes in `metadata`."""
+    import json as _json
+
+    from protrans_cli.io.files import atomic_output
+    from protrans_cli.io.h5 import escape_key, h5_file, read_array, stored_proteins
+
+    outputs = list(facts["kinds"])
+    classes = {o: _class_names(facts["classes"][o]) for o in outputs}
+    wanted, _ = read_id_list(ids) if ids is not None else (None, None)
+    with h5_file(path, "r") as f:
+        present = [ident for ident, _ in stored_proteins(f[outputs[0]], checksums=False)]
+        have = set(present)
+        if wanted is None:
+            order = sorted(present, key=lambda i: escape_key(i).encode("utf-8"))
+        else:
+            missing = [i for i in wanted if i not in have]
+            if missing:
+                raise InputError(f"{console.counted(len(missing), 'protein')} of the {len(wanted):,} it names "
+                                 f"{'is' if len(missing) == 1 else 'are'} not in {path} (first: "
+                                 f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})", path=str(ids))
+            order = list(wanted)
+
+        def one(ident: str, o: str, rows: int | None = None) -> np.ndarray:
+            """Output o's (L, C) probabilities of a protein, checked (L = `rows` where given)."""
+            key = escape_key(ident)
+            if key not in f[o]:
+                raise InputError(f"has {outputs[0]} probabilities for this protein but no {o} ones (damaged)",
+                                 path=str(path), record=ident)
+            array = read_array(f[o], key)
+            if array.ndim != 2 or array.shape[1] != len(classes[o]) or (rows is not None and len(array) != rows):
+                expected = f"({'residues' if rows is None else rows}, {len(classes[o])})"
+                raise InputError(f"{o} probabilities of shape {array.shape}, not {expected} (damaged, or not "
+                                 "predict's)", path=str(path), record=ident)
+            return array
+
+        def arrays(ident: str) -> list[np.ndarray]:
+            first = one(ident, outputs[0])
+            return [first] + [one(ident, o, len(first)) for o in outputs[1:]]
+
+        columns = [f"{o}:{c}" for o in outputs for c in classes[o]]
+        rows = 0
+        with atomic_output(output) as stream:
+            if fmt == "npz":
+                lengths = np.array([f[outputs[0]][escape_key(i)].shape[0] for i in order], dtype=np.int64)
+                metadata = {"source": os.path.abspath(str(path)), "task": facts.get("task"), "classes": classes}
+                with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+                    _member(archive, "ids", np.array(order, dtype=str) if order else np.empty(0, dtype="<U1"))
+                    _member(archive, "lengths", lengths)
+                    _member(archive, "offsets", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+                    _member(archive, "metadata", np.array(_json.dumps(metadata)))
+                    for o in outputs:  # (an output at a time: a member is written whole)
+                        with archive.open(o + ".npy", "w", force_zip64=True) as member:
+                            member.write(_npy_header(np.dtype(np.float32), (int(lengths.sum()), len(classes[o]))))
+                            for i, ident in enumerate(order):
+                                _stop_if_signalled()
+                                member.write(np.ascontiguousarray(one(ident, o, int(lengths[i])),
+                                                                  dtype=np.float32).tobytes())
+                rows = int(lengths.sum())
+            else:
+                sep = "\t" if fmt == "tsv" else ","
+                numbers = sep.join([_number_format(np.dtype(np.float32), digits)] * len(columns))
+                stream.write((sep.join(["id", "position", *(_field(c, fmt) for c in columns)]) + "\n").encode())
+                for ident in console.progress(order, desc="export", unit="protein"):
+                    _stop_if_signalled()
+                    table = np.concatenate(arrays(ident), axis=1)
+                    name = _field(ident, fmt)
+                    stream.write("".join(f"{name}{sep}{i + 1}{sep}{numbers % tuple(row)}\n"
+                                         for i, row in enumerate(table.tolist())).encode("utf-8"))
+                    rows += len(table)
+            _stop_if_signalled()
+    shown = "stdout" if output is None or str(output) == "-" else str(output)
+    console.info(f"export: {console.counted(len(order), 'protein')} ({', '.join(outputs)} probabilities, "
+                 f"{rows:,} residues) into {shown}")
+    return Exported(len(order), rows, "probabilities", len(columns), fmt)
+
+
+def _class_names(recorded) -> list[str]:
+    """A `classes_<output>` attribute's classes: one letter each ("HEC"), or a JSON list."""
+    import json as _json
+
+    text = str(recorded)
+    if text.startswith("["):
+        try:
+            return [str(c) for c in _json.loads(text)]
+        except ValueError:
+            pass
+    return list(text)
 
 
 def _stop_if_signalled() -> None:

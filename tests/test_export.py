@@ -384,6 +384,8 @@ def test_info_of_a_contacts_file(tmp_path, run_cli):
     assert run_cli("info", tmp_path / "c.h5", "--ids").stdout == "p\n"
     done = run_cli("info", tmp_path / "c.h5", "--residues")
     assert done.exit_code == 2 and "counts an embeddings file's residues" in done.stderr
+    done = run_cli("export", tmp_path / "c.h5", "-o", tmp_path / "c.tsv")
+    assert done.exit_code == 1 and "protrans contacts" in done.stderr and not (tmp_path / "c.tsv").exists()
 
 
 def test_info_of_a_probabilities_file(tmp_path, run_cli):
@@ -402,8 +404,6 @@ def test_info_of_a_probabilities_file(tmp_path, run_cli):
     assert facts["classes"] == {"ss3": "HEC", "ss8": "HGIEBTSC"} and facts["task"] == "ss3+ss8"
     assert "classes:" in run_cli("info", tmp_path / "p.h5").stdout
     assert run_cli("info", tmp_path / "p.h5", "--ids").stdout.splitlines() == ["a/1", "b"]
-    done = run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "p.tsv")
-    assert done.exit_code == 1 and "predict --probabilities" in done.stderr and not (tmp_path / "p.tsv").exists()
 
 
 def test_export_of_a_partial_file_warns(tmp_path, run_cli):
@@ -446,3 +446,48 @@ def test_ecoli_proteome_residues_line_up_with_the_fasta(shared_data, tmp_path, r
     assert len(rows) == sum(len(s) for s in sequences[:40])
     for row in rows:
         assert ONEHOT_ALPHABET[row[3:].index("1")] == (row[2] if row[2] in ONEHOT_ALPHABET else "X")
+
+
+def _probabilities_file(path, proteins: dict[str, int], seed=0):
+    """A predict --probabilities file of ss3+ss8 (as heads/predict.py writes it): {id: (ss3, ss8)}."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    with h5py.File(path, "w") as f:
+        f.attrs["task"] = "ss3+ss8"
+        f.attrs["classes_ss3"], f.attrs["classes_ss8"] = "HEC", "HGIEBTSC"
+        groups = {o: f.create_group(o) for o in ("ss3", "ss8")}
+        for ident, length in proteins.items():
+            arrays = tuple(rng.dirichlet(np.ones(w), length).astype(np.float32) for w in (3, 8))
+            for (o, group), array in zip(groups.items(), arrays):
+                group.create_dataset(escape_key(ident), data=array)
+                group[escape_key(ident)].attrs["id"] = ident
+            out[ident] = arrays
+    return out
+
+
+def test_probabilities_as_a_table_and_arrays(tmp_path, run_cli):
+    """predict --probabilities' file: a row a residue with predict's column names, and an .npz of
+    one array an output, each equal to the stored probabilities."""
+    stored = _probabilities_file(tmp_path / "p.h5", {"b,2": 3, "a/1": 2})
+    done = run_cli("export", tmp_path / "p.h5", "--format", "csv")
+    assert done.exit_code == 0, done.stderr
+    rows = _table(done.stdout, ",")
+    assert rows[0] == ["id", "position", "ss3:H", "ss3:E", "ss3:C"] + [f"ss8:{c}" for c in "HGIEBTSC"]
+    assert [tuple(r[:2]) for r in rows[1:]] == [("a/1", "1"), ("a/1", "2"), ("b,2", "1"), ("b,2", "2"), ("b,2", "3")]
+    values = np.array([r[2:] for r in rows[1:]], dtype=np.float64).astype(np.float32)
+    np.testing.assert_array_equal(values, np.concatenate([np.concatenate(stored[i], axis=1) for i in ("a/1", "b,2")]))
+    (tmp_path / "ids.txt").write_text("b,2\n")
+    done = run_cli("export", tmp_path / "p.h5", "--ids", tmp_path / "ids.txt", "-o", tmp_path / "p.npz")
+    assert done.exit_code == 0, done.stderr
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as z:
+        assert list(z["ids"]) == ["b,2"] and list(z["offsets"]) == [0, 3]
+        np.testing.assert_array_equal(z["ss3"], stored["b,2"][0])
+        np.testing.assert_array_equal(z["ss8"], stored["b,2"][1])
+        assert json.loads(str(z["metadata"]))["classes"]["ss8"] == list("HGIEBTSC")
+    done = run_cli("export", tmp_path / "p.h5", "--per-residue")
+    assert done.exit_code == 2 and "are for embeddings files" in done.stderr
+    with h5py.File(tmp_path / "p.h5", "a") as f:  # a protein's ss8 rows cut short: damaged, refused
+        del f["ss8"]["b,2"]
+        f["ss8"]["b,2"] = np.ones((2, 8), dtype=np.float32)
+    done = run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "q.tsv")
+    assert done.exit_code == 1 and "record 'b,2'" in done.stderr and not (tmp_path / "q.tsv").exists()

@@ -37,7 +37,8 @@ def command(embeddings, output, fmt, kind, layer, ids_file, digits):
     any layout (and of ProtTrans or bio_embeddings files), nothing computed. A table has a row
     per protein (id, dim_0 ..) or per residue (id, position[, residue], dim_0 ..); an .npz
     holds ids, embeddings and, per residue, offsets and lengths (numpy.load, no pickle), and is
-    written a protein at a time, whatever the file's size. Written whole or not at all.
+    written a protein at a time, whatever the file's size. A `predict --probabilities` file
+    exports its per-residue probabilities (id, position, ss3:H ..). Written whole or not at all.
 
     \b
     protrans export proteome.h5 -o proteome.tsv
