@@ -491,3 +491,14 @@ def test_probabilities_as_a_table_and_arrays(tmp_path, run_cli):
         f["ss8"]["b,2"] = np.ones((2, 8), dtype=np.float32)
     done = run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "q.tsv")
     assert done.exit_code == 1 and "record 'b,2'" in done.stderr and not (tmp_path / "q.tsv").exists()
+
+
+@pytest.mark.parametrize("name, hint", [("out.csv", "protrans export OUT.h5 -o out.csv"), ("out.npz", "protrans export"),
+                                        ("out.fasta", "")])
+def test_embed_refuses_an_output_named_like_another_format(tmp_path, run_cli, name, hint):
+    """embed -o out.csv wrote HDF5 under that name (a CSV reader then failed on its bytes): refused
+    before any work, pointing to export for a table or arrays."""
+    (tmp_path / "in.fa").write_text(">a\nMKV\n")
+    done = run_cli("embed", tmp_path / "in.fa", "-m", "onehot", "-o", tmp_path / name)
+    assert done.exit_code == 2 and "written as HDF5" in done.stderr and hint in done.stderr
+    assert not (tmp_path / name).exists()

@@ -658,6 +658,7 @@ def checked_hdf5_output(output, what: str, *, compressed_hint: str = "", directo
     leads is written), not a directory, not read-only. `what`: "the embeddings", ..."""
     refuse_special_output(output, "-o", "an HDF5 file")
     refuse_compressed_hdf5(output, "-o", compressed_hint)
+    refuse_other_format_name(output, "-o", what)
     output_directory(output)  # before anything is read or loaded
     output = through_link(output)  # (the user's own link: where it leads)
     output_directory(output)
@@ -700,6 +701,24 @@ def refuse_compressed_hdf5(path, flag: str, inside: str = "") -> None:
     if compression_for_output(path):
         raise UsageError(f"{flag} {path}: an HDF5 file is written uncompressed{inside}: give a name without the "
                          f"{Path(str(path)).suffix} suffix (e.g. .h5)")
+
+
+# names that promise another format than HDF5 (what they would hold, for the message)
+_OTHER_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".txt": "text", ".npz": "NumPy", ".npy": "NumPy", ".pt": "PyTorch",
+                  ".pkl": "pickle", ".json": "JSON", ".parquet": "Parquet", ".fa": "FASTA", ".fasta": "FASTA",
+                  ".faa": "FASTA"}
+
+
+def refuse_other_format_name(path, flag: str, what: str) -> None:
+    """A usage error (exit 2) for an HDF5 output named like another format (`-o out.csv`,
+    `out.npz`): embed wrote HDF5 under that name, and the CSV reader or numpy.load a user then
+    pointed at it failed on HDF5's bytes. The table or arrays are `protrans export`'s."""
+    suffix = Path(str(path)).suffix.lower()
+    if suffix in _OTHER_FORMATS:
+        hint = (f"; for {_OTHER_FORMATS[suffix]}, write the .h5 and then `protrans export OUT.h5 -o {Path(str(path)).name}`"
+                if suffix in (".csv", ".tsv", ".txt", ".npz") and "embeddings" in what else "")
+        raise UsageError(f"{flag} {path}: {what} are written as HDF5, not {_OTHER_FORMATS[suffix]}: name the file "
+                         f".h5{hint}")
 
 
 def refuse_special_output(path, flag: str, what: str) -> None:
