@@ -235,6 +235,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
                 rows = _write_table(stream, plan, out_kind, chosen_format, digits)
             _stop_if_signalled()  # (before the output is committed)
     shown = "stdout" if output is None or str(output) == "-" else str(output)
+    _spreadsheet_note(rows, chosen_format)
     console.info(f"export: {console.counted(len(order), 'protein')} ({out_kind.replace('_', '-')}, "
                  f"{plan.dim} dimensions{'' if out_kind == PER_PROTEIN else f', {rows:,} residues'}) "
                  f"into {shown}")
@@ -316,6 +317,7 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
                     rows += len(table)
             _stop_if_signalled()
     shown = "stdout" if output is None or str(output) == "-" else str(output)
+    _spreadsheet_note(rows, fmt)
     console.info(f"export: {console.counted(len(order), 'protein')} ({', '.join(outputs)} probabilities, "
                  f"{rows:,} residues) into {shown}")
     return Exported(len(order), rows, "probabilities", len(columns), fmt)
@@ -332,6 +334,17 @@ def _class_names(recorded) -> list[str]:
         except ValueError:
             pass
     return list(text)
+
+
+SPREADSHEET_ROWS = 1_048_576  # Excel's and LibreOffice Calc's rows, the header's included
+
+
+def _spreadsheet_note(rows: int, fmt: str) -> None:
+    """A warning for a table longer than a spreadsheet holds: Excel opens the first 1,048,576
+    rows and drops the rest (a proteome's residues are millions)."""
+    if fmt != "npz" and rows + 1 > SPREADSHEET_ROWS:
+        console.warn(f"{rows + 1:,} rows: a spreadsheet (Excel, LibreOffice) opens the first {SPREADSHEET_ROWS:,} "
+                     "only; read it with R, pandas or numpy, or export to .npz")
 
 
 def _stop_if_signalled() -> None:

@@ -502,3 +502,14 @@ def test_embed_refuses_an_output_named_like_another_format(tmp_path, run_cli, na
     done = run_cli("embed", tmp_path / "in.fa", "-m", "onehot", "-o", tmp_path / name)
     assert done.exit_code == 2 and "written as HDF5" in done.stderr and hint in done.stderr
     assert not (tmp_path / name).exists()
+
+
+def test_a_table_longer_than_a_spreadsheet_is_said(tmp_path, run_cli, monkeypatch):
+    import protrans_cli.export as export_module
+
+    _write(tmp_path / "e.h5", _proteins())
+    monkeypatch.setattr(export_module, "SPREADSHEET_ROWS", 5)  # 5 proteins and a header: 6 rows
+    done = run_cli("export", tmp_path / "e.h5", "-o", tmp_path / "e.csv")
+    assert done.exit_code == 0 and "a spreadsheet (Excel, LibreOffice) opens the first 5 only" in done.stderr
+    done = run_cli("export", tmp_path / "e.h5", "-o", tmp_path / "e.npz")
+    assert done.exit_code == 0 and "spreadsheet" not in done.stderr
