@@ -396,7 +396,10 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
                 q_ids, q, [r for r, ok in zip(ref_ids, known) if ok], ref[known], k, metric, exclude_self, threads,
                 device)
             transfer.scores[column] = _score_column(found, column, by_id, skip, truth, n_bootstrap)
-            console.info(summary_line("transfer", column, transfer.scores[column]))
+            named = (column, _SAME_COLUMN.get(column, column))
+            why = "" if transfer.scores[column]["n"] or any(
+                c in own for own in truth.values() for c in named) else f" ({score} gives no query a {column} label)"
+            console.info(summary_line("transfer", column, transfer.scores[column]) + why)
     console.info(f"knn: {console.counted(len(result.query_ids), 'query protein')} against "
                  f"{console.counted(len(result.reference_ids), 'reference protein')} ({metric}, k {k})"
                  + (f" into {output}" if str(output) != "-" else ""))
@@ -449,6 +452,21 @@ def _cell(text: str) -> str:
 
 # DeepLoc's columns scored under the names fit gives them (the same number as "accuracy")
 _METRIC_NAMES = {"loc": "Q10", "membrane": "Q2"}
+# A location is `loc` in a DeepLoc FASTA and `label` in an id,label table (the bio_embeddings
+# DeepLoc annotations): fit's loc task reads either, so a reference labelled by one is scored
+# against queries labelled by the other (it was "nothing to evaluate").
+_SAME_COLUMN = {"loc": "label", "label": "loc"}
+
+
+def _scored(column: str, value: str | None) -> str | None:
+    """A label as Q10 counts it: DeepLoc's dual `Cytoplasm-Nucleus` is Cytoplasm, as fit's loc task
+    counts it by default (--dual first) and the bio_embeddings annotations label it. Scored as an
+    11th class, a Cytoplasm query whose neighbour was one of those 23 proteins was a miss."""
+    if column == "loc" and value is not None:
+        from protrans_cli.heads.tasks import DUAL_LABELS
+
+        return DUAL_LABELS.get(value, value)
+    return value
 
 
 def _nothing_scored(column: str) -> dict:
@@ -476,12 +494,14 @@ def _score_column(result: Neighbours, column: str, by_id: dict, skip: set, truth
 
     true_labels, predicted = [], []
     for qi, ident in enumerate(result.query_ids):
-        value = truth.get(ident, {}).get(column)
+        own = truth.get(ident, {})
+        value = own.get(column, own.get(_SAME_COLUMN.get(column, column)))
         if value is None or value in skip:
             continue
-        votes = [by_id.get(result.reference_ids[int(ri)], {}).get(column) for ri in result.index[qi] if ri >= 0]
+        votes = [_scored(column, by_id.get(result.reference_ids[int(ri)], {}).get(column))
+                 for ri in result.index[qi] if ri >= 0]
         predicted.append(_vote(votes))
-        true_labels.append(value)
+        true_labels.append(_scored(column, value))
     if not true_labels:
         return _nothing_scored(column)
     classes = sorted(set(true_labels) | {p for p in predicted if p is not None})

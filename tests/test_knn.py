@@ -514,3 +514,28 @@ def test_vectors_of_another_pooling_are_refused(tmp_path):
     with h5py.File(tmp_path / "q.h5", "a") as f:
         f.attrs["pooling"] = "cls: the hidden state of the <cls> token"
     assert len(nearest(tmp_path / "q.h5", tmp_path / "r.h5").query_ids) == 3
+
+
+def test_a_dual_location_is_scored_as_cytoplasm_and_a_table_scores_a_deeploc_reference(tmp_path, run_cli):
+    """DeepLoc's `Cytoplasm-Nucleus` counts as Cytoplasm in Q10, as fit's loc task counts it (it was
+    scored as an 11th class: a Cytoplasm query whose neighbour was dual was a miss); an id,label
+    table (the bio_embeddings annotations) scores a DeepLoc FASTA reference's `loc` and the other
+    way round (it said "nothing to evaluate"), and a column the --score file lacks says so."""
+    _write(tmp_path / "r.h5", np.eye(3) * 5, ["r0", "r1", "r2"])
+    _write(tmp_path / "q.h5", np.eye(3) * 5 + 0.1, ["q0", "q1", "q2"])
+    (tmp_path / "r.fasta").write_text(">r0 Cytoplasm-Nucleus-U\nMKV\n>r1 Nucleus-S\nMKV\n>r2 Cytoplasm-S\nMKV\n")
+    (tmp_path / "q.fasta").write_text(">q0 Cytoplasm-S\nMKV\n>q1 Nucleus-S\nMKV\n>q2 Cytoplasm-S\nMKV\n")
+    (tmp_path / "q.csv").write_text("identifier,label,set\nq0,Cytoplasm,test\nq1,Nucleus,test\nq2,Cytoplasm,test\n")
+    (tmp_path / "r.csv").write_text("id,label\nr0,Cytoplasm\nr1,Nucleus\nr2,Cytoplasm\n")
+    base = ("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "--bootstrap", "20", "-o", tmp_path / "h.tsv")
+    r = run_cli(*base, "--labels", tmp_path / "r.fasta", "--score", tmp_path / "q.fasta")
+    assert r.exit_code == 0, r.stderr
+    assert "transfer loc: Q10 1.0000" in r.stderr
+    assert "Cytoplasm-Nucleus" in (tmp_path / "h.tsv").read_text()  # the neighbour's own label is written
+    r = run_cli(*base, "--labels", tmp_path / "r.fasta", "--score", tmp_path / "q.csv")
+    assert r.exit_code == 0, r.stderr
+    assert "transfer loc: Q10 1.0000" in r.stderr
+    assert "transfer membrane: nothing to evaluate (" in r.stderr and "gives no query a membrane label" in r.stderr
+    r = run_cli(*base, "--labels", tmp_path / "r.csv", "--score", tmp_path / "q.fasta")
+    assert r.exit_code == 0, r.stderr
+    assert "transfer label: accuracy 1.0000" in r.stderr
