@@ -132,7 +132,7 @@ def test_refusals(published, run_cli, tmp_path):
     assert r.exit_code == 1 and "dssp8_classifier.0.weight has shape (5, 32, 7, 1), expected (8, 32, 7, 1)" in r.stderr
     (tmp_path / "text.pt").write_text("not a checkpoint")
     r = run_cli("import-head", tmp_path / "text.pt", "-o", tmp_path / "o")
-    assert r.exit_code == 1 and "weights-only" in r.stderr
+    assert r.exit_code == 1 and "not a torch checkpoint" in r.stderr
     with open(tmp_path / "code.pt", "wb") as fh:
         pickle.dump({"state_dict": NotebookConvNet()}, fh)  # a module object: code to unpickle
     r = run_cli("import-head", tmp_path / "code.pt", "-o", tmp_path / "o")
@@ -231,3 +231,28 @@ def test_a_local_model_directory_is_recorded_as_its_absolute_path(published, tmp
     import_head(root / "secstruct_checkpoint.pt", tmp_path / "hub", model="Rostlab/prot_t5_xl_uniref50")
     assert json.loads((tmp_path / "hub" / "config.json").read_text())["embedding"]["model"] == \
         "Rostlab/prot_t5_xl_uniref50"
+
+
+class _Code:
+    """A pickled call: what a weights-only load must refuse, and say why."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_a_refused_file_is_named_for_its_reason_not_torchs_advice(run_cli, tmp_path):
+    """torch's message for every weights-only refusal starts with the same line, which advises
+    re-running with weights_only=False ("will likely succeed"): for a CSV given by mistake that is
+    wrong, for pickled code it is what must never be done. The reason is further down."""
+    (tmp_path / "labels.csv").write_text("input, dssp3\nM K, C C\n")
+    r = run_cli("import-head", tmp_path / "labels.csv", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "not a torch checkpoint (neither the zip archive torch.save writes nor a pickle)" in r.stderr
+    torch.save({"state_dict": _Code()}, tmp_path / "code.pt")
+    r = run_cli("import-head", tmp_path / "code.pt", "-o", tmp_path / "o")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "weights-only" in r.stderr and "unsupported GLOBAL posix.getcwd" in r.stderr
+    assert "weights_only` set to `False`" not in r.stderr and "will likely succeed" not in r.stderr
+    assert not (tmp_path / "o").exists()

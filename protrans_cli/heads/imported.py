@@ -131,12 +131,31 @@ def _load(path: Path) -> tuple[dict, str]:
             warnings.simplefilter("ignore")
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - not a torch file, or one holding more than tensors and plain values
-        from protrans_cli.errors import first_line
-
-        raise InputError(f"not a checkpoint torch.load reads weights-only ({first_line(exc)})", path=str(path)) from None
+        raise InputError(_refusal(exc, data), path=str(path)) from None
     if not isinstance(state, dict):
         raise InputError(f"holds a {type(state).__name__}, not a checkpoint dict", path=str(path))
     return state, hashlib.sha256(data).hexdigest()
+
+
+def _refusal(exc: BaseException, data: bytes) -> str:
+    """Why torch.load(weights_only=True) refused the file, in one line. Its message's first line
+    is the same for every refusal and advises re-running with weights_only=False, which "will
+    likely succeed" (for a CSV or a file holding code: wrong, or what must not be done); the
+    reason is further down."""
+    from protrans_cli.errors import first_line
+
+    # torch writes a zip archive (torch.save) or a bare pickle (protocol 2+ starts with 0x80)
+    if not (data.startswith(b"PK") or data.startswith(b"\x80")):
+        return "not a torch checkpoint (neither the zip archive torch.save writes nor a pickle)"
+    text = str(exc)
+    if not text.startswith("Weights only load failed"):  # (a cut zip archive: the reader's own message)
+        return f"not a checkpoint torch.load reads weights-only ({first_line(exc)})"
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith(boilerplate)]
+    reason = " ".join(lines).replace("WeightsUnpickler error:", "").strip().rstrip(".") or first_line(exc)
+    return (f"not a checkpoint torch.load reads weights-only ({reason}; objects other than tensors and "
+            "plain values are refused, never run)")
 
 
 _SHAPES = {"elmo_feature_extractor.0.weight": ("hidden", "dim", 7, 1), "elmo_feature_extractor.0.bias": ("hidden",),
