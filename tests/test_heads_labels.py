@@ -564,6 +564,25 @@ def test_an_empty_class_label_is_no_label_not_a_class(tmp_path):
     assert [task.protein_targets(r)["label"] for r in records] == [0, IGNORE, 1]
 
 
+def test_numbers_given_to_the_protein_task_are_named_and_the_classes_listed_briefly(tmp_path, capsys):
+    """A FLIP CSV of fitness values given to `fit protein`: every number became a class, and the
+    first validation number it never saw stopped the fit with a one-line error listing all of
+    them (169 on a PISCES-derived set). It warns that `value` regresses numbers, and the error
+    lists 20 classes, names how many more, and says the same."""
+    from protrans_cli.heads.labels import LabelRecord
+
+    records = [LabelRecord(f"p{i}", None, {"label": f"{i / 40:.3f}"}) for i in range(30)]
+    task = get_task("protein").with_classes_from(records)
+    assert "30 distinct numbers, each a class of its own" in capsys.readouterr().err
+    with pytest.raises(InputError) as err:
+        task.protein_targets(LabelRecord("q", None, {"label": "0.333"}))
+    message = str(err.value)
+    assert "0.475 and 10 more" in message and "0.500" not in message
+    assert "the value task regresses them" in message and "\n" not in message
+    # integer classes (fold ids, clusters) are classes: no warning
+    get_task("protein").with_classes_from([LabelRecord(f"p{i}", None, {"label": str(i)}) for i in range(30)])
+    assert "distinct numbers" not in capsys.readouterr().err
+
 def test_labels_says_what_embed_or_fit_would_refuse_later(tmp_path):
     """An id with whitespace or a newline (a PISCES pdb_id) split or forged FASTA headers; a
     DeepLoc record of gaps only passed `labels` and failed in embed; a FLIP sequence ending in '*'

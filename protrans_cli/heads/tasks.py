@@ -184,13 +184,18 @@ class Task:
             except ValueError:
                 whose = ("; a generic head's classes are those of its training labels: one it never saw "
                          "cannot be predicted or scored" if self.generic else "")
+                if self.generic and _numeric(value):
+                    whose += "; numbers as labels: the value task regresses them (protrans fit value)"
                 shown = repr(value)
                 if len(value) > 20 and set(value) <= set("ACDEFGHIKLMNPQRSTVWYXUZOB"):
                     # a sequence read as a label (the FASTA `protrans labels` writes, given as
                     # --labels): the whole sequence was printed as the unknown class
                     shown = f"{value[:12]!r}... ({len(value)} residue letters)"
                     whose += "; if the file holds sequences, not labels, give it to embed, and the labels to --labels"
-                raise InputError(f"label {shown} is not a {output.name} class ({', '.join(output.classes)}{whose})",
+                # (a generic head's classes may be hundreds: the message is one line to read)
+                listed = ", ".join(output.classes[:_LISTED]) + (
+                    f" and {len(output.classes) - _LISTED:,} more" if len(output.classes) > _LISTED else "")
+                raise InputError(f"label {shown} is not a {output.name} class ({listed}{whose})",
                                  record=record.id, line=record.line) from None
         return out
 
@@ -234,6 +239,14 @@ class Task:
                 seen.add(value)
         if len(seen) < 2:
             raise InputError(f"the training labels hold {len(seen)} class(es); a classifier needs at least 2")
+        if self.kind == PER_PROTEIN and len(seen) > _LISTED and all(_numeric(v) for v in seen) and not all(
+                float(v).is_integer() for v in seen):
+            # (a FLIP CSV's fitness or melting point given to `fit protein`: each number became a
+            # class, and the first validation number it never saw stopped the fit)
+            from protrans_cli import console
+
+            console.warn(f"the training labels are {len(seen):,} distinct numbers, each a class of its own: "
+                         "the value task regresses a number (protrans fit value)")
         output = replace(self.outputs[0], classes=tuple(sorted(seen)))
         return replace(self, outputs=(output,))
 
@@ -276,6 +289,17 @@ TASKS: dict[str, Task] = {
     "protein": Task("protein", PER_PROTEIN, (Output("label", (), "accuracy"),), generic=True),
     "value": Task("value", PER_PROTEIN, (Output("value", (), "Spearman", kind="value"),)),
 }
+
+
+_LISTED = 20  # classes an error lists before "and N more"
+
+
+def _numeric(label: str) -> bool:
+    """A label that reads as a finite number."""
+    try:
+        return bool(np.isfinite(float(label)))
+    except ValueError:
+        return False
 
 
 def _as_value(label, record) -> float:
