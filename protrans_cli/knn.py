@@ -493,7 +493,10 @@ def _score_column(result: Neighbours, column: str, by_id: dict, skip: set, truth
     from protrans_cli.heads.metrics import evaluate
 
     true_labels, predicted = [], []
-    for qi, ident in enumerate(result.query_ids):
+    # In order of the query ids, as fit's metrics resample proteins: the same queries embedded from
+    # a FASTA (its order) or read from a file (its keys' order) get one CI (they got two).
+    for qi in sorted(range(len(result.query_ids)), key=result.query_ids.__getitem__):
+        ident = result.query_ids[qi]
         own = truth.get(ident, {})
         value = own.get(column, own.get(_SAME_COLUMN.get(column, column)))
         if value is None or value in skip:

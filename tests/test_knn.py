@@ -539,3 +539,20 @@ def test_a_dual_location_is_scored_as_cytoplasm_and_a_table_scores_a_deeploc_ref
     r = run_cli(*base, "--labels", tmp_path / "r.csv", "--score", tmp_path / "q.fasta")
     assert r.exit_code == 0, r.stderr
     assert "transfer label: accuracy 1.0000" in r.stderr
+
+
+def test_the_ci_does_not_depend_on_the_order_of_the_queries():
+    """`knn --fasta` lists queries in the FASTA's order, `knn QUERY.h5` in the file's: the same
+    queries and neighbours got two bootstrap CIs. Resampled in the order of their ids, as fit's."""
+    from protrans_cli.knn import Neighbours, _score_column
+
+    rng = np.random.default_rng(5)
+    ids = [f"q{i:03d}" for i in range(300)]
+    truth = {i: {"label": str(rng.integers(3))} for i in ids}
+    by_id = {f"r{j}": {"label": str(j % 3)} for j in range(6)}
+    index = rng.integers(6, size=(300, 1))
+    scores = []
+    for order in (np.arange(300), rng.permutation(300)):
+        found = Neighbours([ids[i] for i in order], list(by_id), index[order], np.zeros((300, 1)))
+        scores.append(_score_column(found, "label", by_id, set(), truth, 200))
+    assert scores[0]["accuracy"] == scores[1]["accuracy"] and scores[0]["ci95"] == scores[1]["ci95"]
