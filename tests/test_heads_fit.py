@@ -1275,6 +1275,22 @@ def test_records_without_a_split_train_and_the_test_records_stay_out(run_cli, lo
     assert r.exit_code == 1 and "no training records: the file assigns every record to test" in r.stderr
 
 
+def test_a_valid_or_test_file_of_other_splits_only_is_refused_not_used_whole(run_cli, loc_data, tmp_path):
+    """A DeepLoc FASTA of training and test records given as --valid was used whole: the epoch was
+    chosen on its test proteins (and on training ones). A file of one split is still used whole,
+    and a file's own split is still taken from it."""
+    both, h5 = _both_loc(loc_data, tmp_path)
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+            "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "--no-plots")
+    r = run_cli(*base, "--valid", h5, both, "-o", tmp_path / "v")
+    assert r.exit_code == 1 and r.stderr.count("protrans: error:") == 1
+    assert "assigns its records to test, train and none to valid: as --valid it would mix them" in r.stderr
+    assert not (tmp_path / "v").exists() and not (tmp_path / "v.partial").exists()
+    r = run_cli(*base, "--valid", loc_data / "test.h5", loc_data / "test.fasta", "--test", h5, both, "-o", tmp_path / "t")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["valid"]["loc"]["n"] == 45 and metrics["both"]["loc"]["n"] == 45
+
 def test_embeddings_without_a_label_are_reported(run_cli, loc_data, tmp_path):
     some = tmp_path / "some.fasta"
     some.write_text("".join((loc_data / "train.fasta").read_text().splitlines(keepends=True)[:200]))  # 100 records

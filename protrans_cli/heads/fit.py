@@ -1012,7 +1012,18 @@ def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str, *,
         console.info(f"{label_set.path}: {note}")
     if warning := unmasked_flip_warning(label_set, task.output_names):
         console.warn(f"{label_set.path}: {warning}")
-    if any(r.split == split for r in label_set.records) and any(r.split != split for r in label_set.records):
+    splits = {r.split for r in label_set.records}
+    if len(splits) > 1:
+        if split not in splits:
+            # Used whole, a DeepLoc FASTA of training and test records given as --valid chose the
+            # epoch on the test proteins (and on training ones); a FLIP file without VALIDATION=True
+            # records, likewise.
+            option = "--valid" if split == VALID else "--test"
+            held = ", ".join(sorted(s or TRAIN for s in splits))
+            remedy = (f"give {option} a file of validation records, or leave it out: fit holds out --valid-fraction "
+                      "of train" if split == VALID else f"give {option} a file of test records")
+            raise InputError(f"assigns its records to {held} and none to {split}: as {option} it would mix them "
+                             f"({remedy})", path=str(labels))
         label_set = _only(label_set, {split})
     data, report = _load(config, embeddings, label_set, task, evaluating=True)
     return data, label_set.name, report
