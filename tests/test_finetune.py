@@ -710,3 +710,25 @@ def test_activation_checkpointing_trains_the_same_and_saves_a_plain_model(data, 
     np.testing.assert_allclose(rows_a, rows_b, atol=1e-5)
     base = _embedder(data / "bert").embed_batch(["MKTAYIAKQRQISFVKSH"])[0]
     assert np.abs(rows_b - base).max() > 1e-4  # (the adapters were merged into the weights)
+
+
+def test_a_valid_or_test_file_of_other_splits_only_is_refused(data, run_cli, tmp_path):
+    """As fit: a file of train and test records given as --valid was used whole, and the epoch was
+    chosen on its test proteins; refused before the model loads."""
+    from protrans_cli.heads.tasks import ss8_to_ss3
+
+    rng = np.random.default_rng(1)
+    lines = []
+    for i, seq in enumerate(_seqs(rng, 6)):
+        target = ss8_to_ss3("".join(RULE8.get(c, "C") for c in seq))
+        lines.append(f">p{i} TARGET={target} SET={'train' if i % 2 else 'test'} VALIDATION=False\n{seq}\n")
+    (tmp_path / "both.fasta").write_text("".join(lines))
+    for option, split in (("--valid", "valid"), ("--test", None)):
+        args = [option, tmp_path / "both.fasta"]
+        r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", *args, *FAST,
+                    "--max-epochs", "1", "-o", tmp_path / "out")
+        if split is None:  # (its test records are taken, as before)
+            assert r.exit_code == 0, r.stderr
+            continue
+        assert r.exit_code == 1 and "assigns its records to test, train and none to valid" in r.stderr
+        assert "finetune holds out --valid-fraction" in r.stderr and not (tmp_path / "out").exists()

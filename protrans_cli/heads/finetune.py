@@ -38,7 +38,8 @@ from protrans_cli.errors import InputError, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
 from protrans_cli.heads.fit import (_changed, _class_weights, _identity, _jsonable, _loss, _metric_names, _only,
                                     _outputs_with_labels, _real_paths, _unique_name, checked_state_bytes, evaluate_data,
-                                    held_out_positions, load_checked_state, note_dual_labels, write_metrics)
+                                    evaluation_records, held_out_positions, load_checked_state, note_dual_labels,
+                                    write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
                                       unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
@@ -452,7 +453,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         task = _outputs_with_labels(task, train, labels)
     if valid is not None:
         valid_set = read(valid, task, evaluation=True)
-        records = _only(valid_set, {VALID}).records or valid_set.records
+        records = evaluation_records(valid_set, VALID, valid, "finetune").records
         valid_data, valid_desc = to_data(task, records, valid, evaluating=True), str(valid)
     elif VALID in declared:
         valid_data = to_data(task, _only(train_set, {VALID}).records, labels, evaluating=True)
@@ -466,7 +467,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     sources = [(train, labels), (valid_data, labels if valid is None else valid)]  # (each set's file, for messages)
     for path in tests:
         label_set = read(path, task, evaluation=True)
-        records = _only(label_set, {TEST}).records or label_set.records
+        records = evaluation_records(label_set, TEST, path, "finetune").records
         name = _unique_name(Path(str(path)).name.split(".")[0] or "test", [s[0] for s in eval_sets])
         eval_sets.append((name, to_data(task, records, path, evaluating=True), str(path)))
         sources.append((eval_sets[-1][1], path))

@@ -1005,6 +1005,25 @@ def _only(label_set: LabelSet, splits: set) -> LabelSet:
     return replace(label_set, records=[r for r in label_set.records if r.split in splits])
 
 
+def evaluation_records(label_set: LabelSet, split: str, labels, command: str = "fit") -> LabelSet:
+    """The records of an evaluation file (--valid, --test) to use: those of `split` where the file
+    assigns several splits, else all of them. A file of several splits but none of `split` is
+    refused: used whole, a DeepLoc FASTA of training and test records given as --valid chose
+    the epoch on the test proteins (and on training ones); a FLIP file without VALIDATION=True
+    records, likewise."""
+    splits = {r.split for r in label_set.records}
+    if len(splits) <= 1:
+        return label_set
+    if split not in splits:
+        option = "--valid" if split == VALID else "--test"
+        held = ", ".join(sorted(s or TRAIN for s in splits))
+        remedy = (f"give {option} a file of validation records, or leave it out: {command} holds out --valid-fraction "
+                  "of train" if split == VALID else f"give {option} a file of test records")
+        raise InputError(f"assigns its records to {held} and none to {split}: as {option} it would mix them "
+                         f"({remedy})", path=str(labels))
+    return _only(label_set, {split})
+
+
 def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str, *, masked: list | None = None):
     """Data of an evaluation set; a label file that assigns splits contributes only `split`'s records."""
     label_set = _read(config, labels, evaluation=True, masked=masked)
@@ -1012,19 +1031,7 @@ def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str, *,
         console.info(f"{label_set.path}: {note}")
     if warning := unmasked_flip_warning(label_set, task.output_names):
         console.warn(f"{label_set.path}: {warning}")
-    splits = {r.split for r in label_set.records}
-    if len(splits) > 1:
-        if split not in splits:
-            # Used whole, a DeepLoc FASTA of training and test records given as --valid chose the
-            # epoch on the test proteins (and on training ones); a FLIP file without VALIDATION=True
-            # records, likewise.
-            option = "--valid" if split == VALID else "--test"
-            held = ", ".join(sorted(s or TRAIN for s in splits))
-            remedy = (f"give {option} a file of validation records, or leave it out: fit holds out --valid-fraction "
-                      "of train" if split == VALID else f"give {option} a file of test records")
-            raise InputError(f"assigns its records to {held} and none to {split}: as {option} it would mix them "
-                             f"({remedy})", path=str(labels))
-        label_set = _only(label_set, {split})
+    label_set = evaluation_records(label_set, split, labels)
     data, report = _load(config, embeddings, label_set, task, evaluating=True)
     return data, label_set.name, report
 
