@@ -48,7 +48,7 @@ from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeF
                                  expect_path)
 from protrans_cli.io.fasta import parse_fasta
 from protrans_cli.io.files import (checked_hdf5_output, create_fresh, display_name, input_named_by, open_input,
-                                   output_lock, stdin_binary)
+                                   output_lock, refuse_other_format_name, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
                                 partial_path, refuse_if_in_use)
 from protrans_cli.embed_resume import _Done, _done_in
@@ -907,6 +907,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
         if model_dir:
             raise UsageError(f"{target} is inside the model directory {model_dir}: writing it could replace the "
                              "model's files (choose another -o)")
+    refuse_other_format_name(output, "-o", "the embeddings")
     if options.resume and options.force:
         raise UsageError("give --resume (keep OUTPUT's proteins) or --force (replace OUTPUT), not both")
     # Held from the "exists" check to the final rename (by rank 0 under torchrun: the other ranks

@@ -658,7 +658,6 @@ def checked_hdf5_output(output, what: str, *, compressed_hint: str = "", directo
     leads is written), not a directory, not read-only. `what`: "the embeddings", ..."""
     refuse_special_output(output, "-o", "an HDF5 file")
     refuse_compressed_hdf5(output, "-o", compressed_hint)
-    refuse_other_format_name(output, "-o", what)
     output_directory(output)  # before anything is read or loaded
     output = through_link(output)  # (the user's own link: where it leads)
     output_directory(output)
@@ -712,8 +711,13 @@ _OTHER_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".txt": "text", ".npz": "NumPy",
 def refuse_other_format_name(path, flag: str, what: str) -> None:
     """A usage error (exit 2) for an HDF5 output named like another format (`-o out.csv`,
     `out.npz`): embed wrote HDF5 under that name, and the CSV reader or numpy.load a user then
-    pointed at it failed on HDF5's bytes. The table or arrays are `protrans export`'s."""
+    pointed at it failed on HDF5's bytes. The table or arrays are `protrans export`'s. Called
+    after a command's own checks of its inputs (an -o that is the input is said as such), and for
+    a new file only: an existing one is the command's to judge (a FASTA is not an earlier output
+    to --force or --resume; an earlier output of such a name goes on)."""
     suffix = Path(str(path)).suffix.lower()
+    if os.path.lexists(path):
+        return
     if suffix in _OTHER_FORMATS:
         hint = (f"; for {_OTHER_FORMATS[suffix]}, write the .h5 and then `protrans export OUT.h5 -o {Path(str(path)).name}`"
                 if suffix in (".csv", ".tsv", ".txt", ".npz") and "embeddings" in what else "")
