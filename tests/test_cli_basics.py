@@ -236,8 +236,9 @@ def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, caps
 
         thing = Thing()
         # the handler raises inside the callback: dropped
-        ref = weakref.ref(thing, lambda _: signal.raise_signal(getattr(signal, name)))  # noqa: F841
+        ref = weakref.ref(thing, lambda _: signal.raise_signal(getattr(signal, name)))
         del thing
+        assert ref() is None  # (its callback ran)
         return 0
 
     monkeypatch.setattr(cli_module.cli, "main", swallowed)
@@ -261,8 +262,9 @@ def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, caps
             pass
 
         thing = Thing()
-        ref = weakref.ref(thing, lambda _: 1 / 0)  # noqa: F841
+        ref = weakref.ref(thing, lambda _: 1 / 0)
         del thing
+        assert ref() is None  # (its callback ran)
         return 0
 
     monkeypatch.setattr(cli_module.cli, "main", other_unraisable)

@@ -218,8 +218,9 @@ def test_a_ctrl_c_python_dropped_stops_the_export(tmp_path, monkeypatch, capsys,
                 pass
 
             thing = Thing()
-            ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))  # noqa: F841
+            ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))
             del thing  # (the handler raises inside the callback: dropped)
+            assert ref() is None  # (its callback ran)
         return array(self, ident)
 
     monkeypatch.setattr(export_module._Plan, "array", dropped)
