@@ -126,7 +126,10 @@ class EmbedOptions:
         if not (self.per_residue or self.per_protein):
             raise UsageError("nothing to write: ask for --per-residue and/or --per-protein")
         if self.layout == "flat" and self.per_residue and self.per_protein:
-            raise UsageError("the flat layout holds one kind only: add --per-residue or --per-protein")
+            # Both are on when neither flag was given (embed's default) and when both were: "add"
+            # a flag read wrong in the second case, where one must go.
+            raise UsageError("the flat layout holds one kind only: give exactly one of --per-residue and "
+                             "--per-protein")
         if self.layout == "stacked" and (self.per_residue or not self.per_protein):
             raise UsageError("the stacked layout holds per-protein vectors only (one (N, D) array): give "
                              "--per-protein alone, or --layout grouped for per-residue arrays")

@@ -1123,6 +1123,16 @@ def test_cli_onehot_flat_per_protein(run_cli, tmp_path):
         assert "sp|Q9%2Fslash" in f
 
 
+@pytest.mark.parametrize("flags", [(), ("--per-residue", "--per-protein")])
+def test_cli_flat_with_both_kinds_says_to_give_one(run_cli, tmp_path, flags):
+    """With both kinds asked for, the message said "add --per-residue or --per-protein" (one
+    must go, not be added)."""
+    result = run_cli("embed", SMALL, "-m", "onehot", *flags, "--layout", "flat", "-o", tmp_path / "f.h5")
+    assert result.exit_code == 2
+    assert "give exactly one of --per-residue and --per-protein" in result.stderr
+    assert not (tmp_path / "f.h5").exists()
+
+
 def test_cli_reads_stdin(run_cli, tmp_path):
     out = tmp_path / "s.h5"
     result = run_cli("embed", "-", "-m", "onehot", "-o", out, input=b">s\nMKV\n")
