@@ -1875,6 +1875,12 @@ def test_predict_scores_the_test_records_of_a_file_that_declares_splits(run_cli,
     flip_ss3 = json.loads((tmp_path / "m" / "sampled.json").read_text())["outputs"]["ss3"]
     csv_ss3 = json.loads((tmp_path / "m2" / "test.json").read_text())["outputs"]["ss3"]
     assert (flip_ss3["n"], flip_ss3["accuracy"]) == (csv_ss3["n"], csv_ss3["accuracy"])
+    # a file of train and validation records but no test ones: every record scored, and said
+    no_test = tmp_path / "no_test.fasta"
+    no_test.write_text(flip.read_text().replace("SET=test", "SET=train"))
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", no_test, "--only-embedded")
+    assert r.exit_code == 0, r.stderr
+    assert "assigns its records to train, valid and none to test: they are scored whatever their split" in r.stderr
 
 
 def test_proteins_embed_truncated_are_named_by_predict_and_by_label_matching(run_cli, ss_data, one_epoch_ss3, tmp_path):

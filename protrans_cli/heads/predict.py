@@ -619,6 +619,11 @@ def scored_labels(head_dir, embeddings, labels, *, label_format: str = "auto", m
             label_set = dataclasses.replace(label_set, records=kept)
         else:
             aside = []
+            if len(splits) > 1:  # (train and validation records, none for test: scored, said)
+                held = ", ".join(sorted(s or "train" for s in splits))
+                console.warn(f"{label_set.path}: it assigns its records to {held} and none to test: they are "
+                             "scored whatever their split (a head scored on the proteins it was trained or stopped "
+                             "on looks better than it is)")
         kind = head_input_kind(config, task)
         items, report = match_labels(label_set, reader, task, kind=kind, on_mismatch=on_mismatch, evaluating=True)
         # (the file's other splits have labels: not "N protein(s) have no label in FILE")
