@@ -188,6 +188,7 @@ class CorpusStats:
     valid_proteins: int = 0
     valid_residues: int = 0
     rare_to_x: int = 0                 # U/Z/O/B residues written as X
+    crop_dropped: int = 0              # --long crop: residues of last windows shorter than --min-length
     rejected: dict[str, int] = field(default_factory=lambda: {r: 0 for r in ALL_REASONS})
     outputs: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -490,6 +491,7 @@ class _BlockResult:
     valid_proteins: int = 0
     valid_residues: int = 0
     rare_to_x: int = 0
+    crop_dropped: int = 0
     length_counts: np.ndarray | None = None
     long_lengths: dict[int, int] = field(default_factory=dict)
     digests: np.ndarray | None = None   # (K, 3) uint64: digest hi, digest lo, record index in block
@@ -810,6 +812,9 @@ def _count_written(result: _BlockResult, kept_starts: np.ndarray, kept_lengths: 
         line_lengths = np.concatenate([kept_lengths[kept_lengths <= cfg.max_length], *windows])
     result.proteins_out = len(kept_starts)
     result.residues_out = int(written.sum())
+    # (a crop's last window shorter than --min-length is dropped: counted, so that the residues in
+    # and out reconcile; residues_out alone said nothing of them)
+    result.crop_dropped = int((kept_lengths - written).sum())
     result.valid_proteins = int(valid.sum())
     result.valid_residues = int(written[valid].sum())
     short = line_lengths[line_lengths < _HIST_CAP]
@@ -1510,6 +1515,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             stats.valid_proteins += res.valid_proteins
             stats.valid_residues += res.valid_residues
             stats.rare_to_x += res.rare_to_x
+            stats.crop_dropped += res.crop_dropped
             for reason, count in res.rejected.items():
                 stats.rejected[reason] = stats.rejected.get(reason, 0) + count
             stats.add_lengths(res.length_counts, res.long_lengths)

@@ -1148,6 +1148,22 @@ def test_crop_stats_give_the_lengths_of_the_lines_written(run_cli, tmp_path):
     assert sorted(lines) == [5, 5, 10, 10] and stats["lines_out"] == 4
     assert stats["length_percentiles"]["p100"] == 10 and stats["length_percentiles"]["p0"] == 5
     assert stats["mean_length"] == 7.5 == stats["residues_out"] / stats["lines_out"]
+    assert stats["crop_dropped"] == 0
+
+
+def test_crop_tails_dropped_are_counted(run_cli, tmp_path):
+    """A crop's last window shorter than --min-length is dropped (as documented): its residues were
+    counted nowhere, so the residues in and out did not reconcile."""
+    fasta = tmp_path / "c.fa"
+    fasta.write_text(">a\n" + "MKTAY" * 5 + "\n>b\n" + "MKTAY" * 4 + "\n")  # 25: 10, 10, (5); 20: 10, 10
+    for threads in ("1", "2"):
+        result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--max-length", 10, "--long", "crop",
+                         "--min-length", 6, "--stats", tmp_path / "s.json", "-j", threads)
+        assert result.exit_code == 0, result.stderr
+        stats = json.loads((tmp_path / "s.json").read_text())
+        assert (stats["residues_out"], stats["crop_dropped"], stats["lines_out"]) == (40, 5, 4)
+        assert stats["residues_out"] + stats["crop_dropped"] == 45
+        assert "residues dropped (crop windows < --min-length)" in result.stderr
 
 
 def test_a_pipe_named_twice_is_refused_not_read_as_empty(tmp_path):

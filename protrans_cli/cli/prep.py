@@ -102,6 +102,8 @@ def _print_summary(stats) -> None:
         rows.append(["  of which validation", f"{stats.valid_proteins:,} proteins, {stats.valid_residues:,} residues"])
     if stats.rare_to_x:
         rows.append(["U/Z/O/B written as X", f"{stats.rare_to_x:,}"])
+    if stats.crop_dropped:
+        rows.append(["residues dropped (crop windows < --min-length)", f"{stats.crop_dropped:,}"])
     for reason, count in stats.rejected.items():
         if count:
             rows.append([f"left out: {reason}", f"{count:,}"])
