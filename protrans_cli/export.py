@@ -496,11 +496,16 @@ def _number_format(dtype: np.dtype, digits: int | None) -> str:
 
 
 def _field(text: str, fmt: str) -> str:
+    """An id as a table's field. CSV quotes one with a comma, quote or line break. TSV has no
+    quoting of its own: a tab or line break becomes a space (another tool's ids; FASTA ids hold
+    neither), and an id that starts with a quote is quoted as CSV quotes it, which pandas' and R's
+    TSV readers undo (read as it stands, their quote handling ate it up to the next quote)."""
     if fmt == "csv":
         if any(c in text for c in ',"\n\r'):
             return '"' + text.replace('"', '""') + '"'
         return text
-    return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    text = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
 
 
 def _write_table(stream, plan: _Plan, kind: str, fmt: str, digits: int | None) -> int:
