@@ -182,12 +182,14 @@ def _layer_index(reader, shape: tuple, kind: str, layer: int) -> int | None:
 
 
 def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=None, fmt: str | None = None,
-           digits: int | None = None) -> Exported:
+           digits: int | None = None, all_layers: bool = False) -> Exported:
     """Write one kind (`per_protein`, `per_residue`; None: per-protein where the file has it) and
     one layer of the embeddings file `path` to `output` as TSV, CSV or NPZ (module docstring).
     `ids`: a FASTA or id-list file whose proteins, in its order, are written (each must be in
     the file; a FASTA's sequences must be the embedded ones). A per-protein export of a file of
-    per-residue rows only writes each protein's mean over its residues (as embed pools)."""
+    per-residue rows only writes each protein's mean over its residues (as embed pools).
+    `all_layers`: every layer the file stores, into an .npz whose `embeddings` gain a layer axis
+    after the protein (or residue) axis, in the file's order (`metadata["layers"]`)."""
     from protrans_cli.io.files import atomic_output, input_named_by, output_directory
     from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
 
@@ -198,6 +200,10 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
         raise UsageError(f"--digits {digits}: from 1 to 17")
     if digits is not None and chosen_format == "npz":
         raise UsageError("--digits rounds the numbers of a table: an .npz keeps the stored values")
+    if all_layers and chosen_format != "npz":
+        raise UsageError("--all-layers writes an .npz (a table holds one layer: choose it with --layer)")
+    if all_layers and layer != -1:
+        raise UsageError("--all-layers writes every stored layer: leave out --layer")
     if output is not None and str(output) != "-":
         inputs = [path] + ([ids] if ids is not None else [])
         if source := input_named_by(output, inputs):
@@ -205,9 +211,9 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
         output_directory(output)
     if str(path) != "-" and os.path.isfile(str(path)) and (other := _other_output(str(path))) is not None:
         if other["layout"] == "probabilities":
-            if kind is not None or layer != -1:
+            if kind is not None or layer != -1 or all_layers:
                 raise UsageError(f"{path} holds predict --probabilities' per-residue probabilities: --per-protein, "
-                                 "--per-residue and --layer are for embeddings files")
+                                 "--per-residue, --layer and --all-layers are for embeddings files")
             return _export_probabilities(path, output, other, chosen_format, ids, digits)
         raise InputError(f"holds the output of {other['written_by']} ({other['layout']}), not embeddings: "
                          "export writes embeddings and probabilities files (read this one with h5py: "
@@ -226,7 +232,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
         order = _order(reader, source_kind, wanted, ids)
         if sequences is not None:
             _check_sequences(reader, source_kind, order, sequences, ids)
-        plan = _Plan(reader, source_kind, layer, pooled, order, sequences)
+        plan = _Plan(reader, source_kind, layer, pooled, order, sequences, all_layers=all_layers)
         out_kind = PER_PROTEIN if pooled else source_kind
         with atomic_output(output) as stream:
             if chosen_format == "npz":
@@ -419,7 +425,8 @@ class _Plan:
     """The arrays to write, a protein at a time, in order: (id, rows (L, D) or vector (D,),
     residues or None)."""
 
-    def __init__(self, reader, kind: str, layer: int, pooled: bool, order: list[str], sequences):
+    def __init__(self, reader, kind: str, layer: int, pooled: bool, order: list[str], sequences, *,
+                 all_layers: bool = False):
         from protrans_cli.io.h5 import PER_PROTEIN
 
         self.reader, self.kind, self.pooled, self.order, self.sequences = reader, kind, pooled, order, sequences
@@ -436,6 +443,11 @@ class _Plan:
         else:
             self.index = _layer_index(reader, first.shape, kind, layer)
             shape, self.dtype, self.ndim = first.shape, first.dtype, first.ndim
+        # --all-layers: the layer axis kept, after the residue axis ((L, n_layers, D) rows)
+        self.layered = all_layers and self.index is not None
+        self.layer_count = int(shape[0]) if self.layered else 1
+        if self.layered:
+            self.index = None
             if self.dtype.kind != "f":
                 raise InputError(f"holds {self.dtype} arrays, not floating-point embeddings", path=reader.path)
         self.dim = int(shape[-1])
@@ -463,9 +475,11 @@ class _Plan:
             raise InputError(f"an array of shape {array.shape}, where the first protein's rows have "
                              f"{self.dim} dimensions", path=self.reader.path, record=ident)
         if self.pooled:
-            if len(array) == 0:
+            if array.shape[-2] == 0:
                 raise InputError("has no residue rows: no mean to export", path=self.reader.path, record=ident)
-            array = array.astype(np.float64).mean(axis=0).astype(np.float32)
+            return array.astype(np.float64).mean(axis=-2).astype(np.float32)  # ((n_layers, D) with every layer)
+        if self.layered and not self.per_protein:
+            array = np.moveaxis(array, 0, 1)  # (n_layers, L, D) -> (L, n_layers, D): a row a residue
         return array
 
     def residues(self, ident: str, rows: int) -> str | None:
@@ -566,13 +580,14 @@ def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
     from protrans_cli.io.h5 import PER_PROTEIN
 
     per_protein = kind == PER_PROTEIN
+    per_layer = (plan.layer_count,) if plan.layered else ()
     if per_protein:
         lengths = None
-        shape = (len(plan.order), plan.dim)
+        shape = (len(plan.order), *per_layer, plan.dim)
     else:
         # the rows of every protein, for the header: from the datasets' shapes, no data read
         lengths = np.array([_rows_of(reader, plan, ident) for ident in plan.order], dtype=np.int64)
-        shape = (int(lengths.sum()), plan.dim)
+        shape = (int(lengths.sum()), *per_layer, plan.dim)
     metadata = {"source": os.path.abspath(str(path)), "kind": kind, "layout": reader.layout,
                 "exported_by": f"protrans {__version__}"}
     for name in ("model", "revision", "commit", "family", "layers", "num_hidden_states", "pooling",
@@ -582,6 +597,7 @@ def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
             metadata[name] = value.tolist() if isinstance(value, np.ndarray) else value
     if plan.index is not None:
         metadata["layer_index"] = plan.index
+    metadata["layer_axis"] = bool(plan.layered)  # embeddings (rows, n_layers, D), layers as `layers` lists them
     rows = 0
     with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         _member(archive, "ids", np.array(plan.order, dtype=str) if plan.order else np.empty(0, dtype="<U1"))
@@ -606,7 +622,7 @@ def _rows_of(reader, plan: _Plan, ident: str) -> int:
     shape = reader.dataset(ident, plan.kind).shape
     if len(shape) != plan.ndim:
         raise plan.shape_error(ident, shape)
-    return int(shape[1] if plan.index is not None else shape[0])
+    return int(shape[-2])  # (L, D) or (n_layers, L, D)
 
 
 # --- info ------------------------------------------------------------------------------------

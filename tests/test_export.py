@@ -525,3 +525,36 @@ def test_a_tsv_id_starting_with_a_quote_reads_back(tmp_path, run_cli):
     assert done.exit_code == 0, done.stderr
     rows = list(csv.reader(io.StringIO(done.stdout), delimiter="\t"))
     assert sorted(r[0] for r in rows[1:]) == sorted(proteins) and all(len(r) == 7 for r in rows)
+
+
+def test_all_layers_into_one_npz(tmp_path, run_cli):
+    """--all-layers: the layer axis kept after the row axis, per protein and per residue (a
+    residue's rows of every layer together), in the file's layer order; a table is refused."""
+    proteins = _proteins()
+    arrays = _write(tmp_path / "e.h5", proteins, layers=[-1, -2])
+    for kind in ("--per-protein", "--per-residue"):
+        out = tmp_path / f"all{kind}.npz"
+        done = run_cli("export", tmp_path / "e.h5", kind, "--all-layers", "-o", out)
+        assert done.exit_code == 0, done.stderr
+        with np.load(out, allow_pickle=False) as z:
+            metadata = json.loads(str(z["metadata"]))
+            assert metadata["layers"] == [-1, -2] and metadata["layer_axis"] is True
+            if kind == "--per-protein":
+                assert z["embeddings"].shape == (5, 2, 6)
+                for ident, vector in zip(z["ids"], z["embeddings"]):
+                    np.testing.assert_array_equal(vector, arrays[str(ident)][1])
+            else:
+                offsets = z["offsets"]
+                for i, ident in enumerate(z["ids"]):
+                    np.testing.assert_array_equal(z["embeddings"][offsets[i]:offsets[i + 1]],
+                                                  np.moveaxis(arrays[str(ident)][0], 0, 1))
+    residues = _write(tmp_path / "r.h5", proteins, layers=[-1, -2], kinds=("per_residue",))
+    done = run_cli("export", tmp_path / "r.h5", "--per-protein", "--all-layers", "-o", tmp_path / "m.npz")
+    assert done.exit_code == 0, done.stderr
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:  # pooled: each layer's mean over the residues
+        for ident, vectors in zip(map(str, z["ids"]), z["embeddings"]):
+            np.testing.assert_allclose(vectors, residues[ident][0].astype(np.float64).mean(axis=-2), rtol=1e-6)
+    for args, message in ((["-o", tmp_path / "t.tsv"], "--all-layers writes an .npz"),
+                          (["--layer", "-2", "-o", tmp_path / "x.npz"], "leave out --layer")):
+        done = run_cli("export", tmp_path / "e.h5", "--all-layers", *args)
+        assert done.exit_code == 2 and message in done.stderr

@@ -24,13 +24,16 @@ from protrans_cli.cli import INPUT_FILE
 @click.option("--per-residue", "kind", flag_value="per_residue",
               help="Per-residue rows: one row a residue (id, position[, residue]).")
 @click.option("--layer", type=int, default=-1, help="Layer to write when the file holds several (as given to embed).")
+@click.option("--all-layers", is_flag=True,
+              help="Every stored layer, into an .npz: embeddings of shape (rows, n_layers, D), the layers in "
+                   "metadata (for probing layer by layer).")
 @click.option("--ids", "ids_file", type=INPUT_FILE, metavar="FILE", default=None,
               help="Write these proteins, in this order: a FASTA file (whose sequences must be the embedded ones; "
                    "per residue it adds a residue column) or one id a line.  [default: all, by id]")
 @click.option("--digits", type=int, default=None,
               help="Significant digits of a table's numbers.  [default: those that give back the stored value: "
                    "9 for float32, 5 for float16]")
-def command(embeddings, output, fmt, kind, layer, ids_file, digits):
+def command(embeddings, output, fmt, kind, layer, all_layers, ids_file, digits):
     """An embeddings file as a TSV/CSV table or NumPy arrays (.npz).
 
     For R, spreadsheets, scikit-learn and colleagues without h5py: one kind and one layer of
@@ -55,5 +58,5 @@ def command(embeddings, output, fmt, kind, layer, ids_file, digits):
 
     from protrans_cli import console
 
-    export(embeddings, output, kind=kind, layer=layer, ids=ids_file, fmt=fmt, digits=digits)
+    export(embeddings, output, kind=kind, layer=layer, ids=ids_file, fmt=fmt, digits=digits, all_layers=all_layers)
     console.output_complete("standard output" if output == "-" else str(output))
