@@ -18,10 +18,10 @@ from protrans_cli.cli import INPUT_FILE
 @click.option("--ids", "list_ids", is_flag=True,
               help="Only the ids, one a line (per-protein where the file has them), in key order.")
 @click.option("--residues", is_flag=True,
-              help="Also count the residues (reads every protein's length: about a second for 20,000 proteins).")
+              help="Also count the residues (reads every protein's length: about 80 us a protein).")
 def command(files, as_json, list_ids, residues):
-    """What an embeddings (or contact-map) file holds: model, layout, proteins, dimension,
-    dtype, layers, failed proteins, and whether its run finished.
+    """What an embeddings file holds: model, layout, proteins, dimension, dtype, layers,
+    failed proteins, and whether its run finished (also contact-map and probabilities files).
 
     Reads attributes and names only (one dataset opened), so it answers at once for a file of
     millions of proteins; --residues reads every protein's length.
