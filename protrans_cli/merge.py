@@ -215,8 +215,13 @@ def _read_part(path: Path) -> _Part:
 
 def _check_same(first: _Part, other: _Part) -> None:
     """The settings `--resume` compares (the layout aside), equal in every part."""
+    from protrans_cli.embed import same_model
+
     for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part")], *_ALSO_SAME):
         a, b = first.attrs.get(key), other.attrs.get(key)
+        if key == "model" and a is not None and b is not None and same_model(str(_comparable(a)),
+                                                                            str(_comparable(b))):
+            continue  # (as --resume compares it: a short name and its hub id name one model)
         if (a is None) != (b is None) or (a is not None and _comparable(a) != _comparable(b)):
             raise InputError(f"was written with {key}={_shown(b)}, {first.path} with {key}={_shown(a)}: the parts "
                              "of one merge come from one model with the same settings", path=str(other.path))

@@ -123,6 +123,22 @@ def test_parts_of_other_settings_are_refused_naming_the_setting(tmp_path, other,
     assert not (tmp_path / "m.h5").exists()
 
 
+def test_a_short_name_and_its_hub_id_are_one_model_as_resume_takes_them(tmp_path):
+    """embed records `-m` as given; --resume takes esm2_t6_8M_UR50D and facebook/esm2_t6_8M_UR50D
+    for one model, and so does merge (it refused the parts of jobs that named it either way)."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    for name, model in (("a", "esm2_t6_8M_UR50D"), ("b", "facebook/esm2_t6_8M_UR50D")):
+        _embed(tmp_path / f"{name}.fa", tmp_path / f"{name}.h5")
+        with h5py.File(tmp_path / f"{name}.h5", "a") as f:
+            f.attrs["model"] = model
+    assert merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5").proteins == 2
+    with h5py.File(tmp_path / "b.h5", "a") as f:
+        f.attrs["model"] = "facebook/esm2_t12_35M_UR50D"
+    with pytest.raises(InputError, match="was written with model='facebook/esm2_t12_35M_UR50D'"):
+        merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m2.h5")
+
+
 def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
     (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
     a = _embed(tmp_path / "a.fa", tmp_path / "a.h5")
