@@ -642,6 +642,9 @@ class VariantOptions:
             raise UsageError("models and strategies are tuples of names, not one str")
         if not self.models:
             raise UsageError("no model given")
+        if "onehot" in self.models:  # (embed's encoding, not a model: it was looked for on the hub)
+            raise UsageError("-m onehot is embed's one-hot encoding, not a language model: it gives no residue "
+                             "probabilities to score variants with")
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown or not self.strategies:
             raise UsageError(f"--scoring must be one of {', '.join(STRATEGIES)}")

@@ -300,6 +300,14 @@ def test_bad_tables_are_refused_before_any_model_and_leave_the_output_alone(run_
     assert r.exit_code == 2 and "output directory does not exist" in r.stderr
 
 
+def test_onehot_is_refused_as_no_language_model(run_cli, tmp_path):
+    """-m onehot (embed's encoding) was looked for on the hub, and the error said "hf download onehot"."""
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", "onehot")
+    assert r.exit_code == 2 and "one-hot encoding, not a language model" in r.stderr and "hf download" not in r.stderr
+
+
 def test_models_without_a_masked_lm_head_are_refused(run_cli, tmp_path, tiny_models):
     from protrans_cli.models import FAMILIES
 
