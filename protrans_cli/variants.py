@@ -759,6 +759,14 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
         raise InputError(f"not a readable CSV: {exc}", path=name, line=reader.line_num) from None
     if not table.rows or all(v is None for v in table.variants):
         raise InputError("holds no variants", path=name)
+    if options.truth_column is not None:
+        # (a column of text, or of decimal commas, printed "rho nan over 0 variants" after the
+        # whole scoring, exit 0: refused here, before any model is loaded)
+        truth_at = stripped.index(options.truth_column)
+        if not any(math.isfinite(_number(row[truth_at])) for row in table.rows):
+            examples = ", ".join(repr(v) for v in list(dict.fromkeys(row[truth_at] for row in table.rows))[:3])
+            raise InputError(f"its --truth-column {options.truth_column!r} holds no numbers ({examples}); name "
+                             "the column of measured values", path=name)
     return table
 
 

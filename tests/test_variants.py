@@ -308,6 +308,17 @@ def test_onehot_is_refused_as_no_language_model(run_cli, tmp_path):
     assert r.exit_code == 2 and "one-hot encoding, not a language model" in r.stderr and "hf download" not in r.stderr
 
 
+def test_a_truth_column_without_numbers_is_refused_before_any_model(run_cli, tmp_path):
+    """A --truth-column of text (or of decimal commas) printed "rho nan over 0 variants" after the
+    whole scoring, exit 0."""
+    table = tmp_path / "v.csv"
+    table.write_text("mutant,score,note\nK2A,\"0,5\",a\nT3W,NA,b\n")
+    for column, shown in (("note", "'a', 'b'"), ("score", "'0,5', 'NA'")):
+        r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "no_such_model", "--truth-column", column)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert f"v.csv: its --truth-column '{column}' holds no numbers ({shown})" in r.stderr
+
+
 def test_models_without_a_masked_lm_head_are_refused(run_cli, tmp_path, tiny_models):
     from protrans_cli.models import FAMILIES
 
