@@ -85,6 +85,9 @@ class ContactOptions:
         from protrans_cli.io.h5 import COMPRESSIONS, STORAGE_DTYPES
         from protrans_cli.threads import check_threads
 
+        if str(self.model) == "onehot":  # (embed's encoding, not a model: it was looked for on the hub)
+            raise UsageError("-m onehot is embed's one-hot encoding, not a model: it has no attention to predict "
+                             "contacts from (an ESM-2 or ESM-1b model has)")
         if self.long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)} (a contact map is not "
                              "stitched from windows)")

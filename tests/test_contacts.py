@@ -386,3 +386,11 @@ def test_library_predict_reads_sequences_as_embed_and_keeps_the_heads_float32_we
     stored = load_file(model / "model.safetensors")["esm.contact_head.regression.weight"].reshape(-1)
     assert half.weights.dtype == torch.float32 and torch.equal(half.weights.reshape(-1), stored)
     assert not torch.equal(stored.bfloat16().float(), stored)  # (which rounding would have changed)
+
+
+def test_onehot_is_refused_as_no_model(run_cli, tmp_path):
+    """-m onehot (embed's encoding) was looked for on the hub: "hf download onehot", exit 1."""
+    (tmp_path / "in.fa").write_text(">a\nMKV\n")
+    done = run_cli("contacts", tmp_path / "in.fa", "-m", "onehot", "-o", tmp_path / "c.h5")
+    assert done.exit_code == 2 and "not a model" in done.stderr and "hf download" not in done.stderr
+    assert not (tmp_path / "c.h5").exists()
