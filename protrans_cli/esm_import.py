@@ -306,7 +306,9 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
                      f"(what esm-extract's default --repr_layers -1 stores); give -m (e.g. esm2_t33_650M_UR50D) "
                      "to number the layers as embed does and to match embed's files of that model")
 
-    attrs = {"model": model or SOURCE, "revision": "", "commit": "", "family": FAMILY,
+    # (a model directory as its absolute path, as embed records it: as typed, `RUN`, the parts of
+    # embed and import-esm merged only from the same working directory)
+    attrs = {"model": _model_attr(model) if model else SOURCE, "revision": "", "commit": "", "family": FAMILY,
              "layers": [k - states for k in chosen], "num_hidden_states": states,
              "pooling": BOS_POOLING if bos else POOLING,
              "compute_dtype": "float32",  # (esm-extract never casts the model)
@@ -516,7 +518,7 @@ def import_esm_contacts(inputs, output, *, fasta=None, storage_dtype: str = "flo
                                  "first word names a protein): each id once", path=str(path))
             owner[entry.ident] = path
             entries.append(entry)
-        attrs = {"model": model or SOURCE, "revision": "", "commit": "", "family": FAMILY,
+        attrs = {"model": _model_attr(model) if model else SOURCE, "revision": "", "commit": "", "family": FAMILY,
                  "compute_dtype": "float32", "protrans_version": __version__,
                  "command_line": command_line or "protrans_cli.esm_import.import_esm_contacts() called from Python",
                  "max_length": truncation_seq_length, "long_policy": "truncate", "contacts": CONTACTS_DESCRIPTION,
@@ -588,3 +590,11 @@ def _write_contacts(writer, entry: _Entry, summary: ImportSummary) -> None:
                  contacts=values.astype(writer.storage_dtype))
     writer.flush_due()
     summary.proteins += 1
+
+
+def _model_attr(name: str) -> str:
+    """embed's `model` attribute for `-m name` (a local directory as its resolved path)."""
+    from protrans_cli.embed import model_attr
+
+    return model_attr(str(name))
+

@@ -468,6 +468,22 @@ def test_bos_representations_import_as_embed_pooling_cls_writes_them(run_cli, tm
     assert r.exit_code == 1 and "pool" in r.stderr
     r = run_cli("import-esm", folder, "--bos", "--per-residue", "-o", tmp_path / "x.h5")
     assert r.exit_code == 2 and "--bos imports per-protein vectors" in r.stderr
+
+
+def test_a_model_directory_is_recorded_as_embed_records_it(run_cli, tmp_path, monkeypatch):
+    """import-esm -m DIR stored the folder as typed (`RUN`), embed its absolute path: the two
+    files merged (or were compared by knn) only from the working directory they were made in."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">P1\nMKTAYIAKQR\n")
+    monkeypatch.chdir(REFERENCE.parent)
+    embedded = tmp_path / "e.h5"
+    assert run_cli("embed", fasta, "-m", REFERENCE.name, "--per-protein", "-o", embedded).exit_code == 0
+    folder = tmp_path / "esm_out"
+    _save(folder, "P2", None, {2: torch.zeros(32)})
+    out = tmp_path / "imported.h5"
+    r = run_cli("import-esm", folder, "-m", REFERENCE.name, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert _read(out)[1]["model"] == _read(embedded)[1]["model"] == str(REFERENCE.resolve())
     plain = tmp_path / "plain"
     _save(plain, "P9", means={2: np.zeros(8, np.float32)})
     r = run_cli("import-esm", plain, "--bos", "-o", tmp_path / "y.h5")
