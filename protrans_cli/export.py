@@ -253,8 +253,6 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
     of one row a residue, `id, position, <output>:<class> ...` (predict's per-protein CSV's
     column names), or an .npz of `ids`, `offsets`, `lengths` and one (sum of lengths, C) array
     per output, classes in `metadata`."""
-    import json as _json
-
     from protrans_cli.io.files import atomic_output
     from protrans_cli.io.h5 import escape_key, h5_file, read_array, stored_proteins
 
@@ -263,16 +261,7 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
     wanted, _ = read_id_list(ids) if ids is not None else (None, None)
     with h5_file(path, "r") as f:
         present = [ident for ident, _ in stored_proteins(f[outputs[0]], checksums=False)]
-        have = set(present)
-        if wanted is None:
-            order = sorted(present, key=lambda i: escape_key(i).encode("utf-8"))
-        else:
-            missing = [i for i in wanted if i not in have]
-            if missing:
-                raise InputError(f"{console.counted(len(missing), 'protein')} of the {len(wanted):,} it names "
-                                 f"{'is' if len(missing) == 1 else 'are'} not in {path} (first: "
-                                 f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})", path=str(ids))
-            order = list(wanted)
+        order = _selected(present, wanted, ids, path)
 
         def one(ident: str, o: str, rows: int | None = None) -> np.ndarray:
             """Output o's (L, C) probabilities of a protein, checked (L = `rows` where given)."""
@@ -298,10 +287,7 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
                 lengths = np.array([f[outputs[0]][escape_key(i)].shape[0] for i in order], dtype=np.int64)
                 metadata = {"source": os.path.abspath(str(path)), "task": facts.get("task"), "classes": classes}
                 with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                    _member(archive, "ids", np.array(order, dtype=str) if order else np.empty(0, dtype="<U1"))
-                    _member(archive, "lengths", lengths)
-                    _member(archive, "offsets", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-                    _member(archive, "metadata", np.array(_json.dumps(metadata)))
+                    _index_members(archive, order, lengths, metadata)
                     for o in outputs:  # (an output at a time: a member is written whole)
                         with archive.open(o + ".npy", "w", force_zip64=True) as member:
                             member.write(_npy_header(np.dtype(np.float32), (int(lengths.sum()), len(classes[o]))))
@@ -331,12 +317,10 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
 
 def _class_names(recorded) -> list[str]:
     """A `classes_<output>` attribute's classes: one letter each ("HEC"), or a JSON list."""
-    import json as _json
-
     text = str(recorded)
     if text.startswith("["):
         try:
-            return [str(c) for c in _json.loads(text)]
+            return [str(c) for c in json.loads(text)]
         except ValueError:
             pass
     return list(text)
@@ -367,24 +351,33 @@ def _stop_if_signalled() -> None:
 
 def _order(reader, kind: str, wanted: list[str] | None, source) -> list[str]:
     """The ids to write, in order: `wanted`'s (each must be in the file), else the file's keys'."""
-    from protrans_cli.io.h5 import escape_key, unescape_key
+    from protrans_cli.io.h5 import unescape_key
 
     if "layout" in reader.attrs and reader.layout != "stacked":
         # embed's own file: every key is its id's (ids() read each dataset's id attribute: 130 us a protein)
         present = [unescape_key(key) for key in reader.keys(kind)]
     else:
         present = reader.ids(kind)
+    if wanted is None and reader.layout == "stacked":
+        return present  # (row order, which is key order)
+    return _selected(present, wanted, source, reader.path, reader.failed)
+
+
+def _selected(present: list[str], wanted: list[str] | None, source, path, failed=None) -> list[str]:
+    """The ids to write, in order: `wanted`'s (each must be among `present`; `failed()`, where the
+    file records failures, gives embed's reason for a missing one), else `present` in key order
+    (the escaped ids as bytes)."""
+    from protrans_cli.io.h5 import escape_key
+
     if wanted is None:
-        if reader.layout == "stacked":
-            return present  # (row order, which is key order)
         return sorted(present, key=lambda i: escape_key(i).encode("utf-8"))
     have = set(present)
     missing = [i for i in wanted if i not in have]
     if missing:
-        failed = reader.failed()
-        why = "; ".join(f"{i}: {failed[i]}" for i in missing[:3] if i in failed)
+        reasons = failed() if failed is not None else {}
+        why = "; ".join(f"{i}: {reasons[i]}" for i in missing[:3] if i in reasons)
         raise InputError(f"{console.counted(len(missing), 'protein')} of the {len(wanted):,} it names "
-                         f"{'is' if len(missing) == 1 else 'are'} not in {reader.path} (first: "
+                         f"{'is' if len(missing) == 1 else 'are'} not in {path} (first: "
                          f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
                          f"{f'; failed in embed: {why}' if why else ''}", path=str(source))
     return list(wanted)
@@ -518,7 +511,9 @@ def _field(text: str, fmt: str) -> str:
         if any(c in text for c in ',"\n\r'):
             return '"' + text.replace('"', '""') + '"'
         return text
-    text = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    from protrans_cli.knn import _cell
+
+    text = _cell(text)
     return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
 
 
@@ -574,6 +569,16 @@ def _member(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
         np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
 
 
+def _index_members(archive: zipfile.ZipFile, order: list[str], lengths: np.ndarray | None, metadata: dict) -> None:
+    """An .npz's members beside its arrays: `ids`, with ragged rows `lengths` and `offsets`
+    (protein i's rows are [offsets[i], offsets[i + 1])), and `metadata` as JSON text."""
+    _member(archive, "ids", np.array(order, dtype=str) if order else np.empty(0, dtype="<U1"))
+    if lengths is not None:
+        _member(archive, "lengths", lengths)
+        _member(archive, "offsets", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    _member(archive, "metadata", np.array(json.dumps(metadata, default=str)))
+
+
 def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
     """The arrays of the module docstring, `embeddings` streamed a protein at a time."""
     from protrans_cli import __version__
@@ -600,11 +605,7 @@ def _write_npz(stream, plan: _Plan, kind: str, reader, path) -> int:
     metadata["layer_axis"] = bool(plan.layered)  # embeddings (rows, n_layers, D), layers as `layers` lists them
     rows = 0
     with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        _member(archive, "ids", np.array(plan.order, dtype=str) if plan.order else np.empty(0, dtype="<U1"))
-        if lengths is not None:
-            _member(archive, "lengths", lengths)
-            _member(archive, "offsets", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        _member(archive, "metadata", np.array(json.dumps(metadata, default=str)))
+        _index_members(archive, plan.order, lengths, metadata)
         with archive.open("embeddings.npy", "w", force_zip64=True) as member:
             member.write(_npy_header(plan.dtype, shape))
             for i, ident in enumerate(console.progress(plan.order, desc="export", unit="protein")):
