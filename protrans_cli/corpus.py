@@ -839,15 +839,14 @@ def _init_worker(parent_pid: int | None = None) -> None:
 def _die_with_parent(parent_pid: int | None) -> None:
     """Linux: end this worker when the main process dies, even by SIGKILL (the OOM killer, a
     scheduler's hard limit), instead of leaving it waiting on a pipe that a sibling still holds."""
-    if parent_pid is None or not sys.platform.startswith("linux"):
+    if parent_pid is None:
         return
-    with contextlib.suppress(Exception):
-        import ctypes
-        import signal
+    import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
+    from protrans_cli.io.files import parent_death_signal
+
+    if parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:  # it died before prctl took effect
+        os._exit(1)
 
 
 def _tune_malloc() -> None:

@@ -1233,6 +1233,22 @@ def signals_held():
             os.kill(os.getpid(), noted[0])
 
 
+def parent_death_signal(signum: int) -> bool:
+    """Linux: have the kernel send this process `signum` when its parent dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG); True where it is set, False elsewhere or where libc refuses. The
+    caller checks its parent after (one that died before the call sends nothing)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        return prctl(1, int(signum), 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
 def stop_with_launcher() -> bool:
     """Under torchrun (Linux): a SIGTERM reaches this rank when the launcher that started it dies,
     even by SIGKILL (`kill -9` of torchrun's PID, the OOM killer, a node agent's hard stop), so the
@@ -1242,20 +1258,13 @@ def stop_with_launcher() -> bool:
     imported and before this call (the rank adopted by init or a subreaper: its parent changed)
     gets the SIGTERM at once. (A parent of PID 1 is not that sign: torchrun as a container's
     command is PID 1, and its every rank stopped at once.)"""
-    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
         return False
-    import ctypes
     import signal
 
     from protrans_cli import _PARENT_AT_IMPORT
 
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        if prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-            return False
-    except (OSError, AttributeError):
+    if not parent_death_signal(signal.SIGTERM):
         return False
     if os.getppid() != _PARENT_AT_IMPORT:  # (adopted before prctl took effect: the launcher is gone)
         os.kill(os.getpid(), signal.SIGTERM)
