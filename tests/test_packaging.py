@@ -42,14 +42,27 @@ def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
 
 
 def test_changelog_has_an_entry_for_the_packaged_version():
-    """The version lives in protrans_cli/_version.py; the changelog must describe that release."""
+    """The version lives in protrans_cli/_version.py; the changelog must describe that release.
+    Between releases the version is the next one's development release (0.2.0.dev0 after
+    0.1.0), described by [Unreleased]: files and heads record the version that wrote them, and
+    the development code's said 0.1.0 like the release's."""
     import re
 
     from protrans_cli import __version__
 
     text = (ROOT / "CHANGELOG.md").read_text()
     assert "## [Unreleased]" in text
-    assert re.search(rf"^## \[{re.escape(__version__)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", text, re.M)
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", text, re.M)
+    assert released, "no release in CHANGELOG.md"
+    development = re.fullmatch(r"(\d+\.\d+\.\d+)\.dev\d+", __version__)
+    if development is None:
+        assert __version__ == released[0], f"{__version__} is not the changelog's latest release, {released[0]}"
+    else:
+        def key(version):
+            return tuple(int(part) for part in version.split("."))
+
+        assert key(development.group(1)) > key(released[0]), (
+            f"{__version__} is not a development release after the latest one, {released[0]}")
 
 
 def test_console_script_runs_without_site_having_imported_importlib_util(tmp_path):
