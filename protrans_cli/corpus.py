@@ -102,7 +102,10 @@ class CorpusOptions:
     shard_size: int | None = None      # or: start a new file when this many bytes are written
     threads: int = 1                   # worker processes for the CPU-bound part
     stats: str | None = None           # the run's summary as JSON ("-": stdout), written with the outputs
-    tmp_dir: str | None = None         # dedup partitions and -j hand-over files (see _spill_base)
+    tmp_dir: str | None = None         # dedup partitions, --shuffle buckets, -j hand-over files (see _spill_base)
+    shuffle: bool = False              # the training proteins in a random order (seeded), not the input's
+    seed: int = 0                      # --shuffle's seed: the same input and seed give the same corpus
+    shuffle_bytes: int = 512 << 20     # --shuffle: text held in memory at a time (one bucket)
     block_bytes: int = 1 << 20         # input block handed to a worker (1 MiB: its arrays stay in cache)
     progress: bool = False
 
@@ -171,6 +174,10 @@ class CorpusOptions:
             # the run: a folder that is not there is a usage error, as a missing -o folder is)
             raise UsageError(f"--tmp-dir {self.tmp_dir}: {'not a directory' if os.path.exists(self.tmp_dir) else 'no such directory'}")
         check_threads(self.threads)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UsageError(f"--seed must be a whole number of at least 0, got {self.seed!r}")
+        if self.shuffle_bytes < 1024:
+            raise UsageError("shuffle_bytes must be at least 1024")
         if self.block_bytes < 1024:
             raise UsageError("block_bytes must be at least 1024")
 
@@ -189,6 +196,7 @@ class CorpusStats:
     valid_residues: int = 0
     rare_to_x: int = 0                 # U/Z/O/B residues written as X
     crop_dropped: int = 0              # --long crop: residues of last windows shorter than --min-length
+    shuffle_seed: int | None = None    # --shuffle's seed (None: the proteins in the input's order)
     rejected: dict[str, int] = field(default_factory=lambda: {r: 0 for r in ALL_REASONS})
     outputs: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -1181,6 +1189,110 @@ class _Writers:
 # Dedup: digests into partitions on disk, duplicates found per partition
 
 
+class _Shuffle:
+    """--shuffle: a uniformly random order of the training proteins in bounded memory. Each
+    protein goes to one of K bucket files at random as the blocks come (K from the expected size
+    and `shuffle_bytes`); then each bucket in turn is read whole, its proteins permuted, and
+    written. A random bucket and a random place in it is a uniformly random permutation of the
+    whole. A bucket that came out bigger than twice the budget (stdin, a guess too low) is
+    scattered again into smaller ones first. The random generators are seeded from the seed alone
+    and the blocks arrive in input order, so the corpus is the same for any -j."""
+
+    SEPARATOR = b"\n\n"  # every protein's text (its line, or its windows' lines) ends with one
+    MAX_BUCKETS = 256  # files open at once; more text than 256 buckets hold is scattered again
+
+    def __init__(self, directory: Path, seed: int, budget: int, expected_bytes: int | None):
+        self.directory = directory
+        self.seed = seed
+        self.budget = budget
+        expected = expected_bytes if expected_bytes is not None else 64 * budget
+        self.count = min(self.MAX_BUCKETS, max(1, -(-expected // budget)))
+        self.rng = np.random.default_rng([seed, 0])
+        self.paths = [directory / f"bucket{k}" for k in range(self.count)]
+        self.files = []
+        self.proteins = 0
+        try:
+            for path in self.paths:
+                self.files.append(open(path, "wb", buffering=1 << 16))
+        except OSError as exc:
+            self.close()
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: OSError) -> RuntimeFailure:
+        reason = disk_full(exc) or (exc.strerror or str(exc))
+        return RuntimeFailure(f"--shuffle cannot write its buckets: {reason} (they take about the corpus's "
+                              "uncompressed size; --tmp-dir DIR puts them elsewhere)", path=str(self.directory))
+
+    def add(self, text: bytes) -> None:
+        """A block's training text (proteins each ending with an empty line)."""
+        docs = text.split(self.SEPARATOR)[:-1]
+        self.proteins += len(docs)
+        try:
+            self._scatter(docs, self.rng, self.files)
+        except OSError as exc:
+            raise self._failure(exc) from None
+
+    def _scatter(self, docs: list, rng, files) -> None:
+        if not docs:
+            return
+        if len(files) == 1:
+            files[0].write(self.SEPARATOR.join(docs) + self.SEPARATOR)
+            return
+        buckets = rng.integers(len(files), size=len(docs))
+        order = np.argsort(buckets, kind="stable")
+        ends = np.cumsum(np.bincount(buckets, minlength=len(files)))
+        start = 0
+        for k, end in enumerate(ends.tolist()):
+            if end > start:
+                files[k].write(self.SEPARATOR.join([docs[i] for i in order[start:end].tolist()]) + self.SEPARATOR)
+            start = end
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        self.files = []
+
+    def emit(self, write) -> None:
+        """Calls write(list of proteins' texts) with every protein once, in the random order."""
+        self.close()
+        for k, path in enumerate(self.paths):
+            self._emit_bucket(path, (k,), write)
+
+    def _emit_bucket(self, path: Path, key: tuple, write) -> None:
+        size = path.stat().st_size
+        if size > 2 * self.budget:  # scattered again, a piece at a time, into buckets of the budget
+            count = min(self.MAX_BUCKETS, -(-size // self.budget))
+            parts = [path.with_name(f"{path.name}.{k}") for k in range(count)]
+            rng = np.random.default_rng([self.seed, 1, *key])
+            try:
+                files = [open(p, "wb", buffering=1 << 16) for p in parts]
+                try:
+                    with open(path, "rb") as src:
+                        rest = b""
+                        while chunk := src.read(self.budget // 4 or 1 << 20):
+                            rest += chunk
+                            cut = rest.rfind(self.SEPARATOR)
+                            if cut >= 0:
+                                self._scatter(rest[:cut + 2].split(self.SEPARATOR)[:-1], rng, files)
+                                rest = rest[cut + 2:]
+                        self._scatter(rest.split(self.SEPARATOR)[:-1], rng, files)
+                finally:
+                    for f in files:
+                        f.close()
+            except OSError as exc:
+                raise self._failure(exc) from None
+            path.unlink()
+            for k, part in enumerate(parts):
+                self._emit_bucket(part, (*key, k), write)
+            return
+        docs = path.read_bytes().split(self.SEPARATOR)[:-1]
+        path.unlink()  # (the disk it held is free for the outputs)
+        order = np.random.default_rng([self.seed, 2, *key]).permutation(len(docs))
+        piece = 1 << 13  # (proteins: a few MB of text)
+        for start in range(0, len(docs), piece):
+            write([docs[i] for i in order[start:start + piece].tolist()])
+
+
 class _Dedup:
     """Exact dedup with bounded memory: pass 1 digests, per-partition sort, pass 2 drops.
 
@@ -1362,6 +1474,64 @@ def _spill_base(options: CorpusOptions) -> str | None:
     return None
 
 
+def _scratch_base(options: CorpusOptions) -> str:
+    """Where --dedup and --shuffle keep their files: --tmp-dir, else beside the output (a disk
+    that holds the corpus), else $TMPDIR."""
+    if options.tmp_dir:
+        return options.tmp_dir
+    if options.output and str(options.output) != "-":
+        return str(Path(options.output).parent)
+    return tempfile.gettempdir()
+
+
+def _expected_text_bytes(paths: Sequence[str]) -> int | None:
+    """About how much corpus text the inputs make (a residue and a space for each byte of FASTA;
+    a compressed file some four times its size again); None for stdin or a pipe."""
+    total = 0
+    for path in paths:
+        if path == "-" or not os.path.isfile(path):
+            return None
+        total += os.path.getsize(path) * (2 if _plain_file(path) else 8)
+    return total
+
+
+def _write_shuffled(shuffle: "_Shuffle", writers: "_Writers", options: CorpusOptions) -> None:
+    """The shuffled proteins to the training outputs: dealt round-robin to --shards N as the
+    unshuffled ones are, cut by --shard-size, or all to one file."""
+    from protrans_cli import console
+
+    sep = _Shuffle.SEPARATOR
+    kind = writers.train_kind  # (None with --shard-size: its writer compresses each piece itself)
+
+    def text(docs: list) -> bytes:
+        # a compressed output gets a gzip member (zstd frame, ...) per piece, as the workers
+        # write one per block: train --resume decompresses from its position's member on
+        joined = sep.join(docs) + sep
+        return compress_bytes(joined, kind, FAST_LEVELS.get(kind)) if kind else joined
+
+    bar = console.progress(total=shuffle.proteins, desc="prep: shuffle", unit="protein") if options.progress else None
+    written = 0
+
+    def write(docs: list) -> None:
+        nonlocal written
+        if options.num_shards > 1:
+            # writers.write puts destination j in shard (j + written) mod N: docs[j::N] are the
+            # proteins numbered written + j, written + j + N, ... of the whole run
+            for j in range(min(options.num_shards, len(docs))):
+                writers.write({j: text(docs[j::options.num_shards])}, written)
+        else:
+            writers.write({0: text(docs)}, 0)
+        written += len(docs)
+        if bar is not None:
+            bar.update(len(docs))
+
+    try:
+        shuffle.emit(write)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _bar(options: CorpusOptions, paths: Sequence[str], desc: str):
     """A progress bar in bytes of FASTA, with a total when every input is an uncompressed file."""
     if not options.progress:
@@ -1427,15 +1597,20 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     stats = CorpusStats(inputs=[display_name(p) for p in inputs])
     cfg = _BlockConfig(
         rare=options.rare, min_length=options.min_length, max_length=options.max_length,
-        long=options.long, valid_fraction=options.valid_fraction, num_shards=options.num_shards,
+        long=options.long, valid_fraction=options.valid_fraction,
+        # (--shuffle deals the shuffled proteins to the shards itself)
+        num_shards=1 if options.shuffle else options.num_shards,
         want_rejects=bool(options.rejects), digests=False,
-        train_compression=worker_compression(options)[0], valid_compression=worker_compression(options)[1],
+        # (--shuffle cuts the text into proteins after the workers, and compresses it then)
+        train_compression=None if options.shuffle else worker_compression(options)[0],
+        valid_compression=worker_compression(options)[1],
     )
     t0 = time.perf_counter()
     writers = rejects = summary = None
     tmp = None
     spill_dir = None
     dedup = None
+    shuffle = shuffle_dir = None
     threads = options.threads
     if "-" not in inputs and sum(os.path.getsize(p) for p in inputs) < 2 * options.block_bytes:
         threads = 1  # starting workers would take longer than the whole job
@@ -1452,8 +1627,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         paths = inputs
         names = [display_name(p) for p in inputs]  # (--dedup reads copies of stdin and pipes)
         if options.dedup:
-            base = options.tmp_dir or (str(Path(options.output).parent) if options.output and str(options.output) != "-" else None)
-            tmp = make_temporary(base or tempfile.gettempdir(), ".protrans-dedup.", "", folder=True)
+            tmp = make_temporary(_scratch_base(options), ".protrans-dedup.", "", folder=True)
             # Read twice: stdin, pipes and process substitutions (<(zcat ...)) are copied first.
             paths = [p if p != "-" and os.path.isfile(p) else str(_spool(tmp, p, k)) for k, p in enumerate(inputs)]
             size = sum(os.path.getsize(p) for p in paths)
@@ -1490,6 +1664,9 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
                     ordinal += count
                 yield block, drops
 
+        if options.shuffle:
+            shuffle_dir = make_temporary(_scratch_base(options), ".protrans-shuffle.", "", folder=True)
+            shuffle = _Shuffle(shuffle_dir, options.seed, options.shuffle_bytes, _expected_text_bytes(paths))
         bar = _bar(options, paths, "prep")
         line0 = 1
         for block, res in _run_blocks(jobs(), _process_block, (cfg,), threads, spill_dir):
@@ -1498,6 +1675,9 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             if res.fatal is not None or (options.strict and res.first_invalid is not None):
                 rid, detail, line = res.fatal or res.first_invalid
                 raise InputError(detail, path=block.name, record=rid, line=line0 + line - 1)
+            if shuffle is not None and 0 in res.outputs:
+                train = res.outputs.pop(0)
+                shuffle.add(train.read() if isinstance(train, _Spill) else train)
             writers.write(res.outputs, stats.proteins_out - stats.valid_proteins)
             if rejects:
                 shown_name = printable(block.name)  # a tab or newline in a file name split its row
@@ -1522,6 +1702,9 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
                 bar.update(block.size)
         if bar is not None:
             bar.close()
+        if shuffle is not None:
+            _write_shuffled(shuffle, writers, options)
+            stats.shuffle_seed = options.seed
         # Two phases: every output written out (a full disk shows here, before any old file is
         # replaced), then the renames, which a signal cannot split.
         stats.outputs = writers.prepare()
@@ -1556,6 +1739,10 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             dedup.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if shuffle is not None:
+            shuffle.close()
+        if shuffle_dir is not None:
+            shutil.rmtree(shuffle_dir, ignore_errors=True)
         if spill_dir is not None:
             shutil.rmtree(spill_dir, ignore_errors=True)
     return stats  # stats.seconds was set with the outputs, so --stats and the summary agree

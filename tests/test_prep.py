@@ -1205,3 +1205,104 @@ def test_read_fasta_and_build_corpus_refuse_inputs_that_are_not_paths(tmp_path):
     assert not out.exists()
     # a generator of paths still works
     assert build_corpus((p for p in [DATA / "lengths.fa"]), CorpusOptions(output=str(out))).records_in > 0
+
+
+# --- --shuffle ---------------------------------------------------------------------------------
+
+def _proteins(text: bytes) -> list[bytes]:
+    assert text.endswith(b"\n\n") or not text
+    return text.split(b"\n\n")[:-1]
+
+
+@pytest.mark.parametrize("shuffle_bytes", [512 << 20, 4096], ids=["one-bucket", "scattered-again"])
+def test_shuffle_is_a_seeded_permutation_of_the_training_proteins_whatever_the_threads(tmp_path, shuffle_bytes):
+    """The same proteins as without --shuffle (each once, windows of a cropped protein kept
+    together), in another order; byte-identical for -j 1 and -j 2 and for a small memory budget
+    that makes buckets be scattered again; another seed, another order."""
+    fasta = tmp_path / "in.fa"
+    _random_fasta(fasta, 600, seed=11, dirty=False)
+    common = dict(block_bytes=2048, max_length=300, long="crop", shuffle_bytes=shuffle_bytes)
+    plain = tmp_path / "plain.txt"
+    build_corpus([fasta], CorpusOptions(output=str(plain), **common))
+    outputs = {}
+    for threads, seed in [(1, 0), (2, 0), (1, 1)]:
+        out = tmp_path / f"s{threads}_{seed}.txt"
+        stats = build_corpus([fasta], CorpusOptions(output=str(out), threads=threads, shuffle=True, seed=seed,
+                                                    tmp_dir=str(tmp_path), **common))
+        assert stats.shuffle_seed == seed
+        outputs[threads, seed] = out.read_bytes()
+    expected = _proteins(plain.read_bytes())
+    assert any(b"\n" in p for p in expected)  # (a cropped protein's windows: lines of one protein)
+    assert outputs[1, 0] == outputs[2, 0]
+    for text in outputs.values():
+        got = _proteins(text)
+        assert sorted(got) == sorted(expected) and got != expected
+    assert outputs[1, 1] != outputs[1, 0]
+    assert not list(tmp_path.glob(".protrans-shuffle.*"))  # the buckets are gone
+
+
+def test_shuffle_places_every_protein_uniformly(tmp_path):
+    """Where the first protein of the input lands, over many seeds, with buckets scattered again:
+    every quarter of the corpus about as often (a shuffle within blocks or buckets only would keep
+    it near the start)."""
+    fasta = tmp_path / "in.fa"
+    rng = random.Random(3)
+    fasta.write_text("".join(f">p{i}\n{''.join(rng.choice('ACDEFGHIKLMNPQRSTVWY') for _ in range(12))}\n"
+                             for i in range(400)))
+    build_corpus([fasta], CorpusOptions(output=str(tmp_path / "p.txt")))
+    first = _proteins((tmp_path / "p.txt").read_bytes())[0]
+    quarters = [0, 0, 0, 0]
+    for seed in range(80):
+        out = tmp_path / "s.txt"
+        build_corpus([fasta], CorpusOptions(output=str(out), shuffle=True, seed=seed, shuffle_bytes=1024,
+                                            block_bytes=1024, tmp_dir=str(tmp_path)))
+        quarters[_proteins(out.read_bytes()).index(first) * 4 // 400] += 1
+    assert min(quarters) >= 8, quarters  # (20 expected in each; 8 or fewer: p < 0.001 for a quarter)
+
+
+def test_shuffle_deals_shards_round_robin_and_compresses(tmp_path):
+    """--shards N: the shuffled order dealt round-robin (shard sizes differ by at most one
+    protein); .gz outputs are whole gzip files; validation proteins stay out of the training ones."""
+    fasta = tmp_path / "in.fa"
+    _random_fasta(fasta, 300, seed=5, dirty=False)
+    out, valid = tmp_path / "c.txt.gz", tmp_path / "v.txt.gz"
+    stats = build_corpus([fasta], CorpusOptions(output=str(out), num_shards=3, shuffle=True, seed=7, block_bytes=2048,
+                                                valid_fraction=0.1, valid_output=str(valid), tmp_dir=str(tmp_path)))
+    shards = [_proteins(gzip.decompress(shard_path(out, k).read_bytes())) for k in range(3)]
+    counts = sorted(len(s) for s in shards)
+    assert counts[-1] - counts[0] <= 1 and sum(counts) == stats.proteins_out - stats.valid_proteins
+    plain = tmp_path / "plain.txt"
+    build_corpus([fasta], CorpusOptions(output=str(plain), valid_fraction=0.1, valid_output=str(tmp_path / "pv.txt")))
+    assert sorted(p for s in shards for p in s) == sorted(_proteins(plain.read_bytes()))
+    assert gzip.decompress(valid.read_bytes()) == (tmp_path / "pv.txt").read_bytes()  # (validation: input order)
+
+
+def test_shuffle_cli_seed_needs_shuffle_and_summary_says_so(tmp_path, run_cli):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKT\n>b\nACDE\n>c\nWW\n")
+    result = run_cli("prep", fasta, "--seed", "3")
+    assert result.exit_code == 2 and "--seed is the seed of --shuffle" in result.output
+    result = run_cli("prep", fasta, "--shuffle", "--seed", "3", "-o", tmp_path / "c.txt", "--stats", tmp_path / "s.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "s.json").read_text())["shuffle_seed"] == 3
+    assert sorted(_proteins((tmp_path / "c.txt").read_bytes())) == [b"A C D E", b"M K T", b"W W"]
+
+
+def test_shuffle_from_stdin_with_shard_size(tmp_path):
+    """stdin (no size to plan buckets by) and --shard-size: every protein once, shards cut at
+    protein boundaries."""
+    fasta = tmp_path / "in.fa"
+    _random_fasta(fasta, 200, seed=9, dirty=False)
+    out = tmp_path / "c.txt"
+    done = subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", "-", "--shuffle", "--shard-size", "20K",
+                           "-o", str(out), "--tmp-dir", str(tmp_path)], stdin=open(fasta, "rb"),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    shards = sorted(tmp_path.glob("c.*.txt"))
+    assert len(shards) > 2
+    got = [p for shard in shards for p in _proteins(shard.read_bytes())]
+    plain = tmp_path / "plain.txt"
+    build_corpus([fasta], CorpusOptions(output=str(plain)))
+    expected = _proteins(plain.read_bytes())
+    assert sorted(got) == sorted(expected) and got != expected
+    assert not list(tmp_path.glob(".protrans-shuffle.*"))

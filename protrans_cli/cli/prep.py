@@ -52,12 +52,18 @@ def parse_size(text: str) -> int:
               help="Deal proteins round-robin into N files (corpus.00000.txt ...).")
 @click.option("--shard-size", metavar="SIZE", help="Or start a new file every SIZE bytes of text, before compression (500M, 2G, "
                    "1.5GiB: K/M/G/T are powers of 1024).")
+@click.option("--shuffle", is_flag=True,
+              help="Write the training proteins in a random order, not the input's (a uniform shuffle in bounded "
+                   "memory: scratch files of about the corpus's uncompressed size in --tmp-dir). train reads a "
+                   "corpus in its order, so a sorted input (UniRef's, by cluster size) trains in that order.")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed of --shuffle: the same input and seed give the same corpus.  [default: 0]")
 @click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-' = stdout).")
 @click.option("-j", "--threads", type=int, default=None,
               help="Worker processes.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 @click.option("--tmp-dir", metavar="DIR", help="Scratch space for --dedup and for the -j workers' hand-over files [default: dedup beside the output, workers /dev/shm when it has room, else $TMPDIR].")
 def command(inputs, output, rare, strict, rejects, min_length, max_length, long_policy, dedup,
-            valid_fraction, valid_output, num_shards, shard_size, stats_path, threads, tmp_dir):
+            valid_fraction, valid_output, num_shards, shard_size, shuffle, seed, stats_path, threads, tmp_dir):
     """FASTA to the ProtTrans pretraining corpus: one protein per line, residues separated by
     spaces, an empty line after each protein.
 
@@ -66,6 +72,7 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
     \b
     protrans prep uniref50.fasta.gz -o corpus.txt.gz
     protrans prep a.fa b.fa.gz --dedup --max-length 1024 --long crop -o corpus.txt
+    protrans prep uniref50.fasta.gz --shuffle --shard-size 2G -o corpus.txt.gz
     zcat x.fa.gz | protrans prep - --valid-fraction 0.05 \\
         --valid-output valid.txt -o train.txt
     """
@@ -73,12 +80,15 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
     from protrans_cli.corpus import CorpusOptions, build_corpus
     from protrans_cli.threads import resolve_threads
 
+    if seed is not None and not shuffle:
+        raise click.UsageError("--seed is the seed of --shuffle: give --shuffle too")
     options = CorpusOptions(
         output=output, rare=rare, strict=strict, rejects=rejects, min_length=min_length,
         max_length=max_length, long=long_policy, dedup=dedup, valid_fraction=valid_fraction,
         valid_output=valid_output, num_shards=num_shards,
         shard_size=parse_size(shard_size) if shard_size is not None else None,  # ('' is refused, not ignored)
         threads=resolve_threads(threads), tmp_dir=tmp_dir, progress=console.show_progress(), stats=stats_path,
+        shuffle=shuffle, seed=seed or 0,
     )
     stats = build_corpus(inputs, options)
     _print_summary(stats)
@@ -102,6 +112,8 @@ def _print_summary(stats) -> None:
         rows.append(["  of which validation", f"{stats.valid_proteins:,} proteins, {stats.valid_residues:,} residues"])
     if stats.rare_to_x:
         rows.append(["U/Z/O/B written as X", f"{stats.rare_to_x:,}"])
+    if stats.shuffle_seed is not None:
+        rows.append(["training proteins shuffled", f"seed {stats.shuffle_seed}"])
     if stats.crop_dropped:
         rows.append(["residues dropped (crop windows < --min-length)", f"{stats.crop_dropped:,}"])
     for reason, count in stats.rejected.items():
