@@ -1497,7 +1497,10 @@ def _expected_text_bytes(paths: Sequence[str]) -> int | None:
 
 def _write_shuffled(shuffle: "_Shuffle", writers: "_Writers", options: CorpusOptions) -> None:
     """The shuffled proteins to the training outputs: dealt round-robin to --shards N as the
-    unshuffled ones are, cut by --shard-size, or all to one file."""
+    unshuffled ones are, cut by --shard-size, or all to one file. A compressed output's pieces
+    are compressed by -j threads (zlib, zstd, bz2 and lzma let go of the GIL), written in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from protrans_cli import console
 
     sep = _Shuffle.SEPARATOR
@@ -1510,24 +1513,34 @@ def _write_shuffled(shuffle: "_Shuffle", writers: "_Writers", options: CorpusOpt
         return compress_bytes(joined, kind, FAST_LEVELS.get(kind)) if kind else joined
 
     bar = console.progress(total=shuffle.proteins, desc="prep: shuffle", unit="protein") if options.progress else None
+    pool = ThreadPoolExecutor(options.threads) if kind and options.threads > 1 else None
+    pending: collections.deque = collections.deque()  # (destination, proteins before it, text or future)
     written = 0
+
+    def drain(keep: int) -> None:
+        while len(pending) > keep:
+            dest, before, piece = pending.popleft()
+            writers.write({dest: piece.result() if pool is not None else piece}, before)
 
     def write(docs: list) -> None:
         nonlocal written
-        if options.num_shards > 1:
-            # writers.write puts destination j in shard (j + written) mod N: docs[j::N] are the
-            # proteins numbered written + j, written + j + N, ... of the whole run
-            for j in range(min(options.num_shards, len(docs))):
-                writers.write({j: text(docs[j::options.num_shards])}, written)
-        else:
-            writers.write({0: text(docs)}, 0)
+        # writers.write puts destination j in shard (j + written) mod N: docs[j::N] are the
+        # proteins numbered written + j, written + j + N, ... of the whole run
+        n = options.num_shards
+        for j in range(min(n, len(docs))):
+            part = docs[j::n] if n > 1 else docs
+            pending.append((j, written, pool.submit(text, part) if pool is not None else text(part)))
+        drain(2 * options.threads if pool is not None else 0)
         written += len(docs)
         if bar is not None:
             bar.update(len(docs))
 
     try:
         shuffle.emit(write)
+        drain(0)
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
 
