@@ -1,4 +1,5 @@
-"""`-j/--threads`: default min(cores, 4), overridden by PROTRANS_THREADS."""
+"""`-j/--threads`: default min(cores, 4) (the cores shared among torchrun's local processes),
+overridden by PROTRANS_THREADS."""
 
 from __future__ import annotations
 
@@ -53,7 +54,23 @@ def resolve_threads(requested: int | None, *, small_work: bool = False) -> int:
         return check_threads(value, "PROTRANS_THREADS")
     # (fit loc on DeepLoc's 1,678 one-hot proteins: 0.04 s an epoch on one thread, 1.9-2.2 s on
     # two with the machine's other core busy, torch's threads spinning at every small operation)
-    return 1 if small_work else min(available_cores(), 4)
+    return 1 if small_work else default_threads()
+
+
+def local_processes() -> int:
+    """How many processes of one job share this machine's cores: torchrun's LOCAL_WORLD_SIZE
+    (the ranks of this node), else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "") or 1))
+    except ValueError:
+        return 1
+
+
+def default_threads() -> int:
+    """min(cores, 4), the cores divided among torchrun's local ranks first: each rank taking
+    min(cores, 4) oversubscribed the CPU (`torchrun --nproc-per-node 2 -m protrans_cli embed` on
+    2 cores: 4 threads, 37-49 s where one thread a rank took 10.5-11 s)."""
+    return max(1, min(available_cores() // local_processes(), 4))
 
 
 class SharedSetting:

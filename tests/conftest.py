@@ -77,7 +77,7 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PROTRANS_NO_PROGRESS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("PROTRANS_THREADS", raising=False)
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
     from protrans_cli import console
 

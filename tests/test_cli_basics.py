@@ -606,3 +606,21 @@ def test_a_ctrl_c_while_torch_is_being_imported_is_delivered_once_it_is(monkeypa
         assert cli._INTERRUPTED == [signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_torchruns_local_ranks_share_the_cores_by_default(monkeypatch, tmp_path):
+    """Each torchrun rank took min(cores, 4) threads: `torchrun --nproc-per-node 2 -m protrans_cli
+    embed` on 2 cores ran 4 threads and took 37-49 s where one thread a rank took 10.5-11 s. The
+    default now divides the cores among the node's ranks (LOCAL_WORLD_SIZE); -j and
+    PROTRANS_THREADS still decide when given."""
+    from protrans_cli import threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    assert threads.resolve_threads(None) == 4
+    for local, expected in (("1", 4), ("2", 4), ("4", 2), ("3", 2), ("8", 1), ("16", 1), ("", 4), ("x", 4)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert threads.resolve_threads(None) == expected, local
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert threads.resolve_threads(3) == 3 and threads.resolve_threads(None, small_work=True) == 1
+    monkeypatch.setenv("PROTRANS_THREADS", "2")
+    assert threads.resolve_threads(None) == 2
