@@ -1254,6 +1254,21 @@ def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
 
     with h5py.File(out) as f:
         assert len(json.loads(f.attrs["runs"])) == 1  # one run, whatever the ranks
+        # the command that ran, not `protrans embed ...` as if one process had
+        assert f.attrs["command_line"] == f"torchrun --nproc-per-node 2 -m protrans_cli embed {SMALL} -m onehot -o {out} --packing"
+
+
+def test_the_command_line_under_torchrun_names_its_ranks(monkeypatch):
+    from protrans_cli.cli.embed import command_line
+
+    argv = ["embed", "a b.fa", "-o", "x.h5"]
+    assert command_line(argv) == "protrans embed 'a b.fa' -o x.h5"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert command_line(argv) == "torchrun --nproc-per-node 2 -m protrans_cli embed 'a b.fa' -o x.h5"
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert command_line(argv) == "torchrun --nnodes 4 --nproc-per-node 2 -m protrans_cli embed 'a b.fa' -o x.h5"
 
 
 @pytest.mark.parametrize("rank", [0, 1])

@@ -17,6 +17,26 @@ from protrans_cli.cli import INPUT_FILE, completion
 from protrans_cli.embed import DEFAULT_WINDOW, DTYPES, INVALID_POLICIES, LONG_POLICIES
 
 
+def command_line(argv: list[str]) -> str:
+    """The command that ran, for the file's `command_line`: `protrans ARGS`, or under torchrun
+    the launcher's shape of it (`torchrun [--nnodes N] --nproc-per-node L -m protrans_cli ARGS`,
+    from the ranks' environment; torchrun's other options are not known here). A file that 4
+    GPUs wrote said `protrans embed ...`, as if one process had."""
+    import os
+
+    words = ["protrans", *argv]
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        try:
+            world = int(os.environ.get("WORLD_SIZE") or 1)
+            local = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
+        except ValueError:
+            return shlex.join(words)
+        nodes = world // local if local > 0 and world % local == 0 else 0
+        words = ["torchrun", *(["--nnodes", str(nodes)] if nodes > 1 else []), "--nproc-per-node", str(local),
+                 "-m", "protrans_cli", *argv]
+    return shlex.join(words)
+
+
 @click.command("embed", context_settings={"show_default": True})
 @click.argument("fasta", type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -121,7 +141,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         long_policy=long_policy, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
         three_di=three_di, cpu_fallback=cpu_fallback, packing=packing,
         sdpa_kernels=sdpa_kernels, compile=compile_model, attention=attention, resume=resume, force=force,
-        window=window, threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]),
+        window=window, threads=resolve_threads(threads), command_line=command_line(sys.argv[1:]),
         part=part,
     )
     try:
