@@ -707,6 +707,36 @@ def test_cli_errors(tmp_path, run_cli):
     assert res.exit_code == 2 and "unknown model family 'nope'" in res.stderr
 
 
+def test_a_directory_holding_a_model_but_no_checkpoint_is_not_trained_over(tmp_path, run_cli):
+    """A finished run whose checkpoints/ was deleted to save space (or any HF model directory) as
+    -o: a new run, or --resume (no checkpoint: "starts the run from step 0"), replaced its final
+    model with a new one without a word, and left the other model's files beside it."""
+    import shutil
+
+    args = ["--corpus", LEARNABLE, "--num-steps", 2, "--max-length", 64, "--global-batch-size", 8,
+            "--micro-batch-size", 8, "-j", 1]
+    run = tmp_path / "done"
+    assert run_cli("train", "--family", "esm", *args, "-o", run).exit_code == 0
+    shutil.rmtree(run / "checkpoints")
+    weights = (run / "model.safetensors").read_bytes()
+    metrics = (run / "metrics.jsonl").read_text()
+    for extra in ([], ["--resume"]):
+        res = run_cli("train", "--family", "bert", *args, "-o", run, *extra)
+        assert res.exit_code == 2, res.stderr
+        assert res.stderr.strip().splitlines()[-1] == (
+            f"protrans: error: {run} already holds a model (config.json) and no checkpoint"
+            + (" to resume from" if extra else "") + ": a new run would overwrite it; choose another -o "
+            "(or move the model away)")
+        assert "train: bert/" not in res.stderr  # refused before a model was built
+    assert (run / "model.safetensors").read_bytes() == weights and (run / "vocab.txt").exists()
+    assert (run / "metrics.jsonl").read_text() == metrics and not (run / "checkpoints").exists()
+    # a run killed before its first checkpoint left no model: --resume still starts it
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / "metrics.jsonl").write_text('{"step": 1}\n')
+    res = run_cli("train", *args, "-o", tmp_path / "killed", "--resume")
+    assert res.exit_code == 0 and "no checkpoint yet, so --resume starts the run from step 0" in res.stderr
+
+
 def test_cli_usage_errors_come_before_any_training(tmp_path, run_cli):
     small = ["--corpus", LEARNABLE, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1]
     cases = [

@@ -220,6 +220,16 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     latest = ckpt.list_checkpoints(config.output_dir)[-1].name
                     raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to "
                                      "continue it, or choose another -o")
+                if (not resume or resume is True) and not ckpt.list_checkpoints(config.output_dir) \
+                        and (model := _held_model(config.output_dir)):
+                    # A finished run whose checkpoints were deleted to save space, or a model
+                    # downloaded there: a new run (or --resume, which found no checkpoint and
+                    # started from step 0) wrote its own weights over it without a word, and left
+                    # another family's files (vocab.txt, generator/) beside its own.
+                    raise UsageError(
+                        f"{config.output_dir} already holds a model ({model}) and no checkpoint"
+                        + (" to resume from" if resume else "")
+                        + ": a new run would overwrite it; choose another -o (or move the model away)")
                 if resume:
                     _check_resume_settings(config, resume, family, info)
             except (ProtransError, OSError) as exc:  # (rank 0's lock too: another run holds the directory)
@@ -320,6 +330,14 @@ def _rank_settings(config: TrainConfig, resume) -> dict:
 
 # What a run writes at the root of its directory besides checkpoints and the final model.
 _RUN_FILES = (ckpt.CONFIG_FILE, "metrics.jsonl", "loss_curve.png", ckpt.BEST_FILE)
+_MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _held_model(run_dir) -> str | None:
+    """The name of a model file at the root of `run_dir` (a run's final model, or any HF model
+    directory), else None. Only a run's last step writes them there, so a run killed before its
+    first checkpoint leaves none."""
+    return next((name for name in _MODEL_FILES if (Path(run_dir) / name).exists()), None)
 
 
 @contextlib.contextmanager
