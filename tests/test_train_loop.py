@@ -760,6 +760,23 @@ def test_cli_usage_errors_come_before_any_training(tmp_path, run_cli):
     assert res.exit_code == 2 and f"--num-steps cannot go with the phases of {cfg}" in res.stderr
 
 
+def test_cli_config_from_stdin_and_its_refusal_under_torchrun(tmp_path, run_cli, monkeypatch):
+    """`--config -` under torchrun: every rank shares stdin, the first to read it took the
+    settings and another stopped with "no training corpus", a rank at random."""
+    settings = (f'corpus = ["{LEARNABLE}"]\nnum_steps = 2\nmax_length = 64\nglobal_batch_size = 8\n'
+                'micro_batch_size = 8\nthreads = 1\n').encode()
+    res = run_cli("train", "--config", "-", "-o", tmp_path / "one", input=settings)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((tmp_path / "one" / "train_config.json").read_text())["num_steps"] == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = run_cli("train", "--config", "-", "-o", tmp_path / "two", input=settings)
+    assert res.exit_code == 2
+    assert res.stderr.strip() == ("protrans: error: <stdin>: --config - under torchrun: stdin goes to one of the 2 "
+                                  "processes, the others read nothing; give the config file's path (every process "
+                                  "reads it)")
+    assert not (tmp_path / "two").exists()
+
+
 def test_cli_threads_from_the_config_file_unless_given(tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("PROTRANS_THREADS", "3")
     cfg = tmp_path / "c.toml"

@@ -422,6 +422,14 @@ class TrainConfig:
         if name != "<stdin>" and suffix not in (".json", ".toml"):
             raise UsageError(f"a config file is JSON (.json) or TOML (.toml), not {suffix or 'a file without a suffix'}",
                              path=name)
+        processes = os.environ.get("WORLD_SIZE", "1")
+        if name == "<stdin>" and processes.isdigit() and int(processes) > 1:
+            # Under torchrun every process shares the launcher's stdin: the first to read it took
+            # the settings, the others read nothing and stopped on a setting left out ("no
+            # training corpus"), a rank at random.
+            raise UsageError(f"--config - under torchrun: stdin goes to one of the {processes} processes, the "
+                             "others read nothing; give the config file's path (every process reads it)",
+                             path=name)
         try:
             raw = stdin_binary().read() if name == "<stdin>" else path.read_bytes()
         except FileNotFoundError:
