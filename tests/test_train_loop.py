@@ -737,6 +737,26 @@ def test_a_directory_holding_a_model_but_no_checkpoint_is_not_trained_over(tmp_p
     assert res.exit_code == 0 and "no checkpoint yet, so --resume starts the run from step 0" in res.stderr
 
 
+def test_an_unquoted_corpus_pattern_the_shell_expanded_is_named_with_the_remedy(tmp_path, run_cli):
+    """`--corpus shards.*.txt` unquoted: the shell gives --corpus the first shard and leaves the
+    others as extra arguments, which were "Got unexpected extra arguments (...)" and no more."""
+    for i in range(3):
+        (tmp_path / f"shards.{i:05d}.txt").write_text("M K T\n\n")
+    rest = [tmp_path / "shards.00001.txt", tmp_path / "shards.00002.txt"]
+    for flag, before in (("--corpus", []), ("--val-corpus", ["--corpus", LEARNABLE])):
+        res = run_cli("train", *before, flag, tmp_path / "shards.00000.txt", *rest, "-o", tmp_path / "r")
+        assert res.exit_code == 2 and not (tmp_path / "r").exists()
+        assert res.stderr.strip() == (
+            f"protrans: error: Got unexpected extra arguments ({rest[0]} {rest[1]}): files after {flag} "
+            f"{tmp_path / 'shards.00000.txt'}, as when the shell expands an unquoted pattern; {flag} takes one "
+            f"file: quote the pattern ({flag} 'corpus.*.txt.gz') or repeat {flag} before each file "
+            "(see 'protrans train --help')")
+    # other extra arguments are refused as before
+    res = run_cli("train", "--corpus", LEARNABLE, "typo", "-o", tmp_path / "r")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "protrans: error: Got unexpected extra argument (typo) (see 'protrans train --help')"
+
+
 def test_cli_usage_errors_come_before_any_training(tmp_path, run_cli):
     small = ["--corpus", LEARNABLE, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1]
     cases = [

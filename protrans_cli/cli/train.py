@@ -10,6 +10,7 @@ the automatic ones meant (TrainConfig.save).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -19,7 +20,44 @@ from protrans_cli.cli import INPUT_FILE, completion
 from protrans_cli.training.config import OBJECTIVES, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
 
 
-@click.command("train")
+class _TrainCommand(click.Command):
+    """`--corpus shards.*.txt.gz` unquoted: the shell expands the pattern, --corpus takes the first
+    file and the rest are extra arguments, which click reported as "Got unexpected extra arguments
+    (shards.00001.txt.gz ...)" without a word of why. Extra arguments stay an error (make_context
+    refuses them, as before), now naming the option that took the first file and the remedy."""
+
+    def parse_args(self, ctx, args):
+        allowed = ctx.allow_extra_args
+        ctx.allow_extra_args = True
+        try:
+            rest = super().parse_args(ctx, args)
+        finally:
+            ctx.allow_extra_args = allowed
+        if ctx.args and not allowed and not ctx.resilient_parsing:
+            ctx.fail(_extra_arguments(ctx))
+        return rest
+
+
+def _extra_arguments(ctx) -> str:
+    extra = list(ctx.args)
+    said = f"Got unexpected extra argument{'s' if len(extra) > 1 else ''} ({' '.join(extra)})"
+    if not all(Path(name).is_file() for name in extra):
+        return said
+    # a shell's expansion: the option's last file, then the extra files, in sorted order (of
+    # --corpus and --val-corpus, the one whose file shares the longer prefix with them)
+    candidates = [(len(os.path.commonprefix([given[-1], extra[0]])), flag, given[-1])
+                  for key, flag in (("corpus", "--corpus"), ("val_corpus", "--val-corpus"))
+                  for given in [ctx.params.get(key) or ()]
+                  if given and sorted([given[-1], *extra]) == [given[-1], *extra]]
+    if not candidates:
+        return said
+    _, flag, first = max(candidates)
+    return (f"{said}: files after {flag} {first}, as when the shell expands an unquoted pattern; "
+            f"{flag} takes one file: quote the pattern ({flag} 'corpus.*.txt.gz') or repeat {flag} "
+            "before each file")
+
+
+@click.command("train", cls=_TrainCommand)
 @click.option("--config", "config_file", type=INPUT_FILE, metavar="FILE",
               help="JSON or TOML file with any settings below (flag names with _ for -).")
 @click.option("--family", default=None, shell_complete=completion.families, help="Model family (see --list-presets).  [default: bert; with --init-from: the model's]")
