@@ -2398,6 +2398,37 @@ def test_resume_without_config_reads_the_runs_own_settings(tmp_path, run_cli):
     assert res.exit_code == 2 and "max_length: 64 there, 32 here" in res.stderr, res.stderr
 
 
+def test_resume_reads_a_checkpoints_settings_and_stays_in_the_directory_it_read(tmp_path, run_cli, monkeypatch):
+    """A run directory holding only checkpoints/ (synced to another machine without the files
+    beside it) was refused: "holds no run to resume (no train_config.json) ... give its settings
+    without --resume", which refused a directory holding checkpoints. And `train --resume`
+    without -o read runs/protrans's settings, then trained a new run from step 0 in the
+    output_dir they record (the run's first place, before it was moved there)."""
+    import shutil
+
+    first = tmp_path / "first"
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", first, "--num-steps", 4, "--stop-after", 2, "--max-length", 64,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "--save-every", 2, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    synced = tmp_path / "synced"
+    shutil.copytree(first / "checkpoints", synced / "checkpoints")
+    res = run_cli("train", "--resume", "-o", synced)
+    assert res.exit_code == 0, res.stderr
+    assert f"the run's settings from {synced / 'checkpoints' / 'step_00000002' / 'train_config.json'}" in res.stderr
+    assert "resuming from" in res.stderr and "done, 4 steps" in res.stderr
+    assert [m["step"] for m in read_metrics(synced / "metrics.jsonl")] == [4]
+    # the default run directory, a run moved there: --resume without -o continues it there
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(first, tmp_path / "runs" / "protrans")
+    shutil.rmtree(first)
+    res = run_cli("train", "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert "resuming from runs/protrans/checkpoints/step_00000002" in res.stderr, res.stderr
+    assert not first.exists() and (tmp_path / "runs" / "protrans" / "checkpoints" / "step_00000004").is_dir()
+    saved = json.loads((tmp_path / "runs" / "protrans" / "train_config.json").read_text())
+    assert saved["output_dir"] == "runs/protrans"
+
+
 def test_resume_without_config_of_a_run_whose_config_an_earlier_version_saved_stop_after_in(tmp_path, run_cli):
     """Versions before 2026-11-30 saved the first invocation's --stop-after in train_config.json:
     `train --resume -o RUN` of such a run read it back and was refused ("--stop-after 2 ... is not

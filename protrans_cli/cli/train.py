@@ -193,10 +193,25 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         # The run's own settings (flags still override): `train --resume -o RUN` refused "no
         # training corpus", and with --corpus alone, every other setting the run had changed
         # ("max_length: 128 there, 512 here") until all of its flags were given again.
-        own = (Path(resume_from) if resume_from else Path(flags.get("output_dir") or TrainConfig.output_dir)) \
-            / "train_config.json"
+        run_dir = Path(flags.get("output_dir") or TrainConfig.output_dir)
+        own = (Path(resume_from) if resume_from else run_dir) / "train_config.json"
+        if resume and not resume_from and not own.is_file():
+            # A run directory holding only checkpoints/ (copied or synced to another machine
+            # without the files beside it): its latest checkpoint, the one --resume continues,
+            # holds the same settings. It was refused with "give its settings without --resume",
+            # which then refused a directory that holds checkpoints.
+            from protrans_cli.training.checkpoint import list_checkpoints
+
+            kept = list_checkpoints(own.parent)
+            if kept and (kept[-1] / "train_config.json").is_file():
+                own = kept[-1] / "train_config.json"
         if own.is_file():
             config_file = str(own)
+            if not flags.get("output_dir"):
+                # `train --resume` without -o resumes the default run directory it read, not
+                # the output_dir its config records (another path once the run was moved or
+                # copied there): that one, holding no checkpoint, started a new run from step 0.
+                flags["output_dir"] = str(run_dir)
             if _rank_zero():
                 console.info(f"train: the run's settings from {own} (flags given override them)")
         elif resume and not flags.get("corpus"):
