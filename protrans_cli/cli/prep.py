@@ -55,7 +55,7 @@ def parse_size(text: str) -> int:
 @click.option("--shuffle", is_flag=True,
               help="Write the training proteins in a random order, not the input's (a uniform shuffle in bounded "
                    "memory: scratch files of about the corpus's uncompressed size in --tmp-dir). train reads a "
-                   "corpus in its order, so a sorted input (UniRef's, by cluster size) trains in that order.")
+                   "corpus in its order, so an input in a systematic order (by accession, cluster, organism) trains in that order.")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of --shuffle: the same input and seed give the same corpus.  [default: 0]")
 @click.option("--stats", "stats_path", metavar="FILE", help="Write the summary as JSON ('-' = stdout).")
