@@ -1211,6 +1211,7 @@ class _Shuffle:
         self.paths = [directory / f"bucket{k}" for k in range(self.count)]
         self.files = []
         self.proteins = 0
+        self.counts = np.zeros(self.count, dtype=np.int64)  # proteins in each bucket
         try:
             for path in self.paths:
                 self.files.append(open(path, "wb", buffering=1 << 16))
@@ -1228,24 +1229,28 @@ class _Shuffle:
         docs = text.split(self.SEPARATOR)[:-1]
         self.proteins += len(docs)
         try:
-            self._scatter(docs, self.rng, self.files)
+            self.counts += self._scatter(docs, self.rng, self.files)
         except OSError as exc:
             raise self._failure(exc) from None
 
-    def _scatter(self, docs: list, rng, files) -> None:
-        if not docs:
-            return
+    def _scatter(self, docs: list, rng, files) -> np.ndarray:
+        """The proteins written to the files at random; how many went to each."""
         if len(files) == 1:
-            files[0].write(self.SEPARATOR.join(docs) + self.SEPARATOR)
-            return
+            if docs:
+                files[0].write(self.SEPARATOR.join(docs) + self.SEPARATOR)
+            return np.array([len(docs)], dtype=np.int64)
+        if not docs:
+            return np.zeros(len(files), dtype=np.int64)
         buckets = rng.integers(len(files), size=len(docs))
         order = np.argsort(buckets, kind="stable")
-        ends = np.cumsum(np.bincount(buckets, minlength=len(files)))
+        counts = np.bincount(buckets, minlength=len(files))
+        ends = np.cumsum(counts)
         start = 0
         for k, end in enumerate(ends.tolist()):
             if end > start:
                 files[k].write(self.SEPARATOR.join([docs[i] for i in order[start:end].tolist()]) + self.SEPARATOR)
             start = end
+        return counts
 
     def close(self) -> None:
         for f in self.files:
@@ -1256,26 +1261,29 @@ class _Shuffle:
         """Calls write(list of proteins' texts) with every protein once, in the random order."""
         self.close()
         for k, path in enumerate(self.paths):
-            self._emit_bucket(path, (k,), write)
+            self._emit_bucket(path, (k,), write, int(self.counts[k]))
 
-    def _emit_bucket(self, path: Path, key: tuple, write) -> None:
+    def _emit_bucket(self, path: Path, key: tuple, write, proteins: int) -> None:
         size = path.stat().st_size
-        if size > 2 * self.budget:  # scattered again, a piece at a time, into buckets of the budget
+        # (one protein bigger than that is read whole: scattered again, it came back whole into
+        # one piece, again and again, until the piece's name grew too long)
+        if size > 2 * self.budget and proteins > 1:  # scattered again, a piece at a time, into buckets of the budget
             count = min(self.MAX_BUCKETS, -(-size // self.budget))
             parts = [path.with_name(f"{path.name}.{k}") for k in range(count)]
             rng = np.random.default_rng([self.seed, 1, *key])
             try:
                 files = [open(p, "wb", buffering=1 << 16) for p in parts]
                 try:
+                    counts = np.zeros(count, dtype=np.int64)
                     with open(path, "rb") as src:
                         rest = b""
                         while chunk := src.read(self.budget // 4 or 1 << 20):
                             rest += chunk
                             cut = rest.rfind(self.SEPARATOR)
                             if cut >= 0:
-                                self._scatter(rest[:cut + 2].split(self.SEPARATOR)[:-1], rng, files)
+                                counts += self._scatter(rest[:cut + 2].split(self.SEPARATOR)[:-1], rng, files)
                                 rest = rest[cut + 2:]
-                        self._scatter(rest.split(self.SEPARATOR)[:-1], rng, files)
+                        counts += self._scatter(rest.split(self.SEPARATOR)[:-1], rng, files)
                 finally:
                     for f in files:
                         f.close()
@@ -1283,7 +1291,7 @@ class _Shuffle:
                 raise self._failure(exc) from None
             path.unlink()
             for k, part in enumerate(parts):
-                self._emit_bucket(part, (*key, k), write)
+                self._emit_bucket(part, (*key, k), write, int(counts[k]))
             return
         docs = path.read_bytes().split(self.SEPARATOR)[:-1]
         path.unlink()  # (the disk it held is free for the outputs)

@@ -1306,3 +1306,21 @@ def test_shuffle_from_stdin_with_shard_size(tmp_path):
     expected = _proteins(plain.read_bytes())
     assert sorted(got) == sorted(expected) and got != expected
     assert not list(tmp_path.glob(".protrans-shuffle.*"))
+
+
+def test_shuffle_a_protein_bigger_than_the_memory_budget(tmp_path):
+    """A protein whose text is bigger than twice `shuffle_bytes`, alone or among small ones, is
+    read whole: scattered again it came back whole into one piece, again and again, until the
+    piece's name was too long ('File name too long')."""
+    rng = random.Random(4)
+    big = "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(5000))  # 10,000 bytes of text
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(f">big\n{big}\n")
+    out = tmp_path / "c.txt"
+    build_corpus([fasta], CorpusOptions(output=str(out), shuffle=True, shuffle_bytes=1024, tmp_dir=str(tmp_path)))
+    assert _proteins(out.read_bytes()) == [" ".join(big).encode()]
+    fasta.write_text(f">big\n{big}\n" + "".join(f">p{i}\nMKTAYIAK\n" for i in range(50)))
+    build_corpus([fasta], CorpusOptions(output=str(out), shuffle=True, shuffle_bytes=1024, tmp_dir=str(tmp_path)))
+    got = _proteins(out.read_bytes())
+    assert len(got) == 51 and " ".join(big).encode() in got
+    assert not list(tmp_path.glob(".protrans-shuffle.*"))
