@@ -1635,6 +1635,16 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     threads = options.threads
     if "-" not in inputs and sum(os.path.getsize(p) for p in inputs) < 2 * options.block_bytes:
         threads = 1  # starting workers would take longer than the whole job
+    if options.shuffle:
+        # --shuffle's bucket files (up to MAX_BUCKETS, scattering again) are open with every shard
+        # of --shards N: with the soft limit raised for the shards alone, --shards 1000 failed
+        # ("Too many open files") once the buckets were opened
+        needed = options.num_shards + _Shuffle.MAX_BUCKETS + 64
+        limit = _raise_open_file_limit(needed)
+        if limit is not None and limit < needed - 48:
+            raise UsageError(f"--shuffle keeps up to {_Shuffle.MAX_BUCKETS} scratch files open besides the "
+                             f"{options.num_shards} shard(s), and this process may open {limit} files (ulimit -n): "
+                             "use fewer shards, or --shard-size, which keeps one open")
     try:
         writers = _Writers(options)
         rejects = _output(options.rejects, follow_link=True) if options.rejects else None

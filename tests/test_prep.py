@@ -1324,3 +1324,35 @@ def test_shuffle_a_protein_bigger_than_the_memory_budget(tmp_path):
     got = _proteins(out.read_bytes())
     assert len(got) == 51 and " ".join(big).encode() in got
     assert not list(tmp_path.glob(".protrans-shuffle.*"))
+
+
+def test_shuffle_with_many_shards_raises_the_open_file_limit_for_its_buckets(tmp_path):
+    """--shards N keeps N files open and --shuffle up to 256 buckets besides: the soft limit was
+    raised for the shards alone, and `--shards 1000 --shuffle` failed on the default 1024 with
+    'Too many open files' once the buckets were opened. Refused up front (exit 2) where the hard
+    limit has no room for both."""
+    resource = pytest.importorskip("resource")
+    fasta = tmp_path / "in.fa"
+    _random_fasta(fasta, 400, seed=2, dirty=False)
+    # (shuffle_bytes=1024: 256 buckets, as a UniRef-sized input or stdin makes)
+    script = ("import resource, sys\n"
+              "from protrans_cli.corpus import CorpusOptions, build_corpus\n"
+              "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]) or hard))\n"
+              "build_corpus([sys.argv[3]], CorpusOptions(output=sys.argv[4], num_shards=200, shuffle=True, "
+              "shuffle_bytes=1024, tmp_dir=sys.argv[5]))\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 600:
+        pytest.skip("the hard limit on open files is too low here")
+    run = lambda *limits: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", script, *map(str, limits), str(fasta), str(tmp_path / "c.txt"), str(tmp_path)],
+        capture_output=True, text=True)
+    done = run(300, 0)
+    assert done.returncode == 0, done.stderr
+    got = [p for k in range(200) for p in _proteins(shard_path(tmp_path / "c.txt", k).read_bytes())]
+    plain = tmp_path / "plain.txt"
+    build_corpus([fasta], CorpusOptions(output=str(plain)))
+    assert sorted(got) == sorted(_proteins(plain.read_bytes()))
+    done = run(300, 300)  # no room: refused before anything is written
+    assert done.returncode != 0 and "--shuffle keeps up to 256 scratch files open besides the 200 shard(s)" in done.stderr
+    assert not list(tmp_path.glob(".protrans-shuffle.*"))
