@@ -1191,33 +1191,36 @@ class _Writers:
 
 class _Shuffle:
     """--shuffle: a uniformly random order of the training proteins in bounded memory. Each
-    protein goes to one of K bucket files at random as the blocks come (K from the expected size
-    and `shuffle_bytes`); then each bucket in turn is read whole, its proteins permuted, and
-    written. A random bucket and a random place in it is a uniformly random permutation of the
-    whole. A bucket that came out bigger than twice the budget (stdin, a guess too low) is
-    scattered again into smaller ones first. The random generators are seeded from the seed alone
-    and the blocks arrive in input order, so the corpus is the same for any -j."""
+    protein goes to one of 256 bucket files at random as the blocks come; then each bucket in
+    turn is read whole, its proteins permuted, and written. A random bucket and a random place in
+    it is a uniformly random permutation of the whole. A bucket that came out bigger than twice
+    the budget (more than 256 budgets of text) is scattered again into smaller ones first. The
+    random generators are seeded from the seed alone, each protein's bucket is drawn from one
+    64-bit number in input order, and the number of buckets is fixed (not planned from the input's
+    size, which a compressed file or stdin does not tell), so the corpus is the same for any -j
+    and whatever form the input came in (a file, compressed or not, or a pipe)."""
 
     SEPARATOR = b"\n\n"  # every protein's text (its line, or its windows' lines) ends with one
     MAX_BUCKETS = 256  # files open at once; more text than 256 buckets hold is scattered again
 
-    def __init__(self, directory: Path, seed: int, budget: int, expected_bytes: int | None):
+    def __init__(self, directory: Path, seed: int, budget: int):
         self.directory = directory
         self.seed = seed
         self.budget = budget
-        expected = expected_bytes if expected_bytes is not None else 64 * budget
-        self.count = min(self.MAX_BUCKETS, max(1, -(-expected // budget)))
+        # (a count planned from the input's size made the order depend on the input's form: a
+        # file, its .gz, or the same proteins on stdin gave three different corpora for one seed)
+        self.count = self.MAX_BUCKETS
         self.rng = np.random.default_rng([seed, 0])
         self.paths = [directory / f"bucket{k}" for k in range(self.count)]
-        self.files = []
+        # Each bucket's text is held in memory until 1/16 of the budget is (32 MiB), then written
+        # to its file, opened then: a small corpus is shuffled without a file (256 of them cost
+        # more than its whole run), a big one is written in big pieces; the order is the same.
+        self.pending: list[list[bytes]] = [[] for _ in range(self.count)]
+        self.pending_bytes = 0
+        self.spill_at = budget // 16
+        self.files: list = [None] * self.count
         self.proteins = 0
         self.counts = np.zeros(self.count, dtype=np.int64)  # proteins in each bucket
-        try:
-            for path in self.paths:
-                self.files.append(open(path, "wb", buffering=1 << 16))
-        except OSError as exc:
-            self.close()
-            raise self._failure(exc) from None
 
     def _failure(self, exc: OSError) -> RuntimeFailure:
         reason = disk_full(exc) or (exc.strerror or str(exc))
@@ -1229,39 +1232,66 @@ class _Shuffle:
         docs = text.split(self.SEPARATOR)[:-1]
         self.proteins += len(docs)
         try:
-            self.counts += self._scatter(docs, self.rng, self.files)
+            # (one raw draw per protein: the same buckets however the proteins are cut into blocks)
+            # (the top 32 bits times the count: for 256, the top 8 bits, exactly uniform)
+            raw = self.rng.bit_generator.random_raw(len(docs))
+            buckets = (((raw >> np.uint64(32)) * np.uint64(self.count)) >> np.uint64(32)).astype(np.int64)
+            self.counts += self._scatter(docs, buckets, self.count, self._hold)
+            if self.pending_bytes > self.spill_at:
+                self._spill()
         except OSError as exc:
             raise self._failure(exc) from None
 
-    def _scatter(self, docs: list, rng, files) -> np.ndarray:
-        """The proteins written to the files at random; how many went to each."""
-        if len(files) == 1:
-            if docs:
-                files[0].write(self.SEPARATOR.join(docs) + self.SEPARATOR)
-            return np.array([len(docs)], dtype=np.int64)
+    def _hold(self, k: int, text: bytes) -> None:
+        self.pending[k].append(text)
+        self.pending_bytes += len(text)
+
+    def _spill(self) -> None:
+        for k, parts in enumerate(self.pending):
+            if parts:
+                if self.files[k] is None:
+                    self.files[k] = open(self.paths[k], "wb")
+                self.files[k].write(b"".join(parts))
+                parts.clear()
+        self.pending_bytes = 0
+
+    def _scatter(self, docs: list, buckets: np.ndarray, count: int, put) -> np.ndarray:
+        """put(k, text) for each bucket k of `count` with its proteins (`buckets`: their indices); how
+        many went to each."""
         if not docs:
-            return np.zeros(len(files), dtype=np.int64)
-        buckets = rng.integers(len(files), size=len(docs))
+            return np.zeros(count, dtype=np.int64)
         order = np.argsort(buckets, kind="stable")
-        counts = np.bincount(buckets, minlength=len(files))
+        counts = np.bincount(buckets, minlength=count)
         ends = np.cumsum(counts)
         start = 0
         for k, end in enumerate(ends.tolist()):
             if end > start:
-                files[k].write(self.SEPARATOR.join([docs[i] for i in order[start:end].tolist()]) + self.SEPARATOR)
+                put(k, self.SEPARATOR.join([docs[i] for i in order[start:end].tolist()]) + self.SEPARATOR)
             start = end
         return counts
 
     def close(self) -> None:
         for f in self.files:
-            f.close()
-        self.files = []
+            if f is not None:
+                f.close()
+        self.files = [None] * self.count
 
     def emit(self, write) -> None:
         """Calls write(list of proteins' texts) with every protein once, in the random order."""
-        self.close()
+        if not any(f is not None for f in self.files):  # all in memory: less than a file's worth
+            for k in range(self.count):
+                text = b"".join(self.pending[k])
+                self.pending[k] = []
+                self._emit_docs(text, (k,), write)
+            return
+        try:
+            self._spill()
+            self.close()  # (a full disk's last write shows here)
+        except OSError as exc:
+            raise self._failure(exc) from None
         for k, path in enumerate(self.paths):
-            self._emit_bucket(path, (k,), write, int(self.counts[k]))
+            if self.counts[k]:
+                self._emit_bucket(path, (k,), write, int(self.counts[k]))
 
     def _emit_bucket(self, path: Path, key: tuple, write, proteins: int) -> None:
         size = path.stat().st_size
@@ -1273,6 +1303,7 @@ class _Shuffle:
             rng = np.random.default_rng([self.seed, 1, *key])
             try:
                 files = [open(p, "wb", buffering=1 << 16) for p in parts]
+                put = lambda k, text: files[k].write(text)  # noqa: E731
                 try:
                     counts = np.zeros(count, dtype=np.int64)
                     with open(path, "rb") as src:
@@ -1281,9 +1312,11 @@ class _Shuffle:
                             rest += chunk
                             cut = rest.rfind(self.SEPARATOR)
                             if cut >= 0:
-                                counts += self._scatter(rest[:cut + 2].split(self.SEPARATOR)[:-1], rng, files)
+                                docs = rest[:cut + 2].split(self.SEPARATOR)[:-1]
+                                counts += self._scatter(docs, rng.integers(count, size=len(docs)), count, put)
                                 rest = rest[cut + 2:]
-                        counts += self._scatter(rest.split(self.SEPARATOR)[:-1], rng, files)
+                        docs = rest.split(self.SEPARATOR)[:-1]
+                        counts += self._scatter(docs, rng.integers(count, size=len(docs)), count, put)
                 finally:
                     for f in files:
                         f.close()
@@ -1293,8 +1326,13 @@ class _Shuffle:
             for k, part in enumerate(parts):
                 self._emit_bucket(part, (*key, k), write, int(counts[k]))
             return
-        docs = path.read_bytes().split(self.SEPARATOR)[:-1]
+        text = path.read_bytes()
         path.unlink()  # (the disk it held is free for the outputs)
+        self._emit_docs(text, key, write)
+
+    def _emit_docs(self, text: bytes, key: tuple, write) -> None:
+        """A bucket's proteins permuted, and written a piece at a time."""
+        docs = text.split(self.SEPARATOR)[:-1]
         order = np.random.default_rng([self.seed, 2, *key]).permutation(len(docs))
         piece = 1 << 13  # (proteins: a few MB of text)
         for start in range(0, len(docs), piece):
@@ -1492,17 +1530,6 @@ def _scratch_base(options: CorpusOptions) -> str:
     return tempfile.gettempdir()
 
 
-def _expected_text_bytes(paths: Sequence[str]) -> int | None:
-    """About how much corpus text the inputs make (a residue and a space for each byte of FASTA;
-    a compressed file some four times its size again); None for stdin or a pipe."""
-    total = 0
-    for path in paths:
-        if path == "-" or not os.path.isfile(path):
-            return None
-        total += os.path.getsize(path) * (2 if _plain_file(path) else 8)
-    return total
-
-
 def _write_shuffled(shuffle: "_Shuffle", writers: "_Writers", options: CorpusOptions) -> None:
     """The shuffled proteins to the training outputs: dealt round-robin to --shards N as the
     unshuffled ones are, cut by --shard-size, or all to one file. A compressed output's pieces
@@ -1697,7 +1724,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
 
         if options.shuffle:
             shuffle_dir = make_temporary(_scratch_base(options), ".protrans-shuffle.", "", folder=True)
-            shuffle = _Shuffle(shuffle_dir, options.seed, options.shuffle_bytes, _expected_text_bytes(paths))
+            shuffle = _Shuffle(shuffle_dir, options.seed, options.shuffle_bytes)
         bar = _bar(options, paths, "prep")
         line0 = 1
         for block, res in _run_blocks(jobs(), _process_block, (cfg,), threads, spill_dir):

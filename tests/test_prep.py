@@ -1214,7 +1214,7 @@ def _proteins(text: bytes) -> list[bytes]:
     return text.split(b"\n\n")[:-1]
 
 
-@pytest.mark.parametrize("shuffle_bytes", [512 << 20, 4096], ids=["one-bucket", "scattered-again"])
+@pytest.mark.parametrize("shuffle_bytes", [512 << 20, 1024], ids=["in-memory", "scattered-again"])
 def test_shuffle_is_a_seeded_permutation_of_the_training_proteins_whatever_the_threads(tmp_path, shuffle_bytes):
     """The same proteins as without --shuffle (each once, windows of a cropped protein kept
     together), in another order; byte-identical for -j 1 and -j 2 and for a small memory budget
@@ -1242,9 +1242,9 @@ def test_shuffle_is_a_seeded_permutation_of_the_training_proteins_whatever_the_t
 
 
 def test_shuffle_places_every_protein_uniformly(tmp_path):
-    """Where the first protein of the input lands, over many seeds, with buckets scattered again:
-    every quarter of the corpus about as often (a shuffle within blocks or buckets only would keep
-    it near the start)."""
+    """Where the first protein of the input lands, over many seeds: every quarter of the corpus
+    about as often (a shuffle within blocks or buckets only would keep it near the start). (The
+    buckets held in memory: the order is the same through files, see the next test.)"""
     fasta = tmp_path / "in.fa"
     rng = random.Random(3)
     fasta.write_text("".join(f">p{i}\n{''.join(rng.choice('ACDEFGHIKLMNPQRSTVWY') for _ in range(12))}\n"
@@ -1254,11 +1254,37 @@ def test_shuffle_places_every_protein_uniformly(tmp_path):
     quarters = [0, 0, 0, 0]
     for seed in range(80):
         out = tmp_path / "s.txt"
-        build_corpus([fasta], CorpusOptions(output=str(out), shuffle=True, seed=seed, shuffle_bytes=1024,
-                                            block_bytes=1024, tmp_dir=str(tmp_path)))
+        build_corpus([fasta], CorpusOptions(output=str(out), shuffle=True, seed=seed, block_bytes=1024,
+                                            tmp_dir=str(tmp_path)))
         quarters[_proteins(out.read_bytes()).index(first) * 4 // 400] += 1
     assert min(quarters) >= 8, quarters  # (20 expected in each; 8 or fewer: p < 0.001 for a quarter)
 
+
+
+def test_shuffle_order_is_the_same_whatever_form_the_input_comes_in(tmp_path):
+    """The same proteins and seed give the same corpus from a file, its .gz, or stdin, and with
+    the buckets in memory or written to files: the number of buckets was planned from the input's
+    size (twice a file's, eight times a .gz's, 64 budgets for stdin), so the three gave three
+    different orders."""
+    fasta = tmp_path / "in.fa"
+    _random_fasta(fasta, 1500, seed=8, dirty=False)
+    packed = tmp_path / "in.fa.gz"
+    packed.write_bytes(gzip.compress(fasta.read_bytes()))
+    got = {}
+    # (a budget of 256 MiB holds this corpus's buckets in memory; 64 KiB writes them to files)
+    for name, source, budget in [("file", fasta, 1 << 28), ("gz", packed, 1 << 28), ("files", fasta, 1 << 16)]:
+        out = tmp_path / f"{name}.txt"
+        build_corpus([source], CorpusOptions(output=str(out), shuffle=True, seed=5, block_bytes=4096,
+                                             shuffle_bytes=budget, tmp_dir=str(tmp_path)))
+        got[name] = out.read_bytes()
+    done = subprocess.run([sys.executable, "-m", "protrans_cli", "-q", "prep", "-", "--shuffle", "--seed", "5",
+                           "-o", str(tmp_path / "stdin.txt"), "--tmp-dir", str(tmp_path)],
+                          stdin=open(packed, "rb"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got["stdin"] = (tmp_path / "stdin.txt").read_bytes()
+    assert len(_proteins(got["file"])) == 1500
+    assert got["gz"] == got["file"] and got["stdin"] == got["file"] and got["files"] == got["file"]
+    assert not list(tmp_path.glob(".protrans-shuffle.*"))
 
 def test_shuffle_deals_shards_round_robin_and_compresses(tmp_path):
     """--shards N: the shuffled order dealt round-robin (shard sizes differ by at most one
