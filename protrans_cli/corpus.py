@@ -1270,10 +1270,13 @@ class _Shuffle:
             start = end
         return counts
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """The bucket files closed; `quiet` after a failure: a full disk's error on the buffered
+        rest replaced the one line that named --tmp-dir with a bare "No space left on device"."""
         for f in self.files:
             if f is not None:
-                f.close()
+                with contextlib.suppress(OSError) if quiet else contextlib.nullcontext():
+                    f.close()
         self.files = [None] * self.count
 
     def emit(self, write) -> None:
@@ -1798,7 +1801,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if shuffle is not None:
-            shuffle.close()
+            shuffle.close(quiet=True)
         if shuffle_dir is not None:
             shutil.rmtree(shuffle_dir, ignore_errors=True)
         if spill_dir is not None:

@@ -1382,3 +1382,36 @@ def test_shuffle_with_many_shards_raises_the_open_file_limit_for_its_buckets(tmp
     done = run(300, 300)  # no room: refused before anything is written
     assert done.returncode != 0 and "--shuffle keeps up to 256 scratch files open besides the 200 shard(s)" in done.stderr
     assert not list(tmp_path.glob(".protrans-shuffle.*"))
+
+
+def test_shuffle_on_a_full_scratch_disk_names_it(tmp_path, monkeypatch):
+    """A full --tmp-dir: one line naming the scratch folder and the remedy, exit 1 (the cleanup's
+    close of the buffered rest failed again and replaced it with a bare "No space left on
+    device"); no output left."""
+    import errno
+
+    import protrans_cli.corpus as corpus
+    from protrans_cli.errors import RuntimeFailure
+
+    class Full:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):  # (the buffered rest, flushed)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    import builtins
+
+    def full_scratch(path, mode="r", *args, **kwargs):  # (the bucket files only)
+        if ".protrans-shuffle." in str(path) and "w" in mode:
+            return Full()
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(corpus, "open", full_scratch, raising=False)
+    fasta = tmp_path / "in.fa"
+    _random_fasta(fasta, 50, seed=4, dirty=False)
+    out = tmp_path / "c.txt"
+    with pytest.raises(RuntimeFailure, match=r"--shuffle cannot write its buckets: .*--tmp-dir") as caught:
+        build_corpus([fasta], CorpusOptions(output=str(out), shuffle=True, shuffle_bytes=1024, tmp_dir=str(tmp_path)))
+    assert ".protrans-shuffle." in str(caught.value)
+    assert not out.exists() and not list(tmp_path.glob(".protrans-shuffle.*"))
