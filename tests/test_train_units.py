@@ -1722,6 +1722,11 @@ def test_a_corpus_file_named_twice_or_also_the_val_corpus_is_warned(tmp_path):
     (val,) = corpus_overlaps(shards + [str(tmp_path / "corpus.valid.txt")], [str(tmp_path / "corpus.valid.txt")])
     assert val.startswith("validation corpus file") and "also a training corpus file" in val
     assert corpus_overlaps(shards + [str(tmp_path / "missing.txt")]) == []
+    # a shard beside its compressed copy (`--corpus 'corpus.*'`): most likely one corpus, twice
+    (tmp_path / "corpus.00000.txt.gz").write_bytes(b"")
+    (copy,) = corpus_overlaps(shards + [str(tmp_path / "corpus.00000.txt.gz")])
+    assert "corpus.00000.txt and " in copy and "corpus.00000.txt.gz look like one corpus" in copy
+    assert corpus_overlaps([str(tmp_path / "corpus.00000.txt.gz"), shards[1]]) == []
 
 
 def test_an_empty_run_directory_is_a_usage_error(tmp_path, run_cli, monkeypatch):
