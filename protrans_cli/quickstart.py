@@ -118,8 +118,9 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
     s = QuickstartSummary(out)
     p = lambda *parts: str(out.joinpath(*parts))  # noqa: E731
 
-    # 1. The pretraining corpus: one spaced protein per line, a validation split by id hash.
-    _run("prep", ["prep", str(data / "proteins.fasta"), "-o", p("corpus", "train.txt"),
+    # 1. The pretraining corpus: one spaced protein per line, a validation split by id hash, the
+    #    training proteins shuffled (the example file lists one task's proteins, then the other's).
+    _run("prep", ["prep", str(data / "proteins.fasta"), "-o", p("corpus", "train.txt"), "--shuffle",
                   "--valid-fraction", "0.05", "--valid-output", p("corpus", "valid.txt"),
                   "--stats", p("corpus", "stats.json")], s)
     # 2. Pretrain a tiny model on it (seconds on a CPU), on crops longer than any example protein
