@@ -728,6 +728,16 @@ def test_a_directory_holding_a_model_but_no_checkpoint_is_not_trained_over(tmp_p
             + (" to resume from" if extra else "") + ": a new run would overwrite it; choose another -o "
             "(or move the model away)")
         assert "train: bert/" not in res.stderr  # refused before a model was built
+    # nor with --resume-from another run's checkpoint and -o this directory (a continued run
+    # wrote its final model over it all the same)
+    other = tmp_path / "other"
+    assert run_cli("train", "--family", "esm", *args, "-o", other).exit_code == 0
+    res = run_cli("train", "--resume-from", other / "checkpoints" / "step_00000002", "--num-steps", 4, "-o", run)
+    assert res.exit_code == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {run} already holds a model (config.json) and no checkpoint: a new run would overwrite "
+        "it; choose another -o (or move the model away)")
+    assert "resuming from" not in res.stderr  # refused before a model was built
     assert (run / "model.safetensors").read_bytes() == weights and (run / "vocab.txt").exists()
     assert (run / "metrics.jsonl").read_text() == metrics and not (run / "checkpoints").exists()
     # a run killed before its first checkpoint left no model: --resume still starts it

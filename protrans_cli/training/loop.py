@@ -220,15 +220,15 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     latest = ckpt.list_checkpoints(config.output_dir)[-1].name
                     raise UsageError(f"{config.output_dir} already holds a run ({latest}): add --resume to "
                                      "continue it, or choose another -o")
-                if (not resume or resume is True) and not ckpt.list_checkpoints(config.output_dir) \
-                        and (model := _held_model(config.output_dir)):
+                if not ckpt.list_checkpoints(config.output_dir) and (model := _held_model(config.output_dir)):
                     # A finished run whose checkpoints were deleted to save space, or a model
                     # downloaded there: a new run (or --resume, which found no checkpoint and
-                    # started from step 0) wrote its own weights over it without a word, and left
-                    # another family's files (vocab.txt, generator/) beside its own.
+                    # started from step 0, or --resume-from another run's checkpoint) wrote its
+                    # own weights over it without a word, and left another family's files
+                    # (vocab.txt, generator/) beside its own.
                     raise UsageError(
                         f"{config.output_dir} already holds a model ({model}) and no checkpoint"
-                        + (" to resume from" if resume else "")
+                        + (" to resume from" if resume is True else "")
                         + ": a new run would overwrite it; choose another -o (or move the model away)")
                 if resume:
                     _check_resume_settings(config, resume, family, info)
