@@ -1727,6 +1727,13 @@ def test_a_corpus_file_named_twice_or_also_the_val_corpus_is_warned(tmp_path):
     (copy,) = corpus_overlaps(shards + [str(tmp_path / "corpus.00000.txt.gz")])
     assert "corpus.00000.txt and " in copy and "corpus.00000.txt.gz look like one corpus" in copy
     assert corpus_overlaps([str(tmp_path / "corpus.00000.txt.gz"), shards[1]]) == []
+    # every extension prep writes (.zstd too) in any case, and two compressed copies said so
+    for name in ("corpus.00000.txt.zstd", "corpus.00000.txt.GZ"):
+        (tmp_path / name).write_bytes(b"")
+        (copy,) = corpus_overlaps([shards[0], str(tmp_path / name)])
+        assert f"corpus.00000.txt and {tmp_path / name} look like one corpus, compressed and not" in copy
+    (copy,) = corpus_overlaps([str(tmp_path / "corpus.00000.txt.gz"), str(tmp_path / "corpus.00000.txt.zstd")])
+    assert "look like one corpus, compressed two ways" in copy
 
 
 def test_an_empty_run_directory_is_a_usage_error(tmp_path, run_cli, monkeypatch):

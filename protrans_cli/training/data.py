@@ -367,9 +367,6 @@ def check_corpus(paths, batch_size: int = 0, *, batch_text: str = "") -> None:
                              f"{batch_text})", path=", ".join(map(str, paths)))
 
 
-_COMPRESSED = ("gz", "bz2", "xz", "zst")
-
-
 def corpus_overlaps(corpus, val_corpus=()) -> list[str]:
     """Warnings for a corpus file named more than once (a pattern and a name, or a name twice:
     its proteins are trained that many times an epoch) and for a validation file that is also a
@@ -398,12 +395,17 @@ def corpus_overlaps(corpus, val_corpus=()) -> list[str]:
                        f"proteins is trained {times} times an epoch")
     # A file beside its compressed copy (`--corpus 'corpus.*'` matching corpus.txt and
     # corpus.txt.gz): two files, most likely one corpus, trained twice an epoch without a word.
+    # (the extensions prep writes, as it reads them: a list of its own here missed .zstd and .GZ)
+    from protrans_cli.io.files import compression_for_output
+
     plain: dict[str, str] = {}
     for path in dict.fromkeys(seen.values()):
         name = os.path.abspath(str(path))
-        stem = name[: -len(name.rsplit(".", 1)[-1]) - 1] if name.rsplit(".", 1)[-1] in _COMPRESSED else name
+        stem = os.path.splitext(name)[0] if compression_for_output(name) else name
         if stem in plain:
-            out.append(f"corpus files {plain[stem]} and {path} look like one corpus, compressed and not (a pattern "
+            how = ("compressed two ways" if compression_for_output(plain[stem]) and compression_for_output(name)
+                   else "compressed and not")
+            out.append(f"corpus files {plain[stem]} and {path} look like one corpus, {how} (a pattern "
                        "matching both?): if they are, each of its proteins is trained twice an epoch")
         else:
             plain[stem] = path
