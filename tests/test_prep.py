@@ -1415,3 +1415,13 @@ def test_shuffle_on_a_full_scratch_disk_names_it(tmp_path, monkeypatch):
         build_corpus([fasta], CorpusOptions(output=str(out), shuffle=True, shuffle_bytes=1024, tmp_dir=str(tmp_path)))
     assert ".protrans-shuffle." in str(caught.value)
     assert not out.exists() and not list(tmp_path.glob(".protrans-shuffle.*"))
+
+
+def test_tmp_dir_help_names_every_user_of_the_scratch_space():
+    """--shuffle writes its buckets (about the corpus's size) to --tmp-dir, beside the output by
+    default: the option's help named only --dedup and the -j workers."""
+    from protrans_cli.cli.prep import command
+
+    (option,) = [p for p in command.params if p.name == "tmp_dir"]
+    assert "--dedup" in option.help and "--shuffle" in option.help
+    assert "dedup and shuffle beside the output" in option.help
