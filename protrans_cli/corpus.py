@@ -1242,6 +1242,13 @@ class _Shuffle:
         except OSError as exc:
             raise self._failure(exc) from None
 
+    def _stream(self, purpose: int, key: tuple):
+        """The generator of one bucket's re-scatter (1) or permutation (2); `key`: its path of
+        bucket numbers. The key's length is part of the seed: numpy pads a seed to four words with
+        zeros, so bucket 3 and its sub-bucket 0 ([seed, 1, 3] and [seed, 1, 3, 0]) drew the same
+        numbers."""
+        return np.random.default_rng([self.seed, purpose, len(key), *key])
+
     def _hold(self, k: int, text: bytes) -> None:
         self.pending[k].append(text)
         self.pending_bytes += len(text)
@@ -1303,7 +1310,7 @@ class _Shuffle:
         if size > 2 * self.budget and proteins > 1:  # scattered again, a piece at a time, into buckets of the budget
             count = min(self.MAX_BUCKETS, -(-size // self.budget))
             parts = [path.with_name(f"{path.name}.{k}") for k in range(count)]
-            rng = np.random.default_rng([self.seed, 1, *key])
+            rng = self._stream(1, key)
             try:
                 files = [open(p, "wb", buffering=1 << 16) for p in parts]
                 put = lambda k, text: files[k].write(text)  # noqa: E731
@@ -1336,7 +1343,7 @@ class _Shuffle:
     def _emit_docs(self, text: bytes, key: tuple, write) -> None:
         """A bucket's proteins permuted, and written a piece at a time."""
         docs = text.split(self.SEPARATOR)[:-1]
-        order = np.random.default_rng([self.seed, 2, *key]).permutation(len(docs))
+        order = self._stream(2, key).permutation(len(docs))
         piece = 1 << 13  # (proteins: a few MB of text)
         for start in range(0, len(docs), piece):
             write([docs[i] for i in order[start:start + piece].tolist()])
@@ -1674,7 +1681,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
         if limit is not None and limit < needed - 48:
             raise UsageError(f"--shuffle keeps up to {_Shuffle.MAX_BUCKETS} scratch files open besides the "
                              f"{options.num_shards} shard(s), and this process may open {limit} files (ulimit -n): "
-                             "use fewer shards, or --shard-size, which keeps one open")
+                             + ("use fewer shards, or --shard-size, which keeps one open" if options.num_shards > 1
+                                else "raise the limit (ulimit -n)"))
     try:
         writers = _Writers(options)
         rejects = _output(options.rejects, follow_link=True) if options.rejects else None

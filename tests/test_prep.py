@@ -1425,3 +1425,14 @@ def test_tmp_dir_help_names_every_user_of_the_scratch_space():
     (option,) = [p for p in command.params if p.name == "tmp_dir"]
     assert "--dedup" in option.help and "--shuffle" in option.help
     assert "dedup and shuffle beside the output" in option.help
+
+
+def test_shuffle_streams_of_nested_buckets_differ(tmp_path):
+    """A bucket and its first sub-bucket drew the same numbers: numpy pads a seed to four words
+    with zeros, so [seed, 1, 3] and [seed, 1, 3, 0] were one stream."""
+    from protrans_cli.corpus import _Shuffle
+
+    shuffle = _Shuffle(tmp_path, seed=5, budget=1024)
+    for purpose in (1, 2):
+        draws = {key: tuple(shuffle._stream(purpose, key).integers(1 << 30, size=4)) for key in [(3,), (3, 0), (3, 0, 0)]}
+        assert len(set(draws.values())) == 3, draws
