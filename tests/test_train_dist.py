@@ -363,3 +363,59 @@ def test_two_nodes_through_c10d_rendezvous_train_and_embed_as_one_process(tmp_pa
             for key in one[kind]:
                 np.testing.assert_allclose(two[kind][key][()], one[kind][key][()], atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nodes", "one", "one.h5", "two.h5"]
+
+
+def _rank_processes(launcher: int, rank: int) -> list[int]:
+    """PIDs of the launcher's children started as `rank` (their RANK in /proc/PID/environ)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/environ", "rb") as fh:
+                    environ = fh.read().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == launcher and f"RANK={rank}".encode() in environ:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_rank_killed_under_max_restarts_resumes_and_matches(tmp_path):
+    """`torchrun --max-restarts 1 ... --resume` with one rank SIGKILLed mid-run (a node's OOM
+    killer): torchrun restarts the group, which resumes from the last checkpoint. The restarted
+    ranks used to read the previous attempt's addresses from the launcher's store and fail to
+    connect (gloo: "Connection refused"), so the restart never trained."""
+    import signal
+    import time
+
+    out = tmp_path / "restarted"
+    steps = ["--num-steps", "30", "--save-every", "4"]
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
+           "1", "-m", "protrans_cli", "train", *ARGS, *steps, "-o", str(out), "--resume"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 6) and time.time() < deadline:
+        time.sleep(0.05)
+    victims = _rank_processes(proc.pid, 1)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert victims and proc.returncode == 0, stderr[-3000:]
+    assert "resuming from" in stderr
+    rows = read_metrics(metrics)
+    assert [r["step"] for r in rows] == list(range(1, 31))  # the lines after the checkpoint written once
+    cfg = TrainConfig(family="bert", corpus=[LEARNABLE], output_dir=str(tmp_path / "one"), num_steps=30,
+                      max_length=64, global_batch_size=16, micro_batch_size=4, warmup_steps=2, lr=2e-3,
+                      log_every=1, threads=1, save_every=100,
+                      model_overrides={"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0})
+    np.testing.assert_allclose([r["loss"] for r in rows], train(cfg).losses, rtol=1e-5)

@@ -1768,3 +1768,35 @@ def test_the_summary_counts_one_step_in_the_singular():
     assert (counted(1, "step"), counted(0, "step"), counted(20, "step")) == ("1 step", "0 steps", "20 steps")
     # one style for every count a summary writes: embed's already separated thousands, train's did not
     assert counted(150000, "step") == "150,000 steps"
+
+
+def test_a_restarted_worker_group_on_one_node_joins_under_keys_of_its_own(monkeypatch):
+    # torchrun --max-restarts: the restarted ranks share the launcher's store, which still holds
+    # the previous attempt's addresses under torch's keys (gloo: "Connection refused")
+    import datetime
+
+    from torch.distributed import TCPStore
+
+    from protrans_cli.training import dist
+
+    server = TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False,
+                      timeout=datetime.timedelta(seconds=10))
+    env = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "2", "GROUP_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    joined = dist._restart_store(1, 2, 10)
+    assert (joined["rank"], joined["world_size"]) == (1, 2)
+    joined["store"].set("default_pg/0//cpu/rank_1", "this attempt's address")
+    assert server.get("protrans/restart_2/default_pg/0//cpu/rank_1") == b"this attempt's address"
+    assert dist._restart_failure(1, RuntimeError("x")) is not None
+    # the first attempt, a store of the ranks' own, or several nodes (restart counts differ there): torch's keys
+    for key, value in (("TORCHELASTIC_RESTART_COUNT", "0"), ("TORCHELASTIC_USE_AGENT_STORE", "False"),
+                       ("GROUP_WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+        assert dist._restart_store(1, 2, 10) == {}
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in str(dist._restart_failure(1, RuntimeError("refused\nmore")))
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert dist._restart_failure(1, RuntimeError("refused")) is None

@@ -71,11 +71,56 @@ def setup(timeout: float | None = None) -> DistInfo:
 
             with signals_end_wait(f"rank {rank} was waiting for the other processes to join; nothing was "
                                   "trained or written"):
-                dist.init_process_group(backend=backend, **kwargs)
+                try:
+                    dist.init_process_group(backend=backend, **kwargs, **_restart_store(rank, world_size, timeout))
+                except RuntimeError as exc:
+                    raise _restart_failure(rank, exc) or exc
             started = True
         initialised = True
     _info = DistInfo(rank, world_size, local_rank, device, initialised, started)
     return _info
+
+
+def _restarted() -> int:
+    """torchrun's restart count of this worker group when the ranks share its rendezvous store
+    (torch's default with the c10d rendezvous; 0 otherwise: nothing stale can be read)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return 0
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def _restart_store(rank: int, world_size: int, timeout: float | None) -> dict:
+    """init_process_group's store for a worker group that `torchrun --max-restarts` restarted on
+    one node: the rendezvous store it shares with the launcher still holds the addresses the
+    previous attempt's ranks published, which torch reads again under the same keys, so gloo
+    connected to ports nobody listened on any more ("Connection refused", pytorch#135712) and
+    the restart failed where it was meant to --resume. The attempt's own key prefix keeps them
+    apart. On one node every rank has the same restart count; across nodes the counts differ
+    (a node restarted for another's failure does not count it), so there torch's own keys stay
+    and a failure says how to avoid it (_restart_failure)."""
+    if not _restarted() or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        return {}
+    import torch.distributed as dist
+
+    wait = datetime.timedelta(seconds=timeout if timeout is not None else 1800)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=wait)
+    return {"store": dist.PrefixStore(f"protrans/restart_{_restarted()}", store), "rank": rank,
+            "world_size": world_size}
+
+
+def _restart_failure(rank: int, exc: BaseException):
+    """The one line for a process group that a restarted worker could not join (None where this
+    is not a torchrun restart with a shared store)."""
+    if not _restarted():
+        return None
+    from protrans_cli.errors import RuntimeFailure
+
+    return RuntimeFailure(f"rank {rank} could not join the others after torchrun's restart "
+                          f"{_restarted()} ({str(exc).splitlines()[0][:200]}): with --max-restarts over several "
+                          "nodes, PyTorch's rendezvous store shared with the ranks hands them the previous "
+                          "attempt's addresses; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's "
+                          "environment on every node")
 
 
 def local_gpu(local_rank: int) -> int:
