@@ -143,6 +143,8 @@ class EmbedOptions:
             raise UsageError(f"--invalid-policy must be one of {', '.join(INVALID_POLICIES)}")
         if self.max_length is not None and self.max_length < 1:
             raise UsageError("--max-length must be at least 1")
+        if isinstance(self.chunk_overlap, numbers.Real) and self.chunk_overlap < 0:  # (accepted without a word under another --long-policy)
+            raise UsageError(f"--chunk-overlap {self.chunk_overlap} must be at least 0")
         if self.long_policy == "chunk" and self.max_length is not None \
                 and not 0 <= self.chunk_overlap < self.max_length:
             raise UsageError(f"--chunk-overlap {self.chunk_overlap} must be at least 0 and smaller than --max-length "

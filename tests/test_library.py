@@ -126,6 +126,8 @@ def test_train_leaves_transformers_progress_bars_as_the_caller_had_them(tmp_path
     (dict(layers=-1), r"layers=\(-1,\), not layers=-1"),  # a TypeError deep in validate
     (dict(threads=0), "--threads must be at least 1, got 0"),  # was ignored
     (dict(threads=-2), "--threads must be at least 1, got -2"),  # a RuntimeError from torch
+    (dict(chunk_overlap=-1), "--chunk-overlap -1 must be at least 0"),  # accepted without chunking
+    (dict(chunk_overlap=-1, long_policy="truncate", max_length=2), "--chunk-overlap -1 must be at least 0"),
 ])
 def test_embed_options_a_python_caller_can_get_wrong_are_usage_errors(options, message):
     with pytest.raises(UsageError, match=message):
