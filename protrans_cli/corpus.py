@@ -1064,14 +1064,7 @@ class _Writers:
         if out is None or str(out) == "-":
             self._open("-")
         elif options.num_shards > 1:
-            # every shard stays open to the end (proteins are dealt round-robin): past the usual
-            # soft limit of 1024 files the 1000th failed with "Too many open files"
-            # (room asked for the other files too; refused only without room for a few of them)
-            limit = _raise_open_file_limit(options.num_shards + 64)
-            if limit is not None and limit < options.num_shards + 16:
-                raise UsageError(f"--shards {options.num_shards} keeps {options.num_shards} files open, and this "
-                                 f"process may open {limit} (ulimit -n): use fewer shards, or --shard-size, "
-                                 "which keeps one open")
+            # (every shard stays open to the end: build_corpus made room, _reserve_open_files)
             for k in range(options.num_shards):
                 self._open(shard_path(out, k))
         elif options.shard_size is not None:
@@ -1530,6 +1523,28 @@ def _spill_base(options: CorpusOptions) -> str | None:
     return None
 
 
+def _reserve_open_files(options: CorpusOptions) -> None:
+    """Room for the files a run keeps open together: every shard of --shards N (proteins are
+    dealt round-robin to the end; past the usual soft limit of 1024 files the 1000th failed with
+    "Too many open files") and --shuffle's bucket files (up to MAX_BUCKETS; with the limit raised
+    for the shards alone, --shards 1000 --shuffle failed once the buckets were opened). Room is
+    asked for the other files too; refused (exit 2) only without room for a few of them."""
+    buckets = _Shuffle.MAX_BUCKETS if options.shuffle else 0
+    if options.num_shards == 1 and not buckets:
+        return
+    files = options.num_shards + buckets
+    limit = _raise_open_file_limit(files + 64)
+    if limit is None or limit >= files + 16:
+        return
+    if buckets:
+        raise UsageError(f"--shuffle keeps up to {buckets} scratch files open besides the {options.num_shards} "
+                         f"shard(s), and this process may open {limit} files (ulimit -n): "
+                         + ("use fewer shards, or --shard-size, which keeps one open" if options.num_shards > 1
+                            else "raise the limit (ulimit -n)"))
+    raise UsageError(f"--shards {options.num_shards} keeps {options.num_shards} files open, and this process may "
+                     f"open {limit} (ulimit -n): use fewer shards, or --shard-size, which keeps one open")
+
+
 def _scratch_base(options: CorpusOptions) -> str:
     """Where --dedup and --shuffle keep their files: --tmp-dir, else beside the output (a disk
     that holds the corpus), else $TMPDIR."""
@@ -1672,17 +1687,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     threads = options.threads
     if "-" not in inputs and sum(os.path.getsize(p) for p in inputs) < 2 * options.block_bytes:
         threads = 1  # starting workers would take longer than the whole job
-    if options.shuffle:
-        # --shuffle's bucket files (up to MAX_BUCKETS, scattering again) are open with every shard
-        # of --shards N: with the soft limit raised for the shards alone, --shards 1000 failed
-        # ("Too many open files") once the buckets were opened
-        needed = options.num_shards + _Shuffle.MAX_BUCKETS + 64
-        limit = _raise_open_file_limit(needed)
-        if limit is not None and limit < needed - 48:
-            raise UsageError(f"--shuffle keeps up to {_Shuffle.MAX_BUCKETS} scratch files open besides the "
-                             f"{options.num_shards} shard(s), and this process may open {limit} files (ulimit -n): "
-                             + ("use fewer shards, or --shard-size, which keeps one open" if options.num_shards > 1
-                                else "raise the limit (ulimit -n)"))
+    _reserve_open_files(options)
     try:
         writers = _Writers(options)
         rejects = _output(options.rejects, follow_link=True) if options.rejects else None
