@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 from protrans_cli.training.config import Phase, TrainConfig, grad_accum_steps, parse_set
 from protrans_cli.training.data import CorpusStream, Sample, StreamState, TokenLayout, count_proteins
 from protrans_cli.training.objectives import IGNORE, make_objective
@@ -1266,7 +1266,6 @@ def test_a_final_model_that_cannot_be_written_is_one_line_naming_the_checkpoint(
     one line. Now one line too, saying where the steps are kept."""
     import types
 
-    from protrans_cli.errors import RuntimeFailure
     from protrans_cli.training import checkpoint as ckpt
 
     def full(model, tokenizer, directory):
@@ -1288,6 +1287,25 @@ def test_a_link_to_a_missing_run_directory_is_said(tmp_path):
     with pytest.raises(UsageError, match="is a link to .*nowhere, which does not exist"):
         with run_lock(tmp_path / "run"):
             pass
+
+
+def test_a_run_directory_under_a_file_names_the_file(tmp_path):
+    """`-o results/run` where `results` is a file said only "results/run: Not a directory"."""
+    import errno
+
+    from protrans_cli.training.checkpoint import _run_dir_problem, run_lock
+
+    (tmp_path / "results").write_text("")
+    with pytest.raises(UsageError, match=r"results: is not a directory, so the run directory .*results/a/run cannot "
+                                         r"go inside it \(choose another -o\)"):
+        with run_lock(tmp_path / "results" / "a" / "run"):
+            pass
+    assert not (tmp_path / "results" / "a").exists()
+    denied = _run_dir_problem(tmp_path / "run", PermissionError(errno.EACCES, "Permission denied"))
+    assert isinstance(denied, UsageError)
+    assert str(denied).endswith("run: cannot make the run directory (permission denied; choose another -o)")
+    full = _run_dir_problem(tmp_path / "run", OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(full, RuntimeFailure) and "the disk is full" in str(full)
 
 
 def test_corpora_the_reader_would_misread_are_refused(tmp_path):

@@ -147,6 +147,22 @@ def _quiet_transformers():
         yield
 
 
+def _run_dir_problem(run_dir: Path, exc: OSError) -> Exception:
+    """The error for a run directory that could not be made: the part of the path in the way (a
+    file where a folder must be) or the system's reason, with -o named."""
+    for parent in run_dir.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return UsageError(f"is not a directory, so the run directory {run_dir} cannot go inside it "
+                                  "(choose another -o)", path=str(parent))
+            break
+    if disk_full(exc):
+        return RuntimeFailure("the disk is full: the run directory could not be made", path=str(run_dir))
+    reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+    kind = UsageError if isinstance(exc, (PermissionError, FileExistsError, NotADirectoryError)) else RuntimeFailure
+    return kind(f"cannot make the run directory ({reason}; choose another -o)", path=str(run_dir))
+
+
 @contextlib.contextmanager
 def run_lock(run_dir, active: bool = True):
     """Hold an exclusive lock on the run directory for a whole run (rank 0): two runs started
@@ -170,7 +186,10 @@ def run_lock(run_dir, active: bool = True):
                          "choose another -o)", path=str(run_dir))
     # The folders made here, deepest first: removed again when they are left empty.
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # (was the bare "X/run: Not a directory" of the OSError)
+        raise _run_dir_problem(run_dir, exc) from None
     fd = os.open(run_dir, os.O_RDONLY)
     try:
         try:
