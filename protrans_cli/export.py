@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -634,6 +635,28 @@ _SHOWN_ATTRIBUTES = ("model", "revision", "commit", "family", "layers", "num_hid
                      "imported_from", "protrans_version", "command_line")
 
 
+def _running_partial(path: str) -> dict | None:
+    """A running embed's OUTPUT.partial (it holds HDF5's lock, so the file cannot be opened):
+    the proteins complete so far, from the ledger it appends after every flush; None when the
+    file opens (a stopped run's) or has no ledger (another program's lock: the reader says so)."""
+    from protrans_cli.io.h5 import h5_file, ledger_count
+
+    done = ledger_count(path)
+    if done is None:
+        return None
+    try:
+        h5_file(path, "r").close()
+    except BlockingIOError:
+        final = path.removesuffix(".partial")
+        if re.search(r"\.shard-\d+-of-\d+$", final):  # a torchrun rank's part, merged into OUTPUT at the end
+            final = re.sub(r"\.shard-\d+-of-\d+$", "", final)
+        return {"status": f"being written by a running protrans embed (it holds the file's lock): read {final} "
+                          "once the run ends", "written_by": "protrans", "proteins_done": done}
+    except OSError:
+        return None
+    return None
+
+
 def info(path, *, residues: bool = False) -> dict:
     """What the embeddings (or contact maps) file `path` holds: layout, kinds, proteins per kind,
     dimension, stored dtype, the file attributes embed writes, failed proteins, whether it is
@@ -647,6 +670,10 @@ def info(path, *, residues: bool = False) -> dict:
     except OSError:
         pass
     if path.endswith(".partial"):
+        running = None if residues else _running_partial(path)
+        if running is not None:
+            facts.update(running)
+            return facts
         facts["status"] = "unfinished: a run is writing it or was stopped (embed --resume continues it)"
     elif os.path.exists(path + ".partial"):
         facts["status"] = f"finished; {path}.partial beside it is a later run's (embed --resume), still unfinished"
@@ -809,6 +836,10 @@ def info_lines(facts: dict) -> list[str]:
     lines: list[tuple[str, str]] = [("file", facts["file"] + (f" ({_size(facts['bytes'])})" if "bytes" in facts else ""))]
     lines.append(("status", facts["status"]))
     lines.append(("written by", facts.get("written_by", "")))
+    if "proteins_done" in facts:  # a running embed's file: what its ledger says, nothing more is readable
+        lines.append(("proteins", f"{facts['proteins_done']:,} complete so far (from its ledger)"))
+        width = max(len(name) for name, _ in lines)
+        return [f"{name + ':':<{width + 1}} {console.printable(value)}" for name, value in lines]
     lines.append(("layout", f"{facts['layout']} ({', '.join(facts['kinds'])})"))
     if facts.get("classes"):
         lines.append(("classes", "; ".join(f"{name} {order}" for name, order in facts["classes"].items())

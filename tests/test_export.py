@@ -357,6 +357,29 @@ def test_info_of_a_partial_a_stacked_and_another_tools_file(tmp_path, run_cli):
     assert done.exit_code == 1 and "no such file" in done.stderr
 
 
+def test_info_of_a_running_embeds_partial_reads_its_ledger(tmp_path, run_cli):
+    """`protrans info out.h5.partial` while embed writes it was refused (HDF5's lock), so an
+    hours-long run's progress could not be looked up; its ledger says how many proteins are done."""
+    from conftest import another_process
+    from protrans_cli.io.h5 import LEDGER_MAGIC
+
+    partial = tmp_path / "out.shard-001-of-002.partial"
+    (tmp_path / (partial.name + ".ledger")).write_bytes(LEDGER_MAGIC + b"\x01" * 24 * 1234 + b"\x02" * 7)
+    with another_process(f"import h5py\nf = h5py.File({str(partial)!r}, 'w'); f.flush()"):
+        done = run_cli("info", partial)
+        assert done.exit_code == 0, done.stderr
+        assert "status:     being written by a running protrans embed (it holds the file's lock): read " \
+               f"{tmp_path / 'out'} once the run ends" in done.stdout
+        assert "proteins:   1,234 complete so far (from its ledger)" in done.stdout
+        assert json.loads(run_cli("info", partial, "--json").stdout)["proteins_done"] == 1234
+        busy = run_cli("info", partial, "--residues")  # (lengths cannot be read while it is written)
+        assert busy.exit_code == 1 and "another process has it open for writing" in busy.stderr
+    (tmp_path / (partial.name + ".ledger")).unlink()
+    with another_process(f"import h5py\nf = h5py.File({str(partial)!r}, 'a'); f.flush()"):
+        other = run_cli("info", partial)  # no ledger: not embed's run; as before
+        assert other.exit_code == 1 and "another process has it open for writing" in other.stderr
+
+
 @pytest.mark.parametrize("stdout, message", [
     (None, "standard output is closed: info writes there"),  # `>&-`: an AttributeError traceback
     ("/dev/full", "standard output: cannot write: No space left on device"),  # named nothing

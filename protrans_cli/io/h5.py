@@ -1294,6 +1294,25 @@ def ledger_path(path) -> Path:
     return path.with_name(path.name + ".ledger")
 
 
+def ledger_count(path) -> int | None:
+    """How many complete proteins the ledger of the output file `path` records so far (a running
+    run's, unsealed, or a stopped run's, sealed); None when there is no ledger of this format.
+    For progress only: a sealed ledger's count is trusted by --resume only through read_ledger."""
+    ledger = ledger_path(path)
+    try:
+        with open(ledger, "rb") as f:
+            if f.read(len(LEDGER_MAGIC)) != LEDGER_MAGIC:
+                return None
+            body = os.fstat(f.fileno()).st_size - len(LEDGER_MAGIC)
+            if body >= _SEAL_BYTES and (body - _SEAL_BYTES) % _LEDGER_RECORD.itemsize == 0:
+                f.seek(len(LEDGER_MAGIC) + body - _SEAL_BYTES)
+                if f.read(len(_SEAL_MARK)) == _SEAL_MARK:
+                    body -= _SEAL_BYTES
+    except OSError:
+        return None
+    return body // _LEDGER_RECORD.itemsize  # (a record being appended not counted)
+
+
 def _seal(path) -> bytes:
     """What a sealed ledger ends with for the HDF5 file at `path` as it is now."""
     with open(path, "rb") as f:
