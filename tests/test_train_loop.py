@@ -341,6 +341,53 @@ def test_loss_is_normalised_by_predicted_tokens_not_micro_batches(tmp_path, fami
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family, model_class, no_dropout", [
+    ("bert", "BertForMaskedLM", {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}),
+    ("t5", "T5ForConditionalGeneration", {"dropout_rate": 0.0})])
+def test_the_logged_step_loss_is_the_plain_transformers_models_loss_over_the_step(tmp_path, monkeypatch, family,
+                                                                                   model_class, no_dropout):
+    """metrics.jsonl's first loss, accuracy and tokens against an independent reference: the plain
+    transformers class with the run's initial weights, each protein of the step's four micro-batches
+    alone and unpadded through its own `labels=` loss, summed over the step's predicted tokens and
+    divided by their number (not a mean of micro-batch means)."""
+    import transformers
+
+    from protrans_cli.training import loop
+
+    captured = []
+    step = loop.train_step
+
+    def capturing(run, optimizer, micro_batches, **kw):
+        if not captured:
+            captured.append((run.model.config, {k: v.clone() for k, v in run.model.state_dict().items()},
+                             [dict(b) for b in micro_batches]))
+        return step(run, optimizer, micro_batches, **kw)
+
+    monkeypatch.setattr(loop, "train_step", capturing)
+    result = train(_config(tmp_path, family, num_steps=1, log_every=1, micro_batch_size=4, model_overrides=no_dropout))
+    (row,) = read_metrics(result.run_dir / "metrics.jsonl")
+    config, weights, micro_batches = captured[0]
+    model = getattr(transformers, model_class)(config).eval()
+    model.load_state_dict(weights)
+    assert len(micro_batches) == 4
+    total = correct = predicted = tokens = 0
+    with torch.no_grad():
+        for batch in micro_batches:
+            for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+                # (T5's labels are the whole protein and </s>, shorter than its input's padded row)
+                keep = labels != -100 if family == "t5" else mask.bool()
+                ids, labels = ids[mask.bool()][None], labels[keep][None]
+                out = model(input_ids=ids, labels=labels)
+                n = int((labels != -100).sum())
+                total += out.loss.double().item() * n
+                correct += int(((out.logits.argmax(-1) == labels) & (labels != -100)).sum())
+                predicted += n
+                tokens += ids.shape[1]
+    assert row["loss"] == pytest.approx(total / predicted, rel=1e-6)
+    assert row["accuracy"] == pytest.approx(correct / predicted, rel=1e-9)
+    assert row["tokens"] == tokens
+
+
 @pytest.mark.parametrize("family, extra", [("bert", {}), ("bert", {"packing": True}), ("electra", {}),
                                            ("t5", {})])
 def test_token_micro_batches_train_exactly_as_fixed_ones(tmp_path, family, extra):
