@@ -930,7 +930,13 @@ def test_metrics_and_the_summary_say_which_pass_over_the_corpus_a_step_was_in(tm
     assert "of the corpus" not in capsys.readouterr().err
 
 
-def test_evaluation_takes_the_first_proteins_of_the_validation_corpus(tmp_path, monkeypatch):
+@pytest.mark.parametrize("num_eval_batches, val_proteins, evaluated_first", [
+    (2, 300, 32),    # 2 evaluation steps of the global batch, 16
+    (18, 300, 288),  # the 12 proteins after them joined the buffer: a random 288 of all 300 (until 2026-12-04)
+    (20, 100, 96),   # a file of fewer than 20 steps: its whole steps, not a random 96 of its 100
+    (20, 10, 8)])    # fewer than one global batch: the whole micro-batches, 2 of 4 proteins
+def test_evaluation_takes_the_first_proteins_of_the_validation_corpus(tmp_path, monkeypatch, num_eval_batches,
+                                                                      val_proteins, evaluated_first):
     # Its buffer was bucket_batches evaluation batches sorted by length: with fewer evaluation
     # batches than that, the evaluation saw only the buffer's shortest proteins.
     from protrans_cli.training import loop
@@ -945,8 +951,13 @@ def test_evaluation_takes_the_first_proteins_of_the_validation_corpus(tmp_path, 
             return sample
 
     monkeypatch.setattr(loop, "CorpusStream", Recording)
-    train(_config(tmp_path, num_steps=1, num_eval_batches=2, bucket_batches=4, val_corpus=[LEARNABLE]))
-    assert sorted(evaluated) == list(range(32))  # 2 evaluation steps of the global batch, 16
+    val = tmp_path / "val.txt"
+    val.write_text("".join(Path(LEARNABLE).read_text().strip().split("\n\n")[i] + "\n\n" for i in range(val_proteins)))
+    train(_config(tmp_path, num_steps=2, eval_every=1, micro_batch_size=4, num_eval_batches=num_eval_batches,
+                  bucket_batches=4, val_corpus=[str(val)]))
+    # the same proteins at every evaluation
+    assert evaluated == 2 * evaluated[:len(evaluated) // 2]
+    assert sorted(evaluated[:len(evaluated) // 2]) == list(range(evaluated_first))
 
 
 def test_a_corpus_error_met_in_training_leaves_no_half_made_run_directory(tmp_path, run_cli):

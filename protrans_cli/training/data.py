@@ -482,7 +482,7 @@ class CorpusStream:
                  bucket_batches: int = 16, shuffle: bool = True, collate=None,
                  state: StreamState | None = None, max_epochs: int | None = None,
                  batch_name: str = "global batch", micro_batch_tokens: int | None = None,
-                 pad_multiple: int = 1, packed: bool = False):
+                 pad_multiple: int = 1, packed: bool = False, max_proteins: int | None = None):
         self.paths = list(paths)
         self.layout = layout
         self.max_residues = max_length - layout.num_special
@@ -503,6 +503,9 @@ class CorpusStream:
         self.micro_batch_tokens = micro_batch_tokens
         self.pad_multiple = max(1, pad_multiple)
         self.packed = packed
+        # Each epoch reads the corpus's first `max_proteins` proteins only (None: all of it): the
+        # evaluation's, so that the proteins past those it evaluates never join its buffer.
+        self.max_proteins = max_proteins
 
     # ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[StepBatch]:
@@ -523,6 +526,8 @@ class CorpusStream:
             skipped = start.proteins if start is not None else 0
             while skipped < state.buffer_start and next(stream, None) is not None:
                 skipped += 1
+            if self.max_proteins is not None:
+                stream = itertools.islice(stream, max(0, self.max_proteins - skipped))
             carry: list = []  # proteins read ahead, the next buffer's first ones
             carry_at = None  # where they begin
             while True:

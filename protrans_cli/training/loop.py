@@ -1345,16 +1345,17 @@ def _to_device(batch: dict, device) -> dict:
 @torch.no_grad()
 def evaluate(run: _Run, phase) -> float:
     """Loss per predicted token on the val corpus's first num_eval_batches x global batch size
-    proteins (evaluation_step_size), masks fixed by the seed so evaluations compare: the same
-    proteins and masks whatever the micro-batch size and process count."""
+    proteins (a smaller file: its first proteins of whole evaluation steps, evaluation_step_size),
+    masks fixed by the seed so evaluations compare: the same proteins and masks whatever the
+    micro-batch size and process count."""
     config, info = run.config, run.info
     run.wrapped.eval()
     # Evaluation must not consume the training RNG (dropout is off; kept for any model that draws).
     rng = torch.get_rng_state()
     total = torch.zeros(1, dtype=torch.float64, device=info.device)  # the summed loss (the count: _shared_counts)
     try:
-        per_step = evaluation_step_size(count_proteins(config.val_corpus, phase.global_batch_size),
-                                        phase.global_batch_size, phase.micro_batch_size, info.world_size)
+        available = count_proteins(config.val_corpus, config.num_eval_batches * phase.global_batch_size)
+        per_step = evaluation_step_size(available, phase.global_batch_size, phase.micro_batch_size, info.world_size)
         if per_step == 0:  # (checked before training: a file changed since)
             raise InputError("the validation corpus holds fewer proteins than one evaluation batch now",
                              path=", ".join(map(str, config.val_corpus)))
@@ -1365,7 +1366,12 @@ def evaluate(run: _Run, phase) -> float:
                               # length sort put the buffer's shortest proteins first, and the first
                               # batches evaluated were those (num_eval_batches 5: the 40 shortest of 128)
                               bucket_batches=config.num_eval_batches, shuffle=False,
-                              collate=run.objective.collate, max_epochs=1, batch_name="evaluation batch")
+                              collate=run.objective.collate, max_epochs=1, batch_name="evaluation batch",
+                              # The first proteins of whole evaluation steps, and no further: proteins
+                              # past them joined the buffer (fewer than a global batch after it, or
+                              # a file of fewer than num_eval_batches steps), which then evaluated a
+                              # random choice of all of them, not the first
+                              max_proteins=min(available, config.num_eval_batches * per_step) // per_step * per_step)
         # islice: a batch past the last is not made (tokenized and collated) only to be dropped
         micro_batches = [b for step_batch in itertools.islice(stream, config.num_eval_batches)
                          for b in step_batch.micro_batches]
