@@ -874,6 +874,28 @@ class _Background:
 
 # --- the pipeline -------------------------------------------------------------------------
 
+_ON_FINAL_OUTPUT: list = []  # the CLI's callbacks (when_output_final): OUTPUT has its final name
+
+
+@contextlib.contextmanager
+def when_output_final(callback):
+    """Within the block, `callback()` runs the moment embed's OUTPUT takes its final name (the
+    rename of OUTPUT.partial, or the stacked file written): the CLI marks its output complete
+    there, so a Ctrl-C or SIGTERM in the moments after (closing, releasing the lock, the summary)
+    is not reported as an interruption of a file already whole. Not for callers that go on with
+    more work after embed (predict)."""
+    _ON_FINAL_OUTPUT.append(callback)
+    try:
+        yield
+    finally:
+        _ON_FINAL_OUTPUT.remove(callback)
+
+
+def final_output_hook():
+    """The callback for the writer of the final OUTPUT (EmbeddingsWriter.on_final), or None."""
+    return _ON_FINAL_OUTPUT[-1] if _ON_FINAL_OUTPUT else None
+
+
 def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embedder | None = None,
           distributed: bool = True, input_name: str | None = None) -> EmbedSummary:
     """Embed every protein of `fasta` into the HDF5 file `output` (see docs/embed.md).
@@ -1296,6 +1318,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
         # a finished output that this run extends: what was read of it starts its ledger
         writer = EmbeddingsWriter(output, resume=options.resume, **writer_kw,
                                   finished_proteins=(done.ids, done.sums) if extending else None)
+        writer.on_final = final_output_hook()
         if options.resume and shard_files:
             # An interrupted torchrun run continued in one process: its ranks' shards hold
             # proteins counted as done above; they go into this file now, then the shards go.

@@ -207,9 +207,12 @@ def _shard_files(output) -> list[str]:
 def _merge_shards(output: Path, options: EmbedOptions, writer_kw: dict, world_size: int) -> dict[str, str]:
     """Rank 0: fold every rank's shard into the one output, then remove the shards. Stopped
     (Ctrl-C, SIGTERM), the work is in OUTPUT.partial, which the interrupt names as `kept`."""
+    from protrans_cli.embed import final_output_hook
+
     shards = _shard_files(output)
     try:
         with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as merged:
+            merged.on_final = final_output_hook()
             _absorb_shards(merged, shards)
             failed = dict(merged.failed)
     except KeyboardInterrupt as exc:

@@ -2920,3 +2920,29 @@ def test_resume_never_writes_through_a_planted_partial_or_someone_elses_output_l
     embed(fasta, mine, EmbedOptions(model="onehot", threads=1, resume=True))
     with EmbeddingsReader(victim) as reader:
         assert sorted(reader.ids()) == ["p1", "p2"]
+
+
+@pytest.mark.parametrize("name, message", [("SIGTERM", "terminated"), ("SIGINT", "interrupted")])
+def test_a_signal_once_the_output_has_its_final_name_exits_0(run_cli, tmp_path, monkeypatch, name, message):
+    """A SIGTERM or Ctrl-C in the moments after OUTPUT.partial was renamed to OUTPUT (the file
+    closed, the lock released, the summary on its way) said "protrans: error: terminated" and
+    exit 143 (or the "embedded ..." line and then "interrupted", 130) for a file already whole
+    (found by a kill sweep). The rename marks the output complete, as fit's last step does."""
+    import signal
+
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    real = EmbeddingsWriter.close
+
+    def close(self, complete=False):
+        real(self, complete)
+        if complete and self.finalize:
+            signal.raise_signal(getattr(signal, name))  # (just after the rename)
+
+    monkeypatch.setattr(EmbeddingsWriter, "close", close)
+    out = tmp_path / "d.h5"
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"protrans: warning: {message} once the output was complete ({out}): nothing was lost")
+    assert out.is_file() and not (tmp_path / "d.h5.partial").exists()

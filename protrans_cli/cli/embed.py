@@ -127,7 +127,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
     torchrun --nproc-per-node 4 -m protrans_cli embed proteome.fa -o proteome.h5
     """
     from protrans_cli import console
-    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.embed import EmbedOptions, embed, when_output_final
     from protrans_cli.embed_dist import interrupted_output
     from protrans_cli.threads import resolve_threads
 
@@ -145,7 +145,9 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         part=part,
     )
     try:
-        summary = embed(fasta, output, options)
+        # (the output is complete from its final rename on: a signal after it stops nothing)
+        with when_output_final(lambda: console.output_complete(str(output))):
+            summary = embed(fasta, output, options)
     except KeyboardInterrupt as exc:
         from protrans_cli.cli import stopped
 

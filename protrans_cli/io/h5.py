@@ -1716,6 +1716,9 @@ class EmbeddingsWriter:
             raise UsageError(f"storage dtype must be one of {STORAGE_DTYPES}, got {storage_dtype!r}")
         if compression not in (None, *COMPRESSIONS):
             raise UsageError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        # called the moment the file takes its final name (close): the CLI marks its output
+        # complete there, so a signal in the moments after is not reported as an interruption
+        self.on_final = None
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.layout = layout
@@ -2105,6 +2108,9 @@ class EmbeddingsWriter:
                                      path=str(self.path)) from None
         else:
             self._ledger.seal()  # closed cleanly: the next --resume may trust the ledger
+            return
+        if self.on_final is not None:
+            self.on_final()
 
     def _finish_stacked(self) -> None:
         """The complete partial file written out as the stacked file (io/stacked.py), then
