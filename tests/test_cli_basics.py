@@ -624,3 +624,23 @@ def test_torchruns_local_ranks_share_the_cores_by_default(monkeypatch, tmp_path)
     assert threads.resolve_threads(3) == 3 and threads.resolve_threads(None, small_work=True) == 1
     monkeypatch.setenv("PROTRANS_THREADS", "2")
     assert threads.resolve_threads(None) == 2
+
+
+def test_a_ctrl_c_in_pythons_finalization_leaves_the_exit_status_alone(tmp_path):
+    """Python's finalization resets the signal handlers it set before it tears the modules down
+    (torch's teardown: a second): a Ctrl-C then killed a finished `embed` by SIGINT, status -2
+    after its success line (found by a kill sweep). From the atexit callbacks on it is ignored,
+    as SIGTERM is."""
+    script = tmp_path / "late.py"
+    script.write_text("import os, signal, sys, time\nfrom protrans_cli.cli import main\n"
+                      "class LateCtrlC:\n    def __del__(self):  # (in the finalization, after the reset)\n"
+                      "        os.kill(os.getpid(), signal.SIGINT)\n        time.sleep(0.2)\n"
+                      "late = LateCtrlC()\nsys.argv = ['protrans', '--version']\nmain()\n")
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert r.stdout.startswith("protrans, version")

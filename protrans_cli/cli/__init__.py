@@ -386,6 +386,13 @@ def main(argv=None):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if previous_int is signal.default_int_handler:
                 signal.signal(signal.SIGINT, _exit_now(code))
+                # Python's finalization, after the atexit callbacks, resets the handlers Python
+                # set: a Ctrl-C in the rest of it (torch's teardown, a second) killed the finished
+                # command by SIGINT, status -2 after its success line (1 of 8 aimed Ctrl-Cs of
+                # embed's kill sweep). Ignored from the atexit callbacks on, as SIGTERM is above.
+                import atexit
+
+                atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
         elif installed:  # in-process callers (tests, notebooks) get their handlers back
             sys.unraisablehook = previous_hook
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
