@@ -1649,3 +1649,62 @@ def test_pooling_cls_is_not_recorded_in_a_file_without_per_protein_vectors(run_c
         assert reader.attrs["pooling"] == "mean over residue tokens (special tokens excluded)"
     r = run_cli("embed", SMALL, "-m", tiny_models["bert"], "--per-residue", "-o", out, "--device", "cpu", "--resume")
     assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("family_name", ["bert", "transfo_xl"])
+def test_chunked_and_truncated_rows_equal_the_plain_forward_of_the_residues_computed(tmp_path, tiny_models,
+                                                                                    family_name):
+    """--long-policy chunk end to end: every row of a stitched protein is the row of a plain
+    transformers forward pass over the window that owns it (docs/embed.md: in each overlap the
+    first half of the rows from the left window, the middle one of an odd overlap included, the
+    rest from the right; for Transformer-XL, causal, the whole overlap from the left window),
+    and the per-protein vector is the mean of the stitched rows. --long-policy truncate: the rows
+    of the first max_length residues computed alone, with `length`, `truncated_from` and the md5
+    of the kept prefix as embed read it (upper-cased, gaps and the terminal '*' removed)."""
+    import hashlib
+
+    from protrans_cli.embed import EmbedOptions, embed
+
+    family, model = FAMILIES[family_name], tiny_models[family_name]
+    seq = "".join("ACDEFGHIKLMNPQRSTVWY"[(i * 7 + i // 5) % 20] for i in range(75))
+    written = seq[:40].lower() + "-" + seq[40:60] + "." + seq[60:] + "*"
+    fasta = tmp_path / "long.fa"
+    fasta.write_text(f">long a protein\n{written}\n>short\nMKTAYIAK\n")
+    # windows (0, 30), (20, 50), (40, 70) and (45, 75): overlaps of 10, 10 and 25 residues
+    window, overlap = 30, 10
+    windows = [(0, 30), (20, 50), (40, 70), (45, 75)]
+    owner = []
+    for row in range(len(seq)):
+        inside = [k for k, (s, e) in enumerate(windows) if s <= row < e]
+        k = inside[0]
+        if family_name != "transfo_xl":
+            # past the first half of its overlap with the next window: the next one's (-(-n // 2): ceil)
+            while k + 1 in inside and row >= windows[k + 1][0] + -(-(windows[k][1] - windows[k + 1][0]) // 2):
+                k += 1
+        owner.append(k)
+    refs = [reference_rows(family, model, seq[s:e], layers=(-1, 0)) for s, e in windows]
+    expected = np.stack([refs[k][:, row - windows[k][0]] for row, k in enumerate(owner)], axis=1)  # (2, L, D)
+    out = embed(fasta, tmp_path / "c.h5", EmbedOptions(model=str(model), layers=(-1, 0), device="cpu", max_tokens=64,
+                                                       max_length=window, long_policy="chunk",
+                                                       chunk_overlap=overlap)).output
+    with EmbeddingsReader(out) as r:
+        attrs = {i: a for i, _, a in r.items(PER_RESIDUE)}
+        rows, pooled = r.get("long", PER_RESIDUE), r.get("long", PER_PROTEIN)
+        short = r.get("short", PER_RESIDUE)
+    assert attrs["long"]["chunks"] == len(windows) and attrs["long"]["length"] == len(seq)
+    assert attrs["long"]["checksum"] == "md5:" + hashlib.md5(seq.encode()).hexdigest()
+    np.testing.assert_allclose(rows, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(pooled, expected.mean(1), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(short, reference_rows(family, model, "MKTAYIAK", layers=(-1, 0)), atol=1e-5, rtol=0)
+
+    out = embed(fasta, tmp_path / "t.h5", EmbedOptions(model=str(model), device="cpu", max_length=window,
+                                                       long_policy="truncate")).output
+    with EmbeddingsReader(out) as r:
+        attrs = {i: a for i, _, a in r.items(PER_RESIDUE)}
+        rows, pooled = r.get("long", PER_RESIDUE), r.get("long", PER_PROTEIN)
+    expected = reference_rows(family, model, seq[:window])[0]
+    np.testing.assert_allclose(rows, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(pooled, expected.mean(0), atol=1e-5, rtol=0)
+    assert (attrs["long"]["length"], attrs["long"]["truncated_from"]) == (window, len(seq))
+    assert attrs["long"]["checksum"] == "md5:" + hashlib.md5(seq[:window].encode()).hexdigest()
+    assert "truncated_from" not in attrs["short"]
