@@ -647,9 +647,8 @@ def _running_partial(path: str) -> dict | None:
     try:
         h5_file(path, "r").close()
     except BlockingIOError:
-        final = path.removesuffix(".partial")
-        if re.search(r"\.shard-\d+-of-\d+$", final):  # a torchrun rank's part, merged into OUTPUT at the end
-            final = re.sub(r"\.shard-\d+-of-\d+$", "", final)
+        # (a torchrun rank's OUTPUT.shard-RRR-of-NNN.partial is merged into OUTPUT at the end)
+        final = re.sub(r"\.shard-\d+-of-\d+$", "", path.removesuffix(".partial"))
         return {"status": f"being written by a running protrans embed (it holds the file's lock): read {final} "
                           "once the run ends", "written_by": "protrans", "proteins_done": done}
     except OSError:
@@ -838,8 +837,7 @@ def info_lines(facts: dict) -> list[str]:
     lines.append(("written by", facts.get("written_by", "")))
     if "proteins_done" in facts:  # a running embed's file: what its ledger says, nothing more is readable
         lines.append(("proteins", f"{facts['proteins_done']:,} complete so far (from its ledger)"))
-        width = max(len(name) for name, _ in lines)
-        return [f"{name + ':':<{width + 1}} {console.printable(value)}" for name, value in lines]
+        return _aligned(lines)
     lines.append(("layout", f"{facts['layout']} ({', '.join(facts['kinds'])})"))
     if facts.get("classes"):
         lines.append(("classes", "; ".join(f"{name} {order}" for name, order in facts["classes"].items())
@@ -890,5 +888,10 @@ def info_lines(facts: dict) -> list[str]:
                                       + (f" ({runs} runs; the last:)" if runs and runs > 1 else "")))
         if facts.get("command_line"):
             lines.append(("command", str(facts["command_line"])))
+    return _aligned(lines)
+
+
+def _aligned(lines: list[tuple[str, str]]) -> list[str]:
+    """(name, value) pairs as `name:` lines with the values in one column."""
     width = max(len(name) for name, _ in lines)
     return [f"{name + ':':<{width + 1}} {console.printable(value)}" for name, value in lines]
