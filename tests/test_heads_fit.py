@@ -1545,6 +1545,37 @@ def test_a_hand_edited_head_config_is_one_line(run_cli, ss_data, one_epoch_ss3, 
     assert r.exit_code == 1 and said in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     assert not (tmp_path / "p.fa").exists()
 
+@pytest.mark.parametrize("name", ["x/y", "a\x00b", "L" * 300, "-"])
+def test_a_head_output_name_that_cannot_name_a_file_is_refused(run_cli, loc_data, tmp_path, name):
+    """predict --metrics names files after a head's outputs (DIR/<labels>.<output>.png): the output
+    name of a shared head's config.json (its weights renamed to match) named a file in a folder
+    ("x/y"), was a ValueError traceback (a NUL byte) or "File name too long", each after the JSON
+    was written."""
+    from safetensors.torch import load_file, save_file
+
+    table = tmp_path / "labels.csv"
+    rows = [line[1:].split() for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
+    table.write_text("".join(f"{ident},{loc.split('-')[0]}\n" for ident, loc in rows))
+    head = tmp_path / "head"
+    assert run_cli("fit", "protein", "--embeddings", loc_data / "train.h5", "--labels", table, "-j", "1",
+                   "--max-epochs", "1", "--bootstrap", "10", "--no-plots", "-o", head).exit_code == 0
+    config = json.loads((head / "config.json").read_text())
+    config["task"]["outputs"][0]["name"] = name
+    (head / "config.json").write_text(json.dumps(config))
+    weights = load_file(str(head / "weights.safetensors"))
+    save_file({k.replace(".label.", f".{name}."): v for k, v in weights.items()}, str(head / "weights.safetensors"),
+              metadata={"format": "protrans-head"})
+    (tmp_path / "m").mkdir()
+    r = run_cli("predict", head, "--embeddings", loc_data / "train.h5", "--labels", table,
+                "--metrics", tmp_path / "m", "-o", tmp_path / "p.csv")
+    if name == "-":  # (a name a file takes: scored as any)
+        assert r.exit_code == 0, r.stderr
+        assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["labels.-.png", "labels.json"]
+        return
+    assert r.exit_code == 1 and "is not a name a file can take" in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1 and not any((tmp_path / "m").iterdir()) and not (tmp_path / "p.csv").exists()
+
+
 def test_the_wrong_file_for_a_head_is_named_with_its_remedy(run_cli, ss_data, one_epoch_ss3, tmp_path):
     # Each named the problem and not what to do: a per-protein file for a per-residue head,
     # embeddings of another model, the FASTA itself given as --embeddings, sequences as labels

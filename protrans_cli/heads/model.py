@@ -29,6 +29,7 @@ WEIGHTS = "weights.safetensors"
 # it refuses format 2 instead, "a later protrans wrote it: upgrade protrans".
 FORMAT_VERSION = 2
 _FORMATS = {"cnn": 1, "fnn": 1, "light-attention": 2}
+_MAX_OUTPUT_NAME = 64  # (a task's outputs: ss3, ss8, loc, membrane, label, value)
 
 
 def head_format(architecture: str) -> int:
@@ -115,6 +116,13 @@ def _check_claims(config: dict, task: Task) -> None:
         raise ValueError(f"format_version {version!r}: this protrans reads heads of formats up to {FORMAT_VERSION} "
                          "(a later protrans wrote it: upgrade protrans)")
     for output in task.outputs:
+        # (predict --metrics names files after them, DIR/<labels>.<output>.png: a hand-made "x/y"
+        # wrote into a folder, a NUL byte was a traceback, 300 letters "File name too long")
+        name = output.name
+        if not (isinstance(name, str) and 0 < len(name) <= _MAX_OUTPUT_NAME and name.isprintable()
+                and not name.startswith(".") and "/" not in name and "\\" not in name):
+            raise ValueError(f"output name {str(name)[:40]!r} is not a name a file can take (printable, no / or \\, "
+                             f"not starting with '.', {_MAX_OUTPUT_NAME} characters at most)")
         if len(set(output.classes)) != len(output.classes):
             # (predict wrote a CSV with two columns of one name, and its letters could not be told apart)
             raise ValueError(f"output {output.name!r} names a class twice: {list(output.classes)[:12]}")
