@@ -2506,7 +2506,9 @@ embed_resume._done_in_child(Path({str(tmp_path / "x.h5")!r}), {{}}, None, set(),
         proc.wait()
         for _ in range(100):
             try:  # (gone, or a zombie that no init reaps in a container)
-                if open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                with open(f"/proc/{child}/stat") as fh:
+                    state = fh.read().rsplit(")", 1)[1].split()[0]
+                if state == "Z":
                     break
             except (FileNotFoundError, ProcessLookupError):
                 break
@@ -2792,6 +2794,7 @@ def test_a_signal_while_a_rank_waits_for_the_others_to_join_ends_it_at_once(tmp_
             proc.kill()
             proc.wait()
     err = proc.stderr.read()
+    proc.stderr.close()
     word, expected = ("interrupted", 130) if signum == signal.SIGINT else ("terminated", 143)
     assert code == expected, err
     lines = err.strip().splitlines()

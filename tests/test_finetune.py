@@ -399,7 +399,7 @@ def test_loc_two_outputs_membrane_unknown_left_out(data, loc_fasta, run_cli, tmp
     assert json.loads((out / "head" / "config.json").read_text())["architecture"] == architecture
     r = run_cli("predict", out / "head", "--fasta", loc_fasta / "test.fasta", "-o", tmp_path / "p.csv")
     assert r.exit_code == 0, r.stderr
-    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
     assert len(rows) == 21 and {"loc", "membrane"} <= set(rows[0])
     truth = {}
     for line in (loc_fasta / "test.fasta").read_text().splitlines()[::2]:

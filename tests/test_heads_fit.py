@@ -340,7 +340,7 @@ def test_loc_fit_predict_csv(run_cli, loc_data, tmp_path):
     assert summary["test"]["membrane"]["n"] == 30  # U proteins left out of the membrane metric
     out = tmp_path / "loc.csv"
     assert run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", out).exit_code == 0
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert len(rows) == 45
     assert list(rows[0])[:3] == ["id", "loc", f"loc:{LOCATIONS[0]}"] and "membrane:M" in rows[0]
     for row in rows:
@@ -1320,7 +1320,7 @@ def test_a_loc_head_without_membrane_labels_has_no_membrane_output(run_cli, loc_
     assert outputs == ["loc"]
     out = tmp_path / "p.csv"
     assert run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", out).exit_code == 0
-    assert not [c for c in next(csv.reader(out.open())) if c.startswith("membrane")]
+    assert not [c for c in next(csv.reader(out.read_text().splitlines())) if c.startswith("membrane")]
 
 
 @pytest.fixture(scope="module")
@@ -3103,7 +3103,7 @@ def test_an_ss3_ss8_head_is_scored_on_a_csv_with_a_three_state_column_only(run_c
     head = tmp_path / "ss"
     assert run_cli("fit", "ss3+ss8", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
                    "--max-epochs", "2", *FAST, "-o", head).exit_code == 0
-    rows = list(csv.reader(open(ss_data / "test.csv")))
+    rows = list(csv.reader((ss_data / "test.csv").read_text().splitlines()))
     keep = [i for i, name in enumerate(rows[0]) if name.strip() != "dssp8"]
     three = tmp_path / "three.csv"
     with open(three, "w", newline="") as fh:
@@ -3484,7 +3484,7 @@ def test_predictions_in_memory_are_what_predict_writes(run_cli, ss_data, loc_dat
     assert [p["ss8"].labels for p in again] == [written[i] for i in sequences]
     # per protein: class and probabilities as the CSV gives them (6 significant digits)
     assert run_cli("predict", loc_head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "l.csv").exit_code == 0
-    rows = {row["id"]: row for row in csv.DictReader((tmp_path / "l.csv").open())}
+    rows = {row["id"]: row for row in csv.DictReader((tmp_path / "l.csv").read_text().splitlines())}
     with EmbeddingsReader(loc_data / "test.h5") as reader:
         vectors = {ident: array for ident, array, _ in reader.items("per_protein")}
     for ident, prediction in predict_embeddings(loc_head, vectors, threads=1).items():

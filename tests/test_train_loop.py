@@ -586,7 +586,7 @@ def test_find_lr_says_which_of_its_steps_met_a_bad_corpus_line(tmp_path, run_cli
     """A run's corpus error says which step's batch met it; the range test's said only the line,
     and left the user to guess whether the test or the check before it had read that far."""
     corpus = tmp_path / "bad.txt"
-    corpus.write_text(open(LEARNABLE).read() + "\nM K J K\n")
+    corpus.write_text(Path(LEARNABLE).read_text() + "\nM K J K\n")
     res = run_cli("train", "--corpus", corpus, "--find-lr", "--num-steps", 100, "--max-length", 32, "-j", 1,
                   "-o", tmp_path / "lr")
     assert res.exit_code == 1, res.stderr
@@ -918,7 +918,8 @@ def test_metrics_and_the_summary_say_which_pass_over_the_corpus_a_step_was_in(tm
     # HF's Trainer logs an epoch next to the loss; train logged steps only, so 50 steps of 8 over
     # a corpus of 40 proteins were 10 passes over it, which no line and no summary said.
     corpus = tmp_path / "forty.txt"
-    corpus.write_text("".join(open(LEARNABLE).readlines()[:80]))  # 40 proteins, a blank line after each
+    lines = Path(LEARNABLE).read_text().splitlines(keepends=True)
+    corpus.write_text("".join(lines[:80]))  # 40 proteins, a blank line after each
     result = train(_config(tmp_path, corpus=[str(corpus)], num_steps=50, global_batch_size=8,
                            micro_batch_size=8, log_every=10))
     rows = read_metrics(result.run_dir / "metrics.jsonl")
@@ -966,7 +967,7 @@ def test_a_corpus_error_met_in_training_leaves_no_half_made_run_directory(tmp_pa
     train_config.json, was left behind; now it goes, with the parent it made. A run that logged
     metrics lines (a loss curve to look at), a directory that was there before, a run with a
     checkpoint and a --resume run keep theirs."""
-    lines = open(LEARNABLE).read().splitlines()
+    lines = Path(LEARNABLE).read_text().splitlines()
     lines[498] = "M K T 7 A Y"
     corpus = tmp_path / "late_error.txt"
     corpus.write_text("\n".join(lines) + "\n")
@@ -1021,7 +1022,7 @@ def test_an_unusable_validation_corpus_fails_before_training(tmp_path, run_cli):
         assert not (out / "metrics.jsonl").exists()  # nothing trained
     # A bad line among the proteins an evaluation reads, after the first evaluation batch: the
     # run trained, warned "no eval loss" at each evaluation and ended with exit 0.
-    lines = open(LEARNABLE).read().splitlines()
+    lines = Path(LEARNABLE).read_text().splitlines()
     lines[20] = "M K T J Z 1 2"  # protein 11: in the evaluation (20 steps of 8), not in its first batch
     bad = tmp_path / "bad_val.txt"
     bad.write_text("\n".join(lines[:200]) + "\n")
@@ -1745,7 +1746,7 @@ def test_init_from_a_vocab_without_a_mask_token_is_one_line(tmp_path, run_cli):
 def test_eval_every_is_honoured_off_the_logging_grid(tmp_path):
     """--eval-every 3 with --log-every 2 evaluated only at step 6 (a step both divide) and at the end."""
     val = tmp_path / "val.txt"
-    val.write_text(open(LEARNABLE).read())
+    val.write_text(Path(LEARNABLE).read_text())
     result = train(_config(tmp_path / "ev", num_steps=7, log_every=2, eval_every=3, val_corpus=[str(val)]))
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows if "eval_loss" in r] == [3, 6, 7]

@@ -203,16 +203,19 @@ if sys.argv[1] == "hang":
         return
     proc = subprocess.Popen([sys.executable, "-c", code, "hang"], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     parent = int(proc.stdout.readline())
-    children = [int(c) for c in open(f"/proc/{parent}/task/{parent}/children").read().split()]
+    with open(f"/proc/{parent}/task/{parent}/children") as fh:
+        children = [int(c) for c in fh.read().split()]
     assert children
     os.kill(parent, signal.SIGKILL)
     proc.wait()
+    proc.stdout.close()
 
     def alive():  # (a zombie is dead: its parent, here PID 1, has not reaped it yet)
         running = []
         for child in children:
             try:
-                state = open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0]
+                with open(f"/proc/{child}/stat") as fh:
+                    state = fh.read().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
             if state != "Z":
