@@ -82,9 +82,9 @@ def _config_without_model_type(target: str, checkpoint, hub_kwargs: dict):
     and ProtBert-BFD: transformers 4 guessed the type from the repository name, transformers 5
     refuses), read with the config class of the family its `architectures` (or, for a short
     name, the published checkpoint) names; None when neither names one."""
-    from transformers import PretrainedConfig
+    from transformers import PreTrainedConfig
 
-    config_dict, _ = PretrainedConfig.get_config_dict(target, **hub_kwargs)
+    config_dict, _ = PreTrainedConfig.get_config_dict(target, **hub_kwargs)
     if config_dict.get("model_type"):
         return None
     family = _family_by_architecture(config_dict.get("architectures"))
