@@ -518,3 +518,26 @@ def test_only_the_tokenizer_files_problems_are_called_damaged_tokenizer_files(tm
     monkeypatch.setattr(type(family), "load_tokenizer", fail)
     with pytest.raises(type(error) if passed_on else ModelError):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("key,value", [("num_attention_heads", 0), ("num_hidden_layers", -1), ("hidden_size", "big"),
+                                       ("vocab_size", None), ("layer_norm_eps", "small")])
+def test_a_config_json_field_of_a_bad_value_is_one_line_naming_file_and_field(tmp_path, run_cli, key, value):
+    """An edited config.json with a field of the wrong type (transformers' strict validation: a
+    StrictDataclassFieldValidationError traceback) or a head count of 0 (a ZeroDivisionError
+    traceback; -1 layers read as "--layer -1 does not exist") is one line, exit 1, no output."""
+    family = FAMILIES["bert"]
+    tokenizer, config, model = _tiny(family)
+    model_dir = tmp_path / "model"
+    family.save_pretrained(model, tokenizer, model_dir)
+    data = json.loads((model_dir / "config.json").read_text())
+    data[key] = value
+    (model_dir / "config.json").write_text(json.dumps(data))
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    result = run_cli("embed", fasta, "-m", model_dir, "-o", tmp_path / "x.h5", "--device", "cpu", "-j", "1")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"protrans: error: {model_dir}: cannot load the model directory: "
+                                    f"{model_dir / 'config.json'}: ")
+    assert key in result.stderr and len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "x.fa"]

@@ -241,6 +241,12 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
                                  f"predict {name} --fasta FILE` (it embeds with its own model)") from None
             raise ModelError(f"{name}: unsupported model ({text})") from None
         raise ModelError(_not_found_message(name, target, is_dir, text, flag, revision=revision)) from None
+    except _strict_config_errors() as exc:
+        # a field of the wrong type in an edited config.json ("hidden_size": "big", "dropout": null):
+        # a multi-line StrictDataclassFieldValidationError traceback from transformers
+        detail = " ".join(str(exc).split())
+        where = f"cannot load the model directory: {Path(target) / 'config.json'}" if is_dir else "its config.json"
+        raise ModelError(f"{name}: {where}: {detail}") from None
     except (OSError, KeyError) as exc:
         if _invalid_repo_id(exc):  # "foo bar": nothing to download, whatever the network
             raise ModelError(f"{name}: not a model directory, a short name (`protrans models`) or a valid hub "
@@ -265,7 +271,29 @@ def _config_json_problem(directory) -> str | None:
         return f"{path} holds {kind}, not a JSON object of settings"
     if "model_type" in data and not isinstance(data["model_type"], str):
         return f"{path}: its model_type is {data['model_type']!r}, not a name"
+    for key in _SIZE_FIELDS:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            # (transformers' strict validation refuses a text or null there, but a 0 or a negative
+            # number built the model into a ZeroDivisionError traceback, or read as "-1 layers")
+            return f"{path}: its {key} is {value!r:.40}, not a whole number of at least 1"
     return None
+
+
+# The sizes and counts a model is built from, which no family takes as 0 (config.json's names).
+_SIZE_FIELDS = ("vocab_size", "hidden_size", "embedding_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "max_position_embeddings", "d_model", "d_ff", "d_kv", "d_inner", "d_head",
+                "d_embed", "num_layers", "num_decoder_layers", "num_heads", "n_layer", "n_head")
+
+
+def _strict_config_errors() -> tuple:
+    """huggingface_hub's errors of a config field of the wrong type (none in versions without
+    strict config validation)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
 
 
 def _family_of(name: str, config) -> Family:
