@@ -2727,3 +2727,26 @@ def test_keep_best_resumed_with_another_validation_corpus_tracks_it_anew(tmp_pat
             assert "another validation corpus" not in said
             assert (result.best_checkpoint.name, result.best_eval_loss) == ("step_00000004", 1.0)
             assert _checkpoints(result.run_dir) == ["step_00000004", "step_00000010"]
+
+
+@pytest.mark.parametrize("saved", ['{"num_steps": "x"}', "[1]", '{"phases": [5]}', '{"corpus": [3]}',
+                                   '{"resolved": {"warmup_steps": "a"}}'])
+def test_resume_from_a_checkpoint_whose_train_config_holds_other_types_is_one_line(tmp_path, run_cli, saved):
+    """A checkpoint's train_config.json edited into valid JSON of another shape (and SHA256SUMS
+    written again, or a checkpoint of a version without sums) was a ValueError or AttributeError
+    traceback from the comparison of the settings; it is a damaged checkpoint, exit 1."""
+    from protrans_cli.training import checkpoint as ckpt
+
+    out = tmp_path / "run"
+    flags = ["--corpus", LEARNABLE, "-o", out, "--max-length", 32, "--global-batch-size", 8, "--micro-batch-size", 8,
+             "--save-every", 1, "-j", 1]
+    assert run_cli("train", *flags, "--num-steps", 2).exit_code == 0
+    last = out / "checkpoints" / "step_00000002"
+    (last / ckpt.CONFIG_FILE).write_text(saved)
+    ckpt._write_sums(last)
+    result = run_cli("train", *flags, "--num-steps", 3, "--resume")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1].startswith(
+        f"protrans: error: {last}: damaged checkpoint: cannot read train_config.json (")
+    assert "Traceback" not in result.stderr and "step_00000001" in result.stderr.splitlines()[-1]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]

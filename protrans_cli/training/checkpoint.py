@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, torch_load_problem
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line, torch_load_problem, type_problem
 from protrans_cli.io.files import (default_permissions, disk_full, refuse_special_output, replace_directory,
                                    sha256_file)
 
@@ -649,6 +649,33 @@ def _single_phase(side: dict) -> tuple:
     return side.get("max_length"), side.get("global_batch_size")
 
 
+def _saved_config_problem(saved) -> str | None:
+    """Why a checkpoint's train_config.json cannot be compared with a run's settings (not an
+    object; a value `resumed_config` computes with, or takes over, of another type), or None."""
+    from protrans_cli.training.config import RESOLVED
+
+    if not isinstance(saved, dict):
+        return f"it holds {type(saved).__name__}, not a JSON object of settings"
+    phases = saved.get("phases") or []
+    if not isinstance(phases, list) or not all(isinstance(p, dict) for p in phases):
+        return f"phases is {phases!r:.40}, not a list of tables"
+    resolved = saved.get(RESOLVED) if isinstance(saved.get(RESOLVED), dict) else {}
+    values = [("num_steps", saved.get("num_steps"), "int | None"),
+              ("warmup_steps", saved.get("warmup_steps"), "int | None"),
+              (f"{RESOLVED}.warmup_steps", resolved.get("warmup_steps"), "int | None"),
+              ("init_from", saved.get("init_from"), "str | None")]
+    values += [(f"phases[{i}].{key}", p.get(key), "int | None") for i, p in enumerate(phases)
+               for key in ("max_length", "num_steps", "global_batch_size")]
+    for name, value, annotation in values:
+        if problem := type_problem(annotation, value):
+            return f"{name} is {value!r:.40}, not {problem}"
+    for key in ("corpus", "val_corpus"):
+        paths = saved.get(key)
+        if paths is not None and (not isinstance(paths, list) or not all(isinstance(x, str) for x in paths)):
+            return f"{key} is {paths!r:.40}, not a list of paths"
+    return None
+
+
 def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="cpu",
                    refusal=None) -> "TrainConfig":
     """`config`, checked against the checkpoint's train_config.json: a resumed run with another
@@ -665,6 +692,10 @@ def resumed_config(config: "TrainConfig", where: Path, *, family=None, device="c
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return config  # an older checkpoint without it, or unreadable: nothing to compare
+    if problem := _saved_config_problem(saved):
+        # (an edited file of a checkpoint without SHA256SUMS: a ValueError or AttributeError
+        # traceback from the comparison below)
+        raise _damaged(where, CONFIG_FILE, ValueError(problem))
     resolved = saved.pop(RESOLVED, None)
     resolved = resolved if isinstance(resolved, dict) else {}
     if saved.get("warmup_steps") is None:
