@@ -2750,3 +2750,37 @@ def test_resume_from_a_checkpoint_whose_train_config_holds_other_types_is_one_li
         f"protrans: error: {last}: damaged checkpoint: cannot read train_config.json (")
     assert "Traceback" not in result.stderr and "step_00000001" in result.stderr.splitlines()[-1]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+
+
+@pytest.mark.parametrize("left", ["some files", "nothing", "the only checkpoint"])
+def test_resume_when_the_latest_checkpoint_lost_its_training_state_is_one_line(tmp_path, run_cli, left):
+    """A latest step_N/ whose training_state.pt was deleted (to save space) or never copied: --resume
+    went back to the checkpoint before without a word, and wrote over the later one (or, with no
+    other, started from step 0); it is a damaged checkpoint naming the one to go back to, exit 1."""
+    import shutil
+
+    from protrans_cli.training import checkpoint as ckpt
+
+    out = tmp_path / "run"
+    flags = ["--corpus", LEARNABLE, "-o", out, "--max-length", 32, "--global-batch-size", 8, "--micro-batch-size", 8,
+             "--save-every", 1, "-j", 1]
+    assert run_cli("train", *flags, "--num-steps", 2).exit_code == 0
+    last = out / "checkpoints" / "step_00000002"
+    if left == "nothing":
+        shutil.rmtree(last)
+        last.mkdir()
+    else:
+        (last / ckpt.STATE_FILE).unlink()
+    if left == "the only checkpoint":
+        shutil.rmtree(out / "checkpoints" / "step_00000001")
+        for name in ("config.json", "model.safetensors"):  # (a run dir of checkpoints only)
+            (out / name).unlink()
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    for resume in (["--resume"], ["--resume-from", last]):
+        result = run_cli("train", *flags, "--num-steps", 3, *resume)
+        assert result.exit_code == 1, result.output
+        said = result.stderr.splitlines()[-1]
+        assert said.startswith(f"protrans: error: {last}: damaged checkpoint: cannot read training_state.pt (it is "
+                               "missing"), said
+        assert ("step_00000001, after moving this one away" in said) == (left != "the only checkpoint"), said
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before

@@ -74,10 +74,31 @@ def find_checkpoint(path) -> Path:
     path = Path(path)
     if (path / STATE_FILE).is_file():
         return path
+    if checkpoint_step(path) is not None and path.is_dir() and path.parent.name == "checkpoints":
+        # --resume-from RUN/checkpoints/step_N without its state: "no checkpoint to resume from
+        # (expected checkpoints/step_*/)" named what the user gave as if it were no checkpoint
+        raise _damaged(path, STATE_FILE, FileNotFoundError(_STATE_MISSING))
+    refuse_incomplete_latest(path)
     found = list_checkpoints(path)
     if not found:
         raise InputError("no checkpoint to resume from (expected checkpoints/step_*/)", path=str(path))
     return found[-1]
+
+
+_STATE_MISSING = "it is missing: deleted to save space, or the checkpoint copied without it"
+
+
+def refuse_incomplete_latest(run_dir) -> None:
+    """A damaged-checkpoint error when a run's latest `step_N/` lacks its training_state.pt.
+    Checkpoints are renamed into place whole, and set aside before they are deleted, so only a
+    file deleted or lost since leaves one: --resume went back to the checkpoint before without a
+    word (or started from step 0 where it was the only one) and wrote over it."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return
+    steps = sorted((step, p) for p in root.iterdir() if (step := checkpoint_step(p)) is not None and p.is_dir())
+    if steps and not (steps[-1][1] / STATE_FILE).is_file():
+        raise _damaged(steps[-1][1], STATE_FILE, FileNotFoundError(_STATE_MISSING))
 
 
 def rng_state(device=None) -> dict:

@@ -230,6 +230,8 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                         f"{config.output_dir} already holds a model ({model}) and no checkpoint"
                         + (" to resume from" if resume is True else "")
                         + ": a new run would overwrite it; choose another -o (or move the model away)")
+                if resume is True:
+                    ckpt.refuse_incomplete_latest(config.output_dir)  # (the only one: not "none yet")
                 if resume:
                     _check_resume_settings(config, resume, family, info)
             except (ProtransError, OSError) as exc:  # (rank 0's lock too: another run holds the directory)
