@@ -472,6 +472,27 @@ def test_a_fasta_file_as_corpus_says_to_run_prep(tmp_path, run_cli):
         "(one protein per line), e.g. protrans prep proteins.fasta -o corpus.txt")
 
 
+@pytest.mark.parametrize("head,kind", [
+    (b"\x18\x01\x00\x00\x00\x00\x00\x00{\"__metadata__\":{}}\r\n", "the file is binary"),  # safetensors
+    (b"\x89HDF\r\n\x1a\n\x00\x00", "the file is HDF5, such as embed writes"),
+    ("M K T A\n\n".encode("utf-16"), "the file is UTF-16 text (convert it to UTF-8 first"),
+    (b"PK\x03\x04\x14\x00", "the file is a zip archive (unzip it")])
+def test_a_file_that_is_no_text_as_corpus_says_what_it_is(tmp_path, run_cli, head, kind):
+    """A model's weights given as --corpus were "lines end in CR alone (old Mac line endings)",
+    an HDF5 or UTF-16 file an "invalid residue" of its first odd byte: a problem it does not have."""
+    corpus = tmp_path / "wrong.txt"
+    corpus.write_bytes(head + b"M K T A Y\n\n" * 20)
+    for flag in ("--corpus", "--val-corpus"):
+        files = ["--corpus", corpus] if flag == "--corpus" else ["--corpus", LEARNABLE, "--val-corpus", corpus]
+        res = run_cli("train", *files, "-o", tmp_path / "run", "--num-steps", 2, "--max-length", 32,
+                      "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+        assert res.exit_code == 1, res.output
+        said = res.stderr.strip().splitlines()[-1]
+        assert said.startswith(f"protrans: error: {corpus}:1: not a corpus: {kind}"), said
+        assert said.endswith("; the corpus is the text `protrans prep` writes, one protein per line"), said
+        assert not (tmp_path / "run").exists()
+
+
 def test_a_corpus_error_in_a_data_loader_worker_is_one_line_and_the_run_exits(tmp_path):
     # The bad line is past the first global batch (read before training), so a worker meets it:
     # it was re-raised as "Caught InputError in DataLoader worker process 0" with a traceback,

@@ -223,6 +223,9 @@ def _read_proteins(paths: list, start: Cursor, cursor: Cursor) -> Iterator[tuple
                 offset += len(raw)
                 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as prep and labels take it
                     raw = raw[3:]
+                if lineno == 1 and (kind := _not_text(raw)):
+                    raise InputError(f"not a corpus: {kind}; the corpus is the text `protrans prep` writes, one "
+                                     "protein per line", path=str(path), line=lineno)
                 if b"\r" in raw and b"\r" in raw.rstrip(b"\r\n"):
                     # CR-only line ends: the proteins of the whole file in one "line", read as one protein
                     raise InputError("lines end in CR alone (old Mac line endings), which would join every protein "
@@ -266,6 +269,21 @@ def _skip_to(stream, offset: int) -> bool:
         left -= len(chunk)
         last = chunk[-1:]
     return last == b"\n"
+
+
+def _not_text(first: bytes) -> str | None:
+    """What a corpus file is where its first bytes tell it is no text (a wrong file given as
+    --corpus): a model's weights were "lines end in CR alone", an HDF5 file an "invalid residue
+    '\\x89'", as the first such byte happened to be; None for text."""
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 byte-order mark: PowerShell's `>`, Notepad
+        return "the file is UTF-16 text (convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
+    if first.startswith(b"\x89HDF"):
+        return "the file is HDF5, such as embed writes"
+    if first.startswith(b"PK\x03\x04"):
+        return "the file is a zip archive (unzip it: train reads plain, gzip, bz2, xz and zstd files)"
+    if b"\x00" in first[:8]:  # (safetensors' header length, torch.save's and most binary formats')
+        return "the file is binary"
+    return None
 
 
 def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
