@@ -541,3 +541,24 @@ def test_a_config_json_field_of_a_bad_value_is_one_line_naming_file_and_field(tm
                                     f"{model_dir / 'config.json'}: ")
     assert key in result.stderr and len(result.stderr.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "x.fa"]
+
+
+@pytest.mark.parametrize("file,text,said", [("tokenizer.json", "", "not valid JSON (Expecting value"),
+                                            ("tokenizer.json", "[]", "holds list, not a JSON object"),
+                                            ("tokenizer_config.json", "x", "not valid JSON (Expecting value"),
+                                            ("special_tokens_map.json", "{", "not valid JSON (Expecting property")])
+def test_a_tokenizer_json_file_that_is_no_json_object_is_named(tmp_path, run_cli, file, text, said):
+    """An empty or cut-short tokenizer JSON file was "cannot load the tokenizer: Expecting value:
+    line 1 column 1 (char 0)": which of the directory's files, not said."""
+    family = FAMILIES["bert"]
+    tokenizer, config, model = _tiny(family)
+    model_dir = tmp_path / "model"
+    family.save_pretrained(model, tokenizer, model_dir)
+    (model_dir / file).write_text(text)
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    result = run_cli("embed", fasta, "-m", model_dir, "-o", tmp_path / "x.h5", "--device", "cpu", "-j", "1")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"protrans: error: {model_dir}: cannot load the tokenizer: {model_dir / file}")
+    assert said in result.stderr and len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "x.fa"]

@@ -346,6 +346,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             if is_dir and not _has_tokenizer_files(target):
                 # transformers fails in odd ways then ("expected str, bytes or os.PathLike object")
                 raise ModelError(f"{name}: the model directory has no tokenizer files; {_COPY_TOKENIZER}") from None
+            if is_dir and (problem := _tokenizer_json_problem(target)):
+                # ("cannot load the tokenizer: Expecting value: line 1 column 1 (char 0)" named no file)
+                raise ModelError(f"{name}: cannot load the tokenizer: {problem}; {_COPY_TOKENIZER}") from None
             if isinstance(exc, OSError):
                 raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
@@ -419,6 +422,25 @@ def _tokenizer_cached(repo_id: str, hub_kwargs: dict) -> bool:
              "vocab.json")
     return any(isinstance(try_to_load_from_cache(repo_id, name, revision=hub_kwargs.get("revision")), str)
                for name in names)
+
+
+def _tokenizer_json_problem(directory) -> str | None:
+    """Which JSON file of a model directory's tokenizer is not a JSON object (empty, cut short,
+    edited into an array), and why; None where each is one or absent."""
+    import json
+
+    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                 "vocab.json"):
+        path = Path(directory) / file
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, RecursionError) as exc:
+            return f"{path}: not valid JSON ({first_line(exc)})"
+        if not isinstance(data, dict):
+            return f"{path} holds {type(data).__name__}, not a JSON object"
+    return None
 
 
 def _has_tokenizer_files(directory) -> bool:
