@@ -160,7 +160,7 @@ def load_pt(path: Path, *, mmap: bool = False) -> dict:
 
     try:
         with warnings.catch_warnings():  # (torch's own about a plain pickle's protocol: the error is one line)
-            warnings.simplefilter("ignore")
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             except RuntimeError as exc:  # (a file of torch's legacy format cannot be mapped: read it)

@@ -128,7 +128,7 @@ def _load(path: Path) -> tuple[dict, str]:
         raise InputError(f"cannot read the checkpoint: {exc.strerror or exc}", path=str(path)) from None
     try:
         with warnings.catch_warnings():  # (torch's note on the pickle protocol of a file it then refuses)
-            warnings.simplefilter("ignore")
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - not a torch file, or one holding more than tensors and plain values
         raise InputError(_refusal(exc, data), path=str(path)) from None
