@@ -228,6 +228,39 @@ if sys.argv[1] == "hang":
     assert not alive()
 
 
+def test_a_corpus_error_met_by_workers_holds_nothing_of_the_caller_after_it(tmp_path):
+    # `raise item` kept the error in a local of the frame its traceback holds: a failed
+    # train(num_workers=N) kept the model and optimizer of the loop's frame alive until gc ran
+    import gc
+    import weakref
+
+    from protrans_cli.training.data import step_batches
+
+    class Model:  # what the training loop's frame holds while it reads the batches
+        pass
+
+    def loop(batches, model):
+        for _ in batches:
+            pass
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("MKTAYIAKQRQISFVKSHF\n" * 40 + "MKT1\n" + "MKTAYIAKQRQISFVKSHF\n" * 40)
+    model = Model()
+    held = weakref.ref(model)
+    gc.collect()
+    gc.disable()
+    try:
+        try:  # (not pytest.raises: its ExceptionInfo holds the traceback)
+            loop(step_batches(_stream((str(bad),), max_epochs=1), num_workers=1), model)
+        except InputError as exc:
+            message = str(exc)
+        del model
+        assert "invalid residue '1'" in message
+        assert held() is None
+    finally:
+        gc.enable()
+
+
 def test_workers_where_there_is_no_fork_are_a_usage_error(monkeypatch):
     import multiprocessing
 

@@ -731,7 +731,14 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
     try:
         for item in iterator:
             if isinstance(item, ProtransError):
-                raise item
+                # Not `raise item`: the local would hold the error, whose traceback holds this
+                # frame, a cycle that kept the caller's model, optimizer and the workers' pipes
+                # and shared memory alive after a failed train() until the garbage collector ran.
+                error, item = item, None
+                try:
+                    raise error
+                finally:
+                    del error
             yield item
     finally:
         # Now, not at exit: the workers ignore SIGTERM, so multiprocessing's exit handler
