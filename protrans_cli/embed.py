@@ -857,7 +857,12 @@ class _Background:
     def _raise(self):
         if self.error is not None:
             error, self.error = self.error, None
-            raise error
+            try:
+                raise error
+            finally:
+                # (the local held the error whose traceback holds this frame: a cycle that kept
+                # the run's model and writer alive after the caller caught it, until gc ran)
+                del error
 
     def __enter__(self):
         self.thread.start()

@@ -734,6 +734,41 @@ def test_the_batches_queued_behind_a_failed_write_are_not_written(tmp_path):
     assert done == []
 
 
+def test_a_failed_write_holds_nothing_of_the_run_once_caught():
+    """The writer thread's error, raised in the caller from a local of the frame its traceback
+    holds, kept the run's frames (the loaded model, the writer, the HDF5 file objects) alive
+    after a library caller caught it, until the garbage collector ran."""
+    import gc
+    import weakref
+
+    from protrans_cli.embed import _Background
+
+    class Model:  # what embed's frames hold while the writer thread runs
+        pass
+
+    def work(item):
+        raise RuntimeError("write failed")
+
+    def run(model):
+        with _Background(work) as background:
+            background.submit(0)
+
+    model = Model()
+    held = weakref.ref(model)
+    gc.collect()
+    gc.disable()
+    try:
+        try:  # (not pytest.raises: its ExceptionInfo holds the traceback)
+            run(model)
+        except RuntimeError as exc:
+            message = str(exc)
+        del model
+        assert message == "write failed"
+        assert held() is None
+    finally:
+        gc.enable()
+
+
 def test_a_merge_failing_inside_hdf5_is_one_line_not_a_crash(tmp_path):
     """copy_from had no failed-write handling: the merge's close after HDF5's failed copy was a
     traceback and a segmentation fault (exit -11)."""
