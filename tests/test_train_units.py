@@ -261,6 +261,25 @@ def test_a_corpus_error_met_by_workers_holds_nothing_of_the_caller_after_it(tmp_
         gc.enable()
 
 
+def test_workers_leave_the_callers_sigchld_handler(monkeypatch):
+    # torch's DataLoader sets a SIGCHLD handler with its first workers and never removes it:
+    # train(num_workers=N) from a notebook left it installed for the rest of the session
+    import signal
+
+    from torch.utils.data._utils import signal_handling
+
+    from protrans_cli.training.data import step_batches
+
+    monkeypatch.setattr(signal_handling, "_SIGCHLD_handler_set", False)  # (as in a fresh process)
+    callers = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        assert len(list(step_batches(_stream(max_epochs=1), num_workers=1))) > 5
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+        assert signal_handling._SIGCHLD_handler_set is False  # (a later loader of the caller's sets its own)
+    finally:
+        signal.signal(signal.SIGCHLD, callers)
+
+
 def test_workers_where_there_is_no_fork_are_a_usage_error(monkeypatch):
     import multiprocessing
 

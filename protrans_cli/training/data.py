@@ -678,6 +678,34 @@ def _ignore_stop_signals(worker_id: int, parent_pid: int | None = None) -> None:
     _die_with_parent(parent_pid)
 
 
+class _SigchldRestore:
+    """The caller's SIGCHLD handler, taken before torch's DataLoader sets its own (once per
+    process, in the main thread), and put back by `restore`."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        from torch.utils.data._utils import signal_handling
+
+        self.active = (hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread()
+                       and getattr(signal_handling, "_SIGCHLD_handler_set", None) is False)
+        self.previous = signal.getsignal(signal.SIGCHLD) if self.active else None
+
+    def restore(self) -> None:
+        import signal
+        import threading
+
+        from torch.utils.data._utils import signal_handling
+
+        # (None: a handler not set from Python, left as is; another thread, a generator closed by
+        # the garbage collector there, cannot set a handler)
+        if self.active and self.previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGCHLD, self.previous)
+            signal_handling._SIGCHLD_handler_set = False
+        self.active = False
+
+
 def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBatch]:
     """Iterate a stream, through a DataLoader with `num_workers` processes when asked."""
     if num_workers <= 0:
@@ -720,6 +748,11 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
                                          worker_init_fn=functools.partial(_ignore_stop_signals, parent_pid=os.getpid()),
                                          generator=torch.Generator().manual_seed(seed),
                                          multiprocessing_context=multiprocessing.get_context("fork"))
+    # torch installs a SIGCHLD handler for the whole process with its first loader that has
+    # workers, and leaves it there: a notebook's train(num_workers=N) changed the caller's handler
+    # for good. Put back once the workers are gone (and torch's flag, so a later loader of the
+    # caller's installs its own again).
+    sigchld = _SigchldRestore()
     iterator = iter(loader)
     # A library caller that stops iterating without closing this generator left the workers to
     # multiprocessing's exit handler, which waits for them forever (they ignore SIGTERM): shut
@@ -745,3 +778,4 @@ def step_batches(stream: CorpusStream, num_workers: int = 0) -> Iterator[StepBat
         # (terminate, then join) waited for them forever after an error.
         atexit.unregister(iterator._shutdown_workers)
         iterator._shutdown_workers()
+        sigchld.restore()
