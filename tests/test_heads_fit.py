@@ -4005,3 +4005,38 @@ def test_folds_class_weights_count_only_the_folds_a_member_trains_on(tmp_path, m
     np.testing.assert_allclose([r["label"] for r in recorded], [w for w, _ in seen], rtol=1e-6)
     # (the weights of all 40, which no member trained with, are not recorded as the head's)
     assert config["hyperparameters"]["class_weights"] is None and config["config"]["class_weights"] is True
+
+
+def test_an_error_of_the_prefetching_thread_holds_nothing_of_the_caller_after_it():
+    # `raise item` kept the error in a local of the frame its traceback holds: a fit that failed
+    # on a bad batch kept the head, optimizer and arrays of the caller's frame until gc ran
+    import gc
+    import weakref
+
+    from protrans_cli.heads.data import _prefetched
+
+    class Head:  # what the fitting loop's frame holds while it reads the batches
+        pass
+
+    def batches():
+        yield from range(3)
+        raise InputError("bad batch", path="x.h5")
+
+    def loop(items, head):
+        for _ in items:
+            pass
+
+    head = Head()
+    held = weakref.ref(head)
+    gc.collect()
+    gc.disable()
+    try:
+        try:  # (not pytest.raises: its ExceptionInfo holds the traceback)
+            loop(_prefetched(batches(), 2), head)
+        except InputError as exc:
+            message = str(exc)
+        del head
+        assert "bad batch" in message
+        assert held() is None
+    finally:
+        gc.enable()

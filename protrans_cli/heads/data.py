@@ -780,7 +780,14 @@ def _prefetched(iterator, depth: int):
             if item is done:
                 return
             if isinstance(item, BaseException):
-                raise item
+                # Not `raise item`: the local would hold the error, whose traceback holds this
+                # frame, a cycle that kept the caller's head, optimizer and arrays alive after a
+                # failed fit until the garbage collector ran.
+                error, item = item, None
+                try:
+                    raise error
+                finally:
+                    del error
             yield item
     finally:
         stop.set()
