@@ -64,6 +64,35 @@ def another_process(setup: str):
         yield holder
     finally:
         holder.communicate("")
+def released_after_error(call, error_type) -> tuple[str, bool]:
+    """Call `call(held)` with a fresh object that stands for what a library caller's frame holds
+    (a model, an optimizer) and expect `error_type`. Returns the error's message and whether,
+    once the caller has caught it and dropped the object, the object is gone without the garbage
+    collector: an error re-raised from a local of a frame its own traceback holds is a cycle that
+    keeps the caller's frames alive until gc runs."""
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    held = Held()
+    ref = weakref.ref(held)
+    gc.collect()
+    gc.disable()
+    try:
+        try:  # (not pytest.raises: its ExceptionInfo holds the traceback)
+            call(held)
+        except error_type as exc:
+            message = str(exc)
+        else:
+            raise AssertionError(f"no {error_type.__name__} raised")
+        del held
+        return message, ref() is None
+    finally:
+        gc.enable()
+
+
 SHARED = ROOT.parent / "shared" / "data"
 
 

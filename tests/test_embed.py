@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import DATA, ROOT, another_process
+from conftest import DATA, ROOT, another_process, released_after_error
 from protrans_cli.embed import (EmbedOptions, OneHotEmbedder, _Piece, _Unit, chunk_windows, embed, embed_with_retry,
                                 make_batches, stitch_windows)
 from protrans_cli.embedders import ONEHOT_ALPHABET
@@ -738,35 +738,18 @@ def test_a_failed_write_holds_nothing_of_the_run_once_caught():
     """The writer thread's error, raised in the caller from a local of the frame its traceback
     holds, kept the run's frames (the loaded model, the writer, the HDF5 file objects) alive
     after a library caller caught it, until the garbage collector ran."""
-    import gc
-    import weakref
-
     from protrans_cli.embed import _Background
-
-    class Model:  # what embed's frames hold while the writer thread runs
-        pass
 
     def work(item):
         raise RuntimeError("write failed")
 
-    def run(model):
+    def run(model):  # embed's frames hold the model while the writer thread runs
         with _Background(work) as background:
             background.submit(0)
 
-    model = Model()
-    held = weakref.ref(model)
-    gc.collect()
-    gc.disable()
-    try:
-        try:  # (not pytest.raises: its ExceptionInfo holds the traceback)
-            run(model)
-        except RuntimeError as exc:
-            message = str(exc)
-        del model
-        assert message == "write failed"
-        assert held() is None
-    finally:
-        gc.enable()
+    message, released = released_after_error(run, RuntimeError)
+    assert message == "write failed"
+    assert released
 
 
 def test_a_merge_failing_inside_hdf5_is_one_line_not_a_crash(tmp_path):

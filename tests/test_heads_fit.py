@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import released_after_error
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.fit import FitConfig, fit
 from protrans_cli.heads.tasks import IGNORE, LOCATIONS, SS3, SS8, ss8_to_ss3
@@ -4010,33 +4011,16 @@ def test_folds_class_weights_count_only_the_folds_a_member_trains_on(tmp_path, m
 def test_an_error_of_the_prefetching_thread_holds_nothing_of_the_caller_after_it():
     # `raise item` kept the error in a local of the frame its traceback holds: a fit that failed
     # on a bad batch kept the head, optimizer and arrays of the caller's frame until gc ran
-    import gc
-    import weakref
-
     from protrans_cli.heads.data import _prefetched
-
-    class Head:  # what the fitting loop's frame holds while it reads the batches
-        pass
 
     def batches():
         yield from range(3)
         raise InputError("bad batch", path="x.h5")
 
-    def loop(items, head):
-        for _ in items:
+    def loop(head):  # the fitting loop's frame holds the head while it reads the batches
+        for _ in _prefetched(batches(), 2):
             pass
 
-    head = Head()
-    held = weakref.ref(head)
-    gc.collect()
-    gc.disable()
-    try:
-        try:  # (not pytest.raises: its ExceptionInfo holds the traceback)
-            loop(_prefetched(batches(), 2), head)
-        except InputError as exc:
-            message = str(exc)
-        del head
-        assert "bad batch" in message
-        assert held() is None
-    finally:
-        gc.enable()
+    message, released = released_after_error(loop, InputError)
+    assert "bad batch" in message
+    assert released

@@ -16,7 +16,7 @@ from protrans_cli.training.data import CorpusStream, Sample, StreamState, TokenL
 from protrans_cli.training.objectives import IGNORE, make_objective
 from protrans_cli.training.optim import LRLambda, Lamb, build_optimizer
 
-from conftest import DATA
+from conftest import DATA, released_after_error
 
 TRAIN = DATA / "train"
 LEARNABLE = str(TRAIN / "learnable.txt")
@@ -231,34 +231,17 @@ if sys.argv[1] == "hang":
 def test_a_corpus_error_met_by_workers_holds_nothing_of_the_caller_after_it(tmp_path):
     # `raise item` kept the error in a local of the frame its traceback holds: a failed
     # train(num_workers=N) kept the model and optimizer of the loop's frame alive until gc ran
-    import gc
-    import weakref
-
     from protrans_cli.training.data import step_batches
 
-    class Model:  # what the training loop's frame holds while it reads the batches
-        pass
-
-    def loop(batches, model):
-        for _ in batches:
+    def loop(model):  # the training loop's frame holds the model while it reads the batches
+        for _ in step_batches(_stream((str(bad),), max_epochs=1), num_workers=1):
             pass
 
     bad = tmp_path / "bad.txt"
     bad.write_text("MKTAYIAKQRQISFVKSHF\n" * 40 + "MKT1\n" + "MKTAYIAKQRQISFVKSHF\n" * 40)
-    model = Model()
-    held = weakref.ref(model)
-    gc.collect()
-    gc.disable()
-    try:
-        try:  # (not pytest.raises: its ExceptionInfo holds the traceback)
-            loop(step_batches(_stream((str(bad),), max_epochs=1), num_workers=1), model)
-        except InputError as exc:
-            message = str(exc)
-        del model
-        assert "invalid residue '1'" in message
-        assert held() is None
-    finally:
-        gc.enable()
+    message, released = released_after_error(loop, InputError)
+    assert "invalid residue '1'" in message
+    assert released
 
 
 def test_workers_leave_the_callers_sigchld_handler(monkeypatch):
