@@ -147,6 +147,38 @@ def test_a_closed_stdin_or_stdout_is_one_line(tmp_path, closed, args, message):
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_a_closed_stderr_discards_the_messages_and_the_command_still_works(tmp_path):
+    """`protrans embed x.fa -o x.h5 2>&-` (a scheduler's or daemon's closed descriptor) failed
+    on its first message, exit 1 with the output left .partial; prep wrote nothing. Now the
+    messages go nowhere, as with 2>/dev/null, and a file opened later never takes descriptor 2
+    (where HDF5 and torch write theirs)."""
+    import os
+
+    import h5py
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nMKLV\n")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "protrans_cli", *map(str, args)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(2))
+
+    out = run("embed", fasta, "-m", "onehot", "-o", tmp_path / "x.h5")
+    assert out.returncode == 0
+    with h5py.File(tmp_path / "x.h5") as f:
+        assert f["per_residue"]["a"].shape == (8, 21) and f["per_residue"]["b"].shape == (4, 21)
+    out = run("prep", fasta, "-o", tmp_path / "corpus.txt")
+    assert out.returncode == 0 and (tmp_path / "corpus.txt").read_text() == "M K T A Y I A K\n\nM K L V\n\n"
+    out = run("embed", tmp_path / "missing.fa", "-m", "onehot", "-o", tmp_path / "y.h5")
+    assert out.returncode == 1 and not list(tmp_path.glob("y.h5*"))
+    if os.path.isdir("/proc/self/fd"):
+        probe = ("import os; from protrans_cli.cli import _open_closed_standard_streams as fix; fix(); "
+                 f"f = open({str(tmp_path / 'z.txt')!r}, 'w'); print(f.fileno() != 2, os.readlink('/proc/self/fd/2'))")
+        out = subprocess.run([sys.executable, "-c", probe], stdout=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: os.close(2))
+        assert out.stdout.split() == ["True", os.devnull], out.stdout
+
+
 def test_shell_completion_lists_commands_and_options():
     import os
 

@@ -335,10 +335,32 @@ def _exit_now(code: int):
     return handler
 
 
+def _open_closed_standard_streams() -> None:
+    """A process started with a standard descriptor closed (`2>&-`, some schedulers' and
+    daemons' set-up). /dev/null takes each closed descriptor, as daemons do: the next file opened
+    would take it otherwise, and C libraries (HDF5's error stack, torch) write their messages to
+    descriptor 2, into an output file then. A closed stdin or stdout stays closed to Python
+    (sys.stdin/sys.stdout None: reading or writing there is one line saying so); a closed
+    stderr discards the messages, as `2>/dev/null` (Python's None there failed the first message:
+    exit 1, embed's output left .partial, prep's not written)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:  # (the lowest free descriptor: fd itself, unless a lower one is closed too)
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+
+
 def main(argv=None):
     """Entry point: runs the click group and maps every failure to one line and an exit code."""
     from protrans_cli import console
 
+    if argv is None:
+        _open_closed_standard_streams()
     # Without a handler SIGTERM killed the process on the spot: temporary outputs, the dedup
     # scratch directory and prep's worker processes were left behind.
     _TERMINATED.clear()  # an earlier call in this process (tests, notebooks) is not this one
