@@ -589,7 +589,8 @@ def resolve_max_length(options: EmbedOptions, model_max: int | None = None) -> i
     return max_length
 
 
-def _warn_beyond_training(embedder, scan: InputScan, max_length: int | None, name: str, main: bool) -> None:
+def _warn_beyond_training(embedder, scan: InputScan, max_length: int | None, name: str, main: bool,
+                          given: bool = True) -> None:
     """A protein longer than any the model saw whole in training is embedded with positions it
     never learned (a learned table's untrained rows, rotations it never met): said once, with the
     remedy. A model of `protrans train --max-length 128` has a table of 2048 positions, and embed
@@ -602,7 +603,10 @@ def _warn_beyond_training(embedder, scan: InputScan, max_length: int | None, nam
         return
     overlap = f" --chunk-overlap {residues // 4}" if residues <= DEFAULT_CHUNK_OVERLAP else ""
     # (under --max-length, what a window or a truncated protein reaches: not the longest protein)
-    reach = (f" ({max_length:,} at most under --max-length {max_length})"
+    # (`given`: --max-length was given; else max_length is the model's own limit, which the
+    # message named as "under --max-length 2046" to a user who gave none)
+    reach = ((f" ({max_length:,} at most under --max-length {max_length})" if given
+              else f" ({max_length:,} at most: the model's own limit)")
              if max_length is not None and max_length < scan.longest else "")
     console.warn(f"{name}: its longest protein has {scan.longest:,} residues{reach}, more than the {residues:,} that "
                  f"{embedder.name} saw whole in training ({source}); rows beyond them come from positions it never "
@@ -1234,7 +1238,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     # (the model's own limit when --max-length was not given; 0 for none).
     model_max = getattr(embedder, "max_residues", None)
     max_length = resolve_max_length(options, model_max)
-    _warn_beyond_training(embedder, scan, max_length, name, dist.is_main)
+    _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
     attrs = _file_attrs(embedder, options, max_length)
     if options.part is not None:
         # the whole input's (the last run's, as the other attributes): `protrans merge` refuses

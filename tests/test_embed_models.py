@@ -1515,6 +1515,23 @@ def test_proteins_longer_than_the_training_crops_are_warned_about(tiny_models, t
     assert _trained_residues(loaded, 2) == (1022, "crops of 1024 tokens")
 
 
+def test_the_training_crops_warning_names_max_length_only_when_given(capsys):
+    """Without --max-length the limit a protein is cut at is the model's own (a BERT's table): the
+    warning said "(2,046 at most under --max-length 2046)" to a user who gave no --max-length."""
+    import types
+
+    from protrans_cli.embed import _warn_beyond_training
+
+    embedder = types.SimpleNamespace(trained_residues=(30, "crops of 32 tokens, train_config.json"), name="m")
+    scan = types.SimpleNamespace(longest=50)
+    _warn_beyond_training(embedder, scan, 40, "x.fa", True, given=False)
+    err = capsys.readouterr().err
+    assert "its longest protein has 50 residues (40 at most: the model's own limit), more than the 30" in err, err
+    assert "--max-length 40" not in err
+    _warn_beyond_training(embedder, scan, 40, "x.fa", True, given=True)
+    assert "(40 at most under --max-length 40)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("family_name", ["bert", "t5"])
 def test_loading_a_model_leaves_the_callers_random_numbers_alone(tiny_models, family_name):
     # A notebook seeds torch, loads a model, then draws: it must draw what it would have drawn
