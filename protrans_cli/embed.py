@@ -57,7 +57,8 @@ from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same
 from protrans_cli.embed_retry import Recomputed, _Want, embed_with_retry
 from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, POOLINGS, Embedder, OneHotEmbedder, TransformerEmbedder,
                                     beyond_range, fits, mean_rows, pooling_text, resolve_device)
-from protrans_cli.residues import REASON_INVALID, THREE_DI, SequenceRejected, normalise
+from protrans_cli.residues import (NUCLEOTIDE_MIN_LENGTH, REASON_INVALID, THREE_DI, SequenceRejected, looks_nucleotide,
+                                   normalise)
 from protrans_cli.threads import check_threads, torch_threads
 
 LONG_POLICIES = ("error", "skip", "truncate", "chunk")
@@ -463,6 +464,8 @@ class InputScan:
     repeated: np.ndarray   # sorted uint64 digests of the sequences that more than one record carries
     digest: str = ""       # of every id and sequence in order: torchrun's ranks compare their inputs by it
     input_digest: str = ""  # with --part: of the whole input's ids and sequences (merge compares the parts')
+    num_nucleotide: int = 0  # proteins that read as DNA or RNA (residues.looks_nucleotide)
+    nucleotide_ids: tuple[str, ...] = ()  # the first few of them, for the warning
 
     def may_repeat(self, sequence: str) -> bool:
         """False: no other record has this sequence. True: probably one has (digests can collide)."""
@@ -481,7 +484,8 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
     which names the duplicate (and ignores a mere digest collision)."""
     ids, seqs = array("Q"), array("Q")
-    residues = longest = num = 0
+    residues = longest = num = num_nucleotide = 0
+    nucleotide_ids: list[str] = []
     # With `part`, still every record of the input: each is checked and every id counts for the
     # duplicate check (as one run over the whole input refuses them, whichever parts the two
     # copies fall in), but only the part's records are counted. A part may hold no record at
@@ -500,6 +504,10 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
         seqs.append(seq_digest)
         residues += len(prot.sequence)
         longest = max(longest, len(prot.sequence))
+        if alphabet is None and looks_nucleotide(prot.sequence):  # (3Di strings are no amino acids either)
+            num_nucleotide += 1
+            if len(nucleotide_ids) < 3:
+                nucleotide_ids.append(prot.id)
     if not ids:
         raise InputError("no FASTA records", path=name)
     digest = hashlib.blake2b(ids, digest_size=16)
@@ -515,7 +523,8 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     ordered.sort()
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     return InputScan(num, residues, longest, repeated, digest.hexdigest(),
-                     input_digest=whole.hexdigest() if part is not None else "")
+                     input_digest=whole.hexdigest() if part is not None else "",
+                     num_nucleotide=num_nucleotide, nucleotide_ids=tuple(nucleotide_ids))
 
 
 def _raise_duplicate_id(source, name: str, suspects: set[int]) -> None:
@@ -611,6 +620,21 @@ def _warn_beyond_training(embedder, scan: InputScan, max_length: int | None, nam
     console.warn(f"{name}: its longest protein has {scan.longest:,} residues{reach}, more than the {residues:,} that "
                  f"{embedder.name} saw whole in training ({source}); rows beyond them come from positions it never "
                  f"learned. --max-length {residues} --long-policy chunk{overlap} keeps every window within them")
+
+
+def _warn_nucleotide(scan: InputScan, name: str, main: bool) -> None:
+    """A FASTA of DNA or RNA (a genome's .fna given for its .faa) is embedded as proteins of
+    alanine, cysteine, glycine, threonine (and asparagine for N) without a word, the vectors
+    meaningless: said once, with how many and which. Not refused: protein databases hold a few
+    such sequences."""
+    if not scan.num_nucleotide or not main:
+        return
+    more = scan.num_nucleotide - len(scan.nucleotide_ids)
+    shown = ", ".join(scan.nucleotide_ids) + (f" and {more:,} more" if more else "")
+    console.warn(f"{name}: {scan.num_nucleotide:,} of {scan.num_records:,} protein(s) hold only the letters A, C, G, "
+                 f"T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
+                 f"{shown}. Protein models read them "
+                 "as amino acids; translate DNA or RNA to proteins first")
 
 
 def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str | None = None) -> InputError:
@@ -1239,6 +1263,8 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     model_max = getattr(embedder, "max_residues", None)
     max_length = resolve_max_length(options, model_max)
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
+    _warn_beyond_training(embedder, scan, max_length, name, dist.is_main)
+    _warn_nucleotide(scan, name, dist.is_main)
     attrs = _file_attrs(embedder, options, max_length)
     if options.part is not None:
         # the whole input's (the last run's, as the other attributes): `protrans merge` refuses

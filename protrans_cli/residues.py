@@ -38,6 +38,13 @@ _RARE_TO_X = bytes.maketrans(b"UZOB", b"XXXX")
 _IDENTITY = bytes(range(256))
 _VALID = set(ALPHABET.encode())
 
+# A protein of only these letters, and at least this long, reads as a nucleotide sequence: a
+# genome's .fna or a transcript FASTA given where proteins were meant (A, C, G, T and N are amino
+# acids too, so a model embeds it without a word). Short peptides of them (GAGA repeats) exist,
+# and protein databases hold a few longer ones: warned about, never refused.
+NUCLEOTIDE_LETTERS = frozenset("ACGTUN")
+NUCLEOTIDE_MIN_LENGTH = 30
+
 
 class SequenceRejected(InputError, ValueError):
     """A sequence that cannot be normalised; `reason` is one of the REASON_* keys. An InputError
@@ -61,6 +68,11 @@ def _shown_byte(data: bytes, at: int) -> str:
         with contextlib.suppress(UnicodeDecodeError):
             return repr(data[at:at + size].decode("utf-8"))
     return f"'\\x{char:02x}'"
+
+
+def looks_nucleotide(seq: str) -> bool:
+    """Whether a normalised sequence (rare residues kept) reads as DNA or RNA, not a protein."""
+    return len(seq) >= NUCLEOTIDE_MIN_LENGTH and NUCLEOTIDE_LETTERS.issuperset(seq)
 
 
 def normalise(seq: bytes | str, rare: str = "x") -> str:

@@ -172,6 +172,30 @@ def test_invalid_policy_skip_records_bad_sequences_and_embeds_the_rest(tmp_path,
     assert result.exit_code == 1 and "record 'bad': duplicate id" in result.stderr
 
 
+def test_nucleotide_sequences_are_warned_about_once_and_still_embedded(tmp_path, run_cli):
+    """A genome's .fna given for its .faa: A, C, G, T and N are amino acids too, so every model
+    embedded a DNA or RNA FASTA as proteins without a word (DIAMOND's makedb stops on it). One
+    warning with how many and which; the records are embedded as written (protein databases hold
+    a few such sequences); a short peptide of those letters and a real protein say nothing."""
+    dna = "ATGGCGATCGATCGATCGTAGCTAGCTAGCATCGATCGATCGATCGTAGC"
+    fasta = tmp_path / "mixed.fa"
+    fasta.write_text(f">cds1 a gene\n{dna}\n>mrna\n{dna.replace('T', 'U').lower()}\n>cds2\n{dna[::-1]}N\n"
+                     f">peptide\nGAGACGTA\n>P1\nMKTAYIAKQRQISFVKSHFSRQ\n>cds4\n{dna}GG\n")
+    out = tmp_path / "o.h5"
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert (f"protrans: warning: {fasta}: 4 of 6 protein(s) hold only the letters A, C, G, T, U and N (at least 30 "
+            "residues), as nucleotide sequences do: cds1, mrna, cds2 and 1 more. Protein models read them as amino "
+            "acids; translate DNA or RNA to proteins first\n") in result.stderr
+    assert result.stderr.count("as nucleotide sequences do") == 1
+    with EmbeddingsReader(out) as r:
+        assert len(r.ids()) == 6 and r.get("cds1", "per_residue").shape == (len(dna), 21)
+    protein_only = tmp_path / "protein.fa"
+    protein_only.write_text(">peptide\nGAGACGTA\n>P1\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    result = run_cli("embed", protein_only, "-m", "onehot", "-o", tmp_path / "p.h5")
+    assert result.exit_code == 0 and "as nucleotide sequences do" not in result.stderr, result.stderr
+
+
 def test_long_policy_error_names_the_record(tmp_path):
     with pytest.raises(InputError, match="P1.*--max-length"):
         _run(tmp_path / "e.h5", max_length=10)

@@ -10,6 +10,7 @@ from protrans_cli.residues import (
     REASON_INTERNAL_STOP,
     REASON_INVALID,
     SequenceRejected,
+    looks_nucleotide,
     normalise,
 )
 
@@ -88,3 +89,15 @@ def test_a_rejected_sequence_is_a_library_error_and_still_a_value_error():
             protrans_cli.normalise(bad)
         assert isinstance(info.value, ValueError) and info.value.exit_code == 1
         assert str(info.value) == info.value.detail
+
+
+@pytest.mark.parametrize("seq, expected", [
+    ("ACGT" * 8, True),                       # DNA
+    ("ACGU" * 8, True),                       # RNA (U kept: embed reads with rare="keep")
+    ("ACGTN" * 6, True),                      # with unknown bases
+    ("ACGT" * 7 + "A", False),                # 29 letters: a peptide may be so
+    ("ACGT" * 8 + "M", False),                # one amino acid that is no nucleotide letter
+    ("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", False),
+])
+def test_looks_nucleotide(seq, expected):
+    assert looks_nucleotide(seq) is expected
