@@ -47,6 +47,8 @@ from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_o
                                    input_named_by, make_temporary, names_stdout, open_input, output_directory,
                                    same_file, signals_held, special_output, stdin_binary, stdout_binary)
 from protrans_cli.residues import (
+    NUCLEOTIDE_LETTERS,
+    NUCLEOTIDE_MIN_LENGTH,
     RARE,
     RARE_POLICIES,
     REASON_EMPTY,
@@ -73,6 +75,8 @@ _SEP = b"\n"  # record separator in the joined sequences (every other newline is
 _DELETE = b" \t\r\v\f-."  # residues.normalise's set, but for the newline: it is _SEP here
 _UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _RARE_TO_X = bytes.maketrans(RARE.encode(), b"X" * len(RARE))
+_NUCLEOTIDE_LUT = np.zeros(256, dtype=bool)
+_NUCLEOTIDE_LUT[list("".join(sorted(NUCLEOTIDE_LETTERS)).encode())] = True
 _PLAIN = (STANDARD + UNKNOWN).encode() + _SEP  # letters that need no work at all
 _RARE_LUT = np.zeros(256, dtype=bool)
 _RARE_LUT[list(RARE.encode())] = True
@@ -195,6 +199,8 @@ class CorpusStats:
     valid_proteins: int = 0
     valid_residues: int = 0
     rare_to_x: int = 0                 # U/Z/O/B residues written as X
+    nucleotide_like: int = 0           # proteins written that read as DNA or RNA (residues.looks_nucleotide)
+    nucleotide_ids: list[str] = field(default_factory=list, repr=False)  # the first few of them
     crop_dropped: int = 0              # --long crop: residues of last windows shorter than --min-length
     shuffle_seed: int | None = None    # --shuffle's seed (None: the proteins in the input's order)
     rejected: dict[str, int] = field(default_factory=lambda: {r: 0 for r in ALL_REASONS})
@@ -236,7 +242,7 @@ class CorpusStats:
         return out
 
     def to_dict(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k not in ("length_counts", "long_lengths")}
+        data = {k: v for k, v in asdict(self).items() if k not in ("length_counts", "long_lengths", "nucleotide_ids")}
         data["rejected_total"] = self.rejected_total
         data["length_percentiles"] = self.length_percentiles()
         total_len = int((self.length_counts * np.arange(len(self.length_counts))).sum()) + sum(
@@ -499,6 +505,8 @@ class _BlockResult:
     valid_proteins: int = 0
     valid_residues: int = 0
     rare_to_x: int = 0
+    nucleotide_like: int = 0
+    nucleotide_ids: list[str] = field(default_factory=list)  # the first few
     crop_dropped: int = 0
     length_counts: np.ndarray | None = None
     long_lengths: dict[int, int] = field(default_factory=dict)
@@ -558,6 +566,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     starts = sep[:-1] + 1                                     # (R,) first residue of each record
     stops = sep[1:]                                           # (R,) one past its last residue
     lengths = stops - starts                                  # (R,)
+    nucleotide = _nucleotide_like(sa, starts, lengths)        # (before U becomes X)
 
     # Records that fail normalisation: empty, or holding a letter outside the alphabet.
     flagged = lengths == 0
@@ -605,12 +614,30 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
         result.rejects = [(heads.id_at(i), reasons[i], details[i], heads.line_of(i)) for i in sorted(reasons)]
 
     kept = np.flatnonzero(keep)
+    like = np.flatnonzero(nucleotide & keep)
+    result.nucleotide_like = len(like)
+    result.nucleotide_ids = [heads.id_at(i) for i in like[:3].tolist()]
     spaced, doc_end, lines_out, windows = _spaced(sa, starts, stops, lengths, kept, cfg)
     valid, dest = _destinations(heads, kept, cfg)
     result.outputs = _block_outputs(spaced, starts, stops, kept, doc_end, valid, dest, n, lines_out, cfg)
     result.lines_out = lines_out
     _count_written(result, starts[kept], lengths[kept], doc_end, valid, windows, rare_positions, cfg)
     return result
+
+
+def _nucleotide_like(sa: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(R,) bool: the records that read as DNA or RNA (residues.looks_nucleotide). A letter at a
+    time over the records still in question: a protein drops out at its first letter outside
+    ACGTUN (most at the first), so the usual block costs about one gathered byte per record."""
+    out = np.zeros(len(starts), dtype=bool)
+    candidates = np.flatnonzero(lengths >= NUCLEOTIDE_MIN_LENGTH)
+    for j in range(NUCLEOTIDE_MIN_LENGTH):
+        if not len(candidates):
+            return out
+        candidates = candidates[_NUCLEOTIDE_LUT[sa[starts[candidates] + j]]]
+    for i in candidates.tolist():  # the few left (all of them in a nucleotide FASTA): whole
+        out[i] = _NUCLEOTIDE_LUT[sa[starts[i]:starts[i] + lengths[i]]].all()
+    return out
 
 
 def _joined_sequences(heads: _Headers, seq_end: np.ndarray) -> tuple[bytes, bytes]:
@@ -1768,6 +1795,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             stats.valid_proteins += res.valid_proteins
             stats.valid_residues += res.valid_residues
             stats.rare_to_x += res.rare_to_x
+            stats.nucleotide_like += res.nucleotide_like
+            stats.nucleotide_ids.extend(res.nucleotide_ids[:3 - len(stats.nucleotide_ids)])
             stats.crop_dropped += res.crop_dropped
             for reason, count in res.rejected.items():
                 stats.rejected[reason] = stats.rejected.get(reason, 0) + count

@@ -19,7 +19,7 @@ import pytest
 from protrans_cli.corpus import CorpusOptions, build_corpus, in_validation, shard_path
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.io.fasta import read_fasta
-from protrans_cli.residues import SequenceRejected, normalise
+from protrans_cli.residues import SequenceRejected, looks_nucleotide, normalise
 
 DATA = Path(__file__).parent / "data" / "prep"
 
@@ -283,6 +283,43 @@ def test_bulk_path_matches_per_record_reference(tmp_path, block_bytes, threads, 
     assert stats.proteins_out == expected.count(b"\n\n")
     assert stats.proteins_out + stats.rejected_total == 400
     assert stats.residues_out == len(expected.replace(b" ", b"").replace(b"\n", b""))
+
+
+@pytest.mark.parametrize("block_bytes, threads", [(1024, 1), (4 << 20, 2)])
+def test_nucleotide_records_are_counted_as_the_per_record_rule_does(tmp_path, run_cli, block_bytes, threads):
+    """A genome's .fna given to prep: A, C, G, T and N are amino acids too, so a DNA or RNA FASTA
+    became a training corpus without a word. Written as before, but counted (stats
+    `nucleotide_like`) as residues.looks_nucleotide counts each record (29 and 30 letters, RNA, lower
+    case, gaps, a final '*', a protein letter at the end), and said in one warning."""
+    rng = random.Random(block_bytes)
+    records, expected = [], 0
+    for i in range(300):
+        length = rng.choice([5, 29, 30, 31, 80, 400])
+        seq = "".join(rng.choice("ACGT" if rng.random() < 0.6 else "ACGUN") for _ in range(length))
+        if rng.random() < 0.3:
+            pos = rng.randrange(length + 1)
+            seq = seq[:pos] + rng.choice("MWacgt-.") + seq[pos:]
+        if rng.random() < 0.1:
+            seq += rng.choice("*E")
+        if rng.random() < 0.05:
+            seq = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ"
+        records.append(f">n{i} desc\n{seq}\n")
+        expected += looks_nucleotide(normalise(seq, rare="keep"))
+    fasta = tmp_path / "genes.fa"
+    fasta.write_text("".join(records))
+    stats = build_corpus([fasta], CorpusOptions(output=str(tmp_path / "c.txt"), block_bytes=block_bytes,
+                                                threads=threads))
+    assert 50 < expected < 300 and stats.nucleotide_like == expected and stats.proteins_out == 300
+    result = run_cli("prep", fasta, "-o", tmp_path / "d.txt", "--stats", tmp_path / "s.json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["nucleotide_like"] == expected
+    assert result.stderr.count("as nucleotide sequences do") == 1
+    assert (f"protrans: warning: {expected} of 300 protein(s) written hold only the letters A, C, G, T, U and N (at "
+            f"least 30 residues), as nucleotide sequences do: {', '.join(stats.nucleotide_ids)} and {expected - 3} "
+            "more. A model trained on them learns them as amino acids; translate DNA or RNA to proteins first\n"
+            ) in result.stderr
+    proteins = run_cli("prep", DATA / "normalisation.fa", "-o", tmp_path / "p.txt")
+    assert proteins.exit_code == 0 and "nucleotide" not in proteins.stderr.replace(str(tmp_path), ""), proteins.stderr
 
 
 @pytest.mark.parametrize("threads", [1, 2])

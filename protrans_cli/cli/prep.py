@@ -101,6 +101,15 @@ def _print_summary(stats) -> None:
         console.warn("no FASTA records in the input")
     elif stats.proteins_out == 0:
         console.warn(f"no protein written: all {stats.records_in:,} records were left out (reasons below)")
+    if stats.nucleotide_like:
+        from protrans_cli.residues import NUCLEOTIDE_MIN_LENGTH
+
+        more = stats.nucleotide_like - len(stats.nucleotide_ids)
+        shown = ", ".join(stats.nucleotide_ids) + (f" and {more:,} more" if more else "")
+        console.warn(f"{stats.nucleotide_like:,} of {stats.proteins_out:,} protein(s) written hold only the letters A, "
+                     f"C, G, T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
+                     f"{shown}. A model trained on them learns them as amino acids; translate DNA or RNA to "
+                     "proteins first")
     rows = [
         ["records in", f"{stats.records_in:,}"],
         ["proteins out", f"{stats.proteins_out:,}"],
