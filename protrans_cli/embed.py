@@ -1076,6 +1076,9 @@ def _check_embedder_input(options: EmbedOptions, embedder) -> None:
                          f"{three_di}")
 
 
+_GIVEN = "<sequences>"  # what embed_sequences' messages call the sequences given to it
+
+
 def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str,
                     embedder: Embedder | None = None):
     """Embeddings in memory, for a notebook: `sequences` is {id: sequence} (returns {id: array})
@@ -1120,9 +1123,10 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
                 write_fasta(fh, ident, seq)
         try:
             # one process even under torchrun: another rank's shards are in its own temporary folder
-            summary = embed(fasta, output, options, embedder=embedder, distributed=False)
+            # (messages name the input "<sequences>": the temporary file's path means nothing here)
+            summary = embed(fasta, output, options, embedder=embedder, distributed=False, input_name=_GIVEN)
         except ProtransError as exc:
-            if exc.path is None or Path(tmp) not in Path(exc.path).parents:
+            if exc.path is None or (exc.path != _GIVEN and Path(tmp) not in Path(exc.path).parents):
                 raise
             # the temporary FASTA's path and line mean nothing to the caller: the record says it
             raise type(exc)(exc.message, record=exc.record) from None

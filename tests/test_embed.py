@@ -195,6 +195,19 @@ def test_nucleotide_sequences_are_warned_about_once_and_still_embedded(tmp_path,
     result = run_cli("embed", protein_only, "-m", "onehot", "-o", tmp_path / "p.h5")
     assert result.exit_code == 0 and "as nucleotide sequences do" not in result.stderr, result.stderr
 
+    # embed_sequences: the input named as given, not by its temporary file's path
+    import contextlib
+    import io
+
+    from protrans_cli.embed import embed_sequences
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        vectors = embed_sequences({"cds1": dna, "P1": "MKTAYIAK"}, EmbedOptions(model="onehot"), kind="per_protein")
+    assert sorted(vectors) == ["P1", "cds1"]
+    assert err.getvalue().startswith("protrans: warning: <sequences>: 1 of 2 protein(s) hold only the letters "), \
+        err.getvalue()
+
 
 def test_long_policy_error_names_the_record(tmp_path):
     with pytest.raises(InputError, match="P1.*--max-length"):
