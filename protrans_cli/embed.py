@@ -376,6 +376,7 @@ class _Protein:
     sequence: str          # normalised (rare residues kept: the checksum's sequence)
     line: int
     rejected: str | None = None  # --invalid-policy skip: why normalise refused it (its sequence is "")
+    gapped: bool = False   # the record held gap characters ('-', '.'), removed by normalise
 
 
 @dataclass
@@ -417,7 +418,7 @@ def _records(source, name: str, skip_invalid: bool = False, alphabet: str | None
                 continue
             if part is not None and not in_part(rec.id, seq, part):
                 continue
-            yield _Protein(rec.id, rec.description, seq, rec.line)
+            yield _Protein(rec.id, rec.description, seq, rec.line, gapped="-" in rec.sequence or "." in rec.sequence)
 
 
 def in_part(ident: str, sequence: str, part: tuple[int, int]) -> bool:
@@ -466,6 +467,8 @@ class InputScan:
     input_digest: str = ""  # with --part: of the whole input's ids and sequences (merge compares the parts')
     num_nucleotide: int = 0  # proteins that read as DNA or RNA (residues.looks_nucleotide)
     nucleotide_ids: tuple[str, ...] = ()  # the first few of them, for the warning
+    num_gapped: int = 0      # proteins whose gap characters were removed (an alignment's rows)
+    gapped_ids: tuple[str, ...] = ()
 
     def may_repeat(self, sequence: str) -> bool:
         """False: no other record has this sequence. True: probably one has (digests can collide)."""
@@ -486,6 +489,8 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     ids, seqs = array("Q"), array("Q")
     residues = longest = num = num_nucleotide = 0
     nucleotide_ids: list[str] = []
+    num_gapped = 0
+    gapped_ids: list[str] = []
     # With `part`, still every record of the input: each is checked and every id counts for the
     # duplicate check (as one run over the whole input refuses them, whichever parts the two
     # copies fall in), but only the part's records are counted. A part may hold no record at
@@ -508,6 +513,10 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
             num_nucleotide += 1
             if len(nucleotide_ids) < 3:
                 nucleotide_ids.append(prot.id)
+        if prot.gapped:
+            num_gapped += 1
+            if len(gapped_ids) < 3:
+                gapped_ids.append(prot.id)
     if not ids:
         raise InputError("no FASTA records", path=name)
     digest = hashlib.blake2b(ids, digest_size=16)
@@ -524,7 +533,8 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     return InputScan(num, residues, longest, repeated, digest.hexdigest(),
                      input_digest=whole.hexdigest() if part is not None else "",
-                     num_nucleotide=num_nucleotide, nucleotide_ids=tuple(nucleotide_ids))
+                     num_nucleotide=num_nucleotide, nucleotide_ids=tuple(nucleotide_ids),
+                     num_gapped=num_gapped, gapped_ids=tuple(gapped_ids))
 
 
 def _raise_duplicate_id(source, name: str, suspects: set[int]) -> None:
@@ -635,6 +645,18 @@ def _warn_nucleotide(scan: InputScan, name: str, main: bool) -> None:
                  f"T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
                  f"{shown}. Protein models read them "
                  "as amino acids; translate DNA or RNA to proteins first")
+
+
+def _warn_gapped(scan: InputScan, name: str, main: bool) -> None:
+    """Rows of an aligned FASTA (an MSA's, an A3M's) lose their gaps: row i of the output is the
+    i-th residue, not the i-th column, which nothing said while the file's `length` disagreed with
+    the alignment's width. Said once, with how many and which."""
+    if not scan.num_gapped or not main:
+        return
+    more = scan.num_gapped - len(scan.gapped_ids)
+    shown = ", ".join(scan.gapped_ids) + (f" and {more:,} more" if more else "")
+    console.warn(f"{name}: {scan.num_gapped:,} of {scan.num_records:,} protein(s) held gap characters ('-', '.'), "
+                 f"removed: {shown}. Their rows are the residues alone, not the alignment's columns")
 
 
 def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str | None = None) -> InputError:
@@ -1268,7 +1290,6 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     max_length = resolve_max_length(options, model_max)
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main)
-    _warn_nucleotide(scan, name, dist.is_main)
     attrs = _file_attrs(embedder, options, max_length)
     if options.part is not None:
         # the whole input's (the last run's, as the other attributes): `protrans merge` refuses
@@ -1364,6 +1385,10 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
             _absorb_shards(writer, shard_files)
             console.info(f"merged {len(shard_files)} shard file(s) of an interrupted torchrun run into "
                          f"{partial_path(output)}")
+    # (said once the output is open and there is work to do: not before an error about the output,
+    # nor on a resume that has nothing left to add)
+    _warn_nucleotide(scan, name, dist.is_main)
+    _warn_gapped(scan, name, dist.is_main)
 
     def pinned(unit: _Unit) -> int | None:
         # Every copy of a repeated sequence goes to one rank, the one that can copy it.

@@ -209,6 +209,26 @@ def test_nucleotide_sequences_are_warned_about_once_and_still_embedded(tmp_path,
         err.getvalue()
 
 
+def test_gaps_removed_from_aligned_rows_are_said_once(tmp_path, run_cli):
+    """An MSA's rows given to embed lose their gaps (docs/embed.md), so row i of a protein is its
+    i-th residue, not the alignment's i-th column: a per-residue file that did not line up with the
+    alignment, without a word. One warning with how many and which; rows as before."""
+    fasta = tmp_path / "msa.fa"
+    fasta.write_text(">q\nMKT--AYIAK\n>h1\n-KTQ-AY.AK\n>h2 no gaps\nMKTQEAYIAK\n>h3\nMKTQ\nEAY-IA-\n")
+    out = tmp_path / "o.h5"
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert (f"protrans: warning: {fasta}: 3 of 4 protein(s) held gap characters ('-', '.'), removed: q, h1, h3. "
+            "Their rows are the residues alone, not the alignment's columns\n") in result.stderr
+    assert result.stderr.count("held gap characters") == 1
+    with EmbeddingsReader(out) as r:
+        assert [r.get(i, "per_residue").shape[0] for i in ("q", "h1", "h2", "h3")] == [8, 7, 10, 9]
+    plain = tmp_path / "plain.fa"
+    plain.write_text(">h2\nMKTQEAYIAK\n")
+    result = run_cli("embed", plain, "-m", "onehot", "-o", tmp_path / "p.h5")
+    assert result.exit_code == 0 and "gap characters" not in result.stderr, result.stderr
+
+
 def test_long_policy_error_names_the_record(tmp_path):
     with pytest.raises(InputError, match="P1.*--max-length"):
         _run(tmp_path / "e.h5", max_length=10)
