@@ -44,6 +44,12 @@ def counted(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
+def some_named(count: int, names) -> str:
+    """`a, b, c and 12 more`: the first few of `count` things by name (`names`, those kept)."""
+    more = count - len(names)
+    return ", ".join(names) + (f" and {more:,} more" if more else "")
+
+
 def configure(verbosity: int = 0, debug: bool = False) -> None:
     state.verbosity = verbosity
     state.debug = debug

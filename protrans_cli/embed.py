@@ -639,8 +639,7 @@ def _warn_nucleotide(scan: InputScan, name: str, main: bool) -> None:
     such sequences."""
     if not scan.num_nucleotide or not main:
         return
-    more = scan.num_nucleotide - len(scan.nucleotide_ids)
-    shown = ", ".join(scan.nucleotide_ids) + (f" and {more:,} more" if more else "")
+    shown = console.some_named(scan.num_nucleotide, scan.nucleotide_ids)
     console.warn(f"{name}: {scan.num_nucleotide:,} of {scan.num_records:,} protein(s) hold only the letters A, C, G, "
                  f"T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
                  f"{shown}. Protein models read them "
@@ -653,8 +652,7 @@ def _warn_gapped(scan: InputScan, name: str, main: bool) -> None:
     the alignment's width. Said once, with how many and which."""
     if not scan.num_gapped or not main:
         return
-    more = scan.num_gapped - len(scan.gapped_ids)
-    shown = ", ".join(scan.gapped_ids) + (f" and {more:,} more" if more else "")
+    shown = console.some_named(scan.num_gapped, scan.gapped_ids)
     console.warn(f"{name}: {scan.num_gapped:,} of {scan.num_records:,} protein(s) held gap characters ('-', '.'), "
                  f"removed: {shown}. Their rows are the residues alone, not the alignment's columns")
 

@@ -104,8 +104,7 @@ def _print_summary(stats) -> None:
     if stats.nucleotide_like:
         from protrans_cli.residues import NUCLEOTIDE_MIN_LENGTH
 
-        more = stats.nucleotide_like - len(stats.nucleotide_ids)
-        shown = ", ".join(stats.nucleotide_ids) + (f" and {more:,} more" if more else "")
+        shown = console.some_named(stats.nucleotide_like, stats.nucleotide_ids)
         console.warn(f"{stats.nucleotide_like:,} of {stats.proteins_out:,} protein(s) written hold only the letters A, "
                      f"C, G, T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
                      f"{shown}. A model trained on them learns them as amino acids; translate DNA or RNA to "
