@@ -153,3 +153,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A test that abandons an HDF5 file after a failed write (io.h5.abandon) registers the exit
+    handler that ends a library caller's process without HDF5's teardown, with status 1: pytest
+    then exited 1 with every test passed (`pytest tests/test_h5.py`). The teardown is still
+    skipped, with pytest's own status."""
+    import atexit
+    import os
+    import sys
+
+    h5 = sys.modules.get("protrans_cli.io.h5")
+    if h5 is None or not h5.abandoned_files():
+        return
+    atexit.unregister(h5._exit_before_hdf5_teardown)
+    status = int(exitstatus)
+
+    def exit_with_pytests_status():
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
+
+    atexit.register(exit_with_pytests_status)
