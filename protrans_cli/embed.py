@@ -220,6 +220,9 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     """The onehot embedder, or a registry model loaded from a short name, directory or hub id."""
     expect_options(options, EmbedOptions, "options")
     options.validate()  # (before the model loads: a bad setting was found after minutes of loading)
+    if options.compression and not options.per_residue:
+        console.warn(f"--compression {options.compression} ignored: it compresses per-residue arrays, and this run "
+                     "writes per-protein vectors only (stored uncompressed: too small to gain)")
     if options.model == ONEHOT:
         if options.device not in ("auto", "cpu") or options.dtype not in ("auto", "float32"):
             console.warn("the onehot embedder runs on the CPU in float32: --device/--dtype ignored")

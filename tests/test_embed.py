@@ -3024,3 +3024,20 @@ def test_a_signal_once_the_output_has_its_final_name_exits_0(run_cli, tmp_path, 
     assert result.stderr.strip().splitlines()[-1] == (
         f"protrans: warning: {message} once the output was complete ({out}): nothing was lost")
     assert out.is_file() and not (tmp_path / "d.h5.partial").exists()
+
+
+@pytest.mark.parametrize("kinds,warned", [(["--per-protein"], True), (["--per-protein", "--layout", "stacked"], True),
+                                          (["--per-residue"], False), ([], False)])
+def test_compression_of_a_file_without_per_residue_arrays_is_said_to_be_ignored(run_cli, tmp_path, kinds, warned):
+    """`--compression gzip` compresses per-residue arrays only: with per-protein vectors alone it
+    was accepted without a word and the file came out uncompressed."""
+    import h5py
+
+    out = tmp_path / "o.h5"
+    result = run_cli("embed", SMALL, "-m", "onehot", *kinds, "--compression", "gzip", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    said = "--compression gzip ignored: it compresses per-residue arrays, and this run writes per-protein vectors only"
+    assert (said in result.stderr) is warned, result.stderr
+    with h5py.File(out) as f:
+        if "per_residue" in f:
+            assert all(d.compression == "gzip" for d in f["per_residue"].values())
