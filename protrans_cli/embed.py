@@ -1290,7 +1290,6 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     model_max = getattr(embedder, "max_residues", None)
     max_length = resolve_max_length(options, model_max)
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
-    _warn_beyond_training(embedder, scan, max_length, name, dist.is_main)
     attrs = _file_attrs(embedder, options, max_length)
     if options.part is not None:
         # the whole input's (the last run's, as the other attributes): `protrans merge` refuses

@@ -1494,6 +1494,7 @@ def test_proteins_longer_than_the_training_crops_are_warned_about(tiny_models, t
     assert (f"its longest protein has 50 residues, more than the 30 that {model} saw whole in training (crops of 32 "
             "tokens, train_config.json); rows beyond them come from positions it never learned. --max-length 30 "
             "--long-policy chunk --chunk-overlap 7 keeps every window within them") in r.stderr
+    assert r.stderr.count("saw whole in training") == 1, r.stderr  # (once: the call was made twice)
     r = run_cli("embed", fasta, "-m", model, "-o", tmp_path / "b.h5", "--max-length", "30", "--long-policy", "chunk",
                 "--chunk-overlap", "7")
     assert r.exit_code == 0 and "saw whole in training" not in r.stderr
@@ -1502,6 +1503,7 @@ def test_proteins_longer_than_the_training_crops_are_warned_about(tiny_models, t
                 "--chunk-overlap", "8")
     assert r.exit_code == 0, r.stderr
     assert "its longest protein has 50 residues (40 at most under --max-length 40), more than the 30" in r.stderr
+    assert r.stderr.count("saw whole in training") == 1, r.stderr
     # phases: the longest; a run that began from another model: not known
     (model / "train_config.json").write_text(json.dumps({"max_length": 32, "phases": [
         {"max_length": 16, "num_steps": 1}, {"max_length": 64, "num_steps": 1}]}))
