@@ -59,14 +59,18 @@ def checkpoint_step(directory) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def list_checkpoints(run_dir) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+def _step_dirs(run_dir) -> list[Path]:
+    """Every `step_N` directory of a run's checkpoints/, oldest first, complete or not."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(step, p) for p in root.iterdir()
-             if (step := checkpoint_step(p)) is not None and (p / STATE_FILE).is_file()]
+    found = [(step, p) for p in root.iterdir() if (step := checkpoint_step(p)) is not None]
     return [p for _, p in sorted(found)]
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    return [p for p in _step_dirs(run_dir) if (p / STATE_FILE).is_file()]
 
 
 def find_checkpoint(path) -> Path:
@@ -93,12 +97,9 @@ def refuse_incomplete_latest(run_dir) -> None:
     Checkpoints are renamed into place whole, and set aside before they are deleted, so only a
     file deleted or lost since leaves one: --resume went back to the checkpoint before without a
     word (or started from step 0 where it was the only one) and wrote over it."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return
-    steps = sorted((step, p) for p in root.iterdir() if (step := checkpoint_step(p)) is not None and p.is_dir())
-    if steps and not (steps[-1][1] / STATE_FILE).is_file():
-        raise _damaged(steps[-1][1], STATE_FILE, FileNotFoundError(_STATE_MISSING))
+    steps = [p for p in _step_dirs(run_dir) if p.is_dir()]
+    if steps and not (steps[-1] / STATE_FILE).is_file():
+        raise _damaged(steps[-1], STATE_FILE, FileNotFoundError(_STATE_MISSING))
 
 
 def rng_state(device=None) -> dict:
