@@ -50,6 +50,21 @@ def some_named(count: int, names) -> str:
     return ", ".join(names) + (f" and {more:,} more" if more else "")
 
 
+class Named:
+    """A count of things and the names of the first few, for a warning (`str`: some_named)."""
+
+    def __init__(self, keep: int = 3):
+        self.count, self.names, self.keep = 0, [], keep
+
+    def add(self, name: str) -> None:
+        self.count += 1
+        if len(self.names) < self.keep:
+            self.names.append(name)
+
+    def __str__(self) -> str:
+        return some_named(self.count, self.names)
+
+
 def configure(verbosity: int = 0, debug: bool = False) -> None:
     state.verbosity = verbosity
     state.debug = debug

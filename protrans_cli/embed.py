@@ -468,10 +468,10 @@ class InputScan:
     repeated: np.ndarray   # sorted uint64 digests of the sequences that more than one record carries
     digest: str = ""       # of every id and sequence in order: torchrun's ranks compare their inputs by it
     input_digest: str = ""  # with --part: of the whole input's ids and sequences (merge compares the parts')
-    num_nucleotide: int = 0  # proteins that read as DNA or RNA (residues.looks_nucleotide)
-    nucleotide_ids: tuple[str, ...] = ()  # the first few of them, for the warning
-    num_gapped: int = 0      # proteins whose gap characters were removed (an alignment's rows)
-    gapped_ids: tuple[str, ...] = ()
+    # proteins that read as DNA or RNA (residues.looks_nucleotide), and those whose gap
+    # characters were removed (an alignment's rows): how many, the first few by id
+    nucleotide: console.Named = field(default_factory=console.Named)
+    gapped: console.Named = field(default_factory=console.Named)
 
     def may_repeat(self, sequence: str) -> bool:
         """False: no other record has this sequence. True: probably one has (digests can collide)."""
@@ -490,10 +490,8 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     each id and of each sequence. Equal id digests are confirmed by a second pass over the ids,
     which names the duplicate (and ignores a mere digest collision)."""
     ids, seqs = array("Q"), array("Q")
-    residues = longest = num = num_nucleotide = 0
-    nucleotide_ids: list[str] = []
-    num_gapped = 0
-    gapped_ids: list[str] = []
+    residues = longest = num = 0
+    nucleotide, gapped = console.Named(), console.Named()
     # With `part`, still every record of the input: each is checked and every id counts for the
     # duplicate check (as one run over the whole input refuses them, whichever parts the two
     # copies fall in), but only the part's records are counted. A part may hold no record at
@@ -513,13 +511,9 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
         residues += len(prot.sequence)
         longest = max(longest, len(prot.sequence))
         if alphabet is None and looks_nucleotide(prot.sequence):  # (3Di strings are no amino acids either)
-            num_nucleotide += 1
-            if len(nucleotide_ids) < 3:
-                nucleotide_ids.append(prot.id)
+            nucleotide.add(prot.id)
         if prot.gapped:
-            num_gapped += 1
-            if len(gapped_ids) < 3:
-                gapped_ids.append(prot.id)
+            gapped.add(prot.id)
     if not ids:
         raise InputError("no FASTA records", path=name)
     digest = hashlib.blake2b(ids, digest_size=16)
@@ -536,8 +530,7 @@ def scan_input(source, name: str, skip_invalid: bool = False, alphabet: str | No
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     return InputScan(num, residues, longest, repeated, digest.hexdigest(),
                      input_digest=whole.hexdigest() if part is not None else "",
-                     num_nucleotide=num_nucleotide, nucleotide_ids=tuple(nucleotide_ids),
-                     num_gapped=num_gapped, gapped_ids=tuple(gapped_ids))
+                     nucleotide=nucleotide, gapped=gapped)
 
 
 def _raise_duplicate_id(source, name: str, suspects: set[int]) -> None:
@@ -640,12 +633,11 @@ def _warn_nucleotide(scan: InputScan, name: str, main: bool) -> None:
     alanine, cysteine, glycine, threonine (and asparagine for N) without a word, the vectors
     meaningless: said once, with how many and which. Not refused: protein databases hold a few
     such sequences."""
-    if not scan.num_nucleotide or not main:
+    if not scan.nucleotide.count or not main:
         return
-    shown = console.some_named(scan.num_nucleotide, scan.nucleotide_ids)
-    console.warn(f"{name}: {scan.num_nucleotide:,} of {scan.num_records:,} protein(s) hold only the letters A, C, G, "
-                 f"T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
-                 f"{shown}. Protein models read them "
+    console.warn(f"{name}: {scan.nucleotide.count:,} of {scan.num_records:,} protein(s) hold only the letters A, C, "
+                 f"G, T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
+                 f"{scan.nucleotide}. Protein models read them "
                  "as amino acids; translate DNA or RNA to proteins first")
 
 
@@ -653,11 +645,10 @@ def _warn_gapped(scan: InputScan, name: str, main: bool) -> None:
     """Rows of an aligned FASTA (an MSA's, an A3M's) lose their gaps: row i of the output is the
     i-th residue, not the i-th column, which nothing said while the file's `length` disagreed with
     the alignment's width. Said once, with how many and which."""
-    if not scan.num_gapped or not main:
+    if not scan.gapped.count or not main:
         return
-    shown = console.some_named(scan.num_gapped, scan.gapped_ids)
-    console.warn(f"{name}: {scan.num_gapped:,} of {scan.num_records:,} protein(s) held gap characters ('-', '.'), "
-                 f"removed: {shown}. Their rows are the residues alone, not the alignment's columns")
+    console.warn(f"{name}: {scan.gapped.count:,} of {scan.num_records:,} protein(s) held gap characters ('-', '.'), "
+                 f"removed: {scan.gapped}. Their rows are the residues alone, not the alignment's columns")
 
 
 def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str | None = None) -> InputError:
