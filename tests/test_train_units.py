@@ -145,6 +145,50 @@ def test_ranks_split_each_global_batch_without_overlap():
         assert len(a.micro_batches) == len(b.micro_batches) == 2  # 16 / (4 x 2)
 
 
+def test_every_epoch_forms_other_batches_without_more_padding():
+    # The length sort of a buffer broke ties by position, so every epoch formed the same global
+    # batches (only their order was shuffled). Now proteins of one padded width come in a random
+    # order per epoch: other batches, each protein once an epoch, the same on every rank, and
+    # with pad_multiple 8 each batch pads to the width the plain length sort gave it.
+    paths = [LEARNABLE, str(TRAIN / "learnable_shard2.txt.gz")]  # 400 proteins, 25 batches of 16
+    layout = _layout("bert")
+    kw = dict(paths=paths, layout=layout, max_length=80, pad_multiple=8, max_epochs=2)
+    one = list(_stream(**kw))
+    ranks = [list(_stream(rank=r, world_size=2, **kw)) for r in range(2)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 50
+    for whole, a, b in zip(one, *ranks):
+        assert sorted(_indices(a) + _indices(b)) == _indices(whole)
+    epochs = [[frozenset(_indices(sb)) for sb in one[:25]], [frozenset(_indices(sb)) for sb in one[25:]]]
+    for batches in epochs:
+        assert sorted(i for batch in batches for i in batch) == list(range(400))
+    assert len(set(epochs[0]) & set(epochs[1])) <= 5, "the batches of epoch 0 recur in epoch 1"
+
+    special = layout.num_special
+    lengths = {s.index: len(s.residues) for sb in one[:25] for mb in sb.micro_batches for s in mb}
+    real = sum(n + special for n in lengths.values())
+
+    def padded(batches):  # each global batch padded to its longest row, rounded up to 8
+        return sum(len(b) * -(-(max(lengths[i] for i in b) + special) // 8) * 8 for b in batches)
+
+    # the plain length sort of each buffer of 64 (the last one 16), ties by position
+    by_length = []
+    for start in range(0, 400, 64):
+        order = sorted(range(start, min(start + 64, 400)), key=lambda i: (lengths[i], i))
+        by_length += [order[k:k + 16] for k in range(0, len(order), 16)]
+    assert padded(by_length) / real > 1.05  # (a bound that means something)
+    for batches in epochs:
+        assert padded(batches) == padded(by_length)
+    # pad_multiple 1 (or 2, 4) buckets by 8 tokens, as 8 does: batches re-formed for some
+    # padding, never more than rounding the plain sort's rows up to 8 costs
+    assert [_stream(pad_multiple=m).bucket_width for m in (1, 2, 3, 8, 16)] == [8, 8, 9, 8, 16]
+
+    def exact(batches):  # rows padded to the longest, not rounded up
+        return sum(len(b) * (max(lengths[i] for i in b) + special) for b in batches)
+
+    for batches in epochs:
+        assert exact(by_length) < exact(batches) <= padded(by_length)
+
+
 def test_workers_yield_the_same_batches_as_one_process():
     from protrans_cli.training.data import step_batches
 
@@ -332,9 +376,9 @@ def test_length_buckets_reduce_padding():
     assert padding(8) < 0.5 * padding(1)
 
 
-def test_stream_epochs_repeat_their_global_batches_and_the_remainder_is_as_documented():
-    """docs/train.md (Data): the epochs form the same global batches in a new order within each
-    buffer; the remainder beyond the last buffer's whole batches is a fresh random choice each
+def test_stream_epochs_reform_their_global_batches_and_the_remainder_is_as_documented():
+    """docs/train.md (Data): each epoch forms other global batches of the same proteins within
+    each buffer; the remainder beyond the last buffer's whole batches is a fresh random choice each
     epoch; a tail of fewer proteins than one global batch joins the buffer before it (it was left
     out whole every epoch: the corpus's last proteins never trained)."""
     total = count_proteins([LEARNABLE])
@@ -351,7 +395,9 @@ def test_stream_epochs_repeat_their_global_batches_and_the_remainder_is_as_docum
     seen = epochs(4)
     dropped = [set(range(total)) - {i for b in batches for i in b} for batches in seen]
     assert [len(d) for d in dropped] == [12, 12, 12] and len({frozenset(d) for d in dropped}) == 3
-    assert seen[0] != seen[1] and set(seen[0][:16]) == set(seen[1][:16])  # first 4 buffers: same batches
+    # first 4 buffers: every protein once, in other batches (the same ones every epoch before)
+    assert set(seen[0][:16]) != set(seen[1][:16])
+    assert sorted(i for e in (0, 1) for b in seen[e][:16] for i in b) == sorted(list(range(256)) * 2)
     # buffers of 96: a tail of 12, fewer than a global batch, joins the third buffer (108: 96 kept,
     # 12 left out, other ones each epoch); before, the corpus's last 12 were left out of every epoch
     dropped = [set(range(total)) - {i for b in batches for i in b} for batches in epochs(6)]

@@ -9,7 +9,23 @@ How a global batch is formed, identically on every rank:
      full one also takes the corpus's tail when that is shorter than one global batch);
   2. a protein longer than the maximum is cropped at a random window (not at the N-terminus);
   3. the buffer is sorted by length and cut into global batches (little padding), whose order
-     is then shuffled;
+     is then shuffled. The sort key is the padded length collate gives a row (the protein's
+     length with its special tokens, rounded up to `pad_multiple`, at least 8: see
+     `bucket_width`), and proteins of one such width come in a random order drawn from (seed,
+     epoch, buffer_start): each batch is then put in order of length (ties by position), so
+     micro-batches hold similar lengths. Proteins of one padded width are interchangeable for
+     padding, so every epoch re-forms the batches (which proteins go together) at no padding
+     cost when pad_multiple is 8 or more: each batch pads to the width the plain length sort
+     gave it. Measured on the E. coli proteome (4,401 proteins, global batch 64, bucket_batches
+     16, max length 512, pad_multiple 8): padded / real tokens 1.0737 before and after (1.0177
+     with micro-batches of 8); 64 of 68 global batches of epoch 0 recurred in epoch 1 with a
+     plain length sort (all but the last buffer's, whose dropped remainder is drawn per epoch),
+     2 of 68 now, and 22% of the pairs of proteins batched together in epoch 0 are apart in
+     epoch 1. (pad_multiple 1: padded / real 1.0631 before, 1.0712 after.) A random tie-break
+     between equal lengths alone left 15 of 68 batches as they were; buckets of 16 or a random
+     jitter of 12-16 residues added to the sort key parted more pairs (28-33%) for 0.9-1.4
+     points more padding at the global batch. A stream without `shuffle` (evaluation) keeps
+     the plain length sort, ties by position;
   4. a global batch is cut into `world_size * grad_accum` micro-batches; micro-batch j goes to
      rank j % world_size, so ranks get similar lengths and never the same protein.
 Crops and masks come from a random generator seeded by (seed, epoch, protein index), so a
@@ -582,13 +598,22 @@ class CorpusStream:
             state = StreamState(state.epoch + 1, 0, 0)
 
     def _plan_buffer(self, buffer, state: StreamState) -> list[np.ndarray]:
-        """Global batches of a buffer as arrays of buffer positions, sorted by length, shuffled."""
+        """Global batches of a buffer as arrays of buffer positions, each sorted by length; with
+        `shuffle`, formed anew every epoch and in a shuffled order."""
         n_full = len(buffer) // self.global_batch_size * self.global_batch_size
         if n_full == 0:
             return []
         lengths = np.array([min(len(text), self.max_residues) for _, _, text in buffer])
-        # Ties broken by position, so every rank computes the same order.
-        order = np.lexsort((np.arange(len(buffer)), lengths))
+        if self.shuffle:
+            # By padded width, in a random order within one width drawn from (seed, epoch,
+            # buffer_start) alone, so every rank (and a resume) computes the same order and each
+            # epoch forms other batches (see the module docstring).
+            width = self.bucket_width
+            tie = np.random.default_rng((self.seed, state.epoch, state.buffer_start, 11)).permutation(len(buffer))
+            order = np.lexsort((tie, -(-(lengths + self.layout.num_special) // width)))
+        else:
+            # Ties broken by position, so every rank computes the same order.
+            order = np.lexsort((np.arange(len(buffer)), lengths))
         if len(buffer) > n_full:
             # Drop a random remainder rather than always the longest proteins.
             rng = np.random.default_rng((self.seed, state.epoch, state.buffer_start, 7))
@@ -597,6 +622,8 @@ class CorpusStream:
             order = order[keep[order]]
         batches = order.reshape(-1, self.global_batch_size)
         if self.shuffle:
+            # each batch in order of length, ties by position (micro-batches of similar lengths)
+            batches = np.stack([batch[np.lexsort((batch, lengths[batch]))] for batch in batches])
             rng = np.random.default_rng((self.seed, state.epoch, state.buffer_start, 3))
             batches = batches[rng.permutation(len(batches))]
         return list(batches)
@@ -612,6 +639,13 @@ class CorpusStream:
             samples = [self._sample(buffer, int(p), state) for p in positions]
             out.append(self.collate(samples))
         return StepBatch(out, after, sum(len(p) for p in mine))
+
+    @property
+    def bucket_width(self) -> int:
+        """Padded tokens of one length bucket: the smallest multiple of pad_multiple that is 8
+        or more: with pad_multiple 1 (or 2, 4) a random order among equal lengths alone kept 89%
+        of the pairs of proteins batched together (8-token buckets: 78%), for a little padding."""
+        return -(-8 // self.pad_multiple) * self.pad_multiple
 
     def _tokens(self, count: int, longest: int, residues: int) -> int:
         """Padded tokens of a micro-batch of `count` proteins, as collate makes it: rows padded to
