@@ -189,6 +189,33 @@ def test_every_epoch_forms_other_batches_without_more_padding():
         assert exact(by_length) < exact(batches) <= padded(by_length)
 
 
+def test_a_checkpoint_of_an_earlier_version_keeps_its_plan_of_batches():
+    # A run of an earlier version (its data_state has no plan: batches by a plain length sort)
+    # resumed in the middle of a buffer: re-planned the new way, the rest of that buffer held
+    # other proteins, some trained twice in the epoch and others not at all. It keeps its plan.
+    from protrans_cli.training.checkpoint import _data_state_problem
+    from protrans_cli.training.data import PLAN, StreamState
+
+    assert StreamState().plan == PLAN == 2 and StreamState.from_dict(None).plan == PLAN
+    old = StreamState.from_dict({"epoch": 0, "buffer_start": 0, "batches_done": 0})
+    assert old.plan == 1
+    kw = dict(paths=[LEARNABLE, str(TRAIN / "learnable_shard2.txt.gz")], max_length=80, pad_multiple=8,
+              max_epochs=2)
+    uninterrupted = list(_stream(state=old, **kw))
+    assert all(sb.state_after.plan == 1 for sb in uninterrupted)
+    # the old plan: every epoch the same batches
+    assert {frozenset(_indices(sb)) for sb in uninterrupted[:25]} == {frozenset(_indices(sb)) for sb in uninterrupted[25:]}
+    saved = StreamState.from_dict(uninterrupted[1].state_after.to_dict())  # 2 of 4 batches of a buffer done
+    assert saved.batches_done == 2 and saved.plan == 1
+    resumed = list(_stream(state=saved, **kw))
+    assert [_indices(sb) for sb in resumed] == [_indices(sb) for sb in uninterrupted[2:]]
+    # a new run's checkpoints say plan 2; a plan this version does not know is a damaged checkpoint
+    assert StreamState.from_dict(StreamState().to_dict()).plan == 2
+    assert _data_state_problem({"epoch": 0, "buffer_start": 0, "batches_done": 0, "plan": 2}) is None
+    assert "plan 3 is not one this protrans knows" in _data_state_problem({"epoch": 0, "buffer_start": 0,
+                                                                            "batches_done": 0, "plan": 3})
+
+
 def test_workers_yield_the_same_batches_as_one_process():
     from protrans_cli.training.data import step_batches
 

@@ -470,7 +470,7 @@ def load_training_state(directory) -> dict:
     return state
 
 
-_STREAM_FIELDS = ("epoch", "buffer_start", "batches_done")
+_STREAM_FIELDS = ("epoch", "buffer_start", "batches_done", "plan")
 
 
 def _cursor_fields() -> tuple[str, ...]:
@@ -499,6 +499,10 @@ def _data_state_problem(data_state: dict) -> str | None:
     for key, value in fields:
         if not is_count(value):
             return f"{key} is {value!r}, not a count"
+    from protrans_cli.training.data import PLANS
+
+    if data_state.get("plan", 1) not in PLANS:
+        return f"plan {data_state['plan']!r} is not one this protrans knows ({', '.join(map(str, PLANS))}: a newer version's checkpoint?)"
     return None
 
 

@@ -473,19 +473,31 @@ def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluate
                          f"of {batch_size} ({batch_text})", path=", ".join(map(str, paths)))
 
 
+# How a buffer's global batches are planned (`CorpusStream._plan_buffer`): 1, a plain length
+# sort, the same batches every epoch (the checkpoints of earlier versions have no plan and were
+# made so); 2, re-formed every epoch. A run keeps the plan it started with, so that a run
+# of an earlier version resumed by this one sees the batches it would have seen: resumed with
+# another plan, the buffer under way was re-planned, and some of its proteins were trained twice
+# and others not at all.
+PLAN = 2
+PLANS = (1, 2)
+
+
 @dataclass
 class StreamState:
     """Where the stream is: the epoch, the first protein of the current buffer, batches done in
     it, and `at`, a cursor at or before that protein (None: read from the corpus's beginning;
-    the checkpoints of earlier versions have none)."""
+    the checkpoints of earlier versions have none); `plan`, how batches are formed (PLAN)."""
 
     epoch: int = 0
     buffer_start: int = 0
     batches_done: int = 0
     at: Cursor | None = None
+    plan: int = PLAN
 
     def to_dict(self) -> dict:
-        d = {"epoch": self.epoch, "buffer_start": self.buffer_start, "batches_done": self.batches_done}
+        d = {"epoch": self.epoch, "buffer_start": self.buffer_start, "batches_done": self.batches_done,
+             "plan": self.plan}
         if self.at is not None:
             d["at"] = dataclasses.asdict(self.at)
         return d
@@ -496,6 +508,7 @@ class StreamState:
             return cls()
         d = dict(d)
         at = d.pop("at", None)
+        d.setdefault("plan", 1)  # (a checkpoint of an earlier version)
         return cls(**d, at=Cursor(**at) if at else None)
 
 
@@ -583,19 +596,19 @@ class CorpusStream:
                 batches = self._plan_buffer(buffer, state)
                 for b in range(state.batches_done, len(batches)):
                     produced += 1
-                    after = StreamState(state.epoch, state.buffer_start, b + 1, at)
+                    after = StreamState(state.epoch, state.buffer_start, b + 1, at, state.plan)
                     if b + 1 == len(batches):
-                        after = StreamState(state.epoch, state.buffer_start + len(buffer), 0, end.copy())
+                        after = StreamState(state.epoch, state.buffer_start + len(buffer), 0, end.copy(), state.plan)
                     if counter % num_workers == worker:
                         yield self._step_batch(batches[b], buffer, state, after)
                     counter += 1
-                state = StreamState(state.epoch, state.buffer_start + len(buffer), 0, end.copy())
+                state = StreamState(state.epoch, state.buffer_start + len(buffer), 0, end.copy(), state.plan)
                 if ended:
                     break
             if produced == 0 and state.buffer_start < self.global_batch_size:
                 raise InputError(f"the corpus holds {state.buffer_start} protein(s), fewer than one "
                                  f"{self.batch_name} ({self.global_batch_size})", path=", ".join(self.paths))
-            state = StreamState(state.epoch + 1, 0, 0)
+            state = StreamState(state.epoch + 1, 0, 0, plan=state.plan)
 
     def _plan_buffer(self, buffer, state: StreamState) -> list[np.ndarray]:
         """Global batches of a buffer as arrays of buffer positions, each sorted by length; with
@@ -604,7 +617,7 @@ class CorpusStream:
         if n_full == 0:
             return []
         lengths = np.array([min(len(text), self.max_residues) for _, _, text in buffer])
-        if self.shuffle:
+        if self.shuffle and state.plan >= 2:
             # By padded width, in a random order within one width drawn from (seed, epoch,
             # buffer_start) alone, so every rank (and a resume) computes the same order and each
             # epoch forms other batches (see the module docstring).
@@ -621,7 +634,7 @@ class CorpusStream:
             keep[rng.choice(len(buffer), n_full, replace=False)] = True
             order = order[keep[order]]
         batches = order.reshape(-1, self.global_batch_size)
-        if self.shuffle:
+        if self.shuffle and state.plan >= 2:
             # each batch in order of length, ties by position (micro-batches of similar lengths)
             batches = np.stack([batch[np.lexsort((batch, lengths[batch]))] for batch in batches])
             rng = np.random.default_rng((self.seed, state.epoch, state.buffer_start, 3))

@@ -966,7 +966,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 prev = phases[data_phase]
                 data_state = StreamState(data_state.epoch,
                                          data_state.buffer_start + prev.global_batch_size * config.bucket_batches, 0,
-                                         data_state.at)
+                                         data_state.at, data_state.plan)
             data_phase = phase_index
         if deadline is not None and phase_index:
             # (the steps measured were the previous phase's: scaled by the tokens a step takes)
