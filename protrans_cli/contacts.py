@@ -413,8 +413,8 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
 def _run(source, name: str, output: Path, options: ContactOptions, predictor) -> ContactSummary:
     import time
 
-    from protrans_cli.embed import (_check_before_compute, _Done, _same_commit, model_attr, read_windows, same_model,
-                                    scan_input)
+    from protrans_cli.embed import (_check_before_compute, _Done, _same_commit, _warn_gapped, _warn_nucleotide,
+                                    model_attr, read_windows, same_model, scan_input)
     from protrans_cli.embed_resume import _done_in
     from protrans_cli.io.h5 import EmbeddingsWriter, partial_path
     from protrans_cli.threads import torch_threads
@@ -470,6 +470,9 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor) ->
         elif options.long_policy == "error" and scan.longest > max_length:
             _check_before_compute(source, name, options, max_length, done, output)
         with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as writer:
+            # (embed's warnings, as embed says them: once the output is open and there is work to do)
+            _warn_nucleotide(scan, name, True)
+            _warn_gapped(scan, name, True)
             began = time.perf_counter()
             _compute(source, name, options, predictor, writer, done, max_length, summary, scan.num_residues)
             summary.compute_seconds = time.perf_counter() - began

@@ -227,6 +227,34 @@ def test_stdin_and_gzip_inputs(run_cli, tmp_path):
     assert _attrs(tmp_path / "s.h5", "a%2F1")["header"] == "a/1 first"
 
 
+def test_nucleotide_and_gapped_proteins_are_warned_about_as_embed_warns(run_cli, tmp_path):
+    """contacts reads FASTA as embed does and says what embed says (embed's own warnings, once
+    each): a DNA record's map is a map of alanines, cysteines, glycines and threonines, and a gapped
+    row's map has the residues' rows, not the alignment's columns. Maps are written as before."""
+    model = REFERENCES["esm2"]
+    dna = "ATGGCGATCGATCGATCGTAGCTAGCTAGCATCGATCGATCGATCGTAGC"
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(f">cds1\n{dna}\n>q\nMKT--AYIAK\n>P1\nMKTAYIAKQR\n")
+    out = tmp_path / "c.h5"
+    r = run_cli("contacts", fasta, "-m", model, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert (f"protrans: warning: {fasta}: 1 of 3 protein(s) hold only the letters A, C, G, T, U and N (at least 30 "
+            "residues), as nucleotide sequences do: cds1. Protein models read them as amino acids; translate DNA or "
+            "RNA to proteins first\n") in r.stderr
+    assert (f"protrans: warning: {fasta}: 1 of 3 protein(s) held gap characters ('-', '.'), removed: q. Their rows "
+            "are the residues alone, not the alignment's columns\n") in r.stderr
+    assert r.stderr.count("as nucleotide sequences do") == 1 and r.stderr.count("held gap characters") == 1
+    maps = _maps(out)
+    assert maps["cds1"].shape == (len(dna), len(dna)) and maps["q"].shape == (8, 8)
+    # a resume with nothing left to add says nothing again
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--resume")
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.stderr
+    plain = tmp_path / "plain.fa"
+    plain.write_text(">P1\nMKTAYIAKQR\n")
+    r = run_cli("contacts", plain, "-m", model, "-o", tmp_path / "p.h5")
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.stderr
+
+
 def test_models_without_a_trained_contact_head_are_refused(run_cli, tmp_path):
     from safetensors.torch import load_file, save_file
 
