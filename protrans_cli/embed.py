@@ -25,6 +25,7 @@ file a SIGKILL damaged can crash HDF5) and compared here with the input before a
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import numbers
@@ -628,6 +629,18 @@ def _warn_beyond_training(embedder, scan: InputScan, max_length: int | None, nam
                  f"learned. --max-length {residues} --long-policy chunk{overlap} keeps every window within them")
 
 
+# True within embed_sequences given a list: its proteins' ids are their positions ("0", "1", ...),
+# which warnings name as its own warning names them (`item 0`), not as bare numbers
+_ITEM_IDS: contextvars.ContextVar[bool] = contextvars.ContextVar("protrans_item_ids", default=False)
+
+
+def _shown_ids(named: console.Named) -> str:
+    """A warning's proteins (`named`: a count and the first ids) as the caller knows them."""
+    if not _ITEM_IDS.get():
+        return str(named)
+    return console.some_named(named.count, [f"item {ident}" for ident in named.names])
+
+
 def _warn_nucleotide(scan: InputScan, name: str, main: bool) -> None:
     """A FASTA of DNA or RNA (a genome's .fna given for its .faa) is embedded as proteins of
     alanine, cysteine, glycine, threonine (and asparagine for N) without a word, the vectors
@@ -637,7 +650,7 @@ def _warn_nucleotide(scan: InputScan, name: str, main: bool) -> None:
         return
     console.warn(f"{name}: {scan.nucleotide.count:,} of {scan.num_records:,} protein(s) hold only the letters A, C, "
                  f"G, T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
-                 f"{scan.nucleotide}. Protein models read them "
+                 f"{_shown_ids(scan.nucleotide)}. Protein models read them "
                  "as amino acids; translate DNA or RNA to proteins first")
 
 
@@ -648,7 +661,7 @@ def _warn_gapped(scan: InputScan, name: str, main: bool) -> None:
     if not scan.gapped.count or not main:
         return
     console.warn(f"{name}: {scan.gapped.count:,} of {scan.num_records:,} protein(s) held gap characters ('-', '.'), "
-                 f"removed: {scan.gapped}. Their rows are the residues alone, not the alignment's columns")
+                 f"removed: {_shown_ids(scan.gapped)}. Their rows are the residues alone, not the alignment's columns")
 
 
 def _too_long(prot: _Protein, max_length: int, options: EmbedOptions, name: str | None = None) -> InputError:
@@ -1102,7 +1115,8 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
     It runs `embed` itself through a temporary HDF5 file (batching, out-of-memory retries, the
     --max-length policy, the NaN checks, identical sequences computed once), so the arrays are
     the ones `protrans embed` writes. A protein that could not be embedded is left out of the
-    dict (None in the list), with a warning naming it.
+    dict (None in the list), with a warning naming it. Warnings name a dict's proteins by id, a
+    list's by position from 0 (`item 0`, the index of its array in the list returned).
     """
     import tempfile
     from collections.abc import Mapping
@@ -1138,7 +1152,11 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
         try:
             # one process even under torchrun: another rank's shards are in its own temporary folder
             # (messages name the input "<sequences>": the temporary file's path means nothing here)
-            summary = embed(fasta, output, options, embedder=embedder, distributed=False, input_name=_GIVEN)
+            token = _ITEM_IDS.set(as_list)
+            try:
+                summary = embed(fasta, output, options, embedder=embedder, distributed=False, input_name=_GIVEN)
+            finally:
+                _ITEM_IDS.reset(token)
         except ProtransError as exc:
             if exc.path is None or (exc.path != _GIVEN and Path(tmp) not in Path(exc.path).parents):
                 raise

@@ -207,6 +207,21 @@ def test_nucleotide_sequences_are_warned_about_once_and_still_embedded(tmp_path,
     assert sorted(vectors) == ["P1", "cds1"]
     assert err.getvalue().startswith("protrans: warning: <sequences>: 1 of 2 protein(s) hold only the letters "), \
         err.getvalue()
+    # a list's proteins by position, as its warning about proteins left out names them (not "0, 2")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        vectors = embed_sequences([dna, "MKT-AYIAK", dna + "A", "M.KT"], EmbedOptions(model="onehot"),
+                                  kind="per_protein")
+    assert len(vectors) == 4 and all(v.shape == (21,) for v in vectors)
+    assert "as nucleotide sequences do: item 0, item 2. Protein models" in err.getvalue(), err.getvalue()
+    assert "held gap characters ('-', '.'), removed: item 1, item 3. Their rows" in err.getvalue(), err.getvalue()
+    # (a dict's by id, as before; and a later call on a file, by id)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        embed_sequences({"0": dna}, EmbedOptions(model="onehot"), kind="per_protein")
+    assert "as nucleotide sequences do: 0. Protein models" in err.getvalue(), err.getvalue()
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "again.h5")
+    assert "as nucleotide sequences do: cds1, mrna, cds2 and 1 more" in result.stderr, result.stderr
 
 
 def test_gaps_removed_from_aligned_rows_are_said_once(tmp_path, run_cli):
