@@ -1001,7 +1001,19 @@ def test_summary_counts_the_residues_of_every_protein_written(run_cli, tmp_path)
         assert summary.num_residues == total == 81
     result = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "cli.h5")
     assert "embedded 6 proteins (81 residues," in result.stderr
-    assert "1 identical sequence computed once" in result.stderr
+    assert "; 1 protein shares the sequence of another (copied, not computed again)" in result.stderr
+
+
+def test_the_summary_counts_proteins_that_share_a_sequence_unambiguously(run_cli, tmp_path):
+    """Three copies of one sequence and two of another: "3 identical sequences computed once" read
+    as three sequences (or three copies of each); it is 3 proteins that share another's sequence."""
+    fasta = tmp_path / "d.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMSTNPKPQRK\n>c\nMKTAYIAKQR\n>d\nMKTAYIAKQR\n>e\nMSTNPKPQRK\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5")
+    assert result.exit_code == 0, result.stderr
+    assert ("embedded 5 proteins (50 residues, " in result.stderr
+            and "; 3 proteins share the sequence of another (copied, not computed again)\n" in result.stderr), \
+        result.stderr
 
 
 def _run_summary(out, fasta=SMALL, **kw):
@@ -1683,7 +1695,7 @@ def test_cli_stdin_with_windows_is_spooled_and_cleaned_up(run_cli, tmp_path):
     result = run_cli("embed", "-", "-m", "onehot", "--window", "1", "-o", out,
                      input=b">a\nMKV\n>b\nWWW\n>c\nMKV\n")
     assert result.exit_code == 0, result.stderr
-    assert "1 identical sequence computed once" in result.stderr
+    assert "1 protein shares the sequence of another" in result.stderr
     got = read_all(out)
     assert sorted(got) == ["a", "b", "c"]  # nothing of the old spool
     np.testing.assert_array_equal(got["c"], onehot_reference("MKV"))
@@ -1714,7 +1726,7 @@ def test_torchrun_with_windows_equals_one_process(tmp_path):
            "-m", "protrans_cli", "embed", str(fasta), "-m", "onehot", "--window", "13", *kw, "-o", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "embedded 120 proteins" in proc.stderr and "identical sequences computed once" in proc.stderr
+    assert "embedded 120 proteins" in proc.stderr and "share the sequence of another" in proc.stderr
     assert_same_content(file_content(single), file_content(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5", "g.fa", "single.h5"]
 

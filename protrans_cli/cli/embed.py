@@ -161,7 +161,10 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
     console.info(f"embedded {console.counted(summary.num_embedded, 'protein')} "
                  f"({summary.num_residues:,} residues, {rate:,.0f} residues/s) into {output}"
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else "")
-                 + (f"; {console.counted(summary.num_duplicates, 'identical sequence')} computed once"
-                    if summary.num_duplicates else ""))
+                 # (proteins, not sequences: three copies of one sequence are 2 proteins that share
+                 # another's sequence, where "2 identical sequences computed once" read as 2 sequences)
+                 + (f"; {console.counted(summary.num_duplicates, 'protein')} "
+                    f"{'shares' if summary.num_duplicates == 1 else 'share'} the sequence of another "
+                    "(copied, not computed again)" if summary.num_duplicates else ""))
     console.list_failed(summary.failed, "embedding")
 
