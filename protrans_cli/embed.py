@@ -629,6 +629,18 @@ def _warn_beyond_training(embedder, scan: InputScan, max_length: int | None, nam
                  f"learned. --max-length {residues} --long-policy chunk{overlap} keeps every window within them")
 
 
+def _warn_cls_not_trained(embedder, options: EmbedOptions, main: bool) -> None:
+    """`--pooling cls` of a family whose cls token's hidden state pretraining never made a summary
+    of the protein (ESM's <cls>: masked-LM alone): written without a word, though such vectors
+    are the mean's poorer substitute. Said once; nothing for a file without per-protein vectors."""
+    if not main or not options.per_protein or getattr(embedder, "pooling", "mean") != "cls":
+        return
+    reason = getattr(getattr(embedder, "family_impl", None), "cls_not_trained", None)
+    if reason:
+        console.warn(f"--pooling cls: {embedder.name}: {reason}; --pooling mean (the default) averages the residue "
+                     "rows instead")
+
+
 # True within embed_sequences given a list: its proteins' ids are their positions ("0", "1", ...),
 # which warnings name as its own warning names them (`item 0`), not as bare numbers
 _ITEM_IDS: contextvars.ContextVar[bool] = contextvars.ContextVar("protrans_item_ids", default=False)
@@ -1299,6 +1311,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     model_max = getattr(embedder, "max_residues", None)
     max_length = resolve_max_length(options, model_max)
     _warn_beyond_training(embedder, scan, max_length, name, dist.is_main, given=options.max_length is not None)
+    _warn_cls_not_trained(embedder, options, dist.is_main)
     attrs = _file_attrs(embedder, options, max_length)
     if options.part is not None:
         # the whole input's (the last run's, as the other attributes): `protrans merge` refuses

@@ -1641,6 +1641,24 @@ def test_pooling_cls_is_the_cls_tokens_hidden_state_in_any_batching(run_cli, tmp
     assert r.exit_code == 2 and "pooling" in r.stderr
 
 
+def test_pooling_cls_of_esm_is_warned_about_once(run_cli, tmp_path, tiny_models):
+    """ESM's <cls> was never trained as a summary (masked-LM alone): --pooling cls wrote its hidden
+    state without a word. One line, once; a BERT's [CLS] (sentence-level objectives train it in some
+    checkpoints) and a file without per-protein vectors say nothing."""
+    r = run_cli("embed", SMALL, "-m", tiny_models["esm"], "--pooling", "cls", "-o", tmp_path / "e.h5",
+                "--device", "cpu", "-j", "1")
+    assert r.exit_code == 0, r.stderr
+    line = (f"protrans: warning: --pooling cls: {tiny_models['esm']}: ESM is pretrained by masked-LM alone, so its "
+            "<cls> (esm-extract's bos) was never trained as a summary of the protein; --pooling mean (the default) "
+            "averages the residue rows instead\n")
+    assert line in r.stderr and r.stderr.count("--pooling cls") == 1, r.stderr
+    for model, extra in ((tiny_models["esm"], ["--per-residue"]), (tiny_models["esm"], []), (tiny_models["bert"], [])):
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}.h5"
+        pooling = ["--pooling", "cls"] if extra or model == tiny_models["bert"] else []
+        r = run_cli("embed", SMALL, "-m", model, *pooling, *extra, "-o", out, "--device", "cpu", "-j", "1")
+        assert r.exit_code == 0 and "warning: --pooling" not in r.stderr, (model, extra, r.stderr)
+
+
 @pytest.mark.parametrize("family_name", ["t5", "transfo_xl", "onehot"])
 def test_pooling_cls_is_refused_where_there_is_no_cls_token_to_read(run_cli, tmp_path, tiny_models, family_name):
     model = "onehot" if family_name == "onehot" else tiny_models[family_name]
