@@ -562,3 +562,33 @@ def test_a_tokenizer_json_file_that_is_no_json_object_is_named(tmp_path, run_cli
     assert result.stderr.startswith(f"protrans: error: {model_dir}: cannot load the tokenizer: {model_dir / file}")
     assert said in result.stderr and len(result.stderr.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "x.fa"]
+
+
+@pytest.mark.parametrize("family_name", ["bert", "esm"])
+@pytest.mark.parametrize("value", ["x", "512", [512]])
+def test_a_tokenizer_config_field_of_a_bad_value_is_named_not_a_missing_tokenizer(tmp_path, run_cli, family_name,
+                                                                                  value):
+    """`"model_max_length": "x"` in tokenizer_config.json: the tokenizer loaded, every call of it
+    then failed comparing "x" with a length, and that read as residues it does not know ("the
+    directory lacks this model's tokenizer; copy the tokenizer files ..."). One line naming the
+    file and the field, as config.json's fields are named; null (transformers' "no limit") loads."""
+    family = FAMILIES[family_name]
+    tokenizer, config, model = _tiny(family)
+    model_dir = tmp_path / "model"
+    family.save_pretrained(model, tokenizer, model_dir)
+    data = json.loads((model_dir / "tokenizer_config.json").read_text())
+    data["model_max_length"] = value
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(data))
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    result = run_cli("embed", fasta, "-m", model_dir, "-o", tmp_path / "x.h5", "--device", "cpu", "-j", "1")
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (f"protrans: error: {model_dir}: cannot load the tokenizer: "
+                             f"{model_dir / 'tokenizer_config.json'}: its model_max_length is {value!r}, not a number "
+                             "of tokens\n"), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "x.fa"]
+    if value == "x":
+        data["model_max_length"] = None
+        (model_dir / "tokenizer_config.json").write_text(json.dumps(data))
+        result = run_cli("embed", fasta, "-m", model_dir, "-o", tmp_path / "x.h5", "--device", "cpu", "-j", "1")
+        assert result.exit_code == 0, result.stderr

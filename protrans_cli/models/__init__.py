@@ -349,6 +349,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             if is_dir and (problem := _tokenizer_json_problem(target)):
                 # ("cannot load the tokenizer: Expecting value: line 1 column 1 (char 0)" named no file)
                 raise ModelError(f"{name}: cannot load the tokenizer: {problem}; {_COPY_TOKENIZER}") from None
+            if is_dir and (problem := _tokenizer_config_problem(target)):
+                raise ModelError(f"{name}: cannot load the tokenizer: {problem}") from None
             if isinstance(exc, OSError):
                 raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
@@ -366,7 +368,8 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
             # empty tokenizer from the config, which read as "not a protein tokenizer"
             raise ModelError(_not_found_message(name, target, is_dir, "", what="its tokenizer files",
                                                 revision=revision))
-        _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None))
+        _check_tokenizer(name, family, tokenizer, is_dir, getattr(source.config, "vocab_size", None),
+                         directory=target if is_dir else None)
         try:
             # (on the CPU; the caller's random numbers are put back: BERT's encoder initialised
             # the pooler that an MLM checkpoint lacks from them, so a notebook seeded before
@@ -443,19 +446,46 @@ def _tokenizer_json_problem(directory) -> str | None:
     return None
 
 
+def _tokenizer_config_problem(directory) -> str | None:
+    """Which field of a model directory's tokenizer_config.json holds a value the tokenizer cannot
+    use, and what it is; None where none does (or the file is absent or no JSON object:
+    `_tokenizer_json_problem` says that). A `model_max_length` of "x" loaded, and every call of
+    the tokenizer then failed on comparing it with a length, which read as residues it does not
+    know: "the directory lacks this model's tokenizer", naming neither the file nor the field."""
+    import json
+
+    path = Path(directory) / "tokenizer_config.json"
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    value = data.get("model_max_length")
+    # (only what breaks the tokenizer: a number of any size loads and works, the limit unused here)
+    if value is not None and not isinstance(value, (int, float)):
+        return f"{path}: its model_max_length is {value!r:.40}, not a number of tokens"
+    return None
+
+
 def _has_tokenizer_files(directory) -> bool:
     """Whether a model directory holds any file a tokenizer is read from."""
     return any(p.name.startswith(("tokenizer", "vocab", "spiece", "merges", "sentencepiece"))
                for p in Path(directory).iterdir())
 
 
-def _check_tokenizer(name: str, family: Family, tokenizer, is_dir: bool, vocab_size: int | None = None) -> None:
+def _check_tokenizer(name: str, family: Family, tokenizer, is_dir: bool, vocab_size: int | None = None, *,
+                     directory=None) -> None:
     """Refuse a tokenizer that does not know the residues (see `unknown_residues`): without this
     check, a directory lacking its tokenizer files embedded every protein as rows of `[UNK]`.
     With the model's `vocab_size`, also one whose ids (residues and special tokens) do not all
-    exist in the model's embedding table: another model's tokenizer."""
+    exist in the model's embedding table: another model's tokenizer. `directory`: the model
+    directory it was loaded from, whose tokenizer_config.json fields are checked first (one the
+    tokenizer loaded with but cannot use read as residues it does not know)."""
     from protrans_cli.models.base import unknown_residues
 
+    if directory is not None and (problem := _tokenizer_config_problem(directory)):
+        raise ModelError(f"{name}: cannot load the tokenizer: {problem}")
     unknown = unknown_residues(family, tokenizer)
     if not unknown:
         if vocab_size:

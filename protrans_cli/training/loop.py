@@ -693,7 +693,7 @@ def _initial_model(config: TrainConfig, resume):
                                  "with --init-from, --set can change settings such as dropout, not sizes")
             # the same guard as embed: a directory without its tokenizer would train on [UNK] rows
             _check_tokenizer(f"--init-from {source.name}", family, tokenizer, source.is_dir,
-                             getattr(hf_config, "vocab_size", None))
+                             getattr(hf_config, "vocab_size", None), directory=source.target if source.is_dir else None)
             model, info = family.load_pretraining_model(source.target, config=hf_config, dtype=torch.float32,
                                                         output_loading_info=True, **source.hub_kwargs)
     except weight_errors() as exc:
