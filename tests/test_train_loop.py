@@ -1559,6 +1559,30 @@ def test_resume_into_another_family_names_the_checkpoint_model(tmp_path):
     assert "\n" not in info.value.format()
 
 
+def test_a_checkpoint_missing_its_pretraining_weights_file_says_so(tmp_path):
+    """ELECTRA's checkpoints keep the generator in pretraining_model.safetensors (model.safetensors
+    holds the discriminator alone). Without that file and SHA256SUMS (a checkpoint copied without
+    it, of an earlier version) the resume loaded model.safetensors and said "checkpoint does not
+    match the model being trained: it holds a electra/tiny model; Missing key(s)": the very model
+    being resumed. It names the missing file now; with SHA256SUMS the sums name it, as before."""
+    from protrans_cli.training import checkpoint as ckpt
+
+    train(_config(tmp_path, "electra", num_steps=2, save_every=2, log_every=1))
+    where = tmp_path / "run_electra" / "checkpoints" / "step_00000002"
+    assert (where / ckpt.WEIGHTS_FILE).is_file()
+    (where / ckpt.WEIGHTS_FILE).unlink()
+    with pytest.raises(InputError, match=rf"cannot read {ckpt.WEIGHTS_FILE} \(missing\)"):
+        train(_config(tmp_path, "electra", num_steps=4, save_every=2, log_every=1), resume=True)
+    (where / ckpt.SUMS_FILE).unlink()
+    with pytest.raises(InputError) as info:
+        train(_config(tmp_path, "electra", num_steps=4, save_every=2, log_every=1), resume=True)
+    message = info.value.format()
+    assert message.startswith(f"{where}: checkpoint has no {ckpt.WEIGHTS_FILE}, the weights of the pretraining "
+                              f"model that its {ckpt.HF_WEIGHTS} lacks (Missing key"), message
+    assert message.endswith("): copy the file back from where the checkpoint was written, or resume from another "
+                            "checkpoint") and "does not match" not in message and "\n" not in message, message
+
+
 def test_resume_with_another_vocabulary_than_the_checkpoints_is_refused(tmp_path):
     """A resumed run rebuilds its family's tokenizer: had a protrans release renumbered it, every
     id would mean another token to the trained embeddings, silently. The ids the checkpoint saved

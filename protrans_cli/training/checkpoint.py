@@ -586,6 +586,15 @@ def load_weights(directory, model) -> None:
             saved = f"it holds a {cfg['family']}{source} model; "
         except (OSError, ValueError, KeyError, TypeError):
             pass
+        if name == HF_WEIGHTS and saved:
+            # Its settings are this run's (resumed_config compared them first: family, preset,
+            # model_overrides), so its model.safetensors was saved from this very model and, not
+            # holding every weight of it (ELECTRA's generator, ESM's renamed LayerNorms), came
+            # with the second copy save_checkpoint writes then: that file is gone (removed, or
+            # not copied along), not a model of another shape.
+            raise InputError(f"checkpoint has no {WEIGHTS_FILE}, the weights of the pretraining model that its "
+                             f"{HF_WEIGHTS} lacks ({detail}): copy the file back from where the checkpoint was "
+                             "written, or resume from another checkpoint", path=str(directory)) from None
         raise InputError(f"checkpoint does not match the model being trained: {saved}{detail}",
                          path=str(directory)) from None
 
