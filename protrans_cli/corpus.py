@@ -45,7 +45,8 @@ from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_o
 from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, disk_full, display_name,
                                    input_named_by, make_temporary, names_stdout, open_input, output_directory,
-                                   same_file, signals_held, special_output, stdin_binary, stdout_binary)
+                                   same_file, signals_held, special_output, stdin_binary, stdout_binary,
+                                   unreachable_input)
 from protrans_cli.residues import (
     NUCLEOTIDE_LETTERS,
     NUCLEOTIDE_MIN_LENGTH,
@@ -1683,8 +1684,8 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     if inputs.count("-") > 1:
         raise UsageError("stdin (-) can be read only once")
     for path in inputs:
-        if path != "-" and not os.path.exists(path):
-            raise InputError("no such file", path=path)
+        if path != "-" and (problem := unreachable_input(path)):
+            raise InputError(problem, path=path)
     _refuse_a_stream_read_twice(inputs)
     for out in (options.output, options.valid_output, options.rejects, options.stats):
         # `prep x.fa -o x.fa` replaced the FASTA with the corpus on success: the input was lost.

@@ -170,6 +170,25 @@ def test_missing_input_is_input_error(run_cli, tmp_path):
     assert result.exit_code == 1 and "no such file" in result.stderr
 
 
+def test_a_symlink_loop_as_input_is_said_to_be_one(run_cli, tmp_path):
+    """`os.path.exists` is False for a symbolic link loop (ELOOP), and prep said "no such file" of
+    a name that `ls` lists. It names the loop; embed, which read it through open_input, said
+    "Too many levels of symbolic links" and now says the same as prep."""
+    (tmp_path / "a.fa").symlink_to(tmp_path / "b.fa")
+    (tmp_path / "b.fa").symlink_to(tmp_path / "a.fa")
+    loop = "a symbolic link loop (too many levels of symbolic links)"
+    result = run_cli("prep", tmp_path / "a.fa", "-o", tmp_path / "c.txt")
+    assert result.exit_code == 1 and result.stderr == f"protrans: error: {tmp_path / 'a.fa'}: {loop}\n", result.stderr
+    result = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "-o", tmp_path / "e.h5")
+    assert result.exit_code == 1 and result.stderr == f"protrans: error: {tmp_path / 'a.fa'}: {loop}\n", result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fa", "b.fa"]
+    # (a missing file is still no such file; a link to one too)
+    (tmp_path / "gone.fa").symlink_to(tmp_path / "nowhere.fa")
+    for missing in ("nope.fa", "gone.fa"):
+        result = run_cli("prep", tmp_path / missing, "-o", tmp_path / "c.txt")
+        assert result.stderr == f"protrans: error: {tmp_path / missing}: no such file\n", result.stderr
+
+
 def test_missing_output_directory_is_a_usage_error(run_cli, tmp_path):
     # as for every command: exit 2, naming the directory; nothing is created
     result = run_cli("prep", DATA / "format.fa", "-o", tmp_path / "nodir" / "corpus.txt")

@@ -491,6 +491,24 @@ def open_members(path, start: tuple[int, int] | None = None) -> Iterator[tuple[B
         yield io.BufferedReader(_NamedErrors(reader, name), buffer_size=1 << 20), reader
 
 
+SYMLINK_LOOP = "a symbolic link loop (too many levels of symbolic links)"
+
+
+def unreachable_input(path) -> str | None:
+    """Why the input `path` cannot be reached, or None where it can: "no such file", or what
+    `os.path.exists` also took for a missing file: a symbolic link loop (ELOOP), a folder on the
+    way that may not be entered (EACCES), a name too long..."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, ValueError):  # (ValueError: a NUL in the name)
+        return "no such file"
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        return SYMLINK_LOOP if exc.errno == errno.ELOOP else (exc.strerror or str(exc)).lower()
+    return None
+
+
 @contextlib.contextmanager
 def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
     """Open a file (or `-` for stdin) for binary reading, decompressing transparently. Errors
@@ -508,6 +526,10 @@ def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
             raise InputError("is a directory, expected a file", path=name) from None
         except PermissionError:
             raise InputError("permission denied", path=name) from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise InputError(SYMLINK_LOOP, path=name) from None
         own = True
     opened = raw  # what `own` closes at the end
     try:
