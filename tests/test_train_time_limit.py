@@ -275,13 +275,19 @@ def test_a_real_time_limit_ends_the_process_in_time(tmp_path):
     cmd = [sys.executable, "-m", "protrans_cli", "train", "--family", "bert", "--corpus", LEARNABLE,
            "--num-steps", "100000", "--max-length", "64", "--global-batch-size", "16", "--micro-batch-size", "8",
            "-j", "1", "--save-every", "40", "-o", str(out), "--time-limit", "15s"]
-    started = time.monotonic()
+    started, started_clock = time.monotonic(), time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     wall = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-2000:]
     step = int(proc.stderr.split("stopped after step ")[1].split()[0])
-    assert (out / "checkpoints" / f"step_{step:08d}").is_dir()
-    assert wall < 15 + 0.5, (wall, step)  # (the process's own start came after `started`)
+    checkpoint = out / "checkpoints" / f"step_{step:08d}"
+    assert checkpoint.is_dir()
+    # What a scheduler's kill would cost is the checkpoint: its last file (SHA256SUMS, written
+    # after the rest) landed within the limit with the exit's reserve still left. The exit itself
+    # is a reserve of EXIT_SECONDS, an estimate that a loaded machine can overrun by a little.
+    landed = max(f.stat().st_mtime for f in checkpoint.rglob("*") if f.is_file()) - started_clock
+    assert landed < 15 - EXIT_SECONDS + 0.5, (landed, wall, step)  # (the process started after `started`)
+    assert wall < 15 + 2.0, (wall, step)
     assert wall > 15 - EXIT_SECONDS - 10, (wall, step)  # it did not stop at once either
 
 

@@ -1065,14 +1065,20 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 saving = time.perf_counter()
                 result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log,
                                                seconds=saving - t_log - paused, best=best)
+                if deadline is not None and info.is_main and not last:
+                    # Under --time-limit the curve is drawn with each checkpoint, inside the time
+                    # the deadline measures for a save: drawn after the stop's checkpoint (the
+                    # first matplotlib import, seconds on a loaded machine), it came on top of
+                    # the exit's reserve and the process ended past its limit.
+                    plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
                 paused += time.perf_counter() - saving
                 if deadline is not None:
                     deadline.saved(time.perf_counter() - saving)
             if stop_now and not last:
                 if bar is not None:
                     bar.close()
-                if info.is_main:  # a stopped run has its loss curve so far too
-                    plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
+                if info.is_main and deadline is None:  # a stopped run has its loss curve so far too
+                    plot_metrics(metrics_path, run.run_dir / "loss_curve.png")  # (a deadline's: drawn with its checkpoint)
                 if time_stop and (stop is None or stop.signum is None):
                     # --time-limit (on this rank or another: the step's exchange told them all)
                     result.step, result.stopped_by = step, "time_limit"
