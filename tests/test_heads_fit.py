@@ -2176,6 +2176,26 @@ def test_labels_shorter_than_their_own_sequence_are_not_blamed_on_special_token_
     assert "special-token rows" not in r.stderr
 
 
+def test_flip_labels_one_short_of_an_embed_file_are_not_blamed_on_special_token_rows(tmp_path, run_cli):
+    # FLIP labels (no sequence of their own) a state short for p1, against embed's file of one row
+    # per residue: the labels are off, which the error says (it said the embedding had kept a
+    # special-token row, as a file from a tool that keeps [CLS]/</s> would have).
+    from conftest import DATA
+
+    fasta = tmp_path / "seqs.fa"
+    fasta.write_text(">p1\nMKTAY\n>p2\nMKTA\n")
+    h5 = tmp_path / "e.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-residue", "-o", h5).exit_code == 0
+    labels = DATA / "heads" / "flip_label_one_short.fasta"
+    r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", labels, "-o", tmp_path / "h", "-j", "1")
+    errors = [line for line in r.stderr.strip().splitlines() if "FLIP labels without a mask" not in line]
+    assert r.exit_code == 1 and len(errors) == 1, r.stderr
+    assert "1 whose label length differs from the embedding's (p1 (4 vs 5))" in r.stderr
+    assert "one row per residue: those labels do not count one per residue" in r.stderr
+    assert "special-token rows" not in r.stderr
+    assert not (tmp_path / "h").exists()
+
+
 def test_a_head_of_the_last_layer_refuses_a_file_of_one_other_layer(run_cli, one_epoch_ss3, ss_data, tmp_path):
     """The converse of the test above: a head fit on layer -1 took a file holding only layer -2
     (same model, same width) without a word, since a lone stored layer stood in for -1."""

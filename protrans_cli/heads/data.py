@@ -66,6 +66,9 @@ class MatchReport:
     # of wrong_length, per residue: records whose own sequence has the embedding's rows, so their
     # labels do not count one per residue (not an embedding with extra rows): "id (N labels for M residues)"
     labels_off: list[str] = field(default_factory=list)
+    # the embeddings file was written by protrans (embed, import-esm, merge), which writes one row
+    # per residue: a label count off by one or two is the labels', not special-token rows
+    rows_per_residue: bool = False
     no_label: list[str] = field(default_factory=list)  # records whose every label is empty, nan or masked
     # records whose protein embed left out and said why (the file's `failed` attribute: --long-policy
     # skip, a non-finite embedding): "id: why"
@@ -107,7 +110,10 @@ class MatchReport:
                 parts[-1] += (f"; {len(self.labels_off)} of them have one row per residue of the label file's own "
                               f"sequence, whose labels do not count one per residue "
                               f"({some_ids(self.labels_off, 3)})")
-            if self.extra_rows and set(self.extra_rows) <= {1, 2}:  # a file that kept [CLS]/<s>, </s>/[SEP]
+            if self.extra_rows and self.rows_per_residue:
+                parts[-1] += ("; the embeddings were written by protrans, one row per residue: those labels do "
+                              "not count one per residue")
+            elif self.extra_rows and set(self.extra_rows) <= {1, 2}:  # a file that kept [CLS]/<s>, </s>/[SEP]
                 more = " or ".join(map(str, sorted(set(self.extra_rows))))
                 parts[-1] += (f"; each embedding has {more} row(s) more than its protein has residues, as if the "
                               "tool that wrote it kept the special-token rows ([CLS]/<s>, [SEP]/</s>); embed writes "
@@ -232,7 +238,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
         if unlabelled:
             console.info(f"{label_set.path}: holds 3-state labels only: {', '.join(sorted(unlabelled))} has "
                          "nothing to evaluate, ss3 is scored")
-    report = MatchReport()
+    report = MatchReport(rows_per_residue="protrans_version" in reader.attrs)
     matched: list[Matched] = []
     passed_over: set[str] = set()  # keys whose label records were refused, the protein being theirs
     for record in label_set.records:
