@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import warnings
 
 import h5py
 import numpy as np
@@ -2194,6 +2195,39 @@ def test_flip_labels_one_short_of_an_embed_file_are_not_blamed_on_special_token_
     assert "one row per residue: those labels do not count one per residue" in r.stderr
     assert "special-token rows" not in r.stderr
     assert not (tmp_path / "h").exists()
+
+
+def test_an_fnn_on_a_protein_of_no_residue_names_it_not_nan(tmp_path, run_cli):
+    # Another tool's flat file of per-residue arrays, one of them (0, D): an FNN head takes each
+    # protein's mean, which for no residue was NaN: fit and predict said the embedding "holds NaN or
+    # infinity" after two numpy RuntimeWarnings. They say it has no residue, as Light Attention's
+    # error and predict_embeddings do.
+    from conftest import DATA
+
+    rng = np.random.default_rng(0)
+    whole, flat = tmp_path / "whole.h5", tmp_path / "flat.h5"
+    for name, empty in ((whole, False), (flat, True)):
+        with h5py.File(name, "w") as f:
+            for i in range(6):
+                f.create_dataset(f"p{i}", data=rng.normal(size=(5 + i, 4)).astype(np.float32))
+            if empty:
+                f.create_dataset("empty", data=np.zeros((0, 4), np.float32))
+    labels = DATA / "heads" / "id_label_with_empty_protein.csv"
+    common = ["-j", "1", "--max-epochs", "1", "--no-plots", "--bootstrap", "10"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = run_cli("fit", "protein", "--embeddings", flat, "--labels", labels, "-o", tmp_path / "h", *common)
+    assert r.exit_code == 1, r.stderr
+    assert "flat.h5, record 'empty': embedding has no residue (an (0, D) array)" in r.stderr
+    assert "NaN" not in r.stderr and not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert not (tmp_path / "h").exists()
+    r = run_cli("fit", "protein", "--embeddings", whole, "--labels", labels, "--only-embedded", "-o",
+                tmp_path / "ok", *common)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", tmp_path / "ok", "--embeddings", flat, "-o", tmp_path / "p.csv")
+    assert r.exit_code == 1
+    assert "flat.h5, record 'empty': embedding has no residue" in r.stderr and "NaN" not in r.stderr
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_a_head_of_the_last_layer_refuses_a_file_of_one_other_layer(run_cli, one_epoch_ss3, ss_data, tmp_path):

@@ -833,6 +833,10 @@ class ProteinData:
                     length = item.length or None  # (0: not known)
                     array = read_rows(group, item.key, 2, layer, (length, dim), self.path, item.id,
                                       layers_recorded=recorded)
+                    if not len(array):  # (its mean was NaN: refused as "holds NaN or infinity", after
+                        # numpy's "Mean of empty slice" warnings)
+                        raise InputError("embedding has no residue (an (0, D) array): it has no mean; leave the "
+                                         "protein out", path=self.path, record=item.id)
                     rows.append(array.astype(np.float32).mean(axis=0))
                 else:
                     rows.append(read_rows(group, item.key, 1, layer, (dim,), self.path, item.id,
