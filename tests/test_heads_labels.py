@@ -68,8 +68,13 @@ def test_netsurfp_gzip_is_read_like_plain(tmp_path):
         [r.labels for r in read_labels(HEADS / "netsurfp_input_spaced_header.csv").records]
 
 
-def test_netsurfp_label_count_mismatch_names_line():
-    with pytest.raises(InputError, match=r"netsurfp_label_length_mismatch.csv:2.*dssp3 has 3 labels for 4 residues"):
+def test_netsurfp_label_count_mismatch_names_line_and_record():
+    # the line and the id the record is known by everywhere else (NetSurfP rows have none of their own)
+    from protrans_cli.io.h5 import sequence_checksum
+
+    ident = "seq-" + sequence_checksum("MKVL").split(":", 1)[1][:12]
+    with pytest.raises(InputError, match=rf"netsurfp_label_length_mismatch.csv:2, record '{ident}': "
+                                         "dssp3 has 3 labels for 4 residues"):
         read_labels(HEADS / "netsurfp_label_length_mismatch.csv")
 
 

@@ -346,30 +346,33 @@ def _read_netsurfp(text: str, name: str, mask_columns: tuple[str, ...]) -> Label
     for lineno, row in rows:
         seq = "".join(row[seq_col].split()).upper()
         length = len(seq)
+        # (the id the record gets, named by its errors: a CB513 row is known by it, not by its line)
+        ident = _sequence_id(seq, seen)
         labels = {}
         for col, idx in label_cols.items():
             tokens = row[idx].split()
             if len(tokens) != length:
-                raise InputError(f"{col} has {len(tokens)} labels for {length} residues", path=name, line=lineno)
+                raise InputError(f"{col} has {len(tokens)} labels for {length} residues", path=name, line=lineno,
+                                 record=ident)
             joined = "".join(tokens)
             # (joined, "C HH" for two residues was three states, met later as a length mismatch;
             # told by the joined length: a check of each token was a fifth of `labels`'s time)
             if len(joined) != length:
                 raise InputError(f"{col} holds {next(t for t in tokens if len(t) != 1)!r}: one state per residue, "
-                                 "separated by spaces", path=name, line=lineno)
+                                 "separated by spaces", path=name, line=lineno, record=ident)
             labels[col.replace("dssp", "ss")] = joined
         mask = np.ones(length, dtype=bool)
         for col_name, idx in zip(mask_columns, mask_cols):
             tokens = row[idx].split()
             if len(tokens) != length:
                 raise InputError(f"{col_name} has {len(tokens)} values for {length} residues",
-                                 path=name, line=lineno)
+                                 path=name, line=lineno, record=ident)
             try:
                 mask &= _is_one(tokens)
             except ValueError as exc:
                 raise InputError(f"{col_name} holds {exc.args[0]!r}: a mask value is 1 (evaluated) or 0", path=name,
-                                 line=lineno) from None
-        records.append(LabelRecord(_sequence_id(seq, seen), seq, labels, mask, None, lineno, id_from_sequence=True))
+                                 line=lineno, record=ident) from None
+        records.append(LabelRecord(ident, seq, labels, mask, None, lineno, id_from_sequence=True))
     notes = ["NetSurfP CSVs carry no ids: ids are made from the sequence checksum (seq-<md5 prefix>)",
              f"residue mask: {' and '.join(mask_columns) or 'none'} = 1.0 (the residues trained on and scored)"]
     return LabelSet(name, "netsurfp", records, notes)
