@@ -205,6 +205,10 @@ def test_a_checkpoint_of_an_earlier_version_keeps_its_plan_of_batches():
     assert all(sb.state_after.plan == 1 for sb in uninterrupted)
     # the old plan: every epoch the same batches
     assert {frozenset(_indices(sb)) for sb in uninterrupted[:25]} == {frozenset(_indices(sb)) for sb in uninterrupted[25:]}
+    # in the order that version gave them: shuffled anew every epoch (the first protein of each
+    # of the first buffer's 4 batches, as the stream of d9ecf0e gave them)
+    firsts = [min(_indices(sb)) for sb in uninterrupted]
+    assert firsts[:4] == [0, 9, 3, 16] and firsts[25:29] == [3, 9, 16, 0]
     saved = StreamState.from_dict(uninterrupted[1].state_after.to_dict())  # 2 of 4 batches of a buffer done
     assert saved.batches_done == 2 and saved.plan == 1
     resumed = list(_stream(state=saved, **kw))

@@ -634,9 +634,11 @@ class CorpusStream:
             keep[rng.choice(len(buffer), n_full, replace=False)] = True
             order = order[keep[order]]
         batches = order.reshape(-1, self.global_batch_size)
-        if self.shuffle and state.plan >= 2:
-            # each batch in order of length, ties by position (micro-batches of similar lengths)
-            batches = np.stack([batch[np.lexsort((batch, lengths[batch]))] for batch in batches])
+        if self.shuffle:
+            if state.plan >= 2:
+                # each batch in order of length, ties by position (micro-batches of similar lengths)
+                batches = np.stack([batch[np.lexsort((batch, lengths[batch]))] for batch in batches])
+            # (plan 1 shuffles the order of its batches too, as the versions that made it did)
             rng = np.random.default_rng((self.seed, state.epoch, state.buffer_start, 3))
             batches = batches[rng.permutation(len(batches))]
         return list(batches)
