@@ -221,7 +221,7 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     """The onehot embedder, or a registry model loaded from a short name, directory or hub id."""
     expect_options(options, EmbedOptions, "options")
     options.validate()  # (before the model loads: a bad setting was found after minutes of loading)
-    if options.compression and not options.per_residue:
+    if options.compression not in (None, "none") and not options.per_residue:  # ("none": as the writer reads it)
         console.warn(f"--compression {options.compression} ignored: it compresses per-residue arrays, and this run "
                      "writes per-protein vectors only (stored uncompressed: too small to gain)")
     if options.model == ONEHOT:

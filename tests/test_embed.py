@@ -3068,3 +3068,14 @@ def test_compression_of_a_file_without_per_residue_arrays_is_said_to_be_ignored(
     with h5py.File(out) as f:
         if "per_residue" in f:
             assert all(d.compression == "gzip" for d in f["per_residue"].values())
+
+
+def test_compression_none_of_a_library_caller_is_no_compression_to_ignore(capsys):
+    """EmbedOptions(compression="none") is no compression (the writer takes "none" as the CLI's
+    default): a per-protein run warned "--compression none ignored"."""
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    build_embedder(EmbedOptions(model="onehot", per_residue=False, compression="none"))
+    assert "--compression" not in capsys.readouterr().err
+    build_embedder(EmbedOptions(model="onehot", per_residue=False, compression="gzip"))
+    assert "--compression gzip ignored" in capsys.readouterr().err
