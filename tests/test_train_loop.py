@@ -1581,6 +1581,20 @@ def test_a_checkpoint_missing_its_pretraining_weights_file_says_so(tmp_path):
                               f"model that its {ckpt.HF_WEIGHTS} lacks (Missing key"), message
     assert message.endswith("): copy the file back from where the checkpoint was written, or resume from another "
                             "checkpoint") and "does not match" not in message and "\n" not in message, message
+    # a model.safetensors holding a weight the model lacks (BERT writes every weight there and no
+    # second copy) is no missing file: it does not match
+    from safetensors.torch import load_file, save_file
+
+    train(_config(tmp_path, num_steps=2, save_every=2, log_every=1))
+    where = tmp_path / "run_bert" / "checkpoints" / "step_00000002"
+    weights = load_file(where / ckpt.HF_WEIGHTS)
+    weights["bert.extra.weight"] = next(iter(weights.values())).clone()
+    save_file(weights, where / ckpt.HF_WEIGHTS)
+    (where / ckpt.SUMS_FILE).unlink()
+    with pytest.raises(InputError, match=r"checkpoint does not match the model being trained: it holds a bert/tiny "
+                                         r"model; Unexpected key") as info:
+        train(_config(tmp_path, num_steps=4, save_every=2, log_every=1), resume=True)
+    assert ckpt.WEIGHTS_FILE not in info.value.format()
 
 
 def test_resume_with_another_vocabulary_than_the_checkpoints_is_refused(tmp_path):

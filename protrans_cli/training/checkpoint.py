@@ -586,12 +586,13 @@ def load_weights(directory, model) -> None:
             saved = f"it holds a {cfg['family']}{source} model; "
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        if name == HF_WEIGHTS and saved:
+        if name == HF_WEIGHTS and saved and "Missing key(s)" in str(exc):
             # Its settings are this run's (resumed_config compared them first: family, preset,
             # model_overrides), so its model.safetensors was saved from this very model and, not
             # holding every weight of it (ELECTRA's generator, ESM's renamed LayerNorms), came
             # with the second copy save_checkpoint writes then: that file is gone (removed, or
-            # not copied along), not a model of another shape.
+            # not copied along), not a model of another shape. (Weights missing: a file with
+            # extra ones alone, an edited BERT's, which never has that second copy, does not match.)
             raise InputError(f"checkpoint has no {WEIGHTS_FILE}, the weights of the pretraining model that its "
                              f"{HF_WEIGHTS} lacks ({detail}): copy the file back from where the checkpoint was "
                              "written, or resume from another checkpoint", path=str(directory)) from None
