@@ -301,6 +301,32 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert not partial_path(out).exists()
 
 
+
+def test_resume_computes_again_a_protein_that_lacks_one_of_the_kinds_asked_for(tmp_path, monkeypatch):
+    # A run killed between a protein's per-residue and per-protein datasets (no sealed ledger: the
+    # resume reads the file's proteins): the protein is done only when every kind asked for is
+    # there, so the resume embeds it again and the finished file has both, equal to a whole run's.
+    import h5py
+
+    from protrans_cli.io.h5 import escape_key, ledger_path
+
+    full = _run(tmp_path / "full.h5", max_batch_size=1, per_protein=True)
+    out = tmp_path / "resumed.h5"
+    _interrupt(out, SMALL, monkeypatch, 4, max_batch_size=1, per_protein=True)
+    partial = partial_path(out)
+    ledger_path(partial).unlink()  # as a SIGKILL leaves it: the proteins are read from the file
+    done = read_all(partial)
+    victim = sorted(done)[0]
+    with h5py.File(partial, "r+") as f:
+        del f[PER_PROTEIN][escape_key(victim)]
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", max_batch_size=1, per_protein=True, resume=True))
+    assert summary.num_resumed == len(done) - 1
+    for kind in (PER_RESIDUE, PER_PROTEIN):
+        want, got = read_all(full, kind), read_all(out, kind)
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+
 def _reads_no_protein(monkeypatch):
     """Make reading an output's proteins back one by one (the resume scan) fail."""
     from protrans_cli.io import h5 as h5_module
