@@ -93,10 +93,11 @@ def test_atomic_file_commit_abort_and_compression(tmp_path):
 
 def test_read_fasta_edge_cases(tmp_path):
     path = tmp_path / "edge.fa"
-    path.write_bytes(b"\xef\xbb\xbf>a first > second\r\nMK\r\nT\r\n\r\n>b\n\n>c\nAC DE\n")
+    # (spaces and tabs inside sequence lines, CR line ends: none of them is a residue)
+    path.write_bytes(b"\xef\xbb\xbf>a first > second\r\nMK\r\nT\r\n\r\n>b\n\n>c\nAC DE\n>d\nA\tC\t\nD E\t\n")
     records = list(read_fasta(path))
     assert [(r.id, r.description, r.sequence, r.line) for r in records] == [
-        ("a", "a first > second", "MKT", 1), ("b", "b", "", 5), ("c", "c", "ACDE", 7)]
+        ("a", "a first > second", "MKT", 1), ("b", "b", "", 5), ("c", "c", "ACDE", 7), ("d", "d", "ACDE", 9)]
 
 
 def test_atomic_file_writes_devices_and_pipes_in_place(tmp_path):
