@@ -755,6 +755,28 @@ def test_t5_span_corruption_statistics_and_reconstruction():
     assert 0.08 < first < 0.25 and 0.08 < last < 0.25, (first, last)
 
 
+
+@pytest.mark.parametrize("numbering", ["upwards", "downwards"])
+def test_t5_span_sentinels_follow_t5s_order_by_name(numbering):
+    """The first span of a protein becomes <extra_id_0>, the next <extra_id_1>..., in the input
+    and the labels alike, as T5 (and so a ProtT5 or Ankh checkpoint continued with --init-from)
+    was trained; taken by name, whatever ids the vocabulary gives them (ProtT5 numbers them
+    downwards from 127, this project's tokenizer upwards from 28)."""
+    from protrans_cli.models.t5 import SENTINELS, T5_SPECIALS
+    from protrans_cli.models.tokenizers import RESIDUES, residue_tokenizer
+
+    vocab = T5_SPECIALS + list(RESIDUES) + (SENTINELS if numbering == "upwards" else SENTINELS[::-1])
+    tokenizer = residue_tokenizer(vocab, unk_token="<unk>", single="$A </s>", pad_token="<pad>", eos_token="</s>",
+                                  additional_special_tokens=SENTINELS)
+    expected = tokenizer.convert_tokens_to_ids(SENTINELS)
+    assert (expected[0] == 127) == (numbering == "downwards")
+    layout = TokenLayout.from_tokenizer(tokenizer, _family("t5").prepare)
+    batch = make_objective("t5_span", layout, _cfg()).collate(_random_samples(layout, n=20, length=100))
+    ids = set(expected)
+    for x, y in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+        in_x, in_y = [t for t in x if t in ids], [t for t in y if t in ids]
+        assert in_x and in_x == in_y == expected[:len(in_x)]
+
 def test_xlnet_permutation_masks():
     layout = _layout("xlnet")
     obj = make_objective("plm", layout, _cfg())
