@@ -99,6 +99,28 @@ def test_bootstrap_ci_is_of_the_pooled_accuracy_when_proteins_differ_in_length()
     assert m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] and m["ci95"][0] > 0.9
 
 
+
+def test_an_ensembles_prediction_is_the_mean_of_its_members_softmax_and_values():
+    """What predict writes of an --ensemble N head: per class output the mean over members of each
+    member's softmax (so the probabilities of a residue still sum to 1), per value output the mean
+    of each member's z-score scaled back by the training targets' mean and std."""
+    from protrans_cli.heads.model import Ensemble, build_head
+    from protrans_cli.heads.tasks import Output, Task
+
+    task = Task("mixed", "per_residue", (Output("ss", ("H", "E", "C"), "Q3"),
+                                         Output("depth", (), "Spearman", kind="value", scale=(5.0, 2.0))))
+    torch.manual_seed(0)
+    members = [build_head(task, 8).eval() for _ in range(3)]
+    x, mask = torch.randn(2, 6, 8), torch.ones(2, 6, dtype=torch.bool)
+    got = Ensemble(members, task).probabilities(x, mask)
+    with torch.no_grad():
+        outs = [m(x, mask) for m in members]
+    want_ss = torch.stack([torch.softmax(o["ss"], -1) for o in outs]).mean(0)
+    want_depth = torch.stack([o["depth"] * 2.0 + 5.0 for o in outs]).mean(0)
+    torch.testing.assert_close(got["ss"], want_ss)
+    torch.testing.assert_close(got["ss"].sum(-1), torch.ones(2, 6))
+    torch.testing.assert_close(got["depth"], want_depth)
+
 def test_cnn_shapes_and_padding_never_changes_a_prediction():
     torch.manual_seed(0)
     model = ResidueCNN(5, {"ss3": 3, "ss8": 8}).eval()
