@@ -3575,6 +3575,37 @@ def test_predict_embeddings_takes_torch_tensors_as_a_model_gives_them(loc_data, 
         np.testing.assert_allclose(got, want, atol=tolerance)
 
 
+
+def test_a_per_protein_head_given_per_residue_rows_reads_their_mean(run_cli, loc_data, tmp_path):
+    """A per-protein head given per-residue embeddings (a file without per-protein vectors, or
+    (L, D) arrays in memory) predicts from each protein's mean row, as from the vectors embed
+    would have written: numpy's mean of the stored rows is the reference."""
+    from protrans_cli import predict_embeddings
+    from protrans_cli.embed import EmbedOptions, embed
+
+    head = tmp_path / "loc"
+    fit(FitConfig(task="loc", max_epochs=1, threads=1, n_bootstrap=10, plots=False), loc_data / "train.h5",
+        loc_data / "train.fasta", head)
+    rows_file = tmp_path / "rows.h5"
+    embed(loc_data / "test.fasta", rows_file, EmbedOptions(model="onehot", per_protein=False, threads=1))
+    with EmbeddingsReader(rows_file) as reader:
+        assert tuple(reader.kinds) == ("per_residue",)
+        rows = {ident: array for ident, array, _ in reader.items("per_residue")}
+    means = {ident: a.astype(np.float64).mean(0).astype(np.float32) for ident, a in rows.items()}
+    want = predict_embeddings(head, means, threads=1)
+    got = predict_embeddings(head, rows, threads=1)
+    assert got.keys() == want.keys() and len(got) == 45
+    for ident in want:
+        np.testing.assert_allclose(got[ident]["loc"].probabilities, want[ident]["loc"].probabilities, atol=1e-6)
+    r = run_cli("predict", head, "--embeddings", rows_file, "-o", tmp_path / "p.csv", "-j", "1")
+    assert r.exit_code == 0, r.stderr
+    written = {row["id"]: row for row in csv.DictReader((tmp_path / "p.csv").read_text().splitlines())}
+    assert written.keys() == want.keys()
+    for ident, prediction in want.items():
+        assert written[ident]["loc"] == prediction["loc"].labels
+        np.testing.assert_allclose([float(written[ident][f"loc:{c}"]) for c in LOCATIONS],
+                                   prediction["loc"].probabilities, rtol=1e-5, atol=1e-6)
+
 def test_only_embedded_leaves_out_records_without_an_embedding_and_no_other_mismatch(run_cli, ss_data, tmp_path):
     """A head trained on part of a label file needed --skip-mismatched, which also hides labels of
     the wrong length; --only-embedded (on_mismatch="missing") leaves out only the records that
