@@ -55,6 +55,21 @@ def test_onehot_matches_reference_for_every_record(tmp_path):
         assert r.attrs["family"] == "onehot" and r.failed() == {}
 
 
+
+def test_embed_sequences_returns_a_lists_arrays_in_its_order_past_ten_items():
+    """A list in, a list out, item i the array of sequence i: with 12 sequences of 12 lengths (the
+    items are named 0, 1, ... 11 inside, which sort as text as 0, 1, 10, 11, 2, ...)."""
+    from protrans_cli.embed import embed_sequences
+
+    seqs = ["MKTAYIAKQRQI"[:n] for n in range(12, 0, -1)]
+    rows = embed_sequences(seqs, EmbedOptions(model="onehot"), kind="per_residue")
+    assert len(rows) == 12
+    for seq, got in zip(seqs, rows):
+        np.testing.assert_array_equal(got, onehot_reference(seq))
+    means = embed_sequences(seqs, EmbedOptions(model="onehot"), kind="per_protein")
+    for seq, got in zip(seqs, means):
+        np.testing.assert_allclose(got, onehot_reference(seq).mean(0), atol=1e-7)
+
 @pytest.mark.parametrize("max_tokens,max_batch_size", [(1, 1), (30, 2), (100000, 100)])
 def test_results_do_not_depend_on_batching(tmp_path, max_tokens, max_batch_size):
     ref = read_all(_run(tmp_path / "ref.h5"))
