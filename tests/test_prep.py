@@ -109,8 +109,9 @@ def test_compressed_input_detected_from_bytes(run_cli, tmp_path, compress):
     assert_same_text(result.stdout_bytes, (DATA / "normalisation.expected.txt").read_bytes())
 
 
-def test_gzip_output_by_extension(run_cli, tmp_path):
-    out = tmp_path / "corpus.txt.gz"
+@pytest.mark.parametrize("name", ["corpus.txt.gz", "corpus.txt.GZ"])  # (the extension in any case)
+def test_gzip_output_by_extension(run_cli, tmp_path, name):
+    out = tmp_path / name
     result = run_cli("prep", DATA / "format.fa", "-o", out)
     assert result.exit_code == 0, result.stderr
     assert out.read_bytes()[:2] == b"\x1f\x8b"
