@@ -363,6 +363,24 @@ def test_long_proteins_are_cropped_at_random_windows():
     assert len(starts) > 1 and starts != {0}  # not truncated at the N-terminus
 
 
+
+def test_the_seed_chooses_each_proteins_crop_and_masks():
+    """--seed: the same seed gives a protein the same crop and masked positions (a resume, another
+    rank), another seed other ones (runs to compare or ensemble differ in their masks too, not
+    only in their initial weights and order)."""
+    layout = _layout("bert")
+    long = "".join(np.random.default_rng(0).choice(list("ACDEFGHIKLMNPQRSTVWY"), size=300))
+
+    def crops_and_masks(seed):
+        stream = _stream(max_length=50, seed=seed)
+        samples = [stream._sample([("x", 1, long)], 0, StreamState(epoch, 0, 0)) for epoch in range(8)]
+        labels = make_objective("mlm", layout, _cfg()).collate(samples)["labels"]
+        return [s.residues.tolist() for s in samples], (labels != IGNORE).tolist()
+
+    assert crops_and_masks(3) == crops_and_masks(3)
+    (crops_a, masks_a), (crops_b, masks_b) = crops_and_masks(3), crops_and_masks(4)
+    assert crops_a != crops_b and masks_a != masks_b
+
 def test_a_random_crop_reaches_either_end_of_the_protein():
     # a protein one residue longer than the crop has two windows; a draw that excluded the last
     # start (integers(0, L - max)) always cut the C-terminal residue, truncation at the other end
