@@ -1040,6 +1040,9 @@ def test_summary_counts_the_residues_of_every_protein_written(run_cli, tmp_path)
         summary = _run_summary(tmp_path / f"w{window}.h5", window=window)
         assert summary.num_duplicates == 1 and summary.num_embedded == 6
         assert summary.num_residues == total == 81
+    # a truncated protein counts the residues written (its kept prefix), not its whole length
+    summary = _run_summary(tmp_path / "t.h5", max_length=10, long_policy="truncate")
+    assert summary.num_residues == sum(len(a) for a in read_all(tmp_path / "t.h5").values()) == 47
     result = run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "cli.h5")
     assert "embedded 6 proteins (81 residues," in result.stderr
     assert "; 1 protein shares the sequence of another (copied, not computed again)" in result.stderr
