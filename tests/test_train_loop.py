@@ -1054,6 +1054,28 @@ def test_cli_phases(tmp_path, run_cli):
     assert saved["phases"][1] == {"max_length": 96, "num_steps": 2, "global_batch_size": 8, "micro_batch_size": 4}
 
 
+
+def test_a_new_phase_reads_on_from_the_next_buffer_not_the_proteins_the_last_one_read(tmp_path, monkeypatch):
+    """Phase 2 continues the stream at the next buffer (docs/train.md: "a new `--phase` starts at
+    the next buffer"), not at the start of the buffer phase 1 was in: that read phase 1's
+    proteins again in the same epoch."""
+    from protrans_cli.training.data import CorpusStream
+
+    read: dict[int, list[int]] = {}
+    original = CorpusStream._sample
+
+    def recording(self, buffer, pos, state):
+        sample = original(self, buffer, pos, state)
+        read.setdefault(self.max_residues, []).append(sample.index)
+        return sample
+
+    monkeypatch.setattr(CorpusStream, "_sample", recording)
+    train(_config(tmp_path, phases=[Phase(48, 2), Phase(64, 2)], log_every=1))
+    first, second = (set(read[k]) for k in sorted(read))
+    assert len(first) == len(second) == 32  # 2 steps of 16 proteins each
+    # phase 1's buffer: 4 batches of 16 from protein 0; phase 2's starts after it
+    assert max(first) < 64 <= min(second)
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_trains_on_the_gpu_in_bf16(tmp_path, family):
