@@ -93,8 +93,9 @@ def test_atomic_file_commit_abort_and_compression(tmp_path):
 
 def test_read_fasta_edge_cases(tmp_path):
     path = tmp_path / "edge.fa"
-    # (spaces and tabs inside sequence lines, CR line ends: none of them is a residue)
-    path.write_bytes(b"\xef\xbb\xbf>a first > second\r\nMK\r\nT\r\n\r\n>b\n\n>c\nAC DE\n>d\nA\tC\t\nD E\t\n")
+    # (spaces, tabs, vertical tabs and form feeds inside sequence lines, CR line ends: none of
+    # them is a residue, as embed and prep read them)
+    path.write_bytes(b"\xef\xbb\xbf>a first > second\r\nMK\r\nT\r\n\r\n>b\n\n>c\nAC DE\n>d\nA\tC\t\nD\vE\f\n")
     records = list(read_fasta(path))
     assert [(r.id, r.description, r.sequence, r.line) for r in records] == [
         ("a", "a first > second", "MKT", 1), ("b", "b", "", 5), ("c", "c", "ACDE", 7), ("d", "d", "ACDE", 9)]

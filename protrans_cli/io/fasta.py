@@ -106,7 +106,7 @@ def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRe
         raise InputError("header has no id", path=name, line=line)
     if "\x00" in description:
         raise InputError("the header holds a NUL byte (a damaged file?)", path=name, line=line, record=ident)
-    seq = b"".join(chunks).translate(None, b" \t\r\n")
+    seq = b"".join(chunks).translate(None, b" \t\r\n\v\f")  # (ASCII_SPACE: what normalise and prep drop too)
     return FastaRecord(ident, description, seq.decode("latin-1"), line)
 
 
