@@ -221,20 +221,22 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     """The onehot embedder, or a registry model loaded from a short name, directory or hub id."""
     expect_options(options, EmbedOptions, "options")
     options.validate()  # (before the model loads: a bad setting was found after minutes of loading)
+    # (said once: under torchrun every rank builds its embedder from the same options)
+    warn = console.warn if _torchrun_rank()[0] == 0 else (lambda message: None)
     if options.compression not in (None, "none") and not options.per_residue:  # ("none": as the writer reads it)
-        console.warn(f"--compression {options.compression} ignored: it compresses per-residue arrays, and this run "
-                     "writes per-protein vectors only (stored uncompressed: too small to gain)")
+        warn(f"--compression {options.compression} ignored: it compresses per-residue arrays, and this run "
+             "writes per-protein vectors only (stored uncompressed: too small to gain)")
     if options.model == ONEHOT:
         if options.device not in ("auto", "cpu") or options.dtype not in ("auto", "float32"):
-            console.warn("the onehot embedder runs on the CPU in float32: --device/--dtype ignored")
+            warn("the onehot embedder runs on the CPU in float32: --device/--dtype ignored")
         if options.packing:  # (None, the default, says nothing)
-            console.warn("the onehot embedder has no attention: --packing ignored")
+            warn("the onehot embedder has no attention: --packing ignored")
         if options.compile:
-            console.warn("the onehot embedder has no model to compile: --compile ignored")
+            warn("the onehot embedder has no model to compile: --compile ignored")
         if options.attention not in ("auto", "sdpa"):
-            console.warn(f"the onehot embedder has no attention: --attention {options.attention} ignored")
+            warn(f"the onehot embedder has no attention: --attention {options.attention} ignored")
         if options.revision:
-            console.warn(f"the onehot embedder has no weights: --revision {options.revision} ignored")
+            warn(f"the onehot embedder has no weights: --revision {options.revision} ignored")
         return OneHotEmbedder(options.layers)
     device_name, dtype = resolve_device(device or options.device, options.dtype)
     try:

@@ -3123,3 +3123,17 @@ def test_compression_none_of_a_library_caller_is_no_compression_to_ignore(capsys
     assert "--compression" not in capsys.readouterr().err
     build_embedder(EmbedOptions(model="onehot", per_residue=False, compression="gzip"))
     assert "--compression gzip ignored" in capsys.readouterr().err
+
+
+def test_an_option_build_embedder_ignores_is_said_by_rank_0_alone(capsys, monkeypatch):
+    """Under torchrun every rank builds its embedder from the same options: the warning that an
+    option is ignored came once a rank (eight identical lines on a node of eight GPUs)."""
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    options = EmbedOptions(model="onehot", compile=True, per_residue=False, compression="gzip")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        build_embedder(options)
+        err = capsys.readouterr().err
+        assert ("--compile ignored" in err) is said and ("--compression gzip ignored" in err) is said, (rank, err)
