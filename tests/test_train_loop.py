@@ -1054,7 +1054,6 @@ def test_cli_phases(tmp_path, run_cli):
     assert saved["phases"][1] == {"max_length": 96, "num_steps": 2, "global_batch_size": 8, "micro_batch_size": 4}
 
 
-
 def test_a_new_phase_reads_on_from_the_next_buffer_not_the_proteins_the_last_one_read(tmp_path, monkeypatch):
     """Phase 2 continues the stream at the next buffer (docs/train.md: "a new `--phase` starts at
     the next buffer"), not at the start of the buffer phase 1 was in: that read phase 1's
@@ -1075,6 +1074,7 @@ def test_a_new_phase_reads_on_from_the_next_buffer_not_the_proteins_the_last_one
     assert len(first) == len(second) == 32  # 2 steps of 16 proteins each
     # phase 1's buffer: 4 batches of 16 from protein 0; phase 2's starts after it
     assert max(first) < 64 <= min(second)
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", list(FAMILIES))
