@@ -581,3 +581,18 @@ def test_all_layers_into_one_npz(tmp_path, run_cli):
                           (["--layer", "-2", "-o", tmp_path / "x.npz"], "leave out --layer")):
         done = run_cli("export", tmp_path / "e.h5", "--all-layers", *args)
         assert done.exit_code == 2 and message in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["info", "-"], ["info", "{tmp}/e.h5", "-"], ["export", "-"],
+                                  ["export", "-", "-o", "{tmp}/e.tsv"]])
+def test_info_and_export_refuse_stdin_as_a_usage_error(tmp_path, run_cli, argv):
+    """An HDF5 file cannot come from stdin: `info -` and `export -` are usage errors (exit 2, said
+    before anything is read), as in knn, project and predict; without the commands' own check the
+    reader refused it as bad input, exit 1."""
+    _write(tmp_path / "e.h5", _proteins())
+    done = run_cli(*(a.format(tmp=tmp_path) for a in argv), input=b"")
+    assert done.exit_code == 2, done.stderr
+    assert done.stderr == ("protrans: error: an HDF5 file is read in place, not from stdin ('-'): give the "
+                           "embeddings as a file\n") and done.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5"]
+
