@@ -596,3 +596,12 @@ def test_info_and_export_refuse_stdin_as_a_usage_error(tmp_path, run_cli, argv):
                            "embeddings as a file\n") and done.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5"]
 
+
+@pytest.mark.parametrize("flag", ["--json", "--residues"])
+def test_info_ids_alone(tmp_path, run_cli, flag):
+    """`info --ids` lists ids, one a line, for a pipe: with --json or --residues it is a usage
+    error (exit 2), not a list of ids with the other flag silently dropped."""
+    _write(tmp_path / "e.h5", _proteins())
+    done = run_cli("info", tmp_path / "e.h5", "--ids", flag)
+    assert done.exit_code == 2 and done.stdout == "", done.stdout
+    assert done.stderr == "protrans: error: --ids lists ids alone: leave out --json and --residues\n"
