@@ -676,3 +676,24 @@ def test_a_ctrl_c_in_pythons_finalization_leaves_the_exit_status_alone(tmp_path)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert r.stdout.startswith("protrans, version")
+
+
+def test_quiet_leaves_only_errors_on_stderr(run_cli, tmp_path):
+    """-q: "Only errors on stderr" (protrans --help), warnings and info lines included, not
+    only the summary tables; an error is still said."""
+    empty = tmp_path / "empty.fa"
+    empty.write_bytes(b"")
+    loud = run_cli("prep", empty, "-o", tmp_path / "c.txt")
+    assert loud.exit_code == 0 and "protrans: warning: no FASTA records in the input" in loud.stderr
+    quiet = run_cli("-q", "prep", empty, "-o", tmp_path / "c.txt")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    labels = tmp_path / "l.csv"
+    labels.write_text("id,label\na,Nucleus\n")
+    (tmp_path / "s.fa").write_text(">a\nMKV\n")
+    loud = run_cli("labels", labels, "--sequences", tmp_path / "s.fa", "-o", tmp_path / "l.fa")
+    assert loud.exit_code == 0 and "wrote 1 sequence" in loud.stderr, loud.stderr
+    quiet = run_cli("labels", labels, "--sequences", tmp_path / "s.fa", "-o", tmp_path / "l.fa", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    assert (tmp_path / "l.fa").read_text().startswith(">a")
+    failed = run_cli("-q", "prep", tmp_path / "none.fa")
+    assert failed.exit_code == 1 and failed.stderr == f"protrans: error: {tmp_path / 'none.fa'}: no such file\n"
