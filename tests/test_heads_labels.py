@@ -707,3 +707,20 @@ def test_a_generic_task_on_labels_of_a_named_task_names_the_task_that_reads_them
             ("protein", "deeploc_dual_label_trailing_space.fasta", "(it holds loc, membrane: the loc task reads them)")]:
         with pytest.raises(InputError, match=re.escape(said)):
             get_task(name).with_classes_from(read_labels(HEADS / labels).records)
+
+
+def test_labels_output_named_by_a_link_is_written_where_it_leads(tmp_path, run_cli):
+    """`-o` a symbolic link of the user's own (a results folder linked into a project): the
+    FASTA goes where the link leads and the link stays, as the shell's `>` writes it (as prep's
+    outputs, docs/prep.md); it was replaced by a regular file, the linked file left stale."""
+    table = tmp_path / "t.csv"
+    table.write_text("id,label\na,Nucleus\n")
+    (tmp_path / "s.fa").write_text(">a\nMKV\n")
+    (tmp_path / "results").mkdir()
+    target = tmp_path / "results" / "train.fasta"
+    target.write_text("old\n")
+    link = tmp_path / "train.fasta"
+    link.symlink_to(target)
+    r = run_cli("labels", table, "--sequences", tmp_path / "s.fa", "-o", link)
+    assert r.exit_code == 0, r.stderr
+    assert link.is_symlink() and target.read_text().startswith(">a") and "MKV" in target.read_text()
