@@ -556,3 +556,22 @@ def test_the_ci_does_not_depend_on_the_order_of_the_queries():
         found = Neighbours([ids[i] for i in order], list(by_id), index[order], np.zeros((300, 1)))
         scores.append(_score_column(found, "label", by_id, set(), truth, 200))
     assert scores[0]["accuracy"] == scores[1]["accuracy"] and scores[0]["ci95"] == scores[1]["ci95"]
+
+
+@pytest.mark.parametrize("args", [["--labels", "-", "--score", "-"], ["--fasta", "-", "--labels", "-"]])
+def test_stdin_is_one_input_at_most(tmp_path, run_cli, monkeypatch, args):
+    """Two of --fasta, --labels and --score given as `-`: the first read would take all of stdin
+    and the second find it empty; a usage error (exit 2) before anything is read or embedded."""
+    import protrans_cli.knn as knn_module
+
+    def no_search(*a, **k):
+        raise AssertionError("searched")
+
+    monkeypatch.setattr(knn_module, "_neighbours", no_search)
+    _write(tmp_path / "r.h5", np.eye(3), ["a", "b", "c"])
+    query = [] if "--fasta" in args else [tmp_path / "r.h5"]
+    r = run_cli("knn", *query, "--reference", tmp_path / "r.h5", *args, "-o", tmp_path / "hits.tsv",
+                input=b"id,label\na,x\n")
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr == ("protrans: error: stdin ('-') can be one input at most: give the others as files\n")
+    assert not (tmp_path / "hits.tsv").exists()
