@@ -697,3 +697,22 @@ def test_quiet_leaves_only_errors_on_stderr(run_cli, tmp_path):
     assert (tmp_path / "l.fa").read_text().startswith(">a")
     failed = run_cli("-q", "prep", tmp_path / "none.fa")
     assert failed.exit_code == 1 and failed.stderr == f"protrans: error: {tmp_path / 'none.fa'}: no such file\n"
+
+
+@pytest.mark.parametrize("exc, line", [
+    (PermissionError(13, "Permission denied", "out/hits.tsv"), "protrans: error: out/hits.tsv: Permission denied"),
+    (OSError(5, "Input/output error"), "protrans: error: Input/output error"),  # (no file to name)
+])
+def test_an_os_error_no_command_described_is_one_line_exit_1(monkeypatch, capsys, exc, line):
+    """An OSError that reaches the CLI as it is (a file system refusing a write, an I/O error) is
+    one line naming its file, exit 1: never a traceback."""
+    import protrans_cli.cli as cli_module
+
+    def fails(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(cli_module.cli, "main", fails)
+    with pytest.raises(SystemExit) as caught:
+        cli_module.main(["prep", "x.fa"])
+    assert caught.value.code == 1
+    assert capsys.readouterr().err == line + "\n"
