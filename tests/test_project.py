@@ -619,3 +619,15 @@ def test_the_quality_line_names_the_colour_column_and_leaves_out_numbers(tmp_pat
     r = run_cli("project", tmp_path / "e.h5", "--labels", tmp_path / "l.csv", "--color-by", "tm")
     assert r.exit_code == 0 and "map quality: 10 nearest neighbours kept" in r.stderr
     assert "the nearest labelled protein" not in r.stderr  # (a colour scale: no classes to agree on)
+
+
+def test_stdin_is_one_labels_file_at_most(tmp_path, run_cli):
+    """`--labels - --labels -`: the first read would take all of stdin and the second find it
+    empty; a usage error (exit 2) before any file is read, and no output."""
+    x, _ = _clusters(n_per=3)
+    _write(tmp_path / "e.h5", x, [f"e{i}" for i in range(len(x))])
+    r = run_cli("project", tmp_path / "e.h5", "--labels", "-", "--labels", "-", "-o", tmp_path / "m.tsv",
+                input=b"id,label\ne0,Nucleus\n")
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr == "protrans: error: stdin ('-') can be one input at most: give the others as files\n"
+    assert not (tmp_path / "m.tsv").exists()
