@@ -422,3 +422,23 @@ def test_onehot_is_refused_as_no_model(run_cli, tmp_path):
     done = run_cli("contacts", tmp_path / "in.fa", "-m", "onehot", "-o", tmp_path / "c.h5")
     assert done.exit_code == 2 and "not a model" in done.stderr and "hf download" not in done.stderr
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_an_existing_output_needs_resume_or_force(run_cli, tmp_path):
+    """A second run to the same -o is refused (exit 2, nothing computed, the file untouched), as
+    embed's is: the maps of hours of work were replaced by a command run again; --force replaces
+    them, --resume keeps them."""
+    model = REFERENCES["esm2"]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    out = tmp_path / "c.h5"
+    assert run_cli("contacts", fasta, "-m", model, "-o", out).exit_code == 0
+    before = out.read_bytes()
+    fasta.write_text(">b\nMKV\n")
+    r = run_cli("contacts", fasta, "-m", model, "-o", out)
+    assert r.exit_code == 2 and r.stderr == (f"protrans: error: {out} exists: --resume keeps its proteins and "
+                                             "computes what it lacks, --force replaces it\n"), r.stderr
+    assert out.read_bytes() == before
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--force")
+    assert r.exit_code == 0, r.stderr
+    assert set(_maps(out)) == {"b"}
