@@ -716,3 +716,18 @@ def test_an_os_error_no_command_described_is_one_line_exit_1(monkeypatch, capsys
         cli_module.main(["prep", "x.fa"])
     assert caught.value.code == 1
     assert capsys.readouterr().err == line + "\n"
+
+
+def test_quiet_draws_no_progress_bar_where_bars_are_shown(run_cli, tmp_path, monkeypatch):
+    """-q turns progress bars off too, where they would be drawn (a terminal's stderr, or a
+    notebook's: stood in for here, since the runner's stderr is no terminal)."""
+    from protrans_cli import console
+
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(console, "_in_notebook", lambda: True)
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMKV\n" * 50)
+    shown = run_cli("prep", fasta, "-o", tmp_path / "c.txt")
+    assert shown.exit_code == 0 and "prep: " in shown.stderr, shown.stderr  # (the bar: this stand-in works)
+    quiet = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
