@@ -724,3 +724,17 @@ def test_labels_output_named_by_a_link_is_written_where_it_leads(tmp_path, run_c
     r = run_cli("labels", table, "--sequences", tmp_path / "s.fa", "-o", link)
     assert r.exit_code == 0, r.stderr
     assert link.is_symlink() and target.read_text().startswith(">a") and "MKV" in target.read_text()
+
+
+def test_labels_a_bad_mask_value_is_one_line_naming_file_line_and_record(run_cli):
+    """A NetSurfP row's mask value that is neither 1 nor 0: one line, exit 1, naming the file, its
+    line and the id the row is known by everywhere else (its sequence's), as a label count that
+    does not match is named."""
+    from protrans_cli.io.h5 import sequence_checksum
+
+    path = HEADS / "netsurfp_bad_mask_value.csv"
+    ident = "seq-" + sequence_checksum("MKV").split(":", 1)[1][:12]
+    r = run_cli("labels", path)
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr == (f"protrans: error: {path}:3, record '{ident}': disorder holds '2.0': a mask value is 1 "
+                        "(evaluated) or 0\n")
