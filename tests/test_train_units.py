@@ -1302,6 +1302,16 @@ def test_a_config_files_bad_value_names_the_file(tmp_path, run_cli, setting, mes
     assert not (tmp_path / "r").exists()
 
 
+def test_a_bad_value_of_a_config_read_from_stdin_names_stdin(tmp_path, run_cli):
+    """`--config -`: the bad value's line names `<stdin>`, as every reader of `-` names it, not a
+    file called `-`."""
+    r = run_cli("train", "--config", "-", "--corpus", "c.txt", "-o", tmp_path / "r",
+                input=b'family = "bert"\npreset = "tiny"\nprecision = "fp8"\n')
+    assert r.exit_code == 2 and r.stderr == ("protrans: error: <stdin>: precision must be one of auto, fp32, bf16, "
+                                             "fp16, got 'fp8'\n"), r.stderr
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_token_micro_batches_hold_the_same_proteins_within_the_budget(tmp_path, packed):
     """Each rank keeps the proteins fixed micro-batches give it, cut into micro-batches of at most
