@@ -369,6 +369,22 @@ def test_record_larger_than_a_block(tmp_path):
     assert out.read_bytes() == b"M K\n\n" + " ".join(seq).encode() + b"\n\nA C\n\n"
 
 
+def test_the_validation_residues_counted_are_those_the_validation_file_holds(tmp_path):
+    """--stats' valid_residues (and the summary's "of which validation ... residues") count the
+    validation proteins' residues only; counting every protein's passed the other tests."""
+    fasta = tmp_path / "r.fa"
+    _random_fasta(fasta, 200, seed=5, dirty=False)
+    train, valid = tmp_path / "t.txt", tmp_path / "v.txt"
+    stats = build_corpus([fasta], CorpusOptions(output=str(train), valid_fraction=0.3, valid_output=str(valid)))
+
+    def residues(text: bytes) -> int:
+        return len(text.replace(b" ", b"").replace(b"\n", b""))
+
+    assert 0 < stats.valid_residues == residues(valid.read_bytes()) < stats.residues_out
+    assert stats.residues_out - stats.valid_residues == residues(train.read_bytes())
+    assert stats.to_dict()["valid_residues"] == stats.valid_residues
+
+
 def test_validation_split_is_deterministic(tmp_path):
     fasta = tmp_path / "r.fa"
     _random_fasta(fasta, 600, seed=3, dirty=False)
