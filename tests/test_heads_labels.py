@@ -738,3 +738,15 @@ def test_labels_a_bad_mask_value_is_one_line_naming_file_line_and_record(run_cli
     assert r.exit_code == 1 and r.stdout == ""
     assert r.stderr == (f"protrans: error: {path}:3, record '{ident}': disorder holds '2.0': a mask value is 1 "
                         "(evaluated) or 0\n")
+
+
+def test_a_flip_csvs_validation_column_moves_training_rows_to_validation(tmp_path):
+    """FLIP's per-protein CSVs (docs/heads.md: `set`/`validation` split the file as for `flip`):
+    a training row with validation True is a validation record; only training rows move.
+    Reading the column as nothing passed every other test."""
+    path = tmp_path / "flip.csv"
+    path.write_text("sequence,target,set,validation\nMKV,1.5,train,False\nMKL,2.5,train,True\n"
+                    "MKA,0.5,train,TRUE\nMKW,3.0,test,True\n")
+    records = read_labels(path).records
+    assert [r.split for r in records] == ["train", "valid", "valid", "test"]
+    assert [r.labels["label"] for r in records] == ["1.5", "2.5", "0.5", "3.0"]
