@@ -356,6 +356,22 @@ def test_what_is_not_every_part_of_one_input_is_refused(tmp_path, run_cli):
     assert not (tmp_path / "m.h5").exists()
 
 
+def test_a_part_given_twice_is_refused_naming_both_files(tmp_path, run_cli):
+    """docs/embed.md: merge checks that the parts are each part 1 to N exactly once. The same
+    part twice (a job's output copied, a glob matching two runs of it) was merged without a word
+    when the check was gone: its proteins, found in both, were taken for overlapping splits."""
+    import shutil
+
+    fasta = generated_fasta(tmp_path / "all.fa", 12, repeat_every=0)
+    first, second = (_embed(fasta, tmp_path / f"p{k}.h5", part=f"{k}/2") for k in (1, 2))
+    again = tmp_path / "p1-again.h5"
+    shutil.copy(first, again)
+    r = run_cli("merge", first, second, again, "-o", tmp_path / "m.h5")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{again}: is part 1/2 of the input, and so is {first}: each part once" in r.stderr, r.stderr
+    assert not (tmp_path / "m.h5").exists()
+
+
 @pytest.mark.parametrize("spec", ["0/3", "4/3", "3", "a/b", "1/0"])
 def test_a_part_that_is_not_k_of_n_is_a_usage_error(tmp_path, run_cli, spec):
     (tmp_path / "a.fa").write_text(">P1\nMKV\n")
