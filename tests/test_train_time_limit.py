@@ -75,6 +75,28 @@ def test_the_last_step_is_the_one_after_which_a_step_and_a_checkpoint_no_longer_
     assert deadline.step_seconds == pytest.approx(10.0)
 
 
+def test_the_longest_of_the_recent_steps_stands_for_the_next_ones():
+    """A slow step (a longer batch, a pause of the file system) among fast ones: the decision
+    reserves the longest of the last RECENT_STEPS steps, not the last one, and forgets it once
+    RECENT_STEPS faster steps have followed. Reserving the last step's time passed every test."""
+    clock = _Clock()
+    deadline = Deadline(99, clock=clock, started_ago=0)  # a save of 1 s (the floor), the exit 2 s
+    decisions = [deadline.stop_after_next()]
+    for seconds in (2.0, 30.0, 2.0, 3.0):
+        clock.now += seconds
+        decisions.append(deadline.stop_after_next())
+    # at t=37, after the 3-s step: two steps of 30 s, the save and the exit end at 100 > 99
+    assert decisions == [False, False, False, False, True]
+    assert deadline.step_seconds == pytest.approx(30.0)
+    for _ in range(timelimit.RECENT_STEPS - 3):  # the 30-s step is still one of the last RECENT_STEPS
+        clock.now += 2.0
+        deadline.stop_after_next()
+    assert deadline.step_seconds == pytest.approx(30.0)
+    clock.now += 2.0
+    deadline.stop_after_next()
+    assert deadline.step_seconds == pytest.approx(3.0)
+
+
 def test_before_the_runs_last_step_the_final_model_is_reserved_too():
     answers = []
     for exports in (False, True):
