@@ -575,3 +575,21 @@ def test_stdin_is_one_input_at_most(tmp_path, run_cli, monkeypatch, args):
     assert r.exit_code == 2, r.stderr
     assert r.stderr == ("protrans: error: stdin ('-') can be one input at most: give the others as files\n")
     assert not (tmp_path / "hits.tsv").exists()
+
+
+def test_a_query_whose_membrane_is_unknown_is_not_scored_on_it(tmp_path):
+    """DeepLoc's membrane `U` (unknown) in the --score file: that query is left out of the
+    membrane score (fit leaves it out too), its location still scored. Scored, U counted as a
+    miss against every neighbour's M or S; that passed every other test."""
+    from protrans_cli.knn import knn
+
+    _write(tmp_path / "r.h5", np.eye(4), ["r0", "r1", "r2", "r3"])
+    _write(tmp_path / "q.h5", np.eye(4), ["q0", "q1", "q2", "q3"])
+    (tmp_path / "r.fasta").write_text(">r0 Nucleus-M\nMKV\n>r1 Nucleus-S\nMKV\n>r2 Cytoplasm-M\nMKV\n"
+                                      ">r3 Cytoplasm-S\nMKV\n")
+    (tmp_path / "q.fasta").write_text(">q0 Nucleus-M\nMKV\n>q1 Nucleus-U\nMKV\n>q2 Cytoplasm-U\nMKV\n"
+                                      ">q3 Cytoplasm-S\nMKV\n")
+    scores = knn(tmp_path / "q.h5", tmp_path / "r.h5", tmp_path / "hits.tsv", labels=tmp_path / "r.fasta",
+                 score=tmp_path / "q.fasta", n_bootstrap=10).scores
+    assert scores["membrane"]["n_proteins"] == 2 and scores["membrane"]["accuracy"] == 1.0
+    assert scores["loc"]["n_proteins"] == 4 and scores["loc"]["accuracy"] == 1.0
