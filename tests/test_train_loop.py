@@ -1314,6 +1314,27 @@ def test_every_checkpoint_file_is_in_its_sha256sums_which_sha256sum_checks(tmp_p
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_sha256sums_naming_a_file_outside_the_checkpoint_is_refused(tmp_path):
+    """A SHA256SUMS line naming `../x` or an absolute path (a checkpoint from elsewhere) is
+    refused as not a line protrans writes, whatever the file there holds: without the check a
+    checkpoint's sums vouched for files outside it, and passed every test."""
+    from protrans_cli.io.files import sha256_file
+    from protrans_cli.training import checkpoint as ckpt
+
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"
+    step.mkdir(parents=True)
+    (step / "config.json").write_text("{}")
+    outside = tmp_path / "run" / "checkpoints" / "x.bin"
+    outside.write_bytes(b"not the checkpoint's")
+    own = f"{sha256_file(step / 'config.json')}  config.json\n"
+    (step / ckpt.SUMS_FILE).write_text(own)
+    assert ckpt.check_sums(step) is None
+    for name in ("../x.bin", str(outside)):
+        (step / ckpt.SUMS_FILE).write_text(own + f"{sha256_file(outside)}  {name}\n")
+        problem = ckpt.check_sums(step)
+        assert problem is not None and "not a sha256sum line" in problem and "SHA256SUMS" in problem, problem
+
+
 def test_damaged_checkpoints_and_a_full_disk_are_one_line_and_metrics_survive_a_cut_line(tmp_path, monkeypatch):
     """A checkpoint cut short (state or weights), a save that meets a full disk, and a metrics
     line cut short were tracebacks (the last one stopped every resume)."""
