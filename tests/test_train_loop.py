@@ -1281,9 +1281,13 @@ def test_a_tampered_training_state_that_loads_is_refused_on_resume_in_one_line(t
     def scheduler_lambdas(s):
         s["scheduler"]["lr_lambdas"] = [5]
 
+    def best_loss_text(s):  # (--keep-best's record: its eval loss compared with the next ones)
+        s["best"] = {"step": 1, "eval_loss": "0.5"}
+
     for craft, said in ((python_rng, "passed to Random.setstate()"), (negative_offset, "at.offset is -5, not a count"),
                         (optimizer_shape, "optimizer state 'exp_avg' is (7,) for a parameter of shape"),
-                        (scheduler_lambdas, "not iterable")):
+                        (scheduler_lambdas, "not iterable"),
+                        (best_loss_text, "best: {'step': 1, 'eval_loss': '0.5'}: not a step and an eval loss")):
         crafted = torch.load(tmp_path / "good" / ckpt.STATE_FILE, weights_only=True)
         craft(crafted)
         torch.save(crafted, last / ckpt.STATE_FILE)
