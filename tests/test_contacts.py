@@ -442,3 +442,20 @@ def test_an_existing_output_needs_resume_or_force(run_cli, tmp_path):
     r = run_cli("contacts", fasta, "-m", model, "-o", out, "--force")
     assert r.exit_code == 0, r.stderr
     assert set(_maps(out)) == {"b"}
+
+
+def test_the_summary_counts_a_truncated_proteins_residues_mapped(run_cli, tmp_path):
+    """The residues contacts reports (`N proteins (R residues, ...)`) are those of the maps
+    written: a protein truncated by --long truncate counts its kept prefix, as embed's summary
+    does. Counting its whole length passed every test."""
+    from protrans_cli.contacts import ContactOptions, predict_contacts
+
+    model = REFERENCES["esm2"]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">ok\nMKTAYIAKQR\n>long\n" + "MKV" * 10 + "\n")
+    summary = predict_contacts(fasta, tmp_path / "c.h5", ContactOptions(
+        model=str(model), device="cpu", max_length=20, long_policy="truncate", threads=1))
+    assert summary.num_written == 2 and summary.num_residues == 10 + 20
+    assert _attrs(summary.output, "long")["truncated_from"] == 30
+    r = run_cli("contacts", fasta, "-m", model, "-o", tmp_path / "d.h5", "--max-length", "20", "--long", "truncate")
+    assert r.exit_code == 0 and "contacts: 2 proteins (30 residues," in r.stderr, r.stderr
