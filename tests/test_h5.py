@@ -1098,3 +1098,25 @@ def test_a_flat_files_kind_attribute_of_another_type_is_guessed_from_the_shapes(
         f.attrs["kind"] = value
     with EmbeddingsReader(tmp_path / "k.h5") as r:
         assert r.layout == "flat" and r.kinds == (PER_PROTEIN,) and r.ids() == ["P1"]
+
+
+def test_a_shards_run_that_differs_by_the_device_alone_is_this_run(tmp_path):
+    """Under torchrun on GPUs each rank's shard records its own device (cuda:1, ...): merged by
+    rank 0 (cuda:0), the file's `runs` lists this run once, as one process's run (the torchrun
+    test checks that on CPU ranks); a shard's earlier run (another command) is kept, before it.
+    Comparing the device too listed every rank's run and passed every test (CPU ranks agree)."""
+    this = {"command_line": "torchrun -m protrans_cli embed x.fa -o o.h5", "protrans_version": "1.2",
+            "compute_dtype": "bfloat16"}
+    earlier = dict(this, command_line="protrans embed x.fa -o o.h5 --part 1/2", device="cpu")
+    shard = tmp_path / "o.h5.shard-001-of-002"
+    with EmbeddingsWriter(shard, kinds=(PER_PROTEIN,), attrs=dict(this, device="cuda:1")) as w:
+        w.write("A", "A", "MKV", per_protein=np.ones(3, np.float32))
+    with h5py.File(shard, "a") as f:
+        f.attrs["runs"] = json.dumps([earlier, json.loads(f.attrs["runs"])[-1]])
+    out = tmp_path / "o.h5"
+    with EmbeddingsWriter(out, kinds=(PER_PROTEIN,), attrs=dict(this, device="cuda:0")) as w:
+        w.write("B", "B", "MKL", per_protein=np.zeros(3, np.float32))
+        w.copy_from(shard)
+    with EmbeddingsReader(out) as r:
+        assert [run["device"] for run in r.runs()] == ["cpu", "cuda:0"]
+        assert r.runs()[0]["command_line"] == earlier["command_line"] and sorted(r.ids()) == ["A", "B"]
