@@ -382,6 +382,25 @@ def test_a_cleanly_stopped_run_resumes_from_its_ledger_without_reading_its_prote
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.h5", "g.fa", "out.h5"]  # no ledger left
 
 
+def test_a_resume_from_a_sealed_ledger_refuses_an_id_whose_sequence_changed(tmp_path, monkeypatch):
+    """The ledger keeps each protein's sequence checksum, so a resume that trusts it (the file's
+    proteins not read back) still refuses an id whose sequence changed since, as one that reads
+    the file does. A ledger of ids alone passed every test: the old rows stayed under the id."""
+    from protrans_cli.io.h5 import read_ledger
+
+    fasta = generated_fasta(tmp_path / "g.fa", 20, repeat_every=0)
+    out = tmp_path / "out.h5"
+    _interrupt(out, fasta, monkeypatch, 2, max_batch_size=4)
+    done = sorted(read_all(partial_path(out)))
+    assert done and read_ledger(partial_path(out)) is not None
+    changed = tmp_path / "changed.fa"
+    changed.write_text("".join(">" + (r.rstrip("\n") + "W\n" if r.split(None, 1)[0] == done[0] else r)
+                               for r in fasta.read_text().split(">")[1:]))
+    _reads_no_protein(monkeypatch)
+    with pytest.raises(InputError, match=f"record '{done[0]}': cannot resume: the output holds another sequence"):
+        embed(changed, out, EmbedOptions(model="onehot", max_batch_size=4, resume=True))
+
+
 @pytest.mark.parametrize("change", ["killed", "touched", "rewritten"])
 def test_a_ledger_not_sealed_for_the_file_as_it_is_is_not_trusted(tmp_path, monkeypatch, capsys, change):
     # A SIGKILL leaves the ledger unsealed; a file changed after its run (touched, rewritten by
