@@ -220,6 +220,7 @@ def test_shard_sizes_are_read_in_powers_of_1024(text, size):
     ["-j", "0"],
     ["-o", "x.txt", "--valid-fraction", "0.5", "--valid-output", "x.txt"],  # one file for two outputs
     ["-o", "x.txt", "--valid-fraction", "1", "--valid-output", "/dev/null"],  # [0, 1): no training protein left
+    ["-o", "x.txt", "--valid-output", "/dev/null"],      # a validation file without --valid-fraction: empty
     ["--dedup", "--tmp-dir", "/nonexistent/scratch", "-o", "x.txt"],  # (exit 1 as a failure of the run)
 ])
 def test_contradictory_options_are_usage_errors(run_cli, tmp_path, args):
