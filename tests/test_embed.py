@@ -2066,6 +2066,29 @@ def test_a_plain_resume_merges_the_shards_of_an_interrupted_torchrun_run(tmp_pat
         assert len(json.loads(f.attrs["runs"])) == 2
 
 
+def test_shards_of_an_output_named_with_glob_characters_are_found(tmp_path):
+    """An output such as `run[1].h5` (a job array's index): its interrupted torchrun run's shards
+    are found by their literal name, not as a glob pattern (`[1]` matches `1`, not `[1]`), and a
+    plain --resume merges them. Read as a pattern, the shards were left out: an incomplete file,
+    exit 0, which passed every test (their outputs had plain names)."""
+    from protrans_cli.embed_dist import _shard_files
+    from protrans_cli.io.fasta import write_fasta
+
+    full = _run(tmp_path / "full.h5")
+    records = list(read_fasta(SMALL))
+    fasta = tmp_path / "rank0.fa"
+    with open(fasta, "wb") as fh:
+        for rec in records[:3]:
+            write_fasta(fh, rec.id, rec.sequence, rec.description)
+    _run(tmp_path / "r0.h5", fasta=fasta).rename(tmp_path / "run[1].h5.shard-000-of-002.partial")
+    (tmp_path / "run1.h5.shard-000-of-002.partial").write_bytes(b"another output's shard")
+    out = tmp_path / "run[1].h5"
+    assert _shard_files(out) == [str(tmp_path / "run[1].h5.shard-000-of-002.partial")]
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", resume=True))
+    assert summary.num_resumed == 3 and not list(tmp_path.glob("run[[]1].h5.shard-*"))
+    assert_same_content(file_content(out), file_content(full))
+
+
 def test_truncated_from_is_each_proteins_own_length(tmp_path):
     """Proteins that share their kept prefix each keep their own length; they are not identical
     sequences (counted as such within a window and not across windows, the summary's figure
