@@ -643,3 +643,19 @@ def test_a_ctrl_c_python_dropped_while_the_last_protein_is_read_stops_the_export
     assert caught.value.code == 130 and not out.exists() and len(read) == len(proteins)
     assert capsys.readouterr().err.strip().splitlines()[-1] == "protrans: error: interrupted"
     assert [p.name for p in tmp_path.iterdir()] == ["e.h5"]  # no temporary left
+
+
+def test_a_csv_id_with_a_line_break_is_quoted_and_reads_back(tmp_path, run_cli):
+    """Another tool's key may hold a line break (FASTA ids never do): CSV quotes such an id, as
+    it quotes one with a comma or a quote, so its row reads back whole. Quoting only commas and
+    quotes passed every test: the row was cut in two."""
+    with h5py.File(tmp_path / "k.h5", "w") as f:
+        f["two\nlines"] = np.full(2, 1, dtype=np.float32)
+        f["carriage\rreturn"] = np.full(2, 2, dtype=np.float32)
+        f["plain"] = np.full(2, 3, dtype=np.float32)
+    done = run_cli("export", tmp_path / "k.h5", "-o", tmp_path / "k.csv")
+    assert done.exit_code == 0, done.stderr
+    with open(tmp_path / "k.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["id", "dim_0", "dim_1"] and len(rows) == 4
+    assert {r[0]: float(r[1]) for r in rows[1:]} == {"two\nlines": 1, "carriage\rreturn": 2, "plain": 3}
