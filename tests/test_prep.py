@@ -473,6 +473,34 @@ def test_stats_json(tmp_path, run_cli):
     assert stats["rejected_total"] == 0
 
 
+def test_length_stats_describe_every_line_written_whatever_the_blocks(tmp_path):
+    """--stats' length_percentiles and mean_length (and the summary's p0/.../p100) are those of
+    every line written: counted across blocks (the lengths of a block no longer than the ones
+    before were put in place of theirs), with lengths of 65,536 residues and more (counted apart)
+    summed across blocks too, and under --long crop a protein of exactly --max-length counted as
+    its one line. Each of the three passed every test."""
+    import math
+
+    rng = random.Random(4)
+    lengths = [rng.randint(3, 40) for _ in range(300)]
+    huge = list(lengths)
+    huge[50] = huge[250] = 70_000  # one in an early block, one in a late one
+    for name, sizes in (("l.fa", lengths), ("huge.fa", huge)):
+        (tmp_path / name).write_text("".join(f">p{i}\n{''.join(rng.choice('ACDEFGHIKLMNPQRSTVWY') for _ in range(n))}\n"
+                                             for i, n in enumerate(sizes)))
+    assert lengths.count(12) > 3  # --max-length 12 below: proteins of exactly one window
+    runs = (("huge.fa", {}), ("l.fa", {}), ("l.fa", {"max_length": 12, "long": "crop", "min_length": 3}))
+    for k, (name, extra) in enumerate(runs):
+        out = tmp_path / f"c{k}.txt"
+        stats = build_corpus([tmp_path / name], CorpusOptions(output=str(out), block_bytes=2048, threads=1, **extra))
+        written = sorted((len(line) + 1) // 2 for line in out.read_text().splitlines() if line)
+        assert len(written) == stats.lines_out
+        expected = {f"p{q}": written[max(1, math.ceil(q / 100 * len(written))) - 1]  # nearest rank
+                    for q in (0, 5, 25, 50, 75, 95, 100)}
+        assert stats.length_percentiles() == expected
+        assert stats.to_dict()["mean_length"] == round(sum(written) / len(written), 2)
+
+
 def test_library_errors():
     with pytest.raises(UsageError):
         build_corpus([DATA / "format.fa"], CorpusOptions(rare="drop"))
