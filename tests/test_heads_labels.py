@@ -750,3 +750,15 @@ def test_a_flip_csvs_validation_column_moves_training_rows_to_validation(tmp_pat
     records = read_labels(path).records
     assert [r.split for r in records] == ["train", "valid", "valid", "test"]
     assert [r.labels["label"] for r in records] == ["1.5", "2.5", "0.5", "3.0"]
+
+
+def test_a_flip_csvs_sequences_are_read_upper_case_and_named_by_that_checksum(tmp_path):
+    """A FLIP CSV written in lower case: its sequences are read upper-case, as embed reads them,
+    and each id is `seq-` and the checksum embed stores for that protein (docs/heads.md: ids
+    from the sequence checksum as for NetSurfP). Read as written, the ids were another
+    protein's checksum; that passed every test."""
+    path = tmp_path / "flip.csv"
+    path.write_text("sequence,target,set\nmkvla,1.5,train\nMKTAY,2.0,test\n")
+    records = read_labels(path).records
+    assert [r.sequence for r in records] == ["MKVLA", "MKTAY"]
+    assert [r.id for r in records] == ["seq-" + sequence_checksum(s)[4:16] for s in ("MKVLA", "MKTAY")]
