@@ -532,3 +532,30 @@ def test_a_kinds_attribute_naming_no_kind_is_one_line(tmp_path, run_cli):
     assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
     assert f"{a}: its 'kinds' attribute ([0, 1, 2]) names neither per_residue nor per_protein" in r.stderr
     assert not list(tmp_path.glob("m.h5*"))
+
+
+def test_a_signal_once_the_merged_file_is_written_exits_0(tmp_path, run_cli, monkeypatch):
+    """A SIGTERM as merge says its summary (the merged file written and renamed) was reported as
+    an interruption, exit 143, for a file already whole; embed, fit, labels and prep exit 0
+    there, saying nothing was lost."""
+    import signal
+
+    from protrans_cli import console
+
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    for name in ("a", "b"):
+        _embed(tmp_path / f"{name}.fa", tmp_path / f"{name}.h5")
+    real = console.info
+
+    def info(message, *args, **kwargs):
+        if str(message).startswith("merge:"):
+            signal.raise_signal(signal.SIGTERM)
+        return real(message, *args, **kwargs)
+
+    monkeypatch.setattr(console, "info", info)
+    out = tmp_path / "m.h5"
+    r = run_cli("merge", tmp_path / "a.h5", tmp_path / "b.h5", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert f"terminated once the output was complete ({out}): nothing was lost" in r.stderr
+    assert out.is_file()

@@ -83,3 +83,6 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
         label_format=label_format, score=score, allow_model_mismatch=allow_model_mismatch, threads=threads,
         n_bootstrap=n_bootstrap, fasta=fasta, model=model, device=device, long_policy=long_policy,
         max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
+    from protrans_cli import console
+
+    console.output_complete("standard output" if output == "-" else str(output))

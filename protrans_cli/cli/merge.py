@@ -40,6 +40,7 @@ def command(inputs, output, layout, force):
 
     summary = merge(list(inputs), output, layout=layout, force=force,
                     command_line=shlex.join(["protrans", *sys.argv[1:]]))
+    console.output_complete(str(output))  # (before the summary: a signal from here on stops nothing)
     repeated = f"; {summary.repeated} repeated in a later part, kept once" if summary.repeated else ""
     failed = f"; {len(summary.failed)} failed in every part (the 'failed' attribute)" if summary.failed else ""
     console.info(f"merge: {console.counted(summary.proteins, 'protein')} from {len(inputs)} file(s) into {output}{repeated}{failed}")

@@ -88,3 +88,6 @@ def command(embeddings, method, dims, metric, label_files, label_format, colour_
             label_format=label_format, colour_by=colour_by, seed=seed, perplexity=perplexity, neighbors=neighbors,
             min_dist=min_dist, plot=plot, html_path=html_path, threads=resolve_threads(threads),
             allow_model_mismatch=allow_model_mismatch, sample=sample)
+    from protrans_cli import console
+
+    console.output_complete("standard output" if output == "-" else str(output))
