@@ -732,3 +732,29 @@ def test_a_valid_or_test_file_of_other_splits_only_is_refused(data, run_cli, tmp
             continue
         assert r.exit_code == 1 and "assigns its records to test, train and none to valid" in r.stderr
         assert "finetune holds out --valid-fraction" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_lora_linear_is_base_plus_alpha_over_rank_times_b_a_with_dropout_on_the_adapter_path():
+    """LoRALinear against plain torch: y = x W^T + b + (alpha / r) dropout(x) A^T B^T, merged
+    W + (alpha / r) B A; dropout (--lora-dropout) on the adapter's input only."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 5)
+    W, b = base.weight.detach().clone(), base.bias.detach().clone()
+    lora = LoRALinear(base, rank=3, alpha=12.0, dropout=0.5)
+    with torch.no_grad():
+        lora.lora_b.normal_(std=0.3)
+    A, B = lora.lora_a.detach(), lora.lora_b.detach()
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        lora.eval()
+        torch.testing.assert_close(lora(x), x @ W.T + b + 4.0 * (x @ A.T @ B.T))
+        torch.testing.assert_close(lora.merged().weight, W + 4.0 * (B @ A))
+        torch.testing.assert_close(lora.merged()(x), lora(x))
+        lora.train()
+        torch.manual_seed(7)
+        got = lora(x)
+        torch.manual_seed(7)
+        dropped = torch.nn.functional.dropout(x, 0.5, training=True)
+        torch.testing.assert_close(got, x @ W.T + b + 4.0 * (dropped @ A.T @ B.T))
+        assert not torch.allclose(got, x @ W.T + b + 4.0 * (x @ A.T @ B.T))
+
