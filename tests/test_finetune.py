@@ -758,3 +758,26 @@ def test_lora_linear_is_base_plus_alpha_over_rank_times_b_a_with_dropout_on_the_
         torch.testing.assert_close(got, x @ W.T + b + 4.0 * (dropped @ A.T @ B.T))
         assert not torch.allclose(got, x @ W.T + b + 4.0 * (x @ A.T @ B.T))
 
+
+# docs/heads.md, "Model": the Linear modules each family's adapters go on, in every layer
+DOCUMENTED_TARGETS = {
+    "bert": ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+    "roberta": ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+    "electra": ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+    "albert": ("attention.query", "attention.key", "attention.value", "attention.dense"),
+    "t5": ("SelfAttention.q", "SelfAttention.k", "SelfAttention.v", "SelfAttention.o"),
+    "esm": ("attention.self.query", "attention.self.key", "attention.self.value"),
+}
+
+
+@pytest.mark.parametrize("family_name", LORA_FAMILIES)
+def test_adapters_go_on_the_documented_projections_of_every_layer(family_name, tmp_path):
+    embedder = _embedder(_tiny(family_name, tmp_path / "base"))
+    config = embedder.model.config
+    layers = (config.num_hidden_groups * config.inner_group_num if family_name == "albert"
+              else config.num_hidden_layers)
+    names = add_lora(embedder.model, embedder.family_impl, rank=2, alpha=4.0)
+    targets = DOCUMENTED_TARGETS[family_name]
+    counts = {t: sum(name.endswith("." + t) for name in names) for t in targets}
+    assert counts == {t: layers for t in targets} and len(names) == layers * len(targets)
+    assert set(lora_modules(embedder.model)) == set(names)
