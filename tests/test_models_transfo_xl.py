@@ -238,3 +238,20 @@ def test_a_transformers_4_config_of_the_implemented_model_is_taken_and_cutoffs_a
     assert TransfoXLConfig.from_pretrained(tmp_path).d_model == 32
     with pytest.raises(ValueError, match=r"does not implement cutoffs=\[4, 8\]"):
         TransfoXLConfig(**sizes, cutoffs=[4, 8], adaptive=False)
+
+
+def test_loss_is_the_shifted_cross_entropy_ignoring_minus_100():
+    # labels are the inputs (transformers' causal-LM convention): position t is scored on token
+    # t + 1, and -100 (a collator's padding label) is left out of the mean
+    model = _model(seed=2)
+    ids = _ids(2, 7, seed=8)
+    labels = ids.clone()
+    labels[0, 5:] = -100
+    labels[1, 2] = -100
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+    logp = torch.log_softmax(out.logits[:, :-1].double(), dim=-1)
+    terms = [-logp[b, t, labels[b, t + 1]] for b in range(2) for t in range(6) if labels[b, t + 1] != -100]
+    assert len(terms) == 9
+    torch.testing.assert_close(out.loss.double(), torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
+
