@@ -255,3 +255,16 @@ def test_loss_is_the_shifted_cross_entropy_ignoring_minus_100():
     assert len(terms) == 9
     torch.testing.assert_close(out.loss.double(), torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
 
+
+def test_padding_after_memory_does_not_change_real_positions():
+    # the attention mask covers the current segment's keys, not the memory's
+    model = _model(mem_len=64)
+    first, second = _ids(2, 8, seed=1), _ids(2, 5, seed=2)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        mems = model(input_ids=first).mems
+        padded = model(input_ids=second, mems=mems, attention_mask=mask).logits
+        alone = model(input_ids=second[1:, :2], mems=[m[1:] for m in mems]).logits
+        unmasked = model(input_ids=second, mems=mems).logits
+    torch.testing.assert_close(padded[0], unmasked[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(padded[1, :2], alone[0], rtol=0, atol=1e-5)
