@@ -841,3 +841,20 @@ def test_a_utf16_table_is_read_and_a_binary_file_refused(run_cli, tmp_path, tiny
     (tmp_path / "e.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     r = run_cli("variants", tmp_path / "e.h5", "--sequence", SEQ, "-m", model)
     assert r.exit_code == 1 and "binary file" in r.stderr
+
+
+def test_offset_numbers_the_all_singles_labels_and_reads_a_table_at_the_same_sites(run_cli, tmp_path, tiny_models):
+    # --offset N: the first residue is N, in the labels --all-singles writes as in a table read
+    model, seq = tiny_models["esm"], SEQ[:6]
+    plain = _table(run_cli("variants", "--all-singles", "--sequence", seq, "-m", model, "--column", "s").stdout)
+    r = run_cli("variants", "--all-singles", "--sequence", seq, "-m", model, "--column", "s", "--offset", "24")
+    assert r.exit_code == 0, r.stderr
+    shifted = _table(r.stdout)
+    relabel = [f"{row['mutant'][0]}{int(row['mutant'][1:-1]) + 23}{row['mutant'][-1]}" for row in plain]
+    assert [(row["mutant"], row["s"]) for row in shifted] == list(zip(relabel, [row["s"] for row in plain]))
+    assert shifted[0]["mutant"].startswith(f"{seq[0]}24")
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\n" + "\n".join(row["mutant"] for row in shifted[::7]) + "\n")
+    r = run_cli("variants", str(table), "--sequence", seq, "-m", model, "--column", "s", "--offset", "24")
+    assert r.exit_code == 0, r.stderr
+    assert [(row["mutant"], row["s"]) for row in _table(r.stdout)] == [(row["mutant"], row["s"]) for row in shifted[::7]]
