@@ -4109,3 +4109,23 @@ def test_an_error_of_the_prefetching_thread_holds_nothing_of_the_caller_after_it
     message, released = released_after_error(loop, InputError)
     assert "bad batch" in message
     assert released
+
+def test_a_search_with_folds_of_a_value_task_chooses_by_the_cv_spearman(run_cli, loc_data, tmp_path):
+    # with --folds the out-of-fold "cv" set chooses (there is no "valid" set); a value task's
+    # headline is Spearman's rho
+    ids = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[:1] == ">"]
+    (tmp_path / "train.csv").write_text("id,label\n" + "".join(f"{i},{(n * 7) % 11 * 0.5}\n" for n, i in enumerate(ids)))
+    head = tmp_path / "h"
+    r = run_cli("fit", "value", "--embeddings", loc_data / "train.h5", "--labels", tmp_path / "train.csv",
+                "--folds", "3", "-j", "1", "--max-epochs", "2", "--no-plots", "--bootstrap", "10",
+                "--search", "lr=0.001,0.01", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    assert "chosen by the cv score" in r.stderr and "no cv score" not in r.stderr
+    record = json.loads((head / "search.json").read_text())
+    assert record["chosen_by"] == "cv"
+    scores = []
+    for t in record["trials"]:
+        summary = json.loads((tmp_path / "h.search" / t["trial"] / "metrics.json").read_text())
+        assert "valid" not in summary and t["score"] == pytest.approx(summary["cv"]["value"]["spearman"])
+        scores.append(t["score"])
+    assert record["best"] == record["trials"][int(np.argmax(scores))]["trial"]
