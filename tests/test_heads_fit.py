@@ -4129,3 +4129,16 @@ def test_a_search_with_folds_of_a_value_task_chooses_by_the_cv_spearman(run_cli,
         assert "valid" not in summary and t["score"] == pytest.approx(summary["cv"]["value"]["spearman"])
         scores.append(t["score"])
     assert record["best"] == record["trials"][int(np.argmax(scores))]["trial"]
+
+
+def test_search_grid_values_are_typed_as_the_fit_settings():
+    from protrans_cli.heads.search import parse_grid
+
+    grid = parse_grid(["lr=1e-3,0.01", "--hidden=8, 32", "class_weights=on,off", "architecture=cnn,light-attention"])
+    assert grid == {"lr": [0.001, 0.01], "hidden": [8, 32], "class_weights": [True, False],
+                    "architecture": ["cnn", "light-attention"]}
+    assert [type(v) for v in grid["hidden"]] == [int, int]
+    assert parse_grid(["class-weights=yes,0"]) == {"class_weights": [True, False]}
+    for bad in ("hidden=8,8.5", "lr=1e-3,nan", "class-weights=on,maybe", "lr=1e-3,0.001"):
+        with pytest.raises(UsageError):
+            parse_grid([bad])
