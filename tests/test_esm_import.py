@@ -488,3 +488,21 @@ def test_a_model_directory_is_recorded_as_embed_records_it(run_cli, tmp_path, mo
     _save(plain, "P9", means={2: np.zeros(8, np.float32)})
     r = run_cli("import-esm", plain, "--bos", "-o", tmp_path / "y.h5")
     assert r.exit_code == 1 and "bos_representations" in r.stderr and "--include bos" in r.stderr
+
+
+def test_non_finite_or_out_of_range_values_are_recorded_as_failed_with_their_reason(run_cli, tmp_path, extracted):
+    import json
+
+    folder, fasta, arrays = extracted
+    rows, means = arrays["P3"]
+    _save(folder, HEADERS["P3"], {1: rows[1], 2: np.where(np.arange(4) == 1, np.nan, rows[2])}, means)
+    rows, means = arrays["P1"]
+    _save(folder, HEADERS["P1"], {1: rows[1], 2: rows[2] * 1e6}, means)
+    out = tmp_path / "e.h5"
+    r = run_cli("import-esm", folder, "-o", out, "--fasta", fasta, "--storage-dtype", "float16")
+    got, attrs, _ = _read(out)
+    assert set(got[PER_RESIDUE]) == {"sp|Q2/x"}, r.stderr
+    failed = json.loads(attrs["failed"])
+    assert set(failed) == {"P1", "P3"}, failed
+    assert "NaN or infinity in esm-extract's output" in str(failed["P3"]), failed
+    assert "beyond float16's range" in str(failed["P1"]) and "NaN" not in str(failed["P1"]), failed
