@@ -781,3 +781,24 @@ def test_adapters_go_on_the_documented_projections_of_every_layer(family_name, t
     counts = {t: sum(name.endswith("." + t) for name in names) for t in targets}
     assert counts == {t: layers for t in targets} and len(names) == layers * len(targets)
     assert set(lora_modules(embedder.model)) == set(names)
+
+
+def test_lora_rank_alpha_and_dropout_options_reach_the_adapters_and_finetune_json(data, run_cli, tmp_path,
+                                                                                  monkeypatch):
+    import protrans_cli.heads.lora as lora
+
+    seen = []
+    real = lora.LoRALinear.__init__
+
+    def recording(self, base, rank, alpha, dropout=0.0):
+        seen.append((rank, alpha, dropout))
+        real(self, base, rank, alpha, dropout)
+
+    monkeypatch.setattr(lora.LoRALinear, "__init__", recording)
+    out = tmp_path / "o"
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "1",
+                "--lora-rank", "2", "--lora-alpha", "3", "--lora-dropout", "0.25", *FAST, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert seen and set(seen) == {(2, 3.0, 0.25)}
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["lora"] == {"rank": 2, "alpha": 3.0, "dropout": 0.25, "targets": list(FAMILIES["bert"].lora_targets)}
