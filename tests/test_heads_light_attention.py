@@ -302,3 +302,20 @@ def test_an_architecture_its_task_cannot_take_is_said_as_load_head_says_it_by_pr
     assert caught.value.path == str(head / "config.json")
     assert caught.value.message == ("head config is incomplete or unreadable (architecture 'cnn' is not one of "
                                     "fnn, light-attention (a per_protein task))")
+
+
+def test_a_training_batch_of_one_is_normalised_as_evaluation_normalises_it():
+    # BatchNorm has no statistics of one protein: the running ones, and the layer's own scale and
+    # shift (learnt: not 1 and 0 after training), as in eval mode
+    torch.manual_seed(0)
+    model = LightAttention(6, {"loc": 10}, hidden=8, kernel=3, dropout=0.0)
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 2.0)
+        model.norm.bias.normal_()
+        model.norm.running_mean.normal_()
+        model.norm.running_var.uniform_(0.5, 2.0)
+    x, mask = torch.randn(1, 5, 6), torch.ones(1, 5, dtype=torch.bool)
+    with torch.no_grad():
+        trained = model.train()(x, mask)["loc"]
+        evaluated = model.eval()(x, mask)["loc"]
+    torch.testing.assert_close(trained, evaluated, rtol=0, atol=1e-6)
