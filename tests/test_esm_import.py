@@ -506,3 +506,34 @@ def test_non_finite_or_out_of_range_values_are_recorded_as_failed_with_their_rea
     assert set(failed) == {"P1", "P3"}, failed
     assert "NaN or infinity in esm-extract's output" in str(failed["P3"]), failed
     assert "beyond float16's range" in str(failed["P1"]) and "NaN" not in str(failed["P1"]), failed
+
+
+def test_contact_maps_cut_not_square_or_not_finite(run_cli, tmp_path):
+    # a map esm-extract cut at --truncation-seq-length is recorded as embed's truncate policy
+    # records it; a NaN map is a failed protein with its reason; a map that is not (L, L) is refused
+    import json
+
+    folder = tmp_path / "esm_out"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    torch.save({"label": "P1", "contacts": torch.from_numpy(rng.random((6, 6), dtype=np.float32))}, folder / "P1.pt")
+    bad = rng.random((4, 4), dtype=np.float32)
+    bad[1, 2] = np.nan
+    torch.save({"label": "P2", "contacts": torch.from_numpy(bad)}, folder / "P2.pt")
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">P1\nMKTAYIAKQR\n>P2\nMKTA\n")
+    out = tmp_path / "c.h5"
+    r = run_cli("import-esm", folder, "--contacts", "--fasta", fasta, "--truncation-seq-length", "6", "-o", out)
+    assert r.exit_code == 0 and "1 truncated by esm-extract" in r.stderr, r.stderr
+    with h5py.File(out) as f:
+        assert set(f["contacts"]) == {"P1"}
+        attrs = f["contacts"]["P1"].attrs
+        assert attrs["length"] == 6 and attrs["truncated_from"] == 10
+        assert attrs["checksum"] == sequence_checksum("MKTAYI")
+        failed = json.loads(f.attrs["failed"])
+    assert set(failed) == {"P2"} and "NaN or infinity in esm-extract's contact map" in str(failed["P2"])
+    square = tmp_path / "square"
+    square.mkdir()
+    torch.save({"label": "P3", "contacts": torch.zeros(4, 5)}, square / "P3.pt")
+    r = run_cli("import-esm", square, "--contacts", "-o", tmp_path / "s.h5")
+    assert r.exit_code == 1 and "its 'contacts' is (4, 5), not an (L, L) floating-point map" in r.stderr
