@@ -177,3 +177,19 @@ def pytest_sessionfinish(session, exitstatus):
         os._exit(status)
 
     atexit.register(exit_with_pytests_status)
+
+
+def flat_files_with_an_empty_protein(whole, flat, n: int) -> None:
+    """Two files in another tool's flat layout of per-residue arrays `p0`..`p{n-1}` (5 + i rows
+    of 4 values each): `whole`, and `flat`, which also holds `empty`, a (0, 4) array (a protein
+    of no residue: it has no mean and nothing to pool)."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name, empty in ((whole, False), (flat, True)):
+        with h5py.File(name, "w") as f:
+            for i in range(n):
+                f.create_dataset(f"p{i}", data=rng.normal(size=(5 + i, 4)).astype(np.float32))
+            if empty:
+                f.create_dataset("empty", data=np.zeros((0, 4), np.float32))

@@ -2202,16 +2202,10 @@ def test_an_fnn_on_a_protein_of_no_residue_names_it_not_nan(tmp_path, run_cli):
     # protein's mean, which for no residue was NaN: fit and predict said the embedding "holds NaN or
     # infinity" after two numpy RuntimeWarnings. They say it has no residue, as Light Attention's
     # error and predict_embeddings do.
-    from conftest import DATA
+    from conftest import DATA, flat_files_with_an_empty_protein
 
-    rng = np.random.default_rng(0)
     whole, flat = tmp_path / "whole.h5", tmp_path / "flat.h5"
-    for name, empty in ((whole, False), (flat, True)):
-        with h5py.File(name, "w") as f:
-            for i in range(6):
-                f.create_dataset(f"p{i}", data=rng.normal(size=(5 + i, 4)).astype(np.float32))
-            if empty:
-                f.create_dataset("empty", data=np.zeros((0, 4), np.float32))
+    flat_files_with_an_empty_protein(whole, flat, 6)
     labels = DATA / "heads" / "id_label_with_empty_protein.csv"
     common = ["-j", "1", "--max-epochs", "1", "--no-plots", "--bootstrap", "10"]
     with warnings.catch_warnings(record=True) as caught:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -245,16 +244,12 @@ def test_a_protein_of_no_residue_is_refused_not_trained_on_as_nan(tmp_path):
     trained on it (train loss nan: every weight NaN, a head written all the same) and predict
     wrote it a class and NaN probabilities; both now name the protein, as the FNN's error does."""
     from protrans_cli.errors import InputError
+    from conftest import flat_files_with_an_empty_protein
+
     from protrans_cli.heads.predict import evaluate_head, predict
 
-    rng = np.random.default_rng(0)
     path, whole = tmp_path / "flat.h5", tmp_path / "whole.h5"
-    for name, empty in ((whole, False), (path, True)):
-        with h5py.File(name, "w") as f:
-            for i in range(8):
-                f.create_dataset(f"p{i}", data=rng.normal(size=(5 + i, 4)).astype(np.float32))
-            if empty:
-                f.create_dataset("empty", data=np.zeros((0, 4), np.float32))
+    flat_files_with_an_empty_protein(whole, path, 8)
     labels = tmp_path / "labels.csv"
     labels.write_text("id,label\n" + "".join(f"p{i},{'ab'[i % 2]}\n" for i in range(8)) + "empty,a\n")
     cfg = dict(task="protein", architecture="light-attention", max_epochs=1, threads=1, n_bootstrap=10, plots=False)
