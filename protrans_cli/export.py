@@ -242,6 +242,8 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
                 rows = _write_table(stream, plan, out_kind, chosen_format, digits)
             _stop_if_signalled()  # (before the output is committed)
     shown = "stdout" if output is None or str(output) == "-" else str(output)
+    # (committed: a signal from here on, as the notes and the summary are said, stops nothing)
+    console.output_complete("standard output" if shown == "stdout" else shown)
     _spreadsheet_note(rows, chosen_format)
     console.info(f"export: {console.counted(len(order), 'protein')} ({out_kind.replace('_', '-')}, "
                  f"{plan.dim} dimensions{'' if out_kind == PER_PROTEIN else f', {rows:,} residues'}) "
@@ -310,6 +312,8 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
                     rows += len(table)
             _stop_if_signalled()
     shown = "stdout" if output is None or str(output) == "-" else str(output)
+    # (committed: a signal from here on, as the notes and the summary are said, stops nothing)
+    console.output_complete("standard output" if shown == "stdout" else shown)
     _spreadsheet_note(rows, fmt)
     console.info(f"export: {console.counted(len(order), 'protein')} ({', '.join(outputs)} probabilities, "
                  f"{rows:,} residues) into {shown}")

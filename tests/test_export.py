@@ -627,3 +627,27 @@ def test_a_csv_id_with_a_line_break_is_quoted_and_reads_back(tmp_path, run_cli):
         rows = list(csv.reader(fh))
     assert rows[0] == ["id", "dim_0", "dim_1"] and len(rows) == 4
     assert {r[0]: float(r[1]) for r in rows[1:]} == {"two\nlines": 1, "carriage\rreturn": 2, "plain": 3}
+
+
+def test_a_signal_as_export_says_its_summary_exits_0(tmp_path, run_cli, monkeypatch):
+    """A SIGTERM while export said its summary (the output committed) was reported as an
+    interruption, exit 143, for a file already whole: the CLI marked the output complete only
+    after the library's summary. It exits 0 now, saying nothing was lost."""
+    import signal
+
+    from protrans_cli import console
+
+    _write(tmp_path / "e.h5", _proteins())
+    real = console.info
+
+    def info(message, *args, **kwargs):
+        if str(message).startswith("export:"):
+            signal.raise_signal(signal.SIGTERM)
+        return real(message, *args, **kwargs)
+
+    monkeypatch.setattr(console, "info", info)
+    out = tmp_path / "o.tsv"
+    r = run_cli("export", tmp_path / "e.h5", "--per-residue", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert f"terminated once the output was complete ({out}): nothing was lost" in r.stderr
+    assert out.is_file()
