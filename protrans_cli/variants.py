@@ -897,6 +897,8 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         _plot(table, wild_types, written, options)
         if store is not None:
             store.remove()
+    if output not in (None, "-"):  # (the table and its plot written: a signal from here on stops nothing)
+        console.output_complete(str(output))
     return _report_truth(table, written, options) if options.truth_column else {}
 
 

@@ -858,3 +858,29 @@ def test_offset_numbers_the_all_singles_labels_and_reads_a_table_at_the_same_sit
     r = run_cli("variants", str(table), "--sequence", seq, "-m", model, "--column", "s", "--offset", "24")
     assert r.exit_code == 0, r.stderr
     assert [(row["mutant"], row["s"]) for row in _table(r.stdout)] == [(row["mutant"], row["s"]) for row in shifted[::7]]
+
+
+def test_a_signal_as_variants_reports_its_spearman_exits_0(run_cli, tmp_path, tiny_models, monkeypatch):
+    """A SIGTERM while variants said Spearman's rho (its table and plot written) exited 143 for an
+    output already whole: the CLI marked it complete only after the library call. Exit 0 now,
+    saying nothing was lost."""
+    import signal
+
+    from protrans_cli import console
+
+    table = tmp_path / "v.csv"
+    table.write_text("mutant,DMS_score\nK2A,0.5\nT3W,-1.0\nS13P,1.5\n")
+    real = console.info
+
+    def info(message, *args, **kwargs):
+        if str(message).startswith("Spearman rho"):
+            signal.raise_signal(signal.SIGTERM)
+        return real(message, *args, **kwargs)
+
+    monkeypatch.setattr(console, "info", info)
+    out = tmp_path / "scored.csv"
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "--truth-column", "DMS_score",
+                "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert f"terminated once the output was complete ({out}): nothing was lost" in r.stderr
+    assert out.is_file()
