@@ -193,3 +193,21 @@ def flat_files_with_an_empty_protein(whole, flat, n: int) -> None:
                 f.create_dataset(f"p{i}", data=rng.normal(size=(5 + i, 4)).astype(np.float32))
             if empty:
                 f.create_dataset("empty", data=np.zeros((0, 4), np.float32))
+
+
+def signal_when_said(monkeypatch, prefix: str, signum=None) -> None:
+    """Deliver `signum` (SIGTERM) to this process as the command says an info line starting with
+    `prefix` (its summary, once its output is written): for the tests that a signal then stops
+    nothing (exit 0, "nothing was lost")."""
+    import signal
+
+    from protrans_cli import console
+
+    real = console.info
+
+    def info(message, *args, **kwargs):
+        if str(message).startswith(prefix):
+            signal.raise_signal(signum or signal.SIGTERM)
+        return real(message, *args, **kwargs)
+
+    monkeypatch.setattr(console, "info", info)

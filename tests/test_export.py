@@ -633,19 +633,10 @@ def test_a_signal_as_export_says_its_summary_exits_0(tmp_path, run_cli, monkeypa
     """A SIGTERM while export said its summary (the output committed) was reported as an
     interruption, exit 143, for a file already whole: the CLI marked the output complete only
     after the library's summary. It exits 0 now, saying nothing was lost."""
-    import signal
-
-    from protrans_cli import console
+    from conftest import signal_when_said
 
     _write(tmp_path / "e.h5", _proteins())
-    real = console.info
-
-    def info(message, *args, **kwargs):
-        if str(message).startswith("export:"):
-            signal.raise_signal(signal.SIGTERM)
-        return real(message, *args, **kwargs)
-
-    monkeypatch.setattr(console, "info", info)
+    signal_when_said(monkeypatch, "export:")
     out = tmp_path / "o.tsv"
     r = run_cli("export", tmp_path / "e.h5", "--per-residue", "-o", out)
     assert r.exit_code == 0, r.stderr

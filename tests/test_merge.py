@@ -538,22 +538,13 @@ def test_a_signal_once_the_merged_file_is_written_exits_0(tmp_path, run_cli, mon
     """A SIGTERM as merge says its summary (the merged file written and renamed) was reported as
     an interruption, exit 143, for a file already whole; embed, fit, labels and prep exit 0
     there, saying nothing was lost."""
-    import signal
-
-    from protrans_cli import console
+    from conftest import signal_when_said
 
     (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
     (tmp_path / "b.fa").write_text(">P2\nMKV\n")
     for name in ("a", "b"):
         _embed(tmp_path / f"{name}.fa", tmp_path / f"{name}.h5")
-    real = console.info
-
-    def info(message, *args, **kwargs):
-        if str(message).startswith("merge:"):
-            signal.raise_signal(signal.SIGTERM)
-        return real(message, *args, **kwargs)
-
-    monkeypatch.setattr(console, "info", info)
+    signal_when_said(monkeypatch, "merge:")
     out = tmp_path / "m.h5"
     r = run_cli("merge", tmp_path / "a.h5", tmp_path / "b.h5", "-o", out)
     assert r.exit_code == 0, r.stderr

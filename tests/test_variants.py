@@ -864,20 +864,11 @@ def test_a_signal_as_variants_reports_its_spearman_exits_0(run_cli, tmp_path, ti
     """A SIGTERM while variants said Spearman's rho (its table and plot written) exited 143 for an
     output already whole: the CLI marked it complete only after the library call. Exit 0 now,
     saying nothing was lost."""
-    import signal
-
-    from protrans_cli import console
+    from conftest import signal_when_said
 
     table = tmp_path / "v.csv"
     table.write_text("mutant,DMS_score\nK2A,0.5\nT3W,-1.0\nS13P,1.5\n")
-    real = console.info
-
-    def info(message, *args, **kwargs):
-        if str(message).startswith("Spearman rho"):
-            signal.raise_signal(signal.SIGTERM)
-        return real(message, *args, **kwargs)
-
-    monkeypatch.setattr(console, "info", info)
+    signal_when_said(monkeypatch, "Spearman rho")
     out = tmp_path / "scored.csv"
     r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "--truth-column", "DMS_score",
                 "-o", out)
