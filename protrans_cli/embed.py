@@ -58,7 +58,7 @@ from protrans_cli.embed_dist import (_absorb_shards, _Dist, _finish_ranks, _same
 from protrans_cli.embed_retry import Recomputed, _Want, embed_with_retry
 from protrans_cli.embedders import (DEVICE_NAME, ONEHOT, POOLINGS, Embedder, OneHotEmbedder, TransformerEmbedder,
                                     beyond_range, fits, mean_rows, pooling_text, resolve_device)
-from protrans_cli.residues import (NUCLEOTIDE_MIN_LENGTH, REASON_INVALID, THREE_DI, SequenceRejected, looks_nucleotide,
+from protrans_cli.residues import (NUCLEOTIDE_RULE, REASON_INVALID, THREE_DI, SequenceRejected, looks_nucleotide,
                                    normalise)
 from protrans_cli.threads import check_threads, torch_threads
 
@@ -662,8 +662,7 @@ def _warn_nucleotide(scan: InputScan, name: str, main: bool) -> None:
     such sequences."""
     if not scan.nucleotide.count or not main:
         return
-    console.warn(f"{name}: {scan.nucleotide.count:,} of {scan.num_records:,} protein(s) hold only the letters A, C, "
-                 f"G, T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
+    console.warn(f"{name}: {scan.nucleotide.count:,} of {scan.num_records:,} protein(s) {NUCLEOTIDE_RULE}: "
                  f"{_shown_ids(scan.nucleotide)}. Protein models read them "
                  "as amino acids; translate DNA or RNA to proteins first")
 

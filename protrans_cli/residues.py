@@ -44,6 +44,9 @@ _VALID = set(ALPHABET.encode())
 # and protein databases hold a few longer ones: warned about, never refused.
 NUCLEOTIDE_LETTERS = frozenset("ACGTUN")
 NUCLEOTIDE_MIN_LENGTH = 30
+# the rule as warnings say it ("N proteins <NUCLEOTIDE_RULE>: ids"), in embed's and prep's alike
+NUCLEOTIDE_RULE = (f"hold only the letters A, C, G, T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), "
+                   "as nucleotide sequences do")
 
 
 class SequenceRejected(InputError, ValueError):

@@ -102,11 +102,10 @@ def _print_summary(stats) -> None:
     elif stats.proteins_out == 0:
         console.warn(f"no protein written: all {stats.records_in:,} records were left out (reasons below)")
     if stats.nucleotide_like:
-        from protrans_cli.residues import NUCLEOTIDE_MIN_LENGTH
+        from protrans_cli.residues import NUCLEOTIDE_RULE
 
         shown = console.some_named(stats.nucleotide_like, stats.nucleotide_ids)
-        console.warn(f"{stats.nucleotide_like:,} of {stats.proteins_out:,} protein(s) written hold only the letters A, "
-                     f"C, G, T, U and N (at least {NUCLEOTIDE_MIN_LENGTH} residues), as nucleotide sequences do: "
+        console.warn(f"{stats.nucleotide_like:,} of {stats.proteins_out:,} protein(s) written {NUCLEOTIDE_RULE}: "
                      f"{shown}. A model trained on them learns them as amino acids; translate DNA or RNA to "
                      "proteins first")
     rows = [
