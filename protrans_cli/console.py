@@ -50,10 +50,13 @@ def some_named(count: int, names) -> str:
     return ", ".join(names) + (f" and {more:,} more" if more else "")
 
 
+NAMED = 3  # the things a warning names before "and N more"
+
+
 class Named:
     """A count of things and the names of the first few, for a warning (`str`: some_named)."""
 
-    def __init__(self, keep: int = 3):
+    def __init__(self, keep: int = NAMED):
         self.count, self.names, self.keep = 0, [], keep
 
     def add(self, name: str) -> None:

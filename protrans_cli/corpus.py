@@ -40,7 +40,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from protrans_cli.console import printable
+from protrans_cli.console import NAMED, printable
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, disk_full, display_name,
@@ -617,7 +617,7 @@ def _process_block(block: _Block, cfg: _BlockConfig, drops: np.ndarray | None = 
     kept = np.flatnonzero(keep)
     like = np.flatnonzero(nucleotide & keep)
     result.nucleotide_like = len(like)
-    result.nucleotide_ids = [heads.id_at(i) for i in like[:3].tolist()]
+    result.nucleotide_ids = [heads.id_at(i) for i in like[:NAMED].tolist()]  # (the first few, for the warning)
     spaced, doc_end, lines_out, windows = _spaced(sa, starts, stops, lengths, kept, cfg)
     valid, dest = _destinations(heads, kept, cfg)
     result.outputs = _block_outputs(spaced, starts, stops, kept, doc_end, valid, dest, n, lines_out, cfg)
@@ -1797,7 +1797,7 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
             stats.valid_residues += res.valid_residues
             stats.rare_to_x += res.rare_to_x
             stats.nucleotide_like += res.nucleotide_like
-            stats.nucleotide_ids.extend(res.nucleotide_ids[:3 - len(stats.nucleotide_ids)])
+            stats.nucleotide_ids.extend(res.nucleotide_ids[:NAMED - len(stats.nucleotide_ids)])
             stats.crop_dropped += res.crop_dropped
             for reason, count in res.rejected.items():
                 stats.rejected[reason] = stats.rejected.get(reason, 0) + count
