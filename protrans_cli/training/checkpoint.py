@@ -502,7 +502,8 @@ def _data_state_problem(data_state: dict) -> str | None:
     from protrans_cli.training.data import PLANS
 
     if data_state.get("plan", 1) not in PLANS:
-        return f"plan {data_state['plan']!r} is not one this protrans knows ({', '.join(map(str, PLANS))}: a newer version's checkpoint?)"
+        return (f"plan {data_state['plan']!r} is not one this protrans knows ({', '.join(map(str, PLANS))}: a newer "
+                "version's checkpoint?)")
     return None
 
 

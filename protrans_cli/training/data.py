@@ -596,19 +596,19 @@ class CorpusStream:
                 batches = self._plan_buffer(buffer, state)
                 for b in range(state.batches_done, len(batches)):
                     produced += 1
-                    after = StreamState(state.epoch, state.buffer_start, b + 1, at, state.plan)
+                    after = dataclasses.replace(state, batches_done=b + 1, at=at)
                     if b + 1 == len(batches):
-                        after = StreamState(state.epoch, state.buffer_start + len(buffer), 0, end.copy(), state.plan)
+                        after = dataclasses.replace(state, buffer_start=state.buffer_start + len(buffer), batches_done=0, at=end.copy())
                     if counter % num_workers == worker:
                         yield self._step_batch(batches[b], buffer, state, after)
                     counter += 1
-                state = StreamState(state.epoch, state.buffer_start + len(buffer), 0, end.copy(), state.plan)
+                state = dataclasses.replace(state, buffer_start=state.buffer_start + len(buffer), batches_done=0, at=end.copy())
                 if ended:
                     break
             if produced == 0 and state.buffer_start < self.global_batch_size:
                 raise InputError(f"the corpus holds {state.buffer_start} protein(s), fewer than one "
                                  f"{self.batch_name} ({self.global_batch_size})", path=", ".join(self.paths))
-            state = StreamState(state.epoch + 1, 0, 0, plan=state.plan)
+            state = dataclasses.replace(state, epoch=state.epoch + 1, buffer_start=0, batches_done=0, at=None)
 
     def _plan_buffer(self, buffer, state: StreamState) -> list[np.ndarray]:
         """Global batches of a buffer as arrays of buffer positions, each sorted by length; with

@@ -964,9 +964,9 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
             # A new phase continues the stream at the next buffer of the previous phase.
             if data_state.batches_done:
                 prev = phases[data_phase]
-                data_state = StreamState(data_state.epoch,
-                                         data_state.buffer_start + prev.global_batch_size * config.bucket_batches, 0,
-                                         data_state.at, data_state.plan)
+                data_state = dataclasses.replace(
+                    data_state, buffer_start=data_state.buffer_start + prev.global_batch_size * config.bucket_batches,
+                    batches_done=0)
             data_phase = phase_index
         if deadline is not None and phase_index:
             # (the steps measured were the previous phase's: scaled by the tokens a step takes)
