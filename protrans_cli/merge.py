@@ -169,6 +169,8 @@ def _merge_advice(message: str) -> str:
 
 
 def _check_paths(paths: list[Path], output: Path) -> None:
+    from protrans_cli.io.files import missing_file
+
     seen: dict[Path, Path] = {}
     targets = {output.resolve(), partial_path(output).resolve()}
     for path in paths:
@@ -178,7 +180,7 @@ def _check_paths(paths: list[Path], output: Path) -> None:
             raise UsageError("an unfinished embed run's file: finish it first (the same embed command with "
                              "--resume), then merge its output", path=str(path))
         if not path.is_file():
-            raise InputError("no such file" if not path.exists() else "not a file", path=str(path))
+            raise InputError(missing_file(path) if not path.exists() else "not a file", path=str(path))
         real = path.resolve()
         if real in targets:
             raise UsageError("is also the output: merge into a new file", path=str(path))

@@ -183,11 +183,25 @@ def test_a_symlink_loop_as_input_is_said_to_be_one(run_cli, tmp_path):
     result = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "-o", tmp_path / "e.h5")
     assert result.exit_code == 1 and result.stderr == f"protrans: error: {tmp_path / 'a.fa'}: {loop}\n", result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fa", "b.fa"]
-    # (a missing file is still no such file; a link to one too)
-    (tmp_path / "gone.fa").symlink_to(tmp_path / "nowhere.fa")
-    for missing in ("nope.fa", "gone.fa"):
-        result = run_cli("prep", tmp_path / missing, "-o", tmp_path / "c.txt")
-        assert result.stderr == f"protrans: error: {tmp_path / missing}: no such file\n", result.stderr
+    # (a missing file is still no such file)
+    result = run_cli("prep", tmp_path / "nope.fa", "-o", tmp_path / "c.txt")
+    assert result.stderr == f"protrans: error: {tmp_path / 'nope.fa'}: no such file\n", result.stderr
+
+
+def test_a_link_to_a_missing_file_says_where_it_points(run_cli, tmp_path):
+    """A symbolic link whose target is gone (a data folder moved or unmounted) was "no such file"
+    of a name `ls` lists; every command that reads the input now says where the link points."""
+    (tmp_path / "in.fa").symlink_to("/gone/uniref50.fa")
+    (tmp_path / "in.h5").symlink_to("/gone/proteome.h5")
+    said = "a symbolic link to /gone/{}, which does not exist"
+    for command, name in ((["prep", "-o", tmp_path / "c.txt"], "uniref50.fa"),
+                          (["embed", "-m", "onehot", "-o", tmp_path / "e.h5"], "uniref50.fa"),
+                          (["info"], "proteome.h5"), (["merge", "-o", tmp_path / "m.h5"], "proteome.h5")):
+        given = tmp_path / ("in.fa" if name.endswith(".fa") else "in.h5")
+        result = run_cli(command[0], given, *command[1:])
+        assert result.exit_code == 1, (command, result.stderr)
+        assert result.stderr == f"protrans: error: {given}: {said.format(name)}\n", (command, result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa", "in.h5"]
 
 
 def test_missing_output_directory_is_a_usage_error(run_cli, tmp_path):

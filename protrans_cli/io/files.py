@@ -494,13 +494,25 @@ def open_members(path, start: tuple[int, int] | None = None) -> Iterator[tuple[B
 SYMLINK_LOOP = "a symbolic link loop (too many levels of symbolic links)"
 
 
+def missing_file(path) -> str:
+    """What to say of an input that is not there: "no such file", or, for a symbolic link whose
+    target is gone (a data folder moved or unmounted), where the link points."""
+    try:
+        target = os.readlink(path)
+    except (OSError, ValueError, TypeError):
+        return "no such file"
+    return f"a symbolic link to {target}, which does not exist"
+
+
 def unreachable_input(path) -> str | None:
     """Why the input `path` cannot be reached, or None where it can: "no such file", or what
     `os.path.exists` also took for a missing file: a symbolic link loop (ELOOP), a folder on the
     way that may not be entered (EACCES), a name too long..."""
     try:
         os.stat(path)
-    except (FileNotFoundError, ValueError):  # (ValueError: a NUL in the name)
+    except FileNotFoundError:
+        return missing_file(path)
+    except ValueError:  # (a NUL in the name)
         return "no such file"
     except PermissionError:
         return "permission denied"
@@ -521,7 +533,7 @@ def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
         try:
             raw = open(path, "rb", buffering=1 << 20)
         except FileNotFoundError:
-            raise InputError("no such file", path=name) from None
+            raise InputError(missing_file(path), path=name) from None
         except IsADirectoryError:
             raise InputError("is a directory, expected a file", path=name) from None
         except PermissionError:

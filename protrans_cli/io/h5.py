@@ -46,7 +46,7 @@ import numpy as np
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
 from protrans_cli.io import disk
 from protrans_cli.io.fasta import header_id
-from protrans_cli.io.files import output_directory, utf8_text
+from protrans_cli.io.files import missing_file, output_directory, utf8_text
 from protrans_cli.residues import THREE_DI_PREFIX
 
 PER_RESIDUE = "per_residue"
@@ -220,7 +220,7 @@ class EmbeddingsReader:
         try:
             self.file = h5_file(self.path, "r")
         except FileNotFoundError:
-            raise InputError("no such file", path=self.path) from None
+            raise InputError(missing_file(self.path), path=self.path) from None
         except BlockingIOError:  # a writer holds HDF5's lock on it (see h5_file): not a damaged file
             ours = self.path.endswith(".partial")
             raise InputError("another process has it open for writing (HDF5's file lock)" +
