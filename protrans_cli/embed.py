@@ -1129,7 +1129,7 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
     --max-length policy, the NaN checks, identical sequences computed once), so the arrays are
     the ones `protrans embed` writes. A protein that could not be embedded is left out of the
     dict (None in the list), with a warning naming it. Warnings name a dict's proteins by id, a
-    list's by position from 0 (`item 0`, the index of its array in the list returned).
+    list's by position from 0 (`item 0`, the index of its array in the list returned); errors too.
     """
     import tempfile
     from collections.abc import Mapping
@@ -1148,7 +1148,8 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
         if not isinstance(ident, str) or not ident or any(c.isspace() for c in ident):
             raise UsageError(f"protein id {ident!r}: ids are non-empty strings without whitespace")
         if not isinstance(seq, str) or ">" in seq:
-            raise UsageError(f"protein {ident!r}: a sequence is a string of residues, got {seq!r:.60}")
+            whose = f"item {ident}" if as_list else f"protein {ident!r}"
+            raise UsageError(f"{whose}: a sequence is a string of residues, got {seq!r:.60}")
     if not pairs:
         return [] if as_list else {}
     options = options or EmbedOptions()
@@ -1174,6 +1175,9 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
             if exc.path is None or (exc.path != _GIVEN and Path(tmp) not in Path(exc.path).parents):
                 raise
             # the temporary FASTA's path and line mean nothing to the caller: the record says it
+            # (a list's by its position, as the warnings do: "record '1'" read as an id never given)
+            if as_list and exc.record is not None:
+                raise type(exc)(f"item {exc.record}: {exc.message}") from None
             raise type(exc)(exc.message, record=exc.record) from None
         with EmbeddingsReader(output) as reader:
             arrays = {ident: reader.get(ident, kind) for ident, _ in pairs if ident not in summary.failed}

@@ -2393,6 +2393,22 @@ def test_embed_sequences_says_why_a_protein_is_left_out(capsys):
     assert "left out: item 1 (skipped: 8 residues > --max-length 5)" in capsys.readouterr().err
 
 
+def test_embed_sequences_errors_name_a_lists_protein_by_its_position():
+    """An error of a list's protein said `record '1'`, an id the caller never gave; it says
+    `item 1`, as the warnings do (a dict's proteins keep their ids)."""
+    from protrans_cli.embed import embed_sequences
+    from protrans_cli.errors import InputError, UsageError
+
+    opts = EmbedOptions(model="onehot", threads=1)
+    with pytest.raises(InputError) as caught:
+        embed_sequences(["MKV", "MK1V"], opts, kind="per_protein")
+    assert str(caught.value).startswith("item 1: invalid character '1' at residue 3"), str(caught.value)
+    with pytest.raises(UsageError, match=r"^item 2: a sequence is a string of residues, got 3$"):
+        embed_sequences(["MKV", "MKT", 3], opts, kind="per_protein")
+    with pytest.raises(InputError, match=r"^record 'b': empty sequence"):
+        embed_sequences({"a": "MKV", "b": ""}, opts, kind="per_protein")
+
+
 def test_resume_of_a_finished_file_whose_only_absentees_were_skipped_leaves_it_as_it_is(tmp_path):
     # a protein the length policy skipped was counted as left to do: the finished file was made
     # partial, rewritten and given a second run record
