@@ -576,6 +576,40 @@ def test_output_flags_after_the_command_name(run_cli, tmp_path):
     with pytest.raises(InputError, match="no such file"):  # --debug: the exception itself, for its traceback
         run_cli("prep", tmp_path / "none.fa", "--debug")
     assert run_cli("prep", tmp_path / "none.fa").stderr.strip().startswith("protrans: error:")  # reset per call
+    # -v after the command name counts as the group's: -vv is --debug (the help's "same as --debug")
+    verbose = run_cli("prep", tmp_path / "none.fa", "-v")
+    assert verbose.exit_code == 1 and verbose.stderr.strip().startswith("protrans: error:"), verbose.stderr
+    with pytest.raises(InputError, match="no such file"):
+        run_cli("prep", tmp_path / "none.fa", "-vv")
+
+
+def test_main_called_from_a_thread_leaves_signals_alone_and_runs(tmp_path, capsys):
+    """An application that runs protrans.cli.main in a worker thread: signal handlers can only
+    be set in the main thread (ValueError), so main installs none there and runs the command."""
+    import signal
+    import threading
+
+    from protrans_cli.cli import main
+
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMKV\n")
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    codes = []
+
+    def call():
+        try:
+            main(["prep", str(fasta), "-o", str(tmp_path / "c.txt"), "-q"])
+        except SystemExit as exc:
+            codes.append(exc.code)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            codes.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(60)
+    assert codes in ([0], [None]), codes
+    assert (tmp_path / "c.txt").read_text().startswith("M K V")
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_env_names_apples_gpu_where_embed_fit_and_predict_would_use_it(run_cli, monkeypatch):
