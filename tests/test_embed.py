@@ -3172,6 +3172,45 @@ def test_compression_of_a_file_without_per_residue_arrays_is_said_to_be_ignored(
             assert all(d.compression == "gzip" for d in f["per_residue"].values())
 
 
+def test_lzf_compression_compresses_per_residue_arrays_and_reads_back_the_same(run_cli, tmp_path):
+    """--compression lzf (gzip's level is set, lzf takes none): per-residue arrays stored with
+    lzf, their values those of an uncompressed run; per-protein vectors stay uncompressed."""
+    import h5py
+
+    plain, packed = tmp_path / "plain.h5", tmp_path / "lzf.h5"
+    for out, extra in ((plain, []), (packed, ["--compression", "lzf"])):
+        result = run_cli("embed", SMALL, "-m", "onehot", *extra, "-o", out)
+        assert result.exit_code == 0, result.stderr
+    with h5py.File(plain) as a, h5py.File(packed) as b:
+        assert sorted(b["per_residue"]) == sorted(a["per_residue"]) and len(b["per_residue"]) > 0
+        for key in a["per_residue"]:
+            assert b["per_residue"][key].compression == "lzf"
+            assert np.array_equal(b["per_residue"][key][()], a["per_residue"][key][()])
+        assert all(d.compression is None for d in b["per_protein"].values())
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--dtype", "float16"], "the onehot embedder runs on the CPU in float32: --device/--dtype ignored"),
+    (["--device", "cuda"], "the onehot embedder runs on the CPU in float32: --device/--dtype ignored"),
+    (["--long-policy", "truncate"], "--long-policy truncate has no effect: no --max-length, and the model takes "
+                                    "proteins of any length"),
+])
+def test_an_option_onehot_cannot_use_is_said_to_be_ignored(run_cli, tmp_path, args, said):
+    """The weight-free onehot embedder has no device, dtype or length limit: these options
+    change nothing, and the run says so (it still writes the same float32 file)."""
+    import h5py
+
+    out = tmp_path / "o.h5"
+    result = run_cli("embed", SMALL, "-m", "onehot", *args, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert f"protrans: warning: {said}" in result.stderr, result.stderr
+    with h5py.File(out) as f:
+        assert {d.dtype for d in f["per_residue"].values()} == {np.dtype("float32")}
+    quiet = run_cli("embed", SMALL, "-m", "onehot", "--long-policy", "truncate", "--max-length", "5",
+                    "-o", tmp_path / "t.h5")
+    assert quiet.exit_code == 0 and "has no effect" not in quiet.stderr, quiet.stderr
+
+
 def test_compression_none_of_a_library_caller_is_no_compression_to_ignore(capsys):
     """EmbedOptions(compression="none") is no compression (the writer takes "none" as the CLI's
     default): a per-protein run warned "--compression none ignored"."""
