@@ -128,10 +128,34 @@ def test_train_leaves_transformers_progress_bars_as_the_caller_had_them(tmp_path
     (dict(threads=-2), "--threads must be at least 1, got -2"),  # a RuntimeError from torch
     (dict(chunk_overlap=-1), "--chunk-overlap -1 must be at least 0"),  # accepted without chunking
     (dict(chunk_overlap=-1, long_policy="truncate", max_length=2), "--chunk-overlap -1 must be at least 0"),
+    # the CLI's choices keep these out; a Python caller's typo is one line naming the choices
+    (dict(max_batch_size=0), "--max-tokens and --max-batch-size must be at least 1"),
+    (dict(max_tokens=0), "--max-tokens and --max-batch-size must be at least 1"),
+    (dict(long_policy="cut"), "--long-policy must be one of error, skip, truncate, chunk"),
+    (dict(invalid_policy="drop"), "--invalid-policy must be one of error, skip"),
+    (dict(max_length=0), "--max-length must be at least 1"),
+    (dict(pooling="max"), "--pooling must be one of"),
+    (dict(layers=()), "--layer needs at least one index"),
+    (dict(dtype="int8"), "--dtype must be one of"),
 ])
 def test_embed_options_a_python_caller_can_get_wrong_are_usage_errors(options, message):
     with pytest.raises(UsageError, match=message):
         embed_sequences(["MKT"], EmbedOptions(model="onehot", **options), kind="per_protein")
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(layout="table"), "layout must be one of grouped, flat, stacked, got 'table'"),
+    (dict(per_residue=False, per_protein=False), "nothing to write: ask for --per-residue and/or --per-protein"),
+    (dict(layout="stacked"), "the stacked layout holds per-protein vectors only"),  # per-residue on by default
+])
+def test_embed_options_of_a_file_a_python_caller_can_get_wrong_are_refused_before_any_output(tmp_path, options,
+                                                                                             message):
+    from protrans_cli.embed import embed
+
+    out = tmp_path / "o.h5"
+    with pytest.raises(UsageError, match=message):
+        embed(DATA / "embed" / "small.fa", out, EmbedOptions(model="onehot", **options))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_stdout_outputs_work_where_stdout_takes_text_only(loc_data, tmp_path):
