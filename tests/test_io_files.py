@@ -91,6 +91,27 @@ def test_atomic_file_commit_abort_and_compression(tmp_path):
         AtomicFile(tmp_path / "a.txt.gz" / "x.txt")
 
 
+@pytest.mark.parametrize("suffix,magic", [(".gz", b"\x1f\x8b"), (".bz2", b"BZh"), (".xz", b"\xfd7zXZ\x00"),
+                                          (".zst", b"\x28\xb5\x2f\xfd"), (".ZSTD", b"\x28\xb5\x2f\xfd")])
+def test_an_output_is_compressed_as_its_suffix_says_and_reads_back(tmp_path, suffix, magic):
+    """`-o out.fa.xz` (and .gz, .bz2, .zst): the file is in that format, whole, both as one stream
+    (atomic_output) and as blocks compressed apart and concatenated (compress_bytes: prep's
+    workers), an empty block included."""
+    from protrans_cli.io.files import compress_bytes, compression_for_output
+
+    path = tmp_path / f"out.fa{suffix}"
+    with atomic_output(path) as out:
+        out.write(TEXT * 1000)
+    assert path.read_bytes().startswith(magic)
+    with open_input(path) as stream:
+        assert stream.read() == TEXT * 1000
+    kind = compression_for_output(path)
+    blocks = tmp_path / f"blocks.fa{suffix}"
+    blocks.write_bytes(b"".join(compress_bytes(b, kind) for b in (TEXT, b"", TEXT * 3)))
+    with open_input(blocks) as stream:
+        assert stream.read() == TEXT * 4
+
+
 def test_read_fasta_edge_cases(tmp_path):
     path = tmp_path / "edge.fa"
     # (spaces, tabs, vertical tabs and form feeds inside sequence lines, CR line ends: none of
