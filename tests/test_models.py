@@ -247,10 +247,28 @@ def test_local_path_errors(tmp_path):
         load_model("")
     with pytest.raises(ModelError, match=r"^foo bar: not a model directory, a short name .* or a valid hub id"):
         load_model("foo bar")
+    with pytest.raises(ModelError, match=r"unknown dtype 'int8' \(use float32, bfloat16 or float16\)"):
+        load_model("onehot-does-not-matter", dtype="int8")
     # the install hint only where the package is missing (transformers names it in other errors too)
     pytest.importorskip("sentencepiece")
     pytest.importorskip("google.protobuf")
     assert not _names_missing_sentencepiece("Couldn't instantiate the backend tokenizer (sentencepiece ...)")
+
+
+def test_a_weights_file_given_as_the_model_is_named_not_looked_up_on_the_hub(run_cli, tmp_path):
+    """`embed -m model/model.safetensors` (the weights file, not its directory): one line saying
+    what a model is, before any output; the hub is never asked for a repository of that name."""
+    pytest.importorskip("protrans_cli.cli.embed")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\0" * 16)
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    result = run_cli("embed", fasta, "-m", weights, "-o", tmp_path / "x.h5")
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.startswith(f"protrans: error: {weights}: not a directory; a model is a directory with "
+                                    "config.json, a hub id or a short name (prot_t5_xl_half, "), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "x.fa"]
 
 
 # Published sizes (papers / model cards) of the part embed loads, and of the whole model.
