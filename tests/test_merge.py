@@ -170,6 +170,15 @@ def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
     assert r.exit_code == 0 and "merge: 1 protein from 1 file(s) into" in r.stderr
     with pytest.raises(UsageError, match="at least one"):
         merge([], tmp_path / "z.h5")
+    # a merge (or embed) killed into this output left its partial file: kept unless --force
+    partial_path(tmp_path / "p.h5").write_bytes(b"a killed run's")
+    r = run_cli("merge", a, "-o", tmp_path / "p.h5")
+    assert r.exit_code == 2 and r.stderr == (f"protrans: error: {tmp_path / 'p.h5'}: p.h5.partial exists (a run into "
+                                             "this output that did not finish): give --force to replace it\n")
+    assert partial_path(tmp_path / "p.h5").read_bytes() == b"a killed run's" and not (tmp_path / "p.h5").exists()
+    r = run_cli("merge", a, "-o", tmp_path / "p.h5", "--force")
+    assert r.exit_code == 0 and not partial_path(tmp_path / "p.h5").exists(), r.stderr
+    assert EmbeddingsReader(tmp_path / "p.h5").keys() == ["P1"]
 
 
 def test_the_failures_of_the_parts_are_the_merged_files(tmp_path):
