@@ -430,6 +430,27 @@ def test_a_group_among_a_grouped_files_proteins_is_not_a_protein(tmp_path):
         np.testing.assert_allclose(x, [arrays["A"].mean(0), arrays["B"].mean(0)], rtol=1e-6)
 
 
+def test_matrix_of_vectors_another_writer_changed_reads_them_one_by_one(tmp_path):
+    """matrix() of embed's own file reads every vector into one array at once; a vector another
+    writer replaced (float16, or of another length) is read through items(): float16 rows come
+    out as the others' dtype, rows of another length are one InputError naming two proteins."""
+    arrays = _write(tmp_path / "g.h5", ["A", "B", "C"], kinds=(PER_PROTEIN,))
+    with h5py.File(tmp_path / "g.h5", "a") as f:
+        attrs = dict(f["per_protein/B"].attrs)
+        del f["per_protein/B"]
+        f.create_dataset("per_protein/B", data=arrays["B"].mean(0).astype(np.float16)).attrs.update(attrs)
+    with EmbeddingsReader(tmp_path / "g.h5") as r:
+        ids, x = r.matrix()
+    assert ids == ["A", "B", "C"] and x.dtype == np.float32
+    np.testing.assert_allclose(x, [arrays[i].mean(0) for i in ids], atol=1e-2)
+    with h5py.File(tmp_path / "g.h5", "a") as f:
+        del f["per_protein/C"]
+        f.create_dataset("per_protein/C", data=np.zeros(5, np.float32)).attrs.update(attrs | {"id": "C"})
+    with EmbeddingsReader(tmp_path / "g.h5") as r, pytest.raises(
+            InputError, match=r"g.h5: per-protein vectors of different shapes: 'A' has \(4,\), 'C' \(5,\)"):
+        r.matrix()
+
+
 def test_an_empty_file_and_an_esm_extract_file_are_one_line_saying_what_they_are(tmp_path):
     # An empty file read as "holds no per_residue embeddings" for a per-protein head (the kind was a guess).
     h5py.File(tmp_path / "empty.h5", "w").close()

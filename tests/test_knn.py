@@ -170,6 +170,23 @@ def test_refusals(tmp_path, run_cli):
         nearest(tmp_path / "q.h5", tmp_path / "r5.h5")
 
 
+def test_a_reference_of_vectors_of_two_lengths_is_one_line_naming_them(tmp_path, run_cli):
+    """Another tool's flat file holding vectors of two models (1024-d and 1280-d, put in one file
+    by hand): knn stacked them and failed with numpy's ValueError traceback ("all input arrays
+    must have the same shape")."""
+    import h5py
+
+    _write(tmp_path / "q.h5", np.eye(4))
+    with h5py.File(tmp_path / "mixed.h5", "w") as f:
+        f["a"] = np.ones(4, np.float32)
+        f["b"] = np.ones(5, np.float32)
+        f["c"] = np.ones(4, np.float32)
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "mixed.h5")
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {tmp_path / 'mixed.h5'}: per-protein vectors of "
+                                             "different shapes: 'a' has (4,), 'b' (5,) (a file holds the vectors of "
+                                             "one model and layer)\n"), r.stderr
+
+
 def test_a_layer_of_several(tmp_path):
     from protrans_cli.knn import nearest
 

@@ -458,6 +458,12 @@ class EmbeddingsReader:
 
             shape, dtype = row_from_attributes(self.file.attrs)
             return [], np.empty((0, *shape), dtype=dtype)
+        shape = rows[order[0]].shape
+        odd = next((i for i in order if rows[i].shape != shape), None)
+        if odd is not None:  # (another tool's file, or two files' vectors put in one: a ValueError traceback)
+            raise InputError(f"per-protein vectors of different shapes: {ids[order[0]]!r} has {shape}, "
+                             f"{ids[odd]!r} {rows[odd].shape} (a file holds the vectors of one model and layer)",
+                             path=self.path)
         return [ids[i] for i in order], np.stack([rows[i] for i in order])
 
     def _own_matrix(self, kind: str):
