@@ -92,9 +92,20 @@ def test_flat_layout_is_what_prottrans_tools_read(tmp_path):
         np.testing.assert_allclose(r.get("x", PER_PROTEIN), arrays["x"].mean(0), atol=1e-3)
 
 
-def test_flat_layout_refuses_two_kinds(tmp_path):
-    with pytest.raises(UsageError):
-        EmbeddingsWriter(tmp_path / "f.h5", kinds=(PER_RESIDUE, PER_PROTEIN), layout="flat")
+@pytest.mark.parametrize("kw,message", [
+    (dict(kinds=(PER_RESIDUE, PER_PROTEIN), layout="flat"), "the flat layout holds one kind only"),
+    (dict(kinds=("per_token",)), r"kinds must be a non-empty subset of \('per_residue', 'per_protein'\)"),
+    (dict(kinds=()), "kinds must be a non-empty subset"),
+    (dict(kinds=("contacts",), layout="flat"), "contact maps are written in the grouped layout only"),
+    (dict(layout="table"), r"layout must be one of \('grouped', 'flat', 'stacked'\), got 'table'"),
+    (dict(layout="stacked"), "the stacked layout holds per-protein vectors only"),
+    (dict(storage_dtype="int8"), r"storage dtype must be one of \('float32', 'float16'\), got 'int8'"),
+    (dict(compression="zstd"), r"compression must be one of \('none', 'gzip', 'lzf'\), got 'zstd'"),
+])
+def test_writer_arguments_a_caller_gets_wrong_are_refused_before_any_file(tmp_path, kw, message):
+    with pytest.raises(UsageError, match=message):
+        EmbeddingsWriter(tmp_path / "f.h5", **kw)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_compression_keeps_values(tmp_path):
@@ -460,6 +471,30 @@ def test_an_empty_file_and_an_esm_extract_file_are_one_line_saying_what_they_are
     with pytest.raises(InputError, match="esm-extract's .pt files are not read here: convert them with "
                        "protrans import-esm DIR -o OUT.h5, or embed the FASTA with protrans embed"):
         EmbeddingsReader(tmp_path / "P1.pt")
+
+
+def test_stdin_and_a_pipe_are_refused_as_what_they_are_not_read_or_waited_on(tmp_path):
+    """An HDF5 file is read in place: `-` was "no such file", and `<(cat e.h5)` (a pipe) HDF5's
+    "file read failed"."""
+    with pytest.raises(InputError, match=r"^<stdin>: an HDF5 file is read in place: give a regular file, not stdin "
+                       "or a pipe$"):
+        EmbeddingsReader("-")
+    os.mkfifo(tmp_path / "pipe.h5")
+    with pytest.raises(InputError, match="pipe.h5: an HDF5 file is read in place"):
+        EmbeddingsReader(tmp_path / "pipe.h5")
+
+
+def test_text_attributes_of_another_encoding_are_read_not_a_unicode_error(tmp_path):
+    """Another tool's byte-string attributes in Latin-1 (a model named "Modèle"): opening the file
+    was a UnicodeDecodeError traceback. UTF-8 is read as UTF-8, anything else as Latin-1."""
+    with h5py.File(tmp_path / "l.h5", "w") as f:
+        f.attrs["model"] = np.bytes_("Modèle".encode("latin-1"))
+        f.attrs["note"] = np.bytes_("naïve".encode("utf-8"))
+        f.create_dataset("P1", data=np.ones(4, np.float32)).attrs["source"] = np.bytes_("café".encode("latin-1"))
+    with EmbeddingsReader(tmp_path / "l.h5") as r:
+        assert r.attrs["model"] == "Modèle" and r.attrs["note"] == "naïve"
+        [(ident, vector, attrs)] = list(r.items())
+    assert ident == "P1" and vector.shape == (4,) and attrs["source"] == "café"
 
 
 def test_a_file_another_process_writes_is_said_to_be_in_use_not_unreadable(tmp_path):
