@@ -438,6 +438,25 @@ def test_every_part_checks_every_record_as_one_run_does(tmp_path):
             _embed(fasta, tmp_path / f"p{k}.h5", part=f"{k}/2")
 
 
+def test_a_record_skipped_as_invalid_is_recorded_by_one_part_only(tmp_path):
+    """--invalid-policy skip with --part: each skipped record is listed failed by exactly one
+    part (the one its id falls in), so that the merged parts' failures are one run's."""
+    fasta = tmp_path / "a.fa"
+    bad = [f"bad{i}" for i in range(6)]
+    fasta.write_text(f">a\n{_seq_in_part(1, 2, 'a')}\n>b\n{_seq_in_part(2, 2, 'b')}\n"
+                     + "".join(f">{ident}\nMK1V\n" for ident in bad))
+    whole = _embed(fasta, tmp_path / "whole.h5", invalid_policy="skip")
+    parts = [_embed(fasta, tmp_path / f"p{k}.h5", part=f"{k}/2", invalid_policy="skip") for k in (1, 2)]
+    failed = []
+    for path in parts:
+        with EmbeddingsReader(path) as reader:
+            failed.append(set(reader.failed()))
+    assert failed[0] | failed[1] == set(bad) and not failed[0] & failed[1] and all(failed), failed
+    merge(parts, tmp_path / "merged.h5")
+    with EmbeddingsReader(tmp_path / "merged.h5") as merged, EmbeddingsReader(whole) as one:
+        assert merged.failed() == one.failed() and sorted(merged.ids()) == ["a", "b"]
+
+
 @pytest.mark.parametrize("layout", ["grouped", "stacked"])
 def test_a_part_with_no_record_writes_an_empty_file_that_merge_takes(tmp_path, run_cli, layout):
     """More parts than records (a job array of 100 over a small FASTA): a part with no record is
