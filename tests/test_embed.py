@@ -2369,6 +2369,14 @@ def test_embed_sequences_odd_inputs_and_torchrun_environment(tmp_path, monkeypat
     opts = EmbedOptions(model="onehot", threads=1)
     with pytest.raises(UsageError, match="put one sequence in a list"):
         embed_sequences("MKTAY", opts, kind="per_protein")
+    for given, said in (({"a b": "MKT"}, "protein id 'a b': ids are non-empty strings without whitespace"),
+                        ({"": "MKT"}, "protein id '': ids are non-empty strings"),
+                        ([b"MKT"], "protein '0': a sequence is a string of residues, got b'MKT'"),
+                        ({"a": ">a\nMKT"}, "protein 'a': a sequence is a string of residues, got '>a\\nMKT'")):
+        with pytest.raises(UsageError, match=re.escape(said)):
+            embed_sequences(given, opts, kind="per_protein")
+    with pytest.raises(UsageError, match="kind must be 'per_residue' or 'per_protein', not 'mean'"):
+        embed_sequences(["MKT"], opts, kind="mean")
     with pytest.raises(InputError) as caught:
         embed_sequences({"good": "MKT", "bad": "M*KT"}, opts, kind="per_residue")
     assert str(caught.value) == "record 'bad': internal stop '*' at residue 2 (--invalid-policy skip leaves such " \

@@ -1646,6 +1646,26 @@ def test_pooling_cls_is_the_cls_tokens_hidden_state_in_any_batching(run_cli, tmp
     assert r.exit_code == 2 and "pooling" in r.stderr
 
 
+def test_an_embedder_given_must_pool_as_the_options_say(tmp_path, tiny_models):
+    """An embedder built for --pooling cls, given to embed with options of mean pooling (or the
+    reverse), wrote its vectors under the other pooling's name: refused before any output, and
+    per-residue arrays alone (no pooling) are written by either."""
+    from protrans_cli.embed import EmbedOptions, build_embedder, embed
+    from protrans_cli.errors import UsageError
+
+    model = str(tiny_models["bert"])
+    cls = build_embedder(EmbedOptions(model=model, device="cpu", pooling="cls"))
+    mean = build_embedder(EmbedOptions(model=model, device="cpu"))
+    for options, embedder, pools in ((EmbedOptions(model=model, device="cpu"), cls, "cls"),
+                                     (EmbedOptions(model=model, device="cpu", pooling="cls"), mean, "mean")):
+        with pytest.raises(UsageError, match=f"options.pooling is '{options.pooling}' but the embedder given pools by "
+                                             f"'{pools}': build it with these options"):
+            embed(SMALL, tmp_path / "x.h5", options, embedder=embedder)
+        assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.partial").exists()
+    embed(SMALL, tmp_path / "r.h5", EmbedOptions(model=model, device="cpu", per_protein=False), embedder=cls)
+    assert len(_read(tmp_path / "r.h5")) == len(list(read_fasta(SMALL)))
+
+
 def test_pooling_cls_of_esm_is_warned_about_once(run_cli, tmp_path, tiny_models):
     """ESM's <cls> was never trained as a summary (masked-LM alone): --pooling cls wrote its hidden
     state without a word. One line, once; a BERT's [CLS] (sentence-level objectives train it in some
