@@ -185,6 +185,13 @@ def test_invalid_policy_skip_records_bad_sequences_and_embeds_the_rest(tmp_path,
     (tmp_path / "dup.fa").write_text(bad + ">bad\nMKV\n")
     result = run_cli("embed", tmp_path / "dup.fa", "-m", "onehot", "--invalid-policy", "skip", "-o", tmp_path / "d.h5")
     assert result.exit_code == 1 and "record 'bad': duplicate id" in result.stderr
+    # a header without an id cannot be listed failed under one: an error naming its line, either way
+    (tmp_path / "noid.fa").write_text(">a\nMKV\n>  \nMKT\n")
+    for extra in ([], ["--invalid-policy", "skip"]):
+        result = run_cli("embed", tmp_path / "noid.fa", "-m", "onehot", *extra, "-o", tmp_path / "n.h5")
+        assert result.exit_code == 1 and result.stderr == f"protrans: error: {tmp_path / 'noid.fa'}:3: header has " \
+            "no id\n", result.stderr
+        assert not (tmp_path / "n.h5").exists() and not (tmp_path / "n.h5.partial").exists()
 
 
 def test_nucleotide_sequences_are_warned_about_once_and_still_embedded(tmp_path, run_cli):
