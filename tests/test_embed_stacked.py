@@ -589,7 +589,9 @@ def _replace(f, name, data, **kw):
                         dtype=h5py.string_dtype()), "not (N, D) or (N, n_layers, D) numbers"),
     (lambda f: f.__delitem__("ids"), "without its ids column"),
     (lambda f: (f.__delitem__("headers"), f.create_group("headers")), "without its headers column"),
-], ids=["int ids", "int checksums", "float lengths", "ids not utf-8", "1-d", "4-d", "text", "no ids", "a group"])
+    (lambda f: _replace(f, "lengths", f["lengths"][()][:-1]), "columns are not one per row of per_protein: damaged"),
+], ids=["int ids", "int checksums", "float lengths", "ids not utf-8", "1-d", "4-d", "text", "no ids", "a group",
+        "a row short"])
 def test_a_damaged_stacked_file_is_one_error_line(tmp_path, run_cli, damage, message):
     # another tool's or a damaged stacked file: a traceback where a column was first read (or a
     # flat file of one protein "per_protein", where the ids were lost), or taken as it came
