@@ -1126,6 +1126,20 @@ def test_packing_is_refused_for_families_it_would_change(run_cli, tmp_path, tiny
     assert not out.exists()
 
 
+def test_packing_with_cls_pooling_is_refused_before_any_output(run_cli, tmp_path, tiny_models):
+    """--pooling cls finds each protein's cls token in a padded batch: asked for together with
+    --packing (a family that packs otherwise), one usage error naming both, nothing written; the
+    default (--packing unset) pools by cls without packing."""
+    model = tiny_models[PACKABLE[0]]
+    out = tmp_path / "p.h5"
+    result = run_cli("embed", SMALL, "-m", model, "-o", out, "--device", "cpu", "--packing", "--pooling", "cls")
+    assert result.exit_code == 2 and result.stderr == ("protrans: error: --pooling cls reads each protein's cls token "
+                                                       "from padded batches: no --packing\n"), result.stderr
+    assert not out.exists() and not (tmp_path / "p.h5.partial").exists()
+    result = run_cli("embed", SMALL, "-m", model, "-o", out, "--device", "cpu", "--pooling", "cls")
+    assert result.exit_code == 0, result.stderr
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("family_name", PACKABLE)
 def test_packed_embedding_on_the_gpu_matches_the_fp32_reference(run_cli, tmp_path, tiny_models, family_name):
