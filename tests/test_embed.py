@@ -389,6 +389,39 @@ def test_a_cleanly_stopped_run_resumes_from_its_ledger_without_reading_its_prote
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.h5", "g.fa", "out.h5"]  # no ledger left
 
 
+@pytest.mark.parametrize("fork", ["absent", "refused"])
+def test_resume_reads_the_file_in_this_process_where_no_child_can_be_forked(tmp_path, monkeypatch, fork):
+    """--resume reads a partial file in a forked child (HDF5 may crash on a killed run's file);
+    where there is no fork (Windows), or the fork is refused (no memory for a copy of a process
+    holding a model, under strict overcommit), it reads it here: the same proteins kept, the
+    same refusal of other settings, the same finished file."""
+    import errno
+
+    from protrans_cli.io.h5 import ledger_path
+
+    fasta = generated_fasta(tmp_path / "g.fa", 30, repeat_every=0)
+    full = file_content(_run(tmp_path / "full.h5", fasta=fasta, max_batch_size=4, per_protein=True))
+    out = tmp_path / "out.h5"
+    _interrupt(out, fasta, monkeypatch, 3, max_batch_size=4, per_protein=True)
+    ledger_path(partial_path(out)).unlink()  # as after a kill: the file itself is read
+    done = len(read_all(partial_path(out)))
+    if fork == "absent":
+        monkeypatch.delattr(os, "fork")
+    else:
+        def refused():
+            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+        monkeypatch.setattr(os, "fork", refused)
+    with pytest.raises(UsageError, match="cannot resume: the file was written with storage_dtype='float32', this "
+                                         "run uses storage_dtype='float16'"):
+        embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, per_protein=True, resume=True,
+                                       storage_dtype="float16"))
+    summary = embed(fasta, out, EmbedOptions(model="onehot", max_batch_size=4, per_protein=True, resume=True))
+    assert 0 < summary.num_resumed == done < 30 and summary.num_embedded + done == 30
+    assert_same_content(file_content(out), full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.h5", "g.fa", "out.h5"]  # no child's folder left
+
+
 def test_a_resume_from_a_sealed_ledger_refuses_an_id_whose_sequence_changed(tmp_path, monkeypatch):
     """The ledger keeps each protein's sequence checksum, so a resume that trusts it (the file's
     proteins not read back) still refuses an id whose sequence changed since, as one that reads
