@@ -2106,6 +2106,34 @@ def test_a_plain_resume_merges_the_shards_of_an_interrupted_torchrun_run(tmp_pat
         assert len(json.loads(f.attrs["runs"])) == 2
 
 
+def test_the_shards_of_an_interrupted_torchrun_run_are_kept_unless_force_replaces_them(tmp_path):
+    """A rank's shard left by an interrupted torchrun run is that run's work: a plain rerun is
+    refused naming it (the shard kept as it was); --force embeds everything afresh and removes
+    the shard and its ledger, which a later --resume would otherwise have merged into the file."""
+    from protrans_cli.io.fasta import write_fasta
+    from protrans_cli.io.h5 import ledger_path
+
+    full = _run(tmp_path / "full.h5")
+    records = list(read_fasta(SMALL))
+    fasta = tmp_path / "rank0.fa"
+    with open(fasta, "wb") as fh:
+        for rec in records[:3]:
+            write_fasta(fh, rec.id, rec.sequence, rec.description)
+    shard = tmp_path / "out.h5.shard-000-of-002.partial"
+    _run(tmp_path / "r0.h5", fasta=fasta).rename(shard)
+    ledger_path(shard).write_bytes(b"a ledger")
+    before = shard.read_bytes()
+    out = tmp_path / "out.h5"
+    with pytest.raises(UsageError, match=f"{re.escape(str(shard))} holds the work of an interrupted run: --resume "
+                                         "finishes it, --force replaces it"):
+        _run(out)
+    assert shard.read_bytes() == before and not out.exists()
+    summary = embed(SMALL, out, EmbedOptions(model="onehot", force=True))
+    assert summary.num_resumed == 0 and summary.num_embedded == len(read_all(full))
+    assert not shard.exists() and not ledger_path(shard).exists()
+    assert_same_content(file_content(out), file_content(full))
+
+
 def test_shards_of_an_output_named_with_glob_characters_are_found(tmp_path):
     """An output such as `run[1].h5` (a job array's index): its interrupted torchrun run's shards
     are found by their literal name, not as a glob pattern (`[1]` matches `1`, not `[1]`), and a
