@@ -2217,6 +2217,23 @@ def test_a_library_embedder_of_the_wrong_shape_is_refused(tmp_path, shape, said)
     assert not (tmp_path / "w.h5").exists()
 
 
+def test_a_library_embedder_returning_fewer_arrays_than_sequences_is_refused(tmp_path):
+    """One array for a batch of two (zip would pair them and drop the second protein unseen):
+    refused naming the counts, nothing written."""
+    class Short:
+        name, family, revision, embedding_dim, layers = "short", "custom", None, 3, (-1,)
+        device, compute_dtype, special_tokens, max_residues = "cpu", "float32", 0, None
+
+        def embed_batch(self, sequences):
+            return [np.ones((1, len(sequences[0]), 3), dtype=np.float32)]
+
+    fasta = tmp_path / "w.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nMKTAYIAQ\n")
+    with pytest.raises(ModelError, match=r"^short: embed_batch returned 1 arrays for 2 sequences$"):
+        embed(fasta, tmp_path / "w.h5", EmbedOptions(model="short", per_protein=False), embedder=Short())
+    assert not (tmp_path / "w.h5").exists() and read_all(partial_path(tmp_path / "w.h5")) == {}  # (kept for --resume)
+
+
 def test_values_beyond_float32_are_named_by_their_size(tmp_path):
     # A library embedder's float64 1e300 read "largest magnitude inf; --storage-dtype float32
     # keeps them" with float32 storage, after two numpy overflow warnings.
