@@ -1263,6 +1263,27 @@ def test_oom_splits_batches_then_falls_back_to_cpu():
     assert not isinstance(got[0], str)
 
 
+def test_a_cpu_fallback_out_of_memory_too_leaves_the_protein_failed_with_both_reasons():
+    """The CPU has no room either (a huge protein on a small node): the reason says both, and
+    the batch's other proteins are kept; an error that is not a lack of memory stops the run."""
+    class NoRoom(OneHotEmbedder):
+        def __init__(self, error):
+            super().__init__()
+            self.error = error
+
+        def embed_batch(self, seqs, pooled=False):
+            raise self.error
+
+    tight = _FakeOOM(budget=10)
+    tight.on_cpu = lambda: NoRoom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                                               "allocate memory: you tried to allocate 10200547328 bytes"))
+    got = embed_with_retry(tight, ["K", "W" * 20], cpu_fallback=True)
+    assert got[1] == "out of memory on cuda (20 residues); out of memory on the CPU too" and not isinstance(got[0], str)
+    tight.on_cpu = lambda: NoRoom(ValueError("a bug"))
+    with pytest.raises(ValueError, match="a bug"):
+        embed_with_retry(tight, ["W" * 20], cpu_fallback=True)
+
+
 @pytest.mark.parametrize("window", [100, 1])  # the copy in the same window, or copied from the file
 def test_proteins_computed_on_the_cpu_say_so_and_their_copies_too(tmp_path, window):
     import h5py
