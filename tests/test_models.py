@@ -357,6 +357,22 @@ def test_a_config_json_that_is_not_an_object_of_settings_is_one_line(tmp_path, t
     assert len(str(caught.value).splitlines()) == 1
 
 
+@pytest.mark.parametrize("text,said", [
+    ("", "is not a valid JSON file"),
+    ('{"model_type": "bert", "hidden_size"', "is not a valid JSON file"),  # cut short
+    ('{"model_type": "bert", "hidden_size": 0}', "config.json: its hidden_size is 0, not a whole number of at least 1"),
+    ('{"model_type": "bert", "num_hidden_layers": -1}',
+     "config.json: its num_hidden_layers is -1, not a whole number of at least 1"),
+])
+def test_a_config_json_cut_short_or_of_a_size_below_one_is_one_line_naming_it(tmp_path, text, said):
+    """An empty or cut-short config.json, or a size of 0 or less (a ZeroDivisionError traceback
+    once the model was built, or "-1 layers"): one line naming the directory and what is wrong."""
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ModelError, match=f"^{tmp_path}: cannot load the model directory: ") as caught:
+        load_model(tmp_path)
+    assert said in str(caught.value) and len(str(caught.value).splitlines()) == 1
+
+
 def test_layer_selection(tmp_path):
     family = FAMILIES["bert"]
     tokenizer, config, model = _tiny(family)
