@@ -470,6 +470,21 @@ def test_embed_never_writes_into_its_model_and_damaged_weights_are_one_line(run_
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_a_model_directory_without_its_weights_is_one_line_naming_the_file(run_cli, tmp_path, tiny_models):
+    """A model directory copied without its weights (config and tokenizer alone): one line naming
+    the directory and the weights file it lacks, no traceback, nothing written."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["bert"], model)
+    (model / "model.safetensors").unlink()
+    result = run_cli("embed", SMALL, "-m", model, "-o", tmp_path / "x.h5", "--device", "cpu")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"protrans: error: {model}: cannot load the model directory: ") \
+        and "no file named model.safetensors" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_refused_pickles_and_cut_weights_are_one_line_for_embed_and_init_from(run_cli, tmp_path, tiny_models):
     """A pytorch_model.bin that weights_only=True refuses (a pickled object that is not a
     tensor) and a model.safetensors cut short gave tracebacks, the first ending in torch's advice
