@@ -2477,7 +2477,7 @@ def test_embed_sequences_odd_inputs_and_torchrun_environment(tmp_path, monkeypat
         embed_sequences("MKTAY", opts, kind="per_protein")
     for given, said in (({"a b": "MKT"}, "protein id 'a b': ids are non-empty strings without whitespace"),
                         ({"": "MKT"}, "protein id '': ids are non-empty strings"),
-                        ([b"MKT"], "protein '0': a sequence is a string of residues, got b'MKT'"),
+                        ([b"MKT"], "item 0: a sequence is a string of residues, got b'MKT'"),
                         ({"a": ">a\nMKT"}, "protein 'a': a sequence is a string of residues, got '>a\\nMKT'")):
         with pytest.raises(UsageError, match=re.escape(said)):
             embed_sequences(given, opts, kind="per_protein")
