@@ -300,6 +300,98 @@ def test_bad_tables_are_refused_before_any_model_and_leave_the_output_alone(run_
     assert r.exit_code == 2 and "output directory does not exist" in r.stderr
 
 
+def test_wild_type_and_option_mistakes_are_refused_in_one_line_before_any_model(run_cli, tmp_path):
+    """A wild type that is no protein, an --id the FASTA lacks, a missing --truth-column, a model
+    or a model name twice: each a one-line error before any model is loaded (-m names none here)."""
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    fasta = tmp_path / "wt.fa"
+    fasta.write_text(f">a\n{SEQ}\n")
+    (tmp_path / "bad.fa").write_text(">b\nMK1TAY\n")
+    (tmp_path / "empty.csv").write_text("\n\n")
+    for sub in ("x", "y"):
+        (tmp_path / sub / "esm").mkdir(parents=True)
+    nothing = tmp_path / "no_such_model"
+    cases = [
+        ((table, "--sequence", "MKTA1Y", "-m", nothing), 1, "the wild-type sequence: invalid character '1' at residue 5"),
+        ((table, "--fasta", fasta, "--id", "zz", "-m", nothing), 1, "wt.fa: holds no record 'zz'"),
+        ((table, "--fasta", tmp_path / "bad.fa", "-m", nothing), 1,
+         "bad.fa, record 'b': invalid character '1' at residue 3"),
+        ((table, "--sequence", SEQ, "--id", "a", "-m", nothing), 2, "--id picks a record of --fasta"),
+        ((table, "--sequence", SEQ, "--truth-column", "DMS", "-m", nothing), 1,
+         "v.csv: has no 'DMS' column for --truth-column (columns: mutant)"),
+        ((tmp_path / "empty.csv", "--sequence", SEQ, "-m", nothing), 1, "empty.csv: is empty"),
+        ((table, "--sequence", SEQ, "-m", nothing, "-m", nothing), 2, "a model or a scoring is given twice"),
+        ((table, "--sequence", SEQ, "-m", tmp_path / "x" / "esm", "-m", tmp_path / "y" / "esm"), 2,
+         "two -m models have the same name"),
+        ((table, "--sequence", SEQ, "-m", nothing, "-m", tmp_path / "x" / "esm", "--revision", "main"), 2,
+         "--revision applies to one model"),
+        (("--all-singles", "--sequence", SEQ, "-m", nothing, "--truth-column", "DMS"), 2,
+         "--all-singles has none"),
+        ((table, "--sequence", SEQ, "-m", nothing, "--device", "gpu"), 2, "--device gpu: use auto, cpu, cuda"),
+    ]
+    for args, code, message in cases:
+        r = run_cli("variants", *args)
+        assert r.exit_code == code and message in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "cannot load model" not in r.stderr
+
+
+def test_an_output_partial_folder_of_something_else_is_refused_and_left_alone(run_cli, tmp_path):
+    """-o o.csv beside an o.csv.partial/ that no variants run made (no marker): refused, with or
+    without --resume, before any model; the folder and what it holds are not touched."""
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    out = tmp_path / "o.csv"
+    foreign = tmp_path / "o.csv.partial"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for extra in ((), ("--resume",)):
+        r = run_cli("variants", table, "--sequence", SEQ, "-m", tmp_path / "no_such_model", "-o", out, *extra)
+        assert r.exit_code == 2 and "o.csv.partial exists and is not the work of a protrans variants run" in r.stderr
+        assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and not out.exists()
+
+
+def test_a_max_length_beyond_the_position_table_and_a_single_pass_out_of_memory(run_cli, tmp_path, tiny_models):
+    """--max-length over what a model's learned positions hold is refused naming the limit; an out
+    of memory on a pass of one protein (nothing left to halve) says the way out, not a traceback."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    loaded = load_model(tiny_models["bert"], masked_lm=True)  # (learned absolute positions)
+    table_size = VariantScorer(loaded, progress=False).model_limit
+    assert table_size
+    r = run_cli("variants", "--all-singles", "--sequence", SEQ[:8], "-m", tiny_models["bert"], "--max-length",
+                table_size + 1)
+    assert r.exit_code == 2 and f"--max-length {table_size + 1} is more than" in r.stderr
+    assert f"({table_size} residues, its learned positions)" in r.stderr
+    scorer = VariantScorer(loaded, progress=False, max_tokens=1)
+
+    def no_memory(**inputs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    scorer.model = no_memory
+    with pytest.raises(RuntimeFailure, match="out of memory scoring one sequence of 10 tokens .*--long-policy window"):
+        scorer.score(SEQ[:8], all_singles(SEQ[:8]))
+
+
+def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_the_protein(tiny_models):
+    from protrans_cli.errors import ModelError, UsageError
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    with pytest.raises(ModelError, match="loaded without its masked-LM head .*masked_lm=True"):
+        VariantScorer(load_model(tiny_models["esm"]), progress=False)
+    scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
+    with pytest.raises(UsageError, match="site 8 is outside sequence 0 \\(8 residues\\)"):
+        scorer.site_log_probs([SEQ[:8]], [(0, 8)])
+    with pytest.raises(UsageError, match="unknown scoring 'masked'"):
+        scorer.score(SEQ[:8], [], "masked")
+    for bad in ({"long_policy": "crop"}, {"max_length": 0}, {"max_tokens": 0}):
+        with pytest.raises(UsageError):
+            VariantScorer(scorer.loaded, progress=False, **bad)
+
+
 def test_onehot_is_refused_as_no_language_model(run_cli, tmp_path):
     """-m onehot (embed's encoding) was looked for on the hub, and the error said "hf download onehot"."""
     table = tmp_path / "v.csv"
