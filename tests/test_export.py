@@ -164,6 +164,14 @@ def test_ids_file_refusals_leave_no_output(tmp_path, run_cli):
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "other.fa", "-o", out)
     assert done.exit_code == 1 and "record 'e'" in done.stderr and "another sequence" in done.stderr
     assert not out.exists()
+    # an id list that is not text, or names no id (comments and blank lines alone)
+    (tmp_path / "latin1.txt").write_bytes("e\nprot\xe9ine\n".encode("latin-1"))
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "latin1.txt", "-o", out)
+    assert done.exit_code == 1 and "latin1.txt:2: not UTF-8 text: a list of ids or a FASTA file expected" in done.stderr
+    (tmp_path / "none.txt").write_text("# ids to export\n\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "none.txt", "-o", out)
+    assert done.exit_code == 1 and "none.txt: holds no id: a FASTA file, or one id a line" in done.stderr
+    assert not out.exists()
 
 
 def test_a_failure_midway_keeps_an_existing_output(tmp_path, run_cli):
@@ -298,6 +306,12 @@ def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
     _write(tmp_path / "p.h5", proteins, kinds=("per_protein",))
     done = run_cli("export", tmp_path / "p.h5", "--per-residue")
     assert done.exit_code == 1 and "per-protein vectors only" in done.stderr
+    # a protein without residue rows has no mean: refused naming it, no output
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["p0"], f["p1"] = np.ones((2, 4), dtype=np.float32), np.ones((0, 4), dtype=np.float32)
+    done = run_cli("export", tmp_path / "f.h5", "--per-protein", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and "f.h5, record 'p1': has no residue rows: no mean to export" in done.stderr
+    assert not (tmp_path / "o.tsv").exists()
 
 
 @pytest.mark.parametrize("args, message", [
