@@ -126,7 +126,7 @@ def _pt_files(inputs, output: Path) -> list[Path]:
     from protrans_cli.io.h5 import partial_path
 
     found: list[Path] = []
-    seen: dict[Path, Path] = {}
+    seen: dict[Path, str] = {}  # a file's real path -> how it was named (the argument that led to it)
     for given in map(Path, inputs):
         if str(given) == "-":
             raise UsageError("esm-extract's outputs are read from files, not stdin ('-'): give their directory")
@@ -140,12 +140,14 @@ def _pt_files(inputs, output: Path) -> list[Path]:
             files = [given]
         else:
             raise InputError("no such file or directory" if not given.exists() else "not a file", path=str(given))
+        how = f"in {given}" if given.is_dir() else f"as {given}"
         for path in files:
             real = path.resolve()
             if real in seen:
-                raise UsageError(f"named twice (also as {seen[real]}): give each file or directory once",
+                # (a file given and its directory too, named "twice (also as <itself>)")
+                raise UsageError(f"named twice ({seen[real]} and {how}): give each file or directory once",
                                  path=str(path))
-            seen[real] = path
+            seen[real] = how
             found.append(path)
     return found
 

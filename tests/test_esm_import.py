@@ -214,6 +214,59 @@ def test_missing_representations_layers_and_widths_name_the_file(run_cli, tmp_pa
     assert not list(tmp_path.glob("e.h5*"))
 
 
+def test_pt_files_that_are_not_esm_extracts_are_refused_naming_the_file_and_what_is_wrong(run_cli, tmp_path):
+    """A model's state dict, a 'representations' that is no {layer: tensor} dict, integer values, a
+    label without an id, layers of different widths or row counts, more rows than esm-extract's
+    cut: each a one-line error naming the file, and no output."""
+    rows = torch.zeros(3, 4)
+    both = ("--layer", "1", "--layer", "2")
+    cases = [
+        ({"weight": rows}, (), "not an esm-extract output: no 'label' string"),
+        ({"label": "Q", "representations": [rows]}, (), "its 'representations' is not esm-extract's {layer number"),
+        ({"label": "Q", "representations": {1: rows.long()}}, (), "its 'representations' layer 1 holds torch.int64"),
+        ({"label": " ", "representations": {1: rows}}, (), "its label ' ' has no id (the header's first word)"),
+        ({"label": "Q", "representations": {1: rows, 2: torch.zeros(3, 5)}}, both, "its layers have different widths"),
+        ({"label": "Q", "representations": {1: rows, 2: torch.zeros(2, 4)}}, both,
+         "its layers hold different numbers of rows ([2, 3])"),
+    ]
+    out = tmp_path / "e.h5"
+    for obj, layers, message in cases:
+        torch.save(obj, tmp_path / "x.pt")
+        r = run_cli("import-esm", tmp_path / "x.pt", "-o", out, *layers)
+        assert r.exit_code == 1 and f"x.pt: {message}" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not list(tmp_path.glob("e.h5*"))
+    torch.save({"label": "Q", "representations": {1: rows}}, tmp_path / "x.pt")
+    r = run_cli("import-esm", tmp_path / "x.pt", "-o", out, "--truncation-seq-length", "2")
+    assert r.exit_code == 1 and "x.pt: holds 3 rows, more than --truncation-seq-length 2: give the value" in r.stderr
+    assert not list(tmp_path.glob("e.h5*"))
+
+
+def test_inputs_missing_named_twice_or_the_output_and_a_fasta_of_bad_records(run_cli, tmp_path, extracted):
+    folder, fasta, _ = extracted
+    out = tmp_path / "e.h5"
+    one = folder / "P3.pt"
+    r = run_cli("import-esm", tmp_path / "nothere", "-o", out)
+    assert r.exit_code == 1 and "nothere: no such file or directory" in r.stderr
+    # a file given and found in its directory too: said how each named it (it said "P3.pt: named
+    # twice (also as P3.pt)")
+    r = run_cli("import-esm", folder, one, "-o", out)
+    assert r.exit_code == 2 and f"P3.pt: named twice (in {folder} and as {one})" in r.stderr
+    _ok(run_cli("import-esm", folder, "-o", out))
+    before = out.read_bytes()
+    r = run_cli("import-esm", out, "-o", out, "--force")
+    assert r.exit_code == 2 and "e.h5: is also the output" in r.stderr and out.read_bytes() == before
+    twice = tmp_path / "twice.fa"
+    twice.write_text(fasta.read_text() + ">P3\nMKVL\n")
+    r = run_cli("import-esm", folder, "-o", tmp_path / "f.h5", "--fasta", twice)
+    assert r.exit_code == 1 and "twice.fa:7: id 'P3' is in the FASTA twice" in r.stderr
+    bad = tmp_path / "bad.fa"
+    bad.write_text(fasta.read_text().replace("MKVL", "MK1L"))
+    r = run_cli("import-esm", folder, "-o", tmp_path / "f.h5", "--fasta", bad)
+    assert r.exit_code == 1 and "P3.pt: protein 'P3': its sequence in" in r.stderr
+    assert "is refused (invalid character '1' at residue 3)" in r.stderr
+    assert not list(tmp_path.glob("f.h5*"))
+
+
 def test_empty_input_and_stdout_are_refused(run_cli, tmp_path):
     (tmp_path / "empty").mkdir()
     r = run_cli("import-esm", tmp_path / "empty", "-o", tmp_path / "e.h5")
