@@ -395,6 +395,24 @@ def test_a_model_fine_tuned_by_protrans_finetune_keeps_its_published_head_with_a
     assert set(_maps(tmp_path / "c.h5")) == {"a"}
 
 
+def test_a_model_trained_further_from_a_published_one_keeps_its_head_with_a_warning(run_cli, tmp_path):
+    """`protrans train --init-from` writes protrans_version in config.json and init_from in
+    train_config.json: the published model's head, said in a warning, not refused as untrained."""
+    import json
+
+    model = tmp_path / "further"
+    shutil.copytree(REFERENCES["esm2"], model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "protrans_version": "0.1.0"}))
+    (model / "train_config.json").write_text(json.dumps({"init_from": "esm2_t6_8M_UR50D"}))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    r = run_cli("contacts", fasta, "-m", model, "-o", tmp_path / "c.h5")
+    assert r.exit_code == 0, r.stderr
+    assert "was trained further by protrans train from esm2_t6_8M_UR50D: its contact head is " in r.stderr
+    assert set(_maps(tmp_path / "c.h5")) == {"a"}
+
+
 def test_library_predict_reads_sequences_as_embed_and_keeps_the_heads_float32_weights():
     from safetensors.torch import load_file
 
@@ -442,6 +460,68 @@ def test_an_existing_output_needs_resume_or_force(run_cli, tmp_path):
     r = run_cli("contacts", fasta, "-m", model, "-o", out, "--force")
     assert r.exit_code == 0, r.stderr
     assert set(_maps(out)) == {"b"}
+
+
+def test_outputs_that_would_replace_an_input_or_cannot_be_written_are_refused(run_cli, tmp_path):
+    """-o - (HDF5 to stdout), -o the FASTA, -o inside the model's directory, --resume with --force:
+    usage errors before any model is loaded, every file left as it was."""
+    model = tmp_path / "model"
+    shutil.copytree(REFERENCES["esm2"], model)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    cases = [(("-o", "-"), "an HDF5 file cannot be written to stdout: give -o FILE.h5"),
+             (("-o", fasta), f"{fasta} is also the input: writing it would replace the FASTA"),
+             (("-o", model / "c.h5"), f"{model / 'c.h5'} is inside the model directory {model}"),
+             (("-o", tmp_path / "c.h5", "--resume", "--force"), "give --resume (keep OUTPUT's proteins) or --force")]
+    for args, message in cases:
+        r = run_cli("contacts", fasta, "-m", model, *args)
+        assert r.exit_code == 2 and message in r.stderr, r.stderr
+    assert fasta.read_text() == ">a\nMKTAYIAKQR\n"
+    assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in REFERENCES["esm2"].iterdir())
+    assert not list(tmp_path.glob("c.h5*"))
+
+
+def test_a_ctrl_c_says_where_the_work_is_and_a_non_finite_map_is_recorded_as_failed(run_cli, tmp_path, monkeypatch):
+    from protrans_cli.contacts import ContactPredictor
+
+    model = REFERENCES["esm2"]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMAAGKL\n>c\nMKVLAAGIVG\n")
+    original, calls = ContactPredictor.predict, []
+
+    def stop_on_the_second_batch(self, seqs):
+        calls.append(seqs)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, seqs)
+
+    monkeypatch.setattr(ContactPredictor, "predict", stop_on_the_second_batch)
+    out = tmp_path / "c.h5"
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-batch-size", "1")
+    assert r.exit_code == 130 and not out.exists()
+    assert (f"interrupted: what was computed is in {out}.partial; run the same command with --resume to finish"
+            in r.stderr)
+
+    def nan_for_b(self, seqs):
+        maps = original(self, seqs)
+        return [np.full_like(m, np.nan) if seq == "MAAGKL" else m for seq, m in zip(seqs, maps)]
+
+    monkeypatch.setattr(ContactPredictor, "predict", nan_for_b)
+    r = run_cli("contacts", fasta, "-m", model, "-o", tmp_path / "n.h5")
+    assert r.exit_code == 0, r.stderr
+    assert "b: NaN or infinity in its contact map (the attention maps of the model's float32 pass)" in r.stderr
+    assert set(_maps(tmp_path / "n.h5")) == {"a", "c"} and "NaN or infinity" in _attrs(tmp_path / "n.h5")["failed"]
+
+
+def test_a_max_length_beyond_what_the_head_was_fitted_on_is_warned_about(run_cli, tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    r = run_cli("contacts", fasta, "-m", REFERENCES["esm2"], "-o", tmp_path / "c.h5", "--max-length", "2000")
+    assert r.exit_code == 0, r.stderr
+    assert ("--max-length 2000: ESM's contact head was fitted on proteins of at most 1022 residues; longer maps "
+            "come from positions it never met") in r.stderr
+    r = run_cli("contacts", fasta, "-m", REFERENCES["esm2"], "-o", tmp_path / "d.h5", "--max-length", "1022")
+    assert r.exit_code == 0 and "fitted on proteins" not in r.stderr
 
 
 def test_the_summary_counts_a_truncated_proteins_residues_mapped(run_cli, tmp_path):
