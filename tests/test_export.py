@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -357,6 +358,42 @@ def test_info(tmp_path, run_cli):
     assert "proteins:" in text and "5 per-residue, 5 per-protein" in text and "failed:" in text and "big" in text
     ids = run_cli("info", tmp_path / "e.h5", "--ids").stdout.splitlines()
     assert ids == sorted(proteins, key=lambda i: escape_key(i).encode())
+
+
+def test_info_text_of_embeds_outputs_says_layers_model_dtypes_pooling_runs_and_residues(tmp_path, run_cli):
+    """What `info` tells a person of an embed output (two layers, resumed once), of a stacked file
+    with --residues, of one with a later run's .partial beside it, and of another tool's layered
+    arrays: the lines as printed."""
+    model = Path(__file__).parent / "data" / "esm_reference"
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMAAG\n")
+    out = tmp_path / "e.h5"
+    args = ("embed", fasta, "-m", model, "-o", out, "--layer", "-1", "--layer", "-2", "--per-residue", "--per-protein")
+    assert run_cli(*args).exit_code == 0
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMAAG\n>c\nMKV\n")
+    assert run_cli(*args, "--resume").exit_code == 0
+    done = run_cli("info", out)
+    assert done.exit_code == 0, done.stderr
+    lines = dict(line.split(":", 1) for line in done.stdout.splitlines())
+    lines = {k: v.strip() for k, v in lines.items()}
+    assert lines["status"] == "finished" and lines["proteins"] == "3 per-residue, 3 per-protein"
+    assert lines["layers"] == "-1, -2 (of 3 hidden states; -1 the last)"
+    assert lines["model"] == f"{model} (family esm)" and lines["dimension"] == "8"
+    assert lines["dtype"] == "computed in float32 on cpu, stored as float32"
+    assert lines["pooling"].startswith("mean over residue tokens") and lines["long proteins"] == "error (no limit)"
+    assert lines["written with"].startswith("protrans ") and lines["written with"].endswith("(2 runs; the last:)")
+    assert "command" in lines
+    (tmp_path / "e.h5.partial").write_bytes(b"")
+    assert "finished; " + str(out) + ".partial beside it is a later run's" in run_cli("info", out).stdout
+    stacked = tmp_path / "s.h5"
+    assert run_cli("embed", fasta, "-m", model, "-o", stacked, "--layout", "stacked", "--per-protein").exit_code == 0
+    done = run_cli("info", stacked, "--residues")
+    assert done.exit_code == 0, done.stderr
+    assert "residues:      17 in 3 proteins (mean 5.7, 3 to 10); truncated 0, chunked 0" in done.stdout
+    with h5py.File(tmp_path / "seqvec.h5", "w") as f:  # (3, L, D): SeqVec's layers, no attributes
+        f["p0"] = np.zeros((3, 5, 4), dtype=np.float32)
+    done = run_cli("info", tmp_path / "seqvec.h5")
+    assert "layers:     3 stored" in done.stdout and "dimension:  4" in done.stdout
 
 
 def test_info_of_a_partial_a_stacked_and_another_tools_file(tmp_path, run_cli):
