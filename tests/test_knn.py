@@ -187,6 +187,46 @@ def test_a_reference_of_vectors_of_two_lengths_is_one_line_naming_them(tmp_path,
                                              "one model and layer)\n"), r.stderr
 
 
+def test_non_finite_vectors_an_empty_reference_and_partly_labelled_sets(tmp_path, run_cli):
+    """A NaN among the vectors (of either side) is refused naming the first protein; an empty
+    reference is refused; reference proteins without a label and queries without a truth are
+    counted in a note, and --score over the others; a query file that is its own reference is
+    said."""
+    _write(tmp_path / "q.h5", np.eye(4))
+    _write(tmp_path / "r.h5", np.eye(4), ["a", "b", "c", "d"])
+    nan = np.eye(4)
+    nan[2, 1] = np.nan
+    _write(tmp_path / "nan.h5", nan, ["a", "b", "c", "d"])
+    _write(tmp_path / "empty.h5", np.zeros((0, 4)), [])
+    out = tmp_path / "o.tsv"
+    for args, message in (((tmp_path / "q.h5", "--reference", tmp_path / "nan.h5"),
+                           "nan.h5: reference: 1 protein(s) have NaN or infinite values (first: c)"),
+                          ((tmp_path / "nan.h5", "--reference", tmp_path / "r.h5"),
+                           "nan.h5: query: 1 protein(s) have NaN or infinite values (first: c)"),
+                          ((tmp_path / "q.h5", "--reference", tmp_path / "empty.h5"),
+                           "empty.h5: reference: holds no proteins")):
+        r = run_cli("knn", *args, "-o", out)
+        assert r.exit_code == 1 and message in r.stderr, r.stderr
+        assert not out.exists()
+    (tmp_path / "l.csv").write_text("id,label\na,A\nb,B\n")
+    (tmp_path / "s.csv").write_text("id,label\np000,A\np001,A\n")
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "--labels", tmp_path / "l.csv",
+                "--score", tmp_path / "s.csv", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert "l.csv: 2 of the reference's 4 proteins have no label (an empty column where one is a neighbour)" in r.stderr
+    assert "s.csv: 2 of the 4 queries have no label and are not scored" in r.stderr
+    assert "transfer label: accuracy 0.5000" in r.stderr and ", 2 proteins" in r.stderr
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert [row[-1] for row in rows[1:]] == ["A", "B", "", ""]
+    (tmp_path / "none.csv").write_text("id,label\nzz,A\n")
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "--labels", tmp_path / "l.csv",
+                "--score", tmp_path / "none.csv", "-o", tmp_path / "n.tsv")
+    assert r.exit_code == 1 and "none.csv: labels none of the 4 queries (ids such as 'p000')" in r.stderr
+    assert not (tmp_path / "n.tsv").exists()
+    r = run_cli("knn", tmp_path / "r.h5", "--reference", tmp_path / "r.h5")
+    assert r.exit_code == 0 and "r.h5 is its own reference: each protein's first neighbour is itself" in r.stderr
+
+
 def test_a_layer_of_several(tmp_path):
     from protrans_cli.knn import nearest
 
