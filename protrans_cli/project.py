@@ -446,6 +446,13 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         raise UsageError("no embeddings to map: give one file or more")
     check_method(method, dims, metric)
     check_seed(seed)
+    # (the bounds that need no data, before it is read: they were said once every file was read)
+    if method == "umap" and not 0 <= min_dist <= 1:
+        raise UsageError(f"--min-dist {min_dist:g}: between 0 and 1")
+    if method == "umap" and neighbors is not None and neighbors < 2:
+        raise UsageError(f"--neighbors {neighbors}: between 2 and the number of proteins less one")
+    if method == "tsne" and perplexity is not None and not perplexity > 0:
+        raise UsageError(f"--perplexity {perplexity:g}: between 0 and the number of proteins")
     if sample is not None and sample < 4:
         raise UsageError(f"--sample {sample}: a map of 4 proteins at least")
     if html_path is not None and dims != 2:

@@ -428,6 +428,13 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
     zero = x.copy()
     zero[3] = 0
     _write(tmp_path / "zero.h5", zero, ids)
+    _write(tmp_path / "empty.h5", np.zeros((0, 4)), [])
+    with EmbeddingsWriter(tmp_path / "no_rows.h5", kinds=("per_residue",), attrs={"model": "onehot"}) as w:
+        w.write("r0", "r0", "", per_residue=np.zeros((0, 4), dtype=np.float32))
+    nan = x.copy()
+    nan[5, 2] = np.nan
+    _write(tmp_path / "nan.h5", nan, ids)
+    _write(tmp_path / "nan_rows.h5", nan, ids, residues=True)
     (tmp_path / "l1.csv").write_text("id,label\nr0,Nucleus\n")
     (tmp_path / "l2.csv").write_text("id,label\nr0,Cytoplasm\n")
     (tmp_path / "none.csv").write_text("id,label\nzz,Nucleus\n")
@@ -450,6 +457,11 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
         (["project", a, "-o", a], 2, "is also an input"),
         (["project", a, "-o", tmp_path / "m.x.png", "--plot", tmp_path / "m.x.png"], 2, "name one file"),
         (["project", a, "--perplexity", "5"], 2, "--perplexity goes with --method tsne"),
+        (["project", a, "--neighbors", "5"], 2, "--neighbors and --min-dist go with --method umap"),
+        (["project", tmp_path / "empty.h5"], 1, "empty.h5: holds no protein"),
+        (["project", tmp_path / "no_rows.h5"], 1, "no_rows.h5: holds no protein"),
+        (["project", tmp_path / "nan.h5"], 1, "nan.h5: embeddings: 1 protein(s) have NaN or infinite values (first: r5)"),
+        (["project", tmp_path / "nan_rows.h5"], 1, "nan_rows.h5: embeddings: r5 has NaN or infinite values"),
         (["project", a, tmp_path / "." / "a.h5"], 2, "is given twice"),
         (["project", a, "--method", "tsne", "--seed", "-1"], 2, "--seed -1: between 0 and 4294967295"),
         (["project", a, "--seed", str(2**32)], 2, "--seed 4294967296: between 0 and"),
@@ -467,6 +479,27 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     r = run_cli("project", tmp_path / "missing.h5", "--method", "tsne")
     assert r.exit_code == 2 and "--method tsne needs scikit-learn, which is not installed: pip install" in r.stderr
+
+
+def test_bounds_that_need_no_data_are_said_before_any_file_is_read(tmp_path, run_cli):
+    """--min-dist 2, --neighbors 1, --perplexity 0 were refused only once every file was read (and
+    UMAP's neighbours said): a usage error now before anything is read, as --seed is."""
+    missing = tmp_path / "missing.h5"
+    cases = [(["--method", "umap", "--min-dist", "2"], "--min-dist 2: between 0 and 1"),
+             (["--method", "umap", "--neighbors", "1"], "--neighbors 1: between 2 and the number of proteins"),
+             (["--method", "tsne", "--perplexity", "0"], "--perplexity 0: between 0 and the number of proteins")]
+    for args, message in cases:
+        method = args[1]
+        if not (HAS_UMAP if method == "umap" else HAS_SKLEARN):
+            continue
+        r = run_cli("project", missing, *args, "-o", tmp_path / "m.tsv")
+        assert r.exit_code == 2 and r.stderr.startswith(f"protrans: error: {message}") and r.stderr.count("\n") == 1
+    x, _ = _clusters(n_per=4)
+    _write(tmp_path / "a.h5", x, [f"r{i}" for i in range(len(x))])
+    if HAS_SKLEARN:  # (the bound that needs the proteins: said once they are counted)
+        r = run_cli("project", tmp_path / "a.h5", "--method", "tsne", "--perplexity", "50", "-o", tmp_path / "m.tsv")
+        assert r.exit_code == 2 and "--perplexity 50: between 0 and the number of proteins (12)" in r.stderr
+    assert not (tmp_path / "m.tsv").exists()
 
 
 def test_library_call_and_few_proteins(tmp_path):
