@@ -155,6 +155,8 @@ def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
         (["-o", tmp_path / "n.h5", a, "-"], 2, "not from stdin ('-'): give each part as a file"),
         (["-o", tmp_path / "n.h5", tmp_path / "foreign.h5"], 1, "not an output of protrans embed"),
         (["-o", tmp_path / "n.h5", a, "--layout", "stacked"], 2, "the stacked layout holds per-protein vectors only"),
+        (["-o", tmp_path / "n.h5", a, "--layout", "flat"], 2, "the flat layout holds one kind: merge into --layout "
+         "grouped"),
     ]
     for args, code, said in cases:
         r = run_cli("merge", *args)
