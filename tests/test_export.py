@@ -572,6 +572,24 @@ def test_probabilities_as_a_table_and_arrays(tmp_path, run_cli):
         f["ss8"]["b,2"] = np.ones((2, 8), dtype=np.float32)
     done = run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "q.tsv")
     assert done.exit_code == 1 and "record 'b,2'" in done.stderr and not (tmp_path / "q.tsv").exists()
+    with h5py.File(tmp_path / "p.h5", "a") as f:  # a protein with ss3 probabilities but none of ss8
+        del f["ss8"]["b,2"]
+    done = run_cli("export", tmp_path / "p.h5", "-o", tmp_path / "q.tsv")
+    assert done.exit_code == 1 and "record 'b,2': has ss3 probabilities for this protein but no ss8 ones" in done.stderr
+    assert not (tmp_path / "q.tsv").exists()
+
+
+def test_probabilities_of_classes_named_by_words_export_under_their_names(tmp_path, run_cli):
+    """predict writes the classes of an output whose names are not one letter each as a JSON list
+    (`["buried", "exposed"]`): the columns are named by them, not by the list's characters."""
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        f.attrs["task"] = "rsa2"
+        f.attrs["classes_rsa2"] = json.dumps(["buried", "exposed"])
+        f.create_group("rsa2").create_dataset("a", data=np.array([[0.25, 0.75]], dtype=np.float32))
+        f["rsa2"]["a"].attrs["id"] = "a"
+    done = run_cli("export", tmp_path / "p.h5")
+    assert done.exit_code == 0, done.stderr
+    assert _table(done.stdout, "\t") == [["id", "position", "rsa2:buried", "rsa2:exposed"], ["a", "1", "0.25", "0.75"]]
 
 
 @pytest.mark.parametrize("name, hint", [("out.csv", "protrans export OUT.h5 -o out.csv"), ("out.npz", "protrans export"),
