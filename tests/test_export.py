@@ -394,6 +394,10 @@ def test_info_text_of_embeds_outputs_says_layers_model_dtypes_pooling_runs_and_r
         f["p0"] = np.zeros((3, 5, 4), dtype=np.float32)
     done = run_cli("info", tmp_path / "seqvec.h5")
     assert "layers:     3 stored" in done.stdout and "dimension:  4" in done.stdout
+    with h5py.File(tmp_path / "vectors.h5", "w") as f:  # per-protein vectors, no lengths anywhere
+        f["p0"] = f["p1"] = np.zeros(4, dtype=np.float32)
+    done = run_cli("info", tmp_path / "vectors.h5", "--residues")
+    assert done.exit_code == 0 and "residues:   no lengths recorded" in done.stdout
 
 
 def test_info_of_a_partial_a_stacked_and_another_tools_file(tmp_path, run_cli):
