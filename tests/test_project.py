@@ -202,6 +202,26 @@ def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_c
     assert all(c["class"] in groups for c in page.circles)
 
 
+def test_pictures_of_a_3d_map_without_labels_and_of_labels_on_a_colour_scale(tmp_path, run_cli):
+    """--dims 3 --plot with no label column (one colour, a z axis), and a column of numbers (a
+    colour scale and its bar): each drawn whole, the table beside it with its axes."""
+    x, _ = _clusters(n_per=4)
+    ids = [f"r{i}" for i in range(len(x))]
+    _write(tmp_path / "a.h5", x, ids)
+    r = run_cli("project", tmp_path / "a.h5", "--dims", "3", "--plot", tmp_path / "m3.png", "-o", tmp_path / "m3.tsv")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "m3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "m3.tsv").read_text().splitlines()[0].split("\t") == ["id", "x", "y", "z"]
+    (tmp_path / "rsa.csv").write_text("id,rsa\n" + "".join(f"{i},{k / 10}\n" for k, i in enumerate(ids)))
+    r = run_cli("project", tmp_path / "a.h5", "--labels", tmp_path / "rsa.csv", "--plot", tmp_path / "scale.png",
+                "-o", tmp_path / "scale.tsv")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [row.split("\t") for row in (tmp_path / "scale.tsv").read_text().splitlines()]
+    assert rows[0] == ["id", "x", "y", "rsa"] and {(r[0], r[-1]) for r in rows[1:]} == {
+        (i, f"{k / 10}") for k, i in enumerate(ids)}
+
+
 def test_inputs_of_one_file_name_are_told_apart_by_their_folders(tmp_path, run_cli):
     """Two runs' run1/embed/e.h5 and run2/embed/e.h5 (bio_embeddings names every run's file
     alike): two sources, named by as much of their paths as tells them apart, not one `e.h5`."""
