@@ -590,3 +590,41 @@ def test_contact_maps_cut_not_square_or_not_finite(run_cli, tmp_path):
     torch.save({"label": "P3", "contacts": torch.zeros(4, 5)}, square / "P3.pt")
     r = run_cli("import-esm", square, "--contacts", "-o", tmp_path / "s.h5")
     assert r.exit_code == 1 and "its 'contacts' is (4, 5), not an (L, L) floating-point map" in r.stderr
+
+
+
+def test_contacts_ids_twice_labels_without_id_longer_maps_and_force(run_cli, tmp_path, monkeypatch):
+    """Contact maps: an id in two files, a label without an id, a map longer than
+    --truncation-seq-length are refused naming the file, before anything is written; --force
+    replaces an earlier import; a failure while writing leaves neither the output nor a partial."""
+    from protrans_cli import esm_import
+
+    folder = tmp_path / "esm_out"
+    folder.mkdir()
+    torch.save({"label": "P1 first", "contacts": torch.zeros(4, 4)}, folder / "a.pt")
+    out = tmp_path / "c.h5"
+    torch.save({"label": "P1 again", "contacts": torch.zeros(4, 4)}, folder / "b.pt")
+    r = run_cli("import-esm", folder, "--contacts", "-o", out)
+    assert r.exit_code == 1 and "b.pt: protein id 'P1' is also that of" in r.stderr and "a.pt" in r.stderr
+    torch.save({"label": " ", "contacts": torch.zeros(4, 4)}, folder / "b.pt")
+    r = run_cli("import-esm", folder, "--contacts", "-o", out)
+    assert r.exit_code == 1 and "b.pt: its label ' ' has no id" in r.stderr
+    (folder / "b.pt").unlink()
+    r = run_cli("import-esm", folder, "--contacts", "-o", out, "--truncation-seq-length", "3")
+    assert r.exit_code == 1 and "a.pt: holds a map of 4 residues, more than --truncation-seq-length 3" in r.stderr
+    assert not list(tmp_path.glob("c.h5*"))
+    _ok(run_cli("import-esm", folder, "--contacts", "-o", out))
+    torch.save({"label": "P2", "contacts": torch.ones(3, 3)}, folder / "b.pt")
+    r = run_cli("import-esm", folder, "--contacts", "-o", out)
+    assert r.exit_code == 2 and "exists: give --force" in r.stderr
+    _ok(run_cli("import-esm", folder, "--contacts", "-o", out, "--force"))
+    with h5py.File(out) as f:
+        assert sorted(f["contacts"]) == ["P1", "P2"]
+
+    def failing(writer, entry, summary):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(esm_import, "_write_contacts", failing)
+    with pytest.raises(OSError):
+        esm_import.import_esm_contacts(folder, tmp_path / "d.h5")
+    assert not list(tmp_path.glob("d.h5*"))
