@@ -877,7 +877,8 @@ def info_lines(facts: dict) -> list[str]:
     if "residues" in facts:
         r = facts["residues"]
         if r.get("counted"):
-            lines.append(("residues", f"{r['total']:,} in {r['counted']:,} proteins (mean {r['mean']:,}, "
+            proteins = console.counted(r["counted"], "protein")  # (it said "1 proteins")
+            lines.append(("residues", f"{r['total']:,} in {proteins} (mean {r['mean']:,}, "
                                       f"{r['shortest']:,} to {r['longest']:,}); truncated {r['truncated']:,}, "
                                       f"chunked {r['chunked']:,}"))
         else:

@@ -392,8 +392,10 @@ def test_info_text_of_embeds_outputs_says_layers_model_dtypes_pooling_runs_and_r
     assert "residues:      17 in 3 proteins (mean 5.7, 3 to 10); truncated 0, chunked 0" in done.stdout
     with h5py.File(tmp_path / "seqvec.h5", "w") as f:  # (3, L, D): SeqVec's layers, no attributes
         f["p0"] = np.zeros((3, 5, 4), dtype=np.float32)
-    done = run_cli("info", tmp_path / "seqvec.h5")
+    done = run_cli("info", tmp_path / "seqvec.h5", "--residues")
     assert "layers:     3 stored" in done.stdout and "dimension:  4" in done.stdout
+    # (one protein: "5 in 1 protein", where it said "1 proteins")
+    assert "residues:   5 in 1 protein (mean 5.0, 5 to 5)" in done.stdout
     with h5py.File(tmp_path / "vectors.h5", "w") as f:  # per-protein vectors, no lengths anywhere
         f["p0"] = f["p1"] = np.zeros(4, dtype=np.float32)
     done = run_cli("info", tmp_path / "vectors.h5", "--residues")
