@@ -244,6 +244,18 @@ def test_contradictory_options_are_usage_errors(run_cli, tmp_path, args):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--shard-size", "0", "-o", "x.txt"], "--shard-size must be at least one byte, got '0'"),
+    (["--shard-size", "0.4", "-o", "x.txt"], "--shard-size must be at least one byte, got '0.4'"),
+    (["-", "-", "-o", "x.txt"], "stdin (-) can be read only once"),
+])
+def test_a_shard_size_under_a_byte_and_stdin_twice_are_named(run_cli, tmp_path, args, message):
+    args = [str(tmp_path / a) if a == "x.txt" else a for a in args]
+    result = run_cli("prep", DATA / "format.fa", *args, input=">a\nMKT\n")
+    assert result.exit_code == 2 and result.stderr.strip() == f"protrans: error: {message}", result.stderr
+    assert not any(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------- corpus building
 
 def test_length_filters_and_crop(tmp_path):

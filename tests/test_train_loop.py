@@ -754,6 +754,69 @@ def test_cli_errors(tmp_path, run_cli):
     assert res.exit_code == 2 and "unknown model family 'nope'" in res.stderr
 
 
+@pytest.mark.parametrize("args, said", [
+    (["--config", "{tmp}/c.yaml"], "{tmp}/c.yaml: a config file is JSON (.json) or TOML (.toml), not .yaml"),
+    (["--config", "{tmp}/settings"], "{tmp}/settings: a config file is JSON (.json) or TOML (.toml), not a file "
+                                     "without a suffix"),
+    (["--config", "{tmp}/list.json"], "{tmp}/list.json: config must be a table/object of settings"),
+    (["--config", "{tmp}/missing.toml"], "{tmp}/missing.toml: no such config file"),
+    (["--config", "{tmp}/folder.toml"], "{tmp}/folder.toml: cannot read the config file: Is a directory"),
+    (["--corpus", LEARNABLE, "--phase", "32"], "--phase '32': expected LEN:STEPS[:GLOBAL_BATCH[:MICRO_BATCH]]"),
+    (["--corpus", LEARNABLE, "--phase", "32:x"], "--phase '32:x': every field must be a whole number"),
+    (["--corpus", LEARNABLE, "--set", "num_hidden_layers"], "--set 'num_hidden_layers': expected KEY=VALUE"),
+    (["--corpus", LEARNABLE, "--set", "=2"], "--set '=2': expected KEY=VALUE"),
+    (["--corpus", LEARNABLE, "--accept-corpus-change"], "--accept-corpus-change goes with --resume or --resume-from"),
+    (["--corpus", LEARNABLE, "--family", "albert", "--sop", "--objective", "t5"],
+     "sop (sentence-order prediction) goes with the mlm objective only"),
+])
+def test_cli_refuses_a_bad_config_file_or_flag_in_one_line_before_any_run(tmp_path, run_cli, args, said):
+    """A config file protrans cannot read, or a malformed --phase / --set, is exit 2 with one line
+    naming the file or the flag, and leaves no run directory behind."""
+    (tmp_path / "c.yaml").write_text(f"corpus: [{LEARNABLE}]\n")
+    (tmp_path / "settings").write_text(json.dumps({"corpus": [LEARNABLE]}))
+    (tmp_path / "list.json").write_text(json.dumps([{"corpus": [LEARNABLE]}]))
+    (tmp_path / "folder.toml").mkdir()
+    out = tmp_path / "run"
+    res = run_cli("train", *[a.replace("{tmp}", str(tmp_path)) for a in args], "-o", out, "-j", 1)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == "protrans: error: " + said.replace("{tmp}", str(tmp_path))
+    assert not out.exists()
+
+
+def test_a_run_directory_that_is_a_file_or_inside_one_is_refused(tmp_path, run_cli):
+    """-o naming a file, or a folder under a file: exit 2 naming the file, and the file as it was."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    flags = ["--corpus", LEARNABLE, "--num-steps", 1, "--max-length", 32, "--global-batch-size", 4,
+             "--micro-batch-size", 4, "-j", 1]
+    for out, said in ((taken, f"{taken}: is a file, not a run directory (choose another -o)"),
+                      (taken / "run", f"{taken}: is not a directory, so the run directory {taken / 'run'} cannot go "
+                                      "inside it (choose another -o)")):
+        res = run_cli("train", *flags, "-o", out)
+        assert res.exit_code == 2, res.output
+        assert res.stderr.strip().splitlines()[-1] == f"protrans: error: {said}"
+        assert taken.read_text() == "mine\n" and sorted(tmp_path.iterdir()) == [taken]
+
+
+def test_settings_one_process_cannot_honour_are_warned_and_resume_takes_one_checkpoint(tmp_path, run_cli):
+    """--strategy ddp without torchrun, and --eval-every without --val-corpus, train on with a
+    warning each (not silently); --resume together with --resume-from is refused, not one of them
+    taken."""
+    out = tmp_path / "run"
+    flags = ["--corpus", LEARNABLE, "--num-steps", 1, "--max-length", 32, "--global-batch-size", 4,
+             "--micro-batch-size", 4, "--save-every", 1, "-j", 1, "-o", out]
+    res = run_cli("train", *flags, "--strategy", "ddp", "--eval-every", 1)
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.stderr.splitlines() if line.startswith("protrans: warning:")]
+    assert warned == ["protrans: warning: strategy ddp ignored: one process (start with torchrun for several)",
+                      "protrans: warning: --eval-every 1 without --val-corpus: no evaluation"]
+    assert not any("eval_loss" in line for line in read_metrics(out / "metrics.jsonl"))
+    res = run_cli("train", *flags, "--num-steps", 2, "--resume", "--resume-from", out / "checkpoints" / "step_00000001")
+    assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1] == (
+        "protrans: error: give --resume or --resume-from, not both")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000001"]
+
+
 def test_a_directory_holding_a_model_but_no_checkpoint_is_not_trained_over(tmp_path, run_cli):
     """A finished run whose checkpoints/ was deleted to save space (or any HF model directory) as
     -o: a new run, or --resume (no checkpoint: "starts the run from step 0"), replaced its final
