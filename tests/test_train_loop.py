@@ -1347,7 +1347,19 @@ def test_a_tampered_training_state_that_loads_is_refused_on_resume_in_one_line(t
     def best_loss_text(s):  # (--keep-best's record: its eval loss compared with the next ones)
         s["best"] = {"step": 1, "eval_loss": "0.5"}
 
+    def cursor_list(s):
+        s["data_state"]["at"] = [0, 5]
+
+    def unknown_position(s):  # (a newer version's data position: not read as if it were this one's)
+        s["data_state"]["shuffle_pass"] = 1
+
+    def scheduler_before_start(s):
+        s["scheduler"]["last_epoch"] = -3
+
     for craft, said in ((python_rng, "passed to Random.setstate()"), (negative_offset, "at.offset is -5, not a count"),
+                        (cursor_list, "data_state: at is a list, not a cursor"),
+                        (unknown_position, "data_state: unknown field 'shuffle_pass'"),
+                        (scheduler_before_start, "scheduler last_epoch is -3, not a step"),
                         (optimizer_shape, "optimizer state 'exp_avg' is (7,) for a parameter of shape"),
                         (scheduler_lambdas, "not iterable"),
                         (best_loss_text, "best: {'step': 1, 'eval_loss': '0.5'}: not a step and an eval loss")):
@@ -1705,6 +1717,11 @@ def test_a_checkpoint_missing_its_pretraining_weights_file_says_so(tmp_path):
                                          r"model; Unexpected key") as info:
         train(_config(tmp_path, num_steps=4, save_every=2, log_every=1), resume=True)
     assert ckpt.WEIGHTS_FILE not in info.value.format()
+    # neither file (both deleted to save space): named as such, not a traceback from safetensors
+    (where / ckpt.HF_WEIGHTS).unlink()
+    with pytest.raises(InputError) as info:
+        train(_config(tmp_path, num_steps=4, save_every=2, log_every=1), resume=True)
+    assert info.value.format() == f"{where}: checkpoint has no {ckpt.WEIGHTS_FILE} (nor {ckpt.HF_WEIGHTS})"
 
 
 def test_resume_with_another_vocabulary_than_the_checkpoints_is_refused(tmp_path):
