@@ -1741,10 +1741,26 @@ def test_resume_with_another_vocabulary_than_the_checkpoints_is_refused(tmp_path
                                          r"family: 2 token\(s\) have other ids \(e.g. 'A': ") as info:
         train(_config(tmp_path, num_steps=4, save_every=2), resume=True)
     assert "\n" not in info.value.format()
+    (where / "tokenizer.json").write_text(json.dumps(tokenizer)[:-20])  # cut short: its sums line updated
+    ckpt._write_sums(where)
+    with pytest.raises(InputError, match=r"damaged checkpoint: cannot read tokenizer.json \(.*\); no earlier "
+                                         r"checkpoint to go back to") as info:
+        train(_config(tmp_path, num_steps=4, save_every=2), resume=True)
+    assert "\n" not in info.value.format()
     vocab["A"], vocab["L"] = vocab["L"], vocab["A"]  # as saved: resumes
     (where / "tokenizer.json").write_text(json.dumps(tokenizer))
     ckpt._write_sums(where)
     assert train(_config(tmp_path, num_steps=4, save_every=2), resume=True).step == 4
+    # ESM saves its vocabulary as vocab.txt, one token a line: compared the same way
+    train(_config(tmp_path, "esm", num_steps=4, save_every=2, stop_after=2))
+    where = tmp_path / "run_esm" / "checkpoints" / "step_00000002"
+    assert not (where / "tokenizer.json").exists()
+    with open(where / "vocab.txt", "a", encoding="utf-8") as fh:
+        fh.write("\n<extra>")  # (the file ends without a newline)
+    ckpt._write_sums(where)
+    with pytest.raises(InputError, match=r"trained with another vocabulary than this protrans builds for its "
+                                         r"family: 1 token\(s\) are in one vocabulary only"):
+        train(_config(tmp_path, "esm", num_steps=4, save_every=2), resume=True)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
