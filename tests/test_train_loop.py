@@ -2336,6 +2336,30 @@ def test_resume_compares_defaults_as_what_they_mean_and_keeps_the_warmup(tmp_pat
     assert lrs[13:16] == sorted(lrs[13:16], reverse=True), lrs
 
 
+@pytest.mark.parametrize("phases", [False, True])
+def test_resume_of_an_older_checkpoint_without_a_resolved_warmup_keeps_a_tenth_of_its_run(tmp_path, phases):
+    """A checkpoint of a version that recorded no "resolved" settings (and no SHA256SUMS): its
+    default warmup was a tenth of that run's steps (of its phases' together), which a resume for
+    more steps keeps rather than ramping up again to a tenth of the new length."""
+    from protrans_cli.training import checkpoint as ckpt
+
+    shape = ({"phases": [Phase(max_length=32, num_steps=10), Phase(max_length=64, num_steps=10)]} if phases
+             else {"num_steps": 20})
+    first = train(_config(tmp_path, **shape, stop_after=10, log_every=1, lr=1e-3, warmup_steps=None))
+    where = first.run_dir / "checkpoints" / "step_00000010"
+    saved = json.loads((where / ckpt.CONFIG_FILE).read_text())
+    del saved["resolved"]
+    (where / ckpt.CONFIG_FILE).write_text(json.dumps(saved))
+    (where / ckpt.SUMS_FILE).unlink()
+    longer = ({"phases": [Phase(max_length=32, num_steps=10), Phase(max_length=64, num_steps=190)]} if phases
+              else {"num_steps": 200})
+    train(_config(tmp_path, **longer, stop_after=13, log_every=1, lr=1e-3, warmup_steps=None), resume=True)
+    lrs = [m["lr"] for m in read_metrics(first.run_dir / "metrics.jsonl")]
+    # past its warmup of 2 and decaying over the new length, not ramping up over 20 steps again
+    assert len(lrs) == 13 and lrs[10] > 9e-4 and lrs[10:13] == sorted(lrs[10:13], reverse=True), lrs
+    assert json.loads((first.run_dir / ckpt.CONFIG_FILE).read_text())["resolved"]["warmup_steps"] == 2
+
+
 def test_a_runs_config_as_a_template_resolves_its_defaults_anew(tmp_path, run_cli):
     """RUN/train_config.json reused for another run kept what the first run's defaults had
     resolved to: a 20-step CPU smoke run's 2 warmup steps and fp32 went on into a long GPU run."""
