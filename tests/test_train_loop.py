@@ -629,6 +629,26 @@ def test_find_lr_that_met_nothing_to_predict_says_so(tmp_path, monkeypatch):
         find_lr(_config(tmp_path, precision="fp16"), min_lr=1e-5, max_lr=1e-3, num_steps=4)
 
 
+def test_find_lr_whose_every_fp16_step_overflowed_says_so_with_the_scale_reached(tmp_path, monkeypatch):
+    """float16 steps all skipped as overflows, the loss scale halved each time but still above 1:
+    no lr was measured, and the range test says why and what to do (not an empty plot)."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training import optim
+
+    class Huge(optim.LossScale):  # far too high: each of the few steps overflows float16
+        def __init__(self):
+            super().__init__(scale=2.0 ** 30, interval=4)
+
+    monkeypatch.setattr(loop_module(), "LossScale", Huge)
+    with pytest.raises(RuntimeFailure) as caught:
+        find_lr(_config(tmp_path, precision="fp16"), min_lr=1e-5, max_lr=1e-3, num_steps=3)
+    assert str(caught.value) == (
+        f"--find-lr measured no loss: each of its 3 steps overflowed float16 and was skipped (loss scale now "
+        f"{2.0 ** 27:g}); more steps (--num-steps), or float16 may overflow in this model's activations: "
+        "--precision fp32 (or bf16 on a GPU that has it)")
+    assert not (tmp_path / "run_bert").exists()
+
+
 # --- CLI ---------------------------------------------------------------------------------
 
 def test_cli_config_file_and_flag_override(tmp_path, run_cli):
