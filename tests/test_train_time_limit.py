@@ -393,6 +393,34 @@ def test_a_signal_on_another_rank_stops_every_rank_as_a_signal_not_as_the_time_l
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000003"]
 
 
+def test_a_new_phase_scales_the_measured_steps_and_each_evaluation_is_timed(tmp_path, monkeypatch):
+    """Within a run: at a phase of four times the tokens a step (twice the length, twice the
+    batch) the steps measured stand for steps four times as long, and every evaluation's time is
+    recorded (else the last step was chosen from the short steps of the phase before, or with no
+    room for the evaluations, and the job outlived its limit)."""
+    from protrans_cli.training.config import Phase
+
+    seen = []
+
+    class Recorded(Deadline):
+        def rescale(self, factor):
+            seen.append(("rescale", factor, bool(self.steps)))
+            super().rescale(factor)
+
+        def evaluated(self, seconds):
+            seen.append(("evaluated", seconds >= 0))
+            super().evaluated(seconds)
+
+    monkeypatch.setattr(timelimit, "Deadline", Recorded)
+    monkeypatch.setattr(timelimit, "process_age", lambda: 0.0)  # an hour is plenty
+    phases = [Phase(max_length=32, num_steps=3, global_batch_size=8),
+              Phase(max_length=64, num_steps=3, global_batch_size=16)]
+    result = train(_config(tmp_path, num_steps=1000, phases=phases, micro_batch_size=8, val_corpus=[LEARNABLE],
+                           eval_every=2, log_every=2, time_limit="1h"))
+    assert result.completed and result.step == 6
+    assert seen == [("evaluated", True), ("rescale", 4.0, True), ("evaluated", True), ("evaluated", True)], seen
+
+
 def test_two_evaluations_between_the_decision_and_the_next_steps_checkpoint_are_both_reserved(tmp_path):
     """With --eval-every 1 an evaluation follows this step and another the next: only one was
     reserved, and a run of 1 s steps and 10 s evaluations saved its last checkpoint as the 100 s
