@@ -1917,6 +1917,40 @@ def test_init_from_errors_are_one_line(tmp_path, run_cli):
     assert r.exit_code == 2 and "--set no_such_field" in r.stderr
 
 
+def test_init_from_a_damaged_model_or_heads_that_do_not_fit_it_are_named(tmp_path, run_cli):
+    """--init-from a model whose tokenizer.json or weights file is cut short is exit 1 naming the
+    model and what failed, with or without --set: a --set of a setting such as dropout over a
+    weights file cut short was exit 2 blaming --set ("the weights do not have that model's shapes;
+    --set can change settings such as dropout, not sizes"). --set heads that do not divide the
+    model's width are named before any loading."""
+    import shutil
+
+    source = train(_config(tmp_path / "a", num_steps=1, global_batch_size=4, micro_batch_size=4)).run_dir
+    flags = ["--corpus", LEARNABLE, "--num-steps", 1, "--max-length", 32, "--global-batch-size", 4,
+             "--micro-batch-size", 4, "-j", 1, "-o", tmp_path / "run"]
+    r = run_cli("train", *flags, "--init-from", source, "--set", "num_attention_heads=3")
+    assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: --set / model_overrides with --init-from {source}: hidden_size 32 is not a multiple of "
+        "num_attention_heads 3")
+    tokenizer = tmp_path / "tokenizer_cut"
+    shutil.copytree(source, tokenizer, ignore=shutil.ignore_patterns("checkpoints"))
+    (tokenizer / "tokenizer.json").write_text((source / "tokenizer.json").read_text()[:100])
+    r = run_cli("train", *flags, "--init-from", tokenizer)
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith(
+        f"protrans: error: --init-from {tokenizer}: cannot load it as a bert pretraining model: "), r.stderr
+    weights = tmp_path / "weights_cut"
+    shutil.copytree(source, weights, ignore=shutil.ignore_patterns("checkpoints"))
+    data = (source / "model.safetensors").read_bytes()
+    (weights / "model.safetensors").write_bytes(data[:len(data) // 2])
+    for extra in ([], ["--set", "hidden_dropout_prob=0.2"]):
+        r = run_cli("train", *flags, "--init-from", weights, *extra)
+        said = r.stderr.strip().splitlines()[-1]
+        assert r.exit_code == 1 and said.startswith(
+            f"protrans: error: --init-from {weights}: cannot load the weights: "), (extra, r.stderr)
+        assert "--set" not in said and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_init_from_a_vocab_without_a_mask_token_is_one_line(tmp_path, run_cli):
     """ProtBert's layout (vocab.txt, no tokenizer.json) whose vocabulary lacks [MASK]:
     BertTokenizer adds its default mask token with id 30, one past the model's 30 rows, and the

@@ -697,7 +697,9 @@ def _initial_model(config: TrainConfig, resume):
             model, info = family.load_pretraining_model(source.target, config=hf_config, dtype=torch.float32,
                                                         output_loading_info=True, **source.hub_kwargs)
     except weight_errors() as exc:
-        if config.model_overrides:
+        if config.model_overrides and isinstance(exc, RuntimeError):
+            # (a shape that does not fit, which --set can cause; a weights file cut short, or a
+            # pickle refused, is the file's problem whatever --set gave: --set dropout was blamed)
             raise UsageError(f"{resized}: the weights of {source.name} do not have that model's shapes; with "
                              "--init-from, --set can change settings such as dropout, not sizes") from None
         raise ModelError(f"--init-from {source.name}: cannot load the weights: {weights_problem(exc)}") from None
