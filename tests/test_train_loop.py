@@ -1499,6 +1499,14 @@ def test_damaged_checkpoints_and_a_full_disk_are_one_line_and_metrics_survive_a_
     resumed = train(_config(tmp_path, num_steps=3, save_every=1, log_every=1), resume=True)
     assert [r["step"] for r in read_metrics(first.run_dir / "metrics.jsonl")] == [1, 2, 3]
     assert resumed.step == 3
+    # a line damaged before the last (not a write cut short) is named, and the file left as it is
+    metrics = first.run_dir / "metrics.jsonl"
+    damaged = "\n".join(["{\"step\": 1, \"lo", *metrics.read_text().splitlines()[1:]]) + "\n"
+    metrics.write_text(damaged)
+    with pytest.raises(InputError) as info:
+        train(_config(tmp_path, num_steps=3, save_every=1, log_every=1), resume=True)
+    assert info.value.format() == f"{metrics}: line 1 is not JSON (a damaged metrics file)"
+    assert metrics.read_text() == damaged
 
 
 def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(tmp_path):
