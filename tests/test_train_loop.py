@@ -781,6 +781,7 @@ def test_cli_errors(tmp_path, run_cli):
     (["--config", "{tmp}/list.json"], "{tmp}/list.json: config must be a table/object of settings"),
     (["--config", "{tmp}/missing.toml"], "{tmp}/missing.toml: no such config file"),
     (["--config", "{tmp}/folder.toml"], "{tmp}/folder.toml: cannot read the config file: Is a directory"),
+    (["--config", "{tmp}/phase.json"], "{tmp}/phase.json: bad phase 512"),
     (["--corpus", LEARNABLE, "--phase", "32"], "--phase '32': expected LEN:STEPS[:GLOBAL_BATCH[:MICRO_BATCH]]"),
     (["--corpus", LEARNABLE, "--phase", "32:x"], "--phase '32:x': every field must be a whole number"),
     (["--corpus", LEARNABLE, "--set", "num_hidden_layers"], "--set 'num_hidden_layers': expected KEY=VALUE"),
@@ -796,6 +797,7 @@ def test_cli_refuses_a_bad_config_file_or_flag_in_one_line_before_any_run(tmp_pa
     (tmp_path / "settings").write_text(json.dumps({"corpus": [LEARNABLE]}))
     (tmp_path / "list.json").write_text(json.dumps([{"corpus": [LEARNABLE]}]))
     (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "phase.json").write_text(json.dumps({"corpus": [LEARNABLE], "phases": [512]}))
     out = tmp_path / "run"
     res = run_cli("train", *[a.replace("{tmp}", str(tmp_path)) for a in args], "-o", out, "-j", 1)
     assert res.exit_code == 2, res.output

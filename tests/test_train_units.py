@@ -963,6 +963,10 @@ def test_schedules():
     assert cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
     inv = LRLambda("inverse_sqrt", 100, 1000, 0.0)
     assert inv(99) == pytest.approx(1.0) and inv(399) == pytest.approx(0.5)
+    # constant: the warmup, then the peak lr to the end and past it (min_lr_ratio is not a floor it decays to)
+    const = LRLambda("constant", 10, 110, 0.1)
+    assert const(0) == pytest.approx(0.1) and [const(s) for s in (9, 10, 60, 110, 500)] == [1.0] * 5
+    assert LRLambda("constant", 0, 110, 0.1)(0) == 1.0
 
 
 @pytest.mark.parametrize("name", ["adamw", "lamb", "adafactor"])
