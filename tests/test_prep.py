@@ -248,11 +248,32 @@ def test_contradictory_options_are_usage_errors(run_cli, tmp_path, args):
     (["--shard-size", "0", "-o", "x.txt"], "--shard-size must be at least one byte, got '0'"),
     (["--shard-size", "0.4", "-o", "x.txt"], "--shard-size must be at least one byte, got '0.4'"),
     (["-", "-", "-o", "x.txt"], "stdin (-) can be read only once"),
+    (["--shards", "0", "-o", "x.txt"], "--shards must be at least 1, got 0"),
 ])
 def test_a_shard_size_under_a_byte_and_stdin_twice_are_named(run_cli, tmp_path, args, message):
     args = [str(tmp_path / a) if a == "x.txt" else a for a in args]
     result = run_cli("prep", DATA / "format.fa", *args, input=">a\nMKT\n")
     assert result.exit_code == 2 and result.stderr.strip() == f"protrans: error: {message}", result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("inputs, options, message", [
+    ([], {}, "no input: give one or more FASTA files, or - for stdin"),
+    (None, {"long": "drop"}, "--long must be one of skip, crop, got 'drop'"),
+    (None, {"seed": -1}, "--seed must be a whole number of at least 0, got -1"),
+    (None, {"shard_size": 0}, "--shard-size must be positive, got 0"),
+    (None, {"shuffle_bytes": 100}, "shuffle_bytes must be at least 1024"),
+    (None, {"block_bytes": 0}, "block_bytes must be at least 1024"),
+])
+def test_build_corpus_refuses_options_the_cli_never_passes_before_any_output(tmp_path, inputs, options, message):
+    """The library (docs/prep.md: build_corpus with CorpusOptions) checks what click checks for
+    the command: a UsageError naming the option, and no output file."""
+    from protrans_cli.errors import UsageError
+
+    out = tmp_path / "c.txt"
+    with pytest.raises(UsageError) as info:
+        build_corpus([DATA / "format.fa"] if inputs is None else inputs, CorpusOptions(output=str(out), **options))
+    assert str(info.value) == message
     assert not any(tmp_path.iterdir())
 
 
