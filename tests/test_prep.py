@@ -419,10 +419,16 @@ def test_input_bytes_same_for_file_and_stream_without_final_newline(tmp_path, th
     assert outputs[0].count(b"\n\n") == 31
 
 
-def test_record_larger_than_a_block(tmp_path):
-    fasta = tmp_path / "big.fa"
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("blank", [0, 1500])
+def test_record_larger_than_a_block(tmp_path, packed, blank):
+    """A record of many blocks, from a plain file or a stream (gzip, stdin: read a block at a
+    time, the record's end searched for in the new bytes only), after blank lines that fill more
+    than the first block: every record whole."""
+    fasta = tmp_path / ("big.fa.gz" if packed else "big.fa")
     seq = "MKTAYIAKQR" * 2000
-    fasta.write_text(">small\nMK\n>big\n" + "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n>tail\nAC\n")
+    text = "\n" * blank + ">small\nMK\n>big\n" + "\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + "\n>tail\nAC\n"
+    fasta.write_bytes(gzip.compress(text.encode()) if packed else text.encode())
     out = tmp_path / "c.txt"
     build_corpus([fasta], CorpusOptions(output=str(out), block_bytes=1024))
     assert out.read_bytes() == b"M K\n\n" + " ".join(seq).encode() + b"\n\nA C\n\n"
