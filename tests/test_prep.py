@@ -838,6 +838,20 @@ def test_stale_shard_removal_matches_the_index_where_shard_path_puts_it(tmp_path
     assert result.exit_code == 0 and other.read_text() == "another corpus\n\n" and "removed" not in result.stderr
 
 
+def test_shards_of_an_output_without_a_suffix_are_numbered_after_its_name(tmp_path, run_cli):
+    """-o corpus (no suffix; .hidden, whose only dot starts it): corpus.00000, corpus.00001 ...,
+    and a later run with fewer shards removes the ones beyond its own, as for corpus.txt."""
+    source = _many(tmp_path / "in.fa", 12)
+    assert run_cli("prep", source, "-o", tmp_path / "corpus", "--shards", 3).exit_code == 0
+    assert sorted(p.name for p in tmp_path.glob("corpus*")) == ["corpus.00000", "corpus.00001", "corpus.00002"]
+    assert sum(len(_proteins((tmp_path / f"corpus.{k:05d}").read_bytes())) for k in range(3)) == 12
+    result = run_cli("prep", source, "-o", tmp_path / "corpus", "--shards", 2)
+    assert result.exit_code == 0 and str(tmp_path / "corpus.00002") in result.stderr
+    assert sorted(p.name for p in tmp_path.glob("corpus*")) == ["corpus.00000", "corpus.00001"]
+    assert run_cli("prep", source, "-o", tmp_path / ".hidden", "--shards", 2).exit_code == 0
+    assert sorted(p.name for p in tmp_path.glob(".hidden*")) == [".hidden.00000", ".hidden.00001"]
+
+
 def test_outputs_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
     """The corpus was renamed before the rejects and stats were written out: a full disk at the
     rejects left a new corpus beside the old rejects and stats."""
