@@ -1829,6 +1829,55 @@ def test_a_signal_saves_a_checkpoint_at_the_step_under_way_and_resume_loses_noth
     assert [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")] == whole.losses  # bit for bit on CPU
 
 
+def test_a_second_ctrl_c_stops_at_once_without_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """The first Ctrl-C's warning says "Ctrl-C again stops at once, losing the steps since the last
+    one": the second raises KeyboardInterrupt right there (the caller's SIGINT handler back in
+    place), and no checkpoint of the step under way is written."""
+    from protrans_cli.training import loop
+
+    append = loop.append_metrics
+
+    def append_and_press_twice(path, record):
+        append(path, record)
+        if record.get("step") == 3:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(loop, "append_metrics", append_and_press_twice)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, num_steps=10, log_every=1, save_every=100, bucket_batches=2))
+    assert signal.getsignal(signal.SIGINT) is before
+    run_dir = tmp_path / "run_bert"
+    assert not list((run_dir / "checkpoints").glob("step_*")) and not (run_dir / "config.json").exists()
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("protrans: warning:")]
+    assert warned == ["protrans: warning: stopping after this step to save a checkpoint (Ctrl-C again stops at once, "
+                      "losing the steps since the last one)"]
+
+
+def test_train_called_from_another_thread_runs_without_signal_handlers(tmp_path):
+    """A notebook's or a service's worker thread may call train(): Python installs signal handlers
+    in the main thread only, and the run neither fails for it nor touches the main thread's."""
+    import threading
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    outcome = {}
+
+    def work():
+        try:
+            outcome["result"] = train(_config(tmp_path, num_steps=2, log_every=1, save_every=1))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].completed and outcome["result"].step == 2
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
 def _same_weights(model, state):
     own = model.state_dict()
     assert set(state) <= set(own)
