@@ -2382,6 +2382,33 @@ def test_a_non_finite_gradient_stops_with_the_step_and_where_to_go_on_from(tmp_p
         assert "no checkpoint was written yet: lower --lr or lengthen --warmup-steps" in message
 
 
+def test_fp16_steps_that_overflow_down_to_a_loss_scale_below_1_stop_saying_float16_overflows(tmp_path, monkeypatch):
+    """float16 whose every step overflows (T5's activations on a V100): the steps are skipped, the
+    scale halved each time, and below 1 the run stops naming the step and float16 as the cause,
+    with no step applied."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training import optim
+
+    class Low(optim.LossScale):  # two halvings from below 1
+        def __init__(self):
+            super().__init__(scale=2.0, interval=100)
+
+    monkeypatch.setattr(loop_module(), "LossScale", Low)
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(loop_module().torch.nn.utils, "clip_grad_norm_",  # every step's gradient overflows
+                        lambda *args, **kwargs: real(*args, **kwargs) * float("inf"))
+    cfg = _config(tmp_path, num_steps=8, log_every=1, precision="fp16")
+    with pytest.raises(RuntimeFailure) as caught:
+        train(cfg)
+    message = caught.value.message
+    assert message.startswith("step 2: the gradient is not finite (loss "), message
+    assert ("no checkpoint was written yet: lower --lr or lengthen --warmup-steps; the steps before it were skipped "
+            "as float16 overflows, down to a loss scale below 1: float16 may overflow in this model's activations: "
+            "--precision fp32") in message
+    rows = read_metrics(tmp_path / "run_bert" / "metrics.jsonl")
+    assert [(r["step"], r["skipped_steps"], r["loss"]) for r in rows] == [(1, 1.0, None)]
+
+
 def test_a_run_that_fails_mid_run_draws_its_loss_curve_as_a_stopped_one_does(tmp_path, monkeypatch):
     """A diverged run kept metrics.jsonl but no loss_curve.png: only a completed or stopped run
     drew it, and the diverged run's curve is the one that tells a better --lr."""
