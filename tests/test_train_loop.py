@@ -893,6 +893,10 @@ def test_an_unquoted_corpus_pattern_the_shell_expanded_is_named_with_the_remedy(
             f"{tmp_path / 'shards.00000.txt'}, as when the shell expands an unquoted pattern; {flag} takes one "
             f"file: quote the pattern ({flag} 'corpus.*.txt.gz') or repeat {flag} before each file "
             "(see 'protrans train --help')")
+    # files out of sorted order are no shell's expansion: no word of a pattern
+    res = run_cli("train", "--corpus", tmp_path / "shards.00002.txt", tmp_path / "shards.00000.txt", "-o", tmp_path / "r")
+    assert res.exit_code == 2 and res.stderr.strip() == (
+        f"protrans: error: Got unexpected extra argument ({tmp_path / 'shards.00000.txt'}) (see 'protrans train --help')")
     # other extra arguments are refused as before
     res = run_cli("train", "--corpus", LEARNABLE, "typo", "-o", tmp_path / "r")
     assert res.exit_code == 2

@@ -774,6 +774,21 @@ def test_t5_span_corruption_statistics_and_reconstruction():
 
 
 
+def test_t5_span_of_a_one_residue_protein_reconstructs_it_after_one_sentinel():
+    """A protein of one residue (prep --min-length 1) has no span to corrupt beside a kept one:
+    its input is one sentinel, its target that sentinel and the residue, batched with longer ones."""
+    layout = _layout("t5")
+    obj = make_objective("t5_span", layout, _cfg())
+    samples = [*_random_samples(layout, n=2, length=1), *_random_samples(layout, n=1, length=30, seed=2)]
+    batch = obj.collate(samples)
+    eos, first = layout.suffix[-1], layout.sentinel_ids[0]
+    for i in range(2):
+        x = [t for t in batch["input_ids"][i].tolist() if t != layout.pad_id]
+        y = [t for t in batch["labels"][i].tolist() if t != IGNORE]
+        assert x == [*layout.prefix, first, eos] and y == [first, *samples[i].residues.tolist(), eos]
+    assert batch["num_predicted"] == sum(int((batch["labels"][i] != IGNORE).sum()) for i in range(3))
+
+
 @pytest.mark.parametrize("numbering", ["upwards", "downwards"])
 def test_t5_span_sentinels_follow_t5s_order_by_name(numbering):
     """The first span of a protein becomes <extra_id_0>, the next <extra_id_1>..., in the input
