@@ -1371,6 +1371,37 @@ def test_token_micro_batches_hold_the_same_proteins_within_the_budget(tmp_path, 
         assert fewer, per_rank  # the short proteins' steps need fewer passes
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_token_micro_batches_of_a_rank_with_fewer_are_split_until_every_rank_has_as_many(tmp_path, seed):
+    """Proteins of very different lengths, one bucket a step: the budget cuts one rank's share
+    into fewer micro-batches than another's (the seeds were chosen so), and its largest ones are
+    halved until the counts agree; under torchrun a rank with fewer forward passes left the others
+    waiting at a collective. The proteins stay those of fixed micro-batches, each pass within the
+    budget or a protein alone."""
+    from protrans_cli.models import get_family
+
+    rng = np.random.default_rng(seed)
+    corpus = tmp_path / "c.txt"
+    lengths = rng.choice([3, 6, 60, 120], 128)
+    corpus.write_text("".join(" ".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)) + "\n\n" for n in lengths))
+    layout = TokenLayout.from_tokenizer(get_family("bert").build_tokenizer())
+    kw = dict(max_length=128, global_batch_size=16, micro_batch_size=4, seed=seed, bucket_batches=1, max_epochs=1)
+    per_rank = []
+    for rank in range(2):
+        fixed = list(CorpusStream([str(corpus)], layout, rank=rank, world_size=2, **kw))
+        cut = list(CorpusStream([str(corpus)], layout, rank=rank, world_size=2, micro_batch_tokens=512,
+                                pad_multiple=8, **kw))
+        assert len(fixed) == len(cut) == 8
+        for a, b in zip(fixed, cut):
+            assert sorted(s.index for mb in a.micro_batches for s in mb) == \
+                sorted(s.index for mb in b.micro_batches for s in mb)
+            for mb in b.micro_batches:
+                ns = [len(s.residues) for s in mb]
+                assert len(mb) == 1 or len(ns) * (-(-(max(ns) + 2) // 8) * 8) <= 512
+        per_rank.append([len(step.micro_batches) for step in cut])
+    assert per_rank[0] == per_rank[1], per_rank
+
+
 @pytest.mark.parametrize("family,metric,weight", [("electra", "disc_loss", 50.0), ("albert", "sop_loss", 1.0)])
 def test_a_step_without_a_masked_residue_keeps_the_second_loss_term(family, metric, weight):
     # its weight was predicted / aux = 0: the step's loss was 0 and nothing trained
