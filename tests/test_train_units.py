@@ -623,6 +623,20 @@ def test_a_file_that_is_no_text_as_corpus_says_what_it_is(tmp_path, run_cli, hea
         assert not (tmp_path / "run").exists()
 
 
+def test_a_corpus_line_that_is_not_utf8_names_its_letter_as_latin1_reads_it(tmp_path, run_cli):
+    """A hand-made corpus in Latin-1 (byte 0xC9, É): one line naming the file, the line and the
+    letter, not a UnicodeDecodeError; the run directory it made is removed."""
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes(b"M K T A\n\n" * 20 + b"M K \xc9 A\n\n")
+    res = run_cli("train", "--corpus", corpus, "-o", tmp_path / "run", "--num-steps", 2, "--max-length", 32,
+                  "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 1 and "Traceback" not in res.stderr, res.output
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {corpus}:41: invalid residue 'É' at residue 3 of the protein (the corpus must come from "
+        "`protrans prep`) (met reading step 1's batch; no checkpoint was written yet)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_corpus_error_in_a_data_loader_worker_is_one_line_and_the_run_exits(tmp_path):
     # The bad line is past the first global batch (read before training), so a worker meets it:
     # it was re-raised as "Caught InputError in DataLoader worker process 0" with a traceback,
