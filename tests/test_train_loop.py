@@ -533,6 +533,34 @@ def test_find_lr_ends_its_range_where_the_gradient_blows_up(tmp_path, monkeypatc
     assert result.step == 9 and 1e-5 <= result.lr_suggestion <= 1.0
 
 
+def test_find_lr_ends_its_range_once_the_smoothed_loss_exceeds_four_times_its_best(tmp_path, monkeypatch):
+    """The range test stops where the loss has clearly diverged (smoothed, four times its lowest),
+    not after all its steps: the curve and lr_find.json end at that step, the step included."""
+    from protrans_cli.training import lr_finder
+
+    losses = [4.0, 3.0, 2.0, 1.0, 0.5, 0.5, 2.0, 8.0, 30.0, 100.0, 300.0, 1000.0]
+
+    seen = []
+
+    def step_with_loss(*args, **kwargs):  # (sum, count): the loss times 10 predicted tokens
+        seen.append(1)
+        return {"loss": (losses[len(seen) - 1] * 10, 10.0)}
+
+    monkeypatch.setattr(lr_finder, "train_step", step_with_loss)
+    result = find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=len(losses))
+    smoothed, avg, best = [], 0.0, float("inf")
+    for n, loss in enumerate(losses, 1):  # the bias-corrected running mean lr_finder keeps
+        avg = 0.9 * avg + 0.1 * loss
+        smoothed.append(avg / (1 - 0.9 ** n))
+        best = min(best, smoothed[-1])
+        if smoothed[-1] > 4 * best:
+            break
+    assert n < len(losses) and result.step == n == len(seen)
+    saved = json.loads((tmp_path / "run_bert" / "lr_find.json").read_text())
+    assert saved["loss"] == losses[:n] and saved["smoothed_loss"] == pytest.approx(smoothed)
+    assert len(saved["lr"]) == n and saved["suggested_lr"] == result.lr_suggestion
+
+
 @pytest.mark.parametrize("fp16, said", [(True, "--precision fp32"), (False, "its step 1 (lr 1.0e-05) is not finite")])
 def test_find_lr_that_measures_nothing_says_why(tmp_path, monkeypatch, fp16, said):
     """A range test whose first step already blew up (float16 overflowing in the activations at
