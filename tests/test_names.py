@@ -61,6 +61,29 @@ def test_train_refuses_a_run_directory_the_tokenizer_cannot_be_saved_into_before
     assert os.listdir(odd_dir) == []
 
 
+def test_train_init_from_a_model_in_a_folder_whose_name_is_not_utf8_says_why_before_loading(tmp_path, odd_dir,
+                                                                                             run_cli):
+    """--init-from such a folder: the tokenizers library cannot read its tokenizer there; the
+    error names the flag, the folder and the remedy (exit 1), and no run directory is made."""
+    from protrans_cli.models import FAMILIES
+
+    family = FAMILIES["bert"]
+    tokenizer = family.build_tokenizer()
+    model = os.path.join(odd_dir, "model")
+    family.save_pretrained(family.pretraining_model(family.build_config("tiny", tokenizer)), tokenizer,
+                           os.path.join(tmp_path, "ascii"))
+    os.rename(os.path.join(tmp_path, "ascii"), model)  # (saved under an ASCII name: the tokenizer writes UTF-8 ones)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("M K V L A A G\n\nM K L A\n\n" * 8)
+    r = run_cli("train", "--corpus", corpus, "--num-steps", 1, "--max-length", 32, "--global-batch-size", 4,
+                "--micro-batch-size", 4, "-j", 1, "--init-from", model, "-o", tmp_path / "run")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: --init-from {tmp_path}/x\\xff/model: cannot load the tokenizer: its name is not UTF-8 "
+        "here (the tokenizers library writes and reads UTF-8 names only): use an ASCII name, or a UTF-8 locale "
+        "(LC_ALL=C.UTF-8)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_head_in_a_folder_whose_name_is_not_utf8_is_read_back(tmp_path, odd_dir, run_cli):
     """fit wrote the head; predict could not read its weights ("Path ... is not valid UTF-8")."""
     emb = tmp_path / "loc.h5"
