@@ -301,7 +301,12 @@ class TrainConfig:
                 raise UsageError(f"{where}{named('num_steps')} must be at least 1, got {phase.num_steps}")
             for name in ("global_batch_size", "micro_batch_size"):
                 if getattr(phase, name) < 1:
-                    raise UsageError(f"{where}{setting_name(name)} must be at least 1, got {getattr(phase, name)}")
+                    # the phase's own batch size (--phase 32:2:4:0) by its name, one it takes from
+                    # the run (--phase 32:2 --micro-batch-size 0) by the flag: the flag was named
+                    # for both, and --phase 32:2:4:0 was told of a --micro-batch-size never given
+                    own = self.phases and getattr(self.phases[i - 1], name) is not None
+                    raise UsageError(f"{where}{name if own else setting_name(name)} must be at least 1, got "
+                                     f"{getattr(phase, name)}")
 
     def _check_structure(self) -> None:
         """The settings that are not plain values (which errors.expect_options checks): from
