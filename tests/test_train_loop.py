@@ -813,8 +813,8 @@ def test_cli_errors(tmp_path, run_cli):
     (["--corpus", LEARNABLE, "--phase", "32"], "--phase '32': expected LEN:STEPS[:GLOBAL_BATCH[:MICRO_BATCH]]"),
     (["--corpus", LEARNABLE, "--phase", "32:x"], "--phase '32:x': every field must be a whole number"),
     # a phase's own batch size by its name; one the phase takes from the run by the flag
-    (["--corpus", LEARNABLE, "--phase", "32:2:4:0"], "phase 1 (32:2): micro_batch_size must be at least 1, got 0"),
-    (["--corpus", LEARNABLE, "--phase", "32:2:0"], "phase 1 (32:2): global_batch_size must be at least 1, got 0"),
+    (["--corpus", LEARNABLE, "--phase", "32:2:4:0"], "phase 1 (32:2:4:0): micro_batch_size must be at least 1, got 0"),
+    (["--corpus", LEARNABLE, "--phase", "32:2:0"], "phase 1 (32:2:0): global_batch_size must be at least 1, got 0"),
     (["--corpus", LEARNABLE, "--phase", "32:2", "--micro-batch-size", "0"],
      "phase 1 (32:2): --micro-batch-size (micro_batch_size) must be at least 1, got 0"),
     (["--corpus", LEARNABLE, "--set", "num_hidden_layers"], "--set 'num_hidden_layers': expected KEY=VALUE"),
@@ -1416,7 +1416,7 @@ def test_a_tampered_training_state_that_loads_is_refused_on_resume_in_one_line(t
         s["scheduler"]["last_epoch"] = -3
 
     for craft, said in ((python_rng, "passed to Random.setstate()"), (negative_offset, "at.offset is -5, not a count"),
-                        (cursor_list, "data_state: at is a list, not a cursor"),
+                        (cursor_list, "data_state: at is [0, 5], not a cursor (a table of positions)"),
                         (unknown_position, "data_state: unknown field 'shuffle_pass'"),
                         (scheduler_before_start, "scheduler last_epoch is -3, not a step"),
                         (optimizer_shape, "optimizer state 'exp_avg' is (7,) for a parameter of shape"),
@@ -2116,7 +2116,7 @@ def test_resume_from_an_earlier_checkpoint_with_later_ones_is_refused(tmp_path):
     ('{"corpus": "c.txt", "segment_length": 0}', "segment_length must be at least 1"),
     ('{"corpus": "c.txt", "electra_disc_weight": -50}', "electra_disc_weight must be positive"),
     ('{"corpus": "c.txt", "phases": [{"max_length": 64, "num_steps": 2, "global_batch_size": 0}]}',
-     r"phase 1 \(64:2\): global_batch_size must be at least 1, got 0"),  # (the table's own, not the flag)
+     r"phase 1 \(64:2:0\): global_batch_size must be at least 1, got 0"),  # (the table's own, not the flag)
     ('{"corpus": "c.txt", "model_overrides": {"num_hidden_layers": -1}}',
      r"--set num_hidden_layers=-1 \(model_overrides\): must be at least 1"),
 ])

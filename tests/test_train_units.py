@@ -1324,6 +1324,9 @@ def test_a_config_file_nested_too_deeply_is_a_usage_error(tmp_path, run_cli):
     ('corpus = "c.txt"\n[[phases]]\nmax_length = 4\nnum_steps = 2',
      "phase 1 (4:2): max_length must be at least 8, got 4"),
     ("lr = -1", "--lr (lr) must be positive, got -1.0"),
+    # a phase table's micro-batch size without a global one: the run's global one is shown
+    ('corpus = "c.txt"\nglobal_batch_size = 6\n[[phases]]\nmax_length = 32\nnum_steps = 2\nmicro_batch_size = 0',
+     "phase 1 (32:2:6:0): micro_batch_size must be at least 1, got 0"),
 ])
 def test_a_config_files_bad_value_names_the_file(tmp_path, run_cli, setting, message):
     """Checked only after the flags were merged, a config file's bad value was reported without

@@ -487,7 +487,7 @@ def _data_state_problem(data_state: dict) -> str | None:
     fields = [(k, data_state.get(k, 0)) for k in _STREAM_FIELDS]
     if at is not None:
         if not isinstance(at, dict):
-            return f"at is a {type(at).__name__}, not a cursor"
+            return f"at is {json.dumps(at)[:40]}, not a cursor (a table of positions)"
         names = _cursor_fields()
         fields += [(f"at.{k}", at.get(k, 0)) for k in names]
         unknown = set(at) - set(names)

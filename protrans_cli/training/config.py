@@ -53,6 +53,17 @@ class Phase:
             raise UsageError(f"--phase {text!r}: every field must be a whole number") from None
         return cls(*nums)
 
+    def spec(self, resolved: "Phase | None" = None) -> str:
+        """The phase as --phase writes it, with the batch sizes it was given (a micro-batch
+        size given without a global one shows the run's global one, `resolved`'s)."""
+        parts = [self.max_length, self.num_steps]
+        if self.micro_batch_size is not None:
+            parts += [self.global_batch_size if self.global_batch_size is not None
+                      else (resolved or self).global_batch_size, self.micro_batch_size]
+        elif self.global_batch_size is not None:
+            parts.append(self.global_batch_size)
+        return ":".join(map(str, parts))
+
 
 DEFAULT_FAMILY = "bert"
 DEFAULT_PRESET = "tiny"
@@ -226,7 +237,7 @@ class TrainConfig:
             raise UsageError(f"{setting_name('seed')} must be at most 2**64 - {world_size} with {world_size} "
                              f"processes (rank r seeds seed + r), got {self.seed}")
         for i, phase in enumerate(self.resolved_phases(), 1):
-            where = f"phase {i} ({phase.max_length}:{phase.num_steps})" if self.phases else "training"
+            where = f"phase {i} ({self.phases[i - 1].spec(phase)})" if self.phases else "training"
             grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, world_size, where=where)
 
     def check_values(self) -> None:
@@ -293,7 +304,7 @@ class TrainConfig:
         for i, phase in enumerate(self.resolved_phases(), 1):
             # (without phases, named as the flags are: "training: max_length must be at least 8"
             # named neither --max-length nor where it came from)
-            where = f"phase {i} ({phase.max_length}:{phase.num_steps}): " if self.phases else ""
+            where = f"phase {i} ({self.phases[i - 1].spec(phase)}): " if self.phases else ""
             named = (lambda name: name) if self.phases else setting_name
             if phase.max_length < 8:
                 raise UsageError(f"{where}{named('max_length')} must be at least 8, got {phase.max_length}")
