@@ -174,6 +174,14 @@ def pytest_sessionfinish(session, exitstatus):
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        # (coverage.py saves its data at exit, after this handler: a process measured under
+        # coverage lost its whole measurement, an xdist worker's included)
+        coverage = sys.modules.get("coverage")
+        measuring = getattr(getattr(coverage, "Coverage", None), "current", lambda: None)()
+        if measuring is not None:
+            with contextlib.suppress(Exception):
+                measuring.stop()
+                measuring.save()
         os._exit(status)
 
     atexit.register(exit_with_pytests_status)
