@@ -387,8 +387,10 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
         scorer.site_log_probs([SEQ[:8]], [(0, 8)])
     with pytest.raises(UsageError, match="unknown scoring 'masked'"):
         scorer.score(SEQ[:8], [], "masked")
-    for bad in ({"long_policy": "crop"}, {"max_length": 0}, {"max_tokens": 0}):
-        with pytest.raises(UsageError):
+    for bad, said in (({"long_policy": "crop"}, "^--long-policy must be one of error, window$"),
+                      ({"max_length": 0}, "^--max-length must be at least 1$"),
+                      ({"max_tokens": 0}, "^--max-tokens must be at least 1$")):
+        with pytest.raises(UsageError, match=said):
             VariantScorer(scorer.loaded, progress=False, **bad)
 
 
