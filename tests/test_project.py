@@ -202,9 +202,13 @@ def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_c
     assert all(c["class"] in groups for c in page.circles)
 
 
-def test_pictures_of_a_3d_map_without_labels_and_of_labels_on_a_colour_scale(tmp_path, run_cli):
+def test_pictures_of_a_3d_map_without_labels_and_of_labels_on_a_colour_scale(tmp_path, run_cli, monkeypatch):
     """--dims 3 --plot with no label column (one colour, a z axis), and a column of numbers (a
     colour scale and its bar): each drawn whole, the table beside it with its axes."""
+    from matplotlib.figure import Figure
+
+    drawn, savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **kw: (drawn.append(fig), savefig(fig, *a, **kw))[1])
     x, _ = _clusters(n_per=4)
     ids = [f"r{i}" for i in range(len(x))]
     _write(tmp_path / "a.h5", x, ids)
@@ -212,6 +216,9 @@ def test_pictures_of_a_3d_map_without_labels_and_of_labels_on_a_colour_scale(tmp
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "m3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "m3.tsv").read_text().splitlines()[0].split("\t") == ["id", "x", "y", "z"]
+    [axes] = drawn.pop().axes  # a 3D map, its z axis named, one colour without a legend
+    assert axes.name == "3d" and axes.get_zlabel().startswith("PC3 (") and axes.get_legend() is None
+    assert len({tuple(c[:3]) for c in axes.collections[0].get_facecolor()}) == 1  # (alpha: depth shading)
     (tmp_path / "rsa.csv").write_text("id,rsa\n" + "".join(f"{i},{k / 10}\n" for k, i in enumerate(ids)))
     r = run_cli("project", tmp_path / "a.h5", "--labels", tmp_path / "rsa.csv", "--plot", tmp_path / "scale.png",
                 "-o", tmp_path / "scale.tsv")
@@ -220,6 +227,8 @@ def test_pictures_of_a_3d_map_without_labels_and_of_labels_on_a_colour_scale(tmp
     rows = [row.split("\t") for row in (tmp_path / "scale.tsv").read_text().splitlines()]
     assert rows[0] == ["id", "x", "y", "rsa"] and {(r[0], r[-1]) for r in rows[1:]} == {
         (i, f"{k / 10}") for k, i in enumerate(ids)}
+    axes, bar = drawn.pop().axes  # the map and a colour bar named by the column, not a legend of 12 classes
+    assert bar.get_ylabel() == "rsa" and axes.get_legend() is None
 
 
 def test_inputs_of_one_file_name_are_told_apart_by_their_folders(tmp_path, run_cli):
