@@ -593,7 +593,7 @@ def test_main_called_from_a_thread_leaves_signals_alone_and_runs(tmp_path, capsy
 
     fasta = tmp_path / "a.fa"
     fasta.write_text(">a\nMKV\n")
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook
     codes = []
 
     def call():
@@ -609,7 +609,7 @@ def test_main_called_from_a_thread_leaves_signals_alone_and_runs(tmp_path, capsy
     thread.join(60)
     assert codes in ([0], [None]), codes
     assert (tmp_path / "c.txt").read_text().startswith("M K V")
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook) == before
 
 
 def test_env_names_apples_gpu_where_embed_fit_and_predict_would_use_it(run_cli, monkeypatch):
