@@ -482,6 +482,8 @@ def test_outputs_that_would_replace_an_input_or_cannot_be_written_are_refused(ru
 
 
 def test_a_ctrl_c_says_where_the_work_is_and_a_non_finite_map_is_recorded_as_failed(run_cli, tmp_path, monkeypatch):
+    import json
+
     from protrans_cli.contacts import ContactPredictor
 
     model = REFERENCES["esm2"]
@@ -502,15 +504,20 @@ def test_a_ctrl_c_says_where_the_work_is_and_a_non_finite_map_is_recorded_as_fai
     assert (f"interrupted: what was computed is in {out}.partial; run the same command with --resume to finish"
             in r.stderr)
 
-    def nan_for_b(self, seqs):
-        maps = original(self, seqs)
-        return [np.full_like(m, np.nan) if seq == "MAAGKL" else m for seq, m in zip(seqs, maps)]
+    def nan_for_b(self, seqs):  # (one entry of b's map: an overflow in one attention weight)
+        maps = [m.copy() for m in original(self, seqs)]
+        for seq, m in zip(seqs, maps):
+            if seq == "MAAGKL":
+                m[1, 3] = np.nan
+        return maps
 
     monkeypatch.setattr(ContactPredictor, "predict", nan_for_b)
     r = run_cli("contacts", fasta, "-m", model, "-o", tmp_path / "n.h5")
     assert r.exit_code == 0, r.stderr
     assert "b: NaN or infinity in its contact map (the attention maps of the model's float32 pass)" in r.stderr
-    assert set(_maps(tmp_path / "n.h5")) == {"a", "c"} and "NaN or infinity" in _attrs(tmp_path / "n.h5")["failed"]
+    assert set(_maps(tmp_path / "n.h5")) == {"a", "c"}
+    assert json.loads(_attrs(tmp_path / "n.h5")["failed"]) == {
+        "b": "NaN or infinity in its contact map (the attention maps of the model's float32 pass)"}
 
 
 def test_a_max_length_beyond_what_the_head_was_fitted_on_is_warned_about(run_cli, tmp_path):
