@@ -365,6 +365,7 @@ def test_a_max_length_beyond_the_position_table_and_a_single_pass_out_of_memory(
                 table_size + 1)
     assert r.exit_code == 2 and f"--max-length {table_size + 1} is more than" in r.stderr
     assert f"({table_size} residues, its learned positions)" in r.stderr
+    assert VariantScorer(loaded, progress=False, max_length=table_size).max_length == table_size  # (all of them)
     scorer = VariantScorer(loaded, progress=False, max_tokens=1)
 
     def no_memory(**inputs):
