@@ -108,6 +108,7 @@ def test_an_output_is_compressed_as_its_suffix_says_and_reads_back(tmp_path, suf
     kind = compression_for_output(path)
     blocks = tmp_path / f"blocks.fa{suffix}"
     blocks.write_bytes(b"".join(compress_bytes(b, kind) for b in (TEXT, b"", TEXT * 3)))
+    assert blocks.read_bytes().startswith(magic)  # (open_input reads plain text under any name too)
     with open_input(blocks) as stream:
         assert stream.read() == TEXT * 4
 
