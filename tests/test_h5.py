@@ -479,9 +479,21 @@ def test_stdin_and_a_pipe_are_refused_as_what_they_are_not_read_or_waited_on(tmp
     with pytest.raises(InputError, match=r"^<stdin>: an HDF5 file is read in place: give a regular file, not stdin "
                        "or a pipe$"):
         EmbeddingsReader("-")
-    os.mkfifo(tmp_path / "pipe.h5")
-    with pytest.raises(InputError, match="pipe.h5: an HDF5 file is read in place"):
-        EmbeddingsReader(tmp_path / "pipe.h5")
+    import threading
+
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    # a writer at the other end, so that a reader opening the pipe (the check gone) reads its end
+    # and fails on what it read instead of waiting for ever
+    writer = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_WRONLY)), daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(InputError, match="pipe.h5: an HDF5 file is read in place"):
+            EmbeddingsReader(fifo)
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # (lets the writer's open return)
+        writer.join(5)
+    assert not writer.is_alive()
 
 
 def test_text_attributes_of_another_encoding_are_read_not_a_unicode_error(tmp_path):
