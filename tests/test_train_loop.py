@@ -2044,6 +2044,21 @@ def test_init_from_a_damaged_model_or_heads_that_do_not_fit_it_are_named(tmp_pat
         assert r.exit_code == 1 and said.startswith(
             f"protrans: error: --init-from {weights}: cannot load the weights: "), (extra, r.stderr)
         assert "--set" not in said and "Traceback" not in r.stderr
+    # a pickled pytorch_model.bin cut short is a RuntimeError from torch.load, as a shape that
+    # does not fit is: still the file's problem under --set, not --set's
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "bin_cut"
+    shutil.copytree(weights, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(load_file(source / "model.safetensors"), pickled / "pytorch_model.bin")
+    data = (pickled / "pytorch_model.bin").read_bytes()
+    (pickled / "pytorch_model.bin").write_bytes(data[:len(data) // 2])
+    r = run_cli("train", *flags, "--init-from", pickled, "--set", "hidden_dropout_prob=0.2")
+    said = r.stderr.strip().splitlines()[-1]
+    assert r.exit_code == 1 and said.startswith(
+        f"protrans: error: --init-from {pickled}: cannot load the weights: PytorchStreamReader failed"), r.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -3166,3 +3181,16 @@ def test_resume_when_the_latest_checkpoint_lost_its_training_state_is_one_line(t
                                "missing"), said
         assert ("step_00000001, after moving this one away" in said) == (left != "the only checkpoint"), said
         assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_only_a_shape_error_while_loading_init_from_weights_is_put_down_to_set():
+    """The refusal that blames --set is for a tensor that does not fit (torch's and transformers'
+    "size mismatch" text); torch.load's RuntimeError for a file cut short names the file."""
+    from protrans_cli.training.loop import _names_a_shape
+
+    assert _names_a_shape(RuntimeError(
+        "Error(s) in loading state_dict for BertForMaskedLM:\n\tsize mismatch for bert.embeddings.word_embeddings."
+        "weight: copying a param with shape torch.Size([30, 32]) from checkpoint, the shape in current model is "
+        "torch.Size([31, 32])."))
+    assert not _names_a_shape(RuntimeError(
+        "PytorchStreamReader failed reading zip archive: failed finding central directory"))

@@ -638,6 +638,13 @@ def _weights_changed(family, saved, changed) -> str | None:
 _MAX_MISSING_SHARE = 0.1
 
 
+def _names_a_shape(exc: BaseException) -> bool:
+    """Whether a weights-loading RuntimeError is about tensor shapes (torch's and transformers'
+    "size mismatch for ...: copying a param with shape ..."), not a damaged file."""
+    text = str(exc).lower()
+    return "size mismatch" in text or "shape" in text
+
+
 def _initial_model(config: TrainConfig, resume):
     """--init-from: (family, tokenizer, pretraining model) of an existing model, loaded through
     from_pretrained in float32. On --resume the architecture and tokenizer come from the run's
@@ -697,9 +704,10 @@ def _initial_model(config: TrainConfig, resume):
             model, info = family.load_pretraining_model(source.target, config=hf_config, dtype=torch.float32,
                                                         output_loading_info=True, **source.hub_kwargs)
     except weight_errors() as exc:
-        if config.model_overrides and isinstance(exc, RuntimeError):
-            # (a shape that does not fit, which --set can cause; a weights file cut short, or a
-            # pickle refused, is the file's problem whatever --set gave: --set dropout was blamed)
+        if config.model_overrides and isinstance(exc, RuntimeError) and _names_a_shape(exc):
+            # (a shape that does not fit, which --set can cause; a weights file cut short (torch's
+            # "PytorchStreamReader failed reading zip archive", a RuntimeError too), or a pickle
+            # refused, is the file's problem whatever --set gave: --set dropout was blamed)
             raise UsageError(f"{resized}: the weights of {source.name} do not have that model's shapes; with "
                              "--init-from, --set can change settings such as dropout, not sizes") from None
         raise ModelError(f"--init-from {source.name}: cannot load the weights: {weights_problem(exc)}") from None
