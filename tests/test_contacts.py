@@ -37,6 +37,23 @@ def _attrs(path, ident=None) -> dict:
         return {k: obj.attrs[k] for k in obj.attrs}
 
 
+def _stop_on_the_second_batch(monkeypatch):
+    """ContactPredictor.predict raising KeyboardInterrupt (a Ctrl-C) on its second batch; returns
+    the original method."""
+    from protrans_cli.contacts import ContactPredictor
+
+    original, calls = ContactPredictor.predict, []
+
+    def stop_on_the_second_batch(self, seqs):
+        calls.append(seqs)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, seqs)
+
+    monkeypatch.setattr(ContactPredictor, "predict", stop_on_the_second_batch)
+    return original
+
+
 @pytest.mark.parametrize("arch", sorted(REFERENCES))
 def test_maps_equal_fair_esm_contacts(run_cli, tmp_path, arch):
     """Every protein of the reference FASTA (rare residues, lowercase, one residue, a padded batch,
@@ -154,15 +171,7 @@ def test_resume_after_a_stop_gives_the_uninterrupted_file(tmp_path, monkeypatch)
                              for i in range(6)))
     options = dict(model=model, device="cpu", max_batch_size=2)
     full = _maps(predict_contacts(fasta, tmp_path / "full.h5", ContactOptions(**options)).output)
-    original, calls = ContactPredictor.predict, []
-
-    def stop_on_the_second_batch(self, seqs):
-        calls.append(seqs)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, seqs)
-
-    monkeypatch.setattr(ContactPredictor, "predict", stop_on_the_second_batch)
+    original = _stop_on_the_second_batch(monkeypatch)
     out = tmp_path / "out.h5"
     with pytest.raises(KeyboardInterrupt):
         predict_contacts(fasta, out, ContactOptions(**options))
@@ -489,15 +498,7 @@ def test_a_ctrl_c_says_where_the_work_is_and_a_non_finite_map_is_recorded_as_fai
     model = REFERENCES["esm2"]
     fasta = tmp_path / "in.fa"
     fasta.write_text(">a\nMKTAYIAKQR\n>b\nMAAGKL\n>c\nMKVLAAGIVG\n")
-    original, calls = ContactPredictor.predict, []
-
-    def stop_on_the_second_batch(self, seqs):
-        calls.append(seqs)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, seqs)
-
-    monkeypatch.setattr(ContactPredictor, "predict", stop_on_the_second_batch)
+    original = _stop_on_the_second_batch(monkeypatch)
     out = tmp_path / "c.h5"
     r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-batch-size", "1")
     assert r.exit_code == 130 and not out.exists()

@@ -2127,19 +2127,25 @@ def test_a_plain_resume_merges_the_shards_of_an_interrupted_torchrun_run(tmp_pat
         assert len(json.loads(f.attrs["runs"])) == 2
 
 
+def _rank0_share(tmp_path):
+    """The first three proteins of SMALL as a FASTA of their own (what rank 0 of two embeds)."""
+    from protrans_cli.io.fasta import write_fasta
+
+    fasta = tmp_path / "rank0.fa"
+    with open(fasta, "wb") as fh:
+        for rec in list(read_fasta(SMALL))[:3]:
+            write_fasta(fh, rec.id, rec.sequence, rec.description)
+    return fasta
+
+
 def test_the_shards_of_an_interrupted_torchrun_run_are_kept_unless_force_replaces_them(tmp_path):
     """A rank's shard left by an interrupted torchrun run is that run's work: a plain rerun is
     refused naming it (the shard kept as it was); --force embeds everything afresh and removes
     the shard and its ledger, which a later --resume would otherwise have merged into the file."""
-    from protrans_cli.io.fasta import write_fasta
     from protrans_cli.io.h5 import ledger_path
 
     full = _run(tmp_path / "full.h5")
-    records = list(read_fasta(SMALL))
-    fasta = tmp_path / "rank0.fa"
-    with open(fasta, "wb") as fh:
-        for rec in records[:3]:
-            write_fasta(fh, rec.id, rec.sequence, rec.description)
+    fasta = _rank0_share(tmp_path)
     shard = tmp_path / "out.h5.shard-000-of-002.partial"
     _run(tmp_path / "r0.h5", fasta=fasta).rename(shard)
     ledger_path(shard).write_bytes(b"a ledger")
@@ -2161,14 +2167,9 @@ def test_shards_of_an_output_named_with_glob_characters_are_found(tmp_path):
     plain --resume merges them. Read as a pattern, the shards were left out: an incomplete file,
     exit 0, which passed every test (their outputs had plain names)."""
     from protrans_cli.embed_dist import _shard_files
-    from protrans_cli.io.fasta import write_fasta
 
     full = _run(tmp_path / "full.h5")
-    records = list(read_fasta(SMALL))
-    fasta = tmp_path / "rank0.fa"
-    with open(fasta, "wb") as fh:
-        for rec in records[:3]:
-            write_fasta(fh, rec.id, rec.sequence, rec.description)
+    fasta = _rank0_share(tmp_path)
     _run(tmp_path / "r0.h5", fasta=fasta).rename(tmp_path / "run[1].h5.shard-000-of-002.partial")
     (tmp_path / "run1.h5.shard-000-of-002.partial").write_bytes(b"another output's shard")
     out = tmp_path / "run[1].h5"
