@@ -2033,7 +2033,8 @@ def test_init_from_a_damaged_model_or_heads_that_do_not_fit_it_are_named(tmp_pat
     (tokenizer / "tokenizer.json").write_text((source / "tokenizer.json").read_text()[:100])
     r = run_cli("train", *flags, "--init-from", tokenizer)
     assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith(
-        f"protrans: error: --init-from {tokenizer}: cannot load it as a bert pretraining model: "), r.stderr
+        f"protrans: error: --init-from {tokenizer}: cannot load the tokenizer: {tokenizer / 'tokenizer.json'}: not "
+        "valid JSON (Expecting value: "), r.stderr
     weights = tmp_path / "weights_cut"
     shutil.copytree(source, weights, ignore=shutil.ignore_patterns("checkpoints"))
     data = (source / "model.safetensors").read_bytes()
