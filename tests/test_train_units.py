@@ -102,9 +102,16 @@ def test_grad_accumulation_must_divide():
         grad_accum_steps(12, 2, 4)
     with pytest.raises(UsageError, match="use a number of processes that divides 12"):
         grad_accum_steps(12, 2, 5)
-    cfg = TrainConfig(corpus=["x"], global_batch_size=32, micro_batch_size=8, phases=[Phase(64, 5, 24)])
-    with pytest.raises(UsageError, match="phase 1"):
-        cfg.validate(world_size=2)
+    # a phase's error shows it as given, batch sizes included (a micro-batch size alone with the
+    # run's global one): "phase 1 (64:5)" left out the sizes that do not divide
+    for phase, said in ((Phase(64, 5, 24), "phase 1 (64:5:24): global batch size 24 is not divisible by micro batch "
+                                           "size 8 x 2 process(es) = 16"),
+                        (Phase(64, 5, None, 6), "phase 1 (64:5:32:6): global batch size 32 is not divisible by micro "
+                                                "batch size 6 x 2 process(es) = 12")):
+        cfg = TrainConfig(corpus=["x"], global_batch_size=32, micro_batch_size=8, phases=[phase])
+        with pytest.raises(UsageError) as info:
+            cfg.validate(world_size=2)
+        assert str(info.value).startswith(said + ": use a micro batch size that divides "), str(info.value)
 
 
 def test_saved_config_round_trips(tmp_path):
