@@ -491,8 +491,9 @@ def test_stdin_and_a_pipe_are_refused_as_what_they_are_not_read_or_waited_on(tmp
         with pytest.raises(InputError, match="pipe.h5: an HDF5 file is read in place"):
             EmbeddingsReader(fifo)
     finally:
-        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # (lets the writer's open return)
-        writer.join(5)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # (lets the writer's open return,
+        writer.join(5)                                       # held until it has: it may not have begun)
+        os.close(reader)
     assert not writer.is_alive()
 
 
