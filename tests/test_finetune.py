@@ -802,3 +802,22 @@ def test_lora_rank_alpha_and_dropout_options_reach_the_adapters_and_finetune_jso
     assert seen and set(seen) == {(2, 3.0, 0.25)}
     report = json.loads((out / "finetune.json").read_text())
     assert report["lora"] == {"rank": 2, "alpha": 3.0, "dropout": 0.25, "targets": list(FAMILIES["bert"].lora_targets)}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lora-rank", "0"], "--lora-rank must be at least 1, got 0"),
+    (["--accumulate", "0"], "--accumulate must be at least 1, got 0"),
+    (["--lr", "nan"], "--lr must be positive, got nan"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be 0 or more, got -0.1"),
+    (["--valid-fraction", "1"], "--valid-fraction must be between 0 and 1, got 1.0"),
+    (["--lora-dropout", "1"], "--lora-dropout must be in [0, 1), got 1.0"),
+    (["--kernel", "4"], "--kernel must be odd (every residue keeps its position), got 4"),
+    (["-m", "onehot"], "-m onehot has no weights to fine-tune"),
+    (["-m", ""], "finetune needs a model (-m)"),
+    (["--mask", "-"], "--mask cannot be stdin ('-')"),
+])
+def test_bad_options_are_refused_before_anything_is_read_or_written(data, run_cli, tmp_path, args, message):
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "-o", tmp_path / "out",
+                *FAST, *args)
+    assert r.exit_code == 2 and message in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
