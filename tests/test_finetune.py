@@ -821,3 +821,35 @@ def test_bad_options_are_refused_before_anything_is_read_or_written(data, run_cl
                 *FAST, *args)
     assert r.exit_code == 2 and message in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inputs_that_cannot_train_as_given_are_refused_before_the_model_loads(data, run_cli, tmp_path, monkeypatch):
+    import protrans_cli.models as models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    base = ["finetune", "ss3", "-m", data / "bert", *FAST]
+    # --fasta giving an id of the label file another sequence than the file's: refused naming the record
+    from protrans_cli.heads.labels import read_labels
+
+    first = read_labels(data / "train.csv").records[0]
+    (tmp_path / "other.fa").write_text(f">{first.id}\nMKV{first.sequence}\n")
+    r = run_cli(*base, "--labels", data / "train.csv", "--fasta", tmp_path / "other.fa", "-o", tmp_path / "a")
+    assert r.exit_code == 1 and f"record '{first.id}'" in r.stderr, r.stderr
+    assert "--fasta" in r.stderr and "gives another sequence for this id" in r.stderr, r.stderr
+    # proteins that all share one sequence: the --valid-fraction hold-out (identical sequences kept
+    # together) would leave nothing to train on
+    _netsurfp(tmp_path / "same.csv", [first.sequence] * 5)
+    r = run_cli(*base, "--labels", tmp_path / "same.csv", "-o", tmp_path / "b")
+    assert r.exit_code == 1 and "same.csv: the --valid-fraction hold-out leaves no training protein" in r.stderr, \
+        r.stderr
+    # a FLIP mask beside NetSurfP training labels (read without it: it may be meant for the test
+    # set) that holds none of the FLIP test set's ids either applies to nothing: refused, not ignored
+    _flip_set(tmp_path, np.random.default_rng(4))
+    (tmp_path / "elsewhere.fasta").write_text(">q1\n1110\n")
+    r = run_cli(*base, "--labels", data / "train.csv", "--test", tmp_path / "flip.fasta", "--fasta",
+                tmp_path / "seqs.fasta", "--mask", tmp_path / "elsewhere.fasta", "-o", tmp_path / "c")
+    assert r.exit_code == 2 and "none of the label files is FLIP-style labels whose ids it holds" in r.stderr, r.stderr
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "c", "a.partial", "b.partial", "c.partial"))
