@@ -853,3 +853,26 @@ def test_inputs_that_cannot_train_as_given_are_refused_before_the_model_loads(da
                 tmp_path / "seqs.fasta", "--mask", tmp_path / "elsewhere.fasta", "-o", tmp_path / "c")
     assert r.exit_code == 2 and "none of the label files is FLIP-style labels whose ids it holds" in r.stderr, r.stderr
     assert not any((tmp_path / name).exists() for name in ("a", "b", "c", "a.partial", "b.partial", "c.partial"))
+
+
+def test_an_interrupted_run_is_neither_overwritten_without_force_nor_resumed_from_nothing(data, run_cli, tmp_path):
+    from protrans_cli.heads.finetune import partial_path
+
+    base = ["finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "1", *FAST]
+    state = partial_path(tmp_path / "out") / "state.pt"
+    state.parent.mkdir()
+    state.write_bytes(b"an interrupted run's epochs")
+    # the same command without --resume: refused, the saved epochs kept (they were overwritten)
+    r = run_cli(*base, "-o", tmp_path / "out")
+    assert r.exit_code == 2 and "holds an interrupted finetune: --resume continues it, --force starts again" \
+        in r.stderr, r.stderr
+    assert state.read_bytes() == b"an interrupted run's epochs" and not (tmp_path / "out").exists()
+    # --force starts again: the old state is never read, and gone with the finished run
+    r = run_cli(*base, "-o", tmp_path / "out", "--force")
+    assert r.exit_code == 0 and "resuming" not in r.stderr, r.stderr
+    assert (tmp_path / "out" / "finetune.json").is_file() and not state.parent.exists()
+    # --resume with nothing saved starts from the beginning, and says so
+    r = run_cli(*base, "-o", tmp_path / "new", "--resume")
+    assert r.exit_code == 0 and "nothing to resume in" in r.stderr and "starting from the beginning" in r.stderr, \
+        r.stderr
+    assert (tmp_path / "new" / "finetune.json").is_file()
