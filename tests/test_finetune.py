@@ -852,7 +852,12 @@ def test_inputs_that_cannot_train_as_given_are_refused_before_the_model_loads(da
     r = run_cli(*base, "--labels", data / "train.csv", "--test", tmp_path / "flip.fasta", "--fasta",
                 tmp_path / "seqs.fasta", "--mask", tmp_path / "elsewhere.fasta", "-o", tmp_path / "c")
     assert r.exit_code == 2 and "none of the label files is FLIP-style labels whose ids it holds" in r.stderr, r.stderr
-    assert not any((tmp_path / name).exists() for name in ("a", "b", "c", "a.partial", "b.partial", "c.partial"))
+    # a FLIP file whose records are all SET=test has nothing to train on
+    (tmp_path / "tests_only.fasta").write_text((tmp_path / "flip.fasta").read_text().replace("SET=train", "SET=test"))
+    r = run_cli(*base, "--labels", tmp_path / "tests_only.fasta", "--fasta", tmp_path / "seqs.fasta", "-o",
+                tmp_path / "d")
+    assert r.exit_code == 1 and "tests_only.fasta: no training records" in r.stderr, r.stderr
+    assert not any((tmp_path / f"{name}{end}").exists() for name in "abcd" for end in ("", ".partial"))
 
 
 def test_an_interrupted_run_is_neither_overwritten_without_force_nor_resumed_from_nothing(data, run_cli, tmp_path):
