@@ -1386,6 +1386,39 @@ def test_predict_fasta_refuses_bad_values_before_reading_or_embedding(run_cli, m
     assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "p.fa").exists()
 
 
+def test_predict_fasta_on_a_head_that_cannot_say_how_to_embed_is_refused_before_reading(run_cli, monkeypatch,
+                                                                                        one_epoch_ss3, tmp_path):
+    """A head whose config.json is cut short, or records no model, and --metrics without --labels: each
+    refused in one line naming what to do, before the FASTA is read or embedded."""
+    import shutil
+
+    import protrans_cli.embed as embed_module
+    import protrans_cli.io.fasta as fasta_module
+
+    def no_work(*a, **k):
+        raise AssertionError("the FASTA was read or embedded")
+
+    for module, name in ((fasta_module, "parse_fasta"), (embed_module, "embed")):
+        monkeypatch.setattr(module, name, no_work)
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">p\nMKVL\n")
+    r = run_cli("predict", one_epoch_ss3, "--fasta", fasta, "--metrics", tmp_path / "m", "-o", tmp_path / "p.fa")
+    assert r.exit_code == 2 and "--metrics needs --labels" in r.stderr, r.stderr
+    head = tmp_path / "head"
+    shutil.copytree(one_epoch_ss3, head)
+    config = json.loads((head / "config.json").read_text())
+    del config["embedding"]["model"]
+    (head / "config.json").write_text(json.dumps(config))
+    r = run_cli("predict", head, "--fasta", fasta, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 2 and f"{head} does not record which model made its embeddings: give --model" \
+        in r.stderr, r.stderr
+    (head / "config.json").write_text('{"kind": ')
+    r = run_cli("predict", head, "--fasta", fasta, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and "config.json: head config is incomplete or unreadable (Expecting value" in r.stderr, \
+        r.stderr
+    assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "p.fa").exists() and not (tmp_path / "m").exists()
+
+
 def test_hostile_attributes_and_values_of_an_embeddings_file_are_one_line(run_cli, ss_data, one_epoch_ss3,
                                                                          tmp_path):
     """What a damaged or hostile file held made tracebacks, or worse: a `length` attribute of
