@@ -385,6 +385,28 @@ def test_predict_refuses_other_dimension_and_model(run_cli, loc_data, ss_data, t
     assert r.exit_code == 0 and (tmp_path / "o.csv").read_text().count("\n") == 2
 
 
+def test_fit_refuses_a_test_set_of_another_dimension_before_training(run_cli, loc_data, tmp_path, monkeypatch):
+    """Test embeddings of another width than train's (another model or layer, the file's model
+    attribute aside) are refused naming the set and both widths, before any epoch."""
+    import shutil
+
+    import protrans_cli.heads.fit as fit_module
+
+    narrow = tmp_path / "narrow.h5"
+    shutil.copy(loc_data / "test.h5", narrow)
+    with h5py.File(narrow, "a") as f:
+        group = f["per_protein"]
+        for key in list(group):
+            data, attrs = group[key][()], dict(group[key].attrs)
+            del group[key]
+            group.create_dataset(key, data=data[:8]).attrs.update(attrs)
+    monkeypatch.setattr(fit_module, "_validate", lambda *a, **k: pytest.fail("an epoch was trained"))
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "--test",
+                narrow, loc_data / "test.fasta", "--max-epochs", "1", "-j", "1", "-o", tmp_path / "head")
+    assert r.exit_code == 1 and "narrow.h5: test embeddings have dimension 8, train 21" in r.stderr, r.stderr
+    assert not (tmp_path / "head").exists()
+
+
 def test_fit_and_predict_refuse_rows_made_with_another_input_prefix(run_cli, loc_data, tmp_path):
     """embed puts ProstT5's <AA2fold> before every protein (the file's `input_prefix`); files
     written before had none, and their rows differ. fit refuses an evaluation set made otherwise
