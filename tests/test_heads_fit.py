@@ -1845,6 +1845,7 @@ def test_infinity_in_a_per_protein_embedding_names_the_protein(tmp_path):
     (["--seed", str(2**64 - 1), "--ensemble", "2"], "--seed must be at most 18446744073709551614"),
     (["--cache-gb", "nan"], "--cache-gb must be a size in GB"), (["--bootstrap", "0"], "--bootstrap must be at least 1"),
     (["--bootstrap", "9"], "--bootstrap must be at least 10 (a 95% interval needs resamples beyond its 2.5% tails"),
+    (["--mask", "-"], "--mask cannot be stdin ('-'): it is read for each label file; give it as a file"),
 ])
 def test_fit_settings_out_of_range_are_usage_errors_before_any_work(run_cli, ss_data, tmp_path, args, message):
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", *args,
