@@ -762,3 +762,26 @@ def test_a_flip_csvs_sequences_are_read_upper_case_and_named_by_that_checksum(tm
     records = read_labels(path).records
     assert [r.sequence for r in records] == ["MKVLA", "MKTAY"]
     assert [r.id for r in records] == ["seq-" + sequence_checksum(s)[4:16] for s in ("MKVLA", "MKTAY")]
+
+
+@pytest.mark.parametrize("fmt, text, message", [
+    ("pisces", "pdb_id,chain_code,sst3\n1abc,A,CCH\n",
+     "bad.txt:1: PISCES CSV without a seq column; header is pdb_id, chain_code, sst3"),
+    ("pisces", "pdb_id,chain_code,seq\n1abc,A,MKV\n", "bad.txt:1: PISCES CSV without an sst3 or sst8 column"),
+    ("flip", ">p1 SET=train\n>p2 SET=train\nCCH\n", "bad.txt:1, record 'p1': has no label line"),
+    ("biotrainer", ">p1 SET=train\nMKV\n", "bad.txt:1, record 'p1': biotrainer header without TARGET= (the label)"),
+    ("biotrainer", ">p1 TARGET=a SET=train\n>p2 TARGET=b SET=train\nMKV\n",
+     "bad.txt:1, record 'p1': has no sequence line"),
+    ("biotrainer", ">p1 TARGET=CCH MASK=1x1 SET=train\nMKV\n",
+     "bad.txt:1, record 'p1': MASK= holds characters other than 0 and 1"),
+    ("biotrainer", ">p1 TARGET=a SET=pred\nMKV\n", "bad.txt: holds no labelled records"),
+    ("netsurfp", "input, dssp3, disorder\nM K V, C C H, 1.0 1.0\n", "disorder has 2 values for 3 residues"),
+])
+def test_a_malformed_label_file_is_an_error_naming_the_file_line_and_record(tmp_path, fmt, text, message):
+    """Each format's damaged records (a missing column, label or sequence line, a bad mask) are
+    refused naming where, never read as records without labels or with wrong ones."""
+    bad = tmp_path / "bad.txt"
+    bad.write_text(text)
+    with pytest.raises(InputError) as caught:
+        read_labels(bad, fmt)
+    assert message in str(caught.value)
