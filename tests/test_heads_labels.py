@@ -785,3 +785,15 @@ def test_a_malformed_label_file_is_an_error_naming_the_file_line_and_record(tmp_
     with pytest.raises(InputError) as caught:
         read_labels(bad, fmt)
     assert message in str(caught.value)
+
+
+def test_blank_and_empty_rows_of_a_table_are_skipped_and_lines_still_counted(tmp_path):
+    """A spreadsheet's export ends with, or holds, empty rows (`,`, a blank line): skipped, never a
+    record, and an error after them names the file's own line."""
+    table = tmp_path / "t.csv"
+    table.write_text("id,label\nP1,cyto\n\n,\nP2,nucleus\n \n")
+    assert [(r.id, r.labels["label"]) for r in read_labels(table, "table").records] == [("P1", "cyto"),
+                                                                                       ("P2", "nucleus")]
+    table.write_text("id,label\nP1,cyto\n\n,\nP2\n")
+    with pytest.raises(InputError, match=r"t.csv:5: expected 'id,label'"):
+        read_labels(table, "table")
