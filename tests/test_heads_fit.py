@@ -249,6 +249,25 @@ def test_label_mismatches_listed_or_skipped(run_cli, ss_data, tmp_path):
     assert "skipped 1 label records" in r.stderr
 
 
+def test_a_label_record_whose_sequence_differs_from_its_ids_embedding_is_a_mismatch(run_cli, loc_data, tmp_path):
+    """A record matched by id whose sequence (one residue changed, the length the same) is not the
+    one embedded under that id: listed as a mismatch, never trained on with another protein's row."""
+    lines = (loc_data / "train.fasta").read_text().splitlines()
+    assert lines[0].startswith(">train0 ")
+    lines[1] = ("A" if lines[1][0] != "A" else "C") + lines[1][1:]
+    bad = tmp_path / "bad.fasta"
+    bad.write_text("\n".join(lines) + "\n")
+    args = ["fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", bad, "--max-epochs", "1", "-j", "1",
+            "--bootstrap", "10"]
+    r = run_cli(*args, "-o", tmp_path / "h")
+    assert r.exit_code == 1 and "1 label records do not match the embeddings: 1 whose sequence differs from the " \
+        "embedded one (train0)" in r.stderr, r.stderr
+    assert not (tmp_path / "h").exists()
+    r = run_cli(*args, "--skip-mismatched", "-o", tmp_path / "h")
+    assert r.exit_code == 0 and "skipped 1 label records" in r.stderr, r.stderr
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["training"]["proteins"] == 149 - 15  # 10% held out
+
+
 def test_length_mismatch_by_id(tmp_path, run_cli):
     h5 = tmp_path / "e.h5"
     with h5py.File(h5, "w") as f:
