@@ -426,6 +426,29 @@ def test_fit_refuses_a_test_set_of_another_dimension_before_training(run_cli, lo
     assert not (tmp_path / "head").exists()
 
 
+def test_a_2d_array_where_a_per_protein_vector_is_read_is_refused_not_cut_to_a_row(run_cli, loc_data, tmp_path):
+    """A (L, D) array among the per-protein (D,) vectors of a file that records no layers (another
+    tool's file mixing kinds): its last row was taken as the protein's vector; refused naming it."""
+    import shutil
+
+    mixed = tmp_path / "mixed.h5"
+    shutil.copy(loc_data / "train.h5", mixed)
+    with h5py.File(mixed, "a") as f:
+        for name in ("layers", "layer"):
+            if name in f.attrs:
+                del f.attrs[name]
+        group = f["per_protein"]
+        key = sorted(group)[0]
+        vector, attrs = group[key][()], dict(group[key].attrs)
+        del group[key]
+        group.create_dataset(key, data=np.stack([vector] * 3)).attrs.update(attrs)
+    r = run_cli("fit", "loc", "--embeddings", mixed, "--labels", loc_data / "train.fasta", "--max-epochs", "1", "-j",
+                "1", "-o", tmp_path / "h")
+    assert r.exit_code == 1 and f"record '{key}': holds a 3x21 array where per-protein (D,) vectors are read" \
+        in r.stderr, r.stderr
+    assert not (tmp_path / "h").exists()
+
+
 def test_fit_and_predict_refuse_rows_made_with_another_input_prefix(run_cli, loc_data, tmp_path):
     """embed puts ProstT5's <AA2fold> before every protein (the file's `input_prefix`); files
     written before had none, and their rows differ. fit refuses an evaluation set made otherwise
