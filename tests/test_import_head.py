@@ -256,3 +256,43 @@ def test_a_refused_file_is_named_for_its_reason_not_torchs_advice(run_cli, tmp_p
     assert "weights-only" in r.stderr and "unsupported GLOBAL posix.getcwd" in r.stderr
     assert "weights_only` set to `False`" not in r.stderr and "will likely succeed" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_checkpoints_that_are_not_the_named_network_are_refused_in_one_line(published, run_cli, tmp_path):
+    """The wrong --from, a damaged checkpoint (NaN weights), a file of another shape, stdin or an -o
+    that holds the checkpoint: each one line naming what is wrong, and no head written."""
+    root, net = published
+    ckpt = root / "secstruct_checkpoint.pt"
+    state = net.state_dict()
+    state["dssp3_classifier.0.bias"] = torch.tensor([0.0, float("nan"), 0.0])
+    torch.save({"state_dict": state}, tmp_path / "nan.pt")
+    la = BioEmbeddingsLightAttention().state_dict()
+    la["output.bias"] = torch.full_like(la["output.bias"], float("inf"))
+    torch.save({"state_dict": la}, tmp_path / "la_inf.pt")
+    la_even = {**BioEmbeddingsLightAttention().state_dict(), "feature_convolution.weight": torch.zeros(D, D, 8)}
+    torch.save({"state_dict": la_even}, tmp_path / "la_even.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    torch.save({"state_dict": [torch.zeros(2)]}, tmp_path / "list_state.pt")
+    cases = [
+        ([tmp_path / "nan.pt"], "nan.pt: holds NaN or infinite weights"),
+        ([tmp_path / "la_inf.pt", "--from", "la-location"], "la_inf.pt: holds NaN or infinite weights"),
+        ([ckpt, "--from", "la-location"], "secstruct_checkpoint.pt: not bio_embeddings' Light Attention model: no "
+                                          "tensor feature_convolution.weight (its state_dict holds diso_classifier"),
+        ([tmp_path / "la_even.pt", "--from", "la-membrane"],
+         "not bio_embeddings' Light Attention model: feature_convolution.weight has shape (32, 32, 8), expected "
+         "(D, D, odd kernel)"),
+        ([tmp_path / "list.pt"], "list.pt: holds a list, not a checkpoint dict"),
+        ([tmp_path / "list_state.pt"], "list_state.pt: its state_dict is not a dict of tensors"),
+        (["-"], "the checkpoint is read in place: give a file, not stdin"),  # (exit 2: a usage error)
+        ([root], "is a directory, expected the checkpoint file (secstruct_checkpoint.pt)"),
+    ]
+    for args, message in cases:
+        r = run_cli("import-head", *args, "-o", tmp_path / "o")
+        assert r.exit_code == (2 if args == ["-"] else 1) and message in r.stderr and r.stderr.count("\n") == 1, \
+            (args, r.stderr)
+        assert not (tmp_path / "o").exists()
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "secstruct_checkpoint.pt").write_bytes(ckpt.read_bytes())
+    r = run_cli("import-head", tmp_path / "h" / "secstruct_checkpoint.pt", "-o", tmp_path / "h", "--force")
+    assert r.exit_code == 2 and "holds the checkpoint" in r.stderr and "--force would delete it" in r.stderr, r.stderr
+    assert (tmp_path / "h" / "secstruct_checkpoint.pt").is_file()
