@@ -3338,6 +3338,25 @@ def test_a_value_head_without_a_spearman_to_validate_stops_by_the_loss(run_cli, 
     assert lines and not any("valid_value" in line for line in lines)
 
 
+def test_value_labels_that_are_infinite_or_all_one_value_are_refused(run_cli, loc_data, tmp_path):
+    """An `inf` regression label (as a number, it broke the targets' mean and scale) and targets that
+    all hold one value (nothing to learn, and a zero scale to divide by): refused naming the
+    label's record and line, or the output."""
+    ids = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"][:6]
+    table = tmp_path / "v.csv"
+    args = ["fit", "value", "--embeddings", loc_data / "train.h5", "--labels", table, "--max-epochs", "1", *FAST]
+    for bad in ("inf", "-Infinity"):
+        table.write_text("id,label\n" + "".join(f"{ident},{bad if i == 2 else i}\n" for i, ident in enumerate(ids)))
+        r = run_cli(*args, "-o", tmp_path / "h")
+        assert r.exit_code == 1 and f"v.csv:4, record '{ids[2]}': label {bad!r} is not a finite number" in r.stderr, \
+            r.stderr
+    table.write_text("id,label\n" + "".join(f"{ident},2.5\n" for ident in ids))
+    r = run_cli(*args, "-o", tmp_path / "h")
+    assert r.exit_code == 1 and "the training targets of value need at least two different values" in r.stderr, \
+        r.stderr
+    assert not (tmp_path / "h").exists()
+
+
 def test_fit_settings_errors_name_the_setting(run_cli, loc_data, tmp_path):
     """--cache-gb 1e300 was an OverflowError traceback; --valid-fraction 0.99 of 2 proteins said
     "too few training proteins" (exit 1) where the fraction left none to train on."""
