@@ -4090,12 +4090,31 @@ def test_search_refusals(run_cli, loc_data, tmp_path):
                             (["lr=0.1,0.1"], "a value given twice"),
                             (["lr=0.1,0.2", "lr=0.3,0.4"], "names lr twice"),
                             (["dropout=0.1,1.5"], "--dropout must be in [0, 1)"),
-                            (["lr=0.1,nan"], "'nan' is not a value of lr")):
+                            (["lr=0.1,nan"], "'nan' is not a value of lr"),
+                            (["lr= , "], "--search 'lr= , ': no values after '='")):
         r = run_cli(*base, *[a for s in search for a in ("--search", s)])
         assert r.exit_code == 2 and message in r.stderr, (search, r.stderr)
     r = run_cli(*base, "--search", "lr=0.1,0.2", "--lr", "0.3")
     assert r.exit_code == 2 and "--lr is given and searched" in r.stderr
     assert not (tmp_path / "h").exists() and not (tmp_path / "h.search").exists()
+
+
+def test_search_keeps_an_existing_head_without_force_and_files_it_did_not_write_with_it(run_cli, loc_data,
+                                                                                        tmp_path):
+    """A search onto an existing -o without --force is refused, as fit's; --force clears an earlier
+    search's folder only when it holds nothing but what a search writes there (a file of the
+    user's in HEAD.search/ was deleted with it)."""
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+            "--max-epochs", "1", "--no-plots", "--search", "lr=0.01,0.02", "-o", tmp_path / "h")
+    (tmp_path / "h").mkdir()
+    r = run_cli(*base)
+    assert r.exit_code == 2 and f"{tmp_path / 'h'} exists: --force replaces it" in r.stderr, r.stderr
+    (tmp_path / "h").rmdir()
+    (tmp_path / "h.search" / "trial_00").mkdir(parents=True)
+    (tmp_path / "h.search" / "notes.txt").write_text("mine")
+    r = run_cli(*base, "--force")
+    assert r.exit_code == 2 and "h.search holds notes.txt, which a search did not write" in r.stderr, r.stderr
+    assert (tmp_path / "h.search" / "notes.txt").read_text() == "mine" and not (tmp_path / "h").exists()
 
 
 def test_search_refuses_a_grid_one_trial_of_which_cannot_be_trained_before_any_is(run_cli, loc_data, tmp_path):
