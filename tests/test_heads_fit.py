@@ -939,6 +939,15 @@ def test_predict_never_writes_into_its_head_and_a_damaged_head_is_one_line(run_c
     assert r.exit_code == 1 and "Traceback" not in r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith(f"protrans: error: {weights}: cannot read the head's weights"), line
+    # a head copied without its weights, and a folder that is no head at all: named, one line each
+    weights.unlink()
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa")
+    assert r.exit_code == 1 and r.stderr == f"protrans: error: {head}: head has no weights.safetensors\n", r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run_cli("predict", tmp_path / "empty", "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa")
+    assert r.exit_code == 1 and r.stderr == f"protrans: error: {tmp_path / 'empty'}: not a head directory (no " \
+        "config.json)\n", r.stderr
+    assert not (tmp_path / "q.fa").exists()
 
 
 def test_fit_force_never_deletes_a_directory_holding_its_inputs(run_cli, ss_data, tmp_path):
