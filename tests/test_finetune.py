@@ -881,3 +881,26 @@ def test_an_interrupted_run_is_neither_overwritten_without_force_nor_resumed_fro
     assert r.exit_code == 0 and "nothing to resume in" in r.stderr and "starting from the beginning" in r.stderr, \
         r.stderr
     assert (tmp_path / "new" / "finetune.json").is_file()
+
+
+def test_an_interrupted_finetune_says_where_its_epochs_are_kept_and_how_to_continue(data, run_cli, tmp_path,
+                                                                                    monkeypatch):
+    import protrans_cli.heads.fit as fit
+
+    real, calls = fit._validate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # after epoch 1 was saved
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "_validate", interrupted)
+    base = ["finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "2", *FAST,
+            "-o", tmp_path / "out"]
+    r = run_cli(*base)
+    assert r.exit_code == 130 and f"the epochs finished so far are kept in {tmp_path / 'out.partial'}; run the same " \
+        "command with --resume to continue" in r.stderr, r.stderr
+    monkeypatch.setattr(fit, "_validate", real)
+    r = run_cli(*base, "--resume")
+    assert r.exit_code == 0 and "resuming" in r.stderr and "after epoch 1" in r.stderr, r.stderr

@@ -4126,6 +4126,31 @@ def test_search_keeps_an_existing_head_without_force_and_files_it_did_not_write_
     assert (tmp_path / "h.search" / "notes.txt").read_text() == "mine" and not (tmp_path / "h").exists()
 
 
+def test_an_interrupted_search_says_where_its_trials_are_kept_and_how_to_continue(run_cli, loc_data, tmp_path,
+                                                                                    monkeypatch):
+    """Ctrl-C in a search: exit 130 and one line naming HEAD.search (not the plain fit's
+    HEAD.partial, which a search does not keep) and --resume; the resumed search finishes."""
+    from protrans_cli.heads.fit import FitState
+
+    save_epoch, saves = FitState.save_epoch, []
+
+    def save_then_stop(self, current):
+        save_epoch(self, current)
+        saves.append(1)
+        if len(saves) == 3:  # trial_01's first epoch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+            "--max-epochs", "2", "--no-plots", "--bootstrap", "10", "--search", "hidden=8,16", "-o", tmp_path / "h")
+    r = run_cli(*base)
+    assert r.exit_code == 130 and f"the trials finished so far, and the epochs of the one in training, are kept in " \
+        f"{tmp_path / 'h.search'}; run the same command with --resume to continue" in r.stderr, r.stderr
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    r = run_cli(*base, "--resume")
+    assert r.exit_code == 0 and (tmp_path / "h" / "search.json").is_file(), r.stderr
+
+
 def test_search_refuses_a_grid_one_trial_of_which_cannot_be_trained_before_any_is(run_cli, loc_data, tmp_path):
     """--search architecture=fnn,light-attention on per-protein embeddings trained trial_00 and then
     failed on trial_01 ("has no per_residue embeddings"); fnn,cnn for loc and class-weights=no,yes
