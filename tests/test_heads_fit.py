@@ -678,6 +678,20 @@ def test_flip_file_declares_train_valid_and_test(ss_data, tmp_path):
     assert result.metrics["test"]["ss3"]["n_proteins"] == 10
 
 
+def test_a_flip_files_test_records_are_left_out_when_test_sets_are_given(run_cli, ss_data, tmp_path):
+    """With --test, the label file's SET=test records are neither trained on nor scored, and fit
+    says so (the test metrics are the --test file's alone)."""
+    flip = _flip_with_splits(ss_data, tmp_path)
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", flip, "--test", ss_data / "test.h5",
+                ss_data / "test.csv", "--max-epochs", "1", *FAST, "--bootstrap", "10", "--no-plots", "-o",
+                tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    assert "flip.fasta: its SET=test records are left out of training (--test gives the test sets)" in r.stderr
+    metrics = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    assert metrics["test"]["ss3"]["n_proteins"] == 20 and metrics["valid"]["ss3"]["n_proteins"] == 10
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["training"]["proteins"] == 50
+
+
 def test_test_set_from_another_model_is_refused(ss_data, tmp_path):
     import shutil
 
