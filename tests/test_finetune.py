@@ -904,3 +904,21 @@ def test_an_interrupted_finetune_says_where_its_epochs_are_kept_and_how_to_conti
     monkeypatch.setattr(fit, "_validate", real)
     r = run_cli(*base, "--resume")
     assert r.exit_code == 0 and "resuming" in r.stderr and "after epoch 1" in r.stderr, r.stderr
+
+
+def test_resume_of_a_finished_finetune_that_recorded_no_fingerprint_is_a_usage_error(finetuned, data, run_cli,
+                                                                                      tmp_path):
+    """A finished output of a version that did not record what it was made with: --resume cannot
+    tell whether it is this command's, and says --force trains it again (nothing is replaced)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finetuned, out)
+    record = json.loads((out / "finetune.json").read_text())
+    del record["fingerprint"]
+    (out / "finetune.json").write_text(json.dumps(record))
+    files = sorted(p.relative_to(out) for p in out.rglob("*"))
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--resume", "-o", out, *FAST)
+    assert r.exit_code == 2 and f"{out} is a finished finetune: nothing to resume (--force trains it again)" \
+        in r.stderr, r.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == files
