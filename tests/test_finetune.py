@@ -922,3 +922,25 @@ def test_resume_of_a_finished_finetune_that_recorded_no_fingerprint_is_a_usage_e
     assert r.exit_code == 2 and f"{out} is a finished finetune: nothing to resume (--force trains it again)" \
         in r.stderr, r.stderr
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == files
+
+
+def test_accumulate_steps_the_optimizer_once_every_n_batches(data, tmp_path, monkeypatch):
+    """--accumulate N: one AdamW step per N batches (and one for the last, partial group), so the
+    adapters see N batches' gradients at a time; 1 steps after every batch."""
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    steps = []
+    real_step = torch.optim.AdamW.step
+
+    def counted(self, *args, **kwargs):
+        steps[-1] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted)
+    kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=300, threads=1, n_bootstrap=10,
+              device="cpu", max_epochs=1)
+    for n in (1, 3):
+        steps.append(0)
+        finetune(FinetuneConfig(accumulate=n, **kw), data / "train.csv", tmp_path / f"a{n}")
+    batches = steps[0] - 1  # (one step a batch, and the no-op one after the last)
+    assert batches >= 6 and steps[1] == batches // 3 + 1, (batches, steps)
