@@ -3690,6 +3690,13 @@ def test_predictions_in_memory_are_what_predict_writes(run_cli, ss_data, loc_dat
         predict_embeddings(loc_head, [np.full(21, np.nan)])
     with pytest.raises(UsageError, match="an embeddings file goes to protrans_cli.predict"):
         predict_embeddings(loc_head, str(loc_data / "test.h5"))
+    with pytest.raises(UsageError, match=r"protein 'e': an embedding of no residue has no mean"):
+        predict_embeddings(loc_head, {"e": np.zeros((0, 21), np.float32)})
+    with pytest.raises(UsageError, match=r"protein 0: its embedding is not an array of numbers \(list\)"):
+        predict_embeddings(loc_head, [["a"] * 21])
+    for bad in (0, True, 2.5):
+        with pytest.raises(UsageError, match=f"max_residues must be a whole number of at least 1, got {bad!r}"):
+            predict_embeddings(ss_head, {"x": np.zeros((5, 21))}, max_residues=bad)
 
 
 def test_predict_embeddings_takes_torch_tensors_as_a_model_gives_them(loc_data, tmp_path):
