@@ -3380,6 +3380,22 @@ def test_value_labels_that_are_infinite_or_all_one_value_are_refused(run_cli, lo
     assert not (tmp_path / "h").exists()
 
 
+def test_verbose_fit_prints_each_sets_per_class_table_and_confusion_matrix(run_cli, loc_data, tmp_path):
+    """-v: each scored set's per-class precision/recall/F1 and its confusion matrix on stderr (a
+    value output has none); without -v neither."""
+    base = ["fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "--max-epochs",
+            "1", "-j", "1", "--bootstrap", "10", "--no-plots"]
+    r = run_cli(*base, "-v", "-o", tmp_path / "v")
+    assert r.exit_code == 0, r.stderr
+    for output in ("loc", "membrane"):
+        assert f"valid {output}: per class" in r.stderr and "precision" in r.stderr, r.stderr
+    # the loc matrix: each class a column and a row
+    table = r.stderr.split("valid loc: confusion (rows true, columns predicted)", 1)[1].split("valid membrane", 1)[0]
+    assert all(table.count(c) == 2 for c in ("Nucleus", "Extracellular", "Cell.membrane")), r.stderr
+    r = run_cli(*base, "-o", tmp_path / "q")
+    assert r.exit_code == 0 and "per class" not in r.stderr and "confusion" not in r.stderr, r.stderr
+
+
 def test_fit_settings_errors_name_the_setting(run_cli, loc_data, tmp_path):
     """--cache-gb 1e300 was an OverflowError traceback; --valid-fraction 0.99 of 2 proteins said
     "too few training proteins" (exit 1) where the fraction left none to train on."""
