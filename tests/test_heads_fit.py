@@ -4088,6 +4088,23 @@ def test_search_keeps_the_trial_with_the_best_validation_score(run_cli, loc_data
     assert r.exit_code == 2 and "holds an earlier search: --resume continues it, --force starts over" in r.stderr
 
 
+def _stop_at_save(monkeypatch, n: int):
+    """FitState.save_epoch raising KeyboardInterrupt (a Ctrl-C) after its n-th save; returns the
+    original method."""
+    from protrans_cli.heads.fit import FitState
+
+    save_epoch, saves = FitState.save_epoch, []
+
+    def save_then_stop(self, current):
+        save_epoch(self, current)
+        saves.append(1)
+        if len(saves) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    return save_epoch
+
+
 def test_an_interrupted_search_resumes_to_the_same_head(loc_data, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -4100,15 +4117,7 @@ def test_an_interrupted_search_resumes_to_the_same_head(loc_data, tmp_path, monk
     grid = {"hidden": [8, 16, 32]}
     args = (loc_data / "train.h5", loc_data / "train.fasta")
     whole = search(config(), grid, *args, tmp_path / "whole")
-    save_epoch, saves = FitState.save_epoch, []
-
-    def save_then_stop(self, current):
-        save_epoch(self, current)
-        saves.append(1)
-        if len(saves) == 5:  # trial_01's second epoch
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    save_epoch = _stop_at_save(monkeypatch, 5)  # trial_01's second epoch
     with pytest.raises(KeyboardInterrupt):
         search(config(), grid, *args, tmp_path / "parts")
     monkeypatch.setattr(FitState, "save_epoch", save_epoch)
@@ -4169,15 +4178,7 @@ def test_an_interrupted_search_says_where_its_trials_are_kept_and_how_to_continu
     HEAD.partial, which a search does not keep) and --resume; the resumed search finishes."""
     from protrans_cli.heads.fit import FitState
 
-    save_epoch, saves = FitState.save_epoch, []
-
-    def save_then_stop(self, current):
-        save_epoch(self, current)
-        saves.append(1)
-        if len(saves) == 3:  # trial_01's first epoch
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(FitState, "save_epoch", save_then_stop)
+    save_epoch = _stop_at_save(monkeypatch, 3)  # trial_01's first epoch
     base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
             "--max-epochs", "2", "--no-plots", "--bootstrap", "10", "--search", "hidden=8,16", "-o", tmp_path / "h")
     r = run_cli(*base)
