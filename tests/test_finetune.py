@@ -856,7 +856,9 @@ def test_inputs_that_cannot_train_as_given_are_refused_before_the_model_loads(da
     (tmp_path / "tests_only.fasta").write_text((tmp_path / "flip.fasta").read_text().replace("SET=train", "SET=test"))
     r = run_cli(*base, "--labels", tmp_path / "tests_only.fasta", "--fasta", tmp_path / "seqs.fasta", "-o",
                 tmp_path / "d")
-    assert r.exit_code == 1 and "tests_only.fasta: no training records" in r.stderr, r.stderr
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].endswith(
+        "tests_only.fasta: no training records: the file assigns every record to test (give the training labels "
+        "as --labels)"), r.stderr
     assert not any((tmp_path / f"{name}{end}").exists() for name in "abcd" for end in ("", ".partial"))
 
 

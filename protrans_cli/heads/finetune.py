@@ -444,8 +444,10 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     train_set = read(labels, task, mask_elsewhere=bool(valid or tests))
     declared = {r.split for r in train_set.records if r.split}
     train_records = _only(train_set, {None, TRAIN}).records if declared else train_set.records
-    if not train_records:
-        raise InputError("no training records", path=str(labels))
+    if not train_records:  # (as fit says it: "no training records" alone did not say why)
+        why = (f": the file assigns every record to {', '.join(sorted(declared))} (give the training labels as "
+               "--labels)") if declared else ""
+        raise InputError(f"no training records{why}", path=str(labels))
     with located(labels):
         task = task.with_classes_from(train_records)
     train = to_data(task, train_records, labels)
