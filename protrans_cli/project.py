@@ -100,6 +100,25 @@ def check_seed(seed: int) -> None:
         raise UsageError(f"--seed {seed}: between 0 and {2**32 - 1}")
 
 
+def check_bounds(method: str, *, perplexity: float | None = None, neighbors: int | None = None,
+                 min_dist: float = 0.1, n: int | None = None) -> None:
+    """t-SNE's and UMAP's settings against their bounds: those that need no data before anything
+    is read (`n` None), and against the number of proteins `n` once it is known."""
+    if method == "umap" and neighbors is not None:
+        if n is None and neighbors < 2:
+            raise UsageError(f"--neighbors {neighbors}: between 2 and the number of proteins less one")
+        if n is not None and not 2 <= neighbors < n:
+            raise UsageError(f"--neighbors {neighbors}: between 2 and the number of proteins less one ({n - 1})")
+    if method == "umap" and not 0 <= min_dist <= 1:
+        raise UsageError(f"--min-dist {min_dist:g}: between 0 and 1")
+    if method == "tsne" and perplexity is not None:
+        if n is None and not perplexity > 0:
+            raise UsageError(f"--perplexity {perplexity:g}: between 0 and the number of proteins")
+        if n is not None and not 0 < perplexity < n:
+            raise UsageError(f"--perplexity {perplexity:g}: between 0 and the number of proteins ({n}), "
+                             f"at most {(n - 1) / 3:.3g} is usual")
+
+
 def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: str = "euclidean", seed: int = 0,
            perplexity: float | None = None, neighbors: int | None = None, min_dist: float = 0.1,
            threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -125,6 +144,7 @@ def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: s
             raise InputError(f"row {part.start + int(bad[0])} has NaN or infinite values")
     if metric == "cosine":
         _check_norms(vectors)
+    check_bounds(method, perplexity=perplexity, neighbors=neighbors, min_dist=min_dist, n=n)
     if method == "pca":
         return pca(vectors, dims, metric=metric)
     if method == "tsne":
@@ -186,13 +206,10 @@ def _tsne(vectors, dims: int, metric: str, seed: int, perplexity: float | None, 
 
     n = len(vectors)
     most = (n - 1) / 3  # (sklearn refuses a perplexity >= N; 3 perplexities of neighbours are what it reads)
-    if perplexity is None:
+    if perplexity is None:  # (one given was checked against n: check_bounds)
         perplexity = min(30.0, most)
         if perplexity < 30.0:
             console.info(f"t-SNE: perplexity {perplexity:.3g} for {n} proteins (30 needs 91 at least)")
-    elif not 0 < perplexity < n:
-        raise UsageError(f"--perplexity {perplexity:g}: between 0 and the number of proteins ({n}), "
-                         f"at most {most:.3g} is usual")
     model = TSNE(n_components=dims, perplexity=float(perplexity), metric=metric, init="pca",
                  learning_rate="auto", random_state=seed, n_jobs=threads)
     data = np.asarray(vectors, dtype=np.float32)
@@ -205,14 +222,10 @@ def _umap(vectors, dims: int, metric: str, seed: int, neighbors: int | None, min
     import warnings
 
     n = len(vectors)
-    if neighbors is None:
+    if neighbors is None:  # (one given was checked against n, and min_dist: check_bounds)
         neighbors = min(15, n - 1)
         if neighbors < 15:
             console.info(f"UMAP: {neighbors} neighbours for {n} proteins")
-    elif not 2 <= neighbors < n:
-        raise UsageError(f"--neighbors {neighbors}: between 2 and the number of proteins less one ({n - 1})")
-    if not 0 <= min_dist <= 1:
-        raise UsageError(f"--min-dist {min_dist:g}: between 0 and 1")
     with warnings.catch_warnings():
         # (umap-learn warns that a seed makes it run on one thread, and numba about its caches)
         warnings.simplefilter("ignore")
@@ -447,12 +460,7 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     check_method(method, dims, metric)
     check_seed(seed)
     # (the bounds that need no data, before it is read: they were said once every file was read)
-    if method == "umap" and not 0 <= min_dist <= 1:
-        raise UsageError(f"--min-dist {min_dist:g}: between 0 and 1")
-    if method == "umap" and neighbors is not None and neighbors < 2:
-        raise UsageError(f"--neighbors {neighbors}: between 2 and the number of proteins less one")
-    if method == "tsne" and perplexity is not None and not perplexity > 0:
-        raise UsageError(f"--perplexity {perplexity:g}: between 0 and the number of proteins")
+    check_bounds(method, perplexity=perplexity, neighbors=neighbors, min_dist=min_dist)
     if sample is not None and sample < 4:
         raise UsageError(f"--sample {sample}: a map of 4 proteins at least")
     if html_path is not None and dims != 2:
