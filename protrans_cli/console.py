@@ -74,11 +74,12 @@ def configure(verbosity: int = 0, debug: bool = False) -> None:
     state.complete = None
 
 
-def output_complete(what: str) -> None:
-    """The command's output (`what`) is final: a Ctrl-C or SIGTERM from now on stops nothing, and
-    the CLI says so and exits 0 rather than report an interruption (with a traceback from
-    wherever Python was cleaning up) for a result already whole. Outside the CLI, no effect."""
-    state.complete = what
+def output_complete(what) -> None:
+    """The command's output (`what`: a path, or `-`/None for standard output) is final: a Ctrl-C
+    or SIGTERM from now on stops nothing, and the CLI says so and exits 0 rather than report an
+    interruption (with a traceback from wherever Python was cleaning up) for a result already
+    whole. Outside the CLI, no effect."""
+    state.complete = "standard output" if what is None or str(what) == "-" else str(what)
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))} | {

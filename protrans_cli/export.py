@@ -243,7 +243,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
             _stop_if_signalled()  # (before the output is committed)
     shown = "stdout" if output is None or str(output) == "-" else str(output)
     # (committed: a signal from here on, as the notes and the summary are said, stops nothing)
-    console.output_complete("standard output" if shown == "stdout" else shown)
+    console.output_complete(output)
     _spreadsheet_note(rows, chosen_format)
     console.info(f"export: {console.counted(len(order), 'protein')} ({out_kind.replace('_', '-')}, "
                  f"{plan.dim} dimensions{'' if out_kind == PER_PROTEIN else f', {rows:,} residues'}) "
@@ -313,7 +313,7 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
             _stop_if_signalled()
     shown = "stdout" if output is None or str(output) == "-" else str(output)
     # (committed: a signal from here on, as the notes and the summary are said, stops nothing)
-    console.output_complete("standard output" if shown == "stdout" else shown)
+    console.output_complete(output)
     _spreadsheet_note(rows, fmt)
     console.info(f"export: {console.counted(len(order), 'protein')} ({', '.join(outputs)} probabilities, "
                  f"{rows:,} residues) into {shown}")

@@ -59,4 +59,4 @@ def command(embeddings, output, fmt, kind, layer, all_layers, ids_file, digits):
     from protrans_cli import console
 
     export(embeddings, output, kind=kind, layer=layer, ids=ids_file, fmt=fmt, digits=digits, all_layers=all_layers)
-    console.output_complete("standard output" if output == "-" else str(output))
+    console.output_complete(output)

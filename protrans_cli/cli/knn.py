@@ -85,4 +85,4 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
         max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
     from protrans_cli import console
 
-    console.output_complete("standard output" if output == "-" else str(output))
+    console.output_complete(output)

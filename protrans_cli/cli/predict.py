@@ -214,4 +214,4 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
                       on_mismatch=mismatch,
                       allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
                       device=device, scored=scored, predicted=predicted, plots=plots)
-    console.output_complete("standard output" if output == "-" else output or metrics_dir or "the scores")
+    console.output_complete(output or metrics_dir or "the scores")

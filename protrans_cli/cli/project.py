@@ -90,4 +90,4 @@ def command(embeddings, method, dims, metric, label_files, label_format, colour_
             allow_model_mismatch=allow_model_mismatch, sample=sample)
     from protrans_cli import console
 
-    console.output_complete("standard output" if output == "-" else str(output))
+    console.output_complete(output)
