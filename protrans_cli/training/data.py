@@ -594,15 +594,16 @@ class CorpusStream:
                         buffer, carry, ended = buffer + carry, [], True
                 end = carry_at if carry else cursor.copy()  # where the next buffer begins
                 batches = self._plan_buffer(buffer, state)
+                # the position after this buffer: the next one's first protein (after its last batch too)
+                following = dataclasses.replace(state, buffer_start=state.buffer_start + len(buffer), batches_done=0,
+                                                at=end.copy())
                 for b in range(state.batches_done, len(batches)):
                     produced += 1
-                    after = dataclasses.replace(state, batches_done=b + 1, at=at)
-                    if b + 1 == len(batches):
-                        after = dataclasses.replace(state, buffer_start=state.buffer_start + len(buffer), batches_done=0, at=end.copy())
+                    after = following if b + 1 == len(batches) else dataclasses.replace(state, batches_done=b + 1, at=at)
                     if counter % num_workers == worker:
                         yield self._step_batch(batches[b], buffer, state, after)
                     counter += 1
-                state = dataclasses.replace(state, buffer_start=state.buffer_start + len(buffer), batches_done=0, at=end.copy())
+                state = following
                 if ended:
                     break
             if produced == 0 and state.buffer_start < self.global_batch_size:
