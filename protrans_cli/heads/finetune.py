@@ -38,8 +38,8 @@ from protrans_cli.errors import InputError, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
 from protrans_cli.heads.fit import (_changed, _class_weights, _identity, _jsonable, _loss, _metric_names, _only,
                                     _outputs_with_labels, _real_paths, _unique_name, checked_state_bytes, evaluate_data,
-                                    evaluation_records, held_out_positions, load_checked_state, note_dual_labels,
-                                    write_metrics)
+                                    evaluation_records, held_out_positions, load_checked_state, no_training_records,
+                                    note_dual_labels, write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
                                       unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
@@ -444,10 +444,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     train_set = read(labels, task, mask_elsewhere=bool(valid or tests))
     declared = {r.split for r in train_set.records if r.split}
     train_records = _only(train_set, {None, TRAIN}).records if declared else train_set.records
-    if not train_records:  # (as fit says it: "no training records" alone did not say why)
-        why = (f": the file assigns every record to {', '.join(sorted(declared))} (give the training labels as "
-               "--labels)") if declared else ""
-        raise InputError(f"no training records{why}", path=str(labels))
+    if not train_records:
+        raise no_training_records(labels, declared)
     with located(labels):
         task = task.with_classes_from(train_records)
     train = to_data(task, train_records, labels)

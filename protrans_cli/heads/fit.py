@@ -411,8 +411,7 @@ def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list,
     if config.folds and VALID in declared:
         console.info(f"{labels}: its validation records are among the proteins cross-validated (--folds)")
     if not train_set.records:
-        raise InputError(f"no training records: the file assigns every record to {', '.join(sorted(declared))} "
-                         "(give the training labels as --labels)", path=str(labels))
+        raise no_training_records(labels, declared)
     with located(labels):
         task = task.with_classes_from(train_set.records)
     for note in train_labels.notes:
@@ -1003,6 +1002,14 @@ def _outputs_with_labels(task: Task, train: ProteinData, labels) -> Task:
 
 def _only(label_set: LabelSet, splits: set) -> LabelSet:
     return replace(label_set, records=[r for r in label_set.records if r.split in splits])
+
+
+def no_training_records(labels, declared: set) -> InputError:
+    """The error for a label file without a training record, saying why where the file assigns
+    its records to other splits (fit's and finetune's alike)."""
+    why = (f": the file assigns every record to {', '.join(sorted(declared))} (give the training labels as "
+           "--labels)") if declared else ""
+    return InputError(f"no training records{why}", path=str(labels))
 
 
 def evaluation_records(label_set: LabelSet, split: str, labels, command: str = "fit") -> LabelSet:
