@@ -64,6 +64,29 @@ def another_process(setup: str):
         yield holder
     finally:
         holder.communicate("")
+
+
+def _hypothesis_profiles() -> None:
+    """Property tests (tests/test_properties_*.py) run the same examples on every run and every
+    machine ("ci", the default: a failure in CI is a failure here too, and nothing is written to
+    a .hypothesis folder); HYPOTHESIS_PROFILE=fuzz searches far more inputs, at random, and
+    remembers what failed. `isolated_env` is function-scoped and autouse: it only sets the
+    environment, which every example of a test may share."""
+    import os
+
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # a suite run without the test extras: those modules skip themselves
+        return
+    shared = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    settings.register_profile("ci", derandomize=True, database=None, max_examples=50, print_blob=True, **shared)
+    settings.register_profile("fuzz", max_examples=2000, **shared)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_hypothesis_profiles()
+
+
 def released_after_error(call, error_type) -> tuple[str, bool]:
     """Call `call(held)` with a fresh object that stands for what a library caller's frame holds
     (a model, an optimizer) and expect `error_type`. Returns the error's message and whether,
