@@ -138,10 +138,16 @@ def ranks(x: np.ndarray) -> np.ndarray:
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x = np.asarray(x, dtype=np.float64) - np.mean(x)
-    y = np.asarray(y, dtype=np.float64) - np.mean(y)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    # A constant side has no correlation at all: NaN, as scipy says, not a measured 0. Told by
+    # its values, not by its spread: [0.35, 0.35, 0.35] less its mean in floating point is
+    # 5.6e-17 each, and r came out 7.9e-17.
+    if not len(x) or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    x = x - np.mean(x)
+    y = y - np.mean(y)
     denom = np.sqrt((x * x).sum() * (y * y).sum())
-    # (a constant side has no correlation at all: NaN, as scipy says, not a measured 0)
     return float((x * y).sum() / denom) if denom > 0 else float("nan")
 
 
@@ -180,8 +186,10 @@ def evaluate_values(y_true: np.ndarray, y_pred: np.ndarray, *, n_boot: int = 100
     nan_ = float("nan")
     return {"kind": "value", "metric": "Spearman", "spearman": rho, "ci95": [float(lo), float(hi)],
             "pearson": pearson(p, t), "mse": float(np.mean(residual ** 2)), "mae": float(np.mean(np.abs(residual))),
-            # (a constant target has no R^2: it was 1 - x / 1e-300, about -1e300)
-            "r2": float(1 - np.sum(residual ** 2) / spread) if (spread := np.sum((t - t.mean()) ** 2)) > 0 else nan_,
+            # (a constant target has no R^2: it was 1 - x / 1e-300, about -1e300; and a constant
+            # target of 0.35s, whose spread in floating point is 9e-33, -4e31)
+            "r2": float(1 - np.sum(residual ** 2) / spread)
+            if np.ptp(t) > 0 and (spread := np.sum((t - t.mean()) ** 2)) > 0 else nan_,
             "n": int(n), "n_proteins": int(n)}
 
 

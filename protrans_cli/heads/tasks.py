@@ -257,7 +257,9 @@ class Task:
             if output.is_value:
                 values = np.asarray(targets[output.name], dtype=np.float64)
                 values = values[~np.isnan(values)]
-                if len(values) < 2 or not values.std() > 0:
+                # (one value told by the values, not by their deviation: 0.35 seven times has
+                # a standard deviation of 5.6e-17 in floating point, which became the scale)
+                if len(values) < 2 or np.ptp(values) == 0:
                     raise InputError(f"the training targets of {output.name} need at least two different values")
                 output = replace(output, scale=(float(values.mean()), float(values.std())))
             outputs.append(output)
