@@ -236,13 +236,12 @@ def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: lis
                 d = q_norm + r_norm[r0:r0 + REFERENCE_SLICE] - 2 * (Q @ block.T)
             else:
                 d = 1 - (Q @ block.T) * q_inv32 * r_inv32[r0:r0 + REFERENCE_SLICE]
-            take = min(keep, d.shape[1])
-            d_top, i_top = torch.topk(d, take, dim=1, largest=False)
+            d_top, i_top = _smallest(torch, d, keep)
             i_top = i_top + r0
             if best_d is not None:
-                d_top, i_top = torch.cat([best_d, d_top], 1), torch.cat([best_i, i_top], 1)
-                d_top, order = torch.topk(d_top, min(keep, d_top.shape[1]), dim=1, largest=False)
-                i_top = torch.gather(i_top, 1, order)
+                every = torch.cat([best_i, i_top], 1)
+                d_top, order = _smallest(torch, torch.cat([best_d, d_top], 1), keep, every)
+                i_top = torch.gather(every, 1, order)
             best_d, best_i = d_top, i_top
         candidates = best_i.cpu().numpy()
         for row, cand in enumerate(candidates):
@@ -257,6 +256,32 @@ def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: lis
             index[start + row, :len(order)] = cand[order]
             distance[start + row, :len(order)] = exact[order]
     return index, distance
+
+
+def _smallest(torch, d, keep: int, ids=None):
+    """The columns of the `keep` smallest values of each row of `d` (the values, and the column
+    positions), ties at the cut to the earlier reference: `ids` are the references' indices
+    (d's shape; None: the columns are in reference order). torch.topk picks among equal values
+    as it likes: a reference holding one vector 30 times (one sequence under 30 accessions,
+    embedded once) gave a query the 17th to 19th of them, and others with other slice sizes,
+    where the earliest are meant. Only rows with a tie at their cut are sorted; the order inside
+    the set is left to the exact pass, which ranks by distance and then by reference."""
+    take = min(keep, d.shape[1])
+    if take == d.shape[1]:
+        return d, torch.arange(take, device=d.device).expand(d.shape[0], take)
+    # (one more than kept: a tie across the cut is the next value equal to the last kept)
+    d_top, i_top = torch.topk(d, take + 1, dim=1, largest=False)
+    tied = d_top[:, take] == d_top[:, take - 1]
+    d_top, i_top = d_top[:, :take], i_top[:, :take]
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        values = d[rows]
+        by_reference = (torch.sort(ids[rows], dim=1, stable=True).indices if ids is not None else
+                        torch.arange(d.shape[1], device=d.device).expand(len(rows), -1))
+        order = torch.sort(torch.gather(values, 1, by_reference), dim=1, stable=True).indices[:, :take]
+        columns = torch.gather(by_reference, 1, order)
+        d_top[rows], i_top[rows] = torch.gather(values, 1, columns), columns
+    return d_top, i_top
 
 
 def _reference_labels(labels, label_format: str, ref_ids: list[str]) -> tuple[list[str], dict, dict]:

@@ -75,6 +75,21 @@ def test_exclude_self_is_leave_one_out_and_ties_go_to_the_earlier_reference(tmp_
     assert plain.index[5, 0] == 5 and plain.distance[5, 0] == 0.0
 
 
+def test_copies_of_one_vector_come_earliest_first_whatever_the_slices(tmp_path, monkeypatch):
+    """One sequence under 30 accessions (embedded once, one vector 30 times): the three nearest
+    are the first three accessions, as the file's order says; they were the 17th to 19th (the
+    10th, 12th and 17th in slices of 7), whichever torch.topk picked among equal distances."""
+    from protrans_cli import knn as knn_module
+
+    _write(tmp_path / "q.h5", np.full((1, 4), 2.0))
+    ids = _write(tmp_path / "r.h5", np.ones((30, 4)), [f"acc{i:02d}" for i in range(30)])
+    for slice_size in (16384, 7):
+        monkeypatch.setattr(knn_module, "REFERENCE_SLICE", slice_size)
+        found = knn_module.nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=3, threads=1, device="cpu")
+        assert [found.reference_ids[i] for i in found.index[0]] == ids[:3], slice_size
+        assert found.distance[0].tolist() == [2.0, 2.0, 2.0]
+
+
 def test_fewer_reference_proteins_than_k(tmp_path, run_cli):
     _write(tmp_path / "q.h5", np.eye(3))
     _write(tmp_path / "r.h5", np.eye(3)[:2], ["a", "b"])
