@@ -181,8 +181,15 @@ def pca(vectors: np.ndarray, dims: int = 2, *, metric: str = "euclidean") -> tup
     eigenvectors, each signed so that its largest loading is positive."""
     n, width = vectors.shape
     total = np.zeros(width)
+    first, one_vector = _rows(vectors, slice(0, 1), metric), True
     for part in _slices(n):
-        total += _rows(vectors, part, metric).sum(axis=0)
+        rows = _rows(vectors, part, metric)
+        total += rows.sum(axis=0)
+        one_vector = one_vector and bool((rows == first).all())
+    if one_vector:
+        # One vector throughout (one direction, with cosine) has no variance to share: its mean
+        # in floating point is not always itself, and PC1 was said to hold 100% of the rounding.
+        return np.zeros((n, dims)), np.zeros(dims)
     mean = total / n
     scatter = np.zeros((width, width))
     for part in _slices(n):
