@@ -60,6 +60,10 @@ def test_pca_equals_sklearns_and_keeps_what_a_rotation_keeps(vectors, dims, metr
     np.testing.assert_allclose(np.linalg.norm(full[:, None] - full[None], axis=-1),
                                np.linalg.norm(centred[:, None] - centred[None], axis=-1), atol=1e-8)
     np.testing.assert_allclose(full[:, :dims], coords, atol=1e-9)
+    # each axis (recovered from the map) signed so that its largest loading is positive
+    axes = np.linalg.lstsq(centred, coords, rcond=None)[0]
+    for j in np.flatnonzero(explained > 1e-6):
+        assert axes[np.abs(axes[:, j]).argmax(), j] > 0, j
     # orthogonal axes, each carrying its fraction of the variance
     gram = coords.T @ coords
     total = (centred ** 2).sum()
