@@ -1198,6 +1198,31 @@ def test_a_new_phase_reads_on_from_the_next_buffer_not_the_proteins_the_last_one
     assert max(first) < 64 <= min(second)
 
 
+def test_a_new_phase_after_the_buffer_that_took_the_corpus_tail_trains_no_protein_twice(tmp_path, monkeypatch):
+    """70 proteins, global batch 16, 4 batches a buffer: the tail of 6 joins the first buffer (70
+    proteins, 64 kept). Phase 2 started 64 proteins on, at that tail, and trained again in
+    epoch 0 proteins phase 1's batches of the buffer had held; it starts at the next epoch."""
+    from protrans_cli.training.data import CorpusStream
+
+    corpus = tmp_path / "c.txt"
+    rng = np.random.default_rng(0)
+    corpus.write_text("".join(" ".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)) + "\n\n"
+                              for n in rng.integers(10, 40, 70)))
+    read: list[tuple[int, int]] = []
+    original = CorpusStream._sample
+
+    def recording(self, buffer, pos, state):
+        sample = original(self, buffer, pos, state)
+        read.append((sample.epoch, sample.index))
+        return sample
+
+    monkeypatch.setattr(CorpusStream, "_sample", recording)
+    train(_config(tmp_path, corpus=[str(corpus)], phases=[Phase(48, 2), Phase(64, 2, 4, 4)], log_every=1))
+    assert len(read) == 2 * 16 + 2 * 4
+    assert len(set(read)) == len(read), "a protein trained twice in one epoch"
+    assert {epoch for epoch, _ in read[32:]} == {1}  # phase 2 begins the next epoch
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_trains_on_the_gpu_in_bf16(tmp_path, family):

@@ -512,6 +512,25 @@ class StreamState:
         return cls(**d, at=Cursor(**at) if at else None)
 
 
+def next_phase_state(state: StreamState, paths, global_batch_size: int, bucket_batches: int) -> StreamState:
+    """Where a new `--phase` starts in the stream: at the buffer after the one the previous phase
+    (of `global_batch_size`) was in, when it had done some of that buffer's batches. That buffer
+    holds `global_batch_size * bucket_batches` proteins, and also the corpus's tail when fewer
+    than one global batch follow it (CorpusStream reads one global batch ahead): the new phase
+    then starts at the next epoch. It began with that tail, and trained again in the epoch the
+    tail's proteins that the previous phase's batches of the buffer had held."""
+    if not state.batches_done:
+        return state
+    size = global_batch_size * max(1, bucket_batches)
+    start = state.at if state.at is not None and state.at.proteins <= state.buffer_start else None
+    skip = state.buffer_start - (start.proteins if start is not None else 0)
+    # the proteins from the buffer's first on, up to one global batch past its full size
+    held = sum(1 for _ in itertools.islice(iter_proteins(paths, start), skip, skip + size + global_batch_size))
+    ahead = held - size
+    return dataclasses.replace(state, buffer_start=state.buffer_start + size + (ahead if 0 < ahead < global_batch_size
+                                                                               else 0), batches_done=0)
+
+
 @dataclass
 class StepBatch:
     """What one optimizer step consumes on this rank: its micro-batches, collated."""

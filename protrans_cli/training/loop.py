@@ -45,7 +45,7 @@ from protrans_cli.training.config import (DEFAULT_FAMILY, DEFAULT_PRESET, TrainC
                                           resolve_precision)
 from protrans_cli.training.data import (CorpusStream, StreamState, TokenLayout, changed_corpus_file, check_corpus,
                                         check_validation_corpus, corpus_fingerprint, corpus_overlaps,
-                                        count_proteins, evaluation_step_size, step_batches)
+                                        count_proteins, evaluation_step_size, next_phase_state, step_batches)
 from protrans_cli.training.metrics import (Accumulator, append_metrics, open_tensorboard, plot_metrics,
                                            require_tensorboard, truncate_metrics)
 from protrans_cli.training.objectives import OBJECTIVE_REVISION, make_objective, objective_changes
@@ -977,11 +977,8 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         accum = grad_accum_steps(phase.global_batch_size, phase.micro_batch_size, info.world_size)
         if phase_index != data_phase:
             # A new phase continues the stream at the next buffer of the previous phase.
-            if data_state.batches_done:
-                prev = phases[data_phase]
-                data_state = dataclasses.replace(
-                    data_state, buffer_start=data_state.buffer_start + prev.global_batch_size * config.bucket_batches,
-                    batches_done=0)
+            data_state = next_phase_state(data_state, config.corpus, phases[data_phase].global_batch_size,
+                                          config.bucket_batches)
             data_phase = phase_index
         if deadline is not None and phase_index:
             # (the steps measured were the previous phase's: scaled by the tokens a step takes)
