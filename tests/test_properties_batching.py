@@ -22,6 +22,7 @@ from protrans_cli.embed import (EmbedOptions, OneHotEmbedder, _Piece, _Protein, 
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader  # noqa: E402
 
 ONEHOT = "ACDEFGHIKLMNPQRSTVWYX"
+STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 LETTERS = "ACDEFGHIKLMNPQRSTVWYXUZOBacdefghiklmnpqrstvwyxuzob"
 
 
@@ -284,51 +285,86 @@ def test_onehot_arrays_equal_the_reference_whatever_the_batches_windows_and_poli
 # --- a tiny random model: batching changes nothing, and each protein is its plain forward pass ----
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
+def tiny_models(tmp_path_factory):
+    """{(family, packed): (embedder, tokenizer, encoder, family)}: a tiny random BERT (padded and
+    packed batches) and T5, saved as `protrans train` saves them, each embedder built once."""
     torch = pytest.importorskip("torch")
-    from protrans_cli.models import FAMILIES
-
-    torch.manual_seed(0)
-    family = FAMILIES["bert"]
-    tokenizer = family.build_tokenizer()
-    model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
-    path = tmp_path_factory.mktemp("tiny_bert_props")
-    family.save_pretrained(model, tokenizer, path)
     from transformers import AutoTokenizer
 
     from protrans_cli.embed import build_embedder
+    from protrans_cli.models import FAMILIES
 
-    encoder = family.encoder_class.from_pretrained(str(path), dtype=torch.float32).eval()
-    return (build_embedder(EmbedOptions(model=str(path), device="cpu", dtype="float32")),
-            AutoTokenizer.from_pretrained(str(path)), encoder)
+    out = {}
+    for name, packings in (("bert", (False, True)), ("t5", (False,))):
+        torch.manual_seed(0)
+        family = FAMILIES[name]
+        tokenizer = family.build_tokenizer()
+        model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
+        path = tmp_path_factory.mktemp(f"tiny_{name}_props")
+        family.save_pretrained(model, tokenizer, path)
+        encoder = family.encoder_class.from_pretrained(str(path), dtype=torch.float32).eval()
+        for packed in packings:
+            embedder = build_embedder(EmbedOptions(model=str(path), device="cpu", dtype="float32", packing=packed,
+                                                   attention="sdpa"))
+            assert embedder.packed == packed
+            out[name, packed] = (embedder, AutoTokenizer.from_pretrained(str(path)), encoder, family)
+    return out
 
 
-def _plain_forward(tokenizer, encoder, seq: str) -> np.ndarray:
-    """transformers alone: one protein, no padding, [CLS] x [SEP]; rare residues read as X."""
+def _plain_forward(tokenizer, encoder, family, seq: str) -> np.ndarray:
+    """transformers alone: one protein, no padding, the family's own text convention (spaced
+    letters, rare residues as X where it reads them so); the residue rows found by their ids."""
     import torch
 
-    letters = seq.upper().translate(str.maketrans("UZOB", "XXXX"))
-    ids = tokenizer(" ".join(letters), return_tensors="pt")["input_ids"]
-    assert ids.shape[1] == len(letters) + 2
+    letters = seq.upper()
+    if family.rare_to == "X":
+        letters = letters.translate(str.maketrans("UZOB", "XXXX"))
+    ids = tokenizer(" ".join(letters) if family.spaced else letters, return_tensors="pt")["input_ids"]
+    residue_ids = tokenizer.convert_tokens_to_ids(list(letters))
+    row = ids[0].tolist()
+    starts = [i for i in range(len(row) - len(letters) + 1) if row[i:i + len(letters)] == residue_ids]
+    assert len(starts) == 1 and len(row) - len(letters) <= 2, row
     with torch.no_grad():
         out = encoder(input_ids=ids, attention_mask=torch.ones_like(ids))
-    return out.last_hidden_state[0, 1:-1].numpy()
+    return out.last_hidden_state[0, starts[0]:starts[0] + len(letters)].numpy()
 
 
-@fewer(12)
-@given(seqs=st.lists(st.text(alphabet=LETTERS, min_size=1, max_size=40), min_size=1, max_size=6),
-       max_tokens=st.integers(1, 300), max_batch_size=st.integers(1, 6))
-def test_a_models_arrays_are_each_proteins_plain_forward_pass_whatever_the_batches(
-        tiny_bert, seqs, max_tokens, max_batch_size):
+def _check_against_plain_forward(tiny_models, model, seqs, options, pad_multiple=1):
     from protrans_cli.embed import embed_sequences
 
-    embedder, tokenizer, encoder = tiny_bert
-    options = EmbedOptions(model=embedder.name, device="cpu", dtype="float32", max_tokens=max_tokens,
-                           max_batch_size=max_batch_size)
-    rows = embed_sequences(seqs, options, kind=PER_RESIDUE, embedder=embedder)
-    means = embed_sequences(seqs, options, kind=PER_PROTEIN, embedder=embedder)
+    embedder, tokenizer, encoder, family = tiny_models[model]
+    embedder.pad_multiple = pad_multiple  # (a GPU's 8; the CPU's 1)
+    try:
+        rows = embed_sequences(seqs, options, kind=PER_RESIDUE, embedder=embedder)
+        means = embed_sequences(seqs, options, kind=PER_PROTEIN, embedder=embedder)
+    finally:
+        embedder.pad_multiple = 1
     for seq, got, mean in zip(seqs, rows, means):
-        ref = _plain_forward(tokenizer, encoder, seq)
+        ref = _plain_forward(tokenizer, encoder, family, seq)
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
         np.testing.assert_allclose(mean, ref.mean(0), atol=1e-5, rtol=0)
+
+
+@fewer(10)
+@given(seqs=st.lists(st.text(alphabet=LETTERS, min_size=1, max_size=40), min_size=1, max_size=6),
+       max_tokens=st.integers(1, 300), max_batch_size=st.integers(1, 6),
+       model=st.sampled_from([("bert", False), ("bert", True), ("t5", False)]), pad_multiple=st.sampled_from([1, 8]))
+def test_a_models_arrays_are_each_proteins_plain_forward_pass_whatever_the_batches(
+        tiny_models, seqs, max_tokens, max_batch_size, model, pad_multiple):
+    """Padded or packed batches of any budget and size cap, a batch's length rounded up to 8 or
+    not (as on a GPU or the CPU): each protein's rows are those of its plain forward pass."""
+    options = EmbedOptions(model=tiny_models[model][0].name, device="cpu", dtype="float32", max_tokens=max_tokens,
+                           max_batch_size=max_batch_size, packing=model[1], attention="sdpa")
+    _check_against_plain_forward(tiny_models, model, seqs, options, pad_multiple)
+
+
+@fewer(2)
+@given(longest=st.integers(2030, 2046), pad_multiple=st.sampled_from([3, 8, 16, 24]), short=st.integers(1, 30))
+@example(longest=2046, pad_multiple=24, short=3)
+def test_rounding_a_batch_up_never_passes_the_learned_position_table(tiny_models, longest, pad_multiple, short):
+    """A protein near the tiny BERT's 2,048 learned positions, batched with a short one: its
+    batch is rounded up to `pad_multiple` only where that stays inside the table."""
+    seqs = ["".join(STANDARD[(i * 7) % 20] for i in range(longest)), "M" * short]
+    options = EmbedOptions(model=tiny_models["bert", False][0].name, device="cpu", dtype="float32", max_tokens=10_000)
+    _check_against_plain_forward(tiny_models, ("bert", False), seqs, options, pad_multiple)

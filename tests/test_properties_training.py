@@ -116,14 +116,18 @@ def _last_buffer_start(total: int, global_batch: int, bucket_batches: int) -> in
 
 
 @given(corpus=corpora(), sizes=batch_sizes(), bucket_batches=st.integers(1, 4), workers=st.integers(1, 3),
-       shuffle=st.booleans(), pad_multiple=st.sampled_from([1, 3, 8, 16]), tokens=st.booleans(),
-       max_length=st.integers(3, 80))
+       shuffle=st.booleans(), pad_multiple=st.sampled_from([1, 3, 8, 16]),
+       tokens=st.sampled_from([None, False, True]), max_length=st.integers(3, 80),
+       limit=st.one_of(st.none(), st.integers(1, 120)))
 def test_an_epoch_is_every_protein_once_across_ranks_and_workers_less_the_documented_remainder(
-        corpus, sizes, bucket_batches, workers, shuffle, pad_multiple, tokens, max_length):
-    total = len(corpus[0])
+        corpus, sizes, bucket_batches, workers, shuffle, pad_multiple, tokens, max_length, limit):
+    """`tokens`: micro-batches by fixed size (None) or by padded tokens (False: padded rows,
+    True: packed ones); `limit`: an evaluation stream's first proteins only (max_proteins)."""
     global_batch, micro, world = sizes
+    total = len(corpus[0]) if limit is None else min(limit, len(corpus[0]))
     assume(total >= global_batch)
-    budget = micro * max_length if tokens else None
+    budget = micro * max_length if tokens is not None else None
+    special = layout_of("bert").num_special
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_corpus(Path(tmp), corpus)
         per_rank = []
@@ -133,7 +137,7 @@ def test_an_epoch_is_every_protein_once_across_ranks_and_workers_less_the_docume
                 with as_worker(worker, workers):
                     stream = _stream(paths, sizes, rank, bucket_batches=bucket_batches, shuffle=shuffle,
                                      pad_multiple=pad_multiple, micro_batch_tokens=budget, max_epochs=2,
-                                     max_length=max_length)
+                                     max_length=max_length, packed=bool(tokens), max_proteins=limit)
                     by_worker.append(list(stream))
             # a DataLoader takes the workers' items in turn: worker w has steps w, w + W, ...
             steps = [None] * sum(map(len, by_worker))
@@ -146,8 +150,14 @@ def test_an_epoch_is_every_protein_once_across_ranks_and_workers_less_the_docume
         # as many micro-batches on every rank (collectives); the global batch split between them
         assert len({len(s.micro_batches) for s in step}) == 1
         assert sum(s.num_proteins for s in step) == global_batch
-        if not tokens:
+        if budget is None:
             assert all(len(mb) == micro for s in step for mb in s.micro_batches)
+        else:  # each within the budget as collate pads it (one protein alone may pass it)
+            for mb in (mb for s in step for mb in s.micro_batches):
+                ns = [len(x.residues) + special for x in mb]
+                rows = -(-sum(ns) // pad_multiple) if tokens else len(ns) * -(-max(ns) // pad_multiple)
+                padded = rows * pad_multiple
+                assert len(mb) == 1 or padded <= budget, (ns, padded, budget)
         owners = [i for s in step for i in indices(s)]
         assert len(owners) == len(set(owners)), "one protein on two ranks"
         assert len({s.micro_batches[0][0].epoch for s in step}) == 1
@@ -200,7 +210,8 @@ def test_a_resume_from_any_saved_position_gives_the_rest_of_the_uninterrupted_st
         assert got == want
 
 
-@given(length=st.integers(1, 400), max_length=st.integers(3, 120), seed=st.integers(0, 2**32), index=st.integers(0, 10**6))
+@given(length=st.integers(1, 400), max_length=st.integers(3, 120), seed=st.integers(0, 2**32),
+       index=st.integers(0, 10**6))
 def test_a_crop_lies_inside_the_protein_within_the_max_length_and_not_always_at_the_n_terminus(
         length, max_length, seed, index):
     layout = layout_of("bert")
