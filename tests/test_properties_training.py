@@ -459,3 +459,32 @@ def test_a_new_phase_trains_no_protein_twice_in_the_epoch(corpus, first, then, b
     # and the next epoch is the new phase's whole epoch
     later = [i for s in two if s.micro_batches[0][0].epoch == 1 for i in indices(s)]
     assert len(later) == len(set(later)) == total - total % then
+
+
+@given(corpus=corpora(min_proteins=8), sizes=batch_sizes(), bucket_batches=st.integers(1, 4),
+       pad_multiple=st.sampled_from([8, 12, 16, 24, 40]), epoch=st.integers(0, 3))
+@example(corpus=([1, 1, 1, 31, 35, 35, 1, 1], [(8, "")]), sizes=(2, 1, 1), bucket_batches=3, pad_multiple=12, epoch=0)
+def test_batches_re_formed_by_padded_width_pad_as_the_plain_length_sort(corpus, sizes, bucket_batches, pad_multiple,
+                                                                        epoch):
+    """docs/train.md: with --pad-multiple 8 or more every batch pads to the width the plain
+    length sort gave it (the sort is by the padded width, rounded up to --pad-multiple)."""
+    total = len(corpus[0])
+    global_batch = sizes[0]
+    assume(total >= global_batch)
+    special = layout_of("bert").num_special
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_corpus(Path(tmp), corpus)
+        steps = list(_stream(paths, (global_batch, global_batch, 1), bucket_batches=bucket_batches,
+                             pad_multiple=pad_multiple, max_epochs=epoch + 1, max_length=60,
+                             state=StreamState(epoch=epoch)))
+    width = {x.index: -(-(len(x.residues) + special) // pad_multiple) * pad_multiple
+             for s in steps for mb in s.micro_batches for x in mb}
+    by_buffer: dict[int, list[list[int]]] = {}
+    size = global_batch * bucket_batches
+    for s in steps:
+        batch = indices(s)
+        by_buffer.setdefault(min(batch) // size, []).append(batch)
+    for batches in by_buffer.values():
+        kept = sorted((width[i], i) for b in batches for i in b)  # the plain sort of the same proteins
+        plain = [max(w for w, _ in kept[k:k + global_batch]) for k in range(0, len(kept), global_batch)]
+        assert sorted(max(width[i] for i in b) for b in batches) == sorted(plain)

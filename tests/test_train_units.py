@@ -203,7 +203,7 @@ def test_a_checkpoint_of_an_earlier_version_keeps_its_plan_of_batches():
     from protrans_cli.training.checkpoint import _data_state_problem
     from protrans_cli.training.data import PLAN, StreamState
 
-    assert StreamState().plan == PLAN == 2 and StreamState.from_dict(None).plan == PLAN
+    assert StreamState().plan == PLAN == 3 and StreamState.from_dict(None).plan == PLAN
     old = StreamState.from_dict({"epoch": 0, "buffer_start": 0, "batches_done": 0})
     assert old.plan == 1
     kw = dict(paths=[LEARNABLE, str(TRAIN / "learnable_shard2.txt.gz")], max_length=80, pad_multiple=8,
@@ -220,11 +220,33 @@ def test_a_checkpoint_of_an_earlier_version_keeps_its_plan_of_batches():
     assert saved.batches_done == 2 and saved.plan == 1
     resumed = list(_stream(state=saved, **kw))
     assert [_indices(sb) for sb in resumed] == [_indices(sb) for sb in uninterrupted[2:]]
-    # a new run's checkpoints say plan 2; a plan this version does not know is a damaged checkpoint
-    assert StreamState.from_dict(StreamState().to_dict()).plan == 2
+    # a new run's checkpoints say plan 3; a plan this version does not know is a damaged checkpoint
+    assert StreamState.from_dict(StreamState().to_dict()).plan == 3
     assert _data_state_problem({"epoch": 0, "buffer_start": 0, "batches_done": 0, "plan": 2}) is None
-    assert "plan 3 is not one this protrans knows" in _data_state_problem({"epoch": 0, "buffer_start": 0,
-                                                                            "batches_done": 0, "plan": 3})
+    assert "plan 4 is not one this protrans knows" in _data_state_problem({"epoch": 0, "buffer_start": 0,
+                                                                            "batches_done": 0, "plan": 4})
+
+
+def test_length_buckets_are_as_wide_as_the_pad_multiple_and_a_plan_2_run_keeps_its_own(tmp_path):
+    """--pad-multiple 12: buckets 12 wide, so every batch pads as the plain length sort's does
+    (docs/train.md). train gave the stream its --pad-multiple only with token micro-batches, so
+    its buckets were 8 wide whatever it was, and these two proteins of 33 and 37 tokens (one
+    bucket of 8, rows of 36 and 48) were batched with shorter ones: 48-wide rows where the plain
+    sort pads to 36. A run of plan 2 resumed keeps its 8-wide buckets (the batches it began)."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(" ".join("M" * n) + "\n\n" for n in (1, 1, 1, 31, 35, 35, 1, 1)))
+    assert TrainConfig(corpus=["x"], pad_multiple=12).stream_sizing(Phase(64, 1))["pad_multiple"] == 12
+
+    def widths(state, pad_multiple, **kw):
+        stream = _stream([str(corpus)], max_length=60, global_batch_size=2, micro_batch_size=1, bucket_batches=3,
+                         seed=5, pad_multiple=pad_multiple, max_epochs=1, state=state, **kw)
+        return sorted(max(-(-(len(s.residues) + 2) // 12) * 12 for mb in step.micro_batches for s in mb)
+                      for step in stream)
+
+    assert widths(StreamState(), 12) == [12, 12, 36, 48]  # (the plain sort's: 1+1, 1+1, 31+35, 35+1...)
+    old = StreamState.from_dict({"epoch": 0, "buffer_start": 0, "batches_done": 0, "plan": 2})
+    assert widths(old, 12) == widths(old, 1) == widths(StreamState(plan=3), 8) == [12, 12, 48, 48]
+    assert widths(old, 12, micro_batch_tokens=10_000) == widths(StreamState(), 12)  # (token micro-batches: as before)
 
 
 def test_workers_yield_the_same_batches_as_one_process():

@@ -169,9 +169,10 @@ class TrainConfig:
     def stream_sizing(self, phase: "Phase") -> dict:
         """How CorpusStream cuts a rank's share of a step into micro-batches: `micro_batch_size`
         proteins each, or with token_micro_batches up to the padded tokens of micro_batch_size
-        proteins at max_length (short proteins then go many to a pass; the memory bound stays)."""
+        proteins at max_length (short proteins then go many to a pass; the memory bound stays);
+        and pad_multiple, which also sets the width of its length buckets (`bucket_width`)."""
         if not self.token_micro_batches:
-            return {}
+            return {"pad_multiple": self.pad_multiple}  # (the width of its length buckets too)
         return {"micro_batch_tokens": phase.micro_batch_size * phase.max_length,
                 "pad_multiple": self.pad_multiple, "packed": self.packing}
 

@@ -475,12 +475,14 @@ def check_validation_corpus(paths, batch_size: int, *, batch_text: str, evaluate
 
 # How a buffer's global batches are planned (`CorpusStream._plan_buffer`): 1, a plain length
 # sort, the same batches every epoch (the checkpoints of earlier versions have no plan and were
-# made so); 2, re-formed every epoch. A run keeps the plan it started with, so that a run
-# of an earlier version resumed by this one sees the batches it would have seen: resumed with
-# another plan, the buffer under way was re-planned, and some of its proteins were trained twice
-# and others not at all.
-PLAN = 2
-PLANS = (1, 2)
+# made so); 2, re-formed every epoch, in length buckets 8 tokens wide unless the stream cut
+# micro-batches by tokens (`train` gave the stream its --pad-multiple only then); 3, the same in
+# buckets of the run's --pad-multiple (at least 8: `bucket_width`), as docs/train.md says. A run
+# keeps the plan it started with, so that a run of an earlier version resumed by this one sees
+# the batches it would have seen: resumed with another plan, the buffer under way was
+# re-planned, and some of its proteins were trained twice and others not at all.
+PLAN = 3
+PLANS = (1, 2, 3)
 
 
 @dataclass
@@ -641,7 +643,8 @@ class CorpusStream:
             # By padded width, in a random order within one width drawn from (seed, epoch,
             # buffer_start) alone, so every rank (and a resume) computes the same order and each
             # epoch forms other batches (see the module docstring).
-            width = self.bucket_width
+            # (plan 2: 8 wide where `train` gave no pad_multiple, without token micro-batches)
+            width = self.bucket_width if state.plan >= 3 or self.micro_batch_tokens else 8
             tie = np.random.default_rng((self.seed, state.epoch, state.buffer_start, 11)).permutation(len(buffer))
             order = np.lexsort((tie, -(-(lengths + self.layout.num_special) // width)))
         else:

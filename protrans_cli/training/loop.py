@@ -994,7 +994,8 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         dist.print0(f"train: phase {phase_index + 1}/{len(phases)}: max length {phase.max_length}, "
                     f"steps {max(phase_start, step) + 1}-{phase_end}, global batch {phase.global_batch_size} = "
                     f"{phase.micro_batch_size} x {info.world_size} process(es) x {accum} accumulation"
-                    + (f"; micro-batches cut by tokens, up to {sizing['micro_batch_tokens']} each" if sizing else ""))
+                    + (f"; micro-batches cut by tokens, up to {sizing['micro_batch_tokens']} each"
+                       if "micro_batch_tokens" in sizing else ""))
         batches = step_batches(stream, config.num_workers)
         while step < phase_end:
             try:
