@@ -488,3 +488,29 @@ def test_batches_re_formed_by_padded_width_pad_as_the_plain_length_sort(corpus, 
         kept = sorted((width[i], i) for b in batches for i in b)  # the plain sort of the same proteins
         plain = [max(w for w, _ in kept[k:k + global_batch]) for k in range(0, len(kept), global_batch)]
         assert sorted(max(width[i] for i in b) for b in batches) == sorted(plain)
+
+
+@given(drawn=sample_batches(max_size=10, max_length=50), family=st.sampled_from(["bert", "roberta", "electra"]),
+       pad_multiple=st.sampled_from([1, 8, 16]))
+def test_a_packed_row_holds_the_padded_batch_without_its_padding(drawn, family, pad_multiple):
+    """Every protein once, in order, with its own masks and labels (and ELECTRA's replacement
+    draws), position ids restarting at each protein: the padded batch's rows, unpadded."""
+    from protrans_cli.models import get_family
+
+    layout = layout_of(family)
+    samples = _samples(family, drawn)
+    objective = "electra" if family == "electra" else "mlm"
+    padded = make_objective(objective, layout, _cfg(pad_multiple=pad_multiple)).collate(samples)
+    packer = make_objective(objective, layout, _cfg(pad_multiple=pad_multiple))
+    fam = get_family(family)
+    packer.packed_position_offset = fam.packed_position_offset(fam.build_config("tiny", fam.build_tokenizer()))
+    packed = packer.collate(samples)
+    real = padded["attention_mask"].bool()
+    total = int(real.sum())
+    for key in ("input_ids", "labels", "residue_mask"):
+        assert torch.equal(packed[key][0, :total], padded[key][real]), key
+    assert (packed["labels"][0, total:] == IGNORE).all() and not packed["residue_mask"][0, total:].any()
+    assert packed["num_predicted"] == padded["num_predicted"]
+    if objective == "electra":
+        assert torch.equal(packed["replace_u"], padded["replace_u"]) and packed["num_aux"] == padded["num_aux"]
+        assert len(packed["replace_u"]) == packed["num_predicted"]
