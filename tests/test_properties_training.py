@@ -57,7 +57,8 @@ def corpora(draw, min_proteins=1, max_proteins=120, length=st.integers(1, 70)):
     shards = draw(st.integers(1, 3))
     cuts = sorted(draw(st.lists(st.integers(0, len(lengths)), min_size=shards - 1, max_size=shards - 1)))
     sizes = np.diff([0, *cuts, len(lengths)]).tolist()
-    kinds = draw(st.lists(st.sampled_from(["", ".gz"]), min_size=shards, max_size=shards))
+    # ".gz+": a gzip file of many members (prep writes one per block), cut anywhere in the text
+    kinds = draw(st.lists(st.sampled_from(["", ".gz", ".gz+"]), min_size=shards, max_size=shards))
     return lengths, list(zip(sizes, kinds))
 
 
@@ -70,8 +71,13 @@ def write_corpus(folder: Path, corpus, seed: int = 0) -> list[str]:
     for k, (size, kind) in enumerate(shards):
         body = "".join(" ".join(t) + "\n\n" for t in texts[at:at + size]).encode()
         at += size
-        path = folder / f"shard{k}.txt{kind}"
-        path.write_bytes(gzip.compress(body) if kind else body)
+        path = folder / f"shard{k}.txt{kind.rstrip('+')}"
+        if kind == ".gz+":  # members of 1-300 bytes of text each
+            cuts = np.cumsum(rng.integers(1, 300, len(body) // 100 + 2))
+            parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts[:-1], len(body)]) if a < len(body)]
+            path.write_bytes(b"".join(gzip.compress(part) for part in parts or [b""]))
+        else:
+            path.write_bytes(gzip.compress(body) if kind else body)
         paths.append(str(path))
     return paths
 
