@@ -312,6 +312,8 @@ def test_signals_held_delays_sigterm_to_the_end_of_the_block():
     (b">a\rb\nMKV\n>c\nMK\n", [("a", "MKV"), ("c", "MK")]),  # a stray CR ends the id (was refused as a Mac file)
     (b">a\nMK\n\xef\xbb\xbf\n>b\nGG\n", [("a", "MK"), ("b", "GG")]),   # a mark, a blank line, then a header
     (b">a\nMK\n\xef\xbb\xbf", [("a", "MK")]),                            # a mark at the end
+    # an empty file with a mark, then one with a mark (cat): prep read it, embed said "not FASTA"
+    (b"\xef\xbb\xbf\xef\xbb\xbf>a\nMK\n", [("a", "MK")]),                 # found by a property test
     # a mark before residues is a character of the sequence, as prep reads it (it rejects the
     # record): it was dropped, and embed read MKTA where prep left the record out
     (b">z\n\xef\xbb\xbfMK", [("z", "\xef\xbb\xbfMK")]),                 # found by fuzzing

@@ -53,7 +53,10 @@ def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[Fasta
             # before a header, or before blank lines and then a header, as prep drops it. Any
             # other mark is a character of the sequence, which normalise refuses, as prep does
             # (it was dropped from the middle of a sequence: MK, a mark, TA read as MKTA).
-            if header is None or line[3:].startswith(b">"):
+            if header is None:  # (marks in a row too, as prep reads them: an empty file with a mark before)
+                while line.startswith(BOM):
+                    line = line[3:]
+            elif line[3:].startswith(b">"):
                 line = line[3:]
             elif not line[3:].strip(b" \t\r\n"):
                 pending += line
