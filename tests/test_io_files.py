@@ -309,6 +309,7 @@ def test_signals_held_delays_sigterm_to_the_end_of_the_block():
     (b">a\xc2\xa0x\nMKTA\n>a\xc2\xa0y\nMKKL\n", [("a\xa0x", "MKTA"), ("a\xa0y", "MKKL")]),  # ids end at ASCII space
     (b">P1\xa0desc\nMK\n", [("P1\xa0desc", "MK")]),                        # latin-1: as prep reads it
     (b">\xc3\xbc1 37\xb0C\nMK\n", [("\xfc1", "MK")]),  # a latin-1 description leaves the UTF-8 id as it is
+    (b">\xc3\xbc1\r37\xb0C\nMK\n", [("\xfc1", "MK")]),  # after a stray CR too (was Ã¼1; property test)
     (b">a\rb\nMKV\n>c\nMK\n", [("a", "MKV"), ("c", "MK")]),  # a stray CR ends the id (was refused as a Mac file)
     (b">a\nMK\n\xef\xbb\xbf\n>b\nGG\n", [("a", "MK"), ("b", "GG")]),   # a mark, a blank line, then a header
     (b">a\nMK\n\xef\xbb\xbf", [("a", "MK")]),                            # a mark at the end

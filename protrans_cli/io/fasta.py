@@ -103,7 +103,7 @@ def _record(header: bytes, chunks: list[bytes], line: int, name: str) -> FastaRe
     except UnicodeDecodeError:
         # word by word: a non-UTF-8 byte in the description (`37\xb0C`) must not change how the
         # id is read (the UTF-8 id `ü1` became `Ã¼1` beside it, `ü1` elsewhere)
-        description = "".join(decode_word(part) for part in re.split(rb"([ \t\v\f]+)", header)).strip(ASCII_SPACE)
+        description = "".join(decode_word(part) for part in re.split(rb"([ \t\r\v\f]+)", header)).strip(ASCII_SPACE)
     ident = header_id(description)
     if not ident:
         raise InputError("header has no id", path=name, line=line)
