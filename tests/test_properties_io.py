@@ -1,0 +1,378 @@
+"""Property tests (Hypothesis) of the input/output side: the FASTA reader against Biopython, the
+HDF5 key escaping of ids, and prep's corpus against the reader and the training corpus reader.
+
+Each property compares protrans with an independent reference (Biopython's FASTA parser, h5py,
+hashlib, a plain re-implementation of the documented normalisation written here), on generated
+input that reaches the edges users hit. `HYPOTHESIS_PROFILE=fuzz` searches harder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("hypothesis")
+SeqIO = pytest.importorskip("Bio.SeqIO")
+
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
+
+from protrans_cli.errors import InputError  # noqa: E402
+from protrans_cli.io.fasta import read_fasta  # noqa: E402
+from protrans_cli.residues import SequenceRejected, normalise  # noqa: E402
+
+ASCII_WS = " \t\n\r\x0b\x0c"
+
+
+def examples(ci: int) -> int:
+    """`ci` examples for a slow property under the default profile; the profile's own number
+    under another (HYPOTHESIS_PROFILE=fuzz searches as hard as for the fast ones)."""
+    return ci if settings.get_current_profile_name() == "ci" else settings.default.max_examples  # what ends an id and what a sequence loses (docs/prep.md)
+BOM = "\ufeff"
+
+
+# --------------------------------------------------------------------------------------------
+# The documented normalisation (docs/prep.md, "Normalisation rules"), written out again here
+
+
+def reference_normalise(raw: bytes, rare: str = "x") -> tuple[str, str | None, int | None]:
+    """(sequence, reason, position): the normalised sequence, or a rejection reason and the
+    1-based residue of the first offending character (None for `empty`)."""
+    data = bytes(c for c in raw if c not in b" \t\r\n\x0b\x0c-.")
+    data = bytes(c - 32 if 97 <= c <= 122 else c for c in data)
+    if data.endswith(b"*"):
+        data = data[:-1]
+    if not data:
+        return "", "empty", None
+    if rare == "x":
+        data = bytes(ord("X") if c in b"UZOB" else c for c in data)
+    allowed = b"ACDEFGHIKLMNPQRSTVWYX" + (b"UZOB" if rare == "keep" else b"")
+    for i, c in enumerate(data):
+        if c not in allowed:
+            return "", "internal_stop" if c == ord("*") else "invalid_character", i + 1
+    return data.decode(), None, None
+
+
+def protrans_normalise(seq: str, rare: str = "x") -> tuple[str, str | None, int | None]:
+    try:
+        return normalise(seq, rare), None, None
+    except SequenceRejected as exc:
+        at = re.search(r"at residue (\d+)", exc.detail)
+        return "", exc.reason, int(at.group(1)) if at else None
+
+
+def ascii_id(header: str) -> str:
+    """The id of a header as docs/prep.md defines it: up to the first ASCII whitespace."""
+    return re.split(f"[{ASCII_WS}]", header.strip(ASCII_WS), maxsplit=1)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Generated FASTA files: the records as written, and the text a user's tools would produce
+
+# Header text: ids of letters, digits and punctuation (`|`, `/`, `%`, `.`: UniProt's, paths'),
+# unicode letters, unicode spaces that are no ASCII whitespace (NBSP, em space, NEL, the ASCII
+# separators \x1c-\x1f that Python's str.split takes for whitespace), `>` inside, NUL rarely.
+HEADER_CHARS = st.one_of(
+    st.sampled_from("abcXYZ019_|/%.:;=-+>"),
+    st.sampled_from(" \t\x0b\x0c"),
+    st.sampled_from("\xa0\u2003\x85\x1c\x1f\u200bé\u00fcα漢\U0001f9ec\x7f\x01"),
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"),
+)
+HEADERS = st.one_of(
+    st.text(HEADER_CHARS, max_size=25),
+    st.builds(lambda a, b: a + "\x00" + b, st.text(HEADER_CHARS, max_size=5), st.text(HEADER_CHARS, max_size=5)),
+)
+
+# residues as written (lower case, rare ones, gaps, blanks, `*`: a record normalise keeps), and
+# those with what it refuses (J, digits, `>`, NUL, non-ASCII, a mark) or a stray CR
+WILD_CHARS = st.one_of(
+    st.sampled_from("ACDEFGHIKLMNPQRSTVWY"),
+    st.sampled_from("acdefghiklmnpqrstvwyXxUOBZuobz"),
+    st.sampled_from("-. \t\x0b\x0c"),
+)
+RESIDUE_CHARS = st.one_of(WILD_CHARS, st.sampled_from("*J1#>;\x00é\x1f\ufeff\xa0\r"))
+
+
+@st.composite
+def sequence_lines(draw) -> list[str]:
+    """A record's sequence as lines (any width, blank and blanks-only lines inside); no line
+    starts with `>` (it would be a header), nor is a mark followed by blanks only (a mark
+    before a header is dropped, docs/prep.md: see test_bom_placement for those)."""
+    kind = draw(st.sampled_from(["plain", "wild", "junk", "empty"]))
+    if kind == "empty":
+        return draw(st.lists(st.sampled_from(["", " ", "\t"]), max_size=2))
+    chars = {"plain": st.sampled_from("ACDEFGHIKLMNPQRSTVWYX"), "wild": WILD_CHARS, "junk": RESIDUE_CHARS}[kind]
+    lines = draw(st.lists(st.text(chars, max_size=70), min_size=1, max_size=5))
+    if kind != "plain" and draw(st.booleans()):  # a terminal stop, maybe with blanks or gaps after it
+        lines[-1] += "*" + draw(st.sampled_from(["", " ", "-", "*"]))
+    return [line for line in lines
+            if not re.search("(^|\r)\ufeff?>", line) and not (line.startswith(BOM) and not line[1:].strip(ASCII_WS))]
+
+
+@dataclass
+class Record:
+    header: str          # as written after `>`, without the line end
+    lines: list[str]
+    mark: bool = False   # a byte-order mark before the `>` (cat a.fa b.fa, b with a mark)
+
+
+@dataclass
+class FastaFile:
+    records: list[Record]
+    preamble: list[str]      # blank lines (or not-FASTA text) before the first record
+    leading_mark: bool
+    ends: list[str]          # line ends, used in turn ("\n", "\r\n")
+    final_newline: bool
+    gz: bool
+
+    def build(self) -> tuple[bytes, list[int], str]:
+        """The file's bytes, the line of each header, and the text Biopython is given (without
+        what protrans documents it skips: a leading mark, blank lines before the first header,
+        a mark before a header)."""
+        out, bio, lines = [], [], []
+        n = 0
+
+        def put(text: str, to_bio: bool = True) -> None:
+            nonlocal n
+            end = self.ends[n % len(self.ends)]
+            n += 1
+            out.append(text + end)
+            if to_bio:
+                bio.append(text + end)
+
+        if self.leading_mark:
+            out.append(BOM)
+        for line in self.preamble:
+            put(line, to_bio=False)
+        for rec in self.records:
+            lines.append(sum(piece.count("\n") for piece in out) + 1)
+            put((BOM if rec.mark else "") + ">" + rec.header, to_bio=False)
+            bio.append(">" + rec.header + "\n")
+            for line in rec.lines:
+                put(line)
+        text = "".join(out)
+        if not self.final_newline and text.endswith("\n"):
+            text = text[:-2] if text.endswith("\r\n") else text[:-1]
+        data = text.encode("utf-8")
+        return (gzip.compress(data, mtime=0) if self.gz else data), lines, "".join(bio)
+
+
+@st.composite
+def fasta_files(draw, junk: bool = True) -> FastaFile:
+    records = draw(st.lists(st.builds(Record, HEADERS, sequence_lines()),
+                            max_size=6))
+    for rec in records:  # now and then a record of a file concatenated to another with a mark
+        rec.mark = draw(st.integers(0, 9)) == 0
+    preamble = draw(st.lists(st.sampled_from(["", " ", "\t", "\x0b"]), max_size=2))
+    if junk and draw(st.integers(0, 9)) == 0:  # text before the first `>`: not FASTA
+        preamble.append(draw(st.sampled_from(["# comment", ";x", "MKTA", " x>a", "\xa0"])))
+    return FastaFile(records, preamble, draw(st.booleans()), draw(st.sampled_from([["\n"], ["\r\n"], ["\n", "\r\n"]])),
+                     draw(st.booleans()), draw(st.integers(0, 4)) == 0)
+
+
+def shown(text: str) -> str:
+    """Control characters as --rejects writes them (`\\t`, `\\x01`)."""
+    named = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    return "".join(named.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 else c)
+                   for c in text)
+
+
+def write_temp(directory: str, data: bytes, name: str = "x.fa") -> Path:
+    path = Path(directory) / name
+    path.write_bytes(data)
+    return path
+
+
+def biopython(text: str) -> list:
+    stream = io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding="utf-8", newline=None)
+    return list(SeqIO.parse(stream, "fasta"))
+
+
+def not_fasta_line(fasta: FastaFile) -> int | None:
+    """The line of the first text before the first record that is not blank, or None."""
+    for i, line in enumerate(fasta.preamble):
+        if line.strip(ASCII_WS):
+            return i + 1
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# 1. The FASTA reader against Biopython
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(fasta_files())
+@example(FastaFile([Record("a\xa0b c", ["mkTa*"]), Record("", ["MK"])], [""], True, ["\r\n"], False, False))
+# an empty file with a mark, concatenated to one with a mark: prep read it, embed said "not FASTA"
+@example(FastaFile([Record("a", ["MK"], mark=True)], [], True, ["\n"], True, False))
+@example(FastaFile([Record("sp|P1|X_HUMAN\x1fdesc", ["MK", "", "ta"])], [], False, ["\n"], True, True))
+def test_read_fasta_matches_biopython(fasta):
+    """Every record read_fasta yields is Biopython's (same order, id, description and sequence)
+    after the documented differences: ids end at ASCII whitespace only, the description is the
+    header stripped of ASCII whitespace, `\\v` and `\\f` leave sequences too; a leading mark and
+    blank lines before the first header are skipped, and a mark before a later header. Where
+    protrans refuses (text before the first `>`, a header without an id or with a NUL byte) it
+    is one InputError naming the file and the line (and the record where it has an id), raised
+    at that record, the records before it read as Biopython reads them."""
+    data, header_lines, bio_text = fasta.build()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_temp(tmp, data, "x.fa.gz" if fasta.gz else "x.fa")
+        got, error = [], None
+        try:
+            for rec in read_fasta(path):
+                got.append(rec)
+        except InputError as exc:
+            error = exc
+    junk = not_fasta_line(fasta)
+    if junk is not None:
+        assert error is not None and got == [], got
+        assert "not FASTA" in error.message and error.path == str(path), error
+        assert error.line == junk, error
+        return
+    reference = biopython(bio_text)
+    assert len(reference) == len(fasta.records)
+    bad = next((i for i, rec in enumerate(fasta.records) if not ascii_id(rec.header) or "\x00" in rec.header), None)
+    if bad is None:
+        assert error is None, error
+    else:
+        assert error is not None and len(got) == bad, (error, got)
+        assert error.path == str(path) and error.line == header_lines[bad], error
+        ident = ascii_id(fasta.records[bad].header)
+        assert error.record == (ident or None), error
+        assert str(error).count("\n") == 0
+        reference = reference[:bad]
+    assert len(got) == len(reference)
+    for rec, bio, written, line in zip(got, reference, fasta.records, header_lines):
+        # the id: Biopython's, but for the Unicode whitespace Python splits at and protrans keeps
+        if not any(c.isspace() and c not in ASCII_WS for c in written.header):
+            assert rec.id == bio.id
+        assert rec.id == ascii_id(written.header) and rec.id
+        assert rec.description == written.header.strip(ASCII_WS)
+        assert rec.description.rstrip() == bio.description.lstrip(ASCII_WS)
+        assert rec.line == line
+        bio_bytes = bytes(bio.seq)
+        assert rec.sequence.encode("latin-1") == bio_bytes.translate(None, b"\x0b\x0c")
+        for rare in ("x", "keep"):
+            assert protrans_normalise(rec.sequence, rare) == reference_normalise(bio_bytes, rare)
+
+
+HEADER_BYTES = st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"").replace(b"\x00", b""))
+WORD_BYTES = st.one_of(st.sampled_from([b"\xc3\xbc1", b"\xfc1", b"37\xb0C", b"\xe2\x80\x8b", b"a|b", b"\xff"]),
+                       HEADER_BYTES)
+
+
+@given(st.lists(st.tuples(WORD_BYTES, st.sampled_from([b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"  \r"])), min_size=1,
+                max_size=4),
+       st.sampled_from([b"\n", b"\r\n"]))
+@example([(b"\xc3\xbc1", b"\r"), (b"37\xb0C", b" ")], b"\n")  # a stray CR, then a latin-1 word
+def test_header_bytes_give_the_id_prep_documents(words, end):
+    """Any bytes in a header (but NUL and the line end): the id is the first word, cut at ASCII
+    whitespace (a stray CR included: docs/prep.md), decoded as UTF-8 where it is UTF-8 and as
+    latin-1 where not, whatever the other words hold; a header of blanks alone is an InputError
+    naming its line. Read by read_fasta and by prep, alike."""
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+
+    header = b"".join(word + space for word, space in words)
+    data = b">" + header + end + b"MKTA" + end + b">last\nGG\n"
+    first = header.split()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_temp(tmp, data)
+        if not first:
+            with pytest.raises(InputError) as caught:
+                list(read_fasta(path))
+            assert caught.value.line == 1 and caught.value.path == str(path)
+            return
+        try:
+            want = first[0].decode("utf-8")
+        except UnicodeDecodeError:
+            want = first[0].decode("latin-1")
+        records = list(read_fasta(path))
+        assert [(r.id, r.sequence) for r in records] == [(want, "MKTA"), ("last", "GG")]
+        rejects = Path(tmp) / "rejects.tsv"
+        build_corpus([str(path)], CorpusOptions(output=str(Path(tmp) / "c.txt"), rejects=str(rejects), min_length=5))
+        rows = [line.split("\t") for line in rejects.read_text("utf-8").splitlines()[1:]]
+        assert rows and rows[0][:2] == [shown(want), "too_short"], rows
+
+
+# --------------------------------------------------------------------------------------------
+# 3. prep: its corpus (and --rejects) against Biopython's records and the documented rules,
+#    read back by the training corpus reader
+
+
+def expected_prep(fasta: FastaFile, rare: str, dedup: bool) -> tuple[list[str], list[tuple[str, str, int]]]:
+    """The proteins prep writes, in order, and its rejects (id, reason, line), from Biopython's
+    records and the rules of docs/prep.md."""
+    _, header_lines, bio_text = fasta.build()
+    kept, rejects, seen = [], [], set()
+    for written, bio, line in zip(fasta.records, biopython(bio_text), header_lines):
+        ident = ascii_id(written.header)
+        if not ident:
+            rejects.append((ident, "missing_id", line))
+            continue
+        if "\x00" in written.header:
+            rejects.append((ident, "invalid_character", line))
+            continue
+        seq, reason, _ = reference_normalise(bytes(bio.seq), rare)
+        if reason is None and dedup and seq in seen:
+            reason = "duplicate"
+        if reason is not None:
+            rejects.append((ident, reason, line))
+            continue
+        seen.add(seq)
+        kept.append(seq)
+    return kept, rejects
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(40))
+@given(fasta_files(), st.sampled_from(["x", "keep"]), st.booleans(), st.sampled_from([1, 1, 2, 3]),
+       st.sampled_from(["", ".gz"]), st.one_of(st.just(0), st.integers(900, 1100)))
+@example(FastaFile([Record("a", ["MK"], mark=True), Record("b", ["mk*"], mark=True), Record("", ["GG"])],
+                   [""], True, ["\r\n"], False, False), "x", True, 2, ".gz", 1010)
+def test_prep_writes_the_documented_corpus_of_every_fasta(fasta, rare, dedup, shards, suffix, filler):
+    """prep's corpus holds exactly the records Biopython reads that the documented rules keep, in
+    input order (protein k in shard k mod N), normalised, one a line with single spaces and an
+    empty line after each; --rejects lists the others with the reason and the header's line;
+    the training corpus reader reads the same proteins back. Whatever the block size the input
+    is cut into (a record over many blocks, a mark or a CRLF at a cut: a first record of `filler`
+    residues moves the records over prep's smallest block, 1,024 bytes)."""
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+    from protrans_cli.io.files import open_input
+    from protrans_cli.training.data import iter_proteins
+
+    if filler:
+        fasta = FastaFile([Record("filler", ["A" * filler])] + fasta.records, *list(vars(fasta).values())[1:])
+    data, _, _ = fasta.build()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_temp(tmp, data, "x.fa.gz" if fasta.gz else "x.fa")
+        out = Path(tmp) / f"corpus.txt{suffix}"
+        rejects = Path(tmp) / "rejects.tsv"
+        options = CorpusOptions(output=str(out), rare=rare, dedup=dedup, num_shards=shards, rejects=str(rejects),
+                                block_bytes=1024)
+        junk = not_fasta_line(fasta)
+        if junk is not None and fasta.records:
+            with pytest.raises(InputError) as caught:
+                build_corpus([str(path)], options)
+            assert "not FASTA" in caught.value.message and caught.value.line == junk
+            return
+        if junk is not None:
+            return  # (text alone, no record: not part of this property)
+        stats = build_corpus([str(path)], options)
+        kept, refused = expected_prep(fasta, rare, dedup)
+        files = [out] if shards == 1 else [Path(tmp) / f"corpus.{k:05d}.txt{suffix}" for k in range(shards)]
+        texts = []
+        for k, name in enumerate(files):
+            with open_input(name) as stream:
+                texts.append(stream.read())
+            assert texts[-1] == b"".join(" ".join(seq).encode() + b"\n\n" for seq in kept[k::shards]), k
+        back = [text for _, _, text in iter_proteins([str(f) for f in files])]
+        assert back == [seq for k in range(shards) for seq in kept[k::shards]]
+        rows = [row.split("\t") for row in rejects.read_text("utf-8").splitlines()]
+        assert rows[0] == ["id", "reason", "detail", "file", "line"]
+        assert [(row[0], row[1], int(row[4])) for row in rows[1:]] == [(shown(i), r, n) for i, r, n in refused]
+        assert stats.proteins_out == len(kept) and stats.records_in == len(fasta.records)
