@@ -376,3 +376,109 @@ def test_prep_writes_the_documented_corpus_of_every_fasta(fasta, rare, dedup, sh
         assert rows[0] == ["id", "reason", "detail", "file", "line"]
         assert [(row[0], row[1], int(row[4])) for row in rows[1:]] == [(shown(i), r, n) for i, r, n in refused]
         assert stats.proteins_out == len(kept) and stats.records_in == len(fasta.records)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. HDF5 keys of protein ids (docs/formats.md, "Keys"), and embed's files of such ids
+
+
+def reference_escape(ident: str) -> str:
+    """docs/formats.md: `%` is `%25`, `/` `%2F`, a control character `%XX`, `.` and `..` `%2E`s."""
+    if ident in (".", ".."):
+        return "%2E" * len(ident)
+    return "".join(f"%{ord(c):02X}" if c in "%/" or ord(c) < 0x20 or ord(c) == 0x7f else c for c in ident)
+
+
+ID_TEXT = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20),
+    st.text(st.sampled_from("%/.2EF5a|\x00\x01\x1f\x7f\x85é"), min_size=1, max_size=8),
+    st.sampled_from([".", "..", "%", "%25", "%2E", "%2F", "/", "a/b", "per_protein", "ids", "0", "1",
+                     "0123456789abcdef0123456789abcdef", "sp|P69905|HBA_HUMAN"]),
+)
+
+
+@given(ID_TEXT)
+def test_escape_key_is_the_documented_reversible_hdf5_name(ident):
+    """escape_key is the escaping docs/formats.md describes; unescape_key gives the id back; the
+    key is a name h5py takes for a dataset (no `/`, not `.` or `..`, not empty) and lists again."""
+    import h5py
+
+    from protrans_cli.io.h5 import escape_key, unescape_key
+
+    key = escape_key(ident)
+    assert key == reference_escape(ident)
+    assert unescape_key(key) == ident
+    assert key and "/" not in key and key not in (".", "..") and not any(ord(c) < 0x20 for c in key)
+    with tempfile.TemporaryDirectory() as tmp:
+        with h5py.File(Path(tmp) / "flat.h5", "w") as f:  # a flat file's root
+            f.create_dataset(key, data=[1])
+        with h5py.File(Path(tmp) / "grouped.h5", "w") as f:
+            f.create_group("per_protein").create_dataset(key, data=[2])
+        with h5py.File(Path(tmp) / "flat.h5", "r") as f, h5py.File(Path(tmp) / "grouped.h5", "r") as g:
+            assert list(f) == [key] and f[key][0] == 1
+            assert list(g["per_protein"]) == [key] and g["per_protein"][key][0] == 2
+
+
+@given(ID_TEXT, ID_TEXT)
+@example("/", "%2F")
+@example(".", "%2E")
+def test_two_ids_never_share_a_key(a, b):
+    from protrans_cli.io.h5 import escape_key
+
+    assert (escape_key(a) == escape_key(b)) == (a == b)
+
+
+# A FASTA id: no ASCII whitespace (it ends the id), no NUL (refused), not empty
+FASTA_ID = ID_TEXT.map(lambda s: re.sub(f"[{ASCII_WS}\x00]", "", s)).filter(bool)
+PROTEINS = st.lists(st.tuples(FASTA_ID, st.text(st.sampled_from("\xa0é x\t|="), max_size=8),
+                              st.text(st.sampled_from("ACDEFGHIKLMNPQRSTVWYXUZOBacdy-."), max_size=30)
+                              .map(lambda s: s + "M" if not s.strip("-.") else s), st.sampled_from(["", "*", "*-"])),
+                    min_size=1, max_size=5, unique_by=lambda t: t[0])
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(25))
+@given(PROTEINS, st.sampled_from(["grouped", "flat", "stacked"]))
+@example([(".", "", "MK", ""), ("..", " x", "mkU", "*"), ("a/b", "", "M-K", "*-"), ("%2F", "", "A", "")], "grouped")
+@example([("0", "", "MK", ""), ("1", "", "GG", ""), ("0123456789abcdef0123456789abcdef", "", "A", "")], "flat")
+def test_embed_gives_back_every_id_header_and_checksum(proteins, layout):
+    """embed (onehot) over a FASTA of such ids: the reader gives back exactly the ids, the header
+    lines, `length` (the rows) and `checksum`, md5 of the sequence as docs/formats.md defines it
+    (upper-cased, gaps and a terminal `*` removed, U/Z/O/B as written) computed here with
+    hashlib; the keys are the escaped ids (stacked: the `ids` column, in key order as bytes)."""
+    import h5py
+
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
+
+    wanted = {}
+    text = ""
+    for ident, description, raw, stop in proteins:
+        raw += stop
+        seq, reason, _ = reference_normalise(raw.encode(), "keep")
+        assert reason is None
+        header = ident + (" " + description if description.strip(ASCII_WS) else "")
+        text += f">{header}\n{raw}\n"
+        wanted[ident] = (header.strip(ASCII_WS), len(seq), "md5:" + hashlib.md5(seq.encode()).hexdigest())
+    kind = PER_PROTEIN if layout == "stacked" else PER_RESIDUE
+    with tempfile.TemporaryDirectory() as tmp:
+        fasta = write_temp(tmp, text.encode("utf-8"))
+        out = Path(tmp) / "e.h5"
+        embed(fasta, out, EmbedOptions(model="onehot", layout=layout, per_protein=kind == PER_PROTEIN,
+                                       per_residue=kind == PER_RESIDUE, command_line=""))
+        with EmbeddingsReader(out) as reader:
+            assert sorted(reader.ids(kind)) == sorted(wanted)
+            got = {}
+            for ident, array, attrs in reader.items(kind):
+                got[ident] = (attrs["header"], int(attrs["length"]), attrs["checksum"])
+                assert array.shape[0] == wanted[ident][1] or kind == PER_PROTEIN
+                assert reader.get(ident, kind).shape == array.shape
+            assert got == wanted
+        with h5py.File(out, "r") as f:
+            if layout == "stacked":
+                ids = list(f["ids"].asstr()[()])
+                assert ids == sorted(wanted, key=lambda i: reference_escape(i).encode())
+            else:
+                group = f if layout == "flat" else f[kind]
+                assert sorted(group) == sorted(reference_escape(i) for i in wanted)
+                for ident in wanted:
+                    assert group[reference_escape(ident)].attrs["id"] == ident
