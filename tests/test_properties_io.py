@@ -482,3 +482,63 @@ def test_embed_gives_back_every_id_header_and_checksum(proteins, layout):
                 assert sorted(group) == sorted(reference_escape(i) for i in wanted)
                 for ident in wanted:
                     assert group[reference_escape(ident)].attrs["id"] == ident
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Every family's tokenizer: one token per residue of any protein normalise keeps
+
+_TOKENIZERS: dict = {}
+
+
+def tokenizer_of(name: str):
+    from protrans_cli.models import FAMILIES
+
+    if name not in _TOKENIZERS:
+        _TOKENIZERS[name] = FAMILIES[name].build_tokenizer()
+    return _TOKENIZERS[name]
+
+
+RAW_PROTEINS = st.text(WILD_CHARS, max_size=40).map(lambda s: s + "*" if s.endswith("W") else s)
+
+
+def _family_names() -> list[str]:
+    from protrans_cli.models import FAMILIES
+
+    return list(FAMILIES)
+
+
+@settings(max_examples=examples(30))
+@given(st.lists(RAW_PROTEINS, min_size=1, max_size=4), st.sampled_from(["x", "keep"]), st.sampled_from([1, 8]))
+@example(["U", "mkuzob*", "W"], "keep", 8)
+@pytest.mark.parametrize("name", _family_names())
+def test_every_family_reads_one_token_per_residue(name, raws, rare, multiple):
+    """For each family's tokenizer (a tiny one from build_tokenizer), any protein normalise keeps
+    (lower case, rare residues kept or as X, gaps, blanks, a terminal `*`) gives exactly one
+    non-special token per residue, the residue's own letter (X for a rare one where the family
+    reads them so; `<unk>` where its vocabulary lacks them: XLNet), called as the tokenizer is;
+    and Family.encode's residue mask picks those tokens, one per row of the embedding."""
+    import torch
+
+    from protrans_cli.models import FAMILIES
+
+    family, tokenizer = FAMILIES[name], tokenizer_of(name)
+    seqs = []
+    for raw in raws:
+        seq, reason, _ = reference_normalise(raw.encode(), rare)
+        if reason is None:
+            seqs.append(seq)
+    if not seqs:
+        return
+    inputs, mask = family.encode(tokenizer, seqs, multiple)
+    assert mask.shape[1] % multiple == 0
+    for i, seq in enumerate(seqs):
+        enc = tokenizer(family.prepare(seq), add_special_tokens=True, return_special_tokens_mask=True)
+        ids = [t for t, special in zip(enc["input_ids"], enc["special_tokens_mask"]) if not special]
+        assert len(ids) == len(seq) == int(mask[i].sum())
+        letters = [t.lstrip("\u2581\u0120") for t in tokenizer.convert_ids_to_tokens(ids)]
+        for letter, residue in zip(letters, seq):
+            read = "X" if residue in "UZOB" and family.rare_to == "X" else residue
+            assert letter == read or (read in "UZOB" and family.rare_to is None and letter == tokenizer.unk_token), \
+                (letter, residue)
+        assert inputs["input_ids"][i][mask[i]].tolist() == ids
+        assert torch.equal(inputs["attention_mask"][i].bool() | ~mask[i], torch.ones_like(mask[i]))
