@@ -262,6 +262,11 @@ def test_a_table_read_with_all_its_columns_refuses_a_column_name_given_twice(tmp
     'id,label\n0,"\n00,\n',                              # found by fuzzing: record 00 was lost
     'id,label\nP1,"cyto\nP2,nucleus\nP3,cyto\n',        # P2 and P3 went into P1's label, exit 0
     'id\tlabel\nP1\t"cyto\nP2\tnucleus\n',                  # a TSV
+    # FLIP, NetSurfP and PISCES CSVs too (found by a property test): the FLIP rows after the
+    # quote were lost, exit 0; a quote in a NetSurfP header quoted the whole file in the error
+    'sequence,target,set,validation\nMKTAY,0.5,train,"False\nMKKLL,1.25,train,True\nGGHH,-3,test,\n',
+    '\n"input, dssp3, dssp8\nM K,C C,C C\nM,C,C\n',
+    'pdb_id,chain_code,seq,sst8,sst3\n1ABC,A,"MKTAY,CCHHC,CCHHC\n2XYZ,A,MK,CC,CC\n',
 ])
 def test_a_table_quote_that_is_not_closed_is_an_error_naming_its_line(tmp_path, text):
     path = tmp_path / "open_quote.csv"
@@ -597,9 +602,14 @@ def test_labels_says_what_embed_or_fit_would_refuse_later(tmp_path):
     from protrans_cli.heads.labels import write_embed_fasta
 
     pisces = tmp_path / "p.csv"
-    pisces.write_text('pdb_id,chain_code,seq,sst8,sst3\n"1ABC\n>EVIL",A,MKTAY,CCHHC,CCHHC\n')
-    with pytest.raises(InputError, match=r"p.csv:2, record '1ABC\\n>EVIL_A': the id holds whitespace"):
+    pisces.write_text('pdb_id,chain_code,seq,sst8,sst3\n"1ABC\t>EVIL",A,MKTAY,CCHHC,CCHHC\n')
+    with pytest.raises(InputError, match=r"p.csv:2, record '1ABC\\t>EVIL_A': the id holds whitespace"):
         write_embed_fasta(read_labels(pisces), io.BytesIO())
+    # a newline inside a field is refused as it is read, as in an id,label table (a quote that is
+    # not closed takes the rows after it into one field)
+    pisces.write_text('pdb_id,chain_code,seq,sst8,sst3\n"1ABC\n>EVIL",A,MKTAY,CCHHC,CCHHC\n')
+    with pytest.raises(InputError, match=r"p.csv:2: a quoted field runs over several lines"):
+        read_labels(pisces)
     deeploc = tmp_path / "d.fasta"
     deeploc.write_text(">A1 Nucleus-S\n---\n")
     with pytest.raises(InputError, match=r"d.fasta:1, record 'A1': empty sequence"):

@@ -302,9 +302,16 @@ def _csv_rows(text: str, name: str):
     reader = csv.reader(io.StringIO(text))
     # (blank lines before the header too: the format was told by the first line that is not
     # blank, and the header read here was the empty one, "without a sequence column; header is ")
-    header = next(([h.strip().lower() for h in row] for row in reader if any(f.strip() for f in row)), None)
-    if header is None:
-        raise InputError("is empty", path=name)
+    header = None
+    while header is None:
+        start = reader.line_num + 1
+        row = next(reader, None)
+        if row is None:
+            raise InputError("is empty", path=name)
+        if any(f.strip() for f in row):
+            # (a quote never closed took the whole file into the header, quoted in the message)
+            _refuse_open_quote(row, name, start)
+            header = [h.strip().lower() for h in row]
     header_line = reader.line_num
 
     def rows():
@@ -315,6 +322,7 @@ def _csv_rows(text: str, name: str):
                 return
             if not row or not any(f.strip() for f in row):
                 continue
+            _refuse_open_quote(row, name, lineno)  # (the rows after it were one field, or lost)
             # (more fields than the header: a comma in an unquoted field shifted the columns; empty
             # trailing fields, from a spreadsheet, are harmless)
             if len(row) < len(header) or any(f.strip() for f in row[len(header):]):
@@ -605,10 +613,10 @@ _ID_HEADERS = {"id", "identifier", "name", "accession", "protein", "sequence_id"
 
 
 def _refuse_open_quote(row: list[str], name: str, lineno: int) -> None:
-    """A field of an id,label table that runs over several lines: a quote that is never closed
-    took the lines after it into one field (`P1,"cyto` swallowed every later row into P1's label,
-    silently, exit 0). No id or label holds a line break; the rows before this one were one line
-    each, so `lineno` is where it starts."""
+    """A field of a label table (id,label; NetSurfP, PISCES, FLIP CSV) that runs over several
+    lines: a quote that is never closed took the lines after it into one field (`P1,"cyto`
+    swallowed every later row into P1's label, silently, exit 0). No id, sequence or label holds a
+    line break; `lineno` is the line where the row starts."""
     if any("\n" in f for f in row):
         raise InputError("a quoted field runs over several lines (a '\"' that is not closed?): quote a whole "
                          "field, or none of it", path=name, line=lineno)
