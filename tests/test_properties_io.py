@@ -616,3 +616,58 @@ def test_a_damaged_label_file_is_read_or_refused_in_one_line(damaged, gz):
         assert len(label_set.records) == len(rows) - 1
     for record in label_set.records:  # no field took the lines after it (a quote not closed)
         assert not re.search("[\r\n]", "".join([record.id, record.sequence or "", *record.labels.values()])), record
+
+
+# --------------------------------------------------------------------------------------------
+# export's tables: ids read back by Python's csv module
+
+TABLE_IDS = st.lists(st.one_of(
+    st.text(st.sampled_from('ab,"\t\n\r \'|;%/'), min_size=1, max_size=8),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=10),
+), min_size=1, max_size=5, unique=True)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(30))
+@given(TABLE_IDS, st.sampled_from(["csv", "tsv"]), st.sampled_from(["per_protein", "per_residue"]))
+@example(['"x', 'a"b', "a,b", "a\tb", "a\r\nb", " \"q", "\r"], "tsv", "per_residue")
+@example(['"x', 'a"b', "a,b", "a\tb", "a\r\nb", " \"q", "\r"], "csv", "per_protein")
+def test_export_tables_give_back_the_ids(ids, fmt, kind):
+    """export's CSV, read by Python's csv module, gives back every id exactly (quoted where it
+    holds a comma, quote or line break) and each stored number; its TSV the ids with a tab or line
+    break as a space (docs/formats.md), an id starting with a quote quoted as CSV quotes it: one
+    row a protein (or residue), in the file's key order."""
+    import csv
+
+    import numpy as np
+
+    from protrans_cli.export import export
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    rng = np.random.default_rng(0)
+    stored = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "e.h5"
+        with EmbeddingsWriter(path, kinds=(kind,), layout="grouped", attrs={"model": "tiny", "family": "bert"},
+                              storage_dtype="float32") as writer:
+            for ident in ids:
+                rows = rng.normal(size=(int(rng.integers(1, 4)), 3)).astype(np.float32)
+                array = rows if kind == "per_residue" else rows.mean(0)
+                writer.write(ident, ident, "M" * len(rows), **{kind: array})
+                stored[ident] = array
+        out = Path(tmp) / f"t.{fmt}"
+        export(path, out, kind=kind)
+        with open(out, newline="", encoding="utf-8") as handle:
+            table = list(csv.reader(handle, delimiter="," if fmt == "csv" else "\t"))
+    shown_id = {i: i if fmt == "csv" else re.sub("[\t\r\n]", " ", i) for i in ids}
+    order = sorted(ids, key=lambda i: reference_escape(i).encode())
+    assert table[0][0] == "id"
+    body = table[1:]
+    if kind == "per_protein":
+        assert [row[0] for row in body] == [shown_id[i] for i in order]
+        for row, ident in zip(body, order):
+            assert np.array_equal(np.array(row[1:], dtype=np.float32), stored[ident])
+    else:
+        want = [(shown_id[i], str(p + 1)) for i in order for p in range(len(stored[i]))]
+        assert [(row[0], row[1]) for row in body] == want
+        got = np.array([row[2:] for row in body], dtype=np.float32)
+        assert np.array_equal(got, np.concatenate([stored[i] for i in order]))
