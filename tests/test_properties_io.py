@@ -211,7 +211,8 @@ def not_fasta_line(fasta: FastaFile) -> int | None:
 @example(FastaFile([Record("a\xa0b c", ["mkTa*"]), Record("", ["MK"])], [""], True, ["\r\n"], False, False))
 # an empty file with a mark, concatenated to one with a mark: prep read it, embed said "not FASTA"
 @example(FastaFile([Record("a", ["MK"], mark=True)], [], True, ["\n"], True, False))
-@example(FastaFile([Record("sp|P1|X_HUMAN\x1fdesc", ["MK", "", "ta"])], [], False, ["\n"], True, True))
+@example(FastaFile([Record("sp|P1|X_HUMAN\x1fdesc", ["MK", "", "ta"]), Record("t", ["MKT**"]), Record("u", ["mk*-"]),
+                    Record("v", ["M\x0bK\x0cT", "a-.b*"])], [], False, ["\n"], True, True))
 def test_read_fasta_matches_biopython(fasta):
     """Every record read_fasta yields is Biopython's (same order, id, description and sequence)
     after the documented differences: ids end at ASCII whitespace only, the description is the
@@ -332,7 +333,8 @@ def expected_prep(fasta: FastaFile, rare: str, dedup: bool) -> tuple[list[str], 
 @settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(40))
 @given(fasta_files(), st.sampled_from(["x", "keep"]), st.booleans(), st.sampled_from([1, 1, 2, 3]),
        st.sampled_from(["", ".gz"]), st.one_of(st.just(0), st.integers(900, 1100)))
-@example(FastaFile([Record("a", ["MK"], mark=True), Record("b", ["mk*"], mark=True), Record("", ["GG"])],
+@example(FastaFile([Record("a", ["MK"], mark=True), Record("b", ["mk*"], mark=True), Record("", ["GG"]),
+                    Record("e", ["MKT**", ""]), Record("f", ["M\x0bK", "u*"])],
                    [""], True, ["\r\n"], False, False), "x", True, 2, ".gz", 1010)
 def test_prep_writes_the_documented_corpus_of_every_fasta(fasta, rare, dedup, shards, suffix, filler):
     """prep's corpus holds exactly the records Biopython reads that the documented rules keep, in
@@ -671,3 +673,48 @@ def test_export_tables_give_back_the_ids(ids, fmt, kind):
         assert [(row[0], row[1]) for row in body] == want
         got = np.array([row[2:] for row in body], dtype=np.float32)
         assert np.array_equal(got, np.concatenate([stored[i] for i in order]))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(30))
+@given(fasta_files())
+@example(FastaFile([Record("a", ["mkU*"]), Record("b", ["MK*T"]), Record("c", ["", " "]), Record("d", ["MJ"]),
+                    Record("e", ["MKT**"])],
+                   [], True, ["\r\n"], True, True))
+def test_embed_reads_every_fasta_as_biopython_does(fasta):
+    """embed (onehot, --invalid-policy skip) over generated FASTA: the proteins it writes are
+    Biopython's records that the documented rules keep, each with one row per residue; the
+    others are listed failed with the reason; a FASTA it cannot read (text before the first
+    `>`, a header without an id or with a NUL byte, an id twice) is one InputError naming the
+    file, and no output is left."""
+    from protrans_cli.embed import EmbedOptions, embed
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    data, header_lines, bio_text = fasta.build()
+    ids = [ascii_id(rec.header) for rec in fasta.records]
+    unreadable = (not_fasta_line(fasta) is not None or any(not i for i in ids) or len(set(ids)) < len(ids)
+                  or any("\x00" in rec.header for rec in fasta.records))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_temp(tmp, data, "x.fa.gz" if fasta.gz else "x.fa")
+        out = Path(tmp) / "e.h5"
+        options = EmbedOptions(model="onehot", invalid_policy="skip", command_line="")
+        if unreadable or not fasta.records:
+            with pytest.raises(InputError) as caught:
+                embed(path, out, options)
+            assert caught.value.path == str(path) and "\n" not in str(caught.value), caught.value
+            assert not out.exists() and not Path(str(out) + ".partial").exists()
+            return
+        embed(path, out, options)
+        reasons = {"empty": "empty sequence", "internal_stop": "internal stop", "invalid_character": "invalid character"}
+        kept, failed = {}, {}
+        for ident, bio in zip(ids, biopython(bio_text)):
+            seq, reason, at = reference_normalise(bytes(bio.seq), "keep")
+            if reason is None:
+                kept[ident] = len(seq)
+            else:
+                failed[ident] = reasons[reason] + ("" if at is None else f" .* at residue {at} ")
+        with EmbeddingsReader(out) as reader:
+            assert {i: len(reader.get(i, "per_residue")) for i in reader.ids("per_residue")} == kept
+            got = reader.failed()
+            assert sorted(got) == sorted(failed)
+            for ident, why in failed.items():
+                assert re.search(why, got[ident]), (got[ident], why)
