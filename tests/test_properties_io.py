@@ -120,6 +120,7 @@ class Record:
     header: str          # as written after `>`, without the line end
     lines: list[str]
     mark: bool = False   # a byte-order mark before the `>` (cat a.fa b.fa, b with a mark)
+    mark_line: str | None = None  # or on a line of its own, then blank lines: "\n \n" (b starts with them)
 
 
 @dataclass
@@ -151,6 +152,9 @@ class FastaFile:
         for line in self.preamble:
             put(line, to_bio=False)
         for rec in self.records:
+            if rec.mark_line is not None:
+                for blank in (BOM + rec.mark_line).split("\n"):
+                    put(blank, to_bio=False)
             lines.append(sum(piece.count("\n") for piece in out) + 1)
             put((BOM if rec.mark else "") + ">" + rec.header, to_bio=False)
             bio.append(">" + rec.header + "\n")
@@ -169,6 +173,8 @@ def fasta_files(draw, junk: bool = True) -> FastaFile:
                             max_size=6))
     for rec in records:  # now and then a record of a file concatenated to another with a mark
         rec.mark = draw(st.integers(0, 9)) == 0
+        if draw(st.integers(0, 9)) == 0:
+            rec.mark_line = draw(st.sampled_from(["", " ", "\t", "\n", " \n\t", "\n\n"]))
     preamble = draw(st.lists(st.sampled_from(["", " ", "\t", "\x0b"]), max_size=2))
     if junk and draw(st.integers(0, 9)) == 0:  # text before the first `>`: not FASTA
         preamble.append(draw(st.sampled_from(["# comment", ";x", "MKTA", " x>a", "\xa0"])))
