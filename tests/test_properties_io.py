@@ -312,9 +312,10 @@ def test_header_bytes_give_the_id_prep_documents(words, end):
 #    read back by the training corpus reader
 
 
-def expected_prep(fasta: FastaFile, rare: str, dedup: bool) -> tuple[list[str], list[tuple[str, str, int]]]:
+def expected_prep(fasta: FastaFile, rare: str, dedup: bool, min_length: int = 1, max_length: int | None = None,
+                  long: str = "skip", ids: list | None = None) -> tuple[list[str], list[tuple[str, str, int]]]:
     """The proteins prep writes, in order, and its rejects (id, reason, line), from Biopython's
-    records and the rules of docs/prep.md."""
+    records and the rules of docs/prep.md (`ids`: the kept proteins' ids are put there)."""
     _, header_lines, bio_text = fasta.build()
     kept, rejects, seen = [], [], set()
     for written, bio, line in zip(fasta.records, biopython(bio_text), header_lines):
@@ -326,6 +327,10 @@ def expected_prep(fasta: FastaFile, rare: str, dedup: bool) -> tuple[list[str], 
             rejects.append((ident, "invalid_character", line))
             continue
         seq, reason, _ = reference_normalise(bytes(bio.seq), rare)
+        if reason is None and len(seq) < min_length:
+            reason = "too_short"
+        if reason is None and max_length is not None and len(seq) > max_length and long == "skip":
+            reason = "too_long"
         if reason is None and dedup and seq in seen:
             reason = "duplicate"
         if reason is not None:
@@ -333,6 +338,8 @@ def expected_prep(fasta: FastaFile, rare: str, dedup: bool) -> tuple[list[str], 
             continue
         seen.add(seq)
         kept.append(seq)
+        if ids is not None:
+            ids.append(ident)
     return kept, rejects
 
 
@@ -384,6 +391,58 @@ def test_prep_writes_the_documented_corpus_of_every_fasta(fasta, rare, dedup, sh
         assert rows[0] == ["id", "reason", "detail", "file", "line"]
         assert [(row[0], row[1], int(row[4])) for row in rows[1:]] == [(shown(i), r, n) for i, r, n in refused]
         assert stats.proteins_out == len(kept) and stats.records_in == len(fasta.records)
+
+
+def windows(seq: str, max_length: int | None, min_length: int) -> list[str]:
+    """--long crop: consecutive windows from the N-terminus, a last one under --min-length dropped."""
+    if max_length is None or len(seq) <= max_length:
+        return [seq]
+    cut = [seq[i:i + max_length] for i in range(0, len(seq), max_length)]
+    return cut if len(cut[-1]) >= min_length else cut[:-1]
+
+
+def in_validation(ident: str, fraction: float) -> bool:
+    """docs/prep.md: blake2b-64(id, person="protrans-split") / 2^64 < F."""
+    digest = hashlib.blake2b(ident.encode("utf-8"), digest_size=8, person=b"protrans-split").digest()
+    return int.from_bytes(digest, "big") < fraction * 2 ** 64
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(30))
+@given(fasta_files(junk=False), st.integers(1, 3), st.one_of(st.none(), st.integers(3, 8)),
+       st.sampled_from(["skip", "crop"]), st.sampled_from([0.0, 0.5]), st.booleans(), st.sampled_from([1, 2]))
+@example(FastaFile([Record("a", ["MKTAY"]), Record("b", ["MKTAYI"]), Record("c", ["MKTAYIA"]), Record("d", ["MK"]),
+                    Record("e", ["MKTAYI"])], [], False, ["\n"], True, False), 2, 3, "crop", 0.5, True, 2)
+def test_prep_lengths_crops_and_split_follow_the_documented_rules(fasta, min_length, max_length, long, fraction,
+                                                                  dedup, shards):
+    """--min-length, --max-length with --long skip or crop (windows from the N-terminus as
+    consecutive lines of one document, a last one under --min-length dropped), --dedup after those
+    filters and the --valid-fraction split by the id's blake2b digest, re-implemented from
+    docs/prep.md: the training shards and the validation file hold exactly those proteins, lengths
+    at the bounds included."""
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+
+    long = "skip" if max_length is None else long  # (crop needs a window: a usage error without one)
+    data, _, _ = fasta.build()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_temp(tmp, data, "x.fa.gz" if fasta.gz else "x.fa")
+        out, valid, rejects = Path(tmp) / "c.txt", Path(tmp) / "v.txt", Path(tmp) / "r.tsv"
+        build_corpus([str(path)], CorpusOptions(
+            output=str(out), min_length=min_length, max_length=max_length, long=long, dedup=dedup,
+            valid_fraction=fraction, valid_output=str(valid) if fraction else None, num_shards=shards,
+            rejects=str(rejects)))
+        ids = []
+        kept, refused = expected_prep(fasta, "x", dedup, min_length, max_length, long, ids)
+        train, held = [], []
+        for ident, seq in zip(ids, kept):
+            document = "\n".join(" ".join(w) for w in windows(seq, max_length, min_length)) + "\n\n"
+            (held if fraction and in_validation(ident, fraction) else train).append(document)
+        files = [out] if shards == 1 else [Path(tmp) / f"c.{k:05d}.txt" for k in range(shards)]
+        for k, name in enumerate(files):
+            assert name.read_text() == "".join(train[k::shards]), k
+        if fraction:
+            assert valid.read_text() == "".join(held)
+        rows = [row.split("\t") for row in rejects.read_text("utf-8").splitlines()[1:]]
+        assert [(row[0], row[1], int(row[4])) for row in rows] == [(shown(i), r, n) for i, r, n in refused]
 
 
 # --------------------------------------------------------------------------------------------
