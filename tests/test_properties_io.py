@@ -783,3 +783,48 @@ def test_embed_reads_every_fasta_as_biopython_does(fasta):
             assert sorted(got) == sorted(failed)
             for ident, why in failed.items():
                 assert re.search(why, got[ident]), (got[ident], why)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(25))
+@given(fasta_files(junk=False))
+def test_old_mac_line_ends_are_refused_by_every_reader(fasta):
+    """A FASTA whose lines end in CR alone (classic Mac OS) read as one header line and lost
+    every record: read_fasta (embed, labels) and prep refuse it in one InputError naming the file
+    (docs/prep.md), whatever it holds. (But a NUL byte: prep then leaves the one "record" out for
+    a NUL in its header, with a warning, before it looks for CRs.)"""
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+
+    fasta.records.insert(0, Record("P1 first", ["MKTA"]))
+    fasta.ends = ["\r"]
+    data, _, _ = fasta.build()
+    if b"\x00" in data:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_temp(tmp, data, "x.fa.gz" if fasta.gz else "x.fa")
+        with pytest.raises(InputError) as caught:
+            list(read_fasta(path))
+        assert caught.value.path == str(path) and "\n" not in str(caught.value)
+        with pytest.raises(InputError) as caught:
+            build_corpus([str(path)], CorpusOptions(output=str(Path(tmp) / "c.txt")))
+        assert caught.value.path == str(path) and "\n" not in str(caught.value)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(6))
+@given(fasta_files(junk=False), st.integers(2100, 5000), st.booleans())
+def test_prep_writes_the_same_bytes_with_workers(fasta, filler, dedup):
+    """docs/prep.md: the output is byte-identical for every -j (blocks of 1,024 bytes here, so
+    that the input is several blocks and the workers run)."""
+    from protrans_cli.corpus import CorpusOptions, build_corpus
+
+    fasta = FastaFile([Record("filler", ["A" * filler])] + fasta.records, *list(vars(fasta).values())[1:])
+    data, _, _ = fasta.build()
+    data = gzip.decompress(data) if fasta.gz else data  # (a plain file over two blocks: workers run)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_temp(tmp, data)
+        got = []
+        for threads in (1, 2):
+            out = Path(tmp) / f"c{threads}.txt.gz"
+            build_corpus([str(path)], CorpusOptions(output=str(out), threads=threads, block_bytes=1024, dedup=dedup,
+                                                    rejects=str(Path(tmp) / f"r{threads}.tsv")))
+            got.append((out.read_bytes(), (Path(tmp) / f"r{threads}.tsv").read_bytes()))
+        assert got[0] == got[1]
