@@ -797,7 +797,7 @@ def test_old_mac_line_ends_are_refused_by_every_reader(fasta):
     fasta.records.insert(0, Record("P1 first", ["MKTA"]))
     fasta.ends = ["\r"]
     data, _, _ = fasta.build()
-    if b"\x00" in data:
+    if b"\x00" in (gzip.decompress(data) if fasta.gz else data):
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = write_temp(tmp, data, "x.fa.gz" if fasta.gz else "x.fa")
