@@ -701,11 +701,12 @@ def _normalisation_rejects(block: _Block, cfg: _BlockConfig, heads: _Headers, se
         try:
             normalise(raw, rare=cfg.rare)
         except SequenceRejected as exc:
-            if (exc.reason == REASON_EMPTY
+            if (exc.reason == REASON_EMPTY and not raw
                     and b"\r" in data[int(header_start[i]):int(header_end[i])].rstrip(b"\r")):
-                # The whole file (or a part) read as one header line, with nothing after it:
+                # The whole file (or a part) read as one header line, with no line after it:
                 # lines that end in CR alone. (A CR inside the header of a record rejected for
-                # another reason is that record's stray byte: it was the whole run's error.)
+                # another reason, or empty but for blank lines, is that record's stray byte, as
+                # read_fasta has it: it was the whole run's error.)
                 return (heads.id_at(i).split("\r")[0] or "<no id>", _CR_ONLY, heads.line_of(i))
             reasons[i] = exc.reason
             details[i] = exc.detail

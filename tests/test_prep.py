@@ -1001,6 +1001,21 @@ def test_a_stray_cr_in_one_header_rejects_that_record_alone(run_cli, tmp_path):
     assert "invalid_character" in (tmp_path / "r.tsv").read_text()
 
 
+def test_a_stray_cr_in_the_header_of_an_empty_record_rejects_that_record_alone(run_cli, tmp_path):
+    # found by a property test: followed by a blank line, the record was taken for a file of old
+    # Mac line endings (the whole run failed, exit 1), where embed read it as an empty record. A
+    # header with no line at all after it still reads as such a file, in embed as in prep.
+    fasta = tmp_path / "cr.fa"
+    fasta.write_bytes(b">a\rnote\n\n>c\nAA\n")
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--rejects", tmp_path / "r.tsv")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "c.txt").read_text() == "A A\n\n"
+    assert (tmp_path / "r.tsv").read_text().splitlines()[1].split("\t")[:2] == ["a", "empty"]
+    fasta.write_bytes(b">a\rnote\n>c\nAA\n")
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt")
+    assert result.exit_code == 1 and "cr.fa:1, record 'a': a carriage return inside the header" in result.stderr
+
+
 def test_dedup_of_an_old_mac_file_is_the_one_line_error(run_cli, tmp_path):
     # pass 1 of --dedup met the unreadable block without its digests: a TypeError traceback
     fasta = tmp_path / "cr.fa"
