@@ -276,35 +276,47 @@ WORD_BYTES = st.one_of(st.sampled_from([b"\xc3\xbc1", b"\xfc1", b"37\xb0C", b"\x
 
 @given(st.lists(st.tuples(WORD_BYTES, st.sampled_from([b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"  \r"])), min_size=1,
                 max_size=4),
-       st.sampled_from([b"\n", b"\r\n"]))
-@example([(b"\xc3\xbc1", b"\r"), (b"37\xb0C", b" ")], b"\n")  # a stray CR, then a latin-1 word
-def test_header_bytes_give_the_id_prep_documents(words, end):
+       st.sampled_from([b"\n", b"\r\n"]), st.sampled_from([b"MKTA", None, b"", b" "]))
+@example([(b"\xc3\xbc1", b"\r"), (b"37\xb0C", b" ")], b"\n", b"MKTA")  # a stray CR, then a latin-1 word
+@example([(b"a", b"\r"), (b"b", b" ")], b"\n", b"")  # a stray CR, an empty record: prep refused the run
+def test_header_bytes_give_the_id_prep_documents(words, end, residues):
     """Any bytes in a header (but NUL and the line end): the id is the first word, cut at ASCII
     whitespace (a stray CR included: docs/prep.md), decoded as UTF-8 where it is UTF-8 and as
     latin-1 where not, whatever the other words hold; a header of blanks alone is an InputError
-    naming its line. Read by read_fasta and by prep, alike."""
+    naming its line. A CR inside the header is that record's own (docs/prep.md), but for a
+    header with no line after it, which is how a file of CR-only line ends reads: an InputError.
+    Read by read_fasta and by prep, alike (`residues`: a sequence line, a blank line, or none)."""
     from protrans_cli.corpus import CorpusOptions, build_corpus
 
     header = b"".join(word + space for word, space in words)
-    data = b">" + header + end + b"MKTA" + end + b">last\nGG\n"
+    body = b"" if residues is None else residues + end
+    data = b">" + header + end + body + b">last\nGG\n"
     first = header.split()
     with tempfile.TemporaryDirectory() as tmp:
         path = write_temp(tmp, data)
+        rejects = Path(tmp) / "rejects.tsv"
+        options = CorpusOptions(output=str(Path(tmp) / "c.txt"), rejects=str(rejects), min_length=5)
         if not first:
             with pytest.raises(InputError) as caught:
                 list(read_fasta(path))
             assert caught.value.line == 1 and caught.value.path == str(path)
+            return
+        if residues is None and b"\r" in (header + end).rstrip(b"\r\n"):
+            for read in (lambda: list(read_fasta(path)), lambda: build_corpus([str(path)], options)):
+                with pytest.raises(InputError, match="carriage return") as caught:
+                    read()
+                assert caught.value.line == 1 and caught.value.path == str(path)
             return
         try:
             want = first[0].decode("utf-8")
         except UnicodeDecodeError:
             want = first[0].decode("latin-1")
         records = list(read_fasta(path))
-        assert [(r.id, r.sequence) for r in records] == [(want, "MKTA"), ("last", "GG")]
-        rejects = Path(tmp) / "rejects.tsv"
-        build_corpus([str(path)], CorpusOptions(output=str(Path(tmp) / "c.txt"), rejects=str(rejects), min_length=5))
+        seq = (residues or b"").strip().decode()
+        assert [(r.id, r.sequence) for r in records] == [(want, seq), ("last", "GG")]
+        build_corpus([str(path)], options)
         rows = [line.split("\t") for line in rejects.read_text("utf-8").splitlines()[1:]]
-        assert rows and rows[0][:2] == [shown(want), "too_short"], rows
+        assert rows and rows[0][:2] == [shown(want), "too_short" if seq else "empty"], rows
 
 
 # --------------------------------------------------------------------------------------------
