@@ -840,3 +840,28 @@ def test_prep_writes_the_same_bytes_with_workers(fasta, filler, dedup):
                                                     rejects=str(Path(tmp) / f"r{threads}.tsv")))
             got.append((out.read_bytes(), (Path(tmp) / f"r{threads}.tsv").read_bytes()))
         assert got[0] == got[1]
+
+
+@given(st.lists(st.tuples(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+                          st.text(st.sampled_from("ACDEFGHIKLMNPQRSTVWYXUZOBacdy-."), max_size=12)
+                          .map(lambda s: s + "M" if not s.strip("-.") else s)),
+                min_size=1, max_size=4, unique_by=lambda t: t[0]))
+@example([("\ufeffP1", "MK"), ("\x85x", "mk-"), ("a>b", "A"), ("é", "U")])
+def test_labels_fasta_for_embed_reads_back_the_same_ids(records):
+    """write_embed_fasta (`protrans labels`) writes a FASTA that read_fasta gives back with the
+    label file's ids and sequences, or refuses an id a header cannot keep, before writing."""
+    from protrans_cli.heads.labels import LabelRecord, LabelSet, write_embed_fasta
+
+    label_set = LabelSet("labels.csv", "table", [LabelRecord(i, s, {"label": "x"}, line=n + 2)
+                                                 for n, (i, s) in enumerate(records)])
+    stream = io.BytesIO()
+    try:
+        write_embed_fasta(label_set, stream)
+    except InputError as exc:
+        assert stream.getvalue() == b"" and exc.path == "labels.csv" and exc.line is not None
+        assert any(re.search(f"[{ASCII_WS}\x00-\x1f\x7f]", i) for i, _ in records)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_temp(tmp, stream.getvalue())
+        back = [(r.id, r.sequence) for r in read_fasta(path)]
+    assert back == records
