@@ -847,6 +847,7 @@ def test_prep_writes_the_same_bytes_with_workers(fasta, filler, dedup):
                           .map(lambda s: s + "M" if not s.strip("-.") else s)),
                 min_size=1, max_size=4, unique_by=lambda t: t[0]))
 @example([("\ufeffP1", "MK"), ("\x85x", "mk-"), ("a>b", "A"), ("é", "U")])
+@example([("P1", "MK"), ("a b", "MK")])
 def test_labels_fasta_for_embed_reads_back_the_same_ids(records):
     """write_embed_fasta (`protrans labels`) writes a FASTA that read_fasta gives back with the
     label file's ids and sequences, or refuses an id a header cannot keep, before writing."""
