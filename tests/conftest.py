@@ -40,14 +40,24 @@ def save_tiny_models(tmp_path_factory) -> dict[str, Path]:
     from protrans_cli.models import FAMILIES
 
     torch.manual_seed(0)
-    dirs = {}
-    for name, family in FAMILIES.items():
-        tokenizer = family.build_tokenizer()
-        model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
-        path = tmp_path_factory.mktemp(f"tiny_{name}")
-        family.save_pretrained(model, tokenizer, path)
-        dirs[name] = path
-    return dirs
+    return {name: save_tiny_model(tmp_path_factory, name, seed=None) for name in FAMILIES}
+
+
+def save_tiny_model(tmp_path_factory, name: str, *, seed: int | None = 0) -> Path:
+    """A tiny random model of family `name` saved as `protrans train` saves it (torch seeded with
+    `seed` first; None: as the caller left it): its directory."""
+    import torch
+
+    from protrans_cli.models import FAMILIES
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    family = FAMILIES[name]
+    tokenizer = family.build_tokenizer()
+    model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
+    path = tmp_path_factory.mktemp(f"tiny_{name}")
+    family.save_pretrained(model, tokenizer, path)
+    return path
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, save_tiny_model
 from protrans_cli.io.fasta import read_fasta
 from protrans_cli.io.h5 import EmbeddingsReader
 
@@ -24,13 +24,7 @@ POISONED = "sp|Q9/slash"  # the only protein of small.fa with a W
 
 
 def _tiny_dir(tmp_path_factory, name: str):
-    torch.manual_seed(0)
-    family = FAMILIES[name]
-    tokenizer = family.build_tokenizer()
-    model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
-    path = tmp_path_factory.mktemp(f"tiny_{name}")
-    family.save_pretrained(model, tokenizer, path)
-    return path
+    return save_tiny_model(tmp_path_factory, name)
 
 
 @pytest.fixture(scope="module")

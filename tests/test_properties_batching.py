@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("hypothesis")
 from hypothesis import assume, example, given, settings, strategies as st  # noqa: E402
 
+from conftest import save_tiny_model  # noqa: E402
 from protrans_cli.embed import (EmbedOptions, OneHotEmbedder, _Piece, _Protein, _Unit, chunk_windows,  # noqa: E402
                                 embed, make_batches, plan_units, shard_units, stitch_windows)
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader  # noqa: E402
@@ -296,12 +297,8 @@ def tiny_models(tmp_path_factory):
 
     out = {}
     for name, packings in (("bert", (False, True)), ("t5", (False,))):
-        torch.manual_seed(0)
         family = FAMILIES[name]
-        tokenizer = family.build_tokenizer()
-        model = family.pretraining_model(family.build_config("tiny", tokenizer)).eval()
-        path = tmp_path_factory.mktemp(f"tiny_{name}_props")
-        family.save_pretrained(model, tokenizer, path)
+        path = save_tiny_model(tmp_path_factory, name)
         encoder = family.encoder_class.from_pretrained(str(path), dtype=torch.float32).eval()
         for packed in packings:
             embedder = build_embedder(EmbedOptions(model=str(path), device="cpu", dtype="float32", packing=packed,
