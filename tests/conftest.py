@@ -97,6 +97,15 @@ def _hypothesis_profiles() -> None:
 _hypothesis_profiles()
 
 
+def fewer(n: int):
+    """Hypothesis settings for a property that runs the pipeline, a model or many files: n
+    examples under the ci profile (50 for the others), as many more in proportion under another
+    (HYPOTHESIS_PROFILE=fuzz: 40 n)."""
+    from hypothesis import settings
+
+    return settings(max_examples=max(1, n * settings.default.max_examples // 50))
+
+
 @pytest.fixture(autouse=True)
 def _no_hypothesis_gc_callback():
     """Hypothesis, once a property test has run in a process, keeps a callback in gc.callbacks

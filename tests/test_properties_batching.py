@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("hypothesis")
-from hypothesis import assume, example, given, settings, strategies as st  # noqa: E402
+from hypothesis import assume, example, given, strategies as st  # noqa: E402
 
-from conftest import save_tiny_model  # noqa: E402
+from conftest import fewer, save_tiny_model  # noqa: E402
 from protrans_cli.embed import (EmbedOptions, OneHotEmbedder, _Piece, _Protein, _Unit, chunk_windows,  # noqa: E402
                                 embed, make_batches, plan_units, shard_units, stitch_windows)
 from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader  # noqa: E402
@@ -33,12 +33,6 @@ def onehot_rows(seq: str) -> np.ndarray:
     for i, c in enumerate(seq.upper()):
         out[i, ONEHOT.index(c) if c in ONEHOT else ONEHOT.index("X")] = 1
     return out
-
-
-def fewer(n: int):
-    """settings for a property that runs the pipeline or a model: n examples under the ci profile
-    (50 by default), as many more under another profile (fuzz: 2,000) in proportion."""
-    return settings(max_examples=max(1, n * settings.default.max_examples // 50))
 
 
 def _pieces(lengths):

@@ -21,19 +21,14 @@ import pytest
 pytest.importorskip("hypothesis")
 SeqIO = pytest.importorskip("Bio.SeqIO")
 
-from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
+from hypothesis import example, given, strategies as st  # noqa: E402
 
+from conftest import fewer  # noqa: E402
 from protrans_cli.errors import InputError  # noqa: E402
 from protrans_cli.io.fasta import read_fasta  # noqa: E402
 from protrans_cli.residues import SequenceRejected, normalise  # noqa: E402
 
-ASCII_WS = " \t\n\r\x0b\x0c"
-
-
-def examples(ci: int) -> int:
-    """`ci` examples for a slow property under the default profile; the profile's own number
-    under another (HYPOTHESIS_PROFILE=fuzz searches as hard as for the fast ones)."""
-    return ci if settings.get_current_profile_name() == "ci" else settings.default.max_examples  # what ends an id and what a sequence loses (docs/prep.md)
+ASCII_WS = " \t\n\r\x0b\x0c"  # what ends an id and what a sequence loses (docs/prep.md)
 BOM = "\ufeff"
 
 
@@ -212,7 +207,6 @@ def not_fasta_line(fasta: FastaFile) -> int | None:
 # 1. The FASTA reader against Biopython
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(fasta_files())
 @example(FastaFile([Record("a\xa0b c", ["mkTa*"]), Record("", ["MK"])], [""], True, ["\r\n"], False, False))
 # an empty file with a mark, concatenated to one with a mark: prep read it, embed said "not FASTA"
@@ -355,7 +349,7 @@ def expected_prep(fasta: FastaFile, rare: str, dedup: bool, min_length: int = 1,
     return kept, rejects
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(40))
+@fewer(40)
 @given(fasta_files(), st.sampled_from(["x", "keep"]), st.booleans(), st.sampled_from([1, 1, 2, 3]),
        st.sampled_from(["", ".gz"]), st.one_of(st.just(0), st.integers(900, 1100)))
 @example(FastaFile([Record("a", ["MK"], mark=True), Record("b", ["mk*"], mark=True), Record("", ["GG"]),
@@ -419,7 +413,7 @@ def in_validation(ident: str, fraction: float) -> bool:
     return int.from_bytes(digest, "big") < fraction * 2 ** 64
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(30))
+@fewer(30)
 @given(fasta_files(junk=False), st.integers(1, 3), st.one_of(st.none(), st.integers(3, 8)),
        st.sampled_from(["skip", "crop"]), st.sampled_from([0.0, 0.5]), st.booleans(), st.sampled_from([1, 2]))
 @example(FastaFile([Record("a", ["MKTAY"]), Record("b", ["MKTAYI"]), Record("c", ["MKTAYIA"]), Record("d", ["MK"]),
@@ -515,7 +509,7 @@ PROTEINS = st.lists(st.tuples(FASTA_ID, st.text(st.sampled_from("\xa0é x\t|="),
                     min_size=1, max_size=5, unique_by=lambda t: t[0])
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(25))
+@fewer(25)
 @given(PROTEINS, st.sampled_from(["grouped", "flat", "stacked"]))
 @example([(".", "", "MK", ""), ("..", " x", "mkU", "*"), ("a/b", "", "M-K", "*-"), ("%2F", "", "A", "")], "grouped")
 @example([("0", "", "MK", ""), ("1", "", "GG", ""), ("0123456789abcdef0123456789abcdef", "", "A", "")], "flat")
@@ -586,7 +580,7 @@ def _family_names() -> list[str]:
     return list(FAMILIES)
 
 
-@settings(max_examples=examples(30))
+@fewer(30)
 @given(st.lists(RAW_PROTEINS, min_size=1, max_size=4), st.sampled_from(["x", "keep"]), st.sampled_from([1, 8]))
 @example(["U", "mkuzob*", "W"], "keep", 8)
 @pytest.mark.parametrize("name", _family_names())
@@ -667,7 +661,6 @@ def damaged_label_files(draw) -> tuple[str, bytes]:
     return name, data
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(damaged_label_files(), st.booleans())
 @example(("flip.csv", b'sequence,target,set,validation\nMKTAY,0.5,train,"False\nMKKLL,1.25,train,True\n'), False)
 @example(("netsurfp.csv", b'"input, dssp3, dssp8, disorder\nM K,C C,C C,1 1\n'), True)
@@ -706,7 +699,7 @@ TABLE_IDS = st.lists(st.one_of(
 ), min_size=1, max_size=5, unique=True)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(30))
+@fewer(30)
 @given(TABLE_IDS, st.sampled_from(["csv", "tsv"]), st.sampled_from(["per_protein", "per_residue"]))
 @example(['"x', 'a"b', "a,b", "a\tb", "a\r\nb", " \"q", "\r"], "tsv", "per_residue")
 @example(['"x', 'a"b', "a,b", "a\tb", "a\r\nb", " \"q", "\r"], "csv", "per_protein")
@@ -752,7 +745,7 @@ def test_export_tables_give_back_the_ids(ids, fmt, kind):
         assert np.array_equal(got, np.concatenate([stored[i] for i in order]))
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(30))
+@fewer(30)
 @given(fasta_files())
 @example(FastaFile([Record("a", ["mkU*"]), Record("b", ["MK*T"]), Record("c", ["", " "]), Record("d", ["MJ"]),
                     Record("e", ["MKT**"])],
@@ -797,7 +790,7 @@ def test_embed_reads_every_fasta_as_biopython_does(fasta):
                 assert re.search(why, got[ident]), (got[ident], why)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(25))
+@fewer(25)
 @given(fasta_files(junk=False))
 def test_old_mac_line_ends_are_refused_by_every_reader(fasta):
     """A FASTA whose lines end in CR alone (classic Mac OS) read as one header line and lost
@@ -821,7 +814,7 @@ def test_old_mac_line_ends_are_refused_by_every_reader(fasta):
         assert caught.value.path == str(path) and "\n" not in str(caught.value)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=examples(6))
+@fewer(6)
 @given(fasta_files(junk=False), st.integers(2100, 5000), st.booleans())
 def test_prep_writes_the_same_bytes_with_workers(fasta, filler, dedup):
     """docs/prep.md: the output is byte-identical for every -j (blocks of 1,024 bytes here, so

@@ -23,8 +23,9 @@ import pytest
 
 pytest.importorskip("hypothesis")
 torch = pytest.importorskip("torch")
-from hypothesis import assume, example, given, settings, strategies as st  # noqa: E402
+from hypothesis import assume, example, given, strategies as st  # noqa: E402
 
+from conftest import fewer  # noqa: E402
 from protrans_cli.errors import UsageError  # noqa: E402
 from protrans_cli.training.config import TrainConfig, grad_accum_steps  # noqa: E402
 from protrans_cli.training.data import CorpusStream, Sample, StreamState, TokenLayout  # noqa: E402
@@ -32,12 +33,6 @@ from protrans_cli.training.objectives import IGNORE, make_objective  # noqa: E40
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 LETTERS = STANDARD + "XUZOB"
-
-
-def fewer(n: int):
-    """settings for a property that reads corpora many times: n examples under the ci profile
-    (50 by default), as many more under another profile (fuzz: 2,000) in proportion."""
-    return settings(max_examples=max(1, n * settings.default.max_examples // 50))
 
 
 @functools.lru_cache(maxsize=None)
