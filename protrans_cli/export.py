@@ -441,9 +441,17 @@ class _Plan:
         else:
             self.index = _layer_index(reader, first.shape, kind, layer)
             shape, self.dtype, self.ndim = first.shape, first.dtype, first.ndim
-        # --all-layers: the layer axis kept, after the residue axis ((L, n_layers, D) rows)
-        self.layered = all_layers and self.index is not None
-        self.layer_count = int(shape[0]) if self.layered else 1
+        # --all-layers: the layer axis kept, after the residue axis ((L, n_layers, D) rows); one
+        # of length 1 where the file stores one layer (arrays with no layer axis): the shape is
+        # the documented one whatever the number of layers (it was (N, D), and `embeddings[:, k]`
+        # of a script probing layer k read dimension k)
+        self.layered = all_layers
+        self.lone_layer = all_layers and first is not None and self.index is None
+        self.layer_count = 1
+        if all_layers and first is None:  # (no protein: the layers the file records)
+            self.layer_count = len(np.atleast_1d(reader.attrs.get("layers", [-1])))
+        elif all_layers and not self.lone_layer:
+            self.layer_count = int(shape[0])
         if self.layered:
             self.index = None
             if self.dtype.kind != "f":
@@ -472,6 +480,8 @@ class _Plan:
         if array.shape[-1] != self.dim:
             raise InputError(f"an array of shape {array.shape}, where the first protein's rows have "
                              f"{self.dim} dimensions", path=self.reader.path, record=ident)
+        if self.lone_layer:
+            array = array[None]  # (the layer axis of the file's one layer)
         if self.pooled:
             if array.shape[-2] == 0:
                 raise InputError("has no residue rows: no mean to export", path=self.reader.path, record=ident)

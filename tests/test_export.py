@@ -668,6 +668,41 @@ def test_all_layers_into_one_npz(tmp_path, run_cli):
         assert done.exit_code == 2 and message in done.stderr
 
 
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_all_layers_of_a_file_of_one_layer_keep_a_layer_axis(tmp_path, run_cli, layout):
+    """--all-layers gives embeddings of the documented shape (N, n_layers, D) whatever the number
+    of layers the file stores: of a file of one (embed's default, arrays with no layer axis) it
+    gave (N, D), and `embeddings[:, k]` of a script probing layer k read dimension k. A file of
+    no protein has the axis of the layers it records. (Found by tests/test_properties_persistence.py.)"""
+    proteins = _proteins()
+    kinds = ("per_protein",) if layout == "stacked" else ("per_residue", "per_protein")
+    arrays = _write(tmp_path / "e.h5", proteins, kinds=kinds, layout=layout)  # (L, D) and (D,) arrays
+    with h5py.File(tmp_path / "e.h5", "a") as f:
+        f.attrs["layers"] = np.array([-1])  # as embed records its one layer
+    for kind in ("--per-protein", "--per-residue")[:len(kinds)]:
+        out = tmp_path / f"all{kind}.npz"
+        done = run_cli("export", tmp_path / "e.h5", kind, "--all-layers", "-o", out)
+        assert done.exit_code == 0, done.stderr
+        with np.load(out, allow_pickle=False) as z:
+            assert json.loads(str(z["metadata"]))["layer_axis"] is True
+            if kind == "--per-protein":
+                assert z["embeddings"].shape == (5, 1, 6)
+                for ident, vector in zip(z["ids"], z["embeddings"]):
+                    np.testing.assert_array_equal(vector, arrays[str(ident)][1][None])
+            else:
+                assert z["embeddings"].shape == (sum(map(len, proteins.values())), 1, 6)
+                offsets = z["offsets"]
+                for i, ident in enumerate(z["ids"]):
+                    np.testing.assert_array_equal(z["embeddings"][offsets[i]:offsets[i + 1], 0], arrays[str(ident)][0])
+    _write(tmp_path / "none.h5", {}, layers=[-1, -2], kinds=("per_protein",))
+    with h5py.File(tmp_path / "none.h5", "a") as f:
+        f.attrs["embedding_dim"] = 6
+    done = run_cli("export", tmp_path / "none.h5", "--all-layers", "-o", tmp_path / "none.npz")
+    assert done.exit_code == 0, done.stderr
+    with np.load(tmp_path / "none.npz", allow_pickle=False) as z:
+        assert z["embeddings"].shape == (0, 2, 6)
+
+
 @pytest.mark.parametrize("argv", [["info", "-"], ["info", "{tmp}/e.h5", "-"], ["export", "-"],
                                   ["export", "-", "-o", "{tmp}/e.tsv"]])
 def test_info_and_export_refuse_stdin_as_a_usage_error(tmp_path, run_cli, argv):
