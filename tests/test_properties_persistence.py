@@ -6,18 +6,18 @@
    proteins (Ctrl-C: a KeyboardInterrupt raised from the embedder or the writer, halfway
    through a protein too; or a SIGKILL: the partial file and its ledger as they were on disk at
    that moment), then resumed (stopped again, perhaps, and with more records, perhaps): the
-   finished file's content equals one uninterrupted run's (docs/embed.md, Long jobs), and the
-   interrupted file reads back, or is refused in one line.
+   finished file's content equals one uninterrupted run's (docs/embed.md, Long jobs), the
+   resume embeds none of the proteins already complete, and the interrupted file reads back,
+   or is refused in one line.
 2. EmbeddingsWriter -> EmbeddingsReader: whatever arrays (several layers, any kinds and layout,
    float16 or float32, compressed or not) go in come back, with their ids and attributes; a
    conversion between layouts (merge --layout) keeps them.
-3. export to .npz gives back exactly what EmbeddingsReader gives (docs/formats.md)."""
+3. export to .npz (and the TSV of a layer) gives back exactly what EmbeddingsReader gives, any
+   layer chosen by its number or all of them (docs/formats.md)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -63,9 +63,11 @@ def stops(draw):
     """Where a run stops: ("batch", n) the n-th embed_batch call raises KeyboardInterrupt;
     ("write", n) the n-th protein written (("half", n): after its first kind); ("kill", n): at
     the n-th protein written the partial file and its ledger are left as they are on disk (a
-    SIGKILL), whatever the run did after; ("stack", n): as the stacked file is written from the
-    complete partial file (a stacked run's last step)."""
-    return draw(st.sampled_from(["batch", "write", "half", "kill", "stack"])), draw(st.integers(1, 12))
+    SIGKILL), whatever the run did after; ("halfkill", n): killed after the n-th protein's first
+    kind, HDF5 having flushed it (as its metadata cache does when it overflows); ("stack", n): as
+    the stacked file is written from the complete partial file (a stacked run's last step)."""
+    return (draw(st.sampled_from(["batch", "write", "half", "kill", "halfkill", "stack"])),
+            draw(st.integers(1, 12)))
 
 
 @st.composite
@@ -109,6 +111,7 @@ class _Stopper:
         self.how, self.at = stop
         self.calls = 0
         self.stopped = False
+        self.hit: set[str] = set()  # the protein whose write the stop cut short
         self.snapshot: dict[Path, bytes | None] | None = None
 
     def __enter__(self):
@@ -137,7 +140,7 @@ class _Stopper:
                 raise KeyboardInterrupt
 
             mp.setattr(stacked, "_fill", fill)
-        else:  # half: the protein's first kind written, then the stop
+        else:  # half, halfkill: the protein's first kind written, then the stop
             original = EmbeddingsWriter._write_kinds
 
             def write_kinds(writer, key, arrays, attrs):
@@ -150,6 +153,10 @@ class _Stopper:
                     finally:
                         writer.kinds = kinds
                     self.stopped = True
+                    self.hit.add(attrs["id"])  # (complete where it has one kind, yet not recorded as written)
+                    if self.how == "halfkill":
+                        writer.file.flush()
+                        self._snap(writer)
                     raise KeyboardInterrupt
                 return original(writer, key, arrays, attrs)
 
@@ -161,11 +168,15 @@ class _Stopper:
         if self.calls != self.at:
             return
         self.stopped = True
-        if self.how == "kill":  # the files as the kernel has them now: what a SIGKILL leaves
-            self.snapshot = {}
-            for path in (writer.partial, ledger_path(writer.partial)):
-                self.snapshot[path] = path.read_bytes() if path.exists() else None
+        if self.how == "kill":
+            self._snap(writer)
         raise KeyboardInterrupt
+
+    def _snap(self, writer):
+        """The files as the kernel has them now: what a SIGKILL leaves (put back by __exit__)."""
+        self.snapshot = {}
+        for path in (writer.partial, ledger_path(writer.partial)):
+            self.snapshot[path] = path.read_bytes() if path.exists() else None
 
     def __exit__(self, *exc):
         self.monkeypatch.undo()
@@ -178,19 +189,24 @@ class _Stopper:
         return False
 
 
-def _run_with_stop(fasta, out, options, stop) -> bool:
-    """embed with `stop` installed; True where it stopped the run."""
+def _run_with_stop(fasta, out, options, stop) -> tuple[bool, set[str]]:
+    """embed with `stop` installed: whether it stopped the run, and the protein whose write it
+    cut short (embedded again by the resume)."""
     with _Stopper(stop) as stopper:
         try:
             embed(fasta, out, options)
         except KeyboardInterrupt:
             assert stopper.stopped
-    return stopper.stopped
+    return stopper.stopped, stopper.hit
 
 
 def _readable_or_one_line(path: Path, kinds) -> None:
-    """An interrupted run's file: read whole by EmbeddingsReader, or refused in one line."""
+    """An interrupted run's file: read whole by EmbeddingsReader (and described by `info`), or
+    refused in one line."""
+    from protrans_cli.export import info
+
     try:
+        info(path)  # (what `protrans info` says of it)
         with EmbeddingsReader(path) as reader:
             for kind in kinds:
                 for ident, array, attrs in reader.items(kind):
@@ -198,6 +214,30 @@ def _readable_or_one_line(path: Path, kinds) -> None:
             reader.failed()
     except ProtransError as exc:  # (a kill's file may be refused, never with a traceback)
         assert "\n" not in str(exc), exc
+
+
+def _complete_ids(path: Path, kinds) -> set[str]:
+    """The proteins `path` holds in every kind (what a resume must not embed again); none where
+    the file is refused."""
+    try:
+        with EmbeddingsReader(path) as reader:
+            return set.intersection(*(set(reader.ids(kind)) for kind in kinds))
+    except ProtransError:
+        return set()
+
+
+def _resumed(fasta, out, options) -> list[str]:
+    """embed (a resume), returning the ids it wrote."""
+    written = []
+    original = EmbeddingsWriter.write
+    with pytest.MonkeyPatch.context() as mp:
+        def write(writer, ident, *args, **kw):
+            written.append(ident)
+            return original(writer, ident, *args, **kw)
+
+        mp.setattr(EmbeddingsWriter, "write", write)
+        embed(fasta, out, options)
+    return written
 
 
 def _file_attrs(path: Path) -> dict:
@@ -209,7 +249,7 @@ def _file_attrs(path: Path) -> dict:
                 if k not in ("runs", "command_line")}
 
 
-@fewer(40)
+@fewer(30)
 @given(runs())
 @example(([("a", "MKTAYIAKQRQ"), ("b", "MKTAYIAKQRQ"), ("c/d", "MJK"), ("e", "W")], 4,
           dict(layout="grouped", per_residue=True, per_protein=True, storage_dtype="float16", compression="gzip",
@@ -223,6 +263,10 @@ def _file_attrs(path: Path) -> dict:
           dict(layout="stacked", per_residue=False, per_protein=True, storage_dtype="float16", compression=None,
                max_length=2, long_policy="truncate", chunk_overlap=64, max_batch_size=2, window=1000),
           ("stack", 1), ("stack", 1)))
+@example(([("a", "MK"), ("b", "GG"), ("c", "MKW")], 3,
+          dict(layout="grouped", per_residue=True, per_protein=True, storage_dtype="float32", compression="lzf",
+               max_length=None, long_policy="error", chunk_overlap=64, max_batch_size=2, window=1000),
+          ("half", 2), None))
 def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_run(case):
     """docs/embed.md (Long jobs): "rerunning the same command with --resume embeds only the
     missing proteins; the final file has the same content as an uninterrupted run (the same
@@ -237,16 +281,22 @@ def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_run(case):
         embed(fasta, whole, options)
         want = file_content(whole)
         _fasta(fasta, records[:first])
-        stopped = _run_with_stop(fasta, out, options, stop)
+        stopped, hit = _run_with_stop(fasta, out, options, stop)
         kinds = options.kinds()
         if stopped:
             assert not out.exists() and partial_path(out).exists()
             _readable_or_one_line(partial_path(out), kinds)
         _fasta(fasta, records)  # the same records, perhaps more
         resume = EmbedOptions(**{**options.__dict__, "resume": True})
-        if again is not None and _run_with_stop(fasta, out, resume, again):
-            _readable_or_one_line(partial_path(out), kinds)
-        embed(fasta, out, resume)
+        if again is not None:
+            stopped, also = _run_with_stop(fasta, out, resume, again)
+            hit |= also
+            if stopped:
+                _readable_or_one_line(partial_path(out), kinds)
+        before = partial_path(out) if partial_path(out).exists() else out
+        done = _complete_ids(before, kinds) if before.exists() else set()
+        written = _resumed(fasta, out, resume)
+        assert not (done - hit) & set(written), "embedded again"  # "embeds only the missing proteins"
         same_content(file_content(out), want)
         assert _file_attrs(out) == _file_attrs(whole)
         left = sorted(p.name for p in tmp.iterdir())
@@ -390,7 +440,8 @@ def test_export_npz_gives_back_the_readers_arrays_and_ids(case, kind, how, pick)
     the stored dtype, per residue concatenated with `offsets` and `lengths`, one layer chosen by
     its number as given to embed (0 the embedding layer, negative from the last) or every
     layer (`--all-layers`: a layer axis after the protein or residue axis); a file of
-    per-residue rows alone exported --per-protein gives each protein's mean (float32)."""
+    per-residue rows alone exported --per-protein gives each protein's mean (float32). The TSV of
+    one layer: the same ids and rows, each number read back to the stored value."""
     from protrans_cli.export import export
 
     proteins, kinds, layout, storage, compression, layers = case
@@ -409,6 +460,19 @@ def test_export_npz_gives_back_the_readers_arrays_and_ids(case, kind, how, pick)
             export(path, out, kind=kind, layer=layer + 4 if how == "zero-based" else layer)
         with np.load(out, allow_pickle=False) as npz:
             got = {name: npz[name] for name in npz.files}
+        if how != "all":  # the same layer as a TSV: the same ids, rows and numbers (round-trip digits)
+            export(path, Path(tmp) / "x.tsv", kind=kind, layer=layer + 4 if how == "zero-based" else layer)
+            table = (Path(tmp) / "x.tsv").read_text(encoding="utf-8").split("\n")
+            assert table[-1] == "" and table[0].split("\t")[0] == "id"
+            table = [line.split("\t") for line in table[1:-1]]
+            numbers = 1 if kind == PER_PROTEIN else 2
+            if kind == PER_PROTEIN:
+                assert [row[0] for row in table] == list(got["ids"])
+            else:
+                assert [(row[0], int(row[1])) for row in table] == [
+                    (ident, p + 1) for ident, n in zip(got["ids"], got["lengths"]) for p in range(n)]
+            values = np.array([row[numbers:] for row in table], dtype=np.float64).astype(got["embeddings"].dtype)
+            np.testing.assert_array_equal(values.reshape(got["embeddings"].shape), got["embeddings"])
     order = sorted(source, key=lambda i: escape_key(i).encode("utf-8"))
     assert list(got["ids"]) == order
     assert json.loads(str(got["metadata"]))["kind"] == kind
