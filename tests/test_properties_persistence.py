@@ -94,7 +94,13 @@ def runs(draw):
     settings_ = dict(layout=layout, per_residue=kinds[0], per_protein=kinds[1], storage_dtype=storage,
                      compression=compression, max_length=max_length, long_policy=long_policy, chunk_overlap=overlap,
                      max_batch_size=draw(st.integers(1, 5)), window=draw(st.sampled_from([1, 2, 3, 5, 1000])))
-    return records, first, settings_, draw(stops()), draw(st.one_of(st.none(), stops()))
+    # what a resume may change (not in RESUME_ATTRS): the batching, the window, the compression
+    again = {}
+    if draw(st.booleans()):
+        again = dict(max_batch_size=draw(st.integers(1, 5)), window=draw(st.sampled_from([1, 2, 1000])))
+        if kinds[0]:
+            again["compression"] = draw(st.sampled_from([None, "gzip", "lzf"]))
+    return records, first, settings_, draw(stops()), draw(st.one_of(st.none(), stops())), again
 
 
 def _fasta(path: Path, records) -> Path:
@@ -254,25 +260,26 @@ def _file_attrs(path: Path) -> dict:
 @example(([("a", "MKTAYIAKQRQ"), ("b", "MKTAYIAKQRQ"), ("c/d", "MJK"), ("e", "W")], 4,
           dict(layout="grouped", per_residue=True, per_protein=True, storage_dtype="float16", compression="gzip",
                max_length=4, long_policy="chunk", chunk_overlap=1, max_batch_size=1, window=2),
-          ("half", 2), ("kill", 1)))
+          ("half", 2), ("kill", 1), {}))
 @example(([("a", "MK"), ("b", "GG"), ("c", "MK"), ("d", "")], 2,
           dict(layout="stacked", per_residue=False, per_protein=True, storage_dtype="float32", compression=None,
                max_length=None, long_policy="error", chunk_overlap=64, max_batch_size=1, window=1000),
-          ("write", 1), ("batch", 1)))
+          ("write", 1), ("batch", 1), {"max_batch_size": 3, "window": 1}))
 @example(([("a", "MK"), ("b", "GG"), ("c", "MKW")], 2,
           dict(layout="stacked", per_residue=False, per_protein=True, storage_dtype="float16", compression=None,
                max_length=2, long_policy="truncate", chunk_overlap=64, max_batch_size=2, window=1000),
-          ("stack", 1), ("stack", 1)))
+          ("stack", 1), ("stack", 1), {}))
 @example(([("a", "MK"), ("b", "GG"), ("c", "MKW")], 3,
           dict(layout="grouped", per_residue=True, per_protein=True, storage_dtype="float32", compression="lzf",
                max_length=None, long_policy="error", chunk_overlap=64, max_batch_size=2, window=1000),
-          ("half", 2), None))
+          ("half", 2), None, {"compression": "gzip", "max_batch_size": 1}))
 def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_run(case):
     """docs/embed.md (Long jobs): "rerunning the same command with --resume embeds only the
     missing proteins; the final file has the same content as an uninterrupted run (the same
     proteins, attributes and, for onehot, the same bytes)", after Ctrl-C or a SIGKILL, and
-    `--resume` adds the records new in the FASTA. Reference: the same FASTA embedded at once."""
-    records, first, kw, stop, again = case
+    `--resume` adds the records new in the FASTA; a resume may batch, window and compress
+    otherwise (settings it does not compare). Reference: the same FASTA embedded at once."""
+    records, first, kw, stop, again, changed = case
     options = EmbedOptions(model="onehot", threads=1, command_line="", invalid_policy="skip", **kw)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -287,7 +294,7 @@ def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_run(case):
             assert not out.exists() and partial_path(out).exists()
             _readable_or_one_line(partial_path(out), kinds)
         _fasta(fasta, records)  # the same records, perhaps more
-        resume = EmbedOptions(**{**options.__dict__, "resume": True})
+        resume = EmbedOptions(**{**options.__dict__, **changed, "resume": True})
         if again is not None:
             stopped, also = _run_with_stop(fasta, out, resume, again)
             hit |= also
