@@ -88,7 +88,9 @@ def _hypothesis_profiles() -> None:
         from hypothesis import HealthCheck, settings
     except ImportError:  # a suite run without the test extras: those modules skip themselves
         return
-    shared = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    # (too_slow, data_too_large: the properties that run the pipeline draw whole FASTA files)
+    shared = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                                        HealthCheck.data_too_large])
     settings.register_profile("ci", derandomize=True, database=None, max_examples=50, print_blob=True, **shared)
     settings.register_profile("fuzz", max_examples=2000, **shared)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -25,13 +25,14 @@ import numpy as np
 import pytest
 
 pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import example, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from protrans_cli.embed import EmbedOptions, OneHotEmbedder, embed  # noqa: E402
 from protrans_cli.errors import ProtransError  # noqa: E402
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, EmbeddingsWriter, escape_key,  # noqa: E402
                                 ledger_path, partial_path)
+from conftest import fewer  # noqa: E402
 from test_embed import assert_same_content, file_content  # noqa: E402
 
 
@@ -41,13 +42,6 @@ def same_content(got: dict, want: dict) -> None:
         assert got == want
     else:
         assert_same_content(got, want)
-
-
-def fewer(n: int):
-    """settings for a property that runs the pipeline: n examples under the ci profile (50 by
-    default), as many more under another profile (fuzz: 2,000) in proportion."""
-    return settings(max_examples=max(1, n * settings.default.max_examples // 50),
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 IDS = st.text(st.sampled_from("abAB09/.%|:_-é"), min_size=1, max_size=6).filter(lambda i: i.strip("/."))
