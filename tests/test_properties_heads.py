@@ -157,6 +157,22 @@ def _interrupted_after(member: int, epoch: int):
         FitState.save_epoch = save_epoch
 
 
+@contextlib.contextmanager
+def _interrupted_writing():
+    """A Ctrl-C as the finished head is written (every member trained, the evaluation done)."""
+    from protrans_cli.heads import model
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    save_head = model.save_head
+    model.save_head = interrupted
+    try:
+        yield
+    finally:
+        model.save_head = save_head
+
+
 TIMING = ("train_seconds", "train_cpu_seconds", "seconds")
 
 
@@ -176,6 +192,10 @@ def test_a_fit_interrupted_after_any_epoch_resumes_to_the_uninterrupted_head(set
         for k, (member, epoch) in enumerate(stops):
             with _interrupted_after(member, epoch), pytest.raises(KeyboardInterrupt):
                 fit(FitConfig(**kw, resume=bool(k)), *inputs, out)
+            assert not out.exists() and (partial_path(out) / "state.pt").is_file()
+        if data.draw(st.booleans(), label="and while the head is written"):
+            with _interrupted_writing(), pytest.raises(KeyboardInterrupt):
+                fit(FitConfig(**kw, resume=True), *inputs, out)
             assert not out.exists() and (partial_path(out) / "state.pt").is_file()
         parts = fit(FitConfig(**kw, resume=True), *inputs, out)
         assert not partial_path(out).exists()
