@@ -147,10 +147,11 @@ def test_a_run_stopped_and_resumed_anywhere_is_the_uninterrupted_run(run):
 
 # --- a step's loss normalisation -----------------------------------------------------------
 
-NO_DROPOUT = {"t5": {"dropout_rate": 0.0},
+NO_DROPOUT = {"t5": {"dropout_rate": 0.0}, "xlnet": {"dropout": 0.0}, "transfo_xl": {"dropout": 0.0, "dropatt": 0.0},
               "albert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
                          "classifier_dropout_prob": 0.0}}
-OBJECTIVES = {"bert": "mlm", "esm": "mlm", "roberta": "mlm", "t5": "t5", "electra": "electra", "albert": "mlm"}
+OBJECTIVES = {"bert": "mlm", "esm": "mlm", "roberta": "mlm", "t5": "t5", "electra": "electra", "albert": "mlm",
+              "xlnet": "plm", "transfo_xl": "clm"}
 # the plain transformers class whose `labels=` loss is the mean over the batch's predicted tokens
 PLAIN_LOSS = ("bert", "esm", "roberta", "t5")
 
@@ -175,7 +176,7 @@ def _model(family: str, packed: bool, token_dropout: bool = True):
 @st.composite
 def steps(draw):
     """(family, proteins, seed, epoch, micro-batches as lists of positions, pad multiple, packed, sop)."""
-    family = draw(st.sampled_from(["bert", "esm", "roberta", "t5", "electra", "albert"]))
+    family = draw(st.sampled_from(list(OBJECTIVES)))
     proteins = draw(st.lists(st.text(LETTERS + LETTERS.lower(), min_size=1, max_size=40), min_size=1, max_size=8))
     order = draw(st.permutations(range(len(proteins))))
     cuts = sorted(draw(st.sets(st.integers(1, len(proteins) - 1), max_size=len(proteins) - 1))) if len(proteins) > 1 \
@@ -228,11 +229,11 @@ def _run(family, packed, sop, pad_multiple, no_token_dropout=False):
 @_examples(40)
 @given(step=steps())
 def test_a_steps_gradient_over_any_micro_batches_is_the_whole_global_batchs(step):
-    """#4: the loss of a step is its summed loss over the predicted tokens of all its micro-batches
-    divided by their number, so the split (gradient accumulation, --token-micro-batches, packing)
-    changes nothing. Reference: the whole global batch in one padded forward pass, through the
-    plain transformers model's own `labels=` loss (a mean over the batch's predicted tokens) where
-    the objective is one term, else through one micro-batch of it."""
+    """#4: the loss of a step (every family's objective) is its summed loss over the predicted
+    tokens of all its micro-batches divided by their number, so the split (gradient accumulation,
+    --token-micro-batches, packing) changes nothing. Reference: the whole global batch in one
+    padded forward pass, through the plain transformers model's own `labels=` loss (a mean over
+    the batch's predicted tokens) where the objective is one term, else through one micro-batch of it."""
     from protrans_cli.training.data import Sample
 
     family, proteins, seed, epoch, micro, pad_multiple, packed, sop = step
