@@ -127,8 +127,9 @@ def fits(draw):
     """FitConfig keyword arguments of a small fit: an ensemble or cross-validation, early stopping."""
     architecture = draw(st.sampled_from(["cnn", "fnn", "light-attention"]))
     kw = dict(task="ss3" if architecture == "cnn" else "loc", architecture=architecture,
-              max_epochs=draw(st.integers(1, 4)), patience=draw(st.integers(1, 3)), lr=draw(st.sampled_from([0.01, 0.1])),
-              seed=draw(st.integers(0, 2**16)), hidden=draw(st.integers(2, 8)), dropout=draw(st.sampled_from([0.0, 0.25])),
+              max_epochs=draw(st.integers(1, 4)), patience=draw(st.integers(1, 3)),
+              lr=draw(st.sampled_from([0.01, 0.1])), seed=draw(st.integers(0, 2**16)), hidden=draw(st.integers(2, 8)),
+              dropout=draw(st.sampled_from([0.0, 0.25])),
               class_weights=draw(st.booleans()), max_residues=draw(st.sampled_from([40, 300])),
               batch_size=draw(st.sampled_from([4, 64])), threads=1, n_bootstrap=10, plots=False, device="cpu")
     if draw(st.booleans()):

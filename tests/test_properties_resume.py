@@ -118,7 +118,8 @@ def _weights(run_dir: Path) -> dict:
 @example(run=({"family": "bert", "global_batch_size": 4, "micro_batch_size": 2, "max_length": 24, "pad_multiple": 3,
                "token_micro_batches": True, "packing": True, "bucket_batches": 2, "seed": 1, "lr": 3e-3,
                "log_every": 1, "save_every": 2, "threads": 1, "warmup_steps": None, "num_steps": 0,
-               "phases": [Phase(24, 2), Phase(40, 2, 2, 1)]}, 4, [(1, "kill"), (3, "signal")])).via("a kill before the first checkpoint, a Ctrl-C in phase 2")
+               "phases": [Phase(24, 2), Phase(40, 2, 2, 1)]}, 4, [(1, "kill"), (3, "signal")]),
+         ).via("a kill before the first checkpoint, a Ctrl-C in phase 2")
 def test_a_run_stopped_and_resumed_anywhere_is_the_uninterrupted_run(run):
     from protrans_cli.training.loop import train
 
