@@ -1,9 +1,10 @@
 """Property tests of the prediction heads (docs/heads.md): a head's prediction for a protein is
 the same alone as in any padded batch with any other proteins (the CNN per residue, the FNN and
 Light Attention per protein, and their ensembles); a fit interrupted after any epoch of any
-member and resumed gives the head an uninterrupted fit gives; and what `predict` writes (CSV,
-TSV, FASTA-like states, the probabilities' HDF5) reads back to the classes and probabilities the
-head gives each protein alone."""
+member (or as its head is written) and resumed gives the head an uninterrupted fit gives; and
+what `predict` writes (CSV, TSV, FASTA-like states of either output of an ss3+ss8 head, the
+probabilities' HDF5, a value head's values) reads back to the classes, probabilities and values
+the head gives each protein alone."""
 
 from __future__ import annotations
 
@@ -94,8 +95,9 @@ LOCS = {"K": "Nucleus", "C": "Extracellular", "L": "Cell.membrane"}
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    """{name: (embeddings, labels)} of small one-hot sets: ss3 (NetSurfP CSV, per residue), loc
-    (DeepLoc FASTA, per residue and per protein), whose labels follow from the residues."""
+    """{architecture: (embeddings, labels)} of small one-hot sets whose labels follow from the
+    residues: ss3/ss8 (NetSurfP CSV, per residue), loc (DeepLoc FASTA, per residue and per protein),
+    and a value per protein (biotrainer FASTA, for the FNN)."""
     from protrans_cli.embed import EmbedOptions, embed
     from protrans_cli.heads.labels import read_labels, write_embed_fasta
 
@@ -114,12 +116,16 @@ def sets(tmp_path_factory):
         for i, seq in enumerate(seqs):
             marker = "KCL"[i % 3]
             fh.write(f">p{i} {LOCS[marker]}-{'MS'[i % 2]}\n{marker}{seq}\n")
+    with open(root / "value.fasta", "w") as fh:  # biotrainer's sequence_to_value: the share of K
+        for i, seq in enumerate(seqs):
+            fh.write(f">v{i} TARGET={seq.count('K') / len(seq):.4f} SET=train\n{seq}\n")
     options = dict(model="onehot", threads=1)
     embed(root / "ss.fa", root / "ss.h5", EmbedOptions(per_protein=False, **options))
     embed(root / "loc.fasta", root / "loc_residues.h5", EmbedOptions(per_protein=False, **options))
     embed(root / "loc.fasta", root / "loc_proteins.h5", EmbedOptions(per_protein=True, **options))
+    embed(root / "value.fasta", root / "value.h5", EmbedOptions(per_protein=True, **options))
     return {"cnn": (root / "ss.h5", root / "ss.csv"), "light-attention": (root / "loc_residues.h5", root / "loc.fasta"),
-            "fnn": (root / "loc_proteins.h5", root / "loc.fasta")}
+            "fnn": (root / "loc_proteins.h5", root / "loc.fasta"), "value": (root / "value.h5", root / "value.fasta")}
 
 
 @st.composite
@@ -218,7 +224,8 @@ def fitted(sets, tmp_path_factory):
     root = tmp_path_factory.mktemp("fitted")
     out = {}
     for architecture, inputs in sets.items():
-        config = FitConfig(task="ss3" if architecture == "cnn" else "loc", architecture=architecture, max_epochs=2,
+        task = {"cnn": "ss3+ss8", "value": "value"}.get(architecture, "loc")
+        config = FitConfig(task=task, architecture=None if architecture == "value" else architecture, max_epochs=2,
                            ensemble=2, lr=0.05, threads=1, n_bootstrap=10, plots=False, device="cpu")
         out[architecture] = fit(config, *inputs, root / architecture).head_dir
     return out
@@ -255,13 +262,16 @@ def _near_argmax(letter_or_class, classes, probs) -> bool:
     return probs[..., classes.index(letter_or_class)] >= probs.max(-1) - 1e-5
 
 
-@pytest.mark.parametrize("architecture", ["cnn", "fnn", "light-attention"])
+@pytest.mark.parametrize("architecture", ["cnn", "fnn", "light-attention", "value"])
 @_examples(4)
 @given(proteins=st.lists(st.tuples(_IDS, st.text(AA + "XUZOB", min_size=1, max_size=40)), min_size=1, max_size=6,
                          unique_by=lambda p: p[0]),
-       suffix=st.sampled_from([".csv", ".tsv", ".tab", ".txt", ""]), max_residues=st.sampled_from([1, 30, 8192]))
+       suffix=st.sampled_from([".csv", ".tsv", ".tab", ".txt", ""]), max_residues=st.sampled_from([1, 30, 8192]),
+       which=st.sampled_from([None, 0, 1]))
 def test_predict_files_read_back_to_the_heads_classes_and_probabilities(fitted, architecture, proteins, suffix,
-                                                                        max_residues):
+                                                                        max_residues, which):
+    """`which`: the output of a two-output head (ss3+ss8) the FASTA-like file holds (None: the
+    first)."""
     import h5py
 
     from protrans_cli.embed import EmbedOptions, embed
@@ -274,20 +284,22 @@ def test_predict_files_read_back_to_the_heads_classes_and_probabilities(fitted, 
         fasta = folder / "q.fa"
         fasta.write_text("".join(f">{ident} a description\n{seq}\n" for ident, seq in proteins), encoding="utf-8")
         embeddings = folder / "q.h5"
-        embed(fasta, embeddings, EmbedOptions(model="onehot", per_protein=architecture == "fnn", threads=1))
+        embed(fasta, embeddings, EmbedOptions(model="onehot", per_protein=architecture in ("fnn", "value"), threads=1))
         reference, task = _reference(head, embeddings)
         assert sorted(reference) == sorted(i for i, _ in proteins)
         if architecture == "cnn":
             out, probabilities = folder / "pred.fa", folder / "pred.h5"
             with contextlib.redirect_stderr(io.StringIO()):
-                predict(head, embeddings, out, probabilities=probabilities, max_residues=max_residues)
+                predict(head, embeddings, out, probabilities=probabilities, max_residues=max_residues,
+                        output=None if which is None else task.outputs[which].name)
             lines = out.read_text(encoding="utf-8").split("\n")
             assert lines[-1] == "" and len(lines) == 2 * len(proteins) + 1
             states = dict(zip([line[1:] for line in lines[:-1:2]], lines[1::2]))
             assert [line[0] for line in lines[:-1:2]] == [">"] * len(proteins) and sorted(states) == sorted(reference)
-            classes = list(task.outputs[0].classes)
+            written = task.outputs[which or 0]
+            classes = list(written.classes)
             for ident, probs in reference.items():
-                ref = probs[task.outputs[0].name]
+                ref = probs[written.name]
                 assert len(states[ident]) == len(ref)
                 assert all(_near_argmax(c, classes, row) for c, row in zip(states[ident], ref)), ident
             with h5py.File(probabilities, "r") as f:
@@ -313,6 +325,10 @@ def test_predict_files_read_back_to_the_heads_classes_and_probabilities(fitted, 
                 at = 1
                 for o in task.outputs:
                     ref = reference[row[0]][o.name]
+                    if o.is_value:  # its value alone, scaled back from the z-score
+                        np.testing.assert_allclose(float(row[at]), ref[0], rtol=1e-5, atol=1e-6)
+                        at += 1
+                        continue
                     written = np.array([float(v) for v in row[at + 1:at + 1 + len(o.classes)]])
                     np.testing.assert_allclose(written, ref, rtol=1e-5, atol=1e-6)
                     assert _near_argmax(row[at], list(o.classes), ref), row
