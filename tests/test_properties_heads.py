@@ -19,21 +19,15 @@ import pytest
 
 pytest.importorskip("hypothesis")
 torch = pytest.importorskip("torch")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import given, strategies as st  # noqa: E402
 
+from conftest import fewer  # noqa: E402
 from protrans_cli.heads.model import Ensemble, build_head  # noqa: E402
 from protrans_cli.heads.tasks import get_task  # noqa: E402
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 
 torch.set_num_threads(1)
-
-
-def _examples(n: int):
-    """settings for a property that trains or runs a head: n examples under the ci profile (50
-    by default), as many more under another profile (fuzz: 2,000) in proportion."""
-    return settings(max_examples=max(1, n * settings.default.max_examples // 50),
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 # --- a prediction does not depend on the batch ---------------------------------------------
@@ -59,7 +53,7 @@ def heads(draw):
     return Ensemble(members, task).eval(), architecture != "fnn", dim
 
 
-@_examples(50)
+@fewer(50)
 @given(head=heads(), lengths=st.lists(st.integers(1, 30), min_size=1, max_size=6), extra=st.integers(0, 12),
        noise=st.sampled_from([0.0, 1.0, 1e3]), seed=st.integers(0, 2**16))
 def test_a_prediction_is_the_same_alone_as_in_any_padded_batch(head, lengths, extra, noise, seed):
@@ -183,7 +177,7 @@ def _interrupted_writing():
 TIMING = ("train_seconds", "train_cpu_seconds", "seconds")
 
 
-@_examples(6)
+@fewer(6)
 @given(kw=fits(), data=st.data())
 def test_a_fit_interrupted_after_any_epoch_resumes_to_the_uninterrupted_head(sets, kw, data):
     from safetensors.torch import load_file
@@ -263,7 +257,7 @@ def _near_argmax(letter_or_class, classes, probs) -> bool:
 
 
 @pytest.mark.parametrize("architecture", ["cnn", "fnn", "light-attention", "value"])
-@_examples(4)
+@fewer(4)
 @given(proteins=st.lists(st.tuples(_IDS, st.text(AA + "XUZOB", min_size=1, max_size=40)), min_size=1, max_size=6,
                          unique_by=lambda p: p[0]),
        suffix=st.sampled_from([".csv", ".tsv", ".tab", ".txt", ""]), max_residues=st.sampled_from([1, 30, 8192]),

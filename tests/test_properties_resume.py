@@ -22,9 +22,9 @@ import pytest
 
 pytest.importorskip("hypothesis")
 torch = pytest.importorskip("torch")
-from hypothesis import example, given, settings, strategies as st  # noqa: E402
+from hypothesis import example, given, strategies as st  # noqa: E402
 
-from conftest import DATA  # noqa: E402
+from conftest import DATA, fewer  # noqa: E402
 from protrans_cli.training.config import Phase, TrainConfig  # noqa: E402
 from protrans_cli.training.metrics import read_metrics  # noqa: E402
 
@@ -33,12 +33,6 @@ STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 LETTERS = STANDARD + "XUZOB"
 
 torch.set_num_threads(1)
-
-
-def _examples(n: int):
-    """settings for a property that trains a model: n examples under the ci profile (50 by
-    default), as many more under another profile (fuzz: 2,000) in proportion."""
-    return settings(max_examples=max(1, n * settings.default.max_examples // 50))
 
 
 # --- train --resume ----------------------------------------------------------------------
@@ -113,7 +107,7 @@ def _weights(run_dir: Path) -> dict:
     return load_file(str(run_dir / "model.safetensors"))
 
 
-@_examples(5)
+@fewer(5)
 @given(run=runs())
 @example(run=({"family": "bert", "global_batch_size": 4, "micro_batch_size": 2, "max_length": 24, "pad_multiple": 3,
                "token_micro_batches": True, "packing": True, "bucket_batches": 2, "seed": 1, "lr": 3e-3,
@@ -227,7 +221,7 @@ def _run(family, packed, sop, pad_multiple, no_token_dropout=False):
                                  autocast=contextlib.nullcontext, model=model, objective=objective)
 
 
-@_examples(40)
+@fewer(40)
 @given(step=steps())
 def test_a_steps_gradient_over_any_micro_batches_is_the_whole_global_batchs(step):
     """#4: the loss of a step (every family's objective) is its summed loss over the predicted
