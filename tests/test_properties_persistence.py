@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("hypothesis")
+# (values beyond float16 written as float16 on purpose: numpy says so of every cast)
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 from hypothesis import example, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
