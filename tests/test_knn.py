@@ -26,12 +26,16 @@ def _write(path, vectors, ids=None, *, layout="grouped", model="onehot", residue
     return ids
 
 
-def _brute(q, r, k, metric, exclude=None):
+def distances(q, r, metric):
+    """Every query's distance to every reference, in float64 with numpy (the brute force)."""
     q, r = q.astype(np.float64), r.astype(np.float64)
     if metric == "cosine":
-        d = np.maximum(1 - (q @ r.T) / np.linalg.norm(q, axis=1)[:, None] / np.linalg.norm(r, axis=1)[None, :], 0)
-    else:
-        d = np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).sum(-1))
+        return np.maximum(1 - (q @ r.T) / np.linalg.norm(q, axis=1)[:, None] / np.linalg.norm(r, axis=1)[None, :], 0)
+    return np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).sum(-1))
+
+
+def _brute(q, r, k, metric, exclude=None):
+    d = distances(q, r, metric)
     if exclude is not None:
         d[exclude] = np.inf
     index = np.argsort(d, axis=1, kind="stable")[:, :k]

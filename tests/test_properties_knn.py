@@ -15,15 +15,12 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from protrans_cli import knn as knn_module  # noqa: E402
+from test_knn import distances  # noqa: E402
 
 
 def _distances(q, r, metric, own=None):
     """float64 distances of every pair (the query itself infinitely far under leave-one-out)."""
-    q, r = q.astype(np.float64), r.astype(np.float64)
-    if metric == "cosine":
-        d = np.maximum(1 - (q @ r.T) / np.linalg.norm(q, axis=1)[:, None] / np.linalg.norm(r, axis=1)[None, :], 0)
-    else:
-        d = np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).sum(-1))
+    d = distances(q, r, metric)
     if own is not None:
         for row, column in enumerate(own):
             if column >= 0:
