@@ -113,8 +113,8 @@ def _no_hypothesis_gc_callback():
     """Hypothesis, once a property test has run in a process, keeps a callback in gc.callbacks
     for good (it times garbage collection for its deadlines, which the profiles turn off). A
     Ctrl-C that a later test sends itself and that lands while a collection runs that callback
-    is then "ignored" there (an unraisable KeyboardInterrupt, seen once in a CI run): the test
-    never gets its interrupt. Taken out after every test."""
+    is then "ignored" there (an unraisable KeyboardInterrupt, seen once in a run of the suite):
+    the test never gets its interrupt. Taken out after every test."""
     yield
     import gc
 
