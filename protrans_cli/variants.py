@@ -781,7 +781,9 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
     if sequence is not None:
         if record_id is not None:
             raise UsageError("--id picks a record of --fasta")
-        return [("sequence", checked_sequence(sequence))]
+        found = [("sequence", checked_sequence(sequence))]
+        _warn_nucleotide(found, "--sequence")
+        return found
     name = display_name(fasta)
     found = []
     for record in read_fasta(fasta):
@@ -801,7 +803,22 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
     if len(found) > 1 and not many:
         raise UsageError(f"{name} holds {len(found)} sequences; a variants table has one wild type: pick it with "
                          f"--id (first ids: {', '.join(i for i, _ in found[:3])})")
+    _warn_nucleotide(found, name)
     return found
+
+
+def _warn_nucleotide(found: list[tuple[str, str]], name: str) -> None:
+    """A wild type of DNA or RNA (a gene's coding sequence given for its protein) was scored as a
+    protein of alanine, cysteine, glycine and threonine without a word, as embed and prep warn:
+    said once, with which."""
+    from protrans_cli import console
+    from protrans_cli.residues import NUCLEOTIDE_RULE, looks_nucleotide
+
+    like = [ident for ident, seq in found if looks_nucleotide(seq)]
+    if like:
+        shown = console.some_named(len(like), like[:console.NAMED])
+        console.warn(f"{name}: {len(like):,} of {len(found):,} wild type(s) {NUCLEOTIDE_RULE}: {shown}. Protein "
+                     "models read them as amino acids; translate DNA or RNA to proteins first")
 
 
 def model_label(name: str) -> str:

@@ -970,3 +970,22 @@ def test_a_signal_as_variants_reports_its_spearman_exits_0(run_cli, tmp_path, ti
     assert r.exit_code == 0, r.stderr
     assert f"terminated once the output was complete ({out}): nothing was lost" in r.stderr
     assert out.is_file()
+
+
+def test_a_wild_type_of_dna_or_rna_is_scored_with_a_warning(run_cli, tmp_path, tiny_models):
+    """A coding sequence given for its protein was scored as alanines, cysteines, glycines and
+    threonines without a word (embed and prep warn): one warning naming it, the scores still
+    written; a protein wild type gets none."""
+    model = tiny_models["esm"]
+    dna = "ATGGCTAGCAAAGGAGAAGAACTTTTCACTGGAGTTGTCCC"
+    fasta = tmp_path / "mixed.fa"
+    fasta.write_text(f">gene\n{dna}\n>prot\n{SEQ[:12]}\n>rna\n{dna.replace('T', 'U')}\n")
+    r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", model, "--column", "s")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("warning") == 1 and "2 of 3 wild type(s) hold only the letters A, C, G, T, U" in r.stderr
+    assert "gene, rna. Protein models read them as amino acids" in r.stderr and "prot," not in r.stderr
+    assert {row["id"] for row in _table(r.stdout)} == {"gene", "prot", "rna"}
+    r = run_cli("variants", "--all-singles", "--sequence", dna.lower(), "-m", model, "--column", "s")
+    assert r.exit_code == 0 and "--sequence: 1 of 1 wild type(s) hold only" in r.stderr, r.stderr
+    r = run_cli("variants", "--all-singles", "--sequence", SEQ[:12], "-m", model, "--column", "s")
+    assert r.exit_code == 0 and r.stderr.count("warning") == 0, r.stderr
