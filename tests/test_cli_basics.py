@@ -765,3 +765,30 @@ def test_quiet_draws_no_progress_bar_where_bars_are_shown(run_cli, tmp_path, mon
     assert shown.exit_code == 0 and "prep: " in shown.stderr, shown.stderr  # (the bar: this stand-in works)
     quiet = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "-q")
     assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m"])
+def test_ctrl_c_while_the_command_is_still_being_imported_is_one_line(entry):
+    """A Ctrl-C before cli.main ran (click and the command group still being imported: seconds on
+    a loaded login node with packages on a network file system) printed Python's traceback of the
+    import it cut. Now the one line and exit 130, through the console script's entry point and
+    `python -m protrans_cli` alike. (The Ctrl-C is raised by an import hook at click's import:
+    a real signal aimed at that window would be a matter of timing.)"""
+    import importlib.metadata
+
+    script = ("import sys\n"
+              "class Cut:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'click':\n"
+              "            raise KeyboardInterrupt\n"
+              "sys.meta_path.insert(0, Cut())\n"
+              "sys.modules.pop('click', None)\n")
+    if entry == "console script":
+        target = next(e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "protrans")
+        module, _, function = target.value.partition(":")
+        script += f"from {module} import {function}\n{function}()\n"
+        argv = [sys.executable, "-c", script]
+    else:
+        argv = [sys.executable, "-c", script + "import runpy\nrunpy.run_module('protrans_cli', run_name='__main__')\n"]
+    done = subprocess.run([*argv], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "protrans: error: interrupted\n")
