@@ -47,6 +47,7 @@ def describe(check_compile: bool = False) -> dict:
 
     from protrans_cli.embedders import mps_available, native_bf16
     from protrans_cli.models import _offline
+    from protrans_cli.models.spm_reader import reader_problem
     from protrans_cli.threads import available_cores
 
     from protrans_cli import __version__
@@ -57,7 +58,10 @@ def describe(check_compile: bool = False) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in ("torch", "transformers", "tokenizers", "safetensors",
-                                                        "huggingface_hub", "h5py", "numpy", "triton")},
+                                                        "huggingface_hub", "h5py", "numpy", "triton",
+                                                        "sentencepiece", "protobuf")},
+        # why the published ProtT5, ProtXLNet and ProtAlbert tokenizers cannot load here, or None
+        "sentencepiece_reader": reader_problem(),
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         # what the commands use: the cores this process may run on, and -j's default from them
@@ -164,6 +168,9 @@ def format_lines(info: dict) -> list[str]:
         if d.get("varlen_cudnn"):
             lines.append(f"cuda:{d['index']}: packed attention (varlen_attn) is cuDNN's by PyTorch's choice here; "
                          "--sdpa-kernels auto (the default) keeps it on Flash Attention")
+    if info.get("sentencepiece_reader"):
+        lines.append(f"tokenizers of ProtT5, ProtXLNet and ProtAlbert (spiece.model): cannot load here: "
+                     f"{info['sentencepiece_reader']}")
     k = info["kernels"]
     yes = {True: "yes", False: "no"}
     lines.append(f"varlen attention in this PyTorch (--packing's fused kernel on CUDA): {yes[k['varlen_attention']]}")

@@ -353,6 +353,16 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                 raise ModelError(f"{name}: cannot load the tokenizer: {problem}") from None
             if isinstance(exc, OSError):
                 raise ModelError(_not_found_message(name, target, is_dir, first_line(exc), revision=revision)) from None
+            from protrans_cli.models import spm_reader
+
+            # sentencepiece's spiece.model reader refused this protobuf, and transformers went on to
+            # its tiktoken fallback, which read as damaged tokenizer files (5.15 raises it while
+            # handling the reader's error; 5.25 logs that error and raises the fallback's alone)
+            failure = spm_reader.reader_failure(exc)
+            problem = (spm_reader.describe_failure(failure) if failure is not None
+                       else spm_reader.reader_problem() if "tiktoken" in str(exc) else None)
+            if problem is not None:
+                raise ModelError(f"{name}: cannot load the tokenizer: {problem}") from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
             hint = " (pip install sentencepiece protobuf)" if _names_missing_sentencepiece(str(exc)) else ""
             if "tiktoken" in str(exc) or not isinstance(exc, (ImportError, ValueError)):
