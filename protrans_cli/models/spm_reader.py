@@ -17,14 +17,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-
-def _version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except (PackageNotFoundError, ValueError):
-        return None
+from protrans_cli.environment import _version
 
 
 def reader_failure(exc: BaseException | None) -> BaseException | None:
