@@ -1189,3 +1189,20 @@ def test_a_shards_run_that_differs_by_the_device_alone_is_this_run(tmp_path):
     with EmbeddingsReader(out) as r:
         assert [run["device"] for run in r.runs()] == ["cpu", "cuda:0"]
         assert r.runs()[0]["command_line"] == earlier["command_line"] and sorted(r.ids()) == ["A", "B"]
+
+
+def test_an_id_or_header_with_a_nul_byte_is_refused_before_anything_is_written(tmp_path):
+    """h5py refused the NUL ("VLEN strings do not support embedded NULLs") only at the attributes,
+    after the dataset was made: a caller that went on closed a file holding a record without its
+    id, header or length. Now a UsageError first, and the file is as if the call had not been made."""
+    out = tmp_path / "x.h5"
+    with EmbeddingsWriter(out, layout="flat") as writer:
+        writer.write("a", "a", "MK", per_residue=np.ones((2, 3), np.float32))
+        for ident, header in (("b\x00c", "b"), ("b", "b \x00 description")):
+            with pytest.raises(UsageError, match="holds a NUL byte"):
+                writer.write(ident, header, "MKT", per_residue=np.ones((3, 3), np.float32))
+        writer.write("d", "d", "M", per_residue=np.ones((1, 3), np.float32))
+    with h5py.File(out) as f:
+        assert sorted(f) == ["a", "d"] and all("id" in f[k].attrs for k in f)
+    reader = EmbeddingsReader(out)
+    assert reader.ids() == ["a", "d"]

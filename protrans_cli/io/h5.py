@@ -1860,6 +1860,11 @@ class EmbeddingsWriter:
         whose sequence is not known (`import-esm` without --fasta): no `checksum` attribute, and
         `length` only where given."""
         arrays = {PER_RESIDUE: per_residue, PER_PROTEIN: per_protein, CONTACTS: contacts}
+        for name, text in (("id", ident), ("header", header)):
+            # (h5py's "VLEN strings do not support embedded NULLs" came after the dataset was made:
+            # a record without its attributes stayed in the file for a caller that went on)
+            if isinstance(text, str) and "\x00" in text:
+                raise UsageError(f"protein {ident!r}: its {name} holds a NUL byte, which HDF5 cannot store as text")
         key = escape_key(ident)
         attrs = {"id": ident, "header": header}
         if sequence is not None:
