@@ -124,8 +124,18 @@ def _named(message: str) -> str:
 def error(message: str) -> None:
     """One line, prefixed, on stderr: the form every failure takes."""
     state.last_error = f"protrans: error: {printable(message)}"
-    sys.stderr.write(f"{state.last_error}\n")
-    sys.stderr.flush()
+    _emit(f"{state.last_error}\n")
+
+
+def _emit(text: str) -> None:
+    """`text` on stderr, flushed. Where there is no stderr (None: pythonw, or a process started
+    with descriptor 2 closed, in which a library call runs; the CLI opens one first), the line
+    goes nowhere: the caller's embed or fit failed on an AttributeError at its first warning."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    stream.write(text)
+    stream.flush()
 
 
 def warn(message: str) -> None:
@@ -133,8 +143,7 @@ def warn(message: str) -> None:
     if _recorded("warning", message):
         return
     if state.verbosity >= 0:
-        sys.stderr.write(f"protrans: warning: {printable(message)}\n")
-        sys.stderr.flush()
+        _emit(f"protrans: warning: {printable(message)}\n")
 
 
 def info(message: str) -> None:
@@ -142,14 +151,12 @@ def info(message: str) -> None:
     if _recorded("info", message):
         return
     if state.verbosity >= 0:
-        sys.stderr.write(f"{printable(message, newlines=True)}\n")
-        sys.stderr.flush()
+        _emit(f"{printable(message, newlines=True)}\n")
 
 
 def debug(message: str) -> None:
     if state.verbosity >= 1:
-        sys.stderr.write(f"[debug] {message}\n")
-        sys.stderr.flush()
+        _emit(f"[debug] {message}\n")
 
 
 def _recorded(kind: str, message: str) -> bool:
@@ -181,7 +188,7 @@ def say(kind: str, message: str) -> None:
 
 def show_progress() -> bool:
     """Progress bars only when stderr is a terminal or a notebook's, never when quiet or under CI logs."""
-    return (state.verbosity >= 0 and (sys.stderr.isatty() or _in_notebook())
+    return (state.verbosity >= 0 and (_is_terminal(sys.stderr) or _in_notebook())
             and not os.environ.get("PROTRANS_NO_PROGRESS"))
 
 

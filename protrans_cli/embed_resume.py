@@ -189,8 +189,9 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
     with temporary_folder(path.parent, ".protrans-resume-") as tmp:
         log_path, result_path = os.path.join(tmp, "log"), os.path.join(tmp, "result")
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):  # (None in a process without them: nothing held)
+            if stream is not None:
+                stream.flush()
         parent = os.getpid()
         try:
             pid = os.fork()
@@ -224,7 +225,8 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
                 os.replace(result_path + ".tmp", result_path)
                 code = 0
             finally:
-                sys.stderr.flush()
+                if sys.stderr is not None:
+                    sys.stderr.flush()
                 os._exit(code)
         os.close(log_fd)
         try:

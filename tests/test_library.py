@@ -803,3 +803,27 @@ def test_load_model_given_no_name_or_path_is_a_usage_error(value):
 
     with pytest.raises(UsageError, match="load_model needs a short name, a model directory or a hub id"):
         load_model(value)
+
+
+def test_library_calls_work_in_a_process_without_stderr(monkeypatch, capsys, loc_data, tmp_path):
+    """sys.stderr is None under pythonw and in a process started with descriptor 2 closed (the CLI
+    opens one first; a library caller may not): an embed's first warning, a resume's flush before
+    its reader is forked and train's set-up line were an AttributeError on None. The messages go
+    nowhere (none to stdout, the data's), the results are those of a process with a stderr."""
+    import sys
+
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">dna\n" + "ACGT" * 10 + "\n>p\nMKTAYIAKQR\n")  # (a nucleotide warning)
+    monkeypatch.setattr(sys, "stderr", None)
+    first = embed(fasta, tmp_path / "x.h5", EmbedOptions(model="onehot", threads=1))
+    again = embed(fasta, tmp_path / "x.h5", EmbedOptions(model="onehot", threads=1, resume=True))
+    fit(FitConfig(task="loc", max_epochs=1, n_bootstrap=10), loc_data / "train.h5", loc_data / "train.fasta",
+        tmp_path / "head")
+    train(_train_config(tmp_path, threads=1))
+    monkeypatch.undo()
+    assert (first.num_embedded, again.num_embedded, again.num_resumed) == (2, 0, 2)
+    assert sorted(EmbeddingsReader(tmp_path / "x.h5").ids()) == ["dna", "p"]
+    assert (tmp_path / "head" / "config.json").exists() and (tmp_path / "run" / "config.json").exists()
+    assert capsys.readouterr().out == ""

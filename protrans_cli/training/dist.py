@@ -148,7 +148,8 @@ def print0(*args, **kwargs) -> None:
     """print on rank 0 only, to stderr (stdout is for data); silent under `protrans -q`."""
     from protrans_cli import console
 
-    if _info.is_main and console.state.verbosity >= 0:
+    # (no stderr, sys.stderr None: nowhere; print's file=None would have been stdout, the data's)
+    if _info.is_main and console.state.verbosity >= 0 and sys.stderr is not None:
         print(*args, file=sys.stderr, flush=True, **kwargs)
 
 
