@@ -809,8 +809,8 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
 
 def _warn_nucleotide(found: list[tuple[str, str]], name: str) -> None:
     """A wild type of DNA or RNA (a gene's coding sequence given for its protein) was scored as a
-    protein of alanine, cysteine, glycine and threonine without a word, as embed and prep warn:
-    said once, with which."""
+    protein of alanine, cysteine, glycine and threonine without a word (embed and prep warn of
+    such input): said once, with which."""
     from protrans_cli import console
     from protrans_cli.residues import NUCLEOTIDE_RULE, looks_nucleotide
 
