@@ -825,8 +825,10 @@ def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict)
             # generator of its own, and taking the last rank's gave two ranks one stream, the same
             # dropout masks for the rest of the run (saved so in every later checkpoint). Its own
             # stream instead, fixed by the seed, the rank and the step (a re-resume draws the same).
+            # (a Python int before the shift: numpy 1.x promoted uint64 >> int to float64, "ufunc
+            # 'right_shift' not supported", and the resume failed as an unreadable checkpoint)
             torch.manual_seed(int(np.random.SeedSequence([run.config.seed, info.rank, state["step"]])
-                                  .generate_state(1, np.uint64)[0] >> 1))
+                                  .generate_state(1, np.uint64)[0]) >> 1)
         if run.loss_scale is not None and state.get("loss_scale"):
             run.loss_scale.load_state_dict(state["loss_scale"])
         written_by = state.get("world_size", len(saved))
