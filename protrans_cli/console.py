@@ -138,6 +138,15 @@ def _emit(text: str) -> None:
     stream.flush()
 
 
+def flush_standard_streams() -> None:
+    """stdout and stderr flushed before an `os._exit`, which skips Python's own flush. An error
+    (a reader that left, a closed stream, None where the process has none) is dropped: the exit
+    must come all the same."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
 def warn(message: str) -> None:
     message = _named(message) if state.names else message
     if _recorded("warning", message):

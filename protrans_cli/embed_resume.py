@@ -225,8 +225,7 @@ def _done_in_child(path: Path, writer_kw: dict, input_ids, skip: set, no_iterate
                 os.replace(result_path + ".tmp", result_path)
                 code = 0
             finally:
-                if sys.stderr is not None:
-                    sys.stderr.flush()
+                console.flush_standard_streams()  # (an error there must not keep the child from its exit)
                 os._exit(code)
         os.close(log_fd)
         try:

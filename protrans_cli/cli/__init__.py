@@ -324,12 +324,10 @@ def _exit_now(code: int):
     """A handler for the last moments of the program, once main() has its exit code: Python's
     teardown (atexit callbacks, threads) interrupted by Ctrl-C printed "Exception ignored in
     atexit callback" and a traceback. The code decided stands; the streams are flushed first."""
+    from protrans_cli.console import flush_standard_streams  # (not in the handler: Python may be shutting down)
+
     def handler(signum, frame):
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001 - a closed pipe: nothing more to say
-                pass
+        flush_standard_streams()
         os._exit(code)
 
     return handler

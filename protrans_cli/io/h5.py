@@ -43,6 +43,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from protrans_cli.console import flush_standard_streams
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
 from protrans_cli.io import disk
 from protrans_cli.io.fasta import header_id
@@ -1454,9 +1455,7 @@ def write_failure_reason(exc: BaseException) -> str:
 
 
 def _exit_before_hdf5_teardown() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    flush_standard_streams()
     os._exit(1)
 
 
