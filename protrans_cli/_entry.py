@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
-EXIT_INTERRUPTED = 130  # (errors.EXIT_INTERRUPTED; this module imports nothing of the package)
+# (loaded with the package, before this module: no import of its own in the window)
+from protrans_cli.errors import EXIT_INTERRUPTED
 
 
 def main() -> None:
