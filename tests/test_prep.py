@@ -989,28 +989,28 @@ def test_an_output_that_is_a_directory_is_a_usage_error(run_cli, tmp_path):
     assert not (tmp_path / "c.txt").exists()
 
 
-def test_a_stray_cr_in_one_header_rejects_that_record_alone(run_cli, tmp_path):
+@pytest.mark.parametrize("data, corpus, rejected", [
     # A record with a carriage return inside its header and an invalid residue was taken for a
     # file with old Mac line endings: the whole run failed (exit 1, no corpus), where the same
     # record with valid residues was kept. It is rejected for its residue now, the run goes on.
-    fasta = tmp_path / "cr.fa"
-    fasta.write_bytes(b">a\nMK\n>b note\rmore\nMKJ\n>c\nAA\n")
-    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--rejects", tmp_path / "r.tsv")
-    assert result.exit_code == 0, result.stderr
-    assert (tmp_path / "c.txt").read_text() == "M K\n\nA A\n\n"
-    assert "invalid_character" in (tmp_path / "r.tsv").read_text()
-
-
-def test_a_stray_cr_in_the_header_of_an_empty_record_rejects_that_record_alone(run_cli, tmp_path):
+    (b">a\nMK\n>b note\rmore\nMKJ\n>c\nAA\n", "M K\n\nA A\n\n", ["b", "invalid_character"]),
     # found by a property test: followed by a blank line, the record was taken for a file of old
-    # Mac line endings (the whole run failed, exit 1), where embed read it as an empty record. A
-    # header with no line at all after it still reads as such a file, in embed as in prep.
+    # Mac line endings (the whole run failed, exit 1), where embed read it as an empty record.
+    (b">a\rnote\n\n>c\nAA\n", "A A\n\n", ["a", "empty"]),
+], ids=["invalid residue", "empty record"])
+def test_a_stray_cr_in_one_header_rejects_that_record_alone(run_cli, tmp_path, data, corpus, rejected):
     fasta = tmp_path / "cr.fa"
-    fasta.write_bytes(b">a\rnote\n\n>c\nAA\n")
+    fasta.write_bytes(data)
     result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--rejects", tmp_path / "r.tsv")
     assert result.exit_code == 0, result.stderr
-    assert (tmp_path / "c.txt").read_text() == "A A\n\n"
-    assert (tmp_path / "r.tsv").read_text().splitlines()[1].split("\t")[:2] == ["a", "empty"]
+    assert (tmp_path / "c.txt").read_text() == corpus
+    assert (tmp_path / "r.tsv").read_text().splitlines()[1].split("\t")[:2] == rejected
+
+
+def test_a_header_with_a_stray_cr_and_no_line_after_it_reads_as_an_old_mac_file(run_cli, tmp_path):
+    # (with a blank line after it, the record alone is rejected, above; with no line at all after
+    # the header it still reads as a file of old Mac line endings, in embed as in prep)
+    fasta = tmp_path / "cr.fa"
     fasta.write_bytes(b">a\rnote\n>c\nAA\n")
     result = run_cli("prep", fasta, "-o", tmp_path / "c.txt")
     assert result.exit_code == 1 and "cr.fa:1, record 'a': a carriage return inside the header" in result.stderr
