@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -29,9 +31,19 @@ def test_wheel_contains_example_data_and_runs_outside_the_tree(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True,
                    env=env)
+    # The dependencies as this suite has them: --system-site-packages gives the base Python's,
+    # and where the suite runs in a venv of its own (the README's install into one) its packages
+    # are elsewhere: the new venv had no click, and `protrans prep` failed. A .pth line adds the
+    # running environment's folders after the venv's own, once the wheel is in (before, pip took
+    # the running environment's protrans for the wheel and installed nothing).
+    found = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    outer = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (Path(found) / "_suite_environment.pth").write_text("".join(f"{d}\n" for d in outer))
     code = ("import protrans_cli.quickstart as q, sys; d = q.example_data_dir(); "
-            "assert 'site-packages' in str(d), d; print(d / 'proteins.fasta')")
-    out = subprocess.run([str(py), "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True, env=env)
+            "assert str(d).startswith(sys.argv[1]), d; print(d / 'proteins.fasta')")
+    out = subprocess.run([str(py), "-c", code, str(venv)], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env=env)
     fasta = out.stdout.strip()
     corpus = subprocess.run([str(venv / "bin" / "protrans"), "-q", "prep", fasta], cwd=tmp_path,
                             capture_output=True, text=True, check=True, env=env).stdout
