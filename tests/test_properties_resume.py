@@ -1,7 +1,7 @@
 """Property tests of train's resume and of a step's loss normalisation (docs/train.md, Checkpoints
 and resuming; Objectives): for random small runs (family, phases, micro-batches cut by count or
 by tokens, packing, pad multiple, gradient accumulation, save interval, --keep-last, evaluations,
-a data-loader worker) stopped at a random step, by --stop-after, by a Ctrl-C (the step under way
+a data-loader worker, optimizer, learning-rate schedule) stopped at a random step, by --stop-after, by a Ctrl-C (the step under way
 finishes and is saved) or by a hard kill (a second Ctrl-C: the steps since the last checkpoint
 are lost), once or twice, and resumed, metrics.jsonl's lines (loss, lr, accuracy, gradient norm,
 tokens, eval loss) and the final weights are the uninterrupted run's bit for bit (fp32 on the
@@ -37,14 +37,16 @@ torch.set_num_threads(1)
 
 # --- train --resume ----------------------------------------------------------------------
 
-PACKABLE = ("bert", "esm")  # (masked LM: --packing goes with it; T5's span corruption does not)
+FAMILIES = ("bert", "t5", "esm", "roberta", "albert", "electra", "xlnet", "transfo_xl")
+# (masked LM and ELECTRA: --packing goes with them; T5's objectives, XLNet's and Transformer-XL's do not)
+PACKABLE = ("bert", "esm", "roberta", "albert", "electra")
 
 
 @st.composite
 def runs(draw):
     """(TrainConfig keyword arguments of a small run, its total steps, [(step, how)] of the one or
     two interruptions of the run in parts: --stop-after, a Ctrl-C, or a hard kill)."""
-    family = draw(st.sampled_from(["bert", "t5", "esm"]))
+    family = draw(st.sampled_from(FAMILIES))
     micro = draw(st.sampled_from([1, 2, 4]))
     accum = draw(st.integers(1, 3))
     kw = dict(family=family, global_batch_size=micro * accum, micro_batch_size=micro,
@@ -53,7 +55,14 @@ def runs(draw):
               bucket_batches=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2**16)),
               lr=3e-3, log_every=1, save_every=draw(st.integers(1, 4)), threads=1,
               warmup_steps=draw(st.sampled_from([None, 1, 3])), keep_last=draw(st.integers(1, 3)),
-              num_workers=draw(st.sampled_from([0, 0, 0, 1])))
+              num_workers=draw(st.sampled_from([0, 0, 0, 1])),
+              # (LAMB and Adafactor keep state of their own; each schedule its own position)
+              optimizer=draw(st.sampled_from(["adamw", "lamb", "adafactor"])),
+              schedule=draw(st.sampled_from(["linear", "cosine", "inverse_sqrt", "constant"])))
+    if family == "t5" and draw(st.booleans()):
+        kw["objective"] = "t5_span"
+    if family == "albert" and not kw["packing"] and draw(st.booleans()):
+        kw["sop"] = True
     if draw(st.booleans()):  # evaluated every few steps (and at the end) on a validation corpus
         kw.update(val_corpus=[LEARNABLE], eval_every=draw(st.integers(0, 3)), num_eval_batches=1)
     if kw["packing"] and family == "esm":
