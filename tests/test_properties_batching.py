@@ -3,7 +3,7 @@ and Long sequences): for random length lists, budgets, windows and world sizes, 
 lands in exactly one batch of one rank, no batch passes the token budget or the size cap (but a
 lone protein longer than the budget), identical sequences are computed once, chunked windows
 cover every residue and stitch back to exactly L rows; and with the onehot embedder and a tiny
-random BERT the arrays do not depend on the batching and equal an independent reference (a
+random model of every family (packed batches too where it packs) the arrays do not depend on the batching and equal an independent reference (a
 one-hot table written here; a plain `transformers` forward pass over each protein alone)."""
 
 from __future__ import annotations
@@ -279,10 +279,17 @@ def test_onehot_arrays_equal_the_reference_whatever_the_batches_windows_and_poli
 
 # --- a tiny random model: batching changes nothing, and each protein is its plain forward pass ----
 
+# family -> packings its embedder is built with (XLNet pads on the left, Transformer-XL has no
+# special tokens, ESM reads unspaced letters and its rare residues itself)
+TINY_MODELS = {"bert": (False, True), "t5": (False,), "esm": (False, True), "roberta": (False, True),
+               "albert": (False, True), "electra": (False, True), "xlnet": (False,), "transfo_xl": (False,)}
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    """{(family, packed): (embedder, tokenizer, encoder, family)}: a tiny random BERT (padded and
-    packed batches) and T5, saved as `protrans train` saves them, each embedder built once."""
+    """{(family, packed): (embedder, tokenizer, encoder, family)}: a tiny random model of every
+    family (padded batches; packed ones too for the families that pack), saved as `protrans
+    train` saves them, each embedder built once."""
     torch = pytest.importorskip("torch")
     from transformers import AutoTokenizer
 
@@ -290,7 +297,7 @@ def tiny_models(tmp_path_factory):
     from protrans_cli.models import FAMILIES
 
     out = {}
-    for name, packings in (("bert", (False, True)), ("t5", (False,))):
+    for name, packings in TINY_MODELS.items():
         family = FAMILIES[name]
         path = save_tiny_model(tmp_path_factory, name)
         encoder = family.encoder_class.from_pretrained(str(path), dtype=torch.float32).eval()
@@ -340,7 +347,8 @@ def _check_against_plain_forward(tiny_models, model, seqs, options, pad_multiple
 @fewer(10)
 @given(seqs=st.lists(st.text(alphabet=LETTERS, min_size=1, max_size=40), min_size=1, max_size=6),
        max_tokens=st.integers(1, 300), max_batch_size=st.integers(1, 6),
-       model=st.sampled_from([("bert", False), ("bert", True), ("t5", False)]), pad_multiple=st.sampled_from([1, 8]))
+       model=st.sampled_from([(name, packed) for name, packings in TINY_MODELS.items() for packed in packings]),
+       pad_multiple=st.sampled_from([1, 8]))
 def test_a_models_arrays_are_each_proteins_plain_forward_pass_whatever_the_batches(
         tiny_models, seqs, max_tokens, max_batch_size, model, pad_multiple):
     """Padded or packed batches of any budget and size cap, a batch's length rounded up to 8 or
