@@ -3,8 +3,9 @@ and Long sequences): for random length lists, budgets, windows and world sizes, 
 lands in exactly one batch of one rank, no batch passes the token budget or the size cap (but a
 lone protein longer than the budget), identical sequences are computed once, chunked windows
 cover every residue and stitch back to exactly L rows; and with the onehot embedder and a tiny
-random model of every family (packed batches too where it packs) the arrays do not depend on the batching and equal an independent reference (a
-one-hot table written here; a plain `transformers` forward pass over each protein alone)."""
+random model of every family (packed batches too where it packs) the arrays do not depend on the
+batching and equal an independent reference (a one-hot table written here; a plain
+`transformers` forward pass over each protein alone)."""
 
 from __future__ import annotations
 

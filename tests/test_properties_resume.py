@@ -1,13 +1,14 @@
-"""Property tests of train's resume and of a step's loss normalisation (docs/train.md, Checkpoints
-and resuming; Objectives): for random small runs (family, phases, micro-batches cut by count or
-by tokens, packing, pad multiple, gradient accumulation, save interval, --keep-last, evaluations,
-a data-loader worker, optimizer, learning-rate schedule) stopped at a random step, by --stop-after, by a Ctrl-C (the step under way
-finishes and is saved) or by a hard kill (a second Ctrl-C: the steps since the last checkpoint
-are lost), once or twice, and resumed, metrics.jsonl's lines (loss, lr, accuracy, gradient norm,
-tokens, eval loss) and the final weights are the uninterrupted run's bit for bit (fp32 on the
-CPU); and the gradient of one optimizer step over any split of its proteins into micro-batches
-is the gradient of the whole global batch in one forward pass, whose loss is the sum over the
-step's predicted tokens divided by their number."""
+"""Property tests of train's resume and of a step's loss normalisation (docs/train.md,
+Checkpoints and resuming; Objectives): for random small runs (family, phases, micro-batches cut
+by count or by tokens, packing, pad multiple, gradient accumulation, save interval, --keep-last,
+evaluations, a data-loader worker, optimizer, learning-rate schedule) stopped at a random step,
+by --stop-after, by a Ctrl-C (the step under way finishes and is saved) or by a hard kill (a
+second Ctrl-C: the steps since the last checkpoint are lost), once or twice, and resumed,
+metrics.jsonl's lines (loss, lr, accuracy, gradient norm, tokens, eval loss) and the final
+weights are the uninterrupted run's bit for bit (fp32 on the CPU); and the gradient of one
+optimizer step over any split of its proteins into micro-batches is the gradient of the whole
+global batch in one forward pass, whose loss is the sum over the step's predicted tokens divided
+by their number."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def runs(draw):
               schedule=draw(st.sampled_from(["linear", "cosine", "inverse_sqrt", "constant"])))
     if family == "t5" and draw(st.booleans()):
         kw["objective"] = "t5_span"
-    if family == "albert" and not kw["packing"] and draw(st.booleans()):
+    if family == "albert" and not kw["packing"] and draw(st.booleans()):  # (--packing refuses --sop)
         kw["sop"] = True
     if draw(st.booleans()):  # evaluated every few steps (and at the end) on a validation corpus
         kw.update(val_corpus=[LEARNABLE], eval_every=draw(st.integers(0, 3)), num_eval_batches=1)
