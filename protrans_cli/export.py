@@ -17,6 +17,16 @@ all. Formats:
   `embeddings[offsets[i]:offsets[i + 1]]`; `metadata`, a JSON text of where the arrays came
   from. Written a protein at a time, so memory stays at one protein whatever the file's size.
 
+- esm (`--format esm`): a folder of fair-esm `esm-extract` files, one `<id>.pt` a protein
+  holding `{"label": header line, "representations": {layer: (L, D)}, "mean_representations":
+  {layer: (D,)}}` as float32 tensors (`bos_representations` where embed pooled the cls token),
+  layers numbered as esm-extract numbers them (0 the embedding layer .. N the last), for the
+  scripts and tools written around esm-extract's output. Per residue and per protein by
+  default (esm-extract's `--include mean per_tok`). The file is named after the id (escaped as
+  HDF5 keys are: `/` as %2F), not the whole header line as esm-extract does (a header with a
+  `/` made it write into folders). The folder is written beside its name and renamed into
+  place when complete; `import-esm` reads it back.
+
 A `predict --probabilities` file (a group per output of (L, C) probabilities) exports the same
 way: a row a residue, `id, position, <output>:<class> ...`, or an .npz with an array per output.
 
@@ -37,9 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError
 
-FORMATS = ("tsv", "csv", "npz")
+FORMATS = ("tsv", "csv", "npz", "esm")
 _SUFFIXES = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".npz": "npz"}
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 # significant digits that give back every value of the dtype exactly
@@ -73,7 +83,9 @@ def output_format(output, fmt: str | None = None) -> str:
         chosen = _SUFFIXES.get(Path(name[:len(name) - len(compressed)]).suffix)
         if chosen is None:
             raise UsageError(f"-o {output}: name the file .tsv, .csv or .npz (.tsv.gz compresses), or say "
-                             "the format with --format")
+                             "the format with --format (--format esm: a folder of esm-extract's .pt files)")
+    if chosen == "esm" and to_stdout:
+        raise UsageError("--format esm writes a folder of .pt files: give -o FOLDER")
     if chosen == "npz":
         if to_stdout:
             raise UsageError("an .npz is written to a file: give -o FILE.npz")
@@ -199,12 +211,20 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
     chosen_format = output_format(output, fmt)
     if digits is not None and not 1 <= digits <= 17:
         raise UsageError(f"--digits {digits}: from 1 to 17")
-    if digits is not None and chosen_format == "npz":
-        raise UsageError("--digits rounds the numbers of a table: an .npz keeps the stored values")
-    if all_layers and chosen_format != "npz":
-        raise UsageError("--all-layers writes an .npz (a table holds one layer: choose it with --layer)")
+    if digits is not None and chosen_format in ("npz", "esm"):
+        raise UsageError("--digits rounds the numbers of a table: an .npz keeps the stored values"
+                         if chosen_format == "npz" else "--digits rounds the numbers of a table: esm-extract's "
+                         ".pt files keep the stored values (as float32)")
+    if all_layers and chosen_format not in ("npz", "esm"):
+        raise UsageError("--all-layers writes an .npz or esm-extract's .pt files (a table holds one layer: "
+                         "choose it with --layer)")
     if all_layers and layer != -1:
         raise UsageError("--all-layers writes every stored layer: leave out --layer")
+    if chosen_format == "esm":
+        output = _esm_folder(output)
+    elif output is not None and str(output) != "-" and os.path.isdir(str(output)):
+        raise UsageError(f"-o {output}: is a folder: a {chosen_format} output needs a file name (--format esm "
+                         "writes a folder of .pt files)")
     if output is not None and str(output) != "-":
         inputs = [path] + ([ids] if ids is not None else [])
         if source := input_named_by(output, inputs):
@@ -212,6 +232,9 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
         output_directory(output)
     if str(path) != "-" and os.path.isfile(str(path)) and (other := _other_output(str(path))) is not None:
         if other["layout"] == "probabilities":
+            if chosen_format == "esm":
+                raise UsageError(f"{path} holds predict --probabilities' probabilities: esm-extract's .pt files hold "
+                                 "embeddings (write a table or an .npz)")
             if kind is not None or layer != -1 or all_layers:
                 raise UsageError(f"{path} holds predict --probabilities' per-residue probabilities: --per-protein, "
                                  "--per-residue, --layer and --all-layers are for embeddings files")
@@ -224,6 +247,8 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
         if str(path).endswith(".partial"):
             console.warn(f"{path} is an unfinished run's file: it holds the proteins done so far (embed --resume "
                          "finishes it)")
+        if chosen_format == "esm":
+            return _export_esm(reader, output, kind, layer, wanted, sequences, ids, all_layers)
         source_kind = _chosen_kind(reader, kind)
         pooled = source_kind == PER_PROTEIN and PER_PROTEIN not in reader.kinds
         if pooled:
@@ -249,6 +274,174 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
                  f"{plan.dim} dimensions{'' if out_kind == PER_PROTEIN else f', {rows:,} residues'}) "
                  f"into {shown}")
     return Exported(len(order), rows, out_kind, plan.dim, chosen_format)
+
+
+# --- esm-extract's .pt files ------------------------------------------------------------------
+
+ESM_FIELDS = {"per_residue": "representations", "mean": "mean_representations", "cls": "bos_representations"}
+_NAME_MAX = 255  # bytes of a file name (Linux, macOS)
+
+
+def _esm_folder(output) -> Path:
+    """-o of --format esm: a folder that does not exist yet, or an empty one (its name may end
+    in /; a link of the user's own to one is followed). A folder of files is refused: replaced,
+    another run's .pt files were lost; added to, they were mixed with another file's."""
+    from protrans_cli.io.files import holds_working_directory, through_link
+
+    text = str(output)
+    folder = through_link(text.rstrip(os.sep) or text)
+    if holds_working_directory(folder):
+        raise UsageError(f"-o {output}: the current directory (or one above it): give the .pt files a folder "
+                         "of their own")
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir():
+            raise UsageError(f"-o {output}: exists and is not a folder (--format esm writes a folder of .pt files)")
+        try:
+            filled = next(os.scandir(folder), None) is not None
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot read this folder: {exc.strerror or exc}", path=text) from None
+        if filled:
+            raise UsageError(f"-o {output}: a folder that is not empty: --format esm writes a new folder (or fills "
+                             "an empty one); choose another name, or empty it")
+    return folder
+
+
+def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequences, source,
+                all_layers: bool) -> Exported:
+    """esm-extract's files (module docstring) of what `reader` holds, into `folder`: per residue
+    where the file has rows (unless `kind` is per_protein), per protein unless `kind` is
+    per_residue (the stored vectors, else the mean of the rows, as esm-extract's `mean`)."""
+    import shutil
+
+    from protrans_cli.io.files import default_permissions, make_temporary, replace_directory
+    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, escape_key
+
+    if kind == PER_RESIDUE:
+        _chosen_kind(reader, kind)  # (refused where the file holds per-protein vectors only)
+    parts = []  # (field, kind read, pooled from the rows)
+    if kind == PER_RESIDUE or (kind is None and PER_RESIDUE in reader.kinds):
+        parts.append((ESM_FIELDS["per_residue"], PER_RESIDUE, False))
+    if kind in (None, PER_PROTEIN):
+        if PER_PROTEIN in reader.kinds or PER_RESIDUE not in reader.kinds:
+            parts.append((ESM_FIELDS["cls" if _cls_pooled(reader) else "mean"], PER_PROTEIN, False))
+        else:
+            parts.append((ESM_FIELDS["mean"], PER_RESIDUE, True))
+            if kind == PER_PROTEIN:
+                console.info(f"{reader.path}: per-residue embeddings only; each protein's vector is the mean of its "
+                             "residues (as embed's per-protein vectors)")
+    order, plans = None, []
+    for field_name, source_kind, pooled in parts:
+        these = _order(reader, source_kind, wanted, source)
+        if order is None:
+            order = these
+        elif set(these) != set(order):
+            odd = sorted(set(these) ^ set(order))
+            raise InputError(f"its per-residue and per-protein embeddings are of different proteins (first: {odd[0]}): "
+                             "export one kind (--per-residue or --per-protein)", path=reader.path)
+        if sequences is not None:
+            _check_sequences(reader, source_kind, order, sequences, source)
+        plans.append((field_name, _Plan(reader, source_kind, layer, pooled, order, sequences, all_layers=all_layers)))
+    order = order or []
+    names = {}
+    for ident in order:
+        name = escape_key(ident) + ".pt"
+        if len(os.fsencode(name)) > _NAME_MAX:
+            raise InputError(f"its id makes a file name of {len(os.fsencode(name))} bytes, over the {_NAME_MAX} a file "
+                             "name can have", path=reader.path, record=ident)
+        names[ident] = name
+    numbers = _esm_layer_numbers(reader, plans[0][1], layer) if plans else []
+    import torch
+
+    labels = _Labels(reader, plans[0][1].kind if plans else PER_PROTEIN)
+    partial = make_temporary(folder.parent, f".{folder.name}.partial.", "", folder=True)
+    try:
+        default_permissions(partial)  # (mkdtemp's 0700: the folder of any output under the umask; still empty)
+        taken: dict[str, str] = {}
+        for ident in console.progress(order, desc="export", unit="protein"):
+            _stop_if_signalled()
+            entry: dict = {"label": labels.of(ident)}
+            for field_name, plan in plans:
+                array = plan.array(ident)
+                if plan.layered:  # (L, n_layers, D) rows, (n_layers, D) vectors
+                    layers = [array[:, k] if array.ndim == 3 else array[k] for k in range(len(numbers))]
+                else:
+                    layers = [array]
+                entry[field_name] = {number: torch.from_numpy(np.array(values, dtype=np.float32))
+                                     for number, values in zip(numbers, layers)}
+            try:
+                with open(partial / names[ident], "xb") as handle:
+                    torch.save(entry, handle)
+            except FileExistsError:  # (a file system that does not tell upper from lower case)
+                other = taken.get(names[ident].casefold(), "another protein")
+                raise InputError(f"its file {names[ident]} is {other!r}'s on this file system (it does not tell upper "
+                                 "from lower case, or composed from decomposed letters): export to a folder on "
+                                 "another file system", path=reader.path, record=ident) from None
+            taken[names[ident].casefold()] = ident
+        _stop_if_signalled()  # (before the folder is committed)
+        replace_directory(partial, folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    console.output_complete(folder)
+    dim = plans[0][1].dim if plans else 0
+    console.info(f"export: {console.counted(len(order), 'protein')} ({', '.join(f for f, _ in plans)}; {dim} "
+                 f"dimensions, layer"
+                 f"{'s' if len(numbers) != 1 else ''} {', '.join(map(str, numbers))}) into {folder}{os.sep} as "
+                 "esm-extract .pt files")
+    out_kind = plans[0][1].kind if plans and not plans[0][1].pooled else PER_PROTEIN
+    return Exported(len(order), len(order), out_kind, dim, "esm")
+
+
+def _cls_pooled(reader) -> bool:
+    """Whether the file's per-protein vectors are a cls token's hidden state (embed --pooling cls)."""
+    pooling = reader.attrs.get("pooling")
+    pooling = pooling.decode("utf-8", "replace") if isinstance(pooling, bytes) else pooling
+    return isinstance(pooling, str) and pooling.startswith("cls")
+
+
+def _esm_layer_numbers(reader, plan: "_Plan", layer: int) -> list[int]:
+    """The layers a plan reads, numbered as esm-extract numbers them (0 the embedding layer .. N
+    the last) where the file records its hidden states (embed's `layers`, counted from the last,
+    and `num_hidden_states`); else as recorded, or as given."""
+    try:
+        stored = reader.attrs.get("layers")
+        stored = None if stored is None else [int(x) for x in np.atleast_1d(stored)]
+        states = reader.attrs.get("num_hidden_states")
+        states = None if states is None else int(states)
+    except (TypeError, ValueError):  # (_layer_index refused such attributes before this)
+        stored, states = None, None
+    if plan.layered:
+        numbers = stored if stored is not None and len(stored) == plan.layer_count else list(range(plan.layer_count))
+    elif stored is not None:
+        numbers = [stored[plan.index if plan.index is not None and plan.index < len(stored) else 0]]
+    else:
+        numbers = [layer]
+    return [n + states if states and n < 0 else n for n in numbers]
+
+
+class _Labels:
+    """Each protein's esm-extract label: the header line embed recorded (bio_embeddings'
+    `original_id`), else its id."""
+
+    def __init__(self, reader, kind: str):
+        self.reader, self.kind = reader, kind
+        stacked = getattr(reader, "_stacked", None)
+        self.stacked = dict(zip(stacked.ids(), stacked.column("headers"))) if stacked is not None else None
+
+    def of(self, ident: str) -> str:
+        from protrans_cli.io.h5 import dataset_attrs
+
+        if self.stacked is not None:
+            return self.stacked.get(ident) or ident
+        key = self.reader.key_for(ident, self.kind)
+        attrs = dataset_attrs(self.reader._group(self.kind), key)[0] if key is not None else {}
+        for name in ("header", "original_id"):
+            if name in attrs:
+                value = attrs[name]
+                value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+                if isinstance(value, str) and value:
+                    return value
+        return ident
 
 
 def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int | None) -> Exported:

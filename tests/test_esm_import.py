@@ -628,3 +628,51 @@ def test_contacts_ids_twice_labels_without_id_longer_maps_and_force(run_cli, tmp
     with pytest.raises(OSError):
         esm_import.import_esm_contacts(folder, tmp_path / "d.h5")
     assert not list(tmp_path.glob("d.h5*"))
+
+
+def test_export_as_esm_gives_esm_extracts_own_files_and_imports_back(run_cli, tmp_path):
+    """`protrans export --format esm`: each protein's LABEL.pt holds what fair-esm's esm-extract
+    saves for it (the reference's own rows and means, layers 0-2 by esm-extract's numbers, the
+    header line as label), loadable with weights_only=True; import-esm of that folder gives back
+    the file that was exported."""
+    from safetensors.numpy import load_file
+
+    reference = load_file(REFERENCE / "reference.safetensors")
+    embedded = tmp_path / "embed.h5"
+    _ok(run_cli("embed", REFERENCE / "input.fa", "-m", REFERENCE, "--device", "cpu", "--max-length", "1022",
+                "--long-policy", "truncate", "--layer", "0", "--layer", "1", "--layer", "2", "-o", embedded))
+    folder = tmp_path / "esm_out"
+    done = _ok(run_cli("export", embedded, "--format", "esm", "--all-layers", "-o", f"{folder}/"))
+    assert "7 proteins (representations, mean_representations; 8 dimensions, layers 0, 1, 2)" in done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{pid}.pt" for pid in [*PROTEINS, "long"])
+    for pid in PROTEINS:
+        got = torch.load(folder / f"{pid}.pt", weights_only=True)
+        assert set(got) == {"label", "representations", "mean_representations"} and got["label"] == pid
+        for k in range(3):
+            assert got["representations"][k].dtype == got["mean_representations"][k].dtype == torch.float32
+            np.testing.assert_allclose(got["representations"][k].numpy(), reference[f"rows/{pid}/{k}"], atol=1e-5,
+                                       rtol=0)
+            np.testing.assert_allclose(got["mean_representations"][k].numpy(), reference[f"mean/{pid}/{k}"],
+                                       atol=1e-5, rtol=0)
+    long = torch.load(folder / "long.pt", weights_only=True)
+    assert long["representations"][2].shape == (1022, 8)
+    for k in range(3):
+        np.testing.assert_allclose(long["mean_representations"][k].numpy(), reference[f"long_truncated_mean/{k}"],
+                                   atol=1e-5, rtol=0)
+    # one layer, by either of its numbers; the last is esm-extract's 2
+    for layer in ("-1", "2"):
+        _ok(run_cli("export", embedded, "--format", "esm", "--layer", layer, "-o", tmp_path / f"one{layer}"))
+        got = torch.load(tmp_path / f"one{layer}" / "mixed_5.pt", weights_only=True)
+        assert list(got["representations"]) == list(got["mean_representations"]) == [2]
+    # back through import-esm: the arrays, ids, headers, lengths and checksums that were exported
+    back = tmp_path / "back.h5"
+    _ok(run_cli("import-esm", folder, "--fasta", REFERENCE / "input.fa", "--layer", "0", "--layer", "1", "--layer", "2",
+                "-o", back))
+    original, original_attrs, _ = _read(embedded)
+    imported, imported_attrs, _ = _read(back)
+    for kind in (PER_RESIDUE, PER_PROTEIN):
+        assert sorted(imported[kind]) == sorted(original[kind])
+        for pid, (array, meta) in original[kind].items():
+            np.testing.assert_array_equal(imported[kind][pid][0], array)
+            assert {k: v for k, v in imported[kind][pid][1].items() if k != "computed"} == meta
+    assert [int(x) for x in imported_attrs["layers"]] == [int(x) for x in original_attrs["layers"]]

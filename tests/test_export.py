@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -756,3 +757,156 @@ def test_a_signal_as_export_says_its_summary_exits_0(tmp_path, run_cli, monkeypa
     assert r.exit_code == 0, r.stderr
     assert f"terminated once the output was complete ({out}): nothing was lost" in r.stderr
     assert out.is_file()
+
+
+# --- --format esm: esm-extract's .pt files (tests/test_esm_import.py compares them with
+# esm-extract's own and imports them back) ---------------------------------------------------
+
+def _esm(folder) -> dict:
+    """{file name: the .pt file's dict}, each read as import-esm reads them (weights_only)."""
+    import torch
+
+    return {p.name: torch.load(p, weights_only=True) for p in sorted(Path(folder).iterdir())}
+
+
+@pytest.mark.parametrize("layout", ["grouped", "flat"])
+def test_esm_files_are_named_by_escaped_ids_and_labelled_by_headers(tmp_path, run_cli, layout):
+    proteins = _proteins()
+    kinds = ("per_residue", "per_protein") if layout == "grouped" else ("per_residue",)  # (flat: one kind)
+    arrays = _write(tmp_path / "e.h5", proteins, layout=layout, dtype=np.float16, kinds=kinds)
+    done = run_cli("export", tmp_path / "e.h5", "--format", "esm", "-o", f"{tmp_path / 'esm'}/")
+    assert done.exit_code == 0, done.stderr
+    got = _esm(tmp_path / "esm")
+    assert sorted(got) == sorted(escape_key(i) + ".pt" for i in proteins) and "c%2Fslash.pt" in got
+    for ident, (rows, mean) in arrays.items():
+        entry = got[escape_key(ident) + ".pt"]
+        assert entry["label"] == ident + " some protein"
+        # no layer numbers recorded (another tool's file): the layer as given, -1
+        assert set(entry) == {"label", "representations", "mean_representations"}
+        assert list(entry["representations"]) == list(entry["mean_representations"]) == [-1]
+        np.testing.assert_array_equal(entry["representations"][-1].numpy(), rows.astype(np.float32))
+        if layout == "grouped":  # the stored vector
+            np.testing.assert_array_equal(entry["mean_representations"][-1].numpy(), mean.astype(np.float32))
+        else:  # the rows' mean (esm-extract's `mean`)
+            np.testing.assert_allclose(entry["mean_representations"][-1].numpy(),
+                                       rows.astype(np.float64).mean(axis=0), rtol=1e-6)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "esm").stat().st_mode & 0o777 == 0o777 & ~mask  # (not mkdtemp's 0700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "esm"]  # (no partial folder left)
+
+
+def test_esm_layers_are_numbered_as_esm_extract_numbers_them(tmp_path, run_cli):
+    """embed's layers -1 and -3 of 3 hidden states are esm-extract's 2 and 0; one layer is asked
+    for by either number."""
+    proteins = _proteins()
+    arrays = _write(tmp_path / "e.h5", proteins, layers=[-1, -3])
+    done = run_cli("export", tmp_path / "e.h5", "--format", "esm", "--all-layers", "-o", tmp_path / "all")
+    assert done.exit_code == 0 and "layers 2, 0)" in done.stderr, done.stderr
+    for ident, (rows, mean) in arrays.items():
+        entry = _esm(tmp_path / "all")[escape_key(ident) + ".pt"]
+        assert list(entry["representations"]) == [2, 0]
+        for k, number in enumerate((2, 0)):
+            np.testing.assert_array_equal(entry["representations"][number].numpy(), rows[k])
+            np.testing.assert_array_equal(entry["mean_representations"][number].numpy(), mean[k])
+    for layer in ("-3", "0"):
+        out = tmp_path / f"layer{layer}"
+        assert run_cli("export", tmp_path / "e.h5", "--format", "esm", "--layer", layer, "-o", out).exit_code == 0
+        entry = _esm(out)["e.pt"]
+        assert list(entry["representations"]) == [0]
+        np.testing.assert_array_equal(entry["representations"][0].numpy(), arrays["e"][0][1])
+
+
+def test_esm_kinds_means_from_rows_cls_vectors_and_a_stacked_file(tmp_path, run_cli):
+    proteins = _proteins()
+    arrays = _write(tmp_path / "r.h5", proteins, kinds=("per_residue",))
+    assert run_cli("export", tmp_path / "r.h5", "--format", "esm", "-o", tmp_path / "both").exit_code == 0
+    for ident, (rows, _) in arrays.items():  # esm-extract's `mean`: of the rows
+        entry = _esm(tmp_path / "both")[escape_key(ident) + ".pt"]
+        np.testing.assert_allclose(entry["mean_representations"][-1].numpy(), rows.mean(axis=0), rtol=1e-6)
+    assert run_cli("export", tmp_path / "r.h5", "--format", "esm", "--per-residue", "-o", tmp_path / "rows").exit_code == 0
+    assert set(_esm(tmp_path / "rows")["e.pt"]) == {"label", "representations"}
+    # per-protein vectors only: no rows to write; cls vectors are esm-extract's bos_representations
+    arrays = _write(tmp_path / "p.h5", proteins, kinds=("per_protein",))
+    done = run_cli("export", tmp_path / "p.h5", "--format", "esm", "--per-residue", "-o", tmp_path / "none")
+    assert done.exit_code == 1 and "per-protein vectors only" in done.stderr and not (tmp_path / "none").exists()
+    with h5py.File(tmp_path / "p.h5", "a") as f:
+        f.attrs["pooling"] = "cls: the hidden state of the <cls> token"
+    assert run_cli("export", tmp_path / "p.h5", "--format", "esm", "-o", tmp_path / "cls").exit_code == 0
+    entry = _esm(tmp_path / "cls")["e.pt"]
+    assert set(entry) == {"label", "bos_representations"}
+    np.testing.assert_array_equal(entry["bos_representations"][-1].numpy(), arrays["e"][1])
+    # a stacked file: its vectors and header column
+    arrays = _write(tmp_path / "s.h5", proteins, kinds=("per_protein",), layout="stacked")
+    assert run_cli("export", tmp_path / "s.h5", "--format", "esm", "-o", tmp_path / "stacked").exit_code == 0
+    got = _esm(tmp_path / "stacked")
+    for ident, (_, mean) in arrays.items():
+        assert got[escape_key(ident) + ".pt"]["label"] == ident + " some protein"
+        np.testing.assert_array_equal(got[escape_key(ident) + ".pt"]["mean_representations"][-1].numpy(), mean)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-o", "{tmp}/full"], "a folder that is not empty"),
+    (["-o", "{tmp}/e.h5"], "exists and is not a folder"),
+    ([], "give -o FOLDER"),
+    (["-o", "{tmp}/new", "--digits", "3"], "keep the stored values"),
+    (["-o", "."], "the current directory"),
+])
+def test_esm_refusals_write_nothing(tmp_path, run_cli, monkeypatch, args, message):
+    _write(tmp_path / "e.h5", _proteins())
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.pt").write_bytes(b"another run's")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")  # (empty: `-o .` is refused as the current directory alone)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    done = run_cli("export", tmp_path / "e.h5", "--format", "esm", *[a.format(tmp=tmp_path) for a in args])
+    assert done.exit_code == 2 and message in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "full" / "x.pt").read_bytes() == b"another run's"
+
+
+def test_esm_into_an_empty_folder_or_through_a_link_to_one(tmp_path, run_cli):
+    _write(tmp_path / "e.h5", _proteins())
+    (tmp_path / "empty").mkdir()
+    assert run_cli("export", tmp_path / "e.h5", "--format", "esm", "-o", tmp_path / "empty").exit_code == 0
+    assert len(_esm(tmp_path / "empty")) == 5
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert run_cli("export", tmp_path / "e.h5", "--format", "esm", "-o", tmp_path / "link").exit_code == 0
+    assert (tmp_path / "link").is_symlink() and len(_esm(tmp_path / "real")) == 5
+
+
+def test_esm_failures_leave_no_folder(tmp_path, run_cli, monkeypatch):
+    """A failure midway, an id too long for a file name, and two ids that a file system blind to
+    case makes one name (emulated): no folder, no partial folder left."""
+    import builtins
+
+    import torch
+
+    from protrans_cli import export as export_module
+    from protrans_cli.errors import InputError
+
+    _write(tmp_path / "e.h5", _proteins())
+    saved = []
+
+    def failing_save(obj, handle):
+        if saved:
+            raise OSError(28, "No space left on device")
+        saved.append(obj)
+        torch.serialization.save(obj, handle)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", failing_save)
+        with pytest.raises(OSError):
+            export_module.export(tmp_path / "e.h5", tmp_path / "out", fmt="esm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5"]
+    _write(tmp_path / "long.h5", {"x" * 300: "MKV", "short": "MK"})
+    done = run_cli("export", tmp_path / "long.h5", "--format", "esm", "-o", tmp_path / "out")
+    assert done.exit_code == 1 and f"record '{'x' * 300}'" in done.stderr and "over the 255" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "long.h5"]
+    _write(tmp_path / "case.h5", {"AB": "MKV", "ab": "MK"})
+    blind = lambda path, mode: builtins.open(Path(path).parent / Path(path).name.lower(), mode)  # noqa: E731
+    monkeypatch.setattr(export_module, "open", blind, raising=False)
+    with pytest.raises(InputError, match=r"its file ab.pt is 'AB''s on this file system"):
+        export_module.export(tmp_path / "case.h5", tmp_path / "out", fmt="esm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.h5", "e.h5", "long.h5"]
