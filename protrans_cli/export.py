@@ -23,7 +23,7 @@ all. Formats:
   layers numbered as esm-extract numbers them (0 the embedding layer .. N the last), for the
   scripts and tools written around esm-extract's output. Per residue and per protein by
   default (esm-extract's `--include mean per_tok`). The file is named after the id (escaped as
-  HDF5 keys are: `/` as %2F), not the whole header line as esm-extract does (a header with a
+  HDF5 keys are: `/` as %2F; a leading `.` too), not the whole header line as esm-extract does (a header with a
   `/` made it write into folders). The folder is written beside its name and renamed into
   place when complete; `import-esm` reads it back.
 
@@ -344,7 +344,8 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
     order = order or []
     names = {}
     for ident in order:
-        name = escape_key(ident) + ".pt"
+        name = escape_key(ident)
+        name = ("%2E" + name[1:] if name.startswith(".") else name) + ".pt"  # (no hidden file: globs skip them)
         if len(os.fsencode(name)) > _NAME_MAX:
             raise InputError(f"its id makes a file name of {len(os.fsencode(name))} bytes, over the {_NAME_MAX} a file "
                              "name can have", path=reader.path, record=ident)

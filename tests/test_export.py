@@ -866,14 +866,17 @@ def test_esm_refusals_write_nothing(tmp_path, run_cli, monkeypatch, args, messag
 
 
 def test_esm_into_an_empty_folder_or_through_a_link_to_one(tmp_path, run_cli):
-    _write(tmp_path / "e.h5", _proteins())
+    _write(tmp_path / "e.h5", {".hidden": "MKV", **_proteins()})
     (tmp_path / "empty").mkdir()
     assert run_cli("export", tmp_path / "e.h5", "--format", "esm", "-o", tmp_path / "empty").exit_code == 0
-    assert len(_esm(tmp_path / "empty")) == 5
+    got = _esm(tmp_path / "empty")
+    # an id's leading '.' escaped: a hidden file was skipped by `ls` and glob("*.pt")
+    assert len(got) == 6 and got["%2Ehidden.pt"]["label"] == ".hidden some protein"
+    assert len(list((tmp_path / "empty").glob("*.pt"))) == 6
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     assert run_cli("export", tmp_path / "e.h5", "--format", "esm", "-o", tmp_path / "link").exit_code == 0
-    assert (tmp_path / "link").is_symlink() and len(_esm(tmp_path / "real")) == 5
+    assert (tmp_path / "link").is_symlink() and len(_esm(tmp_path / "real")) == 6
 
 
 def test_esm_failures_leave_no_folder(tmp_path, run_cli, monkeypatch):
