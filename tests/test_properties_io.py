@@ -745,6 +745,56 @@ def test_export_tables_give_back_the_ids(ids, fmt, kind):
         assert np.array_equal(got, np.concatenate([stored[i] for i in order]))
 
 
+ESM_IDS = st.lists(st.one_of(
+    st.text(st.sampled_from("ab./%|:*?<>"), min_size=1, max_size=6),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=10),
+), min_size=1, max_size=5, unique=True)
+
+
+@fewer(30)
+@given(ESM_IDS, st.booleans())
+@example([".", "..", ".a", "%2Ea", "a/b", "a%2Fb"], True)
+def test_export_esm_writes_a_file_a_protein_under_names_apart(ids, with_rows):
+    """export --format esm: one file a protein, under names no two ids share (escaped: `/`, `%`,
+    control characters, a leading `.`, so none is hidden), none outside the folder, each loading
+    with weights_only=True and holding its header as label and the stored numbers."""
+    import numpy as np
+    import torch
+
+    from protrans_cli.export import export
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    rng = np.random.default_rng(0)
+    kinds = ("per_residue", "per_protein") if with_rows else ("per_protein",)
+    stored = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "e.h5"
+        with EmbeddingsWriter(path, kinds=kinds, layout="grouped", attrs={"model": "tiny", "family": "bert"},
+                              storage_dtype="float32") as writer:
+            for ident in ids:
+                rows = rng.normal(size=(int(rng.integers(1, 4)), 3)).astype(np.float32)
+                writer.write(ident, ident + " h", "M" * len(rows), per_protein=rows.mean(0),
+                             **({"per_residue": rows} if with_rows else {}))
+                stored[ident] = rows
+        export(path, Path(tmp) / "out", fmt="esm")
+        files = sorted((Path(tmp) / "out").iterdir())
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["e.h5", "out"]
+        assert len(files) == len(ids) and all(not p.name.startswith(".") and p.suffix == ".pt" for p in files)
+        got = {}
+        for file in files:
+            entry = torch.load(file, weights_only=True)
+            assert entry["label"] not in got
+            got[entry["label"]] = entry
+    assert sorted(got) == sorted(i + " h" for i in ids)
+    for ident, rows in stored.items():
+        entry = got[ident + " h"]
+        assert np.array_equal(entry["mean_representations"][-1].numpy(), rows.mean(0))
+        if with_rows:
+            assert np.array_equal(entry["representations"][-1].numpy(), rows)
+        else:
+            assert "representations" not in entry
+
+
 @fewer(30)
 @given(fasta_files())
 @example(FastaFile([Record("a", ["mkU*"]), Record("b", ["MK*T"]), Record("c", ["", " "]), Record("d", ["MJ"]),
