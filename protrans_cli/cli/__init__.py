@@ -414,6 +414,11 @@ def main(argv=None):
 
                 atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
         elif installed:  # in-process callers (tests, notebooks) get their handlers back
+            # and nothing of this call's stops: a Ctrl-C noted here stopped the caller's next
+            # library call that checks for one (export() raised KeyboardInterrupt at once)
+            _TERMINATED.clear()
+            _INTERRUPTED.clear()
+            _LATE.clear()
             sys.unraisablehook = previous_hook
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if previous_int is signal.default_int_handler:
