@@ -305,6 +305,29 @@ def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, caps
     assert [type(u.exc_value) for u in seen] == [ZeroDivisionError]
 
 
+def test_an_in_process_calls_message_flags_are_its_own(tmp_path, capsys):
+    """`main(["-q", ...])` from a notebook left the console quiet for every library call after it
+    (and `-v` verbose); the caller's settings are back once it returns."""
+    import protrans_cli.cli as cli_module
+    from protrans_cli import console
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n")
+    saved = console.state.verbosity, console.state.debug
+    console.state.verbosity, console.state.debug = before = 0, False  # (a notebook's: messages, no tracebacks)
+    try:
+        for flags in (["-q"], ["-vv"], ["--debug"]):
+            with pytest.raises(SystemExit) as caught:
+                cli_module.main([*flags, "prep", str(fasta), "-o", str(tmp_path / "c.txt")])
+            assert caught.value.code == 0
+            assert (console.state.verbosity, console.state.debug) == before, flags
+        capsys.readouterr()
+        console.info("said after the calls")
+        assert "said after the calls" in capsys.readouterr().err
+    finally:
+        console.state.verbosity, console.state.debug = saved
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_stop_noted_in_an_in_process_call_does_not_stop_the_callers_next_library_call(tmp_path, monkeypatch, name):

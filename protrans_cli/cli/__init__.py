@@ -366,6 +366,9 @@ def main(argv=None):
     _LATE.clear()
     console.state.complete = None
     console.state.last_error = None
+    # (-q, -v and --debug are this call's: an in-process caller's library calls after it keep
+    # the caller's own, where `main(["-q", ...])` in a notebook left every later call quiet)
+    caller_messages = console.state.verbosity, console.state.debug
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
         installed = True
@@ -399,6 +402,8 @@ def main(argv=None):
             _exit_now(code)(signal.SIGINT, None)
         raise
     finally:
+        if argv is not None:
+            console.state.verbosity, console.state.debug = caller_messages
         if installed and argv is None:  # the program itself, about to exit: see _exit_now
             # SIGTERM ignored: Python's finalization (a second of torch's teardown) resets the
             # handlers Python set, and a scheduler's SIGTERM then killed a finished run (143);
