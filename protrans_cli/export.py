@@ -266,6 +266,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
             else:
                 rows = _write_table(stream, plan, out_kind, chosen_format, digits)
             _stop_if_signalled()  # (before the output is committed)
+    plan.warn_non_finite()
     shown = "stdout" if output is None or str(output) == "-" else str(output)
     # (committed: a signal from here on, as the notes and the summary are said, stops nothing)
     console.output_complete(output)
@@ -384,6 +385,8 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
         shutil.rmtree(partial, ignore_errors=True)
         raise
     console.output_complete(folder)
+    for _, plan in plans:
+        plan.warn_non_finite()
     dim = plans[0][1].dim if plans else 0
     console.info(f"export: {console.counted(len(order), 'protein')} ({', '.join(f for f, _ in plans)}; {dim} "
                  f"dimensions, layer"
@@ -651,6 +654,7 @@ class _Plan:
             if self.dtype.kind != "f":
                 raise InputError(f"holds {self.dtype} arrays, not floating-point embeddings", path=reader.path)
         self.dim = int(shape[-1])
+        self.non_finite: list[str] = []  # proteins whose pooled mean is not finite (rows of inf or NaN)
         if pooled:
             self.dtype = np.dtype(np.float32)
 
@@ -679,10 +683,24 @@ class _Plan:
         if self.pooled:
             if array.shape[-2] == 0:
                 raise InputError("has no residue rows: no mean to export", path=self.reader.path, record=ident)
-            return array.astype(np.float64).mean(axis=-2).astype(np.float32)  # ((n_layers, D) with every layer)
+            # (rows of inf and -inf, another writer's, average to NaN: said once by `warn_non_finite`,
+            # not by numpy's two-line RuntimeWarning)
+            with np.errstate(invalid="ignore", over="ignore"):
+                mean = array.astype(np.float64).mean(axis=-2).astype(np.float32)  # ((n_layers, D): every layer)
+            if not np.isfinite(mean).all():
+                self.non_finite.append(ident)
+            return mean
         if self.layered and not self.per_protein:
             array = np.moveaxis(array, 0, 1)  # (n_layers, L, D) -> (L, n_layers, D): a row a residue
         return array
+
+    def warn_non_finite(self) -> None:
+        """One line for the proteins whose mean over their rows is not finite: their stored rows
+        hold inf or NaN (embed records such proteins as failed; another writer's file)."""
+        if self.non_finite:
+            shown = ", ".join(self.non_finite[:3]) + (", ..." if len(self.non_finite) > 3 else "")
+            console.warn(f"{self.reader.path}: {console.counted(len(self.non_finite), 'protein')} with residue rows "
+                         f"that are not finite (inf or NaN), so their mean is not either (first: {shown})")
 
     def residues(self, ident: str, rows: int) -> str | None:
         """The residue letters of the protein's rows (rows are residues of the normalised sequence,

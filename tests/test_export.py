@@ -317,6 +317,22 @@ def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
     assert not (tmp_path / "o.tsv").exists()
 
 
+def test_a_mean_over_rows_that_are_not_finite_is_said_in_one_line(tmp_path, run_cli):
+    """Rows of inf and -inf (another writer's file; embed records such proteins as failed) pool to
+    NaN: written as such, said in one warning naming the protein, without numpy's two-line
+    RuntimeWarning (found by the fuzzed export property)."""
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["ok"] = np.ones((2, 2), dtype=np.float32)
+        f["bad"] = np.array([[0, -np.inf], [0, np.inf]], dtype=np.float32)
+    for args in (["--per-protein"], ["--format", "esm", "-o", tmp_path / "esm"]):
+        done = run_cli("export", tmp_path / "f.h5", *args)
+        assert done.exit_code == 0, done.stderr
+        assert "RuntimeWarning" not in done.stderr
+        assert "1 protein with residue rows that are not finite (inf or NaN), so their mean is not either " \
+               "(first: bad)" in done.stderr
+    assert _table(run_cli("export", tmp_path / "f.h5", "--per-protein").stdout, "\t")[1] == ["bad", "0", "nan"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--format", "npz"], "an .npz is written to a file"),
     (["-o", "{tmp}/x.npz.gz"], "leave out .gz"),
