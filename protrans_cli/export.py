@@ -279,6 +279,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
 
 # --- esm-extract's .pt files ------------------------------------------------------------------
 
+# esm-extract's keys: per-residue rows, and per-protein vectors by io.h5.pooling_kind
 ESM_FIELDS = {"per_residue": "representations", "mean": "mean_representations", "cls": "bos_representations"}
 _NAME_MAX = 255  # bytes of a file name (Linux, macOS)
 
@@ -315,7 +316,7 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
     import shutil
 
     from protrans_cli.io.files import default_permissions, make_temporary, replace_directory
-    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, escape_key
+    from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, escape_key, pooling_kind
 
     if kind == PER_RESIDUE:
         _chosen_kind(reader, kind)  # (refused where the file holds per-protein vectors only)
@@ -324,7 +325,7 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
         parts.append((ESM_FIELDS["per_residue"], PER_RESIDUE, False))
     if kind in (None, PER_PROTEIN):
         if PER_PROTEIN in reader.kinds or PER_RESIDUE not in reader.kinds:
-            parts.append((ESM_FIELDS["cls" if _cls_pooled(reader) else "mean"], PER_PROTEIN, False))
+            parts.append((ESM_FIELDS[pooling_kind(reader.attrs.get("pooling"))], PER_PROTEIN, False))
         else:
             parts.append((ESM_FIELDS["mean"], PER_RESIDUE, True))
             if kind == PER_PROTEIN:
@@ -396,23 +397,15 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
     return Exported(len(order), len(order), out_kind, dim, "esm")
 
 
-def _cls_pooled(reader) -> bool:
-    """Whether the file's per-protein vectors are a cls token's hidden state (embed --pooling cls)."""
-    pooling = reader.attrs.get("pooling")
-    pooling = pooling.decode("utf-8", "replace") if isinstance(pooling, bytes) else pooling
-    return isinstance(pooling, str) and pooling.startswith("cls")
-
-
 def _esm_layer_numbers(reader, plan: "_Plan", layer: int) -> list[int]:
     """The layers a plan reads, numbered as esm-extract numbers them (0 the embedding layer .. N
     the last) where the file records its hidden states (embed's `layers`, counted from the last,
     and `num_hidden_states`); else as recorded, or as given."""
+    from protrans_cli.heads.data import recorded_layers
+
     try:
-        stored = reader.attrs.get("layers")
-        stored = None if stored is None else [int(x) for x in np.atleast_1d(stored)]
-        states = reader.attrs.get("num_hidden_states")
-        states = None if states is None else int(states)
-    except (TypeError, ValueError):  # (_layer_index refused such attributes before this)
+        stored, states = recorded_layers(reader)
+    except InputError:  # (_layer_index refused such `layers` before this)
         stored, states = None, None
     if plan.layered:
         numbers = stored if stored is not None and len(stored) == plan.layer_count else list(range(plan.layer_count))

@@ -446,6 +446,18 @@ def report_unlabelled(embeddings, labels, reports: list[MatchReport], what: str,
                      f"({some_ids(ids)})")
 
 
+def recorded_layers(reader: EmbeddingsReader) -> tuple[list[int] | None, int | None]:
+    """(layers, num_hidden_states) as embed records them (None where absent): the layers counted
+    from the last (-1 the last), among that many hidden states."""
+    stored, states = reader.attrs.get("layers"), reader.attrs.get("num_hidden_states")
+    try:
+        return (None if stored is None else [int(x) for x in np.atleast_1d(stored)],
+                None if states is None else int(states))
+    except (TypeError, ValueError):  # (another tool's attribute, or an edited one: a traceback)
+        raise InputError(f"its `layers` ({str(stored)[:40]}) and `num_hidden_states` ({str(states)[:40]}) "
+                         "attributes are not layer numbers (a damaged file, or not embed's)", path=reader.path) from None
+
+
 def stored_layer_index(reader: EmbeddingsReader, layer: int,
                        remedy: str = "choose one of those with --layer", *, exact: bool = False) -> int:
     """Where model layer `layer` (as given to `embed --layer`) lies on the file's layer axis.
@@ -454,16 +466,9 @@ def stored_layer_index(reader: EmbeddingsReader, layer: int,
     `embed --layer -1 --layer -2` stores layers in that order, so layer -1 is index 0: indexing
     the axis with the layer number itself picked the wrong layer.
     """
-    stored = reader.attrs.get("layers")
-    if stored is None:  # a file written elsewhere: the number is an index into its layer axis
+    if reader.attrs.get("layers") is None:  # a file written elsewhere: the number is an index into its layer axis
         return layer
-    states = reader.attrs.get("num_hidden_states")
-    try:
-        stored = [int(x) for x in np.atleast_1d(stored)]
-        states = None if states is None else int(states)
-    except (TypeError, ValueError):  # (another tool's attribute, or an edited one: a traceback)
-        raise InputError(f"its `layers` ({str(stored)[:40]}) and `num_hidden_states` ({str(states)[:40]}) "
-                         "attributes are not layer numbers (a damaged file, or not embed's)", path=reader.path) from None
+    stored, states = recorded_layers(reader)
     # `embed --layer 0` is stored as -num_hidden_states: accept the number the user gave embed.
     wanted = layer - states if layer >= 0 and states is not None else layer
     if wanted in stored:
