@@ -252,15 +252,11 @@ def test_shared_options_are_described_alike():
                 assert param.make_metavar(click.Context(command)) in ("FILE", "DIRECTORY"), name
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
-@pytest.mark.parametrize("name, code, message", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
-def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, capsys, name, code, message):
-    """Raised while a weakref callback ran, the handler's exception was dropped ("Exception ignored
-    in ..."): `fit` (SIGTERM) and `predict` (Ctrl-C, one try in five) then ended normally, exit 0."""
+def _command_whose_signal_python_drops(name: str):
+    """A stand-in for the click group's main(): it raises signal `name` inside a weakref callback,
+    where the handler's exception is dropped ("Exception ignored in ..."), and returns 0."""
     import signal
     import weakref
-
-    import protrans_cli.cli as cli_module
 
     def swallowed(*args, **kwargs):
         class Thing:
@@ -273,6 +269,20 @@ def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, caps
         assert ref() is None  # (its callback ran)
         return 0
 
+    return swallowed
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
+@pytest.mark.parametrize("name, code, message", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_whose_exception_python_swallowed_still_stops(monkeypatch, capsys, name, code, message):
+    """Raised while a weakref callback ran, the handler's exception was dropped ("Exception ignored
+    in ..."): `fit` (SIGTERM) and `predict` (Ctrl-C, one try in five) then ended normally, exit 0."""
+    import signal
+    import weakref
+
+    import protrans_cli.cli as cli_module
+
+    swallowed = _command_whose_signal_python_drops(name)
     monkeypatch.setattr(cli_module.cli, "main", swallowed)
     seen = []  # what reached the unraisable hook in place before main(): Python's printer
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
@@ -335,26 +345,13 @@ def test_a_stop_noted_in_an_in_process_call_does_not_stop_the_callers_next_libra
     test) stayed noted after main() returned: the caller's next library call that checks for a
     stop, export() with no CLI around it, raised KeyboardInterrupt at once (a pytest worker of
     the suite died so, about one run in seven of a few modules)."""
-    import signal
-    import weakref
-
     import h5py
     import numpy as np
 
     import protrans_cli.cli as cli_module
     from protrans_cli.export import export
 
-    def swallowed(*args, **kwargs):
-        class Thing:
-            pass
-
-        thing = Thing()
-        ref = weakref.ref(thing, lambda _: signal.raise_signal(getattr(signal, name)))
-        del thing  # (the handler raises inside the callback: dropped, and noted)
-        assert ref() is None
-        return 0
-
-    monkeypatch.setattr(cli_module.cli, "main", swallowed)
+    monkeypatch.setattr(cli_module.cli, "main", _command_whose_signal_python_drops(name))
     with pytest.raises(SystemExit) as caught:
         cli_module.main(["prep", "x.fa"])
     assert caught.value.code == (143 if name == "SIGTERM" else 130)

@@ -222,6 +222,11 @@ _INTERRUPTED: list[int] = []  # and SIGINTs (Ctrl-C)
 _LATE: list[int] = []  # either, once the command's output was complete (console.output_complete)
 
 
+def _forget_stops() -> None:
+    for noted in (_TERMINATED, _INTERRUPTED, _LATE):
+        noted.clear()
+
+
 def raise_if_stopped() -> None:
     """Raise the stop a SIGTERM or Ctrl-C asked for if Python dropped its exception (raised while a
     weakref callback ran: "Exception ignored in ..."). A loop that builds an output calls it as
@@ -361,9 +366,7 @@ def main(argv=None):
         _open_closed_standard_streams()
     # Without a handler SIGTERM killed the process on the spot: temporary outputs, the dedup
     # scratch directory and prep's worker processes were left behind.
-    _TERMINATED.clear()  # an earlier call in this process (tests, notebooks) is not this one
-    _INTERRUPTED.clear()
-    _LATE.clear()
+    _forget_stops()  # an earlier call in this process (tests, notebooks) is not this one
     console.state.complete = None
     console.state.last_error = None
     # (-q, -v and --debug are this call's: an in-process caller's library calls after it keep
@@ -421,9 +424,7 @@ def main(argv=None):
         elif installed:  # in-process callers (tests, notebooks) get their handlers back
             # and nothing of this call's stops: a Ctrl-C noted here stopped the caller's next
             # library call that checks for one (export() raised KeyboardInterrupt at once)
-            _TERMINATED.clear()
-            _INTERRUPTED.clear()
-            _LATE.clear()
+            _forget_stops()
             sys.unraisablehook = previous_hook
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if previous_int is signal.default_int_handler:
