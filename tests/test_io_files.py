@@ -166,6 +166,24 @@ def test_concatenated_zstd_frames_read_as_one_stream(tmp_path):
         assert stream.read() == TEXT * 301
 
 
+def _pzstd(*parts: bytes) -> bytes:
+    """What pzstd writes: each zstd frame after a skippable frame holding its size."""
+    import struct
+
+    frames = [_zstd(part) for part in parts]
+    return b"".join(struct.pack("<III", 0x184D2A50, 4, len(f)) + f for f in frames)
+
+
+def test_zstd_starting_with_a_skippable_frame_is_zstd(tmp_path):
+    # pzstd (zstd's parallel compressor) starts a file with a skippable frame: it was read as
+    # plain text, and prep and embed said "not FASTA" of a file `zstd -d` reads.
+    path = tmp_path / "p.fa.zst"
+    path.write_bytes(_pzstd(TEXT * 300, TEXT))
+    with open_input(path) as stream:
+        assert stream.read() == TEXT * 301
+    assert [r.id for r in read_fasta(path)] == ["a"] * 301
+
+
 @pytest.mark.parametrize("cut", [-20, 200])
 def test_truncated_zstd_is_input_error(tmp_path, cut):
     # zstandard's stream_reader ended quietly inside a cut frame: a half download read as complete.

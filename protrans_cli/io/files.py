@@ -28,6 +28,9 @@ _MAGIC = [
     (b"BZh", "bz2"),
     (b"\xfd7zXZ\x00", "xz"),
     (b"\x28\xb5\x2f\xfd", "zstd"),
+    # A zstd skippable frame (magic 0x184D2A50 to 0x184D2A5F) before the first frame: pzstd,
+    # zstd's parallel compressor, starts every file with one (read as plain text, "not FASTA").
+    *((bytes([0x50 + k]) + b"\x2a\x4d\x18", "zstd") for k in range(16)),
 ]
 
 
