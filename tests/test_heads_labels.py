@@ -360,6 +360,15 @@ def test_labels_on_a_plain_sequence_fasta_says_embed_reads_it(tmp_path, run_cli)
     assert r.exit_code == 2 and "nodir: output directory does not exist" in r.stderr
 
 
+def test_labels_refuses_an_empty_output_name_before_reading(tmp_path, run_cli):
+    # -o "" (an unset variable) said ".: is a directory, expected a file", exit 1, once the labels
+    # were read; prep and embed say the name is empty, a usage error
+    deeploc = tmp_path / "dl.fasta"
+    deeploc.write_text(">P1 Nucleus-S\nMKT\n")
+    r = run_cli("labels", deeploc, "-o", "")
+    assert r.exit_code == 2 and r.stderr.strip() == "protrans: error: the output path is empty"
+
+
 def test_an_embeddings_file_or_other_binary_given_as_labels_says_what_it_is(tmp_path, run_cli):
     """The HDF5 file given as --labels (the two files swapped) failed with "expected 'id,label'" on
     line 1; a binary file likewise. One line saying what the file is, for labels and fit alike."""

@@ -41,11 +41,13 @@ def command(labels, output, fmt, sequences, split):
     from protrans_cli import console
     from protrans_cli.errors import UsageError
     from protrans_cli.heads.labels import read_labels, read_sequences, write_embed_fasta
-    from protrans_cli.io.files import atomic_output, display_name, input_named_by
+    from protrans_cli.io.files import atomic_output, display_name, input_named_by, output_directory
 
     if labels == "-" and sequences == "-":  # the labels' read took it all: "no sequence for 11156 ids"
         raise UsageError("stdin ('-') can be one input at most: give the labels or --sequences as a file")
     # DeepLoc labels are a FASTA too: `labels x.fasta -o x.fasta` replaced them, labels lost.
+    if output not in (None, "-"):  # (-o "": ".: is a directory", exit 1, after reading the labels)
+        output_directory(output)
     source = input_named_by(output, (labels, sequences))
     if source:
         raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")
