@@ -195,6 +195,23 @@ def test_truncated_zstd_is_input_error(tmp_path, cut):
             stream.read()
 
 
+def test_zstd_with_a_long_window_is_not_called_corrupt(tmp_path):
+    # `zstd --long=31` writes frames whose window is above zstd's default limit of 128 MiB, which
+    # `zstd -d` refuses too without --long=31: an intact file was "corrupt or truncated"
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters(window_log=31)
+    compressor = zstandard.ZstdCompressor(compression_params=params).compressobj()  # (streamed: no size)
+    path = tmp_path / "long.fa.zst"
+    path.write_bytes(compressor.compress(TEXT * 100) + compressor.flush())
+    with pytest.raises(InputError) as info:
+        with open_input(path) as stream:
+            stream.read()
+    message = str(info.value)
+    assert "corrupt" not in message and "window above 128 MiB (zstd --long)" in message
+    assert "zstd -d --long=31" in message and str(path) in message
+
+
 def test_corrupt_zstd_is_input_error(tmp_path):
     path = tmp_path / "bad.zst"
     path.write_bytes(b"\x28\xb5\x2f\xfd" + b"x" * 40)

@@ -334,6 +334,12 @@ class _NamedErrors(io.RawIOBase):
         except BrokenPipeError:
             raise
         except Exception as exc:  # noqa: BLE001 - gzip, bz2, lzma, zlib and zstd raise their own kinds
+            if "Frame requires too much memory" in str(exc):
+                # `zstd --long=31` (a window above zstd's default limit of 128 MiB, which `zstd -d`
+                # keeps too): an intact file, which was called "corrupt or truncated"
+                raise InputError("zstd data compressed with a window above 128 MiB (zstd --long), which is "
+                                 "not read (zstd -d refuses it too without --long=31): decompress it first, "
+                                 "zstd -d --long=31, or compress it without --long", path=self._name) from None
             kind = type(exc).__name__
             kind = f"{type(exc).__module__}.{kind}" if kind == "error" else kind  # zlib.error
             detail = f"{kind}: {exc}" if str(exc) else kind
