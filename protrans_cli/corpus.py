@@ -43,10 +43,10 @@ import numpy as np
 from protrans_cli.console import NAMED, printable
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.io.fasta import not_fasta
-from protrans_cli.io.files import (AtomicFile, compress_bytes, compression_for_output, disk_full, display_name,
-                                   input_named_by, make_temporary, names_stdout, open_input, output_directory,
-                                   same_file, signals_held, special_output, stdin_binary, stdout_binary,
-                                   unreachable_input)
+from protrans_cli.io.files import (AtomicFile, _NamedStdout, compress_bytes, compression_for_output, disk_full,
+                                   display_name, input_named_by, make_temporary, names_stdout, open_input,
+                                   output_directory, same_file, signals_held, special_output, stdin_binary,
+                                   stdout_binary, unreachable_input)
 from protrans_cli.residues import (
     NUCLEOTIDE_LETTERS,
     NUCLEOTIDE_MIN_LENGTH,
@@ -1498,7 +1498,8 @@ class _Stdout:
     """stdout where an AtomicFile would go (`--rejects -`, `--stats -`): written as it comes."""
 
     def __init__(self):
-        self.stream = stdout_binary()
+        # (a full stdout named: `--stats - > /dev/full` said "No space left on device" alone)
+        self.stream = _NamedStdout(stdout_binary())
 
     def prepare(self) -> None:
         self.stream.flush()

@@ -1211,6 +1211,21 @@ def test_a_full_disk_while_writing_names_the_output_or_stdout(tmp_path, run_cli)
         "protrans: error: standard output: cannot write: No space left on device"
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("flag", ["--stats", "--rejects"])
+def test_a_full_stdout_for_stats_or_rejects_names_standard_output(tmp_path, flag):
+    """`--stats - > /dev/full` (and `--rejects -`) said "No space left on device" alone, as -o -
+    no longer did; nothing is written."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKT\n>b\nMKJ\n")
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "protrans_cli", "prep", str(fasta), "-o",
+                               str(tmp_path / "c.txt"), flag, "-"], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == \
+        "protrans: error: standard output: cannot write: No space left on device"
+    assert not (tmp_path / "c.txt").exists()
+
+
 @pytest.mark.parametrize("platform", ["linux", "darwin"])
 def test_workers_text_is_written_where_sendfile_cannot_write_to_a_file(tmp_path, monkeypatch, platform):
     """macOS's sendfile writes to sockets only: prep with workers into a file failed there with
