@@ -485,8 +485,18 @@ def _spill(text: bytes, directory: str) -> _Spill:
     global _spill_count
     _spill_count += 1
     path = os.path.join(directory, f"{os.getpid()}-{_spill_count}")
-    with open(path, "wb") as handle:
-        handle.write(text)
+    try:
+        with open(path, "wb") as handle:
+            handle.write(text)
+    except OSError as exc:
+        # (a full /dev/shm, $TMPDIR or --tmp-dir, raised in a worker: "No space left on device"
+        # alone, naming no folder)
+        if (reason := disk_full(exc)) is None:
+            raise
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise RuntimeFailure(f"cannot write the -j workers' hand-over files: {reason} (--tmp-dir DIR puts them "
+                             "elsewhere; -j 1 needs none)", path=os.path.dirname(directory)) from None
     return _Spill(path, len(text))
 
 

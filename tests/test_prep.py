@@ -1226,6 +1226,30 @@ def test_a_full_stdout_for_stats_or_rejects_names_standard_output(tmp_path, flag
     assert not (tmp_path / "c.txt").exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE and /dev/null as on Linux")
+def test_a_full_hand_over_folder_names_it(tmp_path):
+    """A full folder for the -j workers' hand-over files (/dev/shm, $TMPDIR, --tmp-dir) failed in
+    a worker with "No space left on device" alone (here the file-size limit, which a full disk
+    reads as): one line naming the folder; nothing is written."""
+    import resource
+
+    fasta = _many(tmp_path / "in.fa", 60000)  # over two blocks: workers start
+    spill = tmp_path / "spill"
+    spill.mkdir()
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 10, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    proc = subprocess.run([sys.executable, "-m", "protrans_cli", "prep", str(fasta), "-j", "2", "--tmp-dir",
+                           str(spill), "-o", os.devnull, "--stats", str(tmp_path / "s.json")],
+                          stderr=subprocess.PIPE, text=True, preexec_fn=small_files)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {spill}: cannot write the -j workers' hand-over files: File too large (--tmp-dir DIR "
+        "puts them elsewhere; -j 1 needs none)")
+    assert list(spill.iterdir()) == [] and not (tmp_path / "s.json").exists()
+
+
 @pytest.mark.parametrize("platform", ["linux", "darwin"])
 def test_workers_text_is_written_where_sendfile_cannot_write_to_a_file(tmp_path, monkeypatch, platform):
     """macOS's sendfile writes to sockets only: prep with workers into a file failed there with
