@@ -1381,6 +1381,15 @@ class _Shuffle:
             write([docs[i] for i in order[start:start + piece].tolist()])
 
 
+def _dedup_failure(exc: OSError, directory: Path) -> BaseException:
+    """A write of --dedup's scratch files (`directory`) that found no room, as one line naming the
+    folder they are in ("No space left on device" alone named nothing); any other error as it is."""
+    if (reason := disk_full(exc)) is None:
+        return exc
+    return RuntimeFailure(f"--dedup cannot write its scratch files: {reason} (they take 24 bytes a record, and a "
+                          "copy of stdin or a pipe; --tmp-dir DIR puts them elsewhere)", path=str(directory.parent))
+
+
 class _Dedup:
     """Exact dedup with bounded memory: pass 1 digests, per-partition sort, pass 2 drops.
 
@@ -1411,12 +1420,15 @@ class _Dedup:
         order = np.argsort(part, kind="stable")
         part_sorted = part[order]
         bounds = np.flatnonzero(np.diff(part_sorted)) + 1
-        for rows in np.split(order, bounds):
-            p = int(part[rows[0]])
-            handle = self.parts.get(p)
-            if handle is None:
-                handle = self.parts[p] = open(self.dir / f"part{p:04d}.u64", "ab")
-            handle.write(np.ascontiguousarray(digests[rows]).tobytes())
+        try:
+            for rows in np.split(order, bounds):
+                p = int(part[rows[0]])
+                handle = self.parts.get(p)
+                if handle is None:
+                    handle = self.parts[p] = open(self.dir / f"part{p:04d}.u64", "ab")
+                handle.write(np.ascontiguousarray(digests[rows]).tobytes())
+        except OSError as exc:
+            raise _dedup_failure(exc, self.dir) from None
 
     def close(self) -> None:
         """The partition files closed after a failure, errors ignored (deleted with the temporary
@@ -1429,8 +1441,11 @@ class _Dedup:
         """Find the duplicates; returns how many records will be dropped. The partition files
         are closed strictly: a last flush that meets a full disk is the run's error (ignored, a
         file cut short dropped digests: duplicates kept, exit 0)."""
-        for handle in self.parts.values():
-            handle.close()
+        try:
+            for handle in self.parts.values():
+                handle.close()
+        except OSError as exc:
+            raise _dedup_failure(exc, self.dir) from None
         drop_files: dict[int, object] = {}
         total = 0
         try:
@@ -1449,13 +1464,18 @@ class _Dedup:
                     if handle is None:
                         handle = drop_files[b] = open(self.dir / f"drops{b:06d}.u64", "ab")
                     handle.write(dropped[bucket == b].tobytes())
-        except BaseException:
+        except BaseException as exc:
             for handle in drop_files.values():
                 with contextlib.suppress(OSError):
                     handle.close()
+            if isinstance(exc, OSError):
+                raise _dedup_failure(exc, self.dir) from None
             raise
-        for handle in drop_files.values():
-            handle.close()
+        try:
+            for handle in drop_files.values():
+                handle.close()
+        except OSError as exc:
+            raise _dedup_failure(exc, self.dir) from None
         return total
 
     def drops_for(self, ordinal0: int, count: int) -> np.ndarray:
@@ -1495,12 +1515,15 @@ def _raise_open_file_limit(needed: int) -> int | None:
 def _spool(directory: Path, source: str, index: int) -> Path:
     """Dedup reads its input twice: stdin or a pipe is copied (as it came, compressed or not) to disk."""
     path = directory / f"input{index}"
-    with open(path, "wb") as out:
-        if source == "-":
-            shutil.copyfileobj(stdin_binary(), out, 1 << 20)
-        else:
-            with open(source, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
+    try:
+        with open(path, "wb") as out:
+            if source == "-":
+                shutil.copyfileobj(stdin_binary(), out, 1 << 20)
+            else:
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+    except OSError as exc:
+        raise _dedup_failure(exc, directory) from None
     return path
 
 

@@ -1250,6 +1250,33 @@ def test_a_full_hand_over_folder_names_it(tmp_path):
     assert list(spill.iterdir()) == [] and not (tmp_path / "s.json").exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as on Linux")
+@pytest.mark.parametrize("stdin", [False, True])  # (stdin: its copy is the first scratch file written)
+def test_a_full_dedup_scratch_folder_names_it(tmp_path, stdin):
+    """--dedup's partitions (24 bytes a record: BFD's take ~50 GB) or its copy of stdin on a full
+    disk (here the file-size limit, which reads as one) said "No space left on device" alone."""
+    import resource
+
+    fasta = tmp_path / "in.fa"  # 20,000 distinct proteins: ~30 KB of digests in each of 16 partitions
+    fasta.write_text("".join(f">p{i}\nM{str(i).translate(str.maketrans('0123456789', 'ACDEFGHIKL'))}\n"
+                             for i in range(20000)))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 10, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    with open(fasta, "rb") as source:
+        proc = subprocess.run([sys.executable, "-m", "protrans_cli", "prep", "-" if stdin else str(fasta), "-j", "1",
+                               "--dedup", "--tmp-dir", str(scratch), "-o", os.devnull],
+                              stdin=source, stderr=subprocess.PIPE, text=True, preexec_fn=small_files)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {scratch}: --dedup cannot write its scratch files: File too large (they take 24 bytes a "
+        "record, and a copy of stdin or a pipe; --tmp-dir DIR puts them elsewhere)")
+    assert list(scratch.iterdir()) == []
+
+
 @pytest.mark.parametrize("platform", ["linux", "darwin"])
 def test_workers_text_is_written_where_sendfile_cannot_write_to_a_file(tmp_path, monkeypatch, platform):
     """macOS's sendfile writes to sockets only: prep with workers into a file failed there with
