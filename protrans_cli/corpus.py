@@ -1613,7 +1613,9 @@ def _scratch_base(options: CorpusOptions) -> str:
     that holds the corpus), else $TMPDIR."""
     if options.tmp_dir:
         return options.tmp_dir
-    if options.output and str(options.output) != "-":
+    # (not beside /dev/null, /dev/stdout or a pipe: /dev/fd/1's folder cannot hold one, "/dev/fd:
+    # cannot write in this folder", and /dev is root's, and memory)
+    if options.output and str(options.output) != "-" and not special_output(options.output):
         return str(Path(options.output).parent)
     return tempfile.gettempdir()
 

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -1275,6 +1276,30 @@ def test_a_full_dedup_scratch_folder_names_it(tmp_path, stdin):
         f"protrans: error: {scratch}: --dedup cannot write its scratch files: File too large (they take 24 bytes a "
         "record, and a copy of stdin or a pipe; --tmp-dir DIR puts them elsewhere)")
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fd/1"), reason="needs /dev/fd")
+def test_dedup_and_shuffle_scratch_is_not_put_beside_a_device_output(tmp_path, monkeypatch):
+    """--dedup's and --shuffle's scratch went "beside the output": `-o /dev/fd/1` failed ("/dev/fd:
+    cannot write in this folder"), and `-o /dev/null` put it in /dev (root's alone, and memory).
+    Such an output's scratch goes to $TMPDIR."""
+    import protrans_cli.corpus as corpus
+
+    fasta = _many(tmp_path / "in.fa", 30)
+    made = []
+    real = corpus.make_temporary
+    monkeypatch.setattr(corpus, "make_temporary", lambda directory, *a, **k: made.append(str(directory))
+                        or real(directory, *a, **k))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # (read $TMPDIR again)
+    build_corpus([fasta], CorpusOptions(output=os.devnull, dedup=True, shuffle=True))
+    assert made == [str(tmp_path), str(tmp_path)]
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as stdout:
+        proc = subprocess.run([sys.executable, "-m", "protrans_cli", "prep", str(fasta), "-o", "/dev/fd/1", "--dedup",
+                               "--shuffle"], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(out.read_text().split("\n\n")) == sorted(set(reference_corpus([fasta]).decode().split("\n\n")))
 
 
 @pytest.mark.parametrize("platform", ["linux", "darwin"])
