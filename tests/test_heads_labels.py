@@ -360,6 +360,23 @@ def test_labels_on_a_plain_sequence_fasta_says_embed_reads_it(tmp_path, run_cli)
     assert r.exit_code == 2 and "nodir: output directory does not exist" in r.stderr
 
 
+def test_labels_refuses_flip_labels_and_sequences_given_the_wrong_way_round(tmp_path, run_cli):
+    # `labels sequences.fasta --sequences sampled.fasta`: every count agreed, and the DSSP strings
+    # were written as the proteins to embed, exit 0
+    proteins = ["MKTAYIAKQRQISFVKSHFSRQ", "ACDEFGHIKLMNPQRSTVWYAC", "MNPQRSTVWW"]
+    states = ["CCHHHHHHHHEEEECCCHHHCC", "CEEEECCCCHHHHHHHCCCCCC", "CCCCEEEECC"]
+    seqs, labels = tmp_path / "sequences.fasta", tmp_path / "sampled.fasta"
+    seqs.write_text("".join(f">p{i}\n{p}\n" for i, p in enumerate(proteins)))
+    labels.write_text("".join(f">p{i} SET=train VALIDATION=False\n{s}\n" for i, s in enumerate(states)))
+    out = tmp_path / "out.fa"
+    r = run_cli("labels", seqs, "--sequences", labels, "-o", out)
+    assert r.exit_code == 1 and "are the label file and --sequences swapped?" in r.stderr, r.stderr
+    assert "(C, E, H)" in r.stderr and not out.exists()
+    r = run_cli("labels", labels, "--sequences", seqs, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert out.read_text() == "".join(f">p{i}\n{p}\n" for i, p in enumerate(proteins))
+
+
 def test_labels_refuses_an_empty_output_name_before_reading(tmp_path, run_cli):
     # -o "" (an unset variable) said ".: is a directory, expected a file", exit 1, once the labels
     # were read; prep and embed say the name is empty, a usage error

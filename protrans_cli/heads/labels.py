@@ -39,11 +39,11 @@ from typing import Iterator
 import numpy as np
 
 from protrans_cli.errors import InputError, UsageError
-from protrans_cli.heads.tasks import LOCATIONS
+from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, parse_fasta
 from protrans_cli.io.files import display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
-from protrans_cli.residues import SequenceRejected, normalise
+from protrans_cli.residues import STANDARD, SequenceRejected, normalise
 
 FORMATS = ("auto", "netsurfp", "pisces", "flip", "flip_csv", "biotrainer", "deeploc", "table")
 
@@ -762,6 +762,16 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
             raise InputError(f"{len(residue_labels)} per-residue labels for a sequence of {len(residues)} residues",
                              path=label_set.path, line=record.line, record=record.id)
         checked.append((record.id, seq))
+    if label_set.format == "flip" and checked:
+        # `labels sequences.fasta --sequences sampled.fasta`, the two files swapped: every count
+        # agreed, and the DSSP strings were written as the proteins to embed (exit 0)
+        seq_letters = set("".join(seq for _, seq in checked).upper())
+        label_letters = set("".join(r.labels["label"] for r in label_set.records)) & set(STANDARD)
+        if seq_letters <= set(SS8) and len(label_letters) >= 12:
+            raise InputError(f"its labels read as protein sequences ({len(label_letters)} amino-acid letters) and the "
+                             f"sequences given for them as secondary structure ({', '.join(sorted(seq_letters))}): "
+                             "are the label file and --sequences swapped? (protrans labels LABELS --sequences "
+                             "SEQUENCES)", path=label_set.path)
     for ident, seq in checked:
         write_fasta(stream, ident, seq)
     return len(checked)
