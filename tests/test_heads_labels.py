@@ -377,6 +377,18 @@ def test_labels_refuses_flip_labels_and_sequences_given_the_wrong_way_round(tmp_
     assert out.read_text() == "".join(f">p{i}\n{p}\n" for i, p in enumerate(proteins))
 
 
+def test_labels_says_sequences_are_not_read_for_a_file_that_carries_its_own(tmp_path, run_cli):
+    # --sequences beside DeepLoc (or NetSurfP, PISCES, biotrainer) labels was read and never used,
+    # without a word: the FASTA written held the label file's own sequences
+    deeploc, other = tmp_path / "dl.fasta", tmp_path / "other.fasta"
+    deeploc.write_text(">P1 Nucleus-S\nMKT\n")
+    other.write_text(">P1\nMVVV\n")
+    r = run_cli("labels", deeploc, "--sequences", other, "-o", tmp_path / "out.fa")
+    assert r.exit_code == 0, r.stderr
+    assert f"warning: --sequences {other} is not read: deeploc labels carry their own sequences" in r.stderr
+    assert (tmp_path / "out.fa").read_text() == ">P1\nMKT\n"
+
+
 def test_labels_refuses_an_empty_output_name_before_reading(tmp_path, run_cli):
     # -o "" (an unset variable) said ".: is a directory, expected a file", exit 1, once the labels
     # were read; prep and embed say the name is empty, a usage error

@@ -62,6 +62,11 @@ def command(labels, output, fmt, sequences, split):
                      else f"its records are in: {', '.join(declared)}")
             raise InputError(f"--split {split}: no record is in that split ({where})", path=label_set.path)
         label_set = dataclasses.replace(label_set, records=kept)
+    if sequences and all(r.sequence is not None for r in label_set.records):
+        # (read and never used: the FASTA written held the label file's own sequences, without a word)
+        console.warn(f"--sequences {display_name(sequences)} is not read: {label_set.format} labels carry their "
+                     "own sequences, which are written")
+        sequences = None
     seqs = read_sequences(sequences) if sequences else None
     with atomic_output(output, follow_link=True) as stream:
         count = write_embed_fasta(label_set, stream, seqs,
