@@ -1750,7 +1750,9 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
     dedup = None
     shuffle = shuffle_dir = None
     threads = options.threads
-    if "-" not in inputs and sum(os.path.getsize(p) for p in inputs) < 2 * options.block_bytes:
+    # (files only: a pipe's size is 0, and `prep <(zcat x.fa.gz) -j 8` ran in one process)
+    if all(p != "-" and os.path.isfile(p) for p in inputs) and \
+            sum(os.path.getsize(p) for p in inputs) < 2 * options.block_bytes:
         threads = 1  # starting workers would take longer than the whole job
     _reserve_open_files(options)
     try:

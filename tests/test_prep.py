@@ -1302,6 +1302,30 @@ def test_dedup_and_shuffle_scratch_is_not_put_beside_a_device_output(tmp_path, m
     assert sorted(out.read_text().split("\n\n")) == sorted(set(reference_corpus([fasta]).decode().split("\n\n")))
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_workers_run_for_a_pipe_whatever_its_size_on_disk(tmp_path, monkeypatch):
+    """"Inputs smaller than two blocks run in one process" measured a pipe by its size on disk,
+    0: `prep <(zcat x.fa.gz) -j 8` ran in one process, whatever it held."""
+    import threading
+
+    import protrans_cli.corpus as corpus
+
+    data = _many(tmp_path / "in.fa", 300).read_bytes()  # ~10 KB: many blocks of 1,024 bytes
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    threads_used = []
+    real = corpus._run_blocks
+    monkeypatch.setattr(corpus, "_run_blocks", lambda blocks, fn, args, threads, *a: threads_used.append(threads)
+                        or real(blocks, fn, args, threads, *a))
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    out = tmp_path / "c.txt"
+    build_corpus([str(fifo)], CorpusOptions(output=str(out), threads=2, block_bytes=1024))
+    writer.join()
+    assert threads_used == [2]
+    assert out.read_bytes() == reference_corpus([tmp_path / "in.fa"])
+
+
 @pytest.mark.parametrize("platform", ["linux", "darwin"])
 def test_workers_text_is_written_where_sendfile_cannot_write_to_a_file(tmp_path, monkeypatch, platform):
     """macOS's sendfile writes to sockets only: prep with workers into a file failed there with
