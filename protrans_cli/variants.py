@@ -692,13 +692,15 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     line and mutation for the first that does not fit its wild type (the one of `wild_types`, or
     the one its `id_column` names)."""
     from protrans_cli.heads.labels import _utf16_text
-    from protrans_cli.io.files import display_name, open_input
+    from protrans_cli.io.files import archive_hint, display_name, open_input
 
     name = display_name(path)
     with open_input(path) as stream:
         data = stream.read()
     # (UTF-16, Excel's "Unicode Text" and PowerShell's `>`, holds NULs: read as such, not refused)
     wide = _utf16_text(data, name)
+    if wide is None and (hint := archive_hint(data)):
+        raise InputError(f"is not a variants table: {hint}", path=name)
     if wide is None and (data.startswith(b"\x89HDF") or b"\0" in data[:4096]):
         raise InputError("is a binary file, not a variants table (CSV or TSV with a mutant column)", path=name)
     try:

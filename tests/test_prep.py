@@ -178,6 +178,40 @@ def test_utf16_or_hdf5_fasta_is_named(run_cli, tmp_path):
         r = run_cli(*command)
         assert r.exit_code == 1 and f"{h5}:1: not FASTA" in r.stderr and "the file is HDF5" in r.stderr
 
+def test_a_zip_or_tar_archive_given_as_the_fasta_says_to_extract_it(run_cli, tmp_path):
+    """FLIP's splits and DeepLoc ship as zip archives, and a .tar.gz is common: given as the FASTA
+    they got the bare "not FASTA" (as if the file held anything else). One line saying the file is
+    an archive and how to extract it, from prep (plain file, stdin, -j 2), embed, labels and variants."""
+    import io
+    import tarfile
+    import zipfile
+
+    fasta = b">a\nMKTAYIAK\n"
+    zipped, tarred = tmp_path / "splits.zip", tmp_path / "set.tar.gz"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("sequences.fasta", fasta)
+    with tarfile.open(tarred, "w:gz") as archive:
+        member = tarfile.TarInfo("sequences.fasta")
+        member.size = len(fasta)
+        archive.addfile(member, io.BytesIO(fasta))
+    for archive, kind, how in ((zipped, "zip", "unzip -p ARCHIVE.zip MEMBER > FILE"),
+                               (tarred, "tar", "tar -xf ARCHIVE MEMBER")):
+        said = f"the file is a {kind} archive (extract the file to read: {how};"
+        for args, input in (([archive], None), (["-"], archive.read_bytes()),
+                            ([archive, "-j", "2", "--tmp-dir", tmp_path], None)):
+            r = run_cli("prep", *args, "-o", tmp_path / "c.txt", input=input)
+            assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+            assert ":1: not FASTA: expected a '>' header line before sequence data; " + said in r.stderr, r.stderr
+            assert not (tmp_path / "c.txt").exists()
+        r = run_cli("embed", archive, "-m", "onehot", "-o", tmp_path / "e.h5")
+        assert r.exit_code == 1 and f"{archive}:1: not FASTA" in r.stderr and said in r.stderr, r.stderr
+        r = run_cli("labels", archive, "-o", tmp_path / "l.fa")
+        assert r.exit_code == 1 and f"{archive}: is not a label file: {said}" in r.stderr, r.stderr
+        r = run_cli("variants", archive, "--sequence", "MKTAYIAK", "-o", tmp_path / "v.csv")
+        assert r.exit_code == 1 and f"{archive}: is not a variants table: {said}" in r.stderr, r.stderr
+        assert not (tmp_path / "v.csv").exists()
+
+
 def test_missing_input_is_input_error(run_cli, tmp_path):
     result = run_cli("prep", tmp_path / "nope.fa")
     assert result.exit_code == 1 and "no such file" in result.stderr

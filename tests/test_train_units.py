@@ -635,7 +635,8 @@ def test_a_fasta_file_as_corpus_says_to_run_prep(tmp_path, run_cli):
     (b"\x18\x01\x00\x00\x00\x00\x00\x00{\"__metadata__\":{}}\r\n", "the file is binary"),  # safetensors
     (b"\x89HDF\r\n\x1a\n\x00\x00", "the file is HDF5, such as embed writes"),
     ("M K T A\n\n".encode("utf-16"), "the file is UTF-16 text (convert it to UTF-8 first"),
-    (b"PK\x03\x04\x14\x00", "the file is a zip archive (unzip it")])
+    (b"PK\x03\x04\x14\x00", "the file is a zip archive (extract the file to read: unzip -p"),
+    (b"x.txt".ljust(257, b"\0") + b"ustar\x0000", "the file is a tar archive (extract the file to read: tar -xf")])
 def test_a_file_that_is_no_text_as_corpus_says_what_it_is(tmp_path, run_cli, head, kind):
     """A model's weights given as --corpus were "lines end in CR alone (old Mac line endings)",
     an HDF5 or UTF-16 file an "invalid residue" of its first odd byte: a problem it does not have."""

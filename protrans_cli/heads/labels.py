@@ -41,7 +41,7 @@ import numpy as np
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, parse_fasta
-from protrans_cli.io.files import display_name, open_input
+from protrans_cli.io.files import archive_hint, display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import STANDARD, SequenceRejected, normalise
 
@@ -245,6 +245,8 @@ def _refuse_binary(data: bytes, name: str) -> None:
     if data.startswith(b"\x89HDF"):
         raise InputError("is an HDF5 file (such as embed writes), not a label file: labels are a NetSurfP or "
                          "PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, or an id,label table", path=name)
+    if hint := archive_hint(data):
+        raise InputError(f"is not a label file: {hint}", path=name)
     if b"\0" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise InputError("is a binary file, not a label file (a NetSurfP or PISCES CSV, FLIP FASTA or CSV, "
                          "DeepLoc FASTA, or an id,label table)", path=name)

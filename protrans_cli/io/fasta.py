@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from protrans_cli.errors import InputError, UsageError
-from protrans_cli.io.files import display_name, open_input
+from protrans_cli.io.files import archive_hint, display_name, open_input
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ def not_fasta(first: bytes) -> str:
         return NOT_FASTA + " (the file is UTF-16 text: convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
     if first.startswith(b"\x89HDF"):
         return NOT_FASTA + " (the file is HDF5, such as embed writes)"
+    if hint := archive_hint(first):
+        return f"{NOT_FASTA}; {hint}"
     return NOT_FASTA
 
 

@@ -295,6 +295,18 @@ def sniff_compression(head: bytes) -> str | None:
     return None
 
 
+def archive_hint(head: bytes) -> str | None:
+    """What to do with a zip or tar archive (FLIP's splits and DeepLoc ship as zip; a .tar.gz
+    reads as a tar once gunzipped), which readers of one file refuse: None for anything else."""
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
+        return ("the file is a zip archive (extract the file to read: unzip -p ARCHIVE.zip MEMBER > FILE; gzip, "
+                "bz2, xz and zstd files are read as they are)")
+    if head[257:262] == b"ustar":
+        return ("the file is a tar archive (extract the file to read: tar -xf ARCHIVE MEMBER; gzip, bz2, xz and "
+                "zstd files are read as they are)")
+    return None
+
+
 def _decompressor(raw: BinaryIO, kind: str | None) -> BinaryIO:
     if kind is None:
         return raw

@@ -295,8 +295,10 @@ def _not_text(first: bytes) -> str | None:
         return "the file is UTF-16 text (convert it to UTF-8 first, iconv -f UTF-16 -t UTF-8)"
     if first.startswith(b"\x89HDF"):
         return "the file is HDF5, such as embed writes"
-    if first.startswith(b"PK\x03\x04"):
-        return "the file is a zip archive (unzip it: train reads plain, gzip, bz2, xz and zstd files)"
+    from protrans_cli.io.files import archive_hint
+
+    if hint := archive_hint(first):
+        return hint
     if b"\x00" in first[:8]:  # (safetensors' header length, torch.save's and most binary formats')
         return "the file is binary"
     return None
