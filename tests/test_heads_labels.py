@@ -737,6 +737,27 @@ def test_labels_missing_sequences_write_nothing_and_name_the_sequences_file(tmp_
     assert r.exit_code == 0 and r.stdout.count(">") == 3 and "wrote 3 sequences (flip labels) to standard output" in r.stderr
 
 
+def test_labels_keyed_by_uniprot_accession_find_their_sequences_in_uniprots_fasta(tmp_path, run_cli):
+    """A table keyed by accession (P69905) beside UniProt's FASTA (>sp|P69905|HBA_HUMAN ...) was "no
+    sequence for N ids": found by the accession, written under the table's ids (what fit then
+    matches), said in one line; an id found as it is wins, and an id in neither is still refused."""
+    table = tmp_path / "loc.csv"
+    table.write_text("id,label\nP69905,Cytoplasm\nP68871,Cytoplasm\nmine,Nucleus\n")
+    seqs = tmp_path / "uniprot.fasta"
+    seqs.write_text(">sp|P69905|HBA_HUMAN Hemoglobin subunit alpha\nMVLSPADKTN\n"
+                    ">tr|P68871|HBB_HUMAN Hemoglobin subunit beta\nMVHLTPEEKS\n>mine\nMKT\n"
+                    ">sp|mine|OTHER\nWWWW\n")
+    r = run_cli("labels", table, "--sequences", seqs, "-o", "-")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == ">P69905\nMVLSPADKTN\n>P68871\nMVHLTPEEKS\n>mine\nMKT\n"
+    assert (f"2 ids of the labels found in {seqs} by UniProt accession (P69905 as sp|P69905|HBA_HUMAN), "
+            "written under the labels' ids") in r.stderr
+    table.write_text("id,label\nP69905,Cytoplasm\nQ00001,Nucleus\n")
+    r = run_cli("labels", table, "--sequences", seqs, "-o", "-")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert f"no sequence for 1 ids: Q00001 (not in the --sequences FASTA {seqs})" in r.stderr
+
+
 def test_a_biotrainer_file_whose_first_record_is_to_predict_is_recognised(tmp_path):
     """The format was sniffed from the first header alone: a first SET=pred record (no TARGET=)
     made the file FLIP, refused for its unknown set 'pred'."""

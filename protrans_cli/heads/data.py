@@ -21,7 +21,6 @@ whole set fits under `cache_bytes` it is read once into one float32 array instea
 from __future__ import annotations
 
 import queue
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -30,7 +29,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, located
-from protrans_cli.heads.labels import LabelSet, some_ids
+from protrans_cli.heads.labels import LabelSet, by_accession, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, h5_file, open_local,
                                 read_array, sequence_checksum, truncated_by, unescape_key)
@@ -396,18 +395,11 @@ def _near_misses(missing: list[str], embedded: list[str]) -> list[tuple[str, str
     return [(ident, stored[caseless(ident)]) for ident in missing if caseless(ident) in stored]
 
 
-_UNIPROT_ID = re.compile(r"(?:sp|tr)\|([^|]+)\|")
-
-
 def _accession_misses(missing: list[str], embedded: list[str]) -> list[tuple[str, str]]:
     """(label id, embedded id) pairs where the label id is the accession of a UniProt FASTA id
     (`sp|P69905|HBA_HUMAN`, the id embed keeps whole), as tables keyed by accession have it."""
-    by_accession = {}
-    for ident in embedded:
-        found = _UNIPROT_ID.match(ident)
-        if found:
-            by_accession.setdefault(found.group(1), ident)
-    return [(ident, by_accession[ident]) for ident in missing if ident in by_accession]
+    accessions = by_accession(embedded)
+    return [(ident, accessions[ident]) for ident in missing if ident in accessions]
 
 
 _REWRITTEN = str.maketrans({".": "_", "/": "_"})

@@ -723,6 +723,17 @@ def read_sequences(path) -> dict[str, str]:
 
 
 _NOT_IN_AN_ID = re.compile(r"[\x00-\x20\x7f]")  # what FASTA headers split on or cannot hold (ASCII)
+_UNIPROT_ID = re.compile(r"(?:sp|tr)\|([^|]+)\|")
+
+
+def by_accession(ids) -> dict[str, str]:
+    """UniProt FASTA ids (`sp|P69905|HBA_HUMAN`, the id embed keeps whole) by their accession
+    (`P69905`), as tables keyed by accession name the proteins; the first id of an accession."""
+    found = {}
+    for ident in ids:
+        if (match := _UNIPROT_ID.match(ident)) is not None:
+            found.setdefault(match.group(1), ident)
+    return found
 
 
 def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | None = None, *,
@@ -736,6 +747,11 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
     from protrans_cli.io.fasta import write_fasta
 
     missing = [r.id for r in label_set.records if r.sequence is None and r.id not in (sequences or {})]
+    # A table keyed by UniProt accession beside UniProt's FASTA (sp|P69905|HBA_HUMAN): found by the
+    # accession, written under the label's id ("no sequence for 11156 ids" before)
+    accessions = by_accession(sequences) if missing and sequences else {}
+    aliases = {ident: accessions[ident] for ident in missing if ident in accessions}
+    missing = [ident for ident in missing if ident not in aliases]
     if missing:
         if sequences is not None:
             hint = f"not in the --sequences FASTA {sequences_name}" if sequences_name else "not in the sequences given"
@@ -749,7 +765,7 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
     # Every record is checked before the first is written: on stdout nothing can be taken back.
     checked = []
     for record in label_set.records:
-        seq = record.sequence if record.sequence is not None else sequences[record.id]
+        seq = record.sequence if record.sequence is not None else sequences[aliases.get(record.id, record.id)]
         if _NOT_IN_AN_ID.search(record.id):  # a FASTA header would cut it (or start another record)
             raise InputError("the id holds whitespace or a control character, which a FASTA header cannot keep "
                              "in an id", path=label_set.path, line=record.line, record=record.id[:60])
@@ -776,4 +792,11 @@ def write_embed_fasta(label_set: LabelSet, stream, sequences: dict[str, str] | N
                              "SEQUENCES)", path=label_set.path)
     for ident, seq in checked:
         write_fasta(stream, ident, seq)
+    if aliases:
+        from protrans_cli import console
+
+        first = next(iter(aliases))
+        console.info(f"{console.counted(len(aliases), 'id')} of the labels found in "
+                     f"{sequences_name or 'the sequences'} by UniProt accession ({first} as {aliases[first]}), "
+                     "written under the labels' ids")
     return len(checked)
