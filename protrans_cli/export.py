@@ -1005,9 +1005,11 @@ def _residue_counts(reader) -> dict:
     kind = PER_RESIDUE if PER_RESIDUE in reader.kinds else reader.kinds[0]
     if reader.layout == "stacked":
         view = reader._stacked
-        lengths = np.asarray(view.column("lengths"), dtype=np.int64)
-        truncated = int((np.asarray(view.column("truncated_from")) > 0).sum())
-        chunked = int((np.asarray(view.column("chunks")) > 0).sum())
+        # (0: no length recorded, import-esm's without --fasta: not counted, as in the other layouts)
+        recorded = np.asarray(view.column("lengths"), dtype=np.int64) > 0
+        lengths = np.asarray(view.column("lengths"), dtype=np.int64)[recorded]
+        truncated = int((np.asarray(view.column("truncated_from"))[recorded] > 0).sum())
+        chunked = int((np.asarray(view.column("chunks"))[recorded] > 0).sum())
     else:
         from protrans_cli.io.h5 import _whole_number, dataset_attrs, stored_length, truncated_from
 

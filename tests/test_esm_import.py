@@ -159,6 +159,29 @@ def test_truncated_proteins_are_recorded_as_embeds_truncate_policy(run_cli, tmp_
     assert not list(tmp_path.glob("f.h5*"))
 
 
+def test_means_alone_without_a_fasta_have_no_lengths_in_a_stacked_file_either(run_cli, tmp_path):
+    """esm-extract --include mean, imported without --fasta: no residue count is known. A stacked
+    file's columns hold 0 and "" for it; they were read back as a `length` of 0 and a `checksum`
+    of "" (`info --residues`: "0 in 2 proteins", and merge wrote those attributes into a grouped
+    file), where the grouped import has none."""
+    from protrans_cli.export import info
+
+    folder = tmp_path / "esm_out"
+    for label in ("P1", "P2"):
+        _save(folder, label, means={2: np.ones(4, dtype=np.float32)})
+    for layout in ("stacked", "grouped"):
+        _ok(run_cli("import-esm", folder, "-o", tmp_path / f"{layout}.h5", "--layout", layout))
+        assert info(tmp_path / f"{layout}.h5", residues=True)["residues"] == {"counted": 0}
+    _ok(run_cli("merge", tmp_path / "stacked.h5", "-o", tmp_path / "m.h5", "--layout", "grouped"))
+    for name in ("stacked.h5", "m.h5"):
+        got, _, _ = _read(tmp_path / name)
+        assert {i: meta for i, (_, meta) in got[PER_PROTEIN].items()} == {"P1": {"id": "P1", "header": "P1"},
+                                                                         "P2": {"id": "P2", "header": "P2"}}
+        with EmbeddingsReader(tmp_path / name) as reader:
+            assert reader.facts(reader.key_for("P1", PER_PROTEIN), PER_PROTEIN) == (None, None, None)
+    assert info(tmp_path / "m.h5", residues=True)["residues"] == {"counted": 0}
+
+
 def test_a_length_mismatch_or_a_protein_missing_from_the_fasta_writes_nothing(run_cli, tmp_path, extracted):
     folder, fasta, _ = extracted
     fasta.write_text(fasta.read_text().replace("MKVL", "MKVLA"))

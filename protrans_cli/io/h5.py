@@ -524,7 +524,7 @@ class EmbeddingsReader:
         if self._stacked is not None:
             self._check_kind(kind)
             record = self._stacked.record(self._stacked.rows()[unescape_key(key)])
-            return record["length"] or None, record.get("truncated_from"), record["checksum"] or None
+            return record.get("length"), record.get("truncated_from"), record.get("checksum")
         return dataset_facts(self._group(kind), key, per_residue=kind == PER_RESIDUE)
 
     def checksum_of(self, key: str, kind: str | None = None) -> str | None:
