@@ -555,19 +555,23 @@ def _order(reader, kind: str, wanted: list[str] | None, source) -> list[str]:
         present = reader.ids(kind)
     if wanted is None and reader.layout == "stacked":
         return present  # (row order, which is key order)
-    return _selected(present, wanted, source, reader.path, reader.failed)
+    # another tool's file: an id may find its dataset otherwise than by spelling its key (the
+    # ProtTrans script's keys are whole header lines, found by their first word: the FASTA id),
+    # as fit and predict find it (`--ids proteins.fasta` of that script's file refused every id)
+    found = None if "layout" in reader.attrs else (lambda ident: reader.key_for(ident, kind) is not None)
+    return _selected(present, wanted, source, reader.path, reader.failed, found=found)
 
 
-def _selected(present: list[str], wanted: list[str] | None, source, path, failed=None) -> list[str]:
-    """The ids to write, in order: `wanted`'s (each must be among `present`; `failed()`, where the
-    file records failures, gives embed's reason for a missing one), else `present` in key order
-    (the escaped ids as bytes)."""
+def _selected(present: list[str], wanted: list[str] | None, source, path, failed=None, found=None) -> list[str]:
+    """The ids to write, in order: `wanted`'s (each must be among `present`, or be `found`;
+    `failed()`, where the file records failures, gives embed's reason for a missing one), else
+    `present` in key order (the escaped ids as bytes)."""
     from protrans_cli.io.h5 import escape_key
 
     if wanted is None:
         return sorted(present, key=lambda i: escape_key(i).encode("utf-8"))
     have = set(present)
-    missing = [i for i in wanted if i not in have]
+    missing = [i for i in wanted if i not in have and not (found is not None and found(i))]
     if missing:
         reasons = failed() if failed is not None else {}
         why = "; ".join(f"{i}: {reasons[i]}" for i in missing[:3] if i in reasons)

@@ -263,6 +263,26 @@ def test_prottrans_keys_that_are_header_lines_with_a_tab(tmp_path, run_cli):
                                                    ("c 100A", 2)}  # (the key unescaped, as for embed's keys)
 
 
+def test_ids_of_the_fasta_find_the_prottrans_scripts_header_line_keys(tmp_path, run_cli):
+    """The ProtTrans script keys a protein by its whole header line; the FASTA it embedded names
+    it by its first word, which finds it in fit, predict and EmbeddingsReader.get. `export --ids`
+    of that FASTA refused every protein ("2 proteins of the 2 it names are not in pt.h5")."""
+    headers = {"sp|P1|A_HUMAN Alpha OS=Homo": "MKV", "tr|Q2|B_HUMAN Beta": "MKVLA"}
+    with h5py.File(tmp_path / "pt.h5", "w") as f:
+        for i, (header, seq) in enumerate(headers.items()):
+            f[header] = np.full((len(seq), 2), i, dtype=np.float32)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{h}\n{s}\n" for h, s in reversed(headers.items())))
+    done = run_cli("export", tmp_path / "pt.h5", "--per-residue", "--ids", fasta)
+    assert done.exit_code == 0, done.stderr
+    assert [tuple(r[:4]) for r in _table(done.stdout, "\t")[1:]] == [
+        ("tr|Q2|B_HUMAN", str(i), letter, "1") for i, letter in enumerate("MKVLA", 1)] + [
+        ("sp|P1|A_HUMAN", str(i), letter, "0") for i, letter in enumerate("MKV", 1)]
+    (tmp_path / "ids.txt").write_text("sp|P1|A_HUMAN\nnone\n")
+    done = run_cli("export", tmp_path / "pt.h5", "--ids", tmp_path / "ids.txt")  # (an id it lacks: as before)
+    assert done.exit_code == 1 and "1 protein of the 2 it names is not in" in done.stderr and "(first: none)" in done.stderr
+
+
 @pytest.mark.parametrize("layout", ["grouped", "flat", "stacked"])
 def test_a_file_whose_every_protein_failed_exports_no_row(tmp_path, run_cli, layout):
     """Every protein skipped as too long: a header and empty arrays in every layout (grouped and
