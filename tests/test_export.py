@@ -360,6 +360,10 @@ def test_a_mean_over_rows_that_are_not_finite_is_said_in_one_line(tmp_path, run_
     (["-o", "{tmp}/x.npz", "--digits", "4"], "an .npz keeps the stored values"),
     (["--digits", "0"], "from 1 to 17"),
     (["--format", "tsv", "-o", "{tmp}/e.h5"], "is also an input"),
+    # (both flags: the last given was written, the other dropped without a word; esm-extract's
+    # `--include mean per_tok` read as both, a folder of means alone)
+    (["--per-residue", "--per-protein"], "export writes one kind"),
+    (["--format", "esm", "-o", "{tmp}/esm", "--per-protein", "--per-residue"], "writes both without either flag"),
 ])
 def test_usage_errors(tmp_path, run_cli, args, message):
     _write(tmp_path / "e.h5", _proteins())

@@ -20,10 +20,10 @@ from protrans_cli.cli import INPUT_FILE
               help="The output's format; esm: a folder of esm-extract's ID.pt files (representations, "
                    "mean_representations by layer), for tools written around esm-extract.  [default: from -o's "
                    "name; TSV on stdout]")
-@click.option("--per-protein", "kind", flag_value="per_protein", default=None,
+@click.option("--per-protein", is_flag=True,
               help="Per-protein vectors: one row a protein (a file of per-residue rows only: their mean).  "
                    "[default where the file has them]")
-@click.option("--per-residue", "kind", flag_value="per_residue",
+@click.option("--per-residue", is_flag=True,
               help="Per-residue rows: one row a residue (id, position[, residue]).")
 @click.option("--layer", type=int, default=-1, help="Layer to write when the file holds several (as given to embed).")
 @click.option("--all-layers", is_flag=True,
@@ -35,7 +35,7 @@ from protrans_cli.cli import INPUT_FILE
 @click.option("--digits", type=int, default=None,
               help="Significant digits of a table's numbers.  [default: those that give back the stored value: "
                    "9 for float32, 5 for float16]")
-def command(embeddings, output, fmt, kind, layer, all_layers, ids_file, digits):
+def command(embeddings, output, fmt, per_protein, per_residue, layer, all_layers, ids_file, digits):
     """An embeddings file as a TSV/CSV table, NumPy arrays (.npz) or esm-extract .pt files.
 
     For R, spreadsheets, scikit-learn and colleagues without h5py: one kind and one layer of
@@ -58,6 +58,12 @@ def command(embeddings, output, fmt, kind, layer, all_layers, ids_file, digits):
         from protrans_cli.io.h5 import HDF5_FROM_STDIN
 
         raise UsageError(HDF5_FROM_STDIN)
+    if per_protein and per_residue:
+        # (one flag sharing the other's destination: the last given was written and the first
+        # dropped without a word, `--format esm --per-residue --per-protein` a folder of means alone)
+        raise UsageError("--per-protein and --per-residue: export writes one kind (a file each); --format esm "
+                         "writes both without either flag")
+    kind = "per_protein" if per_protein else "per_residue" if per_residue else None
     from protrans_cli.export import export
 
     from protrans_cli import console
