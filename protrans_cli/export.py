@@ -260,7 +260,9 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
             _check_sequences(reader, source_kind, order, sequences, ids)
         plan = _Plan(reader, source_kind, layer, pooled, order, sequences, all_layers=all_layers)
         out_kind = PER_PROTEIN if pooled else source_kind
-        with atomic_output(output) as stream:
+        # (-o a link of the user's own is written where it leads, as predict's and the shell's `>`:
+        # renamed over, the link became a file beside it and its target was never written)
+        with atomic_output(output, follow_link=True) as stream:
             if chosen_format == "npz":
                 rows = _write_npz(stream, plan, out_kind, reader, path)
             else:
@@ -475,7 +477,7 @@ def _export_probabilities(path, output, facts: dict, fmt: str, ids, digits: int 
 
         columns = [f"{o}:{c}" for o in outputs for c in classes[o]]
         rows = 0
-        with atomic_output(output) as stream:
+        with atomic_output(output, follow_link=True) as stream:
             if fmt == "npz":
                 lengths = np.array([f[outputs[0]][escape_key(i)].shape[0] for i in order], dtype=np.int64)
                 metadata = {"source": os.path.abspath(str(path)), "task": facts.get("task"), "classes": classes}

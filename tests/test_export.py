@@ -373,6 +373,26 @@ def test_usage_errors(tmp_path, run_cli, args, message):
     assert (tmp_path / "e.h5").read_bytes() == before
 
 
+@pytest.mark.parametrize("name", ["out.tsv", "out.npz"])
+def test_a_link_of_the_users_own_is_written_where_it_leads(tmp_path, run_cli, name):
+    """-o a link (onto scratch storage) writes its target, as predict's -o and the shell's `>`
+    do, and as --format esm follows a link to a folder: renamed over, the link became a file
+    beside it and its target was never written."""
+    _write(tmp_path / "e.h5", _proteins())
+    (tmp_path / "scratch").mkdir()
+    target = tmp_path / "scratch" / name
+    target.write_bytes(b"old")
+    (tmp_path / name).symlink_to(target)
+    done = run_cli("export", tmp_path / "e.h5", "-o", tmp_path / name)
+    assert done.exit_code == 0, done.stderr
+    assert (tmp_path / name).is_symlink() and target.read_bytes() != b"old"
+    if name.endswith(".npz"):
+        with np.load(target, allow_pickle=False) as z:
+            assert sorted(z["ids"]) == sorted(_proteins())
+    else:
+        assert target.read_text().startswith("id\tdim_0")
+
+
 def test_digits_and_compression(tmp_path, run_cli):
     import gzip
 
