@@ -37,6 +37,9 @@ from protrans_cli.io.h5 import (KINDS, LAYOUTS, PER_PROTEIN, RESUME_ATTRS, RUN_A
 _OWN_ATTRS = {"layout", "kinds", "kind", "storage_dtype", "failed", "runs"}
 # Compared between the parts besides RESUME_ATTRS (the layout aside): every row depends on them
 _ALSO_SAME = ("input_prefix", "embedding_dim")
+# Compared where both parts record it: `layers` counts from it (layer -1 of 33 hidden states is
+# another layer than -1 of 34: two import-esm files without -m, of --repr_layers 32 and 33)
+_SAME_WHERE_RECORDED = ("num_hidden_states",)
 # A protein without a sequence checksum. (numpy's "S16" items drop trailing NUL bytes: every
 # digest is compared as numpy gives it back, _key(), and no checksum reads back as b"")
 _NO_SUM = bytes(16)
@@ -219,8 +222,10 @@ def _check_same(first: _Part, other: _Part) -> None:
     """The settings `--resume` compares (the layout aside), equal in every part."""
     from protrans_cli.embed import same_model
 
-    for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part")], *_ALSO_SAME):
+    for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part")], *_ALSO_SAME, *_SAME_WHERE_RECORDED):
         a, b = first.attrs.get(key), other.attrs.get(key)
+        if key in _SAME_WHERE_RECORDED and (a is None or b is None):
+            continue  # (a file from before the attribute)
         if key == "model" and a is not None and b is not None and same_model(str(_comparable(a)),
                                                                             str(_comparable(b))):
             continue  # (as --resume compares it: a short name and its hub id name one model)

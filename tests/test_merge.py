@@ -123,6 +123,25 @@ def test_parts_of_other_settings_are_refused_naming_the_setting(tmp_path, other,
     assert not (tmp_path / "m.h5").exists()
 
 
+def test_parts_whose_layers_count_from_other_numbers_of_hidden_states_are_refused(tmp_path):
+    """Layer -1 of 34 hidden states is not layer -1 of 33: two import-esm files made without -m,
+    of esm-extract's --repr_layers 33 and 32, record `layers` [-1] alike and were merged into one
+    file of 34 hidden states, half its vectors from another layer. A part from before the
+    attribute is still merged."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    parts = [_embed(tmp_path / "a.fa", tmp_path / "a.h5"), _embed(tmp_path / "b.fa", tmp_path / "b.h5")]
+    for part, states in zip(parts, (34, 33)):
+        with h5py.File(part, "r+") as f:
+            f.attrs["num_hidden_states"] = states
+    with pytest.raises(InputError, match="b.h5: was written with num_hidden_states=33, .*a.h5 with num_hidden_states=34"):
+        merge(parts, tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()
+    with h5py.File(parts[1], "r+") as f:
+        del f.attrs["num_hidden_states"]
+    assert merge(parts, tmp_path / "m.h5").proteins == 2
+
+
 def test_a_short_name_and_its_hub_id_are_one_model_as_resume_takes_them(tmp_path):
     """embed records `-m` as given; --resume takes esm2_t6_8M_UR50D and facebook/esm2_t6_8M_UR50D
     for one model, and so does merge (it refused the parts of jobs that named it either way)."""
