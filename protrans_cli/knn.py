@@ -391,7 +391,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     if labels is not None:
         console.info(f"transferring {', '.join(columns)} from {labels}")
     transfer = Transfer(result, columns)
-    with atomic_output(output) as stream:
+    with atomic_output(output, follow_link=True) as stream:
         stream.write(("\t".join(["query", "rank", "neighbour", "distance", *columns]) + "\n").encode())
         for qi, ident in enumerate(result.query_ids):
             lines = []

@@ -556,7 +556,7 @@ def write_table(result: Projection, output) -> None:
     axes = ["x", "y", "z"][:result.coords.shape[1]]
     label_columns = [c for c in result.labels if c != SOURCE]
     head = ["id", *([SOURCE] if SOURCE in result.labels else []), *axes, *label_columns]
-    with atomic_output(output) as stream:
+    with atomic_output(output, follow_link=True) as stream:
         stream.write(("\t".join(head) + "\n").encode())
         lines = []
         for row, ident in enumerate(result.ids):
@@ -714,7 +714,7 @@ def save_map_picture(result: Projection, path, *, title: str = "") -> None:
         ax.set_title(_plain(title), fontsize=9)
     fig.tight_layout()
     suffix = Path(str(path)).suffix.lower().lstrip(".") or "png"
-    with atomic_output(path) as stream:
+    with atomic_output(path, follow_link=True) as stream:
         fig.savefig(stream, format=suffix, dpi=130)
 
 
@@ -767,7 +767,7 @@ def save_map_page(result: Projection, path, *, title: str = "") -> None:
                              "same_label_nearest": None if result.agreement is None else
                              {"column": result.colour_by, "space": round(result.agreement[0], 4),
                               "map": round(result.agreement[1], 4), "proteins": result.agreement[2]}})))
-    with atomic_output(path) as stream:
+    with atomic_output(path, follow_link=True) as stream:
         stream.write(page.encode("utf-8"))
 
 

@@ -941,7 +941,7 @@ def _plot(table, wild_types, written, options) -> None:
 def _write_table(output, table, written) -> None:
     from protrans_cli.io.files import atomic_output
 
-    with atomic_output(output, "wb") as stream:
+    with atomic_output(output, "wb", follow_link=True) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
         writer = csv.writer(text, delimiter=table.delimiter, lineterminator="\n")
         writer.writerow(table.header + [c for c, _ in written])
@@ -1165,4 +1165,4 @@ def save_scan_png(sequence: str, variants: list, columns: list[tuple[str, np.nda
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save_png(fig, path)
+    _save_png(fig, path, follow_link=True)

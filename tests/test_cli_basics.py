@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -858,3 +859,36 @@ def test_ctrl_c_while_the_command_is_still_being_imported_is_one_line(entry):
         argv = [sys.executable, "-c", script + "import runpy\nrunpy.run_module('protrans_cli', run_name='__main__')\n"]
     done = subprocess.run([*argv], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "protrans: error: interrupted\n")
+
+
+def test_knn_project_and_variants_write_where_a_users_link_leads(tmp_path, run_cli):
+    """-o (and project's --plot/--html, variants' --plot) a link of the user's own, onto scratch
+    storage, writes its target, as export's, predict's and the shell's `>` do: renamed over, the
+    link became a file and its target was never written. A link onto an input is still refused."""
+    data = Path(__file__).parent / "data"
+    fasta = tmp_path / "p.fa"
+    fasta.write_text("".join(f">p{i}\n{'MKTAYIAKQRQISFVKSHFSRQ'[i:] + 'W' * i}\n" for i in range(6)))
+    h5 = tmp_path / "e.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "--per-protein", "-o", h5).exit_code == 0
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    def link(name):
+        (scratch / name).write_bytes(b"old")
+        (tmp_path / name).symlink_to(scratch / name)
+        return tmp_path / name
+
+    runs = [(("knn", h5, "--reference", h5, "-o", link("knn.tsv")), ["knn.tsv"]),
+            (("project", h5, "-o", link("map.tsv"), "--plot", link("map.png"), "--html", link("map.html")),
+             ["map.tsv", "map.png", "map.html"]),
+            (("variants", "--all-singles", "--sequence", "MKTAYIAK", "-m", data / "esm_reference",
+              "-o", link("v.csv"), "--plot", link("v.png")), ["v.csv", "v.png"])]
+    for args, names in runs:
+        r = run_cli(*args)
+        assert r.exit_code == 0, r.stderr
+        for name in names:
+            assert (tmp_path / name).is_symlink() and (scratch / name).read_bytes() != b"old", (args[0], name)
+    (tmp_path / "onto_input.tsv").symlink_to(h5)
+    before = h5.read_bytes()
+    r = run_cli("knn", h5, "--reference", h5, "-o", tmp_path / "onto_input.tsv")
+    assert r.exit_code != 0 and h5.read_bytes() == before

@@ -231,12 +231,13 @@ def print_report(name: str, output: str, m: dict) -> None:
     console.print_table(f"{name} {output}: confusion (rows true, columns predicted)", ["", *m["classes"]], cm_rows)
 
 
-def _save_png(fig, path) -> None:
+def _save_png(fig, path, *, follow_link: bool = False) -> None:
     """Written under a temporary name and renamed: a full disk left a truncated PNG under the
-    final name, and a link planted in a metrics folder was written through."""
+    final name, and a link planted in a metrics folder was written through (`follow_link`: a
+    name the user gave, written where the user's own link leads)."""
     from protrans_cli.io.files import atomic_output
 
-    with atomic_output(path) as stream:
+    with atomic_output(path, follow_link=follow_link) as stream:
         fig.savefig(stream, format="png", dpi=110)
 
 
