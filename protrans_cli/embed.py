@@ -226,6 +226,12 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
     if options.compression not in (None, "none") and not options.per_residue:  # ("none": as the writer reads it)
         warn(f"--compression {options.compression} ignored: it compresses per-residue arrays, and this run "
              "writes per-protein vectors only (stored uncompressed: too small to gain)")
+    if options.chunk_overlap != DEFAULT_CHUNK_OVERLAP and options.long_policy != "chunk":
+        warn(f"--chunk-overlap {options.chunk_overlap} ignored: it sets the windows of --long-policy chunk, and this "
+             f"run's policy is {options.long_policy}")
+    if options.pooling != "mean" and not options.per_protein:
+        warn(f"--pooling {options.pooling} ignored: it makes the per-protein vectors, and this run writes "
+             "per-residue arrays only")
     if options.model == ONEHOT:
         if options.device not in ("auto", "cpu") or options.dtype not in ("auto", "float32"):
             warn("the onehot embedder runs on the CPU in float32: --device/--dtype ignored")

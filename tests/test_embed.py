@@ -1146,6 +1146,22 @@ def test_the_progress_counts_each_protein_whole_as_its_batch_ends(run_cli, tmp_p
         assert sorted(set(counts) - {0}) == expected, (policy, counts)
 
 
+def test_chunk_overlap_under_another_long_policy_is_said_to_be_ignored(run_cli, tmp_path):
+    """--chunk-overlap sets chunk's windows; under error, skip or truncate it did nothing, without
+    a word (a user who meant --long-policy chunk got truncated or refused proteins). One warning;
+    the default overlap and the chunk policy say nothing."""
+    for args, warned in (([], False), (["--chunk-overlap", "4"], True),
+                         (["--long-policy", "truncate", "--max-length", "10", "--chunk-overlap", "4"], True),
+                         (["--long-policy", "chunk", "--max-length", "10", "--chunk-overlap", "4"], False)):
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}.h5"
+        r = run_cli("embed", SMALL, "-m", "onehot", "-o", out, *args)
+        assert r.exit_code == 0, r.stderr
+        policy = args[args.index("--long-policy") + 1] if "--long-policy" in args else "error"
+        line = (f"protrans: warning: --chunk-overlap 4 ignored: it sets the windows of --long-policy chunk, and this "
+                f"run's policy is {policy}\n")
+        assert r.stderr.count(line) == warned and r.stderr.count("--chunk-overlap") == warned, (args, r.stderr)
+
+
 def test_compressed_stdin_error_names_stdin_not_the_spool_file(run_cli, tmp_path):
     import gzip
 
