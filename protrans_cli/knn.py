@@ -526,10 +526,14 @@ def _score_column(result: Neighbours, column: str, by_id: dict, skip: set, truth
         value = own.get(column, own.get(_SAME_COLUMN.get(column, column)))
         if value is None or value in skip:
             continue
-        votes = [_scored(column, by_id.get(result.reference_ids[int(ri)], {}).get(column))
+        # A location on either side (a reference table's `label` against a DeepLoc FASTA's `loc`):
+        # the dual label counts as Cytoplasm on both (a dual query was an 11th class, a miss).
+        counted_as = "loc" if column == "loc" or (column not in own and _SAME_COLUMN.get(column) == "loc") \
+            else column
+        votes = [_scored(counted_as, by_id.get(result.reference_ids[int(ri)], {}).get(column))
                  for ri in result.index[qi] if ri >= 0]
         predicted.append(_vote(votes))
-        true_labels.append(_scored(column, value))
+        true_labels.append(_scored(counted_as, value))
     if not true_labels:
         return _nothing_scored(column)
     classes = sorted(set(true_labels) | {p for p in predicted if p is not None})

@@ -617,6 +617,25 @@ def test_a_dual_location_is_scored_as_cytoplasm_and_a_table_scores_a_deeploc_ref
     assert "transfer label: accuracy 1.0000" in r.stderr
 
 
+def test_a_dual_query_location_counts_as_cytoplasm_against_a_tables_labels(tmp_path, run_cli):
+    """A reference labelled by an id,label table (the bio_embeddings annotations, column `label`)
+    scored against a DeepLoc FASTA whose query is `Cytoplasm-Nucleus`: counted as Cytoplasm, as
+    with a DeepLoc FASTA reference (it was an 11th class, a miss whatever its neighbour)."""
+    _write(tmp_path / "r.h5", np.eye(3) * 5, ["r0", "r1", "r2"])
+    _write(tmp_path / "q.h5", np.eye(3) * 5 + 0.1, ["q0", "q1", "q2"])
+    (tmp_path / "q.fasta").write_text(">q0 Cytoplasm-Nucleus-U\nMKV\n>q1 Nucleus-S\nMKV\n>q2 Cytoplasm-S\nMKV\n")
+    (tmp_path / "r.csv").write_text("id,label\nr0,Cytoplasm\nr1,Nucleus\nr2,Cytoplasm\n")
+    (tmp_path / "r.fasta").write_text(">r0 Cytoplasm-S\nMKV\n>r1 Nucleus-S\nMKV\n>r2 Cytoplasm-S\nMKV\n")
+    base = ("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "--score", tmp_path / "q.fasta",
+            "--bootstrap", "20", "-o", tmp_path / "h.tsv")
+    r = run_cli(*base, "--labels", tmp_path / "r.fasta")
+    assert r.exit_code == 0, r.stderr
+    assert "transfer loc: Q10 1.0000" in r.stderr
+    r = run_cli(*base, "--labels", tmp_path / "r.csv")
+    assert r.exit_code == 0, r.stderr
+    assert "transfer label: accuracy 1.0000" in r.stderr and "balanced accuracy 1.000" in r.stderr
+
+
 def test_the_ci_does_not_depend_on_the_order_of_the_queries():
     """`knn --fasta` lists queries in the FASTA's order, `knn QUERY.h5` in the file's: the same
     queries and neighbours got two bootstrap CIs. Resampled in the order of their ids, as fit's."""
