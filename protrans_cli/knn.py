@@ -425,10 +425,26 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
             why = "" if transfer.scores[column]["n"] or any(
                 c in own for own in truth.values() for c in named) else f" ({score} gives no query a {column} label)"
             console.info(summary_line("transfer", column, transfer.scores[column]) + why)
+            _warn_numbers(score, column, truth)
     console.info(f"knn: {console.counted(len(result.query_ids), 'query protein')} against "
                  f"{console.counted(len(result.reference_ids), 'reference protein')} ({metric}, k {k})"
                  + (f" into {output}" if str(output) != "-" else ""))
     return transfer
+
+
+def _warn_numbers(score, column: str, truth: dict) -> None:
+    """A column of many distinct non-integer numbers (a FLIP CSV's fitness, a melting point) is
+    scored as classes, a transferred number right only where it equals the query's exactly: its
+    accuracy of 0 was given without a word (fit's protein task warns of such labels alike)."""
+    from protrans_cli.heads.tasks import _LISTED, _numeric
+
+    numbers = {v for own in truth.values()
+               if (v := own.get(column, own.get(_SAME_COLUMN.get(column, column)))) not in (None, "")}
+    if len(numbers) > _LISTED and all(_numeric(v) for v in numbers) and not all(
+            float(v).is_integer() for v in numbers):
+        console.warn(f"{score}: its {column} column holds {len(numbers):,} distinct numbers, each scored as a "
+                     "class of its own: a neighbour's number counts only where it equals the query's exactly (knn "
+                     "transfers classes; protrans fit value regresses numbers)")
 
 
 def _shown(fasta) -> str:

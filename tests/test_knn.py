@@ -636,6 +636,26 @@ def test_a_dual_query_location_counts_as_cytoplasm_against_a_tables_labels(tmp_p
     assert "transfer label: accuracy 1.0000" in r.stderr and "balanced accuracy 1.000" in r.stderr
 
 
+def test_a_column_of_numbers_is_scored_with_a_warning(tmp_path, run_cli):
+    """knn --score of a FLIP CSV's target (a fitness, a melting point: many distinct non-integer
+    numbers) scores each number as a class, right only where it equals the query's exactly: a
+    warning says so (an accuracy of 0 came without a word); a few integer classes get none."""
+    rng = np.random.default_rng(3)
+    ids = [f"p{i:03d}" for i in range(30)]
+    _write(tmp_path / "e.h5", rng.normal(size=(30, 4)), ids)
+    (tmp_path / "v.csv").write_text("id,label\n" + "".join(f"{i},{rng.normal():.4f}\n" for i in ids))
+    (tmp_path / "c.csv").write_text("id,label\n" + "".join(f"{i},{j % 3}\n" for j, i in enumerate(ids)))
+    base = ("knn", tmp_path / "e.h5", "--reference", tmp_path / "e.h5", "--exclude-self", "--bootstrap", "20",
+            "-o", tmp_path / "h.tsv")
+    r = run_cli(*base, "--labels", tmp_path / "v.csv", "--score", tmp_path / "v.csv")
+    assert r.exit_code == 0, r.stderr
+    assert "transfer label: accuracy 0.0000" in r.stderr
+    assert "its label column holds 30 distinct numbers, each scored as a class" in r.stderr
+    r = run_cli(*base, "--labels", tmp_path / "c.csv", "--score", tmp_path / "c.csv")
+    assert r.exit_code == 0, r.stderr
+    assert "distinct numbers" not in r.stderr
+
+
 def test_the_ci_does_not_depend_on_the_order_of_the_queries():
     """`knn --fasta` lists queries in the FASTA's order, `knn QUERY.h5` in the file's: the same
     queries and neighbours got two bootstrap CIs. Resampled in the order of their ids, as fit's."""
