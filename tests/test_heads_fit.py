@@ -3631,6 +3631,23 @@ def test_a_group_named_like_a_label_record_is_no_embedding_for_it(run_cli, tmp_p
     assert "have no label" not in r.stderr and "99 proteins" in r.stderr
 
 
+def test_test_proteins_that_are_validation_proteins_are_named(run_cli, ss_data, tmp_path):
+    """--valid X --test X (or sets that share proteins): the validation set chose the epoch kept,
+    so the test score is not an independent one; it was reported without a word."""
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--valid", ss_data / "test.h5", ss_data / "test.csv", "--test", ss_data / "test.h5",
+                ss_data / "test.csv", "--max-epochs", "1", "--bootstrap", "10", "-j", "1", "--no-plots",
+                "-o", tmp_path / "h")
+    assert r.exit_code == 0, r.stderr
+    assert "test: 20 of its 20 proteins are in the validation set too (20 by id: " in r.stderr, r.stderr
+    assert "chose the epoch kept" in r.stderr and "in the training set too" not in r.stderr
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--test", ss_data / "test.h5", ss_data / "test.csv", "--max-epochs", "1", "--bootstrap", "10",
+                "-j", "1", "--no-plots", "-o", tmp_path / "h2")
+    assert r.exit_code == 0, r.stderr
+    assert "in the validation set too" not in r.stderr
+
+
 def test_valid_fraction_holds_out_proteins_of_one_sequence_together(run_cli, tmp_path):
     """The --valid-fraction hold-out drew proteins one by one: of a sequence given twice (CB513
     repeats 79), one copy was held out and its twin trained on (CB513: 12 of the 51 held out), so

@@ -606,6 +606,19 @@ def _warn_overlap(train, eval_sets: list) -> None:
             console.warn(f"{name}: {len(both)} of its {len(data.items)} proteins are in the training set too ({found}: "
                          f"{', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); their scores are not independent "
                          "of training")
+    # A test set that is (partly) the validation set: those proteins chose the epoch kept, so the
+    # test score is not the unbiased estimate a test set gives (`--valid X --test X` said nothing).
+    if eval_sets and eval_sets[0][0] == "valid":
+        chose = TrainingSet(eval_sets[0][1].items)
+        for name, data, emb, _ in eval_sets[1:]:
+            same_id, same_sequence = chose.overlap(data.items)
+            both = same_id + same_sequence
+            if both:
+                found = ", ".join(([f"{len(same_id)} by id"] if same_id else [])
+                                  + ([f"{len(same_sequence)} by an identical sequence"] if same_sequence else []))
+                console.warn(f"{name}: {len(both)} of its {len(data.items)} proteins are in the validation set too "
+                             f"({found}: {', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); the validation set "
+                             "chose the epoch kept, so their scores are not an independent test")
 
 
 def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, device, state: FitState, *,
