@@ -734,6 +734,17 @@ def test_a_valid_or_test_file_of_other_splits_only_is_refused(data, run_cli, tmp
         assert "finetune holds out --valid-fraction" in r.stderr and not (tmp_path / "out").exists()
 
 
+def test_test_proteins_that_are_training_or_validation_proteins_are_named(data, run_cli, tmp_path):
+    """As fit: --test naming the training labels (or the validation set) scored those proteins as
+    an independent test set without a word; a warning counts them."""
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--valid",
+                data / "test.csv", "--test", data / "train.csv", "--test", data / "test.csv", *FAST,
+                "--max-epochs", "1", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    assert "train: 60 of its 60 proteins are in the training set too (60 by id: " in r.stderr, r.stderr
+    assert "test: 15 of its 15 proteins are in the validation set too (15 by id: " in r.stderr, r.stderr
+
+
 def test_lora_linear_is_base_plus_alpha_over_rank_times_b_a_with_dropout_on_the_adapter_path():
     """LoRALinear against plain torch: y = x W^T + b + (alpha / r) dropout(x) A^T B^T, merged
     W + (alpha / r) B A; dropout (--lora-dropout) on the adapter's input only."""

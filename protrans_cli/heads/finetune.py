@@ -37,9 +37,9 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
 from protrans_cli.heads.fit import (_changed, _class_weights, _identity, _jsonable, _loss, _metric_names, _only,
-                                    _outputs_with_labels, _real_paths, _unique_name, checked_state_bytes, evaluate_data,
-                                    evaluation_records, held_out_positions, load_checked_state, no_training_records,
-                                    note_dual_labels, write_metrics)
+                                    _outputs_with_labels, _real_paths, _unique_name, _warn_overlap,
+                                    checked_state_bytes, evaluate_data, evaluation_records, held_out_positions,
+                                    load_checked_state, no_training_records, note_dual_labels, write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
                                       unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
@@ -478,6 +478,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if config.mask_path is not None and not any(masked):
         raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
                          "holds, the only ones a mask file applies to")
+    # (as fit: a --test that is the training file, or the validation set, was scored without a word)
+    _warn_overlap(train, [(name, data, desc, None) for name, data, desc in eval_sets])
     if any(o.is_value for o in task.outputs):
         with located(labels):
             task = task.with_scale_from(train.targets)
