@@ -3648,6 +3648,26 @@ def test_test_proteins_that_are_validation_proteins_are_named(run_cli, ss_data, 
     assert "in the validation set too" not in r.stderr
 
 
+def test_valid_fraction_with_valid_warns_and_resume_does_not_compare_it(run_cli, ss_data, tmp_path):
+    """--valid is the validation set: --valid-fraction beside it changes nothing. It was ignored
+    without a word, and the same fit resumed without it was refused "other settings
+    (valid_fraction)" (as --folds already had it)."""
+    from protrans_cli.heads.fit import _changed
+
+    args = ("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", "--valid",
+            ss_data / "test.h5", ss_data / "test.csv", "--max-epochs", "1", "--bootstrap", "10", "-j", "1",
+            "--no-plots", "-o", tmp_path / "h")
+    r = run_cli(*args, "--valid-fraction", "0.3")
+    assert r.exit_code == 0, r.stderr
+    assert "--valid-fraction does nothing with --valid" in r.stderr
+    r = run_cli(*args, "--resume")
+    assert r.exit_code == 0 and "is complete: nothing to resume" in r.stderr, r.stderr
+    # (an interrupted one alike; without --valid the hold-out's share is still compared)
+    given = ["v.h5", "v.csv"]
+    assert _changed({"valid_fraction": 0.3, "valid": given}, {"valid_fraction": 0.1, "valid": given}) == []
+    assert _changed({"valid_fraction": 0.3, "valid": None}, {"valid_fraction": 0.1, "valid": None}) == ["valid_fraction"]
+
+
 def test_valid_fraction_holds_out_proteins_of_one_sequence_together(run_cli, tmp_path):
     """The --valid-fraction hold-out drew proteins one by one: of a sequence given twice (CB513
     repeats 79), one copy was held out and its twin trained on (CB513: 12 of the 51 held out), so

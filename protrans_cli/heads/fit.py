@@ -782,6 +782,10 @@ def _changed(saved: dict, now: dict) -> list[str]:
         saved = {**saved, "architecture": architecture_for(TASKS[saved["task"]])}
 
     keys = set(saved) | set(now)
+    if now.get("valid") is not None:
+        # (a --valid set holds nothing out of train: another --valid-fraction changes nothing, and
+        # `--valid V --valid-fraction 0.3` then --resume without it was refused "other settings")
+        keys.discard("valid_fraction")
     if saved.get("architecture") == now.get("architecture"):
         # (options of another kind of head change nothing, as fit warns: `--kernel 5` given to an
         # FNN, then left out of --resume as the warning suggests, was refused "other settings")
