@@ -687,10 +687,11 @@ class VariantTable:
     owners: list = field(default_factory=list)  # each row's wild type: an index into the wild types
 
 
-def read_variant_table(path, wild_types: list[tuple[str, str]], options: VariantOptions) -> VariantTable:
+def read_variant_table(path, wild_types: list[tuple[str, str]], options: VariantOptions,
+                       rejected: dict | None = None) -> VariantTable:
     """Read and check every row before any model is loaded: a one-line InputError naming the file,
     line and mutation for the first that does not fit its wild type (the one of `wild_types`, or
-    the one its `id_column` names)."""
+    the one its `id_column` names; `rejected`: why a record of the FASTA could not be read)."""
     from protrans_cli.heads.labels import _utf16_text
     from protrans_cli.io.files import archive_hint, display_name, open_input
 
@@ -743,6 +744,9 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
             owner = 0
             if id_at is not None:
                 owner = by_id.get(row[id_at].strip())
+                if owner is None and row[id_at].strip() in (rejected or {}):
+                    raise InputError(f"{options.id_column} {row[id_at].strip()!r}: {rejected[row[id_at].strip()]}",
+                                     path=name, line=line)
                 if owner is None:
                     raise InputError(f"{options.id_column} {row[id_at].strip()!r}: no such record in the wild types' "
                                      "FASTA", path=name, line=line)
@@ -772,8 +776,11 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     return table
 
 
-def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bool) -> list[tuple[str, str]]:
-    """[(id, sequence)]: `--sequence`, or the FASTA's record(s); one unless `many` (--all-singles)."""
+def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bool, *,
+                    rejected: dict | None = None) -> list[tuple[str, str]]:
+    """[(id, sequence)]: `--sequence`, or the FASTA's record(s); one unless `many` (--all-singles).
+    `rejected` (--id-column, where only the records a table names are checked): a dict that takes
+    each unreadable record's reason instead of an error, and the DNA warning is the caller's."""
     from protrans_cli.io.fasta import read_fasta
     from protrans_cli.io.files import display_name
     from protrans_cli.residues import SequenceRejected, normalise
@@ -794,10 +801,12 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
         try:
             found.append((record.id, normalise(record.sequence, rare="keep")))
         except SequenceRejected as exc:
-            raise InputError(str(exc), path=name, record=record.id) from None
-    if not found:
+            if rejected is None:
+                raise InputError(str(exc), path=name, record=record.id) from None
+            rejected[record.id] = str(InputError(str(exc), path=name, record=record.id))
+    if not found and not rejected:
         raise InputError(f"holds no record {record_id!r}" if record_id else "holds no sequence", path=name)
-    ids = [i for i, _ in found]
+    ids = [i for i, _ in found] + list(rejected or ())
     if len(set(ids)) != len(ids):  # (before the count: two records of the --id asked for are this error)
         seen: set[str] = set()
         twice = next(i for i in ids if i in seen or seen.add(i))
@@ -805,7 +814,8 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
     if len(found) > 1 and not many:
         raise UsageError(f"{name} holds {len(found)} sequences; a variants table has one wild type: pick it with "
                          f"--id (first ids: {', '.join(i for i, _ in found[:3])})")
-    _warn_nucleotide(found, name)
+    if rejected is None:
+        _warn_nucleotide(found, name)
     return found
 
 
@@ -862,7 +872,11 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         raise UsageError("--resume goes on with the work kept beside -o FILE; stdout keeps none")
     if options.id_column is not None and (fasta is None or record_id is not None):
         raise UsageError("--id-column names each row's wild type among the records of --fasta (without --id)")
-    wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles or options.id_column is not None)
+    # (--id-column: a record the table does not name is neither checked nor scored; one it names
+    # that cannot be read is an error of that row)
+    rejected = {} if options.id_column is not None else None
+    wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles or options.id_column is not None,
+                                 rejected=rejected)
     columns = score_columns(options)
     if options.plot is not None:
         if len(wild_types) > 1:
@@ -881,12 +895,15 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
                 table.owners.append(k)
         table.lines = list(range(len(table.rows)))
     else:
-        table = read_variant_table(variants_file, wild_types, options)
+        table = read_variant_table(variants_file, wild_types, options, rejected)
         if options.id_column is not None:  # (only the wild types the table names are checked and scored)
+            from protrans_cli.io.files import display_name
+
             named = sorted(set(table.owners))
             renumber = {old: new for new, old in enumerate(named)}
             wild_types = [wild_types[k] for k in named]
             table.owners = [renumber[k] for k in table.owners]
+            _warn_nucleotide(wild_types, display_name(fasta))
     ensemble_columns = ([f"ensemble_{strategy.replace('-', '_')}" for strategy in options.strategies]
                         if len(options.models) > 1 else [])
     taken = {h.strip() for h in table.header}

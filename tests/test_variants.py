@@ -499,6 +499,29 @@ def test_one_table_of_many_proteins_names_each_rows_wild_type(run_cli, tmp_path,
     assert r.exit_code == 2 and "--id-column" in r.stderr
 
 
+def test_id_column_neither_checks_nor_warns_about_records_the_table_does_not_name(run_cli, tmp_path, tiny_models):
+    """--id-column over a FASTA whose other records cannot be read (a J, an inner stop) or read as
+    DNA: the table's proteins are scored without a word about them (the run was refused for a
+    record it never named, and warned of DNA it never scored); a row naming an unreadable record is
+    that row's error, with the record's reason."""
+    fasta = tmp_path / "wt.fa"
+    fasta.write_text(f">a\n{SEQ}\n>bad\nMKJTAY\n>orf\nMK*TAY\n>dna\n{'ACGT' * 10}\n")
+    table = tmp_path / "v.csv"
+    table.write_text("protein,mutant\na,K2A\na,T3W\n")
+    r = run_cli("variants", table, "--fasta", fasta, "--id-column", "protein", "-m", tiny_models["esm"], "--column", "s")
+    assert r.exit_code == 0, r.stderr
+    assert "DNA" not in r.stderr and "bad" not in r.stderr
+    assert [row["mutant"] for row in _table(r.stdout)] == ["K2A", "T3W"]
+    table.write_text("protein,mutant\na,K2A\nbad,K2A\n")
+    r = run_cli("variants", table, "--fasta", fasta, "--id-column", "protein", "-m", tiny_models["esm"])
+    assert r.exit_code == 1
+    assert "v.csv:3: protein 'bad': " in r.stderr and "record 'bad': invalid character 'J'" in r.stderr
+    table.write_text("protein,mutant\na,K2A\ndna,C2A\n")
+    r = run_cli("variants", table, "--fasta", fasta, "--id-column", "protein", "-m", tiny_models["esm"], "--column", "s")
+    assert r.exit_code == 0, r.stderr
+    assert "1 of 2 wild type(s)" in r.stderr and "dna" in r.stderr
+
+
 def test_the_library_scores_what_parse_variant_read_and_refuses_other_variants(tiny_models):
     """parse_variant and VariantScorer.score read a wild type alike (lower case, gaps): the site
     scored is the residue named; a variant of another sequence is refused, not scored elsewhere."""
