@@ -108,6 +108,9 @@ def run_quickstart(output, *, family: str = "bert", num_steps: int = 150, head_e
             raise UsageError(f"{out} exists and is not empty (use --force to replace it)")
         # only a quickstart folder (its own names, and temporaries named after them) is replaced
         check_replaceable(out, "quickstart", _own_entry)
+        if out.is_symlink():  # (rmtree refuses a link: "Cannot call rmtree on a symbolic link", no name)
+            raise UsageError(f"{out} is a symbolic link to {out.resolve()}: --force replaces a folder, not a link "
+                             f"(give -o {out.resolve()})")
         shutil.rmtree(out)
     data = Path(data_dir) if data_dir else example_data_dir()
     missing = [f for f in EXAMPLE_FILES if not (data / f).exists()]

@@ -96,6 +96,20 @@ def test_force_replaces_a_quickstart_folder_only(run_cli, tmp_path, monkeypatch)
     assert (project / "data" / "labels.csv").read_text() == "mine"
 
 
+def test_force_on_a_link_to_a_quickstart_folder_names_it(run_cli, tmp_path):
+    """-o LINK --force, LINK a symbolic link to a quickstart folder, ended in shutil's "Cannot call
+    rmtree on a symbolic link" (exit 1, no path named): refused, naming the link and its folder."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "commands.sh").write_text("#!/bin/sh\n")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    result = run_cli("quickstart", "-o", link, "--force")
+    assert result.exit_code == 2, result.stderr
+    assert f"{link} is a symbolic link to {real}" in result.stderr
+    assert (real / "commands.sh").exists() and link.is_symlink()
+
+
 def _refuses_to_overwrite(out, run_cli):
     result = run_cli("quickstart", "-o", out)
     assert result.exit_code == 2
