@@ -467,7 +467,8 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor) ->
                 if left == 0 and not partial_path(output).exists():
                     summary.seconds = time.perf_counter() - start
                     return summary
-        elif options.long_policy == "error" and scan.longest > max_length:
+        if not len(done) and options.long_policy == "error" and scan.longest > max_length:
+            # (--resume with nothing kept too: it computed and wrote every batch before the long protein)
             _check_before_compute(source, name, options, max_length, done, output)
         with EmbeddingsWriter(output, resume=options.resume, **writer_kw) as writer:
             # (embed's warnings, as embed says them: once the output is open and there is work to do)

@@ -220,6 +220,21 @@ def test_long_and_invalid_proteins_follow_their_policies(run_cli, tmp_path):
     assert r.exit_code == 2
 
 
+def test_resume_with_nothing_kept_refuses_a_long_protein_before_any_map(run_cli, tmp_path):
+    """--resume on a fresh output (a script that always passes it) skipped the length check made
+    before any computation: the short proteins' maps were computed and written to OUTPUT.partial,
+    then the long protein ended the run (exit 1, no line number, no way out named)."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMKTAYIAKQRQISF\n>long\n" + "MKV" * 10 + "\n")
+    out = tmp_path / "c.h5"
+    r = run_cli("contacts", fasta, "-m", REFERENCES["esm2"], "-o", out, "--max-length", "20", "--resume",
+                "--max-tokens", "20")
+    assert r.exit_code == 1
+    assert "in.fa:5, record 'long': 30 residues, longer than --max-length 20" in r.stderr
+    assert "--long-policy skip or truncate" in r.stderr
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+
+
 def test_stdin_and_gzip_inputs(run_cli, tmp_path):
     import gzip
 
