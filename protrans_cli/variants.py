@@ -716,7 +716,9 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     delimiter = "\t" if "\t" in first and "," not in first else ","
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # (mutated_sequence columns of long proteins)
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = next(row for row in reader if any(f.strip() for f in row))
+    header = next((row for row in reader if any(f.strip() for f in row)), None)
+    if header is None:  # (only delimiters, `,,,`, or a lone quote: a StopIteration's traceback)
+        raise InputError("is empty: no line names a column", path=name)
     stripped = [h.strip() for h in header]
     column = options.mutation_column
     if column not in stripped:
