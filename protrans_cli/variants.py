@@ -857,7 +857,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     """Score the variants of `variants_file` (or every single substitution, `all_singles`) and write
     the table with a score column per model and scoring to `output` (a path, `-`/None: stdout),
     atomically. Returns {column: Spearman rho} when `truth_column` is given, else {}."""
-    from protrans_cli.io.files import input_named_by, output_directory
+    from protrans_cli.io.files import input_named_by, output_directory, special_output
 
     options = options or VariantOptions()
     expect_options(options, VariantOptions, "options")
@@ -872,6 +872,11 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         output_directory(output)  # (before the scoring, not when its result is written)
     elif options.resume:
         raise UsageError("--resume goes on with the work kept beside -o FILE; stdout keeps none")
+    # (a device or pipe, `-o >(gzip > x.gz)` or /dev/stdout, keeps no work as stdout keeps none: its
+    # folder, /dev/fd or /dev, cannot hold FILE.partial/, refused after the model's load)
+    special = special_output(output) if output not in (None, "-") else None
+    if special and options.resume:
+        raise UsageError(f"--resume goes on with the work kept beside -o FILE; {output} {special}, which keeps none")
     if options.id_column is not None and (fasta is None or record_id is not None):
         raise UsageError("--id-column names each row's wild type among the records of --fasta (without --id)")
     # (--id-column: a record the table does not name is neither checked nor scored; one it names
@@ -928,7 +933,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     # (a file: locked against another run on it, its finished work kept beside it for --resume)
     with output_lock(output, "is the output of another protrans run that is running now: wait for it to end, "
                              "or choose another -o") if to_file else contextlib.nullcontext():
-        store = UnitStore(partial_folder(output), resume=options.resume) if to_file else None
+        store = UnitStore(partial_folder(output), resume=options.resume) if to_file and not special else None
         results = _score_all(table, wild_types, columns, options, store)
         written = _written(columns, ensemble_columns, results, options)
         _write_table(output, table, written)

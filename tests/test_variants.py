@@ -526,6 +526,34 @@ def test_id_column_neither_checks_nor_warns_about_records_the_table_does_not_nam
     assert "1 of 2 wild type(s)" in r.stderr and "dna" in r.stderr
 
 
+def test_a_pipe_as_output_keeps_no_units_as_stdout_keeps_none(run_cli, tmp_path, tiny_models):
+    """-o /dev/fd/N (`-o >(gzip > x.gz)`): the table goes down the pipe; it was refused after the
+    model's load, "cannot create /dev/fd/N.partial" (exit 1), the folder kept for --resume beside
+    a path that cannot hold one. --resume is refused, as for stdout."""
+    import os
+
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\nT3W:Q9E\n")
+    read_end, write_end = os.pipe()
+    try:
+        r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "--column", "s",
+                    "-o", f"/dev/fd/{write_end}")
+        os.close(write_end)
+        write_end = None
+        assert r.exit_code == 0, r.stderr
+        with os.fdopen(read_end, "rb") as stream:
+            read_end = None
+            piped = stream.read().decode()
+    finally:
+        for fd in (read_end, write_end):
+            if fd is not None:
+                os.close(fd)
+    alone = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "--column", "s")
+    assert piped == alone.stdout and [row["mutant"] for row in _table(piped)] == ["K2A", "T3W:Q9E"]
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "-o", "/dev/stdout", "--resume")
+    assert r.exit_code == 2 and "keeps none" in r.stderr
+
+
 def test_the_library_scores_what_parse_variant_read_and_refuses_other_variants(tiny_models):
     """parse_variant and VariantScorer.score read a wild type alike (lower case, gaps): the site
     scored is the residue named; a variant of another sequence is refused, not scored elsewhere."""
