@@ -138,7 +138,7 @@ class ContactPredictor:
         import torch
 
         refuse_without_head(loaded)
-        model = loaded.model
+        model = _encoder(loaded)
         self.loaded, self.model, self.tokenizer = loaded, model, loaded.tokenizer
         self.family = loaded.family
         self.device = next(model.parameters()).device
@@ -268,7 +268,7 @@ def refuse_without_head(loaded) -> None:
     if loaded.family.name != "esm":
         raise ModelError(f"{loaded.name}: a {loaded.family.name} model has no contact head; contact maps come from "
                          "ESM-2 or ESM-1b checkpoints (e.g. -m esm2_t33_650M_UR50D)")
-    if getattr(loaded.model, "contact_head", None) is None:
+    if getattr(_encoder(loaded), "contact_head", None) is None:
         raise ModelError(f"{loaded.name}: the model has no contact head")
     if "esm1v" in f"{loaded.name} {loaded.path_or_hub_id}".lower():
         # fair-esm ships no contact regression for ESM-1v (its `_has_regression_weights`); the
@@ -284,6 +284,13 @@ def refuse_without_head(loaded) -> None:
         raise ModelError(f"{loaded.name}: {trained_here}; ESM's contact head is a regression fitted to known "
                          "structures after pretraining, so this model's contact maps would be noise. Use a "
                          "published ESM-2 or ESM-1b checkpoint")
+
+
+def _encoder(loaded):
+    """The ESM model that holds the contact head: `loaded.model`, or its `esm` where it was loaded
+    with the masked-LM head (`load_model(..., masked_lm=True)`, as for VariantScorer): "the model has
+    no contact head" was said of it."""
+    return getattr(loaded.model, "esm", None) or loaded.model
 
 
 def checkpoint_tensor_names(loaded) -> set[str] | None:

@@ -456,6 +456,11 @@ def test_library_predict_reads_sequences_as_embed_and_keeps_the_heads_float32_we
     stored = load_file(model / "model.safetensors")["esm.contact_head.regression.weight"].reshape(-1)
     assert half.weights.dtype == torch.float32 and torch.equal(half.weights.reshape(-1), stored)
     assert not torch.equal(stored.bfloat16().float(), stored)  # (which rounding would have changed)
+    # the model loaded with its masked-LM head (as VariantScorer takes it): the same maps ("the
+    # model has no contact head" was said of it)
+    with_head = ContactPredictor(load_model(str(model), device="cpu", masked_lm=True))
+    for got, want in zip(with_head.predict(["MKTAYIAKQR", "MKT"]), predictor.predict(["MKTAYIAKQR", "MKT"])):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_onehot_is_refused_as_no_model(run_cli, tmp_path):
