@@ -888,9 +888,16 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     if options.plot is not None:
         if len(wild_types) > 1:
             raise UsageError(f"--plot draws one wild type's scan; {fasta} holds {len(wild_types)} (pick one with --id)")
-        from protrans_cli.io.files import refuse_special_output
+        from protrans_cli.io.files import refuse_special_output, same_file
 
         refuse_special_output(options.plot, "--plot", "the heatmap")
+        # (drawn over the wild types' FASTA or the table just written, without a word)
+        if input_named_by(options.plot, [p for p in (variants_file, fasta) if p is not None]):
+            raise UsageError(f"--plot {options.plot} is also an input: drawing it would replace it (choose another "
+                             "--plot)")
+        if output not in (None, "-") and same_file(options.plot, output):
+            raise UsageError(f"--plot {options.plot} is also -o: the heatmap would replace the table (give it a .png "
+                             "of its own)")
         output_directory(options.plot)
     if options.all_singles:
         header = (["id"] if fasta is not None else []) + ["mutant"]

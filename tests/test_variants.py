@@ -831,6 +831,21 @@ def test_an_all_singles_scan_draws_its_landscape(run_cli, tmp_path, tiny_models)
     assert r.exit_code == 2 and "holds 2" in r.stderr and not (tmp_path / "y.png").exists()
 
 
+def test_a_plot_naming_an_input_or_the_table_is_refused_before_any_model(run_cli, tmp_path):
+    """--plot wt.fa drew the heatmap over the wild types' FASTA, and --plot naming -o over the
+    table just written, exit 0 without a word: refused, both left as they were."""
+    fasta = tmp_path / "wt.fa"
+    fasta.write_text(f">wt\n{SEQ}\n")
+    out = tmp_path / "scan.csv"
+    r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", tmp_path / "no_such_model", "--plot", fasta,
+                "-o", out)
+    assert r.exit_code == 2 and f"--plot {fasta} is also an input" in r.stderr
+    assert fasta.read_text() == f">wt\n{SEQ}\n" and not out.exists()
+    r = run_cli("variants", "--all-singles", "--sequence", SEQ, "-m", tmp_path / "no_such_model", "--plot", out,
+                "-o", tmp_path / "." / "scan.csv")
+    assert r.exit_code == 2 and "is also -o" in r.stderr and not out.exists()
+
+
 def test_t5_reads_a_masked_site_from_the_decoder_rebuilding_the_protein(run_cli, tmp_path, tiny_models):
     """ProtT5's objective (protrans train's t5): the site replaced by <extra_id_0> in the encoder's
     input, read from the decoder teacher-forced on the wild type. Reference: transformers'
