@@ -670,6 +670,9 @@ class VariantOptions:
             raise UsageError("--plot draws the landscape of an --all-singles scan (20 amino acids x residues)")
         if self.all_singles and (self.truth_column or self.id_column):
             raise UsageError("--truth-column and --id-column read the variants table; --all-singles has none")
+        if self.all_singles and self.mutation_column != "mutant":  # (ignored without a word)
+            raise UsageError(f"--mutation-column {self.mutation_column} reads the variants table; --all-singles has "
+                             "none (its mutations are written in a column `mutant`)")
         if self.threads is not None:
             check_threads(self.threads)
 
