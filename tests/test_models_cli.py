@@ -125,3 +125,15 @@ def test_the_families_table_says_where_each_family_packs(run_cli):
             for line in result.stdout.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
     assert rows["t5"][2] == "embed --attention flex"
     assert rows["bert"][2] == "yes" and rows["xlnet"][2] == "no" and rows["transfo_xl"][2] == "no"
+
+
+def test_an_encoder_only_checkpoint_is_not_listed_as_part_of_a_larger_model(run_cli):
+    """Rostlab/prot_t5_xl_half_uniref50-enc holds ProtT5-XL's encoder alone (1.2B): it was listed
+    as "1.2B of 2.8B", as if its download held the decoder too, where the full checkpoints do."""
+    data = json.loads(run_cli("models", "--checkpoints", "--family", "t5", "--json").stdout)
+    rows = {c["name"]: c for c in data["checkpoints"]}
+    assert rows["prot_t5_xl_half"]["total_params"] is None
+    assert rows["prot_t5_xl_uniref50"]["total_params"] > 2e9  # encoder + decoder
+    table = run_cli("models", "--checkpoints", "--family", "t5").stdout
+    half = next(line for line in table.splitlines() if "prot_t5_xl_half" in line)
+    assert "1.2B" in half and " of " not in half, half

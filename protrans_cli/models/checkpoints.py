@@ -28,7 +28,8 @@ _ANKH_LARGE_TOTAL = 1_878_459_392
 _ROWS = [
     Checkpoint("prot_t5_xl_half", "Rostlab/prot_t5_xl_half_uniref50-enc", "t5", _T5_XL_ENCODER, 1024,
                "ProtT5-XL-UniRef50 encoder only, half precision (the embed default)",
-               torch_dtype="float16", num_layers=24, total_params=_T5_XL_TOTAL, preset="prot_t5_xl"),
+               # (no total_params: the published weights are the encoder alone, no decoder)
+               torch_dtype="float16", num_layers=24, preset="prot_t5_xl"),
     Checkpoint("prot_t5_xl_uniref50", "Rostlab/prot_t5_xl_uniref50", "t5", _T5_XL_ENCODER, 1024,
                "ProtT5-XL pretrained on BFD, fine-tuned on UniRef50 (encoder + decoder)",
                num_layers=24, total_params=_T5_XL_TOTAL, preset="prot_t5_xl"),
