@@ -87,6 +87,10 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         TrainConfig(corpus=["x"], optimizer="sgd").validate()
     with pytest.raises(UsageError, match="stdin"):
         TrainConfig(corpus=["-"]).validate()
+    # --val-corpus - is named as such (it said "the corpus cannot be stdin" of a --corpus given as a file)
+    with pytest.raises(UsageError, match=r"^--val-corpus \(val_corpus\) cannot be stdin \('-'\): it is read before "
+                                         r"training and at every evaluation"):
+        TrainConfig(corpus=["c.txt"], val_corpus=["-"]).validate()
     with pytest.raises(UsageError, match="LEN:STEPS"):
         Phase.parse("512")
     assert parse_set(["num_hidden_layers=4", "hidden_act=gelu"]) == {"num_hidden_layers": 4, "hidden_act": "gelu"}

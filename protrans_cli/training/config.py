@@ -221,8 +221,12 @@ class TrainConfig:
         # (the tokenizer is saved with the first checkpoint: found there, every step before was lost)
         if (problem := utf8_path_problem(os.path.abspath(self.output_dir))) is not None:
             raise UsageError(f"the run directory {utf8_text(self.output_dir)}: {problem}")
-        if "-" in self.corpus or "-" in self.val_corpus:
-            raise UsageError("the corpus cannot be stdin ('-'): training reads it once per epoch")
+        if "-" in self.corpus:
+            raise UsageError(f"{setting_name('corpus')} cannot be stdin ('-'): training reads it once per epoch")
+        if "-" in self.val_corpus:
+            # (it said "the corpus cannot be stdin ... once per epoch" of a --corpus given as a file)
+            raise UsageError(f"{setting_name('val_corpus')} cannot be stdin ('-'): it is read before training "
+                             "and at every evaluation; give it as a file")
         for path in (*self.corpus, *self.val_corpus):
             # a pipe (<(zcat ...), a FIFO) is read once by the corpus check, and the next open waited for
             # a writer for ever
