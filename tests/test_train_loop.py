@@ -1679,6 +1679,38 @@ def test_resume_may_change_the_current_phase_but_not_a_finished_one(tmp_path):
         train(_config(tmp_path, output_dir=str(single), num_steps=3), resume=True)
 
 
+def test_resume_with_fewer_steps_than_run_is_refused_before_any_model_is_built(tmp_path, monkeypatch):
+    """`--resume --num-steps N` below the checkpoint's step (or a phase cut below what it ran) was
+    refused only after the model was built (a minute and 11 GB for a ProtT5-XL preset on a CPU),
+    where the other settings the resume compares are refused before."""
+    from protrans_cli.training import loop
+
+    single = tmp_path / "single"
+    train(_config(tmp_path, output_dir=str(single), num_steps=6, stop_after=4, save_every=1))
+    phased = tmp_path / "phased"
+
+    def config(*steps, **kw):
+        return _config(tmp_path, output_dir=str(phased), phases=[Phase(48, steps[0]), Phase(64, steps[1])],
+                       save_every=1, **kw)
+
+    train(config(2, 3, stop_after=4))
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(loop, "build_run", built)
+    with pytest.raises(UsageError, match=r"--num-steps 3 is below the 4 steps step_00000004 has run"):
+        train(_config(tmp_path, output_dir=str(single), num_steps=3), resume=True)
+    with pytest.raises(UsageError, match=r"phase 2 \(max length 64\) has run 2 steps by step_00000004, and is "
+                                         r"given 1 here"):
+        train(config(2, 1), resume=True)
+    with pytest.raises(UsageError, match=r"phase 1 \(max length 48\) ended before step_00000004 after 2 steps"):
+        train(config(3, 3), resume=True)
+    # (what may change still gets as far as building the model)
+    with pytest.raises(AssertionError, match="a model was built"):
+        train(config(2, 5), resume=True)
+
+
 def test_resume_from_another_directory_finds_the_same_corpus(tmp_path, monkeypatch):
     # A corpus saved as a relative path was resolved from the resume's directory and refused.
     import shutil

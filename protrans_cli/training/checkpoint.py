@@ -847,6 +847,27 @@ def check_phase_position(where: Path, phases, step: int, data_phase: int) -> Non
                          f"{phases[data_phase].num_steps} here: give it at least {step - start}")
 
 
+def saved_data_phase(where: Path, step: int) -> int | None:
+    """The phase (0-based) whose steps hold `step`, by the checkpoint's train_config.json: the
+    `data_phase` its training_state.pt records (a checkpoint is written in the phase of its step,
+    the last step of a phase included), read without that file. None where it cannot be told."""
+    try:
+        saved = json.loads((Path(where) / CONFIG_FILE).read_text()).get("phases") or []
+        counts = [p.get("num_steps") if isinstance(p, dict) else None for p in saved]
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not saved:
+        return 0
+    end = 0
+    for i, count in enumerate(counts):
+        if not isinstance(count, int) or isinstance(count, bool):
+            return None
+        end += count
+        if step <= end:
+            return i
+    return None
+
+
 def record_best(run_dir, best: dict | None) -> None:
     """RUN/best_checkpoint.json (--keep-best), written atomically: the step and eval loss of the
     checkpoint with the lowest eval loss so far, and its folder relative to the run; removed for

@@ -302,6 +302,11 @@ def _check_resume_settings(config: TrainConfig, resume, family, info) -> None:
             f"{run_dir} holds another run than {where}'s ({shown}): --resume-from a checkpoint of "
             "another run continues it in a new directory (give -o one that holds no run)"))
     ckpt.resumed_config(checked, where, family=family, device=info.device.type)
+    # --num-steps (or a phase's steps) below what the checkpoint has run: refused here too, as the
+    # other settings are (it was met after the model was built: a minute for a ProtT5-XL preset)
+    step = ckpt.checkpoint_step(where)
+    if step is not None and (data_phase := ckpt.saved_data_phase(where, step)) is not None:
+        ckpt.check_phase_position(where, checked.resolved_phases(), step, data_phase)
 
 
 def _rank_settings(config: TrainConfig, resume) -> dict:
