@@ -1680,9 +1680,10 @@ def test_resume_may_change_the_current_phase_but_not_a_finished_one(tmp_path):
 
 
 def test_resume_with_fewer_steps_than_run_is_refused_before_any_model_is_built(tmp_path, monkeypatch):
-    """`--resume --num-steps N` below the checkpoint's step (or a phase cut below what it ran) was
-    refused only after the model was built (a minute and 11 GB for a ProtT5-XL preset on a CPU),
-    where the other settings the resume compares are refused before."""
+    """`--resume --num-steps N` below the checkpoint's step (or a phase cut below what it ran), and
+    `--resume-from` an earlier checkpoint of a run holding later ones, were refused only after the
+    model was built (a minute and 11 GB for a ProtT5-XL preset on a CPU), where the settings the
+    resume compares are refused before."""
     from protrans_cli.training import loop
 
     single = tmp_path / "single"
@@ -1706,6 +1707,9 @@ def test_resume_with_fewer_steps_than_run_is_refused_before_any_model_is_built(t
         train(config(2, 1), resume=True)
     with pytest.raises(UsageError, match=r"phase 1 \(max length 48\) ended before step_00000004 after 2 steps"):
         train(config(3, 3), resume=True)
+    # --resume-from an earlier checkpoint of a run that holds later ones: refused before too
+    with pytest.raises(UsageError, match=r"holds checkpoints after step 2 \(step_00000003, step_00000004\)"):
+        train(config(2, 3), resume=str(phased / "checkpoints" / "step_00000002"))
     # (what may change still gets as far as building the model)
     with pytest.raises(AssertionError, match="a model was built"):
         train(config(2, 5), resume=True)

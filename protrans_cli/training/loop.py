@@ -234,6 +234,14 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     ckpt.refuse_incomplete_latest(config.output_dir)  # (the only one: not "none yet")
                 if resume:
                     _check_resume_settings(config, resume, family, info)
+                if resume and resume is not True:
+                    # (before any model is built, as the settings are; read again from its state below)
+                    try:
+                        step = ckpt.checkpoint_step(ckpt.find_checkpoint(resume))
+                    except InputError:  # (said where the checkpoint is read)
+                        step = None
+                    if step is not None:
+                        _refuse_later_checkpoints(config.output_dir, step)
             except (ProtransError, OSError) as exc:  # (rank 0's lock too: another run holds the directory)
                 failure = exc
             # Under torchrun, nodes started alike (and seeing the same run directory) or not at all;
@@ -782,15 +790,19 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     # --resume-from an earlier checkpoint: the later ones belong to the run being abandoned.
     # Left in place, --keep-last pruned the new checkpoints (by step number) in their favour
     # and a later --resume continued the abandoned run.
-    later = [p.name for p in ckpt.list_checkpoints(run.run_dir)
-             if ckpt.checkpoint_step(p) > state["step"]]
-    if later:
-        raise UsageError(f"{run.run_dir / 'checkpoints'} holds checkpoints after step {state['step']} "
-                         f"({', '.join(later)}): they belong to the run continued from there; move or "
-                         "delete them to resume from this one")
+    _refuse_later_checkpoints(run.run_dir, state["step"])
     ckpt.check_phase_position(where, phases, state["step"], state["data_phase"])
     dist.print0(f"train: resuming from {where} (step {state['step']})")
     return where, state
+
+
+def _refuse_later_checkpoints(run_dir, step: int) -> None:
+    """UsageError where the run directory holds checkpoints after `step`, the one resumed from."""
+    later = [p.name for p in ckpt.list_checkpoints(run_dir) if ckpt.checkpoint_step(p) > step]
+    if later:
+        raise UsageError(f"{Path(run_dir) / 'checkpoints'} holds checkpoints after step {step} "
+                         f"({', '.join(later)}): they belong to the run continued from there; move or "
+                         "delete them to resume from this one")
 
 
 def _restore_training_state(run: _Run, optimizer, scheduler, where, state: dict) -> tuple[int, int, StreamState]:
