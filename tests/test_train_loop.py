@@ -1680,10 +1680,10 @@ def test_resume_may_change_the_current_phase_but_not_a_finished_one(tmp_path):
 
 
 def test_resume_with_fewer_steps_than_run_is_refused_before_any_model_is_built(tmp_path, monkeypatch):
-    """`--resume --num-steps N` below the checkpoint's step (or a phase cut below what it ran), and
-    `--resume-from` an earlier checkpoint of a run holding later ones, were refused only after the
-    model was built (a minute and 11 GB for a ProtT5-XL preset on a CPU), where the settings the
-    resume compares are refused before."""
+    """`--resume --num-steps N` below the checkpoint's step (or a phase cut below what it ran),
+    `--resume-from` an earlier checkpoint of a run holding later ones, and a `--stop-after` not
+    after the checkpoint's step were refused only after the model was built (a minute and 11 GB
+    for a ProtT5-XL preset on a CPU), where the settings the resume compares are refused before."""
     from protrans_cli.training import loop
 
     single = tmp_path / "single"
@@ -1710,6 +1710,10 @@ def test_resume_with_fewer_steps_than_run_is_refused_before_any_model_is_built(t
     # --resume-from an earlier checkpoint of a run that holds later ones: refused before too
     with pytest.raises(UsageError, match=r"holds checkpoints after step 2 \(step_00000003, step_00000004\)"):
         train(config(2, 3), resume=str(phased / "checkpoints" / "step_00000002"))
+    # --stop-after not after the checkpoint's step: refused before too
+    with pytest.raises(UsageError, match=r"--stop-after 4 \(stop_after\) is not after .*step_00000004's step 4: "
+                                         r"nothing to train"):
+        train(config(2, 3, stop_after=4), resume=True)
     # (what may change still gets as far as building the model)
     with pytest.raises(AssertionError, match="a model was built"):
         train(config(2, 5), resume=True)

@@ -234,14 +234,15 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     ckpt.refuse_incomplete_latest(config.output_dir)  # (the only one: not "none yet")
                 if resume:
                     _check_resume_settings(config, resume, family, info)
-                if resume and resume is not True:
                     # (before any model is built, as the settings are; read again from its state below)
                     try:
-                        step = ckpt.checkpoint_step(ckpt.find_checkpoint(resume))
-                    except InputError:  # (said where the checkpoint is read)
-                        step = None
-                    if step is not None:
-                        _refuse_later_checkpoints(config.output_dir, step)
+                        where = ckpt.find_checkpoint(config.output_dir if resume is True else resume)
+                    except InputError:  # (none yet: --resume starts the run; a wrong path is said where it is read)
+                        where = None
+                    if where is not None and (step := ckpt.checkpoint_step(where)) is not None:
+                        if resume is not True:
+                            _refuse_later_checkpoints(config.output_dir, step)
+                        _refuse_stop_before(config, where, step, config.total_steps)
             except (ProtransError, OSError) as exc:  # (rank 0's lock too: another run holds the directory)
                 failure = exc
             # Under torchrun, nodes started alike (and seeing the same run directory) or not at all;
@@ -796,6 +797,15 @@ def _read_checkpoint(run: _Run, resume, accept_corpus_change: bool):
     return where, state
 
 
+def _refuse_stop_before(config: TrainConfig, where, step: int, total_steps: int) -> None:
+    """UsageError for a --stop-after at or before `step`, the checkpoint's, of a run not complete."""
+    if config.stop_after is not None and config.stop_after <= step < total_steps:
+        # it trained one step, saved nothing and said to resume: the same step again each time
+        raise UsageError(f"--stop-after {config.stop_after} (stop_after) is not after {where}'s step {step}: "
+                         "nothing to train; give a later step, or none to train to the end (a config file's "
+                         "stop_after, e.g. a run's train_config.json of an earlier version: remove it)")
+
+
 def _refuse_later_checkpoints(run_dir, step: int) -> None:
     """UsageError where the run directory holds checkpoints after `step`, the one resumed from."""
     later = [p.name for p in ckpt.list_checkpoints(run_dir) if ckpt.checkpoint_step(p) > step]
@@ -905,11 +915,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     step, data_phase, data_state = 0, 0, StreamState()
     if state is not None:
         step, data_phase, data_state = _restore_training_state(run, optimizer, scheduler, where, state)
-        if config.stop_after is not None and config.stop_after <= step < total_steps:
-            # it trained one step, saved nothing and said to resume: the same step again each time
-            raise UsageError(f"--stop-after {config.stop_after} (stop_after) is not after {where}'s step {step}: "
-                             "nothing to train; give a later step, or none to train to the end (a config file's "
-                             "stop_after, e.g. a run's train_config.json of an earlier version: remove it)")
+        _refuse_stop_before(config, where, step, total_steps)
     if info.is_main and config.stop_after is not None and config.stop_after >= total_steps > step:
         # (it ran to the end without a word: a time-limited job's arithmetic gone wrong, say)
         console.warn(f"--stop-after {config.stop_after} is not before the run's last step ({total_steps}): "
