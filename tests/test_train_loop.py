@@ -2404,6 +2404,14 @@ def test_init_from_with_a_size_changed_by_set_is_named_as_such(tmp_path, run_cli
         assert f"--set / model_overrides ({bad})" in res.stderr and "not sizes" in res.stderr, res.stderr
     assert "1 of its tensors would be left out" not in res.stderr and "would start from random" in res.stderr
     assert not (tmp_path / "no").exists()
+    # a length beyond its learned positions: lower it (the remedy of a preset, --set
+    # max_position_embeddings, is the size change just refused)
+    res = run_cli("train", "--init-from", tmp_path / "mlm", "--corpus", LEARNABLE, "-o", tmp_path / "no",
+                  "--max-length", 4096, "--num-steps", 1)
+    assert res.exit_code == 2 and "--max-length 4096 (tokens, special tokens included) is beyond the model's 2048 " \
+        "positions: lower it (the positions are those of --init-from" in res.stderr, res.stderr
+    assert "--set max_position" not in res.stderr and "raise max_position_embeddings" not in res.stderr, res.stderr
+    assert not (tmp_path / "no").exists()
     # a setting that keeps the weights still goes
     res = run_cli("train", "--init-from", tmp_path / "mlm", "--corpus", LEARNABLE, "-o", tmp_path / "yes",
                   "--set", "hidden_dropout_prob=0.0", "--num-steps", 1, "-j", 1)

@@ -416,8 +416,10 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
         # (named as given: "--max-length 100000" for a --phase 100000:... the user never typed)
         where = (f"--max-length {longest}" if not config.phases else
                  f"--phase {next(i for i, p in enumerate(phases, 1) if p.max_length == longest)}'s length {longest}")
-        raise UsageError(f"{where} (tokens, special tokens included) is beyond the model's "
-                         f"{limit} positions: lower it, or raise max_position_embeddings with --set")
+        # (--init-from's positions are its weights': --set max_position_embeddings is refused there)
+        remedy = (f"lower it (the positions are those of --init-from {config.init_from}'s weights, which --set "
+                  "cannot resize)" if config.init_from else "lower it, or raise max_position_embeddings with --set")
+        raise UsageError(f"{where} (tokens, special tokens included) is beyond the model's {limit} positions: {remedy}")
     # A padded micro-batch is as wide as its longest row rounded up to pad_multiple (a packed
     # row's padding tail, fewer than pad_multiple tokens, is numbered from 0): wider than a
     # learned position table, the first step failed with a traceback.
