@@ -74,6 +74,19 @@ def test_family_filter_and_sections(run_cli):
     assert {c["family"] for c in data["checkpoints"]} == {"esm"}
 
 
+def test_a_family_without_published_checkpoints_says_so_not_an_empty_table(run_cli):
+    """Transformer-XL has presets and no published checkpoint in the catalog: a line saying so
+    (with how to get one), where a table of headers alone was printed."""
+    result = run_cli("models", "--family", "transfo_xl")
+    assert result.exit_code == 0, result.stderr
+    assert "Published checkpoints: none listed for transfo_xl (train one: protrans train --family transfo_xl)" \
+        in result.stdout and "hub id" not in result.stdout
+    result = run_cli("models", "--checkpoints", "--family", "transfo_xl")
+    assert result.exit_code == 0 and result.stdout.strip() == "Published checkpoints: none listed for this family"
+    assert json.loads(run_cli("models", "--checkpoints", "--family", "transfo_xl", "--json").stdout) == {
+        "checkpoints": []}
+
+
 def test_tables_name_the_default_checkpoint(run_cli):
     result = run_cli("models", "--checkpoints")
     assert result.exit_code == 0

@@ -82,7 +82,12 @@ def _print_tables(data: dict) -> None:
             table.add_row(p["family"], p["name"], human_count(p["num_params"]), str(p["num_layers"]),
                           str(p["embedding_dim"]))
         out.print(_whole_names(table, 2))
-    if "checkpoints" in data:
+    if data.get("checkpoints") == []:
+        # (a family nobody published a checkpoint of: a table of headers alone was printed)
+        family = data["presets"][0]["family"] if data.get("presets") else None
+        out.print("Published checkpoints: none listed" + (
+            f" for {family} (train one: protrans train --family {family})" if family else " for this family"))
+    elif "checkpoints" in data:
         table = Table(title="Published checkpoints (protrans embed -m NAME)", title_justify="left")
         for col in ("name", "hub id", "family", "parameters", "dim", "layers"):
             table.add_column(col, justify="right" if col in ("parameters", "dim", "layers") else "left")
