@@ -1900,6 +1900,23 @@ def test_output_that_is_the_input_is_refused_before_it_exists(tmp_path):
         embed(tmp_path / "sub" / ".." / "new.fa", tmp_path / "new.fa", EmbedOptions(model="onehot"))
 
 
+@pytest.mark.parametrize("command", [["embed", "-m", "onehot"], ["merge"], ["import-esm"],
+                                     ["contacts", "-m", "esm2_t6_8M_UR50D"]])
+def test_an_output_named_partial_is_refused(run_cli, tmp_path, command):
+    """`embed x.fa -o weird.h5.partial` wrote a finished file under the name of an unfinished one:
+    info called it unfinished and merge refused it ("finish it first"). Every command whose
+    unfinished output is OUTPUT.partial refuses such a name before any work (exit 2)."""
+    (tmp_path / "in.fa").write_text(">a\nMKV\n")
+    output = tmp_path / "weird.h5.partial"
+    done = run_cli(command[0], tmp_path / "in.fa", *command[1:], "-o", output)
+    assert done.exit_code == 2, done.stderr
+    assert "a name ending in .partial is an unfinished run's file" in done.stderr and "name the output weird.h5" \
+        in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fa"]
+    with pytest.raises(UsageError, match="ending in .partial"):  # the library's embed too
+        embed(tmp_path / "in.fa", output, EmbedOptions(model="onehot"))
+
+
 def test_too_long_record_names_file_and_line(run_cli, tmp_path):
     """The QA report read `record 'sp|...': 68700 residues, longer than ...`: no file, no line."""
     fasta = tmp_path / "long_second.fa"

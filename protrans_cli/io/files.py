@@ -713,13 +713,28 @@ def checked_hdf5_output(output, what: str, *, compressed_hint: str = "", directo
     leads is written), not a directory, not read-only. `what`: "the embeddings", ..."""
     refuse_special_output(output, "-o", "an HDF5 file")
     refuse_compressed_hdf5(output, "-o", compressed_hint)
+    refuse_partial_name(output)
     output_directory(output)  # before anything is read or loaded
     output = through_link(output)  # (the user's own link: where it leads)
+    refuse_partial_name(output)
     output_directory(output)
     if output.is_dir():  # (was found only by the final rename, after the work)
         raise UsageError(f"is a directory: {what} are one HDF5 file{directory_hint}", path=str(output))
     writable_or_refused(output)
     return output
+
+
+def refuse_partial_name(output) -> None:
+    """An HDF5 output named `*.partial` is refused (exit 2): that is the name of an unfinished
+    run's file (a run writes OUTPUT.partial and renames it OUTPUT when complete), so a finished
+    `-o x.h5.partial` was called unfinished by info and refused by merge ("finish it first")."""
+    name = Path(str(output)).name
+    if name.endswith(".partial"):
+        stem = name[:-len(".partial")] or "out.h5"
+        raise UsageError(f"-o {output}: a name ending in .partial is an unfinished run's file (a run writes "
+                         f"OUTPUT.partial and renames it OUTPUT once complete; info and merge take such a file "
+                         f"for unfinished): name the output {stem} (embed --resume and contacts --resume with -o "
+                         f"{stem} finish an interrupted run's {name})")
 
 
 def writable_or_refused(path: Path) -> None:
