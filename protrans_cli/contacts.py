@@ -458,6 +458,8 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor) ->
                                                          f"{shlex.join(sys.argv) or 'python'}",
                  "max_length": max_length, "long_policy": options.long_policy,
                  "contacts": CONTACTS_DESCRIPTION}
+        if loaded.weights_fingerprint:  # (a local directory: no commit tells a retrained model)
+            attrs["weights_fingerprint"] = loaded.weights_fingerprint
         writer_kw = dict(kinds=(CONTACTS,), layout="grouped", storage_dtype=options.storage_dtype,
                          compression=None if options.compression in (None, "none") else options.compression,
                          attrs=attrs, resume_equal={"model": same_model, "commit": _same_commit})

@@ -1293,6 +1293,8 @@ def _file_attrs(embedder, options, max_length) -> dict:
     }
     if getattr(embedder, "sdpa_kernels", None):
         attrs["sdpa_kernels"] = embedder.sdpa_kernels
+    if getattr(embedder, "weights_fingerprint", None):  # a local model directory's (it has no commit)
+        attrs["weights_fingerprint"] = embedder.weights_fingerprint
     if getattr(embedder, "input_prefix", ""):
         attrs["input_prefix"] = embedder.input_prefix  # ProstT5's <AA2fold>, before every protein
     if getattr(embedder, "num_hidden_states", None):

@@ -129,6 +129,8 @@ class TransformerEmbedder:
         self.family = getattr(loaded.family, "name", str(loaded.family))
         self.revision = getattr(loaded, "revision", None)
         self.commit = getattr(loaded, "commit", None)  # what a hub revision (main by default) resolved to
+        # a local directory's weights (it has no commit): --resume and merge tell a retrained model
+        self.weights_fingerprint = getattr(loaded, "weights_fingerprint", None)
         self.embedding_dim = int(loaded.embedding_dim)
         num_states = int(loaded.num_layers) + 1  # embeddings output + every layer
         self.num_hidden_states = num_states

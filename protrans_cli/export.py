@@ -854,8 +854,8 @@ def _rows_of(reader, plan: _Plan, ident: str) -> int:
 
 # --- info ------------------------------------------------------------------------------------
 
-_SHOWN_ATTRIBUTES = ("model", "revision", "commit", "family", "layers", "num_hidden_states", "input_prefix",
-                     "pooling", "compute_dtype", "storage_dtype", "device", "embedding_dim", "max_length",
+_SHOWN_ATTRIBUTES = ("model", "revision", "commit", "weights_fingerprint", "family", "layers", "num_hidden_states",
+                     "input_prefix", "pooling", "compute_dtype", "storage_dtype", "device", "embedding_dim", "max_length",
                      "long_policy", "chunk_overlap", "part", "packing", "compiled", "attention",
                      "imported_from", "protrans_version", "command_line")
 

@@ -39,7 +39,8 @@ _OWN_ATTRS = {"layout", "kinds", "kind", "storage_dtype", "failed", "runs"}
 _ALSO_SAME = ("input_prefix", "embedding_dim")
 # Compared where both parts record it: `layers` counts from it (layer -1 of 33 hidden states is
 # another layer than -1 of 34: two import-esm files without -m, of --repr_layers 32 and 33)
-_SAME_WHERE_RECORDED = ("num_hidden_states",)
+# `weights_fingerprint`: a local model directory's weights (no commit tells a model retrained there)
+_SAME_WHERE_RECORDED = ("num_hidden_states", "weights_fingerprint")
 # A protein without a sequence checksum. (numpy's "S16" items drop trailing NUL bytes: every
 # digest is compared as numpy gives it back, _key(), and no checksum reads back as b"")
 _NO_SUM = bytes(16)
@@ -115,6 +116,8 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
     repeats = _repeats(parts)  # (an id in two parts with other sequences: refused before anything is written)
     attrs = {k: v for k, v in parts[0].attrs.items() if k not in _OWN_ATTRS and k not in RUN_ATTRS}
     attrs.update(_shared_run_attrs(parts))
+    if any(part.attrs.get("weights_fingerprint") is None for part in parts):
+        attrs.pop("weights_fingerprint", None)  # (a part from before it: its weights are not known)
     if "part" in attrs:  # (the merged file is the whole input's, as one run over it records it)
         attrs["part"] = ""
     attrs.update(command_line=command_line or "protrans merge", protrans_version=__version__)
@@ -222,13 +225,19 @@ def _check_same(first: _Part, other: _Part) -> None:
     """The settings `--resume` compares (the layout aside), equal in every part."""
     from protrans_cli.embed import same_model
 
-    for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part")], *_ALSO_SAME, *_SAME_WHERE_RECORDED):
+    for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part", *_SAME_WHERE_RECORDED)], *_ALSO_SAME,
+                *_SAME_WHERE_RECORDED):
         a, b = first.attrs.get(key), other.attrs.get(key)
         if key in _SAME_WHERE_RECORDED and (a is None or b is None):
             continue  # (a file from before the attribute)
         if key == "model" and a is not None and b is not None and same_model(str(_comparable(a)),
                                                                             str(_comparable(b))):
             continue  # (as --resume compares it: a short name and its hub id name one model)
+        if key == "weights_fingerprint" and _comparable(a) != _comparable(b):
+            raise InputError(f"was written with other weights of the model {_shown(other.attrs.get('model'))} than "
+                             f"{first.path} (weights_fingerprint {_shown(b)} and {_shown(a)}: the model directory was "
+                             "retrained or replaced between the runs): the parts of one merge come from one model",
+                             path=str(other.path))
         if (a is None) != (b is None) or (a is not None and _comparable(a) != _comparable(b)):
             raise InputError(f"was written with {key}={_shown(b)}, {first.path} with {key}={_shown(a)}: the parts "
                              "of one merge come from one model with the same settings", path=str(other.path))

@@ -1056,6 +1056,56 @@ def test_resume_after_the_hub_moved_on_is_refused(tmp_path):
         assert embed(SMALL, out, EmbedOptions(model="onehot", resume=True), embedder=Hub(same)).num_embedded == 0
 
 
+def save_bert_into(directory, seed: int) -> None:
+    """A tiny BERT of torch seed `seed` saved into `directory` (one already there replaced: the
+    same model directory retrained)."""
+    import torch
+
+    from protrans_cli.models import FAMILIES
+
+    torch.manual_seed(seed)
+    family = FAMILIES["bert"]
+    tokenizer = family.build_tokenizer()
+    family.save_pretrained(family.pretraining_model(family.build_config("tiny", tokenizer)).eval(), tokenizer,
+                           directory)
+
+
+def test_resume_after_the_model_directory_was_retrained_is_refused(tmp_path):
+    """A local model directory has no hub commit: a model retrained into it between two runs was
+    not noticed by --resume, which added the new model's rows to the old model's file. The file
+    records a fingerprint of the directory's weight files (`weights_fingerprint`), compared where
+    both sides have one: the same weights copied elsewhere resume, a file without it (older) too."""
+    import shutil
+
+    from protrans_cli.models import weights_fingerprint
+
+    model = tmp_path / "model"
+    save_bert_into(model, seed=0)
+    fasta = generated_fasta(tmp_path / "g.fa", 6, repeat_every=0)
+    first = tmp_path / "first.fa"
+    first.write_text("".join(">" + r for r in fasta.read_text().split(">")[1:4]))
+    out = tmp_path / "o.h5"
+    options = dict(model=str(model), threads=1, per_protein=True)
+    embed(first, out, EmbedOptions(**options))
+    with EmbeddingsReader(out) as r:
+        recorded = r.attrs["weights_fingerprint"]
+    assert recorded == weights_fingerprint(model) and len(recorded) == 32
+    shutil.copytree(model, tmp_path / "copy")  # the same weights elsewhere: the same fingerprint
+    assert weights_fingerprint(tmp_path / "copy") == recorded
+    save_bert_into(model, seed=1)  # retrained: same shapes, same file names and sizes
+    assert weights_fingerprint(model) != recorded
+    with pytest.raises(UsageError, match=r"holds other weights than the file was written with .*retrained or "
+                                         r"replaced since\?\); its rows would mix two models"):
+        embed(fasta, out, EmbedOptions(**options, resume=True))
+    with EmbeddingsReader(out) as r:
+        assert len(r.ids()) == 3  # nothing added
+    import h5py
+
+    with h5py.File(out, "a") as f:  # a file from before the attribute: not compared
+        del f.attrs["weights_fingerprint"]
+    assert embed(fasta, out, EmbedOptions(**options, resume=True)).num_embedded == 3
+
+
 @pytest.mark.parametrize("first,then,message", [
     (dict(max_length=10, long_policy="skip"), dict(max_length=12, long_policy="skip"),
      "max_length=10, this run uses max_length=12"),

@@ -30,7 +30,7 @@ def _split(fasta, parts, tmp_path, overlap=0):
 
 
 def _embed(fasta, out, **kw):
-    embed(fasta, out, EmbedOptions(model="onehot", threads=1, **kw))
+    embed(fasta, out, EmbedOptions(**{"model": "onehot", "threads": 1, **kw}))
     return out
 
 
@@ -140,6 +140,37 @@ def test_parts_whose_layers_count_from_other_numbers_of_hidden_states_are_refuse
     with h5py.File(parts[1], "r+") as f:
         del f.attrs["num_hidden_states"]
     assert merge(parts, tmp_path / "m.h5").proteins == 2
+
+
+def test_parts_of_a_model_directory_retrained_between_them_are_refused(tmp_path):
+    """A local model directory has no hub commit: parts embedded before and after a model was
+    retrained into it were merged into one file of two models' rows. Their `weights_fingerprint`
+    attributes differ; a part from before the attribute is merged, and the merged file then does
+    not claim the fingerprint for every row."""
+    from test_embed import save_bert_into
+
+    model = tmp_path / "model"
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    parts = []
+    for name, seed in (("a", 0), ("b", 1)):
+        save_bert_into(model, seed)  # the second retrains the model in the same directory
+        parts.append(_embed(tmp_path / f"{name}.fa", tmp_path / f"{name}.h5", model=str(model)))
+    with pytest.raises(InputError, match=r"b.h5: was written with other weights of the model .* than .*a.h5 "
+                                         r"\(weights_fingerprint '[0-9a-f]{32}' and '[0-9a-f]{32}': the model "
+                                         r"directory was retrained or replaced between the runs\)"):
+        merge(parts, tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()
+    with h5py.File(parts[1], "r+") as f:  # a part from before the attribute
+        del f.attrs["weights_fingerprint"]
+    assert merge(parts, tmp_path / "m.h5").proteins == 2
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert "weights_fingerprint" not in f.attrs
+    with h5py.File(parts[0], "r") as a, h5py.File(parts[1], "r+") as f:  # the same weights: merged, kept
+        f.attrs["weights_fingerprint"] = a.attrs["weights_fingerprint"]
+    assert merge(parts, tmp_path / "m2.h5").proteins == 2
+    with h5py.File(tmp_path / "m2.h5", "r") as f, h5py.File(parts[0], "r") as a:
+        assert f.attrs["weights_fingerprint"] == a.attrs["weights_fingerprint"]
 
 
 def test_a_short_name_and_its_hub_id_are_one_model_as_resume_takes_them(tmp_path):

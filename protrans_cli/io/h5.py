@@ -65,7 +65,7 @@ FLUSH_SECONDS = 1.0
 # File attributes that must agree between a partial file and the run that resumes it (one
 # missing from an older file is not compared).
 RESUME_ATTRS = ("model", "revision", "commit", "family", "layers", "pooling", "layout", "kinds", "storage_dtype",
-                "max_length", "long_policy", "chunk_overlap", "part")
+                "max_length", "long_policy", "chunk_overlap", "part", "weights_fingerprint")
 
 # Settings a resumed run may change (RESUME_ATTRS may not): the file attributes hold the last
 # run's; the `runs` attribute lists every run's, oldest first.
@@ -2287,6 +2287,11 @@ def _check_resumable(path, run_attrs: dict, equal: dict | None = None) -> None:
                     # stored counted from the last (-1): `--layer 0` reads -3 on a 2-layer model
                     shown += " (" + ", ".join(f"--layer {int(v) + int(states)} = {int(v)}" for v in now) + ")"
                 was = f"{key}={before!r}"
+                if key == "weights_fingerprint":  # (a local model directory: the same path, other weights)
+                    raise UsageError(f"cannot resume: the model directory {_comparable(run_attrs.get('model'))} "
+                                     f"holds other weights than the file was written with (weights_fingerprint "
+                                     f"{before}, now {now}: retrained or replaced since?); its rows would mix two "
+                                     "models: use the same weights, or write to a new file", path=str(path))
                 if key == "max_length" and before == 0:  # (stored 0: a model that takes any length)
                     was = "no max_length (the model takes any length)"
                 elif key == "max_length" and now == 0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,8 @@ class LoadedModel:
     num_layers: int
     checkpoint: Checkpoint | None = None  # set when `name` was a short name
     commit: str | None = None  # the hub commit the files came from (None for a local directory)
+    # a local directory's weight files, fingerprinted (weights_fingerprint; None for a hub model)
+    weights_fingerprint: str | None = None
 
     @property
     def dtype(self):
@@ -326,6 +329,7 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
     source = open_config(name, revision=revision, local_files_only=local_files_only)
     target, checkpoint, is_dir, hub_kwargs = source.target, source.checkpoint, source.is_dir, source.hub_kwargs
     family = source.family
+    fingerprint = weights_fingerprint(target) if is_dir else None  # (before loading: the files loaded, or newer)
     with _quiet_transformers():
         try:
             # The config as read: a tokenizer_config.json without tokenizer_class (ProtBert's) makes
@@ -400,7 +404,46 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
     return LoadedModel(name=name, path_or_hub_id=target, revision=None if is_dir else revision, family=family,
                        tokenizer=tokenizer, model=model, embedding_dim=family.embedding_dim(model.config),
                        num_layers=family.num_layers(model.config), checkpoint=checkpoint,
-                       commit=None if is_dir else _hub_commit(target, hub_kwargs, source.config))
+                       commit=None if is_dir else _hub_commit(target, hub_kwargs, source.config),
+                       weights_fingerprint=fingerprint)
+
+
+# A directory's weight files as from_pretrained reads them (sharded too); not train's
+# pretraining_model.safetensors or training_state.pt, which a copy of the model may leave out.
+_WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)")
+_FINGERPRINT_SAMPLES = 32   # blocks read from each weight file, spread over it
+_FINGERPRINT_BLOCK = 4096
+_FINGERPRINT_ENDS = 65536   # bytes read at each end (a safetensors file's header: names, shapes, offsets)
+
+
+def weights_fingerprint(directory) -> str | None:
+    """A cheap fingerprint of a local model directory's weights, recorded in embed's files: a
+    directory has no hub commit, so --resume and merge could not tell that the model saved there
+    had been retrained between two runs (rows of two models mixed in one file). Each weight
+    file's name and size, its first and last 64 KiB and 32 blocks of 4 KiB spread over it: well
+    under a millisecond a file, a multi-GB file included (about 36 reads). The same weights copied
+    elsewhere give the same fingerprint; retrained weights of the same shapes differ in every
+    sampled block. None when the directory holds no weight file this reads (or it cannot be read)."""
+    import hashlib
+
+    try:
+        files = sorted(p for p in Path(directory).iterdir() if _WEIGHT_FILE.fullmatch(p.name) and p.is_file())
+        if not files:
+            return None
+        digest = hashlib.blake2b(digest_size=16)
+        for path in files:
+            with open(path, "rb") as stream:
+                size = os.fstat(stream.fileno()).st_size
+                digest.update(f"{path.name}\0{size}\0".encode("utf-8"))
+                digest.update(stream.read(_FINGERPRINT_ENDS))
+                for k in range(_FINGERPRINT_SAMPLES):  # the middle of each 1/32 of the file
+                    stream.seek(size * (2 * k + 1) // (2 * _FINGERPRINT_SAMPLES))
+                    digest.update(stream.read(_FINGERPRINT_BLOCK))
+                stream.seek(max(0, size - _FINGERPRINT_ENDS))
+                digest.update(stream.read(_FINGERPRINT_ENDS))
+    except OSError:
+        return None  # (provenance only: loading the model says what is wrong with its files)
+    return digest.hexdigest()
 
 
 def _hub_commit(repo_id: str, hub_kwargs: dict, config) -> str | None:
