@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, type_problem
 
 FORMATS = ("tsv", "csv", "npz", "esm")
 _SUFFIXES = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".npz": "npz"}
@@ -206,6 +206,15 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
     from protrans_cli.io.files import atomic_output, input_named_by, output_directory
     from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
 
+    # From Python: a list of files was "['x.h5']: no such file", layer="-1" a TypeError traceback
+    expect_path(path, "export: path", " (one embeddings file)", "; export each file in its own call")
+    for name, value in (("output", output), ("ids", ids)):
+        if value is not None:
+            expect_path(value, f"export: {name}")
+    for name, value, wanted in (("layer", layer, "int"), ("digits", digits, "int | None"),
+                                ("all_layers", all_layers, "bool")):
+        if problem := type_problem(wanted, value):
+            raise UsageError(f"export: {name} must be {problem}, got {type(value).__name__} {value!r:.60}")
     if kind not in (None, PER_PROTEIN, PER_RESIDUE):
         raise UsageError(f"kind {kind!r}: per_protein or per_residue")
     chosen_format = output_format(output, fmt)
@@ -887,6 +896,7 @@ def info(path, *, residues: bool = False) -> dict:
     an unfinished run's; with `residues`, the residues (read from every protein's length)."""
     from protrans_cli.io.h5 import EmbeddingsReader
 
+    expect_path(path, "info: path", " (one file)", "; call info for each file")
     path = str(path)
     facts: dict = {"file": path}
     try:
@@ -1041,6 +1051,7 @@ def file_ids(path) -> list[str]:
     (export's default order)."""
     from protrans_cli.io.h5 import EmbeddingsReader, h5_file, stored_proteins
 
+    expect_path(path, "file_ids: path", " (one file)")
     other = _other_output(str(path))
     if other is not None:  # a contacts or probabilities file: its first group's proteins
         with h5_file(path, "r") as f:

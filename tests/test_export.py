@@ -973,3 +973,26 @@ def test_esm_failures_leave_no_folder(tmp_path, run_cli, monkeypatch):
     with pytest.raises(InputError, match=r"its file ab.pt is 'AB''s on this file system"):
         export_module.export(tmp_path / "case.h5", tmp_path / "out", fmt="esm")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.h5", "e.h5", "long.h5"]
+
+
+def test_library_arguments_of_the_wrong_type_are_one_usage_error_naming_the_argument(tmp_path):
+    """From Python, export(["x.h5"]) and info(["x.h5"]) said "['x.h5']: no such file" (the list
+    read as its text), and export(..., layer="-1") was a TypeError traceback from deep inside."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.export import export, file_ids, info
+
+    _write(tmp_path / "e.h5", _proteins())
+    cases = [
+        (lambda: export([tmp_path / "e.h5"]), r"^export: path must be a path \(one embeddings file\), got list \["),
+        (lambda: export(tmp_path / "e.h5", layer="-1"), r"^export: layer must be an int, got str '-1'$"),
+        (lambda: export(tmp_path / "e.h5", digits="3"), r"^export: digits must be an int or None, got str '3'$"),
+        (lambda: export(tmp_path / "e.h5", all_layers="no"), r"^export: all_layers must be a bool, got str 'no'$"),
+        (lambda: export(tmp_path / "e.h5", ids=["a"]), r"^export: ids must be a path, got list \['a'\]$"),
+        (lambda: info([tmp_path / "e.h5"]), r"^info: path must be a path \(one file\), got list \["),
+        (lambda: file_ids([tmp_path / "e.h5"]), r"^file_ids: path must be a path \(one file\), got list \["),
+    ]
+    for call, message in cases:
+        with pytest.raises(UsageError, match=message):
+            call()
+    # numpy's integers are ints (a layer picked from an array)
+    assert export(tmp_path / "e.h5", tmp_path / "e.tsv", layer=np.int64(-1)).proteins == len(_proteins())

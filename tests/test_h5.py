@@ -1206,3 +1206,13 @@ def test_an_id_or_header_with_a_nul_byte_is_refused_before_anything_is_written(t
         assert sorted(f) == ["a", "d"] and all("id" in f[k].attrs for k in f)
     reader = EmbeddingsReader(out)
     assert reader.ids() == ["a", "d"]
+
+
+def test_reader_given_a_list_of_files_is_one_usage_error_naming_the_argument(tmp_path):
+    """EmbeddingsReader(["x.h5"]) read the list as its text: "['x.h5']: no such file"."""
+    _write(tmp_path / "x.h5", ["a"])
+    with pytest.raises(UsageError, match=r"^EmbeddingsReader: path must be a path \(one embeddings file\), got list "
+                                         r"\[.*; open a reader for each file$"):
+        EmbeddingsReader([tmp_path / "x.h5"])
+    with EmbeddingsReader(tmp_path / "x.h5") as reader:  # a pathlib.Path, as before
+        assert reader.ids() == ["a"]

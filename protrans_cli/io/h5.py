@@ -44,7 +44,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from protrans_cli.console import flush_standard_streams
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, first_line
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, first_line
 from protrans_cli.io import disk
 from protrans_cli.io.fasta import header_id
 from protrans_cli.io.files import missing_file, output_directory, utf8_text
@@ -210,6 +210,8 @@ class EmbeddingsReader:
     """
 
     def __init__(self, path):
+        # (a list of files was read as its text: "['x.h5']: no such file")
+        expect_path(path, "EmbeddingsReader: path", " (one embeddings file)", "; open a reader for each file")
         self.path = str(path)
         if os.path.isdir(self.path):
             # HDF5's own message for a directory runs to two lines of C struct fields.
