@@ -914,6 +914,10 @@ def info(path, *, residues: bool = False) -> dict:
     else:
         facts["status"] = "finished"
     other = _other_output(path)
+    if other is not None and other["layout"] == "probabilities":
+        # predict writes its file whole under the name given (it has no OUTPUT.partial and no
+        # --resume): `--probabilities p.h5.partial` was called an unfinished embed run's
+        facts["status"] = "finished"
     if other is not None:
         if residues:
             raise UsageError(f"{path}: --residues counts an embeddings file's residues; this is "

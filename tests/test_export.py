@@ -996,3 +996,20 @@ def test_library_arguments_of_the_wrong_type_are_one_usage_error_naming_the_argu
             call()
     # numpy's integers are ints (a layer picked from an array)
     assert export(tmp_path / "e.h5", tmp_path / "e.tsv", layer=np.int64(-1)).proteins == len(_proteins())
+
+
+@pytest.mark.parametrize("name", ["p.h5.partial", "p.h5"])
+def test_info_calls_a_probabilities_file_finished_whatever_its_name(tmp_path, run_cli, name):
+    """predict --probabilities writes its file whole under the name given (no OUTPUT.partial, no
+    --resume): one named p.h5.partial was said to be "unfinished ... (embed --resume continues
+    it)", and p.h5 beside an unrelated p.h5.partial "finished; ... a later run's"."""
+    with h5py.File(tmp_path / name, "w") as f:
+        f.attrs["task"] = "rsa2"
+        f.attrs["classes_rsa2"] = json.dumps(["buried", "exposed"])
+        f.create_group("rsa2").create_dataset("a", data=np.array([[0.25, 0.75]], dtype=np.float32))
+        f["rsa2"]["a"].attrs["id"] = "a"
+    (tmp_path / "p.h5.partial").touch(exist_ok=True)
+    done = run_cli("info", tmp_path / name, "--json")
+    assert done.exit_code == 0, done.stderr
+    facts = json.loads(done.stdout)
+    assert facts["status"] == "finished" and facts["written_by"] == "protrans predict --probabilities"
