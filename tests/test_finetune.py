@@ -610,6 +610,21 @@ def test_flip_mask_and_mask_columns_as_fit_reads_them(data, run_cli, tmp_path):
     assert r.exit_code == 1 and "has no mask column cb513_mask" in r.stderr
 
 
+def test_valid_fraction_beside_a_files_own_validation_records_is_not_compared_on_resume(data, tmp_path):
+    """The FLIP file's VALIDATION=True records are the validation set: --valid-fraction holds
+    nothing out, yet the same finetune resumed without it was refused "other settings or inputs
+    (valid_fraction)" (exit 2), as fit's was."""
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    _flip_set(tmp_path, np.random.default_rng(3), n=16)
+    kw = dict(task="ss3", model=str(data / "bert"), max_epochs=1, max_residues=600, threads=1, n_bootstrap=10,
+              device="cpu")
+    args = (tmp_path / "flip.fasta", tmp_path / "out")
+    done = finetune(FinetuneConfig(valid_fraction=0.3, **kw), *args, fasta=tmp_path / "seqs.fasta")
+    again = finetune(FinetuneConfig(resume=True, **kw), *args, fasta=tmp_path / "seqs.fasta")
+    assert again.metrics == done.metrics
+
+
 def test_class_weights_are_the_inverse_training_frequencies(data, run_cli, tmp_path):
     from protrans_cli.heads.labels import read_labels
 

@@ -3668,6 +3668,27 @@ def test_valid_fraction_with_valid_warns_and_resume_does_not_compare_it(run_cli,
     assert _changed({"valid_fraction": 0.3, "valid": None}, {"valid_fraction": 0.1, "valid": None}) == ["valid_fraction"]
 
 
+def test_valid_fraction_beside_a_files_own_validation_records_is_not_compared_on_resume(ss_data, tmp_path,
+                                                                                        monkeypatch):
+    """A FLIP file's VALIDATION=True records are the validation set: --valid-fraction holds nothing
+    out. The same fit resumed without it was refused "other settings or inputs (valid_fraction)"
+    (exit 2), finished or interrupted; where the fraction held proteins out it is still compared."""
+    flip = _flip_with_splits(ss_data, tmp_path)
+
+    def config(**kw):
+        return FitConfig(**{**dict(task="ss3", max_epochs=2, threads=1, n_bootstrap=10), **kw})
+
+    done = fit(config(valid_fraction=0.3), ss_data / "train.h5", flip, tmp_path / "done")
+    assert fit(config(resume=True), ss_data / "train.h5", flip, tmp_path / "done").metrics == done.metrics
+    with _stopped_after(monkeypatch, member=0, epoch=1), pytest.raises(KeyboardInterrupt):
+        fit(config(valid_fraction=0.3), ss_data / "train.h5", flip, tmp_path / "cut")
+    assert fit(config(resume=True), ss_data / "train.h5", flip, tmp_path / "cut").metrics == done.metrics
+    # (labels that declare no validation set: the fraction chose the hold-out)
+    fit(config(valid_fraction=0.3), ss_data / "train.h5", ss_data / "train.csv", tmp_path / "held")
+    with pytest.raises(UsageError, match=r"other settings or inputs \(valid_fraction\)"):
+        fit(config(resume=True), ss_data / "train.h5", ss_data / "train.csv", tmp_path / "held")
+
+
 def test_valid_fraction_holds_out_proteins_of_one_sequence_together(run_cli, tmp_path):
     """The --valid-fraction hold-out drew proteins one by one: of a sequence given twice (CB513
     repeats 79), one copy was held out and its twin trained on (CB513: 12 of the 51 held out), so

@@ -513,6 +513,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
 
         # --- resumable state ---
         fingerprint = _jsonable(_fingerprint(config, labels, fasta, valid, tests))
+        if held_out is None:  # (the fraction held nothing out: not compared on --resume, fit's rule)
+            fingerprint["valid_fraction"] = None
         best = {"score": float("-inf"), "loss": float("inf"), "kept_loss": float("inf"), "epoch": 0, "progress": 0}
         best_state, history, first_epoch, stopped = None, [], 1, False
         if (partial / STATE).is_file() and not config.resume:

@@ -202,6 +202,12 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     # --- labels and data ---
     sets = _read_sets(config, task, embeddings, labels, valid, tests)
     task, train = sets.task, sets.train
+    if sets.held_out is None and "valid_fraction" in fingerprint:
+        # The fraction held nothing out (the file's own validation records were the validation
+        # set): recorded as unused, so that --resume does not compare it (the same fit without
+        # --valid-fraction was refused "other settings (valid_fraction)"). The labels are compared:
+        # other ones, which may not declare validation records, are refused as such.
+        fingerprint["valid_fraction"] = None
     if any(o.is_value for o in task.outputs):
         with located(labels):
             task = task.with_scale_from(train.targets)
@@ -782,9 +788,10 @@ def _changed(saved: dict, now: dict) -> list[str]:
         saved = {**saved, "architecture": architecture_for(TASKS[saved["task"]])}
 
     keys = set(saved) | set(now)
-    if now.get("valid") is not None:
+    if now.get("valid") is not None or ("valid_fraction" in saved and saved["valid_fraction"] is None):
         # (a --valid set holds nothing out of train: another --valid-fraction changes nothing, and
-        # `--valid V --valid-fraction 0.3` then --resume without it was refused "other settings")
+        # `--valid V --valid-fraction 0.3` then --resume without it was refused "other settings";
+        # None: the saved run's label file declared its validation records, and held nothing out)
         keys.discard("valid_fraction")
     if saved.get("architecture") == now.get("architecture"):
         # (options of another kind of head change nothing, as fit warns: `--kernel 5` given to an
