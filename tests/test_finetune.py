@@ -557,6 +557,19 @@ def test_one_protein_and_stdin_twice_are_refused_naming_the_file(data, run_cli, 
     assert r.exit_code == 2 and "stdin ('-') can be one input at most" in r.stderr, r.stderr
 
 
+def test_resume_compares_labels_read_from_stdin_by_their_bytes(data, run_cli, tmp_path):
+    """--labels - was not compared: a finished run resumed with other labels piped in said
+    "complete: nothing to resume". They are compared as the sha256 of the bytes read."""
+    labels = (data / "train.csv").read_bytes()
+    args = ("finetune", "ss3", "-m", data / "bert", "--labels", "-", "--max-epochs", "1", *FAST, "--bootstrap",
+            "10", "-o", tmp_path / "out")
+    assert run_cli(*args, input=labels).exit_code == 0
+    r = run_cli(*args, "--resume", input=b"".join(labels.splitlines(keepends=True)[:30]))
+    assert r.exit_code == 2 and "other settings or inputs (labels_file)" in r.stderr, r.stderr
+    r = run_cli(*args, "--resume", input=labels)
+    assert r.exit_code == 0 and "is complete: nothing to resume" in r.stderr, r.stderr
+
+
 def _flip_set(root, rng, n=40):
     """FLIP-style ss3 labels (SET=/VALIDATION=), their sequences and a mask FASTA whose 0s mark
     residues labelled against the rule (what the mask leaves out is what a model must not learn)."""

@@ -1137,6 +1137,42 @@ def test_an_interrupted_fit_resumes_to_the_head_an_uninterrupted_fit_gives(ss_da
     assert parts.metrics == whole.metrics
 
 
+def test_resume_compares_labels_read_from_stdin_by_their_bytes(run_cli, ss_data, tmp_path, monkeypatch):
+    """Labels piped in (--labels -) were not compared at all: a finished head resumed with other
+    labels on stdin said "complete: nothing to resume", and an interrupted fit continued on them.
+    They are compared as the sha256 of the bytes read, as a file is by its size and time."""
+    import sys
+    from dataclasses import replace
+
+    from protrans_cli.heads.fit import partial_path
+
+    labels = (ss_data / "train.csv").read_bytes()
+    other = b"".join(labels.splitlines(keepends=True)[:40])
+    args = ("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", "-", "--max-epochs", "1", *FAST,
+            "--bootstrap", "10", "--no-plots", "-o", tmp_path / "h")
+    assert run_cli(*args, input=labels).exit_code == 0
+    r = run_cli(*args, "--resume", input=other)
+    assert r.exit_code == 2 and "other settings or inputs (labels_file)" in r.stderr, r.stderr
+    r = run_cli(*args, "--resume", input=labels)
+    assert r.exit_code == 0 and "is complete: nothing to resume" in r.stderr, r.stderr
+
+    def piped(data):  # (fit's library call reads sys.stdin as the command does)
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+        return sys.stdin
+
+    config = FitConfig(task="ss3", max_epochs=2, threads=1, n_bootstrap=10)
+    piped(labels)
+    with _stopped_after(monkeypatch, member=0, epoch=1), pytest.raises(KeyboardInterrupt):
+        fit(config, ss_data / "train.h5", "-", tmp_path / "cut")
+    assert (partial_path(tmp_path / "cut") / "state.pt").is_file()
+    piped(other)
+    with pytest.raises(UsageError, match=r"other settings or inputs \(labels_file\)"):
+        fit(replace(config, resume=True), ss_data / "train.h5", "-", tmp_path / "cut")
+    stdin = piped(labels)
+    assert fit(replace(config, resume=True), ss_data / "train.h5", "-", tmp_path / "cut").history
+    assert sys.stdin is stdin  # (put back)
+
+
 def test_predict_from_fasta_embeds_with_the_heads_model_and_keeps_the_fasta_order(run_cli, ss_data, loc_data, tmp_path):
     head = tmp_path / "ss3"
     assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",

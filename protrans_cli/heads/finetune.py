@@ -330,7 +330,7 @@ def _model_dir(model: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests) -> dict:
+def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests, stdin: str | None = None) -> dict:
     """What a resumed run must share with the interrupted one: the settings that change what is
     trained, the inputs as the files they name and those files' size and modification time
     (fit's _identity), and a local model directory's files likewise."""
@@ -344,8 +344,8 @@ def _fingerprint(config: FinetuneConfig, labels, fasta, valid, tests) -> dict:
               "labels": _real_paths(str(labels)), "fasta": _real_paths(None if fasta is None else str(fasta)),
               "valid": _real_paths(None if valid is None else str(valid)), "tests": [_real_paths(str(t)) for t in tests]}
     contents = {"mask_file": _identity(config.mask_path),
-                "labels_file": _identity(labels), "fasta_file": _identity(fasta), "valid_files": _identity(valid),
-                "test_files": [_identity(t) for t in tests]}
+                "labels_file": _identity(labels, stdin), "fasta_file": _identity(fasta, stdin),
+                "valid_files": _identity(valid, stdin), "test_files": [_identity(t, stdin) for t in tests]}
     return {**settings, **inputs, **contents}
 
 
@@ -408,7 +408,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     from protrans_cli.heads.fit import _validate  # (looked up at the call: tests stop a run inside it)
     from protrans_cli.heads.lora import add_lora, lora_state
     from protrans_cli.heads.model import build_head
-    from protrans_cli.io.files import folder_lock, make_temporary, remove_dead_temporaries, replace_directory
+    from protrans_cli.io.files import (folder_lock, make_temporary, remove_dead_temporaries, replace_directory,
+                                       stdin_digest)
     from protrans_cli.models import load_model
     from protrans_cli.threads import resolve_threads, torch_threads
 
@@ -430,9 +431,11 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     architecture = architecture_for(task, config.architecture)
     config = replace(config, architecture=architecture, kernel=config.kernel or DEFAULT_KERNELS.get(architecture, 7))
     reads_residues = input_kind(task, architecture) == PER_RESIDUE
+    # (an input piped in is compared by --resume as the bytes read: as a file, by none of them)
+    stdin = stdin_digest(held, [labels, fasta, valid, *tests])
     if config.resume and not (partial / STATE).is_file() and (out_dir / "finetune.json").is_file():
         # (the same command with --resume after the run finished: a job script may always add it)
-        return _finished(out_dir, _jsonable(_fingerprint(config, labels, fasta, valid, tests)))
+        return _finished(out_dir, _jsonable(_fingerprint(config, labels, fasta, valid, tests, stdin)))
 
     if config.class_weights and any(o.is_value for o in task.outputs):
         raise UsageError("--class-weights is for classification; the value task is a regression")
@@ -512,7 +515,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
 
         # --- resumable state ---
-        fingerprint = _jsonable(_fingerprint(config, labels, fasta, valid, tests))
+        fingerprint = _jsonable(_fingerprint(config, labels, fasta, valid, tests, stdin))
         if held_out is None:  # (the fraction held nothing out: not compared on --resume, fit's rule)
             fingerprint["valid_fraction"] = None
         best = {"score": float("-inf"), "loss": float("inf"), "kept_loss": float("inf"), "epoch": 0, "progress": 0}

@@ -45,7 +45,8 @@ from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASK
                                      architecture_for, get_task, input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    folder_lock, input_inside, make_temporary, own_folder_output,
-                                   remove_dead_temporaries, replace_directory, same_file, signals_held)
+                                   remove_dead_temporaries, replace_directory, same_file, signals_held,
+                                   stdin_digest)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
                                 pooling_kind, prefix_words, three_di_words)
 from protrans_cli.threads import torch_threads
@@ -186,7 +187,9 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
                      ensemble=config.folds or config.ensemble,  # (one member per fold)
                      max_epochs=config.max_epochs or (30 if per_residue else 200),
                      patience=config.patience or (5 if per_residue else 10))
-    fingerprint = _fingerprint(config, embeddings, labels, valid, tests)
+    # (labels piped in are compared by --resume as the bytes read: as a file, by none of them)
+    stdin = stdin_digest(held, [labels, *(pair[1] for pair in ([valid] if valid else []) + list(tests))])
+    fingerprint = _fingerprint(config, embeddings, labels, valid, tests, stdin)
     for path in dict.fromkeys(str(p) for p in [embeddings, *(valid[:1] if valid else ()), *(t[0] for t in tests)]):
         warn_unfinished(path)
     if out_dir.exists():
@@ -822,7 +825,7 @@ def _real_paths(value):
     return value if value in (None, "-") else os.path.realpath(value)
 
 
-def _fingerprint(config: FitConfig, embeddings, labels, valid, tests) -> dict:
+def _fingerprint(config: FitConfig, embeddings, labels, valid, tests, stdin: str | None = None) -> dict:
     settings = {k: v for k, v in _jsonable(asdict(config)).items() if k not in _NOT_IN_FINGERPRINT}
     if config.folds:  # (--folds holds nothing out: another --valid-fraction changes nothing, as fit warns)
         settings.pop("valid_fraction", None)
@@ -831,15 +834,18 @@ def _fingerprint(config: FitConfig, embeddings, labels, valid, tests) -> dict:
     inputs = {key: _real_paths(paths) for key, paths in inputs.items()}
     # The files themselves, not only their names: labels rewritten at the same path between the
     # interruption and --resume would train one head on two label sets.
-    contents = {"embeddings_file": _identity(embeddings), "labels_file": _identity(labels),
-                "valid_files": [_identity(p) for p in valid] if valid else None,
-                "test_files": [[_identity(p) for p in t] for t in tests], "mask_file": _identity(config.mask_path)}
+    contents = {"embeddings_file": _identity(embeddings), "labels_file": _identity(labels, stdin),
+                "valid_files": [_identity(p, stdin) for p in valid] if valid else None,
+                "test_files": [[_identity(p, stdin) for p in t] for t in tests], "mask_file": _identity(config.mask_path)}
     return {**settings, **inputs, **contents}
 
 
-def _identity(path) -> list[int] | None:
-    """(size, modification time in ns) of an input file; None for stdin or no file."""
-    if path is None or str(path) == "-" or not Path(path).is_file():
+def _identity(path, stdin: str | None = None) -> list[int] | str | None:
+    """(size, modification time in ns) of an input file; for stdin `stdin` (the sha256 of its
+    bytes, stdin_digest); None for no file."""
+    if path is not None and str(path) == "-":
+        return stdin
+    if path is None or not Path(path).is_file():
         return None
     info = Path(path).stat()
     return [info.st_size, info.st_mtime_ns]

@@ -284,6 +284,23 @@ def stdin_binary() -> BinaryIO:
     return buffer
 
 
+def stdin_digest(held: contextlib.ExitStack, inputs) -> str | None:
+    """Where one of `inputs` is stdin ('-'): "sha256:<hex>" of its bytes, read whole now and given
+    again to whatever reads '-' while `held` is open (sys.stdin replays them). A command that
+    compares its inputs before reading them (fit's and finetune's --resume, which compare a file
+    by its size and modification time) so compares labels piped in, which it compared not at all.
+    None where no input is stdin."""
+    import hashlib
+
+    if not any(p is not None and str(p) == "-" for p in inputs):
+        return None
+    data = stdin_binary().read()
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(data))
+    held.callback(setattr, sys, "stdin", saved)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def display_name(path) -> str:
     return "<stdin>" if str(path) == "-" else str(path)
 
