@@ -284,9 +284,11 @@ def _smallest(torch, d, keep: int, ids=None):
     return d_top, i_top
 
 
-def _reference_labels(labels, label_format: str, ref_ids: list[str]) -> tuple[list[str], dict, dict]:
-    """(columns, id -> {column: label}, column -> labels meaning unknown) of a per-protein label file."""
-    columns, by_id, unknown, first = protein_labels(labels, label_format, "knn transfers a label per protein")
+def _reference_labels(labels, label_format: str, ref_ids: list[str], reference) -> tuple[list[str], dict, dict]:
+    """(columns, id -> {column: label}, column -> labels meaning unknown) of a per-protein label file
+    (its records matched to the `reference` proteins by id, else by sequence, as fit matches them)."""
+    columns, by_id, unknown, first = protein_labels(labels, label_format, "knn transfers a label per protein",
+                                                    embeddings=[reference])
     unlabelled = sum(1 for i in ref_ids if i not in by_id)
     if unlabelled == len(ref_ids):
         raise InputError(f"labels none of the reference's {len(ref_ids):,} proteins (ids such as "
@@ -297,11 +299,15 @@ def _reference_labels(labels, label_format: str, ref_ids: list[str]) -> tuple[li
     return columns, by_id, unknown
 
 
-def protein_labels(labels, label_format: str, use: str, *,
-                   all_columns: bool = False) -> tuple[list[str], dict, dict, str | None]:
+def protein_labels(labels, label_format: str, use: str, *, all_columns: bool = False,
+                   embeddings=()) -> tuple[list[str], dict, dict, str | None]:
     """(columns, id -> {column: label}, column -> labels meaning unknown, the first id) of a
     per-protein label file; a file of per-residue labels refused (`use` says why).
-    `all_columns`: a table's every column by its header's name (read_labels)."""
+    `all_columns`: a table's every column by its header's name (read_labels). `embeddings`: the
+    files whose proteins the labels are for: a record whose id none of them holds gives its labels
+    to the protein of its sequence there (heads.data.embedding_ids, fit's matching: a FLIP CSV,
+    keyed by sequence, beside embeddings made under accession ids)."""
+    from protrans_cli.heads.data import embedding_ids
     from protrans_cli.heads.labels import read_labels
 
     label_set = read_labels(labels, label_format, all_columns=all_columns)
@@ -320,6 +326,15 @@ def protein_labels(labels, label_format: str, use: str, *,
         for name in record.labels:
             if name not in columns:
                 columns.append(name)
+    by_sequence = 0
+    for path in embeddings:
+        found = embedding_ids(label_set, path)
+        for record_id, ident in found.items():
+            by_id[ident] = by_id[record_id]
+        by_sequence += len(found)
+    if by_sequence:
+        console.info(f"{labels}: {console.counted(by_sequence, 'protein')} labelled by sequence checksum (the "
+                     "record's id is not the embedding's)")
     first = label_set.records[0].id if label_set.records else None
     return columns, by_id, UNKNOWN.get(label_set.format, {}), first
 
@@ -375,14 +390,16 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
                                           long_policy=long_policy, max_length=max_length,
                                           chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error")
         ref_ids, ref, r_attrs = _reference_vectors(reference, layer)
-        columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format, ref_ids)
+        columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format,
+                                                                                        ref_ids, reference)
         q_ids, q, q_attrs, truth = _embedded_queries(fasta, reference, output, options, score, label_format)
         # (-m: the same weights elsewhere, as in predict --fasta; a warning where the names differ)
         _check_pair(f"the embeddings of {_shown(fasta)}", reference, q, ref, q_attrs, r_attrs, metric,
                     allow_model_mismatch or model is not None)
     else:
         q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
-        columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format, ref_ids)
+        columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format,
+                                                                                        ref_ids, reference)
         truth = None if score is None else _query_labels(score, label_format, q_ids)
     if query is not None and not exclude_self and same_file(query, reference):
         console.info(f"{query} is its own reference: each protein's first neighbour is itself, at distance 0 "

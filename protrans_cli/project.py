@@ -399,12 +399,14 @@ def _file_vectors(path, layer: int):
     return ids, matrix, attrs
 
 
-def read_colour_labels(label_files, label_format: str, ids: list[str]) -> tuple[list[str], dict]:
+def read_colour_labels(label_files, label_format: str, ids: list[str], embeddings=()) -> tuple[list[str], dict]:
     """(columns, id -> {column: label}) of one or more per-protein label files (DeepLoc FASTA,
     tables: every column after the id, by its header's name; FLIP CSV) for the proteins `ids`;
     labels meaning unknown (DeepLoc's
     membrane U) are left out. A protein two files label differently is an error; files that
-    label none of the proteins are an error, those that label some are said on stderr."""
+    label none of the proteins are an error, those that label some are said on stderr. A record
+    whose id is in none of the `embeddings` files labels the protein of its sequence there (as
+    fit matches labels: a FLIP CSV's rows, keyed by sequence)."""
     from protrans_cli.knn import protein_labels
 
     wanted = set(ids)
@@ -414,7 +416,7 @@ def read_colour_labels(label_files, label_format: str, ids: list[str]) -> tuple[
     for path in label_files:
         file_columns, file_by_id, unknown, first = protein_labels(path, label_format,
                                                                   "a map colours each protein by one label",
-                                                                  all_columns=True)
+                                                                  all_columns=True, embeddings=embeddings)
         # (an annotation table's own `source` or `x` column beside the map's: renamed label_source, label_x)
         renamed = {c: f"label_{c}" if c in RESERVED else c for c in file_columns}
         if clash := next((c for c in file_columns if c in RESERVED and f"label_{c}" in file_columns), None):
@@ -492,7 +494,7 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         vectors = vectors[chosen_rows]
     if metric == "cosine":
         _check_norms(vectors, ids)
-    columns, by_id = read_colour_labels(labels, label_format, ids) if labels else ([], {})
+    columns, by_id = read_colour_labels(labels, label_format, ids, inputs) if labels else ([], {})
     label_rows = {c: [by_id.get(i, {}).get(c) for i in ids] for c in columns}
     several = len(inputs) > 1
     if several:

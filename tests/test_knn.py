@@ -656,6 +656,28 @@ def test_a_column_of_numbers_is_scored_with_a_warning(tmp_path, run_cli):
     assert "distinct numbers" not in r.stderr
 
 
+def test_labels_keyed_by_sequence_are_matched_to_the_references_proteins_as_fit_matches_them(tmp_path, run_cli):
+    """A FLIP CSV's rows carry a sequence, no id: knn matched labels by id only, and refused
+    "labels none of the reference's proteins" where fit and predict pair the same files by the
+    sequence checksum embed stores. The labels transferred are those of an id,label table."""
+    rng = np.random.default_rng(5)
+    seqs = ["".join(rng.choice(list(AA), int(rng.integers(10, 30)))) for _ in range(12)]
+    ids = [f"ACC{i:02d}" for i in range(12)]
+    with EmbeddingsWriter(tmp_path / "ref.h5", kinds=("per_protein",), attrs={"model": "onehot"}) as w:
+        for ident, seq in zip(ids, seqs):
+            w.write(ident, ident, seq, per_protein=rng.normal(size=4).astype(np.float32))
+    (tmp_path / "flip.csv").write_text("sequence,target,set\n" + "".join(
+        f"{seq.lower()},{'AB'[i % 2]},train\n" for i, seq in enumerate(seqs[:10])))
+    (tmp_path / "table.csv").write_text("id,label\n" + "".join(f"{ident},{'AB'[i % 2]}\n"
+                                                               for i, ident in enumerate(ids[:10])))
+    base = ("knn", tmp_path / "ref.h5", "--reference", tmp_path / "ref.h5", "--exclude-self", "-k", "2")
+    r = run_cli(*base, "--labels", tmp_path / "flip.csv")
+    assert r.exit_code == 0, r.stderr
+    assert "flip.csv: 10 proteins labelled by sequence checksum" in r.stderr
+    by_table = run_cli(*base, "--labels", tmp_path / "table.csv")
+    assert r.stdout == by_table.stdout and r.stdout.count("\tA\n") + r.stdout.count("\tB\n") > 12
+
+
 def test_the_ci_does_not_depend_on_the_order_of_the_queries():
     """`knn --fasta` lists queries in the FASTA's order, `knn QUERY.h5` in the file's: the same
     queries and neighbours got two bootstrap CIs. Resampled in the order of their ids, as fit's."""

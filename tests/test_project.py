@@ -202,6 +202,26 @@ def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_c
     assert all(c["class"] in groups for c in page.circles)
 
 
+def test_labels_keyed_by_sequence_colour_the_proteins_of_those_sequences(tmp_path, run_cli):
+    """A FLIP CSV's rows carry a sequence, no id: project matched labels by id only ("labels none
+    of the proteins mapped"), where fit pairs them with embeddings made under accession ids by
+    the sequence checksum embed stores; in two files, each protein of a labelled sequence."""
+    rng = np.random.default_rng(8)
+    seqs = ["".join(rng.choice(list(AA), int(rng.integers(10, 30)))) for _ in range(16)]
+    for name, part in (("a", range(0, 10)), ("b", range(10, 16))):
+        with EmbeddingsWriter(tmp_path / f"{name}.h5", kinds=("per_protein",), attrs={"model": "onehot"}) as w:
+            for i in part:
+                w.write(f"ACC{i:02d}", f"ACC{i:02d}", seqs[i], per_protein=rng.normal(size=5).astype(np.float32))
+    (tmp_path / "flip.csv").write_text("sequence,target\n" + "".join(f"{seqs[i]},{'XY'[i % 2]}\n"
+                                                                      for i in range(1, 16)))
+    r = run_cli("project", tmp_path / "a.h5", tmp_path / "b.h5", "--labels", tmp_path / "flip.csv", "-o",
+                tmp_path / "map.tsv")
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split("\t") for line in (tmp_path / "map.tsv").read_text().splitlines()]
+    assert rows[0][-1] == "label"
+    assert {row[0]: row[-1] for row in rows[1:]} == {f"ACC{i:02d}": "XY"[i % 2] if i else "" for i in range(16)}
+
+
 def test_pictures_of_a_3d_map_without_labels_and_of_labels_on_a_colour_scale(tmp_path, run_cli, monkeypatch):
     """--dims 3 --plot with no label column (one colour, a z axis), and a column of numbers (a
     colour scale and its bar): each drawn whole, the table beside it with its axes."""

@@ -195,6 +195,68 @@ def _source_kind(reader: EmbeddingsReader, kind: str, task: Task | None = None) 
     raise InputError(f"has no {kind} embeddings (it holds {', '.join(reader.kinds)}): {remedy}", path=reader.path)
 
 
+class _SequenceKeys:
+    """The keys of a file's proteins by sequence checksum, gathered on first use, and the key a
+    label record whose id is not in the file finds by its sequence (match_labels' rule)."""
+
+    def __init__(self, reader: EmbeddingsReader, keys: set, source: str):
+        self.reader, self.keys, self.source = reader, keys, source
+        self.by_checksum: dict[str, list[str]] | None = None
+        self.by_prefix: dict[tuple, list[str]] = {}
+        self.kept_lengths: list[int] = []  # by_prefix's kept lengths, and its keys by checksum alone (the fallback)
+        self.prefix_keys: dict[str, list[str]] = {}
+
+    def key(self, record, taken: set, by_id: set) -> str | None:
+        """The key of `record`'s sequence: one not `taken` (matched already) nor named by a label
+        record's id (`by_id`) while there is one; None where no protein has that sequence."""
+        if self.by_checksum is None:
+            self.by_checksum, self.by_prefix = _checksum_maps(self.reader, self.keys, self.source)
+            # (once: gathered for each record, they took a pass over every truncated protein,
+            # 8 s for 10,000 records, growing with the square)
+            self.kept_lengths = sorted({kept for _, _, kept in self.by_prefix})
+            for (c, _, _), found in self.by_prefix.items():
+                self.prefix_keys.setdefault(c, []).extend(found)
+        # Several proteins of one sequence: each label takes a key of its own while there are
+        # any (the same rows all the same), so that none of them is said to have no label.
+        candidates = [k for c in _checksums(record.sequence) for k in self.by_checksum.get(c, ())]
+        if not candidates and self.by_prefix:
+            # a protein embed truncated: its checksum is its kept prefix's, and its full
+            # length is recorded (a label file without ids, FLIP's, found no embedding for it)
+            full = _residue_count(record)
+            candidates = [k for kept in self.kept_lengths if full and full > kept
+                          for k in self.by_prefix.get((_prefix_checksum(record.sequence, kept), full, kept), ())]
+            if not candidates:  # the label file's sequence is the kept prefix itself (as before)
+                candidates = [k for c in _checksums(record.sequence) for k in self.prefix_keys.get(c, ())]
+        return next((k for k in candidates if k not in taken and k not in by_id),
+                    next((k for k in candidates if k not in taken), candidates[0] if candidates else None))
+
+
+def embedding_ids(label_set: LabelSet, embeddings) -> dict[str, str]:
+    """{label record id: the id of the protein its labels go to} in the per-protein embeddings
+    file `embeddings`, for the records whose id is not the file's but whose sequence is
+    (match_labels' rule: a FLIP CSV's rows, keyed by sequence, beside embeddings made under
+    accession ids): for commands that carry any label column without a task (knn, project)."""
+    with EmbeddingsReader(embeddings) as reader:
+        source = _source_kind(reader, PER_PROTEIN)
+        keys = set(reader.keys(source))
+        named = {r.id: reader.key_for(r.id, source) for r in label_set.records}
+        by_id = {k for k in named.values() if k in keys}
+        if len(by_id) == len(named) or not any(r.sequence for r in label_set.records):
+            return {}
+        by_sequence = _SequenceKeys(reader, keys, source)
+        key_ids = {key: ident for ident, key in reader.foreign_ids(source).items()}
+        taken: set[str] = set(by_id)
+        found: dict[str, str] = {}
+        for record in label_set.records:
+            if named[record.id] in keys or record.sequence is None:
+                continue
+            key = by_sequence.key(record, taken, by_id)
+            if key is not None and key not in taken:  # (one protein, one label: the first record's, or its id's)
+                taken.add(key)
+                found[record.id] = key_ids.get(key) or unescape_key(key)
+    return found
+
+
 class TrainingSet:
     """The training proteins' ids and stored sequence checksums (read when the labels were
     matched), to find evaluation proteins that are training proteins too (`overlap`)."""
@@ -220,10 +282,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
     source = _source_kind(reader, kind or task.kind, task)
     keys = set(reader.keys(source))
     other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)
-    by_checksum: dict[str, list[str]] | None = None
-    by_prefix: dict[tuple, list[str]] = {}
-    kept_lengths: list[int] = []  # by_prefix's kept lengths, and its keys by checksum alone (the fallback)
-    prefix_keys: dict[str, list[str]] = {}
+    by_sequence = _SequenceKeys(reader, keys, source)
     failed: dict[str, str] | None = None  # (the file's `failed` attribute, read when first needed)
     taken: set[str] = set()  # keys matched so far
     # (another tool's keys: by their attributes first; ids are unique in a label set)
@@ -257,26 +316,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
             continue
         via_checksum = False
         if key not in keys and record.sequence is not None:
-            if by_checksum is None:
-                by_checksum, by_prefix = _checksum_maps(reader, keys, source)
-                # (once: gathered for each record, they took a pass over every truncated protein,
-                # 8 s for 10,000 records, growing with the square)
-                kept_lengths = sorted({kept for _, _, kept in by_prefix})
-                for (c, _, _), found in by_prefix.items():
-                    prefix_keys.setdefault(c, []).extend(found)
-            # Several proteins of one sequence: each label takes a key of its own while there are
-            # any (the same rows all the same), so that none of them is said to have no label.
-            candidates = [k for c in _checksums(record.sequence) for k in by_checksum.get(c, ())]
-            if not candidates and by_prefix:
-                # a protein embed truncated: its checksum is its kept prefix's, and its full
-                # length is recorded (a label file without ids, FLIP's, found no embedding for it)
-                full = _residue_count(record)
-                candidates = [k for kept in kept_lengths if full and full > kept
-                              for k in by_prefix.get((_prefix_checksum(record.sequence, kept), full, kept), ())]
-                if not candidates:  # the label file's sequence is the kept prefix itself (as before)
-                    candidates = [k for c in _checksums(record.sequence) for k in prefix_keys.get(c, ())]
-            key = next((k for k in candidates if k not in taken and k not in by_id),
-                       next((k for k in candidates if k not in taken), candidates[0] if candidates else None))
+            key = by_sequence.key(record, taken, by_id)
             via_checksum = key is not None
         if key is None or key not in keys:
             if failed is None:
