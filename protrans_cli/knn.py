@@ -533,18 +533,18 @@ def _nothing_scored(column: str) -> dict:
 
 
 def _query_labels(score, label_format: str, q_ids: list[str]) -> tuple[dict, dict]:
-    """(id -> labels, column -> labels meaning unknown) of the queries' label file."""
-    from protrans_cli.heads.labels import read_labels
-
-    truth_set = read_labels(score, label_format)
-    truth = {r.id: r.labels for r in truth_set.records}
+    """(id -> labels, column -> labels meaning unknown) of the queries' label file: per-protein
+    labels, as --labels takes (a FASTA of sequences or per-residue labels, read as FLIP's, was
+    scored against the neighbours' locations: Q10 0.0000 without a word)."""
+    _, truth, unknown, _ = protein_labels(score, label_format, "knn --score compares each query's own label "
+                                          "with the one transferred to it")
     missing = sum(1 for i in q_ids if i not in truth)
     if missing == len(q_ids):
         raise InputError(f"labels none of the {len(q_ids):,} queries (ids such as {q_ids[0]!r})" if q_ids
                          else "the query file holds no proteins", path=str(score))
     if missing:
         console.info(f"{score}: {missing:,} of the {len(q_ids):,} queries have no label and are not scored")
-    return truth, UNKNOWN.get(truth_set.format, {})
+    return truth, unknown
 
 
 def _score_column(result: Neighbours, column: str, by_id: dict, skip: set, truth: dict, n_bootstrap: int) -> dict:

@@ -678,6 +678,21 @@ def test_labels_keyed_by_sequence_are_matched_to_the_references_proteins_as_fit_
     assert r.stdout == by_table.stdout and r.stdout.count("\tA\n") + r.stdout.count("\tB\n") > 12
 
 
+def test_a_score_file_of_sequences_or_residue_labels_is_refused_as_labels_is(tmp_path, run_cli):
+    """--score given the queries' FASTA (or FLIP's per-residue labels): read as FLIP labels, each
+    sequence was a query's "location", and knn reported Q10 0.0000 over every query without a
+    word; --labels refuses such a file, and --score now does too."""
+    ids = _write(tmp_path / "e.h5", np.random.default_rng(2).normal(size=(6, 4)))
+    (tmp_path / "loc.fasta").write_text("".join(f">{i} {'Nucleus' if n % 2 else 'Cytoplasm'}-S\nMKVL\n"
+                                                for n, i in enumerate(ids)))
+    (tmp_path / "seqs.fasta").write_text("".join(f">{i}\nMKVLAAGH\n" for i in ids))
+    r = run_cli("knn", tmp_path / "e.h5", "--reference", tmp_path / "e.h5", "--exclude-self", "--labels",
+                tmp_path / "loc.fasta", "--score", tmp_path / "seqs.fasta", "-o", tmp_path / "h.tsv")
+    assert r.exit_code == 1 and "seqs.fasta: holds per-residue labels (flip); knn --score compares" in r.stderr, \
+        r.stderr
+    assert not (tmp_path / "h.tsv").exists()
+
+
 def test_the_ci_does_not_depend_on_the_order_of_the_queries():
     """`knn --fasta` lists queries in the FASTA's order, `knn QUERY.h5` in the file's: the same
     queries and neighbours got two bootstrap CIs. Resampled in the order of their ids, as fit's."""
