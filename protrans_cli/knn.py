@@ -307,7 +307,12 @@ def protein_labels(labels, label_format: str, use: str, *, all_columns: bool = F
     files whose proteins the labels are for: a record whose id none of them holds gives its labels
     to the protein of its sequence there (heads.data.embedding_ids, fit's matching: a FLIP CSV,
     keyed by sequence, beside embeddings made under accession ids)."""
-    from protrans_cli.heads.data import embedding_ids
+    return labels_by_protein(protein_label_set(labels, label_format, use, all_columns=all_columns), labels,
+                             embeddings)
+
+
+def protein_label_set(labels, label_format: str, use: str, *, all_columns: bool = False):
+    """The per-protein label file `labels` read (read_labels); one of per-residue labels refused."""
     from protrans_cli.heads.labels import read_labels
 
     label_set = read_labels(labels, label_format, all_columns=all_columns)
@@ -319,6 +324,13 @@ def protein_labels(labels, label_format: str, use: str, *, all_columns: bool = F
     if label_set.format in per_residue or residue_targets:
         raise InputError(f"holds per-residue labels ({label_set.format}); {use} (a DeepLoc FASTA, an id,label "
                          "table, FLIP CSV)", path=str(labels))
+    return label_set
+
+
+def labels_by_protein(label_set, labels, embeddings=()) -> tuple[list[str], dict, dict, str | None]:
+    """protein_labels' answer for a label set read (`labels`: its path, for messages)."""
+    from protrans_cli.heads.data import embedding_ids
+
     columns: list[str] = []
     by_id: dict[str, dict] = {}
     for record in label_set.records:
@@ -400,7 +412,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
         columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format,
                                                                                         ref_ids, reference)
-        truth = None if score is None else _query_labels(score, label_format, q_ids)
+        truth = None if score is None else _query_labels(score, _score_label_set(score, label_format), q_ids, query)
     if query is not None and not exclude_self and same_file(query, reference):
         console.info(f"{query} is its own reference: each protein's first neighbour is itself, at distance 0 "
                      "(--exclude-self leaves it out)")
@@ -486,13 +498,17 @@ def _embedded_queries(fasta, reference, output, options, score, label_format: st
     with temporary_folder(where, ".protrans-knn-") as tmp:
         readable, order = fasta_ids(fasta, tmp)
         # the queries' labels before the sequences are embedded: a bad --score file fails at once
-        truth = None if score is None else _query_labels(score, label_format, order)
+        # (one keyed by sequence, a FLIP CSV, is matched to the queries once they are embedded)
+        label_set = None if score is None else _score_label_set(score, label_format)
+        if label_set is not None and not any(r.sequence for r in label_set.records):
+            _query_labels(score, label_set, order)
         embeddings = embed_fasta(readable, order, tmp, options, fasta, f"to search {_shown(reference)}")
         # (the temporary file is gone when the command ends: messages name the FASTA)
         with console.naming(embeddings, f"the embeddings of {shown}"):
             with EmbeddingsReader(embeddings) as reader:
                 failed = reader.failed()
             ids, vectors, attrs = _vectors(embeddings, -1, "query")  # (the one layer embedded)
+            truth = None if label_set is None else _query_labels(score, label_set, order, embeddings)
     if failed:  # (--invalid-policy skip, --long-policy skip)
         from protrans_cli.heads.labels import some_ids
 
@@ -532,12 +548,18 @@ def _nothing_scored(column: str) -> dict:
     return {"metric": _METRIC_NAMES.get(column, "accuracy"), "n": 0, "n_proteins": 0, "accuracy": math.nan}
 
 
-def _query_labels(score, label_format: str, q_ids: list[str]) -> tuple[dict, dict]:
-    """(id -> labels, column -> labels meaning unknown) of the queries' label file: per-protein
-    labels, as --labels takes (a FASTA of sequences or per-residue labels, read as FLIP's, was
-    scored against the neighbours' locations: Q10 0.0000 without a word)."""
-    _, truth, unknown, _ = protein_labels(score, label_format, "knn --score compares each query's own label "
-                                          "with the one transferred to it")
+def _score_label_set(score, label_format: str):
+    """The queries' label file read: per-protein labels, as --labels takes (a FASTA of sequences or
+    per-residue labels, read as FLIP's, was scored against the neighbours' locations: Q10 0.0000
+    without a word)."""
+    return protein_label_set(score, label_format, "knn --score compares each query's own label with the one "
+                             "transferred to it")
+
+
+def _query_labels(score, label_set, q_ids: list[str], queries=None) -> tuple[dict, dict]:
+    """(id -> labels, column -> labels meaning unknown) of the queries' label set (`score`'s),
+    matched to the proteins of the file `queries` by id, else by sequence (as --labels)."""
+    _, truth, unknown, _ = labels_by_protein(label_set, score, [queries] if queries is not None else [])
     missing = sum(1 for i in q_ids if i not in truth)
     if missing == len(q_ids):
         raise InputError(f"labels none of the {len(q_ids):,} queries (ids such as {q_ids[0]!r})" if q_ids

@@ -678,6 +678,33 @@ def test_labels_keyed_by_sequence_are_matched_to_the_references_proteins_as_fit_
     assert r.stdout == by_table.stdout and r.stdout.count("\tA\n") + r.stdout.count("\tB\n") > 12
 
 
+def test_score_labels_keyed_by_sequence_score_the_queries_of_those_sequences(tmp_path, run_cli, own_tmpdir):
+    """--score of a FLIP CSV (rows keyed by sequence) against queries embedded under their own ids
+    was refused "labels none of the queries", from QUERY.h5 and from --fasta alike; it scores what
+    an id,label table of the same labels scores."""
+    ref_fa, q_fa = _fasta(tmp_path / "ref.fa", 20, 3, names="r"), _fasta(tmp_path / "q.fa", 12, 4)
+    for fa in (ref_fa, q_fa):
+        assert run_cli("embed", fa, "-m", "onehot", "--per-protein", "-o", fa.with_suffix(".h5")).exit_code == 0
+    q_seqs = q_fa.read_text().splitlines()[1::2]
+    (tmp_path / "ref.csv").write_text("id,label\n" + "".join(f"r{i},{'AB'[i % 2]}\n" for i in range(20)))
+    (tmp_path / "q.csv").write_text("id,label\n" + "".join(f"q{i},{'AB'[i % 3 % 2]}\n" for i in range(12)))
+    (tmp_path / "q_flip.csv").write_text("sequence,target\n" + "".join(f"{seq},{'AB'[i % 3 % 2]}\n"
+                                                                      for i, seq in enumerate(q_seqs)))
+    base = ("--reference", tmp_path / "ref.h5", "--labels", tmp_path / "ref.csv", "-k", "3", "--bootstrap", "10")
+    by_id = run_cli("knn", tmp_path / "q.h5", *base, "--score", tmp_path / "q.csv")
+    assert by_id.exit_code == 0 and "transfer label: accuracy" in by_id.stderr, by_id.stderr
+    scored = [line for line in by_id.stderr.splitlines() if line.startswith("transfer label:")]
+    for queries in ((tmp_path / "q.h5",), ("--fasta", q_fa)):
+        r = run_cli("knn", *queries, *base, "--score", tmp_path / "q_flip.csv")
+        assert r.exit_code == 0, r.stderr
+        assert "q_flip.csv: 12 proteins labelled by sequence checksum" in r.stderr
+        assert [line for line in r.stderr.splitlines() if line.startswith("transfer label:")] == scored
+    # ids that match nothing, in a file without sequences: still refused before anything is embedded
+    (tmp_path / "other.csv").write_text("id,label\nx1,A\n")
+    r = run_cli("knn", "--fasta", q_fa, *base, "--score", tmp_path / "other.csv")
+    assert r.exit_code == 1 and "labels none of the 12 queries" in r.stderr and "embedding" not in r.stderr
+
+
 def test_a_score_file_of_sequences_or_residue_labels_is_refused_as_labels_is(tmp_path, run_cli):
     """--score given the queries' FASTA (or FLIP's per-residue labels): read as FLIP labels, each
     sequence was a query's "location", and knn reported Q10 0.0000 over every query without a
