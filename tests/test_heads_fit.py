@@ -4182,6 +4182,20 @@ def test_search_keeps_the_trial_with_the_best_validation_score(run_cli, loc_data
     assert r.exit_code == 2 and "holds an earlier search: --resume continues it, --force starts over" in r.stderr
 
 
+def test_a_search_on_labels_from_stdin_gives_every_trial_the_labels(run_cli, loc_data, tmp_path):
+    """--labels - with --search: the first trial read stdin to its end, and the second failed
+    "<stdin>: is empty" (exit 1) after the first had trained. Every trial gets the bytes read once,
+    and the search is the one the labels as a file give."""
+    base = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--search", "lr=0.0001,0.01", "--max-epochs", "3",
+            "-j", "1", "--bootstrap", "10", "--no-plots")
+    r = run_cli(*base, "--labels", "-", "-o", tmp_path / "piped", input=(loc_data / "train.fasta").read_bytes())
+    assert r.exit_code == 0, r.stderr
+    assert run_cli(*base, "--labels", loc_data / "train.fasta", "-o", tmp_path / "file").exit_code == 0
+    piped, named = (json.loads((tmp_path / name / "search.json").read_text()) for name in ("piped", "file"))
+    assert [t["score"] for t in piped["trials"]] == [t["score"] for t in named["trials"]]
+    assert len(piped["trials"]) == 2
+
+
 def _stop_at_save(monkeypatch, n: int):
     """FitState.save_epoch raising KeyboardInterrupt (a Ctrl-C) after its n-th save; returns the
     original method."""

@@ -14,6 +14,7 @@ copied to HEAD with search.json (every trial's settings and scores) beside its f
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import shutil
@@ -107,7 +108,7 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
     """Fit every combination of `grid` (FitConfig field -> values) and keep the best by validation."""
     from protrans_cli.heads.fit import _checked_output, fit
     from protrans_cli.heads.metrics import dumps as metrics_json
-    from protrans_cli.io.files import make_temporary, replace_directory
+    from protrans_cli.io.files import make_temporary, replace_directory, replay_stdin, stdin_binary
 
     if not grid:
         raise UsageError("search needs settings to vary (--search NAME=V1,V2,...)")
@@ -129,6 +130,10 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
         _check_existing_head(config, out_dir, embeddings, labels, valid, tests)
     if config.force and folder.is_dir():
         _remove_trials(folder)
+    # Labels from stdin are read once and given to every trial (the second trial's read found
+    # stdin empty: "<stdin>: is empty", after the first had trained)
+    piped = stdin_binary().read() if any(str(path) == "-" for path in [labels, *(pair[1] for pair in (
+        [valid] if valid else []) + list(tests))]) else None
     set_name = "cv" if config.folds else "valid"
     console.info(f"search: {len(trials)} trials ({' x '.join(str(len(v)) for v in grid.values())}: "
                  + ", ".join(key.replace("_", "-") for key in grid) + f"), chosen by the {set_name} score")
@@ -136,7 +141,10 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
     for i, settings in enumerate(trials):
         name = trial_name(i)
         console.info(f"search: {name} ({i + 1} of {len(trials)}): {_words(settings)}")
-        result = fit(replace(config, **settings), embeddings, labels, folder / name, valid=valid, tests=tests)
+        with contextlib.ExitStack() as held:
+            if piped is not None:
+                replay_stdin(held, piped)
+            result = fit(replace(config, **settings), embeddings, labels, folder / name, valid=valid, tests=tests)
         score = _score(result.metrics, set_name)
         done.append({"trial": name, "settings": settings, "score": score, "set": set_name,
                      "metrics": result.metrics.get(set_name)})

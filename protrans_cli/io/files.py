@@ -295,10 +295,15 @@ def stdin_digest(held: contextlib.ExitStack, inputs) -> str | None:
     if not any(p is not None and str(p) == "-" for p in inputs):
         return None
     data = stdin_binary().read()
+    replay_stdin(held, data)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def replay_stdin(held: contextlib.ExitStack, data: bytes) -> None:
+    """sys.stdin gives `data` (bytes read from it before) while `held` is open, then is put back."""
     saved = sys.stdin
     sys.stdin = io.TextIOWrapper(io.BytesIO(data))
     held.callback(setattr, sys, "stdin", saved)
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def display_name(path) -> str:
