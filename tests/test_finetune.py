@@ -623,7 +623,7 @@ def test_flip_mask_and_mask_columns_as_fit_reads_them(data, run_cli, tmp_path):
     assert r.exit_code == 1 and "has no mask column cb513_mask" in r.stderr
 
 
-def test_valid_fraction_beside_a_files_own_validation_records_is_not_compared_on_resume(data, tmp_path):
+def test_valid_fraction_beside_a_files_own_validation_records_is_not_compared_on_resume(data, tmp_path, capsys):
     """The FLIP file's VALIDATION=True records are the validation set: --valid-fraction holds
     nothing out, yet the same finetune resumed without it was refused "other settings or inputs
     (valid_fraction)" (exit 2), as fit's was."""
@@ -634,8 +634,12 @@ def test_valid_fraction_beside_a_files_own_validation_records_is_not_compared_on
               device="cpu")
     args = (tmp_path / "flip.fasta", tmp_path / "out")
     done = finetune(FinetuneConfig(valid_fraction=0.3, **kw), *args, fasta=tmp_path / "seqs.fasta")
+    assert "--valid-fraction does nothing with" in capsys.readouterr().err  # (it was ignored without a word)
     again = finetune(FinetuneConfig(resume=True, **kw), *args, fasta=tmp_path / "seqs.fasta")
     assert again.metrics == done.metrics
+    # beside --valid too (fit's command warned, finetune said nothing)
+    finetune(FinetuneConfig(valid_fraction=0.3, **kw), data / "train.csv", tmp_path / "v", valid=data / "test.csv")
+    assert "--valid-fraction does nothing with --valid" in capsys.readouterr().err
 
 
 def test_class_weights_are_the_inverse_training_frequencies(data, run_cli, tmp_path):

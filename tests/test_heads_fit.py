@@ -3725,6 +3725,19 @@ def test_valid_fraction_beside_a_files_own_validation_records_is_not_compared_on
         fit(config(resume=True), ss_data / "train.h5", ss_data / "train.csv", tmp_path / "held")
 
 
+def test_valid_fraction_beside_a_files_own_validation_records_warns_that_it_is_ignored(run_cli, ss_data, tmp_path):
+    """The file's VALIDATION=True records are the validation set: a --valid-fraction given beside
+    them was ignored without a word (as beside --valid, which warned)."""
+    flip = _flip_with_splits(ss_data, tmp_path)
+    args = ("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", flip, "--max-epochs", "1", *FAST,
+            "--bootstrap", "10", "--no-plots")
+    r = run_cli(*args, "--valid-fraction", "0.3", "-o", tmp_path / "a")
+    assert r.exit_code == 0 and "--valid-fraction does nothing with" in r.stderr and \
+        "flip.fasta's own validation records" in r.stderr, r.stderr
+    r = run_cli(*args, "-o", tmp_path / "b")
+    assert r.exit_code == 0 and "--valid-fraction does nothing" not in r.stderr, r.stderr
+
+
 def test_valid_fraction_holds_out_proteins_of_one_sequence_together(run_cli, tmp_path):
     """The --valid-fraction hold-out drew proteins one by one: of a sequence given twice (CB513
     repeats 79), one copy was held out and its twin trained on (CB513: 12 of the 51 held out), so

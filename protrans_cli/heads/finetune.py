@@ -39,7 +39,8 @@ from protrans_cli.heads.data import Batch, Matched, ResidueData
 from protrans_cli.heads.fit import (_changed, _class_weights, _identity, _jsonable, _loss, _metric_names, _only,
                                     _outputs_with_labels, _real_paths, _unique_name, _warn_overlap,
                                     checked_state_bytes, evaluate_data, evaluation_records, held_out_positions,
-                                    load_checked_state, no_training_records, note_dual_labels, write_metrics)
+                                    load_checked_state, no_training_records, note_dual_labels, warn_unused_fraction,
+                                    write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
                                       unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
@@ -455,10 +456,14 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if task.kind != PER_RESIDUE:  # (fit's rule: an output no training protein has a label for is left out)
         task = _outputs_with_labels(task, train, labels)
     if valid is not None:
+        if config.valid_fraction != FinetuneConfig.valid_fraction:  # (as fit warns)
+            console.warn("--valid-fraction does nothing with --valid (the validation set is given; none is held out "
+                         "of train): ignored")
         valid_set = read(valid, task, evaluation=True)
         records = evaluation_records(valid_set, VALID, valid, "finetune").records
         valid_data, valid_desc = to_data(task, records, valid, evaluating=True), str(valid)
     elif VALID in declared:
+        warn_unused_fraction(config.valid_fraction, labels)
         valid_data = to_data(task, _only(train_set, {VALID}).records, labels, evaluating=True)
         valid_desc = f"{labels} (its validation records)"
     else:

@@ -371,6 +371,7 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
             same_file_reports.append(valid_report)
         valid_desc = f"{valid[1]}"
     elif VALID in declared:
+        warn_unused_fraction(config.valid_fraction, labels)
         valid_data, valid_report = _load_split(config, embeddings, train_labels, VALID, task)
         same_file_reports.append(valid_report)
         valid_desc = f"{labels} (its validation records)"
@@ -404,6 +405,14 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
     _warn_overlap(train, eval_sets)
     return _Sets(task, train, train_labels, valid_data, valid_desc, held_out, eval_sets, embedding_info, model_layer,
                  folds)
+
+
+def warn_unused_fraction(fraction: float, labels) -> None:
+    """A --valid-fraction other than the default beside the label file's own validation records
+    holds nothing out: a warning says it is ignored (it was silently, as beside --valid before)."""
+    if fraction != FitConfig.valid_fraction:
+        console.warn(f"--valid-fraction does nothing with {labels}'s own validation records (the validation set; "
+                     "none is held out of train): ignored")
 
 
 def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list, *, mask_elsewhere: bool):
