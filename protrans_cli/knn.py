@@ -338,14 +338,11 @@ def labels_by_protein(label_set, labels, embeddings=()) -> tuple[list[str], dict
         for name in record.labels:
             if name not in columns:
                 columns.append(name)
-    by_sequence = 0
-    for path in embeddings:
-        found = embedding_ids(label_set, path)
-        for record_id, ident in found.items():
-            by_id[ident] = by_id[record_id]
-        by_sequence += len(found)
-    if by_sequence:
-        console.info(f"{labels}: {console.counted(by_sequence, 'protein')} labelled by sequence checksum (the "
+    found = embedding_ids(label_set, embeddings) if embeddings else []
+    for record_id, ident in found:
+        by_id[ident] = by_id[record_id]
+    if found:
+        console.info(f"{labels}: {console.counted(len(found), 'protein')} labelled by sequence checksum (the "
                      "record's id is not the embedding's)")
     first = label_set.records[0].id if label_set.records else None
     return columns, by_id, UNKNOWN.get(label_set.format, {}), first

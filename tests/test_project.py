@@ -212,14 +212,20 @@ def test_labels_keyed_by_sequence_colour_the_proteins_of_those_sequences(tmp_pat
         with EmbeddingsWriter(tmp_path / f"{name}.h5", kinds=("per_protein",), attrs={"model": "onehot"}) as w:
             for i in part:
                 w.write(f"ACC{i:02d}", f"ACC{i:02d}", seqs[i], per_protein=rng.normal(size=5).astype(np.float32))
+            if name == "b":  # ACC00's twin, which no record names
+                w.write("TWIN", "TWIN", seqs[0], per_protein=rng.normal(size=5).astype(np.float32))
     (tmp_path / "flip.csv").write_text("sequence,target\n" + "".join(f"{seqs[i]},{'XY'[i % 2]}\n"
                                                                       for i in range(1, 16)))
-    r = run_cli("project", tmp_path / "a.h5", tmp_path / "b.h5", "--labels", tmp_path / "flip.csv", "-o",
-                tmp_path / "map.tsv")
+    # a record found by id labels that protein, not its sequence's twin in the other file
+    (tmp_path / "loc.fasta").write_text(f">ACC00 Nucleus-S\n{seqs[0]}\n")
+    r = run_cli("project", tmp_path / "a.h5", tmp_path / "b.h5", "--labels", tmp_path / "flip.csv", "--labels",
+                tmp_path / "loc.fasta", "-o", tmp_path / "map.tsv")
     assert r.exit_code == 0, r.stderr
     rows = [line.split("\t") for line in (tmp_path / "map.tsv").read_text().splitlines()]
-    assert rows[0][-1] == "label"
-    assert {row[0]: row[-1] for row in rows[1:]} == {f"ACC{i:02d}": "XY"[i % 2] if i else "" for i in range(16)}
+    label, loc = rows[0].index("label"), rows[0].index("loc")
+    assert {row[0]: row[label] for row in rows[1:]} == {f"ACC{i:02d}": "XY"[i % 2] if i else "" for i in range(16)} \
+        | {"TWIN": ""}
+    assert {row[0]: row[loc] for row in rows[1:] if row[loc]} == {"ACC00": "Nucleus"}
 
 
 def test_pictures_of_a_3d_map_without_labels_and_of_labels_on_a_colour_scale(tmp_path, run_cli, monkeypatch):

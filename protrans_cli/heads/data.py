@@ -32,7 +32,7 @@ from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, by_accession, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, h5_file, open_local,
-                                read_array, sequence_checksum, truncated_by, unescape_key)
+                                escape_key, read_array, sequence_checksum, truncated_by, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -231,29 +231,44 @@ class _SequenceKeys:
                     next((k for k in candidates if k not in taken), candidates[0] if candidates else None))
 
 
-def embedding_ids(label_set: LabelSet, embeddings) -> dict[str, str]:
-    """{label record id: the id of the protein its labels go to} in the per-protein embeddings
-    file `embeddings`, for the records whose id is not the file's but whose sequence is
+def embedding_ids(label_set: LabelSet, embeddings) -> list[tuple[str, str]]:
+    """(label record id, id of the protein its labels go to) in the per-protein embeddings files
+    `embeddings`, for the records whose id none of them holds but whose sequence one does
     (match_labels' rule: a FLIP CSV's rows, keyed by sequence, beside embeddings made under
-    accession ids): for commands that carry any label column without a task (knn, project)."""
-    with EmbeddingsReader(embeddings) as reader:
-        source = _source_kind(reader, PER_PROTEIN)
-        keys = set(reader.keys(source))
-        named = {r.id: reader.key_for(r.id, source) for r in label_set.records}
-        by_id = {k for k in named.values() if k in keys}
-        if len(by_id) == len(named) or not any(r.sequence for r in label_set.records):
-            return {}
-        by_sequence = _SequenceKeys(reader, keys, source)
-        key_ids = {key: ident for ident, key in reader.foreign_ids(source).items()}
-        taken: set[str] = set(by_id)
-        found: dict[str, str] = {}
-        for record in label_set.records:
-            if named[record.id] in keys or record.sequence is None:
-                continue
-            key = by_sequence.key(record, taken, by_id)
-            if key is not None and key not in taken:  # (one protein, one label: the first record's, or its id's)
-                taken.add(key)
-                found[record.id] = key_ids.get(key) or unescape_key(key)
+    accession ids): for commands that carry any label column without a task (knn, project). A
+    protein a record names by id takes no other record's labels, nor does one matched already."""
+    if not any(r.sequence for r in label_set.records):  # (a table of ids: nothing to look up, no file read)
+        return []
+    readers: list[EmbeddingsReader] = []
+    try:
+        files = []
+        named_somewhere: set[str] = set()  # record ids some file holds
+        for path in embeddings:
+            readers.append(reader := EmbeddingsReader(path))
+            source = _source_kind(reader, PER_PROTEIN)
+            keys = set(reader.keys(source))
+            # (embed's own file: every key is its id's, looked up in the set of keys; key_for reads
+            # the file for each record, 0.2 ms, which a proteome's labels felt)
+            key_of = (lambda ident: escape_key(ident)) if "layout" in reader.attrs else \
+                (lambda ident: reader.key_for(ident, source))
+            named = {r.id: key for r in label_set.records if (key := key_of(r.id)) in keys}
+            named_somewhere.update(named)
+            files.append((reader, source, keys, set(named.values())))
+        # (a record found by id in one file labels that protein only, not its sequence's elsewhere)
+        unnamed = [r for r in label_set.records if r.sequence and r.id not in named_somewhere]
+        found: list[tuple[str, str]] = []
+        for reader, source, keys, by_id in files if unnamed else ():
+            by_sequence = _SequenceKeys(reader, keys, source)
+            key_ids = {key: ident for ident, key in reader.foreign_ids(source).items()}
+            taken = set(by_id)
+            for record in unnamed:
+                key = by_sequence.key(record, taken, by_id)
+                if key is not None and key not in taken:  # (one protein, one label: the first record's)
+                    taken.add(key)
+                    found.append((record.id, key_ids.get(key) or unescape_key(key)))
+    finally:
+        for reader in readers:
+            reader.close()
     return found
 
 
