@@ -2572,6 +2572,18 @@ def test_predict_probabilities_with_a_compression_suffix_is_refused(run_cli, ss_
     assert not (tmp_path / "p.h5.gz").exists() and not (tmp_path / "x.fa").exists()
 
 
+def test_predict_probabilities_named_partial_is_refused(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    # `--probabilities p.h5.partial` wrote a finished file under an unfinished run's name, which
+    # export and merge then took for unfinished ("finish it first"); refused as embed's -o is.
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "x.fa",
+                "--probabilities", tmp_path / "p.h5.partial")
+    assert r.exit_code == 2 and r.stderr.strip().endswith(
+        "a name ending in .partial is an unfinished run's file (a run writes OUTPUT.partial and renames it OUTPUT once "
+        "complete; info and merge take such a file for unfinished): name the output p.h5"), r.stderr
+    assert "--probabilities" in r.stderr
+    assert not (tmp_path / "p.h5.partial").exists() and not (tmp_path / "x.fa").exists()
+
+
 def test_embeddings_that_are_a_directory_is_one_line(run_cli, ss_data, one_epoch_ss3, tmp_path):
     # HDF5's message for a directory ran to two lines of C struct fields ("file descriptor = 3,
     # errno = 21, ... buf = 0x7ffc...").

@@ -746,17 +746,18 @@ def checked_hdf5_output(output, what: str, *, compressed_hint: str = "", directo
     return output
 
 
-def refuse_partial_name(output) -> None:
+def refuse_partial_name(output, option: str = "-o") -> None:
     """An HDF5 output named `*.partial` is refused (exit 2): that is the name of an unfinished
     run's file (a run writes OUTPUT.partial and renames it OUTPUT when complete), so a finished
     `-o x.h5.partial` was called unfinished by info and refused by merge ("finish it first")."""
     name = Path(str(output)).name
     if name.endswith(".partial"):
         stem = name[:-len(".partial")] or "out.h5"
-        raise UsageError(f"-o {output}: a name ending in .partial is an unfinished run's file (a run writes "
+        raise UsageError(f"{option} {output}: a name ending in .partial is an unfinished run's file (a run writes "
                          f"OUTPUT.partial and renames it OUTPUT once complete; info and merge take such a file "
-                         f"for unfinished): name the output {stem} (embed --resume and contacts --resume with -o "
-                         f"{stem} finish an interrupted run's {name})")
+                         f"for unfinished): name the output {stem}"
+                         + (f" (embed --resume and contacts --resume with -o {stem} finish an interrupted run's {name})"
+                            if option == "-o" else ""))
 
 
 def writable_or_refused(path: Path) -> None:
