@@ -3099,6 +3099,10 @@ def test_resume_paths_name_the_run_and_keep_its_recorded_corpus(tmp_path, run_cl
     monkeypatch.chdir(tmp_path)
     res = run_cli("train", "--resume-from", tmp_path / "copied")
     assert res.exit_code == 2 and "is not in a run's checkpoints/ folder: give -o" in res.stderr, res.stderr
+    # the run directory itself: named as one, with the command that continues it ("give -o" said nothing of it)
+    res = run_cli("train", "--resume-from", start / "run")
+    assert res.exit_code == 2 and (f"--resume-from {start / 'run'} is a run directory, not one of its checkpoints: "
+                                   f"--resume -o {start / 'run'} continues its latest checkpoint") in res.stderr, res.stderr
     res = run_cli("train", "--resume", "-o", tmp_path / "nothing")
     # (not "give -o" to a user who had given it)
     assert res.exit_code == 2 and "holds no run to resume (no train_config.json): -o names the run directory " \

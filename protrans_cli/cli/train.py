@@ -184,6 +184,12 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         # the first run's as typed, and a moved run, or one started from another directory, went
         # on in a second folder, past the check for the later checkpoints of the run abandoned.
         where = Path(resume_from).resolve()  # (`--resume-from .` inside the checkpoint too)
+        if where.parent.name != "checkpoints" and (where / "checkpoints").is_dir():
+            # (a run directory: "give -o" left the user to guess that --resume is what continues it)
+            raise UsageError(f"--resume-from {resume_from} is a run directory, not one of its checkpoints: "
+                             f"--resume -o {resume_from} continues its latest checkpoint (--resume-from "
+                             f"{Path(resume_from) / 'checkpoints' / 'step_N'} -o NEW_RUN goes on from another one "
+                             "in a new directory)")
         if where.parent.name != "checkpoints":
             raise UsageError(f"--resume-from {resume_from} is not in a run's checkpoints/ folder: give -o, the run "
                              "directory to continue in")
