@@ -263,6 +263,11 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
     blocks = model_layers(model)
     last = blocks if blocks is not None else max(present)
     chosen = [k if k >= 0 else last + 1 + k for k in layers] or [max(present)]
+    if not layers and chosen[0] > last:
+        # (-m esm2_t30_150M_UR50D over esm2_t33_650M's files said "--layer 33: the model's layers
+        # are 0 .. 30", exit 2, of a --layer never given)
+        raise InputError(f"holds layer {chosen[0]}, but -m {model} has layers 0 .. {last}: give -m the model "
+                         "esm-extract ran", path=str(paths[0]))
     for given, k in zip(layers or chosen, chosen):
         if not 0 <= k <= last:
             raise UsageError(f"--layer {given}: the model's layers are 0 .. {last}" +

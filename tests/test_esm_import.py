@@ -436,6 +436,19 @@ def test_a_catalogued_model_of_another_width_and_an_unknown_name(run_cli, tmp_pa
     assert "-m my_model names no number of layers" in r.stderr and "no -m naming" not in r.stderr
 
 
+def test_a_model_with_fewer_layers_than_the_files_names_the_file_not_a_layer_never_given(run_cli, tmp_path,
+                                                                                        extracted):
+    # (-m of a 1-block model over files of layers 1 and 2 said "--layer 2: the model's layers are
+    # 0 .. 1", exit 2, without any --layer)
+    folder, _, _ = extracted
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "-m", "esm2_t1_x")
+    assert r.exit_code == 1 and "holds layer 2, but -m esm2_t1_x has layers 0 .. 1" in r.stderr
+    assert "--layer 2" not in r.stderr and str(folder) in r.stderr
+    assert not (tmp_path / "e.h5").exists() and "Traceback" not in r.stderr
+    # (a --layer given is still the usage error it was)
+    r = run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "-m", "esm2_t1_x", "--layer", "2")
+    assert r.exit_code == 2 and "--layer 2: the model's layers are 0 .. 1" in r.stderr
+
 def test_two_names_of_one_layer_are_refused_as_embed_refuses_them(run_cli, tmp_path, extracted):
     # (--layer -1 --layer 2 of files whose last layer is 2 wrote layer 2 twice, `layers` [-1, -1])
     folder, _, _ = extracted
