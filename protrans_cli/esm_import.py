@@ -169,7 +169,10 @@ def load_pt(path: Path, *, mmap: bool = False) -> dict:
                 if not mmap or "mmap" not in str(exc):
                     raise
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, TypeError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch's unpickler fails on foreign bytes in many ways
+        # (a text file named .pt: its 'h' read as a memo lookup, a KeyError traceback)
+        if isinstance(exc, MemoryError):
+            raise
         if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load failed"):
             why = "it holds objects other than tensors and plain values, which import-esm never unpickles"
         elif isinstance(exc, OSError) and not isinstance(exc, EOFError):

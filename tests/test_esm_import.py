@@ -264,6 +264,18 @@ def test_pt_files_that_are_not_esm_extracts_are_refused_naming_the_file_and_what
     assert not list(tmp_path.glob("e.h5*"))
 
 
+@pytest.mark.parametrize("data", [b"hello world\n", b"label,representations\nP1,0.1\n", b"\x80\x02}q\x00(X"],
+                         ids=["text", "csv", "cut-pickle"])
+def test_a_foreign_or_cut_file_named_pt_is_one_line_naming_it(run_cli, tmp_path, data):
+    # (a text file named .pt: torch's weights-only unpickler read its 'h' as a memo lookup, a
+    # KeyError traceback, in the embeddings' import and the contact maps' alike)
+    (tmp_path / "x.pt").write_bytes(data)
+    for extra in ((), ("--contacts",)):
+        r = run_cli("import-esm", tmp_path / "x.pt", "-o", tmp_path / "e.h5", *extra)
+        assert r.exit_code == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "x.pt: not an esm-extract output" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not list(tmp_path.glob("e.h5*"))
+
 def test_inputs_missing_named_twice_or_the_output_and_a_fasta_of_bad_records(run_cli, tmp_path, extracted):
     folder, fasta, _ = extracted
     out = tmp_path / "e.h5"
