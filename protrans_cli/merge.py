@@ -118,6 +118,11 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
     attrs.update(_shared_run_attrs(parts))
     if any(part.attrs.get("weights_fingerprint") is None for part in parts):
         attrs.pop("weights_fingerprint", None)  # (a part from before it: its weights are not known)
+    # (a hub commit recorded by one part, with none by another: the one known, so that a later merge
+    # or --resume still tells another commit)
+    attrs["commit"] = next((c for part in parts if (c := _comparable(part.attrs.get("commit")))), attrs.get("commit"))
+    if attrs["commit"] is None:
+        del attrs["commit"]
     if "part" in attrs:  # (the merged file is the whole input's, as one run over it records it)
         attrs["part"] = ""
     attrs.update(command_line=command_line or "protrans merge", protrans_version=__version__)
@@ -233,6 +238,10 @@ def _check_same(first: _Part, other: _Part) -> None:
         if key == "model" and a is not None and b is not None and same_model(str(_comparable(a)),
                                                                             str(_comparable(b))):
             continue  # (as --resume compares it: a short name and its hub id name one model)
+        if key == "commit" and not (_comparable(a) and _comparable(b)):
+            # (as --resume compares it: a file that records none, import-esm's, is not another
+            # commit; an imported part beside embed's of that hub model was refused)
+            continue
         if key == "weights_fingerprint" and _comparable(a) != _comparable(b):
             raise InputError(f"was written with other weights of the model {_shown(other.attrs.get('model'))} than "
                              f"{first.path} (weights_fingerprint {_shown(b)} and {_shown(a)}: the model directory was "

@@ -189,6 +189,26 @@ def test_a_short_name_and_its_hub_id_are_one_model_as_resume_takes_them(tmp_path
         merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m2.h5")
 
 
+def test_a_part_without_a_hub_commit_merges_with_one_that_records_it_as_resume_takes_them(tmp_path):
+    """import-esm -m esm2_t6_8M_UR50D records no hub commit (esm-extract's weights came from
+    fair-esm), embed of that hub model the snapshot's: --resume takes them as one model, merge
+    refused them ("commit=''"). The merged file records the commit known; two commits are refused."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    for name, commit in (("a", ""), ("b", "b" * 40)):
+        _embed(tmp_path / f"{name}.fa", tmp_path / f"{name}.h5")
+        with h5py.File(tmp_path / f"{name}.h5", "a") as f:
+            f.attrs["model"], f.attrs["commit"] = "esm2_t6_8M_UR50D", commit
+    for n, order in enumerate((("a", "b"), ("b", "a"))):
+        out = tmp_path / f"m{n}.h5"
+        assert merge([tmp_path / f"{name}.h5" for name in order], out).proteins == 2
+        with h5py.File(out) as f:
+            assert f.attrs["commit"] == "b" * 40
+    with h5py.File(tmp_path / "a.h5", "a") as f:
+        f.attrs["commit"] = "c" * 40
+    with pytest.raises(InputError, match="was written with commit='bbbb"):
+        merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m2.h5")
+
 def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
     (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
     a = _embed(tmp_path / "a.fa", tmp_path / "a.h5")
