@@ -78,7 +78,7 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
     """
     from protrans_cli.io.files import checked_hdf5_output, output_lock, refuse_other_format_name
 
-    inputs = _checked_arguments(inputs, output, storage_dtype, truncation_seq_length)
+    inputs = _checked_arguments(inputs, output, storage_dtype, truncation_seq_length, model)
     if layout not in LAYOUTS:
         raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     layers = tuple(layers or ())
@@ -103,9 +103,15 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
                               force=force, command_line=command_line, bos=bos)
 
 
-def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length) -> list:
+def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length, model=None) -> list:
     """The inputs as a list, after the checks both imports make of their arguments (before any file
     is read)."""
+    entry = _catalog_entry(model) if isinstance(model, str) else None
+    if entry is not None and entry.get("family") != FAMILY:
+        # (-m prot_t5_xl_half was recorded as an ESM model's files: merged with, or fit against,
+        # embed's files of ProtT5 they are not)
+        raise UsageError(f"-m {model} is a {entry.get('family')} checkpoint; esm-extract runs ESM models: give -m "
+                         "the ESM model it ran (e.g. esm2_t33_650M_UR50D)")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = list(inputs)
@@ -509,7 +515,7 @@ def import_esm_contacts(inputs, output, *, fasta=None, storage_dtype: str = "flo
     from protrans_cli.io.h5 import CONTACTS
 
     # (as import_esm's: a TypeError from pathlib where the embeddings' import says which argument)
-    inputs = _checked_arguments(inputs, output, storage_dtype, truncation_seq_length)
+    inputs = _checked_arguments(inputs, output, storage_dtype, truncation_seq_length, model)
     output = checked_hdf5_output(Path(output), "the imported contact maps")
     paths = _pt_files(inputs, output)
     refuse_other_format_name(output, "-o", "the imported contact maps")
@@ -564,6 +570,8 @@ def _check_contacts(obj, path: Path, truncation: int, sequences, fasta) -> _Entr
     if not isinstance(maps, torch.Tensor) or not maps.is_floating_point() or maps.dim() != 2 \
             or maps.shape[0] != maps.shape[1] or maps.shape[0] == 0:
         shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        if isinstance(maps, torch.Tensor):  # (the dtype named: "is (3, 3), not an (L, L) ... map" of a square)
+            shape = f"{shape} {str(maps.dtype).removeprefix('torch.')}"
         raise InputError(f"its 'contacts' is {shape}, not an (L, L) floating-point map", path=str(path))
     count = int(maps.shape[0])
     if count > truncation:
@@ -588,6 +596,11 @@ def _write_contacts(writer, entry: _Entry, summary: ImportSummary) -> None:
     del obj, maps
     if not np.isfinite(values).all():
         writer.record_failure(entry.ident, "NaN or infinity in esm-extract's contact map")
+        return
+    from protrans_cli.embedders import beyond_range, fits
+
+    if not fits(values, writer.storage_dtype):  # (cast, they became inf with numpy's overflow warning)
+        writer.record_failure(entry.ident, beyond_range(values, writer.storage_dtype.name).reason)
         return
     extra, sequence, length = {}, None, entry.rows
     if entry.sequence is not None:

@@ -7,6 +7,7 @@ rows and means of a tiny ESM-2, imported and compared with `protrans embed` on t
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -446,6 +447,13 @@ def test_a_catalogued_model_of_another_width_and_an_unknown_name(run_cli, tmp_pa
     assert not (tmp_path / "e.h5").exists() and "Traceback" not in r.stderr
     r = _ok(run_cli("import-esm", folder, "-o", tmp_path / "f.h5", "-m", "my_model"))
     assert "-m my_model names no number of layers" in r.stderr and "no -m naming" not in r.stderr
+    # a catalogued checkpoint of another family: it was recorded as an ESM model's files, with a warning
+    for args in (["-o", tmp_path / "g.h5"], ["--contacts", "-o", tmp_path / "g.h5"]):
+        r = run_cli("import-esm", folder, *args, "-m", "prot_t5_xl_half")
+        assert r.exit_code == 2 and r.stderr.strip().endswith(
+            "-m prot_t5_xl_half is a t5 checkpoint; esm-extract runs ESM models: give -m the ESM model it ran "
+            "(e.g. esm2_t33_650M_UR50D)"), r.stderr
+        assert not (tmp_path / "g.h5").exists()
 
 
 def test_a_model_with_fewer_layers_than_the_files_names_the_file_not_a_layer_never_given(run_cli, tmp_path,
@@ -637,7 +645,31 @@ def test_contact_maps_cut_not_square_or_not_finite(run_cli, tmp_path):
     square.mkdir()
     torch.save({"label": "P3", "contacts": torch.zeros(4, 5)}, square / "P3.pt")
     r = run_cli("import-esm", square, "--contacts", "-o", tmp_path / "s.h5")
-    assert r.exit_code == 1 and "its 'contacts' is (4, 5), not an (L, L) floating-point map" in r.stderr
+    assert r.exit_code == 1 and "its 'contacts' is (4, 5) float32, not an (L, L) floating-point map" in r.stderr
+    torch.save({"label": "P3", "contacts": torch.zeros(4, 4, dtype=torch.long)}, square / "P3.pt")
+    r = run_cli("import-esm", square, "--contacts", "-o", tmp_path / "s.h5")  # (square: its dtype is what is wrong)
+    assert r.exit_code == 1 and "its 'contacts' is (4, 4) int64, not an (L, L) floating-point map" in r.stderr
+
+
+def test_contacts_beyond_the_storage_dtype_are_recorded_failed_without_numpys_warning(run_cli, tmp_path):
+    """A map whose values float16 cannot hold was stored as inf, with numpy's two-line overflow
+    warning among the messages: recorded as failed with why (as the embeddings' import records
+    such rows), and kept whole under --storage-dtype float32."""
+    folder = tmp_path / "esm_out"
+    folder.mkdir()
+    torch.save({"label": "big", "contacts": torch.full((3, 3), 1e6)}, folder / "big.pt")
+    torch.save({"label": "ok", "contacts": torch.full((3, 3), 0.5)}, folder / "ok.pt")
+    r = run_cli("import-esm", folder, "--contacts", "-o", tmp_path / "c.h5")
+    assert r.exit_code == 0 and "RuntimeWarning" not in r.stderr and "overflow" not in r.stderr, r.stderr
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert set(f["contacts"]) == {"ok"}
+        failed = json.loads(f.attrs["failed"])
+    assert "values beyond float16's range (largest magnitude 1e+06; --storage-dtype float32 keeps them)" \
+        in str(failed["big"])
+    r = run_cli("import-esm", folder, "--contacts", "--storage-dtype", "float32", "-o", tmp_path / "c32.h5")
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(tmp_path / "c32.h5") as f:
+        assert f["contacts"]["big"][0, 0] == 1e6
 
 
 
