@@ -613,30 +613,29 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
 
 
 def _warn_overlap(train, eval_sets: list) -> None:
-    """Warn of evaluation proteins that are in train too, by id or by sequence."""
-    trained_on = TrainingSet(train.items)
+    """Warn of evaluation proteins that are in train too, by id or by sequence, and of test
+    proteins that are validation proteins."""
     for name, data, emb, _ in eval_sets:
-        same_id, same_sequence = trained_on.overlap(data.items)
-        both = same_id + same_sequence
-        if both:
-            found = ", ".join(([f"{len(same_id)} by id"] if same_id else [])
-                              + ([f"{len(same_sequence)} by an identical sequence"] if same_sequence else []))
-            console.warn(f"{name}: {len(both)} of its {len(data.items)} proteins are in the training set too ({found}: "
-                         f"{', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); their scores are not independent "
-                         "of training")
+        _warn_shared(TrainingSet(train.items), name, data, "the training set",
+                     "their scores are not independent of training")
     # A test set that is (partly) the validation set: those proteins chose the epoch kept, so the
     # test score is not the unbiased estimate a test set gives (`--valid X --test X` said nothing).
     if eval_sets and eval_sets[0][0] == "valid":
         chose = TrainingSet(eval_sets[0][1].items)
         for name, data, emb, _ in eval_sets[1:]:
-            same_id, same_sequence = chose.overlap(data.items)
-            both = same_id + same_sequence
-            if both:
-                found = ", ".join(([f"{len(same_id)} by id"] if same_id else [])
-                                  + ([f"{len(same_sequence)} by an identical sequence"] if same_sequence else []))
-                console.warn(f"{name}: {len(both)} of its {len(data.items)} proteins are in the validation set too "
-                             f"({found}: {', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); the validation set "
-                             "chose the epoch kept, so their scores are not an independent test")
+            _warn_shared(chose, name, data, "the validation set",
+                         "the validation set chose the epoch kept, so their scores are not an independent test")
+
+
+def _warn_shared(other: "TrainingSet", name: str, data, where: str, consequence: str) -> None:
+    """One warning counting `data`'s proteins that are in `other` (by id or by sequence)."""
+    same_id, same_sequence = other.overlap(data.items)
+    both = same_id + same_sequence
+    if both:
+        found = ", ".join(([f"{len(same_id)} by id"] if same_id else [])
+                          + ([f"{len(same_sequence)} by an identical sequence"] if same_sequence else []))
+        console.warn(f"{name}: {len(both)} of its {len(data.items)} proteins are in {where} too ({found}: "
+                     f"{', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); {consequence}")
 
 
 def _train_ensemble(config: FitConfig, task: Task, train, valid_data, weights, device, state: FitState, *,
