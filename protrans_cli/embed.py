@@ -995,6 +995,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     expect_options(options, EmbedOptions, "options")
     options.validate()
     if embedder is not None:
+        _check_embedder_kind(embedder)
         _check_embedder_layers(options, embedder)
         _check_embedder_input(options, embedder)
     if str(output) == "-":
@@ -1090,6 +1091,28 @@ def _embed_locked(fasta, output: Path, options: EmbedOptions, embedder, distribu
     finally:
         if spool is not None:
             spool.unlink(missing_ok=True)
+
+
+# what the pipeline reads of an embedder given in memory (Embedder; num_hidden_states is optional)
+_EMBEDDER_ATTRIBUTES = ("name", "family", "revision", "embedding_dim", "layers", "device", "compute_dtype",
+                        "special_tokens", "max_residues")
+
+
+def _check_embedder_kind(embedder) -> None:
+    """`embedder` is an Embedder: load_model's LoadedModel (a model in memory, as embed.md's
+    "a model already in memory" reads) or a model name failed with an AttributeError traceback
+    ('LoadedModel' object has no attribute 'layers')."""
+    missing = [] if callable(getattr(embedder, "embed_batch", None)) else ["embed_batch()"]
+    missing += [a for a in _EMBEDDER_ATTRIBUTES if not hasattr(embedder, a)]
+    if not missing:
+        return
+    hint = ""
+    if type(embedder).__name__ == "LoadedModel":
+        hint = ("; a loaded model becomes one with protrans_cli.embedders.TransformerEmbedder(loaded, layers=(-1,), "
+                "device=..., compute_dtype=...), or load it as one with build_embedder(options)")
+    raise UsageError(f"embedder must be an Embedder (what build_embedder(options) returns, or an object with "
+                     f"embed_batch(sequences) and the attributes of protrans_cli.embedders.Embedder), got "
+                     f"{type(embedder).__name__}, which lacks {', '.join(missing)}{hint}")
 
 
 def _check_embedder_layers(options: EmbedOptions, embedder) -> None:

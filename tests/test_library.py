@@ -283,6 +283,25 @@ def test_an_embedder_given_must_compute_the_layers_the_options_ask_for():
         embed_sequences(["MKT"], EmbedOptions(model="mine", layers=(-2,)), kind="per_residue", embedder=mine)
 
 
+def test_an_embedder_that_is_no_embedder_is_a_usage_error_naming_what_it_lacks(tmp_path):
+    """load_model's LoadedModel (a model in memory), a model name or a bare torch module passed as
+    `embedder` failed with an AttributeError traceback ('LoadedModel' object has no attribute
+    'layers')."""
+    import torch
+
+    from protrans_cli.models import LoadedModel, get_family
+
+    # (what load_model returns, without weights to load)
+    loaded = LoadedModel("mine", "mine", None, get_family("bert"), None, torch.nn.Linear(2, 2), 2, 1)
+    for given, said in ((loaded, r"got LoadedModel, which lacks embed_batch\(\), layers.*TransformerEmbedder\(loaded"),
+                        ("onehot", "got str, which lacks embed_batch"), (object(), "got object")):
+        with pytest.raises(UsageError, match=f"embedder must be an Embedder .*{said}"):
+            embed_sequences(["MKT"], EmbedOptions(model="onehot"), kind="per_residue", embedder=given)
+        with pytest.raises(UsageError, match="embedder must be an Embedder"):
+            embed(DATA / "embed" / "small.fa", tmp_path / "e.h5", EmbedOptions(model="onehot"), embedder=given)
+        assert not list(tmp_path.glob("e.h5*"))
+
+
 def test_embed_called_from_python_says_so_in_its_command_line(tmp_path, monkeypatch):
     """From Python, the file recorded sys.argv as the command that embedded: in a notebook,
     the kernel launcher's command line."""
