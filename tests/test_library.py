@@ -794,6 +794,32 @@ def test_predict_wrong_calls_are_refused_before_the_embeddings_are_read(loc_data
         predict(head, loc_data / "train.h5", None)
 
 
+def test_predict_and_evaluate_from_python_refuse_outputs_that_would_replace_their_inputs(loc_data, tmp_path):
+    """`protrans predict` refuses these (exit 2); from Python, predict(head, "q.h5", "q.h5") replaced
+    the embeddings with the CSV of predictions, an output inside the head could replace its files
+    (metrics_dir=head: a label file named config.* wrote the head's config.json) and out and
+    probabilities naming one file kept only the last written."""
+    import shutil
+
+    head = tmp_path / "head"
+    fit(FitConfig(task="loc", max_epochs=1, threads=1, plots=False), loc_data / "train.h5", loc_data / "train.fasta",
+        head)
+    query = tmp_path / "query.h5"
+    shutil.copy(loc_data / "train.h5", query)
+    kept = {p.name: p.read_bytes() for p in (query, head / "config.json")}
+    with pytest.raises(UsageError, match="query.h5 is also an input: writing it would replace it"):
+        predict(head, query, query)
+    with pytest.raises(UsageError, match="is inside the head directory"):
+        predict(head, query, head / "config.json")
+    with pytest.raises(UsageError, match="out and probabilities both name"):
+        predict(head, query, tmp_path / "p.out", probabilities=tmp_path / "p.out")
+    with pytest.raises(UsageError, match="metrics_dir .* is inside the head directory"):
+        evaluate_head(head, query, loc_data / "train.fasta", metrics_dir=head)
+    assert {p.name: p.read_bytes() for p in (query, head / "config.json")} == kept
+    assert not (tmp_path / "p.out").exists()
+    assert predict(head, query, tmp_path / "p.csv")["proteins"] == 24
+
+
 def test_predict_order_given_as_one_string_is_a_usage_error(loc_data, tmp_path):
     """order="P12345" (one id, or a FASTA's path) was read letter by letter, matched no id, and
     the order asked for was silently not followed."""

@@ -319,6 +319,26 @@ def _recorded_revision(model: str, recorded: dict, source: str) -> str | None:
     return None
 
 
+def _refuse_outputs_over_inputs(head_dir, embeddings, out, probabilities=None, metrics_dir=None) -> None:
+    """The checks `protrans predict` makes of its outputs, made for a Python caller too:
+    `predict(head, "q.h5", "q.h5")` replaced the embeddings it had just read with the CSV, an
+    output inside the head directory could replace its files (`metrics_dir=head`: a set named
+    `config` wrote `config.json`), and `out` and `probabilities` naming one file kept only one."""
+    from protrans_cli.io.files import input_named_by, same_file
+
+    for target in (out, probabilities):
+        if input_named_by(target, (embeddings,)):
+            raise UsageError(f"{target} is also an input: writing it would replace it (choose another name)")
+        if input_named_by(target, (), directories=(head_dir,)):
+            raise UsageError(f"{target} is inside the head directory {head_dir}: writing it could replace the head's "
+                             "files (choose another name)")
+    if out is not None and probabilities is not None and str(out) != "-" and same_file(out, probabilities):
+        raise UsageError(f"out and probabilities both name {out}: one would replace the other")
+    if metrics_dir is not None and input_named_by(metrics_dir, (), directories=(head_dir,)):
+        raise UsageError(f"metrics_dir {metrics_dir} is inside the head directory {head_dir}: its files could replace "
+                         "the head's (choose another directory)")
+
+
 @torch_threads()  # puts the caller's torch thread count back
 def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None = None,
             max_residues: int = 8192, allow_model_mismatch: bool = False, threads: int | None = None,
@@ -342,6 +362,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
         expect_path(value, name, " (one file or directory)")
     if isinstance(order, (str, bytes)):  # (one id, or a FASTA's path: read letter by letter, matching nothing)
         raise UsageError(f"order is a list of ids (e.g. [r.id for r in read_fasta(path)]), got {order!r:.60}")
+    _refuse_outputs_over_inputs(head_dir, embeddings, out, probabilities)
     from protrans_cli.heads.model import head_input_kind
 
     ensemble, task, config = load_head(head_dir)
@@ -669,6 +690,7 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     from protrans_cli.threads import resolve_threads
 
     _check_max_residues(max_residues)
+    _refuse_outputs_over_inputs(head_dir, embeddings, None, metrics_dir=metrics_dir)
     if n_boot is not None:
         from protrans_cli.heads.fit import check_resamples
 
