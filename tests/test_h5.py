@@ -1216,3 +1216,20 @@ def test_reader_given_a_list_of_files_is_one_usage_error_naming_the_argument(tmp
         EmbeddingsReader([tmp_path / "x.h5"])
     with EmbeddingsReader(tmp_path / "x.h5") as reader:  # a pathlib.Path, as before
         assert reader.ids() == ["a"]
+
+
+def test_a_probabilities_file_is_not_read_as_embeddings(tmp_path):
+    """predict --probabilities' file (a group per output, no embeddings) was read as a flat file
+    of no protein: fit found every label record "without an embedding", knn "per-residue
+    embeddings only", and r.ids() was [] without a word. Refused as a contacts file is."""
+    from types import SimpleNamespace
+
+    from protrans_cli.heads.predict import _ProbabilityWriter
+    from protrans_cli.heads.tasks import get_task
+
+    path = tmp_path / "q.ss3.h5"
+    with _ProbabilityWriter(path, get_task("ss3+ss8")) as writer:  # (as predict writes it)
+        writer.add([SimpleNamespace(id="P1")], {"ss3": [np.full((4, 3), 1 / 3)], "ss8": [np.full((4, 8), 1 / 8)]})
+    with pytest.raises(InputError, match=r"q.ss3.h5: holds the class probabilities of protrans predict "
+                                         r"--probabilities \(task ss3\+ss8\), not embeddings"):
+        EmbeddingsReader(path)

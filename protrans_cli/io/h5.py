@@ -258,6 +258,15 @@ class EmbeddingsReader:
             self.file.close()
             raise InputError("holds contact maps (protrans contacts), not embeddings: read them with h5py "
                              "(f['contacts'][id]); embeddings come from protrans embed", path=self.path)
+        # A probabilities file (predict --probabilities: a group per output, its classes in
+        # `classes_<output>`) read as a flat file of no protein: fit found "64 label records
+        # without an embedding", knn "per-residue embeddings only", EmbeddingsReader no id.
+        outputs = [k[len("classes_"):] for k in self.attrs if k.startswith("classes_")]
+        if not groups and isinstance(self.attrs.get("task"), str) and outputs and all(o in present for o in outputs):
+            self.file.close()
+            raise InputError(f"holds the class probabilities of protrans predict --probabilities (task "
+                             f"{self.attrs['task']}), not embeddings: read them with h5py (f['{outputs[0]}'][id]) or "
+                             "protrans export; embeddings come from protrans embed", path=self.path)
         # Groups at the root of a flat file from another tool (h5py makes "a/b" a dataset b in a
         # group a): not proteins, and the datasets in them are not read (see `subgroups`).
         if groups:
