@@ -573,6 +573,22 @@ def test_the_library_scores_what_parse_variant_read_and_refuses_other_variants(t
         scorer.score(SEQ[:5], [parse_variant("I6W", SEQ)])
 
 
+def test_the_library_refuses_variants_given_as_text_or_a_bare_mutation(tiny_models):
+    """score(wt, ["K2A"]) (texts, not parse_variant's tuples) or a Mutation outside a tuple was an
+    AttributeError / TypeError traceback; a generator of parsed variants is read as a list."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
+    for bad, said in ((["I6W"], "got str 'I6W'"), ("I6W", "got str 'I6W'"),
+                      ([Mutation(5, "I", "W")], "got Mutation Mutation\\(position=5")):
+        with pytest.raises(UsageError, match=f"^variants is a list of parse_variant\\(text, sequence\\) results .*{said}"):
+            scorer.score(SEQ, bad)
+    want = scorer.score(SEQ, [parse_variant("I6W", SEQ)])
+    assert scorer.score(SEQ, (parse_variant(v, SEQ) for v in ["I6W"])) == pytest.approx(want)
+
+
 def test_rows_without_a_variant_and_misaligned_rows(run_cli, tmp_path, tiny_models):
     """An empty or NA cell (MaveDB's missing hgvs_pro) is no variant: no score, not the wild
     type's 0, and out of Spearman's rho; a row with more fields than the header is refused (they
