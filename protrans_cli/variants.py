@@ -250,6 +250,8 @@ class VariantScorer:
         own otherwise)."""
         torch = self._torch
         self._refuse_reading(masked)
+        if isinstance(sequences, (str, bytes)):  # (each letter was read as a sequence of its own)
+            raise UsageError(f"sequences is a list of sequences: put one in a list, [{sequences!r:.40}]")
         for seq in sequences:
             self.check_length(seq)
         out: np.ndarray | None = None
@@ -302,6 +304,9 @@ class VariantScorer:
         for k, site in enumerate(sites):
             by_site.setdefault((int(site[0]), int(site[1])), []).append(k)
         for s, p in by_site:
+            if not 0 <= s < len(sequences):  # (an IndexError traceback; -1 read the last sequence)
+                raise UsageError(f"site ({s}, {p}) names sequence {s}, but {len(sequences)} sequence(s) are given "
+                                 f"(numbered from 0)")
             if not 0 <= p < len(sequences[s]):
                 raise UsageError(f"site {p} is outside sequence {s} ({len(sequences[s])} residues)")
         if masked:  # one item a site: its window, the site in it, and where its values go

@@ -392,6 +392,13 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
     scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
     with pytest.raises(UsageError, match="site 8 is outside sequence 0 \\(8 residues\\)"):
         scorer.site_log_probs([SEQ[:8]], [(0, 8)])
+    # a sequence index beyond those given was an IndexError traceback (and -1 read the last one);
+    # one sequence not in a list, a sequence of each letter
+    for site in ((1, 2), (-1, 2)):
+        with pytest.raises(UsageError, match=f"site \\({site[0]}, 2\\) names sequence {site[0]}, but 1 sequence"):
+            scorer.site_log_probs([SEQ[:8]], [site])
+    with pytest.raises(UsageError, match="sequences is a list of sequences: put one in a list"):
+        scorer.site_log_probs(SEQ[:8], [(0, 2)])
     with pytest.raises(UsageError, match="unknown scoring 'masked'"):
         scorer.score(SEQ[:8], [], "masked")
     for bad, said in (({"long_policy": "crop"}, "^--long-policy must be one of error, window$"),
