@@ -169,18 +169,30 @@ class ContactPredictor:
         """(L, L) float32 contact probabilities per sequence (one padded batch). Sequences are read
         as embed reads them (upper-cased, gaps and a final `*` removed); one it refuses (a J, an
         inner `*`, no residues) is an InputError."""
-        from protrans_cli.residues import normalise
+        from collections.abc import Mapping
+
+        from protrans_cli.residues import SequenceRejected, normalise
 
         torch = self._torch
         if isinstance(sequences, str):
             raise UsageError("predict takes a list of sequences, not one str")
-        sequences = [normalise(s, rare="keep") for s in sequences]
+        if isinstance(sequences, Mapping):  # (its ids were read as the sequences)
+            raise UsageError("predict takes a list of sequences, not a dict: give list(d.values()), the maps come "
+                             "back in that order")
+        normalised = []
+        for i, s in enumerate(sequences):  # (which of the list a refused one is: the message said only why)
+            try:
+                normalised.append(normalise(s, rare="keep"))
+            except SequenceRejected as exc:
+                raise SequenceRejected(exc.reason, f"sequence {i} of the list: {exc.detail}") from None
+        sequences = normalised
         if not sequences:
             return []
         longest = max((len(s) for s in sequences), default=0)
         if self.max_residues is not None and longest > self.max_residues:
-            raise UsageError(f"{self.loaded.name}: a sequence of {longest} residues; the model accepts at most "
-                             f"{self.max_residues} (learned positions)")
+            which = next(i for i, s in enumerate(sequences) if len(s) == longest)
+            raise UsageError(f"{self.loaded.name}: sequence {which} of the list has {longest} residues; the model "
+                             f"accepts at most {self.max_residues} (learned positions)")
         inputs, mask = self.family.encode(self.tokenizer, list(sequences), 1)
         lengths = mask.sum(dim=1).tolist()
         for seq, n in zip(sequences, lengths):

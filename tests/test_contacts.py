@@ -463,6 +463,22 @@ def test_library_predict_reads_sequences_as_embed_and_keeps_the_heads_float32_we
         np.testing.assert_array_equal(got, want)
 
 
+def test_library_predict_names_the_sequence_it_refuses_and_refuses_a_dict():
+    """predict(["MKT", "MK1"]) said "invalid character '1' at residue 3" without saying which of
+    the list; a dict ({id: sequence}, as embed_sequences takes) had its ids read as sequences."""
+    from protrans_cli.contacts import ContactPredictor
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+    from protrans_cli.residues import SequenceRejected
+
+    predictor = ContactPredictor(load_model(str(REFERENCES["esm2"]), device="cpu"))
+    with pytest.raises(SequenceRejected, match=r"^sequence 1 of the list: invalid character '1' at residue 3$") as err:
+        predictor.predict(["MKT", "MK1"])
+    assert err.value.reason == "invalid_character"
+    with pytest.raises(UsageError, match=r"not a dict: give list\(d.values\(\)\)"):
+        predictor.predict({"MKT": "MKTAYIAKQR"})
+
+
 def test_onehot_is_refused_as_no_model(run_cli, tmp_path):
     """-m onehot (embed's encoding) was looked for on the hub: "hf download onehot", exit 1."""
     (tmp_path / "in.fa").write_text(">a\nMKV\n")
