@@ -250,8 +250,7 @@ class VariantScorer:
         own otherwise)."""
         torch = self._torch
         self._refuse_reading(masked)
-        if isinstance(sequences, (str, bytes)):  # (each letter was read as a sequence of its own)
-            raise UsageError(f"sequences is a list of sequences: put one in a list, [{sequences!r:.40}]")
+        sequences = _sequence_list(sequences, "site_log_probs")
         for seq in sequences:
             self.check_length(seq)
         out: np.ndarray | None = None
@@ -476,7 +475,7 @@ class VariantScorer:
 
     def pseudo_log_likelihood(self, sequences: list[str], *, bar=None) -> np.ndarray:
         """Sum over residues of log p(residue | the rest), each masked in turn (float64 per sequence)."""
-        sequences = [checked_sequence(s) for s in sequences]
+        sequences = [checked_sequence(s) for s in _sequence_list(sequences, "pseudo_log_likelihood")]
         totals = np.zeros(len(sequences))
         # (a few sequences at a time: every site's (V,) row of them all was held at once, 0.4 GB for
         # 10,000 mutants of 300 residues)
@@ -493,7 +492,7 @@ class VariantScorer:
         """A causal LM's log-likelihood of each sequence, sum over residues of log p(residue | those
         before it) (float64 per sequence); sequences of one length share passes."""
         torch = self._torch
-        sequences = [checked_sequence(s) for s in sequences]
+        sequences = [checked_sequence(s) for s in _sequence_list(sequences, "log_likelihood")]
         for seq in sequences:
             self.check_length(seq)  # (over --max-length: refused, a causal LM is not read in windows)
         totals = np.zeros(len(sequences))
@@ -596,6 +595,19 @@ def mutate(sequence: str, variant: Variant) -> str:
     for m in variant:
         letters[m.position] = m.mt
     return "".join(letters)
+
+
+def _sequence_list(sequences, method: str) -> list:
+    """`sequences` as a list; one str (each of its letters was scored as a sequence of its own)
+    or a dict (its ids were scored) is a UsageError."""
+    from collections.abc import Mapping
+
+    if isinstance(sequences, (str, bytes)):
+        raise UsageError(f"{method} takes a list of sequences: put one in a list, [{sequences!r:.40}]")
+    if isinstance(sequences, Mapping):
+        raise UsageError(f"{method} takes a list of sequences, not a dict: give list(d.values()), the results come "
+                         "back in that order")
+    return list(sequences)
 
 
 def checked_sequence(sequence: str) -> str:

@@ -397,7 +397,7 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
     for site in ((1, 2), (-1, 2)):
         with pytest.raises(UsageError, match=f"site \\({site[0]}, 2\\) names sequence {site[0]}, but 1 sequence"):
             scorer.site_log_probs([SEQ[:8]], [site])
-    with pytest.raises(UsageError, match="sequences is a list of sequences: put one in a list"):
+    with pytest.raises(UsageError, match="site_log_probs takes a list of sequences: put one in a list"):
         scorer.site_log_probs(SEQ[:8], [(0, 2)])
     with pytest.raises(UsageError, match="unknown scoring 'masked'"):
         scorer.score(SEQ[:8], [], "masked")
@@ -594,6 +594,25 @@ def test_the_library_refuses_variants_given_as_text_or_a_bare_mutation(tiny_mode
             scorer.score(SEQ, bad)
     want = scorer.score(SEQ, [parse_variant("I6W", SEQ)])
     assert scorer.score(SEQ, (parse_variant(v, SEQ) for v in ["I6W"])) == pytest.approx(want)
+
+
+def test_the_likelihoods_of_one_sequence_or_a_dict_are_refused_not_scored_letter_by_letter(tiny_models):
+    """pseudo_log_likelihood("MKT...") scored each letter as a sequence of its own (an array of L
+    numbers, without a word), and a dict its ids."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
+    for given, said in ((SEQ[:8], "takes a list of sequences: put one in a list"),
+                        ({"P1": SEQ[:8]}, r"takes a list of sequences, not a dict: give list\(d.values\(\)\)")):
+        with pytest.raises(UsageError, match=f"^pseudo_log_likelihood {said}"):
+            scorer.pseudo_log_likelihood(given)
+    assert scorer.pseudo_log_likelihood([SEQ[:8]]).shape == (1,)
+    causal = VariantScorer(load_model(tiny_models["transfo_xl"], masked_lm=True), progress=False)
+    with pytest.raises(UsageError, match="^log_likelihood takes a list of sequences: put one in a list"):
+        causal.log_likelihood(SEQ[:8])
+    assert causal.log_likelihood([SEQ[:8]]).shape == (1,)
 
 
 def test_rows_without_a_variant_and_misaligned_rows(run_cli, tmp_path, tiny_models):
