@@ -251,7 +251,14 @@ class VariantScorer:
         torch = self._torch
         self._refuse_reading(masked)
         sequences = _sequence_list(sequences, "site_log_probs")
-        for seq in sequences:
+        for i, seq in enumerate(sequences):
+            # Sites are positions in the sequence as the scorer reads it: a gap, a final '*' or a
+            # letter that is no residue was encoded as a token of its own (an unknown one), which
+            # shifted or changed every site's log-probabilities without a word.
+            clean = checked_sequence(seq, f"sequence {i}")
+            if clean != seq.upper():
+                raise UsageError(f"sequence {i} holds gaps, whitespace or a final '*': give it as the scorer reads "
+                                 "it, checked_sequence(seq), with the sites numbered in that")
             self.check_length(seq)
         out: np.ndarray | None = None
         items = self._items(sequences, sites, masked)
@@ -610,15 +617,15 @@ def _sequence_list(sequences, method: str) -> list:
     return list(sequences)
 
 
-def checked_sequence(sequence: str) -> str:
+def checked_sequence(sequence: str, what: str = "the wild-type sequence") -> str:
     """The wild type as the scorer reads it: upper-case, gaps and a final `*` removed; an
-    InputError for anything that is not a protein sequence."""
+    InputError for anything that is not a protein sequence (naming it as `what`)."""
     from protrans_cli.residues import SequenceRejected, normalise
 
     try:
         return normalise(sequence, rare="keep")
     except SequenceRejected as exc:
-        raise InputError(f"the wild-type sequence: {exc}") from None
+        raise InputError(f"{what}: {exc}") from None
 
 
 def window_start(position: int, length: int, window: int) -> int:

@@ -383,7 +383,7 @@ def test_a_max_length_beyond_the_position_table_and_a_single_pass_out_of_memory(
 
 
 def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_the_protein(tiny_models):
-    from protrans_cli.errors import ModelError, UsageError
+    from protrans_cli.errors import InputError, ModelError, UsageError
     from protrans_cli.models import load_model
     from protrans_cli.variants import VariantScorer
 
@@ -399,6 +399,15 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
             scorer.site_log_probs([SEQ[:8]], [site])
     with pytest.raises(UsageError, match="site_log_probs takes a list of sequences: put one in a list"):
         scorer.site_log_probs(SEQ[:8], [(0, 2)])
+    # a gap, a final '*' or a letter that is no residue was encoded as a token of its own: every
+    # site's log-probabilities shifted or changed without a word (lower case reads as upper case)
+    for given in (SEQ[:3] + "-" + SEQ[3:8], SEQ[:8] + "*"):
+        with pytest.raises(UsageError, match="sequence 0 holds gaps, whitespace or a final '\\*'"):
+            scorer.site_log_probs([given], [(0, 2)])
+    with pytest.raises(InputError, match="^sequence 1: invalid character '1' at residue 3$"):
+        scorer.site_log_probs([SEQ[:8], "MK1T"], [(0, 2)])
+    np.testing.assert_array_equal(scorer.site_log_probs([SEQ[:8].lower()], [(0, 2)]),
+                                  scorer.site_log_probs([SEQ[:8]], [(0, 2)]))
     with pytest.raises(UsageError, match="unknown scoring 'masked'"):
         scorer.score(SEQ[:8], [], "masked")
     for bad, said in (({"long_policy": "crop"}, "^--long-policy must be one of error, window$"),
