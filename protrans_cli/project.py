@@ -261,6 +261,16 @@ def map_quality(vectors: np.ndarray, coords: np.ndarray, *, metric: str = "eucli
     The second says whether the map separates the labels as the embedding space does: a map
     whose figure is far below the space's draws clusters the vectors do not have, or mixes
     what they keep apart."""
+    # (rows that do not pair up were an IndexError or a numpy traceback, and labels of another
+    # length, such as the {id: label} dict itself, gave no figure without a word)
+    shapes = np.shape(vectors), np.shape(coords)
+    if len(shapes[0]) != 2 or len(shapes[1]) != 2 or shapes[0][0] != shapes[1][0]:
+        raise UsageError(f"vectors of shape {shapes[0]} and coords of shape {shapes[1]}: expected (N, D) and (N, 2 "
+                         "or 3), one row per protein in both")
+    if labels is not None and (isinstance(labels, (str, bytes, dict)) or len(labels) != shapes[0][0]):
+        given = "a dict" if isinstance(labels, dict) else f"{len(labels)}"
+        raise UsageError(f"labels: {given} for {shapes[0][0]} rows of vectors; give one label (or None) a row, in "
+                         "the rows' order ([location.get(i) for i in ids])")
     n = len(vectors)
     k = min(k, n - 1)
     if k < 1:

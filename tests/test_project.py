@@ -574,6 +574,23 @@ def test_library_call_and_few_proteins(tmp_path):
         reduce(x)
 
 
+def test_map_quality_refuses_rows_that_do_not_pair_up_and_labels_of_another_length():
+    """docs/project.md's map_quality(vectors, coords, labels=row_labels) from Python: coords of
+    fewer rows were an IndexError traceback, a (N, layers, D) matrix a numpy one, and labels of
+    another length (the {id: label} dict itself, say) gave no label figure without a word."""
+    from protrans_cli.project import map_quality, neighbourhoods_kept, reduce
+
+    x, cluster = _clusters(n_per=6)
+    coords = reduce(x)[0]
+    for vectors, low in ((x, coords[:10]), (x[:, None, :], coords)):
+        with pytest.raises(UsageError, match="expected \\(N, D\\) and \\(N, 2 or 3\\), one row per protein in both"):
+            neighbourhoods_kept(vectors, low)
+    for labels, said in ((["a"], "labels: 1 for 18 rows"), ({"e0": "a", "e1": "b"}, "labels: a dict for 18 rows")):
+        with pytest.raises(UsageError, match=said):
+            map_quality(x, coords, labels=labels)
+    assert map_quality(x, coords, labels=[str(c) for c in cluster])[1][2] == 18
+
+
 def test_pca_imports_no_torch(tmp_path):
     x, _ = _clusters(n_per=3)
     _write(tmp_path / "e.h5", x, [f"e{i}" for i in range(len(x))])
