@@ -430,6 +430,15 @@ def test_a_progress_interval_that_is_no_number_is_said_and_the_default_used(monk
     assert console._progress_interval() == console.PROGRESS_INTERVAL
 
 
+def test_train_resume_of_another_type_is_a_usage_error_before_any_work(tmp_path):
+    """train(config, resume=1) (for True) was a TypeError traceback from os.path."""
+    for resume in (1, 0.5, ["run"]):
+        with pytest.raises(UsageError, match=r"^resume is True \(the run's latest checkpoint\), a checkpoint's path, "
+                                             f"or None \\(a new run\\), got {type(resume).__name__}"):
+            train(_train_config(tmp_path, threads=1), resume=resume)
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_takes_paths_and_one_corpus_file_from_python(tmp_path):
     """pathlib paths were a TypeError from json after the model was built; a bare string corpus
     was read letter by letter ("c: no such file"); lr="1e-3" was "must be positive, got 1e-3"."""

@@ -199,6 +199,9 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
     `accept_corpus_change`: resume although a corpus file changed since the checkpoint (a
     damaged shard replaced by a whole copy), with a warning."""
     expect_options(config, TrainConfig, "config")
+    if not (resume is None or isinstance(resume, (bool, str, os.PathLike))):  # (resume=1: a TypeError from os.path)
+        raise UsageError(f"resume is True (the run's latest checkpoint), a checkpoint's path, or None (a new run), "
+                         f"got {type(resume).__name__} {resume!r:.40}")
     family = given_family(family)
     info = dist.setup(timeout=config.duration("dist_timeout"))
     try:
