@@ -3834,6 +3834,23 @@ def test_predictions_in_memory_are_what_predict_writes(run_cli, ss_data, loc_dat
             predict_embeddings(ss_head, {"x": np.zeros((5, 21))}, max_residues=bad)
 
 
+def test_predict_sequences_with_a_model_of_another_width_says_so(loc_data, tmp_path, tmp_path_factory):
+    """predict_sequences(head, seqs, model=X) where X's embeddings are wider than the head's input
+    said "protein 0: an embedding of shape (32,) ...": the protein blamed for the model given."""
+    from conftest import save_tiny_model
+    from protrans_cli import predict_sequences
+    from protrans_cli.heads.fit import FitConfig, fit
+
+    head = tmp_path / "loc"
+    fit(FitConfig(task="loc", max_epochs=1, threads=1, plots=False), loc_data / "train.h5", loc_data / "train.fasta",
+        head)
+    bert = save_tiny_model(tmp_path_factory, "bert")
+    with pytest.raises(UsageError, match=r"gives 32-d embeddings; the head was fit on 21-d embeddings of onehot: "
+                                         r"give model= a copy of that model, or leave model out$"):
+        predict_sequences(head, ["MKTAYIAK"], model=str(bert), threads=1)
+    assert predict_sequences(head, ["MKTAYIAK"], threads=1)[0]["loc"].labels in LOCATIONS
+
+
 def test_predict_embeddings_takes_torch_tensors_as_a_model_gives_them(loc_data, tmp_path):
     # a tensor that requires grad was a RuntimeError from inside numpy ("Can't call numpy() on
     # Tensor that requires grad"); a bfloat16 one "its embedding is not an array of numbers"

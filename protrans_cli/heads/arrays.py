@@ -91,6 +91,15 @@ def predict_sequences(head_dir, sequences, *, model: str | None = None, device: 
     expect_path(head_dir, "head_dir", " (the head's directory)")
     options, config = head_embed_options(head_dir, model=model, device=device, threads=threads, word="model=")
     embedded = embed_sequences(sequences, options, kind=head_input_kind(config))  # (checked by head_embed_options)
+    # (another model's width was "protein 0: an embedding of shape (32,), the head takes ...":
+    # the protein blamed for what the model given makes of every protein)
+    width = next((np.shape(a)[-1] for a in (embedded if isinstance(embedded, list) else embedded.values())
+                  if a is not None), None)
+    if width is not None and width != int(config["input_dim"]):
+        recorded = config.get("embedding", {}).get("model")
+        raise UsageError(f"{options.model} gives {width}-d embeddings; the head was fit on {config['input_dim']}-d "
+                         f"embeddings of {recorded}" + (": give model= a copy of that model, or leave model out"
+                                                        if model is not None else ""))
     if isinstance(embedded, list):
         kept = [i for i, a in enumerate(embedded) if a is not None]
         found = predict_embeddings(head_dir, [embedded[i] for i in kept], device=device, threads=threads)
