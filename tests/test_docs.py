@@ -110,3 +110,33 @@ def test_every_documented_command_line_parses():
             stale.append(f"{page}: {line}\n    {message}")
     assert checked > 150, checked  # (the extraction itself still finds the guides' examples)
     assert not stale, "documented command lines that no longer parse:\n" + "\n".join(stale)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but `-` and `_` dropped, spaces to `-`."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_to_a_heading_finds_it():
+    """A link such as `embed.md#esm-2-the-same-numbers-as-esm-extract` went nowhere once the
+    heading became "ESM-2 and ESM-1b: ..." (GitHub opens the page at its top, without a word)."""
+    pages = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", ROOT / "CHANGELOG.md"]
+    anchors = {}
+    for page in pages:
+        seen: dict[str, int] = {}
+        for heading in re.findall(r"^#{1,6} (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M):
+            anchor = _anchor(heading)
+            seen[anchor] = seen.get(anchor, -1) + 1
+            anchors.setdefault(page.resolve(), set()).add(anchor + (f"-{seen[anchor]}" if seen[anchor] else ""))
+    checked, broken = 0, []
+    for page in pages:
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path, _, fragment = link.partition("#")
+            target = (page.parent / path).resolve() if path else page.resolve()
+            if link.startswith(("http:", "https:", "mailto:")) or not fragment or target.suffix != ".md":
+                continue
+            checked += 1
+            if fragment not in anchors.get(target, ()):
+                broken.append(f"{page.name}: {link}")
+    assert checked > 30, checked
+    assert not broken, "links to headings that do not exist:\n" + "\n".join(broken)
