@@ -148,13 +148,15 @@ def compile_check(device: str) -> dict:
 
 def format_lines(info: dict) -> list[str]:
     """`protrans env`'s text: one `key: value` line each."""
+    from protrans_cli import console  # ("commands use 1 threads" on a one-core machine)
+
     packages = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
     missing = [k for k, v in info["packages"].items() if not v]
     lines = [f"protrans: {info['protrans']}", f"python: {info['python']} ({info['platform']})",
              f"packages: {packages}" + (f" (not installed: {', '.join(missing)})" if missing else ""),
              f"torch build: CUDA {info['torch_cuda'] or 'none (CPU build)'}, cuDNN {info['cudnn'] or 'none'}",
              f"cpu: {info['cpu']['cores']} cores for this process (of {info['cpu']['machine_cores']}); "
-             + (f"commands use {info['cpu']['threads']} threads unless -j says otherwise"
+             + (f"commands use {console.counted(info['cpu']['threads'], 'thread')} unless -j says otherwise"
                 if isinstance(info["cpu"]["threads"], int) else f"-j's default: {info['cpu']['threads']}")]
     if not info["cuda_devices"] and info.get("mps"):
         lines.append("cuda: no device; mps: Apple GPU (embed computes there in float16, fit and predict run there; "

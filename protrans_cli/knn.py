@@ -378,6 +378,13 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
 
     if (query is None) == (fasta is None):
         raise UsageError("give the queries' embeddings (QUERY.h5) or their sequences (--fasta), one of them")
+    # (a list of files was "stat: path should be string ... not list", a TypeError from deep inside)
+    for value, name in ((query, "query"), (reference, "reference"), (fasta, "fasta"), (labels, "labels"),
+                        (score, "score")):
+        if value is not None:
+            expect_path(value, f"knn: {name}", " (one file)")
+    if output is not None:
+        expect_path(output, "knn: output", " (a file, or '-' for stdout)")
     if fasta is None:
         for value, flag in ((model, "-m"), (long_policy, "--long-policy"), (max_length, "--max-length"),
                             (chunk_overlap, "--chunk-overlap"), (invalid_policy, "--invalid-policy")):

@@ -772,3 +772,16 @@ def test_a_query_whose_membrane_is_unknown_is_not_scored_on_it(tmp_path):
                  score=tmp_path / "q.fasta", n_bootstrap=10).scores
     assert scores["membrane"]["n_proteins"] == 2 and scores["membrane"]["accuracy"] == 1.0
     assert scores["loc"]["n_proteins"] == 4 and scores["loc"]["accuracy"] == 1.0
+
+
+def test_a_list_of_files_from_python_is_one_usage_error_naming_the_argument(tmp_path):
+    """knn(["q.h5"], ...) was "stat: path should be string ... not list", a TypeError from inside."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.knn import knn
+
+    _write(tmp_path / "q.h5", np.eye(3))
+    with pytest.raises(UsageError, match=r"^knn: query must be a path \(one file\), got list"):
+        knn([tmp_path / "q.h5"], tmp_path / "q.h5", tmp_path / "k.tsv")
+    with pytest.raises(UsageError, match=r"^knn: labels must be a path \(one file\), got list"):
+        knn(tmp_path / "q.h5", tmp_path / "q.h5", tmp_path / "k.tsv", labels=[tmp_path / "l.csv"])
+    assert not (tmp_path / "k.tsv").exists()
