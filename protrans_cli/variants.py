@@ -971,13 +971,17 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     if missing:
         console.warn(f"{console.counted(missing, 'row')} of {table.name} with no variant in "
                      f"{options.mutation_column!r} (empty or NA) left without a score")
-    to_file = output not in (None, "-")
-    from protrans_cli.io.files import output_lock
+    to_file = output not in (None, "-") and not special
+    from protrans_cli.io.files import output_lock, through_link
 
-    # (a file: locked against another run on it, its finished work kept beside it for --resume)
-    with output_lock(output, "is the output of another protrans run that is running now: wait for it to end, "
+    # (a file: locked against another run on it, its finished work kept beside it for --resume; the
+    # user's own link as where it leads, which the table is written to, as embed takes it: a run on
+    # the link and one on its target took two locks, and --resume of one missed the other's work.
+    # A device or pipe keeps no work and takes no lock: /dev/.null.lock as root)
+    target = through_link(Path(output)) if to_file else output
+    with output_lock(target, "is the output of another protrans run that is running now: wait for it to end, "
                              "or choose another -o") if to_file else contextlib.nullcontext():
-        store = UnitStore(partial_folder(output), resume=options.resume) if to_file and not special else None
+        store = UnitStore(partial_folder(target), resume=options.resume) if to_file else None
         results = _score_all(table, wild_types, columns, options, store)
         written = _written(columns, ensemble_columns, results, options)
         _write_table(output, table, written)

@@ -1112,3 +1112,25 @@ def test_a_wild_type_of_dna_or_rna_is_scored_with_a_warning(run_cli, tmp_path, t
     assert r.exit_code == 0 and "--sequence: 1 of 1 wild type(s) hold only" in r.stderr, r.stderr
     r = run_cli("variants", "--all-singles", "--sequence", SEQ[:12], "-m", model, "--column", "s")
     assert r.exit_code == 0 and r.stderr.count("warning") == 0, r.stderr
+
+
+def test_a_link_as_output_keeps_its_work_and_lock_beside_where_it_leads(run_cli, tmp_path, monkeypatch):
+    """-o a link of the user's own: the table is written where it leads, and so the lock and the
+    work kept for --resume are the target's (beside the link, a run on the link and one on its
+    target took two locks, and --resume of one missed the other's work). A device takes none."""
+    from protrans_cli import variants
+    from protrans_cli.io import files
+
+    made, locked = [], []
+    real_store, real_lock = variants.UnitStore, files.output_lock
+    monkeypatch.setattr(variants, "UnitStore", lambda folder, **kw: made.append(Path(folder)) or real_store(folder, **kw))
+    monkeypatch.setattr(files, "output_lock", lambda path, *a, **kw: locked.append(Path(path)) or real_lock(path, *a, **kw))
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "out.csv").symlink_to(tmp_path / "scratch" / "real.csv")
+    r = run_cli("variants", "--all-singles", "--sequence", "MKTA", "-m", REFERENCES["esm2"], "-o", tmp_path / "out.csv")
+    assert r.exit_code == 0, r.stderr
+    assert made == [tmp_path / "scratch" / "real.csv.partial"] and locked == [tmp_path / "scratch" / "real.csv"]
+    assert (tmp_path / "out.csv").is_symlink() and (tmp_path / "scratch" / "real.csv").read_text().startswith("mutant")
+    made.clear(), locked.clear()
+    r = run_cli("variants", "--all-singles", "--sequence", "MKTA", "-m", REFERENCES["esm2"], "-o", "/dev/null")
+    assert r.exit_code == 0 and made == [] and locked == [], r.stderr
