@@ -43,7 +43,7 @@ import numpy as np
 from protrans_cli.console import NAMED, printable
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
 from protrans_cli.io.fasta import not_fasta
-from protrans_cli.io.files import (AtomicFile, _NamedStdout, compress_bytes, compression_for_output, disk_full,
+from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
                                    output_directory, same_file, signals_held, special_output, stdin_binary,
                                    stdout_binary, unreachable_input)
@@ -1532,7 +1532,7 @@ class _Stdout:
 
     def __init__(self):
         # (a full stdout named: `--stats - > /dev/full` said "No space left on device" alone)
-        self.stream = _NamedStdout(stdout_binary())
+        self.stream = NamedStdout(stdout_binary())
 
     def prepare(self) -> None:
         self.stream.flush()

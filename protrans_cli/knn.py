@@ -469,12 +469,11 @@ def _warn_numbers(score, column: str, truth: dict) -> None:
     """A column of many distinct non-integer numbers (a FLIP CSV's fitness, a melting point) is
     scored as classes, a transferred number right only where it equals the query's exactly: its
     accuracy of 0 was given without a word (fit's protein task warns of such labels alike)."""
-    from protrans_cli.heads.tasks import _LISTED, _numeric
+    from protrans_cli.heads.tasks import numbers_as_classes
 
     numbers = {v for own in truth.values()
                if (v := own.get(column, own.get(_SAME_COLUMN.get(column, column)))) not in (None, "")}
-    if len(numbers) > _LISTED and all(_numeric(v) for v in numbers) and not all(
-            float(v).is_integer() for v in numbers):
+    if numbers_as_classes(numbers):
         console.warn(f"{score}: its {column} column holds {len(numbers):,} distinct numbers, each scored as a "
                      "class of its own: a neighbour's number counts only where it equals the query's exactly (knn "
                      "transfers classes; protrans fit value regresses numbers)")

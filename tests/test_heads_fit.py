@@ -2582,6 +2582,11 @@ def test_predict_probabilities_named_partial_is_refused(run_cli, ss_data, one_ep
         "complete; info and merge take such a file for unfinished): name the output p.h5"), r.stderr
     assert "--probabilities" in r.stderr
     assert not (tmp_path / "p.h5.partial").exists() and not (tmp_path / "x.fa").exists()
+    (tmp_path / "p.h5").symlink_to(tmp_path / "p.h5.partial")  # (written where the link leads: checked there)
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "x.fa",
+                "--probabilities", tmp_path / "p.h5")
+    assert r.exit_code == 2 and "a name ending in .partial is an unfinished run's file" in r.stderr, r.stderr
+    assert not (tmp_path / "p.h5.partial").exists()
 
 
 def test_embeddings_that_are_a_directory_is_one_line(run_cli, ss_data, one_epoch_ss3, tmp_path):

@@ -615,8 +615,9 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
 def _warn_overlap(train, eval_sets: list) -> None:
     """Warn of evaluation proteins that are in train too, by id or by sequence, and of test
     proteins that are validation proteins."""
+    trained_on = TrainingSet(train.items)
     for name, data, emb, _ in eval_sets:
-        _warn_shared(TrainingSet(train.items), name, data, "the training set",
+        _warn_shared(trained_on, name, data, "the training set",
                      "their scores are not independent of training")
     # A test set that is (partly) the validation set: those proteins chose the epoch kept, so the
     # test score is not the unbiased estimate a test set gives (`--valid X --test X` said nothing).

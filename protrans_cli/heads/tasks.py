@@ -239,8 +239,7 @@ class Task:
                 seen.add(value)
         if len(seen) < 2:
             raise InputError(f"the training labels hold {len(seen)} class(es); a classifier needs at least 2")
-        if self.kind == PER_PROTEIN and len(seen) > _LISTED and all(_numeric(v) for v in seen) and not all(
-                float(v).is_integer() for v in seen):
+        if self.kind == PER_PROTEIN and numbers_as_classes(seen):
             # (a FLIP CSV's fitness or melting point given to `fit protein`: each number became a
             # class, and the first validation number it never saw stopped the fit)
             from protrans_cli import console
@@ -294,6 +293,13 @@ TASKS: dict[str, Task] = {
 
 
 _LISTED = 20  # classes an error lists before "and N more"
+
+
+def numbers_as_classes(labels) -> bool:
+    """Labels that are many distinct non-integer numbers (a FLIP CSV's fitness, a melting point):
+    each would be a class of its own, which fit's protein task and knn's scores warn of."""
+    labels = set(labels)
+    return len(labels) > _LISTED and all(_numeric(v) for v in labels) and not all(float(v).is_integer() for v in labels)
 
 
 def _numeric(label: str) -> bool:

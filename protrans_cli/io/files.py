@@ -756,8 +756,8 @@ def refuse_partial_name(output, option: str = "-o") -> None:
         raise UsageError(f"{option} {output}: a name ending in .partial is an unfinished run's file (a run writes "
                          f"OUTPUT.partial and renames it OUTPUT once complete; info and merge take such a file "
                          f"for unfinished): name the output {stem}"
-                         + (f" (embed --resume and contacts --resume with -o {stem} finish an interrupted run's {name})"
-                            if option == "-o" else ""))
+                         + (f" (an interrupted embed or contacts run's {name} is finished by the same command with "
+                            f"--resume and -o {stem})" if option == "-o" else ""))
 
 
 def writable_or_refused(path: Path) -> None:
@@ -1027,7 +1027,7 @@ def atomic_output(path, mode: str = "wb", *, follow_link: bool = False) -> Itera
     file is removed and any existing file of that name is left as it was.
     """
     if path is None or str(path) == "-":
-        out = _NamedStdout(stdout_binary())
+        out = NamedStdout(stdout_binary())
         yield out
         out.flush()
         return
@@ -1057,7 +1057,7 @@ def _named_if_full(exc: OSError, where: str) -> Exception:
     return exc
 
 
-class _NamedStdout:
+class NamedStdout:
     """stdout whose own full-disk errors name it (`> /dev/full`: "No space left on device" named
     nothing), while other files' errors inside the same `with` keep theirs."""
 
