@@ -596,7 +596,7 @@ def _selected(present: list[str], wanted: list[str] | None, source, path, failed
 def _check_sequences(reader, kind: str, order: list[str], sequences: dict, source) -> None:
     """Each protein's embedding is of the FASTA's sequence (the checksum embed stored; a protein
     embed truncated by the prefix it kept); a file without checksums is not checked."""
-    from protrans_cli.heads.data import _checksums, _prefix_checksum
+    from protrans_cli.heads.data import _prefix_checksum, label_checksums
 
     for ident in order:
         key = reader.key_for(ident, kind)
@@ -607,7 +607,7 @@ def _check_sequences(reader, kind: str, order: list[str], sequences: dict, sourc
         if cut is not None and length is not None:
             ok = checksum == _prefix_checksum(sequence, length)
         else:
-            ok = checksum in _checksums(sequence)
+            ok = checksum in label_checksums(sequence)
         if not ok:
             raise InputError(f"the embedding in {reader.path} is of another sequence than this FASTA's (its "
                              "checksum differs): embed this FASTA, or give the FASTA that was embedded",

@@ -505,6 +505,11 @@ def _embedded_queries(fasta, reference, output, options, score, label_format: st
         label_set = None if score is None else _score_label_set(score, label_format)
         if label_set is not None and not any(r.sequence for r in label_set.records):
             _query_labels(score, label_set, order)
+        elif label_set is not None and not _labels_any_query(label_set, readable, order):
+            # (records with sequences, a DeepLoc FASTA or a FLIP CSV: matched by sequence only after
+            # the embedding, so a wrong --score file was found after a proteome's embedding)
+            raise InputError(f"labels none of the {len(order):,} queries, by id or by sequence (ids such as "
+                             f"{order[0]!r})" if order else "the query FASTA holds no proteins", path=str(score))
         embeddings = embed_fasta(readable, order, tmp, options, fasta, f"to search {_shown(reference)}")
         # (the temporary file is gone when the command ends: messages name the FASTA)
         with console.naming(embeddings, f"the embeddings of {shown}"):
@@ -520,6 +525,19 @@ def _embedded_queries(fasta, reference, output, options, score, label_format: st
     rank = {ident: i for i, ident in enumerate(order)}
     permutation = sorted(range(len(ids)), key=lambda i: rank.get(ids[i], len(rank)))  # stable: unknown ids last
     return [ids[i] for i in permutation], vectors[permutation], attrs, truth
+
+
+def _labels_any_query(label_set, fasta, order: list[str]) -> bool:
+    """Whether a record of `label_set` names a query of `fasta` by id, or by its sequence (the
+    checksums embed and fit compare), read before anything is embedded."""
+    from protrans_cli.heads.data import label_checksums
+    from protrans_cli.io.fasta import read_fasta
+
+    ids = set(order)
+    if any(r.id in ids for r in label_set.records):
+        return True
+    sums = {c for r in label_set.records if r.sequence for c in label_checksums(r.sequence)}
+    return any(c in sums for record in read_fasta(fasta) for c in label_checksums(record.sequence))
 
 
 def _cell(text: str) -> str:

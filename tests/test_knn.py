@@ -703,6 +703,12 @@ def test_score_labels_keyed_by_sequence_score_the_queries_of_those_sequences(tmp
     (tmp_path / "other.csv").write_text("id,label\nx1,A\n")
     r = run_cli("knn", "--fasta", q_fa, *base, "--score", tmp_path / "other.csv")
     assert r.exit_code == 1 and "labels none of the 12 queries" in r.stderr and "embedding" not in r.stderr
+    # and in a file with sequences (a FLIP CSV, a DeepLoc FASTA) whose ids and sequences match no
+    # query: refused before the embedding too (it was found after a proteome's embedding)
+    (tmp_path / "other_flip.csv").write_text("sequence,target\nWWWWWWWWWW,A\nCCCCCCCCCC,B\n")
+    r = run_cli("knn", "--fasta", q_fa, *base, "--score", tmp_path / "other_flip.csv")
+    assert r.exit_code == 1 and "other_flip.csv: labels none of the 12 queries, by id or by sequence" in r.stderr
+    assert "embedding" not in r.stderr, r.stderr
 
 
 def test_a_score_file_of_sequences_or_residue_labels_is_refused_as_labels_is(tmp_path, run_cli):

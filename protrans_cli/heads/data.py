@@ -137,7 +137,7 @@ def _label_checksum(record) -> str | None:
         return sequence_checksum(record.sequence)
 
 
-def _checksums(sequence: str) -> list[str]:
+def label_checksums(sequence: str) -> list[str]:
     """The checksums a label record's sequence may have been stored under, the closest first: as
     read, normalised with rare residues kept (embed's: a sequence with both gaps or a final '*'
     and a U/Z/O/B matched neither of the others), and normalised with them as X. In that order:
@@ -218,7 +218,7 @@ class _SequenceKeys:
                 self.prefix_keys.setdefault(c, []).extend(found)
         # Several proteins of one sequence: each label takes a key of its own while there are
         # any (the same rows all the same), so that none of them is said to have no label.
-        candidates = [k for c in _checksums(record.sequence) for k in self.by_checksum.get(c, ())]
+        candidates = [k for c in label_checksums(record.sequence) for k in self.by_checksum.get(c, ())]
         if not candidates and self.by_prefix:
             # a protein embed truncated: its checksum is its kept prefix's, and its full
             # length is recorded (a label file without ids, FLIP's, found no embedding for it)
@@ -226,7 +226,7 @@ class _SequenceKeys:
             candidates = [k for kept in self.kept_lengths if full and full > kept
                           for k in self.by_prefix.get((_prefix_checksum(record.sequence, kept), full, kept), ())]
             if not candidates:  # the label file's sequence is the kept prefix itself (as before)
-                candidates = [k for c in _checksums(record.sequence) for k in self.prefix_keys.get(c, ())]
+                candidates = [k for c in label_checksums(record.sequence) for k in self.prefix_keys.get(c, ())]
         return next((k for k in candidates if k not in taken and k not in by_id),
                     next((k for k in candidates if k not in taken), candidates[0] if candidates else None))
 
@@ -360,7 +360,7 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
                                    _label_checksum(record) if stored is None else None))
             continue
         if record.sequence is not None and not via_checksum and stored is not None:
-            if stored not in _checksums(record.sequence):
+            if stored not in label_checksums(record.sequence):
                 report.wrong_sequence.append(record.id)
                 continue
         if label_length is not None and length is not None and label_length != length:
