@@ -133,10 +133,6 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
     if folds is not None and ctx.get_parameter_source("valid_fraction") is ParameterSource.COMMANDLINE:
         # (silently ignored: each fold is validated in turn, none held out)
         console.warn("--valid-fraction does nothing with --folds (member k is validated on fold k): ignored")
-    elif valid and ctx.get_parameter_source("valid_fraction") is ParameterSource.COMMANDLINE:
-        # (silently ignored too: --valid is the validation set, nothing is held out of train)
-        console.warn("--valid-fraction does nothing with --valid (the validation set is given; none is held out "
-                     "of train): ignored")
     config = FitConfig(task=task, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
                        max_residues=max_residues, batch_size=batch_size, class_weights=class_weights,
                        ensemble=ensemble, folds=folds, seed=seed, valid_fraction=valid_fraction, architecture=architecture,

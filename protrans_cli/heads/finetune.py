@@ -456,9 +456,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if task.kind != PER_RESIDUE:  # (fit's rule: an output no training protein has a label for is left out)
         task = _outputs_with_labels(task, train, labels)
     if valid is not None:
-        if config.valid_fraction != FinetuneConfig.valid_fraction:  # (as fit warns)
-            console.warn("--valid-fraction does nothing with --valid (the validation set is given; none is held out "
-                         "of train): ignored")
+        warn_unused_fraction(config.valid_fraction)  # (as fit warns)
         valid_set = read(valid, task, evaluation=True)
         records = evaluation_records(valid_set, VALID, valid, "finetune").records
         valid_data, valid_desc = to_data(task, records, valid, evaluating=True), str(valid)

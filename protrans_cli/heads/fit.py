@@ -363,6 +363,7 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
                       + " proteins" + (", stratified by class" if _stratum_output(task) else "")
                       + ("; proteins of one sequence in one fold" if _grouped(train) else "") + ")")
     elif valid is not None:
+        warn_unused_fraction(config.valid_fraction)
         if VALID in declared:
             console.info(f"{labels}: its validation records are left out of training (--valid gives the "
                          "validation set)")
@@ -407,12 +408,14 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
                  folds)
 
 
-def warn_unused_fraction(fraction: float, labels) -> None:
-    """A --valid-fraction other than the default beside the label file's own validation records
-    holds nothing out: a warning says it is ignored (it was silently, as beside --valid before)."""
+def warn_unused_fraction(fraction: float, labels=None) -> None:
+    """A --valid-fraction other than the default beside a validation set (`--valid`, or the label
+    file `labels`'s own validation records) holds nothing out: a warning says it is ignored (it
+    was, silently)."""
     if fraction != FitConfig.valid_fraction:
-        console.warn(f"--valid-fraction does nothing with {labels}'s own validation records (the validation set; "
-                     "none is held out of train): ignored")
+        given = "--valid" if labels is None else f"{labels}'s own validation records"
+        console.warn(f"--valid-fraction does nothing with {given} (the validation set; none is held out of train): "
+                     "ignored")
 
 
 def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list, *, mask_elsewhere: bool):
