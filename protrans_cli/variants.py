@@ -89,12 +89,19 @@ class Mutation:
 Variant = tuple  # tuple[Mutation, ...]; () is the wild type itself
 
 
+class VariantError(InputError, ValueError):
+    """A variant text that names no substitution of the wild type: an InputError, as every
+    library error is a ProtransError, and a ValueError, as parse_variant has raised (so code that
+    catches ValueError still catches it)."""
+
+
 def parse_variant(text: str, sequence: str, offset: int = 1) -> Variant:
     """The substitutions `text` names, checked against `sequence` (its first residue numbered
     `offset`; read as the scorer reads it: upper-case, gaps and a final `*` removed). Forms: `A24G`,
     several joined by `:` (ProteinGym), `;`, `,` or `+`; HGVS protein notation (`p.Ala24Gly`,
     `p.(Ala24Gly)`, `p.[Ala24Gly;Lys30Arg]`, `p.Ala24=`); the wild type or a synonymous variant
-    (`WT`, `_wt`, `p.=`, `_sy`) is (). A ValueError says what is wrong (an empty or NA text too)."""
+    (`WT`, `_wt`, `p.=`, `_sy`) is (). A VariantError (an InputError and a ValueError) says what is
+    wrong (an empty or NA text too)."""
     from protrans_cli.residues import normalise
 
     return _parse_variant(text, normalise(sequence, rare="keep"), offset)
@@ -109,7 +116,7 @@ def _parse_variant(text: str, sequence: str, offset: int) -> Variant:
     """parse_variant against a wild type already normalised (a table's rows: once, not per row)."""
     raw = str(text).strip()
     if is_missing(raw):
-        raise ValueError(f"{raw!r}: names no variant (an empty or missing value)")
+        raise VariantError(f"{raw!r}: names no variant (an empty or missing value)")
     if raw.lower() in _UNCHANGED:
         return ()
     body = raw[2:] if raw[:2] in ("p.", "P.") else raw
@@ -124,29 +131,29 @@ def _parse_variant(text: str, sequence: str, offset: int) -> Variant:
             wt, number, mt = _THREE_LETTER.get(match[1]), int(match[2]), match[3]
             mt = wt if mt == "=" else _THREE_LETTER.get(mt, "*" if mt == "*" else None)
             if wt is None or mt is None:
-                raise ValueError(f"{word}: not a three-letter amino acid code")
+                raise VariantError(f"{word}: not a three-letter amino acid code")
         elif (match := _ONE_LETTER.fullmatch(word)):
             wt, number, mt = match[1].upper(), int(match[2]), match[3].upper()
         elif _NOT_SUBSTITUTION.search(word):
-            raise ValueError(f"{word}: an insertion, deletion or frameshift; masked-LM scores are for substitutions")
+            raise VariantError(f"{word}: an insertion, deletion or frameshift; masked-LM scores are for substitutions")
         else:
-            raise ValueError(f"{word}: not a substitution such as A24G, A24G:K30R or p.Ala24Gly")
+            raise VariantError(f"{word}: not a substitution such as A24G, A24G:K30R or p.Ala24Gly")
         index = number - offset
         if not 0 <= index < len(sequence):
-            raise ValueError(f"{word}: position {number} is outside the sequence (residues {offset}.."
+            raise VariantError(f"{word}: position {number} is outside the sequence (residues {offset}.."
                              f"{len(sequence) + offset - 1}; --offset gives the number of its first residue)")
         if sequence[index] != wt:
-            raise ValueError(f"{word}: residue {number} of the wild type is {sequence[index]}, not {wt} (check "
+            raise VariantError(f"{word}: residue {number} of the wild type is {sequence[index]}, not {wt} (check "
                              f"--offset, the number of the sequence's first residue: {offset})")
         if mt not in AMINO_ACIDS and mt != "*":
-            raise ValueError(f"{word}: {mt} is not one of the 20 amino acids ({AMINO_ACIDS}) or * (a stop)")
+            raise VariantError(f"{word}: {mt} is not one of the 20 amino acids ({AMINO_ACIDS}) or * (a stop)")
         if index in seen:
-            raise ValueError(f"{raw}: position {number} is mutated twice")
+            raise VariantError(f"{raw}: position {number} is mutated twice")
         seen[index] = mt
         if mt != wt:  # (a synonymous site scores 0)
             mutations.append(Mutation(index, wt, mt))
     if not seen:
-        raise ValueError(f"{raw!r}: names no substitution")
+        raise VariantError(f"{raw!r}: names no substitution")
     return tuple(mutations)
 
 

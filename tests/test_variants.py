@@ -237,6 +237,13 @@ def test_mutation_notations():
     for text, message in errors.items():
         with pytest.raises(ValueError, match=message):
             parse_variant(text, seq)
+    # a ProtransError too, as every library error (the README's rule): it was a bare ValueError
+    from protrans_cli.errors import InputError, ProtransError
+
+    with pytest.raises(ProtransError) as raised:
+        parse_variant("A2K", seq)
+    assert isinstance(raised.value, InputError) and isinstance(raised.value, ValueError)
+    assert str(raised.value).startswith("A2K: residue 2 of the wild type is K, not A")
     assert len(all_singles(seq)) == 19 * len(seq)
 
 
