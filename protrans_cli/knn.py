@@ -503,8 +503,9 @@ def _embedded_queries(fasta, reference, output, options, score, label_format: st
         # the queries' labels before the sequences are embedded: a bad --score file fails at once
         # (one keyed by sequence, a FLIP CSV, is matched to the queries once they are embedded)
         label_set = None if score is None else _score_label_set(score, label_format)
+        truth = None
         if label_set is not None and not any(r.sequence for r in label_set.records):
-            _query_labels(score, label_set, order)
+            truth = _query_labels(score, label_set, order)  # (ids alone: matched once, here)
         elif label_set is not None and not _labels_any_query(label_set, readable, order):
             # (records with sequences, a DeepLoc FASTA or a FLIP CSV: matched by sequence only after
             # the embedding, so a wrong --score file was found after a proteome's embedding)
@@ -516,7 +517,8 @@ def _embedded_queries(fasta, reference, output, options, score, label_format: st
             with EmbeddingsReader(embeddings) as reader:
                 failed = reader.failed()
             ids, vectors, attrs = _vectors(embeddings, -1, "query")  # (the one layer embedded)
-            truth = None if label_set is None else _query_labels(score, label_set, order, embeddings)
+            if label_set is not None and truth is None:  # (by sequence too: the embeddings' checksums)
+                truth = _query_labels(score, label_set, order, embeddings)
     if failed:  # (--invalid-policy skip, --long-policy skip)
         from protrans_cli.heads.labels import some_ids
 

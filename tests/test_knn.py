@@ -699,6 +699,11 @@ def test_score_labels_keyed_by_sequence_score_the_queries_of_those_sequences(tmp
         assert r.exit_code == 0, r.stderr
         assert "q_flip.csv: 12 proteins labelled by sequence checksum" in r.stderr
         assert [line for line in r.stderr.splitlines() if line.startswith("transfer label:")] == scored
+    # a table of ids labelling some queries: matched once, before the embedding (it was matched
+    # again after it, and its "have no label" line said twice)
+    (tmp_path / "some.csv").write_text("id,label\n" + "".join(f"q{i},{'AB'[i % 2]}\n" for i in range(6)))
+    r = run_cli("knn", "--fasta", q_fa, *base, "--score", tmp_path / "some.csv")
+    assert r.exit_code == 0 and r.stderr.count("6 of the 12 queries have no label and are not scored") == 1, r.stderr
     # ids that match nothing, in a file without sequences: still refused before anything is embedded
     (tmp_path / "other.csv").write_text("id,label\nx1,A\n")
     r = run_cli("knn", "--fasta", q_fa, *base, "--score", tmp_path / "other.csv")
