@@ -121,14 +121,10 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         # `-` in the current directory. Refused as `embed -o -` is.
         raise UsageError("--probabilities is an HDF5 file, which cannot be written to stdout: give a file name")
     if probabilities is not None:  # (-o x.fa.gz compresses; this wrote plain HDF5 under a gzip name)
-        from pathlib import Path
-
-        from protrans_cli.io.files import refuse_compressed_hdf5, refuse_partial_name, through_link
+        from protrans_cli.io.files import refuse_compressed_hdf5, refuse_partial_name
 
         refuse_compressed_hdf5(probabilities, "--probabilities")
-        # (export and merge took it for unfinished; written through the user's link, as its target)
-        refuse_partial_name(probabilities, "--probabilities")
-        refuse_partial_name(through_link(Path(probabilities)), "--probabilities")
+        refuse_partial_name(probabilities, "--probabilities")  # (export and merge took it for unfinished)
     import os
 
     from protrans_cli.io.files import (input_named_by, output_directory, refuse_special_output, same_file,

@@ -738,7 +738,6 @@ def checked_hdf5_output(output, what: str, *, compressed_hint: str = "", directo
     refuse_partial_name(output)
     output_directory(output)  # before anything is read or loaded
     output = through_link(output)  # (the user's own link: where it leads)
-    refuse_partial_name(output)
     output_directory(output)
     if output.is_dir():  # (was found only by the final rename, after the work)
         raise UsageError(f"is a directory: {what} are one HDF5 file{directory_hint}", path=str(output))
@@ -749,15 +748,16 @@ def checked_hdf5_output(output, what: str, *, compressed_hint: str = "", directo
 def refuse_partial_name(output, option: str = "-o") -> None:
     """An HDF5 output named `*.partial` is refused (exit 2): that is the name of an unfinished
     run's file (a run writes OUTPUT.partial and renames it OUTPUT when complete), so a finished
-    `-o x.h5.partial` was called unfinished by info and refused by merge ("finish it first")."""
-    name = Path(str(output)).name
-    if name.endswith(".partial"):
-        stem = name[:-len(".partial")] or "out.h5"
-        raise UsageError(f"{option} {output}: a name ending in .partial is an unfinished run's file (a run writes "
-                         f"OUTPUT.partial and renames it OUTPUT once complete; info and merge take such a file "
-                         f"for unfinished): name the output {stem}"
-                         + (f" (an interrupted embed or contacts run's {name} is finished by the same command with "
-                            f"--resume and -o {stem})" if option == "-o" else ""))
+    `-o x.h5.partial` was called unfinished by info and refused by merge ("finish it first"). The
+    name as given, and where the user's own link leads (what is written)."""
+    for path in dict.fromkeys((Path(str(output)), through_link(output))):
+        if path.name.endswith(".partial"):
+            name, stem = path.name, path.name[:-len(".partial")] or "out.h5"
+            raise UsageError(f"{option} {path}: a name ending in .partial is an unfinished run's file (a run writes "
+                             f"OUTPUT.partial and renames it OUTPUT once complete; info and merge take such a file "
+                             f"for unfinished): name the output {stem}"
+                             + (f" (an interrupted embed or contacts run's {name} is finished by the same command "
+                                f"with --resume and -o {stem})" if option == "-o" else ""))
 
 
 def writable_or_refused(path: Path) -> None:
