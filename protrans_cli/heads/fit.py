@@ -188,7 +188,7 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
                      max_epochs=config.max_epochs or (30 if per_residue else 200),
                      patience=config.patience or (5 if per_residue else 10))
     # (labels piped in are compared by --resume as the bytes read: as a file, by none of them)
-    stdin = stdin_digest(held, [labels, *(pair[1] for pair in ([valid] if valid else []) + list(tests))])
+    stdin = stdin_digest(held, label_files(labels, valid, tests))
     fingerprint = _fingerprint(config, embeddings, labels, valid, tests, stdin)
     for path in dict.fromkeys(str(p) for p in [embeddings, *(valid[:1] if valid else ()), *(t[0] for t in tests)]):
         warn_unfinished(path)
@@ -406,6 +406,12 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
     _warn_overlap(train, eval_sets)
     return _Sets(task, train, train_labels, valid_data, valid_desc, held_out, eval_sets, embedding_info, model_layer,
                  folds)
+
+
+def label_files(labels, valid, tests) -> list:
+    """The label files of a fit: the training labels, then those of `valid` and `tests` (pairs of
+    embeddings and labels)."""
+    return [labels, *(pair[1] for pair in ([valid] if valid else []) + list(tests))]
 
 
 def warn_unused_fraction(fraction: float, labels=None) -> None:

@@ -106,9 +106,9 @@ def _score(metrics: dict, set_name: str) -> float:
 def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid: tuple | None = None,
            tests: list[tuple] = ()) -> SearchResult:
     """Fit every combination of `grid` (FitConfig field -> values) and keep the best by validation."""
-    from protrans_cli.heads.fit import _checked_output, fit
+    from protrans_cli.heads.fit import _checked_output, fit, label_files
     from protrans_cli.heads.metrics import dumps as metrics_json
-    from protrans_cli.io.files import make_temporary, replace_directory, replay_stdin, stdin_binary
+    from protrans_cli.io.files import make_temporary, replace_directory, replay_stdin, stdin_if_named
 
     if not grid:
         raise UsageError("search needs settings to vary (--search NAME=V1,V2,...)")
@@ -132,8 +132,7 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
         _remove_trials(folder)
     # Labels from stdin are read once and given to every trial (the second trial's read found
     # stdin empty: "<stdin>: is empty", after the first had trained)
-    piped = stdin_binary().read() if any(str(path) == "-" for path in [labels, *(pair[1] for pair in (
-        [valid] if valid else []) + list(tests))]) else None
+    piped = stdin_if_named(label_files(labels, valid, tests))
     set_name = "cv" if config.folds else "valid"
     console.info(f"search: {len(trials)} trials ({' x '.join(str(len(v)) for v in grid.values())}: "
                  + ", ".join(key.replace("_", "-") for key in grid) + f"), chosen by the {set_name} score")

@@ -292,11 +292,19 @@ def stdin_digest(held: contextlib.ExitStack, inputs) -> str | None:
     None where no input is stdin."""
     import hashlib
 
-    if not any(p is not None and str(p) == "-" for p in inputs):
+    data = stdin_if_named(inputs)
+    if data is None:
         return None
-    data = stdin_binary().read()
     replay_stdin(held, data)
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def stdin_if_named(inputs) -> bytes | None:
+    """stdin's bytes, read whole, where one of `inputs` is '-' (None otherwise): for a command that
+    reads them more than once (replay_stdin gives them again)."""
+    if not any(p is not None and str(p) == "-" for p in inputs):
+        return None
+    return stdin_binary().read()
 
 
 def replay_stdin(held: contextlib.ExitStack, data: bytes) -> None:
