@@ -429,11 +429,12 @@ class VariantScorer:
         sequence = checked_sequence(sequence)
         # (texts such as "K2A", or one Mutation not in a tuple: an AttributeError or TypeError
         # traceback from the loop below)
-        if not isinstance(variants, (str, bytes)):
+        if isinstance(variants, (str, bytes)):
+            wrong = variants
+        else:
             variants = list(variants)
-        wrong = (variants if isinstance(variants, (str, bytes)) else
-                 next((v for v in variants if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list))
-                       or not all(isinstance(m, Mutation) for m in v)), None))
+            wrong = next((v for v in variants if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list))
+                          or not all(isinstance(m, Mutation) for m in v)), None)
         if wrong is not None:
             raise UsageError(f"variants is a list of parse_variant(text, sequence) results (tuples of Mutation), got "
                              f"{type(wrong).__name__} {wrong!r:.40}: parse each text against the sequence first")
