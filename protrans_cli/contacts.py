@@ -432,8 +432,8 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
 def _run(source, name: str, output: Path, options: ContactOptions, predictor) -> ContactSummary:
     import time
 
-    from protrans_cli.embed import (_check_before_compute, _Done, _same_commit, _warn_gapped, _warn_nucleotide,
-                                    model_attr, read_windows, same_model, scan_input)
+    from protrans_cli.embed import (_check_before_compute, _Done, _warn_gapped, _warn_nucleotide, model_attr,
+                                    read_windows, same_commit, same_model, scan_input)
     from protrans_cli.embed_resume import _done_in
     from protrans_cli.io.h5 import EmbeddingsWriter, partial_path
     from protrans_cli.threads import torch_threads
@@ -474,7 +474,7 @@ def _run(source, name: str, output: Path, options: ContactOptions, predictor) ->
             attrs["weights_fingerprint"] = loaded.weights_fingerprint
         writer_kw = dict(kinds=(CONTACTS,), layout="grouped", storage_dtype=options.storage_dtype,
                          compression=None if options.compression in (None, "none") else options.compression,
-                         attrs=attrs, resume_equal={"model": same_model, "commit": _same_commit})
+                         attrs=attrs, resume_equal={"model": same_model, "commit": same_commit})
         done = _Done.empty()
         if options.resume:
             for path in (partial_path(output), output):

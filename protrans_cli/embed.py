@@ -1356,7 +1356,7 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
     writer_kw = dict(kinds=options.kinds(), layout=options.layout, storage_dtype=options.storage_dtype,
                      compression=options.compression, attrs=attrs,
                      resume_equal={"model": same_model, "max_length": _same_max_length(model_max),
-                                   "commit": _same_commit,
+                                   "commit": same_commit,
                                    # a directory has no revisions (files of earlier versions recorded
                                    # an ignored --revision, and no resume matched them)
                                    **({"revision": lambda old, new: True}
@@ -1587,7 +1587,7 @@ def same_model(old: str, new: str) -> bool:
     return _model_key(str(old)) == _model_key(str(new))
 
 
-def _same_commit(old: str, new: str) -> bool:
+def same_commit(old: str, new: str) -> bool:
     """The hub commit of both runs, where both know it: a resumed run whose `main` has moved on
     would mix two versions of a model in one file."""
     return not old or not new or old == new

@@ -1026,8 +1026,9 @@ def _residue_counts(reader) -> dict:
     if reader.layout == "stacked":
         view = reader._stacked
         # (0: no length recorded, import-esm's without --fasta: not counted, as in the other layouts)
-        recorded = np.asarray(view.column("lengths"), dtype=np.int64) > 0
-        lengths = np.asarray(view.column("lengths"), dtype=np.int64)[recorded]
+        lengths = np.asarray(view.column("lengths"), dtype=np.int64)
+        recorded = lengths > 0
+        lengths = lengths[recorded]
         truncated = int((np.asarray(view.column("truncated_from"))[recorded] > 0).sum())
         chunked = int((np.asarray(view.column("chunks"))[recorded] > 0).sum())
     else:

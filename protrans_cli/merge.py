@@ -228,7 +228,7 @@ def _read_part(path: Path) -> _Part:
 
 def _check_same(first: _Part, other: _Part) -> None:
     """The settings `--resume` compares (the layout aside), equal in every part."""
-    from protrans_cli.embed import same_model
+    from protrans_cli.embed import same_commit, same_model
 
     for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part", *_SAME_WHERE_RECORDED)], *_ALSO_SAME,
                 *_SAME_WHERE_RECORDED):
@@ -238,7 +238,7 @@ def _check_same(first: _Part, other: _Part) -> None:
         if key == "model" and a is not None and b is not None and same_model(str(_comparable(a)),
                                                                             str(_comparable(b))):
             continue  # (as --resume compares it: a short name and its hub id name one model)
-        if key == "commit" and not (_comparable(a) and _comparable(b)):
+        if key == "commit" and same_commit(_comparable(a), _comparable(b)):
             # (as --resume compares it: a file that records none, import-esm's, is not another
             # commit; an imported part beside embed's of that hub model was refused)
             continue
