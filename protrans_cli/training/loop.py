@@ -236,12 +236,8 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                 if resume is True:
                     ckpt.refuse_incomplete_latest(config.output_dir)  # (the only one: not "none yet")
                 if resume:
-                    _check_resume_settings(config, resume, family, info)
+                    where = _check_resume_settings(config, resume, family, info)
                     # (before any model is built, as the settings are; read again from its state below)
-                    try:
-                        where = ckpt.find_checkpoint(config.output_dir if resume is True else resume)
-                    except InputError:  # (none yet: --resume starts the run; a wrong path is said where it is read)
-                        where = None
                     if where is not None and (step := ckpt.checkpoint_step(where)) is not None:
                         if resume is not True:
                             _refuse_later_checkpoints(config.output_dir, step)
@@ -286,17 +282,18 @@ def given_family(family):
     raise UsageError(f"family must be a family's name or a Family, got {type(family).__name__} {family!r:.60}")
 
 
-def _check_resume_settings(config: TrainConfig, resume, family, info) -> None:
+def _check_resume_settings(config: TrainConfig, resume, family, info) -> Path | None:
     """A resume with another preset, family or setting, refused before any model is built:
     `--resume --preset prot_t5_xl` on a tiny run built 2.8 billion parameters (a minute and 11 GB
     on a CPU) to be told no. The checkpoint's own check (_read_checkpoint, after its sums) stays;
-    a run started --init-from is left to it (its family comes from the weights)."""
-    if config.init_from:
-        return
+    a run started --init-from is left to it (its family comes from the weights). Returns the
+    checkpoint resumed from (None: none yet)."""
     try:
         where = ckpt.find_checkpoint(config.output_dir if resume is True else resume)
     except InputError:  # (none yet: --resume starts the run; a wrong path is said where it is read)
-        return
+        return None
+    if config.init_from:
+        return where
     checked = dataclasses.replace(config, family=config.family or DEFAULT_FAMILY,
                                   preset=config.preset or DEFAULT_PRESET)
     if family is None:
@@ -319,6 +316,7 @@ def _check_resume_settings(config: TrainConfig, resume, family, info) -> None:
     step = ckpt.checkpoint_step(where)
     if step is not None and (data_phase := ckpt.saved_data_phase(where, step)) is not None:
         ckpt.check_phase_position(where, checked.resolved_phases(), step, data_phase)
+    return where
 
 
 def _rank_settings(config: TrainConfig, resume) -> dict:
