@@ -1593,6 +1593,20 @@ def same_commit(old: str, new: str) -> bool:
     return not old or not new or old == new
 
 
+def other_weights(recorded, now) -> str | None:
+    """Where two records of one local model directory (a file's attributes, a head's
+    "embedding", the directory as it is now) say its weights differ: "weights_fingerprint A,
+    now B" (the directory was retrained or replaced between them); None where they agree or
+    either record lacks it (a hub model, a file from before it was recorded)."""
+    def value(record):
+        found = record.get("weights_fingerprint") if hasattr(record, "get") else record
+        found = found.decode() if isinstance(found, bytes) else found
+        return str(found) if found else None
+
+    before, after = value(recorded), value(now)
+    return None if before is None or after is None or before == after else f"weights_fingerprint {before}, now {after}"
+
+
 def _same_max_length(model_max: int | None):
     """The --resume test of the `max_length` attribute. Files record the resolved length; files
     written by earlier versions recorded --max-length as given, 0 when it was not, which on

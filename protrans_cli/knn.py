@@ -82,13 +82,18 @@ def _refuse_residues_only(reader: EmbeddingsReader, what: str, path) -> None:
 def _check_same_model(query, reference, q_attrs: dict, r_attrs: dict, allow: bool,
                       roles: tuple[str, str] = ("the queries", "the reference")) -> None:
     """`roles`: what the message calls the two files' proteins (project: an input's and the first's)."""
-    from protrans_cli.embed import same_model
+    from protrans_cli.embed import other_weights, same_model
     from protrans_cli.heads.predict import mismatch
 
     q_model, r_model = q_attrs.get("model"), r_attrs.get("model")
     if q_model and r_model and not same_model(str(q_model), str(r_model)):
         message = (f"{roles[0]} come from model {q_model!r}, {roles[1]} from {r_model!r}: their distances mean "
                    "nothing")
+        mismatch(message, query, allow)
+    elif differ := other_weights(r_attrs, q_attrs):
+        # (one local model directory retrained between the two embed runs: the same name, other weights)
+        message = (f"{roles[0]} and {roles[1]} come from other weights of the model directory {q_model!r} "
+                   f"({differ}: retrained or replaced between the two runs?): their distances mean nothing")
         mismatch(message, query, allow)
 
 
@@ -159,7 +164,7 @@ def _check_pair(query, reference, q, ref, q_attrs: dict, r_attrs: dict, metric: 
 def reference_embed_options(reference, *, layer: int = -1, model: str | None = None, device: str = "auto",
                             threads: int | None = None, long_policy: str | None = None,
                             max_length: int | None = None, chunk_overlap: int | None = None,
-                            invalid_policy: str = "error"):
+                            invalid_policy: str = "error", allow_model_mismatch: bool = False):
     """EmbedOptions that embed query sequences as the reference's per-protein vectors were made:
     its `model` attribute (or `model`, e.g. a local copy), the layer of it `layer` picks, and its
     long-protein policy, length and overlap unless given (as `predict --fasta` does a head's)."""
@@ -187,12 +192,12 @@ def reference_embed_options(reference, *, layer: int = -1, model: str | None = N
         raise UsageError(f"{reference} was imported from esm-extract without naming the model (import-esm -m): "
                          "give -m (the ESM model that made it, e.g. esm2_t33_650M_UR50D) with --fasta")
     recorded = {key: attrs.get(key) for key in ("long_policy", "max_length", "chunk_overlap", "revision", "commit",
-                                                "pooling")}
+                                                "pooling", "weights_fingerprint")}
     recorded["input_prefix"] = input_prefix_of(attrs)
     return recorded_embed_options(recorded, "the reference's embeddings", model=name, layer=model_layer,
                                   per_residue=False, device=device, threads=threads, long_policy=long_policy,
                                   max_length=max_length, chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
-                                  same_model=model is None)
+                                  same_model=model is None, allow_model_mismatch=allow_model_mismatch)
 
 
 def _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device: str = "cpu") -> Neighbours:
@@ -404,7 +409,8 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         # (every refusal before the sequences are embedded: the reference's, the options', the labels')
         options = reference_embed_options(reference, layer=layer, model=model, device=device, threads=threads,
                                           long_policy=long_policy, max_length=max_length,
-                                          chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error")
+                                          chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error",
+                                          allow_model_mismatch=allow_model_mismatch)
         ref_ids, ref, r_attrs = _reference_vectors(reference, layer)
         columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format,
                                                                                         ref_ids, reference)

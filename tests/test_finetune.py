@@ -145,6 +145,10 @@ def test_finetune_learns_a_synthetic_task(finetuned):
     config = json.loads((finetuned / "head" / "config.json").read_text())
     assert config["embedding"]["model"] == str(finetuned / "model")
     assert (finetuned / "model" / "config.json").is_file() and not (finetuned.parent / "out.partial").exists()
+    # (of the saved model's files: predict refuses OUT/model replaced since by other weights)
+    from protrans_cli.models import weights_fingerprint
+
+    assert config["embedding"]["weights_fingerprint"] == weights_fingerprint(finetuned / "model")
 
 
 def _predicted_q3(run_cli, head, records, tmp_path) -> tuple[int, int]:

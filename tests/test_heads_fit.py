@@ -4499,3 +4499,54 @@ def test_search_grid_values_are_typed_as_the_fit_settings():
     for bad in ("hidden=8,8.5", "lr=1e-3,nan", "class-weights=on,maybe", "lr=1e-3,0.001"):
         with pytest.raises(UsageError):
             parse_grid([bad])
+
+
+def test_a_model_directory_retrained_since_the_heads_embeddings_is_refused(run_cli, tmp_path):
+    """A local model directory has no hub commit: a head fit on embeddings of the model saved
+    there, used after another model was trained into the same directory, embedded (predict
+    --fasta) or read (--embeddings) rows of the new weights and predicted from them without a
+    word; fit took a --valid set embedded after the retraining. The head records the training
+    embeddings' `weights_fingerprint`: each is refused (predict --fasta before embedding
+    anything), --allow-model-mismatch warns and goes on, the same weights copied elsewhere pass."""
+    import shutil
+
+    from protrans_cli.embed import EmbedOptions, embed
+    from test_embed import save_bert_into
+
+    model = tmp_path / "model"
+    save_bert_into(model, seed=0)
+    write_loc_fastas(tmp_path, (("train", 40), ("test", 8)), background=40, rich=20)
+    train_h5 = tmp_path / "train.h5"
+    embed(tmp_path / "train.fasta", train_h5, EmbedOptions(model=str(model), per_residue=False, threads=1))
+    shutil.copytree(model, tmp_path / "copy")  # the same weights elsewhere
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", train_h5, "--labels", tmp_path / "train.fasta", "--max-epochs", "1",
+                   *FAST, "-o", head).exit_code == 0
+    recorded = json.loads((head / "config.json").read_text())["embedding"]["weights_fingerprint"]
+    with EmbeddingsReader(train_h5) as r:
+        assert recorded == r.attrs["weights_fingerprint"]
+
+    save_bert_into(model, seed=1)  # retrained into the same directory
+    r = run_cli("predict", head, "--fasta", tmp_path / "test.fasta", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 1 and not (tmp_path / "p.csv").exists()
+    assert re.search(r"the model directory \S+ holds other weights than the head's training embeddings were made "
+                     r"with \(weights_fingerprint [0-9a-f]{32}, now [0-9a-f]{32}: retrained or replaced since\?\) "
+                     r"\(--allow-model-mismatch overrides\)", r.stderr)
+    assert "embedding 8 proteins" not in r.stderr  # (refused before any protein was embedded)
+    r = run_cli("predict", head, "--fasta", tmp_path / "test.fasta", "--allow-model-mismatch", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("other weights of the model directory") == 1  # (one warning, after embedding)
+    # --embeddings made with the new weights, and a --valid set of them beside train's
+    test_h5 = tmp_path / "test.h5"
+    embed(tmp_path / "test.fasta", test_h5, EmbedOptions(model=str(model), per_residue=False, threads=1))
+    r = run_cli("predict", head, "--embeddings", test_h5)
+    assert r.exit_code == 1 and "embeddings come from other weights of the model directory" in r.stderr
+    assert r.stdout == ""
+    r = run_cli("fit", "loc", "--embeddings", train_h5, "--labels", tmp_path / "train.fasta", "--valid", test_h5,
+                tmp_path / "test.fasta", "--max-epochs", "1", *FAST, "-o", tmp_path / "loc2")
+    assert r.exit_code == 1 and not (tmp_path / "loc2").exists()
+    assert "valid embeddings come from other weights of the model directory" in r.stderr
+    # the head's own weights, copied elsewhere and named with --model: predicted as before
+    r = run_cli("predict", head, "--fasta", tmp_path / "test.fasta", "--model", tmp_path / "copy")
+    assert r.exit_code == 0, r.stderr
+    assert "other weights" not in r.stderr

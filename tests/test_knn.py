@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -796,3 +798,33 @@ def test_a_list_of_files_from_python_is_one_usage_error_naming_the_argument(tmp_
     with pytest.raises(UsageError, match=r"^knn: labels must be a path \(one file\), got list"):
         knn(tmp_path / "q.h5", tmp_path / "q.h5", tmp_path / "k.tsv", labels=[tmp_path / "l.csv"])
     assert not (tmp_path / "k.tsv").exists()
+
+
+def test_queries_of_a_model_directory_retrained_since_the_reference_are_refused(tmp_path, run_cli, own_tmpdir):
+    """A local model directory has no hub commit: queries embedded after another model was trained
+    into the reference's model directory (a file, or --fasta) were searched among the old
+    weights' vectors without a word. Their `weights_fingerprint` attributes differ: refused
+    (--fasta before embedding anything), --allow-model-mismatch warns; -m naming the weights
+    the user means goes on."""
+    from test_embed import save_bert_into
+
+    model = tmp_path / "model"
+    save_bert_into(model, seed=0)
+    ref_fa, q_fa = _fasta(tmp_path / "ref.fa", 12, 3, names="r"), _fasta(tmp_path / "q.fa", 4, 4)
+    assert run_cli("embed", ref_fa, "-m", model, "--per-protein", "-o", tmp_path / "ref.h5").exit_code == 0
+    save_bert_into(model, seed=1)  # retrained into the same directory
+    r = run_cli("knn", "--fasta", q_fa, "--reference", tmp_path / "ref.h5")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert re.search(r"the model directory \S+ holds other weights than the reference's embeddings were made with "
+                     r"\(weights_fingerprint [0-9a-f]{32}, now [0-9a-f]{32}: retrained or replaced since\?\)", r.stderr)
+    assert "embedding" not in r.stderr.replace("reference's embeddings", "")  # (before any query was embedded)
+    assert _no_temporaries(tmp_path, own_tmpdir)
+    assert run_cli("embed", q_fa, "-m", model, "--per-protein", "-o", tmp_path / "q.h5").exit_code == 0
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "ref.h5")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert "the queries and the reference come from other weights of the model directory" in r.stderr
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "ref.h5", "--allow-model-mismatch")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 5
+    assert r.stderr.count("other weights of the model directory") == 1
+    r = run_cli("knn", "--fasta", q_fa, "--reference", tmp_path / "ref.h5", "-m", model)
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 5, r.stderr

@@ -175,7 +175,8 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         with temporary_folder(where, ".protrans-predict-") as tmp:
             embeddings, order = embed_for_head(head, fasta, tmp, model=model, device=device, threads=threads,
                                                long_policy=long_policy, max_length=max_length,
-                                               chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error")
+                                               chunk_overlap=chunk_overlap, invalid_policy=invalid_policy or "error",
+                                               allow_model_mismatch=allow_model_mismatch)
             from protrans_cli import console
             from protrans_cli.io.files import display_name
 

@@ -627,7 +627,7 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
     from protrans_cli.heads.model import Ensemble, head_format, save_head
     from protrans_cli.io.files import default_permissions
     from protrans_cli.embedders import TransformerEmbedder
-    from protrans_cli.models import _quiet_transformers, load_model
+    from protrans_cli.models import _quiet_transformers, load_model, weights_fingerprint
 
     merged = merged_copy(model.encoder).to("cpu")
     with _quiet_transformers():  # (transformers' "Writing model shards" bar, also under -q)
@@ -642,6 +642,9 @@ def _write(tmp: Path, out_dir: Path, model, loaded, embedder, task, config, trai
     embedding = {"model": str(out_dir / "model"), "family": embedder.family, "layers": [layer],
                  "embedding_dim": int(embedder.embedding_dim), "input_prefix": embedder.input_prefix,
                  "finetuned_from": config.model}
+    saved_weights = weights_fingerprint(tmp / "model")  # (of the files' contents: the same once OUT/model)
+    if saved_weights:  # (predict: a model saved over OUT/model since is not the one the head was trained with)
+        embedding["weights_fingerprint"] = saved_weights
     head_config = {
         "format": "protrans-head", "format_version": head_format(config.architecture), "protrans_version": __version__,
         "task": task.to_json(), "kind": task.kind, "architecture": config.architecture,

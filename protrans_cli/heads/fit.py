@@ -457,10 +457,12 @@ def _embedding_info(config: FitConfig, embeddings) -> tuple[dict, int]:
     """What config.json records of the training embeddings, and the model layer learned from."""
     with EmbeddingsReader(embeddings) as reader:
         # (the long-protein policy too: `predict --fasta` embeds long proteins as these were)
-        # (and the hub revision and commit: `predict --fasta` embeds with the weights these came from)
+        # (and the hub revision and commit: `predict --fasta` embeds with the weights these came from;
+        # a local directory's weights_fingerprint: predict and `predict --fasta` refuse other weights there)
         embedding_info = {k: _jsonable(reader.attrs[k]) for k in ("model", "revision", "commit", "family", "layers",
                                                                   "pooling", "storage_dtype", "embedding_dim",
-                                                                  "max_length", "long_policy", "chunk_overlap")
+                                                                  "max_length", "long_policy", "chunk_overlap",
+                                                                  "weights_fingerprint")
                           if k in reader.attrs and reader.attrs[k] is not None
                           and not (isinstance(reader.attrs[k], str) and reader.attrs[k] == "")}
         # the token embed put before every protein (ProstT5's <AA2fold>): "" for none, as in
@@ -591,13 +593,15 @@ def cv_folds(config: FitConfig, task: Task, train, labels) -> list[np.ndarray]:
 
 def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer: int) -> None:
     """Refuse an evaluation set embedded otherwise than train: another dimension, layer or model."""
-    from protrans_cli.embed import same_model  # a directory named two ways, a short name and its hub id
+    from protrans_cli.embed import other_weights, same_model  # (same_model: a directory named two ways, a short
+    # name and its hub id)
 
     for name, data, emb, _ in eval_sets:
         if data.dim != train.dim:
             raise InputError(f"{name} embeddings have dimension {data.dim}, train {train.dim}", path=emb)
         with EmbeddingsReader(emb) as reader:
             other = reader.attrs.get("model")
+            differ = other_weights(embedding_info, reader.attrs)
             if "layers" in embedding_info:  # the layer train was read from, not a lone other one
                 stored_layer_index(reader, model_layer, f"train was read from layer {model_layer}: "
                                    f"embed the {name} set with --layer {model_layer}", exact=True)
@@ -606,6 +610,10 @@ def _check_comparable(eval_sets: list, train, embedding_info: dict, model_layer:
         if other and embedding_info.get("model") and not same_model(other, embedding_info["model"]):
             raise ModelError(f"{name} embeddings come from model {other!r}, train from {embedding_info['model']!r}",
                              path=emb)
+        if differ:  # (one local model directory retrained between the two embed runs)
+            raise ModelError(f"{name} embeddings come from other weights of the model directory {other!r} than "
+                             f"train's ({differ}: retrained or replaced between the two runs?): embed both with "
+                             "the same weights", path=emb)
         if prefix != embedding_info.get("input_prefix", ""):
             theirs = embedding_info.get("input_prefix", "")
             held = three_di_words(prefix, theirs)

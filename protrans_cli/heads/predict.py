@@ -64,10 +64,16 @@ def check_compatible(config: dict, reader: EmbeddingsReader, *, allow_model_mism
                        exact="layers" in config.get("embedding", {}))
     head_model = config.get("embedding", {}).get("model")
     file_model = reader.attrs.get("model")
-    from protrans_cli.embed import same_model  # a directory named two ways, a short name and its hub id
+    from protrans_cli.embed import other_weights, same_model  # (same_model: a directory named two ways, a short
+    # name and its hub id)
 
     if head_model and file_model and not same_model(head_model, file_model):
         message = f"embeddings come from model {file_model!r}, the head was trained on {head_model!r}"
+        mismatch(message, reader.path, allow_model_mismatch)
+    elif differ := other_weights(config.get("embedding", {}), reader.attrs):
+        # (a local model directory retrained since the head's training embeddings were made)
+        message = (f"embeddings come from other weights of the model directory {file_model!r} than the head's "
+                   f"training embeddings ({differ}: retrained or replaced since?)")
         mismatch(message, reader.path, allow_model_mismatch)
     # the token embed put before every protein (ProstT5's <AA2fold>): a head fit before embed put
     # one there learned rows made without it
@@ -142,7 +148,8 @@ def _all_items(reader: EmbeddingsReader, kind: str) -> tuple[list[Matched], list
 
 def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, device: str = "auto",
                    threads: int | None = None, long_policy: str | None = None, max_length: int | None = None,
-                   chunk_overlap: int | None = None, invalid_policy: str = "error") -> tuple[Path, list[str]]:
+                   chunk_overlap: int | None = None, invalid_policy: str = "error",
+                   allow_model_mismatch: bool = False) -> tuple[Path, list[str]]:
     """Embed a FASTA the way the head's training embeddings were made (its recorded model and
     layer, per residue or per protein as the head needs, and long-protein policy): (HDF5 file in
     `directory`, the FASTA's ids in input order). `model` replaces the recorded model (e.g. the
@@ -150,7 +157,8 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
     (a head that records none: error, at the model's own limit, as embed does)."""
     options, config = head_embed_options(head_dir, model=model, device=device, threads=threads,
                                          long_policy=long_policy, max_length=max_length,
-                                         chunk_overlap=chunk_overlap, invalid_policy=invalid_policy)
+                                         chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
+                                         allow_model_mismatch=allow_model_mismatch)
     readable, ids = fasta_ids(fasta, directory)
     return embed_fasta(readable, ids, directory, options, fasta,
                        f"for the {config.get('task', {}).get('name', config['kind'])} head"), ids
@@ -190,7 +198,8 @@ def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: st
 
 def head_embed_options(head_dir, *, model: str | None = None, device: str = "auto", threads: int | None = None,
                        long_policy: str | None = None, max_length: int | None = None,
-                       chunk_overlap: int | None = None, invalid_policy: str = "error", word: str = "--model"):
+                       chunk_overlap: int | None = None, invalid_policy: str = "error", word: str = "--model",
+                       allow_model_mismatch: bool = False):
     """(EmbedOptions, the head's config): how to embed proteins the way the head's training
     embeddings were made (embed_for_head; heads.arrays.predict_sequences). `word`: how a message
     names `model`."""
@@ -215,7 +224,7 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
                                      layer=head_layer(config), per_residue=kind == PER_RESIDUE, device=device,
                                      threads=threads, long_policy=long_policy, max_length=max_length,
                                      chunk_overlap=chunk_overlap, invalid_policy=invalid_policy,
-                                     same_model=model is None)
+                                     same_model=model is None, allow_model_mismatch=allow_model_mismatch)
     return options, config
 
 
@@ -238,13 +247,16 @@ def finetuned_model(head_dir, config: dict, name: str, word: str = "--model") ->
 def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: int, per_residue: bool,
                            device: str = "auto", threads: int | None = None, long_policy: str | None = None,
                            max_length: int | None = None, chunk_overlap: int | None = None,
-                           invalid_policy: str = "error", same_model: bool = False):
+                           invalid_policy: str = "error", same_model: bool = False,
+                           allow_model_mismatch: bool = False):
     """EmbedOptions that embed proteins as the embeddings whose settings `recorded` holds (a
     head's config "embedding", an embeddings file's attributes) were made: their long-protein
     policy, length and overlap unless given, and their 3Di prefix. `source`: what messages call
     those embeddings ("the head's training embeddings"). `same_model` (`model` is the recorded
     one, not a caller's): the hub commit (else revision) the embeddings were made from, so that a
-    hub model updated since is not used in its place. Validated."""
+    hub model updated since is not used in its place, and a local directory whose weights differ
+    from the recorded `weights_fingerprint` (retrained since) refused unless `allow_model_mismatch`
+    (before any protein is embedded). Validated."""
     from protrans_cli.embed import EmbedOptions
 
     # A proteome with one protein beyond the model's limit failed, and predict had no option to
@@ -264,6 +276,8 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     # embeddings of 3Di strings (embed --3di) are compared with embeddings of 3Di strings
     three_di = recorded.get("input_prefix") == THREE_DI_PREFIX
     revision = _recorded_revision(model, recorded, source) if same_model else None
+    if same_model:
+        _check_recorded_weights(model, recorded, source, allow_model_mismatch)
     # vectors of a cls token (embed --pooling cls) are compared with vectors of a cls token
     pooling = pooling_kind(recorded.get("pooling")) if not per_residue else "mean"
     options = EmbedOptions(model=model, revision=revision, per_residue=per_residue, per_protein=not per_residue,
@@ -273,6 +287,25 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
     # proteome had been read, or spooled from stdin)
     options.validate()
     return options
+
+
+def _check_recorded_weights(model: str, recorded: dict, source: str, allow: bool) -> None:
+    """A local model directory whose weights are not those `recorded` (its weights_fingerprint)
+    was made from: refused before a FASTA is embedded with it, not once it has been (allowed: the
+    check of the embeddings made warns, once)."""
+    if allow or not recorded.get("weights_fingerprint"):
+        return
+    from protrans_cli.embed import other_weights
+    from protrans_cli.errors import ProtransError
+    from protrans_cli.models import resolve_model, weights_fingerprint
+
+    try:
+        target, _, is_dir = resolve_model(model)
+    except ProtransError:  # (loading it says why)
+        return
+    if is_dir and (differ := other_weights(recorded, weights_fingerprint(target))):
+        mismatch(f"the model directory {model} holds other weights than {source} were made with ({differ}: "
+                 "retrained or replaced since?)", model, False)
 
 
 def _recorded_revision(model: str, recorded: dict, source: str) -> str | None:
