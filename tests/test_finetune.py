@@ -859,6 +859,8 @@ def test_lora_rank_alpha_and_dropout_options_reach_the_adapters_and_finetune_jso
     (["--valid-fraction", "1"], "--valid-fraction must be between 0 and 1, got 1.0"),
     (["--lora-dropout", "1"], "--lora-dropout must be in [0, 1), got 1.0"),
     (["--kernel", "4"], "--kernel must be odd (every residue keeps its position), got 4"),
+    # (a "95% CI" of 1 resample was reported, outside its own accuracy: fit and knn refused it)
+    (["--bootstrap", "5"], "--bootstrap must be at least 10"),
     (["-m", "onehot"], "-m onehot has no weights to fine-tune"),
     (["-m", ""], "finetune needs a model (-m)"),
     (["--mask", "-"], "--mask cannot be stdin ('-')"),

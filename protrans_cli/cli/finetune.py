@@ -55,7 +55,8 @@ from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
 @click.option("--dual", type=click.Choice(list(DUAL_POLICIES)), default="first",
               help="loc: DeepLoc's Cytoplasm-Nucleus counts as Cytoplasm (first) or is left out (skip).")
 @click.option("--layer", type=int, default=-1, help="The hidden state the head reads (-1: the last).")
-@click.option("--bootstrap", "n_bootstrap", type=int, default=1000, help="Bootstrap resamples for the 95% CI.")
+@click.option("--bootstrap", "n_bootstrap", type=int, default=1000,
+              help="Bootstrap resamples for the 95% CI (at least 10).")
 @click.option("-j", "--threads", type=int, default=None, help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4)]")
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (a GPU runs under bf16 autocast).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run kept in OUTPUT.partial (saved every epoch).")
