@@ -861,6 +861,9 @@ def test_lora_rank_alpha_and_dropout_options_reach_the_adapters_and_finetune_jso
     (["--kernel", "4"], "--kernel must be odd (every residue keeps its position), got 4"),
     # (a "95% CI" of 1 resample was reported, outside its own accuracy: fit and knn refused it)
     (["--bootstrap", "5"], "--bootstrap must be at least 10"),
+    # (numpy's and torch's seeds are 0 .. 2**64 - 1: a ValueError traceback after the labels were read)
+    (["--seed", "-1"], "--seed must be 0 to 2**64 - 1"),
+    (["--seed", str(2**64)], "--seed must be 0 to 2**64 - 1"),
     (["-m", "onehot"], "-m onehot has no weights to fine-tune"),
     (["-m", ""], "finetune needs a model (-m)"),
     (["--mask", "-"], "--mask cannot be stdin ('-')"),

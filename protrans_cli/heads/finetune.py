@@ -36,9 +36,9 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
-from protrans_cli.heads.fit import (_changed, _class_weights, _identity, _jsonable, _loss, _metric_names, _only,
-                                    _outputs_with_labels, _real_paths, _unique_name, _warn_overlap, check_resamples,
-                                    checked_state_bytes, evaluate_data, evaluation_records, held_out_positions,
+from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _identity, _jsonable, _loss, _metric_names,
+                                    _only, _outputs_with_labels, _real_paths, _unique_name, _warn_overlap,
+                                    check_resamples, checked_state_bytes, evaluate_data, evaluation_records, held_out_positions,
                                     load_checked_state, no_training_records, note_dual_labels, warn_unused_fraction,
                                     write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
@@ -97,6 +97,10 @@ class FinetuneConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be {text}, got {value}")
         if self.kernel is not None and (self.kernel < 1 or self.kernel % 2 != 1):
             raise UsageError(f"--kernel must be odd (every residue keeps its position), got {self.kernel}")
+        # (as fit's: numpy's generator of the hold-out and torch's seed take 0 .. 2**64 - 1; -1 was a
+        # ValueError traceback once the labels had been read)
+        if not 0 <= self.seed <= _MAX_SEED:
+            raise UsageError(f"--seed must be 0 to 2**64 - 1 ({_MAX_SEED}), got {self.seed}")
         if not self.model:
             raise UsageError("finetune needs a model (-m): a model directory, a short name or a hub id")
         if self.model == "onehot":
