@@ -314,6 +314,13 @@ def test_residue_targets_mask_and_derivation():
     rec = ls.records[0]
     rec.labels = {"ss8": rec.labels["ss8"]}
     assert get_task("ss3").residue_targets(rec)["ss3"].tolist() == t3.tolist()
+    # a letter of no 8-state class there (DSSP 4 writes P for polyproline): named, with its record
+    # and line, as in a FLIP file (a ValueError traceback); at a masked residue it counts for nothing
+    rec.labels = {"ss8": "CEPHGIS"}
+    with pytest.raises(InputError, match=r"record 'seq-.*'P' are not ss3 classes \(HEC, or 8-state HGIEBTSC\)"):
+        get_task("ss3").residue_targets(rec)
+    rec.labels = {"ss8": "PEEHGIS"}
+    assert get_task("ss3").residue_targets(rec)["ss3"].tolist() == [IGNORE, 1, 1, 0, 0, 0, 2]
 
 
 def test_flip_three_state_labels_refused_for_ss8_and_bad_letters():

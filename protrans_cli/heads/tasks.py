@@ -145,7 +145,9 @@ class Task:
             if "ss3" in labels:
                 return labels["ss3"].upper().translate(_COIL_ALIASES)
             if "ss8" in labels:
-                return ss8_to_ss3(labels["ss8"].upper().translate(_COIL_ALIASES))
+                # (a letter that is no 8-state one, DSSP 4's P say, is left for the class check, which
+                # names it, the record and its line: ss8_to_ss3 raised a ValueError traceback)
+                return labels["ss8"].upper().translate(_COIL_ALIASES).translate(_SS8_TO_SS3)
             if "label" in labels:
                 letters = labels["label"].upper().translate(_COIL_ALIASES)
                 if set(letters) <= set(SS3):
