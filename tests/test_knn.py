@@ -787,6 +787,22 @@ def test_a_query_whose_membrane_is_unknown_is_not_scored_on_it(tmp_path):
     assert scores["loc"]["n_proteins"] == 4 and scores["loc"]["accuracy"] == 1.0
 
 
+def test_an_empty_label_is_neither_transferred_nor_scored(tmp_path):
+    """A blank label cell (pandas' missing value) is no label, as fit reads it: the label comes
+    from the nearest reference that has one, and a query without one is not scored. It was
+    transferred as a class "" (counted a miss) and scored as one: accuracy 0.333 here, not 1.0."""
+    from protrans_cli.knn import knn
+
+    _write(tmp_path / "r.h5", np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [5.1, 0.0]]), ["r0", "r1", "r2", "r3"])
+    _write(tmp_path / "q.h5", np.array([[0.0, 0.05], [5.0, 0.05], [2.5, 9.0]]), ["q0", "q1", "q2"])
+    (tmp_path / "r.csv").write_text("id,label\nr0,\nr1,Nucleus\nr2,Cytoplasm\nr3,Nucleus\n")
+    (tmp_path / "q.csv").write_text("id,label\nq0,Nucleus\nq1,Cytoplasm\nq2,\n")
+    scores = knn(tmp_path / "q.h5", tmp_path / "r.h5", tmp_path / "hits.tsv", labels=tmp_path / "r.csv",
+                 score=tmp_path / "q.csv", n_bootstrap=10).scores
+    assert scores["label"]["n_proteins"] == 2 and scores["label"]["accuracy"] == 1.0
+    assert scores["label"]["classes"] == ["Cytoplasm", "Nucleus", "(none)"]
+
+
 def test_a_list_of_files_from_python_is_one_usage_error_naming_the_argument(tmp_path):
     """knn(["q.h5"], ...) was "stat: path should be string ... not list", a TypeError from inside."""
     from protrans_cli.errors import UsageError
