@@ -414,7 +414,8 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         ref_ids, ref, r_attrs = _reference_vectors(reference, layer)
         columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format,
                                                                                         ref_ids, reference)
-        q_ids, q, q_attrs, truth = _embedded_queries(fasta, reference, output, options, score, label_format)
+        q_ids, q, q_attrs, truth, q_sums = _embedded_queries(fasta, reference, output, options, score,
+                                                             label_format)
         # (-m: the same weights elsewhere, as in predict --fasta; a warning where the names differ)
         _check_pair(f"the embeddings of {_shown(fasta)}", reference, q, ref, q_attrs, r_attrs, metric,
                     allow_model_mismatch or model is not None)
@@ -423,6 +424,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format,
                                                                                         ref_ids, reference)
         truth = None if score is None else _query_labels(score, _score_label_set(score, label_format), q_ids, query)
+        q_sums = None if score is None else _checksums_by_id(query)
     if query is not None and not exclude_self and same_file(query, reference):
         console.info(f"{query} is its own reference: each protein's first neighbour is itself, at distance 0 "
                      "(--exclude-self leaves it out)")
@@ -446,6 +448,9 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
             stream.write(("\n".join(lines) + "\n").encode() if lines else b"")
     if truth is not None:
         truth, unknown_there = truth
+        if not (query is not None and not exclude_self and same_file(query, reference)):  # (said above)
+            _warn_known_queries(score, [i for i in result.query_ids if i in truth], q_sums, reference, ref_ids,
+                                exclude_self)
         for column in columns:
             # (an empty label, a blank table cell as pandas writes a missing value, is no label, as
             # for fit: it was transferred as a class "" and counted a miss: 0.250 for 0.334 on DeepLoc)
@@ -473,6 +478,37 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     return transfer
 
 
+def _checksums_by_id(path) -> dict[str, str]:
+    with EmbeddingsReader(path) as reader:
+        return reader.checksums_by_id(PER_PROTEIN)
+
+
+def _warn_known_queries(score, scored: list[str], q_sums: dict, reference, ref_ids: list[str],
+                        exclude_self: bool) -> None:
+    """One warning counting the scored queries that are reference proteins too, by id (unless
+    --exclude-self leaves those out) or by an identical sequence under another id, as fit warns
+    of test proteins in train: their transferred labels score a lookup of themselves, not the
+    transfer to a new protein."""
+    holders: dict[str, list[str]] = {}  # sequence checksum -> the reference ids of it
+    for ident, checksum in _checksums_by_id(reference).items():
+        holders.setdefault(checksum, []).append(ident)
+    ref_set = set(ref_ids)
+    same_id = [] if exclude_self else [i for i in scored if i in ref_set]
+    taken = set(same_id)
+    # (another id of the query's sequence: --exclude-self leaves the query's own id out, not it)
+    same_sequence = [i for i in scored if i not in taken
+                     and any(r != i for r in holders.get(q_sums.get(i), ()))]
+    both = same_id + same_sequence
+    if not both:
+        return
+    found = ", ".join(([f"{len(same_id)} by id"] if same_id else [])
+                      + ([f"{len(same_sequence)} by an identical sequence"] if same_sequence else []))
+    console.warn(f"{score}: {len(both)} of the {len(scored)} scored queries are in the reference ({_shown(reference)}) "
+                 f"too ({found}: {', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); their transferred labels "
+                 "are not an independent test" + (" (--exclude-self leaves a query's own id out)"
+                                                   if same_id else ""))
+
+
 def _warn_numbers(score, column: str, truth: dict) -> None:
     """A column of many distinct non-integer numbers (a FLIP CSV's fitness, a melting point) is
     scored as classes, a transferred number right only where it equals the query's exactly: its
@@ -494,8 +530,9 @@ def _shown(fasta) -> str:
 
 
 def _embedded_queries(fasta, reference, output, options, score, label_format: str):
-    """(ids, vectors, file attributes, the --score labels or None) of the FASTA's sequences embedded with
-    `options`, in the FASTA's order, through a temporary file removed before returning."""
+    """(ids, vectors, file attributes, the --score labels or None, id -> sequence checksum with --score)
+    of the FASTA's sequences embedded with `options`, in the FASTA's order, through a temporary file
+    removed before returning."""
     import os
 
     from protrans_cli.heads.predict import embed_fasta, fasta_ids
@@ -527,6 +564,7 @@ def _embedded_queries(fasta, reference, output, options, score, label_format: st
             ids, vectors, attrs = _vectors(embeddings, -1, "query")  # (the one layer embedded)
             if label_set is not None and truth is None:  # (by sequence too: the embeddings' checksums)
                 truth = _query_labels(score, label_set, order, embeddings)
+            sums = None if score is None else _checksums_by_id(embeddings)  # (scored queries in the reference)
     if failed:  # (--invalid-policy skip, --long-policy skip)
         from protrans_cli.heads.labels import some_ids
 
@@ -534,7 +572,7 @@ def _embedded_queries(fasta, reference, output, options, score, label_format: st
                      f"{some_ids(sorted(failed))}")
     rank = {ident: i for i, ident in enumerate(order)}
     permutation = sorted(range(len(ids)), key=lambda i: rank.get(ids[i], len(rank)))  # stable: unknown ids last
-    return [ids[i] for i in permutation], vectors[permutation], attrs, truth
+    return [ids[i] for i in permutation], vectors[permutation], attrs, truth, sums
 
 
 def _labels_any_query(label_set, fasta, order: list[str]) -> bool:

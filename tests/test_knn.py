@@ -844,3 +844,34 @@ def test_queries_of_a_model_directory_retrained_since_the_reference_are_refused(
     assert r.stderr.count("other weights of the model directory") == 1
     r = run_cli("knn", "--fasta", q_fa, "--reference", tmp_path / "ref.h5", "-m", model)
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == 5, r.stderr
+
+
+def test_scored_queries_that_are_reference_proteins_are_warned_of(tmp_path, run_cli, own_tmpdir):
+    """knn --score scored queries that are reference proteins too (a copy under the same id, or
+    the same sequence under another) without a word: each finds itself at distance 0 and its own
+    label, and the score is a lookup, not a transfer. One warning counts them, as fit warns of
+    test proteins in train; --exclude-self leaves the same id out, not another id of the sequence."""
+    rng = np.random.default_rng(5)
+    ref = {f"r{i}": "".join(rng.choice(list(AA), 30)) for i in range(8)}
+    new = {f"q{i}": "".join(rng.choice(list(AA), 30)) for i in range(4)}
+    queries = {**new, "r2": ref["r2"], "x5": ref["r5"]}
+    for name, records in (("ref", ref), ("q", queries), ("new", new)):
+        (tmp_path / f"{name}.fa").write_text("".join(f">{i}\n{s}\n" for i, s in records.items()))
+        (tmp_path / f"{name}.csv").write_text("id,label\n" + "".join(f"{i},{'AB'[n % 2]}\n"
+                                                                     for n, i in enumerate(records)))
+        assert run_cli("embed", tmp_path / f"{name}.fa", "-m", "onehot", "--per-protein",
+                       "-o", tmp_path / f"{name}.h5").exit_code == 0
+    args = ("--reference", tmp_path / "ref.h5", "--labels", tmp_path / "ref.csv", "--bootstrap", "20")
+    r = run_cli("knn", tmp_path / "q.h5", *args, "--score", tmp_path / "q.csv")
+    assert r.exit_code == 0, r.stderr
+    assert (f"q.csv: 2 of the 6 scored queries are in the reference ({tmp_path / 'ref.h5'}) too (1 by id, 1 by an "
+            "identical sequence: r2, x5); their transferred labels are not an independent test (--exclude-self "
+            "leaves a query's own id out)") in r.stderr.replace("\n", " ")
+    r = run_cli("knn", tmp_path / "q.h5", *args, "--score", tmp_path / "q.csv", "--exclude-self")
+    assert r.exit_code == 0 and "2 of the 6" not in r.stderr
+    assert "1 of the 6 scored queries are in the reference" in r.stderr and "(1 by an identical sequence: x5)" in r.stderr
+    r = run_cli("knn", "--fasta", tmp_path / "q.fa", *args, "--score", tmp_path / "q.csv")
+    assert r.exit_code == 0 and "2 of the 6 scored queries are in the reference" in r.stderr, r.stderr
+    for query in (("--fasta", tmp_path / "new.fa"), (tmp_path / "new.h5",)):  # new proteins: not a word
+        r = run_cli("knn", *query, *args, "--score", tmp_path / "new.csv")
+        assert r.exit_code == 0 and "scored queries" not in r.stderr, r.stderr

@@ -545,6 +545,20 @@ class EmbeddingsReader:
             return self.facts(key, kind)[2]
         return dataset_checksum_of(self._group(kind), key)
 
+    def checksums_by_id(self, kind: str | None = None) -> dict[str, str]:
+        """id -> sequence checksum of every protein that records one (`checksums` keeps one id of
+        a sequence held under several)."""
+        kind = self._default_kind(kind)
+        if self._stacked is not None:
+            self._check_kind(kind)
+            return {i: c for i, c in zip(self._stacked.ids(), self._stacked.column("checksums")) if c}
+        group, sums = self._group(kind), {}
+        for key in self.keys(kind):
+            attrs = dataset_attrs(group, key)[0]
+            if checksum := dataset_checksum(key, attrs):  # ("": unrecorded)
+                sums[dataset_id(key, attrs)] = checksum
+        return sums
+
     def checksums(self, kind: str | None = None) -> dict[str, str]:
         """checksum -> id, for matching label files that carry only sequences."""
         kind = self._default_kind(kind)
