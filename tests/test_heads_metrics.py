@@ -227,3 +227,15 @@ def test_a_class_absent_from_the_set_counts_in_no_mean_and_the_floor_is_the_true
     assert m["balanced_accuracy"] == pytest.approx((1 / 3 + 1) / 2)
     assert m["macro_f1"] == pytest.approx(0.5)
     assert m["majority"] == {"class": "H", "accuracy": pytest.approx(3 / 4)}
+
+
+def test_a_correlation_that_rounds_to_zero_is_printed_without_a_sign():
+    """An MCC of -0.0001 (a head no better than chance) was printed "MCC -0.000"."""
+    from protrans_cli.heads.metrics import _signed, summary_line
+
+    assert [_signed(v, 3) for v in (-0.0001, -0.0, 0.0, -0.0006, 0.25, -0.25)] == \
+        ["0.000", "0.000", "0.000", "-0.001", "0.250", "-0.250"]
+    m = evaluate([np.array([0, 1, 2, 0, 1, 2])], [np.array([0, 1, 2, 0, 1, 2])], ["H", "E", "C"], metric="Q3",
+                 n_boot=20)
+    m["mcc"] = -0.0001
+    assert ", MCC 0.000, " in summary_line("valid", "ss3", m)

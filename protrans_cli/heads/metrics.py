@@ -198,6 +198,13 @@ def headline(m: dict) -> float:
     return m.get("spearman", float("nan")) if m.get("kind") == "value" else m.get("accuracy", float("nan"))
 
 
+def _signed(value: float, digits: int) -> str:
+    """`value` to `digits` places, a value that rounds to zero without a sign (MCC -0.0001 was
+    printed "-0.000")."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
 def summary_line(name: str, output: str, m: dict) -> str:
     if not m.get("n"):
         return f"{name} {output}: nothing to evaluate"
@@ -209,9 +216,9 @@ def summary_line(name: str, output: str, m: dict) -> str:
         if math.isnan(m["spearman"]):
             return (f"{name} {output}: Spearman undefined (the targets or the predictions are constant), "
                     f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {counted(m['n'], 'protein')}")
-        return (f"{name} {output}: Spearman {m['spearman']:.4f} ({ci}), Pearson {m['pearson']:.3f}, "
+        return (f"{name} {output}: Spearman {m['spearman']:.4f} ({ci}), Pearson {_signed(m['pearson'], 3)}, "
                 f"MSE {m['mse']:.4g}, MAE {m['mae']:.4g}, {counted(m['n'], 'protein')}")
-    return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} ({ci}), MCC {m['mcc']:.3f}, "
+    return (f"{name} {output}: {m['metric']} {m['accuracy']:.4f} ({ci}), MCC {_signed(m['mcc'], 3)}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f}, "
             + (counted(m['n'], 'protein') if m["n"] == m["n_proteins"]  # per protein: one position each
                else f"{m['n']:,} positions in {counted(m['n_proteins'], 'protein')}"))
