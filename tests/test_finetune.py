@@ -998,3 +998,32 @@ def test_accumulate_steps_the_optimizer_once_every_n_batches(data, tmp_path, mon
         finetune(FinetuneConfig(accumulate=n, **kw), data / "train.csv", tmp_path / f"a{n}")
     batches = steps[0] - 1  # (one step a batch, and the no-op one after the last)
     assert batches >= 6 and steps[1] == batches // 3 + 1, (batches, steps)
+
+
+def test_accumulate_counts_the_batches_that_have_a_loss(data, tmp_path, monkeypatch):
+    """--accumulate N steps the optimizer every N batches with a loss: a batch with nothing to
+    score (skipped) was counted, so where every other batch had none no step was taken before the
+    epoch's end (all its batches' gradients summed into one step, each scaled by 1 / N)."""
+    import protrans_cli.heads.finetune as ft
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    calls, steps = [], []
+    real_loss, real_step = ft._loss, torch.optim.AdamW.step
+
+    def loss(task, logits, targets, weights, *args):
+        value, counts = real_loss(task, logits, targets, weights, *args)
+        calls.append(1)
+        return value, (counts if len(calls) % 2 else {k: 0 for k in counts})  # every 2nd batch: nothing to score
+
+    def step(self, *args, **kwargs):
+        steps.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "_loss", loss)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    config = FinetuneConfig(task="ss3", model=str(data / "bert"), max_epochs=1, lr=0.01, max_residues=300,
+                            threads=1, n_bootstrap=10, device="cpu", accumulate=2)
+    finetune(config, data / "train.csv", tmp_path / "out")
+    kept = (len(calls) + 1) // 2
+    assert kept >= 3
+    assert len(steps) == kept // 2 + 1  # every 2 batches with a loss, and the epoch's last partial step

@@ -563,18 +563,20 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
                 model.train()
                 loss_sum, steps = 0.0, 0
                 optimizer.zero_grad(set_to_none=True)
-                for step, batch in enumerate(console.progress(train.batches(config.max_residues, True, rng),
-                                                              desc=f"epoch {epoch}", unit="batch"), 1):
+                for batch in console.progress(train.batches(config.max_residues, True, rng), desc=f"epoch {epoch}",
+                                              unit="batch"):
                     batch = batch.to(device)
                     loss, counts = _loss(task, model(batch.x, batch.mask), batch.targets, weights)
                     if not any(counts.values()):
                         continue
                     (loss / config.accumulate).backward()
-                    if step % config.accumulate == 0:
+                    steps += 1
+                    # (batches with a loss counted: one with nothing to score, skipped above, made
+                    # a step take up to 2N - 1 batches' gradients where --accumulate N said N)
+                    if steps % config.accumulate == 0:
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     loss_sum += float(loss.detach())
-                    steps += 1
                 optimizer.step()  # (the last, partial accumulation; a no-op without gradients)
                 optimizer.zero_grad(set_to_none=True)
                 valid_loss, valid_acc = _validate(model, task, valid_data, config)
