@@ -237,18 +237,38 @@ def _head_weights(loaded, regression):
     if regression.weight.dtype == weight.dtype:
         return weight, bias
     folder = _checkpoint_folder(loaded)
-    # (a sharded or .bin checkpoint, a hub id not cached, a file unreadable: the loaded weights)
+    # (a .bin checkpoint, a hub id not cached, a file unreadable: the loaded weights)
     with contextlib.suppress(Exception):  # noqa: BLE001
-        from safetensors import safe_open
-
-        with safe_open(str(folder / "model.safetensors"), "pt", device="cpu") as f:
-            key = next(n for n in f.keys() if n.endswith("contact_head.regression.weight"))
-            exact = f.get_tensor(key).float().reshape(-1)
-            bias_key = key.removesuffix("weight") + "bias"
-            exact_bias = float(f.get_tensor(bias_key).float()) if bias_key in f.keys() else bias
+        files = _safetensors_files(folder)
+        key = next(n for n in files if n.endswith("contact_head.regression.weight"))
+        exact = _stored_tensor(files[key], key).float().reshape(-1)
+        bias_key = key.removesuffix("weight") + "bias"
+        exact_bias = float(_stored_tensor(files[bias_key], bias_key).float()) if bias_key in files else bias
         if exact.shape == weight.shape:
             return exact.to(weight.device), exact_bias
     return weight, bias
+
+
+def _safetensors_files(folder: Path) -> dict[str, Path]:
+    """{tensor name: the safetensors file holding it} of a checkpoint folder: its model.safetensors,
+    or the shards its model.safetensors.index.json maps (ESM-2 3B and 15B are published in shards)."""
+    import json
+
+    from safetensors import safe_open
+
+    single = folder / "model.safetensors"
+    if single.is_file():
+        with safe_open(str(single), "pt", device="cpu") as f:
+            return dict.fromkeys(f.keys(), single)
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    return {name: folder / file for name, file in weight_map.items()}
+
+
+def _stored_tensor(path: Path, key: str):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt", device="cpu") as f:
+        return f.get_tensor(key)
 
 
 def layer_contribution(attn, mask, weights):
@@ -323,11 +343,13 @@ def _checkpoint_folder(loaded) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(str(loaded.path_or_hub_id), "model.safetensors",
-                                       revision=loaded.commit or loaded.revision)
+        for name in ("model.safetensors", "model.safetensors.index.json"):  # (one file, or shards)
+            found = try_to_load_from_cache(str(loaded.path_or_hub_id), name, revision=loaded.commit or loaded.revision)
+            if isinstance(found, str):
+                return Path(found).parent
     except Exception:  # noqa: BLE001 - no cache, an odd id: the check is skipped
         return None
-    return Path(found).parent if isinstance(found, str) else None
+    return None
 
 
 def _trained_by_protrans(loaded) -> str | None:

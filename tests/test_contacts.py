@@ -463,6 +463,30 @@ def test_library_predict_reads_sequences_as_embed_and_keeps_the_heads_float32_we
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_sharded_checkpoint_loaded_in_bfloat16_keeps_the_heads_float32_weights(tmp_path):
+    """ESM-2 3B and 15B are published in shards (model.safetensors.index.json, no
+    model.safetensors): their head's weights were taken as loaded, rounded to bfloat16, where
+    the docs promise the checkpoint's float32 ones."""
+    from safetensors.torch import load_file
+    from transformers import EsmForMaskedLM
+
+    from protrans_cli.contacts import ContactPredictor
+    from protrans_cli.models import load_model
+
+    model = REFERENCES["esm2"]
+    sharded = tmp_path / "sharded"
+    EsmForMaskedLM.from_pretrained(model).save_pretrained(sharded, max_shard_size="2KB")
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(model / name, sharded)
+    assert not (sharded / "model.safetensors").exists() and (sharded / "model.safetensors.index.json").is_file()
+    stored = load_file(model / "model.safetensors")
+    weight = stored["esm.contact_head.regression.weight"].reshape(-1)
+    half = ContactPredictor(load_model(str(sharded), device="cpu", dtype="bfloat16"))
+    assert torch.equal(half.weights.reshape(-1), weight)
+    assert half.bias == float(stored["esm.contact_head.regression.bias"])
+    assert not torch.equal(weight.bfloat16().float(), weight)  # (which rounding would have changed)
+
+
 def test_library_predict_names_the_sequence_it_refuses_and_refuses_a_dict():
     """predict(["MKT", "MK1"]) said "invalid character '1' at residue 3" without saying which of
     the list; a dict ({id: sequence}, as embed_sequences takes) had its ids read as sequences."""
