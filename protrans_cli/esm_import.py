@@ -232,21 +232,45 @@ def _catalog_entry(model: str | None) -> dict | None:
 
 
 def model_layers(model: str | None) -> int | None:
-    """The blocks of the ESM model a name gives (a catalogued checkpoint, its hub id, or a fair-esm
-    name `esm*_tN_...`), or None."""
+    """The blocks of the ESM model a name gives (a catalogued checkpoint, its hub id, a local
+    model directory's config.json, or a fair-esm name `esm*_tN_...`), or None."""
     entry = _catalog_entry(model)
     if entry is not None:
         return int(entry["num_layers"]) if entry.get("family") == FAMILY else None
+    if (config := _directory_config(model)) is not None:
+        return config["num_hidden_layers"]
     found = _LAYERS_IN_NAME.search(model) if model else None
     return int(found.group(1)) if found else None
 
 
 def model_width(model: str | None) -> int | None:
-    """The embedding width of a catalogued ESM checkpoint (by name or hub id), or None."""
+    """The embedding width of a catalogued ESM checkpoint (by name or hub id) or of a local model
+    directory (its config.json), or None."""
     entry = _catalog_entry(model)
-    if entry is None or entry.get("family") != FAMILY or not entry.get("embedding_dim"):
+    if entry is None:
+        config = _directory_config(model)
+        return None if config is None else config["hidden_size"]
+    if entry.get("family") != FAMILY or not entry.get("embedding_dim"):
         return None
     return int(entry["embedding_dim"])
+
+
+def _directory_config(model: str | None) -> dict | None:
+    """The config.json of the ESM model directory `model` names (`hf download ... --local-dir DIR`,
+    what embed's `-m DIR` reads), where it gives the number of blocks and the width; else None."""
+    import json
+
+    if not model:
+        return None
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):  # (no such directory, no config: a name, as before)
+        return None
+    if not isinstance(config, dict) or config.get("model_type") != FAMILY:
+        return None
+    if not all(isinstance(config.get(k), int) and config[k] > 0 for k in ("num_hidden_layers", "hidden_size")):
+        return None
+    return config
 
 
 def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residue, per_protein, layout,
@@ -316,8 +340,8 @@ def _import_locked(paths: list[Path], output: Path, *, fasta, layers, per_residu
                          "esm-extract ran", path=str(entries[0].path))
     if blocks is None:
         # (esm-extract --repr_layers 32 alone, of a 33-block model, would be recorded as the last layer)
-        named = (f"-m {model} names no number of layers (neither a catalogued ESM checkpoint nor a fair-esm "
-                 "name esm*_tN_...)") if model else "no -m naming the model"
+        named = (f"-m {model} names no number of layers (neither a catalogued ESM checkpoint, an ESM model "
+                 "directory nor a fair-esm name esm*_tN_...)") if model else "no -m naming the model"
         console.warn(f"{named}: layer {last}, the highest in the files, is taken to be its last "
                      f"(what esm-extract's default --repr_layers -1 stores); give -m (e.g. esm2_t33_650M_UR50D) "
                      "to number the layers as embed does and to match embed's files of that model")

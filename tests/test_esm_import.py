@@ -438,6 +438,26 @@ def test_a_plain_pickle_is_refused_in_one_line_without_torchs_warning(tmp_path):
             load_pt(tmp_path / "evil.pt")
 
 
+def test_a_model_directory_gives_the_number_of_layers_and_the_width(run_cli, tmp_path, extracted):
+    """-m DIR (a local ESM model, as embed takes it: `hf download ... --local-dir DIR` offline) was
+    "a name with no number of layers": the highest layer in the files was taken as the model's
+    last, so esm-extract --repr_layers 2 of a 5-block model was recorded as its last layer (-1 of
+    3 hidden states), where embed's --layer 2 of DIR records -4 of 6 (merge refused the two)."""
+    folder, _, _ = extracted
+    model = tmp_path / "esm2_local"
+    model.mkdir()
+    config = {"model_type": "esm", "num_hidden_layers": 5, "hidden_size": 4}
+    (model / "config.json").write_text(json.dumps(config))
+    r = _ok(run_cli("import-esm", folder, "-o", tmp_path / "e.h5", "-m", model))
+    assert "names no number of layers" not in r.stderr, r.stderr
+    _, attrs, _ = _read(tmp_path / "e.h5")
+    assert list(attrs["layers"]) == [2 - 6] and int(attrs["num_hidden_states"]) == 6
+    # its width: a directory of another model's is refused, as a catalogued one's is
+    (model / "config.json").write_text(json.dumps({**config, "hidden_size": 320}))
+    r = run_cli("import-esm", folder, "-o", tmp_path / "f.h5", "-m", model)
+    assert r.exit_code == 1 and "width 4, but -m " in r.stderr and "embeds in 320" in r.stderr, r.stderr
+
+
 def test_a_catalogued_model_of_another_width_and_an_unknown_name(run_cli, tmp_path, extracted):
     """-m esm2_t6_8M_UR50D (320-d) over 4-d files was written as that model's; -m of a name with no
     number of layers was warned about as "no -m"."""
@@ -588,7 +608,7 @@ def test_a_model_directory_is_recorded_as_embed_records_it(run_cli, tmp_path, mo
     embedded = tmp_path / "e.h5"
     assert run_cli("embed", fasta, "-m", REFERENCE.name, "--per-protein", "-o", embedded).exit_code == 0
     folder = tmp_path / "esm_out"
-    _save(folder, "P2", None, {2: torch.zeros(32)})
+    _save(folder, "P2", None, {2: torch.zeros(8)})
     out = tmp_path / "imported.h5"
     r = run_cli("import-esm", folder, "-m", REFERENCE.name, "-o", out)
     assert r.exit_code == 0, r.stderr
