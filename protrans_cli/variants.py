@@ -824,10 +824,12 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
 
 
 def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bool, *,
-                    rejected: dict | None = None) -> list[tuple[str, str]]:
+                    rejected: dict | None = None, gapped: set | None = None) -> list[tuple[str, str]]:
     """[(id, sequence)]: `--sequence`, or the FASTA's record(s); one unless `many` (--all-singles).
     `rejected` (--id-column, where only the records a table names are checked): a dict that takes
-    each unreadable record's reason instead of an error, and the DNA warning is the caller's."""
+    each unreadable record's reason instead of an error, and the DNA warning is the caller's.
+    `gapped`: a set that takes the ids of wild types that held gap characters, whose warning is
+    then the caller's too."""
     from protrans_cli.io.fasta import read_fasta
     from protrans_cli.io.files import display_name
     from protrans_cli.residues import SequenceRejected, normalise
@@ -839,12 +841,20 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
             raise UsageError("--id picks a record of --fasta")
         found = [("sequence", checked_sequence(sequence))]
         _warn_nucleotide(found, "--sequence")
+        if _GAP_CHARACTERS.search(sequence):
+            from protrans_cli import console
+
+            console.warn("--sequence: the wild type held gap characters ('-', '.'), removed. Mutations are numbered "
+                         "by its residues alone, not the alignment's columns")
         return found
     name = display_name(fasta)
     found = []
+    held_gaps = gapped if gapped is not None else set()
     for record in read_fasta(fasta):
         if record_id is not None and record.id != record_id:
             continue
+        if _GAP_CHARACTERS.search(record.sequence):
+            held_gaps.add(record.id)
         try:
             found.append((record.id, normalise(record.sequence, rare="keep")))
         except SequenceRejected as exc:
@@ -863,7 +873,25 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
                          f"--id (first ids: {', '.join(i for i, _ in found[:3])})")
     if rejected is None:
         _warn_nucleotide(found, name)
+    if gapped is None:
+        _warn_gapped([w for w in found if w[0] in held_gaps], name)
     return found
+
+
+_GAP_CHARACTERS = re.compile(r"[-.]")
+
+
+def _warn_gapped(gapped: list[tuple[str, str]], name: str) -> None:
+    """A wild type given as an alignment's row (gaps and all) is read without its gaps, so the
+    mutations are numbered by its residues, not the alignment's columns; a table numbered by
+    columns scored other sites where the residues agreed, without a word (embed warns of such
+    input too). Said once, with which."""
+    from protrans_cli import console
+
+    if gapped:
+        shown = console.some_named(len(gapped), [ident for ident, _ in gapped[:console.NAMED]])
+        console.warn(f"{name}: {len(gapped):,} wild type(s) held gap characters ('-', '.'), removed: {shown}. "
+                     "Mutations are numbered by the residues alone, not the alignment's columns")
 
 
 def _warn_nucleotide(found: list[tuple[str, str]], name: str) -> None:
@@ -927,8 +955,9 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     # (--id-column: a record the table does not name is neither checked nor scored; one it names
     # that cannot be read is an error of that row)
     rejected = {} if options.id_column is not None else None
+    gapped = set() if options.id_column is not None else None
     wild_types = read_wild_types(sequence, fasta, record_id, many=options.all_singles or options.id_column is not None,
-                                 rejected=rejected)
+                                 rejected=rejected, gapped=gapped)
     columns = score_columns(options)
     if options.plot is not None:
         if len(wild_types) > 1:
@@ -963,6 +992,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
             wild_types = [wild_types[k] for k in named]
             table.owners = [renumber[k] for k in table.owners]
             _warn_nucleotide(wild_types, display_name(fasta))
+            _warn_gapped([w for w in wild_types if w[0] in gapped], display_name(fasta))
     ensemble_columns = ([f"ensemble_{strategy.replace('-', '_')}" for strategy in options.strategies]
                         if len(options.models) > 1 else [])
     taken = {h.strip() for h in table.header}

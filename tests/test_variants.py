@@ -551,6 +551,32 @@ def test_id_column_neither_checks_nor_warns_about_records_the_table_does_not_nam
     assert "1 of 2 wild type(s)" in r.stderr and "dna" in r.stderr
 
 
+def test_a_wild_type_with_gaps_is_read_without_them_with_a_warning(run_cli, tmp_path, tiny_models):
+    """An alignment's row given as the wild type lost its gaps without a word, so a table numbered
+    by the alignment's columns scored other sites wherever the residues there agreed (A5G of the
+    row MKA-AAK names column 5; residue 5 of MKAAAK is an A too). embed warns of gaps; variants
+    says so too, naming the records."""
+    table = tmp_path / "v.csv"
+    table.write_text("mutant\nK2A\n")
+    r = run_cli("variants", table, "--sequence", "MK-TAYIAK", "-m", tiny_models["esm"], "--column", "s")
+    assert r.exit_code == 0, r.stderr
+    assert "--sequence: the wild type held gap characters ('-', '.'), removed" in r.stderr
+    assert "not the alignment's columns" in r.stderr
+    plain = run_cli("variants", table, "--sequence", "MKTAYIAK", "-m", tiny_models["esm"], "--column", "s")
+    assert plain.exit_code == 0 and "gap" not in plain.stderr and plain.stdout == r.stdout
+    fasta = tmp_path / "wt.fa"
+    fasta.write_text(">a\nMK-TAY.IAK\n>b\nMKTAYIAK\n>c\n-MKTAYIAK\n")
+    r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", tiny_models["esm"], "--column", "s")
+    assert r.exit_code == 0 and "wt.fa: 2 wild type(s) held gap characters ('-', '.'), removed: a, c." in r.stderr
+    # --id-column: only the records the table names
+    table.write_text("protein,mutant\nb,K2A\n")
+    r = run_cli("variants", table, "--fasta", fasta, "--id-column", "protein", "-m", tiny_models["esm"], "--column", "s")
+    assert r.exit_code == 0 and "gap" not in r.stderr, r.stderr
+    table.write_text("protein,mutant\nb,K2A\nc,K2A\n")
+    r = run_cli("variants", table, "--fasta", fasta, "--id-column", "protein", "-m", tiny_models["esm"], "--column", "s")
+    assert r.exit_code == 0 and "1 wild type(s) held gap characters ('-', '.'), removed: c." in r.stderr
+
+
 def test_a_pipe_as_output_keeps_no_units_as_stdout_keeps_none(run_cli, tmp_path, tiny_models):
     """-o /dev/fd/N (`-o >(gzip > x.gz)`): the table goes down the pipe; it was refused after the
     model's load, "cannot create /dev/fd/N.partial" (exit 1), the folder kept for --resume beside
