@@ -1535,6 +1535,13 @@ def test_predict_fasta_on_a_head_that_cannot_say_how_to_embed_is_refused_before_
     r = run_cli("predict", head, "--fasta", fasta, "-o", tmp_path / "p.fa")
     assert r.exit_code == 2 and f"{head} does not record which model made its embeddings: give --model" \
         in r.stderr, r.stderr
+    # fit on import-esm's file made without -m: its model is the tool, "esm-extract", which was
+    # loaded as a hub model once the FASTA had been read (a download error, exit 1; knn said so)
+    config["embedding"]["model"] = "esm-extract"
+    (head / "config.json").write_text(json.dumps(config))
+    r = run_cli("predict", head, "--fasta", fasta, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 2 and f"{head} was fit on embeddings imported from esm-extract without naming the model " \
+        "(import-esm -m): give --model" in r.stderr, r.stderr
     (head / "config.json").write_text('{"kind": ')
     r = run_cli("predict", head, "--fasta", fasta, "-o", tmp_path / "p.fa")
     assert r.exit_code == 1 and "config.json: head config is incomplete or unreadable (Expecting value" in r.stderr, \

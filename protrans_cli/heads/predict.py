@@ -218,6 +218,13 @@ def head_embed_options(head_dir, *, model: str | None = None, device: str = "aut
     name = model or config.get("embedding", {}).get("model")
     if not name:
         raise UsageError(f"{head_dir} does not record which model made its embeddings: give {word}")
+    from protrans_cli.esm_import import SOURCE as ESM_EXTRACT  # (the model import-esm records when not told it)
+
+    if model is None and name == ESM_EXTRACT:
+        # (import-esm without -m records the tool, not the model: it was loaded as a model named
+        # "esm-extract", a hub download error, once the FASTA had been read)
+        raise UsageError(f"{head_dir} was fit on embeddings imported from esm-extract without naming the model "
+                         f"(import-esm -m): give {word} (the ESM model that made them, e.g. esm2_t33_650M_UR50D)")
     if model is None:
         name = finetuned_model(head_dir, config, name, word)
     options = recorded_embed_options(config.get("embedding", {}), "the head's training embeddings", model=name,
