@@ -34,7 +34,8 @@ from protrans_cli.cli import INPUT_FILE
                    "mutant less the wild type's (one pass per residue of each mutant: slow); log-likelihood: "
                    "a causal LM's (Transformer-XL) log-likelihood of the mutant less the wild type's. Repeatable.")
 @click.option("--all-singles", is_flag=True,
-              help="No table: score every single substitution of the wild type (19 per residue).")
+              help="No table: score every single substitution of the wild type (19 per residue; 20 at an X or a "
+                   "rare residue such as U).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="With --all-singles of one wild type: its landscape as a PNG heatmap (20 amino acids x "
                    "residues, a panel per score column).")
