@@ -269,6 +269,18 @@ def test_a_weights_file_given_as_the_model_is_named_not_looked_up_on_the_hub(run
                                     "config.json, a hub id or a short name (prot_t5_xl_half, "), result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "x.fa"]
+    # beside its config.json: the directory to give; fair-esm's .pt weights: what to give instead
+    (tmp_path / "config.json").write_text("{}")
+    result = run_cli("embed", fasta, "-m", weights, "-o", tmp_path / "x.h5")
+    assert result.exit_code == 1 and result.stderr == (f"protrans: error: {weights}: a weights file of the model "
+                                                       f"directory {tmp_path}: give the directory\n"), result.stderr
+    fair = tmp_path / "esm2_t6_8M_UR50D.pt"
+    fair.write_bytes(b"\0" * 16)
+    result = run_cli("embed", fasta, "-m", fair, "-o", tmp_path / "x.h5")
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"protrans: error: {fair}: a PyTorch weights file (such as fair-esm's), which is "
+                                    "not loaded; give the transformers model of the same weights"), result.stderr
+    assert not (tmp_path / "x.h5").exists()
 
 
 # Published sizes (papers / model cards) of the part embed loads, and of the whole model.

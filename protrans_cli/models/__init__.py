@@ -169,6 +169,14 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
                              "(give the directory that `protrans train` or save_pretrained wrote)")
         return str(path), None, True
     if path.exists():
+        suffix = path.suffix.lower()
+        if suffix in (".safetensors", ".bin") and (path.parent / "config.json").is_file():
+            raise ModelError(f"{name}: a weights file of the model directory {path.parent}: give the directory")
+        if suffix in (".pt", ".pth", ".ckpt"):
+            # (fair-esm's esm2_t33_650M_UR50D.pt, a PyTorch checkpoint: read by no from_pretrained)
+            raise ModelError(f"{name}: a PyTorch weights file (such as fair-esm's), which is not loaded; give the "
+                             "transformers model of the same weights: a directory with config.json, a hub id or a "
+                             f"short name ({', '.join(CHECKPOINTS)}; `protrans models` lists them)")
         raise ModelError(f"{name}: not a directory; a model is a directory with config.json, a hub id "
                          f"or a short name ({', '.join(CHECKPOINTS)})")
     if _looks_like_path(name):
