@@ -256,6 +256,11 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
         if str(path).endswith(".partial"):
             console.warn(f"{path} is an unfinished run's file: it holds the proteins done so far (embed --resume "
                          "finishes it)")
+        if reader.subgroups:  # (another tool's ids with '/' written as they were: h5py made them groups)
+            from protrans_cli.heads.labels import some_ids
+
+            console.warn(f"{path}: {len(reader.subgroups)} group(s) at the top of this flat file are not read, and the "
+                         f"datasets in them are not exported: {some_ids(sorted(reader.subgroups))}")
         if chosen_format == "esm":
             return _export_esm(reader, output, kind, layer, wanted, sequences, ids, all_layers)
         source_kind = _chosen_kind(reader, kind)
@@ -935,6 +940,8 @@ def info(path, *, residues: bool = False) -> dict:
             facts["layout"] = "stacked (its proteins one dataset each until the run completes)"
         facts["kinds"] = list(reader.kinds)
         facts["proteins"] = {kind: len(reader.keys(kind)) for kind in reader.kinds}
+        if reader.subgroups:  # (not proteins, and the datasets in them are not read: said, not left out silently)
+            facts["groups_not_read"] = sorted(reader.subgroups)
         for kind in reader.kinds:
             shape, dtype = _first_shape(reader, kind)
             if shape is not None:
@@ -1086,6 +1093,10 @@ def info_lines(facts: dict) -> list[str]:
         lines.append(("classes", "; ".join(f"{name} {order}" for name, order in facts["classes"].items())
                       + f" (task {facts.get('task')})"))
     lines.append(("proteins", ", ".join(f"{count:,} {kind.replace('_', '-')}" for kind, count in facts["proteins"].items())))
+    if facts.get("groups_not_read"):
+        groups = facts["groups_not_read"]
+        lines.append(("not read", f"{len(groups):,} group(s) at the top, not proteins (ids with '/' written as they were?): "
+                                  + ", ".join(groups[:3]) + (", ..." if len(groups) > 3 else "")))
     if "dim" in facts:
         lines.append(("dimension", str(facts["dim"])))
     if "layers" in facts:

@@ -1013,3 +1013,23 @@ def test_info_calls_a_probabilities_file_finished_whatever_its_name(tmp_path, ru
     assert done.exit_code == 0, done.stderr
     facts = json.loads(done.stdout)
     assert facts["status"] == "finished" and facts["written_by"] == "protrans predict --probabilities"
+
+
+def test_groups_at_the_top_of_another_tools_file_are_said_by_export_and_info(tmp_path, run_cli):
+    """A file written with h5py by hand under ids holding '/' (`f["Q8WZ42/1-300"] = rows`: h5py
+    makes a group `Q8WZ42` holding a dataset `1-300`): its groups are not proteins and are not
+    read. export wrote the other proteins and info counted them, neither saying a word of the
+    groups (predict warned): proteins were left out silently."""
+    with h5py.File(tmp_path / "hand.h5", "w") as f:
+        f["Q8WZ42/1-300"] = np.ones((3, 2), dtype=np.float32)
+        f["P69905"] = np.zeros((4, 2), dtype=np.float32)
+    for args in (["-o", tmp_path / "t.tsv"], ["--format", "esm", "-o", tmp_path / "esm"]):
+        done = run_cli("export", tmp_path / "hand.h5", *args)
+        assert done.exit_code == 0, done.stderr
+        assert "1 group(s) at the top of this flat file are not read" in done.stderr and "Q8WZ42" in done.stderr
+    assert {r[0] for r in _table((tmp_path / "t.tsv").read_text(), "\t")[1:]} == {"P69905"}
+    done = run_cli("info", tmp_path / "hand.h5")
+    assert done.exit_code == 0, done.stderr
+    assert "not read:" in done.stdout and "1 group(s) at the top, not proteins" in done.stdout and "Q8WZ42" in done.stdout
+    facts = json.loads(run_cli("info", tmp_path / "hand.h5", "--json").stdout)
+    assert facts["groups_not_read"] == ["Q8WZ42"] and facts["proteins"] == {"per_residue": 1}
