@@ -261,6 +261,8 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
 
             console.warn(f"{path}: {len(reader.subgroups)} group(s) at the top of this flat file are not read, and the "
                          f"datasets in them are not exported: {some_ids(sorted(reader.subgroups))}")
+        if sequences is not None and "layout" not in reader.attrs:
+            reader.aliases = _found_by_sequence(reader, wanted, sequences)
         if chosen_format == "esm":
             return _export_esm(reader, output, kind, layer, wanted, sequences, ids, all_layers)
         source_kind = _chosen_kind(reader, kind)
@@ -446,6 +448,8 @@ class _Labels:
 
         if self.stacked is not None:
             return self.stacked.get(ident) or ident
+        if ident in self.reader.aliases:  # (found by its sequence: the dataset's header names another id)
+            return ident
         key = self.reader.key_for(ident, self.kind)
         attrs = dataset_attrs(self.reader._group(self.kind), key)[0] if key is not None else {}
         for name in ("header", "original_id"):
@@ -558,6 +562,25 @@ def _stop_if_signalled() -> None:
     cli = sys.modules.get("protrans_cli.cli")
     if cli is not None:
         cli.raise_if_stopped()
+
+
+def _found_by_sequence(reader, wanted: list[str], sequences: dict) -> dict[str, str]:
+    """{id: key} of the FASTA's proteins that another tool's file does not name but holds by
+    their sequence's checksum, as fit finds them (bio_embeddings keys a sequence by its md5, once
+    for every id that has it, and names one of those ids in `original_id`)."""
+    from protrans_cli.heads.data import _checksum_maps, label_checksums
+
+    kind = reader.kinds[0]  # (another tool's flat file holds one kind)
+    unnamed = [i for i in wanted if reader.key_for(i, kind) is None]
+    if not unnamed:
+        return {}
+    by_checksum, _ = _checksum_maps(reader, reader.keys(kind), kind)
+    found = {}
+    for ident in unnamed:
+        keys = [k for c in label_checksums(sequences[ident]) for k in by_checksum.get(c, ())]
+        if keys:
+            found[ident] = keys[0]
+    return found
 
 
 def _order(reader, kind: str, wanted: list[str] | None, source) -> list[str]:

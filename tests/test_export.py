@@ -1033,3 +1033,30 @@ def test_groups_at_the_top_of_another_tools_file_are_said_by_export_and_info(tmp
     assert "not read:" in done.stdout and "1 group(s) at the top, not proteins" in done.stdout and "Q8WZ42" in done.stdout
     facts = json.loads(run_cli("info", tmp_path / "hand.h5", "--json").stdout)
     assert facts["groups_not_read"] == ["Q8WZ42"] and facts["proteins"] == {"per_residue": 1}
+
+
+def test_ids_of_a_fasta_find_a_bio_embeddings_protein_by_its_sequence(tmp_path, run_cli):
+    """bio_embeddings keys a sequence by its md5, once, naming one of the ids that share it in
+    `original_id`; fit finds the others by their sequence. `export --ids` of the FASTA it embedded
+    refused them ("1 protein of the 3 it names is not in ..."), so its proteins could not be
+    written in the FASTA's order, one row each."""
+    seqs = {"P1": "MKVLA", "P1_copy": "MKVLA", "P2": "MKW"}
+    with h5py.File(tmp_path / "bio.h5", "w") as f:
+        for i, ident in enumerate(["P1", "P2"]):
+            key = sequence_checksum(seqs[ident]).split(":")[1]
+            f[key] = np.full((len(seqs[ident]), 2), i + 1, dtype=np.float32)
+            f[key].attrs["original_id"] = f"{ident} some description"
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{i}\n{s}\n" for i, s in reversed(seqs.items())))
+    done = run_cli("export", tmp_path / "bio.h5", "--ids", fasta, "--per-protein", "-o", tmp_path / "t.csv")
+    assert done.exit_code == 0, done.stderr
+    assert [tuple(r) for r in _table((tmp_path / "t.csv").read_text(), ",")[1:]] == [
+        ("P2", "2", "2"), ("P1_copy", "1", "1"), ("P1", "1", "1")]
+    done = run_cli("export", tmp_path / "bio.h5", "--ids", fasta, "--format", "esm", "-o", tmp_path / "esm")
+    assert done.exit_code == 0, done.stderr
+    import torch
+    copy = torch.load(tmp_path / "esm" / "P1_copy.pt", weights_only=True)
+    assert copy["label"] == "P1_copy" and copy["representations"][-1].tolist() == [[1.0, 1.0]] * 5
+    fasta.write_text(">P3\nMKKK\n")  # (a sequence the file does not hold: refused, as before)
+    done = run_cli("export", tmp_path / "bio.h5", "--ids", fasta)
+    assert done.exit_code == 1 and "is not in" in done.stderr and "P3" in done.stderr

@@ -247,6 +247,9 @@ class EmbeddingsReader:
             self.file.close()
             raise
         self.subgroups: list[str] = []
+        # {id: key} of proteins found by their sequence, not their id (export --ids FASTA, as fit finds
+        # them): another tool's file keyed by sequence, bio_embeddings', holds one of several ids a sequence
+        self.aliases: dict[str, str] = {}
         self._foreign_ids: dict[str, _ForeignKeys] = {}
         self._kind_guessed = False
         if self._stacked is not None:
@@ -427,7 +430,7 @@ class EmbeddingsReader:
             return keys.declared[ident]
         if ident in keys.ambiguous:  # the first word of several whole-header keys: whose label is it?
             raise one_protein_twice(self.path, ident, *sorted(k for k in self._group(kind) if _key_id(k) == ident)[:2])
-        return keys.loose.get(ident)
+        return keys.loose.get(ident, self.aliases.get(ident))
 
     def dataset(self, ident: str, kind: str | None = None):
         kind = self._default_kind(kind)
