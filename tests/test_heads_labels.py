@@ -278,7 +278,19 @@ def test_a_table_quote_that_is_not_closed_is_an_error_naming_its_line(tmp_path, 
 def test_duplicate_ids_refused(tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text("a,x\nb,y\na,y\n")
-    with pytest.raises(InputError, match="1 duplicate ids: a"):
+    with pytest.raises(InputError, match=r"dup.csv:3, record 'a': duplicate id \(first seen on line 1\)$"):
+        read_labels(path)
+
+
+def test_a_duplicate_id_is_named_with_its_lines(tmp_path):
+    """A duplicate id of a biotrainer FASTA (or a table) is named with the line of its second
+    record and of its first, as embed names one: "1 duplicate ids: P1" named no line of a file
+    of thousands of records."""
+    path = tmp_path / "bt.fasta"
+    path.write_text(">P1 TARGET=0.5 SET=train\nMKV\n>P2 TARGET=1 SET=train\nMKL\n"
+                    ">P1 TARGET=0.7 SET=test\nMKV\n>P2 TARGET=2 SET=test\nMKL\n")
+    with pytest.raises(InputError, match=r"bt.fasta:5, record 'P1': duplicate id \(first seen on line 1\); "
+                                         r"1 more: P2$"):
         read_labels(path)
 
 

@@ -688,14 +688,20 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
 
 
 def _refuse_duplicate_ids(label_set: LabelSet) -> None:
-    seen: set[str] = set()
+    seen: dict[str, int | None] = {}  # id -> line of its first record
     dups = []
     for record in label_set.records:
         if record.id in seen:
-            dups.append(record.id)
-        seen.add(record.id)
+            dups.append(record)
+        else:
+            seen[record.id] = record.line
     if dups:
-        raise InputError(f"{len(dups)} duplicate ids: {some_ids(dups)}", path=label_set.path)
+        # (the line of the second record and of the first, as embed names a duplicate FASTA id:
+        # "1 duplicate ids: a" left the user to search a proteome-sized file for them)
+        first, more = dups[0], dups[1:]
+        where = f" (first seen on line {seen[first.id]})" if seen[first.id] is not None else ""
+        others = f"; {len(more)} more: {some_ids([r.id for r in more])}" if more else ""
+        raise InputError(f"duplicate id{where}{others}", path=label_set.path, line=first.line, record=first.id)
 
 
 def some_ids(items, n: int = 5) -> str:
