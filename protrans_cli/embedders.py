@@ -108,6 +108,19 @@ class OneHotEmbedder:
         return out
 
 
+def _warn_electra_generator(loaded, family: str) -> None:
+    """ELECTRA's generator (a small masked LM, `RUN/generator`, Rostlab/prot_electra_generator_bfd)
+    embeds without a word, where ProtTrans and ELECTRA's authors take representations from the
+    discriminator (a run's root, Rostlab/prot_electra_discriminator_bfd): a warning saying so."""
+    from protrans_cli import console
+
+    architectures = getattr(getattr(loaded.model, "config", None), "architectures", None) or []
+    if family == "electra" and "ElectraForMaskedLM" in architectures:
+        console.warn(f"{loaded.name} is an ELECTRA generator (ElectraForMaskedLM), a small model trained to fill "
+                     "in masks; ProtElectra's embeddings are the discriminator's (a protrans run's directory "
+                     "itself, not its generator/; prot_electra_discriminator_bfd for the published one)")
+
+
 class TransformerEmbedder:
     """A model from the family registry: tokenises with the family's conventions, keeps the
     hidden states at the requested layers and returns exactly the rows of the residues."""
@@ -127,6 +140,7 @@ class TransformerEmbedder:
             self.family_impl, self.input_prefix = _three_di(loaded)
         self.name = loaded.name
         self.family = getattr(loaded.family, "name", str(loaded.family))
+        _warn_electra_generator(loaded, self.family)
         self.revision = getattr(loaded, "revision", None)
         self.commit = getattr(loaded, "commit", None)  # what a hub revision (main by default) resolved to
         # a local directory's weights (it has no commit): --resume and merge tell a retrained model

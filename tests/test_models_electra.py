@@ -107,3 +107,18 @@ def test_a_generator_with_embeddings_of_its_own_is_warned_about(tmp_path, capsys
     err = capsys.readouterr().err
     assert "the generator's embeddings (word_embeddings.weight) differ from the discriminator's" in err
     assert reloaded.generator.electra.embeddings is reloaded.discriminator.electra.embeddings
+
+
+def test_embedding_with_the_generator_is_warned_about(tmp_path, run_cli):
+    """`embed -m RUN/generator` embedded with ELECTRA's small masked-LM generator without a word,
+    where ProtTrans's ProtElectra embeddings are the discriminator's: one warning; the run's
+    directory itself (the discriminator) gives none."""
+    tokenizer, pair = _pair(seed=1)
+    FAMILY.save_pretrained(pair.eval(), tokenizer, tmp_path / "run")
+    (tmp_path / "x.fa").write_text(">a\nMKTAYIAKQR\n")
+    r = run_cli("embed", tmp_path / "x.fa", "-m", tmp_path / "run" / "generator", "-o", tmp_path / "g.h5")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("is an ELECTRA generator (ElectraForMaskedLM)") == 1
+    assert "ProtElectra's embeddings are the discriminator's" in r.stderr.replace("\n", " ")
+    r = run_cli("embed", tmp_path / "x.fa", "-m", tmp_path / "run", "-o", tmp_path / "d.h5")
+    assert r.exit_code == 0 and "generator" not in r.stderr, r.stderr
