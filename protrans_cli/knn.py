@@ -449,8 +449,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     if truth is not None:
         truth, unknown_there = truth
         if not (query is not None and not exclude_self and same_file(query, reference)):  # (said above)
-            _warn_known_queries(score, [i for i in result.query_ids if i in truth], q_sums, reference, ref_ids,
-                                exclude_self)
+            _warn_known_queries(score, result, {i for i in result.query_ids if i in truth}, q_sums, reference)
         for column in columns:
             # (an empty label, a blank table cell as pandas writes a missing value, is no label, as
             # for fit: it was transferred as a class "" and counted a miss: 0.250 for 0.334 on DeepLoc)
@@ -483,30 +482,38 @@ def _checksums_by_id(path) -> dict[str, str]:
         return reader.checksums_by_id(PER_PROTEIN)
 
 
-def _warn_known_queries(score, scored: list[str], q_sums: dict, reference, ref_ids: list[str],
-                        exclude_self: bool) -> None:
-    """One warning counting the scored queries that are reference proteins too, by id (unless
-    --exclude-self leaves those out) or by an identical sequence under another id, as fit warns
-    of test proteins in train: their transferred labels score a lookup of themselves, not the
-    transfer to a new protein."""
-    holders: dict[str, list[str]] = {}  # sequence checksum -> the reference ids of it
-    for ident, checksum in _checksums_by_id(reference).items():
-        holders.setdefault(checksum, []).append(ident)
-    ref_set = set(ref_ids)
-    same_id = [] if exclude_self else [i for i in scored if i in ref_set]
-    taken = set(same_id)
-    # (another id of the query's sequence: --exclude-self leaves the query's own id out, not it)
-    same_sequence = [i for i in scored if i not in taken
-                     and any(r != i for r in holders.get(q_sums.get(i), ()))]
+def _warn_known_queries(score, result: Neighbours, scored: set, q_sums: dict, reference) -> None:
+    """One warning counting the scored queries among whose neighbours is the query itself: the
+    same id (as long as --exclude-self does not leave it out) or its sequence under another id, as
+    fit warns of test proteins in train. Their transferred labels are a lookup of their own, not
+    a transfer to a new protein. (Only the neighbours found are looked up: an identical sequence
+    is at distance 0, and a reference protein no query reaches changes no score.)"""
+    same_id, same_sequence = [], []
+    checksums: dict[str, str | None] = {}
+    with EmbeddingsReader(reference) as reader:
+        def checksum(ident: str) -> str | None:
+            if ident not in checksums:
+                key = reader.key_for(ident, PER_PROTEIN)
+                checksums[ident] = None if key is None else reader.checksum_of(key, PER_PROTEIN)
+            return checksums[ident]
+
+        for qi, ident in enumerate(result.query_ids):
+            if ident not in scored:
+                continue
+            neighbours = [result.reference_ids[int(i)] for i in result.index[qi] if i >= 0]
+            if ident in neighbours:
+                same_id.append(ident)
+            elif q_sums.get(ident) and any(checksum(n) == q_sums[ident] for n in neighbours):
+                same_sequence.append(ident)
     both = same_id + same_sequence
     if not both:
         return
     found = ", ".join(([f"{len(same_id)} by id"] if same_id else [])
                       + ([f"{len(same_sequence)} by an identical sequence"] if same_sequence else []))
-    console.warn(f"{score}: {len(both)} of the {len(scored)} scored queries are in the reference ({_shown(reference)}) "
-                 f"too ({found}: {', '.join(both[:3])}{', ...' if len(both) > 3 else ''}); their transferred labels "
-                 "are not an independent test" + (" (--exclude-self leaves a query's own id out)"
-                                                   if same_id else ""))
+    console.warn(f"{score}: {len(both)} of the {len(scored)} scored queries have themselves among their "
+                 f"neighbours in the reference ({_shown(reference)}) ({found}: {', '.join(both[:3])}"
+                 f"{', ...' if len(both) > 3 else ''}); their transferred labels are not an independent test"
+                 + (" (--exclude-self leaves a query's own id out)" if same_id else ""))
 
 
 def _warn_numbers(score, column: str, truth: dict) -> None:

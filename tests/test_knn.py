@@ -849,8 +849,9 @@ def test_queries_of_a_model_directory_retrained_since_the_reference_are_refused(
 def test_scored_queries_that_are_reference_proteins_are_warned_of(tmp_path, run_cli, own_tmpdir):
     """knn --score scored queries that are reference proteins too (a copy under the same id, or
     the same sequence under another) without a word: each finds itself at distance 0 and its own
-    label, and the score is a lookup, not a transfer. One warning counts them, as fit warns of
-    test proteins in train; --exclude-self leaves the same id out, not another id of the sequence."""
+    label, and the score is a lookup, not a transfer. One warning counts the queries whose
+    neighbours include themselves, as fit warns of test proteins in train; --exclude-self leaves
+    the same id out, not another id of the sequence."""
     rng = np.random.default_rng(5)
     ref = {f"r{i}": "".join(rng.choice(list(AA), 30)) for i in range(8)}
     new = {f"q{i}": "".join(rng.choice(list(AA), 30)) for i in range(4)}
@@ -864,14 +865,14 @@ def test_scored_queries_that_are_reference_proteins_are_warned_of(tmp_path, run_
     args = ("--reference", tmp_path / "ref.h5", "--labels", tmp_path / "ref.csv", "--bootstrap", "20")
     r = run_cli("knn", tmp_path / "q.h5", *args, "--score", tmp_path / "q.csv")
     assert r.exit_code == 0, r.stderr
-    assert (f"q.csv: 2 of the 6 scored queries are in the reference ({tmp_path / 'ref.h5'}) too (1 by id, 1 by an "
-            "identical sequence: r2, x5); their transferred labels are not an independent test (--exclude-self "
-            "leaves a query's own id out)") in r.stderr.replace("\n", " ")
+    assert (f"q.csv: 2 of the 6 scored queries have themselves among their neighbours in the reference "
+            f"({tmp_path / 'ref.h5'}) (1 by id, 1 by an identical sequence: r2, x5); their transferred labels are "
+            "not an independent test (--exclude-self leaves a query's own id out)") in r.stderr.replace("\n", " ")
     r = run_cli("knn", tmp_path / "q.h5", *args, "--score", tmp_path / "q.csv", "--exclude-self")
     assert r.exit_code == 0 and "2 of the 6" not in r.stderr
-    assert "1 of the 6 scored queries are in the reference" in r.stderr and "(1 by an identical sequence: x5)" in r.stderr
+    assert "1 of the 6 scored queries have themselves" in r.stderr and "(1 by an identical sequence: x5)" in r.stderr
     r = run_cli("knn", "--fasta", tmp_path / "q.fa", *args, "--score", tmp_path / "q.csv")
-    assert r.exit_code == 0 and "2 of the 6 scored queries are in the reference" in r.stderr, r.stderr
+    assert r.exit_code == 0 and "2 of the 6 scored queries have themselves" in r.stderr, r.stderr
     for query in (("--fasta", tmp_path / "new.fa"), (tmp_path / "new.h5",)):  # new proteins: not a word
         r = run_cli("knn", *query, *args, "--score", tmp_path / "new.csv")
         assert r.exit_code == 0 and "scored queries" not in r.stderr, r.stderr
