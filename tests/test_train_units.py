@@ -253,6 +253,28 @@ def test_length_buckets_are_as_wide_as_the_pad_multiple_and_a_plan_2_run_keeps_i
     assert widths(old, 12, micro_batch_tokens=10_000) == widths(StreamState(), 12)  # (token micro-batches: as before)
 
 
+@pytest.mark.parametrize("pad_multiple", [16, 24])
+def test_a_resume_with_another_pad_multiple_keeps_the_runs_length_buckets(pad_multiple):
+    """--pad-multiple may change on --resume (docs/train.md), and it sets the width of the length
+    buckets: re-planned with other buckets, the buffer under way formed other batches, so the
+    rest of its batches trained some of its proteins twice and others not at all in the epoch."""
+    full = [_indices(sb) for sb in _stream(pad_multiple=8, max_epochs=1)]
+    steps = list(_stream(pad_multiple=8, max_epochs=1))
+    assert steps[2].state_after.batches_done == 3  # mid-buffer (4 batches a buffer)
+    from protrans_cli.training.checkpoint import _data_state_problem
+
+    position = json.loads(json.dumps(steps[2].state_after.to_dict()))  # as a checkpoint keeps it
+    assert position["width"] == 8 and _data_state_problem(position) is None
+    assert "width is 0" in _data_state_problem({**position, "width": 0})
+    saved = StreamState.from_dict(position)
+    resumed = [_indices(sb) for sb in _stream(pad_multiple=pad_multiple, max_epochs=1, state=saved)]
+    assert resumed == full[3:]
+    trained = [i for b in full[:3] + resumed for i in b]
+    assert len(set(trained)) == len(trained) == len(full) * 16  # no protein twice, none left out
+    # a new run with that multiple forms other batches (the test compares something)
+    assert [_indices(sb) for sb in _stream(pad_multiple=pad_multiple, max_epochs=1)] != full
+
+
 def test_workers_yield_the_same_batches_as_one_process():
     from protrans_cli.training.data import step_batches
 

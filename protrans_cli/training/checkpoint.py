@@ -470,7 +470,7 @@ def load_training_state(directory) -> dict:
     return state
 
 
-_STREAM_FIELDS = ("epoch", "buffer_start", "batches_done", "plan")
+_STREAM_FIELDS = ("epoch", "buffer_start", "batches_done", "plan", "width")
 
 
 def _cursor_fields() -> tuple[str, ...]:
@@ -501,6 +501,8 @@ def _data_state_problem(data_state: dict) -> str | None:
             return f"{key} is {value!r}, not a count"
     from protrans_cli.training.data import PLANS
 
+    if data_state.get("width", 1) < 1:  # (the length buckets' width: at least one token)
+        return f"width is {data_state['width']!r}, not a width of at least 1"
     if data_state.get("plan", 1) not in PLANS:
         return (f"plan {data_state['plan']!r} is not one this protrans knows ({', '.join(map(str, PLANS))}: a newer "
                 "version's checkpoint?)")

@@ -498,12 +498,19 @@ class StreamState:
     batches_done: int = 0
     at: Cursor | None = None
     plan: int = PLAN
+    # The width of the length buckets the run's batches are formed with (CorpusStream records
+    # it as it starts; None: not recorded, as in earlier versions' checkpoints). A resume with
+    # another --pad-multiple keeps it: re-planned with other buckets, the buffer under way
+    # trained some of its proteins twice and others not at all.
+    width: int | None = None
 
     def to_dict(self) -> dict:
         d = {"epoch": self.epoch, "buffer_start": self.buffer_start, "batches_done": self.batches_done,
              "plan": self.plan}
         if self.at is not None:
             d["at"] = dataclasses.asdict(self.at)
+        if self.width is not None:
+            d["width"] = self.width
         return d
 
     @classmethod
@@ -584,6 +591,8 @@ class CorpusStream:
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         state = StreamState.from_dict(self.state.to_dict())
+        if self.shuffle and state.plan >= 2 and state.width is None:
+            state = dataclasses.replace(state, width=self._bucket_width(state))
         counter = 0  # global batches seen by this rank, to split them between workers
         buffer_size = self.global_batch_size * self.bucket_batches
         while self.max_epochs is None or state.epoch < self.max_epochs:
@@ -645,8 +654,7 @@ class CorpusStream:
             # By padded width, in a random order within one width drawn from (seed, epoch,
             # buffer_start) alone, so every rank (and a resume) computes the same order and each
             # epoch forms other batches (see the module docstring).
-            # (plan 2: 8 wide where `train` gave no pad_multiple, without token micro-batches)
-            width = self.bucket_width if state.plan >= 3 or self.micro_batch_tokens else 8
+            width = state.width or self._bucket_width(state)
             tie = np.random.default_rng((self.seed, state.epoch, state.buffer_start, 11)).permutation(len(buffer))
             order = np.lexsort((tie, -(-(lengths + self.layout.num_special) // width)))
         else:
@@ -679,6 +687,11 @@ class CorpusStream:
             samples = [self._sample(buffer, int(p), state) for p in positions]
             out.append(self.collate(samples))
         return StepBatch(out, after, sum(len(p) for p in mine))
+
+    def _bucket_width(self, state: StreamState) -> int:
+        """The bucket width a run starting at `state` without a recorded one forms batches with
+        (plan 2: 8 wide where `train` gave no pad_multiple, without token micro-batches)."""
+        return self.bucket_width if state.plan >= 3 or self.micro_batch_tokens else 8
 
     @property
     def bucket_width(self) -> int:
