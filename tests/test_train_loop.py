@@ -2472,6 +2472,23 @@ def test_set_values_a_config_takes_but_training_cannot_are_usage_errors(tmp_path
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-0.5", "1e400"])
+def test_an_electra_generator_size_that_is_no_share_of_the_discriminator_is_a_usage_error(tmp_path, run_cli,
+                                                                                            value):
+    """generator_size is the generator's share of the discriminator's sizes (0.25): 0 was refused
+    as "must be at least 1" (a generator larger than the discriminator), -0.5 trained a generator
+    one unit wide without a word, infinity failed inside the model's building."""
+    res = run_cli("train", "--family", "electra", "--corpus", LEARNABLE, "-o", tmp_path / "bad", "--num-steps", "1",
+                  "--set", f"generator_size={value}")
+    assert res.exit_code == 2, res.stderr
+    assert "generator_size must be a number above 0 (the generator's share of the discriminator's" in res.stderr
+    assert not (tmp_path / "bad").exists()
+    from protrans_cli.models.electra import generator_config
+
+    half = generator_config(FAMILIES["electra"].build_config("tiny", generator_size=0.5))  # (a share still is)
+    assert (half.hidden_size, half.num_attention_heads, half.intermediate_size) == (16, 2, 32)
+
+
 def _non_finite_gradient_at(step: int, monkeypatch) -> None:
     """The gradient norm of the `step`-th clipping from now on is NaN (a diverged step)."""
     import protrans_cli.training.loop as loop

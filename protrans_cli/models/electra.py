@@ -222,6 +222,14 @@ class ElectraFamily(Family):
             pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
     def build_config(self, preset="tiny", tokenizer=None, generator_size=DEFAULT_GENERATOR_SIZE, **overrides):
+        import math
+
+        # (a size of 0 or below built a generator 1 wide without a word; NaN failed in round())
+        if (isinstance(generator_size, bool) or not isinstance(generator_size, (int, float))
+                or not (math.isfinite(generator_size) and generator_size > 0)):
+            raise ModelError(f"invalid electra config: generator_size must be a number above 0 (the generator's "
+                             "share of the discriminator's hidden size, heads and intermediate size; "
+                             f"{DEFAULT_GENERATOR_SIZE} by default), got {generator_size!r}")
         config = super().build_config(preset, tokenizer, **overrides)
         config.generator_size = float(generator_size)
         return config

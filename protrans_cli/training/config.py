@@ -302,8 +302,9 @@ class TrainConfig:
             if (getattr(self, name) or 0) < 0:
                 raise UsageError(f"{setting_name(name)} must be 0 or more, got {getattr(self, name)}")
         for key, value in self.model_overrides.items():
+            # (ELECTRA's generator_size is a fraction, not a size: its family checks it)
             if (isinstance(value, int) and not isinstance(value, bool) and value < 1
-                    and (key.startswith(("num_", "n_")) or key.endswith("_size")
+                    and (key.startswith(("num_", "n_")) or key.endswith("_size") and key != "generator_size"
                          or key in ("d_model", "d_ff", "d_kv", "d_head", "d_inner"))):
                 raise UsageError(f"--set {key}={value} (model_overrides): must be at least 1")
         for i, phase in enumerate(self.resolved_phases(), 1):
