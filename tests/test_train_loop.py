@@ -2489,6 +2489,17 @@ def test_an_electra_generator_size_that_is_no_share_of_the_discriminator_is_a_us
     assert (half.hidden_size, half.num_attention_heads, half.intermediate_size) == (16, 2, 32)
 
 
+def test_transformer_xls_attention_dropout_of_1_is_a_usage_error(tmp_path, run_cli):
+    """Transformer-XL names its attention dropout `dropatt`, which the rule for dropouts (a name
+    with "dropout" or ending "_prob") missed: --set dropatt=1 trained a model whose every attention
+    output was zero (no token saw another) without a word, where dropout=1 was refused."""
+    res = run_cli("train", "--family", "transfo_xl", "--corpus", LEARNABLE, "-o", tmp_path / "bad", "--num-steps", "1",
+                  "--set", "dropatt=1")
+    assert res.exit_code == 2, res.stderr
+    assert "dropatt is a probability of dropping, from 0 up to (not including) 1, got 1.0" in res.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def _non_finite_gradient_at(step: int, monkeypatch) -> None:
     """The gradient norm of the `step`-th clipping from now on is NaN (a diverged step)."""
     import protrans_cli.training.loop as loop

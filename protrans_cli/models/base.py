@@ -581,7 +581,8 @@ def _override_problem(key: str, value) -> str | None:
         return f"{key} is not a model setting here: --precision sets the training precision"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if ("dropout" in key or key.endswith("_prob")) and not 0 <= value < 1:
+    # (dropatt: Transformer-XL's attention dropout; at 1 every attention output was zero)
+    if ("dropout" in key or key.endswith("_prob") or key == "dropatt") and not 0 <= value < 1:
         return f"{key} is a probability of dropping, from 0 up to (not including) 1, got {value}"
     if ("eps" in key.split("_") or "epsilon" in key) and not value > 0:
         return f"{key} must be greater than 0, got {value}"
