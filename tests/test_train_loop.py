@@ -2500,6 +2500,16 @@ def test_transformer_xls_attention_dropout_of_1_is_a_usage_error(tmp_path, run_c
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_negative_transformer_xl_memory_is_a_usage_error(tmp_path, run_cli):
+    """mem_len is the tokens of memory each layer keeps (0: none); a negative one trained without
+    segment memory, as 0 does, without a word."""
+    res = run_cli("train", "--family", "transfo_xl", "--corpus", LEARNABLE, "-o", tmp_path / "bad", "--num-steps", "1",
+                  "--set", "mem_len=-5")
+    assert res.exit_code == 2, res.stderr
+    assert "mem_len -5 is negative: give the tokens of memory kept per layer (0: none)" in res.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def _non_finite_gradient_at(step: int, monkeypatch) -> None:
     """The gradient norm of the `step`-th clipping from now on is NaN (a diverged step)."""
     import protrans_cli.training.loop as loop

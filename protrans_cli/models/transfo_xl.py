@@ -315,6 +315,9 @@ class TransfoXLFamily(Family):
     def shape_problem(self, config):
         if config.d_model % 2:  # (a sine and a cosine per frequency: _sinusoid)
             return f"d_model {config.d_model} is odd: the sinusoidal relative positions need an even one"
+        if isinstance(config.mem_len, (int, float)) and config.mem_len < 0:
+            # (_update_mems kept none: a run with a typo trained without segment memory, without a word)
+            return f"mem_len {config.mem_len} is negative: give the tokens of memory kept per layer (0: none)"
         return None
 
     def build_tokenizer(self):
