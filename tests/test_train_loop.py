@@ -202,7 +202,8 @@ def test_keep_best_keeps_the_lowest_eval_loss_checkpoint_past_keep_last(tmp_path
     assert all(torch.equal(final[k], last[k]) for k in final)
     assert not all(torch.equal(final[k], kept[k]) for k in final)
     assert torch.load(best / "training_state.pt", weights_only=True)["best"] == {
-        "step": best_step, "eval_loss": evals[best_step], "val_corpus": [os.path.abspath(cfg.val_corpus[0])]}
+        "step": best_step, "eval_loss": evals[best_step], "val_corpus": [os.path.abspath(cfg.val_corpus[0])],
+        "num_eval_batches": 2}
 
 
 def test_keep_best_ties_keep_the_earlier_checkpoint_and_a_failed_evaluation_is_none(tmp_path, monkeypatch):
@@ -3238,6 +3239,34 @@ def test_keep_best_resumed_with_another_validation_corpus_tracks_it_anew(tmp_pat
             assert _checkpoints(result.run_dir) == ["step_00000010"]
         else:
             assert "another validation corpus" not in said
+            assert (result.best_checkpoint.name, result.best_eval_loss) == ("step_00000004", 1.0)
+            assert _checkpoints(result.run_dir) == ["step_00000004", "step_00000010"]
+
+
+def test_keep_best_resumed_with_another_number_of_evaluation_batches_tracks_it_anew(tmp_path, monkeypatch, capsys):
+    """num_eval_batches may change on --resume (it is not compared), and the evaluations then take
+    other proteins: the best's eval loss, over 4 batches, was compared with the resumed run's over
+    1 (a checkpoint kept as the best for a lower loss on another set of proteins). Tracked anew,
+    with a warning, as for another --val-corpus; the same number goes on."""
+    from protrans_cli.training import loop
+
+    losses = {}  # the eval losses of steps 2, 4, 6, 8, 10 in each run
+    monkeypatch.setattr(loop, "evaluate", lambda run, phase: next(losses[run.run_dir.parent.name]))
+    for name, batches in (("changed", 1), ("same", 4)):
+        losses[name] = iter([3.0, 1.0, 2.0, 2.5, 2.2])
+        cfg = _config(tmp_path / name, num_steps=10, save_every=2, eval_every=2, keep_last=1, keep_best=True,
+                      val_corpus=[LEARNABLE], num_eval_batches=4)
+        assert train(dataclasses.replace(cfg, stop_after=6)).best_checkpoint.name == "step_00000004"
+        capsys.readouterr()
+        result = train(dataclasses.replace(cfg, num_eval_batches=batches), resume=True)
+        said = capsys.readouterr().err
+        if name == "changed":
+            assert ("the best checkpoint as of step 6 (step 4, eval loss 1.0000) was evaluated on 4 evaluation "
+                    "batch(es), this run evaluates 1: the best is tracked from step 6 on") in said
+            assert (result.best_checkpoint.name, result.best_eval_loss) == ("step_00000010", 2.2)
+            assert _checkpoints(result.run_dir) == ["step_00000010"]
+        else:
+            assert "evaluation batch(es)" not in said
             assert (result.best_checkpoint.name, result.best_eval_loss) == ("step_00000004", 1.0)
             assert _checkpoints(result.run_dir) == ["step_00000004", "step_00000010"]
 

@@ -989,6 +989,14 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                          f"{best['eval_loss']:.4f}) was evaluated on another validation corpus "
                          f"({', '.join(best['val_corpus'])}): the best is tracked from step {step} on")
         best = None
+    if best is not None and best.get("num_eval_batches", config.num_eval_batches) != config.num_eval_batches:
+        # (num_eval_batches may change on --resume: the evaluations then take other proteins, whose
+        # eval losses do not compare with the best's either)
+        if info.is_main:
+            console.warn(f"--keep-best: the best checkpoint as of step {step} (step {best['step']}, eval loss "
+                         f"{best['eval_loss']:.4f}) was evaluated on {best['num_eval_batches']} evaluation batch(es), "
+                         f"this run evaluates {config.num_eval_batches}: the best is tracked from step {step} on")
+        best = None
     result.note_best(best)
     if info.is_main:
         # (a new run too: a record left by an earlier run in the directory named its checkpoint)
@@ -1101,7 +1109,8 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
                 if (config.keep_best and (step % config.save_every == 0 or step == total_steps)
                         and math.isfinite(eval_loss) and (best is None or eval_loss < best["eval_loss"])):
                     best = {"step": step, "eval_loss": eval_loss,  # (and what it was evaluated on)
-                            "val_corpus": [os.path.abspath(p) for p in config.val_corpus]}
+                            "val_corpus": [os.path.abspath(p) for p in config.val_corpus],
+                            "num_eval_batches": config.num_eval_batches}
                     result.note_best(best)
                 saving = time.perf_counter()
                 result.last_checkpoint = _save(run, optimizer, scheduler, step, data_phase, data_state, log,
