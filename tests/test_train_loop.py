@@ -2363,10 +2363,13 @@ def test_a_corpus_without_proteins_is_refused_before_a_model_is_built(tmp_path, 
     res = run_cli("train", "--corpus", empty, "--corpus", other, "-o", tmp_path / "r", "--num-steps", "2")
     assert res.exit_code == 1 and "the corpus holds no protein" in res.stderr
     assert "parameters" not in res.stderr and not (tmp_path / "r").exists()  # no model was built
-    # one empty shard among others is fine
+    # one empty shard among others trains from the others, with a warning naming it (a 0-byte
+    # shard left by a failed copy went unnoticed)
     res = run_cli("train", "--corpus", empty, "--corpus", LEARNABLE, "-o", tmp_path / "ok", "--num-steps", "1",
                   "--global-batch-size", "4", "--micro-batch-size", "4", "--max-length", "32")
     assert res.exit_code == 0, res.stderr
+    assert (f"corpus file {empty} holds no protein (an empty file, a copy that failed?): trained from the other "
+            "1 file") in res.stderr.replace("\n", " ")
 
 
 def test_a_corpus_smaller_than_a_later_phases_batch_is_refused_before_a_model_is_built(tmp_path, run_cli):

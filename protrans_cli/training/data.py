@@ -384,23 +384,23 @@ def changed_corpus_file(saved: list[dict] | None, paths, current: list[dict] | N
     return None
 
 
-def check_corpus(paths, batch_size: int = 0, *, batch_text: str = "") -> None:
+def check_corpus(paths, batch_size: int = 0, *, batch_text: str = "") -> list[str]:
     """Open every shard and check its first protein (cheap, before training starts): a missing
-    or unreadable file, a FASTA file given as a corpus, or a corpus without any protein (an
-    empty shard among others is fine) is an error now, before a model is built. So is a corpus
-    of fewer than `batch_size` proteins (the largest global batch of the run, described by
-    `batch_text`), counted up to that many: the stream found it only when it came to a batch,
-    for a later phase's larger batch after the earlier phases had trained."""
-    found = False
-    for path in paths:
-        found = next(iter_proteins([path]), None) is not None or found
-    if paths and not found:
+    or unreadable file, a FASTA file given as a corpus, or a corpus without any protein is an
+    error now, before a model is built. So is a corpus of fewer than `batch_size` proteins (the
+    largest global batch of the run, described by `batch_text`), counted up to that many: the
+    stream found it only when it came to a batch, for a later phase's larger batch after the
+    earlier phases had trained. Returns the shards without a protein (trained without; the
+    caller warns: a 0-byte shard left by a failed copy went unnoticed)."""
+    empty = [str(path) for path in paths if next(iter_proteins([path]), None) is None]
+    if paths and len(empty) == len(paths):
         raise InputError("the corpus holds no protein", path=", ".join(map(str, paths)))
     if paths and batch_size > 1:
         total = count_proteins(paths, batch_size)
         if total < batch_size:
             raise InputError(f"the corpus holds {total} protein(s), fewer than one global batch ({batch_size}"
                              f"{batch_text})", path=", ".join(map(str, paths)))
+    return empty
 
 
 def corpus_overlaps(corpus, val_corpus=()) -> list[str]:

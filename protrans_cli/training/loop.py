@@ -379,10 +379,15 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
     # validation corpus fails now, not at the first step or after the last one.
     phases = config.resolved_phases()
     largest = max(range(len(phases)), key=lambda i: phases[i].global_batch_size)
-    check_corpus(config.corpus, phases[largest].global_batch_size,
-                 batch_text=(f" of phase {largest + 1}, {phases[largest].max_length}:{phases[largest].num_steps}"
-                             if len(phases) > 1 else ""))
+    empty = check_corpus(config.corpus, phases[largest].global_batch_size,
+                         batch_text=(f" of phase {largest + 1}, {phases[largest].max_length}:"
+                                     f"{phases[largest].num_steps}" if len(phases) > 1 else ""))
     if info.is_main:
+        if empty:
+            console.warn(f"corpus {'file' if len(empty) == 1 else 'files'} {', '.join(empty[:3])}"
+                         f"{', ...' if len(empty) > 3 else ''} {'holds' if len(empty) == 1 else 'hold'} no protein "
+                         f"(an empty file, a copy that failed?): trained from the other "
+                         f"{console.counted(len(config.corpus) - len(empty), 'file')}")
         for problem in corpus_overlaps(config.corpus, config.val_corpus if evaluates else ()):
             console.warn(problem)
     if evaluates and config.val_corpus:
