@@ -22,7 +22,6 @@ import heapq
 import itertools
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -346,9 +345,12 @@ def _copy_part(writer: EmbeddingsWriter, part: _Part, skip: set[str], output: Pa
     source, layout, scratch = part.path, part.layout, None
     try:
         if layout == "stacked":  # written back into the grouped structure the copy reads
+            from protrans_cli.io.files import make_temporary
             from protrans_cli.io.stacked import unstack_file
 
-            scratch = Path(tempfile.mkdtemp(prefix=".merge.", dir=output.parent))
+            # (make_temporary's name, `.merge.<host>.<pid>-XXXX`: the next merge there removes one a
+            # SIGKILLed merge left; a plain mkdtemp's stayed for ever, as large as the part unstacked)
+            scratch = make_temporary(output.parent, ".merge.", "", folder=True)
             source, layout = scratch / "part.h5", "grouped"
             unstack_file(part.path, source)
         writer.ensure_room(os.path.getsize(source), what=f"the proteins of {part.path.name}")

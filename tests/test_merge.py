@@ -341,6 +341,43 @@ def test_a_merge_stopped_leaves_nothing_beside_the_output(tmp_path, monkeypatch)
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_the_scratch_copy_a_sigkilled_merge_left_is_removed_by_the_next_merge_there(tmp_path, monkeypatch):
+    """A stacked part is written back into a scratch folder beside the output. It was a plain
+    mkdtemp (`.merge.XXXX`): a SIGKILL (the out-of-memory killer) while it was written left it, as
+    large as the part unstacked, and no later run removed it; troubleshooting.md promises that the
+    next run writing there removes a killed run's temporaries (once untouched for an hour)."""
+    import os
+    import signal
+    import time
+
+    from protrans_cli.io import stacked
+
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n>P2\nMKV\n")
+    part = _embed(tmp_path / "a.fa", tmp_path / "a.h5", per_residue=False, layout="stacked")
+    out = tmp_path / "out"
+    out.mkdir()
+    pid = os.fork()
+    if pid == 0:  # a merge killed while it writes the part back
+        try:
+            def killed(source, target):
+                with open(target, "wb") as fh:
+                    fh.write(b"x" * 1000)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            monkeypatch.setattr(stacked, "unstack_file", killed)
+            merge([part], out / "m.h5", layout="grouped")
+        finally:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    left = [p for p in out.iterdir() if p.name.startswith(".merge.")]
+    assert len(left) == 1 and (left[0] / "part.h5").is_file()
+    hours_ago = time.time() - 7200  # (the sweep leaves alone a folder written to in the last hour)
+    for path in (left[0] / "part.h5", left[0]):
+        os.utime(path, (hours_ago, hours_ago))
+    merge([part], out / "m.h5", layout="grouped", force=True)  # (force: the killed run's m.h5.partial)
+    assert sorted(p.name for p in out.iterdir()) == ["m.h5"]
+
+
 def test_the_output_is_checked_and_locked_as_embed_does(tmp_path):
     """merge's output: a pipe was opened and waited on (merge hung), the user's own link to
     another folder was replaced by a regular file (embed writes where it leads), and a merge with
