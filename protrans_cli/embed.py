@@ -1160,11 +1160,11 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
     dict (None in the list), with a warning naming it. Warnings name a dict's proteins by id, a
     list's by position from 0 (`item 0`, the index of its array in the list returned); errors too.
     """
-    import tempfile
     from collections.abc import Mapping
     from dataclasses import replace
 
     from protrans_cli.io.fasta import write_fasta
+    from protrans_cli.io.files import temporary_folder
     from protrans_cli.io.h5 import EmbeddingsReader
 
     if kind not in (PER_RESIDUE, PER_PROTEIN):
@@ -1187,7 +1187,9 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
     # of the other parts were missing from the temporary file, an error naming that file)
     options = replace(options, per_residue=kind == PER_RESIDUE, per_protein=kind == PER_PROTEIN,
                       layout="grouped", resume=False, force=False, part=None)
-    with tempfile.TemporaryDirectory(prefix="protrans-embed-") as tmp:
+    # (make_temporary's folder: the next call removes one that a killed kernel, the out-of-memory
+    # killer's SIGKILL, left in $TMPDIR; a TemporaryDirectory stayed there for ever)
+    with temporary_folder(None, "protrans-embed-") as tmp:
         fasta, output = Path(tmp) / "sequences.fa", Path(tmp) / "embeddings.h5"
         with open(fasta, "wb") as fh:
             for ident, seq in pairs:

@@ -70,6 +70,42 @@ def test_embed_sequences_returns_a_lists_arrays_in_its_order_past_ten_items():
     for seq, got in zip(seqs, means):
         np.testing.assert_allclose(got, onehot_reference(seq).mean(0), atol=1e-7)
 
+def test_embed_sequences_removes_the_temporary_folder_a_killed_call_left(tmp_path, monkeypatch):
+    """embed_sequences embeds through a folder in $TMPDIR. It was a TemporaryDirectory: a kernel
+    SIGKILLed during the call (the out-of-memory killer) left it, with its FASTA and partial file,
+    for ever. Now the next call removes it (once its process is gone and it is an hour old)."""
+    import os
+    import signal
+    import tempfile
+    import time
+
+    import protrans_cli.embed as embed_module
+    from protrans_cli.embed import embed_sequences
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pid = os.fork()
+    if pid == 0:  # a call killed while it embeds
+        try:
+            def killed(fasta, output, *args, **kw):
+                with open(f"{output}.partial", "wb") as fh:
+                    fh.write(b"x" * 1000)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            monkeypatch.setattr(embed_module, "embed", killed)
+            embed_sequences(["MKT"], EmbedOptions(model="onehot", threads=1), kind="per_protein")
+        finally:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    left = list(tmp_path.iterdir())
+    assert len(left) == 1 and len(list(left[0].iterdir())) == 2  # (its FASTA and the partial file)
+    hours_ago = time.time() - 7200
+    for path in [*left[0].iterdir(), left[0]]:
+        os.utime(path, (hours_ago, hours_ago))
+    rows = embed_sequences(["MKT"], EmbedOptions(model="onehot", threads=1), kind="per_protein")
+    np.testing.assert_allclose(rows[0], onehot_reference("MKT").mean(0), atol=1e-7)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("max_tokens,max_batch_size", [(1, 1), (30, 2), (100000, 100)])
 def test_results_do_not_depend_on_batching(tmp_path, max_tokens, max_batch_size):
     ref = read_all(_run(tmp_path / "ref.h5"))
