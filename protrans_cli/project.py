@@ -470,7 +470,7 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     '-' stdout, None nothing), `plot` a PNG/SVG/PDF picture, `html_path` a page to explore it
     in a browser (2 dimensions). Every output is written whole or not at all. `sample`: place
     that many of the proteins, drawn by `seed` (t-SNE of a UniRef-sized set), in input order."""
-    from protrans_cli.io.files import input_named_by, output_directory, same_file
+    from protrans_cli.io.files import input_named_by, output_directory, same_file, signals_held
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     labels = [labels] if isinstance(labels, (str, Path)) else list(labels or ())
@@ -522,12 +522,23 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         # (the label agreement of classes: not of numbers on a colour scale)
         categories = label_rows[chosen] if chosen is not None and _scale_numbers(label_rows[chosen]) is None else None
         result.kept, result.agreement = map_quality(vectors, coords, metric=metric, labels=categories, seed=seed)
-    if output is not None:
-        write_table(result, output)
-    if plot is not None:
-        save_map_picture(result, plot, title=_title(result, inputs))
-    if html_path is not None:
-        save_map_page(result, html_path, title=_title(result, inputs))
+    # Every file written out first, then renamed together, signals held: a Ctrl-C while the
+    # picture was drawn left the new table beside the old picture and page (of another map).
+    staged: list = []
+    try:
+        if output is not None:
+            write_table(result, output, staged=staged)
+        if plot is not None:
+            save_map_picture(result, plot, title=_title(result, inputs), staged=staged)
+        if html_path is not None:
+            save_map_page(result, html_path, title=_title(result, inputs), staged=staged)
+        with signals_held():
+            for handle in staged:
+                handle.commit()
+    except BaseException:
+        for handle in staged:
+            handle.abort()  # (none of those renamed: they are done)
+        raise
     for line in _summary(result, output):
         console.info(line)
     return result
@@ -560,15 +571,16 @@ def _summary(result: Projection, output) -> list[str]:
     return lines
 
 
-def write_table(result: Projection, output) -> None:
-    """The TSV: id, source (with several inputs), one column per axis, the label columns."""
+def write_table(result: Projection, output, *, staged: list | None = None) -> None:
+    """The TSV: id, source (with several inputs), one column per axis, the label columns
+    (`staged`: atomic_output's)."""
     from protrans_cli.io.files import atomic_output
     from protrans_cli.knn import _cell
 
     axes = ["x", "y", "z"][:result.coords.shape[1]]
     label_columns = [c for c in result.labels if c != SOURCE]
     head = ["id", *([SOURCE] if SOURCE in result.labels else []), *axes, *label_columns]
-    with atomic_output(output, follow_link=True) as stream:
+    with atomic_output(output, follow_link=True, staged=staged) as stream:
         stream.write(("\t".join(head) + "\n").encode())
         lines = []
         for row, ident in enumerate(result.ids):
@@ -686,9 +698,9 @@ def _draw_order(colours: Colouring) -> np.ndarray:
     return np.concatenate([np.flatnonzero(grey), np.flatnonzero(other), np.flatnonzero(~grey & ~other)])
 
 
-def save_map_picture(result: Projection, path, *, title: str = "") -> None:
+def save_map_picture(result: Projection, path, *, title: str = "", staged: list | None = None) -> None:
     """The map as a scatter plot (PNG, SVG or PDF by the name), coloured by `colour_by` with a
-    legend (or a colour bar for numbers); written atomically."""
+    legend (or a colour bar for numbers); written atomically (`staged`: atomic_output's)."""
     from matplotlib.figure import Figure
 
     from protrans_cli.io.files import atomic_output
@@ -726,7 +738,7 @@ def save_map_picture(result: Projection, path, *, title: str = "") -> None:
         ax.set_title(_plain(title), fontsize=9)
     fig.tight_layout()
     suffix = Path(str(path)).suffix.lower().lstrip(".") or "png"
-    with atomic_output(path, follow_link=True) as stream:
+    with atomic_output(path, follow_link=True, staged=staged) as stream:
         fig.savefig(stream, format=suffix, dpi=130)
 
 
@@ -736,10 +748,10 @@ def _plain(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def save_map_page(result: Projection, path, *, title: str = "") -> None:
+def save_map_page(result: Projection, path, *, title: str = "", staged: list | None = None) -> None:
     """A self-contained HTML page (no script or style from elsewhere): the map as SVG, a point's
     id and labels on hover, the mouse wheel zooms, dragging pans, a click on a legend entry
-    hides or shows its points. 2 dimensions. Written atomically."""
+    hides or shows its points. 2 dimensions. Written atomically (`staged`: atomic_output's)."""
     from protrans_cli.io.files import atomic_output
 
     if result.coords.shape[1] != 2:
@@ -779,7 +791,7 @@ def save_map_page(result: Projection, path, *, title: str = "") -> None:
                              "same_label_nearest": None if result.agreement is None else
                              {"column": result.colour_by, "space": round(result.agreement[0], 4),
                               "map": round(result.agreement[1], 4), "proteins": result.agreement[2]}})))
-    with atomic_output(path, follow_link=True) as stream:
+    with atomic_output(path, follow_link=True, staged=staged) as stream:
         stream.write(page.encode("utf-8"))
 
 

@@ -202,6 +202,34 @@ def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_c
     assert all(c["class"] in groups for c in page.circles)
 
 
+def test_a_run_stopped_while_it_writes_the_page_leaves_every_earlier_output_as_it_was(tmp_path, run_cli,
+                                                                                      monkeypatch):
+    """The table, picture and page are renamed together: a Ctrl-C while the picture or page was
+    drawn (exit 130) left the new table, already renamed, beside the old picture and page of
+    another map (docs/project.md: an interrupted run leaves an existing output as it was)."""
+    import protrans_cli.project as project_module
+
+    x, _ = _clusters()
+    _write(tmp_path / "old.h5", x[:20], [f"P{i}" for i in range(20)])
+    _write(tmp_path / "new.h5", x, [f"Q{i}" for i in range(len(x))])
+    outputs = ["-o", tmp_path / "map.tsv", "--plot", tmp_path / "map.png", "--html", tmp_path / "map.html"]
+    assert run_cli("project", tmp_path / "old.h5", *outputs).exit_code == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("map.*")}
+    assert len(before) == 3
+
+    def stopped(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(project_module, "save_map_page", stopped)
+    r = run_cli("project", tmp_path / "new.h5", *outputs)
+    assert r.exit_code == 130, r.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("map.*")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.html", "map.png", "map.tsv", "new.h5", "old.h5"]
+    monkeypatch.undo()
+    assert run_cli("project", tmp_path / "new.h5", *outputs).exit_code == 0
+    assert all((tmp_path / name).read_bytes() != data for name, data in before.items())
+
+
 def test_labels_keyed_by_sequence_colour_the_proteins_of_those_sequences(tmp_path, run_cli):
     """A FLIP CSV's rows carry a sequence, no id: project matched labels by id only ("labels none
     of the proteins mapped"), where fit pairs them with embeddings made under accession ids by

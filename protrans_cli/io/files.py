@@ -1027,12 +1027,15 @@ def stdout_binary():
 
 
 @contextlib.contextmanager
-def atomic_output(path, mode: str = "wb", *, follow_link: bool = False) -> Iterator[BinaryIO]:
+def atomic_output(path, mode: str = "wb", *, follow_link: bool = False,
+                  staged: list | None = None) -> Iterator[BinaryIO]:
     """Write `path` atomically (or stdout for `-`/None), compressing by extension.
 
     The data goes to a hidden temporary file in the target's directory and is renamed over
     the target only when the block exits without an exception; on failure the temporary
-    file is removed and any existing file of that name is left as it was.
+    file is removed and any existing file of that name is left as it was. With `staged` (a
+    list), the file is written out but not renamed: its AtomicFile is appended, for the caller
+    to commit with a job's other outputs (under signals_held) or abort.
     """
     if path is None or str(path) == "-":
         out = NamedStdout(stdout_binary())
@@ -1051,7 +1054,11 @@ def atomic_output(path, mode: str = "wb", *, follow_link: bool = False) -> Itera
     except BaseException:
         handle.abort()
         raise
-    handle.commit()
+    if staged is None:
+        handle.commit()
+    else:
+        handle.prepare()
+        staged.append(handle)
 
 
 # a full disk, a quota, the file-size limit
