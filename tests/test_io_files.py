@@ -918,3 +918,21 @@ print(queue.get(timeout=5), queue.get(timeout=5), child.exitcode)
     r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TORCHELASTIC_RUN_ID": "test"},
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["True", "ran", "on", "0"], r.stdout + r.stderr
+
+
+def test_a_missing_input_with_its_partial_beside_it_says_how_to_finish_it(tmp_path, run_cli):
+    """`embed --resume` killed on a finished file leaves it as OUT.partial; every reader of OUT
+    said only "no such file". The message says the unfinished output is there and how to finish it."""
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMKV\n")
+    assert run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5").exit_code == 0
+    (tmp_path / "o.h5").rename(tmp_path / "o.h5.partial")
+    for args in (("info", tmp_path / "o.h5"), ("export", tmp_path / "o.h5", "-o", tmp_path / "x.tsv")):
+        r = run_cli(*args)
+        assert r.exit_code == 1 and r.stderr == (f"protrans: error: {tmp_path / 'o.h5'}: no such file (o.h5.partial "
+                                                 "beside it is the unfinished output of a run that was interrupted "
+                                                 "or is still running: the same command with --resume finishes "
+                                                 "it)\n"), r.stderr
+    from protrans_cli.io.files import missing_file
+
+    assert missing_file(tmp_path / "other.h5") == "no such file"

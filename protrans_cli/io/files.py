@@ -551,8 +551,21 @@ def missing_file(path) -> str:
     try:
         target = os.readlink(path)
     except (OSError, ValueError, TypeError):
-        return "no such file"
+        return "no such file" + _partial_beside(path)
     return f"a symbolic link to {target}, which does not exist"
+
+
+def _partial_beside(path) -> str:
+    """Where `path` is missing but `path.partial` is there (an embed or contacts run killed, or
+    still running, before it renamed its output): a hint saying so; "" otherwise."""
+    try:
+        partial = f"{os.fspath(path)}.partial"
+        if not os.path.isfile(partial):
+            return ""
+    except (OSError, ValueError, TypeError):
+        return ""
+    return (f" ({os.path.basename(partial)} beside it is the unfinished output of a run that was interrupted or "
+            "is still running: the same command with --resume finishes it)")
 
 
 def unreachable_input(path) -> str | None:
