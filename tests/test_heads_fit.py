@@ -1633,6 +1633,47 @@ def test_predict_output_names_are_checked_before_any_work(run_cli, ss_data, one_
     assert not (tmp_path / "x.fa").exists()
 
 
+def test_a_predict_stopped_while_it_writes_the_metrics_leaves_every_earlier_output_as_it_was(
+        run_cli, ss_data, one_epoch_ss3, tmp_path, monkeypatch):
+    """-o, --probabilities and the --metrics folder's JSON and PNG are renamed together: a Ctrl-C
+    while the confusion matrix was drawn (exit 130) had already replaced the predictions, the
+    probabilities and the JSON, which then sat beside the PNG of the earlier run (docs: an
+    interrupted run leaves existing outputs as they were)."""
+    import shutil
+
+    import protrans_cli.heads.fit as fit_module
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(ss_data / "train.csv", other / "test.csv")  # (another set under the same metrics names)
+    outputs = ["-o", tmp_path / "q.fa", "--probabilities", tmp_path / "p.h5", "--metrics", tmp_path / "m"]
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv",
+                *outputs)
+    assert r.exit_code == 0, r.stderr
+
+    def files():
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in [*tmp_path.glob("*.*"), *tmp_path.glob("m/*")]}
+
+    before = files()
+    assert sorted(before) == ["m/test.json", "m/test.ss3.png", "p.h5", "q.fa"]
+
+    def stopped(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "save_confusion_png", stopped)
+    again = ["predict", one_epoch_ss3, "--embeddings", ss_data / "train.h5", "--labels", other / "test.csv", *outputs]
+    r = run_cli(*again)
+    assert r.exit_code == 130, r.stderr
+    assert files() == before
+    assert sorted(os.listdir(tmp_path)) == ["m", "other", "p.h5", "q.fa"]  # (no temporary left)
+    assert sorted(os.listdir(tmp_path / "m")) == ["test.json", "test.ss3.png"]
+    monkeypatch.undo()
+    r = run_cli(*again)
+    assert r.exit_code == 0, r.stderr
+    after = files()
+    assert sorted(after) == sorted(before) and all(after[name] != data for name, data in before.items())
+
+
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_predict_refuses_a_max_residues_below_one_as_fit_does(run_cli, ss_data, one_epoch_ss3, tmp_path, value):
     out = tmp_path / "p.fa"
@@ -3472,7 +3513,7 @@ def test_a_constant_test_set_is_undefined_in_the_scatter_title_too(run_cli, loc_
     from protrans_cli.heads import fit as fit_module
 
     titles = []
-    monkeypatch.setattr(fit_module, "save_scatter_png", lambda true, predicted, path, title: titles.append(title))
+    monkeypatch.setattr(fit_module, "save_scatter_png", lambda true, predicted, path, title, **kw: titles.append(title))
     ids = [line[1:].split()[0] for line in (loc_data / "train.fasta").read_text().splitlines() if line[0] == ">"]
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"
     train.write_text("id,label\n" + "".join(f"{i},{n % 7}\n" for n, i in enumerate(ids[:40])))

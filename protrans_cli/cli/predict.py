@@ -195,25 +195,34 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
          mask_columns, mismatch, allow_model_mismatch, max_residues, threads, device, order, plots):
     from protrans_cli import console
     from protrans_cli.heads.data import warn_unfinished
-    from protrans_cli.heads.predict import evaluate_head, predict, scored_labels
+    from protrans_cli.heads.predict import abort_all, commit_together, evaluate_head, predict, scored_labels
 
     warn_unfinished(embeddings)
-    scored = predicted = None
+    scored = predicted = summary = None
     if labels is not None:  # read and matched first: a bad label file fails before any prediction is written
         scored = scored_labels(head, embeddings, labels, label_format=label_format, mask_path=mask_path,
                                mask_columns=mask_columns, on_mismatch=mismatch,
                                allow_model_mismatch=allow_model_mismatch)
-    if output is not None:
-        summary = predict(head, embeddings, output, probabilities=probabilities, output=head_output,
-                          max_residues=max_residues, allow_model_mismatch=allow_model_mismatch, threads=threads,
-                          device=device, order=order, labelled=None if scored is None else scored[1])
-        predicted = summary.get("predicted")  # (what scoring needs: the head is not run twice)
-        if output != "-":
-            console.info(f"wrote predictions for {console.counted(summary['proteins'], 'protein')} to {output}")
-    if labels is not None:
-        evaluate_head(head, embeddings, labels, metrics_dir=metrics_dir, label_format=label_format,
-                      mask_path=mask_path, mask_columns=mask_columns,
-                      on_mismatch=mismatch,
-                      allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
-                      device=device, scored=scored, predicted=predicted, plots=plots)
+    # -o, --probabilities and the --metrics files are written out first, then renamed together:
+    # a Ctrl-C while the metrics were written left the new predictions beside the old run's PNG.
+    staged: list = []
+    try:
+        if output is not None:
+            summary = predict(head, embeddings, output, probabilities=probabilities, output=head_output,
+                              max_residues=max_residues, allow_model_mismatch=allow_model_mismatch, threads=threads,
+                              device=device, order=order, labelled=None if scored is None else scored[1],
+                              staged=staged)
+            predicted = summary.get("predicted")  # (what scoring needs: the head is not run twice)
+        if labels is not None:
+            evaluate_head(head, embeddings, labels, metrics_dir=metrics_dir, label_format=label_format,
+                          mask_path=mask_path, mask_columns=mask_columns,
+                          on_mismatch=mismatch,
+                          allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
+                          device=device, scored=scored, predicted=predicted, plots=plots, staged=staged)
+        commit_together(staged)
+    except BaseException:
+        abort_all(staged)
+        raise
+    if summary is not None and output != "-":
+        console.info(f"wrote predictions for {console.counted(summary['proteins'], 'protein')} to {output}")
     console.output_complete(output or metrics_dir or "the scores")

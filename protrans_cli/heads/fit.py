@@ -1432,11 +1432,12 @@ def score_predictions(task: Task, items: list, predicted: dict, *, n_boot: int =
 
 
 def write_metrics(directory: Path, name: str, result: dict, embeddings: str, labels: str, *,
-                  plots: bool = True) -> dict:
+                  plots: bool = True, staged: list | None = None) -> dict:
     """metrics/<name>.json and (with `plots`) one confusion or scatter PNG per output; prints the
-    report; returns headlines."""
+    report; returns headlines. `staged`: atomic_output's (the files written out, not renamed)."""
     safe = name.replace("/", "_")
-    with atomic_output(directory / f"{safe}.json") as stream:  # (never half written, never through a link)
+    # (never half written, never through a link)
+    with atomic_output(directory / f"{safe}.json", staged=staged) as stream:
         stream.write((metrics_json({"set": name, "embeddings": embeddings, "labels": labels, "outputs": result})
                       + "\n").encode())
     headline = {}
@@ -1446,7 +1447,7 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
             if plots and m.get("n", 0) >= 2:
                 rho = "undefined" if np.isnan(m["spearman"]) else f"{m['spearman']:.3f}"  # (a constant side)
                 save_scatter_png(m["true"], m["predicted"], directory / f"{safe}.{output}.png",
-                                 f"{name} {output}: Spearman {rho}")
+                                 f"{name} {output}: Spearman {rho}", staged=staged)
             headline[output] = {k: m.get(k) for k in ("metric", "spearman", "ci95", "pearson", "mse", "mae", "r2",
                                                        "n", "n_proteins")}
             continue
@@ -1454,7 +1455,7 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
             print_report(name, output, m)
         if plots and m.get("n"):
             save_confusion_png(m, directory / f"{safe}.{output}.png", f"{name} {output}: {m['metric']} "
-                               f"{m['accuracy']:.3f}")
+                               f"{m['accuracy']:.3f}", staged=staged)
         headline[output] = {k: m.get(k) for k in ("metric", "accuracy", "ci95", "mcc", "balanced_accuracy",
                                                    "majority", "n", "n_proteins")}
         if "accuracy_per_protein" in m:  # (per-residue outputs: the other convention, beside the pooled Q3/Q8)

@@ -238,18 +238,18 @@ def print_report(name: str, output: str, m: dict) -> None:
     console.print_table(f"{name} {output}: confusion (rows true, columns predicted)", ["", *m["classes"]], cm_rows)
 
 
-def _save_png(fig, path, *, follow_link: bool = False) -> None:
+def _save_png(fig, path, *, follow_link: bool = False, staged: list | None = None) -> None:
     """Written under a temporary name and renamed: a full disk left a truncated PNG under the
     final name, and a link planted in a metrics folder was written through (`follow_link`: a
-    name the user gave, written where the user's own link leads)."""
+    name the user gave, written where the user's own link leads; `staged`: atomic_output's)."""
     from protrans_cli.io.files import atomic_output
 
-    with atomic_output(path, follow_link=follow_link) as stream:
+    with atomic_output(path, follow_link=follow_link, staged=staged) as stream:
         fig.savefig(stream, format="png", dpi=110)
 
 
-def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str) -> None:
-    """Predicted against true values of a value output, with the diagonal."""
+def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str, *, staged: list | None = None) -> None:
+    """Predicted against true values of a value output, with the diagonal (`staged`: atomic_output's)."""
     # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
     # (its plots stopped showing), and pyplot's figure list is shared with the caller's threads.
     from matplotlib.figure import Figure
@@ -266,10 +266,11 @@ def save_scatter_png(y_true: np.ndarray, y_pred: np.ndarray, path, title: str) -
     ax.set_ylabel("predicted")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _save_png(fig, path)
+    _save_png(fig, path, staged=staged)
 
 
-def save_confusion_png(m: dict, path, title: str) -> None:
+def save_confusion_png(m: dict, path, title: str, *, staged: list | None = None) -> None:
+    """The row-normalised confusion matrix, counts printed (`staged`: atomic_output's)."""
     # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched a notebook's backend
     # (its plots stopped showing), and pyplot's figure list is shared with the caller's threads.
     from matplotlib.figure import Figure
@@ -290,7 +291,7 @@ def save_confusion_png(m: dict, path, title: str) -> None:
                     color="white" if rows[i, j] > 0.5 else "black")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _save_png(fig, path)
+    _save_png(fig, path, staged=staged)
 
 
 def dumps(obj, indent: int | None = 1) -> str:

@@ -382,8 +382,13 @@ def _refuse_outputs_over_inputs(head_dir, embeddings, out, probabilities=None, m
 @torch_threads()  # puts the caller's torch thread count back
 def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None = None,
             max_residues: int = 8192, allow_model_mismatch: bool = False, threads: int | None = None,
-            device: str = "auto", order: list[str] | None = None, labelled: list[Matched] | None = None) -> dict:
+            device: str = "auto", order: list[str] | None = None, labelled: list[Matched] | None = None,
+            staged: list | None = None) -> dict:
     """Write predictions for every protein in `embeddings` to `out`; returns {"proteins": n}.
+    `out` and `probabilities` are renamed together once both are complete (Ctrl-C and SIGTERM
+    wait for the renames); with `staged` (a list) they are written out but not renamed: their
+    handles are appended, for the caller to rename with its other outputs (`commit_together`)
+    or abort (`abort_all`).
     `order`: ids in the order to write them (e.g. the FASTA's); others follow in file order.
     `labelled`: the matched items of `scored_labels` (`predict --labels`): what scoring needs of
     their predictions (`kept_for_scoring`, in their order) is returned too, as "predicted", for
@@ -455,47 +460,81 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     for i, item in enumerate(labelled or ()):
         wanted.setdefault(item.key, []).append(i)
     predicted = {o.name: [None] * len(labelled) for o in task.outputs} if labelled is not None else None
-    with contextlib.ExitStack() as stack:
-        stream = stack.enter_context(atomic_output(out, follow_link=True))
-        writer = stack.enter_context(_ProbabilityWriter(probabilities, task)) if probabilities is not None else None
-        if not per_residue:
-            header = ["id"]
-            for o in task.outputs:
-                header += [o.name] + [f"{o.name}:{c}" for c in o.classes]  # a value output: its column only
-            stream.write(_csv_line(header, delimiter))
-        # A slice of the proteins at a time, written as it is predicted: memory stays bounded
-        # (embeddings read and probabilities held) whatever the size of the file.
-        parts = (_stacked_slices(embeddings, count, CHUNK_PROTEINS) if streamed
-                 else ((part, None) for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE
-                                                        else CHUNK_PROTEINS, reads == PER_RESIDUE)))
-        for part, rows in parts:
-            data = head_data(embeddings, part, task, reads, layer=layer, rows=rows)
-            probs = predict_data(ensemble, task, data, max_residues=max_residues)
-            if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
-                kept = kept_for_scoring(task, probs)
-                for j, item in enumerate(part):
-                    for i in wanted.get(item.key, ()):
-                        for name in predicted:
-                            predicted[name][i] = kept[name][j]
-            if per_residue:
-                # (the id escaped, `\n` `\x1b`: an id from an embeddings file, unlike a FASTA's, may
-                # hold a line break, which wrote a forged record: `a\n>X\nCCC` gave proteins a and X)
-                stream.write(b"".join(b">" + console.printable(item.id).encode() + b"\n"
-                                      + table[p.argmax(-1)].tobytes() + b"\n" for item, p in zip(part, probs[chosen])))
-                if writer is not None:
-                    writer.add(part, probs)
-            else:
-                for i, item in enumerate(part):
-                    row = [item.id]
-                    for o in task.outputs:
-                        p = probs[o.name][i]
-                        row += [f"{p[0]:.6g}"] if o.is_value else [o.classes[int(p.argmax())]] + [f"{v:.6g}" for v in p]
-                    stream.write(_csv_line(row, delimiter))
-            # (let go before the next slice is read: the names held this slice's embeddings, up to
-            # --cache-gb of them, and its probabilities while the next slice loaded, so two slices
-            # were in memory at once: peak RSS 780 MB for 5.5 M one-hot residues, 627 MB for 2.8 M)
-            data = probs = None
+    # Written out first, then renamed together: a Ctrl-C between the two renames (or, with
+    # --labels --metrics, while the metrics were written) left new predictions beside older files.
+    mine = staged is None
+    staged = [] if mine else staged
+    try:
+        with contextlib.ExitStack() as stack:
+            stream = stack.enter_context(atomic_output(out, follow_link=True, staged=staged))
+            writer = (stack.enter_context(_ProbabilityWriter(probabilities, task, staged=staged))
+                      if probabilities is not None else None)
+            if not per_residue:
+                header = ["id"]
+                for o in task.outputs:
+                    header += [o.name] + [f"{o.name}:{c}" for c in o.classes]  # a value output: its column only
+                stream.write(_csv_line(header, delimiter))
+            # A slice of the proteins at a time, written as it is predicted: memory stays bounded
+            # (embeddings read and probabilities held) whatever the size of the file.
+            parts = (_stacked_slices(embeddings, count, CHUNK_PROTEINS) if streamed
+                     else ((part, None) for part in _slices(items, CHUNK_RESIDUES if reads == PER_RESIDUE
+                                                            else CHUNK_PROTEINS, reads == PER_RESIDUE)))
+            for part, rows in parts:
+                data = head_data(embeddings, part, task, reads, layer=layer, rows=rows)
+                probs = predict_data(ensemble, task, data, max_residues=max_residues)
+                if predicted is not None:  # the labelled proteins' classes (values), as scoring takes them
+                    kept = kept_for_scoring(task, probs)
+                    for j, item in enumerate(part):
+                        for i in wanted.get(item.key, ()):
+                            for name in predicted:
+                                predicted[name][i] = kept[name][j]
+                if per_residue:
+                    # (the id escaped, `\n` `\x1b`: an id from an embeddings file, unlike a FASTA's, may
+                    # hold a line break, which wrote a forged record: `a\n>X\nCCC` gave proteins a and X)
+                    stream.write(b"".join(b">" + console.printable(item.id).encode() + b"\n"
+                                          + table[p.argmax(-1)].tobytes() + b"\n"
+                                          for item, p in zip(part, probs[chosen])))
+                    if writer is not None:
+                        writer.add(part, probs)
+                else:
+                    for i, item in enumerate(part):
+                        row = [item.id]
+                        for o in task.outputs:
+                            p = probs[o.name][i]
+                            row += ([f"{p[0]:.6g}"] if o.is_value
+                                    else [o.classes[int(p.argmax())]] + [f"{v:.6g}" for v in p])
+                        stream.write(_csv_line(row, delimiter))
+                # (let go before the next slice is read: the names held this slice's embeddings, up to
+                # --cache-gb of them, and its probabilities while the next slice loaded, so two slices
+                # were in memory at once: peak RSS 780 MB for 5.5 M one-hot residues, 627 MB for 2.8 M)
+                data = probs = None
+        if mine:
+            commit_together(staged)
+    except BaseException:
+        if mine:
+            abort_all(staged)
+        raise
     return {"proteins": count} if predicted is None else {"proteins": count, "predicted": predicted}
+
+
+def commit_together(staged: list) -> None:
+    """Rename a job's outputs, written out under temporary names (atomic_output's `staged`),
+    together: SIGINT and SIGTERM wait until all are renamed. A failure aborts those left."""
+    from protrans_cli.io.files import signals_held
+
+    try:
+        with signals_held():
+            for handle in staged:
+                handle.commit()
+    except BaseException:
+        abort_all(staged)
+        raise
+
+
+def abort_all(staged: list) -> None:
+    """Remove the temporaries of staged outputs (any renamed already is done: left as it is)."""
+    for handle in staged:
+        handle.abort()
 
 
 CHUNK_RESIDUES = 2_000_000  # heads reading per-residue rows: residues at a time (< 100 MB of ss3+ss8 probabilities)
@@ -545,11 +584,13 @@ def _csv_line(row: list, delimiter: str = ",") -> bytes:
 
 class _ProbabilityWriter:
     """Per-residue probabilities, /<output>/<key> float32 (L, C), written as they come into a
-    temporary file that replaces `path` only when the run succeeds."""
+    temporary file that replaces `path` only when the run succeeds (`staged`: atomic_output's,
+    the file written out and closed, its rename left to the caller)."""
 
-    def __init__(self, path, task):
+    def __init__(self, path, task, *, staged: list | None = None):
         self.target = through_link(path)
         self.task = task
+        self.staged = staged
 
     def __enter__(self):
         parent = output_directory(self.target)
@@ -597,10 +638,40 @@ class _ProbabilityWriter:
                                      path=str(self.target)) from None
             if exc_type is None:
                 default_permissions(self.tmp)  # mkstemp's 0600
+                if self.staged is not None:  # (renamed, or removed, by the caller)
+                    self.staged.append(_StagedRename(self.tmp, self.target))
+                    self.tmp = None
+                    return
                 os.replace(self.tmp, self.target)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
+            if self.tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.tmp)
+
+
+class _StagedRename:
+    """A file written out under a temporary name, renamed over `target` by `commit()` or removed
+    by `abort()` (AtomicFile's two steps, for the probabilities' HDF5 file)."""
+
+    def __init__(self, tmp: str, target: Path):
+        self.tmp, self.target, self._done = tmp, target, False
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        try:
+            os.replace(self.tmp, self.target)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
 
 
 def _bare_name(out) -> str:
@@ -715,9 +786,10 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
                   mask_columns=None, on_mismatch: str = "error", allow_model_mismatch: bool = False,
                   n_boot: int | None = None, max_residues: int = 8192, threads: int | None = None,
                   device: str = "auto", scored=None, seed: int | None = None, predicted: dict | None = None,
-                  plots: bool = True) -> dict:
+                  plots: bool = True, staged: list | None = None) -> dict:
     """Score a head on labelled embeddings: {output: metrics}; writes <metrics_dir>/<set>.json if
-    given, and its PNGs unless `plots` is False.
+    given, and its PNGs unless `plots` is False, renamed together once all are complete.
+    `staged`: as predict's (the files written out, renamed by the caller with its other outputs).
     `scored`: what `scored_labels` returned for the same arguments (else it is called here).
     `predicted`: what `predict(..., labelled=<scored's items>)` returned as "predicted" (`predict
     --labels -o`): scored as it is; else the matched proteins are read and predicted here.
@@ -758,7 +830,17 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     result = score_predictions(task, items, predicted, n_boot=n_boot, seed=seed)
     if metrics_dir is not None:
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
-        write_metrics(Path(metrics_dir), label_set.name, result, str(embeddings), str(labels), plots=plots)
+        mine = staged is None
+        staged = [] if mine else staged
+        try:
+            write_metrics(Path(metrics_dir), label_set.name, result, str(embeddings), str(labels), plots=plots,
+                          staged=staged)
+            if mine:
+                commit_together(staged)
+        except BaseException:
+            if mine:
+                abort_all(staged)
+            raise
     else:
         from protrans_cli.heads.metrics import summary_line
 
