@@ -470,7 +470,7 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     '-' stdout, None nothing), `plot` a PNG/SVG/PDF picture, `html_path` a page to explore it
     in a browser (2 dimensions). Every output is written whole or not at all. `sample`: place
     that many of the proteins, drawn by `seed` (t-SNE of a UniRef-sized set), in input order."""
-    from protrans_cli.io.files import input_named_by, output_directory, same_file, signals_held
+    from protrans_cli.io.files import input_named_by, output_directory, same_file, staged_outputs
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     labels = [labels] if isinstance(labels, (str, Path)) else list(labels or ())
@@ -524,21 +524,13 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         result.kept, result.agreement = map_quality(vectors, coords, metric=metric, labels=categories, seed=seed)
     # Every file written out first, then renamed together, signals held: a Ctrl-C while the
     # picture was drawn left the new table beside the old picture and page (of another map).
-    staged: list = []
-    try:
+    with staged_outputs() as staged:
         if output is not None:
             write_table(result, output, staged=staged)
         if plot is not None:
             save_map_picture(result, plot, title=_title(result, inputs), staged=staged)
         if html_path is not None:
             save_map_page(result, html_path, title=_title(result, inputs), staged=staged)
-        with signals_held():
-            for handle in staged:
-                handle.commit()
-    except BaseException:
-        for handle in staged:
-            handle.abort()  # (none of those renamed: they are done)
-        raise
     for line in _summary(result, output):
         console.info(line)
     return result

@@ -195,7 +195,8 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
          mask_columns, mismatch, allow_model_mismatch, max_residues, threads, device, order, plots):
     from protrans_cli import console
     from protrans_cli.heads.data import warn_unfinished
-    from protrans_cli.heads.predict import abort_all, commit_together, evaluate_head, predict, scored_labels
+    from protrans_cli.heads.predict import evaluate_head, predict, scored_labels
+    from protrans_cli.io.files import staged_outputs
 
     warn_unfinished(embeddings)
     scored = predicted = summary = None
@@ -205,8 +206,7 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
                                allow_model_mismatch=allow_model_mismatch)
     # -o, --probabilities and the --metrics files are written out first, then renamed together:
     # a Ctrl-C while the metrics were written left the new predictions beside the old run's PNG.
-    staged: list = []
-    try:
+    with staged_outputs() as staged:
         if output is not None:
             summary = predict(head, embeddings, output, probabilities=probabilities, output=head_output,
                               max_residues=max_residues, allow_model_mismatch=allow_model_mismatch, threads=threads,
@@ -219,10 +219,6 @@ def _run(head, embeddings, output, probabilities, head_output, labels, metrics_d
                           on_mismatch=mismatch,
                           allow_model_mismatch=allow_model_mismatch, max_residues=max_residues, threads=threads,
                           device=device, scored=scored, predicted=predicted, plots=plots, staged=staged)
-        commit_together(staged)
-    except BaseException:
-        abort_all(staged)
-        raise
     if summary is not None and output != "-":
         console.info(f"wrote predictions for {console.counted(summary['proteins'], 'protein')} to {output}")
     console.output_complete(output or metrics_dir or "the scores")

@@ -30,7 +30,7 @@ from protrans_cli.heads.data import (Matched, _source_kind, head_data, match_lab
                                      stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
-                                   output_directory, through_link)
+                                   output_directory, staged_outputs, through_link)
 from protrans_cli.io.disk import ensure_room
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id,
                                 escape_key, h5_file, input_prefix_of, is_write_failure, one_protein_twice,
@@ -387,8 +387,8 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     """Write predictions for every protein in `embeddings` to `out`; returns {"proteins": n}.
     `out` and `probabilities` are renamed together once both are complete (Ctrl-C and SIGTERM
     wait for the renames); with `staged` (a list) they are written out but not renamed: their
-    handles are appended, for the caller to rename with its other outputs (`commit_together`)
-    or abort (`abort_all`).
+    handles are appended, for the caller to rename with its other outputs (io.files.staged_outputs)
+    or abort.
     `order`: ids in the order to write them (e.g. the FASTA's); others follow in file order.
     `labelled`: the matched items of `scored_labels` (`predict --labels`): what scoring needs of
     their predictions (`kept_for_scoring`, in their order) is returned too, as "predicted", for
@@ -462,9 +462,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     predicted = {o.name: [None] * len(labelled) for o in task.outputs} if labelled is not None else None
     # Written out first, then renamed together: a Ctrl-C between the two renames (or, with
     # --labels --metrics, while the metrics were written) left new predictions beside older files.
-    mine = staged is None
-    staged = [] if mine else staged
-    try:
+    with staged_outputs(staged) as staged:
         with contextlib.ExitStack() as stack:
             stream = stack.enter_context(atomic_output(out, follow_link=True, staged=staged))
             writer = (stack.enter_context(_ProbabilityWriter(probabilities, task, staged=staged))
@@ -508,33 +506,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
                 # --cache-gb of them, and its probabilities while the next slice loaded, so two slices
                 # were in memory at once: peak RSS 780 MB for 5.5 M one-hot residues, 627 MB for 2.8 M)
                 data = probs = None
-        if mine:
-            commit_together(staged)
-    except BaseException:
-        if mine:
-            abort_all(staged)
-        raise
     return {"proteins": count} if predicted is None else {"proteins": count, "predicted": predicted}
-
-
-def commit_together(staged: list) -> None:
-    """Rename a job's outputs, written out under temporary names (atomic_output's `staged`),
-    together: SIGINT and SIGTERM wait until all are renamed. A failure aborts those left."""
-    from protrans_cli.io.files import signals_held
-
-    try:
-        with signals_held():
-            for handle in staged:
-                handle.commit()
-    except BaseException:
-        abort_all(staged)
-        raise
-
-
-def abort_all(staged: list) -> None:
-    """Remove the temporaries of staged outputs (any renamed already is done: left as it is)."""
-    for handle in staged:
-        handle.abort()
 
 
 CHUNK_RESIDUES = 2_000_000  # heads reading per-residue rows: residues at a time (< 100 MB of ss3+ss8 probabilities)
@@ -830,17 +802,9 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     result = score_predictions(task, items, predicted, n_boot=n_boot, seed=seed)
     if metrics_dir is not None:
         Path(metrics_dir).mkdir(parents=True, exist_ok=True)
-        mine = staged is None
-        staged = [] if mine else staged
-        try:
+        with staged_outputs(staged) as staged:
             write_metrics(Path(metrics_dir), label_set.name, result, str(embeddings), str(labels), plots=plots,
                           staged=staged)
-            if mine:
-                commit_together(staged)
-        except BaseException:
-            if mine:
-                abort_all(staged)
-            raise
     else:
         from protrans_cli.heads.metrics import summary_line
 

@@ -1040,6 +1040,29 @@ def stdout_binary():
 
 
 @contextlib.contextmanager
+def staged_outputs(staged: list | None = None) -> Iterator[list]:
+    """The list to give atomic_output(staged=...) for one job's outputs (project's table, picture
+    and page; predict's predictions, probabilities and metrics; variants' table and heatmap),
+    written out under temporary names inside the block and renamed together when it ends (SIGINT
+    and SIGTERM wait until all are renamed): a Ctrl-C while the last was drawn left the new first
+    ones beside older files. On any exception every temporary is removed and existing files are
+    left as they were. Given a larger job's list (`staged`), it is yielded and that job renames."""
+    if staged is not None:
+        yield staged
+        return
+    own: list = []
+    try:
+        yield own
+        with signals_held():
+            for handle in own:
+                handle.commit()
+    except BaseException:
+        for handle in own:
+            handle.abort()  # (one renamed already is done: left as it is)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_output(path, mode: str = "wb", *, follow_link: bool = False,
                   staged: list | None = None) -> Iterator[BinaryIO]:
     """Write `path` atomically (or stdout for `-`/None), compressing by extension.
