@@ -1010,7 +1010,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         console.warn(f"{console.counted(missing, 'row')} of {table.name} with no variant in "
                      f"{options.mutation_column!r} (empty or NA) left without a score")
     to_file = output not in (None, "-") and not special
-    from protrans_cli.io.files import output_lock, through_link
+    from protrans_cli.io.files import output_lock, staged_outputs, through_link
 
     # (a file: locked against another run on it, its finished work kept beside it for --resume; the
     # user's own link as where it leads, which the table is written to, as embed takes it: a run on
@@ -1022,8 +1022,11 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         store = UnitStore(partial_folder(target), resume=options.resume) if to_file else None
         results = _score_all(table, wild_types, columns, options, store)
         written = _written(columns, ensemble_columns, results, options)
-        _write_table(output, table, written)
-        _plot(table, wild_types, written, options)
+        # (written out first, then renamed together: a Ctrl-C while the heatmap was drawn left the
+        # new table beside the old heatmap, and the --resume advice for a table already complete)
+        with staged_outputs() as staged:
+            _write_table(output, table, written, staged=staged)
+            _plot(table, wild_types, written, options, staged=staged)
         if store is not None:
             store.remove()
     if output not in (None, "-"):  # (the table and its plot written: a signal from here on stops nothing)
@@ -1038,20 +1041,21 @@ def _written(columns, ensemble_columns, results, options) -> list[tuple[str, np.
     return [(c, results[c]) for c, _, _ in columns] + ensemble
 
 
-def _plot(table, wild_types, written, options) -> None:
+def _plot(table, wild_types, written, options, *, staged: list | None = None) -> None:
     if options.plot is None:
         return
     ident, sequence = wild_types[0]
     models = ", ".join(model_label(m) for m in options.models)
     save_scan_png(sequence, table.variants, written, options.plot,
-                  offset=options.offset, title=f"every substitution of {ident} ({len(sequence)} residues): {models}")
+                  offset=options.offset, title=f"every substitution of {ident} ({len(sequence)} residues): {models}",
+                  staged=staged)
     console.info(f"variants: the landscape drawn in {options.plot}")
 
 
-def _write_table(output, table, written) -> None:
+def _write_table(output, table, written, *, staged: list | None = None) -> None:
     from protrans_cli.io.files import atomic_output
 
-    with atomic_output(output, "wb", follow_link=True) as stream:
+    with atomic_output(output, "wb", follow_link=True, staged=staged) as stream:
         text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
         writer = csv.writer(text, delimiter=table.delimiter, lineterminator="\n")
         writer.writerow(table.header + [c for c, _ in written])
@@ -1237,11 +1241,11 @@ def _number(text: str) -> float:
 
 
 def save_scan_png(sequence: str, variants: list, columns: list[tuple[str, np.ndarray]], path, *,
-                  offset: int = 1, title: str = "") -> None:
+                  offset: int = 1, title: str = "", staged: list | None = None) -> None:
     """The landscape of an `--all-singles` scan: per score column, a heatmap of the 20 amino acids
     (rows) at every residue (columns), coloured by score around 0 (blue: below the wild type,
     red: above), the wild-type residue's cell marked. Written atomically (a full disk leaves no
-    truncated PNG)."""
+    truncated PNG; `staged`: atomic_output's)."""
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
@@ -1275,4 +1279,4 @@ def save_scan_png(sequence: str, variants: list, columns: list[tuple[str, np.nda
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save_png(fig, path, follow_link=True)
+    _save_png(fig, path, follow_link=True, staged=staged)

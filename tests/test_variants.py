@@ -895,6 +895,8 @@ def test_resume_reads_no_unit_of_a_model_folder_trained_again_in_place_or_anothe
     assert units("k", lambda: np.zeros(2)).shape == (2,) and units("k", lambda: np.ones(3)).shape == (2,)
     scorer.device = torch.device("meta")
     assert store.for_model(loaded, scorer)("k", lambda: np.ones(3)).shape == (3,)
+
+
 def test_an_all_singles_scan_draws_its_landscape(run_cli, tmp_path, tiny_models):
     """--plot: a PNG heatmap per score column (20 amino acids x residues); refused without
     --all-singles or for several wild types, before any work."""
@@ -915,6 +917,35 @@ def test_an_all_singles_scan_draws_its_landscape(run_cli, tmp_path, tiny_models)
     fasta.write_text(f">a\n{SEQ}\n>b\n{SEQ[:20]}\n")
     r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", model, "--plot", tmp_path / "y.png")
     assert r.exit_code == 2 and "holds 2" in r.stderr and not (tmp_path / "y.png").exists()
+
+
+def test_a_scan_stopped_while_its_heatmap_is_drawn_leaves_the_earlier_table_and_heatmap(run_cli, tmp_path,
+                                                                                           tiny_models, monkeypatch):
+    """-o and --plot are written out first and renamed together: a Ctrl-C while the heatmap was
+    drawn left the new table beside the earlier run's heatmap (and advice to --resume a table
+    that was complete). Now both are as they were (exit 130), and a run to its end replaces both."""
+    import protrans_cli.variants as variants
+
+    model = tiny_models["esm"]
+    out, png = tmp_path / "scan.csv", tmp_path / "scan.png"
+    args = ("variants", "--all-singles", "--sequence", SEQ[:20], "-m", model, "--plot", png, "-o", out)
+    assert run_cli(*args, "--scoring", "masked-marginals").exit_code == 0
+    before = out.read_bytes(), png.read_bytes()
+    real = variants.save_scan_png
+
+    def interrupted(*a, **kw):
+        real(*a, **kw)  # (the heatmap written out, not yet renamed)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(variants, "save_scan_png", interrupted)
+    r = run_cli(*args, "--scoring", "wt-marginals")
+    assert r.exit_code == 130
+    assert (out.read_bytes(), png.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("scan.csv.partial")) == \
+        ["scan.csv", "scan.png"]  # (no temporaries)
+    monkeypatch.setattr(variants, "save_scan_png", real)
+    assert run_cli(*args, "--scoring", "wt-marginals", "--resume").exit_code == 0
+    assert out.read_bytes() != before[0] and png.read_bytes() != before[1]
 
 
 def test_a_plot_naming_an_input_or_the_table_is_refused_before_any_model(run_cli, tmp_path):
