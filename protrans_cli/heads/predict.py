@@ -30,7 +30,7 @@ from protrans_cli.heads.data import (Matched, _source_kind, head_data, match_lab
                                      stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
-                                   output_directory, staged_outputs, through_link)
+                                   output_directory, StagedRename, staged_outputs, through_link)
 from protrans_cli.io.disk import ensure_room
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id,
                                 escape_key, h5_file, input_prefix_of, is_write_failure, one_protein_twice,
@@ -611,7 +611,7 @@ class _ProbabilityWriter:
             if exc_type is None:
                 default_permissions(self.tmp)  # mkstemp's 0600
                 if self.staged is not None:  # (renamed, or removed, by the caller)
-                    self.staged.append(_StagedRename(self.tmp, self.target))
+                    self.staged.append(StagedRename(self.tmp, self.target))
                     self.tmp = None
                     return
                 os.replace(self.tmp, self.target)
@@ -619,31 +619,6 @@ class _ProbabilityWriter:
             if self.tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.tmp)
-
-
-class _StagedRename:
-    """A file written out under a temporary name, renamed over `target` by `commit()` or removed
-    by `abort()` (AtomicFile's two steps, for the probabilities' HDF5 file)."""
-
-    def __init__(self, tmp: str, target: Path):
-        self.tmp, self.target, self._done = tmp, target, False
-
-    def commit(self) -> None:
-        if self._done:
-            return
-        try:
-            os.replace(self.tmp, self.target)
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
 
 
 def _bare_name(out) -> str:

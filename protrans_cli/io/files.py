@@ -884,7 +884,39 @@ def _device_path(name: str) -> bool:
     return name.startswith(("/dev/", "/proc/")) and not name.startswith("/dev/shm/")
 
 
-class AtomicFile:
+class StagedRename:
+    """A file written out under the temporary name `tmp`, renamed over `path` by `commit()` or
+    removed by `abort()` (a failed commit aborts): one output of a job whose outputs are renamed
+    together (staged_outputs). `tmp` None: written in place, nothing to rename."""
+
+    def __init__(self, tmp: str | None, path):
+        self.tmp, self.path, self._done = tmp, Path(path), False
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        try:
+            if self.tmp is not None:
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._release()
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+
+    def _release(self) -> None:
+        """What is let go before the temporary is removed (AtomicFile: its streams)."""
+
+
+class AtomicFile(StagedRename):
     """One output file written under a temporary name and renamed by `commit()`.
 
     `stream` compresses by the target's extension. `abort()` (or a failed commit) removes the
@@ -952,26 +984,14 @@ class AtomicFile:
         if self._done:
             return
         self.prepare()
-        try:
-            if self.tmp is not None:
-                os.replace(self.tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
+        super().commit()
 
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _release(self) -> None:
         with contextlib.suppress(Exception):
             if self.stream is not self._raw:
                 self.stream.close()
         with contextlib.suppress(Exception):
             self._raw.close()
-        if self.tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
 
 
 def _mode_for(path: Path) -> int:
