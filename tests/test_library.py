@@ -881,3 +881,26 @@ def test_library_calls_work_in_a_process_without_stderr(monkeypatch, capsys, loc
     assert sorted(EmbeddingsReader(tmp_path / "x.h5").ids()) == ["dna", "p"]
     assert (tmp_path / "head" / "config.json").exists() and (tmp_path / "run" / "config.json").exists()
     assert capsys.readouterr().out == ""
+
+
+def test_resuming_into_a_file_this_process_holds_open_is_refused_and_leaves_it_as_it_was(tmp_path):
+    """A notebook's reader left open (no `with`) and then `embed(..., resume=True)` into that file:
+    h5py's OSError "file is already open for read-only", after the file had been renamed
+    OUTPUT.partial. The run is refused naming the file, the file untouched; closed, it resumes."""
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nMVLSPADK\n")
+    half = tmp_path / "half.fa"
+    half.write_text(">a\nMKTAYIAK\n")
+    out = tmp_path / "out.h5"
+    embed(half, out, EmbedOptions(model="onehot"))
+    reader = EmbeddingsReader(out)
+    with pytest.raises(UsageError, match="is open in this process.*close it"):
+        embed(fasta, out, EmbedOptions(model="onehot", resume=True))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.h5"]
+    assert reader.ids() == ["a"]
+    reader.close()
+    assert embed(fasta, out, EmbedOptions(model="onehot", resume=True)).num_embedded == 1
+    with EmbeddingsReader(out) as r:
+        assert r.ids() == ["a", "b"]

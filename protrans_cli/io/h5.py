@@ -1237,6 +1237,27 @@ def refuse_if_in_use(path) -> None:
         pass
 
 
+def refuse_if_open_here(path) -> None:
+    """A file this process holds open (an EmbeddingsReader used outside a `with` block, an
+    h5py.File not closed) is refused before a resumed run touches it: HDF5 cannot open it again
+    for writing, and the run failed with h5py's "OSError: Unable to synchronously open file (file
+    is already open for read-only)" after it had renamed the finished file OUTPUT.partial."""
+    import h5py
+
+    try:
+        target = os.stat(path)
+    except OSError:
+        return
+    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:  # (HDF5 knows a file by its inode, whatever name or working directory opened it)
+            held = os.fstat(fid.get_vfd_handle())
+        except Exception:  # (a driver without a file descriptor: an in-memory or Python file object)
+            continue
+        if (held.st_dev, held.st_ino) == (target.st_dev, target.st_ino):
+            raise UsageError("is open in this process (an EmbeddingsReader used outside a `with` block, or an "
+                             "h5py.File not closed): close it before resuming into it", path=str(path))
+
+
 def truncated_by(attrs) -> str:
     """Who cut a file's truncated proteins short, for messages: embed, or esm-extract (a file
     `import-esm` wrote)."""
@@ -1767,6 +1788,8 @@ class EmbeddingsWriter:
         run_attrs = run_attributes(attrs, kinds=self.kinds, layout=layout, storage_dtype=storage_dtype)
         for busy in (self.partial, self.path):
             refuse_if_in_use(busy)
+            if resume:
+                refuse_if_open_here(busy)
         resumed = False
         self._base = None  # the finished stacked file this run's proteins are merged with (io/stacked.py)
         if resume and not self.partial.exists() and self.path.exists():
