@@ -1130,6 +1130,23 @@ def test_a_reader_used_after_its_with_block_says_it_is_closed(tmp_path, layout):
             call()
 
 
+
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_items_begun_in_the_with_block_and_runs_say_the_reader_is_closed_after_it(tmp_path, layout):
+    """An items() iterator begun inside the with block and resumed after it was h5py's bare
+    "ValueError: Invalid location identifier" (grouped), and r.runs() h5py's KeyError "invalid
+    identifier type to function": the closed reader's UsageError, as every other method says."""
+    with EmbeddingsWriter(tmp_path / "o.h5", kinds=(PER_PROTEIN,), layout=layout) as w:
+        for ident in ("a", "b"):
+            w.write(ident, ident, "MKV", per_protein=np.ones(3, np.float32))
+    with EmbeddingsReader(tmp_path / "o.h5") as r:
+        rows = r.items()
+        assert next(rows)[0] == "a"
+        r.runs()  # (open: no error)
+    for call in (lambda: next(rows), r.runs):
+        with pytest.raises(UsageError, match="this EmbeddingsReader is closed: use it inside its with block"):
+            call()
+
 def test_cached_types_write_the_same_values_and_types(tmp_path):
     """The writer reuses its HDF5 types, dataspaces and memory types from one dataset to the next
     (io.h5._create_dataset, _set_attr): every dataset and attribute still holds its own value and

@@ -517,6 +517,7 @@ class EmbeddingsReader:
             for rows, attrs in self._stacked.blocks():
                 for row, record in zip(rows, attrs):
                     yield record["id"], row, record
+                    self._check_open()  # (resumed after the with block: see below)
             return
         group = self._group(kind)
         for key in self.keys(kind):
@@ -529,6 +530,9 @@ class EmbeddingsReader:
             h5py.h5a.iterate(obj, names.append)  # (None returned: on to the next)
             attrs = {name.decode("utf-8"): _plain(read_attr(obj, name.decode("utf-8"))) for name in names}
             yield dataset_id(key, attrs), read_array(group, key, obj), attrs
+            # items() begun in a with block and resumed after it: h5py's bare "ValueError:
+            # Invalid location identifier" at the next protein, not the closed reader's error
+            self._check_open()
 
     def facts(self, key: str, kind: str | None = None) -> tuple[int | None, int | None, str | None]:
         """(length, truncated_from, checksum) of the protein at `key`, as `dataset_facts` gives them
@@ -596,6 +600,7 @@ class EmbeddingsReader:
 
     def runs(self) -> list[dict]:
         """The settings of every run that wrote the file, oldest first (the `runs` attribute)."""
+        self._check_open()  # (h5py's KeyError "invalid identifier type to function" once closed)
         return recorded_runs(self.file)
 
 
