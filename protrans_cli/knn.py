@@ -16,6 +16,7 @@ exactly (in float64, from the vectors) and ranked by those distances, ties by re
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,7 +118,7 @@ def nearest(query, reference, *, k: int = 1, metric: str = "euclidean", layer: i
     embeddings files, or one file given twice with `exclude_self`); `device`: where the
     distances are computed (auto: a GPU when there is one)."""
     q_ids, q, ref_ids, ref = _prepared(query, reference, k, metric, layer, allow_model_mismatch)
-    return _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device)
+    return _neighbours(q_ids, q, ref_ids, ref, int(k), metric, exclude_self, threads, device)
 
 
 def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch: bool):
@@ -125,16 +126,20 @@ def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch
     scales by 1 / length in the search)."""
     for name, value in (("query", query), ("reference", reference)):
         expect_path(value, name)
-    _check_search(k, metric)
+    _check_search(k, metric, layer)
     ref_ids, ref, r_attrs = _reference_vectors(reference, layer)
     q_ids, q, q_attrs = _vectors(query, layer, "query")
     _check_pair(query, reference, q, ref, q_attrs, r_attrs, metric, allow_model_mismatch)
     return q_ids, q, ref_ids, ref
 
 
-def _check_search(k, metric: str) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+def _check_search(k, metric: str, layer=-1) -> None:
+    # (numpy's integers count as Python's, as in every settings object: k=np.int64(3) was refused
+    # as "-k must be at least 1", and layer="-1" a TypeError from the layer lookup)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise UsageError(f"-k must be at least 1, got {k!r}")
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise UsageError(f"--layer is a whole number (-1: the last layer), got {type(layer).__name__} {layer!r:.40}")
     if metric not in METRICS:
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
 
@@ -403,7 +408,8 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     if output is not None and str(output) != "-":
         output_directory(output)  # (as predict: before the search, not when its result is written)
     check_resamples(n_bootstrap, "--bootstrap")
-    _check_search(k, metric)
+    _check_search(k, metric, layer)
+    k, layer = int(k), int(layer)
     if fasta is not None:
         expect_path(fasta, "fasta")
         # (every refusal before the sequences are embedded: the reference's, the options', the labels')

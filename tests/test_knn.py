@@ -816,6 +816,26 @@ def test_a_list_of_files_from_python_is_one_usage_error_naming_the_argument(tmp_
     assert not (tmp_path / "k.tsv").exists()
 
 
+
+def test_numpy_integers_for_k_and_layer_are_the_numbers_they_stand_for_and_text_is_refused(tmp_path):
+    """k=np.int64(3) (a loop over np.arange, a value from a DataFrame) was refused as "-k must be
+    at least 1, got np.int64(3)", and layer="-1" was a TypeError from the layer lookup."""
+    from protrans_cli.knn import knn, nearest
+
+    rng = np.random.default_rng(1)
+    _write(tmp_path / "q.h5", rng.normal(size=(5, 4)))
+    _write(tmp_path / "r.h5", rng.normal(size=(9, 4)), [f"r{i}" for i in range(9)])
+    plain = nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=3, threads=1, device="cpu")
+    found = nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=np.int64(3), layer=np.int64(-1), threads=1, device="cpu")
+    assert np.array_equal(found.index, plain.index) and found.index.shape == (5, 3)
+    knn(tmp_path / "q.h5", tmp_path / "r.h5", tmp_path / "k.tsv", k=np.int32(2), threads=1, device="cpu")
+    assert len((tmp_path / "k.tsv").read_text().splitlines()) == 1 + 5 * 2
+    for call in (nearest, knn):
+        with pytest.raises(UsageError, match=r"^--layer is a whole number \(-1: the last layer\), got str '-1'"):
+            call(tmp_path / "q.h5", tmp_path / "r.h5", layer="-1")
+        with pytest.raises(UsageError, match=r"^-k must be at least 1, got 2.0"):
+            call(tmp_path / "q.h5", tmp_path / "r.h5", k=2.0)
+
 def test_queries_of_a_model_directory_retrained_since_the_reference_are_refused(tmp_path, run_cli, own_tmpdir):
     """A local model directory has no hub commit: queries embedded after another model was trained
     into the reference's model directory (a file, or --fasta) were searched among the old
