@@ -788,6 +788,25 @@ def test_predict_arguments_of_the_wrong_type_are_usage_errors(kw, match, loc_dat
         evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", **kw)
 
 
+
+def test_predict_and_predict_embeddings_take_numpy_integers_for_max_residues(loc_data, tmp_path):
+    """max_residues=np.int64(4096) was refused as "must be a whole number" (predict, evaluate_head)
+    and "must be a whole number of at least 1, got np.int64(4096)" (predict_embeddings): numpy's
+    integers are the numbers they stand for, as in every settings object."""
+    from protrans_cli import predict_embeddings
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    head = tmp_path / "head"
+    fit(FitConfig(task="loc", max_epochs=1, threads=1, plots=False), loc_data / "train.h5", loc_data / "train.fasta",
+        head)
+    assert predict(head, loc_data / "train.h5", tmp_path / "p.csv", max_residues=np.int64(4096))["proteins"] == 24
+    evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", max_residues=np.int32(4096))
+    with EmbeddingsReader(loc_data / "train.h5") as r:
+        vectors = {i: r.get(i) for i in r.ids()[:3]}
+    found = predict_embeddings(head, vectors, max_residues=np.int64(4096), threads=1)
+    assert {i: p["loc"].labels for i, p in found.items()} == {
+        i: p["loc"].labels for i, p in predict_embeddings(head, vectors, threads=1).items()}
+
 def test_predict_wrong_calls_are_refused_before_the_embeddings_are_read(loc_data, tmp_path):
     """probabilities with a per-protein head was refused once the whole embeddings file had been
     read (minutes on a large one): here a file that does not exist would have been the error."""

@@ -14,6 +14,7 @@ None for a value). They are what `protrans predict` writes for the same embeddin
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -53,8 +54,10 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
     if isinstance(embeddings, (str, bytes)) or hasattr(embeddings, "read") or not hasattr(embeddings, "__iter__"):
         raise UsageError("embeddings is {id: array} or a list of arrays (an embeddings file goes to "
                          f"protrans_cli.predict), got {type(embeddings).__name__}")
-    if isinstance(max_residues, bool) or not isinstance(max_residues, int) or max_residues < 1:
+    # (numpy's integers count as Python's: np.int64(4096) was refused as "not a whole number")
+    if isinstance(max_residues, bool) or not isinstance(max_residues, numbers.Integral) or max_residues < 1:
         raise UsageError(f"max_residues must be a whole number of at least 1, got {max_residues!r:.40}")
+    max_residues = int(max_residues)
     as_list = not isinstance(embeddings, Mapping)
     pairs = list(enumerate(embeddings)) if as_list else list(embeddings.items())
     ensemble, task, config = load_head(head_dir)

@@ -19,6 +19,7 @@ import dataclasses
 import csv
 import io
 import json
+import numbers
 import os
 from pathlib import Path
 
@@ -721,7 +722,8 @@ def check_head_output(task, output: str | None) -> None:
 
 def _check_max_residues(max_residues) -> None:
     # 0 or a negative budget was taken (fit refuses it): what it did depended on the batching code
-    if isinstance(max_residues, bool) or not isinstance(max_residues, int):  # ("100" was "at least 1, got 100")
+    # ("100" was "at least 1, got 100"; numpy's integers count as Python's)
+    if isinstance(max_residues, bool) or not isinstance(max_residues, numbers.Integral):
         raise UsageError(f"--max-residues (max_residues) must be a whole number, got {type(max_residues).__name__} "
                          f"{max_residues!r:.60}")
     if max_residues < 1:
