@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, UsageError, type_problem
 
 METHODS = ("pca", "tsne", "umap")
 METRICS = ("euclidean", "cosine")
@@ -94,6 +94,20 @@ def check_method(method: str, dims: int, metric: str) -> None:
                              f"pip install 'protrans[project]' (or {package}); --method pca needs nothing more")
 
 
+# The numbers the Python calls take (project, reduce, map_quality), as their signatures have them
+_NUMBERS = {"dims": "int", "seed": "int", "layer": "int", "sample": "int | None", "perplexity": "float | None",
+            "neighbors": "int | None", "min_dist": "float", "threads": "int | None", "k": "int", "queries": "int"}
+
+
+def check_numbers(**settings) -> None:
+    """Each setting a number of its kind (numpy's count): seed="1", dims=2.0 or layer="-1" from a
+    notebook were TypeErrors from inside ("'<=' not supported between instances of 'int' and
+    'str'", "slice indices must be integers"), dims="2" "--dims 2: a map has 2 or 3 dimensions"."""
+    for name, value in settings.items():
+        if problem := type_problem(_NUMBERS[name], value):
+            raise UsageError(f"{name} must be {problem}, got {type(value).__name__} {value!r:.40}")
+
+
 def check_seed(seed: int) -> None:
     """scikit-learn, umap-learn and numpy take seeds of 0 to 2**32 - 1 (-1 was a traceback)."""
     if not 0 <= seed < 2**32:
@@ -128,6 +142,7 @@ def reduce(vectors: np.ndarray, *, method: str = "pca", dims: int = 2, metric: s
     the map of the unit vectors; t-SNE and UMAP are given metric="cosine" as well). t-SNE's
     `perplexity` defaults to 30 and UMAP's `neighbors` to 15, lowered for a small N (said
     on stderr); given, they must fit N."""
+    check_numbers(dims=dims, seed=seed, perplexity=perplexity, neighbors=neighbors, min_dist=min_dist, threads=threads)
     check_method(method, dims, metric)
     check_seed(seed)
     vectors = np.asarray(vectors)
@@ -261,6 +276,7 @@ def map_quality(vectors: np.ndarray, coords: np.ndarray, *, metric: str = "eucli
     The second says whether the map separates the labels as the embedding space does: a map
     whose figure is far below the space's draws clusters the vectors do not have, or mixes
     what they keep apart."""
+    check_numbers(k=k, queries=queries, seed=seed)
     # (rows that do not pair up were an IndexError or a numpy traceback, and labels of another
     # length, such as the {id: label} dict itself, gave no figure without a word)
     shapes = np.shape(vectors), np.shape(coords)
@@ -476,6 +492,8 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     labels = [labels] if isinstance(labels, (str, Path)) else list(labels or ())
     if not inputs:
         raise UsageError("no embeddings to map: give one file or more")
+    check_numbers(dims=dims, seed=seed, layer=layer, sample=sample, perplexity=perplexity, neighbors=neighbors,
+                  min_dist=min_dist, threads=threads)
     check_method(method, dims, metric)
     check_seed(seed)
     # (the bounds that need no data, before it is read: they were said once every file was read)

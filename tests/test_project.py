@@ -619,6 +619,28 @@ def test_map_quality_refuses_rows_that_do_not_pair_up_and_labels_of_another_leng
     assert map_quality(x, coords, labels=[str(c) for c in cluster])[1][2] == 18
 
 
+
+def test_library_settings_of_the_wrong_type_are_usage_errors_and_numpy_numbers_serve(tmp_path):
+    """seed="1", dims=2.0, layer="-1", sample="50" or k="5" from a notebook were TypeErrors from
+    inside ("'<=' not supported between instances of 'int' and 'str'", "slice indices must be
+    integers"); dims="2" said "--dims 2: a map has 2 or 3 dimensions". numpy's numbers serve."""
+    from protrans_cli.project import map_quality, project, reduce
+
+    x, _ = _clusters(n_per=6)
+    _write(tmp_path / "e.h5", x, [f"e{i}" for i in range(len(x))])
+    for kw, said in (({"seed": "1"}, "seed must be an int, got str '1'"), ({"dims": 2.0}, "dims must be an int, got float"),
+                     ({"dims": "2"}, "dims must be an int, got str '2'"),
+                     ({"perplexity": "5"}, "perplexity must be a float or None, got str")):
+        with pytest.raises(UsageError, match=f"^{said}"):
+            reduce(x, **kw)
+    for kw, said in (({"layer": "-1"}, "layer must be an int, got str"), ({"sample": "8"}, "sample must be an int or None")):
+        with pytest.raises(UsageError, match=f"^{said}"):
+            project(tmp_path / "e.h5", None, **kw)
+    with pytest.raises(UsageError, match="^k must be an int, got str '5'"):
+        map_quality(x, reduce(x)[0], k="5")
+    assert reduce(x, dims=np.int64(2), seed=np.int64(1))[0].shape == (18, 2)
+    assert project(tmp_path / "e.h5", None, sample=np.int64(8), layer=np.int64(-1), measure=False).coords.shape == (8, 2)
+
 def test_pca_imports_no_torch(tmp_path):
     x, _ = _clusters(n_per=3)
     _write(tmp_path / "e.h5", x, [f"e{i}" for i in range(len(x))])
