@@ -158,7 +158,13 @@ def _parse_variant(text: str, sequence: str, offset: int) -> Variant:
 
 
 def all_singles(sequence: str) -> list[Variant]:
-    """Every single substitution of `sequence` to another of the 20 amino acids, site by site."""
+    """Every single substitution of `sequence` to another of the 20 amino acids, site by site,
+    read as parse_variant and the scorer read it (upper-case, gaps and a final `*` removed): the
+    letters as given made "m1A" of "mkt", "-4A" of "MKT-A" and "*9A" of a final stop, which
+    score() refused as no substitution of the wild type it scores."""
+    from protrans_cli.residues import normalise
+
+    sequence = normalise(sequence, rare="keep")
     return [(Mutation(i, wt, aa),) for i, wt in enumerate(sequence) for aa in AMINO_ACIDS if aa != wt]
 
 

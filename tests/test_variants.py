@@ -389,6 +389,25 @@ def test_a_max_length_beyond_the_position_table_and_a_single_pass_out_of_memory(
         scorer.score(SEQ[:8], all_singles(SEQ[:8]))
 
 
+
+def test_all_singles_reads_the_wild_type_as_the_scorer_does(tiny_models):
+    """docs/variants.md's scorer.score(wt, all_singles(wt)): all_singles took the letters as given,
+    so a lower-case wild type, one with a gap or a final stop gave "m1A", "-4A" or "*9A", which
+    score() refused (it reads wt upper-cased, without gaps or the stop, as parse_variant does)."""
+    from protrans_cli.errors import UsageError
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    wt = SEQ[:8]
+    scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
+    plain = scorer.score(wt, all_singles(wt), "wt-marginals")
+    for given in (wt.lower(), wt + "*", wt[:3] + "-" + wt[3:]):
+        assert all_singles(given) == all_singles(wt)
+        np.testing.assert_array_equal(scorer.score(given, all_singles(given), "wt-marginals"), plain)
+    for value in (None, [wt]):  # (a TypeError; a list's one "letter" the whole sequence)
+        with pytest.raises(UsageError, match="a sequence is a str or bytes"):
+            all_singles(value)
+
 def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_the_protein(tiny_models):
     from protrans_cli.errors import InputError, ModelError, UsageError
     from protrans_cli.models import load_model
