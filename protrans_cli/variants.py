@@ -43,6 +43,7 @@ import contextlib
 import csv
 import io
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,10 @@ def parse_variant(text: str, sequence: str, offset: int = 1) -> Variant:
     wrong (an empty or NA text too)."""
     from protrans_cli.residues import normalise
 
-    return _parse_variant(text, normalise(sequence, rare="keep"), offset)
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):  # ("1": a TypeError from inside)
+        raise UsageError(f"offset is the whole number of the sequence's first residue, got {type(offset).__name__} "
+                         f"{offset!r:.40}")
+    return _parse_variant(text, normalise(sequence, rare="keep"), int(offset))
 
 
 def is_missing(text: str) -> bool:
@@ -187,6 +191,14 @@ class VariantScorer:
 
         from protrans_cli.embedders import _count_special_tokens, _max_residues, _trained_residues
 
+        from protrans_cli.models import LoadedModel
+
+        if not isinstance(loaded, LoadedModel):  # (a model's name: "'str' object has no attribute 'model'")
+            raise UsageError(f"VariantScorer takes a loaded model, load_model(name, masked_lm=True), got "
+                             f"{type(loaded).__name__} {loaded!r:.60}")
+        for name, value in (("max_tokens", max_tokens), ("max_length", max_length)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise UsageError(f"{name} must be a whole number or None, got {type(value).__name__} {value!r:.40}")
         if long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")
         if max_length is not None and max_length < 1:

@@ -438,9 +438,19 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
         scorer.score(SEQ[:8], [], "masked")
     for bad, said in (({"long_policy": "crop"}, "^--long-policy must be one of error, window$"),
                       ({"max_length": 0}, "^--max-length must be at least 1$"),
-                      ({"max_tokens": 0}, "^--max-tokens must be at least 1$")):
+                      ({"max_tokens": 0}, "^--max-tokens must be at least 1$"),
+                      # (text: TypeErrors from inside, "'<' not supported between instances of 'str' and 'int'")
+                      ({"max_tokens": "100"}, "^max_tokens must be a whole number or None, got str '100'$"),
+                      ({"max_length": 512.0}, "^max_length must be a whole number or None, got float")):
         with pytest.raises(UsageError, match=said):
             VariantScorer(scorer.loaded, progress=False, **bad)
+    # a model's name for the loaded model was "'str' object has no attribute 'model'"; an offset of
+    # text "unsupported operand type(s) for -: 'int' and 'str'"
+    with pytest.raises(UsageError, match="^VariantScorer takes a loaded model, load_model\\(name, masked_lm=True\\), got str"):
+        VariantScorer(str(tiny_models["esm"]))
+    with pytest.raises(UsageError, match="^offset is the whole number of the sequence's first residue, got str '1'"):
+        parse_variant("K2A", SEQ, offset="1")
+    assert parse_variant("K25A", SEQ, offset=np.int64(24)) == parse_variant("K2A", SEQ)
 
 
 def test_onehot_is_refused_as_no_language_model(run_cli, tmp_path):
