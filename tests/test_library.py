@@ -573,6 +573,64 @@ def test_overlapping_model_loads_leave_the_callers_transformers_log_levels():
         hub_logging.set_verbosity(before[1])
 
 
+
+def test_model_loads_in_two_threads_run_one_at_a_time_and_leave_transformers_as_it_was(tmp_path_factory,
+                                                                                           monkeypatch):
+    """transformers' from_pretrained swaps PreTrainedModel.tie_weights for a no-op (and torch's
+    default dtype) while it builds a model and puts back what it found: two load_model calls at
+    once in two threads (a web app) put back each other's no-op, and this and every later T5
+    load in the process failed, "no weights for encoder.embed_tokens.weight". Here the first
+    load waits inside from_pretrained until the second thread has started its own load."""
+    import threading
+    import time
+
+    from transformers import PreTrainedModel, T5EncoderModel
+
+    from conftest import save_tiny_model
+    from protrans_cli.models import load_model
+
+    directory = save_tiny_model(tmp_path_factory, "t5")
+    real, tie = T5EncoderModel.from_pretrained.__func__, PreTrainedModel.tie_weights
+    second_started, state = threading.Event(), {"inside": 0, "most": 0, "calls": 0}
+    lock = threading.Lock()
+
+    def from_pretrained(cls, *args, **kwargs):
+        with lock:
+            state["inside"] += 1
+            state["most"] = max(state["most"], state["inside"])
+            state["calls"] += 1
+            first = state["calls"] == 1
+        try:
+            if first:  # (the second thread's load is under way before this one goes on)
+                second_started.wait(10)
+                time.sleep(0.3)
+            return real(cls, *args, **kwargs)
+        finally:
+            with lock:
+                state["inside"] -= 1
+
+    monkeypatch.setattr(T5EncoderModel, "from_pretrained", classmethod(from_pretrained))
+    errors = []
+
+    def load(signal=None):
+        if signal is not None:
+            signal.set()
+        try:
+            load_model(directory)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load), threading.Thread(target=load, args=(second_started,))]
+    threads[0].start()
+    while not state["calls"]:
+        time.sleep(0.01)
+    threads[1].start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and state == {"inside": 0, "most": 1, "calls": 2}
+    assert PreTrainedModel.tie_weights is tie
+    load_model(directory)
+
 def test_uncompiled_flex_attention_leaves_the_process_warning_filters_alone(monkeypatch):
     """The CPU's FlexAttention call hides torch's "called without torch.compile" warning without
     swapping the process's warning filters while it runs (catch_warnings is not thread-safe: two

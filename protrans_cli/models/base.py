@@ -14,6 +14,7 @@ module mostly declares its vocabulary, its special-token layout, its HF classes 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -217,7 +218,8 @@ class Family:
         with torch.device("meta"):
             model_class = type(self.pretraining_model(config))
         refuse_missing_layers(model_class, directory)
-        return model_class.from_pretrained(str(directory), config=config, **{**NO_HUB_KERNELS, **kwargs})
+        with HF_LOADING:  # (see load_checked)
+            return model_class.from_pretrained(str(directory), config=config, **{**NO_HUB_KERNELS, **kwargs})
 
     def save_pretrained(self, model, tokenizer, directory) -> None:
         """Write an HF model directory that `load_encoder` and `AutoModel` read back."""
@@ -589,6 +591,14 @@ def _override_problem(key: str, value) -> str | None:
     return None
 
 
+# transformers' from_pretrained changes process-wide state while it builds a model (it replaces
+# PreTrainedModel.tie_weights with a no-op and sets torch's default dtype) and puts back what it
+# found: two loads at once in two threads (a web app, a notebook's thread pool) put back each
+# other's no-op, so that this and every later load in the process left T5's embed_tokens untied
+# ("no weights for encoder.embed_tokens.weight") or weights on the meta device. One at a time.
+HF_LOADING = threading.RLock()
+
+
 def load_checked(model_class, name_or_path, *, dtype=None, lacking: str | None = None, **kwargs):
     """`model_class.from_pretrained`, in eval mode, refusing a checkpoint that leaves any weight
     the hidden states depend on freshly initialised (a wrong or truncated checkpoint would
@@ -597,8 +607,9 @@ def load_checked(model_class, name_or_path, *, dtype=None, lacking: str | None =
     problem = _depth_problem(model_class, name_or_path, kwargs)
     if problem:
         raise ModelError(f"{name_or_path}: {problem}")
-    model, info = model_class.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True,
-                                              **{**NO_HUB_KERNELS, **kwargs})
+    with HF_LOADING:
+        model, info = model_class.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True,
+                                                  **{**NO_HUB_KERNELS, **kwargs})
     prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
     # (under a head class the encoder's names carry its prefix: `esm.contact_head.` in EsmForMaskedLM)
     missing = [k for k in info.get("missing_keys", [])

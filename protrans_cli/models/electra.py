@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from protrans_cli.errors import ModelError
-from protrans_cli.models.base import NO_HUB_KERNELS, Family, refuse_missing_layers
+from protrans_cli.models.base import HF_LOADING, NO_HUB_KERNELS, Family, refuse_missing_layers
 from protrans_cli.models.bert import BERT_SPECIALS
 from protrans_cli.models.tokenizers import RESIDUES, residue_tokenizer, save_tokenizer
 
@@ -146,10 +146,11 @@ def _pair_class():
                 hub = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only")}
                 kwargs_d["config"] = config
                 kwargs_g["config"] = saved_generator_config(directory, config, **hub)
-            discriminator, d_info = ElectraForPreTraining.from_pretrained(directory, output_loading_info=True,
-                                                                          **kwargs_d)
-            generator, g_info = ElectraForMaskedLM.from_pretrained(directory, subfolder="generator",
-                                                                   output_loading_info=True, **kwargs_g)
+            with HF_LOADING:  # (one from_pretrained at a time in the process: models/base.py)
+                discriminator, d_info = ElectraForPreTraining.from_pretrained(directory, output_loading_info=True,
+                                                                              **kwargs_d)
+                generator, g_info = ElectraForMaskedLM.from_pretrained(directory, subfolder="generator",
+                                                                       output_loading_info=True, **kwargs_g)
             _warn_unshared_embeddings(directory, discriminator, generator)
             pair = cls(discriminator, generator)
             if not output_loading_info:
