@@ -529,6 +529,31 @@ def test_a_file_another_process_writes_is_said_to_be_in_use_not_unreadable(tmp_p
             EmbeddingsReader(other)
 
 
+
+def test_resuming_a_file_another_process_reads_is_refused_naming_it_and_leaves_it_finished(tmp_path):
+    """A notebook's EmbeddingsReader holds out.h5 open; `embed --resume -o out.h5` elsewhere: HDF5's
+    shared read lock let the in-use check through, and the run ended in h5py's "Unable to
+    synchronously open file (unable to lock file, errno = 11 ...)" naming no file, with out.h5
+    renamed out.h5.partial (and a ledger beside it). The run is refused naming out.h5, which is
+    left as it was."""
+    from conftest import another_process
+    from protrans_cli.errors import RuntimeFailure
+
+    out = tmp_path / "out.h5"
+    _write(out, ["a"])
+    kept = out.read_bytes()
+    with another_process(f"import h5py\nf = h5py.File({str(out)!r}, 'r')"):
+        with pytest.raises(RuntimeFailure) as info:
+            EmbeddingsWriter(out, kinds=(PER_RESIDUE, PER_PROTEIN), attrs={"model": "m", "layers": [-1]}, resume=True,
+                             finished_proteins=(np.array([b"a" * 16], "S16"), np.array([1], "<u8")))
+        assert info.value.format() == (f"{out}: is open in another process (it holds the HDF5 file lock): close it "
+                                       "there (an EmbeddingsReader or h5py.File), or wait for that process to end, "
+                                       "and run the command again")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"] and out.read_bytes() == kept
+    with EmbeddingsWriter(out, kinds=(PER_RESIDUE, PER_PROTEIN), attrs={"model": "m", "layers": [-1]},
+                          resume=True) as w:
+        assert w.done_ids() == {"a"}
+
 def test_writer_does_not_create_through_a_planted_link(tmp_path):
     # `.OUT.partial.creating` has a fixed name: HDF5's "w" truncated the file a link planted
     # there pointed to, wrote the embeddings into it, and the link became OUT.

@@ -1795,7 +1795,7 @@ class EmbeddingsWriter:
             refuse_if_in_use(busy)
             if resume:
                 refuse_if_open_here(busy)
-        resumed = False
+        resumed = renamed = False
         self._base = None  # the finished stacked file this run's proteins are merged with (io/stacked.py)
         if resume and not self.partial.exists() and self.path.exists():
             # A finished file extended by a resumed run: it becomes partial again until done.
@@ -1810,6 +1810,7 @@ class EmbeddingsWriter:
                     unstack_file(self.path, self.partial)
             else:
                 os.replace(self.path, self.partial)
+                renamed = True
             if finished_proteins is not None:
                 # Sealed for the file as renamed (size, mtime and contents unchanged): the run
                 # goes on appending to it, so a stop and the next --resume need not read the
@@ -1823,7 +1824,18 @@ class EmbeddingsWriter:
             keep_ledger = _sealed_size(self.partial)  # (before this run changes the file)
             disk.ensure_room(self.partial, 0, f"what was computed is kept in {self.partial}; run the same command "
                                               "with --resume once there is room", what="the run's attributes")
-            self.file = h5_file(self.partial, "a")
+            try:
+                self.file = h5_file(self.partial, "a")
+            except BlockingIOError:
+                # Another process reads it (a notebook's EmbeddingsReader): HDF5's shared lock let
+                # refuse_if_in_use's read through, and the run ended in h5py's "unable to lock
+                # file, errno = 11" naming no file, the finished file left renamed OUTPUT.partial.
+                if renamed:
+                    os.replace(self.partial, self.path)
+                    remove_ledger(self.partial)
+                raise RuntimeFailure("is open in another process (it holds the HDF5 file lock): close it there (an "
+                                     "EmbeddingsReader or h5py.File), or wait for that process to end, and run the "
+                                     "command again", path=str(self.path if renamed else self.partial)) from None
             self.failed = failed_attr(self.file.attrs.get("failed"), str(self.partial))
             resumed = True
             from protrans_cli.io.stacked import extension_base
