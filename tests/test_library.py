@@ -536,6 +536,15 @@ def test_numpy_scalars_in_a_train_config_are_the_numbers_they_stand_for(tmp_path
     back = TrainConfig.from_file(tmp_path / "train_config.json")
     assert (back.num_steps, back.warmup_steps, back.sop) == (5, 2, True)
     assert type(back.num_steps) is int and back.lr == pytest.approx(1e-3)
+    # a phase's numbers too (Phase(np.int64(64), ...)): the saved config was the same TypeError
+    from protrans_cli.training.config import Phase
+
+    config = TrainConfig(family="bert", corpus=["c.txt"], phases=[Phase(np.int64(64), np.int64(5),
+                                                                        global_batch_size=np.int32(8))])
+    expect_options(config, TrainConfig, "config")
+    config.save(tmp_path / "phased.json")
+    (phase,) = TrainConfig.from_file(tmp_path / "phased.json").phases
+    assert (phase.max_length, phase.num_steps, phase.global_batch_size) == (64, 5, 8) and type(phase.num_steps) is int
 
 
 def test_overlapping_calls_in_two_threads_leave_the_callers_thread_count(caller_threads):

@@ -41,6 +41,14 @@ class Phase:
     global_batch_size: int | None = None  # None: the config's global_batch_size
     micro_batch_size: int | None = None   # None: the config's micro_batch_size
 
+    def __post_init__(self):
+        # numpy's integers, as TrainConfig takes them (Phase(np.int64(512), ...) from an array):
+        # the run's train_config.json was a TypeError, "Object of type int64 is not JSON serializable"
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+                setattr(self, f.name, value.item())
+
     @classmethod
     def parse(cls, text: str) -> "Phase":
         """`LEN:STEPS[:GLOBAL_BATCH[:MICRO_BATCH]]`, e.g. `512:150000` or `2048:150000:256:4`."""
