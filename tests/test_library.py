@@ -518,6 +518,17 @@ def test_settings_of_the_wrong_type_are_usage_errors_before_any_work(tmp_path):
     assert out.is_file()
 
 
+
+def test_numpy_scalars_in_a_fit_config_are_the_numbers_they_stand_for(loc_data, tmp_path):
+    """FitConfig took np.int64 and np.float32 (expect_options accepts numpy's scalars), but the
+    head's config.json was then "TypeError: Object of type int64 is not JSON serializable", once
+    every epoch had run, with the work left in HEAD.partial."""
+    config = FitConfig(task="loc", max_epochs=np.int64(1), hidden=np.int64(8), lr=np.float32(1e-3),
+                       seed=np.int64(1), n_bootstrap=np.int64(10), threads=1, plots=False)
+    fit(config, loc_data / "train.h5", loc_data / "train.fasta", tmp_path / "head")
+    assert predict(tmp_path / "head", loc_data / "train.h5", tmp_path / "p.csv")["proteins"] == 24
+    assert type(config.max_epochs) is int and type(config.lr) is float
+
 def test_numpy_scalars_in_a_train_config_are_the_numbers_they_stand_for(tmp_path):
     """type_problem accepts numpy's scalars for plain settings (CHANGELOG: "numpy's scalars are
     accepted"), but for TrainConfig np.float32 then failed check_values ("--lr (lr) must be a

@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,15 @@ class FitConfig:
     resume: bool = False  # continue the interrupted fit kept in OUTPUT.partial
     standardise: bool = True  # FNN heads: z-score inputs with the training mean/std (Light Attention: raw rows)
     plots: bool = True  # curves.png and metrics/<set>.<output>.png (False: no matplotlib at all)
+
+    def __post_init__(self):
+        # numpy's scalars, which expect_options accepts (a setting taken from an array or a data
+        # frame): the head's config.json was "TypeError: Object of type int64 is not JSON
+        # serializable", once every epoch had run
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+                setattr(self, f.name, value.item())
 
     def check(self) -> None:
         if self.architecture is not None and not isinstance(self.architecture, str):
