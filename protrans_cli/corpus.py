@@ -34,7 +34,7 @@ import stat as _stat
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -113,6 +113,15 @@ class CorpusOptions:
     shuffle_bytes: int = 512 << 20     # --shuffle: text held in memory at a time (one bucket)
     block_bytes: int = 1 << 20         # input block handed to a worker (1 MiB: its arrays stay in cache)
     progress: bool = False
+
+    def __post_init__(self):
+        # numpy's scalars, which expect_options accepts (a setting from an array or a data frame):
+        # seed=np.int64(3) was refused as "not a whole number", and the --stats JSON of
+        # np.int64(100) was "TypeError: Object of type int64 is not JSON serializable"
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+                setattr(self, f.name, value.item())
 
     @property
     def sharded(self) -> bool:

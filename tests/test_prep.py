@@ -344,6 +344,23 @@ def test_length_filters_and_crop(tmp_path):
     assert skip.length_percentiles()["p100"] == 8
 
 
+
+def test_numpy_scalars_in_corpus_options_are_the_numbers_they_stand_for(tmp_path):
+    """CorpusOptions took np.int64 (expect_options accepts numpy's scalars), but seed=np.int64(3)
+    was refused as "--seed must be a whole number of at least 0", and --stats of a numpy
+    max_length was "TypeError: Object of type int64 is not JSON serializable"."""
+    import numpy as np
+
+    out, stats_file = tmp_path / "c.txt", tmp_path / "s.json"
+    plain = build_corpus([DATA / "lengths.fa"], CorpusOptions(output=str(out), min_length=3, max_length=5, long="crop",
+                                                              shuffle=True, seed=3))
+    kept = out.read_bytes()
+    stats = build_corpus([DATA / "lengths.fa"], CorpusOptions(output=str(out), min_length=np.int64(3),
+                                                              max_length=np.int64(5), long="crop", shuffle=np.True_,
+                                                              seed=np.int64(3), stats=str(stats_file)))
+    assert out.read_bytes() == kept and stats.lines_out == plain.lines_out
+    assert json.loads(stats_file.read_text())["proteins_out"] == plain.proteins_out
+
 def test_dedup_keeps_first_occurrence(tmp_path, run_cli):
     out = tmp_path / "c.txt"
     stats = build_corpus([DATA / "duplicates.fa"], CorpusOptions(output=str(out), dedup=True))
