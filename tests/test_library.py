@@ -879,6 +879,11 @@ def test_predict_and_predict_embeddings_take_numpy_integers_for_max_residues(loc
         head)
     assert predict(head, loc_data / "train.h5", tmp_path / "p.csv", max_residues=np.int64(4096))["proteins"] == 24
     evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", max_residues=np.int32(4096))
+    # the bootstrap's resamples likewise (text or a float: "'<' not supported between 'str' and 'int'")
+    evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", n_boot=np.int64(100))
+    for n_boot in ("100", 100.0):
+        with pytest.raises(UsageError, match=f"^n_boot must be a whole number of resamples, got {type(n_boot).__name__}"):
+            evaluate_head(head, loc_data / "train.h5", loc_data / "train.fasta", n_boot=n_boot)
     with EmbeddingsReader(loc_data / "train.h5") as r:
         vectors = {i: r.get(i) for i in r.ids()[:3]}
     found = predict_embeddings(head, vectors, max_residues=np.int64(4096), threads=1)

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import os
 import shutil
 import time
@@ -492,6 +493,10 @@ def check_resamples(n, what: str) -> None:
     """A bootstrap of fewer than MIN_RESAMPLES resamples is refused: its 2.5th and 97.5th
     percentiles are one or two resamples (`--bootstrap 1` reported Q3 0.3977 with the "95% CI"
     0.3309-0.3309, which does not hold it)."""
+    # (knn(n_bootstrap="1000") and evaluate_head(n_boot=100.0) from Python were TypeErrors from
+    # inside: "'<' not supported between instances of 'str' and 'int'"; numpy's integers serve)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral)):
+        raise UsageError(f"{what} must be a whole number of resamples, got {type(n).__name__} {n!r:.40}")
     if n is not None and n < MIN_RESAMPLES:
         raise UsageError(f"{what} must be at least {MIN_RESAMPLES} (a 95% interval needs resamples beyond its 2.5% "
                          f"tails; 1000 is the default), got {n}")
