@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, UsageError, type_problem
+from protrans_cli.errors import InputError, UsageError, expect_path, type_problem
 
 METHODS = ("pca", "tsne", "umap")
 METRICS = ("euclidean", "cosine")
@@ -488,8 +488,16 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     that many of the proteins, drawn by `seed` (t-SNE of a UniRef-sized set), in input order."""
     from protrans_cli.io.files import input_named_by, output_directory, same_file, staged_outputs
 
-    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    labels = [labels] if isinstance(labels, (str, Path)) else list(labels or ())
+    # (None, a number or a list of lists were TypeErrors from inside: "'NoneType' object is not
+    # iterable", "expected str, bytes or os.PathLike object, not list")
+    if inputs is None or not isinstance(inputs, (str, os.PathLike)) and not hasattr(inputs, "__iter__"):
+        raise UsageError(f"inputs must be an embeddings file or a list of them, got {type(inputs).__name__} "
+                         f"{inputs!r:.60}")
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    labels = [labels] if isinstance(labels, (str, os.PathLike)) else list(labels or ())
+    for name, paths in (("inputs", inputs), ("labels", labels)):
+        for value in paths:
+            expect_path(value, f"project: {name}", " (one file each)")
     if not inputs:
         raise UsageError("no embeddings to map: give one file or more")
     check_numbers(dims=dims, seed=seed, layer=layer, sample=sample, perplexity=perplexity, neighbors=neighbors,

@@ -639,6 +639,12 @@ def test_library_settings_of_the_wrong_type_are_usage_errors_and_numpy_numbers_s
     with pytest.raises(UsageError, match="^k must be an int, got str '5'"):
         map_quality(x, reduce(x)[0], k="5")
     assert reduce(x, dims=np.int64(2), seed=np.int64(1))[0].shape == (18, 2)
+    # inputs and labels that are no paths: "'NoneType' object is not iterable", "expected str,
+    # bytes or os.PathLike object, not list"
+    with pytest.raises(UsageError, match="^inputs must be an embeddings file or a list of them, got NoneType"):
+        project(None, None)
+    with pytest.raises(UsageError, match="^project: labels must be a path \\(one file each\\), got list"):
+        project(tmp_path / "e.h5", None, labels=[[tmp_path / "l.csv"]])
     assert project(tmp_path / "e.h5", None, sample=np.int64(8), layer=np.int64(-1), measure=False).coords.shape == (8, 2)
 
 def test_pca_imports_no_torch(tmp_path):
