@@ -1006,3 +1006,23 @@ def test_resuming_into_a_file_this_process_holds_open_is_refused_and_leaves_it_a
     assert embed(fasta, out, EmbedOptions(model="onehot", resume=True)).num_embedded == 1
     with EmbeddingsReader(out) as r:
         assert r.ids() == ["a", "b"]
+
+
+def test_load_model_takes_device_auto_and_refuses_an_unknown_device_before_loading(tmp_path, monkeypatch):
+    """`device="auto"`, which every other call takes, was a ModelError listing torch's device
+    types, after the whole model had been loaded; so was a device torch does not know."""
+    import protrans_cli.models as models
+    from protrans_cli import load_model
+    from protrans_cli.errors import ModelError
+    from test_embed import save_bert_into
+
+    save_bert_into(tmp_path / "m", seed=0)
+    loaded = load_model(tmp_path / "m", device="auto")  # (the CPU here: no GPU)
+    assert loaded.device.type in (("cuda",) if torch.cuda.is_available() else ("cpu", "mps"))
+
+    def no_config(*a, **k):
+        raise AssertionError("the model was read")
+
+    monkeypatch.setattr(models, "open_config", no_config)
+    with pytest.raises(ModelError, match=r"cannot move the model to device 'gpu'"):
+        load_model(tmp_path / "m", device="gpu")

@@ -334,6 +334,14 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                          f"{type(name_or_path).__name__} {name_or_path!r:.60}")
     name = str(name_or_path)
     torch_dtype = _parse_dtype(dtype)
+    if isinstance(device, str) and device == "auto":  # (as every other call's device: a GPU where there is one)
+        from protrans_cli.embedders import resolve_device
+
+        device = resolve_device("auto", "auto")[0]
+    try:  # (before the model is read: a device torch does not know was refused after a whole load)
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ModelError(f"{name}: cannot move the model to device {device!r}: {first_line(exc)}") from None
     source = open_config(name, revision=revision, local_files_only=local_files_only)
     target, checkpoint, is_dir, hub_kwargs = source.target, source.checkpoint, source.is_dir, source.hub_kwargs
     family = source.family
