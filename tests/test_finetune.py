@@ -1027,3 +1027,16 @@ def test_accumulate_counts_the_batches_that_have_a_loss(data, tmp_path, monkeypa
     kept = (len(calls) + 1) // 2
     assert kept >= 3
     assert len(steps) == kept // 2 + 1  # every 2 batches with a loss, and the epoch's last partial step
+
+
+def test_finetune_puts_back_the_callers_random_generators(data, tmp_path):
+    """finetune() seeded torch's generator with --seed and left it so: a notebook seeded before
+    it drew other numbers after it (fit and train put the caller's back)."""
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    finetune(FinetuneConfig(task="ss3", model=str(data / "bert"), max_epochs=1, lr=0.01, max_residues=600, threads=1,
+                            n_bootstrap=10, device="cpu"), data / "train.csv", tmp_path / "out")
+    assert torch.equal(torch.rand(3), expected)

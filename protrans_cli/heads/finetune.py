@@ -36,8 +36,8 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
-from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _identity, _jsonable, _loss, _metric_names,
-                                    _only, _outputs_with_labels, _real_paths, _unique_name, _warn_overlap,
+from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _loss,
+                                    _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name, _warn_overlap,
                                     check_resamples, checked_state_bytes, evaluate_data, evaluation_records, held_out_positions,
                                     load_checked_state, no_training_records, note_dual_labels, warn_unused_fraction,
                                     write_metrics)
@@ -497,10 +497,13 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
             task = task.with_scale_from(train.targets)
     weights = _class_weights(task, train) if config.class_weights else None
 
-    with torch_threads():
+    with torch_threads(), contextlib.ExitStack() as seeded:
         torch.set_num_threads(resolve_threads(config.threads, small_work=False))
         device, dtype = resolve_device(config.device)
         autocast = "bfloat16" if device.startswith("cuda") and dtype == "bfloat16" else None
+        # (the caller's random generators put back afterwards, as fit does: a notebook seeded
+        # before finetune() drew other numbers after it)
+        seeded.enter_context(_fork_rng(torch, torch.device(device)))
         torch.manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
         loaded = load_model(config.model, device="cpu")
