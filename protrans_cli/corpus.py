@@ -1131,8 +1131,14 @@ class _Writers:
     def _handle(self, path, kind: str | None, named: bool = True):
         """The stream of an output: stdout (`-`) as it comes, else an AtomicFile that compresses
         unless the workers already did (`kind`). `named`: the name is the user's (not a shard's)."""
+        atomic = {}
+        if self.options.num_shards > 1:
+            # --shards N keeps N files open, each with its write buffer: at 1 MiB each, 256 shards
+            # held 256 MiB of corpus text (peak RSS 301 MB instead of 55 for 2 shards). Together
+            # they now hold 16 MiB (8 KiB each, Python's default, beyond 2,048 shards).
+            atomic["buffering"] = max(1 << 13, min(1 << 20, (16 << 20) // self.options.num_shards))
         handle = _output(path, compress=kind is None, level=FAST_LEVELS.get(compression_for_output(path)),
-                         follow_link=named)
+                         follow_link=named, **atomic)
         if kind and isinstance(handle, AtomicFile):
             self.precompressed[id(handle)] = kind
         self.files.append(handle)

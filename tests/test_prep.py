@@ -562,6 +562,32 @@ def test_shards_round_robin_and_by_size(tmp_path):
     assert all(len(t) <= limit or t.count(b"\n\n") == 1 for t in texts)
 
 
+def test_many_shards_hold_bounded_write_buffers(tmp_path, monkeypatch):
+    # --shards N keeps N files open: with 1 MiB of write buffer each, 256 shards held 256 MiB of
+    # corpus text (peak RSS 301 MB on a 134 MB input, 55 MB with 2 shards), against prep's
+    # "peak memory does not depend on the input size"
+    import protrans_cli.io.files as files
+
+    buffers = []
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, mode="r", buffering=-1, *args, **kwargs):
+        if "w" in mode:
+            buffers.append(buffering)
+        return real_fdopen(fd, mode, buffering, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "fdopen", fdopen)
+    fasta = tmp_path / "r.fa"
+    _random_fasta(fasta, 300, seed=5, dirty=False)
+    build_corpus([fasta], CorpusOptions(output=str(tmp_path / "s.txt"), num_shards=256, block_bytes=4000))
+    monkeypatch.undo()
+    assert len(buffers) == 256
+    assert sum(buffers) <= 16 << 20, sum(buffers)
+    shards = [shard_path(tmp_path / "s.txt", k).read_bytes() for k in range(256)]
+    assert sorted(d for s in shards for d in s.split(b"\n\n")[:-1]) == \
+        sorted(reference_corpus([fasta]).split(b"\n\n")[:-1])
+
+
 def test_atomic_output_on_failure(tmp_path, run_cli):
     out = tmp_path / "corpus.txt"
     out.write_bytes(b"previous corpus\n")

@@ -924,10 +924,12 @@ class AtomicFile(StagedRename):
     where one job writes several files that must all appear or none (shards).
     """
 
-    def __init__(self, path, compress: bool = True, level: int | None = None, follow_link: bool = False):
+    def __init__(self, path, compress: bool = True, level: int | None = None, follow_link: bool = False,
+                 buffering: int = 1 << 20):
         """`compress=False`: the caller writes data already compressed for the extension;
         `level`: the compression level (default: as atomic_output); `follow_link`: a name the
-        user gave, written where the user's own link leads (`through_link`)."""
+        user gave, written where the user's own link leads (`through_link`); `buffering`: bytes
+        held before a write to the file (a job with many files open at once gives less)."""
         self.path = Path(path)
         in_place = _in_place(self.path)  # (a link into /dev is in place as it is: never resolved)
         if follow_link and not in_place:
@@ -954,7 +956,7 @@ class AtomicFile(StagedRename):
             writable_or_refused(self.path)
             self.tmp = str(make_temporary(directory, f".{self.path.name}."))
             # Opened by descriptor: a named file object would put the temporary's name in a gzip header.
-            self._raw = os.fdopen(os.open(self.tmp, os.O_WRONLY | os.O_TRUNC), "wb", buffering=1 << 20)
+            self._raw = os.fdopen(os.open(self.tmp, os.O_WRONLY | os.O_TRUNC), "wb", buffering=buffering)
         self.stream = _compressor(self._raw, compression_for_output(self.path) if compress else None, level)
         self._done = self._prepared = False
 
