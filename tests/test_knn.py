@@ -898,3 +898,28 @@ def test_scored_queries_that_are_reference_proteins_are_warned_of(tmp_path, run_
     for query in (("--fasta", tmp_path / "new.fa"), (tmp_path / "new.h5",)):  # new proteins: not a word
         r = run_cli("knn", *query, *args, "--score", tmp_path / "new.csv")
         assert r.exit_code == 0 and "scored queries" not in r.stderr, r.stderr
+
+
+def test_the_search_holds_about_two_slices_of_distances():
+    # heads.md: memory is the reference plus the distances of a slice (1,024 x 16,384 float32,
+    # 64 MB). The expressions made three or four such temporaries at once, besides the previous
+    # slice's distances: some 265 MB more than the reference at the peak, now 2 slices' worth.
+    import subprocess
+    import sys
+
+    script = """
+import resource, sys
+import numpy as np, torch
+from protrans_cli import knn
+torch.set_num_threads(1)
+ref = np.random.default_rng(0).random((2 * knn.REFERENCE_SLICE, 8), dtype=np.float32)
+q = ref[:knn.QUERY_SLICE].copy()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+knn._search(torch, q, ref, 3, sys.argv[1], None)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    slice_mb = 1024 * 16384 * 4 // (1 << 20)
+    for metric in ("euclidean", "cosine"):
+        grown = int(subprocess.run([sys.executable, "-c", script, metric], capture_output=True, text=True,
+                                   check=True).stdout)
+        assert grown <= 2.75 * slice_mb, (metric, grown)
