@@ -4598,3 +4598,21 @@ def test_a_model_directory_retrained_since_the_heads_embeddings_is_refused(run_c
     r = run_cli("predict", head, "--fasta", tmp_path / "test.fasta", "--model", tmp_path / "copy")
     assert r.exit_code == 0, r.stderr
     assert "other weights" not in r.stderr
+
+
+def test_a_metrics_folder_under_a_file_is_refused_before_any_prediction(run_cli, monkeypatch, one_epoch_ss3,
+                                                                        ss_data, tmp_path):
+    """`--metrics afile/sub` failed with "Not a directory" (exit 1) once every prediction had been
+    made and scored; it is a usage error before anything is read."""
+    import protrans_cli.heads.predict as predict_module
+
+    def no_work(*a, **k):
+        raise AssertionError("predicted before the metrics folder was checked")
+
+    monkeypatch.setattr(predict_module, "head_data", no_work)
+    (tmp_path / "afile").write_text("x")
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv",
+                "--metrics", tmp_path / "afile" / "sub", "-o", tmp_path / "p.fa")
+    assert r.exit_code == 2 and r.stderr == (f"protrans: error: {tmp_path / 'afile'}: is not a directory, so no folder "
+                                             "can go inside it\n"), r.stderr
+    assert not (tmp_path / "p.fa").exists()

@@ -127,8 +127,8 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         refuse_partial_name(probabilities, "--probabilities")  # (export and merge took it for unfinished)
     import os
 
-    from protrans_cli.io.files import (input_named_by, output_directory, refuse_special_output, same_file,
-                                       special_output, temporary_folder)
+    from protrans_cli.io.files import (folder_can_be_made, input_named_by, output_directory, refuse_special_output,
+                                       same_file, special_output, temporary_folder)
 
     if probabilities is not None:
         refuse_special_output(probabilities, "--probabilities", "an HDF5 file")
@@ -148,6 +148,8 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         raise UsageError(f"-o and --probabilities both name {output}: one would replace the other")
     if metrics_dir is not None and labels is None:
         raise UsageError("--metrics needs --labels")
+    if metrics_dir is not None:
+        folder_can_be_made(metrics_dir)  # (a file on its way failed after every prediction was made)
     if metrics_dir is not None and input_named_by(metrics_dir, (), directories=(head,)):
         raise UsageError(f"--metrics {metrics_dir} is inside the head directory {head}: its files could replace "
                          "the head's (choose another directory)")

@@ -721,6 +721,18 @@ def output_directory(path) -> Path:
     return directory
 
 
+def folder_can_be_made(path) -> None:
+    """A usage error (exit 2) where the output folder `path` (made when its files are written,
+    parents too) cannot be: a file on its way (`--metrics afile/sub`), found only once the work
+    was done."""
+    target = Path(path).absolute()
+    for ancestor in (target, *target.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UsageError("is not a directory, so no folder can go inside it", path=str(ancestor))
+            return
+
+
 def _is_piped_stdin(path: Path) -> bool:
     """Whether `path` is this process's standard input, a pipe or a file (not a terminal)."""
     import stat
