@@ -612,12 +612,16 @@ def _selected(present: list[str], wanted: list[str] | None, source, path, failed
     have = set(present)
     missing = [i for i in wanted if i not in have and not (found is not None and found(i))]
     if missing:
+        from protrans_cli.heads.data import near_miss_note
+
         reasons = failed() if failed is not None else {}
         why = "; ".join(f"{i}: {reasons[i]}" for i in missing[:3] if i in reasons)
         raise InputError(f"{console.counted(len(missing), 'protein')} of the {len(wanted):,} it names "
                          f"{'is' if len(missing) == 1 else 'are'} not in {path} (first: "
                          f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
-                         f"{f'; failed in embed: {why}' if why else ''}", path=str(source))
+                         f"{f'; failed in embed: {why}' if why else ''}"
+                         f"{near_miss_note(missing, sorted(have.difference(wanted)))}",
+                         path=str(source))
     return list(wanted)
 
 

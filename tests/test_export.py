@@ -283,6 +283,25 @@ def test_ids_of_the_fasta_find_the_prottrans_scripts_header_line_keys(tmp_path, 
     assert done.exit_code == 1 and "1 protein of the 2 it names is not in" in done.stderr and "(first: none)" in done.stderr
 
 
+def test_ids_the_prottrans_script_rewrote_are_named_as_such(tmp_path, run_cli):
+    """The ProtTrans script writes '.' and '/' in ids as '_' (NP_000509.1 is the key NP_000509_1):
+    `export --ids` of the FASTA's ids said only "not in" the file; fit says why, and now export
+    does (the same for an id differing in case, and a UniProt id's accession)."""
+    with h5py.File(tmp_path / "pt.h5", "w") as f:
+        for key in ("NP_000509_1", "WP_1_2", "Abc", "sp|P69905|HBA_HUMAN"):
+            f[key] = np.zeros(2, dtype=np.float32)
+    (tmp_path / "ids.txt").write_text("NP_000509.1\nWP_1/2\nabc\nP69905\nnone\n")
+    done = run_cli("export", tmp_path / "pt.h5", "--ids", tmp_path / "ids.txt")
+    assert done.exit_code == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert ("5 proteins of the 5 it names are not in" in done.stderr
+            and "; 1 of them equal a stored id but for case or Unicode normalisation (given 'abc', stored 'Abc')"
+            in done.stderr
+            and "; 1 of them are the accession of a stored UniProt id (given 'P69905', stored 'sp|P69905|HBA_HUMAN')"
+            in done.stderr
+            and "; 2 of them equal a stored id with '.' and '/' written '_' (as ProtTrans's embedding script writes "
+                "its keys) (given 'NP_000509.1', stored 'NP_000509_1')" in done.stderr), done.stderr
+
+
 @pytest.mark.parametrize("layout", ["grouped", "flat", "stacked"])
 def test_a_file_whose_every_protein_failed_exports_no_row(tmp_path, run_cli, layout):
     """Every protein skipped as too long: a header and empty arrays in every layout (grouped and

@@ -468,6 +468,23 @@ def _rewritten_misses(missing: list[str], embedded: list[str]) -> list[tuple[str
             if ident.translate(_REWRITTEN) != ident and ident.translate(_REWRITTEN) in unmatched]
 
 
+def near_miss_note(missing: list[str], stored: list[str]) -> str:
+    """"; N of them ..." for each way some of the `missing` ids relate to `stored` ids (case or
+    Unicode normalisation, a UniProt id's accession, ProtTrans's script's '_' for '.' and '/'),
+    with one example each; "" where none does (export --ids: ids such as NP_000509.1 given for
+    the script's NP_000509_1 keys were "not in" the file without a word of why)."""
+    notes = []
+    for pairs, relation in (
+            (_near_misses(missing, stored), "equal a stored id but for case or Unicode normalisation"),
+            (_accession_misses(missing, stored), "are the accession of a stored UniProt id"),
+            (_rewritten_misses(missing, stored), "equal a stored id with '.' and '/' written '_' (as ProtTrans's "
+                                                 "embedding script writes its keys)")):
+        if pairs:
+            given, found = pairs[0]
+            notes.append(f"; {len(pairs)} of them {relation} (given {given!r}, stored {found!r})")
+    return "".join(notes)
+
+
 def warn_unfinished(embeddings) -> None:
     """An `OUT.partial` of an interrupted or running embed holds only the proteins done so far:
     usable, but never silently taken for the whole set."""
