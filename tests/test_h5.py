@@ -659,6 +659,8 @@ def test_two_datasets_naming_one_protein_are_refused(tmp_path):
         for call in (reader.ids, lambda: reader.key_for("P1"), lambda: _all_items(reader, PER_RESIDUE)):
             with pytest.raises(InputError, match="two datasets name protein 'P1'"):
                 call()
+        with pytest.raises(InputError, match=r"two datasets name protein 'P1' \('aa11' and 'cc33'\)"):
+            reader.ids()  # (the two named: export and info said only "two datasets name protein 'P1'")
     # keys that are whole header lines (the ProtTrans script's), without attributes
     loose = tmp_path / "loose.h5"
     with h5py.File(loose, "w") as f:

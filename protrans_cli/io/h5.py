@@ -337,7 +337,10 @@ class EmbeddingsReader:
         ids = [ident for ident, _ in stored_proteins(self._group(kind), checksums=False)]
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
-            raise one_protein_twice(self.path, next(i for i in ids if i in seen or seen.add(i)))
+            twice = next(i for i in ids if i in seen or seen.add(i))
+            group = self._group(kind)  # (the two datasets named: "two datasets name protein 'P1'" left them to find)
+            keys = [k for k in self.keys(kind) if dataset_id(k, dataset_attrs(group, k)[0]) == twice][:2]
+            raise one_protein_twice(self.path, twice, *keys)
         return ids
 
     def keys(self, kind: str | None = None) -> list[str]:
