@@ -4616,3 +4616,21 @@ def test_a_metrics_folder_under_a_file_is_refused_before_any_prediction(run_cli,
     assert r.exit_code == 2 and r.stderr == (f"protrans: error: {tmp_path / 'afile'}: is not a directory, so no folder "
                                              "can go inside it\n"), r.stderr
     assert not (tmp_path / "p.fa").exists()
+
+
+def test_a_head_recording_too_few_resamples_is_scored_with_enough(run_cli, one_epoch_ss3, ss_data, tmp_path):
+    """finetune took --bootstrap 1 before it was refused, and its heads record it: predict
+    --labels printed a "95% CI" of one resample (lo == hi). Such a head is scored with 1000."""
+    import shutil
+
+    head = tmp_path / "head"
+    shutil.copytree(one_epoch_ss3, head)
+    config = json.loads((head / "config.json").read_text())
+    config["config"]["n_bootstrap"] = 1
+    (head / "config.json").write_text(json.dumps(config))
+    r = run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv",
+                "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0, r.stderr
+    assert "the head records 1 bootstrap resample(s), too few for a 95% CI: scored with 1000" in r.stderr
+    lo, hi = map(float, re.search(r"95% CI ([0-9.]+)-([0-9.]+)", r.stderr).groups())
+    assert lo < hi

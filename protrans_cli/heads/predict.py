@@ -746,7 +746,8 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     --seed), so that predict reports the very CI that fit reported for the same test set."""
     import torch
 
-    from protrans_cli.heads.fit import head_device, kept_for_scoring, predict_data, score_predictions, write_metrics
+    from protrans_cli.heads.fit import (MIN_RESAMPLES, head_device, kept_for_scoring, predict_data,
+                                        score_predictions, write_metrics)
     from protrans_cli.heads.model import head_input_kind, load_head
     from protrans_cli.threads import resolve_threads
 
@@ -774,7 +775,12 @@ def evaluate_head(head_dir, embeddings, labels, *, metrics_dir=None, label_forma
     # fit seeds its bootstrap with --seed: with seed 0 always, `fit --seed 3` and `predict --labels`
     # printed different CIs for the same predictions on the same set.
     fitted = config.get("config", {})
-    n_boot = int(fitted.get("n_bootstrap", 1000)) if n_boot is None else n_boot
+    if n_boot is None:
+        n_boot = int(fitted.get("n_bootstrap", 1000))
+        if n_boot < MIN_RESAMPLES:  # (a finetune head of a version that took --bootstrap 1: a "95% CI" of one resample)
+            console.info(f"{head_dir}: the head records {n_boot} bootstrap resample(s), too few for a 95% CI: "
+                         "scored with 1000")
+            n_boot = 1000
     seed = int(fitted.get("seed", 0)) if seed is None else seed
     result = score_predictions(task, items, predicted, n_boot=n_boot, seed=seed)
     if metrics_dir is not None:
