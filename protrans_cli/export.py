@@ -780,8 +780,7 @@ def _field(text: str, fmt: str) -> str:
         return text
     from protrans_cli.knn import _cell
 
-    text = _cell(text)
-    return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
+    return _cell(text)
 
 
 def _write_table(stream, plan: _Plan, kind: str, fmt: str, digits: int | None) -> int:

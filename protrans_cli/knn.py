@@ -608,8 +608,11 @@ def _labels_any_query(label_set, fasta, order: list[str]) -> bool:
 
 
 def _cell(text: str) -> str:
-    """A TSV field: a tab or line break inside (a header attribute, a label) would split the row."""
-    return str(text).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    """A TSV field: a tab or line break inside (a header attribute, a label) would split the row,
+    and one that starts with a quote is quoted as CSV quotes it, which pandas', R's and Python's
+    csv TSV readers undo (read as it stands, their quote handling ate it up to the next quote)."""
+    text = str(text).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
 
 
 # DeepLoc's columns scored under the names fit gives them (the same number as "accuracy")

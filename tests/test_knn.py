@@ -106,6 +106,19 @@ def test_fewer_reference_proteins_than_k(tmp_path, run_cli):
     assert [row[:3] for row in rows[1:3]] == [["p000", "1", "a"], ["p000", "2", "b"]] and len(rows) == 7
 
 
+def test_an_id_that_starts_with_a_quote_reads_back_from_the_tsv(tmp_path, run_cli):
+    """A FASTA id may start with a quote: written as it stands, a TSV reader's quote handling
+    (Python's csv, pandas, R) ate it up to the next quote, a row of 2 fields for 4."""
+    import csv
+
+    ids = _write(tmp_path / "q.h5", np.eye(3), ['"quoted', 'a"b', "c"])
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "q.h5", "-k", "1", "--exclude-self")
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.reader(r.stdout.splitlines(), delimiter="\t"))
+    assert [row[0] for row in rows[1:]] == ids and all(len(row) == 4 for row in rows)
+    assert {row[2] for row in rows[1:]} <= set(ids)
+
+
 def test_labels_are_transferred_and_scored(tmp_path, run_cli):
     """Three clusters, each with its own location; DeepLoc's membrane `U` (unknown) is never a
     label transferred for scoring: the nearest neighbour with M or S gives it."""

@@ -160,6 +160,19 @@ def _table(text):
     return head, [dict(zip(head, line.split("\t"))) for line in lines[1:]]
 
 
+def test_an_id_that_starts_with_a_quote_reads_back_from_the_tsv(tmp_path, run_cli):
+    """Written as it stands, a TSV reader's quote handling (Python's csv, pandas, R) ate an id
+    that starts with a quote up to the next quote: rows merged into one field."""
+    import csv
+
+    ids = ['"quoted', 'a"b', "c", "d"]
+    _write(tmp_path / "x.h5", np.random.default_rng(0).normal(size=(4, 5)), ids)
+    r = run_cli("project", tmp_path / "x.h5")
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.reader(r.stdout.splitlines(), delimiter="\t"))
+    assert [row[0] for row in rows[1:]] == ids and all(len(row) == 3 for row in rows)
+
+
 def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_cli):
     """Train and test files, each labelled by its own file: one row per protein of each (in input
     order, a source column), the label columns, a PNG and a page with one point per protein
