@@ -688,6 +688,14 @@ def _joined_sequences(heads: _Headers, seq_end: np.ndarray) -> tuple[bytes, byte
     return s, odd
 
 
+def _tsv_field(text: str) -> str:
+    """A --rejects field: control characters escaped (a tab or newline split its row), and one that
+    starts with a quote quoted as CSV quotes it, which pandas', R's and Python's csv TSV readers
+    undo (read as it stands, their quote handling ate it, and the rows after it, up to the next quote)."""
+    text = printable(text)
+    return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
+
+
 def _normalisation_rejects(block: _Block, cfg: _BlockConfig, heads: _Headers, seq_end: np.ndarray,
                            flagged: np.ndarray, keep: np.ndarray, reasons: dict, details: dict):
     """Record in `reasons`/`details` (and clear in `keep`) the records without an id, with a NUL
@@ -1836,9 +1844,9 @@ def build_corpus(inputs: Sequence, options: CorpusOptions | None = None) -> Corp
                 shuffle.add(train.read() if isinstance(train, _Spill) else train)
             writers.write(res.outputs, stats.proteins_out - stats.valid_proteins)
             if rejects:
-                shown_name = printable(block.name)  # a tab or newline in a file name split its row
+                shown_name = _tsv_field(block.name)  # a tab or newline in a file name split its row
                 rejects.stream.write(b"".join(
-                    f"{printable(rid)}\t{reason}\t{printable(detail)}\t{shown_name}\t{line0 + line - 1}\n"
+                    f"{_tsv_field(rid)}\t{reason}\t{printable(detail)}\t{shown_name}\t{line0 + line - 1}\n"
                     .encode("utf-8", "replace")
                     for rid, reason, detail, line in res.rejects))
             line0 += res.lines

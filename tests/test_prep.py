@@ -63,6 +63,22 @@ def test_every_normalisation_rule_golden(run_cli, rare, golden):
     assert_same_text(result.stdout_bytes, (DATA / golden).read_bytes())
 
 
+def test_a_rejected_id_that_starts_with_a_quote_reads_back_from_the_rejects_tsv(run_cli, tmp_path):
+    """Written as it stands, a TSV reader's quote handling (Python's csv, pandas, R) ate an id that
+    starts with a quote, and the rows after it, up to the next quote."""
+    import csv
+
+    fasta = tmp_path / "q.fa"
+    fasta.write_text('>"bad one\nMKJT\n>ok\nMKT\n>"empty\n>x\nMK"T\n')
+    rejects = tmp_path / "rejects.tsv"
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--rejects", rejects)
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.reader(rejects.read_text().splitlines(), delimiter="\t"))
+    assert [row[:2] for row in rows] == [["id", "reason"], ['"bad', "invalid_character"], ['"empty', "empty"],
+                                         ["x", "invalid_character"]]
+    assert all(len(row) == 5 for row in rows) and rows[3][2] == "invalid character '\"' at residue 3"
+
+
 def test_every_rejection_reason_golden(run_cli, tmp_path):
     rejects = tmp_path / "rejects.tsv"
     stats = tmp_path / "stats.json"
