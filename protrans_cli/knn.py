@@ -413,6 +413,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         raise UsageError(f"{output} is also an input: writing it would replace {source} (choose another name)")
     if output is not None and str(output) != "-":
         output_directory(output)  # (as predict: before the search, not when its result is written)
+        warn_tab_separated(output, "knn")
     check_resamples(n_bootstrap, "--bootstrap")
     _check_search(k, metric, layer)
     k, layer = int(k), int(layer)
@@ -605,6 +606,15 @@ def _labels_any_query(label_set, fasta, order: list[str]) -> bool:
         return True
     sums = {c for r in label_set.records if r.sequence for c in label_checksums(r.sequence)}
     return any(c in sums for record in read_fasta(fasta) for c in label_checksums(record.sequence))
+
+
+def warn_tab_separated(output, command: str) -> None:
+    """`-o hits.csv` got tab-separated text without a word (read.csv and Excel took each row for
+    one field)."""
+    from protrans_cli.io.files import named_delimiter
+
+    if named_delimiter(output) == ",":
+        console.warn(f"{output}: {command} writes tab-separated text (TSV), whatever the file's extension")
 
 
 def _cell(text: str) -> str:

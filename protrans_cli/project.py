@@ -518,6 +518,10 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         if source := input_named_by(out, [*inputs, *labels]):
             raise UsageError(f"{flag} {out} is also an input: writing it would replace {source} (choose another name)")
         output_directory(out)
+    if output is not None:
+        from protrans_cli.knn import warn_tab_separated
+
+        warn_tab_separated(output, "project")
     for i, (out, flag) in enumerate(outputs):
         for other, other_flag in outputs[i + 1:]:
             if same_file(out, other) or str(out) == str(other):

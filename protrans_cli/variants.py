@@ -948,7 +948,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     """Score the variants of `variants_file` (or every single substitution, `all_singles`) and write
     the table with a score column per model and scoring to `output` (a path, `-`/None: stdout),
     atomically. Returns {column: Spearman rho} when `truth_column` is given, else {}."""
-    from protrans_cli.io.files import input_named_by, output_directory, special_output
+    from protrans_cli.io.files import input_named_by, named_delimiter, output_directory, special_output
 
     options = options or VariantOptions()
     expect_options(options, VariantOptions, "options")
@@ -993,7 +993,8 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         output_directory(options.plot)
     if options.all_singles:
         header = (["id"] if fasta is not None else []) + ["mutant"]
-        table = VariantTable("--all-singles", header, [], [])
+        # (no table to follow: the -o name's, as predict and export take it; `-o scan.tsv` was CSV)
+        table = VariantTable("--all-singles", header, [], [], delimiter=named_delimiter(output) or ",")
         for k, (ident, seq) in enumerate(wild_types):
             for variant in all_singles(seq):
                 table.rows.append(([ident] if fasta is not None else []) + [variant[0].label(options.offset)])
@@ -1011,6 +1012,9 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
             table.owners = [renumber[k] for k in table.owners]
             _warn_nucleotide(wild_types, display_name(fasta))
             _warn_gapped([w for w in wild_types if w[0] in gapped], display_name(fasta))
+    if not options.all_singles and named_delimiter(output) not in (None, table.delimiter):
+        console.warn(f"{output}: written {'tab' if table.delimiter == chr(9) else 'comma'}-separated, as "
+                     f"{table.name} is, whatever the file's extension")
     ensemble_columns = ([f"ensemble_{strategy.replace('-', '_')}" for strategy in options.strategies]
                         if len(options.models) > 1 else [])
     taken = {h.strip() for h in table.header}

@@ -936,3 +936,18 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
         grown = int(subprocess.run([sys.executable, "-c", script, metric], capture_output=True, text=True,
                                    check=True).stdout)
         assert grown <= 2.75 * slice_mb, (metric, grown)
+
+
+def test_a_csv_name_for_the_tab_separated_output_is_warned_about(tmp_path, run_cli):
+    """`knn -o hits.csv` and `project -o map.csv` wrote tab-separated text without a word (read.csv
+    and a spreadsheet took each row for one field)."""
+    rng = np.random.default_rng(1)
+    _write(tmp_path / "r.h5", list(rng.normal(size=(12, 6))), [f"r{i}" for i in range(12)])
+    r = run_cli("knn", tmp_path / "r.h5", "--reference", tmp_path / "r.h5", "--exclude-self", "-o", tmp_path / "x.csv")
+    assert r.exit_code == 0 and "x.csv: knn writes tab-separated text (TSV), whatever the file's extension" in r.stderr
+    assert "\t" in (tmp_path / "x.csv").read_text()
+    r = run_cli("project", tmp_path / "r.h5", "-o", tmp_path / "m.csv")
+    assert r.exit_code == 0, r.stderr
+    assert "m.csv: project writes tab-separated text (TSV), whatever the file's extension" in r.stderr
+    r = run_cli("knn", tmp_path / "r.h5", "--reference", tmp_path / "r.h5", "--exclude-self", "-o", tmp_path / "x.tsv")
+    assert r.exit_code == 0 and "whatever the file's extension" not in r.stderr

@@ -977,6 +977,24 @@ def test_a_scan_stopped_while_its_heatmap_is_drawn_leaves_the_earlier_table_and_
     assert out.read_bytes() != before[0] and png.read_bytes() != before[1]
 
 
+def test_the_delimiter_follows_a_tsv_name_without_a_table_and_a_tables_otherwise(run_cli, tmp_path, tiny_models):
+    """`--all-singles -o scan.tsv` wrote comma-separated text: with no table to follow, the name
+    decides (as predict and export); a table's delimiter is kept, with a warning where -o's
+    extension says the other one."""
+    model = tiny_models["esm"]
+    r = run_cli("variants", "--all-singles", "--sequence", SEQ[:5], "-m", model, "-o", tmp_path / "scan.tsv")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "scan.tsv").read_text().splitlines()[1].startswith(f"{SEQ[0]}1A\t")
+    r = run_cli("variants", "--all-singles", "--sequence", SEQ[:5], "-m", model, "-o", tmp_path / "scan.csv")
+    assert (tmp_path / "scan.csv").read_text().splitlines()[1].startswith(f"{SEQ[0]}1A,")
+    table = tmp_path / "v.csv"
+    table.write_text(f"mutant,x\n{SEQ[1]}2A,1\n")
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", model, "-o", tmp_path / "out.tsv")
+    assert r.exit_code == 0, r.stderr
+    assert "out.tsv: written comma-separated, as" in r.stderr and "whatever the file's extension" in r.stderr
+    assert (tmp_path / "out.tsv").read_text().startswith("mutant,x,")
+
+
 def test_a_plot_naming_an_input_or_the_table_is_refused_before_any_model(run_cli, tmp_path):
     """--plot wt.fa drew the heatmap over the wild types' FASTA, and --plot naming -o over the
     table just written, exit 0 without a word: refused, both left as they were."""

@@ -721,6 +721,15 @@ def output_directory(path) -> Path:
     return directory
 
 
+def named_delimiter(path) -> str | None:
+    """The delimiter a table's file name says (.tsv/.tab: a tab, .csv: a comma; compressed or
+    not), None for any other name (stdout's '-' among them)."""
+    name = str(path or "").lower()
+    for compressed in (".gz", ".bz2", ".xz", ".zst"):
+        name = name.removesuffix(compressed)
+    return "\t" if name.endswith((".tsv", ".tab")) else "," if name.endswith(".csv") else None
+
+
 def folder_can_be_made(path) -> None:
     """A usage error (exit 2) where the output folder `path` (made when its files are written,
     parents too) cannot be: a file on its way (`--metrics afile/sub`), found only once the work
