@@ -4334,6 +4334,36 @@ def test_an_interrupted_search_resumes_to_the_same_head(loc_data, tmp_path, monk
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_second_search_on_a_head_in_the_making_is_refused(run_cli, loc_data, tmp_path, monkeypatch):
+    """Two searches on one -o at once (a job started twice): the second was told "holds an earlier
+    search: ... --force starts over", and its --force deleted the running search's trials (the
+    lock of the trial in training with them, so two fits wrote one trial)."""
+    from protrans_cli.heads.fit import FitState, partial_path
+    from protrans_cli.heads.search import search, trials_path
+
+    head = tmp_path / "loc"
+    args = ["fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+            "--max-epochs", "2", "-j", "1", "--search", "hidden=8,16", "-o", head]
+    save_epoch, seconds = FitState.save_epoch, []
+
+    def second_run_meanwhile(self, current):
+        save_epoch(self, current)
+        if not seconds:  # trial_00's first epoch: the second job starts
+            seconds.extend(run_cli(*args, *extra) for extra in ([], ["--force"], ["--resume"]))
+
+    monkeypatch.setattr(FitState, "save_epoch", second_run_meanwhile)
+    result = search(FitConfig(task="loc", max_epochs=2, threads=1, n_bootstrap=10, plots=False),
+                    {"hidden": [8, 16]}, loc_data / "train.h5", loc_data / "train.fasta", head)
+    for r in seconds:
+        assert r.exit_code == 1 and f"{partial_path(head).name}: is in use by another protrans fit or search" \
+            in r.stderr, r.stderr
+    assert [t["trial"] for t in result.trials] == ["trial_00", "trial_01"]
+    assert sorted(p.name for p in trials_path(head).iterdir()) == ["search.json", "trial_00", "trial_01"]
+    assert (head / "search.json").is_file() and not partial_path(head).exists()
+    monkeypatch.setattr(FitState, "save_epoch", save_epoch)
+    assert run_cli(*args[:-2], "--resume", "-o", head).exit_code == 0  # no lock left behind
+
+
 def test_search_refusals(run_cli, loc_data, tmp_path):
     from protrans_cli.heads.search import parse_grid
 

@@ -106,9 +106,15 @@ def _score(metrics: dict, set_name: str) -> float:
 def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid: tuple | None = None,
            tests: list[tuple] = ()) -> SearchResult:
     """Fit every combination of `grid` (FitConfig field -> values) and keep the best by validation."""
-    from protrans_cli.heads.fit import _checked_output, fit, label_files
+    with contextlib.ExitStack() as held:
+        return _search(held, config, grid, embeddings, labels, out_dir, valid=valid, tests=tests)
+
+
+def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embeddings, labels, out_dir, *,
+            valid: tuple | None, tests: list[tuple]) -> SearchResult:
+    from protrans_cli.heads.fit import _checked_output, fit, label_files, partial_path
     from protrans_cli.heads.metrics import dumps as metrics_json
-    from protrans_cli.io.files import make_temporary, replace_directory, replay_stdin, stdin_if_named
+    from protrans_cli.io.files import folder_lock, make_temporary, replace_directory, replay_stdin, stdin_if_named
 
     if not grid:
         raise UsageError("search needs settings to vary (--search NAME=V1,V2,...)")
@@ -123,6 +129,12 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
     _check_trials(config, grid, trials, embeddings, valid, tests)
     # (as fit's own -o: through a link, the folder it names; the trials beside it)
     out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
+    # One search at a time on a HEAD, the lock a fit of HEAD takes: a second search was told "holds
+    # an earlier search: ... --force starts over", and its --force deleted the running one's trials
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    held.enter_context(folder_lock(partial_path(out_dir), "is in use by another protrans fit or search (it holds "
+                                   "the lock of this head's unfinished state): wait for it to end, or choose "
+                                   "another -o"))
     folder = trials_path(out_dir)
     if folder.exists() and not (config.resume or config.force):
         raise UsageError(f"{folder} holds an earlier search: --resume continues it, --force starts over")
