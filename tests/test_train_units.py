@@ -1598,6 +1598,30 @@ def test_a_link_to_a_missing_run_directory_is_said(tmp_path):
             pass
 
 
+def test_a_train_refused_by_the_lock_leaves_the_run_directory_to_the_run_holding_it(tmp_path, monkeypatch):
+    """Two trains started together on a new -o (a job array sharing it): the one refused by the
+    lock removed the directory it had made, still empty, from under the one holding the lock."""
+    import contextlib
+    import os
+
+    from protrans_cli.training import checkpoint as ckpt
+
+    run, real_open, held, raced = tmp_path / "runs" / "run", os.open, contextlib.ExitStack(), []
+
+    def the_other_run_locks_first(path, flags, *args, **kwargs):
+        if os.fspath(path) == os.fspath(run) and not raced:
+            raced.append(True)
+            held.enter_context(ckpt.run_lock(run))  # between this run's mkdir and its lock
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.os, "open", the_other_run_locks_first)
+    with held:
+        with pytest.raises(RuntimeFailure, match="is in use by another protrans train"):
+            with ckpt.run_lock(run):
+                pass
+        assert run.is_dir()  # the holder's run directory, where it writes its checkpoints
+
+
 def test_a_run_directory_under_a_file_names_the_file(tmp_path):
     """`-o results/run` where `results` is a file said only "results/run: Not a directory"."""
     import errno

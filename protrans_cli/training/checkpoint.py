@@ -217,6 +217,9 @@ def run_lock(run_dir, active: bool = True):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            # (the folders made here are the holder's now: removed as they were left empty, the
+            # directory of a run started at the same moment went from under it)
+            created = []
             raise RuntimeFailure("is in use by another protrans train (it holds the run directory's lock): wait "
                                  "for that run to end, or choose another -o", path=str(run_dir)) from None
         except OSError:  # a file system without flock (Lustre without it, NFS mounted nolock): no lock
