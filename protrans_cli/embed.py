@@ -1021,8 +1021,9 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     # write shards of their own): a second run on the same output is refused instead of replacing
     # this run's file, or removing its partial file, when it ends.
     rank = _torchrun_rank()[0] if distributed else 0
-    lock = (output_lock(output, "is the output of another protrans embed that is running now: wait for it to end, "
-                                "or choose another -o") if rank == 0 else contextlib.nullcontext())
+    lock = (output_lock(output, "is the output of another protrans run (embed, contacts, merge, import-esm) that "
+                                "is running now: wait for it to end, or choose another -o")
+            if rank == 0 else contextlib.nullcontext())
     with lock:
         return _embed_locked(fasta, output, options, embedder, distributed, input_name)
 

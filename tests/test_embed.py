@@ -671,8 +671,9 @@ def test_a_second_run_on_the_output_of_a_live_run_is_refused(tmp_path, run_cli):
         for extra in ([], ["--force"], ["--resume"]):
             result = run_cli("embed", SMALL, "-m", "onehot", "--per-residue", "-o", out, *extra)
             assert result.exit_code == 1, result.stderr
-            assert result.stderr.strip() == (f"protrans: error: {out}: is the output of another protrans embed that "
-                                             "is running now: wait for it to end, or choose another -o")
+            assert result.stderr.strip() == (f"protrans: error: {out}: is the output of another protrans run (embed, "
+                                             "contacts, merge, import-esm) that is running now: wait for it to end, "
+                                             "or choose another -o")
             assert out.read_bytes() == before and not partial_path(out).exists()
     # the lock goes with its holder, and a run removes its lock file as it ends, failed or not
     assert run_cli("embed", SMALL, "-m", "onehot", "-o", out).exit_code == 2  # (exists)

@@ -327,7 +327,7 @@ def _lock_head(held: contextlib.ExitStack, out_dir: Path) -> None:
     # One fit at a time on a head: two at once on one -o (a job started twice) overwrote each
     # other's state, --force deleted the other's under it, and the last one's head replaced the
     # first's without --force. (Also an unwritable folder is found here, not after an epoch.)
-    held.enter_context(folder_lock(partial_path(out_dir), "is in use by another protrans fit (it holds the "
+    held.enter_context(folder_lock(partial_path(out_dir), "is in use by another protrans fit or finetune (it holds the "
                                    "lock of this head's unfinished state): wait for it to end, or choose another -o"))
     # The head's temporary folder of a fit killed while writing it (or an old head set aside by
     # --force): every fit of this head holds the lock, so none is a live one's. make_temporary's
