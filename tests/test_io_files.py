@@ -930,9 +930,9 @@ def test_a_missing_input_with_its_partial_beside_it_says_how_to_finish_it(tmp_pa
     for args in (("info", tmp_path / "o.h5"), ("export", tmp_path / "o.h5", "-o", tmp_path / "x.tsv")):
         r = run_cli(*args)
         assert r.exit_code == 1 and r.stderr == (f"protrans: error: {tmp_path / 'o.h5'}: no such file (o.h5.partial "
-                                                 "beside it is the unfinished output of a run that was interrupted "
-                                                 "or is still running: the same command with --resume finishes "
-                                                 "it)\n"), r.stderr
+                                                 "beside it is the unfinished output of an embed or contacts run "
+                                                 "that was interrupted or is still running: that run's command "
+                                                 "with --resume finishes it)\n"), r.stderr
     from protrans_cli.io.files import missing_file
 
     assert missing_file(tmp_path / "other.h5") == "no such file"

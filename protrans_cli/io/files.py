@@ -564,8 +564,9 @@ def _partial_beside(path) -> str:
             return ""
     except (OSError, ValueError, TypeError):
         return ""
-    return (f" ({os.path.basename(partial)} beside it is the unfinished output of a run that was interrupted or "
-            "is still running: the same command with --resume finishes it)")
+    # (not "the same command": the command that met the missing file, export or predict, has no --resume)
+    return (f" ({os.path.basename(partial)} beside it is the unfinished output of an embed or contacts run that "
+            "was interrupted or is still running: that run's command with --resume finishes it)")
 
 
 def unreachable_input(path) -> str | None:
