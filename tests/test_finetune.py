@@ -322,7 +322,7 @@ def test_a_second_finetune_on_one_output_is_refused(data, run_cli, tmp_path):
     with folder_lock(partial_path(out), "busy"):  # what the first run holds while it trains
         for extra in ([], ["--force"], ["--resume"]):
             r = run_cli(*args, *extra)
-            assert r.exit_code == 1 and "is in use by another protrans finetune" in r.stderr, r.stderr
+            assert r.exit_code == 1 and "is in use by another protrans fit, fit --search or finetune" in r.stderr, r.stderr
     assert not out.exists() and not partial_path(out).exists()
 
 

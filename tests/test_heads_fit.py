@@ -4355,7 +4355,7 @@ def test_a_second_search_on_a_head_in_the_making_is_refused(run_cli, loc_data, t
     result = search(FitConfig(task="loc", max_epochs=2, threads=1, n_bootstrap=10, plots=False),
                     {"hidden": [8, 16]}, loc_data / "train.h5", loc_data / "train.fasta", head)
     for r in seconds:
-        assert r.exit_code == 1 and f"{partial_path(head).name}: is in use by another protrans fit or search" \
+        assert r.exit_code == 1 and f"{partial_path(head).name}: is in use by another protrans fit, fit --search or finetune" \
             in r.stderr, r.stderr
     assert [t["trial"] for t in result.trials] == ["trial_00", "trial_01"]
     assert sorted(p.name for p in trials_path(head).iterdir()) == ["search.json", "trial_00", "trial_01"]

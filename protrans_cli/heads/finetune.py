@@ -36,7 +36,7 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
-from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _loss,
+from protrans_cli.heads.fit import (HEAD_IN_USE, _MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _loss,
                                     _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name, _warn_overlap,
                                     check_resamples, checked_state_bytes, evaluate_data, evaluation_records, held_out_positions,
                                     load_checked_state, no_training_records, note_dual_labels, warn_unused_fraction,
@@ -431,8 +431,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     # --force deleted the other's under it); the temporaries of killed runs are cleared under it.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(out_dir)
-    held.enter_context(folder_lock(partial, "is in use by another protrans finetune (it holds the lock of this "
-                                   "output's unfinished state): wait for it to end, or choose another -o"))
+    held.enter_context(folder_lock(partial, HEAD_IN_USE))  # (fit's and search's lock of the same OUT.partial/)
     remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.")
     remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.old.", "")
     architecture = architecture_for(task, config.architecture)

@@ -321,14 +321,19 @@ def replaceable_head(out_dir: Path, embeddings, labels, valid, tests) -> None:
     check_replaceable(out_dir, "fit", lambda entry: head)
 
 
+# What a fit, a search or a finetune meets where another of them holds OUT.partial/ (the one lock
+# of the three: each named only some, a finetune's "another protrans finetune" when a fit held it)
+HEAD_IN_USE = ("is in use by another protrans fit, fit --search or finetune (it holds the lock of this head's "
+               "unfinished state): wait for it to end, or choose another -o")
+
+
 def _lock_head(held: contextlib.ExitStack, out_dir: Path) -> None:
     """Take the lock on the head's unfinished state for the whole fit, and clear what dead fits left."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # `-o heads/ss3` should just work
     # One fit at a time on a head: two at once on one -o (a job started twice) overwrote each
     # other's state, --force deleted the other's under it, and the last one's head replaced the
     # first's without --force. (Also an unwritable folder is found here, not after an epoch.)
-    held.enter_context(folder_lock(partial_path(out_dir), "is in use by another protrans fit or finetune (it holds the "
-                                   "lock of this head's unfinished state): wait for it to end, or choose another -o"))
+    held.enter_context(folder_lock(partial_path(out_dir), HEAD_IN_USE))
     # The head's temporary folder of a fit killed while writing it (or an old head set aside by
     # --force): every fit of this head holds the lock, so none is a live one's. make_temporary's
     # sweep leaves those of the last hour: the resumed fit left it beside the head it wrote.

@@ -112,7 +112,7 @@ def search(config, grid: dict[str, list], embeddings, labels, out_dir, *, valid:
 
 def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embeddings, labels, out_dir, *,
             valid: tuple | None, tests: list[tuple]) -> SearchResult:
-    from protrans_cli.heads.fit import _checked_output, fit, label_files, partial_path
+    from protrans_cli.heads.fit import HEAD_IN_USE, _checked_output, fit, label_files, partial_path
     from protrans_cli.heads.metrics import dumps as metrics_json
     from protrans_cli.io.files import folder_lock, make_temporary, replace_directory, replay_stdin, stdin_if_named
 
@@ -132,9 +132,7 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
     # One search at a time on a HEAD, the lock a fit of HEAD takes: a second search was told "holds
     # an earlier search: ... --force starts over", and its --force deleted the running one's trials
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    held.enter_context(folder_lock(partial_path(out_dir), "is in use by another protrans fit or search (it holds "
-                                   "the lock of this head's unfinished state): wait for it to end, or choose "
-                                   "another -o"))
+    held.enter_context(folder_lock(partial_path(out_dir), HEAD_IN_USE))
     folder = trials_path(out_dir)
     if folder.exists() and not (config.resume or config.force):
         raise UsageError(f"{folder} holds an earlier search: --resume continues it, --force starts over")
