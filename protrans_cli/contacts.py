@@ -406,7 +406,7 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
                      input_name: str | None = None) -> ContactSummary:
     """Contact maps of every protein of `fasta` into the HDF5 file `output` (docs/embed.md, "Contact maps")."""
     from protrans_cli.embed import _model_directory, _refuse_live_outputs, _spool_input, is_stream
-    from protrans_cli.io.files import (checked_hdf5_output, display_name, input_named_by, output_lock,
+    from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, display_name, input_named_by, output_lock,
                                        refuse_other_format_name)
     from protrans_cli.io.h5 import partial_path, refuse_if_in_use, refuse_replacing_other_file
 
@@ -428,8 +428,7 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
             raise UsageError(f"{target} is inside the model directory {model_path}: writing it could replace the "
                              "model's files (choose another -o)")
     refuse_other_format_name(output, "-o", "the contact maps")
-    with output_lock(output, "is the output of another protrans run that is running now: wait for it to end, or "
-                             "choose another -o"):
+    with output_lock(output, HDF5_OUTPUT_IN_USE):
         if output.exists() and not options.resume and not options.force:
             raise UsageError(f"{output} exists: --resume keeps its proteins and computes what it lacks, --force "
                              "replaces it")

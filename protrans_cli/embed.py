@@ -48,7 +48,7 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
                                  expect_path)
 from protrans_cli.io.fasta import parse_fasta
-from protrans_cli.io.files import (checked_hdf5_output, create_fresh, display_name, input_named_by, open_input,
+from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, display_name, input_named_by, open_input,
                                    output_lock, refuse_other_format_name, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
                                 partial_path, refuse_if_in_use)
@@ -1021,9 +1021,7 @@ def embed(fasta, output, options: EmbedOptions | None = None, *, embedder: Embed
     # write shards of their own): a second run on the same output is refused instead of replacing
     # this run's file, or removing its partial file, when it ends.
     rank = _torchrun_rank()[0] if distributed else 0
-    lock = (output_lock(output, "is the output of another protrans run (embed, contacts, merge, import-esm) that "
-                                "is running now: wait for it to end, or choose another -o")
-            if rank == 0 else contextlib.nullcontext())
+    lock = output_lock(output, HDF5_OUTPUT_IN_USE) if rank == 0 else contextlib.nullcontext()
     with lock:
         return _embed_locked(fasta, output, options, embedder, distributed, input_name)
 

@@ -66,7 +66,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
           command_line: str | None = None) -> MergeSummary:
     """Merge the embed outputs `inputs` into `output` (see the module docstring). `layout`: the
     merged file's (default: the first part's); `force`: replace an existing `output`."""
-    from protrans_cli.io.files import checked_hdf5_output, output_lock, refuse_other_format_name
+    from protrans_cli.io.files import HDF5_OUTPUT_IN_USE, checked_hdf5_output, output_lock, refuse_other_format_name
 
     # From Python: one file as a bare path (it was read letter by letter: "e: not a file"); an
     # output or a force that is no path or bool (a TypeError, or "no" taken as true)
@@ -91,8 +91,7 @@ def merge(inputs, output, *, layout: str | None = None, force: bool = False,
     # Held from the "exists" check to the final rename, as embed holds it: a merge with --force
     # into the output of an embed (or merge) running now removed its partial file, and both said
     # they had written the output.
-    with output_lock(output, "is the output of another protrans embed or merge that is running now: wait for it "
-                             "to end, or choose another -o"):
+    with output_lock(output, HDF5_OUTPUT_IN_USE):
         return _merge_locked(paths, output, layout, force, command_line)
 
 

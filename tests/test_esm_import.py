@@ -776,3 +776,22 @@ def test_export_as_esm_gives_esm_extracts_own_files_and_imports_back(run_cli, tm
             np.testing.assert_array_equal(imported[kind][pid][0], array)
             assert {k: v for k, v in imported[kind][pid][1].items() if k != "computed"} == meta
     assert [int(x) for x in imported_attrs["layers"]] == [int(x) for x in original_attrs["layers"]]
+
+
+def test_an_output_another_run_holds_names_every_command_that_shares_its_lock(tmp_path):
+    """embed, contacts, merge and import-esm lock an HDF5 output alike (`.OUT.lock`): import-esm's
+    refusal named "embed, merge or import-esm" (a contacts run held it just as well) and its
+    contact maps' import only "another protrans run"; merge's "embed or merge"."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.esm_import import import_esm, import_esm_contacts
+    from protrans_cli.io.files import output_lock
+
+    (tmp_path / "reps").mkdir()
+    torch.save({"label": "P1", "mean_representations": {33: torch.zeros(4)}}, tmp_path / "reps" / "P1.pt")
+    busy = tmp_path / "busy.h5"
+    with output_lock(busy, "busy"):
+        for run in (import_esm, import_esm_contacts):
+            with pytest.raises(RuntimeFailure, match=r"another protrans run \(embed, contacts, merge, import-esm\) "
+                                                     "that is running now"):
+                run([tmp_path / "reps"], busy)
+    assert not busy.exists()

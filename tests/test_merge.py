@@ -399,7 +399,7 @@ def test_the_output_is_checked_and_locked_as_embed_does(tmp_path):
     assert not (tmp_path / "m.h5.gz").exists()
     with output_lock(tmp_path / "busy.h5", "busy"):
         partial_path(tmp_path / "busy.h5").write_bytes(b"an embed's live file")
-        with pytest.raises(RuntimeFailure, match="another protrans embed or merge that is running now"):
+        with pytest.raises(RuntimeFailure, match=r"another protrans run \(embed, contacts, merge, import-esm\) that is running now"):
             merge([part], tmp_path / "busy.h5", force=True)
         assert partial_path(tmp_path / "busy.h5").read_bytes() == b"an embed's live file"
     os.mkfifo(tmp_path / "pipe.h5")

@@ -239,6 +239,12 @@ def folder_lock(folder, busy: str):
         os.close(fd)
 
 
+# What embed, contacts, merge and import-esm meet where another of them holds an HDF5 output's lock
+# (the one `.OUT.lock` of the four: merge's message named "embed or merge", import-esm's left out contacts)
+HDF5_OUTPUT_IN_USE = ("is the output of another protrans run (embed, contacts, merge, import-esm) that is running "
+                      "now: wait for it to end, or choose another -o")
+
+
 @contextlib.contextmanager
 def output_lock(target, busy: str):
     """An exclusive lock (flock) on the hidden file `.NAME.lock` beside the output `target`, held
