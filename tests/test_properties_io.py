@@ -178,10 +178,12 @@ def fasta_files(draw, junk: bool = True) -> FastaFile:
 
 
 def shown(text: str) -> str:
-    """Control characters as --rejects writes them (`\\t`, `\\x01`)."""
+    """Control characters as --rejects writes them (`\\t`, `\\x01`), and a field that starts with a
+    quote quoted as CSV quotes it (docs/prep.md)."""
     named = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-    return "".join(named.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 else c)
+    text = "".join(named.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 else c)
                    for c in text)
+    return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
 
 
 def write_temp(directory: str, data: bytes, name: str = "x.fa") -> Path:
@@ -273,6 +275,7 @@ WORD_BYTES = st.one_of(st.sampled_from([b"\xc3\xbc1", b"\xfc1", b"37\xb0C", b"\x
        st.sampled_from([b"\n", b"\r\n"]), st.sampled_from([b"MKTA", None, b"", b" "]))
 @example([(b"\xc3\xbc1", b"\r"), (b"37\xb0C", b" ")], b"\n", b"MKTA")  # a stray CR, then a latin-1 word
 @example([(b"a", b"\r"), (b"b", b" ")], b"\n", b"")  # a stray CR, an empty record: prep refused the run
+@example([(b'"', b" ")], b"\n", b"MKTA")  # an id that starts with a quote: quoted in --rejects
 def test_header_bytes_give_the_id_prep_documents(words, end, residues):
     """Any bytes in a header (but NUL and the line end): the id is the first word, cut at ASCII
     whitespace (a stray CR included: docs/prep.md), decoded as UTF-8 where it is UTF-8 and as
