@@ -34,19 +34,19 @@ import stat as _stat
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from protrans_cli.console import NAMED, printable
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options, plain_numbers
 from protrans_cli.io.fasta import not_fasta
 from protrans_cli.io.files import (AtomicFile, NamedStdout, compress_bytes, compression_for_output, disk_full,
                                    display_name, input_named_by, make_temporary, names_stdout, open_input,
                                    output_directory, same_file, signals_held, special_output, stdin_binary,
-                                   stdout_binary, unreachable_input)
+                                   stdout_binary, tsv_quoted, unreachable_input)
 from protrans_cli.residues import (
     NUCLEOTIDE_LETTERS,
     NUCLEOTIDE_MIN_LENGTH,
@@ -118,10 +118,7 @@ class CorpusOptions:
         # numpy's scalars, which expect_options accepts (a setting from an array or a data frame):
         # seed=np.int64(3) was refused as "not a whole number", and the --stats JSON of
         # np.int64(100) was "TypeError: Object of type int64 is not JSON serializable"
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
-                setattr(self, f.name, value.item())
+        plain_numbers(self)
 
     @property
     def sharded(self) -> bool:
@@ -690,10 +687,8 @@ def _joined_sequences(heads: _Headers, seq_end: np.ndarray) -> tuple[bytes, byte
 
 def _tsv_field(text: str) -> str:
     """A --rejects field: control characters escaped (a tab or newline split its row), and one that
-    starts with a quote quoted as CSV quotes it, which pandas', R's and Python's csv TSV readers
-    undo (read as it stands, their quote handling ate it, and the rows after it, up to the next quote)."""
-    text = printable(text)
-    return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
+    starts with a quote quoted (tsv_quoted)."""
+    return tsv_quoted(printable(text))
 
 
 def _normalisation_rejects(block: _Block, cfg: _BlockConfig, heads: _Headers, seq_end: np.ndarray,

@@ -86,6 +86,19 @@ def expect_path(value, name: str, kind: str = "", hint: str = "") -> None:
         raise UsageError(f"{name} must be a path{kind}, got {type(value).__name__} {value!r:.60}{hint}")
 
 
+def plain_numbers(settings) -> None:
+    """A settings dataclass's numpy scalars (a value taken from an array or a data frame, which
+    `type_problem` accepts) made the Python numbers they stand for, in place: np.int64 in a
+    config was "Object of type int64 is not JSON serializable" where the config was saved (after
+    a whole fit, in train_config.json, in prep's --stats), np.float32 failed range checks."""
+    import dataclasses
+
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+            setattr(settings, field.name, value.item())
+
+
 _PLAIN = {"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}
 _ARTICLE = {bool: "a bool", int: "an int", float: "a float", str: "a str", type(None): "None"}
 

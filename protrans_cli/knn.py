@@ -23,6 +23,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, ModelError, UsageError, expect_path
+from protrans_cli.io.files import tsv_quoted
 from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader
 
 METRICS = ("euclidean", "cosine")
@@ -621,8 +622,7 @@ def _cell(text: str) -> str:
     """A TSV field: a tab or line break inside (a header attribute, a label) would split the row,
     and one that starts with a quote is quoted as CSV quotes it, which pandas', R's and Python's
     csv TSV readers undo (read as it stands, their quote handling ate it up to the next quote)."""
-    text = str(text).replace("\t", " ").replace("\n", " ").replace("\r", " ")
-    return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
+    return tsv_quoted(str(text).replace("\t", " ").replace("\n", " ").replace("\r", " "))
 
 
 # DeepLoc's columns scored under the names fit gives them (the same number as "accuracy")

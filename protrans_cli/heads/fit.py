@@ -27,7 +27,7 @@ import numbers
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path,
-                                 first_line, located, torch_load_problem)
+                                 first_line, located, plain_numbers, torch_load_problem)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, read_labels,
@@ -105,10 +105,7 @@ class FitConfig:
         # numpy's scalars, which expect_options accepts (a setting taken from an array or a data
         # frame): the head's config.json was "TypeError: Object of type int64 is not JSON
         # serializable", once every epoch had run
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
-                setattr(self, f.name, value.item())
+        plain_numbers(self)
 
     def check(self) -> None:
         if self.architecture is not None and not isinstance(self.architecture, str):

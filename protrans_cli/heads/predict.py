@@ -31,7 +31,8 @@ from protrans_cli.heads.data import (Matched, _source_kind, head_data, match_lab
                                      stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_ids
 from protrans_cli.io.files import (atomic_output, default_permissions, display_name, make_temporary, open_input,
-                                   output_directory, StagedRename, staged_outputs, through_link)
+                                   output_directory, StagedRename, bare_name, named_delimiter, staged_outputs,
+                                   through_link)
 from protrans_cli.io.disk import ensure_room
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, EmbeddingsReader, abandon, dataset_attrs, dataset_id,
                                 escape_key, h5_file, input_prefix_of, is_write_failure, one_protein_twice,
@@ -453,7 +454,7 @@ def predict(head_dir, embeddings, out, *, probabilities=None, output: str | None
     per_residue = task.kind == PER_RESIDUE
     _warn_extension(out, per_residue)
     # a table named .tsv/.tab is tab-separated (it was CSV, which tools that go by the name misread)
-    delimiter = "\t" if _bare_name(out).endswith((".tsv", ".tab")) else ","
+    delimiter = "\t" if named_delimiter(out) == "\t" else ","
     chosen = output or task.output_names[0]
     classes = next(o.classes for o in task.outputs if o.name == chosen)
     table = np.frombuffer("".join(classes).encode(), dtype=np.uint8)
@@ -622,18 +623,10 @@ class _ProbabilityWriter:
                     os.unlink(self.tmp)
 
 
-def _bare_name(out) -> str:
-    """An output's name in lower case, less a compression suffix."""
-    name = str(out).lower()
-    for compressed in (".gz", ".bz2", ".xz", ".zst"):
-        name = name.removesuffix(compressed)
-    return name
-
-
 def _warn_extension(out, per_residue: bool) -> None:
     """The format follows the head, not the file name: `-o x.csv` on an ss3 head wrote FASTA-like
     text, and `-o x.h5` on a loc head a CSV, without a word."""
-    name = _bare_name(out)
+    name = bare_name(out)
     other = ((".csv", ".tsv", ".tab", ".h5", ".hdf5", ".json") if per_residue
              else (".fa", ".fasta", ".faa", ".h5", ".hdf5", ".json"))
     if str(out) != "-" and name.endswith(other):

@@ -728,12 +728,25 @@ def output_directory(path) -> Path:
     return directory
 
 
-def named_delimiter(path) -> str | None:
-    """The delimiter a table's file name says (.tsv/.tab: a tab, .csv: a comma; compressed or
-    not), None for any other name (stdout's '-' among them)."""
+def bare_name(path) -> str:
+    """An output's name in lower case, less a compression suffix (what its extension says it holds)."""
     name = str(path or "").lower()
     for compressed in (".gz", ".bz2", ".xz", ".zst"):
         name = name.removesuffix(compressed)
+    return name
+
+
+def tsv_quoted(text: str) -> str:
+    """A TSV field (its tabs and line breaks already dealt with) that starts with a quote, quoted as
+    CSV quotes it, which pandas', R's and Python's csv TSV readers undo: read as it stands, their
+    quote handling ate it, and the rows after it, up to the next quote. Any other field as it is."""
+    return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
+
+
+def named_delimiter(path) -> str | None:
+    """The delimiter a table's file name says (.tsv/.tab: a tab, .csv: a comma; compressed or
+    not), None for any other name (stdout's '-' among them)."""
+    name = bare_name(path)
     return "\t" if name.endswith((".tsv", ".tab")) else "," if name.endswith(".csv") else None
 
 

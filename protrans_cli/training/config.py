@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from protrans_cli.attention import SDPA_KERNELS
-from protrans_cli.errors import UsageError, type_problem
+from protrans_cli.errors import UsageError, plain_numbers, type_problem
 
 RESOLVED = "resolved"  # the key of a saved config that records what its automatic settings meant
 DEFAULT_MAX_WARMUP = 2000  # warmup steps when none are given: a tenth of the run, at most this
@@ -44,10 +44,7 @@ class Phase:
     def __post_init__(self):
         # numpy's integers, as TrainConfig takes them (Phase(np.int64(512), ...) from an array):
         # the run's train_config.json was a TypeError, "Object of type int64 is not JSON serializable"
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
-                setattr(self, f.name, value.item())
+        plain_numbers(self)
 
     @classmethod
     def parse(cls, text: str) -> "Phase":
@@ -169,10 +166,7 @@ class TrainConfig:
         # numpy's scalars (a setting taken from an array or a data frame), which errors.type_problem
         # accepts for plain settings: np.float32 failed check_values ("--lr (lr) must be a number,
         # got np.float32(0.001)") and np.int64 the saved config's json.dumps (not JSON serializable)
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
-                setattr(self, f.name, value.item())
+        plain_numbers(self)
 
     def stream_sizing(self, phase: "Phase") -> dict:
         """How CorpusStream cuts a rank's share of a step into micro-batches: `micro_batch_size`
