@@ -23,7 +23,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, ModelError, UsageError, expect_path
-from protrans_cli.io.files import tsv_quoted
+from protrans_cli.io.files import named_delimiter, tsv_quoted
 from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader
 
 METRICS = ("euclidean", "cosine")
@@ -612,8 +612,6 @@ def _labels_any_query(label_set, fasta, order: list[str]) -> bool:
 def warn_tab_separated(output, command: str) -> None:
     """`-o hits.csv` got tab-separated text without a word (read.csv and Excel took each row for
     one field)."""
-    from protrans_cli.io.files import named_delimiter
-
     if named_delimiter(output) == ",":
         console.warn(f"{output}: {command} writes tab-separated text (TSV), whatever the file's extension")
 

@@ -570,18 +570,9 @@ class EmbeddingsReader:
         return sums
 
     def checksums(self, kind: str | None = None) -> dict[str, str]:
-        """checksum -> id, for matching label files that carry only sequences."""
-        kind = self._default_kind(kind)
-        if self._stacked is not None:
-            self._check_kind(kind)
-            return dict(zip(self._stacked.column("checksums"), self._stacked.ids()))
-        group, sums = self._group(kind), {}
-        for key in self.keys(kind):
-            attrs = dataset_attrs(group, key)[0]
-            checksum = dataset_checksum(key, attrs)
-            if checksum is not None:
-                sums[checksum] = dataset_id(key, attrs)
-        return sums
+        """checksum -> id, for matching label files that carry only sequences (of a sequence held
+        under several ids, the last; a protein without a checksum has none to match)."""
+        return {checksum: ident for ident, checksum in self.checksums_by_id(kind).items()}
 
     def dim(self, kind: str | None = None) -> int:
         kind = self._default_kind(kind)
