@@ -86,6 +86,14 @@ def expect_path(value, name: str, kind: str = "", hint: str = "") -> None:
         raise UsageError(f"{name} must be a path{kind}, got {type(value).__name__} {value!r:.60}{hint}")
 
 
+def whole_number(value) -> bool:
+    """Whether `value` is a whole number: a Python or numpy integer, not a bool (which Python
+    counts as an Integral), a float or text."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def plain_numbers(settings) -> None:
     """A settings dataclass's numpy scalars (a value taken from an array or a data frame, which
     `type_problem` accepts) made the Python numbers they stand for, in place: np.int64 in a

@@ -16,13 +16,12 @@ exactly (in float64, from the vectors) and ranked by those distances, ties by re
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, ModelError, UsageError, expect_path
+from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, whole_number
 from protrans_cli.io.files import named_delimiter, tsv_quoted
 from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader
 
@@ -137,9 +136,9 @@ def _prepared(query, reference, k, metric: str, layer: int, allow_model_mismatch
 def _check_search(k, metric: str, layer=-1) -> None:
     # (numpy's integers count as Python's, as in every settings object: k=np.int64(3) was refused
     # as "-k must be at least 1", and layer="-1" a TypeError from the layer lookup)
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+    if not whole_number(k) or k < 1:
         raise UsageError(f"-k must be at least 1, got {k!r}")
-    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+    if not whole_number(layer):
         raise UsageError(f"--layer is a whole number (-1: the last layer), got {type(layer).__name__} {layer!r:.40}")
     if metric not in METRICS:
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")

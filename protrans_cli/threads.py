@@ -7,7 +7,7 @@ import contextlib
 import os
 import threading
 
-from protrans_cli.errors import UsageError
+from protrans_cli.errors import UsageError, whole_number
 
 
 def available_cores() -> int:
@@ -24,11 +24,9 @@ MAX_THREADS = 4096
 
 def check_threads(value: int, name: str = "--threads") -> int:
     """`value` as a thread count, or a usage error naming `name`."""
-    import numbers
-
     # (predict(..., threads="2") from Python: a TypeError comparing a str with an int; 2.0 one
     # from torch.set_num_threads)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not whole_number(value):
         raise UsageError(f"{name} must be a whole number, got {type(value).__name__} {value!r:.60}")
     value = int(value)
     if value < 1:

@@ -43,7 +43,6 @@ import contextlib
 import csv
 import io
 import math
-import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, expect_options
+from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, expect_options, whole_number
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
 STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood")
@@ -105,7 +104,7 @@ def parse_variant(text: str, sequence: str, offset: int = 1) -> Variant:
     wrong (an empty or NA text too)."""
     from protrans_cli.residues import normalise
 
-    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):  # ("1": a TypeError from inside)
+    if not whole_number(offset):  # ("1": a TypeError from inside)
         raise UsageError(f"offset is the whole number of the sequence's first residue, got {type(offset).__name__} "
                          f"{offset!r:.40}")
     return _parse_variant(text, normalise(sequence, rare="keep"), int(offset))
@@ -197,7 +196,7 @@ class VariantScorer:
             raise UsageError(f"VariantScorer takes a loaded model, load_model(name, masked_lm=True), got "
                              f"{type(loaded).__name__} {loaded!r:.60}")
         for name, value in (("max_tokens", max_tokens), ("max_length", max_length)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            if value is not None and not whole_number(value):
                 raise UsageError(f"{name} must be a whole number or None, got {type(value).__name__} {value!r:.40}")
         if long_policy not in LONG_POLICIES:
             raise UsageError(f"--long-policy must be one of {', '.join(LONG_POLICIES)}")

@@ -14,13 +14,12 @@ None for a value). They are what `protrans predict` writes for the same embeddin
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from protrans_cli.errors import UsageError, expect_path
+from protrans_cli.errors import UsageError, expect_path, whole_number
 from protrans_cli.io.h5 import PER_RESIDUE
 from protrans_cli.threads import torch_threads
 
@@ -55,7 +54,7 @@ def predict_embeddings(head_dir, embeddings, *, device: str = "auto", threads: i
         raise UsageError("embeddings is {id: array} or a list of arrays (an embeddings file goes to "
                          f"protrans_cli.predict), got {type(embeddings).__name__}")
     # (numpy's integers count as Python's: np.int64(4096) was refused as "not a whole number")
-    if isinstance(max_residues, bool) or not isinstance(max_residues, numbers.Integral) or max_residues < 1:
+    if not whole_number(max_residues) or max_residues < 1:
         raise UsageError(f"max_residues must be a whole number of at least 1, got {max_residues!r:.40}")
     max_residues = int(max_residues)
     as_list = not isinstance(embeddings, Mapping)

@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import math
-import numbers
 import os
 import shutil
 import time
@@ -35,7 +34,7 @@ import numpy as np
 from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, RuntimeFailure, UsageError, expect_options, expect_path,
-                                 first_line, located, plain_numbers, torch_load_problem)
+                                 first_line, located, plain_numbers, torch_load_problem, whole_number)
 from protrans_cli.heads.data import (DEFAULT_CACHE_BYTES, ProteinData, TrainingSet, load_data,
                                      report_unlabelled, stored_layer_index, subset, warn_unfinished)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, LabelSet, mask_column_names, read_labels,
@@ -497,7 +496,7 @@ def check_resamples(n, what: str) -> None:
     0.3309-0.3309, which does not hold it)."""
     # (knn(n_bootstrap="1000") and evaluate_head(n_boot=100.0) from Python were TypeErrors from
     # inside: "'<' not supported between instances of 'str' and 'int'"; numpy's integers serve)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral)):
+    if n is not None and not whole_number(n):
         raise UsageError(f"{what} must be a whole number of resamples, got {type(n).__name__} {n!r:.40}")
     if n is not None and n < MIN_RESAMPLES:
         raise UsageError(f"{what} must be at least {MIN_RESAMPLES} (a 95% interval needs resamples beyond its 2.5% "

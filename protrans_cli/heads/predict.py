@@ -19,14 +19,13 @@ import dataclasses
 import csv
 import io
 import json
-import numbers
 import os
 from pathlib import Path
 
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, expect_path, first_line
+from protrans_cli.errors import ModelError, RuntimeFailure, UsageError, expect_path, first_line, whole_number
 from protrans_cli.heads.data import (Matched, _source_kind, head_data, match_labels, report_unlabelled,
                                      stored_layer_index)
 from protrans_cli.heads.labels import mask_column_names, read_labels, some_ids
@@ -716,7 +715,7 @@ def check_head_output(task, output: str | None) -> None:
 def _check_max_residues(max_residues) -> None:
     # 0 or a negative budget was taken (fit refuses it): what it did depended on the batching code
     # ("100" was "at least 1, got 100"; numpy's integers count as Python's)
-    if isinstance(max_residues, bool) or not isinstance(max_residues, numbers.Integral):
+    if not whole_number(max_residues):
         raise UsageError(f"--max-residues (max_residues) must be a whole number, got {type(max_residues).__name__} "
                          f"{max_residues!r:.60}")
     if max_residues < 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options, whole_number
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
@@ -48,7 +48,7 @@ def _check_range(min_lr, max_lr, num_steps) -> None:
             raise UsageError(f"find_lr: {name} must be a positive number, got {value!r:.60}")
     if min_lr >= max_lr:
         raise UsageError(f"find_lr: min_lr ({min_lr}) must be below max_lr ({max_lr})")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+    if not whole_number(num_steps) or num_steps < 1:
         raise UsageError(f"find_lr: num_steps must be a whole number of at least 1, got {num_steps!r:.60}")
 
 
