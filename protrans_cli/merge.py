@@ -101,8 +101,9 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
 
     partial = output_free(output, force, "embed or merge")
     parts = [_read_part(path) for path in paths]
+    limit = _unrecorded_limit(parts)
     for part in parts[1:]:
-        _check_same(parts[0], part)
+        _check_same(parts[0], part, limit)
     _check_parts_of_one_input(parts)
     kinds, layout = parts[0].kinds, layout or parts[0].layout
     if layout == "flat" and len(kinds) != 1:
@@ -121,6 +122,8 @@ def _merge_locked(paths: list[Path], output: Path, layout: str | None, force: bo
     attrs["commit"] = next((c for part in parts if (c := _comparable(part.attrs.get("commit")))), attrs.get("commit"))
     if attrs["commit"] is None:
         del attrs["commit"]
+    if limit is not None:  # (the limit every row was computed within: the parts that record it)
+        attrs["max_length"] = limit
     if "part" in attrs:  # (the merged file is the whole input's, as one run over it records it)
         attrs["part"] = ""
     attrs.update(command_line=command_line or "protrans merge", protrans_version=__version__)
@@ -224,8 +227,32 @@ def _read_part(path: Path) -> _Part:
                  np.concatenate(sums or [np.empty(0, "S16")]))
 
 
-def _check_same(first: _Part, other: _Part) -> None:
-    """The settings `--resume` compares (the layout aside), equal in every part."""
+def _unrecorded_limit(parts: list[_Part]) -> int | None:
+    """The `max_length` of the parts that record one, where others record 0 and hold only proteins
+    within it, whole; else None. Versions before 2026-11-29 recorded --max-length as given, 0 when
+    it was not (the model's own limit, which later versions record: `embed --resume` takes the two
+    for one run); such a part beside a later one of the same model was refused, "max_length=1022
+    ... max_length=0". A part of 0 whose proteins are all at most N residues and none truncated or
+    chunked holds the rows a run at N writes."""
+    from protrans_cli.export import _residue_counts
+
+    values = {int(_comparable(p.attrs["max_length"])) for p in parts if p.attrs.get("max_length") is not None}
+    if len(values) != 2 or 0 not in values:
+        return None
+    limit = max(values)
+    for part in parts:
+        if part.attrs.get("max_length") is None or int(_comparable(part.attrs["max_length"])) != 0:
+            continue
+        with EmbeddingsReader(part.path) as reader:
+            counts = _residue_counts(reader)
+        if counts.get("longest", 0) > limit or counts.get("truncated") or counts.get("chunked"):
+            return None
+    return limit
+
+
+def _check_same(first: _Part, other: _Part, limit: int | None = None) -> None:
+    """The settings `--resume` compares (the layout aside), equal in every part. `limit`: the
+    `max_length` that a part recording 0 is taken to have (_unrecorded_limit)."""
     from protrans_cli.embed import same_commit, same_model
 
     for key in (*[k for k in RESUME_ATTRS if k not in ("layout", "part", *_SAME_WHERE_RECORDED)], *_ALSO_SAME,
@@ -233,6 +260,9 @@ def _check_same(first: _Part, other: _Part) -> None:
         a, b = first.attrs.get(key), other.attrs.get(key)
         if key in _SAME_WHERE_RECORDED and (a is None or b is None):
             continue  # (a file from before the attribute)
+        if key == "max_length" and limit is not None and a is not None and b is not None \
+                and {int(_comparable(a)), int(_comparable(b))} <= {0, limit}:
+            continue  # (a part of an earlier version, which recorded 0 for the model's own limit)
         if key == "model" and a is not None and b is not None and same_model(str(_comparable(a)),
                                                                             str(_comparable(b))):
             continue  # (as --resume compares it: a short name and its hub id name one model)

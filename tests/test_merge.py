@@ -209,6 +209,35 @@ def test_a_part_without_a_hub_commit_merges_with_one_that_records_it_as_resume_t
     with pytest.raises(InputError, match="was written with commit='bbbb"):
         merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m2.h5")
 
+def test_a_part_of_a_version_that_recorded_no_max_length_merges_as_resume_takes_it(tmp_path):
+    """Versions before 2026-11-29 recorded max_length 0 where --max-length was not given (the
+    model's own limit), later ones the limit itself; `embed --resume` takes the two for one run,
+    merge refused such a part beside a later one ("max_length=2046 ..., max_length=0"). Its
+    proteins all within the limit, whole, it merges, and the merged file records the limit; a
+    part of 0 holding a longer or a truncated protein is still refused."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    (tmp_path / "c.fa").write_text(">P3\nMKVLA\n")
+    old = _embed(tmp_path / "a.fa", tmp_path / "a.h5", max_length=6, long_policy="truncate")
+    new = _embed(tmp_path / "b.fa", tmp_path / "b.h5", max_length=6, long_policy="truncate")
+    other = _embed(tmp_path / "c.fa", tmp_path / "c.h5", max_length=6, long_policy="truncate")
+    with h5py.File(old, "r+") as f:
+        f.attrs["max_length"] = 0  # (P1 was truncated at 6: not a run within 6 whole)
+    with pytest.raises(InputError, match="max_length=0"):
+        merge([new, old], tmp_path / "m.h5")
+    with h5py.File(other, "r+") as f:
+        f.attrs["max_length"] = 0  # (P3, 5 residues: within 6)
+    for n, order in enumerate(((new, other), (other, new))):
+        out = tmp_path / f"m{n}.h5"
+        assert merge(order, out).proteins == 2
+        with h5py.File(out, "r") as f:
+            assert f.attrs["max_length"] == 6
+    with h5py.File(old, "r+") as f:
+        f.attrs["max_length"] = 4  # (two limits recorded beside the 0: not one run's)
+    with pytest.raises(InputError, match="max_length=0"):
+        merge([new, other, old], tmp_path / "m2.h5")
+
+
 def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
     (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
     a = _embed(tmp_path / "a.fa", tmp_path / "a.h5")
