@@ -1452,6 +1452,28 @@ def test_cli_onehot_flat_per_protein(run_cli, tmp_path):
         assert "sp|Q9%2Fslash" in f
 
 
+@pytest.mark.parametrize("finished", [True, False])
+def test_resume_of_a_flat_file_from_before_original_id_gives_every_dataset_one(tmp_path, finished):
+    """Versions before 2026-11-29 wrote flat files without `original_id`; --resume of one added
+    this run's proteins with it beside the older ones without: biotrainer's `{f[k].attrs[
+    "original_id"]: ...}` failed with a KeyError on the file the upgrade completed."""
+    import h5py
+
+    (tmp_path / "a.fa").write_text(">P1 first\nMKTAYIAK\n>P2\nMKV\n")
+    (tmp_path / "b.fa").write_text(">P1 first\nMKTAYIAK\n>P2\nMKV\n>P3\nMKVLA\n")
+    out = tmp_path / "flat.h5"
+    options = dict(model="onehot", threads=1, per_residue=False, layout="flat")
+    embed(tmp_path / "a.fa", out, EmbedOptions(**options))
+    with h5py.File(out, "r+") as f:  # the older version's file
+        for key in f:
+            del f[key].attrs["original_id"]
+    if not finished:
+        out.rename(partial_path(out))
+    embed(tmp_path / "b.fa", out, EmbedOptions(**options, resume=True))
+    with h5py.File(out, "r") as f:
+        assert {f[k].attrs["original_id"]: f[k].attrs["id"] for k in f} == {i: i for i in ("P1", "P2", "P3")}
+
+
 @pytest.mark.parametrize("flags", [(), ("--per-residue", "--per-protein")])
 def test_cli_flat_with_both_kinds_says_to_give_one(run_cli, tmp_path, flags):
     """With both kinds asked for, the message said "add --per-residue or --per-protein" (one

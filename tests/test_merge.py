@@ -352,6 +352,21 @@ def test_parts_of_another_layout_carry_the_attributes_of_the_merged_layout(tmp_p
     assert_same_content(file_content(tmp_path / "merged.h5"), file_content(whole))
 
 
+def test_a_flat_part_from_before_original_id_gets_it_in_the_flat_merged_file(tmp_path):
+    """Versions before 2026-11-29 wrote flat files without `original_id`: such a part merged into
+    a flat file kept its datasets as they were, beside later parts' with it (biotrainer's
+    `f[k].attrs["original_id"]` a KeyError on some proteins of the merged file)."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    parts = [_embed(tmp_path / f"{n}.fa", tmp_path / f"{n}.h5", per_residue=False, layout="flat") for n in "ab"]
+    with h5py.File(parts[0], "r+") as f:  # the older version's part
+        for key in f:
+            del f[key].attrs["original_id"]
+    merge(parts, tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert {f[k].attrs["original_id"]: f[k].attrs["id"] for k in f} == {"P1": "P1", "P2": "P2"}
+
+
 def test_a_merge_stopped_leaves_nothing_beside_the_output(tmp_path, monkeypatch):
     """Ctrl-C while a stacked part was written back (before any protein was copied): the partial
     file was removed, but its ledger, sealed as the writer closed, stayed (OUT.partial.ledger)."""

@@ -1878,6 +1878,8 @@ class EmbeddingsWriter:
         for kind in self.kinds:
             self._groups[kind] = (self.file if layout == "flat" else self.file[kind] if kind in self.file
                                   else self.file.create_group(kind, track_order=True))
+        if resumed and layout == "flat":
+            self._add_original_ids()
         if resumed:
             # A protein embedded after it had failed is done: its entry went from the writer's
             # list, but the attribute is rewritten only when the list doubles or halves (or at a
@@ -2042,11 +2044,27 @@ class EmbeddingsWriter:
                 # --resume merges it again)
                 self._unflushed.append(unescape_key(name.decode("utf-8")))
                 h5py.h5o.copy(source.id, name, group.id, name)
-                if flat != (self.layout == "flat"):  # (a part of another layout: `protrans merge`)
+                if flat or self.layout == "flat":
+                    # (a part of another layout, `protrans merge`; or a flat one written before
+                    # embed gave the flat layout `original_id`)
                     self._relabel_original_id(group, name)
                 if self._cache.written():  # (a merge of many proteins: flushed on the way, the cache bounded)
                     self.flush()
                 copied.add(name)
+
+    def _add_original_ids(self) -> None:
+        """A flat file written before embed gave every dataset `original_id` (2026-11-29): its
+        datasets get one as this run's do, or the file resumed into would hold some proteins
+        without it (biotrainer's `f[k].attrs["original_id"]` a KeyError on the older ones). A file
+        whose first dataset has one is left as it is (every one then has it)."""
+        import h5py
+
+        names = [n for n in _link_names(self.file)
+                 if h5py.h5o.get_info(self.file.id, n).type == h5py.h5o.TYPE_DATASET]
+        if not names or h5py.h5a.exists(h5py.h5o.open(self.file.id, names[0]), b"original_id"):
+            return
+        for name in names:
+            self._relabel_original_id(self.file, name)
 
     def _relabel_original_id(self, group, name: bytes) -> None:
         """A dataset copied from a file of the other structure carries the `original_id` that
