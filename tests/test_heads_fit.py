@@ -807,6 +807,27 @@ def test_resume_of_a_finished_fit_is_a_no_op_and_other_settings_are_refused(run_
     assert run_cli(*args).exit_code == 2  # without --resume: as before
 
 
+def test_resume_of_a_head_of_a_version_that_recorded_no_fingerprint_says_so(run_cli, ss_data, tmp_path):
+    """A head fitted before 2026-11-29 records no fingerprint: `fit --resume` of it (a job script
+    run again after an upgrade) said only "exists (--force replaces it)", as for a folder of
+    other files, though the same command had made it. It says the head is an earlier version's
+    and leaves it as it is; --force still fits it again."""
+    head = tmp_path / "ss3"
+    args = ["fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", "--max-epochs", "1",
+            *FAST, "-o", head]
+    assert run_cli(*args).exit_code == 0
+    config = json.loads((head / "config.json").read_text())
+    del config["fingerprint"]  # the earlier version's head
+    (head / "config.json").write_text(json.dumps(config))
+    files = {p.name: p.read_bytes() for p in head.iterdir() if p.is_file()}
+    again = run_cli(*args, "--resume")
+    assert again.exit_code == 2 and f"{head} is a head written by an earlier protrans" in again.stderr
+    assert "--force fits it again" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in head.iterdir() if p.is_file()} == files
+    assert run_cli(*args, "--force").exit_code == 0
+    assert "fingerprint" in json.loads((head / "config.json").read_text())
+
+
 def test_resume_after_a_kill_between_the_heads_rename_and_the_states_removal(run_cli, ss_data, tmp_path, monkeypatch):
     """A SIGKILL just after the head was renamed into place left HEAD.partial/ beside it, and every
     retry of the job (with --resume) failed with "exists"."""

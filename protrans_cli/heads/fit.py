@@ -302,8 +302,25 @@ def _existing_head(config: FitConfig, out_dir: Path, fingerprint: dict, embeddin
                     FitState(partial, fingerprint).remove()
                 console.info(f"{out_dir} is complete: nothing to resume")
                 return finished
+            if _unrecorded_head(out_dir):
+                raise UsageError(f"{out_dir} is a head written by an earlier protrans, which did not record the "
+                                 "settings and inputs --resume compares: it cannot tell whether this command made "
+                                 "it; use it as it is, or --force fits it again")
         raise UsageError(f"{out_dir} exists (--force replaces it)")
     replaceable_head(out_dir, embeddings, labels, valid, tests)
+
+
+def _unrecorded_head(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a head of a version that did not record its fingerprint (before
+    2026-11-29: `fit --resume` of it said only that it exists, as for a folder of other files)."""
+    try:
+        config = json.loads((out_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    # (a fit's: trained on an embeddings file; import-head's and finetune's heads record none)
+    return (isinstance(config, dict) and config.get("format") == "protrans-head" and "fingerprint" not in config
+            and isinstance(config.get("training"), dict) and isinstance(config["training"].get("embeddings"), str)
+            and (out_dir / "weights.safetensors").is_file())
     return None
 
 
