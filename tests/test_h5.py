@@ -633,6 +633,34 @@ def test_values_from_outside_the_file_are_refused(tmp_path, how):
 
 
 
+@pytest.mark.parametrize("column, how", [("per_protein", "virtual dataset"), ("per_protein", "external storage"),
+                                         ("lengths", "virtual dataset"), ("lengths", "external storage"),
+                                         ("ids", "virtual dataset")])  # (variable-length text: no external storage)
+def test_a_stacked_file_whose_array_or_column_lives_outside_it_is_refused(tmp_path, column, how):
+    """A stacked file's per_protein array and its columns were read as they came: a virtual
+    dataset or external storage made export, knn, predict and merge read another file silently."""
+    out = tmp_path / "e.h5"
+    _write(out, ["a", "b"], kinds=(PER_PROTEIN,), layout="stacked")
+    with h5py.File(out, "a") as f:
+        data = f[column][()]
+        shape, dtype = f[column].shape, f[column].dtype
+        del f[column]
+        if how == "virtual dataset":
+            with h5py.File(tmp_path / "secret.h5", "w") as s:
+                s.create_dataset("data", data=data, dtype=dtype)
+            layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+            layout[:] = h5py.VirtualSource(str(tmp_path / "secret.h5"), "data", shape=shape)
+            f.create_virtual_dataset(column, layout)
+        else:
+            raw = tmp_path / "secret.bin"
+            raw.write_bytes(np.ascontiguousarray(data).tobytes())
+            f.create_dataset(column, shape=shape, dtype=dtype, external=[(str(raw), 0, data.nbytes)])
+    message = "a virtual dataset" if how == "virtual dataset" else "a dataset whose values are stored in external"
+    with pytest.raises(InputError, match=f"record '{column}': is {message}"):
+        with EmbeddingsReader(out) as r:
+            r.matrix()
+
+
 @pytest.mark.parametrize("value", ["{not json", "5", '["a", 1]', "[" * 100_000 + "]" * 100_000])
 def test_a_failed_attribute_not_as_embed_writes_it_is_one_line(tmp_path, value):
     path = tmp_path / "x.h5"

@@ -464,6 +464,8 @@ class StackedView:
     def __init__(self, f, path: str):
         import h5py
 
+        from protrans_cli.io.h5 import local_data, local_link
+
         self.file = f
         self.path = path
         # (per_protein a group, not the (N, D) array: `embed --resume` met it as an AttributeError traceback)
@@ -471,6 +473,11 @@ class StackedView:
         if missing:
             raise InputError(f"a stacked embeddings file without its {', '.join(missing)} column(s): damaged, "
                              "or not written by protrans embed", path=path)
+        # (the array and its columns are read as they are: a virtual dataset or external storage
+        # in a file from elsewhere was read silently from whatever other file it names)
+        for name in (PER_PROTEIN, *COLUMNS):
+            local_link(f, name.encode("utf-8"))
+            local_data(f, name.encode("utf-8"), f[name].id)
         self.data = f[PER_PROTEIN]
         self._rows: dict[str, int] | None = None
         self._columns: dict[str, np.ndarray] = {}
