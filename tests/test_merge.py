@@ -731,3 +731,31 @@ def test_a_signal_once_the_merged_file_is_written_exits_0(tmp_path, run_cli, mon
     assert r.exit_code == 0, r.stderr
     assert f"terminated once the output was complete ({out}): nothing was lost" in r.stderr
     assert out.is_file()
+
+
+@pytest.mark.parametrize("how", ["virtual dataset", "external storage"])
+def test_a_part_whose_values_live_in_another_file_is_refused(tmp_path, how):
+    """A part's dataset mapped from another file (a virtual dataset) or stored in one (external
+    storage) was copied as it was: the merged file read that file wherever it was opened."""
+    fasta = generated_fasta(tmp_path / "all.fa", 4, repeat_every=0)
+    part = _embed(fasta, tmp_path / "part.h5")
+    with h5py.File(part, "a") as f:
+        group = f[PER_PROTEIN]
+        key = sorted(group)[0]
+        data, attrs = group[key][()], dict(group[key].attrs)
+        del group[key]
+        if how == "virtual dataset":
+            with h5py.File(tmp_path / "secret.h5", "w") as s:
+                s["data"] = data
+            layout = h5py.VirtualLayout(shape=data.shape, dtype=data.dtype)
+            layout[:] = h5py.VirtualSource(str(tmp_path / "secret.h5"), "data", shape=data.shape)
+            group.create_virtual_dataset(key, layout)
+        else:
+            (tmp_path / "secret.bin").write_bytes(data.tobytes())
+            group.create_dataset(key, shape=data.shape, dtype=data.dtype,
+                                 external=[(str(tmp_path / "secret.bin"), 0, data.nbytes)])
+        group[key].attrs.update(attrs)
+    message = "is a virtual dataset" if how == "virtual dataset" else "is a dataset whose values are stored in external"
+    with pytest.raises(InputError, match=f"record '{key}': {message}"):
+        merge([part], tmp_path / "merged.h5")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("merged")) == []

@@ -2038,6 +2038,9 @@ class EmbeddingsWriter:
             for name in _link_names(source):
                 if name in skip or h5py.h5o.get_info(source.id, name).type != h5py.h5o.TYPE_DATASET:
                     continue
+                # (a copy keeps a virtual dataset's mapping and an external file list: the merged
+                # file read whatever other file a part from elsewhere named)
+                local_data(source, name, h5py.h5o.open(source.id, name))
                 if group.id.links.exists(name):  # a protein copied before a kill, or written twice
                     group.id.unlink(name)
                 # (listed untrusted if a write fails before the next flush: the shard stays, and
