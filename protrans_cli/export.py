@@ -585,11 +585,16 @@ def _found_by_sequence(reader, wanted: list[str], sequences: dict) -> dict[str, 
 
 def _order(reader, kind: str, wanted: list[str] | None, source) -> list[str]:
     """The ids to write, in order: `wanted`'s (each must be in the file), else the file's keys'."""
+    import h5py
+
     from protrans_cli.io.h5 import unescape_key
 
     if "layout" in reader.attrs and reader.layout != "stacked":
-        # embed's own file: every key is its id's (ids() read each dataset's id attribute: 130 us a protein)
-        present = [unescape_key(key) for key in reader.keys(kind)]
+        # embed's own file: every key is its id's (ids() read each dataset's id attribute: 130 us a
+        # protein); a group among them is no protein, as ids() and items() have it (it was a TypeError)
+        group = reader._group(kind)
+        present = [unescape_key(key) for key in reader.keys(kind)
+                   if h5py.h5o.get_info(group.id, key.encode("utf-8")).type == h5py.h5o.TYPE_DATASET]
     else:
         present = reader.ids(kind)
     if wanted is None and reader.layout == "stacked":

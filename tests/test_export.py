@@ -86,6 +86,25 @@ def test_every_layout_exports_the_same_table(tmp_path, run_cli):
     assert {r[0] for r in rows[1:]} == set(proteins)  # the comma and the quote read back by csv
 
 
+@pytest.mark.parametrize("extra", ["a group", "a link to its own group"])
+def test_a_group_among_the_proteins_is_passed_over_as_the_other_commands_do(tmp_path, run_cli, extra):
+    """A group inside per_protein (another tool's, or a hard link back to the group) is no
+    protein: ids(), fit, predict and knn pass over it; export was a TypeError traceback."""
+    proteins = _proteins()
+    _write(tmp_path / "e.h5", proteins)
+    clean = run_cli("export", tmp_path / "e.h5")
+    with h5py.File(tmp_path / "e.h5", "a") as f:
+        if extra == "a group":
+            f["per_protein"].create_group("AAA")
+        else:
+            f["per_protein"]["loop"] = f["per_protein"]
+    for args in ((), ("--format", "esm", "-o", tmp_path / "esm")):
+        done = run_cli("export", tmp_path / "e.h5", *args)
+        assert done.exit_code == 0, done.stderr
+    assert done.stderr.startswith("export: 5 proteins")
+    assert run_cli("export", tmp_path / "e.h5").stdout == clean.stdout
+
+
 def test_per_residue_npz(tmp_path, run_cli):
     proteins = _proteins(8)
     arrays = _write(tmp_path / "e.h5", proteins, dtype=np.float16)
