@@ -1622,6 +1622,28 @@ def test_tokenizer_code_named_by_auto_map_never_runs_even_when_stdin_says_yes(ru
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.parametrize("member", ["a link to /dev/zero", "a FIFO"])
+def test_a_model_directory_holding_a_device_or_fifo_is_refused_before_anything_reads_it(tmp_path, member):
+    """A downloaded model directory whose tokenizer_config.json (or train_config.json) was a link
+    to /dev/zero was read until the kernel killed the run for its memory; a FIFO hung for ever."""
+    from protrans_cli.errors import ModelError
+    from protrans_cli.models import resolve_model
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "esm"}')
+    (model_dir / "sub").mkdir()  # (folders and regular files are what a model directory holds)
+    if member == "a FIFO":
+        os.mkfifo(model_dir / "tokenizer_config.json")
+    else:
+        (model_dir / "tokenizer_config.json").symlink_to("/dev/zero")
+    with pytest.raises(ModelError, match="tokenizer_config.json is not a regular file"):
+        resolve_model(str(model_dir))
+    (model_dir / "tokenizer_config.json").unlink()
+    (model_dir / "tokenizer_config.json").symlink_to(model_dir / "config.json")  # a link to a file is one
+    assert resolve_model(str(model_dir)) == (str(model_dir), None, True)
+
+
 def reference_cls(family, model_dir, sequence: str, layers=(-1,)) -> np.ndarray:
     """Plain transformers: the hidden states at the tokenizer's cls token of one protein, (n_layers, D)."""
     from transformers import AutoTokenizer

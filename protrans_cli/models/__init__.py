@@ -133,6 +133,27 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
+def _refuse_special_files(path: Path, name: str) -> None:
+    """Refuse a model directory holding a device, FIFO or socket (or a link to one) among its
+    files: one under a name that protrans or transformers reads whole (tokenizer_config.json,
+    train_config.json) was read for ever, a link to /dev/zero until the kernel killed the run for
+    its memory, a FIFO hung. A directory from elsewhere holds only files and folders."""
+    import stat
+
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return  # (what reads the directory says why it cannot)
+    for entry in entries:
+        try:
+            mode = os.stat(entry.path).st_mode  # (after links; a FIFO is not opened)
+        except OSError:
+            continue  # (a dangling link: what reads it, if anything, says so)
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ModelError(f"{name}: cannot load the model directory: {entry.path} is not a regular file (a "
+                             "device, FIFO or socket, or a link to one), which would be read without end")
+
+
 def _looks_like_path(name: str) -> bool:
     # Hub ids are "owner/name"; anything else with a separator, or starting like a path, is a path.
     return (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
@@ -167,6 +188,7 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
                                  f"inside is one; give {flag} {checkpoints[-1]} for the latest{final}")
             raise ModelError(f"{name}: directory has no config.json, so it is not a model directory "
                              "(give the directory that `protrans train` or save_pretrained wrote)")
+        _refuse_special_files(path, name)
         return str(path), None, True
     if path.exists():
         suffix = path.suffix.lower()
