@@ -17,6 +17,7 @@ class _State:
     verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
     debug: bool = False
     complete: str | None = None  # the command's output, once final (output_complete)
+    interim: int = 0  # open `interim_outputs` blocks: what they mark complete is a step, not the output
     records: list = field(default_factory=list)  # open `recording` lists (innermost last)
     held: int = 0  # open recordings that hold their messages back
     names: dict = field(default_factory=dict)  # a path -> what messages call it (`naming`)
@@ -78,8 +79,22 @@ def output_complete(what) -> None:
     """The command's output (`what`: a path, or `-`/None for standard output) is final: a Ctrl-C
     or SIGTERM from now on stops nothing, and the CLI says so and exits 0 rather than report an
     interruption (with a traceback from wherever Python was cleaning up) for a result already
-    whole. Outside the CLI, no effect."""
+    whole. Outside the CLI, no effect. Inside `interim_outputs`, no effect either."""
+    if state.interim:
+        return
     state.complete = "standard output" if what is None or str(what) == "-" else str(what)
+
+
+@contextlib.contextmanager
+def interim_outputs():
+    """Outputs finished inside the block are steps of the command, not its output (fit --search's
+    trials): the first trial's head marked the command complete, and a Ctrl-C or SIGTERM in every
+    later trial was then noted and ignored (the search ran on to its end, exit 0)."""
+    state.interim += 1
+    try:
+        yield
+    finally:
+        state.interim -= 1
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))} | {

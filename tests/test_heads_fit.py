@@ -4443,6 +4443,30 @@ def test_an_interrupted_search_says_where_its_trials_are_kept_and_how_to_continu
     assert r.exit_code == 0 and (tmp_path / "h" / "search.json").is_file(), r.stderr
 
 
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_search_stops_on_a_signal_in_a_trial_after_the_first(run_cli, loc_data, tmp_path, monkeypatch, name, code):
+    """trial_00's head marked the command's output complete: a Ctrl-C or SIGTERM in every later
+    trial was noted and ignored, and the search ran on to its end (exit 0)."""
+    import signal
+
+    from protrans_cli.heads.fit import FitState
+
+    save_epoch, saves = FitState.save_epoch, []
+
+    def save_then_signal(self, current):
+        save_epoch(self, current)
+        saves.append(1)
+        if len(saves) == 3:  # trial_01's first epoch
+            signal.raise_signal(getattr(signal, name))
+
+    monkeypatch.setattr(FitState, "save_epoch", save_then_signal)
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-j", "1",
+                "--max-epochs", "2", "--no-plots", "--bootstrap", "10", "--search", "hidden=8,16,32",
+                "-o", tmp_path / "h")
+    assert r.exit_code == code and "nothing was lost" not in r.stderr, r.stderr
+    assert len(saves) == 3 and not (tmp_path / "h").exists() and not (tmp_path / "h.search" / "trial_02").exists()
+
+
 def test_search_refuses_a_grid_one_trial_of_which_cannot_be_trained_before_any_is(run_cli, loc_data, tmp_path):
     """--search architecture=fnn,light-attention on per-protein embeddings trained trial_00 and then
     failed on trial_01 ("has no per_residue embeddings"); fnn,cnn for loc and class-weights=no,yes

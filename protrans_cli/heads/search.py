@@ -114,7 +114,8 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
             valid: tuple | None, tests: list[tuple]) -> SearchResult:
     from protrans_cli.heads.fit import HEAD_IN_USE, _checked_output, fit, label_files, partial_path
     from protrans_cli.heads.metrics import dumps as metrics_json
-    from protrans_cli.io.files import folder_lock, make_temporary, replace_directory, replay_stdin, stdin_if_named
+    from protrans_cli.io.files import (folder_lock, make_temporary, replace_directory, replay_stdin, signals_held,
+                                       stdin_if_named)
 
     if not grid:
         raise UsageError("search needs settings to vary (--search NAME=V1,V2,...)")
@@ -153,6 +154,7 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
         with contextlib.ExitStack() as held:
             if piped is not None:
                 replay_stdin(held, piped)
+            held.enter_context(console.interim_outputs())  # (a trial's head is not the search's output)
             result = fit(replace(config, **settings), embeddings, labels, folder / name, valid=valid, tests=tests)
         score = _score(result.metrics, set_name)
         done.append({"trial": name, "settings": settings, "score": score, "set": set_name,
@@ -174,7 +176,9 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
     try:
         shutil.copytree(folder / best["trial"], tmp, dirs_exist_ok=True)
         (tmp / "search.json").write_text(text)
-        replace_directory(tmp, out_dir)
+        with signals_held():  # (as fit's head: a signal held meanwhile comes once the output is whole)
+            replace_directory(tmp, out_dir)
+            console.output_complete(str(out_dir))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
