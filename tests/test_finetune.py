@@ -16,7 +16,7 @@ from protrans_cli.heads.lora import LoRALinear, add_lora, lora_modules, merged_c
 from protrans_cli.heads.tasks import SS3, ss8_to_ss3
 from protrans_cli.models import FAMILIES
 
-from test_heads_fit import RULE8, _netsurfp, _seqs, write_loc_fastas
+from test_heads_fit import RULE8, _netsurfp, _piped, _seqs, write_loc_fastas
 
 torch.set_num_threads(1)
 LORA_FAMILIES = [name for name, family in FAMILIES.items() if family.lora_targets]
@@ -591,6 +591,19 @@ def _flip_set(root, rng, n=40):
     (root / "flip.fasta").write_text("".join(labels))
     (root / "seqs.fasta").write_text("".join(fasta))
     (root / "mask.fasta").write_text("".join(mask))
+
+
+def test_a_piped_mask_read_for_several_label_files_is_refused_before_the_model_loads(data, run_cli, tmp_path):
+    """As fit's: the training labels' read took the pipe's bytes, and a --test FLIP file was read
+    without the mask ("which holds none of its ids")."""
+    _flip_set(tmp_path, np.random.default_rng(3))
+    piped = _piped((tmp_path / "mask.fasta").read_bytes())
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", tmp_path / "flip.fasta", "--fasta",
+                tmp_path / "seqs.fasta", "--test", tmp_path / "flip.fasta", "--mask", piped, "--max-epochs", "1",
+                *FAST, "-o", tmp_path / "out")
+    assert r.exit_code == 2 and f"--mask {piped} is a pipe, which can be read once, and it is read for each label " \
+        "file" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_flip_mask_and_mask_columns_as_fit_reads_them(data, run_cli, tmp_path):

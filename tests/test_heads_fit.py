@@ -3468,6 +3468,48 @@ def test_fit_mask_applies_to_a_flip_test_file_beside_csv_training_labels(run_cli
     assert r.exit_code == 2 and "none of the label files is FLIP-style labels whose ids it holds" in r.stderr
 
 
+def _piped(data: bytes) -> str:
+    """`data` behind a pipe whose writer is closed, by the path a process substitution gives
+    (`<(zcat mask.fasta.gz)`: /dev/fd/N), readable once."""
+    assert len(data) < 65536  # (what a pipe holds without a reader: a write of more would wait)
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    return f"/dev/fd/{read_end}"
+
+
+def test_a_piped_mask_read_for_several_label_files_is_refused(run_cli, ss_data, tmp_path):
+    """`--mask <(zcat mask.fasta.gz)` with --test: the training labels' read took the pipe's bytes
+    and the test set was scored without the mask ("which holds none of its ids"), exit 0; a named
+    pipe waited for a second writer for ever. One label file reads it once, as before."""
+    from protrans_cli.heads.labels import read_labels
+
+    flip, mask = tmp_path / "flip.fasta", b""
+    with open(flip, "w") as fl:
+        for r in read_labels(ss_data / "test.csv").records:
+            fl.write(f">{r.id}\n{ss8_to_ss3(r.labels['ss8'])}\n")
+            mask += f">{r.id}\n{'1' * len(r.sequence)}\n".encode()
+    base = ("fit", "ss3", "--embeddings", ss_data / "test.h5", "--labels", flip, "--max-epochs", "1", *FAST)
+    piped = _piped(mask)
+    r = run_cli(*base, "--mask", piped, "--test", ss_data / "test.h5", flip, "-o", tmp_path / "h")
+    assert r.exit_code == 2 and f"--mask {piped} is a pipe, which can be read once, and it is read for each " \
+        "label file: give it as a file" in r.stderr, r.stderr
+    assert not (tmp_path / "h").exists()
+    r = run_cli(*base, "--mask", _piped(mask), "-o", tmp_path / "h")
+    assert r.exit_code == 0 and "(1 = evaluated)" in r.stderr, r.stderr
+
+
+def test_a_search_refuses_piped_labels_its_trials_would_read_again(run_cli, loc_data, tmp_path):
+    """--search reads the labels for every trial: from a pipe (not stdin, which it replays) the
+    second trial found it empty ("/dev/fd/63: is empty") after the first had trained."""
+    piped = _piped((loc_data / "train.fasta").read_bytes())
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", piped, "-j", "1",
+                "--max-epochs", "2", "--no-plots", "--bootstrap", "10", "--search", "hidden=8,16", "-o", tmp_path / "h")
+    assert r.exit_code == 2 and f"{piped} is a pipe, which can be read once, and --search reads it for every " \
+        "trial" in r.stderr, r.stderr
+    assert not (tmp_path / "h.search").exists()
+
+
 def test_a_value_head_without_a_spearman_to_validate_stops_by_the_loss(run_cli, loc_data, tmp_path):
     """One validation protein has no Spearman's rho: every epoch logged "value 0.0000", early
     stopping compared those zeros, and the member's line said "mean Spearman 0.0000"."""

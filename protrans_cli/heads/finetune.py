@@ -426,6 +426,12 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if [str(p) for p in (labels, fasta, valid, *tests)].count("-") > 1:
         # (the first read took it all: "<stdin>: is empty")
         raise UsageError("stdin ('-') can be one input at most: give the others as files")
+    from protrans_cli.embed import is_stream
+
+    if (valid is not None or tests) and config.mask_path is not None and is_stream(config.mask_path):
+        # (read for each label file, as fit's: the second read of a pipe found it empty)
+        raise UsageError(f"--mask {config.mask_path} is a pipe, which can be read once, and it is read for each label "
+                         "file: give it as a file (a compressed one is read as it is)")
     out_dir = checked_output(config, out_dir, [labels, fasta, valid, *tests, _model_dir(config.model)])
     # One finetune at a time on an OUT (a job started twice overwrote each other's state, and
     # --force deleted the other's under it); the temporaries of killed runs are cleared under it.

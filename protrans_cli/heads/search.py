@@ -130,6 +130,14 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
     _check_trials(config, grid, trials, embeddings, valid, tests)
     # (as fit's own -o: through a link, the folder it names; the trials beside it)
     out_dir = _checked_output(config, out_dir, embeddings, labels, valid, tests)
+    from protrans_cli.embed import is_stream
+
+    # (a pipe's second read, the second trial's, found it empty, "/dev/fd/63: is empty", or a named
+    # pipe waited for a writer for ever; stdin is read once and replayed, below)
+    for path in [*label_files(labels, valid, tests), config.mask_path]:
+        if path is not None and is_stream(path):
+            raise UsageError(f"{path} is a pipe, which can be read once, and --search reads it for every trial: "
+                             "give it as a file (a compressed one is read as it is)")
     # One search at a time on a HEAD, the lock a fit of HEAD takes: a second search was told "holds
     # an earlier search: ... --force starts over", and its --force deleted the running one's trials
     out_dir.parent.mkdir(parents=True, exist_ok=True)
