@@ -606,6 +606,21 @@ def test_a_piped_mask_read_for_several_label_files_is_refused_before_the_model_l
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("how", ["stdin", "pipe"])
+def test_sequences_from_stdin_or_a_pipe_serve_every_label_file(data, run_cli, tmp_path, how):
+    """--fasta was read again for each label file: from stdin the --test file's read was a
+    ValueError traceback (I/O operation on closed file), from a pipe it found it empty ("10
+    record(s) without a sequence: neither the file nor --fasta /dev/fd/N gives")."""
+    _flip_set(tmp_path, np.random.default_rng(3), n=12)
+    sequences = (tmp_path / "seqs.fasta").read_bytes()
+    fasta = "-" if how == "stdin" else _piped(sequences)
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", tmp_path / "flip.fasta", "--fasta", fasta,
+                "--test", tmp_path / "flip.fasta", "--max-epochs", "1", *FAST, "-o", tmp_path / "out",
+                input=sequences if how == "stdin" else None)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "finetune.json").read_text())["metrics"]["flip"]["ss3"]["n"] > 0
+
+
 def test_flip_mask_and_mask_columns_as_fit_reads_them(data, run_cli, tmp_path):
     from protrans_cli.heads.finetune import FinetuneConfig, read_sequence_data, to_data
     from protrans_cli.heads.tasks import IGNORE, get_task

@@ -164,11 +164,12 @@ class _SequenceBatch(Batch):
 
 
 def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto", config=None,
-                       evaluation: bool = False, mask_elsewhere: bool = False, masked: list | None = None):
+                       evaluation: bool = False, mask_elsewhere: bool = False, masked: list | None = None,
+                       sequences: dict | None = None):
     """The LabelSet of a label file whose records all have a sequence (from the file, or `fasta`
     by id). `config` (a FinetuneConfig): its --mask and --mask-column, applied as fit applies them
     (`evaluation`, `mask_elsewhere`: read_labels' mask_optional and mask_elsewhere); `masked`
-    collects whether the FLIP mask applied to the file."""
+    collects whether the FLIP mask applied to the file; `sequences`: `fasta`'s, read already."""
     label_set = read_labels(path, label_format, mask_path=getattr(config, "mask_path", None),
                             mask_columns=getattr(config, "mask_columns", ("disorder",)), mask_optional=evaluation,
                             mask_elsewhere=mask_elsewhere)
@@ -179,7 +180,8 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
     note_dual_labels(label_set, task.name, task.dual)
-    sequences = read_sequences(fasta) if fasta is not None else {}
+    if sequences is None:
+        sequences = read_sequences(fasta) if fasta is not None else {}
     missing = []
     for record in label_set.records:
         if record.id in sequences:
@@ -454,8 +456,10 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     # --- labels and sequences ---
     held_out = None  # ids of the --valid-fraction hold-out
     masked: list[bool] = []  # whether --mask applied, file by file
+    # (--fasta read once for every label file: stdin's second read was a ValueError traceback, a
+    # pipe's found it empty, "neither the file nor --fasta /dev/fd/63 gives" the test set's sequences)
     read = functools.partial(read_sequence_data, fasta=fasta, label_format=config.label_format, config=config,
-                             masked=masked)
+                             masked=masked, sequences=None if fasta is None else read_sequences(fasta))
     train_set = read(labels, task, mask_elsewhere=bool(valid or tests))
     declared = {r.split for r in train_set.records if r.split}
     train_records = _only(train_set, {None, TRAIN}).records if declared else train_set.records
