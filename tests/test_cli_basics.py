@@ -133,6 +133,9 @@ def test_error_formats_name_file_and_record():
     (0, ["prep", "-", "--dedup"], "<stdin>: standard input is closed"),
     (0, ["embed", "-", "-m", "onehot", "-o", "{tmp}/x.h5"], "<stdin>: standard input is closed"),
     (1, ["prep", "{fasta}"], "standard output is closed: give -o FILE"),
+    (1, ["models"], "standard output is closed: models writes there"),
+    (1, ["models", "--json"], "standard output is closed: models writes there"),
+    (1, ["env", "--json"], "standard output is closed: env writes there"),
 ])
 def test_a_closed_stdin_or_stdout_is_one_line(tmp_path, closed, args, message):
     """`protrans prep - <&-` and `protrans prep x.fa >&-` were AttributeError tracebacks."""
@@ -146,6 +149,17 @@ def test_a_closed_stdin_or_stdout_is_one_line(tmp_path, closed, args, message):
                          preexec_fn=lambda: os.close(closed))
     assert out.returncode == 1 and out.stderr == f"protrans: error: {message}\n", out.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["models"], ["models", "--json"], ["env", "--json"]])
+def test_listings_on_a_full_stdout_name_it(args):
+    """`protrans models > /dev/full` said only "No space left on device"."""
+    with open("/dev/full", "wb") as full:
+        out = subprocess.run([sys.executable, "-m", "protrans_cli", *args], stdin=subprocess.DEVNULL, stdout=full,
+                             stderr=subprocess.PIPE, text=True)
+    assert out.returncode == 1 and out.stderr == \
+        "protrans: error: standard output: cannot write: No space left on device\n", out.stderr
 
 
 def test_a_closed_stderr_discards_the_messages_and_the_command_still_works(tmp_path):

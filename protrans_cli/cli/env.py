@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -26,10 +25,12 @@ def command(check_compile, as_json):
     protrans env --check-compile --json
     """
     from protrans_cli.environment import describe, print_report
+    from protrans_cli.io.files import stdout_text
 
-    info = describe(check_compile=check_compile)
-    if as_json:
-        json.dump(info, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print_report(info)
+    with stdout_text("env") as out:  # (before the devices are probed: closed, nothing can be said)
+        info = describe(check_compile=check_compile)
+        if as_json:
+            json.dump(info, out, indent=2)
+            out.write("\n")
+        else:
+            print_report(info, out)

@@ -43,11 +43,14 @@ def command(show_families, show_presets, show_checkpoints, family, as_json):
         show_families = show_presets = show_checkpoints = True
     data = describe(family=family, families=show_families, presets=show_presets,
                     checkpoints=show_checkpoints)
-    if as_json:
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
-    _print_tables(data)
+    from protrans_cli.io.files import stdout_text
+
+    with stdout_text("models") as out:
+        if as_json:
+            json.dump(data, out, indent=2)
+            out.write("\n")
+            return
+        _print_tables(data)
 
 
 def _print_tables(data: dict) -> None:

@@ -1171,6 +1171,23 @@ def _named_if_full(exc: OSError, where: str) -> Exception:
     return exc
 
 
+@contextlib.contextmanager
+def stdout_text(command: str) -> Iterator:
+    """sys.stdout for a command that prints its text there (models, env): a closed one (`>&-`) is
+    one line saying so (it was an AttributeError traceback), and a full device names it (`>
+    /dev/full` said "No space left on device", naming nothing)."""
+    if sys.stdout is None:
+        raise RuntimeFailure(f"standard output is closed: {command} writes there")
+    try:
+        yield sys.stdout
+        sys.stdout.flush()
+    except OSError as exc:
+        named = _named_if_full(exc, "standard output")
+        if named is exc:
+            raise
+        raise named from None
+
+
 class NamedStdout:
     """stdout whose own full-disk errors name it (`> /dev/full`: "No space left on device" named
     nothing), while other files' errors inside the same `with` keep theirs."""
