@@ -840,6 +840,32 @@ def test_a_flip_csvs_validation_column_moves_training_rows_to_validation(tmp_pat
     assert [r.labels["label"] for r in records] == ["1.5", "2.5", "0.5", "3.0"]
 
 
+def test_a_validation_flag_written_1_0_moves_records_and_an_unknown_one_is_refused(tmp_path, run_cli):
+    """A validation flag other than True/False (a pandas bool column saved as int: 1/0) was read
+    as False: the validation records were trained on, and early stopping chose by a random
+    hold-out. 1/0 (and yes/no, an empty cell) are read; anything else is an error naming it."""
+    flip = tmp_path / "flip.csv"
+    flip.write_text("sequence,target,set,validation\nMKV,1.5,train,0\nMKL,2.5,train,1\nMKA,0.5,train,\n"
+                    "MKW,3.0,test,0\n")
+    assert [r.split for r in read_labels(flip).records] == ["train", "valid", "train", "test"]
+    bio = tmp_path / "bio.fa"
+    bio.write_text(">a TARGET=1.5 SET=train VALIDATION=0\nMKV\n>b TARGET=2.5 SET=train VALIDATION=1\nMKL\n"
+                   ">c TARGET=0.5 SET=train VALIDATION=Yes\nMKA\n")
+    assert [r.split for r in read_labels(bio).records] == ["train", "valid", "valid"]
+    residues = tmp_path / "ss.fa"
+    residues.write_text(">a SET=train VALIDATION=1\nCCH\n>b SET=train VALIDATION=0\nHHE\n")
+    assert [r.split for r in read_labels(residues).records] == ["valid", "train"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sequence,target,set,validation\nMKV,1.5,train,False\nMKL,2.5,train,valid\n")
+    r = run_cli("labels", bad)
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr == (f"protrans: error: {bad}:3: unknown validation flag 'valid': True or False "
+                        "(also read: 1/0, yes/no, empty)\n")
+    bio.write_text(">a TARGET=1.5 SET=train VALIDATION=maybe\nMKV\n")
+    with pytest.raises(InputError, match=r"bio.fa:1, record 'a': unknown validation flag 'maybe'"):
+        read_labels(bio)
+
+
 def test_a_flip_csvs_sequences_are_read_upper_case_and_named_by_that_checksum(tmp_path):
     """A FLIP CSV written in lower case: its sequences are read upper-case, as embed reads them,
     and each id is `seq-` and the checksum embed stores for that protein (docs/heads.md: ids

@@ -66,6 +66,21 @@ def split_name(value: str, *, path: str, line: int | None = None, record: str | 
                          path=path, line=line, record=record)
     return SPLIT_NAMES[key]
 
+
+# FLIP's VALIDATION= / validation column: True or False (an empty cell, pandas' NaN, is False).
+# Any other value was read as False: a file flagging its validation records 1/0 had them trained
+# on, and early stopping chose by a random hold-out instead.
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no", "", "nan"}
+
+
+def is_validation(value: str, *, path: str, line: int | None = None, record: str | None = None) -> bool:
+    """A FLIP or biotrainer validation flag -> whether the record is a validation record."""
+    key = value.strip().lower()
+    if key in _TRUE | _FALSE:
+        return key in _TRUE
+    raise InputError(f"unknown validation flag {value.strip()!r}: True or False (also read: 1/0, yes/no, empty)",
+                     path=path, line=line, record=record)
+
 _DEEPLOC_LABEL = re.compile(r"^\S+-[MSU]$")
 
 
@@ -433,7 +448,7 @@ def _read_flip_csv(text: str, name: str) -> LabelSet:
     for lineno, row in rows:
         seq = row[seq_col].strip().upper()
         split = split_name(row[set_col], path=name, line=lineno) if set_col is not None else None
-        if split == TRAIN and valid_col is not None and row[valid_col].strip().lower() == "true":
+        if valid_col is not None and is_validation(row[valid_col], path=name, line=lineno) and split == TRAIN:
             split = VALID
         records.append(LabelRecord(_sequence_id(seq, seen), seq, {"label": row[target_col].strip()}, None, split,
                                    lineno, id_from_sequence=True))
@@ -500,7 +515,7 @@ def _split_of(attrs: dict[str, str], name: str, rec) -> str | None:
     if "SET" not in attrs:
         return None
     split = split_name(attrs["SET"], path=name, line=rec.line, record=rec.id)
-    if split == TRAIN and attrs.get("VALIDATION", "False").lower() == "true":
+    if is_validation(attrs.get("VALIDATION", "False"), path=name, line=rec.line, record=rec.id) and split == TRAIN:
         split = VALID
     return split
 
