@@ -329,15 +329,11 @@ def protein_labels(labels, label_format: str, use: str, *, all_columns: bool = F
 
 def protein_label_set(labels, label_format: str, use: str, *, all_columns: bool = False):
     """The per-protein label file `labels` read (read_labels); one of per-residue labels refused."""
-    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.labels import holds_residue_labels, read_labels
 
     label_set = read_labels(labels, label_format, all_columns=all_columns)
-    per_residue = {"netsurfp", "pisces", "flip"}
-    # (biotrainer's residue_to_class files: a TARGET of one letter per residue, or a MASK=)
-    residue_targets = label_set.format == "biotrainer" and label_set.records and (
-        any(r.mask is not None for r in label_set.records)
-        or all(r.sequence and len(r.labels.get("label", "")) == len(r.sequence) > 1 for r in label_set.records))
-    if label_set.format in per_residue or residue_targets:
+    # (biotrainer's residue_to_class files too: a TARGET of one letter per residue, or a MASK=)
+    if label_set.format in ("netsurfp", "pisces") or holds_residue_labels(label_set):
         raise InputError(f"holds per-residue labels ({label_set.format}); {use} (a DeepLoc FASTA, an id,label "
                          "table, FLIP CSV)", path=str(labels))
     return label_set

@@ -621,6 +621,17 @@ def test_sequences_from_stdin_or_a_pipe_serve_every_label_file(data, run_cli, tm
     assert json.loads((tmp_path / "out" / "finetune.json").read_text())["metrics"]["flip"]["ss3"]["n"] > 0
 
 
+def test_per_residue_labels_for_a_per_protein_task_are_refused(data, run_cli, tmp_path):
+    """FLIP's per-residue labels given to `finetune protein`: each protein's string of states was
+    a class of its own (fit refuses them alike: test_heads_fit)."""
+    _flip_set(tmp_path, np.random.default_rng(3))
+    r = run_cli("finetune", "protein", "-m", data / "bert", "--labels", tmp_path / "flip.fasta", "--fasta",
+                tmp_path / "seqs.fasta", "--max-epochs", "1", "-o", tmp_path / "out", *FAST)
+    assert r.exit_code == 1 and not (tmp_path / "out").exists(), r.stderr
+    assert f"{tmp_path / 'flip.fasta'}: holds per-residue labels (flip: one letter a residue); the protein task" \
+        in r.stderr, r.stderr
+
+
 def test_flip_mask_and_mask_columns_as_fit_reads_them(data, run_cli, tmp_path):
     from protrans_cli.heads.finetune import FinetuneConfig, read_sequence_data, to_data
     from protrans_cli.heads.tasks import IGNORE, get_task

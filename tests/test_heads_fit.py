@@ -2210,8 +2210,35 @@ def test_a_fasta_of_sequences_given_as_loc_labels_says_so(run_cli, loc_data, tmp
     assert r.exit_code == 1, r.stderr
     message = r.stderr.strip()
     assert len(message.splitlines()) == 1, message
-    assert "(60 residue letters) is not a loc class" in message and sequences.read_text().split()[1] not in message
-    assert message.endswith("if the file holds sequences, not labels, give it to embed, and the labels to --labels)")
+    assert message.startswith(f"protrans: error: {sequences}: holds sequences, not labels: the loc task takes one "
+                              "label a protein") and sequences.read_text().split()[1] not in message
+    assert message.endswith("if the file holds sequences, give it to embed, and the labels to --labels")
+
+
+def test_per_residue_labels_given_to_a_per_protein_task_are_refused(run_cli, ss_data, tmp_path):
+    """FLIP's secondary-structure labels (or biotrainer's residue_to_class file) given to a
+    per-protein task: `fit protein` made each protein's string of states a class of its own and
+    exited 0 (its held-out proteins scored 0), `fit value` printed a whole string as "not a
+    number", `predict --labels` likewise. One line names the file and the mix-up, exit 1."""
+    from protrans_cli.heads.labels import read_labels
+
+    records = read_labels(ss_data / "train.csv").records
+    flip = tmp_path / "ss.fa"
+    flip.write_text("".join(f">{r.id} SET=train VALIDATION=False\n{r.labels['ss3']}\n" for r in records))
+    bio = tmp_path / "bio.fa"
+    bio.write_text("".join(f">{r.id} TARGET={r.labels['ss3']} SET=train\n{r.sequence}\n" for r in records))
+    for task, labels in (("protein", flip), ("value", flip), ("protein", bio)):
+        r = run_cli("fit", task, "--embeddings", ss_data / "train.h5", "--labels", labels, "--max-epochs", "1",
+                    "--no-plots", "-o", tmp_path / "h")
+        assert r.exit_code == 1 and not (tmp_path / "h").exists(), r.stderr
+        fmt = "flip" if labels == flip else "biotrainer"
+        assert r.stderr == (f"protrans: error: {labels}: holds per-residue labels ({fmt}: one letter a residue); the "
+                            f"{task} task takes one label a protein (an id,label table, a FLIP CSV, a biotrainer "
+                            "TARGET= file, a DeepLoc FASTA): per-residue labels are for ss3, ss8, ss3+ss8 or "
+                            "residue\n"), r.stderr
+    # (the same labels train an ss3 head)
+    assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", flip, "--max-epochs", "1",
+                   "--no-plots", "-o", tmp_path / "ss3").exit_code == 0
 
 
 def test_a_per_protein_head_takes_proteins_embed_truncated(run_cli, loc_data, tmp_path):

@@ -29,7 +29,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, located
-from protrans_cli.heads.labels import LabelSet, by_accession, some_ids
+from protrans_cli.heads.labels import LabelSet, by_accession, refuse_residue_labels, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
 from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, h5_file, open_local,
                                 escape_key, read_array, sequence_checksum, truncated_by, unescape_key)
@@ -294,6 +294,8 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
     `kind`: the embeddings the head reads (`tasks.input_kind`; default the task's kind).
     `evaluating`: the labels score a head (fit's --valid/--test, predict --labels), so an output
     they hold no labels for is left with nothing to evaluate rather than refused."""
+    if task.kind != PER_RESIDUE:
+        refuse_residue_labels(label_set, task.name)
     source = _source_kind(reader, kind or task.kind, task)
     keys = set(reader.keys(source))
     other_ids = reader.foreign_ids(source)  # another tool's keys (bio_embeddings' md5s, biotrainer's positions...)

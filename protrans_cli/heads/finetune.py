@@ -42,7 +42,7 @@ from protrans_cli.heads.fit import (HEAD_IN_USE, _MAX_SEED, _changed, _class_wei
                                     load_checked_state, no_training_records, note_dual_labels, warn_unused_fraction,
                                     write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
-                                      unmasked_flip_warning)
+                                      refuse_residue_labels, unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
 from protrans_cli.io.h5 import PER_RESIDUE
 
@@ -175,6 +175,8 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
                             mask_elsewhere=mask_elsewhere)
     if masked is not None:
         masked.append(label_set.format == "flip" and any(r.mask is not None for r in label_set.records))
+    if task.kind != PER_RESIDUE:
+        refuse_residue_labels(label_set, task.name)
     if warning := unmasked_flip_warning(label_set, task.output_names):
         console.warn(f"{label_set.path}: {warning}")
     for note in label_set.notes:

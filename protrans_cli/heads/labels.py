@@ -267,6 +267,37 @@ def _refuse_binary(data: bytes, name: str) -> None:
                          "DeepLoc FASTA, or an id,label table)", path=name)
 
 
+def holds_residue_labels(label_set: LabelSet) -> bool:
+    """Labels of one letter per residue in a format whose records read as a generic `label` (FLIP's
+    FASTA; biotrainer's residue_to_class file: a MASK=, or every TARGET as long as its sequence),
+    which a per-protein task would take whole: each protein's string became a class of its own."""
+    if label_set.format == "flip":
+        return True
+    return label_set.format == "biotrainer" and bool(label_set.records) and (
+        any(r.mask is not None for r in label_set.records)
+        or all(r.sequence and len(r.labels.get("label", "")) == len(r.sequence) > 1 for r in label_set.records))
+
+
+def refuse_residue_labels(label_set: LabelSet, task_name: str) -> None:
+    """A per-protein task given per-residue labels: one line saying so (exit 1). `fit protein` on
+    FLIP's secondary-structure labels trained a classifier of one class a protein and exited 0;
+    `fit value` printed a whole label string as "not a number"."""
+    if not holds_residue_labels(label_set):
+        return
+    takes = (f"the {task_name} task takes one label a protein (an id,label table, a FLIP CSV, a biotrainer "
+             "TARGET= file, a DeepLoc FASTA)")
+    letters = set().union(*(set(r.labels.get("label", "").upper()) for r in label_set.records[:100]))
+    if label_set.format == "flip" and letters <= set(_AMINO_ACIDS) and len(letters - set(SS8) - {"L"}) >= 2:
+        # (a FASTA of sequences, such as `protrans labels` writes for embed, reads as FLIP's labels)
+        raise InputError(f"holds sequences, not labels: {takes}; if the file holds sequences, give it to embed, "
+                         "and the labels to --labels", path=label_set.path)
+    raise InputError(f"holds per-residue labels ({label_set.format}: one letter a residue); {takes}: per-residue "
+                     "labels are for ss3, ss8, ss3+ss8 or residue", path=label_set.path)
+
+
+_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWYXUZOB*"
+
+
 def unmasked_flip_warning(label_set: LabelSet, output_names) -> str | None:
     """FLIP's secondary-structure labels read without its mask (its published figures count the
     mask's residues only): what to tell the user, or None. Other per-residue FASTA labels
