@@ -866,6 +866,23 @@ def test_a_validation_flag_written_1_0_moves_records_and_an_unknown_one_is_refus
         read_labels(bio)
 
 
+def test_a_tables_validation_column_moves_training_rows_to_validation(tmp_path):
+    """An id,target,set,validation table (a FLIP CSV keyed by id): its validation column was not
+    read, so the validation records were trained on and early stopping used a random hold-out.
+    It splits the table as a FLIP CSV's does (an empty set is train); all_columns (knn, project)
+    keeps it a column like the others."""
+    path = tmp_path / "t.csv"
+    path.write_text("id,target,set,validation\nA,1.5,train,False\nB,2.5,train,True\nC,0.5,,True\n"
+                    "D,3.0,test,False\nE,2.0,train,\n")
+    records = read_labels(path).records
+    assert [r.split for r in records] == ["train", "valid", "valid", "test", "train"]
+    assert [r.labels["label"] for r in records] == ["1.5", "2.5", "0.5", "3.0", "2.0"]
+    assert read_labels(path, all_columns=True).records[1].labels["validation"] == "True"
+    path.write_text("id,target,set,validation\nA,1.5,train,sometimes\n")
+    with pytest.raises(InputError, match=r"t.csv:2: unknown validation flag 'sometimes'"):
+        read_labels(path)
+
+
 def test_a_flip_csvs_sequences_are_read_upper_case_and_named_by_that_checksum(tmp_path):
     """A FLIP CSV written in lower case: its sequences are read upper-case, as embed reads them,
     and each id is `seq-` and the checksum embed stores for that protein (docs/heads.md: ids

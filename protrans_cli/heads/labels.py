@@ -678,7 +678,7 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
     records = []
     header_seen = False
     header: list[str] | None = None
-    set_col = None
+    set_col = valid_col = None
     width = 2  # fields a row may fill: id and label, or the header's columns
     for lineno, row in enumerate(rows, 1):
         # (the id, first, ends at ASCII whitespace as a FASTA id does; a value loses any)
@@ -691,12 +691,15 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
             lowered = [f.lower() for f in row]
             if lowered[0] in _ID_HEADERS:
                 set_col = lowered.index("set") if "set" in lowered else None
+                # (FLIP's validation column beside the set, as a FLIP CSV has it: it was not read, and
+                # the validation records were trained on)
+                valid_col = lowered.index("validation") if "validation" in lowered else None
                 width = len(row)
                 header = row
                 if all_columns:
                     # (an annotation's `set` is a label like the others, not a split: `set,family` of
                     # gene sets, A and B, was refused as "unknown set 'A': train, valid or test")
-                    set_col = None
+                    set_col = valid_col = None
                     names = [column or f"column{i}" for i, column in enumerate(row[1:], 2)]
                     # (`id,family,family`: the second's values took the first's name, the first's lost)
                     twice = next((c for i, c in enumerate(names) if c in names[:i]), None)
@@ -723,6 +726,9 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
         split = None
         if set_col is not None and set_col < len(row):
             split = split_name(row[set_col], path=name, line=lineno)
+        if valid_col is not None and valid_col < len(row) and is_validation(row[valid_col], path=name, line=lineno) \
+                and split in (None, TRAIN):  # (an empty set is train)
+            split = VALID
         if all_columns and header is not None:
             # (a row short of the header's columns: those are empty, no label; every row short of
             # `tm` left the column out of the map, and --color-by tm said "no such label column")
