@@ -883,6 +883,18 @@ def test_a_tables_validation_column_moves_training_rows_to_validation(tmp_path):
         read_labels(path)
 
 
+def test_a_table_whose_set_column_comes_before_the_label_reads_the_label(tmp_path):
+    """`id,set,label`: the second column, the set, was read as every protein's label (`fit
+    protein` said "the training labels hold 1 class(es)", `fit value` "'train' is not a number")."""
+    path = tmp_path / "t.csv"
+    path.write_text("id,set,label\nA,train,Nucleus\nB,test,Cytoplasm\nC,,Nucleus\n")
+    records = read_labels(path).records
+    assert [(r.split, r.labels["label"]) for r in records] == [("train", "Nucleus"), ("test", "Cytoplasm"),
+                                                                (None, "Nucleus")]
+    path.write_text("id,set,validation,target\nA,train,True,1.5\nB,test,False,-2\n")
+    assert [(r.split, r.labels["label"]) for r in read_labels(path).records] == [("valid", "1.5"), ("test", "-2")]
+
+
 def test_a_flip_csvs_sequences_are_read_upper_case_and_named_by_that_checksum(tmp_path):
     """A FLIP CSV written in lower case: its sequences are read upper-case, as embed reads them,
     and each id is `seq-` and the checksum embed stores for that protein (docs/heads.md: ids

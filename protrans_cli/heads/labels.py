@@ -679,6 +679,7 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
     header_seen = False
     header: list[str] | None = None
     set_col = valid_col = None
+    label_col = 1
     width = 2  # fields a row may fill: id and label, or the header's columns
     for lineno, row in enumerate(rows, 1):
         # (the id, first, ends at ASCII whitespace as a FASTA id does; a value loses any)
@@ -694,6 +695,9 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
                 # (FLIP's validation column beside the set, as a FLIP CSV has it: it was not read, and
                 # the validation records were trained on)
                 valid_col = lowered.index("validation") if "validation" in lowered else None
+                # the first column after the id that is not the split's (`id,set,label`: the set
+                # names were read as the labels, "the training labels hold 1 class(es)")
+                label_col = next((i for i in range(1, len(row)) if i not in (set_col, valid_col)), 1)
                 width = len(row)
                 header = row
                 if all_columns:
@@ -734,7 +738,7 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
             # `tm` left the column out of the map, and --color-by tm said "no such label column")
             labels = {column: row[i] if i < len(row) else "" for i, column in enumerate(names, 1)}
         else:
-            labels = {"label": row[1]}
+            labels = {"label": row[label_col] if label_col < len(row) else ""}
         records.append(LabelRecord(row[0], None, labels, None, split, lineno))
     return LabelSet(name, "table", records)
 
