@@ -2215,6 +2215,24 @@ def test_a_fasta_of_sequences_given_as_loc_labels_says_so(run_cli, loc_data, tmp
     assert message.endswith("if the file holds sequences, give it to embed, and the labels to --labels")
 
 
+def test_a_label_file_without_a_usable_label_says_so(run_cli, loc_data, tmp_path):
+    """A --valid (or test split) whose every target is empty or nan: "no label record matched an
+    embedding", when every record matched and none had a label."""
+    from protrans_cli.heads.labels import read_labels
+
+    ids = [r.id for r in read_labels(loc_data / "test.fasta").records]
+    train = tmp_path / "train.csv"
+    train.write_text("".join(f"{i},{n % 7}.5\n" for n, i in enumerate(ids[:30])))
+    valid = tmp_path / "valid.csv"
+    valid.write_text("".join(f"{i},{'nan' if n % 2 else ''}\n" for n, i in enumerate(ids[30:])))
+    r = run_cli("fit", "value", "--embeddings", loc_data / "test.h5", "--labels", train, "--valid",
+                loc_data / "test.h5", valid, "--no-plots", "-o", tmp_path / "h")
+    assert r.exit_code == 1 and not (tmp_path / "h").exists(), r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"protrans: error: {valid}: none of its {len(ids) - 30} label record(s) gives a usable label (empty or "
+        "nan, every residue masked, or a dual location under --dual skip): nothing to train on or score")
+
+
 def test_per_residue_labels_given_to_a_per_protein_task_are_refused(run_cli, ss_data, tmp_path):
     """FLIP's secondary-structure labels (or biotrainer's residue_to_class file) given to a
     per-protein task: `fit protein` made each protein's string of states a class of its own and

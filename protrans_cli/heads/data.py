@@ -424,6 +424,12 @@ def match_labels(label_set: LabelSet, reader: EmbeddingsReader, task: Task, *, k
         if report.left_out and not report.problems:
             raise InputError(f"every labelled protein ({len(report.left_out)}) was left out by embed (its 'failed' "
                              "attribute, above): none has an embedding", path=f"{label_set.path} vs {reader.path}")
+        if report.no_label and len(report.no_label) == len(label_set.records):
+            # (they were never matched: "no label record matched an embedding" sent the user
+            # looking at ids, where the labels were empty, nan or masked)
+            raise InputError(f"none of its {len(report.no_label)} label record(s) gives a usable label (empty or "
+                             "nan, every residue masked, or a dual location under --dual skip): nothing to train on "
+                             "or score", path=label_set.path)
         raise InputError("no label record matched an embedding", path=f"{label_set.path} vs {reader.path}")
     return matched, report
 
