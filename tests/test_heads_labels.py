@@ -649,6 +649,10 @@ def test_numbers_given_to_the_protein_task_are_named_and_the_classes_listed_brie
     # integer classes (fold ids, clusters) are classes: no warning
     get_task("protein").with_classes_from([LabelRecord(f"p{i}", None, {"label": str(i)}) for i in range(30)])
     assert "distinct numbers" not in capsys.readouterr().err
+    # a missing number written `nan` (str() of a NaN, as a FLIP CSV's target converted) among them
+    # hid the warning: the numbers were classes without a word
+    get_task("protein").with_classes_from(records + [LabelRecord("m", None, {"label": "nan"})])
+    assert "30 distinct numbers, each a class of its own" in capsys.readouterr().err
 
 def test_labels_says_what_embed_or_fit_would_refuse_later(tmp_path):
     """An id with whitespace or a newline (a PISCES pdb_id) split or forged FASTA headers; a

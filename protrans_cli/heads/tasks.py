@@ -246,7 +246,8 @@ class Task:
             # class, and the first validation number it never saw stopped the fit)
             from protrans_cli import console
 
-            console.warn(f"the training labels are {len(seen):,} distinct numbers, each a class of its own: "
+            numbers = sum(v.strip().lower() != "nan" for v in seen)
+            console.warn(f"the training labels are {numbers:,} distinct numbers, each a class of its own: "
                          "the value task regresses a number (protrans fit value)")
         output = replace(self.outputs[0], classes=tuple(sorted(seen)))
         return replace(self, outputs=(output,))
@@ -299,8 +300,9 @@ _LISTED = 20  # classes an error lists before "and N more"
 
 def numbers_as_classes(labels) -> bool:
     """Labels that are many distinct non-integer numbers (a FLIP CSV's fitness, a melting point):
-    each would be a class of its own, which fit's protein task and knn's scores warn of."""
-    labels = set(labels)
+    each would be a class of its own, which fit's protein task and knn's scores warn of. A `nan`
+    among them (a missing number, as str() writes it) does not make them words: it hid the warning."""
+    labels = {v for v in labels if v.strip().lower() != "nan"}
     return len(labels) > _LISTED and all(_numeric(v) for v in labels) and not all(float(v).is_integer() for v in labels)
 
 
