@@ -350,8 +350,8 @@ def labels_by_protein(label_set, labels, embeddings=()) -> tuple[list[str], dict
         for name in record.labels:
             if name not in columns:
                 columns.append(name)
-    found = embedding_ids(label_set, embeddings) if embeddings else []
-    for record_id, ident in found:
+    renamed, found = embedding_ids(label_set, embeddings) if embeddings else ([], [])
+    for record_id, ident in renamed + found:
         by_id[ident] = by_id[record_id]
     if found:
         console.info(f"{labels}: {console.counted(len(found), 'protein')} labelled by sequence checksum (the "

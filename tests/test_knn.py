@@ -951,3 +951,31 @@ def test_a_csv_name_for_the_tab_separated_output_is_warned_about(tmp_path, run_c
     assert "m.csv: project writes tab-separated text (TSV), whatever the file's extension" in r.stderr
     r = run_cli("knn", tmp_path / "r.h5", "--reference", tmp_path / "r.h5", "--exclude-self", "-o", tmp_path / "x.tsv")
     assert r.exit_code == 0 and "whatever the file's extension" not in r.stderr
+
+
+def test_a_reference_keyed_by_whole_header_lines_takes_its_labels_by_their_first_word(tmp_path, run_cli):
+    """The ProtTrans script's files (EAT's lookup sets among them) key each vector by the whole
+    header line, `r0 Nucleus-S`; fit finds a label record `r0` there by the first word
+    (docs/formats.md), but knn refused "labels none of the reference's proteins" for a DeepLoc
+    FASTA and for an id,label table alike, and --score none of such queries."""
+    import h5py
+
+    rng = np.random.default_rng(9)
+    centres = rng.normal(size=(2, 6)) * 5
+    locs = ["Nucleus", "Cytoplasm"]
+    with h5py.File(tmp_path / "lookup.h5", "w") as f:  # as the ProtTrans embedding script writes it
+        for i in range(10):
+            f.create_dataset(f"r{i} {locs[i % 2]}-S", data=(centres[i % 2] + rng.normal(size=6) * 0.1)
+                             .astype(np.float32))
+    (tmp_path / "lookup.fasta").write_text("".join(f">r{i} {locs[i % 2]}-S\nMKV\n" for i in range(10)))
+    (tmp_path / "lookup.csv").write_text("".join(f"r{i},{locs[i % 2]}\n" for i in range(10)))
+    base = ("knn", tmp_path / "lookup.h5", "--reference", tmp_path / "lookup.h5", "--exclude-self")
+    r = run_cli(*base, "--labels", tmp_path / "lookup.fasta", "--score", tmp_path / "lookup.fasta",
+                "--bootstrap", "20")
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()[1:]]
+    assert len(rows) == 10 and all(row[2].split()[1] == f"{row[4]}-S" for row in rows)  # the neighbour's own label
+    assert "transfer loc: Q10 1.0000" in r.stderr and ", 10 proteins" in r.stderr
+    by_table = run_cli(*base, "--labels", tmp_path / "lookup.csv")
+    assert by_table.exit_code == 0, by_table.stderr
+    assert [line.split("\t")[4] for line in by_table.stdout.splitlines()[1:]] == [row[4] for row in rows]

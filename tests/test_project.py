@@ -269,6 +269,23 @@ def test_labels_keyed_by_sequence_colour_the_proteins_of_those_sequences(tmp_pat
     assert {row[0]: row[loc] for row in rows[1:] if row[loc]} == {"ACC00": "Nucleus"}
 
 
+def test_a_file_keyed_by_whole_header_lines_takes_its_labels_by_their_first_word(tmp_path, run_cli):
+    """The ProtTrans script keys each vector by the whole header line, `P3 Nucleus-S`; fit finds a
+    label record `P3` there by the first word (docs/formats.md), but project refused "labels none
+    of the proteins mapped"."""
+    import h5py
+
+    rng = np.random.default_rng(4)
+    with h5py.File(tmp_path / "prottrans.h5", "w") as f:
+        for i in range(6):
+            f.create_dataset(f"P{i} {'NC'[i % 2]}-S", data=rng.normal(size=5).astype(np.float32))
+    (tmp_path / "labels.csv").write_text("id,family\n" + "".join(f"P{i},fam{i % 3}\n" for i in range(6)))
+    r = run_cli("project", tmp_path / "prottrans.h5", "--labels", tmp_path / "labels.csv", "-o", tmp_path / "map.tsv")
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split("\t") for line in (tmp_path / "map.tsv").read_text().splitlines()]
+    assert {row[0]: row[3] for row in rows[1:]} == {f"P{i} {'NC'[i % 2]}-S": f"fam{i % 3}" for i in range(6)}
+
+
 def test_pictures_of_a_3d_map_without_labels_and_of_labels_on_a_colour_scale(tmp_path, run_cli, monkeypatch):
     """--dims 3 --plot with no label column (one colour, a z axis), and a column of numbers (a
     colour scale and its bar): each drawn whole, the table beside it with its axes."""

@@ -31,8 +31,8 @@ from protrans_cli import console
 from protrans_cli.errors import InputError, located
 from protrans_cli.heads.labels import LabelSet, by_accession, refuse_residue_labels, some_ids
 from protrans_cli.heads.tasks import IGNORE, Task
-from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, h5_file, open_local,
-                                escape_key, read_array, sequence_checksum, truncated_by, unescape_key)
+from protrans_cli.io.h5 import (PER_PROTEIN, PER_RESIDUE, PLAIN_FLOAT_DTYPES, EmbeddingsReader, dataset_id, h5_file,
+                                open_local, escape_key, read_array, sequence_checksum, truncated_by, unescape_key)
 from protrans_cli.residues import SequenceRejected, normalise
 
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -231,29 +231,40 @@ class _SequenceKeys:
                     next((k for k in candidates if k not in taken), candidates[0] if candidates else None))
 
 
-def embedding_ids(label_set: LabelSet, embeddings) -> list[tuple[str, str]]:
+def embedding_ids(label_set: LabelSet, embeddings) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(label record id, id of the protein its labels go to) in the per-protein embeddings files
-    `embeddings`, for the records whose id none of them holds but whose sequence one does
-    (match_labels' rule: a FLIP CSV's rows, keyed by sequence, beside embeddings made under
-    accession ids): for commands that carry any label column without a task (knn, project). A
-    protein a record names by id takes no other record's labels, nor does one matched already."""
-    if not any(r.sequence for r in label_set.records):  # (a table of ids: nothing to look up, no file read)
-        return []
+    `embeddings`, for commands that carry any label column without a task (knn, project), in two
+    lists. First the records found by id under a key that names the protein otherwise: the
+    ProtTrans script's whole header lines, which key_for finds by their first word (the protein
+    `B9DFG5 Cell_membrane-M` of the record `B9DFG5`, as fit finds its embedding). Then the records
+    whose id none of the files holds but whose sequence one does (match_labels' rule: a FLIP
+    CSV's rows, keyed by sequence, beside embeddings made under accession ids). A protein a
+    record names by id takes no other record's labels, nor does one matched already."""
+    with_sequence = any(r.sequence for r in label_set.records)
     readers: list[EmbeddingsReader] = []
+    renamed: list[tuple[str, str]] = []
     try:
         files = []
         named_somewhere: set[str] = set()  # record ids some file holds
         for path in embeddings:
             readers.append(reader := EmbeddingsReader(path))
+            own = "layout" in reader.attrs  # embed's own file: every key is its id's
+            if own and not with_sequence:  # (a table of ids: nothing to look up)
+                continue
             source = _source_kind(reader, PER_PROTEIN)
             keys = set(reader.keys(source))
             # (embed's own file: every key is its id's, looked up in the set of keys; key_for reads
             # the file for each record, 0.2 ms, which a proteome's labels felt)
-            key_of = (lambda ident: escape_key(ident)) if "layout" in reader.attrs else \
-                (lambda ident: reader.key_for(ident, source))
+            key_of = (lambda ident: escape_key(ident)) if own else (lambda ident: reader.key_for(ident, source))
             named = {r.id: key for r in label_set.records if (key := key_of(r.id)) in keys}
             named_somewhere.update(named)
+            if not own:
+                # (knn and project name proteins by the file's ids: the label went to no protein)
+                renamed += [(ident, protein) for ident, key in named.items()
+                            if (protein := dataset_id(key, reader.dataset(ident, source).attrs)) != ident]
             files.append((reader, source, keys, set(named.values())))
+        if not with_sequence:
+            return renamed, []
         # (a record found by id in one file labels that protein only, not its sequence's elsewhere)
         unnamed = [r for r in label_set.records if r.sequence and r.id not in named_somewhere]
         found: list[tuple[str, str]] = []
@@ -269,7 +280,7 @@ def embedding_ids(label_set: LabelSet, embeddings) -> list[tuple[str, str]]:
     finally:
         for reader in readers:
             reader.close()
-    return found
+    return renamed, found
 
 
 class TrainingSet:
