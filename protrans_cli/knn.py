@@ -51,18 +51,38 @@ class Transfer:
     scores: dict = field(default_factory=dict)  # column -> metrics dict (heads.metrics.evaluate)
 
 
-def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, EmbeddingsReader]:
-    """(ids, (N, D) float32) of a file's per-protein vectors at `layer`."""
+def layer_on_axis(reader, layer: int, n_layers: int | None) -> int:
+    """Where `layer` lies on the layer axis of a file's arrays (`n_layers` long; None: no axis, one
+    layer stored): `stored_layer_index`, or in a file that records no layer numbers (another
+    tool's) `layer` itself, an index that must exist on that axis (-1 or 0 without one), as export
+    and fit read such files (an index past the axis was an IndexError traceback, and any --layer
+    on one layer was taken silently)."""
     from protrans_cli.heads.data import stored_layer_index
 
+    if reader.attrs.get("layers") is not None:
+        return stored_layer_index(reader, layer)
+    if n_layers is None:
+        if layer not in (-1, 0):
+            raise InputError(f"holds one layer (no layer axis, no layer numbers recorded), not layer {layer}",
+                             path=str(reader.path))
+        return 0
+    if not -n_layers <= layer < n_layers:
+        raise InputError(f"holds {n_layers} layers on its arrays' first axis (the file records no layer numbers: "
+                         f"--layer indexes that axis, {-n_layers} to {n_layers - 1}), not layer {layer}",
+                         path=str(reader.path))
+    return layer
+
+
+def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, EmbeddingsReader]:
+    """(ids, (N, D) float32) of a file's per-protein vectors at `layer`."""
     with EmbeddingsReader(path) as reader:
         _refuse_residues_only(reader, what, path)
         ids, matrix = reader.matrix(PER_PROTEIN)
         attrs = dict(reader.attrs)
         if matrix.ndim == 3:  # several layers stored: (N, n_layers, D)
-            matrix = matrix[:, stored_layer_index(reader, layer), :]
+            matrix = matrix[:, layer_on_axis(reader, layer, matrix.shape[1]), :]
         elif layer != -1:
-            stored_layer_index(reader, layer)  # (one layer stored: the one asked for, or an error naming it)
+            layer_on_axis(reader, layer, None)  # (one layer stored: the one asked for, or an error naming it)
     if matrix.ndim != 2:
         raise InputError(f"{what}: per-protein vectors of shape {matrix.shape[1:]}, not (D,)", path=str(path))
     vectors = np.ascontiguousarray(matrix, dtype=np.float32)

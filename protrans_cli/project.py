@@ -384,9 +384,8 @@ def _source_names(paths) -> list[str]:
 
 
 def _file_vectors(path, layer: int):
-    from protrans_cli.heads.data import stored_layer_index
     from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
-    from protrans_cli.knn import _vectors
+    from protrans_cli.knn import _vectors, layer_on_axis
 
     with EmbeddingsReader(path) as reader:
         residues_only = PER_PROTEIN not in reader.kinds
@@ -398,9 +397,9 @@ def _file_vectors(path, layer: int):
             for ident, array, _ in reader.items(PER_RESIDUE):
                 array = np.asarray(array)
                 if array.ndim == 3:  # several layers stored: (n_layers, L, D)
-                    array = array[stored_layer_index(reader, layer)]
+                    array = array[layer_on_axis(reader, layer, array.shape[0])]
                 elif layer != -1:
-                    stored_layer_index(reader, layer)
+                    layer_on_axis(reader, layer, None)
                 if len(array) == 0:
                     empty.append(ident)
                     continue

@@ -979,3 +979,29 @@ def test_a_reference_keyed_by_whole_header_lines_takes_its_labels_by_their_first
     by_table = run_cli(*base, "--labels", tmp_path / "lookup.csv")
     assert by_table.exit_code == 0, by_table.stderr
     assert [line.split("\t")[4] for line in by_table.stdout.splitlines()[1:]] == [row[4] for row in rows]
+
+
+def test_layer_of_another_tools_file_must_exist_on_its_arrays(tmp_path, run_cli):
+    """A file that records no layer numbers (another tool's) is indexed by --layer, which must exist
+    there, as export and fit read it (docs/formats.md): an index past a (N, 3, D) layer axis was an
+    IndexError traceback, and --layer 1 of vectors without one was taken silently."""
+    import h5py
+
+    rng = np.random.default_rng(3)
+    with h5py.File(tmp_path / "layered.h5", "w") as f, h5py.File(tmp_path / "flat.h5", "w") as g:
+        f.attrs["kind"] = "per_protein"  # ((3, D) arrays would be guessed per-residue rows)
+        for i in range(6):
+            f.create_dataset(f"P{i}", data=rng.normal(size=(3, 4)).astype(np.float32))
+            g.create_dataset(f"P{i}", data=rng.normal(size=4).astype(np.float32))
+    layered, flat = tmp_path / "layered.h5", tmp_path / "flat.h5"
+    from protrans_cli.knn import _vectors
+
+    ids, vectors, _ = _vectors(layered, -3, "reference")
+    with h5py.File(layered) as f:
+        assert np.array_equal(vectors[ids.index("P2")], f["P2"][0])
+    for path, layer, said in ((layered, 3, "holds 3 layers on its arrays' first axis"),
+                              (layered, -4, "-3 to 2), not layer -4"),
+                              (flat, 1, "holds one layer (no layer axis, no layer numbers recorded), not layer 1")):
+        r = run_cli("knn", path, "--reference", path, "--layer", str(layer))
+        assert r.exit_code == 1 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert run_cli("knn", flat, "--reference", flat, "--layer", "0").exit_code == 0

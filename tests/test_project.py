@@ -286,6 +286,27 @@ def test_a_file_keyed_by_whole_header_lines_takes_its_labels_by_their_first_word
     assert {row[0]: row[3] for row in rows[1:]} == {f"P{i} {'NC'[i % 2]}-S": f"fam{i % 3}" for i in range(6)}
 
 
+def test_layer_of_another_tools_file_must_exist_on_its_arrays(tmp_path, run_cli):
+    """SeqVec's per-residue arrays in a bio_embeddings file, (3, L, D), are indexed by --layer, which
+    must exist there, as export and fit read them (docs/formats.md): --layer 3 was an IndexError
+    traceback, and --layer 1 of (L, D) arrays (one layer) was taken silently."""
+    import h5py
+
+    rng = np.random.default_rng(6)
+    with h5py.File(tmp_path / "seqvec.h5", "w") as f, h5py.File(tmp_path / "rows.h5", "w") as g:
+        for i in range(6):
+            f.create_dataset(str(i), data=rng.normal(size=(3, 5 + i, 4)).astype(np.float32)).attrs["original_id"] = \
+                f"P{i} a protein"
+            g.create_dataset(f"P{i}", data=rng.normal(size=(5 + i, 4)).astype(np.float32))
+    for path, layer, said in (("seqvec.h5", "3", "holds 3 layers on its arrays' first axis"),
+                              ("seqvec.h5", "-4", "-3 to 2), not layer -4"),
+                              ("rows.h5", "1", "holds one layer (no layer axis, no layer numbers recorded), not layer 1")):
+        r = run_cli("project", tmp_path / path, "--layer", layer, "-o", tmp_path / "map.tsv")
+        assert r.exit_code == 1 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for path, layer in (("seqvec.h5", "-3"), ("rows.h5", "0")):
+        assert run_cli("project", tmp_path / path, "--layer", layer, "-o", tmp_path / "map.tsv").exit_code == 0
+
+
 def test_pictures_of_a_3d_map_without_labels_and_of_labels_on_a_colour_scale(tmp_path, run_cli, monkeypatch):
     """--dims 3 --plot with no label column (one colour, a z axis), and a column of numbers (a
     colour scale and its bar): each drawn whole, the table beside it with its axes."""
