@@ -444,7 +444,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         columns, by_id, unknown = ([], {}, {}) if labels is None else _reference_labels(labels, label_format,
                                                                                         ref_ids, reference)
         q_ids, q, q_attrs, truth, q_sums = _embedded_queries(fasta, reference, output, options, score,
-                                                             label_format)
+                                                             label_format, model_given=model is not None)
         # (-m: the same weights elsewhere, as in predict --fasta; a warning where the names differ)
         _check_pair(f"the embeddings of {_shown(fasta)}", reference, q, ref, q_attrs, r_attrs, metric,
                     allow_model_mismatch or model is not None)
@@ -565,7 +565,7 @@ def _shown(fasta) -> str:
     return display_name(fasta)
 
 
-def _embedded_queries(fasta, reference, output, options, score, label_format: str):
+def _embedded_queries(fasta, reference, output, options, score, label_format: str, model_given: bool = False):
     """(ids, vectors, file attributes, the --score labels or None, id -> sequence checksum with --score)
     of the FASTA's sequences embedded with `options`, in the FASTA's order, through a temporary file
     removed before returning."""
@@ -592,7 +592,8 @@ def _embedded_queries(fasta, reference, output, options, score, label_format: st
             # the embedding, so a wrong --score file was found after a proteome's embedding)
             raise InputError(f"labels none of the {len(order):,} queries, by id or by sequence (ids such as "
                              f"{order[0]!r})" if order else "the query FASTA holds no proteins", path=str(score))
-        embeddings = embed_fasta(readable, order, tmp, options, fasta, f"to search {_shown(reference)}")
+        embeddings = embed_fasta(readable, order, tmp, options, fasta, f"to search {_shown(reference)}",
+                                 recorded_in=None if model_given else reference)
         # (the temporary file is gone when the command ends: messages name the FASTA)
         with console.naming(embeddings, f"the embeddings of {shown}"):
             with EmbeddingsReader(embeddings) as reader:

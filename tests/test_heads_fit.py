@@ -1833,6 +1833,38 @@ def test_predict_names_the_proteins_embed_could_not_embed(run_cli, ss_data, one_
     assert r.exit_code == 0 and f"{len(failed)} protein(s) have no embedding" in r.stderr
 
 
+def test_predict_and_knn_fasta_say_a_relative_model_directory_an_older_version_recorded(run_cli, one_epoch_ss3,
+                                                                                          tmp_path, monkeypatch):
+    """Versions before 2026-11-29 recorded `-m run_full` (a model directory) as given: `predict
+    --fasta` and `knn --fasta` from another folder looked for a hub model of that name and said to
+    `hf download run_full`, not that the head or file had recorded a directory relative to where
+    embed ran."""
+    import shutil
+
+    import h5py
+
+    head = tmp_path / "head"
+    shutil.copytree(one_epoch_ss3, head)
+    config = json.loads((head / "config.json").read_text())
+    config["embedding"].update(model="run_full", family="bert")
+    (head / "config.json").write_text(json.dumps(config))
+    from protrans_cli.embed import EmbedOptions, embed
+
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">p\nMKVL\n")
+    reference = tmp_path / "ref.h5"
+    embed(fasta, reference, EmbedOptions(model="onehot", threads=1, per_residue=False))
+    with h5py.File(reference, "r+") as f:
+        f.attrs["model"], f.attrs["family"] = "run_full", "bert"
+    monkeypatch.chdir(tmp_path)  # (no run_full here)
+    said = "records the model as 'run_full', not found from here: a model directory that protrans recorded " \
+           "before 2026-11-29 is named relative to the folder embed ran in; run from that folder, or give -m DIR"
+    r = run_cli("predict", head, "--fasta", fasta, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and f"{head} {said}" in r.stderr, r.stderr
+    r = run_cli("knn", "--fasta", fasta, "--reference", reference, "-o", tmp_path / "hits.tsv")
+    assert r.exit_code == 1 and f"{reference} {said}" in r.stderr, r.stderr
+
+
 def test_predict_fasta_embeds_long_proteins_as_the_training_embeddings_were(run_cli, ss_data, tmp_path):
     # A proteome holding one protein beyond the model's limit failed under predict --fasta, and
     # the error's remedy (--long-policy) was no option of predict

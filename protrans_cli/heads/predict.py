@@ -162,7 +162,8 @@ def embed_for_head(head_dir, fasta, directory, *, model: str | None = None, devi
                                          allow_model_mismatch=allow_model_mismatch)
     readable, ids = fasta_ids(fasta, directory)
     return embed_fasta(readable, ids, directory, options, fasta,
-                       f"for the {config.get('task', {}).get('name', config['kind'])} head"), ids
+                       f"for the {config.get('task', {}).get('name', config['kind'])} head",
+                       recorded_in=None if model is not None else head_dir), ids
 
 
 def fasta_ids(fasta, directory) -> tuple[Path | str, list[str]]:
@@ -185,15 +186,27 @@ def fasta_ids(fasta, directory) -> tuple[Path | str, list[str]]:
         return fasta, [record.id for record in parse_fasta(stream, shown)]
 
 
-def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: str) -> Path:
+def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: str, recorded_in=None) -> Path:
     """Embed the FASTA `fasta` (read from `readable`, of fasta_ids) with `options` into
-    `directory`/embeddings.h5; `purpose` ends the message saying so ("for the loc head")."""
+    `directory`/embeddings.h5; `purpose` ends the message saying so ("for the loc head").
+    `recorded_in`: the head or file whose record named the model (not the user's -m)."""
     from protrans_cli.embed import embed
 
     output = Path(directory) / "embeddings.h5"
     if ids:  # (none: embed says so, in one line, without "embedding 0 proteins" before it)
         console.info(f"embedding {console.counted(len(ids), 'protein')} with {options.model} {purpose}")
-    embed(readable, output, options, input_name=display_name(fasta))
+    try:
+        embed(readable, output, options, input_name=display_name(fasta))
+    except ModelError as exc:
+        name = str(options.model)
+        if recorded_in is None or not exc.message.startswith("cannot load model") or os.path.isabs(name):
+            raise
+        # Versions before 2026-11-29 recorded a model directory as -m gave it, relative to the
+        # folder embed ran in: from another folder it was looked for on the hub ("hf download
+        # run_full"), the record's origin unsaid.
+        raise ModelError(f"{recorded_in} records the model as {name!r}, not found from here: a model directory "
+                         "that protrans recorded before 2026-11-29 is named relative to the folder embed ran in; "
+                         f"run from that folder, or give -m DIR ({exc.message})", path=exc.path) from None
     return output
 
 
