@@ -1141,6 +1141,10 @@ def test_resume_after_the_model_directory_was_retrained_is_refused(tmp_path):
     with h5py.File(out, "a") as f:  # a file from before the attribute: not compared
         del f.attrs["weights_fingerprint"]
     assert embed(fasta, out, EmbedOptions(**options, resume=True)).num_embedded == 3
+    # ... nor vouched for: its rows' weights are not known (here another model's), and the resumed
+    # file recorded this run's fingerprint for every row (fit then put it in the head's config)
+    with EmbeddingsReader(out) as r:
+        assert "weights_fingerprint" not in r.attrs
 
 
 @pytest.mark.parametrize("first,then,message", [

@@ -1866,6 +1866,10 @@ class EmbeddingsWriter:
         self._cache = _MetadataHold(self.file)
         self.resumed = resumed
         self.runs = recorded_runs(self.file) if resumed else []
+        if resumed and "weights_fingerprint" not in self.file.attrs:
+            # (a file from before the attribute: the weights of its rows are not known, and this
+            # run's would have vouched for them, as merge does not for such a part)
+            run_attrs.pop("weights_fingerprint", None)
         this_run = {k: run_attrs[k] for k in RUN_ATTRS if run_attrs.get(k) is not None}
         if this_run:
             self.runs.append(this_run)
