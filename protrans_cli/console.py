@@ -216,6 +216,13 @@ def show_progress() -> bool:
             and not os.environ.get("PROTRANS_NO_PROGRESS"))
 
 
+def progress_wanted() -> bool:
+    """Whether a long job shows where it is: a bar (`show_progress()`) or, in a log, a line every
+    PROTRANS_PROGRESS_INTERVAL seconds (`progress`); not when quiet or PROTRANS_NO_PROGRESS is set.
+    (prep and variants took `show_progress()` for it: a batch job's log got no line at all.)"""
+    return state.verbosity >= 0 and not os.environ.get("PROTRANS_NO_PROGRESS")
+
+
 def _in_notebook() -> bool:
     """Called from a Jupyter kernel, whose stderr is no terminal but shows bars (tqdm.auto draws
     a widget there); a long embed in a notebook showed nothing until its summary."""

@@ -1106,7 +1106,7 @@ def _score_all(table, wild_types, columns, options, store: "UnitStore | None") -
         for model_name in dict.fromkeys(m for _, m, _ in columns):
             loaded = load_model(model_name, device=device, dtype=dtype, revision=options.revision, masked_lm=True)
             scorer = VariantScorer(loaded, max_tokens=options.max_tokens, max_length=options.max_length,
-                                   long_policy=options.long_policy, progress=console.show_progress())
+                                   long_policy=options.long_policy, progress=console.progress_wanted())
             for ident, seq in wild_types:
                 scorer.check_length(seq, f"the wild type {ident!r}" if len(wild_types) > 1 or ident != "sequence"
                                     else "the wild-type sequence")

@@ -1850,3 +1850,22 @@ def test_shuffle_streams_of_nested_buckets_differ(tmp_path):
     for purpose in (1, 2):
         draws = {key: tuple(shuffle._stream(purpose, key).integers(1 << 30, size=4)) for key in [(3,), (3, 0), (3, 0, 0)]}
         assert len(set(draws.values())) == 3, draws
+
+
+def test_a_log_gets_progress_lines(run_cli, tmp_path, monkeypatch):
+    """stderr that is no terminal (a batch job's `2> prep.log`) gets a plain progress line every
+    PROTRANS_PROGRESS_INTERVAL seconds (0 here: one per update), as embed's and train's logs do:
+    prep wrote none at all, for however long a UniRef-sized input took."""
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")
+    fasta = tmp_path / "p.fa"
+    fasta.write_text("".join(f">p{i}\nMKTAYIAKQRQISFVKSHFSRQ{'A' * i}\n" for i in range(40)))
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--shuffle")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("prep: ") and "B/s]" in line for line in lines), result.stderr
+    assert any(line.startswith("prep: shuffle: ") and "(100%)" in line for line in lines), result.stderr
+    assert "\r" not in result.stderr
+    monkeypatch.setenv("PROTRANS_NO_PROGRESS", "1")
+    result = run_cli("prep", fasta, "-o", tmp_path / "d.txt")
+    assert result.exit_code == 0 and not any(line.startswith("prep: ") for line in result.stderr.splitlines())

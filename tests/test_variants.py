@@ -1245,3 +1245,16 @@ def test_a_link_as_output_keeps_its_work_and_lock_beside_where_it_leads(run_cli,
     made.clear(), locked.clear()
     r = run_cli("variants", "--all-singles", "--sequence", "MKTA", "-m", REFERENCES["esm2"], "-o", "/dev/null")
     assert r.exit_code == 0 and made == [] and locked == [], r.stderr
+
+
+def test_a_log_gets_progress_lines(run_cli, monkeypatch):
+    """stderr that is no terminal (a batch job's log) gets a plain progress line every
+    PROTRANS_PROGRESS_INTERVAL seconds (0 here: one per update) while sites are scored; it got none."""
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")
+    seq = _proteins("esm2")["mixed_40"]
+    r = run_cli("variants", "--all-singles", "--sequence", seq, "-m", REFERENCES["esm2"], "--scoring",
+                "masked-marginals", "--max-tokens", "200")
+    assert r.exit_code == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("scoring: ")]
+    assert lines and "(100%)" in lines[-1], r.stderr

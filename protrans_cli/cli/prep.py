@@ -87,7 +87,7 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
         max_length=max_length, long=long_policy, dedup=dedup, valid_fraction=valid_fraction,
         valid_output=valid_output, num_shards=num_shards,
         shard_size=parse_size(shard_size) if shard_size is not None else None,  # ('' is refused, not ignored)
-        threads=resolve_threads(threads), tmp_dir=tmp_dir, progress=console.show_progress(), stats=stats_path,
+        threads=resolve_threads(threads), tmp_dir=tmp_dir, progress=console.progress_wanted(), stats=stats_path,
         shuffle=shuffle, seed=seed or 0,
     )
     stats = build_corpus(inputs, options)
