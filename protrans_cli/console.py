@@ -295,6 +295,12 @@ class LogProgress:
             self._last = now
             self.write_line(now)
 
+    def skip(self, n) -> None:
+        """Count `n` as done, not as done by this run (what a resumed output already holds): in
+        the position and percentage, not in the rate or the time left."""
+        self.n += n
+        self.initial += n
+
     def set_postfix(self, ordered_dict=None, refresh=True, **kwargs) -> None:
         items = {**(ordered_dict or {}), **kwargs}
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
@@ -324,6 +330,17 @@ class LogProgress:
         shown_rate = "?" if rate is None else (tqdm.format_sizeof(rate) if self.unit_scale else f"{rate:.3g}")
         line += f" [{times}, {shown_rate}{unit}/s{', ' + self.postfix if self.postfix else ''}]"
         info(line)
+
+
+def skip(bar, n) -> None:
+    """Advance a `progress` bar by work done before this run (proteins a resumed file holds): a
+    log's line leaves it out of its rate and time left (counted in them, a requeued job's log
+    showed several times its real residues/s, and a time left too short for as long as its first
+    run had taken); a terminal's bar smooths its rate over recent updates and soon forgets it."""
+    if isinstance(bar, LogProgress):
+        bar.skip(n)
+    else:
+        bar.update(n)
 
 
 def _is_terminal(stream) -> bool:

@@ -535,7 +535,7 @@ def _compute(source, name, options, predictor, writer, done, max_length, summary
             todo: dict[str, list] = {}  # kept sequence -> its proteins (identical sequences computed once)
             for prot in window:
                 if prot.id in skip:
-                    bar.update(len(prot.sequence))
+                    console.skip(bar, len(prot.sequence))  # (not this run's work: out of a log line's rate)
                     continue
                 if prot.rejected is not None:
                     writer.record_failure(prot.id, prot.rejected)

@@ -1501,8 +1501,10 @@ def _embed_ranked(source, name, scan: InputScan, output, options, embedder, dist
                 # protein its whole length, truncated or not, and its copies in the window), the
                 # rest (copies of earlier windows, other ranks' shares) when the window ends.
                 to_count = sum(len(p.sequence) for p in window)
-                settled = sum(len(p.sequence) for p in window if p.id in done_here or p.id in failures)
-                to_count -= settled
+                resumed = sum(len(p.sequence) for p in window if p.id in done_here)
+                settled = sum(len(p.sequence) for p in window if p.id not in done_here and p.id in failures)
+                to_count -= resumed + settled
+                console.skip(bar, resumed)  # (not this run's work: out of a log line's rate)
                 bar.update(settled)
                 del window, units
                 for batch in make_batches(pieces, max_tokens, options.max_batch_size, embedder.special_tokens):

@@ -594,8 +594,8 @@ def _totals_check(rows: int):
 
 
 def _run_unit(store, key: str, compute, bar, size: int, check):
-    """A unit through `store`; a unit it kept from before advances the bar by its `size` at once
-    (one computed now advanced it as it ran)."""
+    """A unit through `store`; a unit it kept from before advances the bar by its `size` at once,
+    out of its rate (one computed now advanced it as it ran)."""
     ran = []
 
     def counted():
@@ -604,7 +604,7 @@ def _run_unit(store, key: str, compute, bar, size: int, check):
 
     value = store(key, counted, check)
     if not ran and bar is not None:
-        bar.update(size)
+        console.skip(bar, size)  # (not this run's work: out of a log line's rate)
     return value
 
 

@@ -1258,3 +1258,17 @@ def test_a_log_gets_progress_lines(run_cli, monkeypatch):
     assert r.exit_code == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("scoring: ")]
     assert lines and "(100%)" in lines[-1], r.stderr
+
+
+def test_a_unit_kept_for_resume_advances_a_log_line_out_of_its_rate():
+    """In a log (a requeued batch job's) the work a resumed run finds kept counts in the
+    position, not in the rate and time left: counted as this run's, the rate was several times
+    the real one; a unit computed now counts in both."""
+    from protrans_cli import console
+    from protrans_cli.variants import _run_unit
+
+    bar = console.LogProgress(total=10, desc="scoring", unit="site", interval=3600)
+    kept = _run_unit(lambda key, compute, check: "kept", "u1", lambda: "new", bar, 4, None)
+    assert kept == "kept" and (bar.n, bar.n - bar.initial) == (4, 0)
+    computed = _run_unit(lambda key, compute, check: compute(), "u2", lambda: "new", bar, 6, None)
+    assert computed == "new" and (bar.n, bar.n - bar.initial) == (4, 0)  # (its scoring advances the bar)
