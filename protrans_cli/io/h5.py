@@ -251,6 +251,7 @@ class EmbeddingsReader:
         # them): another tool's file keyed by sequence, bio_embeddings', holds one of several ids a sequence
         self.aliases: dict[str, str] = {}
         self._foreign_ids: dict[str, _ForeignKeys] = {}
+        self._groups: dict = {}  # kind -> its group, looked up once (see _group)
         self._kind_guessed = False
         if self._stacked is not None:
             self.layout, self.kinds = "stacked", (PER_PROTEIN,)
@@ -323,8 +324,14 @@ class EmbeddingsReader:
                              path=self.path)
         if self.layout == "flat":
             return self.file
-        local_link(self.file, kind.encode("utf-8"))  # (a group linked in from another file)
-        return self.file[kind]
+        # Looked up once per kind: fit and predict --labels, export --ids and knn look up a group
+        # for each protein, two or three times (`self.file[kind]`, h5py's dictionary interface, and
+        # the link check: some 60 us each, a fifth of matching a label record to its dataset)
+        group = self._groups.get(kind)
+        if group is None:
+            local_link(self.file, kind.encode("utf-8"))  # (a group linked in from another file)
+            group = self._groups[kind] = self.file[kind]
+        return group
 
     def ids(self, kind: str | None = None) -> list[str]:
         """The proteins' ids, each once: two datasets naming one protein (another tool's file
