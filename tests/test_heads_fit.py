@@ -2770,6 +2770,25 @@ def test_an_empty_label_in_a_table_is_no_label_for_every_task(run_cli, loc_data,
         assert all("" not in o["classes"] for o in outputs)  # no class made of the blank label
 
 
+def test_r_and_pandas_missing_values_in_a_value_table_leave_the_protein_out(run_cli, loc_data, tmp_path):
+    """R's write.csv writes a missing target as NA (pandas' nullable columns <NA>, SQL NULL): `fit
+    value` refused "label 'NA' is not a number" (exit 1). They leave the protein out as an empty
+    cell does: the same head, the same metrics."""
+    import re
+
+    ids = re.findall(r"^>(\S+)", (loc_data / "train.fasta").read_text(), flags=re.M)
+    metrics = {}
+    for name, missing in (("empty", ("",) * 4), ("r", ("NA", "<NA>", "null", "N/A"))):
+        values = tmp_path / f"{name}.csv"
+        values.write_text("id,label\n" + "".join(
+            f"{i},{missing[n // 10 % 4] if n % 10 == 0 else n % 7}\n" for n, i in enumerate(ids)))
+        r = run_cli("fit", "value", "--embeddings", loc_data / "train.h5", "--labels", values, "--max-epochs", "2",
+                    "-j", "1", "--bootstrap", "10", "--seed", "3", "-o", tmp_path / name)
+        assert r.exit_code == 0, r.stderr
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert metrics["r"] == metrics["empty"]
+
+
 def _claiming_file(path, kind: str, shape: tuple, length: int | None):
     """An embeddings file whose second protein's dataset claims `shape` (unwritten: a few KB on
     disk), beside a normal 4-d first protein."""

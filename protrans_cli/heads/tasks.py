@@ -246,7 +246,7 @@ class Task:
             # class, and the first validation number it never saw stopped the fit)
             from protrans_cli import console
 
-            numbers = sum(v.strip().lower() != "nan" for v in seen)
+            numbers = sum(not missing_number(v) for v in seen)
             console.warn(f"the training labels are {numbers:,} distinct numbers, each a class of its own: "
                          "the value task regresses a number (protrans fit value)")
         output = replace(self.outputs[0], classes=tuple(sorted(seen)))
@@ -298,11 +298,21 @@ TASKS: dict[str, Task] = {
 _LISTED = 20  # classes an error lists before "and N more"
 
 
+# A missing number as the tools that write label tables write it: pandas (NaN, <NA>, None),
+# R's write.csv (NA), spreadsheets and SQL exports (N/A, NULL). R's NA was "not a number" (exit 1).
+MISSING_NUMBERS = frozenset({"", "nan", "na", "n/a", "<na>", "none", "null"})
+
+
+def missing_number(text) -> bool:
+    """A regression label that says "no value": the protein is left out of loss and metrics."""
+    return str(text).strip().lower() in MISSING_NUMBERS
+
+
 def numbers_as_classes(labels) -> bool:
     """Labels that are many distinct non-integer numbers (a FLIP CSV's fitness, a melting point):
     each would be a class of its own, which fit's protein task and knn's scores warn of. A `nan`
     among them (a missing number, as str() writes it) does not make them words: it hid the warning."""
-    labels = {v for v in labels if v.strip().lower() != "nan"}
+    labels = {v for v in labels if not missing_number(v)}
     return len(labels) > _LISTED and all(_numeric(v) for v in labels) and not all(float(v).is_integer() for v in labels)
 
 
@@ -315,9 +325,10 @@ def _numeric(label: str) -> bool:
 
 
 def _as_value(label, record) -> float:
-    """A regression label: a number; empty or `nan` leaves the protein out of loss and metrics."""
+    """A regression label: a number; empty, `nan` or `NA` (MISSING_NUMBERS) leaves the protein out
+    of loss and metrics."""
     text = str(label).strip()
-    if text == "" or text.lower() == "nan":
+    if missing_number(text):
         return float("nan")
     try:
         value = float(text)
