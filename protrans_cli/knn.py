@@ -95,6 +95,8 @@ def _vectors(path, layer: int, what: str) -> tuple[list[str], np.ndarray, Embedd
 
 
 def _refuse_residues_only(reader: EmbeddingsReader, what: str, path) -> None:
+    if reader._kind_guessed:  # (a flat file with no dataset, kind unrecorded: "per-residue embeddings only")
+        raise InputError(f"{what}: holds no protein", path=str(path))
     if PER_PROTEIN not in reader.kinds:
         raise InputError(f"{what}: holds per-residue embeddings only; knn compares per-protein vectors "
                          "(embed with --per-protein, or without --per-residue)", path=str(path))

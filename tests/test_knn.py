@@ -179,6 +179,11 @@ def test_refusals(tmp_path, run_cli):
     assert r.exit_code == 0 and "warning" in r.stderr
     r = run_cli(*base, tmp_path / "res.h5")
     assert r.exit_code == 1 and "per-residue embeddings only" in r.stderr
+    import h5py
+
+    h5py.File(tmp_path / "nothing.h5", "w").close()  # (another tool's file of no dataset: "per-residue only")
+    r = run_cli(*base, tmp_path / "nothing.h5")
+    assert r.exit_code == 1 and f"{tmp_path / 'nothing.h5'}: reference: holds no protein" in r.stderr, r.stderr
     r = run_cli(*base, tmp_path / "r.h5", "--score", tmp_path / "q.h5")
     assert r.exit_code == 2 and "give the reference's --labels" in r.stderr
     r = run_cli(*base, tmp_path / "r.h5", "-k", "0")
