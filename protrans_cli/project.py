@@ -511,6 +511,9 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         raise UsageError("--html draws 2 dimensions: leave out --dims 3 (or --html)")
     if plot is not None and Path(str(plot)).suffix.lower() not in (".png", ".svg", ".pdf"):
         raise UsageError(f"--plot {plot}: a picture is .png, .svg or .pdf")
+    if html_path is not None and str(html_path) == "-" and output is not None and str(output) == "-":
+        # (the page was written after the table, one stream of TSV and HTML)
+        raise UsageError("-o and --html cannot both go to stdout (-): give files")
     outputs = [(o, flag) for o, flag in ((output, "-o"), (plot, "--plot"), (html_path, "--html"))
                if o is not None and str(o) != "-"]
     for out, flag in outputs:

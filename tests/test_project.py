@@ -173,6 +173,17 @@ def test_an_id_that_starts_with_a_quote_reads_back_from_the_tsv(tmp_path, run_cl
     assert [row[0] for row in rows[1:]] == ids and all(len(row) == 3 for row in rows)
 
 
+def test_the_table_and_the_page_cannot_both_go_to_stdout(tmp_path, run_cli):
+    """`project x.h5 --html -` (-o is stdout by default) wrote the TSV and then the HTML page into
+    one stream, exit 0; the page alone goes to stdout beside -o FILE."""
+    _write(tmp_path / "x.h5", np.random.default_rng(0).normal(size=(6, 5)), [f"p{i}" for i in range(6)])
+    r = run_cli("project", tmp_path / "x.h5", "--html", "-")
+    assert r.exit_code == 2 and r.stdout == "" and "-o and --html cannot both go to stdout (-): give files" in r.stderr
+    r = run_cli("project", tmp_path / "x.h5", "--html", "-", "-o", tmp_path / "map.tsv")
+    assert r.exit_code == 0 and r.stdout.startswith("<!DOCTYPE html>"), r.stderr
+    assert (tmp_path / "map.tsv").read_text().startswith("id\tx\ty\n")
+
+
 def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_cli):
     """Train and test files, each labelled by its own file: one row per protein of each (in input
     order, a source column), the label columns, a PNG and a page with one point per protein
