@@ -122,6 +122,11 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
             for number, raw in enumerate(stream, 1):
                 if number == 1:  # (a byte-order mark from a Windows editor was part of the first id)
                     raw = raw.removeprefix(BOM)
+                if b"\r" in raw.rstrip(b"\r\n"):
+                    # (the whole file one line: its first id written, every other left out, exit 0)
+                    raise InputError("a carriage return inside the line: lines that end in CR alone (old Mac line "
+                                     "endings) are not read; convert them first (tr '\\r' '\\n')",
+                                     path=name, line=number)
                 words = raw.split()
                 if not words or words[0].startswith(b"#"):
                     continue

@@ -194,6 +194,12 @@ def test_ids_file_refusals_leave_no_output(tmp_path, run_cli):
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "none.txt", "-o", out)
     assert done.exit_code == 1 and "none.txt: holds no id: a FASTA file, or one id a line" in done.stderr
     assert not out.exists()
+    # lines that end in CR alone (classic Mac OS): one line, whose first id alone was exported, exit 0
+    (tmp_path / "cr.txt").write_bytes(b"e\rc/slash\r")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "cr.txt", "-o", out)
+    assert done.exit_code == 1 and "cr.txt:1: a carriage return inside the line: lines that end in CR alone (old " \
+        "Mac line endings) are not read" in done.stderr, done.stderr
+    assert not out.exists()
 
 
 def test_a_failure_midway_keeps_an_existing_output(tmp_path, run_cli):
