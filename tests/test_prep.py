@@ -1717,6 +1717,25 @@ def test_shuffle_deals_shards_round_robin_and_compresses(tmp_path):
     assert gzip.decompress(valid.read_bytes()) == (tmp_path / "pv.txt").read_bytes()  # (validation: input order)
 
 
+def test_the_summary_on_a_narrow_terminal_wraps_its_figures(tmp_path, run_cli, monkeypatch):
+    """On a 40-column terminal the length percentiles were cut, `309/309/329/422…`, and so was
+    their label: the upper percentiles were lost. They wrap now."""
+    import io
+
+    from rich.console import Console
+
+    from protrans_cli import console
+
+    screen = io.StringIO()
+    monkeypatch.setattr(console, "stderr_console", lambda: Console(file=screen, width=40, highlight=False))
+    fasta = tmp_path / "x.fa"
+    fasta.write_text("".join(f">p{n}\n{'M' * n}\n" for n in (123456, 234567)))
+    assert run_cli("prep", fasta, "-o", tmp_path / "c.txt").exit_code == 0
+    text = screen.getvalue()
+    assert "\u2026" not in text, text
+    assert "/234567" in "".join(text.replace("\u2502", "").split()), text
+
+
 def test_shuffle_cli_seed_needs_shuffle_and_summary_says_so(tmp_path, run_cli):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">a\nMKT\n>b\nACDE\n>c\nWW\n")

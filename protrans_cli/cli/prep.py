@@ -136,8 +136,9 @@ def _print_summary(stats) -> None:
     from rich.table import Table
 
     table = Table(title="protrans prep", title_justify="left", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
+    # (on a narrow terminal, wrapped rather than cut: "309/309/329/422…" lost the upper percentiles)
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(justify="right", overflow="fold")
     for row in rows:
         table.add_row(*row)
     console.stderr_console().print(table)
