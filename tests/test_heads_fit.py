@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import signal
 import warnings
 
 import h5py
@@ -2852,6 +2853,30 @@ def small_head(tmp_path):
     labels.write_text("id,label\n" + "".join(f"p{i},{'AB'[i % 2]}\n" for i in range(20)))
     fit(FitConfig(task="protein", max_epochs=1, threads=1, n_bootstrap=50), emb, labels, tmp_path / "head")
     return tmp_path / "head", emb
+
+
+def test_head_weights_that_are_a_fifo_or_a_link_to_a_device_are_refused_unread(small_head):
+    """A downloaded head whose weights.safetensors was a link to /dev/zero was read until the
+    kernel killed the run for its memory; a FIFO hung for ever."""
+    from protrans_cli.errors import ModelError
+    from protrans_cli.heads.model import load_head
+
+    head, _ = small_head
+    weights = head / "weights.safetensors"
+    weights.unlink()
+    os.mkfifo(weights)  # (a link to /dev/zero is alike: a regular file is all that is read)
+
+    def hung(*_):
+        raise TimeoutError("load_head waited on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        with pytest.raises(ModelError, match="cannot read the head's weights \\(not a regular file"):
+            load_head(head)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("field,value,message", [

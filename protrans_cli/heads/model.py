@@ -152,10 +152,14 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
     directory = Path(directory)
     if not (directory / CONFIG).is_file():
         raise InputError(f"not a head directory (no {CONFIG})", path=str(directory))
+    weights = directory / WEIGHTS
+    if weights.exists() and not weights.is_file():  # (a link to /dev/zero was read until the memory ran out)
+        raise ModelError("cannot read the head's weights (not a regular file: a folder, device, FIFO or socket, "
+                         "or a link to one)", path=str(weights))
     try:
         # read by Python (a head is small): safetensors' own file call opens the name's UTF-8
         # spelling, and a head in a folder whose name is not UTF-8 could not be read back
-        state = load_safetensors((directory / WEIGHTS).read_bytes())
+        state = load_safetensors(weights.read_bytes())
     except FileNotFoundError:
         raise ModelError(f"head has no {WEIGHTS}", path=str(directory)) from None
     except (SafetensorError, OSError) as exc:  # truncated by an interrupted copy, or not safetensors at all
