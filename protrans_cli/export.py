@@ -1011,7 +1011,7 @@ def _other_output(path: str) -> dict | None:
         with h5_file(path, "r") as f:
             task = f.attrs.get("task")
             classes = {name[len("classes_"):]: _text(f.attrs[name]) for name in f.attrs if name.startswith("classes_")}
-            if _text(f.attrs.get("kinds")) == CONTACTS and CONTACTS in f:
+            if isinstance(kinds := _text(f.attrs.get("kinds")), str) and kinds == CONTACTS and CONTACTS in f:
                 facts = {"written_by": "protrans contacts", "layout": "contacts", "kinds": [CONTACTS]}
             elif isinstance(task, str) and classes and all(name in f for name in classes):
                 facts = {"written_by": "protrans predict --probabilities", "layout": "probabilities",
@@ -1156,7 +1156,8 @@ def info_lines(facts: dict) -> list[str]:
         lines.append(("pooling", str(facts["pooling"])))
     if "long_policy" in facts:
         limit = facts.get("max_length")
-        lines.append(("long proteins", f"{facts['long_policy']} beyond {limit:,} residues" if limit
+        shown = f"{limit:,}" if isinstance(limit, (int, float)) else str(limit)  # (text: another writer's, a traceback)
+        lines.append(("long proteins", f"{facts['long_policy']} beyond {shown} residues" if limit
                       else f"{facts['long_policy']} (no limit)"))
     if facts.get("part"):
         lines.append(("part", str(facts["part"])))

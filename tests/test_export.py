@@ -466,6 +466,21 @@ def test_info(tmp_path, run_cli):
     assert ids == sorted(proteins, key=lambda i: escape_key(i).encode())
 
 
+def test_info_of_attributes_of_another_type_is_no_traceback(tmp_path, run_cli):
+    """A `kinds` array was a numpy traceback in info and export ("truth value ... ambiguous"), a
+    text `max_length` one in info ("Cannot specify ',' with 's'")."""
+    _write(tmp_path / "e.h5", _proteins())
+    with h5py.File(tmp_path / "e.h5", "a") as f:
+        f.attrs["max_length"], f.attrs["long_policy"] = "x", "error"
+    done = run_cli("info", tmp_path / "e.h5")
+    assert done.exit_code == 0 and "long proteins: error beyond x residues" in done.stdout, done.stderr
+    with h5py.File(tmp_path / "e.h5", "a") as f:
+        f.attrs["kinds"] = np.arange(2)
+    for args in (("info",), ("export",)):  # (the groups the file holds say its kinds)
+        done = run_cli(*args, tmp_path / "e.h5")
+        assert done.exit_code == 0, done.stderr
+
+
 def test_info_text_of_embeds_outputs_says_layers_model_dtypes_pooling_runs_and_residues(tmp_path, run_cli,
                                                                                          monkeypatch):
     """What `info` tells a person of an embed output (two layers, resumed once), of a stacked file

@@ -661,6 +661,44 @@ def test_a_stacked_file_whose_array_or_column_lives_outside_it_is_refused(tmp_pa
             r.matrix()
 
 
+@pytest.mark.parametrize("attribute, value", [("model", np.arange(3)), ("pooling", np.arange(2)), ("family", 7)])
+def test_a_text_attribute_of_another_type_is_one_line(tmp_path, attribute, value):
+    """An array where embed writes text (a damaged or hand-made file) was a numpy traceback where
+    knn, predict, info or export compared it ("The truth value of an array ... is ambiguous")."""
+    out = tmp_path / "e.h5"
+    _write(out, ["a", "b"])
+    with h5py.File(out, "a") as f:
+        f.attrs[attribute] = value
+    with pytest.raises(InputError, match=f"its `{attribute}` attribute is .* not text"):
+        EmbeddingsReader(out)
+
+
+@pytest.mark.parametrize("runs", ["[1, 2]", '"abc"', "5"])
+def test_a_runs_attribute_that_lists_no_runs_gives_the_run_the_attributes_describe(tmp_path, runs):
+    """merge compared each entry as a run (AttributeError: 'int' object has no attribute 'items')."""
+    from protrans_cli.io.h5 import recorded_runs
+
+    out = tmp_path / "e.h5"
+    _write(out, ["a"])
+    with h5py.File(out, "a") as f:
+        del f.attrs["runs"]
+        f.attrs["device"] = "cpu"
+        expected = recorded_runs(f)  # (a file from before the attribute: the one run its attributes describe)
+        f.attrs["runs"] = runs
+        assert recorded_runs(f) == expected and expected and isinstance(expected[0], dict)
+
+
+def test_a_checksum_attribute_that_is_no_text_is_no_checksum(tmp_path):
+    """merge and --resume hashed an array `checksum` (a traceback): it is no checksum."""
+    from protrans_cli.io.h5 import stored_proteins
+
+    out = tmp_path / "e.h5"
+    _write(out, ["a", "b"])
+    with h5py.File(out, "a") as f:
+        f["per_protein"]["a"].attrs["checksum"] = np.arange(3)
+        assert dict(stored_proteins(f["per_protein"])) == {"a": None, "b": sequence_checksum("MKV")}
+
+
 @pytest.mark.parametrize("value", ["{not json", "5", '["a", 1]', "[" * 100_000 + "]" * 100_000])
 def test_a_failed_attribute_not_as_embed_writes_it_is_one_line(tmp_path, value):
     path = tmp_path / "x.h5"

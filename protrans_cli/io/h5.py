@@ -172,6 +172,14 @@ def _starts_like_fasta(path) -> bool:
 HDF5_FROM_STDIN = "an HDF5 file is read in place, not from stdin ('-'): give the embeddings as a file"
 
 
+# File attributes embed writes as text, and every reader compares as text (`kind` is left out:
+# another tool's flat file may hold anything there, and its kind is then guessed; `kinds` is
+# checked where it is read, naming what it should name)
+TEXT_ATTRS = ("model", "revision", "commit", "weights_fingerprint", "family", "pooling", "compute_dtype",
+              "storage_dtype", "device", "layout", "long_policy", "input_prefix", "input_digest", "part",
+              "attention", "sdpa_kernels", "imported_from")
+
+
 def pooling_kind(text) -> str:
     """"cls" or "mean": how per-protein vectors were pooled, from a file's (or a head's recorded)
     `pooling` attribute; files written before --pooling, and import-esm's, say mean."""
@@ -240,6 +248,13 @@ class EmbeddingsReader:
             # (first line: HDF5's messages can span lines, and the error is one line)
             raise InputError(f"not a readable HDF5 file ({first_line(exc)}){hint}", path=self.path) from None
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
+        # (an array or a number there, in a damaged or hand-made file, was a numpy traceback where
+        # it was compared: "The truth value of an array ... is ambiguous")
+        odd = next((k for k in TEXT_ATTRS if k in self.attrs and not isinstance(self.attrs[k], str)), None)
+        if odd is not None:
+            self.file.close()
+            raise InputError(f"its `{odd}` attribute is {type(self.attrs[odd]).__name__} {self.attrs[odd]!r:.40}, "
+                             "not text (a damaged file, or not written by protrans embed)", path=self.path)
         try:
             root = [name.decode("utf-8") for name in _link_names(self.file)]  # (links out of the file refused)
             self._stacked = _stacked_view(self.file, self.path)
@@ -675,6 +690,8 @@ def stored_proteins(group, checksums: bool = True, *, prefixes: bool = False) ->
         checksum = None
         if checksums and (prefixes or not h5py.h5a.exists(obj, b"truncated_from")):
             checksum = _read_text_attr(obj, b"checksum")
+            if not isinstance(checksum, str):  # (an array, another writer's: a traceback where merge hashed it)
+                checksum = None
         _CRASH_GUARD.settle()  # (the consumer's time between records is not HDF5's)
         yield ident, checksum
     _CRASH_GUARD.settle()  # (the last name was not a dataset)
@@ -2321,9 +2338,12 @@ def recorded_runs(file) -> list[dict]:
     raw = _plain(file.attrs.get("runs", ""))
     if raw:
         try:
-            return list(json.loads(raw))
-        except ValueError:
-            pass
+            runs = json.loads(raw)
+        except (ValueError, TypeError, RecursionError):
+            runs = None
+        # (a list of other things than runs, hand-made: merge compared them as runs, a traceback)
+        if isinstance(runs, list) and all(isinstance(run, dict) for run in runs):
+            return runs
     run = {}
     for key in RUN_ATTRS:
         if key in file.attrs:
