@@ -709,10 +709,16 @@ class _Plan:
             self.dtype = np.dtype(np.float32)
 
     def _raw(self, ident: str) -> np.ndarray:
-        from protrans_cli.io.h5 import escape_key, read_array
+        import h5py
+
+        from protrans_cli.io.h5 import escape_key, open_local, read_array
 
         if self.own:  # embed's own file: the key is the id's, read through h5py's low-level calls
-            return read_array(self.group, escape_key(ident))
+            key = escape_key(ident)
+            obj = open_local(self.group, key.encode("utf-8"), data=True)
+            if isinstance(obj, h5py.h5d.DatasetID):  # (its shape checked before it is read)
+                self.reader.check_declared_width(key, obj.shape)
+            return read_array(self.group, key, obj)
         return np.asarray(self.reader.get(ident, self.kind))
 
     def shape_error(self, ident: str, shape: tuple) -> InputError:

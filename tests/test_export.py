@@ -105,6 +105,21 @@ def test_a_group_among_the_proteins_is_passed_over_as_the_other_commands_do(tmp_
     assert run_cli("export", tmp_path / "e.h5").stdout == clean.stdout
 
 
+def test_a_vector_wider_than_the_files_embedding_dim_is_refused_unread(tmp_path, run_cli):
+    """A dataset declaring 10**10 values (a few KB of HDF5) was read whole: 37 GiB, or "out of
+    memory" naming no file."""
+    _write(tmp_path / "e.h5", _proteins())
+    with h5py.File(tmp_path / "e.h5", "a") as f:
+        f.attrs["embedding_dim"] = 6  # (what embed records)
+        key = sorted(f["per_protein"])[-1]  # (not the first: every protein is checked before it is read)
+        attrs = dict(f["per_protein"][key].attrs)
+        del f["per_protein"][key]
+        f["per_protein"].create_dataset(key, shape=(10**10,), dtype="<f4", chunks=(1024,)).attrs.update(attrs)
+    done = run_cli("export", tmp_path / "e.h5", "-o", tmp_path / "out.tsv")
+    assert done.exit_code == 1 and "embedding has shape 10000000000, where the file's embedding_dim is 6" in done.stderr
+    assert not (tmp_path / "out.tsv").exists()
+
+
 def test_per_residue_npz(tmp_path, run_cli):
     proteins = _proteins(8)
     arrays = _write(tmp_path / "e.h5", proteins, dtype=np.float16)

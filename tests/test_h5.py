@@ -699,6 +699,24 @@ def test_a_checksum_attribute_that_is_no_text_is_no_checksum(tmp_path):
         assert dict(stored_proteins(f["per_protein"])) == {"a": None, "b": sequence_checksum("MKV")}
 
 
+def test_a_vector_wider_than_the_files_embedding_dim_is_refused_before_it_is_read(tmp_path):
+    """A per-protein dataset declaring 10**10 values in a few KB (chunks never written): the first
+    protein's shape was taken as the width and the vector, or an (N, 10**10) matrix, allocated
+    (37 GiB) before anything was compared: an out-of-memory error naming no file, or the memory."""
+    out = tmp_path / "e.h5"
+    _write(out, ["a", "b"])
+    with h5py.File(out, "a") as f:
+        f.attrs["embedding_dim"] = 4  # (what embed records)
+        attrs = dict(f["per_protein"]["a"].attrs)
+        del f["per_protein"]["a"]
+        f["per_protein"].create_dataset("a", shape=(10**10,), dtype="<f4", chunks=(1024,)).attrs.update(attrs)
+    message = "record 'a': embedding has shape 10000000000, where the file's embedding_dim is 4"
+    with EmbeddingsReader(out) as r:
+        for call in (r.matrix, lambda: r.dim(PER_PROTEIN)):
+            with pytest.raises(InputError, match=message):
+                call()
+
+
 @pytest.mark.parametrize("value", ["{not json", "5", '["a", 1]', "[" * 100_000 + "]" * 100_000])
 def test_a_failed_attribute_not_as_embed_writes_it_is_one_line(tmp_path, value):
     path = tmp_path / "x.h5"

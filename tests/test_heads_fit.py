@@ -415,6 +415,7 @@ def test_fit_refuses_a_test_set_of_another_dimension_before_training(run_cli, lo
     narrow = tmp_path / "narrow.h5"
     shutil.copy(loc_data / "test.h5", narrow)
     with h5py.File(narrow, "a") as f:
+        f.attrs["embedding_dim"] = 8  # (as another model's file records it)
         group = f["per_protein"]
         for key in list(group):
             data, attrs = group[key][()], dict(group[key].attrs)

@@ -506,6 +506,19 @@ class EmbeddingsReader:
                              path=self.path)
         return [ids[i] for i in order], np.stack([rows[i] for i in order])
 
+    def check_declared_width(self, key: str, shape) -> None:
+        """Refuse a dataset of embed's own file whose last axis is not the file's `embedding_dim`,
+        from its shape alone: a shape is only a claim (a few KB of HDF5 can declare a vector of
+        10**10 values), and the first protein's was taken as the width and read whole before any
+        other was compared (37 GiB allocated, or an out-of-memory error naming no file)."""
+        dim = self.attrs.get("embedding_dim")
+        if ("layout" not in self.attrs or not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0
+                or not len(shape) or shape[-1] == dim):
+            return
+        raise InputError(f"embedding has shape {'x'.join(map(str, shape))}, where the file's embedding_dim is {dim} "
+                         "(a damaged file, or not written by protrans embed)", path=self.path,
+                         record=unescape_key(key))
+
     def _own_matrix(self, kind: str):
         """matrix() of embed's own grouped or flat file: every key is its id's, escaped (no
         attribute read), and the vectors read through h5py's low-level calls into one array
@@ -521,6 +534,7 @@ class EmbeddingsReader:
         if not isinstance(first, h5py.h5d.DatasetID) or first.rank < 1 or first.dtype not in PLAIN_FLOAT_DTYPES:
             return None  # (a scalar too: h5py reads into an array, and out[i] was a numpy scalar)
         shape, dtype = tuple(first.shape), first.dtype
+        self.check_declared_width(names[0].decode("utf-8"), shape)  # (before the (N, ...) array is allocated)
         out = np.empty((len(names), *shape), dtype=dtype)
         for i, name in enumerate(names):
             obj = open_local(group, name, data=True)
@@ -607,6 +621,7 @@ class EmbeddingsReader:
         for key in self.keys(kind):
             obj = open_local(group, key.encode("utf-8"))
             if isinstance(obj, h5py.h5d.DatasetID):  # (a group among them is no protein: see items)
+                self.check_declared_width(key, obj.shape)
                 return int(obj.shape[-1])
         # (an empty file from another tool: no kind to name; its `kind` was a guess)
         raise InputError(f"holds no {'' if self._kind_guessed else kind + ' '}embeddings", path=self.path)
