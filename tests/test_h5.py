@@ -1388,3 +1388,25 @@ def test_a_readers_group_is_looked_up_once_a_kind_not_once_a_protein(tmp_path, m
     assert sorted(looked_up) == [PER_PROTEIN, PER_RESIDUE]
     with pytest.raises(UsageError, match="this EmbeddingsReader is closed"):  # (not a stale group's h5py error)
         r.get("a", PER_PROTEIN)
+
+
+def test_a_dataset_declaring_gigabytes_it_does_not_store_is_refused_before_it_is_read(tmp_path, run_cli):
+    """A per-residue dataset of a few KB declaring (10**9, 21) rows: export --per-residue and every
+    reader allocated 78 GiB ("out of memory", naming no file) or, under that, filled the memory
+    with the fill value. Refused naming the file and protein; a real array is still read."""
+    path = tmp_path / "e.h5"
+    _write(path, ["a", "b"])
+    with h5py.File(path, "a") as f:
+        group = f[PER_RESIDUE]
+        attrs = dict(group["b"].attrs)
+        del group["b"]
+        group.create_dataset("b", shape=(10**9, 21), dtype="f4", chunks=(1024, 21)).attrs.update(attrs)
+    with EmbeddingsReader(path) as reader:
+        assert reader.get("a", PER_RESIDUE).shape[0] == 3
+        with pytest.raises(InputError, match=r"record 'b'.*declares shape 1000000000x21 \(78.2 GiB\) but stores 0 "):
+            reader.get("b", PER_RESIDUE)
+        with pytest.raises(InputError, match="declares shape"):
+            list(reader.items(PER_RESIDUE))
+    r = run_cli("export", path, "--per-residue", "-o", tmp_path / "out.tsv")
+    assert r.exit_code == 1 and f"{path}, record 'b': embedding declares shape" in r.stderr, r.stderr
+    assert not (tmp_path / "out.tsv").exists()

@@ -472,7 +472,9 @@ class EmbeddingsReader:
         if self._stacked is not None:
             self._check_kind(kind)
             return self._stacked.get(ident)
-        return self.dataset(ident, kind)[()]
+        dataset = self.dataset(ident, kind)
+        _refuse_hollow(dataset.id, self.path, ident)
+        return dataset[()]
 
     def matrix(self, kind: str = PER_PROTEIN) -> tuple[list[str], np.ndarray]:
         """(ids, vectors): the per-protein vectors as one (N, D) array (N, n_layers, D with
@@ -916,6 +918,27 @@ def dataset_attrs(group, key: str):
 PLAIN_FLOAT_DTYPES = (np.dtype("<f4"), np.dtype("<f2"), np.dtype("<f8"))
 
 
+# A dataset declaring more than this, and over _HOLLOW_RATIO times what it stores, is refused
+_HOLLOW_BYTES, _HOLLOW_RATIO = 1 << 30, 1000
+
+
+def _refuse_hollow(obj, path, record: str) -> None:
+    """A shape is only a claim: a few KB of HDF5 can declare a (10**9, 21) array whose chunks were
+    never written, and reading it allocated 78 GiB ("out of memory", naming no file) or filled
+    that much memory with the fill value. Embeddings are written whole and compress to no less
+    than a few percent (a one-hot float16 array the least), so a dataset of over 1 GiB that
+    stores under a thousandth of it is refused, naming it, before anything is allocated."""
+    declared = int(np.prod(obj.shape, dtype=np.float64) * obj.dtype.itemsize) if obj.shape else 0
+    if declared <= _HOLLOW_BYTES:
+        return
+    stored = obj.get_storage_size()
+    if stored * _HOLLOW_RATIO >= declared:
+        return
+    raise InputError(f"embedding declares shape {'x'.join(map(str, obj.shape))} ({declared / 2**30:,.1f} GiB) but "
+                     f"stores {stored:,} bytes (a damaged file, or not written by protrans embed)",
+                     path=path, record=record)
+
+
 def read_array(group, key: str, obj=None) -> np.ndarray:
     """`group[key][()]`: a little-endian float dataset through h5py's low-level calls (its bytes
     as stored, into an array of its dtype), anything else through h5py's dictionary interface,
@@ -924,6 +947,8 @@ def read_array(group, key: str, obj=None) -> np.ndarray:
 
     if obj is None:  # (a caller's `obj` comes from open_local(..., data=True): checked there)
         obj = open_local(group, key.encode("utf-8"), data=True)
+    if isinstance(obj, h5py.h5d.DatasetID):
+        _refuse_hollow(obj, group.file.filename, unescape_key(key))
     if isinstance(obj, h5py.h5d.DatasetID) and obj.rank >= 1 and obj.dtype in PLAIN_FLOAT_DTYPES:
         out = np.empty(obj.shape, dtype=obj.dtype)
         if out.size:
