@@ -833,7 +833,10 @@ def _block_outputs(spaced: np.ndarray, starts: np.ndarray, stops: np.ndarray, ke
     kept_starts = 2 * starts[kept]
     kept_ends = 2 * doc_end
     groups = range(-1, cfg.num_shards)
-    if len(kept) == n and lines_out == n and cfg.num_shards == 1 and not valid.any():
+    # (doc_end: a crop whose one window left a last one shorter than --min-length wrote that too,
+    # as "F \n" where the empty line between proteins belongs: the next protein ran on into it)
+    if (len(kept) == n and lines_out == n and cfg.num_shards == 1 and not valid.any()
+            and np.array_equal(doc_end, stops)):
         # The usual block: every record goes to one file, uncropped. The separators between
         # proteins become ('\n', NUL) pairs and one replace drops the NULs: twice as fast as
         # joining a slice per protein (s holds no NUL here: every record passed the alphabet).

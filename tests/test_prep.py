@@ -1580,6 +1580,21 @@ def test_crop_tails_dropped_are_counted(run_cli, tmp_path):
         assert "residues dropped (crop windows < --min-length)" in result.stderr
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_crop_of_one_window_and_a_dropped_tail_writes_the_window_alone(run_cli, tmp_path, threads):
+    """A protein of one window and a tail shorter than --min-length (5 residues, windows of 4):
+    the block's fast path wrote the tail too, as "F \\n" where the empty line between proteins
+    belongs, and the next protein ran on into the same document (found by the fuzz profile)."""
+    fasta = tmp_path / "c.fa"
+    fasta.write_text(">a\nACDEF\n>b\nMNPQ\n")
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--max-length", 4, "--long", "crop",
+                     "--min-length", 2, "-j", threads, "--stats", tmp_path / "s.json")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "c.txt").read_text() == "A C D E\n\nM N P Q\n\n"
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert (stats["residues_out"], stats["crop_dropped"]) == (8, 1)
+
+
 def test_a_pipe_named_twice_is_refused_not_read_as_empty(tmp_path):
     # `prep - /dev/stdin`: the second name met the pipe's end and added nothing (exit 0, a
     # silently short corpus); a regular file named twice is still read twice.
