@@ -762,8 +762,13 @@ def save_map_picture(result: Projection, path, *, title: str = "", staged: list 
         ax.set_title(_plain(title), fontsize=9)
     fig.tight_layout()
     suffix = Path(str(path)).suffix.lower().lstrip(".") or "png"
-    with atomic_output(path, follow_link=True, staged=staged) as stream:
-        fig.savefig(stream, format=suffix, dpi=130)
+    # No date in an SVG's or PDF's metadata and a fixed salt for the SVG's element ids (random by
+    # default): the same command gives the same file, byte for byte, as a PNG always was
+    from matplotlib import rc_context
+
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(suffix)
+    with atomic_output(path, follow_link=True, staged=staged) as stream, rc_context({"svg.hashsalt": "protrans"}):
+        fig.savefig(stream, format=suffix, dpi=130, metadata=metadata)
 
 
 def _plain(text: str) -> str:

@@ -563,6 +563,26 @@ def test_dollars_in_labels_and_file_names_are_drawn_as_they_are(tmp_path, run_cl
     assert "run_$1$.h5" in svg and "$\\frac{a$ (1)" in svg
 
 
+def test_the_same_command_gives_the_same_picture_byte_for_byte(tmp_path, run_cli):
+    """An SVG held the time it was written (dc:date) and element ids salted at random, a PDF its
+    CreationDate: each run of one command wrote another file (a pipeline's checksum changed)."""
+    import matplotlib
+
+    x, _ = _clusters(n_per=3)
+    _write(tmp_path / "e.h5", x, [f"p{i}" for i in range(len(x))])
+    salt = matplotlib.rcParams["svg.hashsalt"]
+    for suffix in ("png", "svg", "pdf"):
+        pictures = []
+        for run in (1, 2):
+            picture = tmp_path / f"m{run}.{suffix}"
+            r = run_cli("project", tmp_path / "e.h5", "--plot", picture, "-o", tmp_path / f"m{run}.tsv")
+            assert r.exit_code == 0, r.stderr
+            pictures.append(picture.read_bytes())
+        assert pictures[0] == pictures[1], suffix
+        assert b"dc:date" not in pictures[0] and b"CreationDate" not in pictures[0], suffix
+    assert matplotlib.rcParams["svg.hashsalt"] == salt  # (the caller's setting is left as it was)
+
+
 def test_refusals(tmp_path, run_cli, monkeypatch):
     x, _ = _clusters(n_per=4)
     ids = [f"r{i}" for i in range(len(x))]
