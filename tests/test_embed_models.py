@@ -1826,3 +1826,36 @@ def test_chunked_and_truncated_rows_equal_the_plain_forward_of_the_residues_comp
     assert (attrs["long"]["length"], attrs["long"]["truncated_from"]) == (window, len(seq))
     assert attrs["long"]["checksum"] == "md5:" + hashlib.md5(seq[:window].encode()).hexdigest()
     assert "truncated_from" not in attrs["short"]
+
+
+@pytest.mark.parametrize("beside_a_model", [False, True], ids=["adapter alone", "adapter beside config.json"])
+def test_a_peft_adapter_directory_is_one_line_saying_to_merge_it(run_cli, tmp_path, tiny_models, beside_a_model):
+    """A LoRA adapter saved by peft (adapter_config.json + adapter_model.safetensors). Alone it
+    was "no config.json, so it is not a model directory (give the directory ... save_pretrained
+    wrote)", which peft's save_pretrained had written; beside a model's config.json the base
+    weights were embedded and the adapter left out without a word (transformers applies one only
+    where peft is installed)."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "lora"
+    if beside_a_model:
+        shutil.copytree(tiny_models["esm"], model_dir)
+    else:
+        model_dir.mkdir()
+    (model_dir / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "facebook/esm2_t6_8M_UR50D", "peft_type": "LORA", "r": 4,
+         "target_modules": ["query", "value"]}))
+    (model_dir / "adapter_model.safetensors").write_bytes(b"")
+    out, corpus = tmp_path / "x.h5", tmp_path / "corpus.txt"
+    corpus.write_text("M K T A Y I A K Q R\n\nM V L S P A D K\n\n")
+    for args in (("embed", SMALL, "-m", model_dir, "-o", out, "--device", "cpu"),
+                 ("train", "--init-from", model_dir, "--corpus", corpus, "-o", tmp_path / "run", "--global-batch-size", "2",
+                  "--micro-batch-size", "2")):
+        result = run_cli(*args)
+        assert result.exit_code == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"protrans: error: {model_dir}: a PEFT adapter"), lines
+        assert "of the base model facebook/esm2_t6_8M_UR50D" in lines[0] and "merge_and_unload" in lines[0]
+        assert f"give {args[2 if args[0] == 'embed' else 1]} that directory" in lines[0]
+    assert not out.exists() and not out.with_name("x.h5.partial").exists() and not (tmp_path / "run").exists()

@@ -173,6 +173,8 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
     if name in CHECKPOINTS and not (path / "config.json").is_file():
         return CHECKPOINTS[name].hub_id, CHECKPOINTS[name], False
     if path.is_dir():
+        if (adapter := _adapter_problem(path, flag)) is not None:
+            raise ModelError(f"{name}: {adapter}")
         if not (path / "config.json").is_file():
             from protrans_cli.training.checkpoint import list_checkpoints  # (an error path: torch is fine)
 
@@ -204,6 +206,27 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
     if _looks_like_path(name):
         raise ModelError(f"{name}: no such model directory")
     return name, None, False
+
+
+def _adapter_problem(path: Path, flag: str) -> str | None:
+    """Why a directory holding a PEFT adapter (adapter_config.json: LoRA weights for another model)
+    is not loaded, or None. Alone, it was "no config.json, not a model directory (give the directory
+    save_pretrained wrote)", which PEFT's save_pretrained had written; beside a config.json, the base
+    weights loaded and the adapter was left out without a word where peft is not installed (and
+    applied where it is: the rows depended on that)."""
+    import json
+
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    of = f" of the base model {base}" if isinstance(base, str) and base else ""
+    return (f"a PEFT adapter ({config.name}: LoRA or other adapter weights{of}), which is not loaded: merge it "
+            "into its base model (peft's PeftModel.from_pretrained(base, DIR).merge_and_unload()), save that "
+            f"with its tokenizer (save_pretrained) and give {flag} that directory")
 
 
 def _parse_dtype(dtype):
