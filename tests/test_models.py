@@ -358,6 +358,21 @@ def test_unsupported_model_type_is_model_error(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_model_type_transformers_does_not_know_is_named_with_the_supported_ones(tmp_path):
+    """A config.json whose model_type no transformers class has (a custom model's, saved with its
+    own code) said transformers' "... or because your version of Transformers is out of date", which
+    sent users to upgrade a library that would not make protrans load it; gpt2 said what is supported."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "protein_bert_custom", "hidden_size": 32,
+                                                      "architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(ModelError) as caught:
+        load_model(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path}: unsupported model type 'protein_bert_custom' (supported: bert, "), message
+    assert "out of date" not in message and "esm" in message and len(message.splitlines()) == 1
+
+
 @pytest.mark.parametrize("text", ["[1, 2]", '"x"', "null", "3", '{"model_type": ["bert"]}', '{"architectures": [5]}',
                                   '{"architectures": 5}'])
 def test_a_config_json_that_is_not_an_object_of_settings_is_one_line(tmp_path, text):

@@ -61,8 +61,12 @@ def family_for_config(config) -> Family:
     family = _family_by_architecture(getattr(config, "architectures", None))
     if family is not None:
         return family
+    raise ModelError(_unsupported_type(model_type))
+
+
+def _unsupported_type(model_type) -> str:
     known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
-    raise ModelError(f"unsupported model type {model_type!r} (supported: {known})")
+    return f"unsupported model type {model_type!r} (supported: {known})"
 
 
 def _family_by_architecture(architectures) -> Family | None:
@@ -295,6 +299,11 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
             if is_dir and _is_head(target):  # `embed -m heads/ss3`: transformers' "Unrecognized model"
                 raise ModelError(f"{name}: a prediction head, not a language model: apply it with `protrans "
                                  f"predict {name} --fasta FILE` (it embeds with its own model)") from None
+            if unknown := re.search(r"model type `([^`]*)`", text):
+                # (transformers' text, "... does not recognize this architecture ... or because your
+                # version of Transformers is out of date", sent users to upgrade a library whose
+                # newest version protrans would refuse the same way; said as for any other type)
+                raise ModelError(f"{name}: {_unsupported_type(unknown.group(1))}") from None
             raise ModelError(f"{name}: unsupported model ({text})") from None
         raise ModelError(_not_found_message(name, target, is_dir, text, flag, revision=revision)) from None
     except _strict_config_errors() as exc:
