@@ -573,6 +573,27 @@ def test_model_directory_without_tokenizer_files_is_refused(run_cli, tmp_path, t
     assert not out.exists() and not out.with_name("x.h5.partial").exists()
 
 
+@pytest.mark.parametrize("family_name", ["bert", "esm", "xlnet"])
+def test_a_tokenizer_config_without_its_vocabulary_is_named_as_such(run_cli, tmp_path, tiny_models, family_name):
+    """A copy that kept tokenizer_config.json (small, a JSON file like config.json) but not the
+    vocabulary it describes counted as having tokenizer files, and was "its tokenizer files are
+    damaged or of a kind transformers does not read (TypeError: expected str, bytes or os.PathLike
+    object, not NoneType)" for ESM, "(ValueError: Couldn't instantiate the backend tokenizer from one
+    of: )" for BERT and XLNet."""
+    import shutil
+
+    model = _without_tokenizer(tiny_models[family_name], tmp_path / f"{family_name}_settings_only")
+    shutil.copy(tiny_models[family_name] / "tokenizer_config.json", model / "tokenizer_config.json")
+    out = tmp_path / "x.h5"
+    result = run_cli("embed", SMALL, "-m", model, "-o", out, "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"protrans: error: {model}: the model directory has its tokenizer_config.json but no vocabulary"), lines
+    assert "damaged" not in lines[0] and "copy the tokenizer files" in lines[0]
+    assert not out.exists() and not out.with_name("x.h5.partial").exists()
+
+
 def test_tokenizer_that_does_not_know_the_residues_is_refused(run_cli, tmp_path, tiny_models):
     """Tokenizer files of another model (here a vocabulary without residue letters): every
     residue is [UNK], so the message lists them."""

@@ -419,7 +419,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                 raise ModelError(f"{utf8_text(name)}: cannot load the tokenizer: {problem}") from None
             if is_dir and not _has_tokenizer_files(target):
                 # transformers fails in odd ways then ("expected str, bytes or os.PathLike object")
-                raise ModelError(f"{name}: the model directory has no tokenizer files; {_COPY_TOKENIZER}") from None
+                has = ("its tokenizer_config.json but no vocabulary (tokenizer.json, vocab.txt or spiece.model)"
+                       if (Path(target) / "tokenizer_config.json").is_file() else "no tokenizer files")
+                raise ModelError(f"{name}: the model directory has {has}; {_COPY_TOKENIZER}") from None
             if is_dir and (problem := _tokenizer_json_problem(target)):
                 # ("cannot load the tokenizer: Expecting value: line 1 column 1 (char 0)" named no file)
                 raise ModelError(f"{name}: cannot load the tokenizer: {problem}; {_COPY_TOKENIZER}") from None
@@ -592,8 +594,11 @@ def _tokenizer_config_problem(directory) -> str | None:
 
 
 def _has_tokenizer_files(directory) -> bool:
-    """Whether a model directory holds any file a tokenizer is read from."""
+    """Whether a model directory holds any file a tokenizer's vocabulary is read from (not its
+    settings alone: a copy holding tokenizer_config.json and no vocabulary was "damaged or of a
+    kind transformers does not read (TypeError: expected str, bytes or os.PathLike object...)")."""
     return any(p.name.startswith(("tokenizer", "vocab", "spiece", "merges", "sentencepiece"))
+               and p.name not in ("tokenizer_config.json", "special_tokens_map.json")
                for p in Path(directory).iterdir())
 
 
