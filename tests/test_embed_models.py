@@ -1880,3 +1880,29 @@ def test_a_peft_adapter_directory_is_one_line_saying_to_merge_it(run_cli, tmp_pa
         assert "of the base model facebook/esm2_t6_8M_UR50D" in lines[0] and "merge_and_unload" in lines[0]
         assert f"give {args[2 if args[0] == 'embed' else 1]} that directory" in lines[0]
     assert not out.exists() and not out.with_name("x.h5.partial").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_tokenizer_that_splits_residues_is_refused_when_loaded_before_any_output(run_cli, tmp_path, tiny_models):
+    """A T5 directory whose spiece.model is of sentencepiece's "char" type: "M K T" becomes
+    `▁ M ▁ K ▁ T`, two tokens a residue. Refused at the first batch, the message named no model
+    and an empty OUTPUT.partial was left, which the same command run again (with the tokenizer
+    fixed) refused as "the work of an interrupted run". Now refused when the model is loaded."""
+    spm = pytest.importorskip("sentencepiece")
+    import io
+    import random
+
+    model = _without_tokenizer(tiny_models["t5"], tmp_path / "t5_char_spiece")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice("LAGVESIKRDTPNQFYMHCWX") for _ in range(50)) for _ in range(200)]
+    pieces = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=pieces, vocab_size=25,
+                                   model_type="char", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
+                                   eos_piece="</s>", unk_piece="<unk>", character_coverage=1.0, minloglevel=2)
+    (model / "spiece.model").write_bytes(pieces.getvalue())
+    out = tmp_path / "x.h5"
+    result = run_cli("embed", SMALL, "-m", model, "-o", out, "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"protrans: error: {model}: the t5 tokenizer made 42 residue tokens of a sequence of 21 "
+                           "residues"), line
+    assert not out.exists() and not out.with_name("x.h5.partial").exists()

@@ -634,7 +634,12 @@ def _check_token_ids(name: str, family: Family, tokenizer, is_dir: bool, vocab_s
 
     try:
         inputs, _ = family.encode(tokenizer, [STANDARD + "X"])
-    except Exception:  # noqa: BLE001 - encoding problems are reported where embedding fails
+    except ModelError as exc:
+        # a tokenizer that splits or merges residues (a sentencepiece model with "▁" a piece of its
+        # own): said here, naming the model, and not at the first batch, after the output was begun
+        # (an empty OUTPUT.partial that the next run called an interrupted run's work)
+        raise ModelError(f"{name}: {exc}") from None
+    except Exception:  # noqa: BLE001 - other encoding problems are reported where embedding fails
         return
     top = int(inputs["input_ids"].max())
     if top >= vocab_size:
