@@ -1906,3 +1906,27 @@ def test_a_tokenizer_that_splits_residues_is_refused_when_loaded_before_any_outp
     assert line.startswith(f"protrans: error: {model}: the t5 tokenizer made 42 residue tokens of a sequence of 21 "
                            "residues"), line
     assert not out.exists() and not out.with_name("x.h5.partial").exists()
+
+
+def test_a_hugging_face_cache_folder_names_its_snapshot_and_hub_id(run_cli, tmp_path, tiny_models):
+    """`-m ~/.cache/huggingface/hub/models--facebook--esm2_t6_8M_UR50D`, the folder the cache keeps a
+    model in (blobs/, refs/main, snapshots/COMMIT/), was "no config.json, so it is not a model directory
+    (give the directory that ... save_pretrained wrote)", which says nothing of the model inside it."""
+    import shutil
+
+    folder = tmp_path / "hub" / "models--facebook--esm2_t6_8M_UR50D"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "blobs").mkdir()
+    shutil.copytree(tiny_models["esm"], folder / "snapshots" / "0123abcd")
+    (folder / "refs" / "main").write_text("0123abcd")
+    out = tmp_path / "x.h5"
+    result = run_cli("embed", SMALL, "-m", folder, "-o", out, "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"protrans: error: {folder}: the Hugging Face cache's folder of facebook/esm2_t6_8M_UR50D, not a "
+                     f"model directory: give -m {folder / 'snapshots' / '0123abcd'} (the model's files), or -m "
+                     "facebook/esm2_t6_8M_UR50D where this is the cache that Hugging Face reads (HF_HOME, "
+                     "HF_HUB_CACHE)"], lines
+    assert not out.exists()
+    result = run_cli("embed", SMALL, "-m", folder / "snapshots" / "0123abcd", "-o", out, "--device", "cpu")
+    assert result.exit_code == 0 and out.exists(), result.stderr

@@ -192,6 +192,11 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
                          if (path.parent / "config.json").is_file() else "")
                 raise ModelError(f"{name}: a training run's checkpoints folder, not a model directory: each step_N "
                                  f"inside is one; give {flag} {checkpoints[-1]} for the latest{final}")
+            if (snapshot := _cached_snapshot(path)) is not None:
+                repo = path.name.removeprefix("models--").replace("--", "/")
+                raise ModelError(f"{name}: the Hugging Face cache's folder of {repo}, not a model directory: give "
+                                 f"{flag} {snapshot} (the model's files), or {flag} {repo} where this is the cache "
+                                 "that Hugging Face reads (HF_HOME, HF_HUB_CACHE)")
             raise ModelError(f"{name}: directory has no config.json, so it is not a model directory "
                              "(give the directory that `protrans train` or save_pretrained wrote)")
         _refuse_special_files(path, name)
@@ -210,6 +215,26 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
     if _looks_like_path(name):
         raise ModelError(f"{name}: no such model directory")
     return name, None, False
+
+
+def _cached_snapshot(path: Path) -> Path | None:
+    """The model directory inside a Hugging Face cache folder (`hub/models--facebook--esm2_t6_8M_UR50D`,
+    which holds blobs/, refs/ and snapshots/COMMIT/ with the files): the snapshot `refs/main`
+    names, else the newest one with a config.json; None for any other folder."""
+    snapshots = path / "snapshots"
+    if not path.name.startswith("models--") or not snapshots.is_dir():
+        return None
+    try:
+        main = snapshots / (path / "refs" / "main").read_text(encoding="utf-8").strip()
+        if (main / "config.json").is_file():
+            return main
+    except (OSError, ValueError):
+        pass
+    try:
+        found = [p for p in snapshots.iterdir() if (p / "config.json").is_file()]
+    except OSError:
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def _adapter_problem(path: Path, flag: str) -> str | None:
