@@ -709,3 +709,24 @@ def test_a_protobuf_too_old_for_sentencepieces_reader_is_named_not_damaged_files
     monkeypatch.undo()  # (protobuf as it is here: the reader loads, and env says nothing of it)
     assert "spiece.model" not in run_cli("env").stdout
     assert "sentencepiece_reader" in json.loads(run_cli("env", "--json").stdout)
+
+
+def test_a_model_built_by_its_own_code_says_that_code_never_runs(tmp_path):
+    """config.json naming its own code (auto_map) with a model_type no transformers class has (as
+    ESM++ and other hub models do): transformers' "contains custom code which must be executed to
+    correctly load the model. You can inspect the repository content at ..." read as a switch to
+    turn on, and named no model type protrans loads. The code never runs."""
+    import json
+
+    marker = tmp_path / "ran"
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "ESMplusplus", "hidden_size": 32,
+         "auto_map": {"AutoConfig": "configuration_custom.CustomConfig", "AutoModel": "modeling_custom.CustomModel"}}))
+    (tmp_path / "configuration_custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    with pytest.raises(ModelError) as caught:
+        load_model(tmp_path)
+    message = str(caught.value)
+    assert message == (f"{tmp_path}: a model built by its own code (its config.json's auto_map), which protrans never "
+                       f"runs; unsupported model type 'ESMplusplus' (supported: bert, roberta, albert, electra, t5, "
+                       "xlnet, protrans-transfo-xl, esm)"), message
+    assert not marker.exists()

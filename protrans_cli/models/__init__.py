@@ -65,8 +65,11 @@ def family_for_config(config) -> Family:
 
 
 def _unsupported_type(model_type) -> str:
-    known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
-    return f"unsupported model type {model_type!r} (supported: {known})"
+    return f"unsupported model type {model_type!r} (supported: {_known_types()})"
+
+
+def _known_types() -> str:
+    return ", ".join(t for f in FAMILIES.values() for t in f.model_types)
 
 
 def _family_by_architecture(architectures) -> Family | None:
@@ -217,6 +220,17 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
     return name, None, False
 
 
+def _config_model_type(directory) -> str | None:
+    """The model_type a model directory's config.json gives, or None."""
+    import json
+
+    try:
+        kind = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
 def _cached_snapshot(path: Path) -> Path | None:
     """The model directory inside a Hugging Face cache folder (`hub/models--facebook--esm2_t6_8M_UR50D`,
     which holds blobs/, refs/ and snapshots/COMMIT/ with the files): the snapshot `refs/main`
@@ -330,6 +344,13 @@ def open_config(name_or_path, *, revision=None, local_files_only=None, flag: str
                 # newest version protrans would refuse the same way; said as for any other type)
                 raise ModelError(f"{name}: {_unsupported_type(unknown.group(1))}") from None
             raise ModelError(f"{name}: unsupported model ({text})") from None
+        if "contains custom code" in text:
+            # auto_map with a model_type no transformers class has: transformers' "... contains custom
+            # code which must be executed to correctly load the model" read as a switch to turn on
+            kind = _config_model_type(target) if is_dir else None
+            supported = _unsupported_type(kind) if kind else f"the model types it loads are {_known_types()}"
+            raise ModelError(f"{name}: a model built by its own code (its config.json's auto_map), which protrans "
+                             f"never runs; {supported}") from None
         raise ModelError(_not_found_message(name, target, is_dir, text, flag, revision=revision)) from None
     except _strict_config_errors() as exc:
         # a field of the wrong type in an edited config.json ("hidden_size": "big", "dropout": null):
