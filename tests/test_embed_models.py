@@ -1871,8 +1871,8 @@ def test_a_peft_adapter_directory_is_one_line_saying_to_merge_it(run_cli, tmp_pa
     out, corpus = tmp_path / "x.h5", tmp_path / "corpus.txt"
     corpus.write_text("M K T A Y I A K Q R\n\nM V L S P A D K\n\n")
     for args in (("embed", SMALL, "-m", model_dir, "-o", out, "--device", "cpu"),
-                 ("train", "--init-from", model_dir, "--corpus", corpus, "-o", tmp_path / "run", "--global-batch-size", "2",
-                  "--micro-batch-size", "2")):
+                 ("train", "--init-from", model_dir, "--corpus", corpus, "-o", tmp_path / "run",
+                  "--global-batch-size", "2", "--micro-batch-size", "2")):
         result = run_cli(*args)
         assert result.exit_code == 1, result.stderr
         lines = result.stderr.strip().splitlines()
