@@ -277,3 +277,18 @@ def signal_when_said(monkeypatch, prefix: str, signum=None) -> None:
         return real(message, *args, **kwargs)
 
     monkeypatch.setattr(console, "info", info)
+
+
+@pytest.fixture
+def log_progress_lines(monkeypatch):
+    """(position, this run's work) at each progress line a log gets (stderr no terminal), one line
+    per update (PROTRANS_PROGRESS_INTERVAL=0): what a requeued batch job's log shows."""
+    from protrans_cli import console
+
+    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")
+    seen = []
+    write_line = console.LogProgress.write_line
+    monkeypatch.setattr(console.LogProgress, "write_line",
+                        lambda self, now: (seen.append((self.n, self.n - self.initial)), write_line(self, now))[1])
+    return seen

@@ -609,17 +609,11 @@ def test_the_summary_counts_a_truncated_proteins_residues_mapped(run_cli, tmp_pa
     assert r.exit_code == 0 and "contacts: 2 proteins (30 residues," in r.stderr, r.stderr
 
 
-def test_a_resumed_runs_log_line_leaves_the_maps_already_there_out_of_its_rate(run_cli, tmp_path, monkeypatch):
+def test_a_resumed_runs_log_line_leaves_the_maps_already_there_out_of_its_rate(run_cli, tmp_path,
+                                                                                log_progress_lines):
     """In a log (a requeued batch job's) the proteins a resumed output already holds count in the
     position, not in the rate and time left, as embed's."""
-    from protrans_cli import console
-
-    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
-    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")  # one line per update
-    seen = []  # (position, this run's work) at each line
-    write_line = console.LogProgress.write_line
-    monkeypatch.setattr(console.LogProgress, "write_line",
-                        lambda self, now: (seen.append((self.n, self.n - self.initial)), write_line(self, now))[1])
+    seen = log_progress_lines  # (position, this run's work) at each line
     first, whole = tmp_path / "first.fa", tmp_path / "whole.fa"
     first.write_text(">a\nMKTAYIAKQRQISFVKSHFS\n>b\nACDEFGHIKLMNPQ\n")  # 20, 14
     whole.write_text(first.read_text() + ">c\nMKTAYIAK\n")  # and 8 more

@@ -1238,18 +1238,11 @@ def test_the_progress_counts_each_protein_whole_as_its_batch_ends(run_cli, tmp_p
 
 
 def test_a_resumed_runs_log_line_leaves_the_proteins_already_there_out_of_its_rate(run_cli, tmp_path,
-                                                                                    monkeypatch):
+                                                                                    log_progress_lines):
     """In a log (a requeued batch job's) the proteins a resumed output already holds count in the
     position, not in the rate: counted as this run's work, they showed several times the real
     residues/s, and a time left too short for as long as the first run had taken."""
-    from protrans_cli import console
-
-    monkeypatch.delenv("PROTRANS_NO_PROGRESS", raising=False)
-    monkeypatch.setenv("PROTRANS_PROGRESS_INTERVAL", "0")  # one line per update
-    seen = []  # (position, this run's work) at each line
-    write_line = console.LogProgress.write_line
-    monkeypatch.setattr(console.LogProgress, "write_line",
-                        lambda self, now: (seen.append((self.n, self.n - self.initial)), write_line(self, now))[1])
+    seen = log_progress_lines  # (position, this run's work) at each line
     first, whole = tmp_path / "first.fa", tmp_path / "whole.fa"
     first.write_text(">a\n" + "MKTAYIAKQR" * 4 + "\n>b\n" + "ACDEFGHIKL" * 3 + "\n")  # 40, 30
     whole.write_text(first.read_text() + ">c\nMKTAY\n")  # and 5 more
