@@ -236,12 +236,15 @@ def _unrecorded_limit(parts: list[_Part]) -> int | None:
     chunked holds the rows a run at N writes."""
     from protrans_cli.export import _residue_counts
 
-    values = {int(_comparable(p.attrs["max_length"])) for p in parts if p.attrs.get("max_length") is not None}
+    recorded = [_comparable(p.attrs["max_length"]) for p in parts if p.attrs.get("max_length") is not None]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in recorded):
+        return None  # (text or an array, another writer's: _check_same names it; int() was a traceback)
+    values = set(recorded)
     if len(values) != 2 or 0 not in values:
         return None
     limit = max(values)
     for part in parts:
-        if part.attrs.get("max_length") is None or int(_comparable(part.attrs["max_length"])) != 0:
+        if part.attrs.get("max_length") is None or _comparable(part.attrs["max_length"]) != 0:
             continue
         with EmbeddingsReader(part.path) as reader:
             counts = _residue_counts(reader)

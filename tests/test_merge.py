@@ -238,6 +238,22 @@ def test_a_part_of_a_version_that_recorded_no_max_length_merges_as_resume_takes_
         merge([new, other, old], tmp_path / "m2.h5")
 
 
+def test_a_part_whose_max_length_is_not_a_number_is_named_not_a_traceback(tmp_path):
+    """A hand-made part's max_length of text or an array beside a part recording 0 (the two-limit
+    case above) was int()'d: a ValueError or TypeError traceback. It is a setting that differs."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    (tmp_path / "c.fa").write_text(">P3\nMKVLA\n")
+    parts = [_embed(tmp_path / f"{n}.fa", tmp_path / f"{n}.h5", max_length=6, long_policy="truncate") for n in "abc"]
+    with h5py.File(parts[1], "r+") as f:
+        f.attrs["max_length"] = 0
+    for n, odd in enumerate(("none", np.array([6, 6]))):
+        with h5py.File(parts[2], "r+") as f:
+            f.attrs["max_length"] = odd
+        with pytest.raises(InputError, match="max_length="):
+            merge(parts, tmp_path / f"m{n}.h5")
+
+
 def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
     (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n")
     a = _embed(tmp_path / "a.fa", tmp_path / "a.h5")
