@@ -673,6 +673,19 @@ def test_a_text_attribute_of_another_type_is_one_line(tmp_path, attribute, value
         EmbeddingsReader(out)
 
 
+def test_another_tools_file_with_numbers_under_those_names_is_read(tmp_path):
+    """The refusal above is for embed's files: another tool's (no `layout`) may keep `revision` 3 or
+    `device` 0 for its own ends; it was refused by every reader ("its `revision` attribute is int
+    3, not text"), where it had been read. Those attributes are read as absent."""
+    out = tmp_path / "foreign.h5"
+    with h5py.File(out, "w") as f:
+        f.attrs.update(revision=3, device=0, model="my_plm")
+        f["P1"] = np.ones(4, dtype="f4")
+    with EmbeddingsReader(out) as r:
+        assert r.ids() == ["P1"] and "revision" not in r.attrs and "device" not in r.attrs
+        assert r.attrs["model"] == "my_plm"
+
+
 @pytest.mark.parametrize("runs", ["[1, 2]", '"abc"', "5"])
 def test_a_runs_attribute_that_lists_no_runs_gives_the_run_the_attributes_describe(tmp_path, runs):
     """merge compared each entry as a run (AttributeError: 'int' object has no attribute 'items')."""

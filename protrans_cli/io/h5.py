@@ -251,7 +251,12 @@ class EmbeddingsReader:
         # (an array or a number there, in a damaged or hand-made file, was a numpy traceback where
         # it was compared: "The truth value of an array ... is ambiguous")
         odd = next((k for k in TEXT_ATTRS if k in self.attrs and not isinstance(self.attrs[k], str)), None)
-        if odd is not None:
+        if odd is not None and not isinstance(self.attrs.get("layout"), str):
+            # Another tool's file (no `layout`: not embed's) may use these names for its own ends
+            # (`revision` 3, `device` 0): read as absent, as protrans reads none of its attributes
+            # (refusing them refused a file every reader took before)
+            self.attrs = {k: v for k, v in self.attrs.items() if k not in TEXT_ATTRS or isinstance(v, str)}
+        elif odd is not None:
             self.file.close()
             raise InputError(f"its `{odd}` attribute is {type(self.attrs[odd]).__name__} {self.attrs[odd]!r:.40}, "
                              "not text (a damaged file, or not written by protrans embed)", path=self.path)
