@@ -469,10 +469,28 @@ def read_colour_labels(label_files, label_format: str, ids: list[str], embedding
                                      f"{found_in[(ident, column)]}", path=str(path))
                 into[column] = value
                 found_in[(ident, column)] = str(path)
+    _drop_missing_numbers(columns, by_id)
     unlabelled = sum(1 for i in wanted if i not in by_id)
     if unlabelled:
         console.info(f"{unlabelled:,} of the {len(wanted):,} proteins mapped have no label (drawn in grey)")
     return columns, by_id
+
+
+def _drop_missing_numbers(columns: list[str], by_id: dict) -> None:
+    """In a column of numbers, a missing one as R, pandas or a spreadsheet writes it (NA, nan,
+    N/A, NULL: fit value's MISSING_NUMBERS) is no label, as an empty cell is: R's `NA` among
+    melting points was a class of its own, and the colour scale became one colour a number."""
+    from protrans_cli.heads.tasks import missing_number
+
+    for column in columns:
+        values = [labels[column] for labels in by_id.values() if column in labels]
+        numbers = [v for v in values if not missing_number(v)]
+        if len(numbers) == len(values) or _numbers(numbers) is None:
+            continue
+        for ident in [i for i, labels in by_id.items() if missing_number(labels.get(column, "x"))]:
+            del by_id[ident][column]
+            if not by_id[ident]:
+                del by_id[ident]
 
 
 def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: str = "euclidean", layer: int = -1,

@@ -874,3 +874,23 @@ def test_stdin_is_one_labels_file_at_most(tmp_path, run_cli):
     assert r.exit_code == 2, r.stderr
     assert r.stderr == "protrans: error: stdin ('-') can be one input at most: give the others as files\n"
     assert not (tmp_path / "m.tsv").exists()
+
+
+def test_r_and_pandas_missing_numbers_are_no_label_on_a_colour_scale(tmp_path, run_cli):
+    """R's NA (pandas' nan, N/A, NULL) among melting points is no label, as an empty cell is and as
+    fit value reads it: it was a class of its own, the scale became one colour a number, and the
+    quality line scored neighbours agreeing on the same exact temperature."""
+    x, _ = _clusters()
+    ids = [f"c{i:02d}" for i in range(len(x))]
+    _write(tmp_path / "e.h5", x, ids)
+    (tmp_path / "l.csv").write_text("id,tm,family\n" + "".join(
+        f"{ident},{['NA', 'nan', 'N/A'][i % 3] if i % 5 == 0 else 40 + i * 1.5},{'NA' if i % 2 else 'kinase'}\n"
+        for i, ident in enumerate(ids)))
+    r = run_cli("project", tmp_path / "e.h5", "--labels", tmp_path / "l.csv", "--color-by", "tm",
+                "-o", tmp_path / "m.tsv")
+    assert r.exit_code == 0, r.stderr
+    assert "the nearest labelled protein" not in r.stderr  # (a colour scale, as without the NA)
+    rows = [line.split("\t") for line in (tmp_path / "m.tsv").read_text().splitlines()]
+    tm, family = rows[0].index("tm"), rows[0].index("family")
+    assert [row[tm] for row in rows[1:6]] == ["", "41.5", "43.0", "44.5", "46.0"]
+    assert {row[family] for row in rows[1:]} == {"NA", "kinase"}  # (words: NA a label like any)
