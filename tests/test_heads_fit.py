@@ -1867,6 +1867,36 @@ def test_predict_and_knn_fasta_say_a_relative_model_directory_an_older_version_r
     assert r.exit_code == 1 and f"{reference} {said}" in r.stderr, r.stderr
 
 
+def test_predict_and_knn_fasta_say_no_relative_directory_of_a_catalogued_model(run_cli, one_epoch_ss3, tmp_path,
+                                                                               monkeypatch):
+    """A head or file recording prot_bert or Rostlab/prot_bert, not in the cache of an offline
+    node: the message above (a directory named relative to where embed ran) sent the user to look
+    for a folder; a catalogued model is a hub model, and the download hint is the message."""
+    import shutil
+
+    import h5py
+
+    from protrans_cli.embed import EmbedOptions, embed
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">p\nMKVL\n")
+    reference = tmp_path / "ref.h5"
+    embed(fasta, reference, EmbedOptions(model="onehot", threads=1, per_residue=False))
+    for n, model in enumerate(("prot_bert", "Rostlab/prot_bert")):
+        head = tmp_path / f"head{n}"
+        shutil.copytree(one_epoch_ss3, head)
+        config = json.loads((head / "config.json").read_text())
+        config["embedding"].update(model=model, family="bert")
+        (head / "config.json").write_text(json.dumps(config))
+        with h5py.File(reference, "r+") as f:
+            f.attrs["model"], f.attrs["family"] = model, "bert"
+        for r in (run_cli("predict", head, "--fasta", fasta, "-o", tmp_path / "p.fa"),
+                  run_cli("knn", "--fasta", fasta, "--reference", reference, "-o", tmp_path / "hits.tsv")):
+            assert r.exit_code == 1 and f"cannot load model '{model}'" in r.stderr, r.stderr
+            assert "relative to the folder" not in r.stderr and "hf download Rostlab/prot_bert" in r.stderr
+
+
 def test_predict_fasta_embeds_long_proteins_as_the_training_embeddings_were(run_cli, ss_data, tmp_path):
     # A proteome holding one protein beyond the model's limit failed under predict --fasta, and
     # the error's remedy (--long-policy) was no option of predict

@@ -198,8 +198,12 @@ def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: st
     try:
         embed(readable, output, options, input_name=display_name(fasta))
     except ModelError as exc:
+        from protrans_cli.models.checkpoints import CHECKPOINTS
+
         name = str(options.model)
-        if recorded_in is None or not exc.message.startswith("cannot load model") or os.path.isabs(name):
+        catalogued = name in CHECKPOINTS or any(c.hub_id == name for c in CHECKPOINTS.values())
+        if (recorded_in is None or not exc.message.startswith("cannot load model") or os.path.isabs(name)
+                or catalogued):  # (a catalogued model, prot_bert or its hub id, names no directory)
             raise
         # Versions before 2026-11-29 recorded a model directory as -m gave it, relative to the
         # folder embed ran in: from another folder it was looked for on the hub ("hf download
