@@ -315,6 +315,7 @@ def _existing_head(config: FitConfig, out_dir: Path, fingerprint: dict, embeddin
                                  "it; use it as it is, or --force fits it again")
         raise UsageError(f"{out_dir} exists (--force replaces it)")
     replaceable_head(out_dir, embeddings, labels, valid, tests)
+    return None
 
 
 def _unrecorded_head(out_dir: Path) -> bool:
@@ -328,7 +329,6 @@ def _unrecorded_head(out_dir: Path) -> bool:
     return (isinstance(config, dict) and config.get("format") == "protrans-head" and "fingerprint" not in config
             and isinstance(config.get("training"), dict) and isinstance(config["training"].get("embeddings"), str)
             and (out_dir / "weights.safetensors").is_file())
-    return None
 
 
 def replaceable_head(out_dir: Path, embeddings, labels, valid, tests) -> None:
