@@ -272,4 +272,7 @@ def test_a_steps_gradient_over_any_micro_batches_is_the_whole_global_batchs(step
     assert got is not None and expected is not None
     assert got.keys() == expected.keys()
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+        # (float32 sums: an element near zero carries the rounding of its largest terms, of the
+        # tensor's scale; the fuzz profile met 1.7e-6 on an ESM bias gradient whose largest was 5.06)
+        scale = max(1.0, float(expected[name].abs().max()))
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
