@@ -2317,7 +2317,10 @@ def _create_dataset(group, key: str, data: np.ndarray):
     data = np.ascontiguousarray(data)
     if "dcpl" not in _ATTR_TYPES:
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_obj_track_times(False)  # as h5py's: no timestamps, files of equal content are equal
+        # As h5py's: no timestamps (two runs' datasets do not differ by their write time; the file's
+        # bytes still may, where HDF5 placed metadata by when the timed flushes came: stacked
+        # files, written once at the end, are byte-identical)
+        dcpl.set_obj_track_times(False)
         _ATTR_TYPES["dcpl"] = dcpl
     # The type and dataspace made once per dtype and shape (every per-protein vector of a run has
     # one shape): made for each dataset, with the memory type `write` made again, they were 4
