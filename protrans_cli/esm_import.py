@@ -138,7 +138,15 @@ def _pt_files(inputs, output: Path) -> list[Path]:
         if given.resolve() in (output.resolve(), partial_path(output).resolve()):
             raise UsageError("is also the output: write the imported file elsewhere", path=str(given))
         if given.is_dir():
-            files = sorted(p for p in given.rglob("*.pt") if p.is_file())
+            named = sorted(given.rglob("*.pt"))
+            files = [p for p in named if p.is_file()]
+            others = [p for p in named if not p.is_file()]
+            if others:  # (a FIFO, a device or a folder named X.pt: passed over, and said so)
+                from protrans_cli import console
+
+                console.warn(f"{given}: {len(others):,} entr{'y' if len(others) == 1 else 'ies'} named *.pt "
+                             f"that {'is' if len(others) == 1 else 'are'} not a regular file, passed over "
+                             f"(first: {others[0]})")
             if not files:
                 raise InputError("holds no .pt files (esm-extract writes one LABEL.pt per protein)", path=str(given))
         elif given.is_file():

@@ -8,6 +8,7 @@ rows and means of a tiny ESM-2, imported and compared with `protrans embed` on t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -309,6 +310,18 @@ def test_empty_input_and_stdout_are_refused(run_cli, tmp_path):
     assert r.exit_code == 1 and "holds no .pt files" in r.stderr
     r = run_cli("import-esm", tmp_path / "empty", "-o", "-")
     assert r.exit_code == 2 and "cannot go to stdout" in r.stderr
+
+
+def test_an_entry_named_pt_that_is_no_file_is_passed_over_and_said(run_cli, tmp_path, extracted):
+    """A FIFO (or a folder) named X.pt in the directory was passed over without a word."""
+    folder, _, _ = extracted
+    os.mkfifo(folder / "ZZZ.pt")
+    r = run_cli("import-esm", folder, "-o", tmp_path / "f.h5")
+    assert r.exit_code == 0, r.stderr
+    assert f"{folder}: 1 entry named *.pt that is not a regular file, passed over (first: {folder / 'ZZZ.pt'})" \
+        in r.stderr, r.stderr
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert len(f["per_residue"]) == len(SEQS)
 
 
 def test_an_existing_output_is_refused_without_force(run_cli, tmp_path, extracted):
