@@ -39,8 +39,8 @@ from protrans_cli.heads.data import Batch, Matched, ResidueData
 from protrans_cli.heads.fit import (HEAD_IN_USE, _MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _loss,
                                     _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name, _warn_overlap,
                                     check_resamples, checked_state_bytes, evaluate_data, evaluation_records, held_out_positions,
-                                    load_checked_state, no_training_records, note_dual_labels, warn_unused_fraction,
-                                    write_metrics)
+                                    load_checked_state, no_training_records, note_dual_labels, refuse_piped_mask,
+                                    warn_unused_fraction, write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
                                       refuse_residue_labels, unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
@@ -430,12 +430,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if [str(p) for p in (labels, fasta, valid, *tests)].count("-") > 1:
         # (the first read took it all: "<stdin>: is empty")
         raise UsageError("stdin ('-') can be one input at most: give the others as files")
-    from protrans_cli.embed import is_stream
-
-    if (valid is not None or tests) and config.mask_path is not None and is_stream(config.mask_path):
-        # (read for each label file, as fit's: the second read of a pipe found it empty)
-        raise UsageError(f"--mask {config.mask_path} is a pipe, which can be read once, and it is read for each label "
-                         "file: give it as a file (a compressed one is read as it is)")
+    refuse_piped_mask(config.mask_path, 1 + (valid is not None) + len(tests))  # (read for each label file, as fit's)
     out_dir = checked_output(config, out_dir, [labels, fasta, valid, *tests, _model_dir(config.model)])
     # One finetune at a time on an OUT (a job started twice overwrote each other's state, and
     # --force deleted the other's under it); the temporaries of killed runs are cleared under it.

@@ -284,16 +284,21 @@ def _checked_output(config: FitConfig, out_dir, embeddings, labels, valid, tests
         raise UsageError(HDF5_FROM_STDIN)
     if str(config.mask_path) == "-":  # read for each label file: the evaluation sets' reads found it empty
         raise UsageError("--mask cannot be stdin ('-'): it is read for each label file; give it as a file")
-    from protrans_cli.embed import is_stream
-
-    if len(label_inputs) > 1 and config.mask_path is not None and is_stream(config.mask_path):
-        # (the same for a pipe: `--mask <(zcat mask.fasta.gz)` scored --test without the mask, "which
-        # holds none of its ids", and a named pipe waited for a second writer for ever)
-        raise UsageError(f"--mask {config.mask_path} is a pipe, which can be read once, and it is read for each label "
-                         "file: give it as a file (a compressed one is read as it is)")
+    refuse_piped_mask(config.mask_path, len(label_inputs))
     # (written through a link, -o head -> /scratch/heads/x: its HEAD.partial and the swap happen
     # beside the folder it names)
     return own_folder_output(out_dir, "a head directory", "heads/ss3")
+
+
+def refuse_piped_mask(mask_path, label_files: int) -> None:
+    """fit's and finetune's --mask is read for each of the `label_files`: a pipe only once, so
+    `--mask <(zcat mask.fasta.gz)` scored --test without the mask ("which holds none of its
+    ids"), and a named pipe waited for a second writer for ever."""
+    from protrans_cli.embed import is_stream
+
+    if label_files > 1 and mask_path is not None and is_stream(mask_path):
+        raise UsageError(f"--mask {mask_path} is a pipe, which can be read once, and it is read for each label "
+                         "file: give it as a file (a compressed one is read as it is)")
 
 
 def _existing_head(config: FitConfig, out_dir: Path, fingerprint: dict, embeddings, labels, valid,

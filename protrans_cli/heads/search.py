@@ -159,10 +159,10 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
     for i, settings in enumerate(trials):
         name = trial_name(i)
         console.info(f"search: {name} ({i + 1} of {len(trials)}): {_words(settings)}")
-        with contextlib.ExitStack() as held:
+        with contextlib.ExitStack() as trial:  # (not `held`: that one holds the head's lock to the end)
             if piped is not None:
-                replay_stdin(held, piped)
-            held.enter_context(console.interim_outputs())  # (a trial's head is not the search's output)
+                replay_stdin(trial, piped)
+            trial.enter_context(console.interim_outputs())  # (a trial's head is not the search's output)
             result = fit(replace(config, **settings), embeddings, labels, folder / name, valid=valid, tests=tests)
         score = _score(result.metrics, set_name)
         done.append({"trial": name, "settings": settings, "score": score, "set": set_name,
