@@ -220,14 +220,20 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
     return name, None, False
 
 
-def _config_model_type(directory) -> str | None:
-    """The model_type a model directory's config.json gives, or None."""
+def _json_object(path) -> dict:
+    """The JSON object a file holds; {} for one that cannot be read, is not JSON or not an object."""
     import json
 
     try:
-        kind = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _config_model_type(directory) -> str | None:
+    """The model_type a model directory's config.json gives, or None."""
+    kind = _json_object(Path(directory) / "config.json").get("model_type")
     return kind if isinstance(kind, str) else None
 
 
@@ -257,15 +263,10 @@ def _adapter_problem(path: Path, flag: str) -> str | None:
     save_pretrained wrote)", which PEFT's save_pretrained had written; beside a config.json, the base
     weights loaded and the adapter was left out without a word where peft is not installed (and
     applied where it is: the rows depended on that)."""
-    import json
-
     config = path / "adapter_config.json"
     if not config.is_file():
         return None
-    try:
-        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):
-        base = None
+    base = _json_object(config).get("base_model_name_or_path")
     of = f" of the base model {base}" if isinstance(base, str) and base else ""
     return (f"a PEFT adapter ({config.name}: LoRA or other adapter weights{of}), which is not loaded: merge it "
             "into its base model (peft's PeftModel.from_pretrained(base, DIR).merge_and_unload()), save that "
@@ -849,13 +850,8 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
 
 def _is_head(directory) -> bool:
     """Whether `directory` holds a head written by `protrans fit` (its config.json's `kind`)."""
-    import json
-
-    try:
-        config = json.loads((Path(directory) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "kind" in config and "model_type" not in config
+    config = _json_object(Path(directory) / "config.json")
+    return "kind" in config and "model_type" not in config
 
 
 def _near_miss(name: str) -> str | None:
