@@ -406,8 +406,8 @@ def predict_contacts(fasta, output, options: ContactOptions | None = None, *, pr
                      input_name: str | None = None) -> ContactSummary:
     """Contact maps of every protein of `fasta` into the HDF5 file `output` (docs/embed.md, "Contact maps")."""
     from protrans_cli.embed import _model_directory, _refuse_live_outputs, _spool_input, is_stream
-    from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, display_name, input_named_by, output_lock,
-                                       refuse_other_format_name)
+    from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, display_name, input_named_by,
+                                       output_lock, refuse_other_format_name)
     from protrans_cli.io.h5 import partial_path, refuse_if_in_use, refuse_replacing_other_file
 
     expect_path(fasta, "fasta", " (a str or pathlib.Path)")

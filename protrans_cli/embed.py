@@ -48,8 +48,8 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
                                  expect_path)
 from protrans_cli.io.fasta import parse_fasta
-from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, display_name, input_named_by, open_input,
-                                   output_lock, refuse_other_format_name, stdin_binary)
+from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, display_name,
+                                   input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
                                 partial_path, refuse_if_in_use)
 from protrans_cli.embed_resume import _Done, _done_in

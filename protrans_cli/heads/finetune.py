@@ -36,11 +36,11 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
-from protrans_cli.heads.fit import (HEAD_IN_USE, _MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _loss,
-                                    _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name, _warn_overlap,
-                                    check_resamples, checked_state_bytes, evaluate_data, evaluation_records, held_out_positions,
-                                    load_checked_state, no_training_records, note_dual_labels, refuse_piped_mask,
-                                    warn_unused_fraction, write_metrics)
+from protrans_cli.heads.fit import (HEAD_IN_USE, _MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable,
+                                    _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
+                                    _warn_overlap, check_resamples, checked_state_bytes, evaluate_data,
+                                    evaluation_records, held_out_positions, load_checked_state, no_training_records,
+                                    note_dual_labels, refuse_piped_mask, warn_unused_fraction, write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
                                       refuse_residue_labels, unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
