@@ -138,9 +138,9 @@ def _pt_files(inputs, output: Path) -> list[Path]:
         if given.resolve() in (output.resolve(), partial_path(output).resolve()):
             raise UsageError("is also the output: write the imported file elsewhere", path=str(given))
         if given.is_dir():
-            named = sorted(given.rglob("*.pt"))
-            files = [p for p in named if p.is_file()]
-            others = [p for p in named if not p.is_file()]
+            files, others = [], []
+            for path in sorted(given.rglob("*.pt")):
+                (files if path.is_file() else others).append(path)
             if others:  # (a FIFO, a device or a folder named X.pt: passed over, and said so)
                 from protrans_cli import console
 
