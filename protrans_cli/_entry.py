@@ -19,6 +19,9 @@ from protrans_cli.errors import EXIT_INTERRUPTED
 def main() -> None:
     try:
         from protrans_cli.cli import main as run
+        # (cli.main imports the console before it sets its own Ctrl-C handling: imported here,
+        # a Ctrl-C in that import is this line too, not a traceback from inside cli.main)
+        from protrans_cli import console  # noqa: F401
     except KeyboardInterrupt:
         _interrupted()
     run()
