@@ -655,6 +655,33 @@ def test_a_tokenizer_config_field_of_a_bad_value_is_named_not_a_missing_tokenize
         assert result.exit_code == 0, result.stderr
 
 
+def test_a_saprot_structure_aware_vocabulary_is_named_not_a_missing_tokenizer(tmp_path, run_cli):
+    """SaProt (westlake-repl/SaProt: an ESM-2 whose tokens pair each residue with a Foldseek 3Di
+    letter, `Md`, `M#`) maps a plain residue to `<unk>`. It was refused as a directory lacking
+    its tokenizer ("copy the tokenizer files ... of the model it was trained from"), which it does
+    not lack. One line saying what the vocabulary is, exit 1, nothing written."""
+    from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
+
+    residues, states = "ACDEFGHIKLMNPQRSTVWY#", "pynwrqhgdlvtmfsaeikc#"
+    model_dir = tmp_path / "saprot"
+    model_dir.mkdir()
+    vocab = ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>"] + [a + d for a in residues for d in states]
+    (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    config = EsmConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=16, pad_token_id=1, mask_token_id=4, position_embedding_type="rotary",
+                       max_position_embeddings=1026, token_dropout=True)
+    EsmForMaskedLM(config).save_pretrained(model_dir)
+    EsmTokenizer(str(model_dir / "vocab.txt")).save_pretrained(model_dir)
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    result = run_cli("embed", fasta, "-m", model_dir, "-o", tmp_path / "x.h5", "--device", "cpu", "-j", "1")
+    assert result.exit_code == 1, result.output
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "SaProt's structure-aware tokens" in result.stderr and "copy the tokenizer" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saprot", "x.fa"]
+
+
 @pytest.mark.parametrize("failure", ["version", "old protobuf"])
 def test_a_protobuf_too_old_for_sentencepieces_reader_is_named_not_damaged_files(tmp_path, run_cli, monkeypatch,
                                                                                   failure):
