@@ -460,6 +460,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         console.info(f"{query} is its own reference: each protein's first neighbour is itself, at distance 0 "
                      "(--exclude-self leaves it out)")
     result = _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device)
+    _note_short_rows(result, k, exclude_self)
     if labels is not None:
         console.info(f"transferring {', '.join(columns)} from {labels}")
     transfer = Transfer(result, columns)
@@ -511,6 +512,19 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
 def _checksums_by_id(path) -> dict[str, str]:
     with EmbeddingsReader(path) as reader:
         return reader.checksums_by_id(PER_PROTEIN)
+
+
+def _note_short_rows(result: Neighbours, k: int, exclude_self: bool) -> None:
+    """A note where the reference holds fewer than -k proteins for some queries: their rows
+    were fewer than k, without a word."""
+    found = (result.index >= 0).sum(axis=1) if len(result.query_ids) else np.zeros(0, dtype=int)
+    short = int((found < k).sum())
+    if short:
+        besides = " (besides the query itself, --exclude-self)" if exclude_self else ""
+        low, high = int(found.min()), int(found[found < k].max())
+        many = f"{low:,}" if low == high else f"{low:,} to {high:,}"
+        console.info(f"-k {k}: the reference holds {console.counted(len(result.reference_ids), 'protein')}, so "
+                     f"{short:,} of the {len(found):,} queries have {many} neighbours{besides}")
 
 
 def _warn_known_queries(score, result: Neighbours, scored: set, q_sums: dict, reference) -> None:

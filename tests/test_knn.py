@@ -104,6 +104,14 @@ def test_fewer_reference_proteins_than_k(tmp_path, run_cli):
     rows = [line.split("\t") for line in r.stdout.splitlines()]
     assert rows[0] == ["query", "rank", "neighbour", "distance"]
     assert [row[:3] for row in rows[1:3]] == [["p000", "1", "a"], ["p000", "2", "b"]] and len(rows) == 7
+    # said once on stderr (the rows were fewer than -k without a word)
+    assert "-k 5: the reference holds 2 proteins, so 3 of the 3 queries have 2 neighbours" in (
+        r.stderr.replace("\n", " "))
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "q.h5", "-k", "3", "--exclude-self")
+    assert r.exit_code == 0, r.stderr
+    assert "3 of the 3 queries have 2 neighbours (besides the query itself" in r.stderr.replace("\n", " ")
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "q.h5", "-k", "2", "--exclude-self")
+    assert "-k 2:" not in r.stderr
 
 
 def test_an_id_that_starts_with_a_quote_reads_back_from_the_tsv(tmp_path, run_cli):
