@@ -109,6 +109,24 @@ def test_an_id_in_two_parts_with_other_sequences_is_refused_before_anything_is_w
     assert not (tmp_path / "m.h5").exists() and not partial_path(tmp_path / "m.h5").exists()
 
 
+def test_an_id_in_two_parts_without_checksums_is_refused_not_taken_for_one_protein(tmp_path, run_cli):
+    """Parts that record no sequence checksums (import-esm without --fasta) cannot tell whether
+    an id in both names one protein: refused, naming both files, not merged as a repeat of the
+    first (one of two possibly different embeddings silently dropped)."""
+    (tmp_path / "a.fa").write_text(">P1\nMKTAYIAK\n>P2\nMKV\n")
+    (tmp_path / "b.fa").write_text(">P3\nGGG\n>P1\nMKTAYIAK\n")
+    for name in ("a", "b"):
+        _embed(tmp_path / f"{name}.fa", tmp_path / f"{name}.h5", per_residue=False)
+        with h5py.File(tmp_path / f"{name}.h5", "r+") as f:
+            for key in f[PER_PROTEIN]:
+                del f[PER_PROTEIN][key].attrs["checksum"]
+    r = run_cli("merge", tmp_path / "a.h5", tmp_path / "b.h5", "-o", tmp_path / "m.h5")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"protrans: error: {tmp_path / 'b.h5'}: protein 'P1' is also in {tmp_path / 'a.h5'}, with no sequence " \
+           "checksum to compare" in r.stderr
+    assert not (tmp_path / "m.h5").exists()
+
+
 @pytest.mark.parametrize("other, said", [
     ({"storage_dtype": "float16"}, "was written with storage_dtype='float16', "),
     ({"per_residue": False}, "was written with kinds='per_protein', "),
