@@ -543,6 +543,7 @@ def test_what_is_not_every_part_of_one_input_is_refused(tmp_path, run_cli):
     cases = [
         ([p["1/3"], p["2/3 other"], p["3/3"]], "part 2/3 was embedded from another input than part 1/3"),
         ([p["1/3"], p["3/3"]], "part(s) 2 of 3 are missing (embed --part K/3)"),
+        ([p["1/3"], p["2/3"]], "part(s) 3 of 3 are missing (embed --part K/3)"),  # (the last part too)
         ([p["1/3"], p["2/3"], p["3/3"], p["1/2"]], "is part 1/2, "),
         ([p["1/3"], p["2/3"], p["3/3"], whole], "whole.h5: holds the whole input"),
     ]
