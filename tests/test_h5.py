@@ -271,6 +271,9 @@ def test_dataset_facts_read_low_level_what_h5py_reads(tmp_path, monkeypatch):
         d.attrs["length"], d.attrs["truncated_from"], d.attrs["checksum"] = 2, np.int16(9), "md5:prefix"
         f.create_dataset(md5, data=np.zeros((6, 2))).attrs["original_id"] = "P1 some protein"
         f.create_dataset("bare", data=np.zeros((7, 2)))
+        # 32 hex digits without `original_id`: a key written by hand (docs/formats.md: no checksum),
+        # not bio_embeddings' md5 of the sequence
+        f.create_dataset(md5[::-1], data=np.zeros((8, 2)))
         f.create_dataset("per_protein", data=np.zeros(3))
     with h5py.File(tmp_path / "o.h5", "r") as f:
         for key in f.keys():
@@ -283,6 +286,7 @@ def test_dataset_facts_read_low_level_what_h5py_reads(tmp_path, monkeypatch):
             assert dataset_checksum_of(f, key) == dataset_checksum(key, ds.attrs), key
         assert dataset_facts(f, "int32") == (4, None, "md5:fixed")
         assert dataset_facts(f, md5) == (6, None, "md5:" + md5)
+        assert dataset_facts(f, md5[::-1]) == (8, None, None)
         assert dataset_facts(f, "cut") == (2, 9, "md5:prefix") and dataset_checksum_of(f, "cut") == "md5:prefix"
         assert dataset_facts(f, "per_protein") == (None, None, None)
 
