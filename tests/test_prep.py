@@ -578,6 +578,22 @@ def test_shards_round_robin_and_by_size(tmp_path):
     assert all(len(t) <= limit or t.count(b"\n\n") == 1 for t in texts)
 
 
+def test_shards_deal_the_training_proteins_round_robin_beside_a_validation_split(tmp_path):
+    """docs/prep.md: protein k of the run goes to shard k mod N, shard sizes within one protein;
+    with --valid-fraction, k counts the training proteins only (those the split leaves), across
+    blocks, in input order."""
+    fasta = tmp_path / "r.fa"
+    _random_fasta(fasta, 300, seed=7, dirty=False)
+    docs = reference_corpus([fasta]).split(b"\n\n")[:-1]
+    ids = [r.id for r in read_fasta(fasta)]
+    train = [doc for ident, doc in zip(ids, docs) if not in_validation(ident, 0.3)]
+    assert 150 < len(train) < 270
+    build_corpus([fasta], CorpusOptions(output=str(tmp_path / "s.txt"), num_shards=3, valid_fraction=0.3,
+                                        valid_output=str(tmp_path / "v.txt"), block_bytes=4000))
+    shards = [shard_path(tmp_path / "s.txt", k).read_bytes().split(b"\n\n")[:-1] for k in range(3)]
+    assert shards == [train[k::3] for k in range(3)]
+
+
 def test_many_shards_hold_bounded_write_buffers(tmp_path, monkeypatch):
     # --shards N keeps N files open: with 1 MiB of write buffer each, 256 shards held 256 MiB of
     # corpus text (peak RSS 301 MB on a 134 MB input, 55 MB with 2 shards), against prep's
