@@ -857,8 +857,10 @@ def test_a_validation_flag_written_1_0_moves_records_and_an_unknown_one_is_refus
                    ">c TARGET=0.5 SET=train VALIDATION=Yes\nMKA\n")
     assert [r.split for r in read_labels(bio).records] == ["train", "valid", "valid"]
     residues = tmp_path / "ss.fa"
-    residues.write_text(">a SET=train VALIDATION=1\nCCH\n>b SET=train VALIDATION=0\nHHE\n")
-    assert [r.split for r in read_labels(residues).records] == ["valid", "train"]
+    # (only training records move: a test record flagged stays in the test set, as in a FLIP CSV)
+    residues.write_text(">a SET=train VALIDATION=1\nCCH\n>b SET=train VALIDATION=0\nHHE\n"
+                        ">c SET=test VALIDATION=1\nEC\n")
+    assert [r.split for r in read_labels(residues).records] == ["valid", "train", "test"]
     bad = tmp_path / "bad.csv"
     bad.write_text("sequence,target,set,validation\nMKV,1.5,train,False\nMKL,2.5,train,valid\n")
     r = run_cli("labels", bad)
