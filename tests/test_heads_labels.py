@@ -844,6 +844,17 @@ def test_a_flip_csvs_validation_column_moves_training_rows_to_validation(tmp_pat
     assert [r.labels["label"] for r in records] == ["1.5", "2.5", "0.5", "3.0"]
 
 
+def test_a_flip_csv_written_with_a_space_after_each_comma_is_read_as_without(tmp_path):
+    """A CSV written with ", " between fields (as NetSurfP's own CSVs are): the header names are
+    read stripped, and so are the cells: " train" is the training set, not an unknown one."""
+    path = tmp_path / "flip.csv"
+    path.write_text("sequence, target, set, validation\nMKV, 1.5, train, False\nMKL, 2.5, train, True\n"
+                    "MKW, 3.0, test, False\n")
+    records = read_labels(path).records
+    assert [(r.sequence, r.labels["label"], r.split) for r in records] == [
+        ("MKV", "1.5", "train"), ("MKL", "2.5", "valid"), ("MKW", "3.0", "test")]
+
+
 def test_a_validation_flag_written_1_0_moves_records_and_an_unknown_one_is_refused(tmp_path, run_cli):
     """A validation flag other than True/False (a pandas bool column saved as int: 1/0) was read
     as False: the validation records were trained on, and early stopping chose by a random
