@@ -445,6 +445,26 @@ def test_a_group_among_a_grouped_files_proteins_is_not_a_protein(tmp_path):
         np.testing.assert_allclose(x, [arrays["A"].mean(0), arrays["B"].mean(0)], rtol=1e-6)
 
 
+def test_matrix_of_a_bio_embeddings_file_is_in_the_order_of_its_ids_not_its_md5_keys(tmp_path):
+    """matrix() of any layout lists its rows in key order, the escaped ids as bytes (docs/formats.md,
+    as `export` writes them): in a bio_embeddings file keyed by the sequences' md5, the ids'
+    order, not the keys', and each row the vector of the id beside it."""
+    import hashlib
+
+    vectors = {"P2": np.full(3, 2.0, np.float32), "P1": np.full(3, 1.0, np.float32), "Q0": np.full(3, 0.0, np.float32)}
+    sequences = {"P2": "MKV", "P1": "MKTAY", "Q0": "GGH"}
+    with h5py.File(tmp_path / "reduced_embeddings_file.h5", "w") as f:
+        for ident, vector in vectors.items():
+            key = hashlib.md5(sequences[ident].encode()).hexdigest()
+            f.create_dataset(key, data=vector).attrs["original_id"] = f"{ident} some protein"
+        keyed = [f[k].attrs["original_id"].split()[0] for k in sorted(f)]
+    assert keyed != sorted(vectors)  # (the md5 keys' order is another: the test tells them apart)
+    with EmbeddingsReader(tmp_path / "reduced_embeddings_file.h5") as r:
+        ids, x = r.matrix()
+    assert ids == ["P1", "P2", "Q0"]
+    np.testing.assert_array_equal(x, [vectors[i] for i in ids])
+
+
 def test_matrix_of_vectors_another_writer_changed_reads_them_one_by_one(tmp_path):
     """matrix() of embed's own file reads every vector into one array at once; a vector another
     writer replaced (float16, or of another length) is read through items(): float16 rows come
