@@ -201,6 +201,11 @@ def test_ids_file_refusals_leave_no_output(tmp_path, run_cli):
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "other.fa", "-o", out)
     assert done.exit_code == 1 and "record 'e'" in done.stderr and "another sequence" in done.stderr
     assert not out.exists()
+    # (a header alone after it does not make the FASTA a list of ids: e's sequence is still checked)
+    (tmp_path / "other.fa").write_text(">e\nMKV" + proteins["e"] + "\n>c/slash\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "other.fa", "-o", out)
+    assert done.exit_code == 1 and "record 'e'" in done.stderr and "another sequence" in done.stderr
+    assert not out.exists()
     # an id list that is not text, or names no id (comments and blank lines alone)
     (tmp_path / "latin1.txt").write_bytes("e\nprot\xe9ine\n".encode("latin-1"))
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "latin1.txt", "-o", out)
