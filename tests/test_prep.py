@@ -515,18 +515,22 @@ def test_record_larger_than_a_block(tmp_path, packed, blank):
 
 def test_the_validation_residues_counted_are_those_the_validation_file_holds(tmp_path):
     """--stats' valid_residues (and the summary's "of which validation ... residues") count the
-    validation proteins' residues only; counting every protein's passed the other tests."""
+    validation proteins' residues only; counting every protein's passed the other tests. Under
+    --long crop, the residues written: not those of a dropped last window."""
     fasta = tmp_path / "r.fa"
     _random_fasta(fasta, 200, seed=5, dirty=False)
     train, valid = tmp_path / "t.txt", tmp_path / "v.txt"
-    stats = build_corpus([fasta], CorpusOptions(output=str(train), valid_fraction=0.3, valid_output=str(valid)))
 
     def residues(text: bytes) -> int:
         return len(text.replace(b" ", b"").replace(b"\n", b""))
 
-    assert 0 < stats.valid_residues == residues(valid.read_bytes()) < stats.residues_out
-    assert stats.residues_out - stats.valid_residues == residues(train.read_bytes())
-    assert stats.to_dict()["valid_residues"] == stats.valid_residues
+    for crop in ({}, {"max_length": 100, "min_length": 30, "long": "crop"}):
+        stats = build_corpus([fasta], CorpusOptions(output=str(train), valid_fraction=0.3, valid_output=str(valid),
+                                                    **crop))
+        assert 0 < stats.valid_residues == residues(valid.read_bytes()) < stats.residues_out
+        assert stats.residues_out - stats.valid_residues == residues(train.read_bytes())
+        assert stats.to_dict()["valid_residues"] == stats.valid_residues
+        assert (stats.crop_dropped > 0) == bool(crop)
 
 
 def test_validation_split_is_deterministic(tmp_path):
