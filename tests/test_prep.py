@@ -1553,16 +1553,19 @@ def test_control_characters_in_a_file_name_are_escaped_in_messages_and_rejects(r
 def test_a_header_holding_nul_bytes_is_left_out_as_damaged(run_cli, tmp_path, threads):
     # A damaged file (zeroed bytes in a header) was read as it came: the NULs went into the
     # id that decides the validation split; read_fasta (embed) refuses such a file. And an
-    # escape sequence in an id reached the terminal through `--rejects -`.
+    # escape sequence in an id reached the terminal through `--rejects -`. (A NUL in a sequence is
+    # that record's invalid character, not a damaged header.)
     fasta = tmp_path / "d.fa"
-    fasta.write_bytes(b">sp|P1|X desc\nMKTA\n>sp|P2\x00\x00\x00TAYI\nACDE\n>e\x1b]0;t\x07x desc\nJJJ\n>q\nMKTV\n")
+    fasta.write_bytes(b">sp|P1|X desc\nMKTA\n>sp|P2\x00\x00\x00TAYI\nACDE\n>e\x1b]0;t\x07x desc\nJJJ\n"
+                      b">s\nMK\x00TA\n>q\nMKTV\n")
     r = run_cli("prep", fasta, "-o", tmp_path / "c.txt", "--rejects", "-", "-j", threads)
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "c.txt").read_text() == "M K T A\n\nM K T V\n\n"
     rows = [line.split("\t") for line in r.stdout.splitlines()[1:]]
     assert rows == [["sp|P2\\x00\\x00\\x00TAYI", "invalid_character", "NUL byte in the header (a damaged file?)",
                      str(fasta), "3"],
-                    ["e\\x1b]0;t\\x07x", "invalid_character", "invalid character 'J' at residue 1", str(fasta), "5"]]
+                    ["e\\x1b]0;t\\x07x", "invalid_character", "invalid character 'J' at residue 1", str(fasta), "5"],
+                    ["s", "invalid_character", "invalid character '\\x00' at residue 3", str(fasta), "7"]]
     r = run_cli("prep", fasta, "-o", tmp_path / "s.txt", "--strict", "-j", threads)
     assert r.exit_code == 1 and "d.fa:3, record 'sp|P2\\x00\\x00\\x00TAYI': NUL byte in the header" in r.stderr
     assert not (tmp_path / "s.txt").exists()
