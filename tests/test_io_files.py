@@ -234,6 +234,28 @@ def test_input_named_by_an_output(tmp_path):
     assert input_named_by(fasta, ["-"]) is None  # stdin is not a file to overwrite
 
 
+def test_an_output_that_is_the_file_stdin_was_redirected_from_is_refused(tmp_path):
+    """`prep - -o x.fa < x.fa` replaced the FASTA it had just read with the corpus (exit 0), and
+    so did labels, export --ids, variants ... with their stdin: the file stdin is open on is an
+    input, as `prep x.fa -o x.fa` is. A pipe on stdin is no file to replace."""
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKV\n>b\nMKTA\n")
+    link = tmp_path / "link.fa"
+    link.symlink_to(fasta)
+    before = fasta.read_bytes()
+    for command in (["prep", "-", "-o", str(fasta)], ["prep", "-", "-o", str(tmp_path / "c.txt"), "--stats", str(link)],
+                    ["labels", "-", "-o", str(link)]):
+        with open(fasta, "rb") as stdin:
+            done = subprocess.run([sys.executable, "-m", "protrans_cli", *command], stdin=stdin,
+                                  capture_output=True, text=True)
+        assert done.returncode == 2 and "is also an input" in done.stderr, (command, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and fasta.read_bytes() == before
+    assert not (tmp_path / "c.txt").exists()
+    piped = subprocess.run([sys.executable, "-m", "protrans_cli", "prep", "-", "-o", str(tmp_path / "c.txt"), "-q"],
+                           input=before, capture_output=True)
+    assert piped.returncode == 0 and (tmp_path / "c.txt").read_text() == "M K V\n\nM K T A\n\n"
+
+
 
 def test_a_directory_given_as_an_input_file_is_reported_as_one(run_cli, tmp_path):
     """`prep data/ -o data/corpus.txt` (a folder of FASTA files given as the FASTA) was refused with

@@ -72,6 +72,19 @@ def names_stdout(path) -> bool:
         return False
 
 
+def names_stdin(path) -> bool:
+    """Whether `path` names the regular file standard input was redirected from (`- < x.fa`): an
+    output there replaces the input, as `-o x.fa` for the input `x.fa` would (a pipe, a terminal
+    or /dev/null cannot be replaced so)."""
+    import stat
+
+    try:
+        src = os.fstat(0)
+        return stat.S_ISREG(src.st_mode) and os.path.samestat(os.stat(path), src)
+    except (OSError, ValueError):  # no such file; stdin closed
+        return False
+
+
 def caseless(name: str) -> str:
     """Unicode's canonical caseless form: what any folder that ignores case or normalisation can
     at most identify (it may identify less: HFS+ keeps `ß` and `SS` apart)."""
@@ -100,8 +113,8 @@ def _one_name(folder: str, name_a: str, name_b: str) -> bool:
 
 
 def input_named_by(output, inputs, directories=()) -> str | None:
-    """The input (not stdin) that `output` (not stdout) names, if any: writing that output would
-    replace the input (`prep x.fa -o x.fa` lost the FASTA). An input directory (a model, a head),
+    """The input that `output` (not stdout) names, if any: writing that output would replace the
+    input (`prep x.fa -o x.fa` lost the FASTA; stdin, `-`, where it was redirected from that file). An input directory (a model, a head),
     given in `directories`, is named by any path inside it (`embed -m run -o run/model.safetensors`
     replaced the weights it had just loaded). Every command checks its outputs so.
 
@@ -109,6 +122,9 @@ def input_named_by(output, inputs, directories=()) -> str | None:
     data/corpus.txt`) is the reader's error to report ("is a directory"), not "is also an input"."""
     if not output or str(output) == "-":
         return None
+    # (`prep - -o x.fa < x.fa` replaced the FASTA it had just read with the corpus)
+    if any(src is not None and str(src) == "-" for src in inputs) and names_stdin(output):
+        return "the file on standard input"
     return next((str(src) for src in (*inputs, *directories) if src and str(src) != "-"
                  and (same_file(src, output) or (src in directories and is_inside(output, src)))), None)
 
