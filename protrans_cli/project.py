@@ -503,7 +503,7 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     '-' stdout, None nothing), `plot` a PNG/SVG/PDF picture, `html_path` a page to explore it
     in a browser (2 dimensions). Every output is written whole or not at all. `sample`: place
     that many of the proteins, drawn by `seed` (t-SNE of a UniRef-sized set), in input order."""
-    from protrans_cli.io.files import input_named_by, output_directory, same_file, staged_outputs
+    from protrans_cli.io.files import input_named_by, names_stdout, output_directory, same_file, staged_outputs
 
     # (None, a number or a list of lists were TypeErrors from inside: "'NoneType' object is not
     # iterable", "expected str, bytes or os.PathLike object, not list")
@@ -546,6 +546,12 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
         for other, other_flag in outputs[i + 1:]:
             if same_file(out, other) or str(out) == str(other):
                 raise UsageError(f"{flag} and {other_flag} name one file ({out}): give each its own")
+    on_stdout = next((flag for o, flag in ((output, "-o"), (html_path, "--html")) if o is not None and str(o) == "-"),
+                     None)
+    for out, flag in outputs if on_stdout else ():
+        if names_stdout(out):  # (`--plot map.png > map.png`: the picture replaced the table without a word)
+            raise UsageError(f"{flag} {out} is where stdout goes, and {on_stdout} - writes there too: one would "
+                             f"replace the other (give {on_stdout} a file)")
     ids, sources, vectors = read_vectors(inputs, layer=layer, allow_model_mismatch=allow_model_mismatch)
     if sample is not None and sample < len(ids):
         chosen_rows = np.sort(np.random.default_rng(seed).choice(len(ids), sample, replace=False))

@@ -979,7 +979,7 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     if options.plot is not None:
         if len(wild_types) > 1:
             raise UsageError(f"--plot draws one wild type's scan; {fasta} holds {len(wild_types)} (pick one with --id)")
-        from protrans_cli.io.files import refuse_special_output, same_file
+        from protrans_cli.io.files import names_stdout, refuse_special_output, same_file
 
         refuse_special_output(options.plot, "--plot", "the heatmap")
         # (drawn over the wild types' FASTA or the table just written, without a word)
@@ -989,6 +989,9 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
         if output not in (None, "-") and same_file(options.plot, output):
             raise UsageError(f"--plot {options.plot} is also -o: the heatmap would replace the table (give it a .png "
                              "of its own)")
+        if output in (None, "-") and names_stdout(options.plot):  # (`--plot v.png > v.png`: the table was lost)
+            raise UsageError(f"--plot {options.plot} is where stdout goes, and the table goes to stdout too: the "
+                             "heatmap would replace it (give -o a file)")
         output_directory(options.plot)
     if options.all_singles:
         header = (["id"] if fasta is not None else []) + ["mutant"]

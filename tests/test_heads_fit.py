@@ -1656,6 +1656,21 @@ def test_predict_output_names_are_checked_before_any_work(run_cli, ss_data, one_
     assert not (tmp_path / "x.fa").exists()
 
 
+def test_probabilities_named_by_the_file_stdout_goes_to_are_refused_beside_predictions_on_stdout(
+        ss_data, one_epoch_ss3, tmp_path):
+    """`predict HEAD --embeddings q.h5 --probabilities p.h5 > p.h5` (-o is stdout by default): the
+    HDF5 file was renamed over the file the predictions had been written to, exit 0."""
+    import subprocess
+    import sys
+
+    with open(tmp_path / "p.h5", "wb") as stdout:
+        done = subprocess.run([sys.executable, "-m", "protrans_cli", "predict", str(one_epoch_ss3), "--embeddings",
+                               str(ss_data / "test.h5"), "--probabilities", str(tmp_path / "p.h5")],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 2 and f"--probabilities {tmp_path / 'p.h5'} is where stdout goes" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and (tmp_path / "p.h5").read_bytes() == b""
+
+
 def test_a_predict_stopped_while_it_writes_the_metrics_leaves_every_earlier_output_as_it_was(
         run_cli, ss_data, one_epoch_ss3, tmp_path, monkeypatch):
     """-o, --probabilities and the --metrics folder's JSON and PNG are renamed together: a Ctrl-C

@@ -184,6 +184,24 @@ def test_the_table_and_the_page_cannot_both_go_to_stdout(tmp_path, run_cli):
     assert (tmp_path / "map.tsv").read_text().startswith("id\tx\ty\n")
 
 
+def test_a_picture_or_page_named_by_the_file_stdout_goes_to_is_refused_beside_the_table_on_stdout(tmp_path):
+    """`project x.h5 --plot map.png > map.png` (-o is stdout by default): the picture was renamed
+    over the file the table had been written to, exit 0, the table lost; as prep's `--stats
+    out.txt > out.txt`, the name of stdout's file counts as stdout."""
+    import subprocess
+    import sys
+
+    _write(tmp_path / "x.h5", np.random.default_rng(0).normal(size=(6, 5)), [f"p{i}" for i in range(6)])
+    for flag, name, extra in (("--plot", "map.png", []), ("--html", "map.html", []),
+                              ("-o", "map.tsv", ["--html", "-"])):
+        with open(tmp_path / name, "wb") as stdout:
+            done = subprocess.run([sys.executable, "-m", "protrans_cli", "project", str(tmp_path / "x.h5"),
+                                   flag, str(tmp_path / name), *extra], stdout=stdout, stderr=subprocess.PIPE,
+                                  text=True)
+        assert done.returncode == 2 and f"{flag} {tmp_path / name} is where stdout goes" in done.stderr, done.stderr
+        assert (tmp_path / name).read_bytes() == b""
+
+
 def test_two_files_with_labels_into_a_table_a_picture_and_a_page(tmp_path, run_cli):
     """Train and test files, each labelled by its own file: one row per protein of each (in input
     order, a source column), the label columns, a PNG and a page with one point per protein

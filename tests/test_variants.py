@@ -349,6 +349,20 @@ def test_wild_type_and_option_mistakes_are_refused_in_one_line_before_any_model(
         assert "cannot load model" not in r.stderr
 
 
+def test_a_plot_named_by_the_file_stdout_goes_to_is_refused_beside_the_table_on_stdout(tmp_path):
+    """`variants --all-singles ... --plot v.png > v.png`: the heatmap was renamed over the file
+    the table had been written to, exit 0, the table lost."""
+    import subprocess
+    import sys
+
+    with open(tmp_path / "v.png", "wb") as stdout:
+        done = subprocess.run([sys.executable, "-m", "protrans_cli", "variants", "--all-singles", "--sequence", "MKT",
+                               "-m", str(REFERENCES["esm2"]), "--plot", str(tmp_path / "v.png")],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 2 and f"--plot {tmp_path / 'v.png'} is where stdout goes" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and (tmp_path / "v.png").read_bytes() == b""
+
+
 def test_an_output_partial_folder_of_something_else_is_refused_and_left_alone(run_cli, tmp_path):
     """-o o.csv beside an o.csv.partial/ that no variants run made (no marker): refused, with or
     without --resume, before any model; the folder and what it holds are not touched."""

@@ -127,8 +127,8 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         refuse_partial_name(probabilities, "--probabilities")  # (export and merge took it for unfinished)
     import os
 
-    from protrans_cli.io.files import (folder_can_be_made, input_named_by, output_directory, refuse_special_output,
-                                       same_file, special_output, temporary_folder)
+    from protrans_cli.io.files import (folder_can_be_made, input_named_by, names_stdout, output_directory,
+                                       refuse_special_output, same_file, special_output, temporary_folder)
 
     if probabilities is not None:
         refuse_special_output(probabilities, "--probabilities", "an HDF5 file")
@@ -146,6 +146,10 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
             output_directory(out)
     if output and probabilities and output != "-" and same_file(output, probabilities):
         raise UsageError(f"-o and --probabilities both name {output}: one would replace the other")
+    if output == "-" and probabilities is not None and names_stdout(probabilities):
+        # (`--probabilities p.h5 > p.h5`: the HDF5 file replaced the predictions without a word)
+        raise UsageError(f"--probabilities {probabilities} is where stdout goes, and the predictions go to stdout "
+                         "too: one would replace the other (give -o a file)")
     if metrics_dir is not None and labels is None:
         raise UsageError("--metrics needs --labels")
     if metrics_dir is not None:
