@@ -985,6 +985,12 @@ def test_predict_never_writes_into_its_head_and_a_damaged_head_is_one_line(run_c
     assert r.exit_code == 1 and r.stderr == f"protrans: error: {tmp_path / 'empty'}: not a head directory (no " \
         "config.json)\n", r.stderr
     assert not (tmp_path / "q.fa").exists()
+    # a HEAD that is not there is a missing input, exit 1 as for every command's (it was click's
+    # usage error, exit 2: "Invalid value for 'HEAD': Directory '...' does not exist")
+    r = run_cli("predict", tmp_path / "nohead", "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa")
+    assert r.exit_code == 1 and r.stderr == f"protrans: error: {tmp_path / 'nohead'}: no such file\n", r.stderr
+    r = run_cli("embed", tmp_path / "nohead.fa", "-m", "onehot", "-o", tmp_path / "q.h5")
+    assert r.exit_code == 1 and r.stderr == f"protrans: error: {tmp_path / 'nohead.fa'}: no such file\n", r.stderr
 
 
 def test_fit_force_never_deletes_a_directory_holding_its_inputs(run_cli, ss_data, tmp_path):

@@ -150,6 +150,10 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
     from safetensors.torch import load as load_safetensors
 
     directory = Path(directory)
+    if not directory.exists():  # (as every command names a missing input; a dangling link says where it led)
+        from protrans_cli.io.files import missing_file
+
+        raise InputError(missing_file(directory), path=str(directory))
     if not (directory / CONFIG).is_file():
         raise InputError(f"not a head directory (no {CONFIG})", path=str(directory))
     weights = directory / WEIGHTS
