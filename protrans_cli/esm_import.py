@@ -94,6 +94,7 @@ def import_esm(inputs, output, *, fasta=None, layers=(), per_residue: bool | Non
         raise UsageError("the flat layout holds one kind only: choose --per-residue or --per-protein")
     output = checked_hdf5_output(Path(output), "the imported embeddings")
     paths = _pt_files(inputs, output)
+    _refuse_output_naming_fasta(output, fasta)
     refuse_other_format_name(output, "-o", "the imported embeddings")
     with output_lock(output, HDF5_OUTPUT_IN_USE):
         return _import_locked(paths, output, fasta=None if fasta is None else Path(fasta), layers=layers,
@@ -124,6 +125,18 @@ def _checked_arguments(inputs, output, storage_dtype: str, truncation_seq_length
     if not isinstance(truncation_seq_length, int) or truncation_seq_length < 1:
         raise UsageError(f"--truncation-seq-length must be a positive number, got {truncation_seq_length!r}")
     return inputs
+
+
+def _refuse_output_naming_fasta(output: Path, fasta) -> None:
+    """`-o` naming --fasta, as embed refuses it: it was "exists: give --force to replace it" (a
+    hint to replace the user's FASTA, which --force then refused as no HDF5 file)."""
+    from protrans_cli.io.files import input_named_by
+    from protrans_cli.io.h5 import partial_path
+
+    for target in (output, partial_path(output)):
+        if fasta is not None and input_named_by(target, (fasta,)):
+            raise UsageError(f"{target} is also the --fasta input: writing it would replace the FASTA (choose "
+                             "another -o)")
 
 
 def _pt_files(inputs, output: Path) -> list[Path]:
@@ -549,6 +562,7 @@ def import_esm_contacts(inputs, output, *, fasta=None, storage_dtype: str = "flo
     inputs = _checked_arguments(inputs, output, storage_dtype, truncation_seq_length, model)
     output = checked_hdf5_output(Path(output), "the imported contact maps")
     paths = _pt_files(inputs, output)
+    _refuse_output_naming_fasta(output, fasta)
     refuse_other_format_name(output, "-o", "the imported contact maps")
     with output_lock(output, HDF5_OUTPUT_IN_USE):
         from protrans_cli import __version__

@@ -336,6 +336,20 @@ def test_an_existing_output_is_refused_without_force(run_cli, tmp_path, extracte
     assert _read(out)[1]["kinds"] == "per_protein"
 
 
+def test_an_output_naming_the_fasta_is_refused_as_an_input_not_as_an_existing_output(run_cli, tmp_path, extracted):
+    """`import-esm DIR --fasta in.fa -o in.fa` said "exists: give --force to replace it" (of the
+    user's FASTA); it is the input, refused as embed refuses `-o` naming its FASTA."""
+    folder, fasta, _ = extracted
+    before = fasta.read_bytes()
+    link = tmp_path / "link.fa"
+    link.symlink_to(fasta)
+    for extra in ([], ["--force"], ["--contacts"]):
+        for out in (fasta, link):
+            r = run_cli("import-esm", folder, "--fasta", fasta, "-o", out, *extra)
+            assert r.exit_code == 2 and "is also the --fasta input" in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1 and fasta.read_bytes() == before
+
+
 def test_predict_on_a_pt_file_points_to_import_esm(run_cli, tmp_path, extracted):
     folder, _, _ = extracted
     from protrans_cli.errors import InputError
