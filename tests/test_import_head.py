@@ -198,6 +198,14 @@ def test_light_attention_models_predict_as_bio_embeddings(source, outputs, name,
     assert r.exit_code == 1 and "give --from it" in r.stderr and not (tmp_path / "wrong").exists()
 
 
+def test_a_head_folder_whose_parents_are_missing_is_made_with_them(published, run_cli, tmp_path):
+    """docs/troubleshooting.md: the commands whose -o is a folder (fit, import-head ...) make its
+    missing parents, where a file output's missing folder is exit 2."""
+    root, _ = published
+    r = run_cli("import-head", root / "secstruct_checkpoint.pt", "-o", tmp_path / "a" / "b" / "head")
+    assert r.exit_code == 0 and (tmp_path / "a" / "b" / "head" / "config.json").is_file(), r.stderr
+
+
 def test_the_head_directory_has_the_permissions_fits_heads_have(published, tmp_path):
     """The head was written through mkdtemp (0700) and safetensors (0600): a lab's other users could
     not read an imported head, where fit's heads get the umask's permissions."""
