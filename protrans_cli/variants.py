@@ -867,9 +867,15 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
     name = display_name(fasta)
     found = []
     held_gaps = gapped if gapped is not None else set()
+    first_line: dict[str, int] = {}
+    twice = None  # (id, line, first line): the first id given again
     for record in read_fasta(fasta):
         if record_id is not None and record.id != record_id:
             continue
+        if record.id not in first_line:
+            first_line[record.id] = record.line
+        elif twice is None:
+            twice = (record.id, record.line, first_line[record.id])
         if _GAP_CHARACTERS.search(record.sequence):
             held_gaps.add(record.id)
         try:
@@ -880,11 +886,9 @@ def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bo
             rejected[record.id] = str(InputError(str(exc), path=name, record=record.id))
     if not found and not rejected:
         raise InputError(f"holds no record {record_id!r}" if record_id else "holds no sequence", path=name)
-    ids = [i for i, _ in found] + list(rejected or ())
-    if len(set(ids)) != len(ids):  # (before the count: two records of the --id asked for are this error)
-        seen: set[str] = set()
-        twice = next(i for i in ids if i in seen or seen.add(i))
-        raise InputError(f"the id {twice!r} is given twice", path=name)
+    if twice is not None:  # (before the count: two records of the --id asked for are this error)
+        # (FILE:LINE, record 'ID' as embed says it; it was "FILE: the id 'a' is given twice")
+        raise InputError(f"duplicate id (first seen on line {twice[2]})", path=name, line=twice[1], record=twice[0])
     if len(found) > 1 and not many:
         raise UsageError(f"{name} holds {len(found)} sequences; a variants table has one wild type: pick it with "
                          f"--id (first ids: {', '.join(i for i, _ in found[:3])})")

@@ -739,7 +739,11 @@ def test_column_clashes_stdin_twice_and_duplicate_ids_are_refused(run_cli, tmp_p
     fasta = tmp_path / "twice.fa"
     fasta.write_text(f">a\n{SEQ}\n>a\n{SEQ}\n")
     r = run_cli("variants", tmp_path / "v.csv", "--fasta", fasta, "--id", "a", "-m", tiny_models["esm"])
-    assert r.exit_code == 1 and "the id 'a' is given twice" in r.stderr
+    # FILE:LINE, record 'ID', as embed names a duplicate id (it was "FILE: the id 'a' is given twice")
+    assert r.exit_code == 1 and r.stderr == f"protrans: error: {fasta}:3, record 'a': duplicate id (first seen on " \
+        "line 1)\n", r.stderr
+    r = run_cli("variants", "--all-singles", "--fasta", fasta, "-m", tiny_models["esm"])
+    assert r.exit_code == 1 and f"{fasta}:3, record 'a': duplicate id" in r.stderr and r.stdout == ""
 
 
 def test_all_singles_of_several_records_score_each_against_its_own(run_cli, tmp_path, tiny_models):
