@@ -59,6 +59,24 @@ def test_an_id_that_is_not_a_str_is_a_usage_error(tmp_path, layout, kinds):
         assert r.get("0", PER_PROTEIN).shape == (4,)
 
 
+@pytest.mark.parametrize("suffix", ["gz", "bz2", "xz"])
+def test_a_compressed_embeddings_file_is_named_as_compressed(tmp_path, suffix):
+    """`gzip out.h5` (to move it) then `export out.h5.gz`: HDF5's "file signature not found" alone,
+    where every text input is decompressed from its bytes; the message now says what it is."""
+    import bz2
+    import gzip
+    import lzma
+
+    with EmbeddingsWriter(tmp_path / "e.h5", kinds=("per_protein",)) as w:
+        w.write("a", "a", "MKT", per_protein=np.zeros(3, np.float32))
+    pack = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[suffix]
+    packed = tmp_path / f"e.h5.{suffix}"
+    packed.write_bytes(pack((tmp_path / "e.h5").read_bytes()))
+    name = {"gz": "gzip", "bz2": "bz2", "xz": "xz"}[suffix]
+    with pytest.raises(InputError, match=f"it is {name}-compressed: decompress it first"):
+        EmbeddingsReader(packed)
+
+
 def test_grouped_layout_round_trip(tmp_path):
     out = tmp_path / "e.h5"
     arrays = _write(out, ["a/1", "b"])

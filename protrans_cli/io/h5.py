@@ -168,6 +168,17 @@ def _starts_like_fasta(path) -> bool:
     return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b">")
 
 
+def _compressed(path) -> str | None:
+    """The compression (gzip, bz2, xz, zstd) the file's first bytes show, if any."""
+    from protrans_cli.io.files import sniff_compression
+
+    try:
+        with open(path, "rb") as fh:
+            return sniff_compression(fh.read(8))
+    except OSError:
+        return None
+
+
 # `--embeddings -` (fit, predict): refused before any work, a usage error
 HDF5_FROM_STDIN = "an HDF5 file is read in place, not from stdin ('-'): give the embeddings as a file"
 
@@ -245,6 +256,8 @@ class EmbeddingsReader:
                         "DIR -o OUT.h5, or embed the FASTA with protrans embed -m <the ESM model>")
             elif _starts_like_fasta(self.path):  # the sequences given where their embeddings go
                 hint = "; it is a FASTA file: embed it first (protrans embed; predict also takes it as --fasta)"
+            elif packed := _compressed(self.path):  # (`gzip out.h5` to move it: HDF5's "signature not found")
+                hint = f"; it is {packed}-compressed: decompress it first (an HDF5 file is read in place)"
             # (first line: HDF5's messages can span lines, and the error is one line)
             raise InputError(f"not a readable HDF5 file ({first_line(exc)}){hint}", path=self.path) from None
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
