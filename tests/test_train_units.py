@@ -962,6 +962,41 @@ def test_clm_segments_carry_memory_as_one_pass():
     assert abs(float(forgetful - whole)) > 1e-3
 
 
+def test_clm_makes_as_many_model_calls_on_every_rank_whatever_its_proteins_lengths(monkeypatch):
+    """Under FSDP every model call gathers each block's parameters from all ranks: a rank whose
+    micro-batch held shorter proteins (fewer segments) made fewer calls, and the run failed in a
+    collective (`torchrun ... --family transfo_xl --strategy fsdp`, gloo: "Received data size
+    doesn't match expected size"; NCCL: a hang until --dist-timeout). The step's exchange gives
+    every micro-batch the most segments of any on any rank; the extra ones predict nothing."""
+    from protrans_cli.training import loop
+    from protrans_cli.training.dist import DistInfo
+
+    model, layout = _tiny_model("transfo_xl", dropout=0.0)
+    obj = make_objective("clm", layout, _cfg(segment_length=8))
+    # rank 0: micro-batches of 4 and 1 segments (8 tokens each); rank 1: of 2 and 1
+    ranks = [[obj.collate(_random_samples(layout, n=2, length=length, seed=length)) for length in lengths]
+             for lengths in ((30, 5), (12, 3))]
+    with torch.no_grad():
+        alone = [[obj.loss(model, dict(b))[:2] for b in rank] for rank in ranks]
+    # the step's one exchange of the two ranks, all_reduce_sum's: their own counts, then the sum
+    local = []
+    monkeypatch.setattr(loop.dist, "all_reduce_sum", lambda t: local.append(t.clone()) or t)
+    for r, rank in enumerate(ranks):
+        loop._shared_counts([dict(b) for b in rank], DistInfo(rank=r, world_size=2, initialised=True), False)
+    monkeypatch.setattr(loop.dist, "all_reduce_sum", lambda t: t.copy_(local[0] + local[1]))
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        for r, rank in enumerate(ranks):
+            loop._shared_counts(rank, DistInfo(rank=r, world_size=2, initialised=True), False)
+            for b, (loss, n) in zip(rank, alone[r]):
+                calls.clear()
+                got, got_n, _ = obj.loss(model, b)
+                assert len(calls) == 4  # (rank 0's first micro-batch's)
+                assert torch.equal(got, loss) and int(got_n) == int(n) == b["num_predicted"]
+    hook.remove()
+
+
 def test_electra_loss_combines_generator_and_discriminator():
     fam = _family("electra")
     tok = fam.build_tokenizer()

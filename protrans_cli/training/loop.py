@@ -1384,13 +1384,21 @@ def _shared_counts(micro_batches: list[dict], info, flag: bool, second: bool = F
     """The predicted tokens of `micro_batches` on every rank, and whether any rank's `flag` is
     set, and any rank's `second`, in one exchange (none in one process). A second loss term that is a mean over
     something else (ELECTRA's detection over real tokens, ALBERT's sentence order over
-    proteins) gets its weight over all of them as each batch's `step_ratio`."""
+    proteins) gets its weight over all of them as each batch's `step_ratio`. A batch's
+    `num_segments` (Transformer-XL's model calls) becomes the most of any batch on any rank."""
     predicted = float(sum(b["num_predicted"] for b in micro_batches))
     aux = float(sum(b.get("num_aux", 0) for b in micro_batches))
     flags, seconds = float(flag), float(second)
     if info.initialised:
-        counts = torch.tensor([predicted, aux, flags, seconds], dtype=torch.float64, device=info.device)
-        predicted, aux, flags, seconds = dist.all_reduce_sum(counts).tolist()
+        # (and each rank's most model calls per micro-batch, in a slot of its own, as the sum
+        # carries no maximum: Transformer-XL's segments, which FSDP needs alike on every rank)
+        calls = [0.0] * info.world_size
+        calls[info.rank] = float(max((b.get("num_segments", 0) for b in micro_batches), default=0))
+        counts = torch.tensor([predicted, aux, flags, seconds, *calls], dtype=torch.float64, device=info.device)
+        predicted, aux, flags, seconds, *calls = dist.all_reduce_sum(counts).tolist()
+        for batch in micro_batches:
+            if "num_segments" in batch:
+                batch["num_segments"] = int(max(calls))
     if aux:
         # A step without any masked residue (short proteins, a tiny batch) still has its second
         # term: normalised by its own count then (its weight was predicted / aux = 0, and the

@@ -518,22 +518,36 @@ class CausalLM(Objective):
                 y[len(y) - suf - 1:] = IGNORE
         input_ids = self._pad(ids, self.layout.pad_id)
         labels_t = self._pad(labels, IGNORE)
+        seg = max(1, int(self.config.segment_length))
+        # num_segments: the model calls of the batch, which the step's exchange raises to the
+        # most of any micro-batch on any rank (see loss)
         return {"input_ids": input_ids, "labels": labels_t,
-                "num_predicted": int((labels_t != IGNORE).sum())}
+                "num_predicted": int((labels_t != IGNORE).sum()), "num_segments": -(-input_ids.shape[1] // seg)}
 
     def loss(self, model, batch):
         input_ids, labels = batch["input_ids"], batch["labels"]  # (B, T)
         seg = max(1, int(self.config.segment_length))
+        width = input_ids.shape[1]
         mems = None
         total = correct = n = 0
+        # Under FSDP every model call gathers each block's parameters from all ranks, so every
+        # rank must make as many calls: a batch narrower than another rank's (fewer segments)
+        # makes up the difference with one-token segments of padding, which predict nothing
+        # (their loss and gradient are 0). With a call count of its own, a rank waited in a
+        # collective the others never reached (gloo: "Received data size doesn't match").
+        segments = max(-(-width // seg), int(batch.get("num_segments", 0)))
+        padding = torch.full((input_ids.shape[0], 1), self.layout.pad_id, dtype=input_ids.dtype,
+                             device=input_ids.device)
         # Right padding keeps padding after every real token, so causal attention (and the
         # memory of earlier segments) never lets a real token see padding.
-        for start in range(0, input_ids.shape[1], seg):
-            out = model(input_ids=input_ids[:, start:start + seg], mems=mems)
+        for start in range(0, segments * seg, seg):
+            ids, target = ((input_ids[:, start:start + seg], labels[:, start:start + seg]) if start < width
+                           else (padding, torch.full_like(padding, IGNORE)))
+            out = model(input_ids=ids, mems=mems)
             mems = getattr(out, "mems", None)
             if mems is not None:
                 mems = [m.detach() for m in mems]
-            part_loss, part_correct, part_n = _ce_sum(_logits(out), labels[:, start:start + seg])
+            part_loss, part_correct, part_n = _ce_sum(_logits(out), target)
             total, correct, n = total + part_loss, correct + part_correct, n + part_n
         return total, n, {"accuracy": (correct, n)}
 
