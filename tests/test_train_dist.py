@@ -146,6 +146,25 @@ def test_torchrun_fsdp_transformer_xl_whose_ranks_hold_other_segment_counts_matc
     assert rows[-1]["eval_loss"] == pytest.approx(one_eval, rel=1e-5)
 
 
+
+@pytest.mark.slow
+def test_a_script_under_torchrun_that_calls_train_twice_trains_both_runs(tmp_path):
+    # The second train's process group read the first one's addresses from torchrun's store:
+    # rank 1 failed with gloo's "Connection reset by peer" (or both hung)
+    script = tmp_path / "twice.py"
+    script.write_text("import sys\nfrom protrans_cli.training.config import TrainConfig\n"
+                      "from protrans_cli.training.loop import train\n"
+                      "for name in ('a', 'b'):\n"
+                      f"    train(TrainConfig(family='bert', corpus=[{LEARNABLE!r}],\n"
+                      "                      output_dir=sys.argv[1] + '/' + name, num_steps=1, max_length=32,\n"
+                      "                      global_batch_size=4, micro_batch_size=2, threads=1, save_every=100))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all(len(read_metrics(tmp_path / name / "metrics.jsonl")) == 1 for name in "ab")
+
 def _stopped_one_process_run(out, step: int):
     """A one-process run of ARGS in `out`, stopped with a checkpoint after `step`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -2186,3 +2186,24 @@ def test_a_restarted_worker_group_on_one_node_joins_under_keys_of_its_own(monkey
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in str(dist._restart_failure(1, RuntimeError("refused\nmore")))
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     assert dist._restart_failure(1, RuntimeError("refused")) is None
+
+
+def test_a_second_group_in_the_same_processes_joins_under_keys_of_its_own(monkeypatch):
+    # A script under torchrun that calls train twice: the second train's group read the first
+    # group's addresses from torchrun's store (gloo: "Connection reset by peer", or a hang)
+    import datetime
+
+    from torch.distributed import TCPStore
+
+    from protrans_cli.training import dist
+
+    server = TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False,
+                      timeout=datetime.timedelta(seconds=10))
+    for key, value in {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "0",
+                       "GROUP_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port)}.items():
+        monkeypatch.setenv(key, value)
+    assert dist._restart_store(1, 2, 10) == {}  # the first group: torch's keys
+    monkeypatch.setattr(dist, "_groups_started", 1)
+    joined = dist._restart_store(1, 2, 10)  # (on several nodes too: every rank counts its groups alike)
+    joined["store"].set("default_pg/0//cpu/rank_1", "the second group's address")
+    assert server.get("protrans/restart_0/group_1/default_pg/0//cpu/rank_1") == b"the second group's address"

@@ -34,13 +34,14 @@ class DistInfo:
 
 
 _info = DistInfo()
+_groups_started = 0  # process groups setup() started in this process (_restart_store)
 
 
 def setup(timeout: float | None = None) -> DistInfo:
     """Read torchrun's environment, pick the device, start the process group when needed, its
     collectives failing after `timeout` seconds of waiting (None: PyTorch's default, 10 minutes
     for NCCL, 30 for gloo)."""
-    global _info
+    global _info, _groups_started
     from protrans_cli.io.files import stop_with_launcher
 
     stop_with_launcher()  # (torchrun SIGKILLed: the ranks checkpoint and stop, not train on as orphans)
@@ -76,6 +77,7 @@ def setup(timeout: float | None = None) -> DistInfo:
                 except RuntimeError as exc:
                     raise _restart_failure(rank, exc) or exc
             started = True
+            _groups_started += 1
         initialised = True
     _info = DistInfo(rank, world_size, local_rank, device, initialised, started)
     return _info
@@ -98,15 +100,21 @@ def _restart_store(rank: int, world_size: int, timeout: float | None) -> dict:
     apart. On one node every rank has the same restart count; across nodes the counts differ
     (a node restarted for another's failure does not count it), so there torch's own keys stay
     and a failure says how to avoid it (_restart_failure)."""
-    if not _restarted() or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+    # A group started again in the same processes (a script under torchrun that calls train twice)
+    # met the first group's addresses the same way: the how-manieth group it is keeps them apart,
+    # a count every rank (of every node) shares.
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    restart = _restarted() if os.environ.get("GROUP_WORLD_SIZE", "1") == "1" else 0
+    if not restart and not _groups_started:
         return {}
     import torch.distributed as dist
 
     wait = datetime.timedelta(seconds=timeout if timeout is not None else 1800)
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
                           is_master=False, timeout=wait)
-    return {"store": dist.PrefixStore(f"protrans/restart_{_restarted()}", store), "rank": rank,
-            "world_size": world_size}
+    prefix = f"protrans/restart_{restart}" + (f"/group_{_groups_started}" if _groups_started else "")
+    return {"store": dist.PrefixStore(prefix, store), "rank": rank, "world_size": world_size}
 
 
 def _restart_failure(rank: int, exc: BaseException):
