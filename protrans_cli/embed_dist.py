@@ -100,9 +100,15 @@ def _setup_distributed(device: str) -> _Dist:
     try:
         # Joining waits for every rank: one that stopped before it (an error on one node alone)
         # was waited for 24 hours, the timeout the barriers need.
+        # (a group started before in this process, train's or embed's, left its addresses in
+        # torchrun's store under torch's keys: this one joins under keys of its own)
+        from protrans_cli.training import dist as groups
+
         with signals_end_wait(f"rank {rank} was waiting for the other processes to join; nothing was "
                               "computed or written"):
-            dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
+            dist.init_process_group("gloo", timeout=JOIN_TIMEOUT,
+                                    **groups._restart_store(rank, world, JOIN_TIMEOUT.total_seconds()))
+        groups._groups_started += 1
     except dist.DistError as exc:
         seconds = JOIN_TIMEOUT.total_seconds()
         waited = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} s"

@@ -3228,6 +3228,33 @@ def test_a_rank_whose_peers_never_join_stops_after_the_join_timeout(monkeypatch)
     assert not torch_dist.is_initialized()
 
 
+def test_embeds_group_after_another_in_the_same_processes_joins_under_keys_of_its_own(monkeypatch):
+    # A script under torchrun that trains, then embeds (or embeds, then trains): the second group
+    # read the first one's addresses from torchrun's store under torch's keys, and the ranks hung
+    import datetime
+
+    import torch.distributed as torch_dist
+    from torch.distributed import TCPStore
+
+    from protrans_cli import embed_dist
+    from protrans_cli.training import dist as groups
+
+    server = TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False,
+                      timeout=datetime.timedelta(seconds=10))
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "TORCHELASTIC_USE_AGENT_STORE": "True",
+                       "TORCHELASTIC_RESTART_COUNT": "0", "GROUP_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(server.port)}.items():
+        monkeypatch.setenv(key, value)
+    joined = []
+    monkeypatch.setattr(torch_dist, "init_process_group", lambda backend, **kw: joined.append(kw))
+    monkeypatch.setattr(torch_dist, "new_group", lambda **kw: None)
+    monkeypatch.setattr(groups, "_groups_started", 1)  # train's group came first
+    embed_dist._setup_distributed("cpu")
+    joined[0]["store"].set("default_pg/0//cpu/rank_1", "embed's address")
+    assert server.get("protrans/restart_0/group_1/default_pg/0//cpu/rank_1") == b"embed's address"
+    assert groups._groups_started == 2  # (and a train after it joins under keys of its own too)
+
+
 @pytest.mark.parametrize("command, signame", [("embed", "SIGINT"), ("train", "SIGTERM")])
 def test_a_signal_while_a_rank_waits_for_the_others_to_join_ends_it_at_once(tmp_path, command, signame):
     """Joining the process group waits inside a C call that runs no Python handler: a Ctrl-C (or
