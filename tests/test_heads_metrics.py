@@ -57,6 +57,18 @@ def test_evaluate_ignores_masked_and_reports_everything():
     assert m["accuracy_per_protein"]["std_error"] == pytest.approx(np.std([0.5, 0.75], ddof=1) / np.sqrt(2))
 
 
+
+def test_the_per_protein_accuracy_is_the_mean_of_each_proteins_own_accuracy():
+    """The papers' other convention, checked with numpy on three proteins whose own accuracies
+    (1, 1/4, 0/3 of their scored residues) have a mean apart from their median and pooled one."""
+    y_true = [np.array([2]), np.array([0, 0, 0, 0, IGNORE]), np.array([1, 1, 1])]
+    y_pred = [np.array([2]), np.array([0, 1, 1, 1, 0]), np.array([0, 0, 0])]
+    m = evaluate(y_true, y_pred, "HEC", metric="Q3", n_boot=100)
+    own = np.array([1.0, 0.25, 0.0])
+    assert m["accuracy"] == pytest.approx(2 / 8)
+    assert m["accuracy_per_protein"]["mean"] == pytest.approx(own.mean())
+    assert m["accuracy_per_protein"]["std_error"] == pytest.approx(own.std(ddof=1) / np.sqrt(3))
+
 def test_per_protein_outputs_have_no_second_accuracy():
     """One position per protein: the mean of the proteins' accuracies is the accuracy itself."""
     m = evaluate([np.array([0]), np.array([1]), np.array([1])], [np.array([0]), np.array([0]), np.array([1])],
