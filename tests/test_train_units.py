@@ -1089,6 +1089,35 @@ def test_schedules():
     assert LRLambda("constant", 0, 110, 0.1)(0) == 1.0
 
 
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_runs_scheduler_decays_to_its_min_lr_ratio_by_hand(schedule):
+    """The scheduler a run builds from its settings (build_scheduler), step by step against the
+    schedule written out by hand: --warmup-steps 2 of 10 steps, then the decay to lr x min_lr_ratio
+    (0.25 here, not the default 0.1), reached one step after the last."""
+    import math
+
+    from protrans_cli.training.optim import build_scheduler
+
+    config = TrainConfig(family="bert", lr=1e-3, schedule=schedule, warmup_steps=2, min_lr_ratio=0.25)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = build_scheduler(optimizer, config, 10)
+    seen = []
+    for _ in range(11):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+
+    def by_hand(step):
+        if step < 2:
+            return (step + 1) / 2
+        progress = min(1.0, (step - 2) / 8)
+        decay = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return 0.25 + 0.75 * decay
+
+    assert seen == pytest.approx([1e-3 * by_hand(s) for s in range(11)], rel=1e-9)
+    assert seen[-1] == pytest.approx(0.25e-3)
+
 @pytest.mark.parametrize("name", ["adamw", "lamb", "adafactor"])
 def test_optimizers_minimise_a_regression(name):
     torch.manual_seed(0)
