@@ -2268,3 +2268,25 @@ def test_a_second_group_in_the_same_processes_joins_under_keys_of_its_own(monkey
     joined = dist._restart_store(1, 2, 10)  # (on several nodes too: every rank counts its groups alike)
     joined["store"].set("default_pg/0//cpu/rank_1", "the second group's address")
     assert server.get("protrans/restart_0/group_1/default_pg/0//cpu/rank_1") == b"the second group's address"
+
+
+def test_a_metrics_line_pools_the_intervals_tokens_and_averages_grad_norm_over_the_steps_applied():
+    """metrics.jsonl as docs/train.md describes it: `loss` is the interval's summed loss over its
+    predicted tokens (not a mean of the steps' losses), `grad_norm` the mean over the steps applied
+    (a step with nothing to predict has none), `tokens` their sum; a checkpoint's interval state,
+    loaded, reduces to the same line."""
+    from protrans_cli.training.metrics import Accumulator
+
+    steps = [{"loss": (6.0, 2.0), "accuracy": (1.0, 2.0), "tokens": 10, "grad_norm": 3.0},
+             {"loss": (0.0, 0.0), "tokens": 4},  # nothing to predict: no step applied
+             {"loss": (4.0, 8.0), "accuracy": (6.0, 8.0), "tokens": 30, "grad_norm": 1.0}]
+    log, resumed = Accumulator(), Accumulator()
+    for stats in steps[:2]:
+        log.add(stats)
+    resumed.load(copy.deepcopy(log.state()))
+    for acc in (log, resumed):
+        acc.add(steps[2])
+    for acc in (log, resumed):
+        line = acc.reduce()
+        assert line["loss"] == pytest.approx(10.0 / 10.0) and line["accuracy"] == pytest.approx(7.0 / 10.0)
+        assert line["grad_norm"] == pytest.approx((3.0 + 1.0) / 2) and line["tokens"] == 44
