@@ -2754,6 +2754,38 @@ def test_validation_loss_is_each_outputs_mean_over_the_set_summed(loc_data):
                    for name in ("loc", "membrane"))
     assert (data.targets["membrane"] == IGNORE).any()  # U proteins: the two outputs count differently
     assert loss == pytest.approx(expected, rel=1e-6)
+
+def test_a_value_head_is_trained_on_z_scores_that_predict_scales_back_to_the_targets_unit():
+    """A value output's loss is the squared error against (target - mean) / std of the training
+    targets, the z-scores an ensemble multiplies by std and shifts by mean again: the head whose
+    outputs minimise the loss predicts the targets themselves (in the targets' own unit). Trained
+    on target - mean alone, its predictions came out std times too far from the mean."""
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.heads.model import Ensemble
+    from protrans_cli.heads.tasks import get_task
+
+    task = get_task("value").with_scale_from({"value": np.array([900.0, 1000.0, 1100.0, 1000.0])})
+    mean, std = task.outputs[0].scale
+    true = torch.tensor([900.0, 1100.0, float("nan"), 1040.0])  # (NaN: no value, not counted)
+    best = ((true - mean) / std).nan_to_num(0.0).reshape(-1, 1)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = torch.nn.Parameter(out)
+
+        def forward(self, x, mask=None):
+            return {"value": self.out}
+
+    loss, counts = fit_module._loss(task, {"value": best}, {"value": true}, None)
+    assert counts == {"value": 3} and float(loss) == pytest.approx(0.0, abs=1e-12)
+    zeros, _ = fit_module._loss(task, {"value": torch.zeros(4, 1)}, {"value": true}, None)
+    kept = true[~true.isnan()]
+    assert float(zeros) == pytest.approx(float((((kept - mean) / std) ** 2).mean()), rel=1e-6)
+    predicted = Ensemble([Fixed(best)], task).probabilities(torch.zeros(4, 8), None)["value"].reshape(-1)
+    torch.testing.assert_close(predicted[[0, 1, 3]], kept, rtol=1e-6, atol=1e-3)
+
+
 def test_predict_probabilities_to_stdout_is_refused(run_cli, ss_data, one_epoch_ss3, tmp_path, monkeypatch):
     # `--probabilities -` wrote an HDF5 file named `-` in the current directory (exit 0).
     monkeypatch.chdir(tmp_path)
