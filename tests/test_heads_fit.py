@@ -2786,6 +2786,46 @@ def test_a_value_head_is_trained_on_z_scores_that_predict_scales_back_to_the_tar
     torch.testing.assert_close(predicted[[0, 1, 3]], kept, rtol=1e-6, atol=1e-3)
 
 
+@pytest.mark.parametrize("standardise", [True, False])
+def test_an_epochs_train_loss_is_the_mean_of_its_batches_losses_and_standardise_sets_the_fnn_inputs(loc_data,
+                                                                                                    standardise):
+    """metrics.jsonl's train_loss is the mean over the epoch's batches of their loss, here against
+    the batches rebuilt by hand on a head that does not move (lr 0, no dropout); an FNN head's
+    input shift and scale are the training set's mean and deviation with --standardise, and
+    the identity with --no-standardise."""
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.heads.data import load_data
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.model import build_head
+    from protrans_cli.heads.tasks import get_task
+
+    task = get_task("loc")
+    data, _ = load_data(loc_data / "train.h5", read_labels(loc_data / "train.fasta"), task)
+    config = FitConfig(task="loc", batch_size=16, lr=0.0, dropout=0.0, max_epochs=1, patience=5,
+                       standardise=standardise)
+    model, lines = fit_module._train_one(config, task, data, data, 3, 0, None)
+    x = torch.from_numpy(data.x)
+    if standardise:
+        torch.testing.assert_close(model.shift, x.mean(0))
+        torch.testing.assert_close(model.scale, _deviation_or_one(x))
+    else:
+        assert bool((model.shift == 0).all()) and bool((model.scale == 1).all())
+    torch.manual_seed(3)
+    same = build_head(task, data.dim, hidden=config.hidden, dropout=0.0)
+    if standardise:
+        same.standardise_with(x)
+    with torch.no_grad():
+        losses = [float(fit_module._loss(task, same(b.x, b.mask), b.targets, None)[0])
+                  for b in data.batches(16, shuffle=True, rng=np.random.default_rng(3))]
+    assert len(losses) == 10 and lines[0]["train_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def _deviation_or_one(x):
+    """The training set's per-dimension sample deviation, 1 where a dimension is constant."""
+    std = x.std(0)
+    return torch.where(std > 0, std, torch.ones_like(std))
+
+
 def test_predict_probabilities_to_stdout_is_refused(run_cli, ss_data, one_epoch_ss3, tmp_path, monkeypatch):
     # `--probabilities -` wrote an HDF5 file named `-` in the current directory (exit 0).
     monkeypatch.chdir(tmp_path)
