@@ -2167,6 +2167,16 @@ def test_eval_every_is_honoured_off_the_logging_grid(tmp_path):
     assert all("loss" in r and r["tokens_per_s"] > 0 for r in rows)
 
 
+
+def test_the_last_step_writes_a_line_off_the_logging_grid_without_a_validation_corpus(tmp_path):
+    """A run whose length is no multiple of --log-every still logs its last steps (the loss the
+    summary line and the curve end on): 5 steps logged every 2 write lines at steps 2, 4 and 5,
+    the last one for step 5 alone."""
+    result = train(_config(tmp_path / "ev", num_steps=5, log_every=2))
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2, 4, 5]
+    assert all(r["loss"] is not None and r["tokens"] > 0 for r in rows) and len(result.losses) == 3
+
 def test_resume_from_an_earlier_checkpoint_with_later_ones_is_refused(tmp_path):
     from protrans_cli.errors import UsageError
 
