@@ -1079,3 +1079,38 @@ def test_finetune_puts_back_the_callers_random_generators(data, tmp_path):
     finetune(FinetuneConfig(task="ss3", model=str(data / "bert"), max_epochs=1, lr=0.01, max_residues=600, threads=1,
                             n_bootstrap=10, device="cpu"), data / "train.csv", tmp_path / "out")
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_head_written_is_the_best_validation_epochs_not_the_last(data, tmp_path, monkeypatch):
+    """fit's rule, as docs/heads.md says: the epoch with the best validation score is kept. Here
+    epoch 1 scores best and the loss keeps falling (so patience never stops the run): the head
+    written is epoch 1's state as the run saved it, not epoch 3's."""
+    from safetensors.torch import load_file
+
+    import protrans_cli.heads.finetune as ft
+    import protrans_cli.heads.fit as fit
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    scores, saved = iter([(1.0, 0.9), (0.9, 0.5), (0.8, 0.4)]), []
+    real_validate, real_write = fit._validate, ft._write_state
+
+    def validate(*args, **kwargs):
+        loss, _ = real_validate(*args, **kwargs)
+        step = next(scores, None)
+        return (loss, {}) if step is None else (step[0], {"ss3": step[1]})
+
+    def write_state(path, state):
+        saved.append({k: v.clone() for k, v in state["model"].items() if k.startswith("head.")})
+        return real_write(path, state)
+
+    monkeypatch.setattr(fit, "_validate", validate)
+    monkeypatch.setattr(ft, "_write_state", write_state)
+    kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=10,
+              device="cpu", max_epochs=3, patience=5)
+    result = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "out")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3] and len(saved) == 3
+    written = load_file(str(tmp_path / "out" / "head" / "weights.safetensors"))
+    assert json.loads((tmp_path / "out" / "finetune.json").read_text())["best_epoch"] == 1
+    for key, value in saved[0].items():
+        torch.testing.assert_close(written["members.0." + key[len("head."):]], value)
+    assert any(not torch.equal(saved[0][k], saved[2][k]) for k in saved[0])  # (the epochs did differ)
