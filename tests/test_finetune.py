@@ -1114,3 +1114,25 @@ def test_the_head_written_is_the_best_validation_epochs_not_the_last(data, tmp_p
     for key, value in saved[0].items():
         torch.testing.assert_close(written["members.0." + key[len("head."):]], value)
     assert any(not torch.equal(saved[0][k], saved[2][k]) for k in saved[0])  # (the epochs did differ)
+
+
+def test_a_tie_with_a_higher_loss_is_no_progress_and_patience_stops_the_finetune(data, tmp_path, monkeypatch):
+    """fit's rule: epoch 2 ties epoch 1's score with a higher validation loss, so it improves
+    neither: with --patience 1 the run stops after it, keeping epoch 1."""
+    import protrans_cli.heads.fit as fit
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    scores = iter([(1.0, 0.5), (1.1, 0.5), (0.5, 0.9), (0.4, 0.95)])
+    real_validate = fit._validate
+
+    def validate(*args, **kwargs):
+        loss, _ = real_validate(*args, **kwargs)
+        step = next(scores, None)
+        return (loss, {}) if step is None else (step[0], {"ss3": step[1]})
+
+    monkeypatch.setattr(fit, "_validate", validate)
+    kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=10,
+              device="cpu", max_epochs=4, patience=1)
+    result = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "out")
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert json.loads((tmp_path / "out" / "finetune.json").read_text())["best_epoch"] == 1
