@@ -1136,3 +1136,26 @@ def test_a_tie_with_a_higher_loss_is_no_progress_and_patience_stops_the_finetune
     result = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "out")
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert json.loads((tmp_path / "out" / "finetune.json").read_text())["best_epoch"] == 1
+
+
+def test_patience_counts_from_the_lowest_validation_loss_of_any_epoch(data, tmp_path, monkeypatch):
+    """An epoch is progress when its loss is below every earlier epoch's, not merely below the
+    one before: epoch 2 lowers the loss to 0.8, epochs 3 (0.9) and 4 (0.85) do not go below it, so
+    --patience 2 stops the run after epoch 4 with epoch 1 (the best score) kept."""
+    import protrans_cli.heads.fit as fit
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    scores = iter([(1.0, 0.5), (0.8, 0.4), (0.9, 0.4), (0.85, 0.4), (0.7, 0.4)])
+    real_validate = fit._validate
+
+    def validate(*args, **kwargs):
+        loss, _ = real_validate(*args, **kwargs)
+        step = next(scores, None)
+        return (loss, {}) if step is None else (step[0], {"ss3": step[1]})
+
+    monkeypatch.setattr(fit, "_validate", validate)
+    kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=10,
+              device="cpu", max_epochs=5, patience=2)
+    result = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "out")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "out" / "finetune.json").read_text())["best_epoch"] == 1
