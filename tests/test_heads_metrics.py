@@ -286,3 +286,17 @@ def test_a_value_outputs_ci_is_spearmans_rho_over_resampled_proteins():
     m = evaluate_values(true, pred, n_boot=4000, seed=1)
     assert m["ci95"][0] == pytest.approx(ref_lo, abs=0.03) and m["ci95"][1] == pytest.approx(ref_hi, abs=0.03)
     assert ref_hi - ref_lo > 0.2  # (the bounds are far apart: a CI of the wrong spread cannot pass)
+
+
+def test_a_standardised_fnn_reads_its_inputs_as_z_scores_of_the_training_set():
+    """The FNN's forward pass sees (x - mean) / std of the training inputs: the same outputs as the
+    same weights without standardisation given the z-scores computed here."""
+    torch.manual_seed(0)
+    train = torch.randn(30, 4) * torch.tensor([0.01, 1.0, 100.0, 3.0]) + 5
+    model = ProteinFNN(4, {"loc": 10}).eval()
+    plain = ProteinFNN(4, {"loc": 10}).eval()
+    plain.load_state_dict(model.state_dict())
+    model.standardise_with(train)
+    x = torch.randn(6, 4) * 2 + 5
+    z = (x - train.mean(0)) / train.std(0)
+    torch.testing.assert_close(model(x)["loc"], plain(z)["loc"], rtol=1e-5, atol=1e-5)
