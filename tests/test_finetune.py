@@ -328,6 +328,33 @@ def test_a_second_finetune_on_one_output_is_refused(data, run_cli, tmp_path):
 
 # --- --resume: the same inputs, compared as files -------------------------------------------------
 
+@pytest.mark.gpu
+def test_a_finetune_resumed_on_the_gpu_draws_the_dropout_masks_an_uninterrupted_one_draws(data, tmp_path, monkeypatch):
+    # only the CPU generator was kept: on a GPU the resumed epochs replayed the first epoch's
+    # dropout masks (manual_seed reset the device's generator), as fit's once did
+    import protrans_cli.heads.fit as fit
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=10,
+              device="cuda", max_epochs=3, patience=5, lora_dropout=0.3)
+    whole = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "a")
+    real, calls = fit._validate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "_validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "b")
+    monkeypatch.setattr(fit, "_validate", real)
+    resumed = finetune(FinetuneConfig(resume=True, **kw), data / "train.csv", tmp_path / "b")
+    assert [h["valid_loss"] for h in resumed.history] == pytest.approx([h["valid_loss"] for h in whole.history],
+                                                                      rel=1e-5)
+
+
 def test_resume_refuses_changed_inputs_and_accepts_them_named_otherwise(data, tmp_path, monkeypatch):
     """--resume compared the settings and the paths as typed: labels rewritten at the same path
     resumed into a head trained on two label sets (and --fasta was not compared at all), while the

@@ -380,6 +380,20 @@ def _write_state(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+def _device_rng(device) -> dict:
+    """The GPU's (or Apple GPU's) random state, saved beside the CPU's."""
+    return {"cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "mps_rng": torch.mps.get_rng_state() if device.type == "mps" else None}
+
+
+def _set_device_rng(device, saved: dict) -> None:
+    """Put back what _device_rng saved (a state saved on the CPU, or before it was kept: none)."""
+    if device.type == "cuda" and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    elif device.type == "mps" and saved.get("mps_rng") is not None:
+        torch.mps.set_rng_state(saved["mps_rng"])
+
+
 def _read_state(path: Path) -> dict:
     """The saved state, its sha256 checked first (bytes changed on disk are refused, never trained on)."""
     saved = load_checked_state(path, "finetune", "--force starts again")
@@ -553,6 +567,9 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
             optimizer.load_state_dict(saved["optimizer"])
             rng.bit_generator.state = json.loads(saved["numpy_rng"])
             torch.set_rng_state(saved["torch_rng"])
+            # dropout on a GPU draws from the device's generator, which manual_seed above reset:
+            # without it the resumed epochs replayed the first epoch's masks (as fit's did)
+            _set_device_rng(torch.device(device), saved)
             best_state, best, history = saved["best_state"], json.loads(saved["best"]), json.loads(saved["history"])
             first_epoch, stopped = int(saved["epoch"]) + 1, bool(saved["stopped"])
             console.info(f"resuming {out_dir} after epoch {first_epoch - 1}")
@@ -610,7 +627,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
                 _write_state(partial / STATE, {
                     "fingerprint": json.dumps(fingerprint), "model": trained_state(),
                     "optimizer": optimizer.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
-                    "torch_rng": torch.get_rng_state(), "best_state": best_state, "best": json.dumps(best),
+                    "torch_rng": torch.get_rng_state(), **_device_rng(torch.device(device)),
+                    "best_state": best_state, "best": json.dumps(best),
                     "history": json.dumps(history), "epoch": epoch, "stopped": stopped})
         missing, unexpected = model.load_state_dict(best_state, strict=False)
         if unexpected or any(".lora_" in k or k.startswith("head.") for k in missing):
