@@ -993,6 +993,28 @@ def test_predict_never_writes_into_its_head_and_a_damaged_head_is_one_line(run_c
     assert r.exit_code == 1 and r.stderr == f"protrans: error: {tmp_path / 'nohead.fa'}: no such file\n", r.stderr
 
 
+def test_predict_names_a_language_model_given_as_its_head(run_cli, ss_data, tmp_path):
+    """A model directory (a train run, one of its checkpoints) given where the head goes was "head
+    has no weights.safetensors", as if the head were damaged; a finetune output and a run's
+    checkpoints folder were "no config.json" alone."""
+    model = tmp_path / "run"
+    (model / "checkpoints" / "step_00000010").mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
+    (model / "checkpoints" / "step_00000010" / "training_state.pt").write_bytes(b"")
+    (tmp_path / "ft" / "head").mkdir(parents=True)
+    (tmp_path / "ft" / "head" / "config.json").write_text("{}")
+    for given, said in ((model, "a language model directory (bert model), not a prediction head: a head is what "
+                         f"`protrans fit`, `finetune` or `import-head` writes; embed with this model (protrans "
+                         f"embed FASTA -m {model}) and fit a head on its embeddings"),
+                        (tmp_path / "ft", f"not a head directory (no config.json); it is a finetune output: its "
+                         f"head is {tmp_path / 'ft' / 'head'}"),
+                        (model / "checkpoints", "not a head directory (no config.json); it is a training run's "
+                         "checkpoints folder (language models, not heads)")):
+        r = run_cli("predict", given, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa")
+        assert r.exit_code == 1 and r.stderr == f"protrans: error: {given}: {said}\n", r.stderr
+        assert not (tmp_path / "q.fa").exists()
+
+
 def test_fit_force_never_deletes_a_directory_holding_its_inputs(run_cli, ss_data, tmp_path):
     import shutil
 

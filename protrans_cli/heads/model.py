@@ -155,7 +155,14 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
 
         raise InputError(missing_file(directory), path=str(directory))
     if not (directory / CONFIG).is_file():
-        raise InputError(f"not a head directory (no {CONFIG})", path=str(directory))
+        raise InputError(f"not a head directory (no {CONFIG}){_other_directory(directory)}", path=str(directory))
+    if (language_model := _language_model_type(directory)) is not None:
+        # (a model directory, a train run or one of its checkpoints: "head has no
+        # weights.safetensors" said the head was damaged, not that it was the wrong folder)
+        raise InputError(f"a language model directory ({language_model}), not a prediction head: a head is what "
+                         f"`protrans fit`, `finetune` or `import-head` writes; embed with this model "
+                         f"(protrans embed FASTA -m {directory}) and fit a head on its embeddings",
+                         path=str(directory))
     weights = directory / WEIGHTS
     if weights.exists() and not weights.is_file():  # (a link to /dev/zero was read until the memory ran out)
         raise ModelError("cannot read the head's weights (not a regular file: a folder, device, FIFO or socket, "
@@ -205,6 +212,28 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
     if (beside := moved_finetune_model(directory, config)) is not None:
         config["embedding"]["model"] = beside  # (what --embeddings made with it are compared with)
     return ensemble, task, config
+
+
+def _language_model_type(directory: Path) -> str | None:
+    """The model_type of a transformers model directory's config.json (no head's config has one
+    and every head's has a `task`), or None where the directory may be a head."""
+    try:
+        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(config, dict) or "task" in config or not isinstance(config.get("model_type"), str):
+        return None
+    return f"{config['model_type']} model"
+
+
+def _other_directory(directory: Path) -> str:
+    """For a folder without config.json: where the head is when it is a finetune output (OUT/head)
+    or what it is when it is a train run's checkpoints folder; '' otherwise."""
+    if (directory / "head" / CONFIG).is_file():
+        return f"; it is a finetune output: its head is {directory / 'head'}"
+    if directory.name == "checkpoints" and any(directory.glob("step_*/training_state.pt")):
+        return "; it is a training run's checkpoints folder (language models, not heads)"
+    return ""
 
 
 def moved_finetune_model(directory, config: dict) -> str | None:
