@@ -1465,3 +1465,29 @@ def test_a_dataset_declaring_gigabytes_it_does_not_store_is_refused_before_it_is
     r = run_cli("export", path, "--per-residue", "-o", tmp_path / "out.tsv")
     assert r.exit_code == 1 and f"{path}, record 'b': embedding declares shape" in r.stderr, r.stderr
     assert not (tmp_path / "out.tsv").exists()
+
+
+def test_an_embeddings_file_packed_for_sending_says_how_to_unpack_it(tmp_path):
+    """`gzip out.h5` (to send it), a zip of it and an empty copy were "not a readable HDF5 file
+    (... file signature not found)" and no more: the reader now says what the file is."""
+    import bz2
+    import gzip
+    import zipfile
+
+    _write(tmp_path / "e.h5", ["a"])
+    data = (tmp_path / "e.h5").read_bytes()
+    (tmp_path / "e.h5.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "e.h5.bz2").write_bytes(bz2.compress(data))
+    with zipfile.ZipFile(tmp_path / "e.zip", "w") as z:
+        z.write(tmp_path / "e.h5", "e.h5")
+    (tmp_path / "empty.h5").write_bytes(b"")
+    for name, said in (("e.h5.gz", "the file is gzip-compressed, and an HDF5 file is read uncompressed: decompress "
+                        "it first (gunzip -k FILE)"),
+                       ("e.h5.bz2", "the file is bz2-compressed, and an HDF5 file is read uncompressed: decompress "
+                        "it first (bunzip2 -k FILE)"),
+                       ("e.zip", "the file is a zip archive: extract the HDF5 file from it first"),
+                       ("empty.h5", "the file is empty (0 bytes)")):
+        with pytest.raises(InputError) as err:
+            EmbeddingsReader(tmp_path / name)
+        assert str(err.value).startswith(f"{tmp_path / name}: not a readable HDF5 file (")
+        assert str(err.value).endswith(f"); {said}"), str(err.value)

@@ -168,15 +168,25 @@ def _starts_like_fasta(path) -> bool:
     return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b">")
 
 
-def _compressed(path) -> str | None:
-    """The compression (gzip, bz2, xz, zstd) the file's first bytes show, if any."""
+def _packed_hint(path) -> str:
+    """What a file HDF5 cannot open is where its first bytes say it holds one packed: empty (a
+    copy that failed), compressed (`gzip out.h5` to send it) or an archive; '' otherwise."""
     from protrans_cli.io.files import sniff_compression
 
     try:
         with open(path, "rb") as fh:
-            return sniff_compression(fh.read(8))
+            head = fh.read(512)
     except OSError:
-        return None
+        return ""
+    if not head:
+        return "; the file is empty (0 bytes)"
+    if kind := sniff_compression(head):
+        tool = {"gzip": "gunzip", "bz2": "bunzip2", "xz": "unxz", "zstd": "unzstd"}[kind]
+        return (f"; the file is {kind}-compressed, and an HDF5 file is read uncompressed: decompress it first "
+                f"({tool} -k FILE)")
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or head[257:262] == b"ustar":
+        return f"; the file is a {'zip' if head.startswith(b'PK') else 'tar'} archive: extract the HDF5 file from it first"
+    return ""
 
 
 # `--embeddings -` (fit, predict): refused before any work, a usage error
@@ -256,8 +266,8 @@ class EmbeddingsReader:
                         "DIR -o OUT.h5, or embed the FASTA with protrans embed -m <the ESM model>")
             elif _starts_like_fasta(self.path):  # the sequences given where their embeddings go
                 hint = "; it is a FASTA file: embed it first (protrans embed; predict also takes it as --fasta)"
-            elif packed := _compressed(self.path):  # (`gzip out.h5` to move it: HDF5's "signature not found")
-                hint = f"; it is {packed}-compressed: decompress it first (an HDF5 file is read in place)"
+            else:
+                hint = _packed_hint(self.path)
             # (first line: HDF5's messages can span lines, and the error is one line)
             raise InputError(f"not a readable HDF5 file ({first_line(exc)}){hint}", path=self.path) from None
         self.attrs = {k: _plain(v) for k, v in self.file.attrs.items()}
