@@ -76,6 +76,17 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     with pytest.raises(UsageError, match=r"flags.json: unknown setting\(s\) phase, set \(phase is phases in a config "
                                          r"file; set is model_overrides in a config file\)"):
         TrainConfig.from_file(tmp_path / "flags.json")
+    # a model's or a head's config.json (beside train_config.json in a run; in a head folder) was
+    # "unknown setting(s)" and the two dozen keys it holds: said what it is
+    (tmp_path / "model.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8, "architectures": []}))
+    with pytest.raises(UsageError, match=r"model.json: the config.json of a bert model \(its transformers settings\), "
+                                         r"not train settings: a run's settings are its train_config.json; to "
+                                         r"continue pretraining this model give its directory to --init-from$"):
+        TrainConfig.from_file(tmp_path / "model.json")
+    (tmp_path / "head.json").write_text(json.dumps({"task": {}, "hyperparameters": {}, "input_dim": 8}))
+    with pytest.raises(UsageError, match=r"head.json: the config.json of a prediction head \(protrans fit\), not "
+                                         r"train settings: a run's settings are its train_config.json$"):
+        TrainConfig.from_file(tmp_path / "head.json")
     (tmp_path / "broken.toml").write_text("lr = = 1")
     with pytest.raises(UsageError, match="broken.toml: cannot parse config"):
         TrainConfig.from_file(tmp_path / "broken.toml")
