@@ -840,6 +840,18 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     return table
 
 
+def _starts_like_fasta(path) -> bool:
+    """Whether a file (compressed or not) begins, after blanks and a byte-order mark, with '>'."""
+    from protrans_cli.io.files import open_input
+
+    try:
+        with open_input(path) as stream:
+            head = stream.read(4096)
+    except (OSError, InputError, UsageError, EOFError):  # (unreadable: the table's reader says why)
+        return False
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b">")
+
+
 def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bool, *,
                     rejected: dict | None = None, gapped: set | None = None) -> list[tuple[str, str]]:
     """[(id, sequence)]: `--sequence`, or the FASTA's record(s); one unless `many` (--all-singles).
@@ -956,6 +968,11 @@ def run_variants(output, options: VariantOptions, *, variants_file=None, sequenc
     options = options or VariantOptions()
     expect_options(options, VariantOptions, "options")
     options.validate()
+    if isinstance(variants_file, (str, Path)) and str(variants_file) != "-" and _starts_like_fasta(variants_file):
+        # (the wild type given where the table goes: "has no 'mutant' column (columns: >wt ...)",
+        # or with --all-singles "give a table or --all-singles, one of them", both given)
+        raise UsageError("is a FASTA file, not a variants table (a CSV or TSV of substitutions): a wild type "
+                         "goes to --fasta", path=str(variants_file))
     if options.all_singles == (variants_file is not None):
         raise UsageError("give a variants table (CSV or TSV with a mutant column) or --all-singles, one of them")
     if variants_file is not None and fasta is not None and str(variants_file) == str(fasta) == "-":

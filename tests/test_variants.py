@@ -342,6 +342,11 @@ def test_wild_type_and_option_mistakes_are_refused_in_one_line_before_any_model(
         (("--all-singles", "--sequence", SEQ, "-m", nothing, "--mutation-column", "variant"), 2,
          "--mutation-column variant reads the variants table; --all-singles has none"),
         ((table, "--sequence", SEQ, "-m", nothing, "--device", "gpu"), 2, "--device gpu: use auto, cpu, cuda"),
+        # the wild type's FASTA given as the table: was "has no 'mutant' column (columns: >a)", and
+        # with --all-singles "give a variants table ... or --all-singles, one of them", both given
+        ((fasta, "--fasta", fasta, "-m", nothing), 2, f"{fasta}: is a FASTA file, not a variants table (a CSV or "
+         "TSV of substitutions): a wild type goes to --fasta"),
+        ((fasta, "--all-singles", "-m", nothing), 2, f"{fasta}: is a FASTA file, not a variants table"),
     ]
     for args, code, message in cases:
         r = run_cli("variants", *args)
