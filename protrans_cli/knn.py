@@ -351,9 +351,12 @@ def protein_labels(labels, label_format: str, use: str, *, all_columns: bool = F
 
 def protein_label_set(labels, label_format: str, use: str, *, all_columns: bool = False):
     """The per-protein label file `labels` read (read_labels); one of per-residue labels refused."""
-    from protrans_cli.heads.labels import holds_residue_labels, read_labels
+    from protrans_cli.heads.labels import holds_residue_labels, holds_sequences, read_labels
 
     label_set = read_labels(labels, label_format, all_columns=all_columns)
+    if holds_sequences(label_set):  # ("holds per-residue labels (flip)" of a FASTA of sequences)
+        raise InputError(f"holds sequences, not labels; {use} (a DeepLoc FASTA, an id,label table, FLIP CSV); if "
+                         "the file holds sequences, give it to embed", path=str(labels))
     # (biotrainer's residue_to_class files too: a TARGET of one letter per residue, or a MASK=)
     if label_set.format in ("netsurfp", "pisces") or holds_residue_labels(label_set):
         raise InputError(f"holds per-residue labels ({label_set.format}); {use} (a DeepLoc FASTA, an id,label "

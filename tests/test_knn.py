@@ -754,8 +754,21 @@ def test_a_score_file_of_sequences_or_residue_labels_is_refused_as_labels_is(tmp
     (tmp_path / "seqs.fasta").write_text("".join(f">{i}\nMKVLAAGH\n" for i in ids))
     r = run_cli("knn", tmp_path / "e.h5", "--reference", tmp_path / "e.h5", "--exclude-self", "--labels",
                 tmp_path / "loc.fasta", "--score", tmp_path / "seqs.fasta", "-o", tmp_path / "h.tsv")
-    assert r.exit_code == 1 and "seqs.fasta: holds per-residue labels (flip); knn --score compares" in r.stderr, \
+    # (said as fit says it: it was "holds per-residue labels (flip)", which a FASTA of sequences is not)
+    assert r.exit_code == 1 and "seqs.fasta: holds sequences, not labels; knn --score compares" in r.stderr, \
         r.stderr
+    assert r.stderr.rstrip().endswith("if the file holds sequences, give it to embed"), r.stderr
+    assert not (tmp_path / "h.tsv").exists()
+    for option in ("--labels", "--score"):  # FLIP's per-residue labels, and the sequences as --labels
+        (tmp_path / "ss3.fasta").write_text("".join(f">{i}\nCCHHHEEC\n" for i in ids))
+        given = {"--labels": tmp_path / "ss3.fasta", "--score": tmp_path / "ss3.fasta"}
+        r = run_cli("knn", tmp_path / "e.h5", "--reference", tmp_path / "e.h5", "--exclude-self", "--labels",
+                    given.get(option) if option == "--labels" else tmp_path / "loc.fasta",
+                    *(["--score", given[option]] if option == "--score" else []), "-o", tmp_path / "h.tsv")
+        assert r.exit_code == 1 and "ss3.fasta: holds per-residue labels (flip)" in r.stderr, r.stderr
+    r = run_cli("knn", tmp_path / "e.h5", "--reference", tmp_path / "e.h5", "--exclude-self", "--labels",
+                tmp_path / "seqs.fasta", "-o", tmp_path / "h.tsv")
+    assert r.exit_code == 1 and "seqs.fasta: holds sequences, not labels; knn transfers" in r.stderr, r.stderr
     assert not (tmp_path / "h.tsv").exists()
 
 

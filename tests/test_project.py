@@ -622,6 +622,7 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
     (tmp_path / "l2.csv").write_text("id,label\nr0,Cytoplasm\n")
     (tmp_path / "none.csv").write_text("id,label\nzz,Nucleus\n")
     (tmp_path / "ss.csv").write_text("input, dssp3, dssp8, disorder, cb513_mask\nA C D, C C E, C C E, 1.0 1.0 1.0, 1 1 1\n")
+    (tmp_path / "seqs.fa").write_text(">r0\nMKVLAAGHW\n>r1\nMKTAYIAKQR\n")
     a = tmp_path / "a.h5"
     cases = [
         (["project"], 2, "give one embeddings file (HDF5) or more"),
@@ -634,6 +635,10 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
          "r0: label 'Cytoplasm' here, 'Nucleus' in"),
         (["project", a, "--labels", tmp_path / "none.csv"], 1, "labels none of the 12 proteins mapped"),
         (["project", a, "--labels", tmp_path / "ss.csv"], 1, "holds per-residue labels (netsurfp)"),
+        # the proteins' FASTA given as labels: was "holds per-residue labels (flip)"
+        (["project", a, "--labels", tmp_path / "seqs.fa"], 1, "seqs.fa: holds sequences, not labels; a map colours "
+         "each protein by one label (a DeepLoc FASTA, an id,label table, FLIP CSV); if the file holds sequences, give "
+         "it to embed"),
         (["project", a, "--color-by", "loc"], 2, "--color-by loc: no such label column (the columns: none"),
         (["project", a, "--dims", "3", "--html", tmp_path / "m.html"], 2, "--html draws 2 dimensions"),
         (["project", a, "--plot", tmp_path / "m.jpg"], 2, "a picture is .png, .svg or .pdf"),

@@ -278,6 +278,15 @@ def holds_residue_labels(label_set: LabelSet) -> bool:
         or all(r.sequence and len(r.labels.get("label", "")) == len(r.sequence) > 1 for r in label_set.records))
 
 
+def holds_sequences(label_set: LabelSet) -> bool:
+    """Whether FLIP-format "labels" are amino acids: a FASTA of sequences, such as `protrans labels`
+    writes for embed, reads as FLIP's per-residue labels."""
+    if label_set.format != "flip":
+        return False
+    letters = set().union(*(set(r.labels.get("label", "").upper()) for r in label_set.records[:100]))
+    return letters <= set(_AMINO_ACIDS) and len(letters - set(SS8) - {"L"}) >= 2
+
+
 def refuse_residue_labels(label_set: LabelSet, task_name: str) -> None:
     """A per-protein task given per-residue labels: one line saying so (exit 1). `fit protein` on
     FLIP's secondary-structure labels trained a classifier of one class a protein and exited 0;
@@ -286,9 +295,7 @@ def refuse_residue_labels(label_set: LabelSet, task_name: str) -> None:
         return
     takes = (f"the {task_name} task takes one label a protein (an id,label table, a FLIP CSV, a biotrainer "
              "TARGET= file, a DeepLoc FASTA)")
-    letters = set().union(*(set(r.labels.get("label", "").upper()) for r in label_set.records[:100]))
-    if label_set.format == "flip" and letters <= set(_AMINO_ACIDS) and len(letters - set(SS8) - {"L"}) >= 2:
-        # (a FASTA of sequences, such as `protrans labels` writes for embed, reads as FLIP's labels)
+    if holds_sequences(label_set):
         raise InputError(f"holds sequences, not labels: {takes}; if the file holds sequences, give it to embed, "
                          "and the labels to --labels", path=label_set.path)
     raise InputError(f"holds per-residue labels ({label_set.format}: one letter a residue); {takes}: per-residue "
