@@ -194,6 +194,34 @@ def test_utf16_or_hdf5_fasta_is_named(run_cli, tmp_path):
         r = run_cli(*command)
         assert r.exit_code == 1 and f"{h5}:1: not FASTA" in r.stderr and "the file is HDF5" in r.stderr
 
+@pytest.mark.parametrize("content, said", [
+    (b"HEADER    HYDROLASE    01-JAN-00   1ABC\nATOM      1  N   MET A   1\n", "the file is a PDB structure"),
+    (b"data_1ABC\n#\n_entry.id 1ABC\n", "the file is an mmCIF structure"),
+    (b"LOCUS       NC_000913    4641652 bp    DNA\n", "the file is a GenBank record"),
+    (b"ID   ALBU_HUMAN   Reviewed;   609 AA.\n", "the file is a UniProt or EMBL flat file"),
+    (b"@read1\nACGT\n+\nIIII\n", "the file looks like FASTQ ('@' read headers)"),
+    (b"# STOCKHOLM 1.0\na MKT-A\n//\n", "the file is a Stockholm alignment"),
+    (b"#6\t1\n>101\nMKTAYI\n>hit\nMKtaTA-YI\n", "the file is an A3M alignment that begins with a '#' line (ColabFold, "
+     "HH-suite): remove that line (sed 1d FILE) and its rows read as FASTA"),
+    (b"input, dssp3, dssp8, disorder, cb513_mask\nM K, C C, C C, 1.0 1.0, 1.0 1.0\n",
+     "the file looks like a table (CSV or TSV): a label file's sequences are written as FASTA by protrans labels"),
+    (b"M K T A Y I A K\nM K V L\n", "the file is a pretraining corpus (one spaced protein a line)"),
+])
+def test_a_look_alike_given_as_the_fasta_is_named(run_cli, tmp_path, content, said):
+    """A structure, a GenBank or FASTQ file, an alignment, a label table or prep's own corpus given
+    as the FASTA got the bare "not FASTA": the error says what the file is, from prep (one
+    process and -j 2) and embed."""
+    path = tmp_path / "given.fa"
+    path.write_bytes(content)
+    for command in (["prep", path, "-o", tmp_path / "c.txt"], ["prep", path, "-j", "2", "--tmp-dir", tmp_path,
+                                                              "-o", tmp_path / "c.txt"],
+                    ["embed", path, "-m", "onehot", "-o", tmp_path / "e.h5"]):
+        r = run_cli(*command)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert f"{path}:1: not FASTA: expected a '>' header line before sequence data; {said}" in r.stderr, r.stderr
+        assert not (tmp_path / "c.txt").exists() and not (tmp_path / "e.h5").exists()
+
+
 def test_a_zip_or_tar_archive_given_as_the_fasta_says_to_extract_it(run_cli, tmp_path):
     """FLIP's splits and DeepLoc ship as zip archives, and a .tar.gz is common: given as the FASTA
     they got the bare "not FASTA" (as if the file held anything else). One line saying the file is

@@ -40,7 +40,32 @@ def not_fasta(first: bytes) -> str:
         return NOT_FASTA + " (the file is HDF5, such as embed writes)"
     if hint := archive_hint(first):
         return f"{NOT_FASTA}; {hint}"
+    for pattern, hint in _LOOK_ALIKES:
+        if pattern.match(first):
+            return f"{NOT_FASTA}; {hint}"
     return NOT_FASTA
+
+
+# Files given for a FASTA by mistake, by their first line: what each is and where its sequences
+# are (they were the bare "not FASTA" of a file of anything else)
+_LOOK_ALIKES = [
+    (re.compile(rb"# STOCKHOLM"), "the file is a Stockholm alignment: convert it to FASTA first (esl-reformat "
+     "fasta FILE)"),
+    (re.compile(rb"#[0-9]+(?:,[0-9]+)*\t[0-9]+(?:,[0-9]+)*[ \t]*(?:\r?\n|\Z)"),  # ColabFold's first line
+     "the file is an A3M alignment that begins with a '#' line (ColabFold, HH-suite): remove that line "
+     "(sed 1d FILE) and its rows read as FASTA"),
+    (re.compile(rb"@[^ \t\r\n]"), "the file looks like FASTQ ('@' read headers): protein FASTA has '>' headers"),
+    (re.compile(rb"(HEADER|ATOM  |HETATM|REMARK|CRYST1|MODEL |TITLE |COMPND|EXPDTA)"), "the file is a PDB "
+     "structure: give its sequence as FASTA (RCSB's FASTA download, or its SEQRES records)"),
+    (re.compile(rb"data_"), "the file is an mmCIF structure: give its sequence as FASTA (RCSB's FASTA download)"),
+    (re.compile(rb"LOCUS "), "the file is a GenBank record: give its proteins (the CDS /translation) as FASTA"),
+    (re.compile(rb"ID   "), "the file is a UniProt or EMBL flat file: give its proteins as FASTA"),
+    (re.compile(rb"(?:[A-Za-z*] )+[A-Za-z*][ \t]*(?:\r?\n|\Z)"),
+     "the file is a pretraining corpus (one spaced protein a line), such as prep writes for train"),
+    (re.compile(rb"(?!#)[^\r\n]*[,\t]"),
+     "the file looks like a table (CSV or TSV): a label file's sequences are written as FASTA by protrans labels "
+     "FILE -o seqs.fasta"),
+]
 
 
 def parse_fasta(lines: Iterable[bytes], name: str = "<input>") -> Iterator[FastaRecord]:
