@@ -178,6 +178,28 @@ def _pt_files(inputs, output: Path) -> list[Path]:
     return found
 
 
+def _not_torch(path: Path) -> str | None:
+    """What a file torch.load refused is where its first bytes show torch.save never wrote it
+    (torch writes a zip archive or a pickle, protocol 2+ starting with 0x80); None otherwise."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4096)
+    except OSError:
+        return None
+    if head.startswith((b"PK", b"\x80")):
+        return None
+    if head.startswith(b"\x89HDF"):
+        what = ("it is an HDF5 file, such as embed writes: read it as it is (protrans info, export, merge), "
+                "with no import")
+    elif head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b">"):
+        what = "it is a FASTA file: embed its proteins with protrans embed FASTA -m esm2_t33_650M_UR50D"
+    elif not head:
+        what = "the file is empty"
+    else:
+        what = "it is not a file torch.save wrote (neither a zip archive nor a pickle)"
+    return what
+
+
 def load_pt(path: Path, *, mmap: bool = False) -> dict:
     """One esm-extract file, its tensors mapped (`mmap`) or read; a file that is not one is an
     InputError naming it. Never unpickles anything but tensors and plain values."""
@@ -199,6 +221,10 @@ def load_pt(path: Path, *, mmap: bool = False) -> dict:
         # (a text file named .pt: its 'h' read as a memo lookup, a KeyError traceback)
         if isinstance(exc, MemoryError):
             raise
+        if (other := _not_torch(path)) is not None:
+            # (an HDF5 or a FASTA given here was "it holds objects other than tensors and plain
+            # values": torch's unpickler had read its first byte as an opcode)
+            raise InputError(f"not an esm-extract output: {other}", path=str(path)) from None
         if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load failed"):
             why = "it holds objects other than tensors and plain values, which import-esm never unpickles"
         elif isinstance(exc, OSError) and not isinstance(exc, EOFError):

@@ -223,6 +223,25 @@ def test_a_pickle_with_other_objects_is_refused_unread(run_cli, tmp_path, extrac
     assert not list(tmp_path.glob("e.h5*"))
 
 
+def test_an_embeddings_or_fasta_file_given_as_a_pt_file_is_named(run_cli, tmp_path, extracted):
+    """An HDF5 (embed's output, or import-esm's own) or the FASTA given for esm-extract's .pt files
+    was "it holds objects other than tensors and plain values, which import-esm never unpickles":
+    torch's unpickler had read its first byte as an opcode. What the file is is said instead."""
+    folder, fasta, _ = extracted
+    h5 = tmp_path / "e.h5"
+    assert run_cli("import-esm", folder, "-o", h5).exit_code == 0
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for given, said in ((h5, "it is an HDF5 file, such as embed writes: read it as it is (protrans info, export, "
+                         "merge), with no import"),
+                        (fasta, "it is a FASTA file: embed its proteins with protrans embed FASTA -m "
+                         "esm2_t33_650M_UR50D"),
+                        (tmp_path / "empty.pt", "the file is empty")):
+        r = run_cli("import-esm", given, "-o", tmp_path / "out.h5")
+        assert r.exit_code == 1 and r.stderr == f"protrans: error: {given}: not an esm-extract output: {said}\n", \
+            r.stderr
+        assert not list(tmp_path.glob("out.h5*"))
+
+
 def test_missing_representations_layers_and_widths_name_the_file(run_cli, tmp_path, extracted):
     folder, _, arrays = extracted
     _save(folder, "P9 means only", None, {2: np.zeros(4)})
