@@ -275,6 +275,27 @@ def test_a_directory_given_as_an_input_file_is_reported_as_one(run_cli, tmp_path
         assert r.exit_code == 1 and r.stderr == f"protrans: error: {data}: is a directory, expected a file\n"
     assert sorted(p.name for p in data.iterdir()) == ["x.fa"]
 
+
+def test_a_model_or_head_folder_given_as_an_input_file_says_what_it_is(run_cli, tmp_path):
+    """`embed MODEL -m proteins.fa` (the two swapped) or a head given as the labels: "is a
+    directory, expected a file" and no more; the folder is now named for what it is."""
+    model, head = tmp_path / "run", tmp_path / "ss3"
+    model.mkdir()
+    head.mkdir()
+    (model / "config.json").write_text('{"model_type": "esm", "hidden_size": 8}')
+    (head / "config.json").write_text('{"task": {}, "hyperparameters": {}}')
+    (tmp_path / "x.fa").write_text(">a\nMKV\n")
+    for args, said in ((["embed", model, "-m", tmp_path / "x.fa", "-o", tmp_path / "e.h5"],
+                        f"{model}: is a directory, expected a file (it is a language model's directory, esm, "
+                        "which -m takes)"),
+                       (["prep", head, "-o", tmp_path / "c.txt"],
+                        f"{head}: is a directory, expected a file (it is a prediction head's directory, which "
+                        "predict takes)")):
+        r = run_cli(*args)
+        assert r.exit_code == 1 and r.stderr == f"protrans: error: {said}\n", r.stderr
+    assert not (tmp_path / "e.h5").exists() and not (tmp_path / "c.txt").exists()
+
+
 def _damaged(compress, data):
     """`data` compressed, then 64 bytes in its middle zeroed: corrupt, not merely cut short."""
     raw = bytearray(compress(data))

@@ -608,6 +608,25 @@ def unreachable_input(path) -> str | None:
     return None
 
 
+def _directory_kind(path) -> str:
+    """What a folder given for an input file is, where protrans wrote it (a language model's, a
+    train run's or a head's folder, with config.json): the two were swapped (`embed MODEL -m
+    proteins.fa`), or a head was given for its labels; '' for any other folder."""
+    import json
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return ""
+    if not isinstance(config, dict):
+        return ""
+    if isinstance(config.get("model_type"), str):
+        return f" (it is a language model's directory, {config['model_type']}, which -m takes)"
+    if "task" in config and "hyperparameters" in config:
+        return " (it is a prediction head's directory, which predict takes)"
+    return ""
+
+
 @contextlib.contextmanager
 def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
     """Open a file (or `-` for stdin) for binary reading, decompressing transparently. Errors
@@ -622,7 +641,7 @@ def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
         except FileNotFoundError:
             raise InputError(missing_file(path), path=name) from None
         except IsADirectoryError:
-            raise InputError("is a directory, expected a file", path=name) from None
+            raise InputError("is a directory, expected a file" + _directory_kind(path), path=name) from None
         except PermissionError:
             raise InputError("permission denied", path=name) from None
         except OSError as exc:
