@@ -1491,3 +1491,17 @@ def test_an_embeddings_file_packed_for_sending_says_how_to_unpack_it(tmp_path):
             EmbeddingsReader(tmp_path / name)
         assert str(err.value).startswith(f"{tmp_path / name}: not a readable HDF5 file (")
         assert str(err.value).endswith(f"); {said}"), str(err.value)
+
+
+def test_a_model_or_head_folder_given_as_the_embeddings_says_what_it_is(tmp_path):
+    """`info runs/bert`, `predict HEAD --embeddings HEAD`: "is a directory, expected an HDF5 file"
+    and no more; the folder is now named for what it is."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "head").mkdir()
+    (tmp_path / "head" / "config.json").write_text('{"task": {}, "hyperparameters": {}}')
+    for name, said in (("run", "(it is a language model's directory, bert, which -m takes)"),
+                       ("head", "(it is a prediction head's directory, which predict takes)")):
+        with pytest.raises(InputError) as err:
+            EmbeddingsReader(tmp_path / name)
+        assert str(err.value) == f"{tmp_path / name}: is a directory, expected an HDF5 file {said}"

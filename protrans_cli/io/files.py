@@ -608,7 +608,7 @@ def unreachable_input(path) -> str | None:
     return None
 
 
-def _directory_kind(path) -> str:
+def directory_kind(path) -> str:
     """What a folder given for an input file is, where protrans wrote it (a language model's, a
     train run's or a head's folder, with config.json): the two were swapped (`embed MODEL -m
     proteins.fa`), or a head was given for its labels; '' for any other folder."""
@@ -641,7 +641,7 @@ def open_input(path, name: str | None = None) -> Iterator[BinaryIO]:
         except FileNotFoundError:
             raise InputError(missing_file(path), path=name) from None
         except IsADirectoryError:
-            raise InputError("is a directory, expected a file" + _directory_kind(path), path=name) from None
+            raise InputError("is a directory, expected a file" + directory_kind(path), path=name) from None
         except PermissionError:
             raise InputError("permission denied", path=name) from None
         except OSError as exc:

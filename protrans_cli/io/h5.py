@@ -47,7 +47,7 @@ from protrans_cli.console import flush_standard_streams
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, first_line
 from protrans_cli.io import disk
 from protrans_cli.io.fasta import header_id
-from protrans_cli.io.files import missing_file, output_directory, utf8_text
+from protrans_cli.io.files import directory_kind, missing_file, output_directory, utf8_text
 from protrans_cli.residues import THREE_DI_PREFIX
 
 PER_RESIDUE = "per_residue"
@@ -244,7 +244,7 @@ class EmbeddingsReader:
         self.path = str(path)
         if os.path.isdir(self.path):
             # HDF5's own message for a directory runs to two lines of C struct fields.
-            raise InputError("is a directory, expected an HDF5 file", path=self.path)
+            raise InputError("is a directory, expected an HDF5 file" + directory_kind(self.path), path=self.path)
         if self.path == "-" or (os.path.exists(self.path) and not os.path.isfile(self.path)):
             # ("-: no such file", or HDF5's "file read failed" for <(cat e.h5))
             raise InputError("an HDF5 file is read in place: give a regular file, not stdin or a pipe",
