@@ -352,6 +352,12 @@ def test_flip_three_state_labels_refused_for_ss8_and_bad_letters():
     ls.records[0].labels["label"] = "GPSTH"
     with pytest.raises(InputError, match=r"record 'p1'.*'P' are not ss3 classes \(HEC, or 8-state HGIEBTSC\)"):
         get_task("ss3").residue_targets(ls.records[0])
+    # FLIP's mask.fasta given as --labels (for sampled.fasta): said to be the mask, for --mask
+    ls = read_labels(HEADS / "flip_mask.fasta")
+    with pytest.raises(InputError, match=r"record 'p1'.*'01' are not ss3 classes \(HEC, or 8-state HGIEBTSC\); the "
+                                         r"file holds a 0/1 mask \(FLIP's mask.fasta\): give it with --mask, and the "
+                                         r"labels to --labels$"):
+        get_task("ss3").residue_targets(ls.records[0])
 
 
 def test_generic_residue_classes_ignore_masked_positions():

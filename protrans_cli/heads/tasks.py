@@ -111,6 +111,9 @@ class Task:
                 # (a FASTA of sequences given as --labels reads as FLIP: its residues as labels)
                 hint = ("; if the file holds sequences, not labels, give it to embed, and the labels to --labels"
                         if len(bad) >= 4 and bad <= set("ACDEFGHIKLMNPQRSTVWYXUZOB") else "")
+                if bad <= set("01") and set(letters) <= set("01"):  # (FLIP's mask.fasta given for sampled.fasta)
+                    hint = ("; the file holds a 0/1 mask (FLIP's mask.fasta): give it with --mask, and the labels "
+                            "to --labels")
                 raise InputError(f"label letter(s) {''.join(sorted(bad))!r} are not {output.name} classes "
                                  f"({known}){hint}", record=record.id, line=record.line)
             codes[~evaluated] = IGNORE
