@@ -1858,8 +1858,8 @@ def test_the_wrong_file_for_a_head_is_named_with_its_remedy(run_cli, ss_data, on
     assert r.exit_code == 1 and "has no per_residue embeddings (it holds per_protein): embed without " \
         "--per-protein (or with --per-residue too)" in r.stderr, r.stderr
     r = run_cli("predict", head, "--embeddings", ss_data / "test.fa", "-o", tmp_path / "p.fa")
-    assert r.exit_code == 1 and "it is a FASTA file: embed it first (protrans embed; predict also takes it as " \
-        "--fasta)" in r.stderr, r.stderr
+    assert r.exit_code == 1 and "it is a FASTA file: embed it first (protrans embed; predict and knn also take it " \
+        "as --fasta)" in r.stderr, r.stderr
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.fa",
                 "-o", tmp_path / "h")
     assert r.exit_code == 1 and "if the file holds sequences, not labels, give it to embed" in r.stderr, r.stderr

@@ -1031,3 +1031,15 @@ def test_layer_of_another_tools_file_must_exist_on_its_arrays(tmp_path, run_cli)
         r = run_cli("knn", path, "--reference", path, "--layer", str(layer))
         assert r.exit_code == 1 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert run_cli("knn", flat, "--reference", flat, "--layer", "0").exit_code == 0
+
+
+def test_a_fasta_given_as_the_query_embeddings_points_at_knn_fasta(tmp_path, run_cli):
+    """`knn proteins.fa --reference ref.h5`: the hint named predict's --fasta only, where knn
+    takes the FASTA as --fasta itself."""
+    ids = _write(tmp_path / "ref.h5", np.random.default_rng(3).normal(size=(4, 4)))
+    (tmp_path / "q.fa").write_text("".join(f">{i}\nMKVL\n" for i in ids))
+    r = run_cli("knn", tmp_path / "q.fa", "--reference", tmp_path / "ref.h5", "-o", tmp_path / "h.tsv")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.rstrip().endswith("it is a FASTA file: embed it first (protrans embed; predict and knn also take "
+                                      "it as --fasta)"), r.stderr
+    assert not (tmp_path / "h.tsv").exists()

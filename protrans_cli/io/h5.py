@@ -265,7 +265,7 @@ class EmbeddingsReader:
                 hint = ("; esm-extract's .pt files are not read here: convert them with protrans import-esm "
                         "DIR -o OUT.h5, or embed the FASTA with protrans embed -m <the ESM model>")
             elif _starts_like_fasta(self.path):  # the sequences given where their embeddings go
-                hint = "; it is a FASTA file: embed it first (protrans embed; predict also takes it as --fasta)"
+                hint = "; it is a FASTA file: embed it first (protrans embed; predict and knn also take it as --fasta)"
             else:
                 hint = _packed_hint(self.path)
             # (first line: HDF5's messages can span lines, and the error is one line)
