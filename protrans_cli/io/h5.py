@@ -185,7 +185,8 @@ def _packed_hint(path) -> str:
         return (f"; the file is {kind}-compressed, and an HDF5 file is read uncompressed: decompress it first "
                 f"({tool} -k FILE)")
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or head[257:262] == b"ustar":
-        return f"; the file is a {'zip' if head.startswith(b'PK') else 'tar'} archive: extract the HDF5 file from it first"
+        kind = "zip" if head.startswith(b"PK") else "tar"
+        return f"; the file is a {kind} archive: extract the HDF5 file from it first"
     return ""
 
 
