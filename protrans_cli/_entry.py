@@ -9,6 +9,7 @@ cut. Nothing has been read or written by then, so the stop is the line and the c
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -21,7 +22,7 @@ def main() -> None:
         from protrans_cli.cli import main as run
         # (cli.main imports the console before it sets its own Ctrl-C handling: imported here,
         # a Ctrl-C in that import is this line too, not a traceback from inside cli.main)
-        from protrans_cli import console  # noqa: F401
+        importlib.import_module("protrans_cli.console")
     except KeyboardInterrupt:
         _interrupted()
     run()
