@@ -1161,7 +1161,9 @@ def test_resume_with_another_long_protein_policy_is_refused(tmp_path, monkeypatc
     """One file, one policy: a resumed run with another --max-length, --long-policy or (chunk)
     --chunk-overlap would mix skipped, truncated and chunked proteins in one file."""
     out = tmp_path / "p.h5"
-    _ctrl_c_on_batch(monkeypatch, 2)
+    # (stopped once a protein is written: a run stopped before its first leaves no partial file;
+    # a chunked protein is written with its last window)
+    _ctrl_c_on_batch(monkeypatch, 4 if first["long_policy"] == "chunk" else 2)
     with pytest.raises(KeyboardInterrupt):
         _run(out, max_batch_size=1, **first)
     before = partial_path(out).read_bytes()
@@ -2417,7 +2419,8 @@ def test_a_library_embedder_returning_fewer_arrays_than_sequences_is_refused(tmp
     fasta.write_text(">a\nMKTAYIAK\n>b\nMKTAYIAQ\n")
     with pytest.raises(ModelError, match=r"^short: embed_batch returned 1 arrays for 2 sequences$"):
         embed(fasta, tmp_path / "w.h5", EmbedOptions(model="short", per_protein=False), embedder=Short())
-    assert not (tmp_path / "w.h5").exists() and read_all(partial_path(tmp_path / "w.h5")) == {}  # (kept for --resume)
+    # (no partial file either: the run stopped before its first protein, with nothing to resume)
+    assert not (tmp_path / "w.h5").exists() and not partial_path(tmp_path / "w.h5").exists()
 
 
 def test_values_beyond_float32_are_named_by_their_size(tmp_path):
@@ -2505,6 +2508,26 @@ def test_an_interrupted_resume_of_a_finished_file_is_not_replaced_by_a_plain_run
     assert result.exit_code == 2 and "out.h5.partial holds the work of an interrupted run: --resume" in result.stderr
     assert run_cli("embed", more, "-m", "onehot", "-o", out, "--resume").exit_code == 0
     assert len(read_all(out)) == len(list(read_fasta(more)))  # the finished file's proteins and the new one
+
+
+@pytest.mark.parametrize("stop, code", [(ModelError("m: the model failed"), 1), (KeyboardInterrupt(), 130)])
+def test_a_run_stopped_in_its_first_batch_leaves_no_partial_file(tmp_path, run_cli, monkeypatch, stop, code):
+    # it left an empty OUT.partial, which the same command run again refused as "the work of an
+    # interrupted run" (it held nothing), and an interrupt named it as "what was computed"
+    import protrans_cli.embed as embed_module
+
+    out = tmp_path / "out.h5"
+
+    def fails(*args, **kwargs):
+        raise stop
+    monkeypatch.setattr(embed_module, "embed_with_retry", fails)
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", out)
+    assert result.exit_code == code and "what was computed" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    result = run_cli("embed", SMALL, "-m", "onehot", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert len(read_all(out)) == len(list(read_fasta(SMALL)))
 
 
 @pytest.mark.parametrize("older_file", [False, True])

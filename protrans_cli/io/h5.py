@@ -1833,7 +1833,7 @@ class EmbeddingsWriter:
             w.record_failure(ident, "longer than --max-length 1000")
             w.flush()                               # after each batch
         # leaving the block normally renames out.h5.partial to out.h5; an exception leaves
-        # out.h5.partial in place (readable, resumable) and re-raises.
+        # out.h5.partial in place (readable, resumable; removed if it holds nothing) and re-raises.
 
     Arrays are cast to `storage_dtype`. A protein whose datasets are not all present (a run
     killed between two writes) is not counted as done and is overwritten on resume. Resuming
@@ -1993,6 +1993,7 @@ class EmbeddingsWriter:
         self._unflushed: list[str] = []  # ids written since the last flush (what a failed write taints)
         self._flushed_at = -float("inf")  # time.monotonic() of the last flush (flush_due)
         self._merged = False  # shards copied in (copy_from): their records may be written again
+        self._written = False  # a protein written or copied in (what a failed run keeps: __exit__)
         self._room_taken = 0  # bytes the last reservation showed room for, less the batches since
         self._marker_room = _MarkerRoom(self.partial)
 
@@ -2041,6 +2042,7 @@ class EmbeddingsWriter:
                 raise ValueError(f"{kind} array missing for {ident!r}")
             arrays[kind] = np.asarray(arrays[kind]).astype(self.storage_dtype, copy=False)
         self._unflushed.append(ident)
+        self._written = True
         try:
             self._write_kinds(key, arrays, attrs)
         except (KeyError, RuntimeError, ValueError, OSError) as exc:
@@ -2106,6 +2108,7 @@ class EmbeddingsWriter:
         file's structure); `skip`: keys (bytes) not to copy."""
         copied = set()
         self._merged = True
+        self._written = True
         self._ledger.drop()  # (the copied proteins have no records: the next resume reads the file)
         with h5_file(other_path, "r") as src, self._abandoned_on_write_failure():
             self._copy_objects(src, copied, flat=(layout or self.layout) == "flat", skip=skip)
@@ -2326,7 +2329,17 @@ class EmbeddingsWriter:
 
     def __exit__(self, exc_type, exc, tb):
         with contextlib.suppress(Exception) if exc_type else contextlib.nullcontext():
+            nothing = exc_type is not None and self.file is not None and self._holds_nothing()
             self.close(complete=exc_type is None)
+            if nothing:
+                # A run stopped before its first protein (an error or Ctrl-C in the first batch)
+                # leaves no file: an empty OUT.partial was refused by the same command run again
+                # as "the work of an interrupted run", and it held none.
+                remove_partial(self.partial)
+
+    def _holds_nothing(self) -> bool:
+        """A file this writer created and put no protein (nor a failure) into."""
+        return not (self.resumed or self._written or self.failed)
 
 
 _ATTR_TYPES = {}  # h5py low-level types, spaces and property lists, made once (per key) and reused
