@@ -217,6 +217,24 @@ class ContactPredictor:
             self._sum = self._mask = None
         return out
 
+    @contextlib.contextmanager
+    def in_float32(self):
+        """This predictor with its model cast to float32, for the few proteins whose half-precision
+        map held NaN or infinity (an attention weight that overflowed); cast back afterwards,
+        exactly (every bfloat16 or float16 number is a float32), as embed's retry
+        (TransformerEmbedder.in_float32). Out of memory while casting is raised, the model as it was."""
+        from protrans_cli.embedders import cast_weights
+
+        torch = self._torch
+        half = self.compute_dtype
+        try:
+            cast_weights(self.model, torch.float32)
+            self.compute_dtype = "float32"
+            yield self
+        finally:
+            cast_weights(self.model, getattr(torch, half))
+            self.compute_dtype = half
+
     def _hook(self, index: int):
         def hook(module, args, output):
             attn = output[1] if isinstance(output, tuple) and len(output) > 1 else None
@@ -553,19 +571,51 @@ def _compute(source, name, options, predictor, writer, done, max_length, summary
                     kept = kept[:max_length]
                 todo.setdefault(kept, []).append(prot)
             for batch in _batches(list(todo), max_tokens, options.max_batch_size):
-                results = _predict_or_split(predictor, batch)
+                results, computed = _redo_in_float32(predictor, batch, _predict_or_split(predictor, batch))
                 writer.ensure_room(sum(r.size * writer.storage_dtype.itemsize for r in results
                                        if not isinstance(r, str)))
-                for seq, result in zip(batch, results):
+                for j, (seq, result) in enumerate(zip(batch, results)):
                     for prot in todo[seq]:
-                        _write(writer, prot, seq, result, summary, predictor.compute_dtype)
+                        _write(writer, prot, seq, result, summary, predictor.compute_dtype, computed.get(j))
                     bar.update(sum(len(p.sequence) for p in todo[seq]))
                 writer.flush()
     finally:
         bar.close()
 
 
-def _write(writer, prot, seq: str, result, summary: ContactSummary, compute_dtype: str) -> None:
+def _redo_in_float32(predictor: ContactPredictor, batch: list[str], results: list) -> tuple[list, dict[int, str]]:
+    """The maps that held NaN or infinity in half precision computed again with the model in
+    float32 (as embed does: ESM's attention in float16 can overflow where float32 does not), and
+    how each map so replaced was computed (by its place in the batch); a map still not finite, or
+    out of memory (casting, or the protein), gets the reason it failed."""
+    from protrans_cli.embed_retry import _free_memory, is_out_of_memory
+
+    redo = [i for i, r in enumerate(results) if not isinstance(r, str) and not np.isfinite(r).all()]
+    half = predictor.compute_dtype
+    if not redo or half == "float32":
+        return results, {}
+    results, computed = list(results), {}
+    try:
+        with predictor.in_float32() as exact:
+            again = _predict_or_split(exact, [batch[i] for i in redo])
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        _free_memory()
+        again = ["out of memory for a float32 retry"] * len(redo)
+    for i, result in zip(redo, again):
+        why = f"NaN or infinity in its contact map (the attention maps of the model's {half} pass"
+        if isinstance(result, str):
+            results[i] = f"{why}); the float32 retry: {result}"
+        elif not np.isfinite(result).all():
+            results[i] = f"{why}, and of a float32 pass too)"
+        else:
+            results[i], computed[i] = result, f"float32 on {predictor.device} (NaN or infinity in {half})"
+    return results, computed
+
+
+def _write(writer, prot, seq: str, result, summary: ContactSummary, compute_dtype: str,
+           computed: str | None = None) -> None:
     if isinstance(result, str):
         writer.record_failure(prot.id, result)
         return
@@ -574,6 +624,8 @@ def _write(writer, prot, seq: str, result, summary: ContactSummary, compute_dtyp
                                        f"{compute_dtype} pass)")
         return
     extra = {"truncated_from": len(prot.sequence)} if len(prot.sequence) > len(seq) else {}
+    if computed:  # (as embed records a protein computed in float32)
+        extra["computed"] = computed
     # (symmetric as computed; made exactly so in the stored dtype)
     stored = ((result + result.T) / 2).astype(writer.storage_dtype)
     writer.write(prot.id, prot.header, seq, contacts=stored, extra_attrs=extra)

@@ -623,3 +623,51 @@ def test_a_resumed_runs_log_line_leaves_the_maps_already_there_out_of_its_rate(r
     r = run_cli("contacts", whole, "-m", REFERENCES["esm2"], "-o", out, "--resume")
     assert r.exit_code == 0, r.stderr
     assert seen and seen[-1] == (42, 8), seen
+
+
+def test_a_map_not_finite_in_half_precision_is_computed_again_in_float32(tmp_path, monkeypatch):
+    # (as embed retries such a protein; contacts recorded it as failed, whatever float32 gave)
+    import json
+
+    from protrans_cli.contacts import ContactOptions, ContactPredictor, predict_contacts
+    from protrans_cli.models import load_model
+
+    model = str(REFERENCES["esm2"])
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMAAGKL\n>c\nMKVLAAGIVG\n")
+    exact = _maps(predict_contacts(fasta, tmp_path / "f32.h5", ContactOptions(
+        model=model, device="cpu", dtype="float32", storage_dtype="float32")).output)
+    original, dtypes = ContactPredictor.predict, []
+
+    def overflow(self, seqs):  # b's map in half precision: an attention weight that overflowed
+        dtypes.append((self.compute_dtype, str(next(self.model.parameters()).dtype)))
+        maps = [m.copy() for m in original(self, seqs)]
+        for seq, m in zip(seqs, maps):
+            if seq in ("MAAGKL", "MKVLAAGIVG") and self.compute_dtype != "float32":
+                m[1, 3] = np.inf
+            if seq == "MKVLAAGIVG":  # (c overflows in float32 too)
+                m[1, 3] = np.nan
+        return maps
+
+    monkeypatch.setattr(ContactPredictor, "predict", overflow)
+    out = tmp_path / "bf16.h5"
+    predictor = ContactPredictor(load_model(model, device="cpu", dtype="bfloat16"))  # (the CLI's GPU dtype)
+    summary = predict_contacts(fasta, out, ContactOptions(model=model, device="cpu", storage_dtype="float32"),
+                               predictor=predictor)
+    assert dtypes == [("bfloat16", "torch.bfloat16"), ("float32", "torch.float32")]
+    assert summary.failed == {"c": "NaN or infinity in its contact map (the attention maps of the model's bfloat16 "
+                                   "pass, and of a float32 pass too)"}
+    maps = _maps(out)
+    assert set(maps) == {"a", "b"}
+    # b's map is float32 compute over the weights as loaded (their bfloat16 values), as embed's retry
+    rounded = ContactPredictor(load_model(model, device="cpu", dtype="bfloat16"))
+    rounded.model.float()
+    rounded.compute_dtype = "float32"
+    np.testing.assert_allclose(maps["b"], original(rounded, ["MAAGKL"])[0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(maps["b"], exact["b"], atol=2e-3, rtol=0)  # (float32 weights: near)
+    assert _attrs(out, "b")["computed"] == "float32 on cpu (NaN or infinity in bfloat16)"
+    assert "computed" not in _attrs(out, "a") and json.loads(_attrs(out)["failed"]) == summary.failed
+    assert _attrs(out)["compute_dtype"] == "bfloat16"
+    # the model is cast back: the next batch is half precision again
+    assert {p.dtype for p in predictor.model.parameters()} == {torch.bfloat16}
+    assert predictor.compute_dtype == "bfloat16"
