@@ -671,3 +671,28 @@ def test_a_map_not_finite_in_half_precision_is_computed_again_in_float32(tmp_pat
     # the model is cast back: the next batch is half precision again
     assert {p.dtype for p in predictor.model.parameters()} == {torch.bfloat16}
     assert predictor.compute_dtype == "bfloat16"
+
+
+def test_a_run_where_every_protein_failed_exits_1_and_one_of_skips_alone_exits_0(run_cli, tmp_path, monkeypatch):
+    # it exited 0 with an empty file when every map failed: a pipeline (or a scheduler) took it for a result
+    import json
+
+    from protrans_cli.contacts import ContactPredictor
+
+    model = REFERENCES["esm2"]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nMAAGKL\n")
+    r = run_cli("contacts", fasta, "-m", model, "-o", tmp_path / "s.h5", "--max-length", "5", "--long-policy", "skip")
+    assert r.exit_code == 0, r.stderr  # (what --long-policy skip asked for)
+    original = ContactPredictor.predict
+    monkeypatch.setattr(ContactPredictor, "predict", lambda self, seqs: [m * np.nan for m in original(self, seqs)])
+    out = tmp_path / "n.h5"
+    r = run_cli("contacts", fasta, "-m", model, "-o", out)
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {out}: no contact map was written: every protein failed (listed above and in the file's "
+        "'failed' attribute); --resume computes them again once the cause is fixed")
+    monkeypatch.undo()
+    r = run_cli("contacts", fasta, "-m", model, "-o", out, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert set(_maps(out)) == {"a", "b"} and json.loads(_attrs(out).get("failed", "{}")) == {}

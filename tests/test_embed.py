@@ -2530,6 +2530,28 @@ def test_a_run_stopped_in_its_first_batch_leaves_no_partial_file(tmp_path, run_c
     assert len(read_all(out)) == len(list(read_fasta(SMALL)))
 
 
+def test_a_run_where_every_protein_failed_exits_1_and_one_of_skips_alone_exits_0(tmp_path, run_cli, monkeypatch):
+    # it exited 0 with a file of no embedding: a pipeline (or a scheduler) took it for a result
+    import protrans_cli.embed as embed_module
+
+    longer = tmp_path / "long.fa"
+    longer.write_text(">a\nMKTAYIAKQR\n>b\nMAAGKL\n")
+    r = run_cli("embed", longer, "-m", "onehot", "-o", tmp_path / "s.h5", "--max-length", "5", "--long-policy", "skip")
+    assert r.exit_code == 0, r.stderr  # (every protein skipped, as asked)
+    monkeypatch.setattr(embed_module, "embed_with_retry",
+                        lambda embedder, seqs, **kw: [f"out of memory on cpu ({len(s)} residues)" for s in seqs])
+    out = tmp_path / "o.h5"
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", out)
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {out}: no embedding was written: every protein failed (listed above and in the file's "
+        "'failed' attribute); --resume computes them again once the cause is fixed")
+    monkeypatch.undo()
+    r = run_cli("embed", SMALL, "-m", "onehot", "-o", out, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert len(read_all(out)) == len(list(read_fasta(SMALL)))
+
+
 @pytest.mark.parametrize("older_file", [False, True])
 def test_every_run_that_wrote_a_file_is_listed_in_runs(tmp_path, older_file):
     import json

@@ -217,6 +217,20 @@ def stopped(exc: KeyboardInterrupt, detail: str | None = None) -> _Stopped:
     return _Stopped(isinstance(exc, _Terminated), detail)
 
 
+def refuse_if_every_protein_failed(failed: dict, written: int, resumed: int, what: str, output) -> None:
+    """Exit 1 when a run wrote nothing because every protein it computed failed (out of memory,
+    NaN or infinity): the empty file is no result a pipeline's next step (or a scheduler's
+    exit status) should take for one. Proteins left out by the run's own policy (`skipped:`,
+    --long-policy skip, --invalid-policy skip) are what was asked for: exit 0 as before. Called
+    after `console.list_failed` has named them; the file keeps the failures for --resume."""
+    from protrans_cli.errors import RuntimeFailure
+
+    if written or resumed or all(str(why).startswith("skipped:") for why in failed.values()):
+        return
+    raise RuntimeFailure(f"no {what} was written: every protein failed (listed above and in the file's 'failed' "
+                         "attribute); --resume computes them again once the cause is fixed", path=str(output))
+
+
 _TERMINATED: list[int] = []  # SIGTERMs the main process received
 _INTERRUPTED: list[int] = []  # and SIGINTs (Ctrl-C)
 _LATE: list[int] = []  # either, once the command's output was complete (console.output_complete)

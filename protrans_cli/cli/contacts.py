@@ -88,3 +88,6 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
                  f"{rate:,.0f} residues/s) into {output}"
                  + (f"; {summary.num_resumed:,} already there" if summary.num_resumed else ""))
     console.list_failed(summary.failed, "contact map")
+    from protrans_cli.cli import refuse_if_every_protein_failed
+
+    refuse_if_every_protein_failed(summary.failed, summary.num_written, summary.num_resumed, "contact map", output)

@@ -167,4 +167,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
                     f"{'shares' if summary.num_duplicates == 1 else 'share'} the sequence of another "
                     "(copied, not computed again)" if summary.num_duplicates else ""))
     console.list_failed(summary.failed, "embedding")
+    from protrans_cli.cli import refuse_if_every_protein_failed
+
+    refuse_if_every_protein_failed(summary.failed, summary.num_embedded, summary.num_resumed, "embedding", output)
 
