@@ -572,6 +572,22 @@ def test_predict_metrics_of_labels_from_stdin_are_named_stdin(run_cli, loc_data,
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["stdin.json"]
 
 
+def test_predict_metrics_without_plots_removes_an_earlier_runs_figure(run_cli, loc_data, tmp_path):
+    """`--no-plots` (or no scored protein) left the last run's DIR/<set>.<output>.png beside the new
+    JSON: a figure of other scores. It goes when the new files are renamed in, not before."""
+    head = tmp_path / "loc"
+    assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                   "--max-epochs", "1", "-j", "1", "--bootstrap", "10", "--no-plots", "-o", head).exit_code == 0
+    metrics = tmp_path / "m"
+    args = ("predict", head, "--embeddings", loc_data / "test.h5", "--labels", loc_data / "test.fasta",
+            "--metrics", metrics)
+    assert run_cli(*args).exit_code == 0
+    assert sorted(p.name for p in metrics.iterdir()) == ["test.json", "test.loc.png", "test.membrane.png"]
+    r = run_cli(*args, "--no-plots")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in metrics.iterdir()) == ["test.json"]
+
+
 def test_predict_with_labels_reports_the_ci_that_fit_reported(run_cli, loc_data, tmp_path):
     """predict --labels seeded its bootstrap with 0 and drew 1000 resamples whatever the fit had
     used: after `fit --seed 3 --bootstrap 100`, fit and predict printed different CIs for the

@@ -45,8 +45,8 @@ from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASK
                                      architecture_for, get_task, input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
                                    folder_lock, input_inside, make_temporary, own_folder_output,
-                                   remove_dead_temporaries, replace_directory, same_file, signals_held,
-                                   stdin_digest)
+                                   remove_dead_temporaries, remove_with_outputs, replace_directory, same_file,
+                                   signals_held, stdin_digest)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
                                 pooling_kind, prefix_words, three_di_words)
 from protrans_cli.threads import torch_threads
@@ -1487,10 +1487,14 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
     headline = {}
     for output, m in result.items():
         console.info(summary_line(name, output, m))
+        png = directory / f"{safe}.{output}.png"
+        if not (plots and m.get("n", 0) >= (2 if m.get("kind") == "value" else 1)):
+            # (an earlier run's figure beside these scores would not show them: removed with them)
+            remove_with_outputs(png, staged)
         if m.get("kind") == "value":
             if plots and m.get("n", 0) >= 2:
                 rho = "undefined" if np.isnan(m["spearman"]) else f"{m['spearman']:.3f}"  # (a constant side)
-                save_scatter_png(m["true"], m["predicted"], directory / f"{safe}.{output}.png",
+                save_scatter_png(m["true"], m["predicted"], png,
                                  f"{name} {output}: Spearman {rho}", staged=staged)
             headline[output] = {k: m.get(k) for k in ("metric", "spearman", "ci95", "pearson", "mse", "mae", "r2",
                                                        "n", "n_proteins")}
@@ -1498,7 +1502,7 @@ def write_metrics(directory: Path, name: str, result: dict, embeddings: str, lab
         if console.state.verbosity >= 1:
             print_report(name, output, m)
         if plots and m.get("n"):
-            save_confusion_png(m, directory / f"{safe}.{output}.png", f"{name} {output}: {m['metric']} "
+            save_confusion_png(m, png, f"{name} {output}: {m['metric']} "
                                f"{m['accuracy']:.3f}", staged=staged)
         headline[output] = {k: m.get(k) for k in ("metric", "accuracy", "ci95", "mcc", "balanced_accuracy",
                                                    "majority", "n", "n_proteins")}

@@ -992,6 +992,35 @@ class StagedRename:
         """What is let go before the temporary is removed (AtomicFile: its streams)."""
 
 
+class StagedRemoval(StagedRename):
+    """An earlier run's output that this run does not write again (predict --metrics --no-plots:
+    the last run's figure of the scores it replaces), removed by `commit()` with the job's new
+    outputs; `abort()` leaves it, as the files it went with stay."""
+
+    def __init__(self, path):
+        super().__init__(None, path)
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def remove_with_outputs(path, staged: list | None) -> None:
+    """Remove `path`, an output of an earlier run that would be stale beside this run's, when the
+    `staged` outputs are renamed (at once without a list); nothing when there is none."""
+    path = Path(path)
+    if not (path.is_file() or path.is_symlink()):
+        return
+    removal = StagedRemoval(path)
+    if staged is None:
+        removal.commit()
+    else:
+        staged.append(removal)
+
+
 class AtomicFile(StagedRename):
     """One output file written under a temporary name and renamed by `commit()`.
 
