@@ -984,6 +984,15 @@ def info(path, *, residues: bool = False) -> dict:
         facts["proteins"] = {kind: len(reader.keys(kind)) for kind in reader.kinds}
         if reader.subgroups:  # (not proteins, and the datasets in them are not read: said, not left out silently)
             facts["groups_not_read"] = sorted(reader.subgroups)
+        elif reader.layout == "grouped" and not own:
+            # Another tool's grouped file: a group among a kind's datasets was counted as a protein
+            # (`--ids` and export, which read datasets alone, had one fewer). protrans's own files
+            # escape '/' in ids, so their groups hold datasets alone and are counted by name only.
+            nested = _nested_groups(reader)
+            for name in nested:
+                facts["proteins"][name.split("/", 1)[0]] -= 1
+            if nested:
+                facts["groups_not_read"] = nested
         for kind in reader.kinds:
             shape, dtype = _first_shape(reader, kind)
             if shape is not None:
@@ -1004,6 +1013,18 @@ def info(path, *, residues: bool = False) -> dict:
         if residues:
             facts["residues"] = _residue_counts(reader)
     return facts
+
+
+def _nested_groups(reader) -> list[str]:
+    """`kind/name` of the groups inside a grouped file's kind groups (not proteins)."""
+    import h5py
+
+    nested = []
+    for kind in reader.kinds:
+        group = reader._group(kind)
+        nested += [f"{kind}/{key}" for key in reader.keys(kind)
+                   if h5py.h5o.get_info(group.id, key.encode("utf-8")).type == h5py.h5o.TYPE_GROUP]
+    return sorted(nested)
 
 
 def _other_output(path: str) -> dict | None:
@@ -1137,7 +1158,8 @@ def info_lines(facts: dict) -> list[str]:
     lines.append(("proteins", ", ".join(f"{count:,} {kind.replace('_', '-')}" for kind, count in facts["proteins"].items())))
     if facts.get("groups_not_read"):
         groups = facts["groups_not_read"]
-        lines.append(("not read", f"{len(groups):,} group(s) at the top, not proteins (ids with '/' written as they were?): "
+        where = "at the top" if facts.get("layout", "").startswith("flat") else "among the proteins"
+        lines.append(("not read", f"{len(groups):,} group(s) {where}, not proteins (ids with '/' written as they were?): "
                                   + ", ".join(groups[:3]) + (", ..." if len(groups) > 3 else "")))
     if "dim" in facts:
         lines.append(("dimension", str(facts["dim"])))

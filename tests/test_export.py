@@ -1114,6 +1114,21 @@ def test_groups_at_the_top_of_another_tools_file_are_said_by_export_and_info(tmp
     assert facts["groups_not_read"] == ["Q8WZ42"] and facts["proteins"] == {"per_residue": 1}
 
 
+def test_info_of_another_tools_grouped_file_counts_its_datasets_not_its_groups(tmp_path, run_cli):
+    """`f["per_protein/P1/a"] = v` (an id with '/', by hand) makes a group among the proteins: info
+    counted it as one (3 per-protein, where --ids and export listed 2) and said nothing of it."""
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f["per_protein/P69905"] = np.ones(2, dtype=np.float32)
+        f["per_protein/P68871"] = np.zeros(2, dtype=np.float32)
+        f["per_protein/Q8WZ42/1-300"] = np.ones(2, dtype=np.float32)
+    facts = json.loads(run_cli("info", tmp_path / "g.h5", "--json").stdout)
+    assert facts["proteins"] == {"per_protein": 2} and facts["groups_not_read"] == ["per_protein/Q8WZ42"]
+    assert len(run_cli("info", tmp_path / "g.h5", "--ids").stdout.split()) == 2
+    done = run_cli("info", tmp_path / "g.h5")
+    assert "proteins:   2 per-protein" in done.stdout
+    assert "1 group(s) among the proteins, not proteins" in done.stdout and "per_protein/Q8WZ42" in done.stdout
+
+
 def test_ids_of_a_fasta_find_a_bio_embeddings_protein_by_its_sequence(tmp_path, run_cli):
     """bio_embeddings keys a sequence by its md5, once, naming one of the ids that share it in
     `original_id`; fit finds the others by their sequence. `export --ids` of the FASTA it embedded
