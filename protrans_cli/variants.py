@@ -51,6 +51,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, ModelError, RuntimeFailure, UsageError, expect_options, whole_number
+from protrans_cli.heads.tasks import missing_number
 
 DEFAULT_MODEL = "esm2_t33_650M_UR50D"
 STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood")
@@ -69,9 +70,6 @@ _ONE_LETTER = re.compile(r"([A-Za-z])(-?\d+)([A-Za-z*])")
 _HGVS = re.compile(r"([A-Z][a-z]{2})(-?\d+)([A-Z][a-z]{2}|\*|=)")
 _NOT_SUBSTITUTION = re.compile(r"(del|ins|dup|fs|ext|delins|_|-$|\?)", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[:;,+\s]+")
-# an empty cell or a missing value (MaveDB's NA for a variant without a protein-level name): no
-# variant, left without a score (never taken for the wild type)
-_MISSING = {"", "na", "nan", "n/a", "none", "null"}
 
 
 @dataclass(frozen=True)
@@ -111,8 +109,11 @@ def parse_variant(text: str, sequence: str, offset: int = 1) -> Variant:
 
 
 def is_missing(text: str) -> bool:
-    """Whether a table's cell names no variant at all (empty, NA): left without a score."""
-    return str(text).strip().lower() in _MISSING
+    """Whether a table's cell names no variant at all: an empty cell or a missing value (MaveDB's
+    NA for a variant without a protein-level name, pandas' `<NA>`), the values fit's labels take
+    for missing (`tasks.MISSING_NUMBERS`: one definition, so that a table the heads read passes
+    here too); left without a score, never taken for the wild type."""
+    return missing_number(text)
 
 
 def _parse_variant(text: str, sequence: str, offset: int) -> Variant:

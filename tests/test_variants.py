@@ -705,6 +705,20 @@ def test_the_likelihoods_of_one_sequence_or_a_dict_are_refused_not_scored_letter
     assert causal.log_likelihood([SEQ[:8]]).shape == (1,)
 
 
+def test_a_missing_value_is_the_one_the_heads_take_for_missing():
+    """variants had a list of its own that lacked pandas' `<NA>` (a column of its nullable string
+    dtype written with astype(str)): fit left such a label out, and variants stopped the run on
+    `<NA>: not a substitution`."""
+    from protrans_cli.heads.tasks import MISSING_NUMBERS, missing_number
+    from protrans_cli.variants import is_missing, parse_variant
+
+    for text in (*MISSING_NUMBERS, "<NA>", " NA ", "N/A", "NaN", "NULL"):
+        assert is_missing(text) and missing_number(text), text
+        with pytest.raises(ValueError, match="names no variant"):
+            parse_variant(text, SEQ)
+    assert not is_missing("K2A") and not is_missing("WT")
+
+
 def test_rows_without_a_variant_and_misaligned_rows(run_cli, tmp_path, tiny_models):
     """An empty or NA cell (MaveDB's missing hgvs_pro) is no variant: no score, not the wild
     type's 0, and out of Spearman's rho; a row with more fields than the header is refused (they
