@@ -136,6 +136,12 @@ def test_error_formats_name_file_and_record():
     (1, ["models"], "standard output is closed: models writes there"),
     (1, ["models", "--json"], "standard output is closed: models writes there"),
     (1, ["env", "--json"], "standard output is closed: env writes there"),
+    # (they wrote nothing and exited 0, where every command that writes to stdout said so)
+    (1, ["--version"], "standard output is closed: --version writes there"),
+    (1, ["-V"], "standard output is closed: --version writes there"),
+    (1, ["--help"], "standard output is closed: --help writes there"),
+    (1, ["embed", "-h"], "standard output is closed: --help writes there"),
+    (1, ["prep", "--help"], "standard output is closed: --help writes there"),
 ])
 def test_a_closed_stdin_or_stdout_is_one_line(tmp_path, closed, args, message):
     """`protrans prep - <&-` and `protrans prep x.fa >&-` were AttributeError tracebacks."""
@@ -152,7 +158,8 @@ def test_a_closed_stdin_or_stdout_is_one_line(tmp_path, closed, args, message):
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize("args", [["models"], ["models", "--json"], ["env", "--json"]])
+@pytest.mark.parametrize("args", [["models"], ["models", "--json"], ["env", "--json"], ["--help"], ["embed", "-h"],
+                                  ["--version"]])
 def test_listings_on_a_full_stdout_name_it(args):
     """`protrans models > /dev/full` said only "No space left on device"."""
     with open("/dev/full", "wb") as full:

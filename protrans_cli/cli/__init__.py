@@ -62,7 +62,43 @@ class LazyGroup(click.Group):
         if ctx is not None and ctx.resilient_parsing is False and _listing_help(ctx):
             return _HelpStub(name, help=COMMANDS[name][1])
         module = importlib.import_module(module_name)
-        return _values_not_options(_with_output_flags(getattr(module, "command")))
+        return _help_needs_stdout(_values_not_options(_with_output_flags(getattr(module, "command"))))
+
+
+def _needs_stdout(callback, what: str):
+    """`callback` of --help or --version, refusing a closed stdout (`protrans --version >&-`):
+    click's echo writes nothing there and the command exited 0 in silence, where every command
+    that writes to stdout says so in one line, exit 1 (io.files.stdout_text, as models and env)."""
+    def check(ctx, param, value):
+        if not value or ctx.resilient_parsing:
+            return callback(ctx, param, value)
+        from protrans_cli.io.files import stdout_text
+
+        with stdout_text(what):  # (and `> /dev/full` named: it said "No space left on device" alone)
+            return callback(ctx, param, value)
+
+    check._protrans_needs_stdout = True
+    return check
+
+
+def _help_needs_stdout(command: click.Command) -> click.Command:
+    """--help (and, on the group, --version) of `command` refuse a closed stdout (_needs_stdout)."""
+    if getattr(command, "_protrans_help_checked", False):
+        return command
+    made = command.get_help_option  # (click makes the option, with the context's names, when first asked)
+
+    def get_help_option(ctx):
+        option = made(ctx)
+        if option is not None and not getattr(option.callback, "_protrans_needs_stdout", False):
+            option.callback = _needs_stdout(option.callback, "--help")
+        return option
+
+    command.get_help_option = get_help_option
+    for option in command.params:
+        if isinstance(option, click.Option) and "--version" in option.opts:
+            option.callback = _needs_stdout(option.callback, "--version")
+    command._protrans_help_checked = True
+    return command
 
 
 def _set_quiet(ctx, param, value):
@@ -196,6 +232,9 @@ def cli(ctx, verbose, quiet, debug):
     from protrans_cli import console
 
     console.configure(verbosity=-1 if quiet else verbose, debug=debug or verbose >= 2)
+
+
+_help_needs_stdout(cli)  # (the group's own --help and --version)
 
 
 class _Terminated(KeyboardInterrupt):
