@@ -1240,6 +1240,34 @@ def test_resume_compares_labels_read_from_stdin_by_their_bytes(run_cli, ss_data,
     assert sys.stdin is stdin  # (put back)
 
 
+def test_a_resume_of_a_fit_whose_labels_came_from_a_pipe_says_why_it_cannot(loc_data, tmp_path, monkeypatch):
+    """`--labels <(zcat labels.gz)` or a named pipe: each run names another pipe and there is no
+    file to compare, so --resume was refused as "made with other settings or inputs (labels):
+    run the same command with --resume", the command just run."""
+    import os
+    import threading
+    from dataclasses import replace
+
+    from protrans_cli.heads.fit import FitConfig, fit
+
+    def pipe(name):  # a named pipe that one writer fills with the training labels
+        path = tmp_path / name
+        os.mkfifo(path)
+        threading.Thread(target=lambda: path.write_bytes((loc_data / "train.fasta").read_bytes()), daemon=True).start()
+        return path
+
+    config = FitConfig(task="loc", max_epochs=2, threads=1, n_bootstrap=10, plots=False)
+    with _stopped_after(monkeypatch, member=0, epoch=1), pytest.raises(KeyboardInterrupt):
+        fit(config, loc_data / "train.h5", pipe("a"), tmp_path / "head")
+    again = pipe("b")
+    with pytest.raises(UsageError, match=rf"head.partial cannot be resumed: the labels come from a pipe \({again}\), "
+                                         "which can be read once .*; give the labels as a file"):
+        fit(replace(config, resume=True), loc_data / "train.h5", again, tmp_path / "head")
+    again.read_bytes()  # (its writer, waiting for a reader, is let go)
+    # as a file, from the start
+    assert fit(replace(config, force=True), loc_data / "train.h5", loc_data / "train.fasta", tmp_path / "head").history
+
+
 def test_predict_from_fasta_embeds_with_the_heads_model_and_keeps_the_fasta_order(run_cli, ss_data, loc_data, tmp_path):
     head = tmp_path / "ss3"
     assert run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",

@@ -206,7 +206,8 @@ def _fit(held: contextlib.ExitStack, config: FitConfig, embeddings, labels, out_
     torch.set_num_threads(resolve_threads(config.threads, small_work=not reads_residues))
     device = head_device(config.device)
     # Checked before any data is read: an interrupted fit is continued or knowingly replaced.
-    state = FitState.open(partial_path(out_dir), fingerprint, resume=config.resume, force=config.force)
+    state = FitState.open(partial_path(out_dir), fingerprint, resume=config.resume, force=config.force,
+                          piped=piped_label_files(labels, valid, tests))
 
     # --- labels and data ---
     sets = _read_sets(config, task, embeddings, labels, valid, tests)
@@ -446,6 +447,14 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
     _warn_overlap(train, eval_sets)
     return _Sets(task, train, train_labels, valid_data, valid_desc, held_out, eval_sets, embedding_info, model_layer,
                  folds)
+
+
+def piped_label_files(labels, valid, tests) -> list[str]:
+    """The label files of a fit that are pipes (`<(zcat x.gz)`, a named pipe; not stdin, which
+    --resume compares by the sha256 of its bytes): read once, they cannot be compared on --resume."""
+    from protrans_cli.embed import is_stream
+
+    return [str(p) for p in label_files(labels, valid, tests) if p is not None and str(p) != "-" and is_stream(p)]
 
 
 def label_files(labels, valid, tests) -> list:
@@ -968,7 +977,9 @@ class FitState:
         self.current: dict | None = None  # the member in training, as of its last finished epoch
 
     @classmethod
-    def open(cls, directory: Path, fingerprint: dict, *, resume: bool, force: bool) -> "FitState":
+    def open(cls, directory: Path, fingerprint: dict, *, resume: bool, force: bool,
+             piped: list | None = None) -> "FitState":
+        """`piped`: the label files that are pipes (piped_label_files), named when a resume is refused."""
         state = cls(directory, fingerprint)
         path = directory / cls.FILE
         if path.is_file() and not resume:
@@ -984,6 +995,14 @@ class FitState:
                 raise InputError("the saved fit state lacks entries a fit writes (not a state protrans wrote); "
                                  "--force starts over", path=str(path))
             differ = _changed(saved["fingerprint"], fingerprint)
+            if piped and set(differ) & {"labels", "valid", "tests", "labels_file", "valid_files", "test_files"}:
+                # A pipe (`--labels <(zcat labels.csv.gz)`, a named pipe) names another pipe at each
+                # run and holds no file to compare: "run the same command with --resume" below
+                # sent the user round in a circle.
+                raise UsageError(f"{directory} cannot be resumed: the labels come from a pipe ({', '.join(piped)}), "
+                                 "which can be read once and is not a file whose labels can be compared with those "
+                                 "the interrupted fit read; give the labels as a file (a compressed one is read as "
+                                 "it is), or --force to start over")
             if differ:
                 raise UsageError(f"{directory} was made with other settings or inputs ({', '.join(differ)}): "
                                  "run the same command with --resume, or --force to start over")
