@@ -179,6 +179,7 @@ def test_a_run_out_of_time_stops_with_a_checkpoint_and_resumes_as_the_uninterrup
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000001"]
     assert stopped.last_checkpoint == run / "checkpoints" / "step_00000001"
     assert not (run / "config.json").exists()  # no final model: the run is not done
+    assert not (run / "complete.json").exists() and (tmp_path / "whole" / "complete.json").is_file()
     # the limit belongs to one invocation: the run's own config resumes it without one
     assert json.loads((run / "train_config.json").read_text())["time_limit"] is None
     again = train(_config(run, time_limit="1h"), resume=True)
@@ -187,6 +188,13 @@ def test_a_run_out_of_time_stops_with_a_checkpoint_and_resumes_as_the_uninterrup
     done = train(_config(run, time_limit="1h"), resume=True)  # an hour is plenty for the rest
     assert done.completed and done.step == 12 and done.stopped_by is None
     np.testing.assert_allclose([r["loss"] for r in read_metrics(run / "metrics.jsonl")], whole.losses, rtol=1e-6)
+    # What tells a job script (both exit 0) a finished run from a stopped one: RUN/complete.json,
+    # written last; the final model's files do not (a finished run lengthened keeps the old ones)
+    assert json.loads((run / "complete.json").read_text()) == {"step": 12}
+    monkeypatch.setattr(timelimit, "process_age", lambda: 3660.0)
+    longer = train(_config(run, num_steps=14, time_limit="1h"), resume=True)
+    assert (longer.completed, longer.step) == (False, 13) and (run / "config.json").exists()
+    assert not (run / "complete.json").exists()
 
 
 def test_time_limit_on_the_command_line(tmp_path, monkeypatch, run_cli):

@@ -45,6 +45,7 @@ WEIGHTS_FILE = "pretraining_model.safetensors"
 HF_WEIGHTS = "model.safetensors"  # the HF directory's weights: every weight too, for most families
 CONFIG_FILE = "train_config.json"
 BEST_FILE = "best_checkpoint.json"  # at the run's root with --keep-best: record_best
+COMPLETE_FILE = "complete.json"  # at the run's root once its last step's model is written: record_complete
 SUMS_FILE = "SHA256SUMS"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -888,6 +889,22 @@ def record_best(run_dir, best: dict | None) -> None:
               "checkpoint": checkpoint_dir(".", best["step"]).as_posix()}
     with atomic_output(path) as out:
         out.write((json.dumps(record, indent=2) + "\n").encode())
+
+
+def record_complete(run_dir, step: int | None) -> None:
+    """RUN/complete.json, written atomically once the run's final model is (`step`: its last
+    step), removed (`step` None) as an invocation starts training: a job script tells a finished
+    run from one that --stop-after or --time-limit stopped (both exit 0, so that chained jobs
+    go on) by this file alone (`[ -e RUN/complete.json ] || scontrol requeue $SLURM_JOB_ID`). The
+    final model's files do not tell: a finished run lengthened by --resume keeps the old ones."""
+    from protrans_cli.io.files import atomic_output
+
+    path = Path(run_dir) / COMPLETE_FILE
+    if step is None:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_output(path) as out:
+        out.write((json.dumps({"step": step}, indent=2) + "\n").encode())
 
 
 def export_model(run_dir, *, family, model, tokenizer) -> None:

@@ -346,7 +346,7 @@ def _rank_settings(config: TrainConfig, resume) -> dict:
 
 
 # What a run writes at the root of its directory besides checkpoints and the final model.
-_RUN_FILES = (ckpt.CONFIG_FILE, "metrics.jsonl", "loss_curve.png", ckpt.BEST_FILE)
+_RUN_FILES = (ckpt.CONFIG_FILE, "metrics.jsonl", "loss_curve.png", ckpt.BEST_FILE, ckpt.COMPLETE_FILE)
 _MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -933,6 +933,7 @@ def _loop(run: _Run, resume, stop: StopRequest | None = None, *, accept_corpus_c
     board = None
     if info.is_main:
         run.save_config(run.run_dir / ckpt.CONFIG_FILE)
+        ckpt.record_complete(run.run_dir, None)  # (until this invocation's last step: a lengthened run is not)
         truncate_metrics(metrics_path, step)
         board = open_tensorboard(run.run_dir, step, config.tensorboard)
         if board is not None:
@@ -1170,6 +1171,7 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         ckpt.prune_checkpoints(run.run_dir, config.keep_last, keep_step=best and best["step"])
         ckpt.export_model(run.run_dir, family=run.family, model=_full_model(run), tokenizer=run.tokenizer)
         plot_metrics(metrics_path, run.run_dir / "loss_curve.png")
+        ckpt.record_complete(run.run_dir, step)  # (last: a job script's sign that nothing is left to do)
     else:
         _full_model(run)  # FSDP gathers collectively: every rank takes part
     dist.barrier()
