@@ -338,7 +338,7 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
     per_residue (the stored vectors, else the mean of the rows, as esm-extract's `mean`)."""
     import shutil
 
-    from protrans_cli.io.files import default_permissions, make_temporary, replace_directory
+    from protrans_cli.io.files import default_permissions, disk_full, make_temporary, replace_directory
     from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, escape_key, pooling_kind
 
     if kind == PER_RESIDUE:
@@ -402,6 +402,13 @@ def _export_esm(reader, folder: Path, kind: str | None, layer: int, wanted, sequ
                 raise InputError(f"its file {names[ident]} is {other!r}'s on this file system (it does not tell upper "
                                  "from lower case, or composed from decomposed letters): export to a folder on "
                                  "another file system", path=reader.path, record=ident) from None
+            except (OSError, RuntimeError) as exc:
+                # (a full disk inside torch.save is its zip writer's RuntimeError "unexpected pos 832
+                # vs 726", raised while handling the OSError: a traceback)
+                reason = disk_full(exc) or (exc.strerror if isinstance(exc, OSError) else None)
+                if reason is None:
+                    raise
+                raise RuntimeFailure(f"cannot write: {reason}", path=str(folder / names[ident])) from None
             taken[names[ident].casefold()] = ident
         _stop_if_signalled()  # (before the folder is committed)
         replace_directory(partial, folder)

@@ -1004,6 +1004,43 @@ def test_esm_refusals_write_nothing(tmp_path, run_cli, monkeypatch, args, messag
     assert (tmp_path / "full" / "x.pt").read_bytes() == b"another run's"
 
 
+def test_esm_on_a_full_disk_is_one_line_naming_the_file(tmp_path, run_cli, monkeypatch):
+    """torch.save meeting a full disk raises its zip writer's RuntimeError ("unexpected pos")
+    while handling the OSError: that was a traceback; now one line naming the file, exit 1, and
+    no folder left."""
+    import builtins
+    import errno
+
+    from protrans_cli import export as export_module
+
+    class Full:  # a file on a disk that takes 100 bytes
+        def __init__(self, path, mode):
+            self.handle, self.written = builtins.open(path, mode), 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 100:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    _write(tmp_path / "e.h5", _proteins())
+    monkeypatch.setattr(export_module, "open", Full, raising=False)
+    done = run_cli("export", tmp_path / "e.h5", "--format", "esm", "-o", tmp_path / "out")
+    assert done.exit_code == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(": cannot write: No space left on device"), done.stderr
+    assert f"{tmp_path / 'out'}{os.sep}" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5"]
+
+
 def test_esm_into_an_empty_folder_or_through_a_link_to_one(tmp_path, run_cli):
     _write(tmp_path / "e.h5", {".hidden": "MKV", **_proteins()})
     (tmp_path / "empty").mkdir()
@@ -1026,7 +1063,7 @@ def test_esm_failures_leave_no_folder(tmp_path, run_cli, monkeypatch):
     import torch
 
     from protrans_cli import export as export_module
-    from protrans_cli.errors import InputError
+    from protrans_cli.errors import InputError, RuntimeFailure
 
     _write(tmp_path / "e.h5", _proteins())
     saved = []
@@ -1039,7 +1076,7 @@ def test_esm_failures_leave_no_folder(tmp_path, run_cli, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(torch, "save", failing_save)
-        with pytest.raises(OSError):
+        with pytest.raises(RuntimeFailure, match="cannot write: No space left on device"):
             export_module.export(tmp_path / "e.h5", tmp_path / "out", fmt="esm")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5"]
     _write(tmp_path / "long.h5", {"x" * 300: "MKV", "short": "MK"})
