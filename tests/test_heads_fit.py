@@ -935,6 +935,26 @@ def test_a_full_disk_names_the_fits_state_or_the_head_and_resume_finishes(run_cl
     assert r.exit_code == 0 and "1 member(s) finished" in r.stderr and (head / "config.json").exists()
 
 
+def test_a_full_disk_at_the_heads_weights_is_one_line(run_cli, ss_data, tmp_path, monkeypatch):
+    """safetensors' writer raises no OSError on a full disk: a SafetensorError "... I/O error: No
+    space left on device (os error 28)", which was a traceback. Now fit's one line, the state kept."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    head = tmp_path / "ss3"
+    args = ("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+            "--max-epochs", "1", *FAST, "-o", head)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    r = run_cli(*args)
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {head}: cannot write the head: No space left on device (its state is kept: "
+        "--resume finishes it)")
+    assert not head.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_predict_probabilities_on_a_full_disk_is_one_line(run_cli, ss_data, tmp_path, monkeypatch):
     # A full disk under --probabilities gave dozens of h5py tracebacks and a segmentation fault.
     import types

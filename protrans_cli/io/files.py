@@ -1305,12 +1305,16 @@ def utf8_path_problem(path) -> str | None:
 def disk_full(exc: BaseException | None) -> str | None:
     """The reason (`No space left on device`, a quota, the file-size limit) when `exc` or an error
     it was raised from is a write that found no room; else None. (A `raise ... from None` keeps
-    the error it replaced as its __context__.)"""
+    the error it replaced as its __context__.) safetensors' writer, in Rust, raises no OSError: a
+    SafetensorError "Error while serializing: I/O error: No space left on device (os error 28)"."""
     for _ in range(8):
         if exc is None:
             return None
         if isinstance(exc, OSError) and exc.errno in _FULL:
             return exc.strerror or os.strerror(exc.errno)
+        if (not isinstance(exc, OSError) and (found := re.search(r"\(os error (\d+)\)", str(exc)))
+                and int(found[1]) in _FULL):
+            return os.strerror(int(found[1]))
         exc = exc.__cause__ or exc.__context__
     return None
 
