@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -1024,6 +1025,37 @@ def test_an_interrupted_finetune_says_where_its_epochs_are_kept_and_how_to_conti
     monkeypatch.setattr(fit, "_validate", real)
     r = run_cli(*base, "--resume")
     assert r.exit_code == 0 and "resuming" in r.stderr and "after epoch 1" in r.stderr, r.stderr
+
+
+def test_a_full_disk_names_the_state_or_the_output_and_resume_finishes(data, run_cli, tmp_path, monkeypatch):
+    """A full disk at the state's save was "error: No space left on device", naming no file; at
+    the model's save (safetensors) a traceback. Now fit's lines, and the state kept for --resume."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from protrans_cli.io import files
+
+    out = tmp_path / "out"
+    base = ["finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "1", *FAST,
+            "-o", out]
+    with monkeypatch.context() as m:
+        m.setattr(files, "create_fresh", lambda path, mode=0o666: os.open("/dev/full", os.O_WRONLY))
+        r = run_cli(*base)
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == \
+        f"protrans: error: {out}.partial/state.pt: cannot save the finetune's state: No space left on device"
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", full)
+        r = run_cli(*base)
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {out}: cannot write the finetune: No space left on device (its state is kept: "
+        "--resume finishes it)"), r.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    r = run_cli(*base, "--resume")
+    assert r.exit_code == 0 and "after epoch 1" in r.stderr and (out / "finetune.json").is_file(), r.stderr
 
 
 def test_resume_of_a_finished_finetune_that_recorded_no_fingerprint_is_a_usage_error(finetuned, data, run_cli,

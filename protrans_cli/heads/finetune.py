@@ -34,7 +34,7 @@ from torch import nn
 
 from protrans_cli import console
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, UsageError, located
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
 from protrans_cli.heads.fit import (HEAD_IN_USE, _MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable,
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
@@ -44,6 +44,7 @@ from protrans_cli.heads.fit import (HEAD_IN_USE, _MAX_SEED, _changed, _class_wei
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
                                       refuse_residue_labels, unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
+from protrans_cli.io.files import disk_full
 from protrans_cli.io.h5 import PER_RESIDUE
 
 STATE = "state.pt"
@@ -374,8 +375,10 @@ def _write_state(path: Path, state: dict) -> None:
     try:
         with open(create_fresh(tmp), "wb") as fh:
             fh.write(checked_state_bytes(buffer.getvalue()))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # (the state written before stays whole)
+        if (reason := disk_full(exc)) is not None:  # (a write's error names no file)
+            raise RuntimeFailure(f"cannot save the finetune's state: {reason}", path=str(path)) from None
         raise
     tmp.replace(path)
 
@@ -646,8 +649,11 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
             summary = _write(tmp, out_dir, model, loaded, embedder, task, config, train, valid_desc, eval_sets, weights,
                              train_set, history, best, labels, device, fingerprint, held_out=held_out)
             replace_directory(tmp, out_dir)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if (reason := disk_full(exc)) is not None:  # (the error named a file in the hidden temporary, or none)
+                raise RuntimeFailure(f"cannot write the finetune: {reason} (its state is kept: --resume finishes it)",
+                                     path=str(out_dir)) from None
             raise
         _remove_state(partial)
     console.info(f"wrote {out_dir}")
