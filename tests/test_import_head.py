@@ -304,3 +304,20 @@ def test_checkpoints_that_are_not_the_named_network_are_refused_in_one_line(publ
     r = run_cli("import-head", tmp_path / "h" / "secstruct_checkpoint.pt", "-o", tmp_path / "h", "--force")
     assert r.exit_code == 2 and "holds the checkpoint" in r.stderr and "--force would delete it" in r.stderr, r.stderr
     assert (tmp_path / "h" / "secstruct_checkpoint.pt").is_file()
+
+
+def test_a_full_disk_is_one_line_naming_the_head_and_leaves_nothing(published, run_cli, tmp_path, monkeypatch):
+    """safetensors' writer on a full disk raises a SafetensorError "... (os error 28)": that was a
+    traceback. Now one line naming the head, exit 1, and no head or temporary folder left."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    root, _ = published
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    r = run_cli("import-head", root / "secstruct_checkpoint.pt", "-o", tmp_path / "head")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == \
+        f"protrans: error: {tmp_path / 'head'}: cannot write the head: No space left on device", r.stderr
+    assert list(tmp_path.iterdir()) == []

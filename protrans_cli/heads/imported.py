@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protrans_cli._version import __version__
-from protrans_cli.errors import InputError, UsageError, expect_path
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path
 
 PROTTRANS_SECSTRUCT = "prottrans-secstruct"
 LA_LOCATION, LA_MEMBRANE = "la-location", "la-membrane"
@@ -103,10 +103,14 @@ def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model
         save_head(tmp, ensemble, config)
         default_permissions(tmp)  # (mkdtemp's 0700 and safetensors' 0600: fit's heads are readable by others)
         replace_directory(tmp, out_dir)
-    except BaseException:
+    except BaseException as exc:
         import shutil
 
+        from protrans_cli.io.files import disk_full
+
         shutil.rmtree(tmp, ignore_errors=True)
+        if (reason := disk_full(exc)) is not None:  # (safetensors: a traceback; an OSError: the temporary named)
+            raise RuntimeFailure(f"cannot write the head: {reason}", path=str(out_dir)) from None
         raise
     epoch = config["training"].get("epoch")
     return ImportedHead(out_dir, source, input_dim, epoch)
