@@ -3777,6 +3777,27 @@ def test_predict_fasta_messages_name_the_fasta_not_a_temporary_file(run_cli, loc
     assert ".protrans-predict-" not in r.stderr and f"the embeddings of {fasta}" in r.stderr, r.stderr
 
 
+def test_predict_fasta_on_a_full_disk_names_the_folder_and_the_fasta_not_a_resume(run_cli, one_epoch_ss3, tmp_path,
+                                                                                  monkeypatch):
+    """A full disk while predict --fasta embedded named the hidden temporary file, removed as the
+    command ended, and said that the work was kept there for --resume, which predict does not take."""
+    from protrans_cli.io import disk
+
+    def full(folder, nbytes):
+        return "No space left on device (a reservation of 1.0 MiB failed)" if ".protrans-predict-" in str(folder) \
+            else None
+
+    monkeypatch.setattr(disk, "_reserve", full)
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">p\nMKVLAAGW\n")
+    r = run_cli("predict", one_epoch_ss3, "--fasta", fasta, "-o", tmp_path / "p.fa")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {tmp_path}: the embeddings of {fasta} (a temporary file in this folder, removed): no room "
+        "for a new output file: No space left on device (a reservation of 1.0 MiB failed); nothing is kept: free some "
+        "space and run the command again"), r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["q.fa"]
+
+
 def test_fit_mask_applies_to_a_flip_test_file_beside_csv_training_labels(run_cli, ss_data, tmp_path):
     """Training on a NetSurfP CSV with FLIP's test split as --test: the FLIP file's warning said
     to give --mask, and fit refused --mask because the training labels were not FLIP-style."""

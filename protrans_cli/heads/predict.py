@@ -197,6 +197,16 @@ def embed_fasta(readable, ids: list[str], directory, options, fasta, purpose: st
         console.info(f"embedding {console.counted(len(ids), 'protein')} with {options.model} {purpose}")
     try:
         embed(readable, output, options, input_name=display_name(fasta))
+    except RuntimeFailure as exc:
+        if exc.path is None or Path(exc.path).parent != Path(directory):
+            raise
+        # A full disk named the hidden temporary file (removed as the command ends) and said that
+        # what was computed was kept there for --resume, which predict and knn do not take.
+        problem = exc.message.split("; ")[0]
+        remedy = "raise the limit" if "ulimit -f" in problem else "free some space"
+        raise RuntimeFailure(f"the embeddings of {display_name(fasta)} (a temporary file in this folder, removed): "
+                             f"{problem}; nothing is kept: {remedy} and run the command again",
+                             path=str(Path(directory).parent)) from None
     except ModelError as exc:
         from protrans_cli.models.checkpoints import CHECKPOINTS
 
