@@ -1058,6 +1058,15 @@ def test_a_full_disk_names_the_state_or_the_output_and_resume_finishes(data, run
     assert r.exit_code == 0 and "after epoch 1" in r.stderr and (out / "finetune.json").is_file(), r.stderr
 
 
+def test_an_output_below_a_file_is_a_usage_error_naming_the_file(data, run_cli, tmp_path):
+    """`-o afile/out` was "afile: File exists", exit 1."""
+    (tmp_path / "afile").write_text("x")
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "1", *FAST,
+                "-o", tmp_path / "afile" / "out")
+    assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == \
+        f"protrans: error: {tmp_path / 'afile'}: is not a directory, so no folder can go inside it", r.stderr
+
+
 def test_resume_of_a_finished_finetune_that_recorded_no_fingerprint_is_a_usage_error(finetuned, data, run_cli,
                                                                                       tmp_path):
     """A finished output of a version that did not record what it was made with: --resume cannot

@@ -3798,6 +3798,18 @@ def test_predict_fasta_on_a_full_disk_names_the_folder_and_the_fasta_not_a_resum
     assert [p.name for p in tmp_path.iterdir()] == ["q.fa"]
 
 
+@pytest.mark.parametrize("below", ["sub", "sub/head"])
+def test_an_output_below_a_file_is_a_usage_error_naming_the_file(run_cli, ss_data, tmp_path, below):
+    """`-o afile/sub` was "afile: File exists" (exit 1), `-o afile/sub/head` "afile/sub: Not a
+    directory", from making the head's parent folders; now what every output below a file says."""
+    (tmp_path / "afile").write_text("x")
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--max-epochs", "1", *FAST, "-o", tmp_path / "afile" / below)
+    assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == \
+        f"protrans: error: {tmp_path / 'afile'}: is not a directory, so no folder can go inside it", r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
 def test_fit_mask_applies_to_a_flip_test_file_beside_csv_training_labels(run_cli, ss_data, tmp_path):
     """Training on a NetSurfP CSV with FLIP's test split as --test: the FLIP file's warning said
     to give --mask, and fit refused --mask because the training labels were not FLIP-style."""

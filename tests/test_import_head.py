@@ -321,3 +321,12 @@ def test_a_full_disk_is_one_line_naming_the_head_and_leaves_nothing(published, r
     assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == \
         f"protrans: error: {tmp_path / 'head'}: cannot write the head: No space left on device", r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_below_a_file_is_a_usage_error_naming_the_file(published, run_cli, tmp_path):
+    """`-o afile/head` was "afile: File exists", exit 1."""
+    root, _ = published
+    (tmp_path / "afile").write_text("x")
+    r = run_cli("import-head", root / "secstruct_checkpoint.pt", "-o", tmp_path / "afile" / "head")
+    assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == \
+        f"protrans: error: {tmp_path / 'afile'}: is not a directory, so no folder can go inside it", r.stderr

@@ -64,8 +64,8 @@ class ImportedHead:
 def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model: str | None = None,
                 force: bool = False) -> ImportedHead:
     """Write the head directory `out_dir` from the published checkpoint file `checkpoint`."""
-    from protrans_cli.io.files import (check_replaceable, default_permissions, input_inside, make_temporary,
-                                       own_folder_output, replace_directory)
+    from protrans_cli.io.files import (check_replaceable, default_permissions, folder_can_be_made, input_inside,
+                                       make_temporary, own_folder_output, replace_directory)
 
     expect_path(checkpoint, "checkpoint")
     expect_path(out_dir, "out_dir")
@@ -97,6 +97,7 @@ def import_head(checkpoint, out_dir, *, source: str = PROTTRANS_SECSTRUCT, model
         config["embedding"].pop("family", None)
     from protrans_cli.heads.model import save_head
 
+    folder_can_be_made(out_dir.parent)  # (a file on its way: "afile: File exists", exit 1)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temporary(out_dir.parent, f".{out_dir.name}.", folder=True)
     try:

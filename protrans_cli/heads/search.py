@@ -114,8 +114,8 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
             valid: tuple | None, tests: list[tuple]) -> SearchResult:
     from protrans_cli.heads.fit import HEAD_IN_USE, _checked_output, fit, label_files, partial_path
     from protrans_cli.heads.metrics import dumps as metrics_json
-    from protrans_cli.io.files import (folder_lock, make_temporary, replace_directory, replay_stdin, signals_held,
-                                       stdin_if_named)
+    from protrans_cli.io.files import (folder_can_be_made, folder_lock, make_temporary, replace_directory, replay_stdin,
+                                       signals_held, stdin_if_named)
 
     if not grid:
         raise UsageError("search needs settings to vary (--search NAME=V1,V2,...)")
@@ -140,6 +140,7 @@ def _search(held: contextlib.ExitStack, config, grid: dict[str, list], embedding
                              "give it as a file (a compressed one is read as it is)")
     # One search at a time on a HEAD, the lock a fit of HEAD takes: a second search was told "holds
     # an earlier search: ... --force starts over", and its --force deleted the running one's trials
+    folder_can_be_made(out_dir.parent)  # (a file on its way: "afile: File exists", exit 1)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     held.enter_context(folder_lock(partial_path(out_dir), HEAD_IN_USE))
     folder = trials_path(out_dir)
