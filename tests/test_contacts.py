@@ -195,6 +195,46 @@ def test_resume_after_a_stop_gives_the_uninterrupted_file(tmp_path, monkeypatch)
     assert out.stat().st_mtime_ns == before
 
 
+def test_a_stop_or_full_disk_under_force_says_resume_instead_of_force(run_cli, tmp_path, monkeypatch):
+    """A --force run stopped by Ctrl-C or a full disk said "run the same command with --resume",
+    which beside --force is refused (not both): "--resume instead of --force" now, as embed says."""
+    import types
+
+    from protrans_cli.io import disk
+
+    model = REFERENCES["esm2"]
+    rng = np.random.default_rng(2)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">p{i}\n{''.join(rng.choice(list('ACDEFGHIKLMNPQRSTVWY'), size=10 + 7 * i))}\n"
+                             for i in range(6)))
+    out = tmp_path / "out.h5"
+    base = ["contacts", fasta, "-m", model, "--device", "cpu", "--max-batch-size", "2", "-o", out]
+    assert run_cli(*base).exit_code == 0
+    full = _maps(out)
+    with monkeypatch.context() as m:
+        _stop_on_the_second_batch(m)
+        r = run_cli(*base, "--force")
+    assert r.exit_code == 130 and "run the same command with --resume instead of --force to finish" in r.stderr, \
+        r.stderr
+    calls = []
+
+    def filling(path):
+        calls.append(path)
+        return types.SimpleNamespace(f_bavail=10**12 if len(calls) < 3 else 1 << 20, f_frsize=1)
+
+    (tmp_path / "out.h5.partial").unlink()
+    (tmp_path / "out.h5.partial.ledger").unlink(missing_ok=True)
+    with monkeypatch.context() as m:
+        m.setattr(disk.os, "statvfs", filling)
+        r = run_cli(*base, "--force")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].endswith(
+        "run the same command with --resume instead of --force once there is room"), r.stderr
+    r = run_cli(*base, "--resume")
+    assert r.exit_code == 0, r.stderr
+    got = _maps(out)
+    assert got.keys() == full.keys() and all(np.array_equal(got[k], full[k]) for k in full)
+
+
 def test_long_and_invalid_proteins_follow_their_policies(run_cli, tmp_path):
     model = REFERENCES["esm2"]
     fasta = tmp_path / "in.fa"

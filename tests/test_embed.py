@@ -816,6 +816,38 @@ def test_a_full_disk_stops_before_the_batch_and_the_partial_resumes(tmp_path, mo
             np.testing.assert_array_equal(got.get(ident), ref.get(ident))
 
 
+def test_a_full_disk_under_force_says_resume_instead_of_force(tmp_path, run_cli, monkeypatch):
+    """A --force run that met a full disk said "run the same command with --resume", and the same
+    command with --resume added is refused (--resume and --force, not both): it says "--resume
+    instead of --force" now, as an interrupted --force run says it, and that finishes the file."""
+    import types
+
+    from protrans_cli.io import disk
+
+    old = _run(tmp_path / "o.h5", generated_fasta(tmp_path / "old.fa", 8, seed=1, repeat_every=0))
+    fasta = generated_fasta(tmp_path / "g.fa", 40, repeat_every=0)
+    reference = _run(tmp_path / "ref.h5", fasta, max_batch_size=4)
+    calls = []
+
+    def filling(path):
+        calls.append(path)
+        return types.SimpleNamespace(f_bavail=10**12 if len(calls) < 5 else 1 << 20, f_frsize=1)
+
+    base = ["embed", fasta, "-m", "onehot", "--max-batch-size", "4", "-o", old]
+    with monkeypatch.context() as m:
+        m.setattr(disk.os, "statvfs", filling)
+        r = run_cli(*base, "--force")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith(
+        "run the same command with --resume instead of --force once there is room"), r.stderr
+    r = run_cli(*base, "--resume")
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(old) as got, EmbeddingsReader(reference) as ref:
+        assert sorted(got.ids()) == sorted(ref.ids())
+        for ident in ref.ids():
+            np.testing.assert_array_equal(got.get(ident), ref.get(ident))
+
+
 def test_a_write_failing_inside_hdf5_is_one_line_and_resume_embeds_what_it_may_have_lost(tmp_path):
     """A full disk the room check cannot see (a quota, another process filling it): HDF5 wrote a
     small dataset's data as h5py dropped it and the error was only printed ("Exception ignored"),

@@ -65,6 +65,7 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
 
     from protrans_cli import console
     from protrans_cli.contacts import ContactOptions, predict_contacts
+    from protrans_cli.errors import ProtransError
     from protrans_cli.io.h5 import partial_path
     from protrans_cli.threads import resolve_threads
 
@@ -80,8 +81,15 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
         from protrans_cli.cli import stopped
 
         kept = partial_path(output)
-        raise stopped(exc, f"what was computed is in {kept}; run the same command with --resume to finish"
-                      if kept.exists() else None) from None
+        again = "the same command with --resume instead of --force" if force else "the same command with --resume"
+        raise stopped(exc, f"what was computed is in {kept}; run {again} to finish" if kept.exists() else None) from None
+    except ProtransError as exc:
+        # (a full disk's "run the same command with --resume": beside --force, --resume is refused)
+        if not force or "the same command with --resume" not in exc.message:
+            raise
+        raise type(exc)(exc.message.replace("the same command with --resume",
+                                            "the same command with --resume instead of --force"),
+                        path=exc.path, record=exc.record, line=exc.line) from None
     console.output_complete(str(output))
     rate = summary.num_residues / summary.compute_seconds if summary.compute_seconds else 0.0
     console.info(f"contacts: {console.counted(summary.num_written, 'protein')} ({summary.num_residues:,} residues, "

@@ -129,6 +129,7 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
     from protrans_cli import console
     from protrans_cli.embed import EmbedOptions, embed, when_output_final
     from protrans_cli.embed_dist import interrupted_output
+    from protrans_cli.errors import ProtransError
     from protrans_cli.threads import resolve_threads
 
     if not per_residue and not per_protein:
@@ -154,6 +155,13 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         kept = getattr(exc, "kept", None) or interrupted_output(output)  # (the merge's OUTPUT.partial)
         again = "the same command with --resume instead of --force" if force else "the same command with --resume"
         raise stopped(exc, f"what was computed is in {kept}; run {again} to finish" if kept.exists() else None) from None
+    except ProtransError as exc:
+        # (a full disk's "run the same command with --resume": beside --force, --resume is refused)
+        if not force or "the same command with --resume" not in exc.message:
+            raise
+        raise type(exc)(exc.message.replace("the same command with --resume",
+                                            "the same command with --resume instead of --force"),
+                        path=exc.path, record=exc.record, line=exc.line) from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
         return
     console.output_complete(str(output))
