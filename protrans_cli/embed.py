@@ -1208,6 +1208,15 @@ def embed_sequences(sequences, options: EmbedOptions | None = None, *, kind: str
             # (a list's by its position, as the warnings do: "record '1'" read as an id never given)
             if as_list and exc.record is not None:
                 raise type(exc)(f"item {exc.record}: {exc.message}") from None
+            if (isinstance(exc, RuntimeFailure) and exc.record is None and exc.path != _GIVEN
+                    and exc.message.startswith(("no room for", "cannot write"))):
+                # A full disk said "the output's disk", named no folder (the caller gave no file), and
+                # advised --resume of a file that is removed: the folder is $TMPDIR's.
+                problem = exc.message.split("; ")[0]
+                remedy = "raise the limit" if "ulimit -f" in problem else "free some space"
+                raise RuntimeFailure(f"the embeddings' temporary file in this folder ($TMPDIR): {problem}; nothing is "
+                                     f"kept: {remedy} (or set TMPDIR to a folder with room) and call again",
+                                     path=str(Path(tmp).parent)) from None
             raise type(exc)(exc.message, record=exc.record) from None
         with EmbeddingsReader(output) as reader:
             arrays = {ident: reader.get(ident, kind) for ident, _ in pairs if ident not in summary.failed}

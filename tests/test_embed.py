@@ -70,6 +70,28 @@ def test_embed_sequences_returns_a_lists_arrays_in_its_order_past_ten_items():
     for seq, got in zip(seqs, means):
         np.testing.assert_allclose(got, onehot_reference(seq).mean(0), atol=1e-7)
 
+def test_embed_sequences_on_a_full_tmpdir_names_the_folder(tmp_path, monkeypatch):
+    """A full $TMPDIR was "no room for a new output file: ... on the output's disk ...; nothing
+    was written; free some space and run the command again", naming no folder (the caller gave no
+    file, and the temporary's was dropped): the folder is named now, as $TMPDIR's."""
+    import tempfile
+
+    from protrans_cli.embed import embed_sequences
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import disk
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(disk, "_reserve", lambda folder, nbytes: "No space left on device (a reservation of 1.0 MiB "
+                                                                  "failed)")
+    with pytest.raises(RuntimeFailure) as caught:
+        embed_sequences(["MKT"], EmbedOptions(model="onehot", threads=1), kind="per_protein")
+    assert str(caught.value) == (
+        f"{tmp_path}: the embeddings' temporary file in this folder ($TMPDIR): no room for a new output file: No "
+        "space left on device (a reservation of 1.0 MiB failed); nothing is kept: free some space (or set TMPDIR to "
+        "a folder with room) and call again")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_embed_sequences_removes_the_temporary_folder_a_killed_call_left(tmp_path, monkeypatch):
     """embed_sequences embeds through a folder in $TMPDIR. It was a TemporaryDirectory: a kernel
     SIGKILLed during the call (the out-of-memory killer) left it, with its FASTA and partial file,
