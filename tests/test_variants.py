@@ -879,6 +879,32 @@ def test_a_masked_lm_checkpoint_without_a_contact_head_scores(run_cli, tmp_path,
     assert full.stdout == lacking.stdout
 
 
+def test_a_table_or_heatmap_that_cannot_be_written_says_the_work_is_kept_for_resume(run_cli, tmp_path, tiny_models,
+                                                                                     monkeypatch):
+    """A heatmap in a read-only folder (or a full disk at the table) failed after the scoring with
+    the write's error alone; the scores kept in OUT.partial/ made the same command refused ("holds
+    the work of an interrupted run"). The line says where the work is and that --resume goes on."""
+    import protrans_cli.variants as variants
+    from protrans_cli.errors import RuntimeFailure
+
+    def read_only(*args, **kwargs):
+        raise RuntimeFailure("cannot write in this folder: Read-only file system", path=str(tmp_path / "ro"))
+
+    out = tmp_path / "o.csv"
+    args = ["variants", "--all-singles", "--sequence", SEQ[:12], "-m", tiny_models["esm"], "-o", out, "--plot",
+            tmp_path / "scan.png"]
+    with monkeypatch.context() as m:
+        m.setattr(variants, "save_scan_png", read_only)
+        r = run_cli(*args)
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {tmp_path / 'ro'}: cannot write in this folder: Read-only file system; what was computed "
+        f"is in {out}.partial: run the same command with --resume once the problem is solved"), r.stderr
+    assert not out.exists()
+    r = run_cli(*args, "--resume")
+    assert r.exit_code == 0 and "1 unit of work kept" in r.stderr and out.is_file(), r.stderr
+    assert (tmp_path / "scan.png").is_file() and not (tmp_path / "o.csv.partial").exists()
+
+
 def test_a_damaged_unit_kept_for_resume_is_computed_again(tmp_path, tiny_models, monkeypatch):
     """A unit file that cannot be what its unit computed (empty, as a crash can leave one; cut
     short; another shape or dtype; not an array) is computed again, not read: an empty one was
