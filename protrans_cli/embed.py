@@ -48,7 +48,7 @@ from protrans_cli._version import __version__
 from protrans_cli.errors import (InputError, ModelError, ProtransError, RuntimeFailure, UsageError, expect_options,
                                  expect_path)
 from protrans_cli.io.fasta import parse_fasta
-from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, display_name,
+from protrans_cli.io.files import (HDF5_OUTPUT_IN_USE, checked_hdf5_output, create_fresh, disk_full, display_name,
                                    input_named_by, open_input, output_lock, refuse_other_format_name, stdin_binary)
 from protrans_cli.io.h5 import (LAYOUTS, PER_PROTEIN, PER_RESIDUE, EmbeddingsWriter, checksum64, digest128,
                                 partial_path, refuse_if_in_use)
@@ -1269,8 +1269,10 @@ def _spool_input(output: Path, fasta) -> Path:
                     raise InputError(f"cannot read the FASTA: {exc.strerror or exc}", path=str(fasta)) from None
                 with source:
                     shutil.copyfileobj(source, spool, 1 << 20)
-    except BaseException:
+    except BaseException as exc:
         path.unlink(missing_ok=True)
+        if (reason := disk_full(exc)) is not None:  # (a write's error names no file: "No space left on device")
+            raise RuntimeFailure(f"cannot write the copy of stdin: {reason}", path=str(path)) from None
         raise
     return path
 

@@ -870,6 +870,20 @@ def test_a_full_disk_under_force_says_resume_instead_of_force(tmp_path, run_cli,
             np.testing.assert_array_equal(got.get(ident), ref.get(ident))
 
 
+def test_stdin_on_a_full_disk_names_its_copy(tmp_path, run_cli, monkeypatch):
+    """stdin is copied beside the output to be read twice: a full disk there was "error: No space
+    left on device", naming no file."""
+    import protrans_cli.embed as embed_module
+
+    monkeypatch.setattr(embed_module, "create_fresh", lambda path, mode=0o666: os.open("/dev/full", os.O_WRONLY))
+    out = tmp_path / "o.h5"
+    r = run_cli("embed", "-", "-m", "onehot", "-o", out, input=b">a\nMKTAYIAKQR\n>b\nMKV\n")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == \
+        f"protrans: error: {tmp_path / '.o.h5.stdin.spool'}: cannot write the copy of stdin: No space left on device", \
+        r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_write_failing_inside_hdf5_is_one_line_and_resume_embeds_what_it_may_have_lost(tmp_path):
     """A full disk the room check cannot see (a quota, another process filling it): HDF5 wrote a
     small dataset's data as h5py dropped it and the error was only printed ("Exception ignored"),
