@@ -3798,6 +3798,23 @@ def test_predict_fasta_on_a_full_disk_names_the_folder_and_the_fasta_not_a_resum
     assert [p.name for p in tmp_path.iterdir()] == ["q.fa"]
 
 
+def test_predict_fasta_from_stdin_on_a_full_disk_names_the_folder(run_cli, one_epoch_ss3, tmp_path, monkeypatch):
+    """stdin is copied beside -o to be read twice: a full disk there was "error: No space left on
+    device", naming no file."""
+    import errno
+    import shutil
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    r = run_cli("predict", one_epoch_ss3, "--fasta", "-", "-o", tmp_path / "p.fa", input=b">p\nMKVLAAGW\n")
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"protrans: error: {tmp_path}: the copy of <stdin> (a temporary file in this folder, removed): cannot write: "
+        "No space left on device"), r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("below", ["sub", "sub/head"])
 def test_an_output_below_a_file_is_a_usage_error_naming_the_file(run_cli, ss_data, tmp_path, below):
     """`-o afile/sub` was "afile: File exists" (exit 1), `-o afile/sub/head` "afile/sub: Not a

@@ -179,8 +179,17 @@ def fasta_ids(fasta, directory) -> tuple[Path | str, list[str]]:
         # (a pipe was read to its end by the first pass: "no FASTA records"); messages still
         # name the input
         spooled = Path(directory) / "input.fasta"
-        with open_input(fasta, shown) as stream, open(spooled, "wb") as fh:
-            shutil.copyfileobj(stream, fh, 1 << 20)
+        try:
+            with open_input(fasta, shown) as stream, open(spooled, "wb") as fh:
+                shutil.copyfileobj(stream, fh, 1 << 20)
+        except OSError as exc:
+            from protrans_cli.io.files import disk_full
+
+            if (reason := disk_full(exc)) is None:
+                raise
+            # (a write's error names no file: "error: No space left on device")
+            raise RuntimeFailure(f"the copy of {shown} (a temporary file in this folder, removed): cannot write: "
+                                 f"{reason}", path=str(Path(directory).parent)) from None
         fasta = spooled
     with open_input(fasta, shown) as stream:
         return fasta, [record.id for record in parse_fasta(stream, shown)]
