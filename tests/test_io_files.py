@@ -979,3 +979,27 @@ def test_a_missing_input_with_its_partial_beside_it_says_how_to_finish_it(tmp_pa
     from protrans_cli.io.files import missing_file
 
     assert missing_file(tmp_path / "other.h5") == "no such file"
+
+
+def test_an_output_folder_no_file_can_be_created_in_is_refused_before_the_work(tmp_path, run_cli, monkeypatch):
+    """A read-only mount (or another user's folder) was found when the output was written, after
+    the work: a t-SNE map or a variant scan computed for nothing. (Root writes anywhere, so the
+    folder's answer to access() is what the test changes; a read-only bind mount was checked by hand.)"""
+    import os
+
+    from protrans_cli.io import files
+
+    (tmp_path / "q.fa").write_text(">a\nMKTAYIAKQR\n>b\nMAAGWLLK\n")
+    closed = tmp_path / "ro"
+    closed.mkdir()
+    (closed / "old.txt").write_text("kept\n")
+    real = os.access
+    monkeypatch.setattr(files.os, "access", lambda p, mode, **kw: False if Path(p) == closed else real(p, mode, **kw))
+    r = run_cli("prep", tmp_path / "q.fa", "-o", closed / "c.txt")
+    assert r.exit_code == 1 and r.stderr == (f"protrans: error: {closed}: permission denied: no file can be created in "
+                                             "this folder (read-only, or not yours to write)\n"), r.stderr
+    # an existing file there is not refused by this check (a writable file, a device: written in place)
+    assert files.output_directory(closed / "old.txt") == closed
+    with pytest.raises(files.RuntimeFailure):
+        files.output_directory(closed / "new.txt")
+    assert files.output_directory(tmp_path / "new.txt") == tmp_path

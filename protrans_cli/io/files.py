@@ -760,6 +760,11 @@ def output_directory(path) -> Path:
         if directory.exists():
             raise UsageError("is not a directory, so no output can go inside it", path=str(directory))
         raise UsageError("output directory does not exist (it is not created)", path=str(directory))
+    if not os.path.lexists(path) and not os.access(directory, os.W_OK | os.X_OK):
+        # (a read-only mount, or another user's folder: found when the output was written, after
+        # the work (a t-SNE map, a variant scan) was done)
+        raise RuntimeFailure("permission denied: no file can be created in this folder (read-only, or not "
+                             "yours to write)", path=str(directory))
     return directory
 
 
