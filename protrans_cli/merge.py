@@ -177,7 +177,8 @@ def _merge_advice(message: str) -> str:
         if "--resume" in clause or ".partial" in clause:
             break
         kept.append(clause)
-    return "; ".join(kept) + "; nothing was kept: free some space (or remove the cause) and run the merge again"
+    remedy = "raise the limit" if "file-size limit" in message else "free some space (or remove the cause)"
+    return "; ".join(kept) + f"; nothing was kept: {remedy} and run the merge again"
 
 
 def _check_paths(paths: list[Path], output: Path) -> None:

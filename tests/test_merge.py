@@ -507,6 +507,25 @@ def test_no_room_says_what_merge_does_next(tmp_path, monkeypatch, layout):
         merge([part], tmp_path / "m.h5", layout=layout)
     said = caught.value.format()
     assert "--resume" not in said and ".partial" not in said and "run the merge again" in said, said
+    assert "free some space" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fa", "a.h5"]
+
+
+def test_a_file_size_limit_says_to_raise_it_not_to_free_space(tmp_path):
+    """`ulimit -f` under the merged file's size: the message named the limit, then said "free some
+    space (or remove the cause)", which frees nothing of a limit (prlimit --fsize, a job's)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a.fa").write_text("".join(f">P{i}\n{'MKTAYIAKQR' * 30}\n" for i in range(200)))
+    _embed(tmp_path / "a.fa", tmp_path / "a.h5", per_residue=True)
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (3_500_000, resource.RLIM_INFINITY)); "
+              "from protrans_cli._entry import main; sys.argv = ['protrans', 'merge', sys.argv[1], '-o', sys.argv[2]]; "
+              "main()")
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a.h5"), str(tmp_path / "m.h5")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "file-size limit (ulimit -f)" in r.stderr, r.stderr
+    assert r.stderr.rstrip().endswith("nothing was kept: raise the limit and run the merge again"), r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fa", "a.h5"]
 
 
