@@ -1260,7 +1260,8 @@ def test_resume_compares_labels_read_from_stdin_by_their_bytes(run_cli, ss_data,
     assert sys.stdin is stdin  # (put back)
 
 
-def test_a_resume_of_a_fit_whose_labels_came_from_a_pipe_says_why_it_cannot(loc_data, tmp_path, monkeypatch):
+def test_a_resume_of_a_fit_whose_labels_came_from_a_pipe_says_why_it_cannot(loc_data, tmp_path, monkeypatch,
+                                                                            run_cli):
     """`--labels <(zcat labels.gz)` or a named pipe: each run names another pipe and there is no
     file to compare, so --resume was refused as "made with other settings or inputs (labels):
     run the same command with --resume", the command just run."""
@@ -1286,6 +1287,14 @@ def test_a_resume_of_a_fit_whose_labels_came_from_a_pipe_says_why_it_cannot(loc_
     again.read_bytes()  # (its writer, waiting for a reader, is let go)
     # as a file, from the start
     assert fit(replace(config, force=True), loc_data / "train.h5", loc_data / "train.fasta", tmp_path / "head").history
+
+    # and the Ctrl-C itself says so (it said "run the same command with --resume to continue")
+    with _stopped_after(monkeypatch, member=0, epoch=1):
+        r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", pipe("c"), "-j", "1",
+                    "--max-epochs", "2", "--bootstrap", "10", "--no-plots", "-o", tmp_path / "h2")
+    assert r.exit_code == 130 and "--resume" not in r.stderr, r.stderr
+    assert r.stderr.replace("\n", " ").endswith(f"a fit whose labels come from a pipe ({tmp_path / 'c'}) cannot be "
+                                                "resumed: give the labels as a file next time "), r.stderr
 
 
 def test_predict_from_fasta_embeds_with_the_heads_model_and_keeps_the_fasta_order(run_cli, ss_data, loc_data, tmp_path):

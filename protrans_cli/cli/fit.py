@@ -161,7 +161,13 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
 
             raise stopped(exc, f"the trials finished so far, and the epochs of the one in training, are kept in "
                           f"{trials_path(written)}; run the same command with --resume to continue") from None
+        from protrans_cli.heads.fit import piped_label_files
+
         kept = partial_path(written)
+        if piped := piped_label_files(labels, valid, [tuple(t) for t in tests]):
+            # (--resume is refused for them: "run the same command with --resume" led there)
+            raise stopped(exc, f"a fit whose labels come from a pipe ({', '.join(piped)}) cannot be resumed: give "
+                          "the labels as a file next time") from None
         raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
                       "to continue" if (kept / "state.pt").is_file() else None) from None
 
