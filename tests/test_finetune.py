@@ -356,6 +356,45 @@ def test_a_finetune_resumed_on_the_gpu_draws_the_dropout_masks_an_uninterrupted_
                                                                       rel=1e-5)
 
 
+def test_a_finetune_on_piped_labels_says_it_cannot_be_resumed(data, tmp_path, monkeypatch, run_cli):
+    """Labels from a pipe (`<(zcat train.csv.gz)`, a named pipe): a resume was refused as "made
+    with other inputs (labels): run the same command with --resume", the command just run, and
+    the Ctrl-C line before it sent the user there too."""
+    import os
+    import threading
+    from dataclasses import replace
+
+    import protrans_cli.heads.fit as fit
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    def pipe(name):  # a named pipe that one writer fills with the training labels
+        path = tmp_path / name
+        os.mkfifo(path)
+        threading.Thread(target=lambda: path.write_bytes((data / "train.csv").read_bytes()), daemon=True).start()
+        return path
+
+    real, calls = fit._validate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "_validate", interrupted)
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", pipe("a"), "--max-epochs", "3", "-j", "1",
+                "--bootstrap", "10", "-o", tmp_path / "out")
+    assert r.exit_code == 130 and "--resume" not in r.stderr, r.stderr
+    assert r.stderr.replace("\n", " ").endswith(f"a finetune whose inputs come from a pipe ({tmp_path / 'a'}) cannot "
+                                                "be resumed: give them as files next time "), r.stderr
+    monkeypatch.setattr(fit, "_validate", real)
+    config = FinetuneConfig(task="ss3", model=str(data / "bert"), max_epochs=3, threads=1, n_bootstrap=10)
+    again = pipe("b")
+    with pytest.raises(UsageError, match=rf"out.partial cannot be resumed: its inputs come from a pipe \({again}\), "
+                                         "which can be read once .* the interrupted finetune read; give them as files"):
+        finetune(replace(config, resume=True), again, tmp_path / "out")  # (which read the pipe: labels first)
+
+
 def test_resume_refuses_changed_inputs_and_accepts_them_named_otherwise(data, tmp_path, monkeypatch):
     """--resume compared the settings and the paths as typed: labels rewritten at the same path
     resumed into a head trained on two label sets (and --fasta was not compared at all), while the

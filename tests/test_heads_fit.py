@@ -1281,8 +1281,8 @@ def test_a_resume_of_a_fit_whose_labels_came_from_a_pipe_says_why_it_cannot(loc_
     with _stopped_after(monkeypatch, member=0, epoch=1), pytest.raises(KeyboardInterrupt):
         fit(config, loc_data / "train.h5", pipe("a"), tmp_path / "head")
     again = pipe("b")
-    with pytest.raises(UsageError, match=rf"head.partial cannot be resumed: the labels come from a pipe \({again}\), "
-                                         "which can be read once .*; give the labels as a file"):
+    with pytest.raises(UsageError, match=rf"head.partial cannot be resumed: its inputs come from a pipe \({again}\), "
+                                         "which can be read once .* the interrupted fit read; give them as files"):
         fit(replace(config, resume=True), loc_data / "train.h5", again, tmp_path / "head")
     again.read_bytes()  # (its writer, waiting for a reader, is let go)
     # as a file, from the start
@@ -1294,7 +1294,7 @@ def test_a_resume_of_a_fit_whose_labels_came_from_a_pipe_says_why_it_cannot(loc_
                     "--max-epochs", "2", "--bootstrap", "10", "--no-plots", "-o", tmp_path / "h2")
     assert r.exit_code == 130 and "--resume" not in r.stderr, r.stderr
     assert r.stderr.replace("\n", " ").endswith(f"a fit whose labels come from a pipe ({tmp_path / 'c'}) cannot be "
-                                                "resumed: give the labels as a file next time "), r.stderr
+                                                "resumed: give them as files next time "), r.stderr
 
 
 def test_predict_from_fasta_embeds_with_the_heads_model_and_keeps_the_fasta_order(run_cli, ss_data, loc_data, tmp_path):

@@ -87,6 +87,12 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, mask
         from protrans_cli.cli import stopped
         from protrans_cli.io.files import written_through
 
+        from protrans_cli.heads.fit import piped_files
+
         kept = partial_path(written_through(output))  # (an -o link: beside the folder it names)
+        if piped := piped_files([labels, fasta, valid, *tests]):
+            # (--resume is refused for them: "run the same command with --resume" led there)
+            raise stopped(exc, f"a finetune whose inputs come from a pipe ({', '.join(piped)}) cannot be resumed: "
+                          "give them as files next time") from None
         raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
                       "to continue" if (kept / "state.pt").is_file() else None) from None

@@ -167,7 +167,7 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
         if piped := piped_label_files(labels, valid, [tuple(t) for t in tests]):
             # (--resume is refused for them: "run the same command with --resume" led there)
             raise stopped(exc, f"a fit whose labels come from a pipe ({', '.join(piped)}) cannot be resumed: give "
-                          "the labels as a file next time") from None
+                          "them as files next time") from None
         raise stopped(exc, f"the epochs finished so far are kept in {kept}; run the same command with --resume "
                       "to continue" if (kept / "state.pt").is_file() else None) from None
 

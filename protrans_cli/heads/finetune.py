@@ -40,7 +40,8 @@ from protrans_cli.heads.fit import (HEAD_IN_USE, _MAX_SEED, _changed, _class_wei
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
                                     _warn_overlap, check_resamples, checked_state_bytes, evaluate_data,
                                     evaluation_records, held_out_positions, load_checked_state, no_training_records,
-                                    note_dual_labels, refuse_piped_mask, warn_unused_fraction, write_metrics)
+                                    note_dual_labels, piped_files, refuse_piped_mask, refuse_piped_resume,
+                                    warn_unused_fraction, write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
                                       refuse_residue_labels, unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
@@ -564,6 +565,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
         if config.resume and (partial / STATE).is_file():
             saved = _read_state(partial / STATE)
             differ = _changed(json.loads(saved["fingerprint"]), fingerprint)
+            refuse_piped_resume(partial, differ, piped_files([labels, fasta, valid, *tests]), "finetune",
+                                "--force to start again")
             if differ:
                 raise UsageError(f"{partial} was made with other settings or inputs ({', '.join(differ)}): run the "
                                  "same command with --resume, or --force to start again")

@@ -453,9 +453,26 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
 def piped_label_files(labels, valid, tests) -> list[str]:
     """The label files of a fit that are pipes (`<(zcat x.gz)`, a named pipe; not stdin, which
     --resume compares by the sha256 of its bytes): read once, they cannot be compared on --resume."""
+    return piped_files(label_files(labels, valid, tests))
+
+
+def piped_files(paths) -> list[str]:
+    """The inputs among `paths` that are pipes (stdin, `-`, excepted: compared by its bytes)."""
     from protrans_cli.embed import is_stream
 
-    return [str(p) for p in label_files(labels, valid, tests) if p is not None and str(p) != "-" and is_stream(p)]
+    return [str(p) for p in paths if p is not None and str(p) != "-" and is_stream(p)]
+
+
+def refuse_piped_resume(directory, differ: list, piped: list, command: str, remedy: str) -> None:
+    """A usage error where a resume differs in inputs that come from pipes (piped_label_files):
+    a pipe (`--labels <(zcat labels.csv.gz)`, a named pipe) names another pipe at each run and
+    holds no file to compare, so "run the same command with --resume" sent the user round in a
+    circle (fit's and finetune's)."""
+    if piped and set(differ) & {"labels", "valid", "tests", "fasta", "labels_file", "valid_files", "test_files",
+                                "fasta_file"}:
+        raise UsageError(f"{directory} cannot be resumed: its inputs come from a pipe ({', '.join(piped)}), which "
+                         f"can be read once and is not a file that can be compared with what the interrupted "
+                         f"{command} read; give them as files (a compressed one is read as it is), or {remedy}")
 
 
 def label_files(labels, valid, tests) -> list:
@@ -996,14 +1013,7 @@ class FitState:
                 raise InputError("the saved fit state lacks entries a fit writes (not a state protrans wrote); "
                                  "--force starts over", path=str(path))
             differ = _changed(saved["fingerprint"], fingerprint)
-            if piped and set(differ) & {"labels", "valid", "tests", "labels_file", "valid_files", "test_files"}:
-                # A pipe (`--labels <(zcat labels.csv.gz)`, a named pipe) names another pipe at each
-                # run and holds no file to compare: "run the same command with --resume" below
-                # sent the user round in a circle.
-                raise UsageError(f"{directory} cannot be resumed: the labels come from a pipe ({', '.join(piped)}), "
-                                 "which can be read once and is not a file whose labels can be compared with those "
-                                 "the interrupted fit read; give the labels as a file (a compressed one is read as "
-                                 "it is), or --force to start over")
+            refuse_piped_resume(directory, differ, piped, "fit", "--force starts over")
             if differ:
                 raise UsageError(f"{directory} was made with other settings or inputs ({', '.join(differ)}): "
                                  "run the same command with --resume, or --force to start over")
