@@ -442,6 +442,30 @@ def test_an_embeddings_file_or_other_binary_given_as_labels_says_what_it_is(tmp_
     assert not (tmp_path / "out.fa").exists() and not (tmp_path / "head").exists()
 
 
+@pytest.mark.parametrize("name,first,what", [
+    ("1abc.pdb", "HEADER    HYDROLASE    01-JAN-00   1ABC", "a PDB structure"),
+    ("x.gb", "LOCUS       X 10 aa", "a GenBank record"),
+    ("reads.fq", "@r1", "FASTQ"),
+    ("pfam.sto", "# STOCKHOLM 1.0", "a Stockholm alignment"),
+    ("corpus.txt", "M K T A", "a pretraining corpus"),
+])
+def test_a_look_alike_given_as_labels_says_what_it_is(tmp_path, run_cli, name, first, what):
+    """A PDB, GenBank, FASTQ or Stockholm file, or prep's corpus, given as the labels said only
+    "expected 'id,label'" on line 1: the FASTA readers' look-alikes now tell what it is (labels and
+    fit alike); a table's bad row is told as before."""
+    path = tmp_path / name
+    path.write_text(first + "\nM K K\n")
+    for command in (["labels", path, "-o", tmp_path / "out.fa"],
+                    ["fit", "loc", "--embeddings", path, "--labels", path, "-o", tmp_path / "head"]):
+        r = run_cli(*command)
+        assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f"{path}:1: expected 'id,label'; the file " in r.stderr and what in r.stderr, r.stderr
+    table = tmp_path / "t.csv"
+    table.write_text("a,1\nM K K\n")
+    with pytest.raises(InputError, match=r"t.csv:2: expected 'id,label'$"):
+        read_labels(table)
+
+
 def test_labels_output_that_is_the_label_file_is_refused(tmp_path, run_cli):
     # A DeepLoc FASTA converted onto itself lost its labels.
     path = tmp_path / "dl.fasta"

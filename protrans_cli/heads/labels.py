@@ -40,7 +40,7 @@ import numpy as np
 
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.tasks import LOCATIONS, SS8
-from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, parse_fasta
+from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, look_alike, parse_fasta
 from protrans_cli.io.files import archive_hint, display_name, open_input
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import STANDARD, SequenceRejected, normalise
@@ -725,7 +725,11 @@ def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
                                  f"column is the protein id, named one of {', '.join(sorted(_ID_HEADERS))}; "
                                  "the second the label)", path=name, line=lineno)
         if len(row) < 2 or not row[0]:
-            raise InputError("expected 'id,label'", path=name, line=lineno)
+            # (a PDB, GenBank, FASTQ, Stockholm file or a prep corpus given as the labels: its first
+            # line said only "expected 'id,label'"; the FASTA readers' look-alikes tell what it is)
+            hint = look_alike(first.encode("utf-8", "replace"), tables=False) if not records and header is None \
+                else None
+            raise InputError("expected 'id,label'" + (f"; {hint}" if hint else ""), path=name, line=lineno)
         if any(row[width:]):
             # "P1,membrane, peripheral": the label cut at its comma (or the rest read as the set)
             # ("more than 'id,label' (no header) 2" for a file whose header was id,label)

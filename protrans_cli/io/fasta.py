@@ -40,10 +40,19 @@ def not_fasta(first: bytes) -> str:
         return NOT_FASTA + " (the file is HDF5, such as embed writes)"
     if hint := archive_hint(first):
         return f"{NOT_FASTA}; {hint}"
-    for pattern, hint in _LOOK_ALIKES:
-        if pattern.match(first):
-            return f"{NOT_FASTA}; {hint}"
+    if hint := look_alike(first):
+        return f"{NOT_FASTA}; {hint}"
     return NOT_FASTA
+
+
+def look_alike(first: bytes, tables: bool = True) -> str | None:
+    """What a file given by mistake is, told by its first non-blank line, `first` (a PDB structure,
+    GenBank, FASTQ, a Stockholm alignment, a pretraining corpus, ...); None if not told. `tables`
+    False: a table is not one (for readers of tables, such as the label readers)."""
+    for pattern, hint in _LOOK_ALIKES[:None if tables else -1]:
+        if pattern.match(first):
+            return hint
+    return None
 
 
 # Files given for a FASTA by mistake, by their first line: what each is and where its sequences
@@ -62,6 +71,7 @@ _LOOK_ALIKES = [
     (re.compile(rb"ID   "), "the file is a UniProt or EMBL flat file: give its proteins as FASTA"),
     (re.compile(rb"(?:[A-Za-z*] )+[A-Za-z*][ \t]*(?:\r?\n|\Z)"),
      "the file is a pretraining corpus (one spaced protein a line), such as prep writes for train"),
+    # (last: look_alike(tables=False) leaves it out)
     (re.compile(rb"(?!#)[^\r\n]*[,\t]"),
      "the file looks like a table (CSV or TSV): a label file's sequences are written as FASTA by protrans labels "
      "FILE -o seqs.fasta"),
