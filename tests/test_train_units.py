@@ -655,6 +655,23 @@ def test_a_table_as_corpus_is_refused_not_trained_on_name_and_sequence(tmp_path,
         count_proteins([str(corpus)])
 
 
+@pytest.mark.parametrize("first,kind", [
+    ("input, dssp3, dssp8, disorder, cb513_mask", "the file looks like a table (CSV or TSV)"),  # NetSurfP
+    ("HEADER    HYDROLASE    01-JAN-00   1ABC", "the file is a PDB structure"),
+    ("@read1", "the file looks like FASTQ"),
+])
+def test_a_table_or_look_alike_as_corpus_says_what_it_is(tmp_path, first, kind):
+    """A NetSurfP CSV given as --corpus was an "invalid residue ','" (a PDB or FASTQ file one of
+    its first line): it is named, as the FASTA readers name such files."""
+    corpus = tmp_path / "wrong.csv"
+    corpus.write_text(first + "\nM K T A\n")
+    with pytest.raises(InputError, match=re.escape(f"wrong.csv:1: not a corpus: {kind}")):
+        count_proteins([str(corpus)])
+    corpus.write_text("M K T A\n" + first + "\n")  # (a later line: the letter, as before)
+    with pytest.raises(InputError, match="wrong.csv:2: invalid residue"):
+        count_proteins([str(corpus)])
+
+
 def test_a_fasta_file_as_corpus_says_to_run_prep(tmp_path, run_cli):
     fasta = tmp_path / "raw.fasta"
     fasta.write_text(">sp|P1|TEST a protein\nMKTAYIAKQRGSSG\n>sp|P2|TEST\nGSSGSSGHHHHHH\n" * 20)

@@ -321,6 +321,13 @@ def _invalid_line(path: str, lineno: int, raw: bytes) -> InputError:
             return InputError(f"a {name} at column {line.index(char) + 1} (a table?): a corpus line holds one "
                               "protein, its residues separated by single spaces; make one with `protrans prep`",
                               path=path, line=lineno)
+    from protrans_cli.io.fasta import look_alike
+
+    if lineno == 1 and (hint := look_alike(raw)):
+        # (a NetSurfP CSV given as the corpus was an "invalid residue ','"; a PDB or GenBank file
+        # an invalid residue of its first line)
+        return InputError(f"not a corpus: {hint}; the corpus is the text `protrans prep` writes, one protein "
+                          "per line", path=path, line=lineno)
     line = stripped
     residues = "".join(c for c in line if c not in blank)
     pos = next(i for i, c in enumerate(residues) if c not in _RESIDUE_LETTERS)
