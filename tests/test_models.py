@@ -283,6 +283,21 @@ def test_a_weights_file_given_as_the_model_is_named_not_looked_up_on_the_hub(run
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_an_embeddings_file_given_as_the_model_is_named(run_cli, tmp_path):
+    """`embed x.fa -m emb.h5` (an embeddings file, the two files swapped) listed the short model
+    names as "not a directory" alone: the line now says the file is HDF5, such as embed writes."""
+    pytest.importorskip("protrans_cli.cli.embed")
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    h5 = tmp_path / "emb.h5"
+    assert run_cli("embed", fasta, "-m", "onehot", "-o", h5).exit_code == 0
+    result = run_cli("embed", fasta, "-m", h5, "-o", tmp_path / "o.h5")
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"protrans: error: {h5}: an HDF5 file (such as embed writes), not a model; a "
+                                    "model is a directory with config.json, a hub id or a short name"), result.stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
 # Published sizes (papers / model cards) of the part embed loads, and of the whole model.
 PUBLISHED = [
     ("bert", "prot_bert", "num_params", 420e6),

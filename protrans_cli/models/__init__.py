@@ -213,11 +213,23 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
             raise ModelError(f"{name}: a PyTorch weights file (such as fair-esm's), which is not loaded; give the "
                              "transformers model of the same weights: a directory with config.json, a hub id or a "
                              f"short name ({', '.join(CHECKPOINTS)}; `protrans models` lists them)")
-        raise ModelError(f"{name}: not a directory; a model is a directory with config.json, a hub id "
+        # (an embeddings file given as the model, the two files swapped: "not a directory" alone)
+        what = "an HDF5 file (such as embed writes), not a model" if _starts_with(path, b"\x89HDF") else \
+            "not a directory"
+        raise ModelError(f"{name}: {what}; a model is a directory with config.json, a hub id "
                          f"or a short name ({', '.join(CHECKPOINTS)})")
     if _looks_like_path(name):
         raise ModelError(f"{name}: no such model directory")
     return name, None, False
+
+
+def _starts_with(path, magic: bytes) -> bool:
+    """Whether the file at `path` starts with `magic` (False where it cannot be read)."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _json_object(path) -> dict:
