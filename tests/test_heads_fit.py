@@ -1051,6 +1051,19 @@ def test_predict_names_a_language_model_given_as_its_head(run_cli, ss_data, tmp_
         assert not (tmp_path / "q.fa").exists()
 
 
+def test_predict_names_an_embeddings_file_given_as_its_head(run_cli, ss_data, tmp_path):
+    """`predict emb.h5 --embeddings e.h5` (the embeddings where the head goes) was click's "Invalid
+    value for 'HEAD': Directory 'emb.h5' is a file", exit 2: the line says what the file is."""
+    said = ("not a head directory: a head is the folder `protrans fit`, `finetune` or `import-head` writes "
+            "(embeddings go to --embeddings)")
+    other = tmp_path / "notes.txt"
+    other.write_text("x\n")
+    for given, what in ((ss_data / "test.h5", "an HDF5 file (such as embed writes)"), (other, "a file")):
+        r = run_cli("predict", given, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "q.fa")
+        assert r.exit_code == 1 and r.stderr == f"protrans: error: {given}: {what}, {said}\n", r.stderr
+        assert not (tmp_path / "q.fa").exists()
+
+
 def test_fit_force_never_deletes_a_directory_holding_its_inputs(run_cli, ss_data, tmp_path):
     import shutil
 

@@ -44,7 +44,7 @@ def fasta_embedding_options(recorded: str, skipped: str):
 
 
 @click.command("predict", context_settings={"show_default": True})
-@click.argument("head", type=click.Path(file_okay=False))
+@click.argument("head", type=click.Path())  # (a file: load_head says what it is)
 @click.option("--embeddings", type=INPUT_FILE, metavar="FILE", default=None, help="Embeddings to predict on (HDF5).")
 @click.option("--fasta", type=INPUT_FILE, metavar="FILE", default=None,
               help="Sequences to predict on instead: embedded first with the model and layer the head was "

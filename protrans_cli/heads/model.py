@@ -154,6 +154,12 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         from protrans_cli.io.files import missing_file
 
         raise InputError(missing_file(directory), path=str(directory))
+    if directory.is_file():
+        # (predict's HEAD given the embeddings file, the two swapped: click's "Directory 'e.h5' is a file")
+        with open(directory, "rb") as stream:
+            what = "an HDF5 file (such as embed writes)" if stream.read(4) == b"\x89HDF" else "a file"
+        raise InputError(f"{what}, not a head directory: a head is the folder `protrans fit`, `finetune` or "
+                         "`import-head` writes (embeddings go to --embeddings)", path=str(directory))
     if not (directory / CONFIG).is_file():
         raise InputError(f"not a head directory (no {CONFIG}){_other_directory(directory)}", path=str(directory))
     if (language_model := _language_model_type(directory)) is not None:
