@@ -182,7 +182,7 @@ def _merge_advice(message: str) -> str:
 
 
 def _check_paths(paths: list[Path], output: Path) -> None:
-    from protrans_cli.io.files import missing_file
+    from protrans_cli.io.files import directory_kind, missing_file
 
     seen: dict[Path, Path] = {}
     targets = {output.resolve(), partial_path(output).resolve()}
@@ -193,6 +193,8 @@ def _check_paths(paths: list[Path], output: Path) -> None:
             raise UsageError("an unfinished embed run's file: finish it first (the same embed command with "
                              "--resume), then merge its output", path=str(path))
         if not path.is_file():
+            if path.is_dir():  # (a head or model folder was "not a file" alone, as any other folder)
+                raise InputError("is a directory, expected an HDF5 file" + directory_kind(path), path=str(path))
             raise InputError(missing_file(path) if not path.exists() else "not a file", path=str(path))
         real = path.resolve()
         if real in targets:

@@ -279,12 +279,17 @@ def test_what_merge_refuses_in_one_line(tmp_path, run_cli):
     with h5py.File(tmp_path / "foreign.h5", "w") as f:
         f["P1"] = np.zeros(3)
     (tmp_path / "x.h5.partial").write_bytes(b"")
+    (tmp_path / "head").mkdir()
+    (tmp_path / "head" / "config.json").write_text('{"task": {}, "hyperparameters": {}}')
     cases = [
         (["-o", tmp_path / "m.h5", a], 2, "m.h5: exists: give --force to replace it"),
         (["-o", tmp_path / "n.h5", a, a], 2, "a.h5: named twice"),
         (["-o", a, a], 2, "a.h5: is also the output"),
         (["-o", tmp_path / "n.h5", tmp_path / "x.h5.partial"], 2, "an unfinished embed run's file"),
         (["-o", tmp_path / "n.h5", tmp_path / "missing.h5"], 1, "missing.h5: no such file"),
+        # a head's folder was "not a file" alone: named as the other readers name it
+        (["-o", tmp_path / "n.h5", a, tmp_path / "head"], 1, "head: is a directory, expected an HDF5 file (it is a "
+         "prediction head's directory, which predict takes)"),
         (["-o", tmp_path / "n.h5", a, "-"], 2, "not from stdin ('-'): give each part as a file"),
         (["-o", tmp_path / "n.h5", tmp_path / "foreign.h5"], 1, "not an output of protrans embed"),
         (["-o", tmp_path / "n.h5", a, "--layout", "stacked"], 2, "the stacked layout holds per-protein vectors only"),
