@@ -913,6 +913,25 @@ def test_a_directory_holding_a_model_but_no_checkpoint_is_not_trained_over(tmp_p
     assert res.exit_code == 0 and "no checkpoint yet, so --resume starts the run from step 0" in res.stderr
 
 
+def test_a_head_directory_as_train_output_is_named_a_head(tmp_path, run_cli):
+    """`train --resume -o HEAD_DIR` (a head fit wrote) said it "already holds a model
+    (config.json)": the folder is named as the prediction head it is."""
+    head = tmp_path / "ss3"
+    head.mkdir()
+    (head / "config.json").write_text('{"task": {"name": "ss3"}, "hyperparameters": {}}')
+    (head / "weights.safetensors").write_bytes(b"keep")
+    args = ["--corpus", LEARNABLE, "--num-steps", 2, "--max-length", 64, "--global-batch-size", 8,
+            "--micro-batch-size", 8, "-j", 1]
+    for extra in ([], ["--resume"]):
+        res = run_cli("train", *args, "-o", head, *extra)
+        assert res.exit_code == 2, res.stderr
+        assert res.stderr.strip().splitlines()[-1] == (
+            f"protrans: error: {head} already holds a prediction head (config.json) and no checkpoint"
+            + (" to resume from" if extra else "") + ": a new run would overwrite it; choose another -o "
+            "(or move the head away)")
+    assert sorted(p.name for p in head.iterdir()) == ["config.json", "weights.safetensors"]
+
+
 def test_an_unquoted_corpus_pattern_the_shell_expanded_is_named_with_the_remedy(tmp_path, run_cli):
     """`--corpus shards.*.txt` unquoted: the shell gives --corpus the first shard and leaves the
     others as extra arguments, which were "Got unexpected extra arguments (...)" and no more."""

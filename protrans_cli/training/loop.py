@@ -229,10 +229,14 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     # started from step 0, or --resume-from another run's checkpoint) wrote its
                     # own weights over it without a word, and left another family's files
                     # (vocab.txt, generator/) beside its own.
+                    from protrans_cli.io.files import directory_kind
+
+                    # (a head's folder, from fit, was "already holds a model (config.json)")
+                    held = "a prediction head" if "prediction head" in directory_kind(config.output_dir) else "a model"
                     raise UsageError(
-                        f"{config.output_dir} already holds a model ({model}) and no checkpoint"
+                        f"{config.output_dir} already holds {held} ({model}) and no checkpoint"
                         + (" to resume from" if resume is True else "")
-                        + ": a new run would overwrite it; choose another -o (or move the model away)")
+                        + f": a new run would overwrite it; choose another -o (or move the {held.split()[-1]} away)")
                 if resume is True:
                     ckpt.refuse_incomplete_latest(config.output_dir)  # (the only one: not "none yet")
                 if resume:
