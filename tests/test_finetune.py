@@ -187,6 +187,19 @@ def test_the_held_out_ids_are_recorded_and_are_the_validation_set(finetuned, dat
     assert right / total == pytest.approx(metrics["valid"]["ss3"]["accuracy"])
 
 
+def test_a_model_not_there_is_refused_before_the_labels_are_read(run_cli, tmp_path):
+    """`finetune loc -m nope_model` printed the labels' line ("train: N proteins; validation: ...")
+    and then failed on the model, as if work had been done: the name is checked first (its config,
+    not its weights), one line, nothing written."""
+    labels = tmp_path / "loc.fa"
+    labels.write_text("".join(f">p{i} {'Nucleus' if i % 2 else 'Cytoplasm'}-S\nMKTAYIAKQR{'AG' * i}\n"
+                              for i in range(12)))
+    r = run_cli("finetune", "loc", "-m", "nope_model", "--labels", labels, "-o", tmp_path / "fx")
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("protrans: error: cannot load model 'nope_model'"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loc.fa"]
+
+
 def test_refusals(finetuned, data, run_cli, tmp_path):
     base = ["-m", data / "bert", "--max-epochs", "1", *FAST]
     r = run_cli("finetune", "nope", "--labels", data / "train.csv", "-o", tmp_path / "a", *base)

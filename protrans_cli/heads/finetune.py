@@ -439,7 +439,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     from protrans_cli.heads.model import build_head
     from protrans_cli.io.files import (folder_can_be_made, folder_lock, make_temporary, remove_dead_temporaries,
                                        replace_directory, stdin_digest)
-    from protrans_cli.models import load_model
+    from protrans_cli.models import load_model, open_config
     from protrans_cli.threads import resolve_threads, torch_threads
 
     config.check()
@@ -469,6 +469,9 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
 
     if config.class_weights and any(o.is_value for o in task.outputs):
         raise UsageError("--class-weights is for classification; the value task is a regression")
+    # the model's name checked (its config read, not its weights) before the label files: a name
+    # that is not there failed after the labels' lines were printed, as if they had been the work
+    open_config(config.model)
     # --- labels and sequences ---
     held_out = None  # ids of the --valid-fraction hold-out
     masked: list[bool] = []  # whether --mask applied, file by file
