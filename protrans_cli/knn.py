@@ -22,7 +22,7 @@ import numpy as np
 
 from protrans_cli import console
 from protrans_cli.errors import InputError, ModelError, UsageError, expect_path, whole_number
-from protrans_cli.io.files import named_delimiter, tsv_quoted
+from protrans_cli.io.files import display_name, named_delimiter, tsv_quoted
 from protrans_cli.io.h5 import PER_PROTEIN, EmbeddingsReader
 
 METRICS = ("euclidean", "cosine")
@@ -330,10 +330,10 @@ def _reference_labels(labels, label_format: str, ref_ids: list[str], reference) 
     unlabelled = sum(1 for i in ref_ids if i not in by_id)
     if unlabelled == len(ref_ids):
         raise InputError(f"labels none of the reference's {len(ref_ids):,} proteins (ids such as "
-                         f"{ref_ids[0]!r}; the file's: {first or 'none'!r})", path=str(labels))
+                         f"{ref_ids[0]!r}; the file's: {first or 'none'!r})", path=display_name(labels))
     if unlabelled:
-        console.info(f"{labels}: {unlabelled:,} of the reference's {len(ref_ids):,} proteins have no label (an "
-                     "empty column where one is a neighbour)")
+        console.info(f"{display_name(labels)}: {unlabelled:,} of the reference's {len(ref_ids):,} proteins have no "
+                     "label (an empty column where one is a neighbour)")
     return columns, by_id, unknown
 
 
@@ -379,8 +379,8 @@ def labels_by_protein(label_set, labels, embeddings=()) -> tuple[list[str], dict
     for record_id, ident in renamed + found:
         by_id[ident] = by_id[record_id]
     if found:
-        console.info(f"{labels}: {console.counted(len(found), 'protein')} labelled by sequence checksum (the "
-                     "record's id is not the embedding's)")
+        console.info(f"{display_name(labels)}: {console.counted(len(found), 'protein')} labelled by sequence "
+                     "checksum (the record's id is not the embedding's)")
     first = label_set.records[0].id if label_set.records else None
     return columns, by_id, UNKNOWN.get(label_set.format, {}), first
 
@@ -465,7 +465,8 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
     result = _neighbours(q_ids, q, ref_ids, ref, k, metric, exclude_self, threads, device)
     _note_short_rows(result, k, exclude_self)
     if labels is not None:
-        console.info(f"transferring {', '.join(columns)} from {labels}")
+        # (stdin named as every reader names it: "from -" was the one '-')
+        console.info(f"transferring {', '.join(columns)} from {display_name(labels)}")
     transfer = Transfer(result, columns)
     with atomic_output(output, follow_link=True) as stream:
         stream.write(("\t".join(["query", "rank", "neighbour", "distance", *columns]) + "\n").encode())
@@ -697,9 +698,10 @@ def _query_labels(score, label_set, q_ids: list[str], queries=None) -> tuple[dic
     missing = sum(1 for i in q_ids if i not in truth)
     if missing == len(q_ids):
         raise InputError(f"labels none of the {len(q_ids):,} queries (ids such as {q_ids[0]!r})" if q_ids
-                         else "the query file holds no proteins", path=str(score))
+                         else "the query file holds no proteins", path=display_name(score))
     if missing:
-        console.info(f"{score}: {missing:,} of the {len(q_ids):,} queries have no label and are not scored")
+        console.info(f"{display_name(score)}: {missing:,} of the {len(q_ids):,} queries have no label and are not "
+                     "scored")
     return truth, unknown
 
 

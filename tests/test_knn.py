@@ -808,6 +808,21 @@ def test_stdin_is_one_input_at_most(tmp_path, run_cli, monkeypatch, args):
     assert not (tmp_path / "hits.tsv").exists()
 
 
+def test_labels_and_scores_from_stdin_are_named_as_every_reader_names_stdin(tmp_path, run_cli):
+    """`knn --labels -` said "transferring label from -" (and `-: 1 of the reference's ...`),
+    where every other message calls stdin `<stdin>`: named one way."""
+    _write(tmp_path / "r.h5", np.eye(3), ["a", "b", "c"])
+    args = ["knn", tmp_path / "r.h5", "--reference", tmp_path / "r.h5", "-o", tmp_path / "hits.tsv"]
+    r = run_cli(*args, "--labels", "-", input=b"id,label\na,x\nb,y\n")
+    assert r.exit_code == 0, r.stderr
+    assert "transferring label from <stdin>\n" in r.stderr and "<stdin>: 1 of the reference's 3 proteins" in r.stderr
+    (tmp_path / "l.csv").write_text("id,label\na,x\nb,y\nc,x\n")
+    r = run_cli(*args, "--labels", tmp_path / "l.csv", "--score", "-", input=b"id,label\na,x\n")
+    assert r.exit_code == 0, r.stderr
+    assert "<stdin>: 2 of the 3 queries have no label" in r.stderr, r.stderr
+    assert "-:" not in r.stderr and "from -" not in r.stderr
+
+
 def test_a_query_whose_membrane_is_unknown_is_not_scored_on_it(tmp_path):
     """DeepLoc's membrane `U` (unknown) in the --score file: that query is left out of the
     membrane score (fit leaves it out too), its location still scored. Scored, U counted as a
