@@ -330,3 +330,17 @@ def test_an_output_below_a_file_is_a_usage_error_naming_the_file(published, run_
     r = run_cli("import-head", root / "secstruct_checkpoint.pt", "-o", tmp_path / "afile" / "head")
     assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == \
         f"protrans: error: {tmp_path / 'afile'}: is not a directory, so no folder can go inside it", r.stderr
+
+
+def test_the_readme_names_the_inputs_that_stdin_cannot_be(run_cli, tmp_path):
+    """The README said every command that reads a file once reads `-` as stdin, naming only
+    `train --corpus` as an exception; `import-head -` (and any HDF5 input) is refused, exit 2.
+    The sentence names both, and the refusal is what it says."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("Every command that reads a file once reads `-` as stdin")
+    sentence = readme[start:readme.index(" and writes to stdout", start)]
+    assert "`import-head`'s checkpoint" in sentence and "HDF5 input" in sentence and "exit 2" in sentence, sentence
+    r = run_cli("import-head", "-", "-o", tmp_path / "o", input=b"")
+    assert r.exit_code == 2 and "not stdin" in r.stderr, r.stderr
