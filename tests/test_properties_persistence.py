@@ -287,8 +287,9 @@ def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_run(case):
         stopped, hit = _run_with_stop(fasta, out, options, stop)
         kinds = options.kinds()
         if stopped:
-            assert not out.exists() and partial_path(out).exists()
-            _readable_or_one_line(partial_path(out), kinds)
+            assert not out.exists()
+            if partial_path(out).exists():  # (a run stopped before its first protein leaves none)
+                _readable_or_one_line(partial_path(out), kinds)
         _fasta(fasta, records)  # the same records, perhaps more
         resume = EmbedOptions(**{**options.__dict__, **changed, "resume": True})
         if again is not None:

@@ -2254,6 +2254,8 @@ def test_a_restarted_worker_group_on_one_node_joins_under_keys_of_its_own(monkey
 
     from protrans_cli.training import dist
 
+    monkeypatch.setattr(dist, "_groups_started", 0)  # (a group another test started in this process)
+
     server = TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False,
                       timeout=datetime.timedelta(seconds=10))
     env = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "2", "GROUP_WORLD_SIZE": "1",
@@ -2285,6 +2287,8 @@ def test_a_second_group_in_the_same_processes_joins_under_keys_of_its_own(monkey
     from torch.distributed import TCPStore
 
     from protrans_cli.training import dist
+
+    monkeypatch.setattr(dist, "_groups_started", 0)  # (a group another test started in this process)
 
     server = TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False,
                       timeout=datetime.timedelta(seconds=10))
