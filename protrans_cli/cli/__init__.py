@@ -256,6 +256,24 @@ def stopped(exc: KeyboardInterrupt, detail: str | None = None) -> _Stopped:
     return _Stopped(isinstance(exc, _Terminated), detail)
 
 
+_SAME_WITH_RESUME = "the same command with --resume"
+
+
+def resume_command(force: bool) -> str:
+    """How to finish an embed or contacts run that kept its work: with --resume, which --force
+    beside it would have refused."""
+    return _SAME_WITH_RESUME + (" instead of --force" if force else "")
+
+
+def said_for_force(exc: ProtransError, force: bool) -> ProtransError | None:
+    """`exc` with its "the same command with --resume" (a full disk's advice) made "... instead of
+    --force" for a run given --force (beside which --resume is refused); None where nothing changes."""
+    if not force or _SAME_WITH_RESUME not in exc.message:
+        return None
+    return type(exc)(exc.message.replace(_SAME_WITH_RESUME, resume_command(force)), path=exc.path, record=exc.record,
+                     line=exc.line)
+
+
 def refuse_if_every_protein_failed(failed: dict, written: int, resumed: int, what: str, output) -> None:
     """Exit 1 when a run wrote nothing because every protein it computed failed (out of memory,
     NaN or infinity): the empty file is no result a pipeline's next step (or a scheduler's

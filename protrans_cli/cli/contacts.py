@@ -78,18 +78,18 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
     try:
         summary = predict_contacts(fasta, output, options)
     except KeyboardInterrupt as exc:
-        from protrans_cli.cli import stopped
+        from protrans_cli.cli import resume_command, stopped
 
         kept = partial_path(output)
-        again = "the same command with --resume instead of --force" if force else "the same command with --resume"
-        raise stopped(exc, f"what was computed is in {kept}; run {again} to finish" if kept.exists() else None) from None
+        raise stopped(exc, f"what was computed is in {kept}; run {resume_command(force)} to finish"
+                      if kept.exists() else None) from None
     except ProtransError as exc:
+        from protrans_cli.cli import said_for_force
+
         # (a full disk's "run the same command with --resume": beside --force, --resume is refused)
-        if not force or "the same command with --resume" not in exc.message:
+        if (reworded := said_for_force(exc, force)) is None:
             raise
-        raise type(exc)(exc.message.replace("the same command with --resume",
-                                            "the same command with --resume instead of --force"),
-                        path=exc.path, record=exc.record, line=exc.line) from None
+        raise reworded from None
     console.output_complete(str(output))
     rate = summary.num_residues / summary.compute_seconds if summary.compute_seconds else 0.0
     console.info(f"contacts: {console.counted(summary.num_written, 'protein')} ({summary.num_residues:,} residues, "

@@ -150,18 +150,18 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         with when_output_final(lambda: console.output_complete(str(output))):
             summary = embed(fasta, output, options)
     except KeyboardInterrupt as exc:
-        from protrans_cli.cli import stopped
+        from protrans_cli.cli import resume_command, stopped
 
         kept = getattr(exc, "kept", None) or interrupted_output(output)  # (the merge's OUTPUT.partial)
-        again = "the same command with --resume instead of --force" if force else "the same command with --resume"
-        raise stopped(exc, f"what was computed is in {kept}; run {again} to finish" if kept.exists() else None) from None
+        raise stopped(exc, f"what was computed is in {kept}; run {resume_command(force)} to finish"
+                      if kept.exists() else None) from None
     except ProtransError as exc:
+        from protrans_cli.cli import said_for_force
+
         # (a full disk's "run the same command with --resume": beside --force, --resume is refused)
-        if not force or "the same command with --resume" not in exc.message:
+        if (reworded := said_for_force(exc, force)) is None:
             raise
-        raise type(exc)(exc.message.replace("the same command with --resume",
-                                            "the same command with --resume instead of --force"),
-                        path=exc.path, record=exc.record, line=exc.line) from None
+        raise reworded from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
         return
     console.output_complete(str(output))
