@@ -39,6 +39,22 @@ def _embedder(path):
     return TransformerEmbedder(load_model(path, device="cpu"), (-1,), "cpu", "float32")
 
 
+def _stop_at_validation(monkeypatch, n: int):
+    """Ctrl-C at the n-th validation (after epoch n - 1's state was saved); returns the real one."""
+    import protrans_cli.heads.fit as fit
+
+    real, calls = fit._validate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "_validate", interrupted)
+    return real
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
@@ -243,15 +259,7 @@ def test_resume_after_an_interrupted_epoch_gives_the_uninterrupted_run(data, tmp
     kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=100,
               device="cpu", max_epochs=3, patience=5)
     whole = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "a")
-    real, calls = fit._validate, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit, "_validate", interrupted)
+    real = _stop_at_validation(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "b")
     monkeypatch.setattr(fit, "_validate", real)
@@ -352,15 +360,7 @@ def test_a_finetune_resumed_on_the_gpu_draws_the_dropout_masks_an_uninterrupted_
     kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=10,
               device="cuda", max_epochs=3, patience=5, lora_dropout=0.3)
     whole = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "a")
-    real, calls = fit._validate, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit, "_validate", interrupted)
+    real = _stop_at_validation(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "b")
     monkeypatch.setattr(fit, "_validate", real)
@@ -386,15 +386,7 @@ def test_a_finetune_on_piped_labels_says_it_cannot_be_resumed(data, tmp_path, mo
         threading.Thread(target=lambda: path.write_bytes((data / "train.csv").read_bytes()), daemon=True).start()
         return path
 
-    real, calls = fit._validate, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit, "_validate", interrupted)
+    real = _stop_at_validation(monkeypatch, 2)
     r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", pipe("a"), "--max-epochs", "3", "-j", "1",
                 "--bootstrap", "10", "-o", tmp_path / "out")
     assert r.exit_code == 130 and "--resume" not in r.stderr, r.stderr
@@ -1060,15 +1052,7 @@ def test_an_interrupted_finetune_says_where_its_epochs_are_kept_and_how_to_conti
                                                                                     monkeypatch):
     import protrans_cli.heads.fit as fit
 
-    real, calls = fit._validate, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:  # after epoch 1 was saved
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit, "_validate", interrupted)
+    real = _stop_at_validation(monkeypatch, 2)  # after epoch 1 was saved
     base = ["finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "2", *FAST,
             "-o", tmp_path / "out"]
     r = run_cli(*base)
