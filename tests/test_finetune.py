@@ -55,6 +55,20 @@ def _stop_at_validation(monkeypatch, n: int):
     return real
 
 
+def _scripted_validation(monkeypatch, scores: list) -> None:
+    """Each validation returns the next (loss, ss3 score) of `scores` (then the real loss alone)."""
+    import protrans_cli.heads.fit as fit
+
+    steps, real = iter(scores), fit._validate
+
+    def validate(*args, **kwargs):
+        loss, _ = real(*args, **kwargs)
+        step = next(steps, None)
+        return (loss, {}) if step is None else (step[0], {"ss3": step[1]})
+
+    monkeypatch.setattr(fit, "_validate", validate)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
@@ -1223,18 +1237,9 @@ def test_the_head_written_is_the_best_validation_epochs_not_the_last(data, tmp_p
 def test_a_tie_with_a_higher_loss_is_no_progress_and_patience_stops_the_finetune(data, tmp_path, monkeypatch):
     """fit's rule: epoch 2 ties epoch 1's score with a higher validation loss, so it improves
     neither: with --patience 1 the run stops after it, keeping epoch 1."""
-    import protrans_cli.heads.fit as fit
     from protrans_cli.heads.finetune import FinetuneConfig, finetune
 
-    scores = iter([(1.0, 0.5), (1.1, 0.5), (0.5, 0.9), (0.4, 0.95)])
-    real_validate = fit._validate
-
-    def validate(*args, **kwargs):
-        loss, _ = real_validate(*args, **kwargs)
-        step = next(scores, None)
-        return (loss, {}) if step is None else (step[0], {"ss3": step[1]})
-
-    monkeypatch.setattr(fit, "_validate", validate)
+    _scripted_validation(monkeypatch, [(1.0, 0.5), (1.1, 0.5), (0.5, 0.9), (0.4, 0.95)])
     kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=10,
               device="cpu", max_epochs=4, patience=1)
     result = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "out")
@@ -1246,18 +1251,9 @@ def test_patience_counts_from_the_lowest_validation_loss_of_any_epoch(data, tmp_
     """An epoch is progress when its loss is below every earlier epoch's, not merely below the
     one before: epoch 2 lowers the loss to 0.8, epochs 3 (0.9) and 4 (0.85) do not go below it, so
     --patience 2 stops the run after epoch 4 with epoch 1 (the best score) kept."""
-    import protrans_cli.heads.fit as fit
     from protrans_cli.heads.finetune import FinetuneConfig, finetune
 
-    scores = iter([(1.0, 0.5), (0.8, 0.4), (0.9, 0.4), (0.85, 0.4), (0.7, 0.4)])
-    real_validate = fit._validate
-
-    def validate(*args, **kwargs):
-        loss, _ = real_validate(*args, **kwargs)
-        step = next(scores, None)
-        return (loss, {}) if step is None else (step[0], {"ss3": step[1]})
-
-    monkeypatch.setattr(fit, "_validate", validate)
+    _scripted_validation(monkeypatch, [(1.0, 0.5), (0.8, 0.4), (0.9, 0.4), (0.85, 0.4), (0.7, 0.4)])
     kw = dict(task="ss3", model=str(data / "bert"), lr=0.01, max_residues=600, threads=1, n_bootstrap=10,
               device="cpu", max_epochs=5, patience=2)
     result = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "out")
