@@ -1194,6 +1194,24 @@ def test_cli_phases(tmp_path, run_cli):
     assert "global batch 8 = 4 x 1 process(es) x 2 accumulation" in res.stderr
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["phases"][1] == {"max_length": 96, "num_steps": 2, "global_batch_size": 8, "micro_batch_size": 4}
+    assert "ignored" not in res.stderr  # (phase 1 takes both flags' sizes)
+
+
+def test_cli_batch_size_flags_that_every_phase_overrides_are_said_to_be_ignored(tmp_path, run_cli):
+    """--global-batch-size / --micro-batch-size are the sizes of the phases that set none: where
+    every phase sets its own, the flag changed nothing without a word."""
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--phase", "32:1:4:2",
+                  "--global-batch-size", 8, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    assert ("protrans: warning: --global-batch-size 8 and --micro-batch-size 4 ignored: every phase sets its own "
+            "(32:1:4:2)") in res.stderr
+    assert "global batch 4 = 2 x 1 process(es) x 2 accumulation" in res.stderr
+    # a phase without a micro-batch size of its own takes the flag's: only the global one is ignored
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "s", "--phase", "32:1:4", "--phase", "32:1:4:4",
+                  "--global-batch-size", 8, "--micro-batch-size", 2, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    assert "protrans: warning: --global-batch-size 8 ignored: every phase sets its own (32:1:4, 32:1:4:4)" in res.stderr
+    assert "global batch 4 = 2 x 1 process(es) x 2 accumulation" in res.stderr
 
 
 def test_a_new_phase_reads_on_from_the_next_buffer_not_the_proteins_the_last_one_read(tmp_path, monkeypatch):

@@ -269,6 +269,16 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         threads = resolve_threads(threads)
     config = config.override(model_overrides=parse_set(model_set) or None, phases=list(phases) or None,
                              threads=threads, **flags)
+    # --global-batch-size and --micro-batch-size are the defaults of the phases that set no batch
+    # size of their own: where every phase sets it (LEN:STEPS:GLOBAL:MICRO), the flag changed
+    # nothing, without a word (a micro-batch size lowered after an out-of-memory error included)
+    overridden = [f"--{name.replace('_', '-')} {flags[name]}" for name in ("global_batch_size", "micro_batch_size")
+                  if flags.get(name) is not None and config.phases
+                  and all(getattr(phase, name) is not None for phase in config.phases)]
+    if overridden and _rank_zero():
+        console.warn(f"{' and '.join(overridden)} ignored: every phase sets its own "
+                     f"({', '.join(phase.spec() for phase in config.phases)}); give the batch sizes in --phase "
+                     "LEN:STEPS:GLOBAL:MICRO")
     if not config.corpus:
         raise UsageError("no training corpus: give --corpus (or 'corpus' in --config)")
     if resume and resume_from:
