@@ -611,6 +611,21 @@ def test_find_lr_says_which_run_flags_it_ignores(tmp_path, run_cli):
     assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
 
 
+def test_find_lr_says_the_learning_rate_flags_it_ignores(tmp_path, run_cli):
+    """The range test sets every step's lr itself (1e-7 to 1): --lr, --warmup-steps and --schedule
+    beside it changed nothing without a word. A config file's are not warned about."""
+    args = ["train", "--corpus", LEARNABLE, "--find-lr", "--num-steps", 10, "--max-length", 32, "-j", 1]
+    res = run_cli(*args, "--lr", 1e-3, "--warmup-steps", 5, "--schedule", "cosine", "-o", tmp_path / "a")
+    assert res.exit_code == 0, res.stderr
+    assert ("--find-lr raises the learning rate from 1e-7 to 1 itself: --lr, --warmup-steps, --schedule ignored"
+            in res.stderr)
+    assert json.loads((tmp_path / "a" / "lr_find.json").read_text())["lr"][0] == pytest.approx(1e-7)
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"lr": 1e-3, "warmup_steps": 5, "schedule": "cosine"}))
+    res = run_cli(*args, "--config", config, "-o", tmp_path / "b")
+    assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
+
+
 def test_find_lr_says_which_of_its_steps_met_a_bad_corpus_line(tmp_path, run_cli):
     """A run's corpus error says which step's batch met it; the range test's said only the line,
     and left the user to guess whether the test or the check before it had read that far."""

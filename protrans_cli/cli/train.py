@@ -299,6 +299,11 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         if unused and _rank_zero():
             console.warn(f"--find-lr trains no run: {', '.join(unused)} ignored (it writes lr_find.png and "
                          "lr_find.json: no evaluation, metrics or checkpoint)")
+        # (the range test sets every step's lr itself: these changed nothing without a word)
+        swept = [f"--{name.replace('_', '-')}" for name in ("lr", "warmup_steps", "schedule")
+                 if flags.get(name) is not None]
+        if swept and _rank_zero():
+            console.warn(f"--find-lr raises the learning rate from 1e-7 to 1 itself: {', '.join(swept)} ignored")
         from protrans_cli.training.lr_finder import find_lr as run_find_lr
 
         # --num-steps, ignored before (always 100), sets the number of test steps
