@@ -1686,6 +1686,22 @@ def test_predict_fasta_on_a_head_that_cannot_say_how_to_embed_is_refused_before_
     assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "p.fa").exists() and not (tmp_path / "m").exists()
 
 
+def test_predict_refuses_the_options_of_labels_without_labels(one_epoch_ss3, ss_data, tmp_path, run_cli):
+    """--label-format, --mask, --mask-column, --skip-mismatched and --only-embedded say how --labels
+    is read: without it they changed nothing, without a word (as --metrics without --labels is
+    refused), before the head is run."""
+    mask = tmp_path / "mask.fasta"
+    mask.write_text(">p\n0101\n")
+    for extra in (["--label-format", "netsurfp"], ["--mask", mask], ["--mask-column", "cb513_mask"],
+                  ["--skip-mismatched"], ["--only-embedded"]):
+        out = tmp_path / "p.fa"
+        r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", out, *extra)
+        assert r.exit_code == 2, (extra, r.stderr)
+        assert f"protrans: error: {extra[0]} goes with --labels" in r.stderr, (extra, r.stderr)
+        assert not out.exists()
+
+
+
 def test_hostile_attributes_and_values_of_an_embeddings_file_are_one_line(run_cli, ss_data, one_epoch_ss3,
                                                                          tmp_path):
     """What a damaged or hostile file held made tracebacks, or worse: a `length` attribute of

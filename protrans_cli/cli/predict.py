@@ -104,6 +104,13 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
                         (chunk_overlap, "--chunk-overlap"), (invalid_policy, "--invalid-policy")):
         if given is not None and fasta is None:
             raise UsageError(f"{flag} goes with --fasta (--embeddings were already made)")
+    for given, flag in ((label_format != "auto", "--label-format"), (mask_path is not None, "--mask"),
+                        (mask_columns, "--mask-column"), (skip_mismatched, "--skip-mismatched"),
+                        (only_embedded, "--only-embedded")):
+        # (how the labels scored are read: without --labels they changed nothing, without a word)
+        if given and labels is None:
+            raise UsageError(f"{flag} goes with --labels (it says how the labels scored are read; the predictions "
+                             "alone read none)")
     if output is None and labels is None:
         output = "-"  # text output goes to stdout when -o is absent, as in every command
     if output is None and (probabilities is not None or head_output is not None):
