@@ -405,6 +405,12 @@ def test_fasta_refusals(tmp_path, run_cli, own_tmpdir):
     for extra in (("-m", "onehot"), ("--long-policy", "skip"), ("--invalid-policy", "skip")):
         r = run_cli("knn", tmp_path / "ref.h5", *ref, *extra)
         assert r.exit_code == 2 and f"{extra[0]} goes with --fasta" in r.stderr, (extra, r.stderr)
+    # options of the labels read without any: they changed nothing, without a word
+    for extra, said in ((("--bootstrap", "50"), "--bootstrap goes with --score"),
+                        (("--label-format", "table"), "--label-format goes with --labels or --score")):
+        r = run_cli("knn", tmp_path / "ref.h5", *ref, "-o", tmp_path / "hits.tsv", *extra)
+        assert r.exit_code == 2 and f"protrans: error: {said}" in r.stderr, (extra, r.stderr)
+        assert not (tmp_path / "hits.tsv").exists()
     # a reference without a `model` attribute (another tool's file): -m names the model
     bare = tmp_path / "bare.h5"
     _write(bare, np.eye(21)[:3], ["a", "b", "c"])
