@@ -645,6 +645,8 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
         (["project", a, "-o", a], 2, "is also an input"),
         (["project", a, "-o", tmp_path / "m.x.png", "--plot", tmp_path / "m.x.png"], 2, "name one file"),
         (["project", a, "--perplexity", "5"], 2, "--perplexity goes with --method tsne"),
+        # (the format of no label file: it changed nothing, without a word)
+        (["project", a, "--label-format", "table"], 2, "--label-format goes with --labels"),
         (["project", a, "--neighbors", "5"], 2, "--neighbors and --min-dist go with --method umap"),
         (["project", tmp_path / "empty.h5"], 1, "empty.h5: holds no protein"),
         (["project", tmp_path / "no_rows.h5"], 1, "no_rows.h5: holds no protein"),
