@@ -3887,6 +3887,22 @@ def test_fit_mask_applies_to_a_flip_test_file_beside_csv_training_labels(run_cli
     assert r.exit_code == 2 and "none of the label files is FLIP-style labels whose ids it holds" in r.stderr
 
 
+def test_fit_mask_column_with_no_netsurfp_label_file_is_refused(run_cli, loc_data, ss_data, tmp_path):
+    """--mask-column picks NetSurfP CSV columns: beside DeepLoc labels alone it was read without
+    them, every record trained on, without a word (as --mask beside no FLIP file is refused)."""
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--mask-column", "cb513_mask", "--max-epochs", "1", "--no-plots", *FAST, "-o", tmp_path / "h")
+    assert r.exit_code == 2, r.stderr
+    assert ("--mask-column cb513_mask: none of the label files is a NetSurfP CSV (deeploc), the only ones whose "
+            "columns it picks") in r.stderr
+    assert not (tmp_path / "h").exists()
+    # NetSurfP labels: their columns are picked (a column named twice too)
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
+                "--mask-column", "disorder", "--mask-column", "disorder", "--max-epochs", "1", "--no-plots", *FAST,
+                "-o", tmp_path / "h2")
+    assert r.exit_code == 0, r.stderr
+
+
 def _piped(data: bytes) -> str:
     """`data` behind a pipe whose writer is closed, by the path a process substitution gives
     (`<(zcat mask.fasta.gz)`: /dev/fd/N), readable once."""

@@ -387,8 +387,9 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
     """Read train, then the validation set (--valid, declared by the label file, or held out of
     train) and the test sets, and check that they can be compared with train."""
     masked: list[bool] = []  # whether --mask applied, file by file
+    formats: list[str] = []  # the label files' formats, file by file
     task, train_labels, declared, train, report = _read_train(config, task, embeddings, labels, masked,
-                                                              mask_elsewhere=bool(valid or tests))
+                                                              mask_elsewhere=bool(valid or tests), formats=formats)
     embedding_info, model_layer = _embedding_info(config, embeddings)
 
     eval_sets: list[tuple[str, object, str, str]] = []  # (name, data, embeddings, labels)
@@ -409,7 +410,7 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
         if VALID in declared:
             console.info(f"{labels}: its validation records are left out of training (--valid gives the "
                          "validation set)")
-        valid_data, _, valid_report = _load_eval(config, task, *valid, VALID, masked=masked)
+        valid_data, _, valid_report = _load_eval(config, task, *valid, VALID, masked=masked, formats=formats)
         if same_file(valid[0], embeddings):
             same_file_reports.append(valid_report)
         valid_desc = f"{valid[1]}"
@@ -430,7 +431,7 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
     elif TEST in declared:
         console.info(f"{labels}: its SET=test records are left out of training (--test gives the test sets)")
     for emb, lab in tests:
-        data, name, test_report = _load_eval(config, task, emb, lab, TEST, masked=masked)
+        data, name, test_report = _load_eval(config, task, emb, lab, TEST, masked=masked, formats=formats)
         if same_file(emb, embeddings):
             same_file_reports.append(test_report)
         # (with --folds "cv" is taken: a test set of labels cv.csv replaced the cross-validation's scores)
@@ -440,6 +441,10 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
         # (training labels in another format were read without it, for a FLIP --valid/--test)
         raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
                          "holds, the only ones a mask file applies to")
+    if tuple(config.mask_columns) != FitConfig.mask_columns and "netsurfp" not in formats:
+        # (read without it, the training labels of another format in full, without a word)
+        raise UsageError(f"--mask-column {' --mask-column '.join(config.mask_columns)}: none of the label files is a "
+                         f"NetSurfP CSV ({', '.join(sorted(set(formats)))}), the only ones whose columns it picks")
     # (records of the label file in a split no step reads have a label: not reported as without one)
     unused = ({VALID} if valid is not None else set()) | ({TEST} if tests else set())
     set_aside = {escape_key(r.id) for r in train_labels.records if r.split in unused}
@@ -491,9 +496,10 @@ def warn_unused_fraction(fraction: float, labels=None) -> None:
                      "ignored")
 
 
-def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list, *, mask_elsewhere: bool):
+def _read_train(config: FitConfig, task: Task, embeddings, labels, masked: list, *, mask_elsewhere: bool,
+                formats: list | None = None):
     """(task with its classes and outputs, the label file, the splits it declares, train, its load report)."""
-    train_labels = _read(config, labels, mask_elsewhere=mask_elsewhere, masked=masked)
+    train_labels = _read(config, labels, mask_elsewhere=mask_elsewhere, masked=masked, formats=formats)
     # A file that assigns its records to splits (FLIP's SET=/VALIDATION=, a table's set column)
     # provides train, and unless --valid/--test are given, validation and test sets too. A
     # record with no split is a training record (DeepLoc's tables leave the set empty for
@@ -1086,7 +1092,7 @@ def _jsonable(obj):
 
 
 def _read(config: FitConfig, path, *, evaluation: bool = False, mask_elsewhere: bool = False,
-          masked: list | None = None) -> LabelSet:
+          masked: list | None = None, formats: list | None = None) -> LabelSet:
     """A label file as the fit's settings say. An evaluation set (--valid, --test) may be in another
     format than the training labels (train on FLIP's masked split, test on CB513's NetSurfP CSV,
     or the reverse): the FLIP --mask applies to it where it is FLIP-style and the mask holds its
@@ -1097,6 +1103,8 @@ def _read(config: FitConfig, path, *, evaluation: bool = False, mask_elsewhere: 
                             mask_elsewhere=mask_elsewhere)
     if masked is not None:
         masked.append(any(r.mask is not None for r in label_set.records) and label_set.format == "flip")
+    if formats is not None:
+        formats.append(label_set.format)
     note_dual_labels(label_set, config.task, config.dual)
     return label_set
 
@@ -1161,9 +1169,10 @@ def evaluation_records(label_set: LabelSet, split: str, labels, command: str = "
     return _only(label_set, {split})
 
 
-def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str, *, masked: list | None = None):
+def _load_eval(config: FitConfig, task: Task, embeddings, labels, split: str, *, masked: list | None = None,
+               formats: list | None = None):
     """Data of an evaluation set; a label file that assigns splits contributes only `split`'s records."""
-    label_set = _read(config, labels, evaluation=True, masked=masked)
+    label_set = _read(config, labels, evaluation=True, masked=masked, formats=formats)
     for note in label_set.notes:
         console.info(f"{label_set.path}: {note}")
     if warning := unmasked_flip_warning(label_set, task.output_names):
