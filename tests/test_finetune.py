@@ -750,6 +750,12 @@ def test_flip_mask_and_mask_columns_as_fit_reads_them(data, run_cli, tmp_path):
     r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--mask-column",
                 "cb513_mask", "-o", tmp_path / "y", *FAST)
     assert r.exit_code == 1 and "has no mask column cb513_mask" in r.stderr
+    # and with no NetSurfP file at all (FLIP labels), it was read without a word, as fit's was
+    r = run_cli(*base, "--mask-column", "cb513_mask", "-o", tmp_path / "z")
+    assert r.exit_code == 2, r.stderr
+    assert ("--mask-column cb513_mask: none of the label files is a NetSurfP CSV (flip), the only ones whose "
+            "columns it picks") in r.stderr
+    assert not (tmp_path / "z").exists()
 
 
 def test_valid_fraction_beside_a_files_own_validation_records_is_not_compared_on_resume(data, tmp_path, capsys):

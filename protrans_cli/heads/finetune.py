@@ -167,7 +167,7 @@ class _SequenceBatch(Batch):
 
 def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "auto", config=None,
                        evaluation: bool = False, mask_elsewhere: bool = False, masked: list | None = None,
-                       sequences: dict | None = None):
+                       sequences: dict | None = None, formats: list | None = None):
     """The LabelSet of a label file whose records all have a sequence (from the file, or `fasta`
     by id). `config` (a FinetuneConfig): its --mask and --mask-column, applied as fit applies them
     (`evaluation`, `mask_elsewhere`: read_labels' mask_optional and mask_elsewhere); `masked`
@@ -177,6 +177,8 @@ def read_sequence_data(path, task: Task, *, fasta=None, label_format: str = "aut
                             mask_elsewhere=mask_elsewhere)
     if masked is not None:
         masked.append(label_set.format == "flip" and any(r.mask is not None for r in label_set.records))
+    if formats is not None:  # (the label files' formats, file by file)
+        formats.append(label_set.format)
     if task.kind != PER_RESIDUE:
         refuse_residue_labels(label_set, task.name)
     if warning := unmasked_flip_warning(label_set, task.output_names):
@@ -475,10 +477,12 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     # --- labels and sequences ---
     held_out = None  # ids of the --valid-fraction hold-out
     masked: list[bool] = []  # whether --mask applied, file by file
+    formats: list[str] = []  # the label files' formats, file by file
     # (--fasta read once for every label file: stdin's second read was a ValueError traceback, a
     # pipe's found it empty, "neither the file nor --fasta /dev/fd/63 gives" the test set's sequences)
     read = functools.partial(read_sequence_data, fasta=fasta, label_format=config.label_format, config=config,
-                             masked=masked, sequences=None if fasta is None else read_sequences(fasta))
+                             masked=masked, sequences=None if fasta is None else read_sequences(fasta),
+                             formats=formats)
     train_set = read(labels, task, mask_elsewhere=bool(valid or tests))
     declared = {r.split for r in train_set.records if r.split}
     train_records = _only(train_set, {None, TRAIN}).records if declared else train_set.records
@@ -518,6 +522,11 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if config.mask_path is not None and not any(masked):
         raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
                          "holds, the only ones a mask file applies to")
+    if tuple(mask_column_names(config.mask_columns)) != ("disorder",) and "netsurfp" not in formats:
+        # (as fit: read without it, every residue of another format's labels trained on, without a word)
+        raise UsageError(f"--mask-column {' --mask-column '.join(mask_column_names(config.mask_columns))}: none of "
+                         f"the label files is a NetSurfP CSV ({', '.join(sorted(set(formats)))}), the only ones whose "
+                         "columns it picks")
     # (as fit: a --test that is the training file, or the validation set, was scored without a word)
     _warn_overlap(train, [(name, data, desc, None) for name, data, desc in eval_sets])
     if any(o.is_value for o in task.outputs):
