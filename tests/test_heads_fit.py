@@ -318,6 +318,19 @@ def write_loc_fastas(root, sizes, *, background: int, rich: int) -> None:
                 fh.write(f">{name}{i} {loc}-{'MSU'[i % 3]}{' test' if name == 'test' else ''}\n{''.join(body)}\n")
 
 
+def test_dual_for_a_per_residue_task_is_said_to_do_nothing(run_cli, loc_data, ss_data, tmp_path):
+    """--dual is DeepLoc's dual location label, a per-protein label: given to ss3 it changed nothing
+    without a word. Given to loc it is not warned about."""
+    r = run_cli("fit", "ss3", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv", "--dual",
+                "skip", "--max-epochs", "1", "--no-plots", *FAST, "-o", tmp_path / "ss3")
+    assert r.exit_code == 0, r.stderr
+    assert "protrans: warning: --dual does nothing for ss3 (DeepLoc's dual location label, per protein): ignored" \
+        in r.stderr
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "--dual",
+                "skip", "--max-epochs", "1", "--no-plots", *FAST, "-o", tmp_path / "loc")
+    assert r.exit_code == 0 and "--dual does nothing" not in r.stderr, r.stderr
+
+
 def test_options_of_another_kind_of_head_are_said_to_do_nothing(run_cli, loc_data, ss_data, tmp_path):
     """--batch-size is the FNN's and --max-residues the CNN's: given for the other head, each was
     ignored without a word (train warns of its own unused options)."""
