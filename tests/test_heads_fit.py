@@ -318,6 +318,23 @@ def write_loc_fastas(root, sizes, *, background: int, rich: int) -> None:
                 fh.write(f">{name}{i} {loc}-{'MSU'[i % 3]}{' test' if name == 'test' else ''}\n{''.join(body)}\n")
 
 
+def test_predict_max_residues_for_an_fnn_head_is_said_to_do_nothing(run_cli, loc_data, one_epoch_ss3, ss_data,
+                                                                     tmp_path):
+    """An FNN head reads one vector a protein, batched by proteins: predict --max-residues changed
+    nothing without a word (fit warns of it). A CNN head takes it without a warning."""
+    head = tmp_path / "loc"
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--max-epochs", "1", "--no-plots", "-j", "1", "--bootstrap", "10", "-o", head)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "--max-residues", "100", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.stderr
+    assert ("protrans: warning: --max-residues does nothing for an FNN head (the CNN and light-attention heads take "
+            "it): ignored") in r.stderr
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--max-residues", "300",
+                "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.stderr
+
+
 def test_dual_for_a_per_residue_task_is_said_to_do_nothing(run_cli, loc_data, ss_data, tmp_path):
     """--dual is DeepLoc's dual location label, a per-protein label: given to ss3 it changed nothing
     without a word. Given to loc it is not warned about."""

@@ -111,6 +111,10 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         if given and labels is None:
             raise UsageError(f"{flag} goes with --labels (it says how the labels scored are read; the predictions "
                              "alone read none)")
+    from click.core import ParameterSource
+
+    if click.get_current_context().get_parameter_source("max_residues") is ParameterSource.COMMANDLINE:
+        _warn_unused_max_residues(head)
     if output is None and labels is None:
         output = "-"  # text output goes to stdout when -o is absent, as in every command
     if output is None and (probabilities is not None or head_output is not None):
@@ -202,6 +206,25 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
     # (no --mask-column: None, the head's own columns)
     _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
          mask_columns or None, mismatch, allow_model_mismatch, max_residues, threads, device, None, plots)
+
+
+def _warn_unused_max_residues(head) -> None:
+    """An FNN head reads one vector a protein, batched by proteins: --max-residues changed nothing
+    without a word (fit says so of its own)."""
+    import json
+    from pathlib import Path
+
+    from protrans_cli import console
+    from protrans_cli.heads.model import CONFIG, head_input_kind
+    from protrans_cli.io.h5 import PER_RESIDUE
+
+    try:
+        reads = head_input_kind(json.loads((Path(head) / CONFIG).read_text()))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return  # (not a readable head: loading it says why)
+    if reads != PER_RESIDUE:
+        console.warn("--max-residues does nothing for an FNN head (the CNN and light-attention heads take it): "
+                     "ignored")
 
 
 def _run(head, embeddings, output, probabilities, head_output, labels, metrics_dir, label_format, mask_path,
