@@ -74,7 +74,8 @@ def fasta_embedding_options(recorded: str, skipped: str):
                    "a length or sequence that disagrees is still an error.")
 @click.option("--allow-model-mismatch", is_flag=True,
               help="Use embeddings from another model than the head was trained on (same dimension).")
-@click.option("--max-residues", type=int, default=8192, help="Padded residues per batch.")
+@click.option("--max-residues", type=int, default=8192,
+              help="Heads that read per-residue embeddings (CNN, light-attention): padded residues per batch.")
 @click.option("-j", "--threads", type=int, default=None,
               help="CPU threads for torch.  [default: $PROTRANS_THREADS, else min(cores, 4) for a head that reads "
                    "per-residue embeddings (CNN, light-attention) and 1 for an FNN]")
