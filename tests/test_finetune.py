@@ -1265,3 +1265,13 @@ def test_patience_counts_from_the_lowest_validation_loss_of_any_epoch(data, tmp_
     result = finetune(FinetuneConfig(**kw), data / "train.csv", tmp_path / "out")
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "out" / "finetune.json").read_text())["best_epoch"] == 1
+
+
+def test_dual_for_a_task_without_locations_is_said_to_do_nothing(data, run_cli, tmp_path):
+    """--dual is DeepLoc's dual location label: given to ss3 it changed nothing without a word
+    (fit warned of it)."""
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--dual", "skip",
+                "--max-epochs", "1", *FAST, "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    assert "protrans: warning: --dual does nothing for ss3 (DeepLoc's dual location label, per protein): ignored" \
+        in r.stderr

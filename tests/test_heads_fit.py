@@ -346,6 +346,16 @@ def test_dual_for_a_per_residue_task_is_said_to_do_nothing(run_cli, loc_data, ss
     r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "--dual",
                 "skip", "--max-epochs", "1", "--no-plots", *FAST, "-o", tmp_path / "loc")
     assert r.exit_code == 0 and "--dual does nothing" not in r.stderr, r.stderr
+    # nor for a per-protein task without DeepLoc's locations (a value, a generic protein label)
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    with EmbeddingsReader(loc_data / "train.h5") as reader:
+        ids = list(reader.ids())
+    (tmp_path / "v.csv").write_text("id,target\n" + "".join(f"{i},{k % 7}.5\n" for k, i in enumerate(ids)))
+    r = run_cli("fit", "value", "--embeddings", loc_data / "train.h5", "--labels", tmp_path / "v.csv", "--dual",
+                "skip", "--max-epochs", "1", "--no-plots", *FAST, "-o", tmp_path / "value")
+    assert r.exit_code == 0, r.stderr
+    assert "--dual does nothing for value (DeepLoc's dual location label, per protein): ignored" in r.stderr
 
 
 def test_options_of_another_kind_of_head_are_said_to_do_nothing(run_cli, loc_data, ss_data, tmp_path):

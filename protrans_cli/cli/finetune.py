@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from protrans_cli.cli import INPUT_FILE
 from protrans_cli.cli.fit import mask_options
 from protrans_cli.heads.labels import FORMATS
-from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
+from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS, warn_unused_dual
 
 
 @click.command("finetune", context_settings={"show_default": True})
@@ -72,6 +73,9 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, mask
         --test CB513_HHblits.csv -o ft/ss3
     """
     from protrans_cli.heads.finetune import FinetuneConfig, finetune, partial_path
+
+    if click.get_current_context().get_parameter_source("dual") is ParameterSource.COMMANDLINE:
+        warn_unused_dual(task)  # (changed nothing, without a word)
 
     config = FinetuneConfig(task=task, model=model, lora_rank=lora_rank, lora_alpha=lora_alpha,
                             lora_dropout=lora_dropout, lr=lr, weight_decay=weight_decay, max_epochs=max_epochs,

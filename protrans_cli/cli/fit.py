@@ -131,10 +131,9 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
     grid = _search_grid(ctx, search_specs)
     _warn_unused(ctx, task, architecture, grid.get("architecture"))
     if ctx.get_parameter_source("dual") is ParameterSource.COMMANDLINE:
-        from protrans_cli.heads.tasks import PER_RESIDUE, get_task
+        from protrans_cli.heads.tasks import warn_unused_dual
 
-        if get_task(task).kind == PER_RESIDUE:  # (silently ignored: no per-residue label is a location)
-            console.warn(f"--dual does nothing for {task} (DeepLoc's dual location label, per protein): ignored")
+        warn_unused_dual(task)
     if folds is not None and ctx.get_parameter_source("valid_fraction") is ParameterSource.COMMANDLINE:
         # (silently ignored: each fold is validated in turn, none held out)
         console.warn("--valid-fraction does nothing with --folds (member k is validated on fold k): ignored")

@@ -376,6 +376,15 @@ def input_kind(task: Task, architecture: str | None = None) -> str:
     return PER_RESIDUE if architecture_for(task, architecture) in _READS_RESIDUES else PER_PROTEIN
 
 
+def warn_unused_dual(name: str) -> None:
+    """A warning for --dual given to a task without DeepLoc's location output (ss3, value, a
+    generic protein task ...): it changed nothing, without a word."""
+    from protrans_cli import console
+
+    if "loc" not in get_task(name).output_names:
+        console.warn(f"--dual does nothing for {name} (DeepLoc's dual location label, per protein): ignored")
+
+
 def get_task(name: str, *, dual: str = "first") -> Task:
     if name not in TASKS:
         raise UsageError(f"unknown task {name!r} (choose from {', '.join(TASKS)})")
