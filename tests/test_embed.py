@@ -210,6 +210,26 @@ def test_skip_and_truncate_policies(tmp_path):
     np.testing.assert_array_equal(truncated["P1"], onehot_reference("MKTAYIAKQRQISFVKSHFSRQ"[:10]))
 
 
+def test_a_protein_exactly_max_length_long_is_embedded_whole_under_every_policy(tmp_path):
+    """--max-length N is the longest protein embedded whole: one of N residues is no long protein
+    (not refused, skipped, truncated or chunked); one of N + 1 is."""
+    fasta = tmp_path / "edge.fa"
+    fasta.write_text(">exact\nMKTAYIAKQR\n>over\nMKTAYIAKQRQ\n")
+    for policy in ("skip", "truncate", "chunk"):
+        out = _run(tmp_path / f"{policy}.h5", fasta=fasta, max_length=10, long_policy=policy,
+                   chunk_overlap=2 if policy == "chunk" else 64)
+        with EmbeddingsReader(out) as r:
+            assert "exact" in r.ids() and "exact" not in r.failed(), policy
+            attrs = dict(r.dataset("exact").attrs)
+            assert "chunks" not in attrs and "truncated_from" not in attrs, (policy, attrs)
+            np.testing.assert_array_equal(r.dataset("exact")[()], onehot_reference("MKTAYIAKQR"))
+            assert ("over" in r.failed()) == (policy == "skip"), policy
+    exact = tmp_path / "exact.fa"
+    exact.write_text(">exact\nMKTAYIAKQR\n")
+    np.testing.assert_array_equal(read_all(_run(tmp_path / "e.h5", fasta=exact, max_length=10))["exact"],
+                                  onehot_reference("MKTAYIAKQR"))
+
+
 def test_invalid_policy_skip_records_bad_sequences_and_embeds_the_rest(tmp_path, run_cli):
     """One record with a J or an inner '*' (a translated ORF) stopped a whole run before any work,
     with no way to go on. `--invalid-policy skip` records each in `failed` with its reason and
