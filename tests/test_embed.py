@@ -230,6 +230,17 @@ def test_a_protein_exactly_max_length_long_is_embedded_whole_under_every_policy(
                                   onehot_reference("MKTAYIAKQR"))
 
 
+def test_a_max_length_equal_to_the_models_limit_is_accepted():
+    """--max-length may be anything up to the model's own limit, that limit included; one more is
+    a usage error naming it."""
+    from protrans_cli.embed import resolve_max_length
+
+    assert resolve_max_length(EmbedOptions(model="onehot", max_length=2046), model_max=2046) == 2046
+    assert resolve_max_length(EmbedOptions(model="onehot"), model_max=2046) == 2046
+    with pytest.raises(UsageError, match=r"--max-length 2047 is more than the model accepts \(2046 residues"):
+        resolve_max_length(EmbedOptions(model="onehot", max_length=2047), model_max=2046)
+
+
 def test_invalid_policy_skip_records_bad_sequences_and_embeds_the_rest(tmp_path, run_cli):
     """One record with a J or an inner '*' (a translated ORF) stopped a whole run before any work,
     with no way to go on. `--invalid-policy skip` records each in `failed` with its reason and
