@@ -1154,6 +1154,18 @@ def test_xlnet_predicts_a_hidden_site_from_all_the_others(run_cli, tmp_path, tin
     for row, text in zip(rows, variants):
         want = _log_odds(text, lambda p: site_log_probs(SEQ, p), tokenizer.convert_tokens_to_ids)
         assert float(row[f"{model_dir.name}_masked_marginals"]) == pytest.approx(want, abs=2e-5)
+    # Each site's log-probabilities themselves, tighter than the log-odds: a tiny random model's
+    # leak of the site's own residue (perm_mask hiding every position from the site rather than
+    # the site from every position) moved them by 1e-4 and the log-odds by less than 2e-5.
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    scorer = VariantScorer(load_model(model_dir, masked_lm=True), progress=False)
+    shown = SEQ[:4] + "W" + SEQ[5:]
+    got = scorer.site_log_probs([SEQ, shown], [(0, 4), (1, 4), (0, 12)])
+    np.testing.assert_allclose(got[0], site_log_probs(SEQ, 4), atol=1e-6)
+    np.testing.assert_allclose(got[1], got[0], atol=1e-6)  # the site's own residue is never seen
+    np.testing.assert_allclose(got[2], site_log_probs(SEQ, 12), atol=1e-6)
     r = run_cli("variants", table, "--sequence", SEQ, "-m", model_dir, "--scoring", "wt-marginals")
     assert r.exit_code == 2 and "only from the others" in r.stderr
 
