@@ -686,6 +686,19 @@ def test_the_library_refuses_variants_given_as_text_or_a_bare_mutation(tiny_mode
     assert scorer.score(SEQ, (parse_variant(v, SEQ) for v in ["I6W"])) == pytest.approx(want)
 
 
+def test_pseudo_log_likelihoods_of_more_sequences_than_one_unit_are_each_sequences_own(tiny_models, monkeypatch):
+    """pseudo_log_likelihood over more sequences than one unit computes (MUTANTS_PER_UNIT, 64; 2
+    here) gives each sequence the sum it gets alone, whichever unit computed it."""
+    import protrans_cli.variants as variants
+    from protrans_cli.models import load_model
+
+    scorer = variants.VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
+    sequences = [SEQ[k:k + 6] for k in range(0, 25, 5)]  # 5 sequences: units of 2, 2 and 1
+    alone = np.array([scorer.pseudo_log_likelihood([s])[0] for s in sequences])
+    monkeypatch.setattr(variants, "MUTANTS_PER_UNIT", 2)
+    np.testing.assert_allclose(scorer.pseudo_log_likelihood(sequences), alone, rtol=1e-6)
+
+
 def test_the_likelihoods_of_one_sequence_or_a_dict_are_refused_not_scored_letter_by_letter(tiny_models):
     """pseudo_log_likelihood("MKT...") scored each letter as a sequence of its own (an array of L
     numbers, without a word), and a dict its ids."""
