@@ -2504,6 +2504,30 @@ def test_a_library_embedder_of_the_wrong_shape_is_refused(tmp_path, shape, said)
     assert not (tmp_path / "w.h5").exists()
 
 
+def test_a_library_embedder_of_several_layers_gives_one_array_per_layer(tmp_path):
+    """n_layers is the length of the embedder's `layers` (docs/embed.md): (2, L, D) arrays of a
+    two-layer embedder are written with their layer axis, and one layer's (1, L, D) refused."""
+    class TwoLayers:
+        name, family, revision, embedding_dim, layers = "two", "custom", None, 3, (-1, -2)
+        device, compute_dtype, special_tokens, max_residues = "cpu", "float32", 0, None
+        n_layers = 2
+
+        def embed_batch(self, sequences):
+            return [np.arange(self.n_layers * len(s) * 3, dtype=np.float32).reshape(self.n_layers, len(s), 3)
+                    for s in sequences]
+
+    fasta = tmp_path / "w.fa"
+    fasta.write_text(">a\nMKTAYIAK\n")
+    embed(fasta, tmp_path / "two.h5", EmbedOptions(model="two", layers=(-1, -2)), embedder=TwoLayers())
+    with EmbeddingsReader(tmp_path / "two.h5") as r:
+        np.testing.assert_array_equal(r.dataset("a")[()], np.arange(48, dtype=np.float32).reshape(2, 8, 3))
+    one = TwoLayers()
+    one.n_layers = 1
+    with pytest.raises(ModelError, match=re.escape("shape (1, 8, 3) for a sequence of 8 residues; expected (2, 8, 3)")):
+        embed(fasta, tmp_path / "one.h5", EmbedOptions(model="two", layers=(-1, -2)), embedder=one)
+    assert not (tmp_path / "one.h5").exists()
+
+
 def test_a_library_embedder_returning_fewer_arrays_than_sequences_is_refused(tmp_path):
     """One array for a batch of two (zip would pair them and drop the second protein unseen):
     refused naming the counts, nothing written."""
