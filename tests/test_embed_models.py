@@ -1461,9 +1461,12 @@ def test_rounding_a_batch_up_stays_inside_a_learned_position_table(tmp_path):
     embedder = _tiny_embedder("bert", tmp_path / "bert100", positions=100)
     embedder.pad_multiple = 8  # what a CUDA device sets
     assert embedder.max_residues == 98
-    sequence = ("MKTAYIAKQRQISFVKSHFSRQ" * 5)[:98]
-    rows = embedder.embed_batch([sequence, sequence[:40]])[0]  # (n_layers, L, D)
-    np.testing.assert_allclose(rows, reference_rows(FAMILIES["bert"], tmp_path / "bert100", sequence), atol=1e-5, rtol=0)
+    # 96 residues: 96 rounds to 96, inside, but its 98 tokens (with [CLS] and [SEP]) round to 104
+    for length in (98, 96):
+        sequence = ("MKTAYIAKQRQISFVKSHFSRQ" * 5)[:length]
+        rows = embedder.embed_batch([sequence, sequence[:40]])[0]  # (n_layers, L, D)
+        np.testing.assert_allclose(rows, reference_rows(FAMILIES["bert"], tmp_path / "bert100", sequence), atol=1e-5,
+                                   rtol=0)
 
 
 def test_half_precision_casts_parameters_only_as_from_pretrained_does(tiny_models):
