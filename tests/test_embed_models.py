@@ -1101,6 +1101,24 @@ def test_packed_batches_equal_the_plain_forward_of_each_protein(run_cli, tmp_pat
         assert bool(r.attrs["packing"]) is True
 
 
+def test_packed_esm1b_learned_positions_number_each_protein_as_esm_does(tmp_path):
+    """ESM-1b/1v have a learned position table (ESM-2's rotary positions are relative, blind to
+    where the numbering starts): in a packed row every protein's positions restart where ESM starts
+    them (after the padding index), so its rows equal the plain forward pass over it alone."""
+    from protrans_cli.embed import EmbedOptions, build_embedder
+
+    family = FAMILIES["esm"]
+    tokenizer = family.build_tokenizer()
+    torch.manual_seed(0)
+    config = family.build_config("tiny", tokenizer, position_embedding_type="absolute", max_position_embeddings=64)
+    family.save_pretrained(family.pretraining_model(config).eval(), tokenizer, tmp_path / "esm1b")
+    embedder = build_embedder(EmbedOptions(model=str(tmp_path / "esm1b"), device="cpu", packing=True))
+    assert embedder.packed
+    sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "MKVLAAGIV", "QLEERLGLIEVQAPILSRV"]
+    for sequence, rows in zip(sequences, embedder.embed_batch(sequences)):
+        np.testing.assert_allclose(rows, reference_rows(family, tmp_path / "esm1b", sequence), atol=1e-5, rtol=0)
+
+
 def test_packing_is_on_by_default_only_where_it_was_measured_faster(monkeypatch, tiny_models):
     """Neither --packing nor --no-packing: packed where the H200 measured it faster (a CUDA GPU with
     the Flash varlen kernel, batches of 32000 tokens or more, a family that packs; T5 under
