@@ -1759,6 +1759,22 @@ def test_an_embedder_given_must_pool_as_the_options_say(tmp_path, tiny_models):
     assert len(_read(tmp_path / "r.h5")) == len(list(read_fasta(SMALL)))
 
 
+def test_an_embedder_built_for_positive_layer_indices_is_taken_with_the_same_options(tmp_path, tiny_models):
+    """build_embedder(options) then embed(..., options, embedder=it) with `--layer 0` (positive
+    indices, which the embedder keeps as negative ones): the same layers, accepted, and the
+    embedding layer's and the last layer's rows written."""
+    from protrans_cli.embed import EmbedOptions, build_embedder, embed
+
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    options = EmbedOptions(model=str(tiny_models["bert"]), device="cpu", layers=(0, -1), per_protein=False)
+    embedder = build_embedder(options)
+    embed(fasta, tmp_path / "a.h5", options, embedder=embedder)
+    np.testing.assert_allclose(_read(tmp_path / "a.h5")["a"],
+                               reference_rows(FAMILIES["bert"], tiny_models["bert"], "MKTAYIAKQR", layers=(0, -1)),
+                               atol=1e-5, rtol=0)
+
+
 def test_pooling_cls_of_esm_is_warned_about_once(run_cli, tmp_path, tiny_models):
     """ESM's <cls> was never trained as a summary (masked-LM alone): --pooling cls wrote its hidden
     state without a word. One line, once; a BERT's [CLS] (sentence-level objectives train it in some
