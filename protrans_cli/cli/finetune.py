@@ -89,9 +89,8 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, mask
         finetune(config, labels, output, fasta=fasta, valid=valid, tests=list(tests))
     except KeyboardInterrupt as exc:
         from protrans_cli.cli import stopped
-        from protrans_cli.io.files import written_through
-
         from protrans_cli.heads.fit import piped_files
+        from protrans_cli.io.files import written_through
 
         kept = partial_path(written_through(output))  # (an -o link: beside the folder it names)
         if piped := piped_files([labels, fasta, valid, *tests]):
