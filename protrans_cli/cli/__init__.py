@@ -6,6 +6,7 @@ command module imports its heavy dependencies inside the command function.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import importlib.util  # (not loaded by `import importlib`: only 3.11's site module happened to)
@@ -259,19 +260,24 @@ def stopped(exc: KeyboardInterrupt, detail: str | None = None) -> _Stopped:
 _SAME_WITH_RESUME = "the same command with --resume"
 
 
-def resume_command(force: bool) -> str:
-    """How to finish an embed or contacts run that kept its work: with --resume, which --force
-    beside it would have refused."""
-    return _SAME_WITH_RESUME + (" instead of --force" if force else "")
-
-
-def said_for_force(exc: ProtransError, force: bool) -> ProtransError | None:
-    """`exc` with its "the same command with --resume" (a full disk's advice) made "... instead of
-    --force" for a run given --force (beside which --resume is refused); None where nothing changes."""
-    if not force or _SAME_WITH_RESUME not in exc.message:
-        return None
-    return type(exc)(exc.message.replace(_SAME_WITH_RESUME, resume_command(force)), path=exc.path, record=exc.record,
-                     line=exc.line)
+@contextlib.contextmanager
+def finished_with_resume(force: bool, kept_of):
+    """Around an embed or contacts run, which keeps its work in OUTPUT.partial: a Ctrl-C or SIGTERM
+    says where the work is (`kept_of(exc)`, when it exists) and to run the same command with
+    --resume; given --force, beside which --resume is refused, "... with --resume instead of
+    --force", which a full disk's advice ("the same command with --resume") is made to say too."""
+    again = _SAME_WITH_RESUME + (" instead of --force" if force else "")
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        kept = kept_of(exc)
+        raise stopped(exc, f"what was computed is in {kept}; run {again} to finish"
+                      if kept.exists() else None) from None
+    except ProtransError as exc:
+        if not force or _SAME_WITH_RESUME not in exc.message:
+            raise
+        raise type(exc)(exc.message.replace(_SAME_WITH_RESUME, again), path=exc.path, record=exc.record,
+                        line=exc.line) from None
 
 
 def refuse_if_every_protein_failed(failed: dict, written: int, resumed: int, what: str, output) -> None:

@@ -64,8 +64,8 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
     import sys
 
     from protrans_cli import console
+    from protrans_cli.cli import finished_with_resume
     from protrans_cli.contacts import ContactOptions, predict_contacts
-    from protrans_cli.errors import ProtransError
     from protrans_cli.io.h5 import partial_path
     from protrans_cli.threads import resolve_threads
 
@@ -75,21 +75,8 @@ def command(fasta, output, model, revision, storage_dtype, compression, device, 
         invalid_policy=invalid_policy, storage_dtype=storage_dtype,
         compression=None if compression == "none" else compression, resume=resume, force=force,
         threads=resolve_threads(threads), command_line=shlex.join(["protrans", *sys.argv[1:]]))
-    try:
+    with finished_with_resume(force, lambda exc: partial_path(output)):
         summary = predict_contacts(fasta, output, options)
-    except KeyboardInterrupt as exc:
-        from protrans_cli.cli import resume_command, stopped
-
-        kept = partial_path(output)
-        raise stopped(exc, f"what was computed is in {kept}; run {resume_command(force)} to finish"
-                      if kept.exists() else None) from None
-    except ProtransError as exc:
-        from protrans_cli.cli import said_for_force
-
-        # (a full disk's "run the same command with --resume": beside --force, --resume is refused)
-        if (reworded := said_for_force(exc, force)) is None:
-            raise
-        raise reworded from None
     console.output_complete(str(output))
     rate = summary.num_residues / summary.compute_seconds if summary.compute_seconds else 0.0
     console.info(f"contacts: {console.counted(summary.num_written, 'protein')} ({summary.num_residues:,} residues, "

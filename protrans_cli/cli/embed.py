@@ -127,9 +127,9 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
     torchrun --nproc-per-node 4 -m protrans_cli embed proteome.fa -o proteome.h5
     """
     from protrans_cli import console
+    from protrans_cli.cli import finished_with_resume
     from protrans_cli.embed import EmbedOptions, embed, when_output_final
     from protrans_cli.embed_dist import interrupted_output
-    from protrans_cli.errors import ProtransError
     from protrans_cli.threads import resolve_threads
 
     if not per_residue and not per_protein:
@@ -145,23 +145,11 @@ def command(fasta, output, model, revision, per_residue, per_protein, pooling, l
         window=window, threads=resolve_threads(threads), command_line=command_line(sys.argv[1:]),
         part=part,
     )
-    try:
+    # (the merge's OUTPUT.partial, with torchrun: the exception's `kept`)
+    with finished_with_resume(force, lambda exc: getattr(exc, "kept", None) or interrupted_output(output)):
         # (the output is complete from its final rename on: a signal after it stops nothing)
         with when_output_final(lambda: console.output_complete(str(output))):
             summary = embed(fasta, output, options)
-    except KeyboardInterrupt as exc:
-        from protrans_cli.cli import resume_command, stopped
-
-        kept = getattr(exc, "kept", None) or interrupted_output(output)  # (the merge's OUTPUT.partial)
-        raise stopped(exc, f"what was computed is in {kept}; run {resume_command(force)} to finish"
-                      if kept.exists() else None) from None
-    except ProtransError as exc:
-        from protrans_cli.cli import said_for_force
-
-        # (a full disk's "run the same command with --resume": beside --force, --resume is refused)
-        if (reworded := said_for_force(exc, force)) is None:
-            raise
-        raise reworded from None
     if summary.output is None:  # a torchrun rank other than 0: rank 0 reports
         return
     console.output_complete(str(output))
