@@ -156,8 +156,9 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
         raise InputError(missing_file(directory), path=str(directory))
     if directory.is_file():
         # (predict's HEAD given the embeddings file, the two swapped: click's "Directory 'e.h5' is a file")
-        with open(directory, "rb") as stream:
-            what = "an HDF5 file (such as embed writes)" if stream.read(4) == b"\x89HDF" else "a file"
+        from protrans_cli.io.files import starts_like_hdf5
+
+        what = "an HDF5 file (such as embed writes)" if starts_like_hdf5(directory) else "a file"
         raise InputError(f"{what}, not a head directory: a head is the folder `protrans fit`, `finetune` or "
                          "`import-head` writes (embeddings go to --embeddings)", path=str(directory))
     if not (directory / CONFIG).is_file():
@@ -223,11 +224,10 @@ def load_head(directory) -> tuple[Ensemble, Task, dict]:
 def _language_model_type(directory: Path) -> str | None:
     """The model_type of a transformers model directory's config.json (no head's config has one
     and every head's has a `task`), or None where the directory may be a head."""
-    try:
-        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(config, dict) or "task" in config or not isinstance(config.get("model_type"), str):
+    from protrans_cli.io.files import json_object
+
+    config = json_object(directory / CONFIG)
+    if "task" in config or not isinstance(config.get("model_type"), str):
         return None
     return f"{config['model_type']} model"
 

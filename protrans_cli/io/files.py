@@ -608,18 +608,32 @@ def unreachable_input(path) -> str | None:
     return None
 
 
+def json_object(path) -> dict:
+    """The JSON object a file holds; {} for one that cannot be read, is not JSON or not an object
+    (a folder's config.json read to tell what the folder is)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def starts_like_hdf5(path) -> bool:
+    """Whether the file at `path` begins with HDF5's signature (False where it cannot be read)."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(4) == b"\x89HDF"
+    except OSError:
+        return False
+
+
 def directory_kind(path) -> str:
     """What a folder given for an input file is, where protrans wrote it (a language model's, a
     train run's or a head's folder, with config.json): the two were swapped (`embed MODEL -m
     proteins.fa`), or a head was given for its labels; '' for any other folder."""
-    import json
-
-    try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return ""
-    if not isinstance(config, dict):
-        return ""
+    config = json_object(Path(path) / "config.json")
     if isinstance(config.get("model_type"), str):
         return f" (it is a language model's directory, {config['model_type']}, which -m takes)"
     if "task" in config and "hyperparameters" in config:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from protrans_cli.errors import ModelError, UsageError, described, first_line
+from protrans_cli.io.files import json_object, starts_like_hdf5
 from protrans_cli.models import albert, bert, electra, esm, roberta, t5, transfo_xl, xlnet
 from protrans_cli.models.base import Checkpoint, Family, Preset
 from protrans_cli.models.checkpoints import CHECKPOINTS, DEFAULT_CHECKPOINT
@@ -214,7 +215,7 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
                              "transformers model of the same weights: a directory with config.json, a hub id or a "
                              f"short name ({', '.join(CHECKPOINTS)}; `protrans models` lists them)")
         # (an embeddings file given as the model, the two files swapped: "not a directory" alone)
-        what = "an HDF5 file (such as embed writes), not a model" if _starts_with(path, b"\x89HDF") else \
+        what = "an HDF5 file (such as embed writes), not a model" if starts_like_hdf5(path) else \
             "not a directory"
         raise ModelError(f"{name}: {what}; a model is a directory with config.json, a hub id "
                          f"or a short name ({', '.join(CHECKPOINTS)})")
@@ -223,29 +224,9 @@ def resolve_model(name_or_path: str, flag: str = "-m") -> tuple[str, Checkpoint 
     return name, None, False
 
 
-def _starts_with(path, magic: bytes) -> bool:
-    """Whether the file at `path` starts with `magic` (False where it cannot be read)."""
-    try:
-        with open(path, "rb") as stream:
-            return stream.read(len(magic)) == magic
-    except OSError:
-        return False
-
-
-def _json_object(path) -> dict:
-    """The JSON object a file holds; {} for one that cannot be read, is not JSON or not an object."""
-    import json
-
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _config_model_type(directory) -> str | None:
     """The model_type a model directory's config.json gives, or None."""
-    kind = _json_object(Path(directory) / "config.json").get("model_type")
+    kind = json_object(Path(directory) / "config.json").get("model_type")
     return kind if isinstance(kind, str) else None
 
 
@@ -278,7 +259,7 @@ def _adapter_problem(path: Path, flag: str) -> str | None:
     config = path / "adapter_config.json"
     if not config.is_file():
         return None
-    base = _json_object(config).get("base_model_name_or_path")
+    base = json_object(config).get("base_model_name_or_path")
     of = f" of the base model {base}" if isinstance(base, str) and base else ""
     return (f"a PEFT adapter ({config.name}: LoRA or other adapter weights{of}), which is not loaded: merge it "
             "into its base model (peft's PeftModel.from_pretrained(base, DIR).merge_and_unload()), save that "
@@ -879,7 +860,7 @@ def _not_found_message(name: str, target: str, is_dir: bool, reason: str, flag: 
 
 def _is_head(directory) -> bool:
     """Whether `directory` holds a head written by `protrans fit` (its config.json's `kind`)."""
-    config = _json_object(Path(directory) / "config.json")
+    config = json_object(Path(directory) / "config.json")
     return "kind" in config and "model_type" not in config
 
 
