@@ -181,6 +181,8 @@ def _pt_files(inputs, output: Path) -> list[Path]:
 def _not_torch(path: Path) -> str | None:
     """What a file torch.load refused is where its first bytes show torch.save never wrote it
     (torch writes a zip archive or a pickle, protocol 2+ starting with 0x80); None otherwise."""
+    from protrans_cli.io.fasta import begins_fasta
+
     try:
         with open(path, "rb") as stream:
             head = stream.read(4096)
@@ -191,7 +193,7 @@ def _not_torch(path: Path) -> str | None:
     if head.startswith(b"\x89HDF"):
         what = ("it is an HDF5 file, such as embed writes: read it as it is (protrans info, export, merge), "
                 "with no import")
-    elif head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b">"):
+    elif begins_fasta(head):
         what = "it is a FASTA file: embed its proteins with protrans embed FASTA -m esm2_t33_650M_UR50D"
     elif not head:
         what = "the file is empty"

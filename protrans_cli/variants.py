@@ -843,6 +843,7 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
 
 def _starts_like_fasta(path) -> bool:
     """Whether a file (compressed or not) begins, after blanks and a byte-order mark, with '>'."""
+    from protrans_cli.io.fasta import begins_fasta
     from protrans_cli.io.files import open_input
 
     try:
@@ -850,7 +851,7 @@ def _starts_like_fasta(path) -> bool:
             head = stream.read(4096)
     except (OSError, InputError, UsageError, EOFError):  # (unreadable: the table's reader says why)
         return False
-    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b">")
+    return begins_fasta(head)
 
 
 def read_wild_types(sequence: str | None, fasta, record_id: str | None, many: bool, *,

@@ -31,6 +31,12 @@ ASCII_SPACE = " \t\n\r\x0b\x0c"  # what ends an id (bytes.split's whitespace, as
 NOT_FASTA = "not FASTA: expected a '>' header line before sequence data"
 
 
+def begins_fasta(head: bytes) -> bool:
+    """Whether the first bytes of a file are FASTA's: a '>' before anything but blanks and a
+    byte-order mark (a FASTA given where an HDF5 file, a table or a .pt file goes)."""
+    return head.lstrip(BOM + b" \t\r\n").startswith(b">")
+
+
 def not_fasta(first: bytes) -> str:
     """The message for an input whose first non-blank line, `first`, is not a header; it says
     what the file is where its first bytes tell (a UTF-16 FASTA looked like any non-FASTA)."""

@@ -46,7 +46,7 @@ import numpy as np
 from protrans_cli.console import flush_standard_streams
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, first_line
 from protrans_cli.io import disk
-from protrans_cli.io.fasta import header_id
+from protrans_cli.io.fasta import begins_fasta, header_id
 from protrans_cli.io.files import directory_kind, missing_file, output_directory, utf8_text
 from protrans_cli.residues import THREE_DI_PREFIX
 
@@ -165,7 +165,7 @@ def _starts_like_fasta(path) -> bool:
             head = fh.read(4096)
     except OSError:
         return False
-    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b">")
+    return begins_fasta(head)
 
 
 def _packed_hint(path) -> str:
