@@ -634,11 +634,22 @@ def directory_kind(path) -> str:
     train run's or a head's folder, with config.json): the two were swapped (`embed MODEL -m
     proteins.fa`), or a head was given for its labels; '' for any other folder."""
     config = json_object(Path(path) / "config.json")
-    if isinstance(config.get("model_type"), str):
+    kind = config_kind(config)
+    if kind == "model":
         return f" (it is a language model's directory, {config['model_type']}, which -m takes)"
-    if "task" in config and "hyperparameters" in config:
+    if kind == "head":
         return " (it is a prediction head's directory, which predict takes)"
     return ""
+
+
+def config_kind(config: dict) -> str | None:
+    """What wrote a config.json: "model" (a transformers model's, with its model_type), "head"
+    (protrans fit's, with its task and hyperparameters), or None for anything else."""
+    if isinstance(config.get("model_type"), str):
+        return "model"
+    if "task" in config and "hyperparameters" in config:
+        return "head"
+    return None
 
 
 @contextlib.contextmanager

@@ -405,11 +405,14 @@ class TrainConfig:
             hints = [f"{k} is {named[k]} in a config file" for k in unknown if k in named]
             # (a run directory holds config.json beside train_config.json, a head one too: given
             # as --config, either was "unknown setting(s)" and the twenty-odd keys it holds)
-            if isinstance(data.get("model_type"), str):
+            from protrans_cli.io.files import config_kind
+
+            kind = config_kind(data)
+            if kind == "model":
                 raise UsageError(f"{source}: the config.json of a {data['model_type']} model (its transformers "
                                  "settings), not train settings: a run's settings are its train_config.json; "
                                  "to continue pretraining this model give its directory to --init-from")
-            if "task" in data and "hyperparameters" in data:
+            if kind == "head":
                 raise UsageError(f"{source}: the config.json of a prediction head (protrans fit), not train "
                                  "settings: a run's settings are its train_config.json")
             raise UsageError(f"{source}: unknown setting(s) {', '.join(unknown)}"

@@ -229,10 +229,11 @@ def train(config: TrainConfig, *, resume=None, family=None, saved_as: dict | Non
                     # started from step 0, or --resume-from another run's checkpoint) wrote its
                     # own weights over it without a word, and left another family's files
                     # (vocab.txt, generator/) beside its own.
-                    from protrans_cli.io.files import directory_kind
+                    from protrans_cli.io.files import config_kind, json_object
 
                     # (a head's folder, from fit, was "already holds a model (config.json)")
-                    held = "a prediction head" if "prediction head" in directory_kind(config.output_dir) else "a model"
+                    head = config_kind(json_object(Path(config.output_dir) / "config.json")) == "head"
+                    held = "a prediction head" if head else "a model"
                     raise UsageError(
                         f"{config.output_dir} already holds {held} ({model}) and no checkpoint"
                         + (" to resume from" if resume is True else "")
