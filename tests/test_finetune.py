@@ -238,6 +238,9 @@ def test_refusals(finetuned, data, run_cli, tmp_path):
         csv.writer(fh).writerows([["id", "label"], ["p1", "a"], ["p2", "b"], ["p3", "a"]])
     r = run_cli("finetune", "protein", "--labels", tmp_path / "table.csv", "-o", tmp_path / "b", *base)
     assert r.exit_code == 1 and "without a sequence" in r.stderr and "--fasta" in r.stderr
+    # the folders it made for the output are not left behind, empty, by the refusal
+    r = run_cli("finetune", "protein", "--labels", tmp_path / "table.csv", "-o", tmp_path / "new" / "sub" / "b", *base)
+    assert r.exit_code == 1 and "without a sequence" in r.stderr and not (tmp_path / "new").exists()
     r = run_cli("finetune", "ss3", "--labels", data / "train.csv", "-o", finetuned, *base)
     assert r.exit_code == 2 and "exists" in r.stderr
     # a --test file that cannot be scored is refused before the epochs, not after them

@@ -282,6 +282,12 @@ def test_length_mismatch_by_id(tmp_path, run_cli):
     r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", flip, "-o", tmp_path / "h", "-j", "1")
     assert r.exit_code == 1
     assert "label length differs from the embedding's (p2 (4 vs 3))" in r.stderr
+    # the folders the fit made for its -o are not left behind, empty; one that was there stays
+    (tmp_path / "mine").mkdir()
+    for out in (tmp_path / "new" / "sub" / "h", tmp_path / "mine" / "h"):
+        r = run_cli("fit", "ss3", "--embeddings", h5, "--labels", flip, "-o", out, "-j", "1")
+        assert r.exit_code == 1 and "label length differs" in r.stderr
+    assert not (tmp_path / "new").exists() and (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
 def test_existing_head_dir_needs_force(run_cli, ss_data, tmp_path):

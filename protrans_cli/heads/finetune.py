@@ -439,8 +439,8 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     from protrans_cli.heads.fit import _validate  # (looked up at the call: tests stop a run inside it)
     from protrans_cli.heads.lora import add_lora, lora_state
     from protrans_cli.heads.model import build_head
-    from protrans_cli.io.files import (folder_can_be_made, folder_lock, make_temporary, remove_dead_temporaries,
-                                       replace_directory, stdin_digest)
+    from protrans_cli.io.files import (folder_can_be_made, folder_lock, folder_made, make_temporary,
+                                       remove_dead_temporaries, replace_directory, stdin_digest)
     from protrans_cli.models import load_model, open_config
     from protrans_cli.threads import resolve_threads, torch_threads
 
@@ -455,7 +455,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     # One finetune at a time on an OUT (a job started twice overwrote each other's state, and
     # --force deleted the other's under it); the temporaries of killed runs are cleared under it.
     folder_can_be_made(out_dir.parent)  # (a file on its way: "afile: File exists", exit 1)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    held.enter_context(folder_made(out_dir.parent))  # (a failed run leaves no empty folder it made: fit's)
     partial = partial_path(out_dir)
     held.enter_context(folder_lock(partial, HEAD_IN_USE))  # (fit's and search's lock of the same OUT.partial/)
     remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.")

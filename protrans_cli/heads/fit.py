@@ -44,9 +44,9 @@ from protrans_cli.heads.metrics import (dumps as metrics_json, evaluate, evaluat
 from protrans_cli.heads.tasks import (DEFAULT_KERNELS, DUAL_LABELS, IGNORE, TASKS, UNUSED_OPTIONS, Task,
                                      architecture_for, get_task, input_kind)
 from protrans_cli.io.files import (atomic_output, check_replaceable, create_fresh, default_permissions, disk_full,
-                                   folder_can_be_made, folder_lock, input_inside, make_temporary, own_folder_output,
-                                   remove_dead_temporaries, remove_with_outputs, replace_directory, same_file,
-                                   signals_held, stdin_digest)
+                                   folder_can_be_made, folder_lock, folder_made, input_inside, make_temporary,
+                                   own_folder_output, remove_dead_temporaries, remove_with_outputs, replace_directory,
+                                   same_file, signals_held, stdin_digest)
 from protrans_cli.io.h5 import (HDF5_FROM_STDIN, PER_RESIDUE, EmbeddingsReader, escape_key, input_prefix_of,
                                 pooling_kind, prefix_words, three_di_words)
 from protrans_cli.threads import torch_threads
@@ -356,7 +356,8 @@ HEAD_IN_USE = ("is in use by another protrans fit, fit --search or finetune (it 
 def _lock_head(held: contextlib.ExitStack, out_dir: Path) -> None:
     """Take the lock on the head's unfinished state for the whole fit, and clear what dead fits left."""
     folder_can_be_made(out_dir.parent)  # (a file on its way: "afile: File exists", exit 1)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)  # `-o heads/ss3` should just work
+    # (`-o heads/ss3` should just work; a fit that fails leaves no empty folder it made itself)
+    held.enter_context(folder_made(out_dir.parent))
     # One fit at a time on a head: two at once on one -o (a job started twice) overwrote each
     # other's state, --force deleted the other's under it, and the last one's head replaced the
     # first's without --force. (Also an unwritable folder is found here, not after an epoch.)

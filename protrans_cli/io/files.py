@@ -827,6 +827,25 @@ def folder_can_be_made(path) -> None:
             return
 
 
+@contextlib.contextmanager
+def folder_made(path) -> Iterator[None]:
+    """Make the folder `path` and its missing parents for the `with` block; on leaving it, remove
+    those made here that were left empty (a fit or finetune refused for its labels left the `-o`
+    parent it had made, `heads/new/` of `-o heads/new/ss3`, empty behind). Folders that held
+    anything by then (the head, a state kept for --resume) stay, and so does one that was there."""
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    finally:
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+
+
 def _is_piped_stdin(path: Path) -> bool:
     """Whether `path` is this process's standard input, a pipe or a file (not a terminal)."""
     import stat
