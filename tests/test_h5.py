@@ -1491,3 +1491,26 @@ def test_a_model_or_head_folder_given_as_the_embeddings_says_what_it_is(tmp_path
         with pytest.raises(InputError) as err:
             EmbeddingsReader(tmp_path / name)
         assert str(err.value) == f"{tmp_path / name}: is a directory, expected an HDF5 file {said}"
+
+
+
+@pytest.mark.parametrize("layout", ["grouped", "flat", "stacked"])
+def test_float16_storage_refuses_values_it_would_store_as_infinity(tmp_path, layout):
+    # A library caller's float32 values beyond float16's range (65504) were stored as inf with
+    # numpy's overflow warning alone; the commands check before they write, the writer now too.
+    import warnings
+
+    kind, shape = (PER_RESIDUE, (3, 4)) if layout == "grouped" else (PER_PROTEIN, (4,))
+    big = np.ones(shape, np.float32)
+    big.flat[-2] = 7e4
+    out = tmp_path / "o.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (nor numpy's overflow warning)
+        with EmbeddingsWriter(out, kinds=(kind,), layout=layout, storage_dtype="float16") as w:
+            with pytest.raises(InputError, match=r"protein 'big': .* beyond float16's range \(largest magnitude 70000\)"):
+                w.write("big", "big", "MKT", **{kind: big})
+            w.write("edge", "edge", "MKT", **{kind: np.full(shape, 65504, np.float32)})
+            # (infinite where given: stored as given, as float32 storage does)
+            w.write("inf", "inf", "MKT", **{kind: np.full(shape, np.inf, np.float32)})
+    with EmbeddingsReader(out) as r:
+        assert sorted(r.keys()) == ["edge", "inf"] and r.get("edge", kind).max() == 65504

@@ -2040,7 +2040,16 @@ class EmbeddingsWriter:
         for kind in self.kinds:
             if arrays[kind] is None:
                 raise ValueError(f"{kind} array missing for {ident!r}")
-            arrays[kind] = np.asarray(arrays[kind]).astype(self.storage_dtype, copy=False)
+            given = np.asarray(arrays[kind])
+            with np.errstate(over="ignore"):
+                arrays[kind] = given.astype(self.storage_dtype, copy=False)
+            if arrays[kind] is not given and not np.isfinite(arrays[kind]).all() and np.isfinite(given).all():
+                # (a library caller's float32 beyond float16's 65504 was stored as infinity with
+                # numpy's warning alone; the commands check before they write, this is the same check)
+                biggest = float(np.abs(given.astype(np.float64, copy=False)).max())
+                raise InputError(f"protein {ident!r}: {kind} values beyond {self.storage_dtype.name}'s range (largest "
+                                 f"magnitude {biggest:.6g}) would be stored as infinity (storage_dtype='float32' "
+                                 "keeps them)", path=str(self.path))
         self._unflushed.append(ident)
         self._written = True
         try:
