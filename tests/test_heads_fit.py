@@ -290,6 +290,28 @@ def test_length_mismatch_by_id(tmp_path, run_cli):
     assert not (tmp_path / "new").exists() and (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
+def test_valid_fraction_holds_out_the_rounded_share_at_least_one_and_leaves_one_to_train(tmp_path, run_cli):
+    # round(fraction x proteins), at least 1, and never all of them (docs/heads.md says so)
+    h5 = tmp_path / "e.h5"
+    with h5py.File(h5, "w") as f:
+        g = f.create_group("per_residue")
+        for i in range(4):
+            ds = g.create_dataset(f"p{i}", data=np.random.default_rng(i).normal(size=(4, 4)).astype(np.float32))
+            ds.attrs["id"], ds.attrs["length"] = f"p{i}", 4
+    flip = tmp_path / "flip.fasta"
+    flip.write_text("".join(f">p{i} SET=train VALIDATION=False\n{'CHEC'[i:] + 'CHEC'[:i]}\n" for i in range(4)))
+    base = ["fit", "ss3", "--embeddings", h5, "--labels", flip, "-j", "1", "--max-epochs", "1", "--bootstrap", "10"]
+    for fraction, held in (("0.01", 1), ("0.3", 1), ("0.4", 2), ("0.74", 3)):  # 0.04, 1.2, 1.6, 2.96 proteins
+        r = run_cli(*base, "--valid-fraction", fraction, "-o", tmp_path / fraction)
+        assert r.exit_code == 0, r.stderr
+        assert len(json.loads((tmp_path / fraction / "config.json").read_text())["training"]["held_out"]) == held
+    r = run_cli(*base, "--valid-fraction", "0.9", "-o", tmp_path / "all")
+    assert r.exit_code == 2 and "holds out 4 of the 4 training proteins, leaving none to train on" in r.stderr
+    flip.write_text(">p0 SET=train VALIDATION=False\nCHEC\n")
+    r = run_cli(*base, "--valid-fraction", "0.01", "-o", tmp_path / "one")
+    assert r.exit_code == 1 and "too few training proteins to hold out a validation set" in r.stderr
+
+
 def test_existing_head_dir_needs_force(run_cli, ss_data, tmp_path):
     (tmp_path / "h").mkdir()
     r = run_cli("fit", "ss3", "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv", "-o", tmp_path / "h")

@@ -47,7 +47,7 @@ from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS, warn_u
               help="Recompute each transformer block in the backward pass: the model's activations in memory "
                    "for about a third more time (a larger model or batch on one GPU); the same numbers.")
 @click.option("--seed", type=int, default=0, help="Seed of the adapters, the head, the batches and the hold-out.")
-@click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given.")
+@click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given: round(share x proteins), at least one, never all.")
 @click.option("--architecture", type=click.Choice([a for options in ARCHITECTURES.values() for a in options]),
               default=None, help="The head's network, as fit's.  [default: cnn per residue, fnn per protein]")
 @click.option("--hidden", type=int, default=32, help="Hidden channels/units of the head.")

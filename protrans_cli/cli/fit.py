@@ -79,7 +79,7 @@ def mask_options(command):
                    "class-weights; repeat for several), each into OUTPUT.search/trial_NN, and keep as OUTPUT "
                    "the one with the best validation (or cv) score.")
 @click.option("--seed", type=int, default=0, help="Seed of the first member and of the held-out split (or folds).")
-@click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given.")
+@click.option("--valid-fraction", type=float, default=0.1, help="Share of train held out when no validation set is given: round(share x proteins), at least one, never all.")
 @click.option("--architecture", type=click.Choice([a for options in ARCHITECTURES.values() for a in options]),
               default=None,
               help="The head's network: per-residue tasks take the CNN; per-protein tasks the FNN on the mean "
