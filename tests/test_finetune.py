@@ -464,6 +464,39 @@ def test_resume_refuses_changed_inputs_and_accepts_them_named_otherwise(data, tm
     assert [h["epoch"] for h in result.history] == [1, 2, 3] and not state.exists()
 
 
+def test_train_loss_is_the_mean_of_the_epochs_batch_losses(data, tmp_path, monkeypatch):
+    # finetune.json's train_loss of an epoch: the mean of its batches' losses (each batch's own
+    # mean), recorded here as the loop computes them; with --accumulate 2 too (not summed by step)
+    import protrans_cli.heads.finetune as ft
+    import protrans_cli.heads.fit as fit
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    losses: list[list[float]] = []
+    real = ft._loss
+
+    def recorded(*args, **kwargs):
+        loss, counts = real(*args, **kwargs)
+        if any(counts.values()):
+            losses[-1].append(float(loss.detach()))
+        return loss, counts
+
+    real_validate = fit._validate
+
+    def validate(*args, **kwargs):  # (an epoch's batches end where its validation begins)
+        losses.append([])
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "_loss", recorded)
+    monkeypatch.setattr(fit, "_validate", validate)
+    losses.append([])
+    config = FinetuneConfig(task="ss3", model=str(data / "bert"), max_epochs=2, lr=0.01, max_residues=300, threads=1,
+                            n_bootstrap=10, device="cpu", accumulate=2)
+    result = finetune(config, data / "train.csv", tmp_path / "out")
+    per_epoch = [batch for batch in losses if batch]
+    assert len(per_epoch) == 2 and all(len(batch) > 2 for batch in per_epoch)
+    assert [h["train_loss"] for h in result.history] == pytest.approx([np.mean(b) for b in per_epoch], rel=1e-6)
+
+
 # --- per-protein tasks: loc (two outputs) and value, with predict --fasta ----------------------------
 
 @pytest.fixture(scope="module")
@@ -1171,6 +1204,7 @@ def test_accumulate_counts_the_batches_that_have_a_loss(data, tmp_path, monkeypa
     score (skipped) was counted, so where every other batch had none no step was taken before the
     epoch's end (all its batches' gradients summed into one step, each scaled by 1 / N)."""
     import protrans_cli.heads.finetune as ft
+    import protrans_cli.heads.fit as fit
     from protrans_cli.heads.finetune import FinetuneConfig, finetune
 
     calls, steps = [], []
