@@ -1476,9 +1476,15 @@ class _FakeOOM(OneHotEmbedder):
 
 def test_oom_splits_batches_then_falls_back_to_cpu():
     seqs = ["MKV" * 3, "ACD" * 2, "W" * 20, "K"]
-    splits = []
-    got = embed_with_retry(_FakeOOM(budget=10), seqs, cpu_fallback=True, on_split=splits.append)
-    assert splits  # it had to split
+    splits, calls = [], []
+    oom = _FakeOOM(budget=10)
+    real = oom.embed_batch
+    oom.embed_batch = lambda batch, pooled=False: calls.append(list(batch)) or real(batch, pooled=pooled)
+    got = embed_with_retry(oom, seqs, cpu_fallback=True, on_split=splits.append)
+    # halves, down to one protein: 36 residues (4 proteins), then 9+6 and 20+1 (2 each); the 20
+    # alone goes to the CPU; each protein that fitted ran once on the GPU
+    assert splits == [4, 2, 2]
+    assert calls == [seqs, seqs[:2], seqs[:1], seqs[1:2], seqs[2:], seqs[2:3], seqs[3:]]
     for s, g in zip(seqs, got):
         rows, mean = g
         assert mean is None  # not asked for
