@@ -654,6 +654,10 @@ def test_predict_metrics_without_plots_removes_an_earlier_runs_figure(run_cli, l
     r = run_cli(*args, "--no-plots")
     assert r.exit_code == 0, r.stderr
     assert sorted(p.name for p in metrics.iterdir()) == ["test.json"]
+    # without --metrics there are no figures to leave out: said, not passed over
+    r = run_cli("predict", head, "--embeddings", loc_data / "test.h5", "-o", tmp_path / "p.csv", "--no-plots")
+    assert r.exit_code == 0 and "--no-plots does nothing without --metrics" in r.stderr
+    assert "--plots" not in run_cli(*args).stderr
 
 
 def test_predict_with_labels_reports_the_ci_that_fit_reported(run_cli, loc_data, tmp_path):

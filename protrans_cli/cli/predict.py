@@ -116,6 +116,10 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
 
     if click.get_current_context().get_parameter_source("max_residues") is ParameterSource.COMMANDLINE:
         _warn_unused_max_residues(head)
+    if click.get_current_context().get_parameter_source("plots") is ParameterSource.COMMANDLINE and metrics_dir is None:
+        from protrans_cli import console
+
+        console.warn(f"--{'' if plots else 'no-'}plots does nothing without --metrics (the figures go beside its JSON)")
     if output is None and labels is None:
         output = "-"  # text output goes to stdout when -o is absent, as in every command
     if output is None and (probabilities is not None or head_output is not None):
