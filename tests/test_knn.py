@@ -96,6 +96,21 @@ def test_copies_of_one_vector_come_earliest_first_whatever_the_slices(tmp_path, 
         assert found.distance[0].tolist() == [2.0, 2.0, 2.0]
 
 
+def test_cosine_distances_are_never_negative(tmp_path, run_cli):
+    """1 - cos of a vector with itself is -2.2e-16 in float64 for some vectors (7 of these 40):
+    the distance is 0 there, never below (the TSV would say -2.22045e-16)."""
+    from protrans_cli.knn import nearest
+
+    v = np.random.default_rng(0).normal(size=(40, 16))
+    _write(tmp_path / "a.h5", v)
+    found = nearest(tmp_path / "a.h5", tmp_path / "a.h5", k=3, metric="cosine", threads=1, device="cpu")
+    assert found.index[:, 0].tolist() == list(range(40))  # (each its own nearest)
+    assert (found.distance >= 0).all(), found.distance.min()
+    r = run_cli("knn", tmp_path / "a.h5", "--reference", tmp_path / "a.h5", "--metric", "cosine", "-j", "1")
+    assert r.exit_code == 0, r.stderr
+    assert [line.split("\t")[3] for line in r.stdout.splitlines()[1:] if line.split("\t")[3].startswith("-")] == []
+
+
 def test_fewer_reference_proteins_than_k(tmp_path, run_cli):
     _write(tmp_path / "q.h5", np.eye(3))
     _write(tmp_path / "r.h5", np.eye(3)[:2], ["a", "b"])
