@@ -111,6 +111,25 @@ def test_cosine_distances_are_never_negative(tmp_path, run_cli):
     assert [line.split("\t")[3] for line in r.stdout.splitlines()[1:] if line.split("\t")[3].startswith("-")] == []
 
 
+def test_the_tables_distances_are_the_brute_forces_to_six_digits(tmp_path, run_cli):
+    """The distance column holds 6 significant digits of the exact distance, for both metrics."""
+    rng = np.random.default_rng(5)
+    q, r = rng.normal(size=(6, 10)), rng.normal(size=(15, 10))
+    _write(tmp_path / "q.h5", q)
+    _write(tmp_path / "r.h5", r, [f"r{i:02d}" for i in range(15)])
+    for metric in ("euclidean", "cosine"):
+        out = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "-k", "3", "--metric", metric,
+                      "-j", "1")
+        assert out.exit_code == 0, out.stderr
+        rows = [line.split("\t") for line in out.stdout.splitlines()[1:]]
+        index, distance = _brute(q.astype(np.float32), r.astype(np.float32), 3, metric)
+        assert len(rows) == 18
+        for row in rows:
+            qi, rank = int(row[0][1:]), int(row[1]) - 1
+            assert row[2] == f"r{index[qi, rank]:02d}"
+            assert float(row[3]) == pytest.approx(distance[qi, rank], rel=5e-6), (metric, row)
+
+
 def test_fewer_reference_proteins_than_k(tmp_path, run_cli):
     _write(tmp_path / "q.h5", np.eye(3))
     _write(tmp_path / "r.h5", np.eye(3)[:2], ["a", "b"])
