@@ -130,6 +130,26 @@ def test_the_tables_distances_are_the_brute_forces_to_six_digits(tmp_path, run_c
             assert float(row[3]) == pytest.approx(distance[qi, rank], rel=5e-6), (metric, row)
 
 
+def test_exclude_self_against_another_file_leaves_out_only_the_ids_it_holds(tmp_path):
+    """Queries of another file beside the reference, --exclude-self: a query whose id the
+    reference does not hold loses none of its neighbours (not the reference's first protein)."""
+    from protrans_cli.knn import nearest
+
+    rng = np.random.default_rng(3)
+    r = rng.normal(size=(12, 6))
+    q = np.concatenate([r[:3] + 0.01, rng.normal(size=(3, 6))])
+    r_ids = _write(tmp_path / "r.h5", r, [f"p{i:03d}" for i in range(12)])
+    _write(tmp_path / "q.h5", q, ["p000", "p005", "x1", "x2", "x3", "x4"])
+    found = nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=12, exclude_self=True, threads=1, device="cpu")
+    own = np.zeros((6, 12), dtype=bool)
+    own[0, 0] = own[1, 5] = True
+    index, distance = _brute(q.astype(np.float32), r.astype(np.float32), 12, "euclidean", own)
+    assert found.reference_ids == r_ids
+    assert np.array_equal(found.index[2:], index[2:]) and (found.index[2:] >= 0).all()
+    assert 0 not in found.index[0].tolist() and 5 not in found.index[1].tolist()
+    assert np.array_equal(found.index[:2, :11], index[:2, :11]) and (found.index[:2, 11] == -1).all()
+
+
 def test_fewer_reference_proteins_than_k(tmp_path, run_cli):
     _write(tmp_path / "q.h5", np.eye(3))
     _write(tmp_path / "r.h5", np.eye(3)[:2], ["a", "b"])
