@@ -150,6 +150,20 @@ def test_exclude_self_against_another_file_leaves_out_only_the_ids_it_holds(tmp_
     assert np.array_equal(found.index[:2, :11], index[:2, :11]) and (found.index[:2, 11] == -1).all()
 
 
+def test_near_neighbours_the_product_misorders_are_ranked_by_their_exact_distance(tmp_path):
+    """Vectors of length 1,000 that differ by thousandths: in float32, |q|^2 + |r|^2 - 2 q.r is
+    0 for every reference (the product's candidates a tie, in reference order), while the nearest
+    is the last. The candidates beyond k measured again in float64 find it."""
+    from protrans_cli.knn import nearest
+
+    r = np.array([[1000.0, 0.001 * (6 - i)] for i in range(6)])  # the nearest to [1000, 0] last
+    _write(tmp_path / "q.h5", np.array([[1000.0, 0.0]]))
+    _write(tmp_path / "r.h5", r, [f"r{i}" for i in range(6)])
+    found = nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=2, threads=1, device="cpu")
+    assert found.index[0].tolist() == [5, 4]
+    np.testing.assert_allclose(found.distance[0], np.abs(r[[5, 4], 1].astype(np.float32)), rtol=1e-6)
+
+
 def test_fewer_reference_proteins_than_k(tmp_path, run_cli):
     _write(tmp_path / "q.h5", np.eye(3))
     _write(tmp_path / "r.h5", np.eye(3)[:2], ["a", "b"])
