@@ -931,6 +931,21 @@ def test_an_empty_label_is_neither_transferred_nor_scored(tmp_path):
     assert scores["label"]["classes"] == ["Cytoplasm", "Nucleus", "(none)"]
 
 
+def test_a_query_without_a_labelled_neighbour_is_scored_a_miss(tmp_path):
+    """Leave-one-out where one protein alone has a label: it has no labelled neighbour besides
+    itself, so nothing is transferred to it, which counts as a miss (a class "(none)"), not as
+    the first class (a hit for a query of that class)."""
+    from protrans_cli.knn import knn
+
+    _write(tmp_path / "a.h5", np.eye(3), ["a", "b", "c"])
+    (tmp_path / "r.csv").write_text("id,label\na,Nucleus\nb,\nc,\n")
+    (tmp_path / "q.csv").write_text("id,label\na,Nucleus\nb,Nucleus\nc,Nucleus\n")
+    result = knn(tmp_path / "a.h5", tmp_path / "a.h5", tmp_path / "hits.tsv", labels=tmp_path / "r.csv",
+                 score=tmp_path / "q.csv", exclude_self=True, n_bootstrap=10)
+    assert result.scores["label"]["n_proteins"] == 3
+    assert result.scores["label"]["accuracy"] == pytest.approx(2 / 3)
+
+
 def test_a_list_of_files_from_python_is_one_usage_error_naming_the_argument(tmp_path):
     """knn(["q.h5"], ...) was "stat: path should be string ... not list", a TypeError from inside."""
     from protrans_cli.errors import UsageError
