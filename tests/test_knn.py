@@ -946,6 +946,19 @@ def test_a_query_without_a_labelled_neighbour_is_scored_a_miss(tmp_path):
     assert result.scores["label"]["accuracy"] == pytest.approx(2 / 3)
 
 
+def test_a_tab_inside_a_label_becomes_a_space(tmp_path, run_cli):
+    """A quoted CSV label holding a tab: one field of the TSV, as the docs say (written as it
+    stands, the tab split the row into one field too many)."""
+    _write(tmp_path / "q.h5", np.eye(2), ["q0", "q1"])
+    _write(tmp_path / "r.h5", np.eye(2), ["r0", "r1"])
+    (tmp_path / "r.csv").write_text('id,label\nr0,"Cell\tmembrane"\nr1,Nucleus\n')
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "--labels", tmp_path / "r.csv")
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert len(rows) == 3 and all(len(row) == 5 for row in rows), rows
+    assert [row[4] for row in rows[1:]] == ["Cell membrane", "Nucleus"]
+
+
 def test_a_list_of_files_from_python_is_one_usage_error_naming_the_argument(tmp_path):
     """knn(["q.h5"], ...) was "stat: path should be string ... not list", a TypeError from inside."""
     from protrans_cli.errors import UsageError
