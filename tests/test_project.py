@@ -272,6 +272,21 @@ def test_a_run_stopped_while_it_writes_the_page_leaves_every_earlier_output_as_i
     assert all((tmp_path / name).read_bytes() != data for name, data in before.items())
 
 
+def test_the_page_draws_y_upwards_as_the_picture_and_the_table_have_it(tmp_path):
+    """SVG's y runs down: the page places the point of the largest y at the top (the smallest
+    cy), x from left to right, the map spanning the drawing less a margin of 20."""
+    from protrans_cli.project import Projection, save_map_page
+
+    coords = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.5, 1.0]])
+    save_map_page(Projection(["low_left", "low_right", "top_left", "middle"], ["a"] * 4, coords),
+                  tmp_path / "map.html")
+    page = _Page()
+    page.feed((tmp_path / "map.html").read_text())
+    at = {title: (float(c["cx"]), float(c["cy"])) for c, title in zip(page.circles, page.titles)}
+    assert at == {"low_left": (20.0, 980.0), "low_right": (980.0, 980.0), "top_left": (20.0, 20.0),
+                  "middle": (500.0, 500.0)}
+
+
 def test_labels_keyed_by_sequence_colour_the_proteins_of_those_sequences(tmp_path, run_cli):
     """A FLIP CSV's rows carry a sequence, no id: project matched labels by id only ("labels none
     of the proteins mapped"), where fit pairs them with embeddings made under accession ids by
