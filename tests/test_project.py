@@ -916,6 +916,29 @@ def test_stdin_is_one_labels_file_at_most(tmp_path, run_cli):
     assert not (tmp_path / "m.tsv").exists()
 
 
+def test_deeplocs_membrane_u_is_no_label(tmp_path, run_cli):
+    """DeepLoc's membrane `U` (unknown) is no label, as docs/project.md says: a blank cell and a
+    grey point, not a class `U` (only the slow DeepLoc map checked it)."""
+    from protrans_cli.project import UNLABELLED, colouring, project
+
+    x, _ = _clusters(n_per=2)
+    ids = [f"P{i}" for i in range(6)]
+    _write(tmp_path / "e.h5", x, ids)
+    (tmp_path / "l.fasta").write_text("".join(f">{ident} Nucleus-{'U' if n % 2 else 'M'}\nMKV\n"
+                                              for n, ident in enumerate(ids)))
+    r = run_cli("project", tmp_path / "e.h5", "--labels", tmp_path / "l.fasta")
+    assert r.exit_code == 0, r.stderr
+    head, rows = _table(r.stdout)
+    assert head == ["id", "x", "y", "loc", "membrane"]
+    assert [(row["id"], row["loc"], row["membrane"]) for row in rows] == [
+        (ident, "Nucleus", "" if n % 2 else "M") for n, ident in enumerate(ids)]
+    result = project(tmp_path / "e.h5", None, labels=tmp_path / "l.fasta", colour_by="membrane")
+    assert result.labels["membrane"] == ["M", None, "M", None, "M", None]
+    legend = colouring(result).legend
+    assert [(label, count) for label, _, count in legend] == [("M", 3), ("no label", 3)]
+    assert legend[1][1] == UNLABELLED
+
+
 def test_r_and_pandas_missing_numbers_are_no_label_on_a_colour_scale(tmp_path, run_cli):
     """R's NA (pandas' nan, N/A, NULL) among melting points is no label, as an empty cell is and as
     fit value reads it: it was a class of its own, the scale became one colour a number, and the
