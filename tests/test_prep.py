@@ -389,6 +389,20 @@ def test_length_filters_and_crop(tmp_path):
 
 
 
+def test_a_max_length_equal_to_the_min_length_keeps_proteins_of_exactly_that_length(tmp_path):
+    """--max-length may equal --min-length (only --max-length below it is refused): skip keeps the
+    proteins of exactly that length, crop cuts windows of it and drops every shorter tail."""
+    out = tmp_path / "c.txt"
+    skip = build_corpus([DATA / "lengths.fa"], CorpusOptions(output=str(out), min_length=5, max_length=5))
+    assert out.read_bytes() == b"M K T A Y\n\n"
+    assert (skip.rejected["too_short"], skip.rejected["too_long"]) == (1, 2)
+    crop = build_corpus([DATA / "lengths.fa"], CorpusOptions(output=str(out), min_length=5, max_length=5,
+                                                             long="crop"))
+    # ok5 -> MKTAY; long12 -> MKTAY IAKQR (QI dropped); ok8 -> MKTAY (IAK dropped)
+    assert out.read_bytes() == b"M K T A Y\n\nM K T A Y\nI A K Q R\n\nM K T A Y\n\n"
+    assert (crop.lines_out, crop.residues_out, crop.crop_dropped) == (4, 20, 5)
+
+
 def test_numpy_scalars_in_corpus_options_are_the_numbers_they_stand_for(tmp_path):
     """CorpusOptions took np.int64 (expect_options accepts numpy's scalars), but seed=np.int64(3)
     was refused as "--seed must be a whole number of at least 0", and --stats of a numpy
