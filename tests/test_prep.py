@@ -967,6 +967,18 @@ def test_shard_size_never_writes_an_empty_shard(tmp_path):
     assert stats.outputs == [str(p) for p in shards]
 
 
+def test_shard_size_is_a_limit_a_shard_never_passes_by_a_byte(tmp_path):
+    """docs/corpus.md: each shard at most SIZE bytes of text. Proteins of 7 bytes ("M K T\\n\\n")
+    and a size of 13: one protein a shard (two would be 14); a size of 14 takes two."""
+    source = tmp_path / "p.fa"
+    source.write_text("".join(f">p{i}\nMKT\n" for i in range(6)))
+    for size, per_shard in [(13, 1), (14, 2)]:
+        out = tmp_path / f"s{size}.txt"
+        build_corpus([str(source)], CorpusOptions(output=str(out), shard_size=size))
+        texts = [p.read_bytes() for p in sorted(tmp_path.glob(f"s{size}.*.txt"))]
+        assert texts == [b"M K T\n\n" * per_shard] * (6 // per_shard), (size, texts)
+
+
 def _many(path, n=60):
     path.write_text("".join(f">p{i}\n{'MKVLAAGHWY' * (3 + i % 5)}\n" for i in range(n)))
     return path
