@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -775,9 +776,15 @@ def test_compressed_output_identical_for_any_threads(tmp_path, extra):
 
 
 def test_empty_compressed_output_is_valid(tmp_path):
-    out = tmp_path / "c.txt.gz"
-    stats = build_corpus([DATA / "empty.fa"], CorpusOptions(output=str(out), threads=2))
-    assert stats.records_in == 0 and gzip.decompress(out.read_bytes()) == b""
+    """An empty corpus or validation file named .gz is an empty gzip member, which zcat reads (a
+    file of no bytes, as Python's gzip.decompress reads it, is "unexpected end of file" to zcat)."""
+    out, valid = tmp_path / "c.txt.gz", tmp_path / "v.txt.gz"
+    stats = build_corpus([DATA / "empty.fa"], CorpusOptions(output=str(out), threads=2, valid_fraction=0.5,
+                                                            valid_output=str(valid)))
+    assert stats.records_in == 0
+    for path in (out, valid):
+        member = zlib.decompressobj(wbits=31)  # (one gzip member, its trailer included)
+        assert member.decompress(path.read_bytes()) == b"" and member.eof, path.name
 
 
 @pytest.mark.parametrize("rare, kept", [("x", 2), ("keep", 3)])
