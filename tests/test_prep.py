@@ -1774,6 +1774,23 @@ def test_shuffle_places_every_protein_uniformly(tmp_path):
 
 
 
+def test_shuffle_permutes_the_proteins_within_each_bucket(tmp_path):
+    """A protein and the next one of the input follow each other in a uniform shuffle of n about
+    once in all (n - 1 pairs, each 1/n). Scattered into 256 buckets but left in input order within
+    each, 1 in 256 of the pairs would: ~20 of 5,000 proteins."""
+    fasta = tmp_path / "in.fa"
+    rng = random.Random(4)
+    seqs = list(dict.fromkeys("".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(10)) for _ in range(5000)))
+    fasta.write_text("".join(f">p{i}\n{seq}\n" for i, seq in enumerate(seqs)))
+    out = tmp_path / "s.txt"
+    build_corpus([fasta], CorpusOptions(output=str(out), shuffle=True, seed=0, tmp_dir=str(tmp_path)))
+    got = [p.replace(b" ", b"").decode() for p in _proteins(out.read_bytes())]
+    assert sorted(got) == sorted(seqs)
+    position = {seq: k for k, seq in enumerate(got)}
+    followed = sum(position[a] + 1 == position[b] for a, b in zip(seqs, seqs[1:]))
+    assert followed <= 6, followed  # (Poisson(1): 7 or more has p < 0.0001)
+
+
 def test_shuffle_order_is_the_same_whatever_form_the_input_comes_in(tmp_path):
     """The same proteins and seed give the same corpus from a file, its .gz, or stdin, and with
     the buckets in memory or written to files: the number of buckets was planned from the input's
