@@ -1863,6 +1863,22 @@ def test_shuffle_cli_seed_needs_shuffle_and_summary_says_so(tmp_path, run_cli):
     assert sorted(_proteins((tmp_path / "c.txt").read_bytes())) == [b"A C D E", b"M K T", b"W W"]
 
 
+def test_shuffle_seed_defaults_to_0_as_help_and_the_library_say(tmp_path, run_cli):
+    """`prep --help` and docs/prep.md: --seed's default is 0, CorpusOptions' too: `--shuffle` alone,
+    `--shuffle --seed 0` and build_corpus(shuffle=True) write the same corpus (not seed 1's)."""
+    fasta = tmp_path / "in.fa"
+    _random_fasta(fasta, 200, seed=2, dirty=False)
+    texts = {}
+    for name, extra in [("default", []), ("zero", ["--seed", "0"]), ("one", ["--seed", "1"])]:
+        result = run_cli("prep", fasta, "--shuffle", *extra, "-o", tmp_path / f"{name}.txt",
+                         "--stats", tmp_path / f"{name}.json", "--tmp-dir", tmp_path)
+        assert result.exit_code == 0, result.output
+        texts[name] = (tmp_path / f"{name}.txt").read_bytes()
+    assert json.loads((tmp_path / "default.json").read_text())["shuffle_seed"] == 0
+    build_corpus([fasta], CorpusOptions(output=str(tmp_path / "library.txt"), shuffle=True, tmp_dir=str(tmp_path)))
+    assert texts["default"] == texts["zero"] == (tmp_path / "library.txt").read_bytes() != texts["one"]
+
+
 def test_shuffle_from_stdin_with_shard_size(tmp_path):
     """stdin (no size to plan buckets by) and --shard-size: every protein once, shards cut at
     protein boundaries."""
