@@ -105,6 +105,42 @@ def test_strict_names_file_record_and_line(run_cli, tmp_path):
     assert not list(tmp_path.iterdir()), "a temporary file was left behind"
 
 
+def _fasta_with_invalid_records(bad) -> tuple[bytes, list[tuple[str, int]]]:
+    """120 records of 1 to 4 lines, blank lines after some; those numbered in `bad` hold a J.
+    The FASTA, and the (id, line of its header) of each record with a J."""
+    lines, invalid = [], []
+    for i in range(120):
+        if i in bad:
+            invalid.append((f"r{i}", len(lines) + 1))
+        lines += [f">r{i}", *["MKTAYIAK" + ("J" if i in bad else "")] * (1 + i % 4), *[""] * (i % 3 == 0)]
+    return ("\n".join(lines) + "\n").encode(), invalid
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["file", "gz"])
+def test_rejects_and_strict_give_the_line_of_a_record_in_a_later_block_or_input(tmp_path, compressed):
+    """The line of a record rejected in a later block of an input, and in the next input (counted
+    from 1 again), is the line the file has it on: each block's lines are added up, and the next
+    input starts over. (Every other test of the line fits in one block.)"""
+    def write(name, data):
+        path = tmp_path / (name + ".gz" if compressed else name)
+        path.write_bytes(gzip.compress(data) if compressed else data)
+        return path
+
+    text, invalid = _fasta_with_invalid_records(range(3, 120, 7))
+    paths = [write("a.fa", text), write("b.fa", text)]
+    rejects = tmp_path / "r.tsv"
+    build_corpus(paths, CorpusOptions(output=str(tmp_path / "c.txt"), rejects=str(rejects), block_bytes=1024))
+    rows = [row.split("\t") for row in rejects.read_text().splitlines()[1:]]
+    assert [(row[0], Path(row[3]).name, int(row[4])) for row in rows] == \
+        [(rid, path.name, line) for path in paths for rid, line in invalid]
+    clean = write("clean.fa", _fasta_with_invalid_records(())[0])
+    text, [(rid, line)] = _fasta_with_invalid_records({110})
+    late = write("late.fa", text)
+    with pytest.raises(InputError) as info:
+        build_corpus([clean, late], CorpusOptions(output=str(tmp_path / "c.txt"), strict=True, block_bytes=1024))
+    assert f"{late}:{line}, record '{rid}': invalid character 'J'" in str(info.value)
+
+
 def test_stdin_and_multiple_inputs(run_cli):
     fmt = (DATA / "format.fa").read_bytes()
     result = run_cli("prep", DATA / "normalisation.fa", "-", DATA / "format.fa", input=fmt)
