@@ -559,6 +559,17 @@ def test_nucleotide_records_are_counted_as_the_per_record_rule_does(tmp_path, ru
     assert proteins.exit_code == 0 and "nucleotide" not in proteins.stderr.replace(str(tmp_path), ""), proteins.stderr
 
 
+def test_nucleotide_records_left_out_are_not_counted_as_written(tmp_path):
+    """stats `nucleotide_like` counts the proteins written (docs/prep.md): a DNA record left out
+    as too long, or as a duplicate, is neither counted nor named in the warning."""
+    fasta = tmp_path / "genes.fa"
+    fasta.write_text(">kept\n" + "ACGT" * 8 + "\n>long\n" + "ACGT" * 10 + "\n>again\n" + "ACGT" * 8 + "\n"
+                     ">protein\nMKTAYIAKQR\n")
+    stats = build_corpus([fasta], CorpusOptions(output=str(tmp_path / "c.txt"), max_length=35, dedup=True))
+    assert (stats.rejected["too_long"], stats.rejected["duplicate"], stats.proteins_out) == (1, 1, 2)
+    assert (stats.nucleotide_like, stats.nucleotide_ids) == (1, ["kept"])
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_input_bytes_same_for_file_and_stream_without_final_newline(tmp_path, threads):
     # A stream's last block once gained the newline it lacked and counted it as input.
