@@ -1709,6 +1709,12 @@ def test_crop_tails_dropped_are_counted(run_cli, tmp_path):
         assert (stats["residues_out"], stats["crop_dropped"], stats["lines_out"]) == (40, 5, 4)
         assert stats["residues_out"] + stats["crop_dropped"] == 45
         assert "residues dropped (crop windows < --min-length)" in result.stderr
+        # (the summary's lines: 4 windows of 2 proteins, a row only where they differ)
+        rows = {cells[1].strip(): cells[2].strip() for line in result.stderr.splitlines()
+                if len(cells := line.split("\u2502")) == 4}
+        assert (rows["proteins out"], rows["lines out (windows)"]) == ("2", "4"), result.stderr
+    result = run_cli("prep", fasta, "-o", tmp_path / "c.txt")
+    assert result.exit_code == 0 and "proteins out" in result.stderr and "lines out" not in result.stderr
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
