@@ -35,6 +35,12 @@ def assert_same_text(actual: bytes, expected: bytes) -> None:
         pytest.fail("output differs from the golden file:\n" + "".join(diff))
 
 
+def summary_rows(stderr: str) -> dict[str, str]:
+    """The summary table prep prints on stderr: label -> figure."""
+    return {cells[1].strip(): cells[2].strip() for line in stderr.splitlines()
+            if len(cells := line.split("\u2502")) == 4}
+
+
 def reference_corpus(paths, rare="x") -> bytes:
     """The corpus built record by record, the slow obvious way."""
     out = []
@@ -603,7 +609,7 @@ def test_record_larger_than_a_block(tmp_path, packed, blank):
     assert out.read_bytes() == b"M K\n\n" + " ".join(seq).encode() + b"\n\nA C\n\n"
 
 
-def test_the_validation_residues_counted_are_those_the_validation_file_holds(tmp_path):
+def test_the_validation_residues_counted_are_those_the_validation_file_holds(tmp_path, run_cli):
     """--stats' valid_residues (and the summary's "of which validation ... residues") count the
     validation proteins' residues only; counting every protein's passed the other tests. Under
     --long crop, the residues written: not those of a dropped last window."""
@@ -621,6 +627,12 @@ def test_the_validation_residues_counted_are_those_the_validation_file_holds(tmp
         assert stats.residues_out - stats.valid_residues == residues(train.read_bytes())
         assert stats.to_dict()["valid_residues"] == stats.valid_residues
         assert (stats.crop_dropped > 0) == bool(crop)
+    result = run_cli("prep", fasta, "-o", train, "--valid-fraction", "0.3", "--valid-output", valid)
+    assert result.exit_code == 0, result.stderr
+    text = valid.read_bytes()
+    proteins = text.count(b"\n\n")
+    assert summary_rows(result.stderr)["of which validation"] == f"{proteins:,} proteins, {residues(text):,} residues"
+    assert "of which validation" not in run_cli("prep", fasta, "-o", train).stderr
 
 
 def test_validation_split_is_deterministic(tmp_path):
@@ -1710,8 +1722,7 @@ def test_crop_tails_dropped_are_counted(run_cli, tmp_path):
         assert stats["residues_out"] + stats["crop_dropped"] == 45
         assert "residues dropped (crop windows < --min-length)" in result.stderr
         # (the summary's lines: 4 windows of 2 proteins, a row only where they differ)
-        rows = {cells[1].strip(): cells[2].strip() for line in result.stderr.splitlines()
-                if len(cells := line.split("\u2502")) == 4}
+        rows = summary_rows(result.stderr)
         assert (rows["proteins out"], rows["lines out (windows)"]) == ("2", "4"), result.stderr
     result = run_cli("prep", fasta, "-o", tmp_path / "c.txt")
     assert result.exit_code == 0 and "proteins out" in result.stderr and "lines out" not in result.stderr
