@@ -854,6 +854,17 @@ def test_dedup_compares_normalised_sequences(tmp_path, rare, kept):
     assert stats.proteins_out == kept and stats.rejected["duplicate"] == 3 - kept
 
 
+def test_dedup_drops_only_identical_sequences(tmp_path):
+    """Exact dedup: sequences one residue apart, at the first or the last, or one a prefix of the
+    other, are all kept; only the repeat of one of them is dropped."""
+    fasta = tmp_path / "d.fa"
+    fasta.write_text(">a\nMKTAY\n>b\nAKTAY\n>c\nMKTAW\n>d\nMKTA\n>e\nMKTAYI\n>f\nAKTAY\n")
+    out = tmp_path / "c.txt"
+    stats = build_corpus([fasta], CorpusOptions(output=str(out), dedup=True))
+    assert out.read_bytes() == b"M K T A Y\n\nA K T A Y\n\nM K T A W\n\nM K T A\n\nM K T A Y I\n\n"
+    assert stats.rejected["duplicate"] == 1
+
+
 def _die_on_third_block(block, cfg, extra):
     if block.index == 2:
         os._exit(9)
