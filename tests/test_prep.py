@@ -1936,6 +1936,8 @@ def test_shuffle_cli_seed_needs_shuffle_and_summary_says_so(tmp_path, run_cli):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "s.json").read_text())["shuffle_seed"] == 3
     assert sorted(_proteins((tmp_path / "c.txt").read_bytes())) == [b"A C D E", b"M K T", b"W W"]
+    assert summary_rows(result.stderr)["training proteins shuffled"] == "seed 3", result.stderr
+    assert "shuffled" not in run_cli("prep", fasta, "-o", tmp_path / "c.txt").stderr
 
 
 def test_shuffle_seed_defaults_to_0_as_help_and_the_library_say(tmp_path, run_cli):
