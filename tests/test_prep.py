@@ -1301,6 +1301,7 @@ def test_stats_count_rare_residues_written_not_those_of_dropped_crop_windows(run
     assert result.exit_code == 0, result.stderr
     written = (tmp_path / "c.txt").read_text().count("X")
     assert json.loads((tmp_path / "s.json").read_text())["rare_to_x"] == written == 1
+    assert summary_rows(result.stderr)["U/Z/O/B written as X"] == "1", result.stderr
 
 
 def test_long_policy_is_spelled_as_embed_spells_it_too(run_cli, tmp_path):
