@@ -482,6 +482,19 @@ def test_a_txt_name_is_the_tsv_table(tmp_path, run_cli, name):
     assert text.startswith("id\tdim_0") and text == shown.stdout
 
 
+@pytest.mark.parametrize("digits, code", [(1, 0), (17, 0), (18, 2)])
+def test_digits_from_1_to_17(tmp_path, run_cli, digits, code):
+    """--digits takes 1 to 17 (17: every float64 back exactly); 18 is a usage error."""
+    _write(tmp_path / "e.h5", _proteins())
+    done = run_cli("export", tmp_path / "e.h5", "--digits", str(digits))
+    assert done.exit_code == code, done.stderr
+    if code == 0:
+        values = [v for row in _table(done.stdout, "\t")[1:] for v in row[1:]]
+        assert values and all(len(v.lstrip("-").replace(".", "").lstrip("0").split("e")[0]) <= digits for v in values)
+    else:
+        assert "from 1 to 17" in done.stderr
+
+
 def test_info(tmp_path, run_cli):
     proteins = _proteins()
     _write(tmp_path / "e.h5", proteins)
