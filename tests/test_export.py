@@ -86,6 +86,19 @@ def test_every_layout_exports_the_same_table(tmp_path, run_cli):
     assert {r[0] for r in rows[1:]} == set(proteins)  # the comma and the quote read back by csv
 
 
+def test_an_id_with_a_slash_is_in_its_keys_order_in_every_layout(tmp_path, run_cli):
+    """The order is the escaped ids' (a '/' is '%2F', before '-' and '.'), as a stacked file's rows
+    and `info --ids` have it, not the ids' own: a grouped file's table lists the proteins as the
+    stacked file of them does."""
+    proteins = {"a.b": "MK", "a-b": "MKW", "a/b": "MKV"}
+    for layout in ("grouped", "stacked"):
+        _write(tmp_path / f"{layout}.h5", proteins, kinds=("per_protein",), layout=layout)
+        done = run_cli("export", tmp_path / f"{layout}.h5")
+        assert done.exit_code == 0, done.stderr
+        assert [r[0] for r in _table(done.stdout, "\t")[1:]] == ["a/b", "a-b", "a.b"], layout
+        assert run_cli("info", tmp_path / f"{layout}.h5", "--ids").stdout.split() == ["a/b", "a-b", "a.b"]
+
+
 @pytest.mark.parametrize("extra", ["a group", "a link to its own group"])
 def test_a_group_among_the_proteins_is_passed_over_as_the_other_commands_do(tmp_path, run_cli, extra):
     """A group inside per_protein (another tool's, or a hard link back to the group) is no
