@@ -414,6 +414,20 @@ def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
     assert not (tmp_path / "o.tsv").exists()
 
 
+def test_a_float16_files_residue_rows_pool_to_their_exact_mean_in_float32(tmp_path, run_cli):
+    """The mean of float16 rows is taken in float64 and written as float32 (numpy's own float16
+    mean rounds to float16: about 3 significant digits)."""
+    proteins = {f"p{i}": "A" * (50 + 37 * i) for i in range(4)}
+    arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",), dtype=np.float16)
+    done = run_cli("export", tmp_path / "e.h5", "--per-protein", "-o", tmp_path / "m.npz")
+    assert done.exit_code == 0, done.stderr
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        assert z["embeddings"].dtype == np.float32
+        for ident, vector in zip(z["ids"], z["embeddings"]):
+            exact = arrays[str(ident)][0].astype(np.float64).mean(axis=0).astype(np.float32)
+            np.testing.assert_array_equal(vector, exact)
+
+
 def test_a_mean_over_rows_that_are_not_finite_is_said_in_one_line(tmp_path, run_cli):
     """Rows of inf and -inf (another writer's file; embed records such proteins as failed) pool to
     NaN: written as such, said in one warning naming the protein, without numpy's two-line
