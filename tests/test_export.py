@@ -158,6 +158,8 @@ def test_per_protein_npz_and_a_layer_of_several(tmp_path, run_cli):
         for ident, vector in zip(z["ids"], z["embeddings"]):
             np.testing.assert_array_equal(vector, arrays[str(ident)][1][1])  # -2: the second stored
         assert set(z.files) == {"ids", "embeddings", "metadata"}
+        metadata = json.loads(str(z["metadata"]))  # which of the file's layers the embeddings are
+        assert metadata["layers"] == [-1, -2] and metadata["layer_index"] == 1 and metadata["layer_axis"] is False
     done = run_cli("export", tmp_path / "e.h5", "--layer", "0", "-o", tmp_path / "q.npz")  # 0 = -3: the embeddings
     assert done.exit_code == 1 and "holds layer(s) -1, -2" in done.stderr
     assert not (tmp_path / "q.npz").exists()
