@@ -543,6 +543,22 @@ def test_info(tmp_path, run_cli):
     assert ids == sorted(proteins, key=lambda i: escape_key(i).encode())
 
 
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+@pytest.mark.parametrize("policy, counts", [("truncate", (8, 2, 0)), ("chunk", (17, 0, 2))])
+def test_info_residues_counts_truncated_and_chunked_proteins(tmp_path, run_cli, layout, policy, counts):
+    """`info --residues` counts the proteins embed truncated or chunked (2 of 3 longer than 4
+    residues), and their residues as embedded (a truncated protein's kept ones), in every layout."""
+    (tmp_path / "a.fa").write_text(">a\nMKVLA\n>b\nWC\n>c\nMKVLAWWWWW\n")
+    limit = ["3"] if policy == "truncate" else ["4", "--chunk-overlap", "1"]
+    done = run_cli("embed", tmp_path / "a.fa", "-m", "onehot", "--max-length", *limit, "--long-policy", policy,
+                   "--layout", layout, "-o", tmp_path / "e.h5", "-q")
+    assert done.exit_code == 0, done.stderr
+    done = run_cli("info", tmp_path / "e.h5", "--json", "--residues")
+    assert done.exit_code == 0, done.stderr
+    residues = json.loads(done.stdout)["residues"]
+    assert (residues["total"], residues["truncated"], residues["chunked"]) == counts and residues["counted"] == 3
+
+
 def test_info_of_attributes_of_another_type_is_no_traceback(tmp_path, run_cli):
     """A `kinds` array was a numpy traceback in info and export ("truth value ... ambiguous"), a
     text `max_length` one in info ("Cannot specify ',' with 's'")."""
