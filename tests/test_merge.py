@@ -256,6 +256,20 @@ def test_a_part_of_a_version_that_recorded_no_max_length_merges_as_resume_takes_
         merge([new, other, old], tmp_path / "m2.h5")
 
 
+def test_a_part_of_0_whose_longest_protein_is_the_limit_itself_merges(tmp_path):
+    """A protein of exactly the limit's residues was embedded whole: a part recording 0 that holds
+    one is within the limit, as one whose proteins are all shorter."""
+    (tmp_path / "b.fa").write_text(">P2\nMKV\n")
+    (tmp_path / "c.fa").write_text(">P3\nMKVLAW\n")
+    new = _embed(tmp_path / "b.fa", tmp_path / "b.h5", max_length=6, long_policy="truncate")
+    other = _embed(tmp_path / "c.fa", tmp_path / "c.h5", max_length=6, long_policy="truncate")
+    with h5py.File(other, "r+") as f:
+        f.attrs["max_length"] = 0  # (P3, 6 residues: whole)
+    assert merge([new, other], tmp_path / "m.h5").proteins == 2
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        assert f.attrs["max_length"] == 6
+
+
 def test_a_part_whose_max_length_is_not_a_number_is_named_not_a_traceback(tmp_path):
     """A hand-made part's max_length of text or an array beside a part recording 0 (the two-limit
     case above) was int()'d: a ValueError or TypeError traceback. It is a setting that differs."""
