@@ -347,6 +347,23 @@ def test_the_failures_of_the_parts_are_the_merged_files(tmp_path):
         assert sorted(r.ids()) == ["P2", "P3"] and set(r.failed()) == {"P1"}
 
 
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_a_protein_failed_in_one_part_and_held_by_another_is_not_failed(tmp_path, layout):
+    """A protein that failed in one part (out of memory there) and was embedded by another part is
+    in the merged file and not among its failures, in the stacked fast case as in the others;
+    one no part holds stays failed."""
+    (tmp_path / "a.fa").write_text(">P1\nMKV\n")
+    (tmp_path / "b.fa").write_text(">P2\nGGG\n")
+    a = _embed(tmp_path / "a.fa", tmp_path / "a.h5", per_residue=False, layout=layout)
+    b = _embed(tmp_path / "b.fa", tmp_path / "b.h5", per_residue=False, layout=layout)
+    with h5py.File(a, "r+") as f:
+        f.attrs["failed"] = json.dumps({"P2": "out of memory", "P9": "out of memory"})
+    summary = merge([a, b], tmp_path / "m.h5")
+    assert summary.proteins == 2 and summary.failed == {"P9": "out of memory"}
+    with EmbeddingsReader(tmp_path / "m.h5") as r:
+        assert r.layout == layout and sorted(r.ids()) == ["P1", "P2"] and r.failed() == {"P9": "out of memory"}
+
+
 def test_digests_ending_in_a_nul_byte_still_name_the_repeated_protein(tmp_path, monkeypatch):
     """numpy's 16-byte strings drop trailing NUL bytes: a repeated id whose digest ended in one
     was a KeyError (1 in 256 ids), and a checksum digest ending so could pass for none."""
