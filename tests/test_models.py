@@ -430,6 +430,27 @@ def test_layer_selection(tmp_path):
     torch.testing.assert_close(last, reference[-1], rtol=0, atol=1e-6)
 
 
+def test_a_half_precision_checkpoint_loads_in_float32_unless_a_dtype_is_named(tmp_path):
+    """A model saved in float16 (ProtT5's published -enc, a run trained in half precision) loads in
+    float32 by default, as load_model's docstring promises, not in the dtype its config.json
+    records (transformers' choice with no dtype); each dtype name gives its torch dtype, weights
+    equal to the saved ones converted."""
+    family = FAMILIES["t5"]
+    tokenizer, config, model = _tiny(family)
+    model.half()
+    family.save_pretrained(model, tokenizer, tmp_path)
+    saved = model.encoder.block[0].layer[0].SelfAttention.q.weight
+    for dtype, want in ((None, torch.float32), ("float32", torch.float32), ("fp32", torch.float32),
+                        ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16), ("float16", torch.float16),
+                        ("fp16", torch.float16), ("half", torch.float16)):
+        loaded = load_model(tmp_path, dtype=dtype)
+        assert loaded.dtype == want, dtype
+        got = loaded.model.encoder.block[0].layer[0].SelfAttention.q.weight
+        torch.testing.assert_close(got, saved.to(want), rtol=0, atol=0)
+    with pytest.raises(ModelError, match="unknown dtype 'float8'"):
+        load_model(tmp_path, dtype="float8")
+
+
 def test_checkpoint_missing_encoder_weights_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
