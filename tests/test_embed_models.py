@@ -523,9 +523,14 @@ def test_half_precision_on_cpu_is_refused(run_cli, tmp_path, tiny_models):
     assert result.exit_code == 2 and "half precision" in result.stderr
 
 
-def test_missing_layer_is_a_usage_error(run_cli, tmp_path, tiny_models):
-    result = run_cli("embed", SMALL, "-m", tiny_models[FAMILY_NAMES[0]], "--layer", "99", "-o", tmp_path / "x.h5")
-    assert result.exit_code == 2 and "--layer 99" in result.stderr
+@pytest.mark.parametrize("layer", ["99", "3", "-4"])
+def test_missing_layer_is_a_usage_error(run_cli, tmp_path, tiny_models, layer):
+    # (the tiny models have 2 layers: 0..2 and -3..-1 exist; 3, one past the last, was the
+    # embedding layer's index once made negative, 3 - 3 = 0, where the bound let it through)
+    result = run_cli("embed", SMALL, "-m", tiny_models[FAMILY_NAMES[0]], "--layer", layer, "-o", tmp_path / "x.h5")
+    assert result.exit_code == 2 and f"--layer {layer} does not exist" in result.stderr, result.stderr
+    assert "(valid indices -3..2; 0 is the embedding layer)" in result.stderr
+    assert not (tmp_path / "x.h5").exists()
 
 
 @pytest.mark.parametrize("layers", [("2", "-1"), ("-3", "0"), ("-1", "-2", "2")])
