@@ -1811,6 +1811,17 @@ def test_pooling_cls_is_refused_where_there_is_no_cls_token_to_read(run_cli, tmp
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.partial").exists()
 
 
+def test_pooling_cls_of_a_causal_model_is_refused_even_with_a_cls_token():
+    """A causal model's (Transformer-XL's) first token has seen nothing of the protein: refused
+    for that reason even where its tokenizer has a cls token (one copied from a BERT), not read."""
+    from protrans_cli.embedders import cls_problem
+
+    with_cls = FAMILIES["bert"].build_tokenizer()
+    assert cls_problem(FAMILIES["bert"], with_cls) is None
+    problem = cls_problem(FAMILIES["transfo_xl"], with_cls)
+    assert problem is not None and problem.startswith("a causal model (transfo_xl)"), problem
+
+
 def test_pooling_cls_with_chunks_or_packing_is_refused(run_cli, tmp_path, tiny_models):
     model = tiny_models["esm"]
     for extra in (["--long-policy", "chunk", "--max-length", "200"], ["--packing"]):
