@@ -451,6 +451,26 @@ def test_a_half_precision_checkpoint_loads_in_float32_unless_a_dtype_is_named(tm
         load_model(tmp_path, dtype="float8")
 
 
+def test_the_weights_fingerprint_sees_weights_changed_in_the_middle_of_a_large_file(tmp_path):
+    """A model fine-tuned in its middle layers alone keeps the first and last 64 KiB of its weight
+    file (header, embeddings, last layers): the fingerprint's blocks spread over the file tell it
+    apart. Only the bytes of one sampled 4 KiB block differ here; a copy elsewhere fingerprints the same."""
+    from protrans_cli.models import weights_fingerprint
+
+    size = 4 << 20
+    data = bytearray(range(256)) * (size // 256)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.safetensors").write_bytes(bytes(data))
+    before = weights_fingerprint(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.safetensors").write_bytes(bytes(data))
+    assert weights_fingerprint(tmp_path / "b") == before
+    middle = size * 33 // 64  # (the block read at the middle of the 17th of 32 parts)
+    data[middle:middle + 4096] = bytes(4096)
+    (tmp_path / "a" / "model.safetensors").write_bytes(bytes(data))
+    assert weights_fingerprint(tmp_path / "a") != before
+
+
 def test_checkpoint_missing_encoder_weights_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
