@@ -242,6 +242,9 @@ def test_local_path_errors(tmp_path):
         load_model(tmp_path)
     with pytest.raises(ModelError, match="no such model directory"):
         load_model(str(tmp_path / "missing" / "model"))
+    # (a home-relative path of one separator, quoted so the shell left its ~: a path, not the hub id "~/x")
+    with pytest.raises(ModelError, match=r"^~/protrans-no-such-model-here: no such model directory$"):
+        load_model("~/protrans-no-such-model-here")
     # `-m ""` was the current directory; "foo bar" was a hub model to download
     with pytest.raises(UsageError, match="no model given"):
         load_model("")
