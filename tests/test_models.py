@@ -797,6 +797,25 @@ def test_a_protobuf_too_old_for_sentencepieces_reader_is_named_not_damaged_files
     assert "sentencepiece_reader" in json.loads(run_cli("env", "--json").stdout)
 
 
+def test_a_damaged_spiece_model_is_named_not_tiktoken(tmp_path, run_cli):
+    """A spiece.model cut short (a copy interrupted): transformers went on to its tiktoken
+    fallback, and the one line quoted "`tiktoken` is required ... pip install tiktoken", which
+    would not help, naming no file. Now it says sentencepiece cannot read spiece.model."""
+    import shutil
+
+    model = tmp_path / "t5"
+    shutil.copytree(Path(__file__).parent / "data" / "tf4_reference" / "t5_full", model)
+    whole = (model / "spiece.model").read_bytes()
+    (model / "spiece.model").write_bytes(whole[: len(whole) // 2])
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    result = run_cli("embed", fasta, "-m", model, "-o", tmp_path / "x.h5", "-j", "1")
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"{model}: cannot load the tokenizer: sentencepiece cannot read its spiece.model (" in result.stderr
+    assert "damaged or cut short; copy the tokenizer files" in result.stderr and "tiktoken" not in result.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_a_model_built_by_its_own_code_says_that_code_never_runs(tmp_path):
     """config.json naming its own code (auto_map) with a model_type no transformers class has (as
     ESM++ and other hub models do): transformers' "contains custom code which must be executed to

@@ -479,6 +479,9 @@ def load_model(name_or_path, *, device="cpu", dtype=None, revision=None, local_f
                        else spm_reader.reader_problem() if "tiktoken" in str(exc) else None)
             if problem is not None:
                 raise ModelError(f"{name}: cannot load the tokenizer: {problem}") from None
+            if is_dir and "tiktoken" in str(exc) and (problem := spm_reader.model_problem(Path(target)
+                                                                                            / "spiece.model")):
+                raise ModelError(f"{name}: cannot load the tokenizer: {problem}; {_COPY_TOKENIZER}") from None
             # e.g. a sentencepiece-only tokenizer (ProtT5, ProtXLNet, ProtAlbert) without sentencepiece
             hint = " (pip install sentencepiece protobuf)" if _names_missing_sentencepiece(str(exc)) else ""
             if "tiktoken" in str(exc) or not isinstance(exc, (ImportError, ValueError)):

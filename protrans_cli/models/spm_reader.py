@@ -87,3 +87,25 @@ def reader_problem() -> str | None:
         failure = reader_failure(exc)
         return describe_failure(failure) if failure is not None else None
     return None
+
+
+def model_problem(path) -> str | None:
+    """Why sentencepiece cannot read the `spiece.model` at `path` (damaged, cut short), or None
+    where it reads it, or where there is none or no sentencepiece to read it with. transformers
+    went on to its tiktoken fallback and said "`tiktoken` is required", naming no file."""
+    from protrans_cli.errors import first_line
+
+    path = Path(path)
+    try:
+        if not path.is_file() or importlib.util.find_spec("sentencepiece") is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    import sentencepiece
+
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except Exception as exc:  # noqa: BLE001 - sentencepiece raises RuntimeError/OSError by version
+        said = first_line(exc).replace(str(path), path.name)  # (the name is the message's already)
+        return f"sentencepiece cannot read its {path.name} ({said}): damaged or cut short"
+    return None
