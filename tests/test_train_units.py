@@ -1240,6 +1240,39 @@ def test_lamb_takes_adams_steps_for_biases_and_norms():
     assert model.bias.detach().abs().max() > 0.1  # (with the ratio: about 0.01)
 
 
+def test_adamw_steps_with_the_runs_betas_and_eps_and_decays_matrices_not_biases_or_norms():
+    """--optimizer adamw as docs/train.md has it: the config's betas and eps (ESM-2's 0.9/0.98 and
+    1e-8 by default), --weight-decay on every matrix (embeddings too) and none on the 1-D
+    parameters (biases, LayerNorm weights); tied weights stepped once. Two steps of a tiny BERT
+    against AdamW written out by hand, with settings other than torch's defaults."""
+    defaults = TrainConfig()
+    assert (defaults.adam_beta1, defaults.adam_beta2, defaults.adam_eps, defaults.weight_decay) == (0.9, 0.98, 1e-8, 0.01)
+    model, _ = _tiny_model("bert")
+    lr, b1, b2, eps, wd = 1e-2, 0.8, 0.9, 1e-3, 0.1
+    opt = build_optimizer(model, _cfg(lr=lr, adam_beta1=b1, adam_beta2=b2, adam_eps=eps, weight_decay=wd))
+    named = dict(model.named_parameters())  # (each tensor once: the tied decoder is the word embeddings)
+    decays = {name: not name.endswith("bias") and "LayerNorm" not in name for name in named}
+    assert decays["bert.embeddings.word_embeddings.weight"] and not decays["bert.embeddings.LayerNorm.weight"]
+    ref = {name: p.detach().clone().double() for name, p in named.items()}
+    moments = {name: [torch.zeros_like(t), torch.zeros_like(t)] for name, t in ref.items()}
+    gen = torch.Generator().manual_seed(0)
+    for t in (1, 2):
+        grads = {name: torch.randn(p.shape, generator=gen) for name, p in named.items()}
+        for name, p in named.items():
+            p.grad = grads[name].clone()
+        opt.step()
+        for name, w in ref.items():
+            m, v = moments[name]
+            g = grads[name].double()
+            m.mul_(b1).add_((1 - b1) * g)
+            v.mul_(b2).add_((1 - b2) * g * g)
+            if decays[name]:
+                w.mul_(1 - lr * wd)
+            w.sub_(lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps))
+    for name, p in named.items():
+        torch.testing.assert_close(p.detach().double(), ref[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_albert_sentence_order_collate():
     layout = _layout("albert")
     layout.use_pair = True
