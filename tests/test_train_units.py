@@ -1211,6 +1211,18 @@ def test_lamb_trust_ratio_scales_the_step_with_the_weight_norm():
         opt.step()
         assert (before - w.detach()).norm().item() == pytest.approx(0.01 * before.norm().item(), rel=1e-4)
 
+
+def test_lamb_moves_a_matrix_of_zeros_by_adams_step():
+    """A weight matrix that is all zeros (a zero-initialised projection) has no norm for the trust
+    ratio: it takes Adam's plain step, not none (a ratio of 0 kept it at zero for good)."""
+    w = torch.nn.Parameter(torch.zeros(4, 4))
+    opt = Lamb([w], lr=0.01, eps=1e-8)
+    w.grad = torch.full((4, 4), 2.0)
+    opt.step()
+    # Adam's first step: m_hat / sqrt(v_hat) = g / |g| = 1 per element
+    torch.testing.assert_close(w.detach(), torch.full((4, 4), -0.01), rtol=1e-5, atol=1e-7)
+
+
 def test_lamb_takes_adams_steps_for_biases_and_norms():
     """LAMB as BERT's and ALBERT's code has it (ProtBert, ProtAlbert): the trust ratio for the
     weights that decay, plain Adam steps for biases and norms. With the ratio, a bias that starts
