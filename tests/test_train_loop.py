@@ -2887,6 +2887,24 @@ def test_loss_scale_halves_on_overflow_and_doubles_after_its_interval():
     assert again.state_dict() == scale.state_dict()
 
 
+def test_loss_scale_starts_and_grows_as_torchs_grad_scaler_does():
+    """docs/train.md: fp16's loss scale is what torch.amp.GradScaler does, doubling after 2000
+    applied steps in a row: its initial scale, interval, growth and back-off are GradScaler's
+    defaults."""
+    from protrans_cli.training.optim import LossScale
+
+    theirs = torch.amp.GradScaler("cpu")
+    ours = LossScale()
+    assert (ours.scale, ours.interval) == (theirs._init_scale, theirs.get_growth_interval()) == (2.0 ** 16, 2000)
+    for _ in range(theirs.get_growth_interval() - 1):
+        ours.update(True)
+    assert ours.scale == 2.0 ** 16
+    ours.update(True)
+    assert ours.scale == 2.0 ** 16 * theirs.get_growth_factor()
+    ours.update(False)
+    assert ours.scale == 2.0 ** 16 * theirs.get_growth_factor() * theirs.get_backoff_factor()
+
+
 def test_fp16_skips_overflowed_steps_lowers_the_scale_learns_and_resumes_identically(tmp_path, monkeypatch):
     """float16 autocast (a V100 or T4 has no bfloat16): overflowed steps are skipped with the scale
     halved, the weights stay finite, the model still learns, and a resumed run (the scale is in
