@@ -1379,6 +1379,23 @@ def test_a_complete_run_resumed_keeps_only_the_last_checkpoints(tmp_path):
     assert result.last_checkpoint == result.run_dir / "checkpoints" / "step_00000004"
 
 
+def test_complete_json_marks_a_finished_run_only_and_a_lengthened_one_once_it_finishes(tmp_path):
+    """RUN/complete.json, which docs/train.md's requeue loop reads alone to tell a finished run from
+    one --stop-after or --time-limit stopped (both exit 0): {"step": N} once the final model is
+    written; absent after a stop; removed as a resumed invocation starts training, so a finished run
+    lengthened with --resume is not complete while its old final model stays."""
+    stopped = train(_config(tmp_path, num_steps=4, save_every=2, stop_after=2))
+    marker = stopped.run_dir / "complete.json"
+    assert not stopped.completed and not marker.exists()
+    done = train(_config(tmp_path, num_steps=4, save_every=2), resume=True)
+    assert done.completed and json.loads(marker.read_text()) == {"step": 4}
+    assert marker.stat().st_mtime_ns >= (done.run_dir / "model.safetensors").stat().st_mtime_ns  # written last
+    longer = train(_config(tmp_path, num_steps=8, save_every=2, stop_after=6), resume=True)
+    assert not longer.completed and not marker.exists() and (longer.run_dir / "model.safetensors").is_file()
+    finished = train(_config(tmp_path, num_steps=8, save_every=2), resume=True)
+    assert finished.completed and json.loads(marker.read_text()) == {"step": 8}
+
+
 def test_a_run_resumed_for_more_steps_decays_over_its_new_length(tmp_path):
     """The restored scheduler kept the checkpoint's total steps: a 20-step run resumed to 40 sat
     at the minimum lr from step 20 on (found in review). Same length: the same lrs as before."""
