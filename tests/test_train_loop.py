@@ -485,6 +485,22 @@ def test_find_lr_plots_and_suggests(tmp_path):
     assert not (result.run_dir / "checkpoints").exists()
 
 
+def test_find_lr_writes_its_plot_and_table_whole_never_through_a_planted_link(tmp_path):
+    """lr_find.png and lr_find.json were written in place: through a link planted under either name
+    (a shared run folder) the file it pointed to was overwritten, and a kill mid-write left half
+    a file. Written as loss_curve.png is: a temporary renamed over the name."""
+    run_dir = tmp_path / "run_bert"
+    run_dir.mkdir()
+    victims = {name: tmp_path / f"victim_{name}" for name in ("lr_find.png", "lr_find.json")}
+    for name, victim in victims.items():
+        victim.write_text("keep me")
+        (run_dir / name).symlink_to(victim)
+    result = find_lr(_config(tmp_path), min_lr=1e-5, max_lr=1.0, num_steps=12)
+    assert all(victim.read_text() == "keep me" for victim in victims.values())
+    assert not (run_dir / "lr_find.png").is_symlink() and (run_dir / "lr_find.png").stat().st_size > 1000
+    assert json.loads((run_dir / "lr_find.json").read_text())["suggested_lr"] == result.lr_suggestion
+
+
 def test_the_suggested_lr_comes_before_the_loss_minimum():
     """A short range test: the smoothed loss falls to its minimum, spikes, and falls back a
     little; the steepest fall over the whole curve was that recovery, already in divergence

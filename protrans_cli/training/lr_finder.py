@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_options, whole_number
+from protrans_cli.io.files import atomic_output
 from protrans_cli.threads import torch_threads
 from protrans_cli.training import checkpoint as ckpt
 from protrans_cli.training import dist
@@ -107,8 +108,11 @@ def _find_lr(config: TrainConfig, info, family, min_lr: float, max_lr: float, nu
     suggestion = suggest_lr(lrs, smoothed)
     if info.is_main:
         _plot_lr(run.run_dir / "lr_find.png", lrs, losses, smoothed, suggestion)
-        (run.run_dir / "lr_find.json").write_text(json.dumps(
-            {"lr": lrs, "loss": losses, "smoothed_loss": smoothed, "suggested_lr": suggestion}, indent=1))
+        # (through a temporary renamed over the name, as the loss curve: written in place, a link
+        # planted under either name had the file it pointed to overwritten)
+        with atomic_output(run.run_dir / "lr_find.json") as out:
+            out.write(json.dumps({"lr": lrs, "loss": losses, "smoothed_loss": smoothed,
+                                  "suggested_lr": suggestion}, indent=1).encode())
     dist.print0(f"train: suggested learning rate {suggestion:.2e} (plot: {run.run_dir / 'lr_find.png'})")
     return TrainResult(run.run_dir, len(lrs), True, losses, None, suggestion)
 
@@ -169,4 +173,5 @@ def _plot_lr(png: Path, lrs, losses, smoothed, suggestion) -> None:
     ax.set_ylabel("loss per predicted token")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    with atomic_output(png) as out:
+        fig.savefig(out, dpi=100, format="png")
