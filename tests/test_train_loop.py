@@ -1678,6 +1678,28 @@ def test_resume_with_other_settings_is_refused_and_operational_ones_may_change(t
     assert result.step == 4
 
 
+@pytest.mark.parametrize("change", [
+    dict(optimizer="lamb"), dict(lr=1e-3), dict(weight_decay=0.0), dict(adam_beta1=0.8), dict(adam_beta2=0.999),
+    dict(adam_eps=1e-6), dict(warmup_steps=5), dict(schedule="cosine"), dict(min_lr_ratio=0.0), dict(grad_clip=0.5),
+    dict(mask_prob=0.2), dict(bucket_batches=8), dict(seed=1), dict(precision="bf16"), dict(max_length=128),
+    dict(global_batch_size=32), dict(model_overrides={"hidden_dropout_prob": 0.0}),
+])
+def test_resume_refuses_each_optimizer_schedule_and_data_setting_it_documents(tmp_path, change):
+    """docs/train.md: --resume refuses other values of what the result depends on (model and
+    objective settings, corpus, lengths and batch sizes, optimizer, learning rate and schedule,
+    seed and precision), naming the setting, before any model is built: each one here, checked
+    against a checkpoint's train_config.json alone."""
+    from protrans_cli.training.checkpoint import resumed_config
+
+    config = _config(tmp_path, precision="fp32")
+    tmp_path.joinpath("step_00000002").mkdir()
+    config.save(tmp_path / "step_00000002" / "train_config.json")
+    assert resumed_config(dataclasses.replace(config, num_steps=60, log_every=1), tmp_path / "step_00000002")
+    (name, value), = change.items()
+    with pytest.raises(UsageError, match=f"with other settings \\({name}: .* there, .* here"):
+        resumed_config(dataclasses.replace(config, **change), tmp_path / "step_00000002")
+
+
 @pytest.mark.parametrize("family,extra,said", [
     ("electra", {}, "the generator's input is masked as ELECTRA's own code masks it"),
     ("albert", {"sop": True}, "first residue is left out of the sentence-order pair"),
