@@ -2316,6 +2316,9 @@ def test_resume_from_an_earlier_checkpoint_with_later_ones_is_refused(tmp_path):
     ('{"corpus": "c.txt", "grad_clip": NaN}', r"grad_clip\) must be 0 or more \(0: no clipping\), got nan"),
     ('{"corpus": "c.txt", "min_lr_ratio": -5.0}', r"min_lr_ratio must be in \[0, 1\]"),
     ('{"corpus": "c.txt", "adam_beta1": 1.5}', r"adam_beta1 must be in \[0, 1\)"),
+    # (a beta of exactly 1: Adam's bias correction 1 - beta**t is 0, and the first step is NaN)
+    ('{"corpus": "c.txt", "adam_beta2": 1.0}', r"adam_beta2 must be in \[0, 1\), got 1.0"),
+    ('{"corpus": "c.txt", "adam_beta1": 1}', r"adam_beta1 must be in \[0, 1\), got 1.0"),
     ('{"corpus": "c.txt", "adam_eps": -1.0}', "adam_eps must be positive"),
     ('{"corpus": "c.txt", "seed": -1}', r"--seed \(seed\) must be at least 0"),
     ('{"corpus": "c.txt", "mean_span_length": 0.0}', "mean_span_length must be at least 1"),
