@@ -517,6 +517,21 @@ def test_the_suggested_lr_comes_before_the_loss_minimum():
     assert suggest_lr(lrs, rising) == lrs[0]
 
 
+def test_the_suggested_lr_is_where_the_smoothed_loss_falls_fastest_against_log_lr():
+    """The suggestion is the lr of the steepest descent itself (numpy's central differences of the
+    smoothed loss against log(lr), before the minimum, past the first tenth), not a neighbour."""
+    from protrans_cli.training.lr_finder import suggest_lr
+
+    lrs = np.logspace(-6, 0, 50)
+    falls = 1.0 / (1.0 + np.exp(-(np.arange(50) - 21.3) / 2.5))  # steepest between steps 21 and 22
+    smoothed = (3.0 - falls + np.where(np.arange(50) > 40, 0.5 * (np.arange(50) - 40), 0.0)).tolist()
+    lowest = int(np.argmin(smoothed))
+    slopes = np.gradient(np.array(smoothed), np.log(lrs))
+    expected = 5 + int(np.argmin(slopes[5:lowest + 1]))
+    assert expected == 21
+    assert suggest_lr(lrs.tolist(), smoothed) == lrs[expected]
+
+
 def test_find_lr_reads_the_data_through_the_runs_workers(tmp_path, monkeypatch):
     """--find-lr ignored --num-workers (the range test read the corpus in the main process, so
     it could not show whether the run's data loading keeps up); the losses are the same."""
