@@ -635,18 +635,22 @@ def test_a_max_length_beyond_what_the_head_was_fitted_on_is_warned_about(run_cli
 def test_the_summary_counts_a_truncated_proteins_residues_mapped(run_cli, tmp_path):
     """The residues contacts reports (`N proteins (R residues, ...)`) are those of the maps
     written: a protein truncated by --long truncate counts its kept prefix, as embed's summary
-    does. Counting its whole length passed every test."""
+    does. Counting its whole length passed every test. Only a protein cut short records
+    `truncated_from`: one of exactly --max-length residues is whole."""
     from protrans_cli.contacts import ContactOptions, predict_contacts
 
     model = REFERENCES["esm2"]
     fasta = tmp_path / "in.fa"
-    fasta.write_text(">ok\nMKTAYIAKQR\n>long\n" + "MKV" * 10 + "\n")
+    fasta.write_text(">ok\nMKTAYIAKQR\n>long\n" + "MKV" * 10 + "\n>edge\n" + "MKTAYIAKQR" * 2 + "\n")
     summary = predict_contacts(fasta, tmp_path / "c.h5", ContactOptions(
         model=str(model), device="cpu", max_length=20, long_policy="truncate", threads=1))
-    assert summary.num_written == 2 and summary.num_residues == 10 + 20
+    assert summary.num_written == 3 and summary.num_residues == 10 + 20 + 20
     assert _attrs(summary.output, "long")["truncated_from"] == 30
+    for whole in ("ok", "edge"):
+        assert "truncated_from" not in _attrs(summary.output, whole)
+    assert _maps(summary.output)["edge"].shape == (20, 20)
     r = run_cli("contacts", fasta, "-m", model, "-o", tmp_path / "d.h5", "--max-length", "20", "--long", "truncate")
-    assert r.exit_code == 0 and "contacts: 2 proteins (30 residues," in r.stderr, r.stderr
+    assert r.exit_code == 0 and "contacts: 3 proteins (50 residues," in r.stderr, r.stderr
 
 
 def test_a_resumed_runs_log_line_leaves_the_maps_already_there_out_of_its_rate(run_cli, tmp_path,
