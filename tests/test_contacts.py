@@ -238,7 +238,8 @@ def test_a_stop_or_full_disk_under_force_says_resume_instead_of_force(run_cli, t
 def test_long_and_invalid_proteins_follow_their_policies(run_cli, tmp_path):
     model = REFERENCES["esm2"]
     fasta = tmp_path / "in.fa"
-    fasta.write_text(">ok\nMKTAYIAKQR\n>long\n" + "MKV" * 10 + "\n>bad\nMKJT\n")
+    # (edge: exactly --max-length residues, not longer: mapped whole under every policy)
+    fasta.write_text(">ok\nMKTAYIAKQR\n>long\n" + "MKV" * 10 + "\n>bad\nMKJT\n>edge\n" + "MKTAYIAKQR" * 2 + "\n")
     out = tmp_path / "c.h5"
     r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-length", "20")
     assert r.exit_code == 1 and "record 'bad'" in r.stderr and r.stderr.count("\n") == 1
@@ -249,7 +250,7 @@ def test_long_and_invalid_proteins_follow_their_policies(run_cli, tmp_path):
     r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-length", "20", "--invalid-policy", "skip",
                 "--long", "skip")
     assert r.exit_code == 0, r.stderr
-    assert set(_maps(out)) == {"ok"} and "2 protein(s) have no contact map" in r.stderr
+    assert set(_maps(out)) == {"ok", "edge"} and "2 protein(s) have no contact map" in r.stderr
     failed = _attrs(out)["failed"]
     assert "long" in failed and "bad" in failed
     r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-length", "20", "--invalid-policy", "skip",
