@@ -124,6 +124,10 @@ def test_other_layouts_read_as_embeds(run_cli, tmp_path, extracted, layout):
         for ident, vec in zip(ids, matrix):
             np.testing.assert_array_equal(vec, arrays[ident][1][2])
         assert r.checksums(PER_PROTEIN) == {sequence_checksum(s): i for i, s in SEQS.items()}
+    # no kind named: the per-protein vectors alone (the rows are the grouped layout's default only)
+    _ok(run_cli("import-esm", folder, "-o", tmp_path / "d.h5", "--layout", layout, "--fasta", fasta))
+    with EmbeddingsReader(tmp_path / "d.h5") as r:
+        assert r.layout == layout and tuple(r.kinds) == (PER_PROTEIN,)
 
 
 def test_fit_and_merge_read_the_imported_file(run_cli, tmp_path, extracted):
