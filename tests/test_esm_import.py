@@ -567,6 +567,12 @@ def test_contacts_are_imported_into_the_file_protrans_contacts_writes(run_cli, t
                 "esm2_t6_8M_UR50D", "-o", out)
     assert r.exit_code == 0, r.stderr
     assert f"import-esm: {len(kept)} contact maps" in r.stderr
+    # without a FASTA: no sequence, no checksum, but each map's length (its side), as with one
+    r = run_cli("import-esm", folder, "--contacts", "-o", tmp_path / "bare.h5")
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(tmp_path / "bare.h5") as f:
+        for key in kept:
+            assert f["contacts"][key].attrs["length"] == len(seqs[key]) == f["contacts"][key].shape[0], key
     computed = tmp_path / "computed.h5"
     r = run_cli("contacts", fasta, "-m", REFERENCE, "--storage-dtype", "float32", "-o", computed)
     assert r.exit_code == 0, r.stderr
