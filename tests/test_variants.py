@@ -463,6 +463,12 @@ def test_the_scorer_refuses_a_model_loaded_without_its_head_and_sites_outside_th
                       ({"max_length": 512.0}, "^max_length must be a whole number or None, got float")):
         with pytest.raises(UsageError, match=said):
             VariantScorer(scorer.loaded, progress=False, **bad)
+    # max_length is the longest protein read whole: one of exactly that many residues is scored
+    exact = VariantScorer(scorer.loaded, progress=False, max_length=8)
+    exact.check_length(SEQ[:8])
+    assert exact.score(SEQ[:8], [parse_variant("K2A", SEQ)]).shape == (1,)
+    with pytest.raises(InputError, match="has 9 residues, more than --max-length 8"):
+        exact.check_length(SEQ[:9])
     # a model's name for the loaded model was "'str' object has no attribute 'model'"; an offset of
     # text "unsupported operand type(s) for -: 'int' and 'str'"
     with pytest.raises(UsageError, match="^VariantScorer takes a loaded model, load_model\\(name, masked_lm=True\\), got str"):
