@@ -524,12 +524,15 @@ def test_models_without_a_masked_lm_head_are_refused(run_cli, tmp_path, tiny_mod
 def test_several_models_give_a_column_each_and_their_mean(run_cli, tmp_path, tiny_models):
     table = tmp_path / "v.csv"
     table.write_text("mutant\nK2A\nT3W:Q9E\n")
-    r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "-m", tiny_models["bert"])
+    # (two scorings: each ensemble column is the mean of its own scoring's columns alone)
+    r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "-m", tiny_models["bert"],
+                "--scoring", "masked-marginals", "--scoring", "wt-marginals")
     assert r.exit_code == 0, r.stderr
     rows = _table(r.stdout)
-    a, b = (f"{tiny_models[f].name}_masked_marginals" for f in ("esm", "bert"))
-    for row in rows:
-        assert float(row["ensemble_masked_marginals"]) == pytest.approx((float(row[a]) + float(row[b])) / 2, abs=2e-6)
+    for scoring in ("masked_marginals", "wt_marginals"):
+        a, b = (f"{tiny_models[f].name}_{scoring}" for f in ("esm", "bert"))
+        for row in rows:
+            assert float(row[f"ensemble_{scoring}"]) == pytest.approx((float(row[a]) + float(row[b])) / 2, abs=2e-6)
     r = run_cli("variants", table, "--sequence", SEQ, "-m", tiny_models["esm"], "-m", tiny_models["bert"],
                 "--column", "x")
     assert r.exit_code == 2 and "--column" in r.stderr
