@@ -423,6 +423,10 @@ def test_a_max_length_beyond_esm1b_learned_positions_is_a_usage_error(run_cli, t
     r = run_cli("contacts", fasta, "-m", model, "-o", out, "--max-length", "1100")
     assert r.exit_code == 2 and "--max-length 1100 is more than" in r.stderr and "1022 residues" in r.stderr
     assert r.stderr.count("\n") == 1 and not any(tmp_path.glob("c.h5*"))
+    # (all the learned positions hold: accepted)
+    (tmp_path / "short.fa").write_text(">a\nMKTAYIAKQR\n")
+    r = run_cli("contacts", tmp_path / "short.fa", "-m", model, "-o", tmp_path / "s.h5", "--max-length", "1022")
+    assert r.exit_code == 0, r.stderr
     with pytest.raises(UsageError, match="1100 residues"):
         ContactPredictor(load_model(model)).predict(["MKTAYIAKQR" * 110])
 
