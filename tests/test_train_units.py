@@ -1316,6 +1316,29 @@ def test_albert_sentence_order_collate():
     assert len(layout.pair_prefix) + len(layout.pair_middle) + len(layout.pair_suffix) == layout.num_special == 3
 
 
+def test_albert_sentence_order_loss_outside_a_step_is_the_mlm_mean_plus_the_order_mean():
+    # Evaluation (no step_ratio): sum_loss / num_masked is the masked residues' mean cross
+    # entropy plus the proteins' mean sentence-order cross entropy, as during a training step.
+    fam = _family("albert")
+    tok = fam.build_tokenizer()
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tok)).eval()
+    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    layout.use_pair = True
+    obj = make_objective("mlm", layout, _cfg(sop=True))
+    batch = obj.collate(_random_samples(layout, n=6, length=40))
+    with torch.no_grad():
+        total, n, metrics = obj.loss(model, batch)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"])
+    masked = batch["labels"] != IGNORE
+    mlm = torch.nn.functional.cross_entropy(out.prediction_logits[masked], batch["labels"][masked])
+    order = torch.nn.functional.cross_entropy(out.sop_logits, batch["sentence_order_label"])
+    assert int(n) == batch["num_predicted"] == int(masked.sum())
+    assert torch.allclose(total / n, mlm + order, rtol=1e-5)
+    assert torch.allclose(metrics["sop_loss"][0] / metrics["sop_loss"][1], order, rtol=1e-5)
+
+
 def test_corpus_patterns_expand_to_sorted_shards(tmp_path):
     from protrans_cli.errors import UsageError
     from protrans_cli.training.config import TrainConfig
