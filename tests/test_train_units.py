@@ -908,6 +908,29 @@ def test_t5_span_sentinels_follow_t5s_order_by_name(numbering):
         in_x, in_y = [t for t in x if t in ids], [t for t in y if t in ids]
         assert in_x and in_x == in_y == expected[:len(in_x)]
 
+def test_t5_span_of_a_protein_longer_than_the_sentinels_allow_rebuilds_it_with_each_sentinel_once():
+    """Above about 2,000 residues the vocabulary's 100 sentinels cap the spans (docs/train.md):
+    the spans get longer, the density stays 0.15, and a span the random roll cuts in two (the
+    protein's two ends) still has a sentinel of its own."""
+    layout = _layout("t5")
+    assert len(layout.sentinel_ids) == 100
+    obj = make_objective("t5_span", layout, _cfg())
+    samples = _random_samples(layout, n=40, length=3000)
+    batch = obj.collate(samples)
+    sentinels = set(layout.sentinel_ids)
+    noise = cut = 0
+    for i, s in enumerate(samples):
+        x = [t for t in batch["input_ids"][i].tolist() if t != layout.pad_id][:-1]
+        y = [t for t in batch["labels"][i].tolist() if t != IGNORE][:-1]
+        in_x = [t for t in x if t in sentinels]
+        assert in_x == [t for t in y if t in sentinels] == layout.sentinel_ids[:len(in_x)]
+        assert len(in_x) <= 100
+        cut += x[0] in sentinels and x[-1] in sentinels  # a span at either end: one cut by the roll
+        noise += len(y) - len(in_x)
+    assert cut > 0
+    assert abs(noise / (40 * 3000) - 0.15) < 0.002
+
+
 def test_xlnet_permutation_masks():
     layout = _layout("xlnet")
     obj = make_objective("plm", layout, _cfg())
