@@ -815,6 +815,30 @@ def test_t5_masks_single_residues_and_targets_the_whole_protein():
     assert batch["num_predicted"] == sum(len(s.residues) + 1 for s in samples)
 
 
+def test_t5_masked_accuracy_is_over_the_masked_residues_only():
+    """`masked_accuracy` (docs/train.md): the decoder's accuracy on the residues the encoder saw
+    masked, not on `</s>` or the residues it saw."""
+    fam = _family("t5")
+    tok = fam.build_tokenizer()
+    torch.manual_seed(0)
+    model = fam.pretraining_model(fam.build_config("tiny", tok)).eval()
+    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    obj = make_objective("t5", layout, _cfg())
+    samples = _random_samples(layout, n=6, length=30)
+    batch = obj.collate(samples)
+    with torch.no_grad():
+        seen = {}
+        hook = model.register_forward_hook(lambda m, a, out: seen.update(logits=out.logits))
+        _, _, metrics = obj.loss(model, batch)
+        hook.remove()
+    chosen = [np.flatnonzero(batch["input_ids"][i, :len(s.residues)].numpy() == layout.mask_id)
+              for i, s in enumerate(samples)]
+    correct = sum(int((seen["logits"][i, c].argmax(-1) == torch.as_tensor(s.residues[c])).sum())
+                  for i, (s, c) in enumerate(zip(samples, chosen)))
+    assert int(metrics["masked_accuracy"][1]) == sum(len(c) for c in chosen) > 0
+    assert int(metrics["masked_accuracy"][0]) == correct
+
+
 @pytest.mark.parametrize("objective", ["t5", "t5_span"])
 def test_a_model_with_an_input_prefix_trains_with_it_as_embed_feeds_it(objective):
     """A tokenizer holding ProstT5's <AA2fold> (`train --init-from` such a model): every
