@@ -167,6 +167,17 @@ def test_ranks_split_each_global_batch_without_overlap():
         assert len(a.micro_batches) == len(b.micro_batches) == 2  # 16 / (4 x 2)
 
 
+def test_micro_batch_j_of_a_global_batch_goes_to_rank_j_mod_world_size():
+    """docs/train.md: micro-batch j goes to rank j mod world_size, so that ranks get similar
+    lengths (each global batch is sorted by length): not the first half of the batch to rank 0."""
+    one = list(_stream(max_epochs=1, micro_batch_size=2))
+    ranks = [list(_stream(rank=r, world_size=2, max_epochs=1, micro_batch_size=2)) for r in range(2)]
+    for whole, *per_rank in zip(one, *ranks):
+        micro = [[s.index for s in mb] for mb in whole.micro_batches]  # 8 micro-batches of 2
+        for r, step in enumerate(per_rank):
+            assert [[s.index for s in mb] for mb in step.micro_batches] == micro[r::2]
+
+
 def test_every_epoch_forms_other_batches_without_more_padding():
     # The length sort of a buffer broke ties by position, so every epoch formed the same global
     # batches (only their order was shuffled). Now proteins of one padded width come in a random
