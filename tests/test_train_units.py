@@ -157,6 +157,19 @@ def test_stream_reads_plain_and_gzip_shards_in_order():
     assert seen == set(range(400))  # 400 = 25 global batches of 16: nothing dropped, nothing twice
 
 
+def test_a_lower_case_corpus_trains_the_proteins_of_its_upper_case_copy(tmp_path):
+    """docs/train.md: lower-case letters are accepted in a corpus line; they are the residues
+    their capitals are."""
+    lower = tmp_path / "lower.txt"
+    lower.write_text(open(LEARNABLE).read().lower())
+    upper, low = (list(_stream(paths, max_epochs=1)) for paths in ((LEARNABLE,), (str(lower),)))
+    assert len(upper) == len(low) > 0
+    for a, b in zip(upper, low):
+        for ma, mb in zip(a.micro_batches, b.micro_batches):
+            assert [s.index for s in ma] == [s.index for s in mb]
+            assert all(np.array_equal(x.residues, y.residues) for x, y in zip(ma, mb))
+
+
 def test_ranks_split_each_global_batch_without_overlap():
     one = list(_stream(max_epochs=1))
     ranks = [list(_stream(rank=r, world_size=2, max_epochs=1)) for r in range(2)]
