@@ -499,6 +499,9 @@ def test_the_proteins_left_over_from_whole_batches_are_drawn_not_always_the_long
     left_out = [set(range(20)) - set(_indices(sb)) for sb in batches]
     assert all(len(d) == 4 for d in left_out)
     assert any(d != longest for d in left_out)
+    # (batches are formed by padded width, 8 tokens: the four last of the sort are not always the
+    # four longest, but always among the ten longest)
+    assert any(d & set(range(10)) for d in left_out)
 
 
 def test_length_buckets_reduce_padding():
