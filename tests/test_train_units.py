@@ -275,6 +275,8 @@ def test_length_buckets_are_as_wide_as_the_pad_multiple_and_a_plan_2_run_keeps_i
     corpus = tmp_path / "c.txt"
     corpus.write_text("".join(" ".join("M" * n) + "\n\n" for n in (1, 1, 1, 31, 35, 35, 1, 1)))
     assert TrainConfig(corpus=["x"], pad_multiple=12).stream_sizing(Phase(64, 1))["pad_multiple"] == 12
+    # the smallest multiple of --pad-multiple that is 8 or more (docs/train.md: 9 for 3, 16 for 16)
+    assert [_stream(pad_multiple=m).bucket_width for m in (1, 3, 5, 8, 12, 16)] == [8, 9, 10, 8, 12, 16]
 
     def widths(state, pad_multiple, **kw):
         stream = _stream([str(corpus)], max_length=60, global_batch_size=2, micro_batch_size=1, bucket_batches=3,
