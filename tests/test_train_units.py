@@ -484,7 +484,10 @@ def test_a_random_crop_reaches_either_end_of_the_protein():
     starts = set()
     for epoch in range(40):
         s = stream._sample([("x", 1, long)], 0, StreamState(epoch, 0, 0))
-        starts.add(0 if np.array_equal(s.residues, ids[:-1]) else 1 if np.array_equal(s.residues, ids[1:]) else None)
+        start = 0 if np.array_equal(s.residues, ids[:-1]) else 1 if np.array_equal(s.residues, ids[1:]) else None
+        starts.add(start)
+        # which end the window keeps (clm predicts no terminus at a cut end; sop keeps a window's first residue)
+        assert (s.n_terminus, s.c_terminus) == (start == 0, start == 1)
     assert starts == {0, 1}
 
 
