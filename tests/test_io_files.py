@@ -232,6 +232,13 @@ def test_input_named_by_an_output(tmp_path):
     assert input_named_by(tmp_path / "new.txt", [fasta]) is None  # an output that does not exist yet
     assert input_named_by("-", [fasta]) is None and input_named_by(None, [fasta]) is None  # stdout / none
     assert input_named_by(fasta, ["-"]) is None  # stdin is not a file to overwrite
+    # a model directory is named by any path inside it, not by a sibling whose name begins with
+    # its own (`embed -m runs/bert -o runs/bert.h5`, `-o runs/bert2/x.h5`)
+    model = tmp_path / "runs" / "bert"
+    model.mkdir(parents=True)
+    assert input_named_by(model / "model.safetensors", [fasta], [model]) == str(model)
+    assert input_named_by(tmp_path / "runs" / "bert.h5", [fasta], [model]) is None
+    assert input_named_by(tmp_path / "runs" / "bert2" / "x.h5", [fasta], [model]) is None
 
 
 def test_an_output_that_is_the_file_stdin_was_redirected_from_is_refused(tmp_path):
