@@ -774,6 +774,30 @@ def test_torchruns_local_ranks_share_the_cores_by_default(monkeypatch, tmp_path)
     assert threads.resolve_threads(None) == 2
 
 
+def test_thread_counts_from_1_to_4096_are_taken_and_others_refused(monkeypatch):
+    """-j and PROTRANS_THREADS take 1 to MAX_THREADS (4096) threads, both ends included; 0 and
+    4097 are usage errors naming the option; an empty PROTRANS_THREADS (`export
+    PROTRANS_THREADS=`) counts as unset; small work (an FNN head) takes 1 thread by default on
+    any number of cores; a LOCAL_WORLD_SIZE of 0 counts as one process."""
+    from protrans_cli import threads
+
+    for value in (1, 4096):
+        assert threads.check_threads(value) == value
+    for value, said in ((0, "--threads must be at least 1, got 0"), (4097, "--threads must be at most 4096, got 4097")):
+        with pytest.raises(UsageError, match=said):
+            threads.check_threads(value)
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("PROTRANS_THREADS", "")
+    assert threads.resolve_threads(None) == 4 and threads.resolve_threads(None, small_work=True) == 1
+    monkeypatch.setenv("PROTRANS_THREADS", "0")
+    with pytest.raises(UsageError, match="PROTRANS_THREADS must be at least 1, got 0"):
+        threads.resolve_threads(None)
+    monkeypatch.delenv("PROTRANS_THREADS")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")
+    assert threads.resolve_threads(None) == 4
+
+
 def test_a_ctrl_c_in_pythons_finalization_leaves_the_exit_status_alone(tmp_path):
     """Python's finalization resets the signal handlers it set before it tears the modules down
     (torch's teardown: a second): a Ctrl-C then killed a finished `embed` by SIGINT, status -2
