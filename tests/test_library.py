@@ -519,6 +519,18 @@ def test_settings_of_the_wrong_type_are_usage_errors_before_any_work(tmp_path):
 
 
 
+def test_a_whole_number_serves_a_float_setting_and_a_bool_serves_no_number():
+    """`FitConfig(lr=1)`, `weight_decay=0` (a YAML file's `0`): whole numbers are floats to a float
+    setting, as Python's own arithmetic takes them; a bool is neither (True is no learning rate)."""
+    from protrans_cli.errors import expect_options
+
+    expect_options(FitConfig(task="loc", lr=1, weight_decay=0, valid_fraction=np.int64(0)), FitConfig, "config")
+    with pytest.raises(UsageError, match="FitConfig.lr must be a float, got bool True"):
+        expect_options(FitConfig(task="loc", lr=True), FitConfig, "config")
+    with pytest.raises(UsageError, match="FitConfig.batch_size must be an int, got float 64.0"):
+        expect_options(FitConfig(task="loc", batch_size=64.0), FitConfig, "config")
+
+
 def test_numpy_scalars_in_a_fit_config_are_the_numbers_they_stand_for(loc_data, tmp_path):
     """FitConfig took np.int64 and np.float32 (expect_options accepts numpy's scalars), but the
     head's config.json was then "TypeError: Object of type int64 is not JSON serializable", once
