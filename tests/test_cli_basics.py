@@ -126,6 +126,9 @@ def test_error_formats_name_file_and_record():
     assert str(err) == "x.fa:7, record 'P1': invalid character 'J' at residue 3"
     assert err.exit_code == 1
     assert UsageError("bad").exit_code == 2
+    # an empty name (`protrans prep ''`) is shown quoted, not as ": no such file"
+    assert str(InputError("no such file", path="")) == "'': no such file"
+
 
 
 @pytest.mark.parametrize("closed,args,message", [
