@@ -130,6 +130,18 @@ def test_error_formats_name_file_and_record():
     assert str(InputError("no such file", path="")) == "'': no such file"
 
 
+def test_located_names_the_file_of_an_error_that_names_none_and_keeps_one_that_does():
+    """`located(labels)` (fit, finetune): a label error naming only its record gets the labels
+    file; an error that already names its file (the embeddings) keeps it, line and record too."""
+    from protrans_cli.errors import located
+
+    with pytest.raises(InputError) as raised, located("labels.csv"):
+        raise InputError("no label", record="P1", line=3)
+    assert str(raised.value) == "labels.csv:3, record 'P1': no label"
+    with pytest.raises(UsageError) as raised, located("labels.csv"):
+        raise UsageError("not an embeddings file", path="train.h5")
+    assert str(raised.value) == "train.h5: not an embeddings file" and raised.value.exit_code == 2
+
 
 @pytest.mark.parametrize("closed,args,message", [
     (0, ["prep", "-"], "<stdin>: standard input is closed"),
