@@ -854,6 +854,23 @@ def test_quiet_leaves_only_errors_on_stderr(run_cli, tmp_path):
     assert failed.exit_code == 1 and failed.stderr == f"protrans: error: {tmp_path / 'none.fa'}: no such file\n"
 
 
+def test_failed_proteins_are_listed_by_name_up_to_20_then_counted(capsys):
+    """A run's failed proteins (embed, contacts): a count, the first 20 by name with their reasons,
+    then "... and N more" for the rest; exactly 20 are all named, with no "... and 0 more"."""
+    from protrans_cli import console
+
+    console.list_failed({f"P{i}": "out of memory" for i in range(25)}, "embedding")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "protrans: warning: 25 protein(s) have no embedding (listed in the file's 'failed' attribute):"
+    assert lines[1:21] == [f"protrans: warning:   P{i}: out of memory" for i in range(20)]
+    assert lines[21:] == ["protrans: warning:   ... and 5 more"]
+    console.list_failed({f"P{i}": "NaN" for i in range(20)}, "contact map")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 21 and lines[-1] == "protrans: warning:   P19: NaN"
+    console.list_failed({}, "embedding")
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("exc, line", [
     (PermissionError(13, "Permission denied", "out/hits.tsv"), "protrans: error: out/hits.tsv: Permission denied"),
     (OSError(5, "Input/output error"), "protrans: error: Input/output error"),  # (no file to name)
