@@ -871,6 +871,24 @@ def test_failed_proteins_are_listed_by_name_up_to_20_then_counted(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_counts_and_names_in_messages_read_as_english():
+    """`1 protein`, `0 proteins`, `12,345 proteins`; the first 3 names and "and N more" (never
+    "and 0 more"); a name's control characters escaped, a message's own line breaks kept."""
+    from protrans_cli import console
+
+    assert [console.counted(n, "protein") for n in (0, 1, 2, 12345)] == [
+        "0 proteins", "1 protein", "2 proteins", "12,345 proteins"]
+    named = console.Named()
+    for name in ("a", "b", "c"):
+        named.add(name)
+    assert str(named) == "a, b, c"
+    named.add("d")
+    named.add("e")
+    assert str(named) == "a, b, c and 2 more" and named.count == 5
+    assert console.printable("x\ny\x1b[31m") == "x\\ny\\x1b[31m"
+    assert console.printable("line 1\nline\t2\r", newlines=True) == "line 1\nline\\t2\\r"
+
+
 @pytest.mark.parametrize("exc, line", [
     (PermissionError(13, "Permission denied", "out/hits.tsv"), "protrans: error: out/hits.tsv: Permission denied"),
     (OSError(5, "Input/output error"), "protrans: error: Input/output error"),  # (no file to name)
