@@ -889,6 +889,18 @@ def test_counts_and_names_in_messages_read_as_english():
     assert console.printable("line 1\nline\t2\r", newlines=True) == "line 1\nline\\t2\\r"
 
 
+def test_quiet_leaves_out_the_summary_tables(capsys, monkeypatch):
+    """-q: fit's per-class table and confusion matrix, quickstart's tables, are summaries: not
+    printed ("Only errors on stderr; no progress bars or summaries")."""
+    from protrans_cli import console
+
+    console.print_table("loc train: per class", ["class", "F1"], [["Nucleus", "0.900"]])
+    assert "Nucleus" in capsys.readouterr().err
+    monkeypatch.setattr(console.state, "verbosity", -1)
+    console.print_table("loc train: per class", ["class", "F1"], [["Nucleus", "0.900"]])
+    assert capsys.readouterr() == ("", "")
+
+
 @pytest.mark.parametrize("exc, line", [
     (PermissionError(13, "Permission denied", "out/hits.tsv"), "protrans: error: out/hits.tsv: Permission denied"),
     (OSError(5, "Input/output error"), "protrans: error: Input/output error"),  # (no file to name)
