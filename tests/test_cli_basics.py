@@ -509,6 +509,7 @@ def test_fit_valid_and_test_without_their_labels_file_say_so(run_cli, tmp_path, 
     (["train", "--corpus", "--val-corpus", "v.txt"], "--corpus", "--val-corpus"),
     (["embed", "{fa}", "-m", "--layer=2", "-o", "x.h5"], "--model", "--layer=2"),
     (["predict", "head", "--embeddings", "x.h5", "-o", "--help"], "--output", "--help"),
+    (["embed", "{fa}", "-m", "onehot", "-o", "--no-packing"], "--output", "--no-packing"),  # a flag's "off" name
 ])
 def test_an_option_taken_as_a_value_is_a_usage_error(run_cli, tmp_path, monkeypatch, args, option, value):
     """An option's value left out made the next option its value: `embed x.fa -o --per-protein`
