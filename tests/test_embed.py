@@ -2681,6 +2681,21 @@ def test_a_run_where_every_protein_failed_exits_1_and_one_of_skips_alone_exits_0
     assert len(read_all(out)) == len(list(read_fasta(SMALL)))
 
 
+def test_a_run_that_failed_every_protein_it_computed_is_refused_only_where_the_file_holds_nothing():
+    """Exit 1 only where the file holds no embedding: not when a --resume kept earlier ones (the
+    file is a result, its failures listed), nor when every protein left out was skipped as asked;
+    one failure beside the skips (out of memory) is a failure."""
+    from protrans_cli.cli import refuse_if_every_protein_failed
+    from protrans_cli.errors import RuntimeFailure
+
+    oom, skipped = "out of memory on cpu (900 residues)", "skipped: longer than --max-length 5"
+    refuse_if_every_protein_failed({"a": oom}, 0, 3, "embedding", "o.h5")  # 3 kept from the run before
+    refuse_if_every_protein_failed({"a": oom}, 1, 0, "embedding", "o.h5")
+    refuse_if_every_protein_failed({"a": skipped, "b": skipped}, 0, 0, "embedding", "o.h5")
+    with pytest.raises(RuntimeFailure, match="o.h5: no embedding was written: every protein failed"):
+        refuse_if_every_protein_failed({"a": skipped, "b": oom}, 0, 0, "embedding", "o.h5")
+
+
 @pytest.mark.parametrize("older_file", [False, True])
 def test_every_run_that_wrote_a_file_is_listed_in_runs(tmp_path, older_file):
     import json
