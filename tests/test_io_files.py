@@ -36,6 +36,21 @@ def test_open_input_detects_compression_from_bytes(tmp_path, compress):
         assert stream.read() == TEXT * 1000
 
 
+def test_a_tables_delimiter_follows_its_name_compressed_or_not():
+    """.tsv and .tab are tab-separated, .csv comma-separated, under every compression suffix an
+    output is compressed for (.zstd as .zst: `predict -o p.tsv.zstd` wrote commas into a .tsv);
+    stdout and other names say nothing."""
+    from protrans_cli.io.files import compression_for_output, named_delimiter
+
+    for name in ("p.tsv", "P.TAB", "p.tsv.gz", "p.tsv.bz2", "p.tsv.xz", "p.tsv.zst", "p.tsv.zstd", "p.tab.ZSTD"):
+        assert named_delimiter(name) == "\t", name
+    for name in ("p.csv", "p.csv.gz", "p.csv.zst", "p.csv.zstd"):
+        assert named_delimiter(name) == ",", name
+        assert compression_for_output(name) in (None, "gzip", "zstd")
+    for name in ("-", "p.txt", "p.h5", "p.gz", None):
+        assert named_delimiter(name) is None, name
+
+
 def test_open_input_stdin(monkeypatch):
     fake = io.TextIOWrapper(io.BytesIO(gzip.compress(TEXT)))
     monkeypatch.setattr(sys, "stdin", fake)

@@ -796,7 +796,7 @@ def output_directory(path) -> Path:
 def bare_name(path) -> str:
     """An output's name in lower case, less a compression suffix (what its extension says it holds)."""
     name = str(path or "").lower()
-    for compressed in (".gz", ".bz2", ".xz", ".zst"):
+    for compressed in (".gz", ".bz2", ".xz", ".zst", ".zstd"):  # (compression_for_output's suffixes)
         name = name.removesuffix(compressed)
     return name
 
