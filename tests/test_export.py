@@ -826,6 +826,21 @@ def test_embed_refuses_an_output_named_like_another_format(tmp_path, run_cli, na
     assert not (tmp_path / name).exists()
 
 
+def test_an_earlier_embed_output_named_like_another_format_is_resumed_not_refused(tmp_path, run_cli):
+    """The name check is for a new file: an embeddings file written before it under such a name
+    (`-o proteome.txt`) is still finished with --resume."""
+    (tmp_path / "in.fa").write_text(">a\nMKV\n>b\nMKTA\n")
+    (tmp_path / "one.fa").write_text(">a\nMKV\n")
+    assert run_cli("embed", tmp_path / "one.fa", "-m", "onehot", "-o", tmp_path / "old.h5").exit_code == 0
+    (tmp_path / "old.h5").rename(tmp_path / "old.txt")
+    done = run_cli("embed", tmp_path / "in.fa", "-m", "onehot", "-o", tmp_path / "old.txt", "--resume")
+    assert done.exit_code == 0 and "written as HDF5" not in done.stderr, done.stderr
+    from protrans_cli.io.h5 import EmbeddingsReader
+
+    with EmbeddingsReader(tmp_path / "old.txt") as reader:
+        assert sorted(i for i, _, _ in reader.items("per_residue")) == ["a", "b"]
+
+
 def test_a_table_longer_than_a_spreadsheet_is_said(tmp_path, run_cli, monkeypatch):
     import protrans_cli.export as export_module
 
