@@ -954,6 +954,28 @@ def test_a_small_file_size_limit_takes_a_small_file(tmp_path, monkeypatch):
         ensure_room(path, 9 << 20, "nothing was written; free some space and run the command again")
 
 
+def test_the_room_check_refuses_a_batch_one_byte_short_and_says_kib_where_mib_read_alike(tmp_path, monkeypatch):
+    """The disk's free bytes against the batch's with 5% and the 16 MiB margin: exactly enough
+    passes, one byte less is refused; a shortfall under a MiB is said in KiB, the free ones rounded
+    down (in MiB both read "16.1 MiB", and rounded to the nearest KiB both "16,487 KiB": the
+    refusal looked like a miscount)."""
+    import types
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import disk
+
+    nbytes = 100_000
+    need = int(nbytes * 1.05) + (16 << 20)  # 16,882,216 bytes
+    free = [need]
+    monkeypatch.setattr(disk.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=free[0], f_frsize=1, f_flag=0))
+    assert disk.ensure_room(tmp_path / "o.h5", nbytes, "then", reserve=0) == 0
+    free[0] = need - 1
+    with pytest.raises(RuntimeFailure, match=r"o.h5: no room for the next batch: 16,486 KiB free on the output's "
+                                             r"disk, 16,487 KiB needed \(0.1 MiB of data and 16 MiB kept for HDF5's "
+                                             r"own\); then$"):
+        disk.ensure_room(tmp_path / "o.h5", nbytes, "then", reserve=0)
+
+
 def test_a_partial_file_removed_during_the_run_is_said(tmp_path):
     """`rm OUT.partial` mid-run: embed ran on and ended saying the finished embeddings were in the
     file that was gone."""

@@ -95,7 +95,9 @@ def _sizes(free: int, need: int) -> tuple[str, str]:
     of a few KiB read "16 MiB free on the output's disk, 16 MiB needed")."""
     if _mib(free) != _mib(need):
         return _mib(free), _mib(need)
-    return f"{free / 1024:,.0f} KiB", f"{-(-need // 1024):,} KiB"
+    # (free rounded down, need up: rounded to the nearest, a shortfall under half a KiB read
+    # "16,487 KiB free ..., 16,487 KiB needed" still)
+    return f"{free // 1024:,} KiB", f"{-(-need // 1024):,} KiB"
 
 
 def _reserve(folder: Path, nbytes: int) -> str | None:
