@@ -613,10 +613,18 @@ def test_a_temporary_folder_a_killed_run_left_is_removed_by_the_next(tmp_path):
     hours_ago = time.time() - 7200
     for path in (dead / "e.h5", dead):
         os.utime(path, (hours_ago, hours_ago))
+    # a dead PID's folder touched within the hour is kept (another container sharing the host
+    # name and the folder may be writing it): the folder itself, or a file it holds
+    recent = tmp_path / f".protrans-predict-{host}.{gone}-efgh"
+    written_into = tmp_path / f".protrans-predict-{host}.{gone}-ijkl"
+    for folder in (recent, written_into):
+        folder.mkdir()
+        (folder / "e.h5").write_bytes(b"x")
+    os.utime(written_into, (hours_ago, hours_ago))
     with temporary_folder(tmp_path, ".protrans-predict-") as tmp:
         assert Path(tmp).is_dir() and Path(tmp).parent == tmp_path and not dead.exists()
         (Path(tmp) / "e.h5").write_bytes(b"y")
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(tmp_path.iterdir()) == [recent, written_into]
 
 
 def test_an_output_that_is_the_piped_stdin_is_refused_not_a_hang(tmp_path):
