@@ -2144,6 +2144,11 @@ def test_member_reader_reads_what_gzip_reads(tmp_path):
             if expected is None:
                 assert stream.read() == gzip.decompress(data + tail)
                 assert [t for _, t in members.starts][:4] == [0, 4, 4, 13]
+                # the member begun strictly before a text byte: at byte 13, the one of byte 4
+                # (the third member; the second is empty), so that byte 12 can be checked
+                starts = list(members.starts)
+                assert members.member_before(0) is None
+                assert members.member_before(13) == starts[2] and members.member_before(14) == starts[3]
             else:
                 with pytest.raises(InputError, match=expected):
                     stream.read()
