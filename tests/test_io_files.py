@@ -51,6 +51,32 @@ def test_a_tables_delimiter_follows_its_name_compressed_or_not():
         assert named_delimiter(name) is None, name
 
 
+def test_disk_full_is_said_of_a_full_disk_a_quota_or_the_size_limit_and_nothing_else():
+    """An OSError ENOSPC/EDQUOT/EFBIG, or a library's "(os error 28)" text (safetensors' writer),
+    however deep in the chain of errors, is a full disk; any other error (safetensors' "(os error
+    13)", permission denied) is not called one."""
+    import errno
+
+    from protrans_cli.io.files import disk_full
+
+    class SafetensorError(Exception):
+        pass
+
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+    assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded")) == "Disk quota exceeded"
+    assert disk_full(SafetensorError("I/O error: No space left on device (os error 28)")) == os.strerror(28)
+    assert disk_full(SafetensorError("I/O error: Permission denied (os error 13)")) is None
+    assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
+    try:
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError:
+            raise RuntimeError("writing the head failed") from None  # (the cause kept as __context__)
+    except RuntimeError as exc:
+        assert disk_full(exc) == "File too large"
+    assert disk_full(None) is None
+
+
 def test_open_input_stdin(monkeypatch):
     fake = io.TextIOWrapper(io.BytesIO(gzip.compress(TEXT)))
     monkeypatch.setattr(sys, "stdin", fake)
