@@ -890,6 +890,19 @@ def test_counts_and_names_in_messages_read_as_english():
     assert console.printable("line 1\nline\t2\r", newlines=True) == "line 1\nline\\t2\\r"
 
 
+def test_a_log_progress_line_gives_the_rate_and_time_left_of_this_runs_work(capsys):
+    """A resumed run's log line: the position counts what the file held (`skip`), the rate and the
+    time left only what this run did (50 kept, 10 done in 10 s: 1 res/s, 40 s left)."""
+    from protrans_cli import console
+
+    bar = console.LogProgress(total=100, desc="embed", unit="res", interval=0)
+    bar._start = bar._last = 0.0
+    bar._clock = lambda: 10.0
+    console.skip(bar, 50)
+    bar.update(10)
+    assert capsys.readouterr().err == "embed: 60/100 res (60%) [00:10<00:40, 1 res/s]\n"
+
+
 def test_quiet_leaves_out_the_summary_tables(capsys, monkeypatch):
     """-q: fit's per-class table and confusion matrix, quickstart's tables, are summaries: not
     printed ("Only errors on stderr; no progress bars or summaries")."""
