@@ -559,6 +559,7 @@ def test_env_reports_offline_and_threads_as_the_commands_read_them(run_cli, monk
     monkeypatch.setenv("PROTRANS_THREADS", "1")
     info = json.loads(run_cli("env", "--json").stdout)
     assert info["hub"]["offline"] is False and info["cpu"]["threads"] == 1
+    assert "; commands use 1 thread unless -j says otherwise" in run_cli("env").stdout  # (not "1 threads")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     assert json.loads(run_cli("env", "--json").stdout)["hub"]["offline"] is True
 
