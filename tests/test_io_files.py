@@ -164,6 +164,30 @@ def test_read_fasta_edge_cases(tmp_path):
         ("a", "a first > second", "MKT", 1), ("b", "b", "", 5), ("c", "c", "ACDE", 7), ("d", "d", "ACDE", 9)]
 
 
+def test_a_full_disk_met_when_an_output_is_closed_is_one_line_naming_it(tmp_path, monkeypatch):
+    """A disk (or an NFS server's quota) that refuses the data only as it is flushed and synced:
+    one error naming the output, not the hidden temporary (or nothing); no temporary left, and an
+    earlier file of that name kept."""
+    import errno
+
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.io import files
+
+    out = tmp_path / "corpus.txt.gz"
+    out.write_bytes(b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("PROTRANS_FSYNC", "1")
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(RuntimeFailure) as raised:
+        with atomic_output(out) as stream:
+            stream.write(b"M K T\n" * 1000)
+    assert str(raised.value) == f"{out}: cannot write: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt.gz"] and out.read_bytes() == b"old"
+
+
 def test_atomic_file_writes_devices_and_pipes_in_place(tmp_path):
     """Renaming over /dev/null (as root) would replace the device with a file: never do that."""
     import stat
