@@ -188,6 +188,23 @@ def test_a_full_disk_met_when_an_output_is_closed_is_one_line_naming_it(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt.gz"] and out.read_bytes() == b"old"
 
 
+def test_force_never_replaces_the_working_directory_or_a_folder_above_it(tmp_path, monkeypatch):
+    """`-o .`, `-o ..` or the absolute path of a folder holding the working directory, given to a
+    command whose --force replaces its -o folder whole (fit, finetune, quickstart): refused before
+    anything is deleted; a sibling folder is not such a folder."""
+    from protrans_cli.io.files import check_replaceable, holds_working_directory
+
+    work = tmp_path / "project" / "work"
+    work.mkdir(parents=True)
+    (tmp_path / "project" / "other").mkdir()
+    monkeypatch.chdir(work)
+    for folder in (".", "..", "../..", tmp_path, work / "sub" / ".."):
+        assert holds_working_directory(folder), folder
+        with pytest.raises(UsageError, match="--force would delete the current directory"):
+            check_replaceable(folder, "fit", lambda entry: True)
+    assert not holds_working_directory("../other") and not holds_working_directory("sub")
+
+
 def test_atomic_file_writes_devices_and_pipes_in_place(tmp_path):
     """Renaming over /dev/null (as root) would replace the device with a file: never do that."""
     import stat
