@@ -51,7 +51,6 @@ from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_p
 
 FORMATS = ("tsv", "csv", "npz", "esm")
 _SUFFIXES = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".npz": "npz"}
-_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 # significant digits that give back every value of the dtype exactly
 ROUND_TRIP_DIGITS = {"float16": 5, "float32": 9, "float64": 17}
 
@@ -70,9 +69,12 @@ class Exported:
 def output_format(output, fmt: str | None = None) -> str:
     """The format to write: `fmt`, else from the output's name (.tsv/.txt, .csv, .npz, each but
     .npz optionally compressed: .tsv.gz), else TSV (stdout)."""
+    from protrans_cli.io.files import bare_name
+
     to_stdout = output is None or str(output) == "-"
     name = "" if to_stdout else Path(str(output)).name.lower()
-    compressed = next((c for c in _COMPRESSED if name.endswith(c)), "")
+    bare = bare_name(name)  # (less .gz, .bz2, .xz, .zst or .zstd: what the writer compresses)
+    compressed = name[len(bare):]
     if fmt is not None:
         if fmt not in FORMATS:
             raise UsageError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
@@ -80,7 +82,7 @@ def output_format(output, fmt: str | None = None) -> str:
     elif to_stdout:
         chosen = "tsv"
     else:
-        chosen = _SUFFIXES.get(Path(name[:len(name) - len(compressed)]).suffix)
+        chosen = _SUFFIXES.get(Path(bare).suffix)
         if chosen is None:
             raise UsageError(f"-o {output}: name the file .tsv, .csv or .npz (.tsv.gz compresses), or say "
                              "the format with --format (--format esm: a folder of esm-extract's .pt files)")

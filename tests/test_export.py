@@ -496,18 +496,21 @@ def test_digits_and_compression(tmp_path, run_cli):
     assert all(len(v.lstrip("-").replace(".", "").lstrip("0").split("e")[0]) <= 3 for r in rows[1:] for v in r[1:])
 
 
-@pytest.mark.parametrize("name", ["e.txt", "E.TXT.bz2"])
+@pytest.mark.parametrize("name", ["e.txt", "E.TXT.bz2", "e.tsv.zstd"])
 def test_a_txt_name_is_the_tsv_table(tmp_path, run_cli, name):
     """`-o NAME.txt` (compressed or not, in either case) is the TSV stdout gets, as the docs
-    promise (`.tsv`/`.txt`)."""
+    promise (`.tsv`/`.txt`); `.zstd` as every output reads it (was "name the file .tsv")."""
     import bz2
+
+    import zstandard
 
     _write(tmp_path / "e.h5", _proteins())
     shown = run_cli("export", tmp_path / "e.h5")
     done = run_cli("export", tmp_path / "e.h5", "-o", tmp_path / name)
     assert done.exit_code == 0, done.stderr
     data = (tmp_path / name).read_bytes()
-    text = (bz2.decompress(data) if name.endswith(".bz2") else data).decode()
+    text = (bz2.decompress(data) if name.endswith(".bz2") else zstandard.ZstdDecompressor().decompressobj()
+            .decompress(data) if name.endswith(".zstd") else data).decode()
     assert text.startswith("id\tdim_0") and text == shown.stdout
 
 
