@@ -1204,7 +1204,6 @@ def test_accumulate_counts_the_batches_that_have_a_loss(data, tmp_path, monkeypa
     score (skipped) was counted, so where every other batch had none no step was taken before the
     epoch's end (all its batches' gradients summed into one step, each scaled by 1 / N)."""
     import protrans_cli.heads.finetune as ft
-    import protrans_cli.heads.fit as fit
     from protrans_cli.heads.finetune import FinetuneConfig, finetune
 
     calls, steps = [], []
