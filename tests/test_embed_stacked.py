@@ -945,3 +945,15 @@ def test_checking_a_stacked_files_ids_for_two_rows_of_one_id_holds_a_few_bytes_a
         f["ids"][n - 1] = "P7"
     with EmbeddingsReader(out) as reader, pytest.raises(InputError, match="protein 'P7' has two rows"):
         reader._stacked.check_unique()
+
+
+def test_an_extension_killed_without_its_ledger_keeps_the_finished_files_proteins_done(tmp_path, monkeypatch):
+    """An extension's partial file whose run was killed (no sealed ledger: its proteins are read
+    back from the file) counts the finished file's proteins as done too, through its link: only
+    the proteins neither holds are embedded, and the file is the one run's."""
+    out = _interrupted_extension(tmp_path, monkeypatch)
+    partial = partial_path(out)
+    ledger_path(partial).unlink()  # (a SIGKILL leaves none)
+    summary = _stacked(out, resume=True)
+    assert summary.num_resumed == 4 and summary.num_embedded == 2
+    _assert_one_runs_file(out, tmp_path / "whole.h5")
