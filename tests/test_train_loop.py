@@ -2375,8 +2375,10 @@ def test_metrics_of_a_stopped_and_resumed_run_are_the_uninterrupted_runs(tmp_pat
     assert json.loads((run / "train_config.json").read_text())["stop_after"] is None
     # a stop at or before the checkpoint's step: refused (it trained one step and saved nothing)
     train(_config(tmp_path / "again", stop_after=3, **kw))
-    with pytest.raises(UsageError, match="--stop-after 2 .* is not after .*step_00000003's step 3: nothing to train"):
-        train(_config(tmp_path / "again", stop_after=2, **kw), resume=True)
+    for stop in (3, 2):  # (3, the checkpoint's own step: it trained step 4, kept none of it, and said to resume)
+        with pytest.raises(UsageError, match=f"--stop-after {stop} .* is not after .*step_00000003's step 3: "
+                                             "nothing to train"):
+            train(_config(tmp_path / "again", stop_after=stop, **kw), resume=True)
 
 
 def _board(run_dir) -> dict[str, list[tuple[int, float]]]:
