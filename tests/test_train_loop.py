@@ -3505,3 +3505,28 @@ def test_only_a_shape_error_while_loading_init_from_weights_is_put_down_to_set()
         "torch.Size([31, 32])."))
     assert not _names_a_shape(RuntimeError(
         "PytorchStreamReader failed reading zip archive: failed finding central directory"))
+
+
+def test_tokens_per_s_leaves_out_the_time_of_checkpoint_saves(tmp_path, monkeypatch):
+    """docs/train.md: `tokens_per_s` is the training steps' own rate, checkpoint saves not counted
+    in it. Each save here takes 1000 s on the loop's clock: every line's rate stays that of its
+    steps (a rate over the saves too would put the tokens over more than 1000 s)."""
+    import time
+
+    from protrans_cli.training import loop
+
+    skew = [0.0]
+    clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    clock.perf_counter = lambda: time.perf_counter() + skew[0]
+    real_save = loop._save
+
+    def slow_save(*args, **kwargs):
+        skew[0] += 1000.0
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(loop, "_save", slow_save)
+    rows = read_metrics(train(_config(tmp_path, num_steps=4, log_every=2, save_every=1)).run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2, 4] and skew[0] == 4000.0  # (a save at every step)
+    for row in rows:
+        assert row["tokens"] / row["tokens_per_s"] < 100, row
