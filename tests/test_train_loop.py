@@ -3530,3 +3530,28 @@ def test_tokens_per_s_leaves_out_the_time_of_checkpoint_saves(tmp_path, monkeypa
     assert [r["step"] for r in rows] == [2, 4] and skew[0] == 4000.0  # (a save at every step)
     for row in rows:
         assert row["tokens"] / row["tokens_per_s"] < 100, row
+
+
+def test_a_learned_position_table_after_a_padding_index_takes_its_rows_less_the_offset(tmp_path, run_cli):
+    """ESM-1b's absolute positions (RoBERTa's too) are numbered from padding_idx + 1: a table of
+    66 rows takes 64 tokens, as a plain forward pass of the model shows. A --max-length of 65 is
+    refused before training (one more passed, and the first step was an IndexError traceback)."""
+    from protrans_cli.models import get_family
+    from protrans_cli.training.loop import _position_limit
+
+    family = get_family("esm")
+    tokenizer = family.build_tokenizer()
+    model = family.pretraining_model(family.build_config(
+        "tiny", tokenizer, position_embedding_type="absolute", max_position_embeddings=66)).eval()
+    with torch.no_grad():
+        model(input_ids=torch.full((1, 64), 5))
+        with pytest.raises(IndexError):
+            model(input_ids=torch.full((1, 65), 5))
+    assert _position_limit(model) == 64
+    out = tmp_path / "run"
+    res = run_cli("train", "--family", "esm", "--corpus", LEARNABLE, "-o", out, "--set",
+                  "position_embedding_type=absolute", "--set", "max_position_embeddings=66", "--max-length", 65,
+                  "--num-steps", 1, "--global-batch-size", 4, "--micro-batch-size", 4)
+    assert res.exit_code == 2, res.stderr
+    assert "--max-length 65 (tokens, special tokens included) is beyond the model's 64 positions" in res.stderr
+    assert not out.exists()
