@@ -2399,6 +2399,15 @@ def test_the_summary_counts_one_step_in_the_singular():
     assert counted(150000, "step") == "150,000 steps"
 
 
+def test_the_summary_says_a_runs_wall_time_in_seconds_minutes_and_hours():
+    """The summary's wall time (`6 steps in 1 s`): the minutes of a run of hours are those past
+    its last whole hour."""
+    from protrans_cli.training.loop import _duration
+
+    assert [_duration(s) for s in (0.4, 42, 59.6, 185, 3599, 3600, 2 * 3600 + 7 * 60 + 59, 30 * 3600 + 60)] == [
+        "0 s", "42 s", "1 min 0 s", "3 min 5 s", "59 min 59 s", "1 h 0 min", "2 h 7 min", "30 h 1 min"]
+
+
 def test_a_restarted_worker_group_on_one_node_joins_under_keys_of_its_own(monkeypatch):
     # torchrun --max-restarts: the restarted ranks share the launcher's store, which still holds
     # the previous attempt's addresses under torch's keys (gloo: "Connection refused")
