@@ -2485,3 +2485,14 @@ def test_a_metrics_line_pools_the_intervals_tokens_and_averages_grad_norm_over_t
         line = acc.reduce()
         assert line["loss"] == pytest.approx(10.0 / 10.0) and line["accuracy"] == pytest.approx(7.0 / 10.0)
         assert line["grad_norm"] == pytest.approx((3.0 + 1.0) / 2) and line["tokens"] == 44
+
+
+def test_strategy_auto_shards_a_model_of_fsdp_min_params_or_more():
+    """docs/train.md: `--strategy auto` is DDP below fsdp_min_params, FSDP2 from there on; one
+    process uses none, whatever was asked."""
+    from protrans_cli.training.dist import choose_strategy
+
+    least = 1_000_000_000
+    assert [choose_strategy("auto", n, 2, least) for n in (least - 1, least, least + 1)] == ["ddp", "fsdp", "fsdp"]
+    assert [choose_strategy(s, least, 1, least) for s in ("auto", "ddp", "fsdp")] == ["none"] * 3
+    assert [choose_strategy(s, 10, 4, least) for s in ("ddp", "fsdp")] == ["ddp", "fsdp"]
