@@ -2496,3 +2496,27 @@ def test_strategy_auto_shards_a_model_of_fsdp_min_params_or_more():
     assert [choose_strategy("auto", n, 2, least) for n in (least - 1, least, least + 1)] == ["ddp", "fsdp", "fsdp"]
     assert [choose_strategy(s, least, 1, least) for s in ("auto", "ddp", "fsdp")] == ["none"] * 3
     assert [choose_strategy(s, 10, 4, least) for s in ("ddp", "fsdp")] == ["ddp", "fsdp"]
+
+
+def test_a_collective_failing_because_another_rank_stopped_is_one_line_naming_this_rank(monkeypatch):
+    """gloo's and NCCL's words for a peer that is gone (gloo writes "Connection closed by peer"
+    with a capital) become one line under torchrun; any other error, or one process, as it is."""
+    from protrans_cli.errors import RuntimeFailure
+    from protrans_cli.training import dist
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                        "[127.0.0.1]:29500")
+    assert dist.peer_gone(gloo) and dist.peer_gone(RuntimeError("NCCL communicator was aborted on rank 1"))
+    assert not dist.peer_gone(RuntimeError("CUDA out of memory")) and not dist.peer_gone(ValueError("broken pipe"))
+    with pytest.raises(RuntimeError) as alone, dist.peers_stopping("this one stopped too"):
+        raise gloo
+    assert alone.value is gloo  # (one process: no peers to speak of)
+    monkeypatch.setattr(dist, "_info", dist.DistInfo(rank=1, world_size=2, initialised=True))
+    with pytest.raises(RuntimeFailure) as stopped, dist.peers_stopping("this one stopped too"):
+        raise gloo
+    assert stopped.value.message == ("rank 1: another process of this torchrun run stopped (its error is above, or "
+                                     "in its node's log); this one stopped too")
+    other = RuntimeError("CUDA out of memory")
+    with pytest.raises(RuntimeError) as kept, dist.peers_stopping("this one stopped too"):
+        raise other
+    assert kept.value is other
