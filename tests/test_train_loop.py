@@ -3555,3 +3555,17 @@ def test_a_learned_position_table_after_a_padding_index_takes_its_rows_less_the_
     assert res.exit_code == 2, res.stderr
     assert "--max-length 65 (tokens, special tokens included) is beyond the model's 64 positions" in res.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("micro_batch_size", [16, 4])
+def test_an_electra_steps_loss_is_the_generators_mean_plus_the_weighted_detection_mean(tmp_path, micro_batch_size):
+    """The step's loss as objectives.Electra documents it: the generator's loss per masked residue
+    plus electra_disc_weight times the detection loss per real token, each of them also on the
+    line (`gen_loss`, `disc_loss`), whatever the split into micro-batches. (A step's weight of the
+    detection sum is masked / real tokens of the whole step.)"""
+    result = train(_config(tmp_path, "electra", num_steps=2, log_every=1, micro_batch_size=micro_batch_size,
+                           electra_disc_weight=7.0))
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert len(rows) == 2
+    for row in rows:
+        assert row["loss"] == pytest.approx(row["gen_loss"] + 7.0 * row["disc_loss"], rel=1e-5), row
