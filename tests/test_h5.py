@@ -1531,6 +1531,9 @@ def test_float16_storage_refuses_values_it_would_store_as_infinity(tmp_path, lay
         with EmbeddingsWriter(out, kinds=(kind,), layout=layout, storage_dtype="float16") as w:
             with pytest.raises(InputError, match=r"protein 'big': .* beyond float16's range \(largest magnitude 70000\)"):
                 w.write("big", "big", "MKT", **{kind: big})
+            big.flat[0] = np.inf  # (an infinite value beside it changes nothing)
+            with pytest.raises(InputError, match=r"protein 'big': .* \(largest magnitude 70000\)"):
+                w.write("big", "big", "MKT", **{kind: big})
             w.write("edge", "edge", "MKT", **{kind: np.full(shape, 65504, np.float32)})
             # (infinite where given: stored as given, as float32 storage does)
             w.write("inf", "inf", "MKT", **{kind: np.full(shape, np.inf, np.float32)})

@@ -2043,10 +2043,10 @@ class EmbeddingsWriter:
             given = np.asarray(arrays[kind])
             with np.errstate(over="ignore"):
                 arrays[kind] = given.astype(self.storage_dtype, copy=False)
-            if arrays[kind] is not given and not np.isfinite(arrays[kind]).all() and np.isfinite(given).all():
+            if arrays[kind] is not given and (np.isfinite(given) & ~np.isfinite(arrays[kind])).any():
                 # (a library caller's float32 beyond float16's 65504 was stored as infinity with
                 # numpy's warning alone; the commands check before they write, this is the same check)
-                biggest = float(np.abs(given.astype(np.float64, copy=False)).max())
+                biggest = float(np.abs(given[np.isfinite(given)].astype(np.float64)).max())
                 raise InputError(f"protein {ident!r}: {kind} values beyond {self.storage_dtype.name}'s range (largest "
                                  f"magnitude {biggest:.6g}) would be stored as infinity (storage_dtype='float32' "
                                  "keeps them)", path=str(self.path))
