@@ -973,6 +973,33 @@ def test_lora_linear_is_base_plus_alpha_over_rank_times_b_a_with_dropout_on_the_
         assert not torch.allclose(got, x @ W.T + b + 4.0 * (x @ A.T @ B.T))
 
 
+def test_a_merged_copy_of_a_recomputed_model_runs_its_own_blocks(tmp_path):
+    """merged_copy of a model whose blocks recompute (--activation-checkpointing): the copy's
+    blocks must run the copy's merged Linears, not the original's adapted ones (a deep copy
+    shares the wrappers, which call the original blocks): changing the original's adapters
+    after the merge leaves the copy's output as it was."""
+    from protrans_cli.training.recompute import checkpoint_blocks
+
+    embedder = _embedder(_tiny("bert", tmp_path / "base"))
+    model = embedder.model
+    add_lora(model, embedder.family_impl, rank=2, alpha=4.0)
+    assert checkpoint_blocks(model) > 0
+    torch.manual_seed(1)
+    for module in lora_modules(model).values():
+        torch.nn.init.normal_(module.lora_b, std=0.2)
+    ids = torch.tensor([[2, 5, 6, 7, 8, 9, 10, 3]])
+    merged = merged_copy(model).eval()  # (the wrapper calls the block it wrapped in either mode)
+    model.eval()
+    with torch.no_grad():
+        adapted = model(input_ids=ids).last_hidden_state
+        before = merged(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(before, adapted, atol=1e-5, rtol=1e-5)
+        for module in lora_modules(model).values():
+            module.lora_b.zero_()
+        torch.testing.assert_close(merged(input_ids=ids).last_hidden_state, before)
+        assert not torch.allclose(model(input_ids=ids).last_hidden_state, before, atol=1e-3)
+
+
 # docs/heads.md, "Model": the Linear modules each family's adapters go on, in every layer
 DOCUMENTED_TARGETS = {
     "bert": ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
