@@ -80,6 +80,26 @@ def test_imported_head_predicts_the_notebooks_states_and_probabilities(published
     assert config["training"]["source"] == "prottrans-secstruct" and len(config["training"]["sha256"]) == 64
 
 
+@pytest.mark.parametrize("layout", ["model_state_dict", "bare"])
+def test_a_checkpoint_of_the_weights_under_model_state_dict_or_bare_imports_the_same_head(published, layout,
+                                                                                          tmp_path):
+    """The weights are read from `state_dict`, else `model_state_dict` (a training script's own
+    checkpoint), else the file's dict itself (a bare state_dict): each gives the notebook's network."""
+    from protrans_cli import predict_embeddings
+    from protrans_cli.heads.imported import import_head
+
+    root, net = published
+    state = net.state_dict()
+    torch.save({"model_state_dict": state, "epoch": 4} if layout != "bare" else state, tmp_path / "c.pt")
+    imported = import_head(tmp_path / "c.pt", tmp_path / "head")
+    assert imported.input_dim == D and imported.epoch == (4 if layout != "bare" else None)
+    rows = np.random.default_rng(1).normal(size=(30, D)).astype(np.float32)
+    found = predict_embeddings(tmp_path / "head", {"p": rows})["p"]
+    d3, _ = _notebook(net, rows)
+    assert found["ss3"].labels == "".join(NOTEBOOK_SS3[i] for i in d3.argmax(-1).tolist())
+    np.testing.assert_allclose(found["ss3"].probabilities, torch.softmax(d3, -1).numpy(), atol=1e-5)
+
+
 def test_cli_import_then_predict_fasta_with_a_model(published, run_cli, tmp_path):
     """predict --fasta embeds with the model given (here a tiny T5 of the same width) and applies
     the imported head: the notebook's network on embed's rows of that model."""
