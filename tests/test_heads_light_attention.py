@@ -261,6 +261,12 @@ def test_a_protein_of_no_residue_is_refused_not_trained_on_as_nan(tmp_path):
     assert not (tmp_path / "p.csv").exists()
     with pytest.raises(InputError, match="'empty'.*no residue"):  # predict --labels' scoring too
         evaluate_head(head, path, labels, n_boot=10)
+    # in memory too: a (0, D) array among others is named (it was argmax of an empty sequence)
+    from protrans_cli import predict_embeddings
+    from protrans_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"protein 'e': an embedding of no residue has nothing to attend to"):
+        predict_embeddings(head, {"p": np.ones((3, 4), np.float32), "e": np.zeros((0, 4), np.float32)})
 
 
 @pytest.mark.parametrize("command", ["fit", "predict"])
