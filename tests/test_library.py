@@ -943,7 +943,7 @@ def test_predict_and_evaluate_from_python_refuse_outputs_that_would_replace_thei
     assert predict(head, query, tmp_path / "p.csv")["proteins"] == 24
 
 
-def test_predict_order_given_as_one_string_is_a_usage_error(loc_data, tmp_path):
+def test_predict_order_is_a_list_of_ids_written_first_and_one_string_is_a_usage_error(loc_data, tmp_path):
     """order="P12345" (one id, or a FASTA's path) was read letter by letter, matched no id, and
     the order asked for was silently not followed."""
     head = tmp_path / "head"
@@ -952,6 +952,14 @@ def test_predict_order_given_as_one_string_is_a_usage_error(loc_data, tmp_path):
     with pytest.raises(UsageError, match="order is a list of ids"):
         predict(head, loc_data / "train.h5", tmp_path / "p.csv", order=str(loc_data / "train.fasta"))
     assert not (tmp_path / "p.csv").exists()
+    # a list naming some of the ids: those first, in its order; the others after them, in file order
+    plain = predict(head, loc_data / "train.h5", tmp_path / "plain.csv")
+    in_file = [line.split(",")[0] for line in (tmp_path / "plain.csv").read_text().splitlines()[1:]]
+    assert plain["proteins"] == len(in_file) == 24
+    first = [in_file[5], "not-there", in_file[2]]
+    predict(head, loc_data / "train.h5", tmp_path / "p.csv", order=first)
+    rows = [line.split(",")[0] for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
+    assert rows == [in_file[5], in_file[2]] + [i for i in in_file if i not in first]
 
 
 @pytest.mark.parametrize("which, value", [("embeddings", ["train.h5"]), ("embeddings", None), ("labels", None),
