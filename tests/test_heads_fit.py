@@ -4396,6 +4396,23 @@ def test_valid_fraction_holds_out_proteins_of_one_sequence_together(run_cli, tmp
     assert "in the training set too" not in r.stderr
 
 
+def test_predict_names_the_truncated_proteins_of_a_stacked_file_with_their_own_lengths(run_cli, loc_data, tmp_path):
+    """A stacked file's truncated proteins (its truncated_from column) are named by predict with
+    the residues kept and their full length, each its own row's, wherever the rows are."""
+    head = tmp_path / "loc"
+    fit(FitConfig(task="loc", max_epochs=1, threads=1, n_bootstrap=10, plots=False), loc_data / "train.h5",
+        loc_data / "train.fasta", head)
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nMKTAYIAKQRQISFVKSHFSRQ\n>c\nMAAGW\n>d\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n")
+    r = run_cli("embed", fasta, "-m", "onehot", "--per-protein", "--layout", "stacked", "--long-policy", "truncate",
+                "--max-length", "10", "-o", tmp_path / "q.h5", "-j", "1")
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("predict", head, "--embeddings", tmp_path / "q.h5", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.stderr
+    assert "2 protein(s) were truncated by embed" in r.stderr
+    assert "b (10 of 22)" in r.stderr and "d (10 of 33)" in r.stderr, r.stderr
+
+
 def test_predictions_in_memory_are_what_predict_writes(run_cli, ss_data, loc_data, tmp_path):
     """predict_embeddings on a file's arrays and predict_sequences on its FASTA (a notebook's
     calls, no file on either side) give the letters, classes and probabilities `protrans
