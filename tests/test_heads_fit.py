@@ -5185,6 +5185,7 @@ def test_search_grid_values_are_typed_as_the_fit_settings():
                     "architecture": ["cnn", "light-attention"]}
     assert [type(v) for v in grid["hidden"]] == [int, int]
     assert parse_grid(["class-weights=yes,0"]) == {"class_weights": [True, False]}
+    assert parse_grid(["class-weights=1,off"]) == {"class_weights": [True, False]}
     for bad in ("hidden=8,8.5", "lr=1e-3,nan", "class-weights=on,maybe", "lr=1e-3,0.001"):
         with pytest.raises(UsageError):
             parse_grid([bad])
