@@ -127,6 +127,15 @@ def test_cli_import_then_predict_fasta_with_a_model(published, run_cli, tmp_path
         for ident in ("a", "b"):
             _, d8 = _notebook(net, f["per_residue"][ident][()])
             assert got[ident] == "".join(NOTEBOOK_SS8[i] for i in d8.argmax(-1).tolist())
+    # without --head-output: the first output, ss3 (the module's and docs' default)
+    r = run_cli("predict", head, "--fasta", fasta, "--model", tmp_path / "t5", "-o", tmp_path / "p3.fa")
+    assert r.exit_code == 0, r.stderr
+    lines = (tmp_path / "p3.fa").read_text().split()
+    got = dict(zip([x[1:] for x in lines[::2]], lines[1::2]))
+    with h5py.File(tmp_path / "e.h5") as f:
+        for ident in ("a", "b"):
+            d3, _ = _notebook(net, f["per_residue"][ident][()])
+            assert got[ident] == "".join(NOTEBOOK_SS3[i] for i in d3.argmax(-1).tolist())
 
 
 def test_refusals(published, run_cli, tmp_path):
