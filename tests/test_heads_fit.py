@@ -4435,10 +4435,12 @@ def test_predictions_in_memory_are_what_predict_writes(run_cli, ss_data, loc_dat
     got = predict_embeddings(ss_head, arrays, threads=1, max_residues=300)
     assert got.keys() == written.keys() == arrays.keys() and len(got) == 20
     with h5py.File(tmp_path / "p.h5") as f:
+        assert f.attrs["task"] == "ss3+ss8" and f.attrs["classes_ss8"] == "".join(SS8)
         for ident, prediction in got.items():
             assert prediction["ss8"].labels == written[ident] and len(written[ident]) == len(arrays[ident])
             assert set(prediction["ss3"].labels) <= set(SS3) and prediction["ss3"].classes == SS3
             key = escape_key(ident)
+            assert f["ss8"][key].attrs["id"] == f["ss3"][key].attrs["id"] == ident  # (docs: dataset attribute id)
             np.testing.assert_allclose(prediction["ss8"].probabilities, f["ss8"][key][()], atol=1e-6)
             np.testing.assert_allclose(prediction["ss3"].probabilities, f["ss3"][key][()], atol=1e-6)
     # a list in, a list out; the same sequences embedded here give the same predictions
