@@ -143,6 +143,17 @@ def test_located_names_the_file_of_an_error_that_names_none_and_keeps_one_that_d
     assert str(raised.value) == "train.h5: not an embeddings file" and raised.value.exit_code == 2
 
 
+def test_described_names_an_errors_type_once():
+    """`Type: first line`, and the first line alone where it starts with the type's name (the
+    compiler errors torch.compile wraps): "BackendCompilerFailed: BackendCompilerFailed: ..." read twice."""
+    from protrans_cli.errors import described
+
+    BackendCompilerFailed = type("BackendCompilerFailed", (Exception,), {})
+    assert described(ValueError("bad value\nmore")) == "ValueError: bad value"
+    assert described(BackendCompilerFailed("BackendCompilerFailed: backend='inductor' raised:\nC++ compile error")) \
+        == "BackendCompilerFailed: backend='inductor' raised:"
+
+
 @pytest.mark.parametrize("closed,args,message", [
     (0, ["prep", "-"], "<stdin>: standard input is closed"),
     (0, ["prep", "-", "--dedup"], "<stdin>: standard input is closed"),
