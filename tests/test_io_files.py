@@ -1100,3 +1100,14 @@ def test_an_output_folder_no_file_can_be_created_in_is_refused_before_the_work(t
     with pytest.raises(files.RuntimeFailure):
         files.output_directory(closed / "new.txt")
     assert files.output_directory(tmp_path / "new.txt") == tmp_path
+
+
+def test_config_kind_tells_a_models_config_from_a_heads():
+    """A transformers model's config.json (model_type), protrans fit's (task and
+    hyperparameters, both), or neither: a config holding only a task is no head's."""
+    from protrans_cli.io.files import config_kind
+
+    assert config_kind({"model_type": "bert", "task": "x"}) == "model"
+    assert config_kind({"task": "ss3", "hyperparameters": {}}) == "head"
+    assert config_kind({"task": "ss3"}) is None and config_kind({"hyperparameters": {}}) is None
+    assert config_kind({"model_type": 3}) is None and config_kind({}) is None
