@@ -4826,6 +4826,17 @@ def test_folds_group_identical_sequences_of_a_file_without_checksums(loc_data, t
 # --- --search: hyperparameter search ------------------------------------------------------------
 
 
+def test_a_search_trial_scored_nan_never_beats_a_scored_one():
+    """A value head's validation Spearman is NaN where its predictions are constant: such a trial
+    scores as nothing scored (-inf), not as a NaN that compares false with every later trial."""
+    from protrans_cli.heads.search import _score
+
+    nan = {"valid": {"value": {"spearman": float("nan")}}}
+    assert _score(nan, "valid") == float("-inf") and _score({}, "valid") == float("-inf")
+    assert _score({"valid": {"a": {"accuracy": 0.5}, "b": {"spearman": float("nan")}}}, "valid") == 0.5
+    assert _score({"valid": {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.7}}}, "valid") == pytest.approx(0.6)
+
+
 def test_search_keeps_the_trial_with_the_best_validation_score(run_cli, loc_data, tmp_path):
     from safetensors.torch import load_file
 
