@@ -2696,6 +2696,18 @@ def test_bio_embeddings_files_predict_under_and_match_by_their_original_ids(run_
         assert report.matched == len(labels.records) == report.by_checksum
 
 
+def test_predict_refuses_a_file_whose_datasets_name_one_protein_twice(run_cli, ss_data, one_epoch_ss3, tmp_path):
+    """Two datasets whose original_id names one protein ("P1 isoform a", "P1 isoform b"): the
+    predictions were written twice under one id and --probabilities failed with a traceback."""
+    first = sorted(EmbeddingsReader(ss_data / "test.h5").ids())[:2]
+    h5 = _bio_embeddings_copy(ss_data, tmp_path / "twice.h5",
+                              lambda ident: "P1 isoform " + ident if ident in first else ident)
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", h5, "-o", tmp_path / "p.fa", "--probabilities",
+                tmp_path / "p.h5")
+    assert r.exit_code == 1 and "two datasets name protein 'P1'" in r.stderr and "ids must be unique" in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "p.fa").exists() and not (tmp_path / "p.h5").exists()
+
+
 def test_embeddings_with_special_token_rows_are_refused_with_the_likely_reason(tmp_path, run_cli):
     # A ProtTrans-notebook file that kept [CLS] and [SEP]: (L + 2, D). Said so, not just "5 vs 7".
     h5 = tmp_path / "cls_sep.h5"
