@@ -36,7 +36,7 @@ from protrans_cli import console
 from protrans_cli._version import __version__
 from protrans_cli.errors import InputError, RuntimeFailure, UsageError, located
 from protrans_cli.heads.data import Batch, Matched, ResidueData
-from protrans_cli.heads.fit import (HEAD_IN_USE, _MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable,
+from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_rng, _identity, _jsonable, _lock_head,
                                     _loss, _metric_names, _only, _outputs_with_labels, _real_paths, _unique_name,
                                     _warn_overlap, check_resamples, checked_state_bytes, evaluate_data,
                                     evaluation_records, held_out_positions, load_checked_state, no_training_records,
@@ -439,8 +439,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     from protrans_cli.heads.fit import _validate  # (looked up at the call: tests stop a run inside it)
     from protrans_cli.heads.lora import add_lora, lora_state
     from protrans_cli.heads.model import build_head
-    from protrans_cli.io.files import (folder_can_be_made, folder_lock, folder_made, make_temporary,
-                                       remove_dead_temporaries, replace_directory, stdin_digest)
+    from protrans_cli.io.files import make_temporary, replace_directory, stdin_digest
     from protrans_cli.models import load_model, open_config
     from protrans_cli.threads import resolve_threads, torch_threads
 
@@ -453,13 +452,10 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     refuse_piped_mask(config.mask_path, 1 + (valid is not None) + len(tests))  # (read for each label file, as fit's)
     out_dir = checked_output(config, out_dir, [labels, fasta, valid, *tests, _model_dir(config.model)])
     # One finetune at a time on an OUT (a job started twice overwrote each other's state, and
-    # --force deleted the other's under it); the temporaries of killed runs are cleared under it.
-    folder_can_be_made(out_dir.parent)  # (a file on its way: "afile: File exists", exit 1)
-    held.enter_context(folder_made(out_dir.parent))  # (a failed run leaves no empty folder it made: fit's)
+    # --force deleted the other's under it); the temporaries of killed runs are cleared under it:
+    # fit's lock of the same OUT.partial/, taken as fit takes it.
+    _lock_head(held, out_dir)
     partial = partial_path(out_dir)
-    held.enter_context(folder_lock(partial, HEAD_IN_USE))  # (fit's and search's lock of the same OUT.partial/)
-    remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.")
-    remove_dead_temporaries(out_dir.parent, f".{out_dir.name}.old.", "")
     architecture = architecture_for(task, config.architecture)
     config = replace(config, architecture=architecture, kernel=config.kernel or DEFAULT_KERNELS.get(architecture, 7))
     reads_residues = input_kind(task, architecture) == PER_RESIDUE
