@@ -41,7 +41,7 @@ from protrans_cli.heads.fit import (_MAX_SEED, _changed, _class_weights, _fork_r
                                     _warn_overlap, check_resamples, checked_state_bytes, evaluate_data,
                                     evaluation_records, held_out_positions, load_checked_state, no_training_records,
                                     note_dual_labels, piped_files, refuse_piped_mask, refuse_piped_resume,
-                                    warn_unused_fraction, write_metrics)
+                                    refuse_unused_mask_columns, warn_unused_fraction, write_metrics)
 from protrans_cli.heads.labels import (TEST, TRAIN, VALID, mask_column_names, read_labels, read_sequences,
                                       refuse_residue_labels, unmasked_flip_warning)
 from protrans_cli.heads.tasks import DEFAULT_KERNELS, IGNORE, Task, architecture_for, get_task, input_kind
@@ -518,11 +518,7 @@ def _finetune(held: contextlib.ExitStack, config: FinetuneConfig, labels, out_di
     if config.mask_path is not None and not any(masked):
         raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
                          "holds, the only ones a mask file applies to")
-    if tuple(mask_column_names(config.mask_columns)) != ("disorder",) and "netsurfp" not in formats:
-        # (as fit: read without it, every residue of another format's labels trained on, without a word)
-        raise UsageError(f"--mask-column {' --mask-column '.join(mask_column_names(config.mask_columns))}: none of "
-                         f"the label files is a NetSurfP CSV ({', '.join(sorted(set(formats)))}), the only ones whose "
-                         "columns it picks")
+    refuse_unused_mask_columns(config.mask_columns, formats)  # (as fit)
     # (as fit: a --test that is the training file, or the validation set, was scored without a word)
     _warn_overlap(train, [(name, data, desc, None) for name, data, desc in eval_sets])
     if any(o.is_value for o in task.outputs):

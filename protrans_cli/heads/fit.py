@@ -291,6 +291,16 @@ def _checked_output(config: FitConfig, out_dir, embeddings, labels, valid, tests
     return own_folder_output(out_dir, "a head directory", "heads/ss3")
 
 
+def refuse_unused_mask_columns(mask_columns, formats: list[str]) -> None:
+    """--mask-column other than the default where none of the label files (their `formats`, file
+    by file) is a NetSurfP CSV, the only ones whose columns it picks (fit's and finetune's): read
+    without it, another format's labels were trained on in full, without a word."""
+    names = tuple(mask_column_names(mask_columns))
+    if names != FitConfig.mask_columns and "netsurfp" not in formats:
+        raise UsageError(f"--mask-column {' --mask-column '.join(names)}: none of the label files is a NetSurfP CSV "
+                         f"({', '.join(sorted(set(formats)))}), the only ones whose columns it picks")
+
+
 def refuse_piped_mask(mask_path, label_files: int) -> None:
     """fit's and finetune's --mask is read for each of the `label_files`: a pipe only once, so
     `--mask <(zcat mask.fasta.gz)` scored --test without the mask ("which holds none of its
@@ -442,10 +452,7 @@ def _read_sets(config: FitConfig, task: Task, embeddings, labels, valid, tests) 
         # (training labels in another format were read without it, for a FLIP --valid/--test)
         raise UsageError(f"--mask {config.mask_path}: none of the label files is FLIP-style labels whose ids it "
                          "holds, the only ones a mask file applies to")
-    if tuple(config.mask_columns) != FitConfig.mask_columns and "netsurfp" not in formats:
-        # (read without it, the training labels of another format in full, without a word)
-        raise UsageError(f"--mask-column {' --mask-column '.join(config.mask_columns)}: none of the label files is a "
-                         f"NetSurfP CSV ({', '.join(sorted(set(formats)))}), the only ones whose columns it picks")
+    refuse_unused_mask_columns(config.mask_columns, formats)
     # (records of the label file in a split no step reads have a label: not reported as without one)
     unused = ({VALID} if valid is not None else set()) | ({TEST} if tests else set())
     set_aside = {escape_key(r.id) for r in train_labels.records if r.split in unused}
