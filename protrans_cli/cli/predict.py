@@ -216,16 +216,16 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
 def _warn_unused_max_residues(head) -> None:
     """An FNN head reads one vector a protein, batched by proteins: --max-residues changed nothing
     without a word (fit says so of its own)."""
-    import json
     from pathlib import Path
 
     from protrans_cli import console
     from protrans_cli.heads.model import CONFIG, head_input_kind
+    from protrans_cli.io.files import json_object
     from protrans_cli.io.h5 import PER_RESIDUE
 
     try:
-        reads = head_input_kind(json.loads((Path(head) / CONFIG).read_text()))
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        reads = head_input_kind(json_object(Path(head) / CONFIG))
+    except (ValueError, KeyError, TypeError, IndexError):
         return  # (not a readable head: loading it says why)
     if reads != PER_RESIDUE:
         console.warn("--max-residues does nothing for an FNN head (the CNN and light-attention heads take it): "
