@@ -850,11 +850,7 @@ def test_t5_masks_single_residues_and_targets_the_whole_protein():
 def test_t5_masked_accuracy_is_over_the_masked_residues_only():
     """`masked_accuracy` (docs/train.md): the decoder's accuracy on the residues the encoder saw
     masked, not on `</s>` or the residues it saw."""
-    fam = _family("t5")
-    tok = fam.build_tokenizer()
-    torch.manual_seed(0)
-    model = fam.pretraining_model(fam.build_config("tiny", tok)).eval()
-    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    model, layout = _tiny_model("t5")
     obj = make_objective("t5", layout, _cfg())
     samples = _random_samples(layout, n=6, length=30)
     batch = obj.collate(samples)
@@ -1050,11 +1046,7 @@ def test_clm_predicts_no_terminus_where_a_crop_cut_the_protein(tmp_path):
 def test_clm_segments_carry_memory_as_one_pass():
     # Segments of 8 tokens with memory (mem_len 32 >= the batch width) give the loss of one pass
     # over the whole protein: the memory is carried, and nothing from the future is seen.
-    fam = _family("transfo_xl")
-    tok = fam.build_tokenizer()
-    torch.manual_seed(0)
-    model = fam.pretraining_model(fam.build_config("tiny", tok)).eval()
-    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    model, layout = _tiny_model("transfo_xl")
     batch = make_objective("clm", layout, _cfg()).collate(_random_samples(layout, n=4, length=20))
     assert batch["input_ids"].shape[1] <= model.config.mem_len
     with torch.no_grad():
@@ -1105,11 +1097,7 @@ def test_clm_makes_as_many_model_calls_on_every_rank_whatever_its_proteins_lengt
 
 
 def test_electra_loss_combines_generator_and_discriminator():
-    fam = _family("electra")
-    tok = fam.build_tokenizer()
-    torch.manual_seed(0)
-    model = fam.pretraining_model(fam.build_config("tiny", tok)).eval()  # no dropout: logits recomputed below
-    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    model, layout = _tiny_model("electra")  # no dropout: logits recomputed below
     obj = make_objective("electra", layout, _cfg())
     samples = _random_samples(layout, n=8, length=40)
     batch = obj.collate(samples)
@@ -1398,11 +1386,7 @@ def test_albert_sentence_order_collate():
 def test_albert_sentence_order_loss_outside_a_step_is_the_mlm_mean_plus_the_order_mean():
     # Evaluation (no step_ratio): sum_loss / num_masked is the masked residues' mean cross
     # entropy plus the proteins' mean sentence-order cross entropy, as during a training step.
-    fam = _family("albert")
-    tok = fam.build_tokenizer()
-    torch.manual_seed(0)
-    model = fam.pretraining_model(fam.build_config("tiny", tok)).eval()
-    layout = TokenLayout.from_tokenizer(tok, fam.prepare)
+    model, layout = _tiny_model("albert")
     layout.use_pair = True
     obj = make_objective("mlm", layout, _cfg(sop=True))
     batch = obj.collate(_random_samples(layout, n=6, length=40))
