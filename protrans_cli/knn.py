@@ -37,8 +37,8 @@ UNKNOWN = {"deeploc": {"membrane": {"U"}}}
 class Neighbours:
     query_ids: list[str]
     reference_ids: list[str]
-    index: np.ndarray      # (Q, k) int64 positions in reference_ids; -1 where fewer than k exist
-    distance: np.ndarray   # (Q, k) float64; nan where index is -1
+    index: np.ndarray      # (Q, min(k, N)) int64 positions in reference_ids; -1 where fewer exist
+    distance: np.ndarray   # (Q, min(k, N)) float64; nan where index is -1
     metric: str = "euclidean"
 
 
@@ -252,8 +252,10 @@ def _search(torch, q: np.ndarray, ref: np.ndarray, k: int, metric: str, own: lis
     # cosine: the vectors as they are, scaled by 1 / length (in float64, for the exact pass too)
     r_inv = 1.0 / np.linalg.norm(ref.astype(np.float64), axis=1) if metric == "cosine" else None
     r_inv32 = torch.from_numpy(r_inv.astype(np.float32)).to(device) if r_inv is not None else None
-    index = np.full((len(q), k), -1, dtype=np.int64)
-    distance = np.full((len(q), k), np.nan, dtype=np.float64)
+    # (at most the reference's N columns: -k 100000000 allocated queries x k int64 and float64, an
+    # out-of-memory error for a few proteins, where the docs promise fewer rows)
+    index = np.full((len(q), min(k, n_ref)), -1, dtype=np.int64)
+    distance = np.full(index.shape, np.nan, dtype=np.float64)
     for start in range(0, len(q), QUERY_SLICE):
         Q = torch.from_numpy(q[start:start + QUERY_SLICE]).to(device)
         q_norm = torch.from_numpy(np.einsum("ij,ij->i", q[start:start + QUERY_SLICE],
@@ -472,7 +474,7 @@ def knn(query, reference, output="-", *, k: int = 1, metric: str = "euclidean", 
         stream.write(("\t".join(["query", "rank", "neighbour", "distance", *columns]) + "\n").encode())
         for qi, ident in enumerate(result.query_ids):
             lines = []
-            for rank in range(k):
+            for rank in range(result.index.shape[1]):
                 ri = int(result.index[qi, rank])
                 if ri < 0:
                     break

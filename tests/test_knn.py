@@ -182,6 +182,20 @@ def test_fewer_reference_proteins_than_k(tmp_path, run_cli):
     assert "-k 2:" not in r.stderr
 
 
+def test_a_k_far_beyond_the_reference_allocates_no_queries_by_k_arrays(tmp_path, run_cli):
+    """-k 100000000 on a few proteins allocated (queries x k) int64 and float64 arrays: an
+    out-of-memory error (GBs) where the docs promise fewer rows; the arrays are the reference's width."""
+    from protrans_cli.knn import nearest
+
+    _write(tmp_path / "q.h5", np.eye(3))
+    _write(tmp_path / "r.h5", np.eye(3)[:2], ["a", "b"])
+    found = nearest(tmp_path / "q.h5", tmp_path / "r.h5", k=10**12, threads=1, device="cpu")
+    assert found.index.shape == found.distance.shape == (3, 2) and (found.index >= 0).all()
+    r = run_cli("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "-k", str(10**12))
+    assert r.exit_code == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 7 and "the reference holds 2 proteins" in r.stderr.replace("\n", " ")
+
+
 def test_an_id_that_starts_with_a_quote_reads_back_from_the_tsv(tmp_path, run_cli):
     """A FASTA id may start with a quote: written as it stands, a TSV reader's quote handling
     (Python's csv, pandas, R) ate it up to the next quote, a row of 2 fields for 4."""
