@@ -663,6 +663,7 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
         # (the format of no label file: it changed nothing, without a word)
         (["project", a, "--label-format", "table"], 2, "--label-format goes with --labels"),
         (["project", a, "--neighbors", "5"], 2, "--neighbors and --min-dist go with --method umap"),
+        (["project", a, "--min-dist", "0.1"], 2, "--neighbors and --min-dist go with --method umap"),
         (["project", tmp_path / "empty.h5"], 1, "empty.h5: holds no protein"),
         (["project", tmp_path / "no_rows.h5"], 1, "no_rows.h5: holds no protein"),
         (["project", tmp_path / "nan.h5"], 1, "nan.h5: embeddings: 1 protein(s) have NaN or infinite values (first: r5)"),

@@ -81,7 +81,11 @@ def command(embeddings, method, dims, metric, label_files, label_format, colour_
         raise UsageError("--label-format goes with --labels (the format of the label files read)")
     if perplexity is not None and method != "tsne":
         raise UsageError("--perplexity goes with --method tsne")
-    if (neighbors is not None or min_dist != 0.1) and method != "umap":
+    from click.core import ParameterSource
+
+    # (by where it came from: --min-dist 0.1, the default's value, was taken with PCA without a word)
+    given_min_dist = click.get_current_context().get_parameter_source("min_dist") is not ParameterSource.DEFAULT
+    if (neighbors is not None or given_min_dist) and method != "umap":
         raise UsageError("--neighbors and --min-dist go with --method umap")
     from protrans_cli.project import project
     from protrans_cli.threads import resolve_threads
