@@ -1044,6 +1044,24 @@ def test_shard_size_never_writes_an_empty_shard(tmp_path):
     assert stats.outputs == [str(p) for p in shards]
 
 
+def test_shards_left_empty_are_said_and_an_empty_input_gives_one_empty_shard(tmp_path, run_cli):
+    """docs/prep.md: --shards N over fewer training proteins than N leaves the last shards empty,
+    with a warning (train then called them "a copy that failed?"); --shard-size writes one empty
+    shard for an input that gives no protein, and no empty shard otherwise."""
+    source = tmp_path / "one.fa"
+    source.write_text(">a\nMKV\n")
+    r = run_cli("prep", source, "-o", tmp_path / "n.txt", "--shards", "3", "-j", "1")
+    assert r.exit_code == 0, r.stderr
+    assert "--shards 3: 1 training protein for 3 shards, so the last 2 are empty" in r.stderr
+    assert [p.stat().st_size for p in sorted(tmp_path.glob("n.*.txt"))] == [7, 0, 0]
+    r = run_cli("prep", source, "-o", tmp_path / "m.txt", "--shards", "1", "-j", "1")
+    assert r.exit_code == 0 and "empty" not in r.stderr, r.stderr
+    (tmp_path / "empty.fa").write_text("")
+    r = run_cli("prep", tmp_path / "empty.fa", "-o", tmp_path / "s.txt", "--shard-size", "1K", "-j", "1")
+    assert r.exit_code == 0 and "no FASTA records" in r.stderr and "--shards" not in r.stderr
+    assert [p.stat().st_size for p in sorted(tmp_path.glob("s.*.txt"))] == [0]
+
+
 def test_shard_size_is_a_limit_a_shard_never_passes_by_a_byte(tmp_path):
     """docs/corpus.md: each shard at most SIZE bytes of text. Proteins of 7 bytes ("M K T\\n\\n")
     and a size of 13: one protein a shard (two would be 14); a size of 14 takes two."""

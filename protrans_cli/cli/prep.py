@@ -91,16 +91,20 @@ def command(inputs, output, rare, strict, rejects, min_length, max_length, long_
         shuffle=shuffle, seed=seed or 0,
     )
     stats = build_corpus(inputs, options)
-    _print_summary(stats)
+    _print_summary(stats, num_shards)
 
 
-def _print_summary(stats) -> None:
+def _print_summary(stats, num_shards: int = 1) -> None:
     from protrans_cli import console
 
     if stats.records_in == 0:
         console.warn("no FASTA records in the input")
     elif stats.proteins_out == 0:
         console.warn(f"no protein written: all {stats.records_in:,} records were left out (reasons below)")
+    training = stats.proteins_out - stats.valid_proteins
+    if 0 < training < num_shards:  # (train then called the empty shards "a copy that failed?")
+        console.warn(f"--shards {num_shards}: {console.counted(training, 'training protein')} for {num_shards:,} "
+                     f"shards, so the last {num_shards - training:,} are empty")
     if stats.nucleotide_like:
         from protrans_cli.residues import NUCLEOTIDE_RULE
 
