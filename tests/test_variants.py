@@ -1369,3 +1369,20 @@ def test_a_unit_kept_for_resume_advances_a_log_line_out_of_its_rate():
     assert kept == "kept" and (bar.n, bar.n - bar.initial) == (4, 0)
     computed = _run_unit(lambda key, compute, check: compute(), "u2", lambda: "new", bar, 6, None)
     assert computed == "new" and (bar.n, bar.n - bar.initial) == (4, 0)  # (its scoring advances the bar)
+
+
+def test_spearman_against_the_truth_column_over_two_one_and_no_scored_variants():
+    """Spearman's rho over the rows with both numbers: two variants give +-1 (all two points can
+    say), one or none give nan (said as such, never a number of one point); a row whose truth is
+    not a number, or whose score is empty (a stop), is not counted."""
+    from protrans_cli.variants import VariantOptions, VariantTable, _report_truth
+
+    header = ["mutant", "DMS_score"]
+    rows = [["K2A", "0.5"], ["T3W", "-1"], ["K2*", "2"], ["S13P", "NA"]]
+    table = VariantTable("t.csv", header, rows, [2, 3, 4, 5])
+    options = VariantOptions(truth_column="DMS_score")
+    nan = float("nan")
+    for scores, want in (([1.0, 2.0, nan, 0.0], -1.0), ([2.0, 1.0, nan, 0.0], 1.0), ([1.0, nan, nan, 5.0], nan),
+                         ([nan, nan, nan, 1.0], nan)):
+        got = _report_truth(table, [("s", np.array(scores))], options)["s"]
+        assert got == want or (np.isnan(want) and np.isnan(got)), (scores, got)
