@@ -64,3 +64,29 @@ def test_a_tokenizer_that_does_not_map_one_token_per_residue_is_refused():
     assert residue_layout(family, tokenizer) is None  # unspaced text could merge: no fast path
     with pytest.raises(ModelError, match="made 1 residue tokens of a sequence of 3 residues"):
         family.encode(tokenizer, ["MKA"])
+
+
+def test_a_tokenizer_that_flags_a_residue_token_special_gets_no_fast_path():
+    """The probe compares the tokenizer's own special-tokens mask too, not only its ids: one that
+    flags a residue's token as special (here X's) would have the table lookup count X as a
+    residue where calling the tokenizer leaves it out, so the two paths would disagree. Such a
+    tokenizer goes through the tokenizer itself, which refuses the sequence in one line."""
+    from protrans_cli.errors import ModelError
+
+    base = FAMILIES["bert"]
+    tokenizer = base.build_tokenizer()
+    x_id = tokenizer.convert_tokens_to_ids("X")
+
+    class FlagsX(type(base)):
+        def tokenize(self, tokenizer, sequences, words=False, **kwargs):
+            enc = super().tokenize(tokenizer, sequences, words, **kwargs)
+            if "special_tokens_mask" in enc:
+                enc["special_tokens_mask"] = [[int(flag or t == x_id) for flag, t in zip(mask, ids)]
+                                              for mask, ids in zip(enc["special_tokens_mask"], enc["input_ids"])]
+            return enc
+
+    family = FlagsX()
+    assert residue_layout(family, tokenizer) is None
+    assert residue_layout(base, base.build_tokenizer()) is not None  # (the same tokenizer, unflagged: fast)
+    with pytest.raises(ModelError, match="made 3 residue tokens of a sequence of 4 residues"):
+        family.encode(tokenizer, ["MKXA"])
