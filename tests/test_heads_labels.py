@@ -987,3 +987,17 @@ def test_blank_and_empty_rows_of_a_table_are_skipped_and_lines_still_counted(tmp
     table.write_text("id,label\nP1,cyto\n\n,\nP2\n")
     with pytest.raises(InputError, match=r"t.csv:5: expected 'id,label'"):
         read_labels(table, "table")
+
+
+def test_a_table_is_split_by_the_tab_or_comma_of_its_first_line(tmp_path):
+    """A tab in the first non-blank line makes a TSV, whose labels may hold commas unquoted
+    (`membrane, peripheral`, in that line too); otherwise commas separate, and a tab is part of a field. A
+    semicolon-separated table is no table: one field a line, refused naming the line."""
+    (tmp_path / "t.tsv").write_text("\nP1\tmembrane, peripheral\nP2\tnucleus\n")
+    (tmp_path / "c.csv").write_text('id,label\nP1,"membrane, peripheral"\nP2,nuc\tleus\n')
+    (tmp_path / "s.csv").write_text("id;label\nP1;nucleus\n")
+    tsv, csv = read_labels(tmp_path / "t.tsv"), read_labels(tmp_path / "c.csv")
+    assert [(r.id, r.labels["label"]) for r in tsv.records] == [("P1", "membrane, peripheral"), ("P2", "nucleus")]
+    assert [(r.id, r.labels["label"]) for r in csv.records] == [("P1", "membrane, peripheral"), ("P2", "nuc\tleus")]
+    with pytest.raises(InputError, match=r"s.csv:1: expected 'id,label'"):
+        read_labels(tmp_path / "s.csv")
