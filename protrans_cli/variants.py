@@ -776,7 +776,9 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     first = next((line for line in text.split("\n") if line.strip()), None)
     if first is None:
         raise InputError("is empty", path=name)
-    delimiter = "\t" if "\t" in first and "," not in first else ","
+    # (a tab in the header line makes a TSV, as label tables are read: one whose header holds a
+    # comma, `score (log2, norm)`, was read as CSV, "has no 'mutant' column (columns: mutant\t...")
+    delimiter = "\t" if "\t" in first else ","
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # (mutated_sequence columns of long proteins)
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     header = next((row for row in reader if any(f.strip() for f in row)), None)

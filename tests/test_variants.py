@@ -1386,3 +1386,18 @@ def test_spearman_against_the_truth_column_over_two_one_and_no_scored_variants()
                          ([nan, nan, nan, 1.0], nan)):
         got = _report_truth(table, [("s", np.array(scores))], options)["s"]
         assert got == want or (np.isnan(want) and np.isnan(got)), (scores, got)
+
+
+def test_a_tsv_whose_header_holds_a_comma_is_read_as_a_tsv(tmp_path):
+    """A tab in the header line makes a TSV, as label tables are read: a header holding a comma
+    (`score (log2, norm)`) made a comma-separated table of it, "has no 'mutant' column (columns:
+    mutant\\tDMS_score\\t...)" though the column was there. A CSV with commas in its data is a CSV."""
+    from protrans_cli.variants import VariantOptions, read_variant_table
+
+    (tmp_path / "v.tsv").write_text("mutant\tscore (log2, norm)\tnote\nK2A\t0.5\ta, b\nT3W:Q9E\t-1\tx\n")
+    table = read_variant_table(tmp_path / "v.tsv", [("wt", SEQ)], VariantOptions(truth_column="score (log2, norm)"))
+    assert table.delimiter == "\t" and table.header == ["mutant", "score (log2, norm)", "note"]
+    assert table.rows == [["K2A", "0.5", "a, b"], ["T3W:Q9E", "-1", "x"]]
+    (tmp_path / "v.csv").write_text('mutant,score\nK2A,"0,5"\n')
+    table = read_variant_table(tmp_path / "v.csv", [("wt", SEQ)], VariantOptions())
+    assert table.delimiter == "," and table.rows == [["K2A", "0,5"]]
