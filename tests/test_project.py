@@ -687,6 +687,18 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
     assert r.exit_code == 2 and "--method tsne needs scikit-learn, which is not installed: pip install" in r.stderr
 
 
+def test_threads_with_a_method_that_takes_none_are_said_to_do_nothing(tmp_path, run_cli):
+    """-j sets t-SNE's threads only (UMAP with a seed runs on one): with PCA it changed nothing,
+    without a word. A warning now, the map made; without -j, none."""
+    x, _ = _clusters(n_per=4)
+    _write(tmp_path / "a.h5", x, [f"r{i}" for i in range(len(x))])
+    r = run_cli("project", tmp_path / "a.h5", "-j", "2", "-o", tmp_path / "m.tsv")
+    assert r.exit_code == 0 and "-j does nothing with --method pca (it sets t-SNE's threads): ignored" in r.stderr
+    assert len((tmp_path / "m.tsv").read_text().splitlines()) == len(x) + 1
+    r = run_cli("project", tmp_path / "a.h5", "-o", tmp_path / "m.tsv")
+    assert r.exit_code == 0 and "-j" not in r.stderr
+
+
 def test_bounds_that_need_no_data_are_said_before_any_file_is_read(tmp_path, run_cli):
     """--min-dist 2, --neighbors 1, --perplexity 0 were refused only once every file was read (and
     UMAP's neighbours said): a usage error now before anything is read, as --seed is."""

@@ -87,6 +87,11 @@ def command(embeddings, method, dims, metric, label_files, label_format, colour_
     given_min_dist = click.get_current_context().get_parameter_source("min_dist") is not ParameterSource.DEFAULT
     if (neighbors is not None or given_min_dist) and method != "umap":
         raise UsageError("--neighbors and --min-dist go with --method umap")
+    if threads is not None and method != "tsne":  # (only t-SNE's neighbour search takes threads)
+        from protrans_cli import console
+
+        console.warn(f"-j does nothing with --method {method} (it sets t-SNE's threads"
+                     f"{'; UMAP with a seed runs on one thread' if method == 'umap' else ''}): ignored")
     from protrans_cli.project import project
     from protrans_cli.threads import resolve_threads
 
