@@ -1001,3 +1001,17 @@ def test_a_table_is_split_by_the_tab_or_comma_of_its_first_line(tmp_path):
     assert [(r.id, r.labels["label"]) for r in csv.records] == [("P1", "membrane, peripheral"), ("P2", "nuc\tleus")]
     with pytest.raises(InputError, match=r"s.csv:1: expected 'id,label'"):
         read_labels(tmp_path / "s.csv")
+
+
+def test_split_names_and_deeploc_split_words_are_read_in_any_case(tmp_path):
+    """A set column or header word written `TRAIN`, `Test`, `Valid` (spreadsheets, hand-made
+    files) names the same split as its lower-case spelling; `SET=PRED` is biotrainer's pred."""
+    table = tmp_path / "t.csv"
+    table.write_text("id,label,set\nP1,cyto,TRAIN\nP2,nucleus,Test\nP3,cyto,Valid\n")
+    assert [r.split for r in read_labels(table).records] == ["train", "test", "valid"]
+    deeploc = tmp_path / "dl.fasta"
+    deeploc.write_text(">A Nucleus-S Valid\nMKV\n>B Nucleus-S TRAIN\nMKV\n")
+    assert [r.split for r in read_labels(deeploc).records] == ["valid", "train"]
+    bio = tmp_path / "bio.fasta"
+    bio.write_text(">A TARGET=x SET=train\nMKV\n>B SET=PRED\nMKV\n")
+    assert [r.id for r in read_labels(bio).records] == ["A"]
