@@ -1015,3 +1015,18 @@ def test_split_names_and_deeploc_split_words_are_read_in_any_case(tmp_path):
     bio = tmp_path / "bio.fasta"
     bio.write_text(">A TARGET=x SET=train\nMKV\n>B SET=PRED\nMKV\n")
     assert [r.id for r in read_labels(bio).records] == ["A"]
+
+
+def test_sequences_in_lower_case_are_read_upper_case_in_every_format_that_carries_them(tmp_path):
+    """A sequence written in lower case (a NetSurfP CSV, a DeepLoc or biotrainer FASTA) is read as
+    its upper-case residues, as embed reads it: its checksum id and length then match embed's."""
+    nsp = tmp_path / "n.csv"
+    nsp.write_text("input,dssp3,disorder\nm k v,C H H,1.0 1.0 1.0\n")
+    (record,) = read_labels(nsp).records
+    assert record.sequence == "MKV" and record.id == "seq-" + sequence_checksum("MKV")[4:16]
+    deeploc = tmp_path / "dl.fasta"
+    deeploc.write_text(">A Nucleus-S\nmkv\n")
+    assert read_labels(deeploc).records[0].sequence == "MKV"
+    bio = tmp_path / "bio.fasta"
+    bio.write_text(">A TARGET=x SET=train\nmkv\n")
+    assert read_labels(bio).records[0].sequence == "MKV"
