@@ -1030,3 +1030,10 @@ def test_sequences_in_lower_case_are_read_upper_case_in_every_format_that_carrie
     bio = tmp_path / "bio.fasta"
     bio.write_text(">A TARGET=x SET=train\nmkv\n")
     assert read_labels(bio).records[0].sequence == "MKV"
+
+
+def test_a_netsurfp_row_with_more_labels_than_residues_names_the_counts(tmp_path):
+    nsp = tmp_path / "n.csv"
+    nsp.write_text("input,dssp3,disorder\nM K,H H C,1.0 1.0\n")
+    with pytest.raises(InputError, match=r"n.csv:2, record 'seq-\w+': dssp3 has 3 labels for 2 residues"):
+        read_labels(nsp)
