@@ -1037,3 +1037,14 @@ def test_a_netsurfp_row_with_more_labels_than_residues_names_the_counts(tmp_path
     nsp.write_text("input,dssp3,disorder\nM K,H H C,1.0 1.0\n")
     with pytest.raises(InputError, match=r"n.csv:2, record 'seq-\w+': dssp3 has 3 labels for 2 residues"):
         read_labels(nsp)
+
+
+def test_a_csvs_rows_of_empty_fields_are_skipped(tmp_path):
+    """A spreadsheet's empty rows (`,,`) in a NetSurfP CSV or a FLIP CSV are no records (not an
+    empty protein), and the rows after them are read."""
+    nsp = tmp_path / "n.csv"
+    nsp.write_text("input,dssp3,disorder\nM K,H C,1.0 1.0\n,,\nG,E,0.0\n")
+    assert [r.sequence for r in read_labels(nsp).records] == ["MK", "G"]
+    flip = tmp_path / "f.csv"
+    flip.write_text("sequence,target,set\nMKV,1.5,train\n , ,\nGG,0.5,test\n")
+    assert [(r.sequence, r.labels["label"]) for r in read_labels(flip).records] == [("MKV", "1.5"), ("GG", "0.5")]
