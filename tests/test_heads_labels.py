@@ -1048,3 +1048,12 @@ def test_a_csvs_rows_of_empty_fields_are_skipped(tmp_path):
     flip = tmp_path / "f.csv"
     flip.write_text("sequence,target,set\nMKV,1.5,train\n , ,\nGG,0.5,test\n")
     assert [(r.sequence, r.labels["label"]) for r in read_labels(flip).records] == [("MKV", "1.5"), ("GG", "0.5")]
+
+
+def test_a_utf8_byte_order_mark_and_a_trailing_empty_field_do_not_change_a_table(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark and may end rows with an empty field: the
+    header is still the header, the first id has no mark, and `P1,cyto,` is P1's label."""
+    table = tmp_path / "t.csv"
+    table.write_bytes(b"\xef\xbb\xbfid,label\nP1,cyto,\nP2,nucleus\n")
+    ls = read_labels(table)
+    assert [(r.id, r.labels["label"]) for r in ls.records] == [("P1", "cyto"), ("P2", "nucleus")]
