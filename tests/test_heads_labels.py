@@ -1057,3 +1057,8 @@ def test_a_utf8_byte_order_mark_and_a_trailing_empty_field_do_not_change_a_table
     table.write_bytes(b"\xef\xbb\xbfid,label\nP1,cyto,\nP2,nucleus\n")
     ls = read_labels(table)
     assert [(r.id, r.labels["label"]) for r in ls.records] == [("P1", "cyto"), ("P2", "nucleus")]
+
+
+def test_a_mask_file_with_labels_of_another_format_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="a mask file is only read with FLIP-style labels, not netsurfp"):
+        read_labels(HEADS / "netsurfp_input_spaced_header.csv", mask_path=HEADS / "flip_mask.fasta")
