@@ -1062,3 +1062,16 @@ def test_a_utf8_byte_order_mark_and_a_trailing_empty_field_do_not_change_a_table
 def test_a_mask_file_with_labels_of_another_format_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="a mask file is only read with FLIP-style labels, not netsurfp"):
         read_labels(HEADS / "netsurfp_input_spaced_header.csv", mask_path=HEADS / "flip_mask.fasta")
+
+
+def test_a_flip_mask_holding_some_of_the_ids_or_a_longer_mask_is_an_error(tmp_path):
+    """An optional mask (beside evaluation labels) that holds some of the ids is an error, not
+    read without; a mask longer than its labels is refused as a shorter one is."""
+    some = tmp_path / "some.fasta"
+    some.write_text(">p1\n01111\n")
+    with pytest.raises(InputError, match="no mask for 2 of the ids of flip_with_sets.fasta: p2, p3"):
+        read_labels(HEADS / "flip_with_sets.fasta", mask_path=some, mask_optional=True)
+    longer = tmp_path / "longer.fasta"
+    longer.write_text(">p1\n011111\n>p2\n1111\n>p3\n1110\n")
+    with pytest.raises(InputError, match="record 'p1': mask has 6 positions, the labels 5"):
+        read_labels(HEADS / "flip_with_sets.fasta", mask_path=longer)
