@@ -1075,3 +1075,11 @@ def test_a_flip_mask_holding_some_of_the_ids_or_a_longer_mask_is_an_error(tmp_pa
     longer.write_text(">p1\n011111\n>p2\n1111\n>p3\n1110\n")
     with pytest.raises(InputError, match="record 'p1': mask has 6 positions, the labels 5"):
         read_labels(HEADS / "flip_with_sets.fasta", mask_path=longer)
+
+
+@pytest.mark.parametrize("path, name", [("/d/CB513_HHblits.csv.gz", "CB513_HHblits"), ("x/ts115.tsv", "ts115"),
+                                        ("/dev/fd/63", "labels"), ("<stdin>", "stdin")])
+def test_a_label_sets_report_name_drops_compression_and_format_suffixes(path, name):
+    from protrans_cli.heads.labels import LabelSet
+
+    assert LabelSet(path, "netsurfp", []).name == name
