@@ -1083,3 +1083,16 @@ def test_a_label_sets_report_name_drops_compression_and_format_suffixes(path, na
     from protrans_cli.heads.labels import LabelSet
 
     assert LabelSet(path, "netsurfp", []).name == name
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_holding_characters_beyond_latin1_is_read(tmp_path, encoding):
+    """A label beyond Latin-1 (`α-helix`, a non-NUL high byte) in the first 512 characters made a
+    UTF-16 file without its byte-order mark "a binary file"; a binary file is still refused."""
+    table = tmp_path / "t.csv"
+    table.write_bytes("id,label\nP1,α-helix\nP2,β-strand\nP3,coil\n".encode(encoding))
+    assert [(r.id, r.labels["label"]) for r in read_labels(table).records] == [
+        ("P1", "α-helix"), ("P2", "β-strand"), ("P3", "coil")]
+    table.write_bytes(b"\x00\x01\x00\x00" * 64)
+    with pytest.raises(InputError, match="is a binary file"):
+        read_labels(table)

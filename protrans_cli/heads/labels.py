@@ -242,13 +242,18 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
 def _utf16_without_bom(data: bytes) -> str | None:
     """"utf-16-le" or "utf-16-be" for UTF-16 text without a byte-order mark (pandas'
     `to_csv(encoding="utf-16-le")`, Python's utf-16-le codec): a label file is ASCII at heart, so
-    every other byte of its start is NUL and the rest are not; else None."""
+    most of the other bytes of its start are NUL, and no character is NUL (both its bytes); else
+    None. (Every other byte NUL refused a file holding one character beyond Latin-1 in its first
+    512, `P1,α-helix`, as "a binary file".)"""
     head = data[:1024]
     head = head[:len(head) // 2 * 2]
     if len(head) < 4:
         return None
-    for codec, zeros, chars in (("utf-16-le", head[1::2], head[0::2]), ("utf-16-be", head[0::2], head[1::2])):
-        if zeros.count(0) == len(zeros) and chars.count(0) == 0:
+    pairs = {head[i:i + 2] for i in range(0, len(head), 2)}
+    if b"\0\0" in pairs:
+        return None
+    for codec, zeros in (("utf-16-le", head[1::2]), ("utf-16-be", head[0::2])):
+        if zeros.count(0) * 4 >= len(zeros) * 3:
             return codec
     return None
 
