@@ -1096,3 +1096,12 @@ def test_utf16_without_a_byte_order_mark_holding_characters_beyond_latin1_is_rea
     table.write_bytes(b"\x00\x01\x00\x00" * 64)
     with pytest.raises(InputError, match="is a binary file"):
         read_labels(table)
+
+
+def test_a_sequence_id_given_a_third_time_names_the_line_of_its_first(tmp_path):
+    from protrans_cli.heads.labels import read_sequences
+
+    seqs = tmp_path / "seqs.fa"
+    seqs.write_text(">P1\nMKT\n>P1\nMKT\n>P1\nGG\n")
+    with pytest.raises(InputError, match=r"seqs.fa:5, record 'P1': .*\(first at line 1\)"):
+        read_sequences(seqs)
