@@ -1105,3 +1105,10 @@ def test_a_sequence_id_given_a_third_time_names_the_line_of_its_first(tmp_path):
     seqs.write_text(">P1\nMKT\n>P1\nMKT\n>P1\nGG\n")
     with pytest.raises(InputError, match=r"seqs.fa:5, record 'P1': .*\(first at line 1\)"):
         read_sequences(seqs)
+
+
+def test_uniprot_ids_by_accession_keep_the_first_id_of_an_accession():
+    from protrans_cli.heads.labels import by_accession
+
+    assert by_accession(["sp|P69905|HBA_HUMAN", "plain", "tr|P69905|X_HUMAN", "tr|Q1|Y"]) == {
+        "P69905": "sp|P69905|HBA_HUMAN", "Q1": "tr|Q1|Y"}
