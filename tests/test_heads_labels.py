@@ -1112,3 +1112,10 @@ def test_uniprot_ids_by_accession_keep_the_first_id_of_an_accession():
 
     assert by_accession(["sp|P69905|HBA_HUMAN", "plain", "tr|P69905|X_HUMAN", "tr|Q1|Y"]) == {
         "P69905": "sp|P69905|HBA_HUMAN", "Q1": "tr|Q1|Y"}
+
+
+@pytest.mark.parametrize("count, shown", [(5, "a0, a1, a2, a3, a4"), (6, "a0, a1, a2, a3, a4 and 1 more")])
+def test_some_ids_counts_only_the_ids_it_does_not_show(count, shown):
+    from protrans_cli.heads.labels import some_ids
+
+    assert some_ids([f"a{i}" for i in range(count)]) == shown
