@@ -1119,3 +1119,14 @@ def test_some_ids_counts_only_the_ids_it_does_not_show(count, shown):
     from protrans_cli.heads.labels import some_ids
 
     assert some_ids([f"a{i}" for i in range(count)]) == shown
+
+
+def test_labels_and_sequences_swapped_are_told_from_twelve_amino_acid_letters(tmp_path):
+    """Sequences of 12 distinct residues given as FLIP labels, and DSSP strings as their
+    sequences, are the two files swapped (a protein need not hold all 20 residues)."""
+    from protrans_cli.heads.labels import write_embed_fasta
+
+    labels = tmp_path / "l.fasta"
+    labels.write_text(">p1 SET=train\nMKTAYIQRSFVD\n")
+    with pytest.raises(InputError, match=r"\(12 amino-acid letters\).*swapped"):
+        write_embed_fasta(read_labels(labels), __import__("io").StringIO(), {"p1": "CCHHHHEEEECC"})
