@@ -1130,3 +1130,11 @@ def test_labels_and_sequences_swapped_are_told_from_twelve_amino_acid_letters(tm
     labels.write_text(">p1 SET=train\nMKTAYIQRSFVD\n")
     with pytest.raises(InputError, match=r"\(12 amino-acid letters\).*swapped"):
         write_embed_fasta(read_labels(labels), __import__("io").StringIO(), {"p1": "CCHHHHEEEECC"})
+
+
+def test_a_comma_table_whose_later_label_holds_a_tab_is_read_by_commas(tmp_path):
+    """The delimiter is told by the first line: a quoted label holding a tab further down does not
+    make a comma table a TSV."""
+    table = tmp_path / "t.csv"
+    table.write_text('id,label\nP1,cyto\nP2,"a\tb"\n')
+    assert [(r.id, r.labels["label"]) for r in read_labels(table).records] == [("P1", "cyto"), ("P2", "a\tb")]
