@@ -1138,3 +1138,14 @@ def test_a_comma_table_whose_later_label_holds_a_tab_is_read_by_commas(tmp_path)
     table = tmp_path / "t.csv"
     table.write_text('id,label\nP1,cyto\nP2,"a\tb"\n')
     assert [(r.id, r.labels["label"]) for r in read_labels(table).records] == [("P1", "cyto"), ("P2", "a\tb")]
+
+
+def test_a_tables_id_ends_at_ascii_whitespace_as_a_fasta_id_does(tmp_path):
+    """An id ending in a no-break space is kept whole, as the FASTA reader (embed's keys) keeps
+    it; a label loses any surrounding whitespace."""
+    from protrans_cli.io.fasta import parse_fasta
+
+    table = tmp_path / "t.csv"
+    table.write_text("id,label\nP1\xa0,cyto\xa0\n", encoding="utf-8")
+    (fasta_id,) = [r.id for r in parse_fasta(__import__("io").BytesIO("> P1\xa0 desc\nMKV\n".encode()), "x.fa")]
+    assert [(r.id, r.labels["label"]) for r in read_labels(table).records] == [(fasta_id, "cyto")]
