@@ -1149,3 +1149,10 @@ def test_a_tables_id_ends_at_ascii_whitespace_as_a_fasta_id_does(tmp_path):
     table.write_text("id,label\nP1\xa0,cyto\xa0\n", encoding="utf-8")
     (fasta_id,) = [r.id for r in parse_fasta(__import__("io").BytesIO("> P1\xa0 desc\nMKV\n".encode()), "x.fa")]
     assert [(r.id, r.labels["label"]) for r in read_labels(table).records] == [(fasta_id, "cyto")]
+
+
+def test_a_table_row_without_its_id_is_an_error_naming_its_line(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("id,label\nP1,cyto\n,nucleus\n")
+    with pytest.raises(InputError, match=r"t.csv:3: expected 'id,label'"):
+        read_labels(table)
