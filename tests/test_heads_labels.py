@@ -1156,3 +1156,13 @@ def test_a_table_row_without_its_id_is_an_error_naming_its_line(tmp_path):
     table.write_text("id,label\nP1,cyto\n,nucleus\n")
     with pytest.raises(InputError, match=r"t.csv:3: expected 'id,label'"):
         read_labels(table)
+
+
+def test_labels_suggests_embed_only_for_a_fasta_without_any_set(tmp_path, run_cli):
+    """FLIP labels of which some records name their SET= are labels, not a FASTA of sequences: no
+    "embed reads it as it is"."""
+    flip = tmp_path / "flip.fa"
+    flip.write_text(">a SET=train VALIDATION=False\nCCH\n>b\nCHH\n")
+    r = run_cli("labels", flip, "-o", tmp_path / "out.fa")
+    assert r.exit_code == 1 and "give the sequences FASTA with --sequences)" in r.stderr, r.stderr
+    assert "reads it as it is" not in r.stderr
