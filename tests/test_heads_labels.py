@@ -1166,3 +1166,11 @@ def test_labels_suggests_embed_only_for_a_fasta_without_any_set(tmp_path, run_cl
     r = run_cli("labels", flip, "-o", tmp_path / "out.fa")
     assert r.exit_code == 1 and "give the sequences FASTA with --sequences)" in r.stderr, r.stderr
     assert "reads it as it is" not in r.stderr
+
+
+def test_a_biotrainer_files_masks_are_noted(tmp_path):
+    bio = tmp_path / "bio.fasta"
+    bio.write_text(">A TARGET=HHC MASK=011 SET=train\nMKV\n")
+    ls = read_labels(bio)
+    assert ls.records[0].mask.tolist() == [False, True, True]
+    assert "per-residue masks from MASK= (1 = evaluated)" in ls.notes
