@@ -274,6 +274,8 @@ def test_dataset_facts_read_low_level_what_h5py_reads(tmp_path, monkeypatch):
         # 32 hex digits without `original_id`: a key written by hand (docs/formats.md: no checksum),
         # not bio_embeddings' md5 of the sequence
         f.create_dataset(md5[::-1], data=np.zeros((8, 2)))
+        # 40 hex digits (a SHA-1 key) with `original_id`: no md5 of the sequence, no checksum
+        f.create_dataset(md5 + "01234567", data=np.zeros((9, 2))).attrs["original_id"] = "P2"
         f.create_dataset("per_protein", data=np.zeros(3))
     with h5py.File(tmp_path / "o.h5", "r") as f:
         for key in f.keys():
@@ -287,6 +289,7 @@ def test_dataset_facts_read_low_level_what_h5py_reads(tmp_path, monkeypatch):
         assert dataset_facts(f, "int32") == (4, None, "md5:fixed")
         assert dataset_facts(f, md5) == (6, None, "md5:" + md5)
         assert dataset_facts(f, md5[::-1]) == (8, None, None)
+        assert dataset_facts(f, md5 + "01234567") == (9, None, None)
         assert dataset_facts(f, "cut") == (2, 9, "md5:prefix") and dataset_checksum_of(f, "cut") == "md5:prefix"
         assert dataset_facts(f, "per_protein") == (None, None, None)
 
