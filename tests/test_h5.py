@@ -615,6 +615,13 @@ def test_keys_that_spell_other_ids_and_whole_header_keys_name_the_right_proteins
     with EmbeddingsReader(tmp_path / "pt.h5") as r:
         assert r.get("EX0029").shape == (3, 4) and r.get("EX0029 Plastid-S").shape == (3, 4)
         assert float(r.get("protein 1")[0, 0]) == 1.0 and float(r.get("protein 2")[0, 0]) == 2.0
+    # an integer `id` attribute names its protein (str of it), not the key (docs/formats.md)
+    with h5py.File(tmp_path / "int.h5", "w") as f:
+        for position, ident in enumerate([7, 5]):
+            f.create_dataset(str(position), data=np.full((2, 4), float(ident), np.float32)).attrs["id"] = ident
+    with EmbeddingsReader(tmp_path / "int.h5") as r:
+        assert r.ids() == ["7", "5"]
+        assert [float(r.get(i)[0, 0]) for i in ("7", "5")] == [7.0, 5.0] and r.key_for("0") is None
 
 
 @pytest.mark.parametrize("how", ["external link", "soft link", "external storage", "virtual dataset"])
