@@ -25,6 +25,15 @@ def test_escape_is_reversible_and_hdf5_safe(ident, tmp_path):
         assert list(f.keys()) == [key]
 
 
+def test_sequence_checksum_is_the_md5_of_the_upper_cased_residues_without_whitespace():
+    # how labels carrying sequences (NetSurfP's CSV) find their embeddings: the md5 of the residues
+    import hashlib
+
+    want = "md5:" + hashlib.md5(b"MKVLA").hexdigest()
+    assert sequence_checksum("MKVLA") == want
+    assert sequence_checksum("mkv la\n") == want and sequence_checksum(" MkV\tLa\r\n") == want
+
+
 def test_escaping_never_collapses_two_ids():
     ids = ["a/b", "a%2Fb", "a_b", "a%b", "a%25b"]
     assert len({escape_key(i) for i in ids}) == len(ids)
