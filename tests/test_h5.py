@@ -34,6 +34,16 @@ def test_sequence_checksum_is_the_md5_of_the_upper_cased_residues_without_whites
     assert sequence_checksum("mkv la\n") == want and sequence_checksum(" MkV\tLa\r\n") == want
 
 
+def test_pooling_kind_reads_the_pooling_attribute_embed_and_import_esm_write():
+    # the attribute holds words ("cls: the hidden state of the <cls> token"), not a bare "cls":
+    # fit, predict and knn compare a head's pooling with a file's through pooling_kind
+    from protrans_cli.esm_import import BOS_POOLING, POOLING
+    from protrans_cli.io.h5 import pooling_kind
+
+    assert pooling_kind(BOS_POOLING) == "cls" and pooling_kind("cls: the hidden state of the [CLS] token") == "cls"
+    assert pooling_kind(POOLING) == "mean" and pooling_kind(None) == "mean" and pooling_kind("") == "mean"
+
+
 def test_escaping_never_collapses_two_ids():
     ids = ["a/b", "a%2Fb", "a_b", "a%b", "a%25b"]
     assert len({escape_key(i) for i in ids}) == len(ids)
