@@ -473,8 +473,9 @@ def test_matrix_of_a_bio_embeddings_file_is_in_the_order_of_its_ids_not_its_md5_
     order, not the keys', and each row the vector of the id beside it."""
     import hashlib
 
-    vectors = {"P2": np.full(3, 2.0, np.float32), "P1": np.full(3, 1.0, np.float32), "Q0": np.full(3, 0.0, np.float32)}
-    sequences = {"P2": "MKV", "P1": "MKTAY", "Q0": "GGH"}
+    vectors = {"P2": np.full(3, 2.0, np.float32), "P1": np.full(3, 1.0, np.float32), "Q0": np.full(3, 0.0, np.float32),
+               "a+": np.full(3, 4.0, np.float32), "a/": np.full(3, 5.0, np.float32)}
+    sequences = {"P2": "MKV", "P1": "MKTAY", "Q0": "GGH", "a+": "WWY", "a/": "YYW"}
     with h5py.File(tmp_path / "reduced_embeddings_file.h5", "w") as f:
         for ident, vector in vectors.items():
             key = hashlib.md5(sequences[ident].encode()).hexdigest()
@@ -483,8 +484,14 @@ def test_matrix_of_a_bio_embeddings_file_is_in_the_order_of_its_ids_not_its_md5_
     assert keyed != sorted(vectors)  # (the md5 keys' order is another: the test tells them apart)
     with EmbeddingsReader(tmp_path / "reduced_embeddings_file.h5") as r:
         ids, x = r.matrix()
-    assert ids == ["P1", "P2", "Q0"]
+    # ("a/" is key "a%2F", before "a+" as bytes, where the ids' own order puts "a+" first)
+    assert ids == ["P1", "P2", "Q0", "a/", "a+"]
     np.testing.assert_array_equal(x, [vectors[i] for i in ids])
+    with EmbeddingsWriter(tmp_path / "embed.h5", kinds=(PER_PROTEIN,), attrs={"model": "m"}) as w:
+        for ident, vector in vectors.items():  # embed's own file of these proteins: the same order
+            w.write(ident, ident, sequences[ident], per_protein=vector)
+    with EmbeddingsReader(tmp_path / "embed.h5") as r:
+        assert r.matrix()[0] == ids
 
 
 def test_matrix_of_vectors_another_writer_changed_reads_them_one_by_one(tmp_path):
