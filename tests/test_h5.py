@@ -788,6 +788,13 @@ def test_a_vector_wider_than_the_files_embedding_dim_is_refused_before_it_is_rea
         for call in (r.matrix, lambda: r.dim(PER_PROTEIN)):
             with pytest.raises(InputError, match=message):
                 call()
+    with h5py.File(out, "a") as f:  # narrower than embedding_dim: not the file's vectors either
+        del f["per_protein"]["a"]
+        f["per_protein"].create_dataset("a", data=np.ones(3, np.float32)).attrs.update(attrs)
+    with EmbeddingsReader(out) as r:
+        for call in (r.matrix, lambda: r.dim(PER_PROTEIN)):
+            with pytest.raises(InputError, match="record 'a': embedding has shape 3, where the file's embedding_dim is 4"):
+                call()
 
 
 @pytest.mark.parametrize("value", ["{not json", "5", '["a", 1]', "[" * 100_000 + "]" * 100_000])
