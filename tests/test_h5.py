@@ -1503,8 +1503,11 @@ def test_a_dataset_declaring_gigabytes_it_does_not_store_is_refused_before_it_is
         attrs = dict(group["b"].attrs)
         del group["b"]
         group.create_dataset("b", shape=(10**9, 21), dtype="f4", chunks=(1024, 21)).attrs.update(attrs)
+        # under 1 GiB declared: read as h5py reads it (its fill value), whatever it stores
+        group.create_dataset("small", shape=(100, 64), dtype="f4", chunks=(10, 64), fillvalue=0.5)
     with EmbeddingsReader(path) as reader:
         assert reader.get("a", PER_RESIDUE).shape[0] == 3
+        np.testing.assert_array_equal(reader.get("small", PER_RESIDUE), np.full((100, 64), 0.5, np.float32))
         with pytest.raises(InputError, match=r"record 'b'.*declares shape 1000000000x21 \(78.2 GiB\) but stores 0 "):
             reader.get("b", PER_RESIDUE)
         with pytest.raises(InputError, match="declares shape"):
