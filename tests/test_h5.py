@@ -311,6 +311,11 @@ def test_dataset_facts_read_low_level_what_h5py_reads(tmp_path, monkeypatch):
         assert dataset_facts(f, md5 + "01234567") == (9, None, None)
         assert dataset_facts(f, "cut") == (2, 9, "md5:prefix") and dataset_checksum_of(f, "cut") == "md5:prefix"
         assert dataset_facts(f, "per_protein") == (None, None, None)
+    with h5py.File(tmp_path / "counts.h5", "w") as f:  # counts written as floats: a whole one is that count
+        f.create_dataset("float_length", data=np.zeros(3)).attrs.update(length=4.0, truncated_from=9.0)
+        f.create_dataset("fraction", data=np.zeros(3)).attrs.update(length=2.5, truncated_from=9.5)
+        assert dataset_facts(f, "float_length", per_residue=False) == (4, 9, None)
+        assert dataset_facts(f, "fraction", per_residue=False) == (None, None, None)  # (a fraction none)
 
 
 def test_per_protein_attributes_have_the_types_h5py_gives_them(tmp_path):
