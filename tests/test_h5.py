@@ -44,6 +44,13 @@ def test_pooling_kind_reads_the_pooling_attribute_embed_and_import_esm_write():
     assert pooling_kind(POOLING) == "mean" and pooling_kind(None) == "mean" and pooling_kind("") == "mean"
 
 
+def test_a_percent_sign_that_starts_no_escape_is_read_as_written():
+    # another tool's key (a ProtTrans header line) with a `%` not followed by two upper-case hex
+    # digits: no escape of escape_key's, so the id is the key as written
+    for key in ("growth 5%A-B", "x%1z", "100%", "a%2f"):
+        assert unescape_key(key) == key
+
+
 def test_escaping_never_collapses_two_ids():
     ids = ["a/b", "a%2Fb", "a_b", "a%b", "a%25b"]
     assert len({escape_key(i) for i in ids}) == len(ids)
