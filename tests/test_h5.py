@@ -1384,7 +1384,8 @@ def test_cached_types_write_the_same_values_and_types(tmp_path):
             for i, (ident, header, seq, kind, dim) in enumerate(proteins):
                 rows = (np.arange(len(seq) * dim, dtype=kind).reshape(len(seq), dim) + i)
                 w.write(ident, header, seq, per_residue=rows, per_protein=rows.mean(axis=0),
-                        extra_attrs={"computed": f"float32 ({i}) ß"} if i % 2 else {"truncated_from": 10 + i})
+                        extra_attrs={"computed": f"float32 ({i}) ß"} if i % 2 else {"truncated_from": 10 + i,
+                                                                                   "flag": bool(i)})
         with h5py.File(out, "r") as f:
             for i, (ident, header, seq, kind, dim) in enumerate(proteins):
                 ds = f[PER_RESIDUE][escape_key(ident)]
@@ -1398,6 +1399,8 @@ def test_cached_types_write_the_same_values_and_types(tmp_path):
                     assert ds.attrs["computed"] == f"float32 ({i}) ß"
                 else:
                     assert ds.attrs["truncated_from"] == 10 + i
+                    # (a bool is an int to Python: stored as h5py stores a bool, not as int64)
+                    assert ds.attrs.get_id("flag").dtype == np.dtype(bool) and ds.attrs["flag"] is np.bool_(bool(i))
 
 
 @pytest.mark.parametrize("value", [np.arange(3), 5])
