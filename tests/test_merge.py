@@ -849,3 +849,23 @@ def test_a_part_whose_values_live_in_another_file_is_refused(tmp_path, how):
     with pytest.raises(InputError, match=f"record '{key}': {message}"):
         merge([part], tmp_path / "merged.h5")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("merged")) == []
+
+
+def test_a_protein_in_two_parts_is_kept_from_the_first_part(tmp_path):
+    """docs/embed.md: an id in two parts with the same sequence is kept once, from the first part
+    that has it (its values may differ in the last digits: another device or batch)."""
+    from protrans_cli.io.h5 import PER_RESIDUE, EmbeddingsWriter
+
+    values = {}
+    for name, fill in (("one", 1.0), ("two", 2.0)):
+        with EmbeddingsWriter(tmp_path / f"{name}.h5", kinds=(PER_RESIDUE, PER_PROTEIN),
+                              attrs={"model": "m", "layers": [-1]}) as w:
+            rows = np.full((3, 4), fill, np.float32)
+            w.write("shared", "shared x", "MKV", per_residue=rows, per_protein=rows.mean(0))
+            w.write(name, name, "GGH", per_residue=rows, per_protein=rows.mean(0))
+        values[name] = rows
+    merge([tmp_path / "one.h5", tmp_path / "two.h5"], tmp_path / "merged.h5")
+    with h5py.File(tmp_path / "merged.h5", "r") as f:
+        assert sorted(f[PER_RESIDUE]) == ["one", "shared", "two"]
+        np.testing.assert_array_equal(f[PER_RESIDUE]["shared"][()], values["one"])
+        np.testing.assert_array_equal(f[PER_PROTEIN]["shared"][()], values["one"].mean(0))
