@@ -118,6 +118,21 @@ def test_flat_layout_is_what_prottrans_tools_read(tmp_path):
         np.testing.assert_allclose(r.get("x", PER_PROTEIN), arrays["x"].mean(0), atol=1e-3)
 
 
+def test_a_flat_file_of_several_layers_per_protein_is_read_as_per_protein(tmp_path):
+    # (n_layers, D) vectors have the shape of a per-residue array: the file's `kind` attribute says
+    # which they are (guessed from the shapes, they were read as per-residue arrays of 2 rows)
+    out = tmp_path / "flat.h5"
+    vectors = {"a": np.arange(8, dtype=np.float32).reshape(2, 4), "b": -np.ones((2, 4), np.float32)}
+    with EmbeddingsWriter(out, kinds=(PER_PROTEIN,), layout="flat", attrs={"layers": [-2, -1]}) as w:
+        for ident, vector in vectors.items():
+            w.write(ident, ident, "MKV", per_protein=vector)
+    with EmbeddingsReader(out) as r:
+        assert r.kinds == (PER_PROTEIN,)
+        ids, x = r.matrix()
+    assert ids == ["a", "b"]
+    np.testing.assert_array_equal(x, np.stack([vectors["a"], vectors["b"]]))
+
+
 @pytest.mark.parametrize("kw,message", [
     (dict(kinds=(PER_RESIDUE, PER_PROTEIN), layout="flat"), "the flat layout holds one kind only"),
     (dict(kinds=("per_token",)), r"kinds must be a non-empty subset of \('per_residue', 'per_protein'\)"),
