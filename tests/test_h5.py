@@ -183,6 +183,21 @@ def test_resume_refuses_other_settings(tmp_path):
                          resume=True)
 
 
+def test_a_writer_stopped_before_its_first_protein_leaves_no_file(tmp_path):
+    # an empty OUT.partial was refused by the same command run again as an interrupted run's work
+    out = tmp_path / "e.h5"
+    with pytest.raises(KeyboardInterrupt):
+        with EmbeddingsWriter(out, kinds=(PER_PROTEIN,)):
+            raise KeyboardInterrupt
+    assert sorted(os.listdir(tmp_path)) == []
+    with pytest.raises(KeyboardInterrupt):  # a failure recorded is work: kept, resumable
+        with EmbeddingsWriter(out, kinds=(PER_PROTEIN,)) as w:
+            w.record_failure("p", "longer than --max-length 10")
+            raise KeyboardInterrupt
+    with h5py.File(partial_path(out), "r") as f:
+        assert json.loads(f.attrs["failed"]) == {"p": "longer than --max-length 10"}
+
+
 def test_protein_missing_a_kind_is_not_done(tmp_path):
     out = tmp_path / "half.h5"
     w = EmbeddingsWriter(out, kinds=(PER_RESIDUE, PER_PROTEIN))
