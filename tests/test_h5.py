@@ -128,6 +128,8 @@ def test_a_flat_file_of_several_layers_per_protein_is_read_as_per_protein(tmp_pa
             w.write(ident, ident, "MKV", per_protein=vector)
     with EmbeddingsReader(out) as r:
         assert r.kinds == (PER_PROTEIN,)
+        # (length, truncated_from, checksum): the `length` attribute, not the layer axis's 2
+        assert r.facts("a") == (3, None, sequence_checksum("MKV"))
         ids, x = r.matrix()
     assert ids == ["a", "b"]
     np.testing.assert_array_equal(x, np.stack([vectors["a"], vectors["b"]]))
