@@ -19,6 +19,7 @@ from protrans_cli.residues import (
     ("MKTAYI", "MKTAYI"),
     ("mktayi", "MKTAYI"),                    # upper-case
     ("MK TA\tYI\r\n", "MKTAYI"),             # whitespace removed
+    ("MK\vTA\fYI", "MKTAYI"),                # ... vertical tab and form feed too
     ("MK-TA..YI", "MKTAYI"),                 # gap characters removed
     ("MKTAYI*", "MKTAYI"),                   # one terminal stop removed
     ("MKTAYI* \n", "MKTAYI"),                # ... also before trailing whitespace
