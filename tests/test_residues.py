@@ -54,6 +54,7 @@ def test_rare_keep():
     ("MKÃ\x84T", REASON_INVALID, "invalid character 'Ä' at residue 3"),
     (b"MK\xc3\x84T", REASON_INVALID, "invalid character 'Ä' at residue 3"),
     ("MK\u200bT", REASON_INVALID, "invalid character '\\u200b' at residue 3"),
+    ("MK\U0001f9ecT", REASON_INVALID, "invalid character '\U0001f9ec' at residue 3"),  # 4 UTF-8 bytes
     (b"MK\x80T", REASON_INVALID, "invalid character '\\x80' at residue 3"),  # no character: the byte
 ])
 def test_rejections_carry_reason_and_position(raw, reason, detail):
