@@ -2552,6 +2552,23 @@ def test_a_library_embedder_returning_fewer_arrays_than_sequences_is_refused(tmp
     assert not (tmp_path / "w.h5").exists() and not partial_path(tmp_path / "w.h5").exists()
 
 
+def test_a_library_embedder_returning_more_arrays_than_sequences_is_refused(tmp_path):
+    """An extra array (a batch-level one, or a special token's) was dropped by zip unseen, and the
+    proteins' arrays may be off by one: refused naming the counts, nothing written."""
+    class Long:
+        name, family, revision, embedding_dim, layers = "long", "custom", None, 3, (-1,)
+        device, compute_dtype, special_tokens, max_residues = "cpu", "float32", 0, None
+
+        def embed_batch(self, sequences):
+            return [np.ones((1, len(s), 3), dtype=np.float32) for s in [*sequences, sequences[0]]]
+
+    fasta = tmp_path / "w.fa"
+    fasta.write_text(">a\nMKTAYIAK\n>b\nMKTAYIAQ\n")
+    with pytest.raises(ModelError, match=r"^long: embed_batch returned 3 arrays for 2 sequences$"):
+        embed(fasta, tmp_path / "w.h5", EmbedOptions(model="long", per_protein=False), embedder=Long())
+    assert not (tmp_path / "w.h5").exists() and not partial_path(tmp_path / "w.h5").exists()
+
+
 def test_values_beyond_float32_are_named_by_their_size(tmp_path):
     # A library embedder's float64 1e300 read "largest magnitude inf; --storage-dtype float32
     # keeps them" with float32 storage, after two numpy overflow warnings.
