@@ -2569,6 +2569,22 @@ def test_a_library_embedder_returning_more_arrays_than_sequences_is_refused(tmp_
     assert not (tmp_path / "w.h5").exists() and not partial_path(tmp_path / "w.h5").exists()
 
 
+def test_a_library_embedder_taking_keyword_arguments_pools_itself(tmp_path):
+    """An embed_batch(sequences, **options) takes `pooled=` too: with per-protein output alone it
+    is asked for its own pooled vectors (here the first residue's row, not the mean of its rows)."""
+    class Pools:
+        name, family, revision, embedding_dim, layers = "pools", "custom", None, 3, (-1,)
+        device, compute_dtype, special_tokens, max_residues = "cpu", "float32", 0, None
+
+        def embed_batch(self, sequences, **options):
+            rows = [np.arange(3 * len(s), dtype=np.float32).reshape(1, len(s), 3) for s in sequences]
+            return [r[:, 0] for r in rows] if options.get("pooled") else rows
+
+    embed(SMALL, tmp_path / "p.h5", EmbedOptions(model="pools", per_residue=False), embedder=Pools())
+    with EmbeddingsReader(tmp_path / "p.h5") as r:
+        np.testing.assert_array_equal(r.dataset("rare", PER_PROTEIN)[()], [0, 1, 2])  # not the mean, [10.5, ...]
+
+
 def test_values_beyond_float32_are_named_by_their_size(tmp_path):
     # A library embedder's float64 1e300 read "largest magnitude inf; --storage-dtype float32
     # keeps them" with float32 storage, after two numpy overflow warnings.
