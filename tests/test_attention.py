@@ -95,6 +95,19 @@ def test_packed_attention_stays_on_flash_until_the_last_overlapping_block_ends(m
     assert varlen._should_use_cudnn is chosen
 
 
+def test_the_kernel_choice_reported_is_pytorchs_own_while_packed_attention_is_kept_on_flash(monkeypatch):
+    # (`protrans env` asks it: inside a block it answered the stand-in's False, not PyTorch's choice)
+    varlen = attention._varlen_module() or pytest.skip("this PyTorch's varlen_attn has no cuDNN choice")
+
+    def hopper(device_index):
+        return True
+
+    monkeypatch.setattr(varlen, "_should_use_cudnn", hopper)
+    with attention.varlen_on_flash():
+        assert varlen._should_use_cudnn(0) is False and attention.varlen_kernel_choice() is hopper
+    assert attention.varlen_kernel_choice() is hopper
+
+
 def test_an_unknown_policy_is_refused_everywhere(tmp_path, run_cli):
     with pytest.raises(ValueError, match="unknown --sdpa-kernels"):
         attention.sdpa_kernels("cuda", "cudnn")
