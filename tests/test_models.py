@@ -797,6 +797,27 @@ def test_a_protobuf_too_old_for_sentencepieces_reader_is_named_not_damaged_files
     assert "sentencepiece_reader" in json.loads(run_cli("env", "--json").stdout)
 
 
+def test_the_protobuf_failure_is_found_behind_transformers_fallbacks():
+    """transformers tries its fallbacks while handling the reader's error (implicit chaining,
+    __context__, not `raise from`): the protobuf error is found at the end of that chain, an
+    ImportError naming google.protobuf only in its message too; a chain without one is None."""
+    from protrans_cli.models.spm_reader import reader_failure
+
+    def chained(first, *then):
+        try:
+            try:
+                raise first
+            except Exception:  # noqa: BLE001
+                raise ValueError("`tiktoken` is required to read a `tiktoken` file")  # noqa: B904
+        except ValueError as exc:
+            return exc
+
+    for cause in (ImportError("cannot import name 'runtime_version' from 'google.protobuf' (unknown location)"),
+                  ImportError("No module named google.protobuf")):
+        assert cause.name is None and reader_failure(chained(cause)) is cause
+    assert reader_failure(chained(ImportError("No module named 'tiktoken'", name="tiktoken"))) is None
+
+
 def test_a_damaged_spiece_model_is_named_not_tiktoken(tmp_path, run_cli):
     """A spiece.model cut short (a copy interrupted): transformers went on to its tiktoken
     fallback, and the one line quoted "`tiktoken` is required ... pip install tiktoken", which
