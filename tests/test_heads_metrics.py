@@ -152,6 +152,25 @@ def test_cnn_shapes_and_padding_never_changes_a_prediction():
     torch.testing.assert_close(batched["ss8"][1], model(long, torch.ones(1, 11, dtype=torch.bool))["ss8"][0])
 
 
+def test_cnn_is_the_prottrans_two_layer_cnn_of_kernel_7_by_a_plain_computation():
+    """docs: Conv1d(D -> 32, kernel 7) + ReLU + dropout, then one Conv1d(32 -> C, kernel 7) per
+    output, padding zeroed at the input and after the feature layer (a classifier of kernel 1
+    read no neighbours, and every output shape stayed the same)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = ResidueCNN(5, {"ss3": 3, "ss8": 8}).eval()
+    assert model.features.weight.shape == (32, 5, 7)
+    assert {n: h.weight.shape for n, h in model.heads.items()} == {"ss3": (3, 32, 7), "ss8": (8, 32, 7)}
+    x, mask = torch.randn(2, 9, 5), torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    keep = mask[:, None].float()  # (B, 1, L)
+    h = F.relu(F.conv1d(x.transpose(1, 2) * keep, model.features.weight, model.features.bias, padding=3)) * keep
+    for name, head in model.heads.items():
+        expected = F.conv1d(h, head.weight, head.bias, padding=3).transpose(1, 2)  # (B, L, C)
+        torch.testing.assert_close(model(x, mask)[name], expected)
+
+
 def test_cnn_padding_gets_no_gradient_through_loss():
     torch.manual_seed(0)
     model = ResidueCNN(3, {"ss3": 3})
