@@ -190,3 +190,15 @@ def test_an_unknown_family_is_refused_before_anything_is_written(tmp_path, run_c
     result = run_cli("-q", "quickstart", "-o", tmp_path / "q", "--family", "nope")
     assert result.exit_code == 2 and "unknown model family 'nope'" in result.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_no_training_step_or_head_epoch_is_refused_before_anything_is_written(tmp_path):
+    import pytest
+
+    from protrans_cli.errors import UsageError
+    from protrans_cli.quickstart import run_quickstart
+
+    for counts in (dict(num_steps=0), dict(head_epochs=0)):
+        with pytest.raises(UsageError, match="at least one training step and one head epoch"):
+            run_quickstart(tmp_path / "q", **counts)
+        assert not (tmp_path / "q").exists()
