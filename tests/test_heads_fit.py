@@ -2888,6 +2888,34 @@ def test_patience_counts_epochs_that_improve_neither_accuracy_nor_loss(loc_data,
     assert saved[-1]["best_epoch"] == 1
 
 
+def test_an_epoch_is_adam_steps_with_the_given_lr_and_weight_decay_over_shuffled_batches(loc_data):
+    """One epoch of an FNN member against Adam run by hand on the same batches: --lr and
+    --weight-decay reach the optimizer (a fit that dropped --weight-decay passed every test), and
+    --batch-size proteins a batch, shuffled with the member's seed."""
+    from protrans_cli.heads import fit as fit_module
+    from protrans_cli.heads.data import load_data
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.model import build_head
+    from protrans_cli.heads.tasks import get_task
+
+    task = get_task("loc")
+    data, _ = load_data(loc_data / "train.h5", read_labels(loc_data / "train.fasta"), task)
+    config = FitConfig(task="loc", batch_size=32, lr=0.05, weight_decay=0.5, dropout=0.0, max_epochs=1, patience=5)
+    model, _ = fit_module._train_one(config, task, data, data, 3, 0, None)
+    torch.manual_seed(3)
+    same = build_head(task, data.dim, hidden=config.hidden, dropout=0.0)
+    same.standardise_with(torch.from_numpy(data.x))
+    adam = torch.optim.Adam(same.parameters(), lr=0.05, weight_decay=0.5)
+    batches = list(data.batches(32, shuffle=True, rng=np.random.default_rng(3)))
+    assert len(batches) == 5
+    for b in batches:
+        adam.zero_grad()
+        fit_module._loss(task, same(b.x, b.mask), b.targets, None)[0].backward()
+        adam.step()
+    for name, value in same.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, msg=name)
+
+
 def test_validation_accuracy_counts_only_labelled_residues():
     """The valid_ss3 of metrics.jsonl (and the early-stopping score) is over the residues with a
     label: an unresolved residue (IGNORE) counted in the denominator halved it here."""
