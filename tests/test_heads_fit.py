@@ -2916,6 +2916,24 @@ def test_an_epoch_is_adam_steps_with_the_given_lr_and_weight_decay_over_shuffled
         torch.testing.assert_close(model.state_dict()[name], value, msg=name)
 
 
+def test_ensemble_members_are_the_heads_their_own_seeds_give(loc_data, tmp_path):
+    """--ensemble N: member i is the head a fit with --seed SEED+i gives (config.json's `seeds`);
+    every member trained from SEED was N copies of one head, averaged, which passed every test."""
+    from safetensors.torch import load_file
+
+    settings = dict(task="loc", max_epochs=2, threads=1, n_bootstrap=10, plots=False)
+    valid = (loc_data / "test.h5", loc_data / "test.fasta")
+    fit(FitConfig(**settings, ensemble=2, seed=5), loc_data / "train.h5", loc_data / "train.fasta",
+        tmp_path / "pair", valid=valid)
+    fit(FitConfig(**settings, seed=6), loc_data / "train.h5", loc_data / "train.fasta", tmp_path / "one", valid=valid)
+    pair, one = load_file(tmp_path / "pair" / "weights.safetensors"), load_file(tmp_path / "one" / "weights.safetensors")
+    second = {k[len("members.1."):]: v for k, v in pair.items() if k.startswith("members.1.")}
+    assert second and second.keys() == {k[len("members.0."):] for k in one}
+    assert all(torch.equal(v, one[f"members.0.{k}"]) for k, v in second.items())
+    assert not all(torch.equal(v, pair[f"members.0.{k}"]) for k, v in second.items())
+    assert json.loads((tmp_path / "pair" / "config.json").read_text())["seeds"] == [5, 6]
+
+
 def test_validation_accuracy_counts_only_labelled_residues():
     """The valid_ss3 of metrics.jsonl (and the early-stopping score) is over the residues with a
     label: an unresolved residue (IGNORE) counted in the denominator halved it here."""
