@@ -2934,6 +2934,18 @@ def test_ensemble_members_are_the_heads_their_own_seeds_give(loc_data, tmp_path)
     assert json.loads((tmp_path / "pair" / "config.json").read_text())["seeds"] == [5, 6]
 
 
+def test_the_kept_epoch_is_chosen_by_the_mean_of_the_outputs_scores(loc_data, monkeypatch):
+    """docs/heads.md: the best validation accuracy is the mean over outputs (loc's location and
+    membrane). Epoch 2's mean (0.8 + 0.7) / 2 beats epoch 1's (0.5 + 0.9) / 2, though epoch 1
+    has the higher score of any one output (a mutant choosing by the best output passed)."""
+    scripted = [(1.0, {"loc": 0.5, "membrane": 0.9}), (1.0, {"loc": 0.8, "membrane": 0.7}),
+                (1.0, {"loc": 0.2, "membrane": 0.95})]
+    model, saved = _member_with_scripted_validation(loc_data, monkeypatch, scripted)
+    assert [epoch["best_epoch"] for epoch in saved] == [1, 2, 2]
+    assert saved[-1]["best_score"] == pytest.approx(0.75)
+    assert all(torch.equal(saved[1]["model"][k], v) for k, v in model.state_dict().items())
+
+
 def test_validation_accuracy_counts_only_labelled_residues():
     """The valid_ss3 of metrics.jsonl (and the early-stopping score) is over the residues with a
     label: an unresolved residue (IGNORE) counted in the denominator halved it here."""
