@@ -2946,6 +2946,16 @@ def test_the_kept_epoch_is_chosen_by_the_mean_of_the_outputs_scores(loc_data, mo
     assert all(torch.equal(saved[1]["model"][k], v) for k, v in model.state_dict().items())
 
 
+def test_a_validation_loss_equal_to_the_lowest_is_no_progress(loc_data, monkeypatch):
+    """Patience counts epochs that improve neither accuracy nor loss: an epoch whose loss only
+    equals the lowest so far improves nothing, so --patience 2 stops after epoch 3 (a mutant
+    counting an equal loss as progress trained on to the end)."""
+    scripted = [(loss, {"loc": acc}) for loss, acc in [(1.0, 0.5), (1.0, 0.4), (1.0, 0.4), (1.0, 0.4), (1.0, 0.4)]]
+    _, saved = _member_with_scripted_validation(loc_data, monkeypatch, scripted, patience=2)
+    assert [epoch["epoch"] for epoch in saved] == [1, 2, 3]
+    assert saved[-1]["stopped"] and saved[-1]["last_progress"] == 1
+
+
 def test_validation_accuracy_counts_only_labelled_residues():
     """The valid_ss3 of metrics.jsonl (and the early-stopping score) is over the residues with a
     label: an unresolved residue (IGNORE) counted in the denominator halved it here."""
