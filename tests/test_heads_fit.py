@@ -2956,6 +2956,17 @@ def test_a_validation_loss_equal_to_the_lowest_is_no_progress(loc_data, monkeypa
     assert saved[-1]["stopped"] and saved[-1]["last_progress"] == 1
 
 
+def test_patience_counts_from_the_lowest_validation_loss_of_any_epoch(loc_data, monkeypatch):
+    """A loss below the last epoch's but above the lowest so far (epoch 4's 0.7 after 0.5 and 0.8)
+    is no progress: --patience 2 stops after epoch 4 (a mutant comparing with the last epoch's
+    loss trained on to epoch 6)."""
+    scripted = [(loss, {"loc": acc}) for loss, acc in
+                [(1.0, 0.5), (0.5, 0.4), (0.8, 0.4), (0.7, 0.4), (0.9, 0.4), (0.95, 0.4)]]
+    _, saved = _member_with_scripted_validation(loc_data, monkeypatch, scripted, patience=2)
+    assert [epoch["epoch"] for epoch in saved] == [1, 2, 3, 4]
+    assert saved[-1]["stopped"] and saved[-1]["last_progress"] == 2 and saved[-1]["best_loss"] == 0.5
+
+
 def test_validation_accuracy_counts_only_labelled_residues():
     """The valid_ss3 of metrics.jsonl (and the early-stopping score) is over the residues with a
     label: an unresolved residue (IGNORE) counted in the denominator halved it here."""
