@@ -1338,3 +1338,19 @@ def test_dual_for_a_task_without_locations_is_said_to_do_nothing(data, run_cli, 
     assert r.exit_code == 0, r.stderr
     assert "protrans: warning: --dual does nothing for ss3 (DeepLoc's dual location label, per protein): ignored" \
         in r.stderr
+
+
+def test_lr_and_weight_decay_options_reach_adamw(data, run_cli, tmp_path, monkeypatch):
+    """--lr and --weight-decay are AdamW's (a finetune that dropped --weight-decay passed every test)."""
+    seen = []
+    real = torch.optim.AdamW.__init__
+
+    def recording(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *args, **kwargs):
+        seen.append((lr, weight_decay))
+        real(self, params, lr, betas, eps, weight_decay, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", recording)
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "1",
+                "--lr", "0.002", "--weight-decay", "0.3", *FAST, "-o", tmp_path / "o")
+    assert r.exit_code == 0, r.stderr
+    assert seen == [(0.002, 0.3)]
