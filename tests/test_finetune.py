@@ -1354,3 +1354,28 @@ def test_lr_and_weight_decay_options_reach_adamw(data, run_cli, tmp_path, monkey
                 "--lr", "0.002", "--weight-decay", "0.3", *FAST, "-o", tmp_path / "o")
     assert r.exit_code == 0, r.stderr
     assert seen == [(0.002, 0.3)]
+
+
+def test_a_per_protein_head_reads_the_mean_of_each_proteins_own_residue_rows(data):
+    """FineTuned's pooled input is embed's per-protein mean (what its test sets and predict --fasta
+    are embedded to): over the protein's own residues, not over the batch's padded length."""
+    from protrans_cli.heads.finetune import FineTuned
+
+    embedder = _embedder(data / "bert")
+    seqs = ["MKTAYIAKQRQISFVKSH", "AELVIYGPND", "MSEQ"]
+    seen = []
+
+    class Recording(torch.nn.Module):  # (a head taking (B, D): what it is given)
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, mask):
+            seen.append(x)
+            return {}
+
+    with torch.no_grad():
+        FineTuned(embedder, Recording(), False).eval()(seqs)
+    pooled = embedder.embed_batch(seqs, pooled=True)
+    for i in range(len(seqs)):
+        np.testing.assert_allclose(seen[0][i].numpy(), pooled[i][0], atol=1e-5, rtol=1e-5)
