@@ -1379,3 +1379,15 @@ def test_a_per_protein_head_reads_the_mean_of_each_proteins_own_residue_rows(dat
     pooled = embedder.embed_batch(seqs, pooled=True)
     for i in range(len(seqs)):
         np.testing.assert_allclose(seen[0][i].numpy(), pooled[i][0], atol=1e-5, rtol=1e-5)
+
+
+def test_layer_is_the_hidden_state_the_head_reads_and_records(data, tmp_path):
+    """--layer -2: the head reads (and its config.json records) that hidden state, as embed
+    numbers it, for predict --fasta to embed with (a finetune that always read the last passed)."""
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(task="ss3", model=str(data / "bert"), max_epochs=1, lr=0.01, max_residues=600, threads=1,
+                            n_bootstrap=10, device="cpu", layer=-2)
+    finetune(config, data / "train.csv", tmp_path / "out")
+    head = json.loads((tmp_path / "out" / "head" / "config.json").read_text())
+    assert head["layer"] == -2 and head["embedding"]["layers"] == [-2]
