@@ -1391,3 +1391,23 @@ def test_layer_is_the_hidden_state_the_head_reads_and_records(data, tmp_path):
     finetune(config, data / "train.csv", tmp_path / "out")
     head = json.loads((tmp_path / "out" / "head" / "config.json").read_text())
     assert head["layer"] == -2 and head["embedding"]["layers"] == [-2]
+
+
+def test_the_head_is_built_with_its_options_under_the_seed(data, tmp_path, monkeypatch):
+    """--hidden, --kernel and --dropout build the head, and --seed seeds torch before it is
+    built (a finetune that built it with the default dropout, or seeded 0, passed every test)."""
+    import protrans_cli.heads.model as model_module
+    from protrans_cli.heads.finetune import FinetuneConfig, finetune
+
+    seen = []
+    real = model_module.build_head
+
+    def recording(*args, **kwargs):
+        seen.append((torch.initial_seed(), {k: kwargs[k] for k in ("hidden", "kernel", "dropout")}))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "build_head", recording)
+    config = FinetuneConfig(task="ss3", model=str(data / "bert"), max_epochs=1, lr=0.01, max_residues=600, threads=1,
+                            n_bootstrap=10, device="cpu", seed=11, hidden=8, kernel=3, dropout=0.4)
+    finetune(config, data / "train.csv", tmp_path / "out")
+    assert seen == [(11, {"hidden": 8, "kernel": 3, "dropout": 0.4})]
