@@ -1411,3 +1411,17 @@ def test_the_head_is_built_with_its_options_under_the_seed(data, tmp_path, monke
                             n_bootstrap=10, device="cpu", seed=11, hidden=8, kernel=3, dropout=0.4)
     finetune(config, data / "train.csv", tmp_path / "out")
     assert seen == [(11, {"hidden": 8, "kernel": 3, "dropout": 0.4})]
+
+
+@pytest.mark.parametrize("fraction, held", [(0.11, 7), (0.09, 5), (0.01, 1), (0.99, 59)])
+def test_valid_fraction_holds_out_the_rounded_share_at_least_one_and_leaves_one_to_train(fraction, held):
+    """--valid-fraction: round(share x proteins), at least one, never all (--help), as fit's: 0.11 of
+    60 is 7 (6.6 rounded; a mutant flooring it to 6 passed every test)."""
+    from protrans_cli.heads.data import Matched
+    from protrans_cli.heads.finetune import FinetuneConfig, SequenceData, _hold_out
+
+    seqs = _seqs(np.random.default_rng(2), 60)
+    data = SequenceData([Matched(f"p{i}", f"p{i}", len(s), {}) for i, s in enumerate(seqs)], seqs, True)
+    train, valid, _ = _hold_out(FinetuneConfig(valid_fraction=fraction), data, "train.csv")
+    assert len(valid.items) == held and len(train.items) == 60 - held
+    assert {m.id for m in train.items}.isdisjoint(m.id for m in valid.items)
