@@ -861,6 +861,57 @@ def test_rows_read_into_batches_are_the_rows_h5py_reads(tmp_path, dtype):
         ResidueData(str(path), [Matched("p0", "p0", 6, {"ss3": np.zeros(6, np.int64)})])
 
 
+@pytest.mark.parametrize("cache_bytes", [None, 0])  # read into RAM once, or streamed batch by batch
+def test_residue_batches_hold_each_protein_once_within_the_budget_with_its_rows_mask_and_labels(ss_data, cache_bytes):
+    """What the CNN trains on: every protein in exactly one batch per epoch, no batch over
+    --max-residues padded residues (count x longest) unless it holds one protein, the rows of its
+    dataset (h5py's own read), the mask True on its residues only, its labels there and IGNORE
+    on the padding; unshuffled sorted by length, shuffled a reproducible permutation of batches."""
+    from protrans_cli.heads.data import DEFAULT_CACHE_BYTES, ResidueData, load_data
+    from protrans_cli.heads.labels import read_labels
+    from protrans_cli.heads.tasks import get_task
+
+    data, _ = load_data(ss_data / "train.h5", read_labels(ss_data / "train.csv"), get_task("ss3"),
+                        cache_bytes=DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
+    assert (data.cached is None) == (cache_bytes == 0)
+    with h5py.File(ss_data / "train.h5", "r") as f:
+        rows = [f["per_residue"][m.key][()].astype(np.float32) for m in data.items]
+    budget, n = 150, len(data.items)
+    orders = {}
+    for shuffle, seed in ((False, None), (True, 1), (True, 1), (True, 2)):
+        batches = list(data.batches(budget, shuffle=shuffle, rng=np.random.default_rng(seed), prefetch=2))
+        order = np.concatenate([b.index for b in batches])
+        assert sorted(order.tolist()) == list(range(n))
+        for b in batches:
+            lengths = data.lengths[b.index]
+            assert len(b.index) == 1 or len(b.index) * lengths.max() <= budget
+            assert b.x.shape == (len(b.index), lengths.max(), data.dim)
+            for row, i in enumerate(b.index):
+                length = len(rows[i])
+                np.testing.assert_array_equal(b.x[row, :length].numpy(), rows[i])
+                assert not b.x[row, length:].any()
+                assert b.mask[row].tolist() == [True] * length + [False] * (b.x.shape[1] - length)
+                np.testing.assert_array_equal(b.targets["ss3"][row, :length].numpy(), data.items[i].targets["ss3"])
+                assert (b.targets["ss3"][row, length:] == IGNORE).all()
+        orders.setdefault((shuffle, seed), []).append(order.tolist())
+    unshuffled = orders[(False, None)][0]
+    assert list(data.lengths[unshuffled]) == sorted(data.lengths)
+    # greedy: a batch ends where the next protein (the next longer) would take it over the budget
+    batches = data.plan(budget, False, None)
+    for b, following in zip(batches, batches[1:]):
+        assert (len(b) + 1) * data.lengths[following[0]] > budget
+    assert orders[(True, 1)][0] == orders[(True, 1)][1] != orders[(True, 2)][0] != unshuffled
+    # shuffled: the batches in a random order, not by length...
+    assert list(data.lengths[orders[(True, 1)][0]]) != sorted(data.lengths)
+    # ... each sorted by length within its window (here the whole set): no more padding than unshuffled
+    padded = [sum(len(b) * data.lengths[b].max() for b in data.plan(budget, shuffle, np.random.default_rng(1)))
+              for shuffle in (False, True)]
+    assert padded[0] == padded[1]
+    # "sets up to --cache-gb are read into RAM once": one of exactly that size too
+    assert ResidueData(str(ss_data / "train.h5"), data.items, cache_bytes=data.nbytes).cached is not None
+    assert ResidueData(str(ss_data / "train.h5"), data.items, cache_bytes=data.nbytes - 1).cached is None
+
+
 def test_labels_of_another_task_name_the_label_file(run_cli, ss_data, tmp_path):
     # NetSurfP labels given to a loc head: the error named the record but not the file.
     r = run_cli("fit", "loc", "--embeddings", ss_data / "train.h5", "--labels", ss_data / "train.csv",
