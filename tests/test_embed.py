@@ -1284,6 +1284,21 @@ def test_resume_with_the_same_long_protein_policy_completes(tmp_path, monkeypatc
         assert (r.attrs["max_length"], r.attrs["long_policy"], r.attrs["chunk_overlap"]) == (10, "chunk", 2)
 
 
+def test_resume_under_another_long_policy_takes_any_chunk_overlap(tmp_path, monkeypatch):
+    """--chunk-overlap shapes the rows of --long-policy chunk alone: a run under truncate records
+    none, so its --resume with another (or the default) overlap completes, equal to one run."""
+    out = tmp_path / "p.h5"
+    original = _ctrl_c_on_batch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, max_batch_size=1, max_length=10, long_policy="truncate", chunk_overlap=4)
+    monkeypatch.setattr(OneHotEmbedder, "embed_batch", original)
+    _run(out, max_batch_size=1, max_length=10, long_policy="truncate", resume=True)
+    full = _run(tmp_path / "full.h5", max_batch_size=1, max_length=10, long_policy="truncate")
+    assert_same_content(file_content(out), file_content(full))
+    with EmbeddingsReader(out) as r:
+        assert (r.attrs["long_policy"], r.attrs.get("chunk_overlap")) == ("truncate", None)
+
+
 def test_summary_counts_the_residues_of_every_protein_written(run_cli, tmp_path):
     """P1 and P1copy share a sequence: computed once, written twice, and both count."""
     total = sum(len(r.sequence.replace("-", "").replace(".", "")) for r in read_fasta(SMALL))
