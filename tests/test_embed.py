@@ -2868,6 +2868,28 @@ def test_whole_proteins_batched_with_windows_are_checked_against_float16(tmp_pat
         assert r.failed()["short"].startswith("values beyond float16's range")
 
 
+def test_float16_vectors_of_a_batch_with_windows_are_the_float32_ones_rounded(tmp_path):
+    """A batch that holds chunk windows brings float32 rows: the per-protein vectors (the chunked
+    protein's, and a whole protein's in that batch) are means of those, rounded once to float16,
+    as every other protein's; a mean of rows already rounded to float16 differed in the last bit."""
+    save_bert_into(tmp_path / "bert", seed=0)
+    fasta = tmp_path / "m.fa"
+    fasta.write_text(">long\n" + "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ" + "\n>short\nACDEFGHIKLMNPQRS\n")
+    got = {}
+    for storage in ("float32", "float16"):
+        out = tmp_path / f"{storage}.h5"
+        embed(fasta, out, EmbedOptions(model=str(tmp_path / "bert"), device="cpu", dtype="float32",
+                                       storage_dtype=storage, long_policy="chunk", max_length=20,
+                                       chunk_overlap=6, max_tokens=1000))
+        got[storage] = read_all(out), read_all(out, PER_PROTEIN)
+    (rows32, means32), (rows16, means16) = got["float32"], got["float16"]
+    for ident in ("long", "short"):
+        np.testing.assert_array_equal(rows16[ident], rows32[ident].astype(np.float16))
+        assert means16[ident].dtype == np.float16
+        np.testing.assert_array_equal(means16[ident], means32[ident].astype(np.float16), err_msg=ident)
+        np.testing.assert_allclose(means32[ident], rows32[ident].mean(0), atol=1e-6)
+
+
 def test_embed_sequences_odd_inputs_and_torchrun_environment(tmp_path, monkeypatch):
     """embed_sequences: a lone string was taken as a list of its letters (one array per letter);
     an error named the temporary FASTA and its line; under torchrun each rank embedded its share
