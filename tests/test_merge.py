@@ -869,3 +869,23 @@ def test_a_protein_in_two_parts_is_kept_from_the_first_part(tmp_path):
         assert sorted(f[PER_RESIDUE]) == ["one", "shared", "two"]
         np.testing.assert_array_equal(f[PER_RESIDUE]["shared"][()], values["one"])
         np.testing.assert_array_equal(f[PER_PROTEIN]["shared"][()], values["one"].mean(0))
+
+
+def test_a_records_part_is_its_sequence_digest_modulo_n(tmp_path):
+    """docs/embed.md: a record is in part K of N when the digest of its normalised sequence modulo
+    N is K - 1, the same in every run and every version (a part resumed by a later version must get
+    the same records): the parts computed here with hashlib, lower-case and gapped copies included."""
+    import hashlib
+
+    seqs = {f"p{i}": "MKT" + "ACDEFGHIKLMNPQRSTVWY"[i % 20] * (i + 1) for i in range(12)}
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{i}\n{s}\n" for i, s in seqs.items()) + ">low\nmkt-aa\n")
+    seqs["low"] = "MKTAA"
+
+    def part(seq):
+        return int.from_bytes(hashlib.blake2b(seq.encode(), digest_size=8).digest(), "little") % 3 + 1
+
+    for k in (1, 2, 3):
+        with EmbeddingsReader(_embed(fasta, tmp_path / f"{k}.h5", part=f"{k}/3", per_residue=False)) as r:
+            assert sorted(r.ids()) == sorted(i for i, s in seqs.items() if part(s) == k), k
+    assert len({part(s) for s in seqs.values()}) == 3  # every part holds records: a shift would move them
