@@ -355,6 +355,16 @@ def test_gaps_removed_from_aligned_rows_are_said_once(tmp_path, run_cli):
     assert result.exit_code == 0 and "gap characters" not in result.stderr, result.stderr
 
 
+def test_a_record_gapped_with_dots_alone_is_said_too(tmp_path, run_cli):
+    """An A3M's insert columns are '.', with no '-' in the row: its dots are removed as '-' are,
+    and said alike."""
+    fasta = tmp_path / "a3m.fa"
+    fasta.write_text(">d\nMK..TAY\n>plain\nMKTAY\n")
+    result = run_cli("embed", fasta, "-m", "onehot", "-o", tmp_path / "o.h5")
+    assert result.exit_code == 0, result.stderr
+    assert "1 of 2 protein(s) held gap characters ('-', '.'), removed: d." in result.stderr, result.stderr
+
+
 def test_long_policy_error_names_the_record(tmp_path):
     with pytest.raises(InputError, match="P1.*--max-length"):
         _run(tmp_path / "e.h5", max_length=10)
