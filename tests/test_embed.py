@@ -1309,6 +1309,20 @@ def test_resume_under_another_long_policy_takes_any_chunk_overlap(tmp_path, monk
         assert (r.attrs["long_policy"], r.attrs.get("chunk_overlap")) == ("truncate", None)
 
 
+def test_a_chunk_overlap_as_long_as_the_models_own_limit_is_a_usage_error(tmp_path):
+    """Without --max-length the windows are the model's own limit: an overlap that long or longer
+    is refused before any batch (windows of step 0 or less), as against --max-length."""
+    from protrans_cli.embed import build_embedder
+
+    save_bert_into(tmp_path / "bert", seed=0)
+    options = EmbedOptions(model=str(tmp_path / "bert"), device="cpu", long_policy="chunk")
+    limit = build_embedder(options).max_residues
+    options.chunk_overlap = limit
+    with pytest.raises(UsageError, match=rf"--chunk-overlap must be at least 0 and smaller than the window \({limit}\)"):
+        embed(SMALL, tmp_path / "o.h5", options)
+    assert not (tmp_path / "o.h5").exists() and not partial_path(tmp_path / "o.h5").exists()
+
+
 def test_summary_counts_the_residues_of_every_protein_written(run_cli, tmp_path):
     """P1 and P1copy share a sequence: computed once, written twice, and both count."""
     total = sum(len(r.sequence.replace("-", "").replace(".", "")) for r in read_fasta(SMALL))
