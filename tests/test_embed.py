@@ -1323,6 +1323,21 @@ def test_a_chunk_overlap_as_long_as_the_models_own_limit_is_a_usage_error(tmp_pa
     assert not (tmp_path / "o.h5").exists() and not partial_path(tmp_path / "o.h5").exists()
 
 
+def test_the_file_records_the_models_own_limit_where_no_max_length_was_given(tmp_path):
+    """docs/formats.md: `max_length` is the length at which --long-policy applied, the model's own
+    limit (a learned position table's) when --max-length was not given, 0 for none (onehot)."""
+    from protrans_cli.embed import build_embedder
+
+    save_bert_into(tmp_path / "bert", seed=0)
+    options = EmbedOptions(model=str(tmp_path / "bert"), device="cpu", per_residue=False)
+    limit = build_embedder(options).max_residues
+    assert limit
+    embed(SMALL, tmp_path / "b.h5", options)
+    _run(tmp_path / "o.h5", per_residue=False)
+    with EmbeddingsReader(tmp_path / "b.h5") as bert, EmbeddingsReader(tmp_path / "o.h5") as onehot:
+        assert (bert.attrs["max_length"], onehot.attrs["max_length"]) == (limit, 0)
+
+
 def test_summary_counts_the_residues_of_every_protein_written(run_cli, tmp_path):
     """P1 and P1copy share a sequence: computed once, written twice, and both count."""
     total = sum(len(r.sequence.replace("-", "").replace(".", "")) for r in read_fasta(SMALL))
