@@ -675,6 +675,19 @@ def test_a_protein_longer_than_the_model_accepts_is_refused_before_training(data
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_a_protein_exactly_as_long_as_the_model_accepts_is_finetuned_on(data, run_cli, tmp_path):
+    """The refusal above starts one residue past the model's limit: a protein of exactly the limit
+    fits the position table (special tokens included) and is trained and scored, not refused."""
+    limit = _embedder(data / "bert").max_residues
+    rng = np.random.default_rng(5)
+    _netsurfp(tmp_path / "test.csv", [*_seqs(rng, 3), "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), limit))])
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--test", tmp_path / "test.csv",
+                "-o", tmp_path / "out", "--max-epochs", "1", *FAST)
+    assert r.exit_code == 0 and "Traceback" not in r.stderr, r.stderr
+    metrics = json.loads((tmp_path / "out" / "head" / "metrics.json").read_text())
+    assert metrics["test"]["ss3"]["n_proteins"] == 4 and metrics["test"]["ss3"]["n"] >= limit, metrics["test"]
+
+
 def test_one_protein_and_stdin_twice_are_refused_naming_the_file(data, run_cli, tmp_path):
     _netsurfp(tmp_path / "one.csv", _seqs(np.random.default_rng(6), 1))
     r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", tmp_path / "one.csv", "-o", tmp_path / "out", *FAST)
