@@ -1760,6 +1760,17 @@ def test_shards_are_disjoint_complete_and_balanced():
     assert shard_units(units, 1, 3) == shards[1]  # deterministic, so --resume finds the same shards
 
 
+def test_shards_deal_the_longest_proteins_first():
+    """Longest first: 200 one-residue proteins read before one of 100 end 150 / 150 residues on two
+    ranks; dealt in input order they would end 200 / 100 (the rank that drew the long one waits)."""
+    from protrans_cli.embed import shard_units
+
+    units = [_Unit("A", [type("P", (), {"id": f"p{i:03d}"})()]) for i in range(200)]
+    units.append(_Unit("A" * 100, [type("P", (), {"id": "long"})()]))
+    loads = sorted(sum(len(u.sequence) for u in shard_units(units, r, 2)) for r in range(2))
+    assert loads == [150, 150]
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_give_one_merged_file(tmp_path):
     import os
