@@ -71,6 +71,7 @@ def test_fit_predict_ss3_end_to_end(run_cli, ss_data, tmp_path):
     config = json.loads((head / "config.json").read_text())
     assert config["task"]["outputs"][0]["classes"] == list(SS3)
     assert config["input_dim"] == 21 and config["embedding"]["model"] == "onehot"
+    assert config["hyperparameters"]["standardise"] is False  # (a CNN reads raw rows; only FNN heads z-score)
     for name in ("weights.safetensors", "curves.png", "metrics.json", "metrics/test.json", "metrics/test.ss3.png",
                  "metrics/valid.json"):
         assert (head / name).is_file(), name
