@@ -856,3 +856,18 @@ def test_a_model_built_by_its_own_code_says_that_code_never_runs(tmp_path):
                        f"runs; unsupported model type 'ESMplusplus' (supported: bert, roberta, albert, electra, t5, "
                        "xlnet, protrans-transfo-xl, esm)"), message
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("preset, fixture", [("tiny", "esm_reference"), ("esm2_t6_8M", "esm_reference"),
+                                             ("esm1b_t33_650M", "esm1b_reference")])
+def test_an_esm_preset_computes_as_fair_esms_converted_models_do(preset, fixture):
+    """A model trained from an ESM preset is configured as a published ESM checkpoint of its
+    architecture: every setting that is not a size equals that of the fair-esm model converted to
+    transformers in tests/data (token dropout's rescaling of the embeddings, the layer norm
+    epsilon, the activation, no dropout, the positions, the special-token ids)."""
+    ours = FAMILIES["esm"].build_config(preset).to_dict()
+    converted = json.loads((Path(__file__).parent / "data" / fixture / "config.json").read_text())
+    keys = ("token_dropout", "layer_norm_eps", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
+            "position_embedding_type", "emb_layer_norm_before", "max_position_embeddings", "vocab_size",
+            "pad_token_id", "mask_token_id")
+    assert {key: ours[key] for key in keys} == {key: converted[key] for key in keys}
