@@ -871,3 +871,14 @@ def test_an_esm_preset_computes_as_fair_esms_converted_models_do(preset, fixture
             "position_embedding_type", "emb_layer_norm_before", "max_position_embeddings", "vocab_size",
             "pad_token_id", "mask_token_id")
     assert {key: ours[key] for key in keys} == {key: converted[key] for key in keys}
+
+
+def test_a_t5_model_starts_decoding_from_the_pad_token_as_prott5():
+    """T5 starts its decoder from the pad token: a t5 run's decoder reads its labels shifted right
+    behind `<pad>`, as ProtT5 was trained (its published config: pad 0, eos 1, decoder start 0), so
+    a model trained here and one continued from ProtT5 (--init-from) decode from the same token."""
+    tokenizer, config, model = _tiny(FAMILIES["t5"])
+    assert (config.pad_token_id, config.eos_token_id, config.decoder_start_token_id) == (0, 1, 0)
+    assert tokenizer.convert_ids_to_tokens([0, 1]) == ["<pad>", "</s>"]
+    labels = torch.tensor([[5, 6, 7, 1]])
+    assert model.prepare_decoder_input_ids_from_labels(labels=labels).tolist() == [[0, 5, 6, 7]]
