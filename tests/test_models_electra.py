@@ -122,3 +122,19 @@ def test_embedding_with_the_generator_is_warned_about(tmp_path, run_cli):
     assert "ProtElectra's embeddings are the discriminator's" in r.stderr.replace("\n", " ")
     r = run_cli("embed", tmp_path / "x.fa", "-m", tmp_path / "run", "-o", tmp_path / "d.h5")
     assert r.exit_code == 0 and "generator" not in r.stderr, r.stderr
+
+
+def test_generator_size_scales_hidden_size_heads_and_intermediate_size_alike():
+    """The generator is `generator_size` of the discriminator in hidden size, heads and
+    intermediate size alike (a quarter by default, as ELECTRA's and ProtElectra's), of the same
+    depth and the embedding width the two share (hand-computed from the presets' sizes)."""
+    from protrans_cli.models.electra import generator_config
+
+    _, pair = _pair()  # tiny discriminator: 32 wide, 4 heads, 64 inner, 2 layers, embeddings 32
+    gen = pair.generator.config
+    assert (gen.hidden_size, gen.num_attention_heads, gen.intermediate_size) == (8, 1, 16)
+    assert (gen.num_hidden_layers, gen.embedding_size) == (2, 32)
+    big = generator_config(FAMILY.build_config("prot_electra"))  # 1024 wide, 16 heads, 4096 inner
+    assert (big.hidden_size, big.num_attention_heads, big.intermediate_size) == (256, 4, 1024)
+    half = generator_config(FAMILY.build_config("prot_electra", generator_size=0.5))
+    assert (half.hidden_size, half.num_attention_heads, half.intermediate_size) == (512, 8, 2048)
