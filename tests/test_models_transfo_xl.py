@@ -268,3 +268,25 @@ def test_padding_after_memory_does_not_change_real_positions():
         unmasked = model(input_ids=second, mems=mems).logits
     torch.testing.assert_close(padded[0], unmasked[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(padded[1, :2], alone[0], rtol=0, atol=1e-5)
+
+
+def test_hidden_states_are_the_scaled_embeddings_then_each_layers_output():
+    """`embed --layers` indexes the hidden states as transformers 4's Transformer-XL gave them:
+    0 the token embeddings times sqrt(d_model), i the output of layer i (the input of layer
+    i + 1), the last one the last hidden state: checked against the layers run one by one."""
+    model = _model(seed=3)
+    ids = _ids(2, 7, seed=4)
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+        states = out.hidden_states
+        assert len(states) == model.config.n_layer + 1
+        h = model.transformer.word_emb(ids) * math.sqrt(model.config.d_model)
+        torch.testing.assert_close(states[0], h, rtol=0, atol=0)
+        T = ids.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool).tril()[None].expand(2, T, T)
+        r = _sinusoid(torch.arange(T - 1, -1, -1), model.config.d_model)
+        for n, layer in enumerate(model.transformer.layers):
+            h = layer(h, r, None, causal)
+            torch.testing.assert_close(states[n + 1], h, rtol=0, atol=1e-5)
+    torch.testing.assert_close(states[-1], out.last_hidden_state, rtol=0, atol=0)
+
