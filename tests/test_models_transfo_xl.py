@@ -290,3 +290,16 @@ def test_hidden_states_are_the_scaled_embeddings_then_each_layers_output():
             torch.testing.assert_close(states[n + 1], h, rtol=0, atol=1e-5)
     torch.testing.assert_close(states[-1], out.last_hidden_state, rtol=0, atol=0)
 
+
+
+def test_a_clamp_len_of_0_clamps_no_distance_as_in_transformers_4():
+    """clamp_len clamps the relative distances only when above 0, as transformers 4's
+    Transformer-XL (whose configs give 0 or -1 for none): at 0 every distance keeps its own
+    encoding, not all the encoding of distance 0; a positive clamp_len changes the output."""
+    ids = _ids(2, 9, seed=5)
+    with torch.no_grad():
+        unclamped = _model(seed=6, clamp_len=-1)(input_ids=ids).logits
+        zero = _model(seed=6, clamp_len=0)(input_ids=ids).logits
+        clamped = _model(seed=6, clamp_len=2)(input_ids=ids).logits
+    torch.testing.assert_close(zero, unclamped, rtol=0, atol=0)
+    assert not torch.equal(clamped, unclamped)
