@@ -882,3 +882,16 @@ def test_a_t5_model_starts_decoding_from_the_pad_token_as_prott5():
     assert tokenizer.convert_ids_to_tokens([0, 1]) == ["<pad>", "</s>"]
     labels = torch.tensor([[5, 6, 7, 1]])
     assert model.prepare_decoder_input_ids_from_labels(labels=labels).tolist() == [[0, 5, 6, 7]]
+
+
+def test_a_t5_protein_is_its_residues_then_one_eos_with_no_leading_token_as_prott5():
+    """ProtT5's input layout (its embedding script's tokenizer): the residues, then `</s>`, nothing
+    before them; padding after. A tiny T5's tokenizer lays proteins out so, residue rows masked in."""
+    family = FAMILIES["t5"]
+    tokenizer = family.build_tokenizer()
+    m, k, t, a = tokenizer.convert_tokens_to_ids(["M", "K", "T", "A"])
+    for encode in (family.encode, family.encode_with_tokenizer):
+        inputs, mask = encode(tokenizer, ["MKT", "A"])
+        assert inputs["input_ids"].tolist() == [[m, k, t, 1], [a, 1, 0, 0]]
+        assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+        assert mask.tolist() == [[True, True, True, False], [True, False, False, False]]
