@@ -895,3 +895,9 @@ def test_a_t5_protein_is_its_residues_then_one_eos_with_no_leading_token_as_prot
         assert inputs["input_ids"].tolist() == [[m, k, t, 1], [a, 1, 0, 0]]
         assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
         assert mask.tolist() == [[True, True, True, False], [True, False, False, False]]
+
+
+def test_an_unknown_preset_is_a_usage_error_naming_the_known_ones():
+    known = r"\(known: tiny, small, base, prot_t5_xl"
+    with pytest.raises(UsageError, match=rf"^unknown preset 'huge' for family 't5' {known}"):
+        FAMILIES["t5"].build_config("huge")
