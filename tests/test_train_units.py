@@ -652,6 +652,13 @@ def test_corpus_errors_name_the_problem(tmp_path):
         next(iter(_stream([str(tmp_path / "missing.txt")])))
 
 
+def test_a_token_layout_names_the_first_letter_it_cannot_encode_by_its_1_based_position():
+    layout = _layout("bert")
+    assert np.array_equal(layout.encode("MkV"), layout.residue_table[[ord("M"), ord("K"), ord("V")]])
+    with pytest.raises(InputError, match=r"invalid residue '\*' at residue 3 of the protein"):
+        layout.encode("MK*V*")
+
+
 def test_every_corpus_line_is_checked_whole_with_its_position_in_the_protein(tmp_path):
     # A bad residue outside the window a crop keeps, in a protein of the last batch: the first
     # batch already fails, naming the line and the position in the whole protein.
