@@ -652,6 +652,19 @@ def test_corpus_errors_name_the_problem(tmp_path):
         next(iter(_stream([str(tmp_path / "missing.txt")])))
 
 
+def test_the_corpus_check_names_empty_shards_and_refuses_a_corpus_without_a_protein(tmp_path):
+    from protrans_cli.training.data import check_corpus
+
+    empty, blank, one = tmp_path / "empty.txt", tmp_path / "blank.txt", tmp_path / "one.txt"
+    empty.write_text("")
+    blank.write_text("\n\n \n")
+    one.write_text("M K V\n\n")
+    assert check_corpus([str(empty), str(one), str(blank)]) == [str(empty), str(blank)]
+    assert check_corpus([str(one)], 1) == []
+    with pytest.raises(InputError, match=r"empty.txt, .*blank.txt: the corpus holds no protein"):
+        check_corpus([str(empty), str(blank)])
+
+
 def test_a_token_layout_names_the_first_letter_it_cannot_encode_by_its_1_based_position():
     layout = _layout("bert")
     assert np.array_equal(layout.encode("MkV"), layout.residue_table[[ord("M"), ord("K"), ord("V")]])
