@@ -665,6 +665,19 @@ def test_the_corpus_check_names_empty_shards_and_refuses_a_corpus_without_a_prot
         check_corpus([str(empty), str(blank)])
 
 
+def test_the_corpus_check_refuses_fewer_proteins_than_the_largest_global_batch(tmp_path):
+    from protrans_cli.training.data import check_corpus
+
+    one, three = tmp_path / "one.txt", tmp_path / "three.txt"
+    one.write_text("M K V\n\n")
+    three.write_text("M K V\n\nA C\n\nD E F G\n")
+    with pytest.raises(InputError, match=r"one.txt: the corpus holds 1 protein\(s\), fewer than one global batch \(2\)"):
+        check_corpus([str(one)], 2)
+    with pytest.raises(InputError, match=r"holds 3 protein\(s\), fewer than one global batch \(4 of phase 2\)"):
+        check_corpus([str(three)], 4, batch_text=" of phase 2")
+    assert check_corpus([str(three)], 3) == [] and check_corpus([str(one), str(three)], 4) == []
+
+
 def test_a_token_layout_names_the_first_letter_it_cannot_encode_by_its_1_based_position():
     layout = _layout("bert")
     assert np.array_equal(layout.encode("MkV"), layout.residue_table[[ord("M"), ord("K"), ord("V")]])
