@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 
@@ -105,6 +106,23 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     with pytest.raises(UsageError, match="LEN:STEPS"):
         Phase.parse("512")
     assert parse_set(["num_hidden_layers=4", "hidden_act=gelu"]) == {"num_hidden_layers": 4, "hidden_act": "gelu"}
+
+
+def test_settings_take_the_bounds_of_their_range_and_refuse_what_lies_beyond():
+    TrainConfig(corpus=["c.txt"], min_lr_ratio=1.0, plm_prob=1.0, segment_length=1, adam_beta1=0.0,
+                fsdp_min_params=0).check_values()
+    TrainConfig(corpus=["c.txt"], sop=True, model_overrides={"type_vocab_size": 2}).check_values()
+    for settings, said in (
+            (dict(min_lr_ratio=1.01), r"^min_lr_ratio must be in \[0, 1\]"),
+            (dict(plm_prob=1.5), r"^plm_prob must be above 0 and at most 1, got 1.5$"),
+            (dict(segment_length=0), r"^segment_length must be at least 1, got 0$"),
+            (dict(sop=True, model_overrides={"type_vocab_size": 1}), r"^--set type_vocab_size=1 \(model_overrides\): "
+                                                                     r"sop .* needs at least 2 token types$"),
+            (dict(phases=[Phase(64, 2, 0)]), r"^phase 1 \(64:2:0\): global_batch_size must be at least 1, got 0$")):
+        with pytest.raises(UsageError, match=said):
+            TrainConfig(corpus=["c.txt"], **settings).check_values()
+    with pytest.raises(UsageError, match=r"--phase '64:2:8:4:1': expected LEN:STEPS\[:GLOBAL_BATCH\[:MICRO_BATCH\]\]"):
+        Phase.parse("64:2:8:4:1")
 
 
 def test_grad_accumulation_must_divide():
