@@ -125,6 +125,16 @@ def test_settings_take_the_bounds_of_their_range_and_refuse_what_lies_beyond():
         Phase.parse("64:2:8:4:1")
 
 
+def test_a_flag_over_a_saved_config_drops_the_settings_that_went_with_what_it_replaces():
+    # a run's train_config.json (objective saved resolved, preset recorded) as a template
+    saved = TrainConfig(corpus=["c.txt"], family="bert", objective="mlm", preset="tiny")
+    assert saved.override(family="t5").objective is None  # the new family's own objective
+    assert saved.override(family="t5", objective="t5_span").objective == "t5_span"
+    assert dataclasses.replace(saved, objective="plm").override(family="xlnet").objective == "plm"  # not bert's default
+    assert saved.override(init_from="runs/first").preset is None  # the architecture comes from the model
+    assert saved.override(init_from="runs/first", preset="small").preset == "small"  # (check_values refuses it)
+
+
 def test_grad_accumulation_must_divide():
     assert grad_accum_steps(32, 4, 2) == 4
     with pytest.raises(UsageError, match="32 is not divisible by micro batch size 6 x 2"):
