@@ -135,6 +135,16 @@ def test_a_flag_over_a_saved_config_drops_the_settings_that_went_with_what_it_re
     assert saved.override(init_from="runs/first", preset="small").preset == "small"  # (check_values refuses it)
 
 
+def test_a_corpus_file_whose_name_holds_pattern_characters_is_taken_as_named(tmp_path, monkeypatch):
+    from protrans_cli.training.config import expand_corpus_paths
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("c[1].txt", "c1.txt", "c2.txt"):
+        (tmp_path / name).write_text("M K\n")
+    assert expand_corpus_paths(["c[1].txt", "c[12].txt"]) == ["c[1].txt", "c1.txt", "c2.txt"]
+    assert TrainConfig.from_dict({"corpus": "c[1].txt"}).corpus == ["c[1].txt"]
+
+
 def test_grad_accumulation_must_divide():
     assert grad_accum_steps(32, 4, 2) == 4
     with pytest.raises(UsageError, match="32 is not divisible by micro batch size 6 x 2"):
