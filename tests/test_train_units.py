@@ -145,6 +145,15 @@ def test_a_corpus_file_whose_name_holds_pattern_characters_is_taken_as_named(tmp
     assert TrainConfig.from_dict({"corpus": "c[1].txt"}).corpus == ["c[1].txt"]
 
 
+def test_token_micro_batches_hold_each_phases_own_micro_batch_of_its_own_length():
+    config = TrainConfig(corpus=["c.txt"], token_micro_batches=True, micro_batch_size=8, max_length=512,
+                         pad_multiple=16, packing=True)
+    assert config.stream_sizing(Phase(128, 10, 32, 4)) == {"micro_batch_tokens": 4 * 128, "pad_multiple": 16,
+                                                           "packed": True}
+    assert [config.stream_sizing(p)["micro_batch_tokens"] for p in
+            dataclasses.replace(config, phases=[Phase(64, 1), Phase(256, 1, 16, 2)]).resolved_phases()] == [8 * 64, 2 * 256]
+
+
 def test_grad_accumulation_must_divide():
     assert grad_accum_steps(32, 4, 2) == 4
     with pytest.raises(UsageError, match="32 is not divisible by micro batch size 6 x 2"):
