@@ -154,6 +154,13 @@ def test_token_micro_batches_hold_each_phases_own_micro_batch_of_its_own_length(
             dataclasses.replace(config, phases=[Phase(64, 1), Phase(256, 1, 16, 2)]).resolved_phases()] == [8 * 64, 2 * 256]
 
 
+def test_a_config_files_suffix_is_read_whatever_its_case(tmp_path):
+    (tmp_path / "C.TOML").write_text('corpus = "c.txt"\nlr = 0.002\n')
+    (tmp_path / "c.Json").write_text('{"corpus": "c.txt", "lr": 0.002}')
+    assert TrainConfig.from_file(tmp_path / "C.TOML") == TrainConfig.from_file(tmp_path / "c.Json") == \
+        TrainConfig(corpus=["c.txt"], lr=0.002)
+
+
 def test_grad_accumulation_must_divide():
     assert grad_accum_steps(32, 4, 2) == 4
     with pytest.raises(UsageError, match="32 is not divisible by micro batch size 6 x 2"):
