@@ -1756,6 +1756,19 @@ def test_token_micro_batches_hold_the_same_proteins_within_the_budget(tmp_path, 
         assert fewer, per_rank  # the short proteins' steps need fewer passes
 
 
+def test_a_protein_alone_over_the_token_budget_goes_alone_and_no_micro_batch_is_empty(tmp_path):
+    # micro-batch size 1 x max length 100 = 100 tokens; a protein cropped to 100 tokens pads to 104
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(" ".join("ACDEFGHIKL"[i % 10] * n) + "\n\n" for i, n in enumerate([150, 120, 99, 200] * 2)))
+    kw = dict(max_length=100, global_batch_size=4, micro_batch_size=1, bucket_batches=1, max_epochs=1)
+    fixed = list(_stream([str(corpus)], **kw))
+    cut = list(_stream([str(corpus)], micro_batch_tokens=100, pad_multiple=8, **kw))
+    assert len(fixed) == len(cut) == 2
+    for a, b in zip(fixed, cut):
+        assert _indices(a) == _indices(b)
+        assert all(len(mb) == 1 for mb in b.micro_batches)  # each alone over the budget (104 tokens)
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_token_micro_batches_of_a_rank_with_fewer_are_split_until_every_rank_has_as_many(tmp_path, seed):
     """Proteins of very different lengths, one bucket a step: the budget cuts one rank's share
