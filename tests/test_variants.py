@@ -538,6 +538,20 @@ def test_several_models_give_a_column_each_and_their_mean(run_cli, tmp_path, tin
     assert r.exit_code == 2 and "--column" in r.stderr
 
 
+def test_the_ensemble_column_is_the_mean_of_every_models_column():
+    """With several -m, ensemble_SCORING is the mean of that scoring's columns over all the models
+    (three here: a median of two is their mean too), NaN where any model gave none."""
+    from protrans_cli.variants import VariantOptions, _written
+
+    options = VariantOptions(models=("a", "b", "c"), strategies=("masked-marginals",))
+    columns = [(f"{m}_masked_marginals", m, "masked-marginals") for m in options.models]
+    results = {"a_masked_marginals": np.array([0.0, 1.0, np.nan]), "b_masked_marginals": np.array([3.0, 2.0, 1.0]),
+               "c_masked_marginals": np.array([9.0, 6.0, 2.0])}
+    written = dict(_written(columns, ["ensemble_masked_marginals"], results, options))
+    np.testing.assert_allclose(written["ensemble_masked_marginals"], [4.0, 3.0, np.nan])
+    assert list(written)[:3] == [c for c, _, _ in columns]
+
+
 @pytest.mark.gpu
 def test_on_a_gpu_in_bfloat16_the_scores_are_the_cpus_within_its_precision(tmp_path):
     """The default GPU path (bfloat16 compute, float32 log-softmax) against the CPU in float32."""
