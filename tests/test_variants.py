@@ -709,6 +709,22 @@ def test_the_library_refuses_variants_given_as_text_or_a_bare_mutation(tiny_mode
     assert scorer.score(SEQ, (parse_variant(v, SEQ) for v in ["I6W"])) == pytest.approx(want)
 
 
+def test_a_multi_mutant_with_a_stop_at_any_site_is_left_without_a_score(tiny_models):
+    """A stop (*) has no residue in a language model: a variant with one at any of its sites,
+    the last of several included, gets NaN under every scoring; its other variants keep theirs.
+    The multi-mutant's score is the sum of its sites' log-odds (predict.py's additive rule)."""
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    scorer = VariantScorer(load_model(tiny_models["esm"], masked_lm=True), progress=False)
+    texts = ["K2A:T3*", "K2*:T3W", "K2A:T3W", "K2A", "T3W"]
+    for strategy in ("masked-marginals", "wt-marginals", "pseudo-ppl"):
+        scores = scorer.score(SEQ[:20], [parse_variant(t, SEQ[:20]) for t in texts], strategy)
+        assert np.isnan(scores[:2]).all() and np.isfinite(scores[2:]).all(), strategy
+        if strategy != "pseudo-ppl":
+            assert scores[2] == pytest.approx(scores[3] + scores[4], abs=1e-5), strategy
+
+
 def test_pseudo_log_likelihoods_of_more_sequences_than_one_unit_are_each_sequences_own(tiny_models, monkeypatch):
     """pseudo_log_likelihood over more sequences than one unit computes (MUTANTS_PER_UNIT, 64; 2
     here) gives each sequence the sum it gets alone, whichever unit computed it."""
