@@ -1041,6 +1041,25 @@ def test_resume_reads_no_unit_of_a_model_folder_trained_again_in_place_or_anothe
     assert store.for_model(loaded, scorer)("k", lambda: np.ones(3)).shape == (3,)
 
 
+def test_resume_reads_no_unit_kept_under_another_max_length(tmp_path, tiny_models):
+    """A windowed scan's numbers depend on --max-length (each site read in the window of that many
+    residues around it): a --resume with another --max-length reads none of the units kept under
+    the first, it gives what a fresh run with its own window gives."""
+    import protrans_cli.variants as variants
+    from protrans_cli.models import load_model
+
+    seq, store = SEQ[:30], variants.UnitStore(tmp_path / "o.csv.partial", resume=False)
+    singles = [v for v in all_singles(seq) if v[0].mt == "A"]
+    loaded = load_model(str(tiny_models["esm"]), masked_lm=True)
+    scores = []
+    for length in (10, 20):
+        scorer = variants.VariantScorer(loaded, progress=False, max_length=length, long_policy="window")
+        want = scorer.score(seq, singles)
+        np.testing.assert_array_equal(scorer.score(seq, singles, store=store.for_model(loaded, scorer)), want)
+        scores.append(want)
+    assert not np.allclose(scores[0], scores[1])  # (the two windows read other contexts)
+
+
 def test_an_all_singles_scan_draws_its_landscape(run_cli, tmp_path, tiny_models):
     """--plot: a PNG heatmap per score column (20 amino acids x residues); refused without
     --all-singles or for several wild types, before any work."""
