@@ -339,6 +339,7 @@ def test_wild_type_and_option_mistakes_are_refused_in_one_line_before_any_model(
          "--revision applies to one model"),
         (("--all-singles", "--sequence", SEQ, "-m", nothing, "--truth-column", "DMS"), 2,
          "--all-singles has none"),
+        (("--all-singles", "--fasta", fasta, "-m", nothing, "--id-column", "id"), 2, "--all-singles has none"),
         (("--all-singles", "--sequence", SEQ, "-m", nothing, "--mutation-column", "variant"), 2,
          "--mutation-column variant reads the variants table; --all-singles has none"),
         ((table, "--sequence", SEQ, "-m", nothing, "--device", "gpu"), 2, "--device gpu: use auto, cpu, cuda"),
