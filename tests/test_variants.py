@@ -498,6 +498,18 @@ def test_a_truth_column_without_numbers_is_refused_before_any_model(run_cli, tmp
         assert f"v.csv: its --truth-column '{column}' holds no numbers ({shown})" in r.stderr
 
 
+def test_a_truth_column_with_some_unmeasured_variants_is_read(tmp_path):
+    """A DMS table leaves some variants unmeasured (NA, an empty cell): its --truth-column is read
+    while any row holds a number, those rows kept (scored, out of Spearman's rho)."""
+    from protrans_cli.variants import VariantOptions, read_variant_table
+
+    table = tmp_path / "v.csv"
+    table.write_text("mutant,DMS_score\nK2A,0.5\nT3W,NA\nQ9E,\nS13P,-1.25\n")
+    read = read_variant_table(table, [("sequence", SEQ)], VariantOptions(truth_column="DMS_score"))
+    assert [row[0] for row in read.rows] == ["K2A", "T3W", "Q9E", "S13P"]
+    assert read.variants[1] == (Mutation(2, "T", "W"),)
+
+
 def test_models_without_a_masked_lm_head_are_refused(run_cli, tmp_path, tiny_models):
     from protrans_cli.models import FAMILIES
 
