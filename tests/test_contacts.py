@@ -429,6 +429,12 @@ def test_a_max_length_beyond_esm1b_learned_positions_is_a_usage_error(run_cli, t
     assert r.exit_code == 0, r.stderr
     with pytest.raises(UsageError, match="1100 residues"):
         ContactPredictor(load_model(model)).predict(["MKTAYIAKQR" * 110])
+    # (at the edge: one residue over what the positions hold is refused, not the position table's
+    # IndexError; exactly that many are mapped)
+    predictor = ContactPredictor(load_model(model))
+    with pytest.raises(UsageError, match="sequence 1 of the list has 1023 residues; the model accepts at most 1022"):
+        predictor.predict(["MKT", "MKTAYIAKQR" * 102 + "MKT"])
+    assert predictor.predict(["MKTAYIAKQR" * 102 + "MK"])[0].shape == (1022, 1022)
 
 
 def test_a_protein_over_the_default_length_is_not_said_to_be_more_than_the_model_accepts(run_cli, tmp_path):
