@@ -583,6 +583,8 @@ def test_contacts_are_imported_into_the_file_protrans_contacts_writes(run_cli, t
             np.testing.assert_allclose(a["contacts"][key][()], b["contacts"][key][()], atol=1e-5)
             for name in ("id", "header", "length", "checksum"):
                 assert a["contacts"][key].attrs[name] == b["contacts"][key].attrs[name], (key, name)
+            # (a whole protein has no truncated_from, as contacts writes it)
+            assert a["contacts"][key].attrs.get("truncated_from") == b["contacts"][key].attrs.get("truncated_from"), key
     # the embeddings' options, and files without contacts, are refused in one line
     r = run_cli("import-esm", folder, "--contacts", "--per-residue", "-o", tmp_path / "x.h5")
     assert r.exit_code == 2 and "--per-residue is for embeddings" in r.stderr
