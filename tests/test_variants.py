@@ -1292,6 +1292,19 @@ def test_a_causal_lm_scores_the_log_likelihood_ratio(run_cli, tmp_path, tiny_mod
     assert r.exit_code == 2 and "causal" in r.stderr
 
 
+def test_a_causal_lm_refuses_a_long_wild_type_under_long_policy_window(tiny_models):
+    """A causal LM's likelihood is not read in windows: a wild type over --max-length is refused
+    under --long-policy window too (it was scored on its first window alone, without a word)."""
+    from protrans_cli.errors import InputError
+    from protrans_cli.models import load_model
+    from protrans_cli.variants import VariantScorer
+
+    scorer = VariantScorer(load_model(tiny_models["transfo_xl"], masked_lm=True), progress=False, max_length=10,
+                           long_policy="window")
+    with pytest.raises(InputError, match="has 20 residues, more than --max-length 10 .*not read in windows"):
+        scorer.score(SEQ[:20], [parse_variant("K2A", SEQ[:20])], "log-likelihood")
+
+
 def test_prostt5_is_refused_its_decoder_writes_3di(run_cli, tmp_path, tiny_models):
     """A T5 whose input starts with ProstT5's <AA2fold>: its decoder translates into 3Di letters,
     so reading amino acids from it would be noise: refused naming the reason."""
