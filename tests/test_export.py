@@ -1282,3 +1282,15 @@ def test_ids_of_a_fasta_find_a_bio_embeddings_protein_by_its_sequence(tmp_path, 
     fasta.write_text(">P3\nMKKK\n")  # (a sequence the file does not hold: refused, as before)
     done = run_cli("export", tmp_path / "bio.h5", "--ids", fasta)
     assert done.exit_code == 1 and "is not in" in done.stderr and "P3" in done.stderr
+
+
+def test_a_fasta_given_for_the_embeddings_is_named_with_a_byte_order_mark_and_blank_lines_before(tmp_path, run_cli):
+    """`protrans export proteins.fa` (the sequences in place of their embeddings), of a FASTA a
+    Windows editor saved with a byte-order mark and blank lines before its first header: one line
+    saying it is a FASTA file and what to do, as for any other FASTA."""
+    fasta = tmp_path / "proteins.fa"
+    fasta.write_bytes(b"\xef\xbb\xbf\r\n\r\n>P1 a protein\r\nMKVLA\r\n")
+    done = run_cli("export", fasta, "-o", tmp_path / "t.tsv")
+    assert done.exit_code == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "it is a FASTA file: embed it first" in done.stderr and "proteins.fa" in done.stderr, done.stderr
+    assert not (tmp_path / "t.tsv").exists()
