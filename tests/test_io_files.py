@@ -164,6 +164,17 @@ def test_read_fasta_edge_cases(tmp_path):
         ("a", "a first > second", "MKT", 1), ("b", "b", "", 5), ("c", "c", "ACDE", 7), ("d", "d", "ACDE", 9)]
 
 
+def test_a_header_that_is_not_utf8_gives_the_description_a_utf8_one_gives(tmp_path):
+    """A latin-1 byte in a header (`37\xb0C`, another tool's file) is read word by word: the
+    description is still the header less the spaces around it (embed records it, export --format
+    esm writes it as the label), as the same header in UTF-8 gives it."""
+    path = tmp_path / "latin1.fa"
+    path.write_bytes(b">  P1 grown at 37\xb0C \t\r\nMK\r\n>P2 at 37\xc2\xb0C \t\nGG\n")
+    records = list(read_fasta(path))
+    assert [(r.id, r.description, r.sequence) for r in records] == [
+        ("P1", "P1 grown at 37\xb0C", "MK"), ("P2", "P2 at 37\xb0C", "GG")]
+
+
 def test_a_full_disk_met_when_an_output_is_closed_is_one_line_naming_it(tmp_path, monkeypatch):
     """A disk (or an NFS server's quota) that refuses the data only as it is flushed and synced:
     one error naming the output, not the hidden temporary (or nothing); no temporary left, and an
