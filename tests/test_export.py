@@ -269,6 +269,32 @@ def test_another_tools_arrays_that_do_not_fit_are_refused(tmp_path, run_cli, arr
     assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_layer_of_another_tools_file_indexes_its_layer_axis_to_its_ends(tmp_path, run_cli):
+    """In a file that records no layer numbers (bio_embeddings' SeqVec, (3, L, D)), --layer
+    indexes the layer axis from -3 to 2, as numpy indexes it, and 3 or -4 is refused (3 was an
+    IndexError traceback); a file of (L, D) rows holds one layer, which --layer 0 and -1 both name."""
+    rows = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)
+    with h5py.File(tmp_path / "seqvec.h5", "w") as f:
+        f["p"] = rows
+    with h5py.File(tmp_path / "flat.h5", "w") as f:
+        f["p"] = rows[0]
+    for layer in (-3, -1, 0, 2):
+        done = run_cli("export", tmp_path / "seqvec.h5", "--per-residue", "--layer", str(layer))
+        assert done.exit_code == 0, done.stderr
+        values = np.array([r[2:] for r in _table(done.stdout, "\t")[1:]], dtype=np.float32)
+        np.testing.assert_array_equal(values, rows[layer])
+    for layer in (3, -4):
+        done = run_cli("export", tmp_path / "seqvec.h5", "--per-residue", "--layer", str(layer))
+        assert done.exit_code == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"holds 3 layers on its arrays' first axis (the file records no layer numbers: --layer indexes " \
+               f"that axis, -3 to 2), not layer {layer}" in done.stderr, done.stderr
+    for layer in ("0", "-1"):
+        done = run_cli("export", tmp_path / "flat.h5", "--per-residue", "--layer", layer)
+        assert done.exit_code == 0, done.stderr
+        np.testing.assert_array_equal(np.array([r[2:] for r in _table(done.stdout, "\t")[1:]], dtype=np.float32),
+                                      rows[0])
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception, on purpose
 @pytest.mark.parametrize("suffix", ["npz", "tsv"])
 @pytest.mark.parametrize("at", ["e", "the last"])
