@@ -211,7 +211,11 @@ def test_ids_file_refusals_leave_no_output(tmp_path, run_cli):
     assert not out.exists()
     (tmp_path / "twice.txt").write_text("e\ne\n")
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "twice.txt", "-o", out)
-    assert done.exit_code == 1 and "'e' is given twice" in done.stderr
+    assert done.exit_code == 1 and "twice.txt:2: id 'e' is given twice (first at line 1)" in done.stderr, done.stderr
+    # (a FASTA's records by their header lines)
+    (tmp_path / "twice.fa").write_text(f">e\n{proteins['e']}\n>c/slash\n{proteins['c/slash']}\n>e\n{proteins['e']}\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "twice.fa", "-o", out)
+    assert done.exit_code == 1 and "twice.fa:5: id 'e' is given twice (first at line 1)" in done.stderr, done.stderr
     (tmp_path / "other.fa").write_text(">e\nMKV" + proteins["e"] + "\n")  # another sequence under the id
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "other.fa", "-o", out)
     assert done.exit_code == 1 and "record 'e'" in done.stderr and "another sequence" in done.stderr
