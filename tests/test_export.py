@@ -1176,6 +1176,21 @@ def test_esm_into_an_empty_folder_or_through_a_link_to_one(tmp_path, run_cli):
     assert (tmp_path / "link").is_symlink() and len(_esm(tmp_path / "real")) == 6
 
 
+def test_esm_an_id_whose_file_name_is_255_bytes_is_written_and_256_refused(tmp_path, run_cli):
+    """A file name can have 255 bytes (Linux, macOS): an id whose `ID.pt` is that long is written,
+    one a byte longer is refused naming its length (a name of 255 bytes is no error of the file
+    system's)."""
+    fits, over = "x" * 252, "y" * 253
+    _write(tmp_path / "e.h5", {fits: "MKV"})
+    done = run_cli("export", tmp_path / "e.h5", "--format", "esm", "-o", tmp_path / "esm")
+    assert done.exit_code == 0, done.stderr
+    assert [p.name for p in (tmp_path / "esm").iterdir()] == [fits + ".pt"] and len(fits + ".pt") == 255
+    _write(tmp_path / "o.h5", {over: "MKV"})
+    done = run_cli("export", tmp_path / "o.h5", "--format", "esm", "-o", tmp_path / "esm2")
+    assert done.exit_code == 1 and "its id makes a file name of 256 bytes, over the 255" in done.stderr, done.stderr
+    assert not (tmp_path / "esm2").exists()
+
+
 def test_esm_failures_leave_no_folder(tmp_path, run_cli, monkeypatch):
     """A failure midway, an id too long for a file name, and two ids that a file system blind to
     case makes one name (emulated): no folder, no partial folder left."""
