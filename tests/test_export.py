@@ -427,6 +427,20 @@ def test_residue_column_of_a_truncated_protein_and_of_a_file_without_checksums(t
     assert done.exit_code == 1 and "record 'a': 3 residue rows, where the FASTA's sequence has 5" in done.stderr
 
 
+def test_residue_column_of_more_rows_than_the_fastas_residues_is_refused(tmp_path, run_cli):
+    """Another tool's file (no checksum) holding more rows for a protein than the FASTA's sequence
+    has residues: refused naming both counts and the record, no row named after a residue that
+    is not there (and no IndexError), nothing written."""
+    (tmp_path / "a.fa").write_text(">a\nMKV\n>b\nWC\n")
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["a"] = np.ones((3, 4), dtype=np.float32)
+        f["b"] = np.ones((3, 4), dtype=np.float32)
+    done = run_cli("export", tmp_path / "f.h5", "--per-residue", "--ids", tmp_path / "a.fa", "-o", tmp_path / "t.tsv")
+    assert done.exit_code == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "record 'b': 3 residue rows, where the FASTA's sequence has 2 residues" in done.stderr, done.stderr
+    assert not (tmp_path / "t.tsv").exists()
+
+
 def test_residue_rows_only_pool_to_their_mean(tmp_path, run_cli):
     proteins = _proteins()
     arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",))
