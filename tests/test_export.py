@@ -160,6 +160,8 @@ def test_per_protein_npz_and_a_layer_of_several(tmp_path, run_cli):
         assert set(z.files) == {"ids", "embeddings", "metadata"}
         metadata = json.loads(str(z["metadata"]))  # which of the file's layers the embeddings are
         assert metadata["layers"] == [-1, -2] and metadata["layer_index"] == 1 and metadata["layer_axis"] is False
+        # (the hidden states they are counted from: -2 of 3 is esm-extract's and transformers' hidden_states[1])
+        assert metadata["num_hidden_states"] == 3 and metadata["model"] == "tiny" and metadata["family"] == "bert"
     done = run_cli("export", tmp_path / "e.h5", "--layer", "0", "-o", tmp_path / "q.npz")  # 0 = -3: the embeddings
     assert done.exit_code == 1 and "holds layer(s) -1, -2" in done.stderr
     assert not (tmp_path / "q.npz").exists()
