@@ -899,6 +899,10 @@ def test_a_table_longer_than_a_spreadsheet_is_said(tmp_path, run_cli, monkeypatc
     assert done.exit_code == 0 and "a spreadsheet (Excel, LibreOffice) opens the first 5 only" in done.stderr
     done = run_cli("export", tmp_path / "e.h5", "-o", tmp_path / "e.npz")
     assert done.exit_code == 0 and "spreadsheet" not in done.stderr
+    # a table of as many rows as a spreadsheet holds, the header's included, opens whole: no warning
+    monkeypatch.setattr(export_module, "SPREADSHEET_ROWS", 6)
+    done = run_cli("export", tmp_path / "e.h5", "-o", tmp_path / "e.csv")
+    assert done.exit_code == 0 and "spreadsheet" not in done.stderr, done.stderr
 
 
 def test_a_tsv_id_starting_with_a_quote_reads_back(tmp_path, run_cli):
