@@ -180,8 +180,8 @@ def test_ids_file_orders_selects_and_adds_residues(tmp_path, run_cli):
     assert [tuple(r[:3]) for r in rows[1:]] == expected
     values = np.array([r[3:] for r in rows[1:]], dtype=np.float64).astype(np.float32)
     np.testing.assert_array_equal(values, np.concatenate([arrays[i][0] for i in chosen]))
-    # a list of ids: first words, # comments and blank lines skipped
-    (tmp_path / "ids.txt").write_text("# picked\nc/slash\tlabel\n\ne\n")
+    # a list of ids: first words, # comments (indented too: a first word from '#') and blank lines skipped
+    (tmp_path / "ids.txt").write_text("# picked\nc/slash\tlabel\n\n  # then\ne\n")
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt")
     assert [r[0] for r in _table(done.stdout, "\t")[1:]] == ["c/slash", "e"]
 
