@@ -1174,3 +1174,24 @@ def test_a_fasta_given_as_the_query_embeddings_points_at_knn_fasta(tmp_path, run
     assert r.stderr.rstrip().endswith("it is a FASTA file: embed it first (protrans embed; predict and knn also take "
                                       "it as --fasta)"), r.stderr
     assert not (tmp_path / "h.tsv").exists()
+
+
+def test_fasta_follows_the_long_protein_options_given(tmp_path, run_cli):
+    # --max-length, --long-policy and --chunk-overlap given to knn --fasta replace the reference's
+    # (here none): the queries are embedded as `embed` with the same flags embeds them (knn
+    # dropping any of the three passed every test)
+    ref_fa, q_fa = _fasta(tmp_path / "ref.fa", 30, 5, names="r"), _fasta(tmp_path / "q.fa", 8, 6, lengths=(40, 90))
+    assert run_cli("embed", ref_fa, "-m", "onehot", "--per-protein", "-o", tmp_path / "ref.h5").exit_code == 0
+    ref = ("--reference", tmp_path / "ref.h5", "-k", "3")
+    for flags in (("--max-length", "10", "--long-policy", "truncate"),
+                  ("--max-length", "20", "--long-policy", "chunk", "--chunk-overlap", "4")):
+        r = run_cli("embed", q_fa, "-m", "onehot", "--per-protein", *flags, "-o", tmp_path / "q.h5", "--force")
+        assert r.exit_code == 0, r.stderr
+        independent = run_cli("knn", tmp_path / "q.h5", *ref)
+        r = run_cli("knn", "--fasta", q_fa, *ref, *flags)
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == independent.stdout
+    # (the truncated queries are other vectors than the whole proteins: the test can tell them apart)
+    whole = run_cli("knn", "--fasta", q_fa, *ref)
+    assert whole.exit_code == 0 and whole.stdout != run_cli("knn", "--fasta", q_fa, *ref, "--max-length", "10",
+                                                            "--long-policy", "truncate").stdout
