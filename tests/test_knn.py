@@ -1195,3 +1195,29 @@ def test_fasta_follows_the_long_protein_options_given(tmp_path, run_cli):
     whole = run_cli("knn", "--fasta", q_fa, *ref)
     assert whole.exit_code == 0 and whole.stdout != run_cli("knn", "--fasta", q_fa, *ref, "--max-length", "10",
                                                             "--long-policy", "truncate").stdout
+
+
+def test_bootstrap_sets_the_resamples_of_the_scores_ci(tmp_path, run_cli):
+    # --bootstrap N: the 95% CI of --score from N resamples, under 10 refused naming the option (the
+    # CLI handing the library 1000 whatever was given passed every test)
+    from protrans_cli.heads.metrics import summary_line
+    from protrans_cli.knn import knn
+
+    rng = np.random.default_rng(7)
+    _write(tmp_path / "r.h5", rng.normal(size=(20, 6)), [f"r{i}" for i in range(20)])
+    _write(tmp_path / "q.h5", rng.normal(size=(30, 6)), [f"q{i}" for i in range(30)])
+    (tmp_path / "r.csv").write_text("id,label\n" + "".join(f"r{i},{'AB'[i % 2]}\n" for i in range(20)))
+    (tmp_path / "q.csv").write_text("id,label\n" + "".join(f"q{i},{'AB'[i % 3 % 2]}\n" for i in range(30)))
+    args = ("knn", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "--labels", tmp_path / "r.csv",
+            "--score", tmp_path / "q.csv", "-o", tmp_path / "h.tsv")
+    lines = {}
+    for n in (20, 1000):
+        scores = knn(tmp_path / "q.h5", tmp_path / "r.h5", tmp_path / "x.tsv", labels=tmp_path / "r.csv",
+                     score=tmp_path / "q.csv", n_bootstrap=n).scores["label"]
+        lines[n] = summary_line("transfer", "label", scores)
+    assert lines[20] != lines[1000]  # (the CIs of 20 and 1000 resamples differ here)
+    r = run_cli(*args, "--bootstrap", "20")
+    assert r.exit_code == 0 and lines[20] in r.stderr, r.stderr
+    r = run_cli(*args, "--bootstrap", "5")
+    assert r.exit_code == 2 and "--bootstrap must be at least 10" in r.stderr, r.stderr
+
