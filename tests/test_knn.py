@@ -1221,3 +1221,14 @@ def test_bootstrap_sets_the_resamples_of_the_scores_ci(tmp_path, run_cli):
     r = run_cli(*args, "--bootstrap", "5")
     assert r.exit_code == 2 and "--bootstrap must be at least 10" in r.stderr, r.stderr
 
+
+
+def test_label_format_is_the_format_the_labels_are_read_in(tmp_path, run_cli):
+    # a DeepLoc FASTA given with --label-format table is read as a table (and refused as one, naming
+    # the file and line), not sniffed as DeepLoc (the CLI dropping the option passed every test)
+    _write(tmp_path / "r.h5", np.eye(4), ["a", "b", "c", "d"])
+    (tmp_path / "r.fasta").write_text("".join(f">{i} Nucleus-M\nMKV\n" for i in "abcd"))
+    base = ("knn", tmp_path / "r.h5", "--reference", tmp_path / "r.h5", "--labels", tmp_path / "r.fasta")
+    assert run_cli(*base).exit_code == 0
+    r = run_cli(*base, "--label-format", "table")
+    assert r.exit_code == 1 and "r.fasta:1: expected 'id,label'" in r.stderr, r.stderr
