@@ -3849,3 +3849,28 @@ def test_an_option_build_embedder_ignores_is_said_by_rank_0_alone(capsys, monkey
         build_embedder(options)
         err = capsys.readouterr().err
         assert ("--compile ignored" in err) is said and ("--compression gzip ignored" in err) is said, (rank, err)
+
+
+def test_cli_max_tokens_and_max_batch_size_bound_the_batches_the_model_gets(run_cli, tmp_path, monkeypatch):
+    # --max-tokens (padded tokens: longest x count) and --max-batch-size (sequences) bound every batch
+    # the model is given; a protein over the budget alone (the vectors do not depend on the batches:
+    # the CLI handing the library None for --max-tokens passed the tests that give it)
+    import protrans_cli.embed as embed_module
+
+    real = embed_module.embed_with_retry
+    batches = []
+
+    def recording(embedder, seqs, **kw):
+        batches.append([len(s) for s in seqs])
+        return real(embedder, seqs, **kw)
+
+    monkeypatch.setattr(embed_module, "embed_with_retry", recording)
+    for flags, fits in ((("--max-batch-size", "2"), lambda b: len(b) <= 2),
+                        (("--max-tokens", "25"), lambda b: len(b) == 1 or max(b) * len(b) <= 25)):
+        batches.clear()
+        r = run_cli("embed", SMALL, "-m", "onehot", *flags, "-o", tmp_path / "e.h5", "--force")
+        assert r.exit_code == 0, r.stderr
+        assert len(batches) > 1 and all(map(fits, batches)), batches
+    batches.clear()
+    assert run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "e.h5", "--force").exit_code == 0
+    assert len(batches) == 1  # (the defaults take the file in one batch: the test can tell)
