@@ -970,3 +970,14 @@ def test_r_and_pandas_missing_numbers_are_no_label_on_a_colour_scale(tmp_path, r
     tm, family = rows[0].index("tm"), rows[0].index("family")
     assert [row[tm] for row in rows[1:6]] == ["", "41.5", "43.0", "44.5", "46.0"]
     assert {row[family] for row in rows[1:]} == {"NA", "kinase"}  # (words: NA a label like any)
+
+
+def test_label_format_is_the_format_the_labels_are_read_in(tmp_path, run_cli):
+    # a DeepLoc FASTA given with --label-format table is read as a table (and refused as one, naming
+    # the file and line), not sniffed as DeepLoc (the CLI dropping the option passed every test)
+    _write(tmp_path / "e.h5", np.eye(4), ["a", "b", "c", "d"])
+    (tmp_path / "l.fasta").write_text("".join(f">{i} Nucleus-M\nMKV\n" for i in "abcd"))
+    base = ("project", tmp_path / "e.h5", "--labels", tmp_path / "l.fasta", "-o", tmp_path / "m.tsv")
+    assert run_cli(*base).exit_code == 0
+    r = run_cli(*base, "--label-format", "table")
+    assert r.exit_code == 1 and "l.fasta:1: expected 'id,label'" in r.stderr, r.stderr
