@@ -5449,3 +5449,22 @@ def test_a_head_recording_too_few_resamples_is_scored_with_enough(run_cli, one_e
     assert "the head records 1 bootstrap resample(s), too few for a 95% CI: scored with 1000" in r.stderr
     lo, hi = map(float, re.search(r"95% CI ([0-9.]+)-([0-9.]+)", r.stderr).groups())
     assert lo < hi
+
+
+def test_cli_patience_stops_a_member_after_that_many_epochs_without_progress(loc_data, run_cli, tmp_path,
+                                                                              monkeypatch):
+    # fit --patience N: N epochs improving neither validation accuracy nor loss end the member (the
+    # CLI handing FitConfig None, the default, instead passed every test)
+    from protrans_cli.heads import fit as fit_module
+
+    calls = []
+
+    def flat(*a):
+        calls.append(1)
+        return 1.0, {"loc": 0.5}  # (epoch 1 the best; no later epoch improves anything)
+
+    monkeypatch.setattr(fit_module, "_validate", flat)
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--patience", "2", "--max-epochs", "8", "--no-plots", "-j", "1", "-o", tmp_path / "head")
+    assert r.exit_code == 0, r.stderr
+    assert len(calls) == 3
