@@ -319,3 +319,20 @@ def test_a_standardised_fnn_reads_its_inputs_as_z_scores_of_the_training_set():
     x = torch.randn(6, 4) * 2 + 5
     z = (x - train.mean(0)) / train.std(0)
     torch.testing.assert_close(model(x)["loc"], plain(z)["loc"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_small_value_sets_ci_leaves_out_the_resamples_that_drew_one_value_only():
+    """Five proteins: some of 400 resamples draw one protein only (no rho); the CI is of the
+    others, the same resamples with scipy's rank correlation, not no CI at all."""
+    from scipy.stats import rankdata
+
+    from protrans_cli.heads.metrics import evaluate_values
+
+    true = np.array([0.1, 0.5, 0.2, 0.9, 0.4])
+    pred = np.array([0.3, 0.4, 0.1, 0.8, 0.6])
+    picks = np.random.default_rng(2).integers(0, 5, size=(400, 5))  # (what evaluate_values draws, seed 2)
+    rhos = np.array([np.corrcoef(rankdata(pred[i]), rankdata(true[i]))[0, 1] if np.ptp(true[i]) else np.nan
+                     for i in picks])
+    assert np.isnan(rhos).any()  # (the case: resamples without a rho)
+    m = evaluate_values(true, pred, n_boot=400, seed=2)
+    assert m["ci95"] == pytest.approx(list(np.nanquantile(rhos, [0.025, 0.975])))
