@@ -335,6 +335,19 @@ def test_residue_targets_mask_and_derivation():
     assert get_task("ss3").residue_targets(rec)["ss3"].tolist() == [IGNORE, 1, 1, 0, 0, 0, 2]
 
 
+def test_coil_written_dash_or_l_reads_as_c_in_every_label_source():
+    """docs/heads.md: "Coil written `-` or `L` is read as `C`", in a 3-state or 8-state column and
+    in FLIP's generic labels, for ss3 and ss8 alike (and in lower case)."""
+    rec = read_labels(HEADS / "netsurfp_input_spaced_header.csv").records[0]  # (7 residues, the first masked)
+    for labels, output, want in [({"ss3": "CLEH-hl"}, "ss3", "CCEHCHC"), ({"ss8": "CL-HGIs"}, "ss8", "CCCHGIS"),
+                                 ({"ss8": "CL-HGIs"}, "ss3", "CCCHHHC"), ({"label": "xL-EEH-"}, "ss3", "CCCEEHC"),
+                                 ({"label": "xL-BGT-"}, "ss8", "CCCBGTC")]:
+        rec.labels = labels
+        classes = SS3 if output == "ss3" else SS8
+        assert get_task(output).residue_targets(rec)[output].tolist() == \
+            [IGNORE] + [classes.index(c) for c in want[1:]], (labels, output)
+
+
 def test_flip_three_state_labels_refused_for_ss8_and_bad_letters():
     ls = read_labels(HEADS / "flip_with_sets.fasta")
     assert get_task("ss3").residue_targets(ls.records[0])["ss3"].tolist() == [2, 2, 0, 0, 1]
