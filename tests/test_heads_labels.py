@@ -373,6 +373,21 @@ def test_flip_three_state_labels_refused_for_ss8_and_bad_letters():
         get_task("ss3").residue_targets(ls.records[0])
 
 
+def test_a_lower_case_flip_file_is_told_8_state_or_3_state_by_its_letters_in_any_case(tmp_path):
+    """A FLIP file written in lower case (its labels are read as written) holds 8-state labels
+    when its letters hold g, i, b, t or s: ss8 takes it, and a lower-case h/e/c file is refused."""
+    eight = tmp_path / "eight.fasta"
+    eight.write_text(">p1 SET=train VALIDATION=False\nhhggcc\n>p2 SET=test VALIDATION=False\nhhhcc\n")
+    ls = read_labels(eight)
+    assert get_task("ss8").check_label_states(ls.records, ls.path) == frozenset()
+    assert get_task("ss8").residue_targets(ls.records[0])["ss8"].tolist() == [SS8.index(c) for c in "HHGGCC"]
+    three = tmp_path / "three.fasta"
+    three.write_text(">p1 SET=train VALIDATION=False\nhhecc\n")
+    ls = read_labels(three)
+    with pytest.raises(InputError, match="three.fasta: holds 3-state labels only"):
+        get_task("ss8").check_label_states(ls.records, ls.path)
+
+
 def test_generic_residue_classes_ignore_masked_positions():
     ls = read_labels(HEADS / "flip_with_sets.fasta", mask_path=HEADS / "flip_mask.fasta")
     task = get_task("residue").with_classes_from(ls.records)
