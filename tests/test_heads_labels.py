@@ -712,6 +712,19 @@ def test_numbers_given_to_the_protein_task_are_named_and_the_classes_listed_brie
     get_task("protein").with_classes_from(records + [LabelRecord("m", None, {"label": "nan"})])
     assert "30 distinct numbers, each a class of its own" in capsys.readouterr().err
 
+
+def test_the_numbers_as_classes_warning_takes_more_than_20_distinct_numbers(capsys):
+    """docs/heads.md: *more than 20* distinct non-integer numbers warn; a protein task of a few
+    classes written as decimals (pH 5.5, 7.4) is classes, without a warning."""
+    from protrans_cli.heads.labels import LabelRecord
+
+    numbers = [LabelRecord(f"p{i}", None, {"label": f"{i + 0.5}"}) for i in range(21)]
+    get_task("protein").with_classes_from(numbers[:20])
+    assert "distinct numbers" not in capsys.readouterr().err
+    get_task("protein").with_classes_from(numbers)
+    assert "21 distinct numbers, each a class of its own" in capsys.readouterr().err
+
+
 def test_labels_says_what_embed_or_fit_would_refuse_later(tmp_path):
     """An id with whitespace or a newline (a PISCES pdb_id) split or forged FASTA headers; a
     DeepLoc record of gaps only passed `labels` and failed in embed; a FLIP sequence ending in '*'
