@@ -725,6 +725,19 @@ def test_the_numbers_as_classes_warning_takes_more_than_20_distinct_numbers(caps
     assert "21 distinct numbers, each a class of its own" in capsys.readouterr().err
 
 
+def test_a_sequence_given_as_a_protein_label_is_shown_shortened_with_its_length():
+    """A FASTA's sequence read as a loc label: the message shows its first 12 letters and its
+    length, not the whole sequence, and says where the sequences go."""
+    from protrans_cli.heads.labels import LabelRecord
+
+    sequence = "MKVLAAGGTTSSPLKVLAEEDRKQ"  # (24 residue letters)
+    with pytest.raises(InputError) as err:
+        get_task("loc").protein_targets(LabelRecord("q", None, {"loc": sequence}))
+    message = str(err.value)
+    assert "label 'MKVLAAGGTTSS'... (24 residue letters) is not a loc class" in message
+    assert sequence not in message and message.endswith("give it to embed, and the labels to --labels)")
+
+
 def test_labels_says_what_embed_or_fit_would_refuse_later(tmp_path):
     """An id with whitespace or a newline (a PISCES pdb_id) split or forged FASTA headers; a
     DeepLoc record of gaps only passed `labels` and failed in embed; a FLIP sequence ending in '*'
