@@ -159,6 +159,11 @@ def test_joint_ss3_ss8_ensemble(run_cli, ss_data, tmp_path, monkeypatch):
     out = tmp_path / "p.fa"
     assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--head-output", "ss8", "-o", out).exit_code == 0
     assert set("".join(out.read_text().splitlines()[1::2])) <= set(SS8)
+    # without --head-output: the head's first output, ss3 (predict --help)
+    assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "-o", tmp_path / "d.fa").exit_code == 0
+    assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--head-output", "ss3",
+                   "-o", tmp_path / "ss3.fa").exit_code == 0
+    assert (tmp_path / "d.fa").read_text() == (tmp_path / "ss3.fa").read_text() != out.read_text()
     assert run_cli("predict", head, "--embeddings", ss_data / "test.h5", "--head-output", "ss9", "-o", out).exit_code == 2
     # with --fasta the option is checked before the sequences are embedded (it was after)
     import protrans_cli.heads.predict as predict_module
