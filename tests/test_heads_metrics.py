@@ -336,3 +336,14 @@ def test_a_small_value_sets_ci_leaves_out_the_resamples_that_drew_one_value_only
     assert np.isnan(rhos).any()  # (the case: resamples without a rho)
     m = evaluate_values(true, pred, n_boot=400, seed=2)
     assert m["ci95"] == pytest.approx(list(np.nanquantile(rhos, [0.025, 0.975])))
+
+
+def test_metrics_json_writes_infinity_as_null_as_it_does_nan():
+    """A diverged epoch's loss is inf: strict JSON has no Infinity (json.dumps(allow_nan=False)
+    raised), and JSON.parse, jq and R read null."""
+    import json
+
+    from protrans_cli.heads.metrics import dumps
+
+    text = dumps({"loss": float("inf"), "ci95": [float("-inf"), 0.5], "nested": {"mse": float("nan")}}, indent=None)
+    assert json.loads(text) == {"loss": None, "ci95": [None, 0.5], "nested": {"mse": None}}
