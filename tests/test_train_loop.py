@@ -3532,6 +3532,41 @@ def test_tokens_per_s_leaves_out_the_time_of_checkpoint_saves(tmp_path, monkeypa
         assert row["tokens"] / row["tokens_per_s"] < 100, row
 
 
+def test_the_summary_of_a_resumed_run_gives_the_tokens_per_s_of_its_own_steps(tmp_path, monkeypatch, capsys):
+    """docs/train.md: the summary line's tokens/s is this process's part of the run, "a resumed run
+    counts from its checkpoint". A checkpoint taken between two metrics lines keeps the tokens of
+    its steps for the next line; the summary counted them too, over the resumed process's time
+    only. Here the loop's clock moves by 0.01 s in each step alone: the summary's rate is the tokens
+    of steps 4-8 (the lines' tokens less the checkpoint's) over their 0.05 s."""
+    import time
+
+    from protrans_cli.training import loop
+
+    kw = dict(num_steps=8, log_every=4)
+    train(_config(tmp_path, stop_after=3, **kw))
+    capsys.readouterr()
+    skew = [0.0]
+    clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    clock.perf_counter = lambda: skew[0]
+    real_step = loop.train_step
+
+    def slow_step(*args, **kwargs):
+        skew[0] += 0.01
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(loop, "train_step", slow_step)
+    result = train(_config(tmp_path, **kw), resume=True)
+    assert result.completed and skew[0] == pytest.approx(0.05)
+    state = torch.load(result.run_dir / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    resumed_tokens = sum(r["tokens"] for r in rows) - state["log"]["tokens"]
+    said = re.search(r"train: done, 8 steps; .*\(5 steps in 0 s, ([\d,]+) tokens/s",
+                     capsys.readouterr().err)
+    assert said, "no summary line"
+    assert int(said.group(1).replace(",", "")) == pytest.approx(resumed_tokens / 0.05, rel=1e-3)
+
+
 def test_a_learned_position_table_after_a_padding_index_takes_its_rows_less_the_offset(tmp_path, run_cli):
     """ESM-1b's absolute positions (RoBERTa's too) are numbered from padding_idx + 1: a table of
     66 rows takes 64 tokens, as a plain forward pass of the model shows. A --max-length of 65 is

@@ -979,6 +979,8 @@ def _train_steps(run: _Run, optimizer, scheduler, stop, phases, total_steps: int
         # divided their tokens by the time since resuming
         log.load(state["log"])
         t_log -= state["log"].get("seconds", 0.0)
+        # (trained before the checkpoint: in the next line, not in this process's summary rate)
+        run_tokens -= state["log"]["tokens"]
     final_eval = None
     # --keep-best: {"step", "eval_loss"} of the best checkpoint so far, as the checkpoint resumed
     # from recorded it (and its record rewritten so: a run resumed without --keep-best drops it)
