@@ -3532,6 +3532,34 @@ def test_tokens_per_s_leaves_out_the_time_of_checkpoint_saves(tmp_path, monkeypa
         assert row["tokens"] / row["tokens_per_s"] < 100, row
 
 
+def test_tokens_per_s_of_a_resumed_interval_leaves_out_the_saves_before_its_checkpoint(tmp_path, monkeypatch):
+    """The checkpoint of a stop between two lines keeps the interval's training time for the
+    resumed run's next line: the time of the saves before it (each 1000 s on the loop's clock
+    here, at steps 1 and 2) is not training time, in the resumed line as in an uninterrupted one."""
+    import time
+
+    from protrans_cli.training import loop
+
+    skew = [0.0]
+    clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    clock.perf_counter = lambda: time.perf_counter() + skew[0]
+    real_save = loop._save
+
+    def slow_save(*args, **kwargs):
+        skew[0] += 1000.0
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(loop, "_save", slow_save)
+    kw = dict(num_steps=4, log_every=4, save_every=1)
+    train(_config(tmp_path, stop_after=3, **kw))
+    run = train(_config(tmp_path, **kw), resume=True).run_dir
+    state = torch.load(run / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
+    assert 0 < state["log"]["seconds"] < 100
+    (row,) = read_metrics(run / "metrics.jsonl")
+    assert row["step"] == 4 and row["tokens"] / row["tokens_per_s"] < 100, row
+
+
 def test_the_summary_of_a_resumed_run_gives_the_tokens_per_s_of_its_own_steps(tmp_path, monkeypatch, capsys):
     """docs/train.md: the summary line's tokens/s is this process's part of the run, "a resumed run
     counts from its checkpoint". A checkpoint taken between two metrics lines keeps the tokens of
