@@ -1102,6 +1102,28 @@ def test_without_eval_every_the_validation_loss_is_on_the_last_line_once(tmp_pat
     assert f"eval loss {rows[1]['eval_loss']:.4f}" in capsys.readouterr().err
 
 
+def test_the_summary_says_the_last_steps_eval_loss_and_none_where_that_evaluation_failed(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """The summary's eval loss is the final evaluation's (the last step's), not the latest one
+    logged: where the final one has no loss (a validation file changed during the run), the
+    summary names none rather than an earlier step's as the run's."""
+    from protrans_cli.training import loop
+
+    kw = dict(num_steps=4, log_every=2, eval_every=2, val_corpus=[LEARNABLE])
+    for scripted, said in (([1.5, 1.25], "1.2500"), ([1.5, math.nan], None)):
+        losses = iter(scripted)
+        monkeypatch.setattr(loop, "evaluate", lambda run, phase: next(losses))
+        result = train(_config(tmp_path / str(said), **kw))
+        assert [r.get("eval_loss") for r in read_metrics(result.run_dir / "metrics.jsonl")] == [1.5, scripted[1]
+                                                                                                if said else None]
+        summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: done")]
+        assert len(summary) == 1
+        if said:
+            assert f", eval loss {said};" in summary[0]
+        else:
+            assert "eval loss" not in summary[0]
+
+
 def test_metrics_and_the_summary_say_which_pass_over_the_corpus_a_step_was_in(tmp_path, capsys):
     # HF's Trainer logs an epoch next to the loss; train logged steps only, so 50 steps of 8 over
     # a corpus of 40 proteins were 10 passes over it, which no line and no summary said.
