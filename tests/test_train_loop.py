@@ -3351,6 +3351,12 @@ def test_a_stop_after_at_or_beyond_the_last_step_says_the_run_trains_to_the_end(
     res = run_cli("train", "--corpus", LEARNABLE, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1,
                   "--num-steps", 2, "--max-length", 32, "--stop-after", 1, "-o", tmp_path / "s")
     assert res.exit_code == 0 and "trains to the end" not in res.stderr, res.stderr
+    # at the last step itself (docs/train.md: "at or after"): the same
+    res = run_cli("train", "--corpus", LEARNABLE, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1,
+                  "--num-steps", 2, "--max-length", 32, "--stop-after", 2, "-o", tmp_path / "t")
+    assert res.exit_code == 0, res.stderr
+    assert "--stop-after 2 is not before the run's last step (2): it trains to the end" in res.stderr
+    assert (tmp_path / "t" / "config.json").exists()
 
 
 @pytest.mark.parametrize("family", ["bert", "electra"])
