@@ -1569,11 +1569,15 @@ def test_a_tampered_training_state_that_loads_is_refused_on_resume_in_one_line(t
     def unknown_plan(s):  # (a newer version's plan of batches)
         s["data_state"]["plan"] = 99
 
+    def no_rng(s):  # (a list of no rank's generators: the resume took the state of rank min(0, -1))
+        s["rng"] = []
+
     for craft, said in ((python_rng, "passed to Random.setstate()"), (negative_offset, "at.offset is -5, not a count"),
                         (cursor_list, "data_state: at is [0, 5], not a cursor (a table of positions)"),
                         (unknown_position, "data_state: unknown field 'shuffle_pass'"),
                         (no_bucket_width, "data_state: width is 0, not a width of at least 1"),
                         (unknown_plan, "data_state: plan 99 is not one this protrans knows"),
+                        (no_rng, "no usable rng entry"),
                         (scheduler_before_start, "scheduler last_epoch is -3, not a step"),
                         (optimizer_shape, "optimizer state 'exp_avg' is (7,) for a parameter of shape"),
                         (scheduler_lambdas, "not iterable"),
