@@ -3344,6 +3344,19 @@ def test_resume_paths_name_the_run_and_keep_its_recorded_corpus(tmp_path, run_cl
         in res.stderr, res.stderr
 
 
+def test_stop_after_trains_no_step_past_it(tmp_path, monkeypatch):
+    """--stop-after 3: three steps trained, the checkpoint of the third, and the result says step 3
+    (a step past it would be trained for nothing: the resume goes on from the checkpoint)."""
+    from protrans_cli.training import loop
+
+    steps = []
+    real_step = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda *a, **kw: steps.append(1) or real_step(*a, **kw))
+    result = train(_config(tmp_path, num_steps=8, stop_after=3))
+    assert (len(steps), result.step, result.stopped_by) == (3, 3, "stop_after")
+    assert result.last_checkpoint.name == "step_00000003" and _checkpoints(result.run_dir) == ["step_00000003"]
+
+
 def test_a_stop_after_at_or_beyond_the_last_step_says_the_run_trains_to_the_end(tmp_path, run_cli):
     # --num-steps 2 --stop-after 5 ran to the end without a word (a time-limited job's
     # arithmetic gone wrong goes unseen until the job is killed).
