@@ -618,6 +618,19 @@ def test_stream_resumes_anywhere_when_the_tail_joins_the_last_buffer(bucket_batc
         assert resumed == full[k + 1:], k
 
 
+def test_a_stream_of_one_protein_fewer_than_a_global_batch_is_refused_not_left_empty(tmp_path):
+    """A corpus of global_batch_size - 1 proteins makes no batch: the stream refuses it, naming
+    the file and the counts (an epoch of no batches repeated for ever without a word, else);
+    one protein more makes a batch."""
+    corpus = tmp_path / "fifteen.txt"
+    corpus.write_text("".join(f"{'M K V A C D E'[:2 * (i % 6) + 1]}\n\n" for i in range(15)))
+    with pytest.raises(InputError, match=r"fifteen.txt: the corpus holds 15 protein\(s\), fewer than one "
+                                         r"global batch \(16\)"):
+        next(iter(_stream([str(corpus)], max_epochs=3)))
+    corpus.write_text(corpus.read_text() + "W Y\n\n")
+    assert [_indices(sb) for sb in _stream([str(corpus)], max_epochs=1)] == [list(range(16))]
+
+
 def test_stream_resumes_from_a_saved_position():
     full = [_indices(sb) for sb, _ in zip(_stream(), range(45))]  # crosses an epoch (18 steps each)
     it = iter(_stream())
