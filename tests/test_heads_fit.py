@@ -829,6 +829,11 @@ def test_layer_is_the_model_layer_embed_stored_not_an_axis_index(tmp_path):
         assert residue.cached[0, 0] == value
     with pytest.raises(InputError, match=r"holds layer\(s\) -1, -3, not layer -2"):
         ProteinData(str(path), [item], layer=-2)
+    # the default (-1) stands for a file's lone layer only: of several, none the last, it is refused
+    with EmbeddingsWriter(path, kinds=("per_protein",), attrs={"layers": [-2, -3]}) as w:
+        w.write("p", "p", "MKV", per_protein=np.array([np.full(4, 2.0), np.full(4, 3.0)]))
+    with pytest.raises(InputError, match=r"holds layer\(s\) -2, -3, not layer -1"):
+        ProteinData(str(path), [item])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", ">f4", "float64", "layers"])
