@@ -2358,6 +2358,26 @@ def test_infinity_in_a_per_protein_embedding_names_the_protein(tmp_path):
         ProteinData(str(path), items)
 
 
+def test_nan_in_a_residue_row_is_refused_where_the_proteins_hold_as_many_residues_as_there_are_proteins(tmp_path):
+    # an empty protein beside one of two residues: 2 rows for 2 proteins were taken for one row a
+    # protein, so only each protein's first row was checked and a NaN in the second was predicted on
+    from protrans_cli.errors import InputError
+    from protrans_cli.heads.data import Matched, ResidueData
+
+    path = tmp_path / "e.h5"
+    rows = np.ones((2, 4), np.float32)
+    rows[1, 2] = np.nan
+    with h5py.File(path, "w") as f:
+        f.attrs["layout"], f.attrs["kinds"] = "grouped", ["per_residue"]
+        f.create_group("per_residue")["a"] = np.zeros((0, 4), np.float32)
+        f["per_residue"]["b"] = rows
+    items = [Matched(i, i, n, {"ss3": np.zeros(n, np.int64)}) for i, n in (("a", 0), ("b", 2))]
+    with pytest.raises(InputError, match=r"record 'b': embedding holds NaN or infinity \(1 of its 8 numbers\)"):
+        ResidueData(str(path), items)
+    with pytest.raises(InputError, match=r"record 'b': embedding holds NaN or infinity \(1 of its 8 numbers\)"):
+        list(ResidueData(str(path), items, cache_bytes=0).batches())
+
+
 @pytest.mark.parametrize("args,message", [
     (["--lr", "nan"], "--lr must be positive, got nan"), (["--lr", "0"], "--lr must be positive, got 0.0"),
     (["--lr", "inf"], "--lr must be positive, got inf"),

@@ -814,13 +814,12 @@ class ResidueData:
                      {k: torch.from_numpy(v) for k, v in targets.items()}, index)
 
 
-def refuse_non_finite(path: str, rows: np.ndarray, items: list[Matched], starts) -> None:
+def refuse_non_finite(path: str, rows: np.ndarray, items: list[Matched], starts, per_residue: bool = True) -> None:
     """An InputError naming the first of `items` whose rows (item k's from starts[k]; one row
-    per residue, or one per protein) hold NaN or infinity: they would make the loss NaN (fit)
+    per residue, or with `per_residue` False one per protein) hold NaN or infinity: they would make the loss NaN (fit)
     or a prediction from nothing (predict). One pass over float32 rows, about 0.25 ns per number."""
     if np.isfinite(rows).all():
         return
-    per_residue = rows.shape[0] != len(items)
     for item, start in zip(items, starts):
         part = rows[start:start + (item.length if per_residue else 1)]
         if not np.isfinite(part).all():
@@ -930,7 +929,7 @@ class ProteinData:
                     rows.append(read_rows(group, item.key, 1, layer, (dim,), self.path, item.id,
                                           layers_recorded=recorded))
         self.x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)  # (N, D)
-        refuse_non_finite(self.path, self.x, items, np.arange(len(items)))
+        refuse_non_finite(self.path, self.x, items, np.arange(len(items)), per_residue=False)
         self.dim = int(self.x.shape[1])
         # Class indices (int64), or float32 for value outputs (NaN = not counted).
         self.targets = {name: _target_array([m.targets[name] for m in items]) for name in (items[0].targets if items else {})}
