@@ -2358,6 +2358,26 @@ def test_infinity_in_a_per_protein_embedding_names_the_protein(tmp_path):
         ProteinData(str(path), items)
 
 
+def test_a_layer_past_the_layer_axis_of_a_stacked_file_that_records_no_layers_is_refused(tmp_path):
+    # the number indexes the layer axis there (-3 to 2 of three layers): past it, the file is named
+    from protrans_cli.errors import InputError
+    from protrans_cli.heads.data import Matched, ProteinData
+    from protrans_cli.io.h5 import EmbeddingsWriter
+
+    path = tmp_path / "st.h5"
+    with EmbeddingsWriter(path, kinds=("per_protein",), layout="stacked", attrs={"layers": [-1, -2, -3]}) as w:
+        for ident in "ab":
+            w.write(ident, ident, "MKV", per_protein=np.stack([np.full(4, k, np.float32) for k in (1.0, 2.0, 3.0)]))
+    with h5py.File(path, "a") as f:
+        del f.attrs["layers"]
+    items = [Matched(ident, ident, 3, {}) for ident in "ab"]
+    np.testing.assert_array_equal(ProteinData(str(path), items, layer=1).x, np.full((2, 4), 2.0))
+    for layer in (3, -4):
+        with pytest.raises(InputError, match=r"st.h5: holds 3 layers on the layer axis of its per_protein array \(a "
+                                             rf"layer indexes that axis, -3 to 2\), not layer {layer}$"):
+            ProteinData(str(path), items, layer=layer)
+
+
 def test_nan_in_a_residue_row_is_refused_where_the_proteins_hold_as_many_residues_as_there_are_proteins(tmp_path):
     # an empty protein beside one of two residues: 2 rows for 2 proteins were taken for one row a
     # protein, so only each protein's first row was checked and a NaN in the second was predicted on
