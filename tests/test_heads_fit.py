@@ -3015,6 +3015,11 @@ def test_an_epoch_is_adam_steps_with_the_given_lr_and_weight_decay_over_shuffled
     adam = torch.optim.Adam(same.parameters(), lr=0.05, weight_decay=0.5)
     batches = list(data.batches(32, shuffle=True, rng=np.random.default_rng(3)))
     assert len(batches) == 5
+    # every protein once, in a shuffled order (not the file's), each with its own row and class
+    order = np.concatenate([b.index for b in batches])
+    assert sorted(order) == list(range(len(data.items))) and not np.array_equal(order, np.sort(order))
+    np.testing.assert_array_equal(torch.cat([b.x for b in batches]).numpy(), data.x[order])
+    np.testing.assert_array_equal(torch.cat([b.targets["loc"] for b in batches]).numpy(), data.targets["loc"][order])
     for b in batches:
         adam.zero_grad()
         fit_module._loss(task, same(b.x, b.mask), b.targets, None)[0].backward()
