@@ -842,7 +842,7 @@ def test_rows_read_into_batches_are_the_rows_h5py_reads(tmp_path, dtype):
     every dtype and shape must give the arrays numpy's own conversion of h5py's reads gives, the
     cache and the streamed batches alike, and a wrong length stays the same error."""
     from protrans_cli.errors import InputError
-    from protrans_cli.heads.data import Matched, ResidueData
+    from protrans_cli.heads.data import Matched, ResidueData, subset
 
     rng = np.random.default_rng(1)
     path, items, rows = tmp_path / "e.h5", [], []
@@ -868,6 +868,12 @@ def test_rows_read_into_batches_are_the_rows_h5py_reads(tmp_path, dtype):
                 got = batch.x[row].numpy()
                 np.testing.assert_array_equal(got[:len(rows[i])], rows[i])
                 assert not got[len(rows[i]):].any()
+        # a held-out part (--valid-fraction, a fold) reads its own proteins' rows, from the cache too
+        part = subset(data, np.array([4, 2, 0]))
+        assert [m.id for m in part.items] == ["p0", "p2", "p4"]
+        for batch in part.batches(20):
+            for row, i in enumerate(batch.index):
+                np.testing.assert_array_equal(batch.x[row].numpy()[:len(rows[2 * i])], rows[2 * i])
     with pytest.raises(InputError, match=r"embedding has shape (2x)?5x4, expected 6x4"):
         ResidueData(str(path), [Matched("p0", "p0", 6, {"ss3": np.zeros(6, np.int64)})])
 
