@@ -3601,6 +3601,7 @@ def test_foreign_files_are_matched_by_original_id_and_their_layers_checked(run_c
 
     data, report = load_data(tmp_path / "bt.h5", read_labels(table), get_task("value"))
     assert report.matched == len(rows) and not report.unlabelled
+    assert data.targets["value"].dtype == np.float32  # (as class indices, 2.5 was trained on as 2)
     np.testing.assert_array_equal(data.x[:, 0], np.asarray(data.targets["value"], dtype=np.float32))
     # --layer on another tool's file: (3, L, D) indexed by it and checked; (L, D) holds one layer
     labels = tmp_path / "ss.fasta"
