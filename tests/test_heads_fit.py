@@ -874,6 +874,10 @@ def test_rows_read_into_batches_are_the_rows_h5py_reads(tmp_path, dtype):
         for batch in part.batches(20):
             for row, i in enumerate(batch.index):
                 np.testing.assert_array_equal(batch.x[row].numpy()[:len(rows[2 * i])], rows[2 * i])
+    # and its own proteins' targets where they are one a protein (a light-attention head's)
+    labelled = ResidueData(str(path), [Matched(m.id, m.key, m.length, {"loc": k}) for k, m in enumerate(items)])
+    for batch in subset(labelled, np.array([4, 2, 0])).batches(20):
+        assert batch.targets["loc"].tolist() == [2 * i for i in batch.index]
     with pytest.raises(InputError, match=r"embedding has shape (2x)?5x4, expected 6x4"):
         ResidueData(str(path), [Matched("p0", "p0", 6, {"ss3": np.zeros(6, np.int64)})])
 
