@@ -1586,6 +1586,28 @@ def test_proteins_computed_on_the_cpu_say_so_and_their_copies_too(tmp_path, wind
     assert computed["P1copy"] == "float32 on the CPU (out of memory on cuda)"
 
 
+def test_cli_cpu_fallback_reaches_the_pipeline(tmp_path, run_cli, monkeypatch):
+    """`embed --cpu-fallback` retries a protein that alone ran out of GPU memory on the CPU, as
+    docs/cli.md says; without the flag it is recorded as failed (a CLI that passed the default
+    False whatever the flag said left the user's proteins failed)."""
+    import h5py
+
+    import protrans_cli.embed as embed_module
+
+    real = embed_module.embed
+    monkeypatch.setattr(embed_module, "embed",
+                        lambda fasta, output, options: real(fasta, output, options, embedder=_FakeOOM(budget=21)))
+    out = tmp_path / "cpu.h5"
+    result = run_cli("embed", SMALL, "-m", "onehot", "--cpu-fallback", "--max-tokens", "100", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out) as f:
+        computed = {ds.attrs["id"]: ds.attrs.get("computed") for ds in f["per_residue"].values()}
+        assert "failed" not in f or not len(f["failed"])
+    assert {k for k, v in computed.items() if v} == {"P1", "P1copy"}
+    result = run_cli("embed", SMALL, "-m", "onehot", "--max-tokens", "100", "-o", tmp_path / "gpu.h5")
+    assert result.exit_code == 0 and "P1" in result.stderr and "out of memory" in result.stderr
+
+
 def test_protein_that_never_fits_is_recorded_not_dropped(tmp_path):
     out = tmp_path / "oom.h5"
     summary = embed(SMALL, out, EmbedOptions(model="onehot"), embedder=_FakeOOM(budget=15))
