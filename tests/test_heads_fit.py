@@ -5517,6 +5517,28 @@ def test_a_head_recording_too_few_resamples_is_scored_with_enough(run_cli, one_e
     assert lo < hi
 
 
+def test_cli_weight_decay_and_dropout_reach_the_optimizer_and_the_head(loc_data, run_cli, tmp_path, monkeypatch):
+    # fit --weight-decay is Adam's and --dropout the head's (a CLI handing FitConfig the defaults,
+    # 0.0 and 0.25, whatever the user gave, passed every test)
+    import torch
+
+    seen = []
+    real = torch.optim.Adam.__init__
+
+    def recording(self, params, *args, **kwargs):
+        seen.append(kwargs.get("weight_decay"))
+        real(self, params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "__init__", recording)
+    r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                "--weight-decay", "0.3", "--dropout", "0.1", "--max-epochs", "1", "--no-plots", "-j", "1",
+                "-o", tmp_path / "head")
+    assert r.exit_code == 0, r.stderr
+    assert seen == [0.3]
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert config["hyperparameters"]["dropout"] == 0.1 and config["hyperparameters"]["weight_decay"] == 0.3
+
+
 def test_cli_patience_stops_a_member_after_that_many_epochs_without_progress(loc_data, run_cli, tmp_path,
                                                                               monkeypatch):
     # fit --patience N: N epochs improving neither validation accuracy nor loss end the member (the
