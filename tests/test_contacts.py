@@ -261,6 +261,25 @@ def test_long_and_invalid_proteins_follow_their_policies(run_cli, tmp_path):
     assert r.exit_code == 2
 
 
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_compression_option_compresses_the_maps_and_keeps_their_values(run_cli, tmp_path, compression):
+    """contacts --compression gzip|lzf writes compressed maps of the same values (a CLI handing the
+    library None whatever the user gave passed every test)."""
+    model = REFERENCES["esm2"]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">ok\nMKTAYIAKQR\n>two\nMKVLAAGIVGLLLAW\n")
+    plain, packed = tmp_path / "plain.h5", tmp_path / "packed.h5"
+    assert run_cli("contacts", fasta, "-m", model, "-o", plain).exit_code == 0
+    r = run_cli("contacts", fasta, "-m", model, "-o", packed, "--compression", compression)
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(packed, "r") as f:
+        assert {f["contacts"][k].compression for k in f["contacts"]} == {compression}
+    with h5py.File(plain, "r") as f:
+        assert {f["contacts"][k].compression for k in f["contacts"]} == {None}
+    got, want = _maps(packed), _maps(plain)
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+
 def test_resume_with_nothing_kept_refuses_a_long_protein_before_any_map(run_cli, tmp_path):
     """--resume on a fresh output (a script that always passes it) skipped the length check made
     before any computation: the short proteins' maps were computed and written to OUTPUT.partial,
