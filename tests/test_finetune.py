@@ -1369,6 +1369,22 @@ def test_lr_and_weight_decay_options_reach_adamw(data, run_cli, tmp_path, monkey
     assert seen == [(0.002, 0.3)]
 
 
+def test_accumulate_checkpointing_and_dropout_options_reach_the_run(data, run_cli, tmp_path, monkeypatch):
+    """--accumulate, --activation-checkpointing and --dropout are the run's (a CLI handing
+    FinetuneConfig the defaults, 1, False and 0.25, whatever the user gave, passed every test)."""
+    import protrans_cli.training.recompute as recompute
+
+    checkpointed = []
+    real = recompute.checkpoint_blocks
+    monkeypatch.setattr(recompute, "checkpoint_blocks", lambda model: checkpointed.append(1) or real(model))
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "--max-epochs", "1",
+                "--accumulate", "3", "--activation-checkpointing", "--dropout", "0.1", *FAST, "-o", tmp_path / "o")
+    assert r.exit_code == 0, r.stderr
+    assert checkpointed == [1]
+    config = json.loads((tmp_path / "o" / "finetune.json").read_text())["config"]
+    assert (config["accumulate"], config["activation_checkpointing"], config["dropout"]) == (3, True, 0.1)
+
+
 def test_a_per_protein_head_reads_the_mean_of_each_proteins_own_residue_rows(data):
     """FineTuned's pooled input is embed's per-protein mean (what its test sets and predict --fasta
     are embedded to): over the protein's own residues, not over the batch's padded length."""
