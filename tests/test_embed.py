@@ -1608,6 +1608,30 @@ def test_cli_cpu_fallback_reaches_the_pipeline(tmp_path, run_cli, monkeypatch):
     assert result.exit_code == 0 and "P1" in result.stderr and "out of memory" in result.stderr
 
 
+def test_cli_window_bounds_the_proteins_embedded_at_a_time(tmp_path, run_cli, monkeypatch):
+    """`embed --window N` reads and embeds N proteins at a time (a CLI passing the default window
+    whatever the user gave, so the memory bound asked for did nothing, passed every test)."""
+    import protrans_cli.embed as embed_module
+
+    batches = []
+
+    class Recording(OneHotEmbedder):
+        def embed_batch(self, seqs, pooled=False):
+            batches.append(len(seqs))
+            return super().embed_batch(seqs, pooled=pooled)
+
+    real = embed_module.embed
+    monkeypatch.setattr(embed_module, "embed",
+                        lambda fasta, output, options: real(fasta, output, options, embedder=Recording()))
+    result = run_cli("embed", SMALL, "-m", "onehot", "--max-tokens", "10000", "--window", "1", "-o", tmp_path / "a.h5")
+    assert result.exit_code == 0, result.stderr
+    assert batches and set(batches) == {1}
+    batches.clear()
+    result = run_cli("embed", SMALL, "-m", "onehot", "--max-tokens", "10000", "-o", tmp_path / "b.h5")
+    assert result.exit_code == 0, result.stderr
+    assert max(batches) > 1
+
+
 def test_protein_that_never_fits_is_recorded_not_dropped(tmp_path):
     out = tmp_path / "oom.h5"
     summary = embed(SMALL, out, EmbedOptions(model="onehot"), embedder=_FakeOOM(budget=15))
