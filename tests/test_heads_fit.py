@@ -2197,6 +2197,35 @@ def test_predict_and_knn_fasta_say_no_relative_directory_of_a_catalogued_model(r
             assert "relative to the folder" not in r.stderr and "hf download Rostlab/prot_bert" in r.stderr
 
 
+def test_predict_fasta_chunk_overlap_replaces_the_recorded_one(run_cli, ss_data, tmp_path, monkeypatch):
+    # predict --fasta --chunk-overlap N embeds long proteins in windows overlapping by N, not by the
+    # head's recorded overlap (a CLI handing the library None, so the recorded one, whatever the
+    # user gave, passed every test)
+    from protrans_cli.heads import predict as predict_module
+
+    h5 = tmp_path / "chunked.h5"
+    assert run_cli("embed", ss_data / "train.fa", "-m", "onehot", "--per-residue", "--max-length", "30",
+                   "--long-policy", "chunk", "--chunk-overlap", "4", "-o", h5).exit_code == 0
+    head = tmp_path / "head"
+    fit(FitConfig(task="ss3", max_epochs=1, max_residues=300, threads=1, n_bootstrap=10), h5,
+        ss_data / "train.csv", head)
+    seen = []
+    real = predict_module.recorded_embed_options
+
+    def spy(*args, **kwargs):
+        options = real(*args, **kwargs)
+        seen.append((options.long_policy, options.max_length, options.chunk_overlap))
+        return options
+
+    monkeypatch.setattr(predict_module, "recorded_embed_options", spy)
+    for extra, want in (((), 4), (("--chunk-overlap", "8"), 8)):
+        r = run_cli("predict", head, "--fasta", ss_data / "test.fa", *extra, "-o", tmp_path / "p.fa")
+        assert r.exit_code == 0, r.stderr
+        assert seen.pop() == ("chunk", 30, want)
+    r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "--chunk-overlap", "30", "-o", tmp_path / "q.fa")
+    assert r.exit_code == 2 and "--chunk-overlap" in r.stderr, r.stderr
+
+
 def test_predict_fasta_embeds_long_proteins_as_the_training_embeddings_were(run_cli, ss_data, tmp_path):
     # A proteome holding one protein beyond the model's limit failed under predict --fasta, and
     # the error's remedy (--long-policy) was no option of predict
