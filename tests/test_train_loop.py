@@ -3552,25 +3552,32 @@ def test_only_a_shape_error_while_loading_init_from_weights_is_put_down_to_set()
         "PytorchStreamReader failed reading zip archive: failed finding central directory"))
 
 
-def test_tokens_per_s_leaves_out_the_time_of_checkpoint_saves(tmp_path, monkeypatch):
-    """docs/train.md: `tokens_per_s` is the training steps' own rate, checkpoint saves not counted
-    in it. Each save here takes 1000 s on the loop's clock: every line's rate stays that of its
-    steps (a rate over the saves too would put the tokens over more than 1000 s)."""
+def _slowed(monkeypatch, function: str, seconds: float, clock_stands_still: bool = False) -> list[float]:
+    """The training loop's clock moved on by `seconds` at each call of loop.`function` (and, with
+    `clock_stands_still`, by nothing else); the list holds the seconds added so far."""
     import time
 
     from protrans_cli.training import loop
 
     skew = [0.0]
     clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    clock.perf_counter = lambda: time.perf_counter() + skew[0]
-    real_save = loop._save
+    clock.perf_counter = (lambda: skew[0]) if clock_stands_still else (lambda: time.perf_counter() + skew[0])
+    real = getattr(loop, function)
 
-    def slow_save(*args, **kwargs):
-        skew[0] += 1000.0
-        return real_save(*args, **kwargs)
+    def slow(*args, **kwargs):
+        skew[0] += seconds
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(loop, "time", clock)
-    monkeypatch.setattr(loop, "_save", slow_save)
+    monkeypatch.setattr(loop, function, slow)
+    return skew
+
+
+def test_tokens_per_s_leaves_out_the_time_of_checkpoint_saves(tmp_path, monkeypatch):
+    """docs/train.md: `tokens_per_s` is the training steps' own rate, checkpoint saves not counted
+    in it. Each save here takes 1000 s on the loop's clock: every line's rate stays that of its
+    steps (a rate over the saves too would put the tokens over more than 1000 s)."""
+    skew = _slowed(monkeypatch, "_save", 1000.0)
     rows = read_metrics(train(_config(tmp_path, num_steps=4, log_every=2, save_every=1)).run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4] and skew[0] == 4000.0  # (a save at every step)
     for row in rows:
@@ -3581,21 +3588,7 @@ def test_tokens_per_s_of_a_resumed_interval_leaves_out_the_saves_before_its_chec
     """The checkpoint of a stop between two lines keeps the interval's training time for the
     resumed run's next line: the time of the saves before it (each 1000 s on the loop's clock
     here, at steps 1 and 2) is not training time, in the resumed line as in an uninterrupted one."""
-    import time
-
-    from protrans_cli.training import loop
-
-    skew = [0.0]
-    clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    clock.perf_counter = lambda: time.perf_counter() + skew[0]
-    real_save = loop._save
-
-    def slow_save(*args, **kwargs):
-        skew[0] += 1000.0
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "time", clock)
-    monkeypatch.setattr(loop, "_save", slow_save)
+    _slowed(monkeypatch, "_save", 1000.0)
     kw = dict(num_steps=4, log_every=4, save_every=1)
     train(_config(tmp_path, stop_after=3, **kw))
     run = train(_config(tmp_path, **kw), resume=True).run_dir
@@ -3611,24 +3604,10 @@ def test_the_summary_of_a_resumed_run_gives_the_tokens_per_s_of_its_own_steps(tm
     its steps for the next line; the summary counted them too, over the resumed process's time
     only. Here the loop's clock moves by 0.01 s in each step alone: the summary's rate is the tokens
     of steps 4-8 (the lines' tokens less the checkpoint's) over their 0.05 s."""
-    import time
-
-    from protrans_cli.training import loop
-
     kw = dict(num_steps=8, log_every=4)
     train(_config(tmp_path, stop_after=3, **kw))
     capsys.readouterr()
-    skew = [0.0]
-    clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    clock.perf_counter = lambda: skew[0]
-    real_step = loop.train_step
-
-    def slow_step(*args, **kwargs):
-        skew[0] += 0.01
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "time", clock)
-    monkeypatch.setattr(loop, "train_step", slow_step)
+    skew = _slowed(monkeypatch, "train_step", 0.01, clock_stands_still=True)
     result = train(_config(tmp_path, **kw), resume=True)
     assert result.completed and skew[0] == pytest.approx(0.05)
     state = torch.load(result.run_dir / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
