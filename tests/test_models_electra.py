@@ -75,6 +75,24 @@ def test_save_layout_and_reload(tmp_path):
         assert torch.equal(again.generator(input_ids=ids).logits, pair.generator(input_ids=ids).logits)
 
 
+def test_the_generator_config_is_stamped_with_the_versions_as_the_root_one(tmp_path):
+    """generator/config.json carries protrans_version and torch_version as the root's does, and
+    an auto_map inherited through --init-from is dropped there too (it named code the directory
+    does not hold)."""
+    import json
+
+    import protrans_cli
+
+    tokenizer, pair = _pair()
+    pair.generator.config.auto_map = {"AutoModelForMaskedLM": "modeling_x.X"}
+    FAMILY.save_pretrained(pair, tokenizer, tmp_path)
+    for path in (tmp_path / "config.json", tmp_path / "generator" / "config.json"):
+        config = json.loads(path.read_text())
+        assert config["protrans_version"] == protrans_cli.__version__, path
+        assert config["torch_version"] == torch.__version__.split("+")[0], path
+        assert "auto_map" not in config, path
+
+
 def test_a_discriminator_without_its_generator_is_named_as_such(tmp_path):
     # What Rostlab/prot_electra_discriminator_bfd publishes: --init-from said "no file named
     # model.safetensors" although the discriminator's was there; the generator was missing.
