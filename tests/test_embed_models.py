@@ -1413,6 +1413,35 @@ def test_a_config_deeper_than_its_weights_is_refused_before_the_model_is_built(r
         in result.stderr, result.stderr
 
 
+def test_a_deep_config_is_refused_early_when_a_tied_weight_is_saved_under_its_other_name(run_cli, tmp_path,
+                                                                                        tiny_models, monkeypatch):
+    # T5's embedding is one tensor named shared.weight and encoder.embed_tokens.weight; a
+    # checkpoint may hold it under either (protrans and transformers write the first). Saved under
+    # the second, it is not missing, and a config deeper than the weights is still refused early.
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    family = FAMILIES["t5"]
+    deep = tmp_path / "deep"
+    shutil.copytree(tiny_models["t5"], deep)
+    weights = load_file(str(deep / "model.safetensors"))
+    weights["encoder.embed_tokens.weight"] = weights.pop("shared.weight")
+    save_file(weights, str(deep / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((deep / "config.json").read_text())
+    (deep / "config.json").write_text(json.dumps({**config, "num_layers": 20000}))
+
+    def built(*args, **kwargs):
+        raise AssertionError("from_pretrained was called: the model was built before the check")
+
+    monkeypatch.setattr(family.encoder_class, "from_pretrained", classmethod(built))
+    result = run_cli("embed", SMALL, "-m", deep, "-o", tmp_path / "x.h5", "--device", "cpu")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "its config.json gives 20000 layers (num_hidden_layers), more than its weights hold: none for encoder." \
+        "block.2." in result.stderr, result.stderr
+
+
 def test_offline_hub_model_with_only_its_config_cached_is_named_as_such(tmp_path, tiny_models):
     # transformers made an empty tokenizer from the cached config, and the message said the
     # published model "is not a protein tokenizer this tool can use"
