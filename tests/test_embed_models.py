@@ -319,6 +319,29 @@ def test_3di_strings_are_read_lower_case_after_fold2aa(run_cli, tmp_path, tiny_m
     assert result.exit_code == 2 and "--3di is for a model that reads 3Di strings" in result.stderr
 
 
+def test_one_tokenizer_read_as_amino_acids_then_as_3di_strings_gets_the_layout_of_each(tmp_path, tiny_models):
+    # the fast path's layout is cached per tokenizer object: the same tokenizer given to
+    # `embed --3di` after an amino-acid run (a library caller, or predict with two heads) must
+    # not reuse the amino-acid layout (<AA2fold> and upper-case tokens), nor the reverse
+    from transformers import AutoTokenizer
+
+    from protrans_cli.models.base import residue_layout, three_di_input
+
+    model_dir = _prefixed_t5(tmp_path / "prostt5_like", tiny_models)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    seqs = ["DVVLVVCC", "dpvq", "ACDEFGHIKLMNPQRSTVWY"]
+    amino, three_di = FAMILIES["t5"], three_di_input(FAMILIES["t5"])
+    for family, lead, case in ((amino, "<AA2fold>", str.upper), (three_di, "<fold2AA>", str.lower),
+                               (amino, "<AA2fold>", str.upper)):
+        layout = residue_layout(family, tokenizer)
+        assert layout is not None and layout.prefix == [tokenizer.convert_tokens_to_ids(lead)]
+        ids, mask = family.encode(tokenizer, seqs)
+        for i, s in enumerate(seqs):  # as the model card writes it: prefix, space, spaced residues
+            plain = tokenizer([f"{lead} " + " ".join(case(s))])["input_ids"][0]
+            assert ids["input_ids"][i, :len(plain)].tolist() == plain, (lead, s)
+            assert mask[i].nonzero()[:, 0].tolist() == list(range(1, len(s) + 1))
+
+
 def test_3di_and_amino_acid_embeddings_are_told_apart(run_cli, tmp_path, tiny_models):
     """An embedder given to `embed` in memory must read what `options.three_di` says (one built
     without three_di embedded 3Di strings as amino acids, one built with it amino acids with X
