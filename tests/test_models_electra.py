@@ -156,3 +156,20 @@ def test_generator_size_scales_hidden_size_heads_and_intermediate_size_alike():
     assert (big.hidden_size, big.num_attention_heads, big.intermediate_size) == (256, 4, 1024)
     half = generator_config(FAMILY.build_config("prot_electra", generator_size=0.5))
     assert (half.hidden_size, half.num_attention_heads, half.intermediate_size) == (512, 8, 2048)
+
+
+def test_a_generator_size_whose_width_heads_do_not_divide_is_rounded_down_to_a_multiple_of_them():
+    # --set generator_size=0.3 on a 768-wide, 12-head discriminator: 4 heads (3.6 rounded) and
+    # 230 wide (230.4 rounded), which 4 heads do not divide: the width goes down to 228, and the
+    # pair builds (transformers refuses a hidden size that is no multiple of the heads)
+    from protrans_cli.models.electra import generator_config
+
+    config = FAMILY.build_config("tiny", hidden_size=768, num_attention_heads=12, intermediate_size=64,
+                                 num_hidden_layers=1, generator_size=0.3)
+    gen = generator_config(config)
+    assert (gen.hidden_size, gen.num_attention_heads, gen.intermediate_size) == (228, 4, 19)
+    pair = FAMILY.pretraining_model(config)
+    assert pair.generator.config.hidden_size == 228
+    ids = torch.randint(5, 30, (1, 6))
+    with torch.no_grad():
+        assert pair.generator(input_ids=ids).logits.shape == (1, 6, config.vocab_size)
