@@ -40,6 +40,20 @@ def test_fast_encode_equals_the_tokenizer(name, multiple):
     _assert_same(family, tokenizer, _random_seqs(), multiple)
 
 
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_letter_outside_the_alphabet_is_left_to_the_tokenizer(name):
+    # J (Leu or Ile) and * (a stop) are in no family's table: the batch that holds one goes
+    # through the tokenizer (its unknown token there), not a row with id -1
+    family = FAMILIES[name]
+    tokenizer = family.build_tokenizer()
+    seqs = ["MKJA", "MK", "AC*D"]
+    inputs, _ = family.encode(tokenizer, seqs)
+    assert (inputs["input_ids"] >= 0).all()
+    _assert_same(family, tokenizer, seqs)
+    unk = tokenizer.unk_token_id
+    assert unk is not None and (inputs["input_ids"] == unk).sum() == 2
+
+
 def test_fast_encode_of_a_protbert_style_vocab_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
