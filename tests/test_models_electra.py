@@ -173,3 +173,19 @@ def test_a_generator_size_whose_width_heads_do_not_divide_is_rounded_down_to_a_m
     ids = torch.randint(5, 30, (1, 6))
     with torch.no_grad():
         assert pair.generator(input_ids=ids).logits.shape == (1, 6, config.vocab_size)
+
+
+def test_the_masked_lm_of_a_run_or_of_its_generator_folder_is_the_generator(tmp_path):
+    # `protrans variants -m RUN` and `-m RUN/generator` (as Rostlab/prot_electra_generator_bfd, a
+    # generator on its own) both score with the generator: logits as transformers' own
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer, pair = _pair(seed=2)
+    FAMILY.save_pretrained(pair.eval(), tokenizer, tmp_path)
+    ids = torch.randint(5, 30, (2, 8))
+    with torch.no_grad():
+        expected = AutoModelForMaskedLM.from_pretrained(tmp_path / "generator", use_kernels=False).eval()(
+            input_ids=ids).logits
+        for directory in (tmp_path, tmp_path / "generator"):
+            model = FAMILY.load_masked_lm(directory).eval()
+            assert torch.equal(model(input_ids=ids).logits, expected), directory
