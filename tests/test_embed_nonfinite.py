@@ -298,6 +298,20 @@ def test_t5_float16_embed_batch_gives_the_float32_numbers_where_float16_overflow
     assert {p.dtype for p in half.model.parameters()} == {torch.float16}
 
 
+def test_t5_float16_overflow_at_padding_alone_sends_no_protein_to_float32(t5_dir):
+    # the padding of a shorter protein's row overflowing (its pad token poisoned) is in no
+    # protein's rows: the guard counts the tokens of proteins only, and every protein stays float16
+    from transformers import AutoTokenizer
+
+    pad_id = AutoTokenizer.from_pretrained(str(t5_dir)).pad_token_id
+    half = TransformerEmbedder(load_model(str(t5_dir), device="cpu", dtype="float16"), (-1,), "cpu", "float16")
+    sequences = ["MKTAAGHKL", "MKTWAAGHKLWPP", "MKV"]
+    _overflowing_t5(half, pad_id)
+    after = half.embed_arrays(sequences)
+    assert [isinstance(r, tuple) for r in after] == [True, True, True]
+    assert all(np.isfinite(r[0]).all() for r in after)
+
+
 def test_two_threads_on_one_float16_t5_each_see_their_own_overflows(t5_dir):
     """The guard's armed state was one per model: two threads embedding with one model crashed
     ("size of tensor a (2) must match ... (4)") or lost each other's overflows."""
