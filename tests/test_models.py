@@ -426,11 +426,16 @@ def test_layer_selection(tmp_path):
     inputs, _ = family.encode(loaded.tokenizer, ["MKT"])
     with torch.no_grad():
         first, last = family.hidden_states(loaded.model, inputs, [0, -1])
+        layer_one, layer_two, before_last = family.hidden_states(loaded.model, inputs, [1, 2, -2])
         with pytest.raises(ModelError, match="out of range"):
             family.hidden_states(loaded.model, inputs, [5])
         reference = model.bert(**inputs, output_hidden_states=True).hidden_states
     torch.testing.assert_close(first, reference[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(last, reference[-1], rtol=0, atol=1e-6)
+    # a positive index counts the embeddings as 0: 1 is the first layer's output, as transformers'
+    torch.testing.assert_close(layer_one, reference[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(layer_two, reference[2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(before_last, reference[-2], rtol=0, atol=1e-6)
 
 
 def test_a_half_precision_checkpoint_loads_in_float32_unless_a_dtype_is_named(tmp_path):
