@@ -438,6 +438,22 @@ def test_layer_selection(tmp_path):
     torch.testing.assert_close(before_last, reference[-2], rtol=0, atol=1e-6)
 
 
+def test_an_xlnet_tokenizer_whose_config_says_right_padding_pads_left(tmp_path):
+    # XLNet's special tokens trail the protein and its padding leads: a hub tokenizer_config.json
+    # saying padding_side "right" would put padding between a protein and its <sep> <cls>
+    family = FAMILIES["xlnet"]
+    tokenizer, config, model = _tiny(family)
+    family.save_pretrained(model, tokenizer, tmp_path)
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, "padding_side": "right"}))
+    loaded = load_model(tmp_path)
+    assert loaded.tokenizer.padding_side == "left"
+    inputs, mask = family.encode(loaded.tokenizer, ["MKTAY", "MK"])
+    ids = inputs["input_ids"][1].tolist()
+    assert ids[:3] == [tokenizer.pad_token_id] * 3 and ids[-2:] == [tokenizer.sep_token_id, tokenizer.cls_token_id]
+    assert mask[1].tolist() == [False] * 3 + [True] * 2 + [False] * 2
+
+
 def test_a_half_precision_checkpoint_loads_in_float32_unless_a_dtype_is_named(tmp_path):
     """A model saved in float16 (ProtT5's published -enc, a run trained in half precision) loads in
     float32 by default, as load_model's docstring promises, not in the dtype its config.json
