@@ -604,6 +604,17 @@ def test_fit_and_predict_refuse_per_protein_vectors_of_another_pooling(run_cli, 
     assert r.exit_code == 0 and "pooled by mean" in r.stderr
 
 
+def _assert_loc_test_scores(path):
+    """predict's metrics of a loc head on loc_data's 45 test proteins: classes named by words
+    (Cell.membrane, Cytoplasm: one initial), each its own entry, by name."""
+    scored = json.loads(path.read_text())["outputs"]["loc"]
+    assert scored["n"] == 45
+    assert scored["classes"] == list(LOCATIONS) and list(scored["per_class"]) == list(LOCATIONS)
+    assert {c: v["support"] for c, v in scored["per_class"].items() if v["support"]} == {
+        "Nucleus": 15, "Extracellular": 15, "Cell.membrane": 15}
+    assert np.array(scored["confusion"]).shape == (10, 10) and scored["majority"]["class"] == "Cell.membrane"
+
+
 def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
     head = tmp_path / "loc"
     assert run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
@@ -612,13 +623,7 @@ def test_predict_scores_against_labels(run_cli, loc_data, tmp_path):
                 "--metrics", tmp_path / "m")
     assert r.exit_code == 0, r.stderr
     assert "test loc: Q10" in r.stderr
-    scored = json.loads((tmp_path / "m" / "test.json").read_text())["outputs"]["loc"]
-    assert scored["n"] == 45
-    # classes named by words (Cell.membrane, Cytoplasm: one initial), each its own entry, by name
-    assert scored["classes"] == list(LOCATIONS) and list(scored["per_class"]) == list(LOCATIONS)
-    assert {c: v["support"] for c, v in scored["per_class"].items() if v["support"]} == {
-        "Nucleus": 15, "Extracellular": 15, "Cell.membrane": 15}
-    assert np.array(scored["confusion"]).shape == (10, 10) and scored["majority"]["class"] == "Cell.membrane"
+    _assert_loc_test_scores(tmp_path / "m" / "test.json")
     # Run again over links planted under the metrics' names: the links are replaced, never
     # written through (and the files appear whole or not at all: written under a temporary name).
     victim = tmp_path / "victim.txt"
@@ -4362,13 +4367,7 @@ def test_no_plots_writes_every_number_and_no_png(run_cli, loc_data, tmp_path):
         assert r.returncode == 0, r.stderr
     assert not list(head.rglob("*.png")) and not list((tmp_path / "m").rglob("*.png"))
     assert json.loads((head / "metrics.json").read_text())["valid"]["loc"]["n"] > 0
-    scored = json.loads((tmp_path / "m" / "test.json").read_text())["outputs"]["loc"]
-    assert scored["n"] == 45
-    # classes named by words (Cell.membrane, Cytoplasm: one initial), each its own entry, by name
-    assert scored["classes"] == list(LOCATIONS) and list(scored["per_class"]) == list(LOCATIONS)
-    assert {c: v["support"] for c, v in scored["per_class"].items() if v["support"]} == {
-        "Nucleus": 15, "Extracellular": 15, "Cell.membrane": 15}
-    assert np.array(scored["confusion"]).shape == (10, 10) and scored["majority"]["class"] == "Cell.membrane"
+    _assert_loc_test_scores(tmp_path / "m" / "test.json")
     # the same fit with plots: the same head, and the PNGs besides
     r = run_cli("fit", "loc", *common, "-o", tmp_path / "plotted")
     assert r.exit_code == 0, r.stderr
