@@ -460,3 +460,25 @@ def test_dist_timeout_none_is_pytorchs_default_as_validate_accepts_it():
     config.validate()
     assert config.duration("dist_timeout") is None and config.duration("time_limit") is None
     assert TrainConfig(corpus=["c.txt"]).duration("dist_timeout") == 1800
+
+
+def test_the_step_before_a_periodic_save_budgets_that_save_too():
+    """--save-every: the step after which a checkpoint is saved anyway has that save in its budget
+    beside the stop's own (`saves_after`); the other steps have only the stop's. Asked of a deadline
+    that records what it is told, over steps 1-12 of a 20-step run saving every 5."""
+    from protrans_cli.training.loop import _out_of_time
+
+    told = []
+
+    class Recording:
+        step_seconds = 1.0
+
+        def stop_after_next(self, **kwargs):
+            told.append(kwargs)
+            return False
+
+    config = TrainConfig(save_every=5)
+    for step in range(1, 13):
+        assert not _out_of_time(Recording(), config, step, total_steps=20)
+    assert [t["saves_after"] for t in told] == [step % 5 == 0 for step in range(1, 13)]
+    assert not any(t["exports"] for t in told)
