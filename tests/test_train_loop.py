@@ -1805,6 +1805,17 @@ def test_resume_with_phases_added_names_the_phases_not_a_default_length(tmp_path
         train(_config(tmp_path / "again", phases=[Phase(64, 30, 8)]), resume=True)
 
 
+def test_a_run_resumed_at_the_end_of_a_phase_starts_with_the_next_one(tmp_path, capsys):
+    """A checkpoint at phase 1's last step: the resumed run's first line is phase 2's, its steps
+    from the checkpoint's step on (not "phase 1/2: ... steps 3-2", a phase with nothing to run)."""
+    config = dict(phases=[Phase(48, 2), Phase(64, 2)], log_every=1, save_every=1)
+    train(_config(tmp_path, stop_after=2, **config))
+    capsys.readouterr()
+    assert train(_config(tmp_path, **config), resume=True).step == 4
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: phase")]
+    assert len(said) == 1 and said[0].startswith("train: phase 2/2: max length 64, steps 3-4,"), said
+
+
 def test_resume_may_change_the_current_phase_but_not_a_finished_one(tmp_path):
     # Lengthening phase 1 after the run had moved on to phase 2 sent it back to phase 1 (metrics'
     # phase went 1,1,2,2,1,1,2...) and skipped a buffer of data, with exit 0.
