@@ -1465,6 +1465,25 @@ def test_a_deep_config_is_refused_early_when_a_tied_weight_is_saved_under_its_ot
         "block.2." in result.stderr, result.stderr
 
 
+def test_weights_missing_every_layer_are_named_as_missing_not_as_a_config_too_deep(run_cli, tmp_path, tiny_models):
+    # A checkpoint holding the embeddings and none of its layers is not a config edited deeper than
+    # its weights (layer 0 is absent too): the load names the parameters missing, not a depth.
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_models["bert"], cut)
+    weights = load_file(str(cut / "model.safetensors"))
+    kept = {k: v for k, v in weights.items() if ".encoder.layer." not in f".{k}"}
+    assert len(kept) < len(weights)
+    save_file(kept, str(cut / "model.safetensors"), metadata={"format": "pt"})
+    result = run_cli("embed", SMALL, "-m", cut, "-o", tmp_path / "x.h5", "--device", "cpu")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "more than its weights hold" not in result.stderr and "encoder.layer.0." in result.stderr, result.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_offline_hub_model_with_only_its_config_cached_is_named_as_such(tmp_path, tiny_models):
     # transformers made an empty tokenizer from the cached config, and the message said the
     # published model "is not a protein tokenizer this tool can use"
