@@ -1454,3 +1454,26 @@ def test_valid_fraction_holds_out_the_rounded_share_at_least_one_and_leaves_one_
     train, valid, _ = _hold_out(FinetuneConfig(valid_fraction=fraction), data, "train.csv")
     assert len(valid.items) == held and len(train.items) == 60 - held
     assert {m.id for m in train.items}.isdisjoint(m.id for m in valid.items)
+
+
+def test_training_batches_are_shuffled_every_epoch_and_hold_each_protein_once(data, run_cli, tmp_path, monkeypatch):
+    """Each epoch draws its own order of the training proteins (seeded by --seed); evaluation sets
+    are read in order. Recorded from the batches the run takes of its largest set, the training one."""
+    from protrans_cli.heads import finetune as finetune_module
+
+    orders = {}
+    real = finetune_module.SequenceData.batches
+
+    def recorded(self, *args, **kwargs):
+        for batch in real(self, *args, **kwargs):
+            orders.setdefault(id(self), [[]])[-1].extend(int(i) for i in batch.index)
+            yield batch
+        orders[id(self)].append([])
+
+    monkeypatch.setattr(finetune_module.SequenceData, "batches", recorded)
+    r = run_cli("finetune", "ss3", "-m", data / "bert", "--labels", data / "train.csv", "-o", tmp_path / "out",
+                "--max-epochs", "2", "--patience", "5", *FAST)
+    assert r.exit_code == 0, r.stderr
+    epochs = [order for order in max(orders.values(), key=lambda o: len(o[0])) if order]
+    assert len(epochs) == 2 and sorted(epochs[0]) == sorted(epochs[1]) == list(range(len(epochs[0])))
+    assert epochs[0] != epochs[1]
