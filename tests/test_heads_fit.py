@@ -2202,18 +2202,25 @@ def test_predict_and_knn_fasta_say_no_relative_directory_of_a_catalogued_model(r
             assert "relative to the folder" not in r.stderr and "hf download Rostlab/prot_bert" in r.stderr
 
 
-def test_predict_fasta_chunk_overlap_replaces_the_recorded_one(run_cli, ss_data, tmp_path, monkeypatch):
-    # predict --fasta --chunk-overlap N embeds long proteins in windows overlapping by N, not by the
-    # head's recorded overlap (a CLI handing the library None, so the recorded one, whatever the
-    # user gave, passed every test)
-    from protrans_cli.heads import predict as predict_module
-
+def _head_of_chunked_embeddings(run_cli, ss_data, tmp_path):
+    """An ss3 head fitted on onehot rows embedded with --max-length 30 --long-policy chunk
+    --chunk-overlap 4 (what it records for predict --fasta)."""
     h5 = tmp_path / "chunked.h5"
     assert run_cli("embed", ss_data / "train.fa", "-m", "onehot", "--per-residue", "--max-length", "30",
                    "--long-policy", "chunk", "--chunk-overlap", "4", "-o", h5).exit_code == 0
     head = tmp_path / "head"
     fit(FitConfig(task="ss3", max_epochs=1, max_residues=300, threads=1, n_bootstrap=10), h5,
         ss_data / "train.csv", head)
+    return head
+
+
+def test_predict_fasta_chunk_overlap_replaces_the_recorded_one(run_cli, ss_data, tmp_path, monkeypatch):
+    # predict --fasta --chunk-overlap N embeds long proteins in windows overlapping by N, not by the
+    # head's recorded overlap (a CLI handing the library None, so the recorded one, whatever the
+    # user gave, passed every test)
+    from protrans_cli.heads import predict as predict_module
+
+    head = _head_of_chunked_embeddings(run_cli, ss_data, tmp_path)
     seen = []
     real = predict_module.recorded_embed_options
 
@@ -2234,12 +2241,7 @@ def test_predict_fasta_chunk_overlap_replaces_the_recorded_one(run_cli, ss_data,
 def test_predict_fasta_embeds_long_proteins_as_the_training_embeddings_were(run_cli, ss_data, tmp_path):
     # A proteome holding one protein beyond the model's limit failed under predict --fasta, and
     # the error's remedy (--long-policy) was no option of predict
-    h5 = tmp_path / "chunked.h5"
-    assert run_cli("embed", ss_data / "train.fa", "-m", "onehot", "--per-residue", "--max-length", "30",
-                   "--long-policy", "chunk", "--chunk-overlap", "4", "-o", h5).exit_code == 0
-    head = tmp_path / "head"
-    fit(FitConfig(task="ss3", max_epochs=1, max_residues=300, threads=1, n_bootstrap=10), h5,
-        ss_data / "train.csv", head)
+    head = _head_of_chunked_embeddings(run_cli, ss_data, tmp_path)
     recorded = json.loads((head / "config.json").read_text())["embedding"]
     assert (recorded["long_policy"], recorded["max_length"], recorded["chunk_overlap"]) == ("chunk", 30, 4)
     r = run_cli("predict", head, "--fasta", ss_data / "test.fa", "-o", tmp_path / "f.fa")
