@@ -756,7 +756,7 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     line and mutation for the first that does not fit its wild type (the one of `wild_types`, or
     the one its `id_column` names; `rejected`: why a record of the FASTA could not be read)."""
     from protrans_cli.heads.labels import _utf16_text
-    from protrans_cli.io.files import archive_hint, display_name, open_input
+    from protrans_cli.io.files import archive_hint, display_name, header_delimiter, open_input
 
     name = display_name(path)
     with open_input(path) as stream:
@@ -776,9 +776,8 @@ def read_variant_table(path, wild_types: list[tuple[str, str]], options: Variant
     first = next((line for line in text.split("\n") if line.strip()), None)
     if first is None:
         raise InputError("is empty", path=name)
-    # (a tab in the header line makes a TSV, as label tables are read: one whose header holds a
-    # comma, `score (log2, norm)`, was read as CSV, "has no 'mutant' column (columns: mutant\t...")
-    delimiter = "\t" if "\t" in first else ","
+    # (the label tables' rule: a header holding a comma beside its tabs was read as CSV)
+    delimiter = header_delimiter(first)
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # (mutated_sequence columns of long proteins)
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     header = next((row for row in reader if any(f.strip() for f in row)), None)

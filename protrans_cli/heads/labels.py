@@ -41,7 +41,7 @@ import numpy as np
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, look_alike, parse_fasta
-from protrans_cli.io.files import archive_hint, display_name, open_input
+from protrans_cli.io.files import archive_hint, display_name, header_delimiter, open_input
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import STANDARD, SequenceRejected, normalise
 
@@ -685,7 +685,7 @@ def _refuse_open_quote(row: list[str], name: str, lineno: int) -> None:
 def _read_table(text: str, name: str, all_columns: bool = False) -> LabelSet:
     lines = text.splitlines()
     first = next((line for line in lines if line.strip()), "")
-    delimiter = "\t" if "\t" in first else ","
+    delimiter = header_delimiter(first)
     rows = csv.reader(io.StringIO(text), delimiter=delimiter)
     records = []
     header_seen = False

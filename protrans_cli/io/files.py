@@ -808,6 +808,12 @@ def tsv_quoted(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if text.startswith('"') else text
 
 
+def header_delimiter(first_line: str) -> str:
+    """The delimiter of a label or variants table, from its first non-blank line: a tab there makes
+    it a TSV, whose fields may hold commas unquoted (`score (log2, norm)`); else commas."""
+    return "\t" if "\t" in first_line else ","
+
+
 def named_delimiter(path) -> str | None:
     """The delimiter a table's file name says (.tsv/.tab: a tab, .csv: a comma; compressed or
     not), None for any other name (stdout's '-' among them)."""
