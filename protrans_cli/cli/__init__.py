@@ -160,6 +160,16 @@ def is_option(ctx, value) -> bool:
     return isinstance(value, str) and value.split("=", 1)[0] in names
 
 
+def given_option(name: str, ctx=None) -> bool:
+    """Whether the option `name` (its parameter name) was given on the command line, not left at
+    its default (the running command's, or `ctx`'s): an option that does nothing is said so only
+    where the user gave it."""
+    from click.core import ParameterSource
+
+    ctx = ctx or click.get_current_context()
+    return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+
+
 def _checked_value(callback):
     def check(ctx, param, value):
         if callback is not None:  # the option's own check first (fit's --test pair says more)

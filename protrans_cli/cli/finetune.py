@@ -8,9 +8,8 @@
 from __future__ import annotations
 
 import click
-from click.core import ParameterSource
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, given_option
 from protrans_cli.cli.fit import mask_options
 from protrans_cli.heads.labels import FORMATS
 from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS, warn_unused_dual
@@ -74,7 +73,7 @@ def command(task, model, labels, fasta, output, valid, tests, label_format, mask
     """
     from protrans_cli.heads.finetune import FinetuneConfig, finetune, partial_path
 
-    if click.get_current_context().get_parameter_source("dual") is ParameterSource.COMMANDLINE:
+    if given_option("dual"):
         warn_unused_dual(task)  # (changed nothing, without a word)
 
     config = FinetuneConfig(task=task, model=model, lora_rank=lora_rank, lora_alpha=lora_alpha,

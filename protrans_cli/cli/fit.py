@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE, is_option
+from protrans_cli.cli import INPUT_FILE, given_option, is_option
 from protrans_cli.heads.labels import FORMATS
 from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS
 
@@ -123,18 +123,16 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
     protrans fit ss3 --embeddings train.h5 --labels Train_HHblits.csv.gz \\
         --test cb513.h5 CB513_HHblits.csv -o heads/ss3
     """
-    from click.core import ParameterSource
-
     from protrans_cli import console
     from protrans_cli.heads.fit import FitConfig, fit, partial_path
 
     grid = _search_grid(ctx, search_specs)
     _warn_unused(ctx, task, architecture, grid.get("architecture"))
-    if ctx.get_parameter_source("dual") is ParameterSource.COMMANDLINE:
+    if given_option("dual", ctx):
         from protrans_cli.heads.tasks import warn_unused_dual
 
         warn_unused_dual(task)
-    if folds is not None and ctx.get_parameter_source("valid_fraction") is ParameterSource.COMMANDLINE:
+    if folds is not None and given_option("valid_fraction", ctx):
         # (silently ignored: each fold is validated in turn, none held out)
         console.warn("--valid-fraction does nothing with --folds (member k is validated on fold k): ignored")
     config = FitConfig(task=task, max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
@@ -181,14 +179,12 @@ def _search_grid(ctx, specs) -> dict:
     refused (which one would a trial use?)."""
     if not specs:
         return {}
-    from click.core import ParameterSource
-
     from protrans_cli.errors import UsageError
     from protrans_cli.heads.search import parse_grid
 
     grid = parse_grid(specs)
     for key in grid:
-        if key in ctx.params and ctx.get_parameter_source(key) is ParameterSource.COMMANDLINE:
+        if key in ctx.params and given_option(key, ctx):
             raise UsageError(f"--{key.replace('_', '-')} is given and searched (--search {key.replace('_', '-')}=...): "
                              "give it one way")
     return grid
@@ -203,8 +199,6 @@ _FLAGS = {"max_residues": "--max-residues", "kernel": "--kernel", "batch_size": 
 def _warn_unused(ctx, task: str, architecture: str | None, searched: list | None = None) -> None:
     """`searched`: the architectures of --search architecture=...: an option is said to do nothing
     only where none of them reads it (`--kernel 5` with fnn,light-attention was said to do nothing)."""
-    from click.core import ParameterSource
-
     from protrans_cli import console
     from protrans_cli.heads.tasks import UNUSED_OPTIONS, architecture_for, get_task
 
@@ -213,7 +207,7 @@ def _warn_unused(ctx, task: str, architecture: str | None, searched: list | None
     architecture = architectures[0]
     given = [_FLAGS[name] for name in UNUSED_OPTIONS[architecture]
              if all(name in UNUSED_OPTIONS[a] for a in architectures)
-             and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+             and given_option(name, ctx)]
     if given:
         one = len(given) == 1
         console.warn(f"{', '.join(given)} {'does' if one else 'do'} nothing for "

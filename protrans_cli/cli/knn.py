@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, given_option
 from protrans_cli.cli.predict import fasta_embedding_options
 from protrans_cli.heads.labels import FORMATS
 
@@ -76,11 +76,9 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
 
         raise UsageError(HDF5_FROM_STDIN)
     # (each changed nothing without the labels it reads or scores, without a word)
-    from click.core import ParameterSource
-
     if label_format != "auto" and labels is None and score is None:
         raise UsageError("--label-format goes with --labels or --score (the format of the label files read)")
-    if click.get_current_context().get_parameter_source("n_bootstrap") is ParameterSource.COMMANDLINE and score is None:
+    if given_option("n_bootstrap") and score is None:
         raise UsageError("--bootstrap goes with --score (the resamples of its confidence intervals)")
     if [fasta, labels, score].count("-") > 1:  # the first read would take it all
         raise UsageError("stdin ('-') can be one input at most: give the others as files")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, given_option
 
 from protrans_cli.embed import INVALID_POLICIES, LONG_POLICIES
 from protrans_cli.heads.labels import FORMATS
@@ -112,11 +112,9 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
         if given and labels is None:
             raise UsageError(f"{flag} goes with --labels (it says how the labels scored are read; the predictions "
                              "alone read none)")
-    from click.core import ParameterSource
-
-    if click.get_current_context().get_parameter_source("max_residues") is ParameterSource.COMMANDLINE:
+    if given_option("max_residues"):
         _warn_unused_max_residues(head)
-    if click.get_current_context().get_parameter_source("plots") is ParameterSource.COMMANDLINE and metrics_dir is None:
+    if given_option("plots") and metrics_dir is None:
         from protrans_cli import console
 
         console.warn(f"--{'' if plots else 'no-'}plots does nothing without --metrics (the figures go beside its JSON)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, given_option
 from protrans_cli.heads.labels import FORMATS
 
 
@@ -81,11 +81,8 @@ def command(embeddings, method, dims, metric, label_files, label_format, colour_
         raise UsageError("--label-format goes with --labels (the format of the label files read)")
     if perplexity is not None and method != "tsne":
         raise UsageError("--perplexity goes with --method tsne")
-    from click.core import ParameterSource
-
     # (by where it came from: --min-dist 0.1, the default's value, was taken with PCA without a word)
-    given_min_dist = click.get_current_context().get_parameter_source("min_dist") is not ParameterSource.DEFAULT
-    if (neighbors is not None or given_min_dist) and method != "umap":
+    if (neighbors is not None or given_option("min_dist")) and method != "umap":
         raise UsageError("--neighbors and --min-dist go with --method umap")
     if threads is not None and method != "tsne":  # (only t-SNE's neighbour search takes threads)
         from protrans_cli import console
