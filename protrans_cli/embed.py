@@ -243,8 +243,10 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
             warn(f"the onehot embedder has no attention: --attention {options.attention} ignored")
         if options.revision:
             warn(f"the onehot embedder has no weights: --revision {options.revision} ignored")
+        _warn_gpu_only(options, "cpu", warn)
         return OneHotEmbedder(options.layers)
     device_name, dtype = resolve_device(device or options.device, options.dtype)
+    _warn_gpu_only(options, device_name, warn)
     try:
         from protrans_cli.models import load_model
     except ImportError as exc:  # pragma: no cover - the registry ships with the package
@@ -290,6 +292,17 @@ def build_embedder(options: EmbedOptions, *, device: str | None = None) -> Embed
         if flex_is_compiled(device_name):
             _build_flex_kernel(embedder, automatic, packing_asked=options.packing is True)
     return embedder
+
+
+def _warn_gpu_only(options: EmbedOptions, device_name: str, warn) -> None:
+    """Options of a GPU run given for one on the CPU (the onehot embedder's included): they changed
+    nothing there without a word, and a user who asked for them believed the run protected or tuned."""
+    if options.cpu_fallback and device_name == "cpu":
+        warn("--cpu-fallback ignored: the run is on the CPU already (it retries on the CPU a protein that "
+             "does not fit in GPU memory)")
+    if options.sdpa_kernels != "auto" and not device_name.startswith("cuda"):
+        warn(f"--sdpa-kernels {options.sdpa_kernels} ignored on {device_name}: it chooses among a CUDA GPU's "
+             "attention kernels")
 
 
 def flex_by_default(family, device_name: str, dtype: str, *, compiled: bool = False) -> bool:

@@ -2054,3 +2054,16 @@ def test_a_hugging_face_cache_folder_names_its_snapshot_and_hub_id(run_cli, tmp_
     assert not out.exists()
     result = run_cli("embed", SMALL, "-m", folder / "snapshots" / "0123abcd", "-o", out, "--device", "cpu")
     assert result.exit_code == 0 and out.exists(), result.stderr
+
+
+@pytest.mark.parametrize("model", ["onehot", "bert"])
+def test_gpu_only_options_on_the_cpu_are_said_to_change_nothing(tmp_path, tiny_models, run_cli, model):
+    # --cpu-fallback and --sdpa-kernels torch on a CPU run changed nothing without a word
+    model = tiny_models.get(model, model)
+    r = run_cli("embed", SMALL, "-m", model, "--device", "cpu", "--cpu-fallback", "--sdpa-kernels", "torch",
+                "-o", tmp_path / "o.h5")
+    assert r.exit_code == 0, r.stderr
+    assert "--cpu-fallback ignored: the run is on the CPU already" in r.stderr
+    assert "--sdpa-kernels torch ignored on cpu" in r.stderr
+    r = run_cli("embed", SMALL, "-m", model, "--device", "cpu", "-o", tmp_path / "p.h5")
+    assert r.exit_code == 0 and "ignored" not in r.stderr, r.stderr
