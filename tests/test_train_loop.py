@@ -901,17 +901,19 @@ def test_a_run_directory_that_is_a_file_or_inside_one_is_refused(tmp_path, run_c
 
 
 def test_settings_one_process_cannot_honour_are_warned_and_resume_takes_one_checkpoint(tmp_path, run_cli):
-    """--strategy ddp without torchrun, and --eval-every without --val-corpus, train on with a
-    warning each (not silently); --resume together with --resume-from is refused, not one of them
+    """--strategy ddp without torchrun, --eval-every without --val-corpus and --sdpa-kernels torch
+    on the CPU train on with a warning each (not silently); --resume together with --resume-from is refused, not one of them
     taken."""
     out = tmp_path / "run"
     flags = ["--corpus", LEARNABLE, "--num-steps", 1, "--max-length", 32, "--global-batch-size", 4,
              "--micro-batch-size", 4, "--save-every", 1, "-j", 1, "-o", out]
-    res = run_cli("train", *flags, "--strategy", "ddp", "--eval-every", 1)
+    res = run_cli("train", *flags, "--strategy", "ddp", "--eval-every", 1, "--sdpa-kernels", "torch")
     assert res.exit_code == 0, res.output
     warned = [line for line in res.stderr.splitlines() if line.startswith("protrans: warning:")]
     assert warned == ["protrans: warning: strategy ddp ignored: one process (start with torchrun for several)",
-                      "protrans: warning: --eval-every 1 without --val-corpus: no evaluation"]
+                      "protrans: warning: --eval-every 1 without --val-corpus: no evaluation",
+                      "protrans: warning: --sdpa-kernels torch ignored on cpu: it chooses among a CUDA GPU's "
+                      "attention kernels"]
     assert not any("eval_loss" in line for line in read_metrics(out / "metrics.jsonl"))
     res = run_cli("train", *flags, "--num-steps", 2, "--resume", "--resume-from", out / "checkpoints" / "step_00000001")
     assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1] == (

@@ -465,6 +465,9 @@ def build_run(config: TrainConfig, info: dist.DistInfo, family=None, resume=None
         run_dir.mkdir(parents=True, exist_ok=True)
         if evaluates and config.eval_every and not config.val_corpus:
             console.warn(f"--eval-every {config.eval_every} without --val-corpus: no evaluation")
+        if config.sdpa_kernels != "auto" and info.device.type != "cuda":  # (as embed says it)
+            console.warn(f"--sdpa-kernels {config.sdpa_kernels} ignored on {info.device.type}: it chooses among a "
+                         "CUDA GPU's attention kernels")
     precision = resolve_precision(config.precision, info.device)
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (lambda: torch.autocast(info.device.type, dtype=half)) if half is not None else contextlib.nullcontext
