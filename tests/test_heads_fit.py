@@ -5586,3 +5586,29 @@ def test_cli_patience_stops_a_member_after_that_many_epochs_without_progress(loc
                 "--patience", "2", "--max-epochs", "8", "--no-plots", "-j", "1", "-o", tmp_path / "head")
     assert r.exit_code == 0, r.stderr
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("task, improving, epochs", [("ss3", False, 6), ("ss3", True, 30), ("loc", False, 11),
+                                                      ("loc", True, 200)])
+def test_fit_without_max_epochs_or_patience_takes_the_defaults_its_help_gives(loc_data, ss_data, run_cli, tmp_path,
+                                                                              monkeypatch, task, improving, epochs):
+    # fit --help: --max-epochs "[default: 30 per residue, 200 per protein]", --patience "[default: 5
+    # per residue, 10 per protein]", --kernel "[default: 7 for the CNN ...]" (recorded for the FNN
+    # too): the library resolves each from None, and no test left them to their defaults
+    from protrans_cli.heads import fit as fit_module
+
+    calls = []
+
+    def scripted(*a):
+        calls.append(1)
+        # (every epoch better than the last, or none better than the first)
+        return 1.0, {task: len(calls) / 1000 if improving else 0.5}
+
+    monkeypatch.setattr(fit_module, "_validate", scripted)
+    data, labels = (ss_data, "train.csv") if task == "ss3" else (loc_data, "train.fasta")
+    r = run_cli("fit", task, "--embeddings", data / "train.h5", "--labels", data / labels, "--no-plots", "-j", "1",
+                "--bootstrap", "10", *(["--max-residues", "300"] if task == "ss3" else []), "-o", tmp_path / "head")
+    assert r.exit_code == 0, r.stderr
+    assert len(calls) == epochs
+    hyper = json.loads((tmp_path / "head" / "config.json").read_text())["hyperparameters"]
+    assert (hyper["max_epochs"], hyper["patience"], hyper["kernel"]) == ((30, 5, 7) if task == "ss3" else (200, 10, 7))
