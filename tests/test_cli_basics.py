@@ -1028,3 +1028,53 @@ def test_knn_project_and_variants_write_where_a_users_link_leads(tmp_path, run_c
     before = h5.read_bytes()
     r = run_cli("knn", h5, "--reference", h5, "-o", tmp_path / "onto_input.tsv")
     assert r.exit_code != 0 and h5.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["embed", "fit", "finetune", "predict"])
+def test_a_command_given_no_options_asks_the_library_for_its_own_defaults(run_cli, tmp_path, monkeypatch, name):
+    """An option left out gives what the library gives a setting left out (the --help's [default:
+    ...] of both): EmbedOptions, FitConfig and FinetuneConfig are the Python API's, predict() a
+    function of it. Nothing compared them: a default changed on one side only passed every test."""
+    import dataclasses
+    import inspect
+
+    import protrans_cli.embed
+    import protrans_cli.heads.finetune
+    import protrans_cli.heads.fit
+    import protrans_cli.heads.predict
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        raise Stop
+
+    module, function = {"embed": (protrans_cli.embed, "embed"), "fit": (protrans_cli.heads.fit, "fit"),
+                        "finetune": (protrans_cli.heads.finetune, "finetune"),
+                        "predict": (protrans_cli.heads.predict, "predict")}[name]
+    defaults = inspect.signature(getattr(module, function)).parameters  # (predict's)
+    monkeypatch.setattr(module, function, record)
+    for file in ("in.fa", "e.h5", "l.csv"):
+        (tmp_path / file).write_text(">a\nMKV\n")
+    (tmp_path / "head").mkdir()
+    args = {"embed": ["embed", tmp_path / "in.fa", "-o", tmp_path / "o.h5"],
+            "fit": ["fit", "ss3", "--embeddings", tmp_path / "e.h5", "--labels", tmp_path / "l.csv", "-o",
+                    tmp_path / "h"],
+            "finetune": ["finetune", "ss3", "-m", "onehot", "--labels", tmp_path / "l.csv", "-o", tmp_path / "f"],
+            "predict": ["predict", tmp_path / "head", "--embeddings", tmp_path / "e.h5", "-o", tmp_path / "p.fa"]}
+    with pytest.raises(Stop):
+        run_cli(*args[name])
+    if name == "predict":
+        given = {key: value for key, value in seen["kwargs"].items() if key != "staged"}  # (the renames' list)
+        assert given == {key: defaults[key].default for key in given}
+        assert {"max_residues", "allow_model_mismatch", "device", "threads", "probabilities"} <= set(given)
+        return
+    (config,) = [arg for arg in seen["args"] if dataclasses.is_dataclass(arg)]
+    # (what the run itself decides, and the settings a command must be given)
+    own = {"embed": {"command_line", "threads"}, "fit": {"task"}, "finetune": {"task", "model"}}[name]
+    library = type(config)(**{key: getattr(config, key) for key in own})
+    differ = [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(library, f.name)]
+    assert differ == []
