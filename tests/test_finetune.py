@@ -1477,3 +1477,25 @@ def test_training_batches_are_shuffled_every_epoch_and_hold_each_protein_once(da
     epochs = [order for order in max(orders.values(), key=lambda o: len(o[0])) if order]
     assert len(epochs) == 2 and sorted(epochs[0]) == sorted(epochs[1]) == list(range(len(epochs[0])))
     assert epochs[0] != epochs[1]
+
+
+@pytest.mark.parametrize("task, given, architecture, kernel", [("ss3", [], "cnn", 7), ("loc", [], "fnn", 7),
+                                                                ("loc", ["--architecture", "light-attention"],
+                                                                 "light-attention", 9)])
+def test_the_head_left_to_the_defaults_is_the_one_the_help_names(data, loc_fasta, run_cli, tmp_path, monkeypatch,
+                                                                 task, given, architecture, kernel):
+    """finetune --help: --architecture "[default: cnn per residue, fnn per protein]", --kernel
+    "[default: 7, light-attention 9]": no test left them out (a kernel of 7 for every head passed)."""
+    import protrans_cli.heads.model as model_module
+
+    class Built(Exception):
+        pass
+
+    def recording(*args, **kwargs):
+        raise Built(kwargs["architecture"], kwargs["kernel"])
+
+    monkeypatch.setattr(model_module, "build_head", recording)
+    labels = data / "train.csv" if task == "ss3" else loc_fasta / "train.fasta"
+    with pytest.raises(Built) as built:
+        run_cli("finetune", task, "-m", data / "bert", "--labels", labels, *given, *FAST, "-o", tmp_path / "out")
+    assert built.value.args == (architecture, kernel)
