@@ -5612,3 +5612,22 @@ def test_fit_without_max_epochs_or_patience_takes_the_defaults_its_help_gives(lo
     assert len(calls) == epochs
     hyper = json.loads((tmp_path / "head" / "config.json").read_text())["hyperparameters"]
     assert (hyper["max_epochs"], hyper["patience"], hyper["kernel"]) == ((30, 5, 7) if task == "ss3" else (200, 10, 7))
+
+
+@pytest.mark.parametrize("command", ["fit", "predict"])
+def test_skip_mismatched_and_only_embedded_together_are_refused(loc_data, run_cli, tmp_path, command):
+    """--only-embedded keeps a record of another length or sequence an error (its --help);
+    --skip-mismatched leaves it out. Given both, --skip-mismatched won without a word."""
+    head = tmp_path / "head"
+    if command == "fit":
+        args = ("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta", "-o", head)
+    else:
+        r = run_cli("fit", "loc", "--embeddings", loc_data / "train.h5", "--labels", loc_data / "train.fasta",
+                    "--max-epochs", "1", "--no-plots", "-j", "1", "--bootstrap", "10", "-o", head)
+        assert r.exit_code == 0, r.stderr
+        args = ("predict", head, "--embeddings", loc_data / "test.h5", "--labels", loc_data / "test.fasta")
+    r = run_cli(*args, "--skip-mismatched", "--only-embedded")
+    assert r.exit_code == 2 and r.stderr == (
+        "protrans: error: --skip-mismatched and --only-embedded: give one (--skip-mismatched also leaves out the "
+        "records of another length or sequence, which --only-embedded keeps as errors)\n"), r.stderr
+    assert command == "predict" or not head.exists()

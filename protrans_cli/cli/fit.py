@@ -229,4 +229,11 @@ def _cache_bytes(cache_gb: float) -> int:
 
 def on_mismatch(skip_mismatched: bool, only_embedded: bool) -> str:
     """The library's on_mismatch for the two flags (fit's and predict's)."""
+    if skip_mismatched and only_embedded:
+        # (--skip-mismatched won without a word, leaving out the records --only-embedded's help
+        # says stay errors)
+        from protrans_cli.errors import UsageError
+
+        raise UsageError("--skip-mismatched and --only-embedded: give one (--skip-mismatched also leaves out the "
+                         "records of another length or sequence, which --only-embedded keeps as errors)")
     return "skip" if skip_mismatched else "missing" if only_embedded else "error"
