@@ -5631,3 +5631,16 @@ def test_skip_mismatched_and_only_embedded_together_are_refused(loc_data, run_cl
         "protrans: error: --skip-mismatched and --only-embedded: give one (--skip-mismatched also leaves out the "
         "records of another length or sequence, which --only-embedded keeps as errors)\n"), r.stderr
     assert command == "predict" or not head.exists()
+
+
+def test_search_help_names_what_search_can_vary():
+    """fit --help lists the names --search takes: one added to heads.search.SEARCHABLE (or taken
+    out) would otherwise be taken, or refused, unsaid."""
+    import re
+
+    from protrans_cli.cli.fit import command
+    from protrans_cli.heads.search import SEARCHABLE
+
+    (help_text,) = [p.help for p in command.params if p.name == "search_specs"]
+    listed = re.search(r"fit every combination of the values given \((.*?); repeat for several\)", help_text).group(1)
+    assert listed.split(", ") == list(SEARCHABLE)
