@@ -2067,3 +2067,20 @@ def test_gpu_only_options_on_the_cpu_are_said_to_change_nothing(tmp_path, tiny_m
     assert "--sdpa-kernels torch ignored on cpu" in r.stderr
     r = run_cli("embed", SMALL, "-m", model, "--device", "cpu", "-o", tmp_path / "p.h5")
     assert r.exit_code == 0 and "ignored" not in r.stderr, r.stderr
+def test_several_layers_make_the_arrays_embeds_help_names(run_cli, tmp_path, tiny_models):
+    """embed --help said "(L, D) per-residue arrays" and "(D,) per-protein arrays" alone: with
+    several --layer they are (layers, L, D) and (layers, D), which --layer's help now says."""
+    import re
+
+    from protrans_cli.cli.embed import command
+
+    (layer_help,) = [p.help for p in command.params if p.name == "layers"]
+    assert re.search(r"repeat for several: arrays \(layers, L, D\) and \(layers, D\)", layer_help), layer_help
+    out = tmp_path / "two.h5"
+    r = run_cli("embed", SMALL, "-m", tiny_models["bert"], "--layer", "0", "--layer", "-1", "--device", "cpu",
+                "-o", out)
+    assert r.exit_code == 0, r.stderr
+    with EmbeddingsReader(out) as reader:
+        for ident, rows, attrs in reader.items(PER_RESIDUE):
+            assert rows.shape[:2] == (2, attrs["length"]), (ident, rows.shape)
+        assert {vector.shape[0] for _, vector, _ in reader.items(PER_PROTEIN)} == {2}

@@ -53,7 +53,8 @@ def command_line(argv: list[str]) -> str:
                    "and bio_embeddings), or the hidden state of the model's cls token ([CLS], <cls>, <s>; "
                    "esm-extract's --include bos; not for T5, Transformer-XL or onehot).")
 @click.option("--layer", "layers", type=int, multiple=True,
-              help="Hidden state to keep: -1 last layer, 0 embedding layer; repeat for several.  [default: -1]")
+              help="Hidden state to keep: -1 last layer, 0 embedding layer; repeat for several: arrays (layers, L, D) "
+                   "and (layers, D) (fit's --layer picks one).  [default: -1]")
 @click.option("--layout", type=click.Choice(["grouped", "flat", "stacked"]), default="grouped",
               help="grouped: /per_residue/<id>, /per_protein/<id>; flat: /<id> (ProtTrans, bio_embeddings); "
                    "stacked: per-protein vectors as one (N, D) array /per_protein, ids in /ids (numpy, "
