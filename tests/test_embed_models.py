@@ -2067,6 +2067,8 @@ def test_gpu_only_options_on_the_cpu_are_said_to_change_nothing(tmp_path, tiny_m
     assert "--sdpa-kernels torch ignored on cpu" in r.stderr
     r = run_cli("embed", SMALL, "-m", model, "--device", "cpu", "-o", tmp_path / "p.h5")
     assert r.exit_code == 0 and "ignored" not in r.stderr, r.stderr
+
+
 def test_several_layers_make_the_arrays_embeds_help_names(run_cli, tmp_path, tiny_models):
     """embed --help said "(L, D) per-residue arrays" and "(D,) per-protein arrays" alone: with
     several --layer they are (layers, L, D) and (layers, D), which --layer's help now says."""
