@@ -853,3 +853,15 @@ def test_an_output_another_run_holds_names_every_command_that_shares_its_lock(tm
                                                      "that is running now"):
                 run([tmp_path / "reps"], busy)
     assert not busy.exists()
+
+
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_contacts_refuse_a_layout_given_even_the_defaults(run_cli, tmp_path, layout):
+    """--help: --contacts takes "no --layer, --per-residue, --per-protein or --layout". --layout
+    grouped, the default's value, was taken without a word (it lays out embeddings, not maps)."""
+    folder = tmp_path / "esm_out"
+    folder.mkdir()
+    torch.save({"label": "P1", "contacts": torch.full((3, 3), 0.5)}, folder / "P1.pt")
+    r = run_cli("import-esm", folder, "--contacts", "--layout", layout, "-o", tmp_path / "c.h5")
+    assert r.exit_code == 2 and "--layout is for embeddings: --contacts imports the contact maps alone" in r.stderr
+    assert not list(tmp_path.glob("c.h5*"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, given_option
 
 
 @click.command("import-esm", context_settings={"show_default": True})
@@ -66,7 +66,9 @@ def command(inputs, output, fasta, layers, per_residue, per_protein, layout, sto
 
     if contacts:
         given = [flag for flag, on in (("--bos", bos), ("--layer", layers), ("--per-residue", per_residue),
-                                       ("--per-protein", per_protein), ("--layout", layout != "grouped")) if on]
+                                       ("--per-protein", per_protein),
+                                       # (by where it came from: --layout grouped, the default's value, was taken)
+                                       ("--layout", given_option("layout"))) if on]
         if given:
             raise UsageError(f"{given[0]} is for embeddings: --contacts imports the contact maps alone")
         summary = import_esm_contacts(list(inputs), output, fasta=fasta, storage_dtype=storage_dtype or "float16",
