@@ -565,6 +565,10 @@ def project(inputs, output="-", *, method: str = "pca", dims: int = 2, metric: s
     several = len(inputs) > 1
     if several:
         label_rows = {SOURCE: list(sources), **label_rows}
+    if colour_by == SOURCE and not several:
+        # (the help's "`source`: the input file": "no such label column (the columns: none: give
+        # --labels)" sent the user to labels that have no such column either)
+        raise UsageError(f"--color-by {SOURCE} colours by input file: give two embeddings files or more (one here)")
     if colour_by is not None and colour_by not in label_rows:
         known = ", ".join(label_rows) or "none: give --labels"
         raise UsageError(f"--color-by {colour_by}: no such label column (the columns: {known})")

@@ -981,3 +981,18 @@ def test_label_format_is_the_format_the_labels_are_read_in(tmp_path, run_cli):
     assert run_cli(*base).exit_code == 0
     r = run_cli(*base, "--label-format", "table")
     assert r.exit_code == 1 and "l.fasta:1: expected 'id,label'" in r.stderr, r.stderr
+
+
+def test_color_by_source_of_one_input_says_it_needs_several(tmp_path, run_cli):
+    """--help: --color-by `source` is the input file. Of one input (no source column) it said
+    "no such label column (the columns: none: give --labels)", labels that hold no such column
+    either; of two, the map is coloured by file."""
+    x, _ = _clusters(n_per=4)
+    _write(tmp_path / "a.h5", x, [f"r{i}" for i in range(len(x))])
+    _write(tmp_path / "b.h5", x, [f"s{i}" for i in range(len(x))])
+    r = run_cli("project", tmp_path / "a.h5", "--color-by", "source", "-o", tmp_path / "m.tsv")
+    assert r.exit_code == 2 and "--color-by source colours by input file: give two embeddings files or more (one " \
+        "here)" in r.stderr, r.stderr
+    assert not (tmp_path / "m.tsv").exists()
+    r = run_cli("project", tmp_path / "a.h5", tmp_path / "b.h5", "--color-by", "source", "-o", tmp_path / "m.tsv")
+    assert r.exit_code == 0 and "the nearest labelled protein has the same source" in r.stderr, r.stderr
