@@ -889,3 +889,18 @@ def test_a_records_part_is_its_sequence_digest_modulo_n(tmp_path):
         with EmbeddingsReader(_embed(fasta, tmp_path / f"{k}.h5", part=f"{k}/3", per_residue=False)) as r:
             assert sorted(r.ids()) == sorted(i for i, s in seqs.items() if part(s) == k), k
     assert len({part(s) for s in seqs.values()}) == 3  # every part holds records: a shift would move them
+
+
+def test_without_layout_the_merged_file_takes_the_first_inputs_layout(tmp_path, run_cli):
+    """merge --help: --layout's default is "the first input's": a flat and a stacked part merge
+    into a flat file given in that order, into a stacked one given the other way round."""
+    fasta = generated_fasta(tmp_path / "all.fa", 12, repeat_every=0)
+    first, second = _split(fasta, 2, tmp_path)
+    flat = _embed(first, tmp_path / "flat.h5", per_residue=False, layout="flat")
+    stacked = _embed(second, tmp_path / "stacked.h5", per_residue=False, layout="stacked")
+    for parts, layout in (((flat, stacked), "flat"), ((stacked, flat), "stacked")):
+        out = tmp_path / f"{layout}_first.h5"
+        r = run_cli("merge", *parts, "-o", out)
+        assert r.exit_code == 0, r.stderr
+        with EmbeddingsReader(out) as merged:
+            assert merged.layout == layout and len(merged.ids(PER_PROTEIN)) == 12
