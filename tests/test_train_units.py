@@ -2617,3 +2617,29 @@ def test_a_collective_failing_because_another_rank_stopped_is_one_line_naming_th
     with pytest.raises(RuntimeError) as kept, dist.peers_stopping("this one stopped too"):
         raise other
     assert kept.value is other
+
+
+def test_the_defaults_train_help_states_are_train_configs():
+    """Each flag of `train` defaults to None so that a config file's value stands where the flag
+    is left out: its help's `[default: ...]` is written by hand, and is what TrainConfig (and,
+    for --family and --preset, the run built from it) takes."""
+    from protrans_cli.cli.train import command
+    from protrans_cli.training.config import DEFAULT_FAMILY, DEFAULT_PRESET
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    fields.update(family=DEFAULT_FAMILY, preset=DEFAULT_PRESET)
+    literals = {"off": False, "on": True}
+    checked = set()
+    for param in command.params:
+        stated = re.search(r"\[default: ([^;\]]+)[;\]]", param.help or "")
+        if param.name not in fields or stated is None or " " in stated.group(1):
+            continue  # (the family's objective, a tenth of the steps, ...: said in words)
+        text = stated.group(1)
+        value = literals.get(text, text)
+        default = fields[param.name]
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            value = type(default)(text)
+        assert value == default, (param.name, text, default)
+        checked.add(param.name)
+    assert {"family", "preset", "lr", "sop", "dist_timeout", "output_dir", "pad_multiple"} <= checked, checked
+    assert len(checked) >= 25, checked
