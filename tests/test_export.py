@@ -1359,3 +1359,17 @@ def test_a_fasta_given_for_the_embeddings_is_named_with_a_byte_order_mark_and_bl
     assert done.exit_code == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "it is a FASTA file: embed it first" in done.stderr and "proteins.fa" in done.stderr, done.stderr
     assert not (tmp_path / "t.tsv").exists()
+
+
+def test_without_a_kind_a_file_of_residue_rows_alone_exports_its_rows(tmp_path, run_cli):
+    """--help: per-protein vectors by default "where the file has them, else --per-residue": a
+    file of residue rows alone gives one row a residue (not their mean, which --per-protein asks)."""
+    proteins = _proteins()
+    arrays = _write(tmp_path / "e.h5", proteins, kinds=("per_residue",))
+    done = run_cli("export", tmp_path / "e.h5")
+    assert done.exit_code == 0, done.stderr
+    rows = _table(done.stdout, "\t")
+    assert rows[0][:3] == ["id", "position", "dim_0"] and len(rows) == 1 + sum(map(len, proteins.values()))
+    first = [r for r in rows[1:] if r[0] == rows[1][0]]
+    np.testing.assert_array_equal(np.array([r[2:] for r in first], dtype=np.float64).astype(np.float32),
+                                  arrays[rows[1][0]][0])

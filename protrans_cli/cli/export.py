@@ -22,7 +22,7 @@ from protrans_cli.cli import INPUT_FILE
                    "name; TSV on stdout]")
 @click.option("--per-protein", is_flag=True,
               help="Per-protein vectors: one row a protein (a file of per-residue rows only: their mean).  "
-                   "[default where the file has them]")
+                   "[default: where the file has them, else --per-residue]")
 @click.option("--per-residue", is_flag=True,
               help="Per-residue rows: one row a residue (id, position[, residue]).")
 @click.option("--layer", type=int, default=-1, help="Layer to write when the file holds several (as given to embed).")
