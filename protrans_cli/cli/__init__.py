@@ -40,7 +40,7 @@ COMMANDS = {
     "import-head": ("protrans_cli.cli.import_head", "Import a published prediction head (no training)."),
     "knn": ("protrans_cli.cli.knn", "Nearest neighbours in embedding space; transfers and scores labels."),
     "project": ("protrans_cli.cli.project", "A map of embedding space (PCA, t-SNE, UMAP) as a table, picture and page."),
-    "export": ("protrans_cli.cli.export", "An embeddings file as a TSV/CSV table or NumPy arrays (.npz)."),
+    "export": ("protrans_cli.cli.export", "An embeddings file as a TSV/CSV table, NumPy arrays (.npz) or esm-extract .pt files."),
     "info": ("protrans_cli.cli.info", "What an embeddings, contact-map or probabilities file holds (model, proteins, layers, ...)."),
     "labels": ("protrans_cli.cli.labels", "Convert label files (NetSurfP, PISCES, FLIP, biotrainer, DeepLoc, CSV) to FASTA for embed."),
     "quickstart": ("protrans_cli.cli.quickstart", "Run the whole pipeline on the bundled example data (offline, CPU)."),
