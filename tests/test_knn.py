@@ -489,7 +489,8 @@ def test_fasta_refusals(tmp_path, run_cli, own_tmpdir):
         assert r.exit_code == 2 and f"{extra[0]} goes with --fasta" in r.stderr, (extra, r.stderr)
     # options of the labels read without any: they changed nothing, without a word
     for extra, said in ((("--bootstrap", "50"), "--bootstrap goes with --score"),
-                        (("--label-format", "table"), "--label-format goes with --labels or --score")):
+                        (("--label-format", "table"), "--label-format goes with --labels or --score"),
+                        (("--label-format", "auto"), "--label-format goes with --labels or --score")):
         r = run_cli("knn", tmp_path / "ref.h5", *ref, "-o", tmp_path / "hits.tsv", *extra)
         assert r.exit_code == 2 and f"protrans: error: {said}" in r.stderr, (extra, r.stderr)
         assert not (tmp_path / "hits.tsv").exists()

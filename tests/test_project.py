@@ -662,6 +662,7 @@ def test_refusals(tmp_path, run_cli, monkeypatch):
         (["project", a, "--perplexity", "5"], 2, "--perplexity goes with --method tsne"),
         # (the format of no label file: it changed nothing, without a word)
         (["project", a, "--label-format", "table"], 2, "--label-format goes with --labels"),
+        (["project", a, "--label-format", "auto"], 2, "--label-format goes with --labels"),  # (the default's value)
         (["project", a, "--neighbors", "5"], 2, "--neighbors and --min-dist go with --method umap"),
         (["project", a, "--min-dist", "0.1"], 2, "--neighbors and --min-dist go with --method umap"),
         (["project", tmp_path / "empty.h5"], 1, "empty.h5: holds no protein"),

@@ -76,7 +76,7 @@ def command(query, reference, fasta, model, max_length, long_policy, chunk_overl
 
         raise UsageError(HDF5_FROM_STDIN)
     # (each changed nothing without the labels it reads or scores, without a word)
-    if label_format != "auto" and labels is None and score is None:
+    if given_option("label_format") and labels is None and score is None:
         raise UsageError("--label-format goes with --labels or --score (the format of the label files read)")
     if given_option("n_bootstrap") and score is None:
         raise UsageError("--bootstrap goes with --score (the resamples of its confidence intervals)")

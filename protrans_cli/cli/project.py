@@ -77,7 +77,7 @@ def command(embeddings, method, dims, metric, label_files, label_format, colour_
         raise UsageError(HDF5_FROM_STDIN)
     if list(label_files).count("-") > 1:
         raise UsageError("stdin ('-') can be one input at most: give the others as files")
-    if label_format != "auto" and not label_files:  # (it changed nothing, without a word)
+    if given_option("label_format") and not label_files:  # (it changed nothing, without a word; auto too)
         raise UsageError("--label-format goes with --labels (the format of the label files read)")
     if perplexity is not None and method != "tsne":
         raise UsageError("--perplexity goes with --method tsne")
