@@ -240,15 +240,19 @@ def test_shell_completion_lists_commands_and_options():
 
 
 def test_shell_completion_of_families_presets_and_models_reads_the_catalog_only():
-    """`train --family`, `--preset`, `models --family` and `embed -m` complete the names
-    `protrans models` lists (from catalog.json, without torch); `-m ./...` completes directories."""
+    """`train --family`, `--preset`, `models --family`, `embed -m` and every other option that takes
+    a model complete the names `protrans models` lists (from catalog.json, without torch); `-m
+    ./...` completes directories."""
     code = ("import sys\n"
             "from click.shell_completion import BashComplete\n"
             "from protrans_cli.cli import cli\n"
             "comp = BashComplete(cli, {}, 'protrans', '_PROTRANS_COMPLETE')\n"
             "for args, incomplete in [(['train', '--family'], 'e'), (['train', '--family', 'esm', '--preset'], 'esm2_t3'),\n"
             "                         (['models', '--family'], 'x'), (['embed', '-m'], 'prot_t5_xl_h'),\n"
-            "                         (['embed', '-m'], 'one'), (['embed', '-m'], './runs')]:\n"
+            "                         (['embed', '-m'], 'one'), (['embed', '-m'], './runs'),\n"
+            "                         (['contacts', '-m'], 'esm2_t6'), (['variants', '-m'], 'one'), (['knn', '-m'], 'one'),\n"
+            "                         (['predict', '-m'], 'prot_bert'), (['train', '--init-from'], 'prot_bert'),\n"
+            "                         (['finetune', '-m'], 'prot_t5_xl_h')]:\n"
             "    print(' '.join(f'{c.type},{c.value}' for c in comp.get_completions(args, incomplete)))\n"
             "print('torch' in sys.modules, 'transformers' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -260,6 +264,13 @@ def test_shell_completion_of_families_presets_and_models_reads_the_catalog_only(
         "plain,prot_t5_xl_half",
         "plain,onehot",
         "dir,./runs",
+        # the other options that take a model (onehot where it embeds: knn and predict --fasta)
+        "plain,esm2_t6_8M_UR50D",
+        "dir,one",
+        "plain,onehot",
+        "plain,prot_bert plain,prot_bert_bfd",
+        "plain,prot_bert plain,prot_bert_bfd",
+        "plain,prot_t5_xl_half",
         "False False",
     ]
 

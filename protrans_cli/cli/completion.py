@@ -28,8 +28,18 @@ def presets(ctx, param, incomplete: str) -> list[CompletionItem]:
 def models(ctx, param, incomplete: str) -> list[CompletionItem]:
     """The short names and `onehot`; what looks like a path (or matches no name) completes as a
     directory, for a model of your own."""
+    return _models(incomplete, ["onehot"])
+
+
+def weights(ctx, param, incomplete: str) -> list[CompletionItem]:
+    """As `models`, without `onehot` (options that need a model's weights: contacts, variants,
+    finetune, train --init-from)."""
+    return _models(incomplete, [])
+
+
+def _models(incomplete: str, extra: list[str]) -> list[CompletionItem]:
     if not incomplete.startswith((".", "/", "~")) and "/" not in incomplete:
-        names = [n for n in ["onehot", *_names("checkpoints")] if n.startswith(incomplete)]
+        names = [n for n in [*extra, *_names("checkpoints")] if n.startswith(incomplete)]
         if names:
             return [CompletionItem(n) for n in names]
     return [CompletionItem(incomplete, type="dir")]

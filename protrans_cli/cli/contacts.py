@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, completion
 
 
 @click.command("contacts", context_settings={"show_default": True})
 @click.argument("fasta", type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="HDF5 file to write (written to OUTPUT.partial until the run completes).")
-@click.option("-m", "--model", default="esm2_t33_650M_UR50D",
+@click.option("-m", "--model", default="esm2_t33_650M_UR50D", shell_complete=completion.weights,
               help="An ESM-2 or ESM-1b checkpoint with its contact head: short name (see `protrans models`), "
                    "model directory or hub id.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of the model.")

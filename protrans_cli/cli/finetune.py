@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE, given_option
+from protrans_cli.cli import INPUT_FILE, completion, given_option
 from protrans_cli.cli.fit import mask_options
 from protrans_cli.heads.labels import FORMATS
 from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS, warn_unused_dual
@@ -17,7 +17,7 @@ from protrans_cli.heads.tasks import ARCHITECTURES, DUAL_POLICIES, TASKS, warn_u
 
 @click.command("finetune", context_settings={"show_default": True})
 @click.argument("task", type=click.Choice(list(TASKS)))
-@click.option("-m", "--model", required=True, help="The model to fine-tune: anything `embed -m` loads.")
+@click.option("-m", "--model", required=True, shell_complete=completion.weights, help="The model to fine-tune: anything `embed -m` loads.")
 @click.option("--labels", required=True, type=INPUT_FILE, metavar="FILE",
               help="Training labels (as fit reads them); their sequences, or --fasta's.")
 @click.option("--fasta", type=INPUT_FILE, metavar="FILE", default=None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE, given_option
+from protrans_cli.cli import INPUT_FILE, completion, given_option
 from protrans_cli.cli.predict import fasta_embedding_options
 from protrans_cli.heads.labels import FORMATS
 
@@ -21,7 +21,7 @@ from protrans_cli.heads.labels import FORMATS
 @click.option("--fasta", type=INPUT_FILE, metavar="FILE", default=None,
               help="Query sequences instead of QUERY: embedded first with the model and layer of the reference "
                    "(into a temporary file); rows follow the FASTA's order.")
-@click.option("-m", "--model", default=None,
+@click.option("-m", "--model", default=None, shell_complete=completion.models,
               help="With --fasta: the embedding model, when not the one the reference records (e.g. a local "
                    "copy; needed where it records none, or import-esm's without -m).")
 @fasta_embedding_options("the reference's embeddings", "no neighbours")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE, given_option
+from protrans_cli.cli import INPUT_FILE, completion, given_option
 
 from protrans_cli.embed import INVALID_POLICIES, LONG_POLICIES
 from protrans_cli.heads.labels import FORMATS
@@ -49,7 +49,7 @@ def fasta_embedding_options(recorded: str, skipped: str):
 @click.option("--fasta", type=INPUT_FILE, metavar="FILE", default=None,
               help="Sequences to predict on instead: embedded first with the model and layer the head was "
                    "trained on (into a temporary file); predictions follow the FASTA's order.")
-@click.option("-m", "--model", default=None,
+@click.option("-m", "--model", default=None, shell_complete=completion.models,
               help="With --fasta: the embedding model, when not the one the head records (e.g. a local copy).")
 @fasta_embedding_options("the head's training embeddings", "no prediction")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,

@@ -62,7 +62,7 @@ def _extra_arguments(ctx) -> str:
               help="JSON or TOML file with any settings below (flag names with _ for -).")
 @click.option("--family", default=None, shell_complete=completion.families, help="Model family (see --list-presets).  [default: bert; with --init-from: the model's]")
 @click.option("--preset", default=None, shell_complete=completion.presets, help="Size preset of the family: tiny, small, base, published sizes.  [default: tiny]")
-@click.option("--init-from", default=None, metavar="MODEL",
+@click.option("--init-from", default=None, metavar="MODEL", shell_complete=completion.weights,
               help="Continue pretraining an existing model: a protrans run/checkpoint or HF directory, a hub id "
                    "or a short name (prot_bert...); its architecture, tokenizer and weights replace "
                    "--family/--preset.")

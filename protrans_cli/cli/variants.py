@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, completion
 
 
 @click.command("variants", context_settings={"show_default": True})
@@ -24,7 +24,7 @@ from protrans_cli.cli import INPUT_FILE
 @click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
               help="The table to write, with a score column per model and scoring (CSV, TSV for a TSV "
                    "table; .gz compresses); - for stdout.")
-@click.option("-m", "--model", "models", multiple=True, default=("esm2_t33_650M_UR50D",),
+@click.option("-m", "--model", "models", multiple=True, default=("esm2_t33_650M_UR50D",), shell_complete=completion.weights,
               help="A masked LM with its head: short name (see `protrans models`), model directory or hub id. "
                    "Repeat for an ensemble (e.g. the five ESM-1v models): a column each, and their mean.")
 @click.option("--scoring", "strategies", multiple=True, default=("masked-marginals",),
