@@ -101,12 +101,20 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
     one per line (the first word of each; blank lines and lines starting with # skipped), in
     their order; an id given twice is refused. A FASTA of headers alone (`>id` lines, an id
     list written as headers) is a list of ids: it has no sequences to check."""
+    import io
+
+    from protrans_cli.heads.labels import _utf16_text, _utf16_without_bom
     from protrans_cli.io.fasta import BOM, parse_fasta
     from protrans_cli.io.files import display_name, open_input
 
     name = display_name(path)
     with open_input(path) as stream:
         head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else b""
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _utf16_without_bom(head) is not None:
+            # UTF-16 (PowerShell's `>`, Notepad's "Unicode"), read whole as the label and variants
+            # readers read it: its ids were 'e\x00', '\x00c\x00' ..., which no file holds
+            stream = io.BufferedReader(io.BytesIO(_utf16_text(stream.read(), name).encode("utf-8")))
+            head = stream.peek(4096)[:4096]
         first = next((line for line in head.splitlines() if line.strip()), b"")
         is_fasta = first.lstrip(BOM).lstrip().startswith(b">")
         if is_fasta:
@@ -120,6 +128,8 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
                 lines.append(record.line)
                 sequences.setdefault(record.id, record.sequence)
         else:
+            if problem := _not_text(head):
+                raise InputError(problem, path=name)
             ids, lines = [], []
             for number, raw in enumerate(stream, 1):
                 if number == 1:  # (a byte-order mark from a Windows editor was part of the first id)
@@ -129,6 +139,8 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
                     raise InputError("a carriage return inside the line: lines that end in CR alone (old Mac line "
                                      "endings) are not read; convert them first (tr '\\r' '\\n')",
                                      path=name, line=number)
+                if b"\0" in raw:  # (beyond the first bytes _not_text looked at)
+                    raise InputError(_BINARY, path=name, line=number)
                 words = raw.split()
                 if not words or words[0].startswith(b"#"):
                     continue
@@ -148,6 +160,22 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
     if not any(sequences.values()):  # headers alone: their checksums were "another sequence"
         return ids, None
     return ids, sequences
+
+
+_BINARY = "is a binary file (it holds NUL bytes), not a list of ids or a FASTA file"
+
+
+def _not_text(head: bytes) -> str | None:
+    """What an --ids file is where its first bytes say it holds no ids (an embeddings file, an
+    archive, any other binary file), as the label and variants readers say; None for text. (A
+    file of NULs was one 'id', echoed whole in the error: 300 MB of them ran out of memory.)"""
+    from protrans_cli.io.files import archive_hint
+
+    if head.startswith(b"\x89HDF"):
+        return "is an HDF5 file (such as embed writes), not a list of ids or a FASTA file"
+    if hint := archive_hint(head):
+        return f"not a list of ids or a FASTA file; {hint}"
+    return _BINARY if b"\0" in head else None
 
 
 def _refuse_twice(ids: list[str], name: str, lines: list[int]) -> None:

@@ -1373,3 +1373,39 @@ def test_without_a_kind_a_file_of_residue_rows_alone_exports_its_rows(tmp_path, 
     first = [r for r in rows[1:] if r[0] == rows[1][0]]
     np.testing.assert_array_equal(np.array([r[2:] for r in first], dtype=np.float64).astype(np.float32),
                                   arrays[rows[1][0]][0])
+
+
+@pytest.mark.parametrize("given, said", [
+    (b"\0" * 5000, "is a binary file (it holds NUL bytes), not a list of ids or a FASTA file"),
+    (b"e\nc/slash\n#" + b"-" * 5000 + b"\n" + b"\0" * 64,  # (NULs after the first bytes looked at)
+     ":4: is a binary file (it holds NUL bytes), not a list of ids or a FASTA file"),
+    (b"\x89HDF\r\n\x1a\n" + b"\0" * 100, "is an HDF5 file (such as embed writes), not a list of ids or a FASTA file"),
+    (b"PK\x03\x04" + b"\0" * 100, "not a list of ids or a FASTA file; the file is a zip archive"),
+], ids=["nuls", "nuls-after-ids", "hdf5", "npz"])
+def test_an_ids_file_that_is_not_text_is_refused_in_one_short_line(tmp_path, run_cli, given, said):
+    """--ids took any bytes for a list of ids: a file of NULs (a preallocated or damaged
+    download) was one 'id' echoed whole, escaped, in the error (5,000 NULs, 20,000 characters;
+    a 300 MB one ran out of memory writing it: a traceback). The label and variants readers
+    refuse such files already."""
+    _write(tmp_path / "e.h5", _proteins())
+    (tmp_path / "ids.txt").write_bytes(given)
+    out = tmp_path / "o.tsv"
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", out)
+    assert done.exit_code == 1 and said in done.stderr and "ids.txt" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and len(done.stderr) < 400, done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("as_fasta", [False, True])
+def test_an_ids_file_in_utf16_is_read_as_the_label_and_variants_readers_read_it(tmp_path, run_cli, codec, as_fasta):
+    """A UTF-16 id list or FASTA (PowerShell's `>`, Notepad's "Unicode"): its ids were 'e\\x00',
+    '\\x00c\\x00' ..., "not in" the file, where `protrans labels` and `variants` read such files."""
+    proteins = _proteins()
+    _write(tmp_path / "e.h5", proteins)
+    chosen = ["e", "c/slash"]
+    text = "".join(f">{i}\r\n{proteins[i]}\r\n" for i in chosen) if as_fasta else "\r\n".join(chosen) + "\r\n"
+    (tmp_path / "ids.txt").write_bytes(text.encode(codec))
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "--per-residue")
+    assert done.exit_code == 0, done.stderr
+    assert list(dict.fromkeys(r[0] for r in _table(done.stdout, "\t")[1:])) == chosen
