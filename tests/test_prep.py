@@ -2116,3 +2116,31 @@ def test_a_log_gets_progress_lines(run_cli, tmp_path, monkeypatch):
     monkeypatch.setenv("PROTRANS_NO_PROGRESS", "1")
     result = run_cli("prep", fasta, "-o", tmp_path / "d.txt")
     assert result.exit_code == 0 and not any(line.startswith("prep: ") for line in result.stderr.splitlines())
+
+
+def test_a_fasta_compressed_twice_is_said_to_be(run_cli, tmp_path):
+    """A .fa.gz that a web server compressed again on the fly (Content-Encoding: gzip), saved as
+    sent by wget or curl without --compressed: the bare "not FASTA" (or labels' "a binary file"),
+    though the file is the FASTA asked for under one layer too many. One line saying so, from
+    prep (file and stdin), embed, labels and variants; gzip or zstd inside."""
+    import gzip
+
+    import zstandard
+
+    fasta = b">a\nMKTAYIAK\n"
+    for inner, kind in ((gzip.compress(fasta), "gzip"), (zstandard.ZstdCompressor().compress(fasta), "zstd")):
+        twice = tmp_path / "twice.fa.gz"
+        twice.write_bytes(gzip.compress(inner))
+        said = f"the file is compressed twice (decompressed once, it is {kind} data again: a download a server"
+        for args, input in (([twice], None), (["-"], twice.read_bytes())):
+            r = run_cli("prep", *args, "-o", tmp_path / "c.txt", input=input)
+            assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+            assert ":1: not FASTA: expected a '>' header line before sequence data; " + said in r.stderr, r.stderr
+            assert not (tmp_path / "c.txt").exists()
+        r = run_cli("embed", twice, "-m", "onehot", "-o", tmp_path / "e.h5")
+        assert r.exit_code == 1 and f"{twice}:1: not FASTA" in r.stderr and said in r.stderr, r.stderr
+        r = run_cli("labels", twice, "-o", tmp_path / "l.fa")
+        assert r.exit_code == 1 and f"{twice}: is not a label file: {said}" in r.stderr, r.stderr
+        r = run_cli("variants", twice, "--sequence", "MKTAYIAK", "-o", tmp_path / "v.csv")
+        assert r.exit_code == 1 and f"{twice}: is not a variants table: {said}" in r.stderr, r.stderr
+        assert not (tmp_path / "e.h5").exists() and not (tmp_path / "v.csv").exists()

@@ -349,7 +349,13 @@ def sniff_compression(head: bytes) -> str | None:
 
 def archive_hint(head: bytes) -> str | None:
     """What to do with a zip or tar archive (FLIP's splits and DeepLoc ship as zip; a .tar.gz
-    reads as a tar once gunzipped), which readers of one file refuse: None for anything else."""
+    reads as a tar once gunzipped), which readers of one file refuse, or with a file compressed
+    twice (`head` is what open_input gives, one layer already taken off): None for anything else."""
+    if kind := sniff_compression(head):
+        # A .gz that a web server compressed again on the fly (Content-Encoding: gzip) and wget or
+        # curl without --compressed saved as sent: it was "not FASTA", though zcat showed binary
+        return (f"the file is compressed twice (decompressed once, it is {kind} data again: a download a "
+                "server compressed a second time): decompress it once and give that (zcat FILE > ONCE.gz)")
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
         return ("the file is a zip archive (extract the file to read: unzip -p ARCHIVE.zip MEMBER > FILE; gzip, "
                 "bz2, xz and zstd files are read as they are)")
