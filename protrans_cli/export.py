@@ -103,17 +103,16 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
     list written as headers) is a list of ids: it has no sequences to check."""
     import io
 
-    from protrans_cli.heads.labels import _utf16_text, _utf16_without_bom
     from protrans_cli.io.fasta import BOM, parse_fasta
-    from protrans_cli.io.files import display_name, open_input
+    from protrans_cli.io.files import display_name, is_utf16, open_input, utf16_text
 
     name = display_name(path)
     with open_input(path) as stream:
         head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else b""
-        if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _utf16_without_bom(head) is not None:
+        if is_utf16(head):
             # UTF-16 (PowerShell's `>`, Notepad's "Unicode"), read whole as the label and variants
             # readers read it: its ids were 'e\x00', '\x00c\x00' ..., which no file holds
-            stream = io.BufferedReader(io.BytesIO(_utf16_text(stream.read(), name).encode("utf-8")))
+            stream = io.BufferedReader(io.BytesIO(utf16_text(stream.read(), name).encode("utf-8")))
             head = stream.peek(4096)[:4096]
         first = next((line for line in head.splitlines() if line.strip()), b"")
         is_fasta = first.lstrip(BOM).lstrip().startswith(b">")

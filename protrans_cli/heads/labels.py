@@ -41,7 +41,8 @@ import numpy as np
 from protrans_cli.errors import InputError, UsageError
 from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, look_alike, parse_fasta
-from protrans_cli.io.files import archive_hint, display_name, header_delimiter, open_input
+from protrans_cli.io.files import (UTF16_BOMS, archive_hint, display_name, header_delimiter, is_utf16, open_input,
+                                   utf16_codec, utf16_text)
 from protrans_cli.io.h5 import sequence_checksum
 from protrans_cli.residues import STANDARD, SequenceRejected, normalise
 
@@ -126,22 +127,6 @@ def _decoded_line(line: bytes) -> str:
         return "".join(decode_word(part) for part in re.split(rb"([\s,;]+)", line))
 
 
-def _utf16_text(data: bytes, name: str) -> str | None:
-    """The text of a UTF-16 file, with or without its byte-order mark; None for any other file."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
-        # Read as latin-1, every other character was a NUL ("expected 'id,label'" on line 3).
-        return data.decode("utf-16")
-    wide = _utf16_without_bom(data)
-    if wide is None:
-        return None
-    try:
-        return data.decode(wide)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"is UTF-16 text without a byte-order mark that does not decode ({exc.reason} at byte "
-                         f"{exc.start}): save it as UTF-8", path=name) from None
-
-
 def _companion_fasta(path) -> Iterator[FastaRecord]:
     """The records of a FASTA given beside a label file (FLIP's mask, `--sequences`), UTF-16
     read as the label file beside it is (it was refused as "not FASTA"). Only a UTF-16 file is
@@ -150,9 +135,9 @@ def _companion_fasta(path) -> Iterator[FastaRecord]:
 
     name = display_name(path)
     with open_input(path) as stream:
-        head = stream.read(1024)  # (what _utf16_text looks at)
-        if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _utf16_without_bom(head) is not None:
-            yield from parse_fasta(io.BytesIO(_utf16_text(head + stream.read(), name).encode("utf-8")), name)
+        head = stream.read(1024)  # (what utf16_text looks at)
+        if is_utf16(head):
+            yield from parse_fasta(io.BytesIO(utf16_text(head + stream.read(), name).encode("utf-8")), name)
         else:  # (the line the head cut completed, then the rest line by line)
             yield from parse_fasta(itertools.chain(io.BytesIO(head + stream.readline()), stream), name)
 
@@ -188,10 +173,10 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
     name = display_name(path)
     with open_input(path) as stream:
         data = stream.read()
-    if _utf16_without_bom(data) is None:
+    if utf16_codec(data) is None:
         _refuse_binary(data, name)
     try:
-        text = _utf16_text(data, name)
+        text = utf16_text(data, name)
         if text is None:
             text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -239,25 +224,6 @@ def read_labels(path, fmt: str = "auto", *, mask_path=None, mask_columns: tuple[
     return label_set
 
 
-def _utf16_without_bom(data: bytes) -> str | None:
-    """"utf-16-le" or "utf-16-be" for UTF-16 text without a byte-order mark (pandas'
-    `to_csv(encoding="utf-16-le")`, Python's utf-16-le codec): a label file is ASCII at heart, so
-    most of the other bytes of its start are NUL, and no character is NUL (both its bytes); else
-    None. (Every other byte NUL refused a file holding one character beyond Latin-1 in its first
-    512, `P1,α-helix`, as "a binary file".)"""
-    head = data[:1024]
-    head = head[:len(head) // 2 * 2]
-    if len(head) < 4:
-        return None
-    pairs = {head[i:i + 2] for i in range(0, len(head), 2)}
-    if b"\0\0" in pairs:
-        return None
-    for codec, zeros in (("utf-16-le", head[1::2]), ("utf-16-be", head[0::2])):
-        if zeros.count(0) * 4 >= len(zeros) * 3:
-            return codec
-    return None
-
-
 def _refuse_binary(data: bytes, name: str) -> None:
     """An HDF5 file (the embeddings given for the labels) or another binary file: one line saying
     so, where a table's reader said "expected 'id,label'" on line 1. (UTF-16 text, which holds
@@ -267,7 +233,7 @@ def _refuse_binary(data: bytes, name: str) -> None:
                          "PISCES CSV, FLIP FASTA or CSV, DeepLoc FASTA, or an id,label table", path=name)
     if hint := archive_hint(data):
         raise InputError(f"is not a label file: {hint}", path=name)
-    if b"\0" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if b"\0" in data[:4096] and not data.startswith(UTF16_BOMS):
         raise InputError("is a binary file, not a label file (a NetSurfP or PISCES CSV, FLIP FASTA or CSV, "
                          "DeepLoc FASTA, or an id,label table)", path=name)
 

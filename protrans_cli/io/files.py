@@ -365,6 +365,50 @@ def archive_hint(head: bytes) -> str | None:
     return None
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16 byte-order marks (little-, big-endian)
+
+
+def utf16_text(data: bytes, name: str) -> str | None:
+    """The text of a UTF-16 file, with or without its byte-order mark; None for any other file."""
+    if data.startswith(UTF16_BOMS):
+        # UTF-16 with its byte-order mark: Excel's "Unicode Text" export, PowerShell's `>`.
+        # Read as latin-1, every other character was a NUL ("expected 'id,label'" on line 3).
+        return data.decode("utf-16")
+    wide = utf16_codec(data)
+    if wide is None:
+        return None
+    try:
+        return data.decode(wide)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"is UTF-16 text without a byte-order mark that does not decode ({exc.reason} at byte "
+                         f"{exc.start}): save it as UTF-8", path=name) from None
+
+
+def utf16_codec(data: bytes) -> str | None:
+    """"utf-16-le" or "utf-16-be" for UTF-16 text without a byte-order mark (pandas'
+    `to_csv(encoding="utf-16-le")`, Python's utf-16-le codec): a label file is ASCII at heart, so
+    most of the other bytes of its start are NUL, and no character is NUL (both its bytes); else
+    None. (Every other byte NUL refused a file holding one character beyond Latin-1 in its first
+    512, `P1,α-helix`, as "a binary file".)"""
+    head = data[:1024]
+    head = head[:len(head) // 2 * 2]
+    if len(head) < 4:
+        return None
+    pairs = {head[i:i + 2] for i in range(0, len(head), 2)}
+    if b"\0\0" in pairs:
+        return None
+    for codec, zeros in (("utf-16-le", head[1::2]), ("utf-16-be", head[0::2])):
+        if zeros.count(0) * 4 >= len(zeros) * 3:
+            return codec
+    return None
+
+
+def is_utf16(head: bytes) -> bool:
+    """Whether a text file's first bytes (1,024 of them, or all there are) are UTF-16, with or
+    without its byte-order mark."""
+    return head.startswith(UTF16_BOMS) or utf16_codec(head) is not None
+
+
 def _decompressor(raw: BinaryIO, kind: str | None) -> BinaryIO:
     if kind is None:
         return raw
