@@ -1853,7 +1853,8 @@ def test_predict_refuses_the_options_of_labels_without_labels(one_epoch_ss3, ss_
     mask = tmp_path / "mask.fasta"
     mask.write_text(">p\n0101\n")
     for extra in (["--label-format", "netsurfp"], ["--mask", mask], ["--mask-column", "cb513_mask"],
-                  ["--skip-mismatched"], ["--only-embedded"]):
+                  ["--skip-mismatched"], ["--only-embedded"],
+                  ["--label-format", "auto"]):  # (the default's value, given: it was taken without a word)
         out = tmp_path / "p.fa"
         r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "-o", out, *extra)
         assert r.exit_code == 2, (extra, r.stderr)

@@ -105,7 +105,8 @@ def command(head, embeddings, fasta, model, max_length, long_policy, chunk_overl
                         (chunk_overlap, "--chunk-overlap"), (invalid_policy, "--invalid-policy")):
         if given is not None and fasta is None:
             raise UsageError(f"{flag} goes with --fasta (--embeddings were already made)")
-    for given, flag in ((label_format != "auto", "--label-format"), (mask_path is not None, "--mask"),
+    # (--label-format by where it came from: auto, the default's value, given, was taken)
+    for given, flag in ((given_option("label_format"), "--label-format"), (mask_path is not None, "--mask"),
                         (mask_columns, "--mask-column"), (skip_mismatched, "--skip-mismatched"),
                         (only_embedded, "--only-embedded")):
         # (how the labels scored are read: without --labels they changed nothing, without a word)
