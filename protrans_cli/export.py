@@ -228,7 +228,7 @@ def _layer_index(reader, shape: tuple, kind: str, layer: int) -> int | None:
     return index if layered else None
 
 
-def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=None, fmt: str | None = None,
+def export(path, output="-", *, kind: str | None = None, layer: int | None = None, ids=None, fmt: str | None = None,
            digits: int | None = None, all_layers: bool = False) -> Exported:
     """Write one kind (`per_protein`, `per_residue`; None: per-protein where the file has it) and
     one layer of the embeddings file `path` to `output` as TSV, CSV or NPZ (module docstring).
@@ -236,7 +236,9 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
     the file; a FASTA's sequences must be the embedded ones). A per-protein export of a file of
     per-residue rows only writes each protein's mean over its residues (as embed pools).
     `all_layers`: every layer the file stores, into an .npz whose `embeddings` gain a layer axis
-    after the protein (or residue) axis, in the file's order (`metadata["layers"]`)."""
+    after the protein (or residue) axis, in the file's order (`metadata["layers"]`). `layer`
+    None is the last (-1); given, -1 too, it is refused beside `all_layers` and for a probabilities
+    file (the CLI passes --layer only where it was given)."""
     from protrans_cli.io.files import atomic_output, input_named_by, output_directory
     from protrans_cli.io.h5 import PER_PROTEIN, PER_RESIDUE, EmbeddingsReader
 
@@ -245,12 +247,14 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
     for name, value in (("output", output), ("ids", ids)):
         if value is not None:
             expect_path(value, f"export: {name}")
-    for name, value, wanted in (("layer", layer, "int"), ("digits", digits, "int | None"),
+    for name, value, wanted in (("layer", layer, "int | None"), ("digits", digits, "int | None"),
                                 ("all_layers", all_layers, "bool")):
         if problem := type_problem(wanted, value):
             raise UsageError(f"export: {name} must be {problem}, got {type(value).__name__} {value!r:.60}")
     if kind not in (None, PER_PROTEIN, PER_RESIDUE):
         raise UsageError(f"kind {kind!r}: per_protein or per_residue")
+    # (given or not, not -1 or not: `--all-layers --layer -1` was taken without a word)
+    layer_given, layer = layer is not None, -1 if layer is None else layer
     chosen_format = output_format(output, fmt)
     if digits is not None and not 1 <= digits <= 17:
         raise UsageError(f"--digits {digits}: from 1 to 17")
@@ -261,7 +265,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
     if all_layers and chosen_format not in ("npz", "esm"):
         raise UsageError("--all-layers writes an .npz or esm-extract's .pt files (a table holds one layer: "
                          "choose it with --layer)")
-    if all_layers and layer != -1:
+    if all_layers and layer_given:
         raise UsageError("--all-layers writes every stored layer: leave out --layer")
     if chosen_format == "esm":
         output = _esm_folder(output)
@@ -278,7 +282,7 @@ def export(path, output="-", *, kind: str | None = None, layer: int = -1, ids=No
             if chosen_format == "esm":
                 raise UsageError(f"{path} holds predict --probabilities' probabilities: esm-extract's .pt files hold "
                                  "embeddings (write a table or an .npz)")
-            if kind is not None or layer != -1 or all_layers:
+            if kind is not None or layer_given or all_layers:
                 raise UsageError(f"{path} holds predict --probabilities' per-residue probabilities: --per-protein, "
                                  "--per-residue, --layer and --all-layers are for embeddings files")
             return _export_probabilities(path, output, other, chosen_format, ids, digits)

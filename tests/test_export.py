@@ -837,8 +837,9 @@ def test_probabilities_as_a_table_and_arrays(tmp_path, run_cli):
         np.testing.assert_array_equal(z["ss3"], stored["b,2"][0])
         np.testing.assert_array_equal(z["ss8"], stored["b,2"][1])
         assert json.loads(str(z["metadata"]))["classes"]["ss8"] == list("HGIEBTSC")
-    done = run_cli("export", tmp_path / "p.h5", "--per-residue")
-    assert done.exit_code == 2 and "are for embeddings files" in done.stderr
+    for option in (["--per-residue"], ["--layer", "-1"]):  # (-1, the default's value, given: it was taken)
+        done = run_cli("export", tmp_path / "p.h5", *option)
+        assert done.exit_code == 2 and "are for embeddings files" in done.stderr, (option, done.stderr)
     with h5py.File(tmp_path / "p.h5", "a") as f:  # a protein's ss8 rows cut short: damaged, refused
         del f["ss8"]["b,2"]
         f["ss8"]["b,2"] = np.ones((2, 8), dtype=np.float32)
@@ -944,7 +945,9 @@ def test_all_layers_into_one_npz(tmp_path, run_cli):
         for ident, vectors in zip(map(str, z["ids"]), z["embeddings"]):
             np.testing.assert_allclose(vectors, residues[ident][0].astype(np.float64).mean(axis=-2), rtol=1e-6)
     for args, message in ((["-o", tmp_path / "t.tsv"], "--all-layers writes an .npz"),
-                          (["--layer", "-2", "-o", tmp_path / "x.npz"], "leave out --layer")):
+                          (["--layer", "-2", "-o", tmp_path / "x.npz"], "leave out --layer"),
+                          # (the default's value, given: it was taken without a word)
+                          (["--layer", "-1", "-o", tmp_path / "x.npz"], "leave out --layer")):
         done = run_cli("export", tmp_path / "e.h5", "--all-layers", *args)
         assert done.exit_code == 2 and message in done.stderr
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE
+from protrans_cli.cli import INPUT_FILE, given_option
 
 
 @click.command("export", context_settings={"show_default": True})
@@ -68,5 +68,6 @@ def command(embeddings, output, fmt, per_protein, per_residue, layer, all_layers
 
     from protrans_cli import console
 
-    export(embeddings, output, kind=kind, layer=layer, ids=ids_file, fmt=fmt, digits=digits, all_layers=all_layers)
+    # (--layer by where it came from: -1, the default's value, given beside --all-layers was taken)
+    export(embeddings, output, kind=kind, layer=layer if given_option("layer") else None, ids=ids_file, fmt=fmt, digits=digits, all_layers=all_layers)
     console.output_complete(output)
