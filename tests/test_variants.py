@@ -342,6 +342,9 @@ def test_wild_type_and_option_mistakes_are_refused_in_one_line_before_any_model(
         (("--all-singles", "--fasta", fasta, "-m", nothing, "--id-column", "id"), 2, "--all-singles has none"),
         (("--all-singles", "--sequence", SEQ, "-m", nothing, "--mutation-column", "variant"), 2,
          "--mutation-column variant reads the variants table; --all-singles has none"),
+        # (the default's value, given: it was taken without a word)
+        (("--all-singles", "--sequence", SEQ, "-m", nothing, "--mutation-column", "mutant"), 2,
+         "--mutation-column mutant reads the variants table; --all-singles has none"),
         ((table, "--sequence", SEQ, "-m", nothing, "--device", "gpu"), 2, "--device gpu: use auto, cpu, cuda"),
         # the wild type's FASTA given as the table: was "has no 'mutant' column (columns: >a)", and
         # with --all-singles "give a variants table ... or --all-singles, one of them", both given

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from protrans_cli.cli import INPUT_FILE, completion
+from protrans_cli.cli import INPUT_FILE, completion, given_option
 
 
 @click.command("variants", context_settings={"show_default": True})
@@ -89,6 +89,13 @@ def command(variants_file, sequence, fasta, record_id, id_column, output, models
     from protrans_cli.threads import resolve_threads
     from protrans_cli.variants import VariantOptions, run_variants
 
+    if all_singles and given_option("mutation_column"):
+        # (by where it came from: the library refuses a name other than the default's, and
+        # `--mutation-column mutant`, given, was taken without a word)
+        from protrans_cli.errors import UsageError
+
+        raise UsageError(f"--mutation-column {mutation_column} reads the variants table; --all-singles has none (its "
+                         "mutations are written in a column `mutant`)")
     options = VariantOptions(models=tuple(models), strategies=tuple(strategies), revision=revision, device=device,
                              dtype=dtype, max_tokens=max_tokens, max_length=max_length, long_policy=long_policy,
                              mutation_column=mutation_column, offset=offset, truth_column=truth_column,
