@@ -4986,6 +4986,8 @@ def test_folds_refusals(run_cli, loc_data, tmp_path):
     assert r.exit_code == 2 and "--folds must be at least 2" in r.stderr
     r = run_cli(*base, "--folds", "3", "--ensemble", "2")
     assert r.exit_code == 2 and "--folds 3 trains one member per fold (3 members): leave out --ensemble 2" in r.stderr
+    r = run_cli(*base, "--folds", "3", "--ensemble", "1")  # (the default's value, given: taken without a word)
+    assert r.exit_code == 2 and "--folds 3 trains one member per fold (3 members): leave out --ensemble 1" in r.stderr
     r = run_cli(*base, "--folds", "3", "--valid", loc_data / "test.h5", loc_data / "test.fasta")
     assert r.exit_code == 2 and "it takes no --valid" in r.stderr
     r = run_cli(*base, "--folds", "151")

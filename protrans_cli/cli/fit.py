@@ -132,6 +132,12 @@ def command(ctx, task, embeddings, labels, output, valid, tests, label_format, m
         from protrans_cli.heads.tasks import warn_unused_dual
 
         warn_unused_dual(task)
+    if ensemble == 1 and folds is not None and folds > 1 and given_option("ensemble", ctx):
+        # (by where it came from: FitConfig refuses another --ensemble, and 1, the default's value,
+        # given, was taken without a word for a head of K members)
+        from protrans_cli.errors import UsageError
+
+        raise UsageError(f"--folds {folds} trains one member per fold ({folds} members): leave out --ensemble 1")
     if folds is not None and given_option("valid_fraction", ctx):
         # (silently ignored: each fold is validated in turn, none held out)
         console.warn("--valid-fraction does nothing with --folds (member k is validated on fold k): ignored")
