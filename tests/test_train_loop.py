@@ -636,6 +636,10 @@ def test_find_lr_says_which_run_flags_it_ignores(tmp_path, run_cli):
     assert ("--find-lr trains no run: --val-corpus, --eval-every, --save-every ignored (it writes lr_find.png "
             "and lr_find.json: no evaluation, metrics or checkpoint)") in res.stderr
     assert "without --val-corpus" not in res.stderr
+    # (--eval-every 0, the default's value, given: it was taken without a word; --no-tensorboard
+    # is what the range test does)
+    res = run_cli(*args, "--eval-every", 0, "--no-tensorboard", "-o", tmp_path / "z")
+    assert res.exit_code == 0 and "--find-lr trains no run: --eval-every ignored" in res.stderr, res.stderr
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"val_corpus": [LEARNABLE], "eval_every": 3, "save_every": 2}))
     res = run_cli(*args, "--config", config, "-o", tmp_path / "b")

@@ -292,10 +292,12 @@ def command(config_file, model_set, phases, resume, resume_from, accept_corpus_c
         if ignored:
             raise UsageError(f"--find-lr runs a learning-rate range test from fresh weights: {', '.join(ignored)} "
                              "cannot go with it")
-        # (given as flags, not a config file's: --config prot_bert.toml --find-lr is the run's own file)
+        # (given as flags, not a config file's: --config prot_bert.toml --find-lr is the run's own file;
+        # given, not true: --eval-every 0, the default's value, was taken without a word, where
+        # --no-keep-best and --no-tensorboard say what the range test does anyway)
         unused = [f"--{name.replace('_', '-')}" for name in ("val_corpus", "eval_every", "log_every", "save_every",
                                                               "keep_last", "keep_best", "tensorboard")
-                  if flags.get(name)]
+                  if (value := flags.get(name)) is not None and value is not False and value != ()]
         if unused and _rank_zero():
             console.warn(f"--find-lr trains no run: {', '.join(unused)} ignored (it writes lr_find.png and "
                          "lr_find.json: no evaluation, metrics or checkpoint)")
