@@ -69,5 +69,6 @@ def command(embeddings, output, fmt, per_protein, per_residue, layer, all_layers
     from protrans_cli import console
 
     # (--layer by where it came from: -1, the default's value, given beside --all-layers was taken)
-    export(embeddings, output, kind=kind, layer=layer if given_option("layer") else None, ids=ids_file, fmt=fmt, digits=digits, all_layers=all_layers)
+    export(embeddings, output, kind=kind, layer=layer if given_option("layer") else None, ids=ids_file, fmt=fmt,
+           digits=digits, all_layers=all_layers)
     console.output_complete(output)
