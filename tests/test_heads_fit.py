@@ -5647,3 +5647,24 @@ def test_search_help_names_what_search_can_vary():
     (help_text,) = [p.help for p in command.params if p.name == "search_specs"]
     listed = re.search(r"fit every combination of the values given \((.*?); repeat for several\)", help_text).group(1)
     assert listed.split(", ") == list(SEARCHABLE)
+
+
+@pytest.mark.parametrize("command", ["predict", "knn"])
+def test_fasta_chunk_overlap_under_another_long_policy_is_said_to_be_ignored_whatever_its_value(
+        command, run_cli, one_epoch_ss3, tmp_path):
+    # --fasta --chunk-overlap 64 (embed's default value) under skip did nothing without a word,
+    # where 32 was said to be ignored (by embed's own check, which takes 64 for its default)
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">q1\nMKVLA\n")
+    target = one_epoch_ss3 if command == "predict" else None
+    if target is None:  # (knn's reference: the same FASTA embedded by onehot)
+        target = tmp_path / "ref.h5"
+        assert run_cli("embed", fasta, "-m", "onehot", "-o", target).exit_code == 0
+    for overlap in ("64", "32"):
+        args = [target, "--fasta", fasta] if command == "predict" else ["--reference", target, "--fasta", fasta]
+        r = run_cli(command, *args, "--long-policy", "skip", "--chunk-overlap", overlap,
+                    "-o", tmp_path / f"out{overlap}.tsv")
+        assert r.exit_code == 0, r.stderr
+        line = (f"protrans: warning: --chunk-overlap {overlap} ignored: it sets the windows of --long-policy chunk, "
+                "and this run's policy is skip\n")
+        assert r.stderr.count(line) == 1 and r.stderr.count("--chunk-overlap") == 1, r.stderr

@@ -312,6 +312,12 @@ def recorded_embed_options(recorded: dict, source: str, *, model: str, layer: in
         max_length = int(recorded["max_length"])
     if long_policy == "chunk" and chunk_overlap is None and recorded.get("chunk_overlap") is not None:
         chunk_overlap = int(recorded["chunk_overlap"])
+    if chunk_overlap is not None and long_policy != "chunk":
+        # (said here, where it is known to be given: handed on, embed's own check said nothing of
+        # the value it takes as its default, `--fasta --chunk-overlap 64 --long-policy skip`)
+        console.warn(f"--chunk-overlap {chunk_overlap} ignored: it sets the windows of --long-policy chunk, and "
+                     f"this run's policy is {long_policy or 'error'}")
+        chunk_overlap = None
     if from_record:
         limit = f"{max_length} residues" if max_length else "the model's limit"
         console.info(f"proteins over {limit}: --long-policy {long_policy}, as in {source}")
