@@ -11,6 +11,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from protrans_cli.errors import bounded, brief
+
 
 @dataclass
 class _State:
@@ -34,7 +36,7 @@ def list_failed(failed: dict, what: str) -> None:
         return
     warn(f"{len(failed)} protein(s) have no {what} (listed in the file's 'failed' attribute):")
     for ident, reason in list(failed.items())[:20]:
-        warn(f"  {ident}: {reason}")
+        warn(f"  {brief(ident)}: {reason}")
     if len(failed) > 20:
         warn(f"  ... and {len(failed) - 20} more")
 
@@ -46,9 +48,10 @@ def counted(count: int, noun: str) -> str:
 
 
 def some_named(count: int, names) -> str:
-    """`a, b, c and 12 more`: the first few of `count` things by name (`names`, those kept)."""
+    """`a, b, c and 12 more`: the first few of `count` things by name (`names`, those kept; a long
+    name shortened, `errors.brief`)."""
     more = count - len(names)
-    return ", ".join(names) + (f" and {more:,} more" if more else "")
+    return ", ".join(brief(name) for name in names) + (f" and {more:,} more" if more else "")
 
 
 NAMED = 3  # the things a warning names before "and N more"
@@ -138,7 +141,7 @@ def _named(message: str) -> str:
 
 def error(message: str) -> None:
     """One line, prefixed, on stderr: the form every failure takes."""
-    state.last_error = f"protrans: error: {printable(message)}"
+    state.last_error = f"protrans: error: {printable(bounded(message))}"
     _emit(f"{state.last_error}\n")
 
 
@@ -167,7 +170,7 @@ def warn(message: str) -> None:
     if _recorded("warning", message):
         return
     if state.verbosity >= 0:
-        _emit(f"protrans: warning: {printable(message)}\n")
+        _emit(f"protrans: warning: {printable(bounded(message))}\n")
 
 
 def info(message: str) -> None:
@@ -175,7 +178,7 @@ def info(message: str) -> None:
     if _recorded("info", message):
         return
     if state.verbosity >= 0:
-        _emit(f"{printable(message, newlines=True)}\n")
+        _emit(f"{printable(bounded(message), newlines=True)}\n")
 
 
 def debug(message: str) -> None:

@@ -31,10 +31,62 @@ class ProtransError(Exception):
         where = []
         if self.path is not None:
             # (an empty name, `protrans prep ''`, read "error: : no such file")
-            where.append((str(self.path) or "''") + (f":{self.line}" if self.line is not None else ""))
+            where.append(brief_path(str(self.path) or "''", f":{self.line}" if self.line is not None else ""))
         if self.record is not None:
-            where.append(f"record {self.record!r}")
-        return (", ".join(where) + ": " if where else "") + self.message
+            where.append(f"record {brief_repr(self.record)}")
+        return bounded((", ".join(where) + ": " if where else "") + self.message)
+
+
+# A message shows a name (an id, a label value, a model's name) of up to SHOWN characters whole, and
+# of a longer one its first SHOWN and its length; a path of up to LONGEST_WORD whole, and of a
+# longer one its first and last SHOWN (the file's own name). A 200,000-character FASTA id was a
+# 200 KB "one-line" error, echoed whole in every message that named it.
+SHOWN = 100
+# What a message is cut to where it was built without these (an id put in the text itself): a run
+# of more than LONGEST_WORD characters without a space is shown as a long path is, and a line of
+# more than LONGEST_LINE characters (a 1 MB label cell of words) loses its middle. (LONGEST_WORD
+# is more than a shortened path and its line number: cut once, not again.)
+LONGEST_WORD = 250
+LONGEST_LINE = 5000
+
+
+def brief(name) -> str:
+    """`name` as a message shows it: whole, or its first SHOWN characters, '...' and its length
+    ("MKVLA... (200,000 characters)")."""
+    name = str(name)
+    return name if len(name) <= SHOWN else f"{name[:SHOWN]}... ({len(name):,} characters)"
+
+
+def brief_repr(name) -> str:
+    """`brief`, quoted as repr quotes it (control characters escaped): "'MKV...' (200,000 characters)"."""
+    name = str(name)
+    return repr(name) if len(name) <= SHOWN else f"{name[:SHOWN] + '...'!r} ({len(name):,} characters)"
+
+
+def brief_path(path, after: str = "") -> str:
+    """A path as a message shows it: whole, or its first and last SHOWN characters around '...'
+    and its length; `after` (":12", a line number) follows the path, before the length."""
+    path = str(path)
+    if len(path) <= LONGEST_WORD:
+        return path + after
+    return f"{path[:SHOWN]}...{path[-SHOWN:]}{after} ({len(path):,} characters)"
+
+
+def bounded(message: str) -> str:
+    """`message` with any run of more than LONGEST_WORD characters without a space shown as
+    `brief_path` shows a path, and any line still longer than LONGEST_LINE characters cut in the
+    middle: what the text of a message built from a huge id, path or value is cut to."""
+    if len(message) <= LONGEST_WORD:
+        return message
+    import re
+
+    message = re.sub(rf"\S{{{LONGEST_WORD + 1},}}", lambda m: brief_path(m.group()), message)
+    lines = message.split("\n")
+    for i, line in enumerate(lines):
+        if len(line) > LONGEST_LINE:
+            half = LONGEST_LINE // 2
+            lines[i] = f"{line[:half]} ... ({len(line) - 2 * half:,} characters left out) ... {line[-half:]}"
+    return "\n".join(lines)
 
 
 class UsageError(ProtransError):

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from protrans_cli import console
-from protrans_cli.errors import InputError, RuntimeFailure, UsageError, expect_path, type_problem
+from protrans_cli.errors import InputError, RuntimeFailure, UsageError, brief, brief_repr, expect_path, type_problem
 
 FORMATS = ("tsv", "csv", "npz", "esm")
 _SUFFIXES = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".npz": "npz"}
@@ -181,7 +181,7 @@ def _refuse_twice(ids: list[str], name: str, lines: list[int]) -> None:
     seen: dict[str, int] = {}
     for ident, line in zip(ids, lines):
         if ident in seen:
-            raise InputError(f"id {ident!r} is given twice (first at line {seen[ident]}): each protein is "
+            raise InputError(f"id {brief_repr(ident)} is given twice (first at line {seen[ident]}): each protein is "
                              "written once", path=name, line=line)
         seen[ident] = line
 
@@ -665,10 +665,10 @@ def _selected(present: list[str], wanted: list[str] | None, source, path, failed
         from protrans_cli.heads.data import near_miss_note
 
         reasons = failed() if failed is not None else {}
-        why = "; ".join(f"{i}: {reasons[i]}" for i in missing[:3] if i in reasons)
+        why = "; ".join(f"{brief(i)}: {reasons[i]}" for i in missing[:3] if i in reasons)
         raise InputError(f"{console.counted(len(missing), 'protein')} of the {len(wanted):,} it names "
                          f"{'is' if len(missing) == 1 else 'are'} not in {path} (first: "
-                         f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+                         f"{', '.join(map(brief, missing[:3]))}{', ...' if len(missing) > 3 else ''})"
                          f"{f'; failed in embed: {why}' if why else ''}"
                          f"{near_miss_note(missing, sorted(have.difference(wanted)))}",
                          path=str(source))

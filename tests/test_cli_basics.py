@@ -1089,3 +1089,42 @@ def test_a_command_given_no_options_asks_the_library_for_its_own_defaults(run_cl
     library = type(config)(**{key: getattr(config, key) for key in own})
     differ = [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(library, f.name)]
     assert differ == []
+
+
+def test_a_huge_or_hostile_name_in_a_message_is_shortened_and_escaped(capsys):
+    """A name a message shows is cut to its first 100 characters and its length (a 200,000-character
+    id made a 200 KB "line"), a path to its first and last 100 (its file's name), and a message
+    built with a huge name in its text is cut all the same; a short name is shown as before."""
+    from protrans_cli import console
+    from protrans_cli.errors import InputError, bounded, brief, brief_path, brief_repr
+    from protrans_cli.heads.labels import some_ids
+
+    huge = "M" + "K" * 199_999
+    assert brief("P69905") == "P69905" and brief_repr("a\x1bb") == "'a\\x1bb'"
+    assert brief(huge) == "M" + "K" * 99 + "... (200,000 characters)"
+    assert brief_repr(huge) == "'M" + "K" * 99 + "...' (200,000 characters)"
+    path = "/data/" + "d/" * 2000 + "proteome.fa"
+    assert brief_path(path, ":3") == f"{path[:100]}...{path[-100:]}:3 (4,017 characters)"
+    error = InputError("duplicate id", path=path, line=3, record=huge)
+    assert str(error) == f"{path[:100]}...{path[-100:]}:3 (4,017 characters), record {brief_repr(huge)}: duplicate id"
+    assert error.record == huge and error.path == path  # (the names themselves stay whole)
+    assert some_ids(["a", huge, "b"]) == f"a, {brief(huge)}, b" and str(console.some_named(4, [huge])) == (
+        f"{brief(huge)} and 3 more")
+    assert bounded(f"not in x.h5 (first: {huge})") == (
+        f"not in x.h5 (first: {huge[:100]}...{huge[-99:]}) (200,001 characters)")
+    words = bounded("a value " + "z " * 500_000 + "is not a number")
+    assert len(words) < 5100 and words.startswith("a value z z") and words.endswith("z z is not a number")
+    console.warn(f"id {huge} left out")
+    console.error(f"x\x1b[31m{huge}")
+    err = capsys.readouterr().err
+    assert err == (f"protrans: warning: id {brief_path(huge)} left out\n"
+                   f"protrans: error: x\\x1b[31m{huge[:94]}...{huge[-100:]} (200,006 characters)\n")
+
+
+def test_a_long_path_is_named_by_its_ends_in_a_one_line_error(tmp_path, run_cli):
+    """A path of 4,000 characters (the most Linux takes) was echoed whole in `no such file`: its
+    first and last 100 characters, the file's name among them, and its length."""
+    path = str(tmp_path / ("folder/" * 570)) + "proteome.fa"
+    result = run_cli("embed", path, "-m", "onehot", "-o", tmp_path / "o.h5")
+    assert result.exit_code == 1 and result.stderr == (
+        f"protrans: error: {path[:100]}...{path[-100:]} ({len(path):,} characters): no such file\n")

@@ -3920,3 +3920,24 @@ def test_cli_max_tokens_and_max_batch_size_bound_the_batches_the_model_gets(run_
     batches.clear()
     assert run_cli("embed", SMALL, "-m", "onehot", "-o", tmp_path / "e.h5", "--force").exit_code == 0
     assert len(batches) == 1  # (the defaults take the file in one batch: the test can tell)
+
+
+def test_a_huge_id_or_one_with_a_terminal_escape_is_shown_short_and_escaped(tmp_path, run_cli):
+    """A 200,000-character id made embed's duplicate-id error a 200 KB "line", and an id holding
+    ESC[31m in a warning recoloured the terminal: a message shows the first 100 characters and the
+    length, control characters escaped; the output file holds the ids whole."""
+    huge = "A" * 200_000
+    (tmp_path / "dup.fa").write_text(f">{huge}\nMKV\n>{huge}\nMKV\n")
+    result = run_cli("embed", tmp_path / "dup.fa", "-m", "onehot", "-o", tmp_path / "d.h5")
+    assert result.exit_code == 1 and result.stderr == (
+        f"protrans: error: {tmp_path / 'dup.fa'}:3, record '{'A' * 100}...' (200,000 characters): duplicate id "
+        "(first seen on line 1); ids must be unique because they are the keys of the output\n")
+    dna = "ATGGCGATCGATCGATCGTAGCTAGCTAGCATCGATCGATCGATCGTAGC"
+    (tmp_path / "dna.fa").write_text(f">red\x1b[31mcds\n{dna}\n>{huge}\n{dna}\n")
+    result = run_cli("embed", tmp_path / "dna.fa", "-m", "onehot", "-o", tmp_path / "o.h5")
+    assert result.exit_code == 0, result.stderr[:1000]
+    (line,) = [line for line in result.stderr.splitlines() if "nucleotide" in line]
+    assert f"as nucleotide sequences do: red\\x1b[31mcds, {'A' * 100}... (200,000 characters). Protein" in line
+    assert "\x1b" not in result.stderr and len(line) < 500
+    with EmbeddingsReader(tmp_path / "o.h5") as r:
+        assert sorted(r.ids()) == sorted([huge, "red\x1b[31mcds"])

@@ -1240,7 +1240,8 @@ def test_esm_failures_leave_no_folder(tmp_path, run_cli, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5"]
     _write(tmp_path / "long.h5", {"x" * 300: "MKV", "short": "MK"})
     done = run_cli("export", tmp_path / "long.h5", "--format", "esm", "-o", tmp_path / "out")
-    assert done.exit_code == 1 and f"record '{'x' * 300}'" in done.stderr and "over the 255" in done.stderr
+    assert done.exit_code == 1 and f"record '{'x' * 100}...' (300 characters)" in done.stderr, done.stderr
+    assert "over the 255" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "long.h5"]
     _write(tmp_path / "case.h5", {"AB": "MKV", "ab": "MK"})
     blind = lambda path, mode: builtins.open(Path(path).parent / Path(path).name.lower(), mode)  # noqa: E731
@@ -1412,3 +1413,15 @@ def test_an_ids_file_in_utf16_is_read_as_the_label_and_variants_readers_read_it(
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "--per-residue")
     assert done.exit_code == 0, done.stderr
     assert list(dict.fromkeys(r[0] for r in _table(done.stdout, "\t")[1:])) == chosen
+
+
+
+def test_a_huge_id_the_file_does_not_hold_is_named_short(tmp_path, run_cli):
+    """An --ids list naming an id of 200,000 characters that the file does not hold: the error
+    names its first 100 characters and its length (it was echoed whole)."""
+    _write(tmp_path / "e.h5", _proteins())
+    huge = "Q" * 200_000
+    (tmp_path / "ids.txt").write_text(f"e\n{huge}\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and f"(first: {'Q' * 100}... (200,000 characters))" in done.stderr, done.stderr[:500]
+    assert len(done.stderr) < 500

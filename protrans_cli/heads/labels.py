@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from protrans_cli.errors import InputError, UsageError
+from protrans_cli.errors import InputError, UsageError, brief
 from protrans_cli.heads.tasks import LOCATIONS, SS8
 from protrans_cli.io.fasta import ASCII_SPACE, FastaRecord, decode_word, look_alike, parse_fasta
 from protrans_cli.io.files import (UTF16_BOMS, archive_hint, display_name, header_delimiter, is_utf16, open_input,
@@ -743,9 +743,10 @@ def _refuse_duplicate_ids(label_set: LabelSet) -> None:
 
 
 def some_ids(items, n: int = 5) -> str:
+    """`a, b, c and 12 more`: the first `n` ids (a long one shortened, `errors.brief`)."""
     items = list(items)
-    shown = ", ".join(items[:n])
-    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+    named = ", ".join(brief(item) for item in items[:n])
+    return named + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def read_sequences(path) -> dict[str, str]:
