@@ -127,7 +127,7 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
                 lines.append(record.line)
                 sequences.setdefault(record.id, record.sequence)
         else:
-            if problem := _not_text(head):
+            if problem := _not_text(head) or _fastq(head):
                 raise InputError(problem, path=name)
             ids, lines = [], []
             for number, raw in enumerate(stream, 1):
@@ -162,6 +162,19 @@ def read_id_list(path) -> tuple[list[str], dict[str, str] | None]:
 
 
 _BINARY = "is a binary file (it holds NUL bytes), not a list of ids or a FASTA file"
+
+
+def _fastq(head: bytes) -> str | None:
+    """What an --ids file is where its first lines are a FASTQ record ('@' header, letters, '+'
+    line), as the FASTA reader says; None otherwise. (Read as one id a line, its reads' names,
+    bases and '+' lines were ids the file did not hold: "first: @r1, MKTAY, +".)"""
+    from protrans_cli.io.fasta import look_alike
+
+    lines = [line for line in head.splitlines() if line.strip()][:3]
+    if len(lines) == 3 and lines[0].startswith(b"@") and lines[2].startswith(b"+"):
+        if hint := look_alike(lines[0], tables=False):
+            return f"not a list of ids or a FASTA file; {hint}"
+    return None
 
 
 def _not_text(head: bytes) -> str | None:

@@ -1415,6 +1415,21 @@ def test_an_ids_file_in_utf16_is_read_as_the_label_and_variants_readers_read_it(
     assert list(dict.fromkeys(r[0] for r in _table(done.stdout, "\t")[1:])) == chosen
 
 
+def test_an_ids_file_in_fastq_is_said_to_be_fastq(tmp_path, run_cli):
+    """A FASTQ given to --ids was read one id a line: its reads' names, bases and '+' lines were
+    ids the file did not hold ("first: @r1, MKTAY, +"). It is said to be FASTQ, as the FASTA
+    reader says; a list whose ids start with '@' is still a list."""
+    proteins = _proteins()
+    _write(tmp_path / "e.h5", proteins)
+    (tmp_path / "reads.fq").write_text("@r1 run=1\nMKTAY\n+\nIIIII\n@r2\nMKV\n+\nIII\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "reads.fq", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and done.stderr == (
+        f"protrans: error: {tmp_path / 'reads.fq'}: not a list of ids or a FASTA file; the file looks like FASTQ "
+        "('@' read headers): protein FASTA has '>' headers\n")
+    (tmp_path / "ids.txt").write_text("@a\ne\n")
+    done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", tmp_path / "o.tsv")
+    assert done.exit_code == 1 and "1 protein of the 2 it names is not in" in done.stderr and "(first: @a)" in done.stderr
+
 
 def test_a_huge_id_the_file_does_not_hold_is_named_short(tmp_path, run_cli):
     """An --ids list naming an id of 200,000 characters that the file does not hold: the error
