@@ -114,6 +114,24 @@ def printable(text: str, *, newlines: bool = False) -> str:
     return text.translate(table)
 
 
+def _shown(message: str, newlines: bool = False) -> str:
+    """A message as it is written: cut where it names something huge (`errors.bounded`), its
+    control characters escaped (`printable`), and Unicode's line and paragraph separators (a line
+    break for Python's splitlines and some log viewers) and format characters (a right-to-left
+    override showed the rest of the line reversed; zero-width ones hid in an id) escaped as repr
+    escapes them (`\\u2028`). (Not for output files: predict's FASTA keeps such an id as it is.)"""
+    text = printable(bounded(message), newlines=newlines)
+    if text.isascii() or text.replace("\n", "").isprintable():
+        return text
+    import unicodedata
+
+    return "".join((f"\\u{ord(c):04x}" if ord(c) <= 0xffff else f"\\U{ord(c):08x}")
+                   if unicodedata.category(c) in _HIDDEN else c for c in text)
+
+
+_HIDDEN = {"Zl", "Zp", "Cf", "Cs"}  # line and paragraph separators, format characters, lone surrogates
+
+
 @contextlib.contextmanager
 def naming(path, name: str):
     """Inside, messages say `name` where they would name `path`: a temporary file the user never
@@ -141,7 +159,7 @@ def _named(message: str) -> str:
 
 def error(message: str) -> None:
     """One line, prefixed, on stderr: the form every failure takes."""
-    state.last_error = f"protrans: error: {printable(bounded(message))}"
+    state.last_error = f"protrans: error: {_shown(message)}"
     _emit(f"{state.last_error}\n")
 
 
@@ -170,7 +188,7 @@ def warn(message: str) -> None:
     if _recorded("warning", message):
         return
     if state.verbosity >= 0:
-        _emit(f"protrans: warning: {printable(bounded(message))}\n")
+        _emit(f"protrans: warning: {_shown(message)}\n")
 
 
 def info(message: str) -> None:
@@ -178,7 +196,7 @@ def info(message: str) -> None:
     if _recorded("info", message):
         return
     if state.verbosity >= 0:
-        _emit(f"{printable(bounded(message), newlines=True)}\n")
+        _emit(f"{_shown(message, newlines=True)}\n")
 
 
 def debug(message: str) -> None:

@@ -1128,3 +1128,19 @@ def test_a_long_path_is_named_by_its_ends_in_a_one_line_error(tmp_path, run_cli)
     result = run_cli("embed", path, "-m", "onehot", "-o", tmp_path / "o.h5")
     assert result.exit_code == 1 and result.stderr == (
         f"protrans: error: {path[:100]}...{path[-100:]} ({len(path):,} characters): no such file\n")
+
+
+def test_unicode_line_separators_and_format_characters_in_a_message_are_escaped(capsys):
+    """An id holding U+2028 (a line separator: Python's splitlines and some log viewers break the
+    line there) or a right-to-left override U+202E (the rest of the line shown reversed) was
+    written as it was in a warning naming it; such characters are escaped as repr escapes them.
+    Letters of any script and a no-break space are shown as they are."""
+    from protrans_cli import console
+
+    named = console.Named()
+    for name in ("a\u2028b", "x\u202eyz", "\u00e9t\u00e9\u00a0\u6f22"):
+        named.add(name)
+    console.warn(f"left out: {named}")
+    console.info("done\nnext\u2029")
+    assert capsys.readouterr().err == ("protrans: warning: left out: a\\u2028b, x\\u202eyz, \u00e9t\u00e9\u00a0\u6f22\n"
+                                       "done\nnext\\u2029\n")
