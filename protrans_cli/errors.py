@@ -80,13 +80,25 @@ def bounded(message: str) -> str:
         return message
     import re
 
-    message = re.sub(rf"\S{{{LONGEST_WORD + 1},}}", lambda m: brief_path(m.group()), message)
+    message = re.sub(rf"\S{{{LONGEST_WORD + 1},}}", _brief_word, message)
     lines = message.split("\n")
     for i, line in enumerate(lines):
         if len(line) > LONGEST_LINE:
             half = LONGEST_LINE // 2
             lines[i] = f"{line[:half]} ... ({len(line) - 2 * half:,} characters left out) ... {line[-half:]}"
     return "\n".join(lines)
+
+
+def _brief_word(match) -> str:
+    # (quotes and brackets kept around the cut, and its length before the punctuation that
+    # follows: "'xx...xx' (1,000,000 characters): train, valid or test", not "'xx...xx': (1,000,002")
+    word = match.group()
+    lead = len(word) - len(word.lstrip("'\"([{"))
+    rest = word.rstrip(":;,.")
+    core = rest.rstrip("'\")]}")
+    if len(core) - lead <= LONGEST_WORD:  # (a run of punctuation: cut whole)
+        return brief_path(word)
+    return word[:lead] + brief_path(core[lead:], rest[len(core):]) + word[len(rest):]
 
 
 class UsageError(ProtransError):

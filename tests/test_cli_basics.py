@@ -1111,7 +1111,8 @@ def test_a_huge_or_hostile_name_in_a_message_is_shortened_and_escaped(capsys):
     assert some_ids(["a", huge, "b"]) == f"a, {brief(huge)}, b" and str(console.some_named(4, [huge])) == (
         f"{brief(huge)} and 3 more")
     assert bounded(f"not in x.h5 (first: {huge})") == (
-        f"not in x.h5 (first: {huge[:100]}...{huge[-99:]}) (200,001 characters)")
+        f"not in x.h5 (first: {huge[:100]}...{huge[-100:]}) (200,000 characters)")
+    assert bounded(f"unknown set {huge!r}: train") == f"unknown set '{huge[:100]}...{huge[-100:]}' (200,000 characters): train"
     words = bounded("a value " + "z " * 500_000 + "is not a number")
     assert len(words) < 5100 and words.startswith("a value z z") and words.endswith("z z is not a number")
     console.warn(f"id {huge} left out")
