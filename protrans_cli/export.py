@@ -1213,7 +1213,7 @@ def info_lines(facts: dict) -> list[str]:
         groups = facts["groups_not_read"]
         where = "at the top" if facts.get("layout", "").startswith("flat") else "among the proteins"
         lines.append(("not read", f"{len(groups):,} group(s) {where}, not proteins (ids with '/' written as they were?): "
-                                  + ", ".join(groups[:3]) + (", ..." if len(groups) > 3 else "")))
+                                  + ", ".join(map(brief, groups[:3])) + (", ..." if len(groups) > 3 else "")))
     if "dim" in facts:
         lines.append(("dimension", str(facts["dim"])))
     if "layers" in facts:
@@ -1252,7 +1252,7 @@ def info_lines(facts: dict) -> list[str]:
         else:
             lines.append(("residues", "no lengths recorded"))
     failed = facts.get("failed") or {}
-    shown = "; ".join(f"{i}: {why}" for i, why in list(failed.items())[:3])
+    shown = "; ".join(f"{brief(i)}: {why}" for i, why in list(failed.items())[:3])  # (--json: whole)
     if "failed" in facts:  # (a probabilities file has no such record)
         lines.append(("failed", f"{len(failed):,}" + (f" ({shown}{'; ...' if len(failed) > 3 else ''})" if failed else "")))
     if facts.get("protrans_version") or facts.get("command_line"):

@@ -1440,3 +1440,18 @@ def test_a_huge_id_the_file_does_not_hold_is_named_short(tmp_path, run_cli):
     done = run_cli("export", tmp_path / "e.h5", "--ids", tmp_path / "ids.txt", "-o", tmp_path / "o.tsv")
     assert done.exit_code == 1 and f"(first: {'Q' * 100}... (200,000 characters))" in done.stderr, done.stderr[:500]
     assert len(done.stderr) < 500
+
+
+def test_info_names_a_huge_failed_id_briefly_and_json_whole(tmp_path, run_cli):
+    """`info`'s failed line named each of the first three failures by its id whole: a 200,000-
+    character id, a 200 KB line of the summary. Its first 100 characters and length; --json, which
+    scripts read, holds it whole."""
+    huge = "B" * 200_000
+    (tmp_path / "in.fa").write_text(f">{huge}\nMK1V\n>ok\nMKV\n")
+    assert run_cli("embed", tmp_path / "in.fa", "-m", "onehot", "--invalid-policy", "skip", "-o",
+                   tmp_path / "e.h5").exit_code == 0
+    text = run_cli("info", tmp_path / "e.h5").stdout
+    assert (f"failed:        1 ({'B' * 100}... (200,000 characters): skipped: invalid character '1' at residue 3 "
+            "(--invalid-policy skip))\n") in text and len(text) < 2000
+    assert json.loads(run_cli("info", tmp_path / "e.h5", "--json").stdout)["failed"] == {
+        huge: "skipped: invalid character '1' at residue 3 (--invalid-policy skip)"}
