@@ -84,7 +84,7 @@ def bounded(message: str) -> str:
     lines = message.split("\n")
     for i, line in enumerate(lines):
         if len(line) > LONGEST_LINE:
-            half = LONGEST_LINE // 2
+            half = LONGEST_LINE // 2 - 30  # (room for the note: a line cut is not cut again)
             lines[i] = f"{line[:half]} ... ({len(line) - 2 * half:,} characters left out) ... {line[-half:]}"
     return "\n".join(lines)
 
