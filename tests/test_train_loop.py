@@ -3678,6 +3678,77 @@ def test_an_electra_steps_loss_is_the_generators_mean_plus_the_weighted_detectio
 def test_accept_corpus_change_resumes_with_a_warning_naming_the_change(tmp_path, capsys):
     """--help: --accept-corpus-change goes on although a corpus file changed since the checkpoint;
     "warns". The run resumed and its batches may differ from an uninterrupted one's: said once."""
+
+
+def test_resume_of_a_run_holding_only_checkpoints_reads_its_latest_checkpoints_settings(tmp_path, run_cli):
+    """A run lengthened by a resume (--num-steps 4, then 8) and synced without the files beside
+    checkpoints/: its latest checkpoint holds the run's settings as they are now (8 steps), the
+    first one the settings it had then (4), with which it would stop at step 4, its work undone."""
+    import shutil
+
+    run = tmp_path / "run"
+    small = ["--max-length", 64, "--global-batch-size", 4, "--micro-batch-size", 4, "--save-every", 2, "-j", 1]
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", run, "--num-steps", 4, "--stop-after", 2, *small)
+    assert res.exit_code == 0, res.stderr
+    res = run_cli("train", "--resume", "-o", run, "--num-steps", 8, "--stop-after", 4)
+    assert res.exit_code == 0, res.stderr
+    synced = tmp_path / "synced"
+    shutil.copytree(run / "checkpoints", synced / "checkpoints")
+    res = run_cli("train", "--resume", "-o", synced)
+    assert res.exit_code == 0, res.stderr
+    assert f"the run's settings from {synced / 'checkpoints' / 'step_00000004' / 'train_config.json'}" in res.stderr
+    assert "done, 8 steps" in res.stderr, res.stderr
+
+
+def test_a_config_files_stop_after_stops_the_run_and_only_the_runs_own_file_drops_it(tmp_path, run_cli):
+    """The --stop-after an earlier version saved in a run's train_config.json is dropped when that
+    file is read back for --resume; one set in a config file given with --config (a time-limited
+    job's settings) still stops the run."""
+    cfg = _small_toml(tmp_path / "c.toml", "num_steps = 4\nmax_length = 32\nstop_after = 2\nsave_every = 2\n")
+    res = run_cli("train", "--config", cfg, "-j", 1, "-o", tmp_path / "run")
+    assert res.exit_code == 0, res.stderr
+    assert "stopped after step 2; continue with --resume" in res.stderr, res.stderr
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000002"]
+
+
+def test_train_takes_protrans_threads_when_neither_j_nor_the_config_file_gives_threads(tmp_path, run_cli,
+                                                                                       monkeypatch):
+    """PROTRANS_THREADS (else min(cores, 4)) is the run's thread count when -j and the file's
+    threads are left out, as in every command; it is saved as not given (null), not left to torch's
+    own default of every core."""
+    monkeypatch.setenv("PROTRANS_THREADS", "2")
+    set_to = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (set_to.append(n), real(n)))
+    try:
+        res = run_cli("train", "--corpus", LEARNABLE, "--num-steps", 1, "--max-length", 32, "--global-batch-size", 4,
+                      "--micro-batch-size", 4, "-o", tmp_path / "a")
+        assert res.exit_code == 0, res.stderr
+    finally:
+        real(1)
+    assert set_to and set_to[0] == 2, set_to
+    assert json.loads((tmp_path / "a" / "train_config.json").read_text())["threads"] is None
+
+
+def test_find_lr_refuses_stop_after_and_fewer_than_10_steps_and_names_every_run_flag_it_ignores(tmp_path, run_cli):
+    """--stop-after stops a run, which --find-lr does not train (refused as --time-limit is);
+    --num-steps 9 is below the 10 steps a descent needs; and each flag of a run given beside it is
+    named (--keep-best, --tensorboard...), a --warmup-steps of 0 too."""
+    args = ["train", "--corpus", LEARNABLE, "--find-lr", "--max-length", 32, "-j", 1]
+    res = run_cli(*args, "--stop-after", 5, "-o", tmp_path / "s")
+    assert res.exit_code == 2 and "--stop-after cannot go with it" in res.stderr, res.stderr
+    res = run_cli(*args, "--num-steps", 9, "-o", tmp_path / "n")
+    assert res.exit_code == 2 and "--find-lr needs at least 10 steps to find a descent, got --num-steps 9" in res.stderr
+    res = run_cli(*args, "--num-steps", 10, "--log-every", 5, "--keep-last", 2, "--keep-best", "--tensorboard",
+                  "--warmup-steps", 0, "-o", tmp_path / "a")
+    assert res.exit_code == 0, res.stderr
+    assert "--find-lr trains no run: --log-every, --keep-last, --keep-best, --tensorboard ignored" in res.stderr
+    assert "--find-lr raises the learning rate from 1e-7 to 1 itself: --warmup-steps ignored" in res.stderr
+
+
+def test_accept_corpus_change_on_the_command_line_resumes_a_run_whose_corpus_changed(tmp_path, run_cli):
+    """`train --resume --accept-corpus-change` (a damaged shard replaced by a whole copy) goes on,
+    with a warning; without it, the changed corpus is refused."""
     import shutil
 
     corpus = tmp_path / "corpus.txt"
@@ -3694,3 +3765,38 @@ def test_accept_corpus_change_resumes_with_a_warning_naming_the_change(tmp_path,
     # an unchanged corpus: no word of it
     result = train(_config(tmp_path, **{**kw, "num_steps": 6}), resume=True, accept_corpus_change=True)
     assert result.step == 6 and "--accept-corpus-change" not in capsys.readouterr().err
+    run = tmp_path / "run"
+    res = run_cli("train", "--corpus", corpus, "-o", run, "--num-steps", 4, "--stop-after", 2, "--save-every", 2,
+                  "--max-length", 64, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
+    assert res.exit_code == 0, res.stderr
+    corpus.write_bytes(corpus.read_bytes() + b"M K T A\n\n")
+    res = run_cli("train", "--resume", "-o", run)
+    assert res.exit_code == 1 and "add --accept-corpus-change" in res.stderr, res.stderr
+    res = run_cli("train", "--resume", "-o", run, "--accept-corpus-change")
+    assert res.exit_code == 0, res.stderr
+    assert "the corpus changed since" in res.stderr and "done, 4 steps" in res.stderr, res.stderr
+
+
+def test_an_unquoted_pattern_expanded_for_val_corpus_names_val_corpus_and_other_arguments_no_pattern(tmp_path,
+                                                                                                     run_cli):
+    """Both --corpus and --val-corpus given files that sort before the extra ones: the flag named
+    is the one whose file shares the longer prefix with them (the pattern's first file); extra
+    arguments some of which are no file are no shell's expansion."""
+    (tmp_path / "a.txt").write_text("M K T\n\n")
+    for i in range(3):
+        (tmp_path / f"val.{i:05d}.txt").write_text("M K T\n\n")
+    rest = [tmp_path / "val.00001.txt", tmp_path / "val.00002.txt"]
+    res = run_cli("train", "--corpus", tmp_path / "a.txt", "--val-corpus", tmp_path / "val.00000.txt", *rest,
+                  "-o", tmp_path / "r")
+    assert res.exit_code == 2 and f"files after --val-corpus {tmp_path / 'val.00000.txt'}" in res.stderr, res.stderr
+    res = run_cli("train", "--corpus", tmp_path / "a.txt", tmp_path / "val.00001.txt", tmp_path / "zz", "-o",
+                  tmp_path / "r")
+    assert res.exit_code == 2 and res.stderr.strip() == (
+        f"protrans: error: Got unexpected extra arguments ({tmp_path / 'val.00001.txt'} {tmp_path / 'zz'}) "
+        "(see 'protrans train --help')")
+
+
+def test_phases_that_set_their_own_batch_sizes_warn_of_no_flag_left_out(tmp_path, run_cli):
+    # (the warning names the flags given: none given, none named, no "--global-batch-size None")
+    res = run_cli("train", "--corpus", LEARNABLE, "-o", tmp_path / "r", "--phase", "32:1:4:4", "-j", 1)
+    assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
