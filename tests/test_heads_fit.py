@@ -5668,3 +5668,107 @@ def test_fasta_chunk_overlap_under_another_long_policy_is_said_to_be_ignored_wha
         line = (f"protrans: warning: --chunk-overlap {overlap} ignored: it sets the windows of --long-policy chunk, "
                 "and this run's policy is skip\n")
         assert r.stderr.count(line) == 1 and r.stderr.count("--chunk-overlap") == 1, r.stderr
+
+
+def test_cli_fit_hands_every_option_to_the_library(run_cli, tmp_path, monkeypatch):
+    # Each option reaches FitConfig (and the sets reach fit): --hidden, --kernel, --bootstrap,
+    # -j, --no-standardise, --max-epochs and --max-residues each dropped on the way passed every
+    # test, the head then trained with the default without a word.
+    from protrans_cli.heads import fit as fit_module
+
+    calls = []
+    monkeypatch.setattr(fit_module, "fit", lambda config, *args, **kwargs: calls.append((config, args, kwargs)))
+    files = {name: tmp_path / name for name in ("e.h5", "l.fasta", "v.h5", "v.fasta", "t.h5", "t.fasta", "m.fasta")}
+    for path in files.values():
+        path.write_text("")
+    r = run_cli("fit", "loc", "--embeddings", files["e.h5"], "--labels", files["l.fasta"], "-o", tmp_path / "head",
+                "--valid", files["v.h5"], files["v.fasta"], "--test", files["t.h5"], files["t.fasta"],
+                "--label-format", "deeploc", "--mask", files["m.fasta"], "--mask-column", "a", "--mask-column", "b",
+                "--max-epochs", "3", "--patience", "2", "--lr", "0.01", "--weight-decay", "0.1", "--max-residues", "100",
+                "--batch-size", "8", "--class-weights", "--folds", "2", "--ensemble", "2", "--seed", "5",
+                "--valid-fraction", "0.2", "--architecture", "light-attention", "--hidden", "16", "--kernel", "5",
+                "--dropout", "0.5", "--no-standardise", "--dual", "skip", "--layer", "0", "--only-embedded",
+                "--cache-gb", "1", "--bootstrap", "50", "-j", "2", "--device", "cpu", "--resume", "--force",
+                "--no-plots")
+    assert r.exit_code == 0, r.stderr
+    [(config, args, kwargs)] = calls
+    assert config == FitConfig(
+        task="loc", max_epochs=3, patience=2, lr=0.01, weight_decay=0.1, max_residues=100, batch_size=8,
+        class_weights=True, ensemble=2, folds=2, seed=5, valid_fraction=0.2, architecture="light-attention",
+        hidden=16, kernel=5, dropout=0.5, dual="skip", layer=0, on_mismatch="missing", cache_bytes=1 << 30,
+        n_bootstrap=50, threads=2, label_format="deeploc", mask_path=str(files["m.fasta"]), mask_columns=("a", "b"),
+        force=True, standardise=False, device="cpu", resume=True, plots=False)
+    assert [str(a) for a in args] == [str(files["e.h5"]), str(files["l.fasta"]), str(tmp_path / "head")]
+    assert kwargs == {"valid": (str(files["v.h5"]), str(files["v.fasta"])),
+                      "tests": [(str(files["t.h5"]), str(files["t.fasta"]))]}
+
+
+def test_cli_predict_hands_every_option_to_the_library(run_cli, tmp_path, monkeypatch):
+    # Each option of predict reaches the functions that read the labels, predict and score, and
+    # with --fasta the embedding of the sequences: one dropped on the way was the default without
+    # a word (as fit's options once were).
+    from protrans_cli.heads import model as model_module
+    from protrans_cli.heads import predict as predict_module
+    from protrans_cli.heads.tasks import get_task
+
+    calls = {}
+
+    def spy(name, returns):
+        def record(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return returns
+        monkeypatch.setattr(predict_module, name, record)
+
+    predicted = object()
+    spy("scored_labels", ("read", "labelled"))
+    spy("predict", {"predicted": predicted, "proteins": 3})
+    spy("evaluate_head", None)
+    spy("check_labels_first", None)
+    spy("embed_for_head", (tmp_path / "embedded.h5", ["b", "a"]))
+    monkeypatch.setattr(model_module, "load_head", lambda head: (None, get_task("ss3+ss8"), {}))
+    (tmp_path / "head").mkdir()
+    for name in ("e.h5", "q.fasta", "l.csv", "m.fasta"):
+        (tmp_path / name).write_text("")
+    t = str(tmp_path)
+    shared = ["--probabilities", f"{t}/p.h5", "--head-output", "ss8", "--labels", f"{t}/l.csv", "--metrics", f"{t}/m",
+              "--label-format", "netsurfp", "--mask", f"{t}/m.fasta", "--mask-column", "a", "--only-embedded",
+              "--max-residues", "100", "-j", "2", "--device", "cpu", "--no-plots", "-o", f"{t}/out.fa"]
+    labels = dict(label_format="netsurfp", mask_path=f"{t}/m.fasta", mask_columns=("a",))
+    r = run_cli("predict", f"{t}/head", "--embeddings", f"{t}/e.h5", "--allow-model-mismatch", *shared)
+    assert r.exit_code == 0, r.stderr
+    assert calls["scored_labels"] == ((f"{t}/head", f"{t}/e.h5", f"{t}/l.csv"),
+                                      dict(labels, on_mismatch="missing", allow_model_mismatch=True))
+    args, kwargs = calls["predict"]
+    assert args == (f"{t}/head", f"{t}/e.h5", f"{t}/out.fa")
+    assert {k: v for k, v in kwargs.items() if k != "staged"} == dict(
+        probabilities=f"{t}/p.h5", output="ss8", max_residues=100, allow_model_mismatch=True, threads=2,
+        device="cpu", order=None, labelled="labelled")
+    args, kwargs = calls["evaluate_head"]
+    assert args == (f"{t}/head", f"{t}/e.h5", f"{t}/l.csv")
+    assert {k: v for k, v in kwargs.items() if k != "staged"} == dict(
+        labels, metrics_dir=f"{t}/m", on_mismatch="missing", allow_model_mismatch=True, max_residues=100, threads=2,
+        device="cpu", scored=("read", "labelled"), predicted=predicted, plots=False)
+    # --fasta: embedded as asked, then predicted in the FASTA's order; a --model of its own is another model
+    calls.clear()
+    r = run_cli("predict", f"{t}/head", "--fasta", f"{t}/q.fasta", "--model", "onehot", "--max-length", "50",
+                "--long-policy", "chunk", "--chunk-overlap", "8", "--invalid-policy", "skip", *shared)
+    assert r.exit_code == 0, r.stderr
+    assert calls["check_labels_first"] == (({}, f"{t}/l.csv"), labels)
+    args, kwargs = calls["embed_for_head"]
+    assert (args[:2], kwargs) == ((f"{t}/head", f"{t}/q.fasta"), dict(
+        model="onehot", device="cpu", threads=2, long_policy="chunk", max_length=50, chunk_overlap=8,
+        invalid_policy="skip", allow_model_mismatch=False))
+    assert calls["predict"][1]["order"] == ["b", "a"] and calls["predict"][1]["allow_model_mismatch"] is True
+    assert calls["scored_labels"][1]["allow_model_mismatch"] is True
+
+
+def test_predict_without_max_residues_or_mask_columns_warns_of_neither_and_scores_as_the_head_was_fit(
+        run_cli, small_head, one_epoch_ss3, ss_data, tmp_path):
+    # (the warning that --max-residues does nothing for an FNN head is for a --max-residues given;
+    # no --mask-column is the head's own columns, not none)
+    head, emb = small_head
+    r = run_cli("predict", head, "--embeddings", emb, "-o", tmp_path / "p.csv")
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.stderr
+    r = run_cli("predict", one_epoch_ss3, "--embeddings", ss_data / "test.h5", "--labels", ss_data / "test.csv",
+                "-o", tmp_path / "p.fa")
+    assert r.exit_code == 0 and "scoring with --mask-column" not in r.stderr, r.stderr
