@@ -3678,6 +3678,22 @@ def test_an_electra_steps_loss_is_the_generators_mean_plus_the_weighted_detectio
 def test_accept_corpus_change_resumes_with_a_warning_naming_the_change(tmp_path, capsys):
     """--help: --accept-corpus-change goes on although a corpus file changed since the checkpoint;
     "warns". The run resumed and its batches may differ from an uninterrupted one's: said once."""
+    import shutil
+
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(LEARNABLE, corpus)
+    kw = dict(corpus=[str(corpus)], output_dir=str(tmp_path / "run"), save_every=2, num_steps=2)
+    train(_config(tmp_path, **kw))
+    corpus.write_bytes(corpus.read_bytes() + b"M K T A\n\n")
+    capsys.readouterr()
+    result = train(_config(tmp_path, **{**kw, "num_steps": 4}), resume=True, accept_corpus_change=True)
+    assert result.completed and result.step == 4
+    err = capsys.readouterr().err
+    assert err.count("resumed at its data position anyway (--accept-corpus-change)") == 1, err
+    assert "the corpus changed since" in err and "corpus.txt" in err
+    # an unchanged corpus: no word of it
+    result = train(_config(tmp_path, **{**kw, "num_steps": 6}), resume=True, accept_corpus_change=True)
+    assert result.step == 6 and "--accept-corpus-change" not in capsys.readouterr().err
 
 
 def test_resume_of_a_run_holding_only_checkpoints_reads_its_latest_checkpoints_settings(tmp_path, run_cli):
@@ -3753,18 +3769,6 @@ def test_accept_corpus_change_on_the_command_line_resumes_a_run_whose_corpus_cha
 
     corpus = tmp_path / "corpus.txt"
     shutil.copy(LEARNABLE, corpus)
-    kw = dict(corpus=[str(corpus)], output_dir=str(tmp_path / "run"), save_every=2, num_steps=2)
-    train(_config(tmp_path, **kw))
-    corpus.write_bytes(corpus.read_bytes() + b"M K T A\n\n")
-    capsys.readouterr()
-    result = train(_config(tmp_path, **{**kw, "num_steps": 4}), resume=True, accept_corpus_change=True)
-    assert result.completed and result.step == 4
-    err = capsys.readouterr().err
-    assert err.count("resumed at its data position anyway (--accept-corpus-change)") == 1, err
-    assert "the corpus changed since" in err and "corpus.txt" in err
-    # an unchanged corpus: no word of it
-    result = train(_config(tmp_path, **{**kw, "num_steps": 6}), resume=True, accept_corpus_change=True)
-    assert result.step == 6 and "--accept-corpus-change" not in capsys.readouterr().err
     run = tmp_path / "run"
     res = run_cli("train", "--corpus", corpus, "-o", run, "--num-steps", 4, "--stop-after", 2, "--save-every", 2,
                   "--max-length", 64, "--global-batch-size", 4, "--micro-batch-size", 4, "-j", 1)
