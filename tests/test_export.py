@@ -1260,7 +1260,7 @@ def test_library_arguments_of_the_wrong_type_are_one_usage_error_naming_the_argu
     _write(tmp_path / "e.h5", _proteins())
     cases = [
         (lambda: export([tmp_path / "e.h5"]), r"^export: path must be a path \(one embeddings file\), got list \["),
-        (lambda: export(tmp_path / "e.h5", layer="-1"), r"^export: layer must be an int, got str '-1'$"),
+        (lambda: export(tmp_path / "e.h5", layer="-1"), r"^export: layer must be an int or None, got str '-1'$"),
         (lambda: export(tmp_path / "e.h5", digits="3"), r"^export: digits must be an int or None, got str '3'$"),
         (lambda: export(tmp_path / "e.h5", all_layers="no"), r"^export: all_layers must be a bool, got str 'no'$"),
         (lambda: export(tmp_path / "e.h5", ids=["a"]), r"^export: ids must be a path, got list \['a'\]$"),
