@@ -912,3 +912,31 @@ def test_labels_fasta_for_embed_reads_back_the_same_ids(records):
         path = write_temp(tmp, stream.getvalue())
         back = [(r.id, r.sequence) for r in read_fasta(path)]
     assert back == records
+
+
+# --------------------------------------------------------------------------------------------
+# Messages: what a huge or hostile name in an error becomes (errors.bounded, console's line)
+
+
+@given(st.lists(st.one_of(st.text(min_size=0, max_size=40), st.text(alphabet="ab/'\":,.()", min_size=200,
+                                                                    max_size=3000)), max_size=6),
+       st.sampled_from([" ", "\n", ": ", ", "]))
+@fewer(300)
+def test_a_message_is_bounded_once_and_for_all(parts, sep):
+    """errors.bounded against the rules docs/troubleshooting.md states, written out here: a message
+    of at most 250 characters is unchanged; any other keeps no run of more than 250 characters
+    without a space beyond what a cut word becomes, no line of more than 5,000 characters plus its
+    note, its line count, and cutting again changes nothing."""
+    from protrans_cli.errors import LONGEST_LINE, LONGEST_WORD, SHOWN, bounded
+
+    message = sep.join(parts)
+    once = bounded(message)
+    if len(message) <= LONGEST_WORD:
+        assert once == message
+    assert bounded(once) == once
+    assert once.count("\n") == message.count("\n")
+    for line in once.split("\n"):
+        assert len(line) <= LONGEST_LINE + 60, len(line)
+        for word in line.split(" "):
+            # a cut word: its two ends of SHOWN, '...', its quotes and punctuation around them
+            assert len(word) <= max(LONGEST_WORD, 2 * SHOWN + 20), word[:80]
