@@ -284,19 +284,24 @@ def test_a_zip_or_tar_archive_given_as_the_fasta_says_to_extract_it(run_cli, tmp
     for archive, kind, how in ((zipped, "zip", "unzip -p ARCHIVE.zip MEMBER > FILE"),
                                (tarred, "tar", "tar -xf ARCHIVE MEMBER")):
         said = f"the file is a {kind} archive (extract the file to read: {how};"
-        for args, input in (([archive], None), (["-"], archive.read_bytes()),
-                            ([archive, "-j", "2", "--tmp-dir", tmp_path], None)):
-            r = run_cli("prep", *args, "-o", tmp_path / "c.txt", input=input)
-            assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
-            assert ":1: not FASTA: expected a '>' header line before sequence data; " + said in r.stderr, r.stderr
-            assert not (tmp_path / "c.txt").exists()
-        r = run_cli("embed", archive, "-m", "onehot", "-o", tmp_path / "e.h5")
-        assert r.exit_code == 1 and f"{archive}:1: not FASTA" in r.stderr and said in r.stderr, r.stderr
-        r = run_cli("labels", archive, "-o", tmp_path / "l.fa")
-        assert r.exit_code == 1 and f"{archive}: is not a label file: {said}" in r.stderr, r.stderr
-        r = run_cli("variants", archive, "--sequence", "MKTAYIAK", "-o", tmp_path / "v.csv")
-        assert r.exit_code == 1 and f"{archive}: is not a variants table: {said}" in r.stderr, r.stderr
-        assert not (tmp_path / "v.csv").exists()
+        _every_reader_says(run_cli, tmp_path, archive, said, [archive, "-j", "2", "--tmp-dir", tmp_path])
+
+
+def _every_reader_says(run_cli, tmp_path, path, said: str, *prep_runs) -> None:
+    """prep (the file, stdin and each of `prep_runs`' argument lists), embed, labels and variants
+    refuse `path` in one line holding `said`, and write nothing."""
+    for args, input in (([path], None), (["-"], path.read_bytes()), *((run, None) for run in prep_runs)):
+        r = run_cli("prep", *args, "-o", tmp_path / "c.txt", input=input)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert ":1: not FASTA: expected a '>' header line before sequence data; " + said in r.stderr, r.stderr
+        assert not (tmp_path / "c.txt").exists()
+    r = run_cli("embed", path, "-m", "onehot", "-o", tmp_path / "e.h5")
+    assert r.exit_code == 1 and f"{path}:1: not FASTA" in r.stderr and said in r.stderr, r.stderr
+    r = run_cli("labels", path, "-o", tmp_path / "l.fa")
+    assert r.exit_code == 1 and f"{path}: is not a label file: {said}" in r.stderr, r.stderr
+    r = run_cli("variants", path, "--sequence", "MKTAYIAK", "-o", tmp_path / "v.csv")
+    assert r.exit_code == 1 and f"{path}: is not a variants table: {said}" in r.stderr, r.stderr
+    assert not (tmp_path / "e.h5").exists() and not (tmp_path / "v.csv").exists()
 
 
 def test_missing_input_is_input_error(run_cli, tmp_path):
@@ -2132,15 +2137,4 @@ def test_a_fasta_compressed_twice_is_said_to_be(run_cli, tmp_path):
         twice = tmp_path / "twice.fa.gz"
         twice.write_bytes(gzip.compress(inner))
         said = f"the file is compressed twice (decompressed once, it is {kind} data again: a download a server"
-        for args, input in (([twice], None), (["-"], twice.read_bytes())):
-            r = run_cli("prep", *args, "-o", tmp_path / "c.txt", input=input)
-            assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
-            assert ":1: not FASTA: expected a '>' header line before sequence data; " + said in r.stderr, r.stderr
-            assert not (tmp_path / "c.txt").exists()
-        r = run_cli("embed", twice, "-m", "onehot", "-o", tmp_path / "e.h5")
-        assert r.exit_code == 1 and f"{twice}:1: not FASTA" in r.stderr and said in r.stderr, r.stderr
-        r = run_cli("labels", twice, "-o", tmp_path / "l.fa")
-        assert r.exit_code == 1 and f"{twice}: is not a label file: {said}" in r.stderr, r.stderr
-        r = run_cli("variants", twice, "--sequence", "MKTAYIAK", "-o", tmp_path / "v.csv")
-        assert r.exit_code == 1 and f"{twice}: is not a variants table: {said}" in r.stderr, r.stderr
-        assert not (tmp_path / "e.h5").exists() and not (tmp_path / "v.csv").exists()
+        _every_reader_says(run_cli, tmp_path, twice, said)
