@@ -769,9 +769,11 @@ class _Plan:
         if self.own:  # embed's own file: the key is the id's, read through h5py's low-level calls
             key = escape_key(ident)
             obj = open_local(self.group, key.encode("utf-8"), data=True)
-            if isinstance(obj, h5py.h5d.DatasetID):  # (its shape checked before it is read)
-                self.reader.check_declared_width(key, obj.shape)
-            return read_array(self.group, key, obj)
+            if not isinstance(obj, h5py.h5d.DatasetID):
+                return read_array(self.group, key, obj)
+            shape = obj.shape  # (asked once: HDF5 makes the dataspace anew each time)
+            self.reader.check_declared_width(key, shape)  # (before it is read)
+            return read_array(self.group, key, obj, shape)
         return np.asarray(self.reader.get(ident, self.kind))
 
     def shape_error(self, ident: str, shape: tuple) -> InputError:

@@ -600,7 +600,7 @@ def read_rows(group, key: str, base_ndim: int, layer: int, expected: tuple, path
         shown = "x".join(str(x) for x in expected) if None not in expected else f"{base_ndim} axes"
         raise InputError(f"embedding has shape {'x'.join(map(str, shape)) or 'scalar'}, expected {shown} "
                          "(a damaged file, or another protein's rows)", path=path, record=ident)
-    return group[key][layer] if len(shape) == base_ndim + 1 else read_array(group, key, obj)
+    return group[key][layer] if len(shape) == base_ndim + 1 else read_array(group, key, obj, shape)
 
 
 def _check_foreign_layer(shape: tuple, base_ndim: int, layer: int, path: str, ident: str) -> None:

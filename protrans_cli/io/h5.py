@@ -957,29 +957,42 @@ def _refuse_hollow(obj, path, record: str) -> None:
     that much memory with the fill value. Embeddings are written whole and compress to no less
     than a few percent (a one-hot float16 array the least), so a dataset of over 1 GiB that
     stores under a thousandth of it is refused, naming it, before anything is allocated."""
-    declared = int(np.prod(obj.shape, dtype=np.float64) * obj.dtype.itemsize) if obj.shape else 0
+    problem = _hollow(obj, obj.shape)
+    if problem is not None:
+        raise InputError(problem, path=path, record=record)
+
+
+def _hollow(obj, shape: tuple) -> str | None:
+    """_refuse_hollow's test of a dataset of shape `shape` (obj.shape, passed by a caller that
+    has it: each obj.shape asks HDF5 for the dataspace anew); its message, None if sound."""
+    declared = math.prod(shape) * obj.dtype.itemsize if shape else 0  # (Python ints: no overflow)
     if declared <= _HOLLOW_BYTES:
-        return
+        return None
     stored = obj.get_storage_size()
     if stored * _HOLLOW_RATIO >= declared:
-        return
-    raise InputError(f"embedding declares shape {'x'.join(map(str, obj.shape))} ({declared / 2**30:,.1f} GiB) but "
-                     f"stores {stored:,} bytes (a damaged file, or not written by protrans embed)",
-                     path=path, record=record)
+        return None
+    return (f"embedding declares shape {'x'.join(map(str, shape))} ({declared / 2**30:,.1f} GiB) but "
+            f"stores {stored:,} bytes (a damaged file, or not written by protrans embed)")
 
 
-def read_array(group, key: str, obj=None) -> np.ndarray:
+def read_array(group, key: str, obj=None, shape: tuple | None = None) -> np.ndarray:
     """`group[key][()]`: a little-endian float dataset through h5py's low-level calls (its bytes
     as stored, into an array of its dtype), anything else through h5py's dictionary interface,
-    which costs about twice as much per dataset. `obj`: the key's low-level object, if open."""
+    which costs about twice as much per dataset. `obj`: the key's low-level object, if open;
+    `shape`: its obj.shape, if the caller has it (each asks HDF5 for the dataspace anew)."""
     import h5py
 
     if obj is None:  # (a caller's `obj` comes from open_local(..., data=True): checked there)
         obj = open_local(group, key.encode("utf-8"), data=True)
-    if isinstance(obj, h5py.h5d.DatasetID):
-        _refuse_hollow(obj, group.file.filename, unescape_key(key))
-    if isinstance(obj, h5py.h5d.DatasetID) and obj.rank >= 1 and obj.dtype in PLAIN_FLOAT_DTYPES:
-        out = np.empty(obj.shape, dtype=obj.dtype)
+    if not isinstance(obj, h5py.h5d.DatasetID):
+        return group[key][()]
+    if shape is None:
+        shape = obj.shape
+    problem = _hollow(obj, shape)
+    if problem is not None:  # (the file's name only then: group.file makes an h5py File, ~40 us a protein)
+        raise InputError(problem, path=group.file.filename, record=unescape_key(key))
+    if len(shape) >= 1 and obj.dtype in PLAIN_FLOAT_DTYPES:
+        out = np.empty(shape, dtype=obj.dtype)
         if out.size:
             obj.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
         return out
