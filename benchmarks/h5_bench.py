@@ -72,7 +72,7 @@ def merge_protrans(shard: Path, out: Path) -> float:
     start = time.perf_counter()
     with EmbeddingsWriter(out, kinds=(PER_PROTEIN,), storage_dtype="float16",
                           attrs={"model": "bench", "family": "bench"}) as merged:
-        merged.copy_from(shard)
+        merged.copy_from(shard, own=True)  # (a rank's shard, as embed_dist merges it)
     return time.perf_counter() - start
 
 

@@ -236,7 +236,7 @@ def _absorb_shards(writer: EmbeddingsWriter, shards) -> None:
         # (a copy HDF5 meets the full disk in was a traceback and a segmentation fault; the shards
         # stay until the whole merge is flushed, so --resume merges them again)
         writer.ensure_room(os.path.getsize(shard), what=f"the proteins of {Path(shard).name}")
-        writer.copy_from(shard)
+        writer.copy_from(shard, own=True)  # (embed's own shard: its datasets hold their values)
     writer.flush(failures=True)  # (the shards go next)
     # A shard's list of proteins a failed write may have lost goes on in the merged file's:
     # removed with the shard, they counted as done there at the next --resume.

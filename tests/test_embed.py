@@ -3477,7 +3477,7 @@ def test_a_merge_stopped_by_sigterm_names_the_merged_file(tmp_path):
     out = tmp_path / "m.h5"
     codes, errs, env = _two_ranks_patched(
         tmp_path, out, "real = E.EmbeddingsWriter.copy_from\n"
-                       "def copy_from(self, shard):\n    real(self, shard)\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+                       "def copy_from(self, shard, **kw):\n    real(self, shard, **kw)\n    os.kill(os.getpid(), signal.SIGTERM)\n"
                        "E.EmbeddingsWriter.copy_from = copy_from\n", port_base=28500)
     assert codes[0] == 143, errs[0]
     assert (f"what was computed is in {partial_path(out)}; run the same command with --resume to finish"
