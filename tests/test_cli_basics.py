@@ -1146,3 +1146,24 @@ def test_unicode_line_separators_and_format_characters_in_a_message_are_escaped(
     console.info("done\nnext\u2029")
     assert capsys.readouterr().err == ("protrans: warning: left out: a\\u2028b, x\\u202eyz, \u00e9t\u00e9\u00a0\u6f22\n"
                                        "done\nnext\\u2029\n")
+
+
+def test_names_and_lines_at_the_limits_are_shown_whole_and_one_more_character_cuts_them():
+    """The limits docs/troubleshooting.md states are the lengths shown whole: a name of exactly 100
+    characters, a run of exactly 250 without a space and a line of exactly 5,000 are unchanged,
+    and one character more cuts them; a line cut says how much it left out. A run of punctuation
+    alone is cut as a word is, and an error's own text is bounded (a library user's str(error))."""
+    from protrans_cli.errors import InputError, bounded, brief, brief_path, brief_repr
+
+    name, longer = "N" * 100, "N" * 101
+    assert brief(name) == name and brief(longer) == "N" * 100 + "... (101 characters)"
+    assert brief_repr(name) == repr(name) and brief_repr(longer) == "'" + "N" * 100 + "...' (101 characters)"
+    word = "/" + "w" * 249
+    assert brief_path(word, ":3") == word + ":3" and bounded(f"x {word} y") == f"x {word} y"
+    assert brief_path(word + "w", ":3") == f"{word[:100]}...{'w' * 100}:3 (251 characters)"
+    line = "abcd " * 1000
+    assert len(line) == 5000 and bounded(line) == line
+    assert bounded(line + "e") == f"{line[:2470]} ... (61 characters left out) ... {(line + 'e')[-2470:]}"
+    assert bounded("(" * 300 + "?") == f"{'(' * 100}...{'(' * 99}? (301 characters)"
+    huge = "Q" * 10_000
+    assert str(InputError(f"unknown id {huge}", path="a.txt")) == f"a.txt: unknown id {brief_path(huge)}"
