@@ -1167,3 +1167,20 @@ def test_names_and_lines_at_the_limits_are_shown_whole_and_one_more_character_cu
     assert bounded("(" * 300 + "?") == f"{'(' * 100}...{'(' * 99}? (301 characters)"
     huge = "Q" * 10_000
     assert str(InputError(f"unknown id {huge}", path="a.txt")) == f"a.txt: unknown id {brief_path(huge)}"
+
+
+def test_the_failed_proteins_listed_are_named_short_and_an_astral_format_character_escaped_whole(capsys):
+    """list_failed (embed's and merge's "have no embeddings" list) names a huge failed id by its
+    first 100 characters, as every other message does; a format character beyond U+FFFF (a tag
+    character, U+E0041, invisible text in an id) is escaped as repr escapes it, `\\U000e0041`, not
+    cut into a `\\ue004` and a stray `1`."""
+    from protrans_cli import console
+    from protrans_cli.errors import brief
+
+    huge = "P" * 150_000
+    console.list_failed({huge: "out of memory"}, "embeddings")
+    console.warn("id x\U000e0041y left out")
+    err = capsys.readouterr().err
+    assert err == ("protrans: warning: 1 protein(s) have no embeddings (listed in the file's 'failed' attribute):\n"
+                   f"protrans: warning:   {brief(huge)}: out of memory\n"
+                   "protrans: warning: id x\\U000e0041y left out\n")
